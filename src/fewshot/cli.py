@@ -1,0 +1,203 @@
+"""The `fewshot` command line (SPEC's "Command-line contract").
+
+Exit codes: 0 success, 2 user error (one paragraph, no traceback), 1 internal error.
+Unknown `key=value` words after the options override config fields (`optim.lr=3e-4`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from fewshot.errors import UserError
+
+EPILOG = ("Any extra key=value words override config fields, e.g. optim.lr=3e-4 train.eval_every=1. "
+          "See docs/cli.md and configs/ for every field.")
+
+
+def _add_common_training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset root: ROOT/<dataset>/{train,val}/<class>/<image>")
+    p.add_argument("--out", required=True, help="run directory to create (config, logs, checkpoints, metrics)")
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--model", help="timm model name (see `fewshot models`)")
+    p.add_argument("--datasets", help="comma-separated dataset names (default: every dataset under --data)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--img-size", type=int, help="input size in pixels (default: the model's)")
+    p.add_argument("--lr", type=float, help="base learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt exactly")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images (listed) instead of failing")
+    p.add_argument("--save-every-steps", type=int, help="also checkpoint every N steps (default: each epoch)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fewshot", description="Few-shot image classification over several "
+                                     "datasets, with MoCo self-supervised pretraining on unlabeled images.")
+    from fewshot import __version__
+
+    parser.add_argument("--version", action="version", version=f"fewshot {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("data", help="build a demo dataset from local real data (digits, fashion-mnist)",
+                       description="Build a few-shot dataset in fewshot's layout from data on this machine: "
+                       "`digits` from scikit-learn, `fashion-mnist` from Debian's dataset-fashion-mnist IDX files.")
+    p.add_argument("name", choices=["digits", "fashion-mnist"])
+    p.add_argument("--out", required=True, help="dataset root to write into (ROOT/<name>, ROOT/unlabeled/<name>)")
+    p.add_argument("--shots", type=int, default=10, help="labelled training images per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--idx-dir", help="folder with the fashion-mnist IDX files (default: Debian's)")
+    p.add_argument("--val-per-class", type=int)
+    p.add_argument("--test-per-class", type=int)
+    p.add_argument("--pool-per-class", type=int, default=100, help="unlabeled pool images per class")
+
+    p = sub.add_parser("train", help="fine-tune a timm backbone on all datasets at once", epilog=EPILOG,
+                       description="Fine-tune any timm model on several few-shot datasets with one joint head.")
+    _add_common_training(p)
+    p.add_argument("--weights", help="backbone weights: .safetensors / state dict / fewshot checkpoint "
+                   "(from `fewshot export`); sets the course's lr 1e-4 with backbone x0.1")
+
+    p = sub.add_parser("eval", help="per-dataset accuracy of a trained run")
+    p.add_argument("run", metavar="RUN_OR_CKPT")
+    p.add_argument("--data", required=True)
+    p.add_argument("--mode", choices=["known", "unknown"], default="known",
+                   help="known: the dataset of each image is given; unknown: predict dataset and class")
+    p.add_argument("--split", choices=["val", "test"], default="val",
+                   help="test scores against ROOT/<dataset>/test_labels.json when present")
+    p.add_argument("--out", help="write metrics.json here")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("predict", help="write pred_all.json for the test images")
+    p.add_argument("run", metavar="RUN_OR_CKPT")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="pred_all.json path")
+    p.add_argument("--mode", choices=["known", "unknown"], default="known")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("models", help="list timm models with parameter counts and input sizes")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("--limit", type=int, default=60)
+
+    from fewshot import cli_moco
+
+    cli_moco.add_parsers(sub, _add_common_training, EPILOG)
+    return parser
+
+
+def _flags(args, mapping: dict) -> dict:
+    return {key: getattr(args, attr) for attr, key in mapping.items() if getattr(args, attr, None) not in (None, False)}
+
+
+TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.datasets", "epochs": "train.epochs",
+               "batch_size": "train.batch_size", "img_size": "model.img_size", "lr": "optim.lr",
+               "seed": "train.seed", "device": "train.device", "skip_bad_images": "data.skip_bad_images",
+               "save_every_steps": "train.save_every_steps", "weights": "model.weights"}
+
+
+def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None) -> dict:
+    from fewshot.config import parse_override, resolve
+    from fewshot.train.finetune import merge_resume_config
+
+    flags = _flags(args, mapping)
+    if getattr(args, "no_progress", False):
+        flags["train.progress"] = False
+    cfg = resolve(preset=preset, file=args.config, flags=flags, overrides=extra)
+    if args.resume:
+        explicit = dict(flags)
+        for word in extra:
+            keys, value = parse_override(word)
+            explicit[".".join(keys)] = value
+        cfg = merge_resume_config(Path(args.out), cfg, explicit)
+    return cfg
+
+
+def cmd_data(args, extra) -> int:
+    from fewshot.data.build import build_dataset
+
+    summary = build_dataset(args.name, Path(args.out), shots=args.shots, seed=args.seed,
+                            idx_dir=Path(args.idx_dir) if args.idx_dir else None, val_per_class=args.val_per_class,
+                            test_per_class=args.test_per_class, pool_per_class=args.pool_per_class)
+    print(f"built {summary['dataset']} in {args.out}: {summary['classes']} classes, {summary['train']} train, "
+          f"{summary['val']} val, {summary['test']} test, {summary['unlabeled']} unlabeled")
+    return 0
+
+
+def cmd_train(args, extra) -> int:
+    from fewshot.train.finetune import run_finetune
+
+    cfg = resolve_run_config(args, extra, TRAIN_FLAGS)
+    run_finetune(cfg, Path(args.out), resume=args.resume)
+    print(f"done: {args.out}/metrics.json, checkpoints in {args.out}/checkpoints/")
+    return 0
+
+
+def cmd_eval(args, extra) -> int:
+    from fewshot.eval.evaluate import format_table
+    from fewshot.eval.predict import evaluate_run
+    from fewshot.utils import resolve_device, write_json
+
+    metrics = evaluate_run(args.run, args.data, args.mode, resolve_device(args.device), split=args.split)
+    print(format_table(metrics, title=f"{args.split} accuracy of {metrics['checkpoint']}"))
+    if args.out:
+        write_json(Path(args.out), metrics)
+    return 0
+
+
+def cmd_predict(args, extra) -> int:
+    from fewshot.eval.predict import predict_run
+    from fewshot.utils import resolve_device, write_json
+
+    pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device))
+    out = Path(args.out)
+    write_json(out, pred)
+    if args.mode == "unknown":
+        write_json(out.with_name(out.stem + ".routing.json"), routing)
+    n = sum(len(v) for k, v in pred.items() if k != "n_parameters")
+    print(f"wrote {out}: {n} predictions over {len(pred) - 1} dataset(s), mode {args.mode}")
+    return 0
+
+
+def cmd_models(args, extra) -> int:
+    from fewshot.models.catalog import list_models
+
+    print(list_models(args.pattern, args.limit))
+    return 0
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from fewshot import cli_moco
+
+    handlers = {**COMMANDS, **cli_moco.COMMANDS}
+    bad = [w for w in extra if w.startswith("-")]
+    if bad or (extra and args.command not in ("train", "pretrain", "run", "probe")):
+        parser.parse_args(argv)  # prints argparse's usage error (exit 2)
+    try:
+        return handlers[args.command](args, extra) or 0
+    except UserError as exc:
+        print(f"fewshot {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"fewshot {args.command}: internal error (a bug; please report it with the traceback above).",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""CLI parsers and handlers for the MoCo side: pretrain, export, probe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PRETRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.datasets", "epochs": "train.epochs",
+                  "batch_size": "train.batch_size", "img_size": "model.img_size", "lr": "optim.lr",
+                  "seed": "train.seed", "device": "train.device", "skip_bad_images": "data.skip_bad_images",
+                  "save_every_steps": "train.save_every_steps", "weights": "model.weights",
+                  "queue_size": "moco.queue_size", "unlabeled": "data.unlabeled"}
+
+
+def add_parsers(sub, add_common, epilog) -> None:
+    p = sub.add_parser("pretrain", help="MoCo self-supervised pretraining on unlabeled images", epilog=epilog,
+                       description="MoCo v1/v2 on an unlabeled pool (--unlabeled folders; else ROOT/unlabeled/"
+                       "<dataset>; else the training images), with a per-dataset kNN monitor on the val splits. "
+                       "Then `fewshot export RUN --out backbone.safetensors` and `fewshot train --weights ...`.")
+    add_common(p)
+    p.add_argument("--preset", choices=["mocov1", "mocov2"], default="mocov2",
+                   help="SPEC's MoCo v1 (T=0.07, linear head) or v2 (T=0.2, MLP, aug-plus, cosine)")
+    p.add_argument("--unlabeled", action="append", metavar="DIR",
+                   help="unlabeled image folder, scanned recursively (repeatable)")
+    p.add_argument("--queue-size", type=int, help="K, the number of negative keys in the queue")
+    p.add_argument("--weights", help="initialise the backbone from a local weights file (e.g. ImageNet)")
+
+    p = sub.add_parser("export", help="write a MoCo run's backbone as timm-loadable safetensors")
+    p.add_argument("run", metavar="RUN_OR_CKPT")
+    p.add_argument("--out", required=True, help="backbone.safetensors path")
+
+    p = sub.add_parser("probe", help="linear probe of frozen backbone weights on the labelled splits")
+    p.add_argument("--weights", required=True, help="backbone weights (safetensors from `fewshot export`, ...)")
+    p.add_argument("--model", required=True, help="timm model name the weights belong to")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", help="folder for metrics.json")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--datasets")
+    p.add_argument("--mode", choices=["known", "unknown"], default="known")
+    p.add_argument("--epochs", type=int, default=300, help="head training epochs (full batch)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def cmd_pretrain(args, extra) -> int:
+    from fewshot.cli import resolve_run_config
+    from fewshot.ssl.pretrain import run_pretrain
+
+    cfg = resolve_run_config(args, extra, PRETRAIN_FLAGS, preset=args.preset)
+    run_pretrain(cfg, Path(args.out), resume=args.resume)
+    print(f"done: {args.out}; export the backbone with `fewshot export {args.out} --out backbone.safetensors`")
+    return 0
+
+
+def cmd_export(args, extra) -> int:
+    from fewshot.ssl.export import export_backbone
+
+    out, meta = export_backbone(args.run, args.out)
+    print(f"wrote {out} (model {meta['model'] or '?'}, epoch {meta['epoch']}); fine-tune with "
+          f"`fewshot train --model {meta['model'] or 'NAME'} --weights {out} ...`")
+    return 0
+
+
+def cmd_probe(args, extra) -> int:
+    from fewshot.eval.evaluate import format_table
+    from fewshot.eval.probe import run_probe
+    from fewshot.utils import resolve_device, write_json
+
+    metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
+                        mode=args.mode, epochs=args.epochs, datasets=args.datasets)
+    print(format_table(metrics, title=f"linear probe of {args.weights}"))
+    if args.out:
+        write_json(Path(args.out) / "metrics.json", metrics)
+    return 0
+
+
+COMMANDS = {"pretrain": cmd_pretrain, "export": cmd_export, "probe": cmd_probe}

@@ -1,0 +1,212 @@
+"""Configs: nested dicts of plain values, layered defaults < preset < file < flags < key=value.
+
+Plain dicts (not dataclasses) because every field must be overridable from the command line
+with dotted keys (`optim.lr=3e-4`) and the resolved result is saved verbatim as YAML in the
+run directory. Unknown keys are refused so that a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fewshot.errors import UserError
+
+# The fine-tuning defaults follow SPEC's course recipe; `None` means "decide at run time"
+# (documented next to each field) so that one config serves CPU demos and GPU runs.
+DEFAULTS: dict[str, Any] = {
+    "model": {
+        "name": "resnet18",
+        "weights": None,          # local state dict / safetensors / fewshot checkpoint
+        "strict": True,           # refuse weights files whose keys do not match
+        "drop_path": 0.1,
+        "img_size": None,         # None: the model's default input size
+        "head": "linear",         # linear: BN1d(affine=False)+Linear
+    },
+    "data": {
+        "root": None,
+        "datasets": None,         # None: every dataset folder under root
+        "cache_dir": None,        # None: ROOT/.fewshot_cache
+        "crop_pct": 1.0,          # Resize(img_size / crop_pct) + CenterCrop(img_size)
+        "sampler": "shuffle",     # shuffle | repeat | grouped (batches from one dataset)
+        "repeats": 3,             # repeated-augmentation copies (sampler=repeat)
+        "randaug_ops": 2,
+        "randaug_magnitude": 8,
+        "randaug_p": 0.6667,      # SPEC: 2/3 of samples get RandAugment
+        "hflip": 0.0,             # extra horizontal flip probability (off: digits are not symmetric)
+        "skip_bad_images": False,
+        "unlabeled": None,        # pretrain: list of folders (None: ROOT/unlabeled/<dataset> or train images)
+    },
+    "optim": {
+        "name": "adamw",          # adamw | sgd
+        "lr": None,               # None: 1e-4 with --weights (course), 2e-3 from scratch
+        "backbone_lr_mult": None, # None: 0.1 with --weights (course), 1.0 from scratch
+        "weight_decay": 0.05,
+        "momentum": 0.9,          # sgd only
+        "grad_clip": 5.0,         # max grad norm; 0 disables
+        "label_smoothing": 0.1,
+    },
+    "sched": {
+        "warmup_epochs": 1.0,
+        "min_lr": 1e-5,
+        "warmup_lr": 1e-6,
+    },
+    "train": {
+        "epochs": 50,
+        "batch_size": 64,
+        "seed": 0,
+        "device": "auto",         # auto | cpu | cuda
+        "amp": "auto",            # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+        "channels_last": "auto",  # auto: on for CNNs on CUDA
+        "compile": False,
+        "ema": True,
+        "ema_decay": 0.99996,
+        "ema_warmup": True,       # timm's decay warm-up, so EMA is useful on short runs
+        "eval_every": 5,          # epochs; the last epoch is always evaluated
+        "eval_mode": "known",     # known | unknown (which accuracy picks `best`)
+        "save_every_steps": 0,    # extra mid-epoch checkpoints (0: only at epoch ends)
+        "skip_nonfinite": 0,      # tolerate up to N non-finite losses (skipped steps)
+        "deterministic": False,
+        "threads": None,          # None: all cores
+        "progress": True,
+        "tensorboard": True,
+        "budget_minutes": None,   # stop cleanly when the wall-clock budget is spent
+    },
+    "moco": {
+        "preset": "mocov2",
+        "dim": 128,
+        "queue_size": 4096,
+        "momentum": 0.999,
+        "temperature": 0.2,
+        "mlp": True,
+        "mlp_hidden": None,       # None: the backbone's feature width
+        "symmetric": False,       # symmetric loss (both views as queries)
+        "shuffle_bn": "auto",     # auto: split-BN groups on one process, DDP shuffle across ranks
+        "split_bn_groups": 8,     # groups on a single device (batch must divide)
+        "knn_k": 200,
+        "knn_t": 0.1,
+        "knn_every": 1,           # epochs
+        "cos": True,
+    },
+    "aug": {
+        "scale": [0.2, 1.0],
+        "jitter": [0.4, 0.4, 0.4, 0.1],
+        "jitter_p": 0.8,
+        "gray_p": 0.2,
+        "blur_p": 0.5,
+        "flip_p": 0.5,
+    },
+}
+
+# MoCo presets (SPEC values). Applied over DEFAULTS for `fewshot pretrain`.
+PRESETS: dict[str, dict[str, Any]] = {
+    "mocov1": {
+        "moco": {"preset": "mocov1", "temperature": 0.07, "mlp": False, "cos": False},
+        "aug": {"jitter": [0.4, 0.4, 0.4, 0.4], "jitter_p": 1.0, "gray_p": 0.2, "blur_p": 0.0},
+        "optim": {"name": "sgd", "lr": 0.03, "weight_decay": 1e-4, "momentum": 0.9, "grad_clip": 0.0,
+                  "label_smoothing": 0.0},
+        "sched": {"warmup_epochs": 0.0, "min_lr": 0.0},
+        "train": {"epochs": 200, "batch_size": 256, "ema": False, "eval_every": 1},
+        "model": {"drop_path": 0.0, "name": "resnet50"},
+    },
+    "mocov2": {
+        "moco": {"preset": "mocov2", "temperature": 0.2, "mlp": True, "cos": True},
+        "aug": {"jitter": [0.4, 0.4, 0.4, 0.1], "jitter_p": 0.8, "gray_p": 0.2, "blur_p": 0.5},
+        "optim": {"name": "sgd", "lr": 0.03, "weight_decay": 1e-4, "momentum": 0.9, "grad_clip": 0.0,
+                  "label_smoothing": 0.0},
+        "sched": {"warmup_epochs": 0.0, "min_lr": 0.0},
+        "train": {"epochs": 200, "batch_size": 256, "ema": False, "eval_every": 1},
+        "model": {"drop_path": 0.0, "name": "resnet50"},
+    },
+}
+
+
+def deep_merge(base: dict, update: dict, path: str = "", strict: bool = True) -> dict:
+    """Return base updated by update, refusing keys base does not know (typos)."""
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        dotted = f"{path}{key}"
+        if strict and key not in out:
+            known = ", ".join(sorted(out))
+            raise UserError(f"unknown config field '{dotted}'. Known fields here: {known}.")
+        if isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = deep_merge(out[key], value, dotted + ".", strict)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(word: str) -> tuple[list[str], Any]:
+    """`optim.lr=3e-4` -> (['optim', 'lr'], 0.0003); the value is read as YAML."""
+    if "=" not in word:
+        raise UserError(f"cannot read '{word}': extra words must be config overrides of the form key=value "
+                        f"(for example optim.lr=3e-4).")
+    key, raw = word.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads "1e-4" as a string; users mean a number.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def set_dotted(cfg: dict, keys: list[str], value: Any) -> None:
+    """Set cfg[a][b]... = value, refusing unknown keys."""
+    node = cfg
+    for i, key in enumerate(keys):
+        dotted = ".".join(keys[: i + 1])
+        if not isinstance(node, dict) or key not in node:
+            known = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a section)"
+            raise UserError(f"unknown config field '{dotted}'. Known fields here: {known}.")
+        if i == len(keys) - 1:
+            if isinstance(node[key], dict):
+                raise UserError(f"'{dotted}' is a section; set one of its fields, e.g. {dotted}.{next(iter(node[key]))}=...")
+            node[key] = value
+        else:
+            node = node[key]
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections (model:, optim:, ...).")
+    return data
+
+
+def resolve(preset: str | None = None, file: str | Path | None = None, flags: dict | None = None,
+            overrides: list[str] | None = None) -> dict:
+    """Layer defaults < preset < config file < command-line flags < key=value words."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if preset:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
+        cfg = deep_merge(cfg, PRESETS[preset])
+    if file:
+        cfg = deep_merge(cfg, load_yaml(file))
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            set_dotted(cfg, dotted.split("."), value)
+    for word in overrides or []:
+        keys, value = parse_override(word)
+        set_dotted(cfg, keys, value)
+    return cfg
+
+
+def save_yaml(cfg: dict, path: Path) -> None:
+    from fewshot.utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))

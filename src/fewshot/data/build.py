@@ -1,0 +1,251 @@
+"""Build small, real few-shot demo datasets from data already on this machine.
+
+`fewshot data digits|fashion-mnist --out ROOT` writes the same layout as the course's
+datasets (train/val per class, an unlabelled test folder with a separate answer key, and
+an unlabelled pool for MoCo) so every other command can be tried end to end without a
+download. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from fewshot.errors import UserError
+
+DEFAULT_IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# Folder names sort in label order, so "class index = position in sorted folder list"
+# reproduces the original labels.
+CLASS_NAMES = {
+    "digits": [str(i) for i in range(10)],
+    "fashion-mnist": ["0_tshirt_top", "1_trouser", "2_pullover", "3_dress", "4_coat",
+                      "5_sandal", "6_shirt", "7_sneaker", "8_bag", "9_ankle_boot"],
+}
+# Per-class defaults for (val, test): digits has only ~180 images per class.
+DEFAULT_SIZES = {"digits": (20, 30), "fashion-mnist": (50, 100)}
+IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+@dataclass
+class Source:
+    """One pool of labelled source images: uint8 (N, H, W) and int labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class Plan:
+    """Which source image goes where; `splits[s] = (source_name, indices)` in file order."""
+
+    name: str
+    sources: dict[str, Source]
+    splits: dict[str, tuple[str, np.ndarray]]
+
+
+# ---------------------------------------------------------------- loading sources
+
+def load_digits_source() -> Source:
+    """sklearn's bundled 8x8 digits, rescaled from 0..16 to 0..255."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * 255.0 / 16.0).astype(np.uint8)
+    return Source(images, d.target.astype(np.int64))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse one IDX file (optionally gzipped) of unsigned bytes; UserError if malformed."""
+    try:
+        data = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise UserError(f"cannot read IDX file {path}: {e}. Re-install it or pass --idx-dir PATH "
+                        "to a folder with intact Fashion-MNIST files.") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or not 1 <= data[3] <= 4:
+        raise UserError(f"{path} is not an unsigned-byte IDX file (bad magic number "
+                        f"{data[:4].hex() or 'none'}; expected 0000080N). Pass --idx-dir PATH to a "
+                        "folder with the original Fashion-MNIST files.")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise UserError(f"IDX file {path} is truncated inside its header.")
+    shape = tuple(int(x) for x in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    if len(data) - header != int(np.prod(shape)):
+        raise UserError(f"IDX file {path} declares shape {shape} ({int(np.prod(shape))} bytes) "
+                        f"but holds {len(data) - header} bytes of data; it is truncated or corrupt.")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+def load_fashion_sources(idx_dir: Path | None = None) -> dict[str, Source]:
+    """Fashion-MNIST's train and t10k splits from IDX files (.gz or uncompressed)."""
+    idx_dir = Path(idx_dir) if idx_dir is not None else DEFAULT_IDX_DIR
+    paths, missing = {}, []
+    for stem in IDX_FILES:
+        found = [p for p in (idx_dir / f"{stem}.gz", idx_dir / stem) if p.is_file()]
+        if found:
+            paths[stem] = found[0]
+        else:
+            missing.append(f"{stem}.gz")
+    if missing:
+        raise UserError(f"Fashion-MNIST IDX files not found in {idx_dir}: missing {', '.join(missing)}. "
+                        "Install them with `apt-get install -y dataset-fashion-mnist` (puts them in "
+                        f"{DEFAULT_IDX_DIR}) or pass `--idx-dir PATH` to a folder holding "
+                        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                        "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz.")
+    sources = {}
+    for split in ("train", "t10k"):
+        img_path, lab_path = paths[f"{split}-images-idx3-ubyte"], paths[f"{split}-labels-idx1-ubyte"]
+        images, labels = read_idx(img_path), read_idx(lab_path)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise UserError(f"IDX files {img_path} and {lab_path} do not match: images have shape "
+                            f"{images.shape}, labels {labels.shape}; expected (N, H, W) and (N,).")
+        if labels.size and labels.max() >= 10:
+            raise UserError(f"{lab_path} holds label {int(labels.max())}; Fashion-MNIST has labels 0..9.")
+        sources[split] = Source(images, labels.astype(np.int64))
+    return sources
+
+
+# ---------------------------------------------------------------- planning splits
+
+def _take_per_class(src: Source, name: str, src_name: str, counts: dict[str, int],
+                    pool_per_class: int | None, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Shuffle each class and cut it into consecutive, hence disjoint, chunks.
+
+    `counts` are exact per-class sizes; a pool (if asked) takes up to `pool_per_class`
+    of what is left. Raises UserError when the exact sizes do not fit a class.
+    """
+    need = sum(counts.values())
+    per_class = np.bincount(src.labels, minlength=10)
+    smallest = int(per_class.argmin())
+    if need > per_class[smallest]:
+        asked = " + ".join(f"{k} {v}" for k, v in counts.items())
+        raise UserError(f"{name} has only {per_class[smallest]} images of class "
+                        f"{CLASS_NAMES[name][smallest]!r} in its {src_name} source, but {asked} = {need} "
+                        "per class were requested. Lower --shots or the val/test sizes.")
+    out: dict[str, list[np.ndarray]] = {k: [] for k in counts}
+    pool: list[np.ndarray] = []
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(src.labels == c))
+        start = 0
+        for split, n in counts.items():
+            out[split].append(idx[start:start + n])
+            start += n
+        if pool_per_class is not None:
+            pool.append(idx[start:start + pool_per_class])
+    result = {k: np.concatenate(v) for k, v in out.items()}
+    if pool_per_class is not None:
+        result["unlabeled"] = np.concatenate(pool)
+    return result
+
+
+def plan_splits(name: str, shots: int = 10, seed: int = 0, idx_dir: Path | None = None,
+                val_per_class: int | None = None, test_per_class: int | None = None,
+                pool_per_class: int = 100) -> Plan:
+    """Decide, without writing anything, which source image lands in which split.
+
+    train/val are ordered by class; test and the unlabelled pool are shuffled so that
+    file ids reveal nothing about the class.
+    """
+    if name not in CLASS_NAMES:
+        raise UserError(f"unknown demo dataset {name!r}; choose one of: {', '.join(CLASS_NAMES)}.")
+    val = DEFAULT_SIZES[name][0] if val_per_class is None else val_per_class
+    test = DEFAULT_SIZES[name][1] if test_per_class is None else test_per_class
+    if shots < 1:
+        raise UserError(f"--shots must be at least 1 (got {shots}).")
+    for what, n in (("val per class", val), ("test per class", test), ("pool per class", pool_per_class)):
+        if n < 0:
+            raise UserError(f"{what} must be 0 or more (got {n}).")
+    rng = np.random.default_rng(seed)
+    if name == "digits":
+        sources = {"digits": load_digits_source()}
+        cut = _take_per_class(sources["digits"], name, "digits",
+                              {"train": shots, "val": val, "test": test}, pool_per_class, rng)
+        splits = {k: ("digits", v) for k, v in cut.items()}
+    else:
+        sources = load_fashion_sources(idx_dir)
+        cut = _take_per_class(sources["train"], name, "train",
+                              {"train": shots, "val": val}, pool_per_class, rng)
+        test_cut = _take_per_class(sources["t10k"], name, "t10k", {"test": test}, None, rng)
+        splits = {k: ("train", v) for k, v in cut.items()}
+        splits["test"] = ("t10k", test_cut["test"])
+    for k in ("test", "unlabeled"):
+        src_name, idx = splits[k]
+        splits[k] = (src_name, rng.permutation(idx))
+    return Plan(name, sources, splits)
+
+
+# ---------------------------------------------------------------- writing
+
+def _nonempty(p: Path) -> bool:
+    return p.exists() and (not p.is_dir() or any(p.iterdir()))
+
+
+def build_dataset(name: str, out: Path, shots: int = 10, seed: int = 0, idx_dir: Path | None = None,
+                  val_per_class: int | None = None, test_per_class: int | None = None,
+                  pool_per_class: int = 100, progress: bool = True) -> dict:
+    """Write OUT/<name>/{train,val,test}, OUT/<name>/test_labels.json and OUT/unlabeled/<name>.
+
+    Files are staged in a hidden folder under OUT and moved into place at the end, so an
+    interrupted build never leaves a half-written dataset that a later run would refuse.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder.")
+    ds_dir, pool_dir = out / name, out / "unlabeled" / name
+    for p in (ds_dir, pool_dir):
+        if _nonempty(p):
+            raise UserError(f"{p} already exists and is not empty; refusing to mix a new build into it. "
+                            "Delete it or choose another --out.")
+    plan = plan_splits(name, shots, seed, idx_dir, val_per_class, test_per_class, pool_per_class)
+    classes = CLASS_NAMES[name]
+
+    jobs: list[tuple[Path, np.ndarray]] = []  # (relative path, image)
+    test_labels: dict[str, int] = {}
+    for split, (src_name, idx) in plan.splits.items():
+        src = plan.sources[src_name]
+        per_class = [0] * len(classes)  # train/val files are numbered within their class
+        for n, i in enumerate(idx):
+            if split in ("train", "val"):
+                c = int(src.labels[i])
+                rel = Path("ds", split, classes[c], f"{per_class[c]}.png")
+                per_class[c] += 1
+            elif split == "test":
+                rel = Path("ds", "test", f"{n}.png")
+                test_labels[str(n)] = int(src.labels[i])
+            else:
+                rel = Path("pool", f"{n}.png")
+            jobs.append((rel, src.images[i]))
+
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / f".fewshot-build-{name}.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        for folder in {rel.parent for rel, _ in jobs}:
+            (stage / folder).mkdir(parents=True, exist_ok=True)
+        for rel, img in tqdm(jobs, desc=f"writing {name}", unit="img", disable=None if progress else True):
+            Image.fromarray(np.ascontiguousarray(img)).save(stage / rel)
+        if test_labels:
+            (stage / "ds" / "test_labels.json").write_text(json.dumps(test_labels, indent=0) + "\n")
+        (stage / "ds").mkdir(exist_ok=True)
+        for src, dst in ((stage / "ds", ds_dir), (stage / "pool", pool_dir)):
+            if src.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if dst.exists():
+                    dst.rmdir()  # known empty from the check above
+                src.rename(dst)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+    counts = {k: len(v[1]) for k, v in plan.splits.items()}
+    return {"dataset": name, "classes": len(classes), "train": counts["train"], "val": counts["val"],
+            "test": counts["test"], "unlabeled": counts["unlabeled"], "path": str(ds_dir),
+            "unlabeled_path": str(pool_dir) if counts["unlabeled"] else None}

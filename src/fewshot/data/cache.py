@@ -1,0 +1,170 @@
+"""Decode every image once into a uint8 array [N, 3, S, S], memory-mapped and reused across runs.
+
+Why: decoding and resizing JPEG/PNG per sample per epoch is what starves training on a few CPU
+cores. After one pass, batches are slices of this array and augmentation runs on tensors.
+The cache key covers the file list, sizes, mtimes and the resize settings, so a changed file
+triggers a rebuild. Undecodable files are collected and reported together (or skipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from fewshot.errors import DataLayoutError, UserError
+from fewshot.progress import track
+from fewshot.utils import atomic_write_text
+
+CACHE_VERSION = 1
+# Refuse decompression bombs outright (PIL warns at MAX_IMAGE_PIXELS and raises at twice that).
+MAX_PIXELS = 178_956_970
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass
+class CachedImages:
+    """uint8 images [N, 3, S, S] plus which entries decoded (valid[i] False: skipped bad file)."""
+
+    images: torch.Tensor
+    valid: torch.Tensor
+    bad: list[tuple[str, str]]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def to_rgb_uint8(img: Image.Image) -> Image.Image:
+    """Any PIL mode (L, P, RGBA, CMYK, 16-bit, float) -> 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode in ("P", "PA", "LA", "RGBA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def decode_resized(path: Path, size: int, crop_pct: float = 1.0) -> np.ndarray:
+    """Open, convert to RGB, resize the short side to size/crop_pct, center-crop size x size; CHW uint8."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise ValueError(f"image of {w}x{h} pixels exceeds the decompression-bomb limit")
+            img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when possible
+            img = to_rgb_uint8(img)
+    short = max(1, round(size / crop_pct))
+    w, h = img.size
+    scale = short / min(w, h)
+    nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def cache_key(paths: list[Path], size: int, crop_pct: float) -> str:
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{crop_pct}".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        except OSError:
+            h.update(f"{p}|missing\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:20]
+
+
+def _decode_one(args):
+    path, size, crop_pct = args
+    try:
+        return decode_resized(path, size, crop_pct), None
+    except Exception as exc:  # every decoding failure is a user-data problem, reported with its path
+        reason = str(exc).strip() or type(exc).__name__
+        if isinstance(exc, PermissionError):
+            reason = "permission denied"
+        return None, reason.splitlines()[0][:200]
+
+
+def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
+                skip_bad: bool = False, desc: str = "decoding images", threads: int | None = None) -> CachedImages:
+    """Decode (or reuse the cache of) `paths` at `size`; bad files raise DataLayoutError unless skip_bad."""
+    paths = [Path(p) for p in paths]
+    n = len(paths)
+    key = cache_key(paths, size, crop_pct)
+    data_file = meta_file = None
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        data_file, meta_file = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
+        if data_file.is_file() and meta_file.is_file():
+            try:
+                meta = json.loads(meta_file.read_text())
+                arr = np.memmap(data_file, dtype=np.uint8, mode="c", shape=(n, 3, size, size))
+                return _finish(torch.from_numpy(arr), [tuple(b) for b in meta["bad"]], paths, skip_bad)
+            except (ValueError, KeyError, OSError, json.JSONDecodeError):
+                pass  # unreadable cache: rebuild below
+
+    out = np.zeros((n, 3, size, size), dtype=np.uint8)
+    bad: list[tuple[str, str]] = []
+    threads = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        results = pool.map(_decode_one, ((p, size, crop_pct) for p in paths), chunksize=64)
+        for i, (arr, err) in enumerate(track(results, desc=desc, total=n)):
+            if err is None:
+                out[i] = arr
+            else:
+                bad.append((str(paths[i]), err))
+    if data_file is not None:
+        try:
+            data_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = data_file.with_suffix(f".tmp{os.getpid()}")
+            out.tofile(tmp)
+            os.replace(tmp, data_file)
+            atomic_write_text(meta_file, json.dumps({"n": n, "size": size, "bad": bad}))
+        except OSError as exc:
+            warnings.warn(f"could not write the image cache in {cache_dir}: {exc}; continuing without it")
+    return _finish(torch.from_numpy(out), bad, paths, skip_bad)
+
+
+def _finish(images: torch.Tensor, bad: list[tuple[str, str]], paths: list[Path], skip_bad: bool) -> CachedImages:
+    valid = torch.ones(len(paths), dtype=torch.bool)
+    if bad:
+        if not skip_bad:
+            raise DataLayoutError([f"{p}: cannot be decoded as an image ({why})" for p, why in bad]
+                                  + ["(pass --skip-bad-images to skip these files and go on)"])
+        index = {str(p): i for i, p in enumerate(paths)}
+        for p, _ in bad:
+            valid[index[p]] = False
+    return CachedImages(images, valid, bad)
+
+
+def default_cache_dir(root: str | Path | None, configured: str | None) -> Path | None:
+    if configured:
+        return Path(configured)
+    if root is None:
+        return None
+    return Path(root) / ".fewshot_cache"
+
+
+def ensure_writable_dir(path: Path, what: str) -> None:
+    """Fail early and clearly when an output folder cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to the {what} folder '{path}': {exc.strerror or exc}.") from None

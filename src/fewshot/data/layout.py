@@ -1,0 +1,168 @@
+"""Scan and validate a dataset root before any compute starts.
+
+Layout: ROOT/<dataset>/{train,val}/<class>/<image> and ROOT/<dataset>/test/<int_id>.<ext>.
+`unlabeled/`, hidden entries and plain files under ROOT are not datasets. Every problem is
+collected and reported at once (DataLayoutError), each naming its path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fewshot.errors import DataLayoutError, UserError
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
+NOT_DATASETS = frozenset({"unlabeled"})
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset's files. Labels are local class indices (position in the sorted class list)."""
+
+    name: str
+    root: Path
+    classes: tuple[str, ...]
+    train: tuple[tuple[Path, int], ...] = ()
+    val: tuple[tuple[Path, int], ...] = ()
+    test: tuple[tuple[int, Path], ...] = ()
+    answer_key: Path | None = field(default=None)
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
+
+
+def list_datasets(root: Path) -> list[str]:
+    """Dataset folders under ROOT: every visible directory except `unlabeled/`."""
+    if not root.is_dir():
+        raise UserError(f"dataset root '{root}' does not exist or is not a folder. "
+                        f"Build the demo data with `fewshot data digits --out {root}`.")
+    names = sorted(p.name for p in root.iterdir()
+                   if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS)
+    if not names:
+        raise UserError(f"no dataset folders found under '{root}'. Expected ROOT/<dataset>/train/<class>/*.jpg "
+                        f"(see `fewshot data --help` to build demo data).")
+    return names
+
+
+def _scan_labelled(split_dir: Path, problems: list[str]) -> dict[str, list[Path]]:
+    """class name -> sorted image paths; records empty / image-less class folders."""
+    classes: dict[str, list[Path]] = {}
+    entries = sorted(split_dir.iterdir(), key=lambda p: p.name)
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            if is_image(entry):
+                problems.append(f"{entry}: image directly in the split folder; images must sit in a class folder "
+                                f"({split_dir}/<class>/{entry.name})")
+            continue
+        files = sorted((p for p in entry.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
+        if not files:
+            problems.append(f"{entry}: empty class folder")
+            continue
+        images = [p for p in files if p.is_file() and is_image(p)]
+        if not images:
+            problems.append(f"{entry}: class folder without images (allowed extensions: "
+                            f"{', '.join(sorted(IMAGE_EXTS))})")
+            continue
+        classes[entry.name] = images
+    if not classes and not any(p.startswith(f"{split_dir}/") for p in problems):
+        problems.append(f"{split_dir}: no class folders")
+    return classes
+
+
+def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[int, Path]]:
+    seen: dict[int, Path] = {}
+    for path in sorted(test_dir.iterdir(), key=lambda p: p.name):
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        if not is_image(path):
+            problems.append(f"{path}: not an image file (test images must be <int_id>.<image extension>)")
+            continue
+        stem = path.stem
+        if not (stem.isdigit() and stem.isascii()):
+            problems.append(f"{path}: test file name is not an integer id (expected e.g. 17.jpg)")
+            continue
+        image_id = int(stem)
+        if image_id in seen:
+            problems.append(f"{path}: duplicate test id {image_id} (also {seen[image_id].name})")
+            continue
+        seen[image_id] = path
+    if not seen and not any(p.startswith(f"{test_dir}/") for p in problems):
+        problems.append(f"{test_dir}: no test images")
+    return sorted(seen.items())
+
+
+def scan_root(root: str | Path, datasets: list[str] | str | None = None,
+              splits: tuple[str, ...] = ("train", "val")) -> list[DatasetInfo]:
+    """Scan the chosen datasets (default: all) and check the requested splits; raise all problems at once.
+
+    `splits` names the splits this command needs (train/val for training, test for prediction).
+    """
+    root = Path(root)
+    available = list_datasets(root)
+    if isinstance(datasets, str):
+        datasets = [d.strip() for d in datasets.split(",") if d.strip()]
+    if datasets:
+        missing = [d for d in datasets if d not in available]
+        if missing:
+            raise UserError(f"dataset(s) {', '.join(missing)} not found under '{root}'. "
+                            f"Available: {', '.join(available)}.")
+        names = list(datasets)
+    else:
+        names = available
+
+    problems: list[str] = []
+    infos: list[DatasetInfo] = []
+    for name in names:
+        ds_dir = root / name
+        found: dict[str, dict[str, list[Path]]] = {}
+        test: list[tuple[int, Path]] = []
+        for split in splits:
+            split_dir = ds_dir / split
+            if not split_dir.is_dir():
+                problems.append(f"{split_dir}: missing split folder '{split}'")
+                continue
+            if split == "test":
+                test = _scan_test(split_dir, problems)
+            else:
+                found[split] = _scan_labelled(split_dir, problems)
+        train_classes = sorted(found.get("train", {}))
+        if "train" in found and "val" in found:
+            val_classes = sorted(found["val"])
+            only_train = sorted(set(train_classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(train_classes))
+            if only_val:
+                problems.append(f"{ds_dir / 'val'}: val classes not in train: {', '.join(only_val[:10])}")
+            if only_train:
+                problems.append(f"{ds_dir / 'val'}: train classes missing from val: {', '.join(only_train[:10])}")
+        classes = tuple(train_classes or sorted(found.get("val", {})))
+        index = {c: i for i, c in enumerate(classes)}
+
+        def labelled(split: str) -> tuple[tuple[Path, int], ...]:
+            return tuple((p, index[c]) for c, paths in sorted(found.get(split, {}).items()) if c in index for p in paths)
+
+        key = ds_dir / "test_labels.json"
+        infos.append(DatasetInfo(name=name, root=ds_dir, classes=classes, train=labelled("train"),
+                                 val=labelled("val"), test=tuple(test), answer_key=key if key.is_file() else None))
+    if problems:
+        raise DataLayoutError(problems)
+    return infos
+
+
+def find_unlabeled_images(folders: list[str | Path]) -> list[Path]:
+    """Every image under the folders, recursively (symlink loops are not followed), sorted."""
+    out: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise UserError(f"unlabeled folder '{folder}' does not exist or is not a folder.")
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            out.extend(Path(dirpath) / f for f in sorted(filenames) if is_image(Path(f)))
+    if not out:
+        raise UserError(f"no images found under: {', '.join(str(f) for f in folders)}")
+    return out

@@ -1,0 +1,51 @@
+"""In-memory views of the splits: uint8 images from the cache + global targets + dataset ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fewshot.data.cache import load_images
+from fewshot.data.label_space import LabelSpace
+from fewshot.data.layout import DatasetInfo
+
+
+@dataclass
+class ImageSet:
+    """images [N,3,S,S] uint8; targets: global class (-1 when unlabelled); ids: test image ids."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    dataset_ids: torch.Tensor
+    ids: torch.Tensor
+    paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, mask: torch.Tensor) -> "ImageSet":
+        keep = torch.nonzero(mask).flatten()
+        return ImageSet(self.images[keep], self.targets[keep], self.dataset_ids[keep], self.ids[keep],
+                        [self.paths[i] for i in keep.tolist()])
+
+
+def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: int, cache_dir: Path | None,
+               crop_pct: float = 1.0, skip_bad: bool = False) -> ImageSet:
+    """Load `split` (train / val / test) of every dataset, in label-space order."""
+    paths, targets, dsids, ids = [], [], [], []
+    for info in infos:
+        d = space.index(info.name)
+        if split == "test":
+            for image_id, p in info.test:
+                paths.append(p); targets.append(-1); dsids.append(d); ids.append(image_id)
+        else:
+            for i, (p, local) in enumerate(getattr(info, split)):
+                paths.append(p); targets.append(space.global_label(d, local)); dsids.append(d); ids.append(i)
+    cached = load_images(paths, size, cache_dir, crop_pct=crop_pct, skip_bad=skip_bad, desc=f"loading {split} images")
+    out = ImageSet(cached.images, torch.tensor(targets, dtype=torch.long), torch.tensor(dsids, dtype=torch.long),
+                   torch.tensor(ids, dtype=torch.long), paths)
+    if not bool(cached.valid.all()):
+        out = out.subset(cached.valid)
+    return out

@@ -1,0 +1,48 @@
+"""Fine-tuning transforms on cached uint8 tensors.
+
+Images are already Resize+CenterCrop'ed to the model's input size in the cache, so training
+applies SPEC's RandAugment(2, 8) to a random 2/3 of the samples (torchvision v2, per sample),
+and both paths end with the model's mean/std. Randomness comes from a per-batch seed so that
+a resumed run sees exactly the same augmentations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+from fewshot.utils import derive_seed
+
+
+class Normalize(torch.nn.Module):
+    """uint8 [B,3,H,W] -> float normalised, on whatever device the batch is."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class TrainAugment:
+    """RandAugment(num_ops, magnitude) with probability p per sample (+ optional flip), uint8 in/out."""
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 8, p: float = 2 / 3, hflip: float = 0.0):
+        self.p = p
+        self.hflip = hflip
+        self.randaug = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+
+    def __call__(self, batch: torch.Tensor, seed_parts: tuple[int, ...]) -> torch.Tensor:
+        out = batch.clone()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(*seed_parts))
+            apply = torch.rand(len(batch)) < self.p
+            flip = torch.rand(len(batch)) < self.hflip
+            for i in range(len(batch)):
+                if apply[i]:
+                    out[i] = self.randaug(batch[i])
+            if flip.any():
+                out[flip] = out[flip].flip(-1)
+        return out

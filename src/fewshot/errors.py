@@ -1,0 +1,27 @@
+"""Errors that the CLI turns into a one-paragraph message and exit code 2.
+
+Anything else escaping a command is an internal error (exit 1, with a traceback).
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake the user can fix: bad paths, bad data, bad options, bad files."""
+
+
+class DataLayoutError(UserError):
+    """Every problem found while scanning a dataset root, reported at once."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        shown = self.problems[:50]
+        more = len(self.problems) - len(shown)
+        text = f"the data layout has {len(self.problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in shown)
+        if more:
+            text += f"\n  ... and {more} more"
+        super().__init__(text)
+
+
+class CheckpointError(UserError):
+    """A weights or checkpoint file that cannot be loaded safely or does not fit the model."""

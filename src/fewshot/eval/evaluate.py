@@ -1,0 +1,76 @@
+"""Per-dataset accuracy in known-source and unknown-source modes, and SPEC's metrics.json."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from fewshot.data.label_space import LabelSpace
+from fewshot.progress import track
+
+
+@torch.no_grad()
+def compute_logits(model: nn.Module, images: torch.Tensor, normalize: nn.Module, device: torch.device,
+                   batch_size: int = 256, channels_last: bool = False, amp: torch.dtype | None = None,
+                   desc: str = "evaluating") -> torch.Tensor:
+    """Logits [N, C] (float32, CPU) for uint8 images, in eval mode."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    starts = range(0, len(images), batch_size)
+    for s in track(starts, desc=desc, total=len(starts)):
+        x = normalize(images[s:s + batch_size].to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with ctx:
+            outs.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.zeros(0, 0)
+
+
+def _topk_hit(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == targets.unsqueeze(1)).any(dim=1)
+
+
+def score(logits: torch.Tensor, targets: torch.Tensor, dataset_ids: torch.Tensor, space: LabelSpace,
+          mode: str, n_parameters: int | None = None) -> dict:
+    """SPEC's metrics dict: accuracies in percent; routing_acc only in unknown-source mode."""
+    if mode == "known":
+        scored = space.restrict(logits, dataset_ids)
+    elif mode == "unknown":
+        scored = logits
+    else:
+        raise ValueError(f"mode must be known or unknown, not {mode!r}")
+    pred_ds, _ = space.predict(logits, mode, dataset_ids)
+    top1 = scored.argmax(dim=1) == targets
+    datasets = {}
+    for d, name in enumerate(space.names):
+        m = dataset_ids == d
+        n = int(m.sum())
+        if n == 0:
+            continue
+        # top-5 within the dataset's own class count in known mode (k clipped for tiny class lists)
+        k5 = 5 if mode == "unknown" else min(5, space.sizes[d])
+        hit5 = _topk_hit(scored[m], targets[m], k5)
+        datasets[name] = {"acc1": 100.0 * float(top1[m].float().mean()), "acc5": 100.0 * float(hit5.float().mean()),
+                          "n": n}
+    mean = sum(v["acc1"] for v in datasets.values()) / max(1, len(datasets))
+    routing = 100.0 * float((pred_ds == dataset_ids).float().mean()) if mode == "unknown" and len(targets) else None
+    return {"mode": mode, "n_parameters": n_parameters, "mean_acc1": mean, "datasets": datasets,
+            "routing_acc": routing}
+
+
+def format_table(metrics: dict, title: str | None = None) -> str:
+    """A plain per-dataset table for the terminal."""
+    rows = [f"{'dataset':<24} {'acc@1':>7} {'acc@5':>7} {'n':>6}"]
+    for name, m in metrics["datasets"].items():
+        rows.append(f"{name:<24} {m['acc1']:7.2f} {m['acc5']:7.2f} {m['n']:6d}")
+    rows.append(f"{'mean':<24} {metrics['mean_acc1']:7.2f}")
+    if metrics.get("routing_acc") is not None:
+        rows.append(f"{'dataset routing':<24} {metrics['routing_acc']:7.2f}")
+    head = f"{title}  (mode: {metrics['mode']}, parameters: {metrics.get('n_parameters') or 0:,})\n" if title else ""
+    return head + "\n".join(rows)

@@ -1,0 +1,122 @@
+"""Load a trained run for evaluation and prediction; write metrics.json and pred_all.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fewshot.data.cache import default_cache_dir
+from fewshot.data.label_space import LabelSpace
+from fewshot.data.layout import scan_root
+from fewshot.data.sets import load_split
+from fewshot.data.transforms import Normalize
+from fewshot.errors import CheckpointError, UserError
+from fewshot.eval.evaluate import compute_logits, score
+from fewshot.models.backbone import mean_std
+from fewshot.models.classifier import build_classifier
+from fewshot.train.checkpoint import load_checkpoint, resolve_checkpoint
+
+
+@dataclass
+class TrainedModel:
+    model: torch.nn.Module
+    space: LabelSpace
+    cfg: dict
+    normalize: Normalize
+    size: int
+    n_parameters: int
+    path: Path
+
+
+def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
+    path = resolve_checkpoint(run_or_ckpt)
+    ck = load_checkpoint(path)
+    if ck.get("kind") != "supervised":
+        raise CheckpointError(f"{path} is a {ck.get('kind')} checkpoint; evaluation and prediction need a "
+                              f"fine-tuned one (`fewshot train --weights ...` after `fewshot export`).")
+    space = LabelSpace.from_dict(ck["label_space"])
+    cfg = ck["config"]
+    cfg["model"]["weights"] = None  # the checkpoint holds every weight
+    model = build_classifier(cfg, space.num_classes)
+    state = ck["ema"] if ck.get("ema") is not None else ck["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not match model {cfg['model']['name']}: {str(exc)[:400]}") from None
+    model.to(device).eval()
+    return TrainedModel(model, space, cfg, Normalize(*mean_std(model.backbone)).to(device), ck["img_size"],
+                        ck["n_parameters"], path)
+
+
+def _data_for(tm: TrainedModel, root: Path, split: str):
+    infos = scan_root(root, list(tm.space.names), splits=(split,))
+    for info in infos:
+        want = tm.space.classes[tm.space.index(info.name)]
+        if split != "test" and tuple(info.classes) != tuple(want):
+            raise UserError(f"the classes of {info.root} differ from those the model was trained on.")
+    d = tm.cfg["data"]
+    cache = default_cache_dir(root, None)
+    return infos, load_split(infos, split, tm.space, tm.size, cache, d.get("crop_pct", 1.0), d.get("skip_bad_images", False))
+
+
+def read_answer_keys(infos, space: LabelSpace, ids: torch.Tensor, dsids: torch.Tensor) -> torch.Tensor:
+    """Global targets for test images from ROOT/<dataset>/test_labels.json (scoring only)."""
+    keys = {}
+    for info in infos:
+        if info.answer_key is None:
+            raise UserError(f"no answer key {info.root / 'test_labels.json'}: the test split cannot be scored.")
+        keys[info.name] = json.loads(info.answer_key.read_text())
+    out = []
+    for i, d in zip(ids.tolist(), dsids.tolist()):
+        name = space.names[d]
+        if str(i) not in keys[name]:
+            raise UserError(f"test image {i} of {name} is missing from its answer key.")
+        out.append(space.global_label(d, int(keys[name][str(i)])))
+    return torch.tensor(out, dtype=torch.long)
+
+
+def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str = "val") -> dict:
+    tm = load_trained(run_or_ckpt, device)
+    infos, data = _data_for(tm, Path(root), split)
+    targets = data.targets if split != "test" else read_answer_keys(infos, tm.space, data.ids, data.dataset_ids)
+    logits = compute_logits(tm.model, data.images, tm.normalize, device)
+    metrics = score(logits, targets, data.dataset_ids, tm.space, mode, tm.n_parameters)
+    metrics["split"] = split
+    metrics["checkpoint"] = str(tm.path)
+    return metrics
+
+
+def predict_run(run_or_ckpt, root, mode: str, device: torch.device) -> tuple[dict, dict]:
+    """pred_all.json content ({"n_parameters", "<dataset>": {"<id>": local class}}) and the routing."""
+    tm = load_trained(run_or_ckpt, device)
+    infos, data = _data_for(tm, Path(root), "test")
+    logits = compute_logits(tm.model, data.images, tm.normalize, device, desc="predicting")
+    pred_ds, pred_local = tm.space.predict(logits, mode, data.dataset_ids)
+    out: dict = {"n_parameters": int(tm.n_parameters)}
+    routing: dict = {}
+    for name in tm.space.names:
+        out[name] = {}
+        routing[name] = {}
+    for i, d, pd, pl in zip(data.ids.tolist(), data.dataset_ids.tolist(), pred_ds.tolist(), pred_local.tolist()):
+        name = tm.space.names[d]
+        out[name][str(i)] = int(pl)
+        routing[name][str(i)] = tm.space.names[pd]
+    return out, routing
+
+
+def score_predictions(pred: dict, root: Path) -> dict:
+    """Accuracy of a pred_all.json against the answer keys (what `make demo` prints)."""
+    result = {}
+    for name, preds in pred.items():
+        if name == "n_parameters":
+            continue
+        key_file = Path(root) / name / "test_labels.json"
+        if not key_file.is_file():
+            continue
+        key = json.loads(key_file.read_text())
+        hits = sum(1 for i, c in key.items() if preds.get(i) == c)
+        result[name] = {"acc1": 100.0 * hits / max(1, len(key)), "n": len(key)}
+    return result

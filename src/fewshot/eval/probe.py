@@ -1,0 +1,66 @@
+"""Linear probe: frozen backbone features + BN(affine=False) + linear head, one head over all classes.
+
+The standard evaluation of a self-supervised encoder (MoCo's "linear classification protocol"),
+cheap here because features are extracted once and the head trains on them in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fewshot.data.cache import default_cache_dir
+from fewshot.data.label_space import LabelSpace
+from fewshot.data.layout import scan_root
+from fewshot.data.sets import load_split
+from fewshot.data.transforms import Normalize
+from fewshot.eval.evaluate import score
+from fewshot.eval.features import backbone_features
+from fewshot.models.backbone import create_backbone, input_size, mean_std
+from fewshot.models.classifier import LinearHead
+from fewshot.models.weights import load_backbone_weights
+from fewshot.utils import seed_everything
+
+
+def train_linear_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: int, epochs: int = 300,
+                      lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0) -> LinearHead:
+    """Full-batch AdamW on in-memory features (the few-shot train sets are small)."""
+    seed_everything(seed)
+    head = LinearHead(feats.shape[1], num_classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    head.train()
+    for _ in range(epochs):
+        loss = F.cross_entropy(head(feats), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return head.eval()
+
+
+def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: int | None, device: torch.device,
+              mode: str = "known", epochs: int = 300, datasets=None) -> dict:
+    infos = scan_root(root, datasets, splits=("train", "val"))
+    space = LabelSpace.from_infos(infos)
+    backbone = create_backbone(model_name, img_size=img_size)
+    if weights:
+        load_backbone_weights(backbone, weights, strict=True)
+    backbone.to(device)
+    size = input_size(backbone, img_size)
+    normalize = Normalize(*mean_std(backbone)).to(device)
+    cache = default_cache_dir(root, None)
+    train = load_split(infos, "train", space, size, cache)
+    val = load_split(infos, "val", space, size, cache)
+    ftr = backbone_features(backbone, train.images, normalize, device)
+    fva = backbone_features(backbone, val.images, normalize, device)
+    head = train_linear_head(ftr, train.targets, space.num_classes, epochs=epochs)
+    with torch.no_grad():
+        logits = head(fva)
+    n_params = sum(p.numel() for p in backbone.parameters()) + sum(p.numel() for p in head.parameters())
+    metrics = score(logits, val.targets, val.dataset_ids, space, mode, n_params)
+    metrics.update({"split": "val", "protocol": "linear probe", "weights": str(weights) if weights else None,
+                    "model": model_name})
+    return metrics

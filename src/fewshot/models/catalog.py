@@ -1,0 +1,34 @@
+"""`fewshot models`: timm models with parameter counts and default input size, to pick similar sizes."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import timm
+import torch
+
+
+def describe(name: str) -> tuple[int, int]:
+    """(parameters, default input size), counted on a meta-device model: no memory, no weights."""
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    n = sum(p.numel() for p in model.parameters())
+    size = timm.get_pretrained_cfg(name).input_size[-1] if timm.get_pretrained_cfg(name) else 224
+    return n, size
+
+
+def list_models(pattern: str = "*", limit: int = 60) -> str:
+    pattern = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+    names = [n for n in timm.list_models() if fnmatch.fnmatch(n, pattern)]
+    rows = [f"{'model':<44} {'params (M)':>10} {'input':>6}"]
+    for name in names[:limit]:
+        try:
+            n, size = describe(name)
+            rows.append(f"{name:<44} {n / 1e6:10.2f} {size:6d}")
+        except Exception as exc:  # a model timm lists but cannot build here
+            rows.append(f"{name:<44} {'?':>10} {'?':>6}  ({type(exc).__name__})")
+    if len(names) > limit:
+        rows.append(f"... {len(names) - limit} more (use --limit or a narrower pattern)")
+    if not names:
+        rows.append(f"(no timm model matches '{pattern}')")
+    return "\n".join(rows)

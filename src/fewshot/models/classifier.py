@@ -1,0 +1,50 @@
+"""The multi-dataset classifier: a timm backbone + BatchNorm1d(affine=False) + Linear over all classes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fewshot.models.backbone import count_parameters, create_backbone, extract_features, feature_dim, num_feature_tokens
+
+
+class LinearHead(nn.Module):
+    """BN without affine (features on a common scale, as the course did) then a linear layer."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(x))
+
+
+class FewShotClassifier(nn.Module):
+    """Backbone + one head per feature token (two for DeiT-distilled), logits averaged."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        dim = feature_dim(backbone)
+        self.heads = nn.ModuleList(LinearHead(dim, num_classes) for _ in range(num_feature_tokens(backbone)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return extract_features(self.backbone, x)
+
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        logits = [head(feats[:, i]) for i, head in enumerate(self.heads)]
+        return torch.stack(logits).mean(0) if len(logits) > 1 else logits[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
+
+
+def build_classifier(cfg: dict, num_classes: int) -> FewShotClassifier:
+    m = cfg["model"]
+    backbone = create_backbone(m["name"], drop_path=m.get("drop_path") or 0.0, img_size=m.get("img_size"))
+    return FewShotClassifier(backbone, num_classes)
+
+
+def n_parameters(model: nn.Module) -> int:
+    return count_parameters(model)

@@ -1,0 +1,108 @@
+"""Loading weights from files we did not write: safetensors or `torch.load(weights_only=True)` only.
+
+Accepts a plain state dict, a safetensors file, a timm/torchvision checkpoint ({"state_dict": ...}
+or {"model": ...}), an exported fewshot backbone, or a fewshot MoCo/fine-tuning checkpoint.
+Common wrapper prefixes are stripped; mismatches are reported by name, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fewshot.errors import CheckpointError
+
+PREFIXES = ("module.", "_orig_mod.", "encoder_q.backbone.", "encoder_q.0.", "encoder_q.", "backbone.", "model.")
+
+
+def read_tensor_file(path: str | Path) -> dict:
+    """Read a checkpoint or weights file safely; any failure becomes a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"weights file {path} is empty (0 bytes).")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load {path}: it contains Python objects other than tensors and plain containers, "
+            f"which could run code when unpickled (loaded with weights_only=True). Re-save it as a plain "
+            f"state dict or safetensors. Detail: {str(exc).splitlines()[0][:300]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: the file is truncated or not a PyTorch/safetensors "
+                              f"weights file ({str(exc).splitlines()[0][:200]}).") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict.")
+    return obj
+
+
+def backbone_state_from(obj: dict, path: Path) -> dict[str, torch.Tensor]:
+    """Find the backbone's tensors inside whatever container the file holds."""
+    if obj.get("format") == "fewshot-checkpoint":
+        if obj.get("kind") == "moco":
+            state = obj["model"]
+            prefix = "encoder_q.backbone."
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = obj["model"]
+        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    for key in ("state_dict", "model", "model_state", "module"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    state = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        for prefix in PREFIXES:
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        state[k] = v
+    if not state:
+        raise CheckpointError(f"{path} holds no tensors.")
+    return state
+
+
+def classifier_keys(backbone: nn.Module, state: dict) -> list[str]:
+    """Keys of an ImageNet classifier (e.g. fc.*, head.*) that a num_classes=0 backbone has no place for."""
+    names = getattr(backbone, "pretrained_cfg", {}).get("classifier", "fc")
+    names = names if isinstance(names, (list, tuple)) else [names]
+    own = set(backbone.state_dict())
+    return [k for k in state if k not in own and any(k.startswith(n + ".") for n in names)]
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = True) -> dict:
+    """Load into `backbone`; strict refuses missing/unexpected keys (classifier heads are dropped)."""
+    path = Path(path)
+    state = backbone_state_from(read_tensor_file(path), path)
+    for k in classifier_keys(backbone, state):
+        state.pop(k)
+    own = backbone.state_dict()
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if mismatched or (strict and (missing or unexpected)):
+        parts = [f"weights file {path} does not fit the model ({type(backbone).__name__})."]
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(mismatched[:8]))
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:8]))
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:8]))
+        parts.append("Check --model matches the architecture the file was trained with"
+                     + ("" if not strict else ", or pass model.strict=false to load the matching part") + ".")
+        raise CheckpointError(" ".join(parts))
+    backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return {"loaded": len(state) - len(unexpected), "missing": missing, "unexpected": unexpected}

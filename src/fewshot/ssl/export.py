@@ -1,0 +1,45 @@
+"""`fewshot export`: the query encoder's backbone as timm-loadable safetensors.
+
+Keys are exactly those of `timm.create_model(NAME, num_classes=0)`: no `module.`/`encoder_q.`
+prefixes, no projection head. Split BatchNorm layers keep plain BatchNorm key names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from fewshot.errors import CheckpointError
+from fewshot.train.checkpoint import load_checkpoint, resolve_checkpoint
+from fewshot.utils import atomic_write_bytes
+
+PREFIX = "encoder_q.backbone."
+
+
+def backbone_state(ck: dict) -> dict:
+    if ck.get("kind") == "moco":
+        state = {k[len(PREFIX):]: v for k, v in ck["model"].items() if k.startswith(PREFIX)}
+    elif ck.get("kind") == "supervised":
+        src = ck["ema"] if ck.get("ema") is not None else ck["model"]
+        state = {k[len("backbone."):]: v for k, v in src.items() if k.startswith("backbone.")}
+    else:
+        raise CheckpointError(f"unknown checkpoint kind {ck.get('kind')!r}")
+    if not state:
+        raise CheckpointError("the checkpoint holds no backbone weights")
+    return {k: v.contiguous().clone() for k, v in state.items()}
+
+
+def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dict]:
+    ckpt = resolve_checkpoint(run_or_ckpt, prefer="last")
+    ck = load_checkpoint(ckpt)
+    state = backbone_state(ck)
+    meta = {"format": "pt", "model": str(ck.get("model_name", "")), "source": str(ckpt),
+            "epoch": str(ck.get("epoch", "")), "img_size": str(ck.get("img_size", ""))}
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(tmp), metadata=meta)
+    atomic_write_bytes(out, tmp.read_bytes())
+    tmp.unlink()
+    return out, meta

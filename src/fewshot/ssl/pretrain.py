@@ -1,0 +1,198 @@
+"""`fewshot pretrain`: MoCo on an unlabeled pool, with the kNN monitor on the labelled splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fewshot.config import save_yaml
+from fewshot.data.augment import BatchAugment, preset as aug_preset
+from fewshot.data.cache import default_cache_dir, load_images
+from fewshot.data.label_space import LabelSpace
+from fewshot.data.layout import IMAGE_EXTS, find_unlabeled_images, scan_root
+from fewshot.data.samplers import epoch_batches
+from fewshot.data.sets import load_split
+from fewshot.data.transforms import Normalize
+from fewshot.errors import UserError
+from fewshot.eval.features import backbone_features
+from fewshot.models.backbone import create_backbone, input_size, mean_std
+from fewshot.models.weights import load_backbone_weights
+from fewshot.progress import set_enabled
+from fewshot.ssl.functional import topk_accuracy
+from fewshot.ssl.knn import knn_accuracy
+from fewshot.ssl.moco import MoCo
+from fewshot.train.distributed import DistContext, init_distributed
+from fewshot.train.engine import Engine
+from fewshot.utils import make_generator, resolve_device, seed_everything
+
+
+def pool_paths(cfg: dict, infos) -> tuple[list[Path], str]:
+    """The unlabeled pool: --unlabeled folders; else ROOT/unlabeled/<dataset>; else train images."""
+    d = cfg["data"]
+    if d["unlabeled"]:
+        folders = d["unlabeled"] if isinstance(d["unlabeled"], list) else [d["unlabeled"]]
+        return find_unlabeled_images(folders), f"{len(folders)} --unlabeled folder(s)"
+    root = Path(d["root"])
+    paths, sources = [], []
+    for info in infos:
+        folder = root / "unlabeled" / info.name
+        if folder.is_dir() and any(p.suffix.lower() in IMAGE_EXTS for p in folder.rglob("*")):
+            paths += find_unlabeled_images([folder])
+            sources.append(f"{info.name}: unlabeled/")
+        else:
+            # No pool for this dataset: its labelled training images stand in (labels unused).
+            paths += [p for p, _ in info.train]
+            sources.append(f"{info.name}: train images")
+    return paths, "; ".join(sources)
+
+
+def resolve_pretrain_defaults(cfg: dict, world: int) -> dict:
+    o, t, m = cfg["optim"], cfg["train"], cfg["moco"]
+    if o["lr"] is None:  # the official 0.03 at batch 256, scaled linearly (the course: 0.015 at 128)
+        o["lr"] = 0.03 * t["batch_size"] * world / 256
+    if o["backbone_lr_mult"] is None:
+        o["backbone_lr_mult"] = 1.0
+    global_batch = t["batch_size"] * world
+    if m["queue_size"] < global_batch:
+        raise UserError(f"moco.queue_size ({m['queue_size']}) is smaller than the global batch ({global_batch} = "
+                        f"{t['batch_size']} x {world} processes): the queue could not hold one batch of keys. "
+                        f"Raise --queue-size or lower --batch-size.")
+    return cfg
+
+
+def split_groups(cfg: dict, world: int) -> int:
+    """Single-process shuffle-BN groups; under DDP the shuffle across ranks does the job."""
+    mode = cfg["moco"]["shuffle_bn"]
+    if mode in (False, "off", "none") or world > 1:
+        return 1
+    g = int(cfg["moco"]["split_bn_groups"])
+    bs = cfg["train"]["batch_size"]
+    if g > 1 and bs % g:
+        raise UserError(f"--batch-size {bs} must be a multiple of moco.split_bn_groups={g} (single-device "
+                        f"shuffle-BN splits each batch into that many groups).")
+    return max(1, g)
+
+
+class MoCoTask:
+    kind = "moco"
+    supports_ema = False
+    drop_last = True
+
+    def __init__(self, cfg: dict, infos, device: torch.device, ctx: DistContext):
+        self.cfg, self.device, self.ctx = cfg, device, ctx
+        m, d = cfg["moco"], cfg["data"]
+        backbone = create_backbone(cfg["model"]["name"], drop_path=cfg["model"]["drop_path"] or 0.0,
+                                   img_size=cfg["model"]["img_size"])
+        if cfg["model"]["weights"]:
+            load_backbone_weights(backbone, cfg["model"]["weights"], strict=cfg["model"]["strict"])
+        self.size = input_size(backbone, cfg["model"]["img_size"])
+        mean, std = mean_std(backbone)
+        self.normalize = Normalize(mean, std).to(device)
+        self.model = MoCo(backbone, dim=m["dim"], queue_size=m["queue_size"], momentum=m["momentum"],
+                          temperature=m["temperature"], mlp=m["mlp"], mlp_hidden=m["mlp_hidden"],
+                          split_bn_groups=split_groups(cfg, ctx.world), symmetric=m["symmetric"])
+        self.channels_last = cfg["train"]["channels_last"] is True or (
+            cfg["train"]["channels_last"] == "auto" and device.type == "cuda")
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        a = cfg["aug"]
+        self.augment = BatchAugment(aug_preset(m["preset"], self.size, scale=tuple(a["scale"]),
+                                               jitter=tuple(a["jitter"]), jitter_p=a["jitter_p"], gray_p=a["gray_p"],
+                                               blur_p=a["blur_p"], flip_p=a["flip_p"], mean=mean, std=std)).to(device)
+        cache = default_cache_dir(d["root"], d["cache_dir"])
+        paths, self.pool_source = pool_paths(cfg, infos)
+        pool = load_images(paths, self.size, cache, crop_pct=1.0, skip_bad=d["skip_bad_images"],
+                           desc="loading unlabeled pool")
+        self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
+        self.space = LabelSpace.from_infos(infos)
+        self.train_set = load_split(infos, "train", self.space, self.size, cache, d["crop_pct"], d["skip_bad_images"])
+        self.val_set = load_split(infos, "val", self.space, self.size, cache, d["crop_pct"], d["skip_bad_images"])
+        self.eval_every = m["knn_every"]
+        self.n_parameters = sum(p.numel() for p in self.model.encoder_q.backbone.parameters())
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": [p for p in self.model.encoder_q.parameters() if p.requires_grad],
+                 "weight_decay": self.cfg["optim"]["weight_decay"], "lr_scale": 1.0}]
+
+    def plan_epoch(self, epoch: int) -> list[torch.Tensor]:
+        t = self.cfg["train"]
+        return epoch_batches(len(self.pool), t["batch_size"], epoch, t["seed"], "shuffle", self.ctx.rank,
+                             self.ctx.world, drop_last=True)
+
+    def make_batch(self, idx: torch.Tensor, epoch: int, step: int):
+        """Two views per image. Parameters are drawn for the global batch and sliced per rank, so one
+        process given the global batch sees exactly what the ranks see together."""
+        bs, seed = len(idx), self.cfg["train"]["seed"]
+        gen = make_generator(seed, epoch, step, 1)
+        hw = tuple(self.pool.shape[-2:])
+        total = bs * self.ctx.world
+        lo, hi = self.ctx.rank * bs, (self.ctx.rank + 1) * bs
+        pq = {k: v[lo:hi] for k, v in self.augment.sample_params(total, gen, hw).items()}
+        pk = {k: v[lo:hi] for k, v in self.augment.sample_params(total, gen, hw).items()}
+        x = self.pool[idx].to(self.device, non_blocking=True)
+        return (self.augment.apply(x, pq, self.channels_last), self.augment.apply(x, pk, self.channels_last),
+                make_generator(seed, epoch, step, 2))
+
+    def training_step(self, model, batch):
+        im_q, im_k, gen = batch
+        loss, logits = model(im_q, im_k, gen)
+        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        acc1, acc5 = topk_accuracy(logits.detach(), target, (1, 5))
+        return loss, {"contrast_acc1": acc1, "contrast_acc5": acc5}, logits.shape[0]
+
+    def evaluate(self, model, epoch: int) -> dict:
+        """kNN accuracy per dataset: the dataset's labelled train images vote for its val images."""
+        backbone = model.encoder_q.backbone
+        tr = backbone_features(backbone, self.train_set.images, self.normalize, self.device)
+        va = backbone_features(backbone, self.val_set.images, self.normalize, self.device)
+        k, t = self.cfg["moco"]["knn_k"], self.cfg["moco"]["knn_t"]
+        per = {}
+        for d, name in enumerate(self.space.names):
+            mt, mv = self.train_set.dataset_ids == d, self.val_set.dataset_ids == d
+            off = self.space.offsets[d]
+            per[name] = knn_accuracy(tr[mt], self.train_set.targets[mt] - off, va[mv],
+                                     self.val_set.targets[mv] - off, self.space.sizes[d], k, t)
+        per["mean"] = sum(per.values()) / max(1, len(per))
+        return {"score": per["mean"], "knn_acc1": per}
+
+    def checkpoint_extra(self) -> dict:
+        return {"label_space": self.space.to_dict(), "n_parameters": self.n_parameters, "img_size": self.size,
+                "model_name": self.cfg["model"]["name"]}
+
+    def load_checkpoint_extra(self, ck: dict) -> None:
+        return None
+
+
+def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
+    from fewshot.train.finetune import configure_threads, prepare_run_dir
+
+    cfg["_task"] = "moco"
+    set_enabled(bool(cfg["train"]["progress"]))
+    configure_threads(cfg)
+    device = resolve_device(cfg["train"]["device"])
+    ctx, device = init_distributed(device)
+    cfg["train"]["device"] = device.type
+    if cfg["train"]["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    resolve_pretrain_defaults(cfg, ctx.world)
+    infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
+    prepare_run_dir(out, resume, cfg, ctx.is_main)
+    if ctx.is_main:
+        save_yaml(cfg, Path(out) / "config.yaml")
+    seed_everything(cfg["train"]["seed"])
+    task = MoCoTask(cfg, infos, device, ctx)
+    engine = Engine(task, cfg, out, device, ctx)
+    if ctx.is_main:
+        m = cfg["moco"]
+        print(f"MoCo ({m['preset']}) pretraining {cfg['model']['name']} on {len(task.pool)} unlabeled images "
+              f"({task.pool_source}) at {task.size}px on {device} x{ctx.world}: K={m['queue_size']}, m={m['momentum']}, "
+              f"T={m['temperature']}, split-BN groups={task.model.split_bn_groups}; run directory {out}")
+    result = engine.fit(resume=resume)
+    if ctx.is_main:
+        from fewshot.report.plots import plot_pretrain_curves
+
+        plot_pretrain_curves(Path(out))
+        if result:
+            print("kNN accuracy (val): " + ", ".join(f"{k} {v:.2f}" for k, v in result["knn_acc1"].items()))
+    return result or {}

@@ -1,0 +1,159 @@
+"""Split (ghost) batch norm: shuffle-BN for a single device.
+
+MoCo's positive pair can "cheat" through BatchNorm: when query i and key i are
+normalised with statistics of the same samples, the batch statistics carry
+information that identifies the pair. The official code shuffles the keys
+across GPUs so each key is normalised with other samples than its query. On one
+device we emulate G GPUs: the batch is normalised as G independent groups, each
+with its own statistics, and the keys are shuffled across groups before the key
+encoder (see ``functional.shuffle_permutation``).
+
+Group g holds samples n with n % G == g: that is what viewing a contiguous
+[N, C, H, W] batch as [N/G, G*C, H, W] gives, so one ``F.batch_norm`` call over
+G*C "channels" computes all groups at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+try:  # timm's fused BN + activation (+ drop) layer, used by e.g. efficientnet/byobnet
+    from timm.layers import BatchNormAct2d
+except ImportError:  # pragma: no cover - timm is a dependency, but keep this module usable without it
+    BatchNormAct2d = None
+
+__all__ = ["SplitBatchNorm2d", "split_batch_norm", "convert_split_bn"]
+
+
+def split_batch_norm(bn: nn.BatchNorm2d, x: Tensor, num_splits: int) -> Tensor:
+    """Batch-norm ``x`` with ``bn``'s parameters, as ``num_splits`` independent groups.
+
+    When batch statistics are used (training, or no running buffers) each group
+    n % G == g gets its own mean/var. The running stats (size C) are repeated G
+    times for the call and then set to the mean over the G updated copies, as
+    lightly does. When running stats are used (eval) this is plain BatchNorm2d.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"expected 4D input [N, C, H, W], got {x.ndim}D")
+    use_batch_stats = bn.training or bn.running_mean is None
+    if num_splits == 1 or not use_batch_stats:
+        return nn.BatchNorm2d.forward(bn, x)
+
+    n, c, h, w = x.shape
+    g = num_splits
+    if n % g:
+        raise ValueError(
+            f"split batch norm needs the batch size to be a multiple of the number of splits: "
+            f"got N={n}, G={g} (drop short batches when split BN is on)"
+        )
+    update = bn.training and bn.track_running_stats
+    factor = 0.0
+    if update:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    running_mean = bn.running_mean.repeat(g) if update else None
+    running_var = bn.running_var.repeat(g) if update else None
+    weight = bn.weight.repeat(g) if bn.weight is not None else None
+    bias = bn.bias.repeat(g) if bn.bias is not None else None
+
+    # A channels_last batch cannot be viewed as [N/G, G*C, H, W]: reshape copies it.
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    y = F.batch_norm(x.reshape(n // g, g * c, h, w), running_mean, running_var, weight, bias, True, factor, bn.eps)
+    if update:
+        with torch.no_grad():
+            bn.running_mean.copy_(running_mean.view(g, c).mean(dim=0))
+            bn.running_var.copy_(running_var.view(g, c).mean(dim=0))
+    y = y.reshape(n, c, h, w)
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose batch statistics are computed per group of the batch (see module doc).
+
+    Parameters and buffers have the usual size C, so state dicts are
+    interchangeable with nn.BatchNorm2d. In training, N must be a multiple of
+    ``num_splits``; eval mode is plain BatchNorm2d with the running stats.
+    """
+
+    def __init__(self, num_features: int, num_splits: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        if num_splits < 1:
+            raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+        self.num_splits = num_splits
+
+    def forward(self, x: Tensor) -> Tensor:
+        return split_batch_norm(self, x, self.num_splits)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+
+if BatchNormAct2d is not None:
+
+    class SplitBatchNormAct2d(BatchNormAct2d):
+        """timm's BatchNormAct2d (BN, then drop, then activation) with split batch statistics."""
+
+        def __init__(self, num_features: int, num_splits: int, **kwargs):
+            super().__init__(num_features, **kwargs)
+            if num_splits < 1:
+                raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+            self.num_splits = num_splits
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.act(self.drop(split_batch_norm(self, x, self.num_splits)))
+
+        def extra_repr(self) -> str:
+            return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+    __all__.append("SplitBatchNormAct2d")
+
+
+def _split_copy(bn: nn.BatchNorm2d, num_splits: int) -> nn.Module:
+    """A split version of ``bn`` sharing its parameter and buffer tensors."""
+    kwargs = dict(eps=bn.eps, momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats)
+    if type(bn) is nn.BatchNorm2d:
+        new = SplitBatchNorm2d(bn.num_features, num_splits, **kwargs)
+    else:  # timm BatchNormAct2d: keep its drop and activation modules
+        new = SplitBatchNormAct2d(bn.num_features, num_splits, apply_act=False, **kwargs)
+        new.drop, new.act = bn.drop, bn.act
+    # Share (not copy) the tensors: optimizers and EMA copies holding them stay valid.
+    for name in ("weight", "bias"):
+        new._parameters[name] = bn._parameters[name]
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        new._buffers[name] = bn._buffers[name]
+    new.train(bn.training)
+    return new
+
+
+def _convertible(module: nn.Module) -> bool:
+    return type(module) is nn.BatchNorm2d or (BatchNormAct2d is not None and type(module) is BatchNormAct2d)
+
+
+def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
+    """Replace every nn.BatchNorm2d and timm BatchNormAct2d by its split version, in place.
+
+    Returns ``module`` (or its replacement when ``module`` itself is a BN layer),
+    like ``nn.SyncBatchNorm.convert_sync_batchnorm``. The new layers share the
+    old parameters and buffers, so eval-mode outputs are unchanged. Only those
+    two exact types are converted: other BatchNorm2d subclasses (e.g. timm's
+    AugMix SplitBatchNorm2d) have their own forward that a split version could
+    not reproduce faithfully, so they are left as they are. Existing split
+    layers get the new ``num_splits``. ``num_splits=1`` returns ``module`` as is.
+    """
+    if num_splits < 1:
+        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    if num_splits == 1:
+        return module
+    if isinstance(module, SplitBatchNorm2d) or (BatchNormAct2d is not None and isinstance(module, SplitBatchNormAct2d)):
+        module.num_splits = num_splits
+        return module
+    if _convertible(module):
+        return _split_copy(module, num_splits)
+    for name, child in module.named_children():
+        new = convert_split_bn(child, num_splits)
+        if new is not child:
+            setattr(module, name, new)
+    return module

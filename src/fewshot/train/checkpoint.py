@@ -1,0 +1,65 @@
+"""Checkpoints are data, not code: tensors and plain containers, loadable with weights_only=True.
+
+Writes go to a temp file in the same folder, are fsynced and renamed, so a kill at any moment
+leaves either the old or the new `last.pt`, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import torch
+
+from fewshot.errors import CheckpointError
+from fewshot.models.weights import read_tensor_file
+from fewshot.utils import atomic_write_bytes
+
+FORMAT = "fewshot-checkpoint"
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    payload = {"format": FORMAT, "version": 1, **payload}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    obj = read_tensor_file(path)
+    if obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a fewshot checkpoint (use --weights for plain backbone weights).")
+    return obj
+
+
+def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
+    """A run directory (-> checkpoints/best.pt, else last.pt) or a checkpoint file."""
+    p = Path(run_or_ckpt)
+    if p.is_dir():
+        for name in (f"{prefer}.pt", "best.pt", "last.pt"):
+            cand = p / "checkpoints" / name
+            if cand.is_file():
+                return cand
+        raise CheckpointError(f"no checkpoint in run directory {p} (expected checkpoints/best.pt or last.pt).")
+    if p.is_file():
+        return p
+    raise CheckpointError(f"'{p}' is neither a run directory nor a checkpoint file.")
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x

@@ -1,0 +1,289 @@
+"""One training loop for fine-tuning and MoCo pretraining.
+
+The loop owns devices, DDP, AMP, gradient clipping, EMA, the lr schedule, checkpoints, exact
+resume, non-finite guards, logging and progress. A task object supplies what differs:
+
+    task.model                       the nn.Module to train (unwrapped)
+    task.param_groups()              [{"params": [...], "lr_scale": x, "weight_decay": y}, ...]
+    task.plan_epoch(epoch)           this rank's index batches (pure function of seed and epoch)
+    task.make_batch(idx, epoch, s)   the batch on the device (augmentation seeded by epoch, step)
+    task.training_step(model, b)     (loss, {metric: float tensor}, n_samples)
+    task.evaluate(model, epoch)      {"score": x, ...} on the main rank, or None
+    task.checkpoint_extra()          plain data saved with every checkpoint
+    task.kind, task.supports_ema, task.drop_last
+
+Resume is exact because batches and augmentations depend only on (seed, epoch, step) and the
+global RNG state (drop-path, dropout) is saved with each checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fewshot.errors import UserError
+from fewshot.progress import track
+from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fewshot.train.distributed import DistContext, all_reduce_mean, barrier, broadcast_object
+from fewshot.utils import write_json
+
+
+class NonFiniteLossError(UserError):
+    """Training diverged; the last good checkpoint is kept."""
+
+
+def build_optimizer(cfg: dict, groups: list[dict]) -> torch.optim.Optimizer:
+    o = cfg["optim"]
+    if o["name"] == "adamw":
+        return torch.optim.AdamW(groups, lr=o["lr"], weight_decay=o["weight_decay"])
+    if o["name"] == "sgd":
+        return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+    raise UserError(f"optim.name must be adamw or sgd, not {o['name']!r}")
+
+
+def build_scheduler(cfg: dict, optimizer, steps_per_epoch: int):
+    from timm.scheduler import CosineLRScheduler
+
+    s, epochs = cfg["sched"], cfg["train"]["epochs"]
+    total = max(1, epochs * steps_per_epoch)
+    warmup = int(round(s["warmup_epochs"] * steps_per_epoch))
+    cosine = cfg.get("moco", {}).get("cos", True) if cfg.get("_task") == "moco" else True
+    if not cosine:  # MoCo v1: step decay at 120/160 of 200 epochs
+        from timm.scheduler import MultiStepLRScheduler
+
+        milestones = [int(total * 0.6), int(total * 0.8)]
+        return MultiStepLRScheduler(optimizer, decay_t=milestones, decay_rate=0.1, warmup_t=warmup,
+                                    warmup_lr_init=s["warmup_lr"], t_in_epochs=False)
+    return CosineLRScheduler(optimizer, t_initial=total, lr_min=s["min_lr"], warmup_t=warmup,
+                             warmup_lr_init=s["warmup_lr"], warmup_prefix=False, t_in_epochs=False)
+
+
+def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
+    amp = cfg["train"]["amp"]
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp in ("auto", "bf16"):
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    raise UserError(f"train.amp must be auto, bf16, fp16 or off, not {amp!r}")
+
+
+class Engine:
+    def __init__(self, task, cfg: dict, run_dir: Path, device: torch.device, ctx: DistContext):
+        self.task, self.cfg, self.run_dir, self.device, self.ctx = task, cfg, Path(run_dir), device, ctx
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.model = task.model.to(device)
+        self.train_model: nn.Module = self.model
+        if ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.train_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
+        self.optimizer = build_optimizer(cfg, task.param_groups())
+        self.steps_per_epoch = len(task.plan_epoch(0))
+        if self.steps_per_epoch == 0:
+            raise UserError("the training set is smaller than one batch (with drop_last): lower --batch-size.")
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
+        self.amp = amp_dtype(cfg, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
+        self.ema = None
+        t = cfg["train"]
+        if t["ema"] and task.supports_ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=t["ema_decay"], use_warmup=t["ema_warmup"], device=device)
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.best_score, self.last_eval = -math.inf, None
+        self.nonfinite_skipped = 0
+        self.writer = None
+
+    # ----------------------------------------------------------------- checkpoints
+    def payload(self) -> dict:
+        return {
+            "kind": self.task.kind,
+            "config": self.cfg,
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "best_score": self.best_score, "last_eval": self.last_eval,
+            "nonfinite_skipped": self.nonfinite_skipped,
+            "rng": rng_state(),
+            **self.task.checkpoint_extra(),
+        }
+
+    def save(self, name: str = "last") -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.ckpt_dir / f"{name}.pt", self.payload())
+
+    def resume(self) -> bool:
+        path = self.ckpt_dir / "last.pt"
+        if not path.is_file():
+            return False
+        ck = load_checkpoint(path)
+        if ck.get("kind") != self.task.kind:
+            raise UserError(f"{path} is a {ck.get('kind')} checkpoint; cannot resume a {self.task.kind} run from it.")
+        self.model.load_state_dict(ck["model"])
+        if self.ema is not None and ck.get("ema") is not None:
+            self.ema.module.load_state_dict(ck["ema"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+        self.best_score, self.last_eval = ck["best_score"], ck.get("last_eval")
+        self.nonfinite_skipped = ck.get("nonfinite_skipped", 0)
+        set_rng_state(ck["rng"])
+        self.task.load_checkpoint_extra(ck)
+        return True
+
+    # ----------------------------------------------------------------- logging
+    def log(self, record: dict) -> None:
+        if not self.ctx.is_main:
+            return
+        with open(self.run_dir / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            step = record.get("epoch", 0)
+            for k, v in _flatten(record).items():
+                if isinstance(v, (int, float)) and k not in ("epoch",) and v is not None and math.isfinite(v):
+                    self.writer.add_scalar(k, v, step)
+            self.writer.flush()
+
+    def _open_tensorboard(self) -> None:
+        if self.ctx.is_main and self.cfg["train"]["tensorboard"]:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except Exception:  # tensorboard is optional at run time
+                self.writer = None
+
+    # ----------------------------------------------------------------- the loop
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def fit(self, resume: bool = False) -> dict | None:
+        t = self.cfg["train"]
+        if resume and not self.resume() and self.ctx.is_main:
+            print(f"note: --resume given but {self.ckpt_dir / 'last.pt'} does not exist; starting fresh.")
+        self._open_tensorboard()
+        deadline = time.monotonic() + t["budget_minutes"] * 60 if t.get("budget_minutes") else None
+        epochs = t["epochs"]
+        while self.epoch < epochs:
+            stopped = self._run_epoch(deadline)
+            if stopped:
+                break
+        if self.writer is not None:
+            self.writer.close()
+        return self.last_eval
+
+    def _run_epoch(self, deadline: float | None) -> bool:
+        t = self.cfg["train"]
+        epoch = self.epoch
+        batches = self.task.plan_epoch(epoch)
+        self.train_model.train()
+        sums: dict[str, float] = {}
+        n_seen, n_steps, t0 = 0, 0, time.perf_counter()
+        start = self.step_in_epoch
+        bar = track(range(start, len(batches)), desc=f"{self.task.kind} epoch {epoch + 1}/{t['epochs']}",
+                    total=len(batches) - start) if self.ctx.is_main else range(start, len(batches))
+        stopped = False
+        for step in bar:
+            batch = self.task.make_batch(batches[step], epoch, step)
+            self.scheduler.step_update(self.global_step)
+            with self.autocast():
+                loss, metrics, n = self.task.training_step(self.train_model, batch)
+            if not self._finite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.nonfinite_skipped += 1
+                if self.nonfinite_skipped > t["skip_nonfinite"]:
+                    raise NonFiniteLossError(
+                        f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; training stopped. "
+                        f"The last good checkpoint is {self.ckpt_dir / 'last.pt'}. Lower the learning rate "
+                        f"(optim.lr=...), or allow skipping with train.skip_nonfinite=N.")
+                self.step_in_epoch = step + 1
+                self.global_step += 1
+                continue
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg["optim"]["grad_clip"]:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["optim"]["grad_clip"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.global_step)
+            self.global_step += 1
+            self.step_in_epoch = step + 1
+            n_seen += n
+            n_steps += 1
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if self.ctx.is_main and hasattr(bar, "set_postfix") and (step % 5 == 0 or step == len(batches) - 1):
+                bar.set_postfix(loss=f"{sums['loss'] / n_steps:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if t["save_every_steps"] and self.global_step % t["save_every_steps"] == 0 and self.step_in_epoch < len(batches):
+                self.save("last")
+            if deadline is not None and time.monotonic() > deadline:
+                stopped = True
+                break
+        elapsed = time.perf_counter() - t0
+        if hasattr(bar, "close"):
+            bar.close()
+        if not stopped or self.step_in_epoch >= len(batches):
+            self.epoch, self.step_in_epoch = epoch + 1, 0
+        record = {"epoch": epoch + 1, "step": self.global_step,
+                  "lr": self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)}
+        for k, v in sums.items():
+            record[k] = all_reduce_mean(self.ctx, v / max(1, n_steps))
+        record["images_per_s"] = n_seen * self.ctx.world / elapsed if elapsed > 0 else None
+        record["epoch_time_s"] = elapsed
+        last_epoch = self.epoch >= self.cfg["train"]["epochs"] or stopped
+        if last_epoch or (self.epoch % max(1, self.task.eval_every) == 0):
+            t1 = time.perf_counter()
+            eval_model = self.ema.module if self.ema is not None else self.model
+            result = self.task.evaluate(eval_model, epoch) if self.ctx.is_main else None
+            result = broadcast_object(self.ctx, result)
+            if result is not None:
+                record.update(result)
+                record["eval_time_s"] = time.perf_counter() - t1
+                self.last_eval = result
+                if result.get("score") is not None and result["score"] > self.best_score:
+                    self.best_score = result["score"]
+                    self.save("best")
+        self.save("last")
+        self.log(record)
+        barrier(self.ctx)
+        return stopped
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        ok = bool(torch.isfinite(loss.detach()).all())
+        if self.ctx.enabled:
+            ok = all_reduce_mean(self.ctx, 1.0 if ok else 0.0) == 1.0
+        return ok
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    write_json(path, metrics)

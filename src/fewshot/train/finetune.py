@@ -1,0 +1,97 @@
+"""`fewshot train`: resolve the config, prepare the run directory, fit, write metrics.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fewshot.config import load_yaml, save_yaml
+from fewshot.data.cache import ensure_writable_dir
+from fewshot.data.layout import scan_root
+from fewshot.errors import UserError
+from fewshot.eval.evaluate import format_table
+from fewshot.progress import set_enabled
+from fewshot.train.distributed import init_distributed
+from fewshot.train.engine import Engine
+from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
+from fewshot.utils import resolve_device, seed_everything, write_json
+
+
+def prepare_run_dir(out: Path, resume: bool, cfg: dict, is_main: bool = True) -> dict:
+    """Create RUN; refuse to overwrite a finished/started run unless resuming (then reuse its config)."""
+    out = Path(out)
+    existing = out / "checkpoints" / "last.pt"
+    if existing.is_file() and not resume:
+        raise UserError(f"'{out}' already holds a run ({existing}). Pass --resume to continue it, "
+                        f"or choose another --out.")
+    if is_main:
+        ensure_writable_dir(out, "run")
+    return cfg
+
+
+def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
+    """On --resume the saved config is the base; only what was given on this command line changes."""
+    saved = Path(out) / "config.yaml"
+    if not saved.is_file():
+        return cfg
+    base = load_yaml(saved)
+    from fewshot.config import set_dotted
+
+    for dotted, value in explicit.items():
+        set_dotted(base, dotted.split("."), value)
+    return base
+
+
+def configure_threads(cfg: dict) -> None:
+    if cfg["train"].get("threads"):
+        torch.set_num_threads(int(cfg["train"]["threads"]))
+
+
+def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
+    set_enabled(bool(cfg["train"]["progress"]))
+    configure_threads(cfg)
+    device, ctx = None, None
+    device = resolve_device(cfg["train"]["device"])
+    ctx, device = init_distributed(device)
+    cfg["train"]["device"] = str(device.type)
+    if cfg["train"]["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    resolve_finetune_defaults(cfg)
+    infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
+    prepare_run_dir(out, resume, cfg, ctx.is_main)
+    if ctx.is_main:
+        save_yaml(cfg, Path(out) / "config.yaml")
+    seed_everything(cfg["train"]["seed"])
+    task = SupervisedTask(cfg, infos, device, ctx)
+    engine = Engine(task, cfg, out, device, ctx)
+    if ctx.is_main:
+        print(f"fine-tuning {cfg['model']['name']} ({task.n_parameters:,} parameters) on "
+              f"{', '.join(task.space.names)}: {task.space.num_classes} classes, {len(task.train_set)} train / "
+              f"{len(task.val_set)} val images at {task.size}px on {device}; run directory {out}")
+    engine.fit(resume=resume)
+    metrics = final_metrics(engine, task, out)
+    return metrics
+
+
+def final_metrics(engine: Engine, task: SupervisedTask, out: Path) -> dict:
+    """Evaluate the best checkpoint on val in both modes; metrics.json holds the configured mode."""
+    from fewshot.train.checkpoint import load_checkpoint
+
+    if not engine.ctx.is_main:
+        return {}
+    best = Path(out) / "checkpoints" / "best.pt"
+    ck = load_checkpoint(best if best.is_file() else Path(out) / "checkpoints" / "last.pt")
+    model = task.model
+    model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
+    result = task.evaluate(model, ck["epoch"])
+    mode = task.cfg["train"]["eval_mode"]
+    metrics = dict(result["val"][mode])
+    metrics.update({"split": "val", "best_epoch": ck["epoch"]})
+    write_json(Path(out) / "metrics.json", metrics)
+    for m in ("known", "unknown"):
+        write_json(Path(out) / f"metrics_{m}.json", {**result["val"][m], "split": "val", "best_epoch": ck["epoch"]})
+    print(format_table(result["val"]["known"], title=f"val accuracy, best epoch {ck['epoch']}"))
+    print(f"unknown-source: mean acc@1 {result['val']['unknown']['mean_acc1']:.2f}, "
+          f"routing {result['val']['unknown']['routing_acc']:.2f}")
+    return metrics

@@ -1,0 +1,124 @@
+"""The fine-tuning task: multi-dataset classification with a joint label space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fewshot.data.cache import default_cache_dir
+from fewshot.data.label_space import LabelSpace
+from fewshot.data.samplers import epoch_batches
+from fewshot.data.sets import load_split
+from fewshot.data.transforms import Normalize, TrainAugment
+from fewshot.eval.evaluate import compute_logits, score
+from fewshot.models.backbone import input_size, mean_std
+from fewshot.models.classifier import build_classifier, n_parameters
+from fewshot.models.weights import load_backbone_weights
+from fewshot.train.distributed import DistContext
+
+
+def resolve_finetune_defaults(cfg: dict) -> dict:
+    """Fill the learning-rate fields that depend on whether a pretrained backbone is loaded."""
+    pretrained = bool(cfg["model"]["weights"])
+    o = cfg["optim"]
+    if o["lr"] is None:
+        o["lr"] = 1e-4 if pretrained else 2e-3
+    if o["backbone_lr_mult"] is None:
+        o["backbone_lr_mult"] = 0.1 if pretrained else 1.0
+    return cfg
+
+
+def use_channels_last(cfg: dict, device: torch.device) -> bool:
+    v = cfg["train"]["channels_last"]
+    return bool(v) if v != "auto" else device.type == "cuda"
+
+
+def split_decay(params) -> tuple[list, list]:
+    """Biases and norm weights get no weight decay (the usual timm practice)."""
+    decay, no_decay = [], []
+    for p in params:
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return decay, no_decay
+
+
+class SupervisedTask:
+    kind = "supervised"
+    supports_ema = True
+    drop_last = False
+
+    def __init__(self, cfg: dict, infos, device: torch.device, ctx: DistContext):
+        self.cfg, self.device, self.ctx = cfg, device, ctx
+        self.space = LabelSpace.from_infos(infos)
+        self.model = build_classifier(cfg, self.space.num_classes)
+        if cfg["model"]["weights"]:
+            load_backbone_weights(self.model.backbone, cfg["model"]["weights"], strict=cfg["model"]["strict"])
+        self.size = input_size(self.model.backbone, cfg["model"]["img_size"])
+        self.normalize = Normalize(*mean_std(self.model.backbone)).to(device)
+        self.channels_last = use_channels_last(cfg, device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        d = cfg["data"]
+        cache = default_cache_dir(d["root"], d["cache_dir"])
+        self.train_set = load_split(infos, "train", self.space, self.size, cache, d["crop_pct"], d["skip_bad_images"])
+        self.val_set = load_split(infos, "val", self.space, self.size, cache, d["crop_pct"], d["skip_bad_images"])
+        self.augment = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], d["randaug_p"], d["hflip"])
+        self.eval_every = cfg["train"]["eval_every"]
+        self.n_parameters = n_parameters(self.model)
+
+    def param_groups(self) -> list[dict]:
+        wd, mult = self.cfg["optim"]["weight_decay"], self.cfg["optim"]["backbone_lr_mult"]
+        groups = []
+        for params, scale in ((self.model.backbone.parameters(), mult), (self.model.heads.parameters(), 1.0)):
+            decay, no_decay = split_decay(params)
+            groups += [{"params": decay, "weight_decay": wd, "lr_scale": scale},
+                       {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale}]
+        return [g for g in groups if g["params"]]
+
+    def plan_epoch(self, epoch: int) -> list[torch.Tensor]:
+        t, d = self.cfg["train"], self.cfg["data"]
+        batches = epoch_batches(len(self.train_set), t["batch_size"], epoch, t["seed"], d["sampler"],
+                                self.ctx.rank, self.ctx.world, drop_last=False,
+                                dataset_ids=self.train_set.dataset_ids, repeats=d["repeats"])
+        # BatchNorm in training mode needs at least 2 samples per batch.
+        return [b for b in batches if len(b) >= 2]
+
+    def make_batch(self, idx: torch.Tensor, epoch: int, step: int):
+        x = self.augment(self.train_set.images[idx], (self.cfg["train"]["seed"], epoch, step, self.ctx.rank))
+        x = self.normalize(x.to(self.device, non_blocking=True))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.train_set.targets[idx].to(self.device), self.train_set.dataset_ids[idx].to(self.device)
+
+    def training_step(self, model, batch):
+        x, y, ds = batch
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg["optim"]["label_smoothing"])
+        with torch.no_grad():
+            acc = (self.space.restrict(logits.float(), ds).argmax(1) == y).float().mean() * 100
+        return loss, {"train_acc1": acc}, len(y)
+
+    def val_logits(self, model) -> torch.Tensor:
+        return compute_logits(model, self.val_set.images, self.normalize, self.device,
+                              channels_last=self.channels_last, desc="validating")
+
+    def evaluate(self, model, epoch: int) -> dict:
+        logits = self.val_logits(model)
+        out = {}
+        for mode in ("known", "unknown"):
+            out[mode] = score(logits, self.val_set.targets, self.val_set.dataset_ids, self.space, mode,
+                              self.n_parameters)
+        return {"score": out[self.cfg["train"]["eval_mode"]]["mean_acc1"], "val": out}
+
+    def checkpoint_extra(self) -> dict:
+        return {"label_space": self.space.to_dict(), "n_parameters": self.n_parameters, "img_size": self.size,
+                "model_name": self.cfg["model"]["name"]}
+
+    def load_checkpoint_extra(self, ck: dict) -> None:
+        saved = LabelSpace.from_dict(ck["label_space"])
+        if saved != self.space:
+            from fewshot.errors import UserError
+
+            raise UserError("the datasets or classes differ from those of the run being resumed.")

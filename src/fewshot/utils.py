@@ -1,0 +1,66 @@
+"""Small shared helpers: atomic writes, seeding, devices."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder, fsync, rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs that model code (init, dropout, drop-path) draws from."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (seed, epoch, step...): reproducible across processes."""
+    h = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def make_generator(*parts: int) -> torch.Generator:
+    gen = torch.Generator()
+    gen.manual_seed(derive_seed(*parts))
+    return gen
+
+
+def resolve_device(name: str) -> torch.device:
+    from fewshot.errors import UserError
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA GPU is available here. Use --device cpu or auto.")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise UserError(f"unknown device '{name}': use auto, cpu or cuda.")
+    return torch.device(name)
