@@ -24,6 +24,22 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("--queue-size", type=int, help="K, the number of negative keys in the queue")
     p.add_argument("--weights", help="initialise the backbone from a local weights file (e.g. ImageNet)")
 
+    p = sub.add_parser("run", help="the whole pipeline in a time budget: MoCo -> fine-tune -> predict -> report",
+                       epilog=epilog, description="Pool -> MoCo pretraining -> export -> fine-tuning -> prediction "
+                       "-> report, with each stage's length planned from measured step times so that the whole "
+                       "run fits --budget-minutes. Writes DIR/pred_all.json, DIR/metrics.json and the report.")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--budget-minutes", type=float, default=10.0)
+    p.add_argument("--model", help="timm model (default resnet18)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--img-size", type=int, help="default: 32 for small images, else 64 on CPU / 160 on GPU")
+    p.add_argument("--datasets")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--no-pretrain", action="store_true", help="baseline: supervised from scratch, whole budget")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("export", help="write a MoCo run's backbone as timm-loadable safetensors")
     p.add_argument("run", metavar="RUN_OR_CKPT")
     p.add_argument("--out", required=True, help="backbone.safetensors path")
@@ -50,6 +66,22 @@ def cmd_pretrain(args, extra) -> int:
     return 0
 
 
+def cmd_run(args, extra) -> int:
+    from fewshot.config import resolve
+    from fewshot.pipeline import check_budget, run_pipeline
+
+    check_budget(args.budget_minutes)
+    flags = {"data.root": args.data, "model.name": args.model, "train.device": args.device,
+             "model.img_size": args.img_size, "data.datasets": args.datasets, "train.seed": args.seed}
+    if args.no_pretrain:
+        flags["run.pretrain"] = False
+    if args.no_progress:
+        flags["train.progress"] = False
+    cfg = resolve(file=args.config, flags=flags, overrides=extra)
+    run_pipeline(cfg, Path(args.out), args.budget_minutes)
+    return 0
+
+
 def cmd_export(args, extra) -> int:
     from fewshot.ssl.export import export_backbone
 
@@ -72,4 +104,4 @@ def cmd_probe(args, extra) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "export": cmd_export, "probe": cmd_probe}
+COMMANDS = {"pretrain": cmd_pretrain, "run": cmd_run, "export": cmd_export, "probe": cmd_probe}

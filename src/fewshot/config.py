@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
         "drop_path": 0.1,
         "img_size": None,         # None: the model's default input size
         "head": "linear",         # linear: BN1d(affine=False)+Linear
+        "head_init": "auto",      # auto: linear probe on frozen features when --weights is given (LP-FT); random | probe
     },
     "data": {
         "root": None,
@@ -36,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "randaug_ops": 2,
         "randaug_magnitude": 8,
         "randaug_p": 0.6667,      # SPEC: 2/3 of samples get RandAugment
+        "randaug_group": 8,       # samples sharing one RandAugment draw (1: per sample; slower on CPU)
         "hflip": 0.0,             # extra horizontal flip probability (off: digits are not symmetric)
         "skip_bad_images": False,
         "unlabeled": None,        # pretrain: list of folders (None: ROOT/unlabeled/<dataset> or train images)
@@ -90,6 +92,17 @@ DEFAULTS: dict[str, Any] = {
         "knn_t": 0.1,
         "knn_every": 1,           # epochs
         "cos": True,
+    },
+    "run": {
+        "pretrain": True,         # False: supervised from scratch with the whole budget (the baseline)
+        "pretrain_share": 0.5,    # fraction of the budget spent on MoCo
+        "pretrain_batch_size": 64,
+        "pretrain_lr": None,      # None: linear scaling of 0.06 @ 256 (fast small-data setting)
+        "queue_size": None,       # None: about half the pool, capped at 4096
+        "finetune_lr": 2e-3,      # fine-tuning lr after our own (short) MoCo: the backbone still needs to move
+        "finetune_backbone_mult": 1.0,
+        "min_epochs": 1,
+        "moco_momentum": 0.99,    # short schedules: at 0.999 the key encoder barely moves in a few hundred steps
     },
     "aug": {
         "scale": [0.2, 1.0],

@@ -111,7 +111,7 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         if missing:
             raise UserError(f"dataset(s) {', '.join(missing)} not found under '{root}'. "
                             f"Available: {', '.join(available)}.")
-        names = list(datasets)
+        names = list(dict.fromkeys(datasets))  # a repeated name would duplicate its classes
     else:
         names = available
 

@@ -71,6 +71,11 @@ def split_groups(cfg: dict, world: int) -> int:
     if g > 1 and bs % g:
         raise UserError(f"--batch-size {bs} must be a multiple of moco.split_bn_groups={g} (single-device "
                         f"shuffle-BN splits each batch into that many groups).")
+    if g > 1 and bs // g < 2:
+        # One sample per group: BatchNorm has no batch statistics where the feature map is 1x1.
+        raise UserError(f"--batch-size {bs} with moco.split_bn_groups={g} leaves {bs // g} sample per shuffle-BN "
+                        f"group; each group needs at least 2. Use moco.split_bn_groups={max(1, bs // 2)} or less "
+                        f"(a divisor of the batch size), or a larger --batch-size.")
     return max(1, g)
 
 

@@ -102,6 +102,9 @@ class Engine:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_score, self.last_eval = -math.inf, None
         self.nonfinite_skipped = 0
+        # Running per-epoch metric sums, checkpointed so that a mid-epoch resume logs whole-epoch means.
+        self.epoch_sums: dict[str, float] = {}
+        self.epoch_steps = 0
         self.writer = None
 
     # ----------------------------------------------------------------- checkpoints
@@ -117,6 +120,7 @@ class Engine:
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "best_score": self.best_score, "last_eval": self.last_eval,
             "nonfinite_skipped": self.nonfinite_skipped,
+            "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps,
             "rng": rng_state(),
             **self.task.checkpoint_extra(),
         }
@@ -141,6 +145,7 @@ class Engine:
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
         self.best_score, self.last_eval = ck["best_score"], ck.get("last_eval")
         self.nonfinite_skipped = ck.get("nonfinite_skipped", 0)
+        self.epoch_sums, self.epoch_steps = dict(ck.get("epoch_sums") or {}), int(ck.get("epoch_steps", 0))
         set_rng_state(ck["rng"])
         self.task.load_checkpoint_extra(ck)
         return True
@@ -193,9 +198,11 @@ class Engine:
         epoch = self.epoch
         batches = self.task.plan_epoch(epoch)
         self.train_model.train()
-        sums: dict[str, float] = {}
-        n_seen, n_steps, t0 = 0, 0, time.perf_counter()
         start = self.step_in_epoch
+        if start == 0:
+            self.epoch_sums, self.epoch_steps = {}, 0
+        sums = self.epoch_sums  # continues the sums of a resumed epoch
+        n_seen, t0 = 0, time.perf_counter()
         bar = track(range(start, len(batches)), desc=f"{self.task.kind} epoch {epoch + 1}/{t['epochs']}",
                     total=len(batches) - start) if self.ctx.is_main else range(start, len(batches))
         stopped = False
@@ -227,7 +234,8 @@ class Engine:
             self.global_step += 1
             self.step_in_epoch = step + 1
             n_seen += n
-            n_steps += 1
+            self.epoch_steps += 1
+            n_steps = self.epoch_steps
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -246,7 +254,7 @@ class Engine:
         record = {"epoch": epoch + 1, "step": self.global_step,
                   "lr": self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)}
         for k, v in sums.items():
-            record[k] = all_reduce_mean(self.ctx, v / max(1, n_steps))
+            record[k] = all_reduce_mean(self.ctx, v / max(1, self.epoch_steps))
         record["images_per_s"] = n_seen * self.ctx.world / elapsed if elapsed > 0 else None
         record["epoch_time_s"] = elapsed
         last_epoch = self.epoch >= self.cfg["train"]["epochs"] or stopped

@@ -64,9 +64,31 @@ class SupervisedTask:
         cache = default_cache_dir(d["root"], d["cache_dir"])
         self.train_set = load_split(infos, "train", self.space, self.size, cache, d["crop_pct"], d["skip_bad_images"])
         self.val_set = load_split(infos, "val", self.space, self.size, cache, d["crop_pct"], d["skip_bad_images"])
-        self.augment = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], d["randaug_p"], d["hflip"])
+        if self.wants_probe_init():
+            self.init_head_from_probe()
+        self.augment = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], d["randaug_p"], d["hflip"],
+                                    d["randaug_group"])
         self.eval_every = cfg["train"]["eval_every"]
         self.n_parameters = n_parameters(self.model)
+
+    def wants_probe_init(self) -> bool:
+        mode = self.cfg["model"].get("head_init", "auto")
+        return mode == "probe" or (mode == "auto" and bool(self.cfg["model"]["weights"]))
+
+    @torch.no_grad()
+    def init_head_from_probe(self) -> None:
+        """LP-FT: fit the head on frozen features first, so fine-tuning starts from a head that
+        agrees with the pretrained features instead of a random one that pulls them apart."""
+        from fewshot.eval.features import backbone_features
+        from fewshot.eval.probe import train_linear_head
+
+        self.model.to(self.device)
+        feats = backbone_features(self.model.backbone, self.train_set.images, self.normalize, self.device)
+        with torch.enable_grad():
+            head = train_linear_head(feats, self.train_set.targets, self.space.num_classes,
+                                     seed=self.cfg["train"]["seed"])
+        for h in self.model.heads:
+            h.load_state_dict(head.state_dict())
 
     def param_groups(self) -> list[dict]:
         wd, mult = self.cfg["optim"]["weight_decay"], self.cfg["optim"]["backbone_lr_mult"]

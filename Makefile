@@ -1,0 +1,42 @@
+# fewshot: `make demo` runs the whole pipeline on the embedded demo data; `make test` runs the tests.
+# Both create/reuse .venv and install what they need. Versions are pinned here (ranges in pyproject).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.fewshot-installed
+DEMO_DATA ?= demo_data
+DEMO_RUN ?= runs/demo
+DEMO_MINUTES ?= 6
+
+.PHONY: venv test demo demo-data bench clean help
+
+help:
+	@echo "make demo   - build demo data (digits, fashion-mnist), MoCo-pretrain, fine-tune, predict, score"
+	@echo "make test   - run the test suite"
+	@echo "make bench  - MoCo speed benchmark against lightly (separate venv)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=10
+
+demo-data: venv
+	bash scripts/demo_data.sh $(BIN) $(DEMO_DATA)
+
+demo: demo-data
+	$(BIN)/fewshot run --data $(DEMO_DATA) --out $(DEMO_RUN) --budget-minutes $(DEMO_MINUTES) --device cpu
+
+bench: venv
+	bash benchmarks/setup_bench_venv.sh
+	.bench-venv/bin/python benchmarks/moco_speed.py
+
+clean:
+	rm -rf $(DEMO_RUN) $(DEMO_DATA)

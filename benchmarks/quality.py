@@ -1,0 +1,109 @@
+"""Accuracy at equal CPU budgets: `fewshot run` (MoCo -> fine-tune) vs supervised from scratch.
+
+The scratch baseline gets its learning rate chosen on the val splits (mean val acc@1 over
+seeds) from a grid, full backbone lr, the same strong augmentation, EMA and schedule. Each
+method gets the same wall-clock budget per run. Reports test accuracy (answer keys) per
+dataset as mean +- std over seeds, and writes JSON + a markdown table + a plot.
+
+    python benchmarks/quality.py --data demo_data --budgets 5 10 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_one(data: Path, out: Path, budget: float, seed: int, extra: list[str], no_pretrain: bool) -> dict:
+    summary = out / "summary.json"
+    if not summary.is_file():
+        cmd = [sys.executable, "-m", "fewshot", "run", "--data", str(data), "--out", str(out), "--budget-minutes",
+               str(budget), "--seed", str(seed), "--device", "cpu", "--no-progress"]
+        if no_pretrain:
+            cmd.append("--no-pretrain")
+        t0 = time.time()
+        proc = subprocess.run(cmd + extra, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"failed: {' '.join(cmd + extra)}\n{proc.stderr[-3000:]}")
+        print(f"  {out.name}: {time.time() - t0:.0f} s", flush=True)
+    s = json.loads(summary.read_text())
+    m = s["metrics"]
+    return {"val": {k: v["acc1"] for k, v in m["val"]["datasets"].items()},
+            "val_mean": m["val"]["mean_acc1"],
+            "test": {k: v["acc1"] for k, v in m["test"]["datasets"].items()},
+            "test_mean": m["test"]["mean_acc1"], "seconds": s["seconds"]}
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="demo_data")
+    ap.add_argument("--out", default="runs/quality")
+    ap.add_argument("--budgets", type=float, nargs="+", default=[5.0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--scratch-lrs", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3])
+    ap.add_argument("--extra", nargs="*", default=[], help="key=value overrides for both methods")
+    ap.add_argument("--results", default="benchmarks/results/quality.json")
+    args = ap.parse_args()
+    root = Path(args.out)
+    results: dict = {"budgets": {}, "seeds": args.seeds, "scratch_lrs": args.scratch_lrs}
+    for budget in args.budgets:
+        print(f"budget {budget:g} min", flush=True)
+        entry: dict = {"scratch": {}, "fewshot_run": []}
+        for seed in args.seeds:  # alternate methods so machine noise hits both alike
+            entry["fewshot_run"].append(run_one(Path(args.data), root / f"b{budget:g}/run_s{seed}", budget, seed,
+                                                args.extra, no_pretrain=False))
+            for lr in args.scratch_lrs:
+                entry["scratch"].setdefault(str(lr), []).append(
+                    run_one(Path(args.data), root / f"b{budget:g}/scratch_lr{lr:g}_s{seed}", budget, seed,
+                            args.extra + [f"optim.lr={lr}"], no_pretrain=True))
+        best_lr = max(entry["scratch"], key=lambda lr: statistics.fmean(r["val_mean"] for r in entry["scratch"][lr]))
+        entry["scratch_best_lr"] = float(best_lr)
+        entry["table"] = {}
+        for name, runs in (("scratch (lr %s, chosen on val)" % best_lr, entry["scratch"][best_lr]),
+                           ("fewshot run (MoCo + fine-tune)", entry["fewshot_run"])):
+            datasets = runs[0]["test"].keys()
+            entry["table"][name] = {d: mean_std([r["test"][d] for r in runs]) for d in datasets}
+            entry["table"][name]["mean"] = mean_std([r["test_mean"] for r in runs])
+        results["budgets"][f"{budget:g}"] = entry
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(results, indent=2))
+    lines = ["| budget (min) | method | " + " | ".join(next(iter(next(iter(results['budgets'].values()))['table'].values())).keys()) + " |"]
+    lines.append("|" + "---|" * (2 + len(next(iter(next(iter(results['budgets'].values()))['table'].values())))))
+    for budget, entry in results["budgets"].items():
+        for name, row in entry["table"].items():
+            lines.append(f"| {budget} | {name} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in row.values()) + " |")
+    table = "\n".join(lines)
+    print(table)
+    Path(args.results).with_suffix(".md").write_text(table + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        budgets = [float(b) for b in results["budgets"]]
+        for idx, label in enumerate(("scratch", "fewshot run")):
+            ms = [list(e["table"].values())[idx]["mean"] for e in results["budgets"].values()]
+            ax.errorbar(budgets, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=4, label=label)
+        ax.set_xlabel("budget per run (CPU minutes, 2 cores)")
+        ax.set_ylabel("mean test acc@1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(Path(args.results).with_suffix(".png"), dpi=100)
+    except Exception as exc:  # plotting is a convenience
+        print(f"(no plot: {exc})")
+
+
+if __name__ == "__main__":
+    main()

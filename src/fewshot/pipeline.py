@@ -1,0 +1,202 @@
+"""`fewshot run`: pool -> MoCo pretraining -> export -> fine-tuning -> prediction -> report, in a budget.
+
+Stage lengths are planned from measured step times on this machine (a few timed steps on a
+throwaway copy of the model), so the same command fits a laptop CPU and a GPU. The cosine
+schedules then run to completion inside their share; the engine's wall-clock guard only
+catches mis-estimates.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from fewshot.config import save_yaml
+from fewshot.data.cache import ensure_writable_dir
+from fewshot.data.layout import scan_root
+from fewshot.errors import UserError
+from fewshot.eval.evaluate import format_table
+from fewshot.progress import set_enabled
+from fewshot.utils import resolve_device, seed_everything, write_json
+
+
+def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
+    """Median seconds per training step (forward, backward, optimizer) on a copy of the task's model."""
+    model = copy.deepcopy(task.model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.0)
+    batches = task.plan_epoch(0)
+    times = []
+    with torch.random.fork_rng(devices=[]):
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            batch = task.make_batch(batches[i % len(batches)], 0, i)
+            loss, _, _ = task.training_step(model, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    del model, opt
+    return sorted(times)[len(times) // 2]
+
+
+def measure_eval_seconds(task) -> float:
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        task.evaluate(task.model, 0)
+    return time.perf_counter() - t0
+
+
+def plan_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: float, eval_every: int,
+                min_epochs: int = 1) -> int:
+    per_epoch = step_s * steps_per_epoch + eval_s / max(1, eval_every)
+    return max(min_epochs, int(budget_s // max(per_epoch, 1e-6)))
+
+
+def auto_img_size(infos, device: torch.device) -> int:
+    """Small native images (digits, MNIST-like) train at 32 px; larger ones at 64 px on CPU, 160 on GPU."""
+    from PIL import Image
+
+    sides = []
+    for info in infos:
+        for p, _ in info.train[:20]:
+            with Image.open(p) as im:
+                sides.append(min(im.size))
+    median = sorted(sides)[len(sides) // 2] if sides else 224
+    if median <= 40:
+        return 32
+    return 64 if device.type == "cpu" else 160
+
+
+def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
+    from fewshot.eval.predict import evaluate_run, predict_run, score_predictions
+    from fewshot.ssl.export import export_backbone
+    from fewshot.ssl.pretrain import MoCoTask, resolve_pretrain_defaults
+    from fewshot.train.distributed import DistContext
+    from fewshot.train.engine import Engine
+    from fewshot.train.finetune import final_metrics
+    from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
+
+    t_start = time.monotonic()
+    out = Path(out)
+    set_enabled(bool(cfg["train"]["progress"]))
+    ensure_writable_dir(out, "output")
+    device = resolve_device(cfg["train"]["device"])
+    cfg["train"]["device"] = device.type
+    ctx = DistContext()
+    infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
+    if cfg["model"]["img_size"] is None:
+        cfg["model"]["img_size"] = auto_img_size(infos, device)
+    r = cfg["run"]
+    budget_s = budget_minutes * 60.0
+    reserve_s = min(60.0, 0.08 * budget_s)  # prediction, scoring, report
+    stage_s = budget_s - reserve_s
+    summary: dict = {"budget_minutes": budget_minutes, "img_size": cfg["model"]["img_size"], "stages": {}}
+
+    weights = cfg["model"]["weights"]
+    if r["pretrain"]:
+        pcfg = copy.deepcopy(cfg)
+        pcfg["_task"] = "moco"
+        pcfg["model"]["drop_path"] = 0.0
+        pcfg["train"]["batch_size"] = r["pretrain_batch_size"]
+        pcfg["train"]["ema"] = False
+        pcfg["optim"].update({"name": "sgd", "lr": r["pretrain_lr"] or 0.06 * r["pretrain_batch_size"] / 256,
+                              "weight_decay": 5e-4, "momentum": 0.9, "grad_clip": 0.0, "label_smoothing": 0.0})
+        pcfg["sched"].update({"warmup_epochs": 0.0, "min_lr": 0.0})
+        pcfg["moco"]["momentum"] = r["moco_momentum"]
+        pre_budget = stage_s * r["pretrain_share"]
+        pdir = out / "pretrain"
+        ensure_writable_dir(pdir, "pretrain run")
+        seed_everything(pcfg["train"]["seed"])
+        # The pool size is known only once the task has scanned it: build, then size the queue.
+        pcfg["moco"]["queue_size"] = r["queue_size"] or 4096
+        task = MoCoTask(pcfg, infos, device, ctx)
+        if r["queue_size"] is None:
+            k = int(min(4096, max(2 * pcfg["train"]["batch_size"], len(task.pool) // 2)))
+            if k != task.model.K:
+                pcfg["moco"]["queue_size"] = k
+                seed_everything(pcfg["train"]["seed"])
+                task = MoCoTask(pcfg, infos, device, ctx)
+        resolve_pretrain_defaults(pcfg, 1)
+        step_s = measure_step_seconds(task)
+        eval_s = measure_eval_seconds(task)
+        pcfg["moco"]["knn_every"] = task.eval_every = max(1, int(round(10 * eval_s / max(step_s * len(task.plan_epoch(0)), 1e-6))))
+        spent = time.monotonic() - t_start
+        pre_budget = max(10.0, pre_budget - spent)
+        epochs = plan_epochs(pre_budget, step_s, len(task.plan_epoch(0)), eval_s, task.eval_every, r["min_epochs"])
+        pcfg["train"]["epochs"] = epochs
+        pcfg["train"]["budget_minutes"] = pre_budget * 1.05 / 60
+        save_yaml(pcfg, pdir / "config.yaml")
+        print(f"[run] MoCo pretraining: {len(task.pool)} unlabeled images at {task.size}px, K={task.model.K}, "
+              f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch -> {epochs} epochs "
+              f"in {pre_budget / 60:.1f} min")
+        seed_everything(pcfg["train"]["seed"])
+        engine = Engine(task, pcfg, pdir, device, ctx)
+        result = engine.fit()
+        from fewshot.report.plots import plot_pretrain_curves
+
+        plot_pretrain_curves(pdir)
+        weights = out / "backbone.safetensors"
+        export_backbone(pdir, weights)
+        summary["stages"]["pretrain"] = {"epochs": epochs, "seconds": time.monotonic() - t_start,
+                                         "knn_acc1": (result or {}).get("knn_acc1")}
+        del task, engine
+
+    fcfg = copy.deepcopy(cfg)
+    fcfg["model"]["weights"] = str(weights) if weights else None
+    if r["pretrain"]:
+        fcfg["optim"]["lr"] = fcfg["optim"]["lr"] or r["finetune_lr"]
+        fcfg["optim"]["backbone_lr_mult"] = fcfg["optim"]["backbone_lr_mult"] or r["finetune_backbone_mult"]
+    resolve_finetune_defaults(fcfg)
+    fdir = out / "finetune"
+    ensure_writable_dir(fdir, "fine-tuning run")
+    seed_everything(fcfg["train"]["seed"])
+    task = SupervisedTask(fcfg, infos, device, ctx)
+    step_s = measure_step_seconds(task)
+    eval_s = measure_eval_seconds(task)
+    remaining = max(10.0, stage_s - (time.monotonic() - t_start))
+    eval_every = max(1, int(round(10 * eval_s / max(step_s * len(task.plan_epoch(0)), 1e-6))))
+    fcfg["train"]["eval_every"] = task.eval_every = eval_every
+    epochs = plan_epochs(remaining, step_s, len(task.plan_epoch(0)), eval_s, eval_every, r["min_epochs"])
+    fcfg["train"]["epochs"] = epochs
+    fcfg["train"]["budget_minutes"] = remaining * 1.05 / 60
+    save_yaml(fcfg, fdir / "config.yaml")
+    print(f"[run] fine-tuning {'from MoCo weights' if weights else 'from random init'}: "
+          f"{len(task.train_set)} labelled images, {step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} "
+          f"steps/epoch -> {epochs} epochs in {remaining / 60:.1f} min, lr {fcfg['optim']['lr']:g}")
+    seed_everything(fcfg["train"]["seed"])
+    engine = Engine(task, fcfg, fdir, device, ctx)
+    engine.fit()
+    val_metrics = final_metrics(engine, task, fdir)
+    summary["stages"]["finetune"] = {"epochs": epochs, "seconds": time.monotonic() - t_start}
+    del task, engine
+
+    root = Path(cfg["data"]["root"])
+    test_infos = scan_root(root, [i.name for i in infos], splits=("test",))
+    pred, routing = predict_run(fdir, root, "known", device)
+    write_json(out / "pred_all.json", pred)
+    metrics = {"val": val_metrics}
+    if all(i.answer_key is not None for i in test_infos):
+        test = evaluate_run(fdir, root, "known", device, split="test")
+        test_unknown = evaluate_run(fdir, root, "unknown", device, split="test")
+        write_json(out / "metrics.json", test)
+        metrics.update({"test": test, "test_unknown": test_unknown, "pred_all_score": score_predictions(pred, root)})
+        print(format_table(test, title="test accuracy (scored against test_labels.json)"))
+        print(f"unknown-source test: mean acc@1 {test_unknown['mean_acc1']:.2f}, routing {test_unknown['routing_acc']:.2f}")
+    else:
+        write_json(out / "metrics.json", val_metrics)
+    summary["seconds"] = time.monotonic() - t_start
+    summary["metrics"] = metrics
+    write_json(out / "summary.json", summary)
+    print(f"[run] done in {summary['seconds'] / 60:.1f} of {budget_minutes:g} minutes: {out}/pred_all.json, "
+          f"{out}/metrics.json")
+    return summary
+
+
+def check_budget(minutes: float) -> None:
+    if minutes is None or minutes <= 0:
+        raise UserError("--budget-minutes must be a positive number of minutes.")

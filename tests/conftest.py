@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny REAL two-dataset root, built once per test session.
+
+`digits_root` holds two small few-shot datasets made by `fewshot.data.build.build_dataset`:
+sklearn's digits and Fashion-MNIST (from Debian's IDX files). Where Fashion-MNIST is not
+installed, the second dataset is a second, differently seeded draw of digits named
+`digits-b`, so multi-dataset behaviour is still exercised on real images. Tests that need
+to damage a root take `copy_root`, which copies it into the test's own tmp_path.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fewshot.data.build import DEFAULT_IDX_DIR, build_dataset
+
+SMALL = dict(shots=4, val_per_class=3, test_per_class=3, pool_per_class=10, progress=False)
+HAVE_FASHION = (DEFAULT_IDX_DIR / "train-images-idx3-ubyte.gz").is_file() or \
+    (DEFAULT_IDX_DIR / "train-images-idx3-ubyte").is_file()
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory) -> Path:
+    """ROOT/{digits,<second>}/{train,val,test}, test_labels.json, ROOT/unlabeled/<name> (read-only use)."""
+    root = tmp_path_factory.mktemp("data") / "root"
+    build_dataset("digits", root, **SMALL)
+    if HAVE_FASHION:
+        build_dataset("fashion-mnist", root, **SMALL)
+    else:  # still real images: another draw of digits under another name
+        other = tmp_path_factory.mktemp("data-b")
+        build_dataset("digits", other, seed=1, **SMALL)
+        (other / "digits").rename(root / "digits-b")
+    return root
+
+
+@pytest.fixture(scope="session")
+def dataset_names(digits_root) -> list[str]:
+    """The two dataset names, sorted (['digits', 'fashion-mnist'] normally)."""
+    return sorted(p.name for p in digits_root.iterdir() if p.is_dir() and p.name != "unlabeled")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".fewshot_cache"))
+    return dst
+
+
+@pytest.fixture
+def copy_root(digits_root, tmp_path) -> Path:
+    """A private copy of digits_root (without any image cache) that a test may corrupt."""
+    return _copy(digits_root, tmp_path / "root")

@@ -1,0 +1,1 @@
+"""Shared helpers for the engine / resume / DDP / MoCo tests (tiny real datasets, tiny configs)."""

@@ -1,0 +1,81 @@
+"""Tiny real datasets (sklearn digits) and configs for fast CPU tests of the training loop."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+from fewshot.config import resolve
+
+REPO = Path(__file__).resolve().parents[2]
+HELPERS = Path(__file__).resolve().parent
+
+# Debug-friendly, fast, bit-reproducible on CPU.
+COMMON = {
+    "model.name": "test_resnet",
+    "model.img_size": 32,
+    "train.device": "cpu",
+    "train.progress": False,
+    "train.tensorboard": False,
+    "train.deterministic": True,
+    "train.threads": 1,
+}
+
+
+def build_digits(root: Path, shots: int = 4) -> Path:
+    """ROOT/digits/{train,val,test} (shots x 10 train, 3 x 10 val) and ROOT/unlabeled/digits (80 images)."""
+    from fewshot.data.build import build_dataset
+
+    root = Path(root)
+    build_dataset("digits", root, shots=shots, val_per_class=3, test_per_class=3, pool_per_class=8, progress=False)
+    return root
+
+
+def finetune_cfg(root: Path, **flags) -> dict:
+    base = {**COMMON, "data.root": str(root), "train.epochs": 2, "train.batch_size": 8, "train.eval_every": 1}
+    return resolve(flags={**base, **flags})
+
+
+def pretrain_cfg(root: Path, **flags) -> dict:
+    base = {**COMMON, "data.root": str(root), "train.epochs": 2, "train.batch_size": 8,
+            "moco.queue_size": 52, "moco.split_bn_groups": 2, "moco.knn_k": 5}
+    return resolve(preset="mocov2", flags={**base, **flags})
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_cmd(nproc: int, port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+            "--master_addr=127.0.0.1", f"--master_port={port}", *args]
+
+
+def dist_env() -> dict:
+    env = dict(os.environ)
+    env.update({"MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), env.get("PYTHONPATH", "")])})
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        env.pop(k, None)
+    return env
+
+
+def digit_images(n: int, size: int = 32, offset: int = 0):
+    """n real handwritten digits (sklearn) as normalised float [n, 3, size, size] tensors."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    imgs = torch.tensor(load_digits().images[offset:offset + n], dtype=torch.float32) / 16.0
+    x = F.interpolate(imgs[:, None], size=(size, size), mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
+    return ((x - 0.45) / 0.25).contiguous()
+
+
+def view_pair(n: int, size: int = 32, offset: int = 0):
+    """Two different views of the same real digits: the image and a shifted, mirrored copy."""
+    x = digit_images(n, size, offset)
+    return x, x.roll(shifts=(2, -1), dims=(2, 3)).flip(-1).contiguous()

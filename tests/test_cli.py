@@ -1,0 +1,312 @@
+"""The command line end to end on the tiny real digits + fashion-mnist root (SPEC "Command-line contract").
+
+Most commands run in-process through `fewshot.cli.main` (imports paid once); a few run as real
+subprocesses to check exit statuses and that user errors print no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fewshot.cli import build_parser, main
+
+SPEC_METRICS_KEYS = {"mode", "n_parameters", "mean_acc1", "datasets", "routing_acc"}
+
+
+def run_main(*argv: str) -> tuple[int, str, str]:
+    """main(argv) with stdout/stderr captured; argparse's SystemExit becomes the return code."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def run_subprocess(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fewshot", *[str(a) for a in argv]], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def train_argv(root: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", "--data", root, "--out", run, "--model", "test_resnet", "--img-size", "32", "--epochs", "2",
+            "--batch-size", "16", "--device", "cpu", "--no-progress", "train.eval_every=1", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(digits_root, tmp_path_factory):
+    """One 2-epoch run on both datasets, shared by the eval/predict tests."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    rc, out, err = run_main(*train_argv(digits_root, run))
+    assert rc == 0, err
+    return run, out
+
+
+def test_keys(digits_root, name: str) -> dict[str, int]:
+    return {k: int(v) for k, v in json.loads((digits_root / name / "test_labels.json").read_text()).items()}
+
+
+def test_ids(digits_root, name: str) -> set[str]:
+    return {p.stem for p in (digits_root / name / "test").iterdir()}
+
+
+test_keys.__test__ = False  # helpers, not tests
+test_ids.__test__ = False
+
+
+# ------------------------------------------------------------------ train
+
+def test_train_writes_the_run_directory(trained, dataset_names):
+    run, out = trained
+    assert "done:" in out
+    for name in ("config.yaml", "log.jsonl", "metrics.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["name"] == "test_resnet" and cfg["model"]["img_size"] == 32
+    assert cfg["train"]["epochs"] == 2 and cfg["train"]["batch_size"] == 16
+    assert cfg["train"]["eval_every"] == 1 and cfg["train"]["device"] == "cpu"
+
+    lines = (run / "log.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in records] == [1, 2]  # one JSON line per epoch
+    assert all("loss" in r and "lr" in r for r in records)
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert SPEC_METRICS_KEYS <= set(metrics)
+    assert metrics["mode"] == "known" and metrics["routing_acc"] is None
+    assert isinstance(metrics["n_parameters"], int) and metrics["n_parameters"] > 0
+    assert set(metrics["datasets"]) == set(dataset_names)
+    for d in metrics["datasets"].values():
+        assert set(d) == {"acc1", "acc5", "n"}
+        assert d["n"] == 30 and 0 <= d["acc1"] <= d["acc5"] <= 100
+    assert metrics["mean_acc1"] == pytest.approx(sum(d["acc1"] for d in metrics["datasets"].values()) / 2)
+
+
+def test_checkpoints_load_with_weights_only(trained, dataset_names):
+    run, _ = trained
+    n_params = json.loads((run / "metrics.json").read_text())["n_parameters"]
+    for name in ("last.pt", "best.pt"):
+        ck = torch.load(run / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert ck["kind"] == "supervised"
+        assert ck["label_space"]["names"] == dataset_names
+        assert ck["n_parameters"] == n_params
+        assert any(isinstance(v, torch.Tensor) for v in ck["model"].values())
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_retrain_into_same_run_without_resume_exits_2(trained, digits_root):
+    run, _ = trained
+    before = (run / "config.yaml").read_text()
+    last = (run / "checkpoints" / "last.pt").read_bytes()
+    rc, out, err = run_main(*train_argv(digits_root, run, "--epochs", "3"))
+    assert rc == 2
+    assert str(run) in err and "--resume" in err and "Traceback" not in err
+    assert (run / "config.yaml").read_text() == before  # nothing overwritten
+    assert (run / "checkpoints" / "last.pt").read_bytes() == last
+
+
+def test_unknown_override_key_exits_2(digits_root, tmp_path):
+    run = tmp_path / "run"
+    rc, out, err = run_main(*train_argv(digits_root, run, "optim.lrr=1"))
+    assert rc == 2
+    assert "optim.lrr" in err and "Traceback" not in err
+    assert not run.exists()
+
+
+def test_missing_data_root_exits_2(tmp_path):
+    missing = tmp_path / "no-such-root"
+    rc, out, err = run_main(*train_argv(missing, tmp_path / "run"))
+    assert rc == 2
+    assert str(missing) in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_selected_dataset_only(digits_root, dataset_names, tmp_path):
+    b = dataset_names[1]
+    run = tmp_path / "run"
+    rc, out, err = run_main(*train_argv(digits_root, run, "--datasets", b, "--epochs", "1",
+                                        "train.tensorboard=false"))
+    assert rc == 0, err
+    assert set(json.loads((run / "metrics.json").read_text())["datasets"]) == {b}
+    pred = tmp_path / "pred_all.json"
+    rc, out, err = run_main("predict", run, "--data", digits_root, "--out", pred, "--device", "cpu")
+    assert rc == 0, err
+    assert set(json.loads(pred.read_text())) == {"n_parameters", b}
+
+
+# ------------------------------------------------------------------ eval
+
+def read_metrics(path: Path) -> dict:
+    m = json.loads(path.read_text())
+    assert SPEC_METRICS_KEYS <= set(m)
+    return m
+
+
+def test_eval_unknown_and_known(trained, digits_root, dataset_names, tmp_path):
+    run, _ = trained
+    rc, out, err = run_main("eval", run, "--data", digits_root, "--mode", "unknown", "--out", tmp_path / "m.json",
+                            "--device", "cpu")
+    assert rc == 0, err
+    unknown = read_metrics(tmp_path / "m.json")
+    assert unknown["mode"] == "unknown"
+    assert unknown["routing_acc"] is not None and 0 <= unknown["routing_acc"] <= 100
+    assert set(unknown["datasets"]) == set(dataset_names)
+    assert "dataset routing" in out
+
+    rc, out, err = run_main("eval", run, "--data", digits_root, "--mode", "known", "--out", tmp_path / "k.json",
+                            "--device", "cpu")
+    assert rc == 0, err
+    known = read_metrics(tmp_path / "k.json")
+    assert known["mode"] == "known" and known["routing_acc"] is None
+    assert all(d["n"] == 30 for d in known["datasets"].values())
+    # known source can only help: the restricted argmax is right whenever the unrestricted one is
+    for name in dataset_names:
+        assert known["datasets"][name]["acc1"] >= unknown["datasets"][name]["acc1"] - 1e-9
+    # the run's own metrics.json (best checkpoint, val, known) agrees with a fresh evaluation
+    saved = json.loads((run / "metrics.json").read_text())
+    assert known["datasets"] == pytest.approx(saved["datasets"])
+
+
+def test_eval_accepts_a_checkpoint_file(trained, digits_root, tmp_path):
+    run, _ = trained
+    rc, out, err = run_main("eval", run / "checkpoints" / "last.pt", "--data", digits_root, "--device", "cpu",
+                            "--out", tmp_path / "m.json")
+    assert rc == 0, err
+    assert read_metrics(tmp_path / "m.json")["checkpoint"].endswith("last.pt")
+
+
+# ------------------------------------------------------------------ predict
+
+def check_pred_file(path: Path, digits_root: Path, dataset_names: list[str]) -> dict:
+    pred = json.loads(path.read_text())
+    assert set(pred) == {"n_parameters", *dataset_names}
+    assert type(pred["n_parameters"]) is int and pred["n_parameters"] > 0
+    for name in dataset_names:
+        assert isinstance(pred[name], dict)
+        assert set(pred[name]) == test_ids(digits_root, name) == set(test_keys(digits_root, name))
+        assert all(isinstance(k, str) and k.isdigit() for k in pred[name])
+        assert all(type(v) is int for v in pred[name].values())
+    return pred
+
+
+def test_predict_known_and_eval_test_split(trained, digits_root, dataset_names, tmp_path):
+    run, _ = trained
+    out_file = tmp_path / "pred_all.json"
+    rc, out, err = run_main("predict", run, "--data", digits_root, "--out", out_file, "--device", "cpu")
+    assert rc == 0, err
+    pred = check_pred_file(out_file, digits_root, dataset_names)
+    assert pred["n_parameters"] == json.loads((run / "metrics.json").read_text())["n_parameters"]
+    for name in dataset_names:
+        assert all(0 <= v < 10 for v in pred[name].values())
+
+    # --split test scores against test_labels.json: same numbers as scoring pred_all.json by hand
+    rc, out, err = run_main("eval", run, "--data", digits_root, "--mode", "known", "--split", "test",
+                            "--out", tmp_path / "t.json", "--device", "cpu")
+    assert rc == 0, err
+    test_metrics = read_metrics(tmp_path / "t.json")
+    assert test_metrics["split"] == "test" and test_metrics["routing_acc"] is None
+    for name in dataset_names:
+        key = test_keys(digits_root, name)
+        acc = 100.0 * sum(pred[name][i] == c for i, c in key.items()) / len(key)
+        assert test_metrics["datasets"][name]["acc1"] == pytest.approx(acc)
+        assert test_metrics["datasets"][name]["n"] == len(key)
+
+
+def test_predict_unknown_and_routing(trained, digits_root, dataset_names, tmp_path):
+    run, _ = trained
+    out_file = tmp_path / "pred_all.json"
+    rc, out, err = run_main("predict", run, "--data", digits_root, "--out", out_file, "--mode", "unknown",
+                            "--device", "cpu")
+    assert rc == 0, err
+    pred = check_pred_file(out_file, digits_root, dataset_names)
+    routing = json.loads((tmp_path / "pred_all.routing.json").read_text())
+    sizes = {name: 10 for name in dataset_names}
+    for name in dataset_names:
+        assert set(routing[name]) == set(pred[name])
+        for i, label in pred[name].items():
+            assert routing[name][i] in dataset_names
+            assert 0 <= label < sizes[routing[name][i]]
+
+    rc, out, err = run_main("eval", run, "--data", digits_root, "--mode", "unknown", "--split", "test",
+                            "--out", tmp_path / "t.json", "--device", "cpu")
+    assert rc == 0, err
+    m = read_metrics(tmp_path / "t.json")
+    routed_right = sum(routing[name][i] == name for name in dataset_names for i in routing[name])
+    total = sum(len(routing[name]) for name in dataset_names)
+    assert m["routing_acc"] == pytest.approx(100.0 * routed_right / total)
+    for name in dataset_names:  # right only when routed to the right dataset and the right class
+        key = test_keys(digits_root, name)
+        acc = 100.0 * sum(routing[name][i] == name and pred[name][i] == c for i, c in key.items()) / len(key)
+        assert m["datasets"][name]["acc1"] == pytest.approx(acc)
+
+
+def test_predict_never_reads_the_answer_key(trained, copy_root, dataset_names, tmp_path):
+    run, _ = trained
+    for name in dataset_names:
+        (copy_root / name / "test_labels.json").write_text("this is not json")
+    out_file = tmp_path / "pred.json"
+    rc, out, err = run_main("predict", run, "--data", copy_root, "--out", out_file, "--device", "cpu")
+    assert rc == 0, err
+    assert set(json.loads(out_file.read_text())) == {"n_parameters", *dataset_names}
+
+
+def test_predict_missing_run_exits_2(digits_root, tmp_path):
+    rc, out, err = run_main("predict", tmp_path / "nope", "--data", digits_root, "--out", tmp_path / "p.json")
+    assert rc == 2 and str(tmp_path / "nope") in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ help, models, entry points
+
+def test_top_level_help():
+    rc, out, err = run_main("--help")
+    assert rc == 0 and "train" in out and "predict" in out
+
+
+SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
+
+
+def test_core_spec_commands_exist():
+    assert {"data", "train", "eval", "predict", "pretrain", "export", "run", "probe", "models"} <= set(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_subcommand_help(command):
+    rc, out, err = run_main(command, "--help")
+    assert rc == 0, err
+    assert f"fewshot {command}" in out
+
+
+def test_python_dash_m_help():
+    proc = run_subprocess("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: fewshot" in proc.stdout and "train" in proc.stdout
+
+
+def test_subprocess_user_error_exit_2_without_traceback(digits_root, tmp_path):
+    run = tmp_path / "run"
+    proc = run_subprocess(*train_argv(digits_root, run, "optim.lrr=1"))
+    assert proc.returncode == 2
+    assert "optim.lrr" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.startswith("fewshot train: error:")
+
+
+def test_models_lists_resnet18_with_parameter_count():
+    rc, out, err = run_main("models", "resnet1")
+    assert rc == 0, err
+    row = next(line for line in out.splitlines() if line.split()[:1] == ["resnet18"])
+    params = float(row.split()[1])
+    assert params == pytest.approx(11.69, abs=0.01)  # millions
+    assert all(re.search(r"resnet1", line.split()[0]) for line in out.splitlines()[1:] if not line.startswith("..."))

@@ -1,0 +1,316 @@
+"""Dataset-root validation (fewshot.data.layout.scan_root) and how the CLI reports it.
+
+Every layout problem must be found before any compute, named by its path, and reported
+all at once; the CLI turns them into exit code 2 with a message and no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fewshot.cli import main
+from fewshot.data.cache import load_images
+from fewshot.data.layout import find_unlabeled_images, list_datasets, scan_root
+from fewshot.errors import DataLayoutError, UserError
+
+ALL_SPLITS = ("train", "val", "test")
+
+
+def problems_of(root: Path, **kw) -> list[str]:
+    with pytest.raises(DataLayoutError) as info:
+        scan_root(root, **kw)
+    return info.value.problems
+
+
+def one_problem(problems: list[str], path: Path, *words: str) -> str:
+    """The single problem that names `path` and contains every word."""
+    hits = [p for p in problems if str(path) in p and all(w in p for w in words)]
+    assert len(hits) == 1, f"expected one problem about {path} with {words}, got: {problems}"
+    return hits[0]
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def train_argv(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(root), "--out", str(out), "--model", "test_resnet", "--img-size", "16",
+            "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress",
+            "train.tensorboard=false", "train.ema=false", *extra]
+
+
+# ------------------------------------------------------------------ the valid root
+
+def test_valid_root_scans_every_split(digits_root, dataset_names):
+    infos = scan_root(digits_root, splits=ALL_SPLITS)
+    assert [i.name for i in infos] == dataset_names
+    for info in infos:
+        assert len(info.classes) == 10
+        assert list(info.classes) == sorted(info.classes)
+        assert len(info.train) == 40 and len(info.val) == 30 and len(info.test) == 30
+        # local labels are positions in the sorted class list and match the folder
+        for path, label in info.train + info.val:
+            assert path.parent.name == info.classes[label]
+        ids = [i for i, _ in info.test]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        assert all(p.name == f"{i}.png" for i, p in info.test)
+        key = json.loads((digits_root / info.name / "test_labels.json").read_text())
+        assert {str(i) for i in ids} == set(key)
+        assert info.answer_key == digits_root / info.name / "test_labels.json"
+
+
+def test_unlabeled_json_and_hidden_entries_are_not_datasets(copy_root, dataset_names):
+    (copy_root / "notes.json").write_text("{}")
+    (copy_root / "summary.json").write_text("[]")
+    hidden = copy_root / ".hidden"
+    shutil.copytree(copy_root / dataset_names[0], hidden)  # even a valid-looking hidden dataset
+    (copy_root / ".fewshot_cache").mkdir()
+    assert (copy_root / "unlabeled").is_dir()
+    assert list_datasets(copy_root) == dataset_names
+    assert [i.name for i in scan_root(copy_root)] == dataset_names
+
+
+def test_hidden_files_inside_splits_are_ignored(copy_root, dataset_names):
+    ds = copy_root / dataset_names[0]
+    (ds / "train" / ".DS_Store").write_text("x")
+    (ds / "train" / "0" / ".DS_Store").write_text("x")
+    (ds / "test" / ".3.png").write_bytes(b"not an image")
+    info = scan_root(copy_root, dataset_names[0], splits=ALL_SPLITS)[0]
+    assert len(info.train) == 40 and len(info.test) == 30
+
+
+def test_empty_root_and_missing_root(tmp_path):
+    with pytest.raises(UserError, match="no dataset folders"):
+        scan_root(tmp_path)
+    missing = tmp_path / "nope"
+    with pytest.raises(UserError) as info:
+        scan_root(missing)
+    assert str(missing) in str(info.value)
+    assert not isinstance(info.value, DataLayoutError)
+
+
+# ------------------------------------------------------------------ dataset selection
+
+def test_select_datasets_by_string_and_list(digits_root, dataset_names):
+    a, b = dataset_names
+    assert [i.name for i in scan_root(digits_root, a)] == [a]
+    assert [i.name for i in scan_root(digits_root, f"{b},{a}")] == [b, a]  # order as given
+    assert [i.name for i in scan_root(digits_root, [b])] == [b]
+    assert [i.name for i in scan_root(digits_root, f" {a} , ")] == [a]
+
+
+def test_repeated_dataset_is_taken_once(digits_root, dataset_names):
+    a = dataset_names[0]
+    assert [i.name for i in scan_root(digits_root, f"{a},{a}")] == [a]
+
+
+def test_unknown_dataset_name(digits_root, dataset_names):
+    with pytest.raises(UserError) as info:
+        scan_root(digits_root, f"{dataset_names[0]},cifar")
+    msg = str(info.value)
+    assert "cifar" in msg and all(n in msg for n in dataset_names)  # lists what is available
+
+
+def test_selection_skips_broken_other_dataset(copy_root, dataset_names):
+    a, b = dataset_names
+    shutil.rmtree(copy_root / b / "val")
+    assert [i.name for i in scan_root(copy_root, a)] == [a]
+    problems_of(copy_root)  # the full root is still refused
+
+
+# ------------------------------------------------------------------ individual problems
+
+def test_missing_split(copy_root, dataset_names):
+    val = copy_root / dataset_names[0] / "val"
+    shutil.rmtree(val)
+    one_problem(problems_of(copy_root), val, "missing split")
+    test = copy_root / dataset_names[1] / "test"
+    shutil.rmtree(test)
+    scan_root(copy_root, dataset_names[1])  # training does not need test/
+    one_problem(problems_of(copy_root, datasets=dataset_names[1], splits=("test",)), test, "missing split")
+
+
+def test_empty_class_folder(copy_root, dataset_names):
+    cls = copy_root / dataset_names[0] / "train" / "3"
+    shutil.rmtree(cls)
+    cls.mkdir()
+    one_problem(problems_of(copy_root), cls, "empty class folder")
+
+
+def test_class_folder_with_only_hidden_files_is_empty(copy_root, dataset_names):
+    cls = copy_root / dataset_names[0] / "val" / "5"
+    shutil.rmtree(cls)
+    cls.mkdir()
+    (cls / ".DS_Store").write_text("x")
+    one_problem(problems_of(copy_root), cls, "empty class folder")
+
+
+def test_class_folder_without_images(copy_root, dataset_names):
+    cls = copy_root / dataset_names[1] / "train" / sorted(p.name for p in (copy_root / dataset_names[1] / "train").iterdir())[2]
+    for p in cls.iterdir():
+        p.rename(p.with_suffix(".txt"))
+    one_problem(problems_of(copy_root), cls, "without images")
+
+
+def test_image_directly_in_split_folder(copy_root, dataset_names):
+    split = copy_root / dataset_names[0] / "train"
+    stray = split / "stray.png"
+    shutil.copy(split / "1" / "0.png", stray)
+    one_problem(problems_of(copy_root), stray, "class folder")
+
+
+@pytest.mark.parametrize("name", ["cat.png", "1.5.png", "-1.png", "\u0663.png", "7a.jpg"])
+def test_test_file_name_not_an_integer(copy_root, dataset_names, name):
+    test = copy_root / dataset_names[0] / "test"
+    bad = test / name
+    shutil.copy(test / "0.png", bad)
+    one_problem(problems_of(copy_root, splits=ALL_SPLITS), bad, "not an integer")
+
+
+def test_non_image_file_in_test(copy_root, dataset_names):
+    bad = copy_root / dataset_names[0] / "test" / "readme.txt"
+    bad.write_text("hello")
+    one_problem(problems_of(copy_root, splits=ALL_SPLITS), bad, "not an image")
+
+
+@pytest.mark.parametrize("dup", ["3.jpg", "03.png", "003.PNG"])
+def test_duplicate_test_ids(copy_root, dataset_names, dup):
+    """3.png plus 3.jpg, 03.png or 003.PNG: all are image id 3, so the id is ambiguous."""
+    test = copy_root / dataset_names[1] / "test"
+    shutil.copy(test / "5.png", test / dup)
+    problems = problems_of(copy_root, splits=ALL_SPLITS)
+    hits = [p for p in problems if "duplicate test id 3" in p]
+    assert len(hits) == 1, problems
+    assert dup in hits[0] and "3.png" in hits[0]  # both files named
+    assert str(test) in hits[0]
+
+
+def test_val_classes_differ_from_train(copy_root, dataset_names):
+    val = copy_root / dataset_names[0] / "val"
+    (val / "7").rename(val / "seven")
+    problems = problems_of(copy_root)
+    one_problem(problems, val, "not in train", "seven")
+    one_problem(problems, val, "missing from val", "7")
+
+
+def test_all_problems_reported_at_once(copy_root, dataset_names):
+    a, b = dataset_names
+    empty = copy_root / a / "train" / "2"
+    shutil.rmtree(empty)
+    empty.mkdir()
+    missing = copy_root / b / "val"
+    shutil.rmtree(missing)
+    bad_id = copy_root / b / "test" / "x.png"
+    shutil.copy(copy_root / b / "test" / "0.png", bad_id)
+    with pytest.raises(DataLayoutError) as info:
+        scan_root(copy_root, splits=ALL_SPLITS)
+    msg = str(info.value)
+    for path, word in ((empty, "empty class folder"), (missing, "missing split"), (bad_id, "not an integer")):
+        assert str(path) in msg
+        one_problem(info.value.problems, path, word)
+    assert f"{len(info.value.problems)} problem(s)" in msg
+
+
+# ------------------------------------------------------------------ undecodable images (cache)
+
+def _break_images(root: Path, name: str) -> tuple[Path, Path]:
+    garbage = root / name / "train" / "3" / "0.png"
+    garbage.write_bytes(b"this is not a png at all")
+    truncated = root / name / "train" / "4" / "1.png"
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    return garbage, truncated
+
+
+def test_cache_reports_every_undecodable_image(copy_root, dataset_names):
+    garbage, truncated = _break_images(copy_root, dataset_names[0])
+    info = scan_root(copy_root, dataset_names[0])[0]  # scanning does not decode
+    paths = [p for p, _ in info.train + info.val]
+    with pytest.raises(DataLayoutError) as exc:
+        load_images(paths, 16, None)
+    msg = str(exc.value)
+    assert str(garbage) in msg and str(truncated) in msg and "--skip-bad-images" in msg
+    got = load_images(paths, 16, copy_root / ".fewshot_cache", skip_bad=True)
+    assert int((~got.valid).sum()) == 2
+    assert not got.valid[paths.index(garbage)] and not got.valid[paths.index(truncated)]
+    assert {p for p, _ in got.bad} == {str(garbage), str(truncated)}
+    # a cached result is refused the same way without skip_bad
+    with pytest.raises(DataLayoutError, match="cannot be decoded"):
+        load_images(paths, 16, copy_root / ".fewshot_cache")
+
+
+def test_train_exits_2_listing_undecodable_images_and_skips_them_on_request(copy_root, tmp_path, capsys):
+    garbage, truncated = _break_images(copy_root, "digits")
+    run = tmp_path / "run"
+    rc, out, err = cli(capsys, *train_argv(copy_root, run))
+    assert rc == 2, err
+    assert str(garbage) in err and str(truncated) in err and "--skip-bad-images" in err
+    assert "Traceback" not in err
+    assert not (run / "checkpoints" / "last.pt").exists()
+
+    run2 = tmp_path / "run2"
+    rc, out, err = cli(capsys, *train_argv(copy_root, run2, "--skip-bad-images"))
+    assert rc == 0, err
+    assert "78 train / 60 val images" in out  # 80 train minus the two bad files
+    assert (run2 / "checkpoints" / "last.pt").is_file()
+
+
+# ------------------------------------------------------------------ CLI reporting
+
+@pytest.mark.parametrize("damage", ["missing_split", "bad_test_name", "val_classes"])
+def test_cli_train_layout_errors_exit_2(copy_root, tmp_path, dataset_names, capsys, damage):
+    a = dataset_names[0]
+    if damage == "missing_split":
+        named = copy_root / a / "train"
+        shutil.rmtree(named)
+    elif damage == "bad_test_name":  # only `predict` reads test/: train must not care
+        named = copy_root / a / "test" / "oops.png"
+        shutil.copy(copy_root / a / "test" / "0.png", named)
+    else:
+        named = copy_root / a / "val"
+        (named / "1").rename(named / "one")
+    run = tmp_path / "run"
+    rc, out, err = cli(capsys, *train_argv(copy_root, run, "--datasets", a, "--epochs", "1"))
+    if damage == "bad_test_name":
+        assert rc == 0, err
+        return
+    assert rc == 2, err
+    assert str(named) in err and "Traceback" not in err
+    assert err.startswith("fewshot train: error:")
+    assert not run.exists() or not (run / "config.yaml").exists()  # nothing started
+
+
+def test_cli_unknown_dataset_exits_2(digits_root, tmp_path, capsys):
+    rc, out, err = cli(capsys, *train_argv(digits_root, tmp_path / "run", "--datasets", "nope"))
+    assert rc == 2 and "nope" in err and "Traceback" not in err
+
+
+def test_cli_subprocess_layout_error_no_traceback(copy_root, tmp_path, dataset_names):
+    """The real entry point: exit status 2, the path in the message, no traceback."""
+    empty = copy_root / dataset_names[1] / "val" / sorted(p.name for p in (copy_root / dataset_names[1] / "val").iterdir())[0]
+    shutil.rmtree(empty)
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "fewshot", *train_argv(copy_root, tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert str(empty) in proc.stderr and "empty class folder" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# ------------------------------------------------------------------ unlabeled pool
+
+def test_find_unlabeled_images(digits_root, tmp_path, dataset_names):
+    imgs = find_unlabeled_images([digits_root / "unlabeled"])
+    assert len(imgs) == 200 and imgs == sorted(imgs)
+    assert {p.parent.name for p in imgs} == set(dataset_names)
+    with pytest.raises(UserError, match="no images"):
+        find_unlabeled_images([tmp_path])
+    with pytest.raises(UserError, match="does not exist"):
+        find_unlabeled_images([tmp_path / "missing"])

@@ -1,0 +1,282 @@
+"""Backbones of every family through timm's tiny test models, the heads, and safe weights loading."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from fewshot.errors import CheckpointError, UserError
+from fewshot.models.backbone import create_backbone, extract_features, feature_dim, num_feature_tokens
+from fewshot.models.classifier import FewShotClassifier, build_classifier, n_parameters
+from fewshot.models.weights import load_backbone_weights
+
+FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit", "test_maxvit", "test_byobnet"]
+NUM_CLASSES = 7
+SIZE = 32
+
+
+def cfg(name: str, img_size: int = SIZE, drop_path: float = 0.0) -> dict:
+    return {"model": {"name": name, "img_size": img_size, "drop_path": drop_path}}
+
+
+def images(n: int = 3, size: int = SIZE) -> torch.Tensor:
+    """Smooth, structured inputs (gradients + a square), not noise; normalized-ish scale."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    out = []
+    for i in range(n):
+        img = torch.stack([x * (i + 1) / n, y, (x * y)]).clone()
+        img[:, size // 4: size // 2, size // 4 + i: size // 2 + i] = 1.5
+        out.append(img)
+    return torch.stack(out)
+
+
+# ------------------------------------------------------------------ families
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_family_forward_backward(name):
+    torch.manual_seed(0)
+    model = build_classifier(cfg(name, drop_path=0.1), NUM_CLASSES)
+    assert isinstance(model, FewShotClassifier)
+    assert len(model.heads) == 1
+    head = model.heads[0]
+    assert isinstance(head.norm, torch.nn.BatchNorm1d) and not head.norm.affine
+    assert head.fc.in_features == feature_dim(model.backbone) and head.fc.out_features == NUM_CLASSES
+    model.train()
+    x = images()
+    logits = model(x)
+    assert logits.shape == (3, NUM_CLASSES) and torch.isfinite(logits).all()
+    logits.logsumexp(1).mean().backward()
+    grads = [p.grad for p in model.backbone.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads[:1]) and any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert model.heads[0].fc.weight.grad.abs().sum() > 0
+    feats = model.features(x)
+    assert feats.shape == (3, 1, feature_dim(model.backbone))
+    assert n_parameters(model) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["test_vit", "test_resnet"])
+def test_features_are_timm_pre_logits(name):
+    """Pooling comes from timm's own forward_head(pre_logits=True), per family."""
+    backbone = create_backbone(name, img_size=SIZE).eval()
+    x = images(2)
+    with torch.no_grad():
+        want = backbone.forward_head(backbone.forward_features(x), pre_logits=True)
+        got = extract_features(backbone, x)
+    assert torch.allclose(got[:, 0], want)
+
+
+def test_distilled_deit_has_two_heads_and_averages_them():
+    torch.manual_seed(0)
+    model = build_classifier(cfg("deit_tiny_distilled_patch16_224"), NUM_CLASSES)
+    assert num_feature_tokens(model.backbone) == 2
+    assert len(model.heads) == 2
+    x = images(2)
+    model.train()
+    out = model(x)
+    assert out.shape == (2, NUM_CLASSES)
+    out.sum().backward()
+    assert all(h.fc.weight.grad is not None and h.fc.weight.grad.abs().sum() > 0 for h in model.heads)
+    model.eval()
+    with torch.no_grad():
+        tokens = model.backbone.forward_features(x)
+        feats = model.features(x)
+        assert feats.shape == (2, 2, feature_dim(model.backbone))
+        assert torch.allclose(feats[:, 0], tokens[:, 0]) and torch.allclose(feats[:, 1], tokens[:, 1])
+        l_cls = model.heads[0](feats[:, 0])
+        l_dist = model.heads[1](feats[:, 1])
+        assert not torch.allclose(l_cls, l_dist)  # two different heads on two different tokens
+        assert torch.allclose(model(x), (l_cls + l_dist) / 2, atol=1e-6)
+
+
+def test_img_size_is_passed_to_models_that_need_it():
+    vit = create_backbone("test_vit", img_size=48)
+    assert vit.patch_embed.img_size == (48, 48)
+    with torch.no_grad():
+        assert extract_features(vit, images(1, 48)).shape[0] == 1
+
+
+def test_unknown_model_is_a_user_error():
+    with pytest.raises(UserError, match="resnet_does_not_exist"):
+        create_backbone("resnet_does_not_exist")
+
+
+# ------------------------------------------------------------------ weights files
+
+@pytest.fixture(scope="module")
+def source():
+    """A test_resnet backbone with non-default weights (so a successful load is visible)."""
+    torch.manual_seed(1)
+    b = create_backbone("test_resnet")
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.5)
+    return b
+
+
+def fresh():
+    torch.manual_seed(2)
+    return create_backbone("test_resnet")
+
+
+def assert_same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def assert_differs(a, b):
+    assert any(not torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_load_safetensors(source, tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    target = fresh()
+    assert_differs(source, target)
+    info = load_backbone_weights(target, path)
+    assert_same(source, target)
+    assert info["missing"] == [] and info["unexpected"] == []
+
+
+def test_load_plain_state_dict(source, tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save(source.state_dict(), path)
+    target = fresh()
+    load_backbone_weights(target, path)
+    assert_same(source, target)
+
+
+def test_load_wrapped_state_dict_with_module_prefix(source, tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save({"epoch": 3, "arch": "test_resnet",
+                "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    target = fresh()
+    load_backbone_weights(target, path)
+    assert_same(source, target)
+
+
+def test_imagenet_classifier_is_dropped(source, tmp_path):
+    torch.manual_seed(3)
+    full = timm.create_model("test_resnet", num_classes=1000)
+    full.load_state_dict(source.state_dict(), strict=False)
+    state = full.state_dict()
+    assert "fc.weight" in state and state["fc.weight"].shape[0] == 1000
+    path = tmp_path / "imagenet.pth"
+    torch.save(state, path)
+    target = fresh()
+    info = load_backbone_weights(target, path)
+    assert_same(source, target)
+    assert info["unexpected"] == []
+
+
+def test_wrong_architecture_names_file_and_keys(tmp_path):
+    other = create_backbone("test_efficientnet")
+    path = tmp_path / "effnet.pt"
+    torch.save(other.state_dict(), path)
+    target = fresh()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CheckpointError) as info:
+        load_backbone_weights(target, path)
+    msg = str(info.value)
+    assert str(path) in msg
+    assert "conv_stem.weight" in msg            # a key only the file has
+    assert "conv1" in msg                        # a key only the model has
+    assert "missing" in msg and "unexpected" in msg
+    for k, v in target.state_dict().items():     # nothing half-loaded
+        assert torch.equal(v, before[k])
+
+
+def test_shape_mismatch_is_refused_even_when_not_strict(source, tmp_path):
+    state = dict(source.state_dict())
+    key = next(k for k, v in state.items() if v.ndim == 4)
+    state[key] = torch.zeros(*state[key].shape[:-1], state[key].shape[-1] + 1)
+    path = tmp_path / "shape.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        load_backbone_weights(fresh(), path, strict=False)
+    assert key in str(info.value) and str(path) in str(info.value)
+
+
+def test_not_strict_loads_the_matching_part(source, tmp_path):
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("layer4.")}
+    state["extra.weight"] = torch.ones(3)
+    path = tmp_path / "partial.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError):
+        load_backbone_weights(fresh(), path)
+    target = fresh()
+    info = load_backbone_weights(target, path, strict=False)
+    assert info["unexpected"] == ["extra.weight"]
+    assert info["missing"] and all(k.startswith("layer4.") for k in info["missing"])
+    assert torch.equal(target.state_dict()["conv1.0.weight"], source.state_dict()["conv1.0.weight"])
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_truncated_file(source, tmp_path, suffix):
+    good = tmp_path / f"good{suffix}"
+    if suffix == ".pt":
+        torch.save(source.state_dict(), good)
+    else:
+        save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(good))
+    data = good.read_bytes()
+    bad = tmp_path / f"truncated{suffix}"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as info:
+        load_backbone_weights(fresh(), bad)
+    assert str(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".pth"])
+def test_zero_byte_file(tmp_path, suffix):
+    path = tmp_path / f"empty{suffix}"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError) as info:
+        load_backbone_weights(fresh(), path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_and_non_dict_files(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_backbone_weights(fresh(), tmp_path / "nope.pt")
+    path = tmp_path / "list.pt"
+    torch.save([torch.zeros(2)], path)
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        load_backbone_weights(fresh(), path)
+
+
+class _RunsCode:
+    """Unpickling this would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("how", ["torch.save", "pickle", "pickle-in-state-dict"])
+def test_malicious_pickle_is_refused_without_running(source, tmp_path, how):
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "evil.pth"
+    payload = _RunsCode(marker)
+    if how == "torch.save":
+        torch.save({"state_dict": {"conv1.0.weight": payload}}, path)
+    elif how == "pickle":
+        with open(path, "wb") as fh:
+            pickle.dump({"conv1.0.weight": payload}, fh)
+    else:
+        state = dict(source.state_dict())
+        state["evil"] = payload
+        torch.save(state, path)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError) as info:
+        load_backbone_weights(fresh(), path)
+    assert str(path) in str(info.value)
+    assert not marker.exists(), "loading the file ran code"

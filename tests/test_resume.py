@@ -1,0 +1,208 @@
+"""Exact resume: a run killed mid-epoch or at an epoch boundary and resumed with --resume ends
+bit-for-bit where the uninterrupted run ends (weights, EMA, optimizer, MoCo queue and pointer,
+best checkpoint, metrics.json, log values), for fine-tuning and MoCo pretraining.
+
+The kill is simulated in-process by raising a BaseException from inside the engine: the resumed
+run then starts from what is on disk only (a fresh task, model and engine), as a new process would.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewshot.ssl.pretrain import MoCoTask, run_pretrain
+from fewshot.train.checkpoint import load_checkpoint
+from fewshot.train.engine import Engine
+from fewshot.train.finetune import run_finetune
+from fewshot.train.supervised import SupervisedTask
+from helpers.tiny import build_digits, finetune_cfg, pretrain_cfg
+
+TIMING = {"images_per_s", "epoch_time_s", "eval_time_s"}
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so nothing in the code under test can swallow it."""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return build_digits(tmp_path_factory.mktemp("data"))
+
+
+# ------------------------------------------------------------------------------ comparisons
+
+
+def assert_same(a, b, path="ckpt"):
+    """Recursive exact equality of checkpoint payloads (tensors with torch.equal)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), path
+        assert a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b), f"{path} differs (max abs diff {(a.double() - b.double()).abs().max().item()})"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {sorted(set(a) ^ set(b))}"
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), path
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def read_log(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def compare_runs(ref: Path, run: Path, metrics: bool) -> None:
+    for name in ("last", "best"):
+        a = load_checkpoint(ref / "checkpoints" / f"{name}.pt")
+        b = load_checkpoint(run / "checkpoints" / f"{name}.pt")
+        assert_same(a, b, name)
+    assert read_log(run) == read_log(ref)
+    if metrics:
+        assert json.loads((run / "metrics.json").read_text()) == json.loads((ref / "metrics.json").read_text())
+
+
+# ------------------------------------------------------------------------------ kill points
+
+
+def kill_in_training_step(monkeypatch, task_cls, call: int) -> None:
+    """Raise inside the `call`-th training step, after its forward pass (which for MoCo already moved
+    the key encoder and the queue in memory): the step's work must be lost, never half-saved."""
+    orig = task_cls.training_step
+    calls = {"n": 0}
+
+    def step(self, model, batch):
+        out = orig(self, model, batch)
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Killed(f"killed in step {call}")
+        return out
+
+    monkeypatch.setattr(task_cls, "training_step", step)
+
+
+def kill_after_epoch_log(monkeypatch, epoch: int) -> None:
+    """Raise right after epoch `epoch` was checkpointed and logged (an epoch-boundary kill)."""
+    orig = Engine.log
+
+    def log(self, record):
+        orig(self, record)
+        if record.get("epoch") == epoch:
+            raise Killed(f"killed after epoch {epoch}")
+
+    monkeypatch.setattr(Engine, "log", log)
+
+
+def kill_after_save(monkeypatch, global_step: int) -> None:
+    """Raise right after the mid-epoch checkpoint of `global_step` was written."""
+    orig = Engine.save
+
+    def save(self, name="last"):
+        orig(self, name)
+        if name == "last" and self.global_step == global_step and self.step_in_epoch > 0:
+            raise Killed(f"killed after saving step {global_step}")
+
+    monkeypatch.setattr(Engine, "save", save)
+
+
+def interrupted(run_fn, cfg, out: Path, monkeypatch, kill) -> Path:
+    with monkeypatch.context() as mp:
+        kill(mp)
+        with pytest.raises(Killed):
+            run_fn(copy.deepcopy(cfg), out)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    run_fn(copy.deepcopy(cfg), out, resume=True)
+    return ck
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+
+# 40 train images, batch 8: 5 steps per epoch, 3 epochs; checkpoints every 2 steps.
+FT = dict(**{"train.epochs": 3, "train.save_every_steps": 2})
+
+
+@pytest.fixture(scope="module")
+def ft_ref(root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "ref"
+    run_finetune(finetune_cfg(root, **FT), out)
+    return out
+
+
+def test_finetune_resume_mid_epoch_between_checkpoints(root, ft_ref, tmp_path, monkeypatch):
+    # step 8 (epoch 2, step 3) dies after its forward; the last checkpoint is global step 6.
+    out = tmp_path / "run"
+    ck = interrupted(run_finetune, finetune_cfg(root, **FT), out, monkeypatch,
+                     lambda mp: kill_in_training_step(mp, SupervisedTask, 8))
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 1, 6)
+    compare_runs(ft_ref, out, metrics=True)
+
+
+def test_finetune_resume_at_epoch_boundary(root, ft_ref, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    ck = interrupted(run_finetune, finetune_cfg(root, **FT), out, monkeypatch, lambda mp: kill_after_epoch_log(mp, 2))
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (2, 0, 10)
+    compare_runs(ft_ref, out, metrics=True)
+
+
+def test_finetune_resume_of_finished_run_is_a_no_op(root, ft_ref, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(ft_ref, out)
+    before = load_checkpoint(out / "checkpoints" / "last.pt")
+    run_finetune(finetune_cfg(root, **FT), out, resume=True)
+    assert_same(before, load_checkpoint(out / "checkpoints" / "last.pt"))
+    assert read_log(out) == read_log(ft_ref)
+
+
+# ------------------------------------------------------------------------------ MoCo pretraining
+
+# 80 pool images, batch 8: 10 steps per epoch, 2 epochs; K=52 is not a multiple of 8, so the
+# queue pointer wraps at different rows every lap.
+PT = {"train.epochs": 2, "train.save_every_steps": 3}
+
+
+@pytest.fixture(scope="module")
+def pt_ref(root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pt") / "ref"
+    run_pretrain(pretrain_cfg(root, **PT), out)
+    return out
+
+
+def test_pretrain_resume_mid_epoch_between_checkpoints(root, pt_ref, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    ck = interrupted(run_pretrain, pretrain_cfg(root, **PT), out, monkeypatch,
+                     lambda mp: kill_in_training_step(mp, MoCoTask, 15))
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 2, 12)
+    compare_runs(pt_ref, out, metrics=False)
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    ref = load_checkpoint(pt_ref / "checkpoints" / "last.pt")
+    # the queue and its pointer explicitly (also covered by compare_runs): 20 steps x 8 keys mod 52
+    assert int(last["model"]["queue_ptr"]) == int(ref["model"]["queue_ptr"]) == (20 * 8) % 52
+    assert torch.equal(last["model"]["queue"], ref["model"]["queue"])
+    assert int(last["model"]["queue_filled"]) == 52
+
+
+def test_pretrain_resume_right_after_a_mid_epoch_checkpoint(root, pt_ref, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    ck = interrupted(run_pretrain, pretrain_cfg(root, **PT), out, monkeypatch, lambda mp: kill_after_save(mp, 6))
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (0, 6, 6)
+    compare_runs(pt_ref, out, metrics=False)
+
+
+def test_pretrain_resume_at_epoch_boundary(root, pt_ref, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    ck = interrupted(run_pretrain, pretrain_cfg(root, **PT), out, monkeypatch, lambda mp: kill_after_epoch_log(mp, 1))
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 0, 10)
+    compare_runs(pt_ref, out, metrics=False)
