@@ -77,6 +77,12 @@ DEFAULTS: dict[str, Any] = {
         "tensorboard": True,
         "budget_minutes": None,   # stop cleanly when the wall-clock budget is spent
     },
+    "semi": {
+        "method": "off",          # off | fixmatch: also train on the unlabeled pool with confident pseudo-labels
+        "mu": 2,                  # unlabeled images per labelled image in a step
+        "threshold": 0.95,        # pseudo-label confidence (softmax within the image's dataset)
+        "weight": 1.0,            # weight of the unlabeled loss
+    },
     "moco": {
         "preset": "mocov2",
         "dim": 128,

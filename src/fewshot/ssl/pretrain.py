@@ -28,23 +28,34 @@ from fewshot.utils import make_generator, resolve_device, seed_everything
 
 
 def pool_paths(cfg: dict, infos) -> tuple[list[Path], str]:
-    """The unlabeled pool: --unlabeled folders; else ROOT/unlabeled/<dataset>; else train images."""
+    paths, _, source = pool_with_sources(cfg, infos)
+    return paths, source
+
+
+def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
+    """The unlabeled pool: --unlabeled folders; else ROOT/unlabeled/<dataset>; else train images.
+
+    Also returns each image's dataset index (-1 when unknown, i.e. from --unlabeled folders).
+    """
     d = cfg["data"]
     if d["unlabeled"]:
         folders = d["unlabeled"] if isinstance(d["unlabeled"], list) else [d["unlabeled"]]
-        return find_unlabeled_images(folders), f"{len(folders)} --unlabeled folder(s)"
+        paths = find_unlabeled_images(folders)
+        return paths, [-1] * len(paths), f"{len(folders)} --unlabeled folder(s)"
     root = Path(d["root"])
-    paths, sources = [], []
-    for info in infos:
+    paths, ids, sources = [], [], []
+    for index, info in enumerate(infos):
         folder = root / "unlabeled" / info.name
         if folder.is_dir() and any(p.suffix.lower() in IMAGE_EXTS for p in folder.rglob("*")):
-            paths += find_unlabeled_images([folder])
+            found = find_unlabeled_images([folder])
             sources.append(f"{info.name}: unlabeled/")
         else:
             # No pool for this dataset: its labelled training images stand in (labels unused).
-            paths += [p for p, _ in info.train]
+            found = [p for p, _ in info.train]
             sources.append(f"{info.name}: train images")
-    return paths, "; ".join(sources)
+        paths += found
+        ids += [index] * len(found)
+    return paths, ids, "; ".join(sources)
 
 
 def resolve_pretrain_defaults(cfg: dict, world: int) -> dict:

@@ -68,6 +68,15 @@ class SupervisedTask:
             self.init_head_from_probe()
         self.augment = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], d["randaug_p"], d["hflip"],
                                     d["randaug_group"])
+        self.unlabeled = None
+        if cfg["semi"]["method"] == "fixmatch":
+            from fewshot.train.semi import UnlabeledStream
+
+            self.unlabeled = UnlabeledStream(cfg, infos, self.size, *mean_std(self.model.backbone), device)
+        elif cfg["semi"]["method"] not in ("off", None, False):
+            from fewshot.errors import UserError
+
+            raise UserError(f"semi.method must be off or fixmatch, not {cfg['semi']['method']!r}")
         self.eval_every = cfg["train"]["eval_every"]
         self.n_parameters = n_parameters(self.model)
 
@@ -101,26 +110,50 @@ class SupervisedTask:
 
     def plan_epoch(self, epoch: int) -> list[torch.Tensor]:
         t, d = self.cfg["train"], self.cfg["data"]
-        batches = epoch_batches(len(self.train_set), t["batch_size"], epoch, t["seed"], d["sampler"],
-                                self.ctx.rank, self.ctx.world, drop_last=False,
-                                dataset_ids=self.train_set.dataset_ids, repeats=d["repeats"])
-        # BatchNorm in training mode needs at least 2 samples per batch.
-        return [b for b in batches if len(b) >= 2]
+
+        def plan(rank: int) -> list[torch.Tensor]:
+            return epoch_batches(len(self.train_set), t["batch_size"], epoch, t["seed"], d["sampler"],
+                                 rank, self.ctx.world, drop_last=False,
+                                 dataset_ids=self.train_set.dataset_ids, repeats=d["repeats"])
+
+        # BatchNorm in training mode needs at least 2 samples per batch. Under DDP a batch is dropped
+        # on every rank when any rank's share is short, so all ranks step (and all-reduce) in lockstep.
+        ranks = [plan(r) for r in range(self.ctx.world)]
+        return [b for b, *shares in zip(ranks[self.ctx.rank], *ranks) if min(len(s) for s in shares) >= 2]
 
     def make_batch(self, idx: torch.Tensor, epoch: int, step: int):
         x = self.augment(self.train_set.images[idx], (self.cfg["train"]["seed"], epoch, step, self.ctx.rank))
         x = self.normalize(x.to(self.device, non_blocking=True))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.train_set.targets[idx].to(self.device), self.train_set.dataset_ids[idx].to(self.device)
+        y, ds = self.train_set.targets[idx].to(self.device), self.train_set.dataset_ids[idx].to(self.device)
+        if self.unlabeled is None:
+            return x, y, ds, None
+        n = int(self.cfg["semi"]["mu"]) * len(idx)
+        weak, strong, uds = self.unlabeled.draw(n, self.cfg["train"]["seed"], epoch, step, self.ctx.rank)
+        if self.channels_last:
+            weak, strong = (v.contiguous(memory_format=torch.channels_last) for v in (weak, strong))
+        return x, y, ds, (weak, strong, uds)
 
     def training_step(self, model, batch):
-        x, y, ds = batch
-        logits = model(x)
+        x, y, ds, unlabeled = batch
+        if unlabeled is not None:  # one forward over labelled + weak + strong views (shared BN statistics)
+            weak, strong, uds = unlabeled
+            logits_all = model(torch.cat([x, weak, strong]))
+            logits, lw, ls = logits_all.split([len(x), len(weak), len(strong)])
+        else:
+            logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg["optim"]["label_smoothing"])
         with torch.no_grad():
             acc = (self.space.restrict(logits.float(), ds).argmax(1) == y).float().mean() * 100
-        return loss, {"train_acc1": acc}, len(y)
+        metrics = {"train_acc1": acc}
+        if unlabeled is not None:
+            from fewshot.train.semi import fixmatch_loss
+
+            loss_u, mask = fixmatch_loss(lw, ls, uds, self.space, self.cfg["semi"]["threshold"])
+            loss = loss + self.cfg["semi"]["weight"] * loss_u
+            metrics.update({"unlabeled_loss": loss_u.detach(), "pseudo_label_rate": mask * 100})
+        return loss, metrics, len(y)
 
     def val_logits(self, model) -> torch.Tensor:
         return compute_logits(model, self.val_set.images, self.normalize, self.device,
