@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.fewshot-installed
 DEMO_DATA ?= demo_data
 DEMO_RUN ?= runs/demo
-DEMO_MINUTES ?= 6
+DEMO_MINUTES ?= 4
 
 .PHONY: venv test demo demo-data bench clean help
 
@@ -31,8 +31,8 @@ test: venv
 demo-data: venv
 	bash scripts/demo_data.sh $(BIN) $(DEMO_DATA)
 
-demo: demo-data
-	$(BIN)/fewshot run --data $(DEMO_DATA) --out $(DEMO_RUN) --budget-minutes $(DEMO_MINUTES) --device cpu
+demo: venv
+	bash scripts/demo.sh $(BIN) $(DEMO_DATA) $(DEMO_RUN) $(DEMO_MINUTES)
 
 bench: venv
 	bash benchmarks/setup_bench_venv.sh

@@ -44,7 +44,7 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
 def train_argv(root: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--data", str(root), "--out", str(out), "--model", "test_resnet", "--img-size", "16",
             "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress",
-            "train.tensorboard=false", "train.ema=false", *extra]
+            "train.tensorboard=false", "train.ema=false", "train.threads=1", *extra]
 
 
 # ------------------------------------------------------------------ the valid root
@@ -260,6 +260,16 @@ def test_train_exits_2_listing_undecodable_images_and_skips_them_on_request(copy
     assert rc == 0, err
     assert "78 train / 60 val images" in out  # 80 train minus the two bad files
     assert (run2 / "checkpoints" / "last.pt").is_file()
+
+
+def test_bad_images_in_train_and_val_are_reported_together(copy_root, tmp_path, capsys):
+    bad_train = copy_root / "digits" / "train" / "1" / "0.png"
+    bad_val = copy_root / "digits" / "val" / "2" / "0.png"
+    for p in (bad_train, bad_val):
+        p.write_bytes(b"not an image")
+    rc, out, err = cli(capsys, *train_argv(copy_root, tmp_path / "run"))
+    assert rc == 2
+    assert str(bad_train) in err and str(bad_val) in err and err.count("--skip-bad-images") == 1
 
 
 # ------------------------------------------------------------------ CLI reporting

@@ -10,6 +10,7 @@ import torch
 from fewshot.data.cache import load_images
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import DatasetInfo
+from fewshot.errors import DataLayoutError
 
 
 @dataclass
@@ -48,4 +49,18 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
                    torch.tensor(ids, dtype=torch.long), paths)
     if not bool(cached.valid.all()):
         out = out.subset(cached.valid)
+    return out
+
+
+def load_splits(infos: list[DatasetInfo], splits: tuple[str, ...], space: LabelSpace, size: int,
+                cache_dir: Path | None, crop_pct: float = 1.0, skip_bad: bool = False) -> list[ImageSet]:
+    """Load several splits, reporting the undecodable images of all of them in one error."""
+    out, problems = [], []
+    for split in splits:
+        try:
+            out.append(load_split(infos, split, space, size, cache_dir, crop_pct, skip_bad))
+        except DataLayoutError as exc:
+            problems += [p for p in exc.problems if not p.startswith("(pass --skip-bad-images")]
+    if problems:
+        raise DataLayoutError(problems + ["(pass --skip-bad-images to skip these files and go on)"])
     return out

@@ -12,7 +12,7 @@ from fewshot.data.cache import default_cache_dir, load_images
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import IMAGE_EXTS, find_unlabeled_images, scan_root
 from fewshot.data.samplers import epoch_batches
-from fewshot.data.sets import load_split
+from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize
 from fewshot.errors import UserError
 from fewshot.eval.features import backbone_features
@@ -122,8 +122,8 @@ class MoCoTask:
                            desc="loading unlabeled pool")
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
         self.space = LabelSpace.from_infos(infos)
-        self.train_set = load_split(infos, "train", self.space, self.size, cache, d["crop_pct"], d["skip_bad_images"])
-        self.val_set = load_split(infos, "val", self.space, self.size, cache, d["crop_pct"], d["skip_bad_images"])
+        self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
+                                                   d["crop_pct"], d["skip_bad_images"])
         self.eval_every = m["knn_every"]
         self.n_parameters = sum(p.numel() for p in self.model.encoder_q.backbone.parameters())
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fewshot.data.cache import default_cache_dir
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.samplers import epoch_batches
-from fewshot.data.sets import load_split
+from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize, TrainAugment
 from fewshot.eval.evaluate import compute_logits, score
 from fewshot.models.backbone import input_size, mean_std
@@ -62,8 +62,8 @@ class SupervisedTask:
             self.model = self.model.to(memory_format=torch.channels_last)
         d = cfg["data"]
         cache = default_cache_dir(d["root"], d["cache_dir"])
-        self.train_set = load_split(infos, "train", self.space, self.size, cache, d["crop_pct"], d["skip_bad_images"])
-        self.val_set = load_split(infos, "val", self.space, self.size, cache, d["crop_pct"], d["skip_bad_images"])
+        self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
+                                                   d["crop_pct"], d["skip_bad_images"])
         if self.wants_probe_init():
             self.init_head_from_probe()
         self.augment = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], d["randaug_p"], d["hflip"],
