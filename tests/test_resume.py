@@ -148,6 +148,23 @@ def test_finetune_resume_mid_epoch_between_checkpoints(root, ft_ref, tmp_path, m
     compare_runs(ft_ref, out, metrics=True)
 
 
+def test_finetune_cli_resume_mid_epoch(root, ft_ref, tmp_path, monkeypatch):
+    """The same through `fewshot train ... --resume` (the saved config.yaml is the base on resume)."""
+    from fewshot.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(root), "--out", str(out), "--model", "test_resnet", "--img-size", "32",
+            "--epochs", "3", "--batch-size", "8", "--device", "cpu", "--no-progress", "--save-every-steps", "2",
+            "train.eval_every=1", "train.tensorboard=false", "train.deterministic=true", "train.threads=1"]
+    with monkeypatch.context() as mp:
+        kill_in_training_step(mp, SupervisedTask, 12)  # epoch 3, step 2; last checkpoint: global step 10
+        with pytest.raises(Killed):
+            main(argv)
+    assert main(argv) == 2  # without --resume an existing run is refused
+    assert main(argv + ["--resume"]) == 0
+    compare_runs(ft_ref, out, metrics=True)
+
+
 def test_finetune_resume_at_epoch_boundary(root, ft_ref, tmp_path, monkeypatch):
     out = tmp_path / "run"
     ck = interrupted(run_finetune, finetune_cfg(root, **FT), out, monkeypatch, lambda mp: kill_after_epoch_log(mp, 2))
@@ -164,6 +181,18 @@ def test_finetune_resume_of_finished_run_is_a_no_op(root, ft_ref, tmp_path):
     run_finetune(finetune_cfg(root, **FT), out, resume=True)
     assert_same(before, load_checkpoint(out / "checkpoints" / "last.pt"))
     assert read_log(out) == read_log(ft_ref)
+
+
+def test_finetune_resume_with_more_epochs_extends_the_schedule(root, ft_ref, tmp_path):
+    """`--resume --epochs 3` on a finished 2-epoch run: the third epoch follows the 3-epoch cosine
+    (same lr as the uninterrupted 3-epoch run), not min_lr, which the restored scheduler state pinned."""
+    out = tmp_path / "run"
+    run_finetune(finetune_cfg(root, **{**FT, "train.epochs": 2}), out)
+    run_finetune(finetune_cfg(root, **FT), out, resume=True)
+    lrs, ref = [r["lr"] for r in read_log(out)], [r["lr"] for r in read_log(ft_ref)]
+    assert len(lrs) == 3
+    assert lrs[2] == pytest.approx(ref[2], rel=1e-12)
+    assert lrs[2] > 2 * finetune_cfg(root)["sched"]["min_lr"]
 
 
 # ------------------------------------------------------------------------------ MoCo pretraining
@@ -206,3 +235,33 @@ def test_pretrain_resume_at_epoch_boundary(root, pt_ref, tmp_path, monkeypatch):
     ck = interrupted(run_pretrain, pretrain_cfg(root, **PT), out, monkeypatch, lambda mp: kill_after_epoch_log(mp, 1))
     assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 0, 10)
     compare_runs(pt_ref, out, metrics=False)
+
+
+def test_pretrain_budget_stop_then_resume(root, pt_ref, tmp_path, monkeypatch):
+    """train.budget_minutes stops mid-epoch (a clean stop: partial epoch logged and checkpointed);
+    resuming without a budget ends with the uninterrupted run's weights, queue and epoch means."""
+    import types
+
+    import fewshot.train.engine as engine_mod
+
+    clock = {"t": 0.0}
+
+    def monotonic():  # one "second" per call: fit() reads it once, then once after every step
+        clock["t"] += 1.0
+        return clock["t"]
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        mp.setattr(engine_mod, "time", types.SimpleNamespace(monotonic=monotonic, perf_counter=engine_mod.time.perf_counter))
+        run_pretrain(pretrain_cfg(root, **PT, **{"train.budget_minutes": 13.5 / 60}), out)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 4, 14)
+    run_pretrain(pretrain_cfg(root, **PT), out, resume=True)
+
+    a = load_checkpoint(out / "checkpoints" / "last.pt")
+    b = load_checkpoint(pt_ref / "checkpoints" / "last.pt")
+    for key in ("model", "optimizer", "epoch", "step_in_epoch", "global_step", "rng"):
+        assert_same(a[key], b[key], key)
+    rows, ref = read_log(out), read_log(pt_ref)
+    assert rows[0] == ref[0] and rows[-1] == ref[-1]  # whole-epoch means, although epoch 2 ran in two parts
+    assert [(r["epoch"], r["step"]) for r in rows[1:-1]] in ([], [(2, 14)])  # the budget stop's partial row

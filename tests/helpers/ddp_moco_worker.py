@@ -1,6 +1,7 @@
-"""One rank of the DDP MoCo equivalence test (run with torchrun --nproc_per_node=2, gloo, CPU).
+"""One rank of the DDP MoCo equivalence test (gloo, CPU): `run_rank` for torch.multiprocessing, or
+this file under `torchrun --nproc_per_node=2 ddp_moco_worker.py SPEC.pt OUT_DIR`.
 
-argv: SPEC.pt OUT_DIR. SPEC holds the initial MoCo state dict, the global view batches of each
+SPEC holds the initial MoCo state dict, the global view batches of each
 step and the hyper-parameters. Each rank takes its contiguous slice of every global batch, runs
 DDP(MoCo) + SGD (as the engine wraps it: broadcast_buffers=False) and saves, per step, the
 gathered keys, the queue, its pointer, the rank-averaged loss and its own logits.
@@ -19,12 +20,24 @@ from fewshot.models.backbone import create_backbone
 from fewshot.ssl.moco import MoCo, concat_all_gather
 
 
+def run_rank(rank: int, world: int, port: int, spec_path: str, out_dir: str) -> None:
+    """Entry point for torch.multiprocessing (rank first); sets up gloo on 127.0.0.1:port."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    work(spec_path, out_dir)
+
+
 def main() -> None:
     torch.set_num_threads(1)
+    dist.init_process_group("gloo")  # from torchrun's environment
+    work(sys.argv[1], sys.argv[2])
+
+
+def work(spec_path: str, out_dir: str) -> None:
+    """Run DDP(MoCo) for the steps in SPEC and save this rank's records to OUT_DIR/rank<r>.pt."""
     torch.use_deterministic_algorithms(True, warn_only=True)
-    spec = torch.load(sys.argv[1], weights_only=True)
-    out = Path(sys.argv[2])
-    dist.init_process_group("gloo")
+    spec = torch.load(spec_path, weights_only=True)
+    out = Path(out_dir)
     rank, world = dist.get_rank(), dist.get_world_size()
     h = spec["hparams"]
     model = MoCo(create_backbone("test_resnet", img_size=h["img_size"]), dim=h["dim"], queue_size=h["K"],

@@ -8,7 +8,7 @@ import torch
 
 from fewshot.config import save_yaml
 from fewshot.data.augment import BatchAugment, preset as aug_preset
-from fewshot.data.cache import default_cache_dir, load_images
+from fewshot.data.cache import default_cache_dir, load_images, write_skipped
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import IMAGE_EXTS, find_unlabeled_images, scan_root
 from fewshot.data.samplers import epoch_batches
@@ -121,6 +121,7 @@ class MoCoTask:
         pool = load_images(paths, self.size, cache, crop_pct=1.0, skip_bad=d["skip_bad_images"],
                            desc="loading unlabeled pool")
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
+        self.pool_skipped = list(pool.bad)
         self.space = LabelSpace.from_infos(infos)
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
                                                    d["crop_pct"], d["skip_bad_images"])
@@ -200,6 +201,7 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
     task = MoCoTask(cfg, infos, device, ctx)
     engine = Engine(task, cfg, out, device, ctx)
     if ctx.is_main:
+        write_skipped(out, task.pool_skipped + task.train_set.skipped + task.val_set.skipped)
         m = cfg["moco"]
         print(f"MoCo ({m['preset']}) pretraining {cfg['model']['name']} on {len(task.pool)} unlabeled images "
               f"({task.pool_source}) at {task.size}px on {device} x{ctx.world}: K={m['queue_size']}, m={m['momentum']}, "

@@ -13,7 +13,9 @@ resume, non-finite guards, logging and progress. A task object supplies what dif
     task.kind, task.supports_ema, task.drop_last
 
 Resume is exact because batches and augmentations depend only on (seed, epoch, step) and the
-global RNG state (drop-path, dropout) is saved with each checkpoint.
+global RNG state (drop-path, dropout) and the running sums of the epoch's logged means are saved
+with each checkpoint. The lr is recomputed from the config and global_step, so `--resume --epochs N`
+with a larger N extends the schedule.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from fewshot.errors import UserError
 from fewshot.progress import track
 from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fewshot.train.distributed import DistContext, all_reduce_mean, barrier, broadcast_object
-from fewshot.utils import write_json
+from fewshot.utils import atomic_write_text, write_json
+
+
+TIMING_KEYS = ("images_per_s", "epoch_time_s", "eval_time_s")  # measurements, not results
 
 
 class NonFiniteLossError(UserError):
@@ -102,6 +107,8 @@ class Engine:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_score, self.last_eval = -math.inf, None
         self.nonfinite_skipped = 0
+        self._saved_step: int | None = None  # global step of the last.pt this process wrote last
+        self.epoch_record: dict | None = None  # the log row an epoch-end last.pt carries
         # Running per-epoch metric sums, checkpointed so that a mid-epoch resume logs whole-epoch means.
         self.epoch_sums: dict[str, float] = {}
         self.epoch_steps = 0
@@ -120,6 +127,7 @@ class Engine:
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "best_score": self.best_score, "last_eval": self.last_eval,
             "nonfinite_skipped": self.nonfinite_skipped,
+            "epoch_record": self.epoch_record,
             "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps,
             "rng": rng_state(),
             **self.task.checkpoint_extra(),
@@ -127,7 +135,38 @@ class Engine:
 
     def save(self, name: str = "last") -> None:
         if self.ctx.is_main:
-            save_checkpoint(self.ckpt_dir / f"{name}.pt", self.payload())
+            path = self.ckpt_dir / f"{name}.pt"
+            try:
+                save_checkpoint(path, self.payload())
+                if name == "last":
+                    self._saved_step = self.global_step
+            except OSError as exc:  # disk full, quota, read-only remount: the previous file is intact
+                raise UserError(f"cannot write the checkpoint {path}: {exc.strerror or exc}. The previous "
+                                f"checkpoint (if any) is intact; free space and continue with --resume.") from None
+
+    def checkpoint_bytes(self) -> int:
+        """Size of one checkpoint: model (+ EMA) state and the optimizer's per-parameter state."""
+        state = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        params = sum(p.numel() * p.element_size() for g in self.optimizer.param_groups for p in g["params"])
+        slots = 1 if self.cfg["optim"]["name"] == "sgd" else 2  # SGD momentum; AdamW exp_avg + exp_avg_sq
+        return state * (2 if self.ema is not None else 1) + params * slots
+
+    def check_disk_space(self) -> None:
+        """Fail before training when the run folder cannot hold last.pt + best.pt + a temp copy."""
+        import shutil
+
+        if not self.ctx.is_main:
+            return
+        have = sum(p.stat().st_size for p in (self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt") if p.is_file())
+        need = 3 * self.checkpoint_bytes() - have + (1 << 20)
+        try:
+            free = shutil.disk_usage(self.run_dir).free
+        except OSError:
+            return
+        if free < need:
+            raise UserError(f"not enough free space for the checkpoints in '{self.run_dir}': about "
+                            f"{need / 2**20:.1f} MiB needed (last.pt, best.pt and a temporary copy), "
+                            f"{free / 2**20:.1f} MiB free. Free some space or choose another --out.")
 
     def resume(self) -> bool:
         path = self.ckpt_dir / "last.pt"
@@ -140,7 +179,9 @@ class Engine:
         if self.ema is not None and ck.get("ema") is not None:
             self.ema.module.load_state_dict(ck["ema"])
         self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
+        # The scheduler is not restored: its lr is a pure function of the config and global_step
+        # (step_update), and its saved state would pin the old run length, so that `--resume --epochs N`
+        # with a larger N trained the extra epochs at min_lr (0 for the MoCo presets).
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
         self.best_score, self.last_eval = ck["best_score"], ck.get("last_eval")
@@ -148,7 +189,31 @@ class Engine:
         self.epoch_sums, self.epoch_steps = dict(ck.get("epoch_sums") or {}), int(ck.get("epoch_steps", 0))
         set_rng_state(ck["rng"])
         self.task.load_checkpoint_extra(ck)
+        if self.ctx.is_main:
+            self.trim_log(ck.get("epoch_record"))
+            for tmp in self.ckpt_dir.glob(".*.pt.*.tmp"):  # left by a kill during a checkpoint write
+                tmp.unlink(missing_ok=True)
         return True
+
+    def trim_log(self, epoch_record: dict | None = None) -> None:
+        """Make log.jsonl match the resumed checkpoint: rows past its global step are dropped (those steps are
+        redone and logged again), a line cut short by a kill is dropped, and the row of the epoch the checkpoint
+        ends is added when the kill came between the checkpoint and the log write."""
+        path = self.run_dir / "log.jsonl"
+        lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        keep, steps = [], set()
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and int(row.get("step", 0)) <= self.global_step:
+                keep.append(line)
+                steps.add(int(row.get("step", 0)))
+        if epoch_record is not None and epoch_record.get("step") not in steps:
+            keep.append(json.dumps(epoch_record))
+        if keep != lines:
+            atomic_write_text(path, "".join(f"{line}\n" for line in keep))
 
     # ----------------------------------------------------------------- logging
     def log(self, record: dict) -> None:
@@ -180,8 +245,14 @@ class Engine:
 
     def fit(self, resume: bool = False) -> dict | None:
         t = self.cfg["train"]
-        if resume and not self.resume() and self.ctx.is_main:
+        if resume and self.resume():
+            if self.ctx.is_main:
+                print(f"resuming from {self.ckpt_dir / 'last.pt'}: epoch {self.epoch + 1}, step "
+                      f"{self.step_in_epoch} of {self.steps_per_epoch} (global step {self.global_step})")
+        elif resume and self.ctx.is_main:
             print(f"note: --resume given but {self.ckpt_dir / 'last.pt'} does not exist; starting fresh.")
+        if self.epoch < t["epochs"]:
+            self.check_disk_space()
         self._open_tensorboard()
         deadline = time.monotonic() + t["budget_minutes"] * 60 if t.get("budget_minutes") else None
         epochs = t["epochs"]
@@ -209,16 +280,26 @@ class Engine:
         for step in bar:
             batch = self.task.make_batch(batches[step], epoch, step)
             self.scheduler.step_update(self.global_step)
+            # The forward pass itself changes state (BatchNorm running stats; MoCo's key encoder and queue):
+            # when skipping is allowed, keep a copy so that a skipped step leaves no trace of a bad batch.
+            before = self._forward_state() if t["skip_nonfinite"] else None
             with self.autocast():
                 loss, metrics, n = self.task.training_step(self.train_model, batch)
             if not self._finite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 self.nonfinite_skipped += 1
                 if self.nonfinite_skipped > t["skip_nonfinite"]:
+                    last = self.ckpt_dir / "last.pt"
+                    kept = (f"The last good checkpoint is {last} (global step {self._saved_step})"
+                            if self._saved_step is not None else
+                            (f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint was written"))
                     raise NonFiniteLossError(
-                        f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; training stopped. "
-                        f"The last good checkpoint is {self.ckpt_dir / 'last.pt'}. Lower the learning rate "
-                        f"(optim.lr=...), or allow skipping with train.skip_nonfinite=N.")
+                        f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step "
+                        f"{self.global_step + 1}); training stopped after {self.nonfinite_skipped} non-finite "
+                        f"loss(es). {kept}. Lower the learning rate (optim.lr=...), or allow skipping up to N "
+                        f"bad steps with --skip-nonfinite N (now {t['skip_nonfinite']}).")
+                if before is not None:
+                    self._restore_forward_state(before)
                 self.step_in_epoch = step + 1
                 self.global_step += 1
                 continue
@@ -270,10 +351,25 @@ class Engine:
                 if result.get("score") is not None and result["score"] > self.best_score:
                     self.best_score = result["score"]
                     self.save("best")
+        # The epoch-end last.pt carries its log row (without the timings), so that a kill between this save
+        # and the log write still ends with the row in log.jsonl: resume() appends it when it is missing.
+        self.epoch_record = {k: v for k, v in record.items() if k not in TIMING_KEYS}
         self.save("last")
+        self.epoch_record = None
         self.log(record)
         barrier(self.ctx)
         return stopped
+
+    def _forward_state(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of the tensors a forward pass may change: buffers and parameters that get no gradient."""
+        tensors = list(self.model.buffers()) + [p for p in self.model.parameters() if not p.requires_grad]
+        return [(x, x.detach().clone()) for x in tensors]
+
+    @staticmethod
+    @torch.no_grad()
+    def _restore_forward_state(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for x, copy in saved:
+            x.copy_(copy)
 
     def _finite(self, loss: torch.Tensor) -> bool:
         ok = bool(torch.isfinite(loss.detach()).all())

@@ -1,0 +1,150 @@
+"""`fewshot export` round trip: a tiny MoCo run -> backbone.safetensors -> timm and `fewshot train --weights`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from fewshot.cli import TRAIN_FLAGS, build_parser, main, resolve_run_config
+from fewshot.data.layout import scan_root
+from fewshot.train.checkpoint import load_checkpoint
+from fewshot.train.distributed import DistContext
+from fewshot.train.engine import Engine
+from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
+from helpers.tiny import build_digits
+
+NAME = "test_resnet"
+TINY = ["--model", NAME, "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress",
+        "train.tensorboard=false", "train.threads=1", "train.deterministic=true"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    root = build_digits(tmp / "data")
+    run = tmp / "pre"
+    assert main(["pretrain", "--data", str(root), "--out", str(run), "--queue-size", "64", *TINY,
+                 "moco.split_bn_groups=2", "moco.knn_k=5"]) == 0
+    path = tmp / "bb.safetensors"
+    assert main(["export", str(run), "--out", str(path)]) == 0
+    return root, run, path
+
+
+def encoder_q_backbone(run: Path) -> dict[str, torch.Tensor]:
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    prefix = "encoder_q.backbone."
+    return {k[len(prefix):]: v for k, v in ck["model"].items() if k.startswith(prefix)}
+
+
+def test_export_keys_are_timm_keys(exported):
+    _, run, path = exported
+    state = load_file(str(path))
+    for bad in ("encoder_q.", "encoder_k.", "module.", "head.", "backbone."):
+        assert not any(k.startswith(bad) for k in state), bad
+    assert set(state) == set(timm.create_model(NAME, num_classes=0).state_dict())
+    expected = encoder_q_backbone(run)
+    assert set(state) == set(expected)
+    for k, v in state.items():
+        assert torch.equal(v, expected[k]), k
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    assert meta["model"] == NAME and meta["epoch"] == "1" and meta["img_size"] == "32"
+
+
+def test_timm_loads_the_export_without_a_classifier(exported):
+    _, run, path = exported
+    model = timm.create_model(NAME, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(path)))
+    expected = encoder_q_backbone(run)
+    loaded = model.state_dict()
+    assert set(loaded) == set(expected)
+    for k, v in expected.items():
+        assert torch.equal(loaded[k], v), k
+
+
+def test_timm_with_its_default_classifier(exported):
+    """With the default num_classes (1000, the same as test_resnet's pretrained_cfg) timm's
+    load_pretrained keeps strict=True, so the absent classifier fails the load:
+    timm/models/_builder.py load_pretrained: `if num_classes != pretrained_cfg['num_classes']:` drops the
+    classifier keys and sets strict=False only for a different class count; otherwise
+    `model.load_state_dict(state_dict, strict=True)` raises. Any other num_classes loads the backbone
+    and leaves a freshly initialised classifier."""
+    _, run, path = exported
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "fc.weight", "fc.bias"'):
+        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    model = timm.create_model(NAME, pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=str(path)))
+    loaded = model.state_dict()
+    assert loaded["fc.weight"].shape == (10, model.num_features)
+    for k, v in encoder_q_backbone(run).items():
+        assert torch.equal(loaded[k], v), k
+
+
+def train_config(root: Path, out: Path, weights: Path, *extra: str) -> dict:
+    args, rest = build_parser().parse_known_args(["train", "--data", str(root), "--out", str(out), "--weights",
+                                                  str(weights), *TINY, *extra])
+    return resolve_run_config(args, rest, TRAIN_FLAGS)
+
+
+def test_train_with_weights_starts_from_them_at_the_course_lr(exported, tmp_path):
+    root, _, path = exported
+    cfg = resolve_finetune_defaults(train_config(root, tmp_path / "ft", path))
+    assert cfg["model"]["weights"] == str(path)
+    assert cfg["optim"]["lr"] == 1e-4 and cfg["optim"]["backbone_lr_mult"] == 0.1
+    infos = scan_root(str(root), None, splits=("train", "val"))
+    torch.manual_seed(123)
+    task = SupervisedTask(cfg, infos, torch.device("cpu"), DistContext())
+    weights = load_file(str(path))
+    own = task.model.backbone.state_dict()
+    assert set(own) == set(weights)
+    for k, v in weights.items():
+        assert torch.equal(own[k], v), k
+
+    backbone_ids = {id(p) for p in task.model.backbone.parameters()}
+    for group in task.param_groups():
+        in_backbone = {id(p) in backbone_ids for p in group["params"]}
+        assert len(in_backbone) == 1
+        assert group["lr_scale"] == (0.1 if in_backbone.pop() else 1.0)
+
+    # the optimizer really runs the backbone at 0.1x the head's lr; at the end of the 1-epoch
+    # warm-up of a 10-epoch run the cosine is at t = 1/10 (timm, warmup_prefix=False)
+    cfg["train"]["epochs"] = 10
+    engine = Engine(task, cfg, tmp_path / "ft", torch.device("cpu"), DistContext())
+    engine.scheduler.step_update(engine.steps_per_epoch)
+    head = 1e-5 + 0.5 * (1e-4 - 1e-5) * (1 + math.cos(math.pi * 0.1))
+    for g in engine.optimizer.param_groups:
+        assert g["lr"] == pytest.approx(head * g["lr_scale"], rel=1e-9)
+    assert {g["lr_scale"] for g in engine.optimizer.param_groups} == {0.1, 1.0}
+
+
+def test_explicit_lr_overrides_the_weights_default(exported, tmp_path):
+    root, _, path = exported
+    cfg = resolve_finetune_defaults(train_config(root, tmp_path / "ft", path, "--lr", "3e-4",
+                                                 "optim.backbone_lr_mult=0.5"))
+    assert cfg["optim"]["lr"] == 3e-4 and cfg["optim"]["backbone_lr_mult"] == 0.5
+
+
+def test_cli_train_with_exported_weights(exported, tmp_path):
+    root, _, path = exported
+    out = tmp_path / "ft"
+    assert main(["train", "--data", str(root), "--out", str(out), "--weights", str(path), *TINY]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 1e-4 and saved["optim"]["backbone_lr_mult"] == 0.1
+    assert saved["model"]["weights"] == str(path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["datasets"]["digits"]["n"] == 30
+
+
+def test_pretrain_refuses_one_sample_per_split_bn_group(exported, tmp_path, capsys):
+    """--batch-size 8 with the default 8 split-BN groups used to crash inside BatchNorm (exit 1)."""
+    root, _, _ = exported
+    code = main(["pretrain", "--data", str(root), "--out", str(tmp_path / "pre"), "--queue-size", "64", *TINY])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "split_bn_groups=8" in err and "Traceback" not in err
