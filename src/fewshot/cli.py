@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -33,6 +34,8 @@ def _add_common_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt exactly")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images (listed) instead of failing")
     p.add_argument("--save-every-steps", type=int, help="also checkpoint every N steps (default: each epoch)")
+    p.add_argument("--skip-nonfinite", type=int, metavar="N",
+                   help="skip up to N steps whose loss is NaN/inf instead of stopping (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -83,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--limit", type=int, default=60)
 
+    p = sub.add_parser("report", help="an HTML report of one or more runs (curves, accuracy bars, tables, "
+                       "confusion matrices, embeddings, predictions)",
+                       description="Write DIR/index.html with its PNGs beside it (no network, no scripts). RUN is a "
+                       "run directory of `fewshot train` or `fewshot pretrain`, or a `fewshot run` output folder "
+                       "(its pretrain/ and finetune/ stages). Image-based parts need the data: --data ROOT, else the "
+                       "data.root recorded in the run's config.yaml.")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--out", required=True, help="report folder (index.html + PNGs)")
+    p.add_argument("--data", help="dataset root for the confusion matrices, embedding map and prediction grid")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--tsne", action="store_true", help="t-SNE instead of PCA for the embedding map (slower)")
+    p.add_argument("--grid", type=int, default=40, metavar="N", help="val images in the prediction grid")
+
+    p = sub.add_parser("compare", help="print the report's tables of one or more runs in the terminal")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+
     from fewshot import cli_moco
 
     cli_moco.add_parsers(sub, _add_common_training, EPILOG)
@@ -96,7 +115,8 @@ def _flags(args, mapping: dict) -> dict:
 TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.datasets", "epochs": "train.epochs",
                "batch_size": "train.batch_size", "img_size": "model.img_size", "lr": "optim.lr",
                "seed": "train.seed", "device": "train.device", "skip_bad_images": "data.skip_bad_images",
-               "save_every_steps": "train.save_every_steps", "weights": "model.weights"}
+               "save_every_steps": "train.save_every_steps", "weights": "model.weights",
+               "skip_nonfinite": "train.skip_nonfinite"}
 
 
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None) -> dict:
@@ -169,7 +189,28 @@ def cmd_models(args, extra) -> int:
     return 0
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models}
+def cmd_report(args, extra) -> int:
+    from fewshot.report.build import build_report
+
+    if args.grid < 0:
+        from fewshot.errors import UserError
+
+        raise UserError("--grid must be 0 or more images.")
+    index = build_report(args.runs, Path(args.out), data=args.data, device=args.device, tsne=args.tsne,
+                         grid_images=args.grid)
+    print(f"report: {index}")
+    return 0
+
+
+def cmd_compare(args, extra) -> int:
+    from fewshot.report.build import run_compare
+
+    run_compare(args.runs)
+    return 0
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
+            "report": cmd_report, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`fewshot models | head`): not a bug, no traceback
+        try:  # keep the interpreter's final flush from failing again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141  # 128 + SIGPIPE, what the shell reports for a command cut off this way
     except Exception:
         traceback.print_exc()
         print(f"fewshot {args.command}: internal error (a bug; please report it with the traceback above).",

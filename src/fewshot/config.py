@@ -108,6 +108,7 @@ DEFAULTS: dict[str, Any] = {
         "finetune_lr": 2e-3,      # fine-tuning lr after our own (short) MoCo: the backbone still needs to move
         "finetune_backbone_mult": 1.0,
         "min_epochs": 1,
+        "report": True,           # write DIR/report/index.html at the end
         "moco_momentum": 0.99,    # short schedules: at 0.999 the key encoder barely moves in a few hundred steps
     },
     "aug": {

@@ -192,6 +192,14 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     summary["seconds"] = time.monotonic() - t_start
     summary["metrics"] = metrics
     write_json(out / "summary.json", summary)
+    if r.get("report", True):
+        from fewshot.report.build import build_report
+
+        try:
+            index = build_report([out], out / "report", data=str(root), device=device.type)
+            print(f"[run] report: {index}")
+        except Exception as exc:  # the predictions are written; a report failure must not hide them
+            print(f"[run] report failed ({type(exc).__name__}: {exc}); predictions and metrics are written.")
     print(f"[run] done in {summary['seconds'] / 60:.1f} of {budget_minutes:g} minutes: {out}/pred_all.json, "
           f"{out}/metrics.json")
     return summary

@@ -1,50 +1,336 @@
-"""Training curves from log.jsonl, saved as PNGs in RUN/plots/ (matplotlib, headless)."""
+"""Figures for runs and reports, saved as PNGs (matplotlib's object API with the Agg canvas: headless,
+no pyplot global state).
+
+- training curves from log.jsonl (fine-tuning and MoCo), EMA-smoothed with the raw points visible;
+- grouped bars of per-dataset accuracy of several runs;
+- confusion matrices, 2-D embedding maps and grids of images with predictions.
+"""
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
+import numpy as np
 
-def read_log(run: Path) -> list[dict]:
-    path = Path(run) / "log.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from fewshot.report.runs import read_log
+
+RAW_ALPHA = 0.35
+DPI = 100
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=DPI, layout="constrained")
+
+
+def _save(fig, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI, format="png")
+    return out
+
+
+def _color(i: int):
+    from matplotlib import colormaps
+
+    return colormaps["tab10"](i % 10)
+
+
+def smoothing_weight(n: int) -> float:
+    """EMA weight that grows with the number of points: none for <= 4 points, at most 0.9."""
+    return float(min(0.9, max(0.0, 1.0 - 4.0 / max(1, n))))
+
+
+def ema_smooth(values, weight: float) -> list[float | None]:
+    """Debiased exponential moving average (TensorBoard's smoothing); None / NaN entries are skipped."""
+    out: list[float | None] = []
+    acc, norm = 0.0, 0.0
+    for v in values:
+        if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
+            out.append(None)
+            continue
+        acc = weight * acc + (1.0 - weight) * float(v)
+        norm = weight * norm + (1.0 - weight)
+        out.append(acc / norm if norm > 0 else float(v))
+    return out
+
+
+def _series(rows: list[dict], get) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        try:
+            v = get(r)
+        except (KeyError, TypeError):
+            v = None
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            xs.append(r.get("epoch", len(xs) + 1))
+            ys.append(float(v))
+    return xs, ys
+
+
+def plot_smoothed(ax, xs, ys, label: str | None = None, color=None, linestyle: str = "-") -> None:
+    """Raw values as faint points joined by a thin line; the EMA-smoothed curve on top."""
+    if not xs:
+        return
+    w = smoothing_weight(len(ys))
+    if w == 0.0:  # too few points to smooth: the raw values themselves, clearly visible
+        ax.plot(xs, ys, linestyle=linestyle, linewidth=1.8, marker="o", markersize=4, color=color, label=label)
+        return
+    ax.plot(xs, ys, linestyle="-", linewidth=0.6, marker="o", markersize=3, alpha=RAW_ALPHA, color=color)
+    ax.plot(xs, ema_smooth(ys, w), linestyle=linestyle, linewidth=1.8, color=color, label=label)
+
+
+def _finish(ax, title: str, ylabel: str | None = None, legend: bool = False, log: bool = False) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epoch", fontsize=8)
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:  # one or two epochs: whole-epoch ticks (not 0.945 ... 1.05), points off the frame
+        ax.set_xlim(lo - 0.5, hi + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if log:
+        ax.set_yscale("log")
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="0.4", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _dataset_names(rows: list[dict], key: str) -> list[str]:
+    names: list[str] = []
+    for r in rows:
+        d = r.get(key)
+        if isinstance(d, dict):
+            for k in d:
+                if k != "mean" and k not in names:
+                    names.append(k)
+    return names
+
+
+def plot_finetune_curves(rows: list[dict], out: Path, title: str = "") -> Path:
+    """loss, learning rate, train acc@1 and val acc@1 per dataset (known solid, unknown dashed)."""
+    fig = _figure(16, 3.6)
+    axes = fig.subplots(1, 4)
+    plot_smoothed(axes[0], *_series(rows, lambda r: r["loss"]), color=_color(0), label="train loss")
+    _finish(axes[0], "training loss")
+    xs, ys = _series(rows, lambda r: r["lr"])
+    axes[1].plot(xs, ys, marker="o", markersize=3, linewidth=1.4, color=_color(1))
+    _finish(axes[1], "learning rate (head)", log=bool(ys) and min(ys) > 0)
+    plot_smoothed(axes[2], *_series(rows, lambda r: r["train_acc1"]), color=_color(2), label="train acc@1")
+    _finish(axes[2], "train accuracy @1 (%, augmented batches)")
+    val_rows = [r for r in rows if isinstance(r.get("val"), dict)]
+    ax = axes[3]
+    if val_rows:
+        names = []
+        for r in val_rows:
+            for n in (r["val"].get("known") or {}).get("datasets", {}):
+                if n not in names:
+                    names.append(n)
+        for i, name in enumerate(names):
+            for mode, ls in (("known", "-"), ("unknown", "--")):
+                xs, ys = _series(val_rows, lambda r, m=mode, n=name: r["val"][m]["datasets"][n]["acc1"])
+                plot_smoothed(ax, xs, ys, label=f"{name} ({mode})", color=_color(i), linestyle=ls)
+        if len(names) > 1:
+            for mode, ls in (("known", "-"), ("unknown", "--")):
+                xs, ys = _series(val_rows, lambda r, m=mode: r["val"][m]["mean_acc1"])
+                plot_smoothed(ax, xs, ys, label=f"mean ({mode})", color="black", linestyle=ls)
+        xs, ys = _series(val_rows, lambda r: r["val"]["unknown"]["routing_acc"])
+        if ys and len(names) > 1:
+            ax.plot(xs, ys, linestyle=":", color="0.45", linewidth=1.2, marker=".", label="routing (unknown)")
+        _finish(ax, "val accuracy @1 (%)", legend=True)
+    else:
+        _empty(ax, "no evaluation logged")
+        _finish(ax, "val accuracy @1 (%)")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, out)
+
+
+def plot_moco_curves(rows: list[dict], out: Path, title: str = "") -> Path:
+    """InfoNCE loss, contrastive acc@1/acc@5, kNN accuracy per dataset, learning rate."""
+    fig = _figure(16, 3.6)
+    axes = fig.subplots(1, 4)
+    plot_smoothed(axes[0], *_series(rows, lambda r: r["loss"]), color=_color(0), label="loss")
+    _finish(axes[0], "InfoNCE loss")
+    plot_smoothed(axes[1], *_series(rows, lambda r: r["contrast_acc1"]), color=_color(1), label="acc@1")
+    plot_smoothed(axes[1], *_series(rows, lambda r: r["contrast_acc5"]), color=_color(2), label="acc@5")
+    _finish(axes[1], "contrastive accuracy (%)", legend=True)
+    knn_rows = [r for r in rows if isinstance(r.get("knn_acc1"), dict)]
+    names = _dataset_names(knn_rows, "knn_acc1")
+    if knn_rows:
+        for i, name in enumerate(names):
+            plot_smoothed(axes[2], *_series(knn_rows, lambda r, n=name: r["knn_acc1"][n]), color=_color(i), label=name)
+        if len(names) > 1:
+            plot_smoothed(axes[2], *_series(knn_rows, lambda r: r["knn_acc1"]["mean"]), color="black", label="mean")
+        _finish(axes[2], "kNN accuracy on val (%)", legend=True)
+    else:
+        _empty(axes[2], "no kNN evaluation logged")
+        _finish(axes[2], "kNN accuracy on val (%)")
+    xs, ys = _series(rows, lambda r: r["lr"])
+    axes[3].plot(xs, ys, marker="o", markersize=3, linewidth=1.4, color=_color(3))
+    _finish(axes[3], "learning rate", log=bool(ys) and min(ys) > 0)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, out)
 
 
 def plot_pretrain_curves(run: Path) -> Path | None:
-    """loss, contrastive acc@1/acc@5, lr and kNN accuracy per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """RUN/plots/pretrain_curves.png of a MoCo run (loss, contrastive acc@1/acc@5, kNN accuracy, lr)."""
     rows = read_log(run)
     if not rows:
         return None
-    ep = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
-    axes[0].plot(ep, [r.get("loss") for r in rows], marker=".")
-    axes[0].set_title("InfoNCE loss")
-    axes[1].plot(ep, [r.get("contrast_acc1") for r in rows], marker=".", label="acc@1")
-    axes[1].plot(ep, [r.get("contrast_acc5") for r in rows], marker=".", label="acc@5")
-    axes[1].set_title("contrastive accuracy (%)")
-    axes[1].legend()
-    axes[2].plot(ep, [r.get("lr") for r in rows], marker=".")
-    axes[2].set_title("learning rate")
-    knn_rows = [r for r in rows if r.get("knn_acc1")]
-    for name in (knn_rows[0]["knn_acc1"] if knn_rows else {}):
-        axes[3].plot([r["epoch"] for r in knn_rows], [r["knn_acc1"][name] for r in knn_rows], marker=".", label=name)
-    axes[3].set_title("kNN accuracy on val (%)")
-    if knn_rows:
-        axes[3].legend(fontsize=8)
+    return plot_moco_curves(rows, Path(run) / "plots" / "pretrain_curves.png")
+
+
+def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]], out: Path) -> Path:
+    """Grouped bars: one group per dataset (+ mean, + routing for unknown source), one bar per run.
+
+    metrics[i] = {"known": metrics dict or None, "unknown": metrics dict or None} of run labels[i].
+    """
+    modes = [m for m in ("known", "unknown") if any(x.get(m) for x in metrics)]
+    fig = _figure(max(7.0, 3.2 + 4.6 * len(modes)), 4.4 + 0.22 * math.ceil(len(labels) / 4))
+    axes = fig.subplots(1, max(1, len(modes)), squeeze=False)[0]
+    for ax, mode in zip(axes, modes):
+        names: list[str] = []
+        for x in metrics:
+            for n in ((x.get(mode) or {}).get("datasets") or {}):
+                if n not in names:
+                    names.append(n)
+        groups = names + ["mean"] + (["routing"] if mode == "unknown" else [])
+        n_runs = len(labels)
+        width = 0.8 / max(1, n_runs)
+        pos = np.arange(len(groups))
+        show_values = len(groups) * n_runs <= 30
+        for i, (label, x) in enumerate(zip(labels, metrics)):
+            m = x.get(mode) or {}
+            vals = []
+            for g in groups:
+                if g == "mean":
+                    v = m.get("mean_acc1")
+                elif g == "routing":
+                    v = m.get("routing_acc")
+                else:
+                    v = ((m.get("datasets") or {}).get(g) or {}).get("acc1")
+                vals.append(float(v) if isinstance(v, (int, float)) else np.nan)
+            bars = ax.bar(pos - 0.4 + width * (i + 0.5), vals, width, label=label, color=_color(i))
+            if show_values:
+                ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in vals], fontsize=6.5, padding=1)
+        ax.set_xticks(pos, groups, fontsize=8, rotation=20 if max(map(len, groups)) > 10 else 0)
+        if "mean" in groups:
+            ax.axvline(len(names) - 0.5, color="0.6", linewidth=0.8, linestyle=":")
+        ax.set_ylim(0, 108)
+        ax.set_ylabel("val accuracy @1 (%)", fontsize=8)
+        ax.set_title(f"{mode}-source val accuracy" + (" and dataset routing" if mode == "unknown" else ""), fontsize=10)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:  # one legend for both panels, below them, never over a bar
+        fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
+    return _save(fig, out)
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], title: str, out: Path) -> Path:
+    """Confusion matrix, rows = true class, colour = share of the row; counts printed for <= 20 classes."""
+    n = len(classes)
+    small = n <= 20
+    side = min(9.0, max(3.6, 0.3 * n + 2.2)) if small else 7.0
+    fig = _figure(side + 0.9, side)
+    ax = fig.subplots()
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, np.maximum(rows, 1), dtype=float)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the true class")
+    if small:
+        short = [c if len(c) <= 14 else c[:13] + "…" for c in classes]
+        rotate = max(map(len, short)) > 2
+        ax.set_xticks(range(n), short, rotation=50 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
+        ax.set_yticks(range(n), short, fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=9 if n <= 12 else 7,
+                            color="white" if share[i, j] > 0.55 else "black")
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_xlabel("predicted class", fontsize=8)
+    ax.set_ylabel("true class", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, out)
+
+
+def plot_embedding(coords: np.ndarray, classes: np.ndarray, class_names: list[str], dataset_ids: np.ndarray,
+                   dataset_names: list[str], method: str, out: Path) -> Path:
+    """Two scatter plots of the same 2-D map: coloured by class and by dataset."""
+    from matplotlib import colormaps
+
+    fig = _figure(13, 5.6)
+    ax_c, ax_d = fig.subplots(1, 2)
+    n_cls = len(class_names)
+    if n_cls <= 20:
+        cmap = colormaps["tab20" if n_cls > 10 else "tab10"]
+        colors = [cmap(int(c) % cmap.N) for c in classes]
+    else:
+        cmap = colormaps["turbo"]
+        colors = [cmap(int(c) / max(1, n_cls - 1)) for c in classes]
+    ax_c.scatter(coords[:, 0], coords[:, 1], c=colors, s=14, alpha=0.85, linewidths=0)
+    if n_cls <= 20:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], marker="o", linestyle="", color=cmap(i % cmap.N), markersize=5,
+                          label=(name if len(name) <= 28 else name[:27] + "…")) for i, name in enumerate(class_names)]
+        ax_c.legend(handles=handles, fontsize=6.5, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax_c.set_title(f"val features ({method}), coloured by class ({n_cls})", fontsize=10)
+    for d, name in enumerate(dataset_names):
+        m = dataset_ids == d
+        if m.any():
+            ax_d.scatter(coords[m, 0], coords[m, 1], color=_color(d), s=14, alpha=0.85, linewidths=0, label=name)
+    ax_d.legend(fontsize=7, loc="best")
+    ax_d.set_title(f"val features ({method}), coloured by dataset", fontsize=10)
+    for ax in (ax_c, ax_d):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"{method} 1", fontsize=8)
+        ax.set_ylabel(f"{method} 2", fontsize=8)
+    return _save(fig, out)
+
+
+def plot_prediction_grid(images: np.ndarray, true_names: list[str], pred_names: list[str], correct: list[bool],
+                         out: Path, cols: int = 8) -> Path:
+    """Images (uint8 [N, 3, H, W]) with their predicted class; wrong ones titled and framed in red."""
+    n = len(images)
+    cols = max(1, min(cols, n))
+    rows = max(1, math.ceil(n / cols))
+    fig = _figure(1.75 * cols, 1.95 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+
+    def short(s: str) -> str:
+        return s if len(s) <= 15 else s[:14] + "…"
+
     for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(run) / "plots" / "pretrain_curves.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+        ax.set_axis_off()
+    for i in range(n):
+        ax = axes[i]
+        ax.set_axis_on()
+        ax.imshow(np.transpose(images[i], (1, 2, 0)), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ok = bool(correct[i])
+        color = "#1a7f37" if ok else "#d1242f"
+        for spine in ax.spines.values():
+            spine.set_edgecolor(color)
+            spine.set_linewidth(1.5 if ok else 3.5)
+        text = short(pred_names[i]) if ok else f"{short(pred_names[i])}\n(true: {short(true_names[i])})"
+        ax.set_title(text, fontsize=7, color=color, fontweight="normal" if ok else "bold")
+    return _save(fig, out)

@@ -1,0 +1,158 @@
+"""The parts of a report that look at images: val predictions, confusion matrices, embedding maps,
+image grids. They need the dataset root the run was trained on (`--data`, else config data.root).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fewshot.errors import UserError
+
+
+@dataclass
+class ValAnalysis:
+    """A fine-tuned run's predictions and features on the val split (known-source predictions)."""
+
+    space: object                 # LabelSpace
+    images: torch.Tensor          # uint8 [N, 3, S, S]
+    targets: np.ndarray           # global class
+    dataset_ids: np.ndarray
+    logits: torch.Tensor          # [N, C] float32
+    features: np.ndarray          # [N, D]
+    pred_local: np.ndarray        # known-source prediction, class index within the dataset
+    model: torch.nn.Module
+    size: int
+    n_parameters: int
+    root: Path
+
+    @property
+    def true_local(self) -> np.ndarray:
+        offsets = np.asarray(self.space.offsets)
+        return self.targets - offsets[self.dataset_ids]
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.pred_local == self.true_local
+
+
+def resolve_data_root(run, data: str | Path | None) -> tuple[Path | None, str]:
+    """(root, why): --data if given, else the run's config data.root when that folder exists."""
+    if data is not None:
+        p = Path(data)
+        if not p.is_dir():
+            raise UserError(f"--data '{data}' is not a folder.")
+        return p, f"--data {data}"
+    recorded = run.data_root
+    if not recorded:
+        return None, "the run's config.yaml records no data.root and no --data was given"
+    p = Path(recorded)
+    candidates = [p] if p.is_absolute() else [p, run.path / p, run.path.parent / p, run.path.parent.parent / p]
+    for c in candidates:
+        if c.is_dir():
+            return c, f"data.root '{recorded}' recorded in the run's config.yaml"
+    return None, f"the data root recorded in config.yaml ({recorded}) does not exist here; pass --data ROOT"
+
+
+@torch.no_grad()
+def _features_and_logits(model, images, normalize, device, batch_size: int = 128):
+    """One pass: pooled features [N, D] (token-averaged) and logits [N, C]."""
+    from fewshot.progress import track
+
+    model.eval()
+    feats, logits = [], []
+    starts = range(0, len(images), batch_size)
+    for s in track(starts, desc="report: val predictions", total=len(starts)):
+        x = normalize(images[s:s + batch_size].to(device))
+        if hasattr(model, "features") and hasattr(model, "classify"):
+            f = model.features(x)
+            logits.append(model.classify(f).float().cpu())
+            feats.append(f.mean(1).float().cpu())
+        else:  # any other classifier: logits only, features from its backbone
+            from fewshot.eval.features import backbone_features
+
+            logits.append(model(x).float().cpu())
+            feats.append(backbone_features(model.backbone, images[s:s + batch_size], normalize, device))
+    if not logits:
+        return torch.zeros(0, 0), torch.zeros(0, 0)
+    return torch.cat(feats), torch.cat(logits)
+
+
+def analyse_run(run, root: Path, device: torch.device) -> ValAnalysis:
+    from fewshot.eval.predict import _data_for, load_trained
+
+    tm = load_trained(run.path, device)
+    _, data = _data_for(tm, Path(root), "val")
+    if len(data) == 0:
+        raise UserError(f"no val images under {root} for the datasets of {run.label}.")
+    feats, logits = _features_and_logits(tm.model, data.images, tm.normalize, device)
+    _, pred_local = tm.space.predict(logits, "known", data.dataset_ids)
+    return ValAnalysis(space=tm.space, images=data.images, targets=data.targets.numpy(),
+                       dataset_ids=data.dataset_ids.numpy(), logits=logits, features=feats.numpy(),
+                       pred_local=pred_local.numpy(), model=tm.model, size=tm.size, n_parameters=tm.n_parameters,
+                       root=Path(root))
+
+
+def recomputed_mean_acc1(a: ValAnalysis) -> float:
+    from fewshot.eval.evaluate import score
+
+    return score(a.logits, torch.as_tensor(a.targets), torch.as_tensor(a.dataset_ids), a.space, "known")["mean_acc1"]
+
+
+def confusion(a: ValAnalysis, d: int) -> np.ndarray:
+    """Known-source confusion counts of dataset d: rows true class, columns predicted class."""
+    n = a.space.sizes[d]
+    m = a.dataset_ids == d
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (a.true_local[m], a.pred_local[m]), 1)
+    return cm
+
+
+def top_confusions(cm: np.ndarray, classes: list[str], k: int = 10) -> list[tuple[str, str, int, float]]:
+    """The k largest off-diagonal cells: (true class, predicted as, count, % of the true class)."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:k]
+    out = []
+    rows = cm.sum(axis=1)
+    for idx in flat:
+        i, j = np.unravel_index(idx, off.shape)
+        if off[i, j] <= 0:
+            break
+        out.append((classes[i], classes[j], int(off[i, j]), 100.0 * off[i, j] / max(1, rows[i])))
+    return out
+
+
+def embed_2d(features: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """2-D map of L2-normalised features: PCA, or t-SNE (initialised by PCA) when method == 'tsne'."""
+    x = features.astype(np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if len(x) < 3 or x.shape[1] < 2:
+        out = np.zeros((len(x), 2))
+        out[:, : min(2, x.shape[1])] = x[:, :2]
+        return out
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(max(2.0, min(30.0, (len(x) - 1) / 3.0)))
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2, random_state=seed).fit_transform(x)
+
+
+def sample_for_grid(a: ValAnalysis, n: int = 40, seed: int = 0) -> np.ndarray:
+    """About n val indices, spread evenly over the datasets, in a fixed random order."""
+    rng = np.random.default_rng(seed)
+    names = a.space.names
+    per = max(1, math.ceil(n / max(1, len(names))))
+    picked = []
+    for d in range(len(names)):
+        idx = np.flatnonzero(a.dataset_ids == d)
+        if len(idx):
+            picked += sorted(rng.choice(idx, size=min(per, len(idx)), replace=False).tolist())
+    return np.asarray(picked[: max(n, len(names))], dtype=np.int64)

@@ -1,0 +1,278 @@
+"""`fewshot report RUN [RUN ...] --out DIR` and `fewshot compare RUN [RUN ...]`.
+
+The report is DIR/index.html plus the PNGs beside it (relative links, no scripts, no network):
+an overview table of every run, grouped per-dataset accuracy bars, and per run its training
+curves, per-dataset tables and, for fine-tuned runs whose data is at hand, confusion matrices,
+a 2-D map of val features and a grid of val images with their predictions.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from pathlib import Path
+
+import numpy as np
+
+from fewshot.errors import UserError
+from fewshot.report import html as H
+from fewshot.report import tables as T
+from fewshot.report.runs import Run, expand_runs
+
+GRID_IMAGES = 40
+MAX_CONFUSION_IMAGES = 12  # datasets with a confusion-matrix picture per run (the pairs are always listed)
+
+
+def _slugs(runs: list[Run]) -> dict[str, str]:
+    out, taken = {}, set()
+    for r in runs:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", r.label).strip("-.") or "run"
+        slug, i = base, 2
+        while slug in taken:
+            slug, i = f"{base}-{i}", i + 1
+        taken.add(slug)
+        out[r.label] = slug
+    return out
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-.") or "x"
+
+
+def compute_flops(runs: list[Run], models: dict | None = None) -> dict[str, int | None]:
+    """FLOPs per run label; runs whose metrics lack a parameter count (MoCo) get it from the model."""
+    from fewshot.report.flops import run_model_stats
+
+    out = {}
+    for r in runs:
+        a = (models or {}).get(r.label)
+        n_flops, n_params = run_model_stats(r, a.model if a is not None else None, a.size if a is not None else None)
+        out[r.label] = n_flops
+        r.model_n_parameters = n_params
+    return out
+
+
+def compare_tables(runs: list[Run], flop_counts: dict) -> list[T.Table]:
+    tables = [T.overview_table(runs, flop_counts)]
+    for r in runs:
+        tables += T.run_tables(r)
+    return tables
+
+
+def run_compare(paths: list[str], file=None) -> list[T.Table]:
+    """`fewshot compare`: the report's tables, printed in the terminal."""
+    runs = expand_runs(paths)
+    tables = compare_tables(runs, compute_flops(runs))
+    T.print_tables(tables, file=file)
+    for r in runs:
+        for n in r.notes:
+            print(f"note ({r.label}): {n}", file=file)
+    return tables
+
+
+class ReportBuilder:
+    def __init__(self, paths: list[str], out: Path, data: str | None = None, device: str = "auto",
+                 tsne: bool = False, grid_images: int = GRID_IMAGES, log=print):
+        self.runs = expand_runs(paths)
+        self.out = Path(out)
+        self.data = data
+        self.tsne = tsne
+        self.grid_images = grid_images
+        self.log = log
+        from fewshot.utils import resolve_device
+
+        self.device = resolve_device(device)
+        self.slugs = _slugs(self.runs)
+        self.analyses: dict = {}
+        self.data_notes: dict[str, str] = {}
+        self.images: list[Path] = []
+
+    # ------------------------------------------------------------------ helpers
+    def _png(self, name: str) -> str:
+        """A file name beside index.html (returned relative, as the page references it)."""
+        path = self.out / name
+        self.images.append(path)
+        return name
+
+    def _analyse(self) -> None:
+        from fewshot.report.analysis import analyse_run, resolve_data_root
+
+        for r in self.runs:
+            if r.kind != "supervised":
+                continue
+            if r.checkpoint is None:
+                self.data_notes[r.label] = "no checkpoint in checkpoints/: predictions, confusion matrices, " \
+                                           "embedding map and image grid skipped."
+                continue
+            root, why = resolve_data_root(r, self.data)
+            if root is None:
+                self.data_notes[r.label] = f"No data for the image-based parts ({why}): confusion matrices, " \
+                                           f"embedding map and prediction grid skipped."
+                continue
+            try:
+                self.log(f"report: predicting the val images of {r.label} ({root})")
+                self.analyses[r.label] = analyse_run(r, root, self.device)
+                self.data_notes[r.label] = f"val images from {root} ({why})."
+            except UserError as exc:
+                self.data_notes[r.label] = f"Image-based parts skipped: {exc}"
+
+    # ------------------------------------------------------------------ sections
+    def _overview(self, flop_counts: dict) -> list[str]:
+        body = ['<h2 id="overview">Overview</h2>', T.to_html(T.overview_table(self.runs, flop_counts), with_title=False)]
+        sup = [r for r in self.runs if r.kind == "supervised" and (r.metrics_known or r.metrics_unknown)]
+        if sup:
+            from fewshot.report.plots import plot_accuracy_bars
+
+            name = self._png("accuracy_bars.png")
+            plot_accuracy_bars([r.label for r in sup],
+                               [{"known": r.metrics_known, "unknown": r.metrics_unknown} for r in sup], self.out / name)
+            body.append(H.figure(name, "Val accuracy @1 per dataset for each fine-tuned run, with the mean over "
+                                       "datasets; known source (the dataset of each image is given) and unknown "
+                                       "source (predicted over all classes), where routing is the share of images "
+                                       "assigned to the right dataset."))
+        return body
+
+    def _curves(self, r: Run) -> list[str]:
+        from fewshot.report.plots import plot_finetune_curves, plot_moco_curves, smoothing_weight
+
+        if not r.log:
+            return [H.note("No log.jsonl: no training curves.")]
+        name = self._png(f"{self.slugs[r.label]}-curves.png")
+        w = smoothing_weight(len(r.log))
+        if r.kind == "moco":
+            plot_moco_curves(r.log, self.out / name)
+            cap = "MoCo training: InfoNCE loss, contrastive accuracy of the positive key among the queue's " \
+                  "negatives (acc@1/acc@5), kNN accuracy of frozen features on val per dataset, learning rate."
+        else:
+            plot_finetune_curves(r.log, self.out / name)
+            cap = "Fine-tuning: training loss, learning rate, accuracy on the (augmented) training batches, val " \
+                  "accuracy per dataset in known-source (solid) and unknown-source (dashed) mode."
+        smooth = f" Lines: EMA-smoothed (weight {w:.2f}); faint points: the raw per-epoch values." if w > 0 else \
+            " Too few epochs to smooth: lines join the raw per-epoch values."
+        return ["<h3>Training curves</h3>", H.figure(name, cap + smooth)]
+
+    def _facts(self, r: Run, flop_counts: dict) -> str:
+        items = [("directory", str(r.path)), ("kind", "MoCo pretraining" if r.kind == "moco" else "fine-tuning"),
+                 ("model", r.model_name), ("parameters", T.count(r.n_parameters)
+                                           + (" (backbone)" if r.kind == "moco" else "")),
+                 ("FLOPs / image", T.flops(flop_counts.get(r.label))),
+                 ("input size", f"{r.img_size} px" if r.img_size else T.DASH), ("epochs", str(r.epochs)),
+                 ("training time", T.duration(r.training_seconds)), ("throughput", T.rate(r.throughput)),
+                 ("best epoch", T.opt(r.best_epoch))]
+        if r.kind == "supervised" and r.metrics:
+            items.append(("mean acc@1 (metrics.json)", f"{T.pct(r.metrics.get('mean_acc1'))} "
+                                                       f"({r.metrics.get('mode', 'known')} source)"))
+        return H.facts(items)
+
+    def _image_parts(self, r: Run) -> list[str]:
+        from fewshot.report.analysis import (confusion, embed_2d, recomputed_mean_acc1, sample_for_grid,
+                                             top_confusions)
+        from fewshot.report.plots import plot_confusion, plot_embedding, plot_prediction_grid
+
+        a = self.analyses.get(r.label)
+        if a is None:
+            return [H.note(self.data_notes.get(r.label, "Image-based parts skipped."))]
+        slug = self.slugs[r.label]
+        body = [f'<p class="caption">Predictions of the best checkpoint, known source; '
+                f'{H.e(self.data_notes[r.label])}</p>']
+        got = recomputed_mean_acc1(a)
+        want = (r.metrics_known or {}).get("mean_acc1")
+        if isinstance(want, (int, float)) and abs(got - want) > 0.01:
+            body.append(H.note(f"Recomputed known-source mean acc@1 on these val images is {got:.2f}, but the "
+                               f"run's metrics say {want:.2f}: the data differ from those the run was evaluated on."))
+        # confusion matrices
+        body.append("<h3>Confusion matrices (val, known source)</h3>")
+        cells = []
+        for d, name in enumerate(a.space.names):
+            classes = list(a.space.classes[d])
+            cm = confusion(a, d)
+            if cm.sum() == 0:
+                continue
+            acc = 100.0 * np.trace(cm) / cm.sum()
+            part = [f"<h4>{H.e(name)} — {len(classes)} classes, {int(cm.sum())} images, acc@1 {acc:.2f}</h4>"]
+            if d < MAX_CONFUSION_IMAGES:
+                png = self._png(f"{slug}-confusion-{d}-{_safe_name(name)}.png")
+                plot_confusion(cm, classes, f"{name}: confusion (val)", self.out / png)
+                part.append(H.figure(png, "Rows: true class; columns: predicted class; colour: share of the row"
+                                     + ("; numbers: image counts." if len(classes) <= 20 else
+                                        " (too many classes to label; see the most confused pairs below).")))
+            pairs = top_confusions(cm, classes, k=10 if len(classes) > 20 else 5)
+            if pairs:
+                t = T.Table(f"most confused pairs of {name}", ["true class", "predicted as", "images", "% of class"],
+                            [[p[0], p[1], str(p[2]), f"{p[3]:.1f}"] for p in pairs], numeric=[False, False, True, True])
+                part.append(T.to_html(t))
+            else:
+                part.append('<p class="caption">No confusions: every val image is classified correctly.</p>')
+            cells.append("<div>" + "\n".join(part) + "</div>")
+        body.append('<div class="grid2">' + "\n".join(cells) + "</div>")
+        # embedding map
+        method = "t-SNE" if self.tsne else "PCA"
+        try:
+            coords = embed_2d(a.features, "tsne" if self.tsne else "pca")
+            png = self._png(f"{slug}-embedding.png")
+            class_names = [f"{n}: {c}" if len(a.space.names) > 1 else c
+                           for n, cls in zip(a.space.names, a.space.classes) for c in cls]
+            plot_embedding(coords, a.targets, class_names, a.dataset_ids, list(a.space.names), method, self.out / png)
+            body += ["<h3>Embedding of val features</h3>",
+                     H.figure(png, f"{method} of the backbone's pooled, L2-normalised features of {len(a.targets)} val "
+                                   f"images; left coloured by class, right by dataset.")]
+        except Exception as exc:  # a degenerate map must not lose the rest of the report
+            body.append(H.note(f"Embedding map skipped: {exc}"))
+        # prediction grid
+        idx = sample_for_grid(a, self.grid_images) if self.grid_images > 0 else np.zeros(0, dtype=np.int64)
+        if len(idx):
+            names_of = lambda d, c: a.space.classes[d][c]  # noqa: E731
+            ds = a.dataset_ids[idx]
+            true = [names_of(d, c) for d, c in zip(ds, a.true_local[idx])]
+            pred = [names_of(d, c) for d, c in zip(ds, a.pred_local[idx])]
+            ok = a.correct[idx].tolist()
+            png = self._png(f"{slug}-predictions.png")
+            plot_prediction_grid(a.images[idx].numpy(), true, pred, ok, self.out / png)
+            n_bad = len(ok) - sum(ok)
+            body += ["<h3>Val images with predictions</h3>",
+                     H.figure(png, f"{len(idx)} val images sampled evenly over the datasets; title = predicted class "
+                                   f"(known source); {n_bad} wrong ones framed and titled in red with the true class.")]
+        return body
+
+    def _run_section(self, r: Run, flop_counts: dict) -> list[str]:
+        body = [f'<h2 id="run-{H.e(self.slugs[r.label])}">{H.e(r.label)} '
+                f'<span class="sub">({"MoCo" if r.kind == "moco" else "fine-tuning"}, {H.e(r.model_name)})</span></h2>',
+                self._facts(r, flop_counts)]
+        body += [H.note(n) for n in r.notes]
+        body += self._curves(r)
+        for t in T.run_tables(r):
+            body.append(T.to_html(t))
+        if r.kind == "supervised":
+            body += self._image_parts(r)
+        return body
+
+    # ------------------------------------------------------------------ the page
+    def build(self) -> Path:
+        from fewshot.data.cache import ensure_writable_dir
+        from fewshot.utils import atomic_write_text
+
+        ensure_writable_dir(self.out, "report")
+        self._analyse()
+        flop_counts = compute_flops(self.runs, self.analyses)
+        body = [H.toc([("overview", "Overview")] + [(f"run-{self.slugs[r.label]}", r.label) for r in self.runs])]
+        body += self._overview(flop_counts)
+        for r in self.runs:
+            body += self._run_section(r, flop_counts)
+        now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        n_ft = sum(r.kind == "supervised" for r in self.runs)
+        subtitle = (f"{len(self.runs)} run(s): {n_ft} fine-tuning, {len(self.runs) - n_ft} MoCo pretraining. "
+                    f"Generated {now}.")
+        from fewshot import __version__
+
+        text = H.page("fewshot report", subtitle, body,
+                      f"fewshot {__version__} · fewshot report " + " ".join(str(r.path) for r in self.runs))
+        index = self.out / "index.html"
+        atomic_write_text(index, text)
+        return index
+
+
+def build_report(paths: list[str], out: Path, data: str | None = None, device: str = "auto", tsne: bool = False,
+                 grid_images: int = GRID_IMAGES, log=print) -> Path:
+    """Write OUT/index.html (+ PNGs) for the given runs; returns the page's path."""
+    return ReportBuilder(paths, Path(out), data=data, device=device, tsne=tsne, grid_images=grid_images,
+                         log=log).build()

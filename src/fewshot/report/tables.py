@@ -1,0 +1,216 @@
+"""The numbers of `fewshot report` and `fewshot compare`: one table model, rendered as HTML or text.
+
+Tables hold strings already formatted (accuracies with 2 decimals, as in `fewshot eval`), so the
+page and the terminal show exactly the same numbers.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+from fewshot.report.runs import Run
+
+DASH = "–"
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    numeric: list[bool] = field(default_factory=list)   # right-align these columns
+    emphasis: list[int] = field(default_factory=list)   # row indexes shown in bold (mean, routing)
+    caption: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.numeric:
+            self.numeric = [False] + [True] * (len(self.columns) - 1)
+
+
+# ---------------------------------------------------------------------- formatting
+def pct(x) -> str:
+    return f"{float(x):.2f}" if isinstance(x, (int, float)) else DASH
+
+
+def count(n) -> str:
+    if not isinstance(n, (int, float)):
+        return DASH
+    n = int(n)
+    if n >= 1_000_000:
+        return f"{n:,} ({n / 1e6:.1f} M)"
+    return f"{n:,}"
+
+
+def flops(x) -> str:
+    if not isinstance(x, (int, float)) or x <= 0:
+        return DASH
+    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f} FLOPs"
+
+
+def duration(s) -> str:
+    if not isinstance(s, (int, float)):
+        return DASH
+    s = float(s)
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(round(s % 60)):02d} s"
+    return f"{int(s // 3600)} h {int(round(s % 3600 / 60)):02d} min"
+
+
+def opt(x) -> str:
+    return DASH if x is None else str(x)
+
+
+def rate(x) -> str:
+    return f"{float(x):.1f} img/s" if isinstance(x, (int, float)) else DASH
+
+
+# ---------------------------------------------------------------------- tables
+def overview_table(runs: list[Run], flop_counts: dict[str, float | None]) -> Table:
+    """One row per run: model, size, cost and headline accuracy."""
+    cols = ["run", "kind", "model", "parameters", "FLOPs / image", "input", "epochs", "training time",
+            "throughput", "best epoch", "mean acc@1 known", "mean acc@1 unknown", "routing", "kNN mean acc@1"]
+    rows = []
+    for r in runs:
+        known, unknown = r.metrics_known or {}, r.metrics_unknown or {}
+        knn = r.knn or {}
+        rows.append([r.label, "MoCo" if r.kind == "moco" else "fine-tune", r.model_name, count(r.n_parameters),
+                     flops(flop_counts.get(r.label)), f"{r.img_size} px" if r.img_size else DASH, str(r.epochs),
+                     duration(r.training_seconds), rate(r.throughput), opt(r.best_epoch),
+                     pct(known.get("mean_acc1")), pct(unknown.get("mean_acc1")), pct(unknown.get("routing_acc")),
+                     pct(knn.get("mean"))])
+    numeric = [False, False, False] + [True] * (len(cols) - 3)
+    # Columns that apply to none of the runs (kNN without MoCo runs, accuracies without fine-tuning) go.
+    keep = [i for i in range(len(cols)) if i < 3 or any(row[i] != DASH for row in rows)]
+    cols, numeric = [cols[i] for i in keep], [numeric[i] for i in keep]
+    rows = [[row[i] for i in keep] for row in rows]
+    return Table("Runs", cols, rows, numeric=numeric,
+                 caption="Accuracies in % on the val split at the best checkpoint (metrics.json). FLOPs: one "
+                         "forward pass of one image at the input size (torch.utils.flop_counter; a multiply-add "
+                         "counts 2); for MoCo runs parameters and FLOPs are those of the backbone. Training time: sum of the epochs' training time (evaluation excluded); "
+                         "throughput: median training images/s over the epochs. Best epoch: epochs completed when the "
+                         "best checkpoint was saved (as in metrics.json).")
+
+
+def dataset_table(run: Run, title: str | None = None, known: dict | None = None, unknown: dict | None = None,
+                  caption: str = "") -> Table:
+    """Per-dataset acc@1/acc@5 of a fine-tuned run in known- and unknown-source mode, mean and routing."""
+    known = run.metrics_known if known is None and title is None else known
+    unknown = run.metrics_unknown if unknown is None and title is None else unknown
+    names: list[str] = []
+    for m in (known, unknown):
+        for n in ((m or {}).get("datasets") or {}):
+            if n not in names:
+                names.append(n)
+    cols = ["dataset", "n", "known acc@1", "known acc@5", "unknown acc@1", "unknown acc@5"]
+    rows = []
+    for n in names:
+        k = ((known or {}).get("datasets") or {}).get(n) or {}
+        u = ((unknown or {}).get("datasets") or {}).get(n) or {}
+        rows.append([n, str(k.get("n", u.get("n", DASH))), pct(k.get("acc1")), pct(k.get("acc5")),
+                     pct(u.get("acc1")), pct(u.get("acc5"))])
+    rows.append(["mean", "", pct((known or {}).get("mean_acc1")), "", pct((unknown or {}).get("mean_acc1")), ""])
+    emphasis = [len(rows) - 1]
+    if (unknown or {}).get("routing_acc") is not None:
+        rows.append(["dataset routing", "", "", "", pct(unknown["routing_acc"]), ""])
+        emphasis.append(len(rows) - 1)
+    if title is None:
+        mode = (run.metrics or {}).get("mode", "known")
+        title = f"{run.label}: val accuracy (best epoch {opt(run.best_epoch)}; metrics.json mode: {mode})"
+    return Table(title, cols, rows, emphasis=emphasis, caption=caption)
+
+
+def knn_table(run: Run) -> Table:
+    knn = run.knn or {}
+    rows = [[n, pct(v)] for n, v in knn.items() if n != "mean"]
+    rows.append(["mean", pct(knn.get("mean"))])
+    return Table(f"{run.label}: kNN accuracy @1 on val (epoch {opt(run.best_epoch)})", ["dataset", "kNN acc@1"],
+                 rows, emphasis=[len(rows) - 1],
+                 caption="Frozen backbone features; each val image is classified by a weighted vote of its "
+                         "nearest labelled training images of the same dataset (the MoCo monitor).")
+
+
+def test_table(run: Run) -> Table | None:
+    """Test accuracy scored by `fewshot run` against the answer keys, when its summary.json has it."""
+    m = ((run.pipeline or {}).get("metrics") or {})
+    if run.kind != "supervised" or not m.get("test"):
+        return None
+    return dataset_table(run, title=f"{run.label}: test accuracy (answer keys, scored by `fewshot run`)",
+                         known=m.get("test"), unknown=m.get("test_unknown"))
+
+
+def run_tables(run: Run) -> list[Table]:
+    if run.kind == "moco":
+        return [knn_table(run)] if run.knn else []
+    out = []
+    if run.metrics_known or run.metrics_unknown:
+        out.append(dataset_table(run))
+    t = test_table(run)
+    if t is not None:
+        out.append(t)
+    return out
+
+
+# ---------------------------------------------------------------------- rendering
+def to_html(t: Table, with_title: bool = True) -> str:
+    e = html.escape
+    parts = []
+    if with_title and t.title:
+        parts.append(f"<h4>{e(t.title)}</h4>")
+    parts.append('<div class="tablewrap"><table>')
+    parts.append("<thead><tr>" + "".join(
+        f'<th class="{"num" if num else "txt"}">{e(c)}</th>' for c, num in zip(t.columns, t.numeric)) + "</tr></thead>")
+    parts.append("<tbody>")
+    for i, row in enumerate(t.rows):
+        cls = ' class="em"' if i in t.emphasis else ""
+        parts.append(f"<tr{cls}>" + "".join(
+            f'<td class="{"num" if num else "txt"}">{e(v)}</td>' for v, num in zip(row, t.numeric)) + "</tr>")
+    parts.append("</tbody></table></div>")
+    if t.caption:
+        parts.append(f'<p class="caption">{e(t.caption)}</p>')
+    return "\n".join(parts)
+
+
+def to_text(t: Table) -> str:
+    """Plain aligned text (the fallback when `rich` is not available)."""
+    widths = [max(len(c), *(len(r[i]) for r in t.rows)) if t.rows else len(c) for i, c in enumerate(t.columns)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, t.numeric)).rstrip()
+
+    out = [t.title, line(t.columns), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in t.rows]
+    return "\n".join(out)
+
+
+def print_tables(tables: list[Table], file=None) -> None:
+    """Print with rich when installed (wide enough that no number is ever cut), else as plain text."""
+    import sys
+
+    file = file or sys.stdout
+    try:
+        from rich import box
+        from rich.console import Console
+        from rich.table import Table as RichTable
+    except ImportError:
+        for t in tables:
+            print(to_text(t) + "\n", file=file)
+        return
+    console = Console(file=file, highlight=False)
+    needed = max((max(len(line) for line in to_text(t).splitlines()) + 3 * len(t.columns) for t in tables), default=80)
+    # Never let rich crop a number: the console is at least as wide as the widest table.
+    console = Console(file=file, highlight=False, width=max(needed, console.width),
+                      color_system=console.color_system if console.is_terminal else None)
+    for t in tables:
+        console.print(t.title, style="bold", markup=False)  # above the table, not wrapped to its width
+        rt = RichTable(box=box.SIMPLE_HEAD)
+        for c, num in zip(t.columns, t.numeric):
+            rt.add_column(c, justify="right" if num else "left", no_wrap=True)
+        for i, row in enumerate(t.rows):
+            rt.add_row(*row, style="bold" if i in t.emphasis else None)
+        console.print(rt)

@@ -1,0 +1,334 @@
+"""`fewshot report` / `fewshot compare` on small REAL runs, and plain-line progress output.
+
+One fine-tuning run (2 epochs) and one MoCo run (1 epoch) of timm's `test_resnet` at 32 px are
+trained once on a tiny sklearn-digits root through `fewshot.cli.main`, then reported. The page
+must parse, every <img> must be a real PNG beside it, and the numbers must be the runs' own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from fewshot import progress
+from fewshot.cli import main
+from helpers.tiny import build_digits
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+COMMON = ["--model", "test_resnet", "--img-size", "32", "--batch-size", "8", "--device", "cpu", "--no-progress",
+          "train.tensorboard=false", "train.threads=1"]
+
+
+def run_main(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else 1
+    return rc, out.getvalue(), err.getvalue()
+
+
+class PageParser(HTMLParser):
+    """Collects <img src>, every <a href>/<link href>/<script>, and the text of table cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.scripts, self.cells = [], [], 0, []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a.get("src"))
+        elif tag in ("a", "link"):
+            self.links.append(a.get("href"))
+        elif tag == "script":
+            self.scripts += 1
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.cells.append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse(html_text: str) -> PageParser:
+    p = PageParser()
+    p.feed(html_text)
+    p.close()
+    return p
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("report")
+    root = build_digits(base / "root")
+    ft, moco = base / "ft", base / "moco"
+    rc, _, err = run_main("train", "--data", root, "--out", ft, "--epochs", "2", "train.eval_every=1", *COMMON)
+    assert rc == 0, err
+    rc, _, err = run_main("pretrain", "--data", root, "--out", moco, "--epochs", "1", "--queue-size", "32",
+                          "moco.split_bn_groups=2", "moco.knn_k=5", *COMMON)
+    assert rc == 0, err
+    return {"root": root, "ft": ft, "moco": moco, "base": base}
+
+
+@pytest.fixture(scope="module")
+def report(runs):
+    out = runs["base"] / "report"
+    # No --data: the image-based parts must find the root through the run's config.yaml.
+    rc, stdout, err = run_main("report", runs["ft"], runs["moco"], "--out", out, "--device", "cpu")
+    assert rc == 0, err
+    index = out / "index.html"
+    assert str(index) in stdout
+    return index
+
+
+def knn_at_best(moco: Path) -> dict:
+    rows = [json.loads(line) for line in (moco / "log.jsonl").read_text().splitlines() if line.strip()]
+    best = max((r for r in rows if "knn_acc1" in r), key=lambda r: r["score"])
+    return best["knn_acc1"]
+
+
+def expected_numbers(runs) -> list[str]:
+    """Numbers the table must show, formatted as the table formats them (2 decimals)."""
+    metrics = json.loads((runs["ft"] / "metrics.json").read_text())
+    unknown = json.loads((runs["ft"] / "metrics_unknown.json").read_text())
+    want = [f"{metrics['mean_acc1']:.2f}", f"{unknown['mean_acc1']:.2f}", f"{unknown['routing_acc']:.2f}",
+            f"{metrics['n_parameters']:,}"]
+    for d in metrics["datasets"].values():
+        want += [f"{d['acc1']:.2f}", f"{d['acc5']:.2f}", str(d["n"])]
+    want += [f"{v:.2f}" for v in knn_at_best(runs["moco"]).values()]
+    return want
+
+
+# ---------------------------------------------------------------------- the page
+
+def test_report_page_parses_and_every_image_is_a_png(report):
+    page = parse(report.read_text(encoding="utf-8"))
+    assert page.scripts == 0
+    assert len(page.images) >= 6  # bars, 2 x curves, confusion, embedding, prediction grid
+    for src in page.images:
+        assert src and not src.startswith(("http:", "https:", "/", "data:")), src
+        path = report.parent / src
+        assert path.is_file(), src
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, src
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+    for href in page.links:
+        assert href and href.startswith("#"), href  # in-page links only: nothing fetched
+
+
+def test_report_has_every_part(report, runs):
+    text = report.read_text(encoding="utf-8")
+    names = {Path(p).name for p in parse(text).images}
+    assert "accuracy_bars.png" in names
+    assert {"ft-curves.png", "moco-curves.png", "ft-embedding.png", "ft-predictions.png"} <= names
+    assert any(n.startswith("ft-confusion-") for n in names)
+    assert not any(n.startswith("moco-") and "curves" not in n for n in names)  # MoCo: curves + kNN table only
+    assert "kNN accuracy" in text and "Confusion matrices" in text and "PCA" in text
+
+
+def test_report_numbers_equal_the_runs_metrics(report, runs):
+    cells = parse(report.read_text(encoding="utf-8")).cells
+    for value in expected_numbers(runs):
+        assert value in cells, value
+    metrics = json.loads((runs["ft"] / "metrics.json").read_text())
+    assert str(metrics["best_epoch"]) in cells
+    log = [json.loads(line) for line in (runs["ft"] / "log.jsonl").read_text().splitlines()]
+    train_s = sum(r["epoch_time_s"] for r in log)
+    assert f"{train_s:.1f} s" in cells
+
+
+def test_report_without_data_skips_image_parts_with_a_note(runs, tmp_path):
+    run = tmp_path / "moved"
+    shutil.copytree(runs["ft"], run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["root"] = str(tmp_path / "gone")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rc, _, err = run_main("report", run, "--out", tmp_path / "r", "--device", "cpu")
+    assert rc == 0, err
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert "does not exist here; pass --data ROOT" in text
+    assert not list((tmp_path / "r").glob("*confusion*"))
+    for src in parse(text).images:
+        assert (tmp_path / "r" / src).is_file()
+    # --data brings them back
+    rc, _, err = run_main("report", run, "--out", tmp_path / "r2", "--device", "cpu", "--data", runs["root"],
+                          "--grid", "8")
+    assert rc == 0, err
+    assert list((tmp_path / "r2").glob("*confusion*")) and list((tmp_path / "r2").glob("*predictions.png"))
+
+
+def test_pipeline_folder_expands_into_its_stages(runs, tmp_path):
+    from fewshot.report.runs import expand_runs
+
+    pipe = tmp_path / "demo"
+    shutil.copytree(runs["moco"], pipe / "pretrain")
+    shutil.copytree(runs["ft"], pipe / "finetune")
+    (pipe / "summary.json").write_text(json.dumps({"stages": {}, "metrics": {}}))
+    found = expand_runs([pipe])
+    assert [(r.label, r.kind) for r in found] == [("demo/pretrain", "moco"), ("demo/finetune", "supervised")]
+    rc, out, err = run_main("compare", pipe)
+    assert rc == 0, err
+    assert "demo/pretrain" in out and "demo/finetune" in out
+
+
+def test_report_user_errors(tmp_path):
+    rc, _, err = run_main("report", tmp_path / "nothing", "--out", tmp_path / "r")
+    assert rc == 2 and "does not exist" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run_main("compare", tmp_path / "empty")
+    assert rc == 2 and "holds no run" in err
+
+
+# ---------------------------------------------------------------------- compare
+
+def test_compare_prints_the_same_numbers(report, runs):
+    rc, out, err = run_main("compare", runs["ft"], runs["moco"])
+    assert rc == 0, err
+    for value in expected_numbers(runs):
+        assert value in out, value
+    assert "…" not in out  # nothing cropped
+
+
+def test_compare_without_rich_prints_plain_text(runs, monkeypatch):
+    for name in [m for m in sys.modules if m == "rich" or m.startswith("rich.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "rich", None)  # `import rich` now raises ImportError
+    rc, out, err = run_main("compare", runs["ft"], runs["moco"])
+    assert rc == 0, err
+    for value in expected_numbers(runs):
+        assert value in out, value
+    assert "----" in out
+
+
+# ---------------------------------------------------------------------- pieces
+
+def test_ema_smoothing_is_debiased_and_skips_gaps():
+    from fewshot.report.plots import ema_smooth, smoothing_weight
+
+    assert ema_smooth([5.0, 5.0, 5.0], 0.9) == pytest.approx([5.0, 5.0, 5.0])
+    out = ema_smooth([1.0, None, 3.0], 0.5)
+    assert out[0] == pytest.approx(1.0) and out[1] is None and out[2] == pytest.approx((0.25 + 1.5) / 0.75)
+    assert smoothing_weight(3) == 0.0 and 0.0 < smoothing_weight(20) <= 0.9
+
+
+def test_many_classes_list_the_top_confused_pairs(tmp_path):
+    from fewshot.report.analysis import top_confusions
+    from fewshot.report.plots import plot_confusion
+
+    n = 25
+    cm = np.eye(n, dtype=np.int64) * 3
+    cm[4, 7] = 5
+    cm[1, 2] = 2
+    classes = [f"class {i}" for i in range(n)]
+    pairs = top_confusions(cm, classes, k=10)
+    assert pairs[0][:3] == ("class 4", "class 7", 5) and pairs[1][:3] == ("class 1", "class 2", 2)
+    assert len(pairs) == 2
+    png = plot_confusion(cm, classes, "big", tmp_path / "cm.png")
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+# ---------------------------------------------------------------------- progress
+
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def progress_on():
+    was = progress.is_enabled()
+    progress.set_enabled(True)
+    yield
+    progress.set_enabled(was)
+
+
+def test_progress_prints_plain_lines_when_not_a_tty(progress_on):
+    err = io.StringIO()  # isatty() is False
+    with contextlib.redirect_stderr(err):
+        bar = progress.track(range(100), desc="epoch 1/3", total=100)
+        assert isinstance(bar, progress.PlainProgress)
+        for _ in bar:
+            pass
+        bar.set_postfix(loss="0.500")
+        bar.close()
+    text = err.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert len(lines) >= 1 and lines[-1].startswith("epoch 1/3: 100/100 (100%) ") and lines[-1].rstrip().endswith("s")
+
+
+def test_plain_progress_pacing_and_format():
+    clock, out = FakeClock(), io.StringIO()
+    bar = progress.PlainProgress(None, desc="desc", total=100, file=out, clock=clock)
+    for i in range(100):
+        clock.t += 0.5  # 50 s in all: milestones every 10 % (5 s apart) pass the 5 s minimum gap
+        bar.update(1)
+        if i == 38:
+            bar.set_postfix(loss="0.812", lr=f"{1e-4:.2e}")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "desc: 40/100 (40%) 20.0 s  loss=0.812 lr=1.00e-04" in lines
+    assert lines[-1].startswith("desc: 100/100 (100%) 50.0 s")
+    assert 9 <= len(lines) <= 11
+
+    # A slow loop without milestones still reports every ~15 s; a fast one only at the end.
+    clock, out = FakeClock(), io.StringIO()
+    bar = progress.PlainProgress(None, desc="slow", total=None, file=out, clock=clock)
+    for _ in range(10):
+        clock.t += 4.0
+        bar.update(1)
+    bar.close()
+    assert out.getvalue().splitlines()[0] == "slow: 4 16.0 s"
+    clock, out = FakeClock(), io.StringIO()
+    bar = progress.PlainProgress(range(1000), desc="fast", file=out, clock=clock)
+    assert sum(1 for _ in bar) == 1000
+    assert out.getvalue() == "fast: 1000/1000 (100%) 0.0 s\n"
+
+
+def test_progress_disabled_prints_nothing_and_tty_keeps_tqdm(monkeypatch):
+    was = progress.is_enabled()
+    try:
+        progress.set_enabled(False)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert list(progress.track(range(5), desc="x")) == list(range(5))
+        assert err.getvalue() == ""
+        progress.set_enabled(True)
+
+        class Tty(io.StringIO):
+            def isatty(self):
+                return True
+
+        monkeypatch.setattr(sys, "stderr", Tty())
+        bar = progress.track(range(3), desc="tty", total=3)
+        from tqdm import tqdm
+
+        assert isinstance(bar, tqdm)
+        assert list(bar) == [0, 1, 2]
+        bar.set_postfix(loss="1.0")
+        bar.close()
+    finally:
+        progress.set_enabled(was)
