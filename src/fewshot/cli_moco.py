@@ -8,7 +8,8 @@ PRETRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.
                   "batch_size": "train.batch_size", "img_size": "model.img_size", "lr": "optim.lr",
                   "seed": "train.seed", "device": "train.device", "skip_bad_images": "data.skip_bad_images",
                   "save_every_steps": "train.save_every_steps", "weights": "model.weights",
-                  "queue_size": "moco.queue_size", "unlabeled": "data.unlabeled"}
+                  "queue_size": "moco.queue_size", "unlabeled": "data.unlabeled",
+                  "skip_nonfinite": "train.skip_nonfinite"}
 
 
 def add_parsers(sub, add_common, epilog) -> None:

@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "backbone_lr_mult": None, # None: 0.1 with --weights (course), 1.0 from scratch
         "weight_decay": 0.05,
         "momentum": 0.9,          # sgd only
+        "fused": "auto",          # sgd: fused update kernel where torch has one (auto) | true | false
         "grad_clip": 5.0,         # max grad norm; 0 disables
         "label_smoothing": 0.1,
     },

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +60,8 @@ def to_rgb_uint8(img: Image.Image) -> Image.Image:
 
 def decode_resized(path: Path, size: int, crop_pct: float = 1.0) -> np.ndarray:
     """Open, convert to RGB, resize the short side to size/crop_pct, center-crop size x size; CHW uint8."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+        raise ValueError("not a regular file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as img:
@@ -148,7 +152,27 @@ def _finish(images: torch.Tensor, bad: list[tuple[str, str]], paths: list[Path],
         index = {str(p): i for i, p in enumerate(paths)}
         for p, _ in bad:
             valid[index[p]] = False
+        report_skipped(bad)
     return CachedImages(images, valid, bad)
+
+
+def report_skipped(bad: list[tuple[str, str]], limit: int = 50) -> None:
+    """--skip-bad-images: list what was skipped on stderr (rank 0 only under torchrun)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    lines = [f"  - {p}: {why}" for p, why in bad[:limit]]
+    if len(bad) > limit:
+        lines.append(f"  ... and {len(bad) - limit} more")
+    print(f"warning: skipping {len(bad)} undecodable image(s) (--skip-bad-images):\n" + "\n".join(lines),
+          file=sys.stderr, flush=True)
+
+
+def write_skipped(run_dir: Path, skipped: list[tuple[str, str]]) -> None:
+    """RUN/skipped_images.json: the files --skip-bad-images left out of this run, with the reasons."""
+    skipped = list(dict.fromkeys((str(p), why) for p, why in skipped))  # the pool may repeat train images
+    if skipped:
+        atomic_write_text(Path(run_dir) / "skipped_images.json",
+                          json.dumps([{"path": p, "reason": why} for p, why in skipped], indent=2) + "\n")
 
 
 def default_cache_dir(root: str | Path | None, configured: str | None) -> Path | None:

@@ -39,18 +39,38 @@ def list_datasets(root: Path) -> list[str]:
     if not root.is_dir():
         raise UserError(f"dataset root '{root}' does not exist or is not a folder. "
                         f"Build the demo data with `fewshot data digits --out {root}`.")
-    names = sorted(p.name for p in root.iterdir()
-                   if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS)
+    try:
+        names = sorted(p.name for p in root.iterdir()
+                       if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS)
+    except OSError as exc:
+        raise UserError(f"cannot list the dataset root '{root}': {exc.strerror or exc}.") from None
     if not names:
         raise UserError(f"no dataset folders found under '{root}'. Expected ROOT/<dataset>/train/<class>/*.jpg "
                         f"(see `fewshot data --help` to build demo data).")
     return names
 
 
+def _listdir(folder: Path, problems: list[str]) -> list[Path] | None:
+    """The folder's entries sorted by name; an unreadable folder is recorded as a problem (None)."""
+    try:
+        return sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        problems.append(f"{folder}: cannot list the folder ({exc.strerror or exc})")
+        return None
+
+
+def _is_candidate(path: Path) -> bool:
+    """An image-named regular file, or an image-named broken symlink (dangling or a loop): the latter
+    is kept so that decoding reports it (or --skip-bad-images skips it) instead of dropping it silently."""
+    return is_image(path) and (path.is_file() or (path.is_symlink() and not path.exists()))
+
+
 def _scan_labelled(split_dir: Path, problems: list[str]) -> dict[str, list[Path]]:
     """class name -> sorted image paths; records empty / image-less class folders."""
     classes: dict[str, list[Path]] = {}
-    entries = sorted(split_dir.iterdir(), key=lambda p: p.name)
+    entries = _listdir(split_dir, problems)
+    if entries is None:
+        return classes
     for entry in entries:
         if entry.name.startswith("."):
             continue
@@ -59,11 +79,14 @@ def _scan_labelled(split_dir: Path, problems: list[str]) -> dict[str, list[Path]
                 problems.append(f"{entry}: image directly in the split folder; images must sit in a class folder "
                                 f"({split_dir}/<class>/{entry.name})")
             continue
-        files = sorted((p for p in entry.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
+        listed = _listdir(entry, problems)
+        if listed is None:
+            continue
+        files = [p for p in listed if not p.name.startswith(".")]
         if not files:
             problems.append(f"{entry}: empty class folder")
             continue
-        images = [p for p in files if p.is_file() and is_image(p)]
+        images = [p for p in files if _is_candidate(p)]
         if not images:
             problems.append(f"{entry}: class folder without images (allowed extensions: "
                             f"{', '.join(sorted(IMAGE_EXTS))})")
@@ -76,7 +99,7 @@ def _scan_labelled(split_dir: Path, problems: list[str]) -> dict[str, list[Path]
 
 def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[int, Path]]:
     seen: dict[int, Path] = {}
-    for path in sorted(test_dir.iterdir(), key=lambda p: p.name):
+    for path in _listdir(test_dir, problems) or []:
         if path.name.startswith(".") or path.is_dir():
             continue
         if not is_image(path):
@@ -156,13 +179,20 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
 def find_unlabeled_images(folders: list[str | Path]) -> list[Path]:
     """Every image under the folders, recursively (symlink loops are not followed), sorted."""
     out: list[Path] = []
+    unreadable: list[str] = []
+
+    def on_error(exc: OSError) -> None:
+        unreadable.append(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")
+
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
             raise UserError(f"unlabeled folder '{folder}' does not exist or is not a folder.")
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             out.extend(Path(dirpath) / f for f in sorted(filenames) if is_image(Path(f)))
+    if unreadable:
+        raise DataLayoutError(unreadable)
     if not out:
         raise UserError(f"no images found under: {', '.join(str(f) for f in folders)}")
     return out

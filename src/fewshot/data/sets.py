@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ class ImageSet:
     dataset_ids: torch.Tensor
     ids: torch.Tensor
     paths: list[Path]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) left out by --skip-bad-images
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -49,6 +50,7 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
                    torch.tensor(ids, dtype=torch.long), paths)
     if not bool(cached.valid.all()):
         out = out.subset(cached.valid)
+        out.skipped = list(cached.bad)
     return out
 
 

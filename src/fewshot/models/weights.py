@@ -8,6 +8,8 @@ Common wrapper prefixes are stripped; mismatches are reported by name, never as 
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -34,18 +36,34 @@ def read_tensor_file(path: str | Path) -> dict:
         except Exception as exc:
             raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise next to the error below
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refused to load {path}: it contains Python objects other than tensors and plain containers, "
             f"which could run code when unpickled (loaded with weights_only=True). Re-save it as a plain "
-            f"state dict or safetensors. Detail: {str(exc).splitlines()[0][:300]}") from None
+            f"state dict or safetensors. Detail: {_unpickling_detail(exc)}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read {path}: the file is truncated or not a PyTorch/safetensors "
-                              f"weights file ({str(exc).splitlines()[0][:200]}).") from None
+                              f"weights file ({first.split('. ')[0][:200]}).") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict.")
     return obj
+
+
+def _unpickling_detail(exc: Exception) -> str:
+    """What torch's weights_only unpickler refused (e.g. `GLOBAL posix.system`), without the boilerplate
+    around it (which suggests retrying with weights_only=False)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if m:
+        detail = m.group(1)
+    else:
+        detail = next((ln for ln in text.splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+    detail = detail.strip().split(". ")[0].rstrip(".")
+    return (detail or "unsupported pickle content")[:300]
 
 
 def backbone_state_from(obj: dict, path: Path) -> dict[str, torch.Tensor]:
@@ -91,12 +109,17 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
     own = backbone.state_dict()
     mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state.items() if k in own and own[k].shape != v.shape]
+    # Float16/bfloat16 weights load into float32 fine; integer, bool or complex ones where the model has floats
+    # (or the reverse) are not weights of this model and would otherwise be cast silently.
+    mismatched += [f"{k}: file dtype {str(v.dtype).replace('torch.', '')} vs model "
+                   f"{str(own[k].dtype).replace('torch.', '')}" for k, v in state.items()
+                   if k in own and (v.is_floating_point() != own[k].is_floating_point() or v.is_complex())]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if mismatched or (strict and (missing or unexpected)):
         parts = [f"weights file {path} does not fit the model ({type(backbone).__name__})."]
         if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(mismatched[:8]))
+            parts.append(f"{len(mismatched)} shape/dtype mismatch(es): " + "; ".join(mismatched[:8]))
         if missing:
             parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:8]))
         if unexpected:

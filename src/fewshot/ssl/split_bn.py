@@ -11,6 +11,13 @@ encoder (see ``functional.shuffle_permutation``).
 Group g holds samples n with n % G == g: that is what viewing a contiguous
 [N, C, H, W] batch as [N/G, G*C, H, W] gives, so one ``F.batch_norm`` call over
 G*C "channels" computes all groups at once.
+
+The result is returned as a fresh tensor, not as a view of the [N/G, G*C, H, W] output:
+ResNets apply in-place ops right after BatchNorm (``ReLU(inplace=True)``, ``x += shortcut``),
+and an in-place op on a *view* makes autograd record CopySlices/AsStrided nodes that clone and
+scatter the whole activation in backward (about 10 % of a CPU MoCo step at 64 px, see
+docs/performance.md). ``_unsafe_view`` is the same reshape without the view bookkeeping; the
+numbers are identical. ``set_fast_path(False)`` restores the plain view (tests, ablation).
 """
 
 from __future__ import annotations
@@ -25,7 +32,23 @@ try:  # timm's fused BN + activation (+ drop) layer, used by e.g. efficientnet/b
 except ImportError:  # pragma: no cover - timm is a dependency, but keep this module usable without it
     BatchNormAct2d = None
 
-__all__ = ["SplitBatchNorm2d", "split_batch_norm", "convert_split_bn"]
+__all__ = ["SplitBatchNorm2d", "split_batch_norm", "convert_split_bn", "set_fast_path"]
+
+_FAST = True  # see the module docstring; False: the reshape result is returned as a plain view
+
+
+def set_fast_path(enabled: bool) -> bool:
+    """Turn the alias-free output on/off (for tests and the ablation); returns the old setting."""
+    global _FAST
+    old, _FAST = _FAST, bool(enabled)
+    return old
+
+
+def _reshape_out(y: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``y.reshape(shape)`` for a contiguous y, returned as a non-view when the fast path is on."""
+    if _FAST:
+        return torch.ops.aten._unsafe_view(y, shape)
+    return y.reshape(shape)
 
 
 def split_batch_norm(bn: nn.BatchNorm2d, x: Tensor, num_splits: int) -> Tensor:
@@ -66,8 +89,9 @@ def split_batch_norm(bn: nn.BatchNorm2d, x: Tensor, num_splits: int) -> Tensor:
         with torch.no_grad():
             bn.running_mean.copy_(running_mean.view(g, c).mean(dim=0))
             bn.running_var.copy_(running_var.view(g, c).mean(dim=0))
-    y = y.reshape(n, c, h, w)
-    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+    if channels_last:  # the copy back to channels_last is a fresh tensor anyway
+        return y.reshape(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    return _reshape_out(y, (n, c, h, w))
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):

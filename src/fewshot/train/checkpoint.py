@@ -17,6 +17,8 @@ from fewshot.models.weights import read_tensor_file
 from fewshot.utils import atomic_write_bytes
 
 FORMAT = "fewshot-checkpoint"
+# What every checkpoint the engine writes holds (payload() + the tasks' checkpoint_extra()).
+REQUIRED = ("kind", "config", "model", "epoch", "label_space", "img_size", "n_parameters")
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -30,6 +32,11 @@ def load_checkpoint(path: str | Path) -> dict:
     obj = read_tensor_file(path)
     if obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fewshot checkpoint (use --weights for plain backbone weights).")
+    missing = [k for k in REQUIRED if k not in obj]
+    if missing or not isinstance(obj.get("model"), dict):
+        raise CheckpointError(f"{path} is an incomplete fewshot checkpoint (missing: "
+                              f"{', '.join(missing) or 'the model state dict'}); it was not written by fewshot "
+                              f"or was altered.")
     return obj
 
 

@@ -38,7 +38,17 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is None:
+            dist.init_process_group(backend=backend)
+        else:
+            # torchrun keeps one TCPStore for the whole job: after an elastic restart (--max-restarts) the
+            # new workers would read the previous attempt's keys and connect to dead peers (pytorch#135712).
+            # Namespacing the keys by attempt lets the restarted group form and resume from last.pt.
+            store, _, _ = next(dist.rendezvous("env://"))
+            store = dist.PrefixStore(f"fewshot/attempt_{attempt}", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
     return DistContext(rank, world, local_rank), device
 
 

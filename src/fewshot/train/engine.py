@@ -48,8 +48,25 @@ def build_optimizer(cfg: dict, groups: list[dict]) -> torch.optim.Optimizer:
     if o["name"] == "adamw":
         return torch.optim.AdamW(groups, lr=o["lr"], weight_decay=o["weight_decay"])
     if o["name"] == "sgd":
-        return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+        return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+                               **_sgd_impl(o.get("fused", "auto"), groups))
     raise UserError(f"optim.name must be adamw or sgd, not {o['name']!r}")
+
+
+def _sgd_impl(choice, groups: list[dict]) -> dict:
+    """SGD kernel: ``fused`` (one pass per tensor: weight decay, momentum and the update together)
+    where torch has it for these parameters, else torch's default. On CPU torch's default is the
+    per-parameter for-loop (3-4 elementwise ops per tensor, a memory pass each); the fused kernel
+    computes the same update (see tests/test_fast_path.py and docs/performance.md).
+    optim.fused: auto (fused where supported) | true | false."""
+    if choice in (False, "false", "off"):
+        return {}
+    params = [p for g in groups for p in g["params"]]
+    ok = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16,
+                                                                              torch.bfloat16) for p in params)
+    if choice in (True, "true", "on") and not ok:
+        raise UserError("optim.fused=true needs float32/16 parameters on cpu or cuda; use optim.fused=auto.")
+    return {"fused": True} if ok else {}
 
 
 def build_scheduler(cfg: dict, optimizer, steps_per_epoch: int):

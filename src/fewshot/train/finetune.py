@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from fewshot.config import load_yaml, save_yaml
-from fewshot.data.cache import ensure_writable_dir
+from fewshot.data.cache import ensure_writable_dir, write_skipped
 from fewshot.data.layout import scan_root
 from fewshot.errors import UserError
 from fewshot.eval.evaluate import format_table
@@ -44,8 +44,10 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
 
 
 def configure_threads(cfg: dict) -> None:
-    if cfg["train"].get("threads"):
-        torch.set_num_threads(int(cfg["train"]["threads"]))
+    """Threads (train.threads, None: one per core) and the allocator setting of fewshot.runtime."""
+    from fewshot.runtime import configure_cpu
+
+    configure_cpu(cfg["train"].get("threads"))
 
 
 def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
@@ -66,6 +68,7 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
     task = SupervisedTask(cfg, infos, device, ctx)
     engine = Engine(task, cfg, out, device, ctx)
     if ctx.is_main:
+        write_skipped(out, task.train_set.skipped + task.val_set.skipped)
         print(f"fine-tuning {cfg['model']['name']} ({task.n_parameters:,} parameters) on "
               f"{', '.join(task.space.names)}: {task.space.num_classes} classes, {len(task.train_set)} train / "
               f"{len(task.val_set)} val images at {task.size}px on {device}; run directory {out}")

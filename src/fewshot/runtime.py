@@ -1,0 +1,106 @@
+"""Process-level settings for CPU training speed: the C allocator and the thread count.
+
+Why the allocator: a training step on the CPU allocates and frees the same large activation
+buffers (tens of MB) every step. glibc's malloc hands blocks above its mmap threshold back to
+the kernel on free and trims the heap top, so the next step faults every page in again and the
+kernel zeroes it: about 25,000 minor page faults per MoCo step (resnet18, 64 px, batch 64),
+a large share of the step on 2 cores. Keeping freed memory in the process (fixed mmap
+threshold at glibc's maximum, no trimming) removes almost all of them; the peak memory is
+unchanged (the same buffers are reused), only the return of memory to the OS after a step is
+skipped. Numbers and the ablation: docs/performance.md.
+
+Opt out with ``FEWSHOT_MALLOC_TUNE=0``; a no-op on non-glibc systems and when glibc was
+already tuned through the ``MALLOC_*_`` environment variables.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+import torch
+
+__all__ = ["tune_allocator", "allocator_tuned", "configure_cpu", "resolve_compile", "compile_modules"]
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: the largest it accepts
+_TRIM_THRESHOLD = 2**31 - 1  # int: never trim the heap top back to the OS
+_tuned: bool | None = None
+
+
+def allocator_tuned() -> bool:
+    """Whether :func:`tune_allocator` changed glibc's settings in this process."""
+    return bool(_tuned)
+
+
+def tune_allocator(enabled: bool | None = None) -> bool:
+    """Keep freed memory in the process (glibc only); returns whether the setting is active.
+
+    ``enabled=None`` reads ``FEWSHOT_MALLOC_TUNE`` (default on). Idempotent.
+    """
+    global _tuned
+    if enabled is None:
+        enabled = os.environ.get("FEWSHOT_MALLOC_TUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+    if not enabled:
+        return bool(_tuned)
+    if _tuned is not None:
+        return _tuned
+    _tuned = False
+    if platform.system() != "Linux" or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if not hasattr(libc, "gnu_get_libc_version"):  # musl etc.: different allocator, leave it alone
+            return False
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) == 1
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1 and ok
+        _tuned = ok
+    except (OSError, AttributeError):
+        _tuned = False
+    return _tuned
+
+
+def configure_cpu(threads: int | None = None, allocator: bool | None = None) -> dict:
+    """Thread count (``None``: torch's default, one per core) and the allocator; returns what is set.
+
+    One process, one intra-op pool: fewshot's augmentation runs on batches in the training
+    process (no DataLoader workers), so data work and compute take turns on the same threads
+    instead of fighting over the cores.
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    return {"threads": torch.get_num_threads(), "malloc_tuned": tune_allocator(allocator)}
+
+
+def resolve_compile(setting, device: torch.device) -> bool:
+    """train.compile: ``auto`` compiles on CUDA only. On the CPU it was measured not to help a MoCo
+    step (same speed as eager, and a cold compile takes minutes on 2 cores: docs/performance.md).
+    ``true``/``false`` force it."""
+    if setting in (None, False, "false", "off", "no"):
+        return False
+    if setting == "auto":
+        return device.type == "cuda" and hasattr(torch, "compile")
+    return True
+
+
+def compile_modules(modules, setting, device: torch.device) -> bool:
+    """``module.compile()`` in place (state-dict keys unchanged) when :func:`resolve_compile` says so.
+
+    A frame that fails to compile runs eagerly instead (``suppress_errors``), so a missing C++
+    compiler or an unsupported op costs speed, never the run. Returns whether compile is on.
+    """
+    if not resolve_compile(setting, device):
+        return False
+    if not hasattr(torch, "compile"):
+        import warnings
+
+        warnings.warn("train.compile is on but this torch has no torch.compile; running eagerly")
+        return False
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    for m in modules:
+        m.compile()
+    return True

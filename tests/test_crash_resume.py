@@ -1,0 +1,228 @@
+"""Crash and resume with real processes: `fewshot train` / `fewshot pretrain` are SIGKILLed at several
+points (after a checkpoint, before the rename of a complete temp file, in the middle of a checkpoint
+write, between the epoch-end checkpoint and its log row, and at a moment chosen by the clock from
+outside), then continued with `--resume` until they finish. The result must equal an uninterrupted run
+bit for bit (every tensor of last.pt and best.pt, metrics.json, the log values), every kill must leave a
+last.pt that loads, each resume redoes only the steps after that checkpoint, and the temp files a kill
+leaves behind must not matter.
+
+The kills are injected by tests/helpers/faults.py, which wraps the real CLI from the outside (nothing
+in src/ knows about it); `fewshot.cli.main` in this process gives the uninterrupted reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewshot.cli import main as fewshot_main
+from fewshot.train.checkpoint import load_checkpoint
+from helpers.tiny import REPO, build_digits
+
+TIMING = {"images_per_s", "epoch_time_s", "eval_time_s"}
+STATE = ("model", "ema", "optimizer", "scaler", "epoch", "step_in_epoch", "global_step", "best_score",
+         "last_eval", "nonfinite_skipped", "epoch_sums", "epoch_steps", "rng", "label_space")
+COMMON = ["--model", "test_resnet", "--img-size", "16", "--batch-size", "8", "--device", "cpu", "--no-progress",
+          "train.deterministic=true", "train.save_every_steps=1", "train.tensorboard=false", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return build_digits(tmp_path_factory.mktemp("crash-data"))  # 40 train, 30 val, 80 unlabeled digits
+
+
+def argv(command: str, root: Path, out: Path, *extra: str) -> list[str]:
+    more = ["--queue-size", "52", "moco.split_bn_groups=2", "moco.knn_k=5"] if command == "pretrain" else []
+    return [command, "--data", str(root), "--out", str(out), *COMMON, *more, *extra]
+
+
+def env(note: Path, **faults: int) -> dict:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("FEWSHOT_FAULT_")}
+    e.update({"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src"), e.get("PYTHONPATH", "")]),
+              "OMP_NUM_THREADS": "1", "FEWSHOT_FAULT_NOTE": str(note)})
+    e.update({f"FEWSHOT_FAULT_{k.upper()}": str(v) for k, v in faults.items()})
+    return e
+
+
+def start(args: list[str], note: Path, **faults: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "helpers.faults", *args], env=env(note, **faults),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+
+
+def killed(args: list[str], note: Path, **faults: int) -> str:
+    proc = start(args, note, **faults)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, f"expected a SIGKILL death, got {proc.returncode}:\n{out[-3000:]}"
+    return out
+
+
+def finished(args: list[str], note: Path) -> str:
+    proc = start(args, note)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def killed_from_outside(args: list[str], note: Path, after_writes: int) -> tuple[str, bool]:
+    """SIGKILL the process from here once last.pt has been replaced `after_writes` times (seen by inode)."""
+    last = Path(args[args.index("--out") + 1]) / "checkpoints" / "last.pt"
+    proc = start(args, note)
+    seen, before = 0, _inode(last)
+    while proc.poll() is None:
+        now = _inode(last)
+        if now != before and now is not None:
+            seen, before = seen + 1, now
+            if seen >= after_writes:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.002)
+    out, _ = proc.communicate(timeout=300)
+    with open(note, "a") as fh:
+        fh.write(f"from outside after {seen} observed last.pt write(s)\n")
+    return out, proc.returncode == -signal.SIGKILL
+
+
+def _inode(path: Path):
+    try:
+        st = os.stat(path)
+        return st.st_ino, st.st_mtime_ns
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def assert_same(a, b, path="ckpt"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {sorted(set(a) ^ set(b))}"
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), path
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def log_rows(run: Path) -> list[dict]:
+    path = run / "log.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def position(run: Path) -> tuple[int, int, int]:
+    """(epoch, step_in_epoch, global_step) of last.pt, which must load after every kill."""
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    return ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+
+
+def temp_files(run: Path) -> list[Path]:
+    return sorted((run / "checkpoints").glob(".*.tmp"))
+
+
+def resumed_at(output: str) -> int:
+    """The global step a resumed process started from (the engine prints it)."""
+    m = re.search(r"resuming from \S+last\.pt: epoch \d+, step \d+ of \d+ \(global step (\d+)\)", output)
+    assert m, output[-2000:]
+    return int(m.group(1))
+
+
+def compare(ref: Path, run: Path, metrics: bool) -> None:
+    for name in ("last", "best"):
+        a, b = load_checkpoint(ref / "checkpoints" / f"{name}.pt"), load_checkpoint(run / "checkpoints" / f"{name}.pt")
+        for key in STATE:
+            assert_same(a.get(key), b.get(key), f"{name}.{key}")
+    assert log_rows(run) == log_rows(ref)
+    if metrics:
+        assert json.loads((run / "metrics.json").read_text()) == json.loads((ref / "metrics.json").read_text())
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+
+# 40 train images, batch 8: 5 steps per epoch, 2 epochs. last.pt is written after global steps 1-4 (mid-epoch)
+# and at the end of the epoch (step 5, after best.pt), then 6-9 and 10.
+
+
+def test_train_survives_sigkill_at_four_points(root, tmp_path):
+    ref = tmp_path / "ref"
+    assert fewshot_main(argv("train", root, ref, "--epochs", "2")) == 0
+    run, note = tmp_path / "run", tmp_path / "kills.txt"
+    args = argv("train", root, run, "--epochs", "2")
+
+    # 1. after 4 mid-epoch checkpoints, the epoch-end one (the 5th write) is complete and fsynced but the
+    #    rename never happens
+    killed(args, note, kill_before_rename=5)
+    assert position(run) == (0, 4, 4)  # the previous last.pt, intact
+    assert len(temp_files(run)) == 1 and temp_files(run)[0].stat().st_size > 0
+    assert log_rows(run) == []
+
+    # 2. right after the epoch-end checkpoint, before its row reaches log.jsonl
+    out = killed(args + ["--resume"], note, kill_after_save=1)
+    assert resumed_at(out) == 4  # only step 5 is redone
+    assert temp_files(run) == []  # resume cleared the leftover
+    assert position(run) == (1, 0, 5)
+    assert log_rows(run) == []  # the kill came before the log write ...
+
+    # 3. in the middle of writing the 2nd checkpoint: half a temp file, never renamed
+    out = killed(args + ["--resume"], note, kill_mid_write=2)
+    assert resumed_at(out) == 5
+    assert [r["epoch"] for r in log_rows(run)] == [1]  # ... and the resume restored the row from last.pt
+    assert position(run) == (1, 1, 6)
+    (tmp,) = temp_files(run)
+    assert 0 < tmp.stat().st_size < (run / "checkpoints" / "last.pt").stat().st_size
+
+    # 4. to the end
+    out = finished(args + ["--resume"], note)
+    assert resumed_at(out) == 6
+    assert temp_files(run) == []
+    compare(ref, run, metrics=True)
+    assert len(note.read_text().splitlines()) == 3
+
+
+# ------------------------------------------------------------------------------ MoCo pretraining
+
+# 80 pool images, batch 8: 10 steps per epoch, 1 epoch, K=52.
+
+
+def test_pretrain_survives_sigkill_from_outside_and_mid_write(root, tmp_path):
+    ref = tmp_path / "ref"
+    assert fewshot_main(argv("pretrain", root, ref, "--epochs", "1")) == 0
+    run, note = tmp_path / "run", tmp_path / "kills.txt"
+    args = argv("pretrain", root, run, "--epochs", "1")
+
+    # 1. at a moment chosen from outside: after the 2nd last.pt write was seen (the process may be anywhere:
+    #    in a step, in a checkpoint write, ...)
+    _, was_killed = killed_from_outside(args, note, after_writes=2)
+    assert was_killed, "the run finished before the kill (too fast to interrupt?)"
+    epoch, step, g = position(run)
+    assert 2 <= g < 10 and (epoch, step) == (0, g)
+
+    # 2. in the middle of this process's first checkpoint write
+    out = killed(args + ["--resume"], note, kill_mid_write=1)
+    assert resumed_at(out) == g
+    assert position(run) == (0, g, g)  # the kill destroyed only the new temp file
+
+    # 3. to the end
+    out = finished(args + ["--resume"], note)
+    assert resumed_at(out) == g
+    compare(ref, run, metrics=False)
+    last, want = load_checkpoint(run / "checkpoints" / "last.pt"), load_checkpoint(ref / "checkpoints" / "last.pt")
+    assert int(last["model"]["queue_ptr"]) == int(want["model"]["queue_ptr"]) == (10 * 8) % 52
+    assert len(note.read_text().splitlines()) == 2
