@@ -110,6 +110,7 @@ DEFAULTS: dict[str, Any] = {
         "finetune_backbone_mult": 1.0,
         "min_epochs": 1,
         "report": True,           # write DIR/report/index.html at the end
+        "semi_method": "auto",    # auto: fixmatch after MoCo, off without (the supervised baseline) | off | fixmatch
         "moco_momentum": 0.99,    # short schedules: at 0.999 the key encoder barely moves in a few hundred steps
     },
     "aug": {

@@ -148,6 +148,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
 
     fcfg = copy.deepcopy(cfg)
     fcfg["model"]["weights"] = str(weights) if weights else None
+    semi = r["semi_method"]
+    fcfg["semi"]["method"] = ("fixmatch" if r["pretrain"] else "off") if semi == "auto" else semi
     if r["pretrain"]:
         fcfg["optim"]["lr"] = fcfg["optim"]["lr"] or r["finetune_lr"]
         fcfg["optim"]["backbone_lr_mult"] = fcfg["optim"]["backbone_lr_mult"] or r["finetune_backbone_mult"]
@@ -165,7 +167,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     fcfg["train"]["epochs"] = epochs
     fcfg["train"]["budget_minutes"] = remaining * 1.05 / 60
     save_yaml(fcfg, fdir / "config.yaml")
-    print(f"[run] fine-tuning {'from MoCo weights' if weights else 'from random init'}: "
+    print(f"[run] fine-tuning {'from MoCo weights' if weights else 'from random init'}"
+          f"{' with FixMatch on the unlabeled pool' if fcfg['semi']['method'] == 'fixmatch' else ''}: "
           f"{len(task.train_set)} labelled images, {step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} "
           f"steps/epoch -> {epochs} epochs in {remaining / 60:.1f} min, lr {fcfg['optim']['lr']:g}")
     seed_everything(fcfg["train"]["seed"])
