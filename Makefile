@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: venv
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=10
+	$(BIN)/python -m pytest tests -p no:cacheprovider --durations=10
 
 demo-data: venv
 	bash scripts/demo_data.sh $(BIN) $(DEMO_DATA)

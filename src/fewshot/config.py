@@ -25,7 +25,8 @@ DEFAULTS: dict[str, Any] = {
         "drop_path": 0.1,
         "img_size": None,         # None: the model's default input size
         "head": "linear",         # linear: BN1d(affine=False)+Linear
-        "head_init": "auto",      # auto: linear probe on frozen features when --weights is given (LP-FT); random | probe
+        "head_init": "random",    # random | probe (LP-FT: fit the head on frozen features first; measured
+                                  # worse here: the full-batch probe is overconfident and derails early steps)
     },
     "data": {
         "root": None,
@@ -56,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_epochs": 1.0,
         "min_lr": 1e-5,
         "warmup_lr": 1e-6,
+        "time_based": False,      # with train.budget_minutes: lr follows elapsed time, not steps (fewshot run)
     },
     "train": {
         "epochs": 50,

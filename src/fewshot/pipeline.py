@@ -53,8 +53,10 @@ def measure_eval_seconds(task) -> float:
 
 def plan_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: float, eval_every: int,
                 min_epochs: int = 1) -> int:
+    """Epochs that fit the budget at the measured speed. Stages run on a time-based schedule with this
+    number as a generous cap (4x), so a slow calibration (a busy machine) cannot shrink a stage."""
     per_epoch = step_s * steps_per_epoch + eval_s / max(1, eval_every)
-    return max(min_epochs, int(budget_s // max(per_epoch, 1e-6)))
+    return max(min_epochs, 4 * int(budget_s // max(per_epoch, 1e-6)), 8)
 
 
 def auto_img_size(infos, device: torch.device) -> int:
@@ -129,11 +131,12 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
         pre_budget = max(10.0, pre_budget - spent)
         epochs = plan_epochs(pre_budget, step_s, len(task.plan_epoch(0)), eval_s, task.eval_every, r["min_epochs"])
         pcfg["train"]["epochs"] = epochs
-        pcfg["train"]["budget_minutes"] = pre_budget * 1.05 / 60
+        pcfg["train"]["budget_minutes"] = pre_budget / 60
+        pcfg["sched"]["time_based"] = True
         save_yaml(pcfg, pdir / "config.yaml")
         print(f"[run] MoCo pretraining: {len(task.pool)} unlabeled images at {task.size}px, K={task.model.K}, "
-              f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch -> {epochs} epochs "
-              f"in {pre_budget / 60:.1f} min")
+              f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, {pre_budget / 60:.1f} min "
+              f"on a time-based schedule (about {epochs // 4} epochs at that speed)")
         seed_everything(pcfg["train"]["seed"])
         engine = Engine(task, pcfg, pdir, device, ctx)
         result = engine.fit()
@@ -142,7 +145,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
         plot_pretrain_curves(pdir)
         weights = out / "backbone.safetensors"
         export_backbone(pdir, weights)
-        summary["stages"]["pretrain"] = {"epochs": epochs, "seconds": time.monotonic() - t_start,
+        summary["stages"]["pretrain"] = {"epochs": engine.epoch, "seconds": time.monotonic() - t_start,
                                          "knn_acc1": (result or {}).get("knn_acc1")}
         del task, engine
 
@@ -165,17 +168,19 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     fcfg["train"]["eval_every"] = task.eval_every = eval_every
     epochs = plan_epochs(remaining, step_s, len(task.plan_epoch(0)), eval_s, eval_every, r["min_epochs"])
     fcfg["train"]["epochs"] = epochs
-    fcfg["train"]["budget_minutes"] = remaining * 1.05 / 60
+    fcfg["train"]["budget_minutes"] = remaining / 60
+    fcfg["sched"]["time_based"] = True
     save_yaml(fcfg, fdir / "config.yaml")
     print(f"[run] fine-tuning {'from MoCo weights' if weights else 'from random init'}"
           f"{' with FixMatch on the unlabeled pool' if fcfg['semi']['method'] == 'fixmatch' else ''}: "
           f"{len(task.train_set)} labelled images, {step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} "
-          f"steps/epoch -> {epochs} epochs in {remaining / 60:.1f} min, lr {fcfg['optim']['lr']:g}")
+          f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule (about {epochs // 4} epochs), "
+          f"lr {fcfg['optim']['lr']:g}")
     seed_everything(fcfg["train"]["seed"])
     engine = Engine(task, fcfg, fdir, device, ctx)
     engine.fit()
     val_metrics = final_metrics(engine, task, fdir)
-    summary["stages"]["finetune"] = {"epochs": epochs, "seconds": time.monotonic() - t_start}
+    summary["stages"]["finetune"] = {"epochs": engine.epoch, "seconds": time.monotonic() - t_start}
     del task, engine
 
     root = Path(cfg["data"]["root"])

@@ -85,7 +85,7 @@ def resolve_compile(setting, device: torch.device) -> bool:
     return True
 
 
-def compile_modules(modules, setting, device: torch.device) -> bool:
+def compile_modules(modules, setting, device: torch.device, backend: str | None = None) -> bool:
     """``module.compile()`` in place (state-dict keys unchanged) when :func:`resolve_compile` says so.
 
     A frame that fails to compile runs eagerly instead (``suppress_errors``), so a missing C++
@@ -98,9 +98,9 @@ def compile_modules(modules, setting, device: torch.device) -> bool:
 
         warnings.warn("train.compile is on but this torch has no torch.compile; running eagerly")
         return False
-    import torch._dynamo
+    from torch import _dynamo
 
-    torch._dynamo.config.suppress_errors = True
+    _dynamo.config.suppress_errors = True
     for m in modules:
-        m.compile()
+        m.compile(**({"backend": backend} if backend else {}))
     return True

@@ -271,7 +271,8 @@ class Engine:
         if self.epoch < t["epochs"]:
             self.check_disk_space()
         self._open_tensorboard()
-        deadline = time.monotonic() + t["budget_minutes"] * 60 if t.get("budget_minutes") else None
+        self.fit_start = time.monotonic()
+        deadline = self.fit_start + t["budget_minutes"] * 60 if t.get("budget_minutes") else None
         epochs = t["epochs"]
         while self.epoch < epochs:
             stopped = self._run_epoch(deadline)
@@ -280,6 +281,16 @@ class Engine:
         if self.writer is not None:
             self.writer.close()
         return self.last_eval
+
+    def _schedule_t(self, deadline: float | None) -> int:
+        """The schedule's position: the global step, or with sched.time_based (budgeted runs such as
+        `fewshot run`) the elapsed fraction of the budget, so the cosine ends when the time does
+        whatever the machine's speed. Time-based runs are not bit-exact on resume."""
+        if not (self.cfg["sched"].get("time_based") and deadline is not None):
+            return self.global_step
+        total = self.cfg["train"]["epochs"] * self.steps_per_epoch
+        frac = (time.monotonic() - self.fit_start) / max(1e-9, deadline - self.fit_start)
+        return int(min(1.0, max(0.0, frac)) * total)
 
     def _run_epoch(self, deadline: float | None) -> bool:
         t = self.cfg["train"]
@@ -296,7 +307,7 @@ class Engine:
         stopped = False
         for step in bar:
             batch = self.task.make_batch(batches[step], epoch, step)
-            self.scheduler.step_update(self.global_step)
+            self.scheduler.step_update(self._schedule_t(deadline))
             # The forward pass itself changes state (BatchNorm running stats; MoCo's key encoder and queue):
             # when skipping is allowed, keep a copy so that a skipped step leaves no trace of a bad batch.
             before = self._forward_state() if t["skip_nonfinite"] else None

@@ -81,8 +81,12 @@ class SupervisedTask:
         self.n_parameters = n_parameters(self.model)
 
     def wants_probe_init(self) -> bool:
-        mode = self.cfg["model"].get("head_init", "auto")
-        return mode == "probe" or (mode == "auto" and bool(self.cfg["model"]["weights"]))
+        mode = self.cfg["model"].get("head_init", "random")
+        if mode not in ("random", "probe"):
+            from fewshot.errors import UserError
+
+            raise UserError(f"model.head_init must be random or probe, not {mode!r}")
+        return mode == "probe"
 
     @torch.no_grad()
     def init_head_from_probe(self) -> None:
