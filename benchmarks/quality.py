@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[], help="key=value overrides for both methods")
     ap.add_argument("--results", default="benchmarks/results/quality.json")
     ap.add_argument("--no-ablations", action="store_true", help="only scratch and the default `fewshot run`")
+    ap.add_argument("--ablation-seeds", type=int, nargs="*", help="seeds for the ablation variants (default: all)")
     args = ap.parse_args()
     root = Path(args.out)
     results: dict = {"budgets": {}, "seeds": args.seeds, "scratch_lrs": args.scratch_lrs}
@@ -76,7 +77,7 @@ def main() -> None:
         # 2) both methods over every seed, alternating so machine noise hits both alike
         for seed in args.seeds:
             for v, (name, vargs) in enumerate(VARIANTS.items()):
-                if v and args.no_ablations:
+                if v and (args.no_ablations or seed not in (args.ablation_seeds or args.seeds)):
                     continue
                 entry["variants"].setdefault(name, []).append(
                     run_one(data, root / f"b{budget:g}/v{v}_s{seed}", budget, seed, args.extra + vargs, no_pretrain=False))

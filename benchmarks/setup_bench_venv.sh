@@ -7,8 +7,9 @@
 # lightly is NEVER a dependency of fewshot: it lives only in this separate venv. It is installed
 # with --no-deps because its requirements (pytorch_lightning, hydra-core) would drag a second
 # training framework and possibly another torch build into the benchmark; the MoCo pieces we
-# time (lightly.models.utils, lightly.models.modules.heads, lightly.loss, lightly.transforms,
-# lightly.data) only need torch, torchvision, numpy, pillow and tqdm, which are installed here.
+# time (lightly.models.batchnorm/utils, lightly.models.modules, lightly.loss, lightly.transforms,
+# lightly.data) need torch, torchvision, numpy, pillow, tqdm and lightning-utilities (imported
+# by lightly.transforms), which are installed here; the import check below proves it.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,12 +36,14 @@ PIP=("$VENV/bin/python" -m pip install -q)
 "${PIP[@]}" timm safetensors pyyaml tqdm pillow numpy
 # lightly without its framework deps (see the header), then a check that the pieces we use import.
 "${PIP[@]}" --no-deps "$LIGHTLY_PIN"
+"${PIP[@]}" lightning-utilities
 "$VENV/bin/python" - <<'EOF'
 import torch, torchvision
 from lightly.data import LightlyDataset
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import SplitBatchNorm, batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
+from lightly.models.batchnorm import SplitBatchNorm
+from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
 from lightly.transforms import MoCoV2Transform
 import lightly, fewshot
 print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, lightly {lightly.__version__}, fewshot ok")

@@ -66,7 +66,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",         # auto | cpu | cuda
         "amp": "auto",            # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
         "channels_last": "auto",  # auto: on for CNNs on CUDA
-        "compile": False,
+        "compile": "auto",        # torch.compile of the MoCo encoders; auto: on CUDA only (no gain on CPU)
         "ema": True,
         "ema_decay": 0.99996,
         "ema_warmup": True,       # timm's decay warm-up, so EMA is useful on short runs

@@ -112,6 +112,10 @@ class MoCoTask:
             cfg["train"]["channels_last"] == "auto" and device.type == "cuda")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        from fewshot.runtime import compile_modules
+
+        # train.compile auto: CUDA only (on the CPU it was measured not to help; docs/performance.md)
+        self.compiled = compile_modules([self.model.encoder_q, self.model.encoder_k], cfg["train"]["compile"], device)
         a = cfg["aug"]
         self.augment = BatchAugment(aug_preset(m["preset"], self.size, scale=tuple(a["scale"]),
                                                jitter=tuple(a["jitter"]), jitter_p=a["jitter_p"], gray_p=a["gray_p"],

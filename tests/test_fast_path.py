@@ -1,0 +1,290 @@
+"""The speed work (issue 5) does not change the math: fast path == plain path, from the same seed.
+
+Each test runs whole MoCo steps (forward q, momentum update, shuffled keys through split BN,
+InfoNCE against the queue, backward, SGD, enqueue) twice from the same seed, once with the fast
+path and once with the plain one, and compares the losses, every updated weight and buffer
+(both encoders, BN running stats, the queue) within float tolerance. Also: CUDA-path settings
+that can be checked on a CPU (bf16 autocast dtypes, compile/channels_last resolution, no hard
+``.cuda()``), and the process settings of fewshot.runtime.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewshot.models.backbone import create_backbone
+from fewshot.runtime import compile_modules, resolve_compile, tune_allocator
+from fewshot.ssl import split_bn
+from fewshot.ssl.moco import MoCo
+from fewshot.train.engine import build_optimizer
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH, GROUPS, IMG = 8, 2, 32
+
+
+def _sgd(model: MoCo, fused) -> torch.optim.Optimizer:
+    cfg = {"optim": {"name": "sgd", "lr": 0.06, "momentum": 0.9, "weight_decay": 5e-4, "fused": fused}}
+    params = [p for p in model.encoder_q.parameters() if p.requires_grad]
+    return build_optimizer(cfg, [{"params": params, "weight_decay": 5e-4, "lr_scale": 1.0}])
+
+
+def _views(step: int, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    x_q, x_k = torch.randn(BATCH, 3, IMG, IMG, generator=g), torch.randn(BATCH, 3, IMG, IMG, generator=g)
+    if channels_last:
+        x_q, x_k = (x.contiguous(memory_format=torch.channels_last) for x in (x_q, x_k))
+    return x_q, x_k
+
+
+def _run(fast_bn: bool = True, fused="auto", channels_last: bool = False, compile_backend: str | None = None,
+         steps: int = 3) -> tuple[list[float], dict[str, torch.Tensor], torch.optim.Optimizer]:
+    """`steps` MoCo steps from seed 0; returns the losses, the final state dict and the optimizer."""
+    torch.manual_seed(0)
+    model = MoCo(create_backbone("test_resnet"), dim=16, queue_size=32, momentum=0.9, temperature=0.2,
+                 mlp=True, split_bn_groups=GROUPS)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_backend:
+        assert compile_modules([model.encoder_q, model.encoder_k], True, torch.device("cpu"), backend=compile_backend)
+    opt = _sgd(model, fused)
+    old = split_bn.set_fast_path(fast_bn)
+    losses = []
+    try:
+        for step in range(steps):
+            loss, _ = model(*_views(step, channels_last), torch.Generator().manual_seed(step))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        split_bn.set_fast_path(old)
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, opt
+
+
+def _assert_same(a, b, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    losses_a, state_a, _ = a
+    losses_b, state_b, _ = b
+    assert losses_a == pytest.approx(losses_b, rel=1e-5, abs=1e-6)
+    assert state_a.keys() == state_b.keys()
+    for k in state_a:
+        if state_a[k].is_floating_point():
+            torch.testing.assert_close(state_a[k], state_b[k], atol=atol, rtol=rtol, msg=lambda m, k=k: f"{k}: {m}")
+        else:
+            assert torch.equal(state_a[k], state_b[k]), k
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these tiny steps gain nothing from more, and on a loaded 2-core
+    machine two OpenMP threads waiting on each other make them ~50x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def fast_run(one_thread):
+    return _run()
+
+
+# ----------------------------------------------------------------------------- the whole fast path
+
+
+def test_fast_path_equals_plain_path(fast_run):
+    """Default path (alias-free split BN, fused SGD) == plain path (view output, for-loop SGD)."""
+    _, _, opt = fast_run
+    assert opt.defaults.get("fused") is True  # the fast path really is the fused kernel on the CPU
+    plain = _run(fast_bn=False, fused=False)
+    assert not plain[2].defaults.get("fused")
+    _assert_same(fast_run, plain)
+
+
+def test_weights_actually_move(fast_run):
+    """Guard against a vacuous comparison: the steps change f_q, f_k, BN stats and the queue."""
+    torch.manual_seed(0)
+    fresh = MoCo(create_backbone("test_resnet"), dim=16, queue_size=32, momentum=0.9, temperature=0.2,
+                 mlp=True, split_bn_groups=GROUPS).state_dict()
+    _, state, _ = fast_run
+    for key in ("encoder_q.head.0.weight", "encoder_k.head.0.weight", "queue"):
+        assert not torch.allclose(state[key], fresh[key]), key
+    bn_mean = next(k for k in state if k.startswith("encoder_q.backbone") and k.endswith("running_mean"))
+    assert not torch.allclose(state[bn_mean], fresh[bn_mean])
+
+
+# ----------------------------------------------------------------------------- split BN
+
+
+def _group_loop_split_bn(bn, x, num_splits):
+    """Reference: G separate F.batch_norm calls, group g = samples n % G == g, each with its own copy
+    of the running stats; the running stats become the mean over the G copies."""
+    if num_splits == 1 or not (bn.training or bn.running_mean is None):
+        return torch.nn.BatchNorm2d.forward(bn, x)
+    n, c, h, w = x.shape
+    update = bn.training and bn.track_running_stats
+    if update:
+        bn.num_batches_tracked.add_(1)
+    factor = bn.momentum if update else 0.0
+    outs, means, vars_ = [], [], []
+    for g in range(num_splits):
+        rm = bn.running_mean.clone() if update else None
+        rv = bn.running_var.clone() if update else None
+        outs.append(F.batch_norm(x[g::num_splits], rm, rv, bn.weight, bn.bias, True, factor, bn.eps))
+        means.append(rm)
+        vars_.append(rv)
+    if update:
+        with torch.no_grad():
+            bn.running_mean.copy_(torch.stack(means).mean(0))
+            bn.running_var.copy_(torch.stack(vars_).mean(0))
+    return torch.stack(outs, dim=1).reshape(n, c, h, w)  # sample b*G + g <- group g, row b
+
+
+def test_split_bn_single_call_equals_group_loop_in_moco_step(fast_run, monkeypatch):
+    monkeypatch.setattr(split_bn, "split_batch_norm", _group_loop_split_bn)
+    _assert_same(fast_run, _run(fused=False))
+
+
+def test_split_bn_fast_output_is_not_a_view():
+    """The point of the fast path: no view, so in-place ReLU / `x += shortcut` after BN record no
+    CopySlices (which clones the activation in backward)."""
+    bn = split_bn.SplitBatchNorm2d(4, 2).train()
+    x = torch.randn(4, 4, 3, 3, requires_grad=True)
+    y = bn(x)
+    assert not y._is_view()
+    y.relu_()
+    assert "CopySlices" not in type(y.grad_fn).__name__
+    old = split_bn.set_fast_path(False)
+    try:
+        assert bn(x)._is_view()
+    finally:
+        split_bn.set_fast_path(old)
+
+
+def test_fast_split_bn_gradients_equal_plain(fast_run):
+    torch.manual_seed(3)
+    bn = split_bn.SplitBatchNorm2d(3, 2).train()
+    x = torch.randn(6, 3, 4, 4)
+    grads = []
+    for fast in (True, False):
+        old = split_bn.set_fast_path(fast)
+        try:
+            xi = x.clone().requires_grad_()
+            y = bn(xi)
+            y.relu_()  # the in-place op that made the plain path slow
+            (y * torch.arange(y.numel()).view_as(y)).sum().backward()
+            grads.append(xi.grad)
+        finally:
+            split_bn.set_fast_path(old)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+# ----------------------------------------------------------------------------- optimizer, layouts, compile
+
+
+def test_fused_sgd_equals_for_loop(fast_run):
+    _assert_same(fast_run, _run(fused=False))
+
+
+def test_fused_setting_is_validated():
+    model = torch.nn.Linear(2, 2)
+    groups = [{"params": list(model.parameters())}]
+    cfg = {"optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "fused": "auto"}}
+    assert build_optimizer(cfg, groups).defaults.get("fused") is True
+    cfg["optim"]["fused"] = False
+    assert not build_optimizer(cfg, [{"params": list(model.parameters())}]).defaults.get("fused")
+    del cfg["optim"]["fused"]  # configs saved before the option existed
+    assert build_optimizer(cfg, [{"params": list(model.parameters())}]).defaults.get("fused") is True
+
+
+def test_channels_last_step_equals_contiguous(fast_run):
+    _assert_same(fast_run, _run(channels_last=True), atol=1e-4, rtol=1e-3)
+
+
+def test_compiled_encoders_equal_eager(fast_run):
+    """torch.compile on both encoders (graph capture + AOT autograd, buffer mutation of split BN);
+    aot_eager keeps the test fast and free of a C++ toolchain; inductor's numerics are torch's."""
+    if not hasattr(torch, "compile"):
+        pytest.skip("no torch.compile")
+    torch._dynamo.reset()
+    try:
+        _assert_same(fast_run, _run(compile_backend="aot_eager"))
+    finally:
+        torch._dynamo.reset()
+
+
+def test_compile_resolution():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_compile("auto", cpu) is False  # measured: no gain on CPU, minutes to compile
+    assert resolve_compile("auto", cuda) is True
+    assert resolve_compile(True, cpu) is True
+    for off in (False, None, "false", "off"):
+        assert resolve_compile(off, cuda) is False
+    assert compile_modules([torch.nn.Linear(2, 2)], "auto", cpu) is False
+
+
+# ----------------------------------------------------------------------------- CUDA path pieces on CPU
+
+
+def test_bf16_autocast_step_keeps_float32_queue_and_loss():
+    """What the CUDA path does (bf16 autocast), run on the CPU: logits/loss in float32, the queue
+    stays float32, keys are finite, backward reaches f_q."""
+    torch.manual_seed(0)
+    model = MoCo(create_backbone("test_resnet"), dim=16, queue_size=32, momentum=0.9, temperature=0.2,
+                 mlp=True, split_bn_groups=GROUPS)
+    opt = _sgd(model, "auto")
+    queue_before = model.queue.clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, logits = model(*_views(0), torch.Generator().manual_seed(0))
+    assert loss.dtype == torch.float32 and logits.dtype == torch.float32
+    assert model.queue.dtype == torch.float32 and torch.isfinite(model.queue).all()
+    assert not torch.equal(model.queue, queue_before)
+    loss.backward()
+    assert all(p.grad is not None for p in model.encoder_q.parameters() if p.requires_grad)
+    opt.step()
+
+
+def test_no_hard_cuda_calls_in_the_package():
+    """Devices come from --device; `.cuda()` would break CPU-only machines and multi-GPU ranks.
+    Only the NCCL all-reduce may use it: NCCL needs the rank's current device, set by init_distributed."""
+    offenders = []
+    for p in (REPO / "src" / "fewshot").rglob("*.py"):
+        lines = p.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if re.search(r"\.cuda\(\s*\)", line) and not line.lstrip().startswith("#"):
+                if p.name == "distributed.py" and "nccl" in " ".join(lines[max(0, i - 2):i + 1]):
+                    continue
+                offenders.append(f"{p.relative_to(REPO)}:{i + 1}")
+    assert not offenders, offenders
+
+
+# ----------------------------------------------------------------------------- process settings
+
+
+def test_tune_allocator_is_idempotent_and_can_be_skipped(monkeypatch):
+    first = tune_allocator()
+    assert tune_allocator() == first  # idempotent
+    assert tune_allocator(False) == first  # "off" never un-tunes nor raises
+    monkeypatch.setenv("FEWSHOT_MALLOC_TUNE", "0")
+    assert tune_allocator() == first
+
+
+def test_benchmark_uses_the_real_training_path():
+    """benchmarks/moco_speed.py's fewshot side runs MoCoTask's own step code (smoke, tiny model)."""
+    spec = importlib.util.spec_from_file_location("moco_speed", REPO / "benchmarks" / "moco_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    old = split_bn._FAST
+    try:
+        ours = bench.Ours(dict(img=IMG, batch=BATCH, device="cpu", threads=torch.get_num_threads(),
+                               recipe={"model": "test_resnet", "hidden": None, "queue": 32, "groups": GROUPS}))
+        ours.step_once()
+        assert ours.info["optimizer"] == "fused" and ours.info["split_bn_groups"] == GROUPS
+        assert bench.count_flops(ours.step_once) > 0
+    finally:
+        split_bn.set_fast_path(old)
