@@ -675,12 +675,10 @@ ABLATIONS = [
     ("split-BN output without view bookkeeping", {}, {"fast_split_bn": False}),
     ("fused SGD (optim.fused=auto)", {}, {"fused": False}),
     ("allocator: keep freed memory (fewshot.runtime)", {}, {"malloc": False}),
-    ("OpenMP passive wait (FEWSHOT_OMP_WAIT auto when loaded)", {"env": {"FEWSHOT_OMP_WAIT": "passive"}},
-     {"env": {"FEWSHOT_OMP_WAIT": "spin"}}),
+    ("OpenMP spin wait (default; FEWSHOT_OMP_WAIT=passive opt-in)", {}, {"env": {"FEWSHOT_OMP_WAIT": "passive"}}),
     ("channels_last on CPU (rejected: off by default)", {}, {"channels_last": True}),
     ("torch.compile on CPU (rejected: auto = CUDA only)", {}, {"compile": True}),
-    ("all kept changes off (the plain path)", {"env": {"FEWSHOT_OMP_WAIT": "passive"}},
-     {"fast_split_bn": False, "fused": False, "malloc": False, "env": {"FEWSHOT_OMP_WAIT": "spin"}}),
+    ("all kept changes off (the plain path)", {}, {"fast_split_bn": False, "fused": False, "malloc": False}),
 ]
 LIGHTLY_REFERENCES = [  # lightly given fewshot's process settings: which part of the gap is settings
     ("lightly + fewshot's allocator setting", {"malloc": True}),

@@ -288,3 +288,21 @@ def test_benchmark_uses_the_real_training_path():
         assert bench.count_flops(ours.step_once) > 0
     finally:
         split_bn.set_fast_path(old)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),                                               # default: torch's own (spinning) wait
+    ({"FEWSHOT_OMP_WAIT": "passive"}, "PASSIVE"),             # opt-in for shared machines
+    ({"FEWSHOT_OMP_WAIT": "passive", "OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),  # the user's setting wins
+])
+def test_openmp_wait_policy_is_set_before_torch(env, expected):
+    """The policy must be in the environment before torch loads libgomp, i.e. at `import fewshot`;
+    the default no longer depends on the load average (it misfired after fewshot's own runs)."""
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "FEWSHOT_OMP_WAIT")}
+    code = "import os, fewshot, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)

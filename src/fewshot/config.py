@@ -112,7 +112,8 @@ DEFAULTS: dict[str, Any] = {
         "finetune_backbone_mult": 1.0,
         "min_epochs": 1,
         "report": True,           # write DIR/report/index.html at the end
-        "semi_method": "auto",    # auto: fixmatch after MoCo, off without (the supervised baseline) | off | fixmatch
+        "semi_method": "off",     # off | fixmatch: FixMatch on the pool while fine-tuning (measured worse at a
+                                  # 3-min budget: it halves the fine-tuning epochs; docs/recipes.md)
         "moco_momentum": 0.99,    # short schedules: at 0.999 the key encoder barely moves in a few hundred steps
     },
     "aug": {

@@ -151,8 +151,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
 
     fcfg = copy.deepcopy(cfg)
     fcfg["model"]["weights"] = str(weights) if weights else None
-    semi = r["semi_method"]
-    fcfg["semi"]["method"] = ("fixmatch" if r["pretrain"] else "off") if semi == "auto" else semi
+    fcfg["semi"]["method"] = r["semi_method"]
     if r["pretrain"]:
         fcfg["optim"]["lr"] = fcfg["optim"]["lr"] or r["finetune_lr"]
         fcfg["optim"]["backbone_lr_mult"] = fcfg["optim"]["backbone_lr_mult"] or r["finetune_backbone_mult"]
