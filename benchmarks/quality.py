@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 
-VARIANTS = {  # name -> extra arguments of `fewshot run`
-    "fewshot run (MoCo + FixMatch fine-tune)": [],
-    "ablation: MoCo + plain fine-tune": ["run.semi_method=off"],
-    "ablation: FixMatch, no MoCo": ["--no-pretrain", "run.semi_method=fixmatch"],
-}
+VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the first is the default
+    ("v1", "fewshot run: MoCo + plain fine-tune (default)", ["run.semi_method=off"]),
+    ("v0", "ablation: MoCo + FixMatch fine-tune (the earlier default)", ["run.semi_method=fixmatch"]),
+    ("v2", "ablation: FixMatch, no MoCo", ["--no-pretrain", "run.semi_method=fixmatch"]),
+]
 
 
 def run_one(data: Path, out: Path, budget: float, seed: int, extra: list[str], no_pretrain: bool) -> dict:
@@ -76,11 +76,11 @@ def main() -> None:
         best_lr = max(entry["scratch"], key=lambda lr: entry["scratch"][lr][0]["val_mean"])
         # 2) both methods over every seed, alternating so machine noise hits both alike
         for seed in args.seeds:
-            for v, (name, vargs) in enumerate(VARIANTS.items()):
+            for v, (folder, name, vargs) in enumerate(VARIANTS):
                 if v and (args.no_ablations or seed not in (args.ablation_seeds or args.seeds)):
                     continue
                 entry["variants"].setdefault(name, []).append(
-                    run_one(data, root / f"b{budget:g}/v{v}_s{seed}", budget, seed, args.extra + vargs, no_pretrain=False))
+                    run_one(data, root / f"b{budget:g}/{folder}_s{seed}", budget, seed, args.extra + vargs, no_pretrain=False))
             if seed != s0:
                 entry["scratch"][best_lr].append(run_one(data, root / f"b{budget:g}/scratch_lr{float(best_lr):g}_s{seed}",
                                                          budget, seed, args.extra + [f"optim.lr={best_lr}"],

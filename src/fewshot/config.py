@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "optim": {
         "name": "adamw",          # adamw | sgd
-        "lr": None,               # None: 1e-4 with --weights (course), 2e-3 from scratch
+        "lr": None,               # None: 1e-4 with --weights (course), 4e-3 from scratch (chosen on val: docs/recipes.md)
         "backbone_lr_mult": None, # None: 0.1 with --weights (course), 1.0 from scratch
         "weight_decay": 0.05,
         "momentum": 0.9,          # sgd only

@@ -24,7 +24,7 @@ def resolve_finetune_defaults(cfg: dict) -> dict:
     pretrained = bool(cfg["model"]["weights"])
     o = cfg["optim"]
     if o["lr"] is None:
-        o["lr"] = 1e-4 if pretrained else 2e-3
+        o["lr"] = 1e-4 if pretrained else 4e-3
     if o["backbone_lr_mult"] is None:
         o["backbone_lr_mult"] = 0.1 if pretrained else 1.0
     return cfg
