@@ -59,6 +59,24 @@ def plan_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: fl
     return max(min_epochs, 4 * int(budget_s // max(per_epoch, 1e-6)), 8)
 
 
+def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: tuple[str, str]) -> tuple[float, int, float]:
+    """Size one stage to end at ``end_time`` (time.monotonic()): measure its step and evaluation
+    times, space evaluations so they cost about 10 % of an epoch's time (``every_field``: where the
+    task reads its interval), and put the stage on a time-based schedule.
+    Returns (seconds per step, planned epochs, the stage's budget in seconds)."""
+    step_s = measure_step_seconds(task)
+    eval_s = measure_eval_seconds(task)
+    steps = len(task.plan_epoch(0))
+    every = max(1, int(round(10 * eval_s / max(step_s * steps, 1e-6))))
+    section, key = every_field
+    cfg[section][key] = task.eval_every = every
+    budget_s = max(10.0, end_time - time.monotonic())
+    epochs = plan_epochs(budget_s, step_s, steps, eval_s, every, min_epochs)
+    cfg["train"].update(epochs=epochs, budget_minutes=budget_s / 60)
+    cfg["sched"]["time_based"] = True
+    return step_s, epochs, budget_s
+
+
 def auto_img_size(infos, device: torch.device) -> int:
     """Small native images (digits, MNIST-like) train at 32 px; larger ones at 64 px on CPU, 160 on GPU."""
     from PIL import Image
@@ -124,15 +142,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
                 seed_everything(pcfg["train"]["seed"])
                 task = MoCoTask(pcfg, infos, device, ctx)
         resolve_pretrain_defaults(pcfg, 1)
-        step_s = measure_step_seconds(task)
-        eval_s = measure_eval_seconds(task)
-        pcfg["moco"]["knn_every"] = task.eval_every = max(1, int(round(10 * eval_s / max(step_s * len(task.plan_epoch(0)), 1e-6))))
-        spent = time.monotonic() - t_start
-        pre_budget = max(10.0, pre_budget - spent)
-        epochs = plan_epochs(pre_budget, step_s, len(task.plan_epoch(0)), eval_s, task.eval_every, r["min_epochs"])
-        pcfg["train"]["epochs"] = epochs
-        pcfg["train"]["budget_minutes"] = pre_budget / 60
-        pcfg["sched"]["time_based"] = True
+        step_s, epochs, pre_budget = plan_stage(task, pcfg, t_start + pre_budget, r["min_epochs"], ("moco", "knn_every"))
         save_yaml(pcfg, pdir / "config.yaml")
         print(f"[run] MoCo pretraining: {len(task.pool)} unlabeled images at {task.size}px, K={task.model.K}, "
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, {pre_budget / 60:.1f} min "
@@ -160,15 +170,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     ensure_writable_dir(fdir, "fine-tuning run")
     seed_everything(fcfg["train"]["seed"])
     task = SupervisedTask(fcfg, infos, device, ctx)
-    step_s = measure_step_seconds(task)
-    eval_s = measure_eval_seconds(task)
-    remaining = max(10.0, stage_s - (time.monotonic() - t_start))
-    eval_every = max(1, int(round(10 * eval_s / max(step_s * len(task.plan_epoch(0)), 1e-6))))
-    fcfg["train"]["eval_every"] = task.eval_every = eval_every
-    epochs = plan_epochs(remaining, step_s, len(task.plan_epoch(0)), eval_s, eval_every, r["min_epochs"])
-    fcfg["train"]["epochs"] = epochs
-    fcfg["train"]["budget_minutes"] = remaining / 60
-    fcfg["sched"]["time_based"] = True
+    step_s, epochs, remaining = plan_stage(task, fcfg, t_start + stage_s, r["min_epochs"], ("train", "eval_every"))
     save_yaml(fcfg, fdir / "config.yaml")
     print(f"[run] fine-tuning {'from MoCo weights' if weights else 'from random init'}"
           f"{' with FixMatch on the unlabeled pool' if fcfg['semi']['method'] == 'fixmatch' else ''}: "

@@ -69,7 +69,7 @@ def all_reduce_mean(ctx: DistContext, value: float) -> float:
     if not ctx.enabled:
         return value
     t = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+    if dist.get_backend() == "nccl":  # NCCL reduces on the rank's device (set by init_distributed)
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(t)
     return float(t.item()) / ctx.world
