@@ -109,15 +109,28 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(7, 4.8))
         budgets = [float(b) for b in results["budgets"]]
-        for idx, label in enumerate(next(iter(results["budgets"].values()))["table"]):
-            ms = [list(e["table"].values())[idx]["mean"] for e in results["budgets"].values()]
-            ax.errorbar(budgets, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=4, label=label)
-        ax.set_xlabel("budget per run (CPU minutes, 2 cores)")
-        ax.set_ylabel("mean test acc@1 (%)")
+        labels = list(next(iter(results["budgets"].values()))["table"])
+        if len(budgets) == 1:  # one budget: bars per method, per dataset and the mean
+            table = next(iter(results["budgets"].values()))["table"]
+            cols = list(table[labels[0]])
+            width = 0.8 / len(labels)
+            for idx, label in enumerate(labels):
+                xs = [c + (idx - (len(labels) - 1) / 2) * width for c in range(len(cols))]
+                ax.bar(xs, [table[label][c][0] for c in cols], width, yerr=[table[label][c][1] for c in cols],
+                       capsize=3, label=label)
+            ax.set_xticks(range(len(cols)), cols)
+            ax.set_ylim(50, 100)
+            ax.set_title(f"{budgets[0]:g} CPU-minutes per run (2 cores), mean ± std over seeds")
+        else:
+            for idx, label in enumerate(labels):
+                ms = [list(e["table"].values())[idx]["mean"] for e in results["budgets"].values()]
+                ax.errorbar(budgets, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=4, label=label)
+            ax.set_xlabel("budget per run (CPU minutes, 2 cores)")
+        ax.set_ylabel("test acc@1 (%)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
         fig.tight_layout()
         fig.savefig(Path(args.results).with_suffix(".png"), dpi=100)
     except Exception as exc:  # plotting is a convenience
