@@ -55,7 +55,7 @@ def read_tensor_file(path: str | Path) -> dict:
 
 def _unpickling_detail(exc: Exception) -> str:
     """What torch's weights_only unpickler refused (e.g. `GLOBAL posix.system`), without the boilerplate
-    around it (which suggests retrying with weights_only=False)."""
+    around it (which suggests retrying with the unsafe full unpickler)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
     if m:
