@@ -1,6 +1,5 @@
 """Tests of fewshot.data.augment: batched MoCo augmentation against torchvision semantics."""
 
-import math
 
 import pytest
 import torch

@@ -33,11 +33,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import fewshot.data.cache as cache
-from fewshot.cli import main
 from fewshot.data.cache import decode_resized, load_images
 from fewshot.data.layout import find_unlabeled_images, scan_root
 from fewshot.errors import DataLayoutError, UserError
 from helpers.tiny import build_digits
+from helpers.checks import run_main
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +50,6 @@ def root(base_root, tmp_path):
     """A private copy (no image cache) that the test may damage."""
     return Path(shutil.copytree(base_root, tmp_path / "root", ignore=shutil.ignore_patterns(".fewshot_cache"),
                                 symlinks=True))
-
-
-def run_main(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def train_argv(root: Path, out: Path, *extra) -> list:

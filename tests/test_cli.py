@@ -19,19 +19,9 @@ import torch
 import yaml
 
 from fewshot.cli import build_parser, main
+from helpers.checks import run_main
 
 SPEC_METRICS_KEYS = {"mode", "n_parameters", "mean_acc1", "datasets", "routing_acc"}
-
-
-def run_main(*argv: str) -> tuple[int, str, str]:
-    """main(argv) with stdout/stderr captured; argparse's SystemExit becomes the return code."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as exc:
-            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def run_subprocess(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

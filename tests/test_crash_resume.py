@@ -13,7 +13,6 @@ in src/ knows about it); `fewshot.cli.main` in this process gives the uninterrup
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import signal
@@ -23,11 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from fewshot.cli import main as fewshot_main
 from fewshot.train.checkpoint import load_checkpoint
 from helpers.tiny import REPO, build_digits
+from helpers.checks import assert_same
 
 TIMING = {"images_per_s", "epoch_time_s", "eval_time_s"}
 STATE = ("model", "ema", "optimizer", "scaler", "epoch", "step_in_epoch", "global_step", "best_score",
@@ -101,24 +100,6 @@ def _inode(path: Path):
 
 
 # ------------------------------------------------------------------------------ checks
-
-
-def assert_same(a, b, path="ckpt"):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
-        assert torch.equal(a, b), f"{path} differs"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {sorted(set(a) ^ set(b))}"
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), path
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 def log_rows(run: Path) -> list[dict]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,22 +17,15 @@ from pathlib import Path
 import pytest
 
 import fewshot.train.checkpoint as checkpoint
-from fewshot.cli import main
 from fewshot.train.checkpoint import load_checkpoint
 from fewshot.train.engine import Engine
 from helpers.tiny import build_digits
+from helpers.checks import run_main
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return build_digits(tmp_path_factory.mktemp("disk-data"))
-
-
-def run_main(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def train_argv(root: Path, out: Path, *extra) -> list:

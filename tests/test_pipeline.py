@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_cli import run_main, test_ids
+from helpers.checks import run_main
+from test_cli import test_ids
 
 
 def _run(root: Path, out: Path, *extra: str) -> dict:

@@ -21,22 +21,12 @@ import yaml
 from PIL import Image
 
 from fewshot import progress
-from fewshot.cli import main
 from helpers.tiny import build_digits
+from helpers.checks import run_main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMMON = ["--model", "test_resnet", "--img-size", "32", "--batch-size", "8", "--device", "cpu", "--no-progress",
           "train.tensorboard=false", "train.threads=1"]
-
-
-def run_main(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as exc:
-            rc = exc.code if isinstance(exc.code, int) else 1
-    return rc, out.getvalue(), err.getvalue()
 
 
 class PageParser(HTMLParser):

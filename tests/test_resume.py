@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from fewshot.train.engine import Engine
 from fewshot.train.finetune import run_finetune
 from fewshot.train.supervised import SupervisedTask
 from helpers.tiny import build_digits, finetune_cfg, pretrain_cfg
+from helpers.checks import assert_same
 
 TIMING = {"images_per_s", "epoch_time_s", "eval_time_s"}
 
@@ -36,26 +36,6 @@ def root(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------ comparisons
-
-
-def assert_same(a, b, path="ckpt"):
-    """Recursive exact equality of checkpoint payloads (tensors with torch.equal)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor), path
-        assert a.dtype == b.dtype and a.shape == b.shape, path
-        assert torch.equal(a, b), f"{path} differs (max abs diff {(a.double() - b.double()).abs().max().item()})"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {sorted(set(a) ^ set(b))}"
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), path
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 def read_log(run: Path) -> list[dict]:

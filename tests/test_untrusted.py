@@ -8,8 +8,6 @@ creates it, whichever command reads the file (train --weights, train --resume, e
 
 from __future__ import annotations
 
-import contextlib
-import io
 import pickle
 import warnings
 from pathlib import Path
@@ -18,16 +16,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fewshot.cli import main
 from fewshot.models.backbone import create_backbone
 from helpers.tiny import build_digits
-
-
-def run_main(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
+from helpers.checks import run_main
 
 
 class Payload:
