@@ -7,12 +7,12 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.fewshot-installed
 DEMO_DATA ?= demo_data
 DEMO_RUN ?= runs/demo
-DEMO_MINUTES ?= 4
+DEMO_MINUTES ?= 3
 
 .PHONY: venv test demo demo-data bench clean help
 
 help:
-	@echo "make demo   - build demo data (digits, fashion-mnist), MoCo-pretrain, fine-tune, predict, score"
+	@echo "make demo   - build demo data (digits, fashion-mnist); fewshot run (self-training), with MoCo, and the baseline; score"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - MoCo speed benchmark against lightly (separate venv)"
 

@@ -20,8 +20,10 @@ from pathlib import Path
 
 
 VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the first is the default
-    ("v1", "fewshot run: MoCo + plain fine-tune (default)", ["run.semi_method=off"]),
-    ("v0", "ablation: MoCo + FixMatch fine-tune (the earlier default)", ["run.semi_method=fixmatch"]),
+    ("st", "fewshot run: self-training on the pool (default)", ["run.semi_method=pseudo", "--no-pretrain"]),
+    ("mst", "ablation: MoCo + self-training", ["run.semi_method=pseudo", "run.pretrain=true"]),
+    ("v1", "ablation: MoCo + plain fine-tune", ["run.semi_method=off", "run.pretrain=true"]),
+    ("v0", "ablation: MoCo + FixMatch fine-tune", ["run.semi_method=fixmatch", "run.pretrain=true"]),
     ("v2", "ablation: FixMatch, no MoCo", ["--no-pretrain", "run.semi_method=fixmatch"]),
 ]
 
@@ -61,6 +63,8 @@ def main() -> None:
     ap.add_argument("--results", default="benchmarks/results/quality.json")
     ap.add_argument("--no-ablations", action="store_true", help="only scratch and the default `fewshot run`")
     ap.add_argument("--ablation-seeds", type=int, nargs="*", help="seeds for the ablation variants (default: all)")
+    ap.add_argument("--variants", nargs="*", help="run folder prefixes of the variants to run "
+                    f"(default: all; {', '.join(v[0] for v in VARIANTS)})")
     args = ap.parse_args()
     root = Path(args.out)
     results: dict = {"budgets": {}, "seeds": args.seeds, "scratch_lrs": args.scratch_lrs}
@@ -72,18 +76,21 @@ def main() -> None:
         s0 = args.seeds[0]
         for lr in args.scratch_lrs:
             entry["scratch"][str(lr)] = [run_one(data, root / f"b{budget:g}/scratch_lr{lr:g}_s{s0}", budget, s0,
-                                                 args.extra + [f"optim.lr={lr}"], no_pretrain=True)]
+                                                 args.extra + [f"optim.lr={lr}", "run.semi_method=off"],
+                                                 no_pretrain=True)]
         best_lr = max(entry["scratch"], key=lambda lr: entry["scratch"][lr][0]["val_mean"])
         # 2) both methods over every seed, alternating so machine noise hits both alike
         for seed in args.seeds:
             for v, (folder, name, vargs) in enumerate(VARIANTS):
                 if v and (args.no_ablations or seed not in (args.ablation_seeds or args.seeds)):
                     continue
+                if args.variants and folder not in args.variants:
+                    continue
                 entry["variants"].setdefault(name, []).append(
                     run_one(data, root / f"b{budget:g}/{folder}_s{seed}", budget, seed, args.extra + vargs, no_pretrain=False))
             if seed != s0:
                 entry["scratch"][best_lr].append(run_one(data, root / f"b{budget:g}/scratch_lr{float(best_lr):g}_s{seed}",
-                                                         budget, seed, args.extra + [f"optim.lr={best_lr}"],
+                                                         budget, seed, args.extra + [f"optim.lr={best_lr}", "run.semi_method=off"],
                                                          no_pretrain=True))
         entry["scratch_best_lr"] = float(best_lr)
         entry["table"] = {}

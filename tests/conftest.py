@@ -38,7 +38,7 @@ def digits_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def dataset_names(digits_root) -> list[str]:
     """The two dataset names, sorted (['digits', 'fashion-mnist'] normally)."""
-    return sorted(p.name for p in digits_root.iterdir() if p.is_dir() and p.name != "unlabeled")
+    return sorted(p.name for p in digits_root.iterdir() if (p / "train").is_dir())  # not unlabeled/ nor the cache
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -141,6 +141,20 @@ def test_cli_train_with_exported_weights(exported, tmp_path):
     assert metrics["datasets"]["digits"]["n"] == 30
 
 
+@pytest.mark.parametrize("head", ["linear", "prototype"])
+def test_probe_of_the_exported_backbone_writes_metrics_per_dataset(exported, tmp_path, head, capsys):
+    root, _, path = exported
+    out = tmp_path / "probe"
+    assert main(["probe", "--weights", str(path), "--model", NAME, "--data", str(root), "--img-size", "32",
+                 "--device", "cpu", "--epochs", "20", "--head", head, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mode"] == "known" and metrics["routing_acc"] is None
+    assert metrics["protocol"] == ("linear probe" if head == "linear" else "prototype (SimpleShot)")
+    digits = metrics["datasets"]["digits"]
+    assert digits["n"] == 30 and 0.0 <= digits["acc1"] <= 100.0 and digits["acc5"] >= digits["acc1"]
+    assert metrics["protocol"] in capsys.readouterr().out
+
+
 def test_pretrain_refuses_one_sample_per_split_bn_group(exported, tmp_path, capsys):
     """--batch-size 8 with the default 8 split-BN groups used to crash inside BatchNorm (exit 1)."""
     root, _, _ = exported

@@ -1,4 +1,5 @@
-"""`fewshot run` end to end on tiny real data: MoCo -> export -> fine-tune -> predict, in a budget.
+"""`fewshot run` end to end on tiny real data, in a budget: the default (fine-tune -> pseudo-label the
+pool -> fine-tune on both -> predict), with --pretrain (MoCo -> export -> fine-tune) and the baseline.
 
 Checks what the run leaves behind (pred_all.json against the test folders, summary stages, the
 planned time-based schedules, the measured defaults), not wall-clock figures: a planned stage is
@@ -39,7 +40,7 @@ def _check_pred_all(root: Path, out: Path) -> None:
 @pytest.fixture(scope="module")
 def moco_run(digits_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "moco"
-    return out, _run(digits_root, out)
+    return out, _run(digits_root, out, "--pretrain", "run.semi_method=off")  # YAML reads `off` as false
 
 
 def test_run_pretrains_exports_finetunes_and_predicts(digits_root, moco_run):
@@ -62,17 +63,66 @@ def test_run_plans_time_based_stages_with_the_measured_defaults(moco_run):
         assert cfg["train"]["budget_minutes"] > 0 and cfg["train"]["epochs"] >= 8
     assert pre["moco"]["knn_every"] >= 1 and fine["train"]["eval_every"] >= 1
     assert pre["moco"]["momentum"] == 0.99 and pre["optim"]["name"] == "sgd"
-    assert fine["semi"]["method"] == "off"  # FixMatch after MoCo measured worse (docs/recipes.md)
+    assert fine["semi"]["method"] == "off"
     assert fine["model"]["weights"].endswith("backbone.safetensors") and fine["optim"]["lr"] == 2e-3
 
 
-def test_run_without_pretraining_is_the_random_init_baseline(digits_root, tmp_path):
+def test_run_baseline_is_supervised_from_random_init_on_the_labelled_images(digits_root, tmp_path):
     out = tmp_path / "scratch"
-    summary = _run(digits_root, out, "--no-pretrain")
+    summary = _run(digits_root, out, "--baseline")
     assert set(summary["stages"]) == {"finetune"} and not (out / "pretrain").exists()
     fine = yaml.safe_load((out / "finetune" / "config.yaml").read_text())
     assert fine["model"]["weights"] is None and fine["optim"]["lr"] == 4e-3  # chosen on val
+    assert fine["semi"]["method"] == "off" and not list(out.glob("pseudo_labels*.json"))
     _check_pred_all(digits_root, out)
+
+
+def test_default_run_is_self_training_on_the_pool_without_moco(digits_root, tmp_path):
+    out = tmp_path / "pseudo"
+    summary = _run(digits_root, out, "run.pseudo_rounds=3")  # the defaults (measured best on val), 3 rounds
+    assert set(summary["stages"]) == {"finetune_labelled", "finetune"} and not (out / "pretrain").exists()
+    assert (out / "finetune_round2" / "checkpoints" / "best.pt").is_file()  # round 2, relabelled after it
+    assert len(summary["stages"]["finetune_labelled"]["pseudo_labels"]) == 2
+    assert (out / "pseudo_labels_round2.json").is_file()
+    record = json.loads((out / "pseudo_labels_round3.json").read_text())
+    for name, kept in record["datasets"].items():
+        pool = len(list((digits_root / "unlabeled" / name).rglob("*.png")))
+        assert kept["pool"] == pool and 0 < kept["kept"] <= pool // 2 + 10, name  # at most half, per-class rounding
+        assert 0 < kept["mean_confidence"] <= 1
+    first = yaml.safe_load((out / "finetune_labelled" / "config.yaml").read_text())
+    second = yaml.safe_load((out / "finetune" / "config.yaml").read_text())
+    assert first["model"]["weights"] is None and first["train"]["budget_minutes"] > 0
+    assert second["train"]["budget_minutes"] > 0
+    _check_pred_all(digits_root, out)
+
+
+def test_self_training_never_pseudo_labels_the_labelled_training_images(copy_root):
+    import shutil
+
+    from fewshot.config import resolve
+    from fewshot.data.layout import scan_root
+    from fewshot.train.semi import load_pool
+
+    shutil.rmtree(copy_root / "unlabeled" / "digits")  # digits falls back to its train images as its pool
+    cfg = resolve(flags={"data.root": str(copy_root)})
+    infos = scan_root(copy_root, None, splits=("train", "val"))
+    with_train, ids_all, _ = load_pool(cfg, infos, 16)
+    without, ids, _ = load_pool(cfg, infos, 16, exclude_train=True)
+    digits = [i for i, info in enumerate(infos) if info.name == "digits"][0]
+    assert int((ids_all == digits).sum()) == len(infos[digits].train)
+    assert int((ids == digits).sum()) == 0 and len(without) == len(with_train) - len(infos[digits].train)
+
+
+def test_run_flags_that_contradict_each_other_are_refused(digits_root, tmp_path):
+    for flags in (["--pretrain", "--baseline"], ["--baseline", "--semi", "pseudo"]):
+        rc, _, err = run_main("run", "--data", digits_root, "--out", tmp_path / "x", "--budget-minutes", "0.2", *flags)
+        assert rc == 2 and "--baseline" in err, flags
+
+
+def test_run_rejects_an_unknown_semi_method(digits_root, tmp_path):
+    rc, _, err = run_main("run", "--data", digits_root, "--out", tmp_path / "x", "--budget-minutes", "0.2",
+                          "--no-pretrain", "run.semi_method=magic")
+    assert rc == 2 and "semi_method" in err
 
 
 def test_run_rejects_a_non_positive_budget(digits_root, tmp_path):

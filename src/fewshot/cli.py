@@ -16,7 +16,7 @@ from pathlib import Path
 from fewshot.errors import UserError
 
 EPILOG = ("Any extra key=value words override config fields, e.g. optim.lr=3e-4 train.eval_every=1. "
-          "See docs/cli.md and configs/ for every field.")
+          "Every field and its default: src/fewshot/config.py (DEFAULTS); recipes: configs/.")
 
 
 def _add_common_training(p: argparse.ArgumentParser) -> None:

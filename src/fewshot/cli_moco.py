@@ -25,10 +25,13 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("--queue-size", type=int, help="K, the number of negative keys in the queue")
     p.add_argument("--weights", help="initialise the backbone from a local weights file (e.g. ImageNet)")
 
-    p = sub.add_parser("run", help="the whole pipeline in a time budget: MoCo -> fine-tune -> predict -> report",
-                       epilog=epilog, description="Pool -> MoCo pretraining -> export -> fine-tuning -> prediction "
-                       "-> report, with each stage's length planned from measured step times so that the whole "
-                       "run fits --budget-minutes. Writes DIR/pred_all.json, DIR/metrics.json and the report.")
+    p = sub.add_parser("run", help="the whole pipeline in a time budget: [MoCo ->] fine-tune + self-training "
+                       "-> predict -> report", epilog=epilog,
+                       description="Pool -> (with --pretrain: MoCo pretraining -> export ->) fine-tuning on the "
+                       "labelled images -> pseudo-labels for the pool -> fine-tuning on both -> prediction -> "
+                       "report, with each stage's length planned from measured step times so that the whole run "
+                       "fits --budget-minutes. Writes DIR/pred_all.json, DIR/metrics.json and the report. "
+                       "The defaults are the recipe measured best on val (docs/recipes.md).")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--budget-minutes", type=float, default=10.0)
@@ -38,7 +41,13 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("--datasets")
     p.add_argument("--seed", type=int)
     p.add_argument("--config", help="YAML config file")
-    p.add_argument("--no-pretrain", action="store_true", help="baseline: supervised from scratch, whole budget")
+    p.add_argument("--pretrain", action="store_true", help="MoCo-pretrain on the pool first (half the budget; it "
+                   "lowered val accuracy at 3 and 10 CPU-minutes on the demo data: docs/recipes.md)")
+    p.add_argument("--no-pretrain", action="store_true", help="no MoCo stage (the default)")
+    p.add_argument("--semi", choices=["pseudo", "fixmatch", "off"],
+                   help="how fine-tuning uses the pool: pseudo = self-training (default), fixmatch, off")
+    p.add_argument("--baseline", action="store_true", help="the baseline: supervised from random init on the "
+                   "labelled images only, the whole budget (= --no-pretrain --semi off)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("export", help="write a MoCo run's backbone as timm-loadable safetensors")
@@ -54,6 +63,9 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("--datasets")
     p.add_argument("--mode", choices=["known", "unknown"], default="known")
     p.add_argument("--epochs", type=int, default=300, help="head training epochs (full batch)")
+    p.add_argument("--head", choices=["linear", "prototype"], default="linear",
+                   help="linear: a trained BN + linear head; prototype: no training, cosine nearest class mean "
+                   "of standardised features (SimpleShot)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
@@ -69,13 +81,22 @@ def cmd_pretrain(args, extra) -> int:
 
 def cmd_run(args, extra) -> int:
     from fewshot.config import resolve
+    from fewshot.errors import UserError
     from fewshot.pipeline import check_budget, run_pipeline
 
     check_budget(args.budget_minutes)
     flags = {"data.root": args.data, "model.name": args.model, "train.device": args.device,
              "model.img_size": args.img_size, "data.datasets": args.datasets, "train.seed": args.seed}
-    if args.no_pretrain:
+    if sum(map(bool, (args.pretrain, args.no_pretrain, args.baseline))) > 1:
+        raise UserError("choose one of --pretrain, --no-pretrain and --baseline.")
+    if args.baseline and args.semi not in (None, "off"):
+        raise UserError("--baseline trains on the labelled images only; it cannot take --semi " + args.semi)
+    if args.pretrain:
+        flags["run.pretrain"] = True
+    if args.no_pretrain or args.baseline:
         flags["run.pretrain"] = False
+    if args.semi or args.baseline:
+        flags["run.semi_method"] = "off" if args.baseline else args.semi
     if args.no_progress:
         flags["train.progress"] = False
     cfg = resolve(file=args.config, flags=flags, overrides=extra)
@@ -98,8 +119,8 @@ def cmd_probe(args, extra) -> int:
     from fewshot.utils import resolve_device, write_json
 
     metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
-                        mode=args.mode, epochs=args.epochs, datasets=args.datasets)
-    print(format_table(metrics, title=f"linear probe of {args.weights}"))
+                        mode=args.mode, epochs=args.epochs, datasets=args.datasets, head=args.head)
+    print(format_table(metrics, title=f"{metrics['protocol']} of {args.weights}"))
     if args.out:
         write_json(Path(args.out) / "metrics.json", metrics)
     return 0

@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
         "head": "linear",         # linear: BN1d(affine=False)+Linear
         "head_init": "random",    # random | probe (LP-FT: fit the head on frozen features first; measured
                                   # worse here: the full-batch probe is overconfident and derails early steps)
+                                  # | prototype (SimpleShot: cosine nearest class mean of standardised features)
     },
     "data": {
         "root": None,
@@ -103,7 +104,8 @@ DEFAULTS: dict[str, Any] = {
         "cos": True,
     },
     "run": {
-        "pretrain": True,         # False: supervised from scratch with the whole budget (the baseline)
+        "pretrain": False,        # True: MoCo on the pool first (pretrain_share of the budget). Off by default:
+                                  # at 3 and 10 CPU-minutes it lowered val accuracy (docs/recipes.md)
         "pretrain_share": 0.5,    # fraction of the budget spent on MoCo
         "pretrain_batch_size": 64,
         "pretrain_lr": None,      # None: linear scaling of 0.06 @ 256 (fast small-data setting)
@@ -112,8 +114,14 @@ DEFAULTS: dict[str, Any] = {
         "finetune_backbone_mult": 1.0,
         "min_epochs": 1,
         "report": True,           # write DIR/report/index.html at the end
-        "semi_method": "off",     # off | fixmatch: FixMatch on the pool while fine-tuning (measured worse at a
-                                  # 3-min budget: it halves the fine-tuning epochs; docs/recipes.md)
+        "semi_method": "pseudo",  # pseudo: self-training (fine-tune, label the pool, fine-tune again on both;
+                                  # best on val at 3 and 10 min) | fixmatch: FixMatch while fine-tuning
+                                  # (worse: it halves the epochs) | off: labelled images only
+        "pseudo_share": 0.5,      # pseudo: fraction of the fine-tuning time for round 1 (labelled images only)
+        "pseudo_rounds": 2,       # pseudo: fine-tuning rounds (1: labelled only; each later one relabels the pool)
+        "pseudo_keep": 0.5,       # pseudo: per class at most this fraction of (pool / classes) images, most confident first
+        "pseudo_threshold": 0.0,  # pseudo: minimum confidence (softmax within the image's dataset)
+        "pseudo_labelled_repeat": 3,  # pseudo: the labelled images appear this many times in later rounds
         "moco_momentum": 0.99,    # short schedules: at 0.999 the key encoder barely moves in a few hundred steps
     },
     "aug": {

@@ -92,14 +92,72 @@ def auto_img_size(infos, device: torch.device) -> int:
     return 64 if device.type == "cpu" else 160
 
 
+def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None):
+    """One fine-tuning run that ends at ``end_time``; with ``pseudo`` it starts from the previous round's
+    model and adds the pseudo-labelled pool images. Returns (task with the best weights loaded and
+    ``epochs_run`` set, val metrics)."""
+    from fewshot.train.engine import Engine
+    from fewshot.train.finetune import final_metrics
+    from fewshot.train.supervised import SupervisedTask
+
+    fcfg = copy.deepcopy(fcfg)  # each round plans its own epochs and evaluation interval
+    ensure_writable_dir(fdir, "fine-tuning run")
+    seed_everything(fcfg["train"]["seed"])
+    task = SupervisedTask(fcfg, infos, device, ctx)
+    if pseudo is not None:
+        task.model.load_state_dict(pseudo["state"])
+        task.add_pseudo_labelled(pseudo["images"], pseudo["targets"], pseudo["dataset_ids"],
+                                 fcfg["run"]["pseudo_labelled_repeat"])
+    step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"], ("train", "eval_every"))
+    save_yaml(fcfg, fdir / "config.yaml")
+    start = "from MoCo weights" if fcfg["model"]["weights"] else "from random init"
+    print(f"[run] fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}: "
+          f"{len(task.train_set)} training images, {step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} "
+          f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule (about {epochs // 4} epochs), "
+          f"lr {fcfg['optim']['lr']:g}")
+    seed_everything(fcfg["train"]["seed"])
+    engine = Engine(task, fcfg, fdir, device, ctx)
+    engine.fit()
+    metrics = final_metrics(engine, task, fdir)
+    task.epochs_run = engine.epoch
+    return task, metrics
+
+
+def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
+    """Label the pool with the round-1 model (best val checkpoint, EMA weights): the most confident
+    images of every class, class-balanced, become training images of round 2."""
+    from fewshot.eval.evaluate import compute_logits
+    from fewshot.train.semi import class_quota, load_pool, select_pseudo_labels
+
+    images, dataset_ids, source = load_pool(cfg, infos, task.size, exclude_train=True)
+    if len(images) == 0:
+        print("[run] no unlabeled pool (ROOT/unlabeled/<dataset>/ or data.unlabeled): the next round trains on "
+              "the labelled images only")
+    logits = compute_logits(task.model, images, task.normalize, task.device, channels_last=task.channels_last,
+                            desc="pseudo-labelling the pool") if len(images) else torch.zeros(0, task.space.num_classes)
+    quota = class_quota(dataset_ids, task.space, r["pseudo_keep"])
+    idx, labels, conf = select_pseudo_labels(logits, dataset_ids, task.space, quota, r["pseudo_threshold"])
+    owner = task.space.owner()[labels]
+    per_dataset = {name: {"kept": int((owner == d).sum()),
+                          "pool": int((dataset_ids == d).sum()),
+                          "mean_confidence": round(float(conf[owner == d].mean()), 4) if bool((owner == d).any()) else None}
+                   for d, name in enumerate(task.space.names)}
+    summary = {"source": source, "keep_frac": r["pseudo_keep"], "threshold": r["pseudo_threshold"],
+               "datasets": per_dataset}
+    write_json(record, summary)
+    print(f"[run] pseudo-labels: " + ", ".join(f"{n} {v['kept']}/{v['pool']} (mean confidence "
+                                                f"{v['mean_confidence']})" for n, v in per_dataset.items()))
+    return {"images": images[idx], "targets": labels, "dataset_ids": owner, "summary": summary,
+            "state": copy.deepcopy(task.model.state_dict())}
+
+
 def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     from fewshot.eval.predict import evaluate_run, predict_run, score_predictions
     from fewshot.ssl.export import export_backbone
     from fewshot.ssl.pretrain import MoCoTask, resolve_pretrain_defaults
     from fewshot.train.distributed import DistContext
     from fewshot.train.engine import Engine
-    from fewshot.train.finetune import final_metrics
-    from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
+    from fewshot.train.supervised import resolve_finetune_defaults
 
     t_start = time.monotonic()
     out = Path(out)
@@ -113,7 +171,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
         cfg["model"]["img_size"] = auto_img_size(infos, device)
     r = cfg["run"]
     budget_s = budget_minutes * 60.0
-    reserve_s = min(60.0, 0.08 * budget_s)  # prediction, scoring, report
+    # kept back for prediction and scoring (and the report): about 3 % each, so the run ends within 5 %
+    reserve_s = min(30.0, 0.03 * budget_s) * (2 if r.get("report", True) else 1)
     stage_s = budget_s - reserve_s
     summary: dict = {"budget_minutes": budget_minutes, "img_size": cfg["model"]["img_size"], "stages": {}}
 
@@ -161,28 +220,41 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
 
     fcfg = copy.deepcopy(cfg)
     fcfg["model"]["weights"] = str(weights) if weights else None
-    fcfg["semi"]["method"] = r["semi_method"]
+    semi = r["semi_method"]
+    semi = "off" if semi in (None, False, "off", "none") else semi  # YAML reads a bare `off` as false
+    if semi not in ("off", "fixmatch", "pseudo"):
+        raise UserError(f"run.semi_method must be off, fixmatch or pseudo, not {semi!r}")
+    fcfg["semi"]["method"] = "fixmatch" if semi == "fixmatch" else "off"
     if r["pretrain"]:
         fcfg["optim"]["lr"] = fcfg["optim"]["lr"] or r["finetune_lr"]
         fcfg["optim"]["backbone_lr_mult"] = fcfg["optim"]["backbone_lr_mult"] or r["finetune_backbone_mult"]
     resolve_finetune_defaults(fcfg)
     fdir = out / "finetune"
-    ensure_writable_dir(fdir, "fine-tuning run")
-    seed_everything(fcfg["train"]["seed"])
-    task = SupervisedTask(fcfg, infos, device, ctx)
-    step_s, epochs, remaining = plan_stage(task, fcfg, t_start + stage_s, r["min_epochs"], ("train", "eval_every"))
-    save_yaml(fcfg, fdir / "config.yaml")
-    print(f"[run] fine-tuning {'from MoCo weights' if weights else 'from random init'}"
-          f"{' with FixMatch on the unlabeled pool' if fcfg['semi']['method'] == 'fixmatch' else ''}: "
-          f"{len(task.train_set)} labelled images, {step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} "
-          f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule (about {epochs // 4} epochs), "
-          f"lr {fcfg['optim']['lr']:g}")
-    seed_everything(fcfg["train"]["seed"])
-    engine = Engine(task, fcfg, fdir, device, ctx)
-    engine.fit()
-    val_metrics = final_metrics(engine, task, fdir)
-    summary["stages"]["finetune"] = {"epochs": engine.epoch, "seconds": time.monotonic() - t_start}
-    del task, engine
+    end_time = t_start + stage_s
+    pseudo = None
+    if semi == "pseudo":
+        # round 1 on the labelled images; each later round starts from the previous round's model and
+        # trains on the labelled images plus the pool labelled by that model; the last round is `finetune`
+        rounds = max(2, int(r["pseudo_rounds"]))
+        labelled_end = time.monotonic() + (end_time - time.monotonic()) * r["pseudo_share"]
+        task, _ = finetune_stage(fcfg, infos, device, ctx, out / "finetune_labelled", labelled_end,
+                                 "on the labelled images (self-training, round 1)")
+        summary["stages"]["finetune_labelled"] = {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
+                                                  "pseudo_labels": []}
+        for k in range(2, rounds + 1):
+            pseudo = pseudo_label_pool(task, fcfg, infos, r, out / f"pseudo_labels_round{k}.json")
+            summary["stages"]["finetune_labelled"]["pseudo_labels"].append(pseudo["summary"])
+            del task
+            if k == rounds:
+                break
+            round_end = time.monotonic() + (end_time - time.monotonic()) / (rounds - k + 1)
+            task, _ = finetune_stage(fcfg, infos, device, ctx, out / f"finetune_round{k}", round_end,
+                                     f"on labelled + pseudo-labelled pool images (round {k})", pseudo)
+    task, val_metrics = finetune_stage(fcfg, infos, device, ctx, fdir, end_time,
+                                       "with FixMatch on the unlabeled pool" if semi == "fixmatch" else
+                                       "on labelled + pseudo-labelled pool images" if pseudo else "", pseudo)
+    summary["stages"]["finetune"] = {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start}
+    del task
 
     root = Path(cfg["data"]["root"])
     test_infos = scan_root(root, [i.name for i in infos], splits=("test",))

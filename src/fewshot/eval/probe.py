@@ -16,10 +16,11 @@ from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import scan_root
 from fewshot.data.sets import load_split
 from fewshot.data.transforms import Normalize
+from fewshot.errors import UserError
 from fewshot.eval.evaluate import score
 from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import create_backbone, input_size, mean_std
-from fewshot.models.classifier import LinearHead
+from fewshot.models.classifier import LinearHead, prototype_head
 from fewshot.models.weights import load_backbone_weights
 from fewshot.utils import seed_everything
 
@@ -42,7 +43,9 @@ def train_linear_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: i
 
 
 def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: int | None, device: torch.device,
-              mode: str = "known", epochs: int = 300, datasets=None) -> dict:
+              mode: str = "known", epochs: int = 300, datasets=None, head: str = "linear") -> dict:
+    """Frozen-feature accuracy on val: a trained linear head ("linear") or, without any training, the
+    cosine nearest class mean of standardised features ("prototype", SimpleShot)."""
     infos = scan_root(root, datasets, splits=("train", "val"))
     space = LabelSpace.from_infos(infos)
     backbone = create_backbone(model_name, img_size=img_size)
@@ -56,11 +59,23 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     val = load_split(infos, "val", space, size, cache)
     ftr = backbone_features(backbone, train.images, normalize, device)
     fva = backbone_features(backbone, val.images, normalize, device)
-    head = train_linear_head(ftr, train.targets, space.num_classes, epochs=epochs)
+    if head == "prototype":
+        classifier = LinearHead(ftr.shape[1], space.num_classes).eval()
+        weight, bias, mean, var = prototype_head(ftr, train.targets, space.num_classes)
+        with torch.no_grad():
+            classifier.norm.running_mean.copy_(mean)
+            classifier.norm.running_var.copy_(var)
+            classifier.fc.weight.copy_(weight)
+            classifier.fc.bias.copy_(bias)
+    elif head == "linear":
+        classifier = train_linear_head(ftr, train.targets, space.num_classes, epochs=epochs)
+    else:
+        raise UserError(f"--head must be linear or prototype, not {head!r}")
+    head_module = classifier
     with torch.no_grad():
-        logits = head(fva)
-    n_params = sum(p.numel() for p in backbone.parameters()) + sum(p.numel() for p in head.parameters())
+        logits = head_module(fva)
+    n_params = sum(p.numel() for p in backbone.parameters()) + sum(p.numel() for p in head_module.parameters())
     metrics = score(logits, val.targets, val.dataset_ids, space, mode, n_params)
-    metrics.update({"split": "val", "protocol": "linear probe", "weights": str(weights) if weights else None,
+    metrics.update({"split": "val", "protocol": "linear probe" if head == "linear" else "prototype (SimpleShot)", "weights": str(weights) if weights else None,
                     "model": model_name})
     return metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fewshot.models.backbone import count_parameters, create_backbone, extract_features, feature_dim, num_feature_tokens
@@ -18,6 +19,19 @@ class LinearHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.norm(x))
+
+
+def prototype_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: int, scale: float = 10.0):
+    """(weight [C, D], bias [C], BN mean [D], BN var [D]) of a cosine nearest-class-mean classifier
+    over standardised features. A class without images keeps a zero weight."""
+    mean, var = feats.mean(0), feats.var(0, unbiased=False) + 1e-5
+    z = (feats - mean) / var.sqrt()
+    norm = z.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    proto = torch.zeros(num_classes, feats.shape[1])
+    proto.index_add_(0, targets, z / norm)
+    proto = F.normalize(proto, dim=1)
+    weight = scale * proto / norm.mean()
+    return weight, torch.zeros(num_classes), mean, var - 1e-5
 
 
 class FewShotClassifier(nn.Module):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fewshot.errors import UserError
 
-STAGES = ("pretrain", "finetune")
+STAGES = ("pretrain", "finetune_labelled", "finetune")  # finetune_labelled: self-training round 1
 
 
 def _read_json(path: Path):

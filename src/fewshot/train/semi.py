@@ -15,18 +15,30 @@ from fewshot.data.cache import default_cache_dir, load_images
 from fewshot.utils import make_generator
 
 
+def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The unlabeled pool as uint8 [N,3,S,S] from the shared decode cache, its dataset ids (-1: unknown
+    source) and a description of where it came from. ``exclude_train``: leave out labelled training
+    images (a dataset without a pool falls back to them, which MoCo may use but pseudo-labels may not)."""
+    from fewshot.ssl.pretrain import pool_with_sources
+
+    paths, ids, source = pool_with_sources(cfg, infos)
+    if exclude_train:
+        labelled = {p for info in infos for p, _ in info.train}
+        keep = [i for i, p in enumerate(paths) if p not in labelled]
+        paths, ids = [paths[i] for i in keep], [ids[i] for i in keep]
+    if not paths:
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), source
+    d = cfg["data"]
+    cached = load_images(paths, size, default_cache_dir(d["root"], d["cache_dir"]), skip_bad=d["skip_bad_images"],
+                         desc="loading unlabeled pool")
+    return cached.images[cached.valid], torch.tensor(ids, dtype=torch.long)[cached.valid], source
+
+
 class UnlabeledStream:
     """Draws `mu * batch` pool images per step, deterministically from (seed, epoch, step)."""
 
     def __init__(self, cfg: dict, infos, size: int, mean, std, device: torch.device):
-        from fewshot.ssl.pretrain import pool_with_sources
-
-        paths, ids, self.source = pool_with_sources(cfg, infos)
-        d = cfg["data"]
-        cached = load_images(paths, size, default_cache_dir(d["root"], d["cache_dir"]), skip_bad=d["skip_bad_images"],
-                             desc="loading unlabeled pool")
-        self.images = cached.images[cached.valid]
-        self.dataset_ids = torch.tensor(ids, dtype=torch.long)[cached.valid]
+        self.images, self.dataset_ids, self.source = load_pool(cfg, infos, size)
         self.weak = BatchAugment(preset("mocov2", size, scale=(0.6, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0,
                                         flip_p=0.5, mean=mean, std=std)).to(device)
         self.strong = BatchAugment(preset("mocov2", size, mean=mean, std=std)).to(device)
@@ -55,3 +67,38 @@ def fixmatch_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, datase
         mask = (conf >= threshold).float()
     loss = (F.cross_entropy(logits_strong.float(), pseudo, reduction="none") * mask).mean()
     return loss, mask.mean()
+
+
+def select_pseudo_labels(logits: torch.Tensor, dataset_ids: torch.Tensor, space, per_class: torch.Tensor,
+                         threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Offline self-training's labels: for every class, its most confident pool images.
+
+    logits [N, C] of the pool; dataset_ids [N] (-1: unknown source, argmax over all classes);
+    per_class [C]: how many images each class may take at most (class-balanced, so the classes the
+    model already favours cannot flood the set). Returns (pool indices, global labels, confidences).
+    """
+    scores = logits.float().clone()
+    known = dataset_ids >= 0
+    if bool(known.any()):
+        scores[known] = space.restrict(scores[known], dataset_ids[known])
+    conf, label = scores.softmax(dim=1).max(dim=1)
+    keep = []
+    for c in range(scores.shape[1]):
+        cand = torch.nonzero((label == c) & (conf >= threshold)).flatten()
+        if len(cand) and int(per_class[c]) > 0:
+            order = conf[cand].argsort(descending=True, stable=True)
+            keep.append(cand[order[: int(per_class[c])]])
+    idx = torch.cat(keep).sort().values if keep else torch.zeros(0, dtype=torch.long)
+    return idx, label[idx], conf[idx]
+
+
+def class_quota(pool_dataset_ids: torch.Tensor, space, keep_frac: float) -> torch.Tensor:
+    """Per-class cap: keep_frac of the pool's images of a dataset, split evenly over its classes
+    (the pool's class balance is unknown; even is the assumption that cannot favour a class)."""
+    quota = torch.zeros(space.num_classes, dtype=torch.long)
+    n_unknown = int((pool_dataset_ids < 0).sum())
+    for d in range(len(space.names)):
+        classes = torch.nonzero(space.mask(torch.tensor([d]))[0]).flatten()
+        n = int((pool_dataset_ids == d).sum()) + n_unknown * len(classes) // space.num_classes
+        quota[classes] = int(round(keep_frac * n / max(1, len(classes))))
+    return quota

@@ -14,7 +14,7 @@ from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize, TrainAugment
 from fewshot.eval.evaluate import compute_logits, score
 from fewshot.models.backbone import input_size, mean_std
-from fewshot.models.classifier import build_classifier, n_parameters
+from fewshot.models.classifier import build_classifier, n_parameters, prototype_head
 from fewshot.models.weights import load_backbone_weights
 from fewshot.train.distributed import DistContext
 
@@ -64,8 +64,11 @@ class SupervisedTask:
         cache = default_cache_dir(d["root"], d["cache_dir"])
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
                                                    d["crop_pct"], d["skip_bad_images"])
-        if self.wants_probe_init():
+        head_init = self.head_init_mode()
+        if head_init == "probe":
             self.init_head_from_probe()
+        elif head_init == "prototype":
+            self.init_head_from_prototypes()
         self.augment = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], d["randaug_p"], d["hflip"],
                                     d["randaug_group"])
         self.unlabeled = None
@@ -80,13 +83,13 @@ class SupervisedTask:
         self.eval_every = cfg["train"]["eval_every"]
         self.n_parameters = n_parameters(self.model)
 
-    def wants_probe_init(self) -> bool:
+    def head_init_mode(self) -> str:
         mode = self.cfg["model"].get("head_init", "random")
-        if mode not in ("random", "probe"):
+        if mode not in ("random", "probe", "prototype"):
             from fewshot.errors import UserError
 
-            raise UserError(f"model.head_init must be random or probe, not {mode!r}")
-        return mode == "probe"
+            raise UserError(f"model.head_init must be random, probe or prototype, not {mode!r}")
+        return mode
 
     @torch.no_grad()
     def init_head_from_probe(self) -> None:
@@ -102,6 +105,37 @@ class SupervisedTask:
                                      seed=self.cfg["train"]["seed"])
         for h in self.model.heads:
             h.load_state_dict(head.state_dict())
+
+    @torch.no_grad()
+    def init_head_from_prototypes(self, scale: float = 10.0) -> None:
+        """SimpleShot-style start: the head's BN standardises with the train features' statistics and
+        each class weight is its normalised class mean, so at step 0 the classifier is the nearest class
+        mean by cosine on centred features (argmax is invariant to a sample's feature norm)."""
+        from fewshot.eval.features import backbone_features
+
+        self.model.to(self.device)
+        feats = backbone_features(self.model.backbone, self.train_set.images, self.normalize, self.device)
+        weight, bias, mean, var = prototype_head(feats, self.train_set.targets, self.space.num_classes, scale)
+        for h in self.model.heads:
+            h.norm.running_mean.copy_(mean)
+            h.norm.running_var.copy_(var)
+            h.fc.weight.copy_(weight)
+            h.fc.bias.copy_(bias)
+
+    def add_pseudo_labelled(self, images: torch.Tensor, targets: torch.Tensor, dataset_ids: torch.Tensor,
+                            labelled_repeat: int = 1) -> None:
+        """Self-training: train on the labelled images (repeated, so the true labels keep their weight
+        next to a larger pseudo-labelled set) together with pool images and their pseudo-labels."""
+        from fewshot.data.sets import ImageSet
+
+        t = self.train_set
+        r = max(1, int(labelled_repeat))
+        n = len(targets)
+        self.train_set = ImageSet(torch.cat([t.images.repeat(r, 1, 1, 1), images]),
+                                  torch.cat([t.targets.repeat(r), targets]),
+                                  torch.cat([t.dataset_ids.repeat(r), dataset_ids]),
+                                  torch.cat([t.ids.repeat(r), torch.full((n,), -1, dtype=torch.long)]),
+                                  list(t.paths) * r + [None] * n, t.skipped)
 
     def param_groups(self) -> list[dict]:
         wd, mult = self.cfg["optim"]["weight_decay"], self.cfg["optim"]["backbone_lr_mult"]
