@@ -1,4 +1,4 @@
-"""Accuracy at equal CPU budgets: `fewshot run` (MoCo -> fine-tune) vs supervised from scratch.
+"""Accuracy at equal CPU budgets: `fewshot run` (and its ablations: MoCo, FixMatch) vs supervised from scratch.
 
 The scratch baseline gets its learning rate chosen on the val splits (mean val acc@1, first
 seed) from a grid, full backbone lr, the same strong augmentation, EMA and schedule. Each

@@ -93,6 +93,7 @@ def test_default_run_is_self_training_on_the_pool_without_moco(digits_root, tmp_
     second = yaml.safe_load((out / "finetune" / "config.yaml").read_text())
     assert first["model"]["weights"] is None and first["train"]["budget_minutes"] > 0
     assert second["train"]["budget_minutes"] > 0
+    assert summary["predicted_with"] in ("finetune", "finetune_labelled")  # the better round on val
     _check_pred_all(digits_root, out)
 
 
@@ -111,6 +112,11 @@ def test_self_training_never_pseudo_labels_the_labelled_training_images(copy_roo
     digits = [i for i, info in enumerate(infos) if info.name == "digits"][0]
     assert int((ids_all == digits).sum()) == len(infos[digits].train)
     assert int((ids == digits).sum()) == 0 and len(without) == len(with_train) - len(infos[digits].train)
+    # a pool folder that holds val images (spelled with another path): none of them may be pseudo-labelled
+    cfg["data"]["unlabeled"] = [str(copy_root / "digits" / ".." / "digits" / "val")]
+    images, ids, _ = load_pool(cfg, infos, 16)
+    assert len(images) == len(infos[digits].val) and bool((ids == -1).all())
+    assert len(load_pool(cfg, infos, 16, exclude_train=True)[0]) == 0
 
 
 def test_run_flags_that_contradict_each_other_are_refused(digits_root, tmp_path):
@@ -119,10 +125,19 @@ def test_run_flags_that_contradict_each_other_are_refused(digits_root, tmp_path)
         assert rc == 2 and "--baseline" in err, flags
 
 
-def test_run_rejects_an_unknown_semi_method(digits_root, tmp_path):
-    rc, _, err = run_main("run", "--data", digits_root, "--out", tmp_path / "x", "--budget-minutes", "0.2",
-                          "--no-pretrain", "run.semi_method=magic")
-    assert rc == 2 and "semi_method" in err
+@pytest.mark.parametrize("bad", ["run.semi_method=magic", "run.pseudo_rounds=1", "run.pseudo_share=1.0",
+                                 "run.pseudo_keep=0"])
+def test_run_refuses_bad_settings_before_spending_the_budget(digits_root, tmp_path, bad):
+    out = tmp_path / "x"
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--pretrain", bad)
+    assert rc == 2 and bad.split("=")[0] in err
+    assert not (out / "pretrain" / "checkpoints").exists()  # refused before MoCo ran
+
+
+def test_run_refuses_torchrun(digits_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rc, _, err = run_main("run", "--data", digits_root, "--out", tmp_path / "x", "--budget-minutes", "0.2")
+    assert rc == 2 and "torchrun" in err
 
 
 def test_run_rejects_a_non_positive_budget(digits_root, tmp_path):

@@ -85,6 +85,11 @@ def cmd_run(args, extra) -> int:
     from fewshot.pipeline import check_budget, run_pipeline
 
     check_budget(args.budget_minutes)
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("`fewshot run` is a single-process pipeline; under torchrun use `fewshot pretrain` and "
+                        "`fewshot train` (both DDP-aware), or run `fewshot run` without torchrun.")
     flags = {"data.root": args.data, "model.name": args.model, "train.device": args.device,
              "model.img_size": args.img_size, "data.datasets": args.datasets, "train.seed": args.seed}
     if sum(map(bool, (args.pretrain, args.no_pretrain, args.baseline))) > 1:

@@ -42,7 +42,8 @@ DEFAULTS: dict[str, Any] = {
         "randaug_group": 8,       # samples sharing one RandAugment draw (1: per sample; slower on CPU)
         "hflip": 0.0,             # extra horizontal flip probability (off: digits are not symmetric)
         "skip_bad_images": False,
-        "unlabeled": None,        # pretrain: list of folders (None: ROOT/unlabeled/<dataset> or train images)
+        "unlabeled": None,        # the pool (MoCo, self-training, FixMatch): list of folders (None:
+                                  # ROOT/unlabeled/<dataset>, else MoCo falls back to the train images)
     },
     "optim": {
         "name": "adamw",          # adamw | sgd
@@ -118,7 +119,8 @@ DEFAULTS: dict[str, Any] = {
                                   # best on val at 3 and 10 min) | fixmatch: FixMatch while fine-tuning
                                   # (worse: it halves the epochs) | off: labelled images only
         "pseudo_share": 0.5,      # pseudo: fraction of the fine-tuning time for round 1 (labelled images only)
-        "pseudo_rounds": 2,       # pseudo: fine-tuning rounds (1: labelled only; each later one relabels the pool)
+        "pseudo_rounds": 2,       # pseudo: fine-tuning rounds, >= 2 (round 1: labelled only; each later one
+                                  # trains on the pool relabelled by the round before)
         "pseudo_keep": 0.5,       # pseudo: per class at most this fraction of (pool / classes) images, most confident first
         "pseudo_threshold": 0.0,  # pseudo: minimum confidence (softmax within the image's dataset)
         "pseudo_labelled_repeat": 3,  # pseudo: the labelled images appear this many times in later rounds

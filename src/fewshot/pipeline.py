@@ -143,7 +143,7 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
                           "mean_confidence": round(float(conf[owner == d].mean()), 4) if bool((owner == d).any()) else None}
                    for d, name in enumerate(task.space.names)}
     summary = {"source": source, "keep_frac": r["pseudo_keep"], "threshold": r["pseudo_threshold"],
-               "datasets": per_dataset}
+               "unknown_source_pool": int((dataset_ids < 0).sum()), "datasets": per_dataset}
     write_json(record, summary)
     print(f"[run] pseudo-labels: " + ", ".join(f"{n} {v['kept']}/{v['pool']} (mean confidence "
                                                 f"{v['mean_confidence']})" for n, v in per_dataset.items()))
@@ -170,6 +170,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     if cfg["model"]["img_size"] is None:
         cfg["model"]["img_size"] = auto_img_size(infos, device)
     r = cfg["run"]
+    semi = check_run_settings(r)
     budget_s = budget_minutes * 60.0
     # kept back for prediction and scoring (and the report): about 3 % each, so the run ends within 5 %
     reserve_s = min(30.0, 0.03 * budget_s) * (2 if r.get("report", True) else 1)
@@ -220,10 +221,6 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
 
     fcfg = copy.deepcopy(cfg)
     fcfg["model"]["weights"] = str(weights) if weights else None
-    semi = r["semi_method"]
-    semi = "off" if semi in (None, False, "off", "none") else semi  # YAML reads a bare `off` as false
-    if semi not in ("off", "fixmatch", "pseudo"):
-        raise UserError(f"run.semi_method must be off, fixmatch or pseudo, not {semi!r}")
     fcfg["semi"]["method"] = "fixmatch" if semi == "fixmatch" else "off"
     if r["pretrain"]:
         fcfg["optim"]["lr"] = fcfg["optim"]["lr"] or r["finetune_lr"]
@@ -235,10 +232,11 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     if semi == "pseudo":
         # round 1 on the labelled images; each later round starts from the previous round's model and
         # trains on the labelled images plus the pool labelled by that model; the last round is `finetune`
-        rounds = max(2, int(r["pseudo_rounds"]))
+        rounds = int(r["pseudo_rounds"])
         labelled_end = time.monotonic() + (end_time - time.monotonic()) * r["pseudo_share"]
-        task, _ = finetune_stage(fcfg, infos, device, ctx, out / "finetune_labelled", labelled_end,
-                                 "on the labelled images (self-training, round 1)")
+        task, round1_metrics = finetune_stage(fcfg, infos, device, ctx, out / "finetune_labelled", labelled_end,
+                                              "on the labelled images (self-training, round 1)")
+        round1_val = round1_metrics.get("mean_acc1")
         summary["stages"]["finetune_labelled"] = {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
                                                   "pseudo_labels": []}
         for k in range(2, rounds + 1):
@@ -250,11 +248,23 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
             round_end = time.monotonic() + (end_time - time.monotonic()) / (rounds - k + 1)
             task, _ = finetune_stage(fcfg, infos, device, ctx, out / f"finetune_round{k}", round_end,
                                      f"on labelled + pseudo-labelled pool images (round {k})", pseudo)
+    has_pool = pseudo is not None and len(pseudo["images"]) > 0
     task, val_metrics = finetune_stage(fcfg, infos, device, ctx, fdir, end_time,
                                        "with FixMatch on the unlabeled pool" if semi == "fixmatch" else
-                                       "on labelled + pseudo-labelled pool images" if pseudo else "", pseudo)
+                                       "on labelled + pseudo-labelled pool images" if has_pool else
+                                       "on the labelled images again" if pseudo else "", pseudo)
     summary["stages"]["finetune"] = {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start}
     del task
+    if pseudo is not None:
+        # a guard chosen on val: if pseudo-labels hurt (round 1 scores higher on val), predict with round 1
+        first = summary["stages"]["finetune_labelled"]
+        first["val_mean_acc1"] = round1_val
+        summary["stages"]["finetune"]["val_mean_acc1"] = val_metrics.get("mean_acc1")
+        if round1_val is not None and val_metrics.get("mean_acc1") is not None and round1_val > val_metrics["mean_acc1"]:
+            print(f"[run] round 1 scores higher on val ({round1_val:.2f} vs {val_metrics['mean_acc1']:.2f}): "
+                  f"predicting with it")
+            fdir, val_metrics = out / "finetune_labelled", round1_metrics
+    summary["predicted_with"] = fdir.name
 
     root = Path(cfg["data"]["root"])
     test_infos = scan_root(root, [i.name for i in infos], splits=("test",))
@@ -284,6 +294,25 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     print(f"[run] done in {summary['seconds'] / 60:.1f} of {budget_minutes:g} minutes: {out}/pred_all.json, "
           f"{out}/metrics.json")
     return summary
+
+
+def check_run_settings(r: dict) -> str:
+    """Refuse bad `run.*` values before any stage spends the budget; returns the semi-supervised method."""
+    semi = r["semi_method"]
+    semi = "off" if semi in (None, False, "off", "none") else semi  # YAML reads a bare `off` as false
+    if semi not in ("off", "fixmatch", "pseudo"):
+        raise UserError(f"run.semi_method must be off, fixmatch or pseudo, not {semi!r}")
+    if semi == "pseudo":
+        if not 0.0 < float(r["pseudo_share"]) < 1.0:
+            raise UserError(f"run.pseudo_share must lie strictly between 0 and 1, not {r['pseudo_share']}")
+        if int(r["pseudo_rounds"]) < 2:
+            raise UserError("run.pseudo_rounds must be at least 2 (round 1 trains on the labelled images, later "
+                            "rounds on the pseudo-labelled pool too); for no self-training use run.semi_method=off")
+        if not 0.0 < float(r["pseudo_keep"]) <= 1.0:
+            raise UserError(f"run.pseudo_keep must lie in (0, 1], not {r['pseudo_keep']}")
+    if not 0.0 < float(r["pretrain_share"]) < 1.0:
+        raise UserError(f"run.pretrain_share must lie strictly between 0 and 1, not {r['pretrain_share']}")
+    return semi
 
 
 def check_budget(minutes: float) -> None:

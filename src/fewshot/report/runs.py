@@ -230,7 +230,8 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
                             f"`fewshot pretrain` or `fewshot run`).")
         if not p.is_dir():
             raise UserError(f"'{raw}' is not a run directory.")
-        stages = [p / s for s in STAGES if (p / s).is_dir() and _is_run_dir(p / s)]
+        names = [STAGES[0], STAGES[1], *sorted(q.name for q in p.glob("finetune_round*")), STAGES[2]]
+        stages = [p / s for s in names if (p / s).is_dir() and _is_run_dir(p / s)]
         if stages and (not _is_run_dir(p) or (p / "summary.json").is_file()):
             summary = _read_json(p / "summary.json")
             found += [(s, summary) for s in stages]

@@ -7,6 +7,8 @@ confidence clears the threshold. Views come from the batched tensor augmentation
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -17,20 +19,21 @@ from fewshot.utils import make_generator
 
 def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The unlabeled pool as uint8 [N,3,S,S] from the shared decode cache, its dataset ids (-1: unknown
-    source) and a description of where it came from. ``exclude_train``: leave out labelled training
-    images (a dataset without a pool falls back to them, which MoCo may use but pseudo-labels may not)."""
+    source) and a description of where it came from. ``exclude_train``: leave out the labelled train and
+    val images (a dataset without a pool falls back to its train images, which MoCo may use but
+    pseudo-labels may not; a val image trained on would inflate the val score that picks checkpoints)."""
     from fewshot.ssl.pretrain import pool_with_sources
 
     paths, ids, source = pool_with_sources(cfg, infos)
     if exclude_train:
-        labelled = {p for info in infos for p, _ in info.train}
-        keep = [i for i, p in enumerate(paths) if p not in labelled]
+        labelled = {Path(p).resolve() for info in infos for p, _ in list(info.train) + list(info.val)}
+        keep = [i for i, p in enumerate(paths) if Path(p).resolve() not in labelled]
         paths, ids = [paths[i] for i in keep], [ids[i] for i in keep]
     if not paths:
         return torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), source
     d = cfg["data"]
-    cached = load_images(paths, size, default_cache_dir(d["root"], d["cache_dir"]), skip_bad=d["skip_bad_images"],
-                         desc="loading unlabeled pool")
+    cached = load_images(paths, size, default_cache_dir(d["root"], d["cache_dir"]), crop_pct=d["crop_pct"],
+                         skip_bad=d["skip_bad_images"], desc="loading unlabeled pool")
     return cached.images[cached.valid], torch.tensor(ids, dtype=torch.long)[cached.valid], source
 
 
