@@ -20,7 +20,7 @@ from fewshot.errors import UserError
 from fewshot.eval.evaluate import score
 from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import create_backbone, input_size, mean_std
-from fewshot.models.classifier import LinearHead, prototype_head
+from fewshot.models.classifier import LinearHead
 from fewshot.models.weights import load_backbone_weights
 from fewshot.utils import seed_everything
 
@@ -60,22 +60,16 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     ftr = backbone_features(backbone, train.images, normalize, device)
     fva = backbone_features(backbone, val.images, normalize, device)
     if head == "prototype":
-        classifier = LinearHead(ftr.shape[1], space.num_classes).eval()
-        weight, bias, mean, var = prototype_head(ftr, train.targets, space.num_classes)
-        with torch.no_grad():
-            classifier.norm.running_mean.copy_(mean)
-            classifier.norm.running_var.copy_(var)
-            classifier.fc.weight.copy_(weight)
-            classifier.fc.bias.copy_(bias)
+        classifier = LinearHead(ftr.shape[1], space.num_classes).eval().set_prototypes(ftr, train.targets)
     elif head == "linear":
         classifier = train_linear_head(ftr, train.targets, space.num_classes, epochs=epochs)
     else:
         raise UserError(f"--head must be linear or prototype, not {head!r}")
-    head_module = classifier
     with torch.no_grad():
-        logits = head_module(fva)
-    n_params = sum(p.numel() for p in backbone.parameters()) + sum(p.numel() for p in head_module.parameters())
+        logits = classifier(fva)
+    n_params = sum(p.numel() for p in backbone.parameters()) + sum(p.numel() for p in classifier.parameters())
     metrics = score(logits, val.targets, val.dataset_ids, space, mode, n_params)
-    metrics.update({"split": "val", "protocol": "linear probe" if head == "linear" else "prototype (SimpleShot)", "weights": str(weights) if weights else None,
+    protocol = "linear probe" if head == "linear" else "prototype (SimpleShot)"
+    metrics.update({"split": "val", "protocol": protocol, "weights": str(weights) if weights else None,
                     "model": model_name})
     return metrics

@@ -20,6 +20,16 @@ class LinearHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.norm(x))
 
+    @torch.no_grad()
+    def set_prototypes(self, feats: torch.Tensor, targets: torch.Tensor, scale: float = 10.0) -> "LinearHead":
+        """Become the cosine nearest-class-mean classifier of these features (see prototype_head)."""
+        weight, bias, mean, var = prototype_head(feats, targets, self.fc.out_features, scale)
+        self.norm.running_mean.copy_(mean)
+        self.norm.running_var.copy_(var)
+        self.fc.weight.copy_(weight)
+        self.fc.bias.copy_(bias)
+        return self
+
 
 def prototype_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: int, scale: float = 10.0):
     """(weight [C, D], bias [C], BN mean [D], BN var [D]) of a cosine nearest-class-mean classifier

@@ -14,7 +14,7 @@ from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize, TrainAugment
 from fewshot.eval.evaluate import compute_logits, score
 from fewshot.models.backbone import input_size, mean_std
-from fewshot.models.classifier import build_classifier, n_parameters, prototype_head
+from fewshot.models.classifier import build_classifier, n_parameters
 from fewshot.models.weights import load_backbone_weights
 from fewshot.train.distributed import DistContext
 
@@ -115,12 +115,8 @@ class SupervisedTask:
 
         self.model.to(self.device)
         feats = backbone_features(self.model.backbone, self.train_set.images, self.normalize, self.device)
-        weight, bias, mean, var = prototype_head(feats, self.train_set.targets, self.space.num_classes, scale)
         for h in self.model.heads:
-            h.norm.running_mean.copy_(mean)
-            h.norm.running_var.copy_(var)
-            h.fc.weight.copy_(weight)
-            h.fc.bias.copy_(bias)
+            h.set_prototypes(feats, self.train_set.targets, scale)
 
     def add_pseudo_labelled(self, images: torch.Tensor, targets: torch.Tensor, dataset_ids: torch.Tensor,
                             labelled_repeat: int = 1) -> None:
