@@ -28,8 +28,14 @@ VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the
 ]
 
 
-def run_one(data: Path, out: Path, budget: float, seed: int, extra: list[str], no_pretrain: bool) -> dict:
+CACHED_ONLY = False  # --cached-only: tabulate the runs already on disk, start none
+
+
+def run_one(data: Path, out: Path, budget: float, seed: int, extra: list[str], no_pretrain: bool) -> dict | None:
     summary = out / "summary.json"
+    if not summary.is_file() and CACHED_ONLY:
+        print(f"  {out}: not run yet, left out (--cached-only)", flush=True)
+        return None
     if not summary.is_file():
         cmd = [sys.executable, "-m", "fewshot", "run", "--data", str(data), "--out", str(out), "--budget-minutes",
                str(budget), "--seed", str(seed), "--device", "cpu", "--no-progress", "run.report=false"]
@@ -65,7 +71,14 @@ def main() -> None:
     ap.add_argument("--ablation-seeds", type=int, nargs="*", help="seeds for the ablation variants (default: all)")
     ap.add_argument("--variants", nargs="*", help="run folder prefixes of the variants to run "
                     f"(default: all; {', '.join(v[0] for v in VARIANTS)})")
+    ap.add_argument("--cached-only", action="store_true", help="start no run: tabulate and plot the runs already "
+                    "under --out (a seed missing for a budget is left out of that budget's mean)")
     args = ap.parse_args()
+    if args.cached_only and not any(a.startswith("--results") for a in sys.argv[1:]):
+        ap.error("--cached-only needs an explicit --results, so that a partial table cannot overwrite the "
+                 "committed benchmarks/results/quality.json")
+    global CACHED_ONLY
+    CACHED_ONLY = args.cached_only
     root = Path(args.out)
     results: dict = {"budgets": {}, "seeds": args.seeds, "scratch_lrs": args.scratch_lrs}
     for budget in args.budgets:
@@ -78,6 +91,14 @@ def main() -> None:
             entry["scratch"][str(lr)] = [run_one(data, root / f"b{budget:g}/scratch_lr{lr:g}_s{s0}", budget, s0,
                                                  args.extra + [f"optim.lr={lr}", "run.semi_method=off"],
                                                  no_pretrain=True)]
+        missing = [lr for lr, runs in entry["scratch"].items() if runs[0] is None]
+        entry["scratch"] = {lr: runs for lr, runs in entry["scratch"].items() if runs[0] is not None}
+        if not entry["scratch"]:
+            print(f"  WARNING: no scratch run of seed {s0} for {budget:g} min: budget left out", flush=True)
+            continue
+        if missing:
+            print(f"  WARNING: the scratch lr is chosen among {', '.join(entry['scratch'])} only "
+                  f"({', '.join(missing)} not run)", flush=True)
         best_lr = max(entry["scratch"], key=lambda lr: entry["scratch"][lr][0]["val_mean"])
         # 2) both methods over every seed, alternating so machine noise hits both alike
         for seed in args.seeds:
@@ -92,6 +113,9 @@ def main() -> None:
                 entry["scratch"][best_lr].append(run_one(data, root / f"b{budget:g}/scratch_lr{float(best_lr):g}_s{seed}",
                                                          budget, seed, args.extra + [f"optim.lr={best_lr}", "run.semi_method=off"],
                                                          no_pretrain=True))
+        entry["scratch"] = {lr: [r for r in runs if r is not None] for lr, runs in entry["scratch"].items()}
+        entry["variants"] = {n: [r for r in runs if r is not None] for n, runs in entry["variants"].items()}
+        entry["variants"] = {n: runs for n, runs in entry["variants"].items() if runs}
         entry["scratch_best_lr"] = float(best_lr)
         entry["table"] = {}
         for name, runs in [("scratch (lr %s, chosen on val)" % best_lr, entry["scratch"][best_lr])] + list(
@@ -99,14 +123,18 @@ def main() -> None:
             datasets = runs[0]["test"].keys()
             entry["table"][name] = {d: mean_std([r["test"][d] for r in runs]) for d in datasets}
             entry["table"][name]["mean"] = mean_std([r["test_mean"] for r in runs])
+            entry.setdefault("n_seeds", {})[name] = len(runs)
         results["budgets"][f"{budget:g}"] = entry
+    if not results["budgets"]:
+        raise SystemExit("no budget has runs to tabulate")
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(results, indent=2))
-    lines = ["| budget (min) | method | " + " | ".join(next(iter(next(iter(results['budgets'].values()))['table'].values())).keys()) + " |"]
-    lines.append("|" + "---|" * (2 + len(next(iter(next(iter(results['budgets'].values()))['table'].values())))))
+    cols = list(next(iter(next(iter(results["budgets"].values()))["table"].values())))
+    lines = ["| budget (min) | method | seeds | " + " | ".join(cols) + " |", "|" + "---|" * (3 + len(cols))]
     for budget, entry in results["budgets"].items():
         for name, row in entry["table"].items():
-            lines.append(f"| {budget} | {name} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in row.values()) + " |")
+            lines.append(f"| {budget} | {name} | {entry['n_seeds'][name]} | "
+                         + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in row.values()) + " |")
     table = "\n".join(lines)
     print(table)
     Path(args.results).with_suffix(".md").write_text(table + "\n")
@@ -116,9 +144,11 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.8))
         budgets = [float(b) for b in results["budgets"]]
         labels = list(next(iter(results["budgets"].values()))["table"])
+        fig, axes = plt.subplots(1, 1 if len(budgets) == 1 else len(cols), squeeze=False,
+                                 figsize=(7, 4.8) if len(budgets) == 1 else (4.2 * len(cols), 4.8))
+        ax = axes[0][0]
         if len(budgets) == 1:  # one budget: bars per method, per dataset and the mean
             table = next(iter(results["budgets"].values()))["table"]
             cols = list(table[labels[0]])
@@ -130,14 +160,24 @@ def main() -> None:
             ax.set_xticks(range(len(cols)), cols)
             ax.set_ylim(50, 100)
             ax.set_title(f"{budgets[0]:g} CPU-minutes per run (2 cores), mean ± std over seeds")
-        else:
-            for idx, label in enumerate(labels):
-                ms = [list(e["table"].values())[idx]["mean"] for e in results["budgets"].values()]
-                ax.errorbar(budgets, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=4, label=label)
-            ax.set_xlabel("budget per run (CPU minutes, 2 cores)")
-        ax.set_ylabel("test acc@1 (%)")
+        else:  # one panel per dataset and the mean: accuracy against budget, one line per method
+            def method(name: str) -> str:  # the scratch row's name carries its lr, which may differ by budget
+                return "scratch (lr chosen on val)" if name.startswith("scratch") else name
+
+            names = list(dict.fromkeys(method(n) for e in results["budgets"].values() for n in e["table"]))
+            for ax, col in zip(axes[0], cols):
+                for label in names:  # a method missing at a budget is a gap in its line, not a shifted one
+                    pts = [(float(b), row[col]) for b, e in results["budgets"].items()
+                           for n, row in e["table"].items() if method(n) == label]
+                    ax.errorbar([b for b, _ in pts], [m for _, (m, _) in pts], yerr=[sd for _, (_, sd) in pts],
+                                marker="o", capsize=4, label=label)
+                ax.set_title(col)
+                ax.set_xlabel("budget per run (CPU minutes, 2 cores)")
+                ax.grid(alpha=0.3)
+            ax = axes[0][0]
+        ax.set_ylabel("test acc@1 (%), mean ± std over seeds")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
         fig.tight_layout()
         fig.savefig(Path(args.results).with_suffix(".png"), dpi=100)
     except Exception as exc:  # plotting is a convenience

@@ -89,6 +89,15 @@ def test_default_run_is_self_training_on_the_pool_without_moco(digits_root, tmp_
         pool = len(list((digits_root / "unlabeled" / name).rglob("*.png")))
         assert kept["pool"] == pool and 0 < kept["kept"] <= pool // 2 + 10, name  # at most half, per-class rounding
         assert 0 < kept["mean_confidence"] <= 1
+    per_image = record["images"]  # which pool file became which class
+    assert len(per_image) == sum(k["kept"] for k in record["datasets"].values())
+    assert record["targets"] == "hard"
+    for entry in per_image:
+        path = Path(entry["path"])
+        assert path.is_file() and path.parent.parent.name == "unlabeled" and path.parent.name == entry["dataset"]
+        assert entry["source_known"] is True
+        assert entry["class"] in {p.name for p in (digits_root / entry["dataset"] / "train").iterdir()}
+        assert 0 < entry["confidence"] <= 1
     first = yaml.safe_load((out / "finetune_labelled" / "config.yaml").read_text())
     second = yaml.safe_load((out / "finetune" / "config.yaml").read_text())
     assert first["model"]["weights"] is None and first["train"]["budget_minutes"] > 0
@@ -107,16 +116,38 @@ def test_self_training_never_pseudo_labels_the_labelled_training_images(copy_roo
     shutil.rmtree(copy_root / "unlabeled" / "digits")  # digits falls back to its train images as its pool
     cfg = resolve(flags={"data.root": str(copy_root)})
     infos = scan_root(copy_root, None, splits=("train", "val"))
-    with_train, ids_all, _ = load_pool(cfg, infos, 16)
-    without, ids, _ = load_pool(cfg, infos, 16, exclude_train=True)
+    with_train, ids_all, _, _ = load_pool(cfg, infos, 16)
+    without, ids, paths, _ = load_pool(cfg, infos, 16, exclude_train=True)
+    assert len(paths) == len(without) and all(Path(p).is_file() for p in paths)
     digits = [i for i, info in enumerate(infos) if info.name == "digits"][0]
     assert int((ids_all == digits).sum()) == len(infos[digits].train)
     assert int((ids == digits).sum()) == 0 and len(without) == len(with_train) - len(infos[digits].train)
     # a pool folder that holds val images (spelled with another path): none of them may be pseudo-labelled
     cfg["data"]["unlabeled"] = [str(copy_root / "digits" / ".." / "digits" / "val")]
-    images, ids, _ = load_pool(cfg, infos, 16)
+    images, ids, _, _ = load_pool(cfg, infos, 16)
     assert len(images) == len(infos[digits].val) and bool((ids == -1).all())
     assert len(load_pool(cfg, infos, 16, exclude_train=True)[0]) == 0
+
+
+def test_pool_paths_stay_aligned_with_images_when_a_bad_file_is_skipped(copy_root):
+    import numpy as np
+
+    from fewshot.config import resolve
+    from fewshot.data.layout import scan_root
+    from fewshot.train.semi import load_pool
+
+    cfg = resolve(flags={"data.root": str(copy_root), "data.skip_bad_images": True})
+    infos = scan_root(copy_root, None, splits=("train", "val"))
+    before = load_pool(cfg, infos, 16)
+    bad = Path(before.paths[1])
+    bad.write_bytes(b"not an image")
+    pool = load_pool(cfg, infos, 16)
+    assert len(pool.paths) == len(pool.images) == len(pool.dataset_ids) == len(before.paths) - 1
+    assert str(bad) not in pool.paths
+    # the image at each position is the decode of the path at that position
+    at = {p: i for i, p in enumerate(before.paths)}
+    for i in (0, 1, len(pool.paths) - 1):
+        assert np.array_equal(pool.images[i].numpy(), before.images[at[pool.paths[i]]].numpy())
 
 
 def test_run_flags_that_contradict_each_other_are_refused(digits_root, tmp_path):
@@ -125,8 +156,29 @@ def test_run_flags_that_contradict_each_other_are_refused(digits_root, tmp_path)
         assert rc == 2 and "--baseline" in err, flags
 
 
+def test_run_with_calibrated_thresholds_and_soft_targets(digits_root, tmp_path):
+    """The two measured-but-off self-training options (docs/recipes.md) still work end to end."""
+    out = tmp_path / "calibrated"
+    _run(digits_root, out, "run.pseudo_precision=0.5", "run.pseudo_targets=soft", "run.pseudo_keep=1.0")
+    record = json.loads((out / "pseudo_labels_round2.json").read_text())
+    assert record["precision"] == 0.5 and record["targets"] == "soft"
+    assert sum(k["kept"] for k in record["datasets"].values()) > 0  # calibration closed no more than it must
+    assert any(t is not None for k in record["datasets"].values() for t in k["class_thresholds"].values())
+    for name, kept in record["datasets"].items():
+        thresholds = kept["class_thresholds"]  # one per class; null: val says the class is not precise enough
+        assert set(thresholds) == {p.name for p in (digits_root / name / "train").iterdir()}
+        assert all(t is None or 0 < t <= 1 for t in thresholds.values())
+        chosen = [e for e in record["images"] if e["dataset"] == name]
+        assert len(chosen) == kept["kept"]
+        for e in chosen:  # every kept image clears its class's threshold
+            assert thresholds[e["class"]] is not None and e["confidence"] >= thresholds[e["class"]] - 1e-4
+    second = yaml.safe_load((out / "finetune" / "config.yaml").read_text())
+    assert second["run"]["pseudo_targets"] == "soft"
+    _check_pred_all(digits_root, out)
+
+
 @pytest.mark.parametrize("bad", ["run.semi_method=magic", "run.pseudo_rounds=1", "run.pseudo_share=1.0",
-                                 "run.pseudo_keep=0"])
+                                 "run.pseudo_keep=0", "run.pseudo_precision=1.0", "run.pseudo_targets=fuzzy"])
 def test_run_refuses_bad_settings_before_spending_the_budget(digits_root, tmp_path, bad):
     out = tmp_path / "x"
     rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--pretrain", bad)

@@ -1,12 +1,16 @@
 """Use of the pool in fine-tuning, hand-checked: FixMatch loss (pseudo-labels restricted to the image's
-dataset, confidence mask) and self-training's class-balanced selection of pseudo-labels."""
+dataset, confidence mask), self-training's class-balanced selection of pseudo-labels and its soft
+(distillation) targets."""
 
 import math
 
 import torch
 
 from fewshot.data.label_space import LabelSpace
-from fewshot.train.semi import class_quota, fixmatch_loss, select_pseudo_labels
+import torch.nn.functional as F
+
+from fewshot.train.semi import (calibrated_thresholds, class_quota, fixmatch_loss, select_pseudo_labels,
+                                teacher_probabilities)
 
 SPACE = LabelSpace(("a", "b"), (("a0", "a1"), ("b0", "b1", "b2")))
 
@@ -70,3 +74,61 @@ def test_class_quota_splits_each_datasets_pool_evenly_over_its_classes():
     assert class_quota(ids, SPACE, 1.0).tolist() == [4, 4, 2, 2, 2]
     # unknown-source images are shared out in proportion to the classes
     assert class_quota(torch.tensor([-1] * 10), SPACE, 1.0).tolist() == [2, 2, 2, 2, 2]
+
+
+def test_teacher_probabilities_stay_inside_the_images_dataset():
+    logits = torch.tensor([[1.0, 2.0, 9.0, 9.0, 9.0], [0.0, 0.0, 1.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    probs = teacher_probabilities(logits, torch.tensor([0, 1, -1]), SPACE)
+    e = math.exp(1)
+    assert torch.allclose(probs[0], torch.tensor([1 / (1 + e), e / (1 + e), 0, 0, 0]))
+    assert torch.allclose(probs[1, 2:], torch.tensor([1.0, 2.0, 3.0]).softmax(0)) and float(probs[1, :2].sum()) == 0
+    assert torch.allclose(probs[2], torch.full((5,), 0.2))  # unknown source: all classes
+
+
+def test_soft_pseudo_targets_train_towards_the_teachers_probabilities(digits_root):
+    from fewshot.config import resolve
+    from fewshot.data.layout import scan_root
+    from fewshot.train.distributed import DistContext
+    from fewshot.train.supervised import SupervisedTask
+
+    cfg = resolve(flags={"data.root": str(digits_root), "model.name": "test_resnet", "model.img_size": 16,
+                         "train.device": "cpu", "optim.label_smoothing": 0.0, "model.drop_path": 0.0})
+    infos = scan_root(digits_root, None, splits=("train", "val"))
+    task = SupervisedTask(cfg, infos, torch.device("cpu"), DistContext())
+    n_labelled, c = len(task.train_set), task.space.num_classes
+    pool = task.train_set.images[:3]
+    soft = torch.rand(3, c).softmax(1)
+    task.add_pseudo_labelled(pool, soft.argmax(1), torch.zeros(3, dtype=torch.long), labelled_repeat=2, soft=soft)
+    assert len(task.train_set) == 2 * n_labelled + 3
+    idx = torch.tensor([0, n_labelled, 2 * n_labelled, 2 * n_labelled + 2])
+    x, y, ds, _ = task.make_batch(idx, 0, 0)
+    # labelled images (and their repeat) keep one-hot targets, pool images get the teacher's probabilities
+    assert torch.equal(y[0], F.one_hot(task.train_set.targets[0], c).float()) and torch.equal(y[0], y[1])
+    assert torch.allclose(y[2], soft[0]) and torch.allclose(y[3], soft[2])
+    loss, metrics, n = task.training_step(task.model, (x, y, ds, None))
+    logits = task.model(x)
+    direct = -(y * logits.log_softmax(1)).sum(1).mean()
+    assert n == 4 and torch.allclose(loss, direct, atol=1e-5)
+
+
+def test_calibrated_thresholds_open_a_class_only_as_far_as_val_says_it_is_right():
+    # class 0: val calls 10 images 0, ranked by confidence the first 8 are right, then 2 wrong
+    # class 1: val calls 4 images 1, alternating right/wrong; class 2: never predicted
+    conf0 = torch.linspace(0.99, 0.90, 10)
+    probs = torch.zeros(14, 3)
+    probs[:10, 0] = conf0
+    probs[:10, 1] = 1 - conf0
+    probs[10:, 1] = torch.tensor([0.8, 0.7, 0.6, 0.55])
+    probs[10:, 0] = 1 - probs[10:, 1]
+    targets = torch.tensor([0] * 8 + [1, 1] + [1, 0, 1, 0])
+    t = calibrated_thresholds(probs, targets, precision=0.8)
+    # (right + 1) / (k + 2) for class 0: k=8 -> 9/10 = 0.9, k=9 -> 9/11 = 0.82, k=10 -> 9/12 = 0.75
+    assert math.isclose(t[0].item(), conf0[8].item(), rel_tol=1e-6)
+    # class 1: k=1 -> 2/3, k=3 -> 3/5: never 0.8 -> closed; class 2 never predicted -> closed
+    assert math.isinf(t[1].item()) and math.isinf(t[2].item())
+    assert math.isclose(calibrated_thresholds(probs, targets, precision=0.9)[0].item(), conf0[7].item(), rel_tol=1e-6)
+    # per-class thresholds in the selection: a closed class keeps nothing
+    logits = torch.tensor([[4.0, 0.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 4.0, 0.0]])
+    idx, labels, _ = select_pseudo_labels(logits, torch.tensor([0, 0, 1]), SPACE, torch.tensor([5] * 5),
+                                          torch.tensor([0.5, float("inf"), 0.5, 0.5, 0.5]))
+    assert idx.tolist() == [0, 2] and labels.tolist() == [0, 3]

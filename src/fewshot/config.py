@@ -123,7 +123,10 @@ DEFAULTS: dict[str, Any] = {
                                   # trains on the pool relabelled by the round before)
         "pseudo_keep": 0.5,       # pseudo: per class at most this fraction of (pool / classes) images, most confident first
         "pseudo_threshold": 0.0,  # pseudo: minimum confidence (softmax within the image's dataset)
+        "pseudo_precision": 0.0,  # pseudo: > 0: per-class confidence thresholds at which the teacher is right this
+                                  # often on val (0: rank only)
         "pseudo_labelled_repeat": 3,  # pseudo: the labelled images appear this many times in later rounds
+        "pseudo_targets": "hard",  # pseudo: hard (the teacher's class) | soft (its probabilities: distillation)
         "moco_momentum": 0.99,    # short schedules: at 0.999 the key encoder barely moves in a few hundred steps
     },
     "aug": {

@@ -107,7 +107,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     if pseudo is not None:
         task.model.load_state_dict(pseudo["state"])
         task.add_pseudo_labelled(pseudo["images"], pseudo["targets"], pseudo["dataset_ids"],
-                                 fcfg["run"]["pseudo_labelled_repeat"])
+                                 fcfg["run"]["pseudo_labelled_repeat"], soft=pseudo.get("soft"))
     step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"], ("train", "eval_every"))
     save_yaml(fcfg, fdir / "config.yaml")
     start = "from MoCo weights" if fcfg["model"]["weights"] else "from random init"
@@ -127,27 +127,46 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
     """Label the pool with the round-1 model (best val checkpoint, EMA weights): the most confident
     images of every class, class-balanced, become training images of round 2."""
     from fewshot.eval.evaluate import compute_logits
-    from fewshot.train.semi import class_quota, load_pool, select_pseudo_labels
+    from fewshot.train.semi import (calibrated_thresholds, class_quota, load_pool, select_pseudo_labels,
+                                    teacher_probabilities)
 
-    images, dataset_ids, source = load_pool(cfg, infos, task.size, exclude_train=True)
+    images, dataset_ids, paths, source = load_pool(cfg, infos, task.size, exclude_train=True)
     if len(images) == 0:
         print("[run] no unlabeled pool (ROOT/unlabeled/<dataset>/ or data.unlabeled): the next round trains on "
               "the labelled images only")
     logits = compute_logits(task.model, images, task.normalize, task.device, channels_last=task.channels_last,
                             desc="pseudo-labelling the pool") if len(images) else torch.zeros(0, task.space.num_classes)
     quota = class_quota(dataset_ids, task.space, r["pseudo_keep"])
-    idx, labels, conf = select_pseudo_labels(logits, dataset_ids, task.space, quota, r["pseudo_threshold"])
+    threshold = torch.tensor(float(r["pseudo_threshold"]))
+    if float(r["pseudo_precision"]) > 0:
+        val = task.val_set
+        val_probs = teacher_probabilities(task.val_logits(task.model), val.dataset_ids, task.space)
+        threshold = calibrated_thresholds(val_probs, val.targets, float(r["pseudo_precision"])).clamp(min=threshold)
+    idx, labels, conf = select_pseudo_labels(logits, dataset_ids, task.space, quota, threshold)
     owner = task.space.owner()[labels]
     per_dataset = {name: {"kept": int((owner == d).sum()),
                           "pool": int((dataset_ids == d).sum()),
                           "mean_confidence": round(float(conf[owner == d].mean()), 4) if bool((owner == d).any()) else None}
                    for d, name in enumerate(task.space.names)}
     summary = {"source": source, "keep_frac": r["pseudo_keep"], "threshold": r["pseudo_threshold"],
-               "unknown_source_pool": int((dataset_ids < 0).sum()), "datasets": per_dataset}
-    write_json(record, summary)
+               "precision": r["pseudo_precision"], "targets": r["pseudo_targets"],
+               "unknown_source_pool": int((dataset_ids < 0).sum()),
+               "datasets": per_dataset}
+    if float(r["pseudo_precision"]) > 0:  # per class: the confidence needed (null: the class keeps nothing)
+        for d, name in enumerate(task.space.names):
+            per_dataset[name]["class_thresholds"] = {
+                cls: (round(float(t), 4) if torch.isfinite(t) else None)
+                for cls, t in zip(task.space.classes[d], threshold[task.space.offsets[d]:][:task.space.sizes[d]])}
+    local = task.space.to_local(labels)[1]
+    # dataset: the image's own, or for an unknown-source image (source_known false) the predicted one
+    kept = [{"path": paths[i], "dataset": task.space.names[d], "class": task.space.classes[d][c],
+             "confidence": round(float(p), 4), "source_known": bool(dataset_ids[i] >= 0)}
+            for i, d, c, p in zip(idx.tolist(), owner.tolist(), local.tolist(), conf.tolist())]
+    write_json(record, {**summary, "images": kept})  # per image: which file became which class, how sure
     print(f"[run] pseudo-labels: " + ", ".join(f"{n} {v['kept']}/{v['pool']} (mean confidence "
                                                 f"{v['mean_confidence']})" for n, v in per_dataset.items()))
-    return {"images": images[idx], "targets": labels, "dataset_ids": owner, "summary": summary,
+    soft = teacher_probabilities(logits[idx], dataset_ids[idx], task.space) if r["pseudo_targets"] == "soft" else None
+    return {"images": images[idx], "targets": labels, "soft": soft, "dataset_ids": owner, "summary": summary,
             "state": copy.deepcopy(task.model.state_dict())}
 
 
@@ -308,6 +327,10 @@ def check_run_settings(r: dict) -> str:
         if int(r["pseudo_rounds"]) < 2:
             raise UserError("run.pseudo_rounds must be at least 2 (round 1 trains on the labelled images, later "
                             "rounds on the pseudo-labelled pool too); for no self-training use run.semi_method=off")
+        if not 0.0 <= float(r["pseudo_precision"]) < 1.0:
+            raise UserError(f"run.pseudo_precision must lie in [0, 1), not {r['pseudo_precision']}")
+        if r["pseudo_targets"] not in ("hard", "soft"):
+            raise UserError(f"run.pseudo_targets must be hard or soft, not {r['pseudo_targets']!r}")
         if not 0.0 < float(r["pseudo_keep"]) <= 1.0:
             raise UserError(f"run.pseudo_keep must lie in (0, 1], not {r['pseudo_keep']}")
     if not 0.0 < float(r["pretrain_share"]) < 1.0:

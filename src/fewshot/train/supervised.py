@@ -72,6 +72,7 @@ class SupervisedTask:
         self.augment = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], d["randaug_p"], d["hflip"],
                                     d["randaug_group"])
         self.unlabeled = None
+        self.soft_targets: torch.Tensor | None = None  # set by add_pseudo_labelled(soft=...)
         if cfg["semi"]["method"] == "fixmatch":
             from fewshot.train.semi import UnlabeledStream
 
@@ -119,14 +120,19 @@ class SupervisedTask:
             h.set_prototypes(feats, self.train_set.targets, scale)
 
     def add_pseudo_labelled(self, images: torch.Tensor, targets: torch.Tensor, dataset_ids: torch.Tensor,
-                            labelled_repeat: int = 1) -> None:
+                            labelled_repeat: int = 1, soft: torch.Tensor | None = None) -> None:
         """Self-training: train on the labelled images (repeated, so the true labels keep their weight
-        next to a larger pseudo-labelled set) together with pool images and their pseudo-labels."""
+        next to a larger pseudo-labelled set) together with pool images and their pseudo-labels.
+        ``soft`` [n, C]: the teacher's probabilities as targets instead of its classes (distillation);
+        the labelled images keep their one-hot targets."""
         from fewshot.data.sets import ImageSet
 
         t = self.train_set
         r = max(1, int(labelled_repeat))
         n = len(targets)
+        if soft is not None:
+            one_hot = F.one_hot(t.targets, self.space.num_classes).float().repeat(r, 1)
+            self.soft_targets = torch.cat([one_hot, soft.float()])
         self.train_set = ImageSet(torch.cat([t.images.repeat(r, 1, 1, 1), images]),
                                   torch.cat([t.targets.repeat(r), targets]),
                                   torch.cat([t.dataset_ids.repeat(r), dataset_ids]),
@@ -161,6 +167,8 @@ class SupervisedTask:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y, ds = self.train_set.targets[idx].to(self.device), self.train_set.dataset_ids[idx].to(self.device)
+        if self.soft_targets is not None:  # probabilities [B, C]; cross_entropy takes them as they are
+            y = self.soft_targets[idx].to(self.device)
         if self.unlabeled is None:
             return x, y, ds, None
         n = int(self.cfg["semi"]["mu"]) * len(idx)
@@ -179,7 +187,8 @@ class SupervisedTask:
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg["optim"]["label_smoothing"])
         with torch.no_grad():
-            acc = (self.space.restrict(logits.float(), ds).argmax(1) == y).float().mean() * 100
+            hard = y.argmax(1) if y.is_floating_point() else y
+            acc = (self.space.restrict(logits.float(), ds).argmax(1) == hard).float().mean() * 100
         metrics = {"train_acc1": acc}
         if unlabeled is not None:
             from fewshot.train.semi import fixmatch_loss

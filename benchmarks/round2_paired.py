@@ -1,0 +1,76 @@
+"""Self-training variants compared from the *same* teacher: a paired benchmark of the last round.
+
+`fewshot run` plans time-based schedules, so two runs of one seed do not train the same round-1
+model (on a busy machine, or just by timing, round 1's val can differ by 1-2 points), and a
+difference between two whole runs mixes the teacher's luck with the variant's effect. Here each
+variant relabels the pool with one finished run's round-1 model (OUT/finetune_labelled, best val
+checkpoint, EMA weights) and trains round 2 from it for the same wall time that run's round 2 had;
+the report is each variant's val accuracy and its gain over that shared round 1.
+
+    python benchmarks/round2_paired.py runs/quality/b3/st_s0 runs/quality/b3/st_s1 \\
+        --variants hard="" soft="run.pseudo_targets=soft" p90="run.pseudo_precision=0.9 run.pseudo_keep=1.0"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fewshot.config import resolve
+from fewshot.data.layout import scan_root
+from fewshot.eval.predict import load_trained
+from fewshot.pipeline import finetune_stage, pseudo_label_pool
+from fewshot.train.distributed import DistContext
+from fewshot.train.supervised import SupervisedTask
+
+
+def round2(run: Path, flags: list[str], work: Path, device: torch.device) -> dict:
+    cfg = resolve(file=run / "finetune_labelled" / "config.yaml", overrides=flags)  # + fields newer than the run
+    summary = json.loads((run / "summary.json").read_text())
+    seconds = summary["stages"]["finetune"]["seconds"] - summary["stages"]["finetune_labelled"]["seconds"]
+    infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
+    teacher = SupervisedTask(cfg, infos, device, DistContext())
+    teacher.model.load_state_dict(load_trained(run / "finetune_labelled", device).model.state_dict())
+    pseudo = pseudo_label_pool(teacher, cfg, infos, cfg["run"], work / "pseudo_labels.json")
+    round1 = teacher.evaluate(teacher.model, 0)["val"]["known"]["mean_acc1"]
+    del teacher
+    _, metrics = finetune_stage(cfg, infos, device, DistContext(), work / "finetune", time.monotonic() + seconds,
+                                "(paired round 2)", pseudo)
+    return {"round1_val": round1, "val": metrics["mean_acc1"], "gain": metrics["mean_acc1"] - round1,
+            "datasets": {k: v["acc1"] for k, v in metrics["datasets"].items()}, "seconds": seconds,
+            "kept": {k: v["kept"] for k, v in pseudo["summary"]["datasets"].items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="finished `fewshot run` folders with self-training")
+    ap.add_argument("--variants", nargs="+", default=['hard=', 'soft=run.pseudo_targets=soft'],
+                    help='NAME="key=value key=value" (empty: the run\'s own settings)')
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/round2_paired.json"))
+    args = ap.parse_args()
+    device = torch.device("cpu")
+    variants = {v.split("=", 1)[0]: v.split("=", 1)[1].split() for v in args.variants}
+    results: dict = {}
+    for run in args.runs:  # variants alternate within a run, so machine drift hits them alike
+        for name, flags in variants.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                r = round2(run, flags + ["train.progress=false"], Path(tmp), device)
+            results.setdefault(name, {})[str(run)] = r
+            print(f"{run} {name:8s} round 1 {r['round1_val']:.2f} -> {r['val']:.2f} ({r['gain']:+.2f}) "
+                  f"{r['datasets']} kept {r['kept']}", flush=True)
+    print("val gain over the shared round 1, mean over runs:")
+    for name, rows in results.items():
+        gains = [r["gain"] for r in rows.values()]
+        print(f"  {name:8s} {statistics.fmean(gains):+.2f} (per run: {', '.join(f'{g:+.2f}' for g in gains)})")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
