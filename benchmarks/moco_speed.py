@@ -119,6 +119,9 @@ class Ours:
         from fewshot.ssl import split_bn
 
         split_bn.set_fast_path(o.get("fast_split_bn", True))
+        from fewshot.models import fast_pool
+
+        fast_pool.set_fast_path(o.get("fast_maxpool", True))
         from fewshot.data.augment import BatchAugment, preset
         from fewshot.models.backbone import create_backbone, mean_std
         from fewshot.runtime import compile_modules
@@ -166,7 +169,7 @@ class Ours:
                      "split_bn_groups": groups, "channels_last": self.channels_last,
                      "amp": str(self.amp) if self.amp else "off", "compile": self.compiled,
                      "optimizer": "fused" if self.optimizer.defaults.get("fused") else "default",
-                     "fast_split_bn": o.get("fast_split_bn", True),
+                     "fast_split_bn": o.get("fast_split_bn", True), "fast_maxpool": o.get("fast_maxpool", True),
                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spin)")}
         if self.compiled:  # compile happens at the first call: time it here, not in the runs
             self.step_once()
@@ -674,11 +677,13 @@ ABLATIONS = [
     # (row label, options of fewshot's default worker, options of the variant worker): leave one out
     ("split-BN output without view bookkeeping", {}, {"fast_split_bn": False}),
     ("fused SGD (optim.fused=auto)", {}, {"fused": False}),
+    ("max-pool through the channels_last kernel (models/fast_pool)", {}, {"fast_maxpool": False}),
     ("allocator: keep freed memory (fewshot.runtime)", {}, {"malloc": False}),
     ("OpenMP spin wait (default; FEWSHOT_OMP_WAIT=passive opt-in)", {}, {"env": {"FEWSHOT_OMP_WAIT": "passive"}}),
     ("channels_last on CPU (rejected: off by default)", {}, {"channels_last": True}),
     ("torch.compile on CPU (rejected: auto = CUDA only)", {}, {"compile": True}),
-    ("all kept changes off (the plain path)", {}, {"fast_split_bn": False, "fused": False, "malloc": False}),
+    ("all kept changes off (the plain path)", {}, {"fast_split_bn": False, "fused": False, "malloc": False,
+                                                "fast_maxpool": False}),
 ]
 LIGHTLY_REFERENCES = [  # lightly given fewshot's process settings: which part of the gap is settings
     ("lightly + fewshot's allocator setting", {"malloc": True}),
@@ -710,8 +715,11 @@ def run_ablation(a) -> dict:
     img, batch = a.img_size or 64, a.batch_size or 64
     base = dict(img=img, batch=batch, device=a.device, threads=a.threads)
     print(f"== ablation: fewshot MoCo step, {img} px, batch {batch}, {a.threads} threads, {a.device} ==")
-    rows = [_ab_row(label, "ours", base, on, var, a) for label, on, var in ABLATIONS]
-    rows += [_ab_row(label, "lightly", base, on, {}, a) for label, on in LIGHTLY_REFERENCES]
+    def chosen(label: str) -> bool:
+        return not a.ablation_rows or any(part.lower() in label.lower() for part in a.ablation_rows)
+
+    rows = [_ab_row(label, "ours", base, on, var, a) for label, on, var in ABLATIONS if chosen(label)]
+    rows += [_ab_row(label, "lightly", base, on, {}, a) for label, on in LIGHTLY_REFERENCES if chosen(label)]
     print(f"\n{'change':56} {'with':>7} {'without':>7} {'effect: median of pairs (min..max)':>36}")
     for r in rows:
         d = r["default_over_variant"]
@@ -725,9 +733,9 @@ def run_ablation(a) -> dict:
 def run_scaling(a) -> dict:
     """fewshot alone, one fresh worker per cell (so peak RSS is the cell's own), a few steps each."""
     cells = []
-    for b in (32, 64, 128, 256):
+    for b in (32, 64, 128, 256, 512):
         cells.append(("batch", dict(img=64, batch=b)))
-    for s in (32, 64, 96, 128):
+    for s in (32, 64, 96, 128, 160, 224):
         cells.append(("img_size", dict(img=s, batch=64)))
     for k in (1024, 4096, 16384, 65536):
         cells.append(("queue K", dict(img=64, batch=64, recipe={"queue": k})))
@@ -801,6 +809,8 @@ def parse_args(argv=None):
     ap.add_argument("--scaling-steps", type=int, default=3)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/moco_speed_<device>_<img>px_b<batch>.json)")
     ap.add_argument("--ablation", action="store_true", help="fewshot's speed changes one by one (step mode)")
+    ap.add_argument("--ablation-rows", nargs="*", help="with --ablation: only the rows whose label contains one "
+                    "of these strings (e.g. max-pool 'plain path')")
     ap.add_argument("--scaling", action="store_true", help="fewshot alone over batch, image size, K and model")
     ap.add_argument("--profile", action="store_true", help="torch.profiler top ops of fewshot's step")
     a = ap.parse_args(argv)

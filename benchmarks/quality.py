@@ -48,7 +48,7 @@ def run_one(data: Path, out: Path, budget: float, seed: int, extra: list[str], n
         print(f"  {out.name}: {time.time() - t0:.0f} s", flush=True)
     s = json.loads(summary.read_text())
     m = s["metrics"]
-    return {"val": {k: v["acc1"] for k, v in m["val"]["datasets"].items()},
+    return {"seed": seed, "val": {k: v["acc1"] for k, v in m["val"]["datasets"].items()},
             "val_mean": m["val"]["mean_acc1"],
             "test": {k: v["acc1"] for k, v in m["test"]["datasets"].items()},
             "test_mean": m["test"]["mean_acc1"], "seconds": s["seconds"]}
@@ -71,6 +71,11 @@ def main() -> None:
     ap.add_argument("--ablation-seeds", type=int, nargs="*", help="seeds for the ablation variants (default: all)")
     ap.add_argument("--variants", nargs="*", help="run folder prefixes of the variants to run "
                     f"(default: all; {', '.join(v[0] for v in VARIANTS)})")
+    ap.add_argument("--no-scratch", action="store_true", help="run no scratch baseline (the variants only; their "
+                    "comparison is then with a baseline from another results file)")
+    ap.add_argument("--merge", help="a results JSON of an earlier invocation: its runs of the same budgets and methods "
+                    "are added to this one's (e.g. a third seed run later; a method's seeds must not overlap), and its other "
+                    "budgets are kept")
     ap.add_argument("--cached-only", action="store_true", help="start no run: tabulate and plot the runs already "
                     "under --out (a seed missing for a budget is left out of that budget's mean)")
     args = ap.parse_args()
@@ -80,26 +85,28 @@ def main() -> None:
     global CACHED_ONLY
     CACHED_ONLY = args.cached_only
     root = Path(args.out)
-    results: dict = {"budgets": {}, "seeds": args.seeds, "scratch_lrs": args.scratch_lrs}
+    earlier = json.loads(Path(args.merge).read_text()) if args.merge else None
+    seeds = sorted(set(args.seeds) | set(earlier.get("seeds", []) if earlier else []))
+    results: dict = {"budgets": {}, "seeds": seeds, "scratch_lrs": args.scratch_lrs}
     for budget in args.budgets:
         print(f"budget {budget:g} min", flush=True)
         entry: dict = {"scratch": {}, "variants": {}}
         data = Path(args.data)
         # 1) the scratch learning rate is chosen on the val splits with the first seed
         s0 = args.seeds[0]
-        for lr in args.scratch_lrs:
+        for lr in [] if args.no_scratch else args.scratch_lrs:
             entry["scratch"][str(lr)] = [run_one(data, root / f"b{budget:g}/scratch_lr{lr:g}_s{s0}", budget, s0,
                                                  args.extra + [f"optim.lr={lr}", "run.semi_method=off"],
                                                  no_pretrain=True)]
         missing = [lr for lr, runs in entry["scratch"].items() if runs[0] is None]
         entry["scratch"] = {lr: runs for lr, runs in entry["scratch"].items() if runs[0] is not None}
-        if not entry["scratch"]:
+        if not entry["scratch"] and not args.no_scratch:
             print(f"  WARNING: no scratch run of seed {s0} for {budget:g} min: budget left out", flush=True)
             continue
         if missing:
             print(f"  WARNING: the scratch lr is chosen among {', '.join(entry['scratch'])} only "
                   f"({', '.join(missing)} not run)", flush=True)
-        best_lr = max(entry["scratch"], key=lambda lr: entry["scratch"][lr][0]["val_mean"])
+        best_lr = max(entry["scratch"], key=lambda lr: entry["scratch"][lr][0]["val_mean"]) if entry["scratch"] else None
         # 2) both methods over every seed, alternating so machine noise hits both alike
         for seed in args.seeds:
             for v, (folder, name, vargs) in enumerate(VARIANTS):
@@ -109,22 +116,42 @@ def main() -> None:
                     continue
                 entry["variants"].setdefault(name, []).append(
                     run_one(data, root / f"b{budget:g}/{folder}_s{seed}", budget, seed, args.extra + vargs, no_pretrain=False))
-            if seed != s0:
+            if seed != s0 and best_lr is not None:
                 entry["scratch"][best_lr].append(run_one(data, root / f"b{budget:g}/scratch_lr{float(best_lr):g}_s{seed}",
                                                          budget, seed, args.extra + [f"optim.lr={best_lr}", "run.semi_method=off"],
                                                          no_pretrain=True))
         entry["scratch"] = {lr: [r for r in runs if r is not None] for lr, runs in entry["scratch"].items()}
         entry["variants"] = {n: [r for r in runs if r is not None] for n, runs in entry["variants"].items()}
         entry["variants"] = {n: runs for n, runs in entry["variants"].items() if runs}
-        entry["scratch_best_lr"] = float(best_lr)
+        old = (earlier or {}).get("budgets", {}).get(f"{budget:g}")
+        if old:  # add the earlier invocation's runs of the same methods (other seeds) or of other methods
+            def merge(into: dict, key: str, runs: list) -> None:
+                # runs are recorded in seed order; records older than the "seed" field take it from there
+                old_seeds = {r.get("seed", s) for r, s in zip(runs, earlier.get("seeds", []))}
+                new_seeds = {r["seed"] for r in into.get(key, [])}
+                if old_seeds & new_seeds:
+                    raise SystemExit(f"--merge: {key} has runs of seeds {sorted(old_seeds & new_seeds)} in both "
+                                     f"{args.merge} and this one")
+                into.setdefault(key, [])[:0] = runs
+
+            for lr, runs in old["scratch"].items():
+                if lr == best_lr or best_lr is None and len(old["scratch"]) == 1:
+                    best_lr = lr
+                    merge(entry["scratch"], lr, runs)
+            for name, runs in old["variants"].items():
+                merge(entry["variants"], name, runs)
+        entry["scratch_best_lr"] = None if best_lr is None else float(best_lr)
         entry["table"] = {}
-        for name, runs in [("scratch (lr %s, chosen on val)" % best_lr, entry["scratch"][best_lr])] + list(
-                entry["variants"].items()):
+        scratch_row = [] if best_lr is None else [("scratch (lr %s, chosen on val)" % best_lr, entry["scratch"][best_lr])]
+        for name, runs in scratch_row + list(entry["variants"].items()):
             datasets = runs[0]["test"].keys()
             entry["table"][name] = {d: mean_std([r["test"][d] for r in runs]) for d in datasets}
             entry["table"][name]["mean"] = mean_std([r["test_mean"] for r in runs])
             entry.setdefault("n_seeds", {})[name] = len(runs)
         results["budgets"][f"{budget:g}"] = entry
+    if earlier:  # budgets this invocation did not touch stay as they were
+        merged = {**earlier.get("budgets", {}), **results["budgets"]}
+        results["budgets"] = {b: merged[b] for b in sorted(merged, key=float)}
     if not results["budgets"]:
         raise SystemExit("no budget has runs to tabulate")
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)

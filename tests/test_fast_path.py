@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fewshot.models import fast_pool
 from fewshot.models.backbone import create_backbone
 from fewshot.runtime import compile_modules, resolve_compile, tune_allocator
 from fewshot.ssl import split_bn
@@ -42,7 +43,7 @@ def _views(step: int, channels_last: bool = False) -> tuple[torch.Tensor, torch.
     return x_q, x_k
 
 
-def _run(fast_bn: bool = True, fused="auto", channels_last: bool = False, compile_backend: str | None = None,
+def _run(fast_bn: bool = True, fused="auto", fast_maxpool: bool = True, channels_last: bool = False, compile_backend: str | None = None,
          steps: int = 3) -> tuple[list[float], dict[str, torch.Tensor], torch.optim.Optimizer]:
     """`steps` MoCo steps from seed 0; returns the losses, the final state dict and the optimizer."""
     torch.manual_seed(0)
@@ -53,7 +54,7 @@ def _run(fast_bn: bool = True, fused="auto", channels_last: bool = False, compil
     if compile_backend:
         assert compile_modules([model.encoder_q, model.encoder_k], True, torch.device("cpu"), backend=compile_backend)
     opt = _sgd(model, fused)
-    old = split_bn.set_fast_path(fast_bn)
+    old, old_pool = split_bn.set_fast_path(fast_bn), fast_pool.set_fast_path(fast_maxpool)
     losses = []
     try:
         for step in range(steps):
@@ -64,6 +65,7 @@ def _run(fast_bn: bool = True, fused="auto", channels_last: bool = False, compil
             losses.append(loss.item())
     finally:
         split_bn.set_fast_path(old)
+        fast_pool.set_fast_path(old_pool)
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, opt
 
 
@@ -98,10 +100,11 @@ def fast_run(one_thread):
 
 
 def test_fast_path_equals_plain_path(fast_run):
-    """Default path (alias-free split BN, fused SGD) == plain path (view output, for-loop SGD)."""
+    """Default path (alias-free split BN, fused SGD, channels_last max-pool) == plain path (view
+    output, for-loop SGD, NCHW max-pool)."""
     _, _, opt = fast_run
     assert opt.defaults.get("fused") is True  # the fast path really is the fused kernel on the CPU
-    plain = _run(fast_bn=False, fused=False)
+    plain = _run(fast_bn=False, fused=False, fast_maxpool=False)
     assert not plain[2].defaults.get("fused")
     _assert_same(fast_run, plain)
 
@@ -148,6 +151,31 @@ def _group_loop_split_bn(bn, x, num_splits):
 def test_split_bn_single_call_equals_group_loop_in_moco_step(fast_run, monkeypatch):
     monkeypatch.setattr(split_bn, "split_batch_norm", _group_loop_split_bn)
     _assert_same(fast_run, _run(fused=False))
+
+
+def test_fast_maxpool_equals_plain_and_keeps_state_dict_keys():
+    """The channels_last detour gives bit-identical outputs and gradients, also with the ties
+    that ReLU makes (zeros), returns NCHW, and leaves the model's state-dict keys alone."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 17, 16).relu()  # odd size: ceil/padding edges; half zeros: ties
+    pool = fast_pool.NHWCMaxPool2d(3, 2, 1)
+    out = []
+    for fast in (True, False):
+        old = fast_pool.set_fast_path(fast)
+        try:
+            xi = x.clone().requires_grad_()
+            y = pool(xi)
+            (y * torch.arange(y.numel()).view_as(y)).sum().backward()
+            out.append((y.detach(), xi.grad, y.is_contiguous()))
+        finally:
+            fast_pool.set_fast_path(old)
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert out[0][2], "the fast path must hand NCHW back to the convolutions"
+    import timm
+
+    ours, theirs = create_backbone("resnet18"), timm.create_model("resnet18", pretrained=False, num_classes=0)
+    assert isinstance(ours.maxpool, fast_pool.NHWCMaxPool2d) and type(theirs.maxpool) is torch.nn.MaxPool2d
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
 
 
 def test_split_bn_fast_output_is_not_a_view():

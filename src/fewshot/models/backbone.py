@@ -13,10 +13,14 @@ import torch
 from torch import nn
 
 from fewshot.errors import UserError
+from fewshot.models.fast_pool import swap_max_pools
 
 
 def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = None) -> nn.Module:
-    """timm model without classifier (num_classes=0), random init (no hub access)."""
+    """timm model without classifier (num_classes=0), random init (no hub access).
+
+    Its max-pool layers use the faster CPU kernel (`fast_pool`); the math is unchanged.
+    """
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         hint = f" Similar names: {', '.join(close)}." if close else ""
@@ -31,9 +35,11 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
     for optional in ([], ["img_size"], ["drop_path_rate"], ["img_size", "drop_path_rate"]):
         attempt = {k: v for k, v in kwargs.items() if k not in optional}
         try:
-            return timm.create_model(name, **attempt)
+            model = timm.create_model(name, **attempt)
         except TypeError:
             continue
+        swap_max_pools(model)
+        return model
     raise UserError(f"timm could not build '{name}' with num_classes=0.")
 
 
