@@ -25,6 +25,11 @@ VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the
     ("v1", "ablation: MoCo + plain fine-tune", ["run.semi_method=off", "run.pretrain=true"]),
     ("v0", "ablation: MoCo + FixMatch fine-tune", ["run.semi_method=fixmatch", "run.pretrain=true"]),
     ("v2", "ablation: FixMatch, no MoCo", ["--no-pretrain", "run.semi_method=fixmatch"]),
+    # stride-1 stem at half width: about the plain network's FLOPs, 4x the spatial positions at 32 px
+    ("stc", "ablation: self-training, small stem + half width", ["run.semi_method=pseudo", "--no-pretrain",
+                                                                 "model.small_stem=true", "model.width=0.5"]),
+    ("v1c", "ablation: MoCo + plain fine-tune, small stem + half width", ["run.semi_method=off", "run.pretrain=true",
+                                                                         "model.small_stem=true", "model.width=0.5"]),
 ]
 
 

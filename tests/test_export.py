@@ -155,6 +155,32 @@ def test_probe_of_the_exported_backbone_writes_metrics_per_dataset(exported, tmp
     assert metrics["protocol"] in capsys.readouterr().out
 
 
+def test_a_small_stem_wide_export_is_rebuilt_from_its_metadata(exported, tmp_path, capsys):
+    """model.width / model.small_stem travel in the export: train, predict and probe rebuild the same
+    network from the file alone, and the fine-tuning run's config records them."""
+    root = exported[0]
+    run, path = tmp_path / "pre", tmp_path / "bb.safetensors"
+    assert main(["pretrain", "--data", str(root), "--out", str(run), "--queue-size", "64", *TINY,
+                 "moco.split_bn_groups=2", "moco.knn_k=5", "model.width=2.0", "model.small_stem=true"]) == 0
+    assert main(["export", str(run), "--out", str(path)]) == 0
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    assert meta["width"] == "2.0" and meta["small_stem"] == "true"
+    assert load_file(str(path))["layer1.0.conv1.weight"].shape[0] == 64  # test_resnet's 32, doubled
+
+    out = tmp_path / "ft"
+    assert main(["train", "--data", str(root), "--out", str(out), "--weights", str(path), *TINY]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["width"] == 2.0 and saved["model"]["small_stem"] is True
+    own = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    assert own["backbone.layer1.0.conv1.weight"].shape[0] == 64
+    path.rename(tmp_path / "moved.safetensors")  # prediction needs only the run
+    assert main(["predict", str(out), "--data", str(root), "--out", str(tmp_path / "pred.json"),
+                 "--device", "cpu"]) == 0
+    assert main(["probe", "--weights", str(tmp_path / "moved.safetensors"), "--model", NAME, "--data", str(root),
+                 "--img-size", "32", "--device", "cpu", "--epochs", "5"]) == 0
+
+
 def test_pretrain_refuses_one_sample_per_split_bn_group(exported, tmp_path, capsys):
     """--batch-size 8 with the default 8 split-BN groups used to crash inside BatchNorm (exit 1)."""
     root, _, _ = exported

@@ -100,6 +100,44 @@ def test_img_size_is_passed_to_models_that_need_it():
         assert extract_features(vit, images(1, 48)).shape[0] == 1
 
 
+def test_small_stem_and_width_keep_resolution_at_the_same_cost():
+    """resnet18 at 32 px ends at 1x1; the stride-1 stem ends at 2x2 (4x the positions everywhere) and
+    half width brings the FLOPs back to about the plain network's."""
+    from fewshot.report.flops import count_flops
+
+    plain, small = create_backbone("resnet18"), create_backbone("resnet18", width=0.5, small_stem=True)
+    assert (small.conv1.kernel_size, small.conv1.stride) == ((3, 3), (1, 1))
+    with torch.no_grad():
+        assert plain.forward_features(images(2)).shape == (2, 512, 1, 1)
+        assert small.forward_features(images(2)).shape == (2, 256, 2, 2)
+    assert feature_dim(small) == 256
+    assert 0.8 < count_flops(small, SIZE) / count_flops(plain, SIZE) < 1.3
+    # a deep stem (timm's resnet*d, test_resnet) gets its first convolution at stride 1 instead
+    deep = create_backbone("test_resnet", small_stem=True)
+    assert deep.conv1[0].stride == (1, 1)
+    with torch.no_grad():
+        assert deep.forward_features(images(2)).shape[-1] == 2 * create_backbone("test_resnet").forward_features(
+            images(2)).shape[-1]
+
+
+def test_width_scales_each_stage_of_any_resnet():
+    wide = create_backbone("test_resnet", width=2.0)
+    assert [f["num_chs"] for f in wide.feature_info[1:]] == [64, 96, 384, 192]  # test_resnet: 32, 48, 192, 96
+    m = build_classifier({"model": {"name": "test_resnet", "img_size": SIZE, "width": 0.5, "small_stem": True}}, 3)
+    assert m(images(2)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("opts", [{"width": 0.5}, {"small_stem": True}])
+def test_width_and_small_stem_are_refused_outside_resnets(opts):
+    with pytest.raises(UserError, match="apply to timm ResNets"):
+        create_backbone("test_vit", **opts)
+
+
+def test_width_out_of_range_is_a_user_error():
+    with pytest.raises(UserError, match="model.width"):
+        create_backbone("resnet18", width=0.0)
+
+
 def test_unknown_model_is_a_user_error():
     with pytest.raises(UserError, match="resnet_does_not_exist"):
         create_backbone("resnet_does_not_exist")

@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
         "strict": True,           # refuse weights files whose keys do not match
         "drop_path": 0.1,
         "img_size": None,         # None: the model's default input size
+        "width": 1.0,             # ResNets: stage channel multiplier (0.5: 32-64-128-256)
+        "small_stem": False,      # ResNets: 3x3 stride-1 stem conv instead of 7x7 stride 2 (small images)
         "head": "linear",         # linear: BN1d(affine=False)+Linear
         "head_init": "random",    # random | probe (LP-FT: fit the head on frozen features first; measured
                                   # worse here: the full-batch probe is overconfident and derails early steps)

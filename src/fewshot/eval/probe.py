@@ -19,7 +19,7 @@ from fewshot.data.transforms import Normalize
 from fewshot.errors import UserError
 from fewshot.eval.evaluate import score
 from fewshot.eval.features import backbone_features
-from fewshot.models.backbone import create_backbone, input_size, mean_std
+from fewshot.models.backbone import adopt_weights_architecture, backbone_options, create_backbone, input_size, mean_std
 from fewshot.models.classifier import LinearHead
 from fewshot.models.weights import load_backbone_weights
 from fewshot.utils import seed_everything
@@ -48,7 +48,8 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     cosine nearest class mean of standardised features ("prototype", SimpleShot)."""
     infos = scan_root(root, datasets, splits=("train", "val"))
     space = LabelSpace.from_infos(infos)
-    backbone = create_backbone(model_name, img_size=img_size)
+    arch = backbone_options(adopt_weights_architecture({"img_size": img_size, "weights": weights}))
+    backbone = create_backbone(model_name, img_size=img_size, width=arch["width"], small_stem=arch["small_stem"])
     if weights:
         load_backbone_weights(backbone, weights, strict=True)
     backbone.to(device)

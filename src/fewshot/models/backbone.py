@@ -16,10 +16,16 @@ from fewshot.errors import UserError
 from fewshot.models.fast_pool import swap_max_pools
 
 
-def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = None) -> nn.Module:
+def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = None, width: float = 1.0,
+                    small_stem: bool = False) -> nn.Module:
     """timm model without classifier (num_classes=0), random init (no hub access).
 
-    Its max-pool layers use the faster CPU kernel (`fast_pool`); the math is unchanged.
+    `width` scales a ResNet's stage channels (timm's `channels`); `small_stem` makes its stem
+    stride 1 (the 7x7 stride-2 convolution becomes 3x3 stride 1; a deep stem's first convolution
+    gets stride 1; the max-pool stays), so that 32 px images keep 4x more spatial resolution
+    through the network. Half width with the small stem costs
+    about the FLOPs of the plain network (docs/recipes.md). Max-pool layers use the faster CPU
+    kernel (`fast_pool`); the math is unchanged.
     """
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
@@ -28,6 +34,10 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
     kwargs: dict = {"pretrained": False, "num_classes": 0}
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
+    if width != 1.0 or small_stem:
+        channels = _resnet_channels(name, width)
+        if width != 1.0:
+            kwargs["channels"] = tuple(max(8, int(round(c * width))) for c in channels)
     default_size = timm.get_pretrained_cfg(name).input_size[-1] if timm.get_pretrained_cfg(name) else None
     if img_size and img_size != default_size:
         kwargs["img_size"] = img_size
@@ -38,9 +48,53 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
             model = timm.create_model(name, **attempt)
         except TypeError:
             continue
+        if small_stem:
+            _stride_one_stem(model)
         swap_max_pools(model)
         return model
     raise UserError(f"timm could not build '{name}' with num_classes=0.")
+
+
+def backbone_options(model_cfg: dict) -> dict:
+    """The `create_backbone` keyword arguments a run's `model` config asks for."""
+    return {"drop_path": model_cfg.get("drop_path") or 0.0, "img_size": model_cfg.get("img_size"),
+            "width": float(model_cfg.get("width") or 1.0), "small_stem": bool(model_cfg.get("small_stem"))}
+
+
+def adopt_weights_architecture(model_cfg: dict) -> dict:
+    """Where the config leaves width / small_stem at their defaults and `model.weights` is an export
+    recording other values, take the export's (the file could not load otherwise). Written into the
+    config, so the saved run rebuilds the same network without the weights file."""
+    from fewshot.models.weights import architecture_of
+
+    arch = architecture_of(model_cfg.get("weights"))
+    if float(model_cfg.get("width") or 1.0) == 1.0 and "width" in arch:
+        model_cfg["width"] = arch["width"]
+    if not model_cfg.get("small_stem") and arch.get("small_stem"):
+        model_cfg["small_stem"] = True
+    return model_cfg
+
+
+def _resnet_channels(name: str, width: float) -> tuple[int, ...]:
+    """The stage widths (timm's `channels`) of a ResNet-family model; refuses other families."""
+    from timm.models.resnet import ResNet
+
+    if not 0.0 < width <= 4.0:
+        raise UserError(f"model.width must be in (0, 4], got {width}.")
+    model = timm.create_model(name, pretrained=False, num_classes=0) if timm.is_model(name) else None
+    if not isinstance(model, ResNet):
+        raise UserError(f"model.width / model.small_stem apply to timm ResNets (resnet18, resnet50, resnet26d, "
+                        f"...), not '{name}'.")
+    out = {f["module"]: int(f["num_chs"]) for f in model.feature_info}
+    return tuple(out[f"layer{i}"] // type(getattr(model, f"layer{i}")[0]).expansion for i in range(1, 5))
+
+
+def _stride_one_stem(model: nn.Module) -> None:
+    stem = model.conv1
+    if isinstance(stem, nn.Conv2d):
+        model.conv1 = nn.Conv2d(stem.in_channels, stem.out_channels, 3, 1, 1, bias=False)
+    else:  # deep stem: Sequential of 3x3 convolutions, the first one strided
+        stem[0].stride = (1, 1)
 
 
 def num_feature_tokens(backbone: nn.Module) -> int:

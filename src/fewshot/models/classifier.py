@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.models.backbone import count_parameters, create_backbone, extract_features, feature_dim, num_feature_tokens
+from fewshot.models.backbone import backbone_options, count_parameters, create_backbone, extract_features, feature_dim, num_feature_tokens
 
 
 class LinearHead(nn.Module):
@@ -66,7 +66,7 @@ class FewShotClassifier(nn.Module):
 
 def build_classifier(cfg: dict, num_classes: int) -> FewShotClassifier:
     m = cfg["model"]
-    backbone = create_backbone(m["name"], drop_path=m.get("drop_path") or 0.0, img_size=m.get("img_size"))
+    backbone = create_backbone(m["name"], **backbone_options(m))
     return FewShotClassifier(backbone, num_classes)
 
 

@@ -100,6 +100,31 @@ def classifier_keys(backbone: nn.Module, state: dict) -> list[str]:
     return [k for k in state if k not in own and any(k.startswith(n + ".") for n in names)]
 
 
+def architecture_of(path: str | Path | None) -> dict:
+    """`width` / `small_stem` recorded by `fewshot export` in a safetensors file's metadata ({} if none).
+
+    So that a backbone exported from a half-width, small-stem run is rebuilt the same way by
+    `fewshot train --weights` / `fewshot probe` without the user repeating the options."""
+    if not path or Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        return {}  # read_tensor_file reports an unreadable file with its own message
+    arch = {}
+    try:
+        if meta.get("width"):
+            arch["width"] = float(meta["width"])
+        if meta.get("small_stem"):
+            arch["small_stem"] = meta["small_stem"].lower() == "true"
+    except ValueError:
+        return {}
+    return arch
+
+
 def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = True) -> dict:
     """Load into `backbone`; strict refuses missing/unexpected keys (classifier heads are dropped)."""
     path = Path(path)
@@ -124,7 +149,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
             parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:8]))
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:8]))
-        parts.append("Check --model matches the architecture the file was trained with"
+        parts.append("Check --model (and model.width / model.small_stem) matches the architecture the file was "
+                     "trained with"
                      + ("" if not strict else ", or pass model.strict=false to load the matching part") + ".")
         raise CheckpointError(" ".join(parts))
     backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)

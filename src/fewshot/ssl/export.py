@@ -36,6 +36,9 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dic
     state = backbone_state(ck)
     meta = {"format": "pt", "model": str(ck.get("model_name", "")), "source": str(ckpt),
             "epoch": str(ck.get("epoch", "")), "img_size": str(ck.get("img_size", ""))}
+    model_cfg = (ck.get("config") or {}).get("model") or {}
+    meta["width"] = str(float(model_cfg.get("width") or 1.0))
+    meta["small_stem"] = str(bool(model_cfg.get("small_stem"))).lower()
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)

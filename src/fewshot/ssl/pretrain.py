@@ -16,7 +16,7 @@ from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize
 from fewshot.errors import UserError
 from fewshot.eval.features import backbone_features
-from fewshot.models.backbone import create_backbone, input_size, mean_std
+from fewshot.models.backbone import adopt_weights_architecture, backbone_options, create_backbone, input_size, mean_std
 from fewshot.models.weights import load_backbone_weights
 from fewshot.progress import set_enabled
 from fewshot.ssl.functional import topk_accuracy
@@ -60,6 +60,7 @@ def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
 
 def resolve_pretrain_defaults(cfg: dict, world: int) -> dict:
     o, t, m = cfg["optim"], cfg["train"], cfg["moco"]
+    adopt_weights_architecture(cfg["model"])
     if o["lr"] is None:  # the official 0.03 at batch 256, scaled linearly (the course: 0.015 at 128)
         o["lr"] = 0.03 * t["batch_size"] * world / 256
     if o["backbone_lr_mult"] is None:
@@ -98,8 +99,7 @@ class MoCoTask:
     def __init__(self, cfg: dict, infos, device: torch.device, ctx: DistContext):
         self.cfg, self.device, self.ctx = cfg, device, ctx
         m, d = cfg["moco"], cfg["data"]
-        backbone = create_backbone(cfg["model"]["name"], drop_path=cfg["model"]["drop_path"] or 0.0,
-                                   img_size=cfg["model"]["img_size"])
+        backbone = create_backbone(cfg["model"]["name"], **backbone_options(cfg["model"]))
         if cfg["model"]["weights"]:
             load_backbone_weights(backbone, cfg["model"]["weights"], strict=cfg["model"]["strict"])
         self.size = input_size(backbone, cfg["model"]["img_size"])

@@ -13,7 +13,7 @@ from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize, TrainAugment
 from fewshot.eval.evaluate import compute_logits, score
-from fewshot.models.backbone import input_size, mean_std
+from fewshot.models.backbone import adopt_weights_architecture, input_size, mean_std
 from fewshot.models.classifier import build_classifier, n_parameters
 from fewshot.models.weights import load_backbone_weights
 from fewshot.train.distributed import DistContext
@@ -22,6 +22,7 @@ from fewshot.train.distributed import DistContext
 def resolve_finetune_defaults(cfg: dict) -> dict:
     """Fill the learning-rate fields that depend on whether a pretrained backbone is loaded."""
     pretrained = bool(cfg["model"]["weights"])
+    adopt_weights_architecture(cfg["model"])
     o = cfg["optim"]
     if o["lr"] is None:
         o["lr"] = 1e-4 if pretrained else 4e-3
