@@ -49,7 +49,7 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     infos = scan_root(root, datasets, splits=("train", "val"))
     space = LabelSpace.from_infos(infos)
     arch = backbone_options(adopt_weights_architecture({"img_size": img_size, "weights": weights}))
-    backbone = create_backbone(model_name, img_size=img_size, width=arch["width"], small_stem=arch["small_stem"])
+    backbone = create_backbone(model_name, **arch)
     if weights:
         load_backbone_weights(backbone, weights, strict=True)
     backbone.to(device)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.models.backbone import backbone_options, count_parameters, create_backbone, extract_features, feature_dim, num_feature_tokens
+from fewshot.models.backbone import (backbone_options, count_parameters, create_backbone, extract_features, feature_dim,
+                                     num_feature_tokens)
 
 
 class LinearHead(nn.Module):
