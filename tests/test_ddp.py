@@ -198,3 +198,17 @@ def test_torchrun_train_smoke_with_an_uneven_last_batch(tmp_path):
     assert metrics["datasets"]["digits"]["n"] == 30
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in ck["model"])
+
+
+def test_shutdown_destroys_the_process_group_and_is_idempotent(tmp_path):
+    """The CLI destroys the group after a command succeeds: left to interpreter teardown, gloo can abort a
+    finished worker (SIGABRT), which torchrun counts as a failure and restarts the whole group for."""
+    import torch.distributed as dist
+
+    from fewshot.train.distributed import shutdown_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    shutdown_distributed()
+    assert not dist.is_initialized()
+    shutdown_distributed()  # nothing left to destroy: no error

@@ -226,7 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     if bad or (extra and args.command not in ("train", "pretrain", "run", "probe")):
         parser.parse_args(argv)  # prints argparse's usage error (exit 2)
     try:
-        return handlers[args.command](args, extra) or 0
+        code = handlers[args.command](args, extra) or 0
+        if "torch.distributed" in sys.modules:  # under torchrun: leave no process group to interpreter teardown
+            from fewshot.train.distributed import shutdown_distributed
+
+            shutdown_distributed()  # on success only: after a failure a peer may never answer
+        return code
     except UserError as exc:
         print(f"fewshot {args.command}: error: {exc}", file=sys.stderr)
         return 2

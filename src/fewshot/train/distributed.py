@@ -52,6 +52,17 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
     return DistContext(rank, world, local_rank), device
 
 
+def shutdown_distributed() -> None:
+    """Destroy the process group while the interpreter is still whole.
+
+    Left to interpreter teardown, gloo's worker threads can still hold work objects whose destruction
+    aborts the process (SIGABRT, "terminate called without an active exception"; pytorch#179291), and
+    torchrun counts a finished worker that aborts at exit as a failed one.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
