@@ -28,6 +28,9 @@ VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the
     # stride-1 stem at half width: about the plain network's FLOPs, 4x the spatial positions at 32 px
     ("stc", "ablation: self-training, small stem + half width", ["run.semi_method=pseudo", "--no-pretrain",
                                                                  "model.small_stem=true", "model.width=0.5"]),
+    # the official per-GPU batch: 2 shuffle-BN groups of 32 at batch 64 instead of 8 groups of 8
+    ("v1g2", "ablation: MoCo (2 split-BN groups) + plain fine-tune", ["run.semi_method=off", "run.pretrain=true",
+                                                                      "moco.split_bn_groups=2"]),
     ("v1c", "ablation: MoCo + plain fine-tune, small stem + half width", ["run.semi_method=off", "run.pretrain=true",
                                                                          "model.small_stem=true", "model.width=0.5"]),
 ]

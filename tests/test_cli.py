@@ -228,7 +228,8 @@ def test_predict_unknown_and_routing(trained, digits_root, dataset_names, tmp_pa
         assert set(routing[name]) == set(pred[name])
         for i, label in pred[name].items():
             assert routing[name][i] in dataset_names
-            assert 0 <= label < sizes[routing[name][i]]
+            # a class of the image's own dataset, or -1 where it was routed elsewhere (never a hit)
+            assert (0 <= label < sizes[name]) if routing[name][i] == name else label == -1
 
     rc, out, err = run_main("eval", run, "--data", digits_root, "--mode", "unknown", "--split", "test",
                             "--out", tmp_path / "t.json", "--device", "cpu")
@@ -241,6 +242,21 @@ def test_predict_unknown_and_routing(trained, digits_root, dataset_names, tmp_pa
         key = test_keys(digits_root, name)
         acc = 100.0 * sum(routing[name][i] == name and pred[name][i] == c for i, c in key.items()) / len(key)
         assert m["datasets"][name]["acc1"] == pytest.approx(acc)
+        # so pred_all.json scored on its own, as a submission is, gives the same accuracy
+        assert m["datasets"][name]["acc1"] == pytest.approx(100.0 * sum(pred[name][i] == c for i, c in key.items())
+                                                            / len(key))
+
+
+@pytest.mark.parametrize("key_text, message", [("this is not json", "cannot be read as JSON"),
+                                               ('["a", "list"]', "must map image ids"),
+                                               ('{"0": "three"}', "image 0 has class 'three'"),
+                                               ('{"0": 99}', "image 0 has class 99")])
+def test_a_bad_answer_key_is_a_user_error_naming_the_file(trained, copy_root, dataset_names, key_text, message):
+    run, _ = trained
+    bad = copy_root / dataset_names[0] / "test_labels.json"
+    bad.write_text(key_text)
+    rc, out, err = run_main("eval", run, "--data", copy_root, "--split", "test", "--device", "cpu")
+    assert rc == 2 and message in err and str(bad) in err and "Traceback" not in err
 
 
 def test_predict_never_reads_the_answer_key(trained, copy_root, dataset_names, tmp_path):
@@ -317,3 +333,23 @@ def test_output_into_a_closed_pipe_is_not_an_internal_error():
         rc = main(["models", "resnet18", "--limit", "2"])
     assert rc == 141
     assert "Traceback" not in err.getvalue() and "internal error" not in err.getvalue()
+
+
+def test_probe_refuses_config_words_it_would_ignore(tmp_path):
+    rc, out, err = run_main("probe", "--weights", tmp_path / "w.safetensors", "--model", "resnet18", "--data", tmp_path,
+                            "optim.lr=1")
+    assert rc == 2 and "unrecognized arguments: optim.lr=1" in err
+
+
+def test_batch_size_one_says_batchnorm_needs_two(digits_root, tmp_path):
+    argv = [a if a != "16" else "1" for a in train_argv(digits_root, tmp_path / "run")]
+    rc, out, err = run_main(*argv)
+    assert rc == 2 and "--batch-size 1" in err and "at least 2 images per batch" in err, err
+
+
+def test_run_with_a_pool_smaller_than_one_moco_batch_is_a_user_error(digits_root, tmp_path):
+    """The pipeline measures step times before the Engine exists: an empty epoch plan was a ZeroDivisionError."""
+    rc, out, err = run_main("run", "--data", digits_root, "--out", tmp_path / "run", "--budget-minutes", "0.2",
+                            "--model", "test_resnet", "--device", "cpu", "--no-progress", "--pretrain",
+                            "run.pretrain_batch_size=4096", "run.queue_size=8192", "run.report=false")
+    assert rc == 2 and "fewer than one batch of 4096" in err and "Traceback" not in err, err

@@ -38,3 +38,37 @@ def test_unknown_fields_refused(tmp_path):
         resolve(file=f)
     with pytest.raises(UserError, match="section"):
         resolve(overrides=["optim=1"])
+
+
+@pytest.mark.parametrize("word, message", [
+    ("train.epochs=ten", "train.epochs must be a whole number, not 'ten'"),
+    ("model.small_stem=2", "model.small_stem must be true or false"),
+    ("train.batch_size=0", "train.batch_size must be at least 1"),
+    ("data.sampler=random", "data.sampler must be one of shuffle, repeat, grouped"),
+    ("train.eval_mode=both", "train.eval_mode must be one of known, unknown"),
+    ("optim.lr=fast", "optim.lr must be a number"),
+    ("model.img_size=0", "model.img_size must be at least 1"),
+])
+def test_wrong_types_and_ranges_are_refused_at_start_up(word, message):
+    with pytest.raises(UserError, match=message):
+        resolve(overrides=[word])
+
+
+def test_values_of_the_right_kind_pass_and_integral_floats_become_ints(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 3.0\n")
+    cfg = resolve(file=f, overrides=["optim.lr=1", "sched.warmup_epochs=2", "model.img_size=32", "optim.lr=1e-4"])
+    assert cfg["train"]["epochs"] == 3 and isinstance(cfg["train"]["epochs"], int)
+    assert cfg["optim"]["lr"] == 1e-4 and cfg["sched"]["warmup_epochs"] == 2 and cfg["model"]["img_size"] == 32
+
+
+def test_amp_off_from_yaml_turns_autocast_off():
+    """YAML 1.1 reads a bare `off` as false: `train.amp=off` must still mean off (it used to be refused)."""
+    import torch
+
+    from fewshot.train.engine import amp_dtype
+
+    cfg = resolve(overrides=["train.amp=off"])
+    assert cfg["train"]["amp"] is False
+    assert amp_dtype(cfg, torch.device("cuda")) is None and amp_dtype(cfg, torch.device("cpu")) is None
+    assert amp_dtype(resolve(overrides=["train.amp=bf16"]), torch.device("cuda")) == torch.bfloat16

@@ -188,3 +188,11 @@ def test_pretrain_refuses_one_sample_per_split_bn_group(exported, tmp_path, caps
     assert code == 2
     err = capsys.readouterr().err
     assert "split_bn_groups=8" in err and "Traceback" not in err
+
+
+def test_pretrain_refuses_augmentation_settings_out_of_range(exported, tmp_path, capsys):
+    root, _, _ = exported
+    code = main(["pretrain", "--data", str(root), "--out", str(tmp_path / "pre"), "--queue-size", "64", *TINY,
+                 "moco.split_bn_groups=2", "aug.gray_p=1.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "gray_p must be in [0, 1]" in err and "Traceback" not in err

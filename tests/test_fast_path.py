@@ -230,8 +230,11 @@ def test_fused_setting_is_validated():
     assert build_optimizer(cfg, [{"params": list(model.parameters())}]).defaults.get("fused") is True
 
 
-def test_channels_last_step_equals_contiguous(fast_run):
-    _assert_same(fast_run, _run(channels_last=True), atol=1e-4, rtol=1e-3)
+def test_channels_last_step_equals_contiguous(one_thread):
+    """One whole step. Over 3 steps on one thread the NHWC kernels chosen on some hosts (AMD EPYC, oneDNN)
+    drift from NCHW in the stem's weights (5e-3 after step 3 from 6e-7 after step 1: max-pool ties and
+    summation order feed the first convolution's gradient), which no tolerance separates from a bug."""
+    _assert_same(_run(steps=1), _run(channels_last=True, steps=1))
 
 
 def test_compiled_encoders_equal_eager(fast_run):

@@ -178,10 +178,12 @@ def test_resolve_pretrain_defaults_refuses_a_queue_smaller_than_the_global_batch
 
 
 def test_resolve_pretrain_defaults_scales_the_default_lr():
-    cfg = moco_cfg(**{"train.batch_size": 64})
-    cfg["optim"]["lr"] = None
+    cfg = moco_cfg(**{"train.batch_size": 64})  # the presets leave lr to the scaling rule
     resolve_pretrain_defaults(cfg, world=2)
     assert cfg["optim"]["lr"] == pytest.approx(0.03 * 128 / 256)
+    cfg = moco_cfg(**{"train.batch_size": 64, "optim.lr": 0.1})  # an explicit lr is kept
+    resolve_pretrain_defaults(cfg, world=2)
+    assert cfg["optim"]["lr"] == 0.1
 
 
 def test_split_groups():

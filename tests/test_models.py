@@ -70,6 +70,14 @@ def test_features_are_timm_pre_logits(name):
     assert torch.allclose(got[:, 0], want)
 
 
+def test_head_width_is_the_pre_logits_width_not_num_features():
+    """MobileNetV3's head has its own 1x1 conv: pre-logits are 1024 wide though num_features is 288."""
+    model = build_classifier(cfg("mobilenetv3_small_050"), NUM_CLASSES).train()
+    assert model.backbone.num_features != model.backbone.head_hidden_size
+    logits = model(images(2))
+    assert logits.shape == (2, NUM_CLASSES) and model.heads[0].fc.in_features == model.backbone.head_hidden_size
+
+
 def test_distilled_deit_has_two_heads_and_averages_them():
     torch.manual_seed(0)
     model = build_classifier(cfg("deit_tiny_distilled_patch16_224"), NUM_CLASSES)

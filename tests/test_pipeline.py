@@ -195,3 +195,31 @@ def test_run_refuses_torchrun(digits_root, tmp_path, monkeypatch):
 def test_run_rejects_a_non_positive_budget(digits_root, tmp_path):
     rc, _, err = run_main("run", "--data", digits_root, "--out", tmp_path / "x", "--budget-minutes", "0")
     assert rc == 2 and "--budget-minutes" in err
+
+
+@pytest.mark.parametrize("damage", ["no test folder", "answer key not json"])
+def test_run_checks_the_test_split_before_spending_the_budget(copy_root, tmp_path, damage):
+    import shutil
+
+    name = sorted(p.name for p in copy_root.iterdir() if (p / "train").is_dir())[0]
+    if damage == "no test folder":
+        shutil.rmtree(copy_root / name / "test")
+    else:
+        (copy_root / name / "test_labels.json").write_text("{not json")
+    out = tmp_path / "x"
+    rc, _, err = run_main("run", "--data", copy_root, "--out", out, "--budget-minutes", "0.2", "--model",
+                          "test_resnet", "--device", "cpu", "--no-progress")
+    assert rc == 2 and name in err and "Traceback" not in err, err
+    assert not any(out.glob("finetune*")) and not (out / "pretrain").exists()  # refused before training
+
+
+def test_auto_img_size_passes_over_an_unreadable_image(copy_root):
+    """A corrupt file is the image loader's to report (or skip with data.skip_bad_images), not a traceback here."""
+    import torch
+
+    from fewshot.data.layout import scan_root
+    from fewshot.pipeline import auto_img_size
+
+    infos = scan_root(copy_root, None, splits=("train", "val"))
+    infos[0].train[0][0].write_bytes(b"this is not an image")
+    assert auto_img_size(infos, torch.device("cpu")) == 32

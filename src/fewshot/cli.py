@@ -28,7 +28,7 @@ def _add_common_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--img-size", type=int, help="input size in pixels (default: the model's)")
-    p.add_argument("--lr", type=float, help="base learning rate")
+    p.add_argument("--lr", type=float, help="base learning rate (pretrain default: 0.03 x global batch / 256)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt exactly")
@@ -79,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_OR_CKPT")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="pred_all.json path")
-    p.add_argument("--mode", choices=["known", "unknown"], default="known")
+    p.add_argument("--mode", choices=["known", "unknown"], default="known",
+                   help="known: each image's class among its own dataset's classes; unknown: dataset and class "
+                   "over the union of all classes, the predicted dataset written to OUT's .routing.json, and "
+                   "-1 in pred_all.json for an image routed to a dataset other than its own")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("models", help="list timm models with parameter counts and input sizes")
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {**COMMANDS, **cli_moco.COMMANDS}
     bad = [w for w in extra if w.startswith("-")]
-    if bad or (extra and args.command not in ("train", "pretrain", "run", "probe")):
+    if bad or (extra and args.command not in ("train", "pretrain", "run")):
         parser.parse_args(argv)  # prints argparse's usage error (exit 2)
     try:
         code = handlers[args.command](args, extra) or 0

@@ -141,12 +141,13 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-# MoCo presets (SPEC values). Applied over DEFAULTS for `fewshot pretrain`.
+# MoCo presets (SPEC values). Applied over DEFAULTS for `fewshot pretrain`. lr None: 0.03 at batch 256,
+# scaled linearly with the global batch (resolve_pretrain_defaults), as the course's 0.015 at 128.
 PRESETS: dict[str, dict[str, Any]] = {
     "mocov1": {
         "moco": {"preset": "mocov1", "temperature": 0.07, "mlp": False, "cos": False},
         "aug": {"jitter": [0.4, 0.4, 0.4, 0.4], "jitter_p": 1.0, "gray_p": 0.2, "blur_p": 0.0},
-        "optim": {"name": "sgd", "lr": 0.03, "weight_decay": 1e-4, "momentum": 0.9, "grad_clip": 0.0,
+        "optim": {"name": "sgd", "lr": None, "weight_decay": 1e-4, "momentum": 0.9, "grad_clip": 0.0,
                   "label_smoothing": 0.0},
         "sched": {"warmup_epochs": 0.0, "min_lr": 0.0},
         "train": {"epochs": 200, "batch_size": 256, "ema": False, "eval_every": 1},
@@ -155,7 +156,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mocov2": {
         "moco": {"preset": "mocov2", "temperature": 0.2, "mlp": True, "cos": True},
         "aug": {"jitter": [0.4, 0.4, 0.4, 0.1], "jitter_p": 0.8, "gray_p": 0.2, "blur_p": 0.5},
-        "optim": {"name": "sgd", "lr": 0.03, "weight_decay": 1e-4, "momentum": 0.9, "grad_clip": 0.0,
+        "optim": {"name": "sgd", "lr": None, "weight_decay": 1e-4, "momentum": 0.9, "grad_clip": 0.0,
                   "label_smoothing": 0.0},
         "sched": {"warmup_epochs": 0.0, "min_lr": 0.0},
         "train": {"epochs": 200, "batch_size": 256, "ema": False, "eval_every": 1},
@@ -243,6 +244,59 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
     for word in overrides or []:
         keys, value = parse_override(word)
         set_dotted(cfg, keys, value)
+    return validate(cfg)
+
+
+CHOICES = {  # fields whose value must be one of a few words (checked at start-up, not mid-run)
+    "data.sampler": ("shuffle", "repeat", "grouped"),
+    "train.eval_mode": ("known", "unknown"),
+}
+OPTIONAL = {  # None by default (resolved later), a number when given
+    "optim.lr": 0.0, "optim.backbone_lr_mult": 0.0, "model.img_size": 0, "train.threads": 0,
+    "train.budget_minutes": 0.0, "moco.mlp_hidden": 0, "run.pretrain_lr": 0.0, "run.queue_size": 0,
+}
+AT_LEAST = {"model.img_size": 1, "train.threads": 1, "moco.mlp_hidden": 1, "run.queue_size": 1,
+            "train.batch_size": 1, "train.epochs": 1, "moco.queue_size": 1, "moco.dim": 1, "moco.knn_k": 1,
+            "train.eval_every": 1, "moco.knn_every": 1, "data.repeats": 1}
+
+
+def _kind(default: Any) -> str | None:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "a whole number"
+    if isinstance(default, float):
+        return "a number"
+    return None  # str / None / list defaults: free-form, checked where they are used
+
+
+def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
+    """Refuse a value of the wrong type or range now, with the field's name, rather than as a traceback
+    minutes into a run. The type is the default's: `train.epochs=ten` or `model.small_stem=2` is an error."""
+    defaults = DEFAULTS if defaults is None else defaults
+    for key, default in defaults.items():
+        if key not in cfg:
+            continue
+        dotted, value = f"{path}{key}", cfg[key]
+        if isinstance(default, dict):
+            if isinstance(value, dict):
+                validate(value, default, dotted + ".")
+            continue
+        if default is None and dotted in OPTIONAL and value is not None:
+            default = OPTIONAL[dotted]
+        kind = _kind(default)
+        if kind == "a whole number" and isinstance(value, float) and value.is_integer():
+            value = cfg[key] = int(value)  # `2.0` from a YAML file means 2
+        ok = (kind is None or value is None and default is None
+              or kind == "true or false" and isinstance(value, bool)
+              or kind == "a whole number" and isinstance(value, int) and not isinstance(value, bool)
+              or kind == "a number" and isinstance(value, (int, float)) and not isinstance(value, bool))
+        if not ok:
+            raise UserError(f"{dotted} must be {kind}, not {value!r}.")
+        if dotted in CHOICES and value not in CHOICES[dotted]:
+            raise UserError(f"{dotted} must be one of {', '.join(CHOICES[dotted])}, not {value!r}.")
+        if dotted in AT_LEAST and value is not None and value < AT_LEAST[dotted]:
+            raise UserError(f"{dotted} must be at least {AT_LEAST[dotted]}, not {value!r}.")
     return cfg
 
 

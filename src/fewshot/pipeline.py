@@ -29,6 +29,10 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.0)
     batches = task.plan_epoch(0)
+    if not batches:  # found here, before the Engine would say it, since calibration comes first
+        from fewshot.train.engine import empty_epoch_error
+
+        raise empty_epoch_error(task, task.cfg, 1)
     times = []
     with torch.random.fork_rng(devices=[]):
         for i in range(warmup + steps):
@@ -84,8 +88,11 @@ def auto_img_size(infos, device: torch.device) -> int:
     sides = []
     for info in infos:
         for p, _ in info.train[:20]:
-            with Image.open(p) as im:
-                sides.append(min(im.size))
+            try:
+                with Image.open(p) as im:
+                    sides.append(min(im.size))
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue  # an unreadable file is reported (or skipped) by the image loader, not here
     median = sorted(sides)[len(sides) // 2] if sides else 224
     if median <= 40:
         return 32
@@ -171,7 +178,7 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
 
 
 def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
-    from fewshot.eval.predict import evaluate_run, predict_run, score_predictions
+    from fewshot.eval.predict import evaluate_run, load_answer_key, predict_run, score_predictions
     from fewshot.ssl.export import export_backbone
     from fewshot.ssl.pretrain import MoCoTask, resolve_pretrain_defaults
     from fewshot.train.distributed import DistContext
@@ -186,6 +193,11 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     cfg["train"]["device"] = device.type
     ctx = DistContext()
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
+    # the test split and its answer keys are checked now, not after the whole budget has been spent
+    test_infos = scan_root(cfg["data"]["root"], [i.name for i in infos], splits=("test",))
+    for info in test_infos:
+        if info.answer_key is not None:
+            load_answer_key(info.answer_key)
     if cfg["model"]["img_size"] is None:
         cfg["model"]["img_size"] = auto_img_size(infos, device)
     r = cfg["run"]
@@ -286,7 +298,6 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     summary["predicted_with"] = fdir.name
 
     root = Path(cfg["data"]["root"])
-    test_infos = scan_root(root, [i.name for i in infos], splits=("test",))
     pred, routing = predict_run(fdir, root, "known", device)
     write_json(out / "pred_all.json", pred)
     metrics = {"val": val_metrics}

@@ -19,6 +19,8 @@ from fewshot.models.backbone import mean_std
 from fewshot.models.classifier import build_classifier
 from fewshot.train.checkpoint import load_checkpoint, resolve_checkpoint
 
+MISROUTED = -1  # pred_all.json entry of an image that unknown-source mode routed to another dataset
+
 
 @dataclass
 class TrainedModel:
@@ -62,19 +64,35 @@ def _data_for(tm: TrainedModel, root: Path, split: str):
     return infos, load_split(infos, split, tm.space, tm.size, cache, d.get("crop_pct", 1.0), d.get("skip_bad_images", False))
 
 
+def load_answer_key(path: Path, num_classes: int | None = None) -> dict[str, int]:
+    """{"<image id>": class index} from a test_labels.json, or a UserError naming the file."""
+    try:
+        key = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"answer key {path} cannot be read as JSON: {exc}") from None
+    if not isinstance(key, dict):
+        raise UserError(f"answer key {path} must map image ids to class indices, e.g. {{\"17\": 3}}.")
+    for i, c in key.items():
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0 or (num_classes is not None and c >= num_classes):
+            bound = f"0..{num_classes - 1}" if num_classes is not None else "0 or more"
+            raise UserError(f"answer key {path}: image {i} has class {c!r}; a class index must be a whole "
+                            f"number in {bound}.")
+    return {str(i): c for i, c in key.items()}
+
+
 def read_answer_keys(infos, space: LabelSpace, ids: torch.Tensor, dsids: torch.Tensor) -> torch.Tensor:
     """Global targets for test images from ROOT/<dataset>/test_labels.json (scoring only)."""
     keys = {}
     for info in infos:
         if info.answer_key is None:
             raise UserError(f"no answer key {info.root / 'test_labels.json'}: the test split cannot be scored.")
-        keys[info.name] = json.loads(info.answer_key.read_text())
+        keys[info.name] = load_answer_key(info.answer_key, len(space.classes[space.index(info.name)]))
     out = []
     for i, d in zip(ids.tolist(), dsids.tolist()):
         name = space.names[d]
         if str(i) not in keys[name]:
             raise UserError(f"test image {i} of {name} is missing from its answer key.")
-        out.append(space.global_label(d, int(keys[name][str(i)])))
+        out.append(space.global_label(d, keys[name][str(i)]))
     return torch.tensor(out, dtype=torch.long)
 
 
@@ -102,7 +120,9 @@ def predict_run(run_or_ckpt, root, mode: str, device: torch.device) -> tuple[dic
         routing[name] = {}
     for i, d, pd, pl in zip(data.ids.tolist(), data.dataset_ids.tolist(), pred_ds.tolist(), pred_local.tolist()):
         name = tm.space.names[d]
-        out[name][str(i)] = int(pl)
+        # An image routed to another dataset has no class of its own dataset: MISROUTED (-1) can never
+        # match, where the other dataset's local index could be out of range or a spurious hit.
+        out[name][str(i)] = int(pl) if pd == d else MISROUTED
         routing[name][str(i)] = tm.space.names[pd]
     return out, routing
 
@@ -116,7 +136,7 @@ def score_predictions(pred: dict, root: Path) -> dict:
         key_file = Path(root) / name / "test_labels.json"
         if not key_file.is_file():
             continue
-        key = json.loads(key_file.read_text())
+        key = load_answer_key(key_file)
         hits = sum(1 for i, c in key.items() if preds.get(i) == c)
         result[name] = {"acc1": 100.0 * hits / max(1, len(key)), "n": len(key)}
     return result

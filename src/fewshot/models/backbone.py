@@ -110,7 +110,9 @@ def extract_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def feature_dim(backbone: nn.Module) -> int:
-    return int(getattr(backbone, "num_features", 0) or getattr(backbone, "head_hidden_size", 0))
+    """Width of extract_features: timm's pre-logits width (head_hidden_size), which exceeds
+    num_features where the head has its own hidden layer (MobileNetV3: 288 -> 1024)."""
+    return int(getattr(backbone, "head_hidden_size", 0) or getattr(backbone, "num_features", 0))
 
 
 def input_size(backbone: nn.Module, override: int | None = None) -> int:

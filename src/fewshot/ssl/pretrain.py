@@ -117,9 +117,13 @@ class MoCoTask:
         # train.compile auto: CUDA only (on the CPU it was measured not to help; docs/performance.md)
         self.compiled = compile_modules([self.model.encoder_q, self.model.encoder_k], cfg["train"]["compile"], device)
         a = cfg["aug"]
-        self.augment = BatchAugment(aug_preset(m["preset"], self.size, scale=tuple(a["scale"]),
-                                               jitter=tuple(a["jitter"]), jitter_p=a["jitter_p"], gray_p=a["gray_p"],
-                                               blur_p=a["blur_p"], flip_p=a["flip_p"], mean=mean, std=std)).to(device)
+        try:
+            aug = aug_preset(m["preset"], self.size, scale=tuple(a["scale"]), jitter=tuple(a["jitter"]),
+                             jitter_p=a["jitter_p"], gray_p=a["gray_p"], blur_p=a["blur_p"], flip_p=a["flip_p"],
+                             mean=mean, std=std)
+        except (ValueError, TypeError) as exc:  # aug.* out of range: the user's settings, not a bug
+            raise UserError(f"aug settings: {exc}") from None
+        self.augment = BatchAugment(aug).to(device)
         cache = default_cache_dir(d["root"], d["cache_dir"])
         paths, self.pool_source = pool_paths(cfg, infos)
         pool = load_images(paths, self.size, cache, crop_pct=1.0, skip_bad=d["skip_bad_images"],

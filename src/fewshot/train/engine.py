@@ -88,13 +88,25 @@ def build_scheduler(cfg: dict, optimizer, steps_per_epoch: int):
 
 def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
     amp = cfg["train"]["amp"]
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+    if amp in (False, None, "off", "false") or (amp == "auto" and device.type != "cuda"):  # YAML reads `off` as false
         return None
     if amp in ("auto", "bf16"):
         return torch.bfloat16
     if amp == "fp16":
         return torch.float16
     raise UserError(f"train.amp must be auto, bf16, fp16 or off, not {amp!r}")
+
+
+def empty_epoch_error(task, cfg: dict, world: int) -> UserError:
+    """Why an epoch plan holds no batch, and what the user can change."""
+    bs = cfg["train"]["batch_size"]
+    if task.kind == "moco":
+        return UserError(f"the unlabeled pool has {len(task.pool)} images, fewer than one batch of {bs * world} "
+                         f"(MoCo drops an incomplete batch): lower --batch-size or add images to the pool.")
+    if bs < 2:
+        return UserError(f"--batch-size {bs}: BatchNorm needs at least 2 images per batch in training; use 2 or more.")
+    return UserError(f"{len(task.train_set)} training images give no batch of at least 2 images per process "
+                     f"({world} process(es)): add training images or run on fewer processes.")
 
 
 class Engine:
@@ -111,7 +123,7 @@ class Engine:
         self.optimizer = build_optimizer(cfg, task.param_groups())
         self.steps_per_epoch = len(task.plan_epoch(0))
         if self.steps_per_epoch == 0:
-            raise UserError("the training set is smaller than one batch (with drop_last): lower --batch-size.")
+            raise empty_epoch_error(task, cfg, ctx.world)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.amp = amp_dtype(cfg, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
