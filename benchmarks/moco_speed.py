@@ -49,7 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA_DIR = ROOT / ".cache" / "bench"
 
-# The common recipe (issue 5). mlp_hidden 512 = resnet18's width, so the head is 512-512-128.
+# The common recipe (issue 5). mlp_hidden 512 = resnet18's width, so the head is 512-512-128 (--model resnet50:
+# 2048-2048-128 on both sides).
+MODEL_WIDTH = {"resnet18": 512, "resnet50": 2048}  # --model: the head is width-width-128 on both sides
 RECIPE = dict(model="resnet18", dim=128, hidden=512, queue=4096, temperature=0.2, momentum=0.99, groups=8,
               lr=0.06, sgd_momentum=0.9, weight_decay=5e-4)
 TARGETS = {  # (img, batch, mode) -> minimal ratio fewshot/lightly; roofline share for step at 64/64
@@ -269,13 +271,14 @@ class Lightly:
 
         self.batch_shuffle, self.batch_unshuffle, self.update_momentum = batch_shuffle, batch_unshuffle, update_momentum
         self.device = torch.device(o["device"])
-        r = RECIPE
+        r = {**RECIPE, **o.get("recipe", {})}
         groups = r["groups"] if o["batch"] // r["groups"] >= 2 else 0
         torch.manual_seed(0)
         norm = (lambda c: SplitBatchNorm(c, groups)) if groups else None
-        resnet = torchvision.models.resnet18(norm_layer=norm)
+        resnet = getattr(torchvision.models, r["model"])(norm_layer=norm)
+        width = resnet.fc.in_features  # 512 for resnet18, 2048 for resnet50
         self.backbone = nn.Sequential(*list(resnet.children())[:-1]).to(self.device)
-        self.head = MoCoProjectionHead(512, r["hidden"], r["dim"]).to(self.device)
+        self.head = MoCoProjectionHead(width, r["hidden"] or width, r["dim"]).to(self.device)
         self.backbone_m = copy.deepcopy(self.backbone)
         self.head_m = copy.deepcopy(self.head)
         deactivate_requires_grad(self.backbone_m)
@@ -538,7 +541,7 @@ def alternate(workers: list[Worker], op: str, runs: int, warmup: int, steps: int
     res = {w.label: [] for w in workers}
     for r in range(runs):
         if roof is not None:
-            roof["samples"].append(matmul_gflops(roof["device"], roof["threads"]))
+            roof["samples"].append(matmul_gflops(roof["device"], roof["threads"], roof.get("dtype", "float32")))
         for w in workers:
             out = w.call(op=op, warmup=warmup, steps=steps)
             out["roofline_gflops"] = roof["samples"][-1] if roof is not None else None
@@ -569,10 +572,11 @@ def run_config(a, img: int, batch: int, modes: list[str], log=print) -> dict:
 
     device = a.device
     threads = a.threads
-    base = dict(img=img, batch=batch, device=device, threads=threads)
+    recipe = {"model": a.model, "hidden": MODEL_WIDTH[a.model]}
+    base = dict(img=img, batch=batch, device=device, threads=threads, recipe=recipe)
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
-    result = {"meta": meta(a, img, batch, gpu), "recipe": RECIPE, "modes": {}}
-    log(f"\n== MoCo resnet18, {img} px, batch {batch}, K {RECIPE['queue']}, {threads} threads, {device}"
+    result = {"meta": meta(a, img, batch, gpu), "recipe": {**RECIPE, **recipe}, "modes": {}}
+    log(f"\n== MoCo {a.model}, {img} px, batch {batch}, K {RECIPE['queue']}, {threads} threads, {device}"
         + ("" if gpu else " (no GPU in this session)") + " ==")
     t0 = time.perf_counter()
     ours = Worker("ours", base, "fewshot")
@@ -580,7 +584,9 @@ def run_config(a, img: int, batch: int, modes: list[str], log=print) -> dict:
     result["setup"] = {"fewshot": ours.ready["info"], "lightly": light.ready["info"],
                        "workers_start_s": time.perf_counter() - t0}
     roof_dev = device
-    roof = {"device": roof_dev, "threads": threads, "samples": []}
+    # on a GPU fewshot's step runs in bf16 autocast: its roofline is the bf16 matmul rate
+    roof = {"device": roof_dev, "threads": threads, "samples": [],
+            "dtype": "bfloat16" if device.startswith("cuda") else "float32"}
     fo, fl = ours.call(op="flops")["flops"] / batch, light.call(op="flops")["flops"] / batch
     result["flops_per_image"] = {"fewshot": fo, "lightly": fl}
     log(f"  FLOPs per image of a step (fwd q + fwd k + bwd q): fewshot {fo / 1e9:.3f} G, lightly {fl / 1e9:.3f} G")
@@ -592,7 +598,8 @@ def run_config(a, img: int, batch: int, modes: list[str], log=print) -> dict:
                 folder = build_image_folder(a.pool_images, 64)
                 cache_dir = tempfile.mkdtemp(prefix="moco_speed_cache_", dir=DATA_DIR)
                 setup["fewshot"] = ours.call(op="setup_e2e", folder=str(folder), cache_dir=cache_dir)
-                workers = [w for w in (0, 1, 2) if w <= max(2, os.cpu_count() or 1)]
+                cores = os.cpu_count() or 1  # a GPU host has more cores: give lightly's loader its best chance
+                workers = [0, 1, 2] if cores <= 2 else sorted({0, 2, 4, min(8, cores), min(12, cores)})
                 setup["lightly"] = light.call(op="setup_e2e", folder=str(folder), cache_dir=cache_dir,
                                               workers=workers, probe_steps=a.probe_steps)
                 setup["folder"] = str(folder)
@@ -623,17 +630,20 @@ def run_config(a, img: int, batch: int, modes: list[str], log=print) -> dict:
 def print_table(result: dict, img: int, batch: int, log=print) -> None:
     roof = result.get("roofline_gflops")
     log("")
-    log(f"MoCo speed: resnet18, {img} px, batch {batch}, {result['meta']['threads']} threads, "
+    log(f"MoCo speed: {result['recipe']['model']}, {img} px, batch {batch}, {result['meta']['threads']} threads, "
         f"{result['meta']['device']}; matmul roofline " + (f"{roof['median']:.0f} GFLOP/s (median; "
         f"{roof['min']:.0f}..{roof['max']:.0f})" if roof else "n/a"))
+    if str(result["meta"]["device"]).startswith("cuda"):
+        log("(%roof: of the bf16 matmul rate, fewshot's autocast dtype; lightly's step runs in fp32/TF32)")
     log(f"{'mode':5} {'side':8} {'img/s median (min..max)':>27} {'GFLOP/s':>8} {'%roof':>6} {'peak RSS':>9}")
     for mode, e in result["modes"].items():
         for side in ("fewshot", "lightly"):
             s = e[side]
             g = s.get("gflops_per_s", {}).get("median")
             p = s.get("roofline_pct", {}).get("median")
+            gpu = f"  GPU peak {s['gpu_peak_mb']:.0f}MB" if s.get("gpu_peak_mb") is not None else ""
             log(f"{mode:5} {side:8} {fmt_ips(s['img_per_s']):>27} {g if g is None else round(g):>8} "
-                f"{'' if p is None else f'{p:.0f}%':>6} {s['peak_rss_mb']:7.0f}MB")
+                f"{'' if p is None else f'{p:.0f}%':>6} {s['peak_rss_mb']:7.0f}MB{gpu}")
         verdict = ""
         if "target_ratio" in e:
             verdict = f"  target >= {e['target_ratio']}x: {'met' if e['target_met'] else 'NOT met'}"
@@ -804,6 +814,8 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps before each run")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--model", choices=sorted(MODEL_WIDTH), default="resnet18",
+                    help="backbone on both sides (timm's / torchvision's); resnet50 is the issue's GPU setting")
     ap.add_argument("--pool-images", type=int, default=3000, help="PNG files in the e2e image folder")
     ap.add_argument("--probe-steps", type=int, default=3, help="timed steps per lightly num_workers probe")
     ap.add_argument("--scaling-steps", type=int, default=3)
@@ -845,7 +857,8 @@ def main(argv=None) -> int:
     summary = []
     for img, batch, modes in configs:
         result = run_config(a, img, batch, modes)
-        path = Path(a.out) if a.out and len(configs) == 1 else RESULTS / f"moco_speed_{dev}_{img}px_b{batch}.json"
+        tag = "" if a.model == "resnet18" else f"{a.model}_"
+        path = Path(a.out) if a.out and len(configs) == 1 else RESULTS / f"moco_speed_{dev}_{tag}{img}px_b{batch}.json"
         write_json(path, result)
         summary.append(result)
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,9 @@ VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the
     # the official per-GPU batch: 2 shuffle-BN groups of 32 at batch 64 instead of 8 groups of 8
     ("v1g2", "ablation: MoCo (2 split-BN groups) + plain fine-tune", ["run.semi_method=off", "run.pretrain=true",
                                                                       "moco.split_bn_groups=2"]),
+    # issue 4 at a longer budget: two thirds of it to MoCo (fine-tuning plateaus after a few minutes)
+    ("v1p", "ablation: MoCo (2/3 of the budget) + plain fine-tune", ["run.semi_method=off", "run.pretrain=true",
+                                                                     "run.pretrain_share=0.667"]),
     ("v1c", "ablation: MoCo + plain fine-tune, small stem + half width", ["run.semi_method=off", "run.pretrain=true",
                                                                          "model.small_stem=true", "model.width=0.5"]),
 ]
@@ -49,6 +53,8 @@ def run_one(data: Path, out: Path, budget: float, seed: int, extra: list[str], n
                str(budget), "--seed", str(seed), "--device", "cpu", "--no-progress", "run.report=false"]
         if no_pretrain:
             cmd.append("--no-pretrain")
+        if out.is_dir():  # an interrupted earlier run: `fewshot run` wants a fresh folder
+            shutil.rmtree(out)
         t0 = time.time()
         proc = subprocess.run(cmd + extra, capture_output=True, text=True)
         if proc.returncode != 0:

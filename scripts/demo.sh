@@ -16,6 +16,7 @@ run() {  # name, description, flags...
   local name=$1 what=$2
   shift 2
   if [ ! -f "$OUT/$name/summary.json" ]; then
+    rm -rf "${OUT:?}/$name"  # an interrupted earlier demo: start that run again
     echo "== $what, ${MINUTES} min budget"
     "$BIN/fewshot" run --data "$ROOT" --out "$OUT/$name" --budget-minutes "$MINUTES" --device cpu "$@"
   fi

@@ -291,6 +291,73 @@ def test_unlabeled_pool_with_symlink_loops_and_bad_files(root):
     assert int(got.valid.sum()) == 81
 
 
+def test_a_failure_fixed_since_is_decoded_again_not_served_from_the_cache(root, tmp_path, monkeypatch):
+    """The cache key is path, size and mtime: a permission fixed by chmod (or a transient I/O error) changes
+    none of them, so the cached failure list used to be served forever."""
+    paths = sorted((root / "digits" / "train" / "1").glob("*.png"))
+    locked, real_open = paths[0], Image.open
+
+    def guarded_open(fp, *a, **kw):
+        if isinstance(fp, (str, os.PathLike)) and Path(fp) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(fp))
+        return real_open(fp, *a, **kw)
+
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setattr(Image, "open", guarded_open)
+    with pytest.raises(DataLayoutError, match="permission denied"):
+        load_images(paths, 16, cache_dir)
+    with pytest.raises(DataLayoutError, match="permission denied"):  # still broken: the cached failure holds
+        load_images(paths, 16, cache_dir)
+    monkeypatch.setattr(Image, "open", real_open)
+    got = load_images(paths, 16, cache_dir)  # fixed: decoded now, and the cache rebuilt
+    assert bool(got.valid.all()) and got.images[0].any()
+    assert np.array_equal(got.images[0].numpy(), decode_resized(locked, 16))
+    assert bool(load_images(paths, 16, cache_dir).valid.all())
+
+
+def test_a_bad_file_listed_twice_is_skipped_in_both_places(tmp_path):
+    """Overlapping --unlabeled folders can list a file twice; only the last copy used to be marked."""
+    bad = tmp_path / "b.png"
+    bad.write_bytes(b"not an image")
+    good = tmp_path / "g.png"
+    good.write_bytes(png_bytes())
+    got = load_images([bad, good, bad], 16, None, skip_bad=True)
+    assert got.valid.tolist() == [False, True, False]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone photo stores its rotation in EXIF; the pixels must come out upright."""
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)
+    arr[:, :20] = 255  # left half white, landscape 40 wide x 20 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(arr).save(path, exif=exif, quality=95)
+    out = decode_resized(path, 20)  # upright it is portrait: 20 wide x 40 high, center-cropped to 20 x 20
+    upright = np.asarray(Image.fromarray(arr).transpose(Image.Transpose.ROTATE_270))
+    assert upright.shape == (40, 20, 3)
+    expected = upright[10:30].transpose(2, 0, 1)
+    assert np.abs(out.astype(int) - expected.astype(int)).max() < 40  # JPEG noise, not a rotation
+    assert np.abs(out.astype(int) - arr[:, 10:30].transpose(2, 0, 1).astype(int)).max() > 200
+
+
+def test_a_class_folder_with_only_sub_folders_says_so(root, tmp_path):
+    cls = root / "digits" / "train" / "3"
+    (cls / "more").mkdir()
+    for p in list(cls.glob("*.png")):
+        p.rename(cls / "more" / p.name)
+    rc, _, err = run_main(*train_argv(root, tmp_path / "run"))
+    assert rc == 2 and f"{cls}: no image directly in this class folder, only in sub-folders (more)" in err, err
+
+
+def test_skipping_every_val_image_of_a_dataset_is_a_user_error(root, tmp_path):
+    """An emptied val split crashed in the label-space mask (0 x 0 logits) and was left out of the mean."""
+    for p in (root / "digits" / "val").rglob("*.png"):
+        p.write_bytes(b"broken")
+    rc, _, err = run_main(*train_argv(root, tmp_path / "run", "--skip-bad-images"))
+    assert rc == 2 and "no decodable val image is left in digits" in err and "Traceback" not in err, err
+
+
 # ------------------------------------------------------------------------------ property-based
 
 KINDS = ("png", "png_as_jpg", "empty", "garbage", "truncated", "text", "dangling", "loop", "dir")

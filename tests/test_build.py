@@ -203,7 +203,11 @@ def test_fashion_missing_files_message(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(name="cifar"), "unknown demo dataset"),
     (dict(name="digits", shots=0), "at least 1"),
-    (dict(name="digits", val_per_class=-1), "0 or more"),
+    (dict(name="digits", val_per_class=-1), "--val-per-class must be at least 1"),
+    (dict(name="digits", val_per_class=0), "--val-per-class must be at least 1"),  # no val/: nothing could train
+    (dict(name="digits", test_per_class=0), "--test-per-class must be at least 1"),
+    (dict(name="digits", pool_per_class=-1), "--pool-per-class must be at least 0"),
+    (dict(name="digits", seed=-1), "--seed must be 0 or more"),  # numpy's ValueError was an internal error
     (dict(name="digits", test_per_class=150), "only 174 images"),
 ])
 def test_bad_arguments(tmp_path, kwargs, match):

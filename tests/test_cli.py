@@ -19,6 +19,8 @@ import torch
 import yaml
 
 from fewshot.cli import build_parser, main
+from fewshot.config import resolve
+from fewshot.errors import UserError
 from helpers.checks import run_main
 
 SPEC_METRICS_KEYS = {"mode", "n_parameters", "mean_acc1", "datasets", "routing_acc"}
@@ -60,7 +62,8 @@ test_ids.__test__ = False
 def test_train_writes_the_run_directory(trained, dataset_names):
     run, out = trained
     assert "done:" in out
-    for name in ("config.yaml", "log.jsonl", "metrics.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in ("config.yaml", "log.jsonl", "metrics.json", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "plots/finetune_curves.png"):  # SPEC: the run directory holds plots/
         assert (run / name).is_file(), name
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -353,3 +356,71 @@ def test_run_with_a_pool_smaller_than_one_moco_batch_is_a_user_error(digits_root
                             "--model", "test_resnet", "--device", "cpu", "--no-progress", "--pretrain",
                             "run.pretrain_batch_size=4096", "run.queue_size=8192", "run.report=false")
     assert rc == 2 and "fewer than one batch of 4096" in err and "Traceback" not in err, err
+
+
+# ------------------------------------------------------------------ flags reach the config
+
+def resolved(*argv: str) -> dict:
+    from fewshot.cli import TRAIN_FLAGS, resolve_run_config
+
+    args, extra = build_parser().parse_known_args([str(a) for a in argv])
+    return resolve_run_config(args, extra, TRAIN_FLAGS)
+
+
+def test_a_zero_flag_overrides_the_config_file(tmp_path):
+    """`--seed 0` was dropped (0 == False), so a config file's seed won; `--epochs 0` silently meant 50."""
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train:\n  seed: 7\n  skip_nonfinite: 5\n")
+    cfg = resolved("train", "--data", tmp_path, "--out", tmp_path / "r", "--config", cfg_file, "--seed", "0",
+                   "--skip-nonfinite", "0")
+    assert cfg["train"]["seed"] == 0 and cfg["train"]["skip_nonfinite"] == 0
+    assert resolved("train", "--data", tmp_path, "--out", tmp_path / "r", "--config", cfg_file)["train"]["seed"] == 7
+    with pytest.raises(UserError, match="train.epochs must be at least 1"):
+        resolved("train", "--data", tmp_path, "--out", tmp_path / "r", "--epochs", "0")
+
+
+def test_resume_applies_a_config_file_given_with_it(tmp_path):
+    """On --resume the saved config is the base; a --config file given now was read and then ignored."""
+    run = tmp_path / "r"
+    run.mkdir()
+    saved = resolve(overrides=["train.epochs=1", "train.seed=3"])
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    more = tmp_path / "more.yaml"
+    more.write_text("train:\n  epochs: 3\n")
+    cfg = resolved("train", "--data", tmp_path, "--out", run, "--resume", "--config", more)
+    assert cfg["train"]["epochs"] == 3 and cfg["train"]["seed"] == 3
+    cfg = resolved("train", "--data", tmp_path, "--out", run, "--resume", "--config", more, "train.epochs=4")
+    assert cfg["train"]["epochs"] == 4  # key=value words still win over the file
+    with pytest.raises(UserError, match="train.epochs must be a whole number"):
+        resolved("train", "--data", tmp_path, "--out", run, "--resume", "train.epochs=many")
+
+
+def test_pretrain_takes_several_unlabeled_folders_per_flag(tmp_path):
+    args, extra = build_parser().parse_known_args(["pretrain", "--data", "R", "--out", "O", "--unlabeled", "A", "B",
+                                                   "--unlabeled", "C"])
+    assert args.unlabeled == ["A", "B", "C"] and extra == []
+
+
+def test_run_refuses_an_output_folder_that_holds_a_run(digits_root, tmp_path):
+    """A second `fewshot run` into the same folder appended to the first one's logs and left its stage
+    folders for the report; it is refused before any work."""
+    out = tmp_path / "out"
+    (out / "finetune_round2").mkdir(parents=True)
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--device", "cpu")
+    assert rc == 2 and "is not empty (finetune_round2)" in err and "Choose another --out" in err, err
+
+
+def test_resuming_a_gpu_run_without_a_gpu_says_how(tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(resolve(overrides=["train.device=cuda"])))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="trained on cuda .* pass --device cpu to resume it on the CPU"):
+        resolved("train", "--data", tmp_path, "--out", run, "--resume")
+    assert resolved("train", "--data", tmp_path, "--out", run, "--resume", "--device", "cpu")["train"]["device"] == "cpu"
+
+
+def test_key_value_words_after_unlabeled_folders_are_not_taken_for_folders(tmp_path):
+    rc, _, err = run_main("pretrain", "--data", tmp_path, "--out", tmp_path / "o", "--unlabeled", tmp_path,
+                          "moco.knn_k=5")
+    assert rc == 2 and "--unlabeled took 'moco.knn_k=5' as a folder" in err, err

@@ -48,6 +48,10 @@ def test_unknown_fields_refused(tmp_path):
     ("train.eval_mode=both", "train.eval_mode must be one of known, unknown"),
     ("optim.lr=fast", "optim.lr must be a number"),
     ("model.img_size=0", "model.img_size must be at least 1"),
+    ("data.crop_pct=0", r"data.crop_pct must be in \(0, 1\]"),  # was "float division by zero" per image
+    ("data.crop_pct=1.5", r"data.crop_pct must be in \(0, 1\]"),  # a crop past the image: black borders
+    ("aug.gray_p=1.5", r"aug.gray_p must be in \[0, 1\]"),
+    ("data.randaug_p=-0.1", r"data.randaug_p must be in \[0, 1\]"),
 ])
 def test_wrong_types_and_ranges_are_refused_at_start_up(word, message):
     with pytest.raises(UserError, match=message):

@@ -196,3 +196,37 @@ def test_pretrain_refuses_augmentation_settings_out_of_range(exported, tmp_path,
                  "moco.split_bn_groups=2", "aug.gray_p=1.5"])
     err = capsys.readouterr().err
     assert code == 2 and "gray_p must be in [0, 1]" in err and "Traceback" not in err
+
+
+def test_an_export_under_another_name_is_still_read_as_safetensors(exported, tmp_path, capsys):
+    """`fewshot export --out bb.pt` writes safetensors; reading by suffix sent it to torch.load, which
+    called it a pickle with Python objects. It is recognised by its content, metadata included."""
+    from fewshot.models.weights import architecture_of, read_tensor_file
+
+    _, run, reference = exported
+    path = tmp_path / "bb.pt"
+    assert main(["export", str(run), "--out", str(path)]) == 0
+    assert "only treats names ending in .safetensors" in capsys.readouterr().err  # timm's rule, said once
+    got, want = read_tensor_file(path), load_file(str(reference))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert architecture_of(path) == {"width": 1.0, "small_stem": False}
+    torch.save({"w": torch.ones(2)}, tmp_path / "plain.pt")  # a real torch file is not mistaken for one
+    assert torch.equal(read_tensor_file(tmp_path / "plain.pt")["w"], torch.ones(2))
+
+
+def test_pretrain_run_directory_has_the_spec_files(exported):
+    """SPEC: a run directory holds config.yaml, log.jsonl, metrics.json, checkpoints/, plots/; a MoCo run's
+    metrics.json is the kNN monitor of its best checkpoint, in the same format as fine-tuning's."""
+    root, run, _ = exported
+    for name in ("config.yaml", "log.jsonl", "metrics.json", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "plots/pretrain_curves.png"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"mode", "n_parameters", "mean_acc1", "datasets", "routing_acc"} <= set(metrics)
+    assert metrics["mode"] == "known" and metrics["routing_acc"] is None and metrics["n_parameters"] > 0
+    assert set(metrics["datasets"]) == {"digits"}
+    d = metrics["datasets"]["digits"]
+    assert set(d) == {"acc1", "acc5", "n"} and d["n"] == 30 and 0 <= d["acc1"] <= d["acc5"] <= 100
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    best = [r for r in logged if r["epoch"] == metrics["best_epoch"]][0]
+    assert d["acc1"] == pytest.approx(best["knn_acc1"]["digits"])  # the best checkpoint, re-measured

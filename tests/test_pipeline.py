@@ -52,6 +52,10 @@ def test_run_pretrains_exports_finetunes_and_predicts(digits_root, moco_run):
     _check_pred_all(digits_root, out)
     scores = summary["metrics"]["pred_all_score"]  # scored against the answer keys next to the test folders
     assert set(scores) == set(json.loads((out / "pred_all.json").read_text())) - {"n_parameters"}
+    # time-based stages stop mid-epoch: best_epoch must still name the log row of the best evaluation
+    rows = [json.loads(line) for line in (out / "finetune" / "log.jsonl").read_text().splitlines()]
+    best = max((r for r in rows if isinstance(r.get("score"), (int, float))), key=lambda r: r["score"])
+    assert json.loads((out / "finetune" / "metrics.json").read_text())["best_epoch"] == best["epoch"]
 
 
 def test_run_plans_time_based_stages_with_the_measured_defaults(moco_run):

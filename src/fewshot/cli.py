@@ -112,7 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flags(args, mapping: dict) -> dict:
-    return {key: getattr(args, attr) for attr, key in mapping.items() if getattr(args, attr, None) not in (None, False)}
+    """The flags the user gave. An unset flag is None (store_true: False); a 0 is a value (`--seed 0` must
+    override a config file's seed), which `not in (None, False)` would drop since 0 == False."""
+    out = {}
+    for attr, key in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None and value is not False:
+            out[key] = value
+    return out
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"epochs": 3}} -> {"train.epochs": 3}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.datasets", "epochs": "train.epochs",
@@ -123,7 +141,7 @@ TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.dat
 
 
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None) -> dict:
-    from fewshot.config import parse_override, resolve
+    from fewshot.config import load_yaml, parse_override, resolve
     from fewshot.train.finetune import merge_resume_config
 
     flags = _flags(args, mapping)
@@ -131,7 +149,9 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
         flags["train.progress"] = False
     cfg = resolve(preset=preset, file=args.config, flags=flags, overrides=extra)
     if args.resume:
-        explicit = dict(flags)
+        # the saved config is the base; a --config file given now, then flags, then words change it
+        explicit = _dotted(load_yaml(args.config)) if args.config else {}
+        explicit.update(flags)
         for word in extra:
             keys, value = parse_override(word)
             explicit[".".join(keys)] = value

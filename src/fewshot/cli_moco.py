@@ -20,8 +20,8 @@ def add_parsers(sub, add_common, epilog) -> None:
     add_common(p)
     p.add_argument("--preset", choices=["mocov1", "mocov2"], default="mocov2",
                    help="SPEC's MoCo v1 (T=0.07, linear head) or v2 (T=0.2, MLP, aug-plus, cosine)")
-    p.add_argument("--unlabeled", action="append", metavar="DIR",
-                   help="unlabeled image folder, scanned recursively (repeatable)")
+    p.add_argument("--unlabeled", action="extend", nargs="+", metavar="DIR",
+                   help="unlabeled image folder(s), scanned recursively (`--unlabeled A B` or repeated)")
     p.add_argument("--queue-size", type=int, help="K, the number of negative keys in the queue")
     p.add_argument("--weights", help="initialise the backbone from a local weights file (e.g. ImageNet)")
 
@@ -73,6 +73,12 @@ def cmd_pretrain(args, extra) -> int:
     from fewshot.cli import resolve_run_config
     from fewshot.ssl.pretrain import run_pretrain
 
+    from fewshot.errors import UserError
+
+    for folder in args.unlabeled or []:  # `--unlabeled A B` takes words up to the next flag, key=value ones too
+        if "=" in folder and not Path(folder).exists():
+            raise UserError(f"--unlabeled took '{folder}' as a folder: put key=value words before --unlabeled "
+                            f"(or end its folders with another flag).")
     cfg = resolve_run_config(args, extra, PRETRAIN_FLAGS, preset=args.preset)
     run_pretrain(cfg, Path(args.out), resume=args.resume)
     print(f"done: {args.out}; export the backbone with `fewshot export {args.out} --out backbone.safetensors`")
@@ -113,6 +119,12 @@ def cmd_export(args, extra) -> int:
     from fewshot.ssl.export import export_backbone
 
     out, meta = export_backbone(args.run, args.out)
+    if out.suffix != ".safetensors":
+        import sys
+
+        print(f"warning: {out} is a safetensors file; fewshot reads it under any name, but timm's "
+              f"create_model(..., pretrained_cfg_overlay=dict(file=...)) only treats names ending in "
+              f".safetensors as safetensors", file=sys.stderr)
     print(f"wrote {out} (model {meta['model'] or '?'}, epoch {meta['epoch']}); fine-tune with "
           f"`fewshot train --model {meta['model'] or 'NAME'} --weights {out} ...`")
     return 0

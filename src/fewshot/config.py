@@ -259,6 +259,11 @@ AT_LEAST = {"model.img_size": 1, "train.threads": 1, "moco.mlp_hidden": 1, "run.
             "train.batch_size": 1, "train.epochs": 1, "moco.queue_size": 1, "moco.dim": 1, "moco.knn_k": 1,
             "train.eval_every": 1, "moco.knn_every": 1, "data.repeats": 1}
 
+INTERVALS = {  # (low, high, low included): fractions and probabilities
+    "data.crop_pct": (0.0, 1.0, False), "data.randaug_p": (0.0, 1.0, True), "aug.jitter_p": (0.0, 1.0, True),
+    "aug.gray_p": (0.0, 1.0, True), "aug.blur_p": (0.0, 1.0, True), "aug.flip_p": (0.0, 1.0, True),
+}  # the run.* shares are checked by the pipeline (pipeline.check_run_settings)
+
 
 def _kind(default: Any) -> str | None:
     if isinstance(default, bool):
@@ -297,6 +302,10 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
             raise UserError(f"{dotted} must be one of {', '.join(CHOICES[dotted])}, not {value!r}.")
         if dotted in AT_LEAST and value is not None and value < AT_LEAST[dotted]:
             raise UserError(f"{dotted} must be at least {AT_LEAST[dotted]}, not {value!r}.")
+        if dotted in INTERVALS and value is not None:
+            low, high, closed = INTERVALS[dotted]
+            if not ((low <= value if closed else low < value) and value <= high):
+                raise UserError(f"{dotted} must be in {'[' if closed else '('}{low:g}, {high:g}], not {value!r}.")
     return cfg
 
 

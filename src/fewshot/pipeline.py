@@ -188,6 +188,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     t_start = time.monotonic()
     out = Path(out)
     set_enabled(bool(cfg["train"]["progress"]))
+    refuse_used_output(out)
     ensure_writable_dir(out, "output")
     device = resolve_device(cfg["train"]["device"])
     cfg["train"]["device"] = device.type
@@ -324,6 +325,20 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     print(f"[run] done in {summary['seconds'] / 60:.1f} of {budget_minutes:g} minutes: {out}/pred_all.json, "
           f"{out}/metrics.json")
     return summary
+
+
+def refuse_used_output(out: Path) -> None:
+    """A second run into the same folder would append to the first one's logs and leave its stage folders
+    (a round the new run never trained) for the report to pick up: `fewshot run` wants a fresh folder."""
+    if out.is_dir():
+        try:
+            entries = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # .DS_Store & co.
+        except OSError as exc:
+            raise UserError(f"cannot read the output folder '{out}': {exc.strerror or exc}.") from None
+        if entries:
+            shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+            raise UserError(f"the output folder '{out}' is not empty ({shown}); `fewshot run` writes a whole new "
+                            f"run there. Choose another --out, or delete the folder to run again.")
 
 
 def check_run_settings(r: dict) -> str:

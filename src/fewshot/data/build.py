@@ -161,9 +161,13 @@ def plan_splits(name: str, shots: int = 10, seed: int = 0, idx_dir: Path | None 
     test = DEFAULT_SIZES[name][1] if test_per_class is None else test_per_class
     if shots < 1:
         raise UserError(f"--shots must be at least 1 (got {shots}).")
-    for what, n in (("val per class", val), ("test per class", test), ("pool per class", pool_per_class)):
-        if n < 0:
-            raise UserError(f"{what} must be 0 or more (got {n}).")
+    # every command needs val (best checkpoint, kNN monitor) and the test split is what is predicted
+    for what, n, least in (("--val-per-class", val, 1), ("--test-per-class", test, 1),
+                           ("--pool-per-class", pool_per_class, 0)):
+        if n is not None and n < least:
+            raise UserError(f"{what} must be at least {least} (got {n}).")
+    if seed < 0:
+        raise UserError(f"--seed must be 0 or more (got {seed}).")
     rng = np.random.default_rng(seed)
     if name == "digits":
         sources = {"digits": load_digits_source()}

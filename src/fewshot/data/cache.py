@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from fewshot.errors import DataLayoutError, UserError
 from fewshot.progress import track
 from fewshot.utils import atomic_write_text
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: EXIF orientation applied
 # Refuse decompression bombs outright (PIL warns at MAX_IMAGE_PIXELS and raises at twice that).
 MAX_PIXELS = 178_956_970
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -58,6 +58,15 @@ def to_rgb_uint8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phone photos store "rotate me" there); malformed EXIF, which Pillow can
+    raise on, leaves the image as stored rather than making a readable photo undecodable."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
 def decode_resized(path: Path, size: int, crop_pct: float = 1.0) -> np.ndarray:
     """Open, convert to RGB, resize the short side to size/crop_pct, center-crop size x size; CHW uint8."""
     if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
@@ -69,7 +78,7 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0) -> np.ndarray:
             if w * h > MAX_PIXELS:
                 raise ValueError(f"image of {w}x{h} pixels exceeds the decompression-bomb limit")
             img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when possible
-            img = to_rgb_uint8(img)
+            img = to_rgb_uint8(_upright(img))
     short = max(1, round(size / crop_pct))
     w, h = img.size
     scale = short / min(w, h)
@@ -90,6 +99,9 @@ def cache_key(paths: list[Path], size: int, crop_pct: float) -> str:
         except OSError:
             h.update(f"{p}|missing\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:20]
+
+
+RETRYABLE = {"permission denied"}  # decode failures that can go away without the file changing
 
 
 def _decode_one(args):
@@ -117,7 +129,13 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
             try:
                 meta = json.loads(meta_file.read_text())
                 arr = np.memmap(data_file, dtype=np.uint8, mode="c", shape=(n, 3, size, size))
-                return _finish(torch.from_numpy(arr), [tuple(b) for b in meta["bad"]], paths, skip_bad)
+                bad = [tuple(b) for b in meta["bad"]]
+                # a failure may have been fixed since (chmod, a transient I/O error: neither changes the key),
+                # so the files that failed for such a reason are tried again; if one decodes now, the cache is
+                # rebuilt (broken bytes change the key when they are replaced, so those are not retried)
+                retry = [p for p, why in bad if why in RETRYABLE or why.startswith("[Errno")]
+                if not any(_decode_one((Path(p), size, crop_pct))[1] is None for p in retry):
+                    return _finish(torch.from_numpy(arr), bad, paths, skip_bad)
             except (ValueError, KeyError, OSError, json.JSONDecodeError):
                 pass  # unreadable cache: rebuild below
 
@@ -146,12 +164,14 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
 def _finish(images: torch.Tensor, bad: list[tuple[str, str]], paths: list[Path], skip_bad: bool) -> CachedImages:
     valid = torch.ones(len(paths), dtype=torch.bool)
     if bad:
+        bad = list(dict.fromkeys(bad))  # a path listed twice is reported once
         if not skip_bad:
             raise DataLayoutError([f"{p}: cannot be decoded as an image ({why})" for p, why in bad]
                                   + ["(pass --skip-bad-images to skip these files and go on)"])
-        index = {str(p): i for i, p in enumerate(paths)}
-        for p, _ in bad:
-            valid[index[p]] = False
+        bad_paths = {p for p, _ in bad}
+        for i, p in enumerate(paths):  # every copy of a path listed twice (overlapping pool folders)
+            if str(p) in bad_paths:
+                valid[i] = False
         report_skipped(bad)
     return CachedImages(images, valid, bad)
 

@@ -88,8 +88,14 @@ def _scan_labelled(split_dir: Path, problems: list[str]) -> dict[str, list[Path]
             continue
         images = [p for p in files if _is_candidate(p)]
         if not images:
-            problems.append(f"{entry}: class folder without images (allowed extensions: "
-                            f"{', '.join(sorted(IMAGE_EXTS))})")
+            subfolders = [p.name for p in files if p.is_dir()]
+            if subfolders:
+                problems.append(f"{entry}: no image directly in this class folder, only in sub-folders "
+                                f"({', '.join(subfolders[:3])}{', ...' if len(subfolders) > 3 else ''}), which are "
+                                f"not read; a class's images must sit in its folder ({split_dir}/<class>/<image>)")
+            else:
+                problems.append(f"{entry}: class folder without images (allowed extensions: "
+                                f"{', '.join(sorted(IMAGE_EXTS))})")
             continue
         classes[entry.name] = images
     if not classes and not any(p.startswith(f"{split_dir}/") for p in problems):

@@ -10,7 +10,7 @@ import torch
 from fewshot.data.cache import load_images
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import DatasetInfo
-from fewshot.errors import DataLayoutError
+from fewshot.errors import DataLayoutError, UserError
 
 
 @dataclass
@@ -51,6 +51,11 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
     if not bool(cached.valid.all()):
         out = out.subset(cached.valid)
         out.skipped = list(cached.bad)
+        if split != "test":  # a dataset left without any train or val image cannot be trained or scored
+            emptied = [info.name for info in infos if not bool((out.dataset_ids == space.index(info.name)).any())]
+            if emptied:
+                raise UserError(f"no decodable {split} image is left in {', '.join(emptied)} after "
+                                f"--skip-bad-images skipped {len(cached.bad)} file(s); fix or replace those files.")
     return out
 
 

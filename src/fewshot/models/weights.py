@@ -21,6 +21,20 @@ from fewshot.errors import CheckpointError
 PREFIXES = ("module.", "_orig_mod.", "encoder_q.backbone.", "encoder_q.0.", "encoder_q.", "backbone.", "model.")
 
 
+def is_safetensors(path: Path) -> bool:
+    """By name or by content (an 8-byte header length, then a JSON header), so that a safetensors file
+    saved or renamed as `backbone.pt` is still read as one rather than handed to torch.load."""
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
+
+
 def read_tensor_file(path: str | Path) -> dict:
     """Read a checkpoint or weights file safely; any failure becomes a CheckpointError naming the file."""
     path = Path(path)
@@ -28,7 +42,7 @@ def read_tensor_file(path: str | Path) -> dict:
         raise CheckpointError(f"weights file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"weights file {path} is empty (0 bytes).")
-    if path.suffix == ".safetensors":
+    if is_safetensors(path):
         from safetensors.torch import load_file
 
         try:
@@ -105,7 +119,7 @@ def architecture_of(path: str | Path | None) -> dict:
 
     So that a backbone exported from a half-width, small-stem run is rebuilt the same way by
     `fewshot train --weights` / `fewshot probe` without the user repeating the options."""
-    if not path or Path(path).suffix != ".safetensors" or not Path(path).is_file():
+    if not path or not Path(path).is_file() or not is_safetensors(Path(path)):
         return {}
     from safetensors import safe_open
 

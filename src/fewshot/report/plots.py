@@ -193,6 +193,14 @@ def plot_pretrain_curves(run: Path) -> Path | None:
     return plot_moco_curves(rows, Path(run) / "plots" / "pretrain_curves.png")
 
 
+def plot_train_curves(run: Path) -> Path | None:
+    """RUN/plots/finetune_curves.png of a `fewshot train` run (loss, val accuracy, lr per epoch)."""
+    rows = read_log(run)
+    if not rows:
+        return None
+    return plot_finetune_curves(rows, Path(run) / "plots" / "finetune_curves.png")
+
+
 def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]], out: Path) -> Path:
     """Grouped bars: one group per dataset (+ mean, + routing for unknown source), one bar per run.
 

@@ -20,7 +20,7 @@ from fewshot.models.backbone import adopt_weights_architecture, backbone_options
 from fewshot.models.weights import load_backbone_weights
 from fewshot.progress import set_enabled
 from fewshot.ssl.functional import topk_accuracy
-from fewshot.ssl.knn import knn_accuracy
+from fewshot.ssl.knn import knn_predict
 from fewshot.ssl.moco import MoCo
 from fewshot.train.distributed import DistContext, init_distributed
 from fewshot.train.engine import Engine
@@ -168,18 +168,28 @@ class MoCoTask:
 
     def evaluate(self, model, epoch: int) -> dict:
         """kNN accuracy per dataset: the dataset's labelled train images vote for its val images."""
+        per = {name: m["acc1"] for name, m in self.knn_metrics(model).items()}
+        per["mean"] = sum(per.values()) / max(1, len(per))
+        return {"score": per["mean"], "knn_acc1": per}
+
+    def knn_metrics(self, model) -> dict[str, dict]:
+        """Per dataset {acc1, acc5, n} of the weighted kNN monitor (k, t from moco.knn_*) on val."""
         backbone = model.encoder_q.backbone
         tr = backbone_features(backbone, self.train_set.images, self.normalize, self.device)
         va = backbone_features(backbone, self.val_set.images, self.normalize, self.device)
         k, t = self.cfg["moco"]["knn_k"], self.cfg["moco"]["knn_t"]
-        per = {}
+        out = {}
         for d, name in enumerate(self.space.names):
             mt, mv = self.train_set.dataset_ids == d, self.val_set.dataset_ids == d
             off = self.space.offsets[d]
-            per[name] = knn_accuracy(tr[mt], self.train_set.targets[mt] - off, va[mv],
-                                     self.val_set.targets[mv] - off, self.space.sizes[d], k, t)
-        per["mean"] = sum(per.values()) / max(1, len(per))
-        return {"score": per["mean"], "knn_acc1": per}
+            labels = self.val_set.targets[mv].to(va.device) - off
+            scores = knn_predict(tr[mt], self.train_set.targets[mt].to(tr.device) - off, va[mv], self.space.sizes[d], k, t)
+            top = scores.topk(min(5, scores.shape[1]), dim=1).indices
+            n = int(labels.numel())
+            out[name] = {"acc1": 100.0 * float((top[:, 0] == labels).float().mean()) if n else float("nan"),
+                         "acc5": 100.0 * float((top == labels[:, None]).any(1).float().mean()) if n else float("nan"),
+                         "n": n}
+        return out
 
     def checkpoint_extra(self) -> dict:
         return {"label_space": self.space.to_dict(), "n_parameters": self.n_parameters, "img_size": self.size,
@@ -221,4 +231,26 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
         plot_pretrain_curves(Path(out))
         if result:
             print("kNN accuracy (val): " + ", ".join(f"{k} {v:.2f}" for k, v in result["knn_acc1"].items()))
+        write_knn_metrics(engine, task, Path(out))
     return result or {}
+
+
+def write_knn_metrics(engine: Engine, task: MoCoTask, out: Path) -> None:
+    """RUN/metrics.json in the SPEC's format (every run directory has one): the kNN monitor of the best
+    checkpoint (the epoch with the best mean kNN accuracy) on the val splits, known-source mode."""
+    from fewshot.train.checkpoint import load_checkpoint, logged_epoch
+    from fewshot.utils import write_json
+
+    ckpt = out / "checkpoints" / "best.pt"
+    ckpt = ckpt if ckpt.is_file() else out / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        return
+    ck = load_checkpoint(ckpt)
+    task.model.load_state_dict(ck["model"])
+    per = task.knn_metrics(task.model)
+    m = task.cfg["moco"]
+    write_json(out / "metrics.json", {
+        "mode": "known", "n_parameters": task.n_parameters,
+        "mean_acc1": sum(d["acc1"] for d in per.values()) / max(1, len(per)), "datasets": per, "routing_acc": None,
+        "split": "val", "metric": f"kNN (k={m['knn_k']}, t={m['knn_t']}) on frozen backbone features",
+        "best_epoch": logged_epoch(ck)})

@@ -40,6 +40,12 @@ def load_checkpoint(path: str | Path) -> dict:
     return obj
 
 
+def logged_epoch(ck: dict) -> int:
+    """The log.jsonl epoch number of a checkpoint. `epoch` counts completed epochs; a budgeted run that
+    stopped mid-epoch saved `step_in_epoch` > 0 and logged that partial epoch as `epoch` + 1."""
+    return int(ck.get("epoch") or 0) + (1 if ck.get("step_in_epoch") else 0)
+
+
 def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
     """A run directory (-> checkpoints/best.pt, else last.pt) or a checkpoint file."""
     p = Path(run_or_ckpt)

@@ -40,7 +40,13 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
 
     for dotted, value in explicit.items():
         set_dotted(base, dotted.split("."), value)
-    return base
+    saved_device = str(base.get("train", {}).get("device") or "")
+    if "train.device" not in explicit and saved_device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"'{out}' was trained on {saved_device} (its config.yaml) and no CUDA GPU is available "
+                        f"here; pass --device cpu to resume it on the CPU.")
+    from fewshot.config import validate
+
+    return validate(base)
 
 
 def configure_threads(cfg: dict) -> None:
@@ -74,12 +80,16 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
               f"{len(task.val_set)} val images at {task.size}px on {device}; run directory {out}")
     engine.fit(resume=resume)
     metrics = final_metrics(engine, task, out)
+    if ctx.is_main:
+        from fewshot.report.plots import plot_train_curves
+
+        plot_train_curves(Path(out))  # SPEC: a run directory holds plots/ (`fewshot run`'s report draws its own)
     return metrics
 
 
 def final_metrics(engine: Engine, task: SupervisedTask, out: Path) -> dict:
     """Evaluate the best checkpoint on val in both modes; metrics.json holds the configured mode."""
-    from fewshot.train.checkpoint import load_checkpoint
+    from fewshot.train.checkpoint import load_checkpoint, logged_epoch
 
     if not engine.ctx.is_main:
         return {}
@@ -87,14 +97,15 @@ def final_metrics(engine: Engine, task: SupervisedTask, out: Path) -> dict:
     ck = load_checkpoint(best if best.is_file() else Path(out) / "checkpoints" / "last.pt")
     model = task.model
     model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
-    result = task.evaluate(model, ck["epoch"])
+    best_epoch = logged_epoch(ck)
+    result = task.evaluate(model, best_epoch)
     mode = task.cfg["train"]["eval_mode"]
     metrics = dict(result["val"][mode])
-    metrics.update({"split": "val", "best_epoch": ck["epoch"]})
+    metrics.update({"split": "val", "best_epoch": best_epoch})
     write_json(Path(out) / "metrics.json", metrics)
     for m in ("known", "unknown"):
-        write_json(Path(out) / f"metrics_{m}.json", {**result["val"][m], "split": "val", "best_epoch": ck["epoch"]})
-    print(format_table(result["val"]["known"], title=f"val accuracy, best epoch {ck['epoch']}"))
+        write_json(Path(out) / f"metrics_{m}.json", {**result["val"][m], "split": "val", "best_epoch": best_epoch})
+    print(format_table(result["val"]["known"], title=f"val accuracy, best epoch {best_epoch}"))
     print(f"unknown-source: mean acc@1 {result['val']['unknown']['mean_acc1']:.2f}, "
           f"routing {result['val']['unknown']['routing_acc']:.2f}")
     return metrics
