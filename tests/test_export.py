@@ -230,3 +230,35 @@ def test_pretrain_run_directory_has_the_spec_files(exported):
     logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     best = [r for r in logged if r["epoch"] == metrics["best_epoch"]][0]
     assert d["acc1"] == pytest.approx(best["knn_acc1"]["digits"])  # the best checkpoint, re-measured
+
+
+def test_non_strict_loading_says_what_it_left_out_and_refuses_a_file_that_loads_nothing(tmp_path, capsys):
+    """model.strict=false used to load whatever matched, possibly nothing, without a word (and the
+    pretrained-weights defaults then fine-tuned a random backbone at lr 1e-4)."""
+    from safetensors.torch import save_file
+
+    from fewshot.errors import CheckpointError
+    from fewshot.models.backbone import create_backbone
+    from fewshot.models.weights import load_backbone_weights
+
+    own = create_backbone(NAME).state_dict()
+    save_file({"backbone.0.weight": torch.zeros(3)}, str(tmp_path / "other.safetensors"))  # e.g. lightly's keys
+    with pytest.raises(CheckpointError, match="none of its 1 tensor"):
+        load_backbone_weights(create_backbone(NAME), tmp_path / "other.safetensors", strict=False)
+    save_file({k: v for k, v in own.items() if not k.startswith("layer1")}, str(tmp_path / "part.safetensors"))
+    out = load_backbone_weights(create_backbone(NAME), tmp_path / "part.safetensors", strict=False)
+    assert out["missing"] and "left at random init (layer1." in capsys.readouterr().err
+    # BatchNorm's step counters are not weights: a file without them still loads strictly
+    save_file({k: v for k, v in own.items() if not k.endswith("num_batches_tracked")}, str(tmp_path / "nbt.safetensors"))
+    assert load_backbone_weights(create_backbone(NAME), tmp_path / "nbt.safetensors", strict=True)["missing"] == []
+
+
+def test_weights_from_a_fine_tuning_checkpoint_are_its_ema_weights():
+    """Evaluation, best.pt and export use the EMA; `--weights RUN/checkpoints/best.pt` took the raw ones."""
+    from fewshot.models.weights import backbone_state_from
+
+    ck = {"format": "fewshot-checkpoint", "kind": "supervised", "model": {"backbone.w": torch.zeros(2)},
+          "ema": {"backbone.w": torch.ones(2)}}
+    assert torch.equal(backbone_state_from(ck, Path("x"))["w"], torch.ones(2))
+    ck["ema"] = None
+    assert torch.equal(backbone_state_from(ck, Path("x"))["w"], torch.zeros(2))

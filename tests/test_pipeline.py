@@ -201,15 +201,24 @@ def test_run_rejects_a_non_positive_budget(digits_root, tmp_path):
     assert rc == 2 and "--budget-minutes" in err
 
 
-@pytest.mark.parametrize("damage", ["no test folder", "answer key not json"])
+@pytest.mark.parametrize("damage", ["no test folder", "answer key not json", "image missing from the key",
+                                    "class out of range"])
 def test_run_checks_the_test_split_before_spending_the_budget(copy_root, tmp_path, damage):
     import shutil
 
     name = sorted(p.name for p in copy_root.iterdir() if (p / "train").is_dir())[0]
+    key_file = copy_root / name / "test_labels.json"
+    key = json.loads(key_file.read_text())
     if damage == "no test folder":
         shutil.rmtree(copy_root / name / "test")
+    elif damage == "answer key not json":
+        key_file.write_text("{not json")
+    elif damage == "image missing from the key":  # was found only when scoring, after the whole budget
+        key.pop(next(iter(key)))
+        key_file.write_text(json.dumps(key))
     else:
-        (copy_root / name / "test_labels.json").write_text("{not json")
+        key[next(iter(key))] = 99
+        key_file.write_text(json.dumps(key))
     out = tmp_path / "x"
     rc, _, err = run_main("run", "--data", copy_root, "--out", out, "--budget-minutes", "0.2", "--model",
                           "test_resnet", "--device", "cpu", "--no-progress")
@@ -227,3 +236,42 @@ def test_auto_img_size_passes_over_an_unreadable_image(copy_root):
     infos = scan_root(copy_root, None, splits=("train", "val"))
     infos[0].train[0][0].write_bytes(b"this is not an image")
     assert auto_img_size(infos, torch.device("cpu")) == 32
+
+
+def test_step_calibration_runs_on_the_tasks_device_not_where_the_model_was_built():
+    """The tasks build their model on the CPU and the Engine moves it; the calibration runs before the
+    Engine, so on a GPU it fed CUDA batches to a CPU model (a crash on any CUDA machine). The `meta`
+    device stands in for CUDA: the same mismatch, without a GPU."""
+    import torch
+    from torch import nn
+
+    from fewshot.pipeline import measure_step_seconds
+
+    class Task:
+        device = torch.device("meta")
+        cfg = {"train": {"amp": "off"}}
+
+        def __init__(self):
+            self.model = nn.Linear(4, 2)
+
+        def plan_epoch(self, epoch):
+            return [torch.arange(2)]
+
+        def make_batch(self, idx, epoch, step):
+            return torch.randn(2, 4, device=self.device)
+
+        def training_step(self, model, x):
+            return model(x).sum(), {}, 2
+
+    task = Task()
+    assert measure_step_seconds(task) >= 0
+    assert next(task.model.parameters()).device.type == "meta"
+
+
+def test_predict_on_a_run_folder_uses_the_stage_that_predicted(digits_root, moco_run, tmp_path):
+    """`fewshot predict DIR` on a `fewshot run` folder said "no checkpoint in run directory"; it now takes the
+    stage named by summary.json (predicted_with) and writes what `fewshot run` wrote."""
+    out, summary = moco_run
+    rc, _, err = run_main("predict", out, "--data", digits_root, "--out", tmp_path / "p.json", "--device", "cpu")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "p.json").read_text()) == json.loads((out / "pred_all.json").read_text())

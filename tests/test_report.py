@@ -322,3 +322,18 @@ def test_progress_disabled_prints_nothing_and_tty_keeps_tqdm(monkeypatch):
         bar.close()
     finally:
         progress.set_enabled(was)
+
+
+def test_pipeline_test_scores_are_shown_under_the_stage_that_predicted_only(tmp_path):
+    """summary.json holds the test accuracy of the stage that wrote pred_all.json; it was printed under every
+    fine-tuning stage, so round 1 and round 2 looked identical on test."""
+    from fewshot.report.runs import Run
+    from fewshot.report.tables import test_table
+
+    test = {"mean_acc1": 80.0, "datasets": {"digits": {"acc1": 80.0, "acc5": 99.0, "n": 30}}}
+    summary = {"metrics": {"test": test}, "predicted_with": "finetune"}
+    rounds = {name: Run(path=tmp_path / name, label=name, kind="supervised", config={}, log=[], pipeline=summary)
+              for name in ("finetune_labelled", "finetune")}
+    assert test_table(rounds["finetune_labelled"]) is None
+    table = test_table(rounds["finetune"])
+    assert table is not None and "test accuracy" in table.title

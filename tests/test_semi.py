@@ -74,6 +74,9 @@ def test_class_quota_splits_each_datasets_pool_evenly_over_its_classes():
     assert class_quota(ids, SPACE, 1.0).tolist() == [4, 4, 2, 2, 2]
     # unknown-source images are shared out in proportion to the classes
     assert class_quota(torch.tensor([-1] * 10), SPACE, 1.0).tolist() == [2, 2, 2, 2, 2]
+    # a pool of about one image per class: one each, not round(0.5) == 0 for every class; no pool: none
+    assert class_quota(torch.tensor([0, 0, 1, 1, 1]), SPACE, 0.5).tolist() == [1, 1, 1, 1, 1]
+    assert class_quota(torch.tensor([1, 1, 1]), SPACE, 0.5).tolist() == [0, 0, 1, 1, 1]
 
 
 def test_teacher_probabilities_stay_inside_the_images_dataset():

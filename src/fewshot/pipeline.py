@@ -8,6 +8,7 @@ catches mis-estimates.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from pathlib import Path
@@ -23,25 +24,37 @@ from fewshot.progress import set_enabled
 from fewshot.utils import resolve_device, seed_everything, write_json
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # CUDA runs asynchronously: without this a timer measures only the queueing
+        torch.cuda.synchronize(device)
+
+
 def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
-    """Median seconds per training step (forward, backward, optimizer) on a copy of the task's model."""
+    """Median seconds per training step (forward, backward, optimizer) on a copy of the task's model,
+    on the task's device and in the Engine's autocast, so that the plan matches what the stage will run."""
+    from fewshot.train.engine import amp_dtype, empty_epoch_error
+
+    device = task.device
+    task.model.to(device)  # the tasks build their model on the CPU; the Engine would move it later
     model = copy.deepcopy(task.model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.0)
     batches = task.plan_epoch(0)
     if not batches:  # found here, before the Engine would say it, since calibration comes first
-        from fewshot.train.engine import empty_epoch_error
-
         raise empty_epoch_error(task, task.cfg, 1)
+    amp = amp_dtype(task.cfg, device)
     times = []
     with torch.random.fork_rng(devices=[]):
         for i in range(warmup + steps):
+            _sync(device)
             t0 = time.perf_counter()
             batch = task.make_batch(batches[i % len(batches)], 0, i)
-            loss, _, _ = task.training_step(model, batch)
+            with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+                loss, _, _ = task.training_step(model, batch)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     del model, opt
@@ -49,9 +62,12 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
 
 
 def measure_eval_seconds(task) -> float:
+    task.model.to(task.device)
+    _sync(task.device)
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         task.evaluate(task.model, 0)
+    _sync(task.device)
     return time.perf_counter() - t0
 
 
@@ -196,9 +212,15 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
     # the test split and its answer keys are checked now, not after the whole budget has been spent
     test_infos = scan_root(cfg["data"]["root"], [i.name for i in infos], splits=("test",))
-    for info in test_infos:
+    n_classes = {info.name: len(info.classes) for info in infos}
+    for info in test_infos:  # what scoring after the budget needs: classes in range, every test image keyed
         if info.answer_key is not None:
-            load_answer_key(info.answer_key)
+            key = load_answer_key(info.answer_key, n_classes[info.name])
+            unkeyed = [str(i) for i, _ in info.test if str(i) not in key]
+            if unkeyed:
+                raise UserError(f"answer key {info.answer_key} has no class for {len(unkeyed)} test image(s) of "
+                                f"{info.name} (ids {', '.join(unkeyed[:5])}{', ...' if len(unkeyed) > 5 else ''}); "
+                                f"complete it, or remove it to predict without scoring.")
     if cfg["model"]["img_size"] is None:
         cfg["model"]["img_size"] = auto_img_size(infos, device)
     r = cfg["run"]

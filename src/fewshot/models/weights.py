@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -87,7 +88,8 @@ def backbone_state_from(obj: dict, path: Path) -> dict[str, torch.Tensor]:
             state = obj["model"]
             prefix = "encoder_q.backbone."
             return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        state = obj["model"]
+        # the EMA weights when the run kept them: those were evaluated, chose best.pt and are what export writes
+        state = obj["ema"] if obj.get("ema") is not None else obj["model"]
         return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     for key in ("state_dict", "model", "model_state", "module"):
         if key in obj and isinstance(obj[key], dict):
@@ -153,7 +155,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
     mismatched += [f"{k}: file dtype {str(v.dtype).replace('torch.', '')} vs model "
                    f"{str(own[k].dtype).replace('torch.', '')}" for k, v in state.items()
                    if k in own and (v.is_floating_point() != own[k].is_floating_point() or v.is_complex())]
-    missing = [k for k in own if k not in state]
+    # BatchNorm's step counter is not a weight; many published checkpoints leave it out
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     if mismatched or (strict and (missing or unexpected)):
         parts = [f"weights file {path} does not fit the model ({type(backbone).__name__})."]
@@ -167,5 +170,15 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
                      "trained with"
                      + ("" if not strict else ", or pass model.strict=false to load the matching part") + ".")
         raise CheckpointError(" ".join(parts))
+    loaded = len(state) - len(unexpected)
+    if loaded == 0:
+        raise CheckpointError(f"weights file {path}: none of its {len(state)} tensor(s) matches a parameter of the "
+                              f"model ({type(backbone).__name__}; file keys like {', '.join(list(state)[:3]) or '-'}); "
+                              f"check --model, or the file is not a backbone of this architecture.")
+    if missing or unexpected:  # model.strict=false: say what was left out, or a mostly random backbone goes unnoticed
+        print(f"warning: {path}: loaded {loaded} of the model's {len(own)} tensors (model.strict=false); "
+              f"{len(missing)} left at random init ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}), "
+              f"{len(unexpected)} in the file unused ({', '.join(unexpected[:4])}"
+              f"{', ...' if len(unexpected) > 4 else ''})", file=sys.stderr)
     backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return {"loaded": len(state) - len(unexpected), "missing": missing, "unexpected": unexpected}
+    return {"loaded": loaded, "missing": missing, "unexpected": unexpected}

@@ -140,6 +140,9 @@ def test_table(run: Run) -> Table | None:
     m = ((run.pipeline or {}).get("metrics") or {})
     if run.kind != "supervised" or not m.get("test"):
         return None
+    predicted_with = (run.pipeline or {}).get("predicted_with")
+    if predicted_with and run.path.name != predicted_with:  # the scores belong to the stage that predicted
+        return None
     return dataset_table(run, title=f"{run.label}: test accuracy (answer keys, scored by `fewshot run`)",
                          known=m.get("test"), unknown=m.get("test_unknown"))
 

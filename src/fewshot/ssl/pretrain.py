@@ -69,7 +69,8 @@ def resolve_pretrain_defaults(cfg: dict, world: int) -> dict:
     if m["queue_size"] < global_batch:
         raise UserError(f"moco.queue_size ({m['queue_size']}) is smaller than the global batch ({global_batch} = "
                         f"{t['batch_size']} x {world} processes): the queue could not hold one batch of keys. "
-                        f"Raise --queue-size or lower --batch-size.")
+                        f"Raise --queue-size or lower --batch-size (`fewshot run`: run.queue_size=K, "
+                        f"run.pretrain_batch_size=N).")
     return cfg
 
 

@@ -49,6 +49,16 @@ def logged_epoch(ck: dict) -> int:
 def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
     """A run directory (-> checkpoints/best.pt, else last.pt) or a checkpoint file."""
     p = Path(run_or_ckpt)
+    if p.is_dir() and not (p / "checkpoints").is_dir() and (p / "summary.json").is_file():
+        # a `fewshot run` folder: the stage that wrote its pred_all.json (summary.json: predicted_with)
+        import json
+
+        try:
+            stage = json.loads((p / "summary.json").read_text()).get("predicted_with")
+        except (OSError, ValueError, AttributeError):
+            stage = None
+        if stage and (p / stage / "checkpoints").is_dir():
+            p = p / stage
     if p.is_dir():
         for name in (f"{prefer}.pt", "best.pt", "last.pt"):
             cand = p / "checkpoints" / name

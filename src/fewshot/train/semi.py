@@ -146,5 +146,6 @@ def class_quota(pool_dataset_ids: torch.Tensor, space, keep_frac: float) -> torc
     for d in range(len(space.names)):
         classes = torch.nonzero(space.mask(torch.tensor([d]))[0]).flatten()
         n = int((pool_dataset_ids == d).sum()) + n_unknown * len(classes) // space.num_classes
-        quota[classes] = int(round(keep_frac * n / max(1, len(classes))))
+        # at least one per class when the dataset has a pool: rounding down to 0 kept nothing at all
+        quota[classes] = max(1 if n else 0, int(round(keep_frac * n / max(1, len(classes)))))
     return quota
