@@ -262,3 +262,23 @@ def test_weights_from_a_fine_tuning_checkpoint_are_its_ema_weights():
     assert torch.equal(backbone_state_from(ck, Path("x"))["w"], torch.ones(2))
     ck["ema"] = None
     assert torch.equal(backbone_state_from(ck, Path("x"))["w"], torch.zeros(2))
+
+
+def test_vit_weights_of_another_image_size_load_with_a_resampled_position_embedding(tmp_path):
+    """ImageNet ViT weights (224 px) were refused at --img-size 64/160 (pos_embed has one entry per patch);
+    they are resampled to the model's patch grid as timm does, the other tensors load unchanged."""
+    from safetensors.torch import save_file
+
+    from fewshot.models.backbone import create_backbone
+    from fewshot.models.weights import load_backbone_weights
+
+    big = create_backbone("test_vit", img_size=64)
+    save_file({k: v.contiguous() for k, v in big.state_dict().items()}, str(tmp_path / "vit64.safetensors"))
+    small = create_backbone("test_vit", img_size=32)
+    assert small.pos_embed.shape != big.pos_embed.shape
+    load_backbone_weights(small, tmp_path / "vit64.safetensors", strict=True)
+    assert torch.equal(small.pos_embed[:, :1], big.pos_embed[:, :1])  # the class token's entry is kept
+    assert torch.equal(small.patch_embed.proj.weight, big.patch_embed.proj.weight)
+    from timm.layers import resample_abs_pos_embed  # what timm's own checkpoint filter does
+
+    assert torch.allclose(small.pos_embed, resample_abs_pos_embed(big.pos_embed.detach(), new_size=[2, 2]))

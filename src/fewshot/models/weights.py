@@ -141,6 +141,25 @@ def architecture_of(path: str | Path | None) -> dict:
     return arch
 
 
+def _resample_pos_embed(backbone: nn.Module, state: dict, own: dict) -> None:
+    """A ViT's position embedding has one entry per patch, so it depends on the image size: weights
+    trained at 224 px are resampled to this model's patch grid (bicubic), as timm's own loaders do."""
+    posemb = state.get("pos_embed")
+    grid = getattr(getattr(backbone, "patch_embed", None), "grid_size", None)
+    if posemb is None or grid is None or "pos_embed" not in own or posemb.shape == own["pos_embed"].shape:
+        return
+    if posemb.dim() != 3 or posemb.shape[-1] != own["pos_embed"].shape[-1]:
+        return  # not the same embedding width: reported as a shape mismatch
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(backbone, "no_embed_class", False) else int(getattr(backbone, "num_prefix_tokens", 1))
+    try:
+        state["pos_embed"] = resample_abs_pos_embed(posemb.float(), new_size=list(grid),
+                                                    num_prefix_tokens=prefix).to(posemb.dtype)
+    except (RuntimeError, ValueError):
+        return  # a grid that is not square in the file: left for the shape-mismatch report
+
+
 def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = True) -> dict:
     """Load into `backbone`; strict refuses missing/unexpected keys (classifier heads are dropped)."""
     path = Path(path)
@@ -148,6 +167,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
     for k in classifier_keys(backbone, state):
         state.pop(k)
     own = backbone.state_dict()
+    _resample_pos_embed(backbone, state, own)
     mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state.items() if k in own and own[k].shape != v.shape]
     # Float16/bfloat16 weights load into float32 fine; integer, bool or complex ones where the model has floats
@@ -166,8 +186,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
             parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:8]))
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:8]))
-        parts.append("Check --model (and model.width / model.small_stem) matches the architecture the file was "
-                     "trained with"
+        parts.append("Check --model (and model.width / model.small_stem, and for a ViT --img-size) matches the "
+                     "architecture the file was trained with"
                      + ("" if not strict else ", or pass model.strict=false to load the matching part") + ".")
         raise CheckpointError(" ".join(parts))
     loaded = len(state) - len(unexpected)
