@@ -183,13 +183,11 @@ class MoCoTask:
         for d, name in enumerate(self.space.names):
             mt, mv = self.train_set.dataset_ids == d, self.val_set.dataset_ids == d
             off = self.space.offsets[d]
-            labels = self.val_set.targets[mv].to(va.device) - off
-            scores = knn_predict(tr[mt], self.train_set.targets[mt].to(tr.device) - off, va[mv], self.space.sizes[d], k, t)
-            top = scores.topk(min(5, scores.shape[1]), dim=1).indices
+            labels = self.val_set.targets[mv] - off
+            scores = knn_predict(tr[mt], self.train_set.targets[mt] - off, va[mv], self.space.sizes[d], k, t)
             n = int(labels.numel())
-            out[name] = {"acc1": 100.0 * float((top[:, 0] == labels).float().mean()) if n else float("nan"),
-                         "acc5": 100.0 * float((top == labels[:, None]).any(1).float().mean()) if n else float("nan"),
-                         "n": n}
+            acc1, acc5 = topk_accuracy(scores, labels, (1, 5)) if n else (float("nan"), float("nan"))
+            out[name] = {"acc1": acc1, "acc5": acc5, "n": n}
         return out
 
     def checkpoint_extra(self) -> dict:
