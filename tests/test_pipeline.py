@@ -2,8 +2,8 @@
 pool -> fine-tune on both -> predict), with --pretrain (MoCo -> export -> fine-tune) and the baseline.
 
 Checks what the run leaves behind (pred_all.json against the test folders, summary stages, the
-planned time-based schedules, the measured defaults), not wall-clock figures: a planned stage is
-never shorter than 10 s, so a 0.2-minute budget gives two short stages.
+planned time-based schedules, the measured defaults), not wall-clock figures: a planned stage gets at
+least a few steps, so a 0.2-minute budget gives short stages.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def test_run_rejects_a_non_positive_budget(digits_root, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["no test folder", "answer key not json", "image missing from the key",
-                                    "class out of range"])
+                                    "class out of range", "undecodable test image"])
 def test_run_checks_the_test_split_before_spending_the_budget(copy_root, tmp_path, damage):
     import shutil
 
@@ -216,6 +216,8 @@ def test_run_checks_the_test_split_before_spending_the_budget(copy_root, tmp_pat
     elif damage == "image missing from the key":  # was found only when scoring, after the whole budget
         key.pop(next(iter(key)))
         key_file.write_text(json.dumps(key))
+    elif damage == "undecodable test image":  # decoded at start-up now, no longer after the budget
+        sorted((copy_root / name / "test").iterdir())[0].write_bytes(b"not an image")
     else:
         key[next(iter(key))] = 99
         key_file.write_text(json.dumps(key))
@@ -275,3 +277,98 @@ def test_predict_on_a_run_folder_uses_the_stage_that_predicted(digits_root, moco
     rc, _, err = run_main("predict", out, "--data", digits_root, "--out", tmp_path / "p.json", "--device", "cpu")
     assert rc == 0, err
     assert json.loads((tmp_path / "p.json").read_text()) == json.loads((out / "pred_all.json").read_text())
+
+
+def test_one_prediction_pass_gives_the_scores_of_separate_evaluations(digits_root, moco_run):
+    """`fewshot run` predicts and scores the test split from one pass; it must equal pred_all.json from
+    predict_run and the metrics of evaluate_run in both modes."""
+    import torch
+
+    from fewshot.eval.predict import evaluate_run, predict_and_score, predict_run
+
+    out, _ = moco_run
+    cpu = torch.device("cpu")
+    pred, routing, scores = predict_and_score(out / "finetune", digits_root, cpu)
+    assert (pred, routing) == predict_run(out / "finetune", digits_root, "known", cpu)
+    for mode in ("known", "unknown"):
+        assert scores[mode] == evaluate_run(out / "finetune", digits_root, mode, cpu, split="test")
+
+
+def test_the_last_stage_leaves_its_measured_closing_work_inside_the_budget(digits_root):
+    """plan_stage takes the closing estimate (evaluation, prediction, report) off the stage's training
+    time; with the end already past, the stage still gets a few steps instead of failing."""
+    import time
+
+    import torch
+
+    from fewshot.config import resolve
+    from fewshot.pipeline import closing_seconds, measure_prediction_seconds, plan_stage
+    from fewshot.train.distributed import DistContext
+    from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
+    from fewshot.data.layout import scan_root
+
+    cfg = resolve(flags={"data.root": str(digits_root), "model.name": "test_resnet", "model.img_size": 16,
+                         "train.batch_size": 8, "train.progress": False})
+    resolve_finetune_defaults(cfg)
+    infos = scan_root(digits_root, None, splits=("train", "val"))
+    task = SupervisedTask(cfg, infos, torch.device("cpu"), DistContext())
+    end = time.monotonic() + 100.0
+    _, _, plain = plan_stage(task, cfg, end, 1, ("train", "eval_every"))
+    _, _, closed = plan_stage(task, cfg, end, 1, ("train", "eval_every"), closing=lambda t, e: 30.0)
+    assert plain <= 100.0 and 60.0 < closed <= plain - 29.0
+    step_s, _, spent = plan_stage(task, cfg, time.monotonic() - 5.0, 1, ("train", "eval_every"))
+    assert spent == pytest.approx(5 * step_s)
+    # the estimate grows with the test split (at the timed speed per image) and with the report's stages
+    per_image = measure_prediction_seconds(task, task.val_set.images)
+    assert 0 < per_image < 1
+    base = closing_seconds(task, 1.0, 0.01, n_test=0, report_stages=0)
+    assert closing_seconds(task, 1.0, 0.01, n_test=1000, report_stages=0) == pytest.approx(base + 10)
+    assert closing_seconds(task, 1.0, 0.01, n_test=0, report_stages=2) > base + 2
+
+
+def test_run_counts_its_budget_from_the_given_start_and_reports_an_overrun(digits_root, tmp_path, capsys):
+    """The command line passes the process start (imports count); a budget already spent still gives a
+    complete run, which then says what the fixed costs were."""
+    import time
+
+    from fewshot.config import resolve
+    from fewshot.pipeline import run_pipeline
+
+    cfg = resolve(flags={"data.root": str(digits_root), "model.name": "test_resnet", "train.device": "cpu",
+                         "train.progress": False, "train.batch_size": 16, "run.report": False,
+                         "run.semi_method": "off"})
+    summary = run_pipeline(cfg, tmp_path / "late", 0.05, started=time.monotonic() - 60.0)
+    assert summary["seconds"] > 60.0  # counted from `started`, not from the call
+    assert (tmp_path / "late" / "pred_all.json").is_file()
+    assert "[run] note: the run took" in capsys.readouterr().out
+
+
+def test_the_command_line_counts_the_budget_from_process_start(digits_root, tmp_path, monkeypatch):
+    """`fewshot run` as a command (console_main) hands the process start to the pipeline; main() called from
+    Python starts the clock at the call (a notebook that imported fewshot an hour ago keeps its budget)."""
+    import sys
+
+    import fewshot
+    import fewshot.pipeline
+    from fewshot.cli import console_main
+
+    seen = []
+    monkeypatch.setattr(fewshot.pipeline, "run_pipeline", lambda cfg, out, minutes, started=None: seen.append(started))
+    argv = ["run", "--data", str(digits_root), "--out", str(tmp_path / "o"), "--budget-minutes", "1"]
+    monkeypatch.setattr(sys, "argv", ["fewshot", *argv])
+    assert console_main() == 0 and seen == [fewshot.PROCESS_START]
+    assert run_main(*argv)[0] == 0 and seen[1] is None
+
+
+def test_run_skip_bad_images_predicts_the_decodable_test_images(copy_root, tmp_path):
+    """With --skip-bad-images an undecodable test image is left out of pred_all.json (listed at start-up)."""
+    name = sorted(p.name for p in copy_root.iterdir() if (p / "train").is_dir())[0]
+    bad = sorted((copy_root / name / "test").iterdir())[0]
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "skip"
+    rc, _, err = run_main("run", "--data", copy_root, "--out", out, "--budget-minutes", "0.2", "--model",
+                          "test_resnet", "--device", "cpu", "--no-progress", "--skip-bad-images", "--baseline",
+                          "run.report=false", "train.batch_size=16")
+    assert rc == 0, err
+    pred = json.loads((out / "pred_all.json").read_text())
+    assert set(pred[name]) == test_ids(copy_root, name) - {bad.stem}

@@ -337,3 +337,20 @@ def test_pipeline_test_scores_are_shown_under_the_stage_that_predicted_only(tmp_
     assert test_table(rounds["finetune_labelled"]) is None
     table = test_table(rounds["finetune"])
     assert table is not None and "test accuracy" in table.title
+
+
+def test_pipeline_report_draws_image_parts_for_the_stage_that_predicted_only(runs, tmp_path):
+    """A `fewshot run` folder's report predicts val and draws confusion matrices, embedding and grid for the
+    stage whose model wrote pred_all.json; an earlier round gets curves and tables and a note (half the work
+    inside the run's budget)."""
+    pipe = tmp_path / "pipe"
+    shutil.copytree(runs["ft"], pipe / "finetune_labelled")
+    shutil.copytree(runs["ft"], pipe / "finetune")
+    (pipe / "summary.json").write_text(json.dumps({"stages": {}, "metrics": {}, "predicted_with": "finetune"}))
+    rc, _, err = run_main("report", pipe, "--out", tmp_path / "r", "--device", "cpu", "--data", runs["root"])
+    assert rc == 0, err
+    names = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
+    assert any(n.startswith("pipe-finetune-confusion-") for n in names), names
+    assert not any(n.startswith("pipe-finetune_labelled-confusion-") for n in names), names
+    assert any(n.startswith("pipe-finetune_labelled-curves") for n in names), names
+    assert "drawn for the stage that predicted (finetune)" in (tmp_path / "r" / "index.html").read_text()

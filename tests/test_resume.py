@@ -245,3 +245,47 @@ def test_pretrain_budget_stop_then_resume(root, pt_ref, tmp_path, monkeypatch):
     rows, ref = read_log(out), read_log(pt_ref)
     assert rows[0] == ref[0] and rows[-1] == ref[-1]  # whole-epoch means, although epoch 2 ran in two parts
     assert [(r["epoch"], r["step"]) for r in rows[1:-1]] in ([], [(2, 14)])  # the budget stop's partial row
+
+
+def test_epoch_end_checkpoints_are_spaced_by_save_interval(root, tmp_path, monkeypatch):
+    """last.pt at the end of an epoch only when train.save_interval_s has passed (always at the first and the
+    last epoch and with a new best.pt, every epoch with 0); best.pt carries no optimizer state, last.pt does."""
+    written = []
+    save = Engine.save
+
+    def spy(self, name="last"):
+        written.append((name, self.epoch))
+        save(self, name)
+
+    monkeypatch.setattr(Engine, "save", spy)
+    spaced = {"train.epochs": 4, "train.eval_every": 2, "train.save_interval_s": 3600.0}
+    run_finetune(finetune_cfg(root, **spaced), tmp_path / "spaced")
+    lasts, bests = [e for n, e in written if n == "last"], [e for n, e in written if n == "best"]
+    # the first epoch; every epoch that wrote a new best.pt (evaluated at 2 and 4); the last; not epoch 3
+    assert lasts == sorted({1, 4, *bests}) and 3 not in lasts
+    written.clear()
+    run_finetune(finetune_cfg(root, **{"train.epochs": 3, "train.save_interval_s": 0.0}), tmp_path / "every")
+    assert [e for n, e in written if n == "last"] == [1, 2, 3]
+    assert load_checkpoint(tmp_path / "every" / "checkpoints" / "best.pt")["optimizer"] is None
+    assert load_checkpoint(tmp_path / "every" / "checkpoints" / "last.pt")["optimizer"]["state"]
+
+
+def test_resume_from_an_older_last_pt_when_epoch_end_saves_were_spaced(root, tmp_path, monkeypatch):
+    """With train.save_interval_s, a kill can find last.pt several epochs old while log.jsonl has rows after
+    it: resume must redo those epochs exactly and leave one row per epoch (no duplicates, none lost)."""
+    spaced = {"train.epochs": 4, "train.eval_every": 4, "train.save_interval_s": 3600.0}
+    ref = tmp_path / "ref"
+    run_finetune(finetune_cfg(root, **spaced), ref)
+    out = tmp_path / "run"
+    # 40 images, batch 8: 5 steps per epoch; step 18 is in epoch 4. Only epoch 1 wrote last.pt (the first
+    # epoch end always saves; epochs 2 and 3 fell inside the interval and evaluated nothing).
+    with monkeypatch.context() as mp:
+        kill_in_training_step(mp, SupervisedTask, 18)
+        with pytest.raises(Killed):
+            run_finetune(finetune_cfg(root, **spaced), out)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 0, 5)
+    assert [r["epoch"] for r in read_log(out)] == [1, 2, 3]  # rows past the checkpoint, to be redone
+    run_finetune(finetune_cfg(root, **spaced), out, resume=True)
+    compare_runs(ref, out, metrics=True)
+    assert [r["epoch"] for r in read_log(out)] == [1, 2, 3, 4]

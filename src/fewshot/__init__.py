@@ -1,6 +1,9 @@
 """fewshot: few-shot image classification over several datasets, with MoCo pretraining."""
 
+import time as _time
+
 __version__ = "0.1.0"
+PROCESS_START = _time.monotonic()  # `fewshot run --budget-minutes` counts from here: imports are part of the budget
 
 
 def _omp_wait_policy() -> None:

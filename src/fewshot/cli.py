@@ -33,7 +33,8 @@ def _add_common_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt exactly")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images (listed) instead of failing")
-    p.add_argument("--save-every-steps", type=int, help="also checkpoint every N steps (default: each epoch)")
+    p.add_argument("--save-every-steps", type=int, help="also checkpoint every N steps (default: at epoch ends, at most every "
+                   "train.save_interval_s=30 seconds, and always at the first, the best and the last)")
     p.add_argument("--skip-nonfinite", type=int, metavar="N",
                    help="skip up to N steps whose loss is NaN/inf instead of stopping (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -236,9 +237,18 @@ COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": c
             "report": cmd_report, "compare": cmd_compare}
 
 
-def main(argv: list[str] | None = None) -> int:
+def console_main() -> int:
+    """The `fewshot` command and `python -m fewshot`: a fresh process, whose start-up (imports) counts toward
+    `fewshot run --budget-minutes`. A call of main() from Python (tests, notebooks) starts its clock at the call."""
+    import fewshot
+
+    return main(started=fewshot.PROCESS_START)
+
+
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.started = started
     if args.command is None:
         parser.print_help()
         return 2

@@ -34,7 +34,8 @@ def add_parsers(sub, add_common, epilog) -> None:
                        "The defaults are the recipe measured best on val (docs/recipes.md).")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--budget-minutes", type=float, default=10.0)
+    p.add_argument("--budget-minutes", type=float, default=10.0,
+                   help="wall-clock minutes for the whole command, from its start to the report (default 10)")
     p.add_argument("--model", help="timm model (default resnet18)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--img-size", type=int, help="default: 32 for small images, else 64 on CPU / 160 on GPU")
@@ -48,6 +49,8 @@ def add_parsers(sub, add_common, epilog) -> None:
                    help="how fine-tuning uses the pool: pseudo = self-training (default), fixmatch, off")
     p.add_argument("--baseline", action="store_true", help="the baseline: supervised from random init on the "
                    "labelled images only, the whole budget (= --no-pretrain --semi off)")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images (listed) instead of "
+                   "failing; test images are decoded at start-up, so a bad one is found before the budget is spent")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("export", help="write a MoCo run's backbone as timm-loadable safetensors")
@@ -97,7 +100,8 @@ def cmd_run(args, extra) -> int:
         raise UserError("`fewshot run` is a single-process pipeline; under torchrun use `fewshot pretrain` and "
                         "`fewshot train` (both DDP-aware), or run `fewshot run` without torchrun.")
     flags = {"data.root": args.data, "model.name": args.model, "train.device": args.device,
-             "model.img_size": args.img_size, "data.datasets": args.datasets, "train.seed": args.seed}
+             "model.img_size": args.img_size, "data.datasets": args.datasets, "train.seed": args.seed,
+             "data.skip_bad_images": True if args.skip_bad_images else None}
     if sum(map(bool, (args.pretrain, args.no_pretrain, args.baseline))) > 1:
         raise UserError("choose one of --pretrain, --no-pretrain and --baseline.")
     if args.baseline and args.semi not in (None, "off"):
@@ -111,7 +115,7 @@ def cmd_run(args, extra) -> int:
     if args.no_progress:
         flags["train.progress"] = False
     cfg = resolve(file=args.config, flags=flags, overrides=extra)
-    run_pipeline(cfg, Path(args.out), args.budget_minutes)
+    run_pipeline(cfg, Path(args.out), args.budget_minutes, started=getattr(args, "started", None))
     return 0
 
 

@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
         "eval_every": 5,          # epochs; the last epoch is always evaluated
         "eval_mode": "known",     # known | unknown (which accuracy picks `best`)
         "save_every_steps": 0,    # extra mid-epoch checkpoints (0: only at epoch ends)
+        "save_interval_s": 30.0,  # epoch-end last.pt at most this often (0: every epoch); the last epoch always
         "skip_nonfinite": 0,      # tolerate up to N non-finite losses (skipped steps)
         "deterministic": False,
         "threads": None,          # None: all cores
@@ -257,7 +258,7 @@ OPTIONAL = {  # None by default (resolved later), a number when given
 }
 AT_LEAST = {"model.img_size": 1, "train.threads": 1, "moco.mlp_hidden": 1, "run.queue_size": 1,
             "train.batch_size": 1, "train.epochs": 1, "moco.queue_size": 1, "moco.dim": 1, "moco.knn_k": 1,
-            "train.eval_every": 1, "moco.knn_every": 1, "data.repeats": 1}
+            "train.eval_every": 1, "train.save_interval_s": 0, "moco.knn_every": 1, "data.repeats": 1}
 
 INTERVALS = {  # (low, high, low included): fractions and probabilities
     "data.crop_pct": (0.0, 1.0, False), "data.randaug_p": (0.0, 1.0, True), "aug.jitter_p": (0.0, 1.0, True),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from pathlib import Path
 
@@ -79,10 +80,13 @@ def plan_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: fl
     return max(min_epochs, 4 * int(budget_s // max(per_epoch, 1e-6)), 8)
 
 
-def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: tuple[str, str]) -> tuple[float, int, float]:
+def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: tuple[str, str],
+               closing=None) -> tuple[float, int, float]:
     """Size one stage to end at ``end_time`` (time.monotonic()): measure its step and evaluation
     times, space evaluations so they cost about 10 % of an epoch's time (``every_field``: where the
-    task reads its interval), and put the stage on a time-based schedule.
+    task reads its interval), and put the stage on a time-based schedule. ``closing(task, eval_s)``:
+    seconds the run still needs after this stage's last step (the last stage: evaluation, prediction,
+    report), taken off its training time.
     Returns (seconds per step, planned epochs, the stage's budget in seconds)."""
     step_s = measure_step_seconds(task)
     eval_s = measure_eval_seconds(task)
@@ -90,11 +94,41 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     every = max(1, int(round(10 * eval_s / max(step_s * steps, 1e-6))))
     section, key = every_field
     cfg[section][key] = task.eval_every = every
-    budget_s = max(10.0, end_time - time.monotonic())
+    after = closing(task, eval_s) if closing is not None else 0.0
+    # at least a few steps, even when the budget is already spent (the run then reports the overrun)
+    budget_s = max(5 * step_s, end_time - after - time.monotonic())
     epochs = plan_epochs(budget_s, step_s, steps, eval_s, every, min_epochs)
     cfg["train"].update(epochs=epochs, budget_minutes=budget_s / 60)
     cfg["sched"]["time_based"] = True
     return step_s, epochs, budget_s
+
+
+def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256) -> float:
+    """Seconds per test image of a prediction pass (one batch of the preloaded test images, timed)."""
+    from fewshot.eval.evaluate import compute_logits
+
+    sample = images[:n]
+    if len(sample) == 0:
+        return 0.0
+    task.model.to(task.device)
+    with torch.random.fork_rng(devices=[]):
+        _sync(task.device)
+        t0 = time.perf_counter()
+        compute_logits(task.model, sample, task.normalize, task.device, batch_size=n,
+                       channels_last=task.channels_last, desc="timing prediction")
+        _sync(task.device)
+    return (time.perf_counter() - t0) / len(sample)
+
+
+def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, report_stages: int) -> float:
+    """What a run does after its last training step, estimated from this machine's measured speed: the
+    stage's closing evaluations (the stopped epoch's, the best checkpoint's) and checkpoint writes, one
+    prediction pass over the test images, and the report (figures; ~1-2 s each on 2 CPU cores)."""
+    n_params = sum(p.numel() for p in task.model.parameters())
+    saves = n_params * 24 / 250e6  # last.pt (weights, EMA, AdamW's two slots) + best.pt (weights, EMA), ~250 MB/s
+    # the report: curves of every stage; a val pass, confusion matrices, embedding and grid of the last
+    figures = 3.5 + 1.5 * report_stages + 0.7 * len(task.space.names) + eval_s if report_stages else 0.0
+    return 2 * eval_s + saves + per_test_image * n_test + figures
 
 
 def auto_img_size(infos, device: torch.device) -> int:
@@ -115,7 +149,21 @@ def auto_img_size(infos, device: torch.device) -> int:
     return 64 if device.type == "cpu" else 160
 
 
-def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None):
+def preload_test_images(cfg: dict, infos, test_infos):
+    """Decode the test images before the stages are planned, as prediction reads them (the data root's
+    cache): an undecodable file is reported now rather than after the budget, and decoding (slow for large
+    photos) is paid up front instead of overrunning the end. Returns the ImageSet, which prediction reuses."""
+    from fewshot.data.label_space import LabelSpace
+    from fewshot.data.sets import load_split
+    from fewshot.eval.predict import prediction_cache_dir
+
+    d = cfg["data"]
+    return load_split(test_infos, "test", LabelSpace.from_infos(infos), cfg["model"]["img_size"],
+                      prediction_cache_dir(d["root"]), d["crop_pct"], d["skip_bad_images"])
+
+
+def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
+                   closing=None):
     """One fine-tuning run that ends at ``end_time``; with ``pseudo`` it starts from the previous round's
     model and adds the pseudo-labelled pool images. Returns (task with the best weights loaded and
     ``epochs_run`` set, val metrics)."""
@@ -131,7 +179,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         task.model.load_state_dict(pseudo["state"])
         task.add_pseudo_labelled(pseudo["images"], pseudo["targets"], pseudo["dataset_ids"],
                                  fcfg["run"]["pseudo_labelled_repeat"], soft=pseudo.get("soft"))
-    step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"], ("train", "eval_every"))
+    step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"], ("train", "eval_every"),
+                                           closing)
     save_yaml(fcfg, fdir / "config.yaml")
     start = "from MoCo weights" if fcfg["model"]["weights"] else "from random init"
     print(f"[run] fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}: "
@@ -140,7 +189,9 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
           f"lr {fcfg['optim']['lr']:g}")
     seed_everything(fcfg["train"]["seed"])
     engine = Engine(task, fcfg, fdir, device, ctx)
+    fit_start = time.monotonic()
     engine.fit()
+    task.fit_seconds = time.monotonic() - fit_start
     metrics = final_metrics(engine, task, fdir)
     task.epochs_run = engine.epoch
     return task, metrics
@@ -193,16 +244,20 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
             "state": copy.deepcopy(task.model.state_dict())}
 
 
-def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
-    from fewshot.eval.predict import evaluate_run, load_answer_key, predict_run, score_predictions
+def run_pipeline(cfg: dict, out: Path, budget_minutes: float, started: float | None = None) -> dict:
+    """The whole pipeline within ``budget_minutes``, counted from ``started`` (time.monotonic(); the CLI passes
+    the process start, so that imports and start-up are inside the budget) or from this call."""
+    from fewshot.eval.predict import load_answer_key, predict_and_score, score_predictions
     from fewshot.ssl.export import export_backbone
     from fewshot.ssl.pretrain import MoCoTask, resolve_pretrain_defaults
     from fewshot.train.distributed import DistContext
     from fewshot.train.engine import Engine
     from fewshot.train.supervised import resolve_finetune_defaults
 
-    t_start = time.monotonic()
+    t_start = time.monotonic() if started is None else started
     out = Path(out)
+    r = cfg["run"]
+    semi = check_run_settings(r)
     set_enabled(bool(cfg["train"]["progress"]))
     refuse_used_output(out)
     ensure_writable_dir(out, "output")
@@ -223,12 +278,20 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
                                 f"complete it, or remove it to predict without scoring.")
     if cfg["model"]["img_size"] is None:
         cfg["model"]["img_size"] = auto_img_size(infos, device)
-    r = cfg["run"]
-    semi = check_run_settings(r)
+    test_set = preload_test_images(cfg, infos, test_infos)
     budget_s = budget_minutes * 60.0
-    # kept back for prediction and scoring (and the report): about 3 % each, so the run ends within 5 %
+    # kept back for the end by the earlier stages; the last stage replaces it by an estimate from measured
+    # speeds (closing_seconds), plus 1.5 % of the budget for what the estimate misses
     reserve_s = min(30.0, 0.03 * budget_s) * (2 if r.get("report", True) else 1)
     stage_s = budget_s - reserve_s
+    # the report draws every fine-tuning stage: round 1, the middle rounds and the last
+    report_stages = (int(r["pseudo_rounds"]) if semi == "pseudo" else 1) if r.get("report", True) else 0
+
+    def closing(task, eval_s: float) -> float:
+        per_test_image = measure_prediction_seconds(task, test_set.images)
+        return min(closing_seconds(task, eval_s, per_test_image, len(test_set), report_stages) + 0.015 * budget_s,
+                   0.5 * budget_s)
+    fit_seconds: list[float] = []  # time spent in training loops, to tell the user what the rest cost
     summary: dict = {"budget_minutes": budget_minutes, "img_size": cfg["model"]["img_size"], "stages": {}}
 
     weights = cfg["model"]["weights"]
@@ -242,7 +305,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
                               "weight_decay": 5e-4, "momentum": 0.9, "grad_clip": 0.0, "label_smoothing": 0.0})
         pcfg["sched"].update({"warmup_epochs": 0.0, "min_lr": 0.0})
         pcfg["moco"]["momentum"] = r["moco_momentum"]
-        pre_budget = stage_s * r["pretrain_share"]
+        # its share of the time the stages have left (start-up and the test decoding came out of the whole)
+        pre_budget = (t_start + stage_s - time.monotonic()) * r["pretrain_share"]
         pdir = out / "pretrain"
         ensure_writable_dir(pdir, "pretrain run")
         seed_everything(pcfg["train"]["seed"])
@@ -256,14 +320,17 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
                 seed_everything(pcfg["train"]["seed"])
                 task = MoCoTask(pcfg, infos, device, ctx)
         resolve_pretrain_defaults(pcfg, 1)
-        step_s, epochs, pre_budget = plan_stage(task, pcfg, t_start + pre_budget, r["min_epochs"], ("moco", "knn_every"))
+        step_s, epochs, pre_budget = plan_stage(task, pcfg, time.monotonic() + pre_budget, r["min_epochs"],
+                                                ("moco", "knn_every"))
         save_yaml(pcfg, pdir / "config.yaml")
         print(f"[run] MoCo pretraining: {len(task.pool)} unlabeled images at {task.size}px, K={task.model.K}, "
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, {pre_budget / 60:.1f} min "
               f"on a time-based schedule (about {epochs // 4} epochs at that speed)")
         seed_everything(pcfg["train"]["seed"])
         engine = Engine(task, pcfg, pdir, device, ctx)
+        fit_start = time.monotonic()
         result = engine.fit()
+        fit_seconds.append(time.monotonic() - fit_start)
         from fewshot.report.plots import plot_pretrain_curves
 
         plot_pretrain_curves(pdir)
@@ -282,6 +349,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     resolve_finetune_defaults(fcfg)
     fdir = out / "finetune"
     end_time = t_start + stage_s
+    last_end = t_start + budget_s  # the last stage ends where its measured closing work still fits
     pseudo = None
     if semi == "pseudo":
         # round 1 on the labelled images; each later round starts from the previous round's model and
@@ -291,6 +359,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
         task, round1_metrics = finetune_stage(fcfg, infos, device, ctx, out / "finetune_labelled", labelled_end,
                                               "on the labelled images (self-training, round 1)")
         round1_val = round1_metrics.get("mean_acc1")
+        fit_seconds.append(task.fit_seconds)
         summary["stages"]["finetune_labelled"] = {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
                                                   "pseudo_labels": []}
         for k in range(2, rounds + 1):
@@ -302,12 +371,14 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
             round_end = time.monotonic() + (end_time - time.monotonic()) / (rounds - k + 1)
             task, _ = finetune_stage(fcfg, infos, device, ctx, out / f"finetune_round{k}", round_end,
                                      f"on labelled + pseudo-labelled pool images (round {k})", pseudo)
+            fit_seconds.append(task.fit_seconds)
     has_pool = pseudo is not None and len(pseudo["images"]) > 0
-    task, val_metrics = finetune_stage(fcfg, infos, device, ctx, fdir, end_time,
+    task, val_metrics = finetune_stage(fcfg, infos, device, ctx, fdir, last_end,
                                        "with FixMatch on the unlabeled pool" if semi == "fixmatch" else
                                        "on labelled + pseudo-labelled pool images" if has_pool else
-                                       "on the labelled images again" if pseudo else "", pseudo)
+                                       "on the labelled images again" if pseudo else "", pseudo, closing)
     summary["stages"]["finetune"] = {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start}
+    fit_seconds.append(task.fit_seconds)
     del task
     if pseudo is not None:
         # a guard chosen on val: if pseudo-labels hurt (round 1 scores higher on val), predict with round 1
@@ -321,12 +392,11 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
     summary["predicted_with"] = fdir.name
 
     root = Path(cfg["data"]["root"])
-    pred, routing = predict_run(fdir, root, "known", device)
+    pred, _, scores = predict_and_score(fdir, root, device, preloaded=(test_infos, test_set))
     write_json(out / "pred_all.json", pred)
     metrics = {"val": val_metrics}
-    if all(i.answer_key is not None for i in test_infos):
-        test = evaluate_run(fdir, root, "known", device, split="test")
-        test_unknown = evaluate_run(fdir, root, "unknown", device, split="test")
+    if scores is not None:
+        test, test_unknown = scores["known"], scores["unknown"]
         write_json(out / "metrics.json", test)
         metrics.update({"test": test, "test_unknown": test_unknown, "pred_all_score": score_predictions(pred, root)})
         print(format_table(test, title="test accuracy (scored against test_labels.json)"))
@@ -344,8 +414,15 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float) -> dict:
             print(f"[run] report: {index}")
         except Exception as exc:  # the predictions are written; a report failure must not hide them
             print(f"[run] report failed ({type(exc).__name__}: {exc}); predictions and metrics are written.")
-    print(f"[run] done in {summary['seconds'] / 60:.1f} of {budget_minutes:g} minutes: {out}/pred_all.json, "
+    total_s = time.monotonic() - t_start
+    print(f"[run] done in {total_s / 60:.1f} of {budget_minutes:g} minutes: {out}/pred_all.json, "
           f"{out}/metrics.json")
+    if total_s > 1.05 * budget_s:
+        trained = sum(fit_seconds)
+        print(f"[run] note: the run took {total_s:.0f} s for a budget of {budget_s:.0f} s. Start-up, step-time "
+              f"calibration, evaluation, prediction and the report took about {total_s - trained:.0f} s of it on "
+              f"this data and machine; a budget of at least {max(1, math.ceil(2 * (total_s - trained) / 60)):g} "
+              f"minutes leaves training a fair share.")
     return summary
 
 

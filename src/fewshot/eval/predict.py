@@ -60,8 +60,13 @@ def _data_for(tm: TrainedModel, root: Path, split: str):
         if split != "test" and tuple(info.classes) != tuple(want):
             raise UserError(f"the classes of {info.root} differ from those the model was trained on.")
     d = tm.cfg["data"]
-    cache = default_cache_dir(root, None)
-    return infos, load_split(infos, split, tm.space, tm.size, cache, d.get("crop_pct", 1.0), d.get("skip_bad_images", False))
+    return infos, load_split(infos, split, tm.space, tm.size, prediction_cache_dir(root), d.get("crop_pct", 1.0),
+                             d.get("skip_bad_images", False))
+
+
+def prediction_cache_dir(root: Path) -> Path | None:
+    """Prediction reads the data root's own cache (the training machine's data.cache_dir may not exist here)."""
+    return default_cache_dir(root, None)
 
 
 def load_answer_key(path: Path, num_classes: int | None = None) -> dict[str, int]:
@@ -107,11 +112,12 @@ def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str 
     return metrics
 
 
-def predict_run(run_or_ckpt, root, mode: str, device: torch.device) -> tuple[dict, dict]:
-    """pred_all.json content ({"n_parameters", "<dataset>": {"<id>": local class}}) and the routing."""
-    tm = load_trained(run_or_ckpt, device)
-    infos, data = _data_for(tm, Path(root), "test")
-    logits = compute_logits(tm.model, data.images, tm.normalize, device, desc="predicting")
+def _test_logits(tm: TrainedModel, root: Path, device: torch.device, preloaded=None):
+    infos, data = preloaded if preloaded is not None else _data_for(tm, Path(root), "test")
+    return infos, data, compute_logits(tm.model, data.images, tm.normalize, device, desc="predicting")
+
+
+def _predictions(tm: TrainedModel, data, logits: torch.Tensor, mode: str) -> tuple[dict, dict]:
     pred_ds, pred_local = tm.space.predict(logits, mode, data.dataset_ids)
     out: dict = {"n_parameters": int(tm.n_parameters)}
     routing: dict = {}
@@ -125,6 +131,29 @@ def predict_run(run_or_ckpt, root, mode: str, device: torch.device) -> tuple[dic
         out[name][str(i)] = int(pl) if pd == d else MISROUTED
         routing[name][str(i)] = tm.space.names[pd]
     return out, routing
+
+
+def predict_run(run_or_ckpt, root, mode: str, device: torch.device) -> tuple[dict, dict]:
+    """pred_all.json content ({"n_parameters", "<dataset>": {"<id>": local class}}) and the routing."""
+    tm = load_trained(run_or_ckpt, device)
+    _, data, logits = _test_logits(tm, root, device)
+    return _predictions(tm, data, logits, mode)
+
+
+def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "known",
+                      preloaded=None) -> tuple[dict, dict, dict | None]:
+    """pred_all.json content, the routing, and, when every dataset has an answer key, the test metrics in
+    both modes ({"known": ..., "unknown": ...}, else None), from one pass over the test images.
+    ``preloaded``: (test infos, ImageSet) already decoded at this model's image size, in its label space."""
+    tm = load_trained(run_or_ckpt, device)
+    infos, data, logits = _test_logits(tm, root, device, preloaded)
+    pred, routing = _predictions(tm, data, logits, mode)
+    if not all(info.answer_key is not None for info in infos):
+        return pred, routing, None
+    targets = read_answer_keys(infos, tm.space, data.ids, data.dataset_ids)
+    scores = {m: {**score(logits, targets, data.dataset_ids, tm.space, m, tm.n_parameters), "split": "test",
+                  "checkpoint": str(tm.path)} for m in ("known", "unknown")}
+    return pred, routing, scores
 
 
 def score_predictions(pred: dict, root: Path) -> dict:

@@ -104,6 +104,11 @@ class ReportBuilder:
                 self.data_notes[r.label] = "no checkpoint in checkpoints/: predictions, confusion matrices, " \
                                            "embedding map and image grid skipped."
                 continue
+            predicted_with = (r.pipeline or {}).get("predicted_with")
+            if predicted_with and r.path.name != predicted_with:  # an earlier round of a `fewshot run`
+                self.data_notes[r.label] = f"confusion matrices, embedding map and image grid are drawn for the " \
+                                           f"stage that predicted ({predicted_with}), not for this one."
+                continue
             root, why = resolve_data_root(r, self.data)
             if root is None:
                 self.data_notes[r.label] = f"No data for the image-based parts ({why}): confusion matrices, " \
