@@ -324,3 +324,32 @@ def test_find_unlabeled_images(digits_root, tmp_path, dataset_names):
         find_unlabeled_images([tmp_path])
     with pytest.raises(UserError, match="does not exist"):
         find_unlabeled_images([tmp_path / "missing"])
+
+
+def test_test_images_in_a_sub_folder_are_a_problem_not_silently_left_out(copy_root, dataset_names):
+    """Images under test/<sub>/ are not read: pred_all.json would miss them without a word."""
+    test = copy_root / dataset_names[0] / "test"
+    sub = test / "batch2"
+    sub.mkdir()
+    shutil.move(str(test / "0.png"), sub / "0.png")
+    (test / ".thumbnails").mkdir()  # hidden folders stay ignored
+    shutil.copy(test / "1.png", test / ".thumbnails" / "1.png")
+    one_problem(problems_of(copy_root, splits=ALL_SPLITS), sub, "sub-folder of test/")
+
+
+def test_a_pool_of_hidden_files_only_counts_as_no_pool(copy_root, dataset_names):
+    """.thumbnails/ and macOS ._ files are not pool images: the dataset falls back to its train images
+    (it used to pick the empty pool and fail later with "no images found")."""
+    from fewshot.config import resolve
+    from fewshot.ssl.pretrain import pool_with_sources
+
+    name = dataset_names[0]
+    pool = copy_root / "unlabeled" / name
+    shutil.rmtree(pool)
+    (pool / ".thumbnails").mkdir(parents=True)
+    shutil.copy(copy_root / name / "test" / "0.png", pool / ".thumbnails" / "0.png")
+    shutil.copy(copy_root / name / "test" / "0.png", pool / "._IMG_0001.png")
+    infos = scan_root(copy_root)
+    paths, ids, source = pool_with_sources(resolve(flags={"data.root": str(copy_root)}), infos)
+    assert f"{name}: train images" in source
+    assert sum(1 for i in ids if i == 0) == len(infos[0].train)

@@ -202,7 +202,7 @@ def test_run_rejects_a_non_positive_budget(digits_root, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["no test folder", "answer key not json", "image missing from the key",
-                                    "class out of range", "undecodable test image"])
+                                    "class out of range", "undecodable test image", "undecodable pool image"])
 def test_run_checks_the_test_split_before_spending_the_budget(copy_root, tmp_path, damage):
     import shutil
 
@@ -218,6 +218,8 @@ def test_run_checks_the_test_split_before_spending_the_budget(copy_root, tmp_pat
         key_file.write_text(json.dumps(key))
     elif damage == "undecodable test image":  # decoded at start-up now, no longer after the budget
         sorted((copy_root / name / "test").iterdir())[0].write_bytes(b"not an image")
+    elif damage == "undecodable pool image":  # self-training's pool: it stopped the run after round 1
+        sorted((copy_root / "unlabeled" / name).rglob("*.png"))[0].write_bytes(b"")
     else:
         key[next(iter(key))] = 99
         key_file.write_text(json.dumps(key))

@@ -103,10 +103,24 @@ def _scan_labelled(split_dir: Path, problems: list[str]) -> dict[str, list[Path]
     return classes
 
 
+def has_images(folder: Path) -> bool:
+    """Whether the folder holds an image at any depth, hidden files and folders aside (as the pool scan)."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(is_image(Path(f)) for f in filenames):
+            return True
+    return False
+
+
 def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[int, Path]]:
     seen: dict[int, Path] = {}
     for path in _listdir(test_dir, problems) or []:
-        if path.name.startswith(".") or path.is_dir():
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():  # predicting part of the test set silently would be worse than stopping
+            if has_images(path):
+                problems.append(f"{path}: a sub-folder of test/ with images, which are not read; test images must "
+                                f"sit directly in {test_dir}/ (move them up, or out of the dataset)")
             continue
         if not is_image(path):
             problems.append(f"{path}: not an image file (test images must be <int_id>.<image extension>)")

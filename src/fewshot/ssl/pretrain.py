@@ -10,7 +10,7 @@ from fewshot.config import save_yaml
 from fewshot.data.augment import BatchAugment, preset as aug_preset
 from fewshot.data.cache import default_cache_dir, load_images, write_skipped
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import IMAGE_EXTS, find_unlabeled_images, scan_root
+from fewshot.data.layout import find_unlabeled_images, has_images, scan_root
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize
@@ -46,7 +46,7 @@ def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
     paths, ids, sources = [], [], []
     for index, info in enumerate(infos):
         folder = root / "unlabeled" / info.name
-        if folder.is_dir() and any(p.suffix.lower() in IMAGE_EXTS for p in folder.rglob("*")):
+        if folder.is_dir() and has_images(folder):  # hidden files (.thumbnails/, ._IMG.png) do not count
             found = find_unlabeled_images([folder])
             sources.append(f"{info.name}: unlabeled/")
         else:
