@@ -60,7 +60,7 @@ def test_valid_root_scans_every_split(digits_root, dataset_names):
         for path, label in info.train + info.val:
             assert path.parent.name == info.classes[label]
         ids = [i for i, _ in info.test]
-        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        assert [int(i) for i in ids] == sorted(int(i) for i in ids) and len(set(ids)) == len(ids)  # 2 before 10
         assert all(p.name == f"{i}.png" for i, p in info.test)
         key = json.loads((digits_root / info.name / "test_labels.json").read_text())
         assert {str(i) for i in ids} == set(key)
@@ -167,12 +167,16 @@ def test_image_directly_in_split_folder(copy_root, dataset_names):
     one_problem(problems_of(copy_root), stray, "class folder")
 
 
-@pytest.mark.parametrize("name", ["cat.png", "1.5.png", "-1.png", "\u0663.png", "7a.jpg"])
-def test_test_file_name_not_an_integer(copy_root, dataset_names, name):
+@pytest.mark.parametrize("name", ["cat.png", "1.5.png", "-1.png", "\u0663.png", "7a.jpg", "0007.png", "my photo.jpg",
+                                  "123456789012345678901234.png"])
+def test_any_test_file_name_is_an_id_as_written(copy_root, dataset_names, name):
+    """SPEC's ids are integers, held-out data's often are not (img_001.jpg), or are zero-padded (0007.png, which
+    is not 7), or exceed 64 bits (a crash once): the stem as written is the id, in pred_all.json and answer keys."""
     test = copy_root / dataset_names[0] / "test"
-    bad = test / name
-    shutil.copy(test / "0.png", bad)
-    one_problem(problems_of(copy_root, splits=ALL_SPLITS), bad, "not an integer")
+    shutil.copy(test / "0.png", test / name)
+    info = scan_root(copy_root, splits=ALL_SPLITS)[0]
+    ids = [i for i, _ in info.test]
+    assert Path(name).stem in ids and ids[:3] == ["0", "1", "2"]  # integers first, in numeric order
 
 
 def test_non_image_file_in_test(copy_root, dataset_names):
@@ -181,9 +185,9 @@ def test_non_image_file_in_test(copy_root, dataset_names):
     one_problem(problems_of(copy_root, splits=ALL_SPLITS), bad, "not an image")
 
 
-@pytest.mark.parametrize("dup", ["3.jpg", "03.png", "003.PNG"])
+@pytest.mark.parametrize("dup", ["3.jpg", "3.PNG", "3.jpeg"])
 def test_duplicate_test_ids(copy_root, dataset_names, dup):
-    """3.png plus 3.jpg, 03.png or 003.PNG: all are image id 3, so the id is ambiguous."""
+    """3.png plus 3.jpg, 3.PNG or 3.jpeg: both are image id 3, so the id is ambiguous."""
     test = copy_root / dataset_names[1] / "test"
     shutil.copy(test / "5.png", test / dup)
     problems = problems_of(copy_root, splits=ALL_SPLITS)
@@ -208,12 +212,12 @@ def test_all_problems_reported_at_once(copy_root, dataset_names):
     empty.mkdir()
     missing = copy_root / b / "val"
     shutil.rmtree(missing)
-    bad_id = copy_root / b / "test" / "x.png"
+    bad_id = copy_root / b / "test" / "0.tif"
     shutil.copy(copy_root / b / "test" / "0.png", bad_id)
     with pytest.raises(DataLayoutError) as info:
         scan_root(copy_root, splits=ALL_SPLITS)
     msg = str(info.value)
-    for path, word in ((empty, "empty class folder"), (missing, "missing split"), (bad_id, "not an integer")):
+    for path, word in ((empty, "empty class folder"), (missing, "missing split"), (bad_id, "duplicate test id")):
         assert str(path) in msg
         one_problem(info.value.problems, path, word)
     assert f"{len(info.value.problems)} problem(s)" in msg

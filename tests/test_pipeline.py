@@ -374,3 +374,21 @@ def test_run_skip_bad_images_predicts_the_decodable_test_images(copy_root, tmp_p
     assert rc == 0, err
     pred = json.loads((out / "pred_all.json").read_text())
     assert set(pred[name]) == test_ids(copy_root, name) - {bad.stem}
+
+
+def test_test_ids_are_file_stems_as_written_in_pred_all_and_answer_keys(copy_root, tmp_path):
+    """0005.png is id "0005" (not 5), img six.png is "img six": pred_all.json keys are the stems, and an
+    answer key keyed the same way scores every image (the key used to be refused as missing them)."""
+    name = sorted(p.name for p in copy_root.iterdir() if (p / "train").is_dir())[0]
+    test, key_file = copy_root / name / "test", copy_root / name / "test_labels.json"
+    key = json.loads(key_file.read_text())
+    for old, new in (("5", "0005"), ("6", "img six")):
+        (test / f"{old}.png").rename(test / f"{new}.png")
+        key[new] = key.pop(old)
+    key_file.write_text(json.dumps(key))
+    out = tmp_path / "ids"
+    summary = _run(copy_root, out, "--baseline")
+    pred = json.loads((out / "pred_all.json").read_text())
+    assert {"0005", "img six"} <= set(pred[name]) and "5" not in pred[name]
+    _check_pred_all(copy_root, out)
+    assert summary["metrics"]["test"]["datasets"][name]["n"] == len(key)

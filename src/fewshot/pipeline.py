@@ -272,7 +272,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float, started: float | N
     for info in test_infos:  # what scoring after the budget needs: classes in range, every test image keyed
         if info.answer_key is not None:
             key = load_answer_key(info.answer_key, n_classes[info.name])
-            unkeyed = [str(i) for i, _ in info.test if str(i) not in key]
+            unkeyed = [i for i, _ in info.test if i not in key]
             if unkeyed:
                 raise UserError(f"answer key {info.answer_key} has no class for {len(unkeyed)} test image(s) of "
                                 f"{info.name} (ids {', '.join(unkeyed[:5])}{', ...' if len(unkeyed) > 5 else ''}); "

@@ -1,6 +1,7 @@
 """Scan and validate a dataset root before any compute starts.
 
-Layout: ROOT/<dataset>/{train,val}/<class>/<image> and ROOT/<dataset>/test/<int_id>.<ext>.
+Layout: ROOT/<dataset>/{train,val}/<class>/<image> and ROOT/<dataset>/test/<id>.<ext> (SPEC: an integer id;
+any file name is accepted, and its stem, as written, is the image's id in pred_all.json and answer keys).
 `unlabeled/`, hidden entries and plain files under ROOT are not datasets. Every problem is
 collected and reported at once (DataLayoutError), each naming its path.
 """
@@ -26,7 +27,7 @@ class DatasetInfo:
     classes: tuple[str, ...]
     train: tuple[tuple[Path, int], ...] = ()
     val: tuple[tuple[Path, int], ...] = ()
-    test: tuple[tuple[int, Path], ...] = ()
+    test: tuple[tuple[str, Path], ...] = ()  # (id = the file's stem, as written; path), ids in natural order
     answer_key: Path | None = field(default=None)
 
 
@@ -112,8 +113,13 @@ def has_images(folder: Path) -> bool:
     return False
 
 
-def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[int, Path]]:
-    seen: dict[int, Path] = {}
+def _natural(image_id: str) -> tuple:
+    """17 before 100, then other names alphabetically."""
+    return (0, int(image_id), image_id) if image_id.isascii() and image_id.isdigit() else (1, 0, image_id)
+
+
+def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[str, Path]]:
+    seen: dict[str, Path] = {}
     for path in _listdir(test_dir, problems) or []:
         if path.name.startswith("."):
             continue
@@ -123,20 +129,16 @@ def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[int, Path]]:
                                 f"sit directly in {test_dir}/ (move them up, or out of the dataset)")
             continue
         if not is_image(path):
-            problems.append(f"{path}: not an image file (test images must be <int_id>.<image extension>)")
+            problems.append(f"{path}: not an image file (test images must be <id>.<image extension>, e.g. 17.jpg)")
             continue
-        stem = path.stem
-        if not (stem.isdigit() and stem.isascii()):
-            problems.append(f"{path}: test file name is not an integer id (expected e.g. 17.jpg)")
-            continue
-        image_id = int(stem)
+        image_id = path.stem  # as written: 0007.png is id "0007", which is what the file name says
         if image_id in seen:
             problems.append(f"{path}: duplicate test id {image_id} (also {seen[image_id].name})")
             continue
         seen[image_id] = path
     if not seen and not any(p.startswith(f"{test_dir}/") for p in problems):
         problems.append(f"{test_dir}: no test images")
-    return sorted(seen.items())
+    return sorted(seen.items(), key=lambda item: _natural(item[0]))
 
 
 def scan_root(root: str | Path, datasets: list[str] | str | None = None,

@@ -15,7 +15,8 @@ from fewshot.errors import DataLayoutError, UserError
 
 @dataclass
 class ImageSet:
-    """images [N,3,S,S] uint8; targets: global class (-1 when unlabelled); ids: test image ids."""
+    """images [N,3,S,S] uint8; targets: global class (-1 when unlabelled); ids: positions in the split
+    (a test image's own id is its file's stem: `image_ids`)."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -26,6 +27,11 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    @property
+    def image_ids(self) -> list[str]:
+        """Test image ids: the file stems, as the layout scan names them (pred_all.json keys)."""
+        return [Path(p).stem for p in self.paths]
 
     def subset(self, mask: torch.Tensor) -> "ImageSet":
         keep = torch.nonzero(mask).flatten()
@@ -40,8 +46,8 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
     for info in infos:
         d = space.index(info.name)
         if split == "test":
-            for image_id, p in info.test:
-                paths.append(p); targets.append(-1); dsids.append(d); ids.append(image_id)
+            for _, p in info.test:
+                paths.append(p); targets.append(-1); dsids.append(d); ids.append(len(ids))
         else:
             for i, (p, local) in enumerate(getattr(info, split)):
                 paths.append(p); targets.append(space.global_label(d, local)); dsids.append(d); ids.append(i)

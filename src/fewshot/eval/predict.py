@@ -85,7 +85,7 @@ def load_answer_key(path: Path, num_classes: int | None = None) -> dict[str, int
     return {str(i): c for i, c in key.items()}
 
 
-def read_answer_keys(infos, space: LabelSpace, ids: torch.Tensor, dsids: torch.Tensor) -> torch.Tensor:
+def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tensor) -> torch.Tensor:
     """Global targets for test images from ROOT/<dataset>/test_labels.json (scoring only)."""
     keys = {}
     for info in infos:
@@ -93,7 +93,7 @@ def read_answer_keys(infos, space: LabelSpace, ids: torch.Tensor, dsids: torch.T
             raise UserError(f"no answer key {info.root / 'test_labels.json'}: the test split cannot be scored.")
         keys[info.name] = load_answer_key(info.answer_key, len(space.classes[space.index(info.name)]))
     out = []
-    for i, d in zip(ids.tolist(), dsids.tolist()):
+    for i, d in zip(ids, dsids.tolist()):
         name = space.names[d]
         if str(i) not in keys[name]:
             raise UserError(f"test image {i} of {name} is missing from its answer key.")
@@ -104,7 +104,7 @@ def read_answer_keys(infos, space: LabelSpace, ids: torch.Tensor, dsids: torch.T
 def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str = "val") -> dict:
     tm = load_trained(run_or_ckpt, device)
     infos, data = _data_for(tm, Path(root), split)
-    targets = data.targets if split != "test" else read_answer_keys(infos, tm.space, data.ids, data.dataset_ids)
+    targets = data.targets if split != "test" else read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids)
     logits = compute_logits(tm.model, data.images, tm.normalize, device)
     metrics = score(logits, targets, data.dataset_ids, tm.space, mode, tm.n_parameters)
     metrics["split"] = split
@@ -124,7 +124,7 @@ def _predictions(tm: TrainedModel, data, logits: torch.Tensor, mode: str) -> tup
     for name in tm.space.names:
         out[name] = {}
         routing[name] = {}
-    for i, d, pd, pl in zip(data.ids.tolist(), data.dataset_ids.tolist(), pred_ds.tolist(), pred_local.tolist()):
+    for i, d, pd, pl in zip(data.image_ids, data.dataset_ids.tolist(), pred_ds.tolist(), pred_local.tolist()):
         name = tm.space.names[d]
         # An image routed to another dataset has no class of its own dataset: MISROUTED (-1) can never
         # match, where the other dataset's local index could be out of range or a spurious hit.
@@ -150,7 +150,7 @@ def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "know
     pred, routing = _predictions(tm, data, logits, mode)
     if not all(info.answer_key is not None for info in infos):
         return pred, routing, None
-    targets = read_answer_keys(infos, tm.space, data.ids, data.dataset_ids)
+    targets = read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids)
     scores = {m: {**score(logits, targets, data.dataset_ids, tm.space, m, tm.n_parameters), "split": "test",
                   "checkpoint": str(tm.path)} for m in ("known", "unknown")}
     return pred, routing, scores
