@@ -392,3 +392,25 @@ def test_test_ids_are_file_stems_as_written_in_pred_all_and_answer_keys(copy_roo
     assert {"0005", "img six"} <= set(pred[name]) and "5" not in pred[name]
     _check_pred_all(copy_root, out)
     assert summary["metrics"]["test"]["datasets"][name]["n"] == len(key)
+
+
+def test_predict_and_eval_on_held_out_data_for_some_of_the_datasets(copy_root, moco_run, tmp_path):
+    """A model of two datasets, a new root holding only one of them: --datasets predicts and scores that one."""
+    import shutil
+
+    out, _ = moco_run
+    names = sorted(p.name for p in copy_root.iterdir() if (p / "train").is_dir())
+    shutil.rmtree(copy_root / names[1])
+    rc, _, err = run_main("predict", out, "--data", copy_root, "--out", tmp_path / "p.json", "--device", "cpu")
+    assert rc == 2 and names[1] in err  # without --datasets every dataset of the model is needed
+    rc, _, err = run_main("predict", out, "--data", copy_root, "--out", tmp_path / "p.json", "--device", "cpu",
+                          "--datasets", names[0], "--mode", "unknown")
+    assert rc == 0, err
+    pred = json.loads((tmp_path / "p.json").read_text())
+    assert set(pred) == {"n_parameters", names[0]} and set(pred[names[0]]) == test_ids(copy_root, names[0])
+    rc, _, err = run_main("eval", out, "--data", copy_root, "--split", "test", "--device", "cpu",
+                          "--datasets", names[0], "--out", tmp_path / "m.json")
+    assert rc == 0, err
+    assert set(json.loads((tmp_path / "m.json").read_text())["datasets"]) == {names[0]}
+    rc, _, err = run_main("eval", out, "--data", copy_root, "--device", "cpu", "--datasets", "nope")
+    assert rc == 2 and "trained on" in err

@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["val", "test"], default="val",
                    help="test scores against ROOT/<dataset>/test_labels.json when present")
     p.add_argument("--out", help="write metrics.json here")
+    p.add_argument("--datasets", help="A,B: only these of the model's datasets (default: all of them)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("predict", help="write pred_all.json for the test images")
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="known: each image's class among its own dataset's classes; unknown: dataset and class "
                    "over the union of all classes, the predicted dataset written to OUT's .routing.json, and "
                    "-1 in pred_all.json for an image routed to a dataset other than its own")
+    p.add_argument("--datasets", help="A,B: predict only these of the model's datasets (held-out data for some of "
+                   "them); unknown mode still routes over all the classes the model knows")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("models", help="list timm models with parameter counts and input sizes")
@@ -185,7 +188,8 @@ def cmd_eval(args, extra) -> int:
     from fewshot.eval.predict import evaluate_run
     from fewshot.utils import resolve_device, write_json
 
-    metrics = evaluate_run(args.run, args.data, args.mode, resolve_device(args.device), split=args.split)
+    metrics = evaluate_run(args.run, args.data, args.mode, resolve_device(args.device), split=args.split,
+                           datasets=args.datasets)
     print(format_table(metrics, title=f"{args.split} accuracy of {metrics['checkpoint']}"))
     if args.out:
         write_json(Path(args.out), metrics)
@@ -196,7 +200,7 @@ def cmd_predict(args, extra) -> int:
     from fewshot.eval.predict import predict_run
     from fewshot.utils import resolve_device, write_json
 
-    pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device))
+    pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device), datasets=args.datasets)
     out = Path(args.out)
     write_json(out, pred)
     if args.mode == "unknown":

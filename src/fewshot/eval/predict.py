@@ -53,8 +53,20 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
                         ck["n_parameters"], path)
 
 
-def _data_for(tm: TrainedModel, root: Path, split: str):
-    infos = scan_root(root, list(tm.space.names), splits=(split,))
+def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list[str]:
+    """The model's datasets, or the chosen ones among them (held-out data may cover only some)."""
+    if not datasets:
+        return list(tm.space.names)
+    chosen = [d.strip() for d in datasets.split(",") if d.strip()] if isinstance(datasets, str) else list(datasets)
+    unknown = [d for d in chosen if d not in tm.space.names]
+    if unknown:
+        raise UserError(f"--datasets {', '.join(unknown)}: the model was trained on {', '.join(tm.space.names)} "
+                        f"only.")
+    return list(dict.fromkeys(chosen))
+
+
+def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | str | None = None):
+    infos = scan_root(root, _chosen_datasets(tm, datasets), splits=(split,))
     for info in infos:
         want = tm.space.classes[tm.space.index(info.name)]
         if split != "test" and tuple(info.classes) != tuple(want):
@@ -101,9 +113,10 @@ def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tens
     return torch.tensor(out, dtype=torch.long)
 
 
-def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str = "val") -> dict:
+def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str = "val",
+                 datasets: list[str] | str | None = None) -> dict:
     tm = load_trained(run_or_ckpt, device)
-    infos, data = _data_for(tm, Path(root), split)
+    infos, data = _data_for(tm, Path(root), split, datasets)
     targets = data.targets if split != "test" else read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids)
     logits = compute_logits(tm.model, data.images, tm.normalize, device)
     metrics = score(logits, targets, data.dataset_ids, tm.space, mode, tm.n_parameters)
@@ -112,16 +125,16 @@ def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str 
     return metrics
 
 
-def _test_logits(tm: TrainedModel, root: Path, device: torch.device, preloaded=None):
-    infos, data = preloaded if preloaded is not None else _data_for(tm, Path(root), "test")
+def _test_logits(tm: TrainedModel, root: Path, device: torch.device, preloaded=None, datasets=None):
+    infos, data = preloaded if preloaded is not None else _data_for(tm, Path(root), "test", datasets)
     return infos, data, compute_logits(tm.model, data.images, tm.normalize, device, desc="predicting")
 
 
-def _predictions(tm: TrainedModel, data, logits: torch.Tensor, mode: str) -> tuple[dict, dict]:
+def _predictions(tm: TrainedModel, infos, data, logits: torch.Tensor, mode: str) -> tuple[dict, dict]:
     pred_ds, pred_local = tm.space.predict(logits, mode, data.dataset_ids)
     out: dict = {"n_parameters": int(tm.n_parameters)}
     routing: dict = {}
-    for name in tm.space.names:
+    for name in (info.name for info in infos):  # the datasets predicted (all, or those of --datasets)
         out[name] = {}
         routing[name] = {}
     for i, d, pd, pl in zip(data.image_ids, data.dataset_ids.tolist(), pred_ds.tolist(), pred_local.tolist()):
@@ -133,11 +146,12 @@ def _predictions(tm: TrainedModel, data, logits: torch.Tensor, mode: str) -> tup
     return out, routing
 
 
-def predict_run(run_or_ckpt, root, mode: str, device: torch.device) -> tuple[dict, dict]:
+def predict_run(run_or_ckpt, root, mode: str, device: torch.device,
+                datasets: list[str] | str | None = None) -> tuple[dict, dict]:
     """pred_all.json content ({"n_parameters", "<dataset>": {"<id>": local class}}) and the routing."""
     tm = load_trained(run_or_ckpt, device)
-    _, data, logits = _test_logits(tm, root, device)
-    return _predictions(tm, data, logits, mode)
+    infos, data, logits = _test_logits(tm, root, device, datasets=datasets)
+    return _predictions(tm, infos, data, logits, mode)
 
 
 def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "known",
@@ -147,7 +161,7 @@ def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "know
     ``preloaded``: (test infos, ImageSet) already decoded at this model's image size, in its label space."""
     tm = load_trained(run_or_ckpt, device)
     infos, data, logits = _test_logits(tm, root, device, preloaded)
-    pred, routing = _predictions(tm, data, logits, mode)
+    pred, routing = _predictions(tm, infos, data, logits, mode)
     if not all(info.answer_key is not None for info in infos):
         return pred, routing, None
     targets = read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids)
