@@ -376,22 +376,24 @@ def test_run_skip_bad_images_predicts_the_decodable_test_images(copy_root, tmp_p
     assert set(pred[name]) == test_ids(copy_root, name) - {bad.stem}
 
 
-def test_test_ids_are_file_stems_as_written_in_pred_all_and_answer_keys(copy_root, tmp_path):
-    """0005.png is id "0005" (not 5), img six.png is "img six": pred_all.json keys are the stems, and an
-    answer key keyed the same way scores every image (the key used to be refused as missing them)."""
+def test_test_ids_in_pred_all_and_answer_keys(copy_root, tmp_path):
+    """0005.png is image 5 (SPEC's <int_id>), whether its key says "5" or "0005"; img six.png is "img six":
+    pred_all.json uses those ids and the answer key scores every image."""
     name = sorted(p.name for p in copy_root.iterdir() if (p / "train").is_dir())[0]
     test, key_file = copy_root / name / "test", copy_root / name / "test_labels.json"
     key = json.loads(key_file.read_text())
-    for old, new in (("5", "0005"), ("6", "img six")):
-        (test / f"{old}.png").rename(test / f"{new}.png")
-        key[new] = key.pop(old)
+    (test / "5.png").rename(test / "0005.png")  # the key keeps "5"
+    (test / "6.png").rename(test / "0006.png")
+    key["0006"] = key.pop("6")  # a key written from the padded name
+    (test / "7.png").rename(test / "img six.png")
+    key["img six"] = key.pop("7")
     key_file.write_text(json.dumps(key))
     out = tmp_path / "ids"
     summary = _run(copy_root, out, "--baseline")
     pred = json.loads((out / "pred_all.json").read_text())
-    assert {"0005", "img six"} <= set(pred[name]) and "5" not in pred[name]
-    _check_pred_all(copy_root, out)
+    assert {"5", "6", "img six"} <= set(pred[name]) and not {"0005", "0006", "7"} & set(pred[name])
     assert summary["metrics"]["test"]["datasets"][name]["n"] == len(key)
+    assert summary["metrics"]["pred_all_score"][name]["n"] == len(key)
 
 
 def test_predict_and_eval_on_held_out_data_for_some_of_the_datasets(copy_root, moco_run, tmp_path):
@@ -414,3 +416,5 @@ def test_predict_and_eval_on_held_out_data_for_some_of_the_datasets(copy_root, m
     assert set(json.loads((tmp_path / "m.json").read_text())["datasets"]) == {names[0]}
     rc, _, err = run_main("eval", out, "--data", copy_root, "--device", "cpu", "--datasets", "nope")
     assert rc == 2 and "trained on" in err
+    rc, _, err = run_main("eval", out, "--data", copy_root, "--device", "cpu", "--datasets", " , ")
+    assert rc == 2 and "names no dataset" in err

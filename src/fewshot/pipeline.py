@@ -197,15 +197,14 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     return task, metrics
 
 
-def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, pool=None) -> dict:
+def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
     """Label the pool with the round-1 model (best val checkpoint, EMA weights): the most confident
     images of every class, class-balanced, become training images of round 2."""
     from fewshot.eval.evaluate import compute_logits
     from fewshot.train.semi import (calibrated_thresholds, class_quota, load_pool, select_pseudo_labels,
                                     teacher_probabilities)
 
-    images, dataset_ids, paths, source = pool if pool is not None else load_pool(cfg, infos, task.size,
-                                                                                 exclude_train=True)
+    images, dataset_ids, paths, source = load_pool(cfg, infos, task.size, exclude_train=True)
     if len(images) == 0:
         print("[run] no unlabeled pool (ROOT/unlabeled/<dataset>/ or data.unlabeled): the next round trains on "
               "the labelled images only")
@@ -280,12 +279,12 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float, started: float | N
     if cfg["model"]["img_size"] is None:
         cfg["model"]["img_size"] = auto_img_size(infos, device)
     test_set = preload_test_images(cfg, infos, test_infos)
-    # self-training's pool, decoded now: a broken pool file would otherwise stop the run after round 1
-    pool = None
     if semi == "pseudo":
         from fewshot.train.semi import load_pool
 
-        pool = load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True)
+        # decoded now, as the test images: a broken pool file would otherwise stop the run after round 1;
+        # the copy is dropped (a large pool at GPU sizes is GBs), the rounds read the images from the cache
+        load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True)
     budget_s = budget_minutes * 60.0
     # kept back for the end by the earlier stages; the last stage replaces it by an estimate from measured
     # speeds (closing_seconds), plus 1.5 % of the budget for what the estimate misses
@@ -370,7 +369,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float, started: float | N
         summary["stages"]["finetune_labelled"] = {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
                                                   "pseudo_labels": []}
         for k in range(2, rounds + 1):
-            pseudo = pseudo_label_pool(task, fcfg, infos, r, out / f"pseudo_labels_round{k}.json", pool)
+            pseudo = pseudo_label_pool(task, fcfg, infos, r, out / f"pseudo_labels_round{k}.json")
             summary["stages"]["finetune_labelled"]["pseudo_labels"].append(pseudo["summary"])
             del task
             if k == rounds:

@@ -1,7 +1,7 @@
 """Scan and validate a dataset root before any compute starts.
 
-Layout: ROOT/<dataset>/{train,val}/<class>/<image> and ROOT/<dataset>/test/<id>.<ext> (SPEC: an integer id;
-any file name is accepted, and its stem, as written, is the image's id in pred_all.json and answer keys).
+Layout: ROOT/<dataset>/{train,val}/<class>/<image> and ROOT/<dataset>/test/<id>.<ext>: SPEC's integer ids
+(0007.png is image 7, written "7" in pred_all.json), and any other file name, whose stem is then the id.
 `unlabeled/`, hidden entries and plain files under ROOT are not datasets. Every problem is
 collected and reported at once (DataLayoutError), each naming its path.
 """
@@ -9,6 +9,7 @@ collected and reported at once (DataLayoutError), each naming its path.
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ class DatasetInfo:
     classes: tuple[str, ...]
     train: tuple[tuple[Path, int], ...] = ()
     val: tuple[tuple[Path, int], ...] = ()
-    test: tuple[tuple[str, Path], ...] = ()  # (id = the file's stem, as written; path), ids in natural order
+    test: tuple[tuple[str, Path], ...] = ()  # (test_id of the file's stem, path), ids in natural order
     answer_key: Path | None = field(default=None)
 
 
@@ -113,6 +114,14 @@ def has_images(folder: Path) -> bool:
     return False
 
 
+def test_id(name: str) -> str:
+    """The id of a test image (file stem) or of an answer-key entry: an integer written without leading zeros
+    (SPEC's <int_id>: 0007 and 7 are image 7), any other name as written (Unicode NFC, as keys are typed)."""
+    if name.isascii() and name.isdigit():
+        return str(int(name))
+    return unicodedata.normalize("NFC", name)
+
+
 def _natural(image_id: str) -> tuple:
     """17 before 100, then other names alphabetically."""
     return (0, int(image_id), image_id) if image_id.isascii() and image_id.isdigit() else (1, 0, image_id)
@@ -131,7 +140,12 @@ def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[str, Path]]:
         if not is_image(path):
             problems.append(f"{path}: not an image file (test images must be <id>.<image extension>, e.g. 17.jpg)")
             continue
-        image_id = path.stem  # as written: 0007.png is id "0007", which is what the file name says
+        try:
+            path.stem.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8: no answer key or JSON reader could name it
+            problems.append(f"{path}: the file name is not valid UTF-8; rename it")
+            continue
+        image_id = test_id(path.stem)
         if image_id in seen:
             problems.append(f"{path}: duplicate test id {image_id} (also {seen[image_id].name})")
             continue

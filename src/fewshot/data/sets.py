@@ -30,8 +30,10 @@ class ImageSet:
 
     @property
     def image_ids(self) -> list[str]:
-        """Test image ids: the file stems, as the layout scan names them (pred_all.json keys)."""
-        return [Path(p).stem for p in self.paths]
+        """Test image ids from the file stems, as the layout scan names them (pred_all.json keys)."""
+        from fewshot.data.layout import test_id
+
+        return [test_id(Path(p).stem) for p in self.paths]
 
     def subset(self, mask: torch.Tensor) -> "ImageSet":
         keep = torch.nonzero(mask).flatten()

@@ -10,7 +10,7 @@ import torch
 
 from fewshot.data.cache import default_cache_dir
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import scan_root
+from fewshot.data.layout import scan_root, test_id
 from fewshot.data.sets import load_split
 from fewshot.data.transforms import Normalize
 from fewshot.errors import CheckpointError, UserError
@@ -55,9 +55,11 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
 
 def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list[str]:
     """The model's datasets, or the chosen ones among them (held-out data may cover only some)."""
-    if not datasets:
+    if datasets is None:
         return list(tm.space.names)
     chosen = [d.strip() for d in datasets.split(",") if d.strip()] if isinstance(datasets, str) else list(datasets)
+    if not chosen:
+        raise UserError(f"--datasets names no dataset; choose among {', '.join(tm.space.names)}.")
     unknown = [d for d in chosen if d not in tm.space.names]
     if unknown:
         raise UserError(f"--datasets {', '.join(unknown)}: the model was trained on {', '.join(tm.space.names)} "
@@ -94,7 +96,13 @@ def load_answer_key(path: Path, num_classes: int | None = None) -> dict[str, int
             bound = f"0..{num_classes - 1}" if num_classes is not None else "0 or more"
             raise UserError(f"answer key {path}: image {i} has class {c!r}; a class index must be a whole "
                             f"number in {bound}.")
-    return {str(i): c for i, c in key.items()}
+    out: dict[str, int] = {}
+    for i, c in key.items():  # "0007" and "7" both name test image 7 (layout.test_id)
+        image_id = test_id(str(i))
+        if out.get(image_id, c) != c:
+            raise UserError(f"answer key {path}: image {image_id} is listed twice with different classes.")
+        out[image_id] = c
+    return out
 
 
 def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tensor) -> torch.Tensor:
