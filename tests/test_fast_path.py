@@ -337,3 +337,17 @@ def test_openmp_wait_policy_is_set_before_torch(env, expected):
     code = "import os, fewshot, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
     out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(expected)
+
+
+def test_thread_count_is_capped_at_the_usable_cores(capsys):
+    from fewshot.runtime import configure_cpu, usable_cores
+
+    before = torch.get_num_threads()
+    try:
+        got = configure_cpu(threads=usable_cores() + 1000, allocator=False)
+        assert got["threads"] == usable_cores() == torch.get_num_threads()
+        assert "more than the" in capsys.readouterr().out
+        assert configure_cpu(threads=1, allocator=False)["threads"] == 1
+        assert capsys.readouterr().out == ""
+    finally:
+        torch.set_num_threads(before)

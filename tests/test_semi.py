@@ -4,6 +4,7 @@ dataset, confidence mask), self-training's class-balanced selection of pseudo-la
 
 import math
 
+import pytest
 import torch
 
 from fewshot.data.label_space import LabelSpace
@@ -135,3 +136,69 @@ def test_calibrated_thresholds_open_a_class_only_as_far_as_val_says_it_is_right(
     idx, labels, _ = select_pseudo_labels(logits, torch.tensor([0, 0, 1]), SPACE, torch.tensor([5] * 5),
                                           torch.tensor([0.5, float("inf"), 0.5, 0.5, 0.5]))
     assert idx.tolist() == [0, 2] and labels.tolist() == [0, 3]
+
+
+def _stream(root, views="randaug", hflip=0.0):
+    from fewshot.config import resolve
+    from fewshot.data.layout import scan_root
+    from fewshot.train.semi import UnlabeledStream
+
+    cfg = resolve(flags={"data.root": str(root), "semi.views": views, "data.hflip": hflip})
+    infos = scan_root(root, None, splits=("train", "val"))
+    return UnlabeledStream(cfg, infos, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"))
+
+
+def test_fixmatch_weak_view_is_the_clean_image_and_the_strong_view_its_randaugment(digits_root):
+    stream = _stream(digits_root)
+    weak, strong, ids = stream.draw(24, seed=0, epoch=1, step=2)
+    again = stream.draw(24, seed=0, epoch=1, step=2)
+    assert torch.equal(weak, again[0]) and torch.equal(strong, again[1])  # reproducible from (seed, epoch, step)
+    assert not torch.equal(stream.draw(24, seed=0, epoch=1, step=3)[0], weak)
+    # the weak view of every drawn image is one pool image exactly, never mirrored without data.hflip
+    pool = (stream.images.float() - 127.5) / 63.75
+    flat = pool.flatten(1)
+    for w in weak:
+        assert bool((flat - w.flatten()).abs().amax(1).lt(1e-4).any())
+        assert not bool((flat - w.flip(-1).flatten()).abs().amax(1).lt(1e-4).any()) or torch.equal(w, w.flip(-1))
+    assert (strong - weak).abs().mean() > 0.05  # RandAugment on every image
+    assert ids.shape == (24,) and bool((ids >= 0).all())
+
+
+def test_fixmatch_views_follow_data_hflip(digits_root):
+    stream = _stream(digits_root, hflip=1.0)
+    weak, _, _ = stream.draw(8, seed=0, epoch=0, step=0)
+    pool = ((stream.images.float() - 127.5) / 63.75).flip(-1).flatten(1)
+    assert all(bool((pool - w.flatten()).abs().amax(1).lt(1e-4).any()) for w in weak)  # all mirrored
+
+
+def test_fixmatch_views_setting_is_checked(digits_root):
+    from fewshot.errors import UserError
+
+    with pytest.raises(UserError, match="semi.views"):
+        _stream(digits_root, views="strongest")
+    weak, strong, _ = _stream(digits_root, views="mocov2").draw(4, seed=0, epoch=0, step=0)
+    assert weak.shape == strong.shape == (4, 3, 16, 16)
+
+
+def test_fixmatch_step_trains_on_strong_views_only_and_weak_views_give_targets(digits_root):
+    from fewshot.config import resolve
+    from fewshot.data.layout import scan_root
+    from fewshot.train.distributed import DistContext
+    from fewshot.train.supervised import SupervisedTask
+
+    cfg = resolve(flags={"data.root": str(digits_root), "model.name": "test_resnet", "model.img_size": 16,
+                         "semi.method": "fixmatch", "semi.threshold": 0.0, "train.batch_size": 4})
+    infos = scan_root(digits_root, None, splits=("train", "val"))
+    task = SupervisedTask(cfg, infos, torch.device("cpu"), DistContext())
+    batch = task.make_batch(task.plan_epoch(0)[0], 0, 0)
+    x, _, _, (weak, strong, _) = batch
+    assert len(weak) == len(strong) == 2 * len(x)  # mu = 2
+    seen = []
+    hook = task.model.register_forward_hook(lambda m, i, o: seen.append((len(i[0]), torch.is_grad_enabled())))
+    loss, metrics, n = task.training_step(task.model, batch)
+    hook.remove()
+    # one graph-free pass over the weak views, one pass with a graph over labelled + strong views
+    assert seen == [(len(weak), False), (len(x) + len(strong), True)]
+    assert metrics["pseudo_label_rate"].item() == 100.0 and n == len(x)
+    loss.backward()
+    assert math.isfinite(loss.item())

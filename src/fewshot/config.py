@@ -90,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
         "mu": 2,                  # unlabeled images per labelled image in a step
         "threshold": 0.95,        # pseudo-label confidence (softmax within the image's dataset)
         "weight": 1.0,            # weight of the unlabeled loss
+        "views": "randaug",       # randaug: weak = the clean image, strong = the labelled RandAugment | mocov2
     },
     "moco": {
         "preset": "mocov2",

@@ -62,6 +62,14 @@ def tune_allocator(enabled: bool | None = None) -> bool:
     return _tuned
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity: a cluster job's share, not the whole node)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
 def configure_cpu(threads: int | None = None, allocator: bool | None = None) -> dict:
     """Thread count (``None``: torch's default, one per core) and the allocator; returns what is set.
 
@@ -70,7 +78,11 @@ def configure_cpu(threads: int | None = None, allocator: bool | None = None) -> 
     instead of fighting over the cores.
     """
     if threads:
-        torch.set_num_threads(int(threads))
+        cores = usable_cores()
+        if int(threads) > cores:  # 1000 threads on 2 cores: every OpenMP barrier waits on the scheduler
+            print(f"[fewshot] train.threads={threads} is more than the {cores} usable cores of this machine; "
+                  f"using {cores}.", flush=True)
+        torch.set_num_threads(min(int(threads), cores))
     return {"threads": torch.get_num_threads(), "malloc_tuned": tune_allocator(allocator)}
 
 

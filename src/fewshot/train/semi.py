@@ -48,19 +48,47 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False) -> Pool:
 
 
 class UnlabeledStream:
-    """Draws `mu * batch` pool images per step, deterministically from (seed, epoch, step)."""
+    """Draws `mu * batch` pool images per step, deterministically from (seed, epoch, step).
+
+    Views (``semi.views``): ``randaug`` (default) makes the weak view the image as fine-tuning sees it
+    without RandAugment (flipped only with ``data.hflip``) and the strong view the labelled images'
+    RandAugment applied to every image, so the consistency target never teaches an invariance the
+    labelled recipe rules out (a mirrored digit); ``mocov2`` is the earlier choice (MoCo v2 crops,
+    colour, blur and flips for the strong view, a 0.6-1 crop and a flip for the weak one).
+    """
 
     def __init__(self, cfg: dict, infos, size: int, mean, std, device: torch.device):
         pool = load_pool(cfg, infos, size)
         self.images, self.dataset_ids, self.source = pool.images, pool.dataset_ids, pool.source
-        self.weak = BatchAugment(preset("mocov2", size, scale=(0.6, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0,
-                                        flip_p=0.5, mean=mean, std=std)).to(device)
-        self.strong = BatchAugment(preset("mocov2", size, mean=mean, std=std)).to(device)
+        self.views = cfg["semi"].get("views", "randaug")
+        d = cfg["data"]
+        if self.views == "randaug":
+            from fewshot.data.transforms import Normalize, TrainAugment
+
+            self.normalize = Normalize(mean, std).to(device)
+            self.flip = float(d["hflip"])
+            self.randaug = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], 1.0, 0.0, d["randaug_group"])
+        elif self.views == "mocov2":
+            self.weak = BatchAugment(preset("mocov2", size, scale=(0.6, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0,
+                                            flip_p=0.5, mean=mean, std=std)).to(device)
+            self.strong = BatchAugment(preset("mocov2", size, mean=mean, std=std)).to(device)
+        else:
+            from fewshot.errors import UserError
+
+            raise UserError(f"semi.views must be randaug or mocov2, not {self.views!r}")
         self.device = device
 
     def draw(self, n: int, seed: int, epoch: int, step: int, rank: int = 0):
         gen = make_generator(seed, epoch, step, rank, 31)
         idx = torch.randint(len(self.images), (n,), generator=gen)
+        if self.views == "randaug":
+            x = self.images[idx]
+            flip = torch.rand(n, generator=gen) < self.flip
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            strong = self.randaug(x, (seed, epoch, step, rank, 31))  # geometry shared with the weak view
+            weak = self.normalize(x.to(self.device, non_blocking=True))
+            strong = self.normalize(strong.to(self.device, non_blocking=True))
+            return weak, strong, self.dataset_ids[idx].to(self.device)
         x = self.images[idx].to(self.device, non_blocking=True)
         hw = tuple(x.shape[-2:])
         weak = self.weak.apply(x, self.weak.sample_params(n, gen, hw))
