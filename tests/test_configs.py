@@ -52,6 +52,22 @@ def test_unknown_fields_refused(tmp_path):
     ("data.crop_pct=1.5", r"data.crop_pct must be in \(0, 1\]"),  # a crop past the image: black borders
     ("aug.gray_p=1.5", r"aug.gray_p must be in \[0, 1\]"),
     ("data.randaug_p=-0.1", r"data.randaug_p must be in \[0, 1\]"),
+    # each of these used to reach torch as a traceback mid-run, or train silently wrong
+    ("data.randaug_magnitude=50", r"data.randaug_magnitude must be in \[0, 30\]"),  # IndexError in RandAugment
+    ("data.randaug_ops=-1", "data.randaug_ops must be at least 0"),
+    ("model.drop_path=5", r"model.drop_path must be in \[0, 1\)"),
+    ("optim.label_smoothing=1.5", r"optim.label_smoothing must be in \[0, 1\)"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be at least 0"),
+    ("optim.grad_clip=-1", "optim.grad_clip must be at least 0"),  # a negative clip reverses the gradient
+    ("train.ema_decay=2", r"train.ema_decay must be in \[0, 1\)"),  # was accepted: an EMA that diverges
+    ("optim.lr=0", "optim.lr must be greater than 0"),
+    ("moco.temperature=0", "moco.temperature must be greater than 0"),
+    ("sched.warmup_epochs=-1", "sched.warmup_epochs must be at least 0"),
+    ("model.head=cosine", "model.head must be one of linear"),  # was accepted and ignored
+    ("semi.views=strongest", "semi.views must be one of randaug, mocov2"),
+    ("aug.scale=[1.0,0.2]", r"aug.scale must be \[low, high\] with 0 < low <= high <= 1"),
+    ("aug.scale=5", r"aug.scale must be \[low, high\]"),
+    ("aug.jitter=[0.4,0.4,0.4,0.9]", r"aug.jitter must be \[brightness, contrast, saturation, hue\]"),
 ])
 def test_wrong_types_and_ranges_are_refused_at_start_up(word, message):
     with pytest.raises(UserError, match=message):

@@ -252,6 +252,8 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
 CHOICES = {  # fields whose value must be one of a few words (checked at start-up, not mid-run)
     "data.sampler": ("shuffle", "repeat", "grouped"),
     "train.eval_mode": ("known", "unknown"),
+    "model.head": ("linear",),  # SPEC's BN(affine=False) + Linear; the field stays so saved configs still load
+    "semi.views": ("randaug", "mocov2"),
 }
 OPTIONAL = {  # None by default (resolved later), a number when given
     "optim.lr": 0.0, "optim.backbone_lr_mult": 0.0, "model.img_size": 0, "train.threads": 0,
@@ -259,11 +261,22 @@ OPTIONAL = {  # None by default (resolved later), a number when given
 }
 AT_LEAST = {"model.img_size": 1, "train.threads": 1, "moco.mlp_hidden": 1, "run.queue_size": 1,
             "train.batch_size": 1, "train.epochs": 1, "moco.queue_size": 1, "moco.dim": 1, "moco.knn_k": 1,
-            "train.eval_every": 1, "train.save_interval_s": 0, "moco.knn_every": 1, "data.repeats": 1}
+            "train.eval_every": 1, "train.save_interval_s": 0, "moco.knn_every": 1, "data.repeats": 1,
+            "data.randaug_ops": 0, "data.randaug_group": 1, "train.save_every_steps": 0, "train.skip_nonfinite": 0,
+            "semi.mu": 1, "semi.weight": 0, "moco.split_bn_groups": 1, "run.pretrain_batch_size": 2,
+            "run.min_epochs": 1, "run.pseudo_labelled_repeat": 1, "optim.weight_decay": 0, "optim.grad_clip": 0,
+            "optim.backbone_lr_mult": 0, "sched.warmup_epochs": 0, "sched.min_lr": 0, "sched.warmup_lr": 0,
+            }
+POSITIVE = ("optim.lr", "run.pretrain_lr", "train.budget_minutes", "run.finetune_lr", "moco.temperature", "moco.knn_t")  # > 0
 
-INTERVALS = {  # (low, high, low included): fractions and probabilities
+INTERVALS = {  # (low, high, low included[, high included]): fractions and probabilities
     "data.crop_pct": (0.0, 1.0, False), "data.randaug_p": (0.0, 1.0, True), "aug.jitter_p": (0.0, 1.0, True),
     "aug.gray_p": (0.0, 1.0, True), "aug.blur_p": (0.0, 1.0, True), "aug.flip_p": (0.0, 1.0, True),
+    "data.hflip": (0.0, 1.0, True), "data.randaug_magnitude": (0, 30, True),  # torchvision's 31 magnitude bins
+    "model.drop_path": (0.0, 1.0, True, False), "optim.label_smoothing": (0.0, 1.0, True, False),
+    "optim.momentum": (0.0, 1.0, True, False), "train.ema_decay": (0.0, 1.0, True, False),
+    "semi.threshold": (0.0, 1.0, True), "moco.momentum": (0.0, 1.0, True), "run.moco_momentum": (0.0, 1.0, True),
+    "run.pseudo_threshold": (0.0, 1.0, True),
 }  # the run.* shares are checked by the pipeline (pipeline.check_run_settings)
 
 
@@ -304,11 +317,32 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
             raise UserError(f"{dotted} must be one of {', '.join(CHOICES[dotted])}, not {value!r}.")
         if dotted in AT_LEAST and value is not None and value < AT_LEAST[dotted]:
             raise UserError(f"{dotted} must be at least {AT_LEAST[dotted]}, not {value!r}.")
+        if dotted in POSITIVE and value is not None and not value > 0:
+            raise UserError(f"{dotted} must be greater than 0, not {value!r}.")
         if dotted in INTERVALS and value is not None:
-            low, high, closed = INTERVALS[dotted]
-            if not ((low <= value if closed else low < value) and value <= high):
-                raise UserError(f"{dotted} must be in {'[' if closed else '('}{low:g}, {high:g}], not {value!r}.")
+            low, high, closed, *rest = INTERVALS[dotted]
+            high_closed = rest[0] if rest else True
+            if not ((low <= value if closed else low < value) and (value <= high if high_closed else value < high)):
+                raise UserError(f"{dotted} must be in {'[' if closed else '('}{low:g}, {high:g}{']' if high_closed else ')'}"
+                                f", not {value!r}.")
+    if not path and isinstance(cfg.get("aug"), dict):
+        check_augmentation_lists(cfg["aug"])
     return cfg
+
+
+def check_augmentation_lists(aug: dict) -> None:
+    """aug.scale = [low, high] crop area fractions; aug.jitter = [brightness, contrast, saturation, hue]."""
+    def numbers(value, n: int) -> bool:
+        return (isinstance(value, (list, tuple)) and len(value) == n
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+    scale, jitter = aug.get("scale"), aug.get("jitter")
+    if scale is not None and not (numbers(scale, 2) and 0 < scale[0] <= scale[1] <= 1):
+        raise UserError(f"aug.scale must be [low, high] with 0 < low <= high <= 1 (crop area fractions), "
+                        f"not {scale!r}.")
+    if jitter is not None and not (numbers(jitter, 4) and min(jitter[:3]) >= 0 and 0 <= jitter[3] <= 0.5):
+        raise UserError(f"aug.jitter must be [brightness, contrast, saturation, hue], each >= 0 and hue <= 0.5, "
+                        f"not {jitter!r}.")
 
 
 def save_yaml(cfg: dict, path: Path) -> None:
