@@ -175,6 +175,37 @@ def test_finetune_resume_with_more_epochs_extends_the_schedule(root, ft_ref, tmp
     assert lrs[2] > 2 * finetune_cfg(root)["sched"]["min_lr"]
 
 
+def test_resume_refuses_settings_that_would_make_another_run_and_leaves_the_run_alone(root, ft_ref, tmp_path):
+    """A changed model, batch or seed on --resume used to fail deep in torch (shape mismatch) or silently
+    continue as a different run; and the failed attempt rewrote config.yaml, so that every later --resume
+    inherited the bad setting. Now they are refused before anything is written; --epochs may change."""
+    import shutil
+
+    from helpers.checks import run_main
+
+    out = tmp_path / "run"
+    shutil.copytree(ft_ref, out)
+    config = (out / "config.yaml").read_text()
+    base = ["train", "--data", str(root), "--out", str(out), "--device", "cpu", "--no-progress", "--resume"]
+    for extra, field in ((["--model", "resnet18"], "model.name"), (["--batch-size", "4"], "train.batch_size"),
+                         (["--img-size", "48"], "model.img_size"), (["--seed", "3"], "train.seed"),
+                         (["model.width=0.5"], "model.width"), (["optim.weight_decay=0.1"], "optim.weight_decay")):
+        rc, _, err = run_main(*base, *extra)
+        assert rc == 2 and field in err and "Traceback" not in err, (extra, err)
+        assert (out / "config.yaml").read_text() == config
+    # the same value as the run's is no change
+    rc, _, err = run_main(*base, "--batch-size", "8", "--model", "test_resnet")
+    assert rc == 0, err
+    # other data whose classes differ: a clear message naming both, not a state-dict shape error
+    other = tmp_path / "other"
+    shutil.copytree(root, other, ignore=shutil.ignore_patterns(".fewshot_cache"))
+    for split in ("train", "val"):
+        shutil.rmtree(other / "digits" / split / "9")
+    rc, _, err = run_main("train", "--data", str(other), "--out", str(out), "--device", "cpu", "--no-progress",
+                          "--resume", "--epochs", "4")
+    assert rc == 2 and "classes differ" in err and "digits: 10 classes" in err and "digits: 9 classes" in err, err
+
+
 # ------------------------------------------------------------------------------ MoCo pretraining
 
 # 80 pool images, batch 8: 10 steps per epoch, 2 epochs; K=52 is not a multiple of 8, so the

@@ -201,6 +201,16 @@ def parse_override(word: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def get_dotted(cfg: dict, keys: list[str]) -> Any:
+    """cfg[a][b]...; KeyError when a key is missing."""
+    node: Any = cfg
+    for key in keys:
+        if not isinstance(node, dict):
+            raise KeyError(key)
+        node = node[key]
+    return node
+
+
 def set_dotted(cfg: dict, keys: list[str], value: Any) -> None:
     """Set cfg[a][b]... = value, refusing unknown keys."""
     node = cfg

@@ -212,6 +212,7 @@ class Engine:
         ck = load_checkpoint(path)
         if ck.get("kind") != self.task.kind:
             raise UserError(f"{path} is a {ck.get('kind')} checkpoint; cannot resume a {self.task.kind} run from it.")
+        self.task.load_checkpoint_extra(ck)  # the classes first: a mismatch is a clear error, not a shape error
         self.model.load_state_dict(ck["model"])
         if self.ema is not None and ck.get("ema") is not None:
             self.ema.module.load_state_dict(ck["ema"])
@@ -225,7 +226,6 @@ class Engine:
         self.nonfinite_skipped = ck.get("nonfinite_skipped", 0)
         self.epoch_sums, self.epoch_steps = dict(ck.get("epoch_sums") or {}), int(ck.get("epoch_steps", 0))
         set_rng_state(ck["rng"])
-        self.task.load_checkpoint_extra(ck)
         if self.ctx.is_main:
             self.trim_log(ck.get("epoch_record"))
             for tmp in self.ckpt_dir.glob(".*.pt.*.tmp"):  # left by a kill during a checkpoint write

@@ -30,14 +30,41 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, is_main: bool = True) ->
     return cfg
 
 
+# What `--resume` may change: how long and where the run goes on, and how it reports. Anything else
+# (model, image size, batch, seed, optimiser, schedule shape, augmentation, MoCo settings) would make the
+# continued run a different one than its checkpoint's, or fail deep in torch on a shape mismatch.
+RESUME_MAY_CHANGE = frozenset({
+    "train.epochs", "train.budget_minutes", "train.threads", "train.progress", "train.tensorboard", "train.device",
+    "train.save_interval_s", "train.save_every_steps", "train.eval_every", "train.skip_nonfinite", "train.compile",
+    "train.channels_last", "train.deterministic", "train.amp",
+    # the data may have moved; the checkpoint's classes are compared with the data's when it is loaded
+    "data.root", "data.datasets", "data.cache_dir", "data.skip_bad_images",
+})
+
+
 def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
-    """On --resume the saved config is the base; only what was given on this command line changes."""
+    """On --resume the saved config is the base; only what was given on this command line changes,
+    and only the settings in RESUME_MAY_CHANGE may differ from the saved ones."""
     saved = Path(out) / "config.yaml"
     if not saved.is_file():
         return cfg
     base = load_yaml(saved)
-    from fewshot.config import set_dotted
+    from fewshot.config import get_dotted, set_dotted
 
+    changed = []
+    for dotted, value in explicit.items():
+        if dotted in RESUME_MAY_CHANGE:
+            continue
+        try:
+            before = get_dotted(base, dotted.split("."))
+        except KeyError:
+            before = None
+        if before != value:
+            changed.append(f"{dotted} ({before!r} in the run, {value!r} now)")
+    if changed:
+        raise UserError(f"--resume continues '{out}' exactly as it was configured, but this command changes "
+                        f"{', '.join(changed)}. Drop those settings to resume, or start a new run with another "
+                        f"--out (`fewshot train --weights {out}/checkpoints/last.pt` starts from its weights).")
     for dotted, value in explicit.items():
         set_dotted(base, dotted.split("."), value)
     saved_device = str(base.get("train", {}).get("device") or "")

@@ -223,4 +223,9 @@ class SupervisedTask:
         if saved != self.space:
             from fewshot.errors import UserError
 
-            raise UserError("the datasets or classes differ from those of the run being resumed.")
+            def describe(space) -> str:
+                return "; ".join(f"{n}: {len(c)} classes" for n, c in zip(space.names, space.classes))
+
+            raise UserError(f"the datasets or classes differ from those of the run being resumed (the run: "
+                            f"{describe(saved)}; now: {describe(self.space)}). Resume with the run's data "
+                            f"(--data, --datasets), or start a new run with another --out.")
