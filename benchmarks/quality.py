@@ -37,6 +37,11 @@ VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the
                                                                      "run.pretrain_share=0.667"]),
     ("v1c", "ablation: MoCo + plain fine-tune, small stem + half width", ["run.semi_method=off", "run.pretrain=true",
                                                                          "model.small_stem=true", "model.width=0.5"]),
+    # horizontal flips for the classes whose mean image is mirror-symmetric (fewshot.data.symmetry)
+    ("sym", "ablation: scratch (lr 4e-3) + flips of mirror-symmetric classes",
+     ["--no-pretrain", "run.semi_method=off", "optim.lr=0.004", "data.hflip_symmetric=0.5"]),
+    ("stsym", "ablation: self-training + flips of mirror-symmetric classes",
+     ["run.semi_method=pseudo", "--no-pretrain", "data.hflip_symmetric=0.5"]),
 ]
 
 

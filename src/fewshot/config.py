@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
         "randaug_p": 0.6667,      # SPEC: 2/3 of samples get RandAugment
         "randaug_group": 8,       # samples sharing one RandAugment draw (1: per sample; slower on CPU)
         "hflip": 0.0,             # extra horizontal flip probability (off: digits are not symmetric)
+        "hflip_symmetric": 0.0,   # flip probability for the classes whose mean image is mirror-symmetric
         "skip_bad_images": False,
         "unlabeled": None,        # the pool (MoCo, self-training, FixMatch): list of folders (None:
                                   # ROOT/unlabeled/<dataset>, else MoCo falls back to the train images)
@@ -282,7 +283,7 @@ POSITIVE = ("optim.lr", "run.pretrain_lr", "train.budget_minutes", "run.finetune
 INTERVALS = {  # (low, high, low included[, high included]): fractions and probabilities
     "data.crop_pct": (0.0, 1.0, False), "data.randaug_p": (0.0, 1.0, True), "aug.jitter_p": (0.0, 1.0, True),
     "aug.gray_p": (0.0, 1.0, True), "aug.blur_p": (0.0, 1.0, True), "aug.flip_p": (0.0, 1.0, True),
-    "data.hflip": (0.0, 1.0, True), "data.randaug_magnitude": (0, 30, True),  # torchvision's 31 magnitude bins
+    "data.hflip": (0.0, 1.0, True), "data.hflip_symmetric": (0.0, 1.0, True), "data.randaug_magnitude": (0, 30, True),  # torchvision's 31 magnitude bins
     "model.drop_path": (0.0, 1.0, True, False), "optim.label_smoothing": (0.0, 1.0, True, False),
     "optim.momentum": (0.0, 1.0, True, False), "train.ema_decay": (0.0, 1.0, True, False),
     "semi.threshold": (0.0, 1.0, True), "moco.momentum": (0.0, 1.0, True), "run.moco_momentum": (0.0, 1.0, True),

@@ -40,12 +40,17 @@ class TrainAugment:
         self.group = max(1, int(group))
         self.randaug = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
 
-    def __call__(self, batch: torch.Tensor, seed_parts: tuple[int, ...]) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, seed_parts: tuple[int, ...],
+                 flip_p: torch.Tensor | None = None) -> torch.Tensor:
+        """``flip_p`` [B]: a per-sample flip probability (e.g. by class) that replaces ``hflip`` where larger."""
         out = batch.clone()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(*seed_parts))
             apply = torch.rand(len(batch)) < self.p
-            flip = torch.rand(len(batch)) < self.hflip
+            p_flip = torch.full((len(batch),), float(self.hflip))
+            if flip_p is not None:
+                p_flip = torch.maximum(p_flip, flip_p.float().cpu())
+            flip = torch.rand(len(batch)) < p_flip
             chosen = torch.nonzero(apply).flatten()
             for part in chosen.split(self.group):
                 out[part] = self.randaug(batch[part])

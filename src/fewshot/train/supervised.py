@@ -72,6 +72,7 @@ class SupervisedTask:
             self.init_head_from_prototypes()
         self.augment = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], d["randaug_p"], d["hflip"],
                                     d["randaug_group"])
+        self.flip_by_class = self.mirror_flip_probabilities(float(d.get("hflip_symmetric", 0.0)))
         self.unlabeled = None
         self.soft_targets: torch.Tensor | None = None  # set by add_pseudo_labelled(soft=...)
         if cfg["semi"]["method"] == "fixmatch":
@@ -84,6 +85,24 @@ class SupervisedTask:
             raise UserError(f"semi.method must be off or fixmatch, not {cfg['semi']['method']!r}")
         self.eval_every = cfg["train"]["eval_every"]
         self.n_parameters = n_parameters(self.model)
+
+    def mirror_flip_probabilities(self, p: float) -> torch.Tensor | None:
+        """data.hflip_symmetric: flip probability [C] for the classes whose labelled images (train + val)
+        look mirror-symmetric (fewshot.data.symmetry), 0 for the others; None when off."""
+        if p <= 0:
+            return None
+        from fewshot.data.symmetry import mirror_symmetric_classes
+
+        images = torch.cat([self.train_set.images, self.val_set.images])
+        targets = torch.cat([self.train_set.targets, self.val_set.targets])
+        symmetric = mirror_symmetric_classes(images, targets, self.space.num_classes)
+        if self.ctx.is_main:
+            parts = []
+            for d, name in enumerate(self.space.names):
+                classes = torch.nonzero(self.space.mask(torch.tensor([d]))[0]).flatten()
+                parts.append(f"{name} {int(symmetric[classes].sum())}/{len(classes)}")
+            print(f"horizontal flips (p={p:g}) for the classes that look mirror-symmetric: {', '.join(parts)}")
+        return symmetric.float() * p
 
     def head_init_mode(self) -> str:
         mode = self.cfg["model"].get("head_init", "random")
@@ -163,7 +182,8 @@ class SupervisedTask:
         return [b for b, *shares in zip(ranks[self.ctx.rank], *ranks) if min(len(s) for s in shares) >= 2]
 
     def make_batch(self, idx: torch.Tensor, epoch: int, step: int):
-        x = self.augment(self.train_set.images[idx], (self.cfg["train"]["seed"], epoch, step, self.ctx.rank))
+        flip_p = None if self.flip_by_class is None else self.flip_by_class[self.train_set.targets[idx]]
+        x = self.augment(self.train_set.images[idx], (self.cfg["train"]["seed"], epoch, step, self.ctx.rank), flip_p)
         x = self.normalize(x.to(self.device, non_blocking=True))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
