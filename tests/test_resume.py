@@ -204,6 +204,9 @@ def test_resume_refuses_settings_that_would_make_another_run_and_leaves_the_run_
     rc, _, err = run_main("train", "--data", str(other), "--out", str(out), "--device", "cpu", "--no-progress",
                           "--resume", "--epochs", "4")
     assert rc == 2 and "classes differ" in err and "digits: 10 classes" in err and "digits: 9 classes" in err, err
+    assert "other" not in (out / "config.yaml").read_text()  # the failed attempt left the run's config alone
+    rc, _, err = run_main(*base)
+    assert rc == 0, err
 
 
 # ------------------------------------------------------------------------------ MoCo pretraining

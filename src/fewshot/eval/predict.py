@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,22 +84,29 @@ def prediction_cache_dir(root: Path) -> Path | None:
     return default_cache_dir(root, None)
 
 
-def load_answer_key(path: Path, num_classes: int | None = None) -> dict[str, int]:
-    """{"<image id>": class index} from a test_labels.json, or a UserError naming the file."""
+def load_answer_key(path: Path, num_classes: int | None = None,
+                    class_names: list[str] | tuple[str, ...] | None = None) -> dict[str, int]:
+    """{"<image id>": class index} from a test_labels.json, or a UserError naming the file. A class is its
+    index in the dataset's sorted class folders, or (given ``class_names``) the folder's name itself."""
     try:
         key = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"answer key {path} cannot be read as JSON: {exc}") from None
     if not isinstance(key, dict):
         raise UserError(f"answer key {path} must map image ids to class indices, e.g. {{\"17\": 3}}.")
+    names = {unicodedata.normalize("NFC", n): k for k, n in enumerate(class_names)} if class_names else {}
+    if num_classes is None and class_names:
+        num_classes = len(class_names)
+    out: dict[str, int] = {}
     for i, c in key.items():
+        if isinstance(c, str) and unicodedata.normalize("NFC", c) in names:
+            c = names[unicodedata.normalize("NFC", c)]
         if isinstance(c, bool) or not isinstance(c, int) or c < 0 or (num_classes is not None and c >= num_classes):
             bound = f"0..{num_classes - 1}" if num_classes is not None else "0 or more"
-            raise UserError(f"answer key {path}: image {i} has class {c!r}; a class index must be a whole "
-                            f"number in {bound}.")
-    out: dict[str, int] = {}
-    for i, c in key.items():  # "0007" and "7" both name test image 7 (layout.test_id)
-        image_id = test_id(str(i))
+            named = " or a class folder's name" if class_names else ""
+            raise UserError(f"answer key {path}: image {i} has class {c!r}; a class must be a whole "
+                            f"number in {bound}{named}.")
+        image_id = test_id(str(i))  # "0007" and "7" both name test image 7 (layout.test_id)
         if out.get(image_id, c) != c:
             raise UserError(f"answer key {path}: image {image_id} is listed twice with different classes.")
         out[image_id] = c
@@ -111,7 +119,7 @@ def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tens
     for info in infos:
         if info.answer_key is None:
             raise UserError(f"no answer key {info.root / 'test_labels.json'}: the test split cannot be scored.")
-        keys[info.name] = load_answer_key(info.answer_key, len(space.classes[space.index(info.name)]))
+        keys[info.name] = load_answer_key(info.answer_key, class_names=space.classes[space.index(info.name)])
     out = []
     for i, d in zip(ids, dsids.tolist()):
         name = space.names[d]
@@ -163,14 +171,14 @@ def predict_run(run_or_ckpt, root, mode: str, device: torch.device,
 
 
 def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "known",
-                      preloaded=None) -> tuple[dict, dict, dict | None]:
+                      preloaded=None, score_test: bool = True) -> tuple[dict, dict, dict | None]:
     """pred_all.json content, the routing, and, when every dataset has an answer key, the test metrics in
     both modes ({"known": ..., "unknown": ...}, else None), from one pass over the test images.
     ``preloaded``: (test infos, ImageSet) already decoded at this model's image size, in its label space."""
     tm = load_trained(run_or_ckpt, device)
     infos, data, logits = _test_logits(tm, root, device, preloaded)
     pred, routing = _predictions(tm, infos, data, logits, mode)
-    if not all(info.answer_key is not None for info in infos):
+    if not score_test or not all(info.answer_key is not None for info in infos):
         return pred, routing, None
     targets = read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids)
     scores = {m: {**score(logits, targets, data.dataset_ids, tm.space, m, tm.n_parameters), "split": "test",
@@ -178,8 +186,9 @@ def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "know
     return pred, routing, scores
 
 
-def score_predictions(pred: dict, root: Path) -> dict:
-    """Accuracy of a pred_all.json against the answer keys (what `make demo` prints)."""
+def score_predictions(pred: dict, root: Path, class_names: dict | None = None) -> dict:
+    """Accuracy of a pred_all.json against the answer keys (what `make demo` prints); ``class_names``
+    {dataset: classes} lets keys name classes by folder name."""
     result = {}
     for name, preds in pred.items():
         if name == "n_parameters":
@@ -187,7 +196,7 @@ def score_predictions(pred: dict, root: Path) -> dict:
         key_file = Path(root) / name / "test_labels.json"
         if not key_file.is_file():
             continue
-        key = load_answer_key(key_file)
+        key = load_answer_key(key_file, class_names=(class_names or {}).get(name))
         hits = sum(1 for i, c in key.items() if preds.get(i) == c)
         result[name] = {"acc1": 100.0 * hits / max(1, len(key)), "n": len(key)}
     return result

@@ -284,6 +284,11 @@ class Engine:
         t = self.cfg["train"]
         if resume and self.resume():
             if self.ctx.is_main:
+                # written only now: a resume that fails (other classes, a bad checkpoint) leaves the run's
+                # config.yaml as it was, so the next `--resume` does not inherit the failed attempt's settings
+                from fewshot.config import save_yaml
+
+                save_yaml(self.cfg, self.run_dir / "config.yaml")
                 print(f"resuming from {self.ckpt_dir / 'last.pt'}: epoch {self.epoch + 1}, step "
                       f"{self.step_in_epoch} of {self.steps_per_epoch} (global step {self.global_step})")
         elif resume and self.ctx.is_main:

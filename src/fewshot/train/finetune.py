@@ -95,8 +95,8 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
     resolve_finetune_defaults(cfg)
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
     prepare_run_dir(out, resume, cfg, ctx.is_main)
-    if ctx.is_main:
-        save_yaml(cfg, Path(out) / "config.yaml")
+    if ctx.is_main and not (resume and (Path(out) / "checkpoints" / "last.pt").is_file()):
+        save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
     seed_everything(cfg["train"]["seed"])
     task = SupervisedTask(cfg, infos, device, ctx)
     engine = Engine(task, cfg, out, device, ctx)
