@@ -490,3 +490,21 @@ def _bad_from(exc: DataLayoutError) -> list[tuple[str, str]]:
         assert path, problem
         out.append((path, why))
     return out
+
+
+def test_a_read_only_data_root_caches_in_the_user_cache_folder(tmp_path, monkeypatch):
+    """A read-only dataset mount used to print a warning per split and image size and decode every image
+    again in every command; the cache now goes to $XDG_CACHE_HOME/fewshot/<root>-<hash>."""
+    import fewshot.data.cache as cache
+
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    assert cache.default_cache_dir(root, None) == root / ".fewshot_cache"  # writable: beside the data
+    assert cache.default_cache_dir(root, "/x/y") == Path("/x/y")  # data.cache_dir wins
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
+    fallback = cache.default_cache_dir(root, None)
+    assert fallback.parent == tmp_path / "xdg" / "fewshot" and fallback.name.startswith("data-")
+    other = tmp_path / "elsewhere" / "data"
+    other.mkdir(parents=True)
+    assert cache.default_cache_dir(other, None) != fallback  # one folder per root, even with the same name

@@ -67,6 +67,8 @@ def test_unknown_fields_refused(tmp_path):
     ("semi.views=strongest", "semi.views must be one of randaug, mocov2"),
     ("aug.scale=[1.0,0.2]", r"aug.scale must be \[low, high\] with 0 < low <= high <= 1"),
     ("aug.scale=5", r"aug.scale must be \[low, high\]"),
+    ("model.width=0", r"model.width must be in \(0, 4\]"),  # was read as 1.0 (`width or 1.0`)
+    ("train.channels_last=maybe", "train.channels_last must be one of auto, true, false"),
     ("aug.jitter=[0.4,0.4,0.4,0.9]", r"aug.jitter must be \[brightness, contrast, saturation, hue\]"),
 ])
 def test_wrong_types_and_ranges_are_refused_at_start_up(word, message):

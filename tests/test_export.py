@@ -282,3 +282,22 @@ def test_vit_weights_of_another_image_size_load_with_a_resampled_position_embedd
     from timm.layers import resample_abs_pos_embed  # what timm's own checkpoint filter does
 
     assert torch.allclose(small.pos_embed, resample_abs_pos_embed(big.pos_embed.detach(), new_size=[2, 2]))
+
+
+def test_probe_refuses_weights_that_give_non_finite_features(exported, tmp_path, capsys):
+    """A NaN weights file used to be probed to chance accuracy with exit 0."""
+    from safetensors.torch import save_file
+
+    root, _, path = exported
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    tensors = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in tensors.items()}
+    bad = tmp_path / "nan.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    rc = main(["probe", "--weights", str(bad), "--model", NAME, "--data", str(root), "--img-size", "32",
+               "--device", "cpu", "--epochs", "2", "--out", str(tmp_path / "probe")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "non-finite features" in err and str(bad) in err
+    assert main(["probe", "--weights", str(tmp_path), "--model", NAME, "--data", str(root)]) == 2
+    assert "is a folder" in capsys.readouterr().err

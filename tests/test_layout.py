@@ -359,3 +359,23 @@ def test_a_pool_of_hidden_files_only_counts_as_no_pool(copy_root, dataset_names)
     paths, ids, source = pool_with_sources(resolve(flags={"data.root": str(copy_root)}), infos)
     assert f"{name}: train images" in source
     assert sum(1 for i in ids if i == 0) == len(infos[0].train)
+
+
+def test_class_names_in_composed_and_decomposed_unicode_are_one_class(copy_root, dataset_names):
+    """macOS writes decomposed names: train/café (NFC) and val/café (NFD) used to be reported as a val class
+    missing from train and a train class missing from val, two lines that look identical."""
+    import unicodedata
+
+    ds = copy_root / dataset_names[0]
+    old = sorted(p.name for p in (ds / "train").iterdir())[0]
+    composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    (ds / "train" / old).rename(ds / "train" / composed)
+    (ds / "val" / old).rename(ds / "val" / decomposed)
+    info = scan_root(copy_root, [dataset_names[0]])[0]
+    assert composed in info.classes and decomposed not in info.classes
+    k = info.classes.index(composed)
+    assert sum(1 for _, c in info.val if c == k) == len(list((ds / "val" / decomposed).iterdir()))
+    # both forms in one split: a problem that says why
+    shutil.copytree(ds / "val" / decomposed, ds / "val" / composed)
+    problems = problems_of(copy_root, datasets=[dataset_names[0]])
+    assert any("differ only in their Unicode form" in p for p in problems), problems

@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "root": None,
         "datasets": None,         # None: every dataset folder under root
-        "cache_dir": None,        # None: ROOT/.fewshot_cache
+        "cache_dir": None,        # None: ROOT/.fewshot_cache (read-only ROOT: ~/.cache/fewshot/<root>-<hash>)
         "crop_pct": 1.0,          # Resize(img_size / crop_pct) + CenterCrop(img_size)
         "sampler": "shuffle",     # shuffle | repeat | grouped (batches from one dataset)
         "repeats": 3,             # repeated-augmentation copies (sampler=repeat)
@@ -265,6 +265,8 @@ CHOICES = {  # fields whose value must be one of a few words (checked at start-u
     "train.eval_mode": ("known", "unknown"),
     "model.head": ("linear",),  # SPEC's BN(affine=False) + Linear; the field stays so saved configs still load
     "semi.views": ("randaug", "mocov2"),
+    "train.channels_last": ("auto", True, False),
+    "train.compile": ("auto", True, False),
 }
 OPTIONAL = {  # None by default (resolved later), a number when given
     "optim.lr": 0.0, "optim.backbone_lr_mult": 0.0, "model.img_size": 0, "train.threads": 0,
@@ -283,7 +285,7 @@ POSITIVE = ("optim.lr", "run.pretrain_lr", "train.budget_minutes", "run.finetune
 INTERVALS = {  # (low, high, low included[, high included]): fractions and probabilities
     "data.crop_pct": (0.0, 1.0, False), "data.randaug_p": (0.0, 1.0, True), "aug.jitter_p": (0.0, 1.0, True),
     "aug.gray_p": (0.0, 1.0, True), "aug.blur_p": (0.0, 1.0, True), "aug.flip_p": (0.0, 1.0, True),
-    "data.hflip": (0.0, 1.0, True), "data.hflip_symmetric": (0.0, 1.0, True), "data.randaug_magnitude": (0, 30, True),  # torchvision's 31 magnitude bins
+    "model.width": (0.0, 4.0, False), "data.hflip": (0.0, 1.0, True), "data.hflip_symmetric": (0.0, 1.0, True), "data.randaug_magnitude": (0, 30, True),  # torchvision's 31 magnitude bins
     "model.drop_path": (0.0, 1.0, True, False), "optim.label_smoothing": (0.0, 1.0, True, False),
     "optim.momentum": (0.0, 1.0, True, False), "train.ema_decay": (0.0, 1.0, True, False),
     "semi.threshold": (0.0, 1.0, True), "moco.momentum": (0.0, 1.0, True), "run.moco_momentum": (0.0, 1.0, True),
@@ -325,7 +327,8 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
         if not ok:
             raise UserError(f"{dotted} must be {kind}, not {value!r}.")
         if dotted in CHOICES and value not in CHOICES[dotted]:
-            raise UserError(f"{dotted} must be one of {', '.join(CHOICES[dotted])}, not {value!r}.")
+            words = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in CHOICES[dotted])
+            raise UserError(f"{dotted} must be one of {words}, not {value!r}.")
         if dotted in AT_LEAST and value is not None and value < AT_LEAST[dotted]:
             raise UserError(f"{dotted} must be at least {AT_LEAST[dotted]}, not {value!r}.")
         if dotted in POSITIVE and value is not None and not value > 0:

@@ -157,7 +157,10 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
             os.replace(tmp, data_file)
             atomic_write_text(meta_file, json.dumps({"n": n, "size": size, "bad": bad}))
         except OSError as exc:
-            warnings.warn(f"could not write the image cache in {cache_dir}: {exc}; continuing without it")
+            if str(cache_dir) not in _WARNED:  # once per folder, not once per split and image size
+                _WARNED.add(str(cache_dir))
+                warnings.warn(f"could not write the image cache in {cache_dir}: {exc}; continuing without it "
+                              f"(set data.cache_dir=DIR to a writable folder)")
     return _finish(torch.from_numpy(out), bad, paths, skip_bad)
 
 
@@ -195,12 +198,23 @@ def write_skipped(run_dir: Path, skipped: list[tuple[str, str]]) -> None:
                           json.dumps([{"path": p, "reason": why} for p, why in skipped], indent=2) + "\n")
 
 
+_WARNED: set[str] = set()
+
+
 def default_cache_dir(root: str | Path | None, configured: str | None) -> Path | None:
+    """data.cache_dir when set; else ROOT/.fewshot_cache; else, when the data cannot be written (a read-only
+    mount, a shared dataset folder), a per-root folder under $XDG_CACHE_HOME (~/.cache)/fewshot, so that a
+    second command does not decode every image again."""
     if configured:
         return Path(configured)
     if root is None:
         return None
-    return Path(root) / ".fewshot_cache"
+    beside = Path(root) / ".fewshot_cache"
+    if os.access(beside if beside.is_dir() else Path(root), os.W_OK):
+        return beside
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha1(str(Path(root).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return home / "fewshot" / f"{Path(root).resolve().name}-{digest}"
 
 
 def ensure_writable_dir(path: Path, what: str) -> None:

@@ -99,7 +99,12 @@ def _scan_labelled(split_dir: Path, problems: list[str]) -> dict[str, list[Path]
                 problems.append(f"{entry}: class folder without images (allowed extensions: "
                                 f"{', '.join(sorted(IMAGE_EXTS))})")
             continue
-        classes[entry.name] = images
+        name = unicodedata.normalize("NFC", entry.name)  # macOS writes decomposed names: "café" is one class
+        if name in classes:
+            problems.append(f"{entry}: two class folders named '{name}' that differ only in their Unicode form "
+                            f"(composed / decomposed accents); merge them")
+            continue
+        classes[name] = images
     if not classes and not any(p.startswith(f"{split_dir}/") for p in problems):
         problems.append(f"{split_dir}: no class folders")
     return classes

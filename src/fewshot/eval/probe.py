@@ -60,6 +60,11 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     val = load_split(infos, "val", space, size, cache)
     ftr = backbone_features(backbone, train.images, normalize, device)
     fva = backbone_features(backbone, val.images, normalize, device)
+    for split, feats in (("train", ftr), ("val", fva)):
+        bad = int((~torch.isfinite(feats)).any(dim=1).sum())
+        if bad:  # a probe on NaN features "scores" chance accuracy and exits 0
+            raise UserError(f"the backbone gives non-finite features (NaN or inf) for {bad} of {len(feats)} {split} "
+                            f"images; the weights {weights or '(random init)'} hold non-finite values or overflow.")
     if head == "prototype":
         classifier = LinearHead(ftr.shape[1], space.num_classes).eval().set_prototypes(ftr, train.targets)
     elif head == "linear":

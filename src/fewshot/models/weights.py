@@ -39,6 +39,8 @@ def is_safetensors(path: Path) -> bool:
 def read_tensor_file(path: str | Path) -> dict:
     """Read a checkpoint or weights file safely; any failure becomes a CheckpointError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; --weights takes a weights file (.safetensors, .pt, .pth)")
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     if path.stat().st_size == 0:
