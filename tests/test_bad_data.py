@@ -508,3 +508,12 @@ def test_a_read_only_data_root_caches_in_the_user_cache_folder(tmp_path, monkeyp
     other = tmp_path / "elsewhere" / "data"
     other.mkdir(parents=True)
     assert cache.default_cache_dir(other, None) != fallback  # one folder per root, even with the same name
+    # a cache prebuilt beside a read-only root is read from there, not decoded again elsewhere
+    (root / ".fewshot_cache").mkdir()
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: Path(path).name == ".fewshot_cache")
+    assert cache.default_cache_dir(root, None) == root / ".fewshot_cache"
+    # no home folder to fall back on (a container's arbitrary uid): no cache rather than a traceback
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(cache.Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
+    assert cache.default_cache_dir(other, None) is None

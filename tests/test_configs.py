@@ -69,6 +69,7 @@ def test_unknown_fields_refused(tmp_path):
     ("aug.scale=5", r"aug.scale must be \[low, high\]"),
     ("model.width=0", r"model.width must be in \(0, 4\]"),  # was read as 1.0 (`width or 1.0`)
     ("train.channels_last=maybe", "train.channels_last must be one of auto, true, false"),
+    ("train.compile=1", "train.compile must be one of auto, true, false"),
     ("aug.jitter=[0.4,0.4,0.4,0.9]", r"aug.jitter must be \[brightness, contrast, saturation, hue\]"),
 ])
 def test_wrong_types_and_ranges_are_refused_at_start_up(word, message):

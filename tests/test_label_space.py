@@ -143,3 +143,11 @@ def test_score_modes_and_routing():
     assert known["mean_acc1"] == pytest.approx((50 + 100 + 100) / 3)
     assert unknown["routing_acc"] == pytest.approx(75.0)
     assert set(known) >= {"mode", "n_parameters", "mean_acc1", "datasets", "routing_acc"}
+
+
+def test_class_names_from_older_checkpoints_are_read_in_composed_unicode():
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "café")
+    space = LabelSpace.from_dict({"names": ["a"], "classes": [[decomposed, "tea"]]})
+    assert space.classes == (("café", "tea"),) and space.classes[0][0] == unicodedata.normalize("NFC", "café")

@@ -207,6 +207,10 @@ def test_resume_refuses_settings_that_would_make_another_run_and_leaves_the_run_
     assert "other" not in (out / "config.yaml").read_text()  # the failed attempt left the run's config alone
     rc, _, err = run_main(*base)
     assert rc == 0, err
+    # amp may change on resume: an fp32 run's checkpoint holds a disabled scaler's empty state, which an
+    # enabled fp16 scaler refused with a traceback
+    rc, _, err = run_main(*base, "--epochs", "4", "train.amp=fp16")
+    assert rc == 0, err
 
 
 # ------------------------------------------------------------------------------ MoCo pretraining

@@ -171,6 +171,18 @@ def test_fixmatch_views_follow_data_hflip(digits_root):
     assert all(bool((pool - w.flatten()).abs().amax(1).lt(1e-4).any()) for w in weak)  # all mirrored
 
 
+def test_a_config_saved_before_semi_views_keeps_its_mocov2_views(digits_root):
+    from fewshot.config import resolve
+    from fewshot.data.layout import scan_root
+    from fewshot.train.semi import UnlabeledStream
+
+    cfg = resolve(flags={"data.root": str(digits_root)})
+    del cfg["semi"]["views"]  # as in a config.yaml written before the field existed (resumed as saved)
+    stream = UnlabeledStream(cfg, scan_root(digits_root, None, splits=("train", "val")), 16, (0.5,) * 3,
+                             (0.25,) * 3, torch.device("cpu"))
+    assert stream.views == "mocov2"
+
+
 def test_fixmatch_views_setting_is_checked(digits_root):
     from fewshot.errors import UserError
 

@@ -326,7 +326,8 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
               or kind == "a number" and isinstance(value, (int, float)) and not isinstance(value, bool))
         if not ok:
             raise UserError(f"{dotted} must be {kind}, not {value!r}.")
-        if dotted in CHOICES and value not in CHOICES[dotted]:
+        if dotted in CHOICES and not any(value == c and isinstance(value, bool) == isinstance(c, bool)
+                                         for c in CHOICES[dotted]):  # 1 is not `true`
             words = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in CHOICES[dotted])
             raise UserError(f"{dotted} must be one of {words}, not {value!r}.")
         if dotted in AT_LEAST and value is not None and value < AT_LEAST[dotted]:

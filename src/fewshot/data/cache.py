@@ -160,7 +160,7 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
             if str(cache_dir) not in _WARNED:  # once per folder, not once per split and image size
                 _WARNED.add(str(cache_dir))
                 warnings.warn(f"could not write the image cache in {cache_dir}: {exc}; continuing without it "
-                              f"(set data.cache_dir=DIR to a writable folder)")
+                              f"(train, pretrain and run: data.cache_dir=DIR chooses a writable folder)")
     return _finish(torch.from_numpy(out), bad, paths, skip_bad)
 
 
@@ -210,9 +210,12 @@ def default_cache_dir(root: str | Path | None, configured: str | None) -> Path |
     if root is None:
         return None
     beside = Path(root) / ".fewshot_cache"
-    if os.access(beside if beside.is_dir() else Path(root), os.W_OK):
-        return beside
-    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    if beside.is_dir() and os.access(beside, os.R_OK | os.X_OK) or os.access(Path(root), os.W_OK):
+        return beside  # a cache prebuilt on a read-only mount is still read (and only not written)
+    try:
+        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no HOME and no passwd entry (containers with arbitrary uids): no cache
+        return None
     digest = hashlib.sha1(str(Path(root).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return home / "fewshot" / f"{Path(root).resolve().name}-{digest}"
 

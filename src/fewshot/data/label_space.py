@@ -6,6 +6,7 @@ live here, tested once and used by training, evaluation and prediction alike.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -24,7 +25,8 @@ class LabelSpace:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabelSpace":
-        return cls(tuple(d["names"]), tuple(tuple(c) for c in d["classes"]))
+        # class names as the layout reads them now (NFC), also from checkpoints written before it did
+        return cls(tuple(d["names"]), tuple(tuple(unicodedata.normalize("NFC", n) for n in c) for c in d["classes"]))
 
     def to_dict(self) -> dict:
         return {"names": list(self.names), "classes": [list(c) for c in self.classes]}

@@ -220,7 +220,8 @@ class Engine:
         # The scheduler is not restored: its lr is a pure function of the config and global_step
         # (step_update), and its saved state would pin the old run length, so that `--resume --epochs N`
         # with a larger N trained the extra epochs at min_lr (0 for the MoCo presets).
-        self.scaler.load_state_dict(ck["scaler"])
+        if ck.get("scaler"):  # a bf16/fp32 run saved a disabled scaler's empty state (amp may change on resume)
+            self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
         self.best_score, self.last_eval = ck["best_score"], ck.get("last_eval")
         self.nonfinite_skipped = ck.get("nonfinite_skipped", 0)

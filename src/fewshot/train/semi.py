@@ -60,7 +60,7 @@ class UnlabeledStream:
     def __init__(self, cfg: dict, infos, size: int, mean, std, device: torch.device):
         pool = load_pool(cfg, infos, size)
         self.images, self.dataset_ids, self.source = pool.images, pool.dataset_ids, pool.source
-        self.views = cfg["semi"].get("views", "randaug")
+        self.views = cfg["semi"].get("views", "mocov2")  # a config saved before semi.views: its own views
         d = cfg["data"]
         if self.views == "randaug":
             from fewshot.data.transforms import Normalize, TrainAugment
