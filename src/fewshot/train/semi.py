@@ -68,14 +68,10 @@ class UnlabeledStream:
             self.normalize = Normalize(mean, std).to(device)
             self.flip = float(d["hflip"])
             self.randaug = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], 1.0, 0.0, d["randaug_group"])
-        elif self.views == "mocov2":
+        else:  # mocov2 (the value is checked with the config: config.CHOICES)
             self.weak = BatchAugment(preset("mocov2", size, scale=(0.6, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0,
                                             flip_p=0.5, mean=mean, std=std)).to(device)
             self.strong = BatchAugment(preset("mocov2", size, mean=mean, std=std)).to(device)
-        else:
-            from fewshot.errors import UserError
-
-            raise UserError(f"semi.views must be randaug or mocov2, not {self.views!r}")
         self.device = device
 
     def draw(self, n: int, seed: int, epoch: int, step: int, rank: int = 0):
