@@ -42,6 +42,18 @@ VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the
      ["--no-pretrain", "run.semi_method=off", "optim.lr=0.004", "data.hflip_symmetric=0.5"]),
     ("stsym", "ablation: self-training + flips of mirror-symmetric classes",
      ["run.semi_method=pseudo", "--no-pretrain", "data.hflip_symmetric=0.5"]),
+    # mixup / CutMix with partners from the same dataset (fewshot.data.mix), on scratch and on self-training
+    ("mix", "ablation: scratch (lr 4e-3) + mixup 0.4", ["--no-pretrain", "run.semi_method=off", "optim.lr=0.004",
+                                                        "data.mixup_alpha=0.4"]),
+    ("cmix", "ablation: scratch (lr 4e-3) + CutMix 1.0", ["--no-pretrain", "run.semi_method=off", "optim.lr=0.004",
+                                                          "data.cutmix_alpha=1.0"]),
+    ("bmix", "ablation: scratch (lr 4e-3) + mixup 0.4 / CutMix 1.0", ["--no-pretrain", "run.semi_method=off",
+                                                                      "optim.lr=0.004", "data.mixup_alpha=0.4",
+                                                                      "data.cutmix_alpha=1.0"]),
+    ("stmix", "ablation: self-training + mixup 0.4", ["run.semi_method=pseudo", "--no-pretrain",
+                                                      "data.mixup_alpha=0.4"]),
+    ("stcmix", "ablation: self-training + CutMix 1.0", ["run.semi_method=pseudo", "--no-pretrain",
+                                                        "data.cutmix_alpha=1.0"]),
 ]
 
 

@@ -212,3 +212,19 @@ def test_shutdown_destroys_the_process_group_and_is_idempotent(tmp_path):
     shutdown_distributed()
     assert not dist.is_initialized()
     shutdown_distributed()  # nothing left to destroy: no error
+
+
+def test_torchrun_sigterm_on_one_rank_stops_every_rank_at_the_same_step(root, tmp_path):
+    """Only rank 1 gets the signal (a node's scheduler, say): the ranks agree at the step's end, rank 0
+    writes last.pt there, both exit with 128 + SIGTERM instead of rank 0 hanging in the next all-reduce."""
+    import signal
+
+    run = tmp_path / "ft"
+    worker = Path(__file__).parent / "helpers" / "signal_worker.py"
+    proc = torchrun([str(worker), "1", "2", "train", "--data", str(root), "--out", str(run), *COMMON[:5], "3",
+                     *COMMON[6:]], cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert out.count("stopped by SIGTERM after a whole step") == 2, out[-3000:]  # both ranks, not a hang or a crash
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["global_step"] == 2

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -327,3 +329,89 @@ def test_resume_from_an_older_last_pt_when_epoch_end_saves_were_spaced(root, tmp
     run_finetune(finetune_cfg(root, **spaced), out, resume=True)
     compare_runs(ref, out, metrics=True)
     assert [r["epoch"] for r in read_log(out)] == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------------------ SIGTERM / SIGINT: a clean stop
+
+
+def signal_in_training_step(monkeypatch, task_cls, call: int, signums=(signal.SIGTERM,)) -> None:
+    """Send the signal(s) to this process during the `call`-th training step, as a cluster's scheduler
+    (SIGTERM before the kill) or a Ctrl-C (SIGINT) would."""
+    orig = task_cls.training_step
+    calls = {"n": 0}
+
+    def step(self, model, batch):
+        out = orig(self, model, batch)
+        calls["n"] += 1
+        if calls["n"] == call:
+            for s in signums:
+                os.kill(os.getpid(), s)
+        return out
+
+    monkeypatch.setattr(task_cls, "training_step", step)
+
+
+def test_sigterm_mid_epoch_finishes_the_step_checkpoints_it_and_resume_equals_the_uninterrupted_run(
+        root, ft_ref, tmp_path, monkeypatch):
+    from fewshot.train.stop_signal import StopRequested
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        signal_in_training_step(mp, SupervisedTask, 7)  # epoch 2, step 2: between the every-2-steps saves
+        with pytest.raises(StopRequested) as stop:
+            run_finetune(finetune_cfg(root, **FT), out)
+    assert stop.value.signum == signal.SIGTERM and stop.value.checkpoint == str(out / "checkpoints" / "last.pt")
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # handlers given back
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 2, 7)  # step 7 kept, not lost
+    run_finetune(finetune_cfg(root, **FT), out, resume=True)
+    compare_runs(ft_ref, out, metrics=True)
+
+
+def test_sigterm_in_the_last_step_of_an_epoch_stops_at_the_epoch_end(root, ft_ref, tmp_path, monkeypatch):
+    from fewshot.train.stop_signal import StopRequested
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        signal_in_training_step(mp, SupervisedTask, 10)  # the last step of epoch 2: the epoch is evaluated, logged
+        with pytest.raises(StopRequested):
+            run_finetune(finetune_cfg(root, **FT), out)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (2, 0, 10)
+    assert [r["epoch"] for r in read_log(out)] == [1, 2]
+    run_finetune(finetune_cfg(root, **FT), out, resume=True)
+    compare_runs(ft_ref, out, metrics=True)
+
+
+def test_sigterm_during_moco_keeps_the_queue_of_the_finished_step(root, pt_ref, tmp_path, monkeypatch):
+    from fewshot.train.stop_signal import StopRequested
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        signal_in_training_step(mp, MoCoTask, 5)
+        with pytest.raises(StopRequested):
+            run_pretrain(pretrain_cfg(root, **PT), out)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ck["global_step"] == 5 and int(ck["model"]["queue_ptr"]) == (5 * 8) % 52
+    run_pretrain(pretrain_cfg(root, **PT), out, resume=True)
+    compare_runs(pt_ref, out, metrics=False)
+
+
+def test_cli_exit_code_and_message_on_sigterm_and_a_second_signal_stops_at_once(root, tmp_path, monkeypatch, capsys):
+    from fewshot.cli import main
+
+    argv = ["train", "--data", str(root), "--model", "test_resnet", "--img-size", "32", "--epochs", "3",
+            "--batch-size", "8", "--device", "cpu", "--no-progress", "train.tensorboard=false", "train.threads=1"]
+    with monkeypatch.context() as mp:
+        signal_in_training_step(mp, SupervisedTask, 3)
+        assert main(argv + ["--out", str(tmp_path / "a")]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "SIGTERM" in err and str(tmp_path / "a" / "checkpoints" / "last.pt") in err and "--resume" in err
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["global_step"] == 3
+    # Ctrl-C twice: the second one does not wait for the step's checkpoint
+    with monkeypatch.context() as mp:
+        signal_in_training_step(mp, SupervisedTask, 3, signums=(signal.SIGINT, signal.SIGINT))
+        assert main(argv + ["--out", str(tmp_path / "b")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "checkpoints" / "last.pt").exists()

@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from fewshot.errors import UserError
+from fewshot.train.stop_signal import StopRequested
 
 EPILOG = ("Any extra key=value words override config fields, e.g. optim.lr=3e-4 train.eval_every=1. "
           "Every field and its default: src/fewshot/config.py (DEFAULTS); recipes: configs/.")
@@ -272,6 +273,11 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     except UserError as exc:
         print(f"fewshot {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except StopRequested as stop:
+        how = "; continue with the same command and --resume" if args.command in ("train", "pretrain") else ""
+        print(f"fewshot {args.command}: {stop} after a whole step; checkpoint written: {stop.checkpoint}{how}",
+              file=sys.stderr)
+        return 128 + int(stop.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

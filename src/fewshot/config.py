@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
         "randaug_group": 8,       # samples sharing one RandAugment draw (1: per sample; slower on CPU)
         "hflip": 0.0,             # extra horizontal flip probability (off: digits are not symmetric)
         "hflip_symmetric": 0.0,   # flip probability for the classes whose mean image is mirror-symmetric
+        "mixup_alpha": 0.0,       # > 0: mixup with partners of the same dataset, lam ~ Beta(a, a) (fewshot.data.mix)
+        "cutmix_alpha": 0.0,      # > 0: CutMix likewise; with both > 0 each batch picks one at random
+        "mix_p": 1.0,             # share of batches that are mixed (when mixup or CutMix is on)
         "skip_bad_images": False,
         "unlabeled": None,        # the pool (MoCo, self-training, FixMatch): list of folders (None:
                                   # ROOT/unlabeled/<dataset>, else MoCo falls back to the train images)
@@ -279,6 +282,7 @@ AT_LEAST = {"model.img_size": 1, "train.threads": 1, "moco.mlp_hidden": 1, "run.
             "semi.mu": 1, "semi.weight": 0, "moco.split_bn_groups": 1, "run.pretrain_batch_size": 2,
             "run.min_epochs": 1, "run.pseudo_labelled_repeat": 1, "optim.weight_decay": 0, "optim.grad_clip": 0,
             "optim.backbone_lr_mult": 0, "sched.warmup_epochs": 0, "sched.min_lr": 0, "sched.warmup_lr": 0,
+            "data.mixup_alpha": 0, "data.cutmix_alpha": 0,
             }
 POSITIVE = ("optim.lr", "run.pretrain_lr", "train.budget_minutes", "run.finetune_lr", "moco.temperature", "moco.knn_t")  # > 0
 
@@ -289,7 +293,7 @@ INTERVALS = {  # (low, high, low included[, high included]): fractions and proba
     "model.drop_path": (0.0, 1.0, True, False), "optim.label_smoothing": (0.0, 1.0, True, False),
     "optim.momentum": (0.0, 1.0, True, False), "train.ema_decay": (0.0, 1.0, True, False),
     "semi.threshold": (0.0, 1.0, True), "moco.momentum": (0.0, 1.0, True), "run.moco_momentum": (0.0, 1.0, True),
-    "run.pseudo_threshold": (0.0, 1.0, True),
+    "run.pseudo_threshold": (0.0, 1.0, True), "data.mix_p": (0.0, 1.0, True),
 }  # the run.* shares are checked by the pipeline (pipeline.check_run_settings)
 
 

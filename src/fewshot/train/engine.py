@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from fewshot.errors import UserError
 from fewshot.progress import track
 from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fewshot.train.distributed import DistContext, all_reduce_mean, barrier, broadcast_object
+from fewshot.train.stop_signal import StopRequested, stop_on_signals
 from fewshot.utils import atomic_write_text, write_json
 
 
@@ -144,6 +146,7 @@ class Engine:
         self.epoch_sums: dict[str, float] = {}
         self.epoch_steps = 0
         self.writer = None
+        self._stop_flag = None  # set while fit() runs: a SIGTERM/SIGINT asks for a stop after the step
 
     # ----------------------------------------------------------------- checkpoints
     def payload(self) -> dict:
@@ -300,13 +303,34 @@ class Engine:
         self.fit_start = time.monotonic()
         deadline = self.fit_start + t["budget_minutes"] * 60 if t.get("budget_minutes") else None
         epochs = t["epochs"]
-        while self.epoch < epochs:
-            stopped = self._run_epoch(deadline)
-            if stopped:
-                break
-        if self.writer is not None:
-            self.writer.close()
+        try:
+            with stop_on_signals(announce=self.ctx.is_main) as self._stop_flag:
+                while self.epoch < epochs:
+                    stopped = self._run_epoch(deadline)
+                    if stopped:
+                        break
+                    if self.epoch < epochs and self._stop_requested():
+                        self._stop_here()
+        finally:
+            self._stop_flag = None
+            if self.writer is not None:
+                self.writer.close()
         return self.last_eval
+
+    def _stop_requested(self) -> bool:
+        """A SIGTERM/SIGINT arrived (on any rank: under DDP every rank must stop at the same step)."""
+        wanted = bool(self._stop_flag)
+        if self.ctx.enabled:
+            wanted = all_reduce_mean(self.ctx, 1.0 if wanted else 0.0) > 0
+        return wanted
+
+    def _stop_here(self) -> None:
+        """Write last.pt at the current step (unless it is already there) and leave through StopRequested."""
+        if self._saved_step != self.global_step:
+            self.save("last")
+        barrier(self.ctx)
+        signum = self._stop_flag.signum if self._stop_flag else None
+        raise StopRequested(signum or signal.SIGTERM, str(self.ckpt_dir / "last.pt"))
 
     def _schedule_t(self, deadline: float | None) -> int:
         """The schedule's position: the global step, or with sched.time_based (budgeted runs such as
@@ -378,6 +402,10 @@ class Engine:
                 bar.set_postfix(loss=f"{sums['loss'] / n_steps:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
             if t["save_every_steps"] and self.global_step % t["save_every_steps"] == 0 and self.step_in_epoch < len(batches):
                 self.save("last")
+            if self.step_in_epoch < len(batches) and self._stop_requested():
+                if hasattr(bar, "close"):
+                    bar.close()
+                self._stop_here()
             if deadline is not None and time.monotonic() > deadline:
                 stopped = True
                 break

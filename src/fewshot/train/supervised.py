@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from fewshot.data.cache import default_cache_dir
 from fewshot.data.label_space import LabelSpace
+from fewshot.data.mix import BatchMix
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize, TrainAugment
@@ -73,6 +74,7 @@ class SupervisedTask:
         self.augment = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], d["randaug_p"], d["hflip"],
                                     d["randaug_group"])
         self.flip_by_class = self.mirror_flip_probabilities(float(d.get("hflip_symmetric", 0.0)))
+        self.mix = BatchMix(d.get("mixup_alpha", 0.0), d.get("cutmix_alpha", 0.0), d.get("mix_p", 1.0))
         self.unlabeled = None
         self.soft_targets: torch.Tensor | None = None  # set by add_pseudo_labelled(soft=...)
         if cfg["semi"]["method"] == "fixmatch":
@@ -185,11 +187,13 @@ class SupervisedTask:
         flip_p = None if self.flip_by_class is None else self.flip_by_class[self.train_set.targets[idx]]
         x = self.augment(self.train_set.images[idx], (self.cfg["train"]["seed"], epoch, step, self.ctx.rank), flip_p)
         x = self.normalize(x.to(self.device, non_blocking=True))
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         y, ds = self.train_set.targets[idx].to(self.device), self.train_set.dataset_ids[idx].to(self.device)
         if self.soft_targets is not None:  # probabilities [B, C]; cross_entropy takes them as they are
             y = self.soft_targets[idx].to(self.device)
+        if self.mix.enabled:  # labelled (and pseudo-labelled) images only, never FixMatch's pool views
+            x, y = self.mix(x, y, ds, self.space.num_classes, (self.cfg["train"]["seed"], epoch, step, self.ctx.rank))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.unlabeled is None:
             return x, y, ds, None
         n = int(self.cfg["semi"]["mu"]) * len(idx)
