@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -226,5 +227,7 @@ def test_torchrun_sigterm_on_one_rank_stops_every_rank_at_the_same_step(root, tm
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
     assert out.count("stopped by SIGTERM after a whole step") == 2, out[-3000:]  # both ranks, not a hang or a crash
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", out)  # torchrun's failure summary, one line per rank
+    assert codes and set(codes) == {str(128 + signal.SIGTERM)}, out[-3000:]  # not an abort at teardown
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["global_step"] == 2

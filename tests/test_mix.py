@@ -12,6 +12,7 @@ def test_partners_stay_in_their_dataset_and_form_a_permutation():
     assert sorted(perm.tolist()) == list(range(len(groups)))
     assert torch.equal(groups[perm], groups)
     assert perm[5] == 5  # alone in its dataset: its own partner
+    assert all(perm[i] != i for i in range(len(groups)) if i != 5)  # everyone else gets another image
 
 
 def _batch():
@@ -66,8 +67,10 @@ def test_draws_are_reproducible_from_the_seed_parts_and_change_with_the_step():
 def test_soft_targets_are_blended_as_they_are_and_off_means_untouched():
     x, y, ds = _batch()
     soft = torch.softmax(torch.randn(6, 10), 1)
-    _, t = BatchMix(mixup_alpha=1.0)(x, soft, ds, 10, (1, 2, 3))
-    assert torch.allclose(t.sum(1), torch.ones(6))
+    mix = BatchMix(mixup_alpha=1.0)
+    lam, perm, _ = mix.draw(ds, 8, 8, (1, 2, 3))
+    _, t = mix(x, soft, ds, 10, (1, 2, 3))
+    assert torch.allclose(t, lam * soft + (1 - lam) * soft[perm])
     off = BatchMix(mixup_alpha=1.0, p=0.0)
     assert not off.enabled
     out, t = off(x, y, ds, 10, (1, 2, 3))
@@ -95,10 +98,17 @@ def test_fine_tuning_with_mixing_trains_on_blended_targets(digits_root):
 
 
 @pytest.mark.parametrize("field, value", [("data.mixup_alpha", -0.1), ("data.cutmix_alpha", -1.0),
-                                          ("data.mix_p", 1.5)])
+                                          ("data.mixup_alpha", float("inf")), ("data.mix_p", 1.5)])
 def test_bad_mixing_settings_are_refused_at_start_up(field, value):
     from fewshot.config import resolve
     from fewshot.errors import UserError
 
     with pytest.raises(UserError, match=field):
         resolve(flags={field: value})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mixing_works_on_cuda_tensors():
+    x, y, ds = (t.cuda() for t in _batch())
+    out, t = BatchMix(mixup_alpha=0.4, cutmix_alpha=1.0)(x, y, ds, 10, (0, 1, 2))
+    assert out.device == x.device and t.device == x.device

@@ -398,6 +398,42 @@ def test_sigterm_during_moco_keeps_the_queue_of_the_finished_step(root, pt_ref, 
     compare_runs(pt_ref, out, metrics=False)
 
 
+def test_a_repeated_sigterm_still_stops_cleanly_and_a_signal_in_the_last_step_stops_the_caller(
+        root, ft_ref, tmp_path, monkeypatch):
+    """SLURM signals every process and torchrun forwards its own copy: two SIGTERMs are one request. And a
+    signal in the run's very last step must not be dropped when fit() returns (`fewshot run` would start
+    its next stage, which the scheduler then kills without a checkpoint)."""
+    from fewshot.train.stop_signal import StopRequested
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        signal_in_training_step(mp, SupervisedTask, 15, signums=(signal.SIGTERM, signal.SIGTERM))  # 3 x 5 steps
+        with pytest.raises(StopRequested):
+            run_finetune(finetune_cfg(root, **FT), out)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["global_step"] == 15
+    assert not (out / "metrics.json").exists()  # the caller stopped too
+    run_finetune(finetune_cfg(root, **FT), out, resume=True)  # nothing left to train: writes the results
+    compare_runs(ft_ref, out, metrics=True)
+
+
+def test_an_epoch_end_stop_writes_the_checkpoint_that_save_spacing_skipped(root, tmp_path, monkeypatch):
+    from fewshot.train.stop_signal import StopRequested
+
+    spaced = {"train.epochs": 3, "train.save_every_steps": 0, "train.save_interval_s": 3600.0,
+              "train.eval_every": 3}  # epoch 2 writes no last.pt of its own
+    ref = tmp_path / "ref"
+    run_finetune(finetune_cfg(root, **spaced), ref)
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        signal_in_training_step(mp, SupervisedTask, 10)  # the last step of epoch 2
+        with pytest.raises(StopRequested):
+            run_finetune(finetune_cfg(root, **spaced), out)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (2, 0, 10)
+    run_finetune(finetune_cfg(root, **spaced), out, resume=True)
+    compare_runs(ref, out, metrics=True)
+
+
 def test_cli_exit_code_and_message_on_sigterm_and_a_second_signal_stops_at_once(root, tmp_path, monkeypatch, capsys):
     from fewshot.cli import main
 
@@ -415,3 +451,19 @@ def test_cli_exit_code_and_message_on_sigterm_and_a_second_signal_stops_at_once(
         assert main(argv + ["--out", str(tmp_path / "b")]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert not (tmp_path / "b" / "checkpoints" / "last.pt").exists()
+
+
+def test_resume_of_a_run_older_than_a_field_compares_the_field_with_its_default(tmp_path):
+    """A config.yaml saved before data.mixup_alpha existed: restating the default is not a change, another
+    value is (the run trained without mixing)."""
+    from fewshot.config import resolve, save_yaml
+    from fewshot.errors import UserError
+    from fewshot.train.finetune import merge_resume_config
+
+    old = resolve()
+    del old["data"]["mixup_alpha"]
+    save_yaml(old, tmp_path / "config.yaml")
+    cfg = merge_resume_config(tmp_path, resolve(), {"data.mixup_alpha": 0.0})
+    assert cfg["data"]["mixup_alpha"] == 0.0
+    with pytest.raises(UserError, match=r"data.mixup_alpha \(0.0 in the run, 0.4 now\)"):
+        merge_resume_config(tmp_path, resolve(), {"data.mixup_alpha": 0.4})

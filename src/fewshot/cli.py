@@ -274,6 +274,10 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         print(f"fewshot {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except StopRequested as stop:
+        if "torch.distributed" in sys.modules:  # every rank passed the stop's barrier: safe to tear down
+            from fewshot.train.distributed import shutdown_distributed
+
+            shutdown_distributed()
         how = "; continue with the same command and --resume" if args.command in ("train", "pretrain") else ""
         print(f"fewshot {args.command}: {stop} after a whole step; checkpoint written: {stop.checkpoint}{how}",
               file=sys.stderr)

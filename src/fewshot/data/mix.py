@@ -17,12 +17,14 @@ from fewshot.utils import derive_seed
 
 
 def partners_within_groups(groups: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A permutation that maps each position to another position of the same group (itself when the
-    group has one member)."""
+    """A permutation that maps each position to another position of the same group (itself only when
+    the group has one member): the group in a random order, each taking the next one's place."""
+    groups = groups.cpu()
     perm = torch.arange(len(groups))
-    for g in torch.unique(groups):
-        where = torch.nonzero(groups.cpu() == g).flatten()
-        perm[where] = where[torch.randperm(len(where), generator=gen)]
+    for g in torch.unique(groups).tolist():
+        where = torch.nonzero(groups == g).flatten()
+        order = where[torch.randperm(len(where), generator=gen)]
+        perm[order] = order.roll(1)
     return perm
 
 

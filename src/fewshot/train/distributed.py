@@ -76,6 +76,16 @@ def broadcast_object(ctx: DistContext, obj):
     return box[0]
 
 
+def all_reduce_max(ctx: DistContext, value: float) -> float:
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def all_reduce_mean(ctx: DistContext, value: float) -> float:
     if not ctx.enabled:
         return value

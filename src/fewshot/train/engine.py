@@ -33,7 +33,7 @@ from torch import nn
 from fewshot.errors import UserError
 from fewshot.progress import track
 from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from fewshot.train.distributed import DistContext, all_reduce_mean, barrier, broadcast_object
+from fewshot.train.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, broadcast_object
 from fewshot.train.stop_signal import StopRequested, stop_on_signals
 from fewshot.utils import atomic_write_text, write_json
 
@@ -147,6 +147,7 @@ class Engine:
         self.epoch_steps = 0
         self.writer = None
         self._stop_flag = None  # set while fit() runs: a SIGTERM/SIGINT asks for a stop after the step
+        self._stop_signum = 0
 
     # ----------------------------------------------------------------- checkpoints
     def payload(self) -> dict:
@@ -306,11 +307,14 @@ class Engine:
         try:
             with stop_on_signals(announce=self.ctx.is_main) as self._stop_flag:
                 while self.epoch < epochs:
-                    stopped = self._run_epoch(deadline)
-                    if stopped:
+                    if self._run_epoch(deadline):
                         break
                     if self.epoch < epochs and self._stop_requested():
                         self._stop_here()
+                # a signal in the last step or evaluation must stop the caller too (`fewshot run` would
+                # otherwise go on to its next stage, which the scheduler then kills without a checkpoint)
+                if self._stop_requested():
+                    self._stop_here()
         finally:
             self._stop_flag = None
             if self.writer is not None:
@@ -318,19 +322,20 @@ class Engine:
         return self.last_eval
 
     def _stop_requested(self) -> bool:
-        """A SIGTERM/SIGINT arrived (on any rank: under DDP every rank must stop at the same step)."""
-        wanted = bool(self._stop_flag)
+        """A SIGTERM/SIGINT arrived (on any rank: under DDP every rank must stop at the same step, and
+        all of them report the same signal)."""
+        signum = (self._stop_flag.signum or 0) if self._stop_flag is not None else 0
         if self.ctx.enabled:
-            wanted = all_reduce_mean(self.ctx, 1.0 if wanted else 0.0) > 0
-        return wanted
+            signum = int(all_reduce_max(self.ctx, float(signum)))
+        self._stop_signum = signum
+        return signum > 0
 
     def _stop_here(self) -> None:
         """Write last.pt at the current step (unless it is already there) and leave through StopRequested."""
         if self._saved_step != self.global_step:
             self.save("last")
         barrier(self.ctx)
-        signum = self._stop_flag.signum if self._stop_flag else None
-        raise StopRequested(signum or signal.SIGTERM, str(self.ckpt_dir / "last.pt"))
+        raise StopRequested(self._stop_signum or signal.SIGTERM, str(self.ckpt_dir / "last.pt"))
 
     def _schedule_t(self, deadline: float | None) -> int:
         """The schedule's position: the global step, or with sched.time_based (budgeted runs such as

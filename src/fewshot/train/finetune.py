@@ -33,6 +33,9 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, is_main: bool = True) ->
 # What `--resume` may change: how long and where the run goes on, and how it reports. Anything else
 # (model, image size, batch, seed, optimiser, schedule shape, augmentation, MoCo settings) would make the
 # continued run a different one than its checkpoint's, or fail deep in torch on a shape mismatch.
+# Fields whose absence from an older run's config.yaml means something other than today's default.
+ABSENT_MEANS = {"semi.views": "mocov2"}
+
 RESUME_MAY_CHANGE = frozenset({
     "train.epochs", "train.budget_minutes", "train.threads", "train.progress", "train.tensorboard", "train.device",
     "train.save_interval_s", "train.save_every_steps", "train.eval_every", "train.skip_nonfinite", "train.compile",
@@ -49,16 +52,25 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     if not saved.is_file():
         return cfg
     base = load_yaml(saved)
-    from fewshot.config import get_dotted, set_dotted
+    from fewshot.config import DEFAULTS, get_dotted, set_dotted
+
+    def in_run(keys: list[str]):
+        try:
+            return get_dotted(base, keys)
+        except KeyError:  # a field newer than the run: what the run did without it
+            dotted = ".".join(keys)
+            if dotted in ABSENT_MEANS:
+                return ABSENT_MEANS[dotted]
+            try:
+                return get_dotted(DEFAULTS, keys)
+            except KeyError:
+                return None
 
     changed = []
     for dotted, value in explicit.items():
         if dotted in RESUME_MAY_CHANGE:
             continue
-        try:
-            before = get_dotted(base, dotted.split("."))
-        except KeyError:
-            before = None
+        before = in_run(dotted.split("."))
         if before != value:
             changed.append(f"{dotted} ({before!r} in the run, {value!r} now)")
     if changed:
@@ -66,7 +78,14 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
                         f"{', '.join(changed)}. Drop those settings to resume, or start a new run with another "
                         f"--out (`fewshot train --weights {out}/checkpoints/last.pt` starts from its weights).")
     for dotted, value in explicit.items():
-        set_dotted(base, dotted.split("."), value)
+        keys = dotted.split(".")
+        try:
+            set_dotted(base, keys, value)
+        except UserError:  # a field newer than the run's config.yaml (the command line's fields are known
+            section = base  # ones: resolve() refused typos before this)
+            for key in keys[:-1]:
+                section = section.setdefault(key, {})
+            section[keys[-1]] = value
     saved_device = str(base.get("train", {}).get("device") or "")
     if "train.device" not in explicit and saved_device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"'{out}' was trained on {saved_device} (its config.yaml) and no CUDA GPU is available "

@@ -4,14 +4,15 @@ Clusters announce the end of a job (time limit, preemption) with SIGTERM and kil
 seconds later (SLURM's KillWait: 30 s by default); Ctrl-C sends SIGINT. Without a handler either one
 loses every step since the last checkpoint. With it, the training loop sees the request after its
 current step, writes last.pt there and raises ``StopRequested``, so `--resume` continues from that
-step exactly. A second signal interrupts at once (the user really means it).
+step exactly. A second Ctrl-C interrupts at once; a second SIGTERM changes nothing (SLURM signals
+every process of a step and torchrun forwards its own copy, so each worker may get two).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-import sys
 import threading
 
 
@@ -47,11 +48,15 @@ def stop_on_signals(announce: bool = True):
 
     def handler(signum, frame):
         if flag:
-            raise KeyboardInterrupt  # the second signal: stop now, without a checkpoint
+            if signum == signal.SIGINT:  # Ctrl-C again: the user means now, without a checkpoint
+                raise KeyboardInterrupt
+            return  # SIGTERM again: schedulers and torchrun deliver it to each worker twice within a moment
         flag.signum = signum
-        if announce:
-            print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
-                  f"(send it again to stop at once)", file=sys.stderr, flush=True)
+        if announce:  # os.write, not print: a handler that interrupts a print to stderr may not print again
+            name = signal.Signals(signum).name
+            again = "Ctrl-C again" if signum == signal.SIGINT else "SIGINT or SIGKILL"
+            os.write(2, f"\n{name}: stopping after this step and writing a checkpoint ({again} to stop at "
+                        f"once)\n".encode())
 
     for s in signums:
         signal.signal(s, handler)
