@@ -207,3 +207,35 @@ def test_pretrain_survives_sigkill_from_outside_and_mid_write(root, tmp_path):
     last, want = load_checkpoint(run / "checkpoints" / "last.pt"), load_checkpoint(ref / "checkpoints" / "last.pt")
     assert int(last["model"]["queue_ptr"]) == int(want["model"]["queue_ptr"]) == (10 * 8) % 52
     assert len(note.read_text().splitlines()) == 2
+
+
+# ------------------------------------------------------------------------------ SIGTERM from outside
+
+
+def test_train_stops_on_a_real_sigterm_with_a_fresh_checkpoint_and_resumes(root, tmp_path):
+    """What a cluster does at a time limit: SIGTERM from outside, mid-run. The process must finish its step,
+    write last.pt there (epoch-end saves are spaced an hour apart here, so any newer last.pt is the stop's),
+    exit 143 with the message, and `--resume` must finish the run."""
+    run = tmp_path / "run"
+    args = ["train", "--data", str(root), "--out", str(run), "--model", "test_resnet", "--img-size", "16",
+            "--batch-size", "8", "--device", "cpu", "--no-progress", "--epochs", "40", "train.tensorboard=false",
+            "train.threads=1", "train.save_interval_s=3600", "train.eval_every=100"]
+    e = env(tmp_path / "note.txt")
+    proc = subprocess.Popen([sys.executable, "-m", "fewshot", *args], env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    log = run / "log.jsonl"
+    while proc.poll() is None and (not log.is_file() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "stopped by SIGTERM after a whole step" in out and "--resume" in out
+    epoch, step, g = position(run)
+    assert g >= 3 * 5 and g < 40 * 5  # past the 3 logged epochs (the first epoch's last.pt is step 5)
+    rows = log_rows(run)
+    proc = subprocess.run([sys.executable, "-m", "fewshot", *args, "--resume"], env=e, capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert resumed_at(proc.stdout + proc.stderr) == g
+    assert position(run) == (40, 0, 40 * 5)
+    assert log_rows(run)[: len(rows)] == rows and [r["epoch"] for r in log_rows(run)] == list(range(1, 41))
