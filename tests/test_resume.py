@@ -58,9 +58,9 @@ def compare_runs(ref: Path, run: Path, metrics: bool) -> None:
 # ------------------------------------------------------------------------------ kill points
 
 
-def kill_in_training_step(monkeypatch, task_cls, call: int) -> None:
-    """Raise inside the `call`-th training step, after its forward pass (which for MoCo already moved
-    the key encoder and the queue in memory): the step's work must be lost, never half-saved."""
+def in_training_step(monkeypatch, task_cls, call: int, action) -> None:
+    """Call ``action()`` inside the `call`-th training step, after its forward pass (which for MoCo already
+    moved the key encoder and the queue in memory)."""
     orig = task_cls.training_step
     calls = {"n": 0}
 
@@ -68,10 +68,19 @@ def kill_in_training_step(monkeypatch, task_cls, call: int) -> None:
         out = orig(self, model, batch)
         calls["n"] += 1
         if calls["n"] == call:
-            raise Killed(f"killed in step {call}")
+            action()
         return out
 
     monkeypatch.setattr(task_cls, "training_step", step)
+
+
+def kill_in_training_step(monkeypatch, task_cls, call: int) -> None:
+    """Die inside the `call`-th step: the step's work must be lost, never half-saved."""
+
+    def die():
+        raise Killed(f"killed in step {call}")
+
+    in_training_step(monkeypatch, task_cls, call, die)
 
 
 def kill_after_epoch_log(monkeypatch, epoch: int) -> None:
@@ -337,47 +346,37 @@ def test_resume_from_an_older_last_pt_when_epoch_end_saves_were_spaced(root, tmp
 def signal_in_training_step(monkeypatch, task_cls, call: int, signums=(signal.SIGTERM,)) -> None:
     """Send the signal(s) to this process during the `call`-th training step, as a cluster's scheduler
     (SIGTERM before the kill) or a Ctrl-C (SIGINT) would."""
-    orig = task_cls.training_step
-    calls = {"n": 0}
+    in_training_step(monkeypatch, task_cls, call, lambda: [os.kill(os.getpid(), s) for s in signums])
 
-    def step(self, model, batch):
-        out = orig(self, model, batch)
-        calls["n"] += 1
-        if calls["n"] == call:
-            for s in signums:
-                os.kill(os.getpid(), s)
-        return out
 
-    monkeypatch.setattr(task_cls, "training_step", step)
+def stopped_by_signal(run_fn, cfg, out: Path, monkeypatch, task_cls, call: int, signums=(signal.SIGTERM,)):
+    """Run until the signal(s) in step `call` stop it cleanly; returns (StopRequested, last.pt's contents)."""
+    from fewshot.train.stop_signal import StopRequested
+
+    with monkeypatch.context() as mp:
+        signal_in_training_step(mp, task_cls, call, signums)
+        with pytest.raises(StopRequested) as stop:
+            run_fn(copy.deepcopy(cfg), out)
+    return stop.value, load_checkpoint(out / "checkpoints" / "last.pt")
 
 
 def test_sigterm_mid_epoch_finishes_the_step_checkpoints_it_and_resume_equals_the_uninterrupted_run(
         root, ft_ref, tmp_path, monkeypatch):
-    from fewshot.train.stop_signal import StopRequested
-
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     out = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        signal_in_training_step(mp, SupervisedTask, 7)  # epoch 2, step 2: between the every-2-steps saves
-        with pytest.raises(StopRequested) as stop:
-            run_finetune(finetune_cfg(root, **FT), out)
-    assert stop.value.signum == signal.SIGTERM and stop.value.checkpoint == str(out / "checkpoints" / "last.pt")
+    # epoch 2, step 2: between the every-2-steps saves
+    stop, ck = stopped_by_signal(run_finetune, finetune_cfg(root, **FT), out, monkeypatch, SupervisedTask, 7)
+    assert stop.signum == signal.SIGTERM and stop.checkpoint == str(out / "checkpoints" / "last.pt")
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # handlers given back
-    ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 2, 7)  # step 7 kept, not lost
     run_finetune(finetune_cfg(root, **FT), out, resume=True)
     compare_runs(ft_ref, out, metrics=True)
 
 
 def test_sigterm_in_the_last_step_of_an_epoch_stops_at_the_epoch_end(root, ft_ref, tmp_path, monkeypatch):
-    from fewshot.train.stop_signal import StopRequested
-
     out = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        signal_in_training_step(mp, SupervisedTask, 10)  # the last step of epoch 2: the epoch is evaluated, logged
-        with pytest.raises(StopRequested):
-            run_finetune(finetune_cfg(root, **FT), out)
-    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    # the last step of epoch 2: the epoch is evaluated and logged first
+    _, ck = stopped_by_signal(run_finetune, finetune_cfg(root, **FT), out, monkeypatch, SupervisedTask, 10)
     assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (2, 0, 10)
     assert [r["epoch"] for r in read_log(out)] == [1, 2]
     run_finetune(finetune_cfg(root, **FT), out, resume=True)
@@ -385,14 +384,8 @@ def test_sigterm_in_the_last_step_of_an_epoch_stops_at_the_epoch_end(root, ft_re
 
 
 def test_sigterm_during_moco_keeps_the_queue_of_the_finished_step(root, pt_ref, tmp_path, monkeypatch):
-    from fewshot.train.stop_signal import StopRequested
-
     out = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        signal_in_training_step(mp, MoCoTask, 5)
-        with pytest.raises(StopRequested):
-            run_pretrain(pretrain_cfg(root, **PT), out)
-    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    _, ck = stopped_by_signal(run_pretrain, pretrain_cfg(root, **PT), out, monkeypatch, MoCoTask, 5)
     assert ck["global_step"] == 5 and int(ck["model"]["queue_ptr"]) == (5 * 8) % 52
     run_pretrain(pretrain_cfg(root, **PT), out, resume=True)
     compare_runs(pt_ref, out, metrics=False)
@@ -403,32 +396,22 @@ def test_a_repeated_sigterm_still_stops_cleanly_and_a_signal_in_the_last_step_st
     """SLURM signals every process and torchrun forwards its own copy: two SIGTERMs are one request. And a
     signal in the run's very last step must not be dropped when fit() returns (`fewshot run` would start
     its next stage, which the scheduler then kills without a checkpoint)."""
-    from fewshot.train.stop_signal import StopRequested
-
     out = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        signal_in_training_step(mp, SupervisedTask, 15, signums=(signal.SIGTERM, signal.SIGTERM))  # 3 x 5 steps
-        with pytest.raises(StopRequested):
-            run_finetune(finetune_cfg(root, **FT), out)
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["global_step"] == 15
+    _, ck = stopped_by_signal(run_finetune, finetune_cfg(root, **FT), out, monkeypatch, SupervisedTask, 15,
+                              signums=(signal.SIGTERM, signal.SIGTERM))  # 3 epochs x 5 steps: the very last
+    assert ck["global_step"] == 15
     assert not (out / "metrics.json").exists()  # the caller stopped too
     run_finetune(finetune_cfg(root, **FT), out, resume=True)  # nothing left to train: writes the results
     compare_runs(ft_ref, out, metrics=True)
 
 
 def test_an_epoch_end_stop_writes_the_checkpoint_that_save_spacing_skipped(root, tmp_path, monkeypatch):
-    from fewshot.train.stop_signal import StopRequested
-
     spaced = {"train.epochs": 3, "train.save_every_steps": 0, "train.save_interval_s": 3600.0,
               "train.eval_every": 3}  # epoch 2 writes no last.pt of its own
     ref = tmp_path / "ref"
     run_finetune(finetune_cfg(root, **spaced), ref)
-    out = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        signal_in_training_step(mp, SupervisedTask, 10)  # the last step of epoch 2
-        with pytest.raises(StopRequested):
-            run_finetune(finetune_cfg(root, **spaced), out)
-    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    out = tmp_path / "run"  # signalled in the last step of epoch 2
+    _, ck = stopped_by_signal(run_finetune, finetune_cfg(root, **spaced), out, monkeypatch, SupervisedTask, 10)
     assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (2, 0, 10)
     run_finetune(finetune_cfg(root, **spaced), out, resume=True)
     compare_runs(ref, out, metrics=True)
