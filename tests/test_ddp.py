@@ -231,3 +231,18 @@ def test_torchrun_sigterm_on_one_rank_stops_every_rank_at_the_same_step(root, tm
     assert codes and set(codes) == {str(128 + signal.SIGTERM)}, out[-3000:]  # not an abort at teardown
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["global_step"] == 2
+
+
+def test_torchrun_budget_stops_every_rank_at_the_same_step(root, tmp_path):
+    """train.budget_minutes under DDP: each rank used to read the deadline on its own clock, and rank 0 starts
+    later (TensorBoard, the disk check), so rank 1 left the epoch a step early and its epoch-end all-reduce met
+    rank 0's per-step one ("the loss became 1.27 ... non-finite", a peer's 'Connection closed'). The ranks now
+    agree on the deadline (and on the time-based lr) with one all-reduce per step."""
+    run = tmp_path / "ft"
+    args = [a for a in COMMON if a != "train.tensorboard=false"]
+    args[args.index("--epochs") + 1] = "1000"
+    proc = torchrun(["-m", "fewshot", "train", "--data", str(root), "--out", str(run), *args,
+                     "train.budget_minutes=0.1", "sched.time_based=true", "train.tensorboard=true"], cwd=tmp_path)
+    check(proc)
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert 1 <= rows[-1]["epoch"] < 1000 and (run / "metrics.json").is_file()

@@ -49,6 +49,8 @@ def compare_runs(ref: Path, run: Path, metrics: bool) -> None:
     for name in ("last", "best"):
         a = load_checkpoint(ref / "checkpoints" / f"{name}.pt")
         b = load_checkpoint(run / "checkpoints" / f"{name}.pt")
+        for ck in (a, b):  # wall-clock training time: a measurement, like the log's timings
+            assert isinstance(ck.pop("train_seconds"), float)
         assert_same(a, b, name)
     assert read_log(run) == read_log(ref)
     if metrics:
@@ -429,11 +431,38 @@ def test_cli_exit_code_and_message_on_sigterm_and_a_second_signal_stops_at_once(
     assert "SIGTERM" in err and str(tmp_path / "a" / "checkpoints" / "last.pt") in err and "--resume" in err
     assert load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["global_step"] == 3
     # Ctrl-C twice: the second one does not wait for the step's checkpoint
+    import fewshot.train.stop_signal as stop_signal
+
     with monkeypatch.context() as mp:
+        mp.setattr(stop_signal, "REPEAT_WINDOW_S", -1.0)  # as if the second came a while after the first
         signal_in_training_step(mp, SupervisedTask, 3, signums=(signal.SIGINT, signal.SIGINT))
         assert main(argv + ["--out", str(tmp_path / "b")]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert not (tmp_path / "b" / "checkpoints" / "last.pt").exists()
+    # ... but two at once are one request: torchrun forwards its own copy of a terminal's Ctrl-C to each worker
+    with monkeypatch.context() as mp:
+        signal_in_training_step(mp, SupervisedTask, 3, signums=(signal.SIGINT, signal.SIGINT))
+        assert main(argv + ["--out", str(tmp_path / "c")]) == 130
+    assert "stopped by SIGINT after a whole step" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")["global_step"] == 3
+
+
+def test_the_stop_survives_a_stderr_that_is_gone(root, tmp_path, monkeypatch):
+    """`fewshot train ... 2>&1 | tee log` and Ctrl-C: tee dies first, so writing the announcement (and the
+    final message) fails; the stop and its checkpoint must happen all the same."""
+    import fewshot.train.stop_signal as stop_signal
+    from fewshot.cli import main
+
+    def broken(data):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(stop_signal, "write_stderr", broken)
+    argv = ["train", "--data", str(root), "--out", str(tmp_path / "a"), "--model", "test_resnet", "--img-size", "32",
+            "--epochs", "3", "--batch-size", "8", "--device", "cpu", "--no-progress", "train.tensorboard=false",
+            "train.threads=1"]
+    signal_in_training_step(monkeypatch, SupervisedTask, 3, signums=(signal.SIGINT,))
+    assert main(argv) == 130
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["global_step"] == 3
 
 
 def test_resume_of_a_run_older_than_a_field_compares_the_field_with_its_default(tmp_path):
@@ -450,3 +479,42 @@ def test_resume_of_a_run_older_than_a_field_compares_the_field_with_its_default(
     assert cfg["data"]["mixup_alpha"] == 0.0
     with pytest.raises(UserError, match=r"data.mixup_alpha \(0.0 in the run, 0.4 now\)"):
         merge_resume_config(tmp_path, resolve(), {"data.mixup_alpha": 0.4})
+
+
+def test_resume_refuses_other_training_images_and_fewer_epochs_than_done(root, ft_ref, tmp_path):
+    """A `fewshot run` stage trained on labelled + pseudo-labelled images; `fewshot train --resume` on it saw
+    only the labelled ones and silently trained another run (and overwrote the stage's results). Any other
+    image count is refused; so is --epochs below what the run already did (it trained nothing, and
+    config.yaml claimed fewer epochs than were trained)."""
+    import shutil
+
+    from fewshot.errors import UserError
+
+    out = tmp_path / "run"
+    shutil.copytree(ft_ref, out)
+    config_before = (out / "config.yaml").read_text()
+    other = tmp_path / "other"
+    shutil.copytree(root, other, ignore=shutil.ignore_patterns(".fewshot_cache"))
+    next(iter(sorted((other / "digits" / "train" / "0").iterdir()))).unlink()
+    with pytest.raises(UserError, match="trained on 40 training images .*these data give 39"):
+        run_finetune(finetune_cfg(other, **FT), out, resume=True)
+    with pytest.raises(UserError, match="already trained 3 epochs; --epochs 2 would train nothing"):
+        run_finetune(finetune_cfg(root, **{**FT, "train.epochs": 2}), out, resume=True)
+    assert (out / "config.yaml").read_text() == config_before
+
+
+def test_a_budget_counts_the_training_time_of_every_session(root, tmp_path, monkeypatch):
+    """train.budget_minutes over a stop and a resume: the resumed session gets what is left of the budget
+    (last.pt carries train_seconds), not a whole new budget, and a time-based schedule continues."""
+    from fewshot.train.checkpoint import save_checkpoint
+
+    budgeted = {**FT, "train.epochs": 50, "train.budget_minutes": 5.0, "sched.time_based": True}
+    out = tmp_path / "run"
+    _, ck = stopped_by_signal(run_finetune, finetune_cfg(root, **budgeted), out, monkeypatch, SupervisedTask, 7)
+    assert 0 < ck["train_seconds"] < 300
+    ck["train_seconds"] = 299.9  # as if the first session had used up the budget but a tenth of a second
+    save_checkpoint(out / "checkpoints" / "last.pt", ck)
+    run_finetune(finetune_cfg(root, **budgeted), out, resume=True)
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert 7 < last["global_step"] <= 10  # the rest of the epoch at most, not 50 epochs
+    assert last["train_seconds"] > 299.9

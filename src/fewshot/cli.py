@@ -278,9 +278,17 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             from fewshot.train.distributed import shutdown_distributed
 
             shutdown_distributed()
-        how = "; continue with the same command and --resume" if args.command in ("train", "pretrain") else ""
-        print(f"fewshot {args.command}: {stop} after a whole step; checkpoint written: {stop.checkpoint}{how}",
-              file=sys.stderr)
+        how = ("; continue with the same command and --resume" if args.command in ("train", "pretrain") else
+               " (`fewshot run` has no --resume; `fewshot train --weights` with the same --model starts a new run "
+               "from a fine-tuning stage's checkpoint)")
+        try:
+            print(f"fewshot {args.command}: {stop} after a whole step; checkpoint written: {stop.checkpoint}{how}",
+                  file=sys.stderr)
+        except OSError:  # stderr went away with the same Ctrl-C (`... 2>&1 | tee log`)
+            try:  # nor may the interpreter's final flush fail on it
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
         return 128 + int(stop.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -192,10 +192,12 @@ class MoCoTask:
 
     def checkpoint_extra(self) -> dict:
         return {"label_space": self.space.to_dict(), "n_parameters": self.n_parameters, "img_size": self.size,
-                "model_name": self.cfg["model"]["name"]}
+                "model_name": self.cfg["model"]["name"], "n_pool": len(self.pool)}
 
     def load_checkpoint_extra(self, ck: dict) -> None:
-        return None
+        from fewshot.train.checkpoint import check_same_images
+
+        check_same_images(ck, "n_pool", len(self.pool), "pool images")
 
 
 def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:

@@ -76,14 +76,15 @@ def broadcast_object(ctx: DistContext, obj):
     return box[0]
 
 
-def all_reduce_max(ctx: DistContext, value: float) -> float:
+def all_reduce_max(ctx: DistContext, value):
+    """The largest value over the ranks: a float, or element-wise for a list of floats (one collective)."""
     if not ctx.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor(value if isinstance(value, list) else [value], dtype=torch.float64)
     if dist.get_backend() == "nccl":
         t = t.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return t.tolist() if isinstance(value, list) else float(t.item())
 
 
 def all_reduce_mean(ctx: DistContext, value: float) -> float:

@@ -148,6 +148,9 @@ class Engine:
         self.writer = None
         self._stop_flag = None  # set while fit() runs: a SIGTERM/SIGINT asks for a stop after the step
         self._stop_signum = 0
+        self._seconds_before = 0.0  # training time of the sessions before this one (resume)
+        self.fit_start: float | None = None
+        self._clock_start: float | None = None
 
     # ----------------------------------------------------------------- checkpoints
     def payload(self) -> dict:
@@ -165,6 +168,7 @@ class Engine:
             "epoch_record": self.epoch_record,
             "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps,
             "rng": rng_state(),
+            "train_seconds": self.train_seconds(),
             **self.task.checkpoint_extra(),
         }
 
@@ -231,6 +235,7 @@ class Engine:
         self.nonfinite_skipped = ck.get("nonfinite_skipped", 0)
         self.epoch_sums, self.epoch_steps = dict(ck.get("epoch_sums") or {}), int(ck.get("epoch_steps", 0))
         set_rng_state(ck["rng"])
+        self._seconds_before = float(ck.get("train_seconds", 0.0))
         if self.ctx.is_main:
             self.trim_log(ck.get("epoch_record"))
             for tmp in self.ckpt_dir.glob(".*.pt.*.tmp"):  # left by a kill during a checkpoint write
@@ -288,6 +293,10 @@ class Engine:
     def fit(self, resume: bool = False) -> dict | None:
         t = self.cfg["train"]
         if resume and self.resume():
+            if self.epoch > t["epochs"]:
+                raise UserError(f"the run being resumed has already trained {self.epoch} epochs; --epochs "
+                                f"{t['epochs']} would train nothing. Give more epochs than {self.epoch} to continue "
+                                f"it (or leave --epochs out to keep its {self.epoch}-epoch results).")
             if self.ctx.is_main:
                 # written only now: a resume that fails (other classes, a bad checkpoint) leaves the run's
                 # config.yaml as it was, so the next `--resume` does not inherit the failed attempt's settings
@@ -301,7 +310,10 @@ class Engine:
         if self.epoch < t["epochs"]:
             self.check_disk_space()
         self._open_tensorboard()
-        self.fit_start = time.monotonic()
+        # a resumed run continues its clock: the budget and a time-based schedule count the training time of
+        # every session (train_seconds in last.pt), not only this one's
+        self.fit_start = time.monotonic() - self._seconds_before
+        self._clock_start = time.perf_counter() - self._seconds_before
         deadline = self.fit_start + t["budget_minutes"] * 60 if t.get("budget_minutes") else None
         epochs = t["epochs"]
         try:
@@ -324,11 +336,22 @@ class Engine:
     def _stop_requested(self) -> bool:
         """A SIGTERM/SIGINT arrived (on any rank: under DDP every rank must stop at the same step, and
         all of them report the same signal)."""
+        return self._agreed_stop(None)[0]
+
+    def _agreed_stop(self, deadline: float | None) -> tuple[bool, bool]:
+        """(a signal asked for a stop, the budget is spent), the same on every rank: one all-reduce (max) under
+        DDP. Each rank's own clock used to decide the deadline alone, so a rank that started a moment later
+        left the epoch a step early and its epoch-end all-reduce met the other rank's per-step one."""
         signum = (self._stop_flag.signum or 0) if self._stop_flag is not None else 0
+        late = 1.0 if deadline is not None and time.monotonic() > deadline else 0.0
         if self.ctx.enabled:
-            signum = int(all_reduce_max(self.ctx, float(signum)))
-        self._stop_signum = signum
-        return signum > 0
+            signum, late = all_reduce_max(self.ctx, [float(signum), late])
+        self._stop_signum = int(signum)
+        return self._stop_signum > 0, late > 0
+
+    def train_seconds(self) -> float:
+        """Training time of this run so far, over every session (saved in last.pt)."""
+        return time.perf_counter() - self._clock_start if self._clock_start is not None else self._seconds_before
 
     def _stop_here(self) -> None:
         """Write last.pt at the current step (unless it is already there) and leave through StopRequested."""
@@ -345,6 +368,8 @@ class Engine:
             return self.global_step
         total = self.cfg["train"]["epochs"] * self.steps_per_epoch
         frac = (time.monotonic() - self.fit_start) / max(1e-9, deadline - self.fit_start)
+        if self.ctx.enabled:  # one lr on every rank (their clocks differ by the start-up of each)
+            frac = all_reduce_max(self.ctx, frac)
         return int(min(1.0, max(0.0, frac)) * total)
 
     def _run_epoch(self, deadline: float | None) -> bool:
@@ -407,11 +432,12 @@ class Engine:
                 bar.set_postfix(loss=f"{sums['loss'] / n_steps:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
             if t["save_every_steps"] and self.global_step % t["save_every_steps"] == 0 and self.step_in_epoch < len(batches):
                 self.save("last")
-            if self.step_in_epoch < len(batches) and self._stop_requested():
+            signalled, late = self._agreed_stop(deadline)
+            if signalled and self.step_in_epoch < len(batches):
                 if hasattr(bar, "close"):
                     bar.close()
                 self._stop_here()
-            if deadline is not None and time.monotonic() > deadline:
+            if late:
                 stopped = True
                 break
         elapsed = time.perf_counter() - t0

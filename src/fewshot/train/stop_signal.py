@@ -4,8 +4,9 @@ Clusters announce the end of a job (time limit, preemption) with SIGTERM and kil
 seconds later (SLURM's KillWait: 30 s by default); Ctrl-C sends SIGINT. Without a handler either one
 loses every step since the last checkpoint. With it, the training loop sees the request after its
 current step, writes last.pt there and raises ``StopRequested``, so `--resume` continues from that
-step exactly. A second Ctrl-C interrupts at once; a second SIGTERM changes nothing (SLURM signals
-every process of a step and torchrun forwards its own copy, so each worker may get two).
+step exactly. A second Ctrl-C (a second or more later) interrupts at once; a repeated SIGTERM, or a
+SIGINT within a second of the first, changes nothing (SLURM signals every process of a step and torchrun
+forwards its own copy, so each worker may get two).
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ import contextlib
 import os
 import signal
 import threading
+import time
+
+REPEAT_WINDOW_S = 1.0  # a second signal sooner than this is a copy of the first, not a second Ctrl-C
+
+
+def write_stderr(data: bytes) -> None:
+    os.write(2, data)
 
 
 class StopRequested(KeyboardInterrupt):
@@ -30,6 +38,7 @@ class StopFlag:
 
     def __init__(self):
         self.signum: int | None = None
+        self.at = 0.0  # time.monotonic() of the first signal
 
     def __bool__(self) -> bool:
         return self.signum is not None
@@ -48,15 +57,21 @@ def stop_on_signals(announce: bool = True):
 
     def handler(signum, frame):
         if flag:
-            if signum == signal.SIGINT:  # Ctrl-C again: the user means now, without a checkpoint
+            # Ctrl-C again: the user means now, without a checkpoint. But a copy of the same signal within a
+            # moment is the same request: SLURM signals every process of a step and torchrun forwards its own
+            # SIGTERM/SIGINT to each worker, so a worker under torchrun gets a terminal's Ctrl-C twice.
+            if signum == signal.SIGINT and time.monotonic() - flag.at > REPEAT_WINDOW_S:
                 raise KeyboardInterrupt
-            return  # SIGTERM again: schedulers and torchrun deliver it to each worker twice within a moment
-        flag.signum = signum
+            return
+        flag.signum, flag.at = signum, time.monotonic()
         if announce:  # os.write, not print: a handler that interrupts a print to stderr may not print again
             name = signal.Signals(signum).name
             again = "Ctrl-C again" if signum == signal.SIGINT else "SIGINT or SIGKILL"
-            os.write(2, f"\n{name}: stopping after this step and writing a checkpoint ({again} to stop at "
-                        f"once)\n".encode())
+            try:
+                write_stderr(f"\n{name}: stopping after this step and writing a checkpoint ({again} to stop "
+                            f"at once)\n".encode())
+            except OSError:  # stderr piped to a `tee` that the same Ctrl-C has already ended: stop anyway
+                pass
 
     for s in signums:
         signal.signal(s, handler)

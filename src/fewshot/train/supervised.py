@@ -240,9 +240,15 @@ class SupervisedTask:
 
     def checkpoint_extra(self) -> dict:
         return {"label_space": self.space.to_dict(), "n_parameters": self.n_parameters, "img_size": self.size,
-                "model_name": self.cfg["model"]["name"]}
+                "model_name": self.cfg["model"]["name"], "n_train": len(self.train_set)}
 
     def load_checkpoint_extra(self, ck: dict) -> None:
+        self.check_classes(ck)
+        from fewshot.train.checkpoint import check_same_images
+
+        check_same_images(ck, "n_train", len(self.train_set), "training images (labelled and pseudo-labelled)")
+
+    def check_classes(self, ck: dict) -> None:
         saved = LabelSpace.from_dict(ck["label_space"])
         if saved != self.space:
             from fewshot.errors import UserError
