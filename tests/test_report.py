@@ -354,3 +354,21 @@ def test_pipeline_report_draws_image_parts_for_the_stage_that_predicted_only(run
     assert not any(n.startswith("pipe-finetune_labelled-confusion-") for n in names), names
     assert any(n.startswith("pipe-finetune_labelled-curves") for n in names), names
     assert "drawn for the stage that predicted (finetune)" in (tmp_path / "r" / "index.html").read_text()
+
+
+def test_a_run_without_metrics_reports_its_best_evaluation_not_its_last(tmp_path):
+    """A stopped run has no metrics.json yet; the tables used the last logged evaluation and called it the
+    best epoch, while best.pt (what eval and predict use) holds the best one."""
+    from fewshot.report.runs import load_run
+
+    run = tmp_path / "stopped"
+    run.mkdir()
+
+    def row(epoch, acc):
+        table = {"datasets": {"digits": {"acc1": acc, "acc5": 100.0, "n": 30}}, "mean_acc1": acc, "mode": "known"}
+        return {"epoch": epoch, "step": epoch * 5, "loss": 1.0, "score": acc, "val": {"known": table, "unknown": table}}
+
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (row(1, 60.0), row(2, 85.0), row(3, 83.0))))
+    loaded = load_run(run, "stopped")
+    assert loaded.metrics["mean_acc1"] == 85.0
+    assert any("epoch 2" in n for n in loaded.notes)

@@ -199,14 +199,17 @@ def load_run(path: Path, label: str, pipeline: dict | None = None) -> Run:
         run.metrics_known = _read_json(path / "metrics_known.json")
         run.metrics_unknown = _read_json(path / "metrics_unknown.json")
         if run.metrics is None and run.metrics_known is None:
-            # A run still training (or stopped early): the last logged evaluation stands in.
-            last = next((r for r in reversed(log) if isinstance(r.get("val"), dict)), None)
-            if last is not None:
-                run.metrics_known = last["val"].get("known")
-                run.metrics_unknown = last["val"].get("unknown")
+            # A run still training (or stopped early): the best logged evaluation stands in, the one best.pt
+            # holds and metrics.json will report (the last one is not: a stopped run's last epoch may be worse)
+            evals = [r for r in log if isinstance(r.get("val"), dict)]
+            best = max(evals, key=lambda r: r.get("score") if isinstance(r.get("score"), (int, float)) else -1e9,
+                       default=None)
+            if best is not None:
+                run.metrics_known = best["val"].get("known")
+                run.metrics_unknown = best["val"].get("unknown")
                 run.metrics = run.metrics_known
-                run.notes.append(f"no metrics.json yet: accuracies are from the last logged evaluation "
-                                 f"(epoch {last.get('epoch')}).")
+                run.notes.append(f"no metrics.json yet: accuracies are from the best logged evaluation "
+                                 f"(epoch {best.get('epoch')}, the one best.pt holds).")
         if run.metrics is not None:
             mode = run.metrics.get("mode")
             if mode == "known" and run.metrics_known is None:
