@@ -168,6 +168,7 @@ def test_torchrun_pretrain_smoke(root, tmp_path):
     proc = torchrun(["-m", "fewshot", "pretrain", "--data", str(root), "--out", str(run), "--queue-size", "64",
                      *COMMON], cwd=tmp_path)
     check(proc)
+    assert (proc.stdout + proc.stderr).count("done: ") == 1  # rank 0 says it, once
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 1  # only rank 0 logs
@@ -191,6 +192,7 @@ def test_torchrun_train_smoke_with_an_uneven_last_batch(tmp_path):
     args = [a if a != "8" else "6" for a in COMMON]
     proc = torchrun(["-m", "fewshot", "train", "--data", str(root), "--out", str(run), *args], cwd=tmp_path)
     check(proc)
+    assert (proc.stdout + proc.stderr).count("done: ") == 1  # rank 0 says it, once
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 1  # only rank 0 logs

@@ -180,7 +180,8 @@ def cmd_train(args, extra) -> int:
 
     cfg = resolve_run_config(args, extra, TRAIN_FLAGS)
     run_finetune(cfg, Path(args.out), resume=args.resume)
-    print(f"done: {args.out}/metrics.json, checkpoints in {args.out}/checkpoints/")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, after rank 0's metrics table
+        print(f"done: {args.out}/metrics.json, checkpoints in {args.out}/checkpoints/")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PRETRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.datasets", "epochs": "train.epochs",
@@ -84,7 +85,8 @@ def cmd_pretrain(args, extra) -> int:
                             f"(or end its folders with another flag).")
     cfg = resolve_run_config(args, extra, PRETRAIN_FLAGS, preset=args.preset)
     run_pretrain(cfg, Path(args.out), resume=args.resume)
-    print(f"done: {args.out}; export the backbone with `fewshot export {args.out} --out backbone.safetensors`")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once
+        print(f"done: {args.out}; export the backbone with `fewshot export {args.out} --out backbone.safetensors`")
     return 0
 
 
