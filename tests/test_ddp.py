@@ -229,8 +229,12 @@ def test_torchrun_sigterm_on_one_rank_stops_every_rank_at_the_same_step(root, tm
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
     assert out.count("stopped by SIGTERM after a whole step") == 2, out[-3000:]  # both ranks, not a hang or a crash
-    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", out)  # torchrun's failure summary, one line per rank
-    assert codes and set(codes) == {str(128 + signal.SIGTERM)}, out[-3000:]  # not an abort at teardown
+    # torchrun's failure summary, one line per rank: each rank exits 143 itself, or, when the other rank's exit
+    # came first, is ended by torchrun's own SIGTERM (-15) after both printed the stop (last.pt was written
+    # before the ranks' common barrier). Never an abort at teardown (-6) or an internal error (1).
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", out)
+    assert str(128 + signal.SIGTERM) in codes and set(codes) <= {str(128 + signal.SIGTERM), str(-signal.SIGTERM)}, \
+        out[-3000:]
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["global_step"] == 2
 
