@@ -301,3 +301,18 @@ def test_probe_refuses_weights_that_give_non_finite_features(exported, tmp_path,
     assert rc == 2 and "non-finite features" in err and str(bad) in err
     assert main(["probe", "--weights", str(tmp_path), "--model", NAME, "--data", str(root)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_an_unfinished_pipeline_folder_names_its_stages(tmp_path):
+    """`fewshot eval/predict/export` on the top folder of a stopped `fewshot run` (no summary.json yet) said
+    only "no checkpoint in run directory"; it now lists the stage folders that hold checkpoints."""
+    from fewshot.errors import CheckpointError
+    from fewshot.train.checkpoint import resolve_checkpoint
+
+    for stage in ("finetune_labelled", "finetune"):
+        (tmp_path / stage / "checkpoints").mkdir(parents=True)
+        (tmp_path / stage / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"did not finish .*finetune, .*finetune_labelled; pass one of them"):
+        resolve_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=r"expected checkpoints/best.pt or last.pt\)\.$"):
+        resolve_checkpoint(tmp_path / "finetune_labelled" / "checkpoints")  # a folder without stages: as before

@@ -64,6 +64,11 @@ def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
             cand = p / "checkpoints" / name
             if cand.is_file():
                 return cand
+        stages = sorted(str(c.parent.parent) for c in p.glob("*/checkpoints/*.pt"))  # an unfinished `fewshot run`
+        if stages:
+            raise CheckpointError(f"no checkpoint in run directory {p} (expected checkpoints/best.pt or last.pt); "
+                                  f"it looks like a `fewshot run` folder that did not finish (no summary.json). "
+                                  f"Its stages with checkpoints: {', '.join(dict.fromkeys(stages))}; pass one of them.")
         raise CheckpointError(f"no checkpoint in run directory {p} (expected checkpoints/best.pt or last.pt).")
     if p.is_file():
         return p
