@@ -32,6 +32,7 @@ def digits_root(tmp_path_factory) -> Path:
         other = tmp_path_factory.mktemp("data-b")
         build_dataset("digits", other, seed=1, **SMALL)
         (other / "digits").rename(root / "digits-b")
+        (other / "unlabeled" / "digits").rename(root / "unlabeled" / "digits-b")  # its pool too
     return root
 
 

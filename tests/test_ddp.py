@@ -139,7 +139,11 @@ def test_ddp_moco_encoders_match_after_three_steps(ddp_vs_reference):
                 continue  # BN running statistics are per rank (broadcast_buffers=False), as in the official code
             if name in ("queue", "queue_ptr", "queue_filled"):
                 continue  # checked per step
-            torch.testing.assert_close(value, ref[name], rtol=0, atol=1e-5, msg=f"rank {r}: {name}")
+            # float noise of another summation order grows with how far training moved the tensor: the stem
+            # moves by 1-5 in these 3 steps, and on an AVX-512 host the ranks then differ from the reference by
+            # up to 2e-5 (1.3e-5 of the move); a real fault (an unaveraged gradient) is of the move's own size
+            moved = float((ref[name].float() - initial[name].float()).abs().max()) if name in initial else 0.0
+            torch.testing.assert_close(value, ref[name], rtol=0, atol=5e-5 * max(1.0, moved), msg=f"rank {r}: {name}")
     # training really moved both encoders
     for prefix in ("encoder_q.", "encoder_k."):
         name = next(n for n in ref if n.startswith(prefix) and n.endswith("conv1.weight"))

@@ -379,7 +379,7 @@ def test_the_command_line_counts_the_budget_from_process_start(digits_root, tmp_
     from fewshot.cli import console_main
 
     seen = []
-    monkeypatch.setattr(fewshot.pipeline, "run_pipeline", lambda cfg, out, minutes, started=None: seen.append(started))
+    monkeypatch.setattr(fewshot.pipeline, "run_pipeline", lambda cfg, out, minutes, started=None, **_: seen.append(started))
     argv = ["run", "--data", str(digits_root), "--out", str(tmp_path / "o"), "--budget-minutes", "1"]
     monkeypatch.setattr(sys, "argv", ["fewshot", *argv])
     assert console_main() == 0 and seen == [fewshot.PROCESS_START]

@@ -279,9 +279,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             from fewshot.train.distributed import shutdown_distributed
 
             shutdown_distributed()
-        how = ("; continue with the same command and --resume" if args.command in ("train", "pretrain") else
-               " (`fewshot run` has no --resume; `fewshot train --weights` with the same --model starts a new run "
-               "from a fine-tuning stage's checkpoint)")
+        how = "; continue with the same command and --resume"
         try:
             print(f"fewshot {args.command}: {stop} after a whole step; checkpoint written: {stop.checkpoint}{how}",
                   file=sys.stderr)

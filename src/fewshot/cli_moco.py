@@ -35,8 +35,9 @@ def add_parsers(sub, add_common, epilog) -> None:
                        "The defaults are the recipe measured best on val (docs/recipes.md).")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--budget-minutes", type=float, default=10.0,
-                   help="wall-clock minutes for the whole command, from its start to the report (default 10)")
+    p.add_argument("--budget-minutes", type=float,
+                   help="wall-clock minutes for the whole command, from its start to the report (default 10; "
+                   "with --resume: the run's own)")
     p.add_argument("--model", help="timm model (default resnet18)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--img-size", type=int, help="default: 32 for small images, else 64 on CPU / 160 on GPU")
@@ -53,6 +54,9 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images (listed) instead of "
                    "failing; test images are decoded at start-up, so a bad one is found before the budget is spent")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out that a SIGTERM or Ctrl-C "
+                   "stopped: give the same command plus --resume. Finished stages are reused, the stopped one "
+                   "continues from its last.pt, and the budget counts the time already used")
 
     p = sub.add_parser("export", help="write a MoCo run's backbone as timm-loadable safetensors")
     p.add_argument("run", metavar="RUN_OR_CKPT")
@@ -95,7 +99,10 @@ def cmd_run(args, extra) -> int:
     from fewshot.errors import UserError
     from fewshot.pipeline import check_budget, run_pipeline
 
-    check_budget(args.budget_minutes)
+    if args.budget_minutes is None and not args.resume:
+        args.budget_minutes = 10.0
+    if args.budget_minutes is not None:
+        check_budget(args.budget_minutes)
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -117,7 +124,7 @@ def cmd_run(args, extra) -> int:
     if args.no_progress:
         flags["train.progress"] = False
     cfg = resolve(file=args.config, flags=flags, overrides=extra)
-    run_pipeline(cfg, Path(args.out), args.budget_minutes, started=getattr(args, "started", None))
+    run_pipeline(cfg, Path(args.out), args.budget_minutes, started=getattr(args, "started", None), resume=args.resume)
     return 0
 
 

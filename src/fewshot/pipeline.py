@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import time
 from pathlib import Path
@@ -162,38 +163,87 @@ def preload_test_images(cfg: dict, infos, test_infos):
                       prediction_cache_dir(d["root"]), d["crop_pct"], d["skip_bad_images"])
 
 
+def stage_config(sdir: Path, cfg: dict) -> dict:
+    """A stopped stage's own config.yaml (its planned epochs, budget and evaluation interval), with this
+    session's device, data location and output settings (what a resumed run may change)."""
+    from fewshot.config import get_dotted, load_yaml, set_dotted
+    from fewshot.run_state import RUN_RESUME_MAY_CHANGE
+
+    scfg = load_yaml(sdir / "config.yaml")
+    for dotted in RUN_RESUME_MAY_CHANGE:
+        keys = dotted.split(".")
+        set_dotted(scfg, keys, get_dotted(cfg, keys))
+    return scfg
+
+
+def load_best_weights(task, sdir: Path) -> None:
+    """The weights a finished stage's metrics belong to: best.pt (its EMA when it has one), else last.pt."""
+    from fewshot.train.checkpoint import load_checkpoint
+
+    best = sdir / "checkpoints" / "best.pt"
+    ck = load_checkpoint(best if best.is_file() else sdir / "checkpoints" / "last.pt")
+    task.model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
+
+
 def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
-                   closing=None):
+                   closing=None, state=None, t_start: float = 0.0):
     """One fine-tuning run that ends at ``end_time``; with ``pseudo`` it starts from the previous round's
-    model and adds the pseudo-labelled pool images. Returns (task with the best weights loaded and
-    ``epochs_run`` set, val metrics)."""
+    model and adds the pseudo-labelled pool images. With a RunState that knows the stage (``fewshot run
+    --resume``), a finished stage is reused and a stopped one continues from its last.pt on its planned
+    schedule. Returns (task with the best weights loaded, ``epochs_run``, ``fit_seconds`` and ``reused``
+    set, val metrics)."""
     from fewshot.train.engine import Engine
     from fewshot.train.finetune import final_metrics
     from fewshot.train.supervised import SupervisedTask
 
-    fcfg = copy.deepcopy(fcfg)  # each round plans its own epochs and evaluation interval
+    name = fdir.name
+    status = state.status(name) if state is not None else None
+    resuming = status is not None and (fdir / "config.yaml").is_file()
+    # each round plans its own epochs and evaluation interval; a resumed one keeps what it planned
+    fcfg = stage_config(fdir, fcfg) if resuming else copy.deepcopy(fcfg)
     ensure_writable_dir(fdir, "fine-tuning run")
     seed_everything(fcfg["train"]["seed"])
     task = SupervisedTask(fcfg, infos, device, ctx)
+    task.reused, task.fit_seconds = False, 0.0
+    if resuming and status == "done":
+        load_best_weights(task, fdir)
+        metrics = json.loads((fdir / "metrics.json").read_text())
+        task.reused, task.epochs_run = True, state.stage(name).get("epochs", 0)
+        print(f"[run] {name}: finished before the stop; its best checkpoint is reused")
+        return task, metrics
     if pseudo is not None:
-        task.model.load_state_dict(pseudo["state"])
+        if not resuming:  # a resumed stage's weights come from its last.pt
+            task.model.load_state_dict(pseudo["state"])
         task.add_pseudo_labelled(pseudo["images"], pseudo["targets"], pseudo["dataset_ids"],
                                  fcfg["run"]["pseudo_labelled_repeat"], soft=pseudo.get("soft"))
-    step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"], ("train", "eval_every"),
-                                           closing)
-    save_yaml(fcfg, fdir / "config.yaml")
-    start = "from MoCo weights" if fcfg["model"]["weights"] else "from random init"
-    print(f"[run] fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}: "
-          f"{len(task.train_set)} training images, {step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} "
-          f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule (about {epochs // 4} epochs), "
-          f"lr {fcfg['optim']['lr']:g}")
+    last = fdir / "checkpoints" / "last.pt"
+    if resuming:
+        print(f"[run] {name}: continuing from {last if last.is_file() else 'its start'} on its planned schedule")
+    else:
+        step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"],
+                                               ("train", "eval_every"), closing)
+        save_yaml(fcfg, fdir / "config.yaml")
+        start = "from MoCo weights" if fcfg["model"]["weights"] else "from random init"
+        print(f"[run] fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}: "
+              f"{len(task.train_set)} training images, {step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} "
+              f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule (about {epochs // 4} epochs), "
+              f"lr {fcfg['optim']['lr']:g}")
+        if state is not None:
+            state.record(name, "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start)
     seed_everything(fcfg["train"]["seed"])
     engine = Engine(task, fcfg, fdir, device, ctx)
-    fit_start = time.monotonic()
-    engine.fit()
-    task.fit_seconds = time.monotonic() - fit_start
+    if status == "trained":  # stopped after its training, before its metrics
+        task.epochs_run = state.stage(name).get("epochs", 0)
+    else:
+        fit_start = time.monotonic()
+        engine.fit(resume=resuming and last.is_file())
+        task.fit_seconds = time.monotonic() - fit_start
+        task.epochs_run = engine.epoch
+        if state is not None:
+            state.record(name, "trained", time.monotonic() - t_start, epochs=engine.epoch)
     metrics = final_metrics(engine, task, fdir)
-    task.epochs_run = engine.epoch
+    if state is not None:
+        state.record(name, "done", time.monotonic() - t_start)
     return task, metrics
 
 
@@ -244,22 +294,101 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
             "state": copy.deepcopy(task.model.state_dict())}
 
 
-def run_pipeline(cfg: dict, out: Path, budget_minutes: float, started: float | None = None) -> dict:
-    """The whole pipeline within ``budget_minutes``, counted from ``started`` (time.monotonic(); the CLI passes
-    the process start, so that imports and start-up are inside the budget) or from this call."""
-    from fewshot.eval.predict import load_answer_key, predict_and_score, score_predictions
+def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float):
+    """MoCo on the pool until ``end_time``, then its backbone exported to OUT/backbone.safetensors.
+    Returns (weights path, the stage's summary, seconds in its training loop). With a RunState that knows
+    the stage, a finished one is reused and a stopped one continues from its last.pt."""
+    from fewshot.report.plots import plot_pretrain_curves
     from fewshot.ssl.export import export_backbone
     from fewshot.ssl.pretrain import MoCoTask, resolve_pretrain_defaults
-    from fewshot.train.distributed import DistContext
     from fewshot.train.engine import Engine
+
+    r = cfg["run"]
+    pdir = out / "pretrain"
+    weights = out / "backbone.safetensors"
+    status = state.status("pretrain")
+    if status == "done" and weights.is_file():
+        print("[run] pretrain: finished before the stop; its exported backbone is reused")
+        entry = ((state.data["summary"] or {}).get("stages") or {}).get("pretrain") or {"epochs": state.stage(
+            "pretrain").get("epochs")}
+        return weights, entry, 0.0
+    resuming = status is not None and (pdir / "config.yaml").is_file()
+    ensure_writable_dir(pdir, "pretrain run")
+    if resuming:
+        pcfg = stage_config(pdir, cfg)
+        seed_everything(pcfg["train"]["seed"])
+        task = MoCoTask(pcfg, infos, device, ctx)
+        print(f"[run] pretrain: continuing from {pdir / 'checkpoints' / 'last.pt'} on its planned schedule")
+    else:
+        pcfg = copy.deepcopy(cfg)
+        pcfg["_task"] = "moco"
+        pcfg["model"]["drop_path"] = 0.0
+        pcfg["train"]["batch_size"] = r["pretrain_batch_size"]
+        pcfg["train"]["ema"] = False
+        pcfg["optim"].update({"name": "sgd", "lr": r["pretrain_lr"] or 0.06 * r["pretrain_batch_size"] / 256,
+                              "weight_decay": 5e-4, "momentum": 0.9, "grad_clip": 0.0, "label_smoothing": 0.0})
+        pcfg["sched"].update({"warmup_epochs": 0.0, "min_lr": 0.0})
+        pcfg["moco"]["momentum"] = r["moco_momentum"]
+        seed_everything(pcfg["train"]["seed"])
+        # The pool size is known only once the task has scanned it: build, then size the queue.
+        pcfg["moco"]["queue_size"] = r["queue_size"] or 4096
+        task = MoCoTask(pcfg, infos, device, ctx)
+        if r["queue_size"] is None:
+            k = int(min(4096, max(2 * pcfg["train"]["batch_size"], len(task.pool) // 2)))
+            if k != task.model.K:
+                pcfg["moco"]["queue_size"] = k
+                seed_everything(pcfg["train"]["seed"])
+                task = MoCoTask(pcfg, infos, device, ctx)
+        resolve_pretrain_defaults(pcfg, 1)
+        step_s, epochs, pre_budget = plan_stage(task, pcfg, end_time, r["min_epochs"], ("moco", "knn_every"))
+        save_yaml(pcfg, pdir / "config.yaml")
+        print(f"[run] MoCo pretraining: {len(task.pool)} unlabeled images at {task.size}px, K={task.model.K}, "
+              f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, {pre_budget / 60:.1f} min "
+              f"on a time-based schedule (about {epochs // 4} epochs at that speed)")
+        state.record("pretrain", "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start)
+    seed_everything(pcfg["train"]["seed"])
+    engine = Engine(task, pcfg, pdir, device, ctx)
+    fit_start = time.monotonic()
+    last = pdir / "checkpoints" / "last.pt"
+    result = engine.fit(resume=resuming and last.is_file())
+    fit_s = time.monotonic() - fit_start
+    plot_pretrain_curves(pdir)
+    export_backbone(pdir, weights)
+    stage = {"epochs": engine.epoch, "seconds": time.monotonic() - t_start,
+             "knn_acc1": (result or {}).get("knn_acc1")}
+    state.record("pretrain", "done", time.monotonic() - t_start, epochs=engine.epoch)
+    return weights, stage, fit_s
+
+
+def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: float | None = None,
+                 resume: bool = False) -> dict:
+    """The whole pipeline within ``budget_minutes``, counted from ``started`` (time.monotonic(); the CLI passes
+    the process start, so that imports and start-up are inside the budget) or from this call.
+    ``resume``: continue the `fewshot run` that a signal stopped in ``out`` (its run_state.json): finished
+    stages are reused, the stopped one continues from its last.pt, and the budget counts the time it had
+    used (``budget_minutes`` None: the run's own)."""
+    from fewshot.eval.predict import load_answer_key, predict_and_score, score_predictions
+    from fewshot.run_state import RunState
+    from fewshot.train.distributed import DistContext
     from fewshot.train.supervised import resolve_finetune_defaults
 
     t_start = time.monotonic() if started is None else started
     out = Path(out)
+    requested = copy.deepcopy(cfg)  # the settings as asked for, which a --resume must repeat
+    state = None
+    if resume:
+        state = RunState.resume(out, requested, budget_minutes)
+        budget_minutes = state.budget_minutes
+        if state.data["finished"] and (out / "summary.json").is_file():
+            print(f"[run] {out} finished already: {out}/pred_all.json, {out}/metrics.json")
+            return json.loads((out / "summary.json").read_text())
+    elif budget_minutes is None:
+        raise UserError("a budget is needed: --budget-minutes N.")
     r = cfg["run"]
     semi = check_run_settings(r)
     set_enabled(bool(cfg["train"]["progress"]))
-    refuse_used_output(out)
+    if not resume:
+        refuse_used_output(out)
     ensure_writable_dir(out, "output")
     device = resolve_device(cfg["train"]["device"])
     cfg["train"]["device"] = device.type
@@ -291,6 +420,14 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float, started: float | N
         # decoded now, as the test images: a broken pool file would otherwise stop the run after round 1;
         # the copy is dropped (a large pool at GPU sizes is GBs), the rounds read the images from the cache
         load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True)
+    if state is None:  # written once the inputs have passed their checks: a failed start leaves no run behind
+        state = RunState.start(out, requested, budget_minutes)
+    else:
+        used = state.seconds_used()
+        t_start -= used  # the budget counts every session's time, this one's start-up included
+        done = [n for n, st in state.data["stages"].items() if st.get("status") == "done"]
+        print(f"[run] resuming {out}: {used / 60:.1f} of {budget_minutes:g} minutes used before the stop; "
+              f"finished stages: {', '.join(done) or 'none'}")
     budget_s = budget_minutes * 60.0
     # kept back for the end by the earlier stages; the last stage replaces it by an estimate from measured
     # speeds (closing_seconds), plus 1.5 % of the budget for what the estimate misses
@@ -303,54 +440,22 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float, started: float | N
         per_test_image = measure_prediction_seconds(task, test_set.images)
         return min(closing_seconds(task, eval_s, per_test_image, len(test_set), report_stages) + 0.015 * budget_s,
                    0.5 * budget_s)
-    fit_seconds: list[float] = []  # time spent in training loops, to tell the user what the rest cost
-    summary: dict = {"budget_minutes": budget_minutes, "img_size": cfg["model"]["img_size"], "stages": {}}
+    # time spent in training loops, to tell the user what the rest cost
+    fit_seconds: list[float] = list(state.data["fit_seconds"])
+    summary: dict = state.data["summary"] or {"budget_minutes": budget_minutes, "img_size": cfg["model"]["img_size"],
+                                              "stages": {}}
+
+    def keep(stage: str, entry: dict, fit_s: float) -> None:
+        summary["stages"][stage] = entry
+        fit_seconds.append(fit_s)
+        state.keep_summary(summary, fit_seconds, time.monotonic() - t_start)
 
     weights = cfg["model"]["weights"]
     if r["pretrain"]:
-        pcfg = copy.deepcopy(cfg)
-        pcfg["_task"] = "moco"
-        pcfg["model"]["drop_path"] = 0.0
-        pcfg["train"]["batch_size"] = r["pretrain_batch_size"]
-        pcfg["train"]["ema"] = False
-        pcfg["optim"].update({"name": "sgd", "lr": r["pretrain_lr"] or 0.06 * r["pretrain_batch_size"] / 256,
-                              "weight_decay": 5e-4, "momentum": 0.9, "grad_clip": 0.0, "label_smoothing": 0.0})
-        pcfg["sched"].update({"warmup_epochs": 0.0, "min_lr": 0.0})
-        pcfg["moco"]["momentum"] = r["moco_momentum"]
         # its share of the time the stages have left (start-up and the test decoding came out of the whole)
-        pre_budget = (t_start + stage_s - time.monotonic()) * r["pretrain_share"]
-        pdir = out / "pretrain"
-        ensure_writable_dir(pdir, "pretrain run")
-        seed_everything(pcfg["train"]["seed"])
-        # The pool size is known only once the task has scanned it: build, then size the queue.
-        pcfg["moco"]["queue_size"] = r["queue_size"] or 4096
-        task = MoCoTask(pcfg, infos, device, ctx)
-        if r["queue_size"] is None:
-            k = int(min(4096, max(2 * pcfg["train"]["batch_size"], len(task.pool) // 2)))
-            if k != task.model.K:
-                pcfg["moco"]["queue_size"] = k
-                seed_everything(pcfg["train"]["seed"])
-                task = MoCoTask(pcfg, infos, device, ctx)
-        resolve_pretrain_defaults(pcfg, 1)
-        step_s, epochs, pre_budget = plan_stage(task, pcfg, time.monotonic() + pre_budget, r["min_epochs"],
-                                                ("moco", "knn_every"))
-        save_yaml(pcfg, pdir / "config.yaml")
-        print(f"[run] MoCo pretraining: {len(task.pool)} unlabeled images at {task.size}px, K={task.model.K}, "
-              f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, {pre_budget / 60:.1f} min "
-              f"on a time-based schedule (about {epochs // 4} epochs at that speed)")
-        seed_everything(pcfg["train"]["seed"])
-        engine = Engine(task, pcfg, pdir, device, ctx)
-        fit_start = time.monotonic()
-        result = engine.fit()
-        fit_seconds.append(time.monotonic() - fit_start)
-        from fewshot.report.plots import plot_pretrain_curves
-
-        plot_pretrain_curves(pdir)
-        weights = out / "backbone.safetensors"
-        export_backbone(pdir, weights)
-        summary["stages"]["pretrain"] = {"epochs": engine.epoch, "seconds": time.monotonic() - t_start,
-                                         "knn_acc1": (result or {}).get("knn_acc1")}
-        del task, engine
+        pre_end = time.monotonic() + (t_start + stage_s - time.monotonic()) * r["pretrain_share"]
+        weights, entry, fit_s = pretrain_stage(cfg, infos, device, ctx, out, pre_end, state, t_start)
+        keep("pretrain", entry, fit_s)
 
     fcfg = copy.deepcopy(cfg)
     fcfg["model"]["weights"] = str(weights) if weights else None
@@ -363,34 +468,41 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float, started: float | N
     end_time = t_start + stage_s
     last_end = t_start + budget_s  # the last stage ends where its measured closing work still fits
     pseudo = None
+    progress = {"state": state, "t_start": t_start}
     if semi == "pseudo":
         # round 1 on the labelled images; each later round starts from the previous round's model and
         # trains on the labelled images plus the pool labelled by that model; the last round is `finetune`
         rounds = int(r["pseudo_rounds"])
         labelled_end = time.monotonic() + (end_time - time.monotonic()) * r["pseudo_share"]
         task, round1_metrics = finetune_stage(fcfg, infos, device, ctx, out / "finetune_labelled", labelled_end,
-                                              "on the labelled images (self-training, round 1)")
+                                              "on the labelled images (self-training, round 1)", **progress)
         round1_val = round1_metrics.get("mean_acc1")
-        fit_seconds.append(task.fit_seconds)
-        summary["stages"]["finetune_labelled"] = {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
-                                                  "pseudo_labels": []}
+        if not task.reused or "finetune_labelled" not in summary["stages"]:
+            keep("finetune_labelled", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
+                                       "pseudo_labels": []}, task.fit_seconds)
         for k in range(2, rounds + 1):
+            # a resumed run labels the pool again with the same model: the same images, so that the stopped
+            # round's checkpoint (which counts its training images) continues where it stopped
             pseudo = pseudo_label_pool(task, fcfg, infos, r, out / f"pseudo_labels_round{k}.json")
-            summary["stages"]["finetune_labelled"]["pseudo_labels"].append(pseudo["summary"])
+            labels = summary["stages"]["finetune_labelled"]["pseudo_labels"]
+            del labels[k - 2:]
+            labels.append(pseudo["summary"])
             del task
             if k == rounds:
                 break
             round_end = time.monotonic() + (end_time - time.monotonic()) / (rounds - k + 1)
             task, _ = finetune_stage(fcfg, infos, device, ctx, out / f"finetune_round{k}", round_end,
-                                     f"on labelled + pseudo-labelled pool images (round {k})", pseudo)
-            fit_seconds.append(task.fit_seconds)
+                                     f"on labelled + pseudo-labelled pool images (round {k})", pseudo, **progress)
+            if not task.reused:
+                fit_seconds.append(task.fit_seconds)
+                state.keep_summary(summary, fit_seconds, time.monotonic() - t_start)
     has_pool = pseudo is not None and len(pseudo["images"]) > 0
     task, val_metrics = finetune_stage(fcfg, infos, device, ctx, fdir, last_end,
                                        "with FixMatch on the unlabeled pool" if semi == "fixmatch" else
                                        "on labelled + pseudo-labelled pool images" if has_pool else
-                                       "on the labelled images again" if pseudo else "", pseudo, closing)
-    summary["stages"]["finetune"] = {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start}
-    fit_seconds.append(task.fit_seconds)
+                                       "on the labelled images again" if pseudo else "", pseudo, closing, **progress)
+    if not task.reused or "finetune" not in summary["stages"]:
+        keep("finetune", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start}, task.fit_seconds)
     del task
     if pseudo is not None:
         # a guard chosen on val: if pseudo-labels hurt (round 1 scores higher on val), predict with round 1
@@ -418,6 +530,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float, started: float | N
     summary["seconds"] = time.monotonic() - t_start
     summary["metrics"] = metrics
     write_json(out / "summary.json", summary)
+    state.finish(summary["seconds"])
     if r.get("report", True):
         from fewshot.report.build import build_report
 
@@ -448,8 +561,10 @@ def refuse_used_output(out: Path) -> None:
             raise UserError(f"cannot read the output folder '{out}': {exc.strerror or exc}.") from None
         if entries:
             shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+            stopped = (out / "run_state.json").is_file()
             raise UserError(f"the output folder '{out}' is not empty ({shown}); `fewshot run` writes a whole new "
-                            f"run there. Choose another --out, or delete the folder to run again.")
+                            f"run there. Choose another --out, or delete the folder to run again"
+                            + (", or add --resume to continue the run it holds." if stopped else "."))
 
 
 def check_run_settings(r: dict) -> str:

@@ -1,0 +1,125 @@
+"""DIR/run_state.json: how far a `fewshot run` got, so that `fewshot run --resume` can go on after a stop.
+
+A cluster's time limit (SIGTERM) or a Ctrl-C stops a stage cleanly with a fresh last.pt; this file
+records, at every stage boundary, which stages finished and how much of the budget the run had used,
+so that a resumed run skips the finished stages (reusing their best checkpoints), continues the
+stopped one from its last.pt on its planned schedule, and gives the stages after it only what is
+left of the budget. Written atomically after each event: a SIGKILL loses at most the current stage's
+steps since its last save, never the record of the stages before it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from fewshot.errors import UserError
+from fewshot.utils import write_json
+
+STATE_FILE = "run_state.json"
+
+# what a resumed `fewshot run` may change: where the data and the cache are, the device, threads and
+# progress output. Anything else would make the later stages belong to another run than the earlier ones.
+RUN_RESUME_MAY_CHANGE = frozenset({"data.root", "data.cache_dir", "train.device", "train.threads",
+                                   "train.progress", "train.tensorboard"})
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class RunState:
+    """The run's requested settings and budget, and per stage (named by its folder: pretrain,
+    finetune_labelled, finetune_round<k>, finetune) its status: began (planned and training; its
+    config.yaml holds the plan), trained (fit returned), done (metrics written)."""
+
+    def __init__(self, out: Path, data: dict):
+        self.out = Path(out)
+        self.data = data
+
+    @classmethod
+    def start(cls, out: Path, cfg: dict, budget_minutes: float) -> "RunState":
+        state = cls(out, {"version": 1, "budget_minutes": budget_minutes, "config": copy.deepcopy(cfg),
+                          "seconds": 0.0, "stages": {}, "summary": None, "fit_seconds": [], "finished": False})
+        state.save()
+        return state
+
+    @classmethod
+    def resume(cls, out: Path, cfg: dict, budget_minutes: float | None) -> "RunState":
+        """The saved state of ``out``; refuses a folder that holds no `fewshot run`, and a command whose
+        settings differ from the run's (beyond RUN_RESUME_MAY_CHANGE) or whose budget differs."""
+        path = Path(out) / STATE_FILE
+        if not path.is_file():
+            what = "does not exist" if not Path(out).exists() else f"holds no {STATE_FILE}"
+            raise UserError(f"--resume: '{out}' {what}, so there is no `fewshot run` to continue there. Start "
+                            f"one without --resume (a `fewshot train`/`pretrain` run directory resumes with "
+                            f"those commands).")
+        try:
+            data = json.loads(path.read_text())
+            saved_cfg, saved_budget = data["config"], float(data["budget_minutes"])
+            data["stages"], data["seconds"]  # noqa: B018 (the fields a resume reads)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"--resume: {path} cannot be read ({type(exc).__name__}: {exc}); it is written by "
+                            f"`fewshot run` and not meant to be edited.") from None
+        if budget_minutes is not None and abs(float(budget_minutes) - saved_budget) > 1e-9:
+            raise UserError(f"--resume continues '{out}' in its budget of {saved_budget:g} minutes (its stages were "
+                            f"planned from it), not {budget_minutes:g}: drop --budget-minutes to resume.")
+        # compared as JSON sees them (a tuple in the settings is a list in the file)
+        now, before = _flatten(json.loads(json.dumps(cfg))), _flatten(saved_cfg)
+        changed = [f"{k} ({before.get(k)!r} in the run, {now.get(k)!r} now)" for k in sorted(set(now) | set(before))
+                   if k not in RUN_RESUME_MAY_CHANGE and now.get(k) != before.get(k)]
+        if changed:
+            raise UserError(f"--resume continues '{out}' with the settings it started with, but this command "
+                            f"changes {', '.join(changed)}. Resume with the run's own command line (plus "
+                            f"--resume), or start a new run with another --out.")
+        return cls(out, data)
+
+    def save(self) -> None:
+        write_json(self.out / STATE_FILE, self.data)
+
+    @property
+    def budget_minutes(self) -> float:
+        return float(self.data["budget_minutes"])
+
+    def status(self, name: str) -> str | None:
+        return self.data["stages"].get(name, {}).get("status")
+
+    def stage(self, name: str) -> dict:
+        return self.data["stages"].get(name, {})
+
+    def seconds_used(self) -> float:
+        """The budget the run had used when it stopped: at the last recorded event, or for a stage stopped
+        in training, where its fit began plus the training time its last.pt holds."""
+        from fewshot.train.checkpoint import load_checkpoint
+
+        used = float(self.data["seconds"])
+        for name, st in self.data["stages"].items():
+            last = self.out / name / "checkpoints" / "last.pt"
+            if st.get("status") == "began" and last.is_file():
+                try:
+                    trained = float(load_checkpoint(last).get("train_seconds", 0.0))
+                except Exception:  # noqa: BLE001 - an unreadable last.pt: the stage restarts, at its start time
+                    trained = 0.0
+                used = max(used, float(st["fit_at"]) + trained)
+        return used
+
+    def record(self, name: str, status: str, seconds: float, **fields) -> None:
+        self.data["stages"].setdefault(name, {}).update(status=status, **fields)
+        self.data["seconds"] = max(float(self.data["seconds"]), seconds)
+        self.save()
+
+    def keep_summary(self, summary: dict, fit_seconds: list[float], seconds: float) -> None:
+        self.data.update(summary=summary, fit_seconds=list(fit_seconds))
+        self.data["seconds"] = max(float(self.data["seconds"]), seconds)
+        self.save()
+
+    def finish(self, seconds: float) -> None:
+        self.data.update(finished=True, seconds=seconds)
+        self.save()

@@ -1,0 +1,146 @@
+"""`fewshot run --resume`: a run stopped by SIGTERM (a cluster's time limit) in one of its stages goes on
+with the same command plus --resume: finished stages are reused, the stopped stage continues from its
+last.pt, the pool gets the same pseudo-labels again, and the budget counts the time already used."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from helpers.checks import run_main
+from test_pipeline import _check_pred_all
+
+BASE = ("--budget-minutes", "0.2", "--model", "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",
+        "run.pretrain_batch_size=16", "train.batch_size=16")
+
+
+def _cmd(root: Path, out: Path, *extra: str) -> list:
+    return ["run", "--data", root, "--out", out, *BASE, *extra]
+
+
+def sigterm_in_stage(monkeypatch, stage: str, task_cls, call: int) -> None:
+    """SIGTERM to this process in the `call`-th training step of the stage whose folder is `stage`, counting
+    only steps inside Engine.fit (the step-time calibration before it runs without fewshot's handler)."""
+    from fewshot.train.engine import Engine
+
+    armed = {"on": False, "n": 0}
+    fit, step = Engine.fit, task_cls.training_step
+
+    def fit_watched(self, *args, **kwargs):
+        armed["on"] = self.run_dir.name == stage
+        try:
+            return fit(self, *args, **kwargs)
+        finally:
+            armed["on"] = False
+
+    def step_watched(self, model, batch):
+        result = step(self, model, batch)
+        if armed["on"]:
+            armed["n"] += 1
+            if armed["n"] == call:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(Engine, "fit", fit_watched)
+    monkeypatch.setattr(task_cls, "training_step", step_watched)
+
+
+def _state(out: Path) -> dict:
+    return json.loads((out / "run_state.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def stopped_and_resumed(digits_root, tmp_path_factory):
+    """The default run (round 1 on the labelled images, pseudo-labels, round 2 = finetune) stopped in step 3
+    of its last stage, then resumed."""
+    from fewshot.train.supervised import SupervisedTask
+
+    out = tmp_path_factory.mktemp("run-resume") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 3)
+        rc, stdout, err = run_main(*_cmd(digits_root, out))
+    stopped = {"rc": rc, "err": err, "state": _state(out),
+               "pseudo": (out / "pseudo_labels_round2.json").read_text(),
+               "pred_all": (out / "pred_all.json").exists()}
+    rc2, stdout2, err2 = run_main(*_cmd(digits_root, out, "--resume"))
+    assert rc2 == 0, err2
+    return out, stopped, {"rc": rc2, "out": stdout2, "state": _state(out)}
+
+
+def test_sigterm_stops_the_run_with_a_checkpoint_and_a_resume_hint(stopped_and_resumed):
+    out, stopped, _ = stopped_and_resumed
+    assert stopped["rc"] == 128 + signal.SIGTERM
+    assert "continue with the same command and --resume" in stopped["err"]
+    assert str(out / "finetune" / "checkpoints" / "last.pt") in stopped["err"]
+    assert not stopped["pred_all"]  # stopped before prediction
+    stages = stopped["state"]["stages"]
+    assert stages["finetune_labelled"]["status"] == "done" and stages["finetune"]["status"] == "began"
+    assert not stopped["state"]["finished"]
+
+
+def test_resume_reuses_round_one_and_continues_the_stopped_stage(digits_root, stopped_and_resumed):
+    out, stopped, resumed = stopped_and_resumed
+    log = resumed["out"]
+    assert "finetune_labelled: finished before the stop; its best checkpoint is reused" in log
+    assert "finetune: continuing from" in log
+    assert "(global step 3)" in log  # the Engine resumed the stage at the stopped step, not from step 0
+    # the same teacher labels the pool the same way: the stopped stage's training images are the same
+    assert (out / "pseudo_labels_round2.json").read_text() == stopped["pseudo"]
+    _check_pred_all(digits_root, out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["stages"]) == {"finetune_labelled", "finetune"}
+    assert len(summary["stages"]["finetune_labelled"]["pseudo_labels"]) == 1
+    # the budget counts both sessions: the whole run's clock starts before the stop
+    assert summary["seconds"] > stopped["state"]["stages"]["finetune"]["fit_at"]
+    assert resumed["state"]["finished"] and resumed["state"]["stages"]["finetune"]["status"] == "done"
+
+
+def test_resuming_a_finished_run_says_so(digits_root, stopped_and_resumed):
+    out = stopped_and_resumed[0]
+    before = (out / "pred_all.json").read_text()
+    rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
+    assert rc == 0, err
+    assert "finished already" in stdout
+    assert (out / "pred_all.json").read_text() == before
+    rc, _, err = run_main(*_cmd(digits_root, out))  # without --resume: a new run is refused, --resume named
+    assert rc == 2 and "add --resume to continue the run it holds" in err, err
+
+
+@pytest.mark.parametrize("change, named", [(("--seed", "3"), "train.seed"), (("optim.lr=0.5",), "optim.lr"),
+                                           (("--budget-minutes", "5"), "budget of 0.2 minutes")])
+def test_resume_refuses_other_settings(digits_root, stopped_and_resumed, change, named):
+    out = stopped_and_resumed[0]
+    rc, _, err = run_main(*_cmd(digits_root, out, "--resume", *change))  # a later --budget-minutes wins
+    assert rc == 2 and named in err, err
+
+
+def test_resume_without_a_run_is_refused(digits_root, tmp_path):
+    rc, _, err = run_main(*_cmd(digits_root, tmp_path / "nothing", "--resume"))
+    assert rc == 2 and "no `fewshot run` to continue" in err
+    (tmp_path / "train-run").mkdir()
+    rc, _, err = run_main(*_cmd(digits_root, tmp_path / "train-run", "--resume"))
+    assert rc == 2 and "holds no run_state.json" in err
+
+
+def test_a_run_stopped_in_moco_pretraining_resumes_there(digits_root, tmp_path, monkeypatch):
+    from fewshot.ssl.pretrain import MoCoTask
+
+    out = tmp_path / "run"
+    cmd = _cmd(digits_root, out, "--pretrain", "run.semi_method=off")
+    with monkeypatch.context() as mp:
+        sigterm_in_stage(mp, "pretrain", MoCoTask, 2)
+        rc, _, err = run_main(*cmd)
+    assert rc == 128 + signal.SIGTERM, err
+    assert _state(out)["stages"]["pretrain"]["status"] == "began"
+    assert not (out / "backbone.safetensors").exists()
+    rc, stdout, err = run_main(*cmd, "--resume")
+    assert rc == 0, err
+    assert "pretrain: continuing from" in stdout and "(global step 2)" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["stages"]) == {"pretrain", "finetune"}
+    assert (out / "backbone.safetensors").is_file()
+    _check_pred_all(digits_root, out)
