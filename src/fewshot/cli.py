@@ -127,17 +127,6 @@ def _flags(args, mapping: dict) -> dict:
     return out
 
 
-def _dotted(tree: dict, prefix: str = "") -> dict:
-    """{"train": {"epochs": 3}} -> {"train.epochs": 3}."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.datasets", "epochs": "train.epochs",
                "batch_size": "train.batch_size", "img_size": "model.img_size", "lr": "optim.lr",
                "seed": "train.seed", "device": "train.device", "skip_bad_images": "data.skip_bad_images",
@@ -146,7 +135,7 @@ TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.dat
 
 
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None) -> dict:
-    from fewshot.config import load_yaml, parse_override, resolve
+    from fewshot.config import flatten_dotted, load_yaml, parse_override, resolve
     from fewshot.train.finetune import merge_resume_config
 
     flags = _flags(args, mapping)
@@ -155,7 +144,7 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
     cfg = resolve(preset=preset, file=args.config, flags=flags, overrides=extra)
     if args.resume:
         # the saved config is the base; a --config file given now, then flags, then words change it
-        explicit = _dotted(load_yaml(args.config)) if args.config else {}
+        explicit = flatten_dotted(load_yaml(args.config)) if args.config else {}
         explicit.update(flags)
         for word in extra:
             keys, value = parse_override(word)

@@ -215,6 +215,17 @@ def get_dotted(cfg: dict, keys: list[str]) -> Any:
     return node
 
 
+def flatten_dotted(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"epochs": 3}} -> {"train.epochs": 3}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def set_dotted(cfg: dict, keys: list[str], value: Any) -> None:
     """Set cfg[a][b]... = value, refusing unknown keys."""
     node = cfg

@@ -14,6 +14,7 @@ import copy
 import json
 from pathlib import Path
 
+from fewshot.config import flatten_dotted
 from fewshot.errors import UserError
 from fewshot.utils import write_json
 
@@ -23,16 +24,6 @@ STATE_FILE = "run_state.json"
 # progress output. Anything else would make the later stages belong to another run than the earlier ones.
 RUN_RESUME_MAY_CHANGE = frozenset({"data.root", "data.cache_dir", "train.device", "train.threads",
                                    "train.progress", "train.tensorboard"})
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 class RunState:
@@ -72,7 +63,7 @@ class RunState:
             raise UserError(f"--resume continues '{out}' in its budget of {saved_budget:g} minutes (its stages were "
                             f"planned from it), not {budget_minutes:g}: drop --budget-minutes to resume.")
         # compared as JSON sees them (a tuple in the settings is a list in the file)
-        now, before = _flatten(json.loads(json.dumps(cfg))), _flatten(saved_cfg)
+        now, before = flatten_dotted(json.loads(json.dumps(cfg))), flatten_dotted(saved_cfg)
         changed = [f"{k} ({before.get(k)!r} in the run, {now.get(k)!r} now)" for k in sorted(set(now) | set(before))
                    if k not in RUN_RESUME_MAY_CHANGE and now.get(k) != before.get(k)]
         if changed:
