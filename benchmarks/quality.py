@@ -54,6 +54,10 @@ VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the
                                                       "data.mixup_alpha=0.4"]),
     ("stcmix", "ablation: self-training + CutMix 1.0", ["run.semi_method=pseudo", "--no-pretrain",
                                                         "data.cutmix_alpha=1.0"]),
+    # bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 / AMX): more steps in the same time
+    ("bf", "ablation: scratch (lr 4e-3), bf16 autocast", ["--no-pretrain", "run.semi_method=off", "optim.lr=0.004",
+                                                          "train.amp=bf16"]),
+    ("stbf", "ablation: self-training, bf16 autocast", ["run.semi_method=pseudo", "--no-pretrain", "train.amp=bf16"]),
 ]
 
 

@@ -80,6 +80,8 @@ def test_sigterm_stops_the_run_with_a_checkpoint_and_a_resume_hint(stopped_and_r
     stages = stopped["state"]["stages"]
     assert stages["finetune_labelled"]["status"] == "done" and stages["finetune"]["status"] == "began"
     assert not stopped["state"]["finished"]
+    assert stopped["state"]["img_size"] == 32  # the size the run chose; a resume on another device keeps it
+    assert stopped["state"]["seconds"] > 0  # start-up and decoding count from the start
 
 
 def test_resume_reuses_round_one_and_continues_the_stopped_stage(digits_root, stopped_and_resumed):
@@ -144,3 +146,59 @@ def test_a_run_stopped_in_moco_pretraining_resumes_there(digits_root, tmp_path, 
     assert set(summary["stages"]) == {"pretrain", "finetune"}
     assert (out / "backbone.safetensors").is_file()
     _check_pred_all(digits_root, out)
+
+
+def test_a_stage_killed_before_its_first_checkpoint_starts_over_from_the_previous_round(digits_root, tmp_path,
+                                                                                        monkeypatch):
+    """SIGKILL in the first steps of the last stage leaves it `began` without a last.pt: the resumed run plans
+    it anew and starts it from round 1's best weights (it once started from random init)."""
+    import torch
+
+    from fewshot.train.checkpoint import load_checkpoint
+    from fewshot.train.engine import Engine
+    from fewshot.train.supervised import SupervisedTask
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
+        rc, _, err = run_main(*_cmd(digits_root, out))
+    assert rc == 128 + signal.SIGTERM, err
+    (out / "finetune" / "checkpoints" / "last.pt").unlink()  # as if killed before the stop could save
+    starts = {}
+    fit = Engine.fit
+
+    def fit_watched(self, *args, **kwargs):
+        starts[self.run_dir.name] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "fit", fit_watched)
+    rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
+    assert rc == 0, err
+    assert "fine-tuning from the previous round" in stdout and "finetune: continuing" not in stdout
+    teacher = load_checkpoint(out / "finetune_labelled" / "checkpoints" / "best.pt")
+    teacher = teacher["ema"] if teacher.get("ema") is not None else teacher["model"]
+    assert set(starts) == {"finetune"}  # round 1 reused, not trained again
+    for k, v in teacher.items():
+        assert torch.equal(starts["finetune"][k].cpu(), v), k
+    _check_pred_all(digits_root, out)
+
+
+def test_a_resumed_stage_ends_where_the_run_clock_allows(tmp_path, monkeypatch):
+    """The stopped stage keeps its plan but not beyond the run's budget: the new session's start-up comes
+    out of the stage (cap_resumed_budget), so the run ends on time."""
+    import time
+
+    import fewshot.train.checkpoint
+    from fewshot.pipeline import cap_resumed_budget
+
+    last = tmp_path / "last.pt"  # a stage's last.pt after 10 s of training
+    monkeypatch.setattr(fewshot.train.checkpoint, "load_checkpoint", lambda path: {"train_seconds": 10.0})
+    cfg = {"train": {"budget_minutes": 1.0}}
+    cap_resumed_budget(cfg, last, time.monotonic() + 20.0)  # 10 s trained + 20 s left < the planned 60 s
+    assert cfg["train"]["budget_minutes"] * 60 == pytest.approx(30.0, abs=1.0)
+    cfg = {"train": {"budget_minutes": 0.25}}
+    cap_resumed_budget(cfg, last, time.monotonic() + 100.0)  # the plan is shorter: kept
+    assert cfg["train"]["budget_minutes"] == pytest.approx(0.25)
+    cfg = {"train": {"budget_minutes": 1.0}}
+    cap_resumed_budget(cfg, last, time.monotonic() - 5.0)  # the run's time is up: what was trained, no more
+    assert cfg["train"]["budget_minutes"] * 60 == pytest.approx(10.0, abs=0.01)

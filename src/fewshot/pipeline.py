@@ -176,6 +176,18 @@ def stage_config(sdir: Path, cfg: dict) -> dict:
     return scfg
 
 
+def cap_resumed_budget(cfg: dict, last: Path, end_time: float) -> None:
+    """A stopped stage continues on its own plan, but ends no later than ``end_time`` on the run's clock: the
+    new session's start-up and the work redone before the stage come out of its time, not on top of the
+    budget (its time-based schedule then moves on faster)."""
+    from fewshot.train.checkpoint import load_checkpoint
+
+    trained = float(load_checkpoint(last).get("train_seconds", 0.0))
+    planned = float(cfg["train"]["budget_minutes"] or 0.0) * 60
+    allowed = trained + max(0.0, end_time - time.monotonic())
+    cfg["train"]["budget_minutes"] = max(1e-3, min(planned, allowed)) / 60
+
+
 def load_best_weights(task, sdir: Path) -> None:
     """The weights a finished stage's metrics belong to: best.pt (its EMA when it has one), else last.pt."""
     from fewshot.train.checkpoint import load_checkpoint
@@ -198,7 +210,10 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
 
     name = fdir.name
     status = state.status(name) if state is not None else None
-    resuming = status is not None and (fdir / "config.yaml").is_file()
+    last = fdir / "checkpoints" / "last.pt"
+    # a stage that began but left no last.pt (killed in its first steps) starts over and is planned anew
+    resuming = (status in ("trained", "done") or (status == "began" and last.is_file())) and \
+        (fdir / "config.yaml").is_file()
     # each round plans its own epochs and evaluation interval; a resumed one keeps what it planned
     fcfg = stage_config(fdir, fcfg) if resuming else copy.deepcopy(fcfg)
     ensure_writable_dir(fdir, "fine-tuning run")
@@ -207,6 +222,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     task.reused, task.fit_seconds = False, 0.0
     if resuming and status == "done":
         load_best_weights(task, fdir)
+        task.model.to(device)  # the Engine would have moved it; the pseudo-labelling that follows needs it there
         metrics = json.loads((fdir / "metrics.json").read_text())
         task.reused, task.epochs_run = True, state.stage(name).get("epochs", 0)
         print(f"[run] {name}: finished before the stop; its best checkpoint is reused")
@@ -216,9 +232,12 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
             task.model.load_state_dict(pseudo["state"])
         task.add_pseudo_labelled(pseudo["images"], pseudo["targets"], pseudo["dataset_ids"],
                                  fcfg["run"]["pseudo_labelled_repeat"], soft=pseudo.get("soft"))
-    last = fdir / "checkpoints" / "last.pt"
-    if resuming:
-        print(f"[run] {name}: continuing from {last if last.is_file() else 'its start'} on its planned schedule")
+    if resuming and status == "trained":
+        print(f"[run] {name}: trained before the stop; evaluating its best checkpoint")
+    elif resuming:
+        after = closing(task, measure_eval_seconds(task)) if closing is not None else 0.0
+        cap_resumed_budget(fcfg, last, end_time - after)
+        print(f"[run] {name}: continuing from {last} on its planned schedule")
     else:
         step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"],
                                                ("train", "eval_every"), closing)
@@ -312,10 +331,13 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         entry = ((state.data["summary"] or {}).get("stages") or {}).get("pretrain") or {"epochs": state.stage(
             "pretrain").get("epochs")}
         return weights, entry, 0.0
-    resuming = status is not None and (pdir / "config.yaml").is_file()
+    last = pdir / "checkpoints" / "last.pt"
+    # without a last.pt (killed in its first steps) the stage starts over, planned anew
+    resuming = status is not None and last.is_file() and (pdir / "config.yaml").is_file()
     ensure_writable_dir(pdir, "pretrain run")
     if resuming:
         pcfg = stage_config(pdir, cfg)
+        cap_resumed_budget(pcfg, last, end_time)
         seed_everything(pcfg["train"]["seed"])
         task = MoCoTask(pcfg, infos, device, ctx)
         print(f"[run] pretrain: continuing from {pdir / 'checkpoints' / 'last.pt'} on its planned schedule")
@@ -349,8 +371,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     seed_everything(pcfg["train"]["seed"])
     engine = Engine(task, pcfg, pdir, device, ctx)
     fit_start = time.monotonic()
-    last = pdir / "checkpoints" / "last.pt"
-    result = engine.fit(resume=resuming and last.is_file())
+    result = engine.fit(resume=resuming)
     fit_s = time.monotonic() - fit_start
     plot_pretrain_curves(pdir)
     export_backbone(pdir, weights)
@@ -379,6 +400,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     if resume:
         state = RunState.resume(out, requested, budget_minutes)
         budget_minutes = state.budget_minutes
+        if cfg["model"]["img_size"] is None:  # the size the run chose (it depends on the device, which may change)
+            cfg["model"]["img_size"] = state.data.get("img_size")
         if state.data["finished"] and (out / "summary.json").is_file():
             print(f"[run] {out} finished already: {out}/pred_all.json, {out}/metrics.json")
             return json.loads((out / "summary.json").read_text())
@@ -421,7 +444,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         # the copy is dropped (a large pool at GPU sizes is GBs), the rounds read the images from the cache
         load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True)
     if state is None:  # written once the inputs have passed their checks: a failed start leaves no run behind
-        state = RunState.start(out, requested, budget_minutes)
+        state = RunState.start(out, requested, budget_minutes, cfg["model"]["img_size"], time.monotonic() - t_start)
     else:
         used = state.seconds_used()
         t_start -= used  # the budget counts every session's time, this one's start-up included
@@ -530,7 +553,6 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     summary["seconds"] = time.monotonic() - t_start
     summary["metrics"] = metrics
     write_json(out / "summary.json", summary)
-    state.finish(summary["seconds"])
     if r.get("report", True):
         from fewshot.report.build import build_report
 
@@ -540,6 +562,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         except Exception as exc:  # the predictions are written; a report failure must not hide them
             print(f"[run] report failed ({type(exc).__name__}: {exc}); predictions and metrics are written.")
     total_s = time.monotonic() - t_start
+    state.finish(total_s)  # after the report: a run stopped while drawing it draws it again on --resume
     print(f"[run] done in {total_s / 60:.1f} of {budget_minutes:g} minutes: {out}/pred_all.json, "
           f"{out}/metrics.json")
     if total_s > 1.05 * budget_s:

@@ -36,9 +36,12 @@ class RunState:
         self.data = data
 
     @classmethod
-    def start(cls, out: Path, cfg: dict, budget_minutes: float) -> "RunState":
+    def start(cls, out: Path, cfg: dict, budget_minutes: float, img_size: int, seconds: float) -> "RunState":
+        """``cfg``: the settings as requested; ``img_size``: the size the run chose (a resumed run keeps it);
+        ``seconds``: the budget already used by start-up and decoding."""
         state = cls(out, {"version": 1, "budget_minutes": budget_minutes, "config": copy.deepcopy(cfg),
-                          "seconds": 0.0, "stages": {}, "summary": None, "fit_seconds": [], "finished": False})
+                          "img_size": img_size, "seconds": seconds, "stages": {}, "summary": None,
+                          "fit_seconds": [], "finished": False})
         state.save()
         return state
 
