@@ -202,3 +202,29 @@ def test_a_resumed_stage_ends_where_the_run_clock_allows(tmp_path, monkeypatch):
     cfg = {"train": {"budget_minutes": 1.0}}
     cap_resumed_budget(cfg, last, time.monotonic() - 5.0)  # the run's time is up: what was trained, no more
     assert cfg["train"]["budget_minutes"] * 60 == pytest.approx(10.0, abs=0.01)
+
+
+def test_a_signal_between_stages_stops_with_a_resume_hint(digits_root, tmp_path, monkeypatch):
+    """SIGTERM while the pool is pseudo-labelled (no training loop to finish) stops at once with the hint,
+    and --resume redoes the labelling and goes on."""
+    import fewshot.pipeline
+
+    out = tmp_path / "run"
+    label = fewshot.pipeline.pseudo_label_pool
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return label(*args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(fewshot.pipeline, "pseudo_label_pool", signalled)
+        rc, _, err = run_main(*_cmd(digits_root, out))
+    assert rc == 128 + signal.SIGTERM, err
+    assert "outside training" in err and "--resume" in err
+    assert _state(out)["stages"]["finetune_labelled"]["status"] == "done"
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == (signal.SIG_DFL,
+                                                                                   signal.default_int_handler)
+    rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
+    assert rc == 0, err
+    assert "finished before the stop" in stdout
+    _check_pred_all(digits_root, out)

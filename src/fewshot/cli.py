@@ -269,9 +269,10 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
 
             shutdown_distributed()
         how = "; continue with the same command and --resume"
+        where = (f"after a whole step; checkpoint written: {stop.checkpoint}" if stop.checkpoint else
+                 "outside training (the stages finished so far are kept)")
         try:
-            print(f"fewshot {args.command}: {stop} after a whole step; checkpoint written: {stop.checkpoint}{how}",
-                  file=sys.stderr)
+            print(f"fewshot {args.command}: {stop} {where}{how}", file=sys.stderr)
         except OSError:  # stderr went away with the same Ctrl-C (`... 2>&1 | tee log`)
             try:  # nor may the interpreter's final flush fail on it
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())

@@ -124,7 +124,11 @@ def cmd_run(args, extra) -> int:
     if args.no_progress:
         flags["train.progress"] = False
     cfg = resolve(file=args.config, flags=flags, overrides=extra)
-    run_pipeline(cfg, Path(args.out), args.budget_minutes, started=getattr(args, "started", None), resume=args.resume)
+    from fewshot.train.stop_signal import stop_at_once_on_signals
+
+    with stop_at_once_on_signals():  # between training loops; inside them a signal finishes the step first
+        run_pipeline(cfg, Path(args.out), args.budget_minutes, started=getattr(args, "started", None),
+                     resume=args.resume)
     return 0
 
 

@@ -45,6 +45,30 @@ class StopFlag:
 
 
 @contextlib.contextmanager
+def stop_at_once_on_signals():
+    """Within the block SIGTERM and SIGINT raise ``StopRequested`` (no checkpoint) where the program is: for
+    the work between training loops (`fewshot run`'s calibration, pseudo-labelling, prediction), whose
+    results are on disk atomically or are redone on --resume. A training loop inside the block installs
+    ``stop_on_signals`` over it, which gives these handlers back when it ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in signums}
+
+    def handler(signum, frame):
+        raise StopRequested(signum, None)
+
+    for s in signums:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
 def stop_on_signals(announce: bool = True):
     """Within the block the first SIGTERM or SIGINT only sets the yielded flag; the previous handlers
     come back afterwards. Outside the main thread (signals cannot be caught there) nothing changes."""
