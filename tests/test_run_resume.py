@@ -228,3 +228,25 @@ def test_a_signal_between_stages_stops_with_a_resume_hint(digits_root, tmp_path,
     assert rc == 0, err
     assert "finished before the stop" in stdout
     _check_pred_all(digits_root, out)
+
+
+def test_a_stage_whose_pseudo_labels_came_out_differently_starts_over(digits_root, tmp_path, monkeypatch):
+    """If the pool is labelled differently on resume (another device's float results), the stopped stage's
+    checkpoint belongs to other training images: the stage starts over instead of failing."""
+    from fewshot.train.checkpoint import load_checkpoint, save_checkpoint
+    from fewshot.train.supervised import SupervisedTask
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
+        rc, _, err = run_main(*_cmd(digits_root, out))
+    assert rc == 128 + signal.SIGTERM, err
+    last = out / "finetune" / "checkpoints" / "last.pt"
+    ck = load_checkpoint(last)
+    ck["n_train"] += 1  # as if one more pool image had been kept before the stop
+    save_checkpoint(last, ck)
+    rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
+    assert rc == 0, err
+    assert "the stage starts over" in stdout and "fine-tuning from the previous round" in stdout
+    assert load_checkpoint(last)["n_train"] == ck["n_train"] - 1
+    _check_pred_all(digits_root, out)

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -188,6 +189,14 @@ def cap_resumed_budget(cfg: dict, last: Path, end_time: float) -> None:
     cfg["train"]["budget_minutes"] = max(1e-3, min(planned, allowed)) / 60
 
 
+def same_training_images(task, last: Path) -> bool:
+    """Whether a stopped stage's last.pt trained on as many images as the task holds now."""
+    from fewshot.train.checkpoint import load_checkpoint
+
+    n_run = load_checkpoint(last).get("n_train")
+    return n_run is None or int(n_run) == len(task.train_set)
+
+
 def load_best_weights(task, sdir: Path) -> None:
     """The weights a finished stage's metrics belong to: best.pt (its EMA when it has one), else last.pt."""
     from fewshot.train.checkpoint import load_checkpoint
@@ -228,10 +237,18 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         print(f"[run] {name}: finished before the stop; its best checkpoint is reused")
         return task, metrics
     if pseudo is not None:
-        if not resuming:  # a resumed stage's weights come from its last.pt
-            task.model.load_state_dict(pseudo["state"])
         task.add_pseudo_labelled(pseudo["images"], pseudo["targets"], pseudo["dataset_ids"],
                                  fcfg["run"]["pseudo_labelled_repeat"], soft=pseudo.get("soft"))
+    if resuming and status == "began" and not same_training_images(task, last):
+        # the pool was labelled differently this time (another device's float results can move a threshold):
+        # its checkpoint belongs to other training images, so the stage starts over from the previous round
+        print(f"[run] {name}: the pool's pseudo-labels differ from the stopped run's ({len(task.train_set)} "
+              f"training images now); the stage starts over")
+        shutil.rmtree(fdir)
+        ensure_writable_dir(fdir, "fine-tuning run")
+        resuming, status = False, None
+    if pseudo is not None and not resuming:  # a resumed stage's weights come from its last.pt
+        task.model.load_state_dict(pseudo["state"])
     if resuming and status == "trained":
         print(f"[run] {name}: trained before the stop; evaluating its best checkpoint")
     elif resuming:
