@@ -24,7 +24,7 @@ def _cmd(root: Path, out: Path, *extra: str) -> list:
 
 def sigterm_in_stage(monkeypatch, stage: str, task_cls, call: int) -> None:
     """SIGTERM to this process in the `call`-th training step of the stage whose folder is `stage`, counting
-    only steps inside Engine.fit (the step-time calibration before it runs without fewshot's handler)."""
+    only steps inside Engine.fit (not the step-time calibration before it, where a signal stops at once)."""
     from fewshot.train.engine import Engine
 
     armed = {"on": False, "n": 0}
@@ -63,7 +63,10 @@ def stopped_and_resumed(digits_root, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         sigterm_in_stage(mp, "finetune", SupervisedTask, 3)
         rc, stdout, err = run_main(*_cmd(digits_root, out))
+    from fewshot.train.checkpoint import load_checkpoint
+
     stopped = {"rc": rc, "err": err, "state": _state(out),
+               "trained": load_checkpoint(out / "finetune" / "checkpoints" / "last.pt")["train_seconds"],
                "pseudo": (out / "pseudo_labels_round2.json").read_text(),
                "pred_all": (out / "pred_all.json").exists()}
     rc2, stdout2, err2 = run_main(*_cmd(digits_root, out, "--resume"))
@@ -96,8 +99,11 @@ def test_resume_reuses_round_one_and_continues_the_stopped_stage(digits_root, st
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["stages"]) == {"finetune_labelled", "finetune"}
     assert len(summary["stages"]["finetune_labelled"]["pseudo_labels"]) == 1
-    # the budget counts both sessions: the whole run's clock starts before the stop
-    assert summary["seconds"] > stopped["state"]["stages"]["finetune"]["fit_at"]
+    # the budget counts both sessions: the whole run's clock starts before the stop, at the stage's start plus
+    # its training time, and this session's start-up counts as well (a second stop must not lose it)
+    fit_at = stopped["state"]["stages"]["finetune"]["fit_at"]
+    assert summary["seconds"] >= fit_at + stopped["trained"]
+    assert resumed["state"]["stages"]["finetune"]["fit_at"] > fit_at
     assert resumed["state"]["finished"] and resumed["state"]["stages"]["finetune"]["status"] == "done"
 
 
@@ -211,6 +217,7 @@ def test_a_signal_between_stages_stops_with_a_resume_hint(digits_root, tmp_path,
 
     out = tmp_path / "run"
     label = fewshot.pipeline.pseudo_label_pool
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
 
     def signalled(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -222,8 +229,7 @@ def test_a_signal_between_stages_stops_with_a_resume_hint(digits_root, tmp_path,
     assert rc == 128 + signal.SIGTERM, err
     assert "outside training" in err and "--resume" in err
     assert _state(out)["stages"]["finetune_labelled"]["status"] == "done"
-    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == (signal.SIG_DFL,
-                                                                                   signal.default_int_handler)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # given back
     rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
     assert rc == 0, err
     assert "finished before the stop" in stdout
@@ -232,7 +238,8 @@ def test_a_signal_between_stages_stops_with_a_resume_hint(digits_root, tmp_path,
 
 def test_a_stage_whose_pseudo_labels_came_out_differently_starts_over(digits_root, tmp_path, monkeypatch):
     """If the pool is labelled differently on resume (another device's float results), the stopped stage's
-    checkpoint belongs to other training images: the stage starts over instead of failing."""
+    checkpoint belongs to other training images: the stage starts over instead of failing or silently
+    training on other labels. Shown for another count and for other labels at the same count."""
     from fewshot.train.checkpoint import load_checkpoint, save_checkpoint
     from fewshot.train.supervised import SupervisedTask
 
@@ -250,3 +257,49 @@ def test_a_stage_whose_pseudo_labels_came_out_differently_starts_over(digits_roo
     assert "the stage starts over" in stdout and "fine-tuning from the previous round" in stdout
     assert load_checkpoint(last)["n_train"] == ck["n_train"] - 1
     _check_pred_all(digits_root, out)
+    # the same count, other labels: the fingerprint recorded when the stage began tells
+    state = _state(out)
+    state["finished"] = False
+    state["stages"]["finetune"]["status"] = "began"
+    state["stages"]["finetune"]["pseudo_key"] = "0" * 40
+    (out / "run_state.json").write_text(json.dumps(state))
+    rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
+    assert rc == 0, err
+    assert "the stage starts over" in stdout
+
+
+def test_a_signal_before_the_run_started_says_to_start_again(digits_root, tmp_path, monkeypatch):
+    import fewshot.pipeline
+    import fewshot.train.stop_signal as stop_signal
+
+    monkeypatch.setattr(stop_signal, "_last_signal", [0.0])
+    scan = fewshot.pipeline.scan_root
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(fewshot.pipeline, "scan_root", signalled)
+    rc, _, err = run_main(*_cmd(digits_root, tmp_path / "run"))
+    assert rc == 128 + signal.SIGTERM
+    assert "before the run started" in err and "start the same command again" in err, err
+
+
+def test_a_copy_of_the_signal_does_not_interrupt_the_stop_again(monkeypatch):
+    """SLURM and torchrun deliver a signal twice: the copy must not raise into the first stop's cleanup."""
+    import time
+
+    import fewshot.train.stop_signal as stop_signal
+
+    monkeypatch.setattr(stop_signal, "_last_signal", [0.0])
+    cleaned = []
+    with stop_signal.stop_at_once_on_signals():
+        with pytest.raises(stop_signal.StopRequested):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1.0)
+            finally:  # the stop's cleanup, hit by the copy
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                cleaned.append(True)
+    assert cleaned == [True]

@@ -271,6 +271,8 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         how = "; continue with the same command and --resume"
         where = (f"after a whole step; checkpoint written: {stop.checkpoint}" if stop.checkpoint else
                  "outside training (the stages finished so far are kept)")
+        if not stop.checkpoint and args.command == "run" and not Path(args.out, "run_state.json").is_file():
+            where, how = "before the run started", "; nothing to resume: start the same command again"
         try:
             print(f"fewshot {args.command}: {stop} {where}{how}", file=sys.stderr)
         except OSError:  # stderr went away with the same Ctrl-C (`... 2>&1 | tee log`)
@@ -280,7 +282,9 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
                 pass
         return 128 + int(stop.signum)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        resumable = args.command == "run" and Path(args.out, "run_state.json").is_file()
+        print("interrupted" + ("; the stages finished so far are kept: continue with the same command and --resume"
+                               if resumable else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`fewshot models | head`): not a bug, no traceback
         try:  # keep the interpreter's final flush from failing again

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import shutil
@@ -171,30 +172,33 @@ def stage_config(sdir: Path, cfg: dict) -> dict:
     from fewshot.run_state import RUN_RESUME_MAY_CHANGE
 
     scfg = load_yaml(sdir / "config.yaml")
-    for dotted in RUN_RESUME_MAY_CHANGE:
+    # and the backbone file's current path (the run folder may have moved; last.pt's weights replace it anyway)
+    for dotted in (*RUN_RESUME_MAY_CHANGE, "model.weights"):
         keys = dotted.split(".")
         set_dotted(scfg, keys, get_dotted(cfg, keys))
     return scfg
 
 
-def cap_resumed_budget(cfg: dict, last: Path, end_time: float) -> None:
+def cap_resumed_budget(cfg: dict, last: Path, end_time: float) -> float:
     """A stopped stage continues on its own plan, but ends no later than ``end_time`` on the run's clock: the
     new session's start-up and the work redone before the stage come out of its time, not on top of the
-    budget (its time-based schedule then moves on faster)."""
+    budget (its time-based schedule then moves on faster). Returns the stage's training seconds so far."""
     from fewshot.train.checkpoint import load_checkpoint
 
     trained = float(load_checkpoint(last).get("train_seconds", 0.0))
     planned = float(cfg["train"]["budget_minutes"] or 0.0) * 60
     allowed = trained + max(0.0, end_time - time.monotonic())
     cfg["train"]["budget_minutes"] = max(1e-3, min(planned, allowed)) / 60
+    return trained
 
 
-def same_training_images(task, last: Path) -> bool:
-    """Whether a stopped stage's last.pt trained on as many images as the task holds now."""
+def same_training_images(task, last: Path, key_then: str | None, key_now: str | None) -> bool:
+    """Whether a stopped stage's last.pt trained on the images the task holds now: as many, and the same
+    pseudo-labels (their fingerprint, recorded when the stage began)."""
     from fewshot.train.checkpoint import load_checkpoint
 
     n_run = load_checkpoint(last).get("n_train")
-    return n_run is None or int(n_run) == len(task.train_set)
+    return (n_run is None or int(n_run) == len(task.train_set)) and key_then == key_now
 
 
 def load_best_weights(task, sdir: Path) -> None:
@@ -239,7 +243,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     if pseudo is not None:
         task.add_pseudo_labelled(pseudo["images"], pseudo["targets"], pseudo["dataset_ids"],
                                  fcfg["run"]["pseudo_labelled_repeat"], soft=pseudo.get("soft"))
-    if resuming and status == "began" and not same_training_images(task, last):
+    key = pseudo.get("key") if pseudo is not None else None
+    if resuming and status == "began" and not same_training_images(task, last, state.stage(name).get("pseudo_key"), key):
         # the pool was labelled differently this time (another device's float results can move a threshold):
         # its checkpoint belongs to other training images, so the stage starts over from the previous round
         print(f"[run] {name}: the pool's pseudo-labels differ from the stopped run's ({len(task.train_set)} "
@@ -253,7 +258,9 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         print(f"[run] {name}: trained before the stop; evaluating its best checkpoint")
     elif resuming:
         after = closing(task, measure_eval_seconds(task)) if closing is not None else 0.0
-        cap_resumed_budget(fcfg, last, end_time - after)
+        trained_before = cap_resumed_budget(fcfg, last, end_time - after)
+        now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
+        state.record(name, "began", now, fit_at=now - trained_before)
         print(f"[run] {name}: continuing from {last} on its planned schedule")
     else:
         step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"],
@@ -265,7 +272,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
               f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule (about {epochs // 4} epochs), "
               f"lr {fcfg['optim']['lr']:g}")
         if state is not None:
-            state.record(name, "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start)
+            state.record(name, "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
+                         pseudo_key=key)
     seed_everything(fcfg["train"]["seed"])
     engine = Engine(task, fcfg, fdir, device, ctx)
     if status == "trained":  # stopped after its training, before its metrics
@@ -273,7 +281,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     else:
         fit_start = time.monotonic()
         engine.fit(resume=resuming and last.is_file())
-        task.fit_seconds = time.monotonic() - fit_start
+        task.fit_seconds = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
         task.epochs_run = engine.epoch
         if state is not None:
             state.record(name, "trained", time.monotonic() - t_start, epochs=engine.epoch)
@@ -326,8 +334,10 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
     print(f"[run] pseudo-labels: " + ", ".join(f"{n} {v['kept']}/{v['pool']} (mean confidence "
                                                 f"{v['mean_confidence']})" for n, v in per_dataset.items()))
     soft = teacher_probabilities(logits[idx], dataset_ids[idx], task.space) if r["pseudo_targets"] == "soft" else None
+    # which file became which class: a resumed run continues a stopped stage only on the same labels
+    key = hashlib.sha1(json.dumps([(k["path"], k["dataset"], k["class"]) for k in kept]).encode()).hexdigest()
     return {"images": images[idx], "targets": labels, "soft": soft, "dataset_ids": owner, "summary": summary,
-            "state": copy.deepcopy(task.model.state_dict())}
+            "state": copy.deepcopy(task.model.state_dict()), "key": key}
 
 
 def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float):
@@ -354,7 +364,9 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     ensure_writable_dir(pdir, "pretrain run")
     if resuming:
         pcfg = stage_config(pdir, cfg)
-        cap_resumed_budget(pcfg, last, end_time)
+        trained_before = cap_resumed_budget(pcfg, last, end_time)
+        now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
+        state.record("pretrain", "began", now, fit_at=now - trained_before)
         seed_everything(pcfg["train"]["seed"])
         task = MoCoTask(pcfg, infos, device, ctx)
         print(f"[run] pretrain: continuing from {pdir / 'checkpoints' / 'last.pt'} on its planned schedule")
@@ -389,7 +401,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     engine = Engine(task, pcfg, pdir, device, ctx)
     fit_start = time.monotonic()
     result = engine.fit(resume=resuming)
-    fit_s = time.monotonic() - fit_start
+    fit_s = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
     plot_pretrain_curves(pdir)
     export_backbone(pdir, weights)
     stage = {"epochs": engine.epoch, "seconds": time.monotonic() - t_start,
@@ -419,7 +431,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         budget_minutes = state.budget_minutes
         if cfg["model"]["img_size"] is None:  # the size the run chose (it depends on the device, which may change)
             cfg["model"]["img_size"] = state.data.get("img_size")
-        if state.data["finished"] and (out / "summary.json").is_file():
+        if state.data.get("finished") and (out / "summary.json").is_file():
             print(f"[run] {out} finished already: {out}/pred_all.json, {out}/metrics.json")
             return json.loads((out / "summary.json").read_text())
     elif budget_minutes is None:
@@ -481,8 +493,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         return min(closing_seconds(task, eval_s, per_test_image, len(test_set), report_stages) + 0.015 * budget_s,
                    0.5 * budget_s)
     # time spent in training loops, to tell the user what the rest cost
-    fit_seconds: list[float] = list(state.data["fit_seconds"])
-    summary: dict = state.data["summary"] or {"budget_minutes": budget_minutes, "img_size": cfg["model"]["img_size"],
+    fit_seconds: list[float] = list(state.data.get("fit_seconds") or [])
+    summary: dict = state.data.get("summary") or {"budget_minutes": budget_minutes, "img_size": cfg["model"]["img_size"],
                                               "stages": {}}
 
     def keep(stage: str, entry: dict, fit_s: float) -> None:

@@ -142,13 +142,18 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
     out = np.zeros((n, 3, size, size), dtype=np.uint8)
     bad: list[tuple[str, str]] = []
     threads = threads or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(threads) as pool:
+    pool = ThreadPoolExecutor(threads)
+    try:
         results = pool.map(_decode_one, ((p, size, crop_pct) for p in paths), chunksize=64)
         for i, (arr, err) in enumerate(track(results, desc=desc, total=n)):
             if err is None:
                 out[i] = arr
             else:
                 bad.append((str(paths[i]), err))
+    except BaseException:  # a stop (SIGTERM, Ctrl-C) must not wait for every queued decode of a large pool
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     if data_file is not None:
         try:
             data_file.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import threading
 import time
 
 REPEAT_WINDOW_S = 1.0  # a second signal sooner than this is a copy of the first, not a second Ctrl-C
+_last_signal = [0.0]  # time.monotonic() of the last SIGTERM/SIGINT that either handler acted on
 
 
 def write_stderr(data: bytes) -> None:
@@ -57,6 +58,11 @@ def stop_at_once_on_signals():
     previous = {s: signal.getsignal(s) for s in signums}
 
     def handler(signum, frame):
+        # a copy of a signal already acted on (SLURM and torchrun deliver two; the training loop's stop may be
+        # unwinding through its cleanup right now) must not raise again and cut that cleanup short
+        if time.monotonic() - _last_signal[0] < REPEAT_WINDOW_S:
+            return
+        _last_signal[0] = time.monotonic()
         raise StopRequested(signum, None)
 
     for s in signums:
@@ -88,6 +94,7 @@ def stop_on_signals(announce: bool = True):
                 raise KeyboardInterrupt
             return
         flag.signum, flag.at = signum, time.monotonic()
+        _last_signal[0] = flag.at
         if announce:  # os.write, not print: a handler that interrupts a print to stderr may not print again
             name = signal.Signals(signum).name
             again = "Ctrl-C again" if signum == signal.SIGINT else "SIGINT or SIGKILL"
