@@ -201,15 +201,6 @@ def same_training_images(task, last: Path, key_then: str | None, key_now: str | 
     return (n_run is None or int(n_run) == len(task.train_set)) and key_then == key_now
 
 
-def load_best_weights(task, sdir: Path) -> None:
-    """The weights a finished stage's metrics belong to: best.pt (its EMA when it has one), else last.pt."""
-    from fewshot.train.checkpoint import load_checkpoint
-
-    best = sdir / "checkpoints" / "best.pt"
-    ck = load_checkpoint(best if best.is_file() else sdir / "checkpoints" / "last.pt")
-    task.model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
-
-
 def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
                    closing=None, state=None, t_start: float = 0.0):
     """One fine-tuning run that ends at ``end_time``; with ``pseudo`` it starts from the previous round's
@@ -218,7 +209,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     schedule. Returns (task with the best weights loaded, ``epochs_run``, ``fit_seconds`` and ``reused``
     set, val metrics)."""
     from fewshot.train.engine import Engine
-    from fewshot.train.finetune import final_metrics
+    from fewshot.train.finetune import final_metrics, load_best_checkpoint
     from fewshot.train.supervised import SupervisedTask
 
     name = fdir.name
@@ -234,7 +225,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     task = SupervisedTask(fcfg, infos, device, ctx)
     task.reused, task.fit_seconds = False, 0.0
     if resuming and status == "done":
-        load_best_weights(task, fdir)
+        load_best_checkpoint(task.model, fdir)
         task.model.to(device)  # the Engine would have moved it; the pseudo-labelling that follows needs it there
         metrics = json.loads((fdir / "metrics.json").read_text())
         task.reused, task.epochs_run = True, state.stage(name).get("epochs", 0)

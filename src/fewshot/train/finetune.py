@@ -133,17 +133,25 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
     return metrics
 
 
+def load_best_checkpoint(model, out: Path) -> dict:
+    """Load into ``model`` the weights a run's metrics belong to: best.pt (its EMA when it has one), else
+    last.pt. Returns the checkpoint."""
+    from fewshot.train.checkpoint import load_checkpoint
+
+    best = Path(out) / "checkpoints" / "best.pt"
+    ck = load_checkpoint(best if best.is_file() else Path(out) / "checkpoints" / "last.pt")
+    model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
+    return ck
+
+
 def final_metrics(engine: Engine, task: SupervisedTask, out: Path) -> dict:
     """Evaluate the best checkpoint on val in both modes; metrics.json holds the configured mode."""
-    from fewshot.train.checkpoint import load_checkpoint, logged_epoch
+    from fewshot.train.checkpoint import logged_epoch
 
     if not engine.ctx.is_main:
         return {}
-    best = Path(out) / "checkpoints" / "best.pt"
-    ck = load_checkpoint(best if best.is_file() else Path(out) / "checkpoints" / "last.pt")
     model = task.model
-    model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
-    best_epoch = logged_epoch(ck)
+    best_epoch = logged_epoch(load_best_checkpoint(model, out))
     result = task.evaluate(model, best_epoch)
     mode = task.cfg["train"]["eval_mode"]
     metrics = dict(result["val"][mode])
