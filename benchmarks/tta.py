@@ -4,11 +4,13 @@ For each run (a `fewshot train` run or a `fewshot run` stage folder such as OUT/
 the val split three ways: the plain prediction; the softmax averaged over the image and its four
 1-pixel shifts (edge pixels replicated: label-preserving for digits and clothes alike); the
 softmax averaged over the image and its horizontal mirror (wrong for digits, plausible for clothes).
-Also the average of a self-training run's round 1 and round 2 (`--rounds`). Prints one line per run
-and writes JSON; choices are made on val, so test is not read.
+Also the average of a self-training run's round 1 and round 2 (`--rounds`), and the average of
+several runs' models (`--ensemble`: independently trained teachers, e.g. the same recipe's seeds).
+Prints one line per run and writes JSON; choices are made on val, so test is not read.
 
     python benchmarks/tta.py runs/quality10/b10/st_s0/finetune ... [--data demo_data]
     python benchmarks/tta.py --rounds runs/quality10/b10/st_s0 ...
+    python benchmarks/tta.py --ensemble runs/qbf/b3/st_s0/finetune_labelled runs/qbf/b3/st_s1/finetune_labelled ...
 """
 
 from __future__ import annotations
@@ -59,15 +61,43 @@ def accuracy(probs: torch.Tensor, val, space) -> dict[str, float]:
     return out
 
 
+def ensemble(runs: list[Path], data: Path, device: torch.device, results_path: Path) -> None:
+    """Val accuracy of each model alone, of every pair and of all of them (softmax averages)."""
+    probs = []
+    for run in runs:
+        p, val, space = val_probabilities(run, data, VIEWS["shift"][:1], device)
+        probs.append(p)
+        print(run, accuracy(p, val, space), flush=True)
+    singles = [accuracy(p, val, space) for p in probs]
+    pairs = {f"{a}+{b}": accuracy((probs[a] + probs[b]) / 2, val, space)
+             for a in range(len(runs)) for b in range(a + 1, len(runs))}
+    everything = accuracy(torch.stack(probs).mean(0), val, space)
+    summary = {"single_mean": statistics.fmean(s["mean"] for s in singles),
+               "pair_mean": statistics.fmean(s["mean"] for s in pairs.values()) if pairs else None,
+               "all": everything["mean"]}
+    print(f"val mean: single models {summary['single_mean']:.2f}, pairs {summary['pair_mean']:.2f}, "
+          f"all {len(runs)} averaged {summary['all']:.2f} ({everything})")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps({"runs": [str(r) for r in runs], "single": singles, "pairs": pairs,
+                                        "all": everything, "mean": summary}, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--data", type=Path, default=Path("demo_data"))
     ap.add_argument("--rounds", action="store_true", help="runs are `fewshot run` folders: also average round 1 "
                     "(finetune_labelled) with the last round (finetune)")
+    ap.add_argument("--ensemble", action="store_true", help="also score the softmax average of all the runs "
+                    "(and of every pair): do independently trained models make different mistakes?")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/tta.json"))
     args = ap.parse_args()
     device = torch.device("cpu")
+    if args.ensemble:
+        if len(args.runs) < 2:
+            ap.error("--ensemble needs at least two runs")
+        ensemble(args.runs, args.data, device, args.results)
+        return
     results = {}
     for run in args.runs:
         last = run / "finetune" if args.rounds else run

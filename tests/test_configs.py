@@ -95,3 +95,21 @@ def test_amp_off_from_yaml_turns_autocast_off():
     assert cfg["train"]["amp"] is False
     assert amp_dtype(cfg, torch.device("cuda")) is None and amp_dtype(cfg, torch.device("cpu")) is None
     assert amp_dtype(resolve(overrides=["train.amp=bf16"]), torch.device("cuda")) == torch.bfloat16
+
+
+def test_the_small_image_moco_config_keeps_a_2x2_last_stage_and_32_samples_per_bn_group():
+    """configs/moco_cpu_small.yaml is the measured short-schedule recipe (docs/recipes.md): its network
+    must keep the last stage at 2x2 for 32 px images, and each shuffle-BN group must hold 32 samples."""
+    import torch
+
+    from fewshot.models.backbone import backbone_options, create_backbone
+    from fewshot.ssl.pretrain import split_groups
+
+    cfg = resolve(preset="mocov2", file=Path(__file__).parent.parent / "configs" / "moco_cpu_small.yaml")
+    size = cfg["model"]["img_size"]
+    net = create_backbone(cfg["model"]["name"], **{**backbone_options(cfg["model"]), "img_size": None}).eval()
+    with torch.no_grad():
+        last = net.forward_features(torch.zeros(2, 3, size, size))
+    assert size == 32 and last.shape[-2:] == (2, 2)
+    assert cfg["train"]["batch_size"] // split_groups(cfg, world=1) == 32
+    assert cfg["optim"]["lr"] == 0.06 and cfg["moco"]["momentum"] == 0.99
