@@ -63,17 +63,17 @@ def accuracy(probs: torch.Tensor, val, space) -> dict[str, float]:
 
 def ensemble(runs: list[Path], data: Path, device: torch.device, results_path: Path) -> None:
     """Val accuracy of each model alone, of every pair and of all of them (softmax averages)."""
-    probs = []
+    probs, singles = [], []
     for run in runs:
         p, val, space = val_probabilities(run, data, VIEWS["shift"][:1], device)
         probs.append(p)
-        print(run, accuracy(p, val, space), flush=True)
-    singles = [accuracy(p, val, space) for p in probs]
+        singles.append(accuracy(p, val, space))
+        print(run, singles[-1], flush=True)
     pairs = {f"{a}+{b}": accuracy((probs[a] + probs[b]) / 2, val, space)
              for a in range(len(runs)) for b in range(a + 1, len(runs))}
     everything = accuracy(torch.stack(probs).mean(0), val, space)
     summary = {"single_mean": statistics.fmean(s["mean"] for s in singles),
-               "pair_mean": statistics.fmean(s["mean"] for s in pairs.values()) if pairs else None,
+               "pair_mean": statistics.fmean(s["mean"] for s in pairs.values()),
                "all": everything["mean"]}
     print(f"val mean: single models {summary['single_mean']:.2f}, pairs {summary['pair_mean']:.2f}, "
           f"all {len(runs)} averaged {summary['all']:.2f} ({everything})")
@@ -88,8 +88,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("demo_data"))
     ap.add_argument("--rounds", action="store_true", help="runs are `fewshot run` folders: also average round 1 "
                     "(finetune_labelled) with the last round (finetune)")
-    ap.add_argument("--ensemble", action="store_true", help="also score the softmax average of all the runs "
-                    "(and of every pair): do independently trained models make different mistakes?")
+    ap.add_argument("--ensemble", action="store_true", help="instead of the views: score each run, the softmax "
+                    "average of every pair and of all of them (do independently trained models make different "
+                    "mistakes?)")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/tta.json"))
     args = ap.parse_args()
     device = torch.device("cpu")
