@@ -53,6 +53,11 @@ VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the
     ("v1nb85", "ablation: MoCo (small stem, half width, 2 BN groups, lr 0.06; 85 % of the budget) + fine-tune at backbone lr x0.1",
      ["run.semi_method=off", "run.pretrain=true", "model.small_stem=true", "model.width=0.5",
       "moco.split_bn_groups=2", "run.pretrain_lr=0.06", "run.pretrain_share=0.85", "run.finetune_backbone_mult=0.1"]),
+    # issue 4/8 (2026-12-02): that MoCo (2/3 of the budget) as the start of self-training, both rounds at backbone lr
+    # x0.1 (fine-tuning from it peaks within an eighth of its epochs, so the rounds get the last third)
+    ("mstnb", "ablation: MoCo (small stem, half width, 2 BN groups, lr 0.06; 2/3 of the budget) + self-training at backbone lr x0.1",
+     ["run.semi_method=pseudo", "run.pretrain=true", "model.small_stem=true", "model.width=0.5",
+      "moco.split_bn_groups=2", "run.pretrain_lr=0.06", "run.pretrain_share=0.667", "run.finetune_backbone_mult=0.1"]),
     # horizontal flips for the classes whose mean image is mirror-symmetric (fewshot.data.symmetry)
     ("sym", "ablation: scratch (lr 4e-3) + flips of mirror-symmetric classes",
      ["--no-pretrain", "run.semi_method=off", "optim.lr=0.004", "data.hflip_symmetric=0.5"]),
