@@ -20,6 +20,11 @@ import time
 from pathlib import Path
 
 
+# the MoCo setting that learns at 32 px (configs/moco_cpu_small.yaml): small stem, half width, 2 split-BN groups, lr 0.06
+SMALL_MOCO = ["run.pretrain=true", "model.small_stem=true", "model.width=0.5", "moco.split_bn_groups=2",
+              "run.pretrain_lr=0.06"]
+
+
 VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the first is the default
     ("st", "fewshot run: self-training on the pool (default)", ["run.semi_method=pseudo", "--no-pretrain"]),
     ("mst", "ablation: MoCo + self-training", ["run.semi_method=pseudo", "run.pretrain=true"]),
@@ -39,25 +44,20 @@ VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the
                                                                          "model.small_stem=true", "model.width=0.5"]),
     # MoCo that learns in minutes (2026-12-02): small stem + half width, 2 split-BN groups of 32, lr 0.06 at batch 64
     ("v1n", "ablation: MoCo (small stem, half width, 2 BN groups, lr 0.06) + plain fine-tune",
-     ["run.semi_method=off", "run.pretrain=true", "model.small_stem=true", "model.width=0.5",
-      "moco.split_bn_groups=2", "run.pretrain_lr=0.06"]),
+     ["run.semi_method=off", *SMALL_MOCO]),
     ("mstn", "ablation: MoCo (small stem, half width, 2 BN groups, lr 0.06) + self-training",
-     ["run.semi_method=pseudo", "run.pretrain=true", "model.small_stem=true", "model.width=0.5",
-      "moco.split_bn_groups=2", "run.pretrain_lr=0.06"]),
+     ["run.semi_method=pseudo", *SMALL_MOCO]),
     # issue 4 at 20 minutes (2026-12-02): that MoCo for 2/3 of the budget, then fine-tuning that keeps the features
     # (backbone lr x0.1; one 30-min MoCo + 5-min fine-tune reached val 87.55 against <= 86.85 for scratch)
     ("v1nb", "ablation: MoCo (small stem, half width, 2 BN groups, lr 0.06; 2/3 of the budget) + fine-tune at backbone lr x0.1",
-     ["run.semi_method=off", "run.pretrain=true", "model.small_stem=true", "model.width=0.5",
-      "moco.split_bn_groups=2", "run.pretrain_lr=0.06", "run.pretrain_share=0.667", "run.finetune_backbone_mult=0.1"]),
+     ["run.semi_method=off", *SMALL_MOCO, "run.pretrain_share=0.667", "run.finetune_backbone_mult=0.1"]),
     # the same with 85 % of the budget to MoCo: at 2/3 the fine-tuning peaked on val after an eighth of its epochs
     ("v1nb85", "ablation: MoCo (small stem, half width, 2 BN groups, lr 0.06; 85 % of the budget) + fine-tune at backbone lr x0.1",
-     ["run.semi_method=off", "run.pretrain=true", "model.small_stem=true", "model.width=0.5",
-      "moco.split_bn_groups=2", "run.pretrain_lr=0.06", "run.pretrain_share=0.85", "run.finetune_backbone_mult=0.1"]),
+     ["run.semi_method=off", *SMALL_MOCO, "run.pretrain_share=0.85", "run.finetune_backbone_mult=0.1"]),
     # issue 4/8 (2026-12-02): that MoCo (2/3 of the budget) as the start of self-training, both rounds at backbone lr
     # x0.1 (fine-tuning from it peaks within an eighth of its epochs, so the rounds get the last third)
     ("mstnb", "ablation: MoCo (small stem, half width, 2 BN groups, lr 0.06; 2/3 of the budget) + self-training at backbone lr x0.1",
-     ["run.semi_method=pseudo", "run.pretrain=true", "model.small_stem=true", "model.width=0.5",
-      "moco.split_bn_groups=2", "run.pretrain_lr=0.06", "run.pretrain_share=0.667", "run.finetune_backbone_mult=0.1"]),
+     ["run.semi_method=pseudo", *SMALL_MOCO, "run.pretrain_share=0.667", "run.finetune_backbone_mult=0.1"]),
     # horizontal flips for the classes whose mean image is mirror-symmetric (fewshot.data.symmetry)
     ("sym", "ablation: scratch (lr 4e-3) + flips of mirror-symmetric classes",
      ["--no-pretrain", "run.semi_method=off", "optim.lr=0.004", "data.hflip_symmetric=0.5"]),
