@@ -3,7 +3,10 @@
 Same work on both sides: a resnet18 backbone (timm's for fewshot, torchvision's for lightly, as
 its examples do; same FLOPs), MLP head 512-512-128, K=4096, T=0.2, m=0.99, shuffle-BN on
 (fewshot: split BN, 8 groups; lightly: its SplitBatchNorm + batch_shuffle/batch_unshuffle),
-SGD lr 0.06 momentum 0.9 wd 5e-4, same batch, image size and thread count.
+SGD lr 0.06 momentum 0.9 wd 5e-4, same batch, image size and thread count. Precision: each side's
+default; fewshot's ``train.amp=auto`` is bf16 autocast on CUDA and, for >= 48 px images, on CPUs that
+compute bf16 natively (AVX512-BF16/AMX); lightly runs fp32 as its examples do (the ablation has a
+reference row with lightly wrapped in bf16 autocast).
 
 * ``step``: one fixed pair of views; forward q, momentum update, forward k, loss, backward,
   optimizer step, enqueue. fewshot's side is the real ``fewshot pretrain`` code
@@ -16,8 +19,8 @@ SGD lr 0.06 momentum 0.9 wd 5e-4, same batch, image size and thread count.
 Each side lives in its own worker process (so process settings such as the allocator stay with
 their side); the parent runs them alternately, ours, lightly, ours, lightly ..., with untimed
 warm-up steps, and reports median, min..max and the ratio of each adjacent pair, so contention
-from other work on the machine hits both sides alike. It also measures the machine's fp32
-matmul rate right before each pair (the roofline), the FLOPs per image of a step
+from other work on the machine hits both sides alike. It also measures the machine's matmul
+rate in fewshot's compute dtype right before each pair (the roofline), the FLOPs per image of a step
 (torch.utils.flop_counter), each result as % of that roofline, and each side's peak RSS.
 
     .bench-venv/bin/python benchmarks/moco_speed.py                  # the issue's suite (~10 min)
@@ -148,7 +151,7 @@ class Ours:
         self.channels_last = cl is True or (cl == "auto" and self.device.type == "cuda")  # as MoCoTask
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.amp = amp_dtype(cfg, self.device)
+        self.amp = amp_dtype(cfg, self.device, img)  # auto: bf16 on CUDA and on CPUs with native bf16 (>= 48 px)
         t0 = time.perf_counter()
         self.compiled = compile_modules([self.model.encoder_q, self.model.encoder_k], cfg["train"]["compile"],
                                         self.device)
@@ -287,7 +290,9 @@ class Lightly:
         params = list(self.backbone.parameters()) + list(self.head.parameters())
         self.optimizer = torch.optim.SGD(params, lr=r["lr"], momentum=r["sgd_momentum"], weight_decay=r["weight_decay"])
         self.views = fixed_views(o["batch"], o["img"], self.device)
+        self.amp = torch.bfloat16 if o.get("amp") == "bf16" else None  # reference rows only: not lightly's examples
         self.info = {"lightly": lightly.__version__, "split_batch_norm": groups, "threads": torch.get_num_threads(),
+                     "amp": "torch.bfloat16" if self.amp else "off",
                      "malloc_tuned": bool(o.get("malloc")),
                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spin)")}
         self.loader = None
@@ -299,14 +304,17 @@ class Lightly:
         self.update_momentum(self.backbone, self.backbone_m, m=m)
         self.update_momentum(self.head, self.head_m, m=m)
         x_query, x_key = x_query.to(self.device, non_blocking=True), x_key.to(self.device, non_blocking=True)
-        query = self.head(self.backbone(x_query).flatten(start_dim=1))
+        import contextlib
+
         import torch
 
-        with torch.no_grad():
-            x_key, shuffle = self.batch_shuffle(x_key)
-            key = self.head_m(self.backbone_m(x_key).flatten(start_dim=1)).detach()
-            key = self.batch_unshuffle(key, shuffle)
-        loss = self.criterion(query, key)
+        with torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext():
+            query = self.head(self.backbone(x_query).flatten(start_dim=1))
+            with torch.no_grad():
+                x_key, shuffle = self.batch_shuffle(x_key)
+                key = self.head_m(self.backbone_m(x_key).flatten(start_dim=1)).detach()
+                key = self.batch_unshuffle(key, shuffle)
+            loss = self.criterion(query, key)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
@@ -584,9 +592,11 @@ def run_config(a, img: int, batch: int, modes: list[str], log=print) -> dict:
     result["setup"] = {"fewshot": ours.ready["info"], "lightly": light.ready["info"],
                        "workers_start_s": time.perf_counter() - t0}
     roof_dev = device
-    # on a GPU fewshot's step runs in bf16 autocast: its roofline is the bf16 matmul rate
+    # where fewshot's step runs in bf16 autocast (CUDA; CPUs with native bf16 at >= 48 px), its roofline is
+    # the bf16 matmul rate
     roof = {"device": roof_dev, "threads": threads, "samples": [],
-            "dtype": "bfloat16" if device.startswith("cuda") else "float32"}
+            "dtype": "bfloat16" if "bfloat16" in str(ours.ready["info"]["amp"]) else "float32"}
+    result["roofline_dtype"] = roof["dtype"]
     fo, fl = ours.call(op="flops")["flops"] / batch, light.call(op="flops")["flops"] / batch
     result["flops_per_image"] = {"fewshot": fo, "lightly": fl}
     log(f"  FLOPs per image of a step (fwd q + fwd k + bwd q): fewshot {fo / 1e9:.3f} G, lightly {fl / 1e9:.3f} G")
@@ -633,8 +643,10 @@ def print_table(result: dict, img: int, batch: int, log=print) -> None:
     log(f"MoCo speed: {result['recipe']['model']}, {img} px, batch {batch}, {result['meta']['threads']} threads, "
         f"{result['meta']['device']}; matmul roofline " + (f"{roof['median']:.0f} GFLOP/s (median; "
         f"{roof['min']:.0f}..{roof['max']:.0f})" if roof else "n/a"))
-    if str(result["meta"]["device"]).startswith("cuda"):
-        log("(%roof: of the bf16 matmul rate, fewshot's autocast dtype; lightly's step runs in fp32/TF32)")
+    if result.get("roofline_dtype") == "bfloat16":
+        cuda = str(result["meta"]["device"]).startswith("cuda")
+        log("(%roof: of the bf16 matmul rate, fewshot's autocast dtype (train.amp=auto); lightly's step runs in "
+            + ("fp32/TF32)" if cuda else "fp32, as its examples do)"))
     log(f"{'mode':5} {'side':8} {'img/s median (min..max)':>27} {'GFLOP/s':>8} {'%roof':>6} {'peak RSS':>9}")
     for mode, e in result["modes"].items():
         for side in ("fewshot", "lightly"):
@@ -690,6 +702,7 @@ ABLATIONS = [
     ("max-pool through the channels_last kernel (models/fast_pool)", {}, {"fast_maxpool": False}),
     ("allocator: keep freed memory (fewshot.runtime)", {}, {"malloc": False}),
     ("OpenMP spin wait (default; FEWSHOT_OMP_WAIT=passive opt-in)", {}, {"env": {"FEWSHOT_OMP_WAIT": "passive"}}),
+    ("bf16 autocast where the CPU computes it (amp=auto, >= 48 px)", {}, {"amp": "off"}),
     ("channels_last on CPU (rejected: off by default)", {}, {"channels_last": True}),
     ("torch.compile on CPU (rejected: auto = CUDA only)", {}, {"compile": True}),
     ("all kept changes off (the plain path)", {}, {"fast_split_bn": False, "fused": False, "malloc": False,
@@ -698,6 +711,7 @@ ABLATIONS = [
 LIGHTLY_REFERENCES = [  # lightly given fewshot's process settings: which part of the gap is settings
     ("lightly + fewshot's allocator setting", {"malloc": True}),
     ("lightly + OpenMP passive wait", {"env": {"OMP_WAIT_POLICY": "PASSIVE"}}),
+    ("lightly + bf16 autocast (a wrapper of one's own)", {"amp": "bf16"}),
 ]
 
 

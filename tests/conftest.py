@@ -51,3 +51,19 @@ def _copy(src: Path, dst: Path) -> Path:
 def copy_root(digits_root, tmp_path) -> Path:
     """A private copy of digits_root (without any image cache) that a test may corrupt."""
     return _copy(digits_root, tmp_path / "root")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_on_every_cpu():
+    """`train.amp=auto` uses bf16 on CPUs that compute it natively (fewshot.runtime.cpu_computes_bf16):
+    the suite pins fp32 so that its numbers do not depend on the CPU it runs on (subprocesses inherit it);
+    tests of the bf16 path set the variable themselves."""
+    import os
+
+    old = os.environ.get("FEWSHOT_CPU_BF16")
+    os.environ["FEWSHOT_CPU_BF16"] = "0"
+    yield
+    if old is None:
+        os.environ.pop("FEWSHOT_CPU_BF16", None)
+    else:
+        os.environ["FEWSHOT_CPU_BF16"] = old

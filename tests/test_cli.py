@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
 import subprocess
 import sys
@@ -58,6 +59,25 @@ test_ids.__test__ = False
 
 
 # ------------------------------------------------------------------ train
+
+def test_train_and_pretrain_run_in_bf16_autocast_on_a_cpu_with_native_bf16(digits_root, tmp_path, monkeypatch):
+    """The CPU bf16 path end to end (forced on, so that it runs on any CPU): the header says so, losses are
+    finite, and 32 px images stay fp32 under the same setting."""
+    monkeypatch.setenv("FEWSHOT_CPU_BF16", "1")
+    rc, out, err = run_main(*train_argv(digits_root, tmp_path / "ft", "--img-size", "48", "--epochs", "1"))
+    assert rc == 0, err
+    assert "at 48px on cpu (bfloat16 autocast)" in out
+    rows = [json.loads(ln) for ln in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
+    assert rows and all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+    rc, out, err = run_main("pretrain", "--data", digits_root, "--out", tmp_path / "moco", "--model", "test_resnet",
+                            "--img-size", "48", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                            "--no-progress", "moco.queue_size=16", "moco.split_bn_groups=2")
+    assert rc == 0, err
+    assert "at 48px on cpu x1 (bfloat16 autocast)" in out
+    rc, out, err = run_main(*train_argv(digits_root, tmp_path / "ft32", "--epochs", "1"))
+    assert rc == 0, err
+    assert "at 32px on cpu (fp32)" in out
+
 
 def test_train_writes_the_run_directory(trained, dataset_names):
     run, out = trained

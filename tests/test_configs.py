@@ -97,6 +97,43 @@ def test_amp_off_from_yaml_turns_autocast_off():
     assert amp_dtype(resolve(overrides=["train.amp=bf16"]), torch.device("cuda")) == torch.bfloat16
 
 
+def test_amp_auto_uses_bf16_on_a_cpu_only_where_it_is_native_and_the_images_are_large(monkeypatch):
+    """`train.amp=auto`: bf16 on CUDA; on a CPU only with native bf16 and images >= CPU_BF16_MIN_SIZE px
+    (a 64 px MoCo step ran 1.4x faster, 32 px gained nothing; emulated bf16 is slower than fp32)."""
+    import torch
+
+    from fewshot.runtime import CPU_BF16_MIN_SIZE
+    from fewshot.train.engine import amp_dtype
+
+    cfg, cpu, cuda = resolve(), torch.device("cpu"), torch.device("cuda")
+    assert cfg["train"]["amp"] == "auto" and CPU_BF16_MIN_SIZE == 48
+    monkeypatch.setenv("FEWSHOT_CPU_BF16", "1")
+    assert amp_dtype(cfg, cpu, 64) == torch.bfloat16 and amp_dtype(cfg, cpu, 48) == torch.bfloat16
+    assert amp_dtype(cfg, cpu, 47) is None and amp_dtype(cfg, cpu, 32) is None and amp_dtype(cfg, cpu) is None
+    assert amp_dtype(resolve(overrides=["train.amp=off"]), cpu, 224) is None  # an explicit choice wins
+    monkeypatch.setenv("FEWSHOT_CPU_BF16", "0")
+    assert amp_dtype(cfg, cpu, 224) is None
+    assert amp_dtype(cfg, cuda, 32) == torch.bfloat16  # on CUDA regardless of the size or the CPU
+    assert amp_dtype(resolve(overrides=["train.amp=bf16"]), cpu, 32) == torch.bfloat16
+
+
+def test_native_bf16_detection_follows_the_cpu_flags_unless_overridden(monkeypatch):
+    import torch
+
+    from fewshot.runtime import cpu_computes_bf16
+
+    monkeypatch.delenv("FEWSHOT_CPU_BF16", raising=False)
+    assert cpu_computes_bf16() == bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_computes_bf16()  # AMX alone (Intel) counts
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert not cpu_computes_bf16()  # a torch without the helpers: fp32, never an error
+    for value, expected in (("1", True), ("yes", True), ("0", False), ("off", False)):
+        monkeypatch.setenv("FEWSHOT_CPU_BF16", value)
+        assert cpu_computes_bf16() is expected
+
+
 def test_the_small_image_moco_config_keeps_a_2x2_last_stage_and_32_samples_per_bn_group():
     """configs/moco_cpu_small.yaml is the measured short-schedule recipe (docs/recipes.md): its network
     must keep the last stage at 2x2 for 32 px images, and each shuffle-BN group must hold 32 samples."""

@@ -46,7 +46,7 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
     batches = task.plan_epoch(0)
     if not batches:  # found here, before the Engine would say it, since calibration comes first
         raise empty_epoch_error(task, task.cfg, 1)
-    amp = amp_dtype(task.cfg, device)
+    amp = amp_dtype(task.cfg, device, getattr(task, "size", None))
     times = []
     with torch.random.fork_rng(devices=[]):
         for i in range(warmup + steps):

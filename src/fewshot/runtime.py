@@ -22,7 +22,12 @@ import platform
 
 import torch
 
-__all__ = ["tune_allocator", "allocator_tuned", "configure_cpu", "resolve_compile", "compile_modules"]
+__all__ = ["tune_allocator", "allocator_tuned", "configure_cpu", "resolve_compile", "compile_modules",
+           "cpu_computes_bf16", "CPU_BF16_MIN_SIZE"]
+
+# Smallest image side at which `train.amp=auto` uses bf16 on a CPU that computes it natively: a MoCo step
+# at 64 px ran 1.4x faster in bf16, at 32 px within the noise of fp32 (docs/performance.md, "bf16 ...").
+CPU_BF16_MIN_SIZE = 48
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: the largest it accepts
@@ -84,6 +89,21 @@ def configure_cpu(threads: int | None = None, allocator: bool | None = None) -> 
                   f"using {cores}.", flush=True)
         torch.set_num_threads(min(int(threads), cores))
     return {"threads": torch.get_num_threads(), "malloc_tuned": tune_allocator(allocator)}
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic that oneDNN's convolutions use (AVX512-BF16: AMD Zen 4 and
+    later; AMX: Intel Sapphire Rapids and later). Elsewhere torch emulates bf16 and autocast is slower
+    than fp32, so ``train.amp=auto`` stays fp32. ``FEWSHOT_CPU_BF16=0``/``1`` overrides the detection
+    (the test suite sets 0, so that its results do not depend on the CPU it runs on)."""
+    forced = os.environ.get("FEWSHOT_CPU_BF16", "").strip().lower()
+    if forced:
+        return forced not in ("0", "false", "no", "off")
+    cpu = getattr(torch, "cpu", None)
+    try:  # private but stable helpers (torch >= 2.1; used by torch's own inductor); absent: assume no
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
 
 
 def resolve_compile(setting, device: torch.device) -> bool:

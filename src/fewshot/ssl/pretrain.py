@@ -223,7 +223,7 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
         write_skipped(out, task.pool_skipped + task.train_set.skipped + task.val_set.skipped)
         m = cfg["moco"]
         print(f"MoCo ({m['preset']}) pretraining {cfg['model']['name']} on {len(task.pool)} unlabeled images "
-              f"({task.pool_source}) at {task.size}px on {device} x{ctx.world}: K={m['queue_size']}, m={m['momentum']}, "
+              f"({task.pool_source}) at {task.size}px on {device} x{ctx.world} ({engine.precision}): K={m['queue_size']}, m={m['momentum']}, "
               f"T={m['temperature']}, split-BN groups={task.model.split_bn_groups}; run directory {out}")
     result = engine.fit(resume=resume)
     if ctx.is_main:

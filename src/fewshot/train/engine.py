@@ -11,6 +11,7 @@ resume, non-finite guards, logging and progress. A task object supplies what dif
     task.evaluate(model, epoch)      {"score": x, ...} on the main rank, or None
     task.checkpoint_extra()          plain data saved with every checkpoint
     task.kind, task.supports_ema, task.drop_last
+    task.size                        input side in px, optional: train.amp=auto reads it on a CPU
 
 Resume is exact because batches and augmentations depend only on (seed, epoch, step) and the
 global RNG state (drop-path, dropout) and the running sums of the epoch's logged means are saved
@@ -32,6 +33,7 @@ from torch import nn
 
 from fewshot.errors import UserError
 from fewshot.progress import track
+from fewshot.runtime import CPU_BF16_MIN_SIZE, cpu_computes_bf16
 from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fewshot.train.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, broadcast_object
 from fewshot.train.stop_signal import StopRequested, stop_on_signals
@@ -88,11 +90,19 @@ def build_scheduler(cfg: dict, optimizer, steps_per_epoch: int):
                              warmup_lr_init=s["warmup_lr"], warmup_prefix=False, t_in_epochs=False)
 
 
-def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
+def amp_dtype(cfg: dict, device: torch.device, img_size: int | None = None) -> torch.dtype | None:
+    """The autocast dtype of training (None: fp32). ``auto``: bf16 on CUDA; on a CPU, bf16 only where the
+    CPU computes it natively and the images are at least CPU_BF16_MIN_SIZE px (smaller steps are not
+    bound by convolution arithmetic and gain nothing), else fp32."""
     amp = cfg["train"]["amp"]
-    if amp in (False, None, "off", "false") or (amp == "auto" and device.type != "cuda"):  # YAML reads `off` as false
+    if amp in (False, None, "off", "false"):  # YAML reads `off` as false
         return None
-    if amp in ("auto", "bf16"):
+    if amp == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16
+        big = img_size is not None and img_size >= CPU_BF16_MIN_SIZE
+        return torch.bfloat16 if device.type == "cpu" and big and cpu_computes_bf16() else None
+    if amp == "bf16":
         return torch.bfloat16
     if amp == "fp16":
         return torch.float16
@@ -128,7 +138,7 @@ class Engine:
         if self.steps_per_epoch == 0:
             raise empty_epoch_error(task, cfg, ctx.world)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
-        self.amp = amp_dtype(cfg, device)
+        self.amp = amp_dtype(cfg, device, getattr(task, "size", None))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         self.ema = None
         t = cfg["train"]
@@ -285,6 +295,11 @@ class Engine:
                 self.writer = None
 
     # ----------------------------------------------------------------- the loop
+    @property
+    def precision(self) -> str:
+        """What the run header says: which arithmetic train.amp resolved to on this device."""
+        return "fp32" if self.amp is None else f"{str(self.amp).removeprefix('torch.')} autocast"
+
     def autocast(self):
         if self.amp is None:
             return contextlib.nullcontext()

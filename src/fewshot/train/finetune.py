@@ -123,7 +123,7 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
         write_skipped(out, task.train_set.skipped + task.val_set.skipped)
         print(f"fine-tuning {cfg['model']['name']} ({task.n_parameters:,} parameters) on "
               f"{', '.join(task.space.names)}: {task.space.num_classes} classes, {len(task.train_set)} train / "
-              f"{len(task.val_set)} val images at {task.size}px on {device}; run directory {out}")
+              f"{len(task.val_set)} val images at {task.size}px on {device} ({engine.precision}); run directory {out}")
     engine.fit(resume=resume)
     metrics = final_metrics(engine, task, out)
     if ctx.is_main:
