@@ -98,8 +98,9 @@ def test_amp_off_from_yaml_turns_autocast_off():
 
 
 def test_amp_auto_uses_bf16_on_a_cpu_only_where_it_is_native_and_the_images_are_large(monkeypatch):
-    """`train.amp=auto`: bf16 on CUDA; on a CPU only with native bf16 and images >= CPU_BF16_MIN_SIZE px
-    (a 64 px MoCo step ran 1.4x faster, 32 px gained nothing; emulated bf16 is slower than fp32)."""
+    """`train.amp=auto`: bf16 on CUDA; on a CPU only with native bf16 and images >= CPU_BF16_MIN_SIZE px, or
+    half that with the small stem (a 64 px MoCo step ran 1.4x faster, 32 px gained nothing, 32 px with the
+    small stem 1.4-1.6x; emulated bf16 is slower than fp32)."""
     import torch
 
     from fewshot.runtime import CPU_BF16_MIN_SIZE
@@ -111,6 +112,8 @@ def test_amp_auto_uses_bf16_on_a_cpu_only_where_it_is_native_and_the_images_are_
     assert amp_dtype(cfg, cpu, 64) == torch.bfloat16 and amp_dtype(cfg, cpu, 48) == torch.bfloat16
     assert amp_dtype(cfg, cpu, 47) is None and amp_dtype(cfg, cpu, 32) is None and amp_dtype(cfg, cpu) is None
     assert amp_dtype(resolve(overrides=["train.amp=off"]), cpu, 224) is None  # an explicit choice wins
+    small = resolve(overrides=["model.small_stem=true"])  # stride-1 stem: a 32 px input has 64 px-sized maps
+    assert amp_dtype(small, cpu, 32) == torch.bfloat16 and amp_dtype(small, cpu, 16) is None
     monkeypatch.setenv("FEWSHOT_CPU_BF16", "0")
     assert amp_dtype(cfg, cpu, 224) is None
     assert amp_dtype(cfg, cuda, 32) == torch.bfloat16  # on CUDA regardless of the size or the CPU

@@ -72,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 64,
         "seed": 0,
         "device": "auto",         # auto | cpu | cuda
-        "amp": "auto",            # auto (bf16 on CUDA; on CPUs with native bf16 for >= 48 px images; else off) | bf16 | fp16 | off
+        "amp": "auto",            # auto (bf16 on CUDA; on CPUs with native bf16 for >= 48 px, small stem >= 24 px; else off) | bf16 | fp16 | off
         "channels_last": "auto",  # auto: on for CNNs on CUDA
         "compile": "auto",        # torch.compile of the MoCo encoders; auto: on CUDA only (no gain on CPU)
         "ema": True,

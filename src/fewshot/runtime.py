@@ -26,7 +26,8 @@ __all__ = ["tune_allocator", "allocator_tuned", "configure_cpu", "resolve_compil
            "cpu_computes_bf16", "CPU_BF16_MIN_SIZE"]
 
 # Smallest image side at which `train.amp=auto` uses bf16 on a CPU that computes it natively: a MoCo step
-# at 64 px ran 1.4x faster in bf16, at 32 px within the noise of fp32 (docs/performance.md, "bf16 ...").
+# at 64 px ran 1.4x faster in bf16, at 32 px within the noise of fp32 (docs/performance.md, "bf16 ...");
+# with model.small_stem the input counts double (its stages see the maps of a 2x larger input).
 CPU_BF16_MIN_SIZE = 48
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

@@ -92,15 +92,17 @@ def build_scheduler(cfg: dict, optimizer, steps_per_epoch: int):
 
 def amp_dtype(cfg: dict, device: torch.device, img_size: int | None = None) -> torch.dtype | None:
     """The autocast dtype of training (None: fp32). ``auto``: bf16 on CUDA; on a CPU, bf16 only where the
-    CPU computes it natively and the images are at least CPU_BF16_MIN_SIZE px (smaller steps are not
-    bound by convolution arithmetic and gain nothing), else fp32."""
+    CPU computes it natively and the images are at least CPU_BF16_MIN_SIZE px, else fp32: smaller steps are
+    not bound by convolution arithmetic and gain nothing. With ``model.small_stem`` a ResNet keeps twice
+    the resolution through its stages, so its input counts double (32 px: 1.4-1.6x faster in bf16)."""
     amp = cfg["train"]["amp"]
     if amp in (False, None, "off", "false"):  # YAML reads `off` as false
         return None
     if amp == "auto":
         if device.type == "cuda":
             return torch.bfloat16
-        big = img_size is not None and img_size >= CPU_BF16_MIN_SIZE
+        stem = 2 if cfg.get("model", {}).get("small_stem") else 1
+        big = img_size is not None and img_size * stem >= CPU_BF16_MIN_SIZE
         return torch.bfloat16 if device.type == "cpu" and big and cpu_computes_bf16() else None
     if amp == "bf16":
         return torch.bfloat16
