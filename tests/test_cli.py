@@ -60,23 +60,66 @@ test_ids.__test__ = False
 
 # ------------------------------------------------------------------ train
 
+def record_autocast(monkeypatch) -> list:
+    """Patch both tasks' training_step to record the autocast dtype each step ran under (None: fp32)."""
+    from fewshot.ssl.pretrain import MoCoTask
+    from fewshot.train.supervised import SupervisedTask
+
+    seen: list = []
+    for cls in (SupervisedTask, MoCoTask):
+        def step(self, model, batch, _orig=cls.training_step):
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return _orig(self, model, batch)
+        monkeypatch.setattr(cls, "training_step", step)
+    return seen
+
+
 def test_train_and_pretrain_run_in_bf16_autocast_on_a_cpu_with_native_bf16(digits_root, tmp_path, monkeypatch):
-    """The CPU bf16 path end to end (forced on, so that it runs on any CPU): the header says so, losses are
-    finite, and 32 px images stay fp32 under the same setting."""
+    """The CPU bf16 path end to end (forced on, so that it runs on any CPU): the header says so, every
+    training step runs under bf16 autocast, losses are finite, and 32 px images stay fp32 under the same
+    setting."""
     monkeypatch.setenv("FEWSHOT_CPU_BF16", "1")
+    seen = record_autocast(monkeypatch)
     rc, out, err = run_main(*train_argv(digits_root, tmp_path / "ft", "--img-size", "48", "--epochs", "1"))
     assert rc == 0, err
     assert "at 48px on cpu (bfloat16 autocast)" in out
+    assert seen and set(seen) == {torch.bfloat16}
     rows = [json.loads(ln) for ln in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
     assert rows and all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+    seen.clear()
     rc, out, err = run_main("pretrain", "--data", digits_root, "--out", tmp_path / "moco", "--model", "test_resnet",
                             "--img-size", "48", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
                             "--no-progress", "moco.queue_size=16", "moco.split_bn_groups=2")
     assert rc == 0, err
     assert "at 48px on cpu x1 (bfloat16 autocast)" in out
+    assert seen and set(seen) == {torch.bfloat16}
+    seen.clear()
     rc, out, err = run_main(*train_argv(digits_root, tmp_path / "ft32", "--epochs", "1"))
     assert rc == 0, err
     assert "at 32px on cpu (fp32)" in out
+    assert seen and set(seen) == {None}
+
+
+def test_a_resumed_auto_precision_run_keeps_the_arithmetic_it_started_with(digits_root, tmp_path, monkeypatch):
+    """Resume continues the same run: started in bf16 (train.amp=auto on a bf16 CPU), it stays bf16 where this
+    machine would choose fp32 (another host, FEWSHOT_CPU_BF16=0), and says so; an explicit train.amp wins."""
+    run = tmp_path / "ft"
+    monkeypatch.setenv("FEWSHOT_CPU_BF16", "1")
+    rc, out, err = run_main(*train_argv(digits_root, run, "--img-size", "48", "--epochs", "1"))
+    assert rc == 0, err
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["amp"] == "bf16"
+    monkeypatch.setenv("FEWSHOT_CPU_BF16", "0")
+    seen = record_autocast(monkeypatch)
+    rc, out, err = run_main(*train_argv(digits_root, run, "--img-size", "48", "--resume"))
+    assert rc == 0, err
+    assert "the run started in bf16 (train.amp=auto) and continues in it" in out
+    assert seen and set(seen) == {torch.bfloat16}
+    seen.clear()
+    rc, out, err = run_main(*train_argv(digits_root, run, "--img-size", "48", "--epochs", "3", "--resume",
+                                        "train.amp=off"))
+    assert rc == 0, err
+    assert seen and set(seen) == {None}
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["amp"] == "fp32"
 
 
 def test_train_writes_the_run_directory(trained, dataset_names):

@@ -135,6 +135,9 @@ def test_native_bf16_detection_follows_the_cpu_flags_unless_overridden(monkeypat
     for value, expected in (("1", True), ("yes", True), ("0", False), ("off", False)):
         monkeypatch.setenv("FEWSHOT_CPU_BF16", value)
         assert cpu_computes_bf16() is expected
+    monkeypatch.setenv("FEWSHOT_CPU_BF16", "typo_0")  # used to count as "on": anything but 0/false/no/off did
+    with pytest.raises(UserError, match="FEWSHOT_CPU_BF16='typo_0'"):
+        cpu_computes_bf16()
 
 
 def test_the_small_image_moco_config_keeps_a_2x2_last_stage_and_32_samples_per_bn_group():

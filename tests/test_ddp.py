@@ -168,10 +168,18 @@ COMMON = ["--model", "test_resnet", "--img-size", "32", "--epochs", "1", "--batc
 
 
 def test_torchrun_pretrain_smoke(root, tmp_path):
+    """Also a mixed cluster: rank 0's CPU computes bf16 and rank 1's does not (FEWSHOT_CPU_BF16 per rank, 48 px).
+    The ranks must agree on rank 0's arithmetic: gathering bf16 keys from one and fp32 from the other died in
+    gloo ("Received data size doesn't match expected size")."""
     run = tmp_path / "pre"
-    proc = torchrun(["-m", "fewshot", "pretrain", "--data", str(root), "--out", str(run), "--queue-size", "64",
-                     *COMMON], cwd=tmp_path)
+    worker = Path(__file__).parent / "helpers" / "rank_env_worker.py"
+    args = [a if a != "32" else "48" for a in COMMON]
+    proc = torchrun([str(worker), "FEWSHOT_CPU_BF16", "1,0", "pretrain", "--data", str(root), "--out", str(run),
+                     "--queue-size", "64", *args], cwd=tmp_path)
     check(proc)
+    assert "at 48px on cpu x2 (bfloat16 autocast)" in proc.stdout
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["amp"] == "bf16"
     assert (proc.stdout + proc.stderr).count("done: ") == 1  # rank 0 says it, once
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]

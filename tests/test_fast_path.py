@@ -282,6 +282,21 @@ def test_bf16_autocast_step_keeps_float32_queue_and_loss():
     opt.step()
 
 
+def test_moco_logits_are_fp32_arithmetic_under_bf16_autocast():
+    """CPU autocast would compute the negatives q @ queue in bf16 (errors up to 0.008 at T=0.2) while the
+    positive stays fp32: contrast() computes all of them in fp32, the same numbers as without autocast."""
+    torch.manual_seed(0)
+    model = MoCo(create_backbone("test_resnet"), dim=16, queue_size=64, momentum=0.9, temperature=0.2,
+                 mlp=True, split_bn_groups=GROUPS)
+    q, k = F.normalize(torch.randn(8, 16), dim=1), F.normalize(torch.randn(8, 16), dim=1)
+    loss, logits = model.contrast(q, k)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_ac, logits_ac = model.contrast(q, k)
+    assert logits_ac.dtype == torch.float32
+    torch.testing.assert_close(logits_ac, logits, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss_ac, loss, rtol=1e-6, atol=1e-6)
+
+
 def test_no_hard_cuda_calls_in_the_package():
     """Devices come from --device; `.cuda()` would break CPU-only machines and multi-GPU ranks.
     Only the NCCL all-reduce may use it: NCCL needs the rank's current device, set by init_distributed."""

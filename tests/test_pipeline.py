@@ -296,6 +296,41 @@ def test_step_calibration_runs_on_the_tasks_device_not_where_the_model_was_built
     assert next(task.model.parameters()).device.type == "meta"
 
 
+def test_step_calibration_computes_in_the_arithmetic_the_stage_will_train_in(monkeypatch):
+    """The plan's step time must come from the same autocast as the Engine's steps: bf16 where train.amp=auto
+    chooses it (a native-bf16 CPU, 48 px), fp32 below that size."""
+    import torch
+    from torch import nn
+
+    from fewshot.pipeline import measure_step_seconds
+
+    monkeypatch.setenv("FEWSHOT_CPU_BF16", "1")
+    seen = []
+
+    class Task:
+        device = torch.device("cpu")
+        cfg = {"train": {"amp": "auto"}, "model": {"small_stem": False}}
+
+        def __init__(self, size):
+            self.model, self.size = nn.Linear(4, 2), size
+
+        def plan_epoch(self, epoch):
+            return [torch.arange(2)]
+
+        def make_batch(self, idx, epoch, step):
+            return torch.randn(2, 4)
+
+        def training_step(self, model, x):
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return model(x).float().sum(), {}, 2
+
+    measure_step_seconds(Task(48))
+    assert seen and set(seen) == {torch.bfloat16}
+    seen.clear()
+    measure_step_seconds(Task(32))
+    assert seen and set(seen) == {None}
+
+
 def test_predict_on_a_run_folder_uses_the_stage_that_predicted(digits_root, moco_run, tmp_path):
     """`fewshot predict DIR` on a `fewshot run` folder said "no checkpoint in run directory"; it now takes the
     stage named by summary.json (predicted_with) and writes what `fewshot run` wrote."""

@@ -98,8 +98,15 @@ def cpu_computes_bf16() -> bool:
     than fp32, so ``train.amp=auto`` stays fp32. ``FEWSHOT_CPU_BF16=0``/``1`` overrides the detection
     (the test suite sets 0, so that its results do not depend on the CPU it runs on)."""
     forced = os.environ.get("FEWSHOT_CPU_BF16", "").strip().lower()
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    if forced in ("0", "false", "no", "off"):
+        return False
     if forced:
-        return forced not in ("0", "false", "no", "off")
+        from fewshot.errors import UserError
+
+        raise UserError(f"FEWSHOT_CPU_BF16={os.environ['FEWSHOT_CPU_BF16']!r}: use 1 (the CPU computes bf16) or 0 "
+                        f"(it does not), or unset it to detect.")
     cpu = getattr(torch, "cpu", None)
     try:  # private but stable helpers (torch >= 2.1; used by torch's own inductor); absent: assume no
         return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())

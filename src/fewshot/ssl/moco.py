@@ -113,7 +113,10 @@ class MoCo(nn.Module):
         self.queue_filled[0] = min(self.K, int(self.queue_filled) + keys.shape[0])
 
     def contrast(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        logits = infonce_logits(q.float(), k.float(), self.queue.clone().detach(), self.T)
+        # fp32 logits even under autocast (CPU autocast would compute q @ queue in bf16): at T=0.2 the
+        # negatives' rounding error reaches 0.008, the size of the differences InfoNCE learns from late
+        with torch.autocast(q.device.type, enabled=False):
+            logits = infonce_logits(q.float(), k.float(), self.queue.clone().detach(), self.T)
         return infonce_loss(logits), logits
 
     def forward(self, im_q: Tensor, im_k: Tensor, generator: torch.Generator | None = None):

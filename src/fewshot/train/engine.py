@@ -111,6 +111,10 @@ def amp_dtype(cfg: dict, device: torch.device, img_size: int | None = None) -> t
     raise UserError(f"train.amp must be auto, bf16, fp16 or off, not {amp!r}")
 
 
+AMP_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+AMP_BY_NAME = {name: dtype for dtype, name in AMP_NAMES.items()}
+
+
 def empty_epoch_error(task, cfg: dict, world: int) -> UserError:
     """Why an epoch plan holds no batch, and what the user can change."""
     bs = cfg["train"]["batch_size"]
@@ -141,6 +145,8 @@ class Engine:
             raise empty_epoch_error(task, cfg, ctx.world)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.amp = amp_dtype(cfg, device, getattr(task, "size", None))
+        if ctx.enabled:  # each rank detects its own CPU: on a mixed cluster they would gather keys of two dtypes
+            self.amp = AMP_BY_NAME[broadcast_object(ctx, AMP_NAMES[self.amp])]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         self.ema = None
         t = cfg["train"]
@@ -181,6 +187,7 @@ class Engine:
             "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps,
             "rng": rng_state(),
             "train_seconds": self.train_seconds(),
+            "amp": AMP_NAMES[self.amp],  # what train.amp resolved to: a resumed `auto` run keeps it
             **self.task.checkpoint_extra(),
         }
 
@@ -240,6 +247,7 @@ class Engine:
         # The scheduler is not restored: its lr is a pure function of the config and global_step
         # (step_update), and its saved state would pin the old run length, so that `--resume --epochs N`
         # with a larger N trained the extra epochs at min_lr (0 for the MoCo presets).
+        self._keep_resolved_amp(ck.get("amp"))
         if ck.get("scaler"):  # a bf16/fp32 run saved a disabled scaler's empty state (amp may change on resume)
             self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
@@ -253,6 +261,18 @@ class Engine:
             for tmp in self.ckpt_dir.glob(".*.pt.*.tmp"):  # left by a kill during a checkpoint write
                 tmp.unlink(missing_ok=True)
         return True
+
+    def _keep_resolved_amp(self, saved: str | None) -> None:
+        """With ``train.amp=auto`` a resumed run computes as it started, even where this machine (another host,
+        FEWSHOT_CPU_BF16) would choose otherwise: resume then continues the same arithmetic. An explicit
+        train.amp is the user's change and wins."""
+        if saved not in AMP_BY_NAME or self.cfg["train"]["amp"] != "auto" or AMP_BY_NAME[saved] == self.amp:
+            return
+        if self.ctx.is_main:
+            print(f"note: the run started in {saved} (train.amp=auto) and continues in it, though this machine would "
+                  f"choose {AMP_NAMES[self.amp]}; set train.amp=bf16 or off to change it.", flush=True)
+        self.amp = AMP_BY_NAME[saved]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
 
     def trim_log(self, epoch_record: dict | None = None) -> None:
         """Make log.jsonl match the resumed checkpoint: rows past its global step are dropped (those steps are
