@@ -487,3 +487,63 @@ def test_key_value_words_after_unlabeled_folders_are_not_taken_for_folders(tmp_p
     rc, _, err = run_main("pretrain", "--data", tmp_path, "--out", tmp_path / "o", "--unlabeled", tmp_path,
                           "moco.knn_k=5")
     assert rc == 2 and "--unlabeled took 'moco.knn_k=5' as a folder" in err, err
+
+
+def test_an_output_path_that_cannot_be_a_file_is_a_user_error_before_any_work(trained, digits_root, tmp_path,
+                                                                              monkeypatch):
+    """--out naming a folder, or a path under a file, surfaced as IsADirectoryError/FileExistsError tracebacks
+    (exit 1) after the work, and export left its temp file behind."""
+    monkeypatch.chdir(tmp_path)
+    run, _ = trained
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [("predict", run, "--data", digits_root, "--out", tmp_path, "--device", "cpu"),
+             ("predict", run, "--data", digits_root, "--out", afile / "p.json", "--device", "cpu"),
+             ("eval", run, "--data", digits_root, "--out", tmp_path, "--device", "cpu"),
+             ("export", run, "--out", tmp_path),
+             ("probe", "--weights", run / "checkpoints" / "best.pt", "--model", "test_resnet", "--data", digits_root,
+              "--out", afile)]
+    for argv in cases:
+        rc, out, err = run_main(*argv)
+        assert rc == 2, (argv, err)
+        assert "is a folder" in err or "is a file, not a folder" in err, err
+        assert "Traceback" not in err and "internal error" not in err
+        assert "accuracy" not in out  # refused before evaluating
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no temp file left
+
+
+def test_export_writes_through_a_new_folder_without_a_temp_file(trained, tmp_path):
+    run, _ = trained
+    rc, out, err = run_main("export", run, "--out", tmp_path / "new" / "bb.safetensors")
+    assert rc == 0, err
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["bb.safetensors"]
+
+
+def test_compare_cut_off_by_its_reader_exits_like_a_closed_pipe(trained):
+    """rich's console exits 1 itself on a broken pipe (SystemExit(1): an internal error by SPEC's codes); the
+    table printer hands it to the CLI, which answers 141 as for every other command."""
+    run, _ = trained
+    err = io.StringIO()
+    with contextlib.redirect_stdout(_ClosedPipe()), contextlib.redirect_stderr(err):
+        rc = main(["compare", str(run)])
+    assert rc == 141, err.getvalue()
+
+
+def test_a_file_that_is_no_weights_file_at_all_is_not_called_a_dangerous_pickle(digits_root, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("garbage")
+    rc, out, err = run_main("eval", bad, "--data", digits_root, "--device", "cpu")
+    assert rc == 2
+    assert "not a PyTorch (.pt/.pth) or safetensors weights file" in err and "could run code" not in err
+
+
+def test_an_empty_datasets_flag_is_refused_not_read_as_all(digits_root, tmp_path):
+    rc, out, err = run_main(*train_argv(digits_root, tmp_path / "run", "--datasets", " , "))
+    assert rc == 2 and "names no dataset" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_config_words_on_a_command_without_a_config_get_that_commands_usage(tmp_path):
+    rc, out, err = run_main("eval", tmp_path, "--data", tmp_path, "optim.lr=1")
+    assert rc == 2
+    assert "usage: fewshot eval" in err and "apply to train, pretrain and run" in err

@@ -379,3 +379,10 @@ def test_class_names_in_composed_and_decomposed_unicode_are_one_class(copy_root,
     shutil.copytree(ds / "val" / decomposed, ds / "val" / composed)
     problems = problems_of(copy_root, datasets=[dataset_names[0]])
     assert any("differ only in their Unicode form" in p for p in problems), problems
+
+
+def test_the_skip_bad_images_hint_is_not_counted_as_a_problem():
+    from fewshot.errors import DataLayoutError
+
+    err = DataLayoutError(["a.png: cannot decode", "(pass --skip-bad-images to skip these files and go on)"])
+    assert str(err).startswith("the data layout has 1 problem(s):\n  - a.png: cannot decode\n(pass --skip-bad-images")

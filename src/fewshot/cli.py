@@ -29,7 +29,8 @@ def _add_common_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--img-size", type=int, help="input size in pixels (default: the model's)")
-    p.add_argument("--lr", type=float, help="base learning rate (pretrain default: 0.03 x global batch / 256)")
+    p.add_argument("--lr", type=float, help="base learning rate (train: 4e-3 from random init, 1e-4 with --weights; pretrain: "
+                   "0.03 x global batch / 256)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt exactly")
@@ -54,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "`digits` from scikit-learn, `fashion-mnist` from Debian's dataset-fashion-mnist IDX files.")
     p.add_argument("name", choices=["digits", "fashion-mnist"])
     p.add_argument("--out", required=True, help="dataset root to write into (ROOT/<name>, ROOT/unlabeled/<name>)")
-    p.add_argument("--shots", type=int, default=10, help="labelled training images per class")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shots", type=int, default=10, help="labelled training images per class (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
     p.add_argument("--idx-dir", help="folder with the fashion-mnist IDX files (default: Debian's)")
     p.add_argument("--val-per-class", type=int)
     p.add_argument("--test-per-class", type=int)
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_OR_CKPT")
     p.add_argument("--data", required=True)
     p.add_argument("--mode", choices=["known", "unknown"], default="known",
-                   help="known: the dataset of each image is given; unknown: predict dataset and class")
+                   help="known (default): the dataset of each image is given; unknown: predict dataset and class")
     p.add_argument("--split", choices=["val", "test"], default="val",
                    help="test scores against ROOT/<dataset>/test_labels.json when present")
     p.add_argument("--out", help="write metrics.json here")
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="pred_all.json path")
     p.add_argument("--mode", choices=["known", "unknown"], default="known",
-                   help="known: each image's class among its own dataset's classes; unknown: dataset and class "
+                   help="known (default): each image's class among its own dataset's classes; unknown: dataset and class "
                    "over the union of all classes, the predicted dataset written to OUT's .routing.json, and "
                    "-1 in pred_all.json for an image routed to a dataset other than its own")
     p.add_argument("--datasets", help="A,B: predict only these of the model's datasets (held-out data for some of "
@@ -177,8 +178,10 @@ def cmd_train(args, extra) -> int:
 def cmd_eval(args, extra) -> int:
     from fewshot.eval.evaluate import format_table
     from fewshot.eval.predict import evaluate_run
-    from fewshot.utils import resolve_device, write_json
+    from fewshot.utils import check_output_file, resolve_device, write_json
 
+    if args.out:
+        check_output_file(args.out, example="metrics.json")
     metrics = evaluate_run(args.run, args.data, args.mode, resolve_device(args.device), split=args.split,
                            datasets=args.datasets)
     print(format_table(metrics, title=f"{args.split} accuracy of {metrics['checkpoint']}"))
@@ -189,8 +192,9 @@ def cmd_eval(args, extra) -> int:
 
 def cmd_predict(args, extra) -> int:
     from fewshot.eval.predict import predict_run
-    from fewshot.utils import resolve_device, write_json
+    from fewshot.utils import check_output_file, resolve_device, write_json
 
+    check_output_file(args.out, example="pred_all.json")
     pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device), datasets=args.datasets)
     out = Path(args.out)
     write_json(out, pred)
@@ -252,7 +256,9 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     handlers = {**COMMANDS, **cli_moco.COMMANDS}
     bad = [w for w in extra if w.startswith("-")]
     if bad or (extra and args.command not in ("train", "pretrain", "run")):
-        parser.parse_args(argv)  # prints argparse's usage error (exit 2)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        note = "" if bad else " (key=value config overrides apply to train, pretrain and run)"
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}{note}")  # its usage; exit 2
     try:
         code = handlers[args.command](args, extra) or 0
         if "torch.distributed" in sys.modules:  # under torchrun: leave no process group to interpreter teardown

@@ -62,7 +62,11 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("run", metavar="RUN_OR_CKPT")
     p.add_argument("--out", required=True, help="backbone.safetensors path")
 
-    p = sub.add_parser("probe", help="linear probe of frozen backbone weights on the labelled splits")
+    p = sub.add_parser("probe", help="linear probe of frozen backbone weights on the labelled splits",
+                       description="How good are these features without fine-tuning? The backbone is frozen; a "
+                       "BatchNorm(affine=False) + linear head (or, with --head prototype, the nearest class mean of "
+                       "normalised features) is trained on ROOT's train splits and scored per dataset on val, in "
+                       "the metrics.json format of `fewshot eval`.")
     p.add_argument("--weights", required=True, help="backbone weights (safetensors from `fewshot export`, ...)")
     p.add_argument("--model", required=True, help="timm model name the weights belong to")
     p.add_argument("--data", required=True)
@@ -134,7 +138,9 @@ def cmd_run(args, extra) -> int:
 
 def cmd_export(args, extra) -> int:
     from fewshot.ssl.export import export_backbone
+    from fewshot.utils import check_output_file
 
+    check_output_file(args.out, example="backbone.safetensors")
     out, meta = export_backbone(args.run, args.out)
     if out.suffix != ".safetensors":
         import sys
@@ -150,8 +156,10 @@ def cmd_export(args, extra) -> int:
 def cmd_probe(args, extra) -> int:
     from fewshot.eval.evaluate import format_table
     from fewshot.eval.probe import run_probe
-    from fewshot.utils import resolve_device, write_json
+    from fewshot.utils import check_output_dir, check_output_file, resolve_device, write_json
 
+    if args.out:
+        check_output_file(check_output_dir(args.out) / "metrics.json")
     metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
                         mode=args.mode, epochs=args.epochs, datasets=args.datasets, head=args.head)
     print(format_table(metrics, title=f"{metrics['protocol']} of {args.weights}"))

@@ -15,11 +15,15 @@ class DataLayoutError(UserError):
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
-        shown = self.problems[:50]
-        more = len(self.problems) - len(shown)
-        text = f"the data layout has {len(self.problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in shown)
+        hints = [p for p in self.problems if p.startswith("(")]  # "(pass --skip-bad-images ...)": advice, not a problem
+        real = [p for p in self.problems if not p.startswith("(")]
+        shown = real[:50]
+        more = len(real) - len(shown)
+        text = f"the data layout has {len(real)} problem(s):\n" + "\n".join(f"  - {p}" for p in shown)
         if more:
             text += f"\n  ... and {more} more"
+        if hints:
+            text += "\n" + "\n".join(hints)
         super().__init__(text)
 
 

@@ -12,10 +12,45 @@ from pathlib import Path
 import torch
 
 
+def check_output_file(path, flag: str = "--out", example: str = "out.json") -> Path:
+    """Refuse, before any work, an output file path that cannot be written because of its shape: an existing
+    folder, or a file where a parent folder should be (these surfaced as tracebacks after the work)."""
+    from fewshot.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name in it, e.g. {path / example}.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is a file, not a folder.")
+            break
+    return path
+
+
+def check_output_dir(path, flag: str = "--out") -> Path:
+    """The folder counterpart of :func:`check_output_file`: the path and its parents must be folders."""
+    from fewshot.errors import UserError
+
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{flag} {path}: {p} is a file, not a folder.")
+            break
+    return path
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder, fsync, rename: a kill never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():  # os.replace would raise IsADirectoryError: a user's path, not a bug
+        check_output_file(path, "the output")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        check_output_file(path, "the output")
+        raise
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

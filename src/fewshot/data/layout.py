@@ -169,7 +169,11 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
     root = Path(root)
     available = list_datasets(root)
     if isinstance(datasets, str):
+        given = datasets
         datasets = [d.strip() for d in datasets.split(",") if d.strip()]
+        if not datasets:  # `--datasets ""` trained on every dataset without a word
+            raise UserError(f"--datasets {given!r} names no dataset; choose among {', '.join(available)} "
+                            f"(or leave --datasets out for all of them).")
     if datasets:
         missing = [d for d in datasets if d not in available]
         if missing:

@@ -57,6 +57,9 @@ def read_tensor_file(path: str | Path) -> dict:
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise next to the error below
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _looks_like_torch_file(path):  # text, an image, ...: torch's legacy reader calls that a bad pickle
+            raise CheckpointError(f"cannot read {path}: not a PyTorch (.pt/.pth) or safetensors weights file "
+                                  f"(it starts with {_head(path)!r}).") from None
         raise CheckpointError(
             f"refused to load {path}: it contains Python objects other than tensors and plain containers, "
             f"which could run code when unpickled (loaded with weights_only=True). Re-save it as a plain "
@@ -68,6 +71,20 @@ def read_tensor_file(path: str | Path) -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict.")
     return obj
+
+
+def _head(path: Path, n: int = 8) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (``PK``); the legacy format is a pickle (protocol byte 0x80)."""
+    head = _head(path, 2)
+    return head.startswith(b"PK") or head.startswith(b"\x80")
 
 
 def _unpickling_detail(exc: Exception) -> str:

@@ -191,6 +191,10 @@ def to_text(t: Table) -> str:
     return "\n".join(out)
 
 
+def _raise_broken_pipe() -> None:
+    raise BrokenPipeError
+
+
 def print_tables(tables: list[Table], file=None) -> None:
     """Print with rich when installed (wide enough that no number is ever cut), else as plain text."""
     import sys
@@ -209,6 +213,7 @@ def print_tables(tables: list[Table], file=None) -> None:
     # Never let rich crop a number: the console is at least as wide as the widest table.
     console = Console(file=file, highlight=False, width=max(needed, console.width),
                       color_system=console.color_system if console.is_terminal else None)
+    console.on_broken_pipe = _raise_broken_pipe  # rich exits 1 itself; the CLI reports a cut-off reader as 141
     for t in tables:
         console.print(t.title, style="bold", markup=False)  # above the table, not wrapped to its width
         rt = RichTable(box=box.SIMPLE_HEAD)

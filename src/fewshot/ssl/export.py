@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from fewshot.errors import CheckpointError
 from fewshot.train.checkpoint import load_checkpoint, resolve_checkpoint
@@ -40,9 +40,5 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dic
     meta["width"] = str(float(model_cfg.get("width") or 1.0))
     meta["small_stem"] = str(bool(model_cfg.get("small_stem"))).lower()
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(tmp), metadata=meta)
-    atomic_write_bytes(out, tmp.read_bytes())
-    tmp.unlink()
+    atomic_write_bytes(out, save(state, metadata=meta))  # bytes in memory: no temp file to leave behind
     return out, meta
