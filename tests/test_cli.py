@@ -547,3 +547,17 @@ def test_config_words_on_a_command_without_a_config_get_that_commands_usage(tmp_
     rc, out, err = run_main("eval", tmp_path, "--data", tmp_path, "optim.lr=1")
     assert rc == 2
     assert "usage: fewshot eval" in err and "apply to train, pretrain and run" in err
+
+
+def test_a_model_that_cannot_take_the_image_size_is_a_user_error(digits_root, tmp_path):
+    rc, out, err = run_main("train", "--data", digits_root, "--out", tmp_path / "vit", "--model", "test_vit",
+                            "--img-size", "24", "--epochs", "1", "--device", "cpu", "--no-progress")
+    assert rc == 2 and "test_vit cannot take 24 px inputs" in err and "internal error" not in err, err
+
+
+def test_pretrain_warns_when_the_queue_is_as_large_as_the_pool(digits_root, tmp_path):
+    rc, out, err = run_main("pretrain", "--data", digits_root, "--out", tmp_path / "moco", "--model", "test_resnet",
+                            "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                            "--no-progress", "moco.queue_size=100000", "moco.split_bn_groups=2")
+    assert rc == 0, err
+    assert "warning: the queue (K=100000) holds at least as many keys as the pool" in out

@@ -198,6 +198,13 @@ def test_pretrain_refuses_augmentation_settings_out_of_range(exported, tmp_path,
     assert code == 2 and "gray_p must be in [0, 1]" in err and "Traceback" not in err
 
 
+def load_file_metadata(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
 def test_an_export_under_another_name_is_still_read_as_safetensors(exported, tmp_path, capsys):
     """`fewshot export --out bb.pt` writes safetensors; reading by suffix sent it to torch.load, which
     called it a pickle with Python objects. It is recognised by its content, metadata included."""
@@ -209,7 +216,10 @@ def test_an_export_under_another_name_is_still_read_as_safetensors(exported, tmp
     assert "only treats names ending in .safetensors" in capsys.readouterr().err  # timm's rule, said once
     got, want = read_tensor_file(path), load_file(str(reference))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
-    assert architecture_of(path) == {"width": 1.0, "small_stem": False}
+    arch = architecture_of(path)
+    assert {k: arch[k] for k in ("width", "small_stem", "model")} == {"width": 1.0, "small_stem": False,
+                                                                     "model": "test_resnet"}
+    assert arch["img_size"] == int(load_file_metadata(reference)["img_size"])  # what `train --weights` adopts
     torch.save({"w": torch.ones(2)}, tmp_path / "plain.pt")  # a real torch file is not mistaken for one
     assert torch.equal(read_tensor_file(tmp_path / "plain.pt")["w"], torch.ones(2))
 
@@ -316,3 +326,19 @@ def test_an_unfinished_pipeline_folder_names_its_stages(tmp_path):
         resolve_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match=r"expected checkpoints/best.pt or last.pt\)\.$"):
         resolve_checkpoint(tmp_path / "finetune_labelled" / "checkpoints")  # a folder without stages: as before
+
+
+def test_fine_tuning_from_an_export_adopts_its_image_size_and_names_its_model(exported, tmp_path, capsys):
+    """An export records the size its features were learnt at and its model: `train --weights` used the model's
+    ImageNet default size instead (224 for 28 px images), and a wrong --model got a key list without the name."""
+    root, _, path = exported
+    run = tmp_path / "ft"
+    assert main(["train", "--data", str(root), "--out", str(run), "--weights", str(path), "--model", NAME,
+                 "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress"]) == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["img_size"] == 32
+    capsys.readouterr()
+    code = main(["train", "--data", str(root), "--out", str(tmp_path / "wrong"), "--weights", str(path),
+                 "--model", "resnet18", "--epochs", "1", "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"The file was exported from '{NAME}': pass --model {NAME}." in err, err

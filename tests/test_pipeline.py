@@ -477,3 +477,45 @@ def test_predict_and_eval_on_held_out_data_for_some_of_the_datasets(copy_root, m
     assert rc == 2 and "trained on" in err
     rc, _, err = run_main("eval", out, "--data", copy_root, "--device", "cpu", "--datasets", " , ")
     assert rc == 2 and "names no dataset" in err
+
+
+@pytest.mark.parametrize("model_args, message", [
+    (("--model", "test_vit", "model.small_stem=true"), "apply to timm ResNets"),
+    (("--model", "test_vit", "--img-size", "24"), "test_vit cannot take 24 px inputs"),
+    (("--model", "nosuchmodel"), "unknown timm model"),
+])
+def test_a_model_the_run_cannot_build_leaves_no_run_behind(digits_root, tmp_path, model_args, message):
+    """A model error used to surface in the first stage, after run_state.json was written: the rerun with the
+    mistake fixed was refused (folder not empty) and --resume refused the changed model. Checked at start-up."""
+    out = tmp_path / "x"
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--device", "cpu",
+                          "--no-progress", *model_args)
+    assert rc == 2 and message in err and "Traceback" not in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_run_without_a_pool_gives_the_whole_budget_to_one_fine_tuning(copy_root, tmp_path):
+    """Self-training with nothing to pseudo-label trained a second round on the labelled images again."""
+    import shutil
+
+    shutil.rmtree(copy_root / "unlabeled")
+    out = tmp_path / "run"
+    rc, stdout, err = run_main("run", "--data", copy_root, "--out", out, "--budget-minutes", "0.2", "--model",
+                               "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",
+                               "train.batch_size=16")
+    assert rc == 0, err
+    assert "no unlabeled pool" in stdout and "self-training is off" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["stages"]) == ["finetune"]
+    _check_pred_all(copy_root, out)
+
+
+def test_run_warns_that_a_pretrain_recipe_is_only_half_applied(tmp_path, capsys):
+    """configs/moco_cpu_small.yaml given to `fewshot run` sent its lr 0.06 to AdamW fine-tuning (val 11 %)."""
+    from fewshot.cli_moco import warn_pretrain_config_in_run
+
+    repo = Path(__file__).resolve().parents[1]
+    warn_pretrain_config_in_run(repo / "configs" / "moco_cpu_small.yaml")
+    assert "looks like a `fewshot pretrain` recipe" in capsys.readouterr().err
+    warn_pretrain_config_in_run(repo / "configs" / "cpu_tiny.yaml")
+    assert capsys.readouterr().err == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 PRETRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.datasets", "epochs": "train.epochs",
@@ -33,17 +34,20 @@ def add_parsers(sub, add_common, epilog) -> None:
                        "report, with each stage's length planned from measured step times so that the whole run "
                        "fits --budget-minutes. Writes DIR/pred_all.json, DIR/metrics.json and the report. "
                        "The defaults are the recipe measured best on val (docs/recipes.md).")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--data", required=True, help="dataset root: ROOT/<dataset>/{train,val,test}, optional "
+                   "ROOT/unlabeled/<dataset>/ (the pool)")
+    p.add_argument("--out", required=True, help="new or empty folder for the run (stages, pred_all.json, "
+                   "metrics.json, report/)")
     p.add_argument("--budget-minutes", type=float,
                    help="wall-clock minutes for the whole command, from its start to the report (default 10; "
                    "with --resume: the run's own)")
     p.add_argument("--model", help="timm model (default resnet18)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: CUDA when available")
     p.add_argument("--img-size", type=int, help="default: 32 for small images, else 64 on CPU / 160 on GPU")
-    p.add_argument("--datasets")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--datasets", help="comma-separated dataset names (default: every dataset under --data)")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--config", help="YAML config file of fine-tuning settings (configs/); the stage lengths "
+                   "(train.epochs, budgets) are planned by the run, and the MoCo stage takes run.pretrain_*")
     p.add_argument("--pretrain", action="store_true", help="MoCo-pretrain on the pool first (half the budget; it "
                    "lowered val accuracy at 3 and 10 CPU-minutes on the demo data: docs/recipes.md)")
     p.add_argument("--no-pretrain", action="store_true", help="no MoCo stage (the default)")
@@ -53,7 +57,7 @@ def add_parsers(sub, add_common, epilog) -> None:
                    "labelled images only, the whole budget (= --no-pretrain --semi off)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images (listed) instead of "
                    "failing; test images are decoded at start-up, so a bad one is found before the budget is spent")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--resume", action="store_true", help="continue the run in --out that a SIGTERM or Ctrl-C "
                    "stopped: give the same command plus --resume. Finished stages are reused, the stopped one "
                    "continues from its last.pt, and the budget counts the time already used")
@@ -128,12 +132,31 @@ def cmd_run(args, extra) -> int:
     if args.no_progress:
         flags["train.progress"] = False
     cfg = resolve(file=args.config, flags=flags, overrides=extra)
+    warn_pretrain_config_in_run(args.config)
     from fewshot.train.stop_signal import stop_at_once_on_signals
 
     with stop_at_once_on_signals():  # between training loops; inside them a signal finishes the step first
         run_pipeline(cfg, Path(args.out), args.budget_minutes, started=getattr(args, "started", None),
                      resume=args.resume)
     return 0
+
+
+def warn_pretrain_config_in_run(path) -> None:
+    """A `fewshot pretrain` recipe (a `moco:` section, an SGD optimiser) given to `fewshot run` is half applied:
+    the run's MoCo stage takes its settings from run.* and the file's optim.lr goes to fine-tuning (0.06 with
+    AdamW collapsed the run). Say so rather than guess what the user meant."""
+    if not path:
+        return
+    from fewshot.config import load_yaml
+
+    raw = load_yaml(path) or {}
+    if not isinstance(raw, dict) or not ("moco" in raw or (raw.get("optim") or {}).get("name") == "sgd"):
+        return
+    print(f"warning: {path} looks like a `fewshot pretrain` recipe. In `fewshot run` its optim.* fields apply to "
+          f"fine-tuning, and the MoCo stage (--pretrain) takes its settings from run.pretrain_lr, "
+          f"run.pretrain_batch_size, run.queue_size and run.moco_momentum (model.* fields apply to both). To run that "
+          f"recipe, use `fewshot pretrain --config {path}` and fine-tune from its export with "
+          f"`fewshot run --no-pretrain model.weights=...`.", file=sys.stderr, flush=True)
 
 
 def cmd_export(args, extra) -> int:

@@ -152,6 +152,21 @@ def auto_img_size(infos, device: torch.device) -> int:
     return 64 if device.type == "cpu" else 160
 
 
+def check_model(cfg: dict) -> None:
+    """Build the backbone once and run a blank image through it, before the run folder is written: an unknown
+    model, an option it does not take (small_stem on a ViT), weights that do not fit or an image size it cannot
+    take would otherwise stop the first stage and leave a run that neither a rerun nor --resume can use."""
+    from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size,
+                                         create_backbone, input_size)
+    from fewshot.models.weights import load_backbone_weights
+
+    m = adopt_weights_architecture(copy.deepcopy(cfg["model"]))
+    backbone = create_backbone(m["name"], **backbone_options(m))
+    if m.get("weights"):
+        load_backbone_weights(backbone, m["weights"], strict=m["strict"])
+    check_input_size(backbone, input_size(backbone, m["img_size"]), m["name"])
+
+
 def preload_test_images(cfg: dict, infos, test_infos):
     """Decode the test images before the stages are planned, as prediction reads them (the data root's
     cache): an undecodable file is reported now rather than after the budget, and decoding (slow for large
@@ -457,12 +472,17 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     if cfg["model"]["img_size"] is None:
         cfg["model"]["img_size"] = auto_img_size(infos, device)
     test_set = preload_test_images(cfg, infos, test_infos)
+    check_model(cfg)
     if semi == "pseudo":
         from fewshot.train.semi import load_pool
 
         # decoded now, as the test images: a broken pool file would otherwise stop the run after round 1;
         # the copy is dropped (a large pool at GPU sizes is GBs), the rounds read the images from the cache
-        load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True)
+        if len(load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True).images) == 0:
+            # round 2 would train on the labelled images again: the whole budget goes to one fine-tuning
+            print("[run] no unlabeled pool (ROOT/unlabeled/<dataset>/ or --unlabeled): self-training is off, the "
+                  "fine-tuning on the labelled images gets the whole budget.", flush=True)
+            semi = r["semi_method"] = "off"
     if state is None:  # written once the inputs have passed their checks: a failed start leaves no run behind
         state = RunState.start(out, requested, budget_minutes, cfg["model"]["img_size"], time.monotonic() - t_start)
     else:

@@ -19,7 +19,8 @@ from fewshot.data.transforms import Normalize
 from fewshot.errors import UserError
 from fewshot.eval.evaluate import score
 from fewshot.eval.features import backbone_features
-from fewshot.models.backbone import adopt_weights_architecture, backbone_options, create_backbone, input_size, mean_std
+from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size, create_backbone,
+                                     input_size, mean_std)
 from fewshot.models.classifier import LinearHead
 from fewshot.models.weights import load_backbone_weights
 from fewshot.utils import seed_everything
@@ -52,8 +53,9 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     backbone = create_backbone(model_name, **arch)
     if weights:
         load_backbone_weights(backbone, weights, strict=True)
+    size = input_size(backbone, arch["img_size"])
+    check_input_size(backbone, size, model_name)
     backbone.to(device)
-    size = input_size(backbone, img_size)
     normalize = Normalize(*mean_std(backbone)).to(device)
     cache = default_cache_dir(root, None)
     train = load_split(infos, "train", space, size, cache)

@@ -71,7 +71,26 @@ def adopt_weights_architecture(model_cfg: dict) -> dict:
         model_cfg["width"] = arch["width"]
     if not model_cfg.get("small_stem") and arch.get("small_stem"):
         model_cfg["small_stem"] = True
+    if not model_cfg.get("img_size") and arch.get("img_size"):  # the size its features were learnt at, not
+        model_cfg["img_size"] = arch["img_size"]                # the model's ImageNet default (224 for 28 px data)
     return model_cfg
+
+
+def check_input_size(backbone: nn.Module, size: int, name: str) -> None:
+    """One forward of a blank image at the run's size, before data or time is spent: a size the model cannot
+    take (a ViT's patch grid, MaxViT's windows) is the user's to change, not a crash in the first step."""
+    was_training = backbone.training
+    backbone.eval()  # no BatchNorm statistics touched, no randomness drawn
+    try:
+        with torch.no_grad():
+            extract_features(backbone, torch.zeros(1, 3, size, size))
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{name} cannot take {size} px inputs ({first}). Choose another --img-size "
+                        f"(a ViT's must be a multiple of its patch size; window models need multiples of "
+                        f"their window grid, e.g. 224 or 64; see `fewshot models {name}` for its default).") from None
+    finally:
+        backbone.train(was_training)
 
 
 def _resnet_channels(name: str, width: float) -> tuple[int, ...]:

@@ -136,7 +136,8 @@ def classifier_keys(backbone: nn.Module, state: dict) -> list[str]:
 
 
 def architecture_of(path: str | Path | None) -> dict:
-    """`width` / `small_stem` recorded by `fewshot export` in a safetensors file's metadata ({} if none).
+    """`width` / `small_stem` / `img_size` / `model` recorded by `fewshot export` in a safetensors file's
+    metadata ({} if none).
 
     So that a backbone exported from a half-width, small-stem run is rebuilt the same way by
     `fewshot train --weights` / `fewshot probe` without the user repeating the options."""
@@ -155,8 +156,12 @@ def architecture_of(path: str | Path | None) -> dict:
             arch["width"] = float(meta["width"])
         if meta.get("small_stem"):
             arch["small_stem"] = meta["small_stem"].lower() == "true"
+        if meta.get("img_size", "").isdigit() and int(meta["img_size"]) > 0:
+            arch["img_size"] = int(meta["img_size"])
     except ValueError:
         return {}
+    if meta.get("model"):
+        arch["model"] = meta["model"]
     return arch
 
 
@@ -205,6 +210,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
             parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:8]))
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:8]))
+        recorded = architecture_of(path).get("model")
+        if recorded and recorded != getattr(backbone, "default_cfg", {}).get("architecture", recorded):
+            parts.append(f"The file was exported from '{recorded}': pass --model {recorded}.")
         parts.append("Check --model (and model.width / model.small_stem, and for a ViT --img-size) matches the "
                      "architecture the file was trained with"
                      + ("" if not strict else ", or pass model.strict=false to load the matching part") + ".")

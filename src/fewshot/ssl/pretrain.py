@@ -16,7 +16,8 @@ from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize
 from fewshot.errors import UserError
 from fewshot.eval.features import backbone_features
-from fewshot.models.backbone import adopt_weights_architecture, backbone_options, create_backbone, input_size, mean_std
+from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size, create_backbone,
+                                     input_size, mean_std)
 from fewshot.models.weights import load_backbone_weights
 from fewshot.progress import set_enabled
 from fewshot.ssl.functional import topk_accuracy
@@ -104,6 +105,7 @@ class MoCoTask:
         if cfg["model"]["weights"]:
             load_backbone_weights(backbone, cfg["model"]["weights"], strict=cfg["model"]["strict"])
         self.size = input_size(backbone, cfg["model"]["img_size"])
+        check_input_size(backbone, self.size, cfg["model"]["name"])
         mean, std = mean_std(backbone)
         self.normalize = Normalize(mean, std).to(device)
         self.model = MoCo(backbone, dim=m["dim"], queue_size=m["queue_size"], momentum=m["momentum"],
@@ -225,6 +227,11 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
         print(f"MoCo ({m['preset']}) pretraining {cfg['model']['name']} on {len(task.pool)} unlabeled images "
               f"({task.pool_source}) at {task.size}px on {device} x{ctx.world} ({engine.precision}): K={m['queue_size']}, m={m['momentum']}, "
               f"T={m['temperature']}, split-BN groups={task.model.split_bn_groups}; run directory {out}")
+        if m["queue_size"] >= len(task.pool):
+            print(f"warning: the queue (K={m['queue_size']}) holds at least as many keys as the pool has images "
+                  f"({len(task.pool)}): each query meets older keys of its own image as negatives. A queue of "
+                  f"about half the pool is the usual choice here (--queue-size {max(1, len(task.pool) // 2)}; "
+                  f"`fewshot run` sets it so).", flush=True)
     result = engine.fit(resume=resume)
     if ctx.is_main:
         from fewshot.report.plots import plot_pretrain_curves

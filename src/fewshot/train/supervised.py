@@ -14,7 +14,7 @@ from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize, TrainAugment
 from fewshot.eval.evaluate import compute_logits, score
-from fewshot.models.backbone import adopt_weights_architecture, input_size, mean_std
+from fewshot.models.backbone import adopt_weights_architecture, check_input_size, input_size, mean_std
 from fewshot.models.classifier import build_classifier, n_parameters
 from fewshot.models.weights import load_backbone_weights
 from fewshot.train.distributed import DistContext
@@ -58,6 +58,7 @@ class SupervisedTask:
         if cfg["model"]["weights"]:
             load_backbone_weights(self.model.backbone, cfg["model"]["weights"], strict=cfg["model"]["strict"])
         self.size = input_size(self.model.backbone, cfg["model"]["img_size"])
+        check_input_size(self.model.backbone, self.size, cfg["model"]["name"])
         self.normalize = Normalize(*mean_std(self.model.backbone)).to(device)
         self.channels_last = use_channels_last(cfg, device)
         if self.channels_last:
