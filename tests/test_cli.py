@@ -561,3 +561,14 @@ def test_pretrain_warns_when_the_queue_is_as_large_as_the_pool(digits_root, tmp_
                             "--no-progress", "moco.queue_size=100000", "moco.split_bn_groups=2")
     assert rc == 0, err
     assert "warning: the queue (K=100000) holds at least as many keys as the pool" in out
+
+
+def test_a_course_recipe_without_weights_warns_that_the_random_backbone_barely_moves(capsys):
+    from fewshot.config import resolve
+    from fewshot.train.finetune import resolve_finetune_defaults, warn_random_backbone_at_a_pretrained_lr
+
+    repo = Path(__file__).resolve().parents[1]
+    warn_random_backbone_at_a_pretrained_lr(resolve_finetune_defaults(resolve(file=repo / "configs" / "course_resnet50.yaml")))
+    assert "starts from random init but trains at lr 1e-05" in capsys.readouterr().out
+    warn_random_backbone_at_a_pretrained_lr(resolve_finetune_defaults(resolve()))  # scratch defaults: 4e-3 x 1
+    assert capsys.readouterr().out == ""

@@ -198,6 +198,9 @@ def test_split_groups():
         split_groups(cfg(12, 8), world=1)
     with pytest.raises(UserError, match="at least 2"):
         split_groups(cfg(8, 8), world=1)  # one sample per group
+    # a backbone without BatchNorm (a ViT) has no statistics to leak: no groups, and no batch constraint from them
+    assert split_groups(cfg(8, 8), world=1, backbone=create_backbone("test_vit")) == 1
+    assert split_groups(cfg(16, 8), world=1, backbone=create_backbone("test_resnet")) == 8
 
 
 # ------------------------------------------------------------------------------ kNN monitor

@@ -59,6 +59,19 @@ def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
     return paths, ids, "; ".join(sources)
 
 
+def has_batch_norm(module) -> bool:
+    from torch import nn
+
+    return any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in module.modules())
+
+
+def bn_protection(model) -> str:
+    """What guards the positive pair against BatchNorm leakage, for the start-up line (a ViT has nothing to guard)."""
+    if not has_batch_norm(model.encoder_q):
+        return "no BatchNorm (no shuffle needed)"
+    return f"split-BN groups={model.split_bn_groups}"
+
+
 def resolve_pretrain_defaults(cfg: dict, world: int) -> dict:
     o, t, m = cfg["optim"], cfg["train"], cfg["moco"]
     adopt_weights_architecture(cfg["model"])
@@ -75,10 +88,13 @@ def resolve_pretrain_defaults(cfg: dict, world: int) -> dict:
     return cfg
 
 
-def split_groups(cfg: dict, world: int) -> int:
-    """Single-process shuffle-BN groups; under DDP the shuffle across ranks does the job."""
+def split_groups(cfg: dict, world: int, backbone=None) -> int:
+    """Single-process shuffle-BN groups; under DDP the shuffle across ranks does the job, and a backbone without
+    BatchNorm (a ViT) has no batch statistics to leak through."""
     mode = cfg["moco"]["shuffle_bn"]
     if mode in (False, "off", "none") or world > 1:
+        return 1
+    if backbone is not None and not has_batch_norm(backbone):
         return 1
     g = int(cfg["moco"]["split_bn_groups"])
     bs = cfg["train"]["batch_size"]
@@ -110,7 +126,7 @@ class MoCoTask:
         self.normalize = Normalize(mean, std).to(device)
         self.model = MoCo(backbone, dim=m["dim"], queue_size=m["queue_size"], momentum=m["momentum"],
                           temperature=m["temperature"], mlp=m["mlp"], mlp_hidden=m["mlp_hidden"],
-                          split_bn_groups=split_groups(cfg, ctx.world), symmetric=m["symmetric"])
+                          split_bn_groups=split_groups(cfg, ctx.world, backbone), symmetric=m["symmetric"])
         self.channels_last = cfg["train"]["channels_last"] is True or (
             cfg["train"]["channels_last"] == "auto" and device.type == "cuda")
         if self.channels_last:
@@ -226,7 +242,7 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
         m = cfg["moco"]
         print(f"MoCo ({m['preset']}) pretraining {cfg['model']['name']} on {len(task.pool)} unlabeled images "
               f"({task.pool_source}) at {task.size}px on {device} x{ctx.world} ({engine.precision}): K={m['queue_size']}, m={m['momentum']}, "
-              f"T={m['temperature']}, split-BN groups={task.model.split_bn_groups}; run directory {out}")
+              f"T={m['temperature']}, {bn_protection(task.model)}; run directory {out}")
         if m["queue_size"] >= len(task.pool):
             print(f"warning: the queue (K={m['queue_size']}) holds at least as many keys as the pool has images "
                   f"({len(task.pool)}): each query meets older keys of its own image as negatives. A queue of "

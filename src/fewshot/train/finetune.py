@@ -102,6 +102,19 @@ def configure_threads(cfg: dict) -> None:
     configure_cpu(cfg["train"].get("threads"))
 
 
+def warn_random_backbone_at_a_pretrained_lr(cfg: dict) -> None:
+    """The course recipes (configs/course_*.yaml) are for pretrained backbones: lr 1e-4 with the backbone at 0.1x.
+    Without --weights the random backbone barely moves at 1e-5 and the run quietly ends near a linear probe of
+    random features."""
+    o = cfg["optim"]
+    backbone_lr = float(o["lr"]) * float(o["backbone_lr_mult"])
+    if not cfg["model"]["weights"] and backbone_lr < 1e-4:
+        print(f"warning: the backbone starts from random init but trains at lr {backbone_lr:g} (optim.lr "
+              f"{o['lr']:g} x backbone_lr_mult {o['backbone_lr_mult']:g}), a rate for pretrained weights. Pass "
+              f"--weights FILE, or train from scratch at the measured default (optim.lr=4e-3 "
+              f"optim.backbone_lr_mult=1).", flush=True)
+
+
 def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
     set_enabled(bool(cfg["train"]["progress"]))
     configure_threads(cfg)
@@ -124,6 +137,7 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
         print(f"fine-tuning {cfg['model']['name']} ({task.n_parameters:,} parameters) on "
               f"{', '.join(task.space.names)}: {task.space.num_classes} classes, {len(task.train_set)} train / "
               f"{len(task.val_set)} val images at {task.size}px on {device} ({engine.precision}); run directory {out}")
+        warn_random_backbone_at_a_pretrained_lr(cfg)
     engine.fit(resume=resume)
     metrics = final_metrics(engine, task, out)
     if ctx.is_main:
