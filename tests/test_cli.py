@@ -418,7 +418,9 @@ def test_run_with_a_pool_smaller_than_one_moco_batch_is_a_user_error(digits_root
     rc, out, err = run_main("run", "--data", digits_root, "--out", tmp_path / "run", "--budget-minutes", "0.2",
                             "--model", "test_resnet", "--device", "cpu", "--no-progress", "--pretrain",
                             "run.pretrain_batch_size=4096", "run.queue_size=8192", "run.report=false")
-    assert rc == 2 and "fewer than one batch of 4096" in err and "Traceback" not in err, err
+    assert rc == 2 and "fewer than one MoCo batch of 4096" in err and "Traceback" not in err, err
+    # refused before the run folder is written: the rerun with a smaller batch must not be blocked by it
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
 # ------------------------------------------------------------------ flags reach the config
@@ -572,3 +574,38 @@ def test_a_course_recipe_without_weights_warns_that_the_random_backbone_barely_m
     assert "starts from random init but trains at lr 1e-05" in capsys.readouterr().out
     warn_random_backbone_at_a_pretrained_lr(resolve_finetune_defaults(resolve()))  # scratch defaults: 4e-3 x 1
     assert capsys.readouterr().out == ""
+
+
+def test_predict_in_known_mode_removes_a_stale_routing_file(trained, digits_root, tmp_path):
+    run, _ = trained
+    out = tmp_path / "pred_all.json"
+    assert run_main("predict", run, "--data", digits_root, "--out", out, "--mode", "unknown", "--device", "cpu")[0] == 0
+    assert (tmp_path / "pred_all.routing.json").is_file()
+    assert run_main("predict", run, "--data", digits_root, "--out", out, "--device", "cpu")[0] == 0
+    assert not (tmp_path / "pred_all.routing.json").exists()
+
+
+def test_eval_on_a_root_holding_some_of_the_models_datasets_suggests_datasets(trained, copy_root, dataset_names,
+                                                                              tmp_path):
+    import shutil
+
+    run, _ = trained
+    shutil.rmtree(copy_root / dataset_names[1])
+    rc, out, err = run_main("eval", run, "--data", copy_root, "--device", "cpu")
+    assert rc == 2 and f"pass --datasets {dataset_names[0]}" in err, err
+
+
+def test_written_files_follow_the_umask_not_mkstemps_0600(tmp_path):
+    import os
+
+    from fewshot.utils import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {})
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "a.json").chmod(0o640)
+        write_json(tmp_path / "a.json", {"x": 1})  # a replaced file keeps its own mode
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)

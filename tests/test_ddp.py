@@ -213,6 +213,12 @@ def test_torchrun_train_smoke_with_an_uneven_last_batch(tmp_path):
     assert metrics["datasets"]["digits"]["n"] == 30
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in ck["model"])
+    assert ck["world"] == 2
+    # resuming on another number of processes changed the epoch plan silently (the lr jumped, batches halved)
+    from helpers.checks import run_main
+
+    rc, out, err = run_main("train", "--data", root, "--out", run, *args[:5], "2", *args[6:], "--resume")
+    assert rc == 2 and "written by a run on 2 process(es); resume it on 2" in err, err
 
 
 def test_shutdown_destroys_the_process_group_and_is_idempotent(tmp_path):

@@ -198,8 +198,11 @@ def cmd_predict(args, extra) -> int:
     pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device), datasets=args.datasets)
     out = Path(args.out)
     write_json(out, pred)
+    routing_file = out.with_name(out.stem + ".routing.json")
     if args.mode == "unknown":
-        write_json(out.with_name(out.stem + ".routing.json"), routing)
+        write_json(routing_file, routing)
+    else:  # one left by an earlier --mode unknown would no longer describe these predictions
+        routing_file.unlink(missing_ok=True)
     n = sum(len(v) for k, v in pred.items() if k != "n_parameters")
     print(f"wrote {out}: {n} predictions over {len(pred) - 1} dataset(s), mode {args.mode}")
     return 0

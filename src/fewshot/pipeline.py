@@ -473,6 +473,13 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         cfg["model"]["img_size"] = auto_img_size(infos, device)
     test_set = preload_test_images(cfg, infos, test_infos)
     check_model(cfg)
+    if r["pretrain"]:
+        from fewshot.ssl.pretrain import pool_with_sources
+
+        n_pool, batch = len(pool_with_sources(cfg, infos)[0]), int(r["pretrain_batch_size"])
+        if n_pool < batch:  # found by the MoCo stage, after the run folder was written, it blocked the rerun
+            raise UserError(f"the unlabeled pool has {n_pool} images, fewer than one MoCo batch of {batch} (MoCo "
+                            f"drops an incomplete batch): lower run.pretrain_batch_size or add images to the pool.")
     if semi == "pseudo":
         from fewshot.train.semi import load_pool
 

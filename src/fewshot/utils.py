@@ -41,6 +41,16 @@ def check_output_dir(path, flag: str = "--out") -> Path:
     return path
 
 
+def _file_mode(path: Path) -> int:
+    """The mode an ordinary write would give: the replaced file's own, else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder, fsync, rename: a kill never leaves half a file."""
     path = Path(path)
@@ -53,6 +63,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600: a report or submission others could not read
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -69,7 +69,20 @@ def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list
 
 
 def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | str | None = None):
-    infos = scan_root(root, _chosen_datasets(tm, datasets), splits=(split,))
+    chosen = _chosen_datasets(tm, datasets)
+    try:
+        infos = scan_root(root, chosen, splits=(split,))
+    except UserError as exc:
+        from fewshot.data.layout import list_datasets
+
+        try:
+            here = [d for d in chosen if d in list_datasets(root)]
+        except UserError:
+            here = []
+        if datasets is not None or not here or len(here) == len(chosen):
+            raise
+        raise UserError(f"{exc} The model knows {', '.join(chosen)}; to use only those under this root, pass "
+                        f"--datasets {','.join(here)}.") from None
     for info in infos:
         want = tm.space.classes[tm.space.index(info.name)]
         if split != "test" and tuple(info.classes) != tuple(want):

@@ -137,8 +137,13 @@ class Engine:
         if ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.train_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+            import inspect
+
+            # no buffer broadcast in forward (BatchNorm statistics stay per rank; the MoCo queue is kept equal by
+            # the gathered keys); torch >= 2.13 names it forward_sync_buffers and warns on broadcast_buffers
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                       else {"broadcast_buffers": False})
+            self.train_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
         self.optimizer = build_optimizer(cfg, task.param_groups())
         self.steps_per_epoch = len(task.plan_epoch(0))
         if self.steps_per_epoch == 0:
@@ -188,6 +193,7 @@ class Engine:
             "rng": rng_state(),
             "train_seconds": self.train_seconds(),
             "amp": AMP_NAMES[self.amp],  # what train.amp resolved to: a resumed `auto` run keeps it
+            "world": self.ctx.world,  # the batch plan (per-rank batches, steps per epoch) depends on it
             **self.task.checkpoint_extra(),
         }
 
@@ -239,6 +245,13 @@ class Engine:
         ck = load_checkpoint(path)
         if ck.get("kind") != self.task.kind:
             raise UserError(f"{path} is a {ck.get('kind')} checkpoint; cannot resume a {self.task.kind} run from it.")
+        world = int(ck.get("world", self.ctx.world))
+        if world != self.ctx.world:  # steps per epoch, the global batch and the schedule's length all change
+            raise UserError(f"{path} was written by a run on {world} process(es); resume it on {world} "
+                            f"(`torchrun --nproc_per_node={world} ...`{' or without torchrun' if world == 1 else ''}). "
+                            f"On {self.ctx.world} the epoch plan differs: the learning-rate schedule would jump and "
+                            f"a mid-epoch stop would skip or repeat batches. To continue on {self.ctx.world}, start a "
+                            f"new run from this one's weights (`--weights {path}`).")
         self.task.load_checkpoint_extra(ck)  # the classes first: a mismatch is a clear error, not a shape error
         self.model.load_state_dict(ck["model"])
         if self.ema is not None and ck.get("ema") is not None:
