@@ -20,23 +20,20 @@ def check_output_file(path, flag: str = "--out", example: str = "out.json") -> P
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name in it, e.g. {path / example}.")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{flag} {path}: {parent} is a file, not a folder.")
-            break
+    check_output_dir(path.parent, flag, shown=path)
     return path
 
 
-def check_output_dir(path, flag: str = "--out") -> Path:
-    """The folder counterpart of :func:`check_output_file`: the path and its parents must be folders."""
+def check_output_dir(path, flag: str = "--out", shown=None) -> Path:
+    """The folder counterpart of :func:`check_output_file`: the path's nearest existing ancestor (itself
+    included) must be a folder."""
     from fewshot.errors import UserError
 
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
-                raise UserError(f"{flag} {path}: {p} is a file, not a folder.")
+                raise UserError(f"{flag} {shown or path}: {p} is a file, not a folder.")
             break
     return path
 
@@ -66,14 +63,8 @@ def _umask() -> int:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder, fsync, rename: a kill never leaves half a file."""
-    path = Path(path)
-    if path.is_dir():  # os.replace would raise IsADirectoryError: a user's path, not a bug
-        check_output_file(path, "the output")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        check_output_file(path, "the output")
-        raise
+    path = check_output_file(path, "the output")  # a folder, or a file on the way: the user's path, not a bug
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600: a report or submission others could not read
