@@ -255,6 +255,20 @@ def test_torchrun_sigterm_on_one_rank_stops_every_rank_at_the_same_step(root, tm
         out[-3000:]
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["global_step"] == 2
+    # every rank's running sums travel in the mid-epoch last.pt: the resumed epoch's log row is the uninterrupted
+    # run's (it averaged rank 0's partial sums on both ranks: loss 1.7769 against 1.7778)
+    assert len(ck["epoch_sums_by_rank"]) == 2 and ck["epoch_sums_by_rank"][0] != ck["epoch_sums_by_rank"][1]
+    args = ["train", "--data", str(root), *COMMON[:5], "3", *COMMON[6:], "train.deterministic=true"]
+    check(torchrun(["-m", "fewshot", *args, "--out", str(run), "--resume"], cwd=tmp_path))
+    check(torchrun(["-m", "fewshot", *args, "--out", str(tmp_path / "whole")], cwd=tmp_path))
+
+    def rows(folder):
+        return [json.loads(x) for x in (folder / "log.jsonl").read_text().splitlines()]
+
+    resumed, whole = rows(run), rows(tmp_path / "whole")
+    assert [r["epoch"] for r in resumed] == [r["epoch"] for r in whole]
+    for a, b in zip(resumed, whole):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["train_acc1"] == pytest.approx(b["train_acc1"])
 
 
 def test_torchrun_budget_stops_every_rank_at_the_same_step(root, tmp_path):

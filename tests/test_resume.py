@@ -101,8 +101,8 @@ def kill_after_save(monkeypatch, global_step: int) -> None:
     """Raise right after the mid-epoch checkpoint of `global_step` was written."""
     orig = Engine.save
 
-    def save(self, name="last"):
-        orig(self, name)
+    def save(self, name="last", **kwargs):
+        orig(self, name, **kwargs)
         if name == "last" and self.global_step == global_step and self.step_in_epoch > 0:
             raise Killed(f"killed after saving step {global_step}")
 

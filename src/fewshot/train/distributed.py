@@ -76,6 +76,15 @@ def broadcast_object(ctx: DistContext, obj):
     return box[0]
 
 
+def all_gather_object(ctx: DistContext, obj) -> list:
+    """Every rank's obj, in rank order (a plain container of numbers: the ranks are trusted peers)."""
+    if not ctx.enabled:
+        return [obj]
+    out = [None] * ctx.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_max(ctx: DistContext, value):
     """The largest value over the ranks: a float, or element-wise for a list of floats (one collective)."""
     if not ctx.enabled:

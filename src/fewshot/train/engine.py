@@ -35,7 +35,8 @@ from fewshot.errors import UserError
 from fewshot.progress import track
 from fewshot.runtime import CPU_BF16_MIN_SIZE, cpu_computes_bf16
 from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from fewshot.train.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, broadcast_object
+from fewshot.train.distributed import (DistContext, all_gather_object, all_reduce_max, all_reduce_mean, barrier,
+                                      broadcast_object)
 from fewshot.train.stop_signal import StopRequested, stop_on_signals
 from fewshot.utils import atomic_write_text, write_json
 
@@ -197,12 +198,21 @@ class Engine:
             **self.task.checkpoint_extra(),
         }
 
-    def save(self, name: str = "last") -> None:
+    def save_mid_epoch(self) -> None:
+        """last.pt inside an epoch, on every rank together (a stop, --save-every-steps): under DDP it carries each
+        rank's running metric sums, or the resumed epoch's log row would average rank 0's on every rank. The
+        epoch-end saves need not agree across ranks (rank 0 alone times them), so they gather nothing."""
+        by_rank = all_gather_object(self.ctx, dict(self.epoch_sums)) if self.ctx.enabled else None
+        self.save("last", epoch_sums_by_rank=by_rank)
+
+    def save(self, name: str = "last", epoch_sums_by_rank: list | None = None) -> None:
         """last.pt holds everything resume needs; best.pt only what evaluation and --weights read (no
         optimizer state: half the bytes, and it is written at every new best score)."""
         if self.ctx.is_main:
             path = self.ckpt_dir / f"{name}.pt"
             payload = self.payload()
+            if epoch_sums_by_rank is not None:
+                payload["epoch_sums_by_rank"] = epoch_sums_by_rank
             if name != "last":
                 payload["optimizer"] = None
             try:
@@ -266,7 +276,9 @@ class Engine:
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
         self.best_score, self.last_eval = ck["best_score"], ck.get("last_eval")
         self.nonfinite_skipped = ck.get("nonfinite_skipped", 0)
-        self.epoch_sums, self.epoch_steps = dict(ck.get("epoch_sums") or {}), int(ck.get("epoch_steps", 0))
+        by_rank = ck.get("epoch_sums_by_rank")
+        sums = by_rank[self.ctx.rank] if by_rank and len(by_rank) == self.ctx.world else ck.get("epoch_sums")
+        self.epoch_sums, self.epoch_steps = dict(sums or {}), int(ck.get("epoch_steps", 0))
         set_rng_state(ck["rng"])
         self._seconds_before = float(ck.get("train_seconds", 0.0))
         if self.ctx.is_main:
@@ -405,8 +417,9 @@ class Engine:
 
     def _stop_here(self) -> None:
         """Write last.pt at the current step (unless it is already there) and leave through StopRequested."""
-        if self._saved_step != self.global_step:
-            self.save("last")
+        # rank 0 alone knows what it wrote last: its answer decides for every rank (the save gathers from all)
+        if broadcast_object(self.ctx, self._saved_step != self.global_step):
+            self.save_mid_epoch()
         barrier(self.ctx)
         raise StopRequested(self._stop_signum or signal.SIGTERM, str(self.ckpt_dir / "last.pt"))
 
@@ -481,7 +494,7 @@ class Engine:
             if self.ctx.is_main and hasattr(bar, "set_postfix") and (step % 5 == 0 or step == len(batches) - 1):
                 bar.set_postfix(loss=f"{sums['loss'] / n_steps:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
             if t["save_every_steps"] and self.global_step % t["save_every_steps"] == 0 and self.step_in_epoch < len(batches):
-                self.save("last")
+                self.save_mid_epoch()
             signalled, late = self._agreed_stop(deadline)
             if signalled and self.step_in_epoch < len(batches):
                 if hasattr(bar, "close"):
