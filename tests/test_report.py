@@ -372,3 +372,15 @@ def test_a_run_without_metrics_reports_its_best_evaluation_not_its_last(tmp_path
     loaded = load_run(run, "stopped")
     assert loaded.metrics["mean_acc1"] == 85.0
     assert any("epoch 2" in n for n in loaded.notes)
+
+
+def test_a_run_stopped_before_its_first_evaluation_says_which_checkpoint_predicted(runs, tmp_path):
+    """Only last.pt exists (a stop before the first evaluation): the page called it the best checkpoint."""
+    run = tmp_path / "early"
+    shutil.copytree(runs["ft"], run)
+    (run / "checkpoints" / "best.pt").unlink()
+    rc, _, err = run_main("report", run, "--out", tmp_path / "r", "--device", "cpu", "--grid", "8")
+    assert rc == 0, err
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert "Predictions of the last checkpoint (the run stopped before its first evaluation" in text
+    assert "Predictions of the best checkpoint" in (runs["base"] / "report" / "index.html").read_text()

@@ -178,7 +178,9 @@ class ReportBuilder:
         if a is None:
             return [H.note(self.data_notes.get(r.label, "Image-based parts skipped."))]
         slug = self.slugs[r.label]
-        body = [f'<p class="caption">Predictions of the best checkpoint, known source; '
+        which = ("the best checkpoint" if r.checkpoint is not None and r.checkpoint.name == "best.pt" else
+                 "the last checkpoint (the run stopped before its first evaluation: no best.pt yet)")
+        body = [f'<p class="caption">Predictions of {which}, known source; '
                 f'{H.e(self.data_notes[r.label])}</p>']
         got = recomputed_mean_acc1(a)
         want = (r.metrics_known or {}).get("mean_acc1")
