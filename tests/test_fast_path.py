@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewshot.models import fast_pool
+from fewshot.models import fast_pool, tiny_map_conv
 from fewshot.models.backbone import create_backbone
 from fewshot.runtime import compile_modules, resolve_compile, tune_allocator
 from fewshot.ssl import split_bn
@@ -44,7 +44,7 @@ def _views(step: int, channels_last: bool = False) -> tuple[torch.Tensor, torch.
 
 
 def _run(fast_bn: bool = True, fused="auto", fast_maxpool: bool = True, channels_last: bool = False, compile_backend: str | None = None,
-         steps: int = 3) -> tuple[list[float], dict[str, torch.Tensor], torch.optim.Optimizer]:
+         steps: int = 3, tiny_maps: bool = True) -> tuple[list[float], dict[str, torch.Tensor], torch.optim.Optimizer]:
     """`steps` MoCo steps from seed 0; returns the losses, the final state dict and the optimizer."""
     torch.manual_seed(0)
     model = MoCo(create_backbone("test_resnet"), dim=16, queue_size=32, momentum=0.9, temperature=0.2,
@@ -55,6 +55,7 @@ def _run(fast_bn: bool = True, fused="auto", fast_maxpool: bool = True, channels
         assert compile_modules([model.encoder_q, model.encoder_k], True, torch.device("cpu"), backend=compile_backend)
     opt = _sgd(model, fused)
     old, old_pool = split_bn.set_fast_path(fast_bn), fast_pool.set_fast_path(fast_maxpool)
+    old_tiny = tiny_map_conv.set_fast_path(tiny_maps)
     losses = []
     try:
         for step in range(steps):
@@ -66,6 +67,7 @@ def _run(fast_bn: bool = True, fused="auto", fast_maxpool: bool = True, channels
     finally:
         split_bn.set_fast_path(old)
         fast_pool.set_fast_path(old_pool)
+        tiny_map_conv.set_fast_path(old_tiny)
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, opt
 
 
@@ -100,11 +102,12 @@ def fast_run(one_thread):
 
 
 def test_fast_path_equals_plain_path(fast_run):
-    """Default path (alias-free split BN, fused SGD, channels_last max-pool) == plain path (view
-    output, for-loop SGD, NCHW max-pool)."""
+    """Default path (alias-free split BN, fused SGD, channels_last max-pool, tiny-map convolutions as
+    matmuls: test_resnet's last stage is 1x1 at 32 px) == plain path (view output, for-loop SGD, NCHW
+    max-pool, oneDNN convolutions)."""
     _, _, opt = fast_run
     assert opt.defaults.get("fused") is True  # the fast path really is the fused kernel on the CPU
-    plain = _run(fast_bn=False, fused=False, fast_maxpool=False)
+    plain = _run(fast_bn=False, fused=False, fast_maxpool=False, tiny_maps=False)
     assert not plain[2].defaults.get("fused")
     _assert_same(fast_run, plain)
 
@@ -155,7 +158,7 @@ def test_split_bn_single_call_equals_group_loop_in_moco_step(fast_run, monkeypat
     _assert_same(fast_run, _run(fused=False))
 
 
-def test_fast_maxpool_equals_plain_and_keeps_state_dict_keys():
+def test_fast_maxpool_equals_plain_and_fast_modules_keep_state_dict_keys():
     """The channels_last detour gives bit-identical outputs and gradients, also with the ties
     that ReLU makes (zeros), returns NCHW, and leaves the model's state-dict keys alone."""
     torch.manual_seed(0)
@@ -177,7 +180,123 @@ def test_fast_maxpool_equals_plain_and_keeps_state_dict_keys():
 
     ours, theirs = create_backbone("resnet18"), timm.create_model("resnet18", pretrained=False, num_classes=0)
     assert isinstance(ours.maxpool, fast_pool.NHWCMaxPool2d) and type(theirs.maxpool) is torch.nn.MaxPool2d
+    assert type(ours.layer4[1].conv2) is tiny_map_conv.TinyMapConv2d  # the conv swap keeps the keys too
     assert ours.state_dict().keys() == theirs.state_dict().keys()
+
+
+# ----------------------------------------------------------------------------- tiny-map convolutions
+
+
+def _spy_matmul_paths(monkeypatch) -> list[bool]:
+    """Record, per TinyMapConv2d call, whether it went through a matmul."""
+    taken: list[bool] = []
+    original = tiny_map_conv.TinyMapConv2d._as_matmul
+
+    def spy(self, x):
+        out = original(self, x)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(tiny_map_conv.TinyMapConv2d, "_as_matmul", spy)
+    return taken
+
+
+# (in channels, out channels, kernel, stride, padding, input h, w, bias, expected path)
+TINY_CASES = [
+    (6, 5, 3, 1, 1, 1, 1, False, True),    # 3x3 on 1x1: the centre tap
+    (6, 5, 3, 2, 1, 2, 2, True, True),     # resnet's stride-2 3x3, 2x2 -> 1x1: four taps
+    (6, 5, 1, 2, 0, 2, 2, False, True),    # the stride-2 1x1 shortcut, 2x2 -> 1x1
+    (6, 5, 5, 1, 0, 5, 5, True, True),     # a one-pixel output without padding
+    (6, 5, 3, 1, 1, 2, 2, True, True),     # 3x3 on 2x2: the dense matrix
+    (6, 5, 3, 1, 1, 1, 2, False, True),    # non-square 1x2
+    (6, 5, (3, 1), 1, (1, 0), 2, 1, True, True),  # non-square kernel
+    (6, 5, 3, 2, 1, 3, 3, False, False),   # 3x3 map: as many pixels as taps, plain
+    (6, 5, 3, 1, 1, 4, 4, False, False),   # 4x4 map: plain
+]
+
+
+@pytest.mark.parametrize("cin,cout,k,s,p,h,w,bias,fast", TINY_CASES)
+def test_tiny_map_conv_equals_conv(monkeypatch, cin, cout, k, s, p, h, w, bias, fast):
+    """Output and all three gradients equal oneDNN's convolution; the expected shapes take the matmul."""
+    monkeypatch.setattr(tiny_map_conv, "_DENSE_MIN_BATCH", 1)
+    taken = _spy_matmul_paths(monkeypatch)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(cin, cout, k, s, p, bias=bias)
+    ref = torch.nn.Conv2d(cin, cout, k, s, p, bias=bias)
+    ref.load_state_dict(conv.state_dict())
+    assert tiny_map_conv.swap_tiny_map_convs(conv) == 1 and type(conv) is tiny_map_conv.TinyMapConv2d
+    x = torch.randn(3, cin, h, w)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = conv(xa), ref(xb)
+    assert taken == [fast]
+    assert ya.shape == yb.shape
+    torch.testing.assert_close(ya, yb, atol=1e-6, rtol=1e-5)
+    g = torch.randn_like(yb)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad, atol=1e-6, rtol=1e-5)
+    if bias:
+        torch.testing.assert_close(conv.bias.grad, ref.bias.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_tiny_map_dense_path_waits_for_a_batch_that_pays(monkeypatch):
+    """The dense matrix costs the same at any batch: fp32 below batch 128 stays on oneDNN, bf16
+    autocast takes it (measured, docs/performance.md); a one-pixel output takes the matmul always."""
+    taken = _spy_matmul_paths(monkeypatch)
+    conv = torch.nn.Conv2d(4, 4, 3, 1, 1)
+    tiny_map_conv.swap_tiny_map_convs(conv)
+    conv(torch.randn(2, 4, 2, 2))
+    conv(torch.randn(128, 4, 2, 2))
+    with torch.autocast("cpu", torch.bfloat16):
+        conv(torch.randn(2, 4, 2, 2))
+    conv(torch.randn(2, 4, 1, 1))
+    assert taken == [False, True, True, True]
+
+
+def test_tiny_map_conv_under_bf16_autocast_matches_conv(monkeypatch):
+    """Under autocast the matmuls compute in bf16 as the convolution does: same dtype out, same
+    numbers within bf16 rounding, fp32 gradients for the fp32 weights."""
+    monkeypatch.setattr(tiny_map_conv, "_DENSE_MIN_BATCH", 1)
+    torch.manual_seed(0)
+    for h, s in ((1, 1), (2, 1), (2, 2)):
+        conv, ref = torch.nn.Conv2d(16, 8, 3, s, 1), torch.nn.Conv2d(16, 8, 3, s, 1)
+        ref.load_state_dict(conv.state_dict())
+        tiny_map_conv.swap_tiny_map_convs(conv)
+        x = torch.randn(4, 16, h, h)
+        with torch.autocast("cpu", torch.bfloat16):
+            ya, yb = conv(x), ref(x)
+        assert ya.dtype == yb.dtype == torch.bfloat16
+        torch.testing.assert_close(ya.float(), yb.float(), atol=0.05, rtol=0.02)
+        ya.float().sum().backward()
+        yb.float().sum().backward()
+        assert conv.weight.grad.dtype == torch.float32
+        torch.testing.assert_close(conv.weight.grad, ref.weight.grad, atol=0.05, rtol=0.02)
+
+
+def test_resnet18_at_32px_with_tiny_map_convs_equals_plain(monkeypatch):
+    """The whole backbone at 32 px (last stage 1x1, the one before 2x2, both matmul paths forced):
+    features and every parameter's gradient equal the plain network's."""
+    monkeypatch.setattr(tiny_map_conv, "_DENSE_MIN_BATCH", 1)
+    taken = _spy_matmul_paths(monkeypatch)
+    torch.manual_seed(0)
+    model = create_backbone("resnet18", width=0.25)
+    x = torch.randn(4, 3, 32, 32)
+    grads = []
+    for fast in (True, False):
+        old = tiny_map_conv.set_fast_path(fast)
+        try:
+            model.zero_grad()
+            feats = model(x)
+            (feats * torch.linspace(-1, 1, feats.shape[1])).sum().backward()
+            grads.append((feats.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        finally:
+            tiny_map_conv.set_fast_path(old)
+    assert sum(taken) == 8  # layer3: three 3x3 on 2x2 (dense); layer4: the stride-2 3x3, its shortcut, three 3x3 on 1x1
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-4)
+    for name in grads[0][1]:
+        torch.testing.assert_close(grads[0][1][name], grads[1][1][name], atol=1e-5, rtol=1e-4,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_split_bn_fast_output_is_not_a_view():

@@ -14,6 +14,7 @@ from torch import nn
 
 from fewshot.errors import UserError
 from fewshot.models.fast_pool import swap_max_pools
+from fewshot.models.tiny_map_conv import swap_tiny_map_convs
 
 
 def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = None, width: float = 1.0,
@@ -50,6 +51,7 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
         if small_stem:
             _stride_one_stem(model)
         swap_max_pools(model)
+        swap_tiny_map_convs(model)
         return model
     raise UserError(f"timm could not build '{name}' with num_classes=0.")
 

@@ -1,0 +1,133 @@
+"""Convolutions on tiny maps, computed as the matrix products they are.
+
+At 32 px a ResNet's last stages see 2x2 and 1x1 maps (at 64 px, 2x2). A 3x3 convolution with
+padding 1 on a 1x1 map uses one of its nine taps (the other eight fall on the zero padding); on a
+2x2 map each output pixel sees four of them. oneDNN's CPU kernels are slow there, above all in the
+backward: the weight gradient of a 512->512 3x3 convolution on 1x1 maps at batch 256 takes ~11 ms
+against ~1 ms for the one matmul it amounts to (docs/performance.md). So on the CPU
+`TinyMapConv2d` computes
+
+* a convolution with a one-pixel output as ``F.linear`` over the input window its taps reach;
+* a convolution whose whole input map is smaller than its kernel (e.g. 3x3 on 2x2) as ``F.linear``
+  with the dense matrix that maps the input map to the output map, built from the kernel's taps
+  (zeros where a tap would fall on the padding). Building that matrix costs the same at any batch
+  size, so this one is used where it was measured to pay: under bf16 autocast, or from batch 128;
+
+the same sums without the zero terms (equal within float rounding; tests/test_fast_path.py), and
+autograd differentiates the matmuls. Every other shape, other devices, groups, dilation and
+non-zero padding modes go through `nn.Conv2d` unchanged. ``set_fast_path(False)`` turns the
+shortcut off (tests, ablation).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["TinyMapConv2d", "swap_tiny_map_convs", "set_fast_path"]
+
+_FAST = True
+_MAX_PAIRS = 64         # (output pixel, input pixel) pairs of the dense path: beyond this the maps are not tiny
+_DENSE_MIN_BATCH = 128  # in fp32 the dense path lost at batch 64 and won at 256 (docs/performance.md)
+
+
+def set_fast_path(enabled: bool) -> bool:
+    """Switch the matmul shortcuts on or off; returns the previous setting."""
+    global _FAST
+    old, _FAST = _FAST, bool(enabled)
+    return old
+
+
+def _out_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+@lru_cache(maxsize=64)
+def _tap_links(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+               pad: tuple[int, int]) -> tuple[tuple[int, int, int], ...]:
+    """The (output pixel, input pixel, kernel tap) triples a convolution links on this map size."""
+    (h, w), (kh, kw), (sh, sw), (ph, pw) = in_hw, kernel, stride, pad
+    oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    links = []
+    for oy in range(oh):
+        for ox in range(ow):
+            for iy in range(h):
+                for ix in range(w):
+                    ky, kx = iy - oy * sh + ph, ix - ox * sw + pw
+                    if 0 <= ky < kh and 0 <= kx < kw:
+                        links.append((oy * ow + ox, iy * w + ix, ky * kw + kx))
+    return tuple(links)
+
+
+class _DenseMatrix(torch.autograd.Function):
+    """The [Cout*P, Cin*Q] matrix of a convolution from a Q-pixel map to a P-pixel map. One strided
+    copy per linked pixel pair forward, one strided add per pair backward (cheaper than a gather and
+    advanced indexing's scatter)."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, shape: tuple[int, int], links: tuple) -> Tensor:
+        cout, cin = weight.shape[:2]
+        p, q = shape
+        ctx.links, ctx.weight_shape, ctx.shape = links, weight.shape, shape
+        taps = weight.reshape(cout, cin, -1)
+        matrix = weight.new_zeros(cout, p, cin, q)
+        for pi, qi, tap in links:
+            matrix[:, pi, :, qi] = taps[:, :, tap]
+        return matrix.view(cout * p, cin * q)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        cout, cin, kh, kw = ctx.weight_shape
+        grad = grad.view(cout, ctx.shape[0], cin, ctx.shape[1])
+        grad_taps = grad.new_zeros(cout, cin, kh * kw)
+        for pi, qi, tap in ctx.links:
+            grad_taps[:, :, tap] += grad[:, pi, :, qi]
+        return grad_taps.view(ctx.weight_shape), None, None
+
+
+class TinyMapConv2d(nn.Conv2d):
+    """`nn.Conv2d` that computes convolutions on tiny CPU maps as matmuls (see the module docstring)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (_FAST and x.device.type == "cpu" and x.dim() == 4 and self.groups == 1
+                and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                and self.dilation == (1, 1)):
+            out = self._as_matmul(x)
+            if out is not None:
+                return out
+        return super().forward(x)
+
+    def _as_matmul(self, x: Tensor) -> Tensor | None:
+        batch, _, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+        cout = self.weight.shape[0]
+        if oh == ow == 1 and ph < kh and pw < kw:  # one output pixel: a linear layer over its window
+            rows, cols = min(kh - ph, h), min(kw - pw, w)
+            weight = self.weight[:, :, ph:ph + rows, pw:pw + cols]
+            out = F.linear(x[:, :, :rows, :cols].reshape(batch, -1), weight.reshape(cout, -1), self.bias)
+            return out.view(batch, cout, 1, 1)
+        if (oh >= 1 and ow >= 1 and h * w < kh * kw and oh * ow * h * w <= _MAX_PAIRS
+                and (batch >= _DENSE_MIN_BATCH or torch.is_autocast_enabled("cpu"))):
+            links = _tap_links((h, w), (kh, kw), (sh, sw), (ph, pw))
+            matrix = _DenseMatrix.apply(self.weight, (oh * ow, h * w), links)
+            bias = None if self.bias is None else self.bias.repeat_interleave(oh * ow)
+            return F.linear(x.reshape(batch, -1), matrix, bias).view(batch, cout, oh, ow)
+        return None
+
+
+def swap_tiny_map_convs(model: nn.Module) -> int:
+    """Make every plain `nn.Conv2d` of `model` a `TinyMapConv2d` in place; returns how many.
+
+    Only the class changes (same parameters and buffers), so state-dict keys, export and timm
+    loading are unaffected.
+    """
+    swapped = 0
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = TinyMapConv2d
+            swapped += 1
+    return swapped
