@@ -218,11 +218,8 @@ class Ours:
 
         # Counted on the convolutions as the network defines them (lightly's basis): the tiny-map matmuls
         # skip the zero-padding terms, and fewer FLOPs for the same work would lower our % of the roofline.
-        old = tiny_map_conv.set_fast_path(False)
-        try:
+        with tiny_map_conv.plain_convolutions():
             return count_flops(self.step_once)
-        finally:
-            tiny_map_conv.set_fast_path(old)
 
     # ---- end to end
     def setup_e2e(self, folder: str, cache_dir: str) -> dict:

@@ -21,13 +21,14 @@ shortcut off (tests, ablation).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TinyMapConv2d", "swap_tiny_map_convs", "set_fast_path"]
+__all__ = ["TinyMapConv2d", "swap_tiny_map_convs", "set_fast_path", "plain_convolutions"]
 
 _FAST = True
 _MAX_PAIRS = 64         # (output pixel, input pixel) pairs of the dense path: beyond this the maps are not tiny
@@ -39,6 +40,17 @@ def set_fast_path(enabled: bool) -> bool:
     global _FAST
     old, _FAST = _FAST, bool(enabled)
     return old
+
+
+@contextmanager
+def plain_convolutions():
+    """Every convolution through `nn.Conv2d` inside the block: FLOP counts then follow the network's
+    definition (the usual convention, and what other tools report), not the zero terms skipped here."""
+    old = set_fast_path(False)
+    try:
+        yield
+    finally:
+        set_fast_path(old)
 
 
 def _out_size(size: int, kernel: int, stride: int, pad: int) -> int:

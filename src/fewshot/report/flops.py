@@ -1,6 +1,7 @@
 """FLOPs of one forward pass at the run's input size, counted by torch.utils.flop_counter.
 
-A multiply-add counts as 2 FLOPs (torch's convention). Operators torch has no formula for
+A multiply-add counts as 2 FLOPs (torch's convention); convolutions count their full kernel, also
+where `models/tiny_map_conv` skips the taps that fall on the padding. Operators torch has no formula for
 (pooling, activations, normalisation) are not counted; convolutions and matmuls dominate.
 """
 
@@ -15,6 +16,8 @@ def count_flops(model: nn.Module, img_size: int, device: torch.device | str = "c
     """FLOPs of model(x) for one 3 x img_size x img_size image, in eval mode; None if it cannot run."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from fewshot.models.tiny_map_conv import plain_convolutions
+
     was = model.training
     model.eval()
     try:
@@ -22,7 +25,7 @@ def count_flops(model: nn.Module, img_size: int, device: torch.device | str = "c
         dev = param.device if param is not None else torch.device(device)
         x = torch.zeros(1, 3, int(img_size), int(img_size), device=dev)
         counter = FlopCounterMode(display=False)
-        with counter:
+        with counter, plain_convolutions():  # convolutions counted as defined, not as the CPU shortcut computes them
             model(x)
         return int(counter.get_total_flops())
     except Exception:
