@@ -274,6 +274,26 @@ def test_tiny_map_conv_under_bf16_autocast_matches_conv(monkeypatch):
         torch.testing.assert_close(conv.weight.grad, ref.weight.grad, atol=0.05, rtol=0.02)
 
 
+@pytest.mark.parametrize("h,stride", [(1, 1), (2, 2), (2, 1)])
+def test_tiny_map_conv_gradcheck_in_float64_and_bf16_weights(monkeypatch, h, stride):
+    """Both paths pass torch's numerical gradient check in float64, and a model cast to bf16 (no
+    autocast) gets bf16 gradients: the backward keeps the weight's dtype."""
+    monkeypatch.setattr(tiny_map_conv, "_DENSE_MIN_BATCH", 1)
+    taken = _spy_matmul_paths(monkeypatch)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 2, 3, stride, 1).double()
+    tiny_map_conv.swap_tiny_map_convs(conv)
+    x = torch.randn(2, 3, h, h, dtype=torch.float64, requires_grad=True)
+    w, b = conv.weight, conv.bias
+    assert torch.autograd.gradcheck(lambda x, w, b: torch.func.functional_call(conv, {"weight": w, "bias": b}, (x,)),
+                                    (x, w, b))
+    assert all(taken)
+    conv16 = torch.nn.Conv2d(4, 4, 3, stride, 1).to(torch.bfloat16)
+    tiny_map_conv.swap_tiny_map_convs(conv16)
+    conv16(torch.randn(2, 4, h, h, dtype=torch.bfloat16)).float().sum().backward()
+    assert conv16.weight.grad.dtype == torch.bfloat16 and conv16.bias.grad.dtype == torch.bfloat16
+
+
 def test_resnet18_at_32px_with_tiny_map_convs_equals_plain(monkeypatch):
     """The whole backbone at 32 px (last stage 1x1, the one before 2x2, both matmul paths forced):
     features and every parameter's gradient equal the plain network's."""

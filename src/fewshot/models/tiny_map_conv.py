@@ -84,7 +84,7 @@ class _DenseMatrix(torch.autograd.Function):
     def forward(ctx, weight: Tensor, shape: tuple[int, int], links: tuple, dtype: torch.dtype) -> Tensor:
         cout, cin, kh, kw = weight.shape
         p, q = shape
-        ctx.links, ctx.weight_shape, ctx.shape = links, weight.shape, shape
+        ctx.links, ctx.weight_shape, ctx.weight_dtype, ctx.shape = links, weight.shape, weight.dtype, shape
         taps = weight.new_empty(kh * kw, cout * cin, dtype=dtype)
         taps.copy_(weight.reshape(cout * cin, kh * kw).t())  # a 2-D transpose: the fastest re-layout measured
         taps = taps.view(kh * kw, cout, cin)
@@ -97,7 +97,7 @@ class _DenseMatrix(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         cout, cin, kh, kw = ctx.weight_shape
         grad = grad.view(ctx.shape[0], cout, ctx.shape[1], cin)
-        grad_taps = grad.new_zeros(kh * kw, cout, cin, dtype=torch.float32)
+        grad_taps = grad.new_zeros(kh * kw, cout, cin, dtype=ctx.weight_dtype)  # fp32 weights under bf16 autocast
         for pi, qi, tap in ctx.links:
             grad_taps[tap] += grad[pi, :, qi, :]
         return grad_taps.view(kh * kw, cout * cin).t().contiguous().view(ctx.weight_shape), None, None, None
@@ -131,9 +131,12 @@ class TinyMapConv2d(nn.Conv2d):
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else self.weight.dtype
             matrix = _DenseMatrix.apply(self.weight, (oh * ow, h * w), links, dtype)
             bias = None if self.bias is None else self.bias.repeat(oh * ow)
-            # pixel-major: the input flattened channels-last, the output handed on as a channels_last view
+            # pixel-major: the input flattened channels-last; the output back in the input's memory format
+            # (a few hundred KB: models that .view() a convolution's output keep working)
             pixels = x.permute(0, 2, 3, 1).reshape(batch, -1)
-            return F.linear(pixels, matrix, bias).view(batch, oh, ow, cout).permute(0, 3, 1, 2)
+            out = F.linear(pixels, matrix, bias).view(batch, oh, ow, cout).permute(0, 3, 1, 2)
+            return out if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+                else out.contiguous()
         return None
 
 
