@@ -294,6 +294,35 @@ def test_tiny_map_conv_gradcheck_in_float64_and_bf16_weights(monkeypatch, h, str
     assert conv16.weight.grad.dtype == torch.bfloat16 and conv16.bias.grad.dtype == torch.bfloat16
 
 
+def test_tiny_map_conv_edge_cases_follow_the_plain_convolution(monkeypatch):
+    """An empty batch, torch.func transforms through the dense path (per-sample gradients), a float64
+    model under bf16 autocast, and maps whose pixel pairs do not all share a tap (plain path)."""
+    monkeypatch.setattr(tiny_map_conv, "_DENSE_MIN_BATCH", 1)
+    taken = _spy_matmul_paths(monkeypatch)
+    torch.manual_seed(0)
+    model = create_backbone("test_resnet")
+    assert model(torch.zeros(0, 3, 32, 32)).shape == (0, model.num_features)
+    conv = torch.nn.Conv2d(4, 5, 3, 1, 1).double()
+    ref = torch.nn.Conv2d(4, 5, 3, 1, 1).double()
+    ref.load_state_dict(conv.state_dict())
+    tiny_map_conv.swap_tiny_map_convs(conv)
+    x = torch.randn(3, 4, 2, 2, dtype=torch.float64)
+
+    def per_sample_grads(module):
+        def loss(w, xi):
+            return torch.func.functional_call(module, {"weight": w, "bias": module.bias}, (xi[None],)).square().sum()
+        return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(module.weight, x)
+
+    taken.clear()
+    torch.testing.assert_close(per_sample_grads(conv), per_sample_grads(ref))
+    assert taken and all(taken)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert conv(x).dtype == torch.float64
+    taken.clear()
+    conv(torch.randn(3, 4, 1, 8, dtype=torch.float64))  # 1x8 map, 3x3 kernel: 22 of 64 pixel pairs linked
+    assert taken == [False]
+
+
 def test_resnet18_at_32px_with_tiny_map_convs_equals_plain(monkeypatch):
     """The whole backbone at 32 px (last stage 1x1, the one before 2x2, both matmul paths forced):
     features and every parameter's gradient equal the plain network's."""

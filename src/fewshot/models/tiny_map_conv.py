@@ -8,10 +8,11 @@ against ~1 ms for the one matmul it amounts to (docs/performance.md). So on the 
 `TinyMapConv2d` computes
 
 * a convolution with a one-pixel output as ``F.linear`` over the input window its taps reach;
-* a convolution whose whole input map is smaller than its kernel (e.g. 3x3 on 2x2) as ``F.linear``
-  with the dense matrix that maps the input map to the output map, built from the kernel's taps
-  (zeros where a tap would fall on the padding). Building that matrix costs the same at any batch
-  size, so this one is used where it was measured to pay: under bf16 autocast, or from batch 128;
+* a convolution whose input map has fewer pixels than its kernel has taps, and where every output
+  pixel sees every input pixel (3x3 on 2x2), as ``F.linear`` with the dense matrix that maps the
+  input map to the output map, built from the kernel's taps each call (P*Q*Cout*Cin values, kept for
+  the backward: 8 MB in bf16 for 512 -> 512 on 2x2). Building it costs the same at any batch size, so
+  this one is used where it was measured to pay: under CPU autocast, or from batch 128;
 
 the same sums without the zero terms (equal within float rounding; tests/test_fast_path.py), and
 autograd differentiates the matmuls. Every other shape, other devices, groups, dilation and
@@ -80,11 +81,17 @@ class _DenseMatrix(torch.autograd.Function):
     matrix). The taps are first laid out as [taps, Cout, Cin], so each linked pixel pair is one copy of
     whole rows forward and one add backward."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, weight: Tensor, shape: tuple[int, int], links: tuple, dtype: torch.dtype) -> Tensor:
+    def setup_context(ctx, inputs, output):
+        weight, shape, links, _ = inputs
+        ctx.links, ctx.weight_shape, ctx.weight_dtype, ctx.shape = links, weight.shape, weight.dtype, shape
+
+    @staticmethod
+    def forward(weight: Tensor, shape: tuple[int, int], links: tuple, dtype: torch.dtype) -> Tensor:
         cout, cin, kh, kw = weight.shape
         p, q = shape
-        ctx.links, ctx.weight_shape, ctx.weight_dtype, ctx.shape = links, weight.shape, weight.dtype, shape
         taps = weight.new_empty(kh * kw, cout * cin, dtype=dtype)
         taps.copy_(weight.reshape(cout * cin, kh * kw).t())  # a 2-D transpose: the fastest re-layout measured
         taps = taps.view(kh * kw, cout, cin)
@@ -96,7 +103,7 @@ class _DenseMatrix(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         cout, cin, kh, kw = ctx.weight_shape
-        grad = grad.view(ctx.shape[0], cout, ctx.shape[1], cin)
+        grad = grad.reshape(ctx.shape[0], cout, ctx.shape[1], cin)
         grad_taps = grad.new_zeros(kh * kw, cout, cin, dtype=ctx.weight_dtype)  # fp32 weights under bf16 autocast
         for pi, qi, tap in ctx.links:
             grad_taps[tap] += grad[pi, :, qi, :]
@@ -117,6 +124,8 @@ class TinyMapConv2d(nn.Conv2d):
 
     def _as_matmul(self, x: Tensor) -> Tensor | None:
         batch, _, h, w = x.shape
+        if batch == 0:
+            return None
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
         cout = self.weight.shape[0]
@@ -128,7 +137,12 @@ class TinyMapConv2d(nn.Conv2d):
         if (oh >= 1 and ow >= 1 and h * w < kh * kw and oh * ow * h * w <= _MAX_PAIRS
                 and (batch >= _DENSE_MIN_BATCH or torch.is_autocast_enabled("cpu"))):
             links = _tap_links((h, w), (kh, kw), (sh, sw), (ph, pw))
-            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else self.weight.dtype
+            if len(links) < oh * ow * h * w:  # some pixel pairs share no tap: the matrix would multiply zero blocks
+                return None
+            dtype = self.weight.dtype  # autocast casts fp32 (not float64) matmuls: build the matrix in its dtype
+            if torch.is_autocast_enabled("cpu") and dtype == torch.float32:
+                low = torch.get_autocast_dtype("cpu")
+                dtype = low if x.dtype in (torch.float32, low) else dtype
             matrix = _DenseMatrix.apply(self.weight, (oh * ow, h * w), links, dtype)
             bias = None if self.bias is None else self.bias.repeat(oh * ow)
             # pixel-major: the input flattened channels-last; the output back in the input's memory format
