@@ -95,7 +95,7 @@ class _DenseMatrix(torch.autograd.Function):
         taps = weight.new_empty(kh * kw, cout * cin, dtype=dtype)
         taps.copy_(weight.reshape(cout * cin, kh * kw).t())  # a 2-D transpose: the fastest re-layout measured
         taps = taps.view(kh * kw, cout, cin)
-        matrix = taps.new_zeros(p, cout, q, cin)
+        matrix = taps.new_empty(p, cout, q, cin)  # every pixel pair is linked (TinyMapConv2d checks): no zero fill
         for pi, qi, tap in links:
             matrix[pi, :, qi, :] = taps[tap]
         return matrix.view(p * cout, q * cin)
