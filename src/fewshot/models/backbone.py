@@ -25,7 +25,8 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
     stride 1 (the 7x7 stride-2 convolution becomes 3x3 stride 1; a deep stem's first convolution
     gets stride 1; the max-pool stays), so that 32 px images keep 4x more spatial resolution
     through the network. Half width with the small stem costs about the FLOPs of the plain network
-    (docs/recipes.md). Max-pool layers use the faster CPU kernel (`fast_pool`); the math is unchanged.
+    (docs/recipes.md). Max-pool layers use the faster CPU kernel (`fast_pool`) and convolutions on maps
+    smaller than their kernel run as matmuls on the CPU (`tiny_map_conv`); the math is unchanged.
     """
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
