@@ -120,16 +120,28 @@ def test_amp_auto_uses_bf16_on_a_cpu_only_where_it_is_native_and_the_images_are_
     assert amp_dtype(resolve(overrides=["train.amp=bf16"]), cpu, 32) == torch.bfloat16
 
 
-def test_native_bf16_detection_follows_the_cpu_flags_unless_overridden(monkeypatch):
+def test_native_bf16_detection_follows_the_cpu_flags_and_a_measurement_unless_overridden(monkeypatch):
     import torch
 
+    from fewshot import runtime
     from fewshot.runtime import cpu_computes_bf16
 
     monkeypatch.delenv("FEWSHOT_CPU_BF16", raising=False)
-    assert cpu_computes_bf16() == bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert cpu_computes_bf16()  # AMX alone (Intel) counts
+    probes = []
+    monkeypatch.setattr(runtime, "bf16_conv_speedup", lambda: probes.append(1) or speedup)
+    flags = {"avx512_bf16": False, "amx": False}
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: flags["avx512_bf16"])
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: flags["amx"])
+    speedup = 3.0
+    assert not cpu_computes_bf16() and not probes  # emulated bf16: fp32, nothing measured
+    flags["amx"] = True
+    assert cpu_computes_bf16() and not probes  # AMX (Intel) always pays
+    flags.update(amx=False, avx512_bf16=True)
+    assert cpu_computes_bf16() and len(probes) == 1  # AVX512-BF16 alone (AMD Zen 4): measured, faster
+    speedup = 0.5
+    assert not cpu_computes_bf16()  # Intel without AMX (or AMX hidden by a hypervisor): measured, slower
+    speedup = runtime.BF16_MIN_SPEEDUP - 0.01
+    assert not cpu_computes_bf16()  # a gain within the probe's noise is no reason to change the numerics
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     assert not cpu_computes_bf16()  # a torch without the helpers: fp32, never an error
     for value, expected in (("1", True), ("yes", True), ("0", False), ("off", False)):
@@ -138,6 +150,16 @@ def test_native_bf16_detection_follows_the_cpu_flags_unless_overridden(monkeypat
     monkeypatch.setenv("FEWSHOT_CPU_BF16", "typo_0")  # used to count as "on": anything but 0/false/no/off did
     with pytest.raises(UserError, match="FEWSHOT_CPU_BF16='typo_0'"):
         cpu_computes_bf16()
+
+
+def test_the_bf16_probe_times_a_real_convolution_and_leaves_grad_mode_alone():
+    import torch
+
+    from fewshot.runtime import bf16_conv_speedup
+
+    ratio = bf16_conv_speedup.__wrapped__(reps=1)  # uncached: a real measurement on this CPU
+    assert 0.01 < ratio < 100
+    assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
 
 
 def test_the_small_image_moco_config_keeps_a_2x2_last_stage_and_32_samples_per_bn_group():

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
+import statistics
+import time
 
 import torch
 
 __all__ = ["tune_allocator", "allocator_tuned", "configure_cpu", "resolve_compile", "compile_modules",
-           "cpu_computes_bf16", "CPU_BF16_MIN_SIZE"]
+           "cpu_computes_bf16", "bf16_conv_speedup", "CPU_BF16_MIN_SIZE"]
 
 # Smallest image side at which `train.amp=auto` uses bf16 on a CPU that computes it natively: a MoCo step
 # at 64 px ran 1.4x faster in bf16, at 32 px within the noise of fp32 (docs/performance.md, "bf16 ...");
@@ -93,10 +96,15 @@ def configure_cpu(threads: int | None = None, allocator: bool | None = None) -> 
 
 
 def cpu_computes_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic that oneDNN's convolutions use (AVX512-BF16: AMD Zen 4 and
-    later; AMX: Intel Sapphire Rapids and later). Elsewhere torch emulates bf16 and autocast is slower
-    than fp32, so ``train.amp=auto`` stays fp32. ``FEWSHOT_CPU_BF16=0``/``1`` overrides the detection
-    (the test suite sets 0, so that its results do not depend on the CPU it runs on)."""
+    """Whether bf16 convolutions run faster than fp32 on this CPU, so that ``train.amp=auto`` may use them.
+
+    AMX (Intel Sapphire Rapids and later) always pays. AVX512-BF16 alone does on AMD Zen 4 (1.4x per
+    resnet18 step at 64 px) but not on Intel CPUs without AMX, or whose hypervisor hides it: there oneDNN's
+    bf16 kernels ran at half the fp32 speed (docs/performance.md, "A fourth host"). So with AVX512-BF16
+    alone :func:`bf16_conv_speedup` measures it once per process (about 0.3 s). Without either flag torch
+    emulates bf16 and fp32 is kept. ``FEWSHOT_CPU_BF16=0``/``1`` overrides all of it (the test suite sets 0,
+    so that its results do not depend on the CPU it runs on); a resumed run keeps the precision it began with.
+    """
     forced = os.environ.get("FEWSHOT_CPU_BF16", "").strip().lower()
     if forced in ("1", "true", "yes", "on"):
         return True
@@ -109,9 +117,38 @@ def cpu_computes_bf16() -> bool:
                         f"(it does not), or unset it to detect.")
     cpu = getattr(torch, "cpu", None)
     try:  # private but stable helpers (torch >= 2.1; used by torch's own inductor); absent: assume no
-        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        if cpu._is_amx_tile_supported():
+            return True
+        if not cpu._is_avx512_bf16_supported():
+            return False
     except AttributeError:
         return False
+    return bf16_conv_speedup() >= BF16_MIN_SPEEDUP
+
+
+# bf16 must beat fp32 by this much on the probe's convolution before `train.amp=auto` takes it: a whole step
+# also pays for casts that the probe does not see.
+BF16_MIN_SPEEDUP = 1.15
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_conv_speedup(reps: int = 5) -> float:
+    """fp32 time over bf16-autocast time of a convolution's forward and backward, median of ``reps``
+    alternating pairs after two untimed pairs (oneDNN builds its kernels on first use). The shape is
+    resnet18's first stage at 64 px (64 channels, 16x16 maps), batch 32, where bf16 gains most if it gains."""
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False)
+    x = torch.randn(32, 64, 16, 16, requires_grad=True)
+
+    def seconds(bf16: bool) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = conv(x)
+        out.float().sum().backward()
+        return time.perf_counter() - start
+
+    for _ in range(2):
+        seconds(True), seconds(False)
+    return statistics.median(seconds(False) / seconds(True) for _ in range(reps))
 
 
 def resolve_compile(setting, device: torch.device) -> bool:
