@@ -292,6 +292,27 @@ def test_unlabeled_pool_with_symlink_loops_and_bad_files(root):
     assert int(got.valid.sum()) == 81
 
 
+def test_an_undecodable_pool_image_is_skipped_by_default_and_stops_only_on_request(root, tmp_path, capfd):
+    """The pool is extra data: one broken file in it used to stop `fewshot run` (exit 2) before any training.
+    Labelled images still stop the run (above); data.skip_bad_unlabeled=false makes the pool as strict."""
+    from fewshot.config import resolve
+    from fewshot.train.semi import load_pool
+
+    broken = root / "unlabeled" / "digits" / "broken.png"
+    broken.write_bytes(png_bytes()[:40])  # a truncated PNG
+    infos = scan_root(root, ["digits"])
+    cfg = resolve(flags={"data.root": str(root), "data.datasets": "digits", "data.cache_dir": str(tmp_path / "c")})
+    images, _, paths, _ = load_pool(cfg, infos, 16)
+    assert len(images) == len(paths) == 80 and str(broken) not in paths
+    err = capfd.readouterr().err
+    assert "skipping 1 undecodable image(s) (pool images; data.skip_bad_unlabeled=false stops instead)" in err
+    assert str(broken) in err
+    strict = resolve(flags={"data.root": str(root), "data.datasets": "digits"},
+                     overrides=["data.skip_bad_unlabeled=false", f"data.cache_dir={tmp_path / 'c2'}"])
+    with pytest.raises(DataLayoutError, match="broken.png: cannot be decoded"):
+        load_pool(strict, infos, 16)
+
+
 def test_a_failure_fixed_since_is_decoded_again_not_served_from_the_cache(root, tmp_path, monkeypatch):
     """The cache key is path, size and mtime: a permission fixed by chmod (or a transient I/O error) changes
     none of them, so the cached failure list used to be served forever."""

@@ -160,6 +160,11 @@ def test_the_bf16_probe_times_a_real_convolution_and_leaves_grad_mode_alone():
     ratio = bf16_conv_speedup.__wrapped__(reps=1)  # uncached: a real measurement on this CPU
     assert 0.01 < ratio < 100
     assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+    with torch.no_grad():  # a caller inside no_grad or inference_mode still gets a measurement
+        assert bf16_conv_speedup.__wrapped__(reps=1) > 0.01
+        assert not torch.is_grad_enabled()
+    with torch.inference_mode():
+        assert bf16_conv_speedup.__wrapped__(reps=1) > 0.01
 
 
 def test_the_small_image_moco_config_keeps_a_2x2_last_stage_and_32_samples_per_bn_group():

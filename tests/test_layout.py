@@ -181,10 +181,21 @@ def test_any_test_file_name_is_an_id(copy_root, dataset_names, name, image_id):
     assert image_id in ids and ids[:3] == ["0", "1", "2"]  # integers first, in numeric order
 
 
-def test_non_image_file_in_test(copy_root, dataset_names):
-    bad = copy_root / dataset_names[0] / "test" / "readme.txt"
-    bad.write_text("hello")
-    one_problem(problems_of(copy_root, splits=ALL_SPLITS), bad, "not an image")
+def test_non_image_files_in_test_are_ignored_with_a_warning(copy_root, dataset_names, capfd):
+    """readme.txt or Thumbs.db beside the test images used to stop every command (exit 2, nothing predicted);
+    they are ignored, as in class folders, and named once on stderr. A test/ holding only such files is a problem."""
+    test_dir = copy_root / dataset_names[0] / "test"
+    before = scan_root(copy_root, [dataset_names[0]], splits=ALL_SPLITS)[0].test
+    (test_dir / "readme.txt").write_text("hello")
+    (test_dir / "Thumbs.db").write_bytes(b"\0" * 16)
+    capfd.readouterr()
+    for _ in range(2):
+        assert scan_root(copy_root, [dataset_names[0]], splits=ALL_SPLITS)[0].test == before
+    err = capfd.readouterr().err
+    assert err.count("ignoring 2 file(s) that are not images") == 1 and "Thumbs.db, readme.txt" in err
+    for image in test_dir.glob("*.png"):
+        image.unlink()
+    one_problem(problems_of(copy_root, splits=ALL_SPLITS), test_dir, "no test images", "readme.txt")
 
 
 @pytest.mark.parametrize("dup", ["3.jpg", "03.png", "003.PNG"])
@@ -359,6 +370,38 @@ def test_a_pool_of_hidden_files_only_counts_as_no_pool(copy_root, dataset_names)
     paths, ids, source = pool_with_sources(resolve(flags={"data.root": str(copy_root)}), infos)
     assert f"{name}: train images" in source
     assert sum(1 for i in ids if i == 0) == len(infos[0].train)
+
+
+def test_pool_images_outside_the_datasets_folders_join_as_unknown_source(copy_root, dataset_names):
+    """A held-out root may lay its pool out as ROOT/unlabeled/*.png or ROOT/unlabeled/<other>/: those images
+    used to be ignored without a word (self-training off, 12 points lost in a hunt). They join the pool with
+    dataset -1; a folder named after a dataset left out by --datasets stays that dataset's."""
+    from fewshot.config import resolve
+    from fewshot.ssl.pretrain import pool_with_sources
+
+    first, second = dataset_names[0], dataset_names[1]
+    pool = copy_root / "unlabeled"
+    own = sorted((pool / first).rglob("*.png"))
+    shutil.copy(own[0], pool / "loose.png")
+    (pool / "camera roll" / "2024").mkdir(parents=True)
+    shutil.copy(own[1], pool / "camera roll" / "2024" / "a.png")
+    (pool / "notes.txt").write_text("not an image")
+    (pool / ".trash").mkdir()
+    shutil.copy(own[2], pool / ".trash" / "hidden.png")
+    cfg = resolve(flags={"data.root": str(copy_root)})
+    paths, ids, source = pool_with_sources(cfg, scan_root(copy_root, [first]))
+    unknown = sorted(Path(p).relative_to(pool).as_posix() for p, i in zip(paths, ids) if i == -1)
+    assert unknown == ["camera roll/2024/a.png", "loose.png"]
+    assert "2 images of unknown source" in source
+    assert sum(1 for i in ids if i == 0) == len(own)  # the dataset's own pool, unchanged
+    assert not any(Path(p).is_relative_to(pool / second) for p in paths)  # another dataset's pool stays out
+
+    shutil.rmtree(pool / first)  # a flat pool only: the dataset falls back to its train images, plus the loose ones
+    paths, ids, source = pool_with_sources(cfg, scan_root(copy_root, [first]))
+    assert f"{first}: train images" in source and ids.count(-1) == 2
+    explicit = resolve(flags={"data.root": str(copy_root), "data.unlabeled": [str(pool / "camera roll")]})
+    paths, ids, _ = pool_with_sources(explicit, scan_root(copy_root, [first]))
+    assert ids == [-1] and Path(paths[0]).name == "a.png"  # --unlabeled replaces ROOT/unlabeled/ entirely
 
 
 def test_class_names_in_composed_and_decomposed_unicode_are_one_class(copy_root, dataset_names):

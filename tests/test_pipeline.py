@@ -110,6 +110,35 @@ def test_default_run_is_self_training_on_the_pool_without_moco(digits_root, tmp_
     _check_pred_all(digits_root, out)
 
 
+def test_a_flat_pool_in_root_unlabeled_is_used_for_self_training(copy_root, tmp_path):
+    """ROOT/unlabeled/*.png (no per-dataset folders) used to be ignored: "no unlabeled pool", self-training off.
+    A broken pool image is skipped (data.skip_bad_unlabeled): it used to stop the run."""
+    import shutil
+
+    moved = 0
+    for folder in [p for p in (copy_root / "unlabeled").iterdir() if p.is_dir()]:
+        for image in sorted(folder.rglob("*.png")):
+            image.rename(copy_root / "unlabeled" / f"{folder.name}_{moved}.png")
+            moved += 1
+        shutil.rmtree(folder)
+    (copy_root / "unlabeled" / "broken.png").write_bytes(b"\x89PNG truncated")  # skipped, not a stop
+    out = tmp_path / "flat"
+    summary = _run(copy_root, out)
+    assert set(summary["stages"]) == {"finetune_labelled", "finetune"}  # self-training ran
+    record = json.loads((out / "pseudo_labels_round2.json").read_text())
+    assert record["unknown_source_pool"] == moved > 0 and "unknown source" in record["source"]
+    assert record["images"] and not any(entry["source_known"] for entry in record["images"])
+    _check_pred_all(copy_root, out)
+
+
+def test_run_takes_unlabeled_folders_as_pretrain_does(copy_root, tmp_path):
+    rc, _, err = run_main("run", "--data", copy_root, "--out", tmp_path / "r", "--unlabeled", tmp_path / "nowhere",
+                          "--device", "cpu", "--no-progress")
+    assert rc == 2 and "nowhere' does not exist" in err, err
+    rc, _, err = run_main("run", "--data", copy_root, "--out", tmp_path / "r", "--unlabeled", "train.seed=1")
+    assert rc == 2 and "put key=value words before --unlabeled" in err, err
+
+
 def test_self_training_never_pseudo_labels_the_labelled_training_images(copy_root):
     import shutil
 
@@ -210,11 +239,12 @@ def test_run_checks_the_test_split_before_spending_the_budget(copy_root, tmp_pat
         shutil.rmtree(copy_root / name / "test")
     elif damage == "undecodable test image":  # decoded at start-up now, no longer after the budget
         sorted((copy_root / name / "test").iterdir())[0].write_bytes(b"not an image")
-    else:  # self-training's pool: it stopped the run after round 1
+    else:  # self-training's pool: it stopped the run after round 1 (skipped by default now: made strict here)
         sorted((copy_root / "unlabeled" / name).rglob("*.png"))[0].write_bytes(b"")
+    strict = ["data.skip_bad_unlabeled=false"] if damage == "undecodable pool image" else []
     out = tmp_path / "x"
     rc, _, err = run_main("run", "--data", copy_root, "--out", out, "--budget-minutes", "0.2", "--model",
-                          "test_resnet", "--device", "cpu", "--no-progress")
+                          "test_resnet", "--device", "cpu", "--no-progress", *strict)
     assert rc == 2 and name in err and "Traceback" not in err, err
     assert not any(out.glob("finetune*")) and not (out / "pretrain").exists()  # refused before training
 

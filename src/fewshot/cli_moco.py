@@ -38,7 +38,11 @@ def add_parsers(sub, add_common, epilog) -> None:
                        "fits --budget-minutes. Writes DIR/pred_all.json, DIR/metrics.json and the report. "
                        "The defaults are the recipe measured best on val (docs/recipes.md).")
     p.add_argument("--data", required=True, help="dataset root: ROOT/<dataset>/{train,val,test}, optional "
-                   "ROOT/unlabeled/<dataset>/ (the pool)")
+                   "ROOT/unlabeled/<dataset>/ (the pool; images elsewhere in ROOT/unlabeled/ join it as of "
+                   "unknown dataset)")
+    p.add_argument("--unlabeled", action="extend", nargs="+", metavar="DIR",
+                   help="unlabeled image folder(s), scanned recursively, instead of ROOT/unlabeled/ (images of "
+                   "unknown dataset: self-training gives each the dataset of its most probable class)")
     p.add_argument("--out", required=True, help="new or empty folder for the run (stages, pred_all.json, "
                    "metrics.json, report/)")
     p.add_argument("--budget-minutes", type=float,
@@ -92,17 +96,22 @@ def cmd_pretrain(args, extra) -> int:
     from fewshot.cli import resolve_run_config
     from fewshot.ssl.pretrain import run_pretrain
 
-    from fewshot.errors import UserError
-
-    for folder in args.unlabeled or []:  # `--unlabeled A B` takes words up to the next flag, key=value ones too
-        if "=" in folder and not Path(folder).exists():
-            raise UserError(f"--unlabeled took '{folder}' as a folder: put key=value words before --unlabeled "
-                            f"(or end its folders with another flag).")
+    check_unlabeled_words(args.unlabeled)
     cfg = resolve_run_config(args, extra, PRETRAIN_FLAGS, preset=args.preset)
     run_pretrain(cfg, Path(args.out), resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once
         print(f"done: {args.out}; export the backbone with `fewshot export {args.out} --out backbone.safetensors`")
     return 0
+
+
+def check_unlabeled_words(folders) -> None:
+    """`--unlabeled A B` takes words up to the next flag, key=value ones too: say so instead of a missing folder."""
+    from fewshot.errors import UserError
+
+    for folder in folders or []:
+        if "=" in folder and not Path(folder).exists():
+            raise UserError(f"--unlabeled took '{folder}' as a folder: put key=value words before --unlabeled "
+                            f"(or end its folders with another flag).")
 
 
 def cmd_run(args, extra) -> int:
@@ -119,7 +128,8 @@ def cmd_run(args, extra) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("`fewshot run` is a single-process pipeline; under torchrun use `fewshot pretrain` and "
                         "`fewshot train` (both DDP-aware), or run `fewshot run` without torchrun.")
-    flags = {"data.root": args.data, "model.name": args.model, "train.device": args.device,
+    check_unlabeled_words(args.unlabeled)
+    flags = {"data.root": args.data, "model.name": args.model, "train.device": args.device, "data.unlabeled": args.unlabeled,
              "model.img_size": args.img_size, "data.datasets": args.datasets, "train.seed": args.seed,
              "data.skip_bad_images": True if args.skip_bad_images else None}
     if sum(map(bool, (args.pretrain, args.no_pretrain, args.baseline))) > 1:

@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
         "cutmix_alpha": 0.0,      # > 0: CutMix likewise; with both > 0 each batch picks one at random
         "mix_p": 1.0,             # share of batches that are mixed (when mixup or CutMix is on)
         "skip_bad_images": False,
+        "skip_bad_unlabeled": True,  # undecodable pool images are skipped and listed (the pool is extra data; one
+                                     # broken file stopped a whole run); false: they stop it, as labelled ones do
         "unlabeled": None,        # the pool (MoCo, self-training, FixMatch): list of folders (None:
                                   # ROOT/unlabeled/<dataset>, else MoCo falls back to the train images)
     },

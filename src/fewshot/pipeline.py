@@ -306,7 +306,7 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
 
     images, dataset_ids, paths, source = load_pool(cfg, infos, task.size, exclude_train=True)
     if len(images) == 0:
-        print("[run] no unlabeled pool (ROOT/unlabeled/<dataset>/ or data.unlabeled): the next round trains on "
+        print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): the next round trains on "
               "the labelled images only")
     logits = compute_logits(task.model, images, task.normalize, task.device, channels_last=task.channels_last,
                             desc="pseudo-labelling the pool") if len(images) else torch.zeros(0, task.space.num_classes)
@@ -337,8 +337,10 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
              "confidence": round(float(p), 4), "source_known": bool(dataset_ids[i] >= 0)}
             for i, d, c, p in zip(idx.tolist(), owner.tolist(), local.tolist(), conf.tolist())]
     write_json(record, {**summary, "images": kept})  # per image: which file became which class, how sure
-    print(f"[run] pseudo-labels: " + ", ".join(f"{n} {v['kept']}/{v['pool']} (mean confidence "
-                                                f"{v['mean_confidence']})" for n, v in per_dataset.items()))
+    unknown = summary["unknown_source_pool"]
+    print(f"[run] pseudo-labels kept / pool images of the dataset: " + ", ".join(
+        f"{n} {v['kept']}/{v['pool']} (mean confidence {v['mean_confidence']})" for n, v in per_dataset.items())
+        + (f"; {unknown} pool images of unknown source, each counted for the dataset of its class" if unknown else ""))
     soft = teacher_probabilities(logits[idx], dataset_ids[idx], task.space) if r["pseudo_targets"] == "soft" else None
     # which file became which class: a resumed run continues a stopped stage only on the same labels
     key = hashlib.sha1(json.dumps([(k["path"], k["dataset"], k["class"]) for k in kept]).encode()).hexdigest()
@@ -487,7 +489,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         # the copy is dropped (a large pool at GPU sizes is GBs), the rounds read the images from the cache
         if len(load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True).images) == 0:
             # round 2 would train on the labelled images again: the whole budget goes to one fine-tuning
-            print("[run] no unlabeled pool (ROOT/unlabeled/<dataset>/ or --unlabeled): self-training is off, the "
+            print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): self-training is off, the "
                   "fine-tuning on the labelled images gets the whole budget.", flush=True)
             semi = r["semi_method"] = "off"
     if state is None:  # written once the inputs have passed their checks: a failed start leaves no run behind

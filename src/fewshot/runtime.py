@@ -136,19 +136,20 @@ def bf16_conv_speedup(reps: int = 5) -> float:
     """fp32 time over bf16-autocast time of a convolution's forward and backward, median of ``reps``
     alternating pairs after two untimed pairs (oneDNN builds its kernels on first use). The shape is
     resnet18's first stage at 64 px (64 channels, 16x16 maps), batch 32, where bf16 gains most if it gains."""
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False)
-    x = torch.randn(32, 64, 16, 16, requires_grad=True)
+    with torch.inference_mode(False), torch.enable_grad():  # callers may be inside no_grad or inference_mode
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False)
+        x = torch.randn(32, 64, 16, 16, requires_grad=True)
 
-    def seconds(bf16: bool) -> float:
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = conv(x)
-        out.float().sum().backward()
-        return time.perf_counter() - start
+        def seconds(bf16: bool) -> float:
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = conv(x)
+            out.float().sum().backward()
+            return time.perf_counter() - start
 
-    for _ in range(2):
-        seconds(True), seconds(False)
-    return statistics.median(seconds(False) / seconds(True) for _ in range(reps))
+        for _ in range(2):
+            seconds(True), seconds(False)
+        return statistics.median(seconds(False) / seconds(True) for _ in range(reps))
 
 
 def resolve_compile(setting, device: torch.device) -> bool:

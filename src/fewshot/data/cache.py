@@ -116,7 +116,8 @@ def _decode_one(args):
 
 
 def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
-                skip_bad: bool = False, desc: str = "decoding images", threads: int | None = None) -> CachedImages:
+                skip_bad: bool = False, desc: str = "decoding images", threads: int | None = None,
+                skip_note: str = "--skip-bad-images") -> CachedImages:
     """Decode (or reuse the cache of) `paths` at `size`; bad files raise DataLayoutError unless skip_bad."""
     paths = [Path(p) for p in paths]
     n = len(paths)
@@ -135,7 +136,7 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
                 # rebuilt (broken bytes change the key when they are replaced, so those are not retried)
                 retry = [p for p, why in bad if why in RETRYABLE or why.startswith("[Errno")]
                 if not any(_decode_one((Path(p), size, crop_pct))[1] is None for p in retry):
-                    return _finish(torch.from_numpy(arr), bad, paths, skip_bad)
+                    return _finish(torch.from_numpy(arr), bad, paths, skip_bad, skip_note)
             except (ValueError, KeyError, OSError, json.JSONDecodeError):
                 pass  # unreadable cache: rebuild below
 
@@ -166,10 +167,11 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
                 _WARNED.add(str(cache_dir))
                 warnings.warn(f"could not write the image cache in {cache_dir}: {exc}; continuing without it "
                               f"(train, pretrain and run: data.cache_dir=DIR chooses a writable folder)")
-    return _finish(torch.from_numpy(out), bad, paths, skip_bad)
+    return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note)
 
 
-def _finish(images: torch.Tensor, bad: list[tuple[str, str]], paths: list[Path], skip_bad: bool) -> CachedImages:
+def _finish(images: torch.Tensor, bad: list[tuple[str, str]], paths: list[Path], skip_bad: bool,
+            skip_note: str = "--skip-bad-images") -> CachedImages:
     valid = torch.ones(len(paths), dtype=torch.bool)
     if bad:
         bad = list(dict.fromkeys(bad))  # a path listed twice is reported once
@@ -180,18 +182,18 @@ def _finish(images: torch.Tensor, bad: list[tuple[str, str]], paths: list[Path],
         for i, p in enumerate(paths):  # every copy of a path listed twice (overlapping pool folders)
             if str(p) in bad_paths:
                 valid[i] = False
-        report_skipped(bad)
+        report_skipped(bad, note=skip_note)
     return CachedImages(images, valid, bad)
 
 
-def report_skipped(bad: list[tuple[str, str]], limit: int = 50) -> None:
-    """--skip-bad-images: list what was skipped on stderr (rank 0 only under torchrun)."""
+def report_skipped(bad: list[tuple[str, str]], limit: int = 50, note: str = "--skip-bad-images") -> None:
+    """--skip-bad-images (or the pool's data.skip_bad_unlabeled): list what was skipped on stderr (rank 0 only)."""
     if os.environ.get("RANK", "0") != "0":
         return
     lines = [f"  - {p}: {why}" for p, why in bad[:limit]]
     if len(bad) > limit:
         lines.append(f"  ... and {len(bad) - limit} more")
-    print(f"warning: skipping {len(bad)} undecodable image(s) (--skip-bad-images):\n" + "\n".join(lines),
+    print(f"warning: skipping {len(bad)} undecodable image(s) ({note}):\n" + "\n".join(lines),
           file=sys.stderr, flush=True)
 
 

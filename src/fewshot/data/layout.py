@@ -9,6 +9,7 @@ collected and reported at once (DataLayoutError), each naming its path.
 from __future__ import annotations
 
 import os
+import sys
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,8 +133,12 @@ def _natural(image_id: str) -> tuple:
     return (0, int(image_id), image_id) if image_id.isascii() and image_id.isdigit() else (1, 0, image_id)
 
 
+_TOLD_IGNORED: set[tuple[str, ...]] = set()  # each warning about ignored test files once per process
+
+
 def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[str, Path]]:
     seen: dict[str, Path] = {}
+    ignored: list[str] = []
     for path in _listdir(test_dir, problems) or []:
         if path.name.startswith("."):
             continue
@@ -142,8 +147,8 @@ def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[str, Path]]:
                 problems.append(f"{path}: a sub-folder of test/ with images, which are not read; test images must "
                                 f"sit directly in {test_dir}/ (move them up, or out of the dataset)")
             continue
-        if not is_image(path):
-            problems.append(f"{path}: not an image file (test images must be <id>.<image extension>, e.g. 17.jpg)")
+        if not is_image(path):  # Thumbs.db, notes.txt: ignored, as in class folders, but said
+            ignored.append(path.name)
             continue
         try:
             path.stem.encode("utf-8")
@@ -156,7 +161,14 @@ def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[str, Path]]:
             continue
         seen[image_id] = path
     if not seen and not any(p.startswith(f"{test_dir}/") for p in problems):
-        problems.append(f"{test_dir}: no test images")
+        problems.append(f"{test_dir}: no test images" + (f" (only files that are not images by their extension: "
+                                                          f"{', '.join(sorted(ignored)[:5])})" if ignored else ""))
+    elif ignored and (str(test_dir), *ignored) not in _TOLD_IGNORED and os.environ.get("RANK", "0") == "0":
+        _TOLD_IGNORED.add((str(test_dir), *ignored))
+        names = ", ".join(sorted(ignored)[:10]) + (f" and {len(ignored) - 10} more" if len(ignored) > 10 else "")
+        print(f"warning: {test_dir}: ignoring {len(ignored)} file(s) that are not images by their extension, so "
+              f"nothing is predicted for them: {names} (test images are <id>.<ext>, ext one of "
+              f"{', '.join(sorted(IMAGE_EXTS))})", file=sys.stderr, flush=True)
     return sorted(seen.items(), key=lambda item: _natural(item[0]))
 
 

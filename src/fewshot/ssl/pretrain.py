@@ -23,6 +23,7 @@ from fewshot.progress import set_enabled
 from fewshot.ssl.functional import topk_accuracy
 from fewshot.ssl.knn import knn_predict
 from fewshot.ssl.moco import MoCo
+from fewshot.train.semi import POOL_SKIP_NOTE
 from fewshot.train.distributed import DistContext, init_distributed
 from fewshot.train.engine import Engine
 from fewshot.utils import make_generator, resolve_device, seed_everything
@@ -34,9 +35,11 @@ def pool_paths(cfg: dict, infos) -> tuple[list[Path], str]:
 
 
 def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
-    """The unlabeled pool: --unlabeled folders; else ROOT/unlabeled/<dataset>; else train images.
+    """The unlabeled pool: --unlabeled folders; else ROOT/unlabeled/<dataset>; else train images; plus the
+    images under ROOT/unlabeled/ outside any dataset's folder (loose files, other sub-folders), of unknown source.
 
-    Also returns each image's dataset index (-1 when unknown, i.e. from --unlabeled folders).
+    Also returns each image's dataset index (-1 when unknown: from --unlabeled folders, or ROOT/unlabeled/
+    outside the datasets' folders; self-training routes those by the teacher's most probable class).
     """
     d = cfg["data"]
     if d["unlabeled"]:
@@ -56,7 +59,37 @@ def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
             sources.append(f"{info.name}: train images")
         paths += found
         ids += [index] * len(found)
+    unsorted = unsorted_pool_images(root)
+    if unsorted:
+        paths += unsorted
+        ids += [-1] * len(unsorted)
+        sources.append(f"{len(unsorted)} images of unknown source: unlabeled/ outside the datasets' folders")
     return paths, ids, "; ".join(sources)
+
+
+def unsorted_pool_images(root: Path) -> list[Path]:
+    """Images in ROOT/unlabeled/ that no dataset's folder holds: loose files and sub-folders not named after a
+    dataset of the root (a pool laid out as ROOT/unlabeled/*.png used to be ignored without a word). A folder named
+    after a dataset that is not trained on (`--datasets`) stays that dataset's."""
+    from fewshot.data.layout import is_image, list_datasets
+
+    pool = root / "unlabeled"
+    if not pool.is_dir():
+        return []
+    datasets = set(list_datasets(root))
+    found: list[Path] = []
+    try:
+        entries = sorted(pool.iterdir())
+    except OSError as exc:
+        raise UserError(f"cannot list the unlabeled folder '{pool}': {exc.strerror or exc}.") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and entry.name not in datasets:
+            found += find_unlabeled_images([entry])
+        elif entry.is_file() and is_image(entry):
+            found.append(entry)
+    return found
 
 
 def has_batch_norm(module) -> bool:
@@ -145,8 +178,8 @@ class MoCoTask:
         self.augment = BatchAugment(aug).to(device)
         cache = default_cache_dir(d["root"], d["cache_dir"])
         paths, self.pool_source = pool_paths(cfg, infos)
-        pool = load_images(paths, self.size, cache, crop_pct=1.0, skip_bad=d["skip_bad_images"],
-                           desc="loading unlabeled pool")
+        pool = load_images(paths, self.size, cache, crop_pct=1.0, desc="loading unlabeled pool",
+                           skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], skip_note=POOL_SKIP_NOTE)
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
         self.pool_skipped = list(pool.bad)
         self.space = LabelSpace.from_infos(infos)

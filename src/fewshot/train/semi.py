@@ -41,10 +41,14 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False) -> Pool:
         return Pool(torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), [], source)
     d = cfg["data"]
     cached = load_images(paths, size, default_cache_dir(d["root"], d["cache_dir"]), crop_pct=d["crop_pct"],
-                         skip_bad=d["skip_bad_images"], desc="loading unlabeled pool")
+                         skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], desc="loading unlabeled pool",
+                         skip_note=POOL_SKIP_NOTE)
     valid = cached.valid
     return Pool(cached.images[valid], torch.tensor(ids, dtype=torch.long)[valid],
                 [str(p) for p, ok in zip(paths, valid.tolist()) if ok], source)
+
+
+POOL_SKIP_NOTE = "pool images; data.skip_bad_unlabeled=false stops instead"
 
 
 class UnlabeledStream:
