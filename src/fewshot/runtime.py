@@ -150,7 +150,9 @@ def bf16_conv_speedup(reps: int = 5) -> float:
     """fp32 time over bf16-autocast time of a convolution's forward and backward, median of ``reps``
     alternating pairs after two untimed pairs (oneDNN builds its kernels on first use). The shape is
     resnet18's first stage at 64 px (64 channels, 16x16 maps), batch 32, where bf16 gains most if it gains."""
-    with torch.inference_mode(False), torch.enable_grad():  # callers may be inside no_grad or inference_mode
+    # callers may be inside no_grad or inference_mode; the global RNG must not move (a seeded run would then
+    # depend on whether this CPU needed the probe)
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
         conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False)
         x = torch.randn(32, 64, 16, 16, requires_grad=True)
 
