@@ -198,6 +198,14 @@ def test_non_image_files_in_test_are_ignored_with_a_warning(copy_root, dataset_n
     one_problem(problems_of(copy_root, splits=ALL_SPLITS), test_dir, "no test images", "readme.txt")
 
 
+@pytest.mark.parametrize("name", ["17.heic", "17.jpg.part", "0017"])
+def test_a_test_id_in_a_file_that_is_not_an_image_is_still_a_problem(copy_root, dataset_names, name):
+    """A numbered file is a test image the tool cannot read: skipping it would leave its id out of pred_all.json."""
+    bad = copy_root / dataset_names[0] / "test" / name
+    bad.write_bytes(b"\0" * 16)
+    one_problem(problems_of(copy_root, splits=ALL_SPLITS), bad, "a test id in a file that is not an image")
+
+
 @pytest.mark.parametrize("dup", ["3.jpg", "03.png", "003.PNG"])
 def test_duplicate_test_ids(copy_root, dataset_names, dup):
     """3.png plus 3.jpg, 03.png or 003.PNG: all are image id 3, so the id is ambiguous."""
@@ -395,6 +403,16 @@ def test_pool_images_outside_the_datasets_folders_join_as_unknown_source(copy_ro
     assert "2 images of unknown source" in source
     assert sum(1 for i in ids if i == 0) == len(own)  # the dataset's own pool, unchanged
     assert not any(Path(p).is_relative_to(pool / second) for p in paths)  # another dataset's pool stays out
+
+    (pool / "empty").mkdir()  # passed over, not "no images found under ..." (a reviewer's find)
+    (pool / "text only").mkdir()
+    (pool / "text only" / "readme.txt").write_text("x")
+    (pool / "mirror").symlink_to(pool / first)  # the same files again: not pooled twice
+    (pool / "everything").symlink_to(copy_root)  # the root: its test and train images stay out of the pool
+    paths, ids, source = pool_with_sources(cfg, scan_root(copy_root, [first]))
+    assert sorted(Path(p).name for p, i in zip(paths, ids) if i == -1) == ["a.png", "loose.png"], source
+    for link in ("mirror", "everything"):
+        (pool / link).unlink()
 
     shutil.rmtree(pool / first)  # a flat pool only: the dataset falls back to its train images, plus the loose ones
     paths, ids, source = pool_with_sources(cfg, scan_root(copy_root, [first]))

@@ -128,6 +128,8 @@ def test_a_flat_pool_in_root_unlabeled_is_used_for_self_training(copy_root, tmp_
     record = json.loads((out / "pseudo_labels_round2.json").read_text())
     assert record["unknown_source_pool"] == moved > 0 and "unknown source" in record["source"]
     assert record["images"] and not any(entry["source_known"] for entry in record["images"])
+    for kept in record["datasets"].values():  # every kept image came from the unknown-source part of the pool
+        assert kept["pool"] == 0 and kept["kept_from_unknown_source"] == kept["kept"]
     _check_pred_all(copy_root, out)
 
 

@@ -126,6 +126,23 @@ def test_resume_refuses_other_settings(digits_root, stopped_and_resumed, change,
     assert rc == 2 and named in err, err
 
 
+def test_a_run_started_before_a_setting_existed_resumes_with_its_default(digits_root, stopped_and_resumed, tmp_path):
+    """data.skip_bad_unlabeled was added after runs existed: its absence from an older run_state.json read as
+    None against True now, and --resume was refused with advice the user could not follow."""
+    import shutil
+
+    out = Path(shutil.copytree(stopped_and_resumed[0], tmp_path / "older"))
+    state = _state(out)
+    del state["config"]["data"]["skip_bad_unlabeled"]
+    (out / "run_state.json").write_text(json.dumps(state))
+    rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
+    assert rc == 0 and "finished already" in stdout, err
+    state["config"]["data"]["skip_bad_unlabeled"] = False  # a value the run really had is still held to
+    (out / "run_state.json").write_text(json.dumps(state))
+    rc, _, err = run_main(*_cmd(digits_root, out, "--resume"))
+    assert rc == 2 and "data.skip_bad_unlabeled (False in the run, True now)" in err, err
+
+
 def test_resume_without_a_run_is_refused(digits_root, tmp_path):
     rc, _, err = run_main(*_cmd(digits_root, tmp_path / "nothing", "--resume"))
     assert rc == 2 and "no `fewshot run` to continue" in err

@@ -17,7 +17,7 @@ PRETRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.
 def add_parsers(sub, add_common, epilog) -> None:
     p = sub.add_parser("pretrain", help="MoCo self-supervised pretraining on unlabeled images", epilog=epilog,
                        description="MoCo v1/v2 on an unlabeled pool (--unlabeled folders; else ROOT/unlabeled/"
-                       "<dataset>; else the training images), with a per-dataset kNN monitor on the val splits. "
+                       "<dataset>, else the training images, plus any other images in ROOT/unlabeled/), with a per-dataset kNN monitor on the val splits. "
                        "Then `fewshot export RUN --out backbone.safetensors` and `fewshot train --weights ...`. "
                        "The presets follow the paper: resnet50, batch 256, 200 epochs, SGD lr 0.03 x batch / 256; "
                        "on a CPU and small images pass --model resnet18 --batch-size 64 --img-size 32 (or "

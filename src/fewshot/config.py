@@ -51,7 +51,8 @@ DEFAULTS: dict[str, Any] = {
         "skip_bad_unlabeled": True,  # undecodable pool images are skipped and listed (the pool is extra data; one
                                      # broken file stopped a whole run); false: they stop it, as labelled ones do
         "unlabeled": None,        # the pool (MoCo, self-training, FixMatch): list of folders (None:
-                                  # ROOT/unlabeled/<dataset>, else MoCo falls back to the train images)
+                                  # ROOT/unlabeled/<dataset>, else MoCo falls back to the train images; images
+                                  # elsewhere in ROOT/unlabeled/ join as of unknown dataset)
     },
     "optim": {
         "name": "adamw",          # adamw | sgd

@@ -318,7 +318,9 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
         threshold = calibrated_thresholds(val_probs, val.targets, float(r["pseudo_precision"])).clamp(min=threshold)
     idx, labels, conf = select_pseudo_labels(logits, dataset_ids, task.space, quota, threshold)
     owner = task.space.owner()[labels]
+    from_unknown = dataset_ids[idx] < 0
     per_dataset = {name: {"kept": int((owner == d).sum()),
+                          "kept_from_unknown_source": int(((owner == d) & from_unknown).sum()),
                           "pool": int((dataset_ids == d).sum()),
                           "mean_confidence": round(float(conf[owner == d].mean()), 4) if bool((owner == d).any()) else None}
                    for d, name in enumerate(task.space.names)}

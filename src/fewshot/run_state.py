@@ -14,7 +14,7 @@ import copy
 import json
 from pathlib import Path
 
-from fewshot.config import flatten_dotted
+from fewshot.config import DEFAULTS, flatten_dotted
 from fewshot.errors import UserError
 from fewshot.utils import write_json
 
@@ -66,7 +66,9 @@ class RunState:
             raise UserError(f"--resume continues '{out}' in its budget of {saved_budget:g} minutes (its stages were "
                             f"planned from it), not {budget_minutes:g}: drop --budget-minutes to resume.")
         # compared as JSON sees them (a tuple in the settings is a list in the file)
-        now, before = flatten_dotted(json.loads(json.dumps(cfg))), flatten_dotted(saved_cfg)
+        # a setting added to fewshot since the run started counts as its default there
+        now = flatten_dotted(json.loads(json.dumps(cfg)))
+        before = {**flatten_dotted(json.loads(json.dumps(DEFAULTS))), **flatten_dotted(saved_cfg)}
         changed = [f"{k} ({before.get(k)!r} in the run, {now.get(k)!r} now)" for k in sorted(set(now) | set(before))
                    if k not in RUN_RESUME_MAY_CHANGE and now.get(k) != before.get(k)]
         if changed:

@@ -186,10 +186,17 @@ def _finish(images: torch.Tensor, bad: list[tuple[str, str]], paths: list[Path],
     return CachedImages(images, valid, bad)
 
 
+_REPORTED: set[tuple[str, str]] = set()  # skipped files already listed by this process
+
+
 def report_skipped(bad: list[tuple[str, str]], limit: int = 50, note: str = "--skip-bad-images") -> None:
     """--skip-bad-images (or the pool's data.skip_bad_unlabeled): list what was skipped on stderr (rank 0 only)."""
     if os.environ.get("RANK", "0") != "0":
         return
+    bad = [item for item in bad if item not in _REPORTED]  # `fewshot run` loads its pool once per round
+    if not bad:
+        return
+    _REPORTED.update(bad)
     lines = [f"  - {p}: {why}" for p, why in bad[:limit]]
     if len(bad) > limit:
         lines.append(f"  ... and {len(bad) - limit} more")

@@ -147,8 +147,13 @@ def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[str, Path]]:
                 problems.append(f"{path}: a sub-folder of test/ with images, which are not read; test images must "
                                 f"sit directly in {test_dir}/ (move them up, or out of the dataset)")
             continue
-        if not is_image(path):  # Thumbs.db, notes.txt: ignored, as in class folders, but said
-            ignored.append(path.name)
+        if not is_image(path):
+            stem = path.name.split(".")[0]
+            if stem.isascii() and stem.isdigit():  # 17.heic, 17.jpg.part: a test image's id, unreadable here
+                problems.append(f"{path}: a test id in a file that is not an image by its extension (test images "
+                                f"are <id>.<ext>, ext one of {', '.join(sorted(IMAGE_EXTS))}); convert or remove it")
+            else:  # Thumbs.db, readme.txt: ignored, as in class folders, but said
+                ignored.append(path.name)
             continue
         try:
             path.stem.encode("utf-8")

@@ -59,7 +59,7 @@ def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
             sources.append(f"{info.name}: train images")
         paths += found
         ids += [index] * len(found)
-    unsorted = unsorted_pool_images(root)
+    unsorted = unsorted_pool_images(root, known=paths)
     if unsorted:
         paths += unsorted
         ids += [-1] * len(unsorted)
@@ -67,10 +67,12 @@ def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
     return paths, ids, "; ".join(sources)
 
 
-def unsorted_pool_images(root: Path) -> list[Path]:
+def unsorted_pool_images(root: Path, known: list[Path] = ()) -> list[Path]:
     """Images in ROOT/unlabeled/ that no dataset's folder holds: loose files and sub-folders not named after a
     dataset of the root (a pool laid out as ROOT/unlabeled/*.png used to be ignored without a word). A folder named
-    after a dataset that is not trained on (`--datasets`) stays that dataset's."""
+    after a dataset that is not trained on (`--datasets`) stays that dataset's. Empty folders are passed over; a
+    file that is one of ``known`` or that lies in a dataset's own folder (reached through a symlink) is left out,
+    so no image is pseudo-labelled twice and no test image joins the pool."""
     from fewshot.data.layout import is_image, list_datasets
 
     pool = root / "unlabeled"
@@ -85,11 +87,19 @@ def unsorted_pool_images(root: Path) -> list[Path]:
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        if entry.is_dir() and entry.name not in datasets:
+        if entry.is_dir() and entry.name not in datasets and has_images(entry):  # empty folders, lost+found: nothing
             found += find_unlabeled_images([entry])
         elif entry.is_file() and is_image(entry):
             found.append(entry)
-    return found
+    seen = {Path(p).resolve() for p in known}
+    dataset_dirs = [folder.resolve() for name in datasets for folder in (root / name, pool / name)]
+    kept = []
+    for path in found:
+        real = path.resolve()
+        if real not in seen and not any(real.is_relative_to(d) for d in dataset_dirs):
+            seen.add(real)
+            kept.append(path)
+    return kept
 
 
 def has_batch_norm(module) -> bool:
