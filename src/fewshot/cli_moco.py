@@ -17,7 +17,8 @@ PRETRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.
 def add_parsers(sub, add_common, epilog) -> None:
     p = sub.add_parser("pretrain", help="MoCo self-supervised pretraining on unlabeled images", epilog=epilog,
                        description="MoCo v1/v2 on an unlabeled pool (--unlabeled folders; else ROOT/unlabeled/"
-                       "<dataset>, else the training images, plus any other images in ROOT/unlabeled/), with a per-dataset kNN monitor on the val splits. "
+                       "<dataset>, else the training images, plus any other images in ROOT/unlabeled/), "
+                       "with a per-dataset kNN monitor on the val splits. "
                        "Then `fewshot export RUN --out backbone.safetensors` and `fewshot train --weights ...`. "
                        "The presets follow the paper: resnet50, batch 256, 200 epochs, SGD lr 0.03 x batch / 256; "
                        "on a CPU and small images pass --model resnet18 --batch-size 64 --img-size 32 (or "
@@ -129,7 +130,8 @@ def cmd_run(args, extra) -> int:
         raise UserError("`fewshot run` is a single-process pipeline; under torchrun use `fewshot pretrain` and "
                         "`fewshot train` (both DDP-aware), or run `fewshot run` without torchrun.")
     check_unlabeled_words(args.unlabeled)
-    flags = {"data.root": args.data, "model.name": args.model, "train.device": args.device, "data.unlabeled": args.unlabeled,
+    flags = {"data.root": args.data, "model.name": args.model, "train.device": args.device,
+             "data.unlabeled": args.unlabeled,
              "model.img_size": args.img_size, "data.datasets": args.datasets, "train.seed": args.seed,
              "data.skip_bad_images": True if args.skip_bad_images else None}
     if sum(map(bool, (args.pretrain, args.no_pretrain, args.baseline))) > 1:

@@ -101,8 +101,8 @@ def cpu_computes_bf16() -> bool:
     AMX (Intel Sapphire Rapids and later) always pays. AVX512-BF16 alone does on AMD Zen 4 (1.4x per
     resnet18 step at 64 px) but not on Intel CPUs without AMX, or whose hypervisor hides it: there oneDNN's
     bf16 kernels ran at half the fp32 speed (docs/performance.md, "A fourth host"). So AVX512-BF16 alone
-    counts on AMD CPUs, and elsewhere :func:`bf16_conv_speedup` measures it once per process (0.2-2 s on 2 cores). Without either flag torch
-    emulates bf16 and fp32 is kept. ``FEWSHOT_CPU_BF16=0``/``1`` overrides all of it (the test suite sets 0,
+    counts on AMD CPUs, and elsewhere :func:`bf16_conv_speedup` measures it once per process (0.2-2 s on
+    2 cores). Without either flag torch emulates bf16 and fp32 is kept. ``FEWSHOT_CPU_BF16=0``/``1`` overrides all of it (the test suite sets 0,
     so that its results do not depend on the CPU it runs on); a resumed run keeps the precision it began with.
     """
     forced = os.environ.get("FEWSHOT_CPU_BF16", "").strip().lower()

@@ -23,9 +23,9 @@ from fewshot.progress import set_enabled
 from fewshot.ssl.functional import topk_accuracy
 from fewshot.ssl.knn import knn_predict
 from fewshot.ssl.moco import MoCo
-from fewshot.train.semi import POOL_SKIP_NOTE
 from fewshot.train.distributed import DistContext, init_distributed
 from fewshot.train.engine import Engine
+from fewshot.train.semi import POOL_SKIP_NOTE
 from fewshot.utils import make_generator, resolve_device, seed_everything
 
 
