@@ -302,8 +302,9 @@ def test_an_undecodable_pool_image_is_skipped_by_default_and_stops_only_on_reque
     broken.write_bytes(png_bytes()[:40])  # a truncated PNG
     infos = scan_root(root, ["digits"])
     cfg = resolve(flags={"data.root": str(root), "data.datasets": "digits", "data.cache_dir": str(tmp_path / "c")})
-    images, _, paths, _ = load_pool(cfg, infos, 16)
+    images, _, paths, _, skipped = load_pool(cfg, infos, 16)
     assert len(images) == len(paths) == 80 and str(broken) not in paths
+    assert [p for p, _ in skipped] == [str(broken)]  # for the run's skipped_images.json
     err = capfd.readouterr().err
     assert "skipping 1 undecodable image(s) (pool images; data.skip_bad_unlabeled=false stops instead)" in err
     assert str(broken) in err
@@ -311,6 +312,17 @@ def test_an_undecodable_pool_image_is_skipped_by_default_and_stops_only_on_reque
                      overrides=["data.skip_bad_unlabeled=false", f"data.cache_dir={tmp_path / 'c2'}"])
     with pytest.raises(DataLayoutError, match="broken.png: cannot be decoded"):
         load_pool(strict, infos, 16)
+
+
+def test_fixmatch_lists_the_pool_images_it_skipped_in_the_run(root, tmp_path):
+    """FixMatch's pool skips an undecodable file (data.skip_bad_unlabeled): RUN/skipped_images.json names it,
+    as it names the labelled images --skip-bad-images leaves out."""
+    broken = root / "unlabeled" / "digits" / "broken.png"
+    broken.write_bytes(png_bytes()[:40])
+    rc, _, err = run_main(*train_argv(root, tmp_path / "run", "semi.method=fixmatch", "semi.mu=1"))
+    assert rc == 0, err
+    listed = json.loads((tmp_path / "run" / "skipped_images.json").read_text())
+    assert [x["path"] for x in listed] == [str(broken)] and listed[0]["reason"]
 
 
 def test_a_failure_fixed_since_is_decoded_again_not_served_from_the_cache(root, tmp_path, monkeypatch):

@@ -130,6 +130,9 @@ def test_a_flat_pool_in_root_unlabeled_is_used_for_self_training(copy_root, tmp_
     assert record["images"] and not any(entry["source_known"] for entry in record["images"])
     for kept in record["datasets"].values():  # every kept image came from the unknown-source part of the pool
         assert kept["pool"] == 0 and kept["kept_from_unknown_source"] == kept["kept"]
+    skipped = json.loads((out / "skipped_images.json").read_text())  # the run says which pool file it left out
+    assert [entry["path"] for entry in skipped] == [str(copy_root / "unlabeled" / "broken.png")]
+    assert skipped[0]["reason"]
     _check_pred_all(copy_root, out)
 
 
@@ -151,15 +154,15 @@ def test_self_training_never_pseudo_labels_the_labelled_training_images(copy_roo
     shutil.rmtree(copy_root / "unlabeled" / "digits")  # digits falls back to its train images as its pool
     cfg = resolve(flags={"data.root": str(copy_root)})
     infos = scan_root(copy_root, None, splits=("train", "val"))
-    with_train, ids_all, _, _ = load_pool(cfg, infos, 16)
-    without, ids, paths, _ = load_pool(cfg, infos, 16, exclude_train=True)
+    with_train, ids_all, _, _, _ = load_pool(cfg, infos, 16)
+    without, ids, paths, _, _ = load_pool(cfg, infos, 16, exclude_train=True)
     assert len(paths) == len(without) and all(Path(p).is_file() for p in paths)
     digits = [i for i, info in enumerate(infos) if info.name == "digits"][0]
     assert int((ids_all == digits).sum()) == len(infos[digits].train)
     assert int((ids == digits).sum()) == 0 and len(without) == len(with_train) - len(infos[digits].train)
     # a pool folder that holds val images (spelled with another path): none of them may be pseudo-labelled
     cfg["data"]["unlabeled"] = [str(copy_root / "digits" / ".." / "digits" / "val")]
-    images, ids, _, _ = load_pool(cfg, infos, 16)
+    images, ids, _, _, _ = load_pool(cfg, infos, 16)
     assert len(images) == len(infos[digits].val) and bool((ids == -1).all())
     assert len(load_pool(cfg, infos, 16, exclude_train=True)[0]) == 0
 

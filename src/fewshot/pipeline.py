@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fewshot.config import save_yaml
-from fewshot.data.cache import ensure_writable_dir
+from fewshot.data.cache import ensure_writable_dir, write_skipped
 from fewshot.data.layout import scan_root
 from fewshot.errors import UserError
 from fewshot.eval.evaluate import format_table
@@ -304,7 +304,7 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
     from fewshot.train.semi import (calibrated_thresholds, class_quota, load_pool, select_pseudo_labels,
                                     teacher_probabilities)
 
-    images, dataset_ids, paths, source = load_pool(cfg, infos, task.size, exclude_train=True)
+    images, dataset_ids, paths, source, _ = load_pool(cfg, infos, task.size, exclude_train=True)
     if len(images) == 0:
         print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): the next round trains on "
               "the labelled images only")
@@ -484,12 +484,16 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         if n_pool < batch:  # found by the MoCo stage, after the run folder was written, it blocked the rerun
             raise UserError(f"the unlabeled pool has {n_pool} images, fewer than one MoCo batch of {batch} (MoCo "
                             f"drops an incomplete batch): lower run.pretrain_batch_size or add images to the pool.")
+    pool_skipped: list[tuple[str, str]] = []
     if semi == "pseudo":
         from fewshot.train.semi import load_pool
 
         # decoded now, as the test images: a broken pool file would otherwise stop the run after round 1;
         # the copy is dropped (a large pool at GPU sizes is GBs), the rounds read the images from the cache
-        if len(load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True).images) == 0:
+        pool = load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True)
+        n_pool, pool_skipped = len(pool.images), pool.skipped
+        del pool
+        if n_pool == 0:
             # round 2 would train on the labelled images again: the whole budget goes to one fine-tuning
             print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): self-training is off, the "
                   "fine-tuning on the labelled images gets the whole budget.", flush=True)
@@ -502,6 +506,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         done = [n for n, st in state.data["stages"].items() if st.get("status") == "done"]
         print(f"[run] resuming {out}: {used / 60:.1f} of {budget_minutes:g} minutes used before the stop; "
               f"finished stages: {', '.join(done) or 'none'}")
+    write_skipped(out, pool_skipped)  # the pool files data.skip_bad_unlabeled left out, with the reasons
     budget_s = budget_minutes * 60.0
     # kept back for the end by the earlier stages; the last stage replaces it by an estimate from measured
     # speeds (closing_seconds), plus 1.5 % of the budget for what the estimate misses

@@ -133,7 +133,8 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
     task = SupervisedTask(cfg, infos, device, ctx)
     engine = Engine(task, cfg, out, device, ctx)
     if ctx.is_main:
-        write_skipped(out, task.train_set.skipped + task.val_set.skipped)
+        pool_skipped = task.unlabeled.skipped if task.unlabeled is not None else []  # FixMatch's pool
+        write_skipped(out, task.train_set.skipped + task.val_set.skipped + pool_skipped)
         print(f"fine-tuning {cfg['model']['name']} ({task.n_parameters:,} parameters) on "
               f"{', '.join(task.space.names)}: {task.space.num_classes} classes, {len(task.train_set)} train / "
               f"{len(task.val_set)} val images at {task.size}px on {device} ({engine.precision}); run directory {out}")

@@ -23,6 +23,7 @@ class Pool(NamedTuple):
     dataset_ids: torch.Tensor  # [N], -1: unknown source
     paths: list[str]  # [N], the files the images were decoded from
     source: str  # where the pool came from, in words
+    skipped: list[tuple[str, str]] = []  # undecodable files left out (path, reason): for skipped_images.json
 
 
 def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False) -> Pool:
@@ -38,14 +39,14 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False) -> Pool:
         keep = [i for i, p in enumerate(paths) if Path(p).resolve() not in labelled]
         paths, ids = [paths[i] for i in keep], [ids[i] for i in keep]
     if not paths:
-        return Pool(torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), [], source)
+        return Pool(torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), [], source, [])
     d = cfg["data"]
     cached = load_images(paths, size, default_cache_dir(d["root"], d["cache_dir"]), crop_pct=d["crop_pct"],
                          skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], desc="loading unlabeled pool",
                          skip_note=POOL_SKIP_NOTE)
     valid = cached.valid
     return Pool(cached.images[valid], torch.tensor(ids, dtype=torch.long)[valid],
-                [str(p) for p, ok in zip(paths, valid.tolist()) if ok], source)
+                [str(p) for p, ok in zip(paths, valid.tolist()) if ok], source, list(cached.bad))
 
 
 POOL_SKIP_NOTE = "pool images; data.skip_bad_unlabeled=false stops instead"
@@ -64,6 +65,7 @@ class UnlabeledStream:
     def __init__(self, cfg: dict, infos, size: int, mean, std, device: torch.device):
         pool = load_pool(cfg, infos, size)
         self.images, self.dataset_ids, self.source = pool.images, pool.dataset_ids, pool.source
+        self.skipped = pool.skipped
         self.views = cfg["semi"].get("views", "mocov2")  # a config saved before semi.views: its own views
         d = cfg["data"]
         if self.views == "randaug":
