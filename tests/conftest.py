@@ -67,3 +67,13 @@ def _fp32_on_every_cpu():
         os.environ.pop("FEWSHOT_CPU_BF16", None)
     else:
         os.environ["FEWSHOT_CPU_BF16"] = old
+
+
+@pytest.fixture(autouse=True)
+def _release_run_locks():
+    """Tests that call run_finetune / run_pipeline directly (not through the CLI, which releases them) keep
+    their run folders locked in this process; a later subprocess on the same folder must find it free."""
+    yield
+    from fewshot.run_lock import release_all
+
+    release_all()

@@ -160,6 +160,24 @@ def test_odd_modes_and_formats_decode_to_rgb(tmp_path):
     assert decode_resized(tmp_path / "clear.png", 8).max() == 0
 
 
+def test_float_images_in_the_unit_range_are_not_black_and_jfif_files_are_images(root, tmp_path):
+    """A float TIFF holding 0..1 (what numpy pipelines write) used to decode to black (divided by 255); a
+    `.jfif` file (a JPEG, as browsers save them) was passed over in train/ and refused in test/."""
+    gray = np.asarray(Image.open(sorted((root / "digits" / "train" / "3").glob("*.png"))[0]).convert("L"),
+                      dtype=np.float32)
+    Image.fromarray(gray / 255.0, mode="F").save(tmp_path / "unit.tif")
+    Image.fromarray(gray, mode="F").save(tmp_path / "byte.tif")
+    unit, byte = decode_resized(tmp_path / "unit.tif", 16), decode_resized(tmp_path / "byte.tif", 16)
+    assert byte.max() > 200 and np.abs(unit.astype(int) - byte.astype(int)).max() <= 1
+    train = root / "digits" / "train" / "3"
+    Image.open(sorted(train.glob("*.png"))[0]).convert("RGB").save(train / "web photo.jfif", format="JPEG")
+    test = root / "digits" / "test"
+    Image.open(sorted(test.glob("*.png"))[0]).convert("RGB").save(test / "999.jfif", format="JPEG")
+    info = scan_root(root, ["digits"], splits=("train", "test"))[0]
+    assert train / "web photo.jfif" in [p for p, _ in info.train]
+    assert ("999", test / "999.jfif") in info.test
+
+
 def test_odd_images_train_without_skip(root, tmp_path):
     made = odd_images(root / "digits" / "train" / "3")
     rc, out, err = run_main(*train_argv(root, tmp_path / "run"))

@@ -85,6 +85,28 @@ def test_values_of_the_right_kind_pass_and_integral_floats_become_ints(tmp_path)
     assert cfg["optim"]["lr"] == 1e-4 and cfg["sched"]["warmup_epochs"] == 2 and cfg["model"]["img_size"] == 32
 
 
+def test_numbers_in_exponent_form_in_a_config_file_are_numbers(tmp_path):
+    """YAML 1.1 reads `lr: 1e-3` as the string '1e-3' (only `1.0e-3` is a float): it used to be refused."""
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 1e-3\n  weight_decay: 5E-2\ntrain:\n  epochs: 1e1\n")
+    cfg = resolve(file=f)
+    assert cfg["optim"]["lr"] == 1e-3 and cfg["optim"]["weight_decay"] == 5e-2
+    assert cfg["train"]["epochs"] == 10 and isinstance(cfg["train"]["epochs"], int)
+    for bad in ("lr: ten", "lr: nan", "lr: .inf"):
+        f.write_text(f"optim:\n  {bad}\n")
+        with pytest.raises(UserError, match="optim.lr must be a number"):
+            resolve(file=f)
+
+
+def test_a_yaml_syntax_error_is_one_paragraph_with_its_line(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 0.1\n   momentum: [0.9\n")
+    with pytest.raises(UserError) as info:
+        resolve(file=f)
+    message = str(info.value)
+    assert "\n" not in message and f"config file {f} is not valid YAML at line 3" in message
+
+
 def test_amp_off_from_yaml_turns_autocast_off():
     """YAML 1.1 reads a bare `off` as false: `train.amp=off` must still mean off (it used to be refused)."""
     import torch

@@ -191,6 +191,12 @@ def test_torchrun_pretrain_smoke(root, tmp_path):
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert int(ck["model"]["queue_ptr"]) == (5 * 16) % 64
     assert not any(k.startswith("module.") for k in ck["model"])
+    # resumed in one process: the process count is the reason given, not the shuffle-BN groups that 8 images
+    # per batch would leave one image each in a single process (advice that led nowhere)
+    from helpers.checks import run_main
+
+    rc, _, err = run_main("pretrain", "--data", root, "--out", run, "--queue-size", "64", *args, "--resume")
+    assert rc == 2 and "written by a run on 2 process(es); resume it on 2" in err, err
 
 
 def test_torchrun_train_smoke_with_an_uneven_last_batch(tmp_path):

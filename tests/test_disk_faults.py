@@ -78,6 +78,43 @@ def test_read_only_output_folder(root, tmp_path):
         assert "fine-tuning" not in out
 
 
+def test_every_writing_command_refuses_a_read_only_output_with_exit_2(root, tmp_path):
+    """eval, predict, export, probe and data wrote their output after the work and crashed there (exit 1,
+    a traceback) on a read-only folder; now they refuse it first, as train, pretrain and run do."""
+    run = tmp_path / "run"
+    rc, _, err = run_main(*train_argv(root, run))
+    assert rc == 0, err
+    rc, _, err = run_main("export", run, "--out", tmp_path / "bb.safetensors")
+    assert rc == 0, err
+    with tmpfs(tmp_path / "ro", "size=1m,ro") as ro:
+        for argv in (["eval", run, "--data", root, "--out", ro / "m.json"],
+                     ["predict", run, "--data", root, "--out", ro / "p.json"],
+                     ["export", run, "--out", ro / "b.safetensors"],
+                     ["probe", "--weights", tmp_path / "bb.safetensors", "--model", "test_resnet", "--data", root,
+                      "--img-size", "16", "--out", ro / "probe"],
+                     ["data", "digits", "--out", ro / "digits"]):
+            rc, out, err = run_main(*argv)
+            assert rc == 2 and "Traceback" not in err, (argv[0], err)
+            assert f"fewshot {argv[0]}: error:" in err and "cannot be written" in err, err
+
+
+def test_an_environment_os_error_deep_in_a_command_is_a_user_error(root, tmp_path, monkeypatch):
+    """Whatever the command, a read-only or full disk met after the up-front checks is the machine's
+    answer (exit 2, the path and the reason), not "internal error" with a traceback."""
+    import fewshot.utils
+
+    def read_only(path, *a, **kw):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    run = tmp_path / "run"
+    rc, _, err = run_main(*train_argv(root, run))
+    assert rc == 0, err
+    monkeypatch.setattr(fewshot.utils, "write_json", read_only)
+    rc, _, err = run_main("eval", run, "--data", root, "--out", tmp_path / "m.json")
+    assert rc == 2 and "Traceback" not in err, err
+    assert f"fewshot eval: error: {tmp_path / 'm.json'}: Read-only file system" in err
+
+
 # ------------------------------------------------------------------------------ too small / full
 
 

@@ -18,6 +18,7 @@ from fewshot.cli import main
 from fewshot.data.cache import load_images
 from fewshot.data.layout import find_unlabeled_images, list_datasets, scan_root
 from fewshot.errors import DataLayoutError, UserError
+from helpers.checks import run_main
 
 ALL_SPLITS = ("train", "val", "test")
 
@@ -76,6 +77,29 @@ def test_unlabeled_json_and_hidden_entries_are_not_datasets(copy_root, dataset_n
     assert (copy_root / "unlabeled").is_dir()
     assert list_datasets(copy_root) == dataset_names
     assert [i.name for i in scan_root(copy_root)] == dataset_names
+
+
+def test_run_folders_os_litter_and_empty_folders_in_the_root_are_not_datasets(copy_root, dataset_names, tmp_path,
+                                                                             capfd):
+    """`--out ROOT/myrun` or `--out ROOT/runs/x` used to make every later command on ROOT a layout error
+    ("ROOT/runs/train: missing split folder"); so did unzip's __MACOSX/ and an empty folder."""
+    rc, _, err = run_main(*train_argv(copy_root, copy_root / "runs" / "x"))  # a run inside the root
+    assert rc == 0, err
+    (copy_root / "myrun").mkdir()  # what a failed start of `fewshot run --out ROOT/myrun` leaves
+    (copy_root / "__MACOSX" / dataset_names[0]).mkdir(parents=True)
+    (copy_root / "__MACOSX" / dataset_names[0] / "._0.png").write_bytes(b"\x00\x05\x16\x07")
+    capfd.readouterr()
+    assert list_datasets(copy_root) == dataset_names
+    err = capfd.readouterr().err
+    for name, why in (("runs", "fewshot run output"), ("myrun", "an empty folder"), ("__MACOSX", "operating-system metadata")):
+        assert f"{copy_root / name} is not a dataset ({why}" in err
+    assert [i.name for i in scan_root(copy_root)] == dataset_names
+    rc, _, err = run_main(*train_argv(copy_root, copy_root / "runs" / "x"), "--resume", "--epochs", "2")
+    assert rc == 0, err
+    # a folder with files but no split folder is still a dataset with a problem, not passed over
+    (copy_root / "mistyped").mkdir()
+    (copy_root / "mistyped" / "Train").mkdir()
+    one_problem(problems_of(copy_root), copy_root / "mistyped" / "train", "missing split")
 
 
 def test_hidden_files_inside_splits_are_ignored(copy_root, dataset_names):

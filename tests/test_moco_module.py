@@ -198,6 +198,9 @@ def test_split_groups():
         split_groups(cfg(12, 8), world=1)
     with pytest.raises(UserError, match="at least 2"):
         split_groups(cfg(8, 8), world=1)  # one sample per group
+    for world, g in ((1, 1), (2, 8), (1, 8)):  # one image per BatchNorm batch: a user error, not a crash in forward
+        with pytest.raises(UserError, match="at least 2 images per batch"):
+            split_groups(cfg(1, g), world=world)
     # a backbone without BatchNorm (a ViT) has no statistics to leak: no groups, and no batch constraint from them
     assert split_groups(cfg(8, 8), world=1, backbone=create_backbone("test_vit")) == 1
     assert split_groups(cfg(16, 8), world=1, backbone=create_backbone("test_resnet")) == 8

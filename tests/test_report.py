@@ -384,3 +384,17 @@ def test_a_run_stopped_before_its_first_evaluation_says_which_checkpoint_predict
     text = (tmp_path / "r" / "index.html").read_text()
     assert "Predictions of the last checkpoint (the run stopped before its first evaluation" in text
     assert "Predictions of the best checkpoint" in (runs["base"] / "report" / "index.html").read_text()
+
+
+def test_names_in_scripts_the_font_lacks_do_not_flood_stderr(tmp_path):
+    """A Japanese dataset name printed one matplotlib warning per missing glyph on every plot."""
+    import warnings
+
+    from fewshot.report import plots
+
+    fig = plots._figure(2, 2)
+    fig.add_subplot().set_title("データセット")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = plots._save(fig, tmp_path / "p.png")
+    assert out.is_file() and not [w for w in caught if "Glyph" in str(w.message)]

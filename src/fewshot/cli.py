@@ -7,6 +7,7 @@ Unknown `key=value` words after the options override config fields (`optim.lr=3e
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -156,7 +157,9 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
 
 def cmd_data(args, extra) -> int:
     from fewshot.data.build import build_dataset
+    from fewshot.utils import check_output_dir
 
+    check_output_dir(args.out)  # before decoding the source files
     summary = build_dataset(args.name, Path(args.out), shots=args.shots, seed=args.seed,
                             idx_dir=Path(args.idx_dir) if args.idx_dir else None, val_per_class=args.val_per_class,
                             test_per_class=args.test_per_class, pool_per_class=args.pool_per_class)
@@ -247,6 +250,11 @@ def console_main() -> int:
     return main(started=fewshot.PROCESS_START)
 
 
+# OSErrors that describe the machine (disk, permissions, paths), which the user can fix: exit 2, no traceback
+ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                                errno.EISDIR, errno.ENAMETOOLONG})
+
+
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -262,6 +270,15 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         note = "" if bad else " (key=value config overrides apply to train, pretrain and run)"
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}{note}")  # its usage; exit 2
+    try:
+        return _dispatch(args, extra, handlers)
+    finally:
+        from fewshot.run_lock import release_all
+
+        release_all()  # the run folders this command wrote are free for the next one (in-process callers too)
+
+
+def _dispatch(args, extra, handlers) -> int:
     try:
         code = handlers[args.command](args, extra) or 0
         if "torch.distributed" in sys.modules:  # under torchrun: leave no process group to interpreter teardown
@@ -301,6 +318,17 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return 141  # 128 + SIGPIPE, what the shell reports for a command cut off this way
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            traceback.print_exc()
+            print(f"fewshot {args.command}: internal error (a bug; please report it with the traceback above).",
+                  file=sys.stderr)
+            return 1
+        # the machine's answer, not a bug: a read-only or full disk, a missing permission, a path too long
+        where = f" {exc.filename}:" if exc.filename else ""
+        print(f"fewshot {args.command}: error:{where} {exc.strerror or exc} (free space, fix the permission "
+              f"or choose another path, then run the command again).", file=sys.stderr)
+        return 2
     except Exception:
         traceback.print_exc()
         print(f"fewshot {args.command}: internal error (a bug; please report it with the traceback above).",

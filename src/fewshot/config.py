@@ -8,6 +8,7 @@ run directory. Unknown keys are refused so that a typo never silently does nothi
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +253,11 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+        # one paragraph: PyYAML's own message spans several lines with a caret drawing
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"config file {path} is not valid YAML{where}: {what}.") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (model:, optim:, ...).")
     return data
@@ -336,12 +341,20 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
         if default is None and dotted in OPTIONAL and value is not None:
             default = OPTIONAL[dotted]
         kind = _kind(default)
+        if kind in ("a number", "a whole number") and isinstance(value, str):
+            try:  # YAML 1.1 reads `lr: 1e-3` in a config file as a string; users mean a number
+                number = float(value.strip())
+                if math.isfinite(number):
+                    value = cfg[key] = number
+            except ValueError:
+                pass
         if kind == "a whole number" and isinstance(value, float) and value.is_integer():
             value = cfg[key] = int(value)  # `2.0` from a YAML file means 2
         ok = (kind is None or value is None and default is None
               or kind == "true or false" and isinstance(value, bool)
               or kind == "a whole number" and isinstance(value, int) and not isinstance(value, bool)
-              or kind == "a number" and isinstance(value, (int, float)) and not isinstance(value, bool))
+              or kind == "a number" and isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value))  # `.inf` / `nan` would only fail deep in a run
         if not ok:
             raise UserError(f"{dotted} must be {kind}, not {value!r}.")
         if dotted in CHOICES and not any(value == c and isinstance(value, bool) == isinstance(c, bool)

@@ -25,6 +25,7 @@ from fewshot.data.layout import scan_root
 from fewshot.errors import UserError
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
+from fewshot.run_lock import lock_run_dir
 from fewshot.utils import resolve_device, seed_everything, write_json
 
 
@@ -498,6 +499,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
             print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): self-training is off, the "
                   "fine-tuning on the labelled images gets the whole budget.", flush=True)
             semi = r["semi_method"] = "off"
+    lock_run_dir(out)  # a second `fewshot run` (or --resume) into the folder while this one runs is refused
     if state is None:  # written once the inputs have passed their checks: a failed start leaves no run behind
         state = RunState.start(out, requested, budget_minutes, cfg["model"]["img_size"], time.monotonic() - t_start)
     else:

@@ -34,6 +34,9 @@ def check_output_dir(path, flag: str = "--out", shown=None) -> Path:
         if p.exists():
             if not p.is_dir():
                 raise UserError(f"{flag} {shown or path}: {p} is a file, not a folder.")
+            if not os.access(p, os.W_OK | os.X_OK):  # access(2) also answers EROFS for a read-only mount
+                raise UserError(f"{flag} {shown or path}: the folder {p} cannot be written (a read-only file "
+                                f"system or no permission); choose another {flag}.")
             break
     return path
 

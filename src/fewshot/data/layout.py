@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fewshot.errors import DataLayoutError, UserError
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 NOT_DATASETS = frozenset({"unlabeled"})
 
 
@@ -37,16 +37,52 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
 
 
+SYSTEM_FOLDERS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information"})  # unzip / OS litter
+RUN_MARKERS = ("config.yaml", "run_state.json", "log.jsonl", "checkpoints")
+_TOLD_NOT_DATASETS: set[str] = set()
+
+
+def not_a_dataset(folder: Path) -> str | None:
+    """Why a visible folder of ROOT is not a dataset (None: it is one). A run written into the data root
+    (`--out ROOT/runs/x`, `--out ROOT/myrun`) used to turn every later command on that root into a layout
+    error; so did the `__MACOSX/` folder that unzipping a macOS archive leaves."""
+    if folder.name in SYSTEM_FOLDERS:
+        return "operating-system metadata"
+    if any((folder / split).is_dir() for split in ("train", "val", "test")):
+        return None
+    try:
+        children = [c for c in folder.iterdir() if not c.name.startswith(".")]
+    except OSError:
+        return None  # reported by the scan as an unreadable dataset
+    if not children:
+        return "an empty folder"
+    for where in [folder] + [c for c in children if c.is_dir()]:
+        if any((where / marker).exists() for marker in RUN_MARKERS):
+            return "fewshot run output"
+    return None
+
+
 def list_datasets(root: Path) -> list[str]:
-    """Dataset folders under ROOT: every visible directory except `unlabeled/`."""
+    """Dataset folders under ROOT: every visible directory except `unlabeled/`, run folders and OS litter
+    (not_a_dataset; each is named once on stderr)."""
     if not root.is_dir():
         raise UserError(f"dataset root '{root}' does not exist or is not a folder. "
                         f"Build the demo data with `fewshot data digits --out {root}`.")
     try:
-        names = sorted(p.name for p in root.iterdir()
-                       if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS)
+        folders = sorted((p for p in root.iterdir()
+                          if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS),
+                         key=lambda p: p.name)
     except OSError as exc:
         raise UserError(f"cannot list the dataset root '{root}': {exc.strerror or exc}.") from None
+    names = []
+    for folder in folders:
+        why = not_a_dataset(folder)
+        if why is None:
+            names.append(folder.name)
+        elif str(folder) not in _TOLD_NOT_DATASETS and os.environ.get("RANK", "0") == "0":
+            _TOLD_NOT_DATASETS.add(str(folder))
+            print(f"note: {folder} is not a dataset ({why}, no train/, val/ or test/ folder): passed over",
+                  file=sys.stderr, flush=True)
     if not names:
         raise UserError(f"no dataset folders found under '{root}'. Expected ROOT/<dataset>/train/<class>/*.jpg "
                         f"(see `fewshot data --help` to build demo data).")

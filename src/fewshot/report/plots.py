@@ -9,6 +9,7 @@ no pyplot global state).
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,11 @@ def _figure(w: float, h: float, layout: str | None = "constrained"):
 def _save(fig, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, format="png")
+    with warnings.catch_warnings():
+        # class or dataset names in scripts the bundled font lacks (Japanese, Arabic, ...) are drawn as boxes;
+        # matplotlib's warning per missing glyph would flood stderr and says nothing the user can act on
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+        fig.savefig(out, dpi=DPI, format="png")
     return out
 
 

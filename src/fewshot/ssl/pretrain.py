@@ -24,7 +24,7 @@ from fewshot.ssl.functional import topk_accuracy
 from fewshot.ssl.knn import knn_predict
 from fewshot.ssl.moco import MoCo
 from fewshot.train.distributed import DistContext, init_distributed
-from fewshot.train.engine import Engine
+from fewshot.train.engine import Engine, check_resume_world
 from fewshot.train.semi import POOL_SKIP_NOTE
 from fewshot.utils import make_generator, resolve_device, seed_everything
 
@@ -135,12 +135,14 @@ def split_groups(cfg: dict, world: int, backbone=None) -> int:
     """Single-process shuffle-BN groups; under DDP the shuffle across ranks does the job, and a backbone without
     BatchNorm (a ViT) has no batch statistics to leak through."""
     mode = cfg["moco"]["shuffle_bn"]
-    if mode in (False, "off", "none") or world > 1:
-        return 1
-    if backbone is not None and not has_batch_norm(backbone):
+    bs = cfg["train"]["batch_size"]
+    batch_norm = backbone is None or has_batch_norm(backbone)
+    if batch_norm and bs < 2:  # it used to fail in the first forward pass, as an internal error
+        raise UserError(f"--batch-size {bs}: BatchNorm needs at least 2 images per batch"
+                        f"{' on each process' if world > 1 else ''}; use a --batch-size of 2 or more.")
+    if mode in (False, "off", "none") or world > 1 or not batch_norm:
         return 1
     g = int(cfg["moco"]["split_bn_groups"])
-    bs = cfg["train"]["batch_size"]
     if g > 1 and bs % g:
         raise UserError(f"--batch-size {bs} must be a multiple of moco.split_bn_groups={g} (single-device "
                         f"shuffle-BN splits each batch into that many groups).")
@@ -277,6 +279,7 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
     prepare_run_dir(out, resume, cfg, ctx.is_main)
     if ctx.is_main and not (resume and (Path(out) / "checkpoints" / "last.pt").is_file()):
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
+    check_resume_world(Path(out), resume, ctx.world)
     seed_everything(cfg["train"]["seed"])
     task = MoCoTask(cfg, infos, device, ctx)
     engine = Engine(task, cfg, out, device, ctx)

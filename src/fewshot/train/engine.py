@@ -129,6 +129,27 @@ def empty_epoch_error(task, cfg: dict, world: int) -> UserError:
                      f"({world} process(es)): add training images or run on fewer processes.")
 
 
+def check_same_world(path: Path, ck: dict, world: int) -> None:
+    """A run resumes only on the number of processes that wrote it: steps per epoch, the global batch and the
+    schedule's length all depend on it."""
+    saved = int(ck.get("world", world))
+    if saved != world:
+        raise UserError(f"{path} was written by a run on {saved} process(es); resume it on {saved} "
+                        f"(`torchrun --nproc_per_node={saved} ...`{' or without torchrun' if saved == 1 else ''}). "
+                        f"On {world} the epoch plan differs: the learning-rate schedule would jump and "
+                        f"a mid-epoch stop would skip or repeat batches. To continue on {world}, start a "
+                        f"new run from this one's weights (`--weights {path}`).")
+
+
+def check_resume_world(run_dir: Path, resume: bool, world: int) -> None:
+    """The process-count check before the task is built: the settings checks that building runs (shuffle-BN
+    groups against the batch size) would otherwise answer a torchrun run resumed in one process with advice
+    that leads nowhere."""
+    path = Path(run_dir) / "checkpoints" / "last.pt"
+    if resume and path.is_file():
+        check_same_world(path, load_checkpoint(path), world)
+
+
 class Engine:
     def __init__(self, task, cfg: dict, run_dir: Path, device: torch.device, ctx: DistContext):
         self.task, self.cfg, self.run_dir, self.device, self.ctx = task, cfg, Path(run_dir), device, ctx
@@ -255,13 +276,7 @@ class Engine:
         ck = load_checkpoint(path)
         if ck.get("kind") != self.task.kind:
             raise UserError(f"{path} is a {ck.get('kind')} checkpoint; cannot resume a {self.task.kind} run from it.")
-        world = int(ck.get("world", self.ctx.world))
-        if world != self.ctx.world:  # steps per epoch, the global batch and the schedule's length all change
-            raise UserError(f"{path} was written by a run on {world} process(es); resume it on {world} "
-                            f"(`torchrun --nproc_per_node={world} ...`{' or without torchrun' if world == 1 else ''}). "
-                            f"On {self.ctx.world} the epoch plan differs: the learning-rate schedule would jump and "
-                            f"a mid-epoch stop would skip or repeat batches. To continue on {self.ctx.world}, start a "
-                            f"new run from this one's weights (`--weights {path}`).")
+        check_same_world(path, ck, self.ctx.world)
         self.task.load_checkpoint_extra(ck)  # the classes first: a mismatch is a clear error, not a shape error
         self.model.load_state_dict(ck["model"])
         if self.ema is not None and ck.get("ema") is not None:

@@ -13,7 +13,8 @@ from fewshot.errors import UserError
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
 from fewshot.train.distributed import init_distributed
-from fewshot.train.engine import Engine
+from fewshot.run_lock import lock_run_dir
+from fewshot.train.engine import Engine, check_resume_world
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
 from fewshot.utils import resolve_device, seed_everything, write_json
 
@@ -27,6 +28,7 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, is_main: bool = True) ->
                         f"or choose another --out.")
     if is_main:
         ensure_writable_dir(out, "run")
+        lock_run_dir(out)  # one writer per run folder (the same command started twice, --resume during a run)
     return cfg
 
 
@@ -129,6 +131,7 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
     prepare_run_dir(out, resume, cfg, ctx.is_main)
     if ctx.is_main and not (resume and (Path(out) / "checkpoints" / "last.pt").is_file()):
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
+    check_resume_world(Path(out), resume, ctx.world)
     seed_everything(cfg["train"]["seed"])
     task = SupervisedTask(cfg, infos, device, ctx)
     engine = Engine(task, cfg, out, device, ctx)
