@@ -460,6 +460,20 @@ def test_resume_applies_a_config_file_given_with_it(tmp_path):
         resolved("train", "--data", tmp_path, "--out", run, "--resume", "train.epochs=many")
 
 
+def test_resume_with_the_config_file_that_started_the_run_and_an_exponent_lr(tmp_path):
+    """A file's `lr: 1e-3` is the string '1e-3' to YAML 1.1: the run started (validation makes it a number) but
+    --resume with the same file compared '1e-3' with the saved 0.001 and refused ("changes optim.lr")."""
+    run = tmp_path / "r"
+    run.mkdir()
+    first = tmp_path / "c.yaml"
+    first.write_text("optim:\n  lr: 1e-3\ntrain:\n  epochs: 1\n")
+    saved = resolved("train", "--data", tmp_path, "--out", run, "--config", first)
+    assert saved["optim"]["lr"] == 1e-3
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = resolved("train", "--data", tmp_path, "--out", run, "--resume", "--config", first, "--epochs", "2")
+    assert cfg["optim"]["lr"] == 1e-3 and cfg["train"]["epochs"] == 2
+
+
 def test_pretrain_takes_several_unlabeled_folders_per_flag(tmp_path):
     args, extra = build_parser().parse_known_args(["pretrain", "--data", "R", "--out", "O", "--unlabeled", "A", "B",
                                                    "--unlabeled", "C"])

@@ -91,14 +91,32 @@ def test_run_folders_os_litter_and_empty_folders_in_the_root_are_not_datasets(co
     capfd.readouterr()
     assert list_datasets(copy_root) == dataset_names
     err = capfd.readouterr().err
-    for name, why in (("runs", "fewshot run output"), ("myrun", "an empty folder"), ("__MACOSX", "operating-system metadata")):
+    for name, why in (("runs", "fewshot run output"), ("myrun", "no images"), ("__MACOSX", "operating-system metadata")):
         assert f"{copy_root / name} is not a dataset ({why}" in err
     assert [i.name for i in scan_root(copy_root)] == dataset_names
     rc, _, err = run_main(*train_argv(copy_root, copy_root / "runs" / "x"), "--resume", "--epochs", "2")
     assert rc == 0, err
+    # `fewshot run --out ROOT/runs2/x` creates x before it scans ROOT: an empty run folder in a folder of runs
+    (copy_root / "runs2" / "x").mkdir(parents=True)
+    # an unreadable folder (a mount point's lost+found) stopped every command; root reads anything, so simulate it
+    secret, real_iterdir = copy_root / "lost+found", Path.iterdir
+    secret.mkdir()
+
+    def iterdir(self):
+        if self == secret:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    capfd.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "iterdir", iterdir)
+        assert list_datasets(copy_root) == dataset_names
+    err = capfd.readouterr().err
+    assert f"{copy_root / 'runs2'} is not a dataset (no images" in err
+    assert f"{secret} is not a dataset (it cannot be read: Permission denied)" in err
     # a folder with files but no split folder is still a dataset with a problem, not passed over
-    (copy_root / "mistyped").mkdir()
-    (copy_root / "mistyped" / "Train").mkdir()
+    (copy_root / "mistyped" / "Train" / "0").mkdir(parents=True)
+    shutil.copy(next((copy_root / dataset_names[0] / "train" / "0").iterdir()), copy_root / "mistyped" / "Train" / "0")
     one_problem(problems_of(copy_root), copy_root / "mistyped" / "train", "missing split")
 
 

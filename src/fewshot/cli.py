@@ -7,6 +7,7 @@ Unknown `key=value` words after the options override config fields (`optim.lr=3e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -137,7 +138,7 @@ TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.dat
 
 
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None) -> dict:
-    from fewshot.config import flatten_dotted, load_yaml, parse_override, resolve
+    from fewshot.config import flatten_dotted, get_dotted, load_yaml, parse_override, resolve
     from fewshot.train.finetune import merge_resume_config
 
     flags = _flags(args, mapping)
@@ -151,6 +152,9 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
         for word in extra:
             keys, value = parse_override(word)
             explicit[".".join(keys)] = value
+        for key in explicit:  # as validated (a file's `lr: 1e-3` is the string '1e-3' until then)
+            with contextlib.suppress(KeyError, TypeError):
+                explicit[key] = get_dotted(cfg, key.split("."))
         cfg = merge_resume_config(Path(args.out), cfg, explicit)
     return cfg
 
@@ -326,8 +330,8 @@ def _dispatch(args, extra, handlers) -> int:
             return 1
         # the machine's answer, not a bug: a read-only or full disk, a missing permission, a path too long
         where = f" {exc.filename}:" if exc.filename else ""
-        print(f"fewshot {args.command}: error:{where} {exc.strerror or exc} (free space, fix the permission "
-              f"or choose another path, then run the command again).", file=sys.stderr)
+        print(f"fewshot {args.command}: error:{where} {exc.strerror or exc} (check the path and its "
+              f"permissions, or free space if the disk is full, then run the command again).", file=sys.stderr)
         return 2
     except Exception:
         traceback.print_exc()

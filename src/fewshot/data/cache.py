@@ -26,7 +26,7 @@ from fewshot.errors import DataLayoutError, UserError
 from fewshot.progress import track
 from fewshot.utils import atomic_write_text
 
-CACHE_VERSION = 2  # 2: EXIF orientation applied
+CACHE_VERSION = 3  # 2: EXIF orientation applied; 3: float images in [0, 1] no longer black
 # Refuse decompression bombs outright (PIL warns at MAX_IMAGE_PIXELS and raises at twice that).
 MAX_PIXELS = 178_956_970
 ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -42,23 +42,42 @@ RUN_MARKERS = ("config.yaml", "run_state.json", "log.jsonl", "checkpoints")
 _TOLD_NOT_DATASETS: set[str] = set()
 
 
+def _holds_run(folder: Path) -> bool:
+    return any((folder / marker).exists() for marker in RUN_MARKERS)
+
+
+def _has_images(folder: Path, limit: int = 20000) -> bool:
+    """Whether any image file lies below ``folder`` (stops at the first; a tree too large to look through
+    counts as holding images, so that it is scanned and its problems named)."""
+    seen = 0
+    for _, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(is_image(Path(f)) for f in files):
+            return True
+        seen += len(files) + len(dirs)
+        if seen > limit:
+            return True
+    return False
+
+
 def not_a_dataset(folder: Path) -> str | None:
     """Why a visible folder of ROOT is not a dataset (None: it is one). A run written into the data root
-    (`--out ROOT/runs/x`, `--out ROOT/myrun`) used to turn every later command on that root into a layout
-    error; so did the `__MACOSX/` folder that unzipping a macOS archive leaves."""
+    (`--out ROOT/runs/x`, `--out ROOT/myrun`, even one that failed to start and left its folder empty) used to
+    turn every later command on that root into a layout error; so did the `__MACOSX/` folder that unzipping a
+    macOS archive leaves, and an unreadable folder such as a mount point's `lost+found`. A folder that holds
+    images but no split folder (`ROOT/x/Train/...`) stays a dataset whose problem is named."""
     if folder.name in SYSTEM_FOLDERS:
         return "operating-system metadata"
-    if any((folder / split).is_dir() for split in ("train", "val", "test")):
-        return None
     try:
-        children = [c for c in folder.iterdir() if not c.name.startswith(".")]
-    except OSError:
-        return None  # reported by the scan as an unreadable dataset
-    if not children:
-        return "an empty folder"
-    for where in [folder] + [c for c in children if c.is_dir()]:
-        if any((where / marker).exists() for marker in RUN_MARKERS):
-            return "fewshot run output"
+        if any((folder / split).is_dir() for split in ("train", "val", "test")):
+            return None
+        if _holds_run(folder) or any(c.is_dir() and _holds_run(c) for c in folder.iterdir()
+                                     if not c.name.startswith(".")):
+            return "fewshot run output, no train/, val/ or test/"
+        if not _has_images(folder):
+            return "no images, no train/, val/ or test/"
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror or exc}"
     return None
 
 
@@ -81,7 +100,7 @@ def list_datasets(root: Path) -> list[str]:
             names.append(folder.name)
         elif str(folder) not in _TOLD_NOT_DATASETS and os.environ.get("RANK", "0") == "0":
             _TOLD_NOT_DATASETS.add(str(folder))
-            print(f"note: {folder} is not a dataset ({why}, no train/, val/ or test/ folder): passed over",
+            print(f"note: {folder} is not a dataset ({why}): passed over",
                   file=sys.stderr, flush=True)
     if not names:
         raise UserError(f"no dataset folders found under '{root}'. Expected ROOT/<dataset>/train/<class>/*.jpg "
