@@ -535,6 +535,42 @@ def test_export_writes_through_a_new_folder_without_a_temp_file(trained, tmp_pat
     assert [p.name for p in (tmp_path / "new").iterdir()] == ["bb.safetensors"]
 
 
+def test_export_of_a_fine_tuning_run_takes_the_checkpoint_predict_uses(trained, tmp_path):
+    """It took last.pt while eval, predict and pred_all.json use best.pt, and did not say which."""
+    from safetensors import safe_open
+
+    run, _ = trained
+    rc, out, err = run_main("export", run, "--out", tmp_path / "bb.safetensors")
+    assert rc == 0, err
+    best = run / "checkpoints" / "best.pt"
+    assert f"from {best}" in out
+    with safe_open(str(tmp_path / "bb.safetensors"), "pt") as f:
+        assert f.metadata()["source"] == str(best)
+    rc, out, err = run_main("export", run / "checkpoints" / "last.pt", "--out", tmp_path / "last.safetensors")
+    assert rc == 0 and f"from {run / 'checkpoints' / 'last.pt'}" in out, err  # a file given is the file used
+
+
+def test_predict_says_what_the_root_holds_that_it_does_not_predict(trained, digits_root, dataset_names, tmp_path):
+    """A dataset the model never saw was left out of pred_all.json without a word; class folders that differ
+    from the model's (its indices then mean other classes than the root's folders) too."""
+    import shutil
+
+    run, _ = trained
+    root = tmp_path / "root"
+    shutil.copytree(digits_root, root, ignore=shutil.ignore_patterns(".fewshot_cache"))
+    shutil.copytree(root / dataset_names[0], root / "zz")
+    shutil.rmtree(root / dataset_names[0] / "train" / "0")
+    rc, out, err = run_main("predict", run, "--data", root, "--out", tmp_path / "p.json")
+    assert rc == 0, err
+    pred = json.loads((tmp_path / "p.json").read_text())
+    assert set(pred) == {"n_parameters", *dataset_names}
+    assert f"{root} also holds zz, which the model was not trained on" in err
+    assert f"the class folders of {root / dataset_names[0] / 'train'} (9) differ from the model's (10" in err
+    assert dataset_names[1] not in err.split("differ")[0].split("class folders of")[-1]  # only the changed one
+    rc, out, err = run_main("predict", run, "--data", digits_root, "--out", tmp_path / "q.json")
+    assert rc == 0 and "warning" not in err, err  # the training root: nothing to say
+
+
 def test_compare_cut_off_by_its_reader_exits_like_a_closed_pipe(trained):
     """rich's console exits 1 itself on a broken pipe (SystemExit(1): an internal error by SPEC's codes); the
     table printer hands it to the CLI, which answers 141 as for every other command."""

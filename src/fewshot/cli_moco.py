@@ -70,7 +70,11 @@ def add_parsers(sub, add_common, epilog) -> None:
                    "stopped: give the same command plus --resume. Finished stages are reused, the stopped one "
                    "continues from its last.pt, and the budget counts the time already used")
 
-    p = sub.add_parser("export", help="write a MoCo run's backbone as timm-loadable safetensors")
+    p = sub.add_parser("export", help="write a run's backbone as timm-loadable safetensors",
+                       description="Writes the backbone (no projection or classifier head) of a MoCo run "
+                       "(checkpoints/last.pt: the end of pretraining), a fine-tuning run or a `fewshot run` folder "
+                       "(checkpoints/best.pt, EMA weights when kept: the checkpoint eval and predict use), or of the "
+                       "checkpoint file given.")
     p.add_argument("run", metavar="RUN_OR_CKPT")
     p.add_argument("--out", required=True, help="backbone.safetensors path")
 
@@ -186,7 +190,7 @@ def cmd_export(args, extra) -> int:
         print(f"warning: {out} is a safetensors file; fewshot reads it under any name, but timm's "
               f"create_model(..., pretrained_cfg_overlay=dict(file=...)) only treats names ending in "
               f".safetensors as safetensors", file=sys.stderr)
-    print(f"wrote {out} (model {meta['model'] or '?'}, epoch {meta['epoch']}); fine-tune with "
+    print(f"wrote {out} from {meta['source']} (model {meta['model'] or '?'}, epoch {meta['epoch']}); fine-tune with "
           f"`fewshot train --model {meta['model'] or 'NAME'} --weights {out} ...`")
     return 0
 

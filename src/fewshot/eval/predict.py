@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import unicodedata
 from dataclasses import dataclass
@@ -87,9 +89,38 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
         want = tm.space.classes[tm.space.index(info.name)]
         if split != "test" and tuple(info.classes) != tuple(want):
             raise UserError(f"the classes of {info.root} differ from those the model was trained on.")
+    if split == "test":
+        warn_about_what_is_not_predicted(tm, root, infos, datasets)
     d = tm.cfg["data"]
     return infos, load_split(infos, split, tm.space, tm.size, prediction_cache_dir(root), d.get("crop_pct", 1.0),
                              d.get("skip_bad_images", False))
+
+
+def warn_about_what_is_not_predicted(tm: TrainedModel, root: Path, infos, datasets) -> None:
+    """Predicting is right to use the model's datasets and classes, but the user should hear when the root says
+    otherwise: a dataset the model never saw used to be left out of pred_all.json without a word, and class folders
+    that differ from the model's make its class indices mean other classes than the root's sorted folders."""
+    import sys
+
+    from fewshot.data.layout import list_datasets
+
+    if datasets is None:
+        with contextlib.suppress(UserError, OSError):
+            unseen = [d for d in list_datasets(root) if d not in tm.space.names]
+            if unseen:
+                print(f"warning: {root} also holds {', '.join(unseen)}, which the model was not trained on "
+                      f"(it knows {', '.join(tm.space.names)}): not predicted.", file=sys.stderr, flush=True)
+    for info in infos:
+        train = info.root / "train"
+        with contextlib.suppress(OSError):
+            if not train.is_dir():
+                continue  # a test-only root: nothing to compare with
+            here = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+            want = list(tm.space.classes[tm.space.index(info.name)])
+            if [unicodedata.normalize("NFC", n) for n in here] != [unicodedata.normalize("NFC", n) for n in want]:
+                print(f"warning: the class folders of {train} ({len(here)}) differ from the model's ({len(want)}: "
+                      f"{', '.join(want[:12])}{', ...' if len(want) > 12 else ''}); pred_all.json gives each image "
+                      f"its class index in the model's list.", file=sys.stderr, flush=True)
 
 
 def prediction_cache_dir(root: Path) -> Path | None:

@@ -31,8 +31,12 @@ def backbone_state(ck: dict) -> dict:
 
 
 def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dict]:
-    ckpt = resolve_checkpoint(run_or_ckpt, prefer="last")
+    ckpt = resolve_checkpoint(run_or_ckpt, prefer="last")  # MoCo: the end of pretraining, as MoCo's own code
     ck = load_checkpoint(ckpt)
+    best = ckpt.with_name("best.pt")
+    if Path(run_or_ckpt).is_dir() and ck.get("kind") == "supervised" and ckpt.name == "last.pt" and best.is_file():
+        # a fine-tuning run: the checkpoint that eval, predict and pred_all.json use (it was last.pt, silently)
+        ckpt, ck = best, load_checkpoint(best)
     state = backbone_state(ck)
     meta = {"format": "pt", "model": str(ck.get("model_name", "")), "source": str(ckpt),
             "epoch": str(ck.get("epoch", "")), "img_size": str(ck.get("img_size", ""))}
