@@ -98,6 +98,38 @@ def test_numbers_in_exponent_form_in_a_config_file_are_numbers(tmp_path):
             resolve(file=f)
 
 
+def test_an_empty_section_changes_nothing_and_a_section_that_is_not_one_is_named(tmp_path):
+    """`optim:` with every field commented out, or `optim: 3`, failed later as "'NoneType' / 'int' object is not
+    subscriptable" (exit 1)."""
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n#  lr: 0.1\ntrain:\n  epochs: 3\n")
+    cfg = resolve(file=f)
+    assert cfg["optim"] == resolve()["optim"] and cfg["train"]["epochs"] == 3
+    for text in ("optim: 3\n", "train: [1]\n"):
+        f.write_text(text)
+        with pytest.raises(UserError, match="config section '(optim|train)' must hold fields"):
+            resolve(file=f)
+
+
+def test_moco_preset_as_a_field_chooses_the_preset_and_shuffle_bn_takes_its_choices(tmp_path):
+    """`moco.preset=mocov1` changed the recorded name only (T stayed 0.2, the MLP on); `moco.shuffle_bn=maybe`
+    was accepted and meant on."""
+    v1 = resolve(overrides=["moco.preset=mocov1"], default_preset="mocov2")["moco"]
+    assert v1["preset"] == "mocov1" and v1["temperature"] == 0.07 and v1["mlp"] is False
+    f = tmp_path / "c.yaml"
+    f.write_text("moco:\n  preset: mocov1\n  temperature: 0.1\n")
+    from_file = resolve(file=f, default_preset="mocov2")["moco"]
+    assert from_file["mlp"] is False and from_file["temperature"] == 0.1  # the file's own values still win
+    assert resolve(default_preset="mocov2")["moco"]["temperature"] == 0.2
+    assert resolve(file=f)["moco"]["mlp"] is True  # train has no presets: the field is only a record there
+    with pytest.raises(UserError, match="--preset mocov2 and moco.preset=mocov1"):
+        resolve(preset="mocov2", file=f, default_preset="mocov2")
+    for ok in ("auto", "true", "false", "off", "none"):
+        resolve(overrides=[f"moco.shuffle_bn={ok}"])
+    with pytest.raises(UserError, match="moco.shuffle_bn must be one of"):
+        resolve(overrides=["moco.shuffle_bn=maybe"])
+
+
 def test_a_yaml_syntax_error_is_one_paragraph_with_its_line(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("optim:\n  lr: 0.1\n   momentum: [0.9\n")

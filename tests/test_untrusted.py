@@ -152,6 +152,15 @@ def test_truncated_checkpoints_name_the_file(run, root, tmp_path):
         assert rc == 2 and str(bad) in err, err
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b"model weights go here", b"\x00" * 64, b"PK\x03\x04junk"])
+def test_arbitrary_bytes_as_weights_name_the_file(root, tmp_path, content):
+    """A text file as --weights failed inside torch's legacy reader with `KeyError: 101`: an internal error."""
+    bad = tmp_path / "w.pt"
+    bad.write_bytes(content)
+    rc, _, err = run_main(*train_argv(root, tmp_path / "run", "--weights", bad))
+    assert rc == 2 and str(bad) in err and "Traceback" not in err, err
+
+
 def test_truncated_last_pt_on_resume_names_the_file(run, root, tmp_path):
     out = tmp_path / "resumed"
     (out / "checkpoints").mkdir(parents=True)

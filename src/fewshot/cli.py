@@ -28,13 +28,15 @@ def _add_common_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("--model", help="timm model name (see `fewshot models`)")
     p.add_argument("--datasets", help="comma-separated dataset names (default: every dataset under --data)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int, help="passes over the training images (default: train 50; pretrain: "
+                   "the preset's 200)")
+    p.add_argument("--batch-size", type=int, help="images per step and process (default: train 64; pretrain: the "
+                   "preset's 256)")
     p.add_argument("--img-size", type=int, help="input size in pixels (default: the model's)")
     p.add_argument("--lr", type=float, help="base learning rate (train: 4e-3 from random init, 1e-4 with --weights; pretrain: "
                    "0.03 x global batch / 256)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, help="seed for initialisation, batches and augmentation (default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda when available")
     p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt exactly")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images (listed) instead of failing")
     p.add_argument("--save-every-steps", type=int, help="also checkpoint every N steps (default: at epoch ends, at most every "
@@ -60,9 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=10, help="labelled training images per class (default 10)")
     p.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
     p.add_argument("--idx-dir", help="folder with the fashion-mnist IDX files (default: Debian's)")
-    p.add_argument("--val-per-class", type=int)
-    p.add_argument("--test-per-class", type=int)
-    p.add_argument("--pool-per-class", type=int, default=100, help="unlabeled pool images per class")
+    p.add_argument("--val-per-class", type=int,
+                   help="labelled val images per class (default: digits 20, fashion-mnist 50)")
+    p.add_argument("--test-per-class", type=int,
+                   help="test images per class, with an answer key (default: digits 30, fashion-mnist 100)")
+    p.add_argument("--pool-per-class", type=int, default=100,
+                   help="unlabeled pool images per class, up to what the source holds (default 100)")
 
     p = sub.add_parser("train", help="fine-tune a timm backbone on all datasets at once", epilog=EPILOG,
                        description="Fine-tune any timm model on several few-shot datasets with one joint head.")
@@ -137,14 +142,15 @@ TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.dat
                "skip_nonfinite": "train.skip_nonfinite"}
 
 
-def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None) -> dict:
+def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None,
+                       default_preset: str | None = None) -> dict:
     from fewshot.config import flatten_dotted, get_dotted, load_yaml, parse_override, resolve
     from fewshot.train.finetune import merge_resume_config
 
     flags = _flags(args, mapping)
     if getattr(args, "no_progress", False):
         flags["train.progress"] = False
-    cfg = resolve(preset=preset, file=args.config, flags=flags, overrides=extra)
+    cfg = resolve(preset=preset, file=args.config, flags=flags, overrides=extra, default_preset=default_preset)
     if args.resume:
         # the saved config is the base; a --config file given now, then flags, then words change it
         explicit = flatten_dotted(load_yaml(args.config)) if args.config else {}

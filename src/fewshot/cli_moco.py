@@ -24,8 +24,9 @@ def add_parsers(sub, add_common, epilog) -> None:
                        "on a CPU and small images pass --model resnet18 --batch-size 64 --img-size 32 (or "
                        "--config configs/moco_cpu_small.yaml) and fewer epochs.")
     add_common(p)
-    p.add_argument("--preset", choices=["mocov1", "mocov2"], default="mocov2",
-                   help="SPEC's MoCo v1 (T=0.07, linear head) or v2 (T=0.2, MLP, aug-plus, cosine)")
+    p.add_argument("--preset", choices=["mocov1", "mocov2"], default=None,
+                   help="SPEC's MoCo v1 (T=0.07, linear head) or v2 (T=0.2, MLP, aug-plus, cosine); default: "
+                        "the config's moco.preset, else mocov2")
     p.add_argument("--unlabeled", action="extend", nargs="+", metavar="DIR",
                    help="unlabeled image folder(s), scanned recursively (`--unlabeled A B` or repeated)")
     p.add_argument("--queue-size", type=int, help="K, the number of negative keys in the queue")
@@ -102,7 +103,7 @@ def cmd_pretrain(args, extra) -> int:
     from fewshot.ssl.pretrain import run_pretrain
 
     check_unlabeled_words(args.unlabeled)
-    cfg = resolve_run_config(args, extra, PRETRAIN_FLAGS, preset=args.preset)
+    cfg = resolve_run_config(args, extra, PRETRAIN_FLAGS, preset=args.preset, default_preset="mocov2")
     run_pretrain(cfg, Path(args.out), resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once
         print(f"done: {args.out}; export the backbone with `fewshot export {args.out} --out backbone.safetensors`")

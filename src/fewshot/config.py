@@ -183,8 +183,13 @@ def deep_merge(base: dict, update: dict, path: str = "", strict: bool = True) ->
         if strict and key not in out:
             known = ", ".join(sorted(out))
             raise UserError(f"unknown config field '{dotted}'. Known fields here: {known}.")
+        if isinstance(out.get(key), dict) and value is None:
+            continue  # a section whose every field is commented out: nothing to change
         if isinstance(out.get(key), dict) and isinstance(value, dict):
             out[key] = deep_merge(out[key], value, dotted + ".", strict)
+        elif isinstance(out.get(key), dict):  # `optim: 3` used to fail later as "'int' object is not subscriptable"
+            raise UserError(f"config section '{dotted}' must hold fields ({dotted}: then indented `name: value` "
+                            f"lines, e.g. {dotted}.{next(iter(out[key]), 'name')}), not {value!r}.")
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -264,9 +269,15 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def resolve(preset: str | None = None, file: str | Path | None = None, flags: dict | None = None,
-            overrides: list[str] | None = None) -> dict:
-    """Layer defaults < preset < config file < command-line flags < key=value words."""
+            overrides: list[str] | None = None, default_preset: str | None = None) -> dict:
+    """Layer defaults < preset < config file < command-line flags < key=value words. The preset is ``preset``
+    (--preset), else the one the file or the words name (`moco.preset: mocov1`, which used to change the recorded
+    name only and leave the other preset's T, MLP and schedule in place), else ``default_preset``."""
     cfg = copy.deepcopy(DEFAULTS)
+    named = _preset_named_in(file, overrides) if default_preset else None  # only commands that have presets
+    if preset and named and named != preset:
+        raise UserError(f"--preset {preset} and moco.preset={named} name different presets; give one of them.")
+    preset = preset or named or default_preset
     if preset:
         if preset not in PRESETS:
             raise UserError(f"unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
@@ -282,6 +293,19 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
     return validate(cfg)
 
 
+def _preset_named_in(file, overrides) -> str | None:
+    named = None
+    if file:
+        moco = load_yaml(file).get("moco")
+        if isinstance(moco, dict) and moco.get("preset") in PRESETS:
+            named = moco["preset"]
+    for word in overrides or []:
+        if word.split("=", 1)[0].strip() == "moco.preset":
+            value = parse_override(word)[1]
+            named = value if value in PRESETS else named
+    return named
+
+
 CHOICES = {  # fields whose value must be one of a few words (checked at start-up, not mid-run)
     "data.sampler": ("shuffle", "repeat", "grouped"),
     "train.eval_mode": ("known", "unknown"),
@@ -289,6 +313,8 @@ CHOICES = {  # fields whose value must be one of a few words (checked at start-u
     "semi.views": ("randaug", "mocov2"),
     "train.channels_last": ("auto", True, False),
     "train.compile": ("auto", True, False),
+    "moco.preset": tuple(["mocov1", "mocov2"]),
+    "moco.shuffle_bn": ("auto", True, False, "none"),  # YAML reads on/off as true/false
 }
 OPTIONAL = {  # None by default (resolved later), a number when given
     "optim.lr": 0.0, "optim.backbone_lr_mult": 0.0, "model.img_size": 0, "train.threads": 0,

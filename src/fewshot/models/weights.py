@@ -68,6 +68,12 @@ def read_tensor_file(path: str | Path) -> dict:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read {path}: the file is truncated or not a PyTorch/safetensors "
                               f"weights file ({first.split('. ')[0][:200]}).") from None
+    except Exception as exc:  # torch's legacy reader fails on arbitrary bytes in its own ways (`KeyError: 101`)
+        if not _looks_like_torch_file(path):
+            raise CheckpointError(f"cannot read {path}: not a PyTorch (.pt/.pth) or safetensors weights file "
+                                  f"(it starts with {_head(path)!r}).") from None
+        raise CheckpointError(f"cannot read {path}: the file is damaged or not a weights file "
+                              f"({type(exc).__name__}: {str(exc)[:200]}).") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict.")
     return obj
