@@ -314,7 +314,7 @@ CHOICES = {  # fields whose value must be one of a few words (checked at start-u
     "train.channels_last": ("auto", True, False),
     "train.compile": ("auto", True, False),
     "moco.preset": tuple(["mocov1", "mocov2"]),
-    "moco.shuffle_bn": ("auto", True, False, "none"),  # YAML reads on/off as true/false
+    "moco.shuffle_bn": ("auto", True, False, "off", "none"),  # YAML reads on/off as true/false; flags keep words
 }
 OPTIONAL = {  # None by default (resolved later), a number when given
     "optim.lr": 0.0, "optim.backbone_lr_mult": 0.0, "model.img_size": 0, "train.threads": 0,
