@@ -246,3 +246,23 @@ def test_the_small_image_moco_config_keeps_a_2x2_last_stage_and_32_samples_per_b
     assert size == 32 and last.shape[-2:] == (2, 2)
     assert cfg["train"]["batch_size"] // split_groups(cfg, world=1) == 32
     assert cfg["optim"]["lr"] == 0.06 and cfg["moco"]["momentum"] == 0.99
+
+
+@pytest.mark.parametrize("lr", [1e-6, 1e-3])
+def test_the_schedule_never_climbs_above_a_learning_rate_below_its_floor(lr):
+    """sched.min_lr (1e-5) and warmup_lr are floors for usual rates: with --lr 1e-6 the cosine used to climb
+    from 1e-6 to 1e-5. The peak is the given lr either way, and the schedule ends at min(min_lr, lr)."""
+    import torch
+
+    from fewshot.config import resolve
+    from fewshot.train.engine import build_scheduler
+
+    cfg = resolve(overrides=[f"optim.lr={lr}", "train.epochs=4", "sched.warmup_epochs=1"])
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = build_scheduler(cfg, opt, steps_per_epoch=5)
+    lrs = []
+    for step in range(21):
+        sched.step_update(step)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert max(lrs) <= lr * (1 + 1e-9)
+    assert lrs[-1] == pytest.approx(min(cfg["sched"]["min_lr"], lr), rel=1e-6)

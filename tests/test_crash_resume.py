@@ -239,3 +239,32 @@ def test_train_stops_on_a_real_sigterm_with_a_fresh_checkpoint_and_resumes(root,
     assert resumed_at(proc.stdout + proc.stderr) == g
     assert position(run) == (40, 0, 40 * 5)
     assert log_rows(run)[: len(rows)] == rows and [r["epoch"] for r in log_rows(run)] == list(range(1, 41))
+
+
+# ------------------------------------------------------------------------------ TensorBoard after resume
+
+
+def _tensorboard_loss(run: Path) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars("loss")]
+
+
+def test_tensorboard_after_kills_and_resumes_holds_each_epoch_once(root, tmp_path):
+    """The steps after the checkpoint are redone on resume: their first events must be purged (else the
+    curves zig-zag back), and an epoch whose row the resume restored from last.pt must be there too."""
+    run, note = tmp_path / "run", tmp_path / "kills.txt"
+    # last.pt at the end of epoch 1 (the first epoch) and epoch 3 (the last) only: no val before the end,
+    # no interval save
+    args = [a for a in argv("train", root, run, "--epochs", "3", "train.eval_every=100", "train.save_interval_s=1000")
+            if a not in ("train.save_every_steps=1", "train.tensorboard=false")]
+    killed(args, note, kill_after_save=1)  # epoch 1's last.pt is written, its row and event are not
+    killed(args + ["--resume"], note, kill_mid_write=1)  # epoch 2 is logged, epoch 3's last.pt is torn
+    finished(args + ["--resume"], note)  # redoes epochs 2 and 3 from epoch 1's last.pt
+    rows = log_rows(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    events = _tensorboard_loss(run)
+    assert [step for step, _ in events] == [1, 2, 3]
+    assert [v for _, v in events] == pytest.approx([r["loss"] for r in rows], rel=1e-6)

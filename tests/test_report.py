@@ -398,3 +398,44 @@ def test_names_in_scripts_the_font_lacks_do_not_flood_stderr(tmp_path):
         warnings.simplefilter("always")
         out = plots._save(fig, tmp_path / "p.png")
     assert out.is_file() and not [w for w in caught if "Glyph" in str(w.message)]
+
+
+def test_names_with_dollar_signs_are_drawn_as_written(tmp_path):
+    """matplotlib reads `$...$` as maths: a class folder `cost$5_$10` made training's curves and `fewshot
+    report` fail with exit 1, and `a$x$b` was drawn as a formula."""
+    from fewshot.report import plots
+
+    names = ["cost$5_$10", "a$x$b"]
+    rows = [{"epoch": e, "step": e, "loss": 1.0 / e, "lr": 1e-3, "train_acc1": 10.0 * e,
+             "val": {"known": {"mean_acc1": 50.0, "datasets": {n: {"acc1": 40.0 + e} for n in names}}}}
+            for e in (1, 2, 3)]
+    assert plots.plot_finetune_curves(rows, tmp_path / "curves.png").is_file()
+    metrics = [{"known": {"mean_acc1": 50.0, "datasets": {n: {"acc1": 50.0} for n in names}}}]
+    assert plots.plot_accuracy_bars(["run$1$"], metrics, tmp_path / "bars.png").is_file()
+    cm = np.eye(2, dtype=int)
+    assert plots.plot_confusion(cm, names, "a $bad_{title", tmp_path / "cm.png").is_file()
+
+
+def test_more_runs_than_a_palette_get_colours_of_their_own():
+    from fewshot.report import plots
+
+    for n in (3, 14, 25):
+        assert len({plots._color(i, n) for i in range(n)}) == n
+
+
+def test_test_split_scores_in_metrics_json_are_not_shown_as_val(runs, tmp_path):
+    """`fewshot eval --split test --out RUN/metrics.json` is allowed: the report's tables are val accuracies,
+    so those scores are left out with a note instead of appearing as the run's val numbers."""
+    from fewshot.report.runs import load_run
+
+    run = tmp_path / "ft"
+    shutil.copytree(runs["ft"], run)
+    val = json.loads((run / "metrics.json").read_text())
+    test = {**val, "split": "test", "mean_acc1": 12.34}
+    (run / "metrics.json").write_text(json.dumps(test))
+    (run / "metrics_known.json").unlink(missing_ok=True)
+    loaded = load_run(run, "ft")
+    assert loaded.metrics is not None and loaded.metrics["mean_acc1"] != 12.34  # the best logged evaluation
+    assert any("test-split" in note for note in loaded.notes)
+    (run / "metrics.json").write_text(json.dumps({**val, "split": "val"}))
+    assert load_run(run, "ft").metrics["mean_acc1"] == val["mean_acc1"]

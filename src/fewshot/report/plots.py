@@ -8,6 +8,7 @@ no pyplot global state).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -37,10 +38,29 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
-def _color(i: int):
+def _literal_text(plot):
+    """Draw every text of the figure as written: matplotlib reads the span between two `$` in a label as
+    maths, so a class folder named `cost$5_$10` failed the whole plot (and the run's or report's exit)."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return wrapper
+
+
+def _color(i: int, n: int = 10):
+    """Colour i of n that differ: tab10 / tab20 while they last, then evenly spaced along turbo."""
     from matplotlib import colormaps
 
-    return colormaps["tab10"](i % 10)
+    if n <= 10:
+        return colormaps["tab10"](i % 10)
+    if n <= 20:
+        return colormaps["tab20"](i % 20)
+    return colormaps["turbo"](0.05 + 0.9 * i / max(1, n - 1))
 
 
 def smoothing_weight(n: int) -> float:
@@ -123,6 +143,7 @@ def _dataset_names(rows: list[dict], key: str) -> list[str]:
     return names
 
 
+@_literal_text
 def plot_finetune_curves(rows: list[dict], out: Path, title: str = "") -> Path:
     """loss, learning rate, train acc@1 and val acc@1 per dataset (known solid, unknown dashed)."""
     fig = _figure(16, 3.6)
@@ -145,7 +166,7 @@ def plot_finetune_curves(rows: list[dict], out: Path, title: str = "") -> Path:
         for i, name in enumerate(names):
             for mode, ls in (("known", "-"), ("unknown", "--")):
                 xs, ys = _series(val_rows, lambda r, m=mode, n=name: r["val"][m]["datasets"][n]["acc1"])
-                plot_smoothed(ax, xs, ys, label=f"{name} ({mode})", color=_color(i), linestyle=ls)
+                plot_smoothed(ax, xs, ys, label=f"{name} ({mode})", color=_color(i, len(names)), linestyle=ls)
         if len(names) > 1:
             for mode, ls in (("known", "-"), ("unknown", "--")):
                 xs, ys = _series(val_rows, lambda r, m=mode: r["val"][m]["mean_acc1"])
@@ -162,6 +183,7 @@ def plot_finetune_curves(rows: list[dict], out: Path, title: str = "") -> Path:
     return _save(fig, out)
 
 
+@_literal_text
 def plot_moco_curves(rows: list[dict], out: Path, title: str = "") -> Path:
     """InfoNCE loss, contrastive acc@1/acc@5, kNN accuracy per dataset, learning rate."""
     fig = _figure(16, 3.6)
@@ -175,7 +197,7 @@ def plot_moco_curves(rows: list[dict], out: Path, title: str = "") -> Path:
     names = _dataset_names(knn_rows, "knn_acc1")
     if knn_rows:
         for i, name in enumerate(names):
-            plot_smoothed(axes[2], *_series(knn_rows, lambda r, n=name: r["knn_acc1"][n]), color=_color(i), label=name)
+            plot_smoothed(axes[2], *_series(knn_rows, lambda r, n=name: r["knn_acc1"][n]), color=_color(i, len(names)), label=name)
         if len(names) > 1:
             plot_smoothed(axes[2], *_series(knn_rows, lambda r: r["knn_acc1"]["mean"]), color="black", label="mean")
         _finish(axes[2], "kNN accuracy on val (%)", legend=True)
@@ -206,6 +228,7 @@ def plot_train_curves(run: Path) -> Path | None:
     return plot_finetune_curves(rows, Path(run) / "plots" / "finetune_curves.png")
 
 
+@_literal_text
 def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]], out: Path) -> Path:
     """Grouped bars: one group per dataset (+ mean, + routing for unknown source), one bar per run.
 
@@ -236,7 +259,7 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
                 else:
                     v = ((m.get("datasets") or {}).get(g) or {}).get("acc1")
                 vals.append(float(v) if isinstance(v, (int, float)) else np.nan)
-            bars = ax.bar(pos - 0.4 + width * (i + 0.5), vals, width, label=label, color=_color(i))
+            bars = ax.bar(pos - 0.4 + width * (i + 0.5), vals, width, label=label, color=_color(i, n_runs))
             if show_values:
                 ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in vals], fontsize=6.5, padding=1)
         ax.set_xticks(pos, groups, fontsize=8, rotation=20 if max(map(len, groups)) > 10 else 0)
@@ -253,6 +276,7 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
     return _save(fig, out)
 
 
+@_literal_text
 def plot_confusion(cm: np.ndarray, classes: list[str], title: str, out: Path) -> Path:
     """Confusion matrix, rows = true class, colour = share of the row; counts printed for <= 20 classes."""
     n = len(classes)
@@ -283,6 +307,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, out: Path) ->
     return _save(fig, out)
 
 
+@_literal_text
 def plot_embedding(coords: np.ndarray, classes: np.ndarray, class_names: list[str], dataset_ids: np.ndarray,
                    dataset_names: list[str], method: str, out: Path) -> Path:
     """Two scatter plots of the same 2-D map: coloured by class and by dataset."""
@@ -308,7 +333,7 @@ def plot_embedding(coords: np.ndarray, classes: np.ndarray, class_names: list[st
     for d, name in enumerate(dataset_names):
         m = dataset_ids == d
         if m.any():
-            ax_d.scatter(coords[m, 0], coords[m, 1], color=_color(d), s=14, alpha=0.85, linewidths=0, label=name)
+            ax_d.scatter(coords[m, 0], coords[m, 1], color=_color(d, len(dataset_names)), s=14, alpha=0.85, linewidths=0, label=name)
     ax_d.legend(fontsize=7, loc="best")
     ax_d.set_title(f"val features ({method}), coloured by dataset", fontsize=10)
     for ax in (ax_c, ax_d):
@@ -319,6 +344,7 @@ def plot_embedding(coords: np.ndarray, classes: np.ndarray, class_names: list[st
     return _save(fig, out)
 
 
+@_literal_text
 def plot_prediction_grid(images: np.ndarray, true_names: list[str], pred_names: list[str], correct: list[bool],
                          out: Path, cols: int = 8) -> Path:
     """Images (uint8 [N, 3, H, W]) with their predicted class; wrong ones titled and framed in red."""

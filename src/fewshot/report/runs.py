@@ -188,6 +188,19 @@ def _kind(path: Path, cfg: dict, log: list[dict]) -> str:
     return "supervised"
 
 
+def _val_metrics(run: Run, path: Path) -> dict | None:
+    """A metrics file of val scores, or None. `fewshot eval --split test --out RUN/metrics.json` may have put test
+    scores there: the report's tables are val accuracies, so those are left out with a note, not shown as val."""
+    metrics = _read_json(path)
+    if metrics is not None and not isinstance(metrics, dict):
+        raise UserError(f"{path} is not a metrics file (a JSON object with mode, mean_acc1 and datasets).")
+    if metrics is not None and metrics.get("split", "val") != "val":
+        run.notes.append(f"{path.name} holds {metrics.get('split')}-split scores (fewshot eval --split "
+                         f"{metrics.get('split')} --out): left out of the val tables.")
+        return None
+    return metrics
+
+
 def load_run(path: Path, label: str, pipeline: dict | None = None) -> Run:
     path = Path(path)
     cfg = _read_config(path)
@@ -195,9 +208,8 @@ def load_run(path: Path, label: str, pipeline: dict | None = None) -> Run:
     kind = _kind(path, cfg, log)
     run = Run(path=path, label=label, kind=kind, config=cfg, log=log, pipeline=pipeline)
     if kind == "supervised":
-        run.metrics = _read_json(path / "metrics.json")
-        run.metrics_known = _read_json(path / "metrics_known.json")
-        run.metrics_unknown = _read_json(path / "metrics_unknown.json")
+        run.metrics, run.metrics_known, run.metrics_unknown = (
+            _val_metrics(run, path / name) for name in ("metrics.json", "metrics_known.json", "metrics_unknown.json"))
         if run.metrics is None and run.metrics_known is None:
             # A run still training (or stopped early): the best logged evaluation stands in, the one best.pt
             # holds and metrics.json will report (the last one is not: a stopped run's last epoch may be worse)

@@ -87,8 +87,11 @@ def build_scheduler(cfg: dict, optimizer, steps_per_epoch: int):
         milestones = [int(total * 0.6), int(total * 0.8)]
         return MultiStepLRScheduler(optimizer, decay_t=milestones, decay_rate=0.1, warmup_t=warmup,
                                     warmup_lr_init=s["warmup_lr"], t_in_epochs=False)
-    return CosineLRScheduler(optimizer, t_initial=total, lr_min=s["min_lr"], warmup_t=warmup,
-                             warmup_lr_init=s["warmup_lr"], warmup_prefix=False, t_in_epochs=False)
+    # sched.min_lr and warmup_lr are floors for the usual learning rates: a run asked for a smaller lr (a sweep
+    # down to 1e-6) would otherwise see its lr climb from the peak to the floor along the cosine
+    peak = min(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
+    return CosineLRScheduler(optimizer, t_initial=total, lr_min=min(s["min_lr"], peak), warmup_t=warmup,
+                             warmup_lr_init=min(s["warmup_lr"], peak), warmup_prefix=False, t_in_epochs=False)
 
 
 def amp_dtype(cfg: dict, device: torch.device, img_size: int | None = None) -> torch.dtype | None:
@@ -340,6 +343,9 @@ class Engine:
             return
         with open(self.run_dir / "log.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        self._add_scalars(record)
+
+    def _add_scalars(self, record: dict) -> None:
         if self.writer is not None:
             step = record.get("epoch", 0)
             for k, v in _flatten(record).items():
@@ -348,13 +354,24 @@ class Engine:
             self.writer.flush()
 
     def _open_tensorboard(self) -> None:
+        """A resumed run purges the events from its checkpoint's epoch on (the steps after the checkpoint are
+        redone, and TensorBoard would draw both copies as a zig-zag) and writes that epoch's row of the trimmed
+        log.jsonl again, so the event file shows what log.jsonl holds."""
         if self.ctx.is_main and self.cfg["train"]["tensorboard"]:
+            resumed = self.global_step > 0
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"),
+                                            purge_step=self.epoch if resumed else None)
             except Exception:  # tensorboard is optional at run time
                 self.writer = None
+            if resumed and self.epoch > 0:
+                from fewshot.report.runs import read_log
+
+                rows = [r for r in read_log(self.run_dir) if isinstance(r, dict) and r.get("epoch") == self.epoch]
+                if rows:
+                    self._add_scalars(rows[-1])
 
     # ----------------------------------------------------------------- the loop
     @property
