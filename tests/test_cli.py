@@ -659,3 +659,81 @@ def test_written_files_follow_the_umask_not_mkstemps_0600(tmp_path):
         assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
+
+
+def test_an_answer_key_with_ids_that_are_no_test_images_scores_the_test_images_and_says_so(trained, copy_root,
+                                                                                              dataset_names, tmp_path):
+    """`fewshot run` printed two accuracies for one pred_all.json: eval scored the 300 test images, the
+    pred_all score divided by the 400 ids of a key with 100 extra ids."""
+    from fewshot.eval.predict import score_predictions
+
+    run, _ = trained
+    name = dataset_names[0]
+    key_file = copy_root / name / "test_labels.json"
+    key = json.loads(key_file.read_text())
+    n_test = len(key)
+    key.update({str(10000 + i): 0 for i in range(7)})
+    key_file.write_text(json.dumps(key))
+    rc, out, err = run_main("eval", run, "--data", copy_root, "--split", "test", "--out", tmp_path / "m.json",
+                            "--device", "cpu")
+    assert rc == 0, err
+    assert "lists 7 id(s) that are not test images" in err and str(key_file) in err
+    m = read_metrics(tmp_path / "m.json")["datasets"][name]
+    rc, _, err = run_main("predict", run, "--data", copy_root, "--out", tmp_path / "p.json", "--device", "cpu")
+    assert rc == 0, err
+    scored = score_predictions(json.loads((tmp_path / "p.json").read_text()), copy_root)[name]
+    assert scored["n"] == m["n"] == n_test
+    assert scored["acc1"] == pytest.approx(m["acc1"])
+
+
+def test_eval_predict_and_probe_take_skip_bad_images_as_their_advice_says(trained, copy_root, dataset_names,
+                                                                          tmp_path):
+    run, _ = trained
+    name = dataset_names[0]
+    (copy_root / name / "test" / "5.png").write_bytes(b"not an image")
+    (copy_root / name / "val" / sorted(p.name for p in (copy_root / name / "val").iterdir())[0] / "bad.png"
+     ).write_bytes(b"not an image")
+    out_file = tmp_path / "pred.json"
+    rc, _, err = run_main("predict", run, "--data", copy_root, "--out", out_file, "--device", "cpu")
+    assert rc == 2 and "--skip-bad-images" in err
+    rc, _, err = run_main("predict", run, "--data", copy_root, "--out", out_file, "--device", "cpu",
+                          "--skip-bad-images")
+    assert rc == 0, err
+    assert "1 undecodable test image(s) (listed above) are predicted from a blank image" in err
+    pred = json.loads(out_file.read_text())
+    assert set(pred[name]) == test_ids(copy_root, name)  # a submission holds every test id
+    for split in ("val", "test"):
+        rc, _, err = run_main("eval", run, "--data", copy_root, "--split", split, "--device", "cpu",
+                              "--skip-bad-images")
+        assert rc == 0, err
+    rc, _, err = run_main("probe", "--weights", "", "--model", "test_resnet", "--img-size", "32", "--data", copy_root,
+                          "--epochs", "2", "--device", "cpu", "--skip-bad-images")
+    assert rc == 0, err
+
+
+def test_eval_of_a_test_split_without_some_answer_keys_names_the_datasets_it_can_score(trained, copy_root,
+                                                                                        dataset_names):
+    run, _ = trained
+    (copy_root / dataset_names[0] / "test_labels.json").unlink()
+    rc, _, err = run_main("eval", run, "--data", copy_root, "--split", "test", "--device", "cpu")
+    assert rc == 2 and f"--datasets {dataset_names[1]}" in err
+
+
+def test_a_run_evaluated_in_unknown_mode_prints_the_table_of_that_mode(digits_root, tmp_path):
+    rc, out, err = run_main(*train_argv(digits_root, tmp_path / "run", "--epochs", "1", "train.eval_mode=unknown"))
+    assert rc == 0, err
+    metrics = read_metrics(tmp_path / "run" / "metrics.json")
+    assert metrics["mode"] == "unknown"
+    assert "(mode: unknown" in out and f"{metrics['mean_acc1']:7.2f}" in out and "known-source: mean acc@1" in out
+
+
+def test_no_progress_works_on_eval_and_predict_and_ends_with_the_call(trained, digits_root, tmp_path):
+    from fewshot import progress
+
+    run, _ = trained
+    rc, _, err = run_main("predict", run, "--data", digits_root, "--out", tmp_path / "p.json", "--device", "cpu",
+                          "--no-progress")
+    assert rc == 0 and "predicting" not in err, err
+    rc, _, err = run_main("eval", run, "--data", digits_root, "--device", "cpu", "--no-progress")
+    assert rc == 0 and "evaluating" not in err, err
+    assert progress.is_enabled()

@@ -390,6 +390,29 @@ def test_one_prediction_pass_gives_the_scores_of_separate_evaluations(digits_roo
         assert scores[mode] == evaluate_run(out / "finetune", digits_root, mode, cpu, split="test")
 
 
+def test_datasets_with_an_answer_key_are_scored_when_another_has_none(digits_root, moco_run, tmp_path):
+    """A root where one dataset had no test_labels.json left every dataset unscored, without a word."""
+    import shutil
+
+    import torch
+
+    from fewshot.eval.predict import evaluate_run, predict_and_score
+
+    out, _ = moco_run
+    root = tmp_path / "root"
+    shutil.copytree(digits_root, root, ignore=shutil.ignore_patterns(".fewshot_cache"))
+    names = sorted(p.name for p in root.iterdir() if (p / "train").is_dir())
+    (root / names[0] / "test_labels.json").unlink()
+    cpu = torch.device("cpu")
+    pred, _, scores = predict_and_score(out / "finetune", root, cpu)
+    assert set(pred) == {"n_parameters", *names}  # every dataset is still predicted
+    for mode in ("known", "unknown"):
+        alone = evaluate_run(out / "finetune", root, mode, cpu, split="test", datasets=names[1])
+        assert set(scores[mode]["datasets"]) == {names[1]} and scores[mode]["not_scored"] == [names[0]]
+        assert scores[mode]["datasets"] == alone["datasets"]
+        assert scores[mode]["mean_acc1"] == alone["mean_acc1"]
+
+
 def test_the_last_stage_leaves_its_measured_closing_work_inside_the_budget(digits_root):
     """plan_stage takes the closing estimate (evaluation, prediction, report) off the stage's training
     time; with the end already past, the stage still gets a few steps instead of failing."""
@@ -456,18 +479,23 @@ def test_the_command_line_counts_the_budget_from_process_start(digits_root, tmp_
     assert run_main(*argv)[0] == 0 and seen[1] is None
 
 
-def test_run_skip_bad_images_predicts_the_decodable_test_images(copy_root, tmp_path):
-    """With --skip-bad-images an undecodable test image is left out of pred_all.json (listed at start-up)."""
+def test_run_skip_bad_images_still_predicts_every_test_id(copy_root, tmp_path):
+    """With --skip-bad-images an undecodable test image is listed at start-up and predicted from a blank image:
+    it used to be left out of pred_all.json, a submission without one of its ids, and of the test score."""
     name = sorted(p.name for p in copy_root.iterdir() if (p / "train").is_dir())[0]
     bad = sorted((copy_root / name / "test").iterdir())[0]
     bad.write_bytes(b"not an image")
     out = tmp_path / "skip"
-    rc, _, err = run_main("run", "--data", copy_root, "--out", out, "--budget-minutes", "0.2", "--model",
-                          "test_resnet", "--device", "cpu", "--no-progress", "--skip-bad-images", "--baseline",
-                          "run.report=false", "train.batch_size=16")
+    rc, stdout, err = run_main("run", "--data", copy_root, "--out", out, "--budget-minutes", "0.2", "--model",
+                               "test_resnet", "--device", "cpu", "--no-progress", "--skip-bad-images", "--baseline",
+                               "run.report=false", "train.batch_size=16")
     assert rc == 0, err
+    assert "[run] test_resnet at 32px on cpu (chosen for these images" in stdout  # the header names the size
+    assert "1 undecodable test image(s) (listed above) are predicted from a blank image" in err
     pred = json.loads((out / "pred_all.json").read_text())
-    assert set(pred[name]) == test_ids(copy_root, name) - {bad.stem}
+    assert set(pred[name]) == test_ids(copy_root, name)
+    n_key = len(json.loads((copy_root / name / "test_labels.json").read_text()))
+    assert json.loads((out / "metrics.json").read_text())["datasets"][name]["n"] == n_key
 
 
 def test_test_ids_in_pred_all_and_answer_keys(copy_root, tmp_path):

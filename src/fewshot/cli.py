@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write metrics.json here")
     p.add_argument("--datasets", help="A,B: only these of the model's datasets (default: all of them)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave undecodable images out (listed) instead of failing")
 
     p = sub.add_parser("predict", help="write pred_all.json for the test images")
     p.add_argument("run", metavar="RUN_OR_CKPT")
@@ -97,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", help="A,B: predict only these of the model's datasets (held-out data for some of "
                    "them); unknown mode still routes over all the classes the model knows")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave undecodable test images out (listed; they get no entry in pred_all.json) instead "
+                   "of failing")
 
     p = sub.add_parser("models", help="list timm models with parameter counts and input sizes")
     p.add_argument("pattern", nargs="?", default="*")
@@ -121,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     from fewshot import cli_moco
 
     cli_moco.add_parsers(sub, _add_common_training, EPILOG)
+    for name in ("data", "eval", "predict", "report", "probe"):  # train, pretrain, run: _add_common_training / own
+        sub.choices[name].add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -196,7 +203,7 @@ def cmd_eval(args, extra) -> int:
     if args.out:
         check_output_file(args.out, example="metrics.json")
     metrics = evaluate_run(args.run, args.data, args.mode, resolve_device(args.device), split=args.split,
-                           datasets=args.datasets)
+                           datasets=args.datasets, skip_bad=args.skip_bad_images)
     print(format_table(metrics, title=f"{args.split} accuracy of {metrics['checkpoint']}"))
     if args.out:
         write_json(Path(args.out), metrics)
@@ -208,7 +215,8 @@ def cmd_predict(args, extra) -> int:
     from fewshot.utils import check_output_file, resolve_device, write_json
 
     check_output_file(args.out, example="pred_all.json")
-    pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device), datasets=args.datasets)
+    pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device), datasets=args.datasets,
+                                skip_bad=args.skip_bad_images)
     out = Path(args.out)
     write_json(out, pred)
     routing_file = out.with_name(out.stem + ".routing.json")
@@ -280,12 +288,18 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         note = "" if bad else " (key=value config overrides apply to train, pretrain and run)"
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}{note}")  # its usage; exit 2
+    from fewshot import progress
+
+    bars = progress.is_enabled()
+    if getattr(args, "no_progress", False):
+        progress.set_enabled(False)
     try:
         return _dispatch(args, extra, handlers)
     finally:
         from fewshot.run_lock import release_all
 
         release_all()  # the run folders this command wrote are free for the next one (in-process callers too)
+        progress.set_enabled(bars)  # as were: --no-progress of one in-process call does not outlive it
 
 
 def _dispatch(args, extra, handlers) -> int:

@@ -96,6 +96,8 @@ def add_parsers(sub, add_common, epilog) -> None:
                    help="linear: a trained BN + linear head; prototype: no training, cosine nearest class mean "
                    "of standardised features (SimpleShot)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave undecodable images out (listed) instead of failing")
 
 
 def cmd_pretrain(args, extra) -> int:
@@ -204,7 +206,8 @@ def cmd_probe(args, extra) -> int:
     if args.out:
         check_output_file(check_output_dir(args.out) / "metrics.json")
     metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
-                        mode=args.mode, epochs=args.epochs, datasets=args.datasets, head=args.head)
+                        mode=args.mode, epochs=args.epochs, datasets=args.datasets, head=args.head,
+                        skip_bad=args.skip_bad_images)
     print(format_table(metrics, title=f"{metrics['protocol']} of {args.weights}"))
     if args.out:
         write_json(Path(args.out) / "metrics.json", metrics)

@@ -174,11 +174,13 @@ def preload_test_images(cfg: dict, infos, test_infos):
     photos) is paid up front instead of overrunning the end. Returns the ImageSet, which prediction reuses."""
     from fewshot.data.label_space import LabelSpace
     from fewshot.data.sets import load_split
-    from fewshot.eval.predict import prediction_cache_dir
+    from fewshot.eval.predict import prediction_cache_dir, warn_about_blank_test_images
 
     d = cfg["data"]
-    return load_split(test_infos, "test", LabelSpace.from_infos(infos), cfg["model"]["img_size"],
-                      prediction_cache_dir(d["root"]), d["crop_pct"], d["skip_bad_images"])
+    test_set = load_split(test_infos, "test", LabelSpace.from_infos(infos), cfg["model"]["img_size"],
+                          prediction_cache_dir(d["root"]), d["crop_pct"], d["skip_bad_images"])
+    warn_about_blank_test_images(test_set)
+    return test_set
 
 
 def stage_config(sdir: Path, cfg: dict) -> dict:
@@ -460,7 +462,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     # the test split and its answer keys are checked now, not after the whole budget has been spent
     test_infos = scan_root(cfg["data"]["root"], [i.name for i in infos], splits=("test",))
     class_names = {info.name: list(info.classes) for info in infos}
-    score_test = True
+    unscorable: set[str] = set()
     for info in test_infos:  # what scoring after the budget needs: classes in range, every test image keyed
         if info.answer_key is not None:
             try:  # SPEC: the answer key is never needed to predict; a key that cannot score only costs scoring
@@ -471,11 +473,19 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
                                     f"{info.name} (ids {', '.join(unkeyed[:5])}"
                                     f"{', ...' if len(unkeyed) > 5 else ''})")
             except UserError as exc:
-                score_test = False
-                print(f"[run] warning: {exc}. The test split is predicted as usual; it is not scored "
-                      f"(metrics.json holds the val scores).", flush=True)
-    if cfg["model"]["img_size"] is None:
+                unscorable.add(info.name)
+                print(f"[run] warning: {exc}. {info.name}'s test images are predicted as usual; they are not "
+                      f"scored.", flush=True)
+    not_keyed = [i.name for i in test_infos if i.answer_key is None or i.name in unscorable]
+    if test_infos and any(i.answer_key is not None for i in test_infos) and not_keyed:
+        print(f"[run] note: no usable answer key for {', '.join(not_keyed)}: the test scores in metrics.json "
+              f"are of the other datasets only.", flush=True)
+    chosen = cfg["model"]["img_size"] is None
+    if chosen:
         cfg["model"]["img_size"] = auto_img_size(infos, device)
+    print(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {device.type}"
+          f"{' (chosen for these images and device; --img-size to change)' if chosen else ''}: "
+          f"{', '.join(i.name for i in infos)}", flush=True)
     test_set = preload_test_images(cfg, infos, test_infos)
     check_model(cfg)
     if r["pretrain"]:
@@ -597,17 +607,19 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     summary["predicted_with"] = fdir.name
 
     root = Path(cfg["data"]["root"])
-    pred, _, scores = predict_and_score(fdir, root, device, preloaded=(test_infos, test_set), score_test=score_test)
+    pred, _, scores = predict_and_score(fdir, root, device, preloaded=(test_infos, test_set), unscorable=unscorable)
     write_json(out / "pred_all.json", pred)
     metrics = {"val": val_metrics}
     if scores is not None:
         test, test_unknown = scores["known"], scores["unknown"]
         write_json(out / "metrics.json", test)
-        metrics.update({"test": test, "test_unknown": test_unknown, "pred_all_score": score_predictions(pred, root, class_names)})
+        metrics.update({"test": test, "test_unknown": test_unknown,
+                        "pred_all_score": score_predictions(pred, root, class_names, skip=unscorable)})
         print(format_table(test, title="test accuracy (scored against test_labels.json)"))
         print(f"unknown-source test: mean acc@1 {test_unknown['mean_acc1']:.2f}, routing {test_unknown['routing_acc']:.2f}")
     else:
         write_json(out / "metrics.json", val_metrics)
+        print("[run] no test split could be scored (no usable answer key): metrics.json holds the val scores.")
     summary["seconds"] = time.monotonic() - t_start
     summary["metrics"] = metrics
     write_json(out / "summary.json", summary)

@@ -57,7 +57,10 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
     out = ImageSet(cached.images, torch.tensor(targets, dtype=torch.long), torch.tensor(dsids, dtype=torch.long),
                    torch.tensor(ids, dtype=torch.long), paths)
     if not bool(cached.valid.all()):
-        out = out.subset(cached.valid)
+        # a skipped test image keeps its (black) row: pred_all.json is a submission and must hold every test id,
+        # so it gets the model's guess for a blank image (warned by prediction); labelled images are left out
+        if split != "test":
+            out = out.subset(cached.valid)
         out.skipped = list(cached.bad)
         if split != "test":  # a dataset left without any train or val image cannot be trained or scored
             emptied = [info.name for info in infos if not bool((out.dataset_ids == space.index(info.name)).any())]

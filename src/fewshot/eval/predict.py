@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import json
+import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,10 @@ def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list
     return list(dict.fromkeys(chosen))
 
 
-def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | str | None = None):
+def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | str | None = None,
+              skip_bad: bool = False):
+    """``skip_bad`` (--skip-bad-images, or the run's own data.skip_bad_images): undecodable images are listed and
+    left out; a left-out test image has no entry in pred_all.json."""
     chosen = _chosen_datasets(tm, datasets)
     try:
         infos = scan_root(root, chosen, splits=(split,))
@@ -92,8 +96,18 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     if split == "test":
         warn_about_what_is_not_predicted(tm, root, infos, datasets)
     d = tm.cfg["data"]
-    return infos, load_split(infos, split, tm.space, tm.size, prediction_cache_dir(root), d.get("crop_pct", 1.0),
-                             d.get("skip_bad_images", False))
+    data = load_split(infos, split, tm.space, tm.size, prediction_cache_dir(root), d.get("crop_pct", 1.0),
+                      skip_bad or bool(d.get("skip_bad_images", False)))
+    if split == "test":
+        warn_about_blank_test_images(data)
+    return infos, data
+
+
+def warn_about_blank_test_images(data) -> None:
+    if data.skipped:
+        print(f"warning: {len(data.skipped)} undecodable test image(s) (listed above) are predicted from a blank "
+              f"image, so that pred_all.json holds every test id; their predictions are guesses.",
+              file=sys.stderr, flush=True)
 
 
 def warn_about_what_is_not_predicted(tm: TrainedModel, root: Path, infos, datasets) -> None:
@@ -157,13 +171,32 @@ def load_answer_key(path: Path, num_classes: int | None = None,
     return out
 
 
+def warn_about_unknown_ids(path: Path, key: dict, test_ids) -> list[str]:
+    """Ids of the answer key that are no image in test/ are not scored (n counts the test images); they are
+    named on stderr, since a key and a test folder that disagree usually mean a copy went wrong."""
+    unknown = sorted(set(key) - set(test_ids))
+    if unknown:
+        print(f"warning: answer key {path} lists {len(unknown)} id(s) that are not test images scored here "
+              f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}): they are not scored.",
+              file=sys.stderr, flush=True)
+    return unknown
+
+
 def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tensor) -> torch.Tensor:
     """Global targets for test images from ROOT/<dataset>/test_labels.json (scoring only)."""
     keys = {}
+    keyed = [info.name for info in infos if info.answer_key is not None]
     for info in infos:
         if info.answer_key is None:
-            raise UserError(f"no answer key {info.root / 'test_labels.json'}: the test split cannot be scored.")
+            hint = (f" Score the datasets that have one with --datasets {','.join(keyed)}." if keyed else "")
+            raise UserError(f"no answer key {info.root / 'test_labels.json'}: the test split of {info.name} cannot "
+                            f"be scored.{hint}")
         keys[info.name] = load_answer_key(info.answer_key, class_names=space.classes[space.index(info.name)])
+    by_dataset: dict[str, set[str]] = {}
+    for i, d in zip(ids, dsids.tolist()):
+        by_dataset.setdefault(space.names[d], set()).add(str(i))
+    for info in infos:
+        warn_about_unknown_ids(info.answer_key, keys[info.name], by_dataset.get(info.name, set()))
     out = []
     for i, d in zip(ids, dsids.tolist()):
         name = space.names[d]
@@ -174,9 +207,9 @@ def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tens
 
 
 def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str = "val",
-                 datasets: list[str] | str | None = None) -> dict:
+                 datasets: list[str] | str | None = None, skip_bad: bool = False) -> dict:
     tm = load_trained(run_or_ckpt, device)
-    infos, data = _data_for(tm, Path(root), split, datasets)
+    infos, data = _data_for(tm, Path(root), split, datasets, skip_bad)
     targets = data.targets if split != "test" else read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids)
     logits = compute_logits(tm.model, data.images, tm.normalize, device)
     metrics = score(logits, targets, data.dataset_ids, tm.space, mode, tm.n_parameters)
@@ -185,8 +218,9 @@ def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str 
     return metrics
 
 
-def _test_logits(tm: TrainedModel, root: Path, device: torch.device, preloaded=None, datasets=None):
-    infos, data = preloaded if preloaded is not None else _data_for(tm, Path(root), "test", datasets)
+def _test_logits(tm: TrainedModel, root: Path, device: torch.device, preloaded=None, datasets=None,
+                 skip_bad: bool = False):
+    infos, data = preloaded if preloaded is not None else _data_for(tm, Path(root), "test", datasets, skip_bad)
     return infos, data, compute_logits(tm.model, data.images, tm.normalize, device, desc="predicting")
 
 
@@ -207,40 +241,51 @@ def _predictions(tm: TrainedModel, infos, data, logits: torch.Tensor, mode: str)
 
 
 def predict_run(run_or_ckpt, root, mode: str, device: torch.device,
-                datasets: list[str] | str | None = None) -> tuple[dict, dict]:
+                datasets: list[str] | str | None = None, skip_bad: bool = False) -> tuple[dict, dict]:
     """pred_all.json content ({"n_parameters", "<dataset>": {"<id>": local class}}) and the routing."""
     tm = load_trained(run_or_ckpt, device)
-    infos, data, logits = _test_logits(tm, root, device, datasets=datasets)
+    infos, data, logits = _test_logits(tm, root, device, datasets=datasets, skip_bad=skip_bad)
     return _predictions(tm, infos, data, logits, mode)
 
 
 def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "known",
-                      preloaded=None, score_test: bool = True) -> tuple[dict, dict, dict | None]:
-    """pred_all.json content, the routing, and, when every dataset has an answer key, the test metrics in
-    both modes ({"known": ..., "unknown": ...}, else None), from one pass over the test images.
-    ``preloaded``: (test infos, ImageSet) already decoded at this model's image size, in its label space."""
+                      preloaded=None, score_test: bool = True,
+                      unscorable: set[str] | frozenset[str] = frozenset()) -> tuple[dict, dict, dict | None]:
+    """pred_all.json content, the routing, and the test metrics in both modes ({"known": ..., "unknown": ...})
+    of the datasets with a usable answer key (None when there is none), from one pass over the test images.
+    ``preloaded``: (test infos, ImageSet) already decoded at this model's image size, in its label space;
+    ``unscorable``: datasets whose key was found unusable beforehand (not scored)."""
     tm = load_trained(run_or_ckpt, device)
     infos, data, logits = _test_logits(tm, root, device, preloaded)
     pred, routing = _predictions(tm, infos, data, logits, mode)
-    if not score_test or not all(info.answer_key is not None for info in infos):
+    keyed = [info for info in infos if info.answer_key is not None and info.name not in unscorable]
+    if not score_test or not keyed:
         return pred, routing, None
-    targets = read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids)
-    scores = {m: {**score(logits, targets, data.dataset_ids, tm.space, m, tm.n_parameters), "split": "test",
-                  "checkpoint": str(tm.path)} for m in ("known", "unknown")}
+    # datasets without an answer key are predicted but not scored: the mean is over the keyed ones
+    in_keyed = torch.isin(data.dataset_ids, torch.tensor([tm.space.index(i.name) for i in keyed]))
+    rows = in_keyed.nonzero().flatten().tolist()
+    ids, dsids = [data.image_ids[k] for k in rows], data.dataset_ids[in_keyed]
+    targets = read_answer_keys(keyed, tm.space, ids, dsids)
+    unscored = [info.name for info in infos if info not in keyed]
+    scores = {m: {**score(logits[in_keyed], targets, dsids, tm.space, m, tm.n_parameters), "split": "test",
+                  "checkpoint": str(tm.path), **({"not_scored": unscored} if unscored else {})}
+              for m in ("known", "unknown")}
     return pred, routing, scores
 
 
-def score_predictions(pred: dict, root: Path, class_names: dict | None = None) -> dict:
+def score_predictions(pred: dict, root: Path, class_names: dict | None = None, skip=()) -> dict:
     """Accuracy of a pred_all.json against the answer keys (what `make demo` prints); ``class_names``
-    {dataset: classes} lets keys name classes by folder name."""
+    {dataset: classes} lets keys name classes by folder name; ``skip``: datasets not to score."""
     result = {}
     for name, preds in pred.items():
-        if name == "n_parameters":
+        if name == "n_parameters" or name in skip:
             continue
         key_file = Path(root) / name / "test_labels.json"
         if not key_file.is_file():
             continue
         key = load_answer_key(key_file, class_names=(class_names or {}).get(name))
-        hits = sum(1 for i, c in key.items() if preds.get(i) == c)
-        result[name] = {"acc1": 100.0 * hits / max(1, len(key)), "n": len(key)}
+        warn_about_unknown_ids(key_file, key, preds)
+        scored = [i for i in preds if i in key]  # as eval: the test images, not the ids the key lists
+        hits = sum(1 for i in scored if preds[i] == key[i])
+        result[name] = {"acc1": 100.0 * hits / max(1, len(scored)), "n": len(scored)}
     return result

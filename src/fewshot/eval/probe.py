@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fewshot.data.cache import default_cache_dir
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import scan_root
-from fewshot.data.sets import load_split
+from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize
 from fewshot.errors import UserError
 from fewshot.eval.evaluate import score
@@ -44,7 +44,8 @@ def train_linear_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: i
 
 
 def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: int | None, device: torch.device,
-              mode: str = "known", epochs: int = 300, datasets=None, head: str = "linear") -> dict:
+              mode: str = "known", epochs: int = 300, datasets=None, head: str = "linear",
+              skip_bad: bool = False) -> dict:
     """Frozen-feature accuracy on val: a trained linear head ("linear") or, without any training, the
     cosine nearest class mean of standardised features ("prototype", SimpleShot)."""
     infos = scan_root(root, datasets, splits=("train", "val"))
@@ -58,8 +59,7 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     backbone.to(device)
     normalize = Normalize(*mean_std(backbone)).to(device)
     cache = default_cache_dir(root, None)
-    train = load_split(infos, "train", space, size, cache)
-    val = load_split(infos, "val", space, size, cache)
+    train, val = load_splits(infos, ("train", "val"), space, size, cache, skip_bad=skip_bad)
     ftr = backbone_features(backbone, train.images, normalize, device)
     fva = backbone_features(backbone, val.images, normalize, device)
     for split, feats in (("train", ftr), ("val", fva)):

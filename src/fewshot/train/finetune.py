@@ -177,7 +177,11 @@ def final_metrics(engine: Engine, task: SupervisedTask, out: Path) -> dict:
     write_json(Path(out) / "metrics.json", metrics)
     for m in ("known", "unknown"):
         write_json(Path(out) / f"metrics_{m}.json", {**result["val"][m], "split": "val", "best_epoch": best_epoch})
-    print(format_table(result["val"]["known"], title=f"val accuracy, best epoch {best_epoch}"))
-    print(f"unknown-source: mean acc@1 {result['val']['unknown']['mean_acc1']:.2f}, "
-          f"routing {result['val']['unknown']['routing_acc']:.2f}")
+    # the table is of train.eval_mode, the mode metrics.json holds and the best epoch was chosen by
+    print(format_table(metrics, title=f"val accuracy, best epoch {best_epoch}"))
+    if mode == "known":
+        print(f"unknown-source: mean acc@1 {result['val']['unknown']['mean_acc1']:.2f}, "
+              f"routing {result['val']['unknown']['routing_acc']:.2f}")
+    else:
+        print(f"known-source: mean acc@1 {result['val']['known']['mean_acc1']:.2f}")
     return metrics
