@@ -257,7 +257,8 @@ def test_run_checks_the_test_split_before_spending_the_budget(copy_root, tmp_pat
 def test_run_predicts_when_an_answer_key_cannot_score(copy_root, tmp_path):
     """SPEC: the answer key is never needed to predict. A key that cannot score (one image missing here;
     also not JSON, or a class out of range) used to stop `fewshot run` before training: no pred_all.json
-    at all. Now it is a warning, every test image is predicted, and metrics.json holds the val scores."""
+    at all. Now it is a warning, every test image is predicted, metrics.json holds the val scores of every
+    dataset, and the datasets whose keys can score are scored on test (summary.json)."""
     names = sorted(p.name for p in copy_root.iterdir() if (p / "train").is_dir())
     key_file = copy_root / names[0] / "test_labels.json"
     key = json.loads(key_file.read_text())
@@ -270,8 +271,10 @@ def test_run_predicts_when_an_answer_key_cannot_score(copy_root, tmp_path):
     assert rc == 0, err
     assert "warning" in stdout and str(key_file) in stdout and "not scored" in stdout
     _check_pred_all(copy_root, out)
-    assert json.loads((out / "metrics.json").read_text())["datasets"].keys() == set(names)
-    assert "test" not in json.loads((out / "summary.json").read_text())["metrics"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["datasets"].keys() == set(names) and metrics["split"] == "val"
+    test = json.loads((out / "summary.json").read_text())["metrics"]["test"]
+    assert test["datasets"].keys() == {names[1]} and test["not_scored"] == [names[0]]
 
 
 def test_answer_keys_may_name_classes_by_folder_name(copy_root):

@@ -478,8 +478,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
                       f"scored.", flush=True)
     not_keyed = [i.name for i in test_infos if i.answer_key is None or i.name in unscorable]
     if test_infos and any(i.answer_key is not None for i in test_infos) and not_keyed:
-        print(f"[run] note: no usable answer key for {', '.join(not_keyed)}: the test scores in metrics.json "
-              f"are of the other datasets only.", flush=True)
+        print(f"[run] note: no usable answer key for {', '.join(not_keyed)}: the test split is scored for the "
+              f"other datasets only.", flush=True)
     chosen = cfg["model"]["img_size"] is None
     if chosen:
         cfg["model"]["img_size"] = auto_img_size(infos, device)
@@ -612,11 +612,15 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     metrics = {"val": val_metrics}
     if scores is not None:
         test, test_unknown = scores["known"], scores["unknown"]
-        write_json(out / "metrics.json", test)
+        # metrics.json covers every dataset of the model: the test scores when every dataset has them, else val
+        write_json(out / "metrics.json", val_metrics if test.get("not_scored") else test)
         metrics.update({"test": test, "test_unknown": test_unknown,
                         "pred_all_score": score_predictions(pred, root, class_names, skip=unscorable)})
         print(format_table(test, title="test accuracy (scored against test_labels.json)"))
         print(f"unknown-source test: mean acc@1 {test_unknown['mean_acc1']:.2f}, routing {test_unknown['routing_acc']:.2f}")
+        if test.get("not_scored"):
+            print(f"[run] {', '.join(test['not_scored'])} not scored on test: metrics.json holds the val scores of "
+                  f"every dataset, summary.json these test scores.")
     else:
         write_json(out / "metrics.json", val_metrics)
         print("[run] no test split could be scored (no usable answer key): metrics.json holds the val scores.")
