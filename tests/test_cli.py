@@ -11,6 +11,7 @@ import io
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -737,3 +738,63 @@ def test_no_progress_works_on_eval_and_predict_and_ends_with_the_call(trained, d
     rc, _, err = run_main("eval", run, "--data", digits_root, "--device", "cpu", "--no-progress")
     assert rc == 0 and "evaluating" not in err, err
     assert progress.is_enabled()
+
+
+def test_train_refuses_a_folder_with_other_files_or_the_data_itself_and_restarts_a_failed_start(
+        trained, digits_root, copy_root, tmp_path):
+    """`train --out` wrote over a folder's own files (the user's config.yaml, a `fewshot run` folder's
+    metrics.json, whose pred_all.json then no longer matched), and `--out ROOT` made ROOT unusable."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my: own\n")
+    rc, _, err = run_main(*train_argv(digits_root, mine, "--epochs", "1"))
+    assert rc == 2 and "is not empty (config.yaml)" in err and "Traceback" not in err
+    assert (mine / "config.yaml").read_text() == "my: own\n"
+    pipeline = tmp_path / "pipeline"
+    pipeline.mkdir()
+    (pipeline / "pred_all.json").write_text("{}")
+    rc, _, err = run_main(*train_argv(digits_root, pipeline, "--epochs", "1"))
+    assert rc == 2 and "pred_all.json" in err
+    for out in (copy_root, copy_root / "digits" / "train" / "run"):
+        for command in ("train", "pretrain", "run"):
+            argv = train_argv(copy_root, out, "--epochs", "1") if command == "train" else [
+                command, "--data", copy_root, "--out", out, "--model", "test_resnet", "--device", "cpu"]
+            rc, _, err = run_main(*argv)
+            assert rc == 2 and "--out" in err, (command, out, err)
+    assert not (copy_root / "plots").exists() and not (copy_root / "config.yaml").exists()
+    # what a start killed before its first checkpoint leaves is started again without --resume
+    failed = tmp_path / "failed"
+    (failed / "tensorboard").mkdir(parents=True)
+    shutil.copy(trained[0] / "config.yaml", failed / "config.yaml")
+    (failed / "log.jsonl").write_text("")
+    rc, _, err = run_main(*train_argv(digits_root, failed, "--epochs", "1"))
+    assert rc == 0, err
+
+
+def test_a_config_file_not_in_utf8_is_a_user_error_and_a_recipe_is_found_by_name(tmp_path, monkeypatch):
+    from fewshot.config import load_yaml
+
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("# réglages\ntrain:\n  ema: true\n".encode("latin-1"))
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        load_yaml(latin)
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_bytes("train:\n  ema: false\n".encode("utf-16"))  # with a BOM, as Windows Notepad writes it
+    assert load_yaml(utf16) == {"train": {"ema": False}}
+    monkeypatch.chdir(tmp_path)  # no configs/ here, as after `pip install`
+    assert load_yaml("configs/moco_cpu_small.yaml") == load_yaml("moco_cpu_small")
+    assert "moco" in load_yaml("moco_cpu_small")
+    with pytest.raises(UserError, match="usable by name: .*moco_cpu_small"):
+        load_yaml("configs/no_such_recipe.yaml")
+
+
+def test_a_home_folder_written_after_an_equals_sign_is_expanded(monkeypatch, tmp_path):
+    import argparse
+
+    from fewshot.cli import _expand_home
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = argparse.Namespace(out="~/r", data="/abs", unlabeled=["~/p", "q"], mode="known")
+    _expand_home(args)
+    assert (args.out, args.data, args.unlabeled, args.mode) == (str(tmp_path / "r"), "/abs", [str(tmp_path / "p"), "q"],
+                                                                "known")

@@ -266,3 +266,11 @@ def test_the_schedule_never_climbs_above_a_learning_rate_below_its_floor(lr):
         lrs.append(opt.param_groups[0]["lr"])
     assert max(lrs) <= lr * (1 + 1e-9)
     assert lrs[-1] == pytest.approx(min(cfg["sched"]["min_lr"], lr), rel=1e-6)
+
+
+def test_the_data_root_is_recorded_absolute(tmp_path, monkeypatch):
+    """A relative data.root in config.yaml was looked up from wherever `fewshot report` or --resume ran later,
+    and could name another folder (or the wrong dataset of the same name) without a word."""
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve(flags={"data.root": "data"})
+    assert cfg["data"]["root"] == str(tmp_path / "data")

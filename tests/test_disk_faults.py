@@ -67,7 +67,7 @@ def test_out_below_a_regular_file(root, tmp_path):
     assert_clean_failure(rc, err, f"cannot write to the run folder '{blocker / 'run'}'", "Not a directory")
     assert "fine-tuning" not in out  # failed before the model was even built
     rc, _, err = run_main(*train_argv(root, blocker))  # --out is itself a file
-    assert_clean_failure(rc, err, f"'{blocker}'", "File exists")
+    assert_clean_failure(rc, err, f"'{blocker}'", "is a file")
     assert blocker.read_text() == "not a folder"
 
 

@@ -342,3 +342,21 @@ def test_fine_tuning_from_an_export_adopts_its_image_size_and_names_its_model(ex
                  "--model", "resnet18", "--epochs", "1", "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and f"The file was exported from '{NAME}': pass --model {NAME}." in err, err
+
+
+def test_the_timm_call_that_export_prints_loads_the_file(exported, tmp_path):
+    """The README says "loadable by timm"; the plain call needs num_classes=0 (the file has no classifier):
+    export prints the call, and that call must work as printed."""
+    import contextlib
+    import io
+    import re
+
+    _, run, _ = exported
+    path = tmp_path / "again.safetensors"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["export", str(run), "--out", str(path)]) == 0
+    call = re.search(r"in plain timm: (timm\.create_model\(.*\))$", buf.getvalue(), re.M).group(1)
+    model = eval(call, {"timm": timm})  # noqa: S307 - our own printed line
+    state = load_file(str(path))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())

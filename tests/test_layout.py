@@ -91,7 +91,7 @@ def test_run_folders_os_litter_and_empty_folders_in_the_root_are_not_datasets(co
     capfd.readouterr()
     assert list_datasets(copy_root) == dataset_names
     err = capfd.readouterr().err
-    for name, why in (("runs", "fewshot run output"), ("myrun", "no images"), ("__MACOSX", "operating-system metadata")):
+    for name, why in (("runs", "fewshot output"), ("myrun", "no images"), ("__MACOSX", "operating-system metadata")):
         assert f"{copy_root / name} is not a dataset ({why}" in err
     assert [i.name for i in scan_root(copy_root)] == dataset_names
     rc, _, err = run_main(*train_argv(copy_root, copy_root / "runs" / "x"), "--resume", "--epochs", "2")
@@ -489,3 +489,17 @@ def test_the_skip_bad_images_hint_is_not_counted_as_a_problem():
 
     err = DataLayoutError(["a.png: cannot decode", "(pass --skip-bad-images to skip these files and go on)"])
     assert str(err).startswith("the data layout has 1 problem(s):\n  - a.png: cannot decode\n(pass --skip-bad-images")
+
+
+def test_a_report_written_into_the_data_root_is_not_a_dataset(copy_root, dataset_names, capfd):
+    """`fewshot report RUN --out ROOT/rep` (index.html and PNGs) turned every later command on ROOT into
+    "ROOT/rep: missing split folder"."""
+    from PIL import Image
+
+    rep = copy_root / "rep"
+    rep.mkdir()
+    (rep / "index.html").write_text("<html></html>")
+    Image.new("RGB", (8, 8)).save(rep / "curves.png")
+    capfd.readouterr()
+    assert list_datasets(copy_root) == dataset_names
+    assert f"{rep} is not a dataset (fewshot output" in capfd.readouterr().err

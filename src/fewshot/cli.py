@@ -273,10 +273,25 @@ ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EN
                                 errno.EISDIR, errno.ENAMETOOLONG})
 
 
+PATH_ARGS = ("data", "out", "run", "weights", "config", "unlabeled", "runs")
+
+
+def _expand_home(args) -> None:
+    """`--out=~/r` and a quoted '~/d' reach us unexpanded (the shell expands ~ only at a word's start): without
+    this the run went to a folder literally named ./~ ."""
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
+
+
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     args.started = started
+    _expand_home(args)
     if args.command is None:
         parser.print_help()
         return 2

@@ -195,6 +195,17 @@ def cmd_export(args, extra) -> int:
               f".safetensors as safetensors", file=sys.stderr)
     print(f"wrote {out} from {meta['source']} (model {meta['model'] or '?'}, epoch {meta['epoch']}); fine-tune with "
           f"`fewshot train --model {meta['model'] or 'NAME'} --weights {out} ...`")
+    if meta.get("small_stem") == "true" or meta.get("width", "1.0") != "1.0":
+        print("note: a small-stem or narrowed network is not a stock timm model: fewshot's train --weights and probe "
+              "rebuild it from the file; plain timm cannot load it.")
+    else:  # the file holds the backbone only (no classifier), and window / position tables follow the image size
+        from safetensors import safe_open
+
+        with safe_open(str(out), "pt") as fh:
+            sized = any(k.endswith(("pos_embed", "relative_position_bias_table")) for k in fh.keys())
+        size = f", img_size={meta['img_size']}" if sized and meta.get("img_size") else ""
+        print(f"in plain timm: timm.create_model('{meta['model'] or 'NAME'}', pretrained=True, num_classes=0{size}, "
+              f"pretrained_cfg_overlay=dict(file='{out}'))")
     return 0
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -251,12 +253,36 @@ def set_dotted(cfg: dict, keys: list[str], value: Any) -> None:
             node = node[key]
 
 
+RECIPES = Path(__file__).parent / "configs"  # the shipped recipes (configs/ in the repository links here)
+_NOTED_RECIPES: set[str] = set()
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file as given, else the shipped recipe of that name (`moco_cpu_small`, or the README's
+    `configs/moco_cpu_small.yaml` from a folder that has no configs/, as after `pip install`)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_absolute():
+        for candidate in (RECIPES / path.name, RECIPES / f"{path.name}.yaml"):
+            if candidate.is_file():
+                if str(path) not in _NOTED_RECIPES:
+                    _NOTED_RECIPES.add(str(path))
+                    print(f"note: {path} is not here; using fewshot's recipe {candidate}", file=sys.stderr,
+                          flush=True)
+                return candidate
+    names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+    raise UserError(f"config file not found: {path} (fewshot's own recipes, usable by name: {names}).")
+
+
 def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+    path = find_config(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        # bytes: PyYAML reads UTF-8 (with or without a BOM) and UTF-16 with a BOM, and names any other encoding
+        data = yaml.safe_load(path.read_bytes()) or {}
+    except yaml.reader.ReaderError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.position}); save it as "
+                        f"UTF-8.") from None
     except yaml.YAMLError as exc:
         # one paragraph: PyYAML's own message spans several lines with a caret drawing
         mark = getattr(exc, "problem_mark", None)
@@ -290,6 +316,11 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
     for word in overrides or []:
         keys, value = parse_override(word)
         set_dotted(cfg, keys, value)
+    root = cfg["data"].get("root")
+    if isinstance(root, str) and root:
+        # recorded absolute: config.yaml is read from other folders later (report, --resume), where a relative
+        # root named another folder, or the wrong dataset of the same name
+        cfg["data"]["root"] = os.path.abspath(os.path.expanduser(root))
     return validate(cfg)
 
 

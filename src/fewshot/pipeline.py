@@ -21,7 +21,7 @@ import torch
 
 from fewshot.config import save_yaml
 from fewshot.data.cache import ensure_writable_dir, write_skipped
-from fewshot.data.layout import scan_root
+from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import UserError
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
@@ -452,6 +452,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     r = cfg["run"]
     semi = check_run_settings(r)
     set_enabled(bool(cfg["train"]["progress"]))
+    check_output_is_not_in_data(out, cfg["data"]["root"])
     if not resume:
         refuse_used_output(out)
     ensure_writable_dir(out, "output")

@@ -238,6 +238,8 @@ def default_cache_dir(root: str | Path | None, configured: str | None) -> Path |
 
 def ensure_writable_dir(path: Path, what: str) -> None:
     """Fail early and clearly when an output folder cannot be written."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"the {what} folder '{path}' is a file; give --out a folder (new or empty).")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"

@@ -38,7 +38,7 @@ def is_image(path: Path) -> bool:
 
 
 SYSTEM_FOLDERS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information"})  # unzip / OS litter
-RUN_MARKERS = ("config.yaml", "run_state.json", "log.jsonl", "checkpoints")
+RUN_MARKERS = ("config.yaml", "run_state.json", "log.jsonl", "checkpoints", "index.html")  # index.html: a report
 _TOLD_NOT_DATASETS: set[str] = set()
 
 
@@ -73,12 +73,26 @@ def not_a_dataset(folder: Path) -> str | None:
             return None
         if _holds_run(folder) or any(c.is_dir() and _holds_run(c) for c in folder.iterdir()
                                      if not c.name.startswith(".")):
-            return "fewshot run output, no train/, val/ or test/"
+            return "fewshot output (a run or a report), no train/, val/ or test/"
         if not _has_images(folder):
             return "no images, no train/, val/ or test/"
     except OSError as exc:
         return f"it cannot be read: {exc.strerror or exc}"
     return None
+
+
+def check_output_is_not_in_data(out: Path, root) -> None:
+    """A run folder that is the data root, or inside one of its datasets, changes the data: `--out ROOT` left
+    ROOT/plots/ and ROOT/checkpoints/, and every later command on ROOT failed on them as datasets."""
+    out_r, root_r = Path(out).resolve(), Path(root).resolve()
+    if out_r == root_r:
+        raise UserError(f"--out {out} is the data root itself; give the run a folder of its own (e.g. "
+                        f"runs/mine, or a sub-folder of the root such as {Path(root) / 'runs' / 'mine'}).")
+    for split in ("train", "val", "test"):
+        for folder in (out_r, *out_r.parents):
+            if folder.name == split and folder.parent.parent == root_r:
+                raise UserError(f"--out {out} lies inside the {split}/ split of dataset {folder.parent.name}; "
+                                f"give the run a folder outside the datasets' splits.")
 
 
 def list_datasets(root: Path) -> list[str]:

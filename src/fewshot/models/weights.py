@@ -190,6 +190,28 @@ def _resample_pos_embed(backbone: nn.Module, state: dict, own: dict) -> None:
         return  # a grid that is not square in the file: left for the shape-mismatch report
 
 
+def _resize_rel_pos_tables(backbone: nn.Module, state: dict, own: dict) -> None:
+    """Window-attention models (Swin, MaxViT, CoAtNet, GCViT) keep a relative-position bias table per window, whose
+    size follows the window and so the image size: a table trained at another size is interpolated to this
+    model's window with timm's resize_rel_pos_bias_table, as timm's loaders do for pretrained weights."""
+    from timm.layers import resize_rel_pos_bias_table
+
+    for k, v in list(state.items()):
+        if not k.endswith("relative_position_bias_table") or k not in own or own[k].shape == v.shape:
+            continue
+        try:
+            window = getattr(backbone.get_submodule(k.rsplit(".", 1)[0]), "window_size", None)
+            if window is None or v.dim() != own[k].dim():
+                continue
+            window = tuple(window) if isinstance(window, (tuple, list)) else (int(window), int(window))
+            with warnings.catch_warnings():  # torch's notes on timm's interpolation internals, not the user's
+                warnings.simplefilter("ignore", UserWarning)
+                state[k] = resize_rel_pos_bias_table(v.float(), new_window_size=window,
+                                                     new_bias_shape=tuple(own[k].shape)).to(v.dtype)
+        except (AttributeError, AssertionError, RuntimeError, ValueError):
+            continue  # left for the shape-mismatch report
+
+
 def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = True) -> dict:
     """Load into `backbone`; strict refuses missing/unexpected keys (classifier heads are dropped)."""
     path = Path(path)
@@ -198,6 +220,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
         state.pop(k)
     own = backbone.state_dict()
     _resample_pos_embed(backbone, state, own)
+    _resize_rel_pos_tables(backbone, state, own)
     mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state.items() if k in own and own[k].shape != v.shape]
     # Float16/bfloat16 weights load into float32 fine; integer, bool or complex ones where the model has floats
@@ -221,7 +244,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
             parts.append(f"The file was exported from '{recorded}': pass --model {recorded}.")
         parts.append("Check --model (and model.width / model.small_stem, and for a ViT --img-size) matches the "
                      "architecture the file was trained with"
-                     + ("" if not strict else ", or pass model.strict=false to load the matching part") + ".")
+                     + ("" if not strict or mismatched else
+                        ", or (train, pretrain, run) pass model.strict=false to load the matching part") + ".")
         raise CheckpointError(" ".join(parts))
     loaded = len(state) - len(unexpected)
     if loaded == 0:

@@ -8,7 +8,7 @@ import torch
 
 from fewshot.config import load_yaml, save_yaml
 from fewshot.data.cache import ensure_writable_dir, write_skipped
-from fewshot.data.layout import scan_root
+from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import UserError
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
@@ -19,17 +19,46 @@ from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
 from fewshot.utils import resolve_device, seed_everything, write_json
 
 
+# What a train / pretrain run writes before its first checkpoint: a folder holding only these is a start that
+# failed or was stopped early, which the same command may start again without --resume.
+RUN_START_ENTRIES = frozenset({"config.yaml", "log.jsonl", "tensorboard", "plots", "checkpoints",
+                               "skipped_images.json"})
+
+
 def prepare_run_dir(out: Path, resume: bool, cfg: dict, is_main: bool = True) -> dict:
-    """Create RUN; refuse to overwrite a finished/started run unless resuming (then reuse its config)."""
+    """Create RUN; refuse to overwrite a finished/started run unless resuming (then reuse its config), and a
+    folder that holds anything else (another command's output, the user's files)."""
     out = Path(out)
+    check_output_is_not_in_data(out, cfg["data"]["root"])
     existing = out / "checkpoints" / "last.pt"
     if existing.is_file() and not resume:
         raise UserError(f"'{out}' already holds a run ({existing}). Pass --resume to continue it, "
                         f"or choose another --out.")
+    if not resume and out.is_dir():
+        try:
+            entries = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        except OSError as exc:
+            raise UserError(f"cannot read the run folder '{out}': {exc.strerror or exc}.") from None
+        foreign = [e for e in entries if e not in RUN_START_ENTRIES]
+        if "config.yaml" in entries and not _is_run_config(out / "config.yaml"):
+            foreign.insert(0, "config.yaml")
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+            raise UserError(f"the run folder '{out}' is not empty ({shown}) and holds no run to resume; a new run "
+                            f"would write over what is there. Choose another --out, or empty the folder.")
     if is_main:
         ensure_writable_dir(out, "run")
         lock_run_dir(out)  # one writer per run folder (the same command started twice, --resume during a run)
     return cfg
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether config.yaml is one a fewshot run wrote (every section of the resolved config), not the user's."""
+    try:
+        saved = load_yaml(path)
+    except (UserError, OSError):
+        return False
+    return all(isinstance(saved.get(k), dict) for k in ("model", "data", "optim", "train"))
 
 
 # What `--resume` may change: how long and where the run goes on, and how it reports. Anything else
