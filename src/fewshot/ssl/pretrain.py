@@ -276,7 +276,7 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
         torch.use_deterministic_algorithms(True, warn_only=True)
     resolve_pretrain_defaults(cfg, ctx.world)
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
-    prepare_run_dir(out, resume, cfg, ctx.is_main)
+    prepare_run_dir(out, resume, cfg, ctx)
     if ctx.is_main and not (resume and (Path(out) / "checkpoints" / "last.pt").is_file()):
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
     check_resume_world(Path(out), resume, ctx.world)

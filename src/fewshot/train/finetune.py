@@ -12,7 +12,7 @@ from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import UserError
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
-from fewshot.train.distributed import init_distributed
+from fewshot.train.distributed import barrier, init_distributed
 from fewshot.run_lock import lock_run_dir
 from fewshot.train.engine import Engine, check_resume_world
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
@@ -25,7 +25,7 @@ RUN_START_ENTRIES = frozenset({"config.yaml", "log.jsonl", "tensorboard", "plots
                                "skipped_images.json"})
 
 
-def prepare_run_dir(out: Path, resume: bool, cfg: dict, is_main: bool = True) -> dict:
+def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None) -> dict:
     """Create RUN; refuse to overwrite a finished/started run unless resuming (then reuse its config), and a
     folder that holds anything else (another command's output, the user's files)."""
     out = Path(out)
@@ -46,7 +46,9 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, is_main: bool = True) ->
             shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
             raise UserError(f"the run folder '{out}' is not empty ({shown}) and holds no run to resume; a new run "
                             f"would write over what is there. Choose another --out, or empty the folder.")
-    if is_main:
+    if ctx is not None:
+        barrier(ctx)  # under torchrun every rank has looked at the folder before rank 0 writes into it
+    if ctx is None or ctx.is_main:
         ensure_writable_dir(out, "run")
         lock_run_dir(out)  # one writer per run folder (the same command started twice, --resume during a run)
     return cfg
@@ -157,7 +159,7 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
         torch.use_deterministic_algorithms(True, warn_only=True)
     resolve_finetune_defaults(cfg)
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
-    prepare_run_dir(out, resume, cfg, ctx.is_main)
+    prepare_run_dir(out, resume, cfg, ctx)
     if ctx.is_main and not (resume and (Path(out) / "checkpoints" / "last.pt").is_file()):
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
     check_resume_world(Path(out), resume, ctx.world)
