@@ -682,9 +682,16 @@ def test_an_answer_key_with_ids_that_are_no_test_images_scores_the_test_images_a
     m = read_metrics(tmp_path / "m.json")["datasets"][name]
     rc, _, err = run_main("predict", run, "--data", copy_root, "--out", tmp_path / "p.json", "--device", "cpu")
     assert rc == 0, err
-    scored = score_predictions(json.loads((tmp_path / "p.json").read_text()), copy_root)[name]
+    pred = json.loads((tmp_path / "p.json").read_text())
+    scored = score_predictions(pred, copy_root)[name]
     assert scored["n"] == m["n"] == n_test
     assert scored["acc1"] == pytest.approx(m["acc1"])
+    # a submission that leaves ids out is scored as a grader scores it: a missing prediction is a miss
+    key = json.loads(key_file.read_text())
+    kept = dict(list(pred[name].items())[: n_test // 2])
+    hits = sum(1 for i, c in kept.items() if key[i] == c)
+    scored = score_predictions({**pred, name: kept}, copy_root)[name]
+    assert scored["n"] == n_test and scored["acc1"] == pytest.approx(100.0 * hits / n_test)
 
 
 def test_eval_predict_and_probe_take_skip_bad_images_as_their_advice_says(trained, copy_root, dataset_names,
@@ -762,6 +769,10 @@ def test_train_refuses_a_folder_with_other_files_or_the_data_itself_and_restarts
             rc, _, err = run_main(*argv)
             assert rc == 2 and "--out" in err, (command, out, err)
     assert not (copy_root / "plots").exists() and not (copy_root / "config.yaml").exists()
+    rc, _, err = run_main(*train_argv(digits_root, pipeline, "--epochs", "1"), "--resume")  # no last.pt: fresh
+    assert rc == 2 and "pred_all.json" in err
+    rc, _, err = run_main(*train_argv(copy_root, copy_root / "unlabeled" / "digits" / "r", "--epochs", "1"))
+    assert rc == 2 and "inside the unlabeled pool" in err  # its plots would join the pool
     # what a start killed before its first checkpoint leaves is started again without --resume
     failed = tmp_path / "failed"
     (failed / "tensorboard").mkdir(parents=True)
@@ -786,6 +797,8 @@ def test_a_config_file_not_in_utf8_is_a_user_error_and_a_recipe_is_found_by_name
     assert "moco" in load_yaml("moco_cpu_small")
     with pytest.raises(UserError, match="usable by name: .*moco_cpu_small"):
         load_yaml("configs/no_such_recipe.yaml")
+    with pytest.raises(UserError, match="not found: experiments/cpu_tiny.yaml"):  # a path is never a recipe name
+        load_yaml("experiments/cpu_tiny.yaml")
 
 
 def test_a_home_folder_written_after_an_equals_sign_is_expanded(monkeypatch, tmp_path):

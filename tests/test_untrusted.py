@@ -8,6 +8,7 @@ creates it, whichever command reads the file (train --weights, train --resume, e
 
 from __future__ import annotations
 
+import json
 import pickle
 import warnings
 from pathlib import Path
@@ -285,3 +286,93 @@ def test_every_load_is_weights_only_or_safetensors():
             if (owner, node.func.attr) == ("np", "load") and "allow_pickle" in kw:
                 unsafe.append(where)
     assert loads and not unsafe, unsafe
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"img_size": 3000}, "img_size 3000 is not a whole number in 1..1024"),  # 516 MB of cache for 20 images
+    ({"img_size": "32"}, "img_size '32'"),
+    ({"n_parameters": "lots"}, "n_parameters 'lots'"),
+    ({"config": [1]}, "not a fine-tuned checkpoint this version can use"),
+    ({"label_space": None}, "not a fine-tuned checkpoint this version can use"),
+])
+def test_checkpoint_fields_of_the_wrong_kind_are_user_errors(run, root, tmp_path, change, words):
+    """Crafted but safe checkpoints ended in exit 1 (TypeError, KeyError, ...) or, with a huge img_size, in
+    GBs of image cache; a checkpoint is user input, so what does not fit is exit 2 naming the file."""
+    ck = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    ck.update(change)
+    path = tmp_path / "crafted.pt"
+    torch.save(ck, path)
+    rc, _, err = run_main("predict", path, "--data", root, "--out", tmp_path / "p.json", "--device", "cpu")
+    assert rc == 2 and str(path) in err and words in err and "Traceback" not in err, err
+    assert not (root / ".fewshot_cache").exists() or all(
+        f.stat().st_size < 50_000_000 for f in (root / ".fewshot_cache").iterdir())
+
+
+def test_an_export_recording_a_huge_image_size_is_refused(root, tmp_path):
+    state, _ = _backbone_state()
+    path = tmp_path / "big.safetensors"
+    save_file(state, str(path), metadata={"model": "test_resnet", "img_size": "2500"})
+    # no --img-size: the file's would be adopted
+    rc, _, err = run_main("train", "--data", root, "--out", tmp_path / "r", "--model", "test_resnet", "--weights", path,
+                          "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress")
+    assert rc == 2 and "records img_size 2500" in err, err
+
+
+def test_a_deflated_torch_zip_is_refused_before_it_is_inflated(run, root, tmp_path):
+    import zipfile
+
+    src, path = run / "checkpoints" / "best.pt", tmp_path / "bomb.pt"
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as b:
+        for info in a.infolist():
+            b.writestr(info.filename, a.read(info.filename))
+    rc, _, err = run_main("predict", path, "--data", root, "--out", tmp_path / "p.json", "--device", "cpu")
+    assert rc == 2 and "compressed members" in err, err
+
+
+def test_yaml_alias_bombs_and_terminal_escapes_from_run_files_are_harmless(run, tmp_path):
+    """A run folder from anyone: nested YAML aliases in config.yaml exhausted the memory of `compare`;
+    rich markup or escape codes in its names reached the terminal (a `[/bold]` crashed compare)."""
+    import shutil
+
+    from fewshot.config import load_yaml
+    from fewshot.errors import UserError
+
+    bomb = tmp_path / "bomb.yaml"
+    levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"a{i}: &a{i} [{', '.join(['*a%d' % (i - 1)] * 9)}]" for i in range(1, 9)]
+    bomb.write_text("\n".join(levels) + "\nmodel:\n  name: *a8\n")
+    with pytest.raises(UserError, match="nested YAML aliases"):
+        load_yaml(bomb)
+    odd = tmp_path / "odd"
+    shutil.copytree(run, odd)
+    for path in odd.glob("metrics*.json"):
+        metrics = json.loads(path.read_text())
+        name = next(iter(metrics["datasets"]))
+        metrics["datasets"]["x[/bold]y\x1b]52;c;ZXZpbA==\x07"] = metrics["datasets"].pop(name)
+        path.write_text(json.dumps(metrics))
+    rc, out, err = run_main("compare", odd)
+    assert rc == 0, err
+    assert "x[/bold]y" in out and "\x1b" not in out and "\\x1b]52" in out
+
+
+def test_a_stage_name_in_summary_json_never_leads_out_of_the_run(run, tmp_path):
+    from fewshot.train.checkpoint import resolve_checkpoint
+
+    folder = tmp_path / "pipeline"
+    (folder / "finetune").mkdir(parents=True)
+    for stage in (["finetune"], str(run), "../x"):
+        (folder / "summary.json").write_text(json.dumps({"predicted_with": stage}))
+        with pytest.raises(Exception) as info:
+            resolve_checkpoint(folder)
+        assert not isinstance(info.value, TypeError)
+
+
+def test_escape_codes_in_folder_names_are_shown_escaped_in_error_messages(root, tmp_path):
+    import shutil
+
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".fewshot_cache"))
+    name = sorted(p.name for p in copy.iterdir() if (p / "val").is_dir())[0]
+    (copy / name / "val" / "\x1b]52;c;ZXZpbA==\x07x").mkdir()  # a val class that train lacks: a layout problem
+    rc, _, err = run_main(*train_argv(copy, tmp_path / "r"))
+    assert rc == 2 and "\x1b" not in err and "\x07" not in err and "\\x1b]52" in err, err

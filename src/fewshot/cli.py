@@ -15,7 +15,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from fewshot.errors import UserError
+from fewshot.errors import UserError, printable
 from fewshot.train.stop_signal import StopRequested
 
 EPILOG = ("Any extra key=value words override config fields, e.g. optim.lr=3e-4 train.eval_every=1. "
@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "them); unknown mode still routes over all the classes the model knows")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave undecodable test images out (listed; they get no entry in pred_all.json) instead "
-                   "of failing")
+                   help="go on past undecodable test images (listed; each is predicted from a blank image, so that "
+                   "pred_all.json still holds every id) instead of failing")
 
     p = sub.add_parser("models", help="list timm models with parameter counts and input sizes")
     p.add_argument("pattern", nargs="?", default="*")
@@ -326,7 +326,7 @@ def _dispatch(args, extra, handlers) -> int:
             shutdown_distributed()  # on success only: after a failure a peer may never answer
         return code
     except UserError as exc:
-        print(f"fewshot {args.command}: error: {exc}", file=sys.stderr)
+        print(f"fewshot {args.command}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except StopRequested as stop:
         if "torch.distributed" in sys.modules:  # every rank passed the stop's barrier: safe to tear down

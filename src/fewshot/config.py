@@ -263,7 +263,7 @@ def find_config(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.is_file():
         return path
-    if not path.is_absolute():
+    if len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "configs"):  # a recipe's name, not a path
         for candidate in (RECIPES / path.name, RECIPES / f"{path.name}.yaml"):
             if candidate.is_file():
                 if str(path) not in _NOTED_RECIPES:
@@ -291,7 +291,25 @@ def load_yaml(path: str | Path) -> dict:
         raise UserError(f"config file {path} is not valid YAML{where}: {what}.") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (model:, optim:, ...).")
+    _check_size(data, path)
     return data
+
+
+def _check_size(data, path: Path, limit: int = 100_000) -> None:
+    """YAML aliases can nest a document into billions of values ("billion laughs") that a few hundred bytes
+    describe; a run's config.yaml may come from anyone, and printing such a value exhausted the memory. A config
+    holds a few hundred values: one that expands to more is refused."""
+    seen, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise UserError(f"config file {path} expands to more than {limit:,} values (nested YAML aliases?); it "
+                            f"is not a fewshot config.")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def resolve(preset: str | None = None, file: str | Path | None = None, flags: dict | None = None,
@@ -317,6 +335,8 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
         keys, value = parse_override(word)
         set_dotted(cfg, keys, value)
     root = cfg["data"].get("root")
+    if isinstance(root, os.PathLike):
+        root = os.fspath(root)
     if isinstance(root, str) and root:
         # recorded absolute: config.yaml is read from other folders later (report, --resume), where a relative
         # root named another folder, or the wrong dataset of the same name
@@ -364,7 +384,8 @@ POSITIVE = ("optim.lr", "run.pretrain_lr", "train.budget_minutes", "run.finetune
 INTERVALS = {  # (low, high, low included[, high included]): fractions and probabilities
     "data.crop_pct": (0.0, 1.0, False), "data.randaug_p": (0.0, 1.0, True), "aug.jitter_p": (0.0, 1.0, True),
     "aug.gray_p": (0.0, 1.0, True), "aug.blur_p": (0.0, 1.0, True), "aug.flip_p": (0.0, 1.0, True),
-    "model.width": (0.0, 4.0, False), "data.hflip": (0.0, 1.0, True), "data.hflip_symmetric": (0.0, 1.0, True), "data.randaug_magnitude": (0, 30, True),  # torchvision's 31 magnitude bins
+    "model.width": (0.0, 4.0, False), "model.img_size": (0, 1024, False, True),  # backbone.MAX_IMG_SIZE
+    "data.hflip": (0.0, 1.0, True), "data.hflip_symmetric": (0.0, 1.0, True), "data.randaug_magnitude": (0, 30, True),  # torchvision's 31 magnitude bins
     "model.drop_path": (0.0, 1.0, True, False), "optim.label_smoothing": (0.0, 1.0, True, False),
     "optim.momentum": (0.0, 1.0, True, False), "train.ema_decay": (0.0, 1.0, True, False),
     "semi.threshold": (0.0, 1.0, True), "moco.momentum": (0.0, 1.0, True), "run.moco_momentum": (0.0, 1.0, True),

@@ -5,6 +5,14 @@ Anything else escaping a command is an internal error (exit 1, with a traceback)
 
 from __future__ import annotations
 
+import unicodedata
+
+
+def printable(text: str) -> str:
+    """Text safe for a terminal: control characters (ESC sequences that set the title or the clipboard, BEL, ...)
+    from folder names or files are shown escaped; line breaks and tabs stay."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
+
 
 class UserError(Exception):
     """A mistake the user can fix: bad paths, bad data, bad options, bad files."""

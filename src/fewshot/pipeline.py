@@ -616,7 +616,9 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         # metrics.json covers every dataset of the model: the test scores when every dataset has them, else val
         write_json(out / "metrics.json", val_metrics if test.get("not_scored") else test)
         metrics.update({"test": test, "test_unknown": test_unknown,
-                        "pred_all_score": score_predictions(pred, root, class_names, skip=unscorable)})
+                        "pred_all_score": score_predictions(
+                            pred, root, class_names, skip=unscorable, warn=False,  # read_answer_keys warned
+                            test_ids={info.name: [i for i, _ in info.test] for info in test_infos})})
         print(format_table(test, title="test accuracy (scored against test_labels.json)"))
         print(f"unknown-source test: mean acc@1 {test_unknown['mean_acc1']:.2f}, routing {test_unknown['routing_acc']:.2f}")
         if test.get("not_scored"):

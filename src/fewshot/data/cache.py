@@ -139,8 +139,8 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
                 retry = [p for p, why in bad if why in RETRYABLE or why.startswith("[Errno")]
                 if not any(_decode_one((Path(p), size, crop_pct))[1] is None for p in retry):
                     return _finish(torch.from_numpy(arr), bad, paths, skip_bad, skip_note)
-            except (ValueError, KeyError, OSError, json.JSONDecodeError):
-                pass  # unreadable cache: rebuild below
+            except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
+                pass  # unreadable cache (or a meta file of another shape): rebuild below
 
     out = np.zeros((n, 3, size, size), dtype=np.uint8)
     bad: list[tuple[str, str]] = []

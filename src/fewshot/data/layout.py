@@ -88,6 +88,10 @@ def check_output_is_not_in_data(out: Path, root) -> None:
     if out_r == root_r:
         raise UserError(f"--out {out} is the data root itself; give the run a folder of its own (e.g. "
                         f"runs/mine, or a sub-folder of the root such as {Path(root) / 'runs' / 'mine'}).")
+    pool = root_r / "unlabeled"
+    if out_r == pool or pool in out_r.parents:  # its plots would join the unlabeled pool
+        raise UserError(f"--out {out} lies inside the unlabeled pool {Path(root) / 'unlabeled'}; give the run a "
+                        f"folder outside it.")
     for split in ("train", "val", "test"):
         for folder in (out_r, *out_r.parents):
             if folder.name == split and folder.parent.parent == root_r:

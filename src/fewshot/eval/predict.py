@@ -17,9 +17,9 @@ from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import scan_root, test_id
 from fewshot.data.sets import load_split
 from fewshot.data.transforms import Normalize
-from fewshot.errors import CheckpointError, UserError
+from fewshot.errors import CheckpointError, UserError, printable
 from fewshot.eval.evaluate import compute_logits, score
-from fewshot.models.backbone import mean_std
+from fewshot.models.backbone import MAX_IMG_SIZE, MIN_IMG_SIZE, mean_std
 from fewshot.models.classifier import build_classifier
 from fewshot.train.checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -43,18 +43,26 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
     if ck.get("kind") != "supervised":
         raise CheckpointError(f"{path} is a {ck.get('kind')} checkpoint; evaluation and prediction need a "
                               f"fine-tuned one (`fewshot train --weights ...` after `fewshot export`).")
-    space = LabelSpace.from_dict(ck["label_space"])
-    cfg = ck["config"]
-    cfg["model"]["weights"] = None  # the checkpoint holds every weight
-    model = build_classifier(cfg, space.num_classes)
-    state = ck["ema"] if ck.get("ema") is not None else ck["model"]
-    try:
+    try:  # a checkpoint is user input (it may come from anyone): what does not fit is a user error, not exit 1
+        img_size, n_parameters = ck["img_size"], ck["n_parameters"]
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or not MIN_IMG_SIZE <= img_size <= MAX_IMG_SIZE:
+            raise ValueError(f"img_size {img_size!r} is not a whole number in {MIN_IMG_SIZE}..{MAX_IMG_SIZE}")
+        if isinstance(n_parameters, bool) or not isinstance(n_parameters, int):
+            raise ValueError(f"n_parameters {n_parameters!r} is not a whole number")
+        space = LabelSpace.from_dict(ck["label_space"])
+        cfg = ck["config"]
+        cfg["model"]["weights"] = None  # the checkpoint holds every weight
+        model = build_classifier(cfg, space.num_classes)
+        state = ck["ema"] if ck.get("ema") is not None else ck["model"]
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path} does not match model {cfg['model']['name']}: {str(exc)[:400]}") from None
+    except (UserError, CheckpointError):
+        raise
+    except (RuntimeError, TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{path} is not a fine-tuned checkpoint this version can use ({type(exc).__name__}: "
+                              f"{printable(str(exc))[:400]}).") from None
     model.to(device).eval()
-    return TrainedModel(model, space, cfg, Normalize(*mean_std(model.backbone)).to(device), ck["img_size"],
-                        ck["n_parameters"], path)
+    return TrainedModel(model, space, cfg, Normalize(*mean_std(model.backbone)).to(device), img_size,
+                        n_parameters, path)
 
 
 def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list[str]:
@@ -74,7 +82,7 @@ def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list
 def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | str | None = None,
               skip_bad: bool = False):
     """``skip_bad`` (--skip-bad-images, or the run's own data.skip_bad_images): undecodable images are listed and
-    left out; a left-out test image has no entry in pred_all.json."""
+    left out, except test images, which keep a blank row so that pred_all.json holds every id."""
     chosen = _chosen_datasets(tm, datasets)
     try:
         infos = scan_root(root, chosen, splits=(split,))
@@ -106,8 +114,8 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
 def warn_about_blank_test_images(data) -> None:
     if data.skipped:
         print(f"warning: {len(data.skipped)} undecodable test image(s) (listed above) are predicted from a blank "
-              f"image, so that pred_all.json holds every test id; their predictions are guesses.",
-              file=sys.stderr, flush=True)
+              f"image, so that a submission holds every test id; those predictions are guesses, and a test score "
+              f"counts them as such.", file=sys.stderr, flush=True)
 
 
 def warn_about_what_is_not_predicted(tm: TrainedModel, root: Path, infos, datasets) -> None:
@@ -273,9 +281,12 @@ def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "know
     return pred, routing, scores
 
 
-def score_predictions(pred: dict, root: Path, class_names: dict | None = None, skip=()) -> dict:
-    """Accuracy of a pred_all.json against the answer keys (what `make demo` prints); ``class_names``
-    {dataset: classes} lets keys name classes by folder name; ``skip``: datasets not to score."""
+def score_predictions(pred: dict, root: Path, class_names: dict | None = None, skip=(),
+                      test_ids: dict | None = None, warn: bool = True) -> dict:
+    """Accuracy of a pred_all.json against the answer keys, as a grader scores a submission (what `make demo`
+    prints): every keyed test image counts, and one the file has no prediction for is a miss. ``class_names``
+    {dataset: classes} lets keys name classes by folder name; ``skip``: datasets not to score; ``test_ids``
+    {dataset: ids of its test images} (default: read from ROOT/<dataset>/test/)."""
     result = {}
     for name, preds in pred.items():
         if name == "n_parameters" or name in skip:
@@ -284,8 +295,12 @@ def score_predictions(pred: dict, root: Path, class_names: dict | None = None, s
         if not key_file.is_file():
             continue
         key = load_answer_key(key_file, class_names=(class_names or {}).get(name))
-        warn_about_unknown_ids(key_file, key, preds)
-        scored = [i for i in preds if i in key]  # as eval: the test images, not the ids the key lists
-        hits = sum(1 for i in scored if preds[i] == key[i])
+        ids = (test_ids or {}).get(name)
+        if ids is None:
+            ids = [i for i, _ in scan_root(root, [name], splits=("test",))[0].test]
+        if warn:
+            warn_about_unknown_ids(key_file, key, ids)
+        scored = [i for i in ids if i in key]  # as eval: the test images, not the ids the key lists
+        hits = sum(1 for i in scored if preds.get(i) == key[i])
         result[name] = {"acc1": 100.0 * hits / max(1, len(scored)), "n": len(scored)}
     return result

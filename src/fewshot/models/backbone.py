@@ -63,6 +63,11 @@ def backbone_options(model_cfg: dict) -> dict:
             "width": float(model_cfg.get("width") or 1.0), "small_stem": bool(model_cfg.get("small_stem"))}
 
 
+# Input sizes fewshot accepts (--img-size, and the size a checkpoint or export records): a file from anyone
+# must not make prediction decode its test images at 3000 px (GBs of cache and memory).
+MIN_IMG_SIZE, MAX_IMG_SIZE = 1, 1024
+
+
 def adopt_weights_architecture(model_cfg: dict) -> dict:
     """Where the config leaves width / small_stem at their defaults and `model.weights` is an export
     recording other values, take the export's (the file could not load otherwise). Written into the

@@ -52,6 +52,7 @@ def read_tensor_file(path: str | Path) -> dict:
             return load_file(str(path))
         except Exception as exc:
             raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from None
+    _refuse_compressed_members(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise next to the error below
@@ -77,6 +78,21 @@ def read_tensor_file(path: str | Path) -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict.")
     return obj
+
+
+def _refuse_compressed_members(path: Path) -> None:
+    """torch.save stores its zip members uncompressed; a deflated member is not from torch.save, and a 1 MB file
+    inflating to 1.7 GB in torch.load is a zip bomb, refused before anything is inflated."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            packed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # torch.load names what is wrong with it
+    if packed:
+        raise CheckpointError(f"{path} holds compressed members ({', '.join(packed[:3])}); torch.save never "
+                              f"compresses, so it is not a checkpoint written by torch.save, and it is not loaded.")
 
 
 def _head(path: Path, n: int = 8) -> bytes:
@@ -163,6 +179,11 @@ def architecture_of(path: str | Path | None) -> dict:
         if meta.get("small_stem"):
             arch["small_stem"] = meta["small_stem"].lower() == "true"
         if meta.get("img_size", "").isdigit() and int(meta["img_size"]) > 0:
+            from fewshot.models.backbone import MAX_IMG_SIZE
+
+            if int(meta["img_size"]) > MAX_IMG_SIZE:  # a file from anyone must not size the image cache
+                raise CheckpointError(f"weights file {path} records img_size {meta['img_size']}, more than "
+                                      f"{MAX_IMG_SIZE} px; it is not a fewshot export of a usable network.")
             arch["img_size"] = int(meta["img_size"])
     except ValueError:
         return {}

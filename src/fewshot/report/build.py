@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot.errors import UserError
+from fewshot.errors import UserError, printable
 from fewshot.report import html as H
 from fewshot.report import tables as T
 from fewshot.report.runs import Run, expand_runs
@@ -66,7 +66,7 @@ def run_compare(paths: list[str], file=None) -> list[T.Table]:
     T.print_tables(tables, file=file)
     for r in runs:
         for n in r.notes:
-            print(f"note ({r.label}): {n}", file=file)
+            print(printable(f"note ({r.label}): {n}"), file=file)
     return tables
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
+from fewshot.errors import printable
 from fewshot.report.runs import Run
 
 DASH = "–"
@@ -206,7 +207,7 @@ def print_tables(tables: list[Table], file=None) -> None:
         from rich.table import Table as RichTable
     except ImportError:
         for t in tables:
-            print(to_text(t) + "\n", file=file)
+            print(printable(to_text(t)) + "\n", file=file)
         return
     console = Console(file=file, highlight=False)
     needed = max((max(len(line) for line in to_text(t).splitlines()) + 3 * len(t.columns) for t in tables), default=80)
@@ -214,11 +215,14 @@ def print_tables(tables: list[Table], file=None) -> None:
     console = Console(file=file, highlight=False, width=max(needed, console.width),
                       color_system=console.color_system if console.is_terminal else None)
     console.on_broken_pipe = _raise_broken_pipe  # rich exits 1 itself; the CLI reports a cut-off reader as 141
+    from rich.text import Text
+
+    # names come from folders and run files (anyone's): drawn as plain text, never as rich markup or escape codes
     for t in tables:
-        console.print(t.title, style="bold", markup=False)  # above the table, not wrapped to its width
+        console.print(Text(printable(t.title), style="bold"))  # above the table, not wrapped to its width
         rt = RichTable(box=box.SIMPLE_HEAD)
         for c, num in zip(t.columns, t.numeric):
-            rt.add_column(c, justify="right" if num else "left", no_wrap=True)
+            rt.add_column(Text(printable(c)), justify="right" if num else "left", no_wrap=True)
         for i, row in enumerate(t.rows):
-            rt.add_row(*row, style="bold" if i in t.emphasis else None)
+            rt.add_row(*(Text(printable(str(c))) for c in row), style="bold" if i in t.emphasis else None)
         console.print(rt)

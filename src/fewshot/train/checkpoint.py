@@ -57,7 +57,8 @@ def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
             stage = json.loads((p / "summary.json").read_text()).get("predicted_with")
         except (OSError, ValueError, AttributeError):
             stage = None
-        if stage and (p / stage / "checkpoints").is_dir():
+        # a stage is a folder of this run: a name, never a path that leads elsewhere (summary.json is user input)
+        if isinstance(stage, str) and stage and Path(stage).name == stage and (p / stage / "checkpoints").is_dir():
             p = p / stage
     if p.is_dir():
         for name in (f"{prefer}.pt", "best.pt", "last.pt"):

@@ -81,15 +81,15 @@ def build_scheduler(cfg: dict, optimizer, steps_per_epoch: int):
     total = max(1, epochs * steps_per_epoch)
     warmup = int(round(s["warmup_epochs"] * steps_per_epoch))
     cosine = cfg.get("moco", {}).get("cos", True) if cfg.get("_task") == "moco" else True
+    # sched.min_lr and warmup_lr are floors for the usual learning rates: a run asked for a smaller lr (a sweep
+    # down to 1e-6) would otherwise see its lr climb from the peak to the floor along the cosine
+    peak = min(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
     if not cosine:  # MoCo v1: step decay at 120/160 of 200 epochs
         from timm.scheduler import MultiStepLRScheduler
 
         milestones = [int(total * 0.6), int(total * 0.8)]
         return MultiStepLRScheduler(optimizer, decay_t=milestones, decay_rate=0.1, warmup_t=warmup,
-                                    warmup_lr_init=s["warmup_lr"], t_in_epochs=False)
-    # sched.min_lr and warmup_lr are floors for the usual learning rates: a run asked for a smaller lr (a sweep
-    # down to 1e-6) would otherwise see its lr climb from the peak to the floor along the cosine
-    peak = min(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
+                                    warmup_lr_init=min(s["warmup_lr"], peak), t_in_epochs=False)
     return CosineLRScheduler(optimizer, t_initial=total, lr_min=min(s["min_lr"], peak), warmup_t=warmup,
                              warmup_lr_init=min(s["warmup_lr"], peak), warmup_prefix=False, t_in_epochs=False)
 

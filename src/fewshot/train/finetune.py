@@ -34,7 +34,7 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None) -> dict:
     if existing.is_file() and not resume:
         raise UserError(f"'{out}' already holds a run ({existing}). Pass --resume to continue it, "
                         f"or choose another --out.")
-    if not resume and out.is_dir():
+    if not existing.is_file() and out.is_dir():  # also with --resume: without last.pt it starts fresh
         try:
             entries = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
         except OSError as exc:
