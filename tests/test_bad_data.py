@@ -569,3 +569,25 @@ def test_a_read_only_data_root_caches_in_the_user_cache_folder(tmp_path, monkeyp
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setattr(cache.Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
     assert cache.default_cache_dir(other, None) is None
+
+
+def test_an_unwritable_cache_is_one_plain_warning_line(tmp_path, capsys, monkeypatch):
+    """Failing to write the cache warned through warnings.warn, which printed the file, line number and
+    the warn() source line around the message; it is now one `warning:` line, once per folder."""
+    import fewshot.data.cache as cache
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(p)
+        paths.append(p)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setattr(cache, "_WARNED", set())
+    for size in (8, 16):
+        got = cache.load_images(paths, size, blocker / "cache", threads=1)
+        assert bool(got.valid.all())
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "image cache" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: could not write the image cache"), err
+    assert "warnings.warn" not in err and "cache.py" not in err

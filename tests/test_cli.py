@@ -387,6 +387,15 @@ def test_models_lists_resnet18_with_parameter_count():
     assert all(re.search(r"resnet1", line.split()[0]) for line in out.splitlines()[1:] if not line.startswith("..."))
 
 
+def test_models_matches_any_case_and_refuses_a_limit_below_one():
+    """`models RESNET18` matched nothing; `--limit -1` listed every model but the last (and built them all)."""
+    rc, out, err = run_main("models", "RESNET18", "--limit", "5")
+    assert rc == 0 and any(line.split()[:1] == ["resnet18"] for line in out.splitlines()), out + err
+    for bad in ("-1", "0", "x"):
+        rc, _, err = run_main("models", "resnet18", "--limit", bad)
+        assert rc == 2 and "--limit" in err, err
+
+
 class _ClosedPipe(io.StringIO):
     """stdout whose reader has gone away, as in `fewshot models | head -1`."""
 
@@ -614,6 +623,15 @@ def test_pretrain_warns_when_the_queue_is_as_large_as_the_pool(digits_root, tmp_
                             "--no-progress", "moco.queue_size=100000", "moco.split_bn_groups=2")
     assert rc == 0, err
     assert "warning: the queue (K=100000) holds at least as many keys as the pool" in out
+    small = tmp_path / "small"  # half of this pool is less than a batch: the advice must be a queue that can start
+    small.mkdir()
+    for p in sorted((digits_root / "unlabeled").rglob("*.png"))[:10]:
+        shutil.copy(p, small / f"{p.parent.name}_{p.name}")
+    rc, out, err = run_main("pretrain", "--data", digits_root, "--out", tmp_path / "small-run", "--model", "test_resnet",
+                            "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                            "moco.queue_size=64", "moco.split_bn_groups=2", "--unlabeled", small, "--no-progress")
+    assert rc == 0, err
+    assert "(a batch of at most 2 images, then --queue-size 5:" in out, out
 
 
 def test_a_course_recipe_without_weights_warns_that_the_random_backbone_barely_moves(capsys):
@@ -811,3 +829,21 @@ def test_a_home_folder_written_after_an_equals_sign_is_expanded(monkeypatch, tmp
     _expand_home(args)
     assert (args.out, args.data, args.unlabeled, args.mode) == (str(tmp_path / "r"), "/abs", [str(tmp_path / "p"), "q"],
                                                                 "known")
+
+
+@pytest.mark.parametrize("argv, named", [(["data", "digits", "--out", ""], "--out"),
+                                         (["train", "--data", "", "--out", "x"], "--data"),
+                                         (["pretrain", "--data", "d", "--out", "x", "--unlabeled", "a", ""], "--unlabeled")])
+def test_an_empty_path_is_refused(argv, named, tmp_path, monkeypatch):
+    """`--out ''` (an unset shell variable) built the dataset into the current folder and exited 0."""
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_main(*argv)
+    assert rc == 2 and f"an empty path was given for {named}" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_under_torchrun_is_refused(tmp_path, monkeypatch):
+    """Every rank built into the same temporary folder: one crashed with a traceback (exit 1)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rc, _, err = run_main("data", "digits", "--out", tmp_path / "d")
+    assert rc == 2 and "without torchrun" in err and not (tmp_path / "d").exists()

@@ -65,6 +65,8 @@ def test_unknown_fields_refused(tmp_path):
     ("sched.warmup_epochs=-1", "sched.warmup_epochs must be at least 0"),
     ("model.head=cosine", "model.head must be one of linear"),  # was accepted and ignored
     ("semi.views=strongest", "semi.views must be one of randaug, mocov2"),
+    ("semi.method=fixmach", "semi.method must be one of off, fixmatch"),  # was checked after config.yaml was written
+    ("model.head_init=proto", "model.head_init must be one of random, probe, prototype"),
     ("aug.scale=[1.0,0.2]", r"aug.scale must be \[low, high\] with 0 < low <= high <= 1"),
     ("aug.scale=5", r"aug.scale must be \[low, high\]"),
     ("model.width=0", r"model.width must be in \(0, 4\]"),  # was read as 1.0 (`width or 1.0`)

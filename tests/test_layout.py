@@ -188,7 +188,7 @@ def test_empty_class_folder(copy_root, dataset_names):
 
 
 def test_class_folder_with_only_hidden_files_is_empty(copy_root, dataset_names):
-    cls = copy_root / dataset_names[0] / "val" / "5"
+    cls = copy_root / dataset_names[0] / "train" / "5"
     shutil.rmtree(cls)
     cls.mkdir()
     (cls / ".DS_Store").write_text("x")
@@ -265,7 +265,46 @@ def test_val_classes_differ_from_train(copy_root, dataset_names):
     (val / "7").rename(val / "seven")
     problems = problems_of(copy_root)
     one_problem(problems, val, "not in train", "seven")
-    one_problem(problems, val, "missing from val", "7")
+    assert len(problems) == 1  # train's 7 without val images alone is a warning (below)
+
+
+def test_a_class_without_val_images_is_trained_and_left_out_of_val(copy_root, dataset_names, tmp_path, capfd):
+    """Held-out data may have no val image for a rare class: the layout check refused the whole root ("train
+    classes missing from val"), and a val split scanned alone (eval) then took other class indices. The class
+    is now trained, warned about once, and eval scores the other classes by the model's class indices."""
+    import torch
+
+    from fewshot.eval.predict import _data_for, load_trained
+
+    first = dataset_names[0]
+    run = tmp_path / "run"  # trained on every class, before any is removed
+    rc, _, err = run_main(*train_argv(copy_root, run, "--datasets", first))
+    assert rc == 0, err
+    val = copy_root / first / "val"
+    shutil.rmtree(val / "3")
+    (val / "5").mkdir(exist_ok=True)
+    for p in (val / "5").iterdir():
+        p.unlink()  # an empty val class folder: the same
+    info = scan_root(copy_root, [first])[0]
+    assert "3" in info.classes and "5" in info.classes
+    assert {info.classes[k] for _, k in info.val} == set(info.classes) - {"3", "5"}
+    err = capfd.readouterr().err
+    assert err.count("no val images for 2 class(es)") == 1 and "3, 5" in err
+    scan_root(copy_root, [first])
+    assert "no val images" not in capfd.readouterr().err  # once per process
+
+    tm = load_trained(run, torch.device("cpu"))
+    _, data = _data_for(tm, copy_root, "val")
+    names = [c for classes in tm.space.classes for c in classes]
+    assert len(data.paths) == len(info.val)
+    assert all(names[int(t)] == Path(p).parent.name for p, t in zip(data.paths, data.targets))
+    assert "no val images for 2 of the model's class(es), which are not scored: 3, 5" in capfd.readouterr().err
+    rc, _, err = run_main("eval", str(run), "--data", str(copy_root), "--no-progress")
+    assert rc == 0, err
+
+    shutil.rmtree(val)
+    val.mkdir()
+    one_problem(problems_of(copy_root, datasets=[first]), val, "no val images")
 
 
 def test_all_problems_reported_at_once(copy_root, dataset_names):
@@ -371,7 +410,7 @@ def test_cli_unknown_dataset_exits_2(digits_root, tmp_path, capsys):
 
 def test_cli_subprocess_layout_error_no_traceback(copy_root, tmp_path, dataset_names):
     """The real entry point: exit status 2, the path in the message, no traceback."""
-    empty = copy_root / dataset_names[1] / "val" / sorted(p.name for p in (copy_root / dataset_names[1] / "val").iterdir())[0]
+    empty = copy_root / dataset_names[1] / "train" / sorted(p.name for p in (copy_root / dataset_names[1] / "train").iterdir())[0]
     shutil.rmtree(empty)
     empty.mkdir()
     proc = subprocess.run([sys.executable, "-m", "fewshot", *train_argv(copy_root, tmp_path / "run")],
@@ -503,3 +542,57 @@ def test_a_report_written_into_the_data_root_is_not_a_dataset(copy_root, dataset
     capfd.readouterr()
     assert list_datasets(copy_root) == dataset_names
     assert f"{rep} is not a dataset (fewshot output" in capfd.readouterr().err
+
+
+def test_unlabeled_folders_count_each_file_once_and_never_the_scoring_splits(copy_root, dataset_names, tmp_path,
+                                                                              capfd):
+    """--unlabeled with the same folder twice (or one inside another) counted its images twice; --unlabeled ROOT
+    pooled the val images that pick best.pt and the test images that judge the run; a symlinked sub-folder
+    was skipped without a word. Each file now counts once, val/test are left out with a note, links are named."""
+    from fewshot.config import resolve
+    from fewshot.ssl.pretrain import pool_with_sources
+
+    first = dataset_names[0]
+    pool = copy_root / "unlabeled" / first
+    n_pool = len(list(pool.rglob("*.png")))
+    infos = scan_root(copy_root, [first])
+
+    def pool_of(*folders):
+        cfg = resolve(flags={"data.root": str(copy_root), "data.unlabeled": [str(f) for f in folders]})
+        paths, ids, _ = pool_with_sources(cfg, infos)
+        assert set(ids) == {-1}
+        return paths
+
+    assert len(pool_of(pool, pool)) == n_pool
+    assert len(pool_of(copy_root / "unlabeled", pool, Path(f"{pool}/./"))) == len(list((copy_root / "unlabeled").rglob("*.png")))
+    everything = pool_of(copy_root)
+    for name in dataset_names:
+        for split in ("val", "test"):
+            assert not any(Path(p).is_relative_to(copy_root / name / split) for p in everything)
+    assert sum(Path(p).is_relative_to(copy_root / first / "train") for p in everything) == len(infos[0].train)
+    assert "note: leaving out" in capfd.readouterr().err
+    with pytest.raises(UserError, match="only .* val/test image"):
+        pool_of(copy_root / first / "test")
+
+    linked = tmp_path / "linked"  # a symlinked folder is named, not walked (a link to / or to test/ ...)
+    linked.mkdir()
+    shutil.copy(next(pool.rglob("*.png")), linked / "own.png")
+    (linked / "tests").symlink_to(copy_root / first / "test")
+    (linked / "loop").symlink_to(linked)
+    assert [Path(p).name for p in pool_of(linked)] == ["own.png"]
+    err = capfd.readouterr().err
+    assert "note: not following 2 symlinked folder(s)" in err and str(linked / "tests") in err
+    assert len(pool_of(linked / "tests", pool)) == n_pool  # given as a pool folder: walked (and test left out)
+
+
+def test_a_run_folder_inside_an_unlabeled_folder_is_refused(copy_root, tmp_path):
+    """Its plots joined the pool: the first run trained on N images, --resume found N+1 and refused."""
+    from fewshot.data.layout import check_output_is_not_in_data
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    with pytest.raises(UserError, match="inside the unlabeled folder"):
+        check_output_is_not_in_data(pool / "run", copy_root, [str(pool)])
+    with pytest.raises(UserError, match="inside the unlabeled folder"):
+        check_output_is_not_in_data(pool, copy_root, str(pool))
+    check_output_is_not_in_data(tmp_path / "run", copy_root, [str(pool)])

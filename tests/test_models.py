@@ -349,6 +349,37 @@ def test_prototype_head_is_the_cosine_nearest_class_mean_of_standardised_feature
     assert torch.all(logits[:, 3] == 0)
 
 
+@pytest.mark.parametrize("head_init", ["prototype", "probe"])
+def test_a_head_fitted_at_start_survives_the_first_batchnorm_updates(digits_root, head_init):
+    """model.head_init on a random-init backbone fitted the head to eval-mode features made with BatchNorm
+    statistics of no data (mean 0, var 1); training's first forward passes replaced those statistics and
+    eval accuracy fell to chance even at lr 0. The statistics are now taken from the labelled images first."""
+    from fewshot.config import resolve
+    from fewshot.data.layout import scan_root
+    from fewshot.train.distributed import DistContext
+    from fewshot.train.supervised import SupervisedTask
+
+    torch.manual_seed(0)
+    cfg = resolve(flags={"data.root": str(digits_root), "model.name": "test_resnet", "model.img_size": 32,
+                         "train.device": "cpu", "model.head_init": head_init, "model.drop_path": 0.0})
+    task = SupervisedTask(cfg, scan_root(digits_root, None, splits=("train", "val")), torch.device("cpu"),
+                          DistContext())
+    model, train = task.model, task.train_set
+
+    def train_accuracy() -> float:
+        model.eval()
+        with torch.no_grad():
+            return (model(task.normalize(train.images)).argmax(1) == train.targets).float().mean().item()
+
+    at_init = train_accuracy()
+    assert at_init > 0.5  # the head fits the labelled images
+    model.train()
+    with torch.no_grad():  # what training at lr 0 does: only the norm statistics move
+        for _ in range(20):
+            model(task.normalize(train.images[torch.randperm(len(train))[:32]]))
+    assert train_accuracy() > at_init - 0.1
+
+
 @pytest.mark.parametrize("name", ["test_coatnet", "test_maxvit"])
 def test_window_attention_weights_load_at_another_image_size(name, tmp_path):
     """A Swin/MaxViT/CoAtNet export made at 32 px was refused at 64 px (relative-position tables follow the

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fewshot.errors import UserError
 from helpers.checks import run_main
 from test_cli import test_ids
 
@@ -160,11 +161,15 @@ def test_self_training_never_pseudo_labels_the_labelled_training_images(copy_roo
     digits = [i for i, info in enumerate(infos) if info.name == "digits"][0]
     assert int((ids_all == digits).sum()) == len(infos[digits].train)
     assert int((ids == digits).sum()) == 0 and len(without) == len(with_train) - len(infos[digits].train)
-    # a pool folder that holds val images (spelled with another path): none of them may be pseudo-labelled
-    cfg["data"]["unlabeled"] = [str(copy_root / "digits" / ".." / "digits" / "val")]
-    images, ids, _, _, _ = load_pool(cfg, infos, 16)
-    assert len(images) == len(infos[digits].val) and bool((ids == -1).all())
+    # a pool folder that holds val images (spelled with another path): none of them joins the pool at all
+    cfg["data"]["unlabeled"] = [str(copy_root / "digits" / ".." / "digits")]
+    images, ids, paths, _, _ = load_pool(cfg, infos, 16)
+    assert len(images) == len(infos[digits].train) and bool((ids == -1).all())
+    assert not any("/val/" in p or "/test/" in p for p in paths)
     assert len(load_pool(cfg, infos, 16, exclude_train=True)[0]) == 0
+    cfg["data"]["unlabeled"] = [str(copy_root / "digits" / ".." / "digits" / "val")]
+    with pytest.raises(UserError, match="val/test image"):
+        load_pool(cfg, infos, 16)
 
 
 def test_pool_paths_stay_aligned_with_images_when_a_bad_file_is_skipped(copy_root):
@@ -230,9 +235,12 @@ def test_run_refuses_torchrun(digits_root, tmp_path, monkeypatch):
     assert rc == 2 and "torchrun" in err
 
 
-def test_run_rejects_a_non_positive_budget(digits_root, tmp_path):
-    rc, _, err = run_main("run", "--data", digits_root, "--out", tmp_path / "x", "--budget-minutes", "0")
+@pytest.mark.parametrize("minutes", ["0", "-1", "nan", "inf"])
+def test_run_rejects_a_budget_that_is_not_a_positive_number(digits_root, tmp_path, minutes):
+    """nan passed `minutes <= 0` and planned a run of nothing; inf crashed with exit 1 after writing files."""
+    rc, _, err = run_main("run", "--data", digits_root, "--out", tmp_path / "x", "--budget-minutes", minutes)
     assert rc == 2 and "--budget-minutes" in err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("damage", ["no test folder", "undecodable test image", "undecodable pool image"])

@@ -320,3 +320,29 @@ def test_a_copy_of_the_signal_does_not_interrupt_the_stop_again(monkeypatch):
                 time.sleep(0.05)
                 cleaned.append(True)
     assert cleaned == [True]
+
+
+def test_resume_on_other_datasets_is_refused(digits_root, dataset_names, stopped_and_resumed, tmp_path):
+    """data.root may move between sessions, the data may not change: a root holding only one of the run's
+    datasets crashed (exit 1, a head of the wrong size) or wrote a submission for that dataset alone."""
+    import shutil
+
+    out = Path(shutil.copytree(stopped_and_resumed[0], tmp_path / "copy"))
+    state = _state(out)
+    assert state["classes"] == {name: sorted(p.name for p in (digits_root / name / "train").iterdir())
+                                for name in dataset_names}
+    state["finished"] = False  # as if stopped in its report
+    (out / "run_state.json").write_text(json.dumps(state))
+    fewer = Path(shutil.copytree(digits_root, tmp_path / "fewer", ignore=shutil.ignore_patterns(".fewshot_cache")))
+    shutil.rmtree(fewer / dataset_names[1])
+    rc, _, err = run_main(*_cmd(fewer, out, "--resume"))
+    assert rc == 2 and f"{dataset_names[1]} is missing" in err, err
+    renamed = Path(shutil.copytree(digits_root, tmp_path / "renamed", ignore=shutil.ignore_patterns(".fewshot_cache")))
+    first = renamed / dataset_names[0]
+    for split in ("train", "val"):
+        old = sorted((first / split).iterdir())[0]
+        old.rename(old.parent / f"z_{old.name}")
+    rc, _, err = run_main(*_cmd(renamed, out, "--resume"))
+    assert rc == 2 and f"{dataset_names[0]}'s classes differ" in err, err
+    rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))  # the same data: it goes on
+    assert rc == 0, err

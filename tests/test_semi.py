@@ -131,6 +131,9 @@ def test_calibrated_thresholds_open_a_class_only_as_far_as_val_says_it_is_right(
     # class 1: k=1 -> 2/3, k=3 -> 3/5: never 0.8 -> closed; class 2 never predicted -> closed
     assert math.isinf(t[1].item()) and math.isinf(t[2].item())
     assert math.isclose(calibrated_thresholds(probs, targets, precision=0.9)[0].item(), conf0[7].item(), rel_tol=1e-6)
+    # class 2 has no val image at all (held-out data): it takes the shared threshold, val cannot close it
+    shared = calibrated_thresholds(probs, targets, precision=0.8, unmeasured=0.3)
+    assert shared[2].item() == pytest.approx(0.3) and math.isinf(shared[1].item()) and shared[0] == t[0]
     # per-class thresholds in the selection: a closed class keeps nothing
     logits = torch.tensor([[4.0, 0.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 4.0, 0.0]])
     idx, labels, _ = select_pseudo_labels(logits, torch.tensor([0, 0, 1]), SPACE, torch.tensor([5] * 5),

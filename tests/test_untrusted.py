@@ -373,6 +373,11 @@ def test_escape_codes_in_folder_names_are_shown_escaped_in_error_messages(root, 
     copy = tmp_path / "root"
     shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".fewshot_cache"))
     name = sorted(p.name for p in copy.iterdir() if (p / "val").is_dir())[0]
-    (copy / name / "val" / "\x1b]52;c;ZXZpbA==\x07x").mkdir()  # a val class that train lacks: a layout problem
+    evil = "\x1b]52;c;ZXZpbA==\x07x"
+    (copy / name / "train" / evil).mkdir()  # an empty train class: a layout problem
     rc, _, err = run_main(*train_argv(copy, tmp_path / "r"))
     assert rc == 2 and "\x1b" not in err and "\x07" not in err and "\\x1b]52" in err, err
+    (copy / name / "train" / evil).rmdir()
+    (copy / name / "val" / evil).mkdir()  # an empty val class: a warning, escaped too
+    rc, _, err = run_main(*train_argv(copy, tmp_path / "r2"))
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b]52" in err, err

@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "pred_all.json still holds every id) instead of failing")
 
     p = sub.add_parser("models", help="list timm models with parameter counts and input sizes")
-    p.add_argument("pattern", nargs="?", default="*")
-    p.add_argument("--limit", type=int, default=60)
+    p.add_argument("pattern", nargs="?", default="*",
+                   help="a part of the name (resnet) or a wildcard pattern (vit_*_patch16_*); case-insensitive")
+    p.add_argument("--limit", type=_at_least_one, default=60, help="list at most this many (default 60)")
 
     p = sub.add_parser("report", help="an HTML report of one or more runs (curves, accuracy bars, tables, "
                        "confusion matrices, embeddings, predictions)",
@@ -176,6 +177,8 @@ def cmd_data(args, extra) -> int:
     from fewshot.data.build import build_dataset
     from fewshot.utils import check_output_dir
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank built into one temporary folder and crashed
+        raise UserError("`fewshot data` builds a dataset in one process; run it without torchrun.")
     check_output_dir(args.out)  # before decoding the source files
     summary = build_dataset(args.name, Path(args.out), shots=args.shots, seed=args.seed,
                             idx_dir=Path(args.idx_dir) if args.idx_dir else None, val_per_class=args.val_per_class,
@@ -273,6 +276,17 @@ ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EN
                                 errno.EISDIR, errno.ENAMETOOLONG})
 
 
+def _at_least_one(text: str) -> int:
+    """--limit -1 listed every model but the last (Python's [:-1]) and built all ~1400 of them."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 PATH_ARGS = ("data", "out", "run", "weights", "config", "unlabeled", "runs")
 
 
@@ -298,6 +312,14 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     from fewshot import cli_moco
 
     handlers = {**COMMANDS, **cli_moco.COMMANDS}
+    empty = [name for name in PATH_ARGS if name != "weights" and getattr(args, name, None) == ""  # '': random init
+             or (isinstance(getattr(args, name, None), list) and "" in getattr(args, name))]
+    if empty:  # `--out ''` (an unset shell variable) wrote into the current folder
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices[args.command]
+        names = {a.dest: a.option_strings[0] if a.option_strings else (a.metavar or a.dest.upper())
+                 for a in command._actions}
+        command.error(f"an empty path was given for {', '.join(names.get(n, n) for n in empty)}")  # usage; exit 2
     bad = [w for w in extra if w.startswith("-")]
     if bad or (extra and args.command not in ("train", "pretrain", "run")):
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

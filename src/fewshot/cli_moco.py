@@ -84,7 +84,8 @@ def add_parsers(sub, add_common, epilog) -> None:
                        "BatchNorm(affine=False) + linear head (or, with --head prototype, the nearest class mean of "
                        "normalised features) is trained on ROOT's train splits and scored per dataset on val, in "
                        "the metrics.json format of `fewshot eval`.")
-    p.add_argument("--weights", required=True, help="backbone weights (safetensors from `fewshot export`, ...)")
+    p.add_argument("--weights", required=True, help="backbone weights (safetensors from `fewshot export`, ...); "
+                   "'' probes a randomly initialised backbone (a baseline)")
     p.add_argument("--model", required=True, help="timm model name the weights belong to")
     p.add_argument("--data", required=True)
     p.add_argument("--out", help="folder for metrics.json")

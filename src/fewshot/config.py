@@ -362,6 +362,8 @@ CHOICES = {  # fields whose value must be one of a few words (checked at start-u
     "train.eval_mode": ("known", "unknown"),
     "model.head": ("linear",),  # SPEC's BN(affine=False) + Linear; the field stays so saved configs still load
     "semi.views": ("randaug", "mocov2"),
+    "semi.method": ("off", "fixmatch", False, None),  # YAML reads a bare off as false (and null as None)
+    "model.head_init": ("random", "probe", "prototype"),
     "train.channels_last": ("auto", True, False),
     "train.compile": ("auto", True, False),
     "moco.preset": tuple(["mocov1", "mocov2"]),
@@ -437,7 +439,8 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
             raise UserError(f"{dotted} must be {kind}, not {value!r}.")
         if dotted in CHOICES and not any(value == c and isinstance(value, bool) == isinstance(c, bool)
                                          for c in CHOICES[dotted]):  # 1 is not `true`
-            words = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in CHOICES[dotted])
+            words = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in CHOICES[dotted]
+                              if c is not None)
             raise UserError(f"{dotted} must be one of {words}, not {value!r}.")
         if dotted in AT_LEAST and value is not None and value < AT_LEAST[dotted]:
             raise UserError(f"{dotted} must be at least {AT_LEAST[dotted]}, not {value!r}.")

@@ -318,7 +318,8 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
     if float(r["pseudo_precision"]) > 0:
         val = task.val_set
         val_probs = teacher_probabilities(task.val_logits(task.model), val.dataset_ids, task.space)
-        threshold = calibrated_thresholds(val_probs, val.targets, float(r["pseudo_precision"])).clamp(min=threshold)
+        threshold = calibrated_thresholds(val_probs, val.targets, float(r["pseudo_precision"]),
+                                          unmeasured=float(threshold)).clamp(min=threshold)
     idx, labels, conf = select_pseudo_labels(logits, dataset_ids, task.space, quota, threshold)
     owner = task.space.owner()[labels]
     from_unknown = dataset_ids[idx] < 0
@@ -452,7 +453,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     r = cfg["run"]
     semi = check_run_settings(r)
     set_enabled(bool(cfg["train"]["progress"]))
-    check_output_is_not_in_data(out, cfg["data"]["root"])
+    check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
     if not resume:
         refuse_used_output(out)
     ensure_writable_dir(out, "output")
@@ -463,6 +464,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     # the test split and its answer keys are checked now, not after the whole budget has been spent
     test_infos = scan_root(cfg["data"]["root"], [i.name for i in infos], splits=("test",))
     class_names = {info.name: list(info.classes) for info in infos}
+    if state is not None:
+        state.check_same_data(class_names)
     unscorable: set[str] = set()
     for info in test_infos:  # what scoring after the budget needs: classes in range, every test image keyed
         if info.answer_key is not None:
@@ -512,7 +515,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
             semi = r["semi_method"] = "off"
     lock_run_dir(out)  # a second `fewshot run` (or --resume) into the folder while this one runs is refused
     if state is None:  # written once the inputs have passed their checks: a failed start leaves no run behind
-        state = RunState.start(out, requested, budget_minutes, cfg["model"]["img_size"], time.monotonic() - t_start)
+        state = RunState.start(out, requested, budget_minutes, cfg["model"]["img_size"], time.monotonic() - t_start,
+                               class_names)
     else:
         used = state.seconds_used()
         t_start -= used  # the budget counts every session's time, this one's start-up included
@@ -691,5 +695,6 @@ def check_run_settings(r: dict) -> str:
 
 
 def check_budget(minutes: float) -> None:
-    if minutes is None or minutes <= 0:
-        raise UserError("--budget-minutes must be a positive number of minutes.")
+    """A positive, finite number of minutes (inf and nan used to pass: nan planned nothing, inf crashed)."""
+    if minutes is None or not math.isfinite(minutes) or minutes <= 0:
+        raise UserError(f"--budget-minutes must be a positive number of minutes, not {minutes!r}.")

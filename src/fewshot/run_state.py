@@ -36,14 +36,34 @@ class RunState:
         self.data = data
 
     @classmethod
-    def start(cls, out: Path, cfg: dict, budget_minutes: float, img_size: int, seconds: float) -> "RunState":
+    def start(cls, out: Path, cfg: dict, budget_minutes: float, img_size: int, seconds: float,
+              classes: dict[str, list[str]] | None = None) -> "RunState":
         """``cfg``: the settings as requested; ``img_size``: the size the run chose (a resumed run keeps it);
-        ``seconds``: the budget already used by start-up and decoding."""
+        ``seconds``: the budget already used by start-up and decoding; ``classes``: dataset -> class names,
+        which a resume must find again (data.root may move, the data may not change)."""
         state = cls(out, {"version": 1, "budget_minutes": budget_minutes, "config": copy.deepcopy(cfg),
                           "img_size": img_size, "seconds": seconds, "stages": {}, "summary": None,
-                          "fit_seconds": [], "finished": False})
+                          "fit_seconds": [], "finished": False, "classes": classes})
         state.save()
         return state
+
+    def check_same_data(self, classes: dict[str, list[str]]) -> None:
+        """A --resume on a root with other datasets or classes reused stages trained on the old ones: a head of
+        the wrong size (exit 1), or a submission for only some of the datasets the run started on."""
+        saved = self.data.get("classes")
+        if saved is None or saved == classes:  # a run started before the classes were recorded: not checked
+            return
+        parts = []
+        for name in sorted(set(saved) | set(classes)):
+            if name not in classes:
+                parts.append(f"{name} is missing")
+            elif name not in saved:
+                parts.append(f"{name} is new")
+            elif saved[name] != classes[name]:
+                parts.append(f"{name}'s classes differ")
+        raise UserError(f"--resume continues '{self.out}' on the datasets it started with, but this data root "
+                        f"differs ({'; '.join(parts)}). Resume with the same data, or start a new run with "
+                        f"another --out.")
 
     @classmethod
     def resume(cls, out: Path, cfg: dict, budget_minutes: float | None) -> "RunState":

@@ -21,6 +21,7 @@ import functools
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -188,9 +189,7 @@ def compile_modules(modules, setting, device: torch.device, backend: str | None 
     if not resolve_compile(setting, device):
         return False
     if not hasattr(torch, "compile"):
-        import warnings
-
-        warnings.warn("train.compile is on but this torch has no torch.compile; running eagerly")
+        print("warning: train.compile is on but this torch has no torch.compile; running eagerly", file=sys.stderr)
         return False
     from torch import _dynamo
 

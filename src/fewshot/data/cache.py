@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
-from fewshot.errors import DataLayoutError, UserError
+from fewshot.errors import DataLayoutError, UserError, printable
 from fewshot.progress import track
 from fewshot.utils import atomic_write_text
 
@@ -165,10 +165,11 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
             os.replace(tmp, data_file)
             atomic_write_text(meta_file, json.dumps({"n": n, "size": size, "bad": bad}))
         except OSError as exc:
-            if str(cache_dir) not in _WARNED:  # once per folder, not once per split and image size
+            if str(cache_dir) not in _WARNED and os.environ.get("RANK", "0") == "0":  # once per folder and job
                 _WARNED.add(str(cache_dir))
-                warnings.warn(f"could not write the image cache in {cache_dir}: {exc}; continuing without it "
-                              f"(train, pretrain and run: data.cache_dir=DIR chooses a writable folder)")
+                print(printable(f"warning: could not write the image cache in {cache_dir}: {exc}; continuing "
+                                f"without it (train, pretrain and run: data.cache_dir=DIR chooses a writable "
+                                f"folder)"), file=sys.stderr, flush=True)
     return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note)
 
 
@@ -202,7 +203,7 @@ def report_skipped(bad: list[tuple[str, str]], limit: int = 50, note: str = "--s
     lines = [f"  - {p}: {why}" for p, why in bad[:limit]]
     if len(bad) > limit:
         lines.append(f"  ... and {len(bad) - limit} more")
-    print(f"warning: skipping {len(bad)} undecodable image(s) ({note}):\n" + "\n".join(lines),
+    print(printable(f"warning: skipping {len(bad)} undecodable image(s) ({note}):\n" + "\n".join(lines)),
           file=sys.stderr, flush=True)
 
 

@@ -14,7 +14,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot.errors import DataLayoutError, UserError
+from fewshot.errors import DataLayoutError, UserError, printable
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 NOT_DATASETS = frozenset({"unlabeled"})
@@ -81,10 +81,17 @@ def not_a_dataset(folder: Path) -> str | None:
     return None
 
 
-def check_output_is_not_in_data(out: Path, root) -> None:
+def check_output_is_not_in_data(out: Path, root, unlabeled=None) -> None:
     """A run folder that is the data root, or inside one of its datasets, changes the data: `--out ROOT` left
-    ROOT/plots/ and ROOT/checkpoints/, and every later command on ROOT failed on them as datasets."""
+    ROOT/plots/ and ROOT/checkpoints/, and every later command on ROOT failed on them as datasets. Inside an
+    --unlabeled folder (``unlabeled``: data.unlabeled), its plots joined the pool and --resume then refused it."""
     out_r, root_r = Path(out).resolve(), Path(root).resolve()
+    folders = [] if not unlabeled else unlabeled if isinstance(unlabeled, (list, tuple)) else [unlabeled]
+    for folder in folders:
+        folder_r = Path(folder).resolve()
+        if out_r == folder_r or folder_r in out_r.parents:
+            raise UserError(f"--out {out} lies inside the unlabeled folder {folder}, whose every image joins the "
+                            f"pool (the run's plots too); give the run a folder outside it.")
     if out_r == root_r:
         raise UserError(f"--out {out} is the data root itself; give the run a folder of its own (e.g. "
                         f"runs/mine, or a sub-folder of the root such as {Path(root) / 'runs' / 'mine'}).")
@@ -141,8 +148,10 @@ def _is_candidate(path: Path) -> bool:
     return is_image(path) and (path.is_file() or (path.is_symlink() and not path.exists()))
 
 
-def _scan_labelled(split_dir: Path, problems: list[str]) -> dict[str, list[Path]]:
-    """class name -> sorted image paths; records empty / image-less class folders."""
+def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None = None) -> dict[str, list[Path]]:
+    """class name -> sorted image paths; records empty / image-less class folders (in ``gaps`` when given:
+    a val class without images is a warning, not a layout error)."""
+    gaps = problems if gaps is None else gaps
     classes: dict[str, list[Path]] = {}
     entries = _listdir(split_dir, problems)
     if entries is None:
@@ -160,7 +169,7 @@ def _scan_labelled(split_dir: Path, problems: list[str]) -> dict[str, list[Path]
             continue
         files = [p for p in listed if not p.name.startswith(".")]
         if not files:
-            problems.append(f"{entry}: empty class folder")
+            gaps.append(f"{entry}: empty class folder")
             continue
         images = [p for p in files if _is_candidate(p)]
         if not images:
@@ -170,8 +179,8 @@ def _scan_labelled(split_dir: Path, problems: list[str]) -> dict[str, list[Path]
                                 f"({', '.join(subfolders[:3])}{', ...' if len(subfolders) > 3 else ''}), which are "
                                 f"not read; a class's images must sit in its folder ({split_dir}/<class>/<image>)")
             else:
-                problems.append(f"{entry}: class folder without images (allowed extensions: "
-                                f"{', '.join(sorted(IMAGE_EXTS))})")
+                gaps.append(f"{entry}: class folder without images (allowed extensions: "
+                            f"{', '.join(sorted(IMAGE_EXTS))})")
             continue
         name = unicodedata.normalize("NFC", entry.name)  # macOS writes decomposed names: "café" is one class
         if name in classes:
@@ -207,6 +216,7 @@ def _natural(image_id: str) -> tuple:
 
 
 _TOLD_IGNORED: set[tuple[str, ...]] = set()  # each warning about ignored test files once per process
+_TOLD_GAPS: set[str] = set()  # each warning of warn_once once per process
 
 
 def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[str, Path]]:
@@ -244,9 +254,9 @@ def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[str, Path]]:
     elif ignored and (str(test_dir), *ignored) not in _TOLD_IGNORED and os.environ.get("RANK", "0") == "0":
         _TOLD_IGNORED.add((str(test_dir), *ignored))
         names = ", ".join(sorted(ignored)[:10]) + (f" and {len(ignored) - 10} more" if len(ignored) > 10 else "")
-        print(f"warning: {test_dir}: ignoring {len(ignored)} file(s) that are not images by their extension, so "
-              f"nothing is predicted for them: {names} (test images are <id>.<ext>, ext one of "
-              f"{', '.join(sorted(IMAGE_EXTS))})", file=sys.stderr, flush=True)
+        print(printable(f"warning: {test_dir}: ignoring {len(ignored)} file(s) that are not images by their "
+                        f"extension, so nothing is predicted for them: {names} (test images are <id>.<ext>, ext one "
+                        f"of {', '.join(sorted(IMAGE_EXTS))})"), file=sys.stderr, flush=True)
     return sorted(seen.items(), key=lambda item: _natural(item[0]))
 
 
@@ -274,6 +284,7 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         names = available
 
     problems: list[str] = []
+    val_gaps: list[str] = []
     infos: list[DatasetInfo] = []
     for name in names:
         ds_dir = root / name
@@ -287,7 +298,7 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
             if split == "test":
                 test = _scan_test(split_dir, problems)
             else:
-                found[split] = _scan_labelled(split_dir, problems)
+                found[split] = _scan_labelled(split_dir, problems, val_gaps if split == "val" else None)
         train_classes = sorted(found.get("train", {}))
         if "train" in found and "val" in found:
             val_classes = sorted(found["val"])
@@ -295,8 +306,13 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
             only_val = sorted(set(val_classes) - set(train_classes))
             if only_val:
                 problems.append(f"{ds_dir / 'val'}: val classes not in train: {', '.join(only_val[:10])}")
-            if only_train:
-                problems.append(f"{ds_dir / 'val'}: train classes missing from val: {', '.join(only_train[:10])}")
+            if only_train and not val_classes:
+                problems.append(f"{ds_dir / 'val'}: no val images (every class needs its labelled images in "
+                                f"train/<class>/, and val/<class>/ scores them)")
+            elif only_train:  # held-out data may lack val images for a rare class: train it, score the others
+                val_gaps.append(f"{ds_dir / 'val'}: no val images for {len(only_train)} class(es), which are "
+                                f"trained but not scored on val: {', '.join(only_train[:10])}"
+                                + (" ..." if len(only_train) > 10 else ""))
         classes = tuple(train_classes or sorted(found.get("val", {})))
         index = {c: i for i, c in enumerate(classes)}
 
@@ -308,13 +324,25 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
                                  val=labelled("val"), test=tuple(test), answer_key=key if key.is_file() else None))
     if problems:
         raise DataLayoutError(problems)
+    warn_once(val_gaps)
     return infos
 
 
+def warn_once(lines: list[str], kind: str = "warning") -> None:
+    """Print these warnings once per process (the data is scanned several times a command), on rank 0 only."""
+    new = [line for line in lines if line not in _TOLD_GAPS]
+    if new and os.environ.get("RANK", "0") == "0":
+        _TOLD_GAPS.update(new)
+        print("\n".join(f"{kind}: {printable(line)}" for line in new), file=sys.stderr, flush=True)
+
+
 def find_unlabeled_images(folders: list[str | Path]) -> list[Path]:
-    """Every image under the folders, recursively (symlink loops are not followed), sorted."""
+    """Every image under the folders, recursively, sorted. Symlinked sub-folders are not followed (a link to /
+    or to the data's test split would pull those in): they are named in a note, so that one meant as pool
+    can be given as a folder of its own."""
     out: list[Path] = []
     unreadable: list[str] = []
+    links: list[Path] = []
 
     def on_error(exc: OSError) -> None:
         unreadable.append(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")
@@ -325,9 +353,14 @@ def find_unlabeled_images(folders: list[str | Path]) -> list[Path]:
             raise UserError(f"unlabeled folder '{folder}' does not exist or is not a folder.")
         for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            links.extend(Path(dirpath) / d for d in dirnames if os.path.islink(os.path.join(dirpath, d)))
             out.extend(Path(dirpath) / f for f in sorted(filenames) if is_image(Path(f)))
     if unreadable:
         raise DataLayoutError(unreadable)
+    if links:
+        shown = ", ".join(str(p) for p in links[:3]) + (f" and {len(links) - 3} more" if len(links) > 3 else "")
+        warn_once([f"not following {len(links)} symlinked folder(s) in the unlabeled pool: {shown} (give a "
+                    f"linked folder as a pool folder of its own, e.g. --unlabeled DIR, to use it)"], "note")
     if not out:
         raise UserError(f"no images found under: {', '.join(str(f) for f in folders)}")
     return out

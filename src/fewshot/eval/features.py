@@ -24,3 +24,19 @@ def backbone_features(backbone: nn.Module, images: torch.Tensor, normalize: nn.M
             outs.append(extract_features(backbone, x).mean(1).float().cpu())
     backbone.train(was)
     return torch.cat(outs) if outs else torch.zeros(0, 0)
+
+
+@torch.no_grad()
+def recalibrate_norm_statistics(backbone: nn.Module, images: torch.Tensor, normalize: nn.Module,
+                                device: torch.device, batch_size: int = 256) -> None:
+    """Set the BatchNorm running statistics to these images' (torch's ``update_bn``: a cumulative
+    average over one pass in train mode). A randomly initialised backbone's statistics (mean 0, var 1)
+    describe no data: features taken in eval mode before training differ from the ones training makes,
+    so a head fitted to them (``model.head_init``) would be undone by the first epoch's BN updates."""
+    from torch.optim.swa_utils import update_bn
+
+    n = len(images)
+    if n < 2:  # train-mode BN needs two values per channel
+        return
+    chunks = torch.tensor_split(torch.arange(n), max(1, -(-n // batch_size)))  # near-equal: none of size 1
+    update_bn((normalize(images[idx].to(device, non_blocking=True)) for idx in chunks), backbone)

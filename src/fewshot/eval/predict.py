@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import json
 import sys
@@ -14,7 +15,7 @@ import torch
 
 from fewshot.data.cache import default_cache_dir
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import scan_root, test_id
+from fewshot.data.layout import scan_root, test_id, warn_once
 from fewshot.data.sets import load_split
 from fewshot.data.transforms import Normalize
 from fewshot.errors import CheckpointError, UserError, printable
@@ -55,7 +56,7 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
         model = build_classifier(cfg, space.num_classes)
         state = ck["ema"] if ck.get("ema") is not None else ck["model"]
         model.load_state_dict(state)
-    except (UserError, CheckpointError):
+    except UserError:  # CheckpointError included: already says what is wrong
         raise
     except (RuntimeError, TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{path} is not a fine-tuned checkpoint this version can use ({type(exc).__name__}: "
@@ -79,6 +80,29 @@ def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list
     return list(dict.fromkeys(chosen))
 
 
+def _in_model_classes(info, want: tuple[str, ...], split: str):
+    """The split's labels indexed by the model's classes. A labelled split scanned alone takes its classes
+    from its own folders: a val split may lack a rare class (warned by scan_root), any other difference
+    means the data is not what the model was trained on."""
+    if split == "test" or tuple(info.classes) == tuple(want):
+        return info
+    unknown = [c for c in info.classes if c not in want]
+    if unknown:
+        raise UserError(f"the classes of {info.root} differ from those the model was trained on: "
+                        f"{', '.join(printable(c) for c in unknown[:10])} not among the model's "
+                        f"{len(want)} classes.")
+    missing = [c for c in want if c not in info.classes]
+    if missing and split == "val":
+        warn_once([f"{info.root / 'val'}: no val images for {len(missing)} of the model's class(es), which are "
+                   f"not scored: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else "")])
+    index = {c: i for i, c in enumerate(want)}
+
+    def remap(items):
+        return tuple((p, index[info.classes[k]]) for p, k in items)
+
+    return dataclasses.replace(info, classes=tuple(want), train=remap(info.train), val=remap(info.val))
+
+
 def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | str | None = None,
               skip_bad: bool = False):
     """``skip_bad`` (--skip-bad-images, or the run's own data.skip_bad_images): undecodable images are listed and
@@ -97,10 +121,7 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
             raise
         raise UserError(f"{exc} The model knows {', '.join(chosen)}; to use only those under this root, pass "
                         f"--datasets {','.join(here)}.") from None
-    for info in infos:
-        want = tm.space.classes[tm.space.index(info.name)]
-        if split != "test" and tuple(info.classes) != tuple(want):
-            raise UserError(f"the classes of {info.root} differ from those the model was trained on.")
+    infos = [_in_model_classes(info, tm.space.classes[tm.space.index(info.name)], split) for info in infos]
     if split == "test":
         warn_about_what_is_not_predicted(tm, root, infos, datasets)
     d = tm.cfg["data"]

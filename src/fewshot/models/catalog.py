@@ -19,7 +19,7 @@ def describe(name: str) -> tuple[int, int]:
 
 def list_models(pattern: str = "*", limit: int = 60) -> str:
     pattern = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
-    names = [n for n in timm.list_models() if fnmatch.fnmatch(n, pattern)]
+    names = [n for n in timm.list_models() if fnmatch.fnmatch(n.lower(), pattern.lower())]  # RESNET18 too
     rows = [f"{'model':<44} {'params (M)':>10} {'input':>6}"]
     for name in names[:limit]:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -10,11 +12,11 @@ from fewshot.config import save_yaml
 from fewshot.data.augment import BatchAugment, preset as aug_preset
 from fewshot.data.cache import default_cache_dir, load_images, write_skipped
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import find_unlabeled_images, has_images, scan_root
+from fewshot.data.layout import find_unlabeled_images, has_images, list_datasets, scan_root
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize
-from fewshot.errors import UserError
+from fewshot.errors import UserError, printable
 from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size, create_backbone,
                                      input_size, mean_std)
@@ -42,11 +44,11 @@ def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
     outside the datasets' folders; self-training routes those by the teacher's most probable class).
     """
     d = cfg["data"]
+    root = Path(d["root"])
     if d["unlabeled"]:
         folders = d["unlabeled"] if isinstance(d["unlabeled"], list) else [d["unlabeled"]]
-        paths = find_unlabeled_images(folders)
+        paths = given_pool_images(folders, root)
         return paths, [-1] * len(paths), f"{len(folders)} --unlabeled folder(s)"
-    root = Path(d["root"])
     paths, ids, sources = [], [], []
     for index, info in enumerate(infos):
         folder = root / "unlabeled" / info.name
@@ -67,13 +69,58 @@ def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
     return paths, ids, "; ".join(sources)
 
 
+def given_pool_images(folders: list, root: Path) -> list[Path]:
+    """The images under the --unlabeled folders, each file once (the same folder given twice, or one inside
+    another, counted its images twice), without the val and test images of the data root: val drives the kNN
+    score that picks best.pt and test is what the run is judged on (``--unlabeled ROOT`` took both)."""
+    found = find_unlabeled_images(folders)
+    held_out = [(Path(root) / name / split).resolve() for name in _datasets_or_none(root)
+                for split in ("val", "test")]
+    seen: set[Path] = set()
+    folders_seen: dict[Path, tuple[Path, bool]] = {}  # resolved once per folder: a million files stay cheap
+    kept, left_out = [], 0
+    for path in found:
+        if path.parent not in folders_seen:
+            real_dir = path.parent.resolve()
+            folders_seen[path.parent] = real_dir, any(real_dir.is_relative_to(f) for f in held_out)
+        real_dir, scoring = folders_seen[path.parent]
+        real = real_dir / path.name
+        if real in seen:
+            continue
+        seen.add(real)
+        if scoring:
+            left_out += 1
+        else:
+            kept.append(path)
+    if left_out:
+        note = f"{left_out} val/test image(s) of the data root {root} under the --unlabeled folders"
+        if not kept:
+            raise UserError(f"the --unlabeled folders hold only {note}; the pool must not hold the images that "
+                            f"score the run. Give folders of unlabeled images.")
+        if note not in _TOLD and os.environ.get("RANK", "0") == "0":
+            _TOLD.add(note)
+            print(printable(f"note: leaving out {note} (val picks the best checkpoint, test judges the run)"),
+                  file=sys.stderr, flush=True)
+    return kept
+
+
+_TOLD: set[str] = set()  # each note once per process (the pool is listed more than once per command)
+
+
+def _datasets_or_none(root: Path) -> list[str]:
+    try:
+        return list_datasets(root)
+    except UserError:  # no readable root: nothing to leave out (the labelled splits fail on their own)
+        return []
+
+
 def unsorted_pool_images(root: Path, known: list[Path] = ()) -> list[Path]:
     """Images in ROOT/unlabeled/ that no dataset's folder holds: loose files and sub-folders not named after a
     dataset of the root (a pool laid out as ROOT/unlabeled/*.png used to be ignored without a word). A folder named
     after a dataset that is not trained on (`--datasets`) stays that dataset's. Empty folders are passed over; a
     file that is one of ``known`` or that lies in a dataset's own folder (reached through a symlink) is left out,
     so no image is pseudo-labelled twice and no test image joins the pool."""
-    from fewshot.data.layout import is_image, list_datasets
+    from fewshot.data.layout import is_image
 
     pool = root / "unlabeled"
     if not pool.is_dir():
@@ -100,6 +147,14 @@ def unsorted_pool_images(root: Path, known: list[Path] = ()) -> list[Path]:
             seen.add(real)
             kept.append(path)
     return kept
+
+
+def queue_advice(pool: int, global_batch: int) -> str:
+    """A queue of about half the pool, which must still hold one global batch of keys."""
+    if global_batch * 2 <= pool:
+        return f"--queue-size {pool // 2}"
+    return (f"a batch of at most {max(1, pool // 4)} images, then --queue-size {pool // 2}: a global batch of "
+            f"{global_batch} does not fit in half of this pool")
 
 
 def has_batch_norm(module) -> bool:
@@ -289,10 +344,11 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
         print(f"MoCo ({m['preset']}) pretraining {cfg['model']['name']} on {len(task.pool)} unlabeled images "
               f"({task.pool_source}) at {task.size}px on {device} x{ctx.world} ({engine.precision}): K={m['queue_size']}, m={m['momentum']}, "
               f"T={m['temperature']}, {bn_protection(task.model)}; run directory {out}")
+        global_batch = cfg["train"]["batch_size"] * ctx.world
         if m["queue_size"] >= len(task.pool):
             print(f"warning: the queue (K={m['queue_size']}) holds at least as many keys as the pool has images "
                   f"({len(task.pool)}): each query meets older keys of its own image as negatives. A queue of "
-                  f"about half the pool is the usual choice here (--queue-size {max(1, len(task.pool) // 2)}; "
+                  f"about half the pool is the usual choice here ({queue_advice(len(task.pool), global_batch)}; "
                   f"`fewshot run` sets it so).", flush=True)
     result = engine.fit(resume=resume)
     if ctx.is_main:

@@ -29,7 +29,7 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None) -> dict:
     """Create RUN; refuse to overwrite a finished/started run unless resuming (then reuse its config), and a
     folder that holds anything else (another command's output, the user's files)."""
     out = Path(out)
-    check_output_is_not_in_data(out, cfg["data"]["root"])
+    check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
     existing = out / "checkpoints" / "last.pt"
     if existing.is_file() and not resume:
         raise UserError(f"'{out}' already holds a run ({existing}). Pass --resume to continue it, "

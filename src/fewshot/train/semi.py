@@ -123,7 +123,8 @@ def teacher_probabilities(logits: torch.Tensor, dataset_ids: torch.Tensor, space
     return scores.softmax(dim=1)
 
 
-def calibrated_thresholds(val_probs: torch.Tensor, val_targets: torch.Tensor, precision: float) -> torch.Tensor:
+def calibrated_thresholds(val_probs: torch.Tensor, val_targets: torch.Tensor, precision: float,
+                          unmeasured: float = float("inf")) -> torch.Tensor:
     """Per-class confidence thresholds at which the teacher's labels are right often enough, read off
     the labelled val split: for class c, the val images it calls c ranked by confidence; the threshold is
     the lowest confidence whose top-k still has a precision >= ``precision``, estimated as
@@ -131,9 +132,12 @@ def calibrated_thresholds(val_probs: torch.Tensor, val_targets: torch.Tensor, pr
     reaching it gets +inf (none of its pool images is kept). Why: a shared rank fills the classes the
     teacher confuses (shirt vs pullover) with wrong labels. Measured on the demo data (docs/recipes.md):
     the kept labels get cleaner (93 % right instead of 85 %) but val accuracy drops, since the closed
-    classes are the ones that needed the labels; so `run.pseudo_precision` is off by default."""
+    classes are the ones that needed the labels; so `run.pseudo_precision` is off by default.
+    ``unmeasured``: the threshold of a class without val images (held-out data may lack them), which val
+    cannot measure; the run passes its shared run.pseudo_threshold rather than closing the class."""
     conf, pred = val_probs.max(dim=1)
     out = torch.full((val_probs.shape[1],), float("inf"))
+    out[~torch.isin(torch.arange(val_probs.shape[1]), val_targets)] = unmeasured
     for c in range(val_probs.shape[1]):
         mine = torch.nonzero(pred == c).flatten()
         if len(mine) == 0:

@@ -122,7 +122,7 @@ class SupervisedTask:
         from fewshot.eval.features import backbone_features
         from fewshot.eval.probe import train_linear_head
 
-        self.model.to(self.device)
+        self.prepare_norm_statistics()
         feats = backbone_features(self.model.backbone, self.train_set.images, self.normalize, self.device)
         with torch.enable_grad():
             head = train_linear_head(feats, self.train_set.targets, self.space.num_classes,
@@ -137,10 +137,19 @@ class SupervisedTask:
         mean by cosine on centred features (argmax is invariant to a sample's feature norm)."""
         from fewshot.eval.features import backbone_features
 
-        self.model.to(self.device)
+        self.prepare_norm_statistics()
         feats = backbone_features(self.model.backbone, self.train_set.images, self.normalize, self.device)
         for h in self.model.heads:
             h.set_prototypes(feats, self.train_set.targets, scale)
+
+    def prepare_norm_statistics(self) -> None:
+        """Before fitting a head on eval-mode features: a backbone without weights has BatchNorm statistics
+        of no data, so they are first taken from the labelled images (pretrained ones keep their own)."""
+        from fewshot.eval.features import recalibrate_norm_statistics
+
+        self.model.to(self.device)
+        if not self.cfg["model"].get("weights"):
+            recalibrate_norm_statistics(self.model.backbone, self.train_set.images, self.normalize, self.device)
 
     def add_pseudo_labelled(self, images: torch.Tensor, targets: torch.Tensor, dataset_ids: torch.Tensor,
                             labelled_repeat: int = 1, soft: torch.Tensor | None = None) -> None:
