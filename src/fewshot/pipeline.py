@@ -344,9 +344,14 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
             for i, d, c, p in zip(idx.tolist(), owner.tolist(), local.tolist(), conf.tolist())]
     write_json(record, {**summary, "images": kept})  # per image: which file became which class, how sure
     unknown = summary["unknown_source_pool"]
-    print(f"[run] pseudo-labels kept / pool images of the dataset: " + ", ".join(
-        f"{n} {v['kept']}/{v['pool']} (mean confidence {v['mean_confidence']})" for n, v in per_dataset.items())
-        + (f"; {unknown} pool images of unknown source, each counted for the dataset of its class" if unknown else ""))
+    if unknown:  # "2266/0" read as more kept than pool: the unknown-source images are counted apart
+        print(f"[run] pseudo-labels kept (of them from the {unknown} pool images of unknown source, each counted for "
+              f"the dataset of its class) / the dataset's own pool images: " + ", ".join(
+                  f"{n} {v['kept']} ({v['kept_from_unknown_source']}) / {v['pool']} (mean confidence "
+                  f"{v['mean_confidence']})" for n, v in per_dataset.items()))
+    else:
+        print("[run] pseudo-labels kept / pool images of the dataset: " + ", ".join(
+            f"{n} {v['kept']}/{v['pool']} (mean confidence {v['mean_confidence']})" for n, v in per_dataset.items()))
     soft = teacher_probabilities(logits[idx], dataset_ids[idx], task.space) if r["pseudo_targets"] == "soft" else None
     # which file became which class: a resumed run continues a stopped stage only on the same labels
     key = hashlib.sha1(json.dumps([(k["path"], k["dataset"], k["class"]) for k in kept]).encode()).hexdigest()
