@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import torch
@@ -12,11 +10,11 @@ from fewshot.config import save_yaml
 from fewshot.data.augment import BatchAugment, preset as aug_preset
 from fewshot.data.cache import default_cache_dir, load_images, write_skipped
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import find_unlabeled_images, has_images, list_datasets, scan_root
+from fewshot.data.layout import find_unlabeled_images, has_images, list_datasets, scan_root, warn_once
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize
-from fewshot.errors import UserError, printable
+from fewshot.errors import UserError
 from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size, create_backbone,
                                      input_size, mean_std)
@@ -97,14 +95,8 @@ def given_pool_images(folders: list, root: Path) -> list[Path]:
         if not kept:
             raise UserError(f"the --unlabeled folders hold only {note}; the pool must not hold the images that "
                             f"score the run. Give folders of unlabeled images.")
-        if note not in _TOLD and os.environ.get("RANK", "0") == "0":
-            _TOLD.add(note)
-            print(printable(f"note: leaving out {note} (val picks the best checkpoint, test judges the run)"),
-                  file=sys.stderr, flush=True)
+        warn_once([f"leaving out {note} (val picks the best checkpoint, test judges the run)"], "note")
     return kept
-
-
-_TOLD: set[str] = set()  # each note once per process (the pool is listed more than once per command)
 
 
 def _datasets_or_none(root: Path) -> list[str]:
