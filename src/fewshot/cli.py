@@ -312,8 +312,9 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     from fewshot import cli_moco
 
     handlers = {**COMMANDS, **cli_moco.COMMANDS}
-    empty = [name for name in PATH_ARGS if name != "weights" and getattr(args, name, None) == ""  # '': random init
-             or (isinstance(getattr(args, name, None), list) and "" in getattr(args, name))]
+    given = {name: getattr(args, name, None) for name in PATH_ARGS if name != "weights"}  # weights '': random init
+    empty = [name for name, value in given.items()
+             if value == "" or (isinstance(value, list) and "" in value)]
     if empty:  # `--out ''` (an unset shell variable) wrote into the current folder
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         command = sub.choices[args.command]

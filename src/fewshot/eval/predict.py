@@ -82,7 +82,7 @@ def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list
 
 def _in_model_classes(info, want: tuple[str, ...], split: str):
     """The split's labels indexed by the model's classes. A labelled split scanned alone takes its classes
-    from its own folders: a val split may lack a rare class (warned by scan_root), any other difference
+    from its own folders: a val split may lack a rare class (warned here), any other difference
     means the data is not what the model was trained on."""
     if split == "test" or tuple(info.classes) == tuple(want):
         return info
