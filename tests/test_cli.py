@@ -484,6 +484,26 @@ def test_resume_with_the_config_file_that_started_the_run_and_an_exponent_lr(tmp
     assert cfg["optim"]["lr"] == 1e-3 and cfg["train"]["epochs"] == 2
 
 
+def test_resume_refuses_another_preset_as_it_refuses_another_moco_preset_field(tmp_path):
+    """`pretrain --resume --preset mocov1` on a mocov2 run continued as mocov2 without a word."""
+    from fewshot.cli import resolve_run_config
+    from fewshot.cli_moco import PRETRAIN_FLAGS
+
+    def resolved(*argv):  # as cmd_pretrain resolves its config
+        args, extra = build_parser().parse_known_args([str(a) for a in argv])
+        return resolve_run_config(args, extra, PRETRAIN_FLAGS, preset=args.preset, default_preset="mocov2")
+
+    run = tmp_path / "r"
+    run.mkdir()
+    saved = resolved("pretrain", "--data", tmp_path, "--out", run, "--epochs", "1")
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert saved["moco"]["preset"] == "mocov2"
+    with pytest.raises(UserError, match="changes moco.preset"):
+        resolved("pretrain", "--data", tmp_path, "--out", run, "--resume", "--preset", "mocov1")
+    cfg = resolved("pretrain", "--data", tmp_path, "--out", run, "--resume", "--preset", "mocov2", "--epochs", "2")
+    assert cfg["moco"]["preset"] == "mocov2" and cfg["train"]["epochs"] == 2
+
+
 def test_pretrain_takes_several_unlabeled_folders_per_flag(tmp_path):
     args, extra = build_parser().parse_known_args(["pretrain", "--data", "R", "--out", "O", "--unlabeled", "A", "B",
                                                    "--unlabeled", "C"])

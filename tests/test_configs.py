@@ -73,6 +73,15 @@ def test_unknown_fields_refused(tmp_path):
     ("train.channels_last=maybe", "train.channels_last must be one of auto, true, false"),
     ("train.compile=1", "train.compile must be one of auto, true, false"),
     ("aug.jitter=[0.4,0.4,0.4,0.9]", r"aug.jitter must be \[brightness, contrast, saturation, hue\]"),
+    # text and path fields were not checked: AttributeError / TypeError (exit 1) deep in the run
+    ("model.name=", "model.name must be text, not None"),
+    ("model.name=123", "model.name must be text, not 123"),
+    ("model.weights=123", "model.weights must be a path, not 123"),
+    ("data.cache_dir=[a]", r"data.cache_dir must be a path, not \['a'\]"),
+    ("data.datasets=5", "data.datasets must be a name or a list of names, not 5"),
+    ("data.unlabeled=[1]", "data.unlabeled must be a name or a list of names"),
+    ("optim.fused=maybe", "optim.fused must be one of auto, true, false"),  # was accepted and meant auto
+    ("train.epochs=1:30", "train.epochs must be a whole number, not '1:30'"),  # YAML 1.1 base 60: 90 epochs
 ])
 def test_wrong_types_and_ranges_are_refused_at_start_up(word, message):
     with pytest.raises(UserError, match=message):
@@ -130,6 +139,46 @@ def test_moco_preset_as_a_field_chooses_the_preset_and_shuffle_bn_takes_its_choi
         resolve(overrides=[f"moco.shuffle_bn={ok}"])
     with pytest.raises(UserError, match="moco.shuffle_bn must be one of"):
         resolve(overrides=["moco.shuffle_bn=maybe"])
+
+
+def test_text_fields_take_text_and_lists_of_names(tmp_path):
+    cfg = resolve(overrides=["model.name=test_resnet", "data.datasets=[a, b]", "data.unlabeled=/x", "optim.fused=off",
+                             "data.cache_dir=/tmp/c"])
+    assert cfg["data"]["datasets"] == ["a", "b"] and cfg["optim"]["fused"] is False
+    assert resolve(overrides=["data.datasets=a,b"])["data"]["datasets"] == "a,b"  # split by the layout scan
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
+    """PyYAML keeps the last of two `model:` sections: the file's model.name was dropped and resnet18 trained."""
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  name: test_resnet\nmodel:\n  img_size: 32\n")
+    with pytest.raises(UserError, match="not valid YAML at line 3.*'model' is given twice"):
+        resolve(file=f)
+    f.write_text("optim:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(UserError, match="'lr' is given twice"):
+        resolve(file=f)
+    f.write_text("base: &b\n  lr: 0.1\n")  # a merge key's fields may be overridden: not a duplicate
+    from fewshot.config import read_yaml
+
+    assert read_yaml("a: &a {lr: 1, wd: 2}\nb:\n  <<: *a\n  lr: 3\n")["b"] == {"lr": 3, "wd": 2}
+
+
+def test_a_control_character_in_a_config_file_is_named_as_such(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_bytes("# caf\u00e9 \x1b\ntrain:\n  epochs: 3\n".encode())
+    with pytest.raises(UserError, match="control character U\\+001B"):
+        resolve(file=f)
+
+
+def test_a_pretrain_runs_saved_config_is_a_valid_config_file(tmp_path):
+    """pretrain records `_task: moco` in config.yaml; `--config RUN/config.yaml` refused it as an unknown field."""
+    from fewshot.config import save_yaml
+
+    cfg = resolve(overrides=["train.epochs=7"], default_preset="mocov1")
+    cfg["_task"] = "moco"
+    save_yaml(cfg, tmp_path / "config.yaml")
+    again = resolve(file=tmp_path / "config.yaml", default_preset="mocov2")
+    assert again["train"]["epochs"] == 7 and again["moco"]["preset"] == "mocov1" and "_task" not in again
 
 
 def test_a_yaml_syntax_error_is_one_paragraph_with_its_line(tmp_path):

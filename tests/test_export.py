@@ -308,7 +308,7 @@ def test_probe_refuses_weights_that_give_non_finite_features(exported, tmp_path,
     rc = main(["probe", "--weights", str(bad), "--model", NAME, "--data", str(root), "--img-size", "32",
                "--device", "cpu", "--epochs", "2", "--out", str(tmp_path / "probe")])
     err = capsys.readouterr().err
-    assert rc == 2 and "non-finite features" in err and str(bad) in err
+    assert rc == 2 and "holds NaN or infinite values" in err and str(bad) in err
     assert main(["probe", "--weights", str(tmp_path), "--model", NAME, "--data", str(root)]) == 2
     assert "is a folder" in capsys.readouterr().err
 
@@ -360,3 +360,60 @@ def test_the_timm_call_that_export_prints_loads_the_file(exported, tmp_path):
     model = eval(call, {"timm": timm})  # noqa: S307 - our own printed line
     state = load_file(str(path))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_a_fewshot_checkpoint_as_weights_brings_its_image_size_and_model(exported, tmp_path):
+    """`train --weights RUN/checkpoints/best.pt` of a 32 px run fine-tuned at the model's default 160 px (10 %
+    against 93 % from the export of the same run): the checkpoint's own record is read as an export's is."""
+    from fewshot.models.backbone import adopt_weights_architecture
+    from fewshot.models.weights import architecture_of
+
+    last = exported[1] / "checkpoints" / "last.pt"
+    arch = architecture_of(last)
+    assert arch["img_size"] == 32 and arch["model"] == NAME and arch["width"] == 1.0 and arch["small_stem"] is False
+    assert adopt_weights_architecture({"name": NAME, "weights": str(last), "img_size": None})["img_size"] == 32
+
+
+def test_another_models_width_and_stem_are_not_adopted(tmp_path):
+    """An export of a half-width small-stem resnet18 given to a ViT: the error blamed model.width / small_stem,
+    which the user never set; now the load names the file's model."""
+    from safetensors.torch import save_file
+
+    from fewshot.models.backbone import adopt_weights_architecture
+
+    path = tmp_path / "r18.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"model": "resnet18", "width": "0.5", "small_stem": "true",
+                                                         "img_size": "32"})
+    vit = adopt_weights_architecture({"name": "test_vit", "weights": str(path), "img_size": None, "width": 1.0})
+    assert vit["width"] == 1.0 and not vit.get("small_stem") and vit["img_size"] == 32
+    r18 = adopt_weights_architecture({"name": "resnet18", "weights": str(path), "img_size": None, "width": 1.0})
+    assert r18["width"] == 0.5 and r18["small_stem"] is True
+
+
+def test_export_refuses_to_write_into_the_runs_checkpoints(exported, tmp_path, capsys):
+    """`export RUN --out RUN/checkpoints/best.pt` replaced the run's checkpoint with a backbone file (exit 0)."""
+    run = exported[1]
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    assert main(["export", str(run), "--out", str(run / "checkpoints" / "last.pt")]) == 2
+    assert "is in the run's checkpoints folder" in capsys.readouterr().err
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_train_resumes_after_its_weights_file_is_gone_and_export_says_when_there_is_no_best(exported, tmp_path,
+                                                                                               capsys):
+    """--resume loaded model.weights before last.pt replaced them, so a deleted weights file ("weights file not
+    found") made a stopped run impossible to resume."""
+    root, _, path = exported
+    weights = tmp_path / "copy.safetensors"
+    weights.write_bytes(path.read_bytes())
+    run = tmp_path / "ft"
+    assert main(["train", "--data", str(root), "--out", str(run), "--weights", str(weights), *TINY]) == 0
+    weights.unlink()
+    argv = ["train", "--data", str(root), "--out", str(run), "--weights", str(weights), "--resume", *TINY]
+    argv[argv.index("--epochs") + 1] = "2"
+    assert main(argv) == 0, capsys.readouterr().err
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+    (run / "checkpoints" / "best.pt").unlink()
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(tmp_path / "bb.safetensors")]) == 0
+    assert "has no best.pt" in capsys.readouterr().err

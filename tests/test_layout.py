@@ -161,6 +161,30 @@ def test_unknown_dataset_name(digits_root, dataset_names):
     assert "cifar" in msg and all(n in msg for n in dataset_names)  # lists what is available
 
 
+def test_a_dataset_name_is_found_in_either_unicode_form(copy_root, dataset_names):
+    """A model trained where the folder was written decomposed ("cafe" + U+0301, as macOS does) predicts on a copy
+    where it is composed: "dataset(s) café not found ... Available: café"."""
+    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    (copy_root / dataset_names[0]).rename(copy_root / composed)
+    info = scan_root(copy_root, [decomposed], splits=ALL_SPLITS)[0]
+    assert info.name == decomposed and info.root == copy_root / composed and len(info.test) == 30
+
+
+def test_a_dataset_named_like_a_key_of_pred_all_json_is_refused(copy_root, dataset_names):
+    """pred_all.json holds "n_parameters" beside the datasets: a dataset of that name overwrote the count."""
+    (copy_root / dataset_names[1]).rename(copy_root / "n_parameters")
+    with pytest.raises(UserError, match="a dataset cannot be named 'n_parameters'"):
+        scan_root(copy_root)
+    assert [i.name for i in scan_root(copy_root, dataset_names[0])] == [dataset_names[0]]
+
+
+def test_a_problem_about_a_folder_named_in_brackets_is_listed_as_a_problem(tmp_path):
+    """Hints were told apart by a leading "(": a root named "(copy)" printed its problem under "0 problem(s)"."""
+    error = DataLayoutError(["(copy)/ds/val/red/9.bmp: empty file"], ["(pass --skip-bad-images to go on)"])
+    assert str(error).splitlines() == ["the data layout has 1 problem(s):", "  - (copy)/ds/val/red/9.bmp: empty file",
+                                       "(pass --skip-bad-images to go on)"]
+
+
 def test_selection_skips_broken_other_dataset(copy_root, dataset_names):
     a, b = dataset_names
     shutil.rmtree(copy_root / b / "val")
@@ -526,7 +550,7 @@ def test_class_names_in_composed_and_decomposed_unicode_are_one_class(copy_root,
 def test_the_skip_bad_images_hint_is_not_counted_as_a_problem():
     from fewshot.errors import DataLayoutError
 
-    err = DataLayoutError(["a.png: cannot decode", "(pass --skip-bad-images to skip these files and go on)"])
+    err = DataLayoutError(["a.png: cannot decode"], ["(pass --skip-bad-images to skip these files and go on)"])
     assert str(err).startswith("the data layout has 1 problem(s):\n  - a.png: cannot decode\n(pass --skip-bad-images")
 
 

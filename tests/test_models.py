@@ -208,6 +208,35 @@ def test_load_wrapped_state_dict_with_module_prefix(source, tmp_path):
     assert_same(source, target)
 
 
+def test_the_official_moco_checkpoint_loads_its_query_encoder(source, tmp_path):
+    """moco/main_moco.py saves {'state_dict': module.encoder_q.*, module.encoder_k.*, module.queue, ...}: the key
+    encoder and the queue were 96 unexpected keys under strict loading, and probe has no strict switch."""
+    state = source.state_dict()
+    wrapped = {**{f"module.encoder_q.{k}": v for k, v in state.items()},
+               **{f"module.encoder_k.{k}": v + 1 for k, v in state.items()},
+               "module.queue": torch.randn(128, 64), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    path = tmp_path / "checkpoint_0199.pth.tar"
+    torch.save({"epoch": 200, "arch": "resnet50", "state_dict": wrapped}, path)
+    target = fresh()
+    load_backbone_weights(target, path)
+    assert_same(source, target)
+
+
+def test_nested_wrapper_prefixes_and_a_torch_file_named_safetensors_load(source, tmp_path):
+    """Lightning's `model.backbone.` was stripped once (`backbone.` stayed) and refused; a torch.save file named
+    .safetensors failed with "header too large"."""
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {f"model.backbone.{k}": v for k, v in source.state_dict().items()}}, path)
+    target = fresh()
+    load_backbone_weights(target, path)
+    assert_same(source, target)
+    misnamed = tmp_path / "w.safetensors"
+    torch.save(source.state_dict(), misnamed)
+    target = fresh()
+    load_backbone_weights(target, misnamed)
+    assert_same(source, target)
+
+
 def test_imagenet_classifier_is_dropped(source, tmp_path):
     torch.manual_seed(3)
     full = timm.create_model("test_resnet", num_classes=1000)
@@ -347,6 +376,16 @@ def test_prototype_head_is_the_cosine_nearest_class_mean_of_standardised_feature
     scale = 10.0 / z.norm(dim=1).mean()
     torch.testing.assert_close(logits[:, :3], direct * z.norm(dim=1, keepdim=True) * scale, atol=1e-4, rtol=1e-4)
     assert torch.all(logits[:, 3] == 0)
+
+
+def test_linear_probe_fits_a_single_image():
+    """BatchNorm's batch statistics need two images; a probe (model.head_init=probe) of one labelled image
+    used to fail inside BatchNorm. It now fits that image."""
+    from fewshot.eval.probe import train_linear_head
+
+    feats = torch.tensor([[3.0, -1.0, 2.0]])
+    head = train_linear_head(feats, torch.tensor([2]), num_classes=3, epochs=50)
+    assert head(feats).argmax(1).item() == 2
 
 
 @pytest.mark.parametrize("head_init", ["prototype", "probe"])

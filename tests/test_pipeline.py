@@ -584,12 +584,15 @@ def test_run_without_a_pool_gives_the_whole_budget_to_one_fine_tuning(copy_root,
     _check_pred_all(copy_root, out)
 
 
-def test_run_warns_that_a_pretrain_recipe_is_only_half_applied(tmp_path, capsys):
-    """configs/moco_cpu_small.yaml given to `fewshot run` sent its lr 0.06 to AdamW fine-tuning (val 11 %)."""
-    from fewshot.cli_moco import warn_pretrain_config_in_run
+def test_run_and_train_warn_that_a_pretrain_recipe_is_only_half_applied(tmp_path, capsys):
+    """configs/moco_cpu_small.yaml given to `fewshot run` sent its lr 0.06 to AdamW fine-tuning (val 11 %);
+    `fewshot train` did the same without a word."""
+    from fewshot.cli_moco import warn_pretrain_config
 
     repo = Path(__file__).resolve().parents[1]
-    warn_pretrain_config_in_run(repo / "configs" / "moco_cpu_small.yaml")
-    assert "looks like a `fewshot pretrain` recipe" in capsys.readouterr().err
-    warn_pretrain_config_in_run(repo / "configs" / "cpu_tiny.yaml")
-    assert capsys.readouterr().err == ""
+    for command in ("run", "train"):
+        warn_pretrain_config(repo / "configs" / "moco_cpu_small.yaml", command)
+        assert "looks like a `fewshot pretrain` recipe" in capsys.readouterr().err
+        warn_pretrain_config(repo / "configs" / "cpu_tiny.yaml", command)
+        assert capsys.readouterr().err == ""
+

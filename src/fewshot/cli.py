@@ -152,7 +152,7 @@ TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.dat
 
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None,
                        default_preset: str | None = None) -> dict:
-    from fewshot.config import flatten_dotted, get_dotted, load_yaml, parse_override, resolve
+    from fewshot.config import flatten_dotted, get_dotted, parse_override, read_config_file, resolve
     from fewshot.train.finetune import merge_resume_config
 
     flags = _flags(args, mapping)
@@ -161,8 +161,10 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
     cfg = resolve(preset=preset, file=args.config, flags=flags, overrides=extra, default_preset=default_preset)
     if args.resume:
         # the saved config is the base; a --config file given now, then flags, then words change it
-        explicit = flatten_dotted(load_yaml(args.config)) if args.config else {}
+        explicit = flatten_dotted(read_config_file(args.config)) if args.config else {}
         explicit.update(flags)
+        if preset:  # --preset changes T, MLP and the schedule: as if each were given (resume refused it silently)
+            explicit["moco.preset"] = preset
         for word in extra:
             keys, value = parse_override(word)
             explicit[".".join(keys)] = value
@@ -192,6 +194,9 @@ def cmd_train(args, extra) -> int:
     from fewshot.train.finetune import run_finetune
 
     cfg = resolve_run_config(args, extra, TRAIN_FLAGS)
+    from fewshot.cli_moco import warn_pretrain_config
+
+    warn_pretrain_config(args.config, "train")
     run_finetune(cfg, Path(args.out), resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, after rank 0's metrics table
         print(f"done: {args.out}/metrics.json, checkpoints in {args.out}/checkpoints/")

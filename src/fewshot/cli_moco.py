@@ -155,7 +155,7 @@ def cmd_run(args, extra) -> int:
     if args.no_progress:
         flags["train.progress"] = False
     cfg = resolve(file=args.config, flags=flags, overrides=extra)
-    warn_pretrain_config_in_run(args.config)
+    warn_pretrain_config(args.config, "run")
     from fewshot.train.stop_signal import stop_at_once_on_signals
 
     with stop_at_once_on_signals():  # between training loops; inside them a signal finishes the step first
@@ -164,10 +164,10 @@ def cmd_run(args, extra) -> int:
     return 0
 
 
-def warn_pretrain_config_in_run(path) -> None:
-    """A `fewshot pretrain` recipe (a `moco:` section, an SGD optimiser) given to `fewshot run` is half applied:
-    the run's MoCo stage takes its settings from run.* and the file's optim.lr goes to fine-tuning (0.06 with
-    AdamW collapsed the run). Say so rather than guess what the user meant."""
+def warn_pretrain_config(path, command: str) -> None:
+    """A `fewshot pretrain` recipe (a `moco:` section, an SGD optimiser) given to `fewshot run` or `fewshot train`
+    is half applied: its moco.* fields are ignored and its optim.lr goes to fine-tuning (0.06 with AdamW
+    collapsed a run). Say so rather than guess what the user meant."""
     if not path:
         return
     from fewshot.config import load_yaml
@@ -175,11 +175,17 @@ def warn_pretrain_config_in_run(path) -> None:
     raw = load_yaml(path) or {}
     if not isinstance(raw, dict) or not ("moco" in raw or (raw.get("optim") or {}).get("name") == "sgd"):
         return
-    print(f"warning: {path} looks like a `fewshot pretrain` recipe. In `fewshot run` its optim.* fields apply to "
-          f"fine-tuning, and the MoCo stage (--pretrain) takes its settings from run.pretrain_lr, "
-          f"run.pretrain_batch_size, run.queue_size and run.moco_momentum (model.* fields apply to both). To run that "
-          f"recipe, use `fewshot pretrain --config {path}` and fine-tune from its export with "
-          f"`fewshot run --no-pretrain model.weights=...`.", file=sys.stderr, flush=True)
+    if command == "run":
+        where = ("In `fewshot run` its optim.* fields apply to fine-tuning, and the MoCo stage (--pretrain) takes its "
+                 "settings from run.pretrain_lr, run.pretrain_batch_size, run.queue_size and run.moco_momentum "
+                 "(model.* fields apply to both).")
+        then = "`fewshot run --no-pretrain model.weights=...`"
+    else:
+        where = "`fewshot train` ignores its moco.* fields and fine-tunes with its optim.* fields."
+        then = "`fewshot train --weights ...`"
+    print(f"warning: {path} looks like a `fewshot pretrain` recipe. {where} To run that recipe, use "
+          f"`fewshot pretrain --config {path}` and fine-tune from its export with {then}.", file=sys.stderr,
+          flush=True)
 
 
 def cmd_export(args, extra) -> int:

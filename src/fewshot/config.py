@@ -204,7 +204,7 @@ def parse_override(word: str) -> tuple[list[str], Any]:
                         f"(for example optim.lr=3e-4).")
     key, raw = word.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = read_yaml(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
     # YAML 1.1 reads "1e-4" as a string; users mean a number.
@@ -253,6 +253,44 @@ def set_dotted(cfg: dict, keys: list[str], value: Any) -> None:
             node = node[key]
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where YAML 1.1 surprised users: a key given twice in one mapping is an
+    error (PyYAML kept the last one, so a second `model:` section silently dropped the first), and `1:30` stays
+    text (YAML 1.1 reads it as the base-60 number 90)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden by its own keys
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: PyYAML names it below
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice in one section",
+                                                            key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+    def _number_unless_base60(self, node, construct):
+        text = self.construct_scalar(node)
+        return text if ":" in text else construct(self, node)
+
+
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: loader._number_unless_base60(
+    node, yaml.SafeLoader.construct_yaml_int))
+ConfigLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: loader._number_unless_base60(
+    node, yaml.SafeLoader.construct_yaml_float))
+
+
+def read_yaml(text):
+    """One YAML document (str or bytes) read with ConfigLoader."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+
+
 RECIPES = Path(__file__).parent / "configs"  # the shipped recipes (configs/ in the repository links here)
 _NOTED_RECIPES: set[str] = set()
 
@@ -279,8 +317,12 @@ def load_yaml(path: str | Path) -> dict:
     path = find_config(path)
     try:
         # bytes: PyYAML reads UTF-8 (with or without a BOM) and UTF-16 with a BOM, and names any other encoding
-        data = yaml.safe_load(path.read_bytes()) or {}
+        data = read_yaml(path.read_bytes()) or {}
     except yaml.reader.ReaderError as exc:
+        if exc.encoding == "unicode":  # decoded fine, but YAML allows no control characters
+            code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+            raise UserError(f"config file {path} holds the control character U+{code:04X} at character "
+                            f"{exc.position}, which YAML does not allow; delete it.") from None
         raise UserError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.position}); save it as "
                         f"UTF-8.") from None
     except yaml.YAMLError as exc:
@@ -293,6 +335,15 @@ def load_yaml(path: str | Path) -> dict:
         raise UserError(f"config file {path} must hold a mapping of sections (model:, optim:, ...).")
     _check_size(data, path)
     return data
+
+
+RECORDED = ("_task",)  # written into a run's config.yaml by the tool (report, resume), not settings
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A --config file's settings: a run's own config.yaml is a valid --config, so the bookkeeping fields the
+    tool records there are set aside rather than refused as unknown."""
+    return {key: value for key, value in load_yaml(path).items() if key not in RECORDED}
 
 
 def _check_size(data, path: Path, limit: int = 100_000) -> None:
@@ -327,7 +378,7 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
             raise UserError(f"unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
         cfg = deep_merge(cfg, PRESETS[preset])
     if file:
-        cfg = deep_merge(cfg, load_yaml(file))
+        cfg = deep_merge(cfg, read_config_file(file))
     for dotted, value in (flags or {}).items():
         if value is not None:
             set_dotted(cfg, dotted.split("."), value)
@@ -368,7 +419,14 @@ CHOICES = {  # fields whose value must be one of a few words (checked at start-u
     "train.compile": ("auto", True, False),
     "moco.preset": tuple(["mocov1", "mocov2"]),
     "moco.shuffle_bn": ("auto", True, False, "off", "none"),  # YAML reads on/off as true/false; flags keep words
+    "optim.fused": ("auto", True, False, "true", "false", "on", "off"),  # engine._sgd_impl
+    "optim.name": ("adamw", "sgd"),
+    "train.amp": ("auto", "bf16", "fp16", "off", False, None),  # engine.autocast_dtype
+    "run.semi_method": ("pseudo", "fixmatch", "off", False, None),  # pipeline.check_run_settings
+    "run.pseudo_targets": ("hard", "soft"),
 }
+TEXT = ("model.weights", "data.root", "data.cache_dir")  # None by default, a path when given
+TEXT_LIST = ("data.datasets", "data.unlabeled")  # None, one text (datasets: comma-separated) or a list of texts
 OPTIONAL = {  # None by default (resolved later), a number when given
     "optim.lr": 0.0, "optim.backbone_lr_mult": 0.0, "model.img_size": 0, "train.threads": 0,
     "train.budget_minutes": 0.0, "moco.mlp_hidden": 0, "run.pretrain_lr": 0.0, "run.queue_size": 0,
@@ -403,7 +461,9 @@ def _kind(default: Any) -> str | None:
         return "a whole number"
     if isinstance(default, float):
         return "a number"
-    return None  # str / None / list defaults: free-form, checked where they are used
+    if isinstance(default, str):
+        return "text"
+    return None  # None / list defaults: checked below (TEXT, TEXT_LIST) or where they are used
 
 
 def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
@@ -420,7 +480,15 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
             continue
         if default is None and dotted in OPTIONAL and value is not None:
             default = OPTIONAL[dotted]
+        if dotted in TEXT and value is not None and not (isinstance(value, str) and value.strip()):
+            raise UserError(f"{dotted} must be a path, not {value!r}.")
+        if dotted in TEXT_LIST and value is not None and not (
+                isinstance(value, str) and value.strip()
+                or isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value)):
+            raise UserError(f"{dotted} must be a name or a list of names, not {value!r}.")
         kind = _kind(default)
+        if kind == "text" and dotted in CHOICES:
+            kind = None  # a few words, some of which YAML reads as true/false: checked against CHOICES below
         if kind in ("a number", "a whole number") and isinstance(value, str):
             try:  # YAML 1.1 reads `lr: 1e-3` in a config file as a string; users mean a number
                 number = float(value.strip())
@@ -432,6 +500,7 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
             value = cfg[key] = int(value)  # `2.0` from a YAML file means 2
         ok = (kind is None or value is None and default is None
               or kind == "true or false" and isinstance(value, bool)
+              or kind == "text" and isinstance(value, str) and bool(value.strip())
               or kind == "a whole number" and isinstance(value, int) and not isinstance(value, bool)
               or kind == "a number" and isinstance(value, (int, float)) and not isinstance(value, bool)
               and math.isfinite(value))  # `.inf` / `nan` would only fail deep in a run
@@ -439,8 +508,8 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
             raise UserError(f"{dotted} must be {kind}, not {value!r}.")
         if dotted in CHOICES and not any(value == c and isinstance(value, bool) == isinstance(c, bool)
                                          for c in CHOICES[dotted]):  # 1 is not `true`
-            words = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in CHOICES[dotted]
-                              if c is not None)
+            words = ", ".join(dict.fromkeys(str(c).lower() if isinstance(c, bool) else str(c) for c in CHOICES[dotted]
+                                            if c is not None))
             raise UserError(f"{dotted} must be one of {words}, not {value!r}.")
         if dotted in AT_LEAST and value is not None and value < AT_LEAST[dotted]:
             raise UserError(f"{dotted} must be at least {AT_LEAST[dotted]}, not {value!r}.")

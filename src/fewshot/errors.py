@@ -21,10 +21,11 @@ class UserError(Exception):
 class DataLayoutError(UserError):
     """Every problem found while scanning a dataset root, reported at once."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        hints = [p for p in self.problems if p.startswith("(")]  # "(pass --skip-bad-images ...)": advice, not a problem
-        real = [p for p in self.problems if not p.startswith("(")]
+    def __init__(self, problems: list[str], hints: list[str] | tuple[str, ...] = ()):
+        # hints ("pass --skip-bad-images ...") are advice, printed after the list; they used to be told apart by a
+        # leading "(", so a problem naming a folder like "(copy)/ds/val" was printed as advice under "0 problem(s)"
+        self.problems, self.hints = list(problems), list(hints)
+        hints, real = self.hints, self.problems
         shown = real[:50]
         more = len(real) - len(shown)
         text = f"the data layout has {len(real)} problem(s):\n" + "\n".join(f"  - {p}" for p in shown)

@@ -275,7 +275,9 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"],
                                                ("train", "eval_every"), closing)
         save_yaml(fcfg, fdir / "config.yaml")
-        start = "from MoCo weights" if fcfg["model"]["weights"] else "from random init"
+        weights = fcfg["model"]["weights"]
+        start = ("from random init" if not weights else "from MoCo weights" if fcfg["run"]["pretrain"]
+                 else f"from {weights}")  # the user's own model.weights are not MoCo's
         print(f"[run] fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}: "
               f"{len(task.train_set)} training images, {step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} "
               f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule (about {epochs // 4} epochs), "

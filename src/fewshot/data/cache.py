@@ -2,8 +2,8 @@
 
 Why: decoding and resizing JPEG/PNG per sample per epoch is what starves training on a few CPU
 cores. After one pass, batches are slices of this array and augmentation runs on tensors.
-The cache key covers the file list, sizes, mtimes and the resize settings, so a changed file
-triggers a rebuild. Undecodable files are collected and reported together (or skipped).
+The cache key covers the file list, each file's size, mtime, inode and ctime, and the resize settings, so a
+changed or renamed-over file triggers a rebuild. Undecodable files are collected and reported together (or skipped).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from fewshot.utils import atomic_write_text
 CACHE_VERSION = 3  # 2: EXIF orientation applied; 3: float images in [0, 1] no longer black
 # Refuse decompression bombs outright (PIL warns at MAX_IMAGE_PIXELS and raises at twice that).
 MAX_PIXELS = 178_956_970
+EXTREME_AREA = 16  # resized images over this many crops' area are cropped before resizing (decode_resized)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
@@ -85,10 +86,16 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0) -> np.ndarray:
     w, h = img.size
     scale = short / min(w, h)
     nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
-    img = img.crop((left, top, left + size, top + size))
+    if nw * nh > EXTREME_AREA * size * size:
+        # a 1x300000 strip resized whole is 37 x 11 million pixels (2 GB) to keep 37 x 37 of them: resize only the
+        # source region the crop keeps. Ordinary images take the path below, so their cached pixels stay the same.
+        box = (left / scale, top / scale, (left + size) / scale, (top + size) / scale)
+        img = img.resize((size, size), Image.BILINEAR, box=box)
+    else:
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), Image.BILINEAR)
+        img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
@@ -97,7 +104,10 @@ def cache_key(paths: list[Path], size: int, crop_pct: float) -> str:
     for p in paths:
         try:
             st = os.stat(p)
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+            # inode and ctime too: `mv b.jpg a.jpg` keeps size and mtime (same-size files swapped by name kept
+            # their old pixels) but changes both
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}\n".encode(
+                "utf-8", "surrogateescape"))
         except OSError:
             h.update(f"{p}|missing\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:20]
@@ -173,14 +183,16 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
     return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note)
 
 
+SKIP_HINT = ("(pass --skip-bad-images to skip these files and go on)",)
+
+
 def _finish(images: torch.Tensor, bad: list[tuple[str, str]], paths: list[Path], skip_bad: bool,
             skip_note: str = "--skip-bad-images") -> CachedImages:
     valid = torch.ones(len(paths), dtype=torch.bool)
     if bad:
         bad = list(dict.fromkeys(bad))  # a path listed twice is reported once
         if not skip_bad:
-            raise DataLayoutError([f"{p}: cannot be decoded as an image ({why})" for p, why in bad]
-                                  + ["(pass --skip-bad-images to skip these files and go on)"])
+            raise DataLayoutError([f"{p}: cannot be decoded as an image ({why})" for p, why in bad], SKIP_HINT)
         bad_paths = {p for p, _ in bad}
         for i, p in enumerate(paths):  # every copy of a path listed twice (overlapping pool folders)
             if str(p) in bad_paths:

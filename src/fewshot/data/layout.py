@@ -18,6 +18,7 @@ from fewshot.errors import DataLayoutError, UserError, printable
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 NOT_DATASETS = frozenset({"unlabeled"})
+RESERVED_NAME = "n_parameters"  # a key of pred_all.json beside the datasets' names (SPEC's output format)
 
 
 @dataclass(frozen=True)
@@ -274,20 +275,29 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         if not datasets:  # `--datasets ""` trained on every dataset without a word
             raise UserError(f"--datasets {given!r} names no dataset; choose among {', '.join(available)} "
                             f"(or leave --datasets out for all of them).")
+    folder_of = {name: name for name in available}
     if datasets:
-        missing = [d for d in datasets if d not in available]
+        # a model trained where macOS wrote "café" decomposed finds the composed folder elsewhere, and back
+        composed = {unicodedata.normalize("NFC", name): name for name in available}
+        for d in datasets:
+            if d not in folder_of and unicodedata.normalize("NFC", d) in composed:
+                folder_of[d] = composed[unicodedata.normalize("NFC", d)]
+        missing = [d for d in datasets if d not in folder_of]
         if missing:
             raise UserError(f"dataset(s) {', '.join(missing)} not found under '{root}'. "
                             f"Available: {', '.join(available)}.")
         names = list(dict.fromkeys(datasets))  # a repeated name would duplicate its classes
     else:
         names = available
+    if RESERVED_NAME in names:
+        raise UserError(f"{root / RESERVED_NAME}: a dataset cannot be named '{RESERVED_NAME}', since pred_all.json "
+                        f"keeps the model's parameter count under that key; rename the folder.")
 
     problems: list[str] = []
     val_gaps: list[str] = []
     infos: list[DatasetInfo] = []
     for name in names:
-        ds_dir = root / name
+        ds_dir = root / folder_of[name]
         found: dict[str, dict[str, list[Path]]] = {}
         test: list[tuple[int, Path]] = []
         for split in splits:

@@ -73,12 +73,13 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
 def load_splits(infos: list[DatasetInfo], splits: tuple[str, ...], space: LabelSpace, size: int,
                 cache_dir: Path | None, crop_pct: float = 1.0, skip_bad: bool = False) -> list[ImageSet]:
     """Load several splits, reporting the undecodable images of all of them in one error."""
-    out, problems = [], []
+    out, problems, hints = [], [], []
     for split in splits:
         try:
             out.append(load_split(infos, split, space, size, cache_dir, crop_pct, skip_bad))
         except DataLayoutError as exc:
-            problems += [p for p in exc.problems if not p.startswith("(pass --skip-bad-images")]
+            problems += exc.problems
+            hints = list(dict.fromkeys(hints + exc.hints))
     if problems:
-        raise DataLayoutError(problems + ["(pass --skip-bad-images to skip these files and go on)"])
+        raise DataLayoutError(problems, hints)
     return out

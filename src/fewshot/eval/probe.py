@@ -34,6 +34,9 @@ def train_linear_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: i
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     head.train()
+    if len(feats) < 2:  # BatchNorm cannot take batch statistics of one image: centre on it, unit scale
+        head.norm.running_mean.copy_(feats.mean(0))
+        head.norm.eval()
     for _ in range(epochs):
         loss = F.cross_entropy(head(feats), targets)
         opt.zero_grad()

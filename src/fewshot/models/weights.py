@@ -20,19 +20,20 @@ from torch import nn
 from fewshot.errors import CheckpointError
 
 PREFIXES = ("module.", "_orig_mod.", "encoder_q.backbone.", "encoder_q.0.", "encoder_q.", "backbone.", "model.")
+MOCO_ONLY = ("encoder_k", "queue", "queue_ptr")  # the official MoCo checkpoint's key encoder and queue
 
 
 def is_safetensors(path: Path) -> bool:
     """By name or by content (an 8-byte header length, then a JSON header), so that a safetensors file
     saved or renamed as `backbone.pt` is still read as one rather than handed to torch.load."""
-    if path.suffix == ".safetensors":
-        return True
     try:
         with open(path, "rb") as f:
             head = f.read(9)
         size = path.stat().st_size
     except OSError:
-        return False
+        return path.suffix == ".safetensors"
+    if path.suffix == ".safetensors" and not head.startswith((b"PK", b"\x80")):  # a torch.save file so named is
+        return True                                                               # read as one (sniffed below)
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
 
 
@@ -56,7 +57,8 @@ def read_tensor_file(path: str | Path) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise next to the error below
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as f:  # an open file: torch would read a `.safetensors` name as safetensors
+                obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not _looks_like_torch_file(path):  # text, an image, ...: torch's legacy reader calls that a bad pickle
             raise CheckpointError(f"cannot read {path}: not a PyTorch (.pt/.pth) or safetensors weights file "
@@ -140,13 +142,22 @@ def backbone_state_from(obj: dict, path: Path) -> dict[str, torch.Tensor]:
     for k, v in obj.items():
         if not isinstance(v, torch.Tensor):
             continue
-        for prefix in PREFIXES:
-            if k.startswith(prefix):
-                k = k[len(prefix):]
+        k = _strip_prefixes(k)
+        if k.split(".")[0] in MOCO_ONLY:  # the official MoCo checkpoint: its query encoder is the backbone
+            continue
         state[k] = v
     if not state:
         raise CheckpointError(f"{path} holds no tensors.")
     return state
+
+
+def _strip_prefixes(key: str) -> str:
+    """`model.backbone.conv1.weight` (Lightning) -> `conv1.weight`: wrappers' prefixes in any order and number."""
+    while True:
+        prefix = next((p for p in PREFIXES if key.startswith(p)), None)
+        if prefix is None:
+            return key
+        key = key[len(prefix):]
 
 
 def classifier_keys(backbone: nn.Module, state: dict) -> list[str]:
@@ -159,12 +170,15 @@ def classifier_keys(backbone: nn.Module, state: dict) -> list[str]:
 
 def architecture_of(path: str | Path | None) -> dict:
     """`width` / `small_stem` / `img_size` / `model` recorded by `fewshot export` in a safetensors file's
-    metadata ({} if none).
+    metadata, or by a fewshot checkpoint (best.pt / last.pt) given as weights ({} if none).
 
     So that a backbone exported from a half-width, small-stem run is rebuilt the same way by
-    `fewshot train --weights` / `fewshot probe` without the user repeating the options."""
-    if not path or not Path(path).is_file() or not is_safetensors(Path(path)):
+    `fewshot train --weights` / `fewshot probe` without the user repeating the options (a best.pt of a 32 px run
+    used to be fine-tuned at the model's default 160 px: 10 % instead of 93 %)."""
+    if not path or not Path(path).is_file():
         return {}
+    if not is_safetensors(Path(path)):
+        return _checkpoint_architecture(Path(path))
     from safetensors import safe_open
 
     try:
@@ -172,6 +186,27 @@ def architecture_of(path: str | Path | None) -> dict:
             meta = f.metadata() or {}
     except Exception:
         return {}  # read_tensor_file reports an unreadable file with its own message
+    return _recorded_architecture(meta, path)
+
+
+def _checkpoint_architecture(path: Path) -> dict:
+    """The same fields, from a fewshot checkpoint's own record (its config's model section and image size)."""
+    if not _looks_like_torch_file(path):
+        return {}
+    try:
+        ck = read_tensor_file(path)
+    except CheckpointError:
+        return {}  # reported when the weights are loaded
+    if ck.get("format") != "fewshot-checkpoint":
+        return {}
+    model = (ck.get("config") or {}).get("model") if isinstance(ck.get("config"), dict) else None
+    model = model if isinstance(model, dict) else {}
+    meta = {"img_size": str(ck.get("img_size", "")), "model": str(ck.get("model_name") or model.get("name") or ""),
+            "width": str(model.get("width") or ""), "small_stem": str(bool(model.get("small_stem"))).lower()}
+    return _recorded_architecture(meta, path)
+
+
+def _recorded_architecture(meta: dict, path) -> dict:
     arch = {}
     try:
         if meta.get("width"):
@@ -268,6 +303,11 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
                      + ("" if not strict or mismatched else
                         ", or (train, pretrain, run) pass model.strict=false to load the matching part") + ".")
         raise CheckpointError(" ".join(parts))
+    broken = [k for k, v in state.items() if k in own and v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:  # named here; in training they surfaced as "the loss became nan ... lower the learning rate"
+        raise CheckpointError(f"weights file {path} holds NaN or infinite values in {len(broken)} tensor(s) "
+                              f"({', '.join(broken[:4])}{', ...' if len(broken) > 4 else ''}); it cannot be trained "
+                              f"from. Use an earlier checkpoint of the run that wrote it.")
     loaded = len(state) - len(unexpected)
     if loaded == 0:
         raise CheckpointError(f"weights file {path}: none of its {len(state)} tensor(s) matches a parameter of the "

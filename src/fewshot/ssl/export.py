@@ -6,11 +6,12 @@ prefixes, no projection head. Split BatchNorm layers keep plain BatchNorm key na
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from safetensors.torch import save
 
-from fewshot.errors import CheckpointError
+from fewshot.errors import CheckpointError, UserError
 from fewshot.train.checkpoint import load_checkpoint, resolve_checkpoint
 from fewshot.utils import atomic_write_bytes
 
@@ -37,12 +38,17 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dic
     if Path(run_or_ckpt).is_dir() and ck.get("kind") == "supervised" and ckpt.name == "last.pt" and best.is_file():
         # a fine-tuning run: the checkpoint that eval, predict and pred_all.json use (it was last.pt, silently)
         ckpt, ck = best, load_checkpoint(best)
+    if Path(run_or_ckpt).is_dir() and ck.get("kind") == "supervised" and ckpt.name != "best.pt":
+        print(f"warning: {ckpt.parent.parent} has no best.pt (it stopped before its first evaluation); exporting "
+              f"{ckpt.name}, epoch {ck.get('epoch', '?')}.", file=sys.stderr, flush=True)
+    out = Path(out)
+    if out.resolve().parent == ckpt.resolve().parent:  # `--out RUN/checkpoints/best.pt` replaced the run's best.pt
+        raise UserError(f"--out {out} is in the run's checkpoints folder; write the export elsewhere.")
     state = backbone_state(ck)
     meta = {"format": "pt", "model": str(ck.get("model_name", "")), "source": str(ckpt),
             "epoch": str(ck.get("epoch", "")), "img_size": str(ck.get("img_size", ""))}
     model_cfg = (ck.get("config") or {}).get("model") or {}
     meta["width"] = str(float(model_cfg.get("width") or 1.0))
     meta["small_stem"] = str(bool(model_cfg.get("small_stem"))).lower()
-    out = Path(out)
     atomic_write_bytes(out, save(state, metadata=meta))  # bytes in memory: no temp file to leave behind
     return out, meta

@@ -164,7 +164,7 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
     check_resume_world(Path(out), resume, ctx.world)
     seed_everything(cfg["train"]["seed"])
-    task = SupervisedTask(cfg, infos, device, ctx)
+    task = SupervisedTask(cfg, infos, device, ctx, resuming=resume and (Path(out) / "checkpoints" / "last.pt").is_file())
     engine = Engine(task, cfg, out, device, ctx)
     if ctx.is_main:
         pool_skipped = task.unlabeled.skipped if task.unlabeled is not None else []  # FixMatch's pool

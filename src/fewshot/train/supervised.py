@@ -51,11 +51,11 @@ class SupervisedTask:
     supports_ema = True
     drop_last = False
 
-    def __init__(self, cfg: dict, infos, device: torch.device, ctx: DistContext):
+    def __init__(self, cfg: dict, infos, device: torch.device, ctx: DistContext, resuming: bool = False):
         self.cfg, self.device, self.ctx = cfg, device, ctx
         self.space = LabelSpace.from_infos(infos)
         self.model = build_classifier(cfg, self.space.num_classes)
-        if cfg["model"]["weights"]:
+        if cfg["model"]["weights"] and not resuming:  # resuming: last.pt replaces them, and the file may be gone
             load_backbone_weights(self.model.backbone, cfg["model"]["weights"], strict=cfg["model"]["strict"])
         self.size = input_size(self.model.backbone, cfg["model"]["img_size"])
         check_input_size(self.model.backbone, self.size, cfg["model"]["name"])
@@ -67,7 +67,7 @@ class SupervisedTask:
         cache = default_cache_dir(d["root"], d["cache_dir"])
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
                                                    d["crop_pct"], d["skip_bad_images"])
-        head_init = self.head_init_mode()
+        head_init = self.head_init_mode() if not resuming else "random"  # resuming: last.pt holds the head
         if head_init == "probe":
             self.init_head_from_probe()
         elif head_init == "prototype":
