@@ -18,6 +18,7 @@ import errno
 import io
 import json
 import os
+import warnings
 import shutil
 import struct
 import subprocess
@@ -169,6 +170,13 @@ def test_float_images_in_the_unit_range_are_not_black_and_jfif_files_are_images(
     Image.fromarray(gray, mode="F").save(tmp_path / "byte.tif")
     unit, byte = decode_resized(tmp_path / "unit.tif", 16), decode_resized(tmp_path / "byte.tif", 16)
     assert byte.max() > 200 and np.abs(unit.astype(int) - byte.astype(int)).max() <= 1
+    nan = gray / 255.0
+    nan[: len(nan) // 4] = np.nan  # a float TIFF with NaNs printed numpy's "invalid value encountered in cast" with a source line
+    Image.fromarray(nan, mode="F").save(tmp_path / "nan.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = decode_resized(tmp_path / "nan.tif", 16)
+    assert got[:, :2].max() == 0 and np.abs(got[:, 8:].astype(int) - unit[:, 8:].astype(int)).max() <= 1
     train = root / "digits" / "train" / "3"
     Image.open(sorted(train.glob("*.png"))[0]).convert("RGB").save(train / "web photo.jfif", format="JPEG")
     test = root / "digits" / "test"

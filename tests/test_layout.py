@@ -183,6 +183,8 @@ def test_a_problem_about_a_folder_named_in_brackets_is_listed_as_a_problem(tmp_p
     error = DataLayoutError(["(copy)/ds/val/red/9.bmp: empty file"], ["(pass --skip-bad-images to go on)"])
     assert str(error).splitlines() == ["the data layout has 1 problem(s):", "  - (copy)/ds/val/red/9.bmp: empty file",
                                        "(pass --skip-bad-images to go on)"]
+    error = DataLayoutError(["new\nline/ds/val: missing split folder 'val'"])  # a folder name split the line
+    assert str(error).splitlines()[1] == "  - new\\nline/ds/val: missing split folder 'val'"
 
 
 def test_selection_skips_broken_other_dataset(copy_root, dataset_names):

@@ -14,6 +14,11 @@ def printable(text: str) -> str:
     return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
 
 
+def one_line(text: str) -> str:
+    """printable, with line breaks shown as \\n: for lines that name files (a folder may be called "a\\nb")."""
+    return printable(text).replace("\n", "\\n")
+
+
 class UserError(Exception):
     """A mistake the user can fix: bad paths, bad data, bad options, bad files."""
 
@@ -28,7 +33,8 @@ class DataLayoutError(UserError):
         hints, real = self.hints, self.problems
         shown = real[:50]
         more = len(real) - len(shown)
-        text = f"the data layout has {len(real)} problem(s):\n" + "\n".join(f"  - {p}" for p in shown)
+        # one line per problem: a newline in a folder's name split a path over two lines
+        text = f"the data layout has {len(real)} problem(s):\n" + "\n".join(f"  - {one_line(p)}" for p in shown)
         if more:
             text += f"\n  ... and {more} more"
         if hints:

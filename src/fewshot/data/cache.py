@@ -48,7 +48,7 @@ class CachedImages:
 def to_rgb_uint8(img: Image.Image) -> Image.Image:
     """Any PIL mode (L, P, RGBA, CMYK, 16-bit, float) -> 8-bit RGB."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # NaN: black, quietly
         top = arr.max(initial=0)
         # float images in [0, 1] (what numpy / scientific pipelines write) would otherwise come out black
         hi = 65535.0 if img.mode.startswith("I;16") or top > 255 else 1.0 if img.mode == "F" and top <= 1.0 else 255.0
