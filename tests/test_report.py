@@ -439,3 +439,141 @@ def test_test_split_scores_in_metrics_json_are_not_shown_as_val(runs, tmp_path):
     assert any("test-split" in note for note in loaded.notes)
     (run / "metrics.json").write_text(json.dumps({**val, "split": "val"}))
     assert load_run(run, "ft").metrics["mean_acc1"] == val["mean_acc1"]
+
+
+# ---------------------------------------------------------------------- runs read while written, odd files
+
+def test_report_of_a_run_still_training_matches_the_checkpoint_epoch(runs, tmp_path, monkeypatch):
+    """best.pt is read after log.jsonl: a run still training had saved a later best.pt meanwhile, and the page
+    quoted the earlier epoch's accuracy, then blamed the data for the difference."""
+    from fewshot.report import build
+
+    run = tmp_path / "live"
+    shutil.copytree(runs["ft"], run)
+    for name in ("metrics.json", "metrics_known.json", "metrics_unknown.json"):
+        (run / name).unlink()
+    lines = (run / "log.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    ck_epoch = max(rows, key=lambda r: r["score"])["epoch"]  # the epoch best.pt holds
+    earlier = {**rows[0], "epoch": 0, "score": 1e9,  # a best evaluation in the log as first read, then gone
+               "val": {m: {**rows[0]["val"][m], "mean_acc1": 0.5} for m in ("known", "unknown")}}
+    (run / "log.jsonl").write_text("\n".join([json.dumps(earlier), *lines]) + "\n")
+    analyse = build.ReportBuilder._analyse
+
+    def analyse_after_the_log_moved_on(self):
+        (run / "log.jsonl").write_text("\n".join(lines) + "\n")  # the log best.pt belongs to
+        analyse(self)
+
+    monkeypatch.setattr(build.ReportBuilder, "_analyse", analyse_after_the_log_moved_on)
+    rc, out, err = run_main("report", run, "--out", tmp_path / "r", "--device", "cpu", "--grid", "4")
+    assert rc == 0, err
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert "the data differ" not in text
+    assert f"evaluation of epoch {ck_epoch}, the one best.pt holds" in text and "epoch 0," not in text
+
+
+def test_a_checkpoint_newer_than_the_log_is_said_plainly(runs, tmp_path):
+    """best.pt is saved before its log row: the page says the run is being written, not that the data differ."""
+    from fewshot.report.build import ReportBuilder
+
+    run = tmp_path / "live"
+    shutil.copytree(runs["ft"], run)
+    builder = ReportBuilder([run], tmp_path / "r")
+    r = builder.runs[0]
+    builder._match_checkpoint_epoch(r, r.metrics_epoch + 5)
+    assert any("still being written" in n for n in r.notes)
+
+
+def test_runs_with_the_same_folder_name_get_labels_apart(runs, tmp_path):
+    from fewshot.report.runs import expand_runs
+
+    for side in ("a", "b"):
+        shutil.copytree(runs["ft"], tmp_path / "lab" / side / "x" / "exp")
+    a, b = tmp_path / "lab/a/x/exp", tmp_path / "lab/b/x/exp"
+    assert [r.label for r in expand_runs([a, b])] == ["a/x/exp", "b/x/exp"]
+    assert [r.label for r in expand_runs([b, a])] == ["b/x/exp", "a/x/exp"]
+    odd = tmp_path / "new\nline"
+    shutil.copytree(runs["ft"], odd)
+    rc, out, err = run_main("compare", odd)
+    assert rc == 0, err
+    assert "new\\nline" in out
+    assert not any(line.strip() == "line" or line.startswith("line ") for line in out.splitlines())
+
+
+BROKEN = {
+    "metrics.json": ['{"mode": "known", "mean_acc1": 50, "datasets": ["digits"]}',
+                     '{"mode": "known", "mean_acc1": 50, "datasets": {"digits": 5}}',
+                     '{"mode": "known", "mean_acc1": 50, "n_parameters": "abc"}',
+                     '{"mode": "known", "mean_acc1": 50, "best_epoch": "three"}',
+                     b'\xff\xfe{}', "{}", "null"],
+    "log.jsonl": [b'\xff\xfe\n', "5\n", "[1, 2]\n", '{"epoch": "x"}\n'],
+    "config.yaml": ["data: 5\n", "model: {img_size: big}\n", "model: [\n"],
+}
+
+
+@pytest.mark.parametrize("name,content", [(n, c) for n, cs in BROKEN.items() for c in cs])
+def test_files_fewshot_does_not_write_are_passed_over_with_a_note(runs, tmp_path, name, content):
+    from fewshot.report.build import compare_tables
+    from fewshot.report.runs import expand_runs
+
+    run = tmp_path / "c"
+    shutil.copytree(runs["ft"], run, ignore=shutil.ignore_patterns("checkpoints"))
+    data = content if isinstance(content, bytes) else content.encode()
+    if name == "log.jsonl":  # appended before a last good row: not a torn last line
+        last = (run / name).read_bytes().splitlines(keepends=True)[-1]
+        data = (run / name).read_bytes() + data + last
+    (run / name).write_bytes(data)
+    (run / "metrics_known.json").unlink()
+    found = expand_runs([run])
+    compare_tables(found, {})
+    notes = found[0].notes
+    assert any(name in n for n in notes), notes
+
+
+def test_broken_files_notes_say_what_is_wrong(runs, tmp_path):
+    from fewshot.report.runs import load_run
+
+    run = tmp_path / "c"
+    shutil.copytree(runs["ft"], run)
+    (run / "config.yaml").write_text("model: [\n")
+    notes = load_run(run, "c").notes
+    assert any("config.yaml is not valid YAML" in n for n in notes), notes
+    (run / "metrics_known.json").unlink()
+    for text, says in (("{}", "has no mean_acc1"), ("null", "holds null")):
+        (run / "metrics.json").write_text(text)
+        notes = load_run(run, "c").notes
+        assert any(says in n for n in notes) and not any("no metrics.json yet" in n for n in notes), notes
+    (run / "metrics.json").write_text(json.dumps({"mode": "known", "mean_acc1": 5.0, "split": "test"}))
+    notes = load_run(run, "c").notes
+    assert not any("no metrics.json yet" in n for n in notes) and any("not usable" in n for n in notes), notes
+
+
+def test_report_out_may_not_be_inside_a_run_or_the_data(runs, tmp_path):
+    from fewshot.report.build import check_report_out
+    from fewshot.report.runs import expand_runs
+
+    found = expand_runs([runs["ft"]])
+    for out in (runs["ft"], runs["ft"] / "checkpoints", runs["root"] / "digits" / "test", runs["root"]):
+        rc, _, err = run_main("report", runs["ft"], "--out", out, "--device", "cpu")
+        assert rc == 2 and "--out" in err and "Traceback" not in err, err
+    (tmp_path / "file").write_text("x")
+    rc, _, err = run_main("report", runs["ft"], "--out", tmp_path / "file")
+    assert rc == 2 and "earlier report" in err and "new or empty" not in err
+    check_report_out(tmp_path / "elsewhere", found)
+    pipe = tmp_path / "pipe"
+    shutil.copytree(runs["ft"], pipe / "finetune", ignore=shutil.ignore_patterns("checkpoints"))
+    (pipe / "summary.json").write_text(json.dumps({"metrics": {}}))
+    staged = expand_runs([pipe])
+    check_report_out(pipe / "report", staged)  # where `fewshot run` writes its own report
+    from fewshot.errors import UserError
+
+    for out in (pipe, pipe / "other", pipe / "finetune" / "report"):
+        with pytest.raises(UserError):
+            check_report_out(out, staged)
+
+
+def test_compare_and_report_help_say_what_run_is():
+    for cmd in ("compare", "report"):
+        rc, out, _ = run_main(cmd, "--help")
+        assert rc == 0 and "run folders or checkpoint files" in out
+    assert "DIR/index.html" not in run_main("report", "--help")[1]

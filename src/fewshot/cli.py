@@ -110,19 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="an HTML report of one or more runs (curves, accuracy bars, tables, "
                        "confusion matrices, embeddings, predictions)",
-                       description="Write DIR/index.html with its PNGs beside it (no network, no scripts). RUN is a "
-                       "run directory of `fewshot train` or `fewshot pretrain`, or a `fewshot run` output folder "
-                       "(its pretrain/ and finetune/ stages). Image-based parts need the data: --data ROOT, else the "
-                       "data.root recorded in the run's config.yaml.")
-    p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--out", required=True, help="report folder (index.html + PNGs)")
+                       description="Write OUT/index.html with its PNGs beside it (no network, no scripts). RUN is a "
+                       "run directory of `fewshot train` or `fewshot pretrain`, a checkpoint file in one, or a "
+                       "`fewshot run` output folder (its pretrain/ and finetune/ stages). Image-based parts need the "
+                       "data: --data ROOT, else the data.root recorded in the run's config.yaml.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or checkpoint files")
+    p.add_argument("--out", required=True, help="report folder (index.html + PNGs): a new one or an earlier "
+                   "report's, outside the reported runs and the data")
     p.add_argument("--data", help="dataset root for the confusion matrices, embedding map and prediction grid")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--tsne", action="store_true", help="t-SNE instead of PCA for the embedding map (slower)")
     p.add_argument("--grid", type=int, default=40, metavar="N", help="val images in the prediction grid")
 
-    p = sub.add_parser("compare", help="print the report's tables of one or more runs in the terminal")
-    p.add_argument("runs", nargs="+", metavar="RUN")
+    p = sub.add_parser("compare", help="print the report's tables of one or more runs in the terminal",
+                       description="Print the tables of `fewshot report` (overview, per-dataset accuracy, kNN) in the "
+                       "terminal, without loading data or drawing plots. RUN is a run directory of `fewshot train` or "
+                       "`fewshot pretrain`, a checkpoint file in one, or a `fewshot run` output folder (its stages).")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or checkpoint files")
 
     from fewshot import cli_moco
 

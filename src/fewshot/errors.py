@@ -15,8 +15,9 @@ def printable(text: str) -> str:
 
 
 def one_line(text: str) -> str:
-    """printable, with line breaks shown as \\n: for lines that name files (a folder may be called "a\\nb")."""
-    return printable(text).replace("\n", "\\n")
+    """printable, with line breaks and tabs escaped too: for one-line texts that name files or folders (a folder
+    may be called "a\\nb"; a table row or a list item must not be split)."""
+    return printable(text).replace("\n", "\\n").replace("\t", "\\t")
 
 
 class UserError(Exception):

@@ -82,29 +82,30 @@ def not_a_dataset(folder: Path) -> str | None:
     return None
 
 
-def check_output_is_not_in_data(out: Path, root, unlabeled=None) -> None:
+def check_output_is_not_in_data(out: Path, root, unlabeled=None, what: str = "the run") -> None:
     """A run folder that is the data root, or inside one of its datasets, changes the data: `--out ROOT` left
     ROOT/plots/ and ROOT/checkpoints/, and every later command on ROOT failed on them as datasets. Inside an
-    --unlabeled folder (``unlabeled``: data.unlabeled), its plots joined the pool and --resume then refused it."""
+    --unlabeled folder (``unlabeled``: data.unlabeled), its plots joined the pool and --resume then refused it.
+    ``what``: the output named in the message (`fewshot report` checks its --out too)."""
     out_r, root_r = Path(out).resolve(), Path(root).resolve()
     folders = [] if not unlabeled else unlabeled if isinstance(unlabeled, (list, tuple)) else [unlabeled]
     for folder in folders:
         folder_r = Path(folder).resolve()
         if out_r == folder_r or folder_r in out_r.parents:
             raise UserError(f"--out {out} lies inside the unlabeled folder {folder}, whose every image joins the "
-                            f"pool (the run's plots too); give the run a folder outside it.")
+                            f"pool (its plots too); give {what} a folder outside it.")
     if out_r == root_r:
-        raise UserError(f"--out {out} is the data root itself; give the run a folder of its own (e.g. "
+        raise UserError(f"--out {out} is the data root itself; give {what} a folder of its own (e.g. "
                         f"runs/mine, or a sub-folder of the root such as {Path(root) / 'runs' / 'mine'}).")
     pool = root_r / "unlabeled"
     if out_r == pool or pool in out_r.parents:  # its plots would join the unlabeled pool
-        raise UserError(f"--out {out} lies inside the unlabeled pool {Path(root) / 'unlabeled'}; give the run a "
+        raise UserError(f"--out {out} lies inside the unlabeled pool {Path(root) / 'unlabeled'}; give {what} a "
                         f"folder outside it.")
     for split in ("train", "val", "test"):
         for folder in (out_r, *out_r.parents):
             if folder.name == split and folder.parent.parent == root_r:
                 raise UserError(f"--out {out} lies inside the {split}/ split of dataset {folder.parent.name}; "
-                                f"give the run a folder outside the datasets' splits.")
+                                f"give {what} a folder outside the datasets' splits.")
 
 
 def list_datasets(root: Path) -> list[str]:

@@ -22,7 +22,7 @@ from fewshot.errors import CheckpointError, UserError, printable
 from fewshot.eval.evaluate import compute_logits, score
 from fewshot.models.backbone import MAX_IMG_SIZE, MIN_IMG_SIZE, mean_std
 from fewshot.models.classifier import build_classifier
-from fewshot.train.checkpoint import load_checkpoint, resolve_checkpoint
+from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_checkpoint
 
 MISROUTED = -1  # pred_all.json entry of an image that unknown-source mode routed to another dataset
 
@@ -36,6 +36,7 @@ class TrainedModel:
     size: int
     n_parameters: int
     path: Path
+    epoch: int | None = None  # the log.jsonl epoch the weights are from (a report matches its scores to it)
 
 
 def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
@@ -51,6 +52,7 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
         if isinstance(n_parameters, bool) or not isinstance(n_parameters, int):
             raise ValueError(f"n_parameters {n_parameters!r} is not a whole number")
         space = LabelSpace.from_dict(ck["label_space"])
+        epoch = logged_epoch(ck)
         cfg = ck["config"]
         cfg["model"]["weights"] = None  # the checkpoint holds every weight
         model = build_classifier(cfg, space.num_classes)
@@ -63,7 +65,7 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
                               f"{printable(str(exc))[:400]}).") from None
     model.to(device).eval()
     return TrainedModel(model, space, cfg, Normalize(*mean_std(model.backbone)).to(device), img_size,
-                        n_parameters, path)
+                        n_parameters, path, epoch)
 
 
 def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list[str]:

@@ -29,6 +29,7 @@ class ValAnalysis:
     size: int
     n_parameters: int
     root: Path
+    epoch: int | None = None      # the logged epoch of the checkpoint predicted with
 
     @property
     def true_local(self) -> np.ndarray:
@@ -94,7 +95,7 @@ def analyse_run(run, root: Path, device: torch.device) -> ValAnalysis:
     return ValAnalysis(space=tm.space, images=data.images, targets=data.targets.numpy(),
                        dataset_ids=data.dataset_ids.numpy(), logits=logits, features=feats.numpy(),
                        pred_local=pred_local.numpy(), model=tm.model, size=tm.size, n_parameters=tm.n_parameters,
-                       root=Path(root))
+                       root=Path(root), epoch=tm.epoch)
 
 
 def recomputed_mean_acc1(a: ValAnalysis) -> float:

@@ -17,7 +17,7 @@ import numpy as np
 from fewshot.errors import UserError, printable
 from fewshot.report import html as H
 from fewshot.report import tables as T
-from fewshot.report.runs import Run, expand_runs
+from fewshot.report.runs import Run, expand_runs, refresh_evaluation
 
 GRID_IMAGES = 40
 MAX_CONFUSION_IMAGES = 12  # datasets with a confusion-matrix picture per run (the pairs are always listed)
@@ -70,6 +70,40 @@ def run_compare(paths: list[str], file=None) -> list[T.Table]:
     return tables
 
 
+def _inside(out: Path, folder: Path) -> bool:
+    out, folder = out.resolve(), folder.resolve()
+    return out == folder or folder in out.parents
+
+
+def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> None:
+    """Refuse an --out whose PNGs would change what they report on: a run's folder (its checkpoints/, plots),
+    or the data (predict read PNGs put in ROOT/<dataset>/test as test images). A `fewshot run` folder's own
+    report/ is where `fewshot run` writes it, and stays allowed."""
+    from fewshot.data.layout import check_output_is_not_in_data
+    from fewshot.report.analysis import resolve_data_root
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give --out a folder: a new one, or an earlier report's folder "
+                        f"(its index.html and PNGs are replaced).")
+    for r in runs:
+        own = r.group / "report" if r.group is not None else None
+        for folder in (r.path, r.group):
+            if folder is not None and _inside(out, folder) and not (own is not None and out.resolve() == own.resolve()):
+                hint = f" (or {own}, the folder's own report)" if own is not None else ""
+                raise UserError(f"--out {out} lies inside the run folder {folder} that is reported; give the report "
+                                f"a folder outside it{hint}.")
+        try:
+            root = resolve_data_root(r, data)[0]
+        except UserError:
+            root = None
+        if root is not None:
+            unlabeled = (r.config.get("data") or {}).get("unlabeled")
+            ok = isinstance(unlabeled, str) or (isinstance(unlabeled, list)
+                                                and all(isinstance(u, str) for u in unlabeled))
+            check_output_is_not_in_data(out, root, unlabeled if ok else None, what="the report")
+
+
 class ReportBuilder:
     def __init__(self, paths: list[str], out: Path, data: str | None = None, device: str = "auto",
                  tsne: bool = False, grid_images: int = GRID_IMAGES, log=print):
@@ -118,8 +152,18 @@ class ReportBuilder:
                 self.log(f"report: predicting the val images of {r.label} ({root})")
                 self.analyses[r.label] = analyse_run(r, root, self.device)
                 self.data_notes[r.label] = f"val images from {root} ({why})."
+                self._match_checkpoint_epoch(r, self.analyses[r.label].epoch)
             except UserError as exc:
                 self.data_notes[r.label] = f"Image-based parts skipped: {exc}"
+
+    def _match_checkpoint_epoch(self, r: Run, epoch: int | None) -> None:
+        """best.pt is read after the run's files: a run still training may have replaced it meanwhile. The
+        accuracies shown must be those of the checkpoint predicted with (re-read from the log), else said so."""
+        if epoch is None or r.metrics_epoch is None or r.metrics_epoch == epoch or refresh_evaluation(r, epoch):
+            return
+        r.notes.append(f"The checkpoint predicted with holds epoch {epoch}, the accuracies shown are of epoch "
+                       f"{r.metrics_epoch}: the run is still being written (training, or evaluating epoch {epoch}). "
+                       f"Report it again once it has finished.")
 
     # ------------------------------------------------------------------ sections
     def _overview(self, flop_counts: dict) -> list[str]:
@@ -184,7 +228,8 @@ class ReportBuilder:
                 f'{H.e(self.data_notes[r.label])}</p>']
         got = recomputed_mean_acc1(a)
         want = (r.metrics_known or {}).get("mean_acc1")
-        if isinstance(want, (int, float)) and abs(got - want) > 0.01:
+        same_epoch = r.metrics_epoch is None or a.epoch is None or r.metrics_epoch == a.epoch
+        if same_epoch and isinstance(want, (int, float)) and abs(got - want) > 0.01:
             body.append(H.note(f"Recomputed known-source mean acc@1 on these val images is {got:.2f}, but the "
                                f"run's metrics say {want:.2f}: the data differ from those the run was evaluated on."))
         # confusion matrices
@@ -258,6 +303,7 @@ class ReportBuilder:
         from fewshot.data.cache import ensure_writable_dir
         from fewshot.utils import atomic_write_text
 
+        check_report_out(self.out, self.runs, self.data)
         ensure_writable_dir(self.out, "report")
         self._analyse()
         flop_counts = compute_flops(self.runs, self.analyses)
@@ -275,6 +321,9 @@ class ReportBuilder:
                       f"fewshot {__version__} · fewshot report " + " ".join(str(r.path) for r in self.runs))
         index = self.out / "index.html"
         atomic_write_text(index, text)
+        for r in self.runs:  # on the page too; printed so that a file passed over is not passed over unseen
+            for n in r.notes:
+                self.log(printable(f"note ({r.label}): {n}"))
         return index
 
 

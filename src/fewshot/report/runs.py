@@ -14,46 +14,165 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot.errors import UserError
+from fewshot.errors import UserError, one_line
 
 STAGES = ("pretrain", "finetune_labelled", "finetune")  # finetune_labelled: self-training round 1
 
 
-def _read_json(path: Path):
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _read_text(path: Path, notes: list[str]) -> str | None:
+    """A run file's text, or None with a note: an unreadable or non-UTF-8 file is passed over, not a crash."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        notes.append(f"{path} cannot be read ({exc.strerror or exc}): passed over.")
+    except UnicodeDecodeError as exc:
+        notes.append(f"{path} is not UTF-8 text (byte {exc.start}): not a file fewshot writes; passed over.")
+    return None
+
+
+def _read_json(path: Path, notes: list[str]):
+    """The JSON value of a run file; None (with a note when it exists) when absent or unreadable."""
     if not path.is_file():
         return None
+    text = _read_text(path, notes)
+    if text is None:
+        return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not readable JSON ({exc}).") from None
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        notes.append(f"{path} is not valid JSON ({exc}): passed over.")
+        return None
 
 
-def read_log(run: Path) -> list[dict]:
-    """log.jsonl as a list of dicts; a torn last line (a run killed mid-write) is ignored."""
+def _shown(x) -> str:
+    """A bad value as a note quotes it: short (a file may hold anything)."""
+    text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _kind_of(x) -> str:
+    return "null" if x is None else {dict: "an object", list: "a list", str: "a string"}.get(type(x), "a number")
+
+
+# Optional fields of a metrics file: (check, what it must be). A bad one is left out, the rest still shown.
+METRICS_FIELDS = {"mode": (lambda x: x in ("known", "unknown"), "known or unknown"),
+                  "split": (lambda x: isinstance(x, str), "a split name"),
+                  "routing_acc": (_is_number, "a number"),
+                  "n_parameters": (lambda x: _is_whole(x) and x > 0, "a whole number"),
+                  "best_epoch": (lambda x: _is_whole(x) and x >= 0, "a whole number")}
+
+
+def _dataset_entry_ok(v) -> bool:
+    return isinstance(v, dict) and all(_is_number(v[k]) for k in ("acc1", "acc5") if k in v) and \
+        ("n" not in v or _is_whole(v["n"]))
+
+
+def clean_metrics(m, where: str, notes: list[str]) -> dict | None:
+    """A metrics object as fewshot writes it (mode, mean_acc1, datasets), or None with a note. Fields of the
+    wrong shape are left out with a note, so that one bad value does not cost the rest of the report."""
+    if not isinstance(m, dict):
+        notes.append(f"{where} holds {_kind_of(m)}, not a metrics object (mode, mean_acc1, datasets): passed over.")
+        return None
+    if not _is_number(m.get("mean_acc1")):
+        got = "no mean_acc1" if "mean_acc1" not in m else f"mean_acc1 {_shown(m['mean_acc1'])}, not a number"
+        notes.append(f"{where} has {got}: not a metrics file fewshot writes; passed over.")
+        return None
+    m = dict(m)
+    for key, (ok, what) in METRICS_FIELDS.items():
+        if m.get(key) is not None and not ok(m[key]):  # null: absent (known-source files have no routing)
+            notes.append(f"{where}: {key} {_shown(m.pop(key))} is not {what}; left out.")
+    per_dataset = m.get("datasets")
+    if "datasets" in m and not (isinstance(per_dataset, dict) and all(map(_dataset_entry_ok, per_dataset.values()))):
+        notes.append(f"{where}: datasets is not an object of per-dataset scores (acc1, acc5, n); per-dataset rows "
+                     f"left out.")
+        del m["datasets"]
+    return m
+
+
+def _clean_row(row, notes: list[str]) -> dict | None:
+    """A log row usable by the report, or None: an object with a whole-number epoch; a val or knn_acc1 part of
+    another shape is dropped (the rest of the row still draws)."""
+    if not isinstance(row, dict) or not _is_whole(row.get("epoch")) or row["epoch"] < 0:
+        return None
+    if "val" in row:
+        val = row["val"]
+        ok = isinstance(val, dict) and all(clean_metrics(val[m], "", []) is not None for m in ("known", "unknown")
+                                           if val.get(m) is not None)
+        if not ok:
+            row = {k: v for k, v in row.items() if k != "val"}
+            notes.append(f"log.jsonl: the val scores of epoch {row['epoch']} are not what fewshot logs; left out.")
+    if "knn_acc1" in row and not (isinstance(row["knn_acc1"], dict) and all(map(_is_number, row["knn_acc1"].values()))):
+        row = {k: v for k, v in row.items() if k != "knn_acc1"}
+    return row
+
+
+def read_log(run: Path, notes: list[str] | None = None) -> list[dict]:
+    """log.jsonl as a list of dicts; a torn last line (a run killed mid-write) is ignored silently, any other line
+    that is not a log row is passed over with a note (in ``notes`` when given)."""
     path = Path(run) / "log.jsonl"
+    notes = [] if notes is None else notes
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        notes.append(f"{path} cannot be read ({exc.strerror or exc}): no training curves.")
+        return []
+    rows, bad = [], []
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            row = _clean_row(json.loads(raw.decode("utf-8")), notes)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = None if i < len(lines) else "torn"
+        if row is None:
+            bad.append(i)
+        elif row != "torn":
+            rows.append(row)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        notes.append(f"{path}: {len(bad)} line(s) are not log rows fewshot writes (a JSON object with a whole-number "
+                     f"epoch; line {shown}): passed over.")
     return rows
 
 
-def _read_config(run: Path) -> dict:
+# config.yaml sections the report reads, and what their fields must be.
+CONFIG_FIELDS = {("model", "name"): (lambda x: isinstance(x, str), "a model name"),
+                 ("model", "img_size"): (lambda x: _is_whole(x) and x > 0, "a whole number of pixels"),
+                 ("data", "root"): (lambda x: isinstance(x, str), "a folder path")}
+
+
+def _read_config(run: Path, notes: list[str]) -> dict:
+    """config.yaml with the fields the report reads checked: a file or field of another shape is passed over
+    with a note (model, input size or data root then show as unknown), never a crash nor silence."""
     path = Path(run) / "config.yaml"
     if not path.is_file():
         return {}
     from fewshot.config import load_yaml
 
     try:
-        return load_yaml(path) or {}
-    except Exception:
+        cfg = dict(load_yaml(path))  # its checks: UTF-8, valid YAML, a mapping, not an alias bomb
+    except UserError as exc:
+        notes.append(f"{exc} Passed over: model, input size and data root unknown.")
         return {}
+    for section in ("model", "data"):
+        if section in cfg and not isinstance(cfg[section], dict):
+            notes.append(f"{path}: {section} is {_shown(cfg.pop(section))}, not a mapping; left out.")
+    for (section, key), (ok, what) in CONFIG_FIELDS.items():
+        part = cfg.get(section)
+        if isinstance(part, dict) and part.get(key) is not None and not ok(part[key]):
+            cfg[section] = {k: v for k, v in part.items() if k != key}
+            notes.append(f"{path}: {section}.{key} {_shown(part[key])} is not {what}; left out.")
+    return cfg
 
 
 @dataclass
@@ -71,6 +190,10 @@ class Run:
     pipeline: dict | None = None        # summary.json of the `fewshot run` folder this stage belongs to
     notes: list[str] = field(default_factory=list)
     model_n_parameters: int | None = None  # counted on the model when the metrics have none (MoCo backbones)
+    metrics_epoch: int | None = None    # the logged epoch the accuracies shown belong to (None: not known)
+    from_log: bool = False              # accuracies from a log.jsonl evaluation (no usable metrics.json)
+    group: Path | None = None           # the `fewshot run` folder this stage belongs to
+    eval_note: str | None = None        # the note saying which logged evaluation stands in for metrics.json
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -79,8 +202,7 @@ class Run:
 
     @property
     def img_size(self) -> int | None:
-        size = (self.config.get("model") or {}).get("img_size")
-        return int(size) if size else None
+        return (self.config.get("model") or {}).get("img_size")  # checked in _read_config
 
     @property
     def data_root(self) -> str | None:
@@ -98,7 +220,7 @@ class Run:
     def n_parameters(self) -> int | None:
         for m in (self.metrics, self.metrics_known, self.metrics_unknown):
             if m and m.get("n_parameters"):
-                return int(m["n_parameters"])
+                return m["n_parameters"]  # a whole number: checked in clean_metrics
         return self.model_n_parameters
 
     @property
@@ -125,7 +247,7 @@ class Run:
         if self.kind == "supervised":
             for m in (self.metrics, self.metrics_known):
                 if m and m.get("best_epoch") is not None:
-                    return int(m["best_epoch"])
+                    return m["best_epoch"]
         scored = [r for r in self.log if isinstance(r.get("score"), (int, float))]
         if not scored:
             return None
@@ -154,13 +276,19 @@ class Run:
         return []
 
 
-def _label_for(path: Path, taken: set[str], stage: bool = False) -> str:
-    parts = path.resolve().parts
-    for n in range(2 if stage and len(parts) > 1 else 1, len(parts) + 1):
-        label = "/".join(parts[-n:])
-        if label not in taken:
-            return label
-    return str(path)
+def _labels(paths: list[Path], stage: list[bool]) -> list[str]:
+    """Each run's shortest path suffix that no other run's path ends with (stages keep their parent folder):
+    lab/a/x/exp and lab/b/x/exp are a/x/exp and b/x/exp, whatever the order of the arguments."""
+    parts = [p.resolve().parts for p in paths]
+    labels = []
+    for i, own in enumerate(parts):
+        label = str(paths[i].resolve())
+        for n in range(2 if stage[i] and len(own) > 2 else 1, len(own)):
+            if not any(j != i and other[-n:] == own[-n:] for j, other in enumerate(parts)):
+                label = "/".join(own[-n:])
+                break
+        labels.append(one_line(label))
+    return labels
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -190,10 +318,15 @@ def _kind(path: Path, cfg: dict, log: list[dict]) -> str:
 
 def _val_metrics(run: Run, path: Path) -> dict | None:
     """A metrics file of val scores, or None. `fewshot eval --split test --out RUN/metrics.json` may have put test
-    scores there: the report's tables are val accuracies, so those are left out with a note, not shown as val."""
-    metrics = _read_json(path)
-    if metrics is not None and not isinstance(metrics, dict):
-        raise UserError(f"{path} is not a metrics file (a JSON object with mode, mean_acc1 and datasets).")
+    scores there: the report's tables are val accuracies, so those are left out with a note, not shown as val.
+    A file that is not what fewshot writes is passed over with a note naming it."""
+    if not path.is_file():
+        return None
+    n_notes = len(run.notes)
+    metrics = _read_json(path, run.notes)
+    if len(run.notes) > n_notes:  # unreadable: already said why
+        return None
+    metrics = clean_metrics(metrics, str(path), run.notes)
     if metrics is not None and metrics.get("split", "val") != "val":
         run.notes.append(f"{path.name} holds {metrics.get('split')}-split scores (fewshot eval --split "
                          f"{metrics.get('split')} --out): left out of the val tables.")
@@ -201,41 +334,96 @@ def _val_metrics(run: Run, path: Path) -> dict | None:
     return metrics
 
 
+def best_evaluation(log: list[dict], epoch: int | None = None) -> dict | None:
+    """The log row of the best evaluation (the one best.pt holds), or of ``epoch`` when given."""
+    evals = [r for r in log if isinstance(r.get("val"), dict)]
+    if epoch is not None:
+        return next((r for r in evals if r["epoch"] == epoch), None)
+    return max(evals, key=lambda r: r["score"] if _is_number(r.get("score")) else -1e9, default=None)
+
+
+def use_evaluation(run: Run, row: dict, why: str) -> None:
+    """Show the accuracies of a logged evaluation (a run without a usable metrics.json)."""
+    run.metrics_known = clean_metrics(row["val"].get("known"), "", []) if row["val"].get("known") else None
+    run.metrics_unknown = clean_metrics(row["val"].get("unknown"), "", []) if row["val"].get("unknown") else None
+    run.metrics = run.metrics_known
+    run.metrics_epoch, run.from_log = row["epoch"], True
+    note = f"{why}: accuracies are from the logged evaluation of epoch {row['epoch']}, the one best.pt holds."
+    run.notes = [n for n in run.notes if n != run.eval_note] + [note]
+    run.eval_note = note
+
+
 def load_run(path: Path, label: str, pipeline: dict | None = None) -> Run:
     path = Path(path)
-    cfg = _read_config(path)
-    log = read_log(path)
+    notes: list[str] = []
+    cfg = _read_config(path, notes)
+    log = read_log(path, notes)
     kind = _kind(path, cfg, log)
-    run = Run(path=path, label=label, kind=kind, config=cfg, log=log, pipeline=pipeline)
+    run = Run(path=path, label=label, kind=kind, config=cfg, log=log, pipeline=pipeline, notes=notes)
     if kind == "supervised":
         run.metrics, run.metrics_known, run.metrics_unknown = (
             _val_metrics(run, path / name) for name in ("metrics.json", "metrics_known.json", "metrics_unknown.json"))
         if run.metrics is None and run.metrics_known is None:
             # A run still training (or stopped early): the best logged evaluation stands in, the one best.pt
             # holds and metrics.json will report (the last one is not: a stopped run's last epoch may be worse)
-            evals = [r for r in log if isinstance(r.get("val"), dict)]
-            best = max(evals, key=lambda r: r.get("score") if isinstance(r.get("score"), (int, float)) else -1e9,
-                       default=None)
+            best = best_evaluation(log)
             if best is not None:
-                run.metrics_known = best["val"].get("known")
-                run.metrics_unknown = best["val"].get("unknown")
-                run.metrics = run.metrics_known
-                run.notes.append(f"no metrics.json yet: accuracies are from the best logged evaluation "
-                                 f"(epoch {best.get('epoch')}, the one best.pt holds).")
-        if run.metrics is not None:
+                why = "metrics.json is not usable (see above)" if (path / "metrics.json").is_file() else \
+                    "no metrics.json yet (the run is training or was stopped)"
+                use_evaluation(run, best, why)
+        if run.metrics is not None and not run.from_log:
             mode = run.metrics.get("mode")
             if mode == "known" and run.metrics_known is None:
                 run.metrics_known = run.metrics
             if mode == "unknown" and run.metrics_unknown is None:
                 run.metrics_unknown = run.metrics
+        if not run.from_log:
+            run.metrics_epoch = next((m["best_epoch"] for m in (run.metrics, run.metrics_known, run.metrics_unknown)
+                                      if m and "best_epoch" in m), None)
     if not log:
         run.notes.append("log.jsonl is missing or empty: no training curves.")
     return run
 
 
+def refresh_evaluation(run: Run, epoch: int) -> bool:
+    """The checkpoint is read after the run's files: a run still training may have saved a newer best.pt
+    meanwhile. Re-read log.jsonl and show the evaluation of the checkpoint's own epoch; False when the log does
+    not hold it (yet) or the accuracies come from metrics.json."""
+    if not run.from_log:
+        return False
+    log = read_log(run.path)
+    row = best_evaluation(log, epoch)
+    if row is None:
+        return False
+    run.log = log
+    use_evaluation(run, row, "no metrics.json yet (the run is still training; log.jsonl re-read for the epoch "
+                             "best.pt holds now)")
+    return True
+
+
+def _read_summary(folder: Path, notes: list[str]) -> dict | None:
+    """summary.json of a `fewshot run` folder: only the parts the report reads, each checked."""
+    if not (folder / "summary.json").is_file():
+        return None
+    n_notes = len(notes)
+    summary = _read_json(folder / "summary.json", notes)
+    if len(notes) > n_notes:
+        return None
+    where = str(folder / "summary.json")
+    if not isinstance(summary, dict):
+        notes.append(f"{where} holds {_kind_of(summary)}, not an object: passed over.")
+        return None
+    out = {k: summary[k] for k in ("predicted_with",) if isinstance(summary.get(k), str)}
+    metrics = summary.get("metrics")
+    if isinstance(metrics, dict):
+        out["metrics"] = {k: m for k in ("test", "test_unknown") if metrics.get(k) is not None
+                          for m in [clean_metrics(metrics[k], f"{where} metrics.{k}", notes)] if m is not None}
+    return out
+
+
 def expand_runs(paths: list[str | Path]) -> list[Run]:
     """RUN arguments -> Run objects; `fewshot run` folders become their pretrain/finetune stages."""
-    found: list[tuple[Path, dict | None]] = []
+    found: list[tuple[Path, dict | None, Path | None, list[str]]] = []
     for raw in paths:
         p = Path(raw)
         if p.is_file() and p.parent.name == "checkpoints":
@@ -248,20 +436,23 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
         names = [STAGES[0], STAGES[1], *sorted(q.name for q in p.glob("finetune_round*")), STAGES[2]]
         stages = [p / s for s in names if (p / s).is_dir() and _is_run_dir(p / s)]
         if stages and (not _is_run_dir(p) or (p / "summary.json").is_file()):
-            summary = _read_json(p / "summary.json")
-            found += [(s, summary) for s in stages]
+            notes: list[str] = []
+            summary = _read_summary(p, notes)
+            found += [(s, summary, p, notes) for s in stages]
         elif _is_run_dir(p):
-            found.append((p, None))
+            found.append((p, None, None, []))
         else:
             raise UserError(f"'{raw}' holds no run: expected log.jsonl, metrics.json or checkpoints/ "
                             f"(or pretrain/ and finetune/ folders of `fewshot run`).")
-    runs, taken, seen = [], set(), set()
-    for path, summary in found:
-        key = path.resolve()
-        if key in seen:
-            continue
-        seen.add(key)
-        label = _label_for(path, taken, stage=summary is not None or path.name in STAGES)
-        taken.add(label)
-        runs.append(load_run(path, label, summary))
+    unique, seen = [], set()
+    for item in found:
+        if item[0].resolve() not in seen:
+            seen.add(item[0].resolve())
+            unique.append(item)
+    labels = _labels([f[0] for f in unique], [f[2] is not None or f[0].name in STAGES for f in unique])
+    runs = []
+    for (path, summary, group, notes), label in zip(unique, labels):
+        run = load_run(path, label, summary)
+        run.group, run.notes = group, notes + run.notes
+        runs.append(run)
     return runs
