@@ -151,3 +151,13 @@ def test_class_names_from_older_checkpoints_are_read_in_composed_unicode():
     decomposed = unicodedata.normalize("NFD", "café")
     space = LabelSpace.from_dict({"names": ["a"], "classes": [[decomposed, "tea"]]})
     assert space.classes == (("café", "tea"),) and space.classes[0][0] == unicodedata.normalize("NFC", "café")
+
+
+def test_accuracies_are_exact_fractions():
+    """A float32 mean wrote 11.999999731779099 for 3 of 25 into metrics.json."""
+    space = LabelSpace(("a",), (("x", "y"),))
+    targets = torch.tensor([0] * 3 + [1] * 22)
+    logits = torch.zeros(25, 2)
+    logits[:, 0] = 1.0  # predicts class x for all: 3 of 25 right
+    m = score(logits, targets, torch.zeros(25, dtype=torch.long), space, "unknown")
+    assert m["datasets"]["a"]["acc1"] == 12.0 and m["mean_acc1"] == 12.0 and m["routing_acc"] == 100.0

@@ -498,7 +498,8 @@ def test_resume_refuses_other_training_images_and_fewer_epochs_than_done(root, f
     next(iter(sorted((other / "digits" / "train" / "0").iterdir()))).unlink()
     with pytest.raises(UserError, match="trained on 40 training images .*these data give 39"):
         run_finetune(finetune_cfg(other, **FT), out, resume=True)
-    with pytest.raises(UserError, match="already trained 3 epochs; --epochs 2 would train nothing"):
+    with pytest.raises(UserError, match=r"already trained 3 epochs; --epochs 2 would train nothing.*keep its plan "
+                                        r"\(3 epochs\)"):  # the saved plan, not "its 3-epoch results" (stopped runs)
         run_finetune(finetune_cfg(root, **{**FT, "train.epochs": 2}), out, resume=True)
     assert (out / "config.yaml").read_text() == config_before
 

@@ -205,6 +205,9 @@ def cmd_export(args, extra) -> int:
     if meta.get("small_stem") == "true" or meta.get("width", "1.0") != "1.0":
         print("note: a small-stem or narrowed network is not a stock timm model: fewshot's train --weights and probe "
               "rebuild it from the file; plain timm cannot load it.")
+    elif out.suffix != ".safetensors":  # timm would hand any other name to torch.load, which refuses it
+        print(f"in plain timm: rename it to a .safetensors name first, then pass that name as "
+              f"pretrained_cfg_overlay=dict(file=...)")
     else:  # the file holds the backbone only (no classifier), and window / position tables follow the image size
         from safetensors import safe_open
 

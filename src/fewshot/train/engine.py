@@ -90,7 +90,8 @@ def build_scheduler(cfg: dict, optimizer, steps_per_epoch: int):
         milestones = [int(total * 0.6), int(total * 0.8)]
         return MultiStepLRScheduler(optimizer, decay_t=milestones, decay_rate=0.1, warmup_t=warmup,
                                     warmup_lr_init=min(s["warmup_lr"], peak), t_in_epochs=False)
-    return CosineLRScheduler(optimizer, t_initial=total, lr_min=min(s["min_lr"], peak), warmup_t=warmup,
+    # a 1-step run gets the same lr from t_initial 2 (step 0 is the peak), without timm's "will have no effect" log
+    return CosineLRScheduler(optimizer, t_initial=max(total, 2), lr_min=min(s["min_lr"], peak), warmup_t=warmup,
                              warmup_lr_init=min(s["warmup_lr"], peak), warmup_prefix=False, t_in_epochs=False)
 
 
@@ -384,13 +385,23 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp)
 
+    def _planned_epochs(self) -> str:
+        """The saved config's epochs, for a message: a stopped run plans more than it trained (the hint "leave
+        --epochs out to keep its 62-epoch results" was wrong for a run of 2000 stopped at 62)."""
+        from fewshot.config import load_yaml
+
+        try:
+            return f" ({int(load_yaml(self.run_dir / 'config.yaml')['train']['epochs'])} epochs)"
+        except Exception:  # a message detail: the config may be unreadable, the error stands without it
+            return ""
+
     def fit(self, resume: bool = False) -> dict | None:
         t = self.cfg["train"]
         if resume and self.resume():
             if self.epoch > t["epochs"]:
                 raise UserError(f"the run being resumed has already trained {self.epoch} epochs; --epochs "
                                 f"{t['epochs']} would train nothing. Give more epochs than {self.epoch} to continue "
-                                f"it (or leave --epochs out to keep its {self.epoch}-epoch results).")
+                                f"it, or leave --epochs out to keep its plan{self._planned_epochs()}.")
             if self.ctx.is_main:
                 # written only now: a resume that fails (other classes, a bad checkpoint) leaves the run's
                 # config.yaml as it was, so the next `--resume` does not inherit the failed attempt's settings
