@@ -78,8 +78,8 @@ def test_unknown_fields_refused(tmp_path):
     ("model.name=123", "model.name must be text, not 123"),
     ("model.weights=123", "model.weights must be a path, not 123"),
     ("data.cache_dir=[a]", r"data.cache_dir must be a path, not \['a'\]"),
-    ("data.datasets=5", "data.datasets must be a name or a list of names, not 5"),
-    ("data.unlabeled=[1]", "data.unlabeled must be a name or a list of names"),
+    ("data.datasets=[a,[b]]", r"data.datasets must be a name or a list of names, not \['a', \['b'\]\]"),
+    ("data.unlabeled={a: 1}", "data.unlabeled must be a name or a list of names"),
     ("optim.fused=maybe", "optim.fused must be one of auto, true, false"),  # was accepted and meant auto
     ("train.epochs=1:30", "train.epochs must be a whole number, not '1:30'"),  # YAML 1.1 base 60: 90 epochs
 ])
@@ -146,6 +146,11 @@ def test_text_fields_take_text_and_lists_of_names(tmp_path):
                              "data.cache_dir=/tmp/c"])
     assert cfg["data"]["datasets"] == ["a", "b"] and cfg["optim"]["fused"] is False
     assert resolve(overrides=["data.datasets=a,b"])["data"]["datasets"] == "a,b"  # split by the layout scan
+    # values that meant something before the fields were typed still do
+    assert resolve(overrides=["data.datasets=[2019, b]"])["data"]["datasets"] == ["2019", "b"]  # a folder "2019"
+    assert resolve(overrides=["data.datasets=2019"])["data"]["datasets"] == "2019"
+    none = resolve(overrides=["model.weights=''", "data.cache_dir=false", "run.semi_method=none", "train.amp=false"])
+    assert none["model"]["weights"] is None and none["data"]["cache_dir"] is None
 
 
 def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -372,6 +373,12 @@ def test_a_fewshot_checkpoint_as_weights_brings_its_image_size_and_model(exporte
     arch = architecture_of(last)
     assert arch["img_size"] == 32 and arch["model"] == NAME and arch["width"] == 1.0 and arch["small_stem"] is False
     assert adopt_weights_architecture({"name": NAME, "weights": str(last), "img_size": None})["img_size"] == 32
+    # a run saved before checkpoints were read so (img_size null: the model's default) resumes at its own size
+    cfg = resolve_run_config(*build_parser().parse_known_args(["train", "--data", "x", "--out", "y",
+                                                               "--weights", str(last), "--model", NAME]), TRAIN_FLAGS)
+    saved = copy.deepcopy(cfg)
+    assert resolve_finetune_defaults(saved, resuming=True)["model"]["img_size"] is None
+    assert resolve_finetune_defaults(cfg)["model"]["img_size"] == 32
 
 
 def test_another_models_width_and_stem_are_not_adopted(tmp_path):
@@ -385,7 +392,7 @@ def test_another_models_width_and_stem_are_not_adopted(tmp_path):
     save_file({"w": torch.zeros(1)}, str(path), metadata={"model": "resnet18", "width": "0.5", "small_stem": "true",
                                                          "img_size": "32"})
     vit = adopt_weights_architecture({"name": "test_vit", "weights": str(path), "img_size": None, "width": 1.0})
-    assert vit["width"] == 1.0 and not vit.get("small_stem") and vit["img_size"] == 32
+    assert vit["width"] == 1.0 and not vit.get("small_stem") and vit["img_size"] is None  # nothing of its record
     r18 = adopt_weights_architecture({"name": "resnet18", "weights": str(path), "img_size": None, "width": 1.0})
     assert r18["width"] == 0.5 and r18["small_stem"] is True
 
@@ -395,8 +402,12 @@ def test_export_refuses_to_write_into_the_runs_checkpoints(exported, tmp_path, c
     run = exported[1]
     before = (run / "checkpoints" / "last.pt").read_bytes()
     assert main(["export", str(run), "--out", str(run / "checkpoints" / "last.pt")]) == 2
-    assert "is in the run's checkpoints folder" in capsys.readouterr().err
+    assert "would write into the checkpoints folder it exports from" in capsys.readouterr().err
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    loose = tmp_path / "moco.pt"  # a checkpoint copied out of its run: the export may go beside it
+    loose.write_bytes(before)
+    assert main(["export", str(loose), "--out", str(tmp_path / "backbone.safetensors")]) == 0
+    assert main(["export", str(loose), "--out", str(loose)]) == 2
 
 
 def test_train_resumes_after_its_weights_file_is_gone_and_export_says_when_there_is_no_best(exported, tmp_path,

@@ -595,4 +595,13 @@ def test_run_and_train_warn_that_a_pretrain_recipe_is_only_half_applied(tmp_path
         assert "looks like a `fewshot pretrain` recipe" in capsys.readouterr().err
         warn_pretrain_config(repo / "configs" / "cpu_tiny.yaml", command)
         assert capsys.readouterr().err == ""
+    # a run's saved config.yaml: every one has a moco: section; only a pretrain run's is a pretrain recipe
+    from fewshot.config import resolve, save_yaml
+
+    save_yaml(resolve(), tmp_path / "train.yaml")
+    warn_pretrain_config(tmp_path / "train.yaml", "train")
+    assert capsys.readouterr().err == ""
+    save_yaml({**resolve(default_preset="mocov2"), "_task": "moco"}, tmp_path / "pretrain.yaml")
+    warn_pretrain_config(tmp_path / "pretrain.yaml", "train")
+    assert "looks like a `fewshot pretrain` recipe" in capsys.readouterr().err
 

@@ -560,6 +560,7 @@ def test_report_out_may_not_be_inside_a_run_or_the_data(runs, tmp_path):
     rc, _, err = run_main("report", runs["ft"], "--out", tmp_path / "file")
     assert rc == 2 and "earlier report" in err and "new or empty" not in err
     check_report_out(tmp_path / "elsewhere", found)
+    check_report_out(runs["ft"] / "report", found)  # a train run's own report/ was written before: still allowed
     pipe = tmp_path / "pipe"
     shutil.copytree(runs["ft"], pipe / "finetune", ignore=shutil.ignore_patterns("checkpoints"))
     (pipe / "summary.json").write_text(json.dumps({"metrics": {}}))

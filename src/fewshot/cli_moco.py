@@ -173,7 +173,9 @@ def warn_pretrain_config(path, command: str) -> None:
     from fewshot.config import load_yaml
 
     raw = load_yaml(path) or {}
-    if not isinstance(raw, dict) or not ("moco" in raw or (raw.get("optim") or {}).get("name") == "sgd"):
+    optim = raw.get("optim") if isinstance(raw.get("optim"), dict) else {}
+    # every saved config.yaml has a moco: section; a train run's also names its (AdamW) optimiser
+    if not (raw.get("_task") == "moco" or optim.get("name") == "sgd" or ("moco" in raw and "name" not in optim)):
         return
     if command == "run":
         where = ("In `fewshot run` its optim.* fields apply to fine-tuning, and the MoCo stage (--pretrain) takes its "

@@ -421,8 +421,8 @@ CHOICES = {  # fields whose value must be one of a few words (checked at start-u
     "moco.shuffle_bn": ("auto", True, False, "off", "none"),  # YAML reads on/off as true/false; flags keep words
     "optim.fused": ("auto", True, False, "true", "false", "on", "off"),  # engine._sgd_impl
     "optim.name": ("adamw", "sgd"),
-    "train.amp": ("auto", "bf16", "fp16", "off", False, None),  # engine.autocast_dtype
-    "run.semi_method": ("pseudo", "fixmatch", "off", False, None),  # pipeline.check_run_settings
+    "train.amp": ("auto", "bf16", "fp16", "off", "false", False, None),  # engine.amp_dtype
+    "run.semi_method": ("pseudo", "fixmatch", "off", "none", False, None),  # pipeline.check_run_settings
     "run.pseudo_targets": ("hard", "soft"),
 }
 TEXT = ("model.weights", "data.root", "data.cache_dir")  # None by default, a path when given
@@ -454,6 +454,16 @@ INTERVALS = {  # (low, high, low included[, high included]): fractions and proba
 }  # the run.* shares are checked by the pipeline (pipeline.check_run_settings)
 
 
+def _is_whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_text_list(value) -> bool:
+    """One non-empty text, or a non-empty list of them (data.datasets, data.unlabeled)."""
+    return (isinstance(value, str) and bool(value.strip())
+            or isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip() for v in value))
+
+
 def _kind(default: Any) -> str | None:
     if isinstance(default, bool):
         return "true or false"
@@ -480,11 +490,15 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
             continue
         if default is None and dotted in OPTIONAL and value is not None:
             default = OPTIONAL[dotted]
+        if dotted in TEXT and value in ("", False):  # `weights: ''` / `cache_dir: false` meant "none" before
+            value = cfg[key] = None
         if dotted in TEXT and value is not None and not (isinstance(value, str) and value.strip()):
             raise UserError(f"{dotted} must be a path, not {value!r}.")
-        if dotted in TEXT_LIST and value is not None and not (
-                isinstance(value, str) and value.strip()
-                or isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value)):
+        if dotted in TEXT_LIST and isinstance(value, (int, list)) and not isinstance(value, bool):
+            # YAML reads a dataset folder named 2019 as a number
+            value = cfg[key] = ([str(v) if _is_whole(v) else v for v in value] if isinstance(value, list)
+                                else str(value))
+        if dotted in TEXT_LIST and value is not None and not is_text_list(value):
             raise UserError(f"{dotted} must be a name or a list of names, not {value!r}.")
         kind = _kind(default)
         if kind == "text" and dotted in CHOICES:

@@ -143,7 +143,8 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
                 meta = json.loads(meta_file.read_text())
                 arr = np.memmap(data_file, dtype=np.uint8, mode="c", shape=(n, 3, size, size))
                 bad = [tuple(b) for b in meta["bad"]]
-                # a failure may have been fixed since (chmod, a transient I/O error: neither changes the key),
+                # a failure may have been fixed since (a transient I/O error, a permission of a parent folder:
+                # neither changes the key; a chmod of the file itself does, through its ctime),
                 # so the files that failed for such a reason are tried again; if one decodes now, the cache is
                 # rebuilt (broken bytes change the key when they are replaced, so those are not retried)
                 retry = [p for p, why in bad if why in RETRYABLE or why.startswith("[Errno")]

@@ -77,8 +77,8 @@ def adopt_weights_architecture(model_cfg: dict) -> dict:
     arch = architecture_of(model_cfg.get("weights"))
     if arch.get("model") and model_cfg.get("name") and arch["model"] != model_cfg["name"]:
         # another model's file: its width / small_stem made "model.width applies to timm ResNets" errors about
-        # options the user never set; loading names the file's model instead
-        arch = {k: v for k, v in arch.items() if k not in ("width", "small_stem")}
+        # options the user never set; loading it names the file's model instead
+        return model_cfg
     if float(model_cfg.get("width") or 1.0) == 1.0 and "width" in arch:
         model_cfg["width"] = arch["width"]
     if not model_cfg.get("small_stem") and arch.get("small_stem"):

@@ -77,8 +77,8 @@ def _inside(out: Path, folder: Path) -> bool:
 
 def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> None:
     """Refuse an --out whose PNGs would change what they report on: a run's folder (its checkpoints/, plots),
-    or the data (predict read PNGs put in ROOT/<dataset>/test as test images). A `fewshot run` folder's own
-    report/ is where `fewshot run` writes it, and stays allowed."""
+    or the data (predict read PNGs put in ROOT/<dataset>/test as test images). A run's own report/ (where
+    `fewshot run` writes it) stays allowed: nothing of fewshot's reads it."""
     from fewshot.data.layout import check_output_is_not_in_data
     from fewshot.report.analysis import resolve_data_root
 
@@ -87,21 +87,20 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
         raise UserError(f"--out {out} is a file; give --out a folder: a new one, or an earlier report's folder "
                         f"(its index.html and PNGs are replaced).")
     for r in runs:
-        own = r.group / "report" if r.group is not None else None
+        own = (r.group or r.path) / "report"
         for folder in (r.path, r.group):
-            if folder is not None and _inside(out, folder) and not (own is not None and out.resolve() == own.resolve()):
-                hint = f" (or {own}, the folder's own report)" if own is not None else ""
+            if folder is not None and _inside(out, folder) and out.resolve() != own.resolve():
                 raise UserError(f"--out {out} lies inside the run folder {folder} that is reported; give the report "
-                                f"a folder outside it{hint}.")
+                                f"a folder outside it (or {own}, the run's own report folder).")
         try:
             root = resolve_data_root(r, data)[0]
         except UserError:
             root = None
         if root is not None:
+            from fewshot.config import is_text_list
+
             unlabeled = (r.config.get("data") or {}).get("unlabeled")
-            ok = isinstance(unlabeled, str) or (isinstance(unlabeled, list)
-                                                and all(isinstance(u, str) for u in unlabeled))
-            check_output_is_not_in_data(out, root, unlabeled if ok else None, what="the report")
+            check_output_is_not_in_data(out, root, unlabeled if is_text_list(unlabeled) else None, what="the report")
 
 
 class ReportBuilder:

@@ -42,8 +42,11 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dic
         print(f"warning: {ckpt.parent.parent} has no best.pt (it stopped before its first evaluation); exporting "
               f"{ckpt.name}, epoch {ck.get('epoch', '?')}.", file=sys.stderr, flush=True)
     out = Path(out)
-    if out.resolve().parent == ckpt.resolve().parent:  # `--out RUN/checkpoints/best.pt` replaced the run's best.pt
-        raise UserError(f"--out {out} is in the run's checkpoints folder; write the export elsewhere.")
+    if out.resolve() == ckpt.resolve() or (out.resolve().parent == ckpt.resolve().parent
+                                           and ckpt.parent.name == "checkpoints"):
+        # `--out RUN/checkpoints/best.pt` replaced the run's best.pt with a backbone file
+        raise UserError(f"--out {out} would write into the checkpoints folder it exports from; write the export "
+                        f"elsewhere.")
     state = backbone_state(ck)
     meta = {"format": "pt", "model": str(ck.get("model_name", "")), "source": str(ckpt),
             "epoch": str(ck.get("epoch", "")), "img_size": str(ck.get("img_size", ""))}

@@ -157,14 +157,15 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
     cfg["train"]["device"] = str(device.type)
     if cfg["train"]["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    resolve_finetune_defaults(cfg)
+    resuming = resume and (Path(out) / "checkpoints" / "last.pt").is_file()
+    resolve_finetune_defaults(cfg, resuming)
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
     prepare_run_dir(out, resume, cfg, ctx)
     if ctx.is_main and not (resume and (Path(out) / "checkpoints" / "last.pt").is_file()):
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
     check_resume_world(Path(out), resume, ctx.world)
     seed_everything(cfg["train"]["seed"])
-    task = SupervisedTask(cfg, infos, device, ctx, resuming=resume and (Path(out) / "checkpoints" / "last.pt").is_file())
+    task = SupervisedTask(cfg, infos, device, ctx, resuming=resuming)
     engine = Engine(task, cfg, out, device, ctx)
     if ctx.is_main:
         pool_skipped = task.unlabeled.skipped if task.unlabeled is not None else []  # FixMatch's pool

@@ -20,10 +20,13 @@ from fewshot.models.weights import load_backbone_weights
 from fewshot.train.distributed import DistContext
 
 
-def resolve_finetune_defaults(cfg: dict) -> dict:
-    """Fill the learning-rate fields that depend on whether a pretrained backbone is loaded."""
+def resolve_finetune_defaults(cfg: dict, resuming: bool = False) -> dict:
+    """Fill the learning-rate fields that depend on whether a pretrained backbone is loaded. ``resuming``: the
+    saved config already says how the network was built (a run saved before the weights file's record was read
+    must not change its image size mid-run)."""
     pretrained = bool(cfg["model"]["weights"])
-    adopt_weights_architecture(cfg["model"])
+    if not resuming:
+        adopt_weights_architecture(cfg["model"])
     o = cfg["optim"]
     if o["lr"] is None:
         o["lr"] = 1e-4 if pretrained else 4e-3
