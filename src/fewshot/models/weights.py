@@ -7,6 +7,7 @@ Common wrapper prefixes are stripped; mismatches are reported by name, never as 
 
 from __future__ import annotations
 
+import functools
 import pickle
 import re
 import sys
@@ -190,9 +191,17 @@ def architecture_of(path: str | Path | None) -> dict:
 
 
 def _checkpoint_architecture(path: Path) -> dict:
-    """The same fields, from a fewshot checkpoint's own record (its config's model section and image size)."""
+    """The same fields, from a fewshot checkpoint's own record (its config's model section and image size).
+    Remembered per file version: the config resolution asks several times, and the file is read whole."""
     if not _looks_like_torch_file(path):
         return {}
+    st = path.stat()
+    return dict(_checkpoint_architecture_of(str(path.resolve()), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _checkpoint_architecture_of(path: str, mtime_ns: int, size: int) -> dict:
+    path = Path(path)
     try:
         ck = read_tensor_file(path)
     except CheckpointError:
