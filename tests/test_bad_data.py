@@ -619,6 +619,26 @@ def test_an_extreme_strip_is_cropped_before_it_is_resized(tmp_path, monkeypatch)
     assert np.abs(out.astype(int) - whole.transpose(2, 0, 1).astype(int)).max() <= 2
 
 
+def test_a_cache_write_on_a_full_disk_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    """numpy's short write on a full disk left a partial .tmp<pid> copy per process in the cache folder, and the
+    warning suggested another folder as if this one were not writable."""
+    a = tmp_path / "a.png"
+    a.write_bytes(png_bytes())
+    cache_dir = tmp_path / "cache"
+
+    import errno
+
+    import fewshot.data.cache as cache
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache.os, "replace", full)
+    got = load_images([a], 16, cache_dir)
+    assert bool(got.valid.all()) and list(cache_dir.iterdir()) == []
+    assert "the disk is full" in capsys.readouterr().err
+
+
 def test_files_swapped_by_name_are_decoded_again(tmp_path):
     """`mv` keeps size and mtime: two same-size images swapped by name were served from the cache unswapped."""
     a, b = tmp_path / "a.bmp", tmp_path / "b.bmp"

@@ -510,6 +510,15 @@ def test_pretrain_takes_several_unlabeled_folders_per_flag(tmp_path):
     assert args.unlabeled == ["A", "B", "C"] and extra == []
 
 
+def test_a_mistyped_bf16_variable_is_refused_before_any_folder_is_written(digits_root, tmp_path, monkeypatch):
+    """FEWSHOT_CPU_BF16=maybe was found once training began: `fewshot run` had left run_state.json, and the next
+    attempt was refused ("not empty ... add --resume")."""
+    monkeypatch.setenv("FEWSHOT_CPU_BF16", "maybe")
+    out = tmp_path / "out"
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--device", "cpu")
+    assert rc == 2 and "FEWSHOT_CPU_BF16='maybe'" in err and not out.exists()
+
+
 def test_run_refuses_an_output_folder_that_holds_a_run(digits_root, tmp_path):
     """A second `fewshot run` into the same folder appended to the first one's logs and left its stage
     folders for the report; it is refused before any work."""

@@ -324,6 +324,12 @@ def test_the_schedule_never_climbs_above_a_learning_rate_below_its_floor(lr):
     assert lrs[-1] == pytest.approx(min(cfg["sched"]["min_lr"], lr), rel=1e-6)
 
 
+def test_a_relative_cache_folder_is_recorded_absolute(tmp_path, monkeypatch):
+    """`data.cache_dir=mycache` was saved as given: --resume from another folder decoded everything again there."""
+    monkeypatch.chdir(tmp_path)
+    assert resolve(overrides=["data.cache_dir=mycache"])["data"]["cache_dir"] == str(tmp_path / "mycache")
+
+
 def test_the_data_root_is_recorded_absolute(tmp_path, monkeypatch):
     """A relative data.root in config.yaml was looked up from wherever `fewshot report` or --resume ran later,
     and could name another folder (or the wrong dataset of the same name) without a word."""

@@ -170,6 +170,22 @@ def test_a_dataset_name_is_found_in_either_unicode_form(copy_root, dataset_names
     assert info.name == decomposed and info.root == copy_root / composed and len(info.test) == 30
 
 
+def test_folder_names_that_are_not_text_are_layout_errors(copy_root, dataset_names):
+    """A class or dataset folder named with Latin-1 bytes (b"caf\\xe9") trained one epoch, then crashed in
+    TensorBoard or matplotlib (exit 1, traceback): such names cannot be written as text."""
+    import os
+
+    a, b = dataset_names
+    bad = os.fsdecode(b"caf\xe9")
+    (copy_root / a / "train" / "3").rename(copy_root / a / "train" / bad)
+    (copy_root / a / "val" / "3").rename(copy_root / a / "val" / bad)
+    problems = problems_of(copy_root, datasets=a)
+    assert sum("the class folder's name is not valid text" in p for p in problems) == 2, problems
+    (copy_root / b).rename(copy_root / bad)
+    with pytest.raises(UserError, match="the dataset folder's name is not valid text"):
+        scan_root(copy_root, [bad])
+
+
 def test_a_dataset_named_like_a_key_of_pred_all_json_is_refused(copy_root, dataset_names):
     """pred_all.json holds "n_parameters" beside the datasets: a dataset of that name overwrote the count."""
     (copy_root / dataset_names[1]).rename(copy_root / "n_parameters")

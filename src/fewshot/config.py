@@ -385,13 +385,14 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
     for word in overrides or []:
         keys, value = parse_override(word)
         set_dotted(cfg, keys, value)
-    root = cfg["data"].get("root")
-    if isinstance(root, os.PathLike):
-        root = os.fspath(root)
-    if isinstance(root, str) and root:
-        # recorded absolute: config.yaml is read from other folders later (report, --resume), where a relative
-        # root named another folder, or the wrong dataset of the same name
-        cfg["data"]["root"] = os.path.abspath(os.path.expanduser(root))
+    for field in ("root", "cache_dir"):
+        path = cfg["data"].get(field)
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if isinstance(path, str) and path.strip():
+            # recorded absolute: config.yaml is read from other folders later (report, --resume), where a relative
+            # root named another folder, or the wrong dataset of the same name (and a cache was decoded again)
+            cfg["data"][field] = os.path.abspath(os.path.expanduser(path))
     return validate(cfg)
 
 

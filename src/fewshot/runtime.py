@@ -96,16 +96,9 @@ def configure_cpu(threads: int | None = None, allocator: bool | None = None) -> 
     return {"threads": torch.get_num_threads(), "malloc_tuned": tune_allocator(allocator)}
 
 
-def cpu_computes_bf16() -> bool:
-    """Whether bf16 convolutions run faster than fp32 on this CPU, so that ``train.amp=auto`` may use them.
-
-    AMX (Intel Sapphire Rapids and later) always pays. AVX512-BF16 alone does on AMD Zen 4 (1.4x per
-    resnet18 step at 64 px) but not on Intel CPUs without AMX, or whose hypervisor hides it: there oneDNN's
-    bf16 kernels ran at half the fp32 speed (docs/performance.md, "A fourth host"). So AVX512-BF16 alone
-    counts on AMD CPUs, and elsewhere :func:`bf16_conv_speedup` measures it once per process (0.2-2 s on
-    2 cores). Without either flag torch emulates bf16 and fp32 is kept. ``FEWSHOT_CPU_BF16=0``/``1`` overrides all of it (the test suite sets 0,
-    so that its results do not depend on the CPU it runs on); a resumed run keeps the precision it began with.
-    """
+def forced_cpu_bf16() -> bool | None:
+    """FEWSHOT_CPU_BF16 read (None: unset). Checked at start-up too (cli.main): a typo found only when training
+    began had already left a `fewshot run` folder that the next attempt refused."""
     forced = os.environ.get("FEWSHOT_CPU_BF16", "").strip().lower()
     if forced in ("1", "true", "yes", "on"):
         return True
@@ -116,6 +109,22 @@ def cpu_computes_bf16() -> bool:
 
         raise UserError(f"FEWSHOT_CPU_BF16={os.environ['FEWSHOT_CPU_BF16']!r}: use 1 (the CPU computes bf16) or 0 "
                         f"(it does not), or unset it to detect.")
+    return None
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether bf16 convolutions run faster than fp32 on this CPU, so that ``train.amp=auto`` may use them.
+
+    AMX (Intel Sapphire Rapids and later) always pays. AVX512-BF16 alone does on AMD Zen 4 (1.4x per
+    resnet18 step at 64 px) but not on Intel CPUs without AMX, or whose hypervisor hides it: there oneDNN's
+    bf16 kernels ran at half the fp32 speed (docs/performance.md, "A fourth host"). So AVX512-BF16 alone
+    counts on AMD CPUs, and elsewhere :func:`bf16_conv_speedup` measures it once per process (0.2-2 s on
+    2 cores). Without either flag torch emulates bf16 and fp32 is kept. ``FEWSHOT_CPU_BF16=0``/``1`` overrides all of it (the test suite sets 0,
+    so that its results do not depend on the CPU it runs on); a resumed run keeps the precision it began with.
+    """
+    forced = forced_cpu_bf16()
+    if forced is not None:
+        return forced
     cpu = getattr(torch, "cpu", None)
     try:  # private but stable helpers (torch >= 2.1; used by torch's own inductor); absent: assume no
         if cpu._is_amx_tile_supported():

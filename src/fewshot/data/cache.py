@@ -8,6 +8,7 @@ changed or renamed-over file triggers a rebuild. Undecodable files are collected
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -169,17 +170,20 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
         raise
     pool.shutdown(wait=True)
     if data_file is not None:
+        tmp = data_file.with_suffix(f".tmp{os.getpid()}")
         try:
             data_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = data_file.with_suffix(f".tmp{os.getpid()}")
             out.tofile(tmp)
             os.replace(tmp, data_file)
             atomic_write_text(meta_file, json.dumps({"n": n, "size": size, "bad": bad}))
         except OSError as exc:
+            tmp.unlink(missing_ok=True)  # a full disk left a partial copy per process in the cache folder
             if str(cache_dir) not in _WARNED and os.environ.get("RANK", "0") == "0":  # once per folder and job
                 _WARNED.add(str(cache_dir))
-                print(printable(f"warning: could not write the image cache in {cache_dir}: {exc}; continuing "
-                                f"without it (train, pretrain and run: data.cache_dir=DIR chooses a writable "
+                full = exc.errno == errno.ENOSPC or "requested and" in str(exc)  # numpy's short write on a full disk
+                why = f"the disk is full ({out.nbytes / 1e6:.1f} MB needed)" if full else str(exc)
+                print(printable(f"warning: could not write the image cache in {cache_dir}: {why}; continuing "
+                                f"without it (train, pretrain and run: data.cache_dir=DIR chooses another "
                                 f"folder)"), file=sys.stderr, flush=True)
     return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note)
 

@@ -150,6 +150,19 @@ def _is_candidate(path: Path) -> bool:
     return is_image(path) and (path.is_file() or (path.is_symlink() and not path.exists()))
 
 
+NOT_UTF8 = (f"not valid text in the file-system encoding ({sys.getfilesystemencoding()}); rename it, or run under a "
+            f"UTF-8 locale (e.g. LC_ALL=C.UTF-8) if the name is UTF-8")
+
+
+def is_utf8_name(name: str) -> bool:
+    """Python decodes undecodable bytes of a file name as lone surrogates, which no text output can write."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None = None) -> dict[str, list[Path]]:
     """class name -> sorted image paths; records empty / image-less class folders (in ``gaps`` when given:
     a val class without images is a warning, not a layout error)."""
@@ -185,6 +198,9 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
                             f"{', '.join(sorted(IMAGE_EXTS))})")
             continue
         name = unicodedata.normalize("NFC", entry.name)  # macOS writes decomposed names: "café" is one class
+        if not is_utf8_name(name):  # plots, TensorBoard and JSON need text: the run crashed after its first epoch
+            problems.append(f"{entry}: the class folder's name is {NOT_UTF8}")
+            continue
         if name in classes:
             problems.append(f"{entry}: two class folders named '{name}' that differ only in their Unicode form "
                             f"(composed / decomposed accents); merge them")
@@ -240,10 +256,8 @@ def _scan_test(test_dir: Path, problems: list[str]) -> list[tuple[str, Path]]:
             else:  # Thumbs.db, readme.txt: ignored, as in class folders, but said
                 ignored.append(path.name)
             continue
-        try:
-            path.stem.encode("utf-8")
-        except UnicodeEncodeError:  # bytes that are not UTF-8: no answer key or JSON reader could name it
-            problems.append(f"{path}: the file name is not valid UTF-8; rename it")
+        if not is_utf8_name(path.stem):  # no answer key or JSON reader could name it
+            problems.append(f"{path}: the file name is {NOT_UTF8}")
             continue
         image_id = test_id(path.stem)
         if image_id in seen:
@@ -290,6 +304,9 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         names = list(dict.fromkeys(datasets))  # a repeated name would duplicate its classes
     else:
         names = available
+    unnamed = [n for n in names if not is_utf8_name(n)]
+    if unnamed:
+        raise UserError(f"{root / unnamed[0]}: the dataset folder's name is {NOT_UTF8}.")
     if RESERVED_NAME in names:
         raise UserError(f"{root / RESERVED_NAME}: a dataset cannot be named '{RESERVED_NAME}', since pred_all.json "
                         f"keeps the model's parameter count under that key; rename the folder.")
