@@ -517,6 +517,10 @@ def test_a_mistyped_bf16_variable_is_refused_before_any_folder_is_written(digits
     out = tmp_path / "out"
     rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--device", "cpu")
     assert rc == 2 and "FEWSHOT_CPU_BF16='maybe'" in err and not out.exists()
+    monkeypatch.delenv("FEWSHOT_CPU_BF16")
+    monkeypatch.setenv("FEWSHOT_OMP_WAIT", "passiv")  # ignored silently before
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--device", "cpu")
+    assert rc == 2 and "FEWSHOT_OMP_WAIT='passiv': use one of spin, passive" in err and not out.exists()
 
 
 def test_run_refuses_an_output_folder_that_holds_a_run(digits_root, tmp_path):

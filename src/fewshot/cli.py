@@ -352,9 +352,9 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
 def _dispatch(args, extra, handlers) -> int:
     try:
         if args.command in ("train", "pretrain", "run"):
-            from fewshot.runtime import forced_cpu_bf16
+            from fewshot.runtime import check_environment
 
-            forced_cpu_bf16()  # a typo is refused before any folder is written
+            check_environment()  # a typo is refused before any folder is written
         code = handlers[args.command](args, extra) or 0
         if "torch.distributed" in sys.modules:  # under torchrun: leave no process group to interpreter teardown
             from fewshot.train.distributed import shutdown_distributed

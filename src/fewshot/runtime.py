@@ -112,6 +112,22 @@ def forced_cpu_bf16() -> bool | None:
     return None
 
 
+ENV_WORDS = {"FEWSHOT_MALLOC_TUNE": ("1", "0", "true", "false", "yes", "no", "on", "off"),
+             "FEWSHOT_OMP_WAIT": ("spin", "passive")}
+
+
+def check_environment() -> None:
+    """FEWSHOT_* variables checked at start-up of the training commands: a typo (`FEWSHOT_OMP_WAIT=passiv`)
+    was ignored silently, and one of FEWSHOT_CPU_BF16 was found only once training began."""
+    from fewshot.errors import UserError
+
+    forced_cpu_bf16()
+    for name, words in ENV_WORDS.items():
+        value = os.environ.get(name)
+        if value is not None and value.strip().lower() not in words:
+            raise UserError(f"{name}={value!r}: use one of {', '.join(words)}, or unset it.")
+
+
 def cpu_computes_bf16() -> bool:
     """Whether bf16 convolutions run faster than fp32 on this CPU, so that ``train.amp=auto`` may use them.
 

@@ -8,6 +8,7 @@ changed or renamed-over file triggers a rebuild. Undecodable files are collected
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -177,7 +178,8 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
             os.replace(tmp, data_file)
             atomic_write_text(meta_file, json.dumps({"n": n, "size": size, "bad": bad}))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)  # a full disk left a partial copy per process in the cache folder
+            with contextlib.suppress(OSError):  # a full disk left a partial copy per process in the cache folder
+                tmp.unlink(missing_ok=True)
             if str(cache_dir) not in _WARNED and os.environ.get("RANK", "0") == "0":  # once per folder and job
                 _WARNED.add(str(cache_dir))
                 full = exc.errno == errno.ENOSPC or "requested and" in str(exc)  # numpy's short write on a full disk
