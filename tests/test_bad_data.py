@@ -32,6 +32,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+import torch
 
 import fewshot.data.cache as cache
 from fewshot.data.cache import decode_resized, load_images
@@ -654,3 +655,72 @@ def test_files_swapped_by_name_are_decoded_again(tmp_path):
     os.rename(tmp_path / "t.bmp", b)
     after = load_images([a, b], 16, cache_dir).images
     assert after[0, 2].max() == 255 and after[0, 0].max() == 0, "a.bmp is the blue image now"
+
+
+def test_one_cache_whatever_the_spelling_of_the_root(tmp_path, monkeypatch):
+    """`eval --data root` hashed `root/a.png` where train (data.root made absolute) hashed `/abs/root/a.png`:
+    every image was decoded and stored again, once per spelling (a concurrency hunt)."""
+    from fewshot.data.cache import cache_key
+
+    (tmp_path / "root").mkdir()
+    a = tmp_path / "root" / "a.png"
+    a.write_bytes(png_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert cache_key([Path("root/a.png")], 16, 1.0) == cache_key([a], 16, 1.0)
+    assert cache_key([Path("./root/../root/a.png")], 16, 1.0) == cache_key([a], 16, 1.0)
+    # a bad file recorded under one spelling is skipped under the other (review: its blank row trained)
+    bad = tmp_path / "root" / "b.png"
+    bad.write_bytes(b"not an image")
+    cache_dir = tmp_path / "cache"
+    assert load_images([Path("root/a.png"), Path("root/b.png")], 16, cache_dir, skip_bad=True).valid.tolist() == \
+        [True, False]
+    got = load_images([a, bad], 16, cache_dir, skip_bad=True)
+    assert got.valid.tolist() == [True, False] and got.bad[0][0] == str(bad)
+    assert len(list(cache_dir.glob("*.u8"))) == 1  # one cache for both spellings
+
+
+@pytest.mark.parametrize("bad", [[[1, 2]], [["x"]], "none", [None]])
+def test_a_cache_meta_file_of_another_shape_is_rebuilt(tmp_path, bad):
+    """`"bad": [[1, 2]]` in a cache's meta file crashed with AttributeError (an internal error, exit 1)."""
+    a = tmp_path / "a.png"
+    a.write_bytes(png_bytes())
+    cache_dir = tmp_path / "cache"
+    first = load_images([a], 16, cache_dir).images.clone()
+    (meta,) = cache_dir.glob("*.json")
+    meta.write_text(json.dumps({"n": 1, "size": 16, "bad": bad}))
+    got = load_images([a], 16, cache_dir)
+    assert bool(got.valid.all()) and torch.equal(got.images, first)
+    assert json.loads(meta.read_text())["bad"] == []
+
+
+def test_a_single_class_in_all_is_warned_about_not_silently_trained(copy_root, tmp_path):
+    """`train --datasets single` on a one-class dataset trained at loss 0 and printed "1 classes" (a hunt)."""
+    from helpers.checks import run_main
+
+    for split in ("train", "val"):
+        for extra in sorted((copy_root / "digits" / split).iterdir())[1:]:
+            shutil.rmtree(extra)
+    rc, out, err = run_main("train", "--data", copy_root, "--datasets", "digits", "--out", tmp_path / "run",
+                            "--model", "test_resnet", "--img-size", "16", "--epochs", "1", "--device", "cpu",
+                            "--no-progress")
+    assert rc == 0, err
+    assert "1 class," in out and "has one class" in err and "nothing is learned" in err, (out, err)
+
+
+def test_a_dataset_the_grouped_sampler_never_batches_is_named(copy_root, dataset_names, tmp_path):
+    """data.sampler=grouped drops a batch BatchNorm cannot take (under 2 images per process): a 1-image dataset
+    was never trained, without a word (a DDP hunt: 3 images on 2 processes the same)."""
+    from helpers.checks import run_main
+
+    small = dataset_names[0]
+    for split in ("train", "val"):
+        for extra in sorted((copy_root / small / split).iterdir())[1:]:
+            shutil.rmtree(extra)
+    for p in sorted(p for p in (copy_root / small / "train").rglob("*") if p.is_file())[1:]:
+        p.unlink()
+    argv = ["train", "--data", copy_root, "--model", "test_resnet", "--img-size", "16", "--epochs", "1",
+            "--device", "cpu", "--no-progress", "train.eval_every=100"]
+    rc, _, err = run_main(*argv, "--out", tmp_path / "g", "data.sampler=grouped")
+    assert rc == 0 and f"warning: {small} never reach(es) a training batch" in err, err
+    rc, _, err = run_main(*argv, "--out", tmp_path / "s")  # shuffled, its image joins a batch of the other's
+    assert rc == 0 and "never reach" not in err, err

@@ -233,3 +233,18 @@ def test_refuses_output_that_is_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="not a folder"):
         build_dataset("digits", tmp_path / "file", **SMALL)
+
+
+def test_a_file_where_the_build_writes_a_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    """`ROOT/unlabeled` as a file crashed with FileExistsError after ROOT/digits was written, so the rerun was
+    refused too; `--idx-dir` given for digits was ignored without a word (a probe/data hunt)."""
+    from helpers.checks import run_main
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "unlabeled").write_text("not a folder")
+    with pytest.raises(UserError, match="is a file where the build writes a folder"):
+        build_dataset("digits", root, shots=1, val_per_class=1, test_per_class=1, pool_per_class=1)
+    assert sorted(p.name for p in root.iterdir()) == ["unlabeled"]
+    rc, _, err = run_main("data", "digits", "--out", tmp_path / "other", "--idx-dir", tmp_path / "nowhere")
+    assert rc == 2 and "takes no --idx-dir" in err and not (tmp_path / "other").exists(), err

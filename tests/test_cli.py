@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -317,13 +318,56 @@ def test_predict_unknown_and_routing(trained, digits_root, dataset_names, tmp_pa
 @pytest.mark.parametrize("key_text, message", [("this is not json", "cannot be read as JSON"),
                                                ('["a", "list"]', "must map image ids"),
                                                ('{"0": "three"}', "image 0 has class 'three'"),
-                                               ('{"0": 99}', "image 0 has class 99")])
-def test_a_bad_answer_key_is_a_user_error_naming_the_file(trained, copy_root, dataset_names, key_text, message):
+                                               ('{"0": 99}', "image 0 has class 99"),
+                                               ("[" * 100000, "cannot be read as JSON"),
+                                               ("{}", "test images missing from their answer key")])
+def test_a_bad_answer_key_is_a_user_error_naming_the_file(trained, copy_root, dataset_names, key_text, message,
+                                                          monkeypatch):
+    """Refused before any test image is decoded (a bad key was reported after 52 s of decoding), nested JSON
+    included (RecursionError was a traceback)."""
+    import fewshot.eval.predict as predict
+
     run, _ = trained
     bad = copy_root / dataset_names[0] / "test_labels.json"
     bad.write_text(key_text)
+    monkeypatch.setattr(predict, "load_split", lambda *a, **k: pytest.fail("decoded before checking the key"))
     rc, out, err = run_main("eval", run, "--data", copy_root, "--split", "test", "--device", "cpu")
-    assert rc == 2 and message in err and str(bad) in err and "Traceback" not in err
+    assert rc == 2 and message in err and str(bad) in err and "Traceback" not in err, err
+
+
+def test_an_answer_key_with_extra_ids_is_warned_about_once(trained, copy_root, dataset_names):
+    """The key is checked before decoding and read after it: the warning came twice (review)."""
+    run, _ = trained
+    key_file = copy_root / dataset_names[0] / "test_labels.json"
+    key_file.write_text(json.dumps({**json.loads(key_file.read_text()), "99999": 0}))
+    rc, _, err = run_main("eval", run, "--data", copy_root, "--split", "test", "--device", "cpu")
+    assert rc == 0 and err.count("that are not test images scored here (99999)") == 1, err
+
+
+def test_a_partial_answer_key_names_every_missing_id_at_once(trained, copy_root, dataset_names):
+    run, _ = trained
+    key_file = copy_root / dataset_names[0] / "test_labels.json"
+    key = json.loads(key_file.read_text())
+    gone = sorted(key, key=int)[:7]
+    key_file.write_text(json.dumps({k: v for k, v in key.items() if k not in gone}))
+    rc, out, err = run_main("eval", run, "--data", copy_root, "--split", "test", "--device", "cpu")
+    assert rc == 2 and f"7 of {dataset_names[0]} ({', '.join(gone[:5])}, ...;" in err, err
+
+
+def test_a_test_id_of_thousands_of_digits_is_an_id_not_a_crash():
+    from fewshot.data.layout import test_id
+
+    assert test_id("0" * 3 + "7" * 5000) == "7" * 5000 and test_id("000") == "0" and test_id("0042") == "42"
+
+
+def test_datasets_typed_in_another_unicode_form_name_the_models_dataset(trained, digits_root, tmp_path):
+    """A model trained on a decomposed `café` folder (macOS) was refused `--datasets café` typed composed."""
+    import unicodedata
+
+    from fewshot.eval import predict
+
+    tm = SimpleNamespace(space=SimpleNamespace(names=[unicodedata.normalize("NFD", "café"), "digits"]))
+    assert predict._chosen_datasets(tm, unicodedata.normalize("NFC", "café")) == [tm.space.names[0]]
 
 
 def test_predict_never_reads_the_answer_key(trained, copy_root, dataset_names, tmp_path):
@@ -429,8 +473,9 @@ def test_run_with_a_pool_smaller_than_one_moco_batch_is_a_user_error(digits_root
                             "--model", "test_resnet", "--device", "cpu", "--no-progress", "--pretrain",
                             "run.pretrain_batch_size=4096", "run.queue_size=8192", "run.report=false")
     assert rc == 2 and "fewer than one MoCo batch of 4096" in err and "Traceback" not in err, err
-    # refused before the run folder is written: the rerun with a smaller batch must not be blocked by it
-    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    # refused before the run folder is written: the rerun with a smaller batch must not be blocked by it (the
+    # folder's lock file, taken before the inputs are decoded, is hidden and does not count as a run)
+    assert not (tmp_path / "run").exists() or not [p for p in (tmp_path / "run").iterdir() if p.name[0] != "."]
 
 
 # ------------------------------------------------------------------ flags reach the config
@@ -880,3 +925,95 @@ def test_data_under_torchrun_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     rc, _, err = run_main("data", "digits", "--out", tmp_path / "d")
     assert rc == 2 and "without torchrun" in err and not (tmp_path / "d").exists()
+
+
+def test_eval_and_predict_refuse_to_write_over_what_they_read(trained, copy_root, dataset_names, tmp_path):
+    """`--out ROOT/<ds>/test_labels.json` replaced the answer key, `--out RUN/checkpoints/best.pt` the model,
+    `--out ROOT/<ds>/test/0.png` a test image (a routing hunt). ROOT and its non-dataset folders stay allowed."""
+    run, _ = trained
+    run_copy = tmp_path / "run"
+    shutil.copytree(run, run_copy)
+    ds = copy_root / dataset_names[0]
+    test_image = sorted((ds / "test").iterdir())[0]
+    inputs = [ds / "test_labels.json", run_copy / "checkpoints" / "best.pt", test_image,
+              copy_root / "unlabeled" / "x.json"]
+    before = {p: p.read_bytes() for p in inputs if p.exists()}
+    for out in inputs:
+        for cmd in (["eval", run_copy, "--split", "test"], ["predict", run_copy]):
+            rc, _, err = run_main(*cmd, "--data", copy_root, "--out", out, "--device", "cpu")
+            assert rc == 2 and "--out" in err and "Traceback" not in err, (cmd, out, err)
+    ck = run_copy / "checkpoints" / "last.pt"
+    rc, _, err = run_main("predict", ck, "--data", copy_root, "--out", ck, "--device", "cpu")
+    assert rc == 2 and "replace the checkpoint it reads" in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    for out in (copy_root / "pred_all.json", copy_root / "runs" / "mine" / "pred_all.json",
+                ds / "pred_all.json", ds / "runs" / "r1" / "pred_all.json"):
+        rc, _, err = run_main("predict", run_copy, "--data", copy_root, "--out", out, "--device", "cpu")
+        assert rc == 0 and out.is_file(), err
+
+
+def test_an_output_given_as_a_symbolic_link_writes_its_target(trained, digits_root, tmp_path):
+    """The atomic rename replaced the link itself: the target never got the result (a routing hunt)."""
+    import os
+
+    run, _ = trained
+    target = tmp_path / "real" / "pred_all.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    assert run_main("predict", run, "--data", digits_root, "--out", link, "--device", "cpu")[0] == 0
+    assert link.is_symlink() and "n_parameters" in json.loads(target.read_text())
+    dangling = tmp_path / "dangling.json"  # a link to a file not yet made: made there
+    dangling.symlink_to(tmp_path / "real" / "new.json")
+    assert run_main("eval", run, "--data", digits_root, "--out", dangling, "--device", "cpu")[0] == 0
+    assert dangling.is_symlink() and "mean_acc1" in json.loads((tmp_path / "real" / "new.json").read_text())
+    null = tmp_path / "null.json"  # a device (as /dev/stdout is) is written in place, not replaced
+    null.symlink_to(os.devnull)
+    assert run_main("eval", run, "--data", digits_root, "--out", null, "--device", "cpu")[0] == 0
+    assert null.is_symlink() and Path(os.devnull).exists() and not Path(os.devnull).is_file()
+
+
+def test_a_rank_whose_peer_stopped_does_not_report_a_bug(monkeypatch, capsys):
+    """Rank 0 alone refuses a held lock or a full disk (exit 2, a clear message); rank 1 then met gloo's closed
+    connection and printed a traceback with "internal error (a bug; ...)" (a DDP hunt)."""
+    import torch.distributed as dist
+
+    from fewshot.cli import _dispatch
+
+    def collective_failed(args, extra):
+        raise dist.DistBackendError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234")
+
+    def bug(args, extra):
+        raise RuntimeError("an ordinary bug")
+
+    def timeout(args, extra):  # rank 0's own distributed failure keeps its traceback
+        raise dist.DistStoreError("Timed out after 1801 seconds waiting for clients (gloo)")
+
+    args = SimpleNamespace(command="compare")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert _dispatch(args, [], {"compare": collective_failed}) == 1
+    err = capsys.readouterr().err
+    assert "rank 1 stopped because another process of this torchrun job ended first" in err
+    assert "internal error" not in err and "Traceback" not in err
+    for other in (bug, timeout):
+        assert _dispatch(args, [], {"compare": other}) == 1
+        assert "internal error (a bug" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: a failed collective is no peer's doing
+    assert _dispatch(args, [], {"compare": collective_failed}) == 1
+    assert "internal error (a bug" in capsys.readouterr().err
+
+
+def test_single_process_commands_refuse_torchrun(monkeypatch):
+    """Under torchrun `eval`, `predict`, `export` and `report` ran whole on every rank and wrote the same files N
+    times, while `data` and `run` were refused (a DDP hunt)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for argv in (["eval", "RUN", "--data", "ROOT"], ["predict", "RUN", "--data", "ROOT", "--out", "p.json"],
+                 ["export", "RUN", "--out", "b.safetensors"], ["report", "RUN", "--out", "r"]):
+        rc, _, err = run_main(*argv)
+        assert rc == 2 and "runs in one process, but WORLD_SIZE is 2" in err, (argv, err)
+    assert run_main("models", "test_resnet")[0] == 0  # writes nothing: harmless on every rank
+    monkeypatch.setenv("WORLD_SIZE", "")  # an empty variable is one process, not an internal error
+    rc, _, err = run_main("eval", "no-such-run", "--data", "ROOT")
+    assert rc == 2 and "internal error" not in err, err

@@ -428,3 +428,50 @@ def test_train_resumes_after_its_weights_file_is_gone_and_export_says_when_there
     capsys.readouterr()
     assert main(["export", str(run), "--out", str(tmp_path / "bb.safetensors")]) == 0
     assert "has no best.pt" in capsys.readouterr().err
+
+
+def test_export_of_a_moco_run_names_the_best_knn_epoch_when_it_is_not_the_last(exported, tmp_path, capsys):
+    """metrics.json, compare and report show the best kNN epoch's accuracy; export takes the last epoch, as
+    MoCo does (a long-run hunt read 80 % and exported weights of 60 %). Say so where the two differ."""
+    import json
+    import shutil
+
+    run = tmp_path / "pre"
+    shutil.copytree(exported[1], run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(tmp_path / "a.safetensors")]) == 0
+    assert "note: exporting the last epoch" not in capsys.readouterr().out  # a 1-epoch run: best is last
+    metrics["best_epoch"] = 7
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["export", str(run), "--out", str(tmp_path / "b.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "note: exporting the last epoch (1), as MoCo does" in out and "epoch 7" in out
+    assert str(run / "checkpoints" / "best.pt") in out
+
+
+def test_probe_refuses_a_runs_folder_as_out_settings_out_of_range_and_names_the_files_model(exported, tmp_path,
+                                                                                            capsys):
+    """A probe hunt: `probe --out RUN` replaced the run's metrics.json (exit 0); `--epochs 0` reported an untrained
+    head; `--img-size 2000` was taken (train refuses it); a small-stem file of another model was answered with
+    "model.small_stem applies to timm ResNets", an option probe does not have."""
+    from safetensors.torch import save_file
+
+    root, run, path = exported
+    base = ["probe", "--weights", str(path), "--model", NAME, "--data", str(root), "--device", "cpu"]
+    before = (run / "metrics.json").read_bytes()
+    assert main([*base, "--img-size", "32", "--epochs", "2", "--out", str(run)]) == 2
+    assert "holds a run" in capsys.readouterr().err and (run / "metrics.json").read_bytes() == before
+    for flag, value in (("--epochs", "0"), ("--epochs", "-1"), ("--img-size", "2000"), ("--img-size", "-3")):
+        with pytest.raises(SystemExit) as exc:
+            main([*base, flag, value])
+        assert exc.value.code == 2 and flag in capsys.readouterr().err
+    stem = tmp_path / "stem.safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        meta = {**fh.metadata(), "small_stem": "true"}
+    save_file(load_file(str(path)), str(stem), metadata=meta)
+    rc = main(["probe", "--weights", str(stem), "--model", "test_vit", "--data", str(root), "--device", "cpu",
+               "--img-size", "32", "--epochs", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "apply to timm ResNets" not in err and f"exported from '{NAME}'" in err, err
+    assert "and 70 more. 90 unexpected key(s)" in err, err  # the lists ran together ("bias 90 unexpected")

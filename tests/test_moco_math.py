@@ -240,6 +240,15 @@ def test_topk_accuracy_by_hand():
     assert topk_accuracy(logits, torch.zeros(4, dtype=torch.long), ks=(1,)) == [25.0]
 
 
+def test_topk_accuracy_is_an_exact_fraction():
+    """4 of 5 is written 80.0, not the float32 mean's 80.0000011920929 (a long-run hunt saw the noise in
+    pretrain metrics.json, where the best epoch is picked by a strict "greater than")."""
+    logits = torch.eye(5)
+    target = torch.tensor([0, 1, 2, 3, 0])
+    assert topk_accuracy(logits, target, ks=(1,)) == [80.0]
+    assert topk_accuracy(torch.eye(10)[:3], torch.tensor([0, 1, 0]), ks=(1,))[0] == 200.0 / 3
+
+
 # ----------------------------------------------------------------------------- shuffle / finite
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import shutil
 import sys
 from html.parser import HTMLParser
@@ -416,6 +417,30 @@ def test_names_with_dollar_signs_are_drawn_as_written(tmp_path):
     assert plots.plot_confusion(cm, names, "a $bad_{title", tmp_path / "cm.png").is_file()
 
 
+@pytest.mark.parametrize("lrs", [(4e-3, 1e-5), (5e-4, 3e-4)], ids=["decades", "within-a-decade"])
+def test_log_scale_learning_rate_ticks_are_numbers_not_mathtext_source(tmp_path, monkeypatch, lrs):
+    """With text.parse_math off (names with `$`), matplotlib's default log-axis labels were drawn as their
+    source: every curves plot's lr panel read `$\\mathdefault{10^{-3}}$` (a long-run hunt)."""
+    from fewshot.report import plots
+
+    figs = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out: (figs.append(fig), save(fig, out))[1])
+    hi, lo = lrs
+    rows = [{"epoch": e, "step": e, "loss": 1.0 / e, "lr": hi + (lo - hi) * (e - 1) / 39, "train_acc1": 50.0,
+             "contrast_acc1": 1.0, "contrast_acc5": 5.0} for e in range(1, 41)]
+    plots.plot_finetune_curves(rows, tmp_path / "ft.png")
+    plots.plot_moco_curves(rows, tmp_path / "moco.png")
+    for fig in figs:
+        fig.canvas.draw()
+        lr_ax = [ax for ax in fig.axes if ax.get_yscale() == "log"]
+        assert len(lr_ax) == 1
+        labels = [t.get_text() for t in lr_ax[0].get_yticklabels(minor=False) + lr_ax[0].get_yticklabels(minor=True)
+                  if t.get_text()]
+        assert labels, "the lr axis has no labels"
+        assert not any("$" in t or "mathdefault" in t for t in labels), labels
+
+
 def test_more_runs_than_a_palette_get_colours_of_their_own():
     from fewshot.report import plots
 
@@ -578,3 +603,179 @@ def test_compare_and_report_help_say_what_run_is():
         rc, out, _ = run_main(cmd, "--help")
         assert rc == 0 and "run folders or checkpoint files" in out
     assert "DIR/index.html" not in run_main("report", "--help")[1]
+
+
+# ---------------------------------------------------------------------- many datasets, many classes
+
+def _val_rows(names: list[str], epochs: int = 12) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for e in range(1, epochs + 1):
+        ds = {n: {"acc1": float(rng.uniform(0, 100)), "acc5": 100.0, "n": 4} for n in names}
+        rows.append({"epoch": e, "step": e, "loss": 1.0 / e, "lr": 1e-3 / e, "train_acc1": 5.0 * e,
+                     "contrast_acc1": 1.0, "contrast_acc5": 5.0,
+                     "knn_acc1": {**{n: float(rng.uniform(0, 100)) for n in names}, "mean": 50.0},
+                     "val": {"known": {"mean_acc1": 50.0, "datasets": ds},
+                             "unknown": {"mean_acc1": 40.0, "datasets": ds, "routing_acc": 30.0}}})
+    return rows
+
+
+def _capture_figures(monkeypatch) -> list:
+    from fewshot.report import plots
+
+    figs, save = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out: (figs.append(fig), save(fig, out))[1])
+    return figs
+
+
+@pytest.mark.parametrize("n", [5, 14, 60])
+def test_plots_of_many_datasets_keep_their_legends_out_of_the_panels_and_warn_nothing(tmp_path, monkeypatch, n):
+    """The val panel's in-axes legend had 2 entries per dataset: at 14+ datasets it was taller than the figure,
+    constrained layout collapsed the axes and printed a UserWarning on stderr (it looked like a crash) in
+    `train`, `run` and `report`; the same for MoCo's kNN legend and the embedding's by-dataset legend."""
+    import warnings
+
+    from fewshot.report import plots
+
+    figs = _capture_figures(monkeypatch)
+    names = [f"dataset_{i:02d}" for i in range(n)]
+    rows = _val_rows(names)
+    k = 4 * n
+    ids = np.arange(k) % n
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.plot_finetune_curves(rows, tmp_path / "ft.png")
+        plots.plot_moco_curves(rows, tmp_path / "moco.png")
+        plots.plot_embedding(np.random.default_rng(0).normal(size=(k, 2)), np.arange(k) % (2 * n),
+                             [f"{names[c // 2]}: c{c % 2}" for c in range(2 * n)], ids, names, "PCA",
+                             tmp_path / "emb.png")
+    for fig in figs[:2]:
+        fig.canvas.draw()
+        for ax in fig.axes:  # no panel squashed: each keeps most of the figure's height
+            assert ax.get_position().height > 0.5, ax.get_title()
+        entries = sum(len(lg.get_texts()) for lg in fig.legends + [ax.get_legend() for ax in fig.axes] if lg)
+        assert entries <= min(n, plots.LEGEND_MAX_NAMED) + 6  # one entry per dataset colour, not two
+        if fig.legends:  # a big legend lies below the panels, not over them
+            top = fig.legends[0].get_window_extent().y1
+            assert all(top <= ax.get_window_extent().y0 + 1 for ax in fig.axes)
+    if n > plots.LEGEND_MAX_NAMED:
+        assert "60 datasets" in figs[0].axes[3].get_title()
+
+
+def _overlaps(texts) -> list[tuple[str, str]]:
+    boxes = sorted(((t.get_window_extent(), t.get_text()) for t in texts if t.get_text() and t.get_visible()),
+                   key=lambda b: b[0].x0)
+    return [(a[1], b[1]) for a, b in zip(boxes, boxes[1:]) if a[0].x1 > b[0].x0 + 0.5 and a[0].overlaps(b[0])]
+
+
+@pytest.mark.parametrize("n,runs", [(3, 2), (14, 2), (60, 2), (14, 6)])
+def test_accuracy_bars_grow_with_datasets_and_their_labels_do_not_collide(tmp_path, monkeypatch, n, runs):
+    """The figure's width ignored the number of datasets: with 14 datasets the x labels ran together into one
+    string (`many160set01_dig...`) and the values over the bars overlapped (`100.0100.0`)."""
+    from fewshot.report import plots
+
+    figs = _capture_figures(monkeypatch)
+    names = [f"set{i:02d}_dig" for i in range(n)]
+    m = {"mean_acc1": 50.0, "routing_acc": 30.0, "datasets": {d: {"acc1": 100.0} for d in names}}
+    plots.plot_accuracy_bars([f"run{i}" for i in range(runs)], [{"known": m, "unknown": m}] * runs,
+                             tmp_path / "bars.png")
+    fig = figs[0]
+    fig.canvas.draw()
+    if n >= 14:  # each panel wider than the 5 in the two panels side by side had
+        assert all(ax.get_window_extent().width / fig.dpi > 10 for ax in fig.axes)
+    for ax in fig.axes:
+        ticks = ax.get_xticklabels()
+        angle = ticks[0].get_rotation()
+        if angle == 0:
+            assert not _overlaps(ticks), "tick labels collide"
+        else:  # turned labels: the distance across them must hold a line of text
+            xs = [t.get_window_extent().x1 for t in ticks]
+            height = ticks[0].get_fontsize() * fig.dpi / 72
+            assert min(np.diff(xs)) * math.sin(math.radians(angle)) >= height, "tick labels collide"
+        assert not _overlaps(ax.texts), "value labels collide"
+    if n == 3:  # a few datasets: the values are still written on the bars
+        assert all(ax.texts for ax in fig.axes)
+
+
+def test_neighbouring_datasets_get_colours_that_differ():
+    """tab20 in its own order gave datasets 0 and 1 (2 and 3, ...) a dark and a light shade of one hue."""
+    import colorsys
+
+    from fewshot.report import plots
+
+    for n in range(11, 21):
+        hsv = [colorsys.rgb_to_hsv(*plots._color(i, n)[:3]) for i in range(n)]
+        for i, (a, b) in enumerate(zip(hsv, hsv[1:])):
+            if min(a[1], b[1]) < 0.15:  # a grey next to anything reads apart
+                continue
+            d = abs(a[0] - b[0])
+            assert min(d, 1 - d) > 0.05, (n, i)
+    rgb = [np.array(plots._color(i, 60)[:3]) for i in range(60)]
+    assert min(np.abs(a - b).sum() for a, b in zip(rgb, rgb[1:])) > 0.3  # turbo, visited far apart
+
+
+@pytest.mark.parametrize("n", [1000, 3000])
+def test_big_confusion_matrices_keep_every_off_diagonal_cell(tmp_path, monkeypatch, n):
+    """Drawn with nearest-neighbour resampling into ~650 px, a 1000-class matrix dropped a third of its rows
+    and columns, and a confusion in them vanished."""
+    from fewshot.report import plots
+
+    figs = _capture_figures(monkeypatch)
+    cm = np.eye(n, dtype=int)
+    cells = [(i, (7 * i + n // 3) % n) for i in range(5, n, n // 57)]
+    for i, j in cells:
+        cm[i, i], cm[i, j] = 0, 1
+    out = plots.plot_confusion(cm, [f"c{i}" for i in range(n)], "many", tmp_path / "cm.png")
+    assert out.stat().st_size < 1_500_000
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    bb = figs[0].axes[0].get_window_extent()
+    missing = []
+    for i, j in cells:
+        x = bb.x0 + (j + 0.5) / n * bb.width
+        y = img.shape[0] - (bb.y1 - (i + 0.5) / n * bb.height)
+        patch = img[int(y) - 1:int(y) + 2, int(x) - 1:int(x) + 2]
+        if patch[..., 0].min() > 120:  # no dark blue pixel where the cell is
+            missing.append((i, j))
+    assert not missing, f"{len(missing)} of {len(cells)} confused cells not drawn"
+
+
+def test_prediction_grid_names_the_dataset_when_it_shows_several(tmp_path, monkeypatch):
+    """Datasets may share class names (`9` of two digit sets): the grid's titles could not tell them apart."""
+    from fewshot.report import plots
+
+    figs = _capture_figures(monkeypatch)
+    imgs = np.zeros((4, 3, 8, 8), dtype=np.uint8)
+    plots.plot_prediction_grid(imgs, ["9"] * 4, ["9", "9", "3", "9"], [True, True, False, True], tmp_path / "a.png",
+                               datasets=["set01_dig", "set05_dig", "set05_dig", "set01_dig"])
+    plots.plot_prediction_grid(imgs, ["9"] * 4, ["9"] * 4, [True] * 4, tmp_path / "b.png", datasets=["set01_dig"] * 4)
+    titles = [ax.get_title() for ax in figs[0].axes]
+    assert titles[:3] == ["set01_dig: 9", "set05_dig: 9", "set05_dig: 3\n(true: 9)"]
+    assert [ax.get_title() for ax in figs[1].axes] == ["9"] * 4  # one dataset: no prefix
+
+
+def test_report_says_confusion_pictures_are_capped(runs, tmp_path, monkeypatch):
+    """Past MAX_CONFUSION_IMAGES datasets the pictures were dropped without a word."""
+    from fewshot.report import build, plots
+
+    monkeypatch.setattr(build, "MAX_CONFUSION_IMAGES", 0)
+    grids = []
+    grid = plots.plot_prediction_grid
+    monkeypatch.setattr(plots, "plot_prediction_grid", lambda *a, **k: (grids.append(k), grid(*a, **k))[1])
+    index = build.build_report([str(runs["ft"])], tmp_path / "rep", device="cpu", log=lambda *a: None)
+    text = index.read_text()
+    assert "Pictures are shown for the first 0 datasets only" in text
+    assert "most confused pairs of digits" in text or "No confusions" in text  # the tables stay
+    assert not list((tmp_path / "rep").glob("*confusion*.png"))
+    assert grids and grids[0]["datasets"] == ["digits"] * len(grids[0]["datasets"])
+
+
+def test_terminal_table_column_fits_the_longest_dataset_name():
+    from fewshot.eval.evaluate import format_table
+
+    long = "stanford_cars_196_classes_fine"
+    m = {"mode": "known", "mean_acc1": 55.5, "routing_acc": 40.0,
+         "datasets": {"cifar": {"acc1": 50.0, "acc5": 90.0, "n": 10}, long: {"acc1": 61.0, "acc5": 99.0, "n": 7}}}
+    lines = format_table(m).splitlines()
+    end = lines[0].index("acc@1") + len("acc@1")
+    for line, value in zip(lines[1:], ["50.00", "61.00", "55.50", "40.00"]):
+        assert line[:end].endswith(value), lines

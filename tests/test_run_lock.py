@@ -38,7 +38,11 @@ def hold_lock(folder: Path) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("command", ["train", "pretrain", "run"])
-def test_a_folder_another_process_writes_is_refused_and_free_once_it_exits(root, tmp_path, command):
+def test_a_folder_another_process_writes_is_refused_and_free_once_it_exits(root, tmp_path, command, monkeypatch):
+    import fewshot.pipeline
+
+    # `fewshot run` is refused before it decodes the test images (the refusal came 24-53 s late)
+    monkeypatch.setattr(fewshot.pipeline, "preload_test_images", lambda *a: pytest.fail("decoded before the lock"))
     out = tmp_path / command
     holder = hold_lock(out)
     try:

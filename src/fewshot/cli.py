@@ -183,8 +183,11 @@ def cmd_data(args, extra) -> int:
     from fewshot.data.build import build_dataset
     from fewshot.utils import check_output_dir
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank built into one temporary folder and crashed
+    if world_size_env() > 1:  # every rank built into one temporary folder and crashed
         raise UserError("`fewshot data` builds a dataset in one process; run it without torchrun.")
+    if args.idx_dir and args.name != "fashion-mnist":  # it was ignored without a word
+        raise UserError(f"--idx-dir is where the fashion-mnist IDX files are; {args.name} is built from "
+                        f"scikit-learn's bundled copy and takes no --idx-dir.")
     check_output_dir(args.out)  # before decoding the source files
     summary = build_dataset(args.name, Path(args.out), shots=args.shots, seed=args.seed,
                             idx_dir=Path(args.idx_dir) if args.idx_dir else None, val_per_class=args.val_per_class,
@@ -208,12 +211,14 @@ def cmd_train(args, extra) -> int:
 
 
 def cmd_eval(args, extra) -> int:
+    from fewshot.data.layout import check_result_file_is_not_an_input
     from fewshot.eval.evaluate import format_table
     from fewshot.eval.predict import evaluate_run
     from fewshot.utils import check_output_file, resolve_device, write_json
 
     if args.out:
         check_output_file(args.out, example="metrics.json")
+        check_result_file_is_not_an_input(args.out, args.data, args.run)
     metrics = evaluate_run(args.run, args.data, args.mode, resolve_device(args.device), split=args.split,
                            datasets=args.datasets, skip_bad=args.skip_bad_images)
     print(format_table(metrics, title=f"{args.split} accuracy of {metrics['checkpoint']}"))
@@ -223,10 +228,12 @@ def cmd_eval(args, extra) -> int:
 
 
 def cmd_predict(args, extra) -> int:
+    from fewshot.data.layout import check_result_file_is_not_an_input
     from fewshot.eval.predict import predict_run
     from fewshot.utils import check_output_file, resolve_device, write_json
 
     check_output_file(args.out, example="pred_all.json")
+    check_result_file_is_not_an_input(args.out, args.data, args.run)
     pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device), datasets=args.datasets,
                                 skip_bad=args.skip_bad_images)
     out = Path(args.out)
@@ -351,6 +358,11 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
 
 def _dispatch(args, extra, handlers) -> int:
     try:
+        if args.command in ("eval", "predict", "export", "probe", "report") and world_size_env() > 1:
+            # every process did the whole work and wrote the same files (`data` and `run` say why themselves)
+            raise UserError(f"`fewshot {args.command}` runs in one process, but WORLD_SIZE is "
+                            f"{world_size_env()} here (torchrun, or a job that starts several processes): run it "
+                            f"once, without torchrun.")
         if args.command in ("train", "pretrain", "run"):
             from fewshot.runtime import check_environment
 
@@ -404,11 +416,35 @@ def _dispatch(args, extra, handlers) -> int:
         print(f"fewshot {args.command}: error:{where} {exc.strerror or exc} (check the path and its "
               f"permissions, or free space if the disk is full, then run the command again).", file=sys.stderr)
         return 2
-    except Exception:
+    except Exception as exc:
+        if _a_peer_stopped(exc):  # a user error on rank 0 alone (a held lock, a full disk) is not a bug on rank 1
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            print(f"fewshot {args.command}: rank {os.environ.get('RANK', '?')} stopped because another process of "
+                  f"this torchrun job ended first (its own message says why; here: {first}).", file=sys.stderr)
+            return 1
         traceback.print_exc()
         print(f"fewshot {args.command}: internal error (a bug; please report it with the traceback above).",
               file=sys.stderr)
         return 1
+
+
+def world_size_env() -> int:
+    """WORLD_SIZE as torchrun sets it; 1 where unset or not a number (`int("")` was an internal error)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        return 1
+
+
+def _a_peer_stopped(exc: BaseException) -> bool:
+    """A collective failed under torchrun because another rank is gone: rank 0's own checks (the folder's
+    lock, free disk space, a checkpoint write) end it with a clear message, and rank 1 then met a closed
+    connection and printed gloo's traceback with "internal error (a bug; ...)". Only a connection closed or
+    reset by the peer counts: a timeout, a port in use or a bad NCCL setup keep their traceback."""
+    if sys.modules.get("torch.distributed") is None or world_size_env() < 2 or not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()
+    return any(words in text for words in ("closed by peer", "reset by peer", "connection closed", "broken pipe"))
 
 
 if __name__ == "__main__":

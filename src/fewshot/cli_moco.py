@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (`probe --epochs 0` reported an untrained head)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is below 1")
+    return n
+
+
+def image_size(text: str) -> int:
+    """An argparse type: an image side within what the models and the decode cache take (as `train` checks)."""
+    from fewshot.models.backbone import MAX_IMG_SIZE, MIN_IMG_SIZE
+
+    n = positive_int(text)
+    if not MIN_IMG_SIZE <= n <= MAX_IMG_SIZE:
+        raise argparse.ArgumentTypeError(f"{n} px is outside {MIN_IMG_SIZE}..{MAX_IMG_SIZE}")
+    return n
+
 
 PRETRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.datasets", "epochs": "train.epochs",
                   "batch_size": "train.batch_size", "img_size": "model.img_size", "lr": "optim.lr",
@@ -89,10 +112,11 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("--model", required=True, help="timm model name the weights belong to")
     p.add_argument("--data", required=True)
     p.add_argument("--out", help="folder for metrics.json")
-    p.add_argument("--img-size", type=int)
+    p.add_argument("--img-size", type=image_size, help="input size in pixels (default: the export's, else the "
+                   "model's)")
     p.add_argument("--datasets")
     p.add_argument("--mode", choices=["known", "unknown"], default="known")
-    p.add_argument("--epochs", type=int, default=300, help="head training epochs (full batch)")
+    p.add_argument("--epochs", type=positive_int, default=300, help="head training epochs (full batch)")
     p.add_argument("--head", choices=["linear", "prototype"], default="linear",
                    help="linear: a trained BN + linear head; prototype: no training, cosine nearest class mean "
                    "of standardised features (SimpleShot)")
@@ -222,12 +246,21 @@ def cmd_export(args, extra) -> int:
 
 
 def cmd_probe(args, extra) -> int:
+    from fewshot.errors import UserError
     from fewshot.eval.evaluate import format_table
     from fewshot.eval.probe import run_probe
     from fewshot.utils import check_output_dir, check_output_file, resolve_device, write_json
 
     if args.out:
-        check_output_file(check_output_dir(args.out) / "metrics.json")
+        out = check_output_dir(args.out)
+        if any((out / marker).exists() for marker in ("checkpoints", "log.jsonl", "config.yaml", "run_state.json")):
+            # its metrics.json is the run's own (compare and report read it): replaced without a word
+            raise UserError(f"--out {out} holds a run; probe writes metrics.json there and would replace the run's. "
+                            f"Give the probe a folder of its own (e.g. {out / 'probe'}).")
+        if (out / "metrics.json").is_dir():
+            raise UserError(f"{out / 'metrics.json'} is a folder; probe writes its metrics.json into --out: choose "
+                            f"another --out.")
+        check_output_file(out / "metrics.json")
     metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
                         mode=args.mode, epochs=args.epochs, datasets=args.datasets, head=args.head,
                         skip_bad=args.skip_bad_images)

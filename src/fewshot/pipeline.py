@@ -80,8 +80,38 @@ def plan_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: fl
                 min_epochs: int = 1) -> int:
     """Epochs that fit the budget at the measured speed. Stages run on a time-based schedule with this
     number as a generous cap (4x), so a slow calibration (a busy machine) cannot shrink a stage."""
+    return max(min_epochs, 4 * int(fitting_epochs(budget_s, step_s, steps_per_epoch, eval_s, eval_every)), 8)
+
+
+def fitting_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: float, eval_every: int) -> float:
+    """Epochs (a fraction where less than one fits) that the budget holds at the measured speed."""
     per_epoch = step_s * steps_per_epoch + eval_s / max(1, eval_every)
-    return max(min_epochs, 4 * int(budget_s // max(per_epoch, 1e-6)), 8)
+    return budget_s / max(per_epoch, 1e-6)
+
+
+def pseudo_label_line(per_dataset: dict, unknown: int) -> str:
+    """What self-training kept, per dataset. Datasets with neither pool images nor kept labels are counted,
+    not listed: with 14 datasets the line ran past 1,000 characters of "0/0 (mean confidence None)"."""
+    def conf(v):
+        return "" if v["mean_confidence"] is None else f" (mean confidence {v['mean_confidence']})"
+
+    shown = {n: v for n, v in per_dataset.items() if v["pool"] or v["kept"]}
+    if unknown:  # "2266/0" read as more kept than pool: the unknown-source images are counted apart
+        head = (f"[run] pseudo-labels kept (of them from the {unknown} pool images of unknown source, each counted "
+                f"for the dataset of its class) / the dataset's own pool images: ")
+        parts = [f"{n} {v['kept']} ({v['kept_from_unknown_source']}) / {v['pool']}{conf(v)}" for n, v in shown.items()]
+    else:
+        head = "[run] pseudo-labels kept / pool images of the dataset: "
+        parts = [f"{n} {v['kept']}/{v['pool']}{conf(v)}" for n, v in shown.items()]
+    rest = len(per_dataset) - len(shown)
+    tail = f"; {rest} dataset{'s' if rest != 1 else ''} without pool images" if rest else ""
+    return head + (", ".join(parts) or "none") + tail
+
+
+def about_epochs(n: float) -> str:
+    """'about 74 epochs', 'about 0.4 epoch': the plan line said "about 2 epochs" (its 8-epoch floor / 4)
+    for a budget that held 3 steps of 8."""
+    return f"about {n:.0f} epochs" if n >= 1.5 else f"about {n:.1g} epoch" if n < 1 else "about 1 epoch"
 
 
 def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: tuple[str, str],
@@ -91,7 +121,7 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     task reads its interval), and put the stage on a time-based schedule. ``closing(task, eval_s)``:
     seconds the run still needs after this stage's last step (the last stage: evaluation, prediction,
     report), taken off its training time.
-    Returns (seconds per step, planned epochs, the stage's budget in seconds)."""
+    Returns (seconds per step, the epochs expected to fit, the stage's budget in seconds)."""
     step_s = measure_step_seconds(task)
     eval_s = measure_eval_seconds(task)
     steps = len(task.plan_epoch(0))
@@ -104,7 +134,7 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     epochs = plan_epochs(budget_s, step_s, steps, eval_s, every, min_epochs)
     cfg["train"].update(epochs=epochs, budget_minutes=budget_s / 60)
     cfg["sched"]["time_based"] = True
-    return step_s, epochs, budget_s
+    return step_s, fitting_epochs(budget_s, step_s, steps, eval_s, every), budget_s
 
 
 def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256) -> float:
@@ -256,8 +286,9 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     if resuming and status == "began" and not same_training_images(task, last, state.stage(name).get("pseudo_key"), key):
         # the pool was labelled differently this time (another device's float results can move a threshold):
         # its checkpoint belongs to other training images, so the stage starts over from the previous round
-        print(f"[run] {name}: the pool's pseudo-labels differ from the stopped run's ({len(task.train_set)} "
-              f"training images now); the stage starts over")
+        why = "the pool's pseudo-labels differ" if pseudo is not None else "the labelled images differ"
+        print(f"[run] {name}: {why} from the stopped run's ({len(task.train_set)} training images now); the stage "
+              f"starts over")
         shutil.rmtree(fdir)
         ensure_writable_dir(fdir, "fine-tuning run")
         resuming, status = False, None
@@ -280,7 +311,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
                  else f"from {weights}")  # the user's own model.weights are not MoCo's
         print(f"[run] fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}: "
               f"{len(task.train_set)} training images, {step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} "
-              f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule (about {epochs // 4} epochs), "
+              f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule ({about_epochs(epochs)}), "
               f"lr {fcfg['optim']['lr']:g}")
         if state is not None:
             state.record(name, "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
@@ -293,9 +324,9 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         fit_start = time.monotonic()
         engine.fit(resume=resuming and last.is_file())
         task.fit_seconds = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
-        task.epochs_run = engine.epoch
+        task.epochs_run = engine.epochs_trained()
         if state is not None:
-            state.record(name, "trained", time.monotonic() - t_start, epochs=engine.epoch)
+            state.record(name, "trained", time.monotonic() - t_start, epochs=engine.epochs_trained())
     metrics = final_metrics(engine, task, fdir)
     if state is not None:
         state.record(name, "done", time.monotonic() - t_start)
@@ -345,15 +376,7 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
              "confidence": round(float(p), 4), "source_known": bool(dataset_ids[i] >= 0)}
             for i, d, c, p in zip(idx.tolist(), owner.tolist(), local.tolist(), conf.tolist())]
     write_json(record, {**summary, "images": kept})  # per image: which file became which class, how sure
-    unknown = summary["unknown_source_pool"]
-    if unknown:  # "2266/0" read as more kept than pool: the unknown-source images are counted apart
-        print(f"[run] pseudo-labels kept (of them from the {unknown} pool images of unknown source, each counted for "
-              f"the dataset of its class) / the dataset's own pool images: " + ", ".join(
-                  f"{n} {v['kept']} ({v['kept_from_unknown_source']}) / {v['pool']} (mean confidence "
-                  f"{v['mean_confidence']})" for n, v in per_dataset.items()))
-    else:
-        print("[run] pseudo-labels kept / pool images of the dataset: " + ", ".join(
-            f"{n} {v['kept']}/{v['pool']} (mean confidence {v['mean_confidence']})" for n, v in per_dataset.items()))
+    print(pseudo_label_line(per_dataset, summary["unknown_source_pool"]))
     soft = teacher_probabilities(logits[idx], dataset_ids[idx], task.space) if r["pseudo_targets"] == "soft" else None
     # which file became which class: a resumed run continues a stopped stage only on the same labels
     key = hashlib.sha1(json.dumps([(k["path"], k["dataset"], k["class"]) for k in kept]).encode()).hexdigest()
@@ -416,7 +439,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         save_yaml(pcfg, pdir / "config.yaml")
         print(f"[run] MoCo pretraining: {len(task.pool)} unlabeled images at {task.size}px, K={task.model.K}, "
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, {pre_budget / 60:.1f} min "
-              f"on a time-based schedule (about {epochs // 4} epochs at that speed)")
+              f"on a time-based schedule ({about_epochs(epochs)} at that speed)")
         state.record("pretrain", "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start)
     seed_everything(pcfg["train"]["seed"])
     engine = Engine(task, pcfg, pdir, device, ctx)
@@ -425,9 +448,9 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     fit_s = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
     plot_pretrain_curves(pdir)
     export_backbone(pdir, weights)
-    stage = {"epochs": engine.epoch, "seconds": time.monotonic() - t_start,
+    stage = {"epochs": engine.epochs_trained(), "seconds": time.monotonic() - t_start,
              "knn_acc1": (result or {}).get("knn_acc1")}
-    state.record("pretrain", "done", time.monotonic() - t_start, epochs=engine.epoch)
+    state.record("pretrain", "done", time.monotonic() - t_start, epochs=engine.epochs_trained())
     return weights, stage, fit_s
 
 
@@ -464,6 +487,9 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     if not resume:
         refuse_used_output(out)
     ensure_writable_dir(out, "output")
+    # a second `fewshot run` (or --resume) into the folder while this one runs is refused, at once: after the
+    # test images and the pool were decoded, the refusal came 24-53 s late
+    lock_run_dir(out)
     device = resolve_device(cfg["train"]["device"])
     cfg["train"]["device"] = device.type
     ctx = DistContext()
@@ -520,7 +546,6 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
             print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): self-training is off, the "
                   "fine-tuning on the labelled images gets the whole budget.", flush=True)
             semi = r["semi_method"] = "off"
-    lock_run_dir(out)  # a second `fewshot run` (or --resume) into the folder while this one runs is refused
     if state is None:  # written once the inputs have passed their checks: a failed start leaves no run behind
         state = RunState.start(out, requested, budget_minutes, cfg["model"]["img_size"], time.monotonic() - t_start,
                                class_names)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import stat
 import tempfile
 from pathlib import Path
 
@@ -20,8 +21,22 @@ def check_output_file(path, flag: str = "--out", example: str = "out.json") -> P
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name in it, e.g. {path / example}.")
+    if is_special_file(path):  # /dev/stdout, a named pipe: written in place (atomic_write_bytes)
+        if not os.access(path, os.W_OK):
+            raise UserError(f"{flag} {path} cannot be written (no permission).")
+        return path
     check_output_dir(path.parent, flag, shown=path)
     return path
+
+
+def is_special_file(path: Path) -> bool:
+    """An existing output that is neither a file nor a folder once links are followed: a pipe, a terminal,
+    /dev/null. It cannot be replaced by a rename, only written."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def check_output_dir(path, flag: str = "--out", shown=None) -> Path:
@@ -65,8 +80,16 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, rename: a kill never leaves half a file."""
+    """Write via a temp file in the same folder, fsync, rename: a kill never leaves half a file. A symbolic
+    link is followed (its target is replaced, the link kept: the rename replaced the link itself, so the
+    target never got the result); a pipe or device (`--out /dev/stdout`) is written in place."""
     path = check_output_file(path, "the output")  # a folder, or a file on the way: the user's path, not a bug
+    if is_special_file(path):
+        with open(path, "wb") as fh:
+            fh.write(data)
+        return
+    if path.is_symlink():
+        path = check_output_file(Path(os.path.realpath(path)), "the output")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

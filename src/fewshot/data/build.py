@@ -205,6 +205,9 @@ def build_dataset(name: str, out: Path, shots: int = 10, seed: int = 0, idx_dir:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder.")
     ds_dir, pool_dir = out / name, out / "unlabeled" / name
+    for p in (ds_dir, out / "unlabeled", pool_dir):  # a file there crashed after the dataset was written
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{p} is a file where the build writes a folder; move it away or choose another --out.")
     for p in (ds_dir, pool_dir):
         if _nonempty(p):
             raise UserError(f"{p} already exists and is not empty; refusing to mix a new build into it. "

@@ -104,6 +104,7 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0) -> np.ndarray:
 def cache_key(paths: list[Path], size: int, crop_pct: float) -> str:
     h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{crop_pct}".encode())
     for p in paths:
+        p = os.path.abspath(p)  # `--data root` and `--data /abs/root` (train records it absolute) share one cache
         try:
             st = os.stat(p)
             # inode and ctime too: `mv b.jpg a.jpg` keeps size and mtime (same-size files swapped by name kept
@@ -145,6 +146,12 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
                 meta = json.loads(meta_file.read_text())
                 arr = np.memmap(data_file, dtype=np.uint8, mode="c", shape=(n, 3, size, size))
                 bad = [tuple(b) for b in meta["bad"]]
+                if not all(len(b) == 2 and all(isinstance(x, str) for x in b) for b in bad):
+                    raise ValueError("meta file of another shape")
+                # the key is of absolute paths, so the writer may have spelt the root otherwise (`--data data`
+                # against train's /abs/data): its bad files are matched to this caller's paths by absolute path
+                spelt = {os.path.abspath(p): str(p) for p in paths}
+                bad = [(spelt.get(os.path.abspath(p), p), why) for p, why in bad]
                 # a failure may have been fixed since (a transient I/O error, a permission of a parent folder:
                 # neither changes the key; a chmod of the file itself does, through its ctime),
                 # so the files that failed for such a reason are tried again; if one decodes now, the cache is
@@ -174,7 +181,10 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
         tmp = data_file.with_suffix(f".tmp{os.getpid()}")
         try:
             data_file.parent.mkdir(parents=True, exist_ok=True)
-            out.tofile(tmp)
+            with open(tmp, "wb") as fh:  # durable before the (fsynced) meta file says it is complete
+                out.tofile(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, data_file)
             atomic_write_text(meta_file, json.dumps({"n": n, "size": size, "bad": bad}))
         except OSError as exc:

@@ -108,6 +108,30 @@ def check_output_is_not_in_data(out: Path, root, unlabeled=None, what: str = "th
                                 f"give {what} a folder outside the datasets' splits.")
 
 
+def check_result_file_is_not_an_input(out, root, run) -> None:
+    """`eval`/`predict --out` must not replace what they read: `--out ROOT/digits/test_labels.json` replaced
+    the answer key, `--out RUN/checkpoints/best.pt` the model, `--out ROOT/digits/test/0.png` a test image.
+    Other places in ROOT (ROOT/pred.json, ROOT/<ds>/runs/...) stay allowed. Paths are compared as written and
+    with links resolved (a dataset folder may be a link into ROOT)."""
+    run_r = Path(run).resolve()
+    if Path(out).resolve() == run_r or (run_r.is_dir() and run_r in Path(out).resolve().parents and "checkpoints" in
+                                        [p.name for p in Path(out).resolve().relative_to(run_r).parents]):
+        raise UserError(f"--out {out} would replace the checkpoint it reads ({run}); write the result elsewhere.")
+    for out_p, root_p in ((Path(os.path.abspath(out)), Path(os.path.abspath(root))),
+                          (Path(out).resolve(), Path(root).resolve())):
+        if root_p not in out_p.parents:
+            continue
+        parts = out_p.relative_to(root_p).parts
+        ds = root_p / parts[0]
+        key = len(parts) == 2 and parts[1] == "test_labels.json"
+        split = len(parts) > 2 and parts[1] in ("train", "val", "test") and (ds / parts[1]).is_dir()
+        if parts[0] == "unlabeled" or ((key or split) and ds.is_dir()):
+            what = ("the unlabeled pool" if parts[0] == "unlabeled" else f"the answer key of {parts[0]}" if key
+                    else f"the {parts[1]}/ split of {parts[0]}")
+            raise UserError(f"--out {out} would write into the data it reads ({what}); write the result outside "
+                            f"the datasets' files (e.g. {Path(root) / out_p.name} or a run folder).")
+
+
 def list_datasets(root: Path) -> list[str]:
     """Dataset folders under ROOT: every visible directory except `unlabeled/`, run folders and OS litter
     (not_a_dataset; each is named once on stderr)."""
@@ -224,7 +248,7 @@ def test_id(name: str) -> str:
     """The id of a test image (file stem) or of an answer-key entry: an integer written without leading zeros
     (SPEC's <int_id>: 0007 and 7 are image 7), any other name as written (Unicode NFC, as keys are typed)."""
     if name.isascii() and name.isdigit():
-        return str(int(name))
+        return name.lstrip("0") or "0"  # not int(): Python refuses to convert more than 4300 digits
     return unicodedata.normalize("NFC", name)
 
 

@@ -65,12 +65,13 @@ def score(logits: torch.Tensor, targets: torch.Tensor, dataset_ids: torch.Tensor
 
 
 def format_table(metrics: dict, title: str | None = None) -> str:
-    """A plain per-dataset table for the terminal."""
-    rows = [f"{'dataset':<24} {'acc@1':>7} {'acc@5':>7} {'n':>6}"]
+    """A plain per-dataset table for the terminal; the name column is as wide as the longest name (24 at least)."""
+    w = max([24] + [len(str(name)) for name in metrics["datasets"]])
+    rows = [f"{'dataset':<{w}} {'acc@1':>7} {'acc@5':>7} {'n':>6}"]
     for name, m in metrics["datasets"].items():
-        rows.append(f"{name:<24} {m['acc1']:7.2f} {m['acc5']:7.2f} {m['n']:6d}")
-    rows.append(f"{'mean':<24} {metrics['mean_acc1']:7.2f}")
+        rows.append(f"{name:<{w}} {m['acc1']:7.2f} {m['acc5']:7.2f} {m['n']:6d}")
+    rows.append(f"{'mean':<{w}} {metrics['mean_acc1']:7.2f}")
     if metrics.get("routing_acc") is not None:
-        rows.append(f"{'dataset routing':<24} {metrics['routing_acc']:7.2f}")
+        rows.append(f"{'dataset routing':<{w}} {metrics['routing_acc']:7.2f}")
     head = f"{title}  (mode: {metrics['mode']}, parameters: {metrics.get('n_parameters') or 0:,})\n" if title else ""
     return head + "\n".join(rows)

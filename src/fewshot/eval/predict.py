@@ -75,6 +75,9 @@ def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list
     chosen = [d.strip() for d in datasets.split(",") if d.strip()] if isinstance(datasets, str) else list(datasets)
     if not chosen:
         raise UserError(f"--datasets names no dataset; choose among {', '.join(tm.space.names)}.")
+    # a name typed in composed Unicode matches a folder written decomposed (macOS), as scan_root matches them
+    by_form = {unicodedata.normalize("NFC", n): n for n in tm.space.names}
+    chosen = [by_form.get(unicodedata.normalize("NFC", d), d) for d in chosen]
     unknown = [d for d in chosen if d not in tm.space.names]
     if unknown:
         raise UserError(f"--datasets {', '.join(unknown)}: the model was trained on {', '.join(tm.space.names)} "
@@ -106,9 +109,10 @@ def _in_model_classes(info, want: tuple[str, ...], split: str):
 
 
 def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | str | None = None,
-              skip_bad: bool = False):
+              skip_bad: bool = False, check=None, scoring: bool = False):
     """``skip_bad`` (--skip-bad-images, or the run's own data.skip_bad_images): undecodable images are listed and
-    left out, except test images, which keep a blank row so that pred_all.json holds every id."""
+    left out, except test images, which keep a blank row so that pred_all.json holds every id. ``check(infos)``
+    runs before any image is decoded (answer keys: a bad one was reported after 52 s of decoding)."""
     chosen = _chosen_datasets(tm, datasets)
     try:
         infos = scan_root(root, chosen, splits=(split,))
@@ -125,7 +129,9 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
                         f"--datasets {','.join(here)}.") from None
     infos = [_in_model_classes(info, tm.space.classes[tm.space.index(info.name)], split) for info in infos]
     if split == "test":
-        warn_about_what_is_not_predicted(tm, root, infos, datasets)
+        warn_about_what_is_not_predicted(tm, root, infos, datasets, "not scored" if scoring else "not predicted")
+    if check is not None:
+        check(infos)
     d = tm.cfg["data"]
     data = load_split(infos, split, tm.space, tm.size, prediction_cache_dir(root), d.get("crop_pct", 1.0),
                       skip_bad or bool(d.get("skip_bad_images", False)))
@@ -141,7 +147,8 @@ def warn_about_blank_test_images(data) -> None:
               f"counts them as such.", file=sys.stderr, flush=True)
 
 
-def warn_about_what_is_not_predicted(tm: TrainedModel, root: Path, infos, datasets) -> None:
+def warn_about_what_is_not_predicted(tm: TrainedModel, root: Path, infos, datasets,
+                                     verdict: str = "not predicted") -> None:
     """Predicting is right to use the model's datasets and classes, but the user should hear when the root says
     otherwise: a dataset the model never saw used to be left out of pred_all.json without a word, and class folders
     that differ from the model's make its class indices mean other classes than the root's sorted folders."""
@@ -154,7 +161,7 @@ def warn_about_what_is_not_predicted(tm: TrainedModel, root: Path, infos, datase
             unseen = [d for d in list_datasets(root) if d not in tm.space.names]
             if unseen:
                 print(f"warning: {root} also holds {', '.join(unseen)}, which the model was not trained on "
-                      f"(it knows {', '.join(tm.space.names)}): not predicted.", file=sys.stderr, flush=True)
+                      f"(it knows {', '.join(tm.space.names)}): {verdict}.", file=sys.stderr, flush=True)
     for info in infos:
         train = info.root / "train"
         with contextlib.suppress(OSError):
@@ -179,7 +186,7 @@ def load_answer_key(path: Path, num_classes: int | None = None,
     index in the dataset's sorted class folders, or (given ``class_names``) the folder's name itself."""
     try:
         key = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise UserError(f"answer key {path} cannot be read as JSON: {exc}") from None
     if not isinstance(key, dict):
         raise UserError(f"answer key {path} must map image ids to class indices, e.g. {{\"17\": 3}}.")
@@ -213,7 +220,7 @@ def warn_about_unknown_ids(path: Path, key: dict, test_ids) -> list[str]:
     return unknown
 
 
-def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tensor) -> torch.Tensor:
+def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tensor, warn: bool = True) -> torch.Tensor:
     """Global targets for test images from ROOT/<dataset>/test_labels.json (scoring only)."""
     keys = {}
     keyed = [info.name for info in infos if info.answer_key is not None]
@@ -226,22 +233,35 @@ def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tens
     by_dataset: dict[str, set[str]] = {}
     for i, d in zip(ids, dsids.tolist()):
         by_dataset.setdefault(space.names[d], set()).add(str(i))
-    for info in infos:
+    for info in infos if warn else ():  # once: evaluate_run checks the keys before decoding, then reads them
         warn_about_unknown_ids(info.answer_key, keys[info.name], by_dataset.get(info.name, set()))
-    out = []
+    missing: dict[str, list[str]] = {}
     for i, d in zip(ids, dsids.tolist()):
-        name = space.names[d]
-        if str(i) not in keys[name]:
-            raise UserError(f"test image {i} of {name} is missing from its answer key.")
-        out.append(space.global_label(d, keys[name][str(i)]))
-    return torch.tensor(out, dtype=torch.long)
+        if str(i) not in keys[space.names[d]]:
+            missing.setdefault(space.names[d], []).append(str(i))
+    if missing:  # all of them at once: the first alone made fixing a partial key one run per id
+        raise UserError("test images missing from their answer key: " + "; ".join(
+            f"{len(v)} of {name} ({', '.join(printable(x) for x in v[:5])}{', ...' if len(v) > 5 else ''}; "
+            f"{next(info.answer_key for info in infos if info.name == name)})" for name, v in missing.items())
+            + ". Every test image needs its class in the key to be scored.")
+    return torch.tensor([space.global_label(d, keys[space.names[d]][str(i)]) for i, d in zip(ids, dsids.tolist())],
+                        dtype=torch.long)
+
+
+def check_answer_keys(infos, space: LabelSpace) -> None:
+    """The answer keys of the test split, checked against the scanned test files before decoding them."""
+    ids = [tid for info in infos for tid, _ in info.test]
+    dsids = torch.tensor([space.index(info.name) for info in infos for _ in info.test], dtype=torch.long)
+    read_answer_keys(infos, space, ids, dsids)
 
 
 def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str = "val",
                  datasets: list[str] | str | None = None, skip_bad: bool = False) -> dict:
     tm = load_trained(run_or_ckpt, device)
-    infos, data = _data_for(tm, Path(root), split, datasets, skip_bad)
-    targets = data.targets if split != "test" else read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids)
+    check = (lambda infos: check_answer_keys(infos, tm.space)) if split == "test" else None
+    infos, data = _data_for(tm, Path(root), split, datasets, skip_bad, check=check, scoring=True)
+    targets = data.targets if split != "test" else read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids,
+                                                                      warn=False)
     logits = compute_logits(tm.model, data.images, tm.normalize, device)
     metrics = score(logits, targets, data.dataset_ids, tm.space, mode, tm.n_parameters)
     metrics["split"] = split

@@ -53,7 +53,9 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     cosine nearest class mean of standardised features ("prototype", SimpleShot)."""
     infos = scan_root(root, datasets, splits=("train", "val"))
     space = LabelSpace.from_infos(infos)
-    arch = backbone_options(adopt_weights_architecture({"img_size": img_size, "weights": weights}))
+    # the model's name too: a file of another model brings nothing, and loading it names that model (probe
+    # said "model.width / model.small_stem apply to timm ResNets", options it does not have)
+    arch = backbone_options(adopt_weights_architecture({"name": model_name, "img_size": img_size, "weights": weights}))
     backbone = create_backbone(model_name, **arch)
     if weights:
         load_backbone_weights(backbone, weights, strict=True)

@@ -298,12 +298,14 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
     unexpected = [k for k in state if k not in own]
     if mismatched or (strict and (missing or unexpected)):
         parts = [f"weights file {path} does not fit the model ({type(backbone).__name__})."]
+        more = lambda keys: f" and {len(keys) - 8} more" if len(keys) > 8 else ""  # noqa: E731 (lists ran together)
         if mismatched:
-            parts.append(f"{len(mismatched)} shape/dtype mismatch(es): " + "; ".join(mismatched[:8]))
+            parts.append(f"{len(mismatched)} shape/dtype mismatch(es): " + "; ".join(mismatched[:8]) + more(mismatched)
+                         + ".")
         if missing:
-            parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:8]))
+            parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:8]) + more(missing) + ".")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:8]))
+            parts.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:8]) + more(unexpected) + ".")
         recorded = architecture_of(path).get("model")
         if recorded and recorded != getattr(backbone, "default_cfg", {}).get("architecture", recorded):
             parts.append(f"The file was exported from '{recorded}': pass --model {recorded}.")

@@ -233,6 +233,10 @@ class ReportBuilder:
                                f"run's metrics say {want:.2f}: the data differ from those the run was evaluated on."))
         # confusion matrices
         body.append("<h3>Confusion matrices (val, known source)</h3>")
+        if len(a.space.names) > MAX_CONFUSION_IMAGES:
+            body.append(H.note(f"Pictures are shown for the first {MAX_CONFUSION_IMAGES} datasets only (of "
+                               f"{len(a.space.names)}); every dataset keeps its heading and its table of most "
+                               f"confused pairs."))
         cells = []
         for d, name in enumerate(a.space.names):
             classes = list(a.space.classes[d])
@@ -278,11 +282,14 @@ class ReportBuilder:
             pred = [names_of(d, c) for d, c in zip(ds, a.pred_local[idx])]
             ok = a.correct[idx].tolist()
             png = self._png(f"{slug}-predictions.png")
-            plot_prediction_grid(a.images[idx].numpy(), true, pred, ok, self.out / png)
+            plot_prediction_grid(a.images[idx].numpy(), true, pred, ok, self.out / png,
+                                 datasets=[a.space.names[d] for d in ds])
             n_bad = len(ok) - sum(ok)
             body += ["<h3>Val images with predictions</h3>",
-                     H.figure(png, f"{len(idx)} val images sampled evenly over the datasets; title = predicted class "
-                                   f"(known source); {n_bad} wrong ones framed and titled in red with the true class.")]
+                     H.figure(png, f"{len(idx)} val images sampled evenly over the datasets; title = "
+                                   + ("dataset: " if len(set(ds.tolist())) > 1 else "")
+                                   + f"predicted class (known source); {n_bad} wrong ones framed and titled in red "
+                                     f"with the true class.")]
         return body
 
     def _run_section(self, r: Run, flop_counts: dict) -> list[str]:

@@ -19,6 +19,9 @@ from fewshot.report.runs import read_log
 
 RAW_ALPHA = 0.35
 DPI = 100
+LEGEND_IN_AXES = 6  # legend entries drawn inside a panel; more go below the panels, in columns
+LEGEND_MAX_NAMED = 30  # datasets named in a legend; past it the colours are too alike to look a name up
+CONFUSION_MAX_DPI = 200  # a big confusion matrix gets up to this dpi (one pixel per class), then is pooled
 
 
 def _figure(w: float, h: float, layout: str | None = "constrained"):
@@ -34,7 +37,7 @@ def _save(fig, out: Path) -> Path:
         # class or dataset names in scripts the bundled font lacks (Japanese, Arabic, ...) are drawn as boxes;
         # matplotlib's warning per missing glyph would flood stderr and says nothing the user can act on
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
-        fig.savefig(out, dpi=DPI, format="png")
+        fig.savefig(out, dpi=fig.dpi, format="png")
     return out
 
 
@@ -52,15 +55,61 @@ def _literal_text(plot):
     return wrapper
 
 
+@functools.lru_cache(maxsize=4096)
 def _color(i: int, n: int = 10):
-    """Colour i of n that differ: tab10 / tab20 while they last, then evenly spaced along turbo."""
+    """Colour i of n such that neighbours (datasets, runs, classes in their order) differ: tab10 while it lasts;
+    tab20's ten dark hues then its ten light ones (in tab20's own order a dark hue and its light pair were
+    neighbours, and looked alike); past 20, turbo sampled evenly but visited with a stride of ~0.38 n, so that
+    neighbours lie far apart along the map."""
     from matplotlib import colormaps
 
     if n <= 10:
         return colormaps["tab10"](i % 10)
     if n <= 20:
-        return colormaps["tab20"](i % 20)
-    return colormaps["turbo"](0.05 + 0.9 * i / max(1, n - 1))
+        i %= 20
+        return colormaps["tab20"](2 * i if i < 10 else 2 * (i - 10) + 1)
+    step = max(1, round(0.382 * n))
+    while math.gcd(step, n) != 1:
+        step += 1
+    return colormaps["turbo"](0.05 + 0.9 * ((i * step) % n) / (n - 1))
+
+
+def _short(s: str, n: int = 28) -> str:
+    return s if len(s) <= n else s[:n - 1] + "…"
+
+
+def _legend_below(fig, handles, labels: list[str], title: str | None = None, fontsize: float = 7) -> None:
+    """One legend below all panels, in as many columns as the figure's width holds; the figure grows by the
+    legend's height (an in-axes legend of many entries hid the panel, and past ~15 datasets it was taller
+    than the figure: constrained layout collapsed the axes and warned on stderr)."""
+    longest = max(map(len, labels + [title or ""]))
+    col_in = 0.6 + 0.58 * fontsize / 72 * min(longest, 30)  # handle, gaps and the text of the longest label
+    ncol = max(1, min(len(labels), int((fig.get_figwidth() - 0.3) // col_in)))
+    rows = math.ceil(len(labels) / ncol) + (1 if title else 0)
+    fig.set_figheight(fig.get_figheight() + rows * 1.5 * fontsize / 72 + 0.15)
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=fontsize, frameon=False,
+               title=title, title_fontsize=fontsize + 0.5)
+
+
+def _dataset_legend(fig, ax, names: list[str], keys: list, what: str) -> str:
+    """Legend of per-dataset curves: one entry per dataset colour, then `keys` ((handle, label): line styles,
+    mean, ...). Small ones stay in the panel; more go below the panels; past LEGEND_MAX_NAMED datasets only
+    the keys are shown. Returns a note for the panel's title ("" when every dataset is named)."""
+    from matplotlib.lines import Line2D
+
+    n = len(names)
+    named = n <= LEGEND_MAX_NAMED
+    items = [(Line2D([], [], color=_color(i, n), linewidth=1.8), _short(name)) for i, name in enumerate(names)] \
+        if named else []
+    items += keys
+    if not items:
+        return ""
+    handles, labels = [h for h, _ in items], [lab for _, lab in items]
+    if len(items) <= LEGEND_IN_AXES:
+        ax.legend(handles, labels, fontsize=7, loc="best")
+    else:
+        _legend_below(fig, handles, labels, title=what + (" (colour: dataset)" if named else ""))
+    return "" if named else f"\n{n} datasets, one colour each (too many to name)"
 
 
 def smoothing_weight(n: int) -> float:
@@ -121,7 +170,14 @@ def _finish(ax, title: str, ylabel: str | None = None, legend: bool = False, log
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     if log:
+        from matplotlib.ticker import LogFormatter
+
         ax.set_yscale("log")
+        # text.parse_math is off in these figures (`_literal_text`), so the default mathtext tick labels
+        # ($\mathdefault{10^{-3}}$) would be drawn as their source: plain "1e-03" labels instead
+        ax.yaxis.set_major_formatter(LogFormatter())
+        ax.yaxis.set_minor_formatter(LogFormatter())
+        ax.tick_params(axis="y", which="minor", labelsize=7)  # a range within one decade is labelled by minor ticks
     if legend and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
 
@@ -163,18 +219,34 @@ def plot_finetune_curves(rows: list[dict], out: Path, title: str = "") -> Path:
             for n in (r["val"].get("known") or {}).get("datasets", {}):
                 if n not in names:
                     names.append(n)
+        one = len(names) == 1  # one dataset: its two curves named in the panel, as they always were
+        modes_drawn = set()
         for i, name in enumerate(names):
             for mode, ls in (("known", "-"), ("unknown", "--")):
                 xs, ys = _series(val_rows, lambda r, m=mode, n=name: r["val"][m]["datasets"][n]["acc1"])
-                plot_smoothed(ax, xs, ys, label=f"{name} ({mode})", color=_color(i, len(names)), linestyle=ls)
-        if len(names) > 1:
+                plot_smoothed(ax, xs, ys, label=f"{name} ({mode})" if one else None, color=_color(i, len(names)),
+                              linestyle=ls)
+                modes_drawn |= {mode} if xs else set()
+        note = ""
+        if one:
+            _finish(ax, "val accuracy @1 (%)", legend=True)
+        else:
+            from matplotlib.lines import Line2D
+
             for mode, ls in (("known", "-"), ("unknown", "--")):
                 xs, ys = _series(val_rows, lambda r, m=mode: r["val"][m]["mean_acc1"])
-                plot_smoothed(ax, xs, ys, label=f"mean ({mode})", color="black", linestyle=ls)
-        xs, ys = _series(val_rows, lambda r: r["val"]["unknown"]["routing_acc"])
-        if ys and len(names) > 1:
-            ax.plot(xs, ys, linestyle=":", color="0.45", linewidth=1.2, marker=".", label="routing (unknown)")
-        _finish(ax, "val accuracy @1 (%)", legend=True)
+                plot_smoothed(ax, xs, ys, color="black", linestyle=ls)
+            # the style key in thin black: grey is a dataset colour (tab10's 8th) and would read as one
+            keys = [(Line2D([], [], color="black", linestyle=ls, linewidth=1.0), f"{mode} source ({style})")
+                    for mode, ls, style in (("known", "-", "solid"), ("unknown", "--", "dashed")) if mode in modes_drawn]
+            keys.append((Line2D([], [], color="black", linewidth=1.8), "mean over datasets"))
+            xs, ys = _series(val_rows, lambda r: r["val"]["unknown"]["routing_acc"])
+            if ys:
+                ax.plot(xs, ys, linestyle=":", color="0.45", linewidth=1.2, marker=".")
+                keys.append((Line2D([], [], linestyle=":", color="0.45", linewidth=1.2, marker="."),
+                             "dataset routing (unknown)"))
+            note = _dataset_legend(fig, ax, names, keys, "val accuracy @1")
+            _finish(ax, "val accuracy @1 (%)" + note)
     else:
         _empty(ax, "no evaluation logged")
         _finish(ax, "val accuracy @1 (%)")
@@ -197,10 +269,15 @@ def plot_moco_curves(rows: list[dict], out: Path, title: str = "") -> Path:
     names = _dataset_names(knn_rows, "knn_acc1")
     if knn_rows:
         for i, name in enumerate(names):
-            plot_smoothed(axes[2], *_series(knn_rows, lambda r, n=name: r["knn_acc1"][n]), color=_color(i, len(names)), label=name)
+            plot_smoothed(axes[2], *_series(knn_rows, lambda r, n=name: r["knn_acc1"][n]), color=_color(i, len(names)))
+        keys = []
         if len(names) > 1:
-            plot_smoothed(axes[2], *_series(knn_rows, lambda r: r["knn_acc1"]["mean"]), color="black", label="mean")
-        _finish(axes[2], "kNN accuracy on val (%)", legend=True)
+            from matplotlib.lines import Line2D
+
+            plot_smoothed(axes[2], *_series(knn_rows, lambda r: r["knn_acc1"]["mean"]), color="black")
+            keys.append((Line2D([], [], color="black", linewidth=1.8), "mean over datasets"))
+        note = _dataset_legend(fig, axes[2], names, keys, "kNN accuracy on val")
+        _finish(axes[2], "kNN accuracy on val (%)" + note)
     else:
         _empty(axes[2], "no kNN evaluation logged")
         _finish(axes[2], "kNN accuracy on val (%)")
@@ -228,26 +305,63 @@ def plot_train_curves(run: Path) -> Path | None:
     return plot_finetune_curves(rows, Path(run) / "plots" / "finetune_curves.png")
 
 
+BAR_IN = 0.28  # preferred width of one bar (inches); the figure widens to it, up to BARS_MAX_WIDTH
+BARS_MAX_WIDTH = 24.0  # inches (2400 px): past it the bars get thinner
+BAR_VALUE_FONT = 6.5
+
+
+def _text_in(chars: int, fontsize: float) -> float:
+    """Rough width in inches of `chars` characters of DejaVu Sans at `fontsize` (digits and lower case)."""
+    return chars * 0.6 * fontsize / 72
+
+
+def _tick_rotation(labels: list[str], spacing_in: float, fontsize: float) -> int:
+    """The smallest angle at which neighbouring tick labels `spacing_in` apart do not run into each other
+    (20 degrees at least for names over 10 characters, as before)."""
+    width, height = _text_in(max(map(len, labels)), fontsize), 1.3 * fontsize / 72
+    if width <= 0.9 * spacing_in and max(map(len, labels)) <= 10:
+        return 0
+    for angle in (20, 30, 45):
+        if spacing_in * math.sin(math.radians(angle)) >= height:
+            return angle
+    return 90
+
+
 @_literal_text
 def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]], out: Path) -> Path:
     """Grouped bars: one group per dataset (+ mean, + routing for unknown source), one bar per run.
 
     metrics[i] = {"known": metrics dict or None, "unknown": metrics dict or None} of run labels[i].
+    The figure widens with groups x runs (up to BARS_MAX_WIDTH; wide panels are stacked, not side by side),
+    tick labels turn as far as they must not to collide, values are written on bars wide enough for them.
     """
     modes = [m for m in ("known", "unknown") if any(x.get(m) for x in metrics)]
-    fig = _figure(max(7.0, 3.2 + 4.6 * len(modes)), 4.4 + 0.22 * math.ceil(len(labels) / 4))
-    axes = fig.subplots(1, max(1, len(modes)), squeeze=False)[0]
-    for ax, mode in zip(axes, modes):
+    groups_of = {}
+    for mode in modes:
         names: list[str] = []
         for x in metrics:
             for n in ((x.get(mode) or {}).get("datasets") or {}):
                 if n not in names:
                     names.append(n)
+        groups_of[mode] = names
+    n_runs = len(labels)
+    n_groups = max([len(g) + (2 if m == "unknown" else 1) for m, g in groups_of.items()] or [1])
+    margin_in = 0.9  # y label, ticks and padding of one panel
+    panel_in = margin_in + n_groups * max(0.35, BAR_IN * n_runs / 0.8)
+    small_w = max(7.0, 3.2 + 4.6 * len(modes))  # the width of old, enough for a few datasets side by side
+    stacked = len(modes) > 1 and panel_in * len(modes) > small_w
+    cols = 1 if stacked else max(1, len(modes))
+    fig_w = min(BARS_MAX_WIDTH, max(small_w, panel_in * cols))
+    axes_in = fig_w / cols - margin_in
+    fig = _figure(fig_w, (3.8 * len(modes) if stacked else 4.4) + 0.22 * math.ceil(n_runs / 4))
+    axes = fig.subplots(len(modes) if stacked else 1, 1 if stacked else max(1, len(modes)), squeeze=False).ravel()
+    for ax, mode in zip(axes, modes):
+        names = groups_of[mode]
         groups = names + ["mean"] + (["routing"] if mode == "unknown" else [])
-        n_runs = len(labels)
         width = 0.8 / max(1, n_runs)
         pos = np.arange(len(groups))
-        show_values = len(groups) * n_runs <= 30
+        spacing_in = axes_in / ((len(groups) - 0.2) * 1.1)  # the bars' span plus matplotlib's 5 % margins
+        show_values = width * spacing_in >= 0.27  # "100.0" at 6.5 pt is 0.26 in wide: it fits above its bar
         for i, (label, x) in enumerate(zip(labels, metrics)):
             m = x.get(mode) or {}
             vals = []
@@ -261,8 +375,12 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
                 vals.append(float(v) if isinstance(v, (int, float)) else np.nan)
             bars = ax.bar(pos - 0.4 + width * (i + 0.5), vals, width, label=label, color=_color(i, n_runs))
             if show_values:
-                ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in vals], fontsize=6.5, padding=1)
-        ax.set_xticks(pos, groups, fontsize=8, rotation=20 if max(map(len, groups)) > 10 else 0)
+                ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in vals], fontsize=BAR_VALUE_FONT,
+                             padding=1)
+        ticks = [_short(g, 24) for g in groups]
+        rotation = _tick_rotation(ticks, spacing_in, 7)
+        ax.set_xticks(pos, ticks, fontsize=7, rotation=rotation, ha="right" if 0 < rotation < 90 else "center",
+                      rotation_mode="anchor" if 0 < rotation < 90 else "default")
         if "mean" in groups:
             ax.axvline(len(names) - 0.5, color="0.6", linewidth=0.8, linestyle=":")
         ax.set_ylim(0, 108)
@@ -278,15 +396,31 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
 
 @_literal_text
 def plot_confusion(cm: np.ndarray, classes: list[str], title: str, out: Path) -> Path:
-    """Confusion matrix, rows = true class, colour = share of the row; counts printed for <= 20 classes."""
+    """Confusion matrix, rows = true class, colour = share of the row; counts printed for <= 20 classes.
+
+    Drawn with at least one pixel per class: past ~650 classes the dpi grows (up to CONFUSION_MAX_DPI), past
+    that k x k blocks of classes are pooled to their largest share (nearest-neighbour resampling into fewer
+    pixels than classes silently dropped whole rows and columns, and a confusion with them)."""
     n = len(classes)
     small = n <= 20
     side = min(9.0, max(3.6, 0.3 * n + 2.2)) if small else 7.0
-    fig = _figure(side + 0.9, side)
-    ax = fig.subplots()
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, np.maximum(rows, 1), dtype=float)
-    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    dpi, pool = DPI, 1
+    if not small:
+        axes_in = 6.4  # the matrix's side in a 7.9 x 7 in figure (6.56 in, measured), with a margin
+        pool = max(1, math.ceil(n / (axes_in * CONFUSION_MAX_DPI)))
+        m = math.ceil(n / pool)
+        dpi = min(CONFUSION_MAX_DPI, max(DPI, math.ceil(m / axes_in)))
+        if pool > 1:
+            padded = np.zeros((m * pool, m * pool))
+            padded[:n, :n] = share
+            share = padded.reshape(m, pool, m, pool).max(axis=(1, 3))
+    fig = _figure(side + 0.9, side)
+    fig.set_dpi(dpi)
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest",
+                   extent=(-0.5, share.shape[1] * pool - 0.5, share.shape[0] * pool - 0.5, -0.5))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the true class")
     if small:
         short = [c if len(c) <= 14 else c[:13] + "…" for c in classes]
@@ -303,7 +437,8 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, out: Path) ->
         ax.set_yticks([])
     ax.set_xlabel("predicted class", fontsize=8)
     ax.set_ylabel("true class", fontsize=8)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title + (f"\n(each pixel: the largest share in a block of {pool} x {pool} classes)" if pool > 1 else ""),
+                 fontsize=10)
     return _save(fig, out)
 
 
@@ -311,31 +446,34 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, out: Path) ->
 def plot_embedding(coords: np.ndarray, classes: np.ndarray, class_names: list[str], dataset_ids: np.ndarray,
                    dataset_names: list[str], method: str, out: Path) -> Path:
     """Two scatter plots of the same 2-D map: coloured by class and by dataset."""
-    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
 
     fig = _figure(13, 5.6)
     ax_c, ax_d = fig.subplots(1, 2)
     n_cls = len(class_names)
-    if n_cls <= 20:
-        cmap = colormaps["tab20" if n_cls > 10 else "tab10"]
-        colors = [cmap(int(c) % cmap.N) for c in classes]
-    else:
-        cmap = colormaps["turbo"]
-        colors = [cmap(int(c) / max(1, n_cls - 1)) for c in classes]
+    palette = np.array([_color(i, n_cls) for i in range(n_cls)]).reshape(-1, 4)
+    colors = palette[np.asarray(classes, dtype=np.int64) % max(1, n_cls)]
     ax_c.scatter(coords[:, 0], coords[:, 1], c=colors, s=14, alpha=0.85, linewidths=0)
     if n_cls <= 20:
-        from matplotlib.lines import Line2D
-
-        handles = [Line2D([], [], marker="o", linestyle="", color=cmap(i % cmap.N), markersize=5,
-                          label=(name if len(name) <= 28 else name[:27] + "…")) for i, name in enumerate(class_names)]
+        handles = [Line2D([], [], marker="o", linestyle="", color=palette[i], markersize=5, label=_short(name))
+                   for i, name in enumerate(class_names)]
         ax_c.legend(handles=handles, fontsize=6.5, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax_c.set_title(f"val features ({method}), coloured by class ({n_cls})", fontsize=10)
+    n_ds = len(dataset_names)
     for d, name in enumerate(dataset_names):
         m = dataset_ids == d
         if m.any():
-            ax_d.scatter(coords[m, 0], coords[m, 1], color=_color(d, len(dataset_names)), s=14, alpha=0.85, linewidths=0, label=name)
-    ax_d.legend(fontsize=7, loc="best")
-    ax_d.set_title(f"val features ({method}), coloured by dataset", fontsize=10)
+            ax_d.scatter(coords[m, 0], coords[m, 1], color=_color(d, n_ds), s=14, alpha=0.85, linewidths=0,
+                         label=_short(name))
+    title = f"val features ({method}), coloured by dataset"
+    if n_ds <= 10:
+        ax_d.legend(fontsize=7, loc="best")
+    elif n_ds <= LEGEND_MAX_NAMED:  # beside the panel, in columns of at most 15 (in it, they hid the points)
+        ax_d.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                    ncol=math.ceil(n_ds / 15), columnspacing=0.8, handletextpad=0.2)
+    else:  # 60 names were taller than the figure: both panels collapsed to a strip
+        title += f"\n({n_ds} datasets, too many to name)"
+    ax_d.set_title(title, fontsize=10)
     for ax in (ax_c, ax_d):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -346,8 +484,11 @@ def plot_embedding(coords: np.ndarray, classes: np.ndarray, class_names: list[st
 
 @_literal_text
 def plot_prediction_grid(images: np.ndarray, true_names: list[str], pred_names: list[str], correct: list[bool],
-                         out: Path, cols: int = 8) -> Path:
-    """Images (uint8 [N, 3, H, W]) with their predicted class; wrong ones titled and framed in red."""
+                         out: Path, cols: int = 8, datasets: list[str] | None = None) -> Path:
+    """Images (uint8 [N, 3, H, W]) with their predicted class; wrong ones titled and framed in red.
+
+    datasets[i]: the dataset of image i (known source: of its true and predicted class); when the grid shows
+    more than one, titles start with it (datasets may share class names: `9` of two digit sets)."""
     n = len(images)
     cols = max(1, min(cols, n))
     rows = max(1, math.ceil(n / cols))
@@ -360,6 +501,7 @@ def plot_prediction_grid(images: np.ndarray, true_names: list[str], pred_names: 
     def short(s: str) -> str:
         return s if len(s) <= 15 else s[:14] + "…"
 
+    prefix = datasets is not None and len(set(datasets)) > 1
     for ax in axes:
         ax.set_axis_off()
     for i in range(n):
@@ -374,5 +516,7 @@ def plot_prediction_grid(images: np.ndarray, true_names: list[str], pred_names: 
             spine.set_edgecolor(color)
             spine.set_linewidth(1.5 if ok else 3.5)
         text = short(pred_names[i]) if ok else f"{short(pred_names[i])}\n(true: {short(true_names[i])})"
+        if prefix:
+            text = f"{_short(datasets[i], 12)}: {text}"
         ax.set_title(text, fontsize=7, color=color, fontweight="normal" if ok else "bold")
     return _save(fig, out)

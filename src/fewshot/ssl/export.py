@@ -31,6 +31,24 @@ def backbone_state(ck: dict) -> dict:
     return {k: v.contiguous().clone() for k, v in state.items()}
 
 
+def note_best_knn_epoch(run: Path, ck: dict) -> None:
+    """A MoCo run is exported at its last epoch, as MoCo's own code does, while its metrics.json, `compare` and
+    `report` show the epoch of the best kNN accuracy: say so where they differ (a long-run hunt read 80 % in
+    metrics.json and exported weights of 60 %)."""
+    import json
+
+    from fewshot.train.checkpoint import logged_epoch
+
+    try:
+        best = json.loads((run / "metrics.json").read_text())["best_epoch"]
+    except (OSError, ValueError, KeyError, TypeError):  # a run still training has no metrics.json yet
+        return
+    if isinstance(best, int) and best != logged_epoch(ck):
+        print(f"note: exporting the last epoch ({logged_epoch(ck)}), as MoCo does; metrics.json shows the kNN "
+              f"accuracy of epoch {best}, the run's best: export {run / 'checkpoints' / 'best.pt'} for that one.",
+              flush=True)
+
+
 def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dict]:
     ckpt = resolve_checkpoint(run_or_ckpt, prefer="last")  # MoCo: the end of pretraining, as MoCo's own code
     ck = load_checkpoint(ckpt)
@@ -41,6 +59,8 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dic
     if Path(run_or_ckpt).is_dir() and ck.get("kind") == "supervised" and ckpt.name != "best.pt":
         print(f"warning: {ckpt.parent.parent} has no best.pt (it stopped before its first evaluation); exporting "
               f"{ckpt.name}, epoch {ck.get('epoch', '?')}.", file=sys.stderr, flush=True)
+    if Path(run_or_ckpt).is_dir() and ck.get("kind") == "moco" and ckpt.name == "last.pt":
+        note_best_knn_epoch(ckpt.parent.parent, ck)
     out = Path(out)
     if out.resolve() == ckpt.resolve() or (out.resolve().parent == ckpt.resolve().parent
                                            and ckpt.parent.name == "checkpoints"):

@@ -94,14 +94,16 @@ def _as_tuple(x):
     return tuple(_as_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
 
 
-def check_same_images(ck: dict, key: str, n_now: int, what: str) -> None:
+def check_same_images(ck: dict, key: str, n_now: int, what: str, stage_note: bool = False) -> None:
     """Resume must see the images the run trained on: another count means other data (or a `fewshot run`
-    stage, whose training set held pseudo-labelled pool images), and its epochs would be different ones."""
+    stage, whose training set held pseudo-labelled pool images), and its epochs would be different ones.
+    ``stage_note``: add how a `fewshot run` stage's weights can be used instead (fine-tuning only)."""
     n_run = ck.get(key)
     if n_run is not None and int(n_run) != int(n_now):
         from fewshot.errors import UserError
 
+        note = (" (A `fewshot run` stage may also have trained on pseudo-labelled pool images; it cannot be "
+                "continued by `fewshot train --resume`: `--weights RUN/checkpoints/last.pt` starts a new run from "
+                "its weights.)") if stage_note else ""
         raise UserError(f"the run being resumed trained on {int(n_run)} {what}; these data give {int(n_now)}. "
-                        f"Resume with the run's data. (A `fewshot run` stage also trained on pseudo-labelled pool "
-                        f"images and cannot be continued by `fewshot train --resume`; `--weights "
-                        f"RUN/checkpoints/last.pt` starts a new run from its weights.)")
+                        f"Resume with the run's data.{note}")

@@ -38,7 +38,7 @@ from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from fewshot.train.distributed import (DistContext, all_gather_object, all_reduce_max, all_reduce_mean, barrier,
                                       broadcast_object)
 from fewshot.train.stop_signal import StopRequested, stop_on_signals
-from fewshot.utils import atomic_write_text, write_json
+from fewshot.utils import atomic_write_text, derive_seed, write_json
 
 
 TIMING_KEYS = ("images_per_s", "epoch_time_s", "eval_time_s")  # measurements, not results
@@ -138,11 +138,15 @@ def check_same_world(path: Path, ck: dict, world: int) -> None:
     schedule's length all depend on it."""
     saved = int(ck.get("world", world))
     if saved != world:
-        raise UserError(f"{path} was written by a run on {saved} process(es); resume it on {saved} "
-                        f"(`torchrun --nproc_per_node={saved} ...`{' or without torchrun' if saved == 1 else ''}). "
+        raise UserError(f"{path} was written by a run on {saved} process(es); resume it on {saved} in all "
+                        f"(nnodes x nproc_per_node: `torchrun --nproc_per_node={saved} ...` on one machine"
+                        f"{', or without torchrun' if saved == 1 else ''}). "
                         f"On {world} the epoch plan differs: the learning-rate schedule would jump and "
                         f"a mid-epoch stop would skip or repeat batches. To continue on {world}, start a "
-                        f"new run from this one's weights (`--weights {path}`).")
+                        f"new run from this one's weights (`--weights {path}`), with a new schedule and optimizer"
+                        + (": `train --weights` takes the pretrained-backbone recipe (lr 1e-4, backbone x0.1) unless "
+                           "--lr and optim.backbone_lr_mult repeat the run's config.yaml."
+                           if ck.get("kind") == "supervised" else "."))
 
 
 def check_resume_world(run_dir: Path, resume: bool, world: int) -> None:
@@ -301,7 +305,9 @@ class Engine:
         set_rng_state(ck["rng"])
         self._seconds_before = float(ck.get("train_seconds", 0.0))
         if self.ctx.is_main:
-            self.trim_log(ck.get("epoch_record"))
+            # a budget that stopped the run mid-epoch logged the partial epoch; its steps go on now, and the
+            # finished epoch's row replaces that one (log.jsonl held epoch 22 three times)
+            self.trim_log(ck.get("epoch_record"), reopened=self.step_in_epoch > 0 and not self._budget_spent())
             for tmp in self.ckpt_dir.glob(".*.pt.*.tmp"):  # left by a kill during a checkpoint write
                 tmp.unlink(missing_ok=True)
         return True
@@ -318,10 +324,16 @@ class Engine:
         self.amp = AMP_BY_NAME[saved]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
 
-    def trim_log(self, epoch_record: dict | None = None) -> None:
+    def _budget_spent(self) -> bool:
+        budget = self.cfg["train"].get("budget_minutes")
+        return bool(budget) and self._seconds_before >= budget * 60
+
+    def trim_log(self, epoch_record: dict | None = None, reopened: bool = False) -> None:
         """Make log.jsonl match the resumed checkpoint: rows past its global step are dropped (those steps are
         redone and logged again), a line cut short by a kill is dropped, and the row of the epoch the checkpoint
-        ends is added when the kill came between the checkpoint and the log write."""
+        ends is added when the kill came between the checkpoint and the log write. ``reopened``: the resumed
+        checkpoint lies inside an epoch that was logged as a partial one (a budget stop): that row goes too."""
+        partial = self.epoch + 1 if reopened else None
         path = self.run_dir / "log.jsonl"
         lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
         keep, steps = [], set()
@@ -330,10 +342,10 @@ class Engine:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(row, dict) and int(row.get("step", 0)) <= self.global_step:
+            if isinstance(row, dict) and int(row.get("step", 0)) <= self.global_step and row.get("epoch") != partial:
                 keep.append(line)
                 steps.add(int(row.get("step", 0)))
-        if epoch_record is not None and epoch_record.get("step") not in steps:
+        if epoch_record is not None and epoch_record.get("step") not in steps and epoch_record.get("epoch") != partial:
             keep.append(json.dumps(epoch_record))
         if keep != lines:
             atomic_write_text(path, "".join(f"{line}\n" for line in keep))
@@ -385,15 +397,42 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp)
 
-    def _planned_epochs(self) -> str:
-        """The saved config's epochs, for a message: a stopped run plans more than it trained (the hint "leave
-        --epochs out to keep its 62-epoch results" was wrong for a run of 2000 stopped at 62)."""
+    def _saved_plan(self) -> int | None:
+        """The epochs of the run's saved config.yaml (None where unreadable: it only details messages)."""
         from fewshot.config import load_yaml
 
         try:
-            return f" ({int(load_yaml(self.run_dir / 'config.yaml')['train']['epochs'])} epochs)"
-        except Exception:  # a message detail: the config may be unreadable, the error stands without it
-            return ""
+            return int(load_yaml(self.run_dir / "config.yaml")["train"]["epochs"])
+        except Exception:  # a message detail: the config may be unreadable, the messages stand without it
+            return None
+
+    def _planned_epochs(self) -> str:
+        """The saved config's epochs, for a message: a stopped run plans more than it trained (the hint "leave
+        --epochs out to keep its 62-epoch results" was wrong for a run of 2000 stopped at 62)."""
+        plan = self._saved_plan()
+        return "" if plan is None else f" ({plan} epochs)"
+
+    def _announce_new_plan(self) -> None:
+        """A resume with other --epochs recomputes the schedule: say what that does to the lr. Extending a
+        finished 1000-epoch cosine to 2000 jumped the lr 200x (1e-5 to 2e-3) in one epoch without a word."""
+        plan = self._saved_plan()
+        if plan is None or plan == self.cfg["train"]["epochs"] or self.cfg["sched"].get("time_based"):
+            return
+        before = self._base_lr()  # restored with the optimizer's state: the lr of the run's last step
+        self.scheduler.step_update(self.global_step)  # what the first resumed step sets anyway
+        print(f"note: the schedule now spans {self.cfg['train']['epochs']} epochs instead of {plan}; the "
+              f"learning rate continues at {self._base_lr():.3g} (it was {before:.3g} at the stop).")
+
+    def epochs_trained(self) -> float:
+        """Whole epochs plus the fraction of a stopped one (a budget that held 3 steps of 8 is 0.38 epoch: run's
+        summary said 0 while log.jsonl and the report said epoch 1)."""
+        part = self.step_in_epoch / self.steps_per_epoch if self.steps_per_epoch else 0.0
+        return self.epoch if not part else round(self.epoch + part, 2)
+
+    def _base_lr(self) -> float:
+        """The lr that log.jsonl records: the first group's, without its layer-decay scale."""
+        group = self.optimizer.param_groups[0]
+        return group["lr"] / group.get("lr_scale", 1.0)
 
     def fit(self, resume: bool = False) -> dict | None:
         t = self.cfg["train"]
@@ -403,13 +442,24 @@ class Engine:
                                 f"{t['epochs']} would train nothing. Give more epochs than {self.epoch} to continue "
                                 f"it, or leave --epochs out to keep its plan{self._planned_epochs()}.")
             if self.ctx.is_main:
+                self._announce_new_plan()
                 # written only now: a resume that fails (other classes, a bad checkpoint) leaves the run's
                 # config.yaml as it was, so the next `--resume` does not inherit the failed attempt's settings
                 from fewshot.config import save_yaml
 
                 save_yaml(self.cfg, self.run_dir / "config.yaml")
-                print(f"resuming from {self.ckpt_dir / 'last.pt'}: epoch {self.epoch + 1}, step "
-                      f"{self.step_in_epoch} of {self.steps_per_epoch} (global step {self.global_step})")
+                if self.epoch >= t["epochs"]:  # it said "epoch 6, step 0 of 5" for a finished 5-epoch run
+                    print(f"{self.ckpt_dir / 'last.pt'}: the run has trained all its {t['epochs']} epochs; nothing "
+                          f"to train (give more --epochs to extend it)")
+                else:
+                    print(f"resuming from {self.ckpt_dir / 'last.pt'}: epoch {self.epoch + 1}, step "
+                          f"{self.step_in_epoch} of {self.steps_per_epoch} (global step {self.global_step})")
+            if self._budget_spent():  # it trained one more step and logged the stopped epoch again
+                if self.ctx.is_main:
+                    print(f"note: the run used its whole budget (train.budget_minutes={t['budget_minutes']:g}) before "
+                          f"it stopped, at epoch {self.epoch + (1 if self.step_in_epoch else 0)}: nothing is trained; "
+                          f"give a larger train.budget_minutes to continue it.", flush=True)
+                return self.last_eval
         elif resume and self.ctx.is_main:
             print(f"note: --resume given but {self.ckpt_dir / 'last.pt'} does not exist; starting fresh.")
         if self.epoch < t["epochs"]:
@@ -488,7 +538,9 @@ class Engine:
             self.epoch_sums, self.epoch_steps = {}, 0
         sums = self.epoch_sums  # continues the sums of a resumed epoch
         n_seen, t0 = 0, time.perf_counter()
-        bar = track(range(start, len(batches)), desc=f"{self.task.kind} epoch {epoch + 1}/{t['epochs']}",
+        # a budgeted run's epochs are a generous cap (4x what fits), not a plan: "epoch 1/1184" misled
+        of = "" if self.cfg["sched"].get("time_based") and deadline is not None else f"/{t['epochs']}"
+        bar = track(range(start, len(batches)), desc=f"{self.task.kind} epoch {epoch + 1}{of}",
                     total=len(batches) - start) if self.ctx.is_main else range(start, len(batches))
         stopped = False
         for step in bar:
@@ -497,6 +549,10 @@ class Engine:
             # The forward pass itself changes state (BatchNorm running stats; MoCo's key encoder and queue):
             # when skipping is allowed, keep a copy so that a skipped step leaves no trace of a bad batch.
             before = self._forward_state() if t["skip_nonfinite"] else None
+            # drop-path and dropout draw from the global RNG: seeded per step and rank, so that a resume is exact
+            # on every rank (last.pt held rank 0's state, which every rank then took: resumed DDP runs with drop-
+            # path drifted) and the ranks do not drop the same positions of their batches
+            torch.manual_seed(derive_seed(t["seed"], epoch, step, self.ctx.rank, 3))
             with self.autocast():
                 loss, metrics, n = self.task.training_step(self.train_model, batch)
             if not self._finite(loss):
@@ -551,8 +607,7 @@ class Engine:
             bar.close()
         if not stopped or self.step_in_epoch >= len(batches):
             self.epoch, self.step_in_epoch = epoch + 1, 0
-        record = {"epoch": epoch + 1, "step": self.global_step,
-                  "lr": self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)}
+        record = {"epoch": epoch + 1, "step": self.global_step, "lr": self._base_lr()}
         for k, v in sums.items():
             record[k] = all_reduce_mean(self.ctx, v / max(1, self.epoch_steps))
         record["images_per_s"] = n_seen * self.ctx.world / elapsed if elapsed > 0 else None

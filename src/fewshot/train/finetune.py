@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -171,9 +172,19 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
         pool_skipped = task.unlabeled.skipped if task.unlabeled is not None else []  # FixMatch's pool
         write_skipped(out, task.train_set.skipped + task.val_set.skipped + pool_skipped)
         print(f"fine-tuning {cfg['model']['name']} ({task.n_parameters:,} parameters) on "
-              f"{', '.join(task.space.names)}: {task.space.num_classes} classes, {len(task.train_set)} train / "
+              f"{', '.join(task.space.names)}: {task.space.num_classes} class{'es' if task.space.num_classes != 1 else ''}, {len(task.train_set)} train / "
               f"{len(task.val_set)} val images at {task.size}px on {device} ({engine.precision}); run directory {out}")
         warn_random_backbone_at_a_pretrained_lr(cfg)
+        left_out = task.datasets_left_out()
+        if left_out:
+            print(f"warning: {', '.join(left_out)} never reach(es) a training batch: with data.sampler="
+                  f"{cfg['data']['sampler']} on {ctx.world} process(es) each of its batches would give a process "
+                  f"fewer than 2 images, which BatchNorm cannot train on. Use data.sampler=shuffle, fewer processes, "
+                  f"or more images.", file=sys.stderr)
+        if task.space.num_classes == 1:  # the loss is 0 from the first step: a silent run that learns nothing
+            print(f"warning: {task.space.names[0]} has one class and no other dataset is trained with it: the "
+                  f"loss is 0 and nothing is learned; every image is predicted as "
+                  f"{task.space.classes[0][0]!r}. Add classes or datasets (--datasets).", file=sys.stderr)
     engine.fit(resume=resume)
     metrics = final_metrics(engine, task, out)
     if ctx.is_main:

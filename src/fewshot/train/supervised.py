@@ -196,6 +196,15 @@ class SupervisedTask:
         ranks = [plan(r) for r in range(self.ctx.world)]
         return [b for b, *shares in zip(ranks[self.ctx.rank], *ranks) if min(len(s) for s in shares) >= 2]
 
+    def datasets_left_out(self) -> list[str]:
+        """Datasets none of whose images is in a batch that trains (epoch 0's plan): with data.sampler=grouped a
+        dataset smaller than 2 images per process has only batches BatchNorm cannot take, and was never trained
+        without a word (3 images on 2 processes; 1 image on any)."""
+        batches = self.plan_epoch(0)
+        seen = set(self.train_set.dataset_ids[torch.cat(batches)].tolist()) if batches else set()
+        present = set(self.train_set.dataset_ids.tolist())
+        return [self.space.names[d] for d in sorted(present - seen)]
+
     def make_batch(self, idx: torch.Tensor, epoch: int, step: int):
         flip_p = None if self.flip_by_class is None else self.flip_by_class[self.train_set.targets[idx]]
         x = self.augment(self.train_set.images[idx], (self.cfg["train"]["seed"], epoch, step, self.ctx.rank), flip_p)
@@ -259,7 +268,7 @@ class SupervisedTask:
         self.check_classes(ck)
         from fewshot.train.checkpoint import check_same_images
 
-        check_same_images(ck, "n_train", len(self.train_set), "training images (labelled and pseudo-labelled)")
+        check_same_images(ck, "n_train", len(self.train_set), "training images", stage_note=True)
 
     def check_classes(self, ck: dict) -> None:
         saved = LabelSpace.from_dict(ck["label_space"])
