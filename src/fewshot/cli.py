@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewshot", description="Few-shot image classification over several "
                                      "datasets, with MoCo self-supervised pretraining on unlabeled images.")
     from fewshot import __version__
+    from fewshot.cli_moco import positive_int
 
     parser.add_argument("--version", action="version", version=f"fewshot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list timm models with parameter counts and input sizes")
     p.add_argument("pattern", nargs="?", default="*",
                    help="a part of the name (resnet) or a wildcard pattern (vit_*_patch16_*); case-insensitive")
-    p.add_argument("--limit", type=_at_least_one, default=60, help="list at most this many (default 60)")
+    # at least 1: --limit -1 listed every model but the last (Python's [:-1]) and built all ~1400 of them
+    p.add_argument("--limit", type=positive_int, default=60, help="list at most this many (default 60)")
 
     p = sub.add_parser("report", help="an HTML report of one or more runs (curves, accuracy bars, tables, "
                        "confusion matrices, embeddings, predictions)",
@@ -290,17 +292,6 @@ def console_main() -> int:
 # OSErrors that describe the machine (disk, permissions, paths), which the user can fix: exit 2, no traceback
 ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
                                 errno.EISDIR, errno.ENAMETOOLONG})
-
-
-def _at_least_one(text: str) -> int:
-    """--limit -1 listed every model but the last (Python's [:-1]) and built all ~1400 of them."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 PATH_ARGS = ("data", "out", "run", "weights", "config", "unlabeled", "runs")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (`probe --epochs 0` reported an untrained head)."""
+    """An argparse type: a whole number of at least 1 (`probe --epochs 0` reported an untrained head; `models
+    --limit -1` listed every model but the last)."""
     try:
         n = int(text)
     except ValueError:
