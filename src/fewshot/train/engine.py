@@ -429,6 +429,13 @@ class Engine:
         part = self.step_in_epoch / self.steps_per_epoch if self.steps_per_epoch else 0.0
         return self.epoch if not part else round(self.epoch + part, 2)
 
+    def _seed_step(self, seed: int) -> None:
+        """The generators a step draws from: the CPU's and, on a GPU, this device's. torch.manual_seed does the
+        same but asks every backend (CUDA, MPS, XPU...), 170 us per call against 2 us here, on every step."""
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+
     def _base_lr(self) -> float:
         """The lr that log.jsonl records: the first group's, without its layer-decay scale."""
         group = self.optimizer.param_groups[0]
@@ -552,7 +559,7 @@ class Engine:
             # drop-path and dropout draw from the global RNG: seeded per step and rank, so that a resume is exact
             # on every rank (last.pt held rank 0's state, which every rank then took: resumed DDP runs with drop-
             # path drifted) and the ranks do not drop the same positions of their batches
-            torch.manual_seed(derive_seed(t["seed"], epoch, step, self.ctx.rank, 3))
+            self._seed_step(derive_seed(t["seed"], epoch, step, self.ctx.rank, 3))
             with self.autocast():
                 loss, metrics, n = self.task.training_step(self.train_model, batch)
             if not self._finite(loss):
