@@ -82,6 +82,7 @@ def test_unknown_fields_refused(tmp_path):
     ("data.unlabeled={a: 1}", "data.unlabeled must be a name or a list of names"),
     ("optim.fused=maybe", "optim.fused must be one of auto, true, false"),  # was accepted and meant auto
     ("train.epochs=1:30", "train.epochs must be a whole number, not '1:30'"),  # YAML 1.1 base 60: 90 epochs
+    ("train.seed=99999999999999999999", r"train.seed must be in \[-9223372036854775808, 18446744073709551615\]"),  # torch.manual_seed overflowed: internal error
 ])
 def test_wrong_types_and_ranges_are_refused_at_start_up(word, message):
     with pytest.raises(UserError, match=message):

@@ -475,3 +475,27 @@ def test_probe_refuses_a_runs_folder_as_out_settings_out_of_range_and_names_the_
     err = capsys.readouterr().err
     assert rc == 2 and "apply to timm ResNets" not in err and f"exported from '{NAME}'" in err, err
     assert "and 70 more. 90 unexpected key(s)" in err, err  # the lists ran together ("bias 90 unexpected")
+
+
+def test_the_printed_timm_call_of_a_fixed_size_model_without_position_weights_takes_the_runs_images(
+        exported, tmp_path):
+    """test_vit_relpos learns its relative positions with an MLP: no weight is shaped by the image size, so the
+    printed call left out img_size and built a 160 px model that refused the run's 32 px images."""
+    import contextlib
+    import io
+    import re
+
+    root = exported[0]
+    run, path = tmp_path / "ft", tmp_path / "relpos.safetensors"
+    assert main(["train", "--data", str(root), "--out", str(run), "--model", "test_vit_relpos", "--img-size", "32",
+                 "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress",
+                 "train.tensorboard=false"]) == 0
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["export", str(run), "--out", str(path)]) == 0
+    with safe_open(str(path), "pt") as fh:
+        assert not any(k.endswith(("pos_embed", "relative_position_bias_table")) for k in fh.keys())
+    call = re.search(r"in plain timm: (timm\.create_model\(.*\))$", buf.getvalue(), re.M).group(1)
+    assert "img_size=32" in call
+    model = eval(call, {"timm": timm}).eval()  # noqa: S307 - our own printed line
+    assert model(torch.zeros(2, 3, 32, 32)).shape[0] == 2

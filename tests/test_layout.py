@@ -638,3 +638,31 @@ def test_a_run_folder_inside_an_unlabeled_folder_is_refused(copy_root, tmp_path)
     with pytest.raises(UserError, match="inside the unlabeled folder"):
         check_output_is_not_in_data(pool, copy_root, str(pool))
     check_output_is_not_in_data(tmp_path / "run", copy_root, [str(pool)])
+
+
+def test_links_to_val_and_test_images_never_join_the_pool(copy_root, dataset_names, tmp_path, capfd):
+    """A pool of symbolic links to test (and val) files, given with --unlabeled or put in ROOT/unlabeled/<ds>,
+    took them into MoCo, the pseudo-labels and FixMatch: only the links' folders were resolved."""
+    from fewshot.config import resolve
+    from fewshot.ssl.pretrain import pool_with_sources
+
+    first = dataset_names[0]
+    infos = scan_root(copy_root, [first])
+    scoring = [p for split in ("val", "test") for p in sorted((copy_root / first / split).rglob("*.png"))[:3]]
+    outside = tmp_path / "links"
+    inside = copy_root / "unlabeled" / first / "links"
+    for folder in (outside, inside):
+        folder.mkdir()
+        for i, target in enumerate(scoring):
+            (folder / f"{i}.png").symlink_to(target)
+    own = len([p for p in (copy_root / "unlabeled" / first).rglob("*.png") if not p.is_symlink()])
+
+    def pool(*folders):
+        cfg = resolve(flags={"data.root": str(copy_root), "data.unlabeled": [str(f) for f in folders] or None})
+        return [Path(p) for p in pool_with_sources(cfg, infos)[0]]
+
+    assert len(pool()) == own and not any(p.is_symlink() for p in pool())  # ROOT/unlabeled/<ds>
+    assert "leaving out 6 val/test image(s)" in capfd.readouterr().err
+    assert len(pool(copy_root / "unlabeled" / first)) == own
+    with pytest.raises(UserError, match="only 6 val/test image"):
+        pool(outside)

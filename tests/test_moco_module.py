@@ -217,11 +217,15 @@ def test_knn_predict_by_hand():
     scores = knn_predict(train, labels, test, num_classes=3, k=2, t=0.1, chunk=1)
     # test 0: cosines a .8, b .6, c .96, d -.8 -> top-2 c (class 1), a (class 0)
     # test 1: cosines a 1, b 0, c .6, d -1   -> top-2 a (class 0), c (class 1)
-    expected = torch.tensor([[math.exp(8.0), math.exp(9.6), 0.0], [math.exp(10.0), math.exp(6.0), 0.0]])
+    # votes exp(cos/t), scaled per test image by exp(-nearest cos/t) (no overflow at small t)
+    expected = torch.tensor([[math.exp(8.0 - 9.6), 1.0, 0.0], [1.0, math.exp(6.0 - 10.0), 0.0]])
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=0)
     assert scores.argmax(1).tolist() == [1, 0]
     assert knn_accuracy(train, labels, test, torch.tensor([1, 1]), 3, k=2, t=0.1) == pytest.approx(50.0)
     # k larger than the train set uses every train sample
     all4 = knn_predict(train, labels, test[:1], num_classes=2, k=50, t=0.1)
-    torch.testing.assert_close(all4, torch.tensor([[math.exp(8.0) + math.exp(-8.0), math.exp(6.0) + math.exp(9.6)]]),
-                               rtol=1e-5, atol=0)
+    torch.testing.assert_close(all4, torch.tensor([[math.exp(8.0 - 9.6) + math.exp(-8.0 - 9.6),
+                                                    math.exp(6.0 - 9.6) + 1.0]]), rtol=1e-5, atol=0)
+    # t = 0.005: exp(1/t) is inf in float32; every class tied and class 0 won
+    tiny = knn_predict(train, labels, test, num_classes=3, k=2, t=0.005)
+    assert bool(torch.isfinite(tiny).all()) and tiny.argmax(1).tolist() == [1, 0]

@@ -442,3 +442,19 @@ def test_window_attention_weights_load_at_another_image_size(name, tmp_path):
         assert torch.equal(own[k], want)
     same = [k for k in src if k not in resized and own[k].dtype.is_floating_point]
     assert all(torch.equal(own[k], src[k]) for k in same)
+
+
+def test_unexpected_weights_are_named_before_batch_norm_step_counters(tmp_path):
+    """A list that began with `*.num_batches_tracked` named nothing telling about the file's model."""
+    from safetensors.torch import save_file
+
+    from fewshot.errors import UserError
+    from fewshot.models.backbone import create_backbone
+    from fewshot.models.weights import load_backbone_weights
+
+    backbone = create_backbone("test_resnet")
+    state = {f"extra{i}.num_batches_tracked": torch.zeros((), dtype=torch.long) for i in range(8)}
+    state["other.conv.weight"] = torch.zeros(3)
+    save_file({**backbone.state_dict(), **state}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(UserError, match=r"9 unexpected key\(s\): other\.conv\.weight, extra0"):
+        load_backbone_weights(backbone, tmp_path / "w.safetensors")

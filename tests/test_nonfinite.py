@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 
 import pytest
 import torch
@@ -82,7 +83,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(root, tmp_path, monke
         run_finetune(finetune_cfg(root, **FT), out)
     msg = str(exc.value)
     assert "the loss became nan at epoch 1, step 4 (global step 4)" in msg
-    assert f"{out / 'checkpoints' / 'last.pt'} (global step 3)" in msg and "--skip-nonfinite" in msg
+    assert f"{out / 'checkpoints' / 'last.pt'} (global step 3)" in msg and "train.skip_nonfinite=N" in msg
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (0, 3, 3)
     assert set(ck["model"]) == set(seen[4])
@@ -117,6 +118,35 @@ def test_skip_nonfinite_skips_nan_batches_without_a_trace(root, tmp_path, monkey
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ck["nonfinite_skipped"] == 2 and ck["global_step"] == 10 and ck["epoch"] == 2
     assert (out / "metrics.json").is_file()
+    # and said: they were counted only inside the checkpoint (a run could skip every step and exit 0)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r.get("nonfinite_skipped") for r in rows] == [1, 1]
+
+
+@pytest.mark.parametrize("save_every_steps", [1, 0])
+def test_weights_that_overflow_under_a_finite_loss_are_never_evaluated_or_saved(root, tmp_path, monkeypatch,
+                                                                              save_every_steps):
+    """--lr 1e9: every loss finite, BatchNorm variances inf; the model was scored at chance, saved as best.pt
+    and used by eval, predict and export without a word."""
+    orig = SupervisedTask.make_batch
+
+    def make_batch(self, idx, epoch, step):
+        if (epoch, step) == (0, 3):  # before the 4th step's forward pass, which keeps its loss finite
+            with torch.no_grad():
+                next(m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(
+                    float("inf"))
+        return orig(self, idx, epoch, step)
+
+    monkeypatch.setattr(SupervisedTask, "make_batch", make_batch)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="weights or BatchNorm statistics became inf/NaN in epoch 1"):
+        run_finetune(finetune_cfg(root, **{**FT, "train.save_every_steps": save_every_steps}), out)
+    assert not (out / "checkpoints" / "best.pt").exists()
+    if save_every_steps:  # the last checkpoint before the overflow is kept, and it is finite
+        ck = load_checkpoint(out / "checkpoints" / "last.pt")
+        assert ck["global_step"] == 3 and all_finite(ck) == []
+    else:
+        assert not (out / "checkpoints" / "last.pt").exists()
 
 
 def test_skip_nonfinite_gives_up_after_n(root, tmp_path, monkeypatch):
@@ -150,3 +180,30 @@ def test_moco_skip_leaves_queue_and_key_encoder_untouched(root, tmp_path, monkey
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ck["nonfinite_skipped"] == 1 and all_finite(ck) == []
     assert int(ck["model"]["queue_ptr"]) == (9 * 8) % 52  # 9 enqueued batches of 8, not 10
+
+
+def test_a_resumed_epoch_counts_the_steps_skipped_before_the_stop(root, tmp_path, monkeypatch):
+    """The epoch's count began again at the resume: its log row lost the skips made before the stop."""
+    import os
+    import signal
+
+    from fewshot.train.stop_signal import StopRequested
+
+    nan_batch_at(monkeypatch, SupervisedTask, {(0, 2), (1, 0)})
+    cfg = finetune_cfg(root, **FT, **{"train.skip_nonfinite": 2})
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        orig, count = SupervisedTask.training_step, {"n": 0}
+
+        def step(self, model, batch):
+            count["n"] += 1
+            if count["n"] == 4:  # epoch 1, step 4: after the skipped step 3
+                os.kill(os.getpid(), signal.SIGTERM)
+            return orig(self, model, batch)
+
+        mp.setattr(SupervisedTask, "training_step", step)
+        with pytest.raises(StopRequested):
+            run_finetune(copy.deepcopy(cfg), out)
+    run_finetune(copy.deepcopy(cfg), out, resume=True)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r.get("nonfinite_skipped") for r in rows] == [1, 1]  # as the uninterrupted run logs them

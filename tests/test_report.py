@@ -779,3 +779,128 @@ def test_terminal_table_column_fits_the_longest_dataset_name():
     end = lines[0].index("acc@1") + len("acc@1")
     for line, value in zip(lines[1:], ["50.00", "61.00", "55.50", "40.00"]):
         assert line[:end].endswith(value), lines
+
+
+def test_long_run_and_dataset_names_make_short_distinct_file_names(runs, tmp_path):
+    from fewshot.report.build import NAME_PART_MAX, _safe_name
+
+    long_a, long_b = "D" * 230 + "a", "D" * 230 + "b"
+    assert len(_safe_name(long_a)) <= NAME_PART_MAX and _safe_name(long_a) != _safe_name(long_b)
+    assert _safe_name("digits") == "digits"  # short names are kept as they were
+    run = tmp_path / ("R" * 230)  # a legal folder name; its PNG names were "File name too long"
+    shutil.copytree(runs["ft"], run)
+    rc, _, err = run_main("report", run, "--out", tmp_path / "r", "--device", "cpu", "--data", runs["root"])
+    assert rc == 0, err
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert parse(text).images and all((tmp_path / "r" / src).is_file() for src in parse(text).images)
+
+
+# ---------------------------------------------------------------------- folders, data and --out of a report
+
+def test_a_probe_folder_is_said_not_to_be_a_run(tmp_path):
+    """A probe's --out holds metrics.json alone: compare said it held none of log.jsonl, metrics.json or
+    checkpoints/, though it held metrics.json."""
+    probe = tmp_path / "probe1"
+    probe.mkdir()
+    (probe / "metrics.json").write_text(json.dumps({"mode": "known", "mean_acc1": 50.0, "datasets": {},
+                                                    "protocol": "linear probe"}))
+    for cmd in (("compare",), ("report", "--out", tmp_path / "r")):
+        rc, _, err = run_main(cmd[0], probe, *cmd[1:])
+        assert rc == 2 and "no config.yaml" in err and "`fewshot probe --out` folder is not a run" in err, err
+        assert "expected log.jsonl, metrics.json" not in err
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "empty").mkdir()
+    err = run_main("compare", tmp_path / "empty")[2]
+    assert "holds no run" in err and "metrics.json with its config.yaml" in err
+
+
+def test_report_on_a_root_lacking_one_of_the_models_datasets_draws_those_present(runs, tmp_path):
+    """The note said "pass --datasets A.", an option of predict that report lacks, and drew no image part."""
+    both, only_a = tmp_path / "both", tmp_path / "only_a"
+    for name in ("A", "B"):
+        shutil.copytree(runs["root"] / "digits", both / name, ignore=shutil.ignore_patterns("test*"))
+    shutil.copytree(both / "A", only_a / "A")
+    run = tmp_path / "ab"
+    rc, _, err = run_main("train", "--data", both, "--out", run, "--epochs", "1", *COMMON)
+    assert rc == 0, err
+    rc, _, err = run_main("report", run, "--data", only_a, "--out", tmp_path / "r", "--device", "cpu", "--grid", "8")
+    assert rc == 0, err
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert "--datasets" not in text and "Image-based parts skipped" not in text
+    assert "holds no B of the model&#x27;s datasets: left out" in text and "cover A only" in text
+    names = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
+    assert "ab-confusion-0-A.png" in names and not any("confusion-1" in n for n in names), names
+    assert "ab-predictions.png" in names and "8 val images" in text
+    assert "Recomputed known-source mean" not in text  # compared with the run's accuracy on A alone
+
+
+def test_data_that_is_not_a_folder_leaves_no_report_folder(runs, tmp_path):
+    rc, _, err = run_main("report", runs["ft"], "--data", tmp_path / "nonexist", "--out", tmp_path / "r")
+    assert rc == 2 and "is not a folder" in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_reused_out_loses_the_earlier_reports_pngs_only(report, runs, tmp_path, monkeypatch):
+    """--out of an earlier report of other runs kept its PNGs (15 stale files beside the new page)."""
+    from fewshot.report import build, plots
+
+    out = tmp_path / "rep"
+    shutil.copytree(report.parent, out)
+    (out / "mine.png").write_bytes(PNG_SIGNATURE)  # the user's: never the report's to remove
+    earlier = set(parse((out / "index.html").read_text()).images)
+    assert any(n.startswith("ft-") for n in earlier)
+
+    def fail(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(plots, "plot_moco_curves", fail)
+    with pytest.raises(RuntimeError):
+        build.build_report([str(runs["moco"])], out, device="cpu", log=lambda *a: None)
+    assert all((out / n).is_file() for n in earlier)  # a failed report leaves the earlier page whole
+    monkeypatch.undo()
+    build.build_report([str(runs["moco"])], out, device="cpu", log=lambda *a: None)
+    shown = set(parse((out / "index.html").read_text()).images)
+    assert shown == {"moco-curves.png"}
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "mine.png", "moco-curves.png"]
+
+
+def test_grid_is_capped_and_help_says_each_dataset_gets_one(runs, tmp_path):
+    """--grid 100000 drew a 13 MB, 68,250 px tall PNG in 2 minutes; --grid 1 drew one image per dataset."""
+    from types import SimpleNamespace
+
+    from fewshot.report.analysis import sample_for_grid
+
+    rc, _, err = run_main("report", runs["moco"], "--out", tmp_path / "r", "--grid", 401)
+    assert rc == 2 and "give --grid 400 or less" in err, err
+    assert not (tmp_path / "r").exists()
+    help_text = " ".join(run_main("report", "--help")[1].split())
+    assert "at least one of each" in help_text and "at most 400" in help_text
+    a = SimpleNamespace(space=SimpleNamespace(names=["A", "B", "C"]), dataset_ids=np.array([0] * 50 + [2] * 50))
+    assert len(sample_for_grid(a, 1)) == 2  # one of each dataset with val images here
+    assert len(sample_for_grid(a, 40)) == 40  # a dataset left out (B) takes no share of the 40
+
+
+def test_stopped_run_and_tiny_map_say_what_is_shown(runs, tmp_path):
+    """Accuracies from log.jsonl were headed "metrics.json mode: known"; a map of 2 images, drawn from raw
+    coordinates, was captioned "t-SNE of ... 2 val images"."""
+    run, root = tmp_path / "stopped", tmp_path / "root"
+    shutil.copytree(runs["ft"], run)
+    for name in ("metrics.json", "metrics_known.json", "metrics_unknown.json"):
+        (run / name).unlink(missing_ok=True)
+    shutil.copytree(runs["root"] / "digits", root / "digits", ignore=shutil.ignore_patterns("test*"))
+    for i, cls in enumerate(sorted((root / "digits" / "val").iterdir())):
+        for j, img in enumerate(sorted(cls.iterdir())):
+            if i > 0 or j > 1:
+                img.unlink()
+        if i > 0:
+            cls.rmdir()
+    rc, _, err = run_main("report", run, "--data", root, "--out", tmp_path / "r", "--device", "cpu", "--tsne")
+    assert rc == 0, err
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert "metrics.json mode" not in text and "mean acc@1 (metrics.json)" not in text
+    best = max((r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "val" in r),
+               key=lambda r: r["score"])["epoch"]
+    assert f"val accuracy (logged evaluation of epoch {best} in log.jsonl; no metrics.json)" in text
+    assert f"mean acc@1 (log.jsonl, epoch {best})" in text
+    assert "The first two coordinates (too few images for t-SNE) of the backbone" in text
+    assert "t-SNE of" not in text

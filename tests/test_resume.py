@@ -512,6 +512,22 @@ def test_resume_of_a_run_older_than_a_field_compares_the_field_with_its_default(
         merge_resume_config(tmp_path, resolve(), {"data.mixup_alpha": 0.4})
 
 
+def test_resume_of_a_run_older_than_a_field_fills_it_with_what_the_run_did(tmp_path):
+    """Fields the saved config.yaml lacks were read directly by the tasks: KeyError 'skip_bad_unlabeled', an
+    internal error, on resuming any run written before the field existed."""
+    from fewshot.config import resolve, save_yaml
+    from fewshot.pipeline import stage_config
+    from fewshot.train.finetune import merge_resume_config
+
+    old = resolve()
+    del old["data"]["skip_bad_unlabeled"], old["data"]["crop_pct"], old["semi"]["views"]
+    save_yaml(old, tmp_path / "config.yaml")
+    for cfg in (merge_resume_config(tmp_path, resolve(), {}), stage_config(tmp_path, resolve())):
+        assert cfg["data"]["skip_bad_unlabeled"] == resolve()["data"]["skip_bad_unlabeled"]
+        assert cfg["data"]["crop_pct"] == resolve()["data"]["crop_pct"]
+        assert cfg["semi"]["views"] == "mocov2"  # what runs did before semi.views, not today's default
+
+
 def test_resume_refuses_other_training_images_and_fewer_epochs_than_done(root, ft_ref, tmp_path):
     """A `fewshot run` stage trained on labelled + pseudo-labelled images; `fewshot train --resume` on it saw
     only the labelled ones and silently trained another run (and overwrote the stage's results). Any other
@@ -556,3 +572,32 @@ def test_a_budget_counts_the_training_time_of_every_session(root, tmp_path, monk
     assert last["global_step"] == 7 and last["train_seconds"] == 300.5  # nothing trained
     assert "used its whole budget (train.budget_minutes=5)" in capsys.readouterr().out
     assert (out / "log.jsonl").read_text() == log_before
+
+
+def test_a_refused_pretrain_resume_points_to_pretrain_from_its_weights(tmp_path):
+    """It pointed to `fewshot train --weights`: fine-tuning, where the user wanted to go on pretraining."""
+    from fewshot.config import resolve, save_yaml
+    from fewshot.errors import UserError
+    from fewshot.train.finetune import merge_resume_config
+
+    saved = resolve()
+    saved["_task"] = "moco"
+    save_yaml(saved, tmp_path / "config.yaml")
+    with pytest.raises(UserError, match="`fewshot pretrain --weights "):
+        merge_resume_config(tmp_path, resolve(), {"optim.lr": 0.01})
+
+
+def test_ctrl_c_after_training_says_the_checkpoints_are_kept(root, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C while the plots were drawn printed a bare "interrupted": it read as a lost run."""
+    import fewshot.report.plots as plots
+    from fewshot.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "plot_train_curves", interrupted)
+    rc = main(["train", "--data", str(root), "--out", str(tmp_path / "r"), "--model", "test_resnet", "--img-size",
+               "16", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress",
+               "train.tensorboard=false"])
+    err = capsys.readouterr().err
+    assert rc == 130 and "fewshot train: interrupted; the checkpoints written so far are kept" in err, err

@@ -42,7 +42,7 @@ def test_a_folder_another_process_writes_is_refused_and_free_once_it_exits(root,
     import fewshot.pipeline
 
     # `fewshot run` is refused before it decodes the test images (the refusal came 24-53 s late)
-    monkeypatch.setattr(fewshot.pipeline, "preload_test_images", lambda *a: pytest.fail("decoded before the lock"))
+    monkeypatch.setattr(fewshot.pipeline, "preload_images", lambda *a: pytest.fail("decoded before the lock"))
     out = tmp_path / command
     holder = hold_lock(out)
     try:

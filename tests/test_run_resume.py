@@ -344,5 +344,11 @@ def test_resume_on_other_datasets_is_refused(digits_root, dataset_names, stopped
         old.rename(old.parent / f"z_{old.name}")
     rc, _, err = run_main(*_cmd(renamed, out, "--resume"))
     assert rc == 2 and f"{dataset_names[0]}'s classes differ" in err, err
+    # a run started before run_state.json recorded its classes: its stages' checkpoints tell them (it crashed
+    # with a head size mismatch, exit 1)
+    del state["classes"]
+    (out / "run_state.json").write_text(json.dumps(state))
+    rc, _, err = run_main(*_cmd(renamed, out, "--resume"))
+    assert rc == 2 and f"{dataset_names[0]}'s classes differ" in err, err
     rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))  # the same data: it goes on
     assert rc == 0, err

@@ -1,4 +1,8 @@
-"""fewshot: few-shot image classification over several datasets, with MoCo pretraining."""
+"""fewshot: few-shot image classification over several datasets, with MoCo pretraining.
+
+From Python, every command is one call: ``fewshot.cli.main(["train", "--data", root, "--out", run])``
+returns the exit status (README, "From Python"). The command line: ``fewshot --help``.
+"""
 
 import time as _time
 

@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root for the confusion matrices, embedding map and prediction grid")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--tsne", action="store_true", help="t-SNE instead of PCA for the embedding map (slower)")
-    p.add_argument("--grid", type=int, default=40, metavar="N", help="val images in the prediction grid")
+    p.add_argument("--grid", type=int, default=40, metavar="N", help="val images in the prediction grid, spread "
+                   "over the datasets and at least one of each (so N below their count shows more); at most 400, "
+                   "0: no grid (default 40)")
 
     p = sub.add_parser("compare", help="print the report's tables of one or more runs in the terminal",
                        description="Print the tables of `fewshot report` (overview, per-dataset accuracy, kNN) in the "
@@ -308,7 +310,17 @@ def _expand_home(args) -> None:
             setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
 
 
-def main(argv: list[str] | None = None, started: float | None = None) -> int:
+def main(argv: list | None = None, started: float | None = None) -> int:
+    """Run one fewshot command, as the shell would: ``main(["train", "--data", root, ...])``.
+
+    Returns the exit status (0 done, 2 a user error, 1 a bug, 128+N stopped by signal N) with the messages on
+    stderr. As with any argparse program, ``--help``, ``--version`` and a malformed command line raise
+    ``SystemExit`` after printing the usage. Paths and numbers may be given as ``pathlib.Path`` and ``int``.
+    Called from Python, the command gives back what it changed in the process: its run-folder locks, the
+    torch thread count, deterministic mode and the global random states.
+    """
+    if argv is not None:
+        argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in argv]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     args.started = started
@@ -338,12 +350,13 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     bars = progress.is_enabled()
     if getattr(args, "no_progress", False):
         progress.set_enabled(False)
-    try:
-        return _dispatch(args, extra, handlers)
-    finally:
-        from fewshot.run_lock import release_all
+    from fewshot import process_state
+    from fewshot.run_lock import lock_scope
 
-        release_all()  # the run folders this command wrote are free for the next one (in-process callers too)
+    try:  # the run folders this command locks are free again when it returns, and the caller's settings back
+        with process_state.kept(), lock_scope():
+            return _dispatch(args, extra, handlers)
+    finally:
         progress.set_enabled(bars)  # as were: --no-progress of one in-process call does not outlive it
 
 
@@ -385,10 +398,18 @@ def _dispatch(args, extra, handlers) -> int:
             except (OSError, ValueError, AttributeError):
                 pass
         return 128 + int(stop.signum)
-    except KeyboardInterrupt:
-        resumable = args.command == "run" and Path(args.out, "run_state.json").is_file()
-        print("interrupted" + ("; the stages finished so far are kept: continue with the same command and --resume"
-                               if resumable else ""), file=sys.stderr)
+    except KeyboardInterrupt:  # outside training (training stops cleanly: StopRequested above)
+        out = getattr(args, "out", None)
+        if out and args.command == "run" and Path(out, "run_state.json").is_file():
+            note = "; the stages finished so far are kept: continue with the same command and --resume"
+        elif out and args.command in ("train", "pretrain") and Path(out, "checkpoints", "last.pt").is_file():
+            # after the last epoch (plots or metrics being written), or a second Ctrl-C that did not wait for the
+            # step's checkpoint: said bare, it read as a lost run
+            note = ("; the checkpoints written so far are kept: the same command with --resume continues the run "
+                    "from the last one, or (training had finished) writes its results again")
+        else:
+            note = ""
+        print(f"fewshot {args.command}: interrupted{note}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`fewshot models | head`): not a bug, no traceback
         try:  # keep the interpreter's final flush from failing again

@@ -231,15 +231,20 @@ def cmd_export(args, extra) -> int:
           f"`fewshot train --model {meta['model'] or 'NAME'} --weights {out} ...`")
     if meta.get("small_stem") == "true" or meta.get("width", "1.0") != "1.0":
         print("note: a small-stem or narrowed network is not a stock timm model: fewshot's train --weights and probe "
-              "rebuild it from the file; plain timm cannot load it.")
+              "rebuild it from the file. Plain timm builds the stock network: it refuses the file, or (a small stem "
+              "with unchanged shapes) loads it into a network that computes other features.")
     elif out.suffix != ".safetensors":  # timm would hand any other name to torch.load, which refuses it
         print(f"in plain timm: rename it to a .safetensors name first, then pass that name as "
               f"pretrained_cfg_overlay=dict(file=...)")
     else:  # the file holds the backbone only (no classifier), and window / position tables follow the image size
         from safetensors import safe_open
 
+        from fewshot.models.backbone import takes_img_size
+
         with safe_open(str(out), "pt") as fh:
             sized = any(k.endswith(("pos_embed", "relative_position_bias_table")) for k in fh.keys())
+        if meta.get("model") and meta.get("img_size"):  # as fewshot built it: a patch embedding fixes the size
+            sized = takes_img_size(meta["model"], int(meta["img_size"]), fallback=sized)
         size = f", img_size={meta['img_size']}" if sized and meta.get("img_size") else ""
         print(f"in plain timm: timm.create_model('{meta['model'] or 'NAME'}', pretrained=True, num_classes=0{size}, "
               f"pretrained_cfg_overlay=dict(file='{out}'))")

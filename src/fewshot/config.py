@@ -237,6 +237,29 @@ def flatten_dotted(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def with_defaults(saved: dict, absent_means: dict | None = None) -> dict:
+    """A run's saved config.yaml with the fields it lacks filled in (``absent_means``: what the run did without
+    a field, where that is not today's default). Resuming a run written before a field existed crashed with
+    KeyError 'skip_bad_unlabeled', an internal error."""
+    import copy
+
+    out = copy.deepcopy(saved)
+    for dotted, value in flatten_dotted(DEFAULTS).items():
+        keys = dotted.split(".")
+        try:
+            get_dotted(out, keys)
+            continue
+        except KeyError:
+            pass
+        section = out
+        for key in keys[:-1]:
+            if not isinstance(section.get(key), dict):
+                section[key] = {}
+            section = section[key]
+        section[keys[-1]] = copy.deepcopy((absent_means or {}).get(dotted, value))
+    return out
+
+
 def set_dotted(cfg: dict, keys: list[str], value: Any) -> None:
     """Set cfg[a][b]... = value, refusing unknown keys."""
     node = cfg
@@ -452,7 +475,12 @@ INTERVALS = {  # (low, high, low included[, high included]): fractions and proba
     "semi.threshold": (0.0, 1.0, True), "moco.momentum": (0.0, 1.0, True), "run.moco_momentum": (0.0, 1.0, True),
     "run.pseudo_threshold": (0.0, 1.0, True), "data.mix_p": (0.0, 1.0, True),
     "data.mixup_alpha": (0.0, 100.0, True, True), "data.cutmix_alpha": (0.0, 100.0, True, True),  # Beta(a, a)
+    "train.seed": (-2**63, 2**64 - 1, True, True),  # what torch.manual_seed takes: a larger one was an internal error
 }  # the run.* shares are checked by the pipeline (pipeline.check_run_settings)
+
+
+def _bound(x) -> str:
+    return str(x) if _is_whole(x) else f"{x:g}"  # a seed's bound as digits, not 9.22337e+18
 
 
 def _is_whole(x) -> bool:
@@ -534,8 +562,8 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
             low, high, closed, *rest = INTERVALS[dotted]
             high_closed = rest[0] if rest else True
             if not ((low <= value if closed else low < value) and (value <= high if high_closed else value < high)):
-                raise UserError(f"{dotted} must be in {'[' if closed else '('}{low:g}, {high:g}{']' if high_closed else ')'}"
-                                f", not {value!r}.")
+                raise UserError(f"{dotted} must be in {'[' if closed else '('}{_bound(low)}, {_bound(high)}"
+                                f"{']' if high_closed else ')'}, not {value!r}.")
     if not path and isinstance(cfg.get("aug"), dict):
         check_augmentation_lists(cfg["aug"])
     return cfg

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from fewshot.config import save_yaml
-from fewshot.data.cache import ensure_writable_dir, write_skipped
+from fewshot.data.cache import default_cache_dir, ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
-from fewshot.errors import UserError
+from fewshot.errors import DataLayoutError, UserError
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
 from fewshot.run_lock import lock_run_dir
@@ -183,7 +183,7 @@ def auto_img_size(infos, device: torch.device) -> int:
     return 64 if device.type == "cpu" else 160
 
 
-def check_model(cfg: dict) -> None:
+def check_model(cfg: dict):
     """Build the backbone once and run a blank image through it, before the run folder is written: an unknown
     model, an option it does not take (small_stem on a ViT), weights that do not fit or an image size it cannot
     take would otherwise stop the first stage and leave a run that neither a rerun nor --resume can use."""
@@ -196,30 +196,88 @@ def check_model(cfg: dict) -> None:
     if m.get("weights"):
         load_backbone_weights(backbone, m["weights"], strict=m["strict"])
     check_input_size(backbone, input_size(backbone, m["img_size"]), m["name"])
+    return backbone
 
 
-def preload_test_images(cfg: dict, infos, test_infos):
-    """Decode the test images before the stages are planned, as prediction reads them (the data root's
-    cache): an undecodable file is reported now rather than after the budget, and decoding (slow for large
-    photos) is paid up front instead of overrunning the end. Returns the ImageSet, which prediction reuses."""
-    from fewshot.data.label_space import LabelSpace
-    from fewshot.data.sets import load_split
-    from fewshot.eval.predict import prediction_cache_dir, warn_about_blank_test_images
+def check_pool_images(cfg: dict, infos, semi: str) -> tuple[list[tuple[str, str]], int | None]:
+    """Decode the pool as the MoCo and FixMatch stages will (their cache entries), before the run folder is
+    started: a broken file under data.skip_bad_unlabeled=false stopped those stages in a started folder that
+    a rerun then refused. Returns the files left out and the images MoCo can use (None: no MoCo); the images
+    are not kept (only the cache is)."""
+    from fewshot.data.cache import load_images
+    from fewshot.ssl.pretrain import pool_paths
+    from fewshot.train.semi import POOL_SKIP_NOTE
 
     d = cfg["data"]
-    test_set = load_split(test_infos, "test", LabelSpace.from_infos(infos), cfg["model"]["img_size"],
-                          prediction_cache_dir(d["root"]), d["crop_pct"], d["skip_bad_images"])
+    crops = ({1.0} if cfg["run"]["pretrain"] else set()) | ({d["crop_pct"]} if semi == "fixmatch" else set())
+    paths = pool_paths(cfg, infos)[0] if crops else []
+    skipped, n_moco = [], None
+    for crop in sorted(crops):  # MoCo decodes whole images (crop 1.0); FixMatch as fine-tuning (data.crop_pct)
+        cached = load_images(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]),
+                             crop_pct=crop, skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"],
+                             desc="loading unlabeled pool", skip_note=POOL_SKIP_NOTE)
+        skipped += list(cached.bad)
+        if crop == 1.0 and cfg["run"]["pretrain"]:
+            n_moco = int(cached.valid.sum())
+        del cached
+    return skipped, n_moco
+
+
+def check_pretrain_settings(cfg: dict, backbone) -> None:
+    """The MoCo stage's batch against its queue and shuffle-BN groups, before the run folder is started: found by
+    the stage, a bad pair left a folder that only deleting freed (a rerun wanted --resume, and --resume refused
+    the corrected setting)."""
+    from fewshot.ssl.pretrain import split_groups
+
+    r = cfg["run"]
+    batch = int(r["pretrain_batch_size"])
+    if r["queue_size"] is not None and int(r["queue_size"]) < batch:
+        raise UserError(f"run.queue_size={r['queue_size']} is smaller than the MoCo batch (run.pretrain_batch_size="
+                        f"{batch}): the queue could not hold one batch of keys. Raise run.queue_size or lower "
+                        f"run.pretrain_batch_size.")
+    try:
+        split_groups({"moco": cfg["moco"], "train": {"batch_size": batch}}, 1, backbone)
+    except UserError as exc:
+        raise UserError(f"the MoCo stage's batch: {exc} (in `fewshot run` the MoCo batch size is "
+                        f"run.pretrain_batch_size)") from None
+
+
+def preload_images(cfg: dict, infos, test_infos):
+    """Decode the train, val and test images before the stages are planned (into the caches the stages and
+    prediction read): every undecodable file is listed in one error now, before the run folder is started,
+    rather than the test split's first and the labelled splits' after a rerun (which then needed --resume);
+    decoding (slow for large photos) is paid up front instead of overrunning the end. Returns the test
+    ImageSet, which prediction reuses, and the files --skip-bad-images left out of the three splits."""
+    from fewshot.data.label_space import LabelSpace
+    from fewshot.data.sets import load_splits
+    from fewshot.eval.predict import prediction_cache_dir, warn_about_blank_test_images
+
+    d, size, space = cfg["data"], cfg["model"]["img_size"], LabelSpace.from_infos(infos)
+    problems, hints, skipped, test_set = [], [], [], None
+    for splits, cache, sources in ((("train", "val"), default_cache_dir(d["root"], d["cache_dir"]), infos),
+                                   (("test",), prediction_cache_dir(d["root"]), test_infos)):
+        try:
+            sets = load_splits(sources, splits, space, size, cache, d["crop_pct"], d["skip_bad_images"])
+        except DataLayoutError as exc:
+            problems += exc.problems
+            hints = list(dict.fromkeys(hints + exc.hints))
+            continue
+        skipped += [bad for one in sets for bad in one.skipped]
+        test_set = sets[0] if splits == ("test",) else test_set
+    if problems:
+        raise DataLayoutError(problems, hints)
     warn_about_blank_test_images(test_set)
-    return test_set
+    return test_set, skipped
 
 
 def stage_config(sdir: Path, cfg: dict) -> dict:
     """A stopped stage's own config.yaml (its planned epochs, budget and evaluation interval), with this
     session's device, data location and output settings (what a resumed run may change)."""
-    from fewshot.config import get_dotted, load_yaml, set_dotted
+    from fewshot.config import get_dotted, load_yaml, set_dotted, with_defaults
     from fewshot.run_state import RUN_RESUME_MAY_CHANGE
+    from fewshot.train.finetune import ABSENT_MEANS
 
-    scfg = load_yaml(sdir / "config.yaml")
+    scfg = with_defaults(load_yaml(sdir / "config.yaml"), ABSENT_MEANS)  # a stage written by an older fewshot
     # and the backbone file's current path (the run folder may have moved; last.pt's weights replace it anyway)
     for dotted in (*RUN_RESUME_MAY_CHANGE, "model.weights"):
         keys = dotted.split(".")
@@ -286,7 +344,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     if resuming and status == "began" and not same_training_images(task, last, state.stage(name).get("pseudo_key"), key):
         # the pool was labelled differently this time (another device's float results can move a threshold):
         # its checkpoint belongs to other training images, so the stage starts over from the previous round
-        why = "the pool's pseudo-labels differ" if pseudo is not None else "the labelled images differ"
+        why = ("the training images differ (the labelled images, or the pool's pseudo-labels)" if pseudo is not None
+               else "the labelled images differ")
         print(f"[run] {name}: {why} from the stopped run's ({len(task.train_set)} training images now); the stage "
               f"starts over")
         shutil.rmtree(fdir)
@@ -523,8 +582,11 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     print(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {device.type}"
           f"{' (chosen for these images and device; --img-size to change)' if chosen else ''}: "
           f"{', '.join(i.name for i in infos)}", flush=True)
-    test_set = preload_test_images(cfg, infos, test_infos)
-    check_model(cfg)
+    backbone = check_model(cfg)  # before decoding: a mistyped --model is reported at once
+    if r["pretrain"]:
+        check_pretrain_settings(cfg, backbone)
+    del backbone
+    test_set, split_skipped = preload_images(cfg, infos, test_infos)
     if r["pretrain"]:
         from fewshot.ssl.pretrain import pool_with_sources
 
@@ -532,14 +594,17 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         if n_pool < batch:  # found by the MoCo stage, after the run folder was written, it blocked the rerun
             raise UserError(f"the unlabeled pool has {n_pool} images, fewer than one MoCo batch of {batch} (MoCo "
                             f"drops an incomplete batch): lower run.pretrain_batch_size or add images to the pool.")
-    pool_skipped: list[tuple[str, str]] = []
+    pool_skipped, n_moco = check_pool_images(cfg, infos, semi)
+    if n_moco is not None and n_moco < int(r["pretrain_batch_size"]):  # the count above was before bad files
+        raise UserError(f"the unlabeled pool has {n_moco} decodable images, fewer than one MoCo batch of "
+                        f"{r['pretrain_batch_size']}: lower run.pretrain_batch_size or add images to the pool.")
     if semi == "pseudo":
         from fewshot.train.semi import load_pool
 
         # decoded now, as the test images: a broken pool file would otherwise stop the run after round 1;
         # the copy is dropped (a large pool at GPU sizes is GBs), the rounds read the images from the cache
         pool = load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True)
-        n_pool, pool_skipped = len(pool.images), pool.skipped
+        n_pool, pool_skipped = len(pool.images), pool_skipped + pool.skipped
         del pool
         if n_pool == 0:
             # round 2 would train on the labelled images again: the whole budget goes to one fine-tuning
@@ -555,7 +620,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         done = [n for n, st in state.data["stages"].items() if st.get("status") == "done"]
         print(f"[run] resuming {out}: {used / 60:.1f} of {budget_minutes:g} minutes used before the stop; "
               f"finished stages: {', '.join(done) or 'none'}")
-    write_skipped(out, pool_skipped)  # the pool files data.skip_bad_unlabeled left out, with the reasons
+    # the files --skip-bad-images (train, val, test) and data.skip_bad_unlabeled (pool) left out, with the reasons
+    write_skipped(out, split_skipped + pool_skipped)
     budget_s = budget_minutes * 60.0
     # kept back for the end by the earlier stages; the last stage replaces it by an estimate from measured
     # speeds (closing_seconds), plus 1.5 % of the budget for what the estimate misses
@@ -619,8 +685,9 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
             if k == rounds:
                 break
             round_end = time.monotonic() + (end_time - time.monotonic()) / (rounds - k + 1)
+            what = "on labelled + pseudo-labelled pool images" if len(pseudo["images"]) else "on the labelled images again"
             task, _ = finetune_stage(fcfg, infos, device, ctx, out / f"finetune_round{k}", round_end,
-                                     f"on labelled + pseudo-labelled pool images (round {k})", pseudo, **progress)
+                                     f"{what} (round {k})", pseudo, **progress)
             if not task.reused:
                 fit_seconds.append(task.fit_seconds)
                 state.keep_summary(summary, fit_seconds, time.monotonic() - t_start)

@@ -5,12 +5,20 @@ first is still running) both exited 0 with every epoch logged twice and checkpoi
 other. The folder's writer holds an exclusive advisory lock (``flock``) on ``RUN/.fewshot.lock`` until it
 exits; the lock goes with the process, so a crash or kill -9 never leaves a stale one behind. Where the
 file system cannot lock (some network mounts) or the platform has no ``fcntl``, runs go on unguarded.
+
+Locks belong to one command (`lock_scope`, entered by ``cli.main``), not to the process: two calls of
+``main`` in one Python process (threads of a notebook) wrote into one folder together, and the first call
+to return freed the other's locks.
 """
 
 from __future__ import annotations
 
+import contextvars
 import errno
+import itertools
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from fewshot.errors import UserError
@@ -21,15 +29,40 @@ except ImportError:  # Windows: no flock
     fcntl = None
 
 LOCK_NAME = ".fewshot.lock"
-_HELD: dict[str, int] = {}  # resolved folder -> open descriptor holding its lock (this process)
+_HELD: dict[str, tuple[int, int]] = {}  # resolved folder -> (descriptor holding its lock, owning command)
+_OWNER = contextvars.ContextVar("fewshot_lock_owner", default=0)  # 0: no command (library code called directly)
+_SCOPES = itertools.count(1)
+
+
+@contextmanager
+def lock_scope():
+    """The locks taken inside belong to this command and are given up when it ends (in-process callers)."""
+    token = _OWNER.set(next(_SCOPES))
+    try:
+        yield
+    finally:
+        release_owned(_OWNER.get())
+        _OWNER.reset(token)
+
+
+def _owner() -> int:
+    """The command holding locks here; outside any command, the thread (library code called directly)."""
+    return _OWNER.get() or -threading.get_ident()
 
 
 def lock_run_dir(folder: str | Path) -> None:
-    """Take the folder's writer lock for this process (again: a no-op); UserError if another process holds it."""
+    """Take the folder's writer lock for this command (again: a no-op); UserError if another one holds it.
+
+    Another command of this process is refused like another process: flock locks belong to an open file,
+    so a second descriptor of the same process cannot take a lock the first one holds."""
     folder = Path(folder)
     key = str(folder.resolve())
-    if fcntl is None or key in _HELD:
+    held, owner = _HELD.get(key), _owner()
+    if fcntl is None or (held is not None and held[1] == owner):
         return
+    if held is not None and held[1] == -threading.get_ident():  # taken by library code of this thread outside
+        _HELD[key] = (held[0], owner)  # any command (run_finetune called directly, which has returned): this
+        return                         # command adopts it and gives it up at its end; another thread's is refused
     try:
         fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
@@ -40,14 +73,16 @@ def lock_run_dir(folder: str | Path) -> None:
         holder = _read_pid(fd)
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise UserError(f"'{folder}' is being written by another fewshot process"
-                            f"{f' (pid {holder})' if holder else ''}: two runs in one folder would log every "
+            who = ("another fewshot command of this Python process (a thread, or a call still running)"
+                   if holder == str(os.getpid()) else
+                   f"another fewshot process{f' (pid {holder})' if holder else ''}")
+            raise UserError(f"'{folder}' is being written by {who}: two runs in one folder would log every "
                             f"epoch twice and overwrite each other's checkpoints. Wait for it to finish (or stop "
                             f"it), then --resume; or choose another --out.") from None
         return  # ENOLCK, EOPNOTSUPP, ...: this file system cannot lock
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
-    _HELD[key] = fd
+    _HELD[key] = (fd, owner)
 
 
 def _read_pid(fd: int) -> str:
@@ -57,11 +92,18 @@ def _read_pid(fd: int) -> str:
         return ""
 
 
+def release_owned(owner: int) -> None:
+    """Give up the locks one command took (its end: a later in-process command may take them again)."""
+    for key, (fd, held_by) in list(_HELD.items()):
+        if held_by == owner:
+            del _HELD[key]
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 def release_all() -> None:
-    """Give up every lock this process holds (the CLI's end: a later in-process command may take them again)."""
-    for fd in _HELD.values():
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD.clear()
+    """Give up every lock this process holds (tests, and library code that called the trainers directly)."""
+    for owner in {held_by for _, held_by in _HELD.values()}:
+        release_owned(owner)

@@ -51,7 +51,9 @@ class RunState:
         """A --resume on a root with other datasets or classes reused stages trained on the old ones: a head of
         the wrong size (exit 1), or a submission for only some of the datasets the run started on."""
         saved = self.data.get("classes")
-        if saved is None or saved == classes:  # a run started before the classes were recorded: not checked
+        if saved is None:  # a run started before the classes were recorded: its stages' checkpoints hold them
+            saved = self._classes_of_a_stage()
+        if saved is None or saved == classes:
             return
         parts = []
         for name in sorted(set(saved) | set(classes)):
@@ -64,6 +66,23 @@ class RunState:
         raise UserError(f"--resume continues '{self.out}' on the datasets it started with, but this data root "
                         f"differs ({'; '.join(parts)}). Resume with the same data, or start a new run with "
                         f"another --out.")
+
+    def _classes_of_a_stage(self) -> dict[str, list[str]] | None:
+        """{dataset: classes} from the first fine-tuning stage checkpoint found (None: no such stage yet)."""
+        from fewshot.errors import CheckpointError
+        from fewshot.train.checkpoint import load_checkpoint
+
+        for stage in self.data.get("stages", {}):
+            for name in ("best.pt", "last.pt"):
+                path = self.out / stage / "checkpoints" / name
+                if path.is_file():
+                    try:
+                        space = load_checkpoint(path).get("label_space")
+                    except CheckpointError:  # a damaged stage checkpoint: that stage starts over anyway
+                        continue
+                    if space:
+                        return {n: list(c) for n, c in zip(space["names"], space["classes"])}
+        return None
 
     @classmethod
     def resume(cls, out: Path, cfg: dict, budget_minutes: float | None) -> "RunState":

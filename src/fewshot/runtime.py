@@ -34,6 +34,8 @@ __all__ = ["tune_allocator", "allocator_tuned", "configure_cpu", "resolve_compil
 # with model.small_stem the input counts double (its stages see the maps of a 2x larger input).
 CPU_BF16_MIN_SIZE = 48
 
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own count, before any run set one (process_state restores it)
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: the largest it accepts
 _TRIM_THRESHOLD = 2**31 - 1  # int: never trim the heap top back to the OS

@@ -57,6 +57,23 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
     raise UserError(f"timm could not build '{name}' with num_classes=0.")
 
 
+def takes_img_size(name: str, img_size: int, fallback: bool = False) -> bool:
+    """Whether create_backbone passes ``img_size`` to this model (then plain timm needs it too: a ViT with relative
+    positions from an MLP has no size-shaped weight, yet its patch embedding refuses another size). Built on
+    the meta device: no memory, no init; ``fallback`` where the model cannot be built there."""
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is not None and cfg.input_size[-1] == img_size:
+        return False
+    try:
+        with torch.device("meta"):
+            timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size)
+    except TypeError:
+        return False
+    except Exception:  # noqa: BLE001 - an init step the meta device cannot run: keep the caller's guess
+        return fallback
+    return True
+
+
 def backbone_options(model_cfg: dict) -> dict:
     """The `create_backbone` keyword arguments a run's `model` config asks for."""
     return {"drop_path": model_cfg.get("drop_path") or 0.0, "img_size": model_cfg.get("img_size"),

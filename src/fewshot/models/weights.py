@@ -295,7 +295,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
                    if k in own and (v.is_floating_point() != own[k].is_floating_point() or v.is_complex())]
     # BatchNorm's step counter is not a weight; many published checkpoints leave it out
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
+    # the weights first: a list that began with BatchNorm step counters named nothing telling
+    unexpected = sorted((k for k in state if k not in own), key=lambda k: k.endswith("num_batches_tracked"))
     if mismatched or (strict and (missing or unexpected)):
         parts = [f"weights file {path} does not fit the model ({type(backbone).__name__})."]
         more = lambda keys: f" and {len(keys) - 8} more" if len(keys) > 8 else ""  # noqa: E731 (lists ran together)

@@ -30,6 +30,7 @@ class ValAnalysis:
     n_parameters: int
     root: Path
     epoch: int | None = None      # the logged epoch of the checkpoint predicted with
+    left_out: tuple[str, ...] = ()  # the model's datasets the root lacks (no val images of theirs here)
 
     @property
     def true_local(self) -> np.ndarray:
@@ -87,7 +88,17 @@ def analyse_run(run, root: Path, device: torch.device) -> ValAnalysis:
     from fewshot.eval.predict import _data_for, load_trained
 
     tm = load_trained(run.path, device)
-    _, data = _data_for(tm, Path(root), "val")
+    left_out: tuple[str, ...] = ()
+    try:
+        _, data = _data_for(tm, Path(root), "val")
+    except UserError:
+        # A root holding only some of the model's datasets: predict's error says "pass --datasets", an option
+        # report lacks. The image parts cover the datasets that are here instead, and the page says which are not.
+        here = _datasets_here(Path(root), tm.space.names)
+        if not here or len(here) == len(tm.space.names):
+            raise
+        left_out = tuple(d for d in tm.space.names if d not in here)
+        _, data = _data_for(tm, Path(root), "val", datasets=here)
     if len(data) == 0:
         raise UserError(f"no val images under {root} for the datasets of {run.label}.")
     feats, logits = _features_and_logits(tm.model, data.images, tm.normalize, device)
@@ -95,7 +106,18 @@ def analyse_run(run, root: Path, device: torch.device) -> ValAnalysis:
     return ValAnalysis(space=tm.space, images=data.images, targets=data.targets.numpy(),
                        dataset_ids=data.dataset_ids.numpy(), logits=logits, features=feats.numpy(),
                        pred_local=pred_local.numpy(), model=tm.model, size=tm.size, n_parameters=tm.n_parameters,
-                       root=Path(root), epoch=tm.epoch)
+                       root=Path(root), epoch=tm.epoch, left_out=left_out)
+
+
+def _datasets_here(root: Path, names) -> list[str]:
+    """The model's datasets that ``root`` holds (as predict's _data_for finds them), in the model's order."""
+    from fewshot.data.layout import list_datasets
+
+    try:
+        listed = set(list_datasets(root))
+    except UserError:
+        return []
+    return [d for d in names if d in listed]
 
 
 def recomputed_mean_acc1(a: ValAnalysis) -> float:
@@ -128,32 +150,32 @@ def top_confusions(cm: np.ndarray, classes: list[str], k: int = 10) -> list[tupl
     return out
 
 
-def embed_2d(features: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
-    """2-D map of L2-normalised features: PCA, or t-SNE (initialised by PCA) when method == 'tsne'."""
+def embed_2d(features: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, str]:
+    """(2-D map of L2-normalised features, the method drawn): "PCA", or "t-SNE" (initialised by PCA) when
+    method == 'tsne'; under 3 images or 2 feature dimensions neither applies: "raw", the first two coordinates."""
     x = features.astype(np.float64)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     if len(x) < 3 or x.shape[1] < 2:
         out = np.zeros((len(x), 2))
         out[:, : min(2, x.shape[1])] = x[:, :2]
-        return out
+        return out, "raw"
     if method == "tsne":
         from sklearn.manifold import TSNE
 
         perplexity = float(max(2.0, min(30.0, (len(x) - 1) / 3.0)))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x), "t-SNE"
     from sklearn.decomposition import PCA
 
-    return PCA(n_components=2, random_state=seed).fit_transform(x)
+    return PCA(n_components=2, random_state=seed).fit_transform(x), "PCA"
 
 
 def sample_for_grid(a: ValAnalysis, n: int = 40, seed: int = 0) -> np.ndarray:
-    """About n val indices, spread evenly over the datasets, in a fixed random order."""
+    """About n val indices, spread evenly over the datasets with val images here (a left-out one takes no share),
+    in a fixed random order; at least one per such dataset, so n = 1 shows one image of each."""
     rng = np.random.default_rng(seed)
-    names = a.space.names
-    per = max(1, math.ceil(n / max(1, len(names))))
+    present = [idx for d in range(len(a.space.names)) for idx in [np.flatnonzero(a.dataset_ids == d)] if len(idx)]
+    per = max(1, math.ceil(n / max(1, len(present))))
     picked = []
-    for d in range(len(names)):
-        idx = np.flatnonzero(a.dataset_ids == d)
-        if len(idx):
-            picked += sorted(rng.choice(idx, size=min(per, len(idx)), replace=False).tolist())
-    return np.asarray(picked[: max(n, len(names))], dtype=np.int64)
+    for idx in present:
+        picked += sorted(rng.choice(idx, size=min(per, len(idx)), replace=False).tolist())
+    return np.asarray(picked[: max(n, len(present))], dtype=np.int64)

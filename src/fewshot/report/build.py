@@ -8,7 +8,10 @@ a 2-D map of val features and a grid of val images with their predictions.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import hashlib
+import html
 import re
 from pathlib import Path
 
@@ -20,13 +23,21 @@ from fewshot.report import tables as T
 from fewshot.report.runs import Run, expand_runs, refresh_evaluation
 
 GRID_IMAGES = 40
+# --grid above this is refused, not quietly capped: the grid is a column of rows of 8 (400 images: 50 rows, ~10,000
+# px tall; --grid 100000 drew 13 MB, 68,250 px, in 2 minutes), and refusing up front, before any prediction, keeps
+# the caption's count the one asked for
+MAX_GRID_IMAGES = 400
 MAX_CONFUSION_IMAGES = 12  # datasets with a confusion-matrix picture per run (the pairs are always listed)
+
+
+NAME_PART_MAX = 60  # characters of a run or dataset name in a PNG's name: a 230-character folder name made
+# "File name too long" (255 bytes) and no report
 
 
 def _slugs(runs: list[Run]) -> dict[str, str]:
     out, taken = {}, set()
     for r in runs:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "-", r.label).strip("-.") or "run"
+        base = _safe_name(r.label, "run")
         slug, i = base, 2
         while slug in taken:
             slug, i = f"{base}-{i}", i + 1
@@ -35,8 +46,13 @@ def _slugs(runs: list[Run]) -> dict[str, str]:
     return out
 
 
-def _safe_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-.") or "x"
+def _safe_name(s: str, empty: str = "x") -> str:
+    """s as a short portable file-name part; a long one keeps its start and a hash of the whole (stays unique)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-.") or empty
+    if len(name) <= NAME_PART_MAX:
+        return name
+    digest = hashlib.blake2b(s.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
+    return f"{name[:NAME_PART_MAX - 9].rstrip('-.')}-{digest}"
 
 
 def compute_flops(runs: list[Run], models: dict | None = None) -> dict[str, int | None]:
@@ -92,10 +108,8 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
             if folder is not None and _inside(out, folder) and out.resolve() != own.resolve():
                 raise UserError(f"--out {out} lies inside the run folder {folder} that is reported; give the report "
                                 f"a folder outside it (or {own}, the run's own report folder).")
-        try:
-            root = resolve_data_root(r, data)[0]
-        except UserError:
-            root = None
+        # raises for a --data that is not a folder: here, before --out is made (an empty one was left behind)
+        root = resolve_data_root(r, data)[0]
         if root is not None:
             from fewshot.config import is_text_list
 
@@ -103,9 +117,33 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
             check_output_is_not_in_data(out, root, unlabeled if is_text_list(unlabeled) else None, what="the report")
 
 
+def _map_name(method: str, tsne: bool, n: int) -> str:
+    """What the embedding map shows, for its caption: embed_2d draws raw coordinates where the method cannot run."""
+    if method != "raw":
+        return method
+    asked = "t-SNE" if tsne else "PCA"
+    return f"The first two coordinates (too few {'images' if n < 3 else 'feature dimensions'} for {asked})"
+
+
+def _earlier_report_pngs(out: Path) -> set[str]:
+    """The PNG names an earlier report's OUT/index.html shows: what --out promises to replace. Only files of a page
+    fewshot wrote, beside it, are taken; anything else in OUT (the user's) is never touched."""
+    try:
+        text = (out / "index.html").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    if "<title>fewshot report</title>" not in text:
+        return set()
+    names = {html.unescape(src) for src in re.findall(r'<img src="([^"<>]*)"', text)}
+    return {n for n in names if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.png", n) and (out / n).is_file()}
+
+
 class ReportBuilder:
     def __init__(self, paths: list[str], out: Path, data: str | None = None, device: str = "auto",
                  tsne: bool = False, grid_images: int = GRID_IMAGES, log=print):
+        if grid_images > MAX_GRID_IMAGES:
+            raise UserError(f"--grid {grid_images} is more than the {MAX_GRID_IMAGES} val images a prediction grid "
+                            f"shows (rows of 8: a picture too tall to view); give --grid {MAX_GRID_IMAGES} or less.")
         self.runs = expand_runs(paths)
         self.out = Path(out)
         self.data = data
@@ -149,8 +187,14 @@ class ReportBuilder:
                 continue
             try:
                 self.log(f"report: predicting the val images of {r.label} ({root})")
-                self.analyses[r.label] = analyse_run(r, root, self.device)
+                a = self.analyses[r.label] = analyse_run(r, root, self.device)
                 self.data_notes[r.label] = f"val images from {root} ({why})."
+                if a.left_out:
+                    here = [n for n in a.space.names if n not in a.left_out]
+                    self.data_notes[r.label] += (
+                        f" {root} holds no {', '.join(a.left_out)} of the model's datasets: left out; confusion "
+                        f"matrices, embedding map and prediction grid cover {', '.join(here)} only (pass --data a "
+                        f"root with every dataset for all of them).")
                 self._match_checkpoint_epoch(r, self.analyses[r.label].epoch)
             except UserError as exc:
                 self.data_notes[r.label] = f"Image-based parts skipped: {exc}"
@@ -208,8 +252,9 @@ class ReportBuilder:
                  ("training time", T.duration(r.training_seconds)), ("throughput", T.rate(r.throughput)),
                  ("best epoch", T.opt(r.best_epoch))]
         if r.kind == "supervised" and r.metrics:
-            items.append(("mean acc@1 (metrics.json)", f"{T.pct(r.metrics.get('mean_acc1'))} "
-                                                       f"({r.metrics.get('mode', 'known')} source)"))
+            where = f"log.jsonl, epoch {T.opt(r.metrics_epoch)}" if r.from_log else "metrics.json"
+            items.append((f"mean acc@1 ({where})", f"{T.pct(r.metrics.get('mean_acc1'))} "
+                                                   f"({r.metrics.get('mode', 'known')} source)"))
         return H.facts(items)
 
     def _image_parts(self, r: Run) -> list[str]:
@@ -227,10 +272,16 @@ class ReportBuilder:
                 f'{H.e(self.data_notes[r.label])}</p>']
         got = recomputed_mean_acc1(a)
         want = (r.metrics_known or {}).get("mean_acc1")
+        if a.left_out:  # the run's mean is over every dataset, these images over some: compare like with like
+            per = (r.metrics_known or {}).get("datasets") or {}
+            accs = [(per.get(n) or {}).get("acc1") for n in a.space.names if n not in a.left_out]
+            want = sum(accs) / len(accs) if accs and all(isinstance(x, (int, float)) for x in accs) else None
         same_epoch = r.metrics_epoch is None or a.epoch is None or r.metrics_epoch == a.epoch
         if same_epoch and isinstance(want, (int, float)) and abs(got - want) > 0.01:
+            over = " over the same datasets" if a.left_out else ""
             body.append(H.note(f"Recomputed known-source mean acc@1 on these val images is {got:.2f}, but the "
-                               f"run's metrics say {want:.2f}: the data differ from those the run was evaluated on."))
+                               f"run's metrics say {want:.2f}{over}: the data differ from those the run was "
+                               f"evaluated on."))
         # confusion matrices
         body.append("<h3>Confusion matrices (val, known source)</h3>")
         if len(a.space.names) > MAX_CONFUSION_IMAGES:
@@ -261,16 +312,16 @@ class ReportBuilder:
             cells.append("<div>" + "\n".join(part) + "</div>")
         body.append('<div class="grid2">' + "\n".join(cells) + "</div>")
         # embedding map
-        method = "t-SNE" if self.tsne else "PCA"
         try:
-            coords = embed_2d(a.features, "tsne" if self.tsne else "pca")
+            coords, method = embed_2d(a.features, "tsne" if self.tsne else "pca")
             png = self._png(f"{slug}-embedding.png")
             class_names = [f"{n}: {c}" if len(a.space.names) > 1 else c
                            for n, cls in zip(a.space.names, a.space.classes) for c in cls]
             plot_embedding(coords, a.targets, class_names, a.dataset_ids, list(a.space.names), method, self.out / png)
             body += ["<h3>Embedding of val features</h3>",
-                     H.figure(png, f"{method} of the backbone's pooled, L2-normalised features of {len(a.targets)} val "
-                                   f"images; left coloured by class, right by dataset.")]
+                     H.figure(png, f"{_map_name(method, self.tsne, len(a.targets))} of the backbone's pooled, "
+                                   f"L2-normalised features of {len(a.targets)} val image(s); left coloured by "
+                                   f"class, right by dataset.")]
         except Exception as exc:  # a degenerate map must not lose the rest of the report
             body.append(H.note(f"Embedding map skipped: {exc}"))
         # prediction grid
@@ -311,6 +362,7 @@ class ReportBuilder:
 
         check_report_out(self.out, self.runs, self.data)
         ensure_writable_dir(self.out, "report")
+        earlier = _earlier_report_pngs(self.out)  # before this report rewrites any of them
         self._analyse()
         flop_counts = compute_flops(self.runs, self.analyses)
         body = [H.toc([("overview", "Overview")] + [(f"run-{self.slugs[r.label]}", r.label) for r in self.runs])]
@@ -327,6 +379,11 @@ class ReportBuilder:
                       f"fewshot {__version__} · fewshot report " + " ".join(str(r.path) for r in self.runs))
         index = self.out / "index.html"
         atomic_write_text(index, text)
+        # The earlier report's PNGs that this one did not write again go only now: a report failing halfway leaves
+        # the earlier page whole (its PNGs all there)
+        for name in earlier - {p.name for p in self.images}:
+            with contextlib.suppress(OSError):
+                (self.out / name).unlink()
         for r in self.runs:  # on the page too; printed so that a file passed over is not passed over unseen
             for n in r.notes:
                 self.log(printable(f"note ({r.label}): {n}"))

@@ -441,9 +441,18 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
             found += [(s, summary, p, notes) for s in stages]
         elif _is_run_dir(p):
             found.append((p, None, None, []))
+        elif (p / "metrics.json").is_file():
+            # a probe's --out holds metrics.json alone: no curves, no model, no config to report on (its
+            # accuracies are all there is, and probe prints them); told apart from a run missing its files
+            raise UserError(f"'{raw}' holds metrics.json but no config.yaml, log.jsonl or checkpoints/: not a run "
+                            f"folder. A run folder of `fewshot train` or `fewshot pretrain` holds log.jsonl or "
+                            f"checkpoints/ (or metrics.json with its config.yaml); a `fewshot probe --out` folder "
+                            f"is not a run: its metrics.json holds the table probe printed (read it there; report and "
+                            f"compare take runs).")
         else:
-            raise UserError(f"'{raw}' holds no run: expected log.jsonl, metrics.json or checkpoints/ "
-                            f"(or pretrain/ and finetune/ folders of `fewshot run`).")
+            raise UserError(f"'{raw}' holds no run: a run folder of `fewshot train` or `fewshot pretrain` holds "
+                            f"log.jsonl or checkpoints/ (or metrics.json with its config.yaml); a `fewshot run` "
+                            f"folder holds pretrain/ and finetune/ stages.")
     unique, seen = [], set()
     for item in found:
         if item[0].resolve() not in seen:

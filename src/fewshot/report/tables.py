@@ -120,7 +120,10 @@ def dataset_table(run: Run, title: str | None = None, known: dict | None = None,
     if (unknown or {}).get("routing_acc") is not None:
         rows.append(["dataset routing", "", "", "", pct(unknown["routing_acc"]), ""])
         emphasis.append(len(rows) - 1)
-    if title is None:
+    if title is None and run.from_log:  # no usable metrics.json: say where the numbers come from instead
+        title = f"{run.label}: val accuracy (logged evaluation of epoch {opt(run.metrics_epoch)} in log.jsonl; " \
+                f"no metrics.json)"
+    elif title is None:
         mode = (run.metrics or {}).get("mode", "known")
         title = f"{run.label}: val accuracy (best epoch {opt(run.best_epoch)}; metrics.json mode: {mode})"
     return Table(title, cols, rows, emphasis=emphasis, caption=caption)

@@ -51,7 +51,10 @@ def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
     for index, info in enumerate(infos):
         folder = root / "unlabeled" / info.name
         if folder.is_dir() and has_images(folder):  # hidden files (.thumbnails/, ._IMG.png) do not count
-            found = find_unlabeled_images([folder])
+            found, left_out = without_held_out(find_unlabeled_images([folder]), root)
+            if left_out:
+                warn_once([f"leaving out {left_out} val/test image(s) of the data root linked from {folder} (val "
+                           f"picks the best checkpoint, test judges the run)"], "note")
             sources.append(f"{info.name}: unlabeled/")
         else:
             # No pool for this dataset: its labelled training images stand in (labels unused).
@@ -71,25 +74,7 @@ def given_pool_images(folders: list, root: Path) -> list[Path]:
     """The images under the --unlabeled folders, each file once (the same folder given twice, or one inside
     another, counted its images twice), without the val and test images of the data root: val drives the kNN
     score that picks best.pt and test is what the run is judged on (``--unlabeled ROOT`` took both)."""
-    found = find_unlabeled_images(folders)
-    held_out = [(Path(root) / name / split).resolve() for name in _datasets_or_none(root)
-                for split in ("val", "test")]
-    seen: set[Path] = set()
-    folders_seen: dict[Path, tuple[Path, bool]] = {}  # resolved once per folder: a million files stay cheap
-    kept, left_out = [], 0
-    for path in found:
-        if path.parent not in folders_seen:
-            real_dir = path.parent.resolve()
-            folders_seen[path.parent] = real_dir, any(real_dir.is_relative_to(f) for f in held_out)
-        real_dir, scoring = folders_seen[path.parent]
-        real = real_dir / path.name
-        if real in seen:
-            continue
-        seen.add(real)
-        if scoring:
-            left_out += 1
-        else:
-            kept.append(path)
+    kept, left_out = without_held_out(find_unlabeled_images(folders), root)
     if left_out:
         note = f"{left_out} val/test image(s) of the data root {root} under the --unlabeled folders"
         if not kept:
@@ -97,6 +82,35 @@ def given_pool_images(folders: list, root: Path) -> list[Path]:
                             f"score the run. Give folders of unlabeled images.")
         warn_once([f"leaving out {note} (val picks the best checkpoint, test judges the run)"], "note")
     return kept
+
+
+def without_held_out(found: list[Path], root: Path) -> tuple[list[Path], int]:
+    """``found`` without repeats (by real file) and without the data root's val and test images, with the count
+    left out. A linked file counts as its target: a pool of links to test images put the test split into
+    MoCo, the pseudo-labels and FixMatch (only the links' folders were resolved). Copies are not detected."""
+    held_out = [(Path(root) / name / split).resolve() for name in _datasets_or_none(root)
+                for split in ("val", "test")]
+    real_dirs: dict[Path, Path] = {}  # folders resolved once; a file costs one lstat (is it a link?)
+    scoring: dict[Path, bool] = {}  # real folder -> inside a val or test split (checked once per folder)
+    seen: set[Path] = set()
+    kept, left_out = [], 0
+    for path in found:
+        if path.is_symlink():
+            real = path.resolve()
+        else:
+            if path.parent not in real_dirs:
+                real_dirs[path.parent] = path.parent.resolve()
+            real = real_dirs[path.parent] / path.name
+        if real in seen:
+            continue
+        seen.add(real)
+        if real.parent not in scoring:
+            scoring[real.parent] = any(real.parent.is_relative_to(folder) for folder in held_out)
+        if scoring[real.parent]:
+            left_out += 1
+        else:
+            kept.append(path)
+    return kept, left_out
 
 
 def _datasets_or_none(root: Path) -> list[str]:

@@ -192,6 +192,7 @@ class Engine:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_score, self.last_eval = -math.inf, None
         self.nonfinite_skipped = 0
+        self.epoch_skips_start = 0  # nonfinite_skipped when the current epoch began
         self._saved_step: int | None = None  # global step of the last.pt this process wrote last
         self._saved_at = -math.inf  # when (perf_counter) last.pt was written last: the first epoch end always saves
         self.epoch_record: dict | None = None  # the log row an epoch-end last.pt carries
@@ -217,7 +218,7 @@ class Engine:
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "best_score": self.best_score, "last_eval": self.last_eval,
-            "nonfinite_skipped": self.nonfinite_skipped,
+            "nonfinite_skipped": self.nonfinite_skipped, "epoch_skips_start": self.epoch_skips_start,
             "epoch_record": self.epoch_record,
             "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps,
             "rng": rng_state(),
@@ -231,6 +232,7 @@ class Engine:
         """last.pt inside an epoch, on every rank together (a stop, --save-every-steps): under DDP it carries each
         rank's running metric sums, or the resumed epoch's log row would average rank 0's on every rank. The
         epoch-end saves need not agree across ranks (rank 0 alone times them), so they gather nothing."""
+        self._check_weights_finite(self.epoch)  # every checkpoint on disk has passed the check
         by_rank = all_gather_object(self.ctx, dict(self.epoch_sums)) if self.ctx.enabled else None
         self.save("last", epoch_sums_by_rank=by_rank)
 
@@ -299,6 +301,7 @@ class Engine:
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
         self.best_score, self.last_eval = ck["best_score"], ck.get("last_eval")
         self.nonfinite_skipped = ck.get("nonfinite_skipped", 0)
+        self.epoch_skips_start = ck.get("epoch_skips_start", self.nonfinite_skipped)
         by_rank = ck.get("epoch_sums_by_rank")
         sums = by_rank[self.ctx.rank] if by_rank and len(by_rank) == self.ctx.world else ck.get("epoch_sums")
         self.epoch_sums, self.epoch_steps = dict(sums or {}), int(ck.get("epoch_steps", 0))
@@ -545,6 +548,8 @@ class Engine:
             self.epoch_sums, self.epoch_steps = {}, 0
         sums = self.epoch_sums  # continues the sums of a resumed epoch
         n_seen, t0 = 0, time.perf_counter()
+        if start == 0:  # a resumed epoch keeps its count from last.pt: its row counts the steps before the stop
+            self.epoch_skips_start = self.nonfinite_skipped
         # a budgeted run's epochs are a generous cap (4x what fits), not a plan: "epoch 1/1184" misled
         of = "" if self.cfg["sched"].get("time_based") and deadline is not None else f"/{t['epochs']}"
         bar = track(range(start, len(batches)), desc=f"{self.task.kind} epoch {epoch + 1}{of}",
@@ -574,7 +579,8 @@ class Engine:
                         f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step "
                         f"{self.global_step + 1}); training stopped after {self.nonfinite_skipped} non-finite "
                         f"loss(es). {kept}. Lower the learning rate (optim.lr=...), or allow skipping up to N "
-                        f"bad steps with --skip-nonfinite N (now {t['skip_nonfinite']}).")
+                        f"bad steps with train.skip_nonfinite=N (train and pretrain: --skip-nonfinite N; now "
+                        f"{t['skip_nonfinite']}).")
                 if before is not None:
                     self._restore_forward_state(before)
                 self.step_in_epoch = step + 1
@@ -612,6 +618,7 @@ class Engine:
         elapsed = time.perf_counter() - t0
         if hasattr(bar, "close"):
             bar.close()
+        self._check_weights_finite(epoch)
         if not stopped or self.step_in_epoch >= len(batches):
             self.epoch, self.step_in_epoch = epoch + 1, 0
         record = {"epoch": epoch + 1, "step": self.global_step, "lr": self._base_lr()}
@@ -619,6 +626,13 @@ class Engine:
             record[k] = all_reduce_mean(self.ctx, v / max(1, self.epoch_steps))
         record["images_per_s"] = n_seen * self.ctx.world / elapsed if elapsed > 0 else None
         record["epoch_time_s"] = elapsed
+        skipped = self.nonfinite_skipped - self.epoch_skips_start
+        if skipped:  # they were counted only inside the checkpoint: a run could skip every step and exit 0
+            record["nonfinite_skipped"] = skipped
+            if self.ctx.is_main:
+                print(f"warning: epoch {epoch + 1}: {skipped} step(s) skipped for a non-finite "
+                      f"loss ({self.nonfinite_skipped} in all, train.skip_nonfinite={t['skip_nonfinite']}); "
+                      f"a lower learning rate (optim.lr=...) may be needed.", flush=True)
         last_epoch = self.epoch >= self.cfg["train"]["epochs"] or stopped
         new_best = False
         if last_epoch or (self.epoch % max(1, self.task.eval_every) == 0):
@@ -664,6 +678,25 @@ class Engine:
     def _restore_forward_state(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for x, copy in saved:
             x.copy_(copy)
+
+    def _check_weights_finite(self, epoch: int) -> None:
+        """Stop before an epoch's evaluation and checkpoints when a weight or BatchNorm statistic is inf/NaN: with
+        every loss finite (--lr 1e9) such a model was scored at chance, saved as best.pt and used by eval,
+        predict and export without a word. One reduction per epoch: milliseconds for a resnet18."""
+        models = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        tensors = [x.detach() for m in models for x in (*m.parameters(), *m.buffers()) if x.is_floating_point()]
+        ok = not tensors or bool(torch.stack([torch.isfinite(x).all() for x in tensors]).all())
+        if self.ctx.enabled:
+            ok = all_reduce_mean(self.ctx, 1.0 if ok else 0.0) == 1.0
+        if ok:
+            return
+        last = self.ckpt_dir / "last.pt"
+        kept = (f"The last good checkpoint is {last} (global step {self._saved_step})" if self._saved_step is not None
+                else (f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint was written"))
+        raise NonFiniteLossError(
+            f"the model's weights or BatchNorm statistics became inf/NaN in epoch {epoch + 1} although the loss "
+            f"stayed finite: training diverged, and this epoch's model was neither evaluated nor saved. {kept}. "
+            f"Lower the learning rate (optim.lr=...; the last step's was {self._base_lr():g}) and start again.")
 
     def _finite(self, loss: torch.Tensor) -> bool:
         ok = bool(torch.isfinite(loss.detach()).all())

@@ -68,7 +68,7 @@ def _is_run_config(path: Path) -> bool:
 # (model, image size, batch, seed, optimiser, schedule shape, augmentation, MoCo settings) would make the
 # continued run a different one than its checkpoint's, or fail deep in torch on a shape mismatch.
 # Fields whose absence from an older run's config.yaml means something other than today's default.
-ABSENT_MEANS = {"semi.views": "mocov2"}
+ABSENT_MEANS = {"semi.views": "mocov2", "data.randaug_group": 1}  # what runs did before these fields existed
 
 RESUME_MAY_CHANGE = frozenset({
     "train.epochs", "train.budget_minutes", "train.threads", "train.progress", "train.tensorboard", "train.device",
@@ -108,9 +108,10 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
         if before != value:
             changed.append(f"{dotted} ({before!r} in the run, {value!r} now)")
     if changed:
+        command = "pretrain" if base.get("_task") == "moco" else "train"  # MoCo goes on as MoCo, not fine-tuning
         raise UserError(f"--resume continues '{out}' exactly as it was configured, but this command changes "
                         f"{', '.join(changed)}. Drop those settings to resume, or start a new run with another "
-                        f"--out (`fewshot train --weights {out}/checkpoints/last.pt` starts from its weights).")
+                        f"--out (`fewshot {command} --weights {out}/checkpoints/last.pt` starts from its weights).")
     for dotted, value in explicit.items():
         keys = dotted.split(".")
         try:
@@ -124,9 +125,9 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     if "train.device" not in explicit and saved_device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"'{out}' was trained on {saved_device} (its config.yaml) and no CUDA GPU is available "
                         f"here; pass --device cpu to resume it on the CPU.")
-    from fewshot.config import validate
+    from fewshot.config import validate, with_defaults
 
-    return validate(base)
+    return validate(with_defaults(base, ABSENT_MEANS))
 
 
 def configure_threads(cfg: dict) -> None:

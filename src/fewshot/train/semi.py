@@ -38,6 +38,8 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False) -> Pool:
         labelled = {Path(p).resolve() for info in infos for p, _ in list(info.train) + list(info.val)}
         keep = [i for i, p in enumerate(paths) if Path(p).resolve() not in labelled]
         paths, ids = [paths[i] for i in keep], [ids[i] for i in keep]
+        # a dataset without a pool stands in its train images for MoCo; here none of them is used
+        source = source.replace(": train images", ": no pool (its train images are labelled)")
     if not paths:
         return Pool(torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), [], source, [])
     d = cfg["data"]
