@@ -1017,3 +1017,14 @@ def test_single_process_commands_refuse_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "")  # an empty variable is one process, not an internal error
     rc, _, err = run_main("eval", "no-such-run", "--data", "ROOT")
     assert rc == 2 and "internal error" not in err, err
+
+
+def test_a_warmup_longer_than_the_run_is_warned_about(digits_root, tmp_path):
+    """sched.warmup_epochs=100 with --epochs 2 trained at a 50th of optim.lr, without a word."""
+    common = ["train", "--data", digits_root, "--model", "test_resnet", "--img-size", "16", "--epochs", "1",
+              "--batch-size", "8", "--device", "cpu", "--no-progress", "train.tensorboard=false"]
+    rc, out, err = run_main(*common, "--out", tmp_path / "long", "sched.warmup_epochs=4")
+    assert rc == 0, err
+    assert "sched.warmup_epochs=4 is longer than the run's 1 epoch(s)" in out + err and "near 25%" in out + err
+    rc, out, err = run_main(*common, "--out", tmp_path / "default")  # the default 1-epoch warmup: no warning
+    assert rc == 0 and "warmup_epochs" not in out + err, err

@@ -179,6 +179,12 @@ class Engine:
         if self.steps_per_epoch == 0:
             raise empty_epoch_error(task, cfg, ctx.world)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
+        warmup, epochs = float(cfg["sched"].get("warmup_epochs") or 0.0), cfg["train"]["epochs"]
+        if ctx.is_main and warmup > epochs and not cfg["sched"].get("time_based"):
+            # sched.warmup_epochs=100 with --epochs 2 trained at a 50th of optim.lr, without a word
+            print(f"warning: sched.warmup_epochs={warmup:g} is longer than the run's {epochs} epoch(s): the learning "
+                  f"rate climbs for the whole run and never reaches optim.lr (it ends near {epochs / warmup:.0%} "
+                  f"of it). Lower sched.warmup_epochs or raise --epochs.", flush=True)
         self.amp = amp_dtype(cfg, device, getattr(task, "size", None))
         if ctx.enabled:  # each rank detects its own CPU: on a mixed cluster they would gather keys of two dtypes
             self.amp = AMP_BY_NAME[broadcast_object(ctx, AMP_NAMES[self.amp])]
