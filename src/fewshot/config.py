@@ -241,8 +241,6 @@ def with_defaults(saved: dict, absent_means: dict | None = None) -> dict:
     """A run's saved config.yaml with the fields it lacks filled in (``absent_means``: what the run did without
     a field, where that is not today's default). Resuming a run written before a field existed crashed with
     KeyError 'skip_bad_unlabeled', an internal error."""
-    import copy
-
     out = copy.deepcopy(saved)
     for dotted, value in flatten_dotted(DEFAULTS).items():
         keys = dotted.split(".")
