@@ -12,9 +12,15 @@ DEMO_MINUTES ?= 3
 .PHONY: venv test demo demo-data bench clean help
 
 help:
-	@echo "make demo   - build demo data (digits, fashion-mnist); fewshot run (self-training), with MoCo, and the baseline; score"
-	@echo "make test   - run the test suite"
-	@echo "make bench  - MoCo speed benchmark against lightly (separate venv)"
+	@echo "make demo      - build demo data (digits, fashion-mnist); fewshot run (self-training), with MoCo, and the baseline; score"
+	@echo "make test      - run the test suite"
+	@echo "make bench     - MoCo speed benchmark against lightly (separate venv)"
+	@echo "make demo-data - only build the demo datasets into DEMO_DATA (a dataset already there is kept)"
+	@echo "make venv      - create VENV and install fewshot with its pinned torch (demo and test do this too)"
+	@echo "make clean     - remove DEMO_RUN and DEMO_DATA (the next demo builds and runs everything again)"
+	@echo "variables, e.g. make demo DEMO_MINUTES=10:"
+	@echo "  VENV=$(VENV)  PYTHON=$(PYTHON) (makes the venv)  TORCH_PIN='$(TORCH_PIN)'"
+	@echo "  DEMO_DATA=$(DEMO_DATA)  DEMO_RUN=$(DEMO_RUN)  DEMO_MINUTES=$(DEMO_MINUTES) (minutes per run)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -4,6 +4,9 @@
 #   selftrain: the default (fine-tune, pseudo-label the unlabeled pool, fine-tune on both)
 #   moco:      --pretrain (MoCo v2 on the pool for half the budget, export, then the same fine-tuning)
 #   scratch:   --baseline (supervised from random init on the labelled images only)
+# A run that an earlier demo finished in OUT with the same budget is reused (said so, with its budget);
+# one finished with another budget (`make demo DEMO_MINUTES=10` after a 3-minute demo) is run again.
+# `make clean` (or removing OUT) runs all three again.
 set -euo pipefail
 BIN=${1:-.venv/bin}
 ROOT=${2:-demo_data}
@@ -12,11 +15,22 @@ MINUTES=${4:-3}
 bash "$(dirname "$0")/demo_data.sh" "$BIN" "$ROOT"
 mkdir -p "$OUT"
 start=$(date +%s)
+budget_of() {  # the budget (minutes) a finished run's summary.json records; empty when there is none
+  [ -f "$1" ] || return 0
+  "$BIN/python" -c 'import json, sys; b = json.load(open(sys.argv[1])).get("budget_minutes"); print(f"{b:g}" if b else "")' \
+    "$1" 2>/dev/null || true
+}
 run() {  # name, description, flags...
   local name=$1 what=$2
   shift 2
-  if [ ! -f "$OUT/$name/summary.json" ]; then
-    rm -rf "${OUT:?}/$name"  # an interrupted earlier demo: start that run again
+  local was
+  was=$(budget_of "$OUT/$name/summary.json")
+  if [ -n "$was" ] && "$BIN/python" -c 'import sys; sys.exit(float(sys.argv[1]) != float(sys.argv[2]))' \
+      "$was" "$MINUTES"; then
+    echo "== reusing $OUT/$name (${was} min budget, from an earlier demo; make clean to run it again)"
+  else
+    [ -z "$was" ] || echo "== $OUT/$name had a ${was} min budget, not ${MINUTES}: running it again"
+    rm -rf "${OUT:?}/$name"  # an interrupted earlier demo, or another budget: start that run again
     echo "== $what, ${MINUTES} min budget"
     "$BIN/fewshot" run --data "$ROOT" --out "$OUT/$name" --budget-minutes "$MINUTES" --device cpu "$@"
   fi
@@ -25,20 +39,26 @@ run selftrain "fewshot run (default: fine-tune -> pseudo-label the pool -> fine-
 run moco "fewshot run --pretrain (MoCo pretraining on the pool -> the same fine-tuning)" --pretrain
 run scratch "fewshot run --baseline (random init, labelled images only)" --baseline
 "$BIN/fewshot" report "$OUT/selftrain" "$OUT/moco" "$OUT/scratch" --out "$OUT/report" --data "$ROOT"
-"$BIN/python" - "$OUT" <<'PY'
+"$BIN/python" - "$OUT" "$ROOT" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 runs = {"selftrain": "fewshot run", "moco": "--pretrain (MoCo)", "scratch": "--baseline"}
-rows = {name: json.loads((out / name / "summary.json").read_text())["metrics"]["pred_all_score"] for name in runs}
-names = sorted(next(iter(rows.values())))
-print("\ntest accuracy of pred_all.json against the answer keys (%)")
-print(f"{'dataset':<16}" + "".join(f"{label:>20}" for label in runs.values()))
-for d in names:
-    print(f"{d:<16}" + "".join(f"{rows[r][d]['acc1']:20.2f}" for r in runs))
-for r in runs:
-    rows[r]["mean"] = sum(v["acc1"] for v in rows[r].values()) / len(rows[r])
-print(f"{'mean':<16}" + "".join(f"{rows[r]['mean']:20.2f}" for r in runs))
+rows = {name: json.loads((out / name / "summary.json").read_text())["metrics"].get("pred_all_score") or {}
+        for name in runs}
+names = sorted({d for scores in rows.values() for d in scores})
+if not names:  # no dataset under the data root has a test_labels.json
+    print(f"\ntest accuracy: not scored: no answer key ({sys.argv[2]}/<dataset>/test_labels.json)")
+else:
+    def cell(scores, d):
+        return f"{scores[d]['acc1']:20.2f}" if d in scores else f"{'-':>20}"
+
+    print("\ntest accuracy of pred_all.json against the answer keys (%)")
+    print(f"{'dataset':<16}" + "".join(f"{label:>20}" for label in runs.values()))
+    for d in names:
+        print(f"{d:<16}" + "".join(cell(rows[r], d) for r in runs))
+    means = {r: {"mean": {"acc1": sum(v["acc1"] for v in rows[r].values()) / len(rows[r])}} for r in runs if rows[r]}
+    print(f"{'mean':<16}" + "".join(cell(means.get(r, {}), "mean") for r in runs))
 print(f"\npredictions: {out}/selftrain/pred_all.json   report: {out}/report/index.html")
 PY
 echo "demo wall time: $(( $(date +%s) - start )) s"

@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -386,6 +387,17 @@ def test_a_bad_file_listed_twice_is_skipped_in_both_places(tmp_path):
     assert got.valid.tolist() == [False, True, False]
 
 
+def test_a_newline_in_a_skipped_files_name_cannot_forge_a_list_item(tmp_path, capsys):
+    """The list of skipped images kept a name's line break: "bad\n  - fake.png: looks fine.png" showed as two
+    items."""
+    bad = tmp_path / "bad\n  - fake.png: looks fine\u202e.png"
+    bad.write_bytes(b"not an image")
+    load_images([bad], 16, None, skip_bad=True)
+    err = capsys.readouterr().err
+    assert "\\n  - fake.png" in err and "\u202e" not in err, err
+    assert len([line for line in err.splitlines() if line.startswith("  - ")]) == 1, err
+
+
 def test_exif_orientation_is_applied(tmp_path):
     """A phone photo stores its rotation in EXIF; the pixels must come out upright."""
     arr = np.zeros((20, 40, 3), dtype=np.uint8)
@@ -580,6 +592,27 @@ def test_a_read_only_data_root_caches_in_the_user_cache_folder(tmp_path, monkeyp
     assert cache.default_cache_dir(other, None) is None
 
 
+def test_a_relative_xdg_cache_home_is_ignored_and_a_missing_home_says_the_cache_is_off(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """A relative XDG_CACHE_HOME (invalid by the XDG spec) put the cache under whatever folder the command ran in;
+    with no home folder at all the cache was off without a word (an unwritable one already said so)."""
+    import fewshot.data.cache as cache
+
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)  # a read-only data root
+    monkeypatch.setenv("XDG_CACHE_HOME", "rel/cache")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.default_cache_dir(root, None).parent == tmp_path / "home" / ".cache" / "fewshot"
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(cache, "_WARNED", set())
+    monkeypatch.setattr(cache.Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
+    assert cache.default_cache_dir(root, None) is None
+    assert cache.default_cache_dir(root, None) is None  # every split asks: one line for the command
+    lines = [line for line in capsys.readouterr().err.splitlines() if "image cache" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: no folder for the image cache"), lines
+
+
 def test_an_unwritable_cache_is_one_plain_warning_line(tmp_path, capsys, monkeypatch):
     """Failing to write the cache warned through warnings.warn, which printed the file, line number and
     the warn() source line around the message; it is now one `warning:` line, once per folder."""
@@ -724,3 +757,44 @@ def test_a_dataset_the_grouped_sampler_never_batches_is_named(copy_root, dataset
     assert rc == 0 and f"warning: {small} never reach(es) a training batch" in err, err
     rc, _, err = run_main(*argv, "--out", tmp_path / "s")  # shuffled, its image joins a batch of the other's
     assert rc == 0 and "never reach" not in err, err
+    # repeat draws a third of the images each epoch: a seed whose epoch 0 misses the small dataset's image (the
+    # first: datasets in name order) was warned about, though later epochs train on it
+    import torch
+
+    from fewshot.data.samplers import epoch_batches
+
+    n = sum(1 for p in copy_root.glob("*/train/*/*") if p.is_file())
+    seed = next(s for s in range(100) if 0 not in torch.cat(epoch_batches(n, 64, 0, s, "repeat")).tolist())
+    rc, _, err = run_main(*argv, "--out", tmp_path / "r", "data.sampler=repeat", "--batch-size", "64",
+                          "--seed", str(seed))
+    assert rc == 0 and "never reach" not in err, err
+
+
+def test_the_cache_drops_its_least_recently_used_entries_beyond_its_cap(tmp_path):
+    """Every changed file list wrote a whole new entry and the old ones stayed forever (one image added to a
+    100k pool: another 307 MB). A new entry now deletes the least recently used ones beyond data.cache_max_gb;
+    a read counts as a use; the entry just written and those used in the last hour stay."""
+    from fewshot.data.cache import cache_key
+
+    images = []
+    for i in range(4):
+        images.append(tmp_path / f"{i}.png")
+        images[-1].write_bytes(png_bytes(seed=i))
+    cache_dir = tmp_path / "cache"
+    lists = {"oldest": [images[0]], "old": [images[1]], "older": [images[2]], "recent": [images[3]]}
+    hours = {"oldest": 5, "old": 3, "older": 4, "recent": 0.5}
+    for name, paths in lists.items():
+        load_images(paths, 16, cache_dir)
+        used = time.time() - hours[name] * 3600
+        os.utime(cache_dir / f"{cache_key(paths, 16, 1.0)}.u8", (used, used))
+    (cache_dir / "notes.u8").write_bytes(b"x" * 5000)  # not an entry of the cache: never deleted
+    os.utime(cache_dir / "notes.u8", (0, 0))
+    assert len(list(cache_dir.glob("*.json"))) == 4
+    load_images(lists["oldest"], 16, cache_dir)  # read: used now
+    lists["new"] = images[:2]
+    load_images(lists["new"], 16, cache_dir, max_gb=3 * 3 * 16 * 16 / 1e9)  # room for three 1-image entries
+    left = {name for name, paths in lists.items() if (cache_dir / f"{cache_key(paths, 16, 1.0)}.u8").exists()}
+    assert left == {"oldest", "recent", "new"}  # over the cap: the recent ones stay
+    assert len(list(cache_dir.glob("*.json"))) == 3 and (cache_dir / "notes.u8").exists()
+    load_images(images[2:], 16, cache_dir, max_gb=0)  # 0: no limit
+    assert len(list(cache_dir.glob("*.json"))) == 4

@@ -183,6 +183,39 @@ def test_read_idx_rejects_malformed_files(tmp_path):
     assert read_idx(ok).tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
+def test_read_idx_rejects_a_damaged_gzip_stream_and_odd_shapes(tmp_path):
+    """A damaged deflate stream raised zlib.error; (N, 0, 0) images crashed the PNG writer after --out was made;
+    dims whose product overflows int64 passed the length check (np.prod wrapped to 0) and crashed reshape."""
+    damaged = tmp_path / "damaged.gz"
+    blob = bytearray(gzip.compress(bytes([0, 0, 8, 1]) + (3000).to_bytes(4, "big") + bytes(range(256)) * 12))
+    blob[20:60] = b"\xff" * 40
+    damaged.write_bytes(bytes(blob))
+    with pytest.raises(UserError, match="cannot read IDX file"):
+        read_idx(damaged)
+    empty = tmp_path / "empty"
+    _write_idx(empty, np.zeros((3, 0, 0)), gz=False)
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"\x00\x00\x08\x03" + np.array([2**31, 2**31, 4], ">u4").tobytes())
+    for p in (empty, huge):
+        with pytest.raises(UserError, match="IDX file"):
+            read_idx(p)
+
+
+def test_fashion_messages_name_what_is_wrong(tmp_path):
+    _synthetic_idx(tmp_path / "idx")
+    with pytest.raises(UserError, match=r"t10k source.*Lower --test-per-class\.$"):
+        build_dataset("fashion-mnist", tmp_path / "out", idx_dir=tmp_path / "idx", shots=1, val_per_class=1,
+                      test_per_class=4, progress=False)
+    _write_idx(tmp_path / "idx" / "train-labels-idx1-ubyte", np.tile(np.arange(9), 7)[:60])  # no class 9
+    with pytest.raises(UserError, match="no images of class '9_ankle_boot'"):
+        build_dataset("fashion-mnist", tmp_path / "out", idx_dir=tmp_path / "idx", progress=False)
+    (tmp_path / "idx" / "t10k-images-idx3-ubyte.gz").unlink()
+    (tmp_path / "idx" / "t10k-images-idx3-ubyte.gz").mkdir()
+    with pytest.raises(UserError, match="is not a regular file"):
+        build_dataset("fashion-mnist", tmp_path / "out", idx_dir=tmp_path / "idx", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_fashion_malformed_idx_dir(tmp_path):
     _synthetic_idx(tmp_path)
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x08\x08\x08\x08garbage"))
@@ -248,3 +281,103 @@ def test_a_file_where_the_build_writes_a_folder_is_refused_before_anything_is_wr
     assert sorted(p.name for p in root.iterdir()) == ["unlabeled"]
     rc, _, err = run_main("data", "digits", "--out", tmp_path / "other", "--idx-dir", tmp_path / "nowhere")
     assert rc == 2 and "takes no --idx-dir" in err and not (tmp_path / "other").exists(), err
+
+
+def test_a_second_build_into_the_same_out_is_refused_while_the_first_writes(tmp_path, monkeypatch):
+    """Both builds used one temporary folder, which the second deleted at its start: the first crashed with
+    FileNotFoundError, or the second exited 0 with the first's images in its pool."""
+    import fewshot.data.build as build
+
+    refused = []
+
+    def writing(jobs, **kw):  # halfway through the first build's writes, start the same build again
+        for n, job in enumerate(jobs):
+            if n == 10:
+                with pytest.raises(UserError, match="is building into") as e:
+                    build_dataset("digits", tmp_path, shots=1, val_per_class=1, test_per_class=1, pool_per_class=1)
+                refused.append(str(e.value))
+            yield job
+
+    monkeypatch.setattr(build, "tqdm", writing)
+    build_dataset("digits", tmp_path, shots=2, **SMALL)
+    assert refused
+    assert len(list((tmp_path / "unlabeled" / "digits").iterdir())) == 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "unlabeled"]  # no temporary folder or lock left
+
+
+def test_a_stale_temporary_folder_is_cleaned(tmp_path):
+    stale = tmp_path / ".fewshot-build-digits.tmp" / "pool"
+    stale.mkdir(parents=True)
+    (stale / "999.png").write_bytes(b"left by a killed build")
+    build_dataset("digits", tmp_path, shots=2, **SMALL)
+    assert len(list((tmp_path / "unlabeled" / "digits").iterdir())) == 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "unlabeled"]
+
+
+def test_a_destination_that_appears_while_writing_is_refused_and_nothing_is_moved(tmp_path, monkeypatch):
+    """The final move died with a raw OSError (directory not empty) after the dataset itself was moved."""
+    import fewshot.data.build as build
+
+    def writing(jobs, **kw):
+        yield from jobs
+        (tmp_path / "unlabeled" / "digits").mkdir(parents=True)
+        (tmp_path / "unlabeled" / "digits" / "other.png").write_bytes(b"x")
+
+    monkeypatch.setattr(build, "tqdm", writing)
+    with pytest.raises(UserError, match="already exists"):
+        build_dataset("digits", tmp_path, shots=2, **SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unlabeled"]
+
+
+def test_a_failed_build_leaves_no_empty_out_folder(tmp_path, monkeypatch):
+    import fewshot.data.build as build
+
+    def broken(*a, **kw):
+        raise ValueError("cannot write empty image")
+
+    monkeypatch.setattr(build.Image, "fromarray", broken)
+    with pytest.raises(ValueError):
+        build_dataset("digits", tmp_path / "new" / "root", shots=2, **SMALL)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("inside", ["digits/train", "digits/val/0", "unlabeled", "unlabeled/digits"])
+def test_out_inside_an_existing_dataset_is_refused(tmp_path, inside):
+    """`--out ROOT/digits/train` added class folders to that split, after which train/eval refused ROOT."""
+    build_dataset("digits", tmp_path, shots=1, val_per_class=1, test_per_class=1, pool_per_class=1, progress=False)
+    before = _tree(tmp_path)
+    with pytest.raises(UserError, match="lies inside"):
+        build_dataset("digits", tmp_path / inside, shots=1, **SMALL)
+    assert _tree(tmp_path) == before and not (tmp_path / "digits" / "train" / "digits").exists()
+
+
+def test_a_folder_merely_named_train_is_not_a_dataset_split(tmp_path):
+    """Review: any ancestor named train counted as a split (`--out ~/ml/train/data` was refused)."""
+    (tmp_path / "ml" / "train" / "notes").mkdir(parents=True)  # a train folder, but no class folder of images
+    build_dataset("digits", tmp_path / "ml" / "train" / "data", shots=1, **SMALL)
+    assert (tmp_path / "ml" / "train" / "data" / "digits" / "train").is_dir()
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_kept(tmp_path):
+    """Review: the lock file was opened through a link and truncated: OUT/.fewshot-build-digits.lock -> ~/.bashrc
+    in a shared folder emptied the victim's file."""
+    victim = tmp_path / "bashrc"
+    victim.write_text("keep me\n")
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / ".fewshot-build-digits.lock").symlink_to(victim)
+    with pytest.raises(UserError, match="symbolic link"):
+        build_dataset("digits", out, shots=1, **SMALL)
+    assert victim.read_text() == "keep me\n" and not (out / "digits").exists()
+
+
+@pytest.mark.parametrize("link", ["root", "root/unlabeled", "root/digits", "root/unlabeled/digits"])
+def test_broken_symlinks_are_refused_before_anything_is_written(tmp_path, link):
+    """A broken link as --out or OUT/unlabeled raised FileExistsError, the latter after OUT/digits was moved into
+    place without its pool, so a rerun was refused."""
+    (tmp_path / link).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / link).symlink_to(tmp_path / "nowhere")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(UserError, match="broken symbolic link"):
+        build_dataset("digits", tmp_path / "root", shots=1, **SMALL)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before

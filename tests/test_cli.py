@@ -370,6 +370,15 @@ def test_datasets_typed_in_another_unicode_form_name_the_models_dataset(trained,
     assert predict._chosen_datasets(tm, unicodedata.normalize("NFC", "café")) == [tm.space.names[0]]
 
 
+def test_datasets_named_with_a_comma_or_spaces_name_the_models_dataset():
+    """eval/predict `--datasets "x,y"` was split into x and y, " spaced " stripped: neither found the model's."""
+    from fewshot.eval import predict
+
+    tm = SimpleNamespace(space=SimpleNamespace(names=["x,y", " spaced ", "digits"]))
+    assert predict._chosen_datasets(tm, "x,y") == ["x,y"]
+    assert predict._chosen_datasets(tm, " spaced ,digits ") == [" spaced ", "digits"]
+
+
 def test_predict_never_reads_the_answer_key(trained, copy_root, dataset_names, tmp_path):
     run, _ = trained
     for name in dataset_names:
@@ -459,6 +468,19 @@ def test_probe_refuses_config_words_it_would_ignore(tmp_path):
     rc, out, err = run_main("probe", "--weights", tmp_path / "w.safetensors", "--model", "resnet18", "--data", tmp_path,
                             "optim.lr=1")
     assert rc == 2 and "unrecognized arguments: optim.lr=1" in err
+
+
+def test_probe_refuses_an_out_inside_a_dataset_split(copy_root, dataset_names, tmp_path):
+    """`probe --out ROOT/<ds>/train/probe` wrote metrics.json there, and every later command refused ROOT
+    ("class folder without images"); train, eval and predict refused such an --out already."""
+    from fewshot.data.layout import scan_root
+
+    out = copy_root / dataset_names[1] / "train" / "probe"
+    rc, out_text, err = run_main("probe", "--weights", tmp_path / "w.safetensors", "--model", "test_resnet",
+                                 "--data", copy_root, "--out", out, "--device", "cpu")
+    assert rc == 2 and "inside the train/ split of dataset" in err and "give the probe a folder" in err, err
+    assert not out.exists()
+    assert len(scan_root(copy_root)) == len(dataset_names)
 
 
 def test_batch_size_one_says_batchnorm_needs_two(digits_root, tmp_path):
@@ -712,6 +734,22 @@ def test_pretrain_warns_when_the_queue_is_as_large_as_the_pool(digits_root, tmp_
     assert "(a batch of at most 2 images, then --queue-size 5:" in out, out
 
 
+def test_moco_batch_advice_names_per_process_sizes_under_ddp():
+    """--batch-size is per process: "a batch of at most 11 images" and "one batch of 48" left the reader to
+    guess whether the figures were per process or global."""
+    from types import SimpleNamespace
+
+    from fewshot.ssl.pretrain import queue_advice
+    from fewshot.train.engine import empty_epoch_error
+
+    assert queue_advice(44, 48, 2).startswith("--batch-size 5 per process (a global batch of at most 11 images)")
+    assert queue_advice(44, 48, 1).startswith("a batch of at most 11 images")
+    task = SimpleNamespace(kind="moco", pool=[0] * 40)
+    assert "fewer than one batch of 48 (24 per process x 2 processes)" in str(
+        empty_epoch_error(task, {"train": {"batch_size": 24}}, 2))
+    assert "fewer than one batch of 24 (MoCo" in str(empty_epoch_error(task, {"train": {"batch_size": 24}}, 1))
+
+
 def test_a_course_recipe_without_weights_warns_that_the_random_backbone_barely_moves(capsys):
     from fewshot.config import resolve
     from fewshot.train.finetune import resolve_finetune_defaults, warn_random_backbone_at_a_pretrained_lr
@@ -823,6 +861,20 @@ def test_eval_of_a_test_split_without_some_answer_keys_names_the_datasets_it_can
     assert rc == 2 and f"--datasets {dataset_names[1]}" in err
 
 
+@pytest.mark.parametrize("names", [["two words", "b"], ["-dash", "b"], ["b", "-dash"], ["digits", "digits-b"]])
+def test_a_datasets_hint_pasted_into_a_shell_gives_those_datasets(names):
+    """The hints' `--datasets a,b` did not quote a name with a space, and `--datasets -dash,...` failed with
+    "expected one argument"."""
+    import shlex
+
+    from fewshot.data.layout import datasets_option
+
+    hint = datasets_option(names)
+    args = build_parser().parse_args(["predict", "RUN", "--data", "D", "--out", "p.json", *shlex.split(hint)])
+    assert args.datasets == ",".join(names), hint
+    assert datasets_option(["digits", "digits-b"]) == "--datasets digits,digits-b"  # plain names stay as they were
+
+
 def test_a_run_evaluated_in_unknown_mode_prints_the_table_of_that_mode(digits_root, tmp_path):
     rc, out, err = run_main(*train_argv(digits_root, tmp_path / "run", "--epochs", "1", "train.eval_mode=unknown"))
     assert rc == 0, err
@@ -918,6 +970,20 @@ def test_an_empty_path_is_refused(argv, named, tmp_path, monkeypatch):
     rc, _, err = run_main(*argv)
     assert rc == 2 and f"an empty path was given for {named}" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_usable_temporary_folder_is_a_user_error(tmp_path, monkeypatch):
+    """With /tmp, /var/tmp and the current folder unwritable, importing torchvision failed in tempfile.gettempdir
+    and every command ended in a traceback and "internal error (a bug ...)"."""
+    import tempfile
+
+    def no_temp():
+        raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp', '/var/tmp']")
+
+    monkeypatch.setattr(tempfile, "gettempdir", no_temp)
+    rc, _, err = run_main("data", "digits", "--out", tmp_path / "d")
+    assert rc == 2 and "No usable temporary directory" in err and "Set TMPDIR to a folder you can write" in err, err
+    assert "Traceback" not in err and not (tmp_path / "d").exists()
 
 
 def test_data_under_torchrun_is_refused(tmp_path, monkeypatch):
@@ -1028,3 +1094,44 @@ def test_a_warmup_longer_than_the_run_is_warned_about(digits_root, tmp_path):
     assert "sched.warmup_epochs=4 is longer than the run's 1 epoch(s)" in out + err and "near 25%" in out + err
     rc, out, err = run_main(*common, "--out", tmp_path / "default")  # the default 1-epoch warmup: no warning
     assert rc == 0 and "warmup_epochs" not in out + err, err
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain", "run"])
+def test_clearing_the_data_root_by_a_word_is_a_user_error(digits_root, tmp_path, command):
+    """`data.root=` (or null, ~) beat --data silently and reached the layout scan as None: a TypeError (exit 1)."""
+    for word in ("data.root=", "data.root=null", "data.root=~"):
+        rc, _, err = run_main(command, "--data", digits_root, "--out", tmp_path / "r", "--model", "test_resnet",
+                              "--device", "cpu", word)
+        assert rc == 2 and "data.root must be a folder" in err and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_words_after_a_double_dash_are_overrides_and_the_usage_shows_them(digits_root, tmp_path):
+    """`--unlabeled A B -- optim.lr=1` ends the folder list the usual way: it was refused as an unrecognized `--`."""
+    rc, _, err = run_main("pretrain", "--data", digits_root, "--out", tmp_path / "r", "--unlabeled", tmp_path, "--",
+                          "optim.lrr=1")
+    assert rc == 2 and "unknown config field 'optim.lrr'" in err and "unrecognized" not in err, err
+    for command in ("train", "pretrain", "run"):
+        usage = build_parser()._subparsers._group_actions[0].choices[command].format_usage()
+        assert usage.rstrip().endswith("[key=value ...]"), usage
+
+
+def test_a_word_that_replaces_a_flag_says_so(digits_root, capsys):
+    cfg = resolved("train", "--data", digits_root, "--out", "r", "--epochs", "1", "--seed", "3", "train.epochs=2",
+                   "train.seed=3")
+    assert cfg["train"]["epochs"] == 2
+    err = capsys.readouterr().err
+    assert "note: train.epochs=2 replaces --epochs 1" in err and "seed" not in err, err
+
+
+def test_run_warns_about_words_for_fields_it_sets_itself(digits_root, tmp_path):
+    """`fewshot run --pretrain moco.queue_size=64` trained with K=128 without a word (run.queue_size is the MoCo
+    stage's queue); the warnings come at start-up, before the run fails on its bad model name here."""
+    rc, _, err = run_main("run", "--data", digits_root, "--out", tmp_path / "r", "--model", "no_such_model",
+                          "--device", "cpu", "--pretrain", "moco.queue_size=64", "moco.momentum=0.5", "train.epochs=1",
+                          "optim.lr=1e-3")
+    assert rc == 2 and "no_such_model" in err, err
+    assert "warning: moco.queue_size=64 is replaced by run.queue_size" in err
+    assert "warning: moco.momentum=0.5 is replaced by run.moco_momentum" in err
+    assert "warning: train.epochs=1 is replaced by the run's plan" in err and "optim.lr" not in err
+    assert err.index("warning: moco.queue_size") < err.index("no_such_model")

@@ -154,6 +154,21 @@ def test_text_fields_take_text_and_lists_of_names(tmp_path):
     assert none["model"]["weights"] is None and none["data"]["cache_dir"] is None
 
 
+def test_model_weights_is_recorded_absolute_with_home_expanded(tmp_path, monkeypatch):
+    """model.weights was kept as typed while data.root was made absolute: a --resume from another folder naming
+    the same file "changes model.weights", and `model.weights=~/x.pth` was not expanded (--weights ~/x.pth was)."""
+    from fewshot.config import same_weights_file
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert resolve(overrides=["model.weights=w/t.pth"])["model"]["weights"] == str(tmp_path / "w" / "t.pth")
+    assert resolve(overrides=["model.weights=~/x.pth"])["model"]["weights"] == str(tmp_path / "home" / "x.pth")
+    # a run recorded before: its relative path names the file given now from another folder, not another file
+    assert same_weights_file("w/t.pth", "/home/u/w/t.pth") and same_weights_file("../w/t.pth", "/a/w/t.pth")
+    assert not same_weights_file("w/t.pth", "/home/u/v/t.pth") and not same_weights_file("t.pth", "/a/s.pth")
+    assert same_weights_file("/a/w/t.pth", "/a/x/../w/t.pth") and not same_weights_file("/a/w/t.pth", "/b/w/t.pth")
+
+
 def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
     """PyYAML keeps the last of two `model:` sections: the file's model.name was dropped and resnet18 trained."""
     f = tmp_path / "c.yaml"
@@ -337,3 +352,69 @@ def test_the_data_root_is_recorded_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = resolve(flags={"data.root": "data"})
     assert cfg["data"]["root"] == str(tmp_path / "data")
+
+
+def test_a_relative_unlabeled_folder_is_recorded_absolute_and_an_older_relative_record_still_resumes(tmp_path,
+                                                                                                     monkeypatch):
+    """`--unlabeled pool` was saved as typed: --resume from another folder found no ./pool, and giving the pool's
+    absolute path instead was refused as a change of data.unlabeled."""
+    import os
+
+    from fewshot.config import save_yaml
+    from fewshot.run_state import RunState
+    from fewshot.train.finetune import merge_resume_config
+
+    monkeypatch.chdir(tmp_path)
+    pool = str(tmp_path / "pool")
+    assert resolve(flags={"data.unlabeled": ["pool", "~/more"]})["data"]["unlabeled"] == [
+        pool, os.path.expanduser("~/more")]
+    assert resolve(overrides=["data.unlabeled=pool"])["data"]["unlabeled"] == pool
+    old = resolve()
+    old["data"]["unlabeled"] = ["pool"]  # what a run started before this fix recorded
+    (tmp_path / "run").mkdir()
+    save_yaml(old, tmp_path / "run" / "config.yaml")
+    now = resolve(flags={"data.unlabeled": [pool]})
+    assert merge_resume_config(tmp_path / "run", now, {"data.unlabeled": [pool]})["data"]["unlabeled"] == [pool]
+    with pytest.raises(UserError, match="changes data.unlabeled"):
+        merge_resume_config(tmp_path / "run", now, {"data.unlabeled": [str(tmp_path / "other")]})
+    RunState.start(tmp_path / "pipeline", old, 1.0, 32, 0.0)
+    RunState.resume(tmp_path / "pipeline", now, None)
+    with pytest.raises(UserError, match="changes data.unlabeled"):
+        RunState.resume(tmp_path / "pipeline", resolve(flags={"data.unlabeled": [str(tmp_path / "x" / "p")]}), None)
+
+
+@pytest.mark.parametrize("how", ["file", "word"])
+def test_brackets_nested_hundreds_deep_are_a_user_error(tmp_path, how):
+    """`epochs: [[[...]]]` 500 deep overflowed the stack in PyYAML (RecursionError, an internal error)."""
+    for depth in (40, 500, 5000):
+        value = "[" * depth + "]" * depth
+        if how == "file":
+            f = tmp_path / "c.yaml"
+            f.write_text(f"train:\n  epochs: {value}\n")
+            with pytest.raises(UserError, match=f"config file {f} nests values more than 32 levels deep"):
+                resolve(file=f)
+        else:
+            with pytest.raises(UserError, match="the value of train.epochs= nests values more than 32 levels"):
+                resolve(overrides=[f"train.epochs={value}"])
+    assert resolve(overrides=["aug.scale=[0.3, 1]"])["aug"]["scale"] == [0.3, 1]
+
+
+def test_numbers_with_leading_zeros_are_decimal_and_names_stay_as_typed(tmp_path):
+    """YAML 1.1 reads 040 as the octal 32 (while 09 is 9), and `data.datasets=01` named a dataset '1'."""
+    cfg = resolve(overrides=["model.img_size=040", "train.seed=-010", "train.epochs=09"])
+    assert cfg["model"]["img_size"] == 40 and cfg["train"]["seed"] == -10 and cfg["train"]["epochs"] == 9
+    assert resolve(overrides=["data.datasets=01"])["data"]["datasets"] == "01"
+    assert resolve(overrides=["data.datasets=08"])["data"]["datasets"] == "08"  # was the float 8.0: refused
+    assert resolve(overrides=["data.datasets=[01, 08, 2019]"])["data"]["datasets"] == ["01", "08", "2019"]
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  img_size: 040\ndata:\n  datasets: [01, 02]\n")
+    cfg = resolve(file=f)
+    assert cfg["model"]["img_size"] == 40 and cfg["data"]["datasets"] == ["01", "02"]
+    assert resolve(overrides=["model.img_size=0x20", "train.seed=0"])["model"]["img_size"] == 32  # said so
+
+
+def test_a_config_folder_is_named_as_a_folder(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "mine.yaml").write_text("train:\n  epochs: 3\n")
+    with pytest.raises(UserError, match="is a folder; give a YAML file .*mine.yaml"):
+        resolve(file=tmp_path / "recipes")

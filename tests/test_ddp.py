@@ -277,6 +277,22 @@ def test_torchrun_sigterm_on_one_rank_stops_every_rank_at_the_same_step(root, tm
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["train_acc1"] == pytest.approx(b["train_acc1"])
 
 
+def test_torchrun_nan_loss_on_one_rank_gives_one_message_on_every_rank(root, tmp_path):
+    """Rank 1's loss alone is NaN: both ranks stop (the check agrees across them), and both say the same thing.
+    Rank 0 printed its own finite loss as "the loss became 0.98", rank 1 left out the checkpoint's global step
+    (only rank 0, which writes last.pt, knew it)."""
+    run = tmp_path / "ft"
+    worker = Path(__file__).parent / "helpers" / "nan_worker.py"
+    proc = torchrun([str(worker), "1", "3", "train", "--data", str(root), "--out", str(run), *COMMON,
+                     "train.save_every_steps=1"], cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    said = re.findall(r"the loss became (.*?); training stopped.*?"
+                      r"(The last good checkpoint is .*?\(global step \d+\))", out)
+    assert len(said) == 2 and said[0] == said[1], out[-3000:]
+    assert said[0][0].startswith("nan on rank 1") and "(global step 2)" in said[0][1], said
+
+
 def test_torchrun_budget_stops_every_rank_at_the_same_step(root, tmp_path):
     """train.budget_minutes under DDP: each rank used to read the deadline on its own clock, and rank 0 starts
     later (TensorBoard, the disk check), so rank 1 left the epoch a step early and its epoch-end all-reduce met

@@ -156,6 +156,21 @@ def test_probe_of_the_exported_backbone_writes_metrics_per_dataset(exported, tmp
     assert metrics["protocol"] in capsys.readouterr().out
 
 
+def test_export_refuses_an_out_inside_the_runs_data_splits(exported, tmp_path):
+    """`export RUN --out ROOT/digits/train/new/bb.safetensors` made a class folder without images, and every later
+    command on ROOT refused it."""
+    import shutil
+
+    root, run, _ = exported
+    new = root / "digits" / "train" / "new"
+    try:
+        assert main(["export", str(run), "--out", str(new / "bb.safetensors")]) == 2
+        assert not new.exists()
+    finally:  # the module's data stays usable even when the check fails
+        shutil.rmtree(new, ignore_errors=True)
+    assert main(["export", str(run), "--out", str(tmp_path / "bb.safetensors")]) == 0
+
+
 def test_a_small_stem_wide_export_is_rebuilt_from_its_metadata(exported, tmp_path, capsys):
     """model.width / model.small_stem travel in the export: train, predict and probe rebuild the same
     network from the file alone, and the fine-tuning run's config records them."""
@@ -411,16 +426,21 @@ def test_export_refuses_to_write_into_the_runs_checkpoints(exported, tmp_path, c
 
 
 def test_train_resumes_after_its_weights_file_is_gone_and_export_says_when_there_is_no_best(exported, tmp_path,
-                                                                                               capsys):
+                                                                                               capsys, monkeypatch):
     """--resume loaded model.weights before last.pt replaced them, so a deleted weights file ("weights file not
-    found") made a stopped run impossible to resume."""
+    found") made a stopped run impossible to resume; the same file named from another folder "changed" them
+    (the path was recorded as typed). The start-up line says what was loaded (it said nothing of the weights)."""
     root, _, path = exported
     weights = tmp_path / "copy.safetensors"
     weights.write_bytes(path.read_bytes())
     run = tmp_path / "ft"
     assert main(["train", "--data", str(root), "--out", str(run), "--weights", str(weights), *TINY]) == 0
+    n = sum(not k.endswith("num_batches_tracked") for k in load_file(str(path)))  # counters are no weights
+    assert f"from weights {weights} ({n} of {n} weights)" in capsys.readouterr().out
     weights.unlink()
-    argv = ["train", "--data", str(root), "--out", str(run), "--weights", str(weights), "--resume", *TINY]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    argv = ["train", "--data", str(root), "--out", str(run), "--weights", "../copy.safetensors", "--resume", *TINY]
     argv[argv.index("--epochs") + 1] = "2"
     assert main(argv) == 0, capsys.readouterr().err
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
@@ -428,6 +448,23 @@ def test_train_resumes_after_its_weights_file_is_gone_and_export_says_when_there
     capsys.readouterr()
     assert main(["export", str(run), "--out", str(tmp_path / "bb.safetensors")]) == 0
     assert "has no best.pt" in capsys.readouterr().err
+
+
+def test_pretrain_resumes_after_its_weights_file_is_gone(exported, tmp_path, capsys):
+    """As `train --resume`: last.pt replaces model.weights, which MoCo still loaded first ("weights file not
+    found" once the file was deleted)."""
+    root, _, path = exported
+    weights = tmp_path / "copy.safetensors"
+    weights.write_bytes(path.read_bytes())
+    run = tmp_path / "pre"
+    argv = ["pretrain", "--data", str(root), "--out", str(run), "--queue-size", "64", "--weights", str(weights),
+            *TINY, "moco.split_bn_groups=2", "moco.knn_k=5"]
+    assert main(argv) == 0
+    assert f"from weights {weights} (" in capsys.readouterr().out
+    weights.unlink()
+    argv[argv.index("--epochs") + 1] = "2"
+    assert main([*argv, "--resume"]) == 0, capsys.readouterr().err
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
 
 
 def test_export_of_a_moco_run_names_the_best_knn_epoch_when_it_is_not_the_last(exported, tmp_path, capsys):

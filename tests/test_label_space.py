@@ -161,3 +161,14 @@ def test_accuracies_are_exact_fractions():
     logits[:, 0] = 1.0  # predicts class x for all: 3 of 25 right
     m = score(logits, targets, torch.zeros(25, dtype=torch.long), space, "unknown")
     assert m["datasets"]["a"]["acc1"] == 12.0 and m["mean_acc1"] == 12.0 and m["routing_acc"] == 100.0
+
+
+def test_acc5_is_never_below_acc1_when_logits_tie():
+    """argmax (acc@1, the predictions) and topk (acc@5) broke exact ties differently: with 10 classes all at the
+    same logit, argmax took class 0 and topk five others, so acc@5 was 0 % beside acc@1 100 %."""
+    space = LabelSpace(("a",), (tuple("abcdefghij"),))
+    logits = torch.zeros(4, 10)  # e.g. a collapsed or untrained head
+    targets = torch.zeros(4, dtype=torch.long)
+    for mode in ("known", "unknown"):
+        m = score(logits, targets, torch.zeros(4, dtype=torch.long), space, mode)["datasets"]["a"]
+        assert m["acc1"] == 100.0 and m["acc5"] == 100.0, (mode, m)

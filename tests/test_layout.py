@@ -7,6 +7,7 @@ all at once; the CLI turns them into exit code 2 with a message and no traceback
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -149,6 +150,15 @@ def test_select_datasets_by_string_and_list(digits_root, dataset_names):
     assert [i.name for i in scan_root(digits_root, f" {a} , ")] == [a]
 
 
+def test_a_dataset_named_with_a_comma_or_spaces_is_selected_by_its_name(copy_root, dataset_names):
+    """`--datasets "a,b"` was split and stripped: "dataset(s) a, b not found ... Available:  spaced , a,b"."""
+    (copy_root / dataset_names[0]).rename(copy_root / "x,y")
+    (copy_root / dataset_names[1]).rename(copy_root / " spaced ")
+    assert [i.name for i in scan_root(copy_root, "x,y")] == ["x,y"]
+    assert [i.name for i in scan_root(copy_root, " spaced ")] == [" spaced "]
+    assert [i.name for i in scan_root(copy_root, " spaced ,, ")] == [" spaced "]  # a part as typed, too
+
+
 def test_repeated_dataset_is_taken_once(digits_root, dataset_names):
     a = dataset_names[0]
     assert [i.name for i in scan_root(digits_root, f"{a},{a}")] == [a]
@@ -170,6 +180,17 @@ def test_a_dataset_name_is_found_in_either_unicode_form(copy_root, dataset_names
     assert info.name == decomposed and info.root == copy_root / composed and len(info.test) == 30
 
 
+def test_a_dataset_named_in_both_unicode_forms_is_taken_once(copy_root, dataset_names):
+    """`--datasets "café,<café decomposed>,b"` used the one folder twice: two rows, doubled classes and images."""
+    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    (copy_root / dataset_names[0]).rename(copy_root / composed)
+    b = dataset_names[1]
+    infos = scan_root(copy_root, f"{composed},{decomposed},{b}")
+    assert [i.name for i in infos] == [composed, b]  # the first spelling is kept
+    infos = scan_root(copy_root, [decomposed, b, composed])
+    assert [i.name for i in infos] == [decomposed, b]
+
+
 def test_folder_names_that_are_not_text_are_layout_errors(copy_root, dataset_names):
     """A class or dataset folder named with Latin-1 bytes (b"caf\\xe9") trained one epoch, then crashed in
     TensorBoard or matplotlib (exit 1, traceback): such names cannot be written as text."""
@@ -187,11 +208,17 @@ def test_folder_names_that_are_not_text_are_layout_errors(copy_root, dataset_nam
 
 
 def test_a_dataset_named_like_a_key_of_pred_all_json_is_refused(copy_root, dataset_names):
-    """pred_all.json holds "n_parameters" beside the datasets: a dataset of that name overwrote the count."""
+    """pred_all.json holds "n_parameters" beside the datasets: a dataset of that name overwrote the count; one named
+    "mean" lost its kNN accuracy to the mean beside it (log.jsonl, summaries, compare)."""
     (copy_root / dataset_names[1]).rename(copy_root / "n_parameters")
     with pytest.raises(UserError, match="a dataset cannot be named 'n_parameters'"):
         scan_root(copy_root)
     assert [i.name for i in scan_root(copy_root, dataset_names[0])] == [dataset_names[0]]
+    (copy_root / "n_parameters").rename(copy_root / "mean")  # the mean beside the per-dataset kNN accuracies
+    for datasets in (None, f"{dataset_names[0]},mean"):
+        with pytest.raises(UserError, match="a dataset cannot be named 'n_parameters' or 'mean'") as info:
+            scan_root(copy_root, datasets)
+        assert str(info.value).startswith(str(copy_root / "mean"))
 
 
 def test_a_problem_about_a_folder_named_in_brackets_is_listed_as_a_problem(tmp_path):
@@ -666,3 +693,45 @@ def test_links_to_val_and_test_images_never_join_the_pool(copy_root, dataset_nam
     assert len(pool(copy_root / "unlabeled" / first)) == own
     with pytest.raises(UserError, match="only 6 val/test image"):
         pool(outside)
+
+
+def test_the_pool_is_scanned_once_while_its_folders_stay_unchanged(copy_root, dataset_names, monkeypatch, capfd):
+    """`fewshot run` scanned and resolved a 100k-file pool 3-6 times, about a minute each without a word: the
+    pool is found once per process while no folder of the root or of the pool changes, and a long scan says so."""
+    import fewshot.data.layout as layout
+    from fewshot.config import resolve
+    from fewshot.ssl import pretrain
+
+    cfg, infos = resolve(flags={"data.root": str(copy_root)}), scan_root(copy_root)
+    (copy_root / ".fewshot_cache").mkdir(exist_ok=True)  # the image cache, beside the datasets
+    for folder in [copy_root, *(p for p in copy_root.rglob("*") if p.is_dir())]:
+        os.utime(folder, (1e9, 1e9))  # settled long ago
+    scans = []
+    monkeypatch.setattr(pretrain, "find_unlabeled_images",
+                        lambda folders: scans.append(folders) or layout.find_unlabeled_images(folders))
+    first = pretrain.pool_with_sources(cfg, infos)
+    n = per_call = len(scans)  # one scan per pool folder
+    assert n and pretrain.pool_with_sources(cfg, infos) == first and len(scans) == n  # not scanned again
+    (copy_root / ".fewshot_cache" / "entry.u8").write_bytes(b"0")  # a cache write is no change of the pool
+    assert pretrain.pool_with_sources(cfg, infos) == first and len(scans) == n
+    new = copy_root / "unlabeled" / dataset_names[0] / "new.png"
+    shutil.copy(first[0][0], new)
+    paths, ids, _ = pretrain.pool_with_sources(cfg, infos)
+    assert len(scans) > n and new in paths and len(paths) == len(first[0]) + 1
+    # ROOT/unlabeled/<dataset> as a link is scanned through, but os.walk does not stamp its contents: no memo then
+    elsewhere = copy_root.parent / "elsewhere"
+    (copy_root / "unlabeled" / dataset_names[0]).rename(elsewhere)
+    (copy_root / "unlabeled" / dataset_names[0]).symlink_to(elsewhere)
+    for folder in [copy_root, *(p for p in copy_root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        os.utime(folder, (1e9, 1e9))
+    n = len(scans)
+    pretrain.pool_with_sources(cfg, infos)
+    shutil.copy(first[0][0], elsewhere / "through_the_link.png")
+    os.utime(elsewhere, (1e9, 1e9))
+    paths = pretrain.pool_with_sources(cfg, infos)[0]
+    assert len(scans) == n + 2 * per_call and any(p.name == "through_the_link.png" for p in paths)
+
+    monkeypatch.setattr(layout, "SCAN_NOTE_S", 0.0)
+    capfd.readouterr()
+    layout.find_unlabeled_images([copy_root / "unlabeled"])
+    assert "note: scanning the unlabeled pool" in capfd.readouterr().err

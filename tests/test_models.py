@@ -293,6 +293,62 @@ def test_not_strict_loads_the_matching_part(source, tmp_path):
     assert torch.equal(target.state_dict()["conv1.0.weight"], source.state_dict()["conv1.0.weight"])
 
 
+NBT = "num_batches_tracked"
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_file_cast_whole_to_fp16_loads_with_its_step_counters_as_counts(source, tmp_path, suffix):
+    """`{k: v.half() for k, v in state_dict().items()}` casts BatchNorm's step counters too: "bn1.num_batches_tracked:
+    file dtype float16 vs model int64" refused the file, even with model.strict=false."""
+    state = dict(source.state_dict())
+    counter = next(k for k in state if k.endswith(NBT))
+    state[counter] = torch.tensor(7)
+    half = {k: v.half().contiguous() for k, v in state.items()}
+    path = tmp_path / f"fp16{suffix}"
+    if suffix == ".safetensors":
+        save_file(half, str(path))
+    else:
+        torch.save(half, path)
+    target = fresh()
+    assert load_backbone_weights(target, path)["missing"] == []
+    loaded = target.state_dict()
+    assert loaded[counter].dtype == torch.int64 and int(loaded[counter]) == 7
+    assert torch.equal(loaded["conv1.0.weight"], half["conv1.0.weight"].float())
+
+
+def test_the_strict_error_offers_model_strict_false_only_when_some_weight_would_load(source, tmp_path):
+    """A file with lightly's keys (`backbone.0.weight`: an nn.Sequential's numbers) matched nothing, yet the error
+    suggested model.strict=false, which then failed with "none of its tensors matches"."""
+    state = source.state_dict()
+    numbered = tmp_path / "lightly.pth"
+    torch.save({f"backbone.{i}.{k}": v for i, (k, v) in enumerate(state.items())}, numbered)
+    with pytest.raises(CheckpointError) as info:
+        load_backbone_weights(fresh(), numbered)
+    assert "model.strict=false to load the matching part" not in str(info.value)
+    assert "model.strict=false would load nothing" in str(info.value)
+    partial = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in state.items() if k.startswith("layer1.")}, partial)
+    with pytest.raises(CheckpointError, match="model.strict=false to load the matching part"):
+        load_backbone_weights(fresh(), partial)
+
+
+def test_non_strict_counts_weights_without_step_counters_and_counters_alone_load_nothing(source, tmp_path, capsys):
+    """Loading layer1.* said "loaded 24 of the model's 120 tensors; 80 left at random init" (24 counted the step
+    counters, and 24 + 80 != 120); a file whose only matches were step counters passed as "loaded 20"."""
+    state = source.state_dict()
+    weights = [k for k in state if not k.endswith(NBT)]
+    path = tmp_path / "layer1.pth"
+    torch.save({k: v for k, v in state.items() if k.startswith("layer1.")}, path)
+    info = load_backbone_weights(fresh(), path, strict=False)
+    n = sum(k.startswith("layer1.") for k in weights)
+    assert (info["loaded"], info["total"], len(info["missing"])) == (n, len(weights), len(weights) - n)
+    assert f"loaded {n} of the model's {len(weights)} weights" in capsys.readouterr().err
+    counters = tmp_path / "counters.pth"
+    torch.save({k: v for k, v in state.items() if k.endswith(NBT)} | {"foo.weight": torch.zeros(3)}, counters)
+    with pytest.raises(CheckpointError, match="only BatchNorm step counters match"):
+        load_backbone_weights(fresh(), counters, strict=False)
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_truncated_file(source, tmp_path, suffix):
     good = tmp_path / f"good{suffix}"

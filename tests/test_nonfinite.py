@@ -149,6 +149,26 @@ def test_weights_that_overflow_under_a_finite_loss_are_never_evaluated_or_saved(
         assert not (out / "checkpoints" / "last.pt").exists()
 
 
+def test_diverged_weights_after_skipped_steps_do_not_claim_the_loss_stayed_finite(root, tmp_path, monkeypatch):
+    """A DDP hunt: --lr 1e38 --skip-nonfinite 100 skipped a NaN loss, then the weights overflowed, and the error
+    said "although the loss stayed finite"."""
+    nan_loss_at(monkeypatch, SupervisedTask, {2}, {})
+    orig = SupervisedTask.make_batch
+
+    def make_batch(self, idx, epoch, step):
+        if (epoch, step) == (0, 3):
+            with torch.no_grad():
+                next(m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(
+                    float("inf"))
+        return orig(self, idx, epoch, step)
+
+    monkeypatch.setattr(SupervisedTask, "make_batch", make_batch)
+    with pytest.raises(NonFiniteLossError) as err:
+        run_finetune(finetune_cfg(root, **FT, **{"train.skip_nonfinite": 5}), tmp_path / "run")
+    assert "in epoch 1 after 1 non-finite loss(es) were skipped" in str(err.value), err.value
+    assert "although the loss stayed finite" not in str(err.value)
+
+
 def test_skip_nonfinite_gives_up_after_n(root, tmp_path, monkeypatch):
     nan_loss_at(monkeypatch, SupervisedTask, {2, 6}, {})
     with pytest.raises(NonFiniteLossError, match="after 2 non-finite loss"):

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from fewshot.errors import UserError
@@ -128,6 +129,7 @@ def test_a_flat_pool_in_root_unlabeled_is_used_for_self_training(copy_root, tmp_
     assert set(summary["stages"]) == {"finetune_labelled", "finetune"}  # self-training ran
     record = json.loads((out / "pseudo_labels_round2.json").read_text())
     assert record["unknown_source_pool"] == moved > 0 and "unknown source" in record["source"]
+    assert record["pool_size"] == record["pool_labelled"] == moved  # a small pool is labelled whole
     assert record["images"] and not any(entry["source_known"] for entry in record["images"])
     for kept in record["datasets"].values():  # every kept image came from the unknown-source part of the pool
         assert kept["pool"] == 0 and kept["kept_from_unknown_source"] == kept["kept"]
@@ -584,6 +586,30 @@ def test_a_model_the_run_cannot_build_leaves_no_run_behind(digits_root, tmp_path
     assert not out.exists() or not [p for p in out.iterdir() if p.name[0] != "."]  # the hidden lock is no run
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("train.batch_size=1", "train.batch_size=1: BatchNorm needs at least 2 images"),
+    ("data.sampler=grouped", "no dataset has 2 training images"),
+])
+def test_a_fine_tuning_plan_without_a_batch_leaves_no_run_behind(copy_root, dataset_names, tmp_path, setting,
+                                                                 message):
+    """Found by the first fine-tuning stage, after run_state.json was written: the rerun with the setting fixed
+    was refused (folder not empty) and so was --resume (the changed setting)."""
+    import shutil
+
+    for name in dataset_names:  # one training image per dataset: grouped batches of 1 only
+        for split in ("train", "val"):
+            for extra in sorted((copy_root / name / split).iterdir())[1:]:
+                shutil.rmtree(extra)
+        for path in sorted(p for p in (copy_root / name / "train").rglob("*") if p.is_file())[1:]:
+            path.unlink()
+    out = tmp_path / "x"
+    rc, _, err = run_main("run", "--data", copy_root, "--out", out, "--budget-minutes", "0.2", "--model",
+                          "test_resnet", "--img-size", "16", "--device", "cpu", "--no-progress", setting)
+    assert rc == 2 and "Traceback" not in err, err
+    assert not out.exists() or not [p for p in out.iterdir() if p.name[0] != "."]  # the hidden lock is no run
+    assert message in err, err
+
+
 def test_run_without_a_pool_gives_the_whole_budget_to_one_fine_tuning(copy_root, tmp_path):
     """Self-training with nothing to pseudo-label trained a second round on the labelled images again."""
     import shutil
@@ -653,6 +679,15 @@ def test_the_pseudo_label_line_lists_only_datasets_with_pool_images():
     assert "b 2 (2) / 0," not in line and "b 2 (2) / 0" in line and "None" not in line
 
 
+def test_the_pseudo_label_line_shows_escape_codes_of_dataset_names_escaped():
+    from fewshot.pipeline import pseudo_label_line
+
+    per = {"\x1b]0;pwned\x07a\u202eb\nc": {"kept": 5, "pool": 9, "mean_confidence": 0.91,
+                                            "kept_from_unknown_source": 0}}
+    line = pseudo_label_line(per, 0)
+    assert "\\x1b]0;pwned\\x07a\\u202eb\\nc 5/9" in line and not any(c in line for c in "\x1b\x07\u202e\n")
+
+
 def test_run_lists_bad_train_val_and_test_images_at_once_and_records_the_skipped(copy_root, tmp_path):
     """The test split's bad files were reported first and the labelled splits' only after a rerun, which then
     found a started run folder and wanted --resume; with --skip-bad-images only the pool's skipped files
@@ -672,3 +707,46 @@ def test_run_lists_bad_train_val_and_test_images_at_once_and_records_the_skipped
     assert rc == 0, err
     listed = {entry["path"] for entry in json.loads((out / "skipped_images.json").read_text())}
     assert listed == {str(path) for path in bad}
+
+
+def test_run_counts_only_decodable_pool_images_against_the_moco_batch(copy_root, tmp_path):
+    """Enough pool files for one MoCo batch, too few of them decodable: the stage would have found an empty
+    epoch in a started run folder; the start-up check counts the images the MoCo stage can use."""
+    pool = sorted((copy_root / "unlabeled").rglob("*.png"))
+    batch = 16 * (len(pool) // 16)
+    for path in pool[:len(pool) - batch + 1]:  # one decodable image fewer than the batch
+        path.write_bytes(b"")
+    out = tmp_path / "x"
+    rc, _, err = run_main("run", "--data", copy_root, "--out", out, "--budget-minutes", "0.2", "--pretrain",
+                          "--model", "test_resnet", "--img-size", "16", "--device", "cpu", "--no-progress",
+                          f"run.pretrain_batch_size={batch}", f"run.queue_size={2 * batch}")
+    assert rc == 2 and f"{batch - 1} decodable images, fewer than one MoCo batch of {batch}" in err, err
+    assert not (out / "pretrain").exists() and not (out / "run_state.json").exists()
+
+
+def test_a_pool_too_large_for_the_time_left_is_labelled_in_a_seeded_share(tmp_path, monkeypatch):
+    """A 100k-image pool took 5 minutes of a 1-minute budget to pseudo-label: a round labels what fits in its
+    time, a seeded random share; a resumed run takes the count from the round's record (the same images)."""
+    import fewshot.pipeline as pipeline
+
+    images, record = torch.zeros(1000, 3, 4, 4, dtype=torch.uint8), tmp_path / "pseudo_labels_round2.json"
+    monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda task, images: 0.01)  # 10 s for the pool
+    assert pipeline.pool_share_in_time(None, images, 20.0, record, seed=1) is None  # fits: the whole pool
+    share = pipeline.pool_share_in_time(None, images, 5.0, record, seed=1)
+    assert len(share) == 500 and share.unique().numel() == 500 and bool((share.diff() > 0).all())
+    assert torch.equal(share, pipeline.pool_share_in_time(None, images, 5.0, record, seed=1))
+    assert not torch.equal(share, pipeline.pool_share_in_time(None, images, 5.0, record, seed=2))
+    assert len(pipeline.pool_share_in_time(None, images, 0.0, record, seed=1)) == 256  # no time left: one batch
+
+    def not_timed(task, images):
+        raise AssertionError("a resumed round reads its count from the record")
+
+    monkeypatch.setattr(pipeline, "measure_prediction_seconds", not_timed)
+    record.write_text(json.dumps({"pool_labelled": 500}))
+    assert torch.equal(share, pipeline.pool_share_in_time(None, images, 1.0, record, seed=1))
+    record.write_text(json.dumps({"pool_labelled": 1000}))  # the first session labelled it whole
+    assert pipeline.pool_share_in_time(None, images, 1.0, record, seed=1) is None
+    record.write_text(json.dumps({"pool_size": 1000}))  # an older fewshot's record: it labelled the whole pool
+    assert pipeline.pool_share_in_time(None, images, 1.0, record, seed=1) is None
+    record.unlink()
+    assert pipeline.pool_share_in_time(None, images[:256], 0.0, record, seed=1) is None  # one batch: not timed

@@ -401,6 +401,23 @@ def test_names_in_scripts_the_font_lacks_do_not_flood_stderr(tmp_path):
     assert out.is_file() and not [w for w in caught if "Glyph" in str(w.message)]
 
 
+def test_an_unwritable_home_does_not_make_matplotlib_warn_on_every_plot(tmp_path):
+    """With HOME read-only, every plotting command printed matplotlib's two-line MPLCONFIGDIR warning (it then used
+    a temporary folder anyway). A fresh process: matplotlib reads its config folder once, when imported."""
+    import os
+    import subprocess
+
+    (tmp_path / "file").write_text("where HOME's parent folder should be: nothing can be made under it")
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env["HOME"] = str(tmp_path / "file" / "home")
+    code = ("import sys, numpy as np; from fewshot.report import plots; "
+            "plots.plot_confusion(np.eye(2, dtype=int), ['a', 'b'], 't', sys.argv[1])")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cm.png")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and (tmp_path / "cm.png").is_file(), done.stderr
+    assert "MPLCONFIGDIR" not in done.stderr and "matplotlib" not in done.stderr.lower(), done.stderr
+
+
 def test_names_with_dollar_signs_are_drawn_as_written(tmp_path):
     """matplotlib reads `$...$` as maths: a class folder `cost$5_$10` made training's curves and `fewshot
     report` fail with exit 1, and `a$x$b` was drawn as a formula."""
@@ -523,6 +540,40 @@ def test_runs_with_the_same_folder_name_get_labels_apart(runs, tmp_path):
     assert rc == 0, err
     assert "new\\nline" in out
     assert not any(line.strip() == "line" or line.startswith("line ") for line in out.splitlines())
+
+
+def test_runs_whose_names_look_alike_once_escaped_get_labels_apart(runs, tmp_path):
+    """A folder "x<newline>y" and one "x\\ny" (a backslash) both showed as x\\ny: one slug and one set of PNGs for
+    both, and one run's figures, notes and FLOPs under the other's name."""
+    from fewshot.report.build import _slugs
+    from fewshot.report.runs import expand_runs
+
+    real, literal = tmp_path / "cr" / "x\ny", tmp_path / "cr" / "x\\ny"
+    for path in (real, literal):
+        shutil.copytree(runs["ft"], path)
+    for order in ([real, literal], [literal, real]):
+        got = expand_runs(order)
+        assert {r.path.name: r.label for r in got} == {"x\\ny": "x\\ny", "x\ny": "x\\ny (2)"}
+        assert len(set(_slugs(got).values())) == 2
+    rc, out, err = run_main("compare", real, literal)
+    assert rc == 0 and "x\\ny (2)" in out, err
+
+
+def test_figures_of_two_runs_never_share_a_file_name(runs, tmp_path):
+    """Run x with a dataset "d-curves" and run x-confusion-0-d both drew x-confusion-0-d-curves.png: one figure
+    replaced the other. Runs X and x drew X-curves.png and x-curves.png, one file where case is ignored."""
+    root = tmp_path / "root"
+    shutil.copytree(runs["root"] / "digits", root / "d-curves", ignore=shutil.ignore_patterns("test*"))
+    rc, _, err = run_main("train", "--data", root, "--out", tmp_path / "col" / "x", "--epochs", "1", *COMMON)
+    assert rc == 0, err
+    shutil.copytree(tmp_path / "col" / "x", tmp_path / "col" / "x-confusion-0-d")
+    shutil.copytree(tmp_path / "col" / "x", tmp_path / "col" / "X")
+    rc, _, err = run_main("report", *sorted((tmp_path / "col").iterdir()), "--data", root, "--out", tmp_path / "r",
+                          "--device", "cpu", "--grid", "8")
+    assert rc == 0, err
+    images = parse((tmp_path / "r" / "index.html").read_text()).images
+    assert len({src.lower() for src in images}) == len(images) == 3 * 4 + 1, images
+    assert all((tmp_path / "r" / src).is_file() for src in images)
 
 
 BROKEN = {
@@ -779,6 +830,42 @@ def test_terminal_table_column_fits_the_longest_dataset_name():
     end = lines[0].index("acc@1") + len("acc@1")
     for line, value in zip(lines[1:], ["50.00", "61.00", "55.50", "40.00"]):
         assert line[:end].endswith(value), lines
+
+
+def test_terminal_table_aligns_wide_characters_by_their_cells():
+    """A CJK name was padded by its characters, each two cells wide on a terminal: its numbers stood off."""
+    from rich.cells import cell_len
+
+    from fewshot.eval.evaluate import format_table
+
+    wide = "ünïcode_数据" * 3  # wider on screen than the 24-cell minimum
+    m = {"mode": "known", "mean_acc1": 55.5, "routing_acc": None,
+         "datasets": {"cifar": {"acc1": 50.0, "acc5": 90.0, "n": 10}, wide: {"acc1": 61.0, "acc5": 99.0, "n": 7}}}
+    lines = format_table(m).splitlines()
+    assert len({cell_len(line) for line in lines[:3]}) == 1, lines
+    assert lines[2].startswith(wide + " ") and lines[2].endswith("61.00   99.00      7")
+
+
+@pytest.mark.parametrize("term", ["dumb", "xterm"])
+def test_compare_tables_never_crop_a_number_whatever_the_terminal(monkeypatch, term):
+    """Under TERM=dumb rich took an 80-column console whatever width= said (`script -qc "fewshot compare RUN"`
+    printed 3… for 372,979); wide (CJK) names were counted one column each."""
+    from fewshot.report.tables import Table, print_tables
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for name in ("TTY_COMPATIBLE", "FORCE_COLOR", "NO_COLOR", "COLUMNS", "LINES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TERM", term)
+    names = ["数据集" * 4 + str(i) for i in range(6)]
+    table = Table("accuracy", ["run", *names], [["r1", *["372,979"] * 6], ["r2", *["14.25"] * 6]])
+    file = Terminal()
+    print_tables([table], file=file)
+    text = file.getvalue()
+    assert "…" not in text and text.count("372,979") == 6 and text.count("14.25") == 6, text
+    assert all(name in text for name in names), text
 
 
 def test_long_run_and_dataset_names_make_short_distinct_file_names(runs, tmp_path):

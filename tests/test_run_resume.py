@@ -352,3 +352,38 @@ def test_resume_on_other_datasets_is_refused(digits_root, dataset_names, stopped
     assert rc == 2 and f"{dataset_names[0]}'s classes differ" in err, err
     rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))  # the same data: it goes on
     assert rc == 0, err
+
+
+def test_a_run_from_weights_resumes_without_the_file_and_from_another_folder(digits_root, tmp_path, monkeypatch):
+    """--resume loaded model.weights again although round 1's checkpoint replaces them: a deleted or moved file
+    ("weights file not found") made the run impossible to resume; and the path was recorded as typed, so the same
+    file named from another folder "changes model.weights". The model.strict=false warning is given once (it came
+    once per stage)."""
+    import torch
+
+    from fewshot.models.backbone import create_backbone
+    from fewshot.train.supervised import SupervisedTask
+
+    (tmp_path / "w").mkdir()
+    own = create_backbone("test_resnet").state_dict()
+    torch.save({k: v for k, v in own.items() if not k.startswith("layer4.")}, tmp_path / "w" / "t.pth")
+    monkeypatch.chdir(tmp_path)
+    weights = ("model.weights=w/t.pth", "model.strict=false")
+    with monkeypatch.context() as mp:
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
+        rc, _, err = run_main(*_cmd(digits_root, "run", *weights))
+    assert rc == 128 + signal.SIGTERM, err
+    assert err.count("left at random init") == 1, err
+    out = tmp_path / "run"
+    assert _state(out)["config"]["model"]["weights"] == str(tmp_path / "w" / "t.pth")
+    (tmp_path / "w" / "t.pth").unlink()
+    state = _state(out)  # as a run recorded before the path was made absolute: relative to a folder unknown
+    state["config"]["model"]["weights"] = "w/t.pth"
+    (out / "run_state.json").write_text(json.dumps(state))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    rc, _, err = run_main(*_cmd(digits_root, "../run", "--resume", "model.weights=../w/other.pth", weights[1]))
+    assert rc == 2 and "changes model.weights" in err, err
+    rc, stdout, err = run_main(*_cmd(digits_root, "../run", "--resume", "model.weights=../w/t.pth", weights[1]))
+    assert rc == 0, err
+    assert "finetune_labelled: finished before the stop" in stdout and "finetune: continuing from" in stdout

@@ -78,6 +78,10 @@ def test_class_quota_splits_each_datasets_pool_evenly_over_its_classes():
     # a pool of about one image per class: one each, not round(0.5) == 0 for every class; no pool: none
     assert class_quota(torch.tensor([0, 0, 1, 1, 1]), SPACE, 0.5).tolist() == [1, 1, 1, 1, 1]
     assert class_quota(torch.tensor([1, 1, 1]), SPACE, 0.5).tolist() == [0, 0, 1, 1, 1]
+    # a small unknown-source pool still gives every dataset a share, however many classes the others have
+    assert class_quota(torch.tensor([-1]), SPACE, 0.5).tolist() == [1, 1, 1, 1, 1]
+    big = LabelSpace(("small", "big"), (("s0", "s1"), tuple(f"b{i}" for i in range(50))))
+    assert class_quota(torch.tensor([-1] * 20), big, 0.5).tolist() == [1] * 52
 
 
 def test_teacher_probabilities_stay_inside_the_images_dataset():

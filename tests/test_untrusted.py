@@ -381,3 +381,32 @@ def test_escape_codes_in_folder_names_are_shown_escaped_in_error_messages(root, 
     (copy / name / "val" / evil).mkdir()  # an empty val class: a warning, escaped too
     rc, _, err = run_main(*train_argv(copy, tmp_path / "r2"))
     assert "\x1b" not in err and "\x07" not in err and "\\x1b]52" in err, err
+
+
+def test_escape_codes_in_dataset_names_and_answer_keys_never_reach_the_terminal(root, tmp_path):
+    """train's header and table, eval's table, the ids of an answer key and `fewshot run`'s header printed a
+    folder's escape codes raw (a title set, a line reordered by U+202E)."""
+    import shutil
+
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".fewshot_cache", "unlabeled"))
+    name = sorted(p.name for p in copy.iterdir() if (p / "val").is_dir())[0]
+    evil = "\x1b]0;pwned\x07d\u202eevil"
+    (copy / name).rename(copy / evil)
+    key = json.loads((copy / evil / "test_labels.json").read_text())
+    key["\x1b]0;KEYPWN\x07ghost"] = 0
+    (copy / evil / "test_labels.json").write_text(json.dumps(key))
+
+    def harmless(text):
+        return not any(c in text for c in "\x1b\x07\u202e")
+
+    rc, out, err = run_main(*train_argv(copy, tmp_path / "r"))
+    assert rc == 0, err
+    assert harmless(out + err) and "\\x1b]0;pwned\\x07d\\u202eevil" in out, out + err
+    rc, out, err = run_main("eval", tmp_path / "r", "--data", copy, "--split", "test", "--device", "cpu")
+    assert rc == 0, err
+    assert harmless(out + err) and "KEYPWN" in err and "\\x1b]0;pwned" in out, out + err
+    # `fewshot run` names the datasets before it builds the model: a model it cannot build stops it there
+    rc, out, err = run_main("run", "--data", copy, "--out", tmp_path / "x", "--model", "no_such_model_xyz",
+                            "--img-size", "16", "--device", "cpu", "--no-progress")
+    assert "[run] no_such_model_xyz at 16px" in out and harmless(out + err), out + err

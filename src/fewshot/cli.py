@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -135,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fewshot import cli_moco
 
     cli_moco.add_parsers(sub, _add_common_training, EPILOG)
+    for name in ("train", "pretrain", "run"):  # the override words are no argparse argument: shown by hand
+        command = sub.choices[name]
+        command.usage = command.format_usage().removeprefix("usage: ").rstrip() + " [key=value ...]"
     for name in ("data", "eval", "predict", "report", "probe"):  # train, pretrain, run: _add_common_training / own
         sub.choices[name].add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -167,6 +171,7 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
     if getattr(args, "no_progress", False):
         flags["train.progress"] = False
     cfg = resolve(preset=preset, file=args.config, flags=flags, overrides=extra, default_preset=default_preset)
+    note_flags_overridden(flags, {key: "--" + attr.replace("_", "-") for attr, key in mapping.items()}, extra)
     if args.resume:
         # the saved config is the base; a --config file given now, then flags, then words change it
         explicit = flatten_dotted(read_config_file(args.config)) if args.config else {}
@@ -181,6 +186,19 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
                 explicit[key] = get_dotted(cfg, key.split("."))
         cfg = merge_resume_config(Path(args.out), cfg, explicit)
     return cfg
+
+
+def note_flags_overridden(flags: dict, names: dict, extra: list[str]) -> None:
+    """A flag and a key=value word that set the same field: the word wins (words come last); say so."""
+    from fewshot.config import parse_override
+
+    for word in extra:
+        keys, value = parse_override(word)
+        dotted = ".".join(keys)
+        if flags.get(dotted) is not None and flags[dotted] != value:
+            flag = names.get(dotted, dotted)
+            given = flag if flags[dotted] is True else f"{flag} {flags[dotted]}"
+            print(f"note: {word} replaces {given}", file=sys.stderr, flush=True)
 
 
 def cmd_data(args, extra) -> int:
@@ -323,10 +341,18 @@ def main(argv: list | None = None, started: float | None = None) -> int:
         argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in argv]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if "--" in extra:  # `--unlabeled A B -- optim.lr=1e-3`: the usual end of a list of values, not an override
+        extra.remove("--")
     args.started = started
     _expand_home(args)
     if args.command is None:
         parser.print_help()
+        return 2
+    try:  # torch and torchvision ask for it while being imported: that traceback read as a bug in fewshot
+        tempfile.gettempdir()
+    except FileNotFoundError as exc:  # /tmp, /var/tmp and the current folder all unwritable
+        print(f"fewshot {args.command}: error: {printable(str(exc.strerror or exc))}. Set TMPDIR to a folder you "
+              f"can write (e.g. `mkdir -p ~/tmp && export TMPDIR=~/tmp`) and run the command again.", file=sys.stderr)
         return 2
     from fewshot import cli_moco
 

@@ -86,8 +86,9 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("--no-pretrain", action="store_true", help="no MoCo stage (the default)")
     p.add_argument("--semi", choices=["pseudo", "fixmatch", "off"],
                    help="how fine-tuning uses the pool: pseudo = self-training (default), fixmatch, off")
-    p.add_argument("--baseline", action="store_true", help="the baseline: supervised from random init on the "
-                   "labelled images only, the whole budget (= --no-pretrain --semi off)")
+    p.add_argument("--baseline", action="store_true", help="the baseline: supervised on the labelled images only, "
+                   "the whole budget (= --no-pretrain --semi off); from random init, or from model.weights=FILE "
+                   "when given")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images (listed) instead of "
                    "failing; test images are decoded at start-up, so a bad one is found before the budget is spent")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -180,6 +181,10 @@ def cmd_run(args, extra) -> int:
     if args.no_progress:
         flags["train.progress"] = False
     cfg = resolve(file=args.config, flags=flags, overrides=extra)
+    from fewshot.cli import note_flags_overridden
+
+    note_flags_overridden(flags, RUN_FLAG_NAMES, extra)
+    warn_replaced_overrides(extra)
     warn_pretrain_config(args.config, "run")
     from fewshot.train.stop_signal import stop_at_once_on_signals
 
@@ -187,6 +192,37 @@ def cmd_run(args, extra) -> int:
         run_pipeline(cfg, Path(args.out), args.budget_minutes, started=getattr(args, "started", None),
                      resume=args.resume)
     return 0
+
+
+RUN_FLAG_NAMES = {"data.root": "--data", "model.name": "--model", "train.device": "--device",
+                  "data.unlabeled": "--unlabeled", "model.img_size": "--img-size", "data.datasets": "--datasets",
+                  "train.seed": "--seed", "data.skip_bad_images": "--skip-bad-images",
+                  "run.pretrain": "--pretrain/--no-pretrain/--baseline", "run.semi_method": "--semi/--baseline",
+                  "train.progress": "--no-progress"}
+
+# fields `fewshot run` sets itself (pipeline.pretrain_stage, plan_stage, run_pipeline): a key=value word for one
+# of them was accepted, recorded in the stages' config.yaml and never used
+RUN_REPLACES = {
+    "moco.queue_size": "run.queue_size (the MoCo stage's queue, with --pretrain); set that",
+    "moco.momentum": "run.moco_momentum (the MoCo stage's key-encoder momentum, with --pretrain); set that",
+    "train.epochs": "the run's plan, which fits each stage's epochs into --budget-minutes; set that (and "
+                    "run.min_epochs, the fewest epochs a stage gets)",
+    "train.budget_minutes": "--budget-minutes (the whole run's); set that",
+    "train.eval_every": "the run's plan (evaluations take about a tenth of each stage's time)",
+    "moco.knn_every": "the run's plan (evaluations take about a tenth of each stage's time)",
+    "sched.time_based": "the run's time-based schedule, always on in `fewshot run`",
+    "semi.method": "run.semi_method (--semi); set that",
+}
+
+
+def warn_replaced_overrides(extra) -> None:
+    """`fewshot run moco.queue_size=64` ran with K=128 without a word: say which field the run uses instead."""
+    from fewshot.config import parse_override
+
+    for word in extra or []:
+        dotted = ".".join(parse_override(word)[0])
+        if dotted in RUN_REPLACES:
+            print(f"warning: {word} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr, flush=True)
 
 
 def warn_pretrain_config(path, command: str) -> None:
@@ -252,12 +288,15 @@ def cmd_export(args, extra) -> int:
 
 
 def cmd_probe(args, extra) -> int:
+    from fewshot.data.layout import check_output_is_not_in_data
     from fewshot.errors import UserError
     from fewshot.eval.evaluate import format_table
     from fewshot.eval.probe import run_probe
     from fewshot.utils import check_output_dir, check_output_file, resolve_device, write_json
 
     if args.out:
+        # `--out ROOT/<ds>/train/probe` became a class folder without images, and every command refused ROOT
+        check_output_is_not_in_data(Path(args.out), args.data, what="the probe")
         out = check_output_dir(args.out)
         if any((out / marker).exists() for marker in ("checkpoints", "log.jsonl", "config.yaml", "run_state.json")):
             # its metrics.json is the run's own (compare and report read it): replaced without a word
@@ -270,7 +309,7 @@ def cmd_probe(args, extra) -> int:
     metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
                         mode=args.mode, epochs=args.epochs, datasets=args.datasets, head=args.head,
                         skip_bad=args.skip_bad_images)
-    print(format_table(metrics, title=f"{metrics['protocol']} of {args.weights}"))
+    print(format_table(metrics, title=f"{metrics['protocol']} of {args.weights or 'random init (no weights)'}"))
     if args.out:
         write_json(Path(args.out) / "metrics.json", metrics)
     return 0

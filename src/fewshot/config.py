@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
         "root": None,
         "datasets": None,         # None: every dataset folder under root
         "cache_dir": None,        # None: ROOT/.fewshot_cache (read-only ROOT: ~/.cache/fewshot/<root>-<hash>)
+        "cache_max_gb": 20.0,     # after writing a new entry, the least recently used ones go until the cache
+                                  # holds this much (each changed file list writes a whole new entry); entries
+                                  # used in the last hour stay; 0: no limit
         "crop_pct": 1.0,          # Resize(img_size / crop_pct) + CenterCrop(img_size)
         "sampler": "shuffle",     # shuffle | repeat | grouped (batches from one dataset)
         "repeats": 3,             # repeated-augmentation copies (sampler=repeat)
@@ -204,11 +207,11 @@ def parse_override(word: str) -> tuple[list[str], Any]:
                         f"(for example optim.lr=3e-4).")
     key, raw = word.split("=", 1)
     try:
-        value = read_yaml(raw) if raw != "" else None
+        value = read_yaml(raw, f"the value of {key}=") if raw != "" else None
     except yaml.YAMLError:
         value = raw
-    # YAML 1.1 reads "1e-4" as a string; users mean a number.
-    if isinstance(value, str):
+    # YAML 1.1 reads "1e-4" as a string; users mean a number (but a dataset named 08 is a name, not 8.0)
+    if isinstance(value, str) and key not in TEXT + TEXT_LIST:
         try:
             value = float(value)
         except ValueError:
@@ -300,16 +303,54 @@ class ConfigLoader(yaml.SafeLoader):
         text = self.construct_scalar(node)
         return text if ":" in text else construct(self, node)
 
+    def _int_unless_leading_zero(self, node):
+        """YAML 1.1 reads `040` as the octal 32 (`img_size: 040` trained at 32 px, `datasets: 01` named dataset
+        1): a number with leading zeros stays the text as typed, which a number field reads as decimal
+        (validate) and a list of names keeps ("01")."""
+        text = self.construct_scalar(node)
+        digits = text.lstrip("+-").replace("_", "")
+        if len(digits) > 1 and digits.startswith("0") and digits.isdigit():
+            return text
+        return self._number_unless_base60(node, yaml.SafeLoader.construct_yaml_int)
 
-ConfigLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: loader._number_unless_base60(
-    node, yaml.SafeLoader.construct_yaml_int))
+
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: loader._int_unless_leading_zero(node))
 ConfigLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: loader._number_unless_base60(
     node, yaml.SafeLoader.construct_yaml_float))
 
 
-def read_yaml(text):
-    """One YAML document (str or bytes) read with ConfigLoader."""
-    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+MAX_DEPTH = 32  # no config field nests more than two levels (aug.scale: a list in a section)
+
+
+def read_yaml(text, source: str = "the YAML text"):
+    """One YAML document (str or bytes) read with ConfigLoader. Brackets nested hundreds deep overflowed Python's
+    stack while being read or copied (RecursionError, an internal error): refused, naming ``source``."""
+    try:
+        data = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+    except RecursionError:
+        data, deep = None, True
+    else:
+        deep = _deeper_than(data, MAX_DEPTH)
+    if deep:
+        raise UserError(f"{source} nests values more than {MAX_DEPTH} levels deep ([[[... or {{{{{{...); a fewshot "
+                        f"config nests at most two: check its brackets.")
+    return data
+
+
+def _deeper_than(data, limit: int, budget: int = 100_000) -> bool:
+    """Whether ``data`` nests lists/dicts more than ``limit`` deep (iterative; at most ``budget`` values looked
+    at, so that an alias bomb is left to _check_size)."""
+    stack = [(data, 0)]
+    while stack and budget > 0:
+        item, depth = stack.pop()
+        budget -= 1
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
 
 
 RECIPES = Path(__file__).parent / "configs"  # the shipped recipes (configs/ in the repository links here)
@@ -330,6 +371,9 @@ def find_config(path: str | Path) -> Path:
                     print(f"note: {path} is not here; using fewshot's recipe {candidate}", file=sys.stderr,
                           flush=True)
                 return candidate
+    if path.is_dir():
+        inside = ", ".join(sorted(p.name for p in path.glob("*.yaml"))[:5]) or "none"
+        raise UserError(f"config file {path} is a folder; give a YAML file (the .yaml files in it: {inside}).")
     names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
     raise UserError(f"config file not found: {path} (fewshot's own recipes, usable by name: {names}).")
 
@@ -338,7 +382,7 @@ def load_yaml(path: str | Path) -> dict:
     path = find_config(path)
     try:
         # bytes: PyYAML reads UTF-8 (with or without a BOM) and UTF-16 with a BOM, and names any other encoding
-        data = read_yaml(path.read_bytes()) or {}
+        data = read_yaml(path.read_bytes(), f"config file {path}") or {}
     except yaml.reader.ReaderError as exc:
         if exc.encoding == "unicode":  # decoded fine, but YAML allows no control characters
             code = exc.character if isinstance(exc.character, int) else ord(exc.character)
@@ -414,7 +458,53 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
             # recorded absolute: config.yaml is read from other folders later (report, --resume), where a relative
             # root named another folder, or the wrong dataset of the same name (and a cache was decoded again)
             cfg["data"][field] = os.path.abspath(os.path.expanduser(path))
-    return validate(cfg)
+    weights = cfg["model"].get("weights")
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    if isinstance(weights, str) and weights.strip():  # '' means no weights (random init)
+        # recorded absolute, as data.root: a --resume from another folder named the same file otherwise
+        cfg["model"]["weights"] = os.path.abspath(os.path.expanduser(weights))
+    cfg = validate(cfg)
+    if (flags or {}).get("data.root") is not None and cfg["data"]["root"] is None:  # scan_root(None): TypeError
+        raise UserError("data.root must be a folder (the dataset root that --data names), not empty: drop the "
+                        "data.root= word, or give it a folder.")
+    folders = cfg["data"]["unlabeled"]
+    if folders is not None:  # recorded absolute, as data.root: --resume from another folder looked for ./pool there
+        absolute = [os.path.abspath(os.path.expanduser(f)) for f in
+                    (folders if isinstance(folders, list) else [folders])]
+        cfg["data"]["unlabeled"] = absolute if isinstance(folders, list) else absolute[0]
+    return cfg
+
+
+def same_folders(before, now) -> bool:
+    """data.unlabeled as a run recorded it and as given now (one folder or a list): same_recorded_path per
+    folder."""
+    if before == now:
+        return True
+    as_list = (lambda v: v if isinstance(v, list) else [v])
+    if before is None or now is None or len(as_list(before)) != len(as_list(now)):
+        return False
+    return all(isinstance(old, str) and isinstance(new, str) and same_recorded_path(old, new)
+               for old, new in zip(as_list(before), as_list(now)))
+
+
+def same_weights_file(saved, now) -> bool:
+    """model.weights as a run recorded it (``saved``) and as given now, for --resume (same_recorded_path)."""
+    if not saved or not now:
+        return not saved and not now
+    return same_recorded_path(saved, now)
+
+
+def same_recorded_path(saved, now) -> bool:
+    """Whether a path a run recorded and one given now name the same file or folder. Runs record paths absolute;
+    older ones kept the text as typed, relative to a folder they did not record: such a path matches when it is
+    the tail of the path given now (`w/t.pth` of `/home/u/w/t.pth`), so that the same file reached from another
+    folder resumes, and one of another name or folder is still refused."""
+    saved, now = os.path.expanduser(os.fspath(saved)), os.path.abspath(os.path.expanduser(os.fspath(now)))
+    if os.path.isabs(saved):
+        return os.path.normpath(saved) == now
+    tail = [part for part in Path(os.path.normpath(saved)).parts if part not in (".", "..")]
+    return bool(tail) and list(Path(now).parts[-len(tail):]) == tail
 
 
 def _preset_named_in(file, overrides) -> str | None:
@@ -460,7 +550,7 @@ AT_LEAST = {"model.img_size": 1, "train.threads": 1, "moco.mlp_hidden": 1, "run.
             "semi.mu": 1, "semi.weight": 0, "moco.split_bn_groups": 1, "run.pretrain_batch_size": 2,
             "run.min_epochs": 1, "run.pseudo_labelled_repeat": 1, "optim.weight_decay": 0, "optim.grad_clip": 0,
             "optim.backbone_lr_mult": 0, "sched.warmup_epochs": 0, "sched.min_lr": 0, "sched.warmup_lr": 0,
-            }
+            "data.cache_max_gb": 0}
 POSITIVE = ("optim.lr", "run.pretrain_lr", "train.budget_minutes", "run.finetune_lr", "moco.temperature", "moco.knn_t")  # > 0
 
 INTERVALS = {  # (low, high, low included[, high included]): fractions and probabilities

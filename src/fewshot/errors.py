@@ -8,10 +8,16 @@ from __future__ import annotations
 import unicodedata
 
 
+# Bidirectional controls (embeddings, overrides, isolates, marks): a name holding U+202E shows the rest of the line
+# reversed, so "txt.exe" can pass for "exe.txt"; escaped like control characters
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def printable(text: str) -> str:
     """Text safe for a terminal: control characters (ESC sequences that set the title or the clipboard, BEL, ...)
-    from folder names or files are shown escaped; line breaks and tabs stay."""
-    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
+    and bidirectional controls from folder names or files are shown escaped; line breaks and tabs stay."""
+    return "".join(c if c in "\n\t" or (unicodedata.category(c) != "Cc" and c not in BIDI_CONTROLS)
+                   else repr(c)[1:-1] for c in text)
 
 
 def one_line(text: str) -> str:

@@ -22,11 +22,11 @@ import torch
 from fewshot.config import save_yaml
 from fewshot.data.cache import default_cache_dir, ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
-from fewshot.errors import DataLayoutError, UserError
+from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
 from fewshot.run_lock import lock_run_dir
-from fewshot.utils import resolve_device, seed_everything, write_json
+from fewshot.utils import derive_seed, resolve_device, seed_everything, write_json
 
 
 def _sync(device: torch.device) -> None:
@@ -105,7 +105,7 @@ def pseudo_label_line(per_dataset: dict, unknown: int) -> str:
         parts = [f"{n} {v['kept']}/{v['pool']}{conf(v)}" for n, v in shown.items()]
     rest = len(per_dataset) - len(shown)
     tail = f"; {rest} dataset{'s' if rest != 1 else ''} without pool images" if rest else ""
-    return head + (", ".join(parts) or "none") + tail
+    return one_line(head + (", ".join(parts) or "none") + tail)  # dataset names: their escapes stay inert
 
 
 def about_epochs(n: float) -> str:
@@ -183,20 +183,52 @@ def auto_img_size(infos, device: torch.device) -> int:
     return 64 if device.type == "cpu" else 160
 
 
-def check_model(cfg: dict):
+def check_model(cfg: dict, load_weights: bool = True):
     """Build the backbone once and run a blank image through it, before the run folder is written: an unknown
     model, an option it does not take (small_stem on a ViT), weights that do not fit or an image size it cannot
-    take would otherwise stop the first stage and leave a run that neither a rerun nor --resume can use."""
+    take would otherwise stop the first stage and leave a run that neither a rerun nor --resume can use.
+    The model.strict=false warning is given here, once; the stages load the file quietly. ``load_weights``
+    False: a resumed stage's checkpoint replaces model.weights (weights_replaced_by), which are not read."""
     from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size,
                                          create_backbone, input_size)
     from fewshot.models.weights import load_backbone_weights
 
     m = adopt_weights_architecture(copy.deepcopy(cfg["model"]))
     backbone = create_backbone(m["name"], **backbone_options(m))
-    if m.get("weights"):
+    if m.get("weights") and load_weights:
         load_backbone_weights(backbone, m["weights"], strict=m["strict"])
     check_input_size(backbone, input_size(backbone, m["img_size"]), m["name"])
     return backbone
+
+
+def weights_replaced_by(state, out: Path, pretrain: bool) -> Path | None:
+    """On --resume: the folder of the stage that starts from model.weights (MoCo, else round 1 of fine-tuning)
+    when it holds a checkpoint that replaces them, so that the file need not exist any more (as for `fewshot
+    train --resume`); None when that stage starts from the file again. The conditions are the stages' own."""
+    if state is None:
+        return None
+    if pretrain:
+        sdir, status = out / "pretrain", state.status("pretrain")
+        done = status == "done" and (out / "backbone.safetensors").is_file()
+        began = status is not None and (sdir / "checkpoints" / "last.pt").is_file()
+        return sdir if (done or began) and (sdir / "config.yaml").is_file() else None
+    for name in ("finetune_labelled", "finetune"):  # round 1 is `finetune` when self-training is off
+        sdir, status = out / name, state.status(name)
+        if (status in ("trained", "done") or (status == "began" and (sdir / "checkpoints" / "last.pt").is_file())) \
+                and (sdir / "config.yaml").is_file():
+            return sdir
+    return None
+
+
+def adopt_stage_architecture(cfg: dict, sdir: Path) -> None:
+    """The width and stem that stage ``sdir`` took from model.weights (a fewshot export records them), for the
+    stages not begun yet when the file is no longer read: they rebuild the network the checkpoint holds."""
+    from fewshot.config import load_yaml
+
+    model = load_yaml(sdir / "config.yaml").get("model") or {}
+    for key in ("width", "small_stem"):
+        if key in model:
+            cfg["model"][key] = model[key]
 
 
 def check_pool_images(cfg: dict, infos, semi: str) -> tuple[list[tuple[str, str]], int | None]:
@@ -215,7 +247,7 @@ def check_pool_images(cfg: dict, infos, semi: str) -> tuple[list[tuple[str, str]
     for crop in sorted(crops):  # MoCo decodes whole images (crop 1.0); FixMatch as fine-tuning (data.crop_pct)
         cached = load_images(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]),
                              crop_pct=crop, skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"],
-                             desc="loading unlabeled pool", skip_note=POOL_SKIP_NOTE)
+                             desc="loading unlabeled pool", skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"))
         skipped += list(cached.bad)
         if crop == 1.0 and cfg["run"]["pretrain"]:
             n_moco = int(cached.valid.sum())
@@ -247,27 +279,49 @@ def preload_images(cfg: dict, infos, test_infos):
     prediction read): every undecodable file is listed in one error now, before the run folder is started,
     rather than the test split's first and the labelled splits' after a rerun (which then needed --resume);
     decoding (slow for large photos) is paid up front instead of overrunning the end. Returns the test
-    ImageSet, which prediction reuses, and the files --skip-bad-images left out of the three splits."""
+    ImageSet, which prediction reuses, the files --skip-bad-images left out of the three splits, and the
+    labelled train ImageSet (its epoch plan is checked before the run folder is started)."""
     from fewshot.data.label_space import LabelSpace
     from fewshot.data.sets import load_splits
     from fewshot.eval.predict import prediction_cache_dir, warn_about_blank_test_images
 
     d, size, space = cfg["data"], cfg["model"]["img_size"], LabelSpace.from_infos(infos)
-    problems, hints, skipped, test_set = [], [], [], None
+    problems, hints, skipped, test_set, train_set = [], [], [], None, None
     for splits, cache, sources in ((("train", "val"), default_cache_dir(d["root"], d["cache_dir"]), infos),
                                    (("test",), prediction_cache_dir(d["root"]), test_infos)):
         try:
-            sets = load_splits(sources, splits, space, size, cache, d["crop_pct"], d["skip_bad_images"])
+            sets = load_splits(sources, splits, space, size, cache, d["crop_pct"], d["skip_bad_images"],
+                               d.get("cache_max_gb"))
         except DataLayoutError as exc:
             problems += exc.problems
             hints = list(dict.fromkeys(hints + exc.hints))
             continue
         skipped += [bad for one in sets for bad in one.skipped]
         test_set = sets[0] if splits == ("test",) else test_set
+        train_set = sets[0] if splits == ("train", "val") else train_set
     if problems:
         raise DataLayoutError(problems, hints)
     warn_about_blank_test_images(test_set)
-    return test_set, skipped
+    return test_set, skipped, train_set
+
+
+def check_finetune_batches(cfg: dict, train_set) -> None:
+    """The fine-tuning stages' epoch plan on the labelled images, before the run folder is started: found by the
+    first stage (train.batch_size=1, a single training image), the error left a folder that blocked the rerun
+    (not empty) and --resume (the corrected setting)."""
+    from fewshot.train.supervised import plan_training_batches
+
+    if plan_training_batches(cfg, train_set, 0):  # the later rounds add pseudo-labelled images, never fewer
+        return
+    bs, n = cfg["train"]["batch_size"], len(train_set)
+    if bs < 2:
+        raise UserError(f"train.batch_size={bs}: BatchNorm needs at least 2 images per batch in training; use 2 "
+                        f"or more.")
+    if cfg["data"]["sampler"] == "grouped":
+        raise UserError(f"data.sampler=grouped keeps each dataset's batches apart, and no dataset has 2 training "
+                        f"images (BatchNorm cannot train on 1): use data.sampler=shuffle or add training images.")
+    raise UserError(f"{n} training image{'s give' if n != 1 else ' gives'} no batch of at least 2 images, which "
+                    f"BatchNorm needs in training: add training images.")
 
 
 def stage_config(sdir: Path, cfg: dict) -> dict:
@@ -278,8 +332,9 @@ def stage_config(sdir: Path, cfg: dict) -> dict:
     from fewshot.train.finetune import ABSENT_MEANS
 
     scfg = with_defaults(load_yaml(sdir / "config.yaml"), ABSENT_MEANS)  # a stage written by an older fewshot
-    # and the backbone file's current path (the run folder may have moved; last.pt's weights replace it anyway)
-    for dotted in (*RUN_RESUME_MAY_CHANGE, "model.weights"):
+    # and the backbone file's current path (the run folder may have moved; last.pt's weights replace it anyway),
+    # and the pool as given now (an older stage recorded a relative --unlabeled; RunState.resume compared them)
+    for dotted in (*RUN_RESUME_MAY_CHANGE, "model.weights", "data.unlabeled"):
         keys = dotted.split(".")
         set_dotted(scfg, keys, get_dotted(cfg, keys))
     return scfg
@@ -328,7 +383,9 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     fcfg = stage_config(fdir, fcfg) if resuming else copy.deepcopy(fcfg)
     ensure_writable_dir(fdir, "fine-tuning run")
     seed_everything(fcfg["train"]["seed"])
-    task = SupervisedTask(fcfg, infos, device, ctx)
+    # a resumed stage's checkpoint, or a later round's previous model, replaces model.weights: the file is not
+    # read (it may be gone); check_model gave the model.strict=false warning once for the whole run
+    task = SupervisedTask(fcfg, infos, device, ctx, resuming=resuming or pseudo is not None, quiet_weights=True)
     task.reused, task.fit_seconds = False, 0.0
     if resuming and status == "done":
         load_best_checkpoint(task.model, fdir)
@@ -351,6 +408,10 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         shutil.rmtree(fdir)
         ensure_writable_dir(fdir, "fine-tuning run")
         resuming, status = False, None
+        if pseudo is None:  # round 1 starts from model.weights again, with its head initialised
+            seed_everything(fcfg["train"]["seed"])
+            task = SupervisedTask(fcfg, infos, device, ctx, quiet_weights=True)
+            task.reused, task.fit_seconds = False, 0.0
     if pseudo is not None and not resuming:  # a resumed stage's weights come from its last.pt
         task.model.load_state_dict(pseudo["state"])
     if resuming and status == "trained":
@@ -392,14 +453,48 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     return task, metrics
 
 
-def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
+def pool_share_in_time(task, images: torch.Tensor, seconds: float, record: Path, seed: int) -> torch.Tensor | None:
+    """Which pool images a round can afford to label: all of them (None), unless labelling them would take more
+    than ``seconds`` (a 100k-image pool took 5 minutes of a 1-minute budget); then a seeded random share that
+    fits. A resumed run takes the count its first session chose (the round's record), so that it labels the same
+    images and the stopped round's checkpoint continues on the same training set."""
+    n_pool = len(images)
+    n = None
+    if record.is_file():  # a record without the count: a version that labelled the whole pool wrote it (review)
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            n = int(json.loads(record.read_text()).get("pool_labelled", n_pool))
+    if n is None:
+        if n_pool <= 256:  # one batch: not worth timing (nor cutting)
+            return None
+        per_image = measure_prediction_seconds(task, images)
+        if per_image * n_pool <= seconds:
+            return None
+        per_image = measure_prediction_seconds(task, images)  # the first batch paid the warm-up (review)
+        if per_image * n_pool <= seconds:
+            return None
+        n = max(256, int(seconds / per_image))  # one batch at least: the time measuring it took
+        print(f"[run] labelling {n:,} of the {n_pool:,} pool images, a random share: the whole pool would take "
+              f"about {per_image * n_pool:.0f} s, more than a quarter of the time left ({seconds:.0f} s)", flush=True)
+    if n >= n_pool:
+        return None
+    order = torch.randperm(n_pool, generator=torch.Generator().manual_seed(seed))
+    return order[:n].sort().values
+
+
+def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: float = math.inf,
+                      seed: int = 0) -> dict:
     """Label the pool with the round-1 model (best val checkpoint, EMA weights): the most confident
-    images of every class, class-balanced, become training images of round 2."""
+    images of every class, class-balanced, become training images of round 2. ``seconds``: the time the
+    labelling may take (a larger pool is labelled in a random share: pool_share_in_time)."""
     from fewshot.eval.evaluate import compute_logits
     from fewshot.train.semi import (calibrated_thresholds, class_quota, load_pool, select_pseudo_labels,
                                     teacher_probabilities)
 
     images, dataset_ids, paths, source, _ = load_pool(cfg, infos, task.size, exclude_train=True)
+    n_pool = len(images)
+    share = pool_share_in_time(task, images, seconds, record, seed) if n_pool else None
+    if share is not None:
+        images, dataset_ids, paths = images[share], dataset_ids[share], [paths[i] for i in share.tolist()]
     if len(images) == 0:
         print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): the next round trains on "
               "the labelled images only")
@@ -420,7 +515,8 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path) -> dict:
                           "pool": int((dataset_ids == d).sum()),
                           "mean_confidence": round(float(conf[owner == d].mean()), 4) if bool((owner == d).any()) else None}
                    for d, name in enumerate(task.space.names)}
-    summary = {"source": source, "keep_frac": r["pseudo_keep"], "threshold": r["pseudo_threshold"],
+    summary = {"source": source, "pool_size": n_pool, "pool_labelled": len(images),
+               "keep_frac": r["pseudo_keep"], "threshold": r["pseudo_threshold"],
                "precision": r["pseudo_precision"], "targets": r["pseudo_targets"],
                "unknown_source_pool": int((dataset_ids < 0).sum()),
                "datasets": per_dataset}
@@ -471,7 +567,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record("pretrain", "began", now, fit_at=now - trained_before)
         seed_everything(pcfg["train"]["seed"])
-        task = MoCoTask(pcfg, infos, device, ctx)
+        task = MoCoTask(pcfg, infos, device, ctx, resuming=True)  # last.pt replaces model.weights
         print(f"[run] pretrain: continuing from {pdir / 'checkpoints' / 'last.pt'} on its planned schedule")
     else:
         pcfg = copy.deepcopy(cfg)
@@ -486,13 +582,13 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         seed_everything(pcfg["train"]["seed"])
         # The pool size is known only once the task has scanned it: build, then size the queue.
         pcfg["moco"]["queue_size"] = r["queue_size"] or 4096
-        task = MoCoTask(pcfg, infos, device, ctx)
+        task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)  # check_model warned
         if r["queue_size"] is None:
             k = int(min(4096, max(2 * pcfg["train"]["batch_size"], len(task.pool) // 2)))
             if k != task.model.K:
                 pcfg["moco"]["queue_size"] = k
                 seed_everything(pcfg["train"]["seed"])
-                task = MoCoTask(pcfg, infos, device, ctx)
+                task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)
         resolve_pretrain_defaults(pcfg, 1)
         step_s, epochs, pre_budget = plan_stage(task, pcfg, end_time, r["min_epochs"], ("moco", "knn_every"))
         save_yaml(pcfg, pdir / "config.yaml")
@@ -570,23 +666,28 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
                                     f"{', ...' if len(unkeyed) > 5 else ''})")
             except UserError as exc:
                 unscorable.add(info.name)
-                print(f"[run] warning: {exc}. {info.name}'s test images are predicted as usual; they are not "
-                      f"scored.", flush=True)
+                print(one_line(f"[run] warning: {exc}. {info.name}'s test images are predicted as usual; they are "
+                               f"not scored."), flush=True)
     not_keyed = [i.name for i in test_infos if i.answer_key is None or i.name in unscorable]
     if test_infos and any(i.answer_key is not None for i in test_infos) and not_keyed:
-        print(f"[run] note: no usable answer key for {', '.join(not_keyed)}: the test split is scored for the "
-              f"other datasets only.", flush=True)
+        print(one_line(f"[run] note: no usable answer key for {', '.join(not_keyed)}: the test split is scored for "
+                       f"the other datasets only."), flush=True)
     chosen = cfg["model"]["img_size"] is None
     if chosen:
         cfg["model"]["img_size"] = auto_img_size(infos, device)
-    print(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {device.type}"
-          f"{' (chosen for these images and device; --img-size to change)' if chosen else ''}: "
-          f"{', '.join(i.name for i in infos)}", flush=True)
-    backbone = check_model(cfg)  # before decoding: a mistyped --model is reported at once
+    print(one_line(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {device.type}"
+                   f"{' (chosen for these images and device; --img-size to change)' if chosen else ''}: "
+                   f"{', '.join(i.name for i in infos)}"), flush=True)
+    replaced_by = weights_replaced_by(state, out, r["pretrain"]) if cfg["model"]["weights"] else None
+    if replaced_by is not None:
+        adopt_stage_architecture(cfg, replaced_by)
+    backbone = check_model(cfg, load_weights=replaced_by is None)  # before decoding: a mistyped --model at once
     if r["pretrain"]:
         check_pretrain_settings(cfg, backbone)
     del backbone
-    test_set, split_skipped = preload_images(cfg, infos, test_infos)
+    test_set, split_skipped, train_set = preload_images(cfg, infos, test_infos)
+    check_finetune_batches(cfg, train_set)
+    del train_set
     if r["pretrain"]:
         from fewshot.ssl.pretrain import pool_with_sources
 
@@ -677,7 +778,10 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         for k in range(2, rounds + 1):
             # a resumed run labels the pool again with the same model: the same images, so that the stopped
             # round's checkpoint (which counts its training images) continues where it stopped
-            pseudo = pseudo_label_pool(task, fcfg, infos, r, out / f"pseudo_labels_round{k}.json")
+            # at most a quarter of the time left: the labelling was not planned, and a large pool took it all
+            pseudo = pseudo_label_pool(task, fcfg, infos, r, out / f"pseudo_labels_round{k}.json",
+                                       seconds=0.25 * max(0.0, end_time - time.monotonic()),
+                                       seed=derive_seed(fcfg["train"]["seed"], k, 11))
             labels = summary["stages"]["finetune_labelled"]["pseudo_labels"]
             del labels[k - 2:]
             labels.append(pseudo["summary"])
@@ -725,8 +829,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         print(format_table(test, title="test accuracy (scored against test_labels.json)"))
         print(f"unknown-source test: mean acc@1 {test_unknown['mean_acc1']:.2f}, routing {test_unknown['routing_acc']:.2f}")
         if test.get("not_scored"):
-            print(f"[run] {', '.join(test['not_scored'])} not scored on test: metrics.json holds the val scores of "
-                  f"every dataset, summary.json these test scores.")
+            print(one_line(f"[run] {', '.join(test['not_scored'])} not scored on test: metrics.json holds the val "
+                           f"scores of every dataset, summary.json these test scores."))
     else:
         write_json(out / "metrics.json", val_metrics)
         print("[run] no test split could be scored (no usable answer key): metrics.json holds the val scores.")

@@ -8,9 +8,14 @@ download. Nothing here touches the network.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
+import math
+import os
 import shutil
+import stat
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +23,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from fewshot.data.layout import IMAGE_EXTS
 from fewshot.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, builds go unguarded
+    fcntl = None
 
 DEFAULT_IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -33,6 +44,7 @@ CLASS_NAMES = {
 DEFAULT_SIZES = {"digits": (20, 30), "fashion-mnist": (50, 100)}
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+FLAGS = {"train": "--shots", "val": "--val-per-class", "test": "--test-per-class"}
 
 
 @dataclass
@@ -66,8 +78,12 @@ def load_digits_source() -> Source:
 def read_idx(path: Path) -> np.ndarray:
     """Parse one IDX file (optionally gzipped) of unsigned bytes; UserError if malformed."""
     try:
-        data = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as e:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
+                data = fh.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged deflate stream inside a valid gzip header
         raise UserError(f"cannot read IDX file {path}: {e}. Re-install it or pass --idx-dir PATH "
                         "to a folder with intact Fashion-MNIST files.") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or not 1 <= data[3] <= 4:
@@ -79,8 +95,12 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < header:
         raise UserError(f"IDX file {path} is truncated inside its header.")
     shape = tuple(int(x) for x in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    if len(data) - header != int(np.prod(shape)):
-        raise UserError(f"IDX file {path} declares shape {shape} ({int(np.prod(shape))} bytes) "
+    if 0 in shape:  # (N, 0, 0) images cannot be written as PNGs
+        raise UserError(f"cannot read IDX file {path}: it declares shape {shape}, with an empty dimension. "
+                        "Pass --idx-dir PATH to a folder with intact Fashion-MNIST files.")
+    size = math.prod(shape)  # Python ints: np.prod wrapped (2**31, 2**31, 4) around to 0
+    if len(data) - header != size:
+        raise UserError(f"IDX file {path} declares shape {shape} ({size} bytes) "
                         f"but holds {len(data) - header} bytes of data; it is truncated or corrupt.")
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
@@ -90,9 +110,14 @@ def load_fashion_sources(idx_dir: Path | None = None) -> dict[str, Source]:
     idx_dir = Path(idx_dir) if idx_dir is not None else DEFAULT_IDX_DIR
     paths, missing = {}, []
     for stem in IDX_FILES:
-        found = [p for p in (idx_dir / f"{stem}.gz", idx_dir / stem) if p.is_file()]
+        candidates = (idx_dir / f"{stem}.gz", idx_dir / stem)
+        found = [p for p in candidates if p.is_file()]
         if found:
             paths[stem] = found[0]
+        elif any(p.exists() for p in candidates):  # a folder (or a device) of that name is not "missing"
+            odd = next(p for p in candidates if p.exists())
+            raise UserError(f"{odd} is not a regular file; --idx-dir must hold the Fashion-MNIST IDX files "
+                            "themselves. Move it away or pass --idx-dir PATH to another folder.")
         else:
             missing.append(f"{stem}.gz")
     if missing:
@@ -126,11 +151,17 @@ def _take_per_class(src: Source, name: str, src_name: str, counts: dict[str, int
     need = sum(counts.values())
     per_class = np.bincount(src.labels, minlength=10)
     smallest = int(per_class.argmin())
+    if per_class[smallest] == 0:  # no flag can fix a source that lacks a class
+        raise UserError(f"{name}'s {src_name} source has no images of class {CLASS_NAMES[name][smallest]!r} at "
+                        "all; its files are incomplete or not the original ones. Pass --idx-dir PATH to a folder "
+                        "with the original Fashion-MNIST files.")
     if need > per_class[smallest]:
         asked = " + ".join(f"{k} {v}" for k, v in counts.items())
+        flags = [FLAGS[k] for k in counts]
+        lower = flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} or {flags[-1]}"
         raise UserError(f"{name} has only {per_class[smallest]} images of class "
                         f"{CLASS_NAMES[name][smallest]!r} in its {src_name} source, but {asked} = {need} "
-                        "per class were requested. Lower --shots or the val/test sizes.")
+                        f"per class were requested. Lower {lower}.")
     out: dict[str, list[np.ndarray]] = {k: [] for k in counts}
     pool: list[np.ndarray] = []
     for c in range(10):
@@ -193,6 +224,83 @@ def _nonempty(p: Path) -> bool:
     return p.exists() and (not p.is_dir() or any(p.iterdir()))
 
 
+def _inside_a_dataset(out: Path) -> str | None:
+    """What existing dataset folder OUT lies in (None: none). `--out ROOT/digits/train` added class folders
+    to that split, and `--out ROOT/unlabeled` put a whole dataset into ROOT's pool."""
+    real = out.resolve()
+    for a in (real, *real.parents):
+        try:
+            if a.name in ("train", "val", "test") and _holds_a_dataset(a.parent):
+                return f"the {a.name} split of the dataset {a.parent}"
+            if a.name == "unlabeled" and any(c != a and _holds_a_dataset(c) for c in a.parent.iterdir()):
+                return f"the unlabeled pool of the dataset root {a.parent}"
+        except OSError:
+            continue
+    return None
+
+
+def _holds_a_dataset(folder: Path) -> bool:
+    """FOLDER/train has a class folder with an image in it: a folder merely named train (`--out ~/ml/train/data`)
+    is not a dataset's split."""
+    train = folder / "train"
+    if not train.is_dir():
+        return False
+    return any(c.is_dir() and any(f.suffix.lower() in IMAGE_EXTS for f in c.iterdir()) for c in train.iterdir())
+
+
+def _lock_build(path: Path, name: str, out: Path) -> int | None:
+    """Hold an exclusive lock on PATH (the descriptor; None where this system cannot lock). Two builds of one
+    dataset into one OUT shared a temporary folder: the second deleted the first's files and crashed it, or
+    exited 0 with the first's images in its pool. The lock goes with the process, so a killed build leaves
+    nothing stale behind."""
+    if fcntl is None:
+        return None
+    while True:
+        try:  # never through a link: a planted OUT/.fewshot-build-x.lock -> ~/.bashrc would be truncated below
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                         0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or path.is_symlink():
+                raise UserError(f"{path} is a symbolic link, not a lock file a build wrote: remove it and build "
+                                f"again.") from None
+            return None  # an unwritable OUT fails, with its own message, at the first write
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UserError(f"{path} is not a regular file, so it cannot be the build's lock file: remove it and "
+                            f"build again.")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            except OSError:
+                holder = ""
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UserError(f"another `fewshot data {name}`{f' (pid {holder})' if holder else ''} is building "
+                                f"into {out}: two builds would mix their images. Wait for it to finish, or choose "
+                                "another --out.") from None
+            return None  # ENOLCK, EOPNOTSUPP, ...: this file system cannot lock
+        try:  # the holder before us removes the file when done: a lock on that unlinked file guards nothing
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except OSError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+
+
+def _unlock_build(path: Path, fd: int | None) -> None:
+    if fd is not None:
+        try:
+            path.unlink()  # still holding the lock, so no one else is using the file
+        except OSError:
+            pass
+        os.close(fd)
+
+
 def build_dataset(name: str, out: Path, shots: int = 10, seed: int = 0, idx_dir: Path | None = None,
                   val_per_class: int | None = None, test_per_class: int | None = None,
                   pool_per_class: int = 100, progress: bool = True) -> dict:
@@ -205,6 +313,19 @@ def build_dataset(name: str, out: Path, shots: int = 10, seed: int = 0, idx_dir:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder.")
     ds_dir, pool_dir = out / name, out / "unlabeled" / name
+    # a broken link where a folder is made raised FileExistsError, for OUT/unlabeled after OUT/<name> was written
+    for p in (*reversed(out.parents), out, ds_dir, out / "unlabeled", pool_dir):
+        if p.is_symlink() and not p.exists():
+            raise UserError(f"{p} is a broken symbolic link (to {os.readlink(p)}) where the build needs a folder; "
+                            "remove it or choose another --out.")
+    for p in (ds_dir, pool_dir):  # the built folders are moved there, which cannot replace a link
+        if p.is_symlink():
+            raise UserError(f"{p} is a symbolic link (to {os.readlink(p)}) where the build moves its own folder; "
+                            "remove it or choose another --out.")
+    inside = _inside_a_dataset(out)
+    if inside:
+        raise UserError(f"--out {out} lies inside {inside}, which a build there would break (its folders would "
+                        "join that data). Give --out a dataset root of its own, or that root itself.")
     for p in (ds_dir, out / "unlabeled", pool_dir):  # a file there crashed after the dataset was written
         if p.exists() and not p.is_dir():
             raise UserError(f"{p} is a file where the build writes a folder; move it away or choose another --out.")
@@ -232,27 +353,61 @@ def build_dataset(name: str, out: Path, shots: int = 10, seed: int = 0, idx_dir:
                 rel = Path("pool", f"{n}.png")
             jobs.append((rel, src.images[i]))
 
+    made = [p for p in (out, *out.parents) if not os.path.lexists(p)]  # removed again if the build fails
     out.mkdir(parents=True, exist_ok=True)
-    stage = out / f".fewshot-build-{name}.tmp"
-    shutil.rmtree(stage, ignore_errors=True)
+    stage, lock = out / f".fewshot-build-{name}.tmp", out / f".fewshot-build-{name}.lock"
     try:
-        for folder in {rel.parent for rel, _ in jobs}:
-            (stage / folder).mkdir(parents=True, exist_ok=True)
-        for rel, img in tqdm(jobs, desc=f"writing {name}", unit="img", disable=None if progress else True):
-            Image.fromarray(np.ascontiguousarray(img)).save(stage / rel)
-        if test_labels:
-            (stage / "ds" / "test_labels.json").write_text(json.dumps(test_labels, indent=0) + "\n")
-        (stage / "ds").mkdir(exist_ok=True)
-        for src, dst in ((stage / "ds", ds_dir), (stage / "pool", pool_dir)):
-            if src.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                if dst.exists():
-                    dst.rmdir()  # known empty from the check above
-                src.rename(dst)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
+        fd = _lock_build(lock, name, out)
+        try:
+            _write_and_move(stage, jobs, test_labels, name, ds_dir, pool_dir, progress)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+            _unlock_build(lock, fd)
+    except BaseException:
+        for p in made:  # an empty --out left behind looked like a finished build
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
     counts = {k: len(v[1]) for k, v in plan.splits.items()}
     return {"dataset": name, "classes": len(classes), "train": counts["train"], "val": counts["val"],
             "test": counts["test"], "unlabeled": counts["unlabeled"], "path": str(ds_dir),
             "unlabeled_path": str(pool_dir) if counts["unlabeled"] else None}
+
+
+def _write_and_move(stage: Path, jobs: list[tuple[Path, np.ndarray]], test_labels: dict[str, int], name: str,
+                    ds_dir: Path, pool_dir: Path, progress: bool) -> None:
+    """Write every image into STAGE, then move the dataset and its pool into place (both or neither)."""
+    for p in (ds_dir, pool_dir):  # a build of the same dataset that finished while this one was planning
+        if _nonempty(p):
+            raise UserError(f"{p} already exists and is not empty; refusing to mix a new build into it. "
+                            "Delete it or choose another --out.")
+    if stage.is_symlink():
+        stage.unlink()
+    shutil.rmtree(stage, ignore_errors=True)  # left by a killed build: this one holds the lock
+    for folder in {rel.parent for rel, _ in jobs}:
+        (stage / folder).mkdir(parents=True, exist_ok=True)
+    for rel, img in tqdm(jobs, desc=f"writing {name}", unit="img", disable=None if progress else True):
+        Image.fromarray(np.ascontiguousarray(img)).save(stage / rel)
+    if test_labels:
+        (stage / "ds" / "test_labels.json").write_text(json.dumps(test_labels, indent=0) + "\n")
+    (stage / "ds").mkdir(exist_ok=True)
+    moved: list[tuple[Path, Path]] = []
+    for src, dst in ((stage / "ds", ds_dir), (stage / "pool", pool_dir)):
+        if not src.exists():
+            continue
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_dir():
+                dst.rmdir()  # empty at the check above; OSError if something was written there meanwhile
+            src.rename(dst)
+        except OSError as exc:
+            for s, d in reversed(moved):  # no dataset without its pool: a rerun would refuse it
+                d.rename(s)
+            if os.path.lexists(dst):
+                raise UserError(f"{dst} already exists and is not empty (it appeared while this build was "
+                                "writing); refusing to mix a new build into it. Delete it or choose another "
+                                "--out.") from None
+            raise UserError(f"cannot move the built files into {dst}: {exc.strerror or exc}.") from None
+        moved.append((src, dst))

@@ -4,6 +4,7 @@ Why: decoding and resizing JPEG/PNG per sample per epoch is what starves trainin
 cores. After one pass, batches are slices of this array and augmentation runs on tensors.
 The cache key covers the file list, each file's size, mtime, inode and ctime, and the resize settings, so a
 changed or renamed-over file triggers a rebuild. Undecodable files are collected and reported together (or skipped).
+Each new entry prunes the least recently used ones beyond data.cache_max_gb (prune_cache).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 import sys
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
-from fewshot.errors import DataLayoutError, UserError, printable
+from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.progress import track
 from fewshot.utils import atomic_write_text
 
@@ -132,8 +135,10 @@ def _decode_one(args):
 
 def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
                 skip_bad: bool = False, desc: str = "decoding images", threads: int | None = None,
-                skip_note: str = "--skip-bad-images") -> CachedImages:
-    """Decode (or reuse the cache of) `paths` at `size`; bad files raise DataLayoutError unless skip_bad."""
+                skip_note: str = "--skip-bad-images", max_gb: float | None = None) -> CachedImages:
+    """Decode (or reuse the cache of) `paths` at `size`; bad files raise DataLayoutError unless skip_bad.
+    ``max_gb``: data.cache_max_gb, the cache folder's cap once a new entry is written (prune_cache; None or 0:
+    none)."""
     paths = [Path(p) for p in paths]
     n = len(paths)
     key = cache_key(paths, size, crop_pct)
@@ -158,6 +163,8 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
                 # rebuilt (broken bytes change the key when they are replaced, so those are not retried)
                 retry = [p for p, why in bad if why in RETRYABLE or why.startswith("[Errno")]
                 if not any(_decode_one((Path(p), size, crop_pct))[1] is None for p in retry):
+                    with contextlib.suppress(OSError):  # its last use, for prune_cache (a read-only cache: none)
+                        os.utime(data_file)
                     return _finish(torch.from_numpy(arr), bad, paths, skip_bad, skip_note)
             except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
                 pass  # unreadable cache (or a meta file of another shape): rebuild below
@@ -187,6 +194,7 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
                 os.fsync(fh.fileno())
             os.replace(tmp, data_file)
             atomic_write_text(meta_file, json.dumps({"n": n, "size": size, "bad": bad}))
+            prune_cache(cache_dir, max_gb, keep=data_file)
         except OSError as exc:
             with contextlib.suppress(OSError):  # a full disk left a partial copy per process in the cache folder
                 tmp.unlink(missing_ok=True)
@@ -198,6 +206,36 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
                                 f"without it (train, pretrain and run: data.cache_dir=DIR chooses another "
                                 f"folder)"), file=sys.stderr, flush=True)
     return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note)
+
+
+KEEP_RECENT_S = 3600  # an entry used this recently may be open in another process: never pruned
+ENTRY_NAME = re.compile(r"[0-9a-f]{20}\.u8")  # cache_key's names: other files in a shared cache_dir stay
+
+
+def prune_cache(cache_dir: Path, max_gb: float | None, keep: Path) -> None:
+    """Delete the least recently used entries until the folder holds at most ``max_gb`` GB: every changed file
+    list (one image added to a pool) wrote a new entry of the whole pool and the old one stayed forever. An
+    entry's last use is its .u8 file's mtime (touched on every read). ``keep`` (just written) and entries used
+    within KEEP_RECENT_S stay, even over the cap."""
+    if not max_gb:
+        return
+    entries = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(cache_dir):
+            if ENTRY_NAME.fullmatch(entry.name):
+                with contextlib.suppress(OSError):
+                    st = entry.stat()
+                    entries.append((st.st_mtime, st.st_size, Path(entry.path)))
+    total, now = sum(size for _, size, _ in entries), time.time()
+    for used, size, data in sorted(entries):  # least recently used first
+        if total <= max_gb * 1e9:
+            break
+        if data == keep or now - used < KEEP_RECENT_S:
+            continue
+        with contextlib.suppress(OSError):
+            data.with_suffix(".json").unlink(missing_ok=True)  # first: a reader without it rebuilds the entry
+            data.unlink()
+            total -= size
 
 
 SKIP_HINT = ("(pass --skip-bad-images to skip these files and go on)",)
@@ -229,10 +267,10 @@ def report_skipped(bad: list[tuple[str, str]], limit: int = 50, note: str = "--s
     if not bad:
         return
     _REPORTED.update(bad)
-    lines = [f"  - {p}: {why}" for p, why in bad[:limit]]
+    lines = ["  - " + one_line(f"{p}: {why}") for p, why in bad[:limit]]  # a newline in a name forged an item
     if len(bad) > limit:
         lines.append(f"  ... and {len(bad) - limit} more")
-    print(printable(f"warning: skipping {len(bad)} undecodable image(s) ({note}):\n" + "\n".join(lines)),
+    print(f"warning: skipping {len(bad)} undecodable image(s) ({one_line(note)}):\n" + "\n".join(lines),
           file=sys.stderr, flush=True)
 
 
@@ -258,9 +296,15 @@ def default_cache_dir(root: str | Path | None, configured: str | None) -> Path |
     beside = Path(root) / ".fewshot_cache"
     if beside.is_dir() and os.access(beside, os.R_OK | os.X_OK) or os.access(Path(root), os.W_OK):
         return beside  # a cache prebuilt on a read-only mount is still read (and only not written)
-    try:
-        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    xdg = os.environ.get("XDG_CACHE_HOME") or ""
+    try:  # a relative XDG_CACHE_HOME is invalid (XDG spec): it would put the cache under the current folder
+        home = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
     except RuntimeError:  # no HOME and no passwd entry (containers with arbitrary uids): no cache
+        if f"no-home:{root}" not in _WARNED and os.environ.get("RANK", "0") == "0":  # as the unwritable cache's
+            _WARNED.add(f"no-home:{root}")
+            print(printable(f"warning: no folder for the image cache: {root} cannot be written and there is no home "
+                            f"folder (HOME unset, no passwd entry); continuing without it (train, pretrain and run: "
+                            f"data.cache_dir=DIR chooses a folder)"), file=sys.stderr, flush=True)
         return None
     digest = hashlib.sha1(str(Path(root).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return home / "fewshot" / f"{Path(root).resolve().name}-{digest}"

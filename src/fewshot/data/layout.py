@@ -9,16 +9,21 @@ collected and reported at once (DataLayoutError), each naming its path.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot.errors import DataLayoutError, UserError, printable
+from fewshot.errors import DataLayoutError, UserError, one_line, printable
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 NOT_DATASETS = frozenset({"unlabeled"})
 RESERVED_NAME = "n_parameters"  # a key of pred_all.json beside the datasets' names (SPEC's output format)
+# keys that sit beside the datasets' names: pred_all.json's parameter count, and the mean of the per-dataset kNN
+# accuracies (log.jsonl, summaries, compare), which overwrote a dataset named `mean`
+RESERVED_NAMES = (RESERVED_NAME, "mean")
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,26 @@ def check_result_file_is_not_an_input(out, root, run) -> None:
                             f"the datasets' files (e.g. {Path(root) / out_p.name} or a run folder).")
 
 
+def datasets_option(names) -> str:
+    """`--datasets A,B` for a hint, as it must be pasted into a shell: quoted when a name holds a space, and in the
+    `--datasets=...` form when it starts with '-' (`--datasets -x,...` failed: "expected one argument")."""
+    value = shlex.quote(",".join(names))
+    return f"--datasets={value}" if value.lstrip("'").startswith("-") else f"--datasets {value}"
+
+
+def parse_datasets(value: str, names) -> list[str]:
+    """`--datasets A,B` as a list of names. A folder may be named "a,b" or " spaced ": the whole value, or a part as
+    typed (unstripped), that names one of ``names`` is taken as it is; other parts are stripped of spaces."""
+    forms = {unicodedata.normalize("NFC", n) for n in names}
+
+    def exists(d: str) -> bool:
+        return unicodedata.normalize("NFC", d) in forms
+
+    if exists(value):
+        return [value]
+    return [d if exists(d) else d.strip() for d in value.split(",") if exists(d) or d.strip()]
+
+
 def list_datasets(root: Path) -> list[str]:
     """Dataset folders under ROOT: every visible directory except `unlabeled/`, run folders and OS litter
     (not_a_dataset; each is named once on stderr)."""
@@ -151,8 +176,7 @@ def list_datasets(root: Path) -> list[str]:
             names.append(folder.name)
         elif str(folder) not in _TOLD_NOT_DATASETS and os.environ.get("RANK", "0") == "0":
             _TOLD_NOT_DATASETS.add(str(folder))
-            print(f"note: {folder} is not a dataset ({why}): passed over",
-                  file=sys.stderr, flush=True)
+            print(one_line(f"note: {folder} is not a dataset ({why}): passed over"), file=sys.stderr, flush=True)
     if not names:
         raise UserError(f"no dataset folders found under '{root}'. Expected ROOT/<dataset>/train/<class>/*.jpg "
                         f"(see `fewshot data --help` to build demo data).")
@@ -310,7 +334,7 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
     available = list_datasets(root)
     if isinstance(datasets, str):
         given = datasets
-        datasets = [d.strip() for d in datasets.split(",") if d.strip()]
+        datasets = parse_datasets(datasets, available)
         if not datasets:  # `--datasets ""` trained on every dataset without a word
             raise UserError(f"--datasets {given!r} names no dataset; choose among {', '.join(available)} "
                             f"(or leave --datasets out for all of them).")
@@ -325,15 +349,22 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         if missing:
             raise UserError(f"dataset(s) {', '.join(missing)} not found under '{root}'. "
                             f"Available: {', '.join(available)}.")
-        names = list(dict.fromkeys(datasets))  # a repeated name would duplicate its classes
+        # a repeated name would duplicate its classes; so would one folder named twice in two Unicode forms
+        # (NFC and NFD): the folder_of entry is the folder's name as listed, whatever form the file system keeps
+        first: dict[str, str] = {}
+        for d in datasets:
+            first.setdefault(folder_of[d], d)
+        names = list(first.values())
     else:
         names = available
     unnamed = [n for n in names if not is_utf8_name(n)]
     if unnamed:
         raise UserError(f"{root / unnamed[0]}: the dataset folder's name is {NOT_UTF8}.")
-    if RESERVED_NAME in names:
-        raise UserError(f"{root / RESERVED_NAME}: a dataset cannot be named '{RESERVED_NAME}', since pred_all.json "
-                        f"keeps the model's parameter count under that key; rename the folder.")
+    reserved = [n for n in names if folder_of[n] in RESERVED_NAMES]
+    if reserved:
+        raise UserError(f"{root / folder_of[reserved[0]]}: a dataset cannot be named 'n_parameters' or 'mean', "
+                        f"since the results keep the model's parameter count (pred_all.json) and the mean over the "
+                        f"datasets under those keys beside the datasets' names; rename the folder.")
 
     problems: list[str] = []
     val_gaps: list[str] = []
@@ -388,29 +419,55 @@ def warn_once(lines: list[str], kind: str = "warning") -> None:
         print("\n".join(f"{kind}: {printable(line)}" for line in new), file=sys.stderr, flush=True)
 
 
+SCAN_NOTE_S = 2.0  # a pool scan that takes longer says so (a 100k-file pool was a minute of silence)
+
+
 def find_unlabeled_images(folders: list[str | Path]) -> list[Path]:
     """Every image under the folders, recursively, sorted. Symlinked sub-folders are not followed (a link to /
     or to the data's test split would pull those in): they are named in a note, so that one meant as pool
-    can be given as a folder of its own."""
+    can be given as a folder of its own. Works on os.scandir's names (Path objects per file cost most of
+    the time on a 100k-file pool); a scan longer than SCAN_NOTE_S says so on stderr."""
     out: list[Path] = []
     unreadable: list[str] = []
-    links: list[Path] = []
-
-    def on_error(exc: OSError) -> None:
-        unreadable.append(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")
-
+    links: list[str] = []
+    start, told = time.monotonic(), False
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
             raise UserError(f"unlabeled folder '{folder}' does not exist or is not a folder.")
-        for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            links.extend(Path(dirpath) / d for d in dirnames if os.path.islink(os.path.join(dirpath, d)))
-            out.extend(Path(dirpath) / f for f in sorted(filenames) if is_image(Path(f)))
+        stack = [str(folder)]
+        while stack:  # depth first, sorted: the order os.walk gave with sorted dirnames and filenames
+            top = stack.pop()
+            try:
+                with os.scandir(top) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                unreadable.append(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")
+                continue
+            subdirs, base = [], Path(top)
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:  # a symlink loop: a file name, kept when it is an image's (decoding names it)
+                    is_dir = False
+                if is_dir:
+                    (links if entry.is_symlink() else subdirs).append(entry.path)
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS:
+                    out.append(base / entry.name)  # half the cost of Path(entry.path)
+            stack.extend(reversed(subdirs))
+            if not told and time.monotonic() - start > SCAN_NOTE_S and os.environ.get("RANK", "0") == "0":
+                told = True
+                print(f"note: scanning the unlabeled pool ({len(out)} images so far) ...", file=sys.stderr,
+                      flush=True)
+    if told and os.environ.get("RANK", "0") == "0":
+        print(f"note: scanned the unlabeled pool: {len(out)} images in {time.monotonic() - start:.0f} s",
+              file=sys.stderr, flush=True)
     if unreadable:
         raise DataLayoutError(unreadable)
     if links:
-        shown = ", ".join(str(p) for p in links[:3]) + (f" and {len(links) - 3} more" if len(links) > 3 else "")
+        shown = ", ".join(links[:3]) + (f" and {len(links) - 3} more" if len(links) > 3 else "")
         warn_once([f"not following {len(links)} symlinked folder(s) in the unlabeled pool: {shown} (give a "
                     f"linked folder as a pool folder of its own, e.g. --unlabeled DIR, to use it)"], "note")
     if not out:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fewshot.data.label_space import LabelSpace
+from fewshot.errors import one_line
 from fewshot.progress import track
 
 
@@ -55,7 +56,9 @@ def score(logits: torch.Tensor, targets: torch.Tensor, dataset_ids: torch.Tensor
             continue
         # top-5 within the dataset's own class count in known mode (k clipped for tiny class lists)
         k5 = 5 if mode == "unknown" else min(5, space.sizes[d])
-        hit5 = _topk_hit(scored[m], targets[m], k5)
+        # topk and argmax break exact ties differently (acc@5 came out below acc@1): the argmax class, which the
+        # predictions use, counts among the top 5
+        hit5 = _topk_hit(scored[m], targets[m], k5) | top1[m]
         # counts over n in float64: a float32 mean wrote 11.999999731779099 for 12 % into metrics.json
         datasets[name] = {"acc1": 100.0 * int(top1[m].sum()) / n, "acc5": 100.0 * int(hit5.sum()) / n, "n": n}
     mean = sum(v["acc1"] for v in datasets.values()) / max(1, len(datasets))
@@ -65,13 +68,19 @@ def score(logits: torch.Tensor, targets: torch.Tensor, dataset_ids: torch.Tensor
 
 
 def format_table(metrics: dict, title: str | None = None) -> str:
-    """A plain per-dataset table for the terminal; the name column is as wide as the longest name (24 at least)."""
-    w = max([24] + [len(str(name)) for name in metrics["datasets"]])
+    """A plain per-dataset table for the terminal; the name column is as wide as the longest name (24 at least),
+    counted in terminal cells: a CJK character takes two, and padding by characters misaligned the numbers."""
+    from rich.cells import cell_len
+
+    shown = [(one_line(str(name)), m) for name, m in metrics["datasets"].items()]  # a folder name's escapes: inert
+    w = max([24] + [cell_len(name) for name, _ in shown])
     rows = [f"{'dataset':<{w}} {'acc@1':>7} {'acc@5':>7} {'n':>6}"]
-    for name, m in metrics["datasets"].items():
-        rows.append(f"{name:<{w}} {m['acc1']:7.2f} {m['acc5']:7.2f} {m['n']:6d}")
+    for name, m in shown:
+        name = name + " " * (w - cell_len(name))
+        rows.append(f"{name} {m['acc1']:7.2f} {m['acc5']:7.2f} {m['n']:6d}")
     rows.append(f"{'mean':<{w}} {metrics['mean_acc1']:7.2f}")
     if metrics.get("routing_acc") is not None:
         rows.append(f"{'dataset routing':<{w}} {metrics['routing_acc']:7.2f}")
-    head = f"{title}  (mode: {metrics['mode']}, parameters: {metrics.get('n_parameters') or 0:,})\n" if title else ""
+    head = (f"{one_line(title)}  (mode: {metrics['mode']}, parameters: {metrics.get('n_parameters') or 0:,})\n"
+            if title else "")
     return head + "\n".join(rows)

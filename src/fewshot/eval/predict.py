@@ -15,10 +15,10 @@ import torch
 
 from fewshot.data.cache import default_cache_dir
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import scan_root, test_id, warn_once
+from fewshot.data.layout import datasets_option, parse_datasets, scan_root, test_id, warn_once
 from fewshot.data.sets import load_split
 from fewshot.data.transforms import Normalize
-from fewshot.errors import CheckpointError, UserError, printable
+from fewshot.errors import CheckpointError, UserError, one_line, printable
 from fewshot.eval.evaluate import compute_logits, score
 from fewshot.models.backbone import MAX_IMG_SIZE, MIN_IMG_SIZE, mean_std
 from fewshot.models.classifier import build_classifier
@@ -72,7 +72,7 @@ def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list
     """The model's datasets, or the chosen ones among them (held-out data may cover only some)."""
     if datasets is None:
         return list(tm.space.names)
-    chosen = [d.strip() for d in datasets.split(",") if d.strip()] if isinstance(datasets, str) else list(datasets)
+    chosen = parse_datasets(datasets, tm.space.names) if isinstance(datasets, str) else list(datasets)
     if not chosen:
         raise UserError(f"--datasets names no dataset; choose among {', '.join(tm.space.names)}.")
     # a name typed in composed Unicode matches a folder written decomposed (macOS), as scan_root matches them
@@ -126,7 +126,7 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
         if datasets is not None or not here or len(here) == len(chosen):
             raise
         raise UserError(f"{exc} The model knows {', '.join(chosen)}; to use only those under this root, pass "
-                        f"--datasets {','.join(here)}.") from None
+                        f"{datasets_option(here)}.") from None
     infos = [_in_model_classes(info, tm.space.classes[tm.space.index(info.name)], split) for info in infos]
     if split == "test":
         warn_about_what_is_not_predicted(tm, root, infos, datasets, "not scored" if scoring else "not predicted")
@@ -160,8 +160,8 @@ def warn_about_what_is_not_predicted(tm: TrainedModel, root: Path, infos, datase
         with contextlib.suppress(UserError, OSError):
             unseen = [d for d in list_datasets(root) if d not in tm.space.names]
             if unseen:
-                print(f"warning: {root} also holds {', '.join(unseen)}, which the model was not trained on "
-                      f"(it knows {', '.join(tm.space.names)}): {verdict}.", file=sys.stderr, flush=True)
+                print(one_line(f"warning: {root} also holds {', '.join(unseen)}, which the model was not trained "
+                               f"on (it knows {', '.join(tm.space.names)}): {verdict}."), file=sys.stderr, flush=True)
     for info in infos:
         train = info.root / "train"
         with contextlib.suppress(OSError):
@@ -170,9 +170,10 @@ def warn_about_what_is_not_predicted(tm: TrainedModel, root: Path, infos, datase
             here = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
             want = list(tm.space.classes[tm.space.index(info.name)])
             if [unicodedata.normalize("NFC", n) for n in here] != [unicodedata.normalize("NFC", n) for n in want]:
-                print(f"warning: the class folders of {train} ({len(here)}) differ from the model's ({len(want)}: "
-                      f"{', '.join(want[:12])}{', ...' if len(want) > 12 else ''}); pred_all.json gives each image "
-                      f"its class index in the model's list.", file=sys.stderr, flush=True)
+                print(one_line(f"warning: the class folders of {train} ({len(here)}) differ from the model's "
+                               f"({len(want)}: {', '.join(want[:12])}{', ...' if len(want) > 12 else ''}); "
+                               f"pred_all.json gives each image its class index in the model's list."),
+                      file=sys.stderr, flush=True)
 
 
 def prediction_cache_dir(root: Path) -> Path | None:
@@ -214,8 +215,8 @@ def warn_about_unknown_ids(path: Path, key: dict, test_ids) -> list[str]:
     named on stderr, since a key and a test folder that disagree usually mean a copy went wrong."""
     unknown = sorted(set(key) - set(test_ids))
     if unknown:
-        print(f"warning: answer key {path} lists {len(unknown)} id(s) that are not test images scored here "
-              f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}): they are not scored.",
+        print(one_line(f"warning: answer key {path} lists {len(unknown)} id(s) that are not test images scored "
+                       f"here ({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}): they are not scored."),
               file=sys.stderr, flush=True)
     return unknown
 
@@ -226,7 +227,7 @@ def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tens
     keyed = [info.name for info in infos if info.answer_key is not None]
     for info in infos:
         if info.answer_key is None:
-            hint = (f" Score the datasets that have one with --datasets {','.join(keyed)}." if keyed else "")
+            hint = (f" Score the datasets that have one with {datasets_option(keyed)}." if keyed else "")
             raise UserError(f"no answer key {info.root / 'test_labels.json'}: the test split of {info.name} cannot "
                             f"be scored.{hint}")
         keys[info.name] = load_answer_key(info.answer_key, class_names=space.classes[space.index(info.name)])

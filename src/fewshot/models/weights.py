@@ -277,13 +277,33 @@ def _resize_rel_pos_tables(backbone: nn.Module, state: dict, own: dict) -> None:
             continue  # left for the shape-mismatch report
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = True) -> dict:
-    """Load into `backbone`; strict refuses missing/unexpected keys (classifier heads are dropped)."""
+def weights_note(loaded: dict | None, path) -> str:
+    """` from weights F (N of M weights)` for a command's start-up line ('' when no weights file was loaded)."""
+    if not loaded:
+        return ""
+    return f" from weights {path} ({loaded['loaded']} of {loaded['total']} weights)"
+
+
+def _counter(key: str) -> bool:
+    """BatchNorm's step counter: not a weight (many published checkpoints leave it out, or cast it to fp16)."""
+    return key.endswith("num_batches_tracked")
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = True, quiet: bool = False) -> dict:
+    """Load into `backbone`; strict refuses missing/unexpected keys (classifier heads are dropped). ``quiet``: no
+    model.strict=false warning (the caller has given it for this file already). Returns the counts of weights
+    (parameters and BatchNorm statistics, step counters left out) loaded and in the model."""
     path = Path(path)
     state = backbone_state_from(read_tensor_file(path), path)
     for k in classifier_keys(backbone, state):
         state.pop(k)
     own = backbone.state_dict()
+    for k, v in list(state.items()):  # a file cast whole to fp16: its counters are floats, still step counts
+        if _counter(k) and k in own and v.is_floating_point() and not own[k].is_floating_point():
+            if v.numel() == own[k].numel() and torch.isfinite(v).all():
+                state[k] = v.round().to(own[k].dtype).reshape(own[k].shape)
+            else:
+                state.pop(k)  # the model's own counter stays (it only counts steps)
     _resample_pos_embed(backbone, state, own)
     _resize_rel_pos_tables(backbone, state, own)
     mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -293,10 +313,11 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
     mismatched += [f"{k}: file dtype {str(v.dtype).replace('torch.', '')} vs model "
                    f"{str(own[k].dtype).replace('torch.', '')}" for k, v in state.items()
                    if k in own and (v.is_floating_point() != own[k].is_floating_point() or v.is_complex())]
-    # BatchNorm's step counter is not a weight; many published checkpoints leave it out
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in state and not _counter(k)]
     # the weights first: a list that began with BatchNorm step counters named nothing telling
-    unexpected = sorted((k for k in state if k not in own), key=lambda k: k.endswith("num_batches_tracked"))
+    unexpected = sorted((k for k in state if k not in own), key=_counter)
+    weights = [k for k in own if not _counter(k)]
+    loaded = [k for k in weights if k in state]  # counters that match are loaded, not counted: they are no weights
     if mismatched or (strict and (missing or unexpected)):
         parts = [f"weights file {path} does not fit the model ({type(backbone).__name__})."]
         more = lambda keys: f" and {len(keys) - 8} more" if len(keys) > 8 else ""  # noqa: E731 (lists ran together)
@@ -310,9 +331,15 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
         recorded = architecture_of(path).get("model")
         if recorded and recorded != getattr(backbone, "default_cfg", {}).get("architecture", recorded):
             parts.append(f"The file was exported from '{recorded}': pass --model {recorded}.")
+        if not mismatched and not loaded:  # model.strict=false would only say that nothing matches
+            parts.append(f"No weight in the file has a name of the model (file keys like "
+                         f"{', '.join(list(state)[:2]) or '-'}; the model's like {', '.join(weights[:2])}), so "
+                         f"model.strict=false would load nothing: the file holds another architecture, or names its "
+                         f"keys another way (a wrapper's prefix, an nn.Sequential's numbers); re-save it with the "
+                         f"model's key names.")
         parts.append("Check --model (and model.width / model.small_stem, and for a ViT --img-size) matches the "
                      "architecture the file was trained with"
-                     + ("" if not strict or mismatched else
+                     + ("" if not strict or mismatched or not loaded else
                         ", or (train, pretrain, run) pass model.strict=false to load the matching part") + ".")
         raise CheckpointError(" ".join(parts))
     broken = [k for k, v in state.items() if k in own and v.is_floating_point() and not torch.isfinite(v).all()]
@@ -320,15 +347,16 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
         raise CheckpointError(f"weights file {path} holds NaN or infinite values in {len(broken)} tensor(s) "
                               f"({', '.join(broken[:4])}{', ...' if len(broken) > 4 else ''}); it cannot be trained "
                               f"from. Use an earlier checkpoint of the run that wrote it.")
-    loaded = len(state) - len(unexpected)
-    if loaded == 0:
-        raise CheckpointError(f"weights file {path}: none of its {len(state)} tensor(s) matches a parameter of the "
-                              f"model ({type(backbone).__name__}; file keys like {', '.join(list(state)[:3]) or '-'}); "
-                              f"check --model, or the file is not a backbone of this architecture.")
-    if missing or unexpected:  # model.strict=false: say what was left out, or a mostly random backbone goes unnoticed
-        print(f"warning: {path}: loaded {loaded} of the model's {len(own)} tensors (model.strict=false); "
-              f"{len(missing)} left at random init ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}), "
-              f"{len(unexpected)} in the file unused ({', '.join(unexpected[:4])}"
-              f"{', ...' if len(unexpected) > 4 else ''})", file=sys.stderr)
+    if not loaded:  # BatchNorm step counters alone are no weights: the backbone would stay wholly random
+        counters = "; only BatchNorm step counters match, no weights" if len(state) > len(unexpected) else ""
+        raise CheckpointError(f"weights file {path}: none of its {len(state)} tensor(s) matches a weight of the "
+                              f"model ({type(backbone).__name__}; file keys like {', '.join(list(state)[:3]) or '-'}"
+                              f"{counters}); check --model, or the file is not a backbone of this architecture.")
+    unused = [k for k in unexpected if not _counter(k)]
+    if (missing or unused) and not quiet:  # model.strict=false: a mostly random backbone must not go unnoticed
+        print(f"warning: {path}: loaded {len(loaded)} of the model's {len(weights)} weights (model.strict=false; "
+              f"BatchNorm step counters not counted); {len(missing)} left at random init ({', '.join(missing[:4])}"
+              f"{', ...' if len(missing) > 4 else ''}), {len(unused)} in the file unused ({', '.join(unused[:4])}"
+              f"{', ...' if len(unused) > 4 else ''})", file=sys.stderr)
     backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return {"loaded": loaded, "missing": missing, "unexpected": unexpected}
+    return {"loaded": len(loaded), "total": len(weights), "missing": missing, "unexpected": unexpected}

@@ -157,10 +157,18 @@ class ReportBuilder:
         self.analyses: dict = {}
         self.data_notes: dict[str, str] = {}
         self.images: list[Path] = []
+        self._taken: set[str] = set()  # the PNG names given, lower-cased
 
     # ------------------------------------------------------------------ helpers
     def _png(self, name: str) -> str:
-        """A file name beside index.html (returned relative, as the page references it)."""
+        """A file name beside index.html (returned relative, as the page references it). Names are made of slugs
+        that may hold '-': run "x" with a dataset "d-curves" and run "x-confusion-0-d" both made
+        x-confusion-0-d-curves.png, one figure drawn over the other; a name taken already (case aside, for file
+        systems that ignore it) gets "-2", "-3", ..."""
+        stem, k = name.removesuffix(".png"), 2
+        while name.lower() in self._taken:
+            name, k = f"{stem}-{k}.png", k + 1
+        self._taken.add(name.lower())
         path = self.out / name
         self.images.append(path)
         return name

@@ -8,8 +8,13 @@ no pyplot global state).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import math
+import os
+import shutil
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,6 +27,33 @@ DPI = 100
 LEGEND_IN_AXES = 6  # legend entries drawn inside a panel; more go below the panels, in columns
 LEGEND_MAX_NAMED = 30  # datasets named in a legend; past it the colours are too alike to look a name up
 CONFUSION_MAX_DPI = 200  # a big confusion matrix gets up to this dpi (one pixel per class), then is pooled
+
+
+def _quiet_matplotlib_config_dir() -> None:
+    """With HOME read-only, importing matplotlib printed two warning lines on every plotting command before it
+    used a temporary folder anyway: give it a private temporary folder first (removed at exit, as it does)."""
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
+        return
+    try:  # where matplotlib keeps its config and its font cache (linux: XDG folders; else ~/.matplotlib for both)
+        linux = sys.platform.startswith(("linux", "freebsd"))
+        wanted = [Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "matplotlib",
+                  Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "matplotlib"] if linux else \
+            [Path.home() / ".matplotlib"]
+        for folder in wanted:
+            folder.mkdir(parents=True, exist_ok=True)
+        if all(os.access(folder, os.W_OK) for folder in wanted):
+            return
+    except (OSError, RuntimeError):  # RuntimeError: no home folder at all
+        pass
+    try:
+        private = tempfile.mkdtemp(prefix="matplotlib-")
+    except OSError:
+        return  # matplotlib says why itself
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    os.environ["MPLCONFIGDIR"] = private
+
+
+_quiet_matplotlib_config_dir()
 
 
 def _figure(w: float, h: float, layout: str | None = "constrained"):

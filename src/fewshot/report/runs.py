@@ -287,8 +287,19 @@ def _labels(paths: list[Path], stage: list[bool]) -> list[str]:
             if not any(j != i and other[-n:] == own[-n:] for j, other in enumerate(parts)):
                 label = "/".join(own[-n:])
                 break
-        labels.append(one_line(label))
-    return labels
+        labels.append(label)
+    # the label is shown escaped, and keys the run's slug, PNGs and notes: a folder named "x<newline>y" and one named
+    # "x\\ny" (a backslash) must not show as one run. A label that needs no escaping keeps its text; the others
+    # get " (2)", " (3)", ...
+    shown, taken = [""] * len(labels), set()
+    for i in sorted(range(len(labels)), key=lambda i: (one_line(labels[i]) != labels[i], labels[i])):
+        base = label = one_line(labels[i])
+        k = 2
+        while label in taken:
+            label, k = f"{base} ({k})", k + 1
+        taken.add(label)
+        shown[i] = label
+    return shown
 
 
 def _is_run_dir(path: Path) -> bool:

@@ -212,10 +212,16 @@ def print_tables(tables: list[Table], file=None) -> None:
         for t in tables:
             print(printable(to_text(t)) + "\n", file=file)
         return
+    from rich.cells import cell_len
+
     console = Console(file=file, highlight=False)
-    needed = max((max(len(line) for line in to_text(t).splitlines()) + 3 * len(t.columns) for t in tables), default=80)
-    # Never let rich crop a number: the console is at least as wide as the widest table.
-    console = Console(file=file, highlight=False, width=max(needed, console.width),
+    # widths in terminal cells (a CJK character takes two), as rich measures them
+    needed = max((max(cell_len(printable(t.title)),
+                      sum(max(cell_len(printable(str(c))) for c in [col, *(r[i] for r in t.rows)])
+                          for i, col in enumerate(t.columns)) + 5 * len(t.columns)) for t in tables), default=80)
+    # Never let rich crop a number: the console is at least as wide as the widest table. Rich keeps a width only
+    # given with a height: a dumb terminal (TERM=dumb) is otherwise 80 columns whatever width= says.
+    console = Console(file=file, highlight=False, width=max(needed, console.width), height=console.height,
                       color_system=console.color_system if console.is_terminal else None)
     console.on_broken_pipe = _raise_broken_pipe  # rich exits 1 itself; the CLI reports a cut-off reader as 141
     from rich.text import Text

@@ -67,6 +67,13 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dic
         # `--out RUN/checkpoints/best.pt` replaced the run's best.pt with a backbone file
         raise UserError(f"--out {out} would write into the checkpoints folder it exports from; write the export "
                         f"elsewhere.")
+    root = ((ck.get("config") or {}).get("data") or {}).get("root")
+    if isinstance(root, str) and root and Path(root).is_dir():
+        from fewshot.data.layout import check_result_file_is_not_an_input
+
+        # the run's data as recorded: `--out ROOT/<ds>/train/new/bb.safetensors` made a class folder without
+        # images, and every command then refused ROOT
+        check_result_file_is_not_an_input(out, root, ckpt)
     state = backbone_state(ck)
     meta = {"format": "pt", "model": str(ck.get("model_name", "")), "source": str(ckpt),
             "epoch": str(ck.get("epoch", "")), "img_size": str(ck.get("img_size", ""))}

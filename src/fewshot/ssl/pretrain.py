@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -14,11 +17,11 @@ from fewshot.data.layout import find_unlabeled_images, has_images, list_datasets
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize
-from fewshot.errors import UserError
+from fewshot.errors import UserError, one_line
 from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size, create_backbone,
                                      input_size, mean_std)
-from fewshot.models.weights import load_backbone_weights
+from fewshot.models.weights import load_backbone_weights, weights_note
 from fewshot.progress import set_enabled
 from fewshot.ssl.functional import topk_accuracy
 from fewshot.ssl.knn import knn_predict
@@ -34,7 +37,62 @@ def pool_paths(cfg: dict, infos) -> tuple[list[Path], str]:
     return paths, source
 
 
+_POOL_MEMO: dict = {}  # the last pool found: inputs -> (its folders' stamp, (paths, ids, source))
+STAMP_SETTLE_S = 2.0  # a folder changed more recently may change again within its timestamp's granularity
+
+
+def _folders_stamp(root: Path, pool_folders: list[Path]) -> tuple | None:
+    """The root, its folders and every folder below the pool folders (links not followed), each with its inode
+    and mtime: adding, removing or renaming a file changes its folder's mtime. None when one changed within
+    STAMP_SETTLE_S (a second change in the same clock tick would go unseen). Listing only the folders costs a
+    tenth of the scan."""
+    try:  # hidden folders are no datasets; ROOT/.fewshot_cache changes with every cache write (review)
+        shallow = [root, *(entry.path for entry in os.scandir(root) if entry.is_dir() and entry.name[:1] != ".")]
+    except OSError:
+        return None
+    linked: list[str] = []
+
+    def deep():
+        for folder in pool_folders:
+            for dirpath, dirnames, _ in os.walk(folder):
+                if dirpath == os.fspath(folder):  # ROOT/unlabeled/<dataset> as a link is scanned through
+                    linked.extend(d for d in dirnames if os.path.islink(os.path.join(dirpath, d)))
+                yield dirpath
+
+    stamp, limit = [], time.time_ns() - int(STAMP_SETTLE_S * 1e9)
+    for folder in itertools.chain(shallow, deep()):
+        if linked:  # the scan follows such a link, os.walk does not: changes behind it would go unseen
+            return None
+        try:
+            st = os.stat(folder)
+        except OSError:
+            return None
+        if st.st_mtime_ns > limit:
+            return None
+        stamp.append((os.fspath(folder), st.st_ino, st.st_mtime_ns))
+    return tuple(stamp)
+
+
 def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
+    """The pool (see _pool_with_sources), scanned once per process while its folders are unchanged: `fewshot run`
+    asks for it 3-6 times (start-up checks, MoCo, every self-training round), 60 s each on a 100k-file pool."""
+    d = cfg["data"]
+    root = Path(d["root"])
+    folders = d["unlabeled"] if isinstance(d["unlabeled"], list) else [d["unlabeled"]] if d["unlabeled"] else []
+    key = (str(root), tuple(str(f) for f in folders), tuple(infos))
+    stamp = _folders_stamp(root, [Path(f) for f in folders] or [root / "unlabeled"])
+    hit = _POOL_MEMO.get(key)
+    if stamp is not None and hit is not None and hit[0] == stamp:
+        paths, ids, source = hit[1]
+        return list(paths), list(ids), source
+    paths, ids, source = _pool_with_sources(cfg, infos)
+    _POOL_MEMO.clear()  # one pool at a time: a 100k-file list is tens of MB
+    if stamp is not None:
+        _POOL_MEMO[key] = (stamp, (list(paths), list(ids), source))
+    return paths, ids, source
+
+
+def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
     """The unlabeled pool: --unlabeled folders; else ROOT/unlabeled/<dataset>; else train images; plus the
     images under ROOT/unlabeled/ outside any dataset's folder (loose files, other sub-folders), of unknown source.
 
@@ -84,33 +142,49 @@ def given_pool_images(folders: list, root: Path) -> list[Path]:
     return kept
 
 
+def real_paths(paths) -> list[str]:
+    """Each path with its links resolved, one realpath per folder: a file's real path is its folder's real path
+    plus its name unless the file itself is a link (one lstat). Resolving every file of a 100k pool cost 30 s."""
+    real_dirs: dict[str, str] = {}
+    out = []
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.islink(path):
+            out.append(os.path.realpath(path))
+            continue
+        folder, name = os.path.split(path)
+        if folder not in real_dirs:
+            real_dirs[folder] = os.path.realpath(folder or ".")
+        out.append(os.path.join(real_dirs[folder], name))
+    return out
+
+
 def without_held_out(found: list[Path], root: Path) -> tuple[list[Path], int]:
     """``found`` without repeats (by real file) and without the data root's val and test images, with the count
     left out. A linked file counts as its target: a pool of links to test images put the test split into
     MoCo, the pseudo-labels and FixMatch (only the links' folders were resolved). Copies are not detected."""
-    held_out = [(Path(root) / name / split).resolve() for name in _datasets_or_none(root)
+    held_out = [os.path.realpath(Path(root) / name / split) for name in _datasets_or_none(root)
                 for split in ("val", "test")]
-    real_dirs: dict[Path, Path] = {}  # folders resolved once; a file costs one lstat (is it a link?)
-    scoring: dict[Path, bool] = {}  # real folder -> inside a val or test split (checked once per folder)
-    seen: set[Path] = set()
+    scoring: dict[str, bool] = {}  # real folder -> inside a val or test split (checked once per folder)
+    seen: set[str] = set()
     kept, left_out = [], 0
-    for path in found:
-        if path.is_symlink():
-            real = path.resolve()
-        else:
-            if path.parent not in real_dirs:
-                real_dirs[path.parent] = path.parent.resolve()
-            real = real_dirs[path.parent] / path.name
+    for path, real in zip(found, real_paths(found)):
         if real in seen:
             continue
         seen.add(real)
-        if real.parent not in scoring:
-            scoring[real.parent] = any(real.parent.is_relative_to(folder) for folder in held_out)
-        if scoring[real.parent]:
+        folder = os.path.dirname(real)
+        if folder not in scoring:
+            scoring[folder] = any(_inside(folder, held) for held in held_out)
+        if scoring[folder]:
             left_out += 1
         else:
             kept.append(path)
     return kept, left_out
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Path.is_relative_to for real (absolute, normalised) paths as strings."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _datasets_or_none(root: Path) -> list[str]:
@@ -144,22 +218,27 @@ def unsorted_pool_images(root: Path, known: list[Path] = ()) -> list[Path]:
             found += find_unlabeled_images([entry])
         elif entry.is_file() and is_image(entry):
             found.append(entry)
-    seen = {Path(p).resolve() for p in known}
-    dataset_dirs = [folder.resolve() for name in datasets for folder in (root / name, pool / name)]
+    if not found:  # the usual layout: resolving every known file (30 s for 100k) would be wasted
+        return []
+    seen = set(real_paths(known))
+    dataset_dirs = [os.path.realpath(folder) for name in datasets for folder in (root / name, pool / name)]
     kept = []
-    for path in found:
-        real = path.resolve()
-        if real not in seen and not any(real.is_relative_to(d) for d in dataset_dirs):
+    for path, real in zip(found, real_paths(found)):
+        if real not in seen and not any(_inside(real, d) for d in dataset_dirs):
             seen.add(real)
             kept.append(path)
     return kept
 
 
-def queue_advice(pool: int, global_batch: int) -> str:
+def queue_advice(pool: int, global_batch: int, world: int = 1) -> str:
     """A queue of about half the pool, which must still hold one global batch of keys."""
     if global_batch * 2 <= pool:
         return f"--queue-size {pool // 2}"
-    return (f"a batch of at most {max(1, pool // 4)} images, then --queue-size {pool // 2}: a global batch of "
+    if world > 1:  # --batch-size is per process: say so, and give the per-process figure
+        return (f"--batch-size {max(1, pool // 4 // world)} per process (a global batch of at most {max(1, pool // 4)}"
+                f" images), then --queue-size {pool // 2}: a global batch of {global_batch} does not fit in half of "
+                f"this pool")
+    return (f"a batch of at most {max(1, pool // 4)} images, then --queue-size {pool // 2}: a batch of "
             f"{global_batch} does not fit in half of this pool")
 
 
@@ -220,12 +299,17 @@ class MoCoTask:
     supports_ema = False
     drop_last = True
 
-    def __init__(self, cfg: dict, infos, device: torch.device, ctx: DistContext):
+    def __init__(self, cfg: dict, infos, device: torch.device, ctx: DistContext, resuming: bool = False,
+                 quiet_weights: bool = False):
+        """``resuming``: last.pt replaces the model, so model.weights are not read (the file may be gone, as for
+        `fewshot train --resume`); ``quiet_weights``: the model.strict=false warning was given already."""
         self.cfg, self.device, self.ctx = cfg, device, ctx
         m, d = cfg["moco"], cfg["data"]
         backbone = create_backbone(cfg["model"]["name"], **backbone_options(cfg["model"]))
-        if cfg["model"]["weights"]:
-            load_backbone_weights(backbone, cfg["model"]["weights"], strict=cfg["model"]["strict"])
+        self.weights_loaded = None  # load_backbone_weights' counts, for the start-up line
+        if cfg["model"]["weights"] and not resuming:
+            self.weights_loaded = load_backbone_weights(backbone, cfg["model"]["weights"],
+                                                        strict=cfg["model"]["strict"], quiet=quiet_weights)
         self.size = input_size(backbone, cfg["model"]["img_size"])
         check_input_size(backbone, self.size, cfg["model"]["name"])
         mean, std = mean_std(backbone)
@@ -252,12 +336,13 @@ class MoCoTask:
         cache = default_cache_dir(d["root"], d["cache_dir"])
         paths, self.pool_source = pool_paths(cfg, infos)
         pool = load_images(paths, self.size, cache, crop_pct=1.0, desc="loading unlabeled pool",
-                           skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], skip_note=POOL_SKIP_NOTE)
+                           skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], skip_note=POOL_SKIP_NOTE,
+                           max_gb=d.get("cache_max_gb"))
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
         self.pool_skipped = list(pool.bad)
         self.space = LabelSpace.from_infos(infos)
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
-                                                   d["crop_pct"], d["skip_bad_images"])
+                                                   d["crop_pct"], d["skip_bad_images"], d.get("cache_max_gb"))
         self.eval_every = m["knn_every"]
         self.n_parameters = sum(p.numel() for p in self.model.encoder_q.backbone.parameters())
 
@@ -342,19 +427,21 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
     check_resume_world(Path(out), resume, ctx.world)
     seed_everything(cfg["train"]["seed"])
-    task = MoCoTask(cfg, infos, device, ctx)
+    task = MoCoTask(cfg, infos, device, ctx, resuming=resume and (Path(out) / "checkpoints" / "last.pt").is_file())
     engine = Engine(task, cfg, out, device, ctx)
     if ctx.is_main:
         write_skipped(out, task.pool_skipped + task.train_set.skipped + task.val_set.skipped)
         m = cfg["moco"]
-        print(f"MoCo ({m['preset']}) pretraining {cfg['model']['name']} on {len(task.pool)} unlabeled images "
-              f"({task.pool_source}) at {task.size}px on {device} x{ctx.world} ({engine.precision}): K={m['queue_size']}, m={m['momentum']}, "
-              f"T={m['temperature']}, {bn_protection(task.model)}; run directory {out}")
-        global_batch = cfg["train"]["batch_size"] * ctx.world
+        print(one_line(f"MoCo ({m['preset']}) pretraining {cfg['model']['name']}"
+                       f"{weights_note(task.weights_loaded, cfg['model']['weights'])} on {len(task.pool)} unlabeled "
+                       f"images ({task.pool_source}) at {task.size}px on {device} x{ctx.world} ({engine.precision}): "
+                       f"K={m['queue_size']}, m={m['momentum']}, T={m['temperature']}, {bn_protection(task.model)}; "
+                       f"run directory {out}"))
+        advice = queue_advice(len(task.pool), cfg["train"]["batch_size"] * ctx.world, ctx.world)
         if m["queue_size"] >= len(task.pool):
             print(f"warning: the queue (K={m['queue_size']}) holds at least as many keys as the pool has images "
                   f"({len(task.pool)}): each query meets older keys of its own image as negatives. A queue of "
-                  f"about half the pool is the usual choice here ({queue_advice(len(task.pool), global_batch)}; "
+                  f"about half the pool is the usual choice here ({advice}; "
                   f"`fewshot run` sets it so).", flush=True)
     result = engine.fit(resume=resume)
     if ctx.is_main:
@@ -362,7 +449,7 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
 
         plot_pretrain_curves(Path(out))
         if result:
-            print("kNN accuracy (val): " + ", ".join(f"{k} {v:.2f}" for k, v in result["knn_acc1"].items()))
+            print(one_line("kNN accuracy (val): " + ", ".join(f"{k} {v:.2f}" for k, v in result["knn_acc1"].items())))
         write_knn_metrics(engine, task, Path(out))
     return result or {}
 

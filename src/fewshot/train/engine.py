@@ -124,7 +124,8 @@ def empty_epoch_error(task, cfg: dict, world: int) -> UserError:
     """Why an epoch plan holds no batch, and what the user can change."""
     bs = cfg["train"]["batch_size"]
     if task.kind == "moco":
-        return UserError(f"the unlabeled pool has {len(task.pool)} images, fewer than one batch of {bs * world} "
+        of = f"{bs * world} ({bs} per process x {world} processes)" if world > 1 else f"{bs}"
+        return UserError(f"the unlabeled pool has {len(task.pool)} images, fewer than one batch of {of} "
                          f"(MoCo drops an incomplete batch): lower --batch-size (`fewshot run`: "
                          f"run.pretrain_batch_size=N) or add images to the pool.")
     if bs < 2:
@@ -349,11 +350,12 @@ class Engine:
         for line in lines:
             try:
                 row = json.loads(line)
-            except ValueError:
+                step = int(row.get("step", 0)) if isinstance(row, dict) else None
+            except (ValueError, TypeError, OverflowError):  # a torn line, or a row whose step is not a number
                 continue
-            if isinstance(row, dict) and int(row.get("step", 0)) <= self.global_step and row.get("epoch") != partial:
+            if step is not None and step <= self.global_step and row.get("epoch") != partial:
                 keep.append(line)
-                steps.add(int(row.get("step", 0)))
+                steps.add(step)
         if epoch_record is not None and epoch_record.get("step") not in steps and epoch_record.get("epoch") != partial:
             keep.append(json.dumps(epoch_record))
         if keep != lines:
@@ -577,15 +579,12 @@ class Engine:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.nonfinite_skipped += 1
                 if self.nonfinite_skipped > t["skip_nonfinite"]:
-                    last = self.ckpt_dir / "last.pt"
-                    kept = (f"The last good checkpoint is {last} (global step {self._saved_step})"
-                            if self._saved_step is not None else
-                            (f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint was written"))
+                    kept = self._last_good_checkpoint()  # every rank is here: _finite agreed across them
                     raise NonFiniteLossError(
-                        f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step "
-                        f"{self.global_step + 1}); training stopped after {self.nonfinite_skipped} non-finite "
-                        f"loss(es). {kept}. Lower the learning rate (optim.lr=...), or allow skipping up to N "
-                        f"bad steps with train.skip_nonfinite=N (train and pretrain: --skip-nonfinite N; now "
+                        f"the loss became {self._nonfinite_loss_text(loss)} at epoch {epoch + 1}, step {step + 1} "
+                        f"(global step {self.global_step + 1}); training stopped after {self.nonfinite_skipped} "
+                        f"non-finite loss(es). {kept}. Lower the learning rate (optim.lr=...), or allow skipping up "
+                        f"to N bad steps with train.skip_nonfinite=N (train and pretrain: --skip-nonfinite N; now "
                         f"{t['skip_nonfinite']}).")
                 if before is not None:
                     self._restore_forward_state(before)
@@ -699,13 +698,29 @@ class Engine:
             ok = all_reduce_mean(self.ctx, 1.0 if ok else 0.0) == 1.0
         if ok:
             return
-        last = self.ckpt_dir / "last.pt"
-        kept = (f"The last good checkpoint is {last} (global step {self._saved_step})" if self._saved_step is not None
-                else (f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint was written"))
+        kept = self._last_good_checkpoint()
+        skipped = self.nonfinite_skipped - self.epoch_skips_start  # the same on every rank (_finite agrees)
+        losses = (f"after {skipped} non-finite loss(es) were skipped (train.skip_nonfinite) and the others stayed "
+                  f"finite" if skipped else "although the loss stayed finite")
         raise NonFiniteLossError(
-            f"the model's weights or BatchNorm statistics became inf/NaN in epoch {epoch + 1} although the loss "
-            f"stayed finite: training diverged, and this epoch's model was neither evaluated nor saved. {kept}. "
-            f"Lower the learning rate (optim.lr=...; the last step's was {self._base_lr():g}) and start again.")
+            f"the model's weights or BatchNorm statistics became inf/NaN in epoch {epoch + 1} {losses}: training "
+            f"diverged, and this epoch's model was neither evaluated nor saved. {kept}. Lower the learning rate "
+            f"(optim.lr=...; the last step's was {self._base_lr():g}) and start again.")
+
+    def _last_good_checkpoint(self) -> str:
+        """Where training can go back to, as rank 0 knows it (it alone writes last.pt), so that every rank's
+        message says the same. Called by every rank together."""
+        last = self.ckpt_dir / "last.pt"
+        text = (f"The last good checkpoint is {last} (global step {self._saved_step})" if self._saved_step is not None
+                else (f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint was written"))
+        return broadcast_object(self.ctx, text)
+
+    def _nonfinite_loss_text(self, loss: torch.Tensor) -> str:
+        """The non-finite loss, naming its rank under DDP: a rank's own loss may be finite when another's was not
+        (_finite decides for all of them). Called by every rank together."""
+        values = all_gather_object(self.ctx, float(loss.detach().float().mean()))
+        bad = [(rank, v) for rank, v in enumerate(values) if not math.isfinite(v)] or list(enumerate(values))
+        return f"{bad[0][1]}" + (f" on rank {bad[0][0]}" if self.ctx.enabled else "")
 
     def _finite(self, loss: torch.Tensor) -> bool:
         ok = bool(torch.isfinite(loss.detach()).all())

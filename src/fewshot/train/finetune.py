@@ -10,8 +10,9 @@ import torch
 from fewshot.config import load_yaml, save_yaml
 from fewshot.data.cache import ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
-from fewshot.errors import UserError
+from fewshot.errors import UserError, one_line
 from fewshot.eval.evaluate import format_table
+from fewshot.models.weights import weights_note
 from fewshot.progress import set_enabled
 from fewshot.train.distributed import barrier, init_distributed
 from fewshot.run_lock import lock_run_dir
@@ -86,7 +87,7 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     if not saved.is_file():
         return cfg
     base = load_yaml(saved)
-    from fewshot.config import DEFAULTS, get_dotted, set_dotted
+    from fewshot.config import DEFAULTS, get_dotted, same_folders, same_weights_file, set_dotted
 
     def in_run(keys: list[str]):
         try:
@@ -105,7 +106,8 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
         if dotted in RESUME_MAY_CHANGE:
             continue
         before = in_run(dotted.split("."))
-        if before != value:
+        if before != value and not (dotted == "data.unlabeled" and same_folders(before, value)) \
+                and not (dotted == "model.weights" and same_weights_file(before, value)):
             changed.append(f"{dotted} ({before!r} in the run, {value!r} now)")
     if changed:
         command = "pretrain" if base.get("_task") == "moco" else "train"  # MoCo goes on as MoCo, not fine-tuning
@@ -172,20 +174,23 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
     if ctx.is_main:
         pool_skipped = task.unlabeled.skipped if task.unlabeled is not None else []  # FixMatch's pool
         write_skipped(out, task.train_set.skipped + task.val_set.skipped + pool_skipped)
-        print(f"fine-tuning {cfg['model']['name']} ({task.n_parameters:,} parameters) on "
-              f"{', '.join(task.space.names)}: {task.space.num_classes} class{'es' if task.space.num_classes != 1 else ''}, {len(task.train_set)} train / "
-              f"{len(task.val_set)} val images at {task.size}px on {device} ({engine.precision}); run directory {out}")
+        print(one_line(f"fine-tuning {cfg['model']['name']} ({task.n_parameters:,} parameters)"
+                       f"{weights_note(task.weights_loaded, cfg['model']['weights'])} on "
+                       f"{', '.join(task.space.names)}: {task.space.num_classes} "
+                       f"class{'es' if task.space.num_classes != 1 else ''}, {len(task.train_set)} train / "
+                       f"{len(task.val_set)} val images at {task.size}px on {device} ({engine.precision}); run "
+                       f"directory {out}"))
         warn_random_backbone_at_a_pretrained_lr(cfg)
         left_out = task.datasets_left_out()
         if left_out:
-            print(f"warning: {', '.join(left_out)} never reach(es) a training batch: with data.sampler="
-                  f"{cfg['data']['sampler']} on {ctx.world} process(es) each of its batches would give a process "
-                  f"fewer than 2 images, which BatchNorm cannot train on. Use data.sampler=shuffle, fewer processes, "
-                  f"or more images.", file=sys.stderr)
+            print(one_line(f"warning: {', '.join(left_out)} never reach(es) a training batch: with data.sampler="
+                           f"{cfg['data']['sampler']} on {ctx.world} process(es) each of its batches would give a "
+                           f"process fewer than 2 images, which BatchNorm cannot train on. Use data.sampler=shuffle, "
+                           f"fewer processes, or more images."), file=sys.stderr)
         if task.space.num_classes == 1:  # the loss is 0 from the first step: a silent run that learns nothing
-            print(f"warning: {task.space.names[0]} has one class and no other dataset is trained with it: the "
-                  f"loss is 0 and nothing is learned; every image is predicted as "
-                  f"{task.space.classes[0][0]!r}. Add classes or datasets (--datasets).", file=sys.stderr)
+            print(one_line(f"warning: {task.space.names[0]} has one class and no other dataset is trained with it: "
+                           f"the loss is 0 and nothing is learned; every image is predicted as "
+                           f"{task.space.classes[0][0]!r}. Add classes or datasets (--datasets)."), file=sys.stderr)
     engine.fit(resume=resume)
     metrics = final_metrics(engine, task, out)
     if ctx.is_main:

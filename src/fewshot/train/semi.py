@@ -31,12 +31,12 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False) -> Pool:
     source), its files and a description of where it came from. ``exclude_train``: leave out the labelled train and
     val images (a dataset without a pool falls back to its train images, which MoCo may use but
     pseudo-labels may not; a val image trained on would inflate the val score that picks checkpoints)."""
-    from fewshot.ssl.pretrain import pool_with_sources
+    from fewshot.ssl.pretrain import pool_with_sources, real_paths
 
     paths, ids, source = pool_with_sources(cfg, infos)
     if exclude_train:
-        labelled = {Path(p).resolve() for info in infos for p, _ in list(info.train) + list(info.val)}
-        keep = [i for i, p in enumerate(paths) if Path(p).resolve() not in labelled]
+        labelled = set(real_paths(p for info in infos for p, _ in list(info.train) + list(info.val)))
+        keep = [i for i, real in enumerate(real_paths(paths)) if real not in labelled]
         paths, ids = [paths[i] for i in keep], [ids[i] for i in keep]
         # a dataset without a pool stands in its train images for MoCo; here none of them is used
         source = source.replace(": train images", ": no pool (its train images are labelled)")
@@ -45,7 +45,7 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False) -> Pool:
     d = cfg["data"]
     cached = load_images(paths, size, default_cache_dir(d["root"], d["cache_dir"]), crop_pct=d["crop_pct"],
                          skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], desc="loading unlabeled pool",
-                         skip_note=POOL_SKIP_NOTE)
+                         skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"))
     valid = cached.valid
     return Pool(cached.images[valid], torch.tensor(ids, dtype=torch.long)[valid],
                 [str(p) for p, ok in zip(paths, valid.tolist()) if ok], source, list(cached.bad))
@@ -181,7 +181,8 @@ def class_quota(pool_dataset_ids: torch.Tensor, space, keep_frac: float) -> torc
     n_unknown = int((pool_dataset_ids < 0).sum())
     for d in range(len(space.names)):
         classes = torch.nonzero(space.mask(torch.tensor([d]))[0]).flatten()
-        n = int((pool_dataset_ids == d).sum()) + n_unknown * len(classes) // space.num_classes
+        # the unknown-source share stays fractional: rounded down, a small pool gave a dataset no share
+        n = int((pool_dataset_ids == d).sum()) + n_unknown * len(classes) / space.num_classes
         # at least one per class when the dataset has a pool: rounding down to 0 kept nothing at all
-        quota[classes] = max(1 if n else 0, int(round(keep_frac * n / max(1, len(classes)))))
+        quota[classes] = max(1 if n > 0 else 0, int(round(keep_frac * n / max(1, len(classes)))))
     return quota

@@ -13,6 +13,7 @@ from fewshot.data.mix import BatchMix
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize, TrainAugment
+from fewshot.errors import one_line
 from fewshot.eval.evaluate import compute_logits, score
 from fewshot.models.backbone import adopt_weights_architecture, check_input_size, input_size, mean_std
 from fewshot.models.classifier import build_classifier, n_parameters
@@ -49,17 +50,38 @@ def split_decay(params) -> tuple[list, list]:
     return decay, no_decay
 
 
+def plan_training_batches(cfg: dict, train_set, epoch: int, world: int = 1, rank: int = 0) -> list[torch.Tensor]:
+    """This rank's batches of one fine-tuning epoch, only those BatchNorm can train on (the task's epoch plan;
+    `fewshot run` builds it before the run folder is started, to refuse a plan with no batch at once)."""
+    t, d = cfg["train"], cfg["data"]
+
+    def plan(r: int) -> list[torch.Tensor]:
+        return epoch_batches(len(train_set), t["batch_size"], epoch, t["seed"], d["sampler"], r, world,
+                             drop_last=False, dataset_ids=train_set.dataset_ids, repeats=d["repeats"])
+
+    # BatchNorm in training mode needs at least 2 samples per batch. Under DDP a batch is dropped
+    # on every rank when any rank's share is short, so all ranks step (and all-reduce) in lockstep.
+    ranks = [plan(r) for r in range(world)]
+    return [b for b, *shares in zip(ranks[rank], *ranks) if min(len(s) for s in shares) >= 2]
+
+
 class SupervisedTask:
     kind = "supervised"
     supports_ema = True
     drop_last = False
 
-    def __init__(self, cfg: dict, infos, device: torch.device, ctx: DistContext, resuming: bool = False):
+    def __init__(self, cfg: dict, infos, device: torch.device, ctx: DistContext, resuming: bool = False,
+                 quiet_weights: bool = False):
+        """``resuming``: a checkpoint (or `fewshot run`'s previous round) replaces the whole model, so model.weights
+        are not read (the file may be gone) nor the head initialised; ``quiet_weights``: the model.strict=false
+        warning was given already (`fewshot run` checks the file at start-up)."""
         self.cfg, self.device, self.ctx = cfg, device, ctx
         self.space = LabelSpace.from_infos(infos)
         self.model = build_classifier(cfg, self.space.num_classes)
+        self.weights_loaded = None  # load_backbone_weights' counts, for the start-up line
         if cfg["model"]["weights"] and not resuming:  # resuming: last.pt replaces them, and the file may be gone
-            load_backbone_weights(self.model.backbone, cfg["model"]["weights"], strict=cfg["model"]["strict"])
+            self.weights_loaded = load_backbone_weights(self.model.backbone, cfg["model"]["weights"],
+                                                        strict=cfg["model"]["strict"], quiet=quiet_weights)
         self.size = input_size(self.model.backbone, cfg["model"]["img_size"])
         check_input_size(self.model.backbone, self.size, cfg["model"]["name"])
         self.normalize = Normalize(*mean_std(self.model.backbone)).to(device)
@@ -69,7 +91,7 @@ class SupervisedTask:
         d = cfg["data"]
         cache = default_cache_dir(d["root"], d["cache_dir"])
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
-                                                   d["crop_pct"], d["skip_bad_images"])
+                                                   d["crop_pct"], d["skip_bad_images"], d.get("cache_max_gb"))
         head_init = self.head_init_mode() if not resuming else "random"  # resuming: last.pt holds the head
         if head_init == "probe":
             self.init_head_from_probe()
@@ -107,7 +129,8 @@ class SupervisedTask:
             for d, name in enumerate(self.space.names):
                 classes = torch.nonzero(self.space.mask(torch.tensor([d]))[0]).flatten()
                 parts.append(f"{name} {int(symmetric[classes].sum())}/{len(classes)}")
-            print(f"horizontal flips (p={p:g}) for the classes that look mirror-symmetric: {', '.join(parts)}")
+            print(one_line(f"horizontal flips (p={p:g}) for the classes that look mirror-symmetric: "
+                           f"{', '.join(parts)}"))
         return symmetric.float() * p
 
     def head_init_mode(self) -> str:
@@ -184,22 +207,16 @@ class SupervisedTask:
         return [g for g in groups if g["params"]]
 
     def plan_epoch(self, epoch: int) -> list[torch.Tensor]:
-        t, d = self.cfg["train"], self.cfg["data"]
-
-        def plan(rank: int) -> list[torch.Tensor]:
-            return epoch_batches(len(self.train_set), t["batch_size"], epoch, t["seed"], d["sampler"],
-                                 rank, self.ctx.world, drop_last=False,
-                                 dataset_ids=self.train_set.dataset_ids, repeats=d["repeats"])
-
-        # BatchNorm in training mode needs at least 2 samples per batch. Under DDP a batch is dropped
-        # on every rank when any rank's share is short, so all ranks step (and all-reduce) in lockstep.
-        ranks = [plan(r) for r in range(self.ctx.world)]
-        return [b for b, *shares in zip(ranks[self.ctx.rank], *ranks) if min(len(s) for s in shares) >= 2]
+        return plan_training_batches(self.cfg, self.train_set, epoch, self.ctx.world, self.ctx.rank)
 
     def datasets_left_out(self) -> list[str]:
-        """Datasets none of whose images is in a batch that trains (epoch 0's plan): with data.sampler=grouped a
-        dataset smaller than 2 images per process has only batches BatchNorm cannot take, and was never trained
-        without a word (3 images on 2 processes; 1 image on any)."""
+        """Datasets none of whose images is ever in a batch that trains: with data.sampler=grouped a dataset
+        smaller than 2 images per process has only batches BatchNorm cannot take, and was never trained without a
+        word (3 images on 2 processes; 1 image on any). Only grouped can: its batch sizes are the same every epoch,
+        so epoch 0's plan tells. shuffle and repeat draw a new order each epoch, so every image can land in a
+        batch that trains (repeat's epoch 0 holds only a third of the images: it named datasets that do train)."""
+        if self.cfg["data"]["sampler"] != "grouped":
+            return []
         batches = self.plan_epoch(0)
         seen = set(self.train_set.dataset_ids[torch.cat(batches)].tolist()) if batches else set()
         present = set(self.train_set.dataset_ids.tolist())

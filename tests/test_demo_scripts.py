@@ -1,0 +1,114 @@
+"""scripts/demo_data.sh and scripts/demo.sh (what `make demo-data` and `make demo` run), with a stand-in `fewshot`
+that logs its calls and writes what the scripts read: the scripts' own decisions, in a second each."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+FAKE_FEWSHOT = """#!{python}
+import json, os, sys
+from pathlib import Path
+a = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as fh:
+    fh.write(" ".join(a) + "\\n")
+if a[0] == "data":
+    Path(a[a.index("--out") + 1], a[1]).mkdir(parents=True)
+elif a[0] == "run":
+    out = Path(a[a.index("--out") + 1])
+    out.mkdir(parents=True)
+    (out / "summary.json").write_text(json.dumps({{"budget_minutes": float(a[a.index("--budget-minutes") + 1]),
+                                                  "metrics": {{"val": {{}}}}}}))
+"""
+
+
+def fake_bin(tmp_path: Path) -> Path:
+    """BIN/{fewshot,python} and, on PATH, an offline apt-get (and an `id` that says root, as under `sudo make`)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "fewshot").write_text(FAKE_FEWSHOT.format(python=sys.executable))
+    (bin_dir / "python").symlink_to(sys.executable)
+    (bin_dir / "apt-get").write_text('#!/bin/sh\necho "apt-get $*" >> "$FAKE_LOG"\n'
+                                     'echo "E: Unable to locate package dataset-fashion-mnist" >&2\nexit 100\n')
+    (bin_dir / "id").write_text("#!/bin/sh\necho 0\n")
+    for name in ("fewshot", "apt-get", "id"):
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def run_script(script: Path, tmp_path: Path, *args) -> tuple[subprocess.CompletedProcess, list[str]]:
+    log = tmp_path / "calls.log"
+    log.unlink(missing_ok=True)
+    env = {**os.environ, "FAKE_LOG": str(log), "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(script), *map(str, args)], env=env, capture_output=True, text=True, timeout=60)
+    return done, log.read_text().splitlines() if log.exists() else []
+
+
+def demo_data_without_idx_files(tmp_path: Path) -> Path:
+    """demo_data.sh looking for the IDX files in an empty folder (the machine's copy may be installed)."""
+    script = tmp_path / "scripts" / "demo_data.sh"
+    script.parent.mkdir()
+    text = (SCRIPTS / "demo_data.sh").read_text()
+    assert "IDX=/usr/share/datasets/fashion-mnist" in text
+    (tmp_path / "no-idx").mkdir()
+    script.write_text(text.replace("IDX=/usr/share/datasets/fashion-mnist", f"IDX={tmp_path / 'no-idx'}"))
+    return script
+
+
+def test_demo_data_keeps_built_datasets_and_shows_why_apt_get_failed(tmp_path):
+    """With both datasets built but the IDX files gone, `make demo` failed (as root: ran apt-get every time); and a
+    failed apt-get was silent: "installing ..." and then an error that advised apt-get."""
+    bin_dir = fake_bin(tmp_path)
+    script = demo_data_without_idx_files(tmp_path)
+    root = tmp_path / "demo_data"
+    for name in ("digits", "fashion-mnist"):
+        (root / name).mkdir(parents=True)
+    done, calls = run_script(script, tmp_path, bin_dir, root)
+    assert done.returncode == 0 and calls == [], (done.stdout, done.stderr, calls)
+
+    (root / "fashion-mnist").rmdir()  # now it has to be built: apt-get is tried, offline here
+    done, calls = run_script(script, tmp_path, bin_dir, root)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "E: Unable to locate package dataset-fashion-mnist" in done.stderr, done.stderr
+    assert "apt-get could not install dataset-fashion-mnist" in done.stderr and "--idx-dir DIR" in done.stderr
+    assert any(c.startswith("apt-get install") for c in calls) and not (root / "fashion-mnist").exists()
+
+
+def test_demo_says_which_runs_it_reuses_reruns_another_budget_and_scores_without_keys_plainly(tmp_path):
+    """`make demo DEMO_MINUTES=10` after a 3-minute demo printed the old scores without a word; runs without answer
+    keys ended the demo with Python's `KeyError: 'pred_all_score'`."""
+    bin_dir = fake_bin(tmp_path)
+    root, out = tmp_path / "demo_data", tmp_path / "runs"
+    for name in ("digits", "fashion-mnist"):
+        (root / name).mkdir(parents=True)
+    demo = SCRIPTS / "demo.sh"
+
+    done, calls = run_script(demo, tmp_path, bin_dir, root, out, 3)
+    assert done.returncode == 0, done.stderr
+    assert sum(c.startswith("run ") for c in calls) == 3
+    assert "not scored: no answer key" in done.stdout and "Traceback" not in done.stderr, done.stdout
+
+    done, calls = run_script(demo, tmp_path, bin_dir, root, out, 3)
+    assert done.returncode == 0, done.stderr
+    assert not any(c.startswith("run ") for c in calls)
+    assert done.stdout.count("reusing") == 3 and "(3 min budget" in done.stdout, done.stdout
+
+    done, calls = run_script(demo, tmp_path, bin_dir, root, out, 10)
+    assert done.returncode == 0, done.stderr
+    assert sum(c.startswith("run ") and "--budget-minutes 10" in c for c in calls) == 3, calls
+    assert done.stdout.count("had a 3 min budget, not 10: running it again") == 3, done.stdout
+    assert json.loads((out / "moco" / "summary.json").read_text())["budget_minutes"] == 10
+
+    summary = json.loads((out / "moco" / "summary.json").read_text())  # keyed runs: the table, "-" where unscored
+    summary["metrics"]["pred_all_score"] = {"digits": {"acc1": 87.5, "n": 8}}
+    (out / "moco" / "summary.json").write_text(json.dumps(summary))
+    done, _ = run_script(demo, tmp_path, bin_dir, root, out, 10)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines() if line.startswith(("digits", "mean"))]
+    rows = {words[0]: words[1:] for words in lines}
+    assert rows == {"digits": ["-", "87.50", "-"], "mean": ["-", "87.50", "-"]}, done.stdout
