@@ -1122,6 +1122,12 @@ def test_a_word_that_replaces_a_flag_says_so(digits_root, capsys):
     assert cfg["train"]["epochs"] == 2
     err = capsys.readouterr().err
     assert "note: train.epochs=2 replaces --epochs 1" in err and "seed" not in err, err
+    # review 2: the same file by flag and word is no replacement; a flag that set false is named without "False"
+    resolved("train", "--data", digits_root, "--out", "r", "--weights", "~/w.pt", "model.weights=~/w.pt",
+             "--no-progress", "train.progress=true")
+    err = capsys.readouterr().err
+    assert "model.weights" not in err and "note: train.progress=true replaces the flag that set " \
+        "train.progress=false" in err, err
 
 
 def test_run_warns_about_words_for_fields_it_sets_itself(digits_root, tmp_path):

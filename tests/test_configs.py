@@ -418,3 +418,14 @@ def test_a_config_folder_is_named_as_a_folder(tmp_path):
     (tmp_path / "recipes" / "mine.yaml").write_text("train:\n  epochs: 3\n")
     with pytest.raises(UserError, match="is a folder; give a YAML file .*mine.yaml"):
         resolve(file=tmp_path / "recipes")
+
+
+def test_an_older_runs_relative_path_matches_by_its_tail_and_says_what_was_taken(capsys):
+    """Review 2: a recorded bare `pool` matches any folder named pool: accepted (older runs kept paths as typed),
+    but a note names the folder taken; another name is refused; URLs for model.weights are left as typed."""
+    from fewshot.config import resolve, same_folders, same_weights_file
+
+    assert same_folders(["pool"], ["/x/other/pool"]) and not same_folders(["pool"], ["/x/pools"])
+    assert "note: the run recorded pool relative to a folder it did not record" in capsys.readouterr().err
+    assert same_weights_file("/a/w.pt", "/a/w.pt") and not same_weights_file("/a/w.pt", "/b/w.pt")
+    assert resolve(flags={"model.weights": "https://x.org/w.pth"})["model"]["weights"] == "https://x.org/w.pth"

@@ -195,9 +195,16 @@ def note_flags_overridden(flags: dict, names: dict, extra: list[str]) -> None:
     for word in extra:
         keys, value = parse_override(word)
         dotted = ".".join(keys)
-        if flags.get(dotted) is not None and flags[dotted] != value:
+        given_value = flags.get(dotted)
+        if isinstance(given_value, str) and isinstance(value, str) and dotted in ("data.root", "model.weights"):
+            # the flag's path is expanded by argparse, the word's by resolve: the same file is no replacement
+            same = os.path.abspath(os.path.expanduser(given_value)) == os.path.abspath(os.path.expanduser(value))
+        else:
+            same = given_value == value
+        if given_value is not None and not same:
             flag = names.get(dotted, dotted)
-            given = flag if flags[dotted] is True else f"{flag} {flags[dotted]}"
+            given = (f"{flag}" if given_value is True else f"the flag that set {dotted}=false"
+                     if given_value is False else f"{flag} {given_value}")
             print(f"note: {word} replaces {given}", file=sys.stderr, flush=True)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from fewshot.errors import UserError
+from fewshot.errors import UserError, printable
 
 # The fine-tuning defaults follow SPEC's course recipe; `None` means "decide at run time"
 # (documented next to each field) so that one config serves CPU demos and GPU runs.
@@ -461,7 +461,8 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
     weights = cfg["model"].get("weights")
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
-    if isinstance(weights, str) and weights.strip():  # '' means no weights (random init)
+    # '' means no weights (random init); a URL or hub name is left as typed, for the error to name it
+    if isinstance(weights, str) and weights.strip() and "://" not in weights and not weights.startswith("hf-hub:"):
         # recorded absolute, as data.root: a --resume from another folder named the same file otherwise
         cfg["model"]["weights"] = os.path.abspath(os.path.expanduser(weights))
     cfg = validate(cfg)
@@ -504,7 +505,15 @@ def same_recorded_path(saved, now) -> bool:
     if os.path.isabs(saved):
         return os.path.normpath(saved) == now
     tail = [part for part in Path(os.path.normpath(saved)).parts if part not in (".", "..")]
-    return bool(tail) and list(Path(now).parts[-len(tail):]) == tail
+    same = bool(tail) and list(Path(now).parts[-len(tail):]) == tail
+    if same and (saved, now) not in _TAIL_NOTED:  # a bare `pool` matches any folder so named: say what was taken
+        _TAIL_NOTED.add((saved, now))
+        print(printable(f"note: the run recorded {saved} relative to a folder it did not record (an older "
+                        f"fewshot); taken as {now}"), file=sys.stderr, flush=True)
+    return same
+
+
+_TAIL_NOTED: set = set()
 
 
 def _preset_named_in(file, overrides) -> str | None:
