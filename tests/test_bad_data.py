@@ -214,7 +214,8 @@ def test_train_fails_before_training_listing_every_bad_file(root, tmp_path):
     for p in bad + [bad_val]:
         shown = str(p).encode("utf-8", "backslashreplace").decode()
         assert shown in err, (shown, err)
-    assert "decompression bomb" in err and "Too many levels of symbolic links" in err
+    assert "exceeds the decompression-bomb limit of 89,478,485 pixels" in err
+    assert "Too many levels of symbolic links" in err
     assert "fifo.png" not in err and "dir_loop" not in err and "folder.png" not in err and "notes.txt" not in err
     assert not (run / "checkpoints").exists() and not (run / "log.jsonl").exists()
 

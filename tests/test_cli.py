@@ -464,6 +464,24 @@ def test_output_into_a_closed_pipe_is_not_an_internal_error():
     assert "Traceback" not in err.getvalue() and "internal error" not in err.getvalue()
 
 
+def test_bare_fewshot_prints_its_usage_on_stderr_and_exits_2():
+    """No command printed the whole help on stdout and exited 2: an error, so usage and why on stderr."""
+    rc, out, err = run_main()
+    assert rc == 2 and out == ""
+    assert err.startswith("usage: fewshot") and "a command is required" in err
+
+
+@pytest.mark.parametrize("head, epochs, warned", [("prototype", "5", True), ("prototype", None, False),
+                                                   ("linear", "5", False)])
+def test_probe_warns_that_a_prototype_head_ignores_epochs(tmp_path, head, epochs, warned):
+    """`probe --head prototype --epochs 5` trains no head: the --epochs went unused without a word."""
+    argv = ["probe", "--weights", tmp_path / "w.safetensors", "--model", "resnet18", "--data", tmp_path / "none",
+            "--head", head] + (["--epochs", epochs] if epochs else [])
+    rc, out, err = run_main(*argv)
+    assert rc == 2  # the missing data ends it; the warning comes before any work
+    assert ("warning: --epochs 5 is ignored: --head prototype" in err) == warned, err
+
+
 def test_probe_refuses_config_words_it_would_ignore(tmp_path):
     rc, out, err = run_main("probe", "--weights", tmp_path / "w.safetensors", "--model", "resnet18", "--data", tmp_path,
                             "optim.lr=1")
@@ -731,7 +749,7 @@ def test_pretrain_warns_when_the_queue_is_as_large_as_the_pool(digits_root, tmp_
                             "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
                             "moco.queue_size=64", "moco.split_bn_groups=2", "--unlabeled", small, "--no-progress")
     assert rc == 0, err
-    assert "(a batch of at most 2 images, then --queue-size 5:" in out, out
+    assert "(--batch-size 4, then --queue-size 5:" in out, out  # 2 images (1 per shuffle-BN group) are refused
 
 
 def test_moco_batch_advice_names_per_process_sizes_under_ddp():
@@ -742,8 +760,8 @@ def test_moco_batch_advice_names_per_process_sizes_under_ddp():
     from fewshot.ssl.pretrain import queue_advice
     from fewshot.train.engine import empty_epoch_error
 
-    assert queue_advice(44, 48, 2).startswith("--batch-size 5 per process (a global batch of at most 11 images)")
-    assert queue_advice(44, 48, 1).startswith("a batch of at most 11 images")
+    assert "(--batch-size 5 per process (a global batch of 10 images), then" in queue_advice(44, 48, 2)
+    assert "(--batch-size 11, then --queue-size 22: a batch of 48" in queue_advice(44, 48, 1)
     task = SimpleNamespace(kind="moco", pool=[0] * 40)
     assert "fewer than one batch of 48 (24 per process x 2 processes)" in str(
         empty_epoch_error(task, {"train": {"batch_size": 24}}, 2))

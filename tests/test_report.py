@@ -383,8 +383,33 @@ def test_a_run_stopped_before_its_first_evaluation_says_which_checkpoint_predict
     rc, _, err = run_main("report", run, "--out", tmp_path / "r", "--device", "cpu", "--grid", "8")
     assert rc == 0, err
     text = (tmp_path / "r" / "index.html").read_text()
-    assert "Predictions of the last checkpoint (the run stopped before its first evaluation" in text
+    # its log holds evaluations: best.pt was saved and deleted since, and nothing is writing the run
+    assert "Predictions of the last checkpoint (best.pt is missing, though log.jsonl holds evaluations)" in text
+    assert "stopped before its first evaluation" not in text and "still being written" not in text
     assert "Predictions of the best checkpoint" in (runs["base"] / "report" / "index.html").read_text()
+    # without evaluations in its log, the run did stop before its first one
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    (run / "log.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("val", "score")})
+                                           + "\n" for r in rows))
+    for name in ("metrics.json", "metrics_known.json", "metrics_unknown.json"):
+        (run / name).unlink()
+    rc, _, err = run_main("report", run, "--out", tmp_path / "r2", "--device", "cpu", "--grid", "8")
+    assert rc == 0, err
+    text = (tmp_path / "r2" / "index.html").read_text()
+    assert "Predictions of the last checkpoint (the run stopped before its first evaluation" in text
+
+
+def test_predictions_of_last_pt_beside_the_best_epochs_accuracies_say_best_pt_is_missing(runs, tmp_path):
+    """best.pt deleted: last.pt (a later epoch) predicted and the page said the run was still being written."""
+    from fewshot.report.build import ReportBuilder
+
+    run = tmp_path / "nobest"
+    shutil.copytree(runs["ft"], run)
+    (run / "checkpoints" / "best.pt").unlink()
+    builder = ReportBuilder([run], tmp_path / "r")
+    r = builder.runs[0]
+    builder._match_checkpoint_epoch(r, r.metrics_epoch + 1, run / "checkpoints" / "last.pt")
+    assert any("best.pt is missing" in n for n in r.notes) and not any("still being written" in n for n in r.notes)
 
 
 def test_names_in_scripts_the_font_lacks_do_not_flood_stderr(tmp_path):
@@ -515,14 +540,27 @@ def test_report_of_a_run_still_training_matches_the_checkpoint_epoch(runs, tmp_p
 
 
 def test_a_checkpoint_newer_than_the_log_is_said_plainly(runs, tmp_path):
-    """best.pt is saved before its log row: the page says the run is being written, not that the data differ."""
+    """best.pt is saved before its log row: the page says the run is being written, not that the data differ;
+    only while a command holds the run's writer lock (a finished run's files that disagree were said to be)."""
+    import fcntl
+    import os
+
     from fewshot.report.build import ReportBuilder
+    from fewshot.run_lock import LOCK_NAME
 
     run = tmp_path / "live"
     shutil.copytree(runs["ft"], run)
     builder = ReportBuilder([run], tmp_path / "r")
     r = builder.runs[0]
     builder._match_checkpoint_epoch(r, r.metrics_epoch + 5)
+    assert not any("still being written" in n for n in r.notes) and any("files disagree" in n for n in r.notes)
+    r.notes.clear()
+    fd = os.open(run / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the run's writer holds it
+        builder._match_checkpoint_epoch(r, r.metrics_epoch + 5)
+    finally:
+        os.close(fd)
     assert any("still being written" in n for n in r.notes)
 
 
@@ -919,6 +957,35 @@ def test_report_on_a_root_lacking_one_of_the_models_datasets_draws_those_present
     assert "ab-confusion-0-A.png" in names and not any("confusion-1" in n for n in names), names
     assert "ab-predictions.png" in names and "8 val images" in text
     assert "Recomputed known-source mean" not in text  # compared with the run's accuracy on A alone
+
+
+def test_skipped_image_parts_are_said_on_the_console_too(runs, tmp_path):
+    """--data with a class the model does not know, or a `fewshot run` folder whose predicting stage is gone:
+    the report exits 0 and said why the image parts are missing only inside index.html (or not at all)."""
+    root = tmp_path / "root"
+    shutil.copytree(runs["root"], root)
+    extra = root / "digits" / "val" / "extra"
+    shutil.copytree(next(p for p in sorted((root / "digits" / "val").iterdir()) if p.is_dir()), extra)
+    rc, out, err = run_main("report", runs["ft"], "--data", root, "--out", tmp_path / "r", "--device", "cpu")
+    assert rc == 0, err
+    assert "Image-based parts skipped" in (tmp_path / "r" / "index.html").read_text()
+    assert "Image-based parts skipped" in out
+    pipe = tmp_path / "pipe"
+    shutil.copytree(runs["ft"], pipe / "finetune_labelled")
+    (pipe / "summary.json").write_text(json.dumps({"stages": {}, "metrics": {}, "predicted_with": "finetune"}))
+    rc, out, err = run_main("report", pipe, "--out", tmp_path / "r2", "--device", "cpu", "--data", runs["root"])
+    assert rc == 0, err
+    assert f"but its folder {pipe / 'finetune'} is missing" in out
+
+
+def test_bar_values_are_written_as_the_tables_write_them(tmp_path, monkeypatch):
+    """79.55 (the float 79.5499...) was "79.5" over its bar and 79.55 in the table."""
+    from fewshot.report import plots
+
+    figs = _capture_figures(monkeypatch)
+    m = {"mean_acc1": 79.55, "datasets": {"digits": {"acc1": 79.55}}}
+    plots.plot_accuracy_bars(["run"], [{"known": m, "unknown": None}], tmp_path / "bars.png")
+    assert [t.get_text() for t in figs[0].axes[0].texts] == ["79.55", "79.55"]
 
 
 def test_data_that_is_not_a_folder_leaves_no_report_folder(runs, tmp_path):

@@ -20,22 +20,26 @@ from fewshot.errors import UserError, printable
 from fewshot.train.stop_signal import StopRequested
 
 EPILOG = ("Any extra key=value words override config fields, e.g. optim.lr=3e-4 train.eval_every=1. "
-          "Every field and its default: src/fewshot/config.py (DEFAULTS); recipes: configs/.")
+          "Every field and its default: DEFAULTS in fewshot/config.py of the installed package (and a run's "
+          "RUN/config.yaml lists every field it used); recipes: --config NAME of the packaged configs/ "
+          "(e.g. moco_cpu_small).")
 
 
-def _add_common_training(p: argparse.ArgumentParser) -> None:
+def _add_common_training(p: argparse.ArgumentParser, task: str = "train") -> None:
+    """The flags train and pretrain share; ``task`` words the ones whose meaning differs."""
     p.add_argument("--data", required=True, help="dataset root: ROOT/<dataset>/{train,val}/<class>/<image>")
     p.add_argument("--out", required=True, help="run directory to create (config, logs, checkpoints, metrics)")
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("--model", help="timm model name (see `fewshot models`)")
     p.add_argument("--datasets", help="comma-separated dataset names (default: every dataset under --data)")
-    p.add_argument("--epochs", type=int, help="passes over the training images (default: train 50; pretrain: "
-                   "the preset's 200)")
-    p.add_argument("--batch-size", type=int, help="images per step and process (default: train 64; pretrain: the "
-                   "preset's 256)")
-    p.add_argument("--img-size", type=int, help="input size in pixels (default: the model's)")
-    p.add_argument("--lr", type=float, help="base learning rate (train: 4e-3 from random init, 1e-4 with --weights; pretrain: "
-                   "0.03 x global batch / 256)")
+    p.add_argument("--epochs", type=int, help="passes over the unlabeled pool (default: the preset's 200)"
+                   if task == "pretrain" else "passes over the labelled training images (default 50)")
+    p.add_argument("--batch-size", type=int, help="images per step and process (default: "
+                   + ("the preset's 256)" if task == "pretrain" else "64)"))
+    p.add_argument("--img-size", type=int, help="input size in pixels (default: the --weights export's, else the "
+                   "model's)")
+    p.add_argument("--lr", type=float, help="base learning rate (default: " + ("0.03 x global batch / 256)"
+                   if task == "pretrain" else "4e-3 from random init, 1e-4 with --weights)"))
     p.add_argument("--seed", type=int, help="seed for initialisation, batches and augmentation (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda when available")
     p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt exactly")
@@ -79,20 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="per-dataset accuracy of a trained run")
     p.add_argument("run", metavar="RUN_OR_CKPT")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="dataset root: ROOT/<dataset>/{val,test}/")
     p.add_argument("--mode", choices=["known", "unknown"], default="known",
                    help="known (default): the dataset of each image is given; unknown: predict dataset and class")
     p.add_argument("--split", choices=["val", "test"], default="val",
-                   help="test scores against ROOT/<dataset>/test_labels.json when present")
+                   help="val (default): the labelled val images; test: scored against "
+                   "ROOT/<dataset>/test_labels.json where present")
     p.add_argument("--out", help="write metrics.json here")
     p.add_argument("--datasets", help="A,B: only these of the model's datasets (default: all of them)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave undecodable images out (listed) instead of failing")
+                   help="go on past undecodable images (listed) instead of failing: val images are left out of the "
+                   "scores; test images are scored as predicted from a blank image (as predict --skip-bad-images "
+                   "writes them), so n counts every test image")
 
     p = sub.add_parser("predict", help="write pred_all.json for the test images")
     p.add_argument("run", metavar="RUN_OR_CKPT")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="dataset root: ROOT/<dataset>/test/<image>")
     p.add_argument("--out", required=True, help="pred_all.json path")
     p.add_argument("--mode", choices=["known", "unknown"], default="known",
                    help="known (default): each image's class among its own dataset's classes; unknown: dataset and class "
@@ -105,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="go on past undecodable test images (listed; each is predicted from a blank image, so that "
                    "pred_all.json still holds every id) instead of failing")
 
-    p = sub.add_parser("models", help="list timm models with parameter counts and input sizes")
+    p = sub.add_parser("models", help="list timm models with parameter counts and input sizes",
+                       description="List the timm models whose names match the pattern, with parameter counts and "
+                       "default input sizes: the names --model takes.")
     p.add_argument("pattern", nargs="?", default="*",
                    help="a part of the name (resnet) or a wildcard pattern (vit_*_patch16_*); case-insensitive")
     # at least 1: --limit -1 listed every model but the last (Python's [:-1]) and built all ~1400 of them
@@ -352,9 +361,8 @@ def main(argv: list | None = None, started: float | None = None) -> int:
         extra.remove("--")
     args.started = started
     _expand_home(args)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    if args.command is None:  # as argparse does for a missing argument: usage and why on stderr, exit 2
+        parser.error("a command is required (`fewshot --help` lists them)")
     try:  # torch and torchvision ask for it while being imported: that traceback read as a bug in fewshot
         tempfile.gettempdir()
     except FileNotFoundError as exc:  # /tmp, /var/tmp and the current folder all unwritable
@@ -411,25 +419,27 @@ def _dispatch(args, extra, handlers) -> int:
             shutdown_distributed()  # on success only: after a failure a peer may never answer
         return code
     except UserError as exc:
-        print(f"fewshot {args.command}: error: {printable(str(exc))}", file=sys.stderr)
+        if getattr(exc, "every_process", False) or not _quiet_rank():
+            print(f"fewshot {args.command}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except StopRequested as stop:
-        if "torch.distributed" in sys.modules:  # every rank passed the stop's barrier: safe to tear down
-            from fewshot.train.distributed import shutdown_distributed
-
-            shutdown_distributed()
         how = "; continue with the same command and --resume"
         where = (f"after a whole step; checkpoint written: {stop.checkpoint}" if stop.checkpoint else
                  "outside training (the stages finished so far are kept)")
         if not stop.checkpoint and args.command == "run" and not Path(args.out, "run_state.json").is_file():
             where, how = "before the run started", "; nothing to resume: start the same command again"
-        try:
-            print(f"fewshot {args.command}: {stop} {where}{how}", file=sys.stderr)
+        try:  # said first: once another rank has exited, torchrun ends this one with SIGTERM
+            if not _quiet_rank():
+                print(f"fewshot {args.command}: {stop} {where}{how}", file=sys.stderr, flush=True)
         except OSError:  # stderr went away with the same Ctrl-C (`... 2>&1 | tee log`)
             try:  # nor may the interpreter's final flush fail on it
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
             except (OSError, ValueError, AttributeError):
                 pass
+        if "torch.distributed" in sys.modules:  # every rank passed the stop's barrier: safe to tear down
+            from fewshot.train.distributed import shutdown_distributed
+
+            shutdown_distributed()
         return 128 + int(stop.signum)
     except KeyboardInterrupt:  # outside training (training stops cleanly: StopRequested above)
         out = getattr(args, "out", None)
@@ -442,7 +452,8 @@ def _dispatch(args, extra, handlers) -> int:
                     "from the last one, or (training had finished) writes its results again")
         else:
             note = ""
-        print(f"fewshot {args.command}: interrupted{note}", file=sys.stderr)
+        if not _quiet_rank():
+            print(f"fewshot {args.command}: interrupted{note}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`fewshot models | head`): not a bug, no traceback
         try:  # keep the interpreter's final flush from failing again
@@ -479,6 +490,18 @@ def world_size_env() -> int:
         return int(os.environ.get("WORLD_SIZE") or 1)
     except ValueError:
         return 1
+
+
+def _quiet_rank() -> bool:
+    """Under torchrun, a process other than the first of its node: each process meets the same user error, stop
+    signal or Ctrl-C, and its message came out once per process, interleaved on one line. The environment says
+    so even before (or without) a process group; the first process of each node speaks, as another node may lack
+    a file or a GPU. A bad RANK is the message itself: every process prints it. (A quiet rank that fails first
+    does not get rank 0 ended unheard: with a process group its exit waits for rank 0's, measured with gloo.)"""
+    if world_size_env() < 2:
+        return False
+    raw = (os.environ.get("LOCAL_RANK") or "").strip() or (os.environ.get("RANK") or "").strip()
+    return raw.isdigit() and 0 < int(raw) < world_size_env()
 
 
 def _a_peer_stopped(exc: BaseException) -> bool:

@@ -47,7 +47,7 @@ def add_parsers(sub, add_common, epilog) -> None:
                        "The presets follow the paper: resnet50, batch 256, 200 epochs, SGD lr 0.03 x batch / 256; "
                        "on a CPU and small images pass --model resnet18 --batch-size 64 --img-size 32 (or "
                        "--config configs/moco_cpu_small.yaml) and fewer epochs.")
-    add_common(p)
+    add_common(p, task="pretrain")
     p.add_argument("--preset", choices=["mocov1", "mocov2"], default=None,
                    help="SPEC's MoCo v1 (T=0.07, linear head) or v2 (T=0.2, MLP, aug-plus, cosine); default: "
                         "the config's moco.preset, else mocov2")
@@ -104,7 +104,8 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("run", metavar="RUN_OR_CKPT")
     p.add_argument("--out", required=True, help="backbone.safetensors path")
 
-    p = sub.add_parser("probe", help="linear probe of frozen backbone weights on the labelled splits",
+    p = sub.add_parser("probe", help="linear probe (or, with --head prototype, nearest class mean) of frozen "
+                       "backbone weights on the labelled splits",
                        description="How good are these features without fine-tuning? The backbone is frozen; a "
                        "BatchNorm(affine=False) + linear head (or, with --head prototype, the nearest class mean of "
                        "normalised features) is trained on ROOT's train splits and scored per dataset on val, in "
@@ -112,13 +113,15 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("--weights", required=True, help="backbone weights (safetensors from `fewshot export`, ...); "
                    "'' probes a randomly initialised backbone (a baseline)")
     p.add_argument("--model", required=True, help="timm model name the weights belong to")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="dataset root: ROOT/<dataset>/{train,val}/<class>/<image>")
     p.add_argument("--out", help="folder for metrics.json")
     p.add_argument("--img-size", type=image_size, help="input size in pixels (default: the export's, else the "
                    "model's)")
-    p.add_argument("--datasets")
-    p.add_argument("--mode", choices=["known", "unknown"], default="known")
-    p.add_argument("--epochs", type=positive_int, default=300, help="head training epochs (full batch)")
+    p.add_argument("--datasets", help="comma-separated dataset names (default: every dataset under --data)")
+    p.add_argument("--mode", choices=["known", "unknown"], default="known",
+                   help="known (default): the dataset of each image is given; unknown: predict dataset and class")
+    # None when not given: --head prototype trains nothing and says so about an --epochs given to it
+    p.add_argument("--epochs", type=positive_int, help="linear head training epochs, full batch (default 300)")
     p.add_argument("--head", choices=["linear", "prototype"], default="linear",
                    help="linear: a trained BN + linear head; prototype: no training, cosine nearest class mean "
                    "of standardised features (SimpleShot)")
@@ -294,6 +297,9 @@ def cmd_probe(args, extra) -> int:
     from fewshot.eval.probe import run_probe
     from fewshot.utils import check_output_dir, check_output_file, resolve_device, write_json
 
+    if args.head == "prototype" and args.epochs is not None:
+        print(f"warning: --epochs {args.epochs} is ignored: --head prototype trains no head (class means of the "
+              f"features).", file=sys.stderr, flush=True)
     if args.out:
         # `--out ROOT/<ds>/train/probe` became a class folder without images, and every command refused ROOT
         check_output_is_not_in_data(Path(args.out), args.data, what="the probe")
@@ -307,7 +313,7 @@ def cmd_probe(args, extra) -> int:
                             f"another --out.")
         check_output_file(out / "metrics.json")
     metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
-                        mode=args.mode, epochs=args.epochs, datasets=args.datasets, head=args.head,
+                        mode=args.mode, epochs=args.epochs or 300, datasets=args.datasets, head=args.head,
                         skip_bad=args.skip_bad_images)
     print(format_table(metrics, title=f"{metrics['protocol']} of {args.weights or 'random init (no weights)'}"))
     if args.out:

@@ -851,10 +851,11 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
           f"{out}/metrics.json")
     if total_s > 1.05 * budget_s:
         trained = sum(fit_seconds)
-        print(f"[run] note: the run took {total_s:.0f} s for a budget of {budget_s:.0f} s. Start-up, step-time "
-              f"calibration, evaluation, prediction and the report took about {total_s - trained:.0f} s of it on "
-              f"this data and machine; a budget of at least {max(1, math.ceil(2 * (total_s - trained) / 60)):g} "
-              f"minutes leaves training a fair share.")
+        least = max(1, math.ceil(2 * (total_s - trained) / 60))
+        print(f"[run] note: the run took {total_s:.0f} s, longer than its budget of {budget_s:.0f} s: start-up, "
+              f"step-time calibration, evaluation, prediction and the report took about {total_s - trained:.0f} s "
+              f"of it on this data and machine. A budget of at least {least} minute{'s' if least != 1 else ''} "
+              f"leaves training a fair share.")
     return summary
 
 

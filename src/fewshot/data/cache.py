@@ -25,15 +25,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.progress import track
 from fewshot.utils import atomic_write_text
 
 CACHE_VERSION = 3  # 2: EXIF orientation applied; 3: float images in [0, 1] no longer black
-# Refuse decompression bombs outright (PIL warns at MAX_IMAGE_PIXELS and raises at twice that).
-MAX_PIXELS = 178_956_970
+# Refuse decompression bombs outright: images over Pillow's MAX_IMAGE_PIXELS (it only warns there, and raises at
+# twice that). decode_resized checks the header's size itself, naming the file, so Pillow's warning (no file name)
+# is silenced once here: warnings.catch_warnings() around each decode is not thread-safe before Python 3.14 (with
+# decoding threads, some bombs were decoded and an "error" filter was left behind).
+MAX_PIXELS = 89_478_485
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 EXTREME_AREA = 16  # resized images over this many crops' area are cropped before resizing (decode_resized)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -79,14 +83,18 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0) -> np.ndarray:
     """Open, convert to RGB, resize the short side to size/crop_pct, center-crop size x size; CHW uint8."""
     if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
         raise ValueError("not a regular file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ValueError(f"image of {w}x{h} pixels exceeds the decompression-bomb limit")
-            img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when possible
-            img = to_rgb_uint8(_upright(img))
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:  # over twice Pillow's limit: only the pixel count is known
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ValueError(f"image of {int(pixels[1]) if pixels else 2 * MAX_PIXELS:,} pixels exceeds the "
+                         f"decompression-bomb limit of {MAX_PIXELS:,} pixels") from None
+    with img:
+        w, h = img.size
+        if w * h > MAX_PIXELS:  # the header only: nothing is decoded yet
+            raise ValueError(f"image of {w}x{h} pixels exceeds the decompression-bomb limit of {MAX_PIXELS:,} pixels")
+        img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when possible
+        img = to_rgb_uint8(_upright(img))
     short = max(1, round(size / crop_pct))
     w, h = img.size
     scale = short / min(w, h)
@@ -120,17 +128,49 @@ def cache_key(paths: list[Path], size: int, crop_pct: float) -> str:
 
 
 RETRYABLE = {"permission denied"}  # decode failures that can go away without the file changing
+OUT_OF_MEMORY = "out of memory"  # _decode_one's reason for a failed allocation: the machine's fault, never cached
+PNG_METADATA = (f"its PNG metadata (a colour profile or text) decompresses to more than Pillow allows "
+                f"({PngImagePlugin.MAX_TEXT_CHUNK // 2**20} MB a chunk, {PngImagePlugin.MAX_TEXT_MEMORY // 2**20} "
+                f"MB in all); save the image again without it")
+
+
+def _retryable(why: str) -> bool:
+    """A cached failure to try again: it may be gone without the file changing (a cache written before memory
+    failures were kept out of it recorded numpy's "Unable to allocate" or a bare MemoryError)."""
+    return why in RETRYABLE or why.startswith("[Errno") or why.startswith("Unable to allocate") or why == "MemoryError"
 
 
 def _decode_one(args):
     path, size, crop_pct = args
     try:
         return decode_resized(path, size, crop_pct), None
-    except Exception as exc:  # every decoding failure is a user-data problem, reported with its path
+    except MemoryError:  # numpy's "Unable to allocate ...", Pillow's allocations: a busy machine, not a bad file
+        return None, OUT_OF_MEMORY
+    except Exception as exc:  # every other decoding failure is a user-data problem, reported with its path
         reason = str(exc).strip() or type(exc).__name__
         if isinstance(exc, PermissionError):
             reason = "permission denied"
+        elif isinstance(exc, OSError) and reason.startswith("out of memory"):  # a Pillow codec's allocation
+            return None, OUT_OF_MEMORY
+        elif "MAX_TEXT_CHUNK" in reason or "MAX_TEXT_MEMORY" in reason:  # Pillow's names, not what the file has
+            reason = PNG_METADATA
         return None, reason.splitlines()[0][:200]
+
+
+def _too_big(n: int, size: int, nbytes: int) -> UserError:
+    return UserError(f"not enough memory for {n} images at {size}x{size} pixels ({nbytes / 1e9:.2f} GB); a smaller "
+                     f"--img-size (model.img_size), fewer images or more memory (ulimit -v, the container's limit)")
+
+
+def _out_of_memory(path: Path, threads: int) -> UserError:
+    """A file that ran out of memory even when decoded on its own: the machine's limit, not a bad file."""
+    dims = ""
+    with contextlib.suppress(Exception), Image.open(path) as img:
+        dims = f" ({img.size[0]}x{img.size[1]} pixels)"
+    alone = f"even alone (not one of {threads} decoding at a time)" if threads > 1 else "with one decoding thread"
+    return UserError(f"out of memory while decoding {path}{dims}, {alone}: the file is not at fault, this process "
+                     f"may not use enough memory for it; free memory, raise the limit (ulimit -v, the container's "
+                     f"limit) or shrink the image")
 
 
 def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
@@ -161,7 +201,7 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
                 # neither changes the key; a chmod of the file itself does, through its ctime),
                 # so the files that failed for such a reason are tried again; if one decodes now, the cache is
                 # rebuilt (broken bytes change the key when they are replaced, so those are not retried)
-                retry = [p for p, why in bad if why in RETRYABLE or why.startswith("[Errno")]
+                retry = [p for p, why in bad if _retryable(why)]
                 if not any(_decode_one((Path(p), size, crop_pct))[1] is None for p in retry):
                     with contextlib.suppress(OSError):  # its last use, for prune_cache (a read-only cache: none)
                         os.utime(data_file)
@@ -169,43 +209,105 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
             except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
                 pass  # unreadable cache (or a meta file of another shape): rebuild below
 
-    out = np.zeros((n, 3, size, size), dtype=np.uint8)
+    shape, nbytes = (n, 3, size, size), n * 3 * size * size
+    out = tmp = None
+    if data_file is not None and n:
+        # decoded straight into the (temporary) cache file: an in-memory copy of a large pool at a large size was
+        # more memory than the machine had, where the page cache can hold the mapping's pages or write them out
+        tmp = data_file.with_suffix(f".tmp{os.getpid()}")
+        try:
+            data_file.parent.mkdir(parents=True, exist_ok=True)
+            out = _mapped_file(tmp, shape, nbytes)
+        except OSError as exc:
+            _drop(tmp)
+            tmp = None
+            if exc.errno == errno.ENOMEM:  # no address space for the mapping (ulimit -v): nor for an array
+                raise _too_big(n, size, nbytes) from None
+            _warn_no_cache(cache_dir, exc, nbytes)
+    if out is None:
+        try:
+            out = np.zeros(shape, dtype=np.uint8)
+        except MemoryError:
+            raise _too_big(n, size, nbytes) from None
+    try:
+        bad = _decode_into(out, paths, size, crop_pct, desc, threads or min(8, os.cpu_count() or 1))
+        if tmp is not None:
+            try:
+                out.flush()  # durable before the (fsynced) meta file says it is complete
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, data_file)
+                tmp = None
+                atomic_write_text(meta_file, json.dumps({"n": n, "size": size, "bad": bad}))
+                prune_cache(cache_dir, max_gb, keep=data_file)
+            except OSError as exc:  # out still holds every image (the mapping outlives its unlinked file)
+                _warn_no_cache(cache_dir, exc, nbytes)
+            if tmp is None:  # mapped again as a read maps it: a caller's change to its images stays its own
+                out = None  # the writable mapping first (its address space, under ulimit -v)
+                out = np.memmap(data_file, dtype=np.uint8, mode="c", shape=shape)
+    finally:
+        if tmp is not None:  # a failure or a stop: no partial copy per process left in the cache folder
+            _drop(tmp)
+    return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note)
+
+
+def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float, desc: str,
+                 threads: int) -> list[tuple[str, str]]:
+    """Decode ``paths`` into ``out`` with ``threads`` threads; returns the bad files with their reasons. Files that
+    ran out of memory are decoded again one at a time after the others, never reported as bad."""
     bad: list[tuple[str, str]] = []
-    threads = threads or min(8, os.cpu_count() or 1)
+    starved: list[int] = []
     pool = ThreadPoolExecutor(threads)
     try:
         results = pool.map(_decode_one, ((p, size, crop_pct) for p in paths), chunksize=64)
-        for i, (arr, err) in enumerate(track(results, desc=desc, total=n)):
+        for i, (arr, err) in enumerate(track(results, desc=desc, total=len(paths))):
             if err is None:
                 out[i] = arr
+            elif err == OUT_OF_MEMORY:
+                starved.append(i)
             else:
                 bad.append((str(paths[i]), err))
     except BaseException:  # a stop (SIGTERM, Ctrl-C) must not wait for every queued decode of a large pool
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    if data_file is not None:
-        tmp = data_file.with_suffix(f".tmp{os.getpid()}")
+    for i in starved:  # the other decodes' memory is free now
+        arr, err = _decode_one((paths[i], size, crop_pct))
+        if err == OUT_OF_MEMORY:
+            raise _out_of_memory(paths[i], threads)
+        if err is None:
+            out[i] = arr
+        else:
+            bad.append((str(paths[i]), err))
+    return bad
+
+
+def _mapped_file(path: Path, shape: tuple[int, ...], nbytes: int) -> np.memmap:
+    """A new file of ``shape`` uint8, memory-mapped for writing. Its blocks are reserved first, so a full disk is an
+    OSError here (ENOSPC) rather than a SIGBUS at a write into the mapping."""
+    with open(path, "wb+") as fh:
         try:
-            data_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:  # durable before the (fsynced) meta file says it is complete
-                out.tofile(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, data_file)
-            atomic_write_text(meta_file, json.dumps({"n": n, "size": size, "bad": bad}))
-            prune_cache(cache_dir, max_gb, keep=data_file)
+            os.posix_fallocate(fh.fileno(), 0, nbytes)
         except OSError as exc:
-            with contextlib.suppress(OSError):  # a full disk left a partial copy per process in the cache folder
-                tmp.unlink(missing_ok=True)
-            if str(cache_dir) not in _WARNED and os.environ.get("RANK", "0") == "0":  # once per folder and job
-                _WARNED.add(str(cache_dir))
-                full = exc.errno == errno.ENOSPC or "requested and" in str(exc)  # numpy's short write on a full disk
-                why = f"the disk is full ({out.nbytes / 1e6:.1f} MB needed)" if full else str(exc)
-                print(printable(f"warning: could not write the image cache in {cache_dir}: {why}; continuing "
-                                f"without it (train, pretrain and run: data.cache_dir=DIR chooses another "
-                                f"folder)"), file=sys.stderr, flush=True)
-    return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note)
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it: written as it goes
+                raise
+            fh.truncate(nbytes)
+        return np.memmap(fh, dtype=np.uint8, mode="r+", shape=shape)
+
+
+def _drop(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def _warn_no_cache(cache_dir: Path, exc: OSError, nbytes: int) -> None:
+    if str(cache_dir) not in _WARNED and os.environ.get("RANK", "0") == "0":  # once per folder and job
+        _WARNED.add(str(cache_dir))
+        full = exc.errno == errno.ENOSPC or "requested and" in str(exc)  # numpy's short write on a full disk
+        why = f"the disk is full ({nbytes / 1e6:.1f} MB needed)" if full else str(exc)
+        print(printable(f"warning: could not write the image cache in {cache_dir}: {why}; continuing "
+                        f"without it (train, pretrain and run: data.cache_dir=DIR chooses another "
+                        f"folder)"), file=sys.stderr, flush=True)
 
 
 KEEP_RECENT_S = 3600  # an entry used this recently may be open in another process: never pruned

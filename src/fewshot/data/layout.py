@@ -8,6 +8,7 @@ collected and reported at once (DataLayoutError), each naming its path.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -113,15 +114,74 @@ def check_output_is_not_in_data(out: Path, root, unlabeled=None, what: str = "th
                                 f"give {what} a folder outside the datasets' splits.")
 
 
-def check_result_file_is_not_an_input(out, root, run) -> None:
+# a run's own results, which compare and report read: never replaced by `eval --out`, though shaped like its output
+RUN_RECORDS = frozenset({"metrics.json", "metrics_known.json", "metrics_unknown.json", "summary.json"})
+
+
+def _run_folders(run) -> list[Path]:
+    """The folders whose files belong to the run that ``run`` (RUN_OR_CKPT) reads: the run folder (a checkpoint's,
+    above its checkpoints/), and the `fewshot run` folder around a stage (its run_state.json or summary.json)."""
+    p = Path(run)
+    if p.is_file():
+        if p.parent.name != "checkpoints":
+            return []  # a checkpoint on its own: only the file itself is the run's
+        p = p.parent.parent
+    if not p.is_dir():
+        return []
+    folders = [p]
+    if any((p.parent / name).is_file() for name in ("run_state.json", "summary.json")):
+        folders.append(p.parent)
+    return folders
+
+
+def _earlier_result(path: Path, kind: str) -> bool:
+    """Whether ``path`` holds what this command wrote before, and is none of the run's own records (its
+    metrics*.json and summary.json), so may be written again. ``kind`` "result": a pred_all.json of `predict`
+    or metrics of `eval --out` (they name their checkpoint); "backbone": a `.safetensors` of `export`."""
+    if path.name in RUN_RECORDS:
+        return False
+    if kind == "backbone":
+        return path.suffix.lower() == ".safetensors" and path.is_file()
+    if path.suffix.lower() != ".json":
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    if {"datasets", "split", "checkpoint"} <= set(data):
+        return True
+    return isinstance(data.get(RESERVED_NAME), int) and all(
+        isinstance(v, dict) and all(isinstance(c, int) for c in v.values())
+        for k, v in data.items() if k != RESERVED_NAME)
+
+
+def check_result_file_is_not_an_input(out, root, run, kind: str = "result") -> None:
     """`eval`/`predict --out` must not replace what they read: `--out ROOT/digits/test_labels.json` replaced
     the answer key, `--out RUN/checkpoints/best.pt` the model, `--out ROOT/digits/test/0.png` a test image.
-    Other places in ROOT (ROOT/pred.json, ROOT/<ds>/runs/...) stay allowed. Paths are compared as written and
-    with links resolved (a dataset folder may be a link into ROOT)."""
-    run_r = Path(run).resolve()
-    if Path(out).resolve() == run_r or (run_r.is_dir() and run_r in Path(out).resolve().parents and "checkpoints" in
-                                        [p.name for p in Path(out).resolve().relative_to(run_r).parents]):
+    Nor any other file of the run (the folder above a checkpoint's checkpoints/, and the `fewshot run` folder
+    around a stage): `--out RUN/config.yaml`, `RUN/metrics.json` or `RUN/checkpoints/last.pt` exited 0, and
+    `train --resume`, `compare` and `report` then failed on the run. A new file in the run folder (outside
+    checkpoints/) is allowed, and so is one this command wrote before (``kind``, see _earlier_result), such as
+    `fewshot run`'s DIR/pred_all.json, so that a command can be run again. Other places in ROOT (ROOT/pred.json,
+    ROOT/<ds>/runs/...) stay allowed. Paths are compared as written and with links resolved (a dataset folder
+    may be a link into ROOT)."""
+    if Path(out).resolve() == Path(run).resolve():
         raise UserError(f"--out {out} would replace the checkpoint it reads ({run}); write the result elsewhere.")
+    for folder in _run_folders(run):
+        for out_p, folder_p in ((Path(os.path.abspath(out)), Path(os.path.abspath(folder))),
+                                (Path(out).resolve(), folder.resolve())):
+            if folder_p not in out_p.parents:
+                continue
+            inside = out_p.relative_to(folder_p)
+            if "checkpoints" in [p.name for p in inside.parents]:
+                raise UserError(f"--out {out} would write into the checkpoints of the run it reads ({folder}); "
+                                f"write the result elsewhere.")
+            if (out_p.exists() or out_p.is_symlink()) and not _earlier_result(Path(out), kind):
+                raise UserError(f"--out {out} would replace {inside}, a file of the run it reads ({folder}) that "
+                                f"--resume, `report` or `compare` may need; write the result to a new "
+                                f"file (in the run folder or elsewhere).")
     for out_p, root_p in ((Path(os.path.abspath(out)), Path(os.path.abspath(root))),
                           (Path(out).resolve(), Path(root).resolve())):
         if root_p not in out_p.parents:

@@ -41,7 +41,10 @@ class TrainedModel:
 
 def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
     path = resolve_checkpoint(run_or_ckpt)
-    ck = load_checkpoint(path)
+    try:
+        ck = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}{_last_hint(path)}") from None
     if ck.get("kind") != "supervised":
         raise CheckpointError(f"{path} is a {ck.get('kind')} checkpoint; evaluation and prediction need a "
                               f"fine-tuned one (`fewshot train --weights ...` after `fewshot export`).")
@@ -58,14 +61,50 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
         model = build_classifier(cfg, space.num_classes)
         state = ck["ema"] if ck.get("ema") is not None else ck["model"]
         model.load_state_dict(state)
-    except UserError:  # CheckpointError included: already says what is wrong
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}{_last_hint(path)}") from None
+    except UserError:  # already says what is wrong
         raise
     except (RuntimeError, TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{path} is not a fine-tuned checkpoint this version can use ({type(exc).__name__}: "
-                              f"{printable(str(exc))[:400]}).") from None
+                              f"{printable(str(exc))[:400]}).{_last_hint(path)}") from None
     model.to(device).eval()
     return TrainedModel(model, space, cfg, Normalize(*mean_std(model.backbone)).to(device), img_size,
                         n_parameters, path, epoch)
+
+
+def _last_hint(path: Path) -> str:
+    """A damaged best.pt (a copy cut short, a full disk) left no way forward in its error: the run's last.pt
+    beside it may be whole."""
+    last = path.with_name("last.pt")
+    if path.name != "best.pt" or not last.is_file():
+        return ""
+    return f" The run's last.pt may be whole: pass {last} instead to use its last epoch."
+
+
+def checkpoint_note(run_or_ckpt, tm: TrainedModel) -> str | None:
+    """Why a run folder's last.pt was used (resolve_checkpoint takes it when best.pt is missing): predictions
+    from a run still training, or with its best.pt deleted, came from other weights than its metrics without a
+    word. None when the checkpoint is the run's best.pt, or a file the user named."""
+    path = tm.path
+    if not Path(run_or_ckpt).is_dir() or path.name == "best.pt":
+        return None
+    run = path.parent.parent
+    if (run / "metrics.json").is_file():
+        return f"{path.with_name('best.pt')} is missing, so these are the last epoch's weights, not the run's best"
+    return (f"{run} has no best.pt and no metrics.json yet: the run looks unfinished (still training, or stopped "
+            f"before its first evaluation)")
+
+
+def say_checkpoint(run_or_ckpt, tm: TrainedModel, doing: str, always: bool = True) -> None:
+    """One line naming the checkpoint used (``always``: also when it is the expected one, on stdout); a last.pt
+    taken for a missing best.pt is a warning on stderr."""
+    note = checkpoint_note(run_or_ckpt, tm)
+    line = f"{doing} {tm.path} (epoch {tm.epoch})"
+    if note:
+        print(one_line(f"warning: {line}: {note}."), file=sys.stderr, flush=True)
+    elif always:
+        print(one_line(line), flush=True)
 
 
 def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list[str]:
@@ -111,7 +150,8 @@ def _in_model_classes(info, want: tuple[str, ...], split: str):
 def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | str | None = None,
               skip_bad: bool = False, check=None, scoring: bool = False):
     """``skip_bad`` (--skip-bad-images, or the run's own data.skip_bad_images): undecodable images are listed and
-    left out, except test images, which keep a blank row so that pred_all.json holds every id. ``check(infos)``
+    left out, except test images, which keep a blank row so that pred_all.json holds every id (and a test score,
+    ``scoring``, counts them as the guesses they are). ``check(infos)``
     runs before any image is decoded (answer keys: a bad one was reported after 52 s of decoding)."""
     chosen = _chosen_datasets(tm, datasets)
     try:
@@ -136,12 +176,18 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     data = load_split(infos, split, tm.space, tm.size, prediction_cache_dir(root), d.get("crop_pct", 1.0),
                       skip_bad or bool(d.get("skip_bad_images", False)))
     if split == "test":
-        warn_about_blank_test_images(data)
+        warn_about_blank_test_images(data, scoring)
     return infos, data
 
 
-def warn_about_blank_test_images(data) -> None:
-    if data.skipped:
+def warn_about_blank_test_images(data, scoring: bool = False) -> None:
+    """Test images are never left out: a submission holds every test id, and a test score (``scoring``: eval)
+    is the one a grader gives that submission, with n counting every test image."""
+    if data.skipped and scoring:
+        print(f"warning: {len(data.skipped)} undecodable test image(s) (listed above) are scored as predicted from "
+              f"a blank image, as `fewshot predict --skip-bad-images` writes them into pred_all.json: they count as "
+              f"guesses, and n includes them (undecodable val images are left out).", file=sys.stderr, flush=True)
+    elif data.skipped:
         print(f"warning: {len(data.skipped)} undecodable test image(s) (listed above) are predicted from a blank "
               f"image, so that a submission holds every test id; those predictions are guesses, and a test score "
               f"counts them as such.", file=sys.stderr, flush=True)
@@ -259,6 +305,7 @@ def check_answer_keys(infos, space: LabelSpace) -> None:
 def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str = "val",
                  datasets: list[str] | str | None = None, skip_bad: bool = False) -> dict:
     tm = load_trained(run_or_ckpt, device)
+    say_checkpoint(run_or_ckpt, tm, "evaluating", always=False)  # the table's title names it
     check = (lambda infos: check_answer_keys(infos, tm.space)) if split == "test" else None
     infos, data = _data_for(tm, Path(root), split, datasets, skip_bad, check=check, scoring=True)
     targets = data.targets if split != "test" else read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids,
@@ -296,6 +343,7 @@ def predict_run(run_or_ckpt, root, mode: str, device: torch.device,
                 datasets: list[str] | str | None = None, skip_bad: bool = False) -> tuple[dict, dict]:
     """pred_all.json content ({"n_parameters", "<dataset>": {"<id>": local class}}) and the routing."""
     tm = load_trained(run_or_ckpt, device)
+    say_checkpoint(run_or_ckpt, tm, "predicting with")
     infos, data, logits = _test_logits(tm, root, device, datasets=datasets, skip_bad=skip_bad)
     return _predictions(tm, infos, data, logits, mode)
 

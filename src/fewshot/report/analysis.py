@@ -31,6 +31,7 @@ class ValAnalysis:
     root: Path
     epoch: int | None = None      # the logged epoch of the checkpoint predicted with
     left_out: tuple[str, ...] = ()  # the model's datasets the root lacks (no val images of theirs here)
+    checkpoint: Path | None = None  # the file predicted with: best.pt, or last.pt where there is none
 
     @property
     def true_local(self) -> np.ndarray:
@@ -106,7 +107,7 @@ def analyse_run(run, root: Path, device: torch.device) -> ValAnalysis:
     return ValAnalysis(space=tm.space, images=data.images, targets=data.targets.numpy(),
                        dataset_ids=data.dataset_ids.numpy(), logits=logits, features=feats.numpy(),
                        pred_local=pred_local.numpy(), model=tm.model, size=tm.size, n_parameters=tm.n_parameters,
-                       root=Path(root), epoch=tm.epoch, left_out=left_out)
+                       root=Path(root), epoch=tm.epoch, left_out=left_out, checkpoint=Path(tm.path))
 
 
 def _datasets_here(root: Path, names) -> list[str]:

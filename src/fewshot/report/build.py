@@ -138,6 +138,20 @@ def _earlier_report_pngs(out: Path) -> set[str]:
     return {n for n in names if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.png", n) and (out / n).is_file()}
 
 
+def _smoothing_caption(weights: list[tuple[str, float]]) -> str:
+    """What the curves' lines are: each series is smoothed by its own number of points (plot_smoothed)."""
+    smoothed = [(name, w) for name, w in weights if w > 0]
+    raw = [name for name, w in weights if w == 0]
+    if not smoothed:
+        return " Too few points to smooth: lines join the raw values."
+    if len(weights) == 1 or len({round(w, 2) for _, w in weights}) == 1:
+        text = f" Lines: EMA-smoothed (weight {smoothed[0][1]:.2f}); faint points: the raw values."
+    else:
+        text = " Lines: EMA-smoothed (weight " + " and ".join(f"{w:.2f} for the {name}" for name, w in smoothed) + \
+            "); faint points: the raw values."
+    return text + (f" The {raw[0]}: too few points to smooth, lines join the raw values." if raw else "")
+
+
 class ReportBuilder:
     def __init__(self, paths: list[str], out: Path, data: str | None = None, device: str = "auto",
                  tsne: bool = False, grid_images: int = GRID_IMAGES, log=print):
@@ -156,6 +170,7 @@ class ReportBuilder:
         self.slugs = _slugs(self.runs)
         self.analyses: dict = {}
         self.data_notes: dict[str, str] = {}
+        self.skipped: list[tuple[str, str]] = []  # (run label, why its image-based parts were skipped): printed
         self.images: list[Path] = []
         self._taken: set[str] = set()  # the PNG names given, lower-cased
 
@@ -185,8 +200,14 @@ class ReportBuilder:
                 continue
             predicted_with = (r.pipeline or {}).get("predicted_with")
             if predicted_with and r.path.name != predicted_with:  # an earlier round of a `fewshot run`
-                self.data_notes[r.label] = f"confusion matrices, embedding map and image grid are drawn for the " \
-                                           f"stage that predicted ({predicted_with}), not for this one."
+                if r.group is not None and not (r.group / predicted_with).is_dir():
+                    self.data_notes[r.label] = f"confusion matrices, embedding map and image grid are drawn for " \
+                                               f"the stage that predicted ({predicted_with}, named in summary.json), " \
+                                               f"but its folder {r.group / predicted_with} is missing: skipped."
+                    self.skipped.append((r.label, self.data_notes[r.label]))
+                else:
+                    self.data_notes[r.label] = f"confusion matrices, embedding map and image grid are drawn for " \
+                                               f"the stage that predicted ({predicted_with}), not for this one."
                 continue
             root, why = resolve_data_root(r, self.data)
             if root is None:
@@ -203,18 +224,31 @@ class ReportBuilder:
                         f" {root} holds no {', '.join(a.left_out)} of the model's datasets: left out; confusion "
                         f"matrices, embedding map and prediction grid cover {', '.join(here)} only (pass --data a "
                         f"root with every dataset for all of them).")
-                self._match_checkpoint_epoch(r, self.analyses[r.label].epoch)
+                self._match_checkpoint_epoch(r, a.epoch, a.checkpoint)
             except UserError as exc:
                 self.data_notes[r.label] = f"Image-based parts skipped: {exc}"
+                self.skipped.append((r.label, self.data_notes[r.label]))  # printed too: the command exits 0
 
-    def _match_checkpoint_epoch(self, r: Run, epoch: int | None) -> None:
+    def _match_checkpoint_epoch(self, r: Run, epoch: int | None, checkpoint: Path | None = None) -> None:
         """best.pt is read after the run's files: a run still training may have replaced it meanwhile. The
-        accuracies shown must be those of the checkpoint predicted with (re-read from the log), else said so."""
-        if epoch is None or r.metrics_epoch is None or r.metrics_epoch == epoch or refresh_evaluation(r, epoch):
+        accuracies shown must be those of the checkpoint predicted with (re-read from the log), else said why
+        not: best.pt missing (last.pt predicted), a run being written (its lock held), or files that disagree."""
+        if epoch is None or r.metrics_epoch is None or r.metrics_epoch == epoch:
             return
-        r.notes.append(f"The checkpoint predicted with holds epoch {epoch}, the accuracies shown are of epoch "
-                       f"{r.metrics_epoch}: the run is still being written (training, or evaluating epoch {epoch}). "
-                       f"Report it again once it has finished.")
+        if checkpoint is not None and checkpoint.name != "best.pt":
+            r.notes.append(f"The image-based parts predict with {checkpoint.name} (epoch {epoch}), the accuracies "
+                           f"shown are of epoch {r.metrics_epoch}, the best evaluation: best.pt is missing.")
+            return
+        if refresh_evaluation(r, epoch):
+            return
+        if r.being_written:
+            r.notes.append(f"The checkpoint predicted with holds epoch {epoch}, the accuracies shown are of epoch "
+                           f"{r.metrics_epoch}: the run is still being written (training, or evaluating epoch "
+                           f"{epoch}). Report it again once it has finished.")
+        else:
+            r.notes.append(f"The checkpoint predicted with holds epoch {epoch}, the accuracies shown are of epoch "
+                           f"{r.metrics_epoch}: the run's files disagree (best.pt replaced or copied in after the run "
+                           f"wrote its {'log.jsonl' if r.from_log else 'metrics.json'}).")
 
     # ------------------------------------------------------------------ sections
     def _overview(self, flop_counts: dict) -> list[str]:
@@ -233,12 +267,11 @@ class ReportBuilder:
         return body
 
     def _curves(self, r: Run) -> list[str]:
-        from fewshot.report.plots import plot_finetune_curves, plot_moco_curves, smoothing_weight
+        from fewshot.report.plots import curve_smoothing, plot_finetune_curves, plot_moco_curves
 
         if not r.log:
             return [H.note("No log.jsonl: no training curves.")]
         name = self._png(f"{self.slugs[r.label]}-curves.png")
-        w = smoothing_weight(len(r.log))
         if r.kind == "moco":
             plot_moco_curves(r.log, self.out / name)
             cap = "MoCo training: InfoNCE loss, contrastive accuracy of the positive key among the queue's " \
@@ -247,8 +280,7 @@ class ReportBuilder:
             plot_finetune_curves(r.log, self.out / name)
             cap = "Fine-tuning: training loss, learning rate, accuracy on the (augmented) training batches, val " \
                   "accuracy per dataset in known-source (solid) and unknown-source (dashed) mode."
-        smooth = f" Lines: EMA-smoothed (weight {w:.2f}); faint points: the raw per-epoch values." if w > 0 else \
-            " Too few epochs to smooth: lines join the raw per-epoch values."
+        smooth = _smoothing_caption(curve_smoothing(r.log, r.kind == "moco"))
         return ["<h3>Training curves</h3>", H.figure(name, cap + smooth)]
 
     def _facts(self, r: Run, flop_counts: dict) -> str:
@@ -256,7 +288,7 @@ class ReportBuilder:
                  ("model", r.model_name), ("parameters", T.count(r.n_parameters)
                                            + (" (backbone)" if r.kind == "moco" else "")),
                  ("FLOPs / image", T.flops(flop_counts.get(r.label))),
-                 ("input size", f"{r.img_size} px" if r.img_size else T.DASH), ("epochs", str(r.epochs)),
+                 ("input size", f"{r.img_size} px" if r.img_size else T.DASH), ("epochs", T.epochs(r.epochs)),
                  ("training time", T.duration(r.training_seconds)), ("throughput", T.rate(r.throughput)),
                  ("best epoch", T.opt(r.best_epoch))]
         if r.kind == "supervised" and r.metrics:
@@ -274,8 +306,13 @@ class ReportBuilder:
         if a is None:
             return [H.note(self.data_notes.get(r.label, "Image-based parts skipped."))]
         slug = self.slugs[r.label]
-        which = ("the best checkpoint" if r.checkpoint is not None and r.checkpoint.name == "best.pt" else
-                 "the last checkpoint (the run stopped before its first evaluation: no best.pt yet)")
+        checkpoint = a.checkpoint or r.checkpoint
+        if checkpoint is not None and checkpoint.name == "best.pt":
+            which = "the best checkpoint"
+        elif r.evaluated:  # log.jsonl holds evaluations: best.pt was saved, and is gone
+            which = "the last checkpoint (best.pt is missing, though log.jsonl holds evaluations)"
+        else:
+            which = "the last checkpoint (the run stopped before its first evaluation: no best.pt yet)"
         body = [f'<p class="caption">Predictions of {which}, known source; '
                 f'{H.e(self.data_notes[r.label])}</p>']
         got = recomputed_mean_acc1(a)
@@ -395,6 +432,8 @@ class ReportBuilder:
         for r in self.runs:  # on the page too; printed so that a file passed over is not passed over unseen
             for n in r.notes:
                 self.log(printable(f"note ({r.label}): {n}"))
+        for label, n in self.skipped:
+            self.log(printable(f"note ({label}): {n}"))
         return index
 
 

@@ -9,8 +9,10 @@ A RUN argument is one of
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,8 +241,20 @@ class Run:
         return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
 
     @property
-    def epochs(self) -> int:
-        return max((int(r.get("epoch", 0)) for r in self.log), default=0)
+    def epochs(self) -> float:
+        """Epochs trained, a stopped run's partial last epoch as a fraction (as summary.json's "epochs"): the log
+        numbers that epoch as the next whole one, so 5.75 epochs showed as 6 and 0.27 as 1."""
+        last = max(self.log, key=lambda r: (r["epoch"], r.get("step") if _is_whole(r.get("step")) else -1),
+                   default=None)
+        if last is None:
+            return 0
+        logged = last["epoch"]
+        done = logged_fraction(self.log, last)
+        if done is None:  # no whole epoch logged before it: the stage's summary.json entry, when it fits the log
+            done = ((self.pipeline or {}).get("epochs") or {}).get(self.path.name)
+        if _is_number(done) and logged - 1 < done < logged:
+            return round(float(done), 2)
+        return logged
 
     @property
     def best_epoch(self) -> int | None:
@@ -266,6 +280,37 @@ class Run:
         return dict(rows[-1]["knn_acc1"])
 
     @property
+    def evaluated(self) -> bool:
+        """Whether log.jsonl holds an evaluation (then best.pt was saved, unless removed since)."""
+        return any(isinstance(r.get("val"), dict) or _is_number(r.get("score")) for r in self.log)
+
+    @property
+    def being_written(self) -> bool:
+        """Whether a fewshot command is writing the run now: it holds the folder's writer lock (run_lock).
+        False where that cannot be told (no lock file, a platform or file system without flock)."""
+        try:
+            import fcntl
+        except ImportError:
+            return False
+        from fewshot.run_lock import LOCK_NAME
+
+        for folder in (self.path, self.group):
+            if folder is None:
+                continue
+            try:  # read-only, never created; O_NONBLOCK: a FIFO put there does not hang the report
+                fd = os.open(folder / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    return True
+            finally:
+                os.close(fd)  # gives the probe's shared lock up at once
+        return False
+
+    @property
     def dataset_names(self) -> list[str]:
         for m in (self.metrics, self.metrics_known, self.metrics_unknown):
             if m and m.get("datasets"):
@@ -274,6 +319,18 @@ class Run:
         if knn:
             return [k for k in knn if k != "mean"]
         return []
+
+
+def logged_fraction(log: list[dict], last: dict) -> float | None:
+    """last's epochs trained from its global step: an earlier row of a whole epoch gives the steps per epoch
+    (its step / its epoch: every epoch before it is whole). None where the log does not tell."""
+    if not _is_whole(last.get("step")):
+        return None
+    whole = [r for r in log if 0 < r["epoch"] < last["epoch"] and _is_whole(r.get("step")) and r["step"] > 0]
+    if not whole:
+        return None
+    row = max(whole, key=lambda r: r["epoch"])
+    return last["step"] / (row["step"] / row["epoch"])
 
 
 def _labels(paths: list[Path], stage: list[bool]) -> list[str]:
@@ -425,6 +482,10 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
         notes.append(f"{where} holds {_kind_of(summary)}, not an object: passed over.")
         return None
     out = {k: summary[k] for k in ("predicted_with",) if isinstance(summary.get(k), str)}
+    stages = summary.get("stages")
+    if isinstance(stages, dict):  # epochs trained per stage: a budget stop's fraction the log does not always tell
+        out["epochs"] = {k: v["epochs"] for k, v in stages.items()
+                         if isinstance(v, dict) and _is_number(v.get("epochs")) and math.isfinite(v["epochs"])}
     metrics = summary.get("metrics")
     if isinstance(metrics, dict):
         out["metrics"] = {k: m for k in ("test", "test_unknown") if metrics.get(k) is not None

@@ -63,6 +63,13 @@ def duration(s) -> str:
     return f"{int(s // 3600)} h {int(round(s % 3600 / 60)):02d} min"
 
 
+def epochs(x) -> str:
+    """Epochs trained: 8, or 5.75 for a run stopped a quarter of an epoch before the end of its sixth."""
+    if not isinstance(x, (int, float)):
+        return DASH
+    return str(x) if isinstance(x, int) else f"{x:.2f}".rstrip("0").rstrip(".")
+
+
 def opt(x) -> str:
     return DASH if x is None else str(x)
 
@@ -81,7 +88,7 @@ def overview_table(runs: list[Run], flop_counts: dict[str, float | None]) -> Tab
         known, unknown = r.metrics_known or {}, r.metrics_unknown or {}
         knn = r.knn or {}
         rows.append([r.label, "MoCo" if r.kind == "moco" else "fine-tune", r.model_name, count(r.n_parameters),
-                     flops(flop_counts.get(r.label)), f"{r.img_size} px" if r.img_size else DASH, str(r.epochs),
+                     flops(flop_counts.get(r.label)), f"{r.img_size} px" if r.img_size else DASH, epochs(r.epochs),
                      duration(r.training_seconds), rate(r.throughput), opt(r.best_epoch),
                      pct(known.get("mean_acc1")), pct(unknown.get("mean_acc1")), pct(unknown.get("routing_acc")),
                      pct(knn.get("mean"))])
@@ -93,9 +100,11 @@ def overview_table(runs: list[Run], flop_counts: dict[str, float | None]) -> Tab
     return Table("Runs", cols, rows, numeric=numeric,
                  caption="Accuracies in % on the val split at the best checkpoint (metrics.json). FLOPs: one "
                          "forward pass of one image at the input size (torch.utils.flop_counter; a multiply-add "
-                         "counts 2); for MoCo runs parameters and FLOPs are those of the backbone. Training time: sum of the epochs' training time (evaluation excluded); "
-                         "throughput: median training images/s over the epochs. Best epoch: epochs completed when the "
-                         "best checkpoint was saved (as in metrics.json).")
+                         "counts 2); for MoCo runs parameters and FLOPs are those of the backbone. Epochs: epochs "
+                         "trained, the part of a stopped one as a fraction (5.75). Training time: sum of the epochs' "
+                         "training time (evaluation excluded); throughput: median training images/s over the epochs. "
+                         "Best epoch: the logged epoch whose evaluation gave the best checkpoint, as in metrics.json "
+                         "(a run stopped mid-epoch is evaluated at the stop, under that epoch's number).")
 
 
 def dataset_table(run: Run, title: str | None = None, known: dict | None = None, unknown: dict | None = None,
@@ -133,10 +142,18 @@ def knn_table(run: Run) -> Table:
     knn = run.knn or {}
     rows = [[n, pct(v)] for n, v in knn.items() if n != "mean"]
     rows.append(["mean", pct(knn.get("mean"))])
-    return Table(f"{run.label}: kNN accuracy @1 on val (epoch {opt(run.best_epoch)})", ["dataset", "kNN acc@1"],
-                 rows, emphasis=[len(rows) - 1],
-                 caption="Frozen backbone features; each val image is classified by a weighted vote of its "
-                         "nearest labelled training images of the same dataset (the MoCo monitor).")
+    best = run.best_epoch
+    caption = "Frozen backbone features; each val image is classified by a weighted vote of its nearest labelled " \
+              "training images of the same dataset (the MoCo monitor)."
+    last = max(run.log, key=lambda r: r["epoch"], default=None)
+    if best is not None and last is not None and last["epoch"] != best:
+        # metrics.json and this table give best.pt's score; the backbone exported is last.pt's (as MoCo's own code)
+        last_knn = last["knn_acc1"].get("mean") if isinstance(last.get("knn_acc1"), dict) else None
+        caption += f" Epoch {best} is the best kNN score (best.pt); `fewshot export` writes last.pt, epoch " \
+                   f"{last['epoch']}" + (f", kNN mean {pct(last_knn)}." if last_knn is not None else ".")
+    where = f"epoch {best}, best.pt" if best is not None else f"epoch {opt(best)}"
+    return Table(f"{run.label}: kNN accuracy @1 on val ({where})", ["dataset", "kNN acc@1"], rows,
+                 emphasis=[len(rows) - 1], caption=caption)
 
 
 def test_table(run: Run) -> Table | None:

@@ -73,7 +73,7 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dic
 
         # the run's data as recorded: `--out ROOT/<ds>/train/new/bb.safetensors` made a class folder without
         # images, and every command then refused ROOT
-        check_result_file_is_not_an_input(out, root, ckpt)
+        check_result_file_is_not_an_input(out, root, ckpt, kind="backbone")
     state = backbone_state(ck)
     meta = {"format": "pt", "model": str(ck.get("model_name", "")), "source": str(ckpt),
             "epoch": str(ck.get("epoch", "")), "img_size": str(ck.get("img_size", ""))}

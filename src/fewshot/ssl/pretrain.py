@@ -230,16 +230,39 @@ def unsorted_pool_images(root: Path, known: list[Path] = ()) -> list[Path]:
     return kept
 
 
-def queue_advice(pool: int, global_batch: int, world: int = 1) -> str:
-    """A queue of about half the pool, which must still hold one global batch of keys."""
-    if global_batch * 2 <= pool:
-        return f"--queue-size {pool // 2}"
-    if world > 1:  # --batch-size is per process: say so, and give the per-process figure
-        return (f"--batch-size {max(1, pool // 4 // world)} per process (a global batch of at most {max(1, pool // 4)}"
-                f" images), then --queue-size {pool // 2}: a global batch of {global_batch} does not fit in half of "
-                f"this pool")
-    return (f"a batch of at most {max(1, pool // 4)} images, then --queue-size {pool // 2}: a batch of "
-            f"{global_batch} does not fit in half of this pool")
+def queue_advice(pool: int, global_batch: int, world: int = 1, groups: int = 1, batch_norm: bool = True) -> str:
+    """The sentence that says how to get a queue of about half the pool, which must still hold one global batch of
+    keys. A smaller batch is suggested only where pretraining accepts it: a multiple of the shuffle-BN groups with
+    2 images per group for BatchNorm, on each process (--batch-size is per process)."""
+    half = pool // 2
+    usual = "A queue of about half the pool is the usual choice here"
+    if global_batch <= half:
+        return f"{usual} (--queue-size {half}; `fewshot run` sets it so)."
+    least = 2 * groups if batch_norm else 1
+    of = "global batch" if world > 1 else "batch"
+    for limit in (pool // 4, half):  # room for two global batches in the queue, else for one
+        batch = limit // world // groups * groups
+        if batch >= least:
+            size = f"{batch} per process (a global batch of {batch * world} images)" if world > 1 else f"{batch}"
+            return (f"{usual} (--batch-size {size}, then --queue-size {half}: a {of} of {global_batch} does not fit "
+                    f"in half of this pool; `fewshot run` sets it so).")
+    if world > 1:
+        smallest = f"{least} images per process (a global batch of {least * world})"
+    else:
+        smallest = f"{least} images" + (f" ({groups} shuffle-BN groups of 2)" if groups > 1 else "")
+    ways = []
+    if world > 1 and half >= least:  # one process splits its batch into moco.split_bn_groups instead
+        n = half // least
+        ways.append(f"fewer processes (at most {n} for this pool)" if n > 1 else
+                    "one process" + (" with moco.split_bn_groups=1" if batch_norm else ""))
+    if groups > 1 and batch_norm and half >= 2:
+        ways.append(f"fewer shuffle-BN groups (moco.split_bn_groups={half // 2} with --batch-size {half // 2 * 2})")
+    if global_batch < pool:
+        queue = f"{global_batch}" + (f" to {pool - 1}" if global_batch < pool - 1 else "")
+        ways.append(f"--queue-size {queue} (less than the pool, at least one {of})")
+    use = f"Use {', '.join(ways)}, or add images to the pool." if ways else "Add images to the pool."
+    return (f"This pool of {pool} images is too small for a queue of about half of it: the smallest batch "
+            f"pretraining accepts here, {smallest}, is more than half the pool. {use}")
 
 
 def has_batch_norm(module) -> bool:
@@ -248,10 +271,13 @@ def has_batch_norm(module) -> bool:
     return any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in module.modules())
 
 
-def bn_protection(model) -> str:
-    """What guards the positive pair against BatchNorm leakage, for the start-up line (a ViT has nothing to guard)."""
+def bn_protection(model, world: int = 1) -> str:
+    """What guards the positive pair against BatchNorm leakage, for the start-up line (a ViT has nothing to guard;
+    under DDP the key batch is shuffled across the processes, and "split-BN groups=1" read as no guard)."""
     if not has_batch_norm(model.encoder_q):
         return "no BatchNorm (no shuffle needed)"
+    if world > 1:
+        return f"shuffle-BN across {world} processes"
     return f"split-BN groups={model.split_bn_groups}"
 
 
@@ -435,14 +461,14 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
         print(one_line(f"MoCo ({m['preset']}) pretraining {cfg['model']['name']}"
                        f"{weights_note(task.weights_loaded, cfg['model']['weights'])} on {len(task.pool)} unlabeled "
                        f"images ({task.pool_source}) at {task.size}px on {device} x{ctx.world} ({engine.precision}): "
-                       f"K={m['queue_size']}, m={m['momentum']}, T={m['temperature']}, {bn_protection(task.model)}; "
-                       f"run directory {out}"))
-        advice = queue_advice(len(task.pool), cfg["train"]["batch_size"] * ctx.world, ctx.world)
+                       f"K={m['queue_size']}, m={m['momentum']}, T={m['temperature']}, "
+                       f"{bn_protection(task.model, ctx.world)}; run directory {out}"))
         if m["queue_size"] >= len(task.pool):
+            advice = queue_advice(len(task.pool), cfg["train"]["batch_size"] * ctx.world, ctx.world,
+                                  task.model.split_bn_groups, has_batch_norm(task.model.encoder_q))
             print(f"warning: the queue (K={m['queue_size']}) holds at least as many keys as the pool has images "
-                  f"({len(task.pool)}): each query meets older keys of its own image as negatives. A queue of "
-                  f"about half the pool is the usual choice here ({advice}; "
-                  f"`fewshot run` sets it so).", flush=True)
+                  f"({len(task.pool)}): each query meets older keys of its own image as negatives. {advice}",
+                  flush=True)
     result = engine.fit(resume=resume)
     if ctx.is_main:
         from fewshot.report.plots import plot_pretrain_curves

@@ -49,6 +49,7 @@ def logged_epoch(ck: dict) -> int:
 def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
     """A run directory (-> checkpoints/best.pt, else last.pt) or a checkpoint file."""
     p = Path(run_or_ckpt)
+    why = "it looks like a `fewshot run` folder that did not finish (no summary.json)"
     if p.is_dir() and not (p / "checkpoints").is_dir() and (p / "summary.json").is_file():
         # a `fewshot run` folder: the stage that wrote its pred_all.json (summary.json: predicted_with)
         import json
@@ -60,6 +61,11 @@ def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
         # a stage is a folder of this run: a name, never a path that leads elsewhere (summary.json is user input)
         if isinstance(stage, str) and stage and Path(stage).name == stage and (p / stage / "checkpoints").is_dir():
             p = p / stage
+        elif isinstance(stage, str) and stage and Path(stage).name == stage:  # a finished run, a stage deleted
+            why = f"its summary.json names the stage that predicted, {stage}, but {p / stage} " + \
+                  ("has no checkpoints/" if (p / stage).is_dir() else "is missing")
+        else:
+            why = "its summary.json names no stage that predicted"
     if p.is_dir():
         for name in (f"{prefer}.pt", "best.pt", "last.pt"):
             cand = p / "checkpoints" / name
@@ -68,8 +74,8 @@ def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
         stages = sorted(str(c.parent.parent) for c in p.glob("*/checkpoints/*.pt"))  # an unfinished `fewshot run`
         if stages:
             raise CheckpointError(f"no checkpoint in run directory {p} (expected checkpoints/best.pt or last.pt); "
-                                  f"it looks like a `fewshot run` folder that did not finish (no summary.json). "
-                                  f"Its stages with checkpoints: {', '.join(dict.fromkeys(stages))}; pass one of them.")
+                                  f"{why}. Its stages with checkpoints: {', '.join(dict.fromkeys(stages))}; pass one "
+                                  f"of them.")
         raise CheckpointError(f"no checkpoint in run directory {p} (expected checkpoints/best.pt or last.pt).")
     if p.is_file():
         return p

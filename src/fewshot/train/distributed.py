@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fewshot.errors import UserError, printable
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -28,12 +30,48 @@ class DistContext:
         return self.world > 1
 
 
+LAUNCH = ("launch the command with torchrun (`torchrun --nproc_per_node=N -m fewshot ...`), which sets RANK, "
+          "WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, or unset WORLD_SIZE to run in one process")
+
+
+class LaunchError(UserError):
+    """A torchrun variable missing or bad: said by every process (one started by hand has no rank 0 to say it)."""
+    every_process = True
+
+
+def _missing(name: str) -> LaunchError:
+    return LaunchError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} asks for several processes, but {name} is not set: "
+                     f"{LAUNCH}.")
+
+
+def env_int(name: str, default: int | None = None, low: int = 0, high: int | None = None) -> int:
+    """An integer torchrun variable in [low, high); a UserError naming it where it is missing or bad (int()'s
+    ValueError or a KeyError read as a bug in fewshot). Empty counts as unset, as in cli.world_size_env."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        if default is None:
+            raise _missing(name)
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value >= high):
+        bounds = f"from {low} to {high - 1}" if high is not None else f"{low} or more"
+        raise LaunchError(f"{name}={printable(raw)!r} must be a whole number {bounds}: {LAUNCH}.")
+    return value
+
+
 def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_int("WORLD_SIZE", default=1, low=1)
     if world <= 1:
         return DistContext(), device
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank = env_int("RANK", high=world)
+    local_rank = env_int("LOCAL_RANK", default=0)
+    if not dist.is_initialized():  # what the env:// rendezvous reads: its ValueError read as a bug in fewshot
+        if not os.environ.get("MASTER_ADDR", "").strip():
+            raise _missing("MASTER_ADDR")
+        env_int("MASTER_PORT", low=1, high=65536)
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)

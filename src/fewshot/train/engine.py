@@ -125,9 +125,10 @@ def empty_epoch_error(task, cfg: dict, world: int) -> UserError:
     bs = cfg["train"]["batch_size"]
     if task.kind == "moco":
         of = f"{bs * world} ({bs} per process x {world} processes)" if world > 1 else f"{bs}"
+        fewer = ", run on fewer processes" if world > 1 else ""
         return UserError(f"the unlabeled pool has {len(task.pool)} images, fewer than one batch of {of} "
                          f"(MoCo drops an incomplete batch): lower --batch-size (`fewshot run`: "
-                         f"run.pretrain_batch_size=N) or add images to the pool.")
+                         f"run.pretrain_batch_size=N){fewer} or add images to the pool.")
     if bs < 2:
         return UserError(f"--batch-size {bs}: BatchNorm needs at least 2 images per batch in training; use 2 or more.")
     return UserError(f"{len(task.train_set)} training images give no batch of at least 2 images per process "

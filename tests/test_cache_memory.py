@@ -1,0 +1,186 @@
+"""The image cache under memory pressure and against decompression bombs decoded by several threads.
+
+A failed allocation is the machine's fault, not the file's: it used to be cached as a bad image for good. The
+bomb limit depended on a race (warnings.catch_warnings() in each decoding thread), and the first build held the
+whole [N, 3, S, S] array in memory instead of writing it into the memory-mapped cache file.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import struct
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fewshot.data.cache as cache
+from fewshot.data.cache import decode_resized, load_images
+from fewshot.errors import DataLayoutError, UserError
+
+
+def png_claiming(w: int, h: int) -> bytes:
+    """A 1-bit PNG whose header claims w x h pixels, with almost no data (a bomb costs nothing to make)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def images(folder: Path, count: int = 3) -> list[Path]:
+    paths = []
+    for i in range(count):
+        p = folder / f"{i}.png"
+        Image.fromarray(np.full((12, 10, 3), 30 + 60 * i, np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def starving(monkeypatch, path: Path, times: int) -> list[int]:
+    """decode_resized runs out of memory on ``path`` the first ``times`` times (numpy's error, a MemoryError)."""
+    real, calls = cache.decode_resized, [0]
+
+    def decode(p, *args):
+        if Path(p) == path and calls[0] < times:
+            calls[0] += 1
+            raise MemoryError("Unable to allocate 618. MiB for an array with shape (9000, 9000) and data type float64")
+        return real(p, *args)
+
+    monkeypatch.setattr(cache, "decode_resized", decode)
+    return calls
+
+
+def test_a_file_that_ran_out_of_memory_among_threads_is_decoded_again_alone(tmp_path, monkeypatch):
+    paths = images(tmp_path)
+    starving(monkeypatch, paths[1], times=1)
+    got = load_images(paths, 8, tmp_path / "cache", skip_bad=True, threads=2)
+    assert bool(got.valid.all()) and got.bad == []
+    assert np.array_equal(got.images[1].numpy(), decode_resized(paths[1], 8))
+    meta = json.loads(next((tmp_path / "cache").glob("*.json")).read_text())
+    assert meta["bad"] == []
+
+
+def test_out_of_memory_is_a_user_error_naming_the_file_and_is_not_cached(tmp_path, monkeypatch):
+    paths = images(tmp_path)
+    calls = starving(monkeypatch, paths[2], times=99)
+    for skip_bad in (False, True):  # not "cannot be decoded", nor skipped: the file is fine
+        with pytest.raises(UserError, match="out of memory while decoding") as err:
+            load_images(paths, 8, tmp_path / "cache", skip_bad=skip_bad, threads=2)
+        assert not isinstance(err.value, DataLayoutError)
+        assert str(paths[2]) in str(err.value) and "(10x12 pixels)" in str(err.value)
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing cached, no partial file left
+    calls[0] = 99  # memory to spare now
+    got = load_images(paths, 8, tmp_path / "cache", threads=2)
+    assert bool(got.valid.all())
+
+
+def test_a_memory_failure_cached_by_an_older_version_is_tried_again(tmp_path):
+    paths = images(tmp_path)
+    cache_dir = tmp_path / "cache"
+    load_images(paths, 8, cache_dir, threads=1)
+    meta = next(cache_dir.glob("*.json"))
+    for why in ("Unable to allocate 618. MiB for an array with shape (9000, 9000) and data type float64",
+                "MemoryError"):
+        meta.write_text(json.dumps({"n": 3, "size": 8, "bad": [[str(paths[0]), why]]}))
+        got = load_images(paths, 8, cache_dir, skip_bad=True, threads=1)
+        assert bool(got.valid.all()) and got.bad == [], why
+
+
+def test_bombs_decoded_by_threads_are_all_refused_and_warnings_are_untouched(tmp_path):
+    """12000 x 12000 (144 M pixels) is over Pillow's warning limit and under its error limit: with threads, some
+    used to be decoded as images, and an "error" filter was left in warnings.filters."""
+    paths = []
+    for i in range(48):
+        p = tmp_path / f"bomb{i}.png"
+        p.write_bytes(png_claiming(12000, 12000))
+        paths.append(p)
+    before, interval = list(warnings.filters), sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: the race showed on the first pass
+    try:
+        for _ in range(3):
+            got = load_images(paths, 8, None, skip_bad=True, threads=8)
+            assert not bool(got.valid.any())
+            assert {why for _, why in got.bad} == {
+                "image of 12000x12000 pixels exceeds the decompression-bomb limit of 89,478,485 pixels"}
+            assert warnings.filters == before
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def test_one_bomb_limit_in_every_message(tmp_path):
+    """Pillow's errors gave 89,478,485 for one image and 178,956,970 for another, never the image's size."""
+    mid, huge = tmp_path / "mid.png", tmp_path / "huge.png"
+    mid.write_bytes(png_claiming(12000, 12000))
+    huge.write_bytes(png_claiming(30000, 30000))
+    with pytest.raises(ValueError, match=r"^image of 12000x12000 pixels exceeds the decompression-bomb limit of "
+                                         r"89,478,485 pixels$"):
+        decode_resized(mid, 8)
+    with pytest.raises(ValueError, match=r"^image of 900,000,000 pixels exceeds the decompression-bomb limit of "
+                                         r"89,478,485 pixels$"):
+        decode_resized(huge, 8)
+
+
+def test_a_png_with_a_huge_colour_profile_is_named_in_plain_words(tmp_path):
+    p = tmp_path / "icc.png"
+    Image.new("RGB", (8, 8)).save(p, icc_profile=b"\x00" * (2 * 2**20))
+    _, why = cache._decode_one((p, 8, 1.0))
+    assert "MAX_TEXT_CHUNK" not in why and "colour profile" in why and "1 MB" in why, why
+
+
+def no_pool_sized_arrays(monkeypatch, shape):
+    real = np.zeros
+
+    def zeros(s, *args, **kwargs):
+        if tuple(np.atleast_1d(s)) == shape:
+            raise MemoryError(f"Unable to allocate the pool: {s}")
+        return real(s, *args, **kwargs)
+
+    monkeypatch.setattr(cache.np, "zeros", zeros)
+
+
+def test_the_first_build_is_decoded_into_the_cache_file_not_an_array_in_memory(tmp_path, monkeypatch):
+    paths = images(tmp_path)
+    no_pool_sized_arrays(monkeypatch, (3, 3, 16, 16))
+    cache_dir = tmp_path / "cache"
+    got = load_images(paths, 16, cache_dir, threads=2)
+    assert bool(got.valid.all())
+    for i, p in enumerate(paths):
+        assert np.array_equal(got.images[i].numpy(), decode_resized(p, 16))
+    assert sorted(f.suffix for f in cache_dir.iterdir()) == [".json", ".u8"]  # no temporary file left
+    got.images[0] += 1  # a caller's change to its images stays out of the cache
+    again = load_images(paths, 16, cache_dir, threads=2)
+    assert np.array_equal(again.images[0].numpy(), decode_resized(paths[0], 16))
+    # without a cache folder the array must be in memory: a plain error naming the size, not a traceback
+    with pytest.raises(UserError, match=r"not enough memory for 3 images at 16x16 pixels .* a smaller --img-size"):
+        load_images(paths, 16, None)
+
+
+def test_a_full_disk_at_the_first_build_decodes_into_memory_and_says_so(tmp_path, monkeypatch, capsys):
+    paths = images(tmp_path)
+    monkeypatch.setattr(cache, "_WARNED", set())
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache.os, "posix_fallocate", full)
+    got = load_images(paths, 16, tmp_path / "cache", threads=2)
+    assert bool(got.valid.all()) and list((tmp_path / "cache").iterdir()) == []
+    assert "the disk is full (0.0 MB needed)" in capsys.readouterr().err
+
+
+def test_a_stop_while_decoding_leaves_no_partial_cache_file(tmp_path, monkeypatch):
+    paths = images(tmp_path)
+
+    def stop(results, **kwargs):
+        yield next(iter(results))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache, "track", stop)
+    with pytest.raises(KeyboardInterrupt):
+        load_images(paths, 16, tmp_path / "cache", threads=1)
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []

@@ -1,0 +1,129 @@
+"""torchrun's environment without torchrun: missing or bad variables are user errors that name the variable,
+and under torchrun a user error or a stop is said by the first process of a node only. No process group is
+formed here (every case is refused before the rendezvous), so these tests are fast."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fewshot.errors import UserError
+from fewshot.train.distributed import DistContext, init_distributed
+from helpers.checks import run_main
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for name in TORCHRUN_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+    def set_env(**values):
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+    return set_env
+
+
+@pytest.mark.parametrize("values, named", [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two'"),
+    ({"WORLD_SIZE": "2"}, "RANK is not set"),  # was KeyError 'RANK'
+    ({"WORLD_SIZE": "2", "RANK": ""}, "RANK is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK='2' must be a whole number from 0 to 1"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "x"}, "LOCAL_RANK='x'"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR is not set"),  # was the env:// rendezvous' ValueError
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}, "MASTER_PORT is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"}, "MASTER_PORT='99999'"),
+])
+def test_a_bad_torchrun_environment_is_a_user_error_naming_the_variable(env, values, named):
+    env(**values)
+    with pytest.raises(UserError) as info:
+        init_distributed(torch.device("cpu"))
+    assert named in str(info.value) and "torchrun" in str(info.value)
+
+
+def test_an_empty_world_size_is_one_process(env):
+    """`int("")` was an internal error; cli.world_size_env reads an empty WORLD_SIZE as unset too."""
+    env(WORLD_SIZE="")
+    assert init_distributed(torch.device("cpu")) == (DistContext(), torch.device("cpu"))
+
+
+def test_a_bad_environment_is_said_by_every_process_and_exits_2(env, digits_root, tmp_path):
+    """Started by hand as rank 1 there is no rank 0 to say it (no process group, so no KeyError traceback)."""
+    env(WORLD_SIZE="2", RANK="1")
+    rc, _, err = run_main("train", "--data", digits_root, "--out", tmp_path / "run", "--model", "test_resnet",
+                          "--img-size", "32", "--epochs", "1", "--device", "cpu")
+    assert rc == 2 and "MASTER_ADDR is not set" in err and "internal error" not in err, err
+
+
+def test_a_user_error_is_printed_by_the_first_process_only(env, tmp_path):
+    """Under torchrun every rank met the same error and printed it, N times interleaved on one line."""
+    for rank, printed in (("1", False), ("0", True)):
+        env(WORLD_SIZE="2", RANK=rank)
+        rc, _, err = run_main("eval", tmp_path, "--data", tmp_path)  # eval refuses to run under torchrun
+        assert rc == 2 and ("runs in one process" in err) == printed, (rank, err)
+    env(WORLD_SIZE="3", RANK="2", LOCAL_RANK="0")  # the first process of the second node says it for its node
+    assert "runs in one process" in run_main("eval", tmp_path, "--data", tmp_path)[2]
+
+
+def test_a_layout_error_under_torchrun_is_printed_by_rank_0_only(env, monkeypatch, copy_root, tmp_path):
+    from fewshot.train import finetune
+
+    (copy_root / "digits" / "val").rename(copy_root / "digits" / "valid")
+    for rank, printed in ((1, False), (0, True)):
+        env(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+        monkeypatch.setattr(finetune, "init_distributed", lambda device, r=rank: (DistContext(r, 2, r), device))
+        rc, _, err = run_main("train", "--data", copy_root, "--out", tmp_path / f"run{rank}", "--model",
+                              "test_resnet", "--img-size", "32", "--epochs", "1", "--device", "cpu")
+        assert rc == 2 and ("the data layout has" in err) == printed, (rank, err)
+        assert printed or err == "", err
+
+
+def test_the_stop_line_is_printed_by_rank_0_only(env, tmp_path, capsys):
+    """SIGTERM under torchrun: every rank stops at the same step; the line came once per rank."""
+    import signal
+
+    from fewshot import cli
+    from fewshot.train.stop_signal import StopRequested
+
+    def stopped(args, extra):
+        raise StopRequested(signal.SIGTERM, str(tmp_path / "last.pt"))
+
+    for rank, printed in (("1", False), ("0", True)):
+        env(WORLD_SIZE="2", RANK=rank)
+        assert cli._dispatch(SimpleNamespace(command="train", out=str(tmp_path)), [], {"train": stopped}) == 143
+        assert ("stopped by SIGTERM" in capsys.readouterr().err) == printed
+
+
+def test_queue_advice_never_suggests_a_batch_that_is_refused():
+    """2 processes on a pool of 6: "--batch-size 1 per process (a global batch of at most 1 images)", refused
+    (BatchNorm needs 2 images, and 1 per process is a global batch of 2); one process with 2 shuffle-BN groups:
+    "a batch of at most 1 images", refused as well."""
+    from fewshot.ssl.pretrain import queue_advice
+
+    ddp = queue_advice(6, 4, 2)
+    assert "--batch-size" not in ddp and "too small" in ddp and "one process" in ddp and "--queue-size 4 to 5" in ddp
+    groups = queue_advice(6, 4, 1, groups=2)
+    assert "too small" in groups and "moco.split_bn_groups=1 with --batch-size 2" in groups
+    assert "--batch-size 5 per process (a global batch of 10 images)" in queue_advice(44, 48, 2)
+    assert "--batch-size 2 per process (a global batch of 4 images), then --queue-size 4" in queue_advice(8, 8, 2)
+    assert "--batch-size 10, then --queue-size 22" in queue_advice(44, 48, 1, groups=2)
+    assert "(--queue-size 50;" in queue_advice(100, 20, 1)
+
+
+def test_the_pretrain_header_names_the_shuffle_across_processes():
+    from fewshot.ssl.pretrain import bn_protection
+
+    model = SimpleNamespace(encoder_q=torch.nn.BatchNorm2d(3), split_bn_groups=1)
+    assert bn_protection(model, 2) == "shuffle-BN across 2 processes"
+    assert bn_protection(model) == "split-BN groups=1"
+
+
+def test_the_pool_smaller_than_one_batch_says_fewer_processes_under_ddp():
+    from fewshot.train.engine import empty_epoch_error
+
+    task = SimpleNamespace(kind="moco", pool=[0] * 6)
+    assert "fewer processes" in str(empty_epoch_error(task, {"train": {"batch_size": 4}}, 2))
+    assert "fewer processes" not in str(empty_epoch_error(task, {"train": {"batch_size": 8}}, 1))

@@ -1,0 +1,140 @@
+"""`fewshot predict` and `fewshot eval` on a trained run: what they may write, which checkpoint they say they use,
+and how they count undecodable test images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fewshot.data.layout import check_result_file_is_not_an_input
+from fewshot.errors import UserError
+from helpers.checks import run_main
+
+
+@pytest.fixture(scope="module")
+def trained(digits_root, tmp_path_factory) -> Path:
+    """One 1-epoch run on both datasets (read-only: tests that change it take `run_copy`)."""
+    run = tmp_path_factory.mktemp("predict") / "run"
+    rc, _, err = run_main("train", "--data", digits_root, "--out", run, "--model", "test_resnet", "--img-size", "32",
+                          "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress")
+    assert rc == 0, err
+    return run
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_eval_and_predict_refuse_to_replace_any_file_of_the_run(run_copy, digits_root):
+    """`predict RUN --out RUN/config.yaml` exited 0 with pred_all.json in config.yaml (then `train --resume` and
+    `compare` failed); so did RUN/metrics.json, RUN/log.jsonl, and RUN/checkpoints/last.pt given best.pt."""
+    before = snapshot(run_copy)
+    best = run_copy / "checkpoints" / "best.pt"
+    for read in (run_copy, best):
+        for out in ("config.yaml", "metrics.json", "metrics_known.json", "log.jsonl", "checkpoints/last.pt",
+                    "checkpoints/new.json"):
+            for cmd in (["predict", read], ["eval", read, "--split", "test"]):
+                rc, _, err = run_main(*cmd, "--data", digits_root, "--out", run_copy / out, "--device", "cpu")
+                assert rc == 2 and f"--out {run_copy / out}" in err and "Traceback" not in err, (cmd, out, err)
+    assert snapshot(run_copy) == before
+    # a new file in the run folder is fine, and so is the same command writing it again
+    for cmd, out in ((["predict", best], "pred_all.json"), (["eval", run_copy, "--split", "test"], "test.json")):
+        for _ in range(2):
+            rc, _, err = run_main(*cmd, "--data", digits_root, "--out", run_copy / out, "--device", "cpu")
+            assert rc == 0 and (run_copy / out).is_file(), err
+
+
+def test_a_fewshot_run_folder_keeps_its_records_and_its_pred_all_json_can_be_written_again(trained, digits_root,
+                                                                                              tmp_path):
+    """A `fewshot run` DIR: its summary.json and metrics.json are its record, whether DIR or a stage is read;
+    DIR/pred_all.json is what predict writes, so predicting into it again is allowed."""
+    pipe = tmp_path / "pipe"
+    shutil.copytree(trained, pipe / "finetune")
+    (pipe / "summary.json").write_text(json.dumps({"predicted_with": "finetune", "stages": {}}))
+    shutil.copy(trained / "metrics.json", pipe / "metrics.json")
+    for read in (pipe, pipe / "finetune", pipe / "finetune" / "checkpoints" / "best.pt"):
+        for out in ("summary.json", "metrics.json"):
+            for cmd in (["predict", read], ["eval", read, "--split", "test"]):
+                rc, _, err = run_main(*cmd, "--data", digits_root, "--out", pipe / out, "--device", "cpu")
+                assert rc == 2 and "a file of the run it reads" in err, (cmd, out, err)
+    assert json.loads((pipe / "summary.json").read_text())["predicted_with"] == "finetune"
+    for _ in range(2):
+        rc, _, err = run_main("predict", pipe, "--data", digits_root, "--out", pipe / "pred_all.json",
+                              "--device", "cpu")
+        assert rc == 0, err
+
+
+def test_export_may_write_a_fewshot_run_backbone_again_but_no_other_file_of_the_run(tmp_path):
+    """`fewshot run` exports its pretrain stage into DIR/backbone.safetensors (again on --resume): the check that
+    keeps a run's files also guards `export`, with its own earlier output allowed."""
+    pipe, root = tmp_path / "pipe", tmp_path / "root"
+    (pipe / "pretrain" / "checkpoints").mkdir(parents=True)
+    root.mkdir()
+    ckpt = pipe / "pretrain" / "checkpoints" / "last.pt"
+    ckpt.write_bytes(b"x")
+    (pipe / "run_state.json").write_text("{}")
+    (pipe / "backbone.safetensors").write_bytes(b"y")
+    (pipe / "pretrain" / "config.yaml").write_text("model: {}\n")
+    check_result_file_is_not_an_input(pipe / "backbone.safetensors", root, ckpt, kind="backbone")
+    for out in (pipe / "run_state.json", pipe / "pretrain" / "config.yaml"):
+        with pytest.raises(UserError, match="a file of the run it reads"):
+            check_result_file_is_not_an_input(out, root, ckpt, kind="backbone")
+    with pytest.raises(UserError, match="a file of the run it reads"):  # predict does not replace a backbone
+        check_result_file_is_not_an_input(pipe / "backbone.safetensors", root, ckpt)
+
+
+def test_predict_names_its_checkpoint_and_warns_when_best_pt_is_missing(run_copy, digits_root, tmp_path):
+    """It fell back to last.pt without a word when best.pt was deleted or the run had not been evaluated yet."""
+    out = tmp_path / "p.json"
+    rc, stdout, err = run_main("predict", run_copy, "--data", digits_root, "--out", out, "--device", "cpu")
+    assert rc == 0 and f"predicting with {run_copy / 'checkpoints' / 'best.pt'} (epoch 1)" in stdout, err
+    assert "warning" not in err
+    (run_copy / "checkpoints" / "best.pt").unlink()
+    last = run_copy / "checkpoints" / "last.pt"
+    for cmd in (["predict", run_copy, "--out", out], ["eval", run_copy]):
+        rc, stdout, err = run_main(*cmd, "--data", digits_root, "--device", "cpu")
+        assert rc == 0, err
+        assert f"{last} (epoch 1): {run_copy / 'checkpoints' / 'best.pt'} is missing" in err, (cmd, err)
+    (run_copy / "metrics.json").unlink()  # as during training, before the first evaluation
+    rc, _, err = run_main("predict", run_copy, "--data", digits_root, "--out", out, "--device", "cpu")
+    assert rc == 0 and f"warning: predicting with {last}" in err and "looks unfinished" in err, err
+    rc, _, err = run_main("predict", last, "--data", digits_root, "--out", out, "--device", "cpu")
+    assert rc == 0 and "warning" not in err, err  # a file the user named is no fallback
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_a_damaged_best_pt_suggests_the_runs_last_pt(run_copy, digits_root, tmp_path, damage):
+    best = run_copy / "checkpoints" / "best.pt"
+    data = best.read_bytes()
+    best.write_bytes({"truncated": data[:1000], "empty": b"", "garbage": b"garbage\n"}[damage])
+    last = run_copy / "checkpoints" / "last.pt"
+    for read in (run_copy, best):
+        for cmd in (["predict", read, "--out", tmp_path / "p.json"], ["eval", read]):
+            rc, _, err = run_main(*cmd, "--data", digits_root, "--device", "cpu")
+            assert rc == 2 and f"pass {last} instead" in err and "Traceback" not in err, (cmd, err)
+    rc, _, err = run_main("predict", last, "--data", digits_root, "--out", tmp_path / "p.json", "--device", "cpu")
+    assert rc == 0, err
+
+
+def test_eval_of_the_test_split_scores_undecodable_images_as_guesses_and_says_so(trained, copy_root,
+                                                                               dataset_names, tmp_path):
+    """--skip-bad-images leaves undecodable val images out, but scores test images as `predict` writes them (a
+    blank image's guess), so that n counts every test image; the warning said "predicted", for a submission."""
+    name = dataset_names[0]
+    n_test = len(list((copy_root / name / "test").iterdir()))
+    (copy_root / name / "test" / "5.png").write_bytes(b"not an image")
+    out = tmp_path / "m.json"
+    rc, _, err = run_main("eval", trained, "--data", copy_root, "--split", "test", "--skip-bad-images", "--out", out,
+                          "--device", "cpu")
+    assert rc == 0, err
+    assert json.loads(out.read_text())["datasets"][name]["n"] == n_test
+    assert "1 undecodable test image(s) (listed above) are scored as predicted from a blank image" in err
+    assert "n includes them" in err
