@@ -741,6 +741,10 @@ def test_pretrain_warns_when_the_queue_is_as_large_as_the_pool(digits_root, tmp_
                             "--no-progress", "moco.queue_size=100000", "moco.split_bn_groups=2")
     assert rc == 0, err
     assert "warning: the queue (K=100000) holds at least as many keys as the pool" in out
+    # the console's last kNN line is metrics.json's (the best checkpoint's), not the last epoch's alone
+    metrics = json.loads((tmp_path / "moco" / "metrics.json").read_text())
+    assert f"kNN accuracy (val) of best.pt (epoch {metrics['best_epoch']}):" in out, out
+    assert f"mean {metrics['mean_acc1']:.2f}" in out.split("kNN accuracy (val) of")[-1], out
     small = tmp_path / "small"  # half of this pool is less than a batch: the advice must be a queue that can start
     small.mkdir()
     for p in sorted((digits_root / "unlabeled").rglob("*.png"))[:10]:
@@ -750,6 +754,19 @@ def test_pretrain_warns_when_the_queue_is_as_large_as_the_pool(digits_root, tmp_
                             "moco.queue_size=64", "moco.split_bn_groups=2", "--unlabeled", small, "--no-progress")
     assert rc == 0, err
     assert "(--batch-size 4, then --queue-size 5:" in out, out  # 2 images (1 per shuffle-BN group) are refused
+
+
+def test_the_knn_summary_adds_the_last_epochs_mean_only_where_it_differs_from_the_best():
+    """A hunt read "kNN accuracy (val): ... mean 0.61" (the last epoch) while metrics.json said 0.80 (best.pt)."""
+    from fewshot.ssl.pretrain import knn_summary
+
+    written = {"checkpoint": "best.pt", "best_epoch": 3, "mean_acc1": 0.8,
+               "datasets": {"digits": {"acc1": 0.9}, "fashion": {"acc1": 0.7}}}
+    line = knn_summary(written, {"knn_acc1": {"digits": 0.6, "fashion": 0.62, "mean": 0.61}})
+    assert line == "kNN accuracy (val) of best.pt (epoch 3): digits 0.90, fashion 0.70, mean 0.80; last evaluated " \
+                   "epoch: mean 0.61"
+    assert knn_summary(written, {"knn_acc1": {"mean": 0.8}}).endswith("mean 0.80")
+    assert knn_summary(written, None).endswith("mean 0.80")
 
 
 def test_moco_batch_advice_names_per_process_sizes_under_ddp():

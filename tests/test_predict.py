@@ -88,7 +88,26 @@ def test_export_may_write_a_fewshot_run_backbone_again_but_no_other_file_of_the_
         with pytest.raises(UserError, match="a file of the run it reads"):
             check_result_file_is_not_an_input(out, root, ckpt, kind="backbone")
     with pytest.raises(UserError, match="a file of the run it reads"):  # predict does not replace a backbone
-        check_result_file_is_not_an_input(pipe / "backbone.safetensors", root, ckpt)
+        check_result_file_is_not_an_input(pipe / "backbone.safetensors", root, ckpt, kind="predictions")
+
+
+def test_predict_and_eval_replace_only_their_own_earlier_output_in_a_run_folder(run_copy, digits_root):
+    """`eval --out RUN/val.json` then `predict --out RUN/val.json` replaced the metrics with predictions (exit 0):
+    the check could not tell one command's earlier output from the other's."""
+    metrics_file, pred_file = run_copy / "val_metrics.json", run_copy / "preds.json"
+    rc, _, err = run_main("eval", run_copy, "--data", digits_root, "--out", metrics_file, "--device", "cpu")
+    assert rc == 0, err
+    rc, _, err = run_main("predict", run_copy, "--data", digits_root, "--out", pred_file, "--device", "cpu")
+    assert rc == 0, err
+    before = metrics_file.read_bytes(), pred_file.read_bytes()
+    rc, _, err = run_main("predict", run_copy, "--data", digits_root, "--out", metrics_file, "--device", "cpu")
+    assert rc == 2 and "a file of the run it reads" in err, err
+    rc, _, err = run_main("eval", run_copy, "--data", digits_root, "--out", pred_file, "--device", "cpu")
+    assert rc == 2 and "a file of the run it reads" in err, err
+    assert (metrics_file.read_bytes(), pred_file.read_bytes()) == before
+    for command, out in (("eval", metrics_file), ("predict", pred_file)):  # each may write its own again
+        rc, _, err = run_main(command, run_copy, "--data", digits_root, "--out", out, "--device", "cpu")
+        assert rc == 0, err
 
 
 def test_predict_names_its_checkpoint_and_warns_when_best_pt_is_missing(run_copy, digits_root, tmp_path):

@@ -256,7 +256,7 @@ def cmd_eval(args, extra) -> int:
 
     if args.out:
         check_output_file(args.out, example="metrics.json")
-        check_result_file_is_not_an_input(args.out, args.data, args.run)
+        check_result_file_is_not_an_input(args.out, args.data, args.run, kind="metrics")
     metrics = evaluate_run(args.run, args.data, args.mode, resolve_device(args.device), split=args.split,
                            datasets=args.datasets, skip_bad=args.skip_bad_images)
     print(format_table(metrics, title=f"{args.split} accuracy of {metrics['checkpoint']}"))
@@ -271,7 +271,7 @@ def cmd_predict(args, extra) -> int:
     from fewshot.utils import check_output_file, resolve_device, write_json
 
     check_output_file(args.out, example="pred_all.json")
-    check_result_file_is_not_an_input(args.out, args.data, args.run)
+    check_result_file_is_not_an_input(args.out, args.data, args.run, kind="predictions")
     pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device), datasets=args.datasets,
                                 skip_bad=args.skip_bad_images)
     out = Path(args.out)

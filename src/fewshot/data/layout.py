@@ -136,8 +136,10 @@ def _run_folders(run) -> list[Path]:
 
 def _earlier_result(path: Path, kind: str) -> bool:
     """Whether ``path`` holds what this command wrote before, and is none of the run's own records (its
-    metrics*.json and summary.json), so may be written again. ``kind`` "result": a pred_all.json of `predict`
-    or metrics of `eval --out` (they name their checkpoint); "backbone": a `.safetensors` of `export`."""
+    metrics*.json and summary.json), so may be written again. ``kind`` "predictions": a pred_all.json of
+    `predict`; "metrics": the metrics of `eval --out` (they name their checkpoint); "backbone": a `.safetensors`
+    of `export`. Each command replaces only its own kind: `predict --out` onto an earlier `eval --out` file
+    replaced those metrics with predictions."""
     if path.name in RUN_RECORDS:
         return False
     if kind == "backbone":
@@ -150,14 +152,14 @@ def _earlier_result(path: Path, kind: str) -> bool:
         return False
     if not isinstance(data, dict):
         return False
-    if {"datasets", "split", "checkpoint"} <= set(data):
-        return True
+    if kind == "metrics":
+        return {"datasets", "split", "checkpoint"} <= set(data)
     return isinstance(data.get(RESERVED_NAME), int) and all(
         isinstance(v, dict) and all(isinstance(c, int) for c in v.values())
         for k, v in data.items() if k != RESERVED_NAME)
 
 
-def check_result_file_is_not_an_input(out, root, run, kind: str = "result") -> None:
+def check_result_file_is_not_an_input(out, root, run, kind: str) -> None:
     """`eval`/`predict --out` must not replace what they read: `--out ROOT/digits/test_labels.json` replaced
     the answer key, `--out RUN/checkpoints/best.pt` the model, `--out ROOT/digits/test/0.png` a test image.
     Nor any other file of the run (the folder above a checkpoint's checkpoints/, and the `fewshot run` folder

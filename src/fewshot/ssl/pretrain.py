@@ -474,28 +474,43 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
         from fewshot.report.plots import plot_pretrain_curves
 
         plot_pretrain_curves(Path(out))
-        if result:
-            print(one_line("kNN accuracy (val): " + ", ".join(f"{k} {v:.2f}" for k, v in result["knn_acc1"].items())))
-        write_knn_metrics(engine, task, Path(out))
+        written = write_knn_metrics(engine, task, Path(out))
+        if written:
+            print(one_line(knn_summary(written, result)))
     return result or {}
 
 
-def write_knn_metrics(engine: Engine, task: MoCoTask, out: Path) -> None:
+def knn_summary(written: dict, last_eval: dict | None) -> str:
+    """The console's last word agrees with metrics.json (the best checkpoint's kNN accuracy); the last
+    epoch's mean is added when it differs, so a user who exports last.pt sees both."""
+    per = ", ".join(f"{name} {d['acc1']:.2f}" for name, d in written["datasets"].items())
+    line = (f"kNN accuracy (val) of {written['checkpoint']} (epoch {written['best_epoch']}): {per}, "
+            f"mean {written['mean_acc1']:.2f}")
+    last = (last_eval or {}).get("knn_acc1", {}).get("mean")
+    if last is not None and abs(last - written["mean_acc1"]) > 5e-3:
+        line += f"; last evaluated epoch: mean {last:.2f}"
+    return line
+
+
+def write_knn_metrics(engine: Engine, task: MoCoTask, out: Path) -> dict | None:
     """RUN/metrics.json in the SPEC's format (every run directory has one): the kNN monitor of the best
-    checkpoint (the epoch with the best mean kNN accuracy) on the val splits, known-source mode."""
+    checkpoint (the epoch with the best mean kNN accuracy) on the val splits, known-source mode. Returns
+    what it wrote plus the checkpoint's file name (None without a checkpoint)."""
     from fewshot.train.checkpoint import load_checkpoint, logged_epoch
     from fewshot.utils import write_json
 
     ckpt = out / "checkpoints" / "best.pt"
     ckpt = ckpt if ckpt.is_file() else out / "checkpoints" / "last.pt"
     if not ckpt.is_file():
-        return
+        return None
     ck = load_checkpoint(ckpt)
     task.model.load_state_dict(ck["model"])
     per = task.knn_metrics(task.model)
     m = task.cfg["moco"]
-    write_json(out / "metrics.json", {
+    metrics = {
         "mode": "known", "n_parameters": task.n_parameters,
         "mean_acc1": sum(d["acc1"] for d in per.values()) / max(1, len(per)), "datasets": per, "routing_acc": None,
         "split": "val", "metric": f"kNN (k={m['knn_k']}, t={m['knn_t']}) on frozen backbone features",
-        "best_epoch": logged_epoch(ck)})
+        "best_epoch": logged_epoch(ck)}
+    write_json(out / "metrics.json", metrics)
+    return {**metrics, "checkpoint": ckpt.name}
