@@ -23,7 +23,10 @@ def env(monkeypatch):
 
     def set_env(**values):
         for name, value in values.items():
-            monkeypatch.setenv(name, value)
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
     return set_env
 
 
@@ -61,9 +64,11 @@ def test_a_bad_environment_is_said_by_every_process_and_exits_2(env, digits_root
 def test_a_user_error_is_printed_by_the_first_process_only(env, tmp_path):
     """Under torchrun every rank met the same error and printed it, N times interleaved on one line."""
     for rank, printed in (("1", False), ("0", True)):
-        env(WORLD_SIZE="2", RANK=rank)
+        env(WORLD_SIZE="2", RANK=rank, LOCAL_RANK=rank)
         rc, _, err = run_main("eval", tmp_path, "--data", tmp_path)  # eval refuses to run under torchrun
         assert rc == 2 and ("runs in one process" in err) == printed, (rank, err)
+    env(WORLD_SIZE="2", RANK="1", LOCAL_RANK=None)  # a lone process in a pod that sets RANK (not torchrun): it speaks
+    assert "runs in one process" in run_main("eval", tmp_path, "--data", tmp_path)[2]
     env(WORLD_SIZE="3", RANK="2", LOCAL_RANK="0")  # the first process of the second node says it for its node
     assert "runs in one process" in run_main("eval", tmp_path, "--data", tmp_path)[2]
 
@@ -92,7 +97,7 @@ def test_the_stop_line_is_printed_by_rank_0_only(env, tmp_path, capsys):
         raise StopRequested(signal.SIGTERM, str(tmp_path / "last.pt"))
 
     for rank, printed in (("1", False), ("0", True)):
-        env(WORLD_SIZE="2", RANK=rank)
+        env(WORLD_SIZE="2", RANK=rank, LOCAL_RANK=rank)
         assert cli._dispatch(SimpleNamespace(command="train", out=str(tmp_path)), [], {"train": stopped}) == 143
         assert ("stopped by SIGTERM" in capsys.readouterr().err) == printed
 

@@ -110,6 +110,21 @@ def test_predict_and_eval_replace_only_their_own_earlier_output_in_a_run_folder(
         assert rc == 0, err
 
 
+def test_eval_and_predict_refuse_to_replace_the_files_of_another_run(run_copy, trained, digits_root, tmp_path):
+    """`eval RUN_A --out RUN_B/checkpoints/best.pt` exited 0 and replaced run B's model with JSON: only the run
+    being read was protected."""
+    other = Path(shutil.copytree(trained, tmp_path / "other"))
+    before = snapshot(other)
+    for out in (other / "checkpoints" / "best.pt", other / "checkpoints" / "new.json", other / "config.yaml",
+                other / "metrics.json"):
+        for command in ("eval", "predict"):
+            rc, _, err = run_main(command, run_copy, "--data", digits_root, "--out", out, "--device", "cpu")
+            assert rc == 2 and f"the run in {other}" in err, (out, err)
+    assert snapshot(other) == before
+    rc, _, err = run_main("predict", run_copy, "--data", digits_root, "--out", other / "pred_a.json", "--device", "cpu")
+    assert rc == 0, err  # a new file beside another run's stays allowed
+
+
 def test_predict_names_its_checkpoint_and_warns_when_best_pt_is_missing(run_copy, digits_root, tmp_path):
     """It fell back to last.pt without a word when best.pt was deleted or the run had not been evaluated yet."""
     out = tmp_path / "p.json"

@@ -496,11 +496,13 @@ def _quiet_rank() -> bool:
     """Under torchrun, a process other than the first of its node: each process meets the same user error, stop
     signal or Ctrl-C, and its message came out once per process, interleaved on one line. The environment says
     so even before (or without) a process group; the first process of each node speaks, as another node may lack
-    a file or a GPU. A bad RANK is the message itself: every process prints it. (A quiet rank that fails first
-    does not get rank 0 ended unheard: with a process group its exit waits for rank 0's, measured with gloo.)"""
+    a file or a GPU. A bad RANK is the message itself: every process prints it. Only torchrun's LOCAL_RANK counts:
+    a lone process in a pod that sets RANK=1 and WORLD_SIZE (Kubeflow) exited 2 without a word. (A quiet rank that
+    fails first does not get rank 0 ended unheard: with a process group its exit waits for rank 0's, measured
+    with gloo.)"""
     if world_size_env() < 2:
         return False
-    raw = (os.environ.get("LOCAL_RANK") or "").strip() or (os.environ.get("RANK") or "").strip()
+    raw = (os.environ.get("LOCAL_RANK") or "").strip()
     return raw.isdigit() and 0 < int(raw) < world_size_env()
 
 

@@ -134,6 +134,14 @@ def _run_folders(run) -> list[Path]:
     return folders
 
 
+def _run_folders_around(out) -> list[Path]:
+    """Run folders that would hold ``out``: its own folder, or the run above a checkpoints/ folder.
+    `eval RUN_A --out RUN_B/checkpoints/best.pt` replaced another run's model with JSON (exit 0)."""
+    folder = Path(os.path.abspath(out)).parent
+    around = [folder.parent] if folder.name == "checkpoints" else []
+    return around + [folder] if _holds_run(folder) else around
+
+
 def _earlier_result(path: Path, kind: str) -> bool:
     """Whether ``path`` holds what this command wrote before, and is none of the run's own records (its
     metrics*.json and summary.json), so may be written again. ``kind`` "predictions": a pred_all.json of
@@ -171,19 +179,21 @@ def check_result_file_is_not_an_input(out, root, run, kind: str) -> None:
     may be a link into ROOT)."""
     if Path(out).resolve() == Path(run).resolve():
         raise UserError(f"--out {out} would replace the checkpoint it reads ({run}); write the result elsewhere.")
-    for folder in _run_folders(run):
+    read = _run_folders(run)
+    for folder in read + [f for f in _run_folders_around(out) if f not in read]:
+        which = f"the run it reads ({folder})" if folder in read else f"the run in {folder}"
         for out_p, folder_p in ((Path(os.path.abspath(out)), Path(os.path.abspath(folder))),
                                 (Path(out).resolve(), folder.resolve())):
             if folder_p not in out_p.parents:
                 continue
             inside = out_p.relative_to(folder_p)
             if "checkpoints" in [p.name for p in inside.parents]:
-                raise UserError(f"--out {out} would write into the checkpoints of the run it reads ({folder}); "
-                                f"write the result elsewhere.")
+                raise UserError(f"--out {out} would write into the checkpoints of {which}; write the result "
+                                f"elsewhere.")
             if (out_p.exists() or out_p.is_symlink()) and not _earlier_result(Path(out), kind):
-                raise UserError(f"--out {out} would replace {inside}, a file of the run it reads ({folder}) that "
-                                f"--resume, `report` or `compare` may need; write the result to a new "
-                                f"file (in the run folder or elsewhere).")
+                raise UserError(f"--out {out} would replace {inside}, a file of {which} that --resume, `report` "
+                                f"or `compare` may need; write the result to a new file (in the run folder or "
+                                f"elsewhere).")
     for out_p, root_p in ((Path(os.path.abspath(out)), Path(os.path.abspath(root))),
                           (Path(out).resolve(), Path(root).resolve())):
         if root_p not in out_p.parents:
