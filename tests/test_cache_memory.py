@@ -1,14 +1,17 @@
-"""The image cache under memory pressure and against decompression bombs decoded by several threads.
+"""The image cache under memory pressure, against decompression bombs decoded by several threads, and its files.
 
 A failed allocation is the machine's fault, not the file's: it used to be cached as a bad image for good. The
 bomb limit depended on a race (warnings.catch_warnings() in each decoding thread), and the first build held the
-whole [N, 3, S, S] array in memory instead of writing it into the memory-mapped cache file.
+whole [N, 3, S, S] array in memory instead of writing it into the memory-mapped cache file. That file needs
+posix_fallocate (not on macOS or Windows), a unique temporary name and a folder that can be mapped for writing.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import mmap
+import os
 import struct
 import sys
 import warnings
@@ -20,7 +23,7 @@ import pytest
 from PIL import Image
 
 import fewshot.data.cache as cache
-from fewshot.data.cache import decode_resized, load_images
+from fewshot.data.cache import cache_key, decode_resized, load_images
 from fewshot.errors import DataLayoutError, UserError
 
 
@@ -112,6 +115,23 @@ def test_bombs_decoded_by_threads_are_all_refused_and_warnings_are_untouched(tmp
         sys.setswitchinterval(interval)
 
 
+def test_pillows_bomb_warning_is_silenced_while_decoding_only(tmp_path):
+    """A filter set at import silenced it for the whole process (over a user's -W error), and was gone under any
+    catch_warnings() around the import (pytest's own): Pillow's warning then failed the decode under -W error."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(12000, 12000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as `python -W error` sets it
+        before = list(warnings.filters)
+        got = load_images([bomb], 8, None, skip_bad=True, threads=2)
+        assert got.bad == [(str(bomb), "image of 12000x12000 pixels exceeds the decompression-bomb limit of "
+                                       "89,478,485 pixels")]
+        assert warnings.filters == before
+        with pytest.raises(Image.DecompressionBombWarning):  # the user's filter holds again
+            Image.open(bomb)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # decode_resized alone: Pillow's warns
 def test_one_bomb_limit_in_every_message(tmp_path):
     """Pillow's errors gave 89,478,485 for one image and 178,956,970 for another, never the image's size."""
     mid, huge = tmp_path / "mid.png", tmp_path / "huge.png"
@@ -184,3 +204,66 @@ def test_a_stop_while_decoding_leaves_no_partial_cache_file(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         load_images(paths, 16, tmp_path / "cache", threads=1)
     assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_cache_is_built_without_posix_fallocate(tmp_path, monkeypatch):
+    """macOS and Windows have no os.posix_fallocate: every new cache was an internal error (AttributeError)."""
+    paths = images(tmp_path)
+    monkeypatch.delattr(cache.os, "posix_fallocate")
+    cache_dir = tmp_path / "cache"
+    got = load_images(paths, 16, cache_dir, threads=2)
+    assert sorted(f.suffix for f in cache_dir.iterdir()) == [".json", ".u8"]
+    for i, p in enumerate(paths):
+        assert np.array_equal(got.images[i].numpy(), decode_resized(p, 16))
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENODEV, "No such device"), ValueError("mmap failed")])
+def test_a_folder_that_cannot_be_mapped_for_writing_still_gets_its_cache(tmp_path, monkeypatch, capsys, error):
+    """Some FUSE and network mounts refuse a writable shared mapping: the cache was skipped (or the build crashed),
+    where the older in-memory decode and plain write had worked."""
+    paths = images(tmp_path)
+    real = mmap.mmap
+
+    def no_shared_writes(*args, access=mmap.ACCESS_DEFAULT, **kwargs):
+        if access == mmap.ACCESS_WRITE:
+            raise error
+        return real(*args, access=access, **kwargs)
+
+    monkeypatch.setattr(mmap, "mmap", no_shared_writes)
+    cache_dir = tmp_path / "cache"
+    got = load_images(paths, 16, cache_dir, threads=2)
+    assert "warning" not in capsys.readouterr().err
+    assert sorted(f.suffix for f in cache_dir.iterdir()) == [".json", ".u8"]
+    monkeypatch.setattr(cache, "decode_resized", lambda *a: pytest.fail("decoded again: the cache was not used"))
+    again = load_images(paths, 16, cache_dir, threads=2)
+    for i, p in enumerate(paths):
+        assert np.array_equal(again.images[i].numpy(), got.images[i].numpy())
+        assert np.array_equal(got.images[i].numpy(), decode_resized(p, 16))
+
+
+def test_another_hosts_temporary_file_of_the_same_pid_is_left_alone(tmp_path):
+    """`KEY.tmp{pid}`: a process of another container or node with the same pid, building the same entry in a
+    shared cache folder, had its file (open and mapped) emptied by this one's open, or renamed away."""
+    paths = images(tmp_path)
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    theirs = cache_dir / f"{cache_key(paths, 16, 1.0)}.tmp{os.getpid()}"
+    theirs.write_bytes(b"\x07" * 2304)
+    load_images(paths, 16, cache_dir, threads=1)
+    assert theirs.read_bytes() == b"\x07" * 2304
+
+
+def test_stale_temporary_files_are_deleted_and_others_kept(tmp_path):
+    """A build killed (out of memory) leaves its full-size temporary file; no later build ever deleted it."""
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    key = "0123456789abcdef0123"
+    stale = [cache_dir / f"{key}.k3_x9qz1.tmp", cache_dir / f"{key}.tmp4242"]  # this version's and the last one's
+    kept = [cache_dir / f"{key}.recent01.tmp", cache_dir / "notes.tmp", cache_dir / "mine.txt"]
+    hours_ago = os.path.getmtime(tmp_path) - 2 * 3600
+    for f in stale + kept:
+        f.write_bytes(b"x")
+        if f.name != f"{key}.recent01.tmp":
+            os.utime(f, (hours_ago, hours_ago))
+    load_images(images(tmp_path), 16, cache_dir, threads=1)  # a new entry, data.cache_max_gb unset
+    assert not any(f.exists() for f in stale) and all(f.exists() for f in kept)

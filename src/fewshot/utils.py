@@ -56,7 +56,7 @@ def check_output_dir(path, flag: str = "--out", shown=None) -> Path:
     return path
 
 
-def _file_mode(path: Path) -> int:
+def new_file_mode(path: Path) -> int:
     """The mode an ordinary write would give: the replaced file's own, else 0666 less the umask."""
     try:
         return path.stat().st_mode & 0o7777
@@ -93,7 +93,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600: a report or submission others could not read
+        os.chmod(tmp, new_file_mode(path))  # mkstemp makes 0600: a report or submission others could not read
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

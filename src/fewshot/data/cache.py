@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import sys
+import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -29,15 +30,15 @@ from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.progress import track
-from fewshot.utils import atomic_write_text
+from fewshot.utils import new_file_mode, atomic_write_text
 
 CACHE_VERSION = 3  # 2: EXIF orientation applied; 3: float images in [0, 1] no longer black
 # Refuse decompression bombs outright: images over Pillow's MAX_IMAGE_PIXELS (it only warns there, and raises at
-# twice that). decode_resized checks the header's size itself, naming the file, so Pillow's warning (no file name)
-# is silenced once here: warnings.catch_warnings() around each decode is not thread-safe before Python 3.14 (with
-# decoding threads, some bombs were decoded and an "error" filter was left behind).
+# twice that). decode_resized checks the header's size itself, naming the file, so load_images silences Pillow's
+# warning (no file name) while it decodes: once, in the calling thread, as warnings.catch_warnings() around each
+# decode is not thread-safe before Python 3.14 (with decoding threads, some bombs were decoded and an "error" filter
+# was left behind).
 MAX_PIXELS = 89_478_485
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 EXTREME_AREA = 16  # resized images over this many crops' area are cropped before resizing (decode_resized)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -179,6 +180,14 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
     """Decode (or reuse the cache of) `paths` at `size`; bad files raise DataLayoutError unless skip_bad.
     ``max_gb``: data.cache_max_gb, the cache folder's cap once a new entry is written (prune_cache; None or 0:
     none)."""
+    # filters are the process's: the decoding threads see this one while it is in place, and a user's -W error
+    # (or a caller's catch_warnings) holds again afterwards (a filter set at import overrode it for good)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        return _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb)
+
+
+def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb) -> CachedImages:
     paths = [Path(p) for p in paths]
     n = len(paths)
     key = cache_key(paths, size, crop_pct)
@@ -213,13 +222,19 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
     out = tmp = None
     if data_file is not None and n:
         # decoded straight into the (temporary) cache file: an in-memory copy of a large pool at a large size was
-        # more memory than the machine had, where the page cache can hold the mapping's pages or write them out
-        tmp = data_file.with_suffix(f".tmp{os.getpid()}")
+        # more memory than the machine had, where the page cache can hold the mapping's pages or write them out.
+        # A unique name: `.tmp{pid}` was shared by processes of other containers or nodes using this folder, and a
+        # second one's open emptied the first's file under its mapping (SIGBUS, or zeros cached)
         try:
             data_file.parent.mkdir(parents=True, exist_ok=True)
-            out = _mapped_file(tmp, shape, nbytes)
+            fd, name = tempfile.mkstemp(dir=cache_dir, prefix=f"{key}.", suffix=".tmp")
+            tmp = Path(name)
+            with os.fdopen(fd, "rb+") as fh:
+                os.chmod(tmp, new_file_mode(data_file))  # mkstemp makes 0600: a shared cache others could not read
+                out = _mapped_file(fh, shape, nbytes)
         except OSError as exc:
-            _drop(tmp)
+            if tmp is not None:
+                _drop(tmp)
             tmp = None
             if exc.errno == errno.ENOMEM:  # no address space for the mapping (ulimit -v): nor for an array
                 raise _too_big(n, size, nbytes) from None
@@ -233,8 +248,12 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
         bad = _decode_into(out, paths, size, crop_pct, desc, threads or min(8, os.cpu_count() or 1))
         if tmp is not None:
             try:
-                out.flush()  # durable before the (fsynced) meta file says it is complete
-                with open(tmp, "rb+") as fh:
+                with open(tmp, "rb+") as fh:  # durable before the (fsynced) meta file says it is complete
+                    if isinstance(out, np.memmap):
+                        out.flush()
+                    else:  # a folder that cannot be mapped for writing (_mapped_file): written in one go
+                        out.tofile(fh)
+                        fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, data_file)
                 tmp = None
@@ -242,7 +261,8 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
                 prune_cache(cache_dir, max_gb, keep=data_file)
             except OSError as exc:  # out still holds every image (the mapping outlives its unlinked file)
                 _warn_no_cache(cache_dir, exc, nbytes)
-            if tmp is None:  # mapped again as a read maps it: a caller's change to its images stays its own
+            if tmp is None and isinstance(out, np.memmap):  # mapped again as a read maps it: a caller's change
+                # to its images stays its own
                 out = None  # the writable mapping first (its address space, under ulimit -v)
                 out = np.memmap(data_file, dtype=np.uint8, mode="c", shape=shape)
     finally:
@@ -282,17 +302,24 @@ def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float,
     return bad
 
 
-def _mapped_file(path: Path, shape: tuple[int, ...], nbytes: int) -> np.memmap:
-    """A new file of ``shape`` uint8, memory-mapped for writing. Its blocks are reserved first, so a full disk is an
-    OSError here (ENOSPC) rather than a SIGBUS at a write into the mapping."""
-    with open(path, "wb+") as fh:
+def _mapped_file(fh, shape: tuple[int, ...], nbytes: int) -> np.memmap | None:
+    """The new, empty file ``fh`` sized for ``shape`` uint8 and memory-mapped for writing. Its blocks are reserved
+    first where the system can (posix_fallocate: not on macOS or Windows), so a full disk is an OSError here (ENOSPC)
+    rather than a SIGBUS at a write into the mapping. None where the file cannot be mapped for writing (some FUSE
+    and network mounts): the caller decodes into memory and writes the file at the end."""
+    if hasattr(os, "posix_fallocate"):
         try:
             os.posix_fallocate(fh.fileno(), 0, nbytes)
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it: written as it goes
                 raise
-            fh.truncate(nbytes)
+    fh.truncate(nbytes)  # the size, where nothing was reserved
+    try:
         return np.memmap(fh, dtype=np.uint8, mode="r+", shape=shape)
+    except (OSError, ValueError) as exc:
+        if getattr(exc, "errno", None) == errno.ENOMEM:  # no address space (ulimit -v): nor for an array
+            raise
+        return None
 
 
 def _drop(path: Path) -> None:
@@ -304,31 +331,37 @@ def _warn_no_cache(cache_dir: Path, exc: OSError, nbytes: int) -> None:
     if str(cache_dir) not in _WARNED and os.environ.get("RANK", "0") == "0":  # once per folder and job
         _WARNED.add(str(cache_dir))
         full = exc.errno == errno.ENOSPC or "requested and" in str(exc)  # numpy's short write on a full disk
-        why = f"the disk is full ({nbytes / 1e6:.1f} MB needed)" if full else str(exc)
+        world = os.environ.get("WORLD_SIZE", "").strip()  # under torchrun every process writes its own copy
+        each = f" by each of the job's {world} processes" if world.isdigit() and int(world) > 1 else ""
+        why = f"the disk is full ({nbytes / 1e6:.1f} MB needed{each})" if full else str(exc)
         print(printable(f"warning: could not write the image cache in {cache_dir}: {why}; continuing "
                         f"without it (train, pretrain and run: data.cache_dir=DIR chooses another "
                         f"folder)"), file=sys.stderr, flush=True)
 
 
-KEEP_RECENT_S = 3600  # an entry used this recently may be open in another process: never pruned
+KEEP_RECENT_S = 3600  # an entry used (a temporary file written) this recently may be open in another process: kept
 ENTRY_NAME = re.compile(r"[0-9a-f]{20}\.u8")  # cache_key's names: other files in a shared cache_dir stay
+TEMP_NAME = re.compile(r"[0-9a-f]{20}\.(tmp\d+|[0-9a-z_]+\.tmp)")  # load_images' temporary files (and older ones')
 
 
 def prune_cache(cache_dir: Path, max_gb: float | None, keep: Path) -> None:
     """Delete the least recently used entries until the folder holds at most ``max_gb`` GB: every changed file
     list (one image added to a pool) wrote a new entry of the whole pool and the old one stayed forever. An
     entry's last use is its .u8 file's mtime (touched on every read). ``keep`` (just written) and entries used
-    within KEEP_RECENT_S stay, even over the cap."""
-    if not max_gb:
-        return
-    entries = []
+    within KEEP_RECENT_S stay, even over the cap. Temporary files not written for KEEP_RECENT_S are deleted
+    whatever the cap: a killed build (out of memory) left its full-size file behind."""
+    entries, now = [], time.time()
     with contextlib.suppress(OSError):
         for entry in os.scandir(cache_dir):
-            if ENTRY_NAME.fullmatch(entry.name):
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if ENTRY_NAME.fullmatch(entry.name):
                     st = entry.stat()
                     entries.append((st.st_mtime, st.st_size, Path(entry.path)))
-    total, now = sum(size for _, size, _ in entries), time.time()
+                elif TEMP_NAME.fullmatch(entry.name) and now - entry.stat().st_mtime > KEEP_RECENT_S:
+                    os.unlink(entry.path)
+    if not max_gb:
+        return
+    total = sum(size for _, size, _ in entries)
     for used, size, data in sorted(entries):  # least recently used first
         if total <= max_gb * 1e9:
             break
