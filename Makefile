@@ -5,8 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.fewshot-installed
-DEMO_DATA ?= demo_data
-DEMO_RUN ?= runs/demo
+DEFAULT_DEMO_DATA := demo_data
+DEFAULT_DEMO_RUN := runs/demo
+DEMO_DATA ?= $(DEFAULT_DEMO_DATA)
+DEMO_RUN ?= $(DEFAULT_DEMO_RUN)
+BENCH_VENV ?= .bench-venv
 DEMO_MINUTES ?= 3
 
 .PHONY: venv test demo demo-data bench clean help
@@ -17,10 +20,11 @@ help:
 	@echo "make bench     - MoCo speed benchmark against lightly (separate venv)"
 	@echo "make demo-data - only build the demo datasets into DEMO_DATA (a dataset already there is kept)"
 	@echo "make venv      - create VENV and install fewshot with its pinned torch (demo and test do this too)"
-	@echo "make clean     - remove DEMO_RUN and DEMO_DATA (the next demo builds and runs everything again)"
+	@echo "make clean     - remove $(DEFAULT_DEMO_RUN) and $(DEFAULT_DEMO_DATA) (the next demo builds and runs everything again)"
 	@echo "variables, e.g. make demo DEMO_MINUTES=10:"
 	@echo "  VENV=$(VENV)  PYTHON=$(PYTHON) (makes the venv)  TORCH_PIN='$(TORCH_PIN)'"
 	@echo "  DEMO_DATA=$(DEMO_DATA)  DEMO_RUN=$(DEMO_RUN)  DEMO_MINUTES=$(DEMO_MINUTES) (minutes per run)"
+	@echo "  BENCH_VENV=$(BENCH_VENV) (make bench's venv)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,8 +45,13 @@ demo: venv
 	bash scripts/demo.sh $(BIN) $(DEMO_DATA) $(DEMO_RUN) $(DEMO_MINUTES)
 
 bench: venv
-	bash benchmarks/setup_bench_venv.sh
-	.bench-venv/bin/python benchmarks/moco_speed.py
+	BENCH_VENV='$(BENCH_VENV)' bash benchmarks/setup_bench_venv.sh
+	'$(BENCH_VENV)/bin/python' benchmarks/moco_speed.py
 
+# Only the default folders: DEMO_DATA / DEMO_RUN may name a folder of the user's own, never ours to delete.
 clean:
-	rm -rf $(DEMO_RUN) $(DEMO_DATA)
+	@if [ '$(DEMO_DATA)' != '$(DEFAULT_DEMO_DATA)' ] || [ '$(DEMO_RUN)' != '$(DEFAULT_DEMO_RUN)' ]; then \
+		echo "make clean removes only $(DEFAULT_DEMO_RUN) and $(DEFAULT_DEMO_DATA); remove '$(DEMO_RUN)' / '$(DEMO_DATA)' yourself" >&2; \
+		exit 2; \
+	fi
+	rm -rf -- $(DEFAULT_DEMO_RUN) $(DEFAULT_DEMO_DATA)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def time_steps(img: int, batch: int, pairs: int, steps: int, small_stem: bool = 
                 step(bf16)
             ms[bf16].append(1000 * (time.perf_counter() - t0) / steps)
     ratios = sorted(a / b for a, b in zip(ms[False], ms[True]))
-    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    med = statistics.median
     return {"img": img, "batch": batch, "small_stem": small_stem, "width": width, "fp32_ms": med(ms[False]), "bf16_ms": med(ms[True]),
             "speedup_median": med(ratios), "speedup_min": ratios[0], "speedup_max": ratios[-1]}
 

@@ -470,6 +470,7 @@ class Worker:
         try:
             self.proc.start()
         finally:
+            child.close()  # the child holds its own copy: ours kept the pipe open, so recv never saw EOF
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -478,10 +479,14 @@ class Worker:
         self.ready = self._recv()
 
     def _recv(self) -> dict:
-        msg = self.conn.recv()
+        try:
+            msg = self.conn.recv()
+        except (EOFError, OSError):
+            self.proc.join(timeout=30)
+            msg = {"ok": False, "error": f"the process ended without an answer (exit code {self.proc.exitcode})"}
         if not msg.get("ok"):
             self.close()
-            raise RuntimeError(f"{self.label} worker failed:\n{msg.get('error')}")
+            raise RuntimeError(f"{self.label} worker failed: {msg.get('error')}")
         return msg
 
     def call(self, **cmd) -> dict:
@@ -597,19 +602,23 @@ def run_config(a, img: int, batch: int, modes: list[str], log=print) -> dict:
         + ("" if gpu else " (no GPU in this session)") + " ==")
     t0 = time.perf_counter()
     ours = Worker("ours", base, "fewshot")
-    light = Worker("lightly", base, "lightly")
-    result["setup"] = {"fewshot": ours.ready["info"], "lightly": light.ready["info"],
-                       "workers_start_s": time.perf_counter() - t0}
-    roof_dev = device
-    # where fewshot's step runs in bf16 autocast (CUDA; CPUs with native bf16 at >= 48 px), its roofline is
-    # the bf16 matmul rate
-    roof = {"device": roof_dev, "threads": threads, "samples": [],
-            "dtype": "bfloat16" if "bfloat16" in str(ours.ready["info"]["amp"]) else "float32"}
-    result["roofline_dtype"] = roof["dtype"]
-    fo, fl = ours.call(op="flops")["flops"] / batch, light.call(op="flops")["flops"] / batch
-    result["flops_per_image"] = {"fewshot": fo, "lightly": fl}
-    log(f"  FLOPs per image of a step (fwd q + fwd k + bwd q): fewshot {fo / 1e9:.3f} G, lightly {fl / 1e9:.3f} G")
     try:
+        light = Worker("lightly", base, "lightly")
+    except BaseException:
+        ours.close()  # a non-daemon worker left waiting would keep this process from exiting
+        raise
+    try:
+        result["setup"] = {"fewshot": ours.ready["info"], "lightly": light.ready["info"],
+                           "workers_start_s": time.perf_counter() - t0}
+        roof_dev = device
+        # where fewshot's step runs in bf16 autocast (CUDA; CPUs with native bf16 at >= 48 px), its roofline is
+        # the bf16 matmul rate
+        roof = {"device": roof_dev, "threads": threads, "samples": [],
+                "dtype": "bfloat16" if "bfloat16" in str(ours.ready["info"]["amp"]) else "float32"}
+        result["roofline_dtype"] = roof["dtype"]
+        fo, fl = ours.call(op="flops")["flops"] / batch, light.call(op="flops")["flops"] / batch
+        result["flops_per_image"] = {"fewshot": fo, "lightly": fl}
+        log(f"  FLOPs per image of a step (fwd q + fwd k + bwd q): fewshot {fo / 1e9:.3f} G, lightly {fl / 1e9:.3f} G")
         for mode in modes:
             log(f"  [{mode}] {a.runs} alternating runs x {a.steps} steps (+{a.warmup} warm-up)")
             setup = {}
@@ -693,6 +702,21 @@ def meta(a, img: int, batch: int, gpu: str | None) -> dict:
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def lightly_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("lightly") is None
+
+
+def out_path(out: str | None, default: Path, part: str, several: bool) -> Path:
+    """--out as given when this run writes one file; with several, <stem>_<part><suffix> each, so that
+    none overwrites another (and the default, committed results are left alone)."""
+    if not out:
+        return default
+    out = Path(out)
+    return out.with_name(f"{out.stem}_{part}{out.suffix or '.json'}") if several else out
+
+
 def write_json(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     obj.setdefault("meta", {})["loadavg_end"] = os.getloadavg()
@@ -728,11 +752,17 @@ LIGHTLY_REFERENCES = [  # lightly given fewshot's process settings: which part o
 def _ab_row(label: str, side: str, base: dict, on: dict, var: dict, a) -> dict:
     t0 = time.perf_counter()
     w_on = Worker(side, {**base, **on}, "default")
-    w_var = Worker(side, {**base, **var}, "variant")
-    start = time.perf_counter() - t0
-    print(f"  {label}: {on or 'defaults'} vs {var}")
-    res = alternate([w_on, w_var], "step", a.runs, a.warmup, a.steps, None)
-    w_on.close(), w_var.close()
+    try:
+        w_var = Worker(side, {**base, **var}, "variant")
+    except BaseException:
+        w_on.close()
+        raise
+    try:
+        start = time.perf_counter() - t0
+        print(f"  {label}: {on or 'defaults'} vs {var}")
+        res = alternate([w_on, w_var], "step", a.runs, a.warmup, a.steps, None)
+    finally:
+        w_on.close(), w_var.close()
     x = [r["img_per_s"] for r in res["default"]]
     y = [r["img_per_s"] for r in res["variant"]]
     return {"change": label, "side": side, "default_opts": on, "variant_opts": var, "default": summarize(x),
@@ -753,15 +783,24 @@ def run_ablation(a) -> dict:
         return not a.ablation_rows or any(part.lower() in label.lower() for part in a.ablation_rows)
 
     rows = [_ab_row(label, "ours", base, on, var, a) for label, on, var in ABLATIONS if chosen(label)]
-    rows += [_ab_row(label, "lightly", base, on, {}, a) for label, on in LIGHTLY_REFERENCES if chosen(label)]
+    skipped = []
+    if lightly_missing():
+        skipped = [label for label, _ in LIGHTLY_REFERENCES if chosen(label)]
+        if skipped:
+            print(f"  lightly is not installed: skipping its {len(skipped)} reference rows")
+    else:
+        rows += [_ab_row(label, "lightly", base, on, {}, a) for label, on in LIGHTLY_REFERENCES if chosen(label)]
     print(f"\n{'change':56} {'with':>7} {'without':>7} {'effect: median of pairs (min..max)':>36}")
     for r in rows:
         d = r["default_over_variant"]
         print(f"{r['change'][:56]:56} {r['default']['median']:7.1f} {r['variant']['median']:7.1f} "
               f"{d['median']:>14.2f}x ({d['min']:.2f}..{d['max']:.2f})")
-    return {"meta": meta(a, img, batch, None), "rows": rows,
-            "note": "'with' = fewshot's default path (or lightly with the setting); 'without' = the variant "
-                    "(one change undone, or a rejected change switched on). effect > 1: 'with' is faster."}
+    out = {"meta": meta(a, img, batch, None), "rows": rows,
+           "note": "'with' = fewshot's default path (or lightly with the setting); 'without' = the variant "
+                   "(one change undone, or a rejected change switched on). effect > 1: 'with' is faster."}
+    if skipped:
+        out["skipped_rows"] = {"reason": "lightly is not installed", "rows": skipped}
+    return out
 
 
 def run_scaling(a) -> dict:
@@ -780,9 +819,11 @@ def run_scaling(a) -> dict:
     for axis, c in cells:
         opts = dict(device=a.device, threads=a.threads, **c)
         w = Worker("ours", opts, "fewshot")
-        flops = w.call(op="flops")["flops"] / c["batch"]
-        out = w.call(op="step", warmup=1, steps=a.scaling_steps)
-        w.close()
+        try:
+            flops = w.call(op="flops")["flops"] / c["batch"]
+            out = w.call(op="step", warmup=1, steps=a.scaling_steps)
+        finally:
+            w.close()
         r = c.get("recipe", {})
         row = {"axis": axis, "model": r.get("model", "resnet18"), "img": c["img"], "batch": c["batch"],
                "K": r.get("queue", RECIPE["queue"]), "img_per_s": out["img_per_s"], "peak_rss_mb": out["rss_mb"],
@@ -843,7 +884,9 @@ def parse_args(argv=None):
     ap.add_argument("--pool-images", type=int, default=3000, help="PNG files in the e2e image folder")
     ap.add_argument("--probe-steps", type=int, default=3, help="timed steps per lightly num_workers probe")
     ap.add_argument("--scaling-steps", type=int, default=3)
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/moco_speed_<device>_<img>px_b<batch>.json)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/"
+                    "moco_speed_<device>_<img>px_b<batch>.json); where a run writes several files, each gets "
+                    "_<img>px_b<batch> (or _ablation, ...) before the suffix")
     ap.add_argument("--ablation", action="store_true", help="fewshot's speed changes one by one (step mode)")
     ap.add_argument("--ablation-rows", nargs="*", help="with --ablation: only the rows whose label contains one "
                     "of these strings (e.g. max-pool 'plain path')")
@@ -864,14 +907,20 @@ def main(argv=None) -> int:
         print("--device cuda: no CUDA device is available here", file=sys.stderr)
         return 2
     dev = a.device.split(":")[0]
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     if a.ablation or a.scaling or a.profile:
+        several = sum((a.ablation, a.scaling, a.profile)) > 1
         for flag, fn, suffix in ((a.ablation, run_ablation, "ablation"), (a.scaling, run_scaling, "scaling"),
                                  (a.profile, run_profile, "profile")):
             if flag:
-                write_json(Path(a.out) if a.out else RESULTS / f"moco_speed_{dev}_{suffix}.json", fn(a))
+                write_json(out_path(a.out, RESULTS / f"moco_speed_{dev}_{suffix}.json", suffix, several), fn(a))
         return 0
+    if lightly_missing():
+        print("lightly is not installed here, and this run compares against it: set up the benchmark venv with "
+              "benchmarks/setup_bench_venv.sh (or `make bench`); --ablation, --scaling and --profile run fewshot "
+              "alone", file=sys.stderr)
+        return 2
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
     if a.img_size or a.batch_size:
         configs = [(a.img_size or 64, a.batch_size or 64, ["step", "e2e"] if a.mode == "both" else [a.mode])]
     else:  # the issue's suite
@@ -882,8 +931,8 @@ def main(argv=None) -> int:
     for img, batch, modes in configs:
         result = run_config(a, img, batch, modes)
         tag = "" if a.model == "resnet18" else f"{a.model}_"
-        path = Path(a.out) if a.out and len(configs) == 1 else RESULTS / f"moco_speed_{dev}_{tag}{img}px_b{batch}.json"
-        write_json(path, result)
+        name = f"{tag}{img}px_b{batch}"
+        write_json(out_path(a.out, RESULTS / f"moco_speed_{dev}_{name}.json", name, len(configs) > 1), result)
         summary.append(result)
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     return 0

@@ -48,13 +48,15 @@ def score(record: dict, truth: dict[str, dict[str, str]]) -> dict[str, dict]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--seed", type=int, default=0, help="the seed the demo data was built with")
     ap.add_argument("--data", type=Path, default=Path("demo_data"), help="the demo root, to check the files")
-    args = ap.parse_args()
-    truth = {name: pool_classes(name, args.seed, args.data if args.data.is_dir() else None) for name in CLASS_NAMES}
+    args = ap.parse_args(argv)
+    if not (args.data / "unlabeled").is_dir():  # unchecked, files of another plan scored as if they were ours
+        ap.error(f"--data {args.data}: no unlabeled/ folder there; pass the demo root the runs were trained on")
+    truth = {name: pool_classes(name, args.seed, args.data) for name in CLASS_NAMES}
     result = {}
     for run in args.runs:
         for record_path in sorted(run.glob("pseudo_labels_round*.json")):

@@ -87,6 +87,7 @@ VARIANTS = [  # (run folder prefix, name, extra arguments of `fewshot run`); the
 ]
 
 
+DEFAULT_RESULTS = "benchmarks/results/quality.json"
 CACHED_ONLY = False  # --cached-only: tabulate the runs already on disk, start none
 
 
@@ -119,7 +120,62 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def main() -> None:
+def load_results(path: str) -> dict:
+    """An earlier results file for --merge, refused clearly where it is not one."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--merge {path}: cannot read it as a results JSON ({exc})") from None
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("budgets"), dict):
+        raise SystemExit(f"--merge {path}: not a results file of benchmarks/quality.py (no 'budgets')")
+    for entry in earlier["budgets"].values():  # files older than the "n_seeds" field: count the runs
+        entry.setdefault("n_seeds", {name: n_runs(entry, name) for name in entry.get("table", {})})
+    return earlier
+
+
+def scratch_choice(entry: dict | None) -> str | None:
+    """The scratch lr (its key in entry["scratch"]) that an earlier results entry chose, or None."""
+    if not entry or not entry.get("scratch"):
+        return None
+    chosen = entry.get("scratch_best_lr")
+    for lr in entry["scratch"]:
+        if chosen is not None and float(lr) == float(chosen):
+            return lr
+    return max(entry["scratch"], key=lambda lr: entry["scratch"][lr][0]["val_mean"])  # the rule it was chosen by
+
+
+def n_runs(entry: dict, name: str) -> int:
+    """The runs behind a table row."""
+    if name in entry.get("variants", {}):
+        return len(entry["variants"][name])
+    return len(entry["scratch"][scratch_choice(entry)])
+
+
+def merge_runs(into: dict, old: dict, old_seeds: list[int], source: str) -> None:
+    """Adds an earlier file's runs (method -> runs) to this invocation's; a method's seeds must not overlap.
+    Runs are recorded in seed order; records older than the "seed" field take it from there."""
+    for key, runs in old.items():
+        runs = [r if "seed" in r else {**r, "seed": old_seeds[i] if i < len(old_seeds) else None}
+                for i, r in enumerate(runs)]
+        both = {r["seed"] for r in runs} & {r["seed"] for r in into.get(key, [])}
+        if both:
+            raise SystemExit(f"--merge: {key} has runs of seeds {sorted(both)} in both {source} and this one")
+        into.setdefault(key, [])[:0] = runs
+
+
+def tabulate(entry: dict, best_lr: str | None) -> None:
+    """entry["table"] (test acc@1 mean and std per dataset and overall) and entry["n_seeds"], one row a method."""
+    entry["scratch_best_lr"] = None if best_lr is None else float(best_lr)
+    entry["table"], entry["n_seeds"] = {}, {}
+    scratch_row = [] if best_lr is None else [("scratch (lr %s, chosen on val)" % best_lr, entry["scratch"][best_lr])]
+    for name, runs in scratch_row + list(entry["variants"].items()):
+        datasets = runs[0]["test"].keys()
+        entry["table"][name] = {d: mean_std([r["test"][d] for r in runs]) for d in datasets}
+        entry["table"][name]["mean"] = mean_std([r["test_mean"] for r in runs])
+        entry["n_seeds"][name] = len(runs)
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="demo_data")
     ap.add_argument("--out", default="runs/quality")
@@ -127,7 +183,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--scratch-lrs", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3])
     ap.add_argument("--extra", nargs="*", default=[], help="key=value overrides for both methods")
-    ap.add_argument("--results", default="benchmarks/results/quality.json")
+    ap.add_argument("--results", default=None, help=f"results JSON (default {DEFAULT_RESULTS}); .md and .png beside it")
     ap.add_argument("--no-ablations", action="store_true", help="only scratch and the default `fewshot run`")
     ap.add_argument("--ablation-seeds", type=int, nargs="*", help="seeds for the ablation variants (default: all)")
     ap.add_argument("--variants", nargs="*", help="run folder prefixes of the variants to run "
@@ -136,38 +192,49 @@ def main() -> None:
                     "comparison is then with a baseline from another results file)")
     ap.add_argument("--merge", help="a results JSON of an earlier invocation: its runs of the same budgets and methods "
                     "are added to this one's (e.g. a third seed run later; a method's seeds must not overlap), and its other "
-                    "budgets are kept")
+                    "budgets are kept; its scratch lr choice is kept too (this one runs that lr only)")
     ap.add_argument("--cached-only", action="store_true", help="start no run: tabulate and plot the runs already "
                     "under --out (a seed missing for a budget is left out of that budget's mean)")
-    args = ap.parse_args()
-    if args.cached_only and not any(a.startswith("--results") for a in sys.argv[1:]):
-        ap.error("--cached-only needs an explicit --results, so that a partial table cannot overwrite the "
-                 "committed benchmarks/results/quality.json")
+    args = ap.parse_args(argv)
+    if args.results is None:  # the parsed value, not argv: --res is argparse's abbreviation of --results
+        if args.cached_only:
+            ap.error("--cached-only needs an explicit --results, so that a partial table cannot overwrite the "
+                     f"committed {DEFAULT_RESULTS}")
+        args.results = DEFAULT_RESULTS
     global CACHED_ONLY
     CACHED_ONLY = args.cached_only
     root = Path(args.out)
-    earlier = json.loads(Path(args.merge).read_text()) if args.merge else None
+    earlier = load_results(args.merge) if args.merge else None
     seeds = sorted(set(args.seeds) | set(earlier.get("seeds", []) if earlier else []))
     results: dict = {"budgets": {}, "seeds": seeds, "scratch_lrs": args.scratch_lrs}
     for budget in args.budgets:
         print(f"budget {budget:g} min", flush=True)
         entry: dict = {"scratch": {}, "variants": {}}
         data = Path(args.data)
-        # 1) the scratch learning rate is chosen on the val splits with the first seed
+        old = (earlier or {}).get("budgets", {}).get(f"{budget:g}")
+        # 1) the scratch learning rate is chosen on the val splits with the first seed; with --merge, the earlier
+        # file's choice is kept (choosing again on this seed could pick another lr and drop its runs)
         s0 = args.seeds[0]
-        for lr in [] if args.no_scratch else args.scratch_lrs:
+        best_lr = scratch_choice(old)
+        if best_lr is not None:
+            print(f"  scratch lr {best_lr}: chosen on val in {args.merge}, kept", flush=True)
+        for lr in [] if args.no_scratch or best_lr is not None else args.scratch_lrs:
             entry["scratch"][str(lr)] = [run_one(data, root / f"b{budget:g}/scratch_lr{lr:g}_s{s0}", budget, s0,
                                                  args.extra + [f"optim.lr={lr}", "run.semi_method=off"],
                                                  no_pretrain=True)]
-        missing = [lr for lr, runs in entry["scratch"].items() if runs[0] is None]
-        entry["scratch"] = {lr: runs for lr, runs in entry["scratch"].items() if runs[0] is not None}
-        if not entry["scratch"] and not args.no_scratch:
-            print(f"  WARNING: no scratch run of seed {s0} for {budget:g} min: budget left out", flush=True)
-            continue
-        if missing:
-            print(f"  WARNING: the scratch lr is chosen among {', '.join(entry['scratch'])} only "
-                  f"({', '.join(missing)} not run)", flush=True)
-        best_lr = max(entry["scratch"], key=lambda lr: entry["scratch"][lr][0]["val_mean"]) if entry["scratch"] else None
+        if best_lr is None:
+            missing = [lr for lr, runs in entry["scratch"].items() if runs[0] is None]
+            entry["scratch"] = {lr: runs for lr, runs in entry["scratch"].items() if runs[0] is not None}
+            if not entry["scratch"] and not args.no_scratch:
+                print(f"  WARNING: no scratch run of seed {s0} for {budget:g} min: budget left out", flush=True)
+                continue
+            if missing:
+                print(f"  WARNING: the scratch lr is chosen among {', '.join(entry['scratch'])} only "
+                      f"({', '.join(missing)} not run)", flush=True)
+            best_lr = max(entry["scratch"], key=lambda lr: entry["scratch"][lr][0]["val_mean"]) if entry["scratch"] else None
+            scratch_seeds = [s for s in args.seeds if s != s0]  # s0's run is the grid's
+        else:
+            scratch_seeds = [] if args.no_scratch else args.seeds
         # 2) both methods over every seed, alternating so machine noise hits both alike
         for seed in args.seeds:
             for v, (folder, name, vargs) in enumerate(VARIANTS):
@@ -177,54 +244,39 @@ def main() -> None:
                     continue
                 entry["variants"].setdefault(name, []).append(
                     run_one(data, root / f"b{budget:g}/{folder}_s{seed}", budget, seed, args.extra + vargs, no_pretrain=False))
-            if seed != s0 and best_lr is not None:
-                entry["scratch"][best_lr].append(run_one(data, root / f"b{budget:g}/scratch_lr{float(best_lr):g}_s{seed}",
-                                                         budget, seed, args.extra + [f"optim.lr={best_lr}", "run.semi_method=off"],
-                                                         no_pretrain=True))
+            if seed in scratch_seeds:
+                entry["scratch"].setdefault(best_lr, []).append(
+                    run_one(data, root / f"b{budget:g}/scratch_lr{float(best_lr):g}_s{seed}", budget, seed,
+                            args.extra + [f"optim.lr={best_lr}", "run.semi_method=off"], no_pretrain=True))
         entry["scratch"] = {lr: [r for r in runs if r is not None] for lr, runs in entry["scratch"].items()}
         entry["variants"] = {n: [r for r in runs if r is not None] for n, runs in entry["variants"].items()}
         entry["variants"] = {n: runs for n, runs in entry["variants"].items() if runs}
-        old = (earlier or {}).get("budgets", {}).get(f"{budget:g}")
         if old:  # add the earlier invocation's runs of the same methods (other seeds) or of other methods
-            def merge(into: dict, key: str, runs: list) -> None:
-                # runs are recorded in seed order; records older than the "seed" field take it from there
-                old_seeds = {r.get("seed", s) for r, s in zip(runs, earlier.get("seeds", []))}
-                new_seeds = {r["seed"] for r in into.get(key, [])}
-                if old_seeds & new_seeds:
-                    raise SystemExit(f"--merge: {key} has runs of seeds {sorted(old_seeds & new_seeds)} in both "
-                                     f"{args.merge} and this one")
-                into.setdefault(key, [])[:0] = runs
-
-            for lr, runs in old["scratch"].items():
-                if lr == best_lr or best_lr is None and len(old["scratch"]) == 1:
-                    best_lr = lr
-                    merge(entry["scratch"], lr, runs)
-            for name, runs in old["variants"].items():
-                merge(entry["variants"], name, runs)
-        entry["scratch_best_lr"] = None if best_lr is None else float(best_lr)
-        entry["table"] = {}
-        scratch_row = [] if best_lr is None else [("scratch (lr %s, chosen on val)" % best_lr, entry["scratch"][best_lr])]
-        for name, runs in scratch_row + list(entry["variants"].items()):
-            datasets = runs[0]["test"].keys()
-            entry["table"][name] = {d: mean_std([r["test"][d] for r in runs]) for d in datasets}
-            entry["table"][name]["mean"] = mean_std([r["test_mean"] for r in runs])
-            entry.setdefault("n_seeds", {})[name] = len(runs)
+            merge_runs(entry["scratch"], old.get("scratch", {}), earlier.get("seeds", []), args.merge)
+            merge_runs(entry["variants"], old.get("variants", {}), earlier.get("seeds", []), args.merge)
+        entry["scratch"] = {lr: runs for lr, runs in entry["scratch"].items() if runs}
+        if best_lr not in entry["scratch"]:  # its runs are not on disk yet (--cached-only)
+            best_lr = None
+        tabulate(entry, best_lr)
+        if not entry["table"]:
+            print(f"  WARNING: no runs for {budget:g} min: budget left out", flush=True)
+            continue
         results["budgets"][f"{budget:g}"] = entry
     if earlier:  # budgets this invocation did not touch stay as they were
         merged = {**earlier.get("budgets", {}), **results["budgets"]}
-        results["budgets"] = {b: merged[b] for b in sorted(merged, key=float)}
+        results["budgets"] = {b: merged[b] for b in sorted(merged, key=float) if merged[b].get("table")}
     if not results["budgets"]:
         raise SystemExit("no budget has runs to tabulate")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(results, indent=2))
     cols = list(next(iter(next(iter(results["budgets"].values()))["table"].values())))
     lines = ["| budget (min) | method | seeds | " + " | ".join(cols) + " |", "|" + "---|" * (3 + len(cols))]
     for budget, entry in results["budgets"].items():
         for name, row in entry["table"].items():
-            lines.append(f"| {budget} | {name} | {entry['n_seeds'][name]} | "
+            lines.append(f"| {budget} | {name} | {entry['n_seeds'].get(name, '?')} | "
                          + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in row.values()) + " |")
     table = "\n".join(lines)
     print(table)
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)  # the table is built: write JSON and .md together
+    Path(args.results).write_text(json.dumps(results, indent=2))
     Path(args.results).with_suffix(".md").write_text(table + "\n")
     try:
         import matplotlib

@@ -9,19 +9,28 @@ import torch
 
 
 def describe(name: str) -> tuple[int, int]:
-    """(parameters, default input size), counted on a meta-device model: no memory, no weights."""
+    """(parameters, default input size), counted on a meta-device model: no memory, no weights. Without the
+    classifier (num_classes=0), as create_backbone builds it: ImageNet's 1000-class head is not fewshot's."""
     with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False)
+        model = timm.create_model(name, pretrained=False, num_classes=0)
     n = sum(p.numel() for p in model.parameters())
     size = timm.get_pretrained_cfg(name).input_size[-1] if timm.get_pretrained_cfg(name) else 224
     return n, size
 
 
 def list_models(pattern: str = "*", limit: int = 60) -> str:
+    from fewshot.progress import track
+
+    notes = []
+    base, dot, tag = pattern.partition(".")
+    if dot and base:  # resnet18.a1_in1k: timm lists architectures, the tag only names pretrained weights
+        notes.append(f"(matching the architecture '{base}': '.{tag}' names pretrained weights, which fewshot "
+                     f"never downloads (model.weights=FILE loads local ones); every tag has the same network)")
+        pattern = base
     pattern = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
     names = [n for n in timm.list_models() if fnmatch.fnmatch(n.lower(), pattern.lower())]  # RESNET18 too
     rows = [f"{'model':<44} {'params (M)':>10} {'input':>6}"]
-    for name in names[:limit]:
+    for name in track(names[:limit], desc="counting parameters"):  # ~1 s a model: progress on stderr
         try:
             n, size = describe(name)
             rows.append(f"{name:<44} {n / 1e6:10.2f} {size:6d}")
@@ -31,4 +40,4 @@ def list_models(pattern: str = "*", limit: int = 60) -> str:
         rows.append(f"... {len(names) - limit} more (use --limit or a narrower pattern)")
     if not names:
         rows.append(f"(no timm model matches '{pattern}')")
-    return "\n".join(rows)
+    return "\n".join(rows + notes)

@@ -1,0 +1,188 @@
+"""The benchmark scripts' own logic (argument checks, merging, bookkeeping): cheap, no benchmark runs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Import a script of benchmarks/ by name (importable by name, so spawned workers find it too)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+
+    def load(name: str):
+        return importlib.import_module(name)
+
+    return load
+
+
+def run_with_timeout(fn, seconds: float):
+    """fn()'s result or exception; fails the test if it has not returned after `seconds` (a hang)."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed back to the test
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still waiting after {seconds} s"
+    return box
+
+
+# ----------------------------------------------------------------------------- moco_speed
+
+
+def test_moco_speed_worker_that_fails_to_start_fails_fast(bench):
+    """A worker whose setup raises is reported, not waited on forever (the parent closes its copy of the pipe)."""
+    ms = bench("moco_speed")
+    box = run_with_timeout(lambda: ms.Worker("ours", {}, "fewshot"), 90)
+    assert isinstance(box.get("error"), RuntimeError)
+    assert str(box["error"]).startswith("fewshot worker failed: ") and "KeyError" in str(box["error"])
+
+
+def test_moco_speed_refuses_a_comparison_without_lightly(bench, monkeypatch, capsys):
+    ms = bench("moco_speed")
+    monkeypatch.setattr(ms, "lightly_missing", lambda: True)
+    monkeypatch.setattr(ms, "DATA_DIR", Path("/nonexistent/never-created"))
+    assert ms.main(["--mode", "step", "--img-size", "32", "--runs", "1"]) == 2
+    assert "lightly is not installed" in capsys.readouterr().err
+
+
+def test_moco_speed_out_names_one_file_per_result(bench):
+    ms = bench("moco_speed")
+    default = Path("results/moco_speed_cpu_64px_b64.json")
+    assert ms.out_path(None, default, "64px_b64", True) == default
+    assert ms.out_path("/tmp/x.json", default, "64px_b64", False) == Path("/tmp/x.json")
+    assert ms.out_path("/tmp/x.json", default, "64px_b64", True) == Path("/tmp/x_64px_b64.json")
+    assert ms.out_path("/tmp/x.json", default, "scaling", True) != ms.out_path("/tmp/x.json", default, "ablation", True)
+
+
+# ----------------------------------------------------------------------------- Makefile
+
+
+def make_n(*args: str) -> subprocess.CompletedProcess:
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    return subprocess.run(["make", "-n", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
+
+
+def test_make_clean_never_deletes_a_folder_of_the_users(tmp_path):
+    """`make clean DEMO_DATA=mine` ran `rm -rf mine` (unquoted, too). Run on a copy: clean only touches its cwd."""
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    mine = tmp_path / "my data"
+    (mine / "keep").mkdir(parents=True)
+    (tmp_path / "demo_data").mkdir()
+    proc = subprocess.run(["make", "-C", str(tmp_path), "clean", f"DEMO_DATA={mine}"], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode != 0 and "removes only" in proc.stderr
+    assert (mine / "keep").is_dir() and (tmp_path / "demo_data").is_dir()
+    assert subprocess.run(["make", "-C", str(tmp_path), "clean"], capture_output=True, timeout=30).returncode == 0
+    assert not (tmp_path / "demo_data").exists()
+
+
+def test_make_bench_uses_the_venv_the_setup_script_makes():
+    plan = make_n("bench", "BENCH_VENV=/elsewhere/bv").stdout
+    assert "/elsewhere/bv/bin/python benchmarks/moco_speed.py" in plan.replace("'", "")
+    assert ".bench-venv/bin/python" not in plan
+
+
+# ----------------------------------------------------------------------------- quality.py
+
+
+def fake_run(folder: Path, val: float, test: float) -> None:
+    """A finished `fewshot run` as quality.py reads it (summary.json only)."""
+    folder.mkdir(parents=True)
+    m = {split: {"datasets": {"digits": {"acc1": acc}}, "mean_acc1": acc} for split, acc in (("val", val),
+                                                                                           ("test", test))}
+    (folder / "summary.json").write_text(json.dumps({"metrics": m, "seconds": 60.0}))
+
+
+def old_run(val: float, test: float) -> dict:
+    """A run record as results files before the "seed" field hold it."""
+    return {"val": {"digits": val}, "val_mean": val, "test": {"digits": test}, "test_mean": test, "seconds": 60.0}
+
+
+ST = "fewshot run: self-training on the pool (default)"
+
+
+@pytest.fixture
+def earlier(tmp_path) -> Path:
+    """A results file in the old format (no "seed" per run, no "n_seeds"): lr 0.004 chosen, seeds 0 1 2."""
+    entry = {"scratch": {"0.001": [old_run(70, 70)], "0.004": [old_run(80, 80), old_run(81, 81), old_run(82, 82)]},
+             "variants": {ST: [old_run(90, 90), old_run(91, 91), old_run(92, 92)]}, "scratch_best_lr": 0.004,
+             "table": {"scratch (lr 0.004, chosen on val)": {"digits": [81, 1], "mean": [81, 1]},
+                       ST: {"digits": [91, 1], "mean": [91, 1]}}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"budgets": {"5": entry}, "seeds": [0, 1, 2], "scratch_lrs": [0.001, 0.004]}))
+    return path
+
+
+def test_quality_merge_keeps_the_earlier_lr_choice_and_every_seed(bench, tmp_path, earlier):
+    """Seed 3's grid would choose lr 0.001; the merge dropped lr 0.004's runs of seeds 0-2 and mixed seeds."""
+    q = bench("quality")
+    runs = tmp_path / "runs"
+    fake_run(runs / "b5/scratch_lr0.001_s3", 99, 60)  # best on val for seed 3: must not change the choice
+    fake_run(runs / "b5/scratch_lr0.004_s3", 83, 83)
+    fake_run(runs / "b5/st_s3", 93, 93)
+    out = tmp_path / "new.json"
+    q.main(["--cached-only", "--no-ablations", "--seeds", "3", "--budgets", "5", "--out", str(runs),
+            "--merge", str(earlier), "--results", str(out)])
+    entry = json.loads(out.read_text())["budgets"]["5"]
+    assert entry["scratch_best_lr"] == 0.004
+    assert [r["seed"] for r in entry["scratch"]["0.004"]] == [0, 1, 2, 3]
+    assert entry["n_seeds"] == {"scratch (lr 0.004, chosen on val)": 4, ST: 4}
+    assert entry["table"]["scratch (lr 0.004, chosen on val)"]["mean"][0] == pytest.approx(81.5)
+    assert out.with_suffix(".md").read_text().count("| 4 |") == 2
+
+
+def test_quality_merge_of_an_old_file_writes_every_output(bench, tmp_path, earlier):
+    """Older files have no "n_seeds": KeyError after the JSON was written, before .md and .png."""
+    q = bench("quality")
+    out = tmp_path / "new.json"
+    q.main(["--cached-only", "--no-scratch", "--no-ablations", "--seeds", "3", "--budgets", "10",
+            "--out", str(tmp_path / "none"), "--merge", str(earlier), "--results", str(out)])
+    assert json.loads(out.read_text())["budgets"]["5"]["n_seeds"][ST] == 3
+    assert "| 5 | " + ST + " | 3 |" in out.with_suffix(".md").read_text()
+
+
+def test_quality_refuses_bad_input_clearly(bench, tmp_path, capsys):
+    q = bench("quality")
+    empty = ["--cached-only", "--no-scratch", "--seeds", "0", "--out", str(tmp_path / "none")]
+    with pytest.raises(SystemExit, match="no budget has runs"):  # was: an empty table, then StopIteration
+        q.main(empty + ["--results", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()
+    for content, why in (("{not json", "cannot read"), ("[]", "not a results file")):
+        (tmp_path / "m.json").write_text(content)
+        with pytest.raises(SystemExit, match=why):
+            q.main(empty + ["--results", str(tmp_path / "r.json"), "--merge", str(tmp_path / "m.json")])
+    with pytest.raises(SystemExit, match="no budget has runs"):  # --res is --results: accepted
+        q.main(empty + ["--res", str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit) as exc:  # no --results at all: refused by argparse
+        q.main(empty)
+    assert exc.value.code == 2 and "explicit --results" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- pseudo_accuracy.py
+
+
+def test_pseudo_accuracy_refuses_a_missing_data_folder(bench, tmp_path, capsys):
+    """A misspelled --data skipped the check that the files are the plan's, and scored against the wrong truth."""
+    pa = bench("pseudo_accuracy")
+    with pytest.raises(SystemExit) as exc:
+        pa.main([str(tmp_path), "--data", str(tmp_path / "demo_dta")])
+    assert exc.value.code == 2 and "unlabeled" in capsys.readouterr().err
