@@ -58,6 +58,14 @@ def time_runs(fn, runs: int, sync) -> list[float]:
     return times
 
 
+def positive_list(ap, flag: str, text: str) -> list[int]:
+    """"64,32" -> [64, 32]; "32," or "x" is an argparse error, not a traceback."""
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        ap.error(f"{flag} {text!r}: expected whole numbers above 0 separated by commas, e.g. 64,32")
+    return [int(p) for p in parts]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -67,15 +75,18 @@ def main() -> None:
     ap.add_argument("--batches", default="64,256")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "augment_speed.json"))
     args = ap.parse_args()
+    sizes, batches = positive_list(ap, "--sizes", args.sizes), positive_list(ap, "--batches", args.batches)
+    if args.runs < 1 or args.threads < 1:
+        ap.error("--runs and --threads must be at least 1")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     rows = []
-    for size in [int(s) for s in args.sizes.split(",")]:
+    for size in sizes:
         cfg = preset("mocov2", size)
         aug, tv = BatchAugment(cfg), torchvision_pipeline(cfg)
-        for batch in [int(b) for b in args.batches.split(",")]:
+        for batch in batches:
             g = torch.Generator().manual_seed(0)
             x = torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8)
             pil = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in x]

@@ -35,6 +35,16 @@ def last_knn(run: Path) -> dict:
             "knn_acc1": {k: round(v, 1) for k, v in last["knn_acc1"].items()}}
 
 
+def recorded_minutes(run: Path) -> float | None:
+    """The budget a reused run was made with (its config.yaml), so that a short run is not read as a long one."""
+    import yaml
+
+    try:
+        return float(yaml.safe_load((run / "config.yaml").read_text())["train"]["budget_minutes"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+
+
 def raw_pixel_knn(data: str, size: int = 32) -> dict:
     """The monitor's kNN (train split as memory, val scored) on mean-centred grey pixels at ``size``."""
     import numpy as np
@@ -63,9 +73,16 @@ def main() -> None:
     ap.add_argument("--data", default="demo_data")
     ap.add_argument("--out", type=Path, default=Path("runs/knnabl"))
     ap.add_argument("--minutes", type=float, default=1.5)
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/moco_recipe_knn_90s.json"))
     args = ap.parse_args()
+    if args.minutes <= 0:
+        ap.error("--minutes must be above 0")
+    for name in args.variants:  # before any work: a 0.1-minute run was reused and recorded as --minutes 5
+        run = args.out / name
+        if (run / "log.jsonl").is_file() and recorded_minutes(run) != args.minutes:
+            ap.error(f"{run} holds a run of train.budget_minutes={recorded_minutes(run)}, not --minutes "
+                     f"{args.minutes}: delete it or give another --out")
     raw = raw_pixel_knn(args.data)
     print(f"{'raw pixels':14s}                          kNN {raw}", flush=True)
     results = {}

@@ -37,6 +37,8 @@ def main() -> None:
     if args.out.exists():
         raise SystemExit(f"{args.out} exists; choose a new --out")
     src = args.data.resolve()
+    if args.labels == "pseudo" and not args.record:
+        ap.error("--labels pseudo needs --record RUN/pseudo_labels_roundK.json (the pseudo labels come from it)")
     repeat = args.repeat or (3 if args.record else 1)
     names = [n for n in CLASS_NAMES if (src / n / "train").is_dir()]
     truth = {n: pool_classes(n, args.seed, src) for n in names}

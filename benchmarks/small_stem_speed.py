@@ -61,8 +61,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--results", default="benchmarks/results/small_stem_speed.json")
+    ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "small_stem_speed.json"))
     args = ap.parse_args()
+    for flag in ("img_size", "batch_size", "steps", "runs"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        ap.error("--warmup must be 0 or more")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

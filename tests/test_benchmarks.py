@@ -6,6 +6,7 @@ import importlib
 import json
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -186,3 +187,28 @@ def test_pseudo_accuracy_refuses_a_missing_data_folder(bench, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         pa.main([str(tmp_path), "--data", str(tmp_path / "demo_dta")])
     assert exc.value.code == 2 and "unlabeled" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, args, says", [
+    ("augment_speed.py", ["--sizes", "32,"], "--sizes '32,': expected whole numbers"),
+    ("augment_speed.py", ["--runs", "0"], "--runs and --threads must be at least 1"),
+    ("small_stem_speed.py", ["--steps", "0"], "--steps must be at least 1"),
+    ("tiny_map_speed.py", ["--cells", "32:8:BF16"], "precision fp32 or bf16"),  # measured fp32 without a word
+    ("oracle_data.py", ["--out", "x", "--labels", "pseudo"], "--labels pseudo needs --record"),  # used true labels
+    ("moco_recipe_knn.py", ["--variants", "nope"], "invalid choice: 'nope'"),  # a KeyError after the raw kNN
+])
+def test_bad_arguments_are_usage_errors_before_any_work(script, args, says, tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_moco_recipe_knn_refuses_to_reuse_a_run_of_another_length(tmp_path):
+    """A 0.1-minute run folder was reused and recorded as `"minutes": 5.0`."""
+    run = tmp_path / "runs" / "new"
+    run.mkdir(parents=True)
+    (run / "log.jsonl").write_text("{}\n")
+    (run / "config.yaml").write_text("train:\n  budget_minutes: 0.1\n")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "moco_recipe_knn.py"), "--out", str(tmp_path / "runs"),
+                           "--variants", "new", "--minutes", "5"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "holds a run of train.budget_minutes=0.1" in done.stderr, done.stderr
