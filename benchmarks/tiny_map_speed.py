@@ -70,7 +70,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     for cell in a.cells:  # checked before any work: "32:8:BF16" measured fp32 without a word
         parts = cell.split(":")
-        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts[:2]) or parts[2] not in ("fp32", "bf16"):
+        sizes_ok = len(parts) == 3 and all(p.isdigit() and int(p) > 0 for p in parts[:2])
+        if not sizes_ok or parts[2] not in ("fp32", "bf16"):
             ap.error(f"--cells {cell!r}: expected img:batch:precision, e.g. 32:64:fp32 (precision fp32 or bf16)")
     torch.set_num_threads(a.threads)
     rows = []

@@ -209,6 +209,7 @@ def test_moco_recipe_knn_refuses_to_reuse_a_run_of_another_length(tmp_path):
     run.mkdir(parents=True)
     (run / "log.jsonl").write_text("{}\n")
     (run / "config.yaml").write_text("train:\n  budget_minutes: 0.1\n")
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "moco_recipe_knn.py"), "--out", str(tmp_path / "runs"),
-                           "--variants", "new", "--minutes", "5"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "moco_recipe_knn.py"), "--out",
+                           str(tmp_path / "runs"), "--variants", "new", "--minutes", "5"],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "holds a run of train.budget_minutes=0.1" in done.stderr, done.stderr
