@@ -86,9 +86,15 @@ def test_run_baseline_is_supervised_from_random_init_on_the_labelled_images(digi
 def test_default_run_is_self_training_on_the_pool_without_moco(digits_root, tmp_path):
     out = tmp_path / "pseudo"
     summary = _run(digits_root, out, "run.pseudo_rounds=3")  # the defaults (measured best on val), 3 rounds
-    assert set(summary["stages"]) == {"finetune_labelled", "finetune"} and not (out / "pretrain").exists()
+    stages = summary["stages"]
+    assert list(stages) == ["finetune_labelled", "finetune_round2", "finetune"] and not (out / "pretrain").exists()
     assert (out / "finetune_round2" / "checkpoints" / "best.pt").is_file()  # round 2, relabelled after it
-    assert len(summary["stages"]["finetune_labelled"]["pseudo_labels"]) == 2
+    # each round's entry: the pseudo-labels it trained on (round 2 and round 3's), its val score for the guard
+    assert "pseudo_labels" not in stages["finetune_labelled"]
+    for k, name in ((2, "finetune_round2"), (3, "finetune")):
+        record = json.loads((out / f"pseudo_labels_round{k}.json").read_text())
+        assert stages[name]["pseudo_labels"] == {n: v for n, v in record.items() if n not in ("images", "pool_key")}
+    assert all(isinstance(stages[n]["val_mean_acc1"], float) for n in stages)
     assert (out / "pseudo_labels_round2.json").is_file()
     record = json.loads((out / "pseudo_labels_round3.json").read_text())
     for name, kept in record["datasets"].items():
@@ -439,6 +445,22 @@ def test_datasets_with_an_answer_key_are_scored_when_another_has_none(digits_roo
         assert scores[mode]["mean_acc1"] == alone["mean_acc1"]
 
 
+def test_round_one_leaves_the_later_rounds_and_the_closing_work_their_least_time():
+    """run.pseudo_share=0.999 planned round 1 up to the end of a 60 s budget, and the labelling, round 2's floor
+    and the closing work ran on to 165 s: round 1 leaves their least time (after_round1_seconds)."""
+    from fewshot.pipeline import after_round1_seconds
+
+    # 2 rounds: round 2's calibration and floor (9 steps), 3 evaluations, the closing work, and the labelling:
+    # a quarter of the time left for it (pool_share_in_time), the whole pool where it is quicker
+    others = 9 * 0.1 + 3 * 1.0 + 10.0
+    assert after_round1_seconds(0.1, 1.0, 0.001, 8000, 2, 10.0) == pytest.approx(others + others / 3)
+    assert after_round1_seconds(0.1, 1.0, 0.001, 1000, 2, 10.0) == pytest.approx(others + 1.0)
+    assert after_round1_seconds(0.1, 1.0, 1.0, 8000, 2, 0.0) == pytest.approx(3.9 + 256)  # one batch at least
+    assert after_round1_seconds(0.1, 1.0, 0.0, 0, 2, 10.0) == pytest.approx(others)  # no pool
+    # every later round labels the pool again and needs its own floor
+    assert after_round1_seconds(0.1, 1.0, 0.001, 1000, 3, 10.0) == pytest.approx(2 * (3.9 + 1.0) + 10.0)
+
+
 def test_the_last_stage_leaves_its_measured_closing_work_inside_the_budget(digits_root):
     """plan_stage takes the closing estimate (evaluation, prediction, report) off the stage's training
     time; with the end already past, the stage still gets a few steps instead of failing."""
@@ -459,7 +481,7 @@ def test_the_last_stage_leaves_its_measured_closing_work_inside_the_budget(digit
     task = SupervisedTask(cfg, infos, torch.device("cpu"), DistContext())
     end = time.monotonic() + 100.0
     _, _, plain = plan_stage(task, cfg, end, 1, ("train", "eval_every"))
-    _, _, closed = plan_stage(task, cfg, end, 1, ("train", "eval_every"), closing=lambda t, e: 30.0)
+    _, _, closed = plan_stage(task, cfg, end, 1, ("train", "eval_every"), closing=lambda t, e, s: 30.0)
     assert plain <= 100.0 and 60.0 < closed <= plain - 29.0
     step_s, fits, spent = plan_stage(task, cfg, time.monotonic() - 5.0, 1, ("train", "eval_every"))
     assert spent == pytest.approx(5 * step_s)
@@ -748,5 +770,27 @@ def test_a_pool_too_large_for_the_time_left_is_labelled_in_a_seeded_share(tmp_pa
     assert pipeline.pool_share_in_time(None, images, 1.0, record, seed=1) is None
     record.write_text(json.dumps({"pool_size": 1000}))  # an older fewshot's record: it labelled the whole pool
     assert pipeline.pool_share_in_time(None, images, 1.0, record, seed=1) is None
+    record.write_text(json.dumps({"pool_size": 1000, "pool_labelled": 500, "pool_key": "k"}))
+    assert torch.equal(share, pipeline.pool_share_in_time(None, images, 1.0, record, seed=1, pool_key="k"))
     record.unlink()
     assert pipeline.pool_share_in_time(None, images[:256], 0.0, record, seed=1) is None  # one batch: not timed
+
+
+def test_a_resumed_round_whose_pool_changed_labels_what_its_time_allows_and_says_so(tmp_path, monkeypatch, capsys):
+    """A resume after the pool changed applied the saved count to the new pool: pool_size 9000, pool_labelled 8000,
+    a random part labelled without a word. The time decides again (the stopped round starts over anyway: its
+    pseudo-labels differ), and the run says that the pool changed."""
+    import fewshot.pipeline as pipeline
+
+    images, record = torch.zeros(1000, 3, 4, 4, dtype=torch.uint8), tmp_path / "pseudo_labels_round2.json"
+    monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda task, images: 0.01)  # 10 s for the pool
+    record.write_text(json.dumps({"pool_size": 800, "pool_labelled": 500}))  # then: 800 images, 500 labelled
+    assert pipeline.pool_share_in_time(None, images, 20.0, record, seed=1) is None  # time enough: all 1000
+    assert "the unlabeled pool changed since the run started (800 images then, 1,000 now)" in capsys.readouterr().out
+    assert len(pipeline.pool_share_in_time(None, images, 5.0, record, seed=1)) == 500  # what 5 s allow
+    out = capsys.readouterr().out
+    assert "pool changed" in out and "labelling 500 of the 1,000 pool images" in out
+    # as many files as before, other ones: told by the pool's fingerprint
+    record.write_text(json.dumps({"pool_size": 1000, "pool_labelled": 500, "pool_key": "then"}))
+    assert pipeline.pool_share_in_time(None, images, 20.0, record, seed=1, pool_key="now") is None
+    assert "pool changed since the run started (1,000 images then, 1,000 now)" in capsys.readouterr().out

@@ -357,6 +357,40 @@ def test_pipeline_report_draws_image_parts_for_the_stage_that_predicted_only(run
     assert "drawn for the stage that predicted (finetune)" in (tmp_path / "r" / "index.html").read_text()
 
 
+def test_pipeline_report_shows_the_self_training_rounds(runs, tmp_path):
+    """The report showed nothing of self-training (pool, share labelled, kept per dataset, threshold, the rounds'
+    val scores): a table per `fewshot run` folder, from summary.json's stages, one row per round."""
+    pipe = tmp_path / "pipe"
+    for stage in ("finetune_labelled", "finetune_round2", "finetune"):
+        shutil.copytree(runs["ft"], pipe / stage)
+
+    def labels(labelled, kept):
+        return {"pool_size": 8000, "pool_labelled": labelled, "threshold": 0.5, "precision": 0.0,
+                "datasets": {"digits": {"kept": kept, "pool": 8000, "labelled": labelled}}}
+    stages = {"finetune_labelled": {"epochs": 3, "val_mean_acc1": 61.25},
+              "finetune_round2": {"epochs": 2, "pseudo_labels": labels(1390, 305), "val_mean_acc1": 63.5},
+              "finetune": {"epochs": 1, "pseudo_labels": labels(8000, 2000), "val_mean_acc1": 64.75}}
+    (pipe / "summary.json").write_text(json.dumps({"stages": stages, "metrics": {}, "predicted_with": "finetune"}))
+    rc, _, err = run_main("report", pipe, "--out", tmp_path / "r", "--device", "cpu", "--grid", "0")
+    assert rc == 0, err
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert page.count("self-training</") == 1  # once for the folder, not per stage
+    for cell in ("1,390 / 8,000", "digits 305 (of 1390 / 8000)", "8,000 / 8,000", "digits 2000 (of 8000)", "61.25",
+                 "63.50", "64.75", "finetune_round2"):
+        assert cell in page, cell
+    # a summary.json of an older fewshot: every round's labels in a list under finetune_labelled
+    from fewshot.report.runs import self_training_rounds
+
+    old = {"finetune_labelled": {"pseudo_labels": [labels(1390, 305), labels(8000, 2000)], "val_mean_acc1": 61.25},
+           "finetune": {"val_mean_acc1": 64.75}}
+    got = self_training_rounds(old)
+    assert [(r["round"], r["stage"]) for r in got] == [(1, "finetune_labelled"), (2, "finetune_round2"),
+                                                        (3, "finetune")]
+    assert got[0]["pseudo_labels"] is None and got[1]["pseudo_labels"]["pool_labelled"] == 1390
+    assert got[2]["pseudo_labels"]["datasets"]["digits"]["kept"] == 2000 and got[2]["val_mean_acc1"] == 64.75
+    assert self_training_rounds({"finetune": {"epochs": 2}}) == []  # no self-training, no table
+
+
 def test_a_run_without_metrics_reports_its_best_evaluation_not_its_last(tmp_path):
     """A stopped run has no metrics.json yet; the tables used the last logged evaluation and called it the
     best epoch, while best.pt (what eval and predict use) holds the best one."""

@@ -98,7 +98,10 @@ def test_resume_reuses_round_one_and_continues_the_stopped_stage(digits_root, st
     _check_pred_all(digits_root, out)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["stages"]) == {"finetune_labelled", "finetune"}
-    assert len(summary["stages"]["finetune_labelled"]["pseudo_labels"]) == 1
+    # the pseudo-labels sit with the round that trained on them (all rounds' were under round 1)
+    labels = summary["stages"]["finetune"]["pseudo_labels"]
+    assert "pseudo_labels" not in summary["stages"]["finetune_labelled"]
+    assert labels["pool_labelled"] == json.loads(stopped["pseudo"])["pool_labelled"] == labels["pool_size"]
     # the budget counts both sessions: the whole run's clock starts before the stop, at the stage's start plus
     # its training time, and this session's start-up counts as well (a second stop must not lose it)
     fit_at = stopped["state"]["stages"]["finetune"]["fit_at"]

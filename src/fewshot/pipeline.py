@@ -95,14 +95,18 @@ def pseudo_label_line(per_dataset: dict, unknown: int) -> str:
     def conf(v):
         return "" if v["mean_confidence"] is None else f" (mean confidence {v['mean_confidence']})"
 
+    def of(v, sep="/"):  # a pool labelled in a share: "305/1390" read as 1390 pool images where the pool held 8000
+        labelled = v.get("labelled", v["pool"])
+        return f"{sep}{v['pool']}" if labelled == v["pool"] else f" of {labelled} labelled (of {v['pool']} in the pool)"
+
     shown = {n: v for n, v in per_dataset.items() if v["pool"] or v["kept"]}
     if unknown:  # "2266/0" read as more kept than pool: the unknown-source images are counted apart
         head = (f"[run] pseudo-labels kept (of them from the {unknown} pool images of unknown source, each counted "
                 f"for the dataset of its class) / the dataset's own pool images: ")
-        parts = [f"{n} {v['kept']} ({v['kept_from_unknown_source']}) / {v['pool']}{conf(v)}" for n, v in shown.items()]
+        parts = [f"{n} {v['kept']} ({v['kept_from_unknown_source']}){of(v, ' / ')}{conf(v)}" for n, v in shown.items()]
     else:
         head = "[run] pseudo-labels kept / pool images of the dataset: "
-        parts = [f"{n} {v['kept']}/{v['pool']}{conf(v)}" for n, v in shown.items()]
+        parts = [f"{n} {v['kept']}{of(v)}{conf(v)}" for n, v in shown.items()]
     rest = len(per_dataset) - len(shown)
     tail = f"; {rest} dataset{'s' if rest != 1 else ''} without pool images" if rest else ""
     return one_line(head + (", ".join(parts) or "none") + tail)  # dataset names: their escapes stay inert
@@ -118,7 +122,7 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
                closing=None) -> tuple[float, int, float]:
     """Size one stage to end at ``end_time`` (time.monotonic()): measure its step and evaluation
     times, space evaluations so they cost about 10 % of an epoch's time (``every_field``: where the
-    task reads its interval), and put the stage on a time-based schedule. ``closing(task, eval_s)``:
+    task reads its interval), and put the stage on a time-based schedule. ``closing(task, eval_s, step_s)``:
     seconds the run still needs after this stage's last step (the last stage: evaluation, prediction,
     report), taken off its training time.
     Returns (seconds per step, the epochs expected to fit, the stage's budget in seconds)."""
@@ -128,7 +132,7 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     every = max(1, int(round(10 * eval_s / max(step_s * steps, 1e-6))))
     section, key = every_field
     cfg[section][key] = task.eval_every = every
-    after = closing(task, eval_s) if closing is not None else 0.0
+    after = closing(task, eval_s, step_s) if closing is not None else 0.0
     # at least a few steps, even when the budget is already spent (the run then reports the overrun)
     budget_s = max(5 * step_s, end_time - after - time.monotonic())
     epochs = plan_epochs(budget_s, step_s, steps, eval_s, every, min_epochs)
@@ -163,6 +167,18 @@ def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, rep
     # the report: curves of every stage; a val pass, confusion matrices, embedding and grid of the last
     figures = 3.5 + 1.5 * report_stages + 0.7 * len(task.space.names) + eval_s if report_stages else 0.0
     return 2 * eval_s + saves + per_test_image * n_test + figures
+
+
+def after_round1_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, rounds: int,
+                         last_closing_s: float) -> float:
+    """The least time self-training needs after round 1's last step, at the speeds measured for round 1: a large
+    run.pseudo_share planned round 1 up to the end of the budget, and the rest came on top (165 s of a 60 s
+    budget). Per later round: its labelling of the pool (all of it, or as pool_share_in_time does a quarter of the
+    time left, one batch at least), its calibration (4 timed steps, an evaluation), plan_stage's 5-step floor and
+    the closing evaluations of the round before it; then the last stage's closing work."""
+    others = (rounds - 1) * (9 * step_s + 3 * eval_s) + last_closing_s
+    labelling = min(per_image * n_pool, max(per_image * min(n_pool, 256), others / 3))
+    return (rounds - 1) * labelling + others
 
 
 def auto_img_size(infos, device: torch.device) -> int:
@@ -453,16 +469,26 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     return task, metrics
 
 
-def pool_share_in_time(task, images: torch.Tensor, seconds: float, record: Path, seed: int) -> torch.Tensor | None:
+def pool_share_in_time(task, images: torch.Tensor, seconds: float, record: Path, seed: int,
+                       pool_key: str | None = None) -> torch.Tensor | None:
     """Which pool images a round can afford to label: all of them (None), unless labelling them would take more
     than ``seconds`` (a 100k-image pool took 5 minutes of a 1-minute budget); then a seeded random share that
     fits. A resumed run takes the count its first session chose (the round's record), so that it labels the same
-    images and the stopped round's checkpoint continues on the same training set."""
+    images and the stopped round's checkpoint continues on the same training set; unless the pool changed since
+    (its size or ``pool_key``, the fingerprint of its files): the saved count, applied to another pool, labelled
+    8000 of 9000 images without a word, so the time decides again and the run says so."""
     n_pool = len(images)
     n = None
     if record.is_file():  # a record without the count: a version that labelled the whole pool wrote it (review)
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-            n = int(json.loads(record.read_text()).get("pool_labelled", n_pool))
+            saved = json.loads(record.read_text())
+            then, key = saved.get("pool_size"), saved.get("pool_key")
+            if then not in (None, n_pool) or (pool_key is not None and key not in (None, pool_key)):
+                sizes = f"{int(then):,} images then, {n_pool:,} now" if then is not None else f"{n_pool:,} images now"
+                print(f"[run] the unlabeled pool changed since the run started ({sizes}): this round labels what "
+                      f"its time allows, not the stopped session's share", flush=True)
+            else:
+                n = int(saved.get("pool_labelled", n_pool))
     if n is None:
         if n_pool <= 256:  # one batch: not worth timing (nor cutting)
             return None
@@ -491,8 +517,10 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
                                     teacher_probabilities)
 
     images, dataset_ids, paths, source, _ = load_pool(cfg, infos, task.size, exclude_train=True)
-    n_pool = len(images)
-    share = pool_share_in_time(task, images, seconds, record, seed) if n_pool else None
+    n_pool, pool_ids = len(images), dataset_ids
+    # which files the pool holds: a resumed round labels the stopped session's share only of the same pool
+    pool_key = hashlib.sha1(json.dumps(paths).encode()).hexdigest()
+    share = pool_share_in_time(task, images, seconds, record, seed, pool_key) if n_pool else None
     if share is not None:
         images, dataset_ids, paths = images[share], dataset_ids[share], [paths[i] for i in share.tolist()]
     if len(images) == 0:
@@ -512,7 +540,7 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     from_unknown = dataset_ids[idx] < 0
     per_dataset = {name: {"kept": int((owner == d).sum()),
                           "kept_from_unknown_source": int(((owner == d) & from_unknown).sum()),
-                          "pool": int((dataset_ids == d).sum()),
+                          "pool": int((pool_ids == d).sum()), "labelled": int((dataset_ids == d).sum()),
                           "mean_confidence": round(float(conf[owner == d].mean()), 4) if bool((owner == d).any()) else None}
                    for d, name in enumerate(task.space.names)}
     summary = {"source": source, "pool_size": n_pool, "pool_labelled": len(images),
@@ -530,7 +558,8 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     kept = [{"path": paths[i], "dataset": task.space.names[d], "class": task.space.classes[d][c],
              "confidence": round(float(p), 4), "source_known": bool(dataset_ids[i] >= 0)}
             for i, d, c, p in zip(idx.tolist(), owner.tolist(), local.tolist(), conf.tolist())]
-    write_json(record, {**summary, "images": kept})  # per image: which file became which class, how sure
+    # per image: which file became which class, how sure; the pool's fingerprint for a resumed round
+    write_json(record, {**summary, "pool_key": pool_key, "images": kept})
     print(pseudo_label_line(per_dataset, summary["unknown_source_pool"]))
     soft = teacher_probabilities(logits[idx], dataset_ids[idx], task.space) if r["pseudo_targets"] == "soft" else None
     # which file became which class: a resumed run continues a stopped stage only on the same labels
@@ -706,6 +735,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         # the copy is dropped (a large pool at GPU sizes is GBs), the rounds read the images from the cache
         pool = load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True)
         n_pool, pool_skipped = len(pool.images), pool_skipped + pool.skipped
+        n_unlabeled = n_pool  # what round 1 leaves time to label
         del pool
         if n_pool == 0:
             # round 2 would train on the labelled images again: the whole budget goes to one fine-tuning
@@ -731,8 +761,9 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     # the report draws every fine-tuning stage: round 1, the middle rounds and the last
     report_stages = (int(r["pseudo_rounds"]) if semi == "pseudo" else 1) if r.get("report", True) else 0
 
-    def closing(task, eval_s: float) -> float:
-        per_test_image = measure_prediction_seconds(task, test_set.images)
+    def closing(task, eval_s: float, step_s: float | None = None, per_test_image: float | None = None) -> float:
+        if per_test_image is None:
+            per_test_image = measure_prediction_seconds(task, test_set.images)
         return min(closing_seconds(task, eval_s, per_test_image, len(test_set), report_stages) + 0.015 * budget_s,
                    0.5 * budget_s)
     # time spent in training loops, to tell the user what the rest cost
@@ -769,12 +800,28 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         # trains on the labelled images plus the pool labelled by that model; the last round is `finetune`
         rounds = int(r["pseudo_rounds"])
         labelled_end = time.monotonic() + (end_time - time.monotonic()) * r["pseudo_share"]
+
+        def round1_closing(task, eval_s: float, step_s: float | None = None) -> float:
+            """Round 1 ends at its share of the time, but no later than leaves the later rounds, the pool's
+            labelling and the closing work their least time (after_round1_seconds)."""
+            step_s = measure_step_seconds(task) if step_s is None else step_s  # a resumed round 1: not measured
+            per_image = measure_prediction_seconds(task, test_set.images)  # the pool is labelled at this speed
+            rest = after_round1_seconds(step_s, eval_s, per_image, n_unlabeled, rounds,
+                                        closing(task, eval_s, per_test_image=per_image))
+            cut = max(0.0, labelled_end - (last_end - rest))
+            if cut > 0:
+                print(f"[run] round 1 ends {cut:.0f} s before its share (run.pseudo_share={r['pseudo_share']:g}) "
+                      f"would: about {rest:.0f} s are left for labelling the pool, {rounds - 1} later "
+                      f"round{'s' if rounds > 2 else ''} and the closing work", flush=True)
+            return cut
+
         task, round1_metrics = finetune_stage(fcfg, infos, device, ctx, out / "finetune_labelled", labelled_end,
-                                              "on the labelled images (self-training, round 1)", **progress)
+                                              "on the labelled images (self-training, round 1)", closing=round1_closing,
+                                              **progress)
         round1_val = round1_metrics.get("mean_acc1")
         if not task.reused or "finetune_labelled" not in summary["stages"]:
-            keep("finetune_labelled", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
-                                       "pseudo_labels": []}, task.fit_seconds)
+            keep("finetune_labelled", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start},
+                 task.fit_seconds)
         for k in range(2, rounds + 1):
             # a resumed run labels the pool again with the same model: the same images, so that the stopped
             # round's checkpoint (which counts its training images) continues where it stopped
@@ -782,26 +829,26 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
             pseudo = pseudo_label_pool(task, fcfg, infos, r, out / f"pseudo_labels_round{k}.json",
                                        seconds=0.25 * max(0.0, end_time - time.monotonic()),
                                        seed=derive_seed(fcfg["train"]["seed"], k, 11))
-            labels = summary["stages"]["finetune_labelled"]["pseudo_labels"]
-            del labels[k - 2:]
-            labels.append(pseudo["summary"])
             del task
             if k == rounds:
                 break
             round_end = time.monotonic() + (end_time - time.monotonic()) / (rounds - k + 1)
             what = "on labelled + pseudo-labelled pool images" if len(pseudo["images"]) else "on the labelled images again"
-            task, _ = finetune_stage(fcfg, infos, device, ctx, out / f"finetune_round{k}", round_end,
-                                     f"{what} (round {k})", pseudo, **progress)
-            if not task.reused:
-                fit_seconds.append(task.fit_seconds)
-                state.keep_summary(summary, fit_seconds, time.monotonic() - t_start)
+            task, round_metrics = finetune_stage(fcfg, infos, device, ctx, out / f"finetune_round{k}", round_end,
+                                                 f"{what} (round {k})", pseudo, **progress)
+            if not task.reused or f"finetune_round{k}" not in summary["stages"]:
+                # each round's entry: the pseudo-labels it trained on and its val score (the guard compares them)
+                keep(f"finetune_round{k}", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
+                                            "pseudo_labels": pseudo["summary"],
+                                            "val_mean_acc1": round_metrics.get("mean_acc1")}, task.fit_seconds)
     has_pool = pseudo is not None and len(pseudo["images"]) > 0
     task, val_metrics = finetune_stage(fcfg, infos, device, ctx, fdir, last_end,
                                        "with FixMatch on the unlabeled pool" if semi == "fixmatch" else
                                        "on labelled + pseudo-labelled pool images" if has_pool else
                                        "on the labelled images again" if pseudo else "", pseudo, closing, **progress)
     if not task.reused or "finetune" not in summary["stages"]:
-        keep("finetune", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start}, task.fit_seconds)
+        keep("finetune", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
+                          **({"pseudo_labels": pseudo["summary"]} if pseudo is not None else {})}, task.fit_seconds)
     del task
     if pseudo is not None:
         # a guard chosen on val: if pseudo-labels hurt (round 1 scores higher on val), predict with round 1

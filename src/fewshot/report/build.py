@@ -253,6 +253,13 @@ class ReportBuilder:
     # ------------------------------------------------------------------ sections
     def _overview(self, flop_counts: dict) -> list[str]:
         body = ['<h2 id="overview">Overview</h2>', T.to_html(T.overview_table(self.runs, flop_counts), with_title=False)]
+        shown = set()
+        for r in self.runs:  # a `fewshot run` folder's self-training, once per folder
+            rounds = (r.pipeline or {}).get("self_training")
+            if rounds and r.group not in shown:
+                shown.add(r.group)
+                label = r.label.rsplit("/", 1)[0] if "/" in r.label else str(r.group)
+                body.append(T.to_html(T.self_training_table(label, rounds, r.pipeline.get("predicted_with"))))
         sup = [r for r in self.runs if r.kind == "supervised" and (r.metrics_known or r.metrics_unknown)]
         if sup:
             from fewshot.report.plots import plot_accuracy_bars

@@ -469,6 +469,43 @@ def refresh_evaluation(run: Run, epoch: int) -> bool:
     return True
 
 
+def _pseudo_labels(x) -> dict | None:
+    """A round's pseudo-label summary with the fields the report shows, each checked (None: not one)."""
+    if not isinstance(x, dict):
+        return None
+    out = {k: x[k] for k in ("pool_size", "pool_labelled") if _is_whole(x.get(k))}
+    out.update({k: x[k] for k in ("threshold", "precision") if _is_number(x.get(k))})
+    datasets = x.get("datasets") if isinstance(x.get("datasets"), dict) else {}
+    out["datasets"] = {str(n): {k: v[k] for k in ("kept", "pool", "labelled") if _is_whole(v.get(k))}
+                       for n, v in datasets.items() if isinstance(v, dict) and _is_whole(v.get("kept"))}
+    return out
+
+
+def self_training_rounds(stages: dict) -> list[dict]:
+    """The rounds of a self-training `fewshot run` from summary.json's stages, in order: stage, val mean acc@1 and
+    the pseudo-labels it trained on (none for round 1). A summary of an older fewshot kept every round's labels in
+    a list under finetune_labelled (round 2's first); [] when the run did no self-training."""
+    if not isinstance(stages.get("finetune_labelled"), dict):
+        return []
+    older = stages["finetune_labelled"].get("pseudo_labels")
+    older = older if isinstance(older, list) else []
+    middle = sorted((n for n in stages if n.startswith("finetune_round")
+                     and n.removeprefix("finetune_round").isdigit()), key=lambda n: int(n.removeprefix("finetune_round")))
+    middle = middle or [f"finetune_round{k}" for k in range(2, len(older) + 1)]  # an older summary: not listed
+    names = ["finetune_labelled", *middle, "finetune"]
+    rounds = []
+    for k, name in enumerate(names, 1):
+        entry = stages.get(name) if isinstance(stages.get(name), dict) else {}
+        if name != "finetune_labelled" and not entry and not older:
+            continue
+        labels = entry.get("pseudo_labels", older[k - 2] if 2 <= k < len(older) + 2 and name != "finetune_labelled"
+                           else None)
+        val = entry.get("val_mean_acc1")
+        rounds.append({"round": k, "stage": name, "val_mean_acc1": val if _is_number(val) else None,
+                       "pseudo_labels": _pseudo_labels(labels)})
+    return rounds
+
+
 def _read_summary(folder: Path, notes: list[str]) -> dict | None:
     """summary.json of a `fewshot run` folder: only the parts the report reads, each checked."""
     if not (folder / "summary.json").is_file():
@@ -486,6 +523,9 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
     if isinstance(stages, dict):  # epochs trained per stage: a budget stop's fraction the log does not always tell
         out["epochs"] = {k: v["epochs"] for k, v in stages.items()
                          if isinstance(v, dict) and _is_number(v.get("epochs")) and math.isfinite(v["epochs"])}
+        rounds = self_training_rounds(stages)
+        if rounds:
+            out["self_training"] = rounds
     metrics = summary.get("metrics")
     if isinstance(metrics, dict):
         out["metrics"] = {k: m for k in ("test", "test_unknown") if metrics.get(k) is not None

@@ -107,6 +107,37 @@ def overview_table(runs: list[Run], flop_counts: dict[str, float | None]) -> Tab
                          "(a run stopped mid-epoch is evaluated at the stop, under that epoch's number).")
 
 
+def self_training_table(label: str, rounds: list[dict], predicted_with: str | None = None) -> Table:
+    """Per round of a `fewshot run`'s self-training (summary.json): the pool share labelled, the pseudo-labels kept
+    per dataset, the confidence threshold and the round's val score, which picks the round that predicts."""
+    cols = ["round", "stage", "pool labelled / pool size", "kept per dataset (of labelled / in the pool)",
+            "threshold", "val mean acc@1"]
+    rows, emphasis = [], []
+    for r in rounds:
+        p = r["pseudo_labels"]
+        if p is None:
+            pool = kept = threshold = DASH
+        else:
+            pool = f"{count(p.get('pool_labelled'))} / {count(p.get('pool_size'))}"
+            parts = []
+            for name, v in p["datasets"].items():
+                labelled, in_pool = v.get("labelled", v.get("pool")), v.get("pool")
+                of = f"{opt(labelled)}" + (f" / {in_pool}" if in_pool is not None and in_pool != labelled else "")
+                parts.append(f"{name} {v['kept']} (of {of})")
+            kept = "; ".join(parts) or DASH
+            threshold = opt(p.get("threshold")) + (f", precision {p['precision']}" if p.get("precision") else "")
+        if r["stage"] == predicted_with:
+            emphasis.append(len(rows))
+        rows.append([str(r["round"]), r["stage"], pool, kept, threshold, pct(r["val_mean_acc1"])])
+    return Table(f"{label}: self-training", cols, rows, numeric=[True, False, True, False, True, True],
+                 emphasis=emphasis,
+                 caption="Per round of self-training (summary.json): round 1 trains on the labelled images, each "
+                         "later round also on the pool images the round before it labelled (pool labelled: all of "
+                         "the pool, or the share its time allowed), keeping per dataset the most confident ones "
+                         "above the threshold. Val mean acc@1 (known source): the round that scores highest of "
+                         "round 1 and the last predicts (in bold).")
+
+
 def dataset_table(run: Run, title: str | None = None, known: dict | None = None, unknown: dict | None = None,
                   caption: str = "") -> Table:
     """Per-dataset acc@1/acc@5 of a fine-tuned run in known- and unknown-source mode, mean and routing."""
