@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -393,9 +394,10 @@ def main(argv: list | None = None, started: float | None = None) -> int:
         progress.set_enabled(False)
     from fewshot import process_state
     from fewshot.run_lock import lock_scope
+    from fewshot.train.stop_signal import sigterm_as_interrupt
 
     try:  # the run folders this command locks are free again when it returns, and the caller's settings back
-        with process_state.kept(), lock_scope():
+        with process_state.kept(), lock_scope(), sigterm_as_interrupt():
             return _dispatch(args, extra, handlers)
     finally:
         progress.set_enabled(bars)  # as were: --no-progress of one in-process call does not outlive it
@@ -441,7 +443,8 @@ def _dispatch(args, extra, handlers) -> int:
 
             shutdown_distributed()
         return 128 + int(stop.signum)
-    except KeyboardInterrupt:  # outside training (training stops cleanly: StopRequested above)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside training (training stops cleanly: StopRequested)
+        signum = getattr(exc, "signum", signal.SIGINT)  # stop_signal.Terminated: SIGTERM
         out = getattr(args, "out", None)
         if out and args.command == "run" and Path(out, "run_state.json").is_file():
             note = "; the stages finished so far are kept: continue with the same command and --resume"
@@ -452,9 +455,13 @@ def _dispatch(args, extra, handlers) -> int:
                     "from the last one, or (training had finished) writes its results again")
         else:
             note = ""
-        if not _quiet_rank():
-            print(f"fewshot {args.command}: interrupted{note}", file=sys.stderr)
-        return 130
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        try:
+            if not _quiet_rank():
+                print(f"fewshot {args.command}: {what}{note}", file=sys.stderr, flush=True)
+        except OSError:  # stderr went away with the same signal (`... 2>&1 | tee log`)
+            pass
+        return 128 + int(signum)
     except BrokenPipeError:  # the reader went away (`fewshot models | head`): not a bug, no traceback
         try:  # keep the interpreter's final flush from failing again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -25,7 +25,7 @@ from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
-from fewshot.run_lock import lock_run_dir
+from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.utils import derive_seed, resolve_device, seed_everything, write_json
 
 
@@ -652,6 +652,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
 
     t_start = time.monotonic() if started is None else started
     out = Path(out)
+    refuse_if_being_written(out)  # before its state is judged: "already used" / "--resume" named the wrong cause
     requested = copy.deepcopy(cfg)  # the settings as asked for, which a --resume must repeat
     state = None
     if resume:

@@ -18,6 +18,7 @@ import errno
 import itertools
 import os
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +33,8 @@ LOCK_NAME = ".fewshot.lock"
 _HELD: dict[str, tuple[int, int]] = {}  # resolved folder -> (descriptor holding its lock, owning command)
 _OWNER = contextvars.ContextVar("fewshot_lock_owner", default=0)  # 0: no command (library code called directly)
 _SCOPES = itertools.count(1)
+# A reader's probe (being_written) holds a shared lock for an instant: a writer starting just then is not refused
+LOCK_TRIES, LOCK_RETRY_S = 5, 0.1
 
 
 @contextmanager
@@ -68,7 +71,7 @@ def lock_run_dir(folder: str | Path) -> None:
     except OSError:
         return  # the folder's own write check reports an unwritable folder
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock_retrying(fd)
     except OSError as exc:
         holder = _read_pid(fd)
         os.close(fd)
@@ -83,6 +86,47 @@ def lock_run_dir(folder: str | Path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _HELD[key] = (fd, owner)
+
+
+def _flock_retrying(fd: int) -> None:
+    """The exclusive lock, tried a few times over half a second: a report, compare or export probing the folder
+    (being_written) holds a shared lock for an instant, and a writer starting then was refused naming a pid
+    that had already exited."""
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or attempt == LOCK_TRIES - 1:
+                raise
+            time.sleep(LOCK_RETRY_S)
+
+
+def being_written(folder: str | Path) -> bool:
+    """Whether a fewshot command (another process, or another command of this one) holds the folder's writer
+    lock now: a run still training, not one that stopped. False where that cannot be told (no lock file, a
+    platform or file system without flock)."""
+    if fcntl is None:
+        return False
+    try:  # read-only, never created; O_NONBLOCK: a FIFO put there does not hang the reader
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)  # gives the probe's shared lock up at once
+    return False
+
+
+def refuse_if_being_written(folder: str | Path) -> None:
+    """Before a command judges what a folder holds (a run to --resume, a used folder): a run being written there
+    is refused as such. A second `fewshot train` without --resume was told to pass --resume, which was then
+    refused as the folder being written."""
+    if being_written(folder):
+        lock_run_dir(folder)  # raises naming the writer (or takes the lock: the writer has just finished)
 
 
 def _read_pid(fd: int) -> str:

@@ -224,6 +224,13 @@ def _nonempty(p: Path) -> bool:
     return p.exists() and (not p.is_dir() or any(p.iterdir()))
 
 
+def _half_moved(stage: Path, ds_dir: Path, pool_dir: Path) -> bool:
+    """A build killed between its two renames (kill -9): OUT/<name> in place, its pool still in the stage folder.
+    A rerun refused OUT/<name> as "already exists"; it builds again instead."""
+    return (stage / "pool").is_dir() and not (stage / "ds").exists() and _nonempty(ds_dir) \
+        and not _nonempty(pool_dir)
+
+
 def _inside_a_dataset(out: Path) -> str | None:
     """What existing dataset folder OUT lies in (None: none). `--out ROOT/digits/train` added class folders
     to that split, and `--out ROOT/unlabeled` put a whole dataset into ROOT's pool."""
@@ -329,8 +336,9 @@ def build_dataset(name: str, out: Path, shots: int = 10, seed: int = 0, idx_dir:
     for p in (ds_dir, out / "unlabeled", pool_dir):  # a file there crashed after the dataset was written
         if p.exists() and not p.is_dir():
             raise UserError(f"{p} is a file where the build writes a folder; move it away or choose another --out.")
+    stage, lock = out / f".fewshot-build-{name}.tmp", out / f".fewshot-build-{name}.lock"
     for p in (ds_dir, pool_dir):
-        if _nonempty(p):
+        if _nonempty(p) and not _half_moved(stage, ds_dir, pool_dir):
             raise UserError(f"{p} already exists and is not empty; refusing to mix a new build into it. "
                             "Delete it or choose another --out.")
     plan = plan_splits(name, shots, seed, idx_dir, val_per_class, test_per_class, pool_per_class)
@@ -355,7 +363,6 @@ def build_dataset(name: str, out: Path, shots: int = 10, seed: int = 0, idx_dir:
 
     made = [p for p in (out, *out.parents) if not os.path.lexists(p)]  # removed again if the build fails
     out.mkdir(parents=True, exist_ok=True)
-    stage, lock = out / f".fewshot-build-{name}.tmp", out / f".fewshot-build-{name}.lock"
     try:
         fd = _lock_build(lock, name, out)
         try:
@@ -379,6 +386,10 @@ def build_dataset(name: str, out: Path, shots: int = 10, seed: int = 0, idx_dir:
 def _write_and_move(stage: Path, jobs: list[tuple[Path, np.ndarray]], test_labels: dict[str, int], name: str,
                     ds_dir: Path, pool_dir: Path, progress: bool) -> None:
     """Write every image into STAGE, then move the dataset and its pool into place (both or neither)."""
+    if _half_moved(stage, ds_dir, pool_dir):  # under the lock: a killed build's, no build is between its renames
+        print(f"note: {ds_dir} is an earlier build's that was stopped before its pool was moved into place; "
+              f"building {name} again.", flush=True)
+        shutil.rmtree(ds_dir)
     for p in (ds_dir, pool_dir):  # a build of the same dataset that finished while this one was planning
         if _nonempty(p):
             raise UserError(f"{p} already exists and is not empty; refusing to mix a new build into it. "
@@ -394,20 +405,22 @@ def _write_and_move(stage: Path, jobs: list[tuple[Path, np.ndarray]], test_label
         (stage / "ds" / "test_labels.json").write_text(json.dumps(test_labels, indent=0) + "\n")
     (stage / "ds").mkdir(exist_ok=True)
     moved: list[tuple[Path, Path]] = []
-    for src, dst in ((stage / "ds", ds_dir), (stage / "pool", pool_dir)):
-        if not src.exists():
-            continue
-        try:
+    try:
+        for src, dst in ((stage / "ds", ds_dir), (stage / "pool", pool_dir)):
+            if not src.exists():
+                continue
             dst.parent.mkdir(parents=True, exist_ok=True)
             if dst.is_dir():
                 dst.rmdir()  # empty at the check above; OSError if something was written there meanwhile
             src.rename(dst)
-        except OSError as exc:
-            for s, d in reversed(moved):  # no dataset without its pool: a rerun would refuse it
-                d.rename(s)
-            if os.path.lexists(dst):
-                raise UserError(f"{dst} already exists and is not empty (it appeared while this build was "
-                                "writing); refusing to mix a new build into it. Delete it or choose another "
-                                "--out.") from None
-            raise UserError(f"cannot move the built files into {dst}: {exc.strerror or exc}.") from None
-        moved.append((src, dst))
+            moved.append((src, dst))
+    except BaseException as exc:  # also Ctrl-C / SIGTERM between the renames
+        for s, d in reversed(moved):  # no dataset without its pool: a rerun would refuse it
+            d.rename(s)
+        if not isinstance(exc, OSError):
+            raise
+        if os.path.lexists(dst):
+            raise UserError(f"{dst} already exists and is not empty (it appeared while this build was "
+                            "writing); refusing to mix a new build into it. Delete it or choose another "
+                            "--out.") from None
+        raise UserError(f"cannot move the built files into {dst}: {exc.strerror or exc}.") from None

@@ -81,6 +81,10 @@ def run_compare(paths: list[str], file=None) -> list[T.Table]:
     tables = compare_tables(runs, compute_flops(runs))
     T.print_tables(tables, file=file)
     for r in runs:
+        if r.being_written:  # its figures change with every epoch: not a finished run's
+            epochs = [x["epoch"] for x in r.log if isinstance(x.get("epoch"), int)]
+            r.notes.append(f"the run is still being written (training): its figures are of the epochs logged so far"
+                           f"{f' (up to epoch {max(epochs)})' if epochs else ''}, not its final ones.")
         for n in r.notes:
             print(printable(f"note ({r.label}): {n}"), file=file)
     return tables
@@ -318,6 +322,8 @@ class ReportBuilder:
             which = "the best checkpoint"
         elif r.evaluated:  # log.jsonl holds evaluations: best.pt was saved, and is gone
             which = "the last checkpoint (best.pt is missing, though log.jsonl holds evaluations)"
+        elif r.being_written:
+            which = "the last checkpoint (the run is still being written, before its first evaluation: no best.pt yet)"
         else:
             which = "the last checkpoint (the run stopped before its first evaluation: no best.pt yet)"
         body = [f'<p class="caption">Predictions of {which}, known source; '

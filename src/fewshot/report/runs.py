@@ -9,7 +9,6 @@ A RUN argument is one of
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -286,29 +285,10 @@ class Run:
 
     @property
     def being_written(self) -> bool:
-        """Whether a fewshot command is writing the run now: it holds the folder's writer lock (run_lock).
-        False where that cannot be told (no lock file, a platform or file system without flock)."""
-        try:
-            import fcntl
-        except ImportError:
-            return False
-        from fewshot.run_lock import LOCK_NAME
+        """Whether a fewshot command is writing the run now: it holds the folder's writer lock (run_lock)."""
+        from fewshot.run_lock import being_written
 
-        for folder in (self.path, self.group):
-            if folder is None:
-                continue
-            try:  # read-only, never created; O_NONBLOCK: a FIFO put there does not hang the report
-                fd = os.open(folder / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    return True
-            finally:
-                os.close(fd)  # gives the probe's shared lock up at once
-        return False
+        return any(being_written(folder) for folder in (self.path, self.group) if folder is not None)
 
     @property
     def dataset_names(self) -> list[str]:
@@ -535,6 +515,8 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
 
 def expand_runs(paths: list[str | Path]) -> list[Run]:
     """RUN arguments -> Run objects; `fewshot run` folders become their pretrain/finetune stages."""
+    from fewshot.run_lock import being_written
+
     found: list[tuple[Path, dict | None, Path | None, list[str]]] = []
     for raw in paths:
         p = Path(raw)
@@ -561,6 +543,9 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
                             f"checkpoints/ (or metrics.json with its config.yaml); a `fewshot probe --out` folder "
                             f"is not a run: its metrics.json holds the table probe printed (read it there; report and "
                             f"compare take runs).")
+        elif being_written(p):  # started (config.yaml, tensorboard/) and locked, before its first log line
+            raise UserError(f"'{raw}' holds a run being written now that has no checkpoint or log.jsonl yet (it is "
+                            f"starting, or still in its first epoch): try again once it has logged an epoch.")
         else:
             raise UserError(f"'{raw}' holds no run: a run folder of `fewshot train` or `fewshot pretrain` holds "
                             f"log.jsonl or checkpoints/ (or metrics.json with its config.yaml); a `fewshot run` "

@@ -12,6 +12,7 @@ from pathlib import Path
 from safetensors.torch import save
 
 from fewshot.errors import CheckpointError, UserError
+from fewshot.run_lock import being_written
 from fewshot.train.checkpoint import load_checkpoint, resolve_checkpoint
 from fewshot.utils import atomic_write_bytes
 
@@ -56,9 +57,15 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dic
     if Path(run_or_ckpt).is_dir() and ck.get("kind") == "supervised" and ckpt.name == "last.pt" and best.is_file():
         # a fine-tuning run: the checkpoint that eval, predict and pred_all.json use (it was last.pt, silently)
         ckpt, ck = best, load_checkpoint(best)
+    live = Path(run_or_ckpt).is_dir() and being_written(ckpt.parent.parent)
     if Path(run_or_ckpt).is_dir() and ck.get("kind") == "supervised" and ckpt.name != "best.pt":
-        print(f"warning: {ckpt.parent.parent} has no best.pt (it stopped before its first evaluation); exporting "
-              f"{ckpt.name}, epoch {ck.get('epoch', '?')}.", file=sys.stderr, flush=True)
+        why = "it is still being written: training, before its first evaluation" if live else \
+            "it stopped before its first evaluation"
+        print(f"warning: {ckpt.parent.parent} has no best.pt ({why}); exporting {ckpt.name}, epoch "
+              f"{ck.get('epoch', '?')}.", file=sys.stderr, flush=True)
+    elif live:  # a later export will hold other weights
+        print(f"note: {ckpt.parent.parent} is still being written (training); exporting its {ckpt.name} as it is "
+              f"now, epoch {ck.get('epoch', '?')}.", file=sys.stderr, flush=True)
     if Path(run_or_ckpt).is_dir() and ck.get("kind") == "moco" and ckpt.name == "last.pt":
         note_best_knn_epoch(ckpt.parent.parent, ck)
     out = Path(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from fewshot.eval.evaluate import format_table
 from fewshot.models.weights import weights_note
 from fewshot.progress import set_enabled
 from fewshot.train.distributed import barrier, init_distributed
-from fewshot.run_lock import lock_run_dir
+from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.train.engine import Engine, check_resume_world
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
 from fewshot.utils import resolve_device, seed_everything, write_json
@@ -32,6 +33,8 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None) -> dict:
     folder that holds anything else (another command's output, the user's files)."""
     out = Path(out)
     check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
+    if ctx is None or ctx.is_main:  # a run being written is refused as such, not as one to --resume
+        refuse_if_being_written(out)
     existing = out / "checkpoints" / "last.pt"
     if existing.is_file() and not resume:
         raise UserError(f"'{out}' already holds a run ({existing}). Pass --resume to continue it, "
@@ -53,7 +56,20 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None) -> dict:
     if ctx is None or ctx.is_main:
         ensure_writable_dir(out, "run")
         lock_run_dir(out)  # one writer per run folder (the same command started twice, --resume during a run)
+        remove_stale_temp_files(out)
     return cfg
+
+
+# utils.atomic_write_bytes's temp file: .NAME.XXXXXXXX.tmp (tempfile.mkstemp's 8 random characters)
+ATOMIC_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temp_files(out: Path) -> None:
+    """The temp files a kill during an atomic write left in RUN (.metrics.json.*.tmp): with the folder's lock held
+    no write of this run is under way, and nothing else removed them (the engine cleans checkpoints/ only)."""
+    for p in out.glob(".*.tmp"):
+        if ATOMIC_TEMP.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
 
 
 def _is_run_config(path: Path) -> bool:

@@ -34,6 +34,42 @@ class StopRequested(KeyboardInterrupt):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop: the command stops where it is, as on Ctrl-C (a KeyboardInterrupt, so the
+    cleanup done on Ctrl-C happens, and the command line says the same)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block SIGTERM raises ``Terminated`` where the program is, as Ctrl-C raises KeyboardInterrupt: a
+    command killed outside its training loop (start-up, metrics and plots after the last epoch, predict, data) died
+    with no word and half a cleanup. Training loops install ``stop_on_signals`` over it (finish the step, write
+    last.pt), `fewshot run` ``stop_at_once_on_signals``. Left alone where the caller handles SIGTERM itself, and
+    outside the main thread."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        # a copy of a signal already acted on (SLURM signals every process and torchrun forwards its own) must not
+        # raise again and cut the first one's cleanup short
+        if time.monotonic() - _last_signal[0] < REPEAT_WINDOW_S:
+            return
+        _last_signal[0] = time.monotonic()
+        raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class StopFlag:
     """Set by the first SIGTERM/SIGINT while installed; ``signum`` says which."""
 
