@@ -51,6 +51,7 @@ def compare_runs(ref: Path, run: Path, metrics: bool) -> None:
         b = load_checkpoint(run / "checkpoints" / f"{name}.pt")
         for ck in (a, b):  # wall-clock training time: a measurement, like the log's timings
             assert isinstance(ck.pop("train_seconds"), float)
+            ck["config"]["train"].pop("budget_minutes")  # a session's budget (a checkpoint keeps its session's)
         assert_same(a, b, name)
     assert read_log(run) == read_log(ref)
     if metrics:
@@ -603,3 +604,186 @@ def test_ctrl_c_after_training_says_the_checkpoints_are_kept(root, tmp_path, mon
                "train.tensorboard=false"])
     err = capsys.readouterr().err
     assert rc == 130 and "fewshot train: interrupted; the checkpoints written so far are kept" in err, err
+
+
+# ------------------------------------------------------------------------------ a budget stop's partial evaluation
+
+
+def budget_clock(monkeypatch) -> None:
+    """engine's time.monotonic gives one "second" per call: fit() reads it once, then once after every step, so
+    train.budget_minutes=(k - 0.5) / 60 stops after step k, whatever the machine's speed."""
+    import types
+
+    import fewshot.train.engine as engine_mod
+
+    clock = {"t": 0.0}
+
+    def monotonic():
+        clock["t"] += 1.0
+        return clock["t"]
+
+    monkeypatch.setattr(engine_mod, "time", types.SimpleNamespace(monotonic=monotonic,
+                                                                  perf_counter=engine_mod.time.perf_counter))
+
+
+def best_score_in(monkeypatch, epoch: int) -> None:
+    """The evaluation of epoch index `epoch` (a budget stop's partial one) scores above anything else."""
+    evaluate = SupervisedTask.evaluate
+
+    def flattering(self, model, e):
+        result = evaluate(self, model, e)
+        return {**result, "score": 1e9} if e == epoch else result
+
+    monkeypatch.setattr(SupervisedTask, "evaluate", flattering)
+
+
+@pytest.mark.parametrize("stop_step", [7, 3])  # epoch 2 (epoch 1 made best.pt before), epoch 1 (no best.pt yet)
+def test_a_budget_stop_whose_partial_epoch_made_best_pt_resumes_as_the_uninterrupted_run(
+        root, ft_ref, tmp_path, monkeypatch, stop_step):
+    """A budget stop mid-epoch evaluates the partial epoch; it scored best and wrote best.pt. A resume with more
+    budget drops that partial row from log.jsonl and redoes the epoch, but best.pt and the best score stayed those
+    of the dropped row: metrics.json named a best epoch whose scores were in no log row (best.pt at global step 9,
+    the log's epoch 3 at step 12). Now the best.pt it replaced comes back, and the run ends as if never stopped."""
+    out = tmp_path / "run"
+    stop_epoch = (stop_step - 1) // 5  # 5 steps per epoch
+    with monkeypatch.context() as mp:
+        budget_clock(mp)
+        best_score_in(mp, stop_epoch)
+        run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": (stop_step - 0.5) / 60}), out)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (stop_epoch, stop_step - 5 * stop_epoch, stop_step)
+    assert load_checkpoint(out / "checkpoints" / "best.pt")["global_step"] == stop_step
+    assert read_log(out)[-1]["score"] == 1e9
+
+    run_finetune(finetune_cfg(root, **FT), out, resume=True)
+    compare_runs(ft_ref, out, metrics=True)
+    assert not (out / "checkpoints" / "best_before_stop.pt").exists()
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    rows = {r["step"]: r for r in read_log(out)}
+    assert rows[best["global_step"]]["score"] == best["best_score"] == max(r.get("score", -1) for r in rows.values())
+
+
+def test_a_kill_while_a_budget_stop_writes_its_best_pt_resumes_as_the_uninterrupted_run(
+        root, ft_ref, tmp_path, monkeypatch):
+    """The stop moved the old best.pt aside and was killed before its own best.pt (and last.pt) were written:
+    the resume from the older last.pt puts the old best.pt back."""
+    out = tmp_path / "run"
+    save = Engine.save
+
+    def dying(self, name="last", **kwargs):
+        if name == "best" and self.step_in_epoch:
+            raise Killed("killed while the stop wrote best.pt")
+        save(self, name, **kwargs)
+
+    with monkeypatch.context() as mp:
+        budget_clock(mp)
+        best_score_in(mp, 1)  # the stop after step 8 is in epoch 2, after the every-2-steps save of step 8
+        mp.setattr(Engine, "save", dying)
+        with pytest.raises(Killed):
+            run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 7.5 / 60}), out)
+    assert not (out / "checkpoints" / "best.pt").exists() and (out / "checkpoints" / "best_before_stop.pt").exists()
+    run_finetune(finetune_cfg(root, **FT), out, resume=True)
+    compare_runs(ft_ref, out, metrics=True)
+
+
+def test_a_resume_that_ends_before_its_first_save_leaves_the_restored_best_pt_to_the_next(
+        root, ft_ref, tmp_path, monkeypatch):
+    """The first resume after a budget stop puts the old best.pt back at once, but last.pt names the stop's best
+    until its next save. A resume that ended before that save (an error, a kill) left the next resume without
+    best_before_stop.pt: it took the stop's evaluation for the run's first best and deleted the restored best.pt."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        budget_clock(mp)
+        best_score_in(mp, 1)
+        run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 6.5 / 60}), out)
+    assert load_checkpoint(out / "checkpoints" / "best.pt")["global_step"] == 7
+
+    def dies(self):
+        raise Killed("killed after resume()")
+
+    for _ in range(2):
+        with monkeypatch.context() as mp, pytest.raises(Killed):
+            mp.setattr(Engine, "_open_tensorboard", dies)
+            run_finetune(finetune_cfg(root, **FT), out, resume=True)
+        assert load_checkpoint(out / "checkpoints" / "best.pt")["global_step"] == 5  # epoch 1's, every time
+    run_finetune(finetune_cfg(root, **FT), out, resume=True)
+    compare_runs(ft_ref, out, metrics=True)
+
+
+def test_a_training_that_finishes_its_epochs_deletes_the_best_pt_kept_aside(root, ft_ref, tmp_path):
+    """best_before_stop.pt serves only a resume that reopens a stopped epoch: once the epochs are all trained it
+    was a whole checkpoint of wasted disk."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(ft_ref, out)
+    aside = out / "checkpoints" / "best_before_stop.pt"
+    shutil.copy(out / "checkpoints" / "best.pt", aside)
+    last = out / "checkpoints" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    ck["best_before_stop"] = ck["best_score"]  # named by last.pt (a resume puts back only one that it does not name)
+    torch.save(ck, last)
+    run_finetune(finetune_cfg(root, **{**FT, "train.epochs": 4}), out, resume=True)
+    assert not aside.exists()
+
+
+def test_a_finished_run_stage_deletes_the_best_pt_kept_aside(root, tmp_path, monkeypatch):
+    """`fewshot run` stages end with a budget stop, mostly mid-epoch: best_before_stop.pt stayed in every stage
+    whose stop scored a new best, though a finished stage is never resumed."""
+    from helpers.checks import run_main
+
+    fit = Engine.fit
+
+    def keeps_aside(self, *args, **kwargs):  # as a stop mid-epoch with a new best does
+        result = fit(self, *args, **kwargs)
+        (self.ckpt_dir / "best_before_stop.pt").write_bytes(b"old best")
+        return result
+
+    monkeypatch.setattr(Engine, "fit", keeps_aside)
+    out = tmp_path / "run"
+    rc, _, err = run_main("run", "--data", root, "--out", out, "--budget-minutes", "0.1", "--model", "test_resnet",
+                          "--device", "cpu", "--no-progress", "run.report=false", "train.batch_size=16")
+    assert rc == 0, err
+    stages = [d for d in out.iterdir() if (d / "checkpoints").is_dir()]
+    assert stages and not [d for d in stages if (d / "checkpoints" / "best_before_stop.pt").exists()]
+
+
+@pytest.mark.parametrize("edit, said", [
+    (("name: test_resnet", "name: test_vit"), "model.name ('test_resnet' in the run, 'test_vit' now)"),
+    (("lr: 0.004", "lr: 0.01"), "optim.lr (0.004 in the run, 0.01 now)"),
+    (("drop_path: 0.1", "drop_path: 0.0"), "model.drop_path (0.1 in the run, 0.0 now)"),
+])
+def test_resume_after_config_yaml_was_edited_names_the_settings_it_changes(root, ft_ref, tmp_path, edit, said):
+    """`name: test_resnet` -> `name: test_vit` in a run's config.yaml ended --resume in a load_state_dict
+    size-mismatch traceback (an internal error, exit 1); another optim.lr or drop_path was used without a word,
+    where the same change on the command line is refused."""
+    import shutil
+
+    from helpers.checks import run_main
+
+    out = tmp_path / "run"
+    shutil.copytree(ft_ref, out)
+    config = out / "config.yaml"
+    assert edit[0] in config.read_text()
+    config.write_text(config.read_text().replace(*edit))
+    rc, _, err = run_main("train", "--data", root, "--out", out, "--device", "cpu", "--no-progress", "--resume",
+                          "--epochs", "4")
+    assert rc == 2 and "Traceback" not in err, err
+    assert f"its config.yaml (edited since {out / 'checkpoints' / 'last.pt'} was written) changes {said}." in err, err
+    assert "Restore those settings in config.yaml to resume" in err, err
+
+
+def test_ranks_that_see_last_pt_files_of_one_step_but_of_other_sessions_refuse_to_resume(monkeypatch, tmp_path):
+    """Two copies of a run stopped at the same global step (node-local disks, one copied over later) are two
+    checkpoints: the ranks compared only the step, and resumed from different weights."""
+    import types
+
+    import fewshot.errors
+    import fewshot.train.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "all_gather_object", lambda ctx, x: [(5, 12.5), (5, 30.5)])
+    fake = types.SimpleNamespace(ctx=types.SimpleNamespace(enabled=True))
+    with pytest.raises(fewshot.errors.UserError) as err:
+        Engine._agree_on_checkpoint(fake, tmp_path / "last.pt", {"global_step": 5, "train_seconds": 12.5})
+    assert ("(rank 0: last.pt at global step 5 after 12.5 s of training; rank 1: last.pt at global step 5 after "
+            "30.5 s of training)") in str(err.value)

@@ -378,6 +378,14 @@ def same_training_images(task, last: Path, key_then: str | None, key_now: str | 
     return (n_run is None or int(n_run) == len(task.train_set)) and key_then == key_now
 
 
+def drop_best_aside(sdir: Path) -> None:
+    """A finished stage is never resumed: the best.pt that its closing budget stop kept aside for a resume
+    (engine.BEST_ASIDE) is a whole checkpoint of wasted disk."""
+    from fewshot.train.engine import BEST_ASIDE
+
+    (sdir / "checkpoints" / BEST_ASIDE).unlink(missing_ok=True)
+
+
 def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
                    closing=None, state=None, t_start: float = 0.0):
     """One fine-tuning run that ends at ``end_time``; with ``pseudo`` it starts from the previous round's
@@ -466,6 +474,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     metrics = final_metrics(engine, task, fdir)
     if state is not None:
         state.record(name, "done", time.monotonic() - t_start)
+    drop_best_aside(fdir)
     return task, metrics
 
 
@@ -635,6 +644,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     stage = {"epochs": engine.epochs_trained(), "seconds": time.monotonic() - t_start,
              "knn_acc1": (result or {}).get("knn_acc1")}
     state.record("pretrain", "done", time.monotonic() - t_start, epochs=engine.epochs_trained())
+    drop_best_aside(pdir)
     return weights, stage, fit_s
 
 

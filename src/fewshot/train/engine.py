@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from fewshot.utils import atomic_write_text, derive_seed, write_json
 
 
 TIMING_KEYS = ("images_per_s", "epoch_time_s", "eval_time_s")  # measurements, not results
+BEST_ASIDE = "best_before_stop.pt"  # best.pt as it was before a budget stop's partial epoch beat it
 
 
 class NonFiniteLossError(UserError):
@@ -199,6 +201,7 @@ class Engine:
             self.ema = ModelEmaV3(self.model, decay=t["ema_decay"], use_warmup=t["ema_warmup"], device=device)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_score, self.last_eval = -math.inf, None
+        self.best_before_stop: float | None = None  # the best score before a partial epoch's evaluation beat it
         self.nonfinite_skipped = 0
         self.epoch_skips_start = 0  # nonfinite_skipped when the current epoch began
         self._saved_step: int | None = None  # global step of the last.pt this process wrote last
@@ -225,7 +228,7 @@ class Engine:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-            "best_score": self.best_score, "last_eval": self.last_eval,
+            "best_score": self.best_score, "last_eval": self.last_eval, "best_before_stop": self.best_before_stop,
             "nonfinite_skipped": self.nonfinite_skipped, "epoch_skips_start": self.epoch_skips_start,
             "epoch_record": self.epoch_record,
             "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps,
@@ -289,17 +292,25 @@ class Engine:
 
     def resume(self) -> bool:
         path = self.ckpt_dir / "last.pt"
-        if not path.is_file():
+        ck = load_checkpoint(path) if path.is_file() else None
+        self._agree_on_checkpoint(path, ck)
+        if ck is None:
             return False
-        ck = load_checkpoint(path)
         if ck.get("kind") != self.task.kind:
             raise UserError(f"{path} is a {ck.get('kind')} checkpoint; cannot resume a {self.task.kind} run from it.")
         check_same_world(path, ck, self.ctx.world)
+        self._check_same_config(ck)
         self.task.load_checkpoint_extra(ck)  # the classes first: a mismatch is a clear error, not a shape error
-        self.model.load_state_dict(ck["model"])
-        if self.ema is not None and ck.get("ema") is not None:
-            self.ema.module.load_state_dict(ck["ema"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        try:
+            self.model.load_state_dict(ck["model"])
+            if self.ema is not None and ck.get("ema") is not None:
+                self.ema.module.load_state_dict(ck["ema"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"{path} does not fit the model that the run's settings build (torch: "
+                            f"{str(exc).strip().splitlines()[0]}): it may be from another fewshot version or have "
+                            f"been altered. Start a new run from its weights with another --out (--weights {path})."
+                            ) from None
         # The scheduler is not restored: its lr is a pure function of the config and global_step
         # (step_update), and its saved state would pin the old run length, so that `--resume --epochs N`
         # with a larger N trained the extra epochs at min_lr (0 for the MoCo presets).
@@ -308,6 +319,7 @@ class Engine:
             self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
         self.best_score, self.last_eval = ck["best_score"], ck.get("last_eval")
+        self.best_before_stop = ck.get("best_before_stop")
         self.nonfinite_skipped = ck.get("nonfinite_skipped", 0)
         self.epoch_skips_start = ck.get("epoch_skips_start", self.nonfinite_skipped)
         by_rank = ck.get("epoch_sums_by_rank")
@@ -315,13 +327,105 @@ class Engine:
         self.epoch_sums, self.epoch_steps = dict(sums or {}), int(ck.get("epoch_steps", 0))
         set_rng_state(ck["rng"])
         self._seconds_before = float(ck.get("train_seconds", 0.0))
+        # a budget that stopped the run mid-epoch logged the partial epoch; its steps go on now, and the
+        # finished epoch's row replaces that one (log.jsonl held epoch 22 three times)
+        reopened = self.step_in_epoch > 0 and not self._budget_spent()
+        if reopened and self.best_before_stop is not None:
+            self._drop_stop_best(ck["global_step"])
         if self.ctx.is_main:
-            # a budget that stopped the run mid-epoch logged the partial epoch; its steps go on now, and the
-            # finished epoch's row replaces that one (log.jsonl held epoch 22 three times)
-            self.trim_log(ck.get("epoch_record"), reopened=self.step_in_epoch > 0 and not self._budget_spent())
+            self.trim_log(ck.get("epoch_record"), reopened=reopened)
             for tmp in self.ckpt_dir.glob(".*.pt.*.tmp"):  # left by a kill during a checkpoint write
                 tmp.unlink(missing_ok=True)
+            if self.best_before_stop is None and (self.ckpt_dir / BEST_ASIDE).is_file():
+                # a kill between a budget stop's best.pt and its last.pt: this older last.pt's best is that one
+                os.replace(self.ckpt_dir / BEST_ASIDE, self.ckpt_dir / "best.pt")
         return True
+
+    def _agree_on_checkpoint(self, path: Path, ck: dict | None) -> None:
+        """Every rank resumes from the same last.pt, or none does. Each reads it from its own --out: on nodes with
+        node-local disks a rank that saw no last.pt started from scratch beside rank 0's resume, and the ranks'
+        collectives met out of step (gloo: "collective mismatch"; nccl: a hang). Called by every rank together."""
+        if not self.ctx.enabled:
+            return
+        # the training time it was written at tells apart two files of one global step (copies of other sessions)
+        seen = all_gather_object(self.ctx, None if ck is None else (int(ck.get("global_step") or 0),
+                                                                    float(ck.get("train_seconds") or 0.0)))
+        if len(set(seen)) == 1:
+            return
+        views: dict = {}
+        for rank, view in enumerate(seen):
+            views.setdefault(view, []).append(str(rank))
+        steps = [view[0] for view in views if view is not None]
+
+        def said_of(view) -> str:
+            if view is None:
+                return "no last.pt"
+            step, seconds = view
+            return f"last.pt at global step {step}" + (f" after {seconds:.1f} s of training"
+                                                        if steps.count(step) > 1 else "")
+
+        said = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}: {said_of(view)}"
+                         for view, ranks in views.items())
+        raise UserError(f"--resume: the processes do not see the same checkpoint {path} ({said}). --out must be a "
+                        f"folder on storage that every node shares: each process reads last.pt from it and rank 0 "
+                        f"alone writes it. Put the run on a shared file system (or copy it to the same path on "
+                        f"every node) and resume again.")
+
+    def _check_same_config(self, ck: dict) -> None:
+        """A resume continues the run as its checkpoint was configured: settings that differ now, beyond what
+        --resume may change, are refused as merge_resume_config refuses them on the command line. An edited
+        config.yaml (another optim.lr, augmentation, model.name) was used silently, or ended in a load_state_dict
+        traceback. model.weights is not compared: last.pt's weights replace the file, which a resumed `fewshot run`
+        stage finds where the run folder is now."""
+        from fewshot.config import flatten_dotted
+        from fewshot.train.finetune import resume_changes, resume_refused
+
+        then, now = (flatten_dotted(c) for c in (ck.get("config") or {}, self.cfg))
+        now = {k: v for k, v in now.items() if not k.startswith("_") and k != "model.weights"}
+        changed = resume_changes(then, now)
+        if changed:
+            raise resume_refused(self.run_dir, self.cfg, f"its config.yaml (edited since {self.ckpt_dir / 'last.pt'} "
+                                 f"was written)", changed, "Restore those settings in config.yaml")
+
+    def _drop_stop_best(self, stop_step: int) -> None:
+        """Resume reopens an epoch that a budget stop evaluated part-way and whose score made best.pt: that
+        evaluation's log row is dropped (the epoch is redone and logged whole), so its best.pt and best score go
+        too, and the best.pt it replaced comes back (kept aside by _set_best_aside). The run then goes on as if it
+        had never stopped: log.jsonl, best.pt and metrics.json all describe evaluations of the finished epochs.
+        last.pt names the stop's best until its next save: a resume that ends before then (an error, a kill) leaves
+        it for the next one, so best.pt is touched only while it is the stop's (of ``stop_step``); the first
+        resume's restored best.pt was deleted by the second as if the stop's evaluation had been the first best."""
+        best, aside = self.ckpt_dir / "best.pt", self.ckpt_dir / BEST_ASIDE
+        first_best = self.best_before_stop == -math.inf
+        if not first_best and not aside.is_file() and self._best_step(best) == stop_step:
+            self.best_before_stop = None  # the old best.pt is gone (removed by hand): the stop's evaluation stays
+            return
+        self.best_score, self.best_before_stop = self.best_before_stop, None
+        if self.ctx.is_main and self._best_step(best) == stop_step:
+            if first_best:
+                best.unlink(missing_ok=True)
+            else:
+                os.replace(aside, best)
+
+    @staticmethod
+    def _best_step(best: Path) -> int | None:
+        """The global step of a best.pt (None: none, or unreadable)."""
+        try:
+            return int(load_checkpoint(best)["global_step"]) if best.is_file() else None
+        except Exception:  # noqa: BLE001 - an unreadable best.pt is not the stop's: it is left as it is
+            return None
+
+    def _set_best_aside(self) -> None:
+        """A budget stop part-way through an epoch evaluates that partial epoch; when it scores a new best, the
+        best.pt it replaces is kept as BEST_ASIDE, since a resume that reopens the epoch takes that evaluation back
+        (_drop_stop_best)."""
+        self.best_before_stop = self.best_score
+        if self.ctx.is_main:
+            best, aside = self.ckpt_dir / "best.pt", self.ckpt_dir / BEST_ASIDE
+            if best.is_file():
+                os.replace(best, aside)
+            else:
+                aside.unlink(missing_ok=True)
 
     def _keep_resolved_amp(self, saved: str | None) -> None:
         """With ``train.amp=auto`` a resumed run computes as it started, even where this machine (another host,
@@ -497,6 +601,8 @@ class Engine:
                         break
                     if self.epoch < epochs and self._stop_requested():
                         self._stop_here()
+                if self.epoch >= epochs and self.ctx.is_main:  # no resume reopens a partial epoch any more
+                    (self.ckpt_dir / BEST_ASIDE).unlink(missing_ok=True)
                 # a signal in the last step or evaluation must stop the caller too (`fewshot run` would
                 # otherwise go on to its next stage, which the scheduler then kills without a checkpoint)
                 if self._stop_requested():
@@ -651,6 +757,8 @@ class Engine:
                 record["eval_time_s"] = time.perf_counter() - t1
                 self.last_eval = result
                 if result.get("score") is not None and result["score"] > self.best_score:
+                    if self.step_in_epoch:  # a budget stop's partial epoch, which a resume may reopen
+                        self._set_best_aside()
                     self.best_score = result["score"]
                     self.save("best")
                     new_best = True

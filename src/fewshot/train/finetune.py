@@ -96,6 +96,30 @@ RESUME_MAY_CHANGE = frozenset({
 })
 
 
+def resume_changes(before: dict, now: dict) -> list[str]:
+    """The settings (dotted) that ``now`` gives other values than the run's ``before``, beyond RESUME_MAY_CHANGE,
+    as a message lists them; a path compares as the file or folder it names."""
+    from fewshot.config import same_folders, same_weights_file
+
+    changed = []
+    for dotted, value in now.items():
+        if dotted in RESUME_MAY_CHANGE or dotted not in before:
+            continue
+        was = before[dotted]
+        if was != value and not (dotted == "data.unlabeled" and same_folders(was, value)) \
+                and not (dotted == "model.weights" and same_weights_file(was, value)):
+            changed.append(f"{dotted} ({was!r} in the run, {value!r} now)")
+    return changed
+
+
+def resume_refused(out: Path, cfg: dict, by: str, changed: list[str], undo: str) -> UserError:
+    """Why --resume refuses settings that differ from the run's (the command line's or an edited config.yaml)."""
+    command = "pretrain" if cfg.get("_task") == "moco" else "train"  # MoCo goes on as MoCo, not fine-tuning
+    return UserError(f"--resume continues '{out}' exactly as it was configured, but {by} changes "
+                     f"{', '.join(changed)}. {undo} to resume, or start a new run with another "
+                     f"--out (`fewshot {command} --weights {out}/checkpoints/last.pt` starts from its weights).")
+
+
 def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     """On --resume the saved config is the base; only what was given on this command line changes,
     and only the settings in RESUME_MAY_CHANGE may differ from the saved ones."""
@@ -103,7 +127,7 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     if not saved.is_file():
         return cfg
     base = load_yaml(saved)
-    from fewshot.config import DEFAULTS, get_dotted, same_folders, same_weights_file, set_dotted
+    from fewshot.config import DEFAULTS, get_dotted, set_dotted
 
     def in_run(keys: list[str]):
         try:
@@ -117,19 +141,9 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
             except KeyError:
                 return None
 
-    changed = []
-    for dotted, value in explicit.items():
-        if dotted in RESUME_MAY_CHANGE:
-            continue
-        before = in_run(dotted.split("."))
-        if before != value and not (dotted == "data.unlabeled" and same_folders(before, value)) \
-                and not (dotted == "model.weights" and same_weights_file(before, value)):
-            changed.append(f"{dotted} ({before!r} in the run, {value!r} now)")
+    changed = resume_changes({dotted: in_run(dotted.split(".")) for dotted in explicit}, explicit)
     if changed:
-        command = "pretrain" if base.get("_task") == "moco" else "train"  # MoCo goes on as MoCo, not fine-tuning
-        raise UserError(f"--resume continues '{out}' exactly as it was configured, but this command changes "
-                        f"{', '.join(changed)}. Drop those settings to resume, or start a new run with another "
-                        f"--out (`fewshot {command} --weights {out}/checkpoints/last.pt` starts from its weights).")
+        raise resume_refused(out, base, "this command", changed, "Drop those settings")
     for dotted, value in explicit.items():
         keys = dotted.split(".")
         try:
