@@ -579,9 +579,13 @@ class Engine:
                           f"{self.step_in_epoch} of {self.steps_per_epoch} (global step {self.global_step})")
             if self._budget_spent():  # it trained one more step and logged the stopped epoch again
                 if self.ctx.is_main:
+                    # a `fewshot run` stage: the run planned this budget and --resume refuses another one
+                    how = ("a `fewshot run` cannot give this stage more time: start a new run with a larger "
+                           "--budget-minutes" if (self.run_dir.parent / "run_state.json").is_file()
+                           else "give a larger train.budget_minutes to continue it")
                     print(f"note: the run used its whole budget (train.budget_minutes={t['budget_minutes']:g}) before "
                           f"it stopped, at epoch {self.epoch + (1 if self.step_in_epoch else 0)}: nothing is trained; "
-                          f"give a larger train.budget_minutes to continue it.", flush=True)
+                          f"{how}.", flush=True)
                 return self.last_eval
         elif resume and self.ctx.is_main:
             print(f"note: --resume given but {self.ckpt_dir / 'last.pt'} does not exist; starting fresh.")
