@@ -259,11 +259,13 @@ def test_stale_temporary_files_are_deleted_and_others_kept(tmp_path):
     cache_dir.mkdir()
     key = "0123456789abcdef0123"
     stale = [cache_dir / f"{key}.k3_x9qz1.tmp", cache_dir / f"{key}.tmp4242"]  # this version's and the last one's
-    kept = [cache_dir / f"{key}.recent01.tmp", cache_dir / "notes.tmp", cache_dir / "mine.txt"]
-    hours_ago = os.path.getmtime(tmp_path) - 2 * 3600
+    # a build of the in-memory fallback writes its temporary file only at the end: hours old, and still decoding
+    kept = [cache_dir / f"{key}.recent01.tmp", cache_dir / f"{key}.hours001.tmp", cache_dir / "notes.tmp",
+            cache_dir / "mine.txt"]
     for f in stale + kept:
         f.write_bytes(b"x")
         if f.name != f"{key}.recent01.tmp":
-            os.utime(f, (hours_ago, hours_ago))
+            ago = os.path.getmtime(tmp_path) - (2 if f.name == f"{key}.hours001.tmp" else 25) * 3600
+            os.utime(f, (ago, ago))
     load_images(images(tmp_path), 16, cache_dir, threads=1)  # a new entry, data.cache_max_gb unset
     assert not any(f.exists() for f in stale) and all(f.exists() for f in kept)

@@ -172,3 +172,15 @@ def test_eval_of_the_test_split_scores_undecodable_images_as_guesses_and_says_so
     assert json.loads(out.read_text())["datasets"][name]["n"] == n_test
     assert "1 undecodable test image(s) (listed above) are scored as predicted from a blank image" in err
     assert "n includes them" in err
+
+
+def test_a_folder_is_protected_as_a_run_only_where_a_training_wrote(run_copy, digits_root, tmp_path):
+    """A user's own `mine/checkpoints/` folder was refused as "the checkpoints of the run in mine"; a project folder
+    with its config.yaml (for --config) or a report's folder refused `eval --out metrics.json` the second time."""
+    for out in (tmp_path / "mine" / "checkpoints" / "pred.json", tmp_path / "proj" / "metrics.json"):
+        out.parent.mkdir(parents=True)
+        (tmp_path / "proj" / "config.yaml").write_text("model: {}\n") if out.parent.name == "proj" else None
+        command = "predict" if out.name == "pred.json" else "eval"
+        for _ in range(2):
+            rc, _, err = run_main(command, run_copy, "--data", digits_root, "--out", out, "--device", "cpu")
+            assert rc == 0, err

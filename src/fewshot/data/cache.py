@@ -328,7 +328,8 @@ def _drop(path: Path) -> None:
 
 
 def _warn_no_cache(cache_dir: Path, exc: OSError, nbytes: int) -> None:
-    if str(cache_dir) not in _WARNED and os.environ.get("RANK", "0") == "0":  # once per folder and job
+    local_rank = (os.environ.get("LOCAL_RANK") or "0").strip()  # once per node (not RANK: a lone RANK=1 pod)
+    if str(cache_dir) not in _WARNED and local_rank in ("", "0"):  # and once per folder
         _WARNED.add(str(cache_dir))
         full = exc.errno == errno.ENOSPC or "requested and" in str(exc)  # numpy's short write on a full disk
         world = os.environ.get("WORLD_SIZE", "").strip()  # under torchrun every process writes its own copy
@@ -339,7 +340,9 @@ def _warn_no_cache(cache_dir: Path, exc: OSError, nbytes: int) -> None:
                         f"folder)"), file=sys.stderr, flush=True)
 
 
-KEEP_RECENT_S = 3600  # an entry used (a temporary file written) this recently may be open in another process: kept
+KEEP_RECENT_S = 3600  # an entry used this recently may be open in another process: kept
+# a temporary file may be a build still decoding (the in-memory fallback writes it only at the end): a day
+KEEP_TEMP_S = 24 * 3600
 ENTRY_NAME = re.compile(r"[0-9a-f]{20}\.u8")  # cache_key's names: other files in a shared cache_dir stay
 TEMP_NAME = re.compile(r"[0-9a-f]{20}\.(tmp\d+|[0-9a-z_]+\.tmp)")  # load_images' temporary files (and older ones')
 
@@ -348,7 +351,7 @@ def prune_cache(cache_dir: Path, max_gb: float | None, keep: Path) -> None:
     """Delete the least recently used entries until the folder holds at most ``max_gb`` GB: every changed file
     list (one image added to a pool) wrote a new entry of the whole pool and the old one stayed forever. An
     entry's last use is its .u8 file's mtime (touched on every read). ``keep`` (just written) and entries used
-    within KEEP_RECENT_S stay, even over the cap. Temporary files not written for KEEP_RECENT_S are deleted
+    within KEEP_RECENT_S stay, even over the cap. Temporary files not written for KEEP_TEMP_S are deleted
     whatever the cap: a killed build (out of memory) left its full-size file behind."""
     entries, now = [], time.time()
     with contextlib.suppress(OSError):
@@ -357,7 +360,7 @@ def prune_cache(cache_dir: Path, max_gb: float | None, keep: Path) -> None:
                 if ENTRY_NAME.fullmatch(entry.name):
                     st = entry.stat()
                     entries.append((st.st_mtime, st.st_size, Path(entry.path)))
-                elif TEMP_NAME.fullmatch(entry.name) and now - entry.stat().st_mtime > KEEP_RECENT_S:
+                elif TEMP_NAME.fullmatch(entry.name) and now - entry.stat().st_mtime > KEEP_TEMP_S:
                     os.unlink(entry.path)
     if not max_gb:
         return

@@ -138,8 +138,14 @@ def _run_folders_around(out) -> list[Path]:
     """Run folders that would hold ``out``: its own folder, or the run above a checkpoints/ folder.
     `eval RUN_A --out RUN_B/checkpoints/best.pt` replaced another run's model with JSON (exit 0)."""
     folder = Path(os.path.abspath(out)).parent
-    around = [folder.parent] if folder.name == "checkpoints" else []
-    return around + [folder] if _holds_run(folder) else around
+    return [f for f in ((folder.parent,) if folder.name == "checkpoints" else ()) + (folder,) if _trained_here(f)]
+
+
+def _trained_here(folder: Path) -> bool:
+    """A folder a training wrote (not merely a project folder with its config.yaml, or a report's index.html:
+    `eval --out metrics.json` there was refused the second time)."""
+    return any((folder / n).is_file() for n in ("log.jsonl", "run_state.json", "checkpoints/last.pt",
+                                                "checkpoints/best.pt"))
 
 
 def _earlier_result(path: Path, kind: str) -> bool:
