@@ -110,10 +110,15 @@ def test_resume_removes_the_temp_files_a_kill_left_in_the_run_folder(tmp_path):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "last.pt").write_bytes(b"x")
+    import os
+
     stale = [out / ".metrics.json.k2_x9q0a.tmp", out / ".log.jsonl.abcdefgh.tmp"]
-    kept = [out / ".notes.tmp", out / "mine.abcdefgh.tmp", out / ".user.file"]
+    # an eval/predict --out RUN/x.json writing now (they take no lock) keeps its fresh temp file
+    kept = [out / ".notes.tmp", out / "mine.abcdefgh.tmp", out / ".user.file", out / ".x.json.fresh123.tmp"]
     for p in stale + kept:
         p.write_text("x")
+        if p in stale:
+            os.utime(p, (os.path.getmtime(p) - 3600,) * 2)
     prepare_run_dir(out, True, {"data": {"root": str(tmp_path / "data")}})
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
 

@@ -794,3 +794,17 @@ def test_a_resumed_round_whose_pool_changed_labels_what_its_time_allows_and_says
     record.write_text(json.dumps({"pool_size": 1000, "pool_labelled": 500, "pool_key": "then"}))
     assert pipeline.pool_share_in_time(None, images, 20.0, record, seed=1, pool_key="now") is None
     assert "pool changed since the run started (1,000 images then, 1,000 now)" in capsys.readouterr().out
+
+
+def test_the_val_guard_picks_the_best_earlier_round_not_only_round_1():
+    """With run.pseudo_rounds=3, round 2 (83.9) beat round 1 (83.5) and the last round (81.45); the run predicted
+    with round 1, the only one the guard compared."""
+    from fewshot.pipeline import better_earlier_round
+
+    earlier = {"finetune_labelled": {"mean_acc1": 83.5}, "finetune_round2": {"mean_acc1": 83.9}}
+    assert better_earlier_round(earlier, 81.45) == "finetune_round2"
+    assert better_earlier_round(earlier, 84.0) is None  # the last round wins
+    assert better_earlier_round(earlier, 83.9) is None  # ties go to the last round
+    assert better_earlier_round({"finetune_labelled": {"mean_acc1": 70.0}, "finetune_round2": {}}, 60.0) == \
+        "finetune_labelled"
+    assert better_earlier_round(earlier, None) is None

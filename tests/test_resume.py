@@ -787,3 +787,27 @@ def test_ranks_that_see_last_pt_files_of_one_step_but_of_other_sessions_refuse_t
         Engine._agree_on_checkpoint(fake, tmp_path / "last.pt", {"global_step": 5, "train_seconds": 12.5})
     assert ("(rank 0: last.pt at global step 5 after 12.5 s of training; rank 1: last.pt at global step 5 after "
             "30.5 s of training)") in str(err.value)
+
+
+def test_a_rank_that_cannot_read_last_pt_still_meets_the_others_in_the_agreement(monkeypatch, tmp_path):
+    """A half-copied last.pt on one node: that rank raised before the gather, and the others waited in it until
+    torchrun tore the job down, without the agreed message."""
+    import types
+
+    import fewshot.errors
+    import fewshot.train.engine as engine_mod
+
+    (tmp_path / "last.pt").write_bytes(b"half a checkpoint")
+    gathered = []
+
+    def gather(ctx, view):
+        gathered.append(view)
+        return [(5, 12.5), view]  # rank 0 read it; this process is rank 1
+
+    monkeypatch.setattr(engine_mod, "all_gather_object", gather)
+    fake = types.SimpleNamespace(ctx=types.SimpleNamespace(enabled=True), ckpt_dir=tmp_path)
+    fake._agree_on_checkpoint = types.MethodType(Engine._agree_on_checkpoint, fake)
+    with pytest.raises(fewshot.errors.UserError) as err:
+        Engine.resume(fake)
+    assert gathered and gathered[0][0] == "unreadable"
+    assert "rank 0: last.pt at global step 5" in str(err.value) and "rank 1: an unreadable last.pt (" in str(err.value)

@@ -292,8 +292,13 @@ class Engine:
 
     def resume(self) -> bool:
         path = self.ckpt_dir / "last.pt"
-        ck = load_checkpoint(path) if path.is_file() else None
-        self._agree_on_checkpoint(path, ck)
+        try:
+            ck, unreadable = (load_checkpoint(path) if path.is_file() else None), None
+        except (UserError, OSError) as exc:  # said after the other ranks heard of it: alone, they waited
+            ck, unreadable = None, exc
+        self._agree_on_checkpoint(path, ck, unreadable)
+        if unreadable is not None:
+            raise unreadable
         if ck is None:
             return False
         if ck.get("kind") != self.task.kind:
@@ -341,17 +346,18 @@ class Engine:
                 os.replace(self.ckpt_dir / BEST_ASIDE, self.ckpt_dir / "best.pt")
         return True
 
-    def _agree_on_checkpoint(self, path: Path, ck: dict | None) -> None:
+    def _agree_on_checkpoint(self, path: Path, ck: dict | None, unreadable: Exception | None = None) -> None:
         """Every rank resumes from the same last.pt, or none does. Each reads it from its own --out: on nodes with
         node-local disks a rank that saw no last.pt started from scratch beside rank 0's resume, and the ranks'
         collectives met out of step (gloo: "collective mismatch"; nccl: a hang). Called by every rank together."""
         if not self.ctx.enabled:
             return
         # the training time it was written at tells apart two files of one global step (copies of other sessions)
-        seen = all_gather_object(self.ctx, None if ck is None else (int(ck.get("global_step") or 0),
-                                                                    float(ck.get("train_seconds") or 0.0)))
+        view = (("unreadable", str(unreadable)) if unreadable is not None else None if ck is None else
+                (int(ck.get("global_step") or 0), float(ck.get("train_seconds") or 0.0)))
+        seen = all_gather_object(self.ctx, view)
         if len(set(seen)) == 1:
-            return
+            return  # the same view everywhere (an unreadable file: each rank raises its own error next)
         views: dict = {}
         for rank, view in enumerate(seen):
             views.setdefault(view, []).append(str(rank))
@@ -360,6 +366,8 @@ class Engine:
         def said_of(view) -> str:
             if view is None:
                 return "no last.pt"
+            if view[0] == "unreadable":
+                return f"an unreadable last.pt ({view[1]})"
             step, seconds = view
             return f"last.pt at global step {step}" + (f" after {seconds:.1f} s of training"
                                                         if steps.count(step) > 1 else "")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -64,12 +66,16 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None) -> dict:
 ATOMIC_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
-def remove_stale_temp_files(out: Path) -> None:
+def remove_stale_temp_files(out: Path, older_than_s: float = 600.0) -> None:
     """The temp files a kill during an atomic write left in RUN (.metrics.json.*.tmp): with the folder's lock held
-    no write of this run is under way, and nothing else removed them (the engine cleans checkpoints/ only)."""
+    no write of this run is under way, and nothing else removed them (the engine cleans checkpoints/ only). Only
+    old ones: `eval`/`predict --out RUN/x.json` take no lock and may be writing theirs now."""
+    now = time.time()
     for p in out.glob(".*.tmp"):
-        if ATOMIC_TEMP.fullmatch(p.name) and p.is_file() and not p.is_symlink():
-            p.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if ATOMIC_TEMP.fullmatch(p.name) and p.is_file() and not p.is_symlink() \
+                    and now - p.stat().st_mtime > older_than_s:
+                p.unlink(missing_ok=True)
 
 
 def _is_run_config(path: Path) -> bool:
@@ -115,9 +121,11 @@ def resume_changes(before: dict, now: dict) -> list[str]:
 def resume_refused(out: Path, cfg: dict, by: str, changed: list[str], undo: str) -> UserError:
     """Why --resume refuses settings that differ from the run's (the command line's or an edited config.yaml)."""
     command = "pretrain" if cfg.get("_task") == "moco" else "train"  # MoCo goes on as MoCo, not fine-tuning
+    other = (f"`fewshot {command} --weights {out}/checkpoints/last.pt` starts from its weights" if not
+             (Path(out).parent / "run_state.json").is_file() else  # a `fewshot run` stage: no train command there
+             f"`fewshot run` starts over; this stage belongs to the run in {Path(out).parent}")
     return UserError(f"--resume continues '{out}' exactly as it was configured, but {by} changes "
-                     f"{', '.join(changed)}. {undo} to resume, or start a new run with another "
-                     f"--out (`fewshot {command} --weights {out}/checkpoints/last.pt` starts from its weights).")
+                     f"{', '.join(changed)}. {undo} to resume, or start a new run with another --out ({other}).")
 
 
 def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:

@@ -48,10 +48,12 @@ def sigterm_as_interrupt():
     """Within the block SIGTERM raises ``Terminated`` where the program is, as Ctrl-C raises KeyboardInterrupt: a
     command killed outside its training loop (start-up, metrics and plots after the last epoch, predict, data) died
     with no word and half a cleanup. Training loops install ``stop_on_signals`` over it (finish the step, write
-    last.pt), `fewshot run` ``stop_at_once_on_signals``. Left alone where the caller handles SIGTERM itself, and
-    outside the main thread."""
+    last.pt), `fewshot run` ``stop_at_once_on_signals``. Left alone where the caller handles SIGTERM itself,
+    outside the main thread, and under torchrun (WORLD_SIZE > 1): a rank blocked in a collective runs a Python
+    handler only when the call returns, and torchrun's SIGTERM must end it at once."""
+    world = (os.environ.get("WORLD_SIZE") or "").strip()
     if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL or (world.isdigit() and int(world) > 1):
         yield
         return
 
