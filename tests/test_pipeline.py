@@ -114,7 +114,10 @@ def test_default_run_is_self_training_on_the_pool_without_moco(digits_root, tmp_
     second = yaml.safe_load((out / "finetune" / "config.yaml").read_text())
     assert first["model"]["weights"] is None and first["train"]["budget_minutes"] > 0
     assert second["train"]["budget_minutes"] > 0
-    assert summary["predicted_with"] in ("finetune", "finetune_labelled")  # the better round on val
+    # the best round on val (round 2 too, since the guard compares every earlier round)
+    assert summary["predicted_with"] in ("finetune", "finetune_labelled", "finetune_round2")
+    val = {n: stages[n]["val_mean_acc1"] for n in stages}
+    assert val[summary["predicted_with"]] == max(val.values()), val
     _check_pred_all(digits_root, out)
 
 
