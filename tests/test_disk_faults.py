@@ -146,6 +146,19 @@ def test_simulated_full_disk_fails_before_training(root, tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_budget_needs_room_for_the_best_pt_a_budget_stop_keeps_aside(root, tmp_path, monkeypatch):
+    """With a budget a stop may keep the replaced best.pt aside (BEST_ASIDE) while a new best.pt and last.pt are
+    written: four checkpoints at once, not three. Room for 3.5 is enough without a budget and refused with one."""
+    mib = 1 << 20
+    monkeypatch.setattr(Engine, "checkpoint_bytes", lambda self: 10 * mib)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=35 * mib))
+    rc, _, err = run_main(*train_argv(root, tmp_path / "budget"), "train.budget_minutes=5")
+    assert_clean_failure(rc, err, "not enough free space", "keeps aside", "41.0 MiB needed")
+    rc, _, err = run_main(*train_argv(root, tmp_path / "plain"))
+    assert rc == 0, err
+
+
 def test_simulated_enospc_during_a_checkpoint_write(root, tmp_path, monkeypatch):
     real = checkpoint.atomic_write_bytes
     calls = {"n": 0}

@@ -274,20 +274,24 @@ class Engine:
         return state * (2 if self.ema is not None else 1) + params * slots
 
     def check_disk_space(self) -> None:
-        """Fail before training when the run folder cannot hold last.pt + best.pt + a temp copy."""
+        """Fail before training when the run folder cannot hold last.pt + best.pt + a temp copy, and with a budget
+        also the best.pt that a budget stop keeps aside (BEST_ASIDE)."""
         import shutil
 
         if not self.ctx.is_main:
             return
-        have = sum(p.stat().st_size for p in (self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt") if p.is_file())
-        need = 3 * self.checkpoint_bytes() - have + (1 << 20)
+        budget = bool(self.cfg["train"].get("budget_minutes"))
+        names = ("last.pt", "best.pt", BEST_ASIDE)
+        have = sum(p.stat().st_size for p in (self.ckpt_dir / n for n in names) if p.is_file())
+        need = (4 if budget else 3) * self.checkpoint_bytes() - have + (1 << 20)
         try:
             free = shutil.disk_usage(self.run_dir).free
         except OSError:
             return
         if free < need:
             raise UserError(f"not enough free space for the checkpoints in '{self.run_dir}': about "
-                            f"{need / 2**20:.1f} MiB needed (last.pt, best.pt and a temporary copy), "
+                            f"{need / 2**20:.1f} MiB needed (last.pt, best.pt, a temporary copy"
+                            f"{' and the best.pt a budget stop keeps aside' if budget else ''}), "
                             f"{free / 2**20:.1f} MiB free. Free some space or choose another --out.")
 
     def resume(self) -> bool:
