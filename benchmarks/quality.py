@@ -151,12 +151,44 @@ def n_runs(entry: dict, name: str) -> int:
     return len(entry["scratch"][scratch_choice(entry)])
 
 
+def with_seeds(runs: list[dict], old_seeds: list[int]) -> list[dict]:
+    """Runs are recorded in seed order; records older than the "seed" field take it from there."""
+    return [r if "seed" in r else {**r, "seed": old_seeds[i] if i < len(old_seeds) else None}
+            for i, r in enumerate(runs)]
+
+
+def planned_runs(args: argparse.Namespace, old: dict | None) -> dict[tuple[str, str], set[int]]:
+    """(kind, method) -> the seeds this invocation runs, for the up-front overlap check of --merge."""
+    plan: dict[tuple[str, str], set[int]] = {}
+    lr = scratch_choice(old)
+    if lr is not None and not args.no_scratch:  # with an earlier lr choice, its lr runs every seed
+        plan[("scratch", lr)] = set(args.seeds)
+    for v, (folder, name, _) in enumerate(VARIANTS):
+        if (v and args.no_ablations) or (args.variants and folder not in args.variants):
+            continue
+        plan[("variants", name)] = set(args.seeds if not v else (args.ablation_seeds or args.seeds))
+    return plan
+
+
+def check_merge_overlap(args: argparse.Namespace, earlier: dict) -> None:
+    """Refuse before any run starts, not after hours of runs, when a method would get a seed the earlier file has."""
+    for budget in args.budgets:
+        old = earlier.get("budgets", {}).get(f"{budget:g}")
+        if not old:
+            continue
+        for (kind, method), seeds in planned_runs(args, old).items():
+            runs = with_seeds(old.get(kind, {}).get(method, []), earlier.get("seeds", []))
+            both = seeds & {r["seed"] for r in runs}
+            label = method if kind == "variants" else f"scratch lr {method}"
+            if both:
+                raise SystemExit(f"--merge {args.merge}: at {budget:g} min, '{label}' already has seeds "
+                                 f"{sorted(both)}; run other --seeds (or leave out --merge)")
+
+
 def merge_runs(into: dict, old: dict, old_seeds: list[int], source: str) -> None:
-    """Adds an earlier file's runs (method -> runs) to this invocation's; a method's seeds must not overlap.
-    Runs are recorded in seed order; records older than the "seed" field take it from there."""
+    """Adds an earlier file's runs (method -> runs) to this invocation's; a method's seeds must not overlap."""
     for key, runs in old.items():
-        runs = [r if "seed" in r else {**r, "seed": old_seeds[i] if i < len(old_seeds) else None}
-                for i, r in enumerate(runs)]
+        runs = with_seeds(runs, old_seeds)
         both = {r["seed"] for r in runs} & {r["seed"] for r in into.get(key, [])}
         if both:
             raise SystemExit(f"--merge: {key} has runs of seeds {sorted(both)} in both {source} and this one")
@@ -205,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     CACHED_ONLY = args.cached_only
     root = Path(args.out)
     earlier = load_results(args.merge) if args.merge else None
+    if earlier is not None:
+        check_merge_overlap(args, earlier)
     seeds = sorted(set(args.seeds) | set(earlier.get("seeds", []) if earlier else []))
     results: dict = {"budgets": {}, "seeds": seeds, "scratch_lrs": args.scratch_lrs}
     for budget in args.budgets:

@@ -161,6 +161,18 @@ def test_quality_merge_of_an_old_file_writes_every_output(bench, tmp_path, earli
     assert "| 5 | " + ST + " | 3 |" in out.with_suffix(".md").read_text()
 
 
+def test_quality_merge_refuses_an_overlapping_seed_before_any_run(bench, tmp_path, earlier, monkeypatch):
+    """Seed 1 is in the earlier file: the refusal came only after every run of this invocation had been made."""
+    q = bench("quality")
+    monkeypatch.setattr(q, "run_one", lambda *a, **kw: pytest.fail("a run started before the overlap check"))
+    with pytest.raises(SystemExit, match=r"already has seeds \[1\]"):
+        q.main(["--no-ablations", "--seeds", "1", "3", "--budgets", "5", "--out", str(tmp_path / "runs"),
+                "--merge", str(earlier), "--results", str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit, match=r"already has seeds \[2\]"):  # the variants too, without scratch
+        q.main(["--no-scratch", "--no-ablations", "--seeds", "2", "--budgets", "5", "--out", str(tmp_path / "runs"),
+                "--merge", str(earlier), "--results", str(tmp_path / "r.json")])
+
+
 def test_quality_refuses_bad_input_clearly(bench, tmp_path, capsys):
     q = bench("quality")
     empty = ["--cached-only", "--no-scratch", "--seeds", "0", "--out", str(tmp_path / "none")]
