@@ -735,3 +735,22 @@ def test_the_pool_is_scanned_once_while_its_folders_stay_unchanged(copy_root, da
     capfd.readouterr()
     layout.find_unlabeled_images([copy_root / "unlabeled"])
     assert "note: scanning the unlabeled pool" in capfd.readouterr().err
+
+
+def test_sub_folders_beside_a_class_s_images_are_named_not_silently_left_out(copy_root, dataset_names, capsys):
+    """Held-out data with train/<class>/{a.png, nested/b.png} lost the nested images without a word."""
+    cls = next(p for p in sorted((copy_root / dataset_names[0] / "train").iterdir()) if p.is_dir())
+    nested = cls / "nested" / "deeper"
+    nested.mkdir(parents=True)
+    moved = sorted(cls.glob("*.png"))[0]
+    shutil.move(str(moved), nested / moved.name)
+    infos = scan_root(copy_root)
+    assert all(p.parent == cls for p, _ in infos[0].train if p.parent.name == cls.name)
+    err = capsys.readouterr().err
+    assert f"warning: {cls}: sub-folder(s) nested not read" in err and "move them up" in err
+
+
+def test_a_missing_val_folder_says_what_val_is_for(copy_root, dataset_names):
+    shutil.rmtree(copy_root / dataset_names[0] / "val")
+    with pytest.raises(DataLayoutError, match=r"missing split folder 'val' \(the labelled images that choose"):
+        scan_root(copy_root)

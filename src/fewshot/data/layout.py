@@ -289,9 +289,11 @@ def is_utf8_name(name: str) -> bool:
         return False
 
 
-def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None = None) -> dict[str, list[Path]]:
+def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None = None,
+                   warnings: list[str] | None = None) -> dict[str, list[Path]]:
     """class name -> sorted image paths; records empty / image-less class folders (in ``gaps`` when given:
-    a val class without images is a warning, not a layout error)."""
+    a val class without images is a warning, not a layout error). Sub-folders beside a class's images are not
+    read: said in ``warnings`` (a held-out set with nested folders lost a third of its images without a word)."""
     gaps = problems if gaps is None else gaps
     classes: dict[str, list[Path]] = {}
     entries = _listdir(split_dir, problems)
@@ -323,6 +325,10 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
                 gaps.append(f"{entry}: class folder without images (allowed extensions: "
                             f"{', '.join(sorted(IMAGE_EXTS))})")
             continue
+        nested = [p.name for p in files if p.is_dir()]
+        if nested and warnings is not None:
+            warnings.append(f"{entry}: sub-folder(s) {', '.join(nested[:3])}{', ...' if len(nested) > 3 else ''} "
+                            f"not read: only the images directly in a class folder are used; move them up to use them")
         name = unicodedata.normalize("NFC", entry.name)  # macOS writes decomposed names: "café" is one class
         if not is_utf8_name(name):  # plots, TensorBoard and JSON need text: the run crashed after its first epoch
             problems.append(f"{entry}: the class folder's name is {NOT_UTF8}")
@@ -445,7 +451,7 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
                         f"datasets under those keys beside the datasets' names; rename the folder.")
 
     problems: list[str] = []
-    val_gaps: list[str] = []
+    layout_warnings: list[str] = []
     infos: list[DatasetInfo] = []
     for name in names:
         ds_dir = root / folder_of[name]
@@ -454,12 +460,16 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         for split in splits:
             split_dir = ds_dir / split
             if not split_dir.is_dir():
-                problems.append(f"{split_dir}: missing split folder '{split}'")
+                why = {"val": " (the labelled images that choose the checkpoint and settings: move some of each "
+                              "class's train images to val/<class>/)",
+                       "train": " (the labelled images, one folder per class: train/<class>/<image>)",
+                       "test": " (the images to predict, without class folders: test/<image>)"}.get(split, "")
+                problems.append(f"{split_dir}: missing split folder '{split}'{why}")
                 continue
             if split == "test":
                 test = _scan_test(split_dir, problems)
             else:
-                found[split] = _scan_labelled(split_dir, problems, val_gaps if split == "val" else None)
+                found[split] = _scan_labelled(split_dir, problems, layout_warnings if split == "val" else None, layout_warnings)
         train_classes = sorted(found.get("train", {}))
         if "train" in found and "val" in found:
             val_classes = sorted(found["val"])
@@ -471,7 +481,7 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
                 problems.append(f"{ds_dir / 'val'}: no val images (every class needs its labelled images in "
                                 f"train/<class>/, and val/<class>/ scores them)")
             elif only_train:  # held-out data may lack val images for a rare class: train it, score the others
-                val_gaps.append(f"{ds_dir / 'val'}: no val images for {len(only_train)} class(es), which are "
+                layout_warnings.append(f"{ds_dir / 'val'}: no val images for {len(only_train)} class(es), which are "
                                 f"trained but not scored on val: {', '.join(only_train[:10])}"
                                 + (" ..." if len(only_train) > 10 else ""))
         classes = tuple(train_classes or sorted(found.get("val", {})))
@@ -485,7 +495,7 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
                                  val=labelled("val"), test=tuple(test), answer_key=key if key.is_file() else None))
     if problems:
         raise DataLayoutError(problems)
-    warn_once(val_gaps)
+    warn_once(layout_warnings)
     return infos
 
 
