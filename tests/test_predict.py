@@ -184,3 +184,14 @@ def test_a_folder_is_protected_as_a_run_only_where_a_training_wrote(run_copy, di
         for _ in range(2):
             rc, _, err = run_main(command, run_copy, "--data", digits_root, "--out", out, "--device", "cpu")
             assert rc == 0, err
+
+
+def test_a_dataset_without_a_usable_test_split_gets_the_datasets_hint(trained, copy_root, dataset_names, tmp_path):
+    """A missing dataset folder suggested --datasets; a missing or empty test/ of one dataset did not."""
+    first, second = dataset_names
+    shutil.rmtree(copy_root / second / "test")
+    rc, _, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "pred_all.json")
+    assert rc == 2 and f"missing split folder 'test'" in err and f"pass --datasets {first}" in err, err
+    rc, _, err = run_main("predict", trained, "--data", copy_root, "--datasets", first, "--out",
+                          tmp_path / "pred_all.json")
+    assert rc == 0, err

@@ -157,16 +157,11 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     try:
         infos = scan_root(root, chosen, splits=(split,))
     except UserError as exc:
-        from fewshot.data.layout import list_datasets
-
-        try:
-            here = [d for d in chosen if d in list_datasets(root)]
-        except UserError:
-            here = []
-        if datasets is not None or not here or len(here) == len(chosen):
+        here = [] if datasets is not None else _usable_datasets(root, chosen, split)
+        if not here or len(here) == len(chosen):
             raise
-        raise UserError(f"{exc} The model knows {', '.join(chosen)}; to use only those under this root, pass "
-                        f"{datasets_option(here)}.") from None
+        raise UserError(f"{exc} The model knows {', '.join(chosen)}; to use only those with a usable {split} split "
+                        f"under this root, pass {datasets_option(here)}.") from None
     infos = [_in_model_classes(info, tm.space.classes[tm.space.index(info.name)], split) for info in infos]
     if split == "test":
         warn_about_what_is_not_predicted(tm, root, infos, datasets, "not scored" if scoring else "not predicted")
@@ -178,6 +173,19 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     if split == "test":
         warn_about_blank_test_images(data, scoring)
     return infos, data
+
+
+def _usable_datasets(root: Path, chosen: list[str], split: str) -> list[str]:
+    """The chosen datasets whose ``split`` scans cleanly on its own: the --datasets hint when others are missing
+    or have no usable split (a missing test/ gave no hint, a missing dataset folder did)."""
+    usable = []
+    for name in chosen:
+        try:
+            scan_root(root, [name], splits=(split,))
+        except UserError:
+            continue
+        usable.append(name)
+    return usable
 
 
 def warn_about_blank_test_images(data, scoring: bool = False) -> None:
