@@ -98,3 +98,14 @@ def test_compare_prints_a_stopped_runs_fraction(tmp_path):
     rc, out, err = run_main("compare", run)
     assert rc == 0, err
     assert "1.38" in out
+
+
+def test_compare_says_a_run_stopped_before_its_first_evaluation(tmp_path):
+    """A run killed in its first epoch (last.pt, no evaluation) showed as a row of '-' without a word."""
+    run = _write_log(tmp_path / "killed", [_row(1, 3)])
+    rc, out, err = run_main("compare", run)
+    assert rc == 0, err
+    assert "stopped before its first evaluation" in (out + err) and "--resume" in (out + err)
+    evaluated = _write_log(tmp_path / "evaluated", [_row(1, 3, val={"digits": {"acc1": 50.0}})])
+    rc, out, err = run_main("compare", evaluated)
+    assert rc == 0 and "stopped before its first evaluation" not in out + err, out + err

@@ -85,6 +85,9 @@ def run_compare(paths: list[str], file=None) -> list[T.Table]:
             epochs = [x["epoch"] for x in r.log if isinstance(x.get("epoch"), int)]
             r.notes.append(f"the run is still being written (training): its figures are of the epochs logged so far"
                            f"{f' (up to epoch {max(epochs)})' if epochs else ''}, not its final ones.")
+        elif not (r.metrics or r.metrics_known or r.metrics_unknown or r.evaluated):  # a row of "-" said nothing
+            r.notes.append("the run stopped before its first evaluation (no metrics.json, no evaluation in log.jsonl): "
+                           "it has no accuracies yet; the same command with --resume continues it.")
         for n in r.notes:
             print(printable(f"note ({r.label}): {n}"), file=file)
     return tables
