@@ -429,3 +429,13 @@ def test_an_older_runs_relative_path_matches_by_its_tail_and_says_what_was_taken
     assert "note: the run recorded pool relative to a folder it did not record" in capsys.readouterr().err
     assert same_weights_file("/a/w.pt", "/a/w.pt") and not same_weights_file("/a/w.pt", "/b/w.pt")
     assert resolve(flags={"model.weights": "https://x.org/w.pth"})["model"]["weights"] == "https://x.org/w.pth"
+
+
+def test_a_local_config_named_without_yaml_wins_over_the_shipped_recipe(tmp_path, monkeypatch):
+    """`--config cpu_tiny` beside ./cpu_tiny.yaml took the shipped recipe; `--config myexp` was "not found"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cpu_tiny.yaml").write_text("train:\n  epochs: 7\n")
+    (tmp_path / "myexp.yml").write_text("train:\n  epochs: 3\n")
+    assert resolve(file="cpu_tiny")["train"]["epochs"] == 7
+    assert resolve(file="myexp")["train"]["epochs"] == 3
+    assert resolve(file="moco_cpu_small")["moco"] is not None  # a shipped recipe by name still works

@@ -358,11 +358,15 @@ _NOTED_RECIPES: set[str] = set()
 
 
 def find_config(path: str | Path) -> Path:
-    """A config file as given, else the shipped recipe of that name (`moco_cpu_small`, or the README's
-    `configs/moco_cpu_small.yaml` from a folder that has no configs/, as after `pip install`)."""
+    """A config file as given (`.yaml` may be left out), else the shipped recipe of that name (`moco_cpu_small`, or
+    the README's `configs/moco_cpu_small.yaml` from a folder that has no configs/, as after `pip install`)."""
     path = Path(path).expanduser()
     if path.is_file():
         return path
+    if path.suffix not in (".yaml", ".yml"):  # `--config myexp` for ./myexp.yaml, before a shipped recipe's name
+        for local in (path.with_name(f"{path.name}.yaml"), path.with_name(f"{path.name}.yml")):
+            if local.is_file():
+                return local
     if len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "configs"):  # a recipe's name, not a path
         for candidate in (RECIPES / path.name, RECIPES / f"{path.name}.yaml"):
             if candidate.is_file():
