@@ -674,6 +674,25 @@ def test_run_and_train_warn_that_a_pretrain_recipe_is_only_half_applied(tmp_path
 
 
 
+def test_pretrain_warns_that_a_fine_tuning_recipe_trains_moco_with_its_optimiser(tmp_path, capsys):
+    """`fewshot pretrain --config course_resnet50` trained MoCo with AdamW at 1e-4 without a word."""
+    from fewshot.cli_moco import warn_finetune_config
+    from fewshot.config import resolve, save_yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    warn_finetune_config(repo / "configs" / "course_resnet50.yaml")
+    assert "looks like a fine-tuning recipe" in capsys.readouterr().err
+    for quiet in ("moco_cpu_small.yaml", "moco_course_r50.yaml", "cpu_tiny.yaml"):
+        warn_finetune_config(repo / "configs" / quiet)
+        assert capsys.readouterr().err == "", quiet
+    save_yaml(resolve(), tmp_path / "train.yaml")  # a train run's saved config.yaml: AdamW, no _task
+    warn_finetune_config(tmp_path / "train.yaml")
+    assert "looks like a fine-tuning recipe" in capsys.readouterr().err
+    save_yaml({**resolve(default_preset="mocov2"), "_task": "moco"}, tmp_path / "pretrain.yaml")
+    warn_finetune_config(tmp_path / "pretrain.yaml")
+    assert capsys.readouterr().err == ""
+
+
 def test_the_plan_line_says_a_fraction_when_less_than_an_epoch_fits():
     """A 0.5-minute run printed "about 2 epochs" (its 8-epoch floor divided by 4) for 3 steps of 8."""
     from fewshot.pipeline import about_epochs, fitting_epochs

@@ -135,6 +135,7 @@ def cmd_pretrain(args, extra) -> int:
     from fewshot.ssl.pretrain import run_pretrain
 
     check_unlabeled_words(args.unlabeled)
+    warn_finetune_config(args.config)
     cfg = resolve_run_config(args, extra, PRETRAIN_FLAGS, preset=args.preset, default_preset="mocov2")
     run_pretrain(cfg, Path(args.out), resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once
@@ -226,6 +227,24 @@ def warn_replaced_overrides(extra) -> None:
         dotted = ".".join(parse_override(word)[0])
         if dotted in RUN_REPLACES:
             print(f"warning: {word} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr, flush=True)
+
+
+def warn_finetune_config(path) -> None:
+    """The reverse of warn_pretrain_config: a fine-tuning recipe (an AdamW optimiser, no moco: section) given to
+    `fewshot pretrain` trained MoCo with AdamW at the recipe's lr and silently ignored its fine-tuning fields."""
+    if not path:
+        return
+    from fewshot.config import load_yaml
+
+    raw = load_yaml(path) or {}
+    optim = raw.get("optim") if isinstance(raw.get("optim"), dict) else {}
+    if raw.get("_task") == "moco" or optim.get("name") in (None, "sgd"):  # a train run's config.yaml: adamw
+        return
+    print(f"warning: {path} looks like a fine-tuning recipe for `fewshot train` (optimiser "
+          f"{optim.get('name', '?')}, lr {optim.get('lr', '?')}). `fewshot pretrain` trains MoCo with its optim.* "
+          f"fields as given and ignores its fine-tuning fields (ema, label smoothing, sampler, backbone lr). For MoCo, "
+          f"use a preset (--preset mocov2: SGD lr 0.03) or `--config moco_cpu_small`; fine-tune with "
+          f"`fewshot train --config {path} --weights <export>`.", file=sys.stderr, flush=True)
 
 
 def warn_pretrain_config(path, command: str) -> None:
