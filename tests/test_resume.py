@@ -811,3 +811,16 @@ def test_a_rank_that_cannot_read_last_pt_still_meets_the_others_in_the_agreement
         Engine.resume(fake)
     assert gathered and gathered[0][0] == "unreadable"
     assert "rank 0: last.pt at global step 5" in str(err.value) and "rank 1: an unreadable last.pt (" in str(err.value)
+
+
+def test_a_setting_in_another_spelling_is_no_change_on_resume():
+    """`--resume semi.method=off` on a run without FixMatch was refused ("'off' in the run, False now": YAML
+    reads a bare off as false), and a real change showed False where the user typed off."""
+    from fewshot.config import flatten_dotted, resolve
+    from fewshot.train.finetune import resume_changes
+
+    plain = flatten_dotted(resolve())
+    off = flatten_dotted(resolve(overrides=["semi.method=off", "train.amp=off", "optim.fused=true"]))
+    assert resume_changes({**plain, "optim.fused": "on"}, off) == []
+    fixmatch = flatten_dotted(resolve(overrides=["semi.method=fixmatch", "train.amp=false", "optim.fused=on"]))
+    assert resume_changes(fixmatch, off) == ["semi.method ('fixmatch' in the run, 'off' now)"]

@@ -550,6 +550,37 @@ CHOICES = {  # fields whose value must be one of a few words (checked at start-u
     "run.semi_method": ("pseudo", "fixmatch", "off", "none", False, None),  # pipeline.check_run_settings
     "run.pseudo_targets": ("hard", "soft"),
 }
+# words that mean the same value of a field (YAML reads a bare off as false; flags keep the word): the first of each
+# group is how a resume's comparison and its message show it
+SAME_VALUE = {
+    "semi.method": (("off", False, None),),
+    "run.semi_method": (("off", "none", False, None),),
+    "train.amp": (("off", "false", False, None),),
+    "moco.shuffle_bn": (("off", "none", False),),
+    "optim.fused": (("off", "false", False), ("on", "true", True)),
+}
+
+
+def canonical_value(dotted: str, value: Any) -> Any:
+    """``value`` as the first word of its SAME_VALUE group (semi.method=off is 'off', not False)."""
+    for group in SAME_VALUE.get(dotted, ()):
+        if any(value is v or (isinstance(v, str) and value == v) for v in group):
+            return group[0]
+    return value
+
+
+def setting_changed(dotted: str, was: Any, now: Any) -> bool:
+    """Whether a resume's setting differs from the run's: the same word in another spelling, the same folders or
+    the same weights file by another path are no change."""
+    if canonical_value(dotted, was) == canonical_value(dotted, now):
+        return False
+    if dotted == "data.unlabeled":
+        return not same_folders(was, now)
+    if dotted == "model.weights":
+        return not same_weights_file(was, now)
+    return True
+
+
 TEXT = ("model.weights", "data.root", "data.cache_dir")  # None by default, a path when given
 TEXT_LIST = ("data.datasets", "data.unlabeled")  # None, one text (datasets: comma-separated) or a list of texts
 OPTIONAL = {  # None by default (resolved later), a number when given

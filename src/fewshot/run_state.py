@@ -14,7 +14,7 @@ import copy
 import json
 from pathlib import Path
 
-from fewshot.config import DEFAULTS, flatten_dotted, same_folders, same_weights_file
+from fewshot.config import DEFAULTS, canonical_value, flatten_dotted, setting_changed
 from fewshot.errors import UserError
 from fewshot.utils import write_json
 
@@ -108,10 +108,9 @@ class RunState:
         # a setting added to fewshot since the run started counts as its default there
         now = flatten_dotted(json.loads(json.dumps(cfg)))
         before = {**flatten_dotted(json.loads(json.dumps(DEFAULTS))), **flatten_dotted(saved_cfg)}
-        changed = [f"{k} ({before.get(k)!r} in the run, {now.get(k)!r} now)" for k in sorted(set(now) | set(before))
-                   if k not in RUN_RESUME_MAY_CHANGE and now.get(k) != before.get(k)
-                   and not (k == "data.unlabeled" and same_folders(before.get(k), now.get(k)))
-                   and not (k == "model.weights" and same_weights_file(before.get(k), now.get(k)))]
+        changed = [f"{k} ({canonical_value(k, before.get(k))!r} in the run, {canonical_value(k, now.get(k))!r} now)"
+                   for k in sorted(set(now) | set(before))
+                   if k not in RUN_RESUME_MAY_CHANGE and setting_changed(k, before.get(k), now.get(k))]
         if changed:
             raise UserError(f"--resume continues '{out}' with the settings it started with, but this command "
                             f"changes {', '.join(changed)}. Resume with the run's own command line (plus "

@@ -105,16 +105,16 @@ RESUME_MAY_CHANGE = frozenset({
 def resume_changes(before: dict, now: dict) -> list[str]:
     """The settings (dotted) that ``now`` gives other values than the run's ``before``, beyond RESUME_MAY_CHANGE,
     as a message lists them; a path compares as the file or folder it names."""
-    from fewshot.config import same_folders, same_weights_file
+    from fewshot.config import canonical_value, setting_changed
 
     changed = []
     for dotted, value in now.items():
         if dotted in RESUME_MAY_CHANGE or dotted not in before:
             continue
         was = before[dotted]
-        if was != value and not (dotted == "data.unlabeled" and same_folders(was, value)) \
-                and not (dotted == "model.weights" and same_weights_file(was, value)):
-            changed.append(f"{dotted} ({was!r} in the run, {value!r} now)")
+        if setting_changed(dotted, was, value):
+            changed.append(f"{dotted} ({canonical_value(dotted, was)!r} in the run, "
+                           f"{canonical_value(dotted, value)!r} now)")
     return changed
 
 
