@@ -162,7 +162,7 @@ def test_fixmatch_weak_view_is_the_clean_image_and_the_strong_view_its_randaugme
     assert torch.equal(weak, again[0]) and torch.equal(strong, again[1])  # reproducible from (seed, epoch, step)
     assert not torch.equal(stream.draw(24, seed=0, epoch=1, step=3)[0], weak)
     # the weak view of every drawn image is one pool image exactly, never mirrored without data.hflip
-    pool = (stream.images.float() - 127.5) / 63.75
+    pool = (stream.images[:].float() - 127.5) / 63.75
     flat = pool.flatten(1)
     for w in weak:
         assert bool((flat - w.flatten()).abs().amax(1).lt(1e-4).any())
@@ -174,7 +174,7 @@ def test_fixmatch_weak_view_is_the_clean_image_and_the_strong_view_its_randaugme
 def test_fixmatch_views_follow_data_hflip(digits_root):
     stream = _stream(digits_root, hflip=1.0)
     weak, _, _ = stream.draw(8, seed=0, epoch=0, step=0)
-    pool = ((stream.images.float() - 127.5) / 63.75).flip(-1).flatten(1)
+    pool = ((stream.images[:].float() - 127.5) / 63.75).flip(-1).flatten(1)
     assert all(bool((pool - w.flatten()).abs().amax(1).lt(1e-4).any()) for w in weak)  # all mirrored
 
 

@@ -66,7 +66,17 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def measure_eval_seconds(task) -> float:
+def measure_eval_seconds(task, n: int = 256) -> float:
+    """Seconds of one evaluation (task.evaluate): timed whole when it reads at most 4 x ``n`` images, else from a
+    batch of ``n`` of them scaled to all (the better of two timings: the first pays the warm-up); a 20k-image val
+    split was evaluated in full only to be timed, in every stage. Fine-tuning runs its classifier over val; MoCo's
+    kNN monitor embeds the labelled train and val images with its backbone."""
+    moco = getattr(task.model, "encoder_q", None)
+    n_images = len(task.val_set) + (len(task.train_set) if moco is not None else 0)
+    if n_images > 4 * n:
+        net = moco.backbone if moco is not None else None
+        per_image = min(measure_prediction_seconds(task, task.val_set.images, n, net) for _ in range(2))
+        return per_image * n_images
     task.model.to(task.device)
     _sync(task.device)
     t0 = time.perf_counter()
@@ -118,6 +128,12 @@ def about_epochs(n: float) -> str:
     return f"about {n:.0f} epochs" if n >= 1.5 else f"about {n:.1g} epoch" if n < 1 else "about 1 epoch"
 
 
+def overrun_warning(seconds: float, why: str) -> str:
+    """The start-up warning of a run that cannot keep its budget: it overran silently until its end."""
+    return one_line(f"[run] warning: {why}: the run will likely end about {seconds:.0f} s after its budget. A larger "
+                    f"--budget-minutes, or a smaller --img-size or --model, lets it fit.")
+
+
 def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: tuple[str, str],
                closing=None) -> tuple[float, int, float]:
     """Size one stage to end at ``end_time`` (time.monotonic()): measure its step and evaluation
@@ -134,15 +150,20 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     cfg[section][key] = task.eval_every = every
     after = closing(task, eval_s, step_s) if closing is not None else 0.0
     # at least a few steps, even when the budget is already spent (the run then reports the overrun)
-    budget_s = max(5 * step_s, end_time - after - time.monotonic())
+    left = end_time - after - time.monotonic()
+    budget_s = max(5 * step_s, left)
+    if 5 * step_s > left:
+        print(overrun_warning(5 * step_s - left, f"this stage's least 5 training steps ({5 * step_s:.0f} s at the "
+                              f"measured speed) do not fit the {max(0.0, left):.0f} s left to it"), flush=True)
     epochs = plan_epochs(budget_s, step_s, steps, eval_s, every, min_epochs)
     cfg["train"].update(epochs=epochs, budget_minutes=budget_s / 60)
     cfg["sched"]["time_based"] = True
     return step_s, fitting_epochs(budget_s, step_s, steps, eval_s, every), budget_s
 
 
-def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256) -> float:
-    """Seconds per test image of a prediction pass (one batch of the preloaded test images, timed)."""
+def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256, model=None) -> float:
+    """Seconds per test image of a prediction pass (one batch of the preloaded test images, timed); ``model``:
+    the network to time (the task's model by default)."""
     from fewshot.eval.evaluate import compute_logits
 
     sample = images[:n]
@@ -152,7 +173,7 @@ def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256) -> floa
     with torch.random.fork_rng(devices=[]):
         _sync(task.device)
         t0 = time.perf_counter()
-        compute_logits(task.model, sample, task.normalize, task.device, batch_size=n,
+        compute_logits(task.model if model is None else model, sample, task.normalize, task.device, batch_size=n,
                        channels_last=task.channels_last, desc="timing prediction")
         _sync(task.device)
     return (time.perf_counter() - t0) / len(sample)
@@ -525,22 +546,45 @@ def pool_share_in_time(task, images: torch.Tensor, seconds: float, record: Path,
     return order[:n].sort().values
 
 
+def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> int | None:
+    """How many pool files self-training decodes: all (None) when the decode cache holds them or decoding them
+    takes at most ``seconds`` at the rate timed on the first ``n``; else a seeded random share that fits (``n`` at
+    least; semi.pool_subset). A cold 100k-file pool was decoded whole before the stages were planned, inside the
+    budget, though the rounds label only the share their time allows (pool_share_in_time)."""
+    from fewshot.data.cache import decode_seconds_per_image, is_cached
+
+    d, size = cfg["data"], cfg["model"]["img_size"]
+    if len(paths) <= 2 * n or is_cached(paths, size, default_cache_dir(d["root"], d["cache_dir"]), d["crop_pct"]):
+        return None
+    per_file = decode_seconds_per_image(paths[:n], size, d["crop_pct"])
+    if per_file * len(paths) <= seconds:
+        return None
+    limit = max(n, int(seconds / max(per_file, 1e-9)))
+    print(f"[run] the {len(paths):,} pool images are not in the decode cache: decoding them would take about "
+          f"{per_file * len(paths):.0f} s ({per_file * 1000:.1f} ms each, timed on {n}), more than the labelling "
+          f"can use ({seconds:.0f} s); decoding a seeded random {limit:,} of them, which the rounds label",
+          flush=True)
+    return limit
+
+
 def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: float = math.inf,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, pool_limit: int | None = None) -> dict:
     """Label the pool with the round-1 model (best val checkpoint, EMA weights): the most confident
     images of every class, class-balanced, become training images of round 2. ``seconds``: the time the
-    labelling may take (a larger pool is labelled in a random share: pool_share_in_time)."""
+    labelling may take (a larger pool is labelled in a random share: pool_share_in_time); ``pool_limit``: the
+    files decoded at start-up (pool_decode_limit). The pool stays in its cache file: only the share is read (in
+    batches), and the returned images are the kept ones' rows, read once by the next round."""
     from fewshot.eval.evaluate import compute_logits
     from fewshot.train.semi import (calibrated_thresholds, class_quota, load_pool, select_pseudo_labels,
                                     teacher_probabilities)
 
-    images, dataset_ids, paths, source, _ = load_pool(cfg, infos, task.size, exclude_train=True)
+    images, dataset_ids, paths, source, _ = load_pool(cfg, infos, task.size, exclude_train=True, limit=pool_limit)
     n_pool, pool_ids = len(images), dataset_ids
     # which files the pool holds: a resumed round labels the stopped session's share only of the same pool
     pool_key = hashlib.sha1(json.dumps(paths).encode()).hexdigest()
     share = pool_share_in_time(task, images, seconds, record, seed, pool_key) if n_pool else None
     if share is not None:
-        images, dataset_ids, paths = images[share], dataset_ids[share], [paths[i] for i in share.tolist()]
+        images, dataset_ids, paths = images.select(share), dataset_ids[share], [paths[i] for i in share.tolist()]
     if len(images) == 0:
         print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): the next round trains on "
               "the labelled images only")
@@ -582,7 +626,7 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     soft = teacher_probabilities(logits[idx], dataset_ids[idx], task.space) if r["pseudo_targets"] == "soft" else None
     # which file became which class: a resumed run continues a stopped stage only on the same labels
     key = hashlib.sha1(json.dumps([(k["path"], k["dataset"], k["class"]) for k in kept]).encode()).hexdigest()
-    return {"images": images[idx], "targets": labels, "soft": soft, "dataset_ids": owner, "summary": summary,
+    return {"images": images.select(idx), "targets": labels, "soft": soft, "dataset_ids": owner, "summary": summary,
             "state": copy.deepcopy(task.model.state_dict()), "key": key}
 
 
@@ -748,12 +792,20 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     if n_moco is not None and n_moco < int(r["pretrain_batch_size"]):  # the count above was before bad files
         raise UserError(f"the unlabeled pool has {n_moco} decodable images, fewer than one MoCo batch of "
                         f"{r['pretrain_batch_size']}: lower run.pretrain_batch_size or add images to the pool.")
+    pool_limit = None  # the pool files self-training decodes and labels (None: all)
     if semi == "pseudo":
-        from fewshot.train.semi import load_pool
+        from fewshot.train.semi import load_pool, pool_files
 
+        # a cold pool is decoded only as far as the labelling can use it: a quarter of the time after round 1
+        # (what pool_share_in_time gives round 2); a resumed run decodes the share its first session chose
+        if state is not None and "pool_decoded" in state.data:
+            pool_limit = state.data["pool_decoded"]
+        else:
+            pool_limit = pool_decode_limit(cfg, pool_files(cfg, infos, exclude_train=True)[0],
+                                           0.25 * (1 - float(r["pseudo_share"])) * budget_minutes * 60)
         # decoded now, as the test images: a broken pool file would otherwise stop the run after round 1;
-        # the copy is dropped (a large pool at GPU sizes is GBs), the rounds read the images from the cache
-        pool = load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True)
+        # nothing is read into memory (the rounds read the images from the cache)
+        pool = load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True, limit=pool_limit)
         n_pool, pool_skipped = len(pool.images), pool_skipped + pool.skipped
         n_unlabeled = n_pool  # what round 1 leaves time to label
         del pool
@@ -771,6 +823,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         done = [n for n, st in state.data["stages"].items() if st.get("status") == "done"]
         print(f"[run] resuming {out}: {used / 60:.1f} of {budget_minutes:g} minutes used before the stop; "
               f"finished stages: {', '.join(done) or 'none'}")
+    state.data["pool_decoded"] = pool_limit
+    state.save()
     # the files --skip-bad-images (train, val, test) and data.skip_bad_unlabeled (pool) left out, with the reasons
     write_skipped(out, split_skipped + pool_skipped)
     budget_s = budget_minutes * 60.0
@@ -781,11 +835,18 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     # the report draws every fine-tuning stage: round 1, the middle rounds and the last
     report_stages = (int(r["pseudo_rounds"]) if semi == "pseudo" else 1) if r.get("report", True) else 0
 
+    warned: set[str] = set()
+
     def closing(task, eval_s: float, step_s: float | None = None, per_test_image: float | None = None) -> float:
         if per_test_image is None:
             per_test_image = measure_prediction_seconds(task, test_set.images)
-        return min(closing_seconds(task, eval_s, per_test_image, len(test_set), report_stages) + 0.015 * budget_s,
-                   0.5 * budget_s)
+        need = closing_seconds(task, eval_s, per_test_image, len(test_set), report_stages) + 0.015 * budget_s
+        if need > 0.5 * budget_s and "closing" not in warned:  # the cap keeps the stages some time, not the budget
+            warned.add("closing")
+            print(overrun_warning(need - 0.5 * budget_s, f"the work after the last training step (evaluation, "
+                                  f"prediction of {len(test_set):,} test images, the report) is estimated at "
+                                  f"{need:.0f} s, more than the half of the budget kept for it"), flush=True)
+        return min(need, 0.5 * budget_s)
     # time spent in training loops, to tell the user what the rest cost
     fit_seconds: list[float] = list(state.data.get("fit_seconds") or [])
     summary: dict = state.data.get("summary") or {"budget_minutes": budget_minutes, "img_size": cfg["model"]["img_size"],
@@ -849,7 +910,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
             # at most a quarter of the time left: the labelling was not planned, and a large pool took it all
             pseudo = pseudo_label_pool(task, fcfg, infos, r, out / f"pseudo_labels_round{k}.json",
                                        seconds=0.25 * max(0.0, end_time - time.monotonic()),
-                                       seed=derive_seed(fcfg["train"]["seed"], k, 11))
+                                       seed=derive_seed(fcfg["train"]["seed"], k, 11), pool_limit=pool_limit)
             del task
             if k == rounds:
                 break

@@ -14,23 +14,23 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.data.augment import BatchAugment, preset
-from fewshot.data.cache import default_cache_dir, load_images
+from fewshot.data.cache import ImageRows, default_cache_dir, load_images
 from fewshot.utils import make_generator
 
 
 class Pool(NamedTuple):
-    images: torch.Tensor  # uint8 [N, 3, S, S]
+    images: ImageRows  # uint8 [N, 3, S, S]: rows of the decode cache, read only when indexed
     dataset_ids: torch.Tensor  # [N], -1: unknown source
     paths: list[str]  # [N], the files the images were decoded from
     source: str  # where the pool came from, in words
     skipped: list[tuple[str, str]] = []  # undecodable files left out (path, reason): for skipped_images.json
 
 
-def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False) -> Pool:
-    """The unlabeled pool as uint8 [N,3,S,S] from the shared decode cache, its dataset ids (-1: unknown
-    source), its files and a description of where it came from. ``exclude_train``: leave out the labelled train and
-    val images (a dataset without a pool falls back to its train images, which MoCo may use but
-    pseudo-labels may not; a val image trained on would inflate the val score that picks checkpoints)."""
+def pool_files(cfg: dict, infos, exclude_train: bool = False) -> tuple[list[Path], list[int], str]:
+    """The pool's files, their dataset ids (-1: unknown source) and where they came from, in words.
+    ``exclude_train``: leave out the labelled train and val images (a dataset without a pool falls back to its
+    train images, which MoCo may use but pseudo-labels may not; a val image trained on would inflate the val
+    score that picks checkpoints)."""
     from fewshot.ssl.pretrain import pool_with_sources, real_paths
 
     paths, ids, source = pool_with_sources(cfg, infos)
@@ -40,14 +40,33 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False) -> Pool:
         paths, ids = [paths[i] for i in keep], [ids[i] for i in keep]
         # a dataset without a pool stands in its train images for MoCo; here none of them is used
         source = source.replace(": train images", ": no pool (its train images are labelled)")
+    return paths, ids, source
+
+
+def pool_subset(n_pool: int, limit: int | None, seed: int) -> torch.Tensor | None:
+    """A seeded random ``limit`` of ``n_pool`` files (sorted positions), or None for all of them."""
+    if limit is None or limit >= n_pool:
+        return None
+    return torch.randperm(n_pool, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+
+
+def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: int | None = None) -> Pool:
+    """The unlabeled pool from the shared decode cache (see pool_files), as rows of the cache that are read only
+    when indexed: copying the decodable ones out held a 100k-image pool in memory. ``limit``: decode only a
+    seeded random share of that many files (pool_subset; a cold pool too large for the time self-training has)."""
+    paths, ids, source = pool_files(cfg, infos, exclude_train)
+    subset = pool_subset(len(paths), limit, int(cfg["train"]["seed"]))
+    if subset is not None:
+        paths, ids = [paths[i] for i in subset.tolist()], [ids[i] for i in subset.tolist()]
     if not paths:
-        return Pool(torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), [], source, [])
+        return Pool(ImageRows(torch.zeros(0, 3, size, size, dtype=torch.uint8)), torch.zeros(0, dtype=torch.long), [],
+                    source, [])
     d = cfg["data"]
     cached = load_images(paths, size, default_cache_dir(d["root"], d["cache_dir"]), crop_pct=d["crop_pct"],
                          skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], desc="loading unlabeled pool",
                          skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"))
     valid = cached.valid
-    return Pool(cached.images[valid], torch.tensor(ids, dtype=torch.long)[valid],
+    return Pool(ImageRows(cached.images, torch.nonzero(valid).flatten()), torch.tensor(ids, dtype=torch.long)[valid],
                 [str(p) for p, ok in zip(paths, valid.tolist()) if ok], source, list(cached.bad))
 
 
@@ -66,6 +85,7 @@ class UnlabeledStream:
 
     def __init__(self, cfg: dict, infos, size: int, mean, std, device: torch.device):
         pool = load_pool(cfg, infos, size)
+        # rows of the decode cache: each step reads its mu * batch images (a copy held the whole pool in memory)
         self.images, self.dataset_ids, self.source = pool.images, pool.dataset_ids, pool.source
         self.skipped = pool.skipped
         self.views = cfg["semi"].get("views", "mocov2")  # a config saved before semi.views: its own views

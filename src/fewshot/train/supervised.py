@@ -182,16 +182,19 @@ class SupervisedTask:
         """Self-training: train on the labelled images (repeated, so the true labels keep their weight
         next to a larger pseudo-labelled set) together with pool images and their pseudo-labels.
         ``soft`` [n, C]: the teacher's probabilities as targets instead of its classes (distillation);
-        the labelled images keep their one-hot targets."""
+        the labelled images keep their one-hot targets. ``images``: a tensor or the pool's ImageRows (read here,
+        once). The pixels are held once: the repeat is of their rows (a copy per repeat tripled the labelled set)."""
+        from fewshot.data.cache import ImageRows
         from fewshot.data.sets import ImageSet
 
         t = self.train_set
         r = max(1, int(labelled_repeat))
-        n = len(targets)
+        n, n_labelled = len(targets), len(t)
         if soft is not None:
             one_hot = F.one_hot(t.targets, self.space.num_classes).float().repeat(r, 1)
             self.soft_targets = torch.cat([one_hot, soft.float()])
-        self.train_set = ImageSet(torch.cat([t.images.repeat(r, 1, 1, 1), images]),
+        rows = torch.cat([torch.arange(n_labelled).repeat(r), n_labelled + torch.arange(n)])
+        self.train_set = ImageSet(ImageRows(torch.cat([t.images[:], images[:]]), rows),
                                   torch.cat([t.targets.repeat(r), targets]),
                                   torch.cat([t.dataset_ids.repeat(r), dataset_ids]),
                                   torch.cat([t.ids.repeat(r), torch.full((n,), -1, dtype=torch.long)]),
