@@ -1131,6 +1131,19 @@ def test_a_warmup_longer_than_the_run_is_warned_about(digits_root, tmp_path):
     assert rc == 0 and "warmup_epochs" not in out + err, err
 
 
+def test_tensorboard_on_but_missing_is_said_not_skipped_silently(digits_root, tmp_path, monkeypatch):
+    """train.tensorboard=true without the package wrote no RUN/tensorboard/ and said nothing."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `import` of it raises ImportError
+    rc, out, err = run_main("train", "--data", digits_root, "--model", "test_resnet", "--img-size", "16", "--epochs",
+                            "1", "--batch-size", "8", "--device", "cpu", "--no-progress", "--out", tmp_path / "r",
+                            "train.tensorboard=true")
+    assert rc == 0, err
+    assert "train.tensorboard is on, but no event files are written" in err and "pip install tensorboard" in err
+    assert not (tmp_path / "r" / "tensorboard").exists()
+
+
 @pytest.mark.parametrize("command", ["train", "pretrain", "run"])
 def test_clearing_the_data_root_by_a_word_is_a_user_error(digits_root, tmp_path, command):
     """`data.root=` (or null, ~) beat --data silently and reached the layout scan as None: a TypeError (exit 1)."""

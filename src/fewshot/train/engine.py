@@ -26,13 +26,14 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fewshot.errors import UserError
+from fewshot.errors import UserError, one_line
 from fewshot.progress import track
 from fewshot.runtime import CPU_BF16_MIN_SIZE, cpu_computes_bf16
 from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -505,8 +506,13 @@ class Engine:
 
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"),
                                             purge_step=self.epoch if resumed else None)
-            except Exception:  # tensorboard is optional at run time
+            except Exception as exc:  # tensorboard is optional at run time, but a user who has it on is told
                 self.writer = None
+                why = ("the tensorboard package is not installed (pip install tensorboard)"
+                       if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}")
+                print(one_line(f"warning: train.tensorboard is on, but no event files are written to "
+                               f"{self.run_dir / 'tensorboard'}: {why}. log.jsonl and the plots hold the same "
+                               f"figures; train.tensorboard=false silences this."), file=sys.stderr, flush=True)
             if resumed and self.epoch > 0:
                 from fewshot.report.runs import read_log
 
@@ -732,7 +738,7 @@ class Engine:
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if self.ctx.is_main and hasattr(bar, "set_postfix") and (step % 5 == 0 or step == len(batches) - 1):
-                bar.set_postfix(loss=f"{sums['loss'] / n_steps:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                bar.set_postfix(loss=f"{sums['loss'] / n_steps:.3f}", lr=f"{self._base_lr():.2e}")  # as log.jsonl: not a group's
             if t["save_every_steps"] and self.global_step % t["save_every_steps"] == 0 and self.step_in_epoch < len(batches):
                 self.save_mid_epoch()
             signalled, late = self._agreed_stop(deadline)
