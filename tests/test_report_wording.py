@@ -109,3 +109,20 @@ def test_compare_says_a_run_stopped_before_its_first_evaluation(tmp_path):
     evaluated = _write_log(tmp_path / "evaluated", [_row(1, 3, val={"digits": {"acc1": 50.0}})])
     rc, out, err = run_main("compare", evaluated)
     assert rc == 0 and "stopped before its first evaluation" not in out + err, out + err
+
+
+def test_routing_is_shown_only_where_there_is_more_than_one_dataset_to_route_to():
+    """A one-dataset run showed 'routing 100.00' beside two-dataset runs' routing, as if it were a result."""
+    from fewshot.report.runs import Run
+    from fewshot.report.tables import overview_table, run_tables
+
+    one = {"datasets": {"digits": {"acc1": 80.0, "n": 10}}, "mean_acc1": 80.0, "routing_acc": 100.0}
+    two = {"datasets": {"digits": {"acc1": 80.0, "n": 10}, "fashion": {"acc1": 60.0, "n": 10}}, "mean_acc1": 70.0,
+           "routing_acc": 97.5}
+    runs = [Run(path=Path(name), label=name, kind="supervised", config={}, log=[], metrics_known=m, metrics_unknown=m)
+            for name, m in (("one", one), ("two", two))]
+    table = overview_table(runs, {})
+    col = table.columns.index("routing")
+    assert [row[col] for row in table.rows] == ["–", "97.50"]
+    assert not any("dataset routing" in row[0] for t in run_tables(runs[0]) for row in t.rows)
+    assert any("dataset routing" in row[0] for t in run_tables(runs[1]) for row in t.rows)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fewshot.report.runs import read_log
-from fewshot.report.tables import pct
+from fewshot.report.tables import pct, routing
 
 RAW_ALPHA = 0.35
 DPI = 100
@@ -411,7 +411,7 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
                 if g == "mean":
                     v = m.get("mean_acc1")
                 elif g == "routing":
-                    v = m.get("routing_acc")
+                    v = routing(m)
                 else:
                     v = ((m.get("datasets") or {}).get(g) or {}).get("acc1")
                 vals.append(float(v) if isinstance(v, (int, float)) else np.nan)
