@@ -92,7 +92,7 @@ def report(runs):
 
 def knn_at_best(moco: Path) -> dict:
     rows = [json.loads(line) for line in (moco / "log.jsonl").read_text().splitlines() if line.strip()]
-    best = max((r for r in rows if "knn_acc1" in r), key=lambda r: r["score"])
+    best = max(reversed([r for r in rows if "knn_acc1" in r]), key=lambda r: r["score"])  # the last of equals
     return best["knn_acc1"]
 
 
@@ -556,7 +556,7 @@ def test_report_of_a_run_still_training_matches_the_checkpoint_epoch(runs, tmp_p
         (run / name).unlink()
     lines = (run / "log.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
-    ck_epoch = max(rows, key=lambda r: r["score"])["epoch"]  # the epoch best.pt holds
+    ck_epoch = max(reversed(rows), key=lambda r: r["score"])["epoch"]  # the epoch best.pt holds (last of equals)
     earlier = {**rows[0], "epoch": 0, "score": 1e9,  # a best evaluation in the log as first read, then gone
                "val": {m: {**rows[0]["val"][m], "mean_acc1": 0.5} for m in ("known", "unknown")}}
     (run / "log.jsonl").write_text("\n".join([json.dumps(earlier), *lines]) + "\n")
@@ -1087,8 +1087,8 @@ def test_stopped_run_and_tiny_map_say_what_is_shown(runs, tmp_path):
     assert rc == 0, err
     text = (tmp_path / "r" / "index.html").read_text()
     assert "metrics.json mode" not in text and "mean acc@1 (metrics.json)" not in text
-    best = max((r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "val" in r),
-               key=lambda r: r["score"])["epoch"]
+    best = max(reversed([r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "val" in r]),
+               key=lambda r: r["score"])["epoch"]  # the last of equal scores, as the engine keeps
     assert f"val accuracy (logged evaluation of epoch {best} in log.jsonl; no metrics.json)" in text
     assert f"mean acc@1 (log.jsonl, epoch {best})" in text
     assert "The first two coordinates (too few images for t-SNE) of the backbone" in text

@@ -637,6 +637,26 @@ def best_score_in(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(SupervisedTask, "evaluate", flattering)
 
 
+def test_a_tie_on_val_keeps_the_later_epoch_as_best_pt(root, tmp_path, monkeypatch):
+    """With one val image per class scores tie often; the first epoch of the top score (lr still high) stayed
+    best.pt and taught the pseudo-labels. A tie now goes to the later, more trained epoch, in the report too."""
+    from fewshot.report.runs import best_evaluation
+
+    evaluate = SupervisedTask.evaluate
+    scores = {0: 0.5, 1: 0.9, 2: 0.9}  # epoch index -> val score: epochs 2 and 3 tie
+
+    def tied(self, model, e):
+        return {**evaluate(self, model, e), "score": scores.get(e, 0.0)}  # the closing val scoring: any
+
+    monkeypatch.setattr(SupervisedTask, "evaluate", tied)
+    out = tmp_path / "run"
+    run_finetune(finetune_cfg(root, **{"train.epochs": 3}), out)
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert (best["epoch"], best["best_score"]) == (3, 0.9)
+    assert json.loads((out / "metrics.json").read_text())["best_epoch"] == 3
+    assert best_evaluation(read_log(out))["epoch"] == 3
+
+
 @pytest.mark.parametrize("stop_step", [7, 3])  # epoch 2 (epoch 1 made best.pt before), epoch 1 (no best.pt yet)
 def test_a_budget_stop_whose_partial_epoch_made_best_pt_resumes_as_the_uninterrupted_run(
         root, ft_ref, tmp_path, monkeypatch, stop_step):

@@ -71,17 +71,81 @@ def test_self_training_keeps_the_most_confident_images_of_each_class_up_to_its_q
 
 def test_class_quota_splits_each_datasets_pool_evenly_over_its_classes():
     ids = torch.tensor([0] * 8 + [1] * 6)
-    assert class_quota(ids, SPACE, 0.5).tolist() == [2, 2, 1, 1, 1]
-    assert class_quota(ids, SPACE, 1.0).tolist() == [4, 4, 2, 2, 2]
+    assert class_quota(ids, SPACE, 0.5).per_class.tolist() == [2, 2, 1, 1, 1]
+    assert class_quota(ids, SPACE, 1.0).per_class.tolist() == [4, 4, 2, 2, 2]
     # unknown-source images are shared out in proportion to the classes
-    assert class_quota(torch.tensor([-1] * 10), SPACE, 1.0).tolist() == [2, 2, 2, 2, 2]
+    assert class_quota(torch.tensor([-1] * 10), SPACE, 1.0).per_class.tolist() == [2, 2, 2, 2, 2]
     # a pool of about one image per class: one each, not round(0.5) == 0 for every class; no pool: none
-    assert class_quota(torch.tensor([0, 0, 1, 1, 1]), SPACE, 0.5).tolist() == [1, 1, 1, 1, 1]
-    assert class_quota(torch.tensor([1, 1, 1]), SPACE, 0.5).tolist() == [0, 0, 1, 1, 1]
-    # a small unknown-source pool still gives every dataset a share, however many classes the others have
-    assert class_quota(torch.tensor([-1]), SPACE, 0.5).tolist() == [1, 1, 1, 1, 1]
+    assert class_quota(torch.tensor([0, 0, 1, 1, 1]), SPACE, 0.5).per_class.tolist() == [1, 1, 1, 1, 1]
+    assert class_quota(torch.tensor([1, 1, 1]), SPACE, 0.5).per_class.tolist() == [0, 0, 1, 1, 1]
+    # a small unknown-source pool still gives every dataset's classes a quota, however many classes the others have
+    assert class_quota(torch.tensor([-1]), SPACE, 0.5).per_class.tolist() == [1, 1, 1, 1, 1]
     big = LabelSpace(("small", "big"), (("s0", "s1"), tuple(f"b{i}" for i in range(50))))
-    assert class_quota(torch.tensor([-1] * 20), big, 0.5).tolist() == [1] * 52
+    assert class_quota(torch.tensor([-1] * 20), big, 0.5).per_class.tolist() == [1] * 52
+    # in all a dataset keeps at most keep_frac of its pool (unknown-source images shared by classes)
+    assert class_quota(ids, SPACE, 0.5).per_dataset.tolist() == [4, 3]
+    assert class_quota(torch.tensor([-1] * 20), big, 0.5).per_dataset.tolist() == [0, 9]
+
+
+def _confident(labels: list[int], n_classes: int, conf: float) -> torch.Tensor:
+    """Logits whose softmax gives each row's label probability ``conf`` and the rest an even share."""
+    rest = (1 - conf) / (n_classes - 1)
+    probs = torch.full((len(labels), n_classes), rest)
+    probs[torch.arange(len(labels)), torch.tensor(labels)] = conf
+    return probs.log()
+
+
+def test_near_chance_pseudo_labels_are_never_kept_whatever_the_threshold():
+    """50 classes, a teacher barely above chance (0.023 against 0.02): the quota alone kept every one of them."""
+    space = LabelSpace(("d",), (tuple(f"c{i}" for i in range(50)),))
+    labels = [i % 50 for i in range(500)]
+    ids = torch.zeros(500, dtype=torch.long)
+    quota = class_quota(ids, space, 0.5)
+    idx, _, _ = select_pseudo_labels(_confident(labels, 50, 0.023), ids, space, quota.per_class, 0.0, quota.per_dataset)
+    assert len(idx) == 0
+    # above twice chance (2/50) they count
+    idx, _, conf = select_pseudo_labels(_confident(labels, 50, 0.05), ids, space, quota.per_class)
+    assert len(idx) == 250 and bool((conf > 0.04).all())
+    # two classes: twice chance would be certainty, so halfway from chance to it (0.75)
+    two = LabelSpace(("d",), (("a", "b"),))
+    idx, _, _ = select_pseudo_labels(_confident([0, 1, 0], 2, 0.7), torch.zeros(3, dtype=torch.long), two,
+                                     torch.tensor([5, 5]))
+    assert len(idx) == 0
+    idx, _, _ = select_pseudo_labels(_confident([0, 1, 0], 2, 0.8), torch.zeros(3, dtype=torch.long), two,
+                                     torch.tensor([5, 5]))
+    assert len(idx) == 3
+
+
+def test_few_shots_and_a_huge_pool_keep_at_most_the_cap_per_labelled_image():
+    """1 shot per class, 50 classes, a 100k pool: keep_frac alone gave 1000 per class against one true label."""
+    space = LabelSpace(("d",), (tuple(f"c{i}" for i in range(50)),))
+    ids = torch.zeros(100_000, dtype=torch.long)
+    labelled = torch.ones(50, dtype=torch.long)
+    labelled[:5] = 2
+    quota = class_quota(ids, space, 0.5, labelled, 10)
+    assert quota.per_class.tolist() == [20] * 5 + [10] * 45
+    logits = _confident([i % 50 for i in range(100_000)], 50, 0.9)
+    idx, labels, _ = select_pseudo_labels(logits, ids, space, quota.per_class, 0.0, quota.per_dataset)
+    assert torch.bincount(labels, minlength=50).tolist() == [20] * 5 + [10] * 45
+    # 10 shots (the demo): the cap of 100 leaves the keep_frac quota of 50 (1000 pool images, 10 classes) alone
+    demo = LabelSpace(("d",), (tuple(f"c{i}" for i in range(10)),))
+    pool = torch.zeros(1000, dtype=torch.long)
+    assert class_quota(pool, demo, 0.5, torch.full((10,), 10), 10).per_class.tolist() == [50] * 10
+
+
+def test_a_tiny_pool_keeps_no_more_than_keep_frac_of_it():
+    """One pool image per class: the at-least-one-per-class floor kept all of them (100 %, not pseudo_keep)."""
+    space = LabelSpace(("d",), (tuple(f"c{i}" for i in range(10)),))
+    ids = torch.zeros(10, dtype=torch.long)
+    quota = class_quota(ids, space, 0.5)
+    logits = _confident(list(range(10)), 10, 0.5)
+    logits[3] = _confident([3], 10, 0.9)[0]  # the most confident ones are kept
+    logits[7] = _confident([7], 10, 0.8)[0]
+    idx, labels, _ = select_pseudo_labels(logits, ids, space, quota.per_class, 0.0, quota.per_dataset)
+    assert len(idx) == 5 and {3, 7} <= set(labels.tolist())
+    quota = class_quota(torch.zeros(1, dtype=torch.long), space, 0.5)  # half of one image: none
+    idx, _, _ = select_pseudo_labels(logits[:1], ids[:1], space, quota.per_class, 0.0, quota.per_dataset)
+    assert len(idx) == 0
 
 
 def test_teacher_probabilities_stay_inside_the_images_dataset():

@@ -139,7 +139,11 @@ DEFAULTS: dict[str, Any] = {
         "pseudo_rounds": 2,       # pseudo: fine-tuning rounds, >= 2 (round 1: labelled only; each later one
                                   # trains on the pool relabelled by the round before)
         "pseudo_keep": 0.5,       # pseudo: per class at most this fraction of (pool / classes) images, most confident first
-        "pseudo_threshold": 0.0,  # pseudo: minimum confidence (softmax within the image's dataset)
+        "pseudo_max_per_shot": 10,  # pseudo: a class keeps at most this many pool images per labelled train image of
+                                    # its own (1 shot: 10), so a huge pool cannot drown the true labels; 10 shots: 100,
+                                    # above the demo's 50 (pseudo_keep of 1000 / 10 classes)
+        "pseudo_threshold": 0.0,  # pseudo: minimum confidence (softmax within the image's dataset); whatever it is,
+                                  # a label needs more than twice chance (2 / classes; two classes: 0.75)
         "pseudo_precision": 0.0,  # pseudo: > 0: per-class confidence thresholds at which the teacher is right this
                                   # often on val (0: rank only)
         "pseudo_labelled_repeat": 3,  # pseudo: the labelled images appear this many times in later rounds
@@ -594,7 +598,7 @@ AT_LEAST = {"model.img_size": 1, "train.threads": 1, "moco.mlp_hidden": 1, "run.
             "semi.mu": 1, "semi.weight": 0, "moco.split_bn_groups": 1, "run.pretrain_batch_size": 2,
             "run.min_epochs": 1, "run.pseudo_labelled_repeat": 1, "optim.weight_decay": 0, "optim.grad_clip": 0,
             "optim.backbone_lr_mult": 0, "sched.warmup_epochs": 0, "sched.min_lr": 0, "sched.warmup_lr": 0,
-            "data.cache_max_gb": 0}
+            "data.cache_max_gb": 0, "run.pseudo_max_per_shot": 1}
 POSITIVE = ("optim.lr", "run.pretrain_lr", "train.budget_minutes", "run.finetune_lr", "moco.temperature", "moco.knn_t")  # > 0
 
 INTERVALS = {  # (low, high, low included[, high included]): fractions and probabilities

@@ -575,8 +575,8 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     files decoded at start-up (pool_decode_limit). The pool stays in its cache file: only the share is read (in
     batches), and the returned images are the kept ones' rows, read once by the next round."""
     from fewshot.eval.evaluate import compute_logits
-    from fewshot.train.semi import (calibrated_thresholds, class_quota, load_pool, select_pseudo_labels,
-                                    teacher_probabilities)
+    from fewshot.train.semi import (calibrated_thresholds, class_quota, labelled_counts, load_pool,
+                                    select_pseudo_labels, teacher_probabilities)
 
     images, dataset_ids, paths, source, _ = load_pool(cfg, infos, task.size, exclude_train=True, limit=pool_limit)
     n_pool, pool_ids = len(images), dataset_ids
@@ -590,14 +590,16 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
               "the labelled images only")
     logits = compute_logits(task.model, images, task.normalize, task.device, channels_last=task.channels_last,
                             desc="pseudo-labelling the pool") if len(images) else torch.zeros(0, task.space.num_classes)
-    quota = class_quota(dataset_ids, task.space, r["pseudo_keep"])
+    quota = class_quota(dataset_ids, task.space, r["pseudo_keep"], labelled_counts(infos, task.space),
+                        r["pseudo_max_per_shot"])
     threshold = torch.tensor(float(r["pseudo_threshold"]))
     if float(r["pseudo_precision"]) > 0:
         val = task.val_set
         val_probs = teacher_probabilities(task.val_logits(task.model), val.dataset_ids, task.space)
         threshold = calibrated_thresholds(val_probs, val.targets, float(r["pseudo_precision"]),
                                           unmeasured=float(threshold)).clamp(min=threshold)
-    idx, labels, conf = select_pseudo_labels(logits, dataset_ids, task.space, quota, threshold)
+    idx, labels, conf = select_pseudo_labels(logits, dataset_ids, task.space, quota.per_class, threshold,
+                                             quota.per_dataset)
     owner = task.space.owner()[labels]
     from_unknown = dataset_ids[idx] < 0
     per_dataset = {name: {"kept": int((owner == d).sum()),
@@ -606,7 +608,8 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
                           "mean_confidence": round(float(conf[owner == d].mean()), 4) if bool((owner == d).any()) else None}
                    for d, name in enumerate(task.space.names)}
     summary = {"source": source, "pool_size": n_pool, "pool_labelled": len(images),
-               "keep_frac": r["pseudo_keep"], "threshold": r["pseudo_threshold"],
+               "keep_frac": r["pseudo_keep"], "max_per_shot": r["pseudo_max_per_shot"],
+               "threshold": r["pseudo_threshold"],
                "precision": r["pseudo_precision"], "targets": r["pseudo_targets"],
                "unknown_source_pool": int((dataset_ids < 0).sum()),
                "datasets": per_dataset}

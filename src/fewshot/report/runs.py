@@ -264,7 +264,7 @@ class Run:
         scored = [r for r in self.log if isinstance(r.get("score"), (int, float))]
         if not scored:
             return None
-        return int(max(scored, key=lambda r: r["score"])["epoch"])  # first of equal scores, as the engine keeps
+        return int(max(reversed(scored), key=lambda r: r["score"])["epoch"])  # last of equals, as the engine keeps
 
     @property
     def knn(self) -> dict | None:
@@ -387,7 +387,8 @@ def best_evaluation(log: list[dict], epoch: int | None = None) -> dict | None:
     evals = [r for r in log if isinstance(r.get("val"), dict)]
     if epoch is not None:
         return next((r for r in evals if r["epoch"] == epoch), None)
-    return max(evals, key=lambda r: r["score"] if _is_number(r.get("score")) else -1e9, default=None)
+    # the last of equal scores, as the engine keeps
+    return max(reversed(evals), key=lambda r: r["score"] if _is_number(r.get("score")) else -1e9, default=None)
 
 
 def use_evaluation(run: Run, row: dict, why: str) -> None:

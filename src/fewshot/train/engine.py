@@ -778,7 +778,9 @@ class Engine:
                 record.update(result)
                 record["eval_time_s"] = time.perf_counter() - t1
                 self.last_eval = result
-                if result.get("score") is not None and result["score"] > self.best_score:
+                # a tie goes to the later epoch: with one val image per class scores tie often, and the first epoch
+                # of the top score (lr still high) became best.pt and the pseudo-label teacher
+                if result.get("score") is not None and result["score"] >= self.best_score:
                     if self.step_in_epoch:  # a budget stop's partial epoch, which a resume may reopen
                         self._set_best_aside()
                     self.best_score = result["score"]

@@ -7,6 +7,7 @@ confidence clears the threshold. Views come from the batched tensor augmentation
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -173,36 +174,81 @@ def calibrated_thresholds(val_probs: torch.Tensor, val_targets: torch.Tensor, pr
     return out
 
 
+def chance_floor(n_classes: torch.Tensor) -> torch.Tensor:
+    """The confidence a pseudo-label must exceed to say more than chance: twice chance (2/C), or halfway from
+    chance to certainty when that is lower (two classes: 0.75; one class: 1, so never). At 50 classes a near-chance
+    teacher's labels (mean confidence 0.023) filled the quota when only the rank decided."""
+    c = n_classes.float()
+    return torch.minimum(2 / c, (1 + 1 / c) / 2)
+
+
 def select_pseudo_labels(logits: torch.Tensor, dataset_ids: torch.Tensor, space, per_class: torch.Tensor,
-                         threshold: float | torch.Tensor = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         threshold: float | torch.Tensor = 0.0, per_dataset: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Offline self-training's labels: for every class, its most confident pool images.
 
     logits [N, C] of the pool; dataset_ids [N] (-1: unknown source, argmax over all classes);
     per_class [C]: how many images each class may take at most (class-balanced, so the classes the
     model already favours cannot flood the set); threshold: the minimum confidence, one for all or
-    one per class [C]. Returns (pool indices, global labels, confidences).
+    one per class [C]; per_dataset [D]: how many a dataset's classes may take together (None: no cap), the
+    most confident of them. A confidence at or below chance_floor (of the classes the softmax ran over) is
+    never kept, whatever the threshold. Returns (pool indices, global labels, confidences).
     """
     conf, label = teacher_probabilities(logits, dataset_ids, space).max(dim=1)
+    known = dataset_ids >= 0
+    n_classes = torch.full_like(label, space.num_classes)
+    n_classes[known] = torch.tensor(space.sizes)[dataset_ids[known]]
+    informative = conf > chance_floor(n_classes)
     thresholds = torch.as_tensor(threshold, dtype=torch.float32).expand(logits.shape[1])
     keep = []
     for c in range(logits.shape[1]):
-        cand = torch.nonzero((label == c) & (conf >= thresholds[c])).flatten()
+        cand = torch.nonzero((label == c) & (conf >= thresholds[c]) & informative).flatten()
         if len(cand) and int(per_class[c]) > 0:
             order = conf[cand].argsort(descending=True, stable=True)
             keep.append(cand[order[: int(per_class[c])]])
     idx = torch.cat(keep).sort().values if keep else torch.zeros(0, dtype=torch.long)
+    if per_dataset is not None and len(idx):
+        owner = space.owner()[label[idx]]
+        capped = []
+        for d in range(len(space.names)):
+            mine = idx[owner == d]
+            capped.append(mine[conf[mine].argsort(descending=True, stable=True)[: int(per_dataset[d])]])
+        idx = torch.cat(capped).sort().values
     return idx, label[idx], conf[idx]
 
 
-def class_quota(pool_dataset_ids: torch.Tensor, space, keep_frac: float) -> torch.Tensor:
+class Quota(NamedTuple):
+    per_class: torch.Tensor  # [C] long: the most a class may keep
+    per_dataset: torch.Tensor  # [D] long: the most a dataset's classes may keep together
+
+
+def labelled_counts(infos, space) -> torch.Tensor:
+    """Labelled train images per global class [C] (the shots that pseudo-labels are weighed against)."""
+    counts = torch.zeros(space.num_classes, dtype=torch.long)
+    for d, info in enumerate(infos):
+        for _, local in info.train:
+            counts[space.offsets[d] + int(local)] += 1
+    return counts
+
+
+def class_quota(pool_dataset_ids: torch.Tensor, space, keep_frac: float, labelled: torch.Tensor | None = None,
+                max_per_shot: float | None = None) -> Quota:
     """Per-class cap: keep_frac of the pool's images of a dataset, split evenly over its classes
-    (the pool's class balance is unknown; even is the assumption that cannot favour a class)."""
+    (the pool's class balance is unknown; even is the assumption that cannot favour a class), and at most
+    ``max_per_shot`` times the class's ``labelled`` images [C] (run.pseudo_max_per_shot: with 1-2 shots and a
+    100k pool the quota held 50k pseudo-labels against 150 true ones). Per dataset: at most keep_frac of its pool
+    in all (``per_dataset`` of select_pseudo_labels)."""
     quota = torch.zeros(space.num_classes, dtype=torch.long)
+    total = torch.zeros(len(space.names), dtype=torch.long)
     n_unknown = int((pool_dataset_ids < 0).sum())
     for d in range(len(space.names)):
         classes = torch.nonzero(space.mask(torch.tensor([d]))[0]).flatten()
         # the unknown-source share stays fractional: rounded down, a small pool gave a dataset no share
         n = int((pool_dataset_ids == d).sum()) + n_unknown * len(classes) / space.num_classes
-        # at least one per class when the dataset has a pool: rounding down to 0 kept nothing at all
+        # at least one per class when the dataset has a pool (rounding down to 0 kept nothing at all), but no more
+        # than keep_frac of the pool in all: one per class was all of a pool of one image per class
         quota[classes] = max(1 if n > 0 else 0, int(round(keep_frac * n / max(1, len(classes)))))
-    return quota
+        total[d] = math.floor(keep_frac * n + 1e-9)  # 1e-9: 0.29 * 100 is 28.999...
+    if labelled is not None and max_per_shot is not None:
+        quota = torch.minimum(quota, (labelled * max_per_shot).floor().long())
+    return Quota(quota, total)
