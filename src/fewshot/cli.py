@@ -26,6 +26,8 @@ EPILOG = ("Any extra key=value words override config fields, e.g. optim.lr=3e-4 
           "(e.g. moco_cpu_small).")
 
 
+NO_PROGRESS_HELP = "no progress bars, nor the per-epoch lines they leave in a log file (log.jsonl holds every epoch)"
+
 def _add_common_training(p: argparse.ArgumentParser, task: str = "train") -> None:
     """The flags train and pretrain share; ``task`` words the ones whose meaning differs."""
     p.add_argument("--data", required=True, help="dataset root: ROOT/<dataset>/{train,val}/<class>/<image>")
@@ -49,7 +51,7 @@ def _add_common_training(p: argparse.ArgumentParser, task: str = "train") -> Non
                    "train.save_interval_s=30 seconds, and always at the first, the best and the last)")
     p.add_argument("--skip-nonfinite", type=int, metavar="N",
                    help="skip up to N steps whose loss is NaN/inf instead of stopping (default 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.choices[name]
         command.usage = command.format_usage().removeprefix("usage: ").rstrip() + " [key=value ...]"
     for name in ("data", "eval", "predict", "report", "probe"):  # train, pretrain, run: _add_common_training / own
-        sub.choices[name].add_argument("--no-progress", action="store_true", help="no progress bars")
+        sub.choices[name].add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     return parser
 
 
