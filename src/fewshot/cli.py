@@ -25,8 +25,8 @@ EPILOG = ("Any extra key=value words override config fields, e.g. optim.lr=3e-4 
           "RUN/config.yaml lists every field it used); recipes: --config NAME of the packaged configs/ "
           "(e.g. moco_cpu_small).")
 
-
 NO_PROGRESS_HELP = "no progress bars, nor the per-epoch lines they leave in a log file (log.jsonl holds every epoch)"
+
 
 def _add_common_training(p: argparse.ArgumentParser, task: str = "train") -> None:
     """The flags train and pretrain share; ``task`` words the ones whose meaning differs."""
