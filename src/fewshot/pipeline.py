@@ -817,6 +817,21 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
             print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): self-training is off, the "
                   "fine-tuning on the labelled images gets the whole budget.", flush=True)
             semi = r["semi_method"] = "off"
+    fixmatch = None  # FixMatch's settings and pool, for summary.json
+    if semi == "fixmatch":
+        from fewshot.train.semi import datasets_without_pool, fixmatch_note, fixmatch_summary, load_pool
+
+        # only real pool images, as the stage draws them: a dataset's labelled train images do not stand in
+        pool = load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True)
+        fixmatch, without = fixmatch_summary(cfg, pool), datasets_without_pool(cfg, infos, pool)
+        del pool
+        if fixmatch["pool_size"] == 0:
+            print("[run] no unlabeled pool (ROOT/unlabeled/<dataset>/ or --unlabeled DIR): FixMatch is off, the "
+                  "fine-tuning trains on the labelled images only.", flush=True)
+            semi = r["semi_method"] = "off"
+            fixmatch = None
+        else:
+            print(one_line(f"[run] {fixmatch_note(fixmatch, without)}"), flush=True)
     if state is None:  # written once the inputs have passed their checks: a failed start leaves no run behind
         state = RunState.start(out, requested, budget_minutes, cfg["model"]["img_size"], time.monotonic() - t_start,
                                class_names)
@@ -854,6 +869,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     fit_seconds: list[float] = list(state.data.get("fit_seconds") or [])
     summary: dict = state.data.get("summary") or {"budget_minutes": budget_minutes, "img_size": cfg["model"]["img_size"],
                                               "stages": {}}
+    if fixmatch is not None:
+        summary["semi"] = fixmatch
 
     def keep(stage: str, entry: dict, fit_s: float) -> None:
         summary["stages"][stage] = entry

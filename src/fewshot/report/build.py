@@ -145,6 +145,18 @@ def _earlier_report_pngs(out: Path) -> set[str]:
     return {n for n in names if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.png", n) and (out / n).is_file()}
 
 
+def fixmatch_fact(r: Run) -> str:
+    """FixMatch's settings (config.yaml) and the pool it drew from (metrics.json's semi; a run written before it was
+    recorded: not known)."""
+    s, got = r.config["semi"], (r.metrics or {}).get("semi")
+    got = got if isinstance(got, dict) else {}
+    source = got.get("pool_source") if isinstance(got.get("pool_source"), str) else None
+    pool = (f"an unlabeled pool of {T.count(got['pool_size'])} images" + (f" ({source})" if source else "")
+            if isinstance(got.get("pool_size"), int) else "an unlabeled pool (its size not recorded)")
+    return f"FixMatch on {pool}; mu {T.opt(s.get('mu'))}, threshold {T.opt(s.get('threshold'))}, " \
+           f"weight {T.opt(s.get('weight'))}"
+
+
 def _smoothing_caption(weights: list[tuple[str, float]]) -> str:
     """What the curves' lines are: each series is smoothed by its own number of points (plot_smoothed)."""
     smoothed = [(name, w) for name, w in weights if w > 0]
@@ -294,6 +306,10 @@ class ReportBuilder:
             plot_finetune_curves(r.log, self.out / name)
             cap = "Fine-tuning: training loss, learning rate, accuracy on the (augmented) training batches, val " \
                   "accuracy per dataset in known-source (solid) and unknown-source (dashed) mode."
+            if any("unlabeled_loss" in row for row in r.log):
+                cap += " FixMatch: the training loss is the labelled loss plus semi.weight times the unlabeled " \
+                       "loss (drawn on its own); the pseudo-label rate is the share of drawn pool images whose " \
+                       "weak view clears semi.threshold."
         smooth = _smoothing_caption(curve_smoothing(r.log, r.kind == "moco"))
         return ["<h3>Training curves</h3>", H.figure(name, cap + smooth)]
 
@@ -305,6 +321,9 @@ class ReportBuilder:
                  ("input size", f"{r.img_size} px" if r.img_size else T.DASH), ("epochs", T.epochs(r.epochs)),
                  ("training time", T.duration(r.training_seconds)), ("throughput", T.rate(r.throughput)),
                  ("best epoch", T.opt(r.best_epoch))]
+        semi = r.config.get("semi")
+        if r.kind == "supervised" and isinstance(semi, dict) and semi.get("method") == "fixmatch":
+            items.append(("semi-supervised", fixmatch_fact(r)))
         if r.kind == "supervised" and r.metrics:
             where = f"log.jsonl, epoch {T.opt(r.metrics_epoch)}" if r.from_log else "metrics.json"
             items.append((f"mean acc@1 ({where})", f"{T.pct(r.metrics.get('mean_acc1'))} "

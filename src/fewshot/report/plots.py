@@ -243,16 +243,24 @@ def _dataset_names(rows: list[dict], key: str) -> list[str]:
 
 @_literal_text
 def plot_finetune_curves(rows: list[dict], out: Path, title: str = "") -> Path:
-    """loss, learning rate, train acc@1 and val acc@1 per dataset (known solid, unknown dashed)."""
+    """loss, learning rate, train acc@1 and val acc@1 per dataset (known solid, unknown dashed); with FixMatch
+    (semi.method=fixmatch) also its unlabeled loss and the share of pool images over its threshold."""
     fig = _figure(16, 3.6)
     axes = fig.subplots(1, 4)
-    plot_smoothed(axes[0], *_series(rows, lambda r: r["loss"]), color=_color(0), label="train loss")
-    _finish(axes[0], "training loss")
+    unlabeled = _series(rows, lambda r: r["unlabeled_loss"])
+    # with FixMatch the logged loss is the labelled loss plus semi.weight x the unlabeled one
+    plot_smoothed(axes[0], *_series(rows, lambda r: r["loss"]), color=_color(0),
+                  label="train loss (labelled + weight x unlabeled)" if unlabeled[0] else "train loss")
+    plot_smoothed(axes[0], *unlabeled, color=_color(3), label="unlabeled loss (FixMatch)")
+    _finish(axes[0], "training loss", legend=bool(unlabeled[0]))
     xs, ys = _series(rows, lambda r: r["lr"])
     axes[1].plot(xs, ys, marker="o", markersize=3, linewidth=1.4, color=_color(1))
     _finish(axes[1], "learning rate (head)", log=bool(ys) and min(ys) > 0)
     plot_smoothed(axes[2], *_series(rows, lambda r: r["train_acc1"]), color=_color(2), label="train acc@1")
-    _finish(axes[2], "train accuracy @1 (%, augmented batches)")
+    rate = _series(rows, lambda r: r["pseudo_label_rate"])
+    plot_smoothed(axes[2], *rate, color=_color(4), label="pseudo-label rate (FixMatch)")
+    _finish(axes[2], "train acc@1 and pseudo-label rate (%)" if rate[0] else "train accuracy @1 (%, augmented batches)",
+            legend=bool(rate[0]))
     val_rows = [r for r in rows if isinstance(r.get("val"), dict)]
     ax = axes[3]
     if val_rows:

@@ -218,6 +218,10 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
                        f"class{'es' if task.space.num_classes != 1 else ''}, {len(task.train_set)} train / "
                        f"{len(task.val_set)} val images at {task.size}px on {device} ({engine.precision}); run "
                        f"directory {out}"))
+        if task.unlabeled is not None:
+            from fewshot.train.semi import fixmatch_note
+
+            print(one_line(fixmatch_note(task.unlabeled.summary, task.unlabeled.without_pool)))
         warn_random_backbone_at_a_pretrained_lr(cfg)
         left_out = task.datasets_left_out()
         if left_out:
@@ -261,6 +265,8 @@ def final_metrics(engine: Engine, task: SupervisedTask, out: Path) -> dict:
     mode = task.cfg["train"]["eval_mode"]
     metrics = dict(result["val"][mode])
     metrics.update({"split": "val", "best_epoch": best_epoch})
+    if task.unlabeled is not None:  # what the unlabeled pool added to the labelled images
+        metrics["semi"] = task.unlabeled.summary
     write_json(Path(out) / "metrics.json", metrics)
     for m in ("known", "unknown"):
         write_json(Path(out) / f"metrics_{m}.json", {**result["val"][m], "split": "val", "best_epoch": best_epoch})

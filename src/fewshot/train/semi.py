@@ -7,6 +7,8 @@ confidence clears the threshold. Views come from the batched tensor augmentation
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -74,6 +76,40 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: i
 POOL_SKIP_NOTE = "pool images; data.skip_bad_unlabeled=false stops instead"
 
 
+def pool_key(paths, root) -> str:
+    """A fingerprint of the pool's files (sorted; relative to the data root when under it, which --resume may move),
+    so that a resume can tell a pool that gained or lost files since the stop."""
+    root = Path(root)
+    names = sorted(str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in map(Path, paths))
+    return hashlib.sha1(json.dumps(names).encode()).hexdigest()
+
+
+def fixmatch_summary(cfg: dict, pool: Pool) -> dict:
+    """FixMatch's settings and pool, for metrics.json (`fewshot train`) and summary.json (`fewshot run`)."""
+    s = cfg["semi"]
+    return {"method": "fixmatch", "pool_size": len(pool.images), "pool_source": pool.source, "mu": int(s["mu"]),
+            "threshold": float(s["threshold"]), "weight": float(s["weight"])}
+
+
+def datasets_without_pool(cfg: dict, infos, pool: Pool) -> list[str]:
+    """The datasets with no pool images of their own (ROOT/unlabeled/<dataset>/), whose train images do not stand
+    in for FixMatch; none with data.unlabeled, whose images belong to no dataset."""
+    if cfg["data"]["unlabeled"]:
+        return []
+    return [info.name for d, info in enumerate(infos) if not bool((pool.dataset_ids == d).any())]
+
+
+def fixmatch_note(summary: dict, without_pool: list[str]) -> str:
+    """What FixMatch trains on, said at the start: its settings, the pool's size and source, and the datasets that
+    have no pool of their own."""
+    note = (f"FixMatch (semi.mu={summary['mu']}, semi.threshold={summary['threshold']:g}, semi.weight="
+            f"{summary['weight']:g}) on an unlabeled pool of {summary['pool_size']:,} images "
+            f"({summary['pool_source']})")
+    for name in without_pool:
+        note += f"; note: {name} has no pool of its own (no ROOT/unlabeled/{name}/): FixMatch has no images of it"
+    return note
+
+
 class UnlabeledStream:
     """Draws `mu * batch` pool images per step, deterministically from (seed, epoch, step).
 
@@ -85,10 +121,21 @@ class UnlabeledStream:
     """
 
     def __init__(self, cfg: dict, infos, size: int, mean, std, device: torch.device):
-        pool = load_pool(cfg, infos, size)
+        # only real pool images: a dataset without a pool would stand in its labelled train images (pool_files)
+        pool = load_pool(cfg, infos, size, exclude_train=True)
+        if len(pool.images) == 0:
+            from fewshot.errors import UserError
+
+            raise UserError(f"semi.method=fixmatch needs an unlabeled pool, and these data have none ("
+                            f"{pool.source}{'; none of its files decodes' if pool.skipped else ''}): put images under "
+                            f"{Path(cfg['data']['root']) / 'unlabeled'}/<dataset>/, or "
+                            f"give a folder of them with data.unlabeled=DIR (`fewshot run --unlabeled DIR`), or "
+                            f"train without semi.method=fixmatch.")
         # rows of the decode cache: each step reads its mu * batch images (a copy held the whole pool in memory)
         self.images, self.dataset_ids, self.source = pool.images, pool.dataset_ids, pool.source
         self.skipped = pool.skipped
+        self.key = pool_key(pool.paths, cfg["data"]["root"])  # checked on --resume (SupervisedTask)
+        self.summary, self.without_pool = fixmatch_summary(cfg, pool), datasets_without_pool(cfg, infos, pool)
         self.views = cfg["semi"].get("views", "mocov2")  # a config saved before semi.views: its own views
         d = cfg["data"]
         if self.views == "randaug":

@@ -282,13 +282,29 @@ class SupervisedTask:
 
     def checkpoint_extra(self) -> dict:
         return {"label_space": self.space.to_dict(), "n_parameters": self.n_parameters, "img_size": self.size,
-                "model_name": self.cfg["model"]["name"], "n_train": len(self.train_set)}
+                "model_name": self.cfg["model"]["name"], "n_train": len(self.train_set),
+                **({"n_pool": len(self.unlabeled.images), "pool_key": self.unlabeled.key} if self.unlabeled else {})}
 
     def load_checkpoint_extra(self, ck: dict) -> None:
         self.check_classes(ck)
         from fewshot.train.checkpoint import check_same_images
 
         check_same_images(ck, "n_train", len(self.train_set), "training images", stage_note=True)
+        self.check_same_pool(ck)
+
+    def check_same_pool(self, ck: dict) -> None:
+        """FixMatch draws its pool images by position: in a pool that gained or lost files since the stop the resumed
+        epochs would draw other images than the run's (a checkpoint saved before the key was kept: not checked)."""
+        if self.unlabeled is None or ck.get("pool_key") in (None, self.unlabeled.key):
+            return
+        from fewshot.errors import UserError
+
+        n_run, n_now = int(ck.get("n_pool", -1)), len(self.unlabeled.images)
+        what = (f"{n_run} images in the run, {n_now} now" if n_run != n_now else
+                f"{n_now} images as in the run, but other files")
+        raise UserError(f"--resume continues a FixMatch run on the unlabeled pool it trained with, but the pool "
+                        f"({self.unlabeled.source}) has changed since the stop: {what}. Restore the pool's files to "
+                        f"resume, or start a new run with another --out.")
 
     def check_classes(self, ck: dict) -> None:
         saved = LabelSpace.from_dict(ck["label_space"])
