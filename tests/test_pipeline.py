@@ -28,15 +28,6 @@ def _run(root: Path, out: Path, *extra: str) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-@pytest.fixture
-def any_confidence(monkeypatch):
-    """The teacher of a 0.2-minute round 1 is near chance, so the chance floor (test_semi) keeps none of its labels:
-    tests of where the pool comes from and what the record says lift the floor."""
-    from fewshot.train import semi
-
-    monkeypatch.setattr(semi, "chance_floor", lambda n_classes: torch.zeros(n_classes.shape))
-
-
 def _check_pred_all(root: Path, out: Path) -> None:
     pred = json.loads((out / "pred_all.json").read_text())
     assert isinstance(pred.pop("n_parameters"), int)
@@ -699,6 +690,9 @@ def test_pretrain_warns_that_a_fine_tuning_recipe_trains_moco_with_its_optimiser
     assert "looks like a fine-tuning recipe" in capsys.readouterr().err
     save_yaml({**resolve(default_preset="mocov2"), "_task": "moco"}, tmp_path / "pretrain.yaml")
     warn_finetune_config(tmp_path / "pretrain.yaml")
+    assert capsys.readouterr().err == ""
+    (tmp_path / "own.yaml").write_text("moco:\n  queue_size: 1024\noptim:\n  name: adamw\n")  # MoCo with AdamW
+    warn_finetune_config(tmp_path / "own.yaml")
     assert capsys.readouterr().err == ""
 
 

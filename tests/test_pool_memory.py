@@ -65,11 +65,12 @@ class Recording:
         return out
 
 
-def test_pseudo_labelling_reads_only_its_share_of_the_pool_and_labels_as_before(copy_root, tmp_path, monkeypatch):
+def test_pseudo_labelling_reads_only_its_share_of_the_pool_and_labels_as_before(copy_root, tmp_path, monkeypatch,
+                                                                                any_confidence):
     import fewshot.pipeline as pipeline
     import fewshot.train.semi as semi
     from fewshot.eval.evaluate import compute_logits
-    from fewshot.train.semi import class_quota, load_pool, select_pseudo_labels
+    from fewshot.train.semi import class_quota, labelled_counts, load_pool, select_pseudo_labels
 
     cfg, infos, task = _task(copy_root, **{"data.cache_dir": str(tmp_path / "cache")})
     r = cfg["run"]
@@ -96,8 +97,9 @@ def test_pseudo_labelling_reads_only_its_share_of_the_pool_and_labels_as_before(
     images = full.images[full.valid][share]
     ids = ref.dataset_ids[share]
     logits = compute_logits(task.model, images, task.normalize, task.device, channels_last=task.channels_last)
-    quota = class_quota(ids, task.space, r["pseudo_keep"])
-    idx, labels, _ = select_pseudo_labels(logits, ids, task.space, quota, torch.tensor(float(r["pseudo_threshold"])))
+    quota = class_quota(ids, task.space, r["pseudo_keep"], labelled_counts(infos, task.space), r["pseudo_max_per_shot"])
+    idx, labels, _ = select_pseudo_labels(logits, ids, task.space, quota.per_class,
+                                          torch.tensor(float(r["pseudo_threshold"])), quota.per_dataset)
     assert len(idx) > 0 and torch.equal(pseudo["targets"], labels) and torch.equal(kept, images[idx])
 
     # the next round holds the labelled images once: their repeat is of rows, not of pixels

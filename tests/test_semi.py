@@ -84,7 +84,7 @@ def test_class_quota_splits_each_datasets_pool_evenly_over_its_classes():
     assert class_quota(torch.tensor([-1] * 20), big, 0.5).per_class.tolist() == [1] * 52
     # in all a dataset keeps at most keep_frac of its pool (unknown-source images shared by classes)
     assert class_quota(ids, SPACE, 0.5).per_dataset.tolist() == [4, 3]
-    assert class_quota(torch.tensor([-1] * 20), big, 0.5).per_dataset.tolist() == [0, 9]
+    assert class_quota(torch.tensor([-1] * 20), big, 0.5).per_dataset.tolist() == [1, 9]  # at least one each
 
 
 def _confident(labels: list[int], n_classes: int, conf: float) -> torch.Tensor:
@@ -143,9 +143,9 @@ def test_a_tiny_pool_keeps_no_more_than_keep_frac_of_it():
     logits[7] = _confident([7], 10, 0.8)[0]
     idx, labels, _ = select_pseudo_labels(logits, ids, space, quota.per_class, 0.0, quota.per_dataset)
     assert len(idx) == 5 and {3, 7} <= set(labels.tolist())
-    quota = class_quota(torch.zeros(1, dtype=torch.long), space, 0.5)  # half of one image: none
-    idx, _, _ = select_pseudo_labels(logits[:1], ids[:1], space, quota.per_class, 0.0, quota.per_dataset)
-    assert len(idx) == 0
+    quota = class_quota(torch.zeros(2, dtype=torch.long), space, 0.5)  # half of two images: one
+    idx, _, _ = select_pseudo_labels(logits[:2], ids[:2], space, quota.per_class, 0.0, quota.per_dataset)
+    assert len(idx) == 1
 
 
 def test_teacher_probabilities_stay_inside_the_images_dataset():

@@ -232,13 +232,16 @@ def warn_replaced_overrides(extra) -> None:
 def warn_finetune_config(path) -> None:
     """The reverse of warn_pretrain_config: a fine-tuning recipe (an AdamW optimiser, no moco: section) given to
     `fewshot pretrain` trained MoCo with AdamW at the recipe's lr and silently ignored its fine-tuning fields."""
-    if not path:
+    if not path or int(os.environ.get("RANK", "0")) != 0:  # under torchrun: once
         return
     from fewshot.config import load_yaml
 
     raw = load_yaml(path) or {}
     optim = raw.get("optim") if isinstance(raw.get("optim"), dict) else {}
-    if raw.get("_task") == "moco" or optim.get("name") in (None, "sgd"):  # a train run's config.yaml: adamw
+    # a train run's config.yaml has a moco: section (every saved config does) and no _task; a user's own MoCo
+    # recipe with AdamW has a moco: section without the fine-tuning fields a train run saves
+    saved_train_run = "moco" in raw and "_task" not in raw and "semi" in raw
+    if raw.get("_task") == "moco" or optim.get("name") in (None, "sgd") or ("moco" in raw and not saved_train_run):
         return
     print(f"warning: {path} looks like a fine-tuning recipe for `fewshot train` (optimiser "
           f"{optim.get('name', '?')}, lr {optim.get('lr', '?')}). `fewshot pretrain` trains MoCo with its optim.* "

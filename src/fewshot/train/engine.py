@@ -44,6 +44,7 @@ from fewshot.utils import atomic_write_text, derive_seed, write_json
 
 
 TIMING_KEYS = ("images_per_s", "epoch_time_s", "eval_time_s")  # measurements, not results
+_TOLD_TENSORBOARD: set[str] = set()  # the reasons a missing TensorBoard was already told in this process
 BEST_ASIDE = "best_before_stop.pt"  # best.pt as it was before a budget stop's partial epoch beat it
 
 
@@ -510,9 +511,11 @@ class Engine:
                 self.writer = None
                 why = ("the tensorboard package is not installed (pip install tensorboard)"
                        if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}")
-                print(one_line(f"warning: train.tensorboard is on, but no event files are written to "
-                               f"{self.run_dir / 'tensorboard'}: {why}. log.jsonl and the plots hold the same "
-                               f"figures; train.tensorboard=false silences this."), file=sys.stderr, flush=True)
+                if why not in _TOLD_TENSORBOARD:  # once a process: `fewshot run` builds an Engine per stage
+                    _TOLD_TENSORBOARD.add(why)
+                    print(one_line(f"warning: train.tensorboard is on, but no event files are written to "
+                                   f"{self.run_dir / 'tensorboard'}: {why}. log.jsonl and the plots hold the same "
+                                   f"figures; train.tensorboard=false silences this."), file=sys.stderr, flush=True)
             if resumed and self.epoch > 0:
                 from fewshot.report.runs import read_log
 

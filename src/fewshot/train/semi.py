@@ -295,7 +295,9 @@ def class_quota(pool_dataset_ids: torch.Tensor, space, keep_frac: float, labelle
         # at least one per class when the dataset has a pool (rounding down to 0 kept nothing at all), but no more
         # than keep_frac of the pool in all: one per class was all of a pool of one image per class
         quota[classes] = max(1 if n > 0 else 0, int(round(keep_frac * n / max(1, len(classes)))))
-        total[d] = math.floor(keep_frac * n + 1e-9)  # 1e-9: 0.29 * 100 is 28.999...
+        # at least one for a dataset with a pool (a small unknown-source pool gave a dataset none); 1e-9: 0.29 * 100
+        # is 28.999...
+        total[d] = max(1 if n > 0 else 0, math.floor(keep_frac * n + 1e-9))
     if labelled is not None and max_per_shot is not None:
         quota = torch.minimum(quota, (labelled * max_per_shot).floor().long())
     return Quota(quota, total)
