@@ -548,7 +548,7 @@ def pool_share_in_time(task, images: torch.Tensor, seconds: float, record: Path,
 
 def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> int | None:
     """How many pool files self-training decodes: all (None) when the decode cache holds them or decoding them
-    takes at most ``seconds`` at the rate timed on the first ``n``; else a seeded random share that fits (``n`` at
+    takes at most ``seconds`` at the rate timed on a seeded ``n`` of them; else a seeded random share that fits (``n`` at
     least; semi.pool_subset). A cold 100k-file pool was decoded whole before the stages were planned, inside the
     budget, though the rounds label only the share their time allows (pool_share_in_time)."""
     from fewshot.data.cache import decode_seconds_per_image, is_cached
@@ -556,14 +556,16 @@ def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> i
     d, size = cfg["data"], cfg["model"]["img_size"]
     if len(paths) <= 2 * n or is_cached(paths, size, default_cache_dir(d["root"], d["cache_dir"]), d["crop_pct"]):
         return None
-    per_file = decode_seconds_per_image(paths[:n], size, d["crop_pct"])
+    # timed on files from every dataset of the pool (its first n are one dataset's: other sizes, other formats)
+    sample = torch.randperm(len(paths), generator=torch.Generator().manual_seed(int(cfg["train"]["seed"])))[:n]
+    per_file = decode_seconds_per_image([paths[i] for i in sample.tolist()], size, d["crop_pct"])
     if per_file * len(paths) <= seconds:
         return None
     limit = max(n, int(seconds / max(per_file, 1e-9)))
-    print(f"[run] the {len(paths):,} pool images are not in the decode cache: decoding them would take about "
-          f"{per_file * len(paths):.0f} s ({per_file * 1000:.1f} ms each, timed on {n}), more than the labelling "
-          f"can use ({seconds:.0f} s); decoding a seeded random {limit:,} of them, which the rounds label",
-          flush=True)
+    print(f"[run] the {len(paths):,} pool images are not in the decode cache: decoding them all would take about "
+          f"{per_file * len(paths):.0f} s ({per_file * 1000:.1f} ms each, timed on {n}), more than the {seconds:.0f} s "
+          f"that decoding may take (a quarter of the time after round 1); decoding a seeded random {limit:,} of them, "
+          f"the pool the rounds label", flush=True)
     return limit
 
 
