@@ -83,6 +83,17 @@ def test_resume_refuses_a_pool_that_changed_since_the_stop(copy_root, tmp_path):
         (pool / f.name).unlink()
     rc, _, err = run_main(*resume)  # the run's pool again: resumed
     assert rc == 0, err
+    (pool / files[0].name).write_bytes(b"not a png")  # a file that no longer decodes: said, not "restore the files"
+    rc, _, err = run_main(*resume[:5], "--epochs", "3", "--resume", "--no-progress", "data.skip_bad_unlabeled=true")
+    assert rc == 2 and "10 images in the run, 9 now" in err and "1 pool file(s) no longer decode" in err, err
+
+
+def test_the_no_pool_note_counts_the_unknown_source_images_fixmatch_draws_for_every_dataset():
+    from fewshot.train.semi import fixmatch_note
+
+    summary = {"mu": 1, "threshold": 0.95, "weight": 1.0, "pool_size": 30, "pool_source": "x", "unknown_source": 12}
+    assert "has no images of it apart from the 12 of unknown source" in fixmatch_note(summary, ["digits"])
+    assert fixmatch_note({**summary, "unknown_source": 0}, ["digits"]).endswith("FixMatch has no images of it")
 
 
 def test_pool_key_is_of_the_files_relative_to_the_data_root(tmp_path):

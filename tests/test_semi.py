@@ -133,7 +133,7 @@ def test_few_shots_and_a_huge_pool_keep_at_most_the_cap_per_labelled_image():
     assert class_quota(pool, demo, 0.5, torch.full((10,), 10), 10).per_class.tolist() == [50] * 10
 
 
-def test_a_tiny_pool_keeps_no_more_than_keep_frac_of_it():
+def test_a_tiny_pool_keeps_no_more_than_keep_frac_of_it_but_one_at_least():
     """One pool image per class: the at-least-one-per-class floor kept all of them (100 %, not pseudo_keep)."""
     space = LabelSpace(("d",), (tuple(f"c{i}" for i in range(10)),))
     ids = torch.zeros(10, dtype=torch.long)

@@ -88,7 +88,8 @@ def fixmatch_summary(cfg: dict, pool: Pool) -> dict:
     """FixMatch's settings and pool, for metrics.json (`fewshot train`) and summary.json (`fewshot run`)."""
     s = cfg["semi"]
     return {"method": "fixmatch", "pool_size": len(pool.images), "pool_source": pool.source, "mu": int(s["mu"]),
-            "threshold": float(s["threshold"]), "weight": float(s["weight"])}
+            "threshold": float(s["threshold"]), "weight": float(s["weight"]),
+            "unknown_source": int((pool.dataset_ids < 0).sum())}
 
 
 def datasets_without_pool(cfg: dict, infos, pool: Pool) -> list[str]:
@@ -105,8 +106,10 @@ def fixmatch_note(summary: dict, without_pool: list[str]) -> str:
     note = (f"FixMatch (semi.mu={summary['mu']}, semi.threshold={summary['threshold']:g}, semi.weight="
             f"{summary['weight']:g}) on an unlabeled pool of {summary['pool_size']:,} images "
             f"({summary['pool_source']})")
+    unknown = summary.get("unknown_source", 0)
     for name in without_pool:
-        note += f"; note: {name} has no pool of its own (no ROOT/unlabeled/{name}/): FixMatch has no images of it"
+        note += (f"; note: {name} has no pool of its own (no ROOT/unlabeled/{name}/): FixMatch has no images of it"
+                 + (f" apart from the {unknown:,} of unknown source" if unknown else ""))
     return note
 
 
@@ -130,7 +133,8 @@ class UnlabeledStream:
                             f"{pool.source}{'; none of its files decodes' if pool.skipped else ''}): put images under "
                             f"{Path(cfg['data']['root']) / 'unlabeled'}/<dataset>/, or "
                             f"give a folder of them with data.unlabeled=DIR (`fewshot run --unlabeled DIR`), or "
-                            f"train without semi.method=fixmatch.")
+                            f"train without semi.method=fixmatch (a stopped FixMatch run continues without it from "
+                            f"its weights: --weights RUN/checkpoints/last.pt and a new --out).")
         # rows of the decode cache: each step reads its mu * batch images (a copy held the whole pool in memory)
         self.images, self.dataset_ids, self.source = pool.images, pool.dataset_ids, pool.source
         self.skipped = pool.skipped
@@ -284,7 +288,7 @@ def class_quota(pool_dataset_ids: torch.Tensor, space, keep_frac: float, labelle
     (the pool's class balance is unknown; even is the assumption that cannot favour a class), and at most
     ``max_per_shot`` times the class's ``labelled`` images [C] (run.pseudo_max_per_shot: with 1-2 shots and a
     100k pool the quota held 50k pseudo-labels against 150 true ones). Per dataset: at most keep_frac of its pool
-    in all (``per_dataset`` of select_pseudo_labels)."""
+    in all (``per_dataset`` of select_pseudo_labels), but at least one image for a dataset with a pool."""
     quota = torch.zeros(space.num_classes, dtype=torch.long)
     total = torch.zeros(len(space.names), dtype=torch.long)
     n_unknown = int((pool_dataset_ids < 0).sum())

@@ -302,6 +302,8 @@ class SupervisedTask:
         n_run, n_now = int(ck.get("n_pool", -1)), len(self.unlabeled.images)
         what = (f"{n_run} images in the run, {n_now} now" if n_run != n_now else
                 f"{n_now} images as in the run, but other files")
+        if self.unlabeled.skipped:  # the key is of the files that decode: a file that broke since counts as gone
+            what += f"; {len(self.unlabeled.skipped)} pool file(s) no longer decode (listed above)"
         raise UserError(f"--resume continues a FixMatch run on the unlabeled pool it trained with, but the pool "
                         f"({self.unlabeled.source}) has changed since the stop: {what}. Restore the pool's files to "
                         f"resume, or start a new run with another --out.")
