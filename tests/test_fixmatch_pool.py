@@ -160,3 +160,22 @@ def test_run_with_fixmatch_checks_its_pool_and_records_it(copy_root, tmp_path, m
         assert state["summary"]["semi"]["pool_size"] == n
     else:
         assert seen["method"] == "off" and "FixMatch is off" in out and "semi" not in state["summary"]
+
+
+def test_run_checks_fixmatch_pool_in_the_cache_entry_fixmatch_reads(copy_root):
+    """`fewshot run`'s up-front pool check decoded MoCo's pool (train images standing in for a dataset without
+    one) for FixMatch: FixMatch then decoded its own pool a second time, inside the budget."""
+    from fewshot.config import resolve
+    from fewshot.data.cache import default_cache_dir, is_cached
+    from fewshot.data.layout import scan_root
+    from fewshot.pipeline import check_pool_images
+    from fewshot.train.semi import pool_files
+
+    first, _ = names(copy_root)
+    shutil.rmtree(copy_root / "unlabeled" / first)
+    cfg = resolve(flags={"data.root": str(copy_root), "model.img_size": 16})
+    infos = scan_root(copy_root, None, splits=("train", "val"))
+    skipped, n_moco = check_pool_images(cfg, infos, "fixmatch")
+    assert skipped == [] and n_moco is None
+    paths = pool_files(cfg, infos, exclude_train=True)[0]
+    assert is_cached(paths, 16, default_cache_dir(str(copy_root), None), cfg["data"]["crop_pct"])

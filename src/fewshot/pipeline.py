@@ -275,18 +275,21 @@ def check_pool_images(cfg: dict, infos, semi: str) -> tuple[list[tuple[str, str]
     are not kept (only the cache is)."""
     from fewshot.data.cache import load_images
     from fewshot.ssl.pretrain import pool_paths
-    from fewshot.train.semi import POOL_SKIP_NOTE
+    from fewshot.train.semi import POOL_SKIP_NOTE, pool_files
 
     d = cfg["data"]
-    crops = ({1.0} if cfg["run"]["pretrain"] else set()) | ({d["crop_pct"]} if semi == "fixmatch" else set())
-    paths = pool_paths(cfg, infos)[0] if crops else []
-    skipped, n_moco = [], None
-    for crop in sorted(crops):  # MoCo decodes whole images (crop 1.0); FixMatch as fine-tuning (data.crop_pct)
+    # MoCo decodes whole images (crop 1.0) of its pool, where train images stand in for a dataset without one;
+    # FixMatch decodes as fine-tuning does (data.crop_pct) and only real pool images (the cache entry it reads)
+    jobs = ([("moco", 1.0, pool_paths(cfg, infos)[0])] if cfg["run"]["pretrain"] else []) + \
+        ([("fixmatch", d["crop_pct"], pool_files(cfg, infos, exclude_train=True)[0])] if semi == "fixmatch" else [])
+    skipped, n_moco, seen = [], None, set()
+    for stage, crop, paths in jobs:
         cached = load_images(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]),
                              crop_pct=crop, skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"],
                              desc="loading unlabeled pool", skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"))
-        skipped += list(cached.bad)
-        if crop == 1.0 and cfg["run"]["pretrain"]:
+        skipped += [b for b in cached.bad if b[0] not in seen]
+        seen.update(b[0] for b in cached.bad)
+        if stage == "moco":
             n_moco = int(cached.valid.sum())
         del cached
     return skipped, n_moco
