@@ -425,6 +425,22 @@ def test_one_prediction_pass_gives_the_scores_of_separate_evaluations(digits_roo
         assert scores[mode] == evaluate_run(out / "finetune", digits_root, mode, cpu, split="test")
 
 
+def test_scoring_the_test_split_reads_the_image_ids_once_not_per_image(digits_root, moco_run, monkeypatch):
+    """ImageSet.image_ids parses every path; scoring read it once per test image: 1,300 images took 13 s of a
+    1-minute run's closing work (quadratic in the test split)."""
+    import torch
+
+    from fewshot.data.sets import ImageSet
+    from fewshot.eval.predict import predict_and_score
+
+    reads = []
+    ids = ImageSet.image_ids.fget
+    monkeypatch.setattr(ImageSet, "image_ids", property(lambda self: reads.append(1) or ids(self)))
+    out, _ = moco_run
+    _, _, scores = predict_and_score(out / "finetune", digits_root, torch.device("cpu"))
+    assert scores is not None and len(reads) <= 2
+
+
 def test_datasets_with_an_answer_key_are_scored_when_another_has_none(digits_root, moco_run, tmp_path):
     """A root where one dataset had no test_labels.json left every dataset unscored, without a word."""
     import shutil
@@ -833,3 +849,120 @@ def test_the_val_guard_picks_the_best_earlier_round_not_only_round_1():
     assert better_earlier_round({"finetune_labelled": {"mean_acc1": 70.0}, "finetune_round2": {}}, 60.0) == \
         "finetune_labelled"
     assert better_earlier_round(earlier, None) is None
+
+
+@pytest.mark.parametrize("where", ["planned at round 1", "checked before round 2"])
+def test_a_later_round_the_time_left_cannot_hold_is_skipped_and_the_last_finished_round_predicts(
+        digits_root, tmp_path, monkeypatch, where):
+    """A 90 s budget ran to 262 s: round 2 and its labelling started with ~68 s left for a round that needed more
+    at its 5-step floor. A round that does not fit is skipped (planned), round 1 predicts, and the run says so."""
+    from fewshot import pipeline
+
+    monkeypatch.setattr(pipeline, "time_holds", lambda need_s, left_s: need_s <= left_s)  # conftest relaxes it
+    if where == "planned at round 1":  # round 1's plan: even its floor leaves the later rounds too little
+        monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: 1e6)
+    else:  # round 1 planned as usual; before round 2's labelling the time left is below its need
+        monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: 0.0)
+        monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: 1e6)
+    out = tmp_path / "skip"
+    rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--model",
+                               "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",
+                               "train.batch_size=16", "run.pseudo_rounds=3")
+    assert rc == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["stages"]) == ["finetune_labelled"] and summary["predicted_with"] == "finetune_labelled"
+    assert summary["self_training_skipped"]["rounds"] == [2, 3] and "1000000 s" in summary["self_training_skipped"]["why"]
+    assert not (out / "finetune").exists() and not (out / "pseudo_labels_round2.json").exists()
+    assert "skipped (planned, not an error)" in stdout
+    _check_pred_all(digits_root, out)
+
+
+def test_rounds_that_fit_run_and_the_middle_rounds_that_do_not_are_dropped(digits_root, tmp_path, monkeypatch):
+    """With 3 rounds planned and time for only one more after round 1, that one is the last (`finetune`)."""
+    from fewshot import pipeline
+
+    monkeypatch.setattr(pipeline, "time_holds", lambda need_s, left_s: need_s <= left_s)  # conftest relaxes it
+    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: 0.0)
+    monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: 0.0 if a[4] == 1 else 1e6)
+    summary = _run(digits_root, tmp_path / "two", "run.pseudo_rounds=3")
+    assert list(summary["stages"]) == ["finetune_labelled", "finetune"] and "self_training_skipped" not in summary
+
+
+def test_later_rounds_need_their_labelling_calibration_floor_and_the_closing_work():
+    from fewshot.pipeline import later_rounds_seconds
+
+    one = later_rounds_seconds(0.1, 1.0, 0.0, 0, 1, 10.0)
+    assert one == pytest.approx(9 * 0.1 + 1.0 + 10.0)  # 4 timed steps + 5-step floor, the timed evaluation, closing
+    assert later_rounds_seconds(0.1, 1.0, 0.0, 0, 2, 10.0) == pytest.approx(one + 9 * 0.1 + 3 * 1.0)
+    assert later_rounds_seconds(0.1, 1.0, 0.01, 100, 1, 10.0) == pytest.approx(one + 2 * 1.0)  # labels the pool
+
+
+def test_the_closing_estimate_counts_the_reports_parts_at_the_machines_drawing_speed(digits_root):
+    """The closing work of the hunt's run (3 datasets, 3-12 classes, a loaded machine) took far longer than its
+    flat estimate: the report's parts grow with the stages, the datasets and their classes, and scale with the
+    time a figure takes now; without its image-based parts the report is cheaper by their estimate."""
+    import torch
+
+    from fewshot.config import resolve
+    from fewshot.data.layout import scan_root
+    from fewshot.pipeline import FIGURE_S, closing_seconds, report_seconds
+    from fewshot.train.distributed import DistContext
+    from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
+
+    cfg = resolve(flags={"data.root": str(digits_root), "model.name": "test_resnet", "model.img_size": 16,
+                         "train.batch_size": 8, "train.progress": False})
+    resolve_finetune_defaults(cfg)
+    task = SupervisedTask(cfg, scan_root(digits_root, None, splits=("train", "val")), torch.device("cpu"),
+                          DistContext())
+    base, images = report_seconds(task, 1.0, 1)
+    assert base > 0.5 and images > 1.0 + 1.3  # the val predictions (an evaluation), embedding and grid
+    assert report_seconds(task, 1.0, 3)[0] > base + 1.5  # curves and FLOPs of every stage
+    assert report_seconds(task, 1.0, 0) == (0.0, 0.0)  # no report
+    slow = report_seconds(task, 1.0, 1, figure_s=3 * FIGURE_S)
+    assert slow[0] > 2.5 * base and slow[1] - 1.0 > 2.5 * (images - 1.0 - 0.01)
+    import dataclasses
+
+    ten = task.space
+    task.space = dataclasses.replace(ten, classes=tuple(c + c for c in ten.classes))  # larger confusion matrices
+    assert report_seconds(task, 1.0, 1)[1] > images
+    task.space = ten
+    full = closing_seconds(task, 1.0, 0.0, 0, 1)
+    assert closing_seconds(task, 1.0, 0.0, 0, 1, images=False) == pytest.approx(full - report_seconds(task, 1.0, 1)[1])
+
+
+def test_the_report_leaves_out_its_image_parts_when_they_do_not_fit_the_time_left(digits_root, tmp_path, monkeypatch):
+    """Rather than overrun the budget, the run's report goes without confusion matrices, embedding map and grid
+    (`fewshot report` draws them later) and says so in the console, summary.json and the page."""
+    from fewshot import pipeline
+
+    monkeypatch.setattr(pipeline, "report_seconds", lambda *a, **k: (0.0, 1e6))
+    out = tmp_path / "lean"
+    rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--model",
+                               "test_resnet", "--device", "cpu", "--no-progress", "run.semi_method=off",
+                               "train.batch_size=16")
+    assert rc == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert "fewshot report" in summary["report_without_images"]
+    assert "leaves out its confusion matrices, embedding map and prediction grid" in stdout
+    page = (out / "report" / "index.html").read_text()
+    assert "prediction grid skipped" in page and "left for the report" in page
+    assert not list((out / "report").glob("*confusion*")) and not list((out / "report").glob("*embedding*"))
+    assert list((out / "report").glob("*curves*"))
+
+
+def test_the_command_leaves_its_objects_to_the_operating_system_at_exit(digits_root, tmp_path, monkeypatch):
+    """The interpreter's exit collected every object after `fewshot run`'s last line: 4-8 s on a busy machine."""
+    import gc
+    import sys
+
+    import fewshot.pipeline
+    from fewshot.cli import console_main
+
+    monkeypatch.setattr(fewshot.pipeline, "run_pipeline", lambda *a, **k: None)
+    monkeypatch.setattr(sys, "argv", ["fewshot", "run", "--data", str(digits_root), "--out", str(tmp_path / "o"),
+                                      "--budget-minutes", "1"])
+    gc.unfreeze()
+    try:
+        assert console_main() == 0 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

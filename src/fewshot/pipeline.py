@@ -158,6 +158,7 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     epochs = plan_epochs(budget_s, step_s, steps, eval_s, every, min_epochs)
     cfg["train"].update(epochs=epochs, budget_minutes=budget_s / 60)
     cfg["sched"]["time_based"] = True
+    task.step_s, task.eval_s = step_s, eval_s  # for the run's check that a later round still fits
     return step_s, fitting_epochs(budget_s, step_s, steps, eval_s, every), budget_s
 
 
@@ -179,15 +180,52 @@ def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256, model=N
     return (time.perf_counter() - t0) / len(sample)
 
 
-def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, report_stages: int) -> float:
+FIGURE_S = 0.06  # figure_seconds() on the 2 idle cores where report_seconds' figures were timed
+
+
+def figure_seconds() -> float:
+    """Seconds to draw and save a small figure now (the median of 3, after one that pays matplotlib's set-up): on a
+    busy machine the report drew 3-4x slower than report_seconds' figures, and the closing estimate scales with it."""
+    import io
+
+    from fewshot.report.plots import _figure  # the report's own figures (and matplotlib's config folder)
+
+    times = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        fig = _figure(2, 1.5)
+        fig.add_subplot().plot([0, 1], [0, 1])
+        fig.savefig(io.BytesIO(), format="png")
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[1]
+
+
+def report_seconds(task, eval_s: float, report_stages: int, figure_s: float = FIGURE_S) -> tuple[float, float]:
+    """The report of a run, estimated: (its page, accuracy bars, and per stage the curves and the FLOPs count of
+    its checkpoint; its image-based parts: the predicting stage's val predictions, a confusion matrix per dataset,
+    the embedding map and the grid). Timed on 2 idle CPU cores with 3 datasets of 3, 7 and 12 classes: page and
+    bars ~0.5 s, per stage ~0.9 s and a read of its checkpoint, a confusion matrix 0.15 s + 0.013 s a class (up
+    to 20 classes, 12 datasets drawn), embedding and grid ~1.3 s. The drawing scales by ``figure_s`` / FIGURE_S:
+    on a busy machine it took 3-4x as long, beyond the half of the budget kept for the closing work."""
+    if not report_stages:
+        return 0.0, 0.0
+    scale = max(1.0, figure_s / FIGURE_S)
+    read = sum(p.numel() for p in task.model.parameters()) * 8 / 250e6  # best.pt: weights and EMA, ~250 MB/s
+    base = scale * (0.5 + 0.9 * report_stages) + report_stages * read
+    confusions = sum(0.15 + 0.013 * min(len(c), 20) for c in task.space.classes[:12])
+    return base, eval_s + read + scale * (confusions + 1.3)
+
+
+def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, report_stages: int,
+                    figure_s: float = FIGURE_S, images: bool = True) -> float:
     """What a run does after its last training step, estimated from this machine's measured speed: the
     stage's closing evaluations (the stopped epoch's, the best checkpoint's) and checkpoint writes, one
-    prediction pass over the test images, and the report (figures; ~1-2 s each on 2 CPU cores)."""
+    prediction pass over the test images, and the report (report_seconds; ``images`` False: without its
+    image-based parts)."""
     n_params = sum(p.numel() for p in task.model.parameters())
     saves = n_params * 24 / 250e6  # last.pt (weights, EMA, AdamW's two slots) + best.pt (weights, EMA), ~250 MB/s
-    # the report: curves of every stage; a val pass, confusion matrices, embedding and grid of the last
-    figures = 3.5 + 1.5 * report_stages + 0.7 * len(task.space.names) + eval_s if report_stages else 0.0
-    return 2 * eval_s + saves + per_test_image * n_test + figures
+    base, drawn = report_seconds(task, eval_s, report_stages, figure_s)
+    return 2 * eval_s + saves + per_test_image * n_test + base + (drawn if images else 0.0)
 
 
 def after_round1_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, rounds: int,
@@ -200,6 +238,23 @@ def after_round1_seconds(step_s: float, eval_s: float, per_image: float, n_pool:
     others = (rounds - 1) * (9 * step_s + 3 * eval_s) + last_closing_s
     labelling = min(per_image * n_pool, max(per_image * min(n_pool, 256), others / 3))
     return (rounds - 1) * labelling + others
+
+
+def later_rounds_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, n_rounds: int,
+                         last_closing_s: float) -> float:
+    """The least time ``n_rounds`` more self-training rounds need, from the pool's labelling for the first of them
+    on, at the speeds measured for the round before: per round its labelling (as after_round1_seconds counts it),
+    its calibration (4 timed steps, an evaluation, a timed prediction batch), plan_stage's 5-step floor, and the
+    closing evaluations of all but the last; then the last stage's closing work."""
+    others = n_rounds * (9 * step_s + eval_s) + (n_rounds - 1) * 2 * eval_s + last_closing_s
+    labelling = min(per_image * n_pool, max(per_image * min(n_pool, 256), others / 3))
+    return n_rounds * (labelling + per_image * min(n_pool, 256)) + others
+
+
+def time_holds(need_s: float, left_s: float) -> bool:
+    """Whether ``left_s`` seconds hold work estimated at ``need_s``: the check that skips self-training's later
+    rounds (one place, which tests of the rounds themselves, in budgets of seconds, can relax)."""
+    return need_s <= left_s
 
 
 def auto_img_size(infos, device: torch.device) -> int:
@@ -859,11 +914,17 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     report_stages = (int(r["pseudo_rounds"]) if semi == "pseudo" else 1) if r.get("report", True) else 0
 
     warned: set[str] = set()
+    # the report's estimate (page and curves, image-based parts) at the last measured speeds, for its own cut
+    report_plan = {"figure_s": figure_seconds() if report_stages else FIGURE_S, "seconds": (0.0, 0.0)}
 
     def closing(task, eval_s: float, step_s: float | None = None, per_test_image: float | None = None) -> float:
         if per_test_image is None:
             per_test_image = measure_prediction_seconds(task, test_set.images)
-        need = closing_seconds(task, eval_s, per_test_image, len(test_set), report_stages) + 0.015 * budget_s
+        report_plan["seconds"] = report_seconds(task, eval_s, report_stages, report_plan["figure_s"])
+        need = closing_seconds(task, eval_s, per_test_image, len(test_set), report_stages,
+                               report_plan["figure_s"]) + 0.015 * budget_s
+        if need > 0.5 * budget_s:  # the report's image-based parts are left out at the end (they will not fit)
+            need -= report_plan["seconds"][1]
         if need > 0.5 * budget_s and "closing" not in warned:  # the cap keeps the stages some time, not the budget
             warned.add("closing")
             print(overrun_warning(need - 0.5 * budget_s, f"the work after the last training step (evaluation, "
@@ -904,22 +965,68 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     if semi == "pseudo":
         # round 1 on the labelled images; each later round starts from the previous round's model and
         # trains on the labelled images plus the pool labelled by that model; the last round is `finetune`
-        rounds = int(r["pseudo_rounds"])
+        # the later rounds the time cannot hold are skipped (planned): the decision is kept for a --resume
+        skip = state.data.setdefault("self_training", {"rounds": int(r["pseudo_rounds"]), "skipped_from": None})
+        rounds = skip["rounds"]
         labelled_end = time.monotonic() + (end_time - time.monotonic()) * r["pseudo_share"]
+
+        def decide(rounds_now: int, skipped_from: int | None, why: str) -> None:
+            nonlocal rounds, report_stages
+            skip.update(rounds=rounds_now, skipped_from=skipped_from, why=why)
+            rounds = rounds_now
+            report_stages = min(report_stages, (skipped_from or rounds_now + 1) - 1)  # the stages the report draws
+            state.save()
 
         def round1_closing(task, eval_s: float, step_s: float | None = None) -> float:
             """Round 1 ends at its share of the time, but no later than leaves the later rounds, the pool's
-            labelling and the closing work their least time (after_round1_seconds)."""
+            labelling and the closing work their least time (after_round1_seconds); when even round 1's floor
+            does not leave them that, they are skipped and round 1 trains until the closing work."""
             step_s = measure_step_seconds(task) if step_s is None else step_s  # a resumed round 1: not measured
             per_image = measure_prediction_seconds(task, test_set.images)  # the pool is labelled at this speed
-            rest = after_round1_seconds(step_s, eval_s, per_image, n_unlabeled, rounds,
-                                        closing(task, eval_s, per_test_image=per_image))
+            closing_s = closing(task, eval_s, per_test_image=per_image)
+            rest = after_round1_seconds(step_s, eval_s, per_image, n_unlabeled, rounds, closing_s)
+            left = last_end - time.monotonic()
+            if skip["skipped_from"] == 2 or (not time_holds(rest + 5 * step_s + eval_s, left)
+                                             and state.status("finetune") is None):
+                if skip["skipped_from"] != 2:
+                    planned = rounds
+                    decide(1, 2, f"about {max(0.0, left):.0f} s were left for round 1, and the later round"
+                                 f"{'s' if planned > 2 else ''} need about {rest:.0f} s after it at the measured speed "
+                                 f"(labelling the pool, calibration, 5 steps each, evaluations and the closing work)")
+                    print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "
+                          f"an error): {skip['why']}; round 1 trains until the closing work and predicts", flush=True)
+                return labelled_end - (last_end - closing_s)  # negative: round 1 ends after its share
             cut = max(0.0, labelled_end - (last_end - rest))
             if cut > 0:
                 print(f"[run] round 1 ends {cut:.0f} s before its share (run.pseudo_share={r['pseudo_share']:g}) "
                       f"would: about {rest:.0f} s are left for labelling the pool, {rounds - 1} later "
                       f"round{'s' if rounds > 2 else ''} and the closing work", flush=True)
             return cut
+
+        def check_later_rounds(task, k: int) -> None:
+            """Before round k's labelling: skip it and the rounds after it when the time left cannot hold one more
+            round at its floor (later_rounds_seconds): round 1 ran long, or the machine got slower. When it holds
+            fewer rounds than planned, the middle rounds that do not fit are dropped (the last comes sooner)."""
+            step_s = getattr(task, "step_s", None) or measure_step_seconds(task)  # a reused round: not measured
+            eval_s = getattr(task, "eval_s", None) or measure_eval_seconds(task)
+            per_image = measure_prediction_seconds(task, test_set.images)
+            closing_s = closing(task, eval_s, per_test_image=per_image)
+            left = last_end - time.monotonic()
+            fits = [n for n in range(rounds - k + 1, 0, -1)
+                    if time_holds(later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, n, closing_s), left)]
+            if not fits:
+                need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s)
+                decide(k - 1, k, f"{max(0.0, left):.0f} s were left of the budget after round {k - 1}, and round {k} "
+                                 f"needs at least {need:.0f} s at the measured speed (labelling the pool, calibration, "
+                                 f"5 steps, evaluations and the closing work)")
+                print(f"[run] round {k}{' and later' if k < rounds else ''} skipped (planned, not an error): "
+                      f"{skip['why']}; predicting with round {k - 1}", flush=True)
+            elif fits[0] < rounds - k + 1:
+                planned = rounds
+                decide(k + fits[0] - 1, None, f"the {left:.0f} s left after round {k - 1} held {fits[0]} more round"
+                                              f"{'s' if fits[0] > 1 else ''} at the measured speed")
+                print(f"[run] self-training ends with round {rounds} instead of {planned} (planned): {skip['why']}",
+                      flush=True)
 
         task, round1_metrics = finetune_stage(fcfg, infos, device, ctx, out / "finetune_labelled", labelled_end,
                                               "on the labelled images (self-training, round 1)", closing=round1_closing,
@@ -929,7 +1036,12 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         if not task.reused or "finetune_labelled" not in summary["stages"]:
             keep("finetune_labelled", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start},
                  task.fit_seconds)
-        for k in range(2, rounds + 1):
+        for k in range(2, int(r["pseudo_rounds"]) + 1):
+            if skip["skipped_from"] is None and state.status("finetune") is None and \
+                    state.status(f"finetune_round{k}") is None:  # a resumed round that began is continued
+                check_later_rounds(task, k)
+            if skip["skipped_from"] is not None:
+                break
             # a resumed run labels the pool again with the same model: the same images, so that the stopped
             # round's checkpoint (which counts its training images) continues where it stopped
             # at most a quarter of the time left: the labelling was not planned, and a large pool took it all
@@ -949,20 +1061,32 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
                 keep(f"finetune_round{k}", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
                                             "pseudo_labels": pseudo["summary"],
                                             "val_mean_acc1": round_metrics.get("mean_acc1")}, task.fit_seconds)
-    has_pool = pseudo is not None and len(pseudo["images"]) > 0
-    task, val_metrics = finetune_stage(fcfg, infos, device, ctx, fdir, last_end,
-                                       "with FixMatch on the unlabeled pool" if semi == "fixmatch" else
-                                       "on labelled + pseudo-labelled pool images" if has_pool else
-                                       "on the labelled images again" if pseudo else "", pseudo, closing, **progress)
-    if not task.reused or "finetune" not in summary["stages"]:
-        keep("finetune", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
-                          **({"pseudo_labels": pseudo["summary"]} if pseudo is not None else {})}, task.fit_seconds)
-    del task
-    if pseudo is not None:
+    skipped = semi == "pseudo" and skip["skipped_from"] is not None
+    if skipped:  # the last round that finished predicts (or an earlier one the val guard prefers)
+        summary["self_training_skipped"] = {"rounds": list(range(skip["skipped_from"], int(r["pseudo_rounds"]) + 1)),
+                                            "why": skip["why"]}
+        last_name = "finetune_labelled" if rounds == 1 else f"finetune_round{rounds}"
+        fdir, val_metrics = out / last_name, earlier.pop(last_name)
+        del task
+    else:
+        has_pool = pseudo is not None and len(pseudo["images"]) > 0
+        task, val_metrics = finetune_stage(fcfg, infos, device, ctx, fdir, last_end,
+                                           "with FixMatch on the unlabeled pool" if semi == "fixmatch" else
+                                           "on labelled + pseudo-labelled pool images" if has_pool else
+                                           "on the labelled images again" if pseudo else "", pseudo, closing,
+                                           **progress)
+        if not task.reused or "finetune" not in summary["stages"]:
+            keep("finetune", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
+                              **({"pseudo_labels": pseudo["summary"]} if pseudo is not None else {})},
+                 task.fit_seconds)
+        del task
+    if pseudo is not None or skipped:
         # a guard chosen on val: if pseudo-labels hurt (an earlier round scores higher on val than the last),
         # predict with the best of them; a middle round that beat both round 1 and the last was passed over
         summary["stages"]["finetune_labelled"]["val_mean_acc1"] = round1_val
-        summary["stages"]["finetune"]["val_mean_acc1"] = last_val = val_metrics.get("mean_acc1")
+        last_val = val_metrics.get("mean_acc1")
+        if fdir.name in ("finetune", *(n for n in summary["stages"] if n.startswith("finetune_round"))):
+            summary["stages"][fdir.name]["val_mean_acc1"] = last_val
         best = better_earlier_round(earlier, last_val)
         if best is not None:
             which = "round 1" if best == "finetune_labelled" else f"round {best.removeprefix('finetune_round')}"
@@ -991,6 +1115,16 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     else:
         write_json(out / "metrics.json", val_metrics)
         print("[run] no test split could be scored (no usable answer key): metrics.json holds the val scores.")
+    skip_images = None  # the report's image-based parts are left out when the time left cannot hold them
+    base_s, images_s = report_plan["seconds"]
+    left = t_start + budget_s - time.monotonic()
+    if r.get("report", True) and images_s and base_s + images_s > left:
+        skip_images = (f"about {max(0.0, left):.0f} s of the budget were left for the report, which takes about "
+                       f"{base_s + images_s:.0f} s with them here (planned, not an error); `fewshot report {out} "
+                       f"--out {out / 'report'}` draws them.")
+        summary["report_without_images"] = skip_images
+        print(one_line(f"[run] the report leaves out its confusion matrices, embedding map and prediction grid: "
+                       f"{skip_images}"), flush=True)
     summary["seconds"] = time.monotonic() - t_start
     summary["metrics"] = metrics
     write_json(out / "summary.json", summary)
@@ -998,7 +1132,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         from fewshot.report.build import build_report
 
         try:
-            index = build_report([out], out / "report", data=str(root), device=device.type)
+            index = build_report([out], out / "report", data=str(root), device=device.type, skip_images=skip_images)
             print(f"[run] report: {index}")
         except Exception as exc:  # the predictions are written; a report failure must not hide them
             print(f"[run] report failed ({type(exc).__name__}: {exc}); predictions and metrics are written.")

@@ -173,7 +173,7 @@ def _smoothing_caption(weights: list[tuple[str, float]]) -> str:
 
 class ReportBuilder:
     def __init__(self, paths: list[str], out: Path, data: str | None = None, device: str = "auto",
-                 tsne: bool = False, grid_images: int = GRID_IMAGES, log=print):
+                 tsne: bool = False, grid_images: int = GRID_IMAGES, log=print, skip_images: str | None = None):
         if grid_images > MAX_GRID_IMAGES:
             raise UserError(f"--grid {grid_images} is more than the {MAX_GRID_IMAGES} val images a prediction grid "
                             f"shows (rows of 8: a picture too tall to view); give --grid {MAX_GRID_IMAGES} or less.")
@@ -183,6 +183,7 @@ class ReportBuilder:
         self.tsne = tsne
         self.grid_images = grid_images
         self.log = log
+        self.skip_images = skip_images  # why the image-based parts are left out (`fewshot run` out of time), or None
         from fewshot.utils import resolve_device
 
         self.device = resolve_device(device)
@@ -227,6 +228,10 @@ class ReportBuilder:
                 else:
                     self.data_notes[r.label] = f"confusion matrices, embedding map and image grid are drawn for " \
                                                f"the stage that predicted ({predicted_with}), not for this one."
+                continue
+            if self.skip_images:
+                self.data_notes[r.label] = f"Confusion matrices, embedding map and prediction grid skipped: " \
+                                           f"{self.skip_images}"
                 continue
             root, why = resolve_data_root(r, self.data)
             if root is None:
@@ -279,6 +284,9 @@ class ReportBuilder:
                 shown.add(r.group)
                 label = r.label.rsplit("/", 1)[0] if "/" in r.label else str(r.group)
                 body.append(T.to_html(T.self_training_table(label, rounds, r.pipeline.get("predicted_with"))))
+                if r.pipeline.get("self_training_skipped"):
+                    body.append(H.note(f"Later rounds of self-training were skipped (planned, not an error): "
+                                       f"{r.pipeline['self_training_skipped']}."))
         sup = [r for r in self.runs if r.kind == "supervised" and (r.metrics_known or r.metrics_unknown)]
         if sup:
             from fewshot.report.plots import plot_accuracy_bars
@@ -473,7 +481,8 @@ class ReportBuilder:
 
 
 def build_report(paths: list[str], out: Path, data: str | None = None, device: str = "auto", tsne: bool = False,
-                 grid_images: int = GRID_IMAGES, log=print) -> Path:
-    """Write OUT/index.html (+ PNGs) for the given runs; returns the page's path."""
+                 grid_images: int = GRID_IMAGES, log=print, skip_images: str | None = None) -> Path:
+    """Write OUT/index.html (+ PNGs) for the given runs; returns the page's path. ``skip_images``: why the
+    image-based parts (val predictions, confusion matrices, embedding map, grid) are left out, or None."""
     return ReportBuilder(paths, Path(out), data=data, device=device, tsne=tsne, grid_images=grid_images,
-                         log=log).build()
+                         log=log, skip_images=skip_images).build()

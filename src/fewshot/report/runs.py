@@ -500,6 +500,9 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
         notes.append(f"{where} holds {_kind_of(summary)}, not an object: passed over.")
         return None
     out = {k: summary[k] for k in ("predicted_with",) if isinstance(summary.get(k), str)}
+    skipped = summary.get("self_training_skipped")  # later rounds the budget could not hold (planned)
+    if isinstance(skipped, dict) and isinstance(skipped.get("why"), str):
+        out["self_training_skipped"] = skipped["why"]
     stages = summary.get("stages")
     if isinstance(stages, dict):  # epochs trained per stage: a budget stop's fraction the log does not always tell
         out["epochs"] = {k: v["epochs"] for k, v in stages.items()
