@@ -416,6 +416,15 @@ def test_subcommand_help(command):
     assert f"fewshot {command}" in out
 
 
+def test_help_command_is_the_help_flag():
+    """`fewshot help train` was an invalid choice; as in git and pip it is `fewshot train --help`."""
+    assert run_main("help", "train") == run_main("train", "--help")
+    rc, out, _ = run_main("help")
+    assert rc == 0 and out == run_main("--help")[1] and "fewshot help COMMAND" in out
+    rc, _, err = run_main("help", "nosuch")
+    assert rc == 2 and "invalid choice" in err
+
+
 def test_python_dash_m_help():
     proc = run_subprocess("--help")
     assert proc.returncode == 0, proc.stderr

@@ -56,7 +56,8 @@ def _add_common_training(p: argparse.ArgumentParser, task: str = "train") -> Non
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewshot", description="Few-shot image classification over several "
-                                     "datasets, with MoCo self-supervised pretraining on unlabeled images.")
+                                     "datasets, with MoCo self-supervised pretraining on unlabeled images.",
+                                     epilog="`fewshot help COMMAND` (or `fewshot COMMAND --help`) explains a command.")
     from fewshot import __version__
     from fewshot.cli_moco import positive_int
 
@@ -354,6 +355,13 @@ def _expand_home(args) -> None:
             setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
 
 
+def _help_command(argv: list) -> list:
+    """`fewshot help [COMMAND]`, as git and pip have it, is `fewshot [COMMAND] --help` (it was an invalid choice)."""
+    if argv[:1] != ["help"]:
+        return argv
+    return [*argv[1:2], "--help"]
+
+
 def main(argv: list | None = None, started: float | None = None) -> int:
     """Run one fewshot command, as the shell would: ``main(["train", "--data", root, ...])``.
 
@@ -365,6 +373,7 @@ def main(argv: list | None = None, started: float | None = None) -> int:
     """
     if argv is not None:
         argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in argv]
+    argv = _help_command(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if "--" in extra:  # `--unlabeled A B -- optim.lr=1e-3`: the usual end of a list of values, not an override

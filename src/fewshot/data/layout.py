@@ -257,6 +257,7 @@ def list_datasets(root: Path) -> list[str]:
             print(one_line(f"note: {folder} is not a dataset ({why}): passed over"), file=sys.stderr, flush=True)
     if not names:
         raise UserError(f"no dataset folders found under '{root}'. Expected ROOT/<dataset>/train/<class>/*.jpg "
+                        f"(and val/<class>/ alike) for training, ROOT/<dataset>/test/<id>.jpg for predict "
                         f"(see `fewshot data --help` to build demo data).")
     return names
 
