@@ -90,13 +90,26 @@ def any_confidence(monkeypatch):
     monkeypatch.setattr(semi, "chance_floor", lambda n_classes: torch.zeros(n_classes.shape))
 
 
+REAL_TIME_HOLDS = []  # pipeline.time_holds before later_rounds_fit relaxed it: real_time_holds puts it back
+
+
 @pytest.fixture(autouse=True, scope="session")
 def later_rounds_fit():
     """`fewshot run` skips self-training rounds that the time left cannot hold at the measured speed, and the tests'
-    budgets of seconds hold none: tests of what the rounds do let them run (the skip's tests restore the check).
+    budgets of seconds hold none: tests of what the rounds do let them run (the skip's tests take real_time_holds).
     Session-wide: module fixtures run whole pipelines too."""
     from fewshot import pipeline
 
+    REAL_TIME_HOLDS.append(pipeline.time_holds)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "time_holds", lambda need_s, left_s: True)
         yield
+
+
+@pytest.fixture
+def real_time_holds(monkeypatch):
+    """The skip's own tests: pipeline.time_holds as the package has it (later_rounds_fit relaxes it)."""
+    from fewshot import pipeline
+
+    monkeypatch.setattr(pipeline, "time_holds", REAL_TIME_HOLDS[0])
+    return REAL_TIME_HOLDS[0]

@@ -853,16 +853,15 @@ def test_the_val_guard_picks_the_best_earlier_round_not_only_round_1():
 
 @pytest.mark.parametrize("where", ["planned at round 1", "checked before round 2"])
 def test_a_later_round_the_time_left_cannot_hold_is_skipped_and_the_last_finished_round_predicts(
-        digits_root, tmp_path, monkeypatch, where):
+        digits_root, tmp_path, monkeypatch, real_time_holds, where):
     """A 90 s budget ran to 262 s: round 2 and its labelling started with ~68 s left for a round that needed more
     at its 5-step floor. A round that does not fit is skipped (planned), round 1 predicts, and the run says so."""
     from fewshot import pipeline
 
-    monkeypatch.setattr(pipeline, "time_holds", lambda need_s, left_s: need_s <= left_s)  # conftest relaxes it
     if where == "planned at round 1":  # round 1's plan: even its floor leaves the later rounds too little
         monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: 1e6)
     else:  # round 1 planned as usual; before round 2's labelling the time left is below its need
-        monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: 0.0)
+        monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)  # round 1 holds at any speed
         monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: 1e6)
     out = tmp_path / "skip"
     rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--model",
@@ -877,15 +876,49 @@ def test_a_later_round_the_time_left_cannot_hold_is_skipped_and_the_last_finishe
     _check_pred_all(digits_root, out)
 
 
-def test_rounds_that_fit_run_and_the_middle_rounds_that_do_not_are_dropped(digits_root, tmp_path, monkeypatch):
-    """With 3 rounds planned and time for only one more after round 1, that one is the last (`finetune`)."""
+def test_rounds_that_fit_run_and_the_middle_rounds_that_do_not_are_dropped(digits_root, tmp_path, monkeypatch,
+                                                                           real_time_holds):
+    """With 3 rounds planned and time for only one more after round 1, that one is the last (`finetune`); the
+    dropped round is told in summary.json (it left no record) and on the report's page."""
     from fewshot import pipeline
+    from fewshot.report.runs import _read_summary
 
-    monkeypatch.setattr(pipeline, "time_holds", lambda need_s, left_s: need_s <= left_s)  # conftest relaxes it
-    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: 0.0)
-    monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: 0.0 if a[4] == 1 else 1e6)
-    summary = _run(digits_root, tmp_path / "two", "run.pseudo_rounds=3")
+    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)  # round 1 holds at any speed
+    monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6 if a[4] == 1 else 1e6)
+    out = tmp_path / "two"
+    summary = _run(digits_root, out, "run.pseudo_rounds=3")
     assert list(summary["stages"]) == ["finetune_labelled", "finetune"] and "self_training_skipped" not in summary
+    reduced = summary["self_training_reduced"]
+    assert reduced["planned"] == 3 and reduced["ran"] == 2 and "held 1 more round at" in reduced["why"]
+    assert _read_summary(out, [])["self_training_reduced"].startswith("2 of 3 rounds ran: the ")
+
+
+def test_identical_runs_reuse_the_share_of_a_cold_pool_an_earlier_one_decoded(copy_root, tmp_path, monkeypatch):
+    """The decoding rate is timed anew by every run: 3 identical runs chose 564, 972 and 771 files, decoded each
+    into a cache entry of its own, and labelled 3 different pools. A share at least half the size a run would
+    choose is reused (a larger one contains the smaller: seeded); a much larger budget decodes more."""
+    import fewshot.data.cache as cache
+    from fewshot.config import resolve
+    from fewshot.data.layout import scan_root
+    from fewshot.pipeline import pool_decode_limit
+    from fewshot.train.semi import load_pool, pool_files
+
+    cfg = resolve(flags={"data.root": str(copy_root), "model.img_size": 16, "data.cache_dir": str(tmp_path / "c")})
+    infos = scan_root(copy_root, None, splits=("train", "val"))
+    paths = pool_files(cfg, infos, exclude_train=True)[0]
+    assert len(paths) > 150
+
+    def limit_at(per_file: float) -> int:
+        monkeypatch.setattr(cache, "decode_seconds_per_image", lambda *a, **k: per_file)
+        limit = pool_decode_limit(cfg, paths, 50.0, n=8)
+        load_pool(cfg, infos, 16, exclude_train=True, limit=limit)  # as the run decodes it
+        return limit
+
+    assert limit_at(1.0) == 50
+    assert limit_at(0.7) == 50 and limit_at(1.5) == 50  # 71 and 33 files now: the 50 decoded are reused
+    assert len(list((tmp_path / "c").glob("*.u8"))) == 1
+    assert limit_at(0.4) == 125  # 125: more than twice the share in the cache, decoded
+    assert limit_at(0.3) == 125 and len(list((tmp_path / "c").glob("*.u8"))) == 2
 
 
 def test_later_rounds_need_their_labelling_calibration_floor_and_the_closing_work():

@@ -390,3 +390,87 @@ def test_a_run_from_weights_resumes_without_the_file_and_from_another_folder(dig
     rc, stdout, err = run_main(*_cmd(digits_root, "../run", "--resume", "model.weights=../w/t.pth", weights[1]))
     assert rc == 0, err
     assert "finetune_labelled: finished before the stop" in stdout and "finetune: continuing from" in stdout
+
+
+def _report_spy(monkeypatch, images_s: float = 0.0) -> dict:
+    """The report's estimates (the stages it draws) and what the report was told to leave out; it is not drawn."""
+    import fewshot.pipeline
+    import fewshot.report.build
+
+    seen = {"stages": [], "skip_images": []}
+    estimate = fewshot.pipeline.report_seconds
+
+    def report_seconds(task, eval_s, report_stages, *args):
+        seen["stages"].append(report_stages)
+        base, drawn = estimate(task, eval_s, report_stages, *args)
+        return base, max(drawn, images_s)
+
+    def build_report(paths, out, **kwargs):
+        seen["skip_images"].append(kwargs.get("skip_images"))
+        return out / "index.html"
+
+    monkeypatch.setattr(fewshot.pipeline, "report_seconds", report_seconds)
+    monkeypatch.setattr(fewshot.report.build, "build_report", build_report)
+    return seen
+
+
+def _unfinish(out: Path) -> None:
+    """As if the run had stopped after its stages, in its prediction or report."""
+    state = _state(out)
+    state["finished"] = False
+    (out / "run_state.json").write_text(json.dumps(state))
+
+
+def test_a_run_resumed_after_round_3_was_skipped_reuses_rounds_1_and_2(digits_root, tmp_path, monkeypatch):
+    """Round 3 skipped for want of time, then the run stopped in its prediction or report: --resume failed with
+    KeyError 'finetune_round2' (round 2 was never reused). It reuses both rounds, predicts with the last, and its
+    report (2 stages, as saved) still leaves out the image-based parts when they do not fit the time left."""
+    import fewshot.pipeline
+
+    out = tmp_path / "run"
+    cmd = [a for a in _cmd(digits_root, out, "run.pseudo_rounds=3") if a != "run.report=false"]
+    # the time holds the rounds up to round 2's end, not round 3
+    monkeypatch.setattr(fewshot.pipeline, "time_holds",
+                        lambda need_s, left_s: not (out / "finetune_round2" / "metrics.json").is_file())
+    seen = _report_spy(monkeypatch)
+    rc, stdout, err = run_main(*cmd)
+    assert rc == 0, err
+    assert "round 3 skipped (planned, not an error)" in stdout
+    assert seen["stages"][-1] == 2  # the report's estimate after the decision: rounds 1 and 2
+    _unfinish(out)
+    seen = _report_spy(monkeypatch, images_s=1e6)  # the image-based parts do not fit the time left
+    rc, stdout, err = run_main(*cmd, "--resume")
+    assert rc == 0, err
+    assert "finetune_labelled: finished before the stop" in stdout and "finetune_round2: finished before" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["stages"]) == ["finetune_labelled", "finetune_round2"]
+    assert summary["predicted_with"] in ("finetune_labelled", "finetune_round2")
+    assert summary["self_training_skipped"]["rounds"] == [3] and not (out / "finetune").exists()
+    assert seen["stages"] == [2] and seen["skip_images"][0] and "report_without_images" in summary
+    _check_pred_all(digits_root, out)
+
+
+def test_a_run_stopped_in_round_1_keeps_its_decision_to_skip_the_later_rounds(digits_root, tmp_path, monkeypatch):
+    """The decision (saved in run_state.json) holds on --resume even where the time would now seem to allow more:
+    round 1 continues up to the closing work and predicts, and the report counts round 1's stage only."""
+    import fewshot.pipeline
+    from fewshot.train.supervised import SupervisedTask
+
+    out = tmp_path / "run"
+    cmd = [a for a in _cmd(digits_root, out, "run.pseudo_rounds=3") if a != "run.report=false"]
+    with monkeypatch.context() as mp:
+        mp.setattr(fewshot.pipeline, "time_holds", lambda need_s, left_s: False)
+        sigterm_in_stage(mp, "finetune_labelled", SupervisedTask, 2)
+        rc, stdout, err = run_main(*cmd)
+    assert rc == 128 + signal.SIGTERM, err
+    assert "rounds 2-3 skipped (planned, not an error)" in stdout
+    assert _state(out)["self_training"]["skipped_from"] == 2
+    seen = _report_spy(monkeypatch)  # and conftest's time_holds: every round would fit now
+    rc, stdout, err = run_main(*cmd, "--resume")
+    assert rc == 0, err
+    assert "finetune_labelled: continuing from" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["stages"]) == ["finetune_labelled"] and summary["predicted_with"] == "finetune_labelled"
+    assert summary["self_training_skipped"]["rounds"] == [2, 3] and not (out / "pseudo_labels_round2.json").exists()
+    assert seen["stages"] and set(seen["stages"]) == {1}
+    _check_pred_all(digits_root, out)

@@ -26,7 +26,7 @@ from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
-from fewshot.utils import derive_seed, resolve_device, seed_everything, write_json
+from fewshot.utils import atomic_write_text, derive_seed, resolve_device, seed_everything, write_json
 
 
 def _sync(device: torch.device) -> None:
@@ -154,7 +154,8 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     budget_s = max(5 * step_s, left)
     if 5 * step_s > left:
         print(overrun_warning(5 * step_s - left, f"this stage's least 5 training steps ({5 * step_s:.0f} s at the "
-                              f"measured speed) do not fit the {max(0.0, left):.0f} s left to it"), flush=True)
+                              f"measured speed) do not fit the {max(0.0, left):.0f} s left to it"
+                              f"{' (the rest is kept for the work after it)' if after > 0 else ''}"), flush=True)
     epochs = plan_epochs(budget_s, step_s, steps, eval_s, every, min_epochs)
     cfg["train"].update(epochs=epochs, budget_minutes=budget_s / 60)
     cfg["sched"]["time_based"] = True
@@ -608,18 +609,36 @@ def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> i
     """How many pool files self-training decodes: all (None) when the decode cache holds them or decoding them
     takes at most ``seconds`` at the rate timed on a seeded ``n`` of them; else a seeded random share that fits (``n`` at
     least; semi.pool_subset). A cold 100k-file pool was decoded whole before the stages were planned, inside the
-    budget, though the rounds label only the share their time allows (pool_share_in_time)."""
-    from fewshot.data.cache import decode_seconds_per_image, is_cached
+    budget, though the rounds label only the share their time allows (pool_share_in_time). A share an earlier run
+    decoded (cache.subsets_record) is reused when at least half as large: the timing varies from run to run (564 to
+    972 files for the same time), and each new count decoded another share into a cache entry of its own."""
+    from fewshot.data.cache import decode_seconds_per_image, is_cached, subsets_record
+    from fewshot.train.semi import pool_subset
 
-    d, size = cfg["data"], cfg["model"]["img_size"]
-    if len(paths) <= 2 * n or is_cached(paths, size, default_cache_dir(d["root"], d["cache_dir"]), d["crop_pct"]):
+    d, size, seed = cfg["data"], cfg["model"]["img_size"], int(cfg["train"]["seed"])
+    cache_dir = default_cache_dir(d["root"], d["cache_dir"])
+    if len(paths) <= 2 * n or is_cached(paths, size, cache_dir, d["crop_pct"]):
         return None
     # timed on files from every dataset of the pool (its first n are one dataset's: other sizes, other formats)
-    sample = torch.randperm(len(paths), generator=torch.Generator().manual_seed(int(cfg["train"]["seed"])))[:n]
+    sample = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:n]
     per_file = decode_seconds_per_image([paths[i] for i in sample.tolist()], size, d["crop_pct"])
     if per_file * len(paths) <= seconds:
         return None
     limit = max(n, int(seconds / max(per_file, 1e-9)))
+    record, decoded = subsets_record(paths, size, cache_dir, d["crop_pct"], seed), []
+    if record is not None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            decoded = sorted({int(m) for m in json.loads(record.read_text())}, reverse=True)  # no record: none
+    for m in (m for m in decoded if limit / 2 <= m < len(paths)):
+        if is_cached([paths[i] for i in pool_subset(len(paths), m, seed).tolist()], size, cache_dir, d["crop_pct"]):
+            print(f"[run] the {len(paths):,} pool images are not in the decode cache, but a seeded random {m:,} of "
+                  f"them are (an earlier run's): the pool the rounds label (decoding all would take about "
+                  f"{per_file * len(paths):.0f} s, more than the {seconds:.0f} s that decoding may take)", flush=True)
+            return m
+    if record is not None:
+        with contextlib.suppress(OSError):
+            record.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(record, json.dumps(sorted({limit, *decoded})))
     print(f"[run] the {len(paths):,} pool images are not in the decode cache: decoding them all would take about "
           f"{per_file * len(paths):.0f} s ({per_file * 1000:.1f} ms each, timed on {n}), more than the {seconds:.0f} s "
           f"that decoding may take (a quarter of the time after round 1); decoding a seeded random {limit:,} of them, "
@@ -915,7 +934,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
 
     warned: set[str] = set()
     # the report's estimate (page and curves, image-based parts) at the last measured speeds, for its own cut
-    report_plan = {"figure_s": figure_seconds() if report_stages else FIGURE_S, "seconds": (0.0, 0.0)}
+    # (None: no closing() this session, a resume whose stages were all trained: estimated after the last one)
+    report_plan = {"figure_s": figure_seconds() if report_stages else FIGURE_S, "seconds": None}
 
     def closing(task, eval_s: float, step_s: float | None = None, per_test_image: float | None = None) -> float:
         if per_test_image is None:
@@ -968,11 +988,14 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         # the later rounds the time cannot hold are skipped (planned): the decision is kept for a --resume
         skip = state.data.setdefault("self_training", {"rounds": int(r["pseudo_rounds"]), "skipped_from": None})
         rounds = skip["rounds"]
+        report_stages = min(report_stages, rounds)  # a resumed run's report draws the rounds its decision kept
         labelled_end = time.monotonic() + (end_time - time.monotonic()) * r["pseudo_share"]
 
         def decide(rounds_now: int, skipped_from: int | None, why: str) -> None:
             nonlocal rounds, report_stages
             skip.update(rounds=rounds_now, skipped_from=skipped_from, why=why)
+            if skipped_from is None:  # middle rounds dropped: summary.json's self_training_reduced
+                skip["reduced_why"] = why
             rounds = rounds_now
             report_stages = min(report_stages, (skipped_from or rounds_now + 1) - 1)  # the stages the report draws
             state.save()
@@ -990,11 +1013,14 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
                                              and state.status("finetune") is None):
                 if skip["skipped_from"] != 2:
                     planned = rounds
-                    decide(1, 2, f"about {max(0.0, left):.0f} s were left for round 1, and the later round"
-                                 f"{'s' if planned > 2 else ''} need about {rest:.0f} s after it at the measured speed "
-                                 f"(labelling the pool, calibration, 5 steps each, evaluations and the closing work)")
+                    decide(1, 2, f"about {max(0.0, left):.0f} s were left for round 1 and what follows it, and the "
+                                 f"later round{'s need' if planned > 2 else ' needs'} about {rest:.0f} s after round 1 "
+                                 f"at the measured speed (labelling the pool, calibration, 5 steps each, evaluations "
+                                 f"and the closing work)")
+                    closing_s = closing(task, eval_s, per_test_image=per_image)  # the report now draws round 1 only
                     print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "
-                          f"an error): {skip['why']}; round 1 trains until the closing work and predicts", flush=True)
+                          f"an error): {skip['why']}; round 1 trains until the closing work (about {closing_s:.0f} s) "
+                          f"and predicts", flush=True)
                 return labelled_end - (last_end - closing_s)  # negative: round 1 ends after its share
             cut = max(0.0, labelled_end - (last_end - rest))
             if cut > 0:
@@ -1027,6 +1053,9 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
                                               f"{'s' if fits[0] > 1 else ''} at the measured speed")
                 print(f"[run] self-training ends with round {rounds} instead of {planned} (planned): {skip['why']}",
                       flush=True)
+            else:  # every planned round fits: nothing changed
+                return
+            closing(task, eval_s, per_test_image=per_image)  # the report's estimate, for the stages it now draws
 
         task, round1_metrics = finetune_stage(fcfg, infos, device, ctx, out / "finetune_labelled", labelled_end,
                                               "on the labelled images (self-training, round 1)", closing=round1_closing,
@@ -1040,7 +1069,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
             if skip["skipped_from"] is None and state.status("finetune") is None and \
                     state.status(f"finetune_round{k}") is None:  # a resumed round that began is continued
                 check_later_rounds(task, k)
-            if skip["skipped_from"] is not None:
+            if skip["skipped_from"] is not None and k >= skip["skipped_from"]:  # the rounds before it are reused
                 break
             # a resumed run labels the pool again with the same model: the same images, so that the stopped
             # round's checkpoint (which counts its training images) continues where it stopped
@@ -1049,7 +1078,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
                                        seconds=0.25 * max(0.0, end_time - time.monotonic()),
                                        seed=derive_seed(fcfg["train"]["seed"], k, 11), pool_limit=pool_limit)
             del task
-            if k == rounds:
+            if k == rounds and skip["skipped_from"] is None:  # the last round is `finetune`, below
                 break
             round_end = time.monotonic() + (end_time - time.monotonic()) / (rounds - k + 1)
             what = "on labelled + pseudo-labelled pool images" if len(pseudo["images"]) else "on the labelled images again"
@@ -1061,13 +1090,15 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
                 keep(f"finetune_round{k}", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
                                             "pseudo_labels": pseudo["summary"],
                                             "val_mean_acc1": round_metrics.get("mean_acc1")}, task.fit_seconds)
+    if semi == "pseudo" and skip.get("reduced_why"):  # middle rounds dropped: the last round came sooner
+        summary["self_training_reduced"] = {"planned": int(r["pseudo_rounds"]), "ran": rounds,
+                                            "why": skip["reduced_why"]}
     skipped = semi == "pseudo" and skip["skipped_from"] is not None
     if skipped:  # the last round that finished predicts (or an earlier one the val guard prefers)
         summary["self_training_skipped"] = {"rounds": list(range(skip["skipped_from"], int(r["pseudo_rounds"]) + 1)),
                                             "why": skip["why"]}
         last_name = "finetune_labelled" if rounds == 1 else f"finetune_round{rounds}"
         fdir, val_metrics = out / last_name, earlier.pop(last_name)
-        del task
     else:
         has_pool = pseudo is not None and len(pseudo["images"]) > 0
         task, val_metrics = finetune_stage(fcfg, infos, device, ctx, fdir, last_end,
@@ -1079,7 +1110,10 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
             keep("finetune", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
                               **({"pseudo_labels": pseudo["summary"]} if pseudo is not None else {})},
                  task.fit_seconds)
-        del task
+    if report_plan["seconds"] is None:  # a resumed run with no stage left to train: the report's own estimate
+        report_plan["seconds"] = report_seconds(task, measure_eval_seconds(task) if report_stages else 0.0,
+                                                report_stages, report_plan["figure_s"])
+    del task
     if pseudo is not None or skipped:
         # a guard chosen on val: if pseudo-labels hurt (an earlier round scores higher on val than the last),
         # predict with the best of them; a middle round that beat both round 1 and the last was passed over

@@ -307,6 +307,15 @@ def is_cached(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: fl
     return (Path(cache_dir) / f"{key}.u8").is_file() and (Path(cache_dir) / f"{key}.json").is_file()
 
 
+def subsets_record(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float, seed: int) -> Path | None:
+    """Where the sizes of the seeded random subsets of ``paths`` decoded as entries of their own are listed
+    (pipeline.pool_decode_limit), named after the whole list's entry: a later run of the same pool reuses one.
+    A few bytes, not pruned; a changed file list gets another name."""
+    if cache_dir is None:
+        return None
+    return Path(cache_dir) / f"{cache_key([Path(p) for p in paths], size, crop_pct)}.seed{seed}.subsets.json"
+
+
 def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0, threads: int | None = None) -> float:
     """Seconds per file of decoding ``paths`` as load_images does (its threads), into memory and not cached: the
     rate at which a cold cache would be filled. Bad files count as decoded (they are reported by load_images)."""

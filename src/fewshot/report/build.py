@@ -287,6 +287,9 @@ class ReportBuilder:
                 if r.pipeline.get("self_training_skipped"):
                     body.append(H.note(f"Later rounds of self-training were skipped (planned, not an error): "
                                        f"{r.pipeline['self_training_skipped']}."))
+                if r.pipeline.get("self_training_reduced"):
+                    body.append(H.note(f"Self-training's middle rounds were dropped (planned, not an error): "
+                                       f"{r.pipeline['self_training_reduced']}."))
         sup = [r for r in self.runs if r.kind == "supervised" and (r.metrics_known or r.metrics_unknown)]
         if sup:
             from fewshot.report.plots import plot_accuracy_bars
