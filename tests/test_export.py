@@ -536,3 +536,32 @@ def test_the_printed_timm_call_of_a_fixed_size_model_without_position_weights_ta
     assert "img_size=32" in call
     model = eval(call, {"timm": timm}).eval()  # noqa: S307 - our own printed line
     assert model(torch.zeros(2, 3, 32, 32)).shape[0] == 2
+
+
+def test_weights_without_a_model_adopt_the_model_the_export_records(exported, tmp_path, capsys):
+    """`train --weights bb.safetensors` without --model built the default resnet18 and failed with a page of shape
+    mismatches, though the export names its model; a model the user names (flag, word, config file) stays."""
+    from fewshot.cli_moco import PRETRAIN_FLAGS
+
+    root, _, path = exported
+
+    def model_of(command, *words):
+        args, extra = build_parser().parse_known_args([command, "--data", str(root), "--out", str(tmp_path / "o"),
+                                                       "--weights", str(path), *words])
+        if command == "pretrain":
+            return resolve_run_config(args, extra, PRETRAIN_FLAGS, preset=args.preset, default_preset="mocov2")
+        return resolve_run_config(args, extra, TRAIN_FLAGS)["model"]["name"]
+
+    capsys.readouterr()
+    assert model_of("train") == NAME
+    assert f"using {NAME}, the model {path} records" in capsys.readouterr().err
+    assert model_of("pretrain")["model"]["name"] == NAME
+    assert f"using {NAME}" in capsys.readouterr().err
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  name: resnet18\n")
+    for words in (["--model", "resnet18"], ["model.name=resnet18"], ["--config", str(config)]):
+        assert model_of("train", *words) == "resnet18"
+        assert "using" not in capsys.readouterr().err
+    assert main(["probe", "--weights", str(path), "--data", str(root), "--img-size", "32", "--device", "cpu",
+                 "--head", "prototype"]) == 0
+    assert f"using {NAME}" in capsys.readouterr().err

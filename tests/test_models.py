@@ -514,3 +514,14 @@ def test_unexpected_weights_are_named_before_batch_norm_step_counters(tmp_path):
     save_file({**backbone.state_dict(), **state}, str(tmp_path / "w.safetensors"))
     with pytest.raises(UserError, match=r"9 unexpected key\(s\): other\.conv\.weight, extra0"):
         load_backbone_weights(backbone, tmp_path / "w.safetensors")
+
+
+def test_a_vit_size_that_is_not_a_multiple_of_its_patch_size_is_refused():
+    """40 px with 16 px patches builds a 2x2 grid whose convolution never sees the last 8 px: refused like 8 px."""
+    from fewshot.models.backbone import check_input_size
+
+    for size, sizes in ((40, "--img-size 32 or 48"), (8, "--img-size 16")):
+        with pytest.raises(UserError, match=f"multiple of 16 \\({sizes}\\)"):
+            check_input_size(create_backbone("test_vit", img_size=size), size, "test_vit")
+    check_input_size(create_backbone("test_vit", img_size=48), 48, "test_vit")
+    check_input_size(create_backbone("test_resnet"), 40, "test_resnet")  # no patches: any size

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from fewshot.ssl.functional import shuffle_permutation
-from fewshot.ssl.split_bn import SplitBatchNorm2d, convert_split_bn
+from fewshot.ssl.split_bn import SplitBatchNorm1d, SplitBatchNorm2d, convert_split_bn, unsplit_batch_norms
 
 
 def _randomise_bn(bn: nn.BatchNorm2d, seed: int = 0) -> None:
@@ -266,3 +266,87 @@ def test_shuffled_keys_are_normalised_with_other_samples_than_their_query():
     # this seed really mixes the groups: no key group is the query group
     # (with G = 2 the key partition either equals the query partition or differs for every i)
     assert all(key_group(i) != query_group(i) for i in range(N))
+
+
+# ----------------------------------------------------------------------------- BatchNorm1d (LeViT-style models)
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (8, 3, 5)])
+def test_split_bn1d_equals_separate_batchnorms(shape):
+    torch.manual_seed(3)
+    plain = nn.BatchNorm1d(3)
+    _randomise_bn(plain)
+    split = SplitBatchNorm1d(3, G)
+    split.load_state_dict(plain.state_dict())
+    x = torch.randn(*shape)
+    expected, refs = _per_group_forward(plain, x, G)
+    torch.testing.assert_close(split(x), expected, atol=1e-5, rtol=1e-5)
+    mean = torch.stack([r.running_mean for r in refs]).mean(0)
+    torch.testing.assert_close(split.running_mean, mean, atol=1e-5, rtol=1e-5)
+
+
+class _TokenNet(nn.Module):
+    """Conv + BatchNorm2d stem, then LeViT's LinearNorm: BatchNorm1d over the tokens flattened into the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn2d = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+        self.linear, self.bn1d = nn.Linear(4, 4), nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        x = self.bn2d(self.conv(x)).flatten(2).transpose(1, 2)  # [B, T, C]
+        x = self.linear(x)
+        return self.bn1d(x.flatten(0, 1)).reshape_as(x)
+
+
+def test_split_bn1d_over_flattened_tokens_keeps_the_groups_independent():
+    """Every BatchNorm of the model is split into the same G groups of samples: a BatchNorm1d fed [B*T, C]
+    (LeViT) groups each row with its sample, so sample i's output depends only on its own group."""
+    torch.manual_seed(4)
+    model = convert_split_bn(_TokenNet(), G).train()
+    assert unsplit_batch_norms(model) == []
+    influence = _influence(model, _batch())
+    for i in range(N):
+        assert influence[i] == {j for j in range(N) if j != i and j % G == i % G}
+    # the same function as running each group through its own copy of the model
+    torch.testing.assert_close(model(_batch()), _per_group_token_net(model, _batch()), atol=1e-5, rtol=1e-5)
+    # a deep copy (MoCo's key encoder) records its own batch size, and only during its forward pass
+    twin, x = copy.deepcopy(model), torch.randn(4, 3, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), _per_group_token_net(twin, x), atol=1e-5, rtol=1e-5)
+    assert twin.bn1d.samples is twin.bn2d.samples and twin.bn1d.samples is not model.bn1d.samples
+    assert twin.bn1d.samples.n is None
+
+
+def _per_group_token_net(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    expected = torch.empty(x.shape[0], 16, 4)
+    with torch.no_grad():
+        for g in range(G):
+            ref = _TokenNet().train()
+            ref.load_state_dict(model.state_dict())
+            expected[g::G] = ref(x[g::G])
+    return expected
+
+
+def test_levit_every_batchnorm_is_split():
+    model = convert_split_bn(timm.create_model("levit_128s", num_classes=0, img_size=32), G).train()
+    assert unsplit_batch_norms(model) == []
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = model(x)
+        x[0] += 3.0
+        changed = _changed(base, model(x))
+    assert changed == [True, False, True, False]  # sample 0 moves its group {0, 2} only
+
+
+def test_unconvertible_batchnorm_is_named_at_startup():
+    from types import SimpleNamespace
+
+    from fewshot.ssl.pretrain import bn_protection, shared_bn_warning
+
+    encoder = convert_split_bn(nn.Sequential(nn.BatchNorm2d(3), nn.BatchNorm3d(3)), G)
+    model = SimpleNamespace(encoder_q=encoder, split_bn_groups=G)
+    assert unsplit_batch_norms(encoder) == ["1"]
+    assert "except 1 BatchNorm layer(s)" in bn_protection(model) and "(1)" in bn_protection(model)
+    assert "(1)" in shared_bn_warning(model)
+    assert shared_bn_warning(SimpleNamespace(encoder_q=encoder, split_bn_groups=1)) is None

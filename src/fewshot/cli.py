@@ -185,6 +185,12 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
         flags["train.progress"] = False
     cfg = resolve(preset=preset, file=args.config, flags=flags, overrides=extra, default_preset=default_preset)
     note_flags_overridden(flags, {key: "--" + attr.replace("_", "-") for attr, key in mapping.items()}, extra)
+    if not args.resume:  # a resumed run keeps its recorded model
+        from fewshot.models.backbone import adopt_weights_model
+
+        given = ("model.name" in flags or any(parse_override(w)[0] == ["model", "name"] for w in extra)
+                 or (args.config and "model.name" in flatten_dotted(read_config_file(args.config))))
+        adopt_weights_model(cfg["model"], bool(given))
     if args.resume:
         # the saved config is the base; a --config file given now, then flags, then words change it
         explicit = flatten_dotted(read_config_file(args.config)) if args.config else {}

@@ -112,7 +112,8 @@ def add_parsers(sub, add_common, epilog) -> None:
                        "the metrics.json format of `fewshot eval`.")
     p.add_argument("--weights", required=True, help="backbone weights (safetensors from `fewshot export`, ...); "
                    "'' probes a randomly initialised backbone (a baseline)")
-    p.add_argument("--model", required=True, help="timm model name the weights belong to")
+    p.add_argument("--model", help="timm model name the weights belong to (default: the one a fewshot export or "
+                   "checkpoint records)")
     p.add_argument("--data", required=True, help="dataset root: ROOT/<dataset>/{train,val}/<class>/<image>")
     p.add_argument("--out", help="folder for metrics.json")
     p.add_argument("--img-size", type=image_size, help="input size in pixels (default: the export's, else the "
@@ -319,6 +320,13 @@ def cmd_probe(args, extra) -> int:
     from fewshot.eval.probe import run_probe
     from fewshot.utils import check_output_dir, check_output_file, resolve_device, write_json
 
+    if not args.model:
+        from fewshot.models.backbone import adopt_weights_model
+
+        args.model = adopt_weights_model({"name": None, "weights": args.weights}, given=False)
+        if not args.model:
+            raise UserError(f"--model is required: {args.weights or 'a random initialisation'} records no model "
+                            f"(give the timm model name the weights belong to).")
     if args.head == "prototype" and args.epochs is not None:
         print(f"warning: --epochs {args.epochs} is ignored: --head prototype trains no head (class means of the "
               f"features).", file=sys.stderr, flush=True)

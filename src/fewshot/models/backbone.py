@@ -8,6 +8,8 @@ DeiT-distilled exposes two tokens, and SPEC wants one head per token with logits
 
 from __future__ import annotations
 
+import sys
+
 import timm
 import torch
 from torch import nn
@@ -105,9 +107,32 @@ def adopt_weights_architecture(model_cfg: dict) -> dict:
     return model_cfg
 
 
+def adopt_weights_model(model_cfg: dict, given: bool) -> str | None:
+    """Where the user named no model (--model, model.name) and `model.weights` records the one it was exported or
+    trained from, take that one (the default resnet18 failed on another model's file with a page of shape
+    mismatches). Says so on stderr and returns the name; a model the user gave stays, and loading reports a
+    mismatch."""
+    from fewshot.models.weights import architecture_of
+
+    recorded = architecture_of(model_cfg.get("weights")).get("model")
+    if given or not recorded or recorded == model_cfg.get("name") or not timm.is_model(recorded):
+        return None
+    print(f"note: no --model given: using {recorded}, the model {model_cfg['weights']} records", file=sys.stderr,
+          flush=True)
+    model_cfg["name"] = recorded
+    return recorded
+
+
 def check_input_size(backbone: nn.Module, size: int, name: str) -> None:
     """One forward of a blank image at the run's size, before data or time is spent: a size the model cannot
     take (a ViT's patch grid, MaxViT's windows) is the user's to change, not a crash in the first step."""
+    patch = _image_patch_size(backbone)
+    if patch and size % patch:  # the patch convolution would run, dropping the last rows and columns unseen
+        below, above = size // patch * patch, (size // patch + 1) * patch
+        sizes = f"--img-size {below} or {above}" if below else f"--img-size {above}"
+        unseen = f"the last {size % patch} px rows and columns" if below else "all of it"
+        raise UserError(f"{name} cannot take {size} px inputs: its patches are {patch} px, so {unseen} of every "
+                        f"image would never be seen. Choose a multiple of {patch} ({sizes}).")
     was_training = backbone.training
     backbone.eval()  # no BatchNorm statistics touched, no randomness drawn
     try:
@@ -120,6 +145,19 @@ def check_input_size(backbone: nn.Module, size: int, name: str) -> None:
                         f"their window grid, e.g. 224 or 64; see `fewshot models {name}` for its default).") from None
     finally:
         backbone.train(was_training)
+
+
+def _image_patch_size(backbone: nn.Module) -> int | None:
+    """The patch size of a ViT-style patch embedding on the image (timm's PatchEmbed with 3 input channels, not
+    padding the image to whole patches itself); None for other models."""
+    from timm.layers import PatchEmbed
+
+    for module in backbone.modules():
+        if isinstance(module, PatchEmbed) and getattr(module.proj, "in_channels", None) == 3:
+            if getattr(module, "dynamic_img_pad", False) or len(set(module.patch_size)) != 1:
+                return None
+            return int(module.patch_size[0])
+    return None
 
 
 def _resnet_channels(name: str, width: float) -> tuple[int, ...]:

@@ -278,7 +278,30 @@ def bn_protection(model, world: int = 1) -> str:
         return "no BatchNorm (no shuffle needed)"
     if world > 1:
         return f"shuffle-BN across {world} processes"
+    shared = shared_batch_norms(model)
+    if shared:  # a BatchNorm type split BN cannot convert: those layers still see the whole batch
+        more = f", ... ({len(shared)} in all)" if len(shared) > 3 else ""
+        return (f"split-BN groups={model.split_bn_groups} except {len(shared)} BatchNorm layer(s) that still "
+                f"normalise over the whole batch ({', '.join(shared[:3])}{more})")
     return f"split-BN groups={model.split_bn_groups}"
+
+
+def shared_bn_warning(model, world: int = 1) -> str | None:
+    """The warning for layers split BN left shared: the positive pair can still match through their statistics."""
+    shared = shared_batch_norms(model) if world == 1 else []
+    if not shared:
+        return None
+    return (f"warning: moco.split_bn_groups={model.split_bn_groups} cannot split {len(shared)} BatchNorm layer(s) "
+            f"of this backbone ({', '.join(shared)}): their statistics are shared by the whole batch, through which "
+            f"the positive pair can match (BatchNorm1d/2d and timm's BatchNormAct2d are split). Use another model, "
+            f"or run on several processes (shuffle-BN across processes).")
+
+
+def shared_batch_norms(model) -> list[str]:
+    """The encoder's BatchNorm layers that single-process split BN did not convert (none when it is off)."""
+    from fewshot.ssl.split_bn import unsplit_batch_norms
+
+    return unsplit_batch_norms(model.encoder_q) if model.split_bn_groups > 1 else []
 
 
 def resolve_pretrain_defaults(cfg: dict, world: int) -> dict:
@@ -463,6 +486,9 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
                        f"images ({task.pool_source}) at {task.size}px on {device} x{ctx.world} ({engine.precision}): "
                        f"K={m['queue_size']}, m={m['momentum']}, T={m['temperature']}, "
                        f"{bn_protection(task.model, ctx.world)}; run directory {out}"))
+        shared = shared_bn_warning(task.model, ctx.world)
+        if shared:
+            print(shared, flush=True)
         if m["queue_size"] >= len(task.pool):
             advice = queue_advice(len(task.pool), cfg["train"]["batch_size"] * ctx.world, ctx.world,
                                   task.model.split_bn_groups, has_batch_norm(task.model.encoder_q))
