@@ -3,7 +3,8 @@
 A failed allocation is the machine's fault, not the file's: it used to be cached as a bad image for good. The
 bomb limit depended on a race (warnings.catch_warnings() in each decoding thread), and the first build held the
 whole [N, 3, S, S] array in memory instead of writing it into the memory-mapped cache file. That file needs
-posix_fallocate (not on macOS or Windows), a unique temporary name and a folder that can be mapped for writing.
+posix_fallocate (not on macOS or Windows), a unique temporary name and a folder that can be mapped for writing;
+a large one is announced with its size and folder.
 """
 
 from __future__ import annotations
@@ -269,3 +270,31 @@ def test_stale_temporary_files_are_deleted_and_others_kept(tmp_path):
             os.utime(f, (ago, ago))
     load_images(images(tmp_path), 16, cache_dir, threads=1)  # a new entry, data.cache_max_gb unset
     assert not any(f.exists() for f in stale) and all(f.exists() for f in kept)
+
+
+def test_a_large_new_entry_says_its_size_and_folder_once_and_a_warm_or_small_one_is_quiet(tmp_path, capsys,
+                                                                                            monkeypatch):
+    """A 1000-image pool at 224 px wrote 171 MB into ROOT/.fewshot_cache without a word (100k images: 15 GB)."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    paths = images(tmp_path) * 120  # 360 entries at 224 px: 54 MB, over NOTE_MIN_BYTES
+    cache_dir = tmp_path / "data" / ".fewshot_cache"
+    load_images(paths, 224, cache_dir, desc="loading unlabeled pool", threads=2, max_gb=20.0)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1, notes
+    assert notes[0].startswith(f"note: loading unlabeled pool: decoding 360 images at 224 px into {cache_dir} "
+                               f"(54 MB on disk, ")
+    assert "data.cache_dir=DIR" in notes[0] and "data.cache_max_gb=20 caps the folder" in notes[0]
+    load_images(paths, 224, cache_dir, desc="loading unlabeled pool", threads=2, max_gb=20.0)  # warm
+    assert "note:" not in capsys.readouterr().err
+    load_images(paths[:3], 224, cache_dir, threads=2)  # a new entry of 0.5 MB (a few-shot split)
+    assert "note:" not in capsys.readouterr().err
+    load_images(paths[3:], 224, cache_dir, threads=2)  # another large one in that folder: the settings once
+    assert capsys.readouterr().err.splitlines()[0] == (f"note: decoding images: decoding 357 images at 224 px into "
+                                                       f"{cache_dir} (54 MB on disk)")
+    monkeypatch.setenv("WORLD_SIZE", "4")  # under torchrun: rank 0 only, and the copies each process decodes
+    load_images(paths, 224, tmp_path / "other", threads=2)
+    assert "(54 MB on disk, 217 MB while the job's 4 processes each decode a copy, " in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    load_images(paths, 224, tmp_path / "third", threads=2)
+    assert "note:" not in capsys.readouterr().err

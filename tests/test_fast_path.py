@@ -127,9 +127,11 @@ def test_weights_actually_move(fast_run):
 # ----------------------------------------------------------------------------- split BN
 
 
-def _group_loop_split_bn(bn, x, num_splits):
+def _group_loop_split_bn(bn, x, num_splits, samples=None):
     """Reference: G separate F.batch_norm calls, group g = samples n % G == g, each with its own copy
-    of the running stats; the running stats become the mean over the G copies."""
+    of the running stats; the running stats become the mean over the G copies. (A ResNet's rows are its
+    samples: ``samples``, the batch size at the encoder's input, is the rows' count or not known.)"""
+    assert samples in (None, x.shape[0])
     if num_splits == 1 or not (bn.training or bn.running_mean is None):
         return torch.nn.BatchNorm2d.forward(bn, x)
     n, c, h, w = x.shape

@@ -267,6 +267,8 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
             if exc.errno == errno.ENOMEM:  # no address space for the mapping (ulimit -v): nor for an array
                 raise _too_big(n, size, nbytes) from None
             _warn_no_cache(cache_dir, exc, nbytes)
+        if tmp is not None:
+            _note_new_entry(desc, n, size, cache_dir, nbytes, max_gb)
     if out is None:
         try:
             out = np.zeros(shape, dtype=np.uint8)
@@ -397,6 +399,30 @@ def _warn_no_cache(cache_dir: Path, exc: OSError, nbytes: int) -> None:
         print(printable(f"warning: could not write the image cache in {cache_dir}: {why}; continuing "
                         f"without it (train, pretrain and run: data.cache_dir=DIR chooses another "
                         f"folder)"), file=sys.stderr, flush=True)
+
+
+NOTE_MIN_BYTES = 50e6  # a new entry this large is announced (_note_new_entry); the few-shot splits stay quiet
+
+
+def _gb_or_mb(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.0f} MB"
+
+
+def _note_new_entry(desc: str, n: int, size: int, cache_dir: Path, nbytes: int, max_gb: float | None) -> None:
+    """Say where a large new entry goes and how much disk it takes (rank 0): a 100k-image pool at 224 px wrote
+    15 GB beside the data without a word. A warm cache only maps its file, quietly."""
+    if nbytes < NOTE_MIN_BYTES or os.environ.get("RANK", "0") != "0":
+        return
+    world = os.environ.get("WORLD_SIZE", "").strip()  # as _warn_no_cache: every process writes its own copy
+    each = (f", {_gb_or_mb(nbytes * int(world))} while the job's {world} processes each decode a copy"
+            if world.isdigit() and int(world) > 1 else "")
+    hint = ""
+    if f"noted:{cache_dir}" not in _WARNED:  # the settings once per folder (a first run writes the pool and splits)
+        _WARNED.add(f"noted:{cache_dir}")
+        cap = f"; data.cache_max_gb={max_gb:g} caps the folder" if max_gb else ""
+        hint = f", reused by later commands; train, pretrain and run: data.cache_dir=DIR chooses another folder{cap}"
+    print(one_line(f"note: {desc}: decoding {n:,} images at {size} px into {cache_dir} ({_gb_or_mb(nbytes)} on "
+                   f"disk{each}{hint})"), file=sys.stderr, flush=True)
 
 
 KEEP_RECENT_S = 3600  # an entry used this recently may be open in another process: kept
