@@ -565,3 +565,18 @@ def test_weights_without_a_model_adopt_the_model_the_export_records(exported, tm
     assert main(["probe", "--weights", str(path), "--data", str(root), "--img-size", "32", "--device", "cpu",
                  "--head", "prototype"]) == 0
     assert f"using {NAME}" in capsys.readouterr().err
+
+
+def test_run_with_weights_and_no_model_adopts_the_recorded_model(exported, tmp_path, monkeypatch, capsys):
+    """`fewshot run model.weights=bb.safetensors` without --model: the same adoption as train and pretrain."""
+    import fewshot.pipeline
+
+    root, _, path = exported
+    seen = []
+    monkeypatch.setattr(fewshot.pipeline, "run_pipeline", lambda cfg, *a, **k: seen.append(cfg["model"]["name"]))
+    base = ["run", "--data", str(root), "--out", str(tmp_path / "r"), "--budget-minutes", "1", f"model.weights={path}"]
+    capsys.readouterr()
+    assert main(base) == 0 and seen == [NAME]
+    assert f"using {NAME}" in capsys.readouterr().err
+    assert main([*base, "--model", "resnet18"]) == 0 and seen[-1] == "resnet18"
+    assert "using" not in capsys.readouterr().err

@@ -175,6 +175,16 @@ TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.dat
                "skip_nonfinite": "train.skip_nonfinite"}
 
 
+def adopt_recorded_model(cfg: dict, flags: dict, extra: list[str], config_file: str | None) -> None:
+    """model.weights' recorded model where the user named none (--model, a model.name= word, the config file)."""
+    from fewshot.config import flatten_dotted, parse_override, read_config_file
+    from fewshot.models.backbone import adopt_weights_model
+
+    given = (flags.get("model.name") is not None or any(parse_override(w)[0] == ["model", "name"] for w in extra)
+             or (config_file and "model.name" in flatten_dotted(read_config_file(config_file))))
+    adopt_weights_model(cfg["model"], bool(given))
+
+
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None,
                        default_preset: str | None = None) -> dict:
     from fewshot.config import flatten_dotted, get_dotted, parse_override, read_config_file, resolve
@@ -186,11 +196,7 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
     cfg = resolve(preset=preset, file=args.config, flags=flags, overrides=extra, default_preset=default_preset)
     note_flags_overridden(flags, {key: "--" + attr.replace("_", "-") for attr, key in mapping.items()}, extra)
     if not args.resume:  # a resumed run keeps its recorded model
-        from fewshot.models.backbone import adopt_weights_model
-
-        given = ("model.name" in flags or any(parse_override(w)[0] == ["model", "name"] for w in extra)
-                 or (args.config and "model.name" in flatten_dotted(read_config_file(args.config))))
-        adopt_weights_model(cfg["model"], bool(given))
+        adopt_recorded_model(cfg, flags, extra, args.config)
     if args.resume:
         # the saved config is the base; a --config file given now, then flags, then words change it
         explicit = flatten_dotted(read_config_file(args.config)) if args.config else {}

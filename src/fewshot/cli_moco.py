@@ -186,7 +186,10 @@ def cmd_run(args, extra) -> int:
     if args.no_progress:
         flags["train.progress"] = False
     cfg = resolve(file=args.config, flags=flags, overrides=extra)
-    from fewshot.cli import note_flags_overridden
+    from fewshot.cli import adopt_recorded_model, note_flags_overridden
+
+    if not args.resume:  # a resumed run keeps its recorded model
+        adopt_recorded_model(cfg, flags, extra, args.config)
 
     note_flags_overridden(flags, RUN_FLAG_NAMES, extra)
     warn_replaced_overrides(extra)
