@@ -306,3 +306,23 @@ def test_torchrun_budget_stops_every_rank_at_the_same_step(root, tmp_path):
     check(proc)
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert 1 <= rows[-1]["epoch"] < 1000 and (run / "metrics.json").is_file()
+
+
+def test_torchrun_a_user_error_or_ctrl_c_is_said_once_whichever_rank_stops_first(tmp_path):
+    """late_error: both ranks decode the unlabeled pool and rank 1 found the broken file first; it exited quietly
+    and torchrun's SIGTERM ended rank 0 before its message (only ChildFailedError was shown). own_error: rank 1
+    alone fails, and prints it once rank 0 has not spoken in time. interrupted: rank 0 said "interrupted" and
+    rank 1, whose own SIGINT came after the closed connection, blamed "another process of this torchrun job".
+    The three launches run side by side (each is mostly start-up)."""
+    worker = str(Path(__file__).parent / "helpers" / "rank_exit_worker.py")
+    cases = ("late_error", "own_error", "interrupted")
+    procs = {case: subprocess.Popen(torchrun_cmd(WORLD, free_port(), worker, case), cwd=tmp_path, env=dist_env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for case in cases}
+    outs = {case: proc.communicate(timeout=TIMEOUT)[0] for case, proc in procs.items()}
+    for case in ("late_error", "own_error"):
+        out = outs[case]
+        assert procs[case].returncode != 0 and out.count(f"error: a broken image in the pool ({case})") == 1, out
+        assert "stopped because another process" not in out, out
+    out = outs["interrupted"]
+    assert out.count("fewshot pretrain: interrupted") == 1 and "another process" not in out, out
+    assert set(re.findall(r"exitcode\s*:\s*(-?\d+)", out)) == {"130"}, out  # rank 1 too: 128 + SIGINT, not 1

@@ -434,6 +434,15 @@ def main(argv: list | None = None, started: float | None = None) -> int:
 
 
 def _dispatch(args, extra, handlers) -> int:
+    code = _run_command(args, extra, handlers)
+    if code and "torch.distributed" in sys.modules and not _quiet_rank():
+        from fewshot.train.distributed import report_exit
+
+        report_exit(code)  # said after its message: a quiet rank that failed too waits for this (_speaker_spoke)
+    return code
+
+
+def _run_command(args, extra, handlers) -> int:
     try:
         if args.command in ("eval", "predict", "export", "probe", "report") and world_size_env() > 1:
             # every process did the whole work and wrote the same files (`data` and `run` say why themselves)
@@ -451,7 +460,7 @@ def _dispatch(args, extra, handlers) -> int:
             shutdown_distributed()  # on success only: after a failure a peer may never answer
         return code
     except UserError as exc:
-        if getattr(exc, "every_process", False) or not _quiet_rank():
+        if getattr(exc, "every_process", False) or not _quiet_rank() or not _speaker_spoke():
             print(f"fewshot {args.command}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except StopRequested as stop:
@@ -474,24 +483,7 @@ def _dispatch(args, extra, handlers) -> int:
             shutdown_distributed()
         return 128 + int(stop.signum)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside training (training stops cleanly: StopRequested)
-        signum = getattr(exc, "signum", signal.SIGINT)  # stop_signal.Terminated: SIGTERM
-        out = getattr(args, "out", None)
-        if out and args.command == "run" and Path(out, "run_state.json").is_file():
-            note = "; the stages finished so far are kept: continue with the same command and --resume"
-        elif out and args.command in ("train", "pretrain") and Path(out, "checkpoints", "last.pt").is_file():
-            # after the last epoch (plots or metrics being written), or a second Ctrl-C that did not wait for the
-            # step's checkpoint: said bare, it read as a lost run
-            note = ("; the checkpoints written so far are kept: the same command with --resume continues the run "
-                    "from the last one, or (training had finished) writes its results again")
-        else:
-            note = ""
-        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        try:
-            if not _quiet_rank():
-                print(f"fewshot {args.command}: {what}{note}", file=sys.stderr, flush=True)
-        except OSError:  # stderr went away with the same signal (`... 2>&1 | tee log`)
-            pass
-        return 128 + int(signum)
+        return _interrupted(args, getattr(exc, "signum", signal.SIGINT))  # stop_signal.Terminated: SIGTERM
     except BrokenPipeError:  # the reader went away (`fewshot models | head`): not a bug, no traceback
         try:  # keep the interpreter's final flush from failing again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -511,6 +503,10 @@ def _dispatch(args, extra, handlers) -> int:
         return 2
     except Exception as exc:
         if _a_peer_stopped(exc):  # a user error on rank 0 alone (a held lock, a full disk) is not a bug on rank 1
+            if _first_exit(1.0) == 128 + signal.SIGINT:
+                # rank 0 was interrupted, so was this rank (a terminal's Ctrl-C and torchrun's forwarded SIGINT reach
+                # every process), whose own SIGINT may come only after the closed connection: not "another process"
+                return _interrupted(args, signal.SIGINT)
             first = (str(exc).strip().splitlines() or [""])[0][:160]
             print(f"fewshot {args.command}: rank {os.environ.get('RANK', '?')} stopped because another process of "
                   f"this torchrun job ended first (its own message says why; here: {first}).", file=sys.stderr)
@@ -519,6 +515,27 @@ def _dispatch(args, extra, handlers) -> int:
         print(f"fewshot {args.command}: internal error (a bug; please report it with the traceback above).",
               file=sys.stderr)
         return 1
+
+
+def _interrupted(args, signum: int) -> int:
+    """Ctrl-C or SIGTERM outside training: what was kept, and the exit status 128 + signum."""
+    out = getattr(args, "out", None)
+    if out and args.command == "run" and Path(out, "run_state.json").is_file():
+        note = "; the stages finished so far are kept: continue with the same command and --resume"
+    elif out and args.command in ("train", "pretrain") and Path(out, "checkpoints", "last.pt").is_file():
+        # after the last epoch (plots or metrics being written), or a second Ctrl-C that did not wait for the
+        # step's checkpoint: said bare, it read as a lost run
+        note = ("; the checkpoints written so far are kept: the same command with --resume continues the run "
+                "from the last one, or (training had finished) writes its results again")
+    else:
+        note = ""
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    try:
+        if not _quiet_rank():
+            print(f"fewshot {args.command}: {what}{note}", file=sys.stderr, flush=True)
+    except OSError:  # stderr went away with the same signal (`... 2>&1 | tee log`)
+        pass
+    return 128 + int(signum)
 
 
 def world_size_env() -> int:
@@ -535,12 +552,40 @@ def _quiet_rank() -> bool:
     so even before (or without) a process group; the first process of each node speaks, as another node may lack
     a file or a GPU. A bad RANK is the message itself: every process prints it. Only torchrun's LOCAL_RANK counts:
     a lone process in a pod that sets RANK=1 and WORLD_SIZE (Kubeflow) exited 2 without a word. (A quiet rank that
-    fails first does not get rank 0 ended unheard: with a process group its exit waits for rank 0's, measured
-    with gloo.)"""
+    fails first waits for rank 0 to speak: _speaker_spoke.)"""
     if world_size_env() < 2:
         return False
     raw = (os.environ.get("LOCAL_RANK") or "").strip()
     return raw.isdigit() and 0 < int(raw) < world_size_env()
+
+
+SPEAKER_WAIT_S = 60.0  # the first process of a node may meet the same error this much later (a slower pool decode)
+
+
+def _speaker_spoke() -> bool:
+    """A quiet rank's user error (_quiet_rank): whether the first process of its node has printed why it stops, so
+    this one may exit without a word. With a process group it is waited for, up to SPEAKER_WAIT_S: a quiet rank
+    that exited first got the speaker ended by torchrun's SIGTERM before its message (both ranks decode the
+    unlabeled pool, and either can find its broken file first). Not said by then (an error of this rank alone, or
+    a lost store): False, and this rank prints it. Before a process group exists every rank meets the same error
+    at the same point, and no store to wait on: left to the speaker, as before."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return True
+    from fewshot.train.distributed import reported_exit
+
+    speaker = dist.get_rank() - int(os.environ["LOCAL_RANK"])  # torchrun numbers a node's processes in a row
+    return reported_exit(speaker, SPEAKER_WAIT_S) is not None
+
+
+def _first_exit(timeout_s: float) -> int | None:
+    """The exit code rank 0 reported after its message, if it did (read after a peer's connection closed: rank 0
+    reports before it exits, so a short wait covers the report still on its way)."""
+    if "torch.distributed" not in sys.modules:
+        return None
+    from fewshot.train.distributed import reported_exit
+
+    return reported_exit(0, timeout_s)
 
 
 def _a_peer_stopped(exc: BaseException) -> bool:

@@ -7,6 +7,7 @@ gloo on CPU and nccl on CUDA. Multi-node and elastic restarts are torchrun's job
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,49 @@ def shutdown_distributed() -> None:
     """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+EXIT_KEY = "fewshot/exit_code/{rank}"
+
+
+def _store():
+    """The process group's key-value store (under torchrun the agent holds it, so it outlives every worker); None
+    without a group, or where torch no longer has the helper (the ranks then say what they know)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:
+        return None
+
+
+def report_exit(code: int) -> None:
+    """Said by a process that printed why it stops (cli._quiet_rank is False): its exit code, for the quiet ranks
+    waiting in reported_exit."""
+    store = _store()
+    if store is not None:
+        try:
+            store.set(EXIT_KEY.format(rank=dist.get_rank()), str(code))
+        except Exception:  # the store is gone with its host: the waiting ranks then speak for themselves
+            pass
+
+
+def reported_exit(rank: int, timeout_s: float) -> int | None:
+    """The exit code process `rank` reported after printing why it stops, waiting up to timeout_s for it; None when
+    it has not (yet), there is no group or its store is gone, or Ctrl-C ends the wait. A quiet rank that fails
+    first must not exit before rank 0 has spoken: torchrun then ends rank 0 (SIGTERM) before its message."""
+    store = _store()
+    if store is None:
+        return None
+    key, deadline = EXIT_KEY.format(rank=rank), time.monotonic() + timeout_s
+    try:  # polled: a blocking store.wait would hold off Ctrl-C until its timeout
+        while not store.check([key]):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+        return int(store.get(key))
+    except (Exception, KeyboardInterrupt):
+        return None
 
 
 def barrier(ctx: DistContext) -> None:
