@@ -421,6 +421,7 @@ def test_help_command_is_the_help_flag():
     assert run_main("help", "train") == run_main("train", "--help")
     rc, out, _ = run_main("help")
     assert rc == 0 and out == run_main("--help")[1] and "fewshot help COMMAND" in out
+    assert run_main("help", "help")[1] == run_main("--help")[1]
     rc, _, err = run_main("help", "nosuch")
     assert rc == 2 and "invalid choice" in err
 

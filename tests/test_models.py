@@ -525,3 +525,15 @@ def test_a_vit_size_that_is_not_a_multiple_of_its_patch_size_is_refused():
             check_input_size(create_backbone("test_vit", img_size=size), size, "test_vit")
     check_input_size(create_backbone("test_vit", img_size=48), 48, "test_vit")
     check_input_size(create_backbone("test_resnet"), 40, "test_resnet")  # no patches: any size
+
+
+def test_a_vit_at_its_own_size_off_the_patch_grid_is_accepted():
+    """SigLIP so400m/14 is trained at 384 px (384 % 14 = 6): the patch-grid check refused the model's own size."""
+    from fewshot.models.backbone import check_input_size
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, patch_size=14, img_size=40,
+                            depth=1)
+    vit.pretrained_cfg = {**vit.pretrained_cfg, "input_size": (3, 40, 40)}
+    check_input_size(vit, 40, "vit_at_its_own_size")  # the model's own size: taken
+    with pytest.raises(UserError, match="multiple of 14"):
+        check_input_size(vit, 41, "vit_at_another_size")

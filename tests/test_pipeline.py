@@ -889,8 +889,8 @@ def test_rounds_that_fit_run_and_the_middle_rounds_that_do_not_are_dropped(digit
     summary = _run(digits_root, out, "run.pseudo_rounds=3")
     assert list(summary["stages"]) == ["finetune_labelled", "finetune"] and "self_training_skipped" not in summary
     reduced = summary["self_training_reduced"]
-    assert reduced["planned"] == 3 and reduced["ran"] == 2 and "held 1 more round at" in reduced["why"]
-    assert _read_summary(out, [])["self_training_reduced"].startswith("2 of 3 rounds ran: the ")
+    assert reduced["planned"] == 3 and reduced["kept"] == 2 and "held 1 more round at" in reduced["why"]
+    assert _read_summary(out, [])["self_training_reduced"].startswith("2 of 3 rounds kept: the ")
 
 
 def test_identical_runs_reuse_the_share_of_a_cold_pool_an_earlier_one_decoded(copy_root, tmp_path, monkeypatch):

@@ -316,6 +316,10 @@ def test_split_bn1d_over_flattened_tokens_keeps_the_groups_independent():
         torch.testing.assert_close(twin(x), _per_group_token_net(twin, x), atol=1e-5, rtol=1e-5)
     assert twin.bn1d.samples is twin.bn2d.samples and twin.bn1d.samples is not model.bn1d.samples
     assert twin.bn1d.samples.n is None
+    # the layer alone, in training, cannot know the rows' samples: an error, not groups that mix every sample
+    with pytest.raises(RuntimeError, match="outside the forward"):
+        twin.bn1d(torch.randn(2 * N, 4))
+    twin.bn1d.eval()(torch.randn(2 * N, 4))  # running statistics: no groups needed
 
 
 def _per_group_token_net(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -371,7 +371,7 @@ def _help_command(argv: list) -> list:
     """`fewshot help [COMMAND]`, as git and pip have it, is `fewshot [COMMAND] --help` (it was an invalid choice)."""
     if argv[:1] != ["help"]:
         return argv
-    return [*argv[1:2], "--help"]
+    return [*argv[1:2], "--help"] if argv[1:2] != ["help"] else ["--help"]
 
 
 def main(argv: list | None = None, started: float | None = None) -> int:

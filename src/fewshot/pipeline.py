@@ -995,7 +995,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
             nonlocal rounds, report_stages
             skip.update(rounds=rounds_now, skipped_from=skipped_from, why=why)
             if skipped_from is None:  # middle rounds dropped: summary.json's self_training_reduced
-                skip["reduced_why"] = why
+                skip.update(reduced_why=why, reduced_to=rounds_now)  # a later skip says its own part
             rounds = rounds_now
             report_stages = min(report_stages, (skipped_from or rounds_now + 1) - 1)  # the stages the report draws
             state.save()
@@ -1091,8 +1091,8 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
                                             "pseudo_labels": pseudo["summary"],
                                             "val_mean_acc1": round_metrics.get("mean_acc1")}, task.fit_seconds)
     if semi == "pseudo" and skip.get("reduced_why"):  # middle rounds dropped: the last round came sooner
-        summary["self_training_reduced"] = {"planned": int(r["pseudo_rounds"]), "ran": rounds,
-                                            "why": skip["reduced_why"]}
+        summary["self_training_reduced"] = {"planned": int(r["pseudo_rounds"]),
+                                            "kept": skip.get("reduced_to", rounds), "why": skip["reduced_why"]}
     skipped = semi == "pseudo" and skip["skipped_from"] is not None
     if skipped:  # the last round that finished predicts (or an earlier one the val guard prefers)
         summary["self_training_skipped"] = {"rounds": list(range(skip["skipped_from"], int(r["pseudo_rounds"]) + 1)),

@@ -8,6 +8,7 @@ DeiT-distilled exposes two tokens, and SPEC wants one head per token with logits
 
 from __future__ import annotations
 
+import os
 import sys
 
 import timm
@@ -117,8 +118,9 @@ def adopt_weights_model(model_cfg: dict, given: bool) -> str | None:
     recorded = architecture_of(model_cfg.get("weights")).get("model")
     if given or not recorded or recorded == model_cfg.get("name") or not timm.is_model(recorded):
         return None
-    print(f"note: no --model given: using {recorded}, the model {model_cfg['weights']} records", file=sys.stderr,
-          flush=True)
+    if os.environ.get("RANK", "0") == "0":  # every process of a torchrun job adopts it; one says so
+        print(f"note: no --model given: using {recorded}, the model {model_cfg['weights']} records",
+              file=sys.stderr, flush=True)
     model_cfg["name"] = recorded
     return recorded
 
@@ -127,7 +129,10 @@ def check_input_size(backbone: nn.Module, size: int, name: str) -> None:
     """One forward of a blank image at the run's size, before data or time is spent: a size the model cannot
     take (a ViT's patch grid, MaxViT's windows) is the user's to change, not a crash in the first step."""
     patch = _image_patch_size(backbone)
-    if patch and size % patch:  # the patch convolution would run, dropping the last rows and columns unseen
+    own = tuple((getattr(backbone, "pretrained_cfg", None) or {}).get("input_size") or ())[-1:]
+    # the patch convolution would run, dropping the last rows and columns unseen; a model's own size is kept
+    # (SigLIP so400m/14 at 384 px was trained dropping 6)
+    if patch and size % patch and own != (size,):
         below, above = size // patch * patch, (size // patch + 1) * patch
         sizes = f"--img-size {below} or {above}" if below else f"--img-size {above}"
         unseen = f"the last {size % patch} px rows and columns" if below else "all of it"

@@ -505,7 +505,8 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
         out["self_training_skipped"] = skipped["why"]
     reduced = summary.get("self_training_reduced")  # middle rounds the budget could not hold (planned)
     if isinstance(reduced, dict) and isinstance(reduced.get("why"), str):
-        out["self_training_reduced"] = f"{reduced.get('ran')} of {reduced.get('planned')} rounds ran: {reduced['why']}"
+        kept, planned = reduced.get("kept"), reduced.get("planned")
+        out["self_training_reduced"] = f"{kept} of {planned} rounds kept: {reduced['why']}"
     stages = summary.get("stages")
     if isinstance(stages, dict):  # epochs trained per stage: a budget stop's fraction the log does not always tell
         out["epochs"] = {k: v["epochs"] for k, v in stages.items()

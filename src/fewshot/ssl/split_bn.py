@@ -61,10 +61,11 @@ def _reshape_out(y: Tensor, shape: tuple[int, ...]) -> Tensor:
 class _Samples:
     """The batch size at the converted model's input, shared by its split layers (set by ``_RecordSamples``)."""
 
-    __slots__ = ("n",)
+    __slots__ = ("n", "hooked")
 
     def __init__(self):
         self.n = None
+        self.hooked = False  # set by convert_split_bn: a layer then needs n, which only the model's forward sets
 
 
 class _RecordSamples:
@@ -150,6 +151,11 @@ class SplitBatchNorm1d(nn.BatchNorm1d):
         self.samples = _Samples()  # replaced by the converted model's shared record
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.samples.hooked and self.samples.n is None:
+            # rows of N samples' tokens grouped as if each row were a sample would mix every sample into every
+            # group, silently: the layer was called outside its model's forward (or the input came as a keyword)
+            raise RuntimeError("a split BatchNorm1d trained outside the forward of the model convert_split_bn "
+                               "converted: the samples its rows belong to are unknown")
         return split_batch_norm(self, x, self.num_splits, self.samples.n)
 
     def extra_repr(self) -> str:
@@ -248,6 +254,7 @@ def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
     new = _convert(module, num_splits, samples)
     if new is module and any(getattr(m, "samples", None) is samples for m in module.modules()):
         hooks = _RecordSamples(samples)
+        samples.hooked = True
         module.register_forward_pre_hook(hooks.record)
         module.register_forward_hook(hooks.forget)
     return new
