@@ -195,3 +195,13 @@ def test_a_dataset_without_a_usable_test_split_gets_the_datasets_hint(trained, c
     rc, _, err = run_main("predict", trained, "--data", copy_root, "--datasets", first, "--out",
                           tmp_path / "pred_all.json")
     assert rc == 0, err
+
+
+def test_probe_says_and_records_the_image_size_it_used(trained, digits_root, tmp_path):
+    """Without --img-size the probe took the weights' own size (an export's 64 px) without a word; `train` says
+    "at 64px". It says it when it starts, and metrics.json records it."""
+    rc, out, err = run_main("probe", "--weights", trained / "checkpoints" / "best.pt", "--model", "test_resnet",
+                            "--data", digits_root, "--epochs", "2", "--device", "cpu", "--out", tmp_path / "probe")
+    assert rc == 0, err
+    assert "probe: test_resnet" in out and " at 32px on cpu" in out
+    assert json.loads((tmp_path / "probe" / "metrics.json").read_text())["img_size"] == 32

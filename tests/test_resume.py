@@ -574,7 +574,11 @@ def test_a_budget_counts_the_training_time_of_every_session(root, tmp_path, monk
     last = load_checkpoint(out / "checkpoints" / "last.pt")
     assert last["global_step"] == 7 and last["train_seconds"] == 300.5  # nothing trained
     assert "used its whole budget (train.budget_minutes=5)" in capsys.readouterr().out
-    assert (out / "log.jsonl").read_text() == log_before
+    # the signal's stop was not evaluated: it is now, once (as a budget stop there would have been)
+    log = (out / "log.jsonl").read_text()
+    assert log.startswith(log_before) and [r["step"] for r in read_log(out)][-1] == 7
+    run_finetune(finetune_cfg(root, **budgeted), out, resume=True)
+    assert (out / "log.jsonl").read_text() == log
 
 
 def test_a_refused_pretrain_resume_points_to_pretrain_from_its_weights(tmp_path):
@@ -844,3 +848,50 @@ def test_a_setting_in_another_spelling_is_no_change_on_resume():
     assert resume_changes({**plain, "optim.fused": "on"}, off) == []
     fixmatch = flatten_dotted(resolve(overrides=["semi.method=fixmatch", "train.amp=false", "optim.fused=on"]))
     assert resume_changes(fixmatch, off) == ["semi.method ('fixmatch' in the run, 'off' now)"]
+
+
+@pytest.mark.parametrize("in_run", [False, True])
+def test_a_resume_with_the_budget_spent_evaluates_where_a_signal_stopped_it(root, tmp_path, monkeypatch, capsys,
+                                                                            in_run):
+    """A `fewshot run` stage stopped by a signal in its first epoch and resumed with no time left trained nothing
+    and left no best.pt and no log.jsonl: its predictions came from the mid-epoch last.pt, its metrics named
+    "best epoch 1" that no log row held, and the note told the user to start a new run while the run went on.
+    The stop's state is now evaluated, logged as the partial epoch and kept as best.pt."""
+    from fewshot.train.checkpoint import save_checkpoint
+
+    out = (tmp_path / "run" / "finetune_labelled") if in_run else tmp_path / "run"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if in_run:
+        (out.parent / "run_state.json").write_text("{}")  # a `fewshot run` stage
+    budgeted = {**FT, "train.epochs": 50, "train.budget_minutes": 5.0, "sched.time_based": True}
+    _, ck = stopped_by_signal(run_finetune, finetune_cfg(root, **budgeted), out, monkeypatch, SupervisedTask, 3)
+    assert not (out / "checkpoints" / "best.pt").exists()  # epoch 1 is not over: no evaluation, no log row
+    assert not (out / "log.jsonl").is_file() or not read_log(out)
+    ck["train_seconds"] = 300.5
+    save_checkpoint(out / "checkpoints" / "last.pt", ck)
+    capsys.readouterr()
+    metrics = run_finetune(finetune_cfg(root, **budgeted), out, resume=True)
+    said = capsys.readouterr().out
+    rows = read_log(out)
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 3)] and "score" in rows[0]
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["global_step"] == 3 and metrics["best_epoch"] == 1
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["global_step"] == 3  # nothing trained
+    assert "evaluated there (log.jsonl: epoch 1)" in said
+    if in_run:  # the stage ends and the run goes on: no new run to start
+        assert "the run goes on" in said and "start a new run" not in said
+    else:
+        assert "give a larger train.budget_minutes to continue it" in said
+
+
+def test_the_last_partial_epoch_of_a_budget_stop_prints_its_progress_line(root, tmp_path, monkeypatch, capsys):
+    """A budget stop after the first step of an epoch: the loop was left before the progress bar counted that
+    step, so the console showed epochs 1-2 while log.jsonl and the result named epoch 3."""
+    with monkeypatch.context() as mp:
+        budget_clock(mp)
+        run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 5.5 / 60, "train.progress": True}),
+                     tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "supervised epoch 1/3: 5/5 (100%)" in err
+    assert "supervised epoch 2/3: 1/5 (20%)" in err  # step 6: the partial epoch's one step
+    assert [r["epoch"] for r in read_log(tmp_path / "run")] == [1, 2]

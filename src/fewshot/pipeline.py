@@ -776,8 +776,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     fit_s = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
     plot_pretrain_curves(pdir)
     export_backbone(pdir, weights)
-    stage = {"epochs": engine.epochs_trained(), "seconds": time.monotonic() - t_start,
-             "knn_acc1": (result or {}).get("knn_acc1")}
+    stage = {"epochs": engine.epochs_trained(), "knn_acc1": (result or {}).get("knn_acc1")}
     state.record("pretrain", "done", time.monotonic() - t_start, epochs=engine.epochs_trained())
     drop_best_aside(pdir)
     return weights, stage, fit_s
@@ -790,6 +789,17 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     ``resume``: continue the `fewshot run` that a signal stopped in ``out`` (its run_state.json): finished
     stages are reused, the stopped one continues from its last.pt, and the budget counts the time it had
     used (``budget_minutes`` None: the run's own)."""
+    session: dict = {}  # the run's state and clock, once it has them
+    try:
+        return _run_pipeline(cfg, out, budget_minutes, started, resume, session)
+    except KeyboardInterrupt:  # a signal's stop (StopRequested) or a second Ctrl-C: the session's time counts
+        if "state" in session:
+            session["state"].note_stop(time.monotonic() - session["t_start"])
+        raise
+
+
+def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: float | None, resume: bool,
+                  session: dict) -> dict:
     from fewshot.eval.predict import load_answer_key, predict_and_score, score_predictions
     from fewshot.run_state import RunState
     from fewshot.train.distributed import DistContext
@@ -922,6 +932,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
               f"finished stages: {', '.join(done) or 'none'}")
     state.data["pool_decoded"] = pool_limit
     state.save()
+    session.update(state=state, t_start=t_start)
     # the files --skip-bad-images (train, val, test) and data.skip_bad_unlabeled (pool) left out, with the reasons
     write_skipped(out, split_skipped + pool_skipped)
     budget_s = budget_minutes * 60.0
@@ -959,16 +970,18 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         summary["semi"] = fixmatch
 
     def keep(stage: str, entry: dict, fit_s: float) -> None:
-        summary["stages"][stage] = entry
+        now = time.monotonic() - t_start
+        summary["stages"][stage] = {**entry, "seconds": state.stage_seconds(now)}  # the stage's own length
         fit_seconds.append(fit_s)
-        state.keep_summary(summary, fit_seconds, time.monotonic() - t_start)
+        state.keep_summary(summary, fit_seconds, now)
 
     weights = cfg["model"]["weights"]
     if r["pretrain"]:
         # its share of the time the stages have left (start-up and the test decoding came out of the whole)
         pre_end = time.monotonic() + (t_start + stage_s - time.monotonic()) * r["pretrain_share"]
         weights, entry, fit_s = pretrain_stage(cfg, infos, device, ctx, out, pre_end, state, t_start)
-        keep("pretrain", entry, fit_s)
+        if fit_s or "pretrain" not in summary["stages"]:  # reused (0 s): kept before, its time counted once
+            keep("pretrain", entry, fit_s)
 
     fcfg = copy.deepcopy(cfg)
     fcfg["model"]["weights"] = str(weights) if weights else None
@@ -1063,8 +1076,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         round1_val = round1_metrics.get("mean_acc1")
         earlier = {"finetune_labelled": round1_metrics}  # the rounds before the last, for the val guard
         if not task.reused or "finetune_labelled" not in summary["stages"]:
-            keep("finetune_labelled", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start},
-                 task.fit_seconds)
+            keep("finetune_labelled", {"epochs": task.epochs_run}, task.fit_seconds)
         for k in range(2, int(r["pseudo_rounds"]) + 1):
             if skip["skipped_from"] is None and state.status("finetune") is None and \
                     state.status(f"finetune_round{k}") is None:  # a resumed round that began is continued
@@ -1087,8 +1099,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
             earlier[f"finetune_round{k}"] = round_metrics
             if not task.reused or f"finetune_round{k}" not in summary["stages"]:
                 # each round's entry: the pseudo-labels it trained on and its val score (the guard compares them)
-                keep(f"finetune_round{k}", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
-                                            "pseudo_labels": pseudo["summary"],
+                keep(f"finetune_round{k}", {"epochs": task.epochs_run, "pseudo_labels": pseudo["summary"],
                                             "val_mean_acc1": round_metrics.get("mean_acc1")}, task.fit_seconds)
     if semi == "pseudo" and skip.get("reduced_why"):  # middle rounds dropped: the last round came sooner
         summary["self_training_reduced"] = {"planned": int(r["pseudo_rounds"]),
@@ -1107,7 +1118,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
                                            "on the labelled images again" if pseudo else "", pseudo, closing,
                                            **progress)
         if not task.reused or "finetune" not in summary["stages"]:
-            keep("finetune", {"epochs": task.epochs_run, "seconds": time.monotonic() - t_start,
+            keep("finetune", {"epochs": task.epochs_run,
                               **({"pseudo_labels": pseudo["summary"]} if pseudo is not None else {})},
                  task.fit_seconds)
     if report_plan["seconds"] is None:  # a resumed run with no stage left to train: the report's own estimate

@@ -43,7 +43,7 @@ class RunState:
         which a resume must find again (data.root may move, the data may not change)."""
         state = cls(out, {"version": 1, "budget_minutes": budget_minutes, "config": copy.deepcopy(cfg),
                           "img_size": img_size, "seconds": seconds, "stages": {}, "summary": None,
-                          "fit_seconds": [], "finished": False, "classes": classes})
+                          "fit_seconds": [], "finished": False, "classes": classes, "stage_clock": seconds})
         state.save()
         return state
 
@@ -131,8 +131,9 @@ class RunState:
         return self.data["stages"].get(name, {})
 
     def seconds_used(self) -> float:
-        """The budget the run had used when it stopped: at the last recorded event, or for a stage stopped
-        in training, where its fit began plus the training time its last.pt holds."""
+        """The budget the run had used when it stopped: when its session ended (note_stop; a SIGKILL: the last
+        recorded event), or for a stage stopped in training, where its fit began plus the training time its last.pt
+        holds."""
         from fewshot.train.checkpoint import load_checkpoint
 
         used = float(self.data["seconds"])
@@ -151,10 +152,25 @@ class RunState:
         self.data["seconds"] = max(float(self.data["seconds"]), seconds)
         self.save()
 
+    def stage_seconds(self, seconds: float) -> float:
+        """The length of the stage that ends at ``seconds`` on the run's clock: since the stage before it ended (the
+        first: since the start-up did), so its planning and the labelling of its pool count, over every session
+        (summary.json gave the time since the run started: 92.9 s of a 101 s run for round 1)."""
+        return max(0.0, seconds - float(self.data.get("stage_clock", 0.0)))
+
     def keep_summary(self, summary: dict, fit_seconds: list[float], seconds: float) -> None:
-        self.data.update(summary=summary, fit_seconds=list(fit_seconds))
+        """At the end of a stage (``seconds`` on the run's clock), with its summary entry."""
+        self.data.update(summary=summary, fit_seconds=list(fit_seconds), stage_clock=seconds)
         self.data["seconds"] = max(float(self.data["seconds"]), seconds)
         self.save()
+
+    def note_stop(self, seconds: float) -> None:
+        """A session stopped (a signal) at ``seconds`` on the run's clock: the time since the last recorded event
+        was spent, though its work is redone, and counts. seconds_used() stopped at the stage's last checkpoint:
+        four sessions of one run took 219 s and the run reported 200 s."""
+        if not self.data.get("finished"):
+            self.data["seconds"] = max(float(self.data["seconds"]), seconds)
+            self.save()
 
     def finish(self, seconds: float) -> None:
         self.data.update(finished=True, seconds=seconds)

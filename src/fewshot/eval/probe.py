@@ -16,7 +16,7 @@ from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import scan_root
 from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize
-from fewshot.errors import UserError
+from fewshot.errors import UserError, one_line
 from fewshot.eval.evaluate import score
 from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size, create_backbone,
@@ -65,6 +65,9 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     normalize = Normalize(*mean_std(backbone)).to(device)
     cache = default_cache_dir(root, None)
     train, val = load_splits(infos, ("train", "val"), space, size, cache, skip_bad=skip_bad)
+    # the size a weights file chose (an export records its own) was used without a word: `train` says it
+    print(one_line(f"probe: {model_name} ({weights or 'random init'}) at {size}px on {device}: "
+                   f"{', '.join(space.names)}, {len(train)} train / {len(val)} val images"), flush=True)
     ftr = backbone_features(backbone, train.images, normalize, device)
     fva = backbone_features(backbone, val.images, normalize, device)
     for split, feats in (("train", ftr), ("val", fva)):
@@ -84,5 +87,5 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     metrics = score(logits, val.targets, val.dataset_ids, space, mode, n_params)
     protocol = "linear probe" if head == "linear" else "prototype (SimpleShot)"
     metrics.update({"split": "val", "protocol": protocol, "weights": str(weights) if weights else None,
-                    "model": model_name})
+                    "model": model_name, "img_size": size})
     return metrics

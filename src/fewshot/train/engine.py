@@ -599,14 +599,21 @@ class Engine:
                     print(f"resuming from {self.ckpt_dir / 'last.pt'}: epoch {self.epoch + 1}, step "
                           f"{self.step_in_epoch} of {self.steps_per_epoch} (global step {self.global_step})")
             if self._budget_spent():  # it trained one more step and logged the stopped epoch again
+                evaluated = self._evaluate_the_stop()
                 if self.ctx.is_main:
-                    # a `fewshot run` stage: the run planned this budget and --resume refuses another one
-                    how = ("a `fewshot run` cannot give this stage more time: start a new run with a larger "
-                           "--budget-minutes" if (self.run_dir.parent / "run_state.json").is_file()
-                           else "give a larger train.budget_minutes to continue it")
-                    print(f"note: the run used its whole budget (train.budget_minutes={t['budget_minutes']:g}) before "
-                          f"it stopped, at epoch {self.epoch + (1 if self.step_in_epoch else 0)}: nothing is trained; "
-                          f"{how}.", flush=True)
+                    at = f"epoch {self.epoch + (1 if self.step_in_epoch else 0)}"
+                    where = (f"{at} (step {self.step_in_epoch} of {self.steps_per_epoch})" if self.step_in_epoch
+                             else at)
+                    done = f"; it is evaluated there (log.jsonl: {at})" if evaluated else ""
+                    if (self.run_dir.parent / "run_state.json").is_file():
+                        # a `fewshot run` stage: the stage ends, the run goes on with what it has
+                        print(f"note: no time is left of the run's budget for this stage (its train.budget_minutes="
+                              f"{t['budget_minutes']:g}): it ends where it stopped, at {where}, without training "
+                              f"more{done}; the run goes on.", flush=True)
+                    else:
+                        print(f"note: the run used its whole budget (train.budget_minutes={t['budget_minutes']:g}) "
+                              f"before it stopped, at {where}: nothing is trained{done}; give a larger "
+                              f"train.budget_minutes to continue it.", flush=True)
                 return self.last_eval
         elif resume and self.ctx.is_main:
             print(f"note: --resume given but {self.ckpt_dir / 'last.pt'} does not exist; starting fresh.")
@@ -692,10 +699,12 @@ class Engine:
             self.epoch_skips_start = self.nonfinite_skipped
         # a budgeted run's epochs are a generous cap (4x what fits), not a plan: "epoch 1/1184" misled
         of = "" if self.cfg["sched"].get("time_based") and deadline is not None else f"/{t['epochs']}"
-        bar = track(range(start, len(batches)), desc=f"{self.task.kind} epoch {epoch + 1}{of}",
-                    total=len(batches) - start) if self.ctx.is_main else range(start, len(batches))
+        # counted by hand after each step: a loop left by a budget stop counted its last step out, and a partial
+        # epoch of one step printed no line at all
+        bar = (track(desc=f"{self.task.kind} epoch {epoch + 1}{of}", total=len(batches) - start)
+               if self.ctx.is_main else None)
         stopped = False
-        for step in bar:
+        for step in range(start, len(batches)):
             batch = self.task.make_batch(batches[step], epoch, step)
             self.scheduler.step_update(self._schedule_t(deadline))
             # The forward pass itself changes state (BatchNorm running stats; MoCo's key encoder and queue):
@@ -722,6 +731,8 @@ class Engine:
                     self._restore_forward_state(before)
                 self.step_in_epoch = step + 1
                 self.global_step += 1
+                if bar is not None:
+                    bar.update(1)
                 continue
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -740,20 +751,22 @@ class Engine:
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            if self.ctx.is_main and hasattr(bar, "set_postfix") and (step % 5 == 0 or step == len(batches) - 1):
-                bar.set_postfix(loss=f"{sums['loss'] / n_steps:.3f}", lr=f"{self._base_lr():.2e}")  # as log.jsonl: not a group's
+            if bar is not None:
+                if step % 5 == 0 or step == len(batches) - 1:  # the lr as log.jsonl has it: not a group's
+                    bar.set_postfix(loss=f"{sums['loss'] / n_steps:.3f}", lr=f"{self._base_lr():.2e}")
+                bar.update(1)
             if t["save_every_steps"] and self.global_step % t["save_every_steps"] == 0 and self.step_in_epoch < len(batches):
                 self.save_mid_epoch()
             signalled, late = self._agreed_stop(deadline)
             if signalled and self.step_in_epoch < len(batches):
-                if hasattr(bar, "close"):
+                if bar is not None:
                     bar.close()
                 self._stop_here()
             if late:
                 stopped = True
                 break
         elapsed = time.perf_counter() - t0
-        if hasattr(bar, "close"):
+        if bar is not None:
             bar.close()
         self._check_weights_finite(epoch)
         if not stopped or self.step_in_epoch >= len(batches):
@@ -773,22 +786,7 @@ class Engine:
         last_epoch = self.epoch >= self.cfg["train"]["epochs"] or stopped
         new_best = False
         if last_epoch or (self.epoch % max(1, self.task.eval_every) == 0):
-            t1 = time.perf_counter()
-            eval_model = self.ema.module if self.ema is not None else self.model
-            result = self.task.evaluate(eval_model, epoch) if self.ctx.is_main else None
-            result = broadcast_object(self.ctx, result)
-            if result is not None:
-                record.update(result)
-                record["eval_time_s"] = time.perf_counter() - t1
-                self.last_eval = result
-                # a tie goes to the later epoch: with one val image per class scores tie often, and the first epoch
-                # of the top score (lr still high) became best.pt and the pseudo-label teacher
-                if result.get("score") is not None and result["score"] >= self.best_score:
-                    if self.step_in_epoch:  # a budget stop's partial epoch, which a resume may reopen
-                        self._set_best_aside()
-                    self.best_score = result["score"]
-                    self.save("best")
-                    new_best = True
+            new_best = self._evaluate(record, epoch)
         # The epoch-end last.pt carries its log row (without the timings), so that a kill between this save
         # and the log write still ends with the row in log.jsonl: resume() appends it when it is missing.
         self.epoch_record = {k: v for k, v in record.items() if k not in TIMING_KEYS}
@@ -798,6 +796,65 @@ class Engine:
         self.log(record)
         barrier(self.ctx)
         return stopped
+
+    def _evaluate(self, record: dict, epoch: int) -> bool:
+        """Evaluate the model (epoch index ``epoch``) into the log row ``record``; a new best score writes best.pt.
+        Returns whether it did."""
+        t1 = time.perf_counter()
+        eval_model = self.ema.module if self.ema is not None else self.model
+        result = self.task.evaluate(eval_model, epoch) if self.ctx.is_main else None
+        result = broadcast_object(self.ctx, result)
+        if result is None:
+            return False
+        record.update(result)
+        record["eval_time_s"] = time.perf_counter() - t1
+        self.last_eval = result
+        # a tie goes to the later epoch: with one val image per class scores tie often, and the first epoch
+        # of the top score (lr still high) became best.pt and the pseudo-label teacher
+        if result.get("score") is None or result["score"] < self.best_score:
+            return False
+        if self.step_in_epoch:  # a budget stop's partial epoch, which a resume may reopen
+            self._set_best_aside()
+        self.best_score = result["score"]
+        self.save("best")
+        return True
+
+    def _evaluate_the_stop(self) -> bool:
+        """A resume that finds the budget spent trains nothing; where the run stopped on a signal (which saves
+        without evaluating), the state it stopped in is evaluated now, as a budget stop there would have done: a
+        `fewshot run` stage resumed with no time left ended without a best.pt or a log row of its training, its
+        predictions came from the mid-epoch last.pt and its metrics named an epoch log.jsonl did not hold. The
+        row is logged (a partial epoch as epoch + 1, which a resume with more budget reopens) or, at an epoch end
+        logged without an evaluation, completed. Returns whether it evaluated."""
+        path, lines, at = self.run_dir / "log.jsonl", [], None
+        if self.ctx.is_main and path.is_file():  # trim_log left only rows, none past this step
+            lines = path.read_text(errors="replace").splitlines()
+            at = max((i for i, line in enumerate(lines) if json.loads(line).get("step") == self.global_step),
+                     default=None)
+        row = broadcast_object(self.ctx, json.loads(lines[at]) if at is not None else None)
+        if self.global_step == 0 or (row is not None and "score" in row):  # evaluated already (a budget stop)
+            return False
+        if row is None:
+            record = {"epoch": self.epoch + (1 if self.step_in_epoch else 0), "step": self.global_step,
+                      "lr": self._base_lr()}
+            for k, v in self.epoch_sums.items():
+                record[k] = all_reduce_mean(self.ctx, v / max(1, self.epoch_steps))
+        else:
+            record = dict(row)
+        self._evaluate(record, record["epoch"] - 1)
+        self.epoch_record = {k: v for k, v in record.items() if k not in TIMING_KEYS}
+        if self.step_in_epoch:
+            self.save_mid_epoch()  # under DDP with every rank's running sums, as the stop's own save
+        else:
+            self.save("last")
+        self.epoch_record = None
+        if row is None:
+            self.log(record)
+        elif self.ctx.is_main:  # the epoch's row, now with its evaluation
+            lines[at] = json.dumps(record)
+            atomic_write_text(path, "".join(f"{line}\n" for line in lines))
+        barrier(self.ctx)
+        return True
 
     def _epoch_end_save_due(self, last_epoch: bool) -> bool:
         """Epoch-end last.pt: always at the first and last epoch, with --save-every-steps and with a new best.pt,

@@ -1,0 +1,79 @@
+"""`fewshot run`'s accounts over stops and resumes: the budget counts every session's time up to its stop, each
+stage's summary.json entry holds the stage's own length, a reused stage's training time counts once, and a stage
+resumed with no time left ends with outputs that agree (best.pt, log.jsonl, metrics.json, the console)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+from helpers.checks import run_main
+from test_run_resume import _cmd, _state, sigterm_in_stage
+
+
+def test_a_stopped_and_resumed_run_counts_each_session_and_stage_once(digits_root, tmp_path, monkeypatch):
+    """Four sessions of one run took 219 s and it reported 200 s: the time from the stage's last record to the
+    stop was lost. summary.json's stage `seconds` was the time since the run started, and the reused pretrain
+    stage added a 0 s entry to fit_seconds on every resume."""
+    from fewshot.train.checkpoint import load_checkpoint
+    from fewshot.train.engine import Engine
+    from fewshot.train.supervised import SupervisedTask
+
+    out = tmp_path / "run"
+    cmd = _cmd(digits_root, out, "--pretrain", "run.semi_method=off")
+    check = Engine.check_disk_space
+
+    def slow_start(self):  # the session's work between the stage's record and its training clock
+        if self.run_dir.name == "finetune":
+            time.sleep(1.0)
+        return check(self)
+
+    with monkeypatch.context() as mp:
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
+        mp.setattr(Engine, "check_disk_space", slow_start)
+        rc, _, err = run_main(*cmd)
+    assert rc == 128 + signal.SIGTERM, err
+    state = _state(out)
+    trained = load_checkpoint(out / "finetune" / "checkpoints" / "last.pt")["train_seconds"]
+    assert state["seconds"] >= state["stages"]["finetune"]["fit_at"] + 1.0 + trained  # up to the stop
+    rc, _, err = run_main(*cmd, "--resume")
+    assert rc == 0, err
+    state, summary = _state(out), json.loads((out / "summary.json").read_text())
+    assert len(state["fit_seconds"]) == 2  # pretrain (reused in the second session) and finetune
+    stages = summary["stages"]
+    assert set(stages) == {"pretrain", "finetune"}
+    assert stages["pretrain"]["seconds"] > 0 and stages["finetune"]["seconds"] > 1.0  # the latter: the sleep
+    # each its own length: together no longer than the run (start-up and the closing work are neither's)
+    assert stages["pretrain"]["seconds"] + stages["finetune"]["seconds"] < summary["seconds"]
+
+
+def test_a_stage_resumed_with_no_time_left_ends_with_consistent_outputs(digits_root, tmp_path, monkeypatch):
+    """Stopped in its first epoch (no evaluation yet) and resumed when the run's time was up: it said "start a new
+    run with a larger --budget-minutes" while the run went on, left no best.pt and no log.jsonl row, predicted
+    with the mid-epoch last.pt and its metrics named a best epoch no log row held."""
+    from fewshot.train.checkpoint import load_checkpoint
+    from fewshot.train.supervised import SupervisedTask
+
+    out = tmp_path / "run"
+    cmd = _cmd(digits_root, out, "run.semi_method=off")
+    with monkeypatch.context() as mp:
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
+        rc, _, err = run_main(*cmd)
+    assert rc == 128 + signal.SIGTERM, err
+    stage = out / "finetune"
+    assert not (stage / "checkpoints" / "best.pt").exists()
+    state = _state(out)
+    state["seconds"] = state["budget_minutes"] * 60  # as if the session had run on to the end of the budget
+    (out / "run_state.json").write_text(json.dumps(state))
+    rc, stdout, err = run_main(*cmd, "--resume")
+    assert rc == 0, err
+    assert "no time is left of the run's budget for this stage" in stdout and "the run goes on" in stdout
+    assert "start a new run" not in stdout
+    last = load_checkpoint(stage / "checkpoints" / "last.pt")
+    best = load_checkpoint(stage / "checkpoints" / "best.pt")
+    assert best["global_step"] == last["global_step"] == 2  # nothing trained; the stop's state evaluated
+    rows = [json.loads(line) for line in (stage / "log.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 2)] and "score" in rows[0]
+    assert json.loads((stage / "metrics.json").read_text())["best_epoch"] == 1
+    assert json.loads((out / "summary.json").read_text())["stages"]["finetune"]["epochs"] < 1
