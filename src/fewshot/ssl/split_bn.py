@@ -136,12 +136,8 @@ def split_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, num_splits:
     return _reshape_out(y, tuple(x.shape))
 
 
-class SplitBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d whose batch statistics are computed per group of samples (see module doc).
-
-    Input [N, C], [N, C, L], or [N*T, C] rows of N samples' tokens (sample-major) once
-    ``convert_split_bn`` has hooked the model's input. State dicts are nn.BatchNorm1d's.
-    """
+class _Split:
+    """What the split layers add to their BatchNorm class: ``num_splits`` and the shared record of samples."""
 
     def __init__(self, num_features: int, num_splits: int, **kwargs):
         super().__init__(num_features, **kwargs)
@@ -149,6 +145,17 @@ class SplitBatchNorm1d(nn.BatchNorm1d):
             raise ValueError(f"num_splits must be >= 1, got {num_splits}")
         self.num_splits = num_splits
         self.samples = _Samples()  # replaced by the converted model's shared record
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+
+class SplitBatchNorm1d(_Split, nn.BatchNorm1d):
+    """BatchNorm1d whose batch statistics are computed per group of samples (see module doc).
+
+    Input [N, C], [N, C, L], or [N*T, C] rows of N samples' tokens (sample-major) once
+    ``convert_split_bn`` has hooked the model's input. State dicts are nn.BatchNorm1d's.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and self.samples.hooked and self.samples.n is None:
@@ -158,11 +165,8 @@ class SplitBatchNorm1d(nn.BatchNorm1d):
                                "converted: the samples its rows belong to are unknown")
         return split_batch_norm(self, x, self.num_splits, self.samples.n)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, num_splits={self.num_splits}"
 
-
-class SplitBatchNorm2d(nn.BatchNorm2d):
+class SplitBatchNorm2d(_Split, nn.BatchNorm2d):
     """BatchNorm2d whose batch statistics are computed per group of the batch (see module doc).
 
     Parameters and buffers have the usual size C, so state dicts are
@@ -170,37 +174,17 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     ``num_splits``; eval mode is plain BatchNorm2d with the running stats.
     """
 
-    def __init__(self, num_features: int, num_splits: int, **kwargs):
-        super().__init__(num_features, **kwargs)
-        if num_splits < 1:
-            raise ValueError(f"num_splits must be >= 1, got {num_splits}")
-        self.num_splits = num_splits
-        self.samples = _Samples()  # replaced by the converted model's shared record
-
     def forward(self, x: Tensor) -> Tensor:
         return split_batch_norm(self, x, self.num_splits, self.samples.n)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, num_splits={self.num_splits}"
 
 
 if BatchNormAct2d is not None:
 
-    class SplitBatchNormAct2d(BatchNormAct2d):
+    class SplitBatchNormAct2d(_Split, BatchNormAct2d):
         """timm's BatchNormAct2d (BN, then drop, then activation) with split batch statistics."""
-
-        def __init__(self, num_features: int, num_splits: int, **kwargs):
-            super().__init__(num_features, **kwargs)
-            if num_splits < 1:
-                raise ValueError(f"num_splits must be >= 1, got {num_splits}")
-            self.num_splits = num_splits
-            self.samples = _Samples()
 
         def forward(self, x: Tensor) -> Tensor:
             return self.act(self.drop(split_batch_norm(self, x, self.num_splits, self.samples.n)))
-
-        def extra_repr(self) -> str:
-            return f"{super().extra_repr()}, num_splits={self.num_splits}"
 
     __all__.append("SplitBatchNormAct2d")
 
@@ -223,9 +207,6 @@ def _split_copy(bn: nn.modules.batchnorm._BatchNorm, num_splits: int, samples: _
         new._buffers[name] = bn._buffers[name]
     new.train(bn.training)
     return new
-
-
-_SPLIT = (SplitBatchNorm1d, SplitBatchNorm2d) + ((SplitBatchNormAct2d,) if BatchNormAct2d is not None else ())
 
 
 def _convertible(module: nn.Module) -> bool:
@@ -261,7 +242,7 @@ def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
 
 
 def _convert(module: nn.Module, num_splits: int, samples: _Samples) -> nn.Module:
-    if isinstance(module, _SPLIT):
+    if isinstance(module, _Split):
         module.num_splits = num_splits
         return module
     if _convertible(module):
@@ -276,4 +257,4 @@ def _convert(module: nn.Module, num_splits: int, samples: _Samples) -> nn.Module
 def unsplit_batch_norms(module: nn.Module) -> list[str]:
     """Names of the BatchNorm layers that still normalise over the whole batch (types split BN cannot convert)."""
     return [name or type(m).__name__ for name, m in module.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, _SPLIT)]
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, _Split)]
