@@ -1202,3 +1202,12 @@ def test_run_warns_about_words_for_fields_it_sets_itself(digits_root, tmp_path):
     assert "warning: moco.momentum=0.5 is replaced by run.moco_momentum" in err
     assert "warning: train.epochs=1 is replaced by the run's plan" in err and "optim.lr" not in err
     assert err.index("warning: moco.queue_size") < err.index("no_such_model")
+
+
+def test_the_start_line_says_when_the_input_size_is_the_models_default():
+    """Without --img-size a model trains at its pretrained size (often 224 px, 10-50x the compute small images
+    need): the start line says so and how to change it; a chosen size gets no note."""
+    from fewshot.train.finetune import size_note
+
+    assert "--img-size" in size_note({"model": {"img_size": None}})
+    assert size_note({"model": {"img_size": 32}}) == ""

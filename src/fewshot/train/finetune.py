@@ -216,7 +216,7 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
                        f"{weights_note(task.weights_loaded, cfg['model']['weights'])} on "
                        f"{', '.join(task.space.names)}: {task.space.num_classes} "
                        f"class{'es' if task.space.num_classes != 1 else ''}, {len(task.train_set)} train / "
-                       f"{len(task.val_set)} val images at {task.size}px on {device} ({engine.precision}); run "
+                       f"{len(task.val_set)} val images at {task.size}px{size_note(cfg)} on {device} ({engine.precision}); run "
                        f"directory {out}"))
         if task.unlabeled is not None:
             from fewshot.train.semi import fixmatch_note
@@ -240,6 +240,14 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
 
         plot_train_curves(Path(out))  # SPEC: a run directory holds plots/ (`fewshot run`'s report draws its own)
     return metrics
+
+
+def size_note(cfg: dict) -> str:
+    """Why the input size is what it is when the user did not choose one: a model's default (often 224 px) costs
+    10-50x the compute of the 32-64 px that small images need, and `fewshot run` picks smaller sizes by itself."""
+    if cfg["model"].get("img_size") is not None:
+        return ""
+    return " (the model's default input size; --img-size sets it)"
 
 
 def load_best_checkpoint(model, out: Path) -> dict:
