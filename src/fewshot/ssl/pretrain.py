@@ -9,11 +9,10 @@ from pathlib import Path
 
 import torch
 
-from fewshot.config import save_yaml
 from fewshot.data.augment import BatchAugment, preset as aug_preset
 from fewshot.data.cache import default_cache_dir, load_images, write_skipped
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import find_unlabeled_images, has_images, list_datasets, scan_root, warn_once
+from fewshot.data.layout import find_unlabeled_images, has_images, list_datasets, warn_once
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize
@@ -22,14 +21,13 @@ from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size, create_backbone,
                                      input_size, mean_std)
 from fewshot.models.weights import load_backbone_weights, weights_note
-from fewshot.progress import set_enabled
 from fewshot.ssl.functional import topk_accuracy
 from fewshot.ssl.knn import knn_predict
 from fewshot.ssl.moco import MoCo
-from fewshot.train.distributed import DistContext, init_distributed
-from fewshot.train.engine import Engine, check_resume_world
+from fewshot.train.distributed import DistContext
+from fewshot.train.engine import Engine
 from fewshot.train.semi import POOL_SKIP_NOTE
-from fewshot.utils import make_generator, resolve_device, seed_everything
+from fewshot.utils import make_generator
 
 
 def pool_paths(cfg: dict, infos) -> tuple[list[Path], str]:
@@ -459,24 +457,12 @@ class MoCoTask:
 
 
 def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
-    from fewshot.train.finetune import configure_threads, prepare_run_dir
+    from fewshot.train.finetune import start_job
 
     cfg["_task"] = "moco"
-    set_enabled(bool(cfg["train"]["progress"]))
-    configure_threads(cfg)
-    device = resolve_device(cfg["train"]["device"])
-    ctx, device = init_distributed(device)
-    cfg["train"]["device"] = device.type
-    if cfg["train"]["deterministic"]:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    resolve_pretrain_defaults(cfg, ctx.world)
-    infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
-    prepare_run_dir(out, resume, cfg, ctx)
-    if ctx.is_main and not (resume and (Path(out) / "checkpoints" / "last.pt").is_file()):
-        save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
-    check_resume_world(Path(out), resume, ctx.world)
-    seed_everything(cfg["train"]["seed"])
-    task = MoCoTask(cfg, infos, device, ctx, resuming=resume and (Path(out) / "checkpoints" / "last.pt").is_file())
+    device, ctx, infos, resuming = start_job(cfg, out, resume,
+                                             lambda ctx, resuming: resolve_pretrain_defaults(cfg, ctx.world))
+    task = MoCoTask(cfg, infos, device, ctx, resuming=resuming)
     engine = Engine(task, cfg, out, device, ctx)
     if ctx.is_main:
         write_skipped(out, task.pool_skipped + task.train_set.skipped + task.val_set.skipped)

@@ -190,23 +190,31 @@ def warn_random_backbone_at_a_pretrained_lr(cfg: dict) -> None:
               f"optim.backbone_lr_mult=1).", flush=True)
 
 
-def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
+def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults) -> tuple:
+    """The start every training job shares (fine-tuning and MoCo): threads, device and process group, the
+    job's defaults (``resolve_defaults(ctx, resuming)``), the datasets, the run directory and its config,
+    the seed. Returns (device, ctx, infos, resuming)."""
     set_enabled(bool(cfg["train"]["progress"]))
     configure_threads(cfg)
-    device, ctx = None, None
     device = resolve_device(cfg["train"]["device"])
     ctx, device = init_distributed(device)
     cfg["train"]["device"] = str(device.type)
     if cfg["train"]["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     resuming = resume and (Path(out) / "checkpoints" / "last.pt").is_file()
-    resolve_finetune_defaults(cfg, resuming)
+    resolve_defaults(ctx, resuming)
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
     prepare_run_dir(out, resume, cfg, ctx)
-    if ctx.is_main and not (resume and (Path(out) / "checkpoints" / "last.pt").is_file()):
+    if ctx.is_main and not resuming:
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
     check_resume_world(Path(out), resume, ctx.world)
     seed_everything(cfg["train"]["seed"])
+    return device, ctx, infos, resuming
+
+
+def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
+    device, ctx, infos, resuming = start_job(cfg, out, resume,
+                                             lambda ctx, resuming: resolve_finetune_defaults(cfg, resuming))
     task = SupervisedTask(cfg, infos, device, ctx, resuming=resuming)
     engine = Engine(task, cfg, out, device, ctx)
     if ctx.is_main:
