@@ -48,6 +48,30 @@ def test_a_stopped_and_resumed_run_counts_each_session_and_stage_once(digits_roo
     assert stages["pretrain"]["seconds"] + stages["finetune"]["seconds"] < summary["seconds"]
 
 
+def test_a_resumed_session_stopped_in_its_start_up_counts_its_time(digits_root, tmp_path, monkeypatch):
+    """The session's time counted only once its start-up had decoded the test images and the pool: a resume
+    stopped before then (Ctrl-C while decoding) took its seconds off the budget's books."""
+    import fewshot.pipeline as pipeline
+    from fewshot.train.supervised import SupervisedTask
+
+    out = tmp_path / "run"
+    cmd = _cmd(digits_root, out, "run.semi_method=off")
+    with monkeypatch.context() as mp:
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
+        rc, _, err = run_main(*cmd)
+    assert rc == 128 + signal.SIGTERM, err
+    before = _state(out)["seconds"]
+
+    def slow_then_interrupted(name):
+        time.sleep(1.5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "resolve_device", slow_then_interrupted)
+    rc, _, err = run_main(*cmd, "--resume")
+    assert rc == 130, err
+    assert _state(out)["seconds"] >= before + 1.5
+
+
 def test_a_stage_resumed_with_no_time_left_ends_with_consistent_outputs(digits_root, tmp_path, monkeypatch):
     """Stopped in its first epoch (no evaluation yet) and resumed when the run's time was up: it said "start a new
     run with a larger --budget-minutes" while the run went on, left no best.pt and no log.jsonl row, predicted
@@ -77,3 +101,24 @@ def test_a_stage_resumed_with_no_time_left_ends_with_consistent_outputs(digits_r
     assert [(r["epoch"], r["step"]) for r in rows] == [(1, 2)] and "score" in rows[0]
     assert json.loads((stage / "metrics.json").read_text())["best_epoch"] == 1
     assert json.loads((out / "summary.json").read_text())["stages"]["finetune"]["epochs"] < 1
+    # TensorBoard holds the stop's evaluation too (it was logged before the event writer was opened)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(stage / "tensorboard"))
+    events.Reload()
+    assert [(e.step, round(e.value, 4)) for e in events.Scalars("score")] == [(1, round(rows[0]["score"], 4))]
+
+
+def test_a_stage_given_its_own_training_time_as_budget_counts_as_spent():
+    """`fewshot run` resumes a stage with no time left as budget_minutes = trained / 60; for some values
+    (trained / 60) * 60 is a few ulp above trained, and the stage trained one more step instead of ending."""
+    from types import SimpleNamespace
+
+    from fewshot.train.engine import Engine
+
+    trained = 486.13034159795376
+    assert trained / 60 * 60 > trained  # the float case that broke the comparison
+    engine = SimpleNamespace(cfg={"train": {"budget_minutes": trained / 60}}, _seconds_before=trained)
+    assert Engine._budget_spent(engine)
+    engine._seconds_before = trained - 0.01
+    assert not Engine._budget_spent(engine)

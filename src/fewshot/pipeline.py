@@ -830,6 +830,9 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
     # a second `fewshot run` (or --resume) into the folder while this one runs is refused, at once: after the
     # test images and the pool were decoded, the refusal came 24-53 s late
     lock_run_dir(out)
+    used = state.seconds_used() if state is not None else 0.0  # the time of the sessions before this one
+    if state is not None:  # a stop in this session's start-up (decoding the test images and the pool) counts too
+        session.update(state=state, t_start=t_start - used)
     device = resolve_device(cfg["train"]["device"])
     cfg["train"]["device"] = device.type
     ctx = DistContext()
@@ -925,7 +928,6 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
         state = RunState.start(out, requested, budget_minutes, cfg["model"]["img_size"], time.monotonic() - t_start,
                                class_names)
     else:
-        used = state.seconds_used()
         t_start -= used  # the budget counts every session's time, this one's start-up included
         done = [n for n, st in state.data["stages"].items() if st.get("status") == "done"]
         print(f"[run] resuming {out}: {used / 60:.1f} of {budget_minutes:g} minutes used before the stop; "

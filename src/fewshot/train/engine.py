@@ -455,7 +455,9 @@ class Engine:
 
     def _budget_spent(self) -> bool:
         budget = self.cfg["train"].get("budget_minutes")
-        return bool(budget) and self._seconds_before >= budget * 60
+        # the tolerance: `fewshot run` gives a stage with no time left budget_minutes = trained / 60, and
+        # (trained / 60) * 60 comes out a few ulp above `trained` for some values
+        return bool(budget) and self._seconds_before >= budget * 60 - 1e-6
 
     def trim_log(self, epoch_record: dict | None = None, reopened: bool = False) -> None:
         """Make log.jsonl match the resumed checkpoint: rows past its global step are dropped (those steps are
@@ -496,12 +498,13 @@ class Engine:
                     self.writer.add_scalar(k, v, step)
             self.writer.flush()
 
-    def _open_tensorboard(self) -> None:
+    def _open_tensorboard(self, redo: bool = True) -> None:
         """A resumed run purges the events from its checkpoint's epoch on (the steps after the checkpoint are
         redone, and TensorBoard would draw both copies as a zig-zag) and writes that epoch's row of the trimmed
-        log.jsonl again, so the event file shows what log.jsonl holds."""
+        log.jsonl again, so the event file shows what log.jsonl holds. ``redo=False``: nothing is redone (the
+        evaluation of a budget stop), so nothing is purged."""
         if self.ctx.is_main and self.cfg["train"]["tensorboard"]:
-            resumed = self.global_step > 0
+            resumed = self.global_step > 0 and redo
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -599,7 +602,11 @@ class Engine:
                     print(f"resuming from {self.ckpt_dir / 'last.pt'}: epoch {self.epoch + 1}, step "
                           f"{self.step_in_epoch} of {self.steps_per_epoch} (global step {self.global_step})")
             if self._budget_spent():  # it trained one more step and logged the stopped epoch again
-                evaluated = self._evaluate_the_stop()
+                self._open_tensorboard(redo=False)
+                try:
+                    evaluated = self._evaluate_the_stop()
+                finally:
+                    self._close_tensorboard()
                 if self.ctx.is_main:
                     at = f"epoch {self.epoch + (1 if self.step_in_epoch else 0)}"
                     where = (f"{at} (step {self.step_in_epoch} of {self.steps_per_epoch})" if self.step_in_epoch
@@ -641,9 +648,13 @@ class Engine:
                     self._stop_here()
         finally:
             self._stop_flag = None
-            if self.writer is not None:
-                self.writer.close()
+            self._close_tensorboard()
         return self.last_eval
+
+    def _close_tensorboard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def _stop_requested(self) -> bool:
         """A SIGTERM/SIGINT arrived (on any rank: under DDP every rank must stop at the same step, and
@@ -853,6 +864,7 @@ class Engine:
         elif self.ctx.is_main:  # the epoch's row, now with its evaluation
             lines[at] = json.dumps(record)
             atomic_write_text(path, "".join(f"{line}\n" for line in lines))
+            self._add_scalars(record)
         barrier(self.ctx)
         return True
 
