@@ -211,6 +211,7 @@ def test_torchrun_train_smoke_with_an_uneven_last_batch(tmp_path):
     proc = torchrun(["-m", "fewshot", "train", "--data", str(root), "--out", str(run), *args], cwd=tmp_path)
     check(proc)
     assert (proc.stdout + proc.stderr).count("done: ") == 1  # rank 0 says it, once
+    assert "at 32px on cpu x2 (" in proc.stdout  # the start line names the processes, as pretrain's does
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 1  # only rank 0 logs
@@ -306,6 +307,24 @@ def test_torchrun_budget_stops_every_rank_at_the_same_step(root, tmp_path):
     check(proc)
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert 1 <= rows[-1]["epoch"] < 1000 and (run / "metrics.json").is_file()
+    # said once (rank 0): "done" alone could not tell a cut schedule from a finished one
+    assert proc.stdout.count("note: train.budget_minutes=0.1 is used up") == 1, proc.stdout[-2000:]
+    assert f"stops at epoch {rows[-1]['epoch']} of 1000" in proc.stdout
+
+
+def test_torchrun_refuses_ranks_that_see_different_data(tmp_path):
+    """A node with another copy of --data (one train image fewer) trained on its own epoch plan without a word,
+    or DDP died with "params ... appears not to match" reported as a bug; now every rank stops with one error."""
+    root = build_digits(tmp_path / "data")
+    other = build_digits(tmp_path / "other")
+    sorted((other / "digits" / "train" / "0").iterdir())[0].unlink()
+    worker = str(Path(__file__).parent / "helpers" / "rank_arg_worker.py")
+    proc = torchrun([worker, "DATA", f"{root},{other}", "train", "--data", "DATA", "--out", str(tmp_path / "ft"),
+                     *COMMON], cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert out.count("the 2 processes see different data under --data") == 1, out[-3000:]
+    assert "rank 1 reads digits 39 train" in out and "internal error" not in out, out[-3000:]
 
 
 def test_torchrun_a_user_error_or_ctrl_c_is_said_once_whichever_rank_stops_first(tmp_path):

@@ -96,7 +96,7 @@ DEFAULTS: dict[str, Any] = {
         "threads": None,          # None: all cores
         "progress": True,
         "tensorboard": True,
-        "budget_minutes": None,   # stop cleanly when the wall-clock budget is spent
+        "budget_minutes": None,   # stop cleanly when this much training time is spent (start-up not counted)
     },
     "semi": {
         "method": "off",          # off | fixmatch: also train on the unlabeled pool with confident pseudo-labels

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -186,3 +187,41 @@ def all_reduce_mean(ctx: DistContext, value: float) -> float:
         t = t.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(t)
     return float(t.item()) / ctx.world
+
+
+def data_fingerprint(infos) -> list[tuple[str, int, int, str]]:
+    """Per dataset: name, train and val image counts, and a hash of the classes and of each image's path (relative
+    to its dataset) with its label; what the processes of one run must agree on."""
+    import hashlib
+
+    out = []
+    for info in infos:
+        h = hashlib.sha256(repr(tuple(info.classes)).encode())
+        for split in (info.train, info.val):
+            for path, label in split:
+                path = Path(path)
+                name = path.relative_to(info.root) if path.is_relative_to(info.root) else path
+                h.update(f"{name}\0{label}\n".encode())
+        out.append((info.name, len(info.train), len(info.val), h.hexdigest()[:16]))
+    return out
+
+
+def check_same_data(ctx: DistContext, infos) -> None:
+    """Every process must read the same labelled images: a node whose copy of --data differs trained on another
+    epoch plan without a word (or DDP died with "params ... appears not to match", reported as a bug)."""
+    if not ctx.enabled:
+        return
+    seen = all_gather_object(ctx, data_fingerprint(infos))
+    if all(s == seen[0] for s in seen):
+        return
+    from fewshot.errors import UserError
+
+    def described(fp) -> str:
+        return ", ".join(f"{name} {n_train} train / {n_val} val" for name, n_train, n_val, _ in fp) or "no dataset"
+
+    other = next(r for r, s in enumerate(seen) if s != seen[0])
+    same_counts = [s[:3] for s in seen[other]] == [s[:3] for s in seen[0]]
+    raise UserError(f"the {ctx.world} processes see different data under --data: rank 0 reads {described(seen[0])}; "
+                    f"rank {other} reads {described(seen[other])}"
+                    f"{' (the same counts, other files or classes)' if same_counts else ''}. Every node needs the "
+                    f"same copy of the data (a shared file system, or one synced copy per node).")

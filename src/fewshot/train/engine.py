@@ -637,6 +637,7 @@ class Engine:
             with stop_on_signals(announce=self.ctx.is_main) as self._stop_flag:
                 while self.epoch < epochs:
                     if self._run_epoch(deadline):
+                        self._say_budget_stop()
                         break
                     if self.epoch < epochs and self._stop_requested():
                         self._stop_here()
@@ -650,6 +651,20 @@ class Engine:
             self._stop_flag = None
             self._close_tensorboard()
         return self.last_eval
+
+    def _say_budget_stop(self) -> None:
+        """A budget stop ends the run quietly otherwise: the user saw "done" and could not tell a finished
+        schedule from a cut one (a `fewshot run` stage is planned to end so, and its run says what it did)."""
+        t = self.cfg["train"]
+        finished = self.epoch >= t["epochs"] and not self.step_in_epoch  # the budget ran out with the last step
+        if not self.ctx.is_main or finished or (self.run_dir.parent / "run_state.json").is_file():
+            return
+        where = f"epoch {self.epoch + (1 if self.step_in_epoch else 0)} of {t['epochs']}"
+        if self.step_in_epoch:
+            where += f" (step {self.step_in_epoch} of {self.steps_per_epoch})"
+        print(f"note: train.budget_minutes={t['budget_minutes']:g} is used up (training time, "
+              f"{self.train_seconds() / 60:.1f} min): the run stops at {where}, evaluated there; --resume "
+              f"with a larger train.budget_minutes continues it.", flush=True)
 
     def _close_tensorboard(self) -> None:
         if self.writer is not None:

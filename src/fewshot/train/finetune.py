@@ -17,7 +17,7 @@ from fewshot.errors import UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.models.weights import weights_note
 from fewshot.progress import set_enabled
-from fewshot.train.distributed import barrier, init_distributed
+from fewshot.train.distributed import barrier, check_same_data, init_distributed
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.train.engine import Engine, check_resume_world
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
@@ -204,6 +204,7 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults) -> tuple:
     resuming = resume and (Path(out) / "checkpoints" / "last.pt").is_file()
     resolve_defaults(ctx, resuming)
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
+    check_same_data(ctx, infos)
     prepare_run_dir(out, resume, cfg, ctx)
     if ctx.is_main and not resuming:
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
@@ -220,12 +221,13 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
     if ctx.is_main:
         pool_skipped = task.unlabeled.skipped if task.unlabeled is not None else []  # FixMatch's pool
         write_skipped(out, task.train_set.skipped + task.val_set.skipped + pool_skipped)
+        processes = f" x{ctx.world}" if ctx.world > 1 else ""  # as pretrain's line says it (docs/performance.md)
         print(one_line(f"fine-tuning {cfg['model']['name']} ({task.n_parameters:,} parameters)"
                        f"{weights_note(task.weights_loaded, cfg['model']['weights'])} on "
                        f"{', '.join(task.space.names)}: {task.space.num_classes} "
                        f"class{'es' if task.space.num_classes != 1 else ''}, {len(task.train_set)} train / "
-                       f"{len(task.val_set)} val images at {task.size}px{size_note(cfg)} on {device} ({engine.precision}); run "
-                       f"directory {out}"))
+                       f"{len(task.val_set)} val images at {task.size}px{size_note(cfg)} on {device}{processes} "
+                       f"({engine.precision}); run directory {out}"))
         if task.unlabeled is not None:
             from fewshot.train.semi import fixmatch_note
 
