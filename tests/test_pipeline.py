@@ -981,6 +981,8 @@ def test_the_report_leaves_out_its_image_parts_when_they_do_not_fit_the_time_lef
     assert "prediction grid skipped" in page and "left for the report" in page
     assert not list((out / "report").glob("*confusion*")) and not list((out / "report").glob("*embedding*"))
     assert list((out / "report").glob("*curves*"))
+    # the run's length counts the report (summary.json was written before it and said 71 s where the run took 74)
+    assert summary["seconds"] == json.loads((out / "run_state.json").read_text())["seconds"]
 
 
 def test_the_command_leaves_its_objects_to_the_operating_system_at_exit(digits_root, tmp_path, monkeypatch):
@@ -999,3 +1001,11 @@ def test_the_command_leaves_its_objects_to_the_operating_system_at_exit(digits_r
         assert console_main() == 0 and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_an_overrun_warning_never_says_zero_seconds():
+    """"will likely end about 0 s after its budget" (an overrun under half a second) read as no overrun."""
+    from fewshot.pipeline import overrun_warning
+
+    assert "about 1 s after its budget" in overrun_warning(0.3, "the least steps do not fit")
+    assert "about 42 s after its budget" in overrun_warning(42.2, "the least steps do not fit")

@@ -130,7 +130,7 @@ def about_epochs(n: float) -> str:
 
 def overrun_warning(seconds: float, why: str) -> str:
     """The start-up warning of a run that cannot keep its budget: it overran silently until its end."""
-    return one_line(f"[run] warning: {why}: the run will likely end about {seconds:.0f} s after its budget. A larger "
+    return one_line(f"[run] warning: {why}: the run will likely end about {max(1.0, seconds):.0f} s after its budget. A larger "
                     f"--budget-minutes, or a smaller --img-size or --model, lets it fit.")
 
 
@@ -1184,6 +1184,9 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
         except Exception as exc:  # the predictions are written; a report failure must not hide them
             print(f"[run] report failed ({type(exc).__name__}: {exc}); predictions and metrics are written.")
     total_s = time.monotonic() - t_start
+    if r.get("report", True):  # the report read summary.json; its `seconds` now counts the report too
+        summary["seconds"] = total_s
+        write_json(out / "summary.json", summary)
     state.finish(total_s)  # after the report: a run stopped while drawing it draws it again on --resume
     print(f"[run] done in {total_s / 60:.1f} of {budget_minutes:g} minutes: {out}/pred_all.json, "
           f"{out}/metrics.json")
