@@ -1211,3 +1211,21 @@ def test_the_start_line_says_when_the_input_size_is_the_models_default():
 
     assert "--img-size" in size_note({"model": {"img_size": None}})
     assert size_note({"model": {"img_size": 32}}) == ""
+
+
+@pytest.mark.parametrize("command", ["data", "eval", "predict", "probe", "report"])
+def test_no_progress_help_of_a_command_without_epochs_promises_no_log(command):
+    """data/eval/predict/probe/report --help said --no-progress drops "the per-epoch lines they leave in a log file
+    (log.jsonl holds every epoch)": these commands train no epochs and write no log.jsonl."""
+    rc, out, _ = run_main(command, "--help")
+    text = " ".join(out.split())  # argparse wraps the help text
+    assert rc == 0 and "--no-progress no progress bars" in text, text
+    assert "log.jsonl" not in text and "per-epoch" not in text, text
+    assert "progress lines printed instead when the output goes to a file or a pipe" in text, text
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain"])
+def test_no_progress_help_of_a_training_command_keeps_its_epoch_lines(command):
+    """The commands that train keep saying where the epochs they no longer print go (log.jsonl)."""
+    rc, out, _ = run_main(command, "--help")
+    assert rc == 0 and "log.jsonl holds every epoch" in " ".join(out.split())

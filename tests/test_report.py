@@ -410,7 +410,7 @@ def test_a_run_without_metrics_reports_its_best_evaluation_not_its_last(tmp_path
     assert any("epoch 2" in n for n in loaded.notes)
 
 
-def test_a_run_stopped_before_its_first_evaluation_says_which_checkpoint_predicted(runs, tmp_path):
+def test_a_run_stopped_before_its_first_evaluation_says_which_checkpoint_predicted(runs, report, tmp_path):
     """Only last.pt exists (a stop before the first evaluation): the page called it the best checkpoint."""
     run = tmp_path / "early"
     shutil.copytree(runs["ft"], run)
@@ -421,7 +421,7 @@ def test_a_run_stopped_before_its_first_evaluation_says_which_checkpoint_predict
     # its log holds evaluations: best.pt was saved and deleted since, and nothing is writing the run
     assert "Predictions of the last checkpoint (best.pt is missing, though log.jsonl holds evaluations)" in text
     assert "stopped before its first evaluation" not in text and "still being written" not in text
-    assert "Predictions of the best checkpoint" in (runs["base"] / "report" / "index.html").read_text()
+    assert "Predictions of the best checkpoint" in report.read_text()  # the `report` fixture's page
     # without evaluations in its log, the run did stop before its first one
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     (run / "log.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("val", "score")})
@@ -1093,3 +1093,45 @@ def test_stopped_run_and_tiny_map_say_what_is_shown(runs, tmp_path):
     assert f"mean acc@1 (log.jsonl, epoch {best})" in text
     assert "The first two coordinates (too few images for t-SNE) of the backbone" in text
     assert "t-SNE of" not in text
+
+
+def _stopped_before_first_stage(folder: Path, finished: bool = False) -> Path:
+    """A `fewshot run` folder as a SIGINT in its start-up leaves it: run_state.json, an empty stage folder and the
+    lock file no process holds (no stage log or checkpoint yet)."""
+    (folder / "finetune_labelled").mkdir(parents=True)
+    (folder / "run_state.json").write_text(json.dumps({"version": 1, "budget_minutes": 0.5, "stages": {},
+                                                       "summary": None, "finished": finished}))
+    (folder / ".fewshot.lock").write_text("12345\n")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_a_fewshot_run_stopped_before_its_first_stage_is_named_so(tmp_path, command):
+    """A `fewshot run` stopped before its first stage trained was told it "holds no run", naming pretrain/ and
+    finetune/ as the stages a run folder holds: it is a stopped run, which --resume continues."""
+    run = _stopped_before_first_stage(tmp_path / "stopped run")
+    extra = ["--out", tmp_path / "rep"] if command == "report" else []
+    rc, _, err = run_main(command, run, *extra)
+    assert rc == 2 and "Traceback" not in err, err
+    assert "holds no run" not in err and "stopped before its first stage trained" in err, err
+    assert "--resume" in err and f"--out '{run}'" in err, err  # the folder named, quoted for the shell
+    assert not (tmp_path / "rep").exists()
+
+
+def test_a_folder_without_a_run_names_the_stage_folders_the_pipeline_writes(tmp_path):
+    """The message for a folder holding no run listed pretrain/ and finetune/ as a `fewshot run`'s stages; the
+    pipeline writes finetune_labelled/ and finetune_round<k>/ too. A finished run_state.json is no stopped run."""
+    for folder in (tmp_path / "empty", _stopped_before_first_stage(tmp_path / "finished", finished=True)):
+        folder.mkdir(exist_ok=True)
+        rc, _, err = run_main("compare", folder)
+        assert rc == 2 and "holds no run" in err and "stopped before" not in err, err
+        assert "finetune_labelled/" in err and "finetune_round<k>/" in err, err
+        assert "pretrain/ and finetune/ stages" not in err, err
+
+
+def test_self_training_rounds_are_listed_in_number_order():
+    """finetune_round10 sorted as text came before finetune_round2 in the report's stage list."""
+    from fewshot.report.runs import _round_order
+
+    names = ["finetune_round10", "finetune_round2", "finetune_round3"]
+    assert sorted(names, key=_round_order) == ["finetune_round2", "finetune_round3", "finetune_round10"]

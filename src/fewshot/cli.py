@@ -26,6 +26,9 @@ EPILOG = ("Any extra key=value words override config fields, e.g. optim.lr=3e-4 
           "(e.g. moco_cpu_small).")
 
 NO_PROGRESS_HELP = "no progress bars, nor the per-epoch lines they leave in a log file (log.jsonl holds every epoch)"
+# data, eval, predict, probe and report train no epochs and write no log.jsonl: their help names what they show
+NO_PROGRESS_HELP_NO_EPOCHS = ("no progress bars, nor the plain progress lines printed instead when the output "
+                              "goes to a file or a pipe (the results are printed and written all the same)")
 
 
 def _add_common_training(p: argparse.ArgumentParser, task: str = "train") -> None:
@@ -128,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "confusion matrices, embeddings, predictions)",
                        description="Write OUT/index.html with its PNGs beside it (no network, no scripts). RUN is a "
                        "run directory of `fewshot train` or `fewshot pretrain`, a checkpoint file in one, or a "
-                       "`fewshot run` output folder (its pretrain/ and finetune/ stages). Image-based parts need the "
-                       "data: --data ROOT, else the data.root recorded in the run's config.yaml.")
+                       "`fewshot run` output folder (its stages: pretrain/, finetune_labelled/, finetune_round<k>/, "
+                       "finetune/). Image-based parts need the data: --data ROOT, else the data.root recorded in the "
+                       "run's config.yaml.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or checkpoint files")
     p.add_argument("--out", required=True, help="report folder (index.html + PNGs): a new one or an earlier "
                    "report's, outside the reported runs and the data")
@@ -143,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="print the report's tables of one or more runs in the terminal",
                        description="Print the tables of `fewshot report` (overview, per-dataset accuracy, kNN) in the "
                        "terminal, without loading data or drawing plots. RUN is a run directory of `fewshot train` or "
-                       "`fewshot pretrain`, a checkpoint file in one, or a `fewshot run` output folder (its stages).")
+                       "`fewshot pretrain`, a checkpoint file in one, or a `fewshot run` output folder (its stages: "
+                       "pretrain/, finetune_labelled/, finetune_round<k>/, finetune/).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or checkpoint files")
 
     from fewshot import cli_moco
@@ -153,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.choices[name]
         command.usage = command.format_usage().removeprefix("usage: ").rstrip() + " [key=value ...]"
     for name in ("data", "eval", "predict", "report", "probe"):  # train, pretrain, run: _add_common_training / own
-        sub.choices[name].add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+        sub.choices[name].add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP_NO_EPOCHS)
     return parser
 
 

@@ -3,7 +3,8 @@
 A RUN argument is one of
   - a fine-tuning run (`fewshot train`): config.yaml, log.jsonl, metrics*.json, checkpoints/;
   - a MoCo run (`fewshot pretrain`): config.yaml, log.jsonl, checkpoints/ (kind "moco");
-  - a `fewshot run` output folder holding pretrain/ and/or finetune/ stage runs (expanded);
+  - a `fewshot run` output folder holding its stage runs (expanded): pretrain/, finetune_labelled/,
+    finetune_round<k>/ and finetune/, those it ran;
   - a checkpoint file inside a run's checkpoints/ folder (its run is used).
 """
 
@@ -12,12 +13,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fewshot.errors import UserError, one_line
 
 STAGES = ("pretrain", "finetune_labelled", "finetune")  # finetune_labelled: self-training round 1
+# the stage folders of a `fewshot run` (pipeline.py) as messages name them; finetune_round<k>: rounds 2 .. n-1
+STAGE_FOLDERS = "pretrain/, finetune_labelled/, finetune_round<k>/ and finetune/ (those it ran)"
 
 
 def _is_number(x) -> bool:
@@ -521,8 +525,26 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
     return out
 
 
+def _stopped_pipeline(folder: Path) -> bool:
+    """Whether ``folder`` holds a `fewshot run` stopped before any stage had a log line or checkpoint: its
+    run_state.json (written before the first stage) is there and not marked finished. Such a folder was told it
+    held no run at all, naming stage folders the pipeline no longer writes. An unreadable state file still marks
+    a `fewshot run` (only the pipeline writes one); --resume then says what is wrong with it."""
+    path = folder / "run_state.json"
+    if not path.is_file():
+        return False
+    state = _read_json(path, [])
+    return not (isinstance(state, dict) and state.get("finished") is True)
+
+
+def _round_order(name: str) -> tuple[int, str]:
+    """finetune_round10 after finetune_round2 (as text it came first)."""
+    k = name.removeprefix("finetune_round")
+    return (int(k), "") if k.isdigit() else (1 << 30, name)
+
+
 def expand_runs(paths: list[str | Path]) -> list[Run]:
-    """RUN arguments -> Run objects; `fewshot run` folders become their pretrain/finetune stages."""
+    """RUN arguments -> Run objects; `fewshot run` folders become their stages (STAGE_FOLDERS)."""
     from fewshot.run_lock import being_written
 
     found: list[tuple[Path, dict | None, Path | None, list[str]]] = []
@@ -535,7 +557,8 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
                             f"`fewshot pretrain` or `fewshot run`).")
         if not p.is_dir():
             raise UserError(f"'{raw}' is not a run directory.")
-        names = [STAGES[0], STAGES[1], *sorted(q.name for q in p.glob("finetune_round*")), STAGES[2]]
+        names = [STAGES[0], STAGES[1], *sorted((q.name for q in p.glob("finetune_round*")), key=_round_order),
+                 STAGES[2]]
         stages = [p / s for s in names if (p / s).is_dir() and _is_run_dir(p / s)]
         if stages and (not _is_run_dir(p) or (p / "summary.json").is_file()):
             notes: list[str] = []
@@ -551,13 +574,19 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
                             f"checkpoints/ (or metrics.json with its config.yaml); a `fewshot probe --out` folder "
                             f"is not a run: its metrics.json holds the table probe printed (read it there; report and "
                             f"compare take runs).")
-        elif being_written(p):  # started (config.yaml, tensorboard/) and locked, before its first log line
+        elif being_written(p):  # started (config.yaml, tensorboard/, run_state.json) and locked: no log line yet
             raise UserError(f"'{raw}' holds a run being written now that has no checkpoint or log.jsonl yet (it is "
                             f"starting, or still in its first epoch): try again once it has logged an epoch.")
+        elif _stopped_pipeline(p):
+            raise UserError(f"'{raw}' holds a `fewshot run` that stopped before its first stage trained (its "
+                            f"run_state.json says unfinished, and no stage folder holds a log.jsonl or checkpoint "
+                            f"yet): there is nothing to report. Continue it with the command that started it plus "
+                            f"--resume (`fewshot run --data ROOT --out {shlex.quote(str(raw))} ... --resume`), then "
+                            f"report it.")
         else:
             raise UserError(f"'{raw}' holds no run: a run folder of `fewshot train` or `fewshot pretrain` holds "
                             f"log.jsonl or checkpoints/ (or metrics.json with its config.yaml); a `fewshot run` "
-                            f"folder holds pretrain/ and finetune/ stages.")
+                            f"folder holds run_state.json and its stages in {STAGE_FOLDERS}.")
     unique, seen = [], set()
     for item in found:
         if item[0].resolve() not in seen:
