@@ -754,3 +754,74 @@ def test_a_missing_val_folder_says_what_val_is_for(copy_root, dataset_names):
     shutil.rmtree(copy_root / dataset_names[0] / "val")
     with pytest.raises(DataLayoutError, match=r"missing split folder 'val' \(the labelled images that choose"):
         scan_root(copy_root)
+
+
+# ------------------------------------------------------------------ a new user's near-misses
+
+def test_a_dataset_folder_given_as_the_root_is_refused_with_its_parent(copy_root, dataset_names, capsys):
+    """`--data ROOT/digits` took train/, val/ and test/ for three datasets: six "missing split folder" problems."""
+    ds = copy_root / dataset_names[0]
+    with pytest.raises(UserError) as info:
+        list_datasets(ds)
+    message = str(info.value)
+    assert not isinstance(info.value, DataLayoutError) and "missing split folder" not in message
+    assert "looks like a dataset folder itself" in message and "test/, train/ and val/" in message
+    assert f"--data {copy_root} --datasets {dataset_names[0]}" in message, message
+    rc, _, err = cli(capsys, *train_argv(ds, copy_root.parent / "out"))
+    assert rc == 2 and err.count("error:") == 1 and f"Pass its parent instead: --data {copy_root}" in err, err
+    assert not (copy_root.parent / "out").exists()
+    # a dataset named like a split, holding its own splits, is still a dataset
+    shutil.copytree(copy_root / dataset_names[1], copy_root / "test")
+    assert "test" in list_datasets(copy_root)
+
+
+def test_images_directly_in_a_split_are_one_problem_per_folder_with_a_note_on_the_labels_file(copy_root,
+                                                                                              dataset_names):
+    """ROOT/ds/train/*.png with ROOT/ds/train.csv: one "image directly in the split folder" line per image (300 in
+    the walkthrough, 50 shown), and no word on why the CSV file is not used."""
+    ds = copy_root / dataset_names[0]
+    for split in ("train", "val"):
+        for image in sorted((ds / split).glob("*/*.png")):
+            image.rename(ds / split / f"{image.parent.name}_{image.name}")
+        for folder in (ds / split).iterdir():
+            if folder.is_dir():
+                folder.rmdir()
+        (ds / f"{split}.csv").write_text("file,label\n")
+    with pytest.raises(DataLayoutError) as info:
+        scan_root(copy_root, datasets=[dataset_names[0]])
+    problems = info.value.problems
+    assert len(problems) == 2, problems
+    one_problem(problems, ds / "train", "40 image(s) directly in the split folder", "train/<class>/<image>")
+    one_problem(problems, ds / "val", "30 image(s) directly in the split folder")
+    notes = info.value.hints
+    assert len(notes) == 1 and f"{ds / 'train.csv'}, {ds / 'val.csv'}: labels are never read from a file" in notes[0]
+    assert "test_labels.json" in notes[0] and "--split test" in notes[0]
+
+
+def test_a_labels_file_beside_an_images_folder_is_named_in_a_note(copy_root, dataset_names):
+    """ROOT/ds/labels.csv with ROOT/ds/images/*.png: "missing split folder train/val" and nothing about the CSV."""
+    ds = copy_root / "csv_ds"
+    (ds / "images").mkdir(parents=True)
+    for image in sorted((copy_root / dataset_names[0] / "train").glob("*/*.png"))[:5]:
+        shutil.copy(image, ds / "images" / f"{image.parent.name}_{image.name}")
+    (ds / "labels.csv").write_text("file,label\n")
+    (ds / "README.txt").write_text("not labels")
+    with pytest.raises(DataLayoutError) as info:
+        scan_root(copy_root)
+    assert len(info.value.problems) == 2 and all("missing split folder" in p for p in info.value.problems)
+    assert [n.split(": labels are")[0] for n in info.value.hints] == [f"note: {ds / 'labels.csv'}"]
+    assert "note:" in str(info.value).splitlines()[-1]
+
+
+def test_no_labels_note_for_the_answer_key_or_a_readme(copy_root, dataset_names):
+    """The answer key (SPEC's test_labels.json) sits in every demo dataset, a README in many: neither is a labels
+    file that a layout problem should point at."""
+    ds = copy_root / dataset_names[0]
+    stray = sorted((ds / "train").glob("*/*.png"))[0]
+    stray.rename(ds / "train" / "stray.png")
+    (ds / "train" / "README.txt").write_text("x")
+    assert (ds / "test_labels.json").is_file()
+    with pytest.raises(DataLayoutError) as info:
+        scan_root(copy_root)
+    one_problem(info.value.problems, ds / "train" / "stray.png", "1 image(s) directly in the split folder")
+    assert info.value.hints == [], info.value.hints

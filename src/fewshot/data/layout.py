@@ -235,6 +235,38 @@ def parse_datasets(value: str, names) -> list[str]:
     return [d if exists(d) else d.strip() for d in value.split(",") if exists(d) or d.strip()]
 
 
+SPLITS = ("train", "val", "test")
+
+
+def _is_split_folder(folder: Path) -> bool:
+    """A folder named like a split that holds no split folders of its own: a dataset's split, not a dataset
+    (a dataset may be named `test`, but then it holds ROOT/test/train/...)."""
+    try:
+        return (folder.name in SPLITS and not any((folder / split).is_dir() for split in SPLITS)
+                and not _holds_run(folder))  # `--out ROOT/test` is a run, passed over as one
+    except OSError:
+        return False
+
+
+def _refuse_a_dataset_given_as_root(root: Path, folders: list[Path]) -> None:
+    """`--data ROOT/digits` (a dataset folder, not the root above it) took train/, val/ and test/ for three datasets
+    and listed six "missing split folder" problems under them. Said once, with the --data to pass instead: when two
+    split folders sit in the root, or when split folders are all it holds (SPEC's layout is ROOT/DATASET/split/class,
+    so a root is never read as one dataset)."""
+    splits = [f for f in folders if _is_split_folder(f)]
+    if not splits or (len(splits) < 2 and len(splits) < len(folders)):
+        return
+    absolute = Path(os.path.abspath(root))
+    parent = absolute.parent if root.is_absolute() else Path(os.path.relpath(absolute.parent))
+    names = [f"{f.name}/" for f in splits]
+    held = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else f"the split folder {names[0]}"
+    only = (f" {datasets_option([absolute.name])} (or leave --datasets out for every dataset there)"
+            if absolute.name else "")
+    raise UserError(one_line(f"--data {root} looks like a dataset folder itself (it holds {held}), but --data is the "
+                             f"root above the datasets (ROOT/<dataset>/train/<class>/<image>). Pass its parent "
+                             f"instead: --data {shlex.quote(str(parent))}{only}."))
+
+
 def list_datasets(root: Path) -> list[str]:
     """Dataset folders under ROOT: every visible directory except `unlabeled/`, run folders and OS litter
     (not_a_dataset; each is named once on stderr)."""
@@ -247,6 +279,7 @@ def list_datasets(root: Path) -> list[str]:
                          key=lambda p: p.name)
     except OSError as exc:
         raise UserError(f"cannot list the dataset root '{root}': {exc.strerror or exc}.") from None
+    _refuse_a_dataset_given_as_root(root, folders)
     names = []
     for folder in folders:
         why = not_a_dataset(folder)
@@ -300,13 +333,13 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
     entries = _listdir(split_dir, problems)
     if entries is None:
         return classes
+    loose: list[Path] = []
     for entry in entries:
         if entry.name.startswith("."):
             continue
         if not entry.is_dir():
             if is_image(entry):
-                problems.append(f"{entry}: image directly in the split folder; images must sit in a class folder "
-                                f"({split_dir}/<class>/{entry.name})")
+                loose.append(entry)
             continue
         listed = _listdir(entry, problems)
         if listed is None:
@@ -339,9 +372,58 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
                             f"(composed / decomposed accents); merge them")
             continue
         classes[name] = images
-    if not classes and not any(p.startswith(f"{split_dir}/") for p in problems):
+    if loose:
+        problems.append(_loose_images(split_dir, loose))
+    elif not classes and not any(p.startswith(f"{split_dir}/") for p in problems):
         problems.append(f"{split_dir}: no class folders")
     return classes
+
+
+LOOSE = "image(s) directly in the split folder"
+
+
+def _loose_images(split_dir: Path, loose: list[Path]) -> str:
+    """One problem for every image directly in a labelled split: a folder of 300 such images (labels kept in a
+    CSV file) was 300 near-identical lines, 50 shown."""
+    what = f"{loose[0]}: 1 {LOOSE}" if len(loose) == 1 else f"{split_dir}: {len(loose)} {LOOSE} (e.g. {loose[0].name})"
+    return (f"{what}; fewshot reads a labelled image's class from its class folder ({split_dir}/<class>/<image>), "
+            f"not from a file: move each image into the folder of its class")
+
+
+LABEL_FILE_EXTS = frozenset({".csv", ".tsv", ".txt", ".json", ".jsonl"})
+ANSWER_KEY = "test_labels.json"  # SPEC: ROOT/<dataset>/test_labels.json, scored by `eval --split test` only
+
+
+def _label_files(ds_dir: Path) -> list[Path]:
+    """Files beside a dataset's images that look like labels (labels.csv, train.csv, val.txt, ...), in the dataset
+    folder or its top-level folders; SPEC's answer key aside."""
+    found = []
+    for folder in (ds_dir, *(p for p in _entries(ds_dir) if p.is_dir() and not p.name.startswith("."))):
+        found += [p for p in _entries(folder) if p.suffix.lower() in LABEL_FILE_EXTS and p.is_file()
+                  and not p.name.lower().startswith((".", "readme", "license", "licence"))
+                  and not (folder == ds_dir and p.name == ANSWER_KEY)]
+    return found
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The folder's entries sorted by name; none when it cannot be read (its problem is named elsewhere)."""
+    try:
+        return sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError:
+        return []
+
+
+def _label_file_note(ds_dir: Path) -> str | None:
+    """Why a labels file next to a dataset that fails the layout is not used: the walkthrough's CSV-labelled
+    dataset (ds/labels.csv with ds/images/, or ds/train/*.png with ds/train.csv) got no word about the file."""
+    files = _label_files(ds_dir)
+    if not files:
+        return None
+    shown = ", ".join(str(f) for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return one_line(f"note: {shown}: labels are never read from a file: fewshot takes a labelled image's class from "
+                    f"its folder ({ds_dir}/train/<class>/<image>, val/ alike); the one labels file it knows is the "
+                    f"test answer key {ds_dir / ANSWER_KEY}, which only `fewshot eval --split test` scores against. "
+                    f"Sort the images into class folders.")
 
 
 def has_images(folder: Path) -> bool:
@@ -452,10 +534,12 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
                         f"datasets under those keys beside the datasets' names; rename the folder.")
 
     problems: list[str] = []
+    notes: list[str] = []
     layout_warnings: list[str] = []
     infos: list[DatasetInfo] = []
     for name in names:
         ds_dir = root / folder_of[name]
+        before, unread = len(problems), False  # unread: a labelled split missing (labels kept elsewhere?)
         found: dict[str, dict[str, list[Path]]] = {}
         test: list[tuple[int, Path]] = []
         for split in splits:
@@ -466,6 +550,7 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
                        "train": " (the labelled images, one folder per class: train/<class>/<image>)",
                        "test": " (the images to predict, without class folders: test/<image>)"}.get(split, "")
                 problems.append(f"{split_dir}: missing split folder '{split}'{why}")
+                unread = unread or split != "test"
                 continue
             if split == "test":
                 test = _scan_test(split_dir, problems)
@@ -491,11 +576,15 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         def labelled(split: str) -> tuple[tuple[Path, int], ...]:
             return tuple((p, index[c]) for c, paths in sorted(found.get(split, {}).items()) if c in index for p in paths)
 
-        key = ds_dir / "test_labels.json"
+        unlabelled = unread or any(LOOSE in p for p in problems[before:])
+        note = _label_file_note(ds_dir) if unlabelled else None
+        if note:
+            notes.append(note)
+        key = ds_dir / ANSWER_KEY
         infos.append(DatasetInfo(name=name, root=ds_dir, classes=classes, train=labelled("train"),
                                  val=labelled("val"), test=tuple(test), answer_key=key if key.is_file() else None))
     if problems:
-        raise DataLayoutError(problems)
+        raise DataLayoutError(problems, notes)
     warn_once(layout_warnings)
     return infos
 

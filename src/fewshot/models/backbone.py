@@ -8,6 +8,7 @@ DeiT-distilled exposes two tokens, and SPEC wants one head per token with logits
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 
@@ -18,6 +19,16 @@ from torch import nn
 from fewshot.errors import UserError
 from fewshot.models.fast_pool import swap_max_pools
 from fewshot.models.tiny_map_conv import swap_tiny_map_convs
+
+
+def similar_models(name: str, n: int = 8) -> list[str]:
+    """timm names closest to a mistyped ``name``, closest first, then the ones sharing its first word. The first 8
+    names of the `*<first word>*` glob came alphabetically: `test_resnett` was offered test_byobnet, test_coatnet,
+    ... and never test_resnet."""
+    models = timm.list_models()
+    close = difflib.get_close_matches(name.lower(), models, n=n, cutoff=0.6)
+    prefix = [m for m in timm.list_models(f"*{name.lower().split('_')[0]}*") if m not in close]
+    return (close + prefix)[:n]
 
 
 def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = None, width: float = 1.0,
@@ -32,7 +43,7 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
     smaller than their kernel run as matmuls on the CPU (`tiny_map_conv`); the math is unchanged.
     """
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        close = similar_models(name)
         hint = f" Similar names: {', '.join(close)}." if close else ""
         raise UserError(f"unknown timm model '{name}'.{hint} List models with `fewshot models PATTERN`.")
     kwargs: dict = {"pretrained": False, "num_classes": 0}
