@@ -825,3 +825,29 @@ def test_no_labels_note_for_the_answer_key_or_a_readme(copy_root, dataset_names)
         scan_root(copy_root)
     one_problem(info.value.problems, ds / "train" / "stray.png", "1 image(s) directly in the split folder")
     assert info.value.hints == [], info.value.hints
+
+
+def test_numbered_class_folders_are_indexed_in_text_order_and_said(tmp_path, capfd):
+    """Folders 0..10 are classes in ImageFolder's text order ('10' is index 2): a user reading the names as indices
+    (or keying test_labels.json by them) was scored wrong without a word."""
+    from PIL import Image
+
+    from fewshot.data.layout import scan_root
+
+    ds = tmp_path / "root" / "nums"
+    for split in ("train", "val"):
+        for c in range(11):
+            (ds / split / str(c)).mkdir(parents=True)
+            Image.new("L", (8, 8), c * 20).save(ds / split / str(c) / "a.png")
+    (ds / "test").mkdir()
+    Image.new("L", (8, 8)).save(ds / "test" / "1.png")
+    info, = scan_root(tmp_path / "root")
+    assert info.classes[:4] == ("0", "1", "10", "2")
+    assert {p.parent.name: label for p, label in info.train}["10"] == 2
+    err = capfd.readouterr().err
+    assert "index 2 is folder '10', not '2'" in err and "ImageFolder" in err
+    for c in range(11):  # zero-padded: both orders agree, nothing to say
+        (ds / "train" / str(c)).rename(ds / "train" / f"{c:02d}")
+        (ds / "val" / str(c)).rename(ds / "val" / f"{c:02d}")
+    scan_root(tmp_path / "root")
+    assert "class folders are numbers" not in capfd.readouterr().err

@@ -571,6 +571,9 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
                                 f"trained but not scored on val: {', '.join(only_train[:10])}"
                                 + (" ..." if len(only_train) > 10 else ""))
         classes = tuple(train_classes or sorted(found.get("val", {})))
+        note = numbered_classes_note(name, classes)
+        if note:
+            layout_warnings.append(note)
         index = {c: i for i, c in enumerate(classes)}
 
         def labelled(split: str) -> tuple[tuple[Path, int], ...]:
@@ -587,6 +590,22 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         raise DataLayoutError(problems, notes)
     warn_once(layout_warnings)
     return infos
+
+
+def numbered_classes_note(dataset: str, classes: tuple[str, ...]) -> str | None:
+    """Class folders named 0..10 are indexed in text order ('0', '1', '10', '2', ...), as torchvision's ImageFolder
+    does and pred_all.json's graders expect: index 2 is folder '10'. Said, since a user reading the names as the
+    indices (or writing an answer key of integers that way) was silently scored wrong."""
+    if len(classes) < 2 or not all(c.isdigit() for c in classes):
+        return None
+    by_number = sorted(classes, key=int)
+    if by_number == list(classes):
+        return None
+    moved = next(i for i, (a, b) in enumerate(zip(classes, by_number)) if a != b)
+    return (f"{dataset}: the class folders are numbers, and class indices follow their sorted names as text "
+            f"({', '.join(repr(c) for c in classes[:min(len(classes), moved + 2)])}, ...: index {moved} is folder "
+            f"{classes[moved]!r}, not {by_number[moved]!r}), as torchvision's ImageFolder orders them. pred_all.json "
+            f"and integer answer keys use these indices; zero-padded names (00, 01, ..., 10) make both orders agree.")
 
 
 def warn_once(lines: list[str], kind: str = "warning") -> None:
