@@ -1009,3 +1009,19 @@ def test_an_overrun_warning_never_says_zero_seconds():
 
     assert "about 1 s after its budget" in overrun_warning(0.3, "the least steps do not fit")
     assert "about 42 s after its budget" in overrun_warning(42.2, "the least steps do not fit")
+
+
+def test_a_rounds_training_images_are_told_as_labelled_times_repeat_plus_pseudo_labelled():
+    """A round that kept no pseudo-label said "558 training images" for 186 labelled images repeated 3 times."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from fewshot.pipeline import made_of
+
+    cfg = {"run": {"pseudo_labelled_repeat": 3}}
+    none_kept = {"targets": torch.zeros(0, dtype=torch.long)}
+    assert made_of(SimpleNamespace(train_set=[0] * 558), none_kept, cfg) == " (186 labelled x3 + 0 pseudo-labelled)"
+    kept = {"targets": torch.zeros(40, dtype=torch.long)}
+    assert made_of(SimpleNamespace(train_set=[0] * 598), kept, cfg) == " (186 labelled x3 + 40 pseudo-labelled)"
+    assert made_of(SimpleNamespace(train_set=[0] * 186), None, cfg) == ""

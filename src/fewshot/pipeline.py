@@ -122,6 +122,17 @@ def pseudo_label_line(per_dataset: dict, unknown: int) -> str:
     return one_line(head + (", ".join(parts) or "none") + tail)  # dataset names: their escapes stay inert
 
 
+def made_of(task, pseudo: dict | None, fcfg: dict) -> str:
+    """What a self-training round's training images are: "558 training images" for a round that kept no
+    pseudo-label read as 558 images where 186 labelled ones were repeated 3 times."""
+    if pseudo is None:
+        return ""
+    n_pseudo, repeat = len(pseudo["targets"]), max(1, int(fcfg["run"]["pseudo_labelled_repeat"]))
+    n_labelled = (len(task.train_set) - n_pseudo) // repeat
+    labelled = f"{n_labelled} labelled" + (f" x{repeat}" if repeat > 1 else "")
+    return f" ({labelled} + {n_pseudo} pseudo-labelled)"
+
+
 def about_epochs(n: float) -> str:
     """'about 74 epochs', 'about 0.4 epoch': the plan line said "about 2 epochs" (its 8-epoch floor / 4)
     for a budget that held 3 steps of 8."""
@@ -543,7 +554,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         start = ("from random init" if not weights else "from MoCo weights" if fcfg["run"]["pretrain"]
                  else f"from {weights}")  # the user's own model.weights are not MoCo's
         print(f"[run] fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}: "
-              f"{len(task.train_set)} training images, {step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} "
+              f"{len(task.train_set)} training images{made_of(task, pseudo, fcfg)}, {step_s * 1000:.0f} ms/step x "
+              f"{len(task.plan_epoch(0))} "
               f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule ({about_epochs(epochs)}), "
               f"lr {fcfg['optim']['lr']:g}")
         if state is not None:
