@@ -27,7 +27,8 @@ import time
 import torch
 
 __all__ = ["tune_allocator", "allocator_tuned", "configure_cpu", "resolve_compile", "compile_modules",
-           "cpu_computes_bf16", "bf16_conv_speedup", "CPU_BF16_MIN_SIZE"]
+           "compiled_modules", "uncompile", "is_compile_failure", "inductor_cache_dir", "compile_failure_text",
+           "cpu_computes_bf16", "bf16_conv_speedup", "CPU_BF16_MIN_SIZE", "cpu_fp16_warning"]
 
 # Smallest image side at which `train.amp=auto` uses bf16 on a CPU that computes it natively: a MoCo step
 # at 64 px ran 1.4x faster in bf16, at 32 px within the noise of fp32 (docs/performance.md, "bf16 ...");
@@ -210,8 +211,11 @@ def resolve_compile(setting, device: torch.device) -> bool:
 def compile_modules(modules, setting, device: torch.device, backend: str | None = None) -> bool:
     """``module.compile()`` in place (state-dict keys unchanged) when :func:`resolve_compile` says so.
 
-    A frame that fails to compile runs eagerly instead (``suppress_errors``), so a missing C++
-    compiler or an unsupported op costs speed, never the run. Returns whether compile is on.
+    A forward frame that fails to compile runs eagerly instead (``suppress_errors``), so a missing C++
+    compiler or an unsupported op costs speed there. ``suppress_errors`` does not reach the backward graph,
+    which AOT autograd compiles lazily inside ``loss.backward()``: the training loop handles that failure
+    (Engine: the first step is redone eagerly, a later one stops with :func:`compile_failure_text`).
+    Returns whether compile is on.
     """
     if not resolve_compile(setting, device):
         return False
@@ -224,3 +228,71 @@ def compile_modules(modules, setting, device: torch.device, backend: str | None 
     for m in modules:
         m.compile(**({"backend": backend} if backend else {}))
     return True
+
+
+def compiled_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The submodules that ``module.compile()`` compiled: their calls go through ``_compiled_call_impl``."""
+    return [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+
+
+def uncompile(modules) -> None:
+    """Undo ``module.compile()``: the modules run their eager forward again (parameters are untouched)."""
+    for m in modules:
+        m._compiled_call_impl = None
+
+
+def is_compile_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from torch.compile's machinery: dynamo and inductor errors (InductorError and
+    BackendCompilerFailed derive from TorchDynamoException), e.g. a broken cache entry's "main.so: file too
+    short" or a C++ compiler error raised while the backward graph compiles."""
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+    except ImportError:  # a torch without dynamo compiles nothing
+        return False
+    return isinstance(exc, TorchDynamoException)
+
+
+def inductor_cache_dir() -> str:
+    """The folder where torch.compile (inductor) keeps its compiled kernels, as torch._inductor's
+    ``cache_dir()`` finds it (TORCHINDUCTOR_CACHE_DIR, else ``<tmp>/torchinductor_<user>``), without
+    creating it or setting the variable as ``cache_dir()`` does."""
+    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if env:
+        return os.path.abspath(env)
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        return os.path.abspath(default_cache_dir())
+    except Exception:  # noqa: BLE001 - another torch layout: the folder's usual name
+        import getpass
+        import tempfile
+
+        try:
+            user = getpass.getuser()
+        except Exception:  # noqa: BLE001 - no user name (a container without /etc/passwd entry)
+            user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+        return os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+
+
+def compile_failure_text(exc: BaseException) -> str:
+    """What failed, in one line of at most 300 characters: a C++ compiler error carries the whole compiler
+    output, which buried the cause of the message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def cpu_fp16_warning(amp: torch.dtype | None, device: torch.device) -> str | None:
+    """The warning for ``train.amp=fp16`` on a CPU (None where it does not apply): fp16 autocast runs there,
+    but without native fp16 arithmetic (AMX-FP16) every op converts through fp32; a MoCo pretraining ran
+    about 15x slower than in fp32."""
+    if amp != torch.float16 or device.type != "cpu":
+        return None
+    try:
+        if torch.cpu._is_amx_fp16_supported():
+            return None
+    except AttributeError:  # a torch without the probe: assume no native fp16
+        pass
+    return ("warning: train.amp=fp16 on a CPU: this CPU has no fast fp16 arithmetic, so training runs much slower "
+            "than in fp32 (about 15x in a measured pretraining). Use train.amp=off (fp32), or train.amp=bf16 on a "
+            "CPU with native bf16 (train.amp=auto picks it where it pays).")

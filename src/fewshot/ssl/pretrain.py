@@ -469,7 +469,8 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
         m = cfg["moco"]
         print(one_line(f"MoCo ({m['preset']}) pretraining {cfg['model']['name']}"
                        f"{weights_note(task.weights_loaded, cfg['model']['weights'])} on {len(task.pool)} unlabeled "
-                       f"images ({task.pool_source}) at {task.size}px on {device} x{ctx.world} ({engine.precision}): "
+                       f"images ({task.pool_source}) at {task.size}px on {device} x{ctx.world} ({engine.precision}"
+                       f"{speed_settings(task)}): "
                        f"K={m['queue_size']}, m={m['momentum']}, T={m['temperature']}, "
                        f"{bn_protection(task.model, ctx.world)}; run directory {out}"))
         shared = shared_bn_warning(task.model, ctx.world)
@@ -490,6 +491,13 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
         if written:
             print(one_line(knn_summary(written, result)))
     return result or {}
+
+
+def speed_settings(task: MoCoTask) -> str:
+    """The start line's word on channels_last and train.compile where they are on: a run's speed depends on them,
+    and the first epoch's images_per_s (log.jsonl) also counts the minutes compiling takes."""
+    on = ", channels_last" if task.channels_last else ""
+    return on + (", compiled: the first epoch's speed includes compiling" if task.compiled else "")
 
 
 def knn_summary(written: dict, last_eval: dict | None) -> str:

@@ -35,7 +35,8 @@ from torch import nn
 
 from fewshot.errors import UserError, one_line
 from fewshot.progress import track
-from fewshot.runtime import CPU_BF16_MIN_SIZE, cpu_computes_bf16
+from fewshot.runtime import (CPU_BF16_MIN_SIZE, compile_failure_text, compiled_modules, cpu_computes_bf16,
+                             cpu_fp16_warning, inductor_cache_dir, is_compile_failure, uncompile)
 from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fewshot.train.distributed import (DistContext, all_gather_object, all_reduce_max, all_reduce_mean, barrier,
                                       broadcast_object)
@@ -45,11 +46,16 @@ from fewshot.utils import atomic_write_text, derive_seed, write_json
 
 TIMING_KEYS = ("images_per_s", "epoch_time_s", "eval_time_s")  # measurements, not results
 _TOLD_TENSORBOARD: set[str] = set()  # the reasons a missing TensorBoard was already told in this process
+_TOLD_CPU_FP16: list[bool] = []  # whether the train.amp=fp16-on-a-CPU warning was given in this process
 BEST_ASIDE = "best_before_stop.pt"  # best.pt as it was before a budget stop's partial epoch beat it
 
 
 class NonFiniteLossError(UserError):
     """Training diverged; the last good checkpoint is kept."""
+
+
+class CompileFailedError(UserError):
+    """torch.compile failed while training (the backward graph, which compiles inside loss.backward())."""
 
 
 def build_optimizer(cfg: dict, groups: list[dict]) -> torch.optim.Optimizer:
@@ -195,6 +201,11 @@ class Engine:
         if ctx.enabled:  # each rank detects its own CPU: on a mixed cluster they would gather keys of two dtypes
             self.amp = AMP_BY_NAME[broadcast_object(ctx, AMP_NAMES[self.amp])]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
+        self._warn_cpu_fp16()
+        # modules the task compiled (train.compile): their backward graph compiles in the first loss.backward(),
+        # which suppress_errors does not cover; until one has passed, each step keeps what it needs to be redone
+        self._compiled = compiled_modules(self.model)
+        self._compile_proven = not self._compiled
         self.ema = None
         t = cfg["train"]
         if t["ema"] and task.supports_ema:
@@ -218,6 +229,14 @@ class Engine:
         self._seconds_before = 0.0  # training time of the sessions before this one (resume)
         self.fit_start: float | None = None
         self._clock_start: float | None = None
+
+    def _warn_cpu_fp16(self) -> None:
+        """train.amp=fp16 on a CPU was accepted without a word and trained ~15x slower than fp32: said once a
+        process (`fewshot run` builds an Engine per stage)."""
+        text = cpu_fp16_warning(self.amp, self.device)
+        if text and self.ctx.is_main and not _TOLD_CPU_FP16:
+            _TOLD_CPU_FP16.append(True)
+            print(text, file=sys.stderr, flush=True)
 
     # ----------------------------------------------------------------- checkpoints
     def payload(self) -> dict:
@@ -735,7 +754,8 @@ class Engine:
             self.scheduler.step_update(self._schedule_t(deadline))
             # The forward pass itself changes state (BatchNorm running stats; MoCo's key encoder and queue):
             # when skipping is allowed, keep a copy so that a skipped step leaves no trace of a bad batch.
-            before = self._forward_state() if t["skip_nonfinite"] else None
+            redo = self._compile_redo_possible()
+            before = self._forward_state() if t["skip_nonfinite"] or redo else None
             # drop-path and dropout draw from the global RNG: seeded per step and rank, so that a resume is exact
             # on every rank (last.pt held rank 0's state, which every rank then took: resumed DDP runs with drop-
             # path drifted) and the ranks do not drop the same positions of their batches
@@ -761,7 +781,15 @@ class Engine:
                     bar.update(1)
                 continue
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            try:
+                self.scaler.scale(loss).backward()
+            except Exception as exc:
+                if not (self._compiled and is_compile_failure(exc)):
+                    raise
+                if not redo:
+                    raise self._compile_failed(exc, epoch, step) from None
+                loss, metrics, n = self._redo_eagerly(exc, before, batches[step], epoch, step)
+            self._compile_proven = True
             if self.cfg["optim"]["grad_clip"]:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["optim"]["grad_clip"])
@@ -822,6 +850,53 @@ class Engine:
         self.log(record)
         barrier(self.ctx)
         return stopped
+
+    def _compile_redo_possible(self) -> bool:
+        """Whether a compile failure in this step's backward can be undone: compiled modules whose backward has
+        not run yet in this process, outside DDP (whose reducer is left half-way by a failed backward and whose
+        ranks would have to agree on the fallback)."""
+        return not self._compile_proven and not self.ctx.enabled
+
+    def _redo_eagerly(self, exc: BaseException, before: list, idx: torch.Tensor, epoch: int, step: int):
+        """The compiled backward failed before any optimizer step of this process: undo the compile and redo the
+        step eagerly. Nothing of the failed attempt remains: the forward's state changes (BatchNorm statistics,
+        MoCo's key encoder and queue) are restored, gradients dropped, the batch rebuilt (it is a function of
+        epoch and step) and the step's RNG seeded again, so the run goes on as an eager run from this step would
+        (a resume does the same: it compiles, fails, and falls back here again). Returns the step's loss,
+        metrics and sample count."""
+        t = self.cfg["train"]
+        if self.ctx.is_main:
+            print(one_line(f"warning: torch.compile (train.compile={t['compile']}) failed while compiling the "
+                           f"backward pass of the first training step ({compile_failure_text(exc)}); the step is "
+                           f"redone without compiling and training continues eagerly (slower on a GPU). A run "
+                           f"killed while compiling can leave a broken entry in torch's compile cache: delete the "
+                           f"folder {inductor_cache_dir()} to compile again, or set train.compile=false to skip "
+                           f"compiling."), file=sys.stderr, flush=True)
+        uncompile(self._compiled)
+        self._compiled = []
+        self.optimizer.zero_grad(set_to_none=True)
+        self._restore_forward_state(before)
+        batch = self.task.make_batch(idx, epoch, step)
+        self._seed_step(derive_seed(t["seed"], epoch, step, self.ctx.rank, 3))
+        with self.autocast():
+            loss, metrics, n = self.task.training_step(self.train_model, batch)
+        if not self._finite(loss):  # the compiled forward's loss of the same batch was finite
+            raise self._compile_failed(exc, epoch, step)
+        self.scaler.scale(loss).backward()
+        return loss, metrics, n
+
+    def _compile_failed(self, exc: BaseException, epoch: int, step: int) -> CompileFailedError:
+        """The error for a compile failure that cannot be redone eagerly: what failed, and the two remedies. Built
+        from this process's own view (no collective: under DDP another rank may not have failed)."""
+        last = self.ckpt_dir / "last.pt"
+        kept = (f" The last checkpoint is {last}: the same command with --resume and train.compile=false continues "
+                f"the run from it."
+                if last.is_file() else "")
+        return CompileFailedError(one_line(
+            f"torch.compile (train.compile={self.cfg['train']['compile']}) failed while compiling the backward pass "
+            f"at epoch {epoch + 1}, step {step + 1}: {compile_failure_text(exc)}. Set train.compile=false to train "
+            f"without compiling, or delete torch's compile cache folder {inductor_cache_dir()} (a run killed while "
+            f"compiling can leave a broken entry there; it is rebuilt) and run again.{kept}"))
 
     def _evaluate(self, record: dict, epoch: int) -> bool:
         """Evaluate the model (epoch index ``epoch``) into the log row ``record``; a new best score writes best.pt.

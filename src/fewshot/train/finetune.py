@@ -233,6 +233,8 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
 
             print(one_line(fixmatch_note(task.unlabeled.summary, task.unlabeled.without_pool)))
         warn_random_backbone_at_a_pretrained_lr(cfg)
+        if cfg["train"]["compile"] is True:  # it was accepted and silently ignored (auto: no word, as documented)
+            print("note: train.compile applies to MoCo pretraining only; fine-tuning runs eagerly.", flush=True)
         left_out = task.datasets_left_out()
         if left_out:
             print(one_line(f"warning: {', '.join(left_out)} never reach(es) a training batch: with data.sampler="
