@@ -775,6 +775,16 @@ def test_a_dataset_folder_given_as_the_root_is_refused_with_its_parent(copy_root
     assert "test" in list_datasets(copy_root)
 
 
+def test_stray_split_named_folders_beside_a_real_dataset_are_passed_over_not_refused(copy_root, dataset_names):
+    """A root with a real dataset and stray train/ and val/ folders (empty, or with images) was refused as "a
+    dataset folder itself", with the advice `--data . --datasets ROOT`, which is wrong."""
+    for split in ("train", "val"):
+        (copy_root / split).mkdir()
+    assert dataset_names[0] in list_datasets(copy_root)
+    shutil.copytree(copy_root / dataset_names[0] / "train", copy_root / "train", dirs_exist_ok=True)
+    assert dataset_names[0] in list_datasets(copy_root)
+
+
 def test_images_directly_in_a_split_are_one_problem_per_folder_with_a_note_on_the_labels_file(copy_root,
                                                                                               dataset_names):
     """ROOT/ds/train/*.png with ROOT/ds/train.csv: one "image directly in the split folder" line per image (300 in
@@ -851,3 +861,6 @@ def test_numbered_class_folders_are_indexed_in_text_order_and_said(tmp_path, cap
         (ds / "val" / str(c)).rename(ds / "val" / f"{c:02d}")
     scan_root(tmp_path / "root")
     assert "class folders are numbers" not in capfd.readouterr().err
+    from fewshot.data.layout import numbered_classes_note
+
+    assert numbered_classes_note("d", ("1", "10", "²")) is None  # digit-like, not a number: int() would fail

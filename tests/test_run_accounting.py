@@ -122,3 +122,15 @@ def test_a_stage_given_its_own_training_time_as_budget_counts_as_spent():
     assert Engine._budget_spent(engine)
     engine._seconds_before = trained - 0.01
     assert not Engine._budget_spent(engine)
+
+
+def test_a_budget_stop_of_train_is_said_with_how_to_continue_it(digits_root, tmp_path):
+    """`fewshot train` stopped by train.budget_minutes printed "done" like a finished schedule."""
+    out = tmp_path / "ft"
+    argv = ["train", "--data", digits_root, "--out", out, "--model", "test_resnet", "--img-size", "32", "--epochs",
+            "100000", "--device", "cpu", "--no-progress", "train.tensorboard=false"]
+    rc, stdout, err = run_main(*argv, "train.budget_minutes=0.05")
+    assert rc == 0, err
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert stdout.count("note: train.budget_minutes=0.05 is used up") == 1, stdout
+    assert f"stops at epoch {rows[-1]['epoch']} of 100000" in stdout and "--resume with a larger" in stdout

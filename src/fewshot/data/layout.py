@@ -248,6 +248,13 @@ def _is_split_folder(folder: Path) -> bool:
         return False
 
 
+def _holds_splits(folder: Path) -> bool:
+    try:
+        return any((folder / split).is_dir() for split in SPLITS)
+    except OSError:
+        return False
+
+
 def _refuse_a_dataset_given_as_root(root: Path, folders: list[Path]) -> None:
     """`--data ROOT/digits` (a dataset folder, not the root above it) took train/, val/ and test/ for three datasets
     and listed six "missing split folder" problems under them. Said once, with the --data to pass instead: when two
@@ -256,6 +263,8 @@ def _refuse_a_dataset_given_as_root(root: Path, folders: list[Path]) -> None:
     splits = [f for f in folders if _is_split_folder(f)]
     if not splits or (len(splits) < 2 and len(splits) < len(folders)):
         return
+    if any(_holds_splits(f) for f in folders if f not in splits) or not any(has_images(f) for f in splits):
+        return  # a real dataset beside stray (or empty) split-named folders: those are passed over as before
     absolute = Path(os.path.abspath(root))
     parent = absolute.parent if root.is_absolute() else Path(os.path.relpath(absolute.parent))
     names = [f"{f.name}/" for f in splits]
@@ -596,7 +605,7 @@ def numbered_classes_note(dataset: str, classes: tuple[str, ...]) -> str | None:
     """Class folders named 0..10 are indexed in text order ('0', '1', '10', '2', ...), as torchvision's ImageFolder
     does and pred_all.json's graders expect: index 2 is folder '10'. Said, since a user reading the names as the
     indices (or writing an answer key of integers that way) was silently scored wrong."""
-    if len(classes) < 2 or not all(c.isdigit() for c in classes):
+    if len(classes) < 2 or not all(c.isascii() and c.isdigit() for c in classes):  # '²'.isdigit(): int() fails
         return None
     by_number = sorted(classes, key=int)
     if by_number == list(classes):

@@ -225,3 +225,23 @@ def check_same_data(ctx: DistContext, infos) -> None:
                     f"rank {other} reads {described(seen[other])}"
                     f"{' (the same counts, other files or classes)' if same_counts else ''}. Every node needs the "
                     f"same copy of the data (a shared file system, or one synced copy per node).")
+
+
+def check_same_image_counts(ctx: DistContext, counts: dict[str, int]) -> None:
+    """The decoded images per split, the same on every rank: check_same_data compares the labelled files only,
+    and a node whose unlabeled pool (or a split, after --skip-bad-images) held other images planned other epochs
+    and hung in the first collective."""
+    if not ctx.enabled:
+        return
+    seen = all_gather_object(ctx, counts)
+    other = next((r for r, c in enumerate(seen) if c != seen[0]), None)
+    if other is None:
+        return
+    from fewshot.errors import UserError
+
+    def described(c: dict) -> str:
+        return ", ".join(f"{n} {split}" for split, n in c.items())
+
+    raise UserError(f"the {ctx.world} processes hold different images: rank 0 {described(seen[0])}; rank {other} "
+                    f"{described(seen[other])} (another copy of the data or of the unlabeled pool on that node, or "
+                    f"images one node could not decode). Every node needs the same copy of the data.")

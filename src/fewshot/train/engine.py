@@ -39,7 +39,7 @@ from fewshot.runtime import (CPU_BF16_MIN_SIZE, compile_failure_text, compiled_m
                              cpu_fp16_warning, inductor_cache_dir, is_compile_failure, uncompile)
 from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fewshot.train.distributed import (DistContext, all_gather_object, all_reduce_max, all_reduce_mean, barrier,
-                                      broadcast_object)
+                                      broadcast_object, check_same_image_counts)
 from fewshot.train.stop_signal import StopRequested, stop_on_signals
 from fewshot.utils import atomic_write_text, derive_seed, write_json
 
@@ -170,10 +170,22 @@ def check_resume_world(run_dir: Path, resume: bool, world: int) -> None:
         check_same_world(path, load_checkpoint(path), world)
 
 
+def image_counts(task) -> dict[str, int]:
+    """The images a task decoded and trains on, which every rank's epoch plan is built from."""
+    counts = {split: len(getattr(task, f"{split}_set")) for split in ("train", "val") if hasattr(task, f"{split}_set")}
+    pool = getattr(task, "pool", None)  # MoCo's unlabeled pool
+    if pool is None and getattr(task, "unlabeled", None) is not None:  # FixMatch's
+        pool = task.unlabeled.images
+    if pool is not None:
+        counts["unlabeled"] = len(pool)
+    return counts
+
+
 class Engine:
     def __init__(self, task, cfg: dict, run_dir: Path, device: torch.device, ctx: DistContext):
         self.task, self.cfg, self.run_dir, self.device, self.ctx = task, cfg, Path(run_dir), device, ctx
         self.ckpt_dir = self.run_dir / "checkpoints"
+        check_same_image_counts(ctx, image_counts(task))  # before DDP's first collective: a mismatch hung there
         self.model = task.model.to(device)
         self.train_model: nn.Module = self.model
         if ctx.enabled:
@@ -521,9 +533,9 @@ class Engine:
         """A resumed run purges the events from its checkpoint's epoch on (the steps after the checkpoint are
         redone, and TensorBoard would draw both copies as a zig-zag) and writes that epoch's row of the trimmed
         log.jsonl again, so the event file shows what log.jsonl holds. ``redo=False``: nothing is redone (the
-        evaluation of a budget stop), so nothing is purged."""
+        evaluation of a budget stop): every row of the trimmed log.jsonl from that epoch on is written again."""
         if self.ctx.is_main and self.cfg["train"]["tensorboard"]:
-            resumed = self.global_step > 0 and redo
+            resumed = self.global_step > 0
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -541,9 +553,10 @@ class Engine:
             if resumed and self.epoch > 0:
                 from fewshot.report.runs import read_log
 
-                rows = [r for r in read_log(self.run_dir) if isinstance(r, dict) and r.get("epoch") == self.epoch]
-                if rows:
-                    self._add_scalars(rows[-1])
+                rows = [r for r in read_log(self.run_dir) if isinstance(r, dict) and isinstance(r.get("epoch"), int)
+                        and (r["epoch"] == self.epoch or (not redo and r["epoch"] > self.epoch))]
+                for epoch in sorted({r["epoch"] for r in rows}):
+                    self._add_scalars([r for r in rows if r["epoch"] == epoch][-1])
 
     # ----------------------------------------------------------------- the loop
     @property
@@ -676,14 +689,15 @@ class Engine:
         schedule from a cut one (a `fewshot run` stage is planned to end so, and its run says what it did)."""
         t = self.cfg["train"]
         finished = self.epoch >= t["epochs"] and not self.step_in_epoch  # the budget ran out with the last step
-        if not self.ctx.is_main or finished or (self.run_dir.parent / "run_state.json").is_file():
+        planned = self.cfg["sched"].get("time_based")  # the schedule ends with the budget: its planned end
+        if not self.ctx.is_main or finished or planned or (self.run_dir.parent / "run_state.json").is_file():
             return
         where = f"epoch {self.epoch + (1 if self.step_in_epoch else 0)} of {t['epochs']}"
         if self.step_in_epoch:
             where += f" (step {self.step_in_epoch} of {self.steps_per_epoch})"
         print(f"note: train.budget_minutes={t['budget_minutes']:g} is used up (training time, "
-              f"{self.train_seconds() / 60:.1f} min): the run stops at {where}, evaluated there; --resume "
-              f"with a larger train.budget_minutes continues it.", flush=True)
+              f"{self.train_seconds() / 60:.1f} min): the run stops at {where}; --resume with a larger "
+              f"train.budget_minutes continues it.", flush=True)
 
     def _close_tensorboard(self) -> None:
         if self.writer is not None:
