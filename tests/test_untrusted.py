@@ -410,3 +410,73 @@ def test_escape_codes_in_dataset_names_and_answer_keys_never_reach_the_terminal(
     rc, out, err = run_main("run", "--data", copy, "--out", tmp_path / "x", "--model", "no_such_model_xyz",
                             "--img-size", "16", "--device", "cpu", "--no-progress")
     assert "[run] no_such_model_xyz at 16px" in out and harmless(out + err), out + err
+
+
+# ------------------------------------------------------------------------------ damaged run files (numbers)
+
+
+def _run_state(**change) -> dict:
+    state = {"version": 1, "budget_minutes": 0.7, "config": {}, "img_size": 16, "seconds": 3.0, "stages": {},
+             "summary": None, "fit_seconds": [], "finished": False, "classes": None, "stage_clock": 3.0}
+    state.update(change)
+    return state
+
+
+@pytest.mark.parametrize("change, field", [({"seconds": "abc"}, "seconds"), ({"seconds": float("nan")}, "seconds"),
+                                           ({"seconds": -5}, "seconds"), ({"budget_minutes": float("inf")},
+                                                                          "budget_minutes"),
+                                           ({"stages": {"finetune": {"status": "began", "fit_at": "x"}}},
+                                            "stages.finetune.fit_at"),
+                                           ({"fit_seconds": [1, float("nan")]}, "fit_seconds"),
+                                           ({"finished": "no"}, "finished"), ({"stages": []}, "stages")])
+def test_run_state_fields_of_the_wrong_kind_are_user_errors(root, tmp_path, change, field):
+    """"seconds": "abc" crashed `fewshot run --resume` with a ValueError (internal error); NaN was accepted ("done
+    in nan of 0.7 minutes")."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run_state.json").write_text(json.dumps(_run_state(**change)))
+    rc, _, err = run_main("run", "--data", root, "--out", out, "--model", "test_resnet", "--device", "cpu",
+                          "--no-progress", "--resume")
+    assert rc == 2 and f"{out / 'run_state.json'} is damaged: {field} must be" in err and "Traceback" not in err, err
+
+
+def test_a_run_state_as_fewshot_writes_it_passes_the_check(tmp_path):
+    from fewshot.run_state import RunState, check_state_fields
+
+    state = RunState.start(tmp_path, {"model": {"name": "x"}}, 0.7, 16, 1.5, classes={"a": ["0", "1"]})
+    state.record("finetune", "began", 2.0, fit_at=2.0, epochs=3)
+    state.keep_summary({"stages": {}}, [1.0], 4.0)
+    check_state_fields(tmp_path / "run_state.json", json.loads((tmp_path / "run_state.json").read_text()))
+
+
+def test_absurd_numbers_in_metrics_json_are_shown_as_unknown(run, tmp_path):
+    """metrics.json "n_parameters": 10**400 (a valid JSON int) stopped `fewshot compare` with an OverflowError."""
+    import shutil
+
+    copy = shutil.copytree(run, tmp_path / "run")
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics.update(n_parameters=10**400, train_seconds=10**400, epochs_run=10**400)
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    rc, out, err = run_main("compare", copy)
+    assert rc == 0 and "Traceback" not in err, err
+    assert "?" in out and "0" * 50 not in out, out
+
+
+def test_number_formats_take_anything():
+    from fewshot.report.tables import DASH, count, duration, epochs, flops, pct, rate
+
+    for value in (10**400, -(10**400), float("nan"), float("inf"), "12", True, [1]):
+        for fmt in (count, duration, epochs, pct, rate):
+            assert fmt(value) == "?", (fmt, value)
+        assert flops(value) == DASH
+    assert count(None) == DASH and count(12_345_678) == "12,345,678 (12.3 M)" and duration(61) == "1 min 01 s"
+
+
+@pytest.mark.parametrize("width", ["nan", "1e309", "0", "-1", "abc"])
+def test_an_export_recording_a_bad_width_names_the_file(root, tmp_path, width):
+    state, _ = _backbone_state()
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path), metadata={"model": "test_resnet", "width": width})
+    rc, _, err = run_main("train", "--data", root, "--out", tmp_path / "r", "--model", "test_resnet", "--weights", path,
+                          "--img-size", "16", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress")
+    assert rc == 2 and f"weights file {path} records width" in err and "Traceback" not in err, err

@@ -26,7 +26,8 @@ from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
-from fewshot.utils import atomic_write_text, derive_seed, resolve_device, seed_everything, write_json
+from fewshot.utils import (atomic_write_text, derive_seed, refuse_links_in_run_dir, resolve_device, seed_everything,
+                           write_json)
 
 
 def _sync(device: torch.device) -> None:
@@ -823,6 +824,7 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
     requested = copy.deepcopy(cfg)  # the settings as asked for, which a --resume must repeat
     state = None
     if resume:
+        refuse_links_in_run_dir(out)  # its stages' checkpoints, metrics and state would be written through them
         state = RunState.resume(out, requested, budget_minutes)
         budget_minutes = state.budget_minutes
         if cfg["model"]["img_size"] is None:  # the size the run chose (it depends on the device, which may change)

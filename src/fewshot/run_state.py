@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 from fewshot.config import DEFAULTS, canonical_value, flatten_dotted, setting_changed
-from fewshot.errors import UserError
+from fewshot.errors import UserError, one_line
 from fewshot.utils import write_json
 
 STATE_FILE = "run_state.json"
@@ -24,6 +25,60 @@ STATE_FILE = "run_state.json"
 # progress output. Anything else would make the later stages belong to another run than the earlier ones.
 RUN_RESUME_MAY_CHANGE = frozenset({"data.root", "data.cache_dir", "train.device", "train.threads",
                                    "train.progress", "train.tensorboard"})
+
+
+def _is_amount(value, positive: bool = False) -> bool:
+    """A JSON number (not a bool) that is finite and >= 0 (> 0 with ``positive``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        value = float(value)  # an int of 400 digits is a valid JSON number float() cannot hold
+    except OverflowError:
+        return False
+    return math.isfinite(value) and (value > 0 if positive else value >= 0)
+
+
+def check_state_fields(path: Path, data) -> None:
+    """The fields a resume computes with, checked where the file is read: "seconds": "abc" crashed the budget
+    arithmetic (an internal error) and NaN gave "done in nan of 0.7 minutes"."""
+    def bad(field: str, what: str):
+        return UserError(f"--resume: {path} is damaged: {field} must be {what}. The file is written by `fewshot run` "
+                         f"and not meant to be edited; start the run again with another --out (or without "
+                         f"--resume after emptying the folder).")
+
+    if not isinstance(data, dict):
+        raise bad("its content", "a JSON object")
+    if not isinstance(data.get("config"), dict):
+        raise bad("config", "an object of settings")
+    if not _is_amount(data.get("budget_minutes"), positive=True):
+        raise bad("budget_minutes", "a finite number above 0")
+    for field in ("seconds", "stage_clock"):
+        if (field in data or field == "seconds") and not _is_amount(data.get(field)):
+            raise bad(field, "a finite number of seconds, 0 or more")
+    size = data.get("img_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise bad("img_size", "a whole number of pixels above 0 (or null)")
+    if not isinstance(data.get("finished", False), bool):
+        raise bad("finished", "true or false")
+    if data.get("summary") is not None and not isinstance(data["summary"], dict):
+        raise bad("summary", "an object (or null)")
+    pool = data.get("pool_decoded")
+    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 0):
+        raise bad("pool_decoded", "a whole number of images, 0 or more (or null)")
+    fit = data.get("fit_seconds")
+    if fit is not None and not (isinstance(fit, list) and all(_is_amount(v) for v in fit)):
+        raise bad("fit_seconds", "a list of finite numbers of seconds, 0 or more")
+    stages = data.get("stages")
+    if not isinstance(stages, dict):
+        raise bad("stages", "an object of stages")
+    for name, st in stages.items():
+        name = one_line(str(name))
+        if not isinstance(st, dict):
+            raise bad(f"stages.{name}", "an object")
+        if "fit_at" in st and not _is_amount(st["fit_at"]):
+            raise bad(f"stages.{name}.fit_at", "a finite number of seconds, 0 or more")
+        if "epochs" in st and not _is_amount(st["epochs"]):  # 5.75: a stage stopped within its sixth epoch
+            raise bad(f"stages.{name}.epochs", "a finite number, 0 or more")
 
 
 class RunState:
@@ -101,6 +156,7 @@ class RunState:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"--resume: {path} cannot be read ({type(exc).__name__}: {exc}); it is written by "
                             f"`fewshot run` and not meant to be edited.") from None
+        check_state_fields(path, data)
         if budget_minutes is not None and abs(float(budget_minutes) - saved_budget) > 1e-9:
             raise UserError(f"--resume continues '{out}' in its budget of {saved_budget:g} minutes (its stages were "
                             f"planned from it), not {budget_minutes:g}: drop --budget-minutes to resume.")

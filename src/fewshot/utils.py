@@ -56,6 +56,37 @@ def check_output_dir(path, flag: str = "--out", shown=None) -> Path:
     return path
 
 
+def links_inside(folder: Path, limit: int = 3) -> list[Path]:
+    """Up to ``limit`` symbolic links inside ``folder`` (recursively, never following one; the folder itself may
+    be a link, the user's choice). A missing or unreadable folder holds none that could be found."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in sorted(dirs) + sorted(files):  # os.walk lists a link to a folder under dirs, not entering it
+            if os.path.islink(os.path.join(root, name)):
+                found.append(Path(root) / name)
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def refuse_links_in_run_dir(folder) -> None:
+    """Refuse to write into an existing run folder that holds symbolic links: atomic_write_bytes follows links
+    (for an output path the user names), so a run folder from elsewhere whose checkpoints/best.pt points at
+    another file would have fewshot replace that file with a checkpoint (metrics.json, log.jsonl: the same)."""
+    from fewshot.errors import UserError, one_line
+
+    folder = Path(folder)
+    links = links_inside(folder, limit=4)
+    if not links:
+        return
+    shown = "; ".join(f"{one_line(str(p.relative_to(folder)))} -> {one_line(os.readlink(p))}" for p in links[:3])
+    more = ", and more" if len(links) > 3 else ""
+    raise UserError(f"the run folder '{one_line(str(folder))}' holds symbolic links ({shown}{more}). fewshot writes "
+                    f"its checkpoints, metrics and logs there and would write through the links into the files "
+                    f"they point to; a run folder from elsewhere can use such links to overwrite other files. "
+                    f"Replace each link by the file it points to (a copy of it), then run the command again.")
+
+
 def new_file_mode(path: Path) -> int:
     """The mode an ordinary write would give: the replaced file's own, else 0666 less the umask."""
     try:

@@ -8,6 +8,7 @@ Common wrapper prefixes are stripped; mismatches are reported by name, never as 
 from __future__ import annotations
 
 import functools
+import math
 import pickle
 import re
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fewshot.errors import CheckpointError
+from fewshot.errors import CheckpointError, one_line
 
 PREFIXES = ("module.", "_orig_mod.", "encoder_q.backbone.", "encoder_q.0.", "encoder_q.", "backbone.", "model.")
 MOCO_ONLY = ("encoder_k", "queue", "queue_ptr")  # the official MoCo checkpoint's key encoder and queue
@@ -63,7 +64,7 @@ def read_tensor_file(path: str | Path) -> dict:
     except pickle.UnpicklingError as exc:
         if not _looks_like_torch_file(path):  # text, an image, ...: torch's legacy reader calls that a bad pickle
             raise CheckpointError(f"cannot read {path}: not a PyTorch (.pt/.pth) or safetensors weights file "
-                                  f"(it starts with {_head(path)!r}).") from None
+                                  f"({_kind_of(path)}).") from None
         raise CheckpointError(
             f"refused to load {path}: it contains Python objects other than tensors and plain containers, "
             f"which could run code when unpickled (loaded with weights_only=True). Re-save it as a plain "
@@ -75,7 +76,7 @@ def read_tensor_file(path: str | Path) -> dict:
     except Exception as exc:  # torch's legacy reader fails on arbitrary bytes in its own ways (`KeyError: 101`)
         if not _looks_like_torch_file(path):
             raise CheckpointError(f"cannot read {path}: not a PyTorch (.pt/.pth) or safetensors weights file "
-                                  f"(it starts with {_head(path)!r}).") from None
+                                  f"({_kind_of(path)}).") from None
         raise CheckpointError(f"cannot read {path}: the file is damaged or not a weights file "
                               f"({type(exc).__name__}: {str(exc)[:200]}).") from None
     if not isinstance(obj, dict):
@@ -104,6 +105,15 @@ def _head(path: Path, n: int = 8) -> bytes:
             return f.read(n)
     except OSError:
         return b""
+
+
+def _kind_of(path: Path) -> str:
+    """What the file looks like, without quoting it: its first bytes were shown, and for a checkpoint linked to
+    another file (a run folder from elsewhere, best.pt -> /etc/passwd) they were that file's content."""
+    head = _head(path, 64)
+    text = head.decode("utf-8", "ignore")  # 64 bytes may end inside a character
+    is_text = len(text.encode()) >= len(head) - 3 and all(c.isprintable() or c in "\n\r\t" for c in text)
+    return "it looks like a text file" if is_text else "it holds other binary data"
 
 
 def _looks_like_torch_file(path: Path) -> bool:
@@ -219,7 +229,7 @@ def _recorded_architecture(meta: dict, path) -> dict:
     arch = {}
     try:
         if meta.get("width"):
-            arch["width"] = float(meta["width"])
+            arch["width"] = _recorded_width(meta["width"], path)
         if meta.get("small_stem"):
             arch["small_stem"] = meta["small_stem"].lower() == "true"
         if meta.get("img_size", "").isdigit() and int(meta["img_size"]) > 0:
@@ -234,6 +244,19 @@ def _recorded_architecture(meta: dict, path) -> dict:
     if meta.get("model"):
         arch["model"] = meta["model"]
     return arch
+
+
+def _recorded_width(text: str, path) -> float:
+    """The width a weights file records, which the model is then built with: "nan" or "1e309" there gave
+    "model.width must be in (0, 4], got nan" without naming the file the value came from."""
+    try:
+        width = float(text)
+    except ValueError:
+        width = math.nan
+    if not 0.0 < width <= 4.0:  # NaN fails this too
+        raise CheckpointError(f"weights file {path} records width {one_line(str(text))[:40]!r}, not a number in "
+                              f"(0, 4]; it is not a fewshot export of a usable network. Use another weights file.")
+    return width
 
 
 def _resample_pos_embed(backbone: nn.Module, state: dict, own: dict) -> None:

@@ -7,12 +7,15 @@ page and the terminal show exactly the same numbers.
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass, field
 
 from fewshot.errors import printable
 from fewshot.report.runs import Run
 
 DASH = "–"
+UNKNOWN = "?"  # a value a run's file holds that is no usable number
+ABSURD = 1e18  # beyond any parameter count, FLOPs, seconds or rate a run records
 
 
 @dataclass
@@ -30,8 +33,31 @@ class Table:
 
 
 # ---------------------------------------------------------------------- formatting
+def number(x) -> float | None:
+    """A finite JSON number as a float; None for anything else (a bool, a string, NaN, an int of 400 digits that
+    float() cannot hold: metrics.json's "n_parameters": 10**400 stopped `fewshot compare` with an OverflowError)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        value = float(x)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def shown(x, fmt) -> str:
+    """``fmt(value)`` of a sensible number; a dash where none was recorded, '?' where the run's files hold
+    something that is no usable number (they may come from elsewhere, or be damaged)."""
+    if x is None:
+        return DASH
+    value = number(x)
+    if value is None or abs(value) >= ABSURD:
+        return UNKNOWN
+    return fmt(value)
+
+
 def pct(x) -> str:
-    return f"{float(x):.2f}" if isinstance(x, (int, float)) else DASH
+    return shown(x, lambda v: f"{v:.2f}")
 
 
 def routing(metrics: dict | None):
@@ -41,17 +67,18 @@ def routing(metrics: dict | None):
     return m.get("routing_acc") if len(m.get("datasets") or {}) > 1 else None
 
 
-def count(n) -> str:
-    if not isinstance(n, (int, float)):
-        return DASH
-    n = int(n)
-    if n >= 1_000_000:
-        return f"{n:,} ({n / 1e6:.1f} M)"
-    return f"{n:,}"
+def count(x) -> str:
+    def fmt(v: float) -> str:
+        if v < 0:
+            return UNKNOWN
+        n = x if isinstance(x, int) else int(v)  # an int as written (float(x) rounds one of 17 digits)
+        return f"{n:,} ({n / 1e6:.1f} M)" if n >= 1_000_000 else f"{n:,}"
+    return shown(x, fmt)
 
 
 def flops(x) -> str:
-    if not isinstance(x, (int, float)) or x <= 0:
+    x = number(x)
+    if x is None or x <= 0 or x >= ABSURD:
         return DASH
     for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3)):
         if x >= scale:
@@ -60,9 +87,10 @@ def flops(x) -> str:
 
 
 def duration(s) -> str:
-    if not isinstance(s, (int, float)):
-        return DASH
-    s = float(s)
+    return shown(s, _duration)
+
+
+def _duration(s: float) -> str:
     if s < 60:
         return f"{s:.1f} s"
     if s < 3600:
@@ -72,9 +100,7 @@ def duration(s) -> str:
 
 def epochs(x) -> str:
     """Epochs trained: 8, or 5.75 for a run stopped a quarter of an epoch before the end of its sixth."""
-    if not isinstance(x, (int, float)):
-        return DASH
-    return str(x) if isinstance(x, int) else f"{x:.2f}".rstrip("0").rstrip(".")
+    return shown(x, lambda v: str(x) if isinstance(x, int) else f"{v:.2f}".rstrip("0").rstrip("."))
 
 
 def opt(x) -> str:
@@ -82,7 +108,7 @@ def opt(x) -> str:
 
 
 def rate(x) -> str:
-    return f"{float(x):.1f} img/s" if isinstance(x, (int, float)) else DASH
+    return shown(x, lambda v: f"{v:.1f} img/s")
 
 
 # ---------------------------------------------------------------------- tables

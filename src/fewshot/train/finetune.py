@@ -21,7 +21,7 @@ from fewshot.train.distributed import barrier, check_same_data, init_distributed
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.train.engine import Engine, check_resume_world
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
-from fewshot.utils import resolve_device, seed_everything, write_json
+from fewshot.utils import refuse_links_in_run_dir, resolve_device, seed_everything, write_json
 
 
 # What a train / pretrain run writes before its first checkpoint: a folder holding only these is a start that
@@ -37,6 +37,7 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None) -> dict:
     check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
     if ctx is None or ctx.is_main:  # a run being written is refused as such, not as one to --resume
         refuse_if_being_written(out)
+    refuse_links_in_run_dir(out)  # every rank: all refuse together (none waits at the barrier below for rank 0)
     existing = out / "checkpoints" / "last.pt"
     if existing.is_file() and not resume:
         raise UserError(f"'{out}' already holds a run ({existing}). Pass --resume to continue it, "
