@@ -12,6 +12,19 @@ from helpers.checks import run_main
 from test_run_resume import _cmd, _state, sigterm_in_stage
 
 
+def stopped_in_finetune(root, out, monkeypatch) -> list:
+    """A self-training-free `fewshot run` into ``out`` stopped by SIGTERM in its fine-tuning's second step; returns
+    its command line."""
+    from fewshot.train.supervised import SupervisedTask
+
+    cmd = _cmd(root, out, "run.semi_method=off")
+    with monkeypatch.context() as mp:
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
+        rc, _, err = run_main(*cmd)
+    assert rc == 128 + signal.SIGTERM, err
+    return cmd
+
+
 def test_a_stopped_and_resumed_run_counts_each_session_and_stage_once(digits_root, tmp_path, monkeypatch):
     """Four sessions of one run took 219 s and it reported 200 s: the time from the stage's last record to the
     stop was lost. summary.json's stage `seconds` was the time since the run started, and the reused pretrain
@@ -52,14 +65,9 @@ def test_a_resumed_session_stopped_in_its_start_up_counts_its_time(digits_root, 
     """The session's time counted only once its start-up had decoded the test images and the pool: a resume
     stopped before then (Ctrl-C while decoding) took its seconds off the budget's books."""
     import fewshot.pipeline as pipeline
-    from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path / "run"
-    cmd = _cmd(digits_root, out, "run.semi_method=off")
-    with monkeypatch.context() as mp:
-        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        rc, _, err = run_main(*cmd)
-    assert rc == 128 + signal.SIGTERM, err
+    cmd = stopped_in_finetune(digits_root, out, monkeypatch)
     before = _state(out)["seconds"]
 
     def slow_then_interrupted(name):
@@ -77,14 +85,9 @@ def test_a_stage_resumed_with_no_time_left_ends_with_consistent_outputs(digits_r
     run with a larger --budget-minutes" while the run went on, left no best.pt and no log.jsonl row, predicted
     with the mid-epoch last.pt and its metrics named a best epoch no log row held."""
     from fewshot.train.checkpoint import load_checkpoint
-    from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path / "run"
-    cmd = _cmd(digits_root, out, "run.semi_method=off")
-    with monkeypatch.context() as mp:
-        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        rc, _, err = run_main(*cmd)
-    assert rc == 128 + signal.SIGTERM, err
+    cmd = stopped_in_finetune(digits_root, out, monkeypatch)
     stage = out / "finetune"
     assert not (stage / "checkpoints" / "best.pt").exists()
     state = _state(out)
