@@ -775,6 +775,23 @@ def test_a_dataset_folder_given_as_the_root_is_refused_with_its_parent(copy_root
     assert "test" in list_datasets(copy_root)
 
 
+def test_a_split_folder_given_as_the_root_is_refused_with_the_root(copy_root, dataset_names, capsys):
+    """`--data ROOT/digits/train` took every class folder for a dataset: two "missing split folder" lines a class."""
+    ds = copy_root / dataset_names[0]
+    with pytest.raises(UserError) as info:
+        list_datasets(ds / "train")
+    message = str(info.value)
+    assert not isinstance(info.value, DataLayoutError) and "missing split folder" not in message
+    assert f"the train split of the dataset {dataset_names[0]!r}" in message, message
+    assert f"Pass --data {copy_root} --datasets {dataset_names[0]}" in message, message
+    rc, _, err = cli(capsys, *train_argv(ds / "val", copy_root.parent / "out"))
+    assert rc == 2 and err.count("error:") == 1 and f"--data {copy_root} --datasets" in err, err
+    assert not (copy_root.parent / "out").exists()
+    # a root that happens to be named like a split, holding real datasets, is still a root
+    shutil.copytree(copy_root, copy_root.parent / "train")
+    assert dataset_names[0] in list_datasets(copy_root.parent / "train")
+
+
 def test_stray_split_named_folders_beside_a_real_dataset_are_passed_over_not_refused(copy_root, dataset_names):
     """A root with a real dataset and stray train/ and val/ folders (empty, or with images) was refused as "a
     dataset folder itself", with the advice `--data . --datasets ROOT`, which is wrong."""

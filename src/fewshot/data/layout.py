@@ -276,6 +276,27 @@ def _refuse_a_dataset_given_as_root(root: Path, folders: list[Path]) -> None:
                              f"instead: --data {shlex.quote(str(parent))}{only}."))
 
 
+def _refuse_a_split_given_as_root(root: Path, folders: list[Path]) -> None:
+    """`--data ROOT/digits/train` (a split folder) took each class folder for a dataset and listed two "missing split
+    folder" problems per class. Said once, with the --data to pass instead: when the root is named like a split (or
+    unlabeled/), none of its folders holds split folders, and some hold images (classes)."""
+    absolute = Path(os.path.abspath(root))
+    if absolute.name not in SPLITS + ("unlabeled",) or not folders or any(_holds_splits(f) for f in folders):
+        return
+    if not any(has_images(f) for f in folders):
+        return
+    dataset = absolute.parent
+    top = dataset.parent if root.is_absolute() else Path(os.path.relpath(dataset.parent))
+    if absolute.name == "unlabeled":  # ROOT/unlabeled/<dataset>/: the pool, whose root is one level up
+        top, only = (dataset if root.is_absolute() else Path(os.path.relpath(dataset))), ""
+        what = "the unlabeled pool (ROOT/unlabeled/<dataset>/)"
+    else:
+        only = f" {datasets_option([dataset.name])} (or leave --datasets out for every dataset there)"
+        what = f"the {absolute.name} split of the dataset {dataset.name!r} (its folders are classes)"
+    raise UserError(one_line(f"--data {root} looks like {what}, but --data is the root above the datasets "
+                             f"(ROOT/<dataset>/train/<class>/<image>). Pass --data {shlex.quote(str(top))}{only}."))
+
+
 def list_datasets(root: Path) -> list[str]:
     """Dataset folders under ROOT: every visible directory except `unlabeled/`, run folders and OS litter
     (not_a_dataset; each is named once on stderr)."""
@@ -289,6 +310,7 @@ def list_datasets(root: Path) -> list[str]:
     except OSError as exc:
         raise UserError(f"cannot list the dataset root '{root}': {exc.strerror or exc}.") from None
     _refuse_a_dataset_given_as_root(root, folders)
+    _refuse_a_split_given_as_root(root, folders)
     names = []
     for folder in folders:
         why = not_a_dataset(folder)
