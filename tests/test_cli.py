@@ -1224,8 +1224,9 @@ def test_no_progress_help_of_a_command_without_epochs_promises_no_log(command):
     assert "progress lines printed instead when the output goes to a file or a pipe" in text, text
 
 
-@pytest.mark.parametrize("command", ["train", "pretrain"])
+@pytest.mark.parametrize("command", ["train", "pretrain", "run"])
 def test_no_progress_help_of_a_training_command_keeps_its_epoch_lines(command):
-    """The commands that train keep saying where the epochs they no longer print go (log.jsonl)."""
+    """The commands that train keep saying where the epochs they no longer print go (log.jsonl; `run`'s help said
+    only "no progress bars")."""
     rc, out, _ = run_main(command, "--help")
     assert rc == 0 and "log.jsonl holds every epoch" in " ".join(out.split())
