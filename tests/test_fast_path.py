@@ -556,9 +556,15 @@ class _FakeCompiled(torch.autograd.Function):
 
     calls: list[int] = [0]
     fail_at: set[int] = set()
+    saved: list = []  # weak references to a tensor each forward with a graph saves for its backward
 
     @staticmethod
     def forward(ctx, x):
+        import weakref
+
+        marker = torch.zeros(1)
+        ctx.save_for_backward(marker)
+        _FakeCompiled.saved.append(weakref.ref(marker))
         return x.view_as(x)
 
     @staticmethod
@@ -575,7 +581,7 @@ def _fake_compile(monkeypatch, fail_at: set[int]) -> list:
     """compile_modules replaced by the fake; returns the modules it 'compiled'."""
     import fewshot.runtime
 
-    _FakeCompiled.calls[0], _FakeCompiled.fail_at = 0, set(fail_at)
+    _FakeCompiled.calls[0], _FakeCompiled.fail_at, _FakeCompiled.saved = 0, set(fail_at), []
     compiled = []
 
     def compile_modules(modules, setting, device, backend=None):
@@ -618,7 +624,7 @@ def test_compile_failure_in_the_first_backward_falls_back_to_eager_exactly(digit
     _pretrain(digits, tmp_path / "compiled", **{"train.compile": True})
     said = capsys.readouterr()
     assert "channels_last, compiled: the first epoch's speed includes compiling" in said.out  # the start line
-    assert "failed while compiling the backward pass of the first training step" in said.err
+    assert "failed while compiling the backward pass of this process's first training step" in said.err
     assert "main.so: file too short" in said.err and str(cache) in said.err and "train.compile=false" in said.err
     assert compiled and all(m._compiled_call_impl is None for m in compiled) and _FakeCompiled.calls[0] == 1
     eager, fell_back = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("eager", "compiled"))
@@ -628,6 +634,28 @@ def test_compile_failure_in_the_first_backward_falls_back_to_eager_exactly(digit
     import json
 
     assert [json.loads(x)["loss"] for x in logs[0]] == [json.loads(x)["loss"] for x in logs[1]]
+
+
+def test_the_failed_step_s_graph_is_freed_before_the_eager_redo(digits, tmp_path, monkeypatch):
+    """The redo ran inside the except block: the failed step's loss (its graph and saved activations) and the
+    exception's traceback were alive while the eager step built its own, twice a step's memory."""
+    from fewshot.train.engine import Engine
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    _fake_compile(monkeypatch, fail_at={1})
+    alive_at_redo = []
+    redo = Engine._redo_eagerly
+
+    def watched(self, *args):
+        import gc
+
+        gc.collect()  # reference cycles aside: what is still referenced is held by the caller
+        alive_at_redo.append(sum(ref() is not None for ref in _FakeCompiled.saved))
+        return redo(self, *args)
+
+    monkeypatch.setattr(Engine, "_redo_eagerly", watched)
+    _pretrain(digits, tmp_path / "compiled", **{"train.compile": True})
+    assert _FakeCompiled.saved and alive_at_redo == [0], alive_at_redo
 
 
 def test_compile_failure_after_the_first_step_is_a_user_error(digits, tmp_path, monkeypatch, capsys):

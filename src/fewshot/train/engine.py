@@ -795,14 +795,20 @@ class Engine:
                     bar.update(1)
                 continue
             self.optimizer.zero_grad(set_to_none=True)
+            failure = None
             try:
                 self.scaler.scale(loss).backward()
             except Exception as exc:
                 if not (self._compiled and is_compile_failure(exc)):
                     raise
+                failure = compile_failure_text(exc)  # the words only: the exception's traceback holds the graph
                 if not redo:
-                    raise self._compile_failed(exc, epoch, step) from None
-                loss, metrics, n = self._redo_eagerly(exc, before, batches[step], epoch, step)
+                    raise self._compile_failed(failure, epoch, step) from None
+            if failure is not None:
+                # the failed step's graph and activations are let go before the eager redo builds its own: held
+                # during it, the fallback needed twice a step's memory (out of memory where the step itself fit)
+                loss = metrics = batch = None
+                loss, metrics, n = self._redo_eagerly(failure, before, batches[step], epoch, step)
             self._compile_proven = True
             if self.cfg["optim"]["grad_clip"]:
                 self.scaler.unscale_(self.optimizer)
@@ -871,17 +877,17 @@ class Engine:
         ranks would have to agree on the fallback)."""
         return not self._compile_proven and not self.ctx.enabled
 
-    def _redo_eagerly(self, exc: BaseException, before: list, idx: torch.Tensor, epoch: int, step: int):
+    def _redo_eagerly(self, failure: str, before: list, idx: torch.Tensor, epoch: int, step: int):
         """The compiled backward failed before any optimizer step of this process: undo the compile and redo the
         step eagerly. Nothing of the failed attempt remains: the forward's state changes (BatchNorm statistics,
         MoCo's key encoder and queue) are restored, gradients dropped, the batch rebuilt (it is a function of
         epoch and step) and the step's RNG seeded again, so the run goes on as an eager run from this step would
         (a resume does the same: it compiles, fails, and falls back here again). Returns the step's loss,
-        metrics and sample count."""
+        metrics and sample count. ``failure``: what failed, in words (compile_failure_text)."""
         t = self.cfg["train"]
         if self.ctx.is_main:
             print(one_line(f"warning: torch.compile (train.compile={t['compile']}) failed while compiling the "
-                           f"backward pass of the first training step ({compile_failure_text(exc)}); the step is "
+                           f"backward pass of this process's first training step ({failure}); the step is "
                            f"redone without compiling and training continues eagerly (slower on a GPU). A run "
                            f"killed while compiling can leave a broken entry in torch's compile cache: delete the "
                            f"folder {inductor_cache_dir()} to compile again, or set train.compile=false to skip "
@@ -895,11 +901,11 @@ class Engine:
         with self.autocast():
             loss, metrics, n = self.task.training_step(self.train_model, batch)
         if not self._finite(loss):  # the compiled forward's loss of the same batch was finite
-            raise self._compile_failed(exc, epoch, step)
+            raise self._compile_failed(failure, epoch, step)
         self.scaler.scale(loss).backward()
         return loss, metrics, n
 
-    def _compile_failed(self, exc: BaseException, epoch: int, step: int) -> CompileFailedError:
+    def _compile_failed(self, failure: str, epoch: int, step: int) -> CompileFailedError:
         """The error for a compile failure that cannot be redone eagerly: what failed, and the two remedies. Built
         from this process's own view (no collective: under DDP another rank may not have failed)."""
         last = self.ckpt_dir / "last.pt"
@@ -908,7 +914,7 @@ class Engine:
                 if last.is_file() else "")
         return CompileFailedError(one_line(
             f"torch.compile (train.compile={self.cfg['train']['compile']}) failed while compiling the backward pass "
-            f"at epoch {epoch + 1}, step {step + 1}: {compile_failure_text(exc)}. Set train.compile=false to train "
+            f"at epoch {epoch + 1}, step {step + 1}: {failure}. Set train.compile=false to train "
             f"without compiling, or delete torch's compile cache folder {inductor_cache_dir()} (a run killed while "
             f"compiling can leave a broken entry there; it is rebuilt) and run again.{kept}"))
 
