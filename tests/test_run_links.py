@@ -54,7 +54,7 @@ def copy_run(run: Path, dst: Path) -> Path:
 def assert_links_refused(rc: int, err: str, victim: Path, *names: str) -> None:
     assert rc == 2, err
     assert "symbolic links" in err and "Traceback" not in err, err
-    assert "Replace each link by the file it points to" in err, err
+    assert "Replace each link by a copy of the file or folder it points to" in err, err
     for name in names:
         assert name in err, err
     assert victim.read_text() == VICTIM_TEXT  # never written through the link
@@ -124,6 +124,18 @@ def test_fewshot_run_resume_with_a_link_is_refused(root, tmp_path, victim):
     rc, _, err = run_main("run", "--data", root, "--out", out, "--model", "test_resnet", "--device", "cpu",
                           "--no-progress", "--resume")
     assert_links_refused(rc, err, victim, f"summary.json -> {victim}")
+
+
+def test_a_folder_of_the_user_s_own_files_is_refused_as_not_empty_not_for_its_links(root, tmp_path):
+    """--out at a folder holding a venv (links inside) was walked whole and refused with advice to replace the links
+    by copies, which would have broken the venv; it holds no run, and that is what is said."""
+    out = tmp_path / "project"
+    (out / ".venv" / "bin").mkdir(parents=True)
+    (out / ".venv" / "bin" / "python").symlink_to("/usr/bin/python3")
+    (out / "notes.txt").write_text("mine\n")
+    rc, _, err = run_main(*train_argv(root, out))
+    assert rc == 2 and "is not empty (notes.txt)" in err and "symbolic links" not in err, err
+    assert sorted(os.listdir(out)) == [".venv", "notes.txt"]
 
 
 def test_predict_out_may_still_be_the_users_link(run, root, tmp_path):

@@ -814,7 +814,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
 def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: float | None, resume: bool,
                   session: dict) -> dict:
     from fewshot.eval.predict import load_answer_key, predict_and_score, score_predictions
-    from fewshot.run_state import RunState
+    from fewshot.run_state import STATE_FILE, RunState
     from fewshot.train.distributed import DistContext
     from fewshot.train.supervised import resolve_finetune_defaults
 
@@ -824,7 +824,8 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
     requested = copy.deepcopy(cfg)  # the settings as asked for, which a --resume must repeat
     state = None
     if resume:
-        refuse_links_in_run_dir(out)  # its stages' checkpoints, metrics and state would be written through them
+        if (out / STATE_FILE).is_file():  # a folder that holds no run is refused as such (RunState.resume)
+            refuse_links_in_run_dir(out)  # its stages' checkpoints, metrics and state would be written through them
         state = RunState.resume(out, requested, budget_minutes)
         budget_minutes = state.budget_minutes
         if cfg["model"]["img_size"] is None:  # the size the run chose (it depends on the device, which may change)

@@ -79,12 +79,21 @@ def refuse_links_in_run_dir(folder) -> None:
     links = links_inside(folder, limit=4)
     if not links:
         return
-    shown = "; ".join(f"{one_line(str(p.relative_to(folder)))} -> {one_line(os.readlink(p))}" for p in links[:3])
+    shown = "; ".join(f"{one_line(str(p.relative_to(folder)))} -> {one_line(_link_target(p))}" for p in links[:3])
     more = ", and more" if len(links) > 3 else ""
     raise UserError(f"the run folder '{one_line(str(folder))}' holds symbolic links ({shown}{more}). fewshot writes "
-                    f"its checkpoints, metrics and logs there and would write through the links into the files "
-                    f"they point to; a run folder from elsewhere can use such links to overwrite other files. "
-                    f"Replace each link by the file it points to (a copy of it), then run the command again.")
+                    f"its checkpoints, metrics and logs there and would write through the links into what they "
+                    f"point to; a run folder from elsewhere can use such links to overwrite other files. Replace "
+                    f"each link by a copy of the file or folder it points to (a run folder on another disk: link "
+                    f"the run folder itself, which is allowed), then run the command again.")
+
+
+def _link_target(link: Path) -> str:
+    """Where a link points, or that it is gone (removed between the walk and the message)."""
+    try:
+        return os.readlink(link)
+    except OSError:
+        return "(gone)"
 
 
 def new_file_mode(path: Path) -> int:

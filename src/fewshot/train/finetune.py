@@ -37,7 +37,6 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None) -> dict:
     check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
     if ctx is None or ctx.is_main:  # a run being written is refused as such, not as one to --resume
         refuse_if_being_written(out)
-    refuse_links_in_run_dir(out)  # every rank: all refuse together (none waits at the barrier below for rank 0)
     existing = out / "checkpoints" / "last.pt"
     if existing.is_file() and not resume:
         raise UserError(f"'{out}' already holds a run ({existing}). Pass --resume to continue it, "
@@ -54,6 +53,9 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None) -> dict:
             shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
             raise UserError(f"the run folder '{out}' is not empty ({shown}) and holds no run to resume; a new run "
                             f"would write over what is there. Choose another --out, or empty the folder.")
+    # only now, in a folder that holds a run or its start: a folder of the user's own files (a venv's links) was
+    # walked whole and refused with advice to replace its links; every rank checks, so all refuse together
+    refuse_links_in_run_dir(out)
     if ctx is not None:
         barrier(ctx)  # under torchrun every rank has looked at the folder before rank 0 writes into it
     if ctx is None or ctx.is_main:
