@@ -100,10 +100,14 @@ DEFAULTS: dict[str, Any] = {
     },
     "semi": {
         "method": "off",          # off | fixmatch: also train on the unlabeled pool with confident pseudo-labels
-        "mu": 2,                  # unlabeled images per labelled image in a step
+                                  # | moco: plus weight x MoCo's InfoNCE on the pool (train/semi_moco.py; moco.dim,
+                                  # mlp, mlp_hidden, temperature, queue_size (a cap), shuffle_bn, split_bn_groups)
+        "mu": 2,                  # unlabeled images per labelled image in a step (moco: per batch_size images)
         "threshold": 0.95,        # pseudo-label confidence (softmax within the image's dataset)
         "weight": 1.0,            # weight of the unlabeled loss
         "views": "randaug",       # randaug: weak = the clean image, strong = the labelled RandAugment | mocov2
+                                  # (fixmatch only: moco always takes two independent MoCo v2 views, aug.*)
+        "moco_momentum": 0.99,    # moco: the key encoder's momentum (0.999 barely moves it in a few hundred steps)
     },
     "moco": {
         "preset": "mocov2",
@@ -542,7 +546,7 @@ CHOICES = {  # fields whose value must be one of a few words (checked at start-u
     "train.eval_mode": ("known", "unknown"),
     "model.head": ("linear",),  # SPEC's BN(affine=False) + Linear; the field stays so saved configs still load
     "semi.views": ("randaug", "mocov2"),
-    "semi.method": ("off", "fixmatch", False, None),  # YAML reads a bare off as false (and null as None)
+    "semi.method": ("off", "fixmatch", "moco", False, None),  # YAML reads a bare off as false (and null as None)
     "model.head_init": ("random", "probe", "prototype"),
     "train.channels_last": ("auto", True, False),
     "train.compile": ("auto", True, False),
@@ -609,6 +613,7 @@ INTERVALS = {  # (low, high, low included[, high included]): fractions and proba
     "model.drop_path": (0.0, 1.0, True, False), "optim.label_smoothing": (0.0, 1.0, True, False),
     "optim.momentum": (0.0, 1.0, True, False), "train.ema_decay": (0.0, 1.0, True, False),
     "semi.threshold": (0.0, 1.0, True), "moco.momentum": (0.0, 1.0, True), "run.moco_momentum": (0.0, 1.0, True),
+    "semi.moco_momentum": (0.0, 1.0, True),
     "run.pseudo_threshold": (0.0, 1.0, True), "data.mix_p": (0.0, 1.0, True),
     "data.mixup_alpha": (0.0, 100.0, True, True), "data.cutmix_alpha": (0.0, 100.0, True, True),  # Beta(a, a)
     "train.seed": (-2**63, 2**64 - 1, True, True),  # what torch.manual_seed takes: a larger one was an internal error

@@ -103,6 +103,10 @@ def datasets_without_pool(cfg: dict, infos, pool: Pool) -> list[str]:
 def fixmatch_note(summary: dict, without_pool: list[str]) -> str:
     """What FixMatch trains on, said at the start: its settings, the pool's size and source, and the datasets that
     have no pool of their own."""
+    if summary.get("method") == "moco":  # the same line for the joint MoCo loss (finetune.py prints this one)
+        from fewshot.train.semi_moco import joint_moco_note
+
+        return joint_moco_note(summary, without_pool)
     note = (f"FixMatch (semi.mu={summary['mu']}, semi.threshold={summary['threshold']:g}, semi.weight="
             f"{summary['weight']:g}) on an unlabeled pool of {summary['pool_size']:,} images "
             f"({summary['pool_source']})")
@@ -111,6 +115,20 @@ def fixmatch_note(summary: dict, without_pool: list[str]) -> str:
         note += (f"; note: {name} has no pool of its own (no ROOT/unlabeled/{name}/): FixMatch has no images of it"
                  + (f" apart from the {unknown:,} of unknown source" if unknown else ""))
     return note
+
+
+METHOD_NAMES = {"fixmatch": "FixMatch", "moco": "the joint MoCo loss"}
+
+
+def no_pool_message(cfg: dict, pool: Pool, method: str) -> str:
+    """What to do when semi.method=<method> finds no unlabeled pool (FixMatch and the joint MoCo loss alike)."""
+    name = METHOD_NAMES.get(method, method)
+    return (f"semi.method={method} needs an unlabeled pool, and these data have none ("
+            f"{pool.source}{'; none of its files decodes' if pool.skipped else ''}): put images under "
+            f"{Path(cfg['data']['root']) / 'unlabeled'}/<dataset>/, or "
+            f"give a folder of them with data.unlabeled=DIR (`fewshot run --unlabeled DIR`), or "
+            f"train without semi.method={method} (a stopped {name} run continues without it from "
+            f"its weights: --weights RUN/checkpoints/last.pt and a new --out).")
 
 
 class UnlabeledStream:
@@ -123,23 +141,29 @@ class UnlabeledStream:
     colour, blur and flips for the strong view, a 0.6-1 crop and a flip for the weak one).
     """
 
+    method = "fixmatch"  # what the pool is for, in the summary and the no-pool error (semi_moco: "moco")
+
     def __init__(self, cfg: dict, infos, size: int, mean, std, device: torch.device):
         # only real pool images: a dataset without a pool would stand in its labelled train images (pool_files)
         pool = load_pool(cfg, infos, size, exclude_train=True)
         if len(pool.images) == 0:
             from fewshot.errors import UserError
 
-            raise UserError(f"semi.method=fixmatch needs an unlabeled pool, and these data have none ("
-                            f"{pool.source}{'; none of its files decodes' if pool.skipped else ''}): put images under "
-                            f"{Path(cfg['data']['root']) / 'unlabeled'}/<dataset>/, or "
-                            f"give a folder of them with data.unlabeled=DIR (`fewshot run --unlabeled DIR`), or "
-                            f"train without semi.method=fixmatch (a stopped FixMatch run continues without it from "
-                            f"its weights: --weights RUN/checkpoints/last.pt and a new --out).")
+            raise UserError(no_pool_message(cfg, pool, self.method))
         # rows of the decode cache: each step reads its mu * batch images (a copy held the whole pool in memory)
         self.images, self.dataset_ids, self.source = pool.images, pool.dataset_ids, pool.source
         self.skipped = pool.skipped
         self.key = pool_key(pool.paths, cfg["data"]["root"])  # checked on --resume (SupervisedTask)
-        self.summary, self.without_pool = fixmatch_summary(cfg, pool), datasets_without_pool(cfg, infos, pool)
+        self.summary, self.without_pool = self.describe(cfg, pool), datasets_without_pool(cfg, infos, pool)
+        self.device = device
+        self.set_views(cfg, size, mean, std, device)
+
+    def describe(self, cfg: dict, pool: Pool) -> dict:
+        """The method's settings and pool, for metrics.json and the start line."""
+        return fixmatch_summary(cfg, pool)
+
+    def set_views(self, cfg: dict, size: int, mean, std, device: torch.device) -> None:
+        """FixMatch's weak and strong views (semi.views; see the class docstring)."""
         self.views = cfg["semi"].get("views", "mocov2")  # a config saved before semi.views: its own views
         d = cfg["data"]
         if self.views == "randaug":
@@ -152,7 +176,6 @@ class UnlabeledStream:
             self.weak = BatchAugment(preset("mocov2", size, scale=(0.6, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0,
                                             flip_p=0.5, mean=mean, std=std)).to(device)
             self.strong = BatchAugment(preset("mocov2", size, mean=mean, std=std)).to(device)
-        self.device = device
 
     def draw(self, n: int, seed: int, epoch: int, step: int, rank: int = 0):
         gen = make_generator(seed, epoch, step, rank, 31)

@@ -102,17 +102,32 @@ class SupervisedTask:
         self.flip_by_class = self.mirror_flip_probabilities(float(d.get("hflip_symmetric", 0.0)))
         self.mix = BatchMix(d.get("mixup_alpha", 0.0), d.get("cutmix_alpha", 0.0), d.get("mix_p", 1.0))
         self.unlabeled = None
+        self.joint = None  # semi.method=moco: the joint loss's projection head, key encoder and queue
         self.soft_targets: torch.Tensor | None = None  # set by add_pseudo_labelled(soft=...)
         if cfg["semi"]["method"] == "fixmatch":
             from fewshot.train.semi import UnlabeledStream
 
             self.unlabeled = UnlabeledStream(cfg, infos, self.size, *mean_std(self.model.backbone), device)
+        elif cfg["semi"]["method"] == "moco":
+            self.start_joint_moco(infos)
         elif cfg["semi"]["method"] not in ("off", None, False):
             from fewshot.errors import UserError
 
-            raise UserError(f"semi.method must be off or fixmatch, not {cfg['semi']['method']!r}")
+            raise UserError(f"semi.method must be off, fixmatch or moco, not {cfg['semi']['method']!r}")
         self.eval_every = cfg["train"]["eval_every"]
         self.n_parameters = n_parameters(self.model)
+
+    def start_joint_moco(self, infos) -> None:
+        """semi.method=moco (fewshot.train.semi_moco): the pool as contrastive pairs and the joint loss's state,
+        built on the classifier's backbone as it is now (its key encoder is copied again at the first step)."""
+        from fewshot.train.semi_moco import ContrastiveStream, JointMoCo, refuse_processes
+
+        refuse_processes(self.ctx.world)  # before the pool is decoded
+        self.unlabeled = ContrastiveStream(self.cfg, infos, self.size, *mean_std(self.model.backbone), self.device)
+        n_keys = int(self.cfg["semi"]["mu"]) * int(self.cfg["train"]["batch_size"])
+        self.joint = JointMoCo(self.cfg, self.model.backbone, n_keys, len(self.unlabeled.images), self.device,
+                               self.channels_last)
+        self.unlabeled.summary.update(self.joint.settings())
 
     def mirror_flip_probabilities(self, p: float) -> torch.Tensor | None:
         """data.hflip_symmetric: flip probability [C] for the classes whose labelled images (train + val)
@@ -203,7 +218,10 @@ class SupervisedTask:
     def param_groups(self) -> list[dict]:
         wd, mult = self.cfg["optim"]["weight_decay"], self.cfg["optim"]["backbone_lr_mult"]
         groups = []
-        for params, scale in ((self.model.backbone.parameters(), mult), (self.model.heads.parameters(), 1.0)):
+        parts = [(self.model.backbone.parameters(), mult), (self.model.heads.parameters(), 1.0)]
+        if self.joint is not None:  # the joint MoCo loss's projection head: new, so at the heads' rate
+            parts.append((self.joint.parameters(), 1.0))
+        for params, scale in parts:
             decay, no_decay = split_decay(params)
             groups += [{"params": decay, "weight_decay": wd, "lr_scale": scale},
                        {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale}]
@@ -238,15 +256,43 @@ class SupervisedTask:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.unlabeled is None:
             return x, y, ds, None
+        if self.joint is not None:
+            return x, y, ds, self.contrastive_views(epoch, step)
         n = int(self.cfg["semi"]["mu"]) * len(idx)
         weak, strong, uds = self.unlabeled.draw(n, self.cfg["train"]["seed"], epoch, step, self.ctx.rank)
         if self.channels_last:
             weak, strong = (v.contiguous(memory_format=torch.channels_last) for v in (weak, strong))
         return x, y, ds, (weak, strong, uds)
 
+    def contrastive_views(self, epoch: int, step: int):
+        """semi.method=moco: ``semi.mu x train.batch_size`` pool images as two views each, the same number every step
+        (a short last labelled batch does not shrink the key batch its shuffle-BN groups divide)."""
+        from fewshot.train.semi_moco import ContrastiveViews
+        from fewshot.utils import make_generator
+
+        n, seed = int(self.cfg["semi"]["mu"]) * int(self.cfg["train"]["batch_size"]), self.cfg["train"]["seed"]
+        query, key, _ = self.unlabeled.draw(n, seed, epoch, step, self.ctx.rank)
+        if self.channels_last:
+            query, key = (v.contiguous(memory_format=torch.channels_last) for v in (query, key))
+        return ContrastiveViews(query, key, make_generator(seed, epoch, step, self.ctx.rank, 37))
+
+    def joint_step(self, model, x: torch.Tensor, views) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """semi.method=moco: (labelled logits, contrastive loss, its metrics). One backbone pass over the labelled
+        images and the query views gives the features of both (the heads see the labelled ones only). The first step
+        of the run being trained (``model`` is the task's own; a timing copy is not) copies the key encoder."""
+        if model is self.model and not self.joint.started:
+            self.joint.start(model.backbone)
+        feats = model.features(torch.cat([x, views.query]))
+        logits = model.classify(feats[:len(x)])
+        loss_u, metrics = self.joint.loss(model.backbone, feats[len(x):], views)
+        return logits, loss_u, metrics
+
     def training_step(self, model, batch):
         x, y, ds, unlabeled = batch
-        if unlabeled is not None:
+        joint = None
+        if self.joint is not None and unlabeled is not None:
+            logits, *joint = self.joint_step(model, x, unlabeled)
+        elif unlabeled is not None:
             # the weak view only gives targets: no graph for it (a third less work per step than one
             # forward over all three); labelled + strong views share one forward and its BN statistics
             weak, strong, uds = unlabeled
@@ -260,7 +306,10 @@ class SupervisedTask:
             hard = y.argmax(1) if y.is_floating_point() else y
             acc = (self.space.restrict(logits.float(), ds).argmax(1) == hard).float().mean() * 100
         metrics = {"train_acc1": acc}
-        if unlabeled is not None:
+        if joint is not None:
+            loss = loss + self.cfg["semi"]["weight"] * joint[0]
+            metrics.update(joint[1])
+        elif unlabeled is not None:
             from fewshot.train.semi import fixmatch_loss
 
             loss_u, mask = fixmatch_loss(lw, ls, uds, self.space, self.cfg["semi"]["threshold"])
@@ -283,7 +332,8 @@ class SupervisedTask:
     def checkpoint_extra(self) -> dict:
         return {"label_space": self.space.to_dict(), "n_parameters": self.n_parameters, "img_size": self.size,
                 "model_name": self.cfg["model"]["name"], "n_train": len(self.train_set),
-                **({"n_pool": len(self.unlabeled.images), "pool_key": self.unlabeled.key} if self.unlabeled else {})}
+                **({"n_pool": len(self.unlabeled.images), "pool_key": self.unlabeled.key} if self.unlabeled else {}),
+                **({"joint_moco": self.joint.state_dict()} if self.joint is not None else {})}
 
     def load_checkpoint_extra(self, ck: dict) -> None:
         self.check_classes(ck)
@@ -291,10 +341,19 @@ class SupervisedTask:
 
         check_same_images(ck, "n_train", len(self.train_set), "training images", stage_note=True)
         self.check_same_pool(ck)
+        if self.joint is not None and ck.get("joint_moco") is not None:
+            self.joint.load_state_dict(ck["joint_moco"])
+        elif self.joint is not None:  # the config check refuses a changed semi.method; this is a damaged checkpoint
+            from fewshot.errors import UserError
+
+            raise UserError("--resume continues a run with semi.method=moco, but its checkpoint holds no state of the "
+                            "joint MoCo loss (projection head, key encoder, queue). Start a new run with another --out "
+                            "(--weights RUN/checkpoints/last.pt keeps the classifier's weights).")
 
     def check_same_pool(self, ck: dict) -> None:
-        """FixMatch draws its pool images by position: in a pool that gained or lost files since the stop the resumed
-        epochs would draw other images than the run's (a checkpoint saved before the key was kept: not checked)."""
+        """FixMatch and the joint MoCo loss draw their pool images by position: in a pool that gained or lost files
+        since the stop the resumed epochs would draw other images than the run's (a checkpoint saved before the key
+        was kept: not checked)."""
         if self.unlabeled is None or ck.get("pool_key") in (None, self.unlabeled.key):
             return
         from fewshot.errors import UserError
@@ -304,7 +363,8 @@ class SupervisedTask:
                 f"{n_now} images as in the run, but other files")
         if self.unlabeled.skipped:  # the key is of the files that decode: a file that broke since counts as gone
             what += f"; {len(self.unlabeled.skipped)} pool file(s) no longer decode (listed above)"
-        raise UserError(f"--resume continues a FixMatch run on the unlabeled pool it trained with, but the pool "
+        method = "FixMatch" if self.joint is None else "joint MoCo"
+        raise UserError(f"--resume continues a {method} run on the unlabeled pool it trained with, but the pool "
                         f"({self.unlabeled.source}) has changed since the stop: {what}. Restore the pool's files to "
                         f"resume, or start a new run with another --out.")
 

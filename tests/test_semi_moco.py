@@ -1,0 +1,204 @@
+"""The joint MoCo + supervised loss while fine-tuning (semi.method=moco, fewshot.train.semi_moco): its InfoNCE against
+a hand computation, the key encoder's momentum rule and the queue, `fewshot train` end to end with a checkpoint that
+predict reads as a plain classifier, exact resume, and the refusals (no pool, several processes)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from fewshot.train.checkpoint import load_checkpoint
+from fewshot.train.distributed import DistContext
+from fewshot.train.finetune import run_finetune
+from fewshot.train.supervised import SupervisedTask
+from helpers.checks import assert_same, run_main
+from helpers.tiny import build_digits, finetune_cfg
+
+MOCO = {"semi.method": "moco", "semi.mu": 1}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return build_digits(tmp_path_factory.mktemp("data"))  # 40 train images, a pool of 80
+
+
+def make_task(root, ctx=None, **flags) -> SupervisedTask:
+    from fewshot.data.layout import scan_root
+
+    cfg = finetune_cfg(root, **{**MOCO, **flags})
+    return SupervisedTask(cfg, scan_root(root, None, splits=("train", "val")), torch.device("cpu"),
+                          ctx or DistContext())
+
+
+def test_the_contrastive_loss_is_infonce_over_the_positive_key_and_the_queue(root):
+    task = make_task(root, **{"moco.temperature": 0.5})
+    joint = task.joint
+    gen = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 128, generator=gen), dim=1)
+    k = torch.nn.functional.normalize(torch.randn(3, 128, generator=gen), dim=1)
+    joint.queue.copy_(torch.nn.functional.normalize(torch.randn(joint.queue_size, 128, generator=gen), dim=1))
+    loss, logits = joint.contrast(q, k)
+    expected = 0.0
+    for i in range(3):  # -log( e^{q.k/T} / (e^{q.k/T} + sum_j e^{q.queue_j/T}) ), averaged
+        pos = math.exp(float(q[i] @ k[i]) / 0.5)
+        neg = sum(math.exp(float(q[i] @ row) / 0.5) for row in joint.queue)
+        expected -= math.log(pos / (pos + neg)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert logits.shape == (3, 1 + joint.queue_size)
+
+
+def test_the_step_adds_weight_times_the_contrastive_loss_to_the_labelled_one(root):
+    task = make_task(root, **{"semi.weight": 0.5, "optim.label_smoothing": 0.0, "model.drop_path": 0.0})
+    batch = task.make_batch(task.plan_epoch(0)[0], 0, 0)
+    x, y = batch[0], batch[1]
+    state = copy.deepcopy(task.model.state_dict())
+    loss, metrics, n = task.training_step(task.model, batch)
+    probe = copy.deepcopy(task.model)
+    probe.load_state_dict(state)  # the same BatchNorm statistics as the step's forward started from
+    feats = probe.features(torch.cat([x, batch[3].query]))
+    ce = torch.nn.functional.cross_entropy(probe.classify(feats[:len(x)]), y)
+    assert loss.item() == pytest.approx(ce.item() + 0.5 * metrics["moco_loss"].item(), rel=1e-5)
+    assert n == len(x) and len(batch[3].query) == len(batch[3].key) == 8  # semi.mu x train.batch_size
+    loss.backward()
+    assert all(p.grad is not None for p in task.joint.projection.parameters())  # the head trains
+    optimised = {id(p) for group in task.param_groups() for p in group["params"]}
+    assert {id(p) for p in task.joint.projection.parameters()} <= optimised  # and the optimizer steps (saves) it
+    assert all(p.grad is None for p in task.joint.key.parameters())  # the key encoder never does
+
+
+def test_the_key_encoder_follows_by_momentum_and_the_queue_takes_the_steps_keys(root):
+    task = make_task(root, **{"semi.moco_momentum": 0.9})
+    joint = task.joint
+    opt = torch.optim.SGD(task.param_groups(), lr=0.5)
+    batches = task.plan_epoch(0)
+    for step in range(2):
+        if step == 1:  # after one optimizer step the query encoder differs from the key encoder
+            key_before = [p.detach().clone() for p in joint.key.parameters()]
+            query_now = [p.detach().clone() for p in joint.query_parameters(task.model.backbone)]
+            ptr_before, queue_before = joint.ptr, joint.queue.clone()
+            keys_seen = []
+            orig_enqueue = joint.enqueue
+            joint.enqueue = lambda k: (keys_seen.append(k.detach().clone()), orig_enqueue(k))
+        loss, _, _ = task.training_step(task.model, task.make_batch(batches[step], 0, step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    moved = False
+    for kb, qn, ka in zip(key_before, query_now, joint.key.parameters()):
+        torch.testing.assert_close(ka, 0.9 * kb + 0.1 * qn, rtol=1e-5, atol=1e-6)
+        moved |= not torch.equal(ka, kb)
+    assert moved
+    n, size = 8, joint.queue_size
+    assert joint.ptr == (ptr_before + n) % size
+    rows = [(ptr_before + i) % size for i in range(n)]
+    torch.testing.assert_close(joint.queue[rows], keys_seen[0])
+    others = [r for r in range(size) if r not in rows]
+    assert torch.equal(joint.queue[others], queue_before[others])
+
+
+def test_the_key_encoder_starts_from_the_model_as_the_run_trains_it(root):
+    """`fewshot run` loads the previous round's weights after building the task and times steps on a copy: the key
+    encoder and the queue start from the model of the run's first step, whatever happened before."""
+    task = make_task(root)
+    copy_of_model = copy.deepcopy(task.model)
+    task.training_step(copy_of_model, task.make_batch(task.plan_epoch(0)[0], 0, 0))  # a timing step on a copy
+    assert not task.joint.started
+    with torch.no_grad():
+        for p in task.model.backbone.parameters():
+            p.add_(0.1)  # the round's weights, loaded after the timing
+    task.training_step(task.model, task.make_batch(task.plan_epoch(0)[0], 0, 0))
+    assert task.joint.started and task.joint.ptr == 8  # the timing step's keys were dropped
+    for k, q in zip(task.joint.key.backbone.parameters(), task.model.backbone.parameters()):
+        torch.testing.assert_close(k, q)
+
+
+def train_argv(root, out, *extra) -> list:
+    return ["train", "--data", root, "--out", out, "--model", "test_resnet", "--img-size", "32", "--epochs", "2",
+            "--batch-size", "8", "--device", "cpu", "--no-progress", "train.tensorboard=false", "train.threads=1",
+            "semi.method=moco", "semi.mu=1", *extra]
+
+
+def test_fewshot_train_with_the_joint_loss_logs_it_and_predict_reads_a_plain_classifier(root, tmp_path):
+    run = tmp_path / "run"
+    rc, out, err = run_main(*train_argv(root, run))
+    assert rc == 0, err
+    assert "joint MoCo loss (semi.mu=1, semi.weight=1, semi.moco_momentum=0.99, queue 40, T=0.2" in out
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["moco_loss"]) and "moco_acc1" in r for r in rows)
+    semi = json.loads((run / "metrics.json").read_text())["semi"]
+    assert semi["method"] == "moco" and semi["pool_size"] == 80 and semi["queue_size"] == 40
+    assert semi["momentum"] == 0.99 and semi["split_bn_groups"] == 4  # 8 keys: 4 groups of 2
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    from fewshot.models.classifier import build_classifier
+
+    build_classifier(finetune_cfg(root), 10).load_state_dict(ck["model"])  # strict: the classifier's keys only
+    assert set(ck["joint_moco"]) == {"projection", "key", "queue", "ptr", "started"}
+    pred = tmp_path / "pred_all.json"
+    rc, _, err = run_main("predict", run, "--data", root, "--out", pred, "--device", "cpu", "--no-progress")
+    assert rc == 0 and pred.is_file(), err
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL (not an Exception: nothing in the code under test can swallow it)."""
+
+
+def test_a_resumed_joint_moco_run_ends_as_the_uninterrupted_one(root, tmp_path, monkeypatch):
+    flags = {**MOCO, "train.epochs": 2, "train.save_every_steps": 2}
+    ref = tmp_path / "ref"
+    run_finetune(finetune_cfg(root, **flags), ref)
+    out = tmp_path / "run"
+    orig, calls = SupervisedTask.training_step, {"n": 0}
+
+    def step(self, model, batch):  # dies inside step 8, after its forward moved the key encoder and the queue
+        result = orig(self, model, batch)
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise Killed("killed in step 8")
+        return result
+
+    with monkeypatch.context() as mp:
+        mp.setattr(SupervisedTask, "training_step", step)
+        with pytest.raises(Killed):
+            run_finetune(finetune_cfg(root, **flags), out)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["global_step"] == 6
+    run_finetune(finetune_cfg(root, **flags), out, resume=True)
+    for name in ("last", "best"):
+        a, b = (load_checkpoint(r / "checkpoints" / f"{name}.pt") for r in (ref, out))
+        for ck in (a, b):
+            ck.pop("train_seconds")
+            ck["config"]["train"].pop("budget_minutes")
+        assert_same(a, b, name)
+    timing = {"images_per_s", "epoch_time_s", "eval_time_s"}
+
+    def log(run):
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in (run / "log.jsonl").read_text().splitlines()]
+
+    assert log(out) == log(ref)
+
+
+def test_the_joint_loss_without_a_pool_stops_and_says_how_to_give_one(root, tmp_path):
+    data = tmp_path / "root"
+    shutil.copytree(root, data, ignore=shutil.ignore_patterns(".fewshot_cache", "unlabeled"))
+    rc, _, err = run_main(*train_argv(data, tmp_path / "run"))
+    assert rc == 2, err
+    assert "semi.method=moco needs an unlabeled pool" in err and "unlabeled/<dataset>/" in err
+    assert "data.unlabeled" in err and "train without semi.method=moco" in err
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_the_joint_loss_is_refused_on_several_processes(root):
+    from fewshot.errors import UserError
+
+    with pytest.raises(UserError, match="one process only.*semi.method=fixmatch"):
+        make_task(root, ctx=DistContext(rank=0, world=2))
+
+
+def test_a_bad_semi_method_names_the_three_choices(root, tmp_path):
+    rc, _, err = run_main(*train_argv(root, tmp_path / "run", "semi.method=mocoo"))
+    assert rc == 2 and "moco" in err and "fixmatch" in err, err
