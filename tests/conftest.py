@@ -79,6 +79,17 @@ def _release_run_locks():
     release_all()
 
 
+@pytest.fixture(autouse=True)
+def _progress_bars_as_they_were():
+    """Tests that call run_finetune / run_pretrain directly with train.progress=false switch the progress bars off
+    for the process (the CLI restores them after each call): the test after one must not depend on the order."""
+    from fewshot import progress
+
+    before = progress.is_enabled()
+    yield
+    progress.set_enabled(before)
+
+
 @pytest.fixture
 def any_confidence(monkeypatch):
     """The teacher of a 0.2-minute round 1 is near chance, so the chance floor (test_semi) keeps none of its labels:

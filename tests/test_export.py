@@ -487,6 +487,30 @@ def test_export_of_a_moco_run_names_the_best_knn_epoch_when_it_is_not_the_last(e
     assert str(run / "checkpoints" / "best.pt") in out
 
 
+def test_export_numbers_a_mid_epoch_checkpoint_s_epoch_as_predict_and_compare_do(exported, tmp_path, capsys):
+    """A budget stop mid-epoch saved epoch 6 and step 2 of epoch 7: predict and compare said epoch 7, export
+    printed and recorded epoch 6."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from fewshot.train.checkpoint import save_checkpoint
+
+    run = tmp_path / "pre"
+    shutil.copytree(exported[1], run)
+    last = run / "checkpoints" / "last.pt"
+    ck = load_checkpoint(last)
+    ck["epoch"], ck["step_in_epoch"] = 6, 2
+    save_checkpoint(last, ck)
+    (run / "metrics.json").unlink()  # no best-epoch note in the way
+    out = tmp_path / "mid.safetensors"
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert "epoch 7)" in capsys.readouterr().out
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["epoch"] == "7"
+
+
 def test_probe_refuses_a_runs_folder_as_out_settings_out_of_range_and_names_the_files_model(exported, tmp_path,
                                                                                             capsys):
     """A probe hunt: `probe --out RUN` replaced the run's metrics.json (exit 0); `--epochs 0` reported an untrained

@@ -202,3 +202,51 @@ def test_the_joint_loss_is_refused_on_several_processes(root):
 def test_a_bad_semi_method_names_the_three_choices(root, tmp_path):
     rc, _, err = run_main(*train_argv(root, tmp_path / "run", "semi.method=mocoo"))
     assert rc == 2 and "moco" in err and "fixmatch" in err, err
+
+
+def _joint_snapshot(joint) -> list[torch.Tensor]:
+    return [torch.tensor(joint.ptr), joint.queue.clone(), *(x.detach().clone() for x in joint.key.parameters()),
+            *(x.detach().clone() for x in joint.key.buffers())]
+
+
+def test_a_step_skipped_for_a_non_finite_loss_leaves_the_joint_state_as_it_was(root, tmp_path, monkeypatch):
+    """A skipped step restored the classifier's BatchNorm statistics only: the key encoder had moved and the
+    step's keys were in the queue (train.skip_nonfinite promises that a bad batch leaves no trace)."""
+    real, calls, seen = SupervisedTask.training_step, [0], []
+
+    def step(self, model, batch):
+        if self.joint.started:
+            seen.append(_joint_snapshot(self.joint))  # before steps 2 and 3: after step 1, after the skipped 2
+        calls[0] += 1
+        loss, metrics, n = real(self, model, batch)
+        return (loss * float("nan") if calls[0] == 2 else loss), metrics, n
+
+    monkeypatch.setattr(SupervisedTask, "training_step", step)
+    rc, _, err = run_main(*train_argv(root, tmp_path / "run", "--epochs", "1", "--skip-nonfinite", "3"))
+    assert rc == 0 and calls[0] >= 3, err
+    for before, after in zip(seen[0], seen[1]):
+        assert torch.equal(before, after)
+
+
+def test_gradient_clipping_covers_the_projection_head(root, tmp_path, monkeypatch):
+    """optim.grad_clip clipped the classifier's parameters only: the joint loss's head trained unclipped."""
+    clipped: list[set] = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def clip(parameters, *args, **kwargs):
+        parameters = list(parameters)
+        clipped.append({id(p) for p in parameters})
+        return real(parameters, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    heads = []
+    real_init = SupervisedTask.start_joint_moco
+
+    def start(self, infos):
+        real_init(self, infos)
+        heads.append({id(p) for p in self.joint.projection.parameters()})
+
+    monkeypatch.setattr(SupervisedTask, "start_joint_moco", start)
+    rc, _, err = run_main(*train_argv(root, tmp_path / "run", "--epochs", "1", "optim.grad_clip=1.0"))
+    assert rc == 0 and clipped and heads, err
+    assert all(heads[0] <= ids for ids in clipped)

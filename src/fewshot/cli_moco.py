@@ -220,7 +220,8 @@ RUN_REPLACES = {
     "train.eval_every": "the run's plan (evaluations take about a tenth of each stage's time)",
     "moco.knn_every": "the run's plan (evaluations take about a tenth of each stage's time)",
     "sched.time_based": "the run's time-based schedule, always on in `fewshot run`",
-    "semi.method": "run.semi_method (--semi); set that",
+    "semi.method": "run.semi_method (--semi pseudo, fixmatch or off; semi.method=moco, the joint MoCo loss, is a "
+                   "`fewshot train` option); set that",
 }
 
 

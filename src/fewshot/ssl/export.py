@@ -13,7 +13,7 @@ from safetensors.torch import save
 
 from fewshot.errors import CheckpointError, UserError
 from fewshot.run_lock import being_written
-from fewshot.train.checkpoint import load_checkpoint, resolve_checkpoint
+from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_checkpoint
 from fewshot.utils import atomic_write_bytes
 
 PREFIX = "encoder_q.backbone."
@@ -83,9 +83,20 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dic
         check_result_file_is_not_an_input(out, root, ckpt, kind="backbone")
     state = backbone_state(ck)
     meta = {"format": "pt", "model": str(ck.get("model_name", "")), "source": str(ckpt),
-            "epoch": str(ck.get("epoch", "")), "img_size": str(ck.get("img_size", ""))}
+            "epoch": _epoch_text(ck), "img_size": str(ck.get("img_size", ""))}
     model_cfg = (ck.get("config") or {}).get("model") or {}
     meta["width"] = str(float(model_cfg.get("width") or 1.0))
     meta["small_stem"] = str(bool(model_cfg.get("small_stem"))).lower()
     atomic_write_bytes(out, save(state, metadata=meta))  # bytes in memory: no temp file to leave behind
     return out, meta
+
+
+def _epoch_text(ck: dict) -> str:
+    """The epoch as log.jsonl, `predict` and `compare` number it (checkpoint.logged_epoch: a budget stop mid-epoch
+    saved epoch 6 and step 2 of epoch 7, which they call epoch 7); empty when the checkpoint does not say."""
+    if "epoch" not in ck:
+        return ""
+    try:
+        return str(logged_epoch(ck))
+    except (TypeError, ValueError):
+        return str(ck.get("epoch"))

@@ -812,7 +812,9 @@ class Engine:
             self._compile_proven = True
             if self.cfg["optim"]["grad_clip"]:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["optim"]["grad_clip"])
+                # every trained parameter: a task's own (the joint MoCo loss's projection head) too
+                torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                               self.cfg["optim"]["grad_clip"])
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.ema is not None:
@@ -991,7 +993,19 @@ class Engine:
     def _forward_state(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Copies of the tensors a forward pass may change: buffers and parameters that get no gradient."""
         tensors = list(self.model.buffers()) + [p for p in self.model.parameters() if not p.requires_grad]
+        tensors += self._task_state_tensors()
         return [(x, x.detach().clone()) for x in tensors]
+
+    def _trained_outside_model(self) -> list[torch.Tensor]:
+        """Parameters the optimizer trains that the model does not hold (the joint MoCo loss's projection head)."""
+        inside = {id(p) for p in self.model.parameters()}
+        return [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in inside]
+
+    def _task_state_tensors(self) -> list[torch.Tensor]:
+        """Tensors the task keeps outside the model that a step changes (the joint MoCo loss's key encoder and
+        queue: SupervisedTask.forward_state_tensors); none for most tasks."""
+        hook = getattr(self.task, "forward_state_tensors", None)
+        return list(hook()) if hook is not None else []
 
     @staticmethod
     @torch.no_grad()
@@ -1006,6 +1020,8 @@ class Engine:
         about 12 ms for a resnet18 and its EMA on one CPU thread, where an isfinite() per tensor took 150 ms."""
         models = [self.model] + ([self.ema.module] if self.ema is not None else [])
         tensors = [x.detach() for m in models for x in (*m.parameters(), *m.buffers()) if x.is_floating_point()]
+        tensors += [x.detach() for x in (*self._trained_outside_model(), *self._task_state_tensors())
+                    if x.is_floating_point()]
         # an fp16 norm would overflow at 65504; a float32 one only past ~1e19 per value: a diverged model too
         ok = not tensors or bool(
             torch.isfinite(torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))).all())

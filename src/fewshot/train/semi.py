@@ -127,8 +127,8 @@ def no_pool_message(cfg: dict, pool: Pool, method: str) -> str:
             f"{pool.source}{'; none of its files decodes' if pool.skipped else ''}): put images under "
             f"{Path(cfg['data']['root']) / 'unlabeled'}/<dataset>/, or "
             f"give a folder of them with data.unlabeled=DIR (`fewshot run --unlabeled DIR`), or "
-            f"train without semi.method={method} (a stopped {name} run continues without it from "
-            f"its weights: --weights RUN/checkpoints/last.pt and a new --out).")
+            f"train without semi.method={method} (a run stopped with {name} continues without it "
+            f"from its weights: --weights RUN/checkpoints/last.pt and a new --out).")
 
 
 class UnlabeledStream:

@@ -167,7 +167,32 @@ class JointMoCo:
             p.requires_grad_(False)
         self.queue_size = joint_queue_size(m["queue_size"], pool_size, n_keys)
         self.queue = torch.zeros(self.queue_size, int(m["dim"]), device=device)
-        self.ptr, self.started = 0, False
+        # tensors, not ints: the Engine saves and restores them with the key encoder around a step it may skip
+        self._ptr = torch.zeros(1, dtype=torch.long)
+        self._started = torch.zeros(1, dtype=torch.bool)
+
+    @property
+    def ptr(self) -> int:
+        return int(self._ptr[0])
+
+    @ptr.setter
+    def ptr(self, value: int) -> None:
+        self._ptr[0] = int(value)
+
+    @property
+    def started(self) -> bool:
+        return bool(self._started[0])
+
+    @started.setter
+    def started(self, value: bool) -> None:
+        self._started[0] = bool(value)
+
+    def forward_state_tensors(self) -> list[Tensor]:
+        """What a training step changes outside the classifier without gradients: the key encoder (momentum step,
+        BatchNorm statistics), the queue, its pointer and whether the key encoder was copied. The Engine restores
+        them with the model's own when it skips a step for a non-finite loss or redoes one, so that such a step
+        leaves no trace here either (its keys were enqueued, the key encoder moved)."""
+        return [*self.key.parameters(), *self.key.buffers(), self.queue, self._ptr, self._started]
 
     def settings(self) -> dict:
         """What was resolved at run time, for the summary (metrics.json, the start line)."""
@@ -191,11 +216,12 @@ class JointMoCo:
         return list(backbone.parameters()) + list(self.projection.parameters())
 
     @torch.no_grad()
-    def keys(self, backbone: nn.Module, x: Tensor, generator: torch.Generator) -> Tensor:
-        """Momentum step of the key encoder towards ``backbone`` + projection, then the keys with shuffle-BN: the
-        batch is permuted before the split-BN key encoder and restored after, so that each key's BatchNorm group
-        holds other images than its query's position."""
-        momentum_update_(list(self.key.parameters()), self.query_parameters(backbone), self.momentum)
+    def keys(self, backbone: nn.Module, x: Tensor, generator: torch.Generator, update: bool = True) -> Tensor:
+        """Momentum step of the key encoder towards ``backbone`` + projection (``update``), then the keys with
+        shuffle-BN: the batch is permuted before the split-BN key encoder and restored after, so that each key's
+        BatchNorm group holds other images than its query's position."""
+        if update:
+            momentum_update_(list(self.key.parameters()), self.query_parameters(backbone), self.momentum)
         self.key.train()
         perm, inverse = shuffle_permutation(x.shape[0], generator, device=x.device)
         return F.normalize(self.key(x[perm]).float(), dim=1)[inverse]
@@ -212,13 +238,16 @@ class JointMoCo:
         if bool(all_finite_rows(k).all()):
             self.ptr = enqueue_(self.queue, self.ptr, k.float())
 
-    def loss(self, backbone: nn.Module, query_feats: Tensor, views: ContrastiveViews) -> tuple[Tensor, dict]:
+    def loss(self, backbone: nn.Module, query_feats: Tensor, views: ContrastiveViews,
+             update: bool = True) -> tuple[Tensor, dict]:
         """The contrastive term for features [n, T, D] of the query views (from the labelled forward) and the key
-        views; moves the key encoder and enqueues the keys."""
+        views; moves the key encoder and enqueues the keys (``update``: false for `fewshot run`'s timing steps on a
+        copy of the model, which must leave the run's state alone)."""
         q = F.normalize(self.projection(query_feats).float(), dim=1)
-        k = self.keys(backbone, views.key, views.generator)
+        k = self.keys(backbone, views.key, views.generator, update)
         loss, logits = self.contrast(q, k)
-        self.enqueue(k)
+        if update:
+            self.enqueue(k)
         target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         acc1 = topk_accuracy(logits.detach(), target, (1,))[0]
         return loss, {"moco_loss": loss.detach(), "moco_acc1": torch.tensor(acc1)}
@@ -229,15 +258,15 @@ class JointMoCo:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        self.projection.load_state_dict(state["projection"])
-        self.key.load_state_dict(state["key"])
-        if tuple(state["queue"].shape) != tuple(self.queue.shape):
+        if tuple(state["queue"].shape) != tuple(self.queue.shape):  # before the modules: their error is torch's
             from fewshot.errors import UserError
 
             raise UserError(f"the run being resumed kept a queue of {state['queue'].shape[0]} keys of width "
                             f"{state['queue'].shape[1]}; these settings give {self.queue_size} x "
                             f"{self.queue.shape[1]} (moco.queue_size, moco.dim, semi.mu, the batch size or the pool "
                             f"changed). Resume with the run's settings, or start a new run with another --out.")
+        self.projection.load_state_dict(state["projection"])
+        self.key.load_state_dict(state["key"])
         self.queue.copy_(state["queue"])
         self.ptr, self.started = int(state["ptr"]), bool(state["started"])
 

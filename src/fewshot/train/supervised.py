@@ -284,7 +284,7 @@ class SupervisedTask:
             self.joint.start(model.backbone)
         feats = model.features(torch.cat([x, views.query]))
         logits = model.classify(feats[:len(x)])
-        loss_u, metrics = self.joint.loss(model.backbone, feats[len(x):], views)
+        loss_u, metrics = self.joint.loss(model.backbone, feats[len(x):], views, update=model is self.model)
         return logits, loss_u, metrics
 
     def training_step(self, model, batch):
@@ -328,6 +328,11 @@ class SupervisedTask:
             out[mode] = score(logits, self.val_set.targets, self.val_set.dataset_ids, self.space, mode,
                               self.n_parameters)
         return {"score": out[self.cfg["train"]["eval_mode"]]["mean_acc1"], "val": out}
+
+    def forward_state_tensors(self) -> list[torch.Tensor]:
+        """Tensors outside the model that a training step changes without gradients (the Engine restores them with
+        the model's when it skips or redoes a step): the joint MoCo loss's key encoder, queue and pointer."""
+        return self.joint.forward_state_tensors() if self.joint is not None else []
 
     def checkpoint_extra(self) -> dict:
         return {"label_space": self.space.to_dict(), "n_parameters": self.n_parameters, "img_size": self.size,
