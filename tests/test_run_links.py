@@ -161,3 +161,24 @@ def test_a_checkpoint_that_is_no_checkpoint_is_not_quoted(run, root, tmp_path, v
     binary.write_bytes(b"\x01\x02secret\x00" * 8)
     rc, _, err = run_main(*train_argv(root, tmp_path / "w-run", "--weights", binary))
     assert rc == 2 and "secret" not in err and "binary data" in err, err
+
+
+def test_a_planted_lock_file_link_is_refused_not_truncated(root, tmp_path, victim):
+    """`fewshot run --out DIR` into a folder holding only .fewshot.lock -> a file: the folder counted as empty (dot
+    files are passed over), and taking the lock truncated the link's target and wrote the pid into it."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".fewshot.lock").symlink_to(victim)
+    rc, _, err = run_main("run", "--data", root, "--out", out, "--baseline", "--budget-minutes", "0.1", "--model",
+                          "test_resnet", "--img-size", "16", "--device", "cpu", "--no-progress", "run.report=false")
+    assert rc == 2 and ".fewshot.lock' is a symbolic link" in err and "Traceback" not in err, err
+    assert victim.read_text() == VICTIM_TEXT
+
+
+def test_a_lock_file_hard_linked_to_another_file_is_refused_not_truncated(run, root, tmp_path, victim):
+    out = copy_run(run, tmp_path / "downloaded")
+    (out / ".fewshot.lock").unlink(missing_ok=True)
+    os.link(victim, out / ".fewshot.lock")
+    rc, _, err = run_main(*train_argv(root, out, "--resume", "--epochs", "2"))
+    assert rc == 2 and "is a hard link to another file" in err, err
+    assert victim.read_text() == VICTIM_TEXT

@@ -17,6 +17,7 @@ import contextvars
 import errno
 import itertools
 import os
+import stat
 import threading
 import time
 from contextlib import contextmanager
@@ -66,10 +67,16 @@ def lock_run_dir(folder: str | Path) -> None:
     if held is not None and held[1] == -threading.get_ident():  # taken by library code of this thread outside
         _HELD[key] = (held[0], owner)  # any command (run_finetune called directly, which has returned): this
         return                         # command adopts it and gives it up at its end; another thread's is refused
-    try:
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
+    try:  # never through a link: the lock file is truncated and written (a planted one emptied its target)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _planted_lock(folder, "a symbolic link") from None
         return  # the folder's own write check reports an unwritable folder
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        raise _planted_lock(folder, "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a file")
     try:
         _flock_retrying(fd)
     except OSError as exc:
@@ -86,6 +93,13 @@ def lock_run_dir(folder: str | Path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _HELD[key] = (fd, owner)
+
+
+def _planted_lock(folder: Path, what: str) -> UserError:
+    """The refusal of a lock file that fewshot did not make: writing the pid into it would write elsewhere."""
+    return UserError(f"'{folder / LOCK_NAME}' is {what}: fewshot writes its process id into that file, and would "
+                     f"write into what it points to (a folder from elsewhere can use this to overwrite another file). "
+                     f"Delete {folder / LOCK_NAME} (fewshot makes a new one), then run the command again.")
 
 
 def _flock_retrying(fd: int) -> None:
