@@ -146,3 +146,20 @@ def test_a_closing_estimate_over_its_cap_is_told_at_planning(digits_root, tmp_pa
     out = capsys.readouterr().out
     assert "is estimated at 100 s, more than the half of the budget" in out
     assert "end about 97 s after its budget" in out  # 100 + 1.5 % of 6 s, less the 3 s cap
+
+
+def test_the_pool_and_label_fingerprints_do_not_change_with_the_roots_place(copy_root, tmp_path):
+    """`fewshot run --resume --data MOVED` (allowed) said "the unlabeled pool changed since the run started (400
+    images then, 400 now)" and retrained the stopped round from scratch: the fingerprints hashed absolute paths."""
+    import json
+    import shutil
+
+    from fewshot import pipeline
+
+    keys = []
+    for root in (copy_root, shutil.copytree(copy_root, tmp_path / "moved" / "root")):
+        cfg, infos, task = _task(root, **{"data.cache_dir": str(tmp_path / "cache")})
+        record = tmp_path / f"round2-{len(keys)}.json"
+        pseudo = pipeline.pseudo_label_pool(task, cfg, infos, cfg["run"], record)
+        keys.append((pseudo["key"], json.loads(record.read_text())["pool_key"]))
+    assert keys[0] == keys[1]

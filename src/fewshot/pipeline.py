@@ -667,13 +667,15 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     files decoded at start-up (pool_decode_limit). The pool stays in its cache file: only the share is read (in
     batches), and the returned images are the kept ones' rows, read once by the next round."""
     from fewshot.eval.evaluate import compute_logits
-    from fewshot.train.semi import (calibrated_thresholds, class_quota, labelled_counts, load_pool,
+    from fewshot.train.semi import (calibrated_thresholds, class_quota, labelled_counts, load_pool, root_relative,
                                     select_pseudo_labels, teacher_probabilities)
 
     images, dataset_ids, paths, source, _ = load_pool(cfg, infos, task.size, exclude_train=True, limit=pool_limit)
     n_pool, pool_ids = len(images), dataset_ids
-    # which files the pool holds: a resumed round labels the stopped session's share only of the same pool
-    pool_key = hashlib.sha1(json.dumps(paths).encode()).hexdigest()
+    # which files the pool holds: a resumed round labels the stopped session's share only of the same pool (named
+    # relative to the data root: a resume from a moved root relabelled and retrained a stopped round)
+    root = cfg["data"]["root"]
+    pool_key = hashlib.sha1(json.dumps(root_relative(paths, root)).encode()).hexdigest()
     share = pool_share_in_time(task, images, seconds, record, seed, pool_key) if n_pool else None
     if share is not None:
         images, dataset_ids, paths = images.select(share), dataset_ids[share], [paths[i] for i in share.tolist()]
@@ -720,7 +722,8 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     print(pseudo_label_line(per_dataset, summary["unknown_source_pool"]))
     soft = teacher_probabilities(logits[idx], dataset_ids[idx], task.space) if r["pseudo_targets"] == "soft" else None
     # which file became which class: a resumed run continues a stopped stage only on the same labels
-    key = hashlib.sha1(json.dumps([(k["path"], k["dataset"], k["class"]) for k in kept]).encode()).hexdigest()
+    names = root_relative([k["path"] for k in kept], root)
+    key = hashlib.sha1(json.dumps([(n, k["dataset"], k["class"]) for n, k in zip(names, kept)]).encode()).hexdigest()
     return {"images": images.select(idx), "targets": labels, "soft": soft, "dataset_ids": owner, "summary": summary,
             "state": copy.deepcopy(task.model.state_dict()), "key": key}
 

@@ -79,9 +79,14 @@ POOL_SKIP_NOTE = "pool images; data.skip_bad_unlabeled=false stops instead"
 def pool_key(paths, root) -> str:
     """A fingerprint of the pool's files (sorted; relative to the data root when under it, which --resume may move),
     so that a resume can tell a pool that gained or lost files since the stop."""
+    return hashlib.sha1(json.dumps(sorted(root_relative(paths, root))).encode()).hexdigest()
+
+
+def root_relative(paths, root) -> list[str]:
+    """The files relative to the data root when under it (others as they are), in their order: what a fingerprint
+    of them hashes, since --resume may be given the same data at another place (a copied or moved root)."""
     root = Path(root)
-    names = sorted(str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in map(Path, paths))
-    return hashlib.sha1(json.dumps(names).encode()).hexdigest()
+    return [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in map(Path, paths)]
 
 
 def fixmatch_summary(cfg: dict, pool: Pool) -> dict:
