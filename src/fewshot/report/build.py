@@ -145,16 +145,49 @@ def _earlier_report_pngs(out: Path) -> set[str]:
     return {n for n in names if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.png", n) and (out / n).is_file()}
 
 
+def _recorded_semi(r: Run) -> dict:
+    """metrics.json's semi (what the run resolved and drew from); {} for a run written before it was recorded."""
+    got = (r.metrics or {}).get("semi")
+    return got if isinstance(got, dict) else {}
+
+
+def _pool_words(got: dict) -> str:
+    """The unlabeled pool's size and source as metrics.json recorded them."""
+    source = got.get("pool_source") if isinstance(got.get("pool_source"), str) else None
+    return (f"an unlabeled pool of {T.count(got['pool_size'])} images" + (f" ({source})" if source else "")
+            if isinstance(got.get("pool_size"), int) else "an unlabeled pool (its size not recorded)")
+
+
 def fixmatch_fact(r: Run) -> str:
     """FixMatch's settings (config.yaml) and the pool it drew from (metrics.json's semi; a run written before it was
     recorded: not known)."""
-    s, got = r.config["semi"], (r.metrics or {}).get("semi")
-    got = got if isinstance(got, dict) else {}
-    source = got.get("pool_source") if isinstance(got.get("pool_source"), str) else None
-    pool = (f"an unlabeled pool of {T.count(got['pool_size'])} images" + (f" ({source})" if source else "")
-            if isinstance(got.get("pool_size"), int) else "an unlabeled pool (its size not recorded)")
-    return f"FixMatch on {pool}; mu {T.opt(s.get('mu'))}, threshold {T.opt(s.get('threshold'))}, " \
-           f"weight {T.opt(s.get('weight'))}"
+    s = r.config["semi"]
+    return f"FixMatch on {_pool_words(_recorded_semi(r))}; mu {T.opt(s.get('mu'))}, " \
+           f"threshold {T.opt(s.get('threshold'))}, weight {T.opt(s.get('weight'))}"
+
+
+def moco_fact(r: Run) -> str:
+    """The joint MoCo loss's settings in words: metrics.json's semi holds what the run used, including the queue size
+    and shuffle-BN groups it resolved (neither is in config.yaml, which holds only their caps); config.yaml stands in
+    for the settings of a run written before they were recorded."""
+    s, m, got = r.config["semi"], r.config.get("moco") or {}, _recorded_semi(r)
+
+    def value(key: str, fallback):
+        v = got.get(key, fallback)
+        return T.DASH if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+    queue = got.get("queue_size")
+    queue = f"a queue of {T.count(queue)} keys" if isinstance(queue, int) else "queue size not recorded"
+    groups = got.get("split_bn_groups")
+    shuffle = (f"key batches shuffled across {groups} BatchNorm groups" if isinstance(groups, int) and groups > 1
+               else "no shuffle-BN split" if groups == 1 else "shuffle-BN groups not recorded")
+    return (f"joint MoCo loss on {_pool_words(got)}: each step adds weight {value('weight', s.get('weight'))} x "
+            f"InfoNCE on mu {value('mu', s.get('mu'))} x batch size pool images to the labelled loss; key-encoder "
+            f"momentum {value('momentum', s.get('moco_momentum'))}, temperature "
+            f"{value('temperature', m.get('temperature'))}, {queue}, {shuffle}")
+
+
+SEMI_FACTS = {"fixmatch": fixmatch_fact, "moco": moco_fact}
 
 
 def _smoothing_caption(weights: list[tuple[str, float]]) -> str:
@@ -321,6 +354,10 @@ class ReportBuilder:
                 cap += " FixMatch: the training loss is the labelled loss plus semi.weight times the unlabeled " \
                        "loss (drawn on its own); the pseudo-label rate is the share of drawn pool images whose " \
                        "weak view clears semi.threshold."
+            if any("moco_loss" in row for row in r.log):
+                cap += " Joint MoCo loss: the training loss is the labelled loss plus semi.weight times the InfoNCE " \
+                       "loss on pool images (drawn on its own); the contrastive acc@1 is the share of pool queries " \
+                       "whose positive key outscores every key in the queue."
         smooth = _smoothing_caption(curve_smoothing(r.log, r.kind == "moco"))
         return ["<h3>Training curves</h3>", H.figure(name, cap + smooth)]
 
@@ -333,8 +370,8 @@ class ReportBuilder:
                  ("training time", T.duration(r.training_seconds)), ("throughput", T.rate(r.throughput)),
                  ("best epoch", T.opt(r.best_epoch))]
         semi = r.config.get("semi")
-        if r.kind == "supervised" and isinstance(semi, dict) and semi.get("method") == "fixmatch":
-            items.append(("semi-supervised", fixmatch_fact(r)))
+        if r.kind == "supervised" and isinstance(semi, dict) and semi.get("method") in SEMI_FACTS:
+            items.append(("semi-supervised", SEMI_FACTS[semi["method"]](r)))
         if r.kind == "supervised" and r.metrics:
             where = f"log.jsonl, epoch {T.opt(r.metrics_epoch)}" if r.from_log else "metrics.json"
             items.append((f"mean acc@1 ({where})", f"{T.pct(r.metrics.get('mean_acc1'))} "

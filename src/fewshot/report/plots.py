@@ -17,6 +17,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -241,26 +242,56 @@ def _dataset_names(rows: list[dict], key: str) -> list[str]:
     return names
 
 
+class SemiCurves(NamedTuple):
+    """A semi-supervised method's two extra log.jsonl series and their labels in the fine-tuning curves."""
+
+    loss_key: str
+    total_label: str  # the logged loss: labelled + semi.weight x the method's loss
+    loss_label: str
+    rate_key: str
+    rate_label: str
+    rate_title: str
+
+
+SEMI_CURVES = {
+    "fixmatch": SemiCurves("unlabeled_loss", "train loss (labelled + weight x unlabeled)",
+                           "unlabeled loss (FixMatch)", "pseudo_label_rate", "pseudo-label rate (FixMatch)",
+                           "train acc@1 and pseudo-label rate (%)"),
+    "moco": SemiCurves("moco_loss", "train loss (labelled + weight x InfoNCE)", "InfoNCE loss (joint MoCo)",
+                       "moco_acc1", "contrastive acc@1 (joint MoCo)", "train acc@1 and contrastive acc@1 (%)"),
+}
+
+
+def _semi_method(rows: list[dict]) -> str | None:
+    """Which semi-supervised loss a fine-tuning log holds, told by the key its rows carry (a row's value may be
+    null where a step's loss was not finite, so presence, not a finite value, decides)."""
+    for method, curves in SEMI_CURVES.items():
+        if any(isinstance(r, dict) and curves.loss_key in r for r in rows):
+            return method
+    return None
+
+
 @_literal_text
 def plot_finetune_curves(rows: list[dict], out: Path, title: str = "") -> Path:
     """loss, learning rate, train acc@1 and val acc@1 per dataset (known solid, unknown dashed); with FixMatch
-    (semi.method=fixmatch) also its unlabeled loss and the share of pool images over its threshold."""
+    (semi.method=fixmatch) also its unlabeled loss and the share of pool images over its threshold, with the joint
+    MoCo loss (semi.method=moco) its InfoNCE loss and contrastive acc@1."""
     fig = _figure(16, 3.6)
     axes = fig.subplots(1, 4)
-    unlabeled = _series(rows, lambda r: r["unlabeled_loss"])
-    # with FixMatch the logged loss is the labelled loss plus semi.weight x the unlabeled one
+    semi = SEMI_CURVES.get(_semi_method(rows))
+    # with either method the logged loss is the labelled loss plus semi.weight x the method's own loss
     plot_smoothed(axes[0], *_series(rows, lambda r: r["loss"]), color=_color(0),
-                  label="train loss (labelled + weight x unlabeled)" if unlabeled[0] else "train loss")
-    plot_smoothed(axes[0], *unlabeled, color=_color(3), label="unlabeled loss (FixMatch)")
-    _finish(axes[0], "training loss", legend=bool(unlabeled[0]))
+                  label=semi.total_label if semi else "train loss")
+    if semi:
+        plot_smoothed(axes[0], *_series(rows, lambda r: r[semi.loss_key]), color=_color(3), label=semi.loss_label)
+    _finish(axes[0], "training loss", legend=semi is not None)
     xs, ys = _series(rows, lambda r: r["lr"])
     axes[1].plot(xs, ys, marker="o", markersize=3, linewidth=1.4, color=_color(1))
     _finish(axes[1], "learning rate (head)", log=bool(ys) and min(ys) > 0)
     plot_smoothed(axes[2], *_series(rows, lambda r: r["train_acc1"]), color=_color(2), label="train acc@1")
-    rate = _series(rows, lambda r: r["pseudo_label_rate"])
-    plot_smoothed(axes[2], *rate, color=_color(4), label="pseudo-label rate (FixMatch)")
-    _finish(axes[2], "train acc@1 and pseudo-label rate (%)" if rate[0] else "train accuracy @1 (%, augmented batches)",
-            legend=bool(rate[0]))
+    if semi:
+        plot_smoothed(axes[2], *_series(rows, lambda r: r[semi.rate_key]), color=_color(4), label=semi.rate_label)
+    _finish(axes[2], semi.rate_title if semi else "train accuracy @1 (%, augmented batches)", legend=semi is not None)
     val_rows = [r for r in rows if isinstance(r.get("val"), dict)]
     ax = axes[3]
     if val_rows:
