@@ -250,3 +250,77 @@ def test_gradient_clipping_covers_the_projection_head(root, tmp_path, monkeypatc
     rc, _, err = run_main(*train_argv(root, tmp_path / "run", "--epochs", "1", "optim.grad_clip=1.0"))
     assert rc == 0 and clipped and heads, err
     assert all(heads[0] <= ids for ids in clipped)
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of every tensor in a (nested) state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    return sum(_tensor_bytes(v) for v in obj) if isinstance(obj, (list, tuple)) else 0
+
+
+def test_best_pt_leaves_the_joint_state_to_last_pt_and_the_disk_check_counts_it(root, tmp_path):
+    """best.pt carried the projection head, key encoder and queue (+55 % for test_resnet) that only a resume
+    reads, and the disk-space estimate left them out of last.pt's size."""
+    from fewshot.train.engine import Engine
+
+    def engine(**flags) -> Engine:
+        from fewshot.train.supervised import resolve_finetune_defaults
+
+        task = make_task(root, **flags)
+        cfg = resolve_finetune_defaults(task.cfg)  # the learning rate, as `fewshot train` fills it
+        return Engine(task, cfg, tmp_path / str(len(flags)), torch.device("cpu"), DistContext())
+
+    joint, plain = engine(), engine(**{"semi.method": "off"})
+    joint.save("best")
+    joint.save("last")
+    best, last = (load_checkpoint(joint.ckpt_dir / f"{name}.pt") for name in ("best", "last"))
+    assert "joint_moco" in last and "joint_moco" not in best
+    assert best["optimizer"] is None and set(best) == set(last) - {"joint_moco"}  # all else as before
+    from fewshot.models.classifier import build_classifier
+
+    build_classifier(finetune_cfg(root), 10).load_state_dict(best["model"])  # still what eval and predict read
+    assert joint.checkpoint_bytes() - plain.checkpoint_bytes() >= _tensor_bytes(last["joint_moco"])
+
+
+def _pool_of(root, tmp_path, n: int):
+    """A copy of the data root whose unlabeled pool holds ``n`` images."""
+    data = tmp_path / "root"
+    shutil.copytree(root, data, ignore=shutil.ignore_patterns(".fewshot_cache"))
+    pool = sorted(p for p in (data / "unlabeled").rglob("*") if p.is_file())
+    for p in pool[n:]:
+        p.unlink()
+    return data
+
+
+def test_a_pool_too_small_for_a_steps_keys_is_warned_about_once(root, tmp_path, capsys, monkeypatch):
+    """A 3-image pool got a queue of 8 keys (one step's), all of the same 3 images: the contrastive term was
+    meaningless without a word. `fewshot pretrain`'s warning, once a process."""
+    from fewshot.train import semi_moco
+
+    monkeypatch.setattr(semi_moco, "_TOLD_SMALL_POOL", set(), raising=False)
+    make_task(root)  # 80 images, 8 keys a step, a queue of 40: nothing to say
+    assert "warning" not in capsys.readouterr().out
+    data = _pool_of(root, tmp_path, 3)
+    task = make_task(data)
+    assert len(task.unlabeled.images) == 3 and task.joint.queue_size == 8
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 1, out
+    assert "queue (K=8, at least one step's keys) holds at least as many keys as the pool has images (3)" in out
+    assert "each query meets older keys of its own image as negatives" in out  # pretrain's words
+    assert "each step draws 8 pool images (semi.mu x --batch-size) from these 3, repeating them" in out
+    assert "Add images to the pool" in out and "train without semi.method=moco" in out
+    make_task(data)
+    assert "warning" not in capsys.readouterr().out  # once
+
+
+def test_a_queue_as_large_as_the_pool_is_warned_about_as_pretrain_does():
+    from fewshot.train.semi_moco import joint_queue_size, small_pool_warning
+
+    assert small_pool_warning(80, joint_queue_size(4096, 80, 8), 8) is None
+    text = small_pool_warning(16, joint_queue_size(4096, 16, 16), 16)  # one step's keys: the whole pool
+    assert text is not None and "(K=16," in text and "repeat within a step" not in text
+    assert "at most 8 pool images" in text  # a way to a queue of half the pool
+    assert "at most" not in small_pool_warning(3, 8, 8)  # half of 3 pool images is no batch BatchNorm takes

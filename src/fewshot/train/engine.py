@@ -10,6 +10,7 @@ resume, non-finite guards, logging and progress. A task object supplies what dif
     task.training_step(model, b)     (loss, {metric: float tensor}, n_samples)
     task.evaluate(model, epoch)      {"score": x, ...} on the main rank, or None
     task.checkpoint_extra()          plain data saved with every checkpoint
+    task.resume_only_extra           keys of checkpoint_extra() that only last.pt keeps, optional
     task.kind, task.supports_ema, task.drop_last
     task.size                        input side in px, optional: train.amp=auto reads it on a CPU
 
@@ -282,7 +283,8 @@ class Engine:
 
     def save(self, name: str = "last", epoch_sums_by_rank: list | None = None) -> None:
         """last.pt holds everything resume needs; best.pt only what evaluation and --weights read (no
-        optimizer state: half the bytes, and it is written at every new best score)."""
+        optimizer state, nor the task's resume_only_extra: half the bytes, and it is written at every new best
+        score). Nothing resumes from best.pt: a budget stop's kept-aside copy only replaces best.pt again."""
         if self.ctx.is_main:
             path = self.ckpt_dir / f"{name}.pt"
             payload = self.payload()
@@ -290,6 +292,8 @@ class Engine:
                 payload["epoch_sums_by_rank"] = epoch_sums_by_rank
             if name != "last":
                 payload["optimizer"] = None
+                for key in getattr(self.task, "resume_only_extra", ()):  # the joint MoCo loss's key encoder, queue
+                    payload.pop(key, None)
             try:
                 save_checkpoint(path, payload)
                 if name == "last":
@@ -300,11 +304,14 @@ class Engine:
                                 f"checkpoint (if any) is intact; free space and continue with --resume.") from None
 
     def checkpoint_bytes(self) -> int:
-        """Size of one checkpoint: model (+ EMA) state and the optimizer's per-parameter state."""
+        """Size of one checkpoint, as last.pt (the largest) holds it: model (+ EMA) state, the optimizer's
+        per-parameter state and the task's state outside the model (the joint MoCo loss's projection head, key
+        encoder and queue: +55 % for test_resnet, which the disk-space check left out)."""
         state = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
         params = sum(p.numel() * p.element_size() for g in self.optimizer.param_groups for p in g["params"])
         slots = 1 if self.cfg["optim"]["name"] == "sgd" else 2  # SGD momentum; AdamW exp_avg + exp_avg_sq
-        return state * (2 if self.ema is not None else 1) + params * slots
+        task = sum(t.numel() * t.element_size() for t in self._trained_outside_model() + self._task_state_tensors())
+        return state * (2 if self.ema is not None else 1) + params * slots + task
 
     def check_disk_space(self) -> None:
         """Fail before training when the run folder cannot hold last.pt + best.pt + a temp copy, and with a budget

@@ -14,7 +14,9 @@ no-grad pass and the projections.
 
 State outside the classifier (its checkpoint ``model`` stays the plain classifier's, which predict, export and
 eval load): the projection head (trained: in the task's param_groups), the key encoder, the queue and its
-pointer, all in ``checkpoint_extra`` so that --resume continues exactly.
+pointer, all in ``checkpoint_extra`` so that --resume continues exactly. Only last.pt keeps them
+(SupervisedTask.resume_only_extra): best.pt is read by eval, predict and --weights, which want the classifier alone,
+and they added half its size again (test_resnet) or 30 MB (levit_128s) at every new best score.
 """
 
 from __future__ import annotations
@@ -65,6 +67,36 @@ def joint_queue_size(cap: int, pool: int, keys_per_step: int) -> int:
     and at least one step's keys: a queue as large as the pool holds a key of nearly every image, so each query's own
     image would often sit among its negatives."""
     return int(max(keys_per_step, min(int(cap), pool // 2)))
+
+
+_TOLD_SMALL_POOL: set[str] = set()  # the small-pool warnings given in this process (`fewshot run` builds many tasks)
+
+
+def small_pool_warning(pool: int, queue: int, keys_per_step: int) -> str | None:
+    """The warning for a pool too small for the joint loss, or None. The queue holds at least one step's keys
+    (joint_queue_size), so with a step drawing about as many images as the pool has (3 pool images, 8 keys a step)
+    it held keys of every image several times over: each query met its own image among its negatives and the
+    contrastive term said nothing useful, without a word. The threshold and wording are `fewshot pretrain`'s
+    (ssl.pretrain.run_pretrain): a queue of at least as many keys as the pool has images."""
+    if queue < pool:
+        return None
+    repeat = (f", and each step draws {keys_per_step} pool images (semi.mu x --batch-size) from these {pool}, "
+              f"repeating them within the step" if keys_per_step > pool else "")
+    half = pool // 2
+    smaller = (f", lower semi.mu or --batch-size so that a step draws at most {half} pool images (the queue then "
+               f"holds about half the pool)" if half >= 2 else "")
+    return (f"warning: the joint MoCo loss's queue (K={queue}, at least one step's keys) holds at least as many keys "
+            f"as the pool has images ({pool}): each query meets older keys of its own image as negatives{repeat}. "
+            f"The contrastive term teaches little here. Add images to the pool (ROOT/unlabeled/<dataset>/ or "
+            f"data.unlabeled){smaller}, or train without semi.method=moco.")
+
+
+def warn_small_pool(pool: int, queue: int, keys_per_step: int) -> None:
+    """Print small_pool_warning once a process (call on the main rank only)."""
+    text = small_pool_warning(pool, queue, keys_per_step)
+    if text and text not in _TOLD_SMALL_POOL:
+        _TOLD_SMALL_POOL.add(text)
+        print(text, flush=True)
 
 
 def shuffle_bn_groups(cfg: dict, n: int, backbone: nn.Module) -> int:

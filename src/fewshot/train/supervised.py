@@ -69,6 +69,8 @@ class SupervisedTask:
     kind = "supervised"
     supports_ema = True
     drop_last = False
+    # resume alone reads the joint MoCo loss's state: best.pt (eval, predict, --weights) is saved without it
+    resume_only_extra = ("joint_moco",)
 
     def __init__(self, cfg: dict, infos, device: torch.device, ctx: DistContext, resuming: bool = False,
                  quiet_weights: bool = False):
@@ -120,7 +122,7 @@ class SupervisedTask:
     def start_joint_moco(self, infos) -> None:
         """semi.method=moco (fewshot.train.semi_moco): the pool as contrastive pairs and the joint loss's state,
         built on the classifier's backbone as it is now (its key encoder is copied again at the first step)."""
-        from fewshot.train.semi_moco import ContrastiveStream, JointMoCo, refuse_processes
+        from fewshot.train.semi_moco import ContrastiveStream, JointMoCo, refuse_processes, warn_small_pool
 
         refuse_processes(self.ctx.world)  # before the pool is decoded
         self.unlabeled = ContrastiveStream(self.cfg, infos, self.size, *mean_std(self.model.backbone), self.device)
@@ -128,6 +130,8 @@ class SupervisedTask:
         self.joint = JointMoCo(self.cfg, self.model.backbone, n_keys, len(self.unlabeled.images), self.device,
                                self.channels_last)
         self.unlabeled.summary.update(self.joint.settings())
+        if self.ctx.is_main:
+            warn_small_pool(len(self.unlabeled.images), self.joint.queue_size, n_keys)
 
     def mirror_flip_probabilities(self, p: float) -> torch.Tensor | None:
         """data.hflip_symmetric: flip probability [C] for the classes whose labelled images (train + val)
