@@ -33,7 +33,7 @@ from fewshot.train.supervised import SupervisedTask
 def round2(run: Path, flags: list[str], work: Path, device: torch.device) -> dict:
     cfg = resolve(file=run / "finetune_labelled" / "config.yaml", overrides=flags)  # + fields newer than the run
     summary = json.loads((run / "summary.json").read_text())
-    # the stage's own length (older summary.json files counted it from the run's start)
+    # the stage's own length (older summary.json files counted it from the run's start: rerun those runs)
     seconds = summary["stages"]["finetune"]["seconds"]
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
     teacher = SupervisedTask(cfg, infos, device, DistContext())

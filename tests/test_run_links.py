@@ -175,10 +175,29 @@ def test_a_planted_lock_file_link_is_refused_not_truncated(root, tmp_path, victi
     assert victim.read_text() == VICTIM_TEXT
 
 
-def test_a_lock_file_hard_linked_to_another_file_is_refused_not_truncated(run, root, tmp_path, victim):
+def test_a_lock_file_hard_linked_to_another_file_is_replaced_not_truncated(run, root, tmp_path, victim):
     out = copy_run(run, tmp_path / "downloaded")
     (out / ".fewshot.lock").unlink(missing_ok=True)
     os.link(victim, out / ".fewshot.lock")
     rc, _, err = run_main(*train_argv(root, out, "--resume", "--epochs", "2"))
-    assert rc == 2 and "is a hard link to another file" in err, err
-    assert victim.read_text() == VICTIM_TEXT
+    assert rc == 0, err
+    assert victim.read_text() == VICTIM_TEXT and os.stat(victim).st_nlink == 1
+
+
+def test_resuming_a_hard_linked_copy_of_a_run_leaves_the_original_as_it_was(run, root, tmp_path):
+    """`cp -al RUN SNAP` (or rsync --link-dest) shares every file: resuming SNAP appended its epochs to RUN's
+    log.jsonl (checkpoints and metrics are replaced by rename, which already unlinked them)."""
+    original = copy_run(run, tmp_path / "original")
+    snap = tmp_path / "snap"
+    for src in sorted(original.rglob("*")):
+        dst = snap / src.relative_to(original)
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, dst)
+    before = {p: p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    rc, _, err = run_main(*train_argv(root, snap, "--resume", "--epochs", "2"))
+    assert rc == 0, err
+    assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
+    assert len((snap / "log.jsonl").read_text().splitlines()) == 2

@@ -67,16 +67,9 @@ def lock_run_dir(folder: str | Path) -> None:
     if held is not None and held[1] == -threading.get_ident():  # taken by library code of this thread outside
         _HELD[key] = (held[0], owner)  # any command (run_finetune called directly, which has returned): this
         return                         # command adopts it and gives it up at its end; another thread's is refused
-    try:  # never through a link: the lock file is truncated and written (a planted one emptied its target)
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _planted_lock(folder, "a symbolic link") from None
+    fd = _open_lock_file(folder)
+    if fd is None:
         return  # the folder's own write check reports an unwritable folder
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
-        os.close(fd)
-        raise _planted_lock(folder, "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a file")
     try:
         _flock_retrying(fd)
     except OSError as exc:
@@ -93,6 +86,32 @@ def lock_run_dir(folder: str | Path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _HELD[key] = (fd, owner)
+
+
+def _open_lock_file(folder: Path) -> int | None:
+    """The lock file, opened for writing, never through a link: it is truncated and written (a planted symbolic
+    link emptied its target). A symbolic link is refused; a file with other hard links (a run copied with `cp -al`
+    or `rsync --link-dest`, or a planted link) is unlinked and made anew, which leaves the other names as they
+    were. None where the folder cannot be written."""
+    path = folder / LOCK_NAME
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):  # EMLINK: FreeBSD's answer for O_NOFOLLOW on a link
+                raise _planted_lock(folder, "a symbolic link") from None
+            return None
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            return fd
+        os.close(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _planted_lock(folder, "not a file")
+        try:
+            path.unlink()
+        except OSError:
+            return None
+    return None
 
 
 def _planted_lock(folder: Path, what: str) -> UserError:

@@ -119,6 +119,18 @@ def _umask() -> int:
     return mask
 
 
+def unshare_hard_link(path: Path) -> None:
+    """Give a file that has other hard links a name of its own (copy, then rename over it) before it is appended
+    to: a run copied with `cp -al` or `rsync --link-dest` shares its log.jsonl with the original, and resuming the
+    copy appended its epochs to the original's log. Symbolic links are left to refuse_links_in_run_dir."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+        atomic_write_bytes(path, path.read_bytes())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder, fsync, rename: a kill never leaves half a file. A symbolic
     link is followed (its target is replaced, the link kept: the rename replaced the link itself, so the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import io
 import math
 import os
 import shutil
@@ -23,6 +24,7 @@ import numpy as np
 
 from fewshot.report.runs import read_log
 from fewshot.report.tables import pct, routing
+from fewshot.utils import atomic_write_bytes
 
 RAW_ALPHA = 0.35
 DPI = 100
@@ -71,7 +73,11 @@ def _save(fig, out: Path) -> Path:
         # class or dataset names in scripts the bundled font lacks (Japanese, Arabic, ...) are drawn as boxes;
         # matplotlib's warning per missing glyph would flood stderr and says nothing the user can act on
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
-        fig.savefig(out, dpi=fig.dpi, format="png")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=fig.dpi, format="png")
+    # by rename, as every other file of a run: savefig wrote in place, into the original of a hard-linked copy of a
+    # run (`cp -al`), and a kill mid-write left half a PNG
+    atomic_write_bytes(out, buffer.getvalue())
     return out
 
 

@@ -42,7 +42,7 @@ from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from fewshot.train.distributed import (DistContext, all_gather_object, all_reduce_max, all_reduce_mean, barrier,
                                       broadcast_object, check_same_image_counts)
 from fewshot.train.stop_signal import StopRequested, stop_on_signals
-from fewshot.utils import atomic_write_text, derive_seed, write_json
+from fewshot.utils import atomic_write_text, derive_seed, unshare_hard_link, write_json
 
 
 TIMING_KEYS = ("images_per_s", "epoch_time_s", "eval_time_s")  # measurements, not results
@@ -524,7 +524,9 @@ class Engine:
     def log(self, record: dict) -> None:
         if not self.ctx.is_main:
             return
-        with open(self.run_dir / "log.jsonl", "a") as fh:
+        path = self.run_dir / "log.jsonl"
+        unshare_hard_link(path)  # a hard-linked copy of a run must not append to the original's log
+        with open(path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         self._add_scalars(record)
 
@@ -819,8 +821,9 @@ class Engine:
             self._compile_proven = True
             if self.cfg["optim"]["grad_clip"]:
                 self.scaler.unscale_(self.optimizer)
-                # every trained parameter: a task's own (the joint MoCo loss's projection head) too
-                torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                # every trained parameter: a task's own (the joint MoCo loss's projection head) too, after the
+                # model's in their order (the norm's sum order: runs clip as they did before the head existed)
+                torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + self._trained_outside_model(),
                                                self.cfg["optim"]["grad_clip"])
             self.scaler.step(self.optimizer)
             self.scaler.update()
