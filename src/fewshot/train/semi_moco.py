@@ -12,6 +12,12 @@ The queries share the labelled images' forward: one backbone pass over cat([x_la
 features of both, so the contrastive term costs the pool images' share of that pass, the key encoder's
 no-grad pass and the projections.
 
+The shuffle is one-sided: the keys' split BatchNorm groups are shuffled, the queries are normalised with the labelled
+images in the classifier's own BatchNorm batch (splitting it would change the supervised half). So the "cheat" that
+shuffle-BN prevents in pretraining is only partly prevented here, and the classifier's BatchNorm statistics see the
+MoCo-augmented query views. Measured behind plain fine-tuning at equal time (docs/recipes.md); a separate query
+forward was not tried.
+
 State outside the classifier (its checkpoint ``model`` stays the plain classifier's, which predict, export and
 eval load): the projection head (trained: in the task's param_groups), the key encoder, the queue and its
 pointer, all in ``checkpoint_extra`` so that --resume continues exactly. Only last.pt keeps them
