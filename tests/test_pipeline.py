@@ -728,6 +728,28 @@ def test_the_plan_line_says_a_fraction_when_less_than_an_epoch_fits():
     assert Engine.epochs_trained(SimpleNamespace(epoch=4, step_in_epoch=0, steps_per_epoch=8)) == 4
 
 
+def test_the_plan_line_counts_the_planned_evaluations_and_words_the_epochs_as_an_estimate(monkeypatch):
+    """"0.4 min ... (about 129 epochs)" for a stage that then trained 36: the count is the timed steps plus the
+    evaluations at the planned interval, and the optimizer's update, EMA and checkpoint writes come on top."""
+    import time
+    from types import SimpleNamespace
+
+    import fewshot.pipeline
+    from fewshot.pipeline import epochs_estimate, plan_stage
+
+    # 0.1 s a step, 5 steps an epoch, 2 s an evaluation: every 40th epoch (10 % of an epoch's time), 0.05 s an epoch
+    monkeypatch.setattr(fewshot.pipeline, "measure_step_seconds", lambda task: 0.1)
+    monkeypatch.setattr(fewshot.pipeline, "measure_eval_seconds", lambda task: 2.0)
+    task = SimpleNamespace(plan_epoch=lambda epoch: [0] * 5)
+    cfg = {"train": {}, "sched": {}}
+    step_s, epochs, budget_s = plan_stage(task, cfg, time.monotonic() + 110.0, 1, ("train", "eval_every"))
+    assert cfg["train"]["eval_every"] == task.eval_every == 40
+    assert budget_s == pytest.approx(110.0, abs=1.0) and step_s == 0.1
+    assert epochs == pytest.approx(budget_s / (0.5 + 2.0 / 40))  # 200, not the 220 of the steps alone
+    assert epochs_estimate(epochs) == "about 200 epochs at the speeds timed at start-up; the schedule follows the clock"
+    assert epochs_estimate(0.4).startswith("about 0.4 epoch")
+
+
 def test_the_pseudo_label_line_lists_only_datasets_with_pool_images():
     """With 14 datasets the line ran past 1,000 characters of "set03 0/0 (mean confidence None)"."""
     from fewshot.pipeline import pseudo_label_line

@@ -121,6 +121,38 @@ def test_resuming_a_finished_run_says_so(digits_root, stopped_and_resumed):
     assert rc == 2 and "add --resume to continue the run it holds" in err, err
 
 
+def test_a_run_stopped_after_its_stages_does_not_label_the_pool_again(digits_root, stopped_and_resumed, tmp_path,
+                                                                      monkeypatch):
+    """A run stopped in its prediction or report, its stages all done: --resume labelled the whole pool again (and
+    rewrote pseudo_labels_round2.json) before it found `finetune` reused, inside the budget. The round's record
+    gives summary.json its pseudo_labels entry, here where the stop came before the entry was kept."""
+    import shutil
+
+    import fewshot.pipeline
+
+    out = shutil.copytree(stopped_and_resumed[0], tmp_path / "run")
+    record = (out / "pseudo_labels_round2.json").read_text()
+    state = _state(out)
+    state["finished"] = False  # as if stopped after the stages, and before `finetune` was kept in the summary
+    del state["summary"]["stages"]["finetune"]
+    (out / "run_state.json").write_text(json.dumps(state))
+    (out / "summary.json").unlink()
+
+    def labelled_again(*args, **kwargs):
+        raise AssertionError("the pool was labelled again for a round that finished before the stop")
+
+    monkeypatch.setattr(fewshot.pipeline, "pseudo_label_pool", labelled_again)
+    rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
+    assert rc == 0, err
+    assert "finetune: finished before the stop; its best checkpoint is reused" in stdout
+    assert "pseudo-labels kept" not in stdout
+    assert (out / "pseudo_labels_round2.json").read_text() == record
+    summary = json.loads((out / "summary.json").read_text())
+    saved = {k: v for k, v in json.loads(record).items() if k not in ("pool_key", "images")}
+    assert summary["stages"]["finetune"]["pseudo_labels"] == saved
+    _check_pred_all(digits_root, out)
+
+
 @pytest.mark.parametrize("change, named", [(("--seed", "3"), "train.seed"), (("optim.lr=0.5",), "optim.lr"),
                                            (("--budget-minutes", "5"), "budget of 0.2 minutes")])
 def test_resume_refuses_other_settings(digits_root, stopped_and_resumed, change, named):

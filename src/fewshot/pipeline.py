@@ -140,6 +140,14 @@ def about_epochs(n: float) -> str:
     return f"about {n:.0f} epochs" if n >= 1.5 else f"about {n:.1g} epoch" if n < 1 else "about 1 epoch"
 
 
+def epochs_estimate(n: float) -> str:
+    """The plan line's epoch count (fitting_epochs: the timed steps and the planned evaluations), worded as the
+    estimate it is: the timed step leaves out the optimizer's own update, EMA, logging and checkpoint writes, and a
+    busy machine times slower or faster than it trains ("about 129 epochs" read as a promise for a stage that
+    then trained 36; another round planned 38 and trained 78). The schedule follows the clock, not this count."""
+    return f"{about_epochs(n)} at the speeds timed at start-up; the schedule follows the clock"
+
+
 def overrun_warning(seconds: float, why: str) -> str:
     """The start-up warning of a run that cannot keep its budget: it overran silently until its end."""
     return one_line(f"[run] warning: {why}: the run will likely end about {max(1.0, seconds):.0f} s after its budget. A larger "
@@ -512,7 +520,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     # read (it may be gone); check_model gave the model.strict=false warning once for the whole run
     task = SupervisedTask(fcfg, infos, device, ctx, resuming=resuming or pseudo is not None, quiet_weights=True)
     task.reused, task.fit_seconds = False, 0.0
-    if resuming and status == "done":
+    if resuming and reusable_stage(state, fdir):
         load_best_checkpoint(task.model, fdir)
         task.model.to(device)  # the Engine would have moved it; the pseudo-labelling that follows needs it there
         metrics = json.loads((fdir / "metrics.json").read_text())
@@ -557,7 +565,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         print(f"[run] fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}: "
               f"{len(task.train_set)} training images{made_of(task, pseudo, fcfg)}, {step_s * 1000:.0f} ms/step x "
               f"{len(task.plan_epoch(0))} "
-              f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule ({about_epochs(epochs)}), "
+              f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule ({epochs_estimate(epochs)}), "
               f"lr {fcfg['optim']['lr']:g}")
         if state is not None:
             state.record(name, "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
@@ -578,6 +586,28 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         state.record(name, "done", time.monotonic() - t_start)
     drop_best_aside(fdir)
     return task, metrics
+
+
+def reusable_stage(state, sdir: Path) -> bool:
+    """Whether ``fewshot run --resume`` reuses stage ``sdir`` as it is (finetune_stage's test): it finished before
+    the stop and its folder holds its config.yaml."""
+    return state is not None and state.status(sdir.name) == "done" and (sdir / "config.yaml").is_file()
+
+
+def recorded_pseudo_labels(record: Path) -> dict | None:
+    """The pseudo-labels a finished round trained on, as its record (pseudo_labels_round<k>.json) holds them: a
+    resumed run whose round was done labelled the whole pool again (and rewrote the record) only for the summary
+    of it, inside the budget. The images stay on disk (``images``: the kept files' entries, not tensors; the
+    round is reused, not trained). None when the record cannot be read: the pool is labelled again."""
+    try:
+        saved = json.loads(record.read_text())
+        kept = list(saved["images"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    summary = {k: v for k, v in saved.items() if k not in ("pool_key", "images")}
+    return {"images": kept, "summary": summary, "key": None, "recorded": True}
 
 
 def pool_share_in_time(task, images: torch.Tensor, seconds: float, record: Path, seed: int,
@@ -783,7 +813,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         save_yaml(pcfg, pdir / "config.yaml")
         print(f"[run] MoCo pretraining: {len(task.pool)} unlabeled images at {task.size}px, K={task.model.K}, "
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, {pre_budget / 60:.1f} min "
-              f"on a time-based schedule ({about_epochs(epochs)} at that speed)")
+              f"on a time-based schedule ({epochs_estimate(epochs)})")
         state.record("pretrain", "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start)
     seed_everything(pcfg["train"]["seed"])
     engine = Engine(task, pcfg, pdir, device, ctx)
@@ -1104,11 +1134,15 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
             if skip["skipped_from"] is not None and k >= skip["skipped_from"]:  # the rounds before it are reused
                 break
             # a resumed run labels the pool again with the same model: the same images, so that the stopped
-            # round's checkpoint (which counts its training images) continues where it stopped
-            # at most a quarter of the time left: the labelling was not planned, and a large pool took it all
-            pseudo = pseudo_label_pool(task, fcfg, infos, r, out / f"pseudo_labels_round{k}.json",
-                                       seconds=0.25 * max(0.0, end_time - time.monotonic()),
-                                       seed=derive_seed(fcfg["train"]["seed"], k, 11), pool_limit=pool_limit)
+            # round's checkpoint (which counts its training images) continues where it stopped; a round that
+            # finished before the stop is reused, and its record says what it kept
+            record = out / f"pseudo_labels_round{k}.json"
+            fed = out / ("finetune" if k == rounds and skip["skipped_from"] is None else f"finetune_round{k}")
+            pseudo = recorded_pseudo_labels(record) if reusable_stage(state, fed) else None
+            if pseudo is None:  # at most a quarter of the time left: not planned, and a large pool took it all
+                pseudo = pseudo_label_pool(task, fcfg, infos, r, record,
+                                           seconds=0.25 * max(0.0, end_time - time.monotonic()),
+                                           seed=derive_seed(fcfg["train"]["seed"], k, 11), pool_limit=pool_limit)
             del task
             if k == rounds and skip["skipped_from"] is None:  # the last round is `finetune`, below
                 break
