@@ -91,8 +91,8 @@ def add_parsers(sub, add_common, epilog) -> None:
                    "when given")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images (listed) instead of "
                    "failing; test images are decoded at start-up, so a bad one is found before the budget is spent")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars, nor the per-epoch lines they leave in a "
-                   "log file (each stage's log.jsonl holds every epoch)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars, nor the per-epoch lines they "
+                   "leave in a log file (each stage's log.jsonl holds every epoch)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out that a SIGTERM or Ctrl-C "
                    "stopped: give the same command plus --resume. Finished stages are reused, the stopped one "
                    "continues from its last.pt, and the budget counts the time already used")
