@@ -557,6 +557,8 @@ class _FakeCompiled(torch.autograd.Function):
     calls: list[int] = [0]
     fail_at: set[int] = set()
     saved: list = []  # weak references to a tensor each forward with a graph saves for its backward
+    error: BaseException | None = None  # raised instead of the cache error where set
+    error_tb = None
 
     @staticmethod
     def forward(ctx, x):
@@ -573,15 +575,19 @@ class _FakeCompiled(torch.autograd.Function):
         if _FakeCompiled.calls[0] in _FakeCompiled.fail_at:
             from torch._inductor.exc import InductorError
 
+            if _FakeCompiled.error is not None:  # an error raised by real compiled code, its traceback kept
+                raise _FakeCompiled.error.with_traceback(_FakeCompiled.error_tb)
             raise InductorError(ImportError("/tmp/torchinductor_u/r2/cr2g.main.so: file too short"), None)
         return grad
 
 
-def _fake_compile(monkeypatch, fail_at: set[int]) -> list:
-    """compile_modules replaced by the fake; returns the modules it 'compiled'."""
+def _fake_compile(monkeypatch, fail_at: set[int], error: BaseException | None = None) -> list:
+    """compile_modules replaced by the fake; returns the modules it 'compiled'. ``error``: what the failing
+    backward raises (default: inductor's error for a broken cache entry)."""
     import fewshot.runtime
 
     _FakeCompiled.calls[0], _FakeCompiled.fail_at, _FakeCompiled.saved = 0, set(fail_at), []
+    _FakeCompiled.error, _FakeCompiled.error_tb = error, None if error is None else error.__traceback__
     compiled = []
 
     def compile_modules(modules, setting, device, backend=None):
@@ -624,7 +630,7 @@ def test_compile_failure_in_the_first_backward_falls_back_to_eager_exactly(digit
     _pretrain(digits, tmp_path / "compiled", **{"train.compile": True})
     said = capsys.readouterr()
     assert "channels_last, compiled: the first epoch's speed includes compiling" in said.out  # the start line
-    assert "failed while compiling the backward pass of this process's first training step" in said.err
+    assert "failed in the compiled backward pass of this process's first training step" in said.err
     assert "main.so: file too short" in said.err and str(cache) in said.err and "train.compile=false" in said.err
     assert compiled and all(m._compiled_call_impl is None for m in compiled) and _FakeCompiled.calls[0] == 1
     eager, fell_back = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("eager", "compiled"))
@@ -679,6 +685,64 @@ def test_compile_failure_after_the_first_step_is_a_user_error(digits, tmp_path, 
                "train.compile=true"])
     said = capsys.readouterr().err
     assert rc == 2 and "epoch 1, step 2: InductorError" in said and "a bug" not in said
+
+
+@pytest.fixture(scope="module")
+def stride_check_failure(tmp_path_factory):
+    """A real AssertionError of inductor's stride check, as an H200 run's compiled backward raised it ("expected
+    size 512==512, stride 9==1 ... convolution_backward"): here a custom op whose fake kernel promises a
+    row-major output and whose real one returns a column-major one, compiled on the CPU (~15 s)."""
+    import os
+
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor-cache"))
+    try:
+        @torch.library.custom_op("fewshot_tests::column_major", mutates_args=())
+        def column_major(x: torch.Tensor) -> torch.Tensor:
+            return x.t().contiguous().t() * 1
+
+        @column_major.register_fake
+        def _(x):
+            return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+        torch._dynamo.reset()
+        with pytest.raises(AssertionError) as caught:
+            torch.compile(lambda x: column_major(x) + 1)(torch.randn(4, 3))
+        return caught.value
+    finally:
+        torch._dynamo.reset()
+        if old is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
+def test_an_error_raised_by_compiled_code_is_a_compile_failure(stride_check_failure):
+    """Inductor's runtime checks raise plain AssertionErrors: they count as compile failures (the step can run
+    eagerly), an AssertionError of plain code and running out of memory inside compiled code do not."""
+    from fewshot.runtime import compile_failure_text, is_compile_failure
+
+    assert is_compile_failure(stride_check_failure)
+    assert compile_failure_text(stride_check_failure).startswith("AssertionError: expected size 4==4, stride")
+    try:
+        raise AssertionError("a check of plain code")
+    except AssertionError as plain:
+        assert not is_compile_failure(plain)
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory").with_traceback(stride_check_failure.__traceback__)
+    assert not is_compile_failure(oom)
+
+
+def test_a_stride_check_failing_in_the_first_compiled_backward_falls_back_to_eager(
+        digits, tmp_path, monkeypatch, capsys, stride_check_failure):
+    """The H200 run's failure: the first step's compiled backward raises inductor's AssertionError. It stopped
+    `fewshot run` as "internal error (a bug)"; now the step is redone eagerly and the run goes on."""
+    compiled = _fake_compile(monkeypatch, fail_at={1, 2}, error=stride_check_failure)
+    _pretrain(digits, tmp_path / "compiled", **{"train.compile": True})
+    said = capsys.readouterr().err
+    assert "failed in the compiled backward pass of this process's first training step" in said
+    assert "AssertionError: expected size 4==4" in said and "redone without compiling" in said
+    assert all(m._compiled_call_impl is None for m in compiled) and _FakeCompiled.calls[0] == 1
+    assert (tmp_path / "compiled" / "checkpoints" / "last.pt").is_file()
 
 
 def test_compile_failure_cache_folder_is_torchs_own(monkeypatch, tmp_path):

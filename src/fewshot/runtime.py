@@ -27,7 +27,8 @@ import time
 import torch
 
 __all__ = ["tune_allocator", "allocator_tuned", "configure_cpu", "resolve_compile", "compile_modules",
-           "compiled_modules", "uncompile", "is_compile_failure", "inductor_cache_dir", "compile_failure_text",
+           "compiled_modules", "uncompile", "is_compile_failure", "raised_in_compiled_code", "inductor_cache_dir",
+           "compile_failure_text",
            "cpu_computes_bf16", "bf16_conv_speedup", "CPU_BF16_MIN_SIZE", "cpu_fp16_warning"]
 
 # Smallest image side at which `train.amp=auto` uses bf16 on a CPU that computes it natively: a MoCo step
@@ -244,12 +245,33 @@ def uncompile(modules) -> None:
 def is_compile_failure(exc: BaseException) -> bool:
     """Whether ``exc`` comes from torch.compile's machinery: dynamo and inductor errors (InductorError and
     BackendCompilerFailed derive from TorchDynamoException), e.g. a broken cache entry's "main.so: file too
-    short" or a C++ compiler error raised while the backward graph compiles."""
+    short" or a C++ compiler error raised while the backward graph compiles; and errors raised while compiled
+    code runs (:func:`raised_in_compiled_code`)."""
     try:
         from torch._dynamo.exc import TorchDynamoException
     except ImportError:  # a torch without dynamo compiles nothing
         return False
-    return isinstance(exc, TorchDynamoException)
+    return isinstance(exc, TorchDynamoException) or raised_in_compiled_code(exc)
+
+
+def raised_in_compiled_code(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside inductor's generated code or its runtime (a frame of its traceback in
+    torch/_inductor/ or in the inductor cache folder). Seen on an H200 (torch 2.11): a MoCo pretraining at 32 px
+    with channels_last stopped in its compiled backward with a plain AssertionError from inductor's stride check
+    ("expected size 512==512, stride 9==1 ... torch.ops.aten.convolution_backward.default": inductor's prediction
+    of the weight gradient's layout and cuDNN's differed), reported as "internal error (a bug)". The same step
+    runs eagerly. Running out of memory is not a compile failure: the eager step would need as much."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return False
+    inductor = os.sep + os.path.join("torch", "_inductor") + os.sep
+    cache = os.path.join(inductor_cache_dir(), "")
+    tb = exc.__traceback__
+    while tb is not None:
+        path = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if inductor in path or path.startswith(cache):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def inductor_cache_dir() -> str:

@@ -898,7 +898,7 @@ class Engine:
         metrics and sample count. ``failure``: what failed, in words (compile_failure_text)."""
         t = self.cfg["train"]
         if self.ctx.is_main:
-            print(one_line(f"warning: torch.compile (train.compile={t['compile']}) failed while compiling the "
+            print(one_line(f"warning: torch.compile (train.compile={t['compile']}) failed in the compiled "
                            f"backward pass of this process's first training step ({failure}); the step is "
                            f"redone without compiling and training continues eagerly (slower on a GPU). A run "
                            f"killed while compiling can leave a broken entry in torch's compile cache: delete the "
@@ -925,7 +925,7 @@ class Engine:
                 f"the run from it."
                 if last.is_file() else "")
         return CompileFailedError(one_line(
-            f"torch.compile (train.compile={self.cfg['train']['compile']}) failed while compiling the backward pass "
+            f"torch.compile (train.compile={self.cfg['train']['compile']}) failed in the compiled backward pass "
             f"at epoch {epoch + 1}, step {step + 1}: {failure}. Set train.compile=false to train "
             f"without compiling, or delete torch's compile cache folder {inductor_cache_dir()} (a run killed while "
             f"compiling can leave a broken entry there; it is rebuilt) and run again.{kept}"))
