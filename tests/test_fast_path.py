@@ -630,7 +630,7 @@ def test_compile_failure_in_the_first_backward_falls_back_to_eager_exactly(digit
     _pretrain(digits, tmp_path / "compiled", **{"train.compile": True})
     said = capsys.readouterr()
     assert "channels_last, compiled: the first epoch's speed includes compiling" in said.out  # the start line
-    assert "failed in the compiled backward pass of this process's first training step" in said.err
+    assert "failed in the compiled backward pass at epoch 1, step 1" in said.err
     assert "main.so: file too short" in said.err and str(cache) in said.err and "train.compile=false" in said.err
     assert compiled and all(m._compiled_call_impl is None for m in compiled) and _FakeCompiled.calls[0] == 1
     eager, fell_back = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("eager", "compiled"))
@@ -664,13 +664,31 @@ def test_the_failed_step_s_graph_is_freed_before_the_eager_redo(digits, tmp_path
     assert _FakeCompiled.saved and alive_at_redo == [0], alive_at_redo
 
 
-def test_compile_failure_after_the_first_step_is_a_user_error(digits, tmp_path, monkeypatch, capsys):
-    """A backward that compiles (or recompiles) later fails after optimizer steps: no silent redo, but a user
-    error (exit 2, not "a bug") that says what failed and names the remedies and the real cache folder."""
+def test_compile_failure_at_a_later_step_falls_back_to_eager_exactly(digits, tmp_path, monkeypatch, capsys):
+    """A backward that fails after optimizer steps (a recompile; inductor's runtime checks) is redone eagerly
+    too, and the run equals an eager run bit for bit: it stopped the run before, as a user error to resume."""
+    from fewshot.train.checkpoint import load_checkpoint
+
+    _pretrain(digits, tmp_path / "eager")
+    compiled = _fake_compile(monkeypatch, fail_at={3, 4})
+    _pretrain(digits, tmp_path / "compiled", **{"train.compile": True})
+    said = capsys.readouterr().err
+    assert "failed in the compiled backward pass at epoch 1, step 3 (InductorError" in said
+    assert all(m._compiled_call_impl is None for m in compiled) and _FakeCompiled.calls[0] == 3
+    eager, fell_back = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("eager", "compiled"))
+    for k, v in eager["model"].items():
+        assert torch.equal(v, fell_back["model"][k]), k
+
+
+def test_compile_failure_under_ddp_is_a_user_error(digits, tmp_path, monkeypatch, capsys):
+    """Where the step cannot be redone (DDP: a failed backward leaves the reducer half-way and the ranks would
+    have to agree): a user error (exit 2, not "a bug") that says what failed and names the remedies and the
+    real cache folder. DDP stands in here as the Engine's answer that no redo is possible."""
     from fewshot.cli import main
     from fewshot.errors import UserError
-    from fewshot.train.engine import CompileFailedError
+    from fewshot.train.engine import CompileFailedError, Engine
 
+    monkeypatch.setattr(Engine, "_compile_redo_possible", lambda self: False)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
     _fake_compile(monkeypatch, fail_at={3})
     with pytest.raises(CompileFailedError) as err:
@@ -739,7 +757,7 @@ def test_a_stride_check_failing_in_the_first_compiled_backward_falls_back_to_eag
     compiled = _fake_compile(monkeypatch, fail_at={1, 2}, error=stride_check_failure)
     _pretrain(digits, tmp_path / "compiled", **{"train.compile": True})
     said = capsys.readouterr().err
-    assert "failed in the compiled backward pass of this process's first training step" in said
+    assert "failed in the compiled backward pass at epoch 1, step 1" in said
     assert "AssertionError: expected size 4==4" in said and "redone without compiling" in said
     assert all(m._compiled_call_impl is None for m in compiled) and _FakeCompiled.calls[0] == 1
     assert (tmp_path / "compiled" / "checkpoints" / "last.pt").is_file()

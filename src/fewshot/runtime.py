@@ -215,7 +215,8 @@ def compile_modules(modules, setting, device: torch.device, backend: str | None 
     A forward frame that fails to compile runs eagerly instead (``suppress_errors``), so a missing C++
     compiler or an unsupported op costs speed there. ``suppress_errors`` does not reach the backward graph,
     which AOT autograd compiles lazily inside ``loss.backward()``: the training loop handles that failure
-    (Engine: the first step is redone eagerly, a later one stops with :func:`compile_failure_text`).
+    (Engine: the step is redone eagerly in a single process; under DDP the run stops and says what failed,
+    :func:`compile_failure_text`).
     Returns whether compile is on.
     """
     if not resolve_compile(setting, device):

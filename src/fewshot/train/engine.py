@@ -215,10 +215,10 @@ class Engine:
             self.amp = AMP_BY_NAME[broadcast_object(ctx, AMP_NAMES[self.amp])]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         self._warn_cpu_fp16()
-        # modules the task compiled (train.compile): their backward graph compiles in the first loss.backward(),
-        # which suppress_errors does not cover; until one has passed, each step keeps what it needs to be redone
+        # modules the task compiled (train.compile): their backward graphs compile inside loss.backward() (the first
+        # step's, and again after a recompile), which suppress_errors does not cover, and inductor's generated code
+        # can fail there too: while modules are compiled, each step keeps what it needs to be redone eagerly
         self._compiled = compiled_modules(self.model)
-        self._compile_proven = not self._compiled
         self.ema = None
         t = cfg["train"]
         if t["ema"] and task.supports_ema:
@@ -818,7 +818,6 @@ class Engine:
                 # during it, the fallback needed twice a step's memory (out of memory where the step itself fit)
                 loss = metrics = batch = None
                 loss, metrics, n = self._redo_eagerly(failure, before, batches[step], epoch, step)
-            self._compile_proven = True
             if self.cfg["optim"]["grad_clip"]:
                 self.scaler.unscale_(self.optimizer)
                 # every trained parameter: a task's own (the joint MoCo loss's projection head) too, after the
@@ -884,22 +883,24 @@ class Engine:
         return stopped
 
     def _compile_redo_possible(self) -> bool:
-        """Whether a compile failure in this step's backward can be undone: compiled modules whose backward has
-        not run yet in this process, outside DDP (whose reducer is left half-way by a failed backward and whose
-        ranks would have to agree on the fallback)."""
-        return not self._compile_proven and not self.ctx.enabled
+        """Whether a compile failure in this step's backward can be undone: compiled modules, outside DDP (whose
+        reducer is left half-way by a failed backward and whose ranks would have to agree on the fallback). At any
+        step, not only the first: an H200 run's compiled backward failed inductor's stride check, and a recompile
+        (a new batch shape, a changed guard) compiles a backward again mid-run. Keeping the forward state costs a
+        copy of the buffers (and MoCo's key encoder and queue) per step, a few microseconds on a GPU."""
+        return bool(self._compiled) and not self.ctx.enabled
 
     def _redo_eagerly(self, failure: str, before: list, idx: torch.Tensor, epoch: int, step: int):
-        """The compiled backward failed before any optimizer step of this process: undo the compile and redo the
-        step eagerly. Nothing of the failed attempt remains: the forward's state changes (BatchNorm statistics,
-        MoCo's key encoder and queue) are restored, gradients dropped, the batch rebuilt (it is a function of
-        epoch and step) and the step's RNG seeded again, so the run goes on as an eager run from this step would
-        (a resume does the same: it compiles, fails, and falls back here again). Returns the step's loss,
+        """The compiled backward failed: undo the compile and redo the step eagerly. Nothing of the failed attempt
+        remains: the forward's state changes (BatchNorm statistics, MoCo's key encoder and queue) are restored,
+        gradients dropped, the batch rebuilt (it is a function of epoch and step) and the step's RNG seeded again,
+        so the run goes on as an eager run from this step would (a resume does the same: it compiles, fails, and
+        falls back here again). Returns the step's loss,
         metrics and sample count. ``failure``: what failed, in words (compile_failure_text)."""
         t = self.cfg["train"]
         if self.ctx.is_main:
             print(one_line(f"warning: torch.compile (train.compile={t['compile']}) failed in the compiled "
-                           f"backward pass of this process's first training step ({failure}); the step is "
+                           f"backward pass at epoch {epoch + 1}, step {step + 1} ({failure}); the step is "
                            f"redone without compiling and training continues eagerly (slower on a GPU). A run "
                            f"killed while compiling can leave a broken entry in torch's compile cache: delete the "
                            f"folder {inductor_cache_dir()} to compile again, or set train.compile=false to skip "
