@@ -559,6 +559,15 @@ class _FakeCompiled(torch.autograd.Function):
     saved: list = []  # weak references to a tensor each forward with a graph saves for its backward
     error: BaseException | None = None  # raised instead of the cache error where set
     error_tb = None
+    forward_calls: list[int] = [0]
+    fail_forward_at: set[int] = set()  # compiled forward calls (of any compiled module) that raise the error
+
+    @staticmethod
+    def run_forward(eager, *args, **kwargs):
+        _FakeCompiled.forward_calls[0] += 1
+        if _FakeCompiled.forward_calls[0] in _FakeCompiled.fail_forward_at:
+            raise _FakeCompiled.error.with_traceback(_FakeCompiled.error_tb)
+        return _FakeCompiled.apply(eager(*args, **kwargs))
 
     @staticmethod
     def forward(ctx, x):
@@ -581,19 +590,22 @@ class _FakeCompiled(torch.autograd.Function):
         return grad
 
 
-def _fake_compile(monkeypatch, fail_at: set[int], error: BaseException | None = None) -> list:
+def _fake_compile(monkeypatch, fail_at: set[int], error: BaseException | None = None,
+                  fail_forward_at: set[int] = frozenset()) -> list:
     """compile_modules replaced by the fake; returns the modules it 'compiled'. ``error``: what the failing
-    backward raises (default: inductor's error for a broken cache entry)."""
+    backward raises (default: inductor's error for a broken cache entry); ``fail_forward_at``: forward calls that
+    raise ``error``."""
     import fewshot.runtime
 
     _FakeCompiled.calls[0], _FakeCompiled.fail_at, _FakeCompiled.saved = 0, set(fail_at), []
     _FakeCompiled.error, _FakeCompiled.error_tb = error, None if error is None else error.__traceback__
+    _FakeCompiled.forward_calls[0], _FakeCompiled.fail_forward_at = 0, set(fail_forward_at)
     compiled = []
 
     def compile_modules(modules, setting, device, backend=None):
         for m in modules:
             eager = m._call_impl
-            m._compiled_call_impl = lambda *a, _eager=eager, **k: _FakeCompiled.apply(_eager(*a, **k))
+            m._compiled_call_impl = lambda *a, _eager=eager, **k: _FakeCompiled.run_forward(_eager, *a, **k)
             compiled.append(m)
         return True
 
@@ -630,7 +642,7 @@ def test_compile_failure_in_the_first_backward_falls_back_to_eager_exactly(digit
     _pretrain(digits, tmp_path / "compiled", **{"train.compile": True})
     said = capsys.readouterr()
     assert "channels_last, compiled: the first epoch's speed includes compiling" in said.out  # the start line
-    assert "failed in the compiled backward pass at epoch 1, step 1" in said.err
+    assert "failed in the compiled training step at epoch 1, step 1" in said.err
     assert "main.so: file too short" in said.err and str(cache) in said.err and "train.compile=false" in said.err
     assert compiled and all(m._compiled_call_impl is None for m in compiled) and _FakeCompiled.calls[0] == 1
     eager, fell_back = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("eager", "compiled"))
@@ -673,11 +685,31 @@ def test_compile_failure_at_a_later_step_falls_back_to_eager_exactly(digits, tmp
     compiled = _fake_compile(monkeypatch, fail_at={3, 4})
     _pretrain(digits, tmp_path / "compiled", **{"train.compile": True})
     said = capsys.readouterr().err
-    assert "failed in the compiled backward pass at epoch 1, step 3 (InductorError" in said
+    assert "failed in the compiled training step at epoch 1, step 3 (InductorError" in said
     assert all(m._compiled_call_impl is None for m in compiled) and _FakeCompiled.calls[0] == 3
     eager, fell_back = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("eager", "compiled"))
     for k, v in eager["model"].items():
         assert torch.equal(v, fell_back["model"][k]), k
+
+
+def test_a_check_failing_in_compiled_forward_code_is_redone_eagerly_exactly(
+        digits, tmp_path, monkeypatch, capsys, stride_check_failure):
+    """Inductor's generated forward code has the same runtime checks: a failure there (a later step's forward,
+    here the 7th compiled forward call) is redone eagerly from the restored state, and the run equals an eager one
+    bit for bit."""
+    from fewshot.train.checkpoint import load_checkpoint
+
+    _pretrain(digits, tmp_path / "eager")
+    compiled = _fake_compile(monkeypatch, fail_at=set(), error=stride_check_failure, fail_forward_at={7})
+    _pretrain(digits, tmp_path / "compiled", **{"train.compile": True})
+    said = capsys.readouterr().err
+    assert "failed in the compiled training step at epoch 1, step" in said and "AssertionError: expected" in said
+    assert all(m._compiled_call_impl is None for m in compiled)
+    eager, fell_back = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("eager", "compiled"))
+    for k, v in eager["model"].items():
+        assert torch.equal(v, fell_back["model"][k]), k
+    for k, v in eager["optimizer"]["state"].items():
+        assert torch.equal(v["momentum_buffer"], fell_back["optimizer"]["state"][k]["momentum_buffer"]), k
 
 
 def test_compile_failure_under_ddp_is_a_user_error(digits, tmp_path, monkeypatch, capsys):
@@ -737,7 +769,9 @@ def stride_check_failure(tmp_path_factory):
 
 def test_an_error_raised_by_compiled_code_is_a_compile_failure(stride_check_failure):
     """Inductor's runtime checks raise plain AssertionErrors: they count as compile failures (the step can run
-    eagerly), an AssertionError of plain code and running out of memory inside compiled code do not."""
+    eagerly); an AssertionError of plain code, running out of memory inside compiled code, and a user's error
+    whose way out passes through inductor's frames do not."""
+    import os
     from fewshot.runtime import compile_failure_text, is_compile_failure
 
     assert is_compile_failure(stride_check_failure)
@@ -749,6 +783,23 @@ def test_an_error_raised_by_compiled_code_is_a_compile_failure(stride_check_fail
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory").with_traceback(stride_check_failure.__traceback__)
     assert not is_compile_failure(oom)
 
+    def users_backward():  # a user's error whose traceback passes through inductor's frames on its way out
+        raise ValueError("a user's custom op failed")
+
+    import types
+
+    tb, inductor_frames = stride_check_failure.__traceback__, []
+    while tb is not None:
+        if f"torch{os.sep}_inductor{os.sep}" in tb.tb_frame.f_code.co_filename:
+            inductor_frames.append(tb)
+        tb = tb.tb_next
+    outer = inductor_frames[0]  # an inductor frame that called on: the user's frames below it, innermost last
+    try:
+        users_backward()
+    except ValueError as user:
+        user.__traceback__ = types.TracebackType(user.__traceback__, outer.tb_frame, outer.tb_lasti, outer.tb_lineno)
+        assert not is_compile_failure(user)
+
 
 def test_a_stride_check_failing_in_the_first_compiled_backward_falls_back_to_eager(
         digits, tmp_path, monkeypatch, capsys, stride_check_failure):
@@ -757,7 +808,8 @@ def test_a_stride_check_failing_in_the_first_compiled_backward_falls_back_to_eag
     compiled = _fake_compile(monkeypatch, fail_at={1, 2}, error=stride_check_failure)
     _pretrain(digits, tmp_path / "compiled", **{"train.compile": True})
     said = capsys.readouterr().err
-    assert "failed in the compiled backward pass at epoch 1, step 1" in said
+    assert "failed in the compiled training step at epoch 1, step 1" in said
+    assert "train.channels_last=false" in said and "compile cache" not in said  # a torch bug: no cache to blame
     assert "AssertionError: expected size 4==4" in said and "redone without compiling" in said
     assert all(m._compiled_call_impl is None for m in compiled) and _FakeCompiled.calls[0] == 1
     assert (tmp_path / "compiled" / "checkpoints" / "last.pt").is_file()

@@ -37,7 +37,9 @@ def _sync(device: torch.device) -> None:
 
 def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
     """Median seconds per training step (forward, backward, optimizer) on a copy of the task's model,
-    on the task's device and in the Engine's autocast, so that the plan matches what the stage will run."""
+    on the task's device and in the Engine's autocast, so that the plan matches what the stage will run.
+    The copy runs eagerly where the stage compiles (train.compile; torch drops the compile from a copied module):
+    it costs no second compile, and the time-based schedule follows the clock from there."""
     from fewshot.train.engine import amp_dtype, empty_epoch_error
 
     device = task.device

@@ -28,7 +28,7 @@ import torch
 
 __all__ = ["tune_allocator", "allocator_tuned", "configure_cpu", "resolve_compile", "compile_modules",
            "compiled_modules", "uncompile", "is_compile_failure", "raised_in_compiled_code", "inductor_cache_dir",
-           "compile_failure_text",
+           "compile_failure_text", "compile_remedy",
            "cpu_computes_bf16", "bf16_conv_speedup", "CPU_BF16_MIN_SIZE", "cpu_fp16_warning"]
 
 # Smallest image side at which `train.amp=auto` uses bf16 on a CPU that computes it natively: a MoCo step
@@ -256,23 +256,28 @@ def is_compile_failure(exc: BaseException) -> bool:
 
 
 def raised_in_compiled_code(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised inside inductor's generated code or its runtime (a frame of its traceback in
-    torch/_inductor/ or in the inductor cache folder). Seen on an H200 (torch 2.11): a MoCo pretraining at 32 px
-    with channels_last stopped in its compiled backward with a plain AssertionError from inductor's stride check
-    ("expected size 512==512, stride 9==1 ... torch.ops.aten.convolution_backward.default": inductor's prediction
-    of the weight gradient's layout and cuDNN's differed), reported as "internal error (a bug)". The same step
-    runs eagerly. Running out of memory is not a compile failure: the eager step would need as much."""
+    """Whether ``exc`` was raised by inductor's generated code or its runtime checks: the innermost Python frame
+    of its traceback lies in the inductor cache folder (generated code) or in torch/_inductor/. Seen on an H200
+    (torch 2.11): a MoCo pretraining at 32 px with channels_last stopped in its compiled backward with inductor's
+    stride check, a plain AssertionError ("expected size 512==512, stride 9==1 ... convolution_backward": torch's
+    fake kernel predicted a channels_last weight gradient, cuDNN returned a contiguous one; pytorch/pytorch#171622,
+    #197517), reported as "internal error (a bug)". The same step runs eagerly. Only the innermost frame counts:
+    every error in a compiled backward passes through inductor's frames, a user's own (a custom op's backward) too.
+    Running out of memory and the GPU's sticky errors (an illegal address) are not compile failures: the eager
+    step would meet them again."""
     if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
         return False
-    inductor = os.sep + os.path.join("torch", "_inductor") + os.sep
-    cache = os.path.join(inductor_cache_dir(), "")
+    sticky = getattr(torch, "AcceleratorError", None)
+    if sticky is not None and isinstance(exc, sticky):
+        return False
     tb = exc.__traceback__
-    while tb is not None:
-        path = os.path.abspath(tb.tb_frame.f_code.co_filename)
-        if inductor in path or path.startswith(cache):
-            return True
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
         tb = tb.tb_next
-    return False
+    path = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    inductor = os.sep + os.path.join("torch", "_inductor") + os.sep
+    return inductor in path or path.startswith(os.path.join(inductor_cache_dir(), ""))
 
 
 def inductor_cache_dir() -> str:
@@ -303,6 +308,18 @@ def compile_failure_text(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def compile_remedy(failure: str) -> str:
+    """What the user can do about a compile failure (``failure``: compile_failure_text's words): a check failing in
+    compiled code (a torch bug; it fails again after any recompile) is avoided by not compiling, or often by
+    train.channels_last=false; a failed compile may be a broken entry of torch's compile cache, left by a run
+    killed while compiling."""
+    if failure.startswith("AssertionError"):
+        return ("It is a check in torch's generated code (a torch bug, seen with channels_last): set "
+                "train.compile=false, or train.channels_last=false, to avoid it.")
+    return (f"A run killed while compiling can leave a broken entry in torch's compile cache: delete the folder "
+            f"{inductor_cache_dir()} to compile again, or set train.compile=false to skip compiling.")
 
 
 def cpu_fp16_warning(amp: torch.dtype | None, device: torch.device) -> str | None:

@@ -36,8 +36,8 @@ from torch import nn
 
 from fewshot.errors import UserError, one_line
 from fewshot.progress import track
-from fewshot.runtime import (CPU_BF16_MIN_SIZE, compile_failure_text, compiled_modules, cpu_computes_bf16,
-                             cpu_fp16_warning, inductor_cache_dir, is_compile_failure, uncompile)
+from fewshot.runtime import (CPU_BF16_MIN_SIZE, compile_failure_text, compile_remedy, compiled_modules,
+                             cpu_computes_bf16, cpu_fp16_warning, is_compile_failure, uncompile)
 from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fewshot.train.distributed import (DistContext, all_gather_object, all_reduce_max, all_reduce_mean, barrier,
                                       broadcast_object, check_same_image_counts)
@@ -56,7 +56,8 @@ class NonFiniteLossError(UserError):
 
 
 class CompileFailedError(UserError):
-    """torch.compile failed while training (the backward graph, which compiles inside loss.backward())."""
+    """torch.compile failed while training where the step cannot be redone eagerly (DDP): the backward graph, which
+    compiles inside loss.backward(), or a check in the compiled code."""
 
 
 def build_optimizer(cfg: dict, groups: list[dict]) -> torch.optim.Optimizer:
@@ -783,9 +784,9 @@ class Engine:
             # on every rank (last.pt held rank 0's state, which every rank then took: resumed DDP runs with drop-
             # path drifted) and the ranks do not drop the same positions of their batches
             self._seed_step(derive_seed(t["seed"], epoch, step, self.ctx.rank, 3))
-            with self.autocast():
-                loss, metrics, n = self.task.training_step(self.train_model, batch)
-            if not self._finite(loss):
+            loss, metrics, n, finite = self._forward_backward(batches[step], batch, epoch, step, before, redo)
+            batch = None
+            if not finite:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.nonfinite_skipped += 1
                 if self.nonfinite_skipped > t["skip_nonfinite"]:
@@ -803,21 +804,6 @@ class Engine:
                 if bar is not None:
                     bar.update(1)
                 continue
-            self.optimizer.zero_grad(set_to_none=True)
-            failure = None
-            try:
-                self.scaler.scale(loss).backward()
-            except Exception as exc:
-                if not (self._compiled and is_compile_failure(exc)):
-                    raise
-                failure = compile_failure_text(exc)  # the words only: the exception's traceback holds the graph
-                if not redo:
-                    raise self._compile_failed(failure, epoch, step) from None
-            if failure is not None:
-                # the failed step's graph and activations are let go before the eager redo builds its own: held
-                # during it, the fallback needed twice a step's memory (out of memory where the step itself fit)
-                loss = metrics = batch = None
-                loss, metrics, n = self._redo_eagerly(failure, before, batches[step], epoch, step)
             if self.cfg["optim"]["grad_clip"]:
                 self.scaler.unscale_(self.optimizer)
                 # every trained parameter: a task's own (the joint MoCo loss's projection head) too, after the
@@ -887,36 +873,57 @@ class Engine:
         reducer is left half-way by a failed backward and whose ranks would have to agree on the fallback). At any
         step, not only the first: an H200 run's compiled backward failed inductor's stride check, and a recompile
         (a new batch shape, a changed guard) compiles a backward again mid-run. Keeping the forward state costs a
-        copy of the buffers (and MoCo's key encoder and queue) per step, a few microseconds on a GPU."""
+        copy of the buffers (and MoCo's key encoder and queue) per step: one foreach copy into the last step's
+        copies (_forward_state), a small share of a compiled MoCo step on a GPU."""
         return bool(self._compiled) and not self.ctx.enabled
 
-    def _redo_eagerly(self, failure: str, before: list, idx: torch.Tensor, epoch: int, step: int):
-        """The compiled backward failed: undo the compile and redo the step eagerly. Nothing of the failed attempt
-        remains: the forward's state changes (BatchNorm statistics, MoCo's key encoder and queue) are restored,
-        gradients dropped, the batch rebuilt (it is a function of epoch and step) and the step's RNG seeded again,
-        so the run goes on as an eager run from this step would (a resume does the same: it compiles, fails, and
-        falls back here again). Returns the step's loss,
-        metrics and sample count. ``failure``: what failed, in words (compile_failure_text)."""
-        t = self.cfg["train"]
+    def _forward_backward(self, idx: torch.Tensor, batch, epoch: int, step: int, before: list | None, redo: bool):
+        """One step's forward and, where its loss is finite, backward. Returns (loss, metrics, n, finite).
+
+        A compile failure in either pass (``redo``: it can be undone) redoes the step eagerly: the compile undone,
+        the forward's state changes (BatchNorm statistics, MoCo's key encoder and queue) restored from ``before``,
+        gradients dropped, the batch rebuilt (a function of ``idx``, epoch and step) and the step's RNG seeded
+        again, so the run goes on as an eager run from this step would (a resume does the same: it compiles,
+        fails, and falls back here again)."""
+        failure = None
+        for attempt in ("compiled", "eager"):
+            try:
+                with self.autocast():
+                    loss, metrics, n = self.task.training_step(self.train_model, batch)
+                if not self._finite(loss):
+                    return loss, metrics, n, False
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                return loss, metrics, n, True
+            except Exception as exc:
+                if failure is not None:  # the eager redo failed too: the first failure belongs to its story
+                    exc.add_note(f"(this step ran eagerly after its compiled run failed: {failure})")
+                    raise
+                if not (self._compiled and is_compile_failure(exc)):
+                    raise
+                failure = compile_failure_text(exc)  # the words only: the exception's traceback holds the graph
+                if not redo:
+                    raise self._compile_failed(failure, epoch, step) from None
+            # out of the except block: the failed attempt's graph and activations are let go before the eager redo
+            # builds its own (held during it, the fallback needed twice a step's memory: out of memory where the
+            # step itself fit)
+            loss = metrics = batch = None
+            self._redo_eagerly(failure, before, epoch, step)
+            batch = self.task.make_batch(idx, epoch, step)
+            self._seed_step(derive_seed(self.cfg["train"]["seed"], epoch, step, self.ctx.rank, 3))
+        raise AssertionError("unreachable: the eager attempt returns or raises")
+
+    def _redo_eagerly(self, failure: str, before: list, epoch: int, step: int) -> None:
+        """Say why, undo the compile and put back the forward state the failed attempt changed."""
         if self.ctx.is_main:
-            print(one_line(f"warning: torch.compile (train.compile={t['compile']}) failed in the compiled "
-                           f"backward pass at epoch {epoch + 1}, step {step + 1} ({failure}); the step is "
-                           f"redone without compiling and training continues eagerly (slower on a GPU). A run "
-                           f"killed while compiling can leave a broken entry in torch's compile cache: delete the "
-                           f"folder {inductor_cache_dir()} to compile again, or set train.compile=false to skip "
-                           f"compiling."), file=sys.stderr, flush=True)
+            print(one_line(f"warning: torch.compile (train.compile={self.cfg['train']['compile']}) failed in the "
+                           f"compiled training step at epoch {epoch + 1}, step {step + 1} ({failure}); the step is "
+                           f"redone without compiling and training continues eagerly (slower on a GPU). "
+                           f"{compile_remedy(failure)}"), file=sys.stderr, flush=True)
         uncompile(self._compiled)
         self._compiled = []
         self.optimizer.zero_grad(set_to_none=True)
         self._restore_forward_state(before)
-        batch = self.task.make_batch(idx, epoch, step)
-        self._seed_step(derive_seed(t["seed"], epoch, step, self.ctx.rank, 3))
-        with self.autocast():
-            loss, metrics, n = self.task.training_step(self.train_model, batch)
-        if not self._finite(loss):  # the compiled forward's loss of the same batch was finite
-            raise self._compile_failed(failure, epoch, step)
-        self.scaler.scale(loss).backward()
-        return loss, metrics, n
 
     def _compile_failed(self, failure: str, epoch: int, step: int) -> CompileFailedError:
         """The error for a compile failure that cannot be redone eagerly: what failed, and the two remedies. Built
@@ -926,10 +933,8 @@ class Engine:
                 f"the run from it."
                 if last.is_file() else "")
         return CompileFailedError(one_line(
-            f"torch.compile (train.compile={self.cfg['train']['compile']}) failed in the compiled backward pass "
-            f"at epoch {epoch + 1}, step {step + 1}: {failure}. Set train.compile=false to train "
-            f"without compiling, or delete torch's compile cache folder {inductor_cache_dir()} (a run killed while "
-            f"compiling can leave a broken entry there; it is rebuilt) and run again.{kept}"))
+            f"torch.compile (train.compile={self.cfg['train']['compile']}) failed in the compiled training step "
+            f"at epoch {epoch + 1}, step {step + 1}: {failure}. {compile_remedy(failure)}{kept}"))
 
     def _evaluate(self, record: dict, epoch: int) -> bool:
         """Evaluate the model (epoch index ``epoch``) into the log row ``record``; a new best score writes best.pt.
@@ -1001,11 +1006,23 @@ class Engine:
         return (last_epoch or bool(t["save_every_steps"]) or interval <= 0
                 or time.perf_counter() - self._saved_at >= interval)
 
+    @torch.no_grad()
     def _forward_state(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Copies of the tensors a forward pass may change: buffers and parameters that get no gradient."""
+        """Copies of the tensors a forward pass may change: buffers and parameters that get no gradient. Kept every
+        step where a step may be skipped or redone (MoCo: the key encoder and queue too), so the last step's copies
+        are reused, refilled by one foreach copy, while they still match (a fresh clone per tensor cost ~200
+        allocations a step)."""
         tensors = list(self.model.buffers()) + [p for p in self.model.parameters() if not p.requires_grad]
         tensors += self._task_state_tensors()
-        return [(x, x.detach().clone()) for x in tensors]
+        saved = getattr(self, "_saved_forward_state", None)
+        if saved is not None and len(saved) == len(tensors) and all(
+                x is y and x.shape == c.shape and x.dtype == c.dtype for x, (y, c) in zip(tensors, saved)):
+            copies = [c for _, c in saved]
+            torch._foreach_copy_(copies, [x.detach() for x in tensors])
+        else:
+            copies = [x.detach().clone() for x in tensors]
+        self._saved_forward_state = list(zip(tensors, copies))
+        return self._saved_forward_state
 
     def _trained_outside_model(self) -> list[torch.Tensor]:
         """Parameters the optimizer trains that the model does not hold (the joint MoCo loss's projection head)."""
