@@ -1,5 +1,6 @@
 """Every shipped config resolves (no unknown fields) and names a model timm can build."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -439,3 +440,26 @@ def test_a_local_config_named_without_yaml_wins_over_the_shipped_recipe(tmp_path
     assert resolve(file="cpu_tiny")["train"]["epochs"] == 7
     assert resolve(file="myexp")["train"]["epochs"] == 3
     assert resolve(file="moco_cpu_small")["moco"] is not None  # a shipped recipe by name still works
+
+
+@pytest.mark.parametrize("word, needs", [("optim.lr=", "a number"), ("optim.lr= ", "a number"),
+                                         ("train.epochs=", "a whole number"), ("train.batch_size=", "a whole number"),
+                                         ("train.threads=", "a whole number"), ("aug.scale=", "a list of 2 numbers")])
+def test_an_empty_value_for_a_number_is_refused_naming_the_key(word, needs):
+    """`optim.lr=` (an empty shell variable) read as null, which for lr means "chosen at run time": a run at the
+    default rate the user thought they had set."""
+    key = word.split("=")[0]
+    with pytest.raises(UserError, match=f"{re.escape(key)}= gives no value, and {re.escape(key)} needs {needs}"):
+        resolve(overrides=[word])
+
+
+def test_an_empty_lr_is_exit_2_and_null_still_means_chosen_at_run_time(tmp_path):
+    from helpers.checks import run_main
+
+    rc, _, err = run_main("train", "--data", tmp_path, "--out", tmp_path / "r", "optim.lr=")
+    assert rc == 2 and "optim.lr= gives no value" in err and "optim.lr=null" in err and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()
+    assert resolve(overrides=["optim.lr=null", "train.threads=~", "train.budget_minutes=null"])["optim"]["lr"] is None
+    # text and choice fields still read an empty value as none
+    cfg = resolve(overrides=["model.weights=", "data.datasets=", "data.cache_dir=", "train.amp=", "semi.method="])
+    assert cfg["model"]["weights"] is None and cfg["data"]["datasets"] is None and cfg["train"]["amp"] is None

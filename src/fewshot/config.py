@@ -214,6 +214,8 @@ def parse_override(word: str) -> tuple[list[str], Any]:
         raise UserError(f"cannot read '{word}': extra words must be config overrides of the form key=value "
                         f"(for example optim.lr=3e-4).")
     key, raw = word.split("=", 1)
+    if not raw.strip():
+        refuse_empty_number(key)
     try:
         value = read_yaml(raw, f"the value of {key}=") if raw != "" else None
     except yaml.YAMLError:
@@ -225,6 +227,35 @@ def parse_override(word: str) -> tuple[list[str], Any]:
         except ValueError:
             pass
     return key.split("."), value
+
+
+def refuse_empty_number(key: str) -> None:
+    """`optim.lr=` (nothing after the =, a shell variable that was empty) read as null, which for lr means "decide
+    at run time": a run at the default rate that the user thought they had set. A field that holds a number (or
+    a list of numbers) is refused with what to give; text fields keep reading an empty value as none
+    (`model.weights=`: no weights), and an unknown key is left to set_dotted's message."""
+    try:
+        default = get_dotted(DEFAULTS, key.split("."))
+    except KeyError:
+        return
+    optional = default is None and key in OPTIONAL
+    kind = _kind(OPTIONAL[key] if optional else default)
+    if isinstance(default, list):
+        kind = f"a list of {len(default)} numbers"
+    if kind not in ("a number", "a whole number") and not isinstance(default, list):
+        return
+    shown = _example(key, default)
+    keep = (f"Drop the word, or give {key}=null, for {OPTIONAL_NULL[key][0]}" if optional else
+            f"Drop the word to keep the default ({key}={shown})")
+    raise UserError(f"{key}= gives no value, and {key} needs {kind}. Give one after the =, e.g. {key}={shown} "
+                    f"(an empty shell variable there gives nothing). {keep}.")
+
+
+def _example(key: str, default: Any) -> str:
+    """A value to show in a message: the default where there is one, else a typical one (OPTIONAL_NULL)."""
+    if isinstance(default, list):
+        return "[" + ",".join(f"{v}" for v in default) + "]"
+    return f"{default}" if default is not None else OPTIONAL_NULL[key][1]
 
 
 def get_dotted(cfg: dict, keys: list[str]) -> Any:
@@ -594,6 +625,14 @@ TEXT_LIST = ("data.datasets", "data.unlabeled")  # None, one text (datasets: com
 OPTIONAL = {  # None by default (resolved later), a number when given
     "optim.lr": 0.0, "optim.backbone_lr_mult": 0.0, "model.img_size": 0, "train.threads": 0,
     "train.budget_minutes": 0.0, "moco.mlp_hidden": 0, "run.pretrain_lr": 0.0, "run.queue_size": 0,
+}
+OPTIONAL_NULL = {  # what null means for each OPTIONAL field, and a value to show as an example
+    "optim.lr": ("the rate the command chooses at run time (docs/recipes.md)", "3e-4"),
+    "optim.backbone_lr_mult": ("the multiplier chosen at run time (0.1 with --weights, else 1)", "0.1"),
+    "model.img_size": ("the model's default input size", "64"), "train.threads": ("one thread per core", "4"),
+    "train.budget_minutes": ("no time limit", "10"), "moco.mlp_hidden": ("the backbone's feature width", "2048"),
+    "run.pretrain_lr": ("the rate scaled from the batch size", "0.03"),
+    "run.queue_size": ("a queue of about half the pool", "1024"),
 }
 AT_LEAST = {"model.img_size": 1, "train.threads": 1, "moco.mlp_hidden": 1, "run.queue_size": 1,
             "train.batch_size": 1, "train.epochs": 1, "moco.queue_size": 1, "moco.dim": 1, "moco.knn_k": 1,

@@ -169,6 +169,24 @@ def _read_pid(fd: int) -> str:
         return ""
 
 
+def unlock_and_remove(folder: str | Path) -> None:
+    """Give up this command's lock of ``folder`` and delete its lock file (a failed start removing the folder it
+    made): the file goes while still locked, so no other writer can take a lock on the name in between."""
+    key = str(Path(folder).resolve())
+    held = _HELD.get(key)
+    if held is None or held[1] != _owner():
+        return
+    del _HELD[key]
+    try:
+        (Path(folder) / LOCK_NAME).unlink(missing_ok=True)
+    except OSError:
+        pass
+    try:
+        os.close(held[0])
+    except OSError:
+        pass
+
+
 def release_owned(owner: int) -> None:
     """Give up the locks one command took (its end: a later in-process command may take them again)."""
     for key, (fd, held_by) in list(_HELD.items()):

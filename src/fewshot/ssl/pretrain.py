@@ -457,13 +457,30 @@ class MoCoTask:
 
 
 def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
-    from fewshot.train.finetune import start_job
+    from fewshot.train.finetune import start_job, undone_if_start_fails
 
     cfg["_task"] = "moco"
-    device, ctx, infos, resuming = start_job(cfg, out, resume,
-                                             lambda ctx, resuming: resolve_pretrain_defaults(cfg, ctx.world))
-    task = MoCoTask(cfg, infos, device, ctx, resuming=resuming)
-    engine = Engine(task, cfg, out, device, ctx)
+    with undone_if_start_fails(out) as start:  # a bad model or weights file leaves no run folder behind
+        device, ctx, infos, resuming = start_job(cfg, out, resume,
+                                                 lambda ctx, resuming: resolve_pretrain_defaults(cfg, ctx.world),
+                                                 start)
+        task = MoCoTask(cfg, infos, device, ctx, resuming=resuming)
+        engine = Engine(task, cfg, out, device, ctx)
+        announce_pretrain(cfg, out, task, engine, device, ctx)
+    result = engine.fit(resume=resume)
+    if ctx.is_main:
+        from fewshot.report.plots import plot_pretrain_curves
+
+        plot_pretrain_curves(Path(out))
+        written = write_knn_metrics(engine, task, Path(out))
+        if written:
+            print(one_line(knn_summary(written, result)))
+    return result or {}
+
+
+def announce_pretrain(cfg: dict, out: Path, task: MoCoTask, engine: Engine, device, ctx) -> None:
+    """The start's lines (rank 0): what is pretrained on what, and the warnings about the queue and BatchNorm;
+    skipped_images.json."""
     if ctx.is_main:
         write_skipped(out, task.pool_skipped + task.train_set.skipped + task.val_set.skipped)
         m = cfg["moco"]
@@ -482,15 +499,6 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
             print(f"warning: the queue (K={m['queue_size']}) holds at least as many keys as the pool has images "
                   f"({len(task.pool)}): each query meets older keys of its own image as negatives. {advice}",
                   flush=True)
-    result = engine.fit(resume=resume)
-    if ctx.is_main:
-        from fewshot.report.plots import plot_pretrain_curves
-
-        plot_pretrain_curves(Path(out))
-        written = write_knn_metrics(engine, task, Path(out))
-        if written:
-            print(one_line(knn_summary(written, result)))
-    return result or {}
 
 
 def speed_settings(task: MoCoTask) -> str:

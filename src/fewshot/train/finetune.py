@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ from fewshot.eval.evaluate import format_table
 from fewshot.models.weights import weights_note
 from fewshot.progress import set_enabled
 from fewshot.train.distributed import barrier, check_same_data, init_distributed
-from fewshot.run_lock import lock_run_dir, refuse_if_being_written
+from fewshot.run_lock import LOCK_NAME, lock_run_dir, refuse_if_being_written, unlock_and_remove
 from fewshot.train.engine import Engine, check_resume_world
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
 from fewshot.utils import refuse_links_in_run_dir, resolve_device, seed_everything, write_json
@@ -30,9 +32,10 @@ RUN_START_ENTRIES = frozenset({"config.yaml", "log.jsonl", "tensorboard", "plots
                                "skipped_images.json"})
 
 
-def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None) -> dict:
+def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStart | None = None) -> dict:
     """Create RUN; refuse to overwrite a finished/started run unless resuming (then reuse its config), and a
-    folder that holds anything else (another command's output, the user's files)."""
+    folder that holds anything else (another command's output, the user's files). ``start`` notes what RUN
+    held before, so that a start failing later removes only what it made."""
     out = Path(out)
     check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
     if ctx is None or ctx.is_main:  # a run being written is refused as such, not as one to --resume
@@ -59,10 +62,81 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None) -> dict:
     if ctx is not None:
         barrier(ctx)  # under torchrun every rank has looked at the folder before rank 0 writes into it
     if ctx is None or ctx.is_main:
+        if start is not None:
+            start.note_before()
         ensure_writable_dir(out, "run")
         lock_run_dir(out)  # one writer per run folder (the same command started twice, --resume during a run)
+        if start is not None:
+            start.armed = True  # the folder is this command's now: what appears in it from here on is its own
         remove_stale_temp_files(out)
     return cfg
+
+
+class RunStart:
+    """What a train / pretrain start added to RUN (and above it), for removal when the start fails before
+    training: a bad --model or weights file left RUN with config.yaml and the lock file, and the corrected
+    command was refused with --resume (the leftover config names the bad model) or needed another --out. Only
+    names a run's start writes are removed, and only new ones: a folder the user made stays, as do the files
+    that were there before."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.armed = False  # set once this command holds RUN's lock: before that, what is there is not its own
+        self.existed = True
+        self.entries_before: set[str] = set()
+        self.new_parents: list[Path] = []  # folders above RUN that --out created (a/b of a/b/run), nearest first
+
+    def note_before(self) -> None:
+        """RUN's entries (and missing parents) before the start writes anything."""
+        self.existed = os.path.lexists(self.out)
+        if self.existed:
+            with contextlib.suppress(OSError):
+                self.entries_before = set(os.listdir(self.out))
+            return
+        parent = self.out.absolute().parent
+        while not os.path.lexists(parent) and parent != parent.parent:
+            self.new_parents.append(parent)
+            parent = parent.parent
+
+    def undo(self) -> None:
+        """Remove what this start made: RUN's new start entries, then RUN and its parents if they are new and
+        empty. Errors are swallowed: the start's own error is the one to report."""
+        if not self.armed:
+            return
+        self.armed = False
+        with contextlib.suppress(OSError):
+            for name in set(os.listdir(self.out)) - self.entries_before:
+                if name in RUN_START_ENTRIES or ATOMIC_TEMP.fullmatch(name):
+                    _remove(self.out / name)
+        if LOCK_NAME not in self.entries_before:  # one there before (an earlier run's) stays; the lock is
+            unlock_and_remove(self.out)            # given up when the command ends
+        if self.existed:
+            return
+        for folder in (self.out, *self.new_parents):
+            try:
+                folder.rmdir()  # only an empty one: a file someone else put there keeps it
+            except OSError:
+                return
+
+
+def _remove(path: Path) -> None:
+    """A file, or a folder with what is in it (checkpoints/, tensorboard/), never following a link."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def undone_if_start_fails(out: Path):
+    """Run a job's start (the run folder, its config, the model, the engine) inside; if it raises, what it added
+    to the run folder is removed (RunStart.undo), so the corrected command starts afresh in the same --out."""
+    start = RunStart(out)
+    try:
+        yield start
+    except BaseException:
+        start.undo()
+        raise
 
 
 # utils.atomic_write_bytes's temp file: .NAME.XXXXXXXX.tmp (tempfile.mkstemp's 8 random characters)
@@ -193,10 +267,11 @@ def warn_random_backbone_at_a_pretrained_lr(cfg: dict) -> None:
               f"optim.backbone_lr_mult=1).", flush=True)
 
 
-def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults) -> tuple:
+def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunStart | None = None) -> tuple:
     """The start every training job shares (fine-tuning and MoCo): threads, device and process group, the
     job's defaults (``resolve_defaults(ctx, resuming)``), the datasets, the run directory and its config,
-    the seed. Returns (device, ctx, infos, resuming)."""
+    the seed. ``start`` (undone_if_start_fails) records what the run directory held before. Returns (device,
+    ctx, infos, resuming)."""
     set_enabled(bool(cfg["train"]["progress"]))
     configure_threads(cfg)
     device = resolve_device(cfg["train"]["device"])
@@ -208,7 +283,7 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults) -> tuple:
     resolve_defaults(ctx, resuming)
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
     check_same_data(ctx, infos)
-    prepare_run_dir(out, resume, cfg, ctx)
+    prepare_run_dir(out, resume, cfg, ctx, start)
     if ctx.is_main and not resuming:
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
     check_resume_world(Path(out), resume, ctx.world)
@@ -217,10 +292,25 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults) -> tuple:
 
 
 def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
-    device, ctx, infos, resuming = start_job(cfg, out, resume,
-                                             lambda ctx, resuming: resolve_finetune_defaults(cfg, resuming))
-    task = SupervisedTask(cfg, infos, device, ctx, resuming=resuming)
-    engine = Engine(task, cfg, out, device, ctx)
+    with undone_if_start_fails(out) as start:  # a bad model or weights file leaves no run folder behind
+        device, ctx, infos, resuming = start_job(cfg, out, resume,
+                                                 lambda ctx, resuming: resolve_finetune_defaults(cfg, resuming),
+                                                 start)
+        task = SupervisedTask(cfg, infos, device, ctx, resuming=resuming)
+        engine = Engine(task, cfg, out, device, ctx)
+        announce_finetune(cfg, out, task, engine, device, ctx)
+    engine.fit(resume=resume)
+    metrics = final_metrics(engine, task, out)
+    if ctx.is_main:
+        from fewshot.report.plots import plot_train_curves
+
+        plot_train_curves(Path(out))  # SPEC: a run directory holds plots/ (`fewshot run`'s report draws its own)
+    return metrics
+
+
+def announce_finetune(cfg: dict, out: Path, task: SupervisedTask, engine: Engine, device, ctx) -> None:
+    """The start's lines (rank 0): what is trained on what, and the warnings about settings that learn little;
+    skipped_images.json."""
     if ctx.is_main:
         pool_skipped = task.unlabeled.skipped if task.unlabeled is not None else []  # FixMatch's pool
         write_skipped(out, task.train_set.skipped + task.val_set.skipped + pool_skipped)
@@ -248,13 +338,6 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
             print(one_line(f"warning: {task.space.names[0]} has one class and no other dataset is trained with it: "
                            f"the loss is 0 and nothing is learned; every image is predicted as "
                            f"{task.space.classes[0][0]!r}. Add classes or datasets (--datasets)."), file=sys.stderr)
-    engine.fit(resume=resume)
-    metrics = final_metrics(engine, task, out)
-    if ctx.is_main:
-        from fewshot.report.plots import plot_train_curves
-
-        plot_train_curves(Path(out))  # SPEC: a run directory holds plots/ (`fewshot run`'s report draws its own)
-    return metrics
 
 
 def size_note(cfg: dict) -> str:

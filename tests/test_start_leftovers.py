@@ -1,0 +1,77 @@
+"""A `fewshot train` / `pretrain` whose start fails (a bad --model, a missing weights file) leaves no run folder it
+made: the leftover config.yaml and lock file used to make the corrected command refuse (--resume read the bad
+config back) or need another --out. Folders and files that were there before the start stay."""
+
+from __future__ import annotations
+
+import threading
+
+from fewshot.run_lock import LOCK_NAME, lock_run_dir, release_all
+from helpers.checks import run_main
+
+FAST = ("--datasets", "digits", "--img-size", "32", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress",
+        "train.tensorboard=false")
+
+
+def train(root, out, *extra):
+    return run_main("train", "--data", root, "--out", out, *FAST, *extra)
+
+
+def test_a_bad_model_leaves_no_run_folder_and_the_corrected_command_starts(digits_root, tmp_path):
+    run = tmp_path / "new" / "deeper" / "run"
+    rc, _, err = train(digits_root, run, "--model", "no_such_model_xyz")
+    assert rc == 2 and "no_such_model_xyz" in err, err
+    assert not (tmp_path / "new").exists()  # RUN and the parents --out made are gone
+    # the corrected command, even with --resume (it read the leftover config's bad model back and refused)
+    rc, _, err = train(digits_root, run, "--model", "test_resnet", "--resume")
+    assert rc == 0, err
+    assert (run / "metrics.json").is_file()
+
+
+def test_a_missing_weights_file_leaves_the_users_folder_as_it_was(digits_root, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    rc, _, err = train(digits_root, mine, "--model", "test_resnet", "--weights", tmp_path / "nope.pt")
+    assert rc == 2 and "nope.pt" in err, err
+    assert mine.is_dir() and list(mine.iterdir()) == []  # made by the user: kept, and emptied of what the start wrote
+
+
+def test_what_was_there_before_the_start_stays(digits_root, tmp_path):
+    """An earlier start's leftovers (a run's config.yaml, its lock file) are not this start's to remove."""
+    run = tmp_path / "run"
+    rc, _, _ = train(digits_root, run, "--model", "test_resnet", "train.epochs=1")
+    assert rc == 0
+    for p in list(run.iterdir()):  # what a start that failed in an older fewshot left: config + lock only
+        if p.name not in ("config.yaml", LOCK_NAME):
+            __import__("shutil").rmtree(p) if p.is_dir() else p.unlink()
+    before = (run / "config.yaml").read_text()
+    rc, _, err = train(digits_root, run, "--model", "no_such_model_xyz")
+    assert rc == 2, err
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, "config.yaml"]
+    assert (run / "config.yaml").read_text() != before  # rewritten by the failed start, which the next accepts
+    rc, _, err = train(digits_root, run, "--model", "test_resnet")
+    assert rc == 0, err
+
+
+def test_a_folder_another_writer_holds_is_left_alone(digits_root, tmp_path):
+    """Refused because another command writes there: nothing of that writer's is removed."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {}\ndata: {}\noptim: {}\ntrain: {}\n")
+    thread = threading.Thread(target=lock_run_dir, args=(run,))  # library code in another thread: another owner
+    thread.start()
+    thread.join()
+    try:
+        rc, _, err = train(digits_root, run, "--model", "test_resnet")
+        assert rc == 2 and "being written" in err, err
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, "config.yaml"]
+    finally:
+        release_all()
+
+
+def test_pretrain_with_a_bad_model_leaves_no_run_folder(digits_root, tmp_path):
+    run = tmp_path / "prun"
+    rc, _, err = run_main("pretrain", "--data", digits_root, "--out", run, "--model", "no_such_model_xyz",
+                          "--device", "cpu", "--no-progress")
+    assert rc == 2 and "no_such_model_xyz" in err, err
+    assert not run.exists()
