@@ -1230,3 +1230,22 @@ def test_no_progress_help_of_a_training_command_keeps_its_epoch_lines(command):
     only "no progress bars")."""
     rc, out, _ = run_main(command, "--help")
     assert rc == 0 and "log.jsonl holds every epoch" in " ".join(out.split())
+
+
+def test_run_takes_weights_like_train(digits_root, tmp_path):
+    """`fewshot run --weights FILE` was "unrecognized arguments" while train and probe take it (model.weights=FILE
+    was the only way): the flag reaches model.weights, and a missing file is named before any work."""
+    rc, _, err = run_main("run", "--data", digits_root, "--out", tmp_path / "r", "--weights",
+                          tmp_path / "no.safetensors", "--model", "test_resnet", "--device", "cpu", "--budget-minutes",
+                          "0.2", "--no-progress")
+    assert rc == 2 and "weights file not found" in err and "no.safetensors" in err and "unrecognized" not in err, err
+
+
+def test_probe_given_a_run_folder_as_weights_says_so(tmp_path):
+    """`probe --weights RUN_DIR` without --model said "--model is required ... records no model"; the folder is
+    the trouble, and a run folder is named as one with the command that makes a weights file of it."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    rc, _, err = run_main("probe", "--weights", run, "--data", tmp_path)
+    assert rc == 2 and "is a folder; --weights takes a weights file" in err and "--model is required" not in err, err
+    assert f"fewshot export {run} --out backbone.safetensors" in err

@@ -75,6 +75,9 @@ def add_parsers(sub, add_common, epilog) -> None:
                    help="wall-clock minutes for the whole command, from its start to the report (default 10; "
                    "with --resume: the run's own)")
     p.add_argument("--model", help="timm model (default resnet18)")
+    p.add_argument("--weights", help="start the backbone from a local weights file (`fewshot export`'s "
+                   "safetensors, a timm/torchvision state dict, a fewshot checkpoint): the MoCo stage (--pretrain) "
+                   "and fine-tuning start from it; the same as model.weights=FILE. Default: random init")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: CUDA when available")
     p.add_argument("--img-size", type=int, help="default: 32 for small images, else 64 on CPU / 160 on GPU")
     p.add_argument("--datasets", help="comma-separated dataset names (default: every dataset under --data)")
@@ -87,7 +90,7 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("--semi", choices=["pseudo", "fixmatch", "off"],
                    help="how fine-tuning uses the pool: pseudo = self-training (default), fixmatch, off")
     p.add_argument("--baseline", action="store_true", help="the baseline: supervised on the labelled images only, "
-                   "the whole budget (= --no-pretrain --semi off); from random init, or from model.weights=FILE "
+                   "the whole budget (= --no-pretrain --semi off); from random init, or from --weights FILE "
                    "when given")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images (listed) instead of "
                    "failing; test images are decoded at start-up, so a bad one is found before the budget is spent")
@@ -171,7 +174,7 @@ def cmd_run(args, extra) -> int:
                         "`fewshot train` (both DDP-aware), or run `fewshot run` without torchrun.")
     check_unlabeled_words(args.unlabeled)
     flags = {"data.root": args.data, "model.name": args.model, "train.device": args.device,
-             "data.unlabeled": args.unlabeled,
+             "data.unlabeled": args.unlabeled, "model.weights": args.weights,
              "model.img_size": args.img_size, "data.datasets": args.datasets, "train.seed": args.seed,
              "data.skip_bad_images": True if args.skip_bad_images else None}
     if sum(map(bool, (args.pretrain, args.no_pretrain, args.baseline))) > 1:
@@ -203,7 +206,8 @@ def cmd_run(args, extra) -> int:
     return 0
 
 
-RUN_FLAG_NAMES = {"data.root": "--data", "model.name": "--model", "train.device": "--device",
+RUN_FLAG_NAMES = {"data.root": "--data", "model.name": "--model", "model.weights": "--weights",
+                  "train.device": "--device",
                   "data.unlabeled": "--unlabeled", "model.img_size": "--img-size", "data.datasets": "--datasets",
                   "train.seed": "--seed", "data.skip_bad_images": "--skip-bad-images",
                   "run.pretrain": "--pretrain/--no-pretrain/--baseline", "run.semi_method": "--semi/--baseline",
@@ -327,7 +331,10 @@ def cmd_probe(args, extra) -> int:
 
     if not args.model:
         from fewshot.models.backbone import adopt_weights_model
+        from fewshot.models.weights import check_weights_path
 
+        if args.weights:  # a folder or a missing file is the real trouble: "--model is required" misled
+            check_weights_path(args.weights)
         args.model = adopt_weights_model({"name": None, "weights": args.weights}, given=False)
         if not args.model:
             raise UserError(f"--model is required: {args.weights or 'a random initialisation'} records no model "

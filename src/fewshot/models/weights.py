@@ -39,15 +39,25 @@ def is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
 
 
-def read_tensor_file(path: str | Path) -> dict:
-    """Read a checkpoint or weights file safely; any failure becomes a CheckpointError naming the file."""
+def check_weights_path(path: str | Path) -> Path:
+    """The checks a weights path gets before anything reads it (a folder, a missing or empty file), each a
+    CheckpointError that says what to give. A run folder is named as one, with the file in it to give."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; --weights takes a weights file (.safetensors, .pt, .pth)")
+        runs = (path / "checkpoints").is_dir() or (path / "run_state.json").is_file()
+        hint = (f" {path} is a run folder: `fewshot export {path} --out backbone.safetensors` writes its backbone "
+                f"as one" if runs else "")
+        raise CheckpointError(f"{path} is a folder; --weights takes a weights file (.safetensors, .pt, .pth).{hint}")
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"weights file {path} is empty (0 bytes).")
+    return path
+
+
+def read_tensor_file(path: str | Path) -> dict:
+    """Read a checkpoint or weights file safely; any failure becomes a CheckpointError naming the file."""
+    path = check_weights_path(path)
     if is_safetensors(path):
         from safetensors.torch import load_file
 
