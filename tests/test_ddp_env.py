@@ -124,6 +124,27 @@ def test_the_pretrain_header_names_the_shuffle_across_processes():
     model = SimpleNamespace(encoder_q=torch.nn.BatchNorm2d(3), split_bn_groups=1)
     assert bn_protection(model, 2) == "shuffle-BN across 2 processes"
     assert bn_protection(model) == "split-BN groups=1"
+    model.shuffle_across_ranks = False  # moco.shuffle_bn=off: the header said "shuffle-BN across 2 processes"
+    assert bn_protection(model, 2).startswith("no shuffle-BN (moco.shuffle_bn=off, 2 processes)")
+
+
+def test_shuffle_bn_off_keeps_the_keys_on_their_process_under_ddp(monkeypatch):
+    """moco.shuffle_bn=off was ignored under DDP: the key batch was shuffled across the processes anyway."""
+    import fewshot.ssl.moco as moco_module
+    from fewshot.ssl.moco import MoCo
+
+    calls = []
+    monkeypatch.setattr(moco_module, "_ddp", lambda: True)
+    monkeypatch.setattr(moco_module, "batch_shuffle_ddp", lambda x, g: calls.append("shuffle") or (x, None))
+    monkeypatch.setattr(moco_module, "batch_unshuffle_ddp", lambda x, idx: x)
+    from fewshot.models.backbone import create_backbone
+
+    x = torch.randn(4, 3, 32, 32)
+    for across, expected in ((True, ["shuffle"]), (False, [])):
+        calls.clear()
+        model = MoCo(create_backbone("test_resnet"), dim=8, queue_size=16, mlp=False, shuffle_across_ranks=across)
+        keys = model.keys(x, torch.Generator().manual_seed(0))
+        assert calls == expected and keys.shape == (4, 8)
 
 
 def test_the_pool_smaller_than_one_batch_says_fewer_processes_under_ddp():
@@ -132,3 +153,18 @@ def test_the_pool_smaller_than_one_batch_says_fewer_processes_under_ddp():
     task = SimpleNamespace(kind="moco", pool=[0] * 6)
     assert "fewer processes" in str(empty_epoch_error(task, {"train": {"batch_size": 4}}, 2))
     assert "fewer processes" not in str(empty_epoch_error(task, {"train": {"batch_size": 8}}, 1))
+
+
+def test_a_joint_moco_run_resumed_on_more_processes_is_not_told_to_start_anew_there(tmp_path):
+    """The advice "to continue on 2, start a new run from this one's weights" led a semi.method=moco run into a
+    refusal: its joint loss runs on one process only."""
+    from fewshot.errors import UserError
+    from fewshot.train.engine import check_same_world
+
+    path = tmp_path / "last.pt"
+    with pytest.raises(UserError) as joint:
+        check_same_world(path, {"world": 1, "kind": "supervised", "joint_moco": {}}, 2)
+    assert "runs on one process only" in str(joint.value) and "To continue on 2" not in str(joint.value)
+    with pytest.raises(UserError) as plain:
+        check_same_world(path, {"world": 1, "kind": "supervised"}, 2)
+    assert "To continue on 2, start a new run" in str(plain.value)

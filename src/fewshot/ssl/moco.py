@@ -77,10 +77,11 @@ def batch_unshuffle_ddp(x: Tensor, idx_unshuffle: Tensor) -> Tensor:
 class MoCo(nn.Module):
     def __init__(self, backbone: nn.Module, dim: int = 128, queue_size: int = 4096, momentum: float = 0.999,
                  temperature: float = 0.2, mlp: bool = True, mlp_hidden: int | None = None,
-                 split_bn_groups: int = 1, symmetric: bool = False):
+                 split_bn_groups: int = 1, symmetric: bool = False, shuffle_across_ranks: bool = True):
         super().__init__()
         self.K, self.m, self.T, self.symmetric = queue_size, momentum, temperature, symmetric
         self.split_bn_groups = split_bn_groups
+        self.shuffle_across_ranks = shuffle_across_ranks  # DDP's shuffle-BN; False: moco.shuffle_bn=off
         self.encoder_q = convert_split_bn(Encoder(backbone, dim, mlp, mlp_hidden), split_bn_groups)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
@@ -95,8 +96,9 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def keys(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Keys with shuffle-BN: the key batch is permuted before f_k and restored after."""
-        if _ddp():
+        """Keys with shuffle-BN: the key batch is permuted before f_k and restored after (under DDP across the
+        processes, unless moco.shuffle_bn=off; on one process the split-BN groups are the guard)."""
+        if _ddp() and self.shuffle_across_ranks:
             shuffled, unshuffle = batch_shuffle_ddp(x, generator)
             return batch_unshuffle_ddp(F.normalize(self.encoder_k(shuffled), dim=1), unshuffle)
         perm, inverse = shuffle_permutation(x.shape[0], generator, device=x.device)

@@ -275,6 +275,9 @@ def bn_protection(model, world: int = 1) -> str:
     if not has_batch_norm(model.encoder_q):
         return "no BatchNorm (no shuffle needed)"
     if world > 1:
+        if not getattr(model, "shuffle_across_ranks", True):
+            return (f"no shuffle-BN (moco.shuffle_bn=off, {world} processes): the positive pair can match through "
+                    f"BatchNorm statistics")
         return f"shuffle-BN across {world} processes"
     shared = shared_batch_norms(model)
     if shared:  # a BatchNorm type split BN cannot convert: those layers still see the whole batch
@@ -363,7 +366,8 @@ class MoCoTask:
         self.normalize = Normalize(mean, std).to(device)
         self.model = MoCo(backbone, dim=m["dim"], queue_size=m["queue_size"], momentum=m["momentum"],
                           temperature=m["temperature"], mlp=m["mlp"], mlp_hidden=m["mlp_hidden"],
-                          split_bn_groups=split_groups(cfg, ctx.world, backbone), symmetric=m["symmetric"])
+                          split_bn_groups=split_groups(cfg, ctx.world, backbone), symmetric=m["symmetric"],
+                          shuffle_across_ranks=m["shuffle_bn"] not in (False, "off", "none"))
         self.channels_last = cfg["train"]["channels_last"] is True or (
             cfg["train"]["channels_last"] == "auto" and device.type == "cuda")
         if self.channels_last:

@@ -152,11 +152,14 @@ def check_same_world(path: Path, ck: dict, world: int) -> None:
     schedule's length all depend on it."""
     saved = int(ck.get("world", world))
     if saved != world:
-        raise UserError(f"{path} was written by a run on {saved} process(es); resume it on {saved} in all "
-                        f"(nnodes x nproc_per_node: `torchrun --nproc_per_node={saved} ...` on one machine"
-                        f"{', or without torchrun' if saved == 1 else ''}). "
-                        f"On {world} the epoch plan differs: the learning-rate schedule would jump and "
-                        f"a mid-epoch stop would skip or repeat batches. To continue on {world}, start a "
+        head = (f"{path} was written by a run on {saved} process(es); resume it on {saved} in all "
+                f"(nnodes x nproc_per_node: `torchrun --nproc_per_node={saved} ...` on one machine"
+                f"{', or without torchrun' if saved == 1 else ''}). "
+                f"On {world} the epoch plan differs: the learning-rate schedule would jump and "
+                f"a mid-epoch stop would skip or repeat batches.")
+        if "joint_moco" in ck and world > 1:  # the advice below would lead to a refusal
+            raise UserError(f"{head} (semi.method=moco, its joint MoCo loss, runs on one process only.)")
+        raise UserError(f"{head} To continue on {world}, start a "
                         f"new run from this one's weights (`--weights {path}`), with a new schedule and optimizer"
                         + (": `train --weights` takes the pretrained-backbone recipe (lr 1e-4, backbone x0.1) unless "
                            "--lr and optim.backbone_lr_mult repeat the run's config.yaml."
