@@ -167,7 +167,9 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     step_s = measure_step_seconds(task)
     eval_s = measure_eval_seconds(task)
     steps = len(task.plan_epoch(0))
-    every = max(1, int(round(10 * eval_s / max(step_s * steps, 1e-6))))
+    # with an EMA the Engine scores both the EMA and the raw weights at each evaluation during training
+    training_eval_s = eval_s * (2 if cfg["train"].get("ema") and getattr(task, "supports_ema", False) else 1)
+    every = max(1, int(round(10 * training_eval_s / max(step_s * steps, 1e-6))))
     section, key = every_field
     cfg[section][key] = task.eval_every = every
     after = closing(task, eval_s, step_s) if closing is not None else 0.0
@@ -178,11 +180,11 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
         print(overrun_warning(5 * step_s - left, f"this stage's least 5 training steps ({5 * step_s:.0f} s at the "
                               f"measured speed) do not fit the {max(0.0, left):.0f} s left to it"
                               f"{' (the rest is kept for the work after it)' if after > 0 else ''}"), flush=True)
-    epochs = plan_epochs(budget_s, step_s, steps, eval_s, every, min_epochs)
+    epochs = plan_epochs(budget_s, step_s, steps, training_eval_s, every, min_epochs)
     cfg["train"].update(epochs=epochs, budget_minutes=budget_s / 60)
     cfg["sched"]["time_based"] = True
     task.step_s, task.eval_s = step_s, eval_s  # for the run's check that a later round still fits
-    return step_s, fitting_epochs(budget_s, step_s, steps, eval_s, every), budget_s
+    return step_s, fitting_epochs(budget_s, step_s, steps, training_eval_s, every), budget_s
 
 
 def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256, model=None) -> float:

@@ -229,6 +229,8 @@ class Engine:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=t["ema_decay"], use_warmup=t["ema_warmup"], device=device)
+            self._warn_slow_ema()
+        self.best_weights = "ema" if self.ema is not None else "raw"  # the set best.pt holds (see _evaluate)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_score, self.last_eval = -math.inf, None
         self.best_before_stop: float | None = None  # the best score before a partial epoch's evaluation beat it
@@ -246,6 +248,23 @@ class Engine:
         self._seconds_before = 0.0  # training time of the sessions before this one (resume)
         self.fit_start: float | None = None
         self._clock_start: float | None = None
+
+    def _warn_slow_ema(self) -> None:
+        """An EMA without decay warm-up averages over about 1/(1 - decay) steps (25,000 at the default 0.99996): on a
+        run with fewer optimizer steps it stays near the random initial weights, and a 32-step run was scored at
+        chance (val 10.0 at every epoch while the train accuracy climbed), without a word. Told once, at the start
+        (best.pt falls back to the raw weights when they score higher, but the EMA's evaluations are wasted)."""
+        t = self.cfg["train"]
+        decay = float(t["ema_decay"])
+        total = max(1, int(t["epochs"]) * self.steps_per_epoch)
+        if t["ema_warmup"] or not self.ctx.is_main or decay <= 0.0 or 1.0 / (1.0 - decay) <= total:
+            return
+        print(one_line(f"warning: train.ema_warmup=false with train.ema_decay={decay:g} averages the weights over "
+                       f"about {1.0 / (1.0 - decay):,.0f} optimizer steps, more than this run's {total:,} "
+                       f"({t['epochs']} epoch(s) x {self.steps_per_epoch} steps): the EMA stays close to the "
+                       f"initial weights and scores near chance. Set train.ema_warmup=true (the default), a smaller "
+                       f"train.ema_decay, or train.ema=false; meanwhile best.pt keeps the raw weights wherever they "
+                       f"score higher."), file=sys.stderr, flush=True)
 
     def _warn_cpu_fp16(self) -> None:
         """train.amp=fp16 on a CPU was accepted without a word and trained ~15x slower than fp32: said once a
@@ -296,6 +315,9 @@ class Engine:
                 payload["epoch_sums_by_rank"] = epoch_sums_by_rank
             if name != "last":
                 payload["optimizer"] = None
+                payload["weights"] = self.best_weights  # what eval, predict, export and --weights read from it
+                if self.best_weights == "raw":  # the raw weights scored higher: they are the ones its readers take
+                    payload["ema"] = None
                 for key in getattr(self.task, "resume_only_extra", ()):  # the joint MoCo loss's key encoder, queue
                     payload.pop(key, None)
             try:
@@ -943,8 +965,7 @@ class Engine:
         """Evaluate the model (epoch index ``epoch``) into the log row ``record``; a new best score writes best.pt.
         Returns whether it did."""
         t1 = time.perf_counter()
-        eval_model = self.ema.module if self.ema is not None else self.model
-        result = self.task.evaluate(eval_model, epoch) if self.ctx.is_main else None
+        result = self._evaluate_weights(epoch) if self.ctx.is_main else None
         result = broadcast_object(self.ctx, result)
         if result is None:
             return False
@@ -958,8 +979,27 @@ class Engine:
         if self.step_in_epoch:  # a budget stop's partial epoch, which a resume may reopen
             self._set_best_aside()
         self.best_score = result["score"]
+        self.best_weights = result.get("weights", "ema" if self.ema is not None else "raw")
         self.save("best")
         return True
+
+    def _evaluate_weights(self, epoch: int) -> dict | None:
+        """The evaluation of the weights best.pt would hold. With an EMA both the EMA and the raw weights are
+        scored: on short runs the EMA lags far behind (32 steps: val 16.8 for the EMA, 43.2 for the raw weights),
+        and everything the user gets (best.pt, metrics.json, eval, predict, export) is what best.pt holds. The
+        result is the higher-scoring set's (a tie: the EMA's), with ``score_ema``, ``score_raw`` and ``weights``
+        ("ema" or "raw") added, so log.jsonl's ``score`` and ``val`` describe the weights best.pt is chosen from.
+        Without an EMA only the model is evaluated, as before."""
+        if self.ema is None:
+            return self.task.evaluate(self.model, epoch)
+        ema = self.task.evaluate(self.ema.module, epoch)
+        if ema is None or ema.get("score") is None:  # nothing to compare (a task that scores nothing)
+            return ema
+        raw = self.task.evaluate(self.model, epoch)
+        raw_score = raw.get("score") if isinstance(raw, dict) else None
+        use_raw = raw_score is not None and math.isfinite(raw_score) and raw_score > ema["score"]
+        return {**(raw if use_raw else ema), "score_ema": ema["score"], "score_raw": raw_score,
+                "weights": "raw" if use_raw else "ema"}
 
     def _evaluate_the_stop(self) -> bool:
         """A resume that finds the budget spent trains nothing; where the run stopped on a signal (which saves

@@ -359,6 +359,11 @@ def load_best_checkpoint(model, out: Path) -> dict:
     return ck
 
 
+def chosen_weights(ck: dict) -> str:
+    """Which weights a checkpoint's readers take: "ema" or "raw" (best.pt says; older ones hold the EMA's if any)."""
+    return ck.get("weights") or ("ema" if ck.get("ema") is not None else "raw")
+
+
 def final_metrics(engine: Engine, task: SupervisedTask, out: Path) -> dict:
     """Evaluate the best checkpoint on val in both modes; metrics.json holds the configured mode."""
     from fewshot.train.checkpoint import logged_epoch
@@ -366,18 +371,23 @@ def final_metrics(engine: Engine, task: SupervisedTask, out: Path) -> dict:
     if not engine.ctx.is_main:
         return {}
     model = task.model
-    best_epoch = logged_epoch(load_best_checkpoint(model, out))
+    ck = load_best_checkpoint(model, out)
+    best_epoch = logged_epoch(ck)
     result = task.evaluate(model, best_epoch)
     mode = task.cfg["train"]["eval_mode"]
     metrics = dict(result["val"][mode])
-    metrics.update({"split": "val", "best_epoch": best_epoch})
+    weights = chosen_weights(ck)
+    metrics.update({"split": "val", "best_epoch": best_epoch, "weights": weights})
     if task.unlabeled is not None:  # what the unlabeled pool added to the labelled images
         metrics["semi"] = task.unlabeled.summary
     write_json(Path(out) / "metrics.json", metrics)
     for m in ("known", "unknown"):
         write_json(Path(out) / f"metrics_{m}.json", {**result["val"][m], "split": "val", "best_epoch": best_epoch})
     # the table is of train.eval_mode, the mode metrics.json holds and the best epoch was chosen by
-    print(format_table(metrics, title=f"val accuracy, best epoch {best_epoch}"))
+    print(format_table(metrics, title=f"val accuracy, best epoch {best_epoch}, {weights} weights"))
+    if weights == "raw" and task.cfg["train"]["ema"]:
+        print("note: best.pt holds the raw (non-EMA) weights: they scored higher on val than the EMA's (log.jsonl: "
+              "score_raw, score_ema); eval, predict and export use them.", flush=True)
     if mode == "known":
         print(f"unknown-source: mean acc@1 {result['val']['unknown']['mean_acc1']:.2f}, "
               f"routing {result['val']['unknown']['routing_acc']:.2f}")
