@@ -75,3 +75,40 @@ def test_pretrain_with_a_bad_model_leaves_no_run_folder(digits_root, tmp_path):
                           "--device", "cpu", "--no-progress")
     assert rc == 2 and "no_such_model_xyz" in err, err
     assert not run.exists()
+
+
+def test_a_lock_file_removed_while_waiting_for_it_is_locked_anew(tmp_path, monkeypatch):
+    """A failed start removes its lock file while holding it; a command already waiting on that file then got a
+    lock on a nameless file, and the next command locked a new file of the same name: two writers in one run.
+    The waiter now checks that its file still has the name, and locks the name anew where not."""
+    import os
+
+    import fewshot.run_lock as run_lock
+
+    real = run_lock._flock_retrying
+    calls = []
+
+    def holder_undoes_itself_meanwhile(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            os.unlink(tmp_path / LOCK_NAME)  # as unlock_and_remove, while this command waited
+        return real(fd)
+
+    monkeypatch.setattr(run_lock, "_flock_retrying", holder_undoes_itself_meanwhile)
+    try:
+        assert lock_run_dir(tmp_path) is True and len(calls) == 2
+        held = run_lock._HELD[str(tmp_path.resolve())][0]
+        assert os.fstat(held).st_ino == os.stat(tmp_path / LOCK_NAME).st_ino
+    finally:
+        release_all()
+
+
+def test_a_start_without_a_lock_undoes_nothing(digits_root, tmp_path, monkeypatch):
+    """Where no lock can be taken (a file system without locks), another command may be writing the folder: a
+    failed start must not remove what it finds new there."""
+    import fewshot.train.finetune as finetune
+
+    monkeypatch.setattr(finetune, "lock_run_dir", lambda out: False)
+    run = tmp_path / "run"
+    rc, _, err = train(digits_root, run, "--model", "no_such_model_xyz")
+    assert rc == 2 and (run / "config.yaml").is_file(), err

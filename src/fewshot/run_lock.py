@@ -54,38 +54,58 @@ def _owner() -> int:
     return _OWNER.get() or -threading.get_ident()
 
 
-def lock_run_dir(folder: str | Path) -> None:
+def lock_run_dir(folder: str | Path) -> bool:
     """Take the folder's writer lock for this command (again: a no-op); UserError if another one holds it.
+    Returns whether this command holds it (False where none can be taken: no fcntl, a file system without
+    locks, a lock file that cannot be opened), so that callers that undo their own writes know whose they are.
 
     Another command of this process is refused like another process: flock locks belong to an open file,
     so a second descriptor of the same process cannot take a lock the first one holds."""
     folder = Path(folder)
     key = str(folder.resolve())
     held, owner = _HELD.get(key), _owner()
-    if fcntl is None or (held is not None and held[1] == owner):
-        return
+    if held is not None and held[1] == owner:
+        return True
+    if fcntl is None:
+        return False
     if held is not None and held[1] == -threading.get_ident():  # taken by library code of this thread outside
         _HELD[key] = (held[0], owner)  # any command (run_finetune called directly, which has returned): this
-        return                         # command adopts it and gives it up at its end; another thread's is refused
-    fd = _open_lock_file(folder)
-    if fd is None:
-        return  # the folder's own write check reports an unwritable folder
-    try:
-        _flock_retrying(fd)
-    except OSError as exc:
-        holder = _read_pid(fd)
+        return True                    # command adopts it and gives it up at its end; another thread's is refused
+    for _ in range(5):
+        fd = _open_lock_file(folder)
+        if fd is None:
+            return False  # the folder's own write check reports an unwritable folder
+        try:
+            _flock_retrying(fd)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                who = ("another fewshot command of this Python process (a thread, or a call still running)"
+                       if holder == str(os.getpid()) else
+                       f"another fewshot process{f' (pid {holder})' if holder else ''}")
+                raise UserError(f"'{folder}' is being written by {who}: two runs in one folder would log every "
+                                f"epoch twice and overwrite each other's checkpoints. Wait for it to finish (or "
+                                f"stop it), then --resume; or choose another --out.") from None
+            return False  # ENOLCK, EOPNOTSUPP, ...: this file system cannot lock
+        if _still_named(fd, folder / LOCK_NAME):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            _HELD[key] = (fd, owner)
+            return True
+        # the holder removed the file while this command waited for it (a failed start undoing itself:
+        # unlock_and_remove): a lock on a nameless file guards nothing, so lock the name anew
         os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            who = ("another fewshot command of this Python process (a thread, or a call still running)"
-                   if holder == str(os.getpid()) else
-                   f"another fewshot process{f' (pid {holder})' if holder else ''}")
-            raise UserError(f"'{folder}' is being written by {who}: two runs in one folder would log every "
-                            f"epoch twice and overwrite each other's checkpoints. Wait for it to finish (or stop "
-                            f"it), then --resume; or choose another --out.") from None
-        return  # ENOLCK, EOPNOTSUPP, ...: this file system cannot lock
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    _HELD[key] = (fd, owner)
+    return False
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether the open lock file is still the file at ``path`` (not unlinked or replaced since it was opened)."""
+    try:
+        mine, named = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (named.st_dev, named.st_ino)
 
 
 def _open_lock_file(folder: Path) -> int | None:

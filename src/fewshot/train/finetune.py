@@ -65,9 +65,9 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
         if start is not None:
             start.note_before()
         ensure_writable_dir(out, "run")
-        lock_run_dir(out)  # one writer per run folder (the same command started twice, --resume during a run)
-        if start is not None:
-            start.armed = True  # the folder is this command's now: what appears in it from here on is its own
+        locked = lock_run_dir(out)  # one writer per run folder (the same command started twice, --resume during
+        if start is not None:        # a run); without a lock (a file system without locks) nothing is undone:
+            start.armed = locked     # another command may be writing there. With it, what appears is its own
         remove_stale_temp_files(out)
     return cfg
 
@@ -80,7 +80,7 @@ class RunStart:
     that were there before."""
 
     def __init__(self, out: Path):
-        self.out = Path(out)
+        self.out = Path(os.path.abspath(out))  # `a/../b/run`: the parents walked up are the real ones
         self.armed = False  # set once this command holds RUN's lock: before that, what is there is not its own
         self.existed = True
         self.entries_before: set[str] = set()
