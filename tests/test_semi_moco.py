@@ -278,7 +278,8 @@ def test_best_pt_leaves_the_joint_state_to_last_pt_and_the_disk_check_counts_it(
     joint.save("last")
     best, last = (load_checkpoint(joint.ckpt_dir / f"{name}.pt") for name in ("best", "last"))
     assert "joint_moco" in last and "joint_moco" not in best
-    assert best["optimizer"] is None and set(best) == set(last) - {"joint_moco"}  # all else as before
+    assert best["optimizer"] is None and set(best) == set(last) - {"joint_moco"} | {"weights"}  # all else as before
+    assert best["weights"] == "ema"  # the set its readers take (tests/test_ema_choice.py)
     from fewshot.models.classifier import build_classifier
 
     build_classifier(finetune_cfg(root), 10).load_state_dict(best["model"])  # still what eval and predict read
