@@ -815,6 +815,90 @@ def test_a_stride_check_failing_in_the_first_compiled_backward_falls_back_to_eag
     assert (tmp_path / "compiled" / "checkpoints" / "last.pt").is_file()
 
 
+def _fail_after_the_redo(monkeypatch, how: str) -> None:
+    """After the engine undid the compile, the eager step fails too: its forward raises (``how="raise"``), its loss
+    is NaN (``"nan"``), or rebuilding the batch raises (``"batch"``)."""
+    from fewshot.ssl.pretrain import MoCoTask
+    from fewshot.train.engine import Engine
+
+    redone, undo, step, make_batch = [], Engine._redo_eagerly, MoCoTask.training_step, MoCoTask.make_batch
+
+    def redo(self, *args):
+        redone.append(True)
+        return undo(self, *args)
+
+    monkeypatch.setattr(Engine, "_redo_eagerly", redo)
+
+    def training_step(self, model, batch):
+        loss, metrics, n = step(self, model, batch)
+        if redone and how == "raise":
+            raise RuntimeError("the eager step failed as well")
+        return (loss * float("nan") if redone and how == "nan" else loss), metrics, n
+
+    def rebuilt_batch(self, *args):
+        if redone and how == "batch":
+            raise RuntimeError("the batch could not be rebuilt")
+        return make_batch(self, *args)
+
+    monkeypatch.setattr(MoCoTask, "training_step", training_step)
+    monkeypatch.setattr(MoCoTask, "make_batch", rebuilt_batch)
+
+
+@pytest.mark.parametrize("how, says", [("raise", "the eager step failed as well"),
+                                       ("batch", "the batch could not be rebuilt")])
+def test_an_eager_redo_that_fails_too_names_the_first_failure(digits, tmp_path, monkeypatch, capsys, how, says):
+    """The redo's own error is raised, with a note naming the compiled failure that led to it (a 3.11-only
+    add_note called on 3.10 turned it into an AttributeError; rebuilding the batch had no note at all)."""
+    _fake_compile(monkeypatch, fail_at={1, 2})
+    _fail_after_the_redo(monkeypatch, how)
+    with pytest.raises(RuntimeError, match=says) as err:
+        _pretrain(digits, tmp_path / "run", **{"train.compile": True})
+    notes = getattr(err.value, "__notes__", None) or [capsys.readouterr().err]
+    assert any("compiled run failed: InductorError" in n for n in notes), notes
+
+
+def test_a_note_on_a_python_without_add_note_goes_to_stderr(capsys):
+    """fewshot allows Python 3.10, whose exceptions have no add_note: the note is printed instead of turning the
+    real error into an AttributeError."""
+    from fewshot.train.engine import add_note
+
+    class Py310Error(Exception):
+        add_note = property(lambda self: (_ for _ in ()).throw(AttributeError("add_note")))
+
+    add_note(Py310Error("x"), "the first failure")
+    assert "the first failure" in capsys.readouterr().err
+    err = ValueError("y")
+    add_note(err, "noted")
+    assert err.__notes__ == ["noted"]
+
+
+def test_a_non_finite_loss_in_the_eager_redo_says_the_step_was_redone(digits, tmp_path, monkeypatch):
+    """The redo's loss is NaN and no skip is allowed: the error says the step ran eagerly after a compile
+    failure (the compiled run of the same batch never got that far), not only to lower the learning rate."""
+    from fewshot.train.engine import NonFiniteLossError
+
+    _fake_compile(monkeypatch, fail_at={1, 2})
+    _fail_after_the_redo(monkeypatch, "nan")
+    with pytest.raises(NonFiniteLossError, match="ran eagerly after its compiled run failed: InductorError"):
+        _pretrain(digits, tmp_path / "run", **{"train.compile": True, "train.skip_nonfinite": 0})
+
+
+def test_the_remedy_follows_where_the_error_was_raised_not_its_type(stride_check_failure):
+    """Any error raised by generated code (not only an AssertionError) is a torch bug: compile=false or
+    channels_last=false, not the cache; a compile error wrapping an AssertionError is a compile failure: the cache.
+    A CUDA error from before torch's AcceleratorError existed is sticky: no eager redo."""
+    from torch._inductor.exc import InductorError
+
+    from fewshot.runtime import compile_remedy, is_compile_failure
+
+    generated = RuntimeError("index out of range").with_traceback(stride_check_failure.__traceback__)
+    for exc in (stride_check_failure, generated):
+        assert "generated code" in compile_remedy(exc) and "cache" not in compile_remedy(exc)
+    assert "compile cache" in compile_remedy(InductorError(AssertionError("a compile-time check"), None))
+    sticky = RuntimeError("CUDA error: an illegal memory access was encountered")
+    assert not is_compile_failure(sticky.with_traceback(stride_check_failure.__traceback__))
+
+
 def test_compile_failure_cache_folder_is_torchs_own(monkeypatch, tmp_path):
     """The message names the folder inductor reads: TORCHINDUCTOR_CACHE_DIR where set, else torch's default."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir

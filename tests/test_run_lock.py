@@ -73,3 +73,14 @@ def test_the_same_process_may_take_its_own_lock_again_and_release_it(tmp_path):
     holder = hold_lock(tmp_path)  # released: another process can take it
     holder.stdin.close()
     holder.wait(timeout=30)
+
+
+def test_a_folder_removed_before_its_lock_is_taken_is_a_user_error(tmp_path):
+    """Another start into the same --out failed and removed the folder it made, between this start's mkdir and its
+    lock: the lock could not be taken, the start went on unlocked and failed writing config.yaml as "internal error
+    (a bug)". Now a user error that says to run again."""
+    from fewshot.errors import UserError
+
+    with pytest.raises(UserError, match="was removed while this command started"):
+        lock_run_dir(tmp_path / "gone")
+    assert not (tmp_path / "gone").exists()

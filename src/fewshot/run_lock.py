@@ -74,6 +74,10 @@ def lock_run_dir(folder: str | Path) -> bool:
     for _ in range(5):
         fd = _open_lock_file(folder)
         if fd is None:
+            if not folder.is_dir():  # another start into the same --out failed and removed the folder it made
+                raise UserError(f"'{folder}' was removed while this command started (another fewshot command "
+                                f"that started into the same folder failed and removed what it had made): run "
+                                f"the command again.")
             return False  # the folder's own write check reports an unwritable folder
         try:
             _flock_retrying(fd)

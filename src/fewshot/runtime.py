@@ -270,6 +270,8 @@ def raised_in_compiled_code(exc: BaseException) -> bool:
     sticky = getattr(torch, "AcceleratorError", None)
     if sticky is not None and isinstance(exc, sticky):
         return False
+    if isinstance(exc, RuntimeError) and str(exc).startswith("CUDA error"):  # a sticky error before AcceleratorError
+        return False
     tb = exc.__traceback__
     if tb is None:
         return False
@@ -310,13 +312,14 @@ def compile_failure_text(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def compile_remedy(failure: str) -> str:
-    """What the user can do about a compile failure (``failure``: compile_failure_text's words): a check failing in
-    compiled code (a torch bug; it fails again after any recompile) is avoided by not compiling, or often by
+def compile_remedy(exc: BaseException) -> str:
+    """What the user can do about a compile failure: an error raised while compiled code runs (a torch bug, such as
+    inductor's stride check; it fails again after any recompile) is avoided by not compiling, or often by
     train.channels_last=false; a failed compile may be a broken entry of torch's compile cache, left by a run
-    killed while compiling."""
-    if failure.startswith("AssertionError"):
-        return ("It is a check in torch's generated code (a torch bug, seen with channels_last): set "
+    killed while compiling. Decided by where the error was raised, not by its type: the generated code raises
+    RuntimeErrors and IndexErrors too, and a compile error can wrap an AssertionError."""
+    if raised_in_compiled_code(exc):
+        return ("It was raised in torch's generated code (a torch bug, seen with channels_last): set "
                 "train.compile=false, or train.channels_last=false, to avoid it.")
     return (f"A run killed while compiling can leave a broken entry in torch's compile cache: delete the folder "
             f"{inductor_cache_dir()} to compile again, or set train.compile=false to skip compiling.")

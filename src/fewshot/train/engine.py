@@ -51,6 +51,15 @@ _TOLD_CPU_FP16: list[bool] = []  # whether the train.amp=fp16-on-a-CPU warning w
 BEST_ASIDE = "best_before_stop.pt"  # best.pt as it was before a budget stop's partial epoch beat it
 
 
+def add_note(exc: BaseException, text: str) -> None:
+    """``exc.add_note(text)``, which Python 3.10 lacks (fewshot allows it): there the words go to stderr, so that the
+    error a user sees still says what happened before it."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(text)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
 class NonFiniteLossError(UserError):
     """Training diverged; the last good checkpoint is kept."""
 
@@ -235,6 +244,7 @@ class Engine:
         self.best_score, self.last_eval = -math.inf, None
         self.best_before_stop: float | None = None  # the best score before a partial epoch's evaluation beat it
         self.nonfinite_skipped = 0
+        self.step_redone: str | None = None  # why the current step ran eagerly (its compiled run failed), if it did
         self.epoch_skips_start = 0  # nonfinite_skipped when the current epoch began
         self._saved_step: int | None = None  # global step of the last.pt this process wrote last
         self._saved_at = -math.inf  # when (perf_counter) last.pt was written last: the first epoch end always saves
@@ -816,10 +826,12 @@ class Engine:
                 self.nonfinite_skipped += 1
                 if self.nonfinite_skipped > t["skip_nonfinite"]:
                     kept = self._last_good_checkpoint()  # every rank is here: _finite agreed across them
+                    redone = (f" (this step ran eagerly after its compiled run failed: {self.step_redone})"
+                              if self.step_redone else "")
                     raise NonFiniteLossError(
                         f"the loss became {self._nonfinite_loss_text(loss)} at epoch {epoch + 1}, step {step + 1} "
-                        f"(global step {self.global_step + 1}); training stopped after {self.nonfinite_skipped} "
-                        f"non-finite loss(es). {kept}. Lower the learning rate (optim.lr=...), or allow skipping up "
+                        f"(global step {self.global_step + 1}){redone}; training stopped after "
+                        f"{self.nonfinite_skipped} non-finite loss(es). {kept}. Lower the learning rate (optim.lr=...), or allow skipping up "
                         f"to N bad steps with train.skip_nonfinite=N (train and pretrain: --skip-nonfinite N; now "
                         f"{t['skip_nonfinite']}).")
                 if before is not None:
@@ -910,7 +922,7 @@ class Engine:
         gradients dropped, the batch rebuilt (a function of ``idx``, epoch and step) and the step's RNG seeded
         again, so the run goes on as an eager run from this step would (a resume does the same: it compiles,
         fails, and falls back here again)."""
-        failure = None
+        failure = remedy = self.step_redone = None
         for attempt in ("compiled", "eager"):
             try:
                 with self.autocast():
@@ -922,35 +934,41 @@ class Engine:
                 return loss, metrics, n, True
             except Exception as exc:
                 if failure is not None:  # the eager redo failed too: the first failure belongs to its story
-                    exc.add_note(f"(this step ran eagerly after its compiled run failed: {failure})")
+                    add_note(exc, f"(this step ran eagerly after its compiled run failed: {failure})")
                     raise
                 if not (self._compiled and is_compile_failure(exc)):
                     raise
-                failure = compile_failure_text(exc)  # the words only: the exception's traceback holds the graph
+                # the words only: the exception's traceback holds the graph
+                failure, remedy = compile_failure_text(exc), compile_remedy(exc)
                 if not redo:
-                    raise self._compile_failed(failure, epoch, step) from None
+                    raise self._compile_failed(failure, remedy, epoch, step) from None
             # out of the except block: the failed attempt's graph and activations are let go before the eager redo
             # builds its own (held during it, the fallback needed twice a step's memory: out of memory where the
             # step itself fit)
             loss = metrics = batch = None
-            self._redo_eagerly(failure, before, epoch, step)
-            batch = self.task.make_batch(idx, epoch, step)
+            try:  # restoring the state can fail too (a GPU's sticky error): its error names the first failure
+                self._redo_eagerly(failure, remedy, before, epoch, step)
+                batch = self.task.make_batch(idx, epoch, step)
+            except Exception as exc:
+                add_note(exc, f"(while redoing the step eagerly after its compiled run failed: {failure})")
+                raise
+            self.step_redone = failure
             self._seed_step(derive_seed(self.cfg["train"]["seed"], epoch, step, self.ctx.rank, 3))
         raise AssertionError("unreachable: the eager attempt returns or raises")
 
-    def _redo_eagerly(self, failure: str, before: list, epoch: int, step: int) -> None:
+    def _redo_eagerly(self, failure: str, remedy: str, before: list, epoch: int, step: int) -> None:
         """Say why, undo the compile and put back the forward state the failed attempt changed."""
         if self.ctx.is_main:
             print(one_line(f"warning: torch.compile (train.compile={self.cfg['train']['compile']}) failed in the "
                            f"compiled training step at epoch {epoch + 1}, step {step + 1} ({failure}); the step is "
                            f"redone without compiling and training continues eagerly (slower on a GPU). "
-                           f"{compile_remedy(failure)}"), file=sys.stderr, flush=True)
+                           f"{remedy}"), file=sys.stderr, flush=True)
         uncompile(self._compiled)
         self._compiled = []
         self.optimizer.zero_grad(set_to_none=True)
         self._restore_forward_state(before)
 
-    def _compile_failed(self, failure: str, epoch: int, step: int) -> CompileFailedError:
+    def _compile_failed(self, failure: str, remedy: str, epoch: int, step: int) -> CompileFailedError:
         """The error for a compile failure that cannot be redone eagerly: what failed, and the two remedies. Built
         from this process's own view (no collective: under DDP another rank may not have failed)."""
         last = self.ckpt_dir / "last.pt"
@@ -959,7 +977,7 @@ class Engine:
                 if last.is_file() else "")
         return CompileFailedError(one_line(
             f"torch.compile (train.compile={self.cfg['train']['compile']}) failed in the compiled training step "
-            f"at epoch {epoch + 1}, step {step + 1}: {failure}. {compile_remedy(failure)}{kept}"))
+            f"at epoch {epoch + 1}, step {step + 1}: {failure}. {remedy}{kept}"))
 
     def _evaluate(self, record: dict, epoch: int) -> bool:
         """Evaluate the model (epoch index ``epoch``) into the log row ``record``; a new best score writes best.pt.
