@@ -831,9 +831,9 @@ class Engine:
                     raise NonFiniteLossError(
                         f"the loss became {self._nonfinite_loss_text(loss)} at epoch {epoch + 1}, step {step + 1} "
                         f"(global step {self.global_step + 1}){redone}; training stopped after "
-                        f"{self.nonfinite_skipped} non-finite loss(es). {kept}. Lower the learning rate (optim.lr=...), or allow skipping up "
-                        f"to N bad steps with train.skip_nonfinite=N (train and pretrain: --skip-nonfinite N; now "
-                        f"{t['skip_nonfinite']}).")
+                        f"{self.nonfinite_skipped} non-finite loss(es). {kept}. Lower the learning rate "
+                        f"(optim.lr=...), or allow skipping up to N bad steps with train.skip_nonfinite=N (train and "
+                        f"pretrain: --skip-nonfinite N; now {t['skip_nonfinite']}).")
                 if before is not None:
                     self._restore_forward_state(before)
                 self.step_in_epoch = step + 1
