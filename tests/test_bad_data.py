@@ -163,6 +163,18 @@ def test_odd_modes_and_formats_decode_to_rgb(tmp_path):
     assert decode_resized(tmp_path / "clear.png", 8).max() == 0
 
 
+@pytest.mark.parametrize("ink, background", [(0, 255), (255, 0)])
+def test_ink_drawn_on_a_transparent_sheet_stays_visible(tmp_path, ink, background):
+    """A glyph whose shape lives in the alpha channel alone (black ink, transparent elsewhere) decoded to a blank
+    black image, and a dataset of them trained at chance: dark content is laid on white, light content on black."""
+    arr = np.zeros((16, 16, 4), dtype=np.uint8)
+    arr[..., :3] = ink
+    arr[4:12, 6:10, 3] = 255  # the stroke: opaque; elsewhere fully transparent
+    Image.fromarray(arr, mode="RGBA").save(tmp_path / "glyph.png")
+    out = decode_resized(tmp_path / "glyph.png", 16)
+    assert out[:, 8, 8].tolist() == [ink] * 3 and out[:, 0, 0].tolist() == [background] * 3
+
+
 def test_float_images_in_the_unit_range_are_not_black_and_jfif_files_are_images(root, tmp_path):
     """A float TIFF holding 0..1 (what numpy pipelines write) used to decode to black (divided by 255); a
     `.jfif` file (a JPEG, as browsers save them) was passed over in train/ and refused in test/."""

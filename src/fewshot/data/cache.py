@@ -32,7 +32,8 @@ from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.progress import track
 from fewshot.utils import new_file_mode, atomic_write_text
 
-CACHE_VERSION = 3  # 2: EXIF orientation applied; 3: float images in [0, 1] no longer black
+CACHE_VERSION = 4  # 2: EXIF orientation applied; 3: float images in [0, 1] no longer black; 4: dark transparent
+#                    images laid on white
 # Refuse decompression bombs outright: images over Pillow's MAX_IMAGE_PIXELS (it only warns there, and raises at
 # twice that). decode_resized checks the header's size itself, naming the file, so load_images silences Pillow's
 # warning (no file name) while it decodes: once, in the calling thread, as warnings.catch_warnings() around each
@@ -94,9 +95,22 @@ def to_rgb_uint8(img: Image.Image) -> Image.Image:
         img = Image.fromarray(arr, mode="L")
     if img.mode in ("P", "PA", "LA", "RGBA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        background = Image.new("RGBA", img.size, contrasting_background(img))
         img = Image.alpha_composite(background, img)
     return img.convert("RGB")
+
+
+def contrasting_background(rgba: Image.Image) -> tuple[int, int, int, int]:
+    """The colour to lay a transparent image on: black, unless what the image shows (its colours weighted by their
+    opacity) is dark. Dark ink drawn on a transparent sheet (glyphs, sketches, icons: the shape lives in the alpha
+    channel alone) came out black on black, a blank image, and a dataset of them trained at chance."""
+    arr = np.asarray(rgba, dtype=np.float32)
+    alpha = arr[..., 3] / 255.0
+    shown = float(alpha.sum())
+    if shown == 0.0:
+        return (0, 0, 0, 255)
+    brightness = float((arr[..., :3].mean(axis=-1) * alpha).sum()) / shown
+    return (255, 255, 255, 255) if brightness < 128.0 else (0, 0, 0, 255)
 
 
 def _upright(img: Image.Image) -> Image.Image:
