@@ -530,6 +530,24 @@ def test_a_pool_of_hidden_files_only_counts_as_no_pool(copy_root, dataset_names)
     assert sum(1 for i in ids if i == 0) == len(infos[0].train)
 
 
+def test_a_pool_in_the_dataset_s_folder_or_named_in_another_case_is_pointed_out(copy_root, dataset_names, capfd):
+    """A pool put in ROOT/<dataset>/unlabeled/ was never read and the run said only "no unlabeled pool"; one named
+    ROOT/unlabeled/Digits/ for dataset 'digits' became images of unknown source without a word."""
+    from fewshot.config import resolve
+    from fewshot.ssl.pretrain import pool_with_sources
+
+    inside, other_case = dataset_names
+    shutil.move(copy_root / "unlabeled" / inside, copy_root / inside / "unlabeled")
+    shutil.move(copy_root / "unlabeled" / other_case, copy_root / "unlabeled" / other_case.upper())
+    infos = scan_root(copy_root)
+    capfd.readouterr()
+    pool_with_sources(resolve(flags={"data.root": str(copy_root)}), infos)
+    err = capfd.readouterr().err
+    assert f"{copy_root / inside / 'unlabeled'} is not read" in err and f"{copy_root / 'unlabeled' / inside}/" in err
+    assert f"{copy_root / 'unlabeled' / other_case.upper()} differs from the dataset name '{other_case}' only in " \
+           f"case" in err, err
+
+
 def test_pool_images_outside_the_datasets_folders_join_as_unknown_source(copy_root, dataset_names):
     """A held-out root may lay its pool out as ROOT/unlabeled/*.png or ROOT/unlabeled/<other>/: those images
     used to be ignored without a word (self-training off, 12 points lost in a hunt). They join the pool with

@@ -116,6 +116,7 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
             # No pool for this dataset: its labelled training images stand in (labels unused).
             found = [p for p, _ in info.train]
             sources.append(f"{info.name}: train images")
+            warn_misplaced_pool(root, info.name)
         paths += found
         ids += [index] * len(found)
     unsorted = unsorted_pool_images(root, known=paths)
@@ -124,6 +125,23 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
         ids += [-1] * len(unsorted)
         sources.append(f"{len(unsorted)} images of unknown source: unlabeled/ outside the datasets' folders")
     return paths, ids, "; ".join(sources)
+
+
+def warn_misplaced_pool(root: Path, name: str) -> None:
+    """A dataset without ROOT/unlabeled/<name>/ whose pool lies where a user may well have put it: inside the
+    dataset's own folder (never read: the run said only "no unlabeled pool"), or under a folder name that differs
+    in case (read as images of unknown source, silently)."""
+    inside = root / name / "unlabeled"
+    if inside.is_dir() and has_images(inside):
+        warn_once([f"{inside} is not read: a dataset's unlabeled pool belongs in {root / 'unlabeled' / name}/ "
+                   f"(move the folder there to use its images)"])
+    try:
+        near = [p for p in (root / "unlabeled").iterdir() if p.is_dir() and p.name.casefold() == name.casefold()]
+    except OSError:
+        return
+    for folder in near:
+        warn_once([f"{folder} differs from the dataset name '{name}' only in case: its images count as images of "
+                   f"unknown source; rename it to {root / 'unlabeled' / name} to make them {name}'s pool"])
 
 
 def given_pool_images(folders: list, root: Path) -> list[Path]:
