@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -156,6 +157,42 @@ def overrun_warning(seconds: float, why: str) -> str:
                     f"--budget-minutes, or a smaller --img-size or --model, lets it fit.")
 
 
+def eval_passes(task, cfg: dict | None = None) -> int:
+    """Evaluations the Engine runs for one of its own (during training, and at the budget stop): with an EMA it
+    scores both the EMA and the raw weights, so twice task.evaluate's time (the closing estimate counted the stop's
+    once, and 0.3-minute runs ended a whole evaluation late)."""
+    cfg = task.cfg if cfg is None else cfg
+    return 2 if cfg["train"].get("ema") and getattr(task, "supports_ema", False) else 1
+
+
+FLOOR_STEPS = 5  # plan_stage's least training steps of a stage, even when its time is spent
+
+
+def least_run_seconds(step_s: float, closing_s: float) -> float:
+    """The least time a run's last stage needs from its planning on: plan_stage's floor of steps, the step the
+    Engine finishes past its deadline, and the closing work (closing_seconds, without the report's image-based
+    parts, which are left out when they do not fit)."""
+    return (FLOOR_STEPS + 1) * step_s + closing_s
+
+
+def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s: float, what: str,
+                           hints: str) -> UserError:
+    """The refusal of a budget that cannot hold even the least run, found at the first stage's planning (before
+    any training): such a run trained its floor of steps and then ran past its budget, silently until its end
+    (0.3 minutes with resnet50 on 2 busy cores: 60 s). ``used_s``: the run's time so far (start-up, decoding,
+    the timing of the speeds); ``need_s``: least_run_seconds; ``what``: the model and size; ``hints``: the ways
+    to a shorter least run besides a larger budget."""
+    total = used_s + need_s
+    least = math.ceil(total / 6) / 10  # in tenths of a minute, rounded up
+    return UserError(one_line(
+        f"--budget-minutes {budget_s / 60:g} is too short for {what} on this machine: start-up and the timing of "
+        f"the speeds took {used_s:.0f} s, and the least run after them ({FLOOR_STEPS} training steps at "
+        f"{step_s * 1000:.0f} ms, the closing evaluations, the prediction of the test images and the report) needs "
+        f"about {need_s:.0f} s more, {total:.0f} s in all (measured here; a busy machine needs more). Nothing was "
+        f"trained and the output folder was left as it was. Give --budget-minutes {least:g} or more (more leaves "
+        f"training a fair share){hints}."))
+
+
 def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: tuple[str, str],
                closing=None) -> tuple[float, int, float]:
     """Size one stage to end at ``end_time`` (time.monotonic()): measure its step and evaluation
@@ -167,17 +204,18 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     step_s = measure_step_seconds(task)
     eval_s = measure_eval_seconds(task)
     steps = len(task.plan_epoch(0))
-    # with an EMA the Engine scores both the EMA and the raw weights at each evaluation during training
-    training_eval_s = eval_s * (2 if cfg["train"].get("ema") and getattr(task, "supports_ema", False) else 1)
+    training_eval_s = eval_s * eval_passes(task, cfg)
     every = max(1, int(round(10 * training_eval_s / max(step_s * steps, 1e-6))))
     section, key = every_field
     cfg[section][key] = task.eval_every = every
     after = closing(task, eval_s, step_s) if closing is not None else 0.0
-    # at least a few steps, even when the budget is already spent (the run then reports the overrun)
-    left = end_time - after - time.monotonic()
-    budget_s = max(5 * step_s, left)
-    if 5 * step_s > left:
-        print(overrun_warning(5 * step_s - left, f"this stage's least 5 training steps ({5 * step_s:.0f} s at the "
+    # at least a few steps, even when the budget is already spent (the run then reports the overrun); the Engine
+    # looks at its deadline after each step, so the last one ends up to a step after it: kept back here
+    left = end_time - after - time.monotonic() - step_s
+    floor = FLOOR_STEPS * step_s
+    budget_s = max(floor, left)
+    if floor > left:
+        print(overrun_warning(floor - left, f"this stage's least {FLOOR_STEPS} training steps ({floor:.0f} s at the "
                               f"measured speed) do not fit the {max(0.0, left):.0f} s left to it"
                               f"{' (the rest is kept for the work after it)' if after > 0 else ''}"), flush=True)
     epochs = plan_epochs(budget_s, step_s, steps, training_eval_s, every, min_epochs)
@@ -244,13 +282,14 @@ def report_seconds(task, eval_s: float, report_stages: int, figure_s: float = FI
 def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, report_stages: int,
                     figure_s: float = FIGURE_S, images: bool = True) -> float:
     """What a run does after its last training step, estimated from this machine's measured speed: the
-    stage's closing evaluations (the stopped epoch's, the best checkpoint's) and checkpoint writes, one
-    prediction pass over the test images, and the report (report_seconds; ``images`` False: without its
-    image-based parts)."""
+    stage's closing evaluations (the stopped epoch's, of both the EMA and the raw weights where there is an EMA:
+    eval_passes; the best checkpoint's) and checkpoint writes, one prediction pass over the test images, and the
+    report (report_seconds; ``images`` False: without its image-based parts)."""
     n_params = sum(p.numel() for p in task.model.parameters())
     saves = n_params * 24 / 250e6  # last.pt (weights, EMA, AdamW's two slots) + best.pt (weights, EMA), ~250 MB/s
     base, drawn = report_seconds(task, eval_s, report_stages, figure_s)
-    return 2 * eval_s + saves + per_test_image * n_test + base + (drawn if images else 0.0)
+    evaluations = (eval_passes(task) + 1) * eval_s
+    return evaluations + saves + per_test_image * n_test + base + (drawn if images else 0.0)
 
 
 def after_round1_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, rounds: int,
@@ -279,6 +318,12 @@ def later_rounds_seconds(step_s: float, eval_s: float, per_image: float, n_pool:
 def time_holds(need_s: float, left_s: float) -> bool:
     """Whether ``left_s`` seconds hold work estimated at ``need_s``: the check that skips self-training's later
     rounds (one place, which tests of the rounds themselves, in budgets of seconds, can relax)."""
+    return need_s <= left_s
+
+
+def least_run_holds(need_s: float, left_s: float) -> bool:
+    """Whether the budget left (``left_s``) holds the least run (least_run_seconds), else the run is refused before
+    training: one place, which the tests' runs in budgets of seconds relax (as time_holds)."""
     return need_s <= left_s
 
 
@@ -878,6 +923,8 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
     check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
     if not resume:
         refuse_used_output(out)
+    out_existed = out.is_dir()  # what a refused start leaves as it found it (undo_run_start)
+    entries_before = set(os.listdir(out)) if out_existed else set()
     ensure_writable_dir(out, "output")
     # a second `fewshot run` (or --resume) into the folder while this one runs is refused, at once: after the
     # test images and the pool were decoded, the refusal came 24-53 s late
@@ -997,25 +1044,45 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
     # the report draws every fine-tuning stage: round 1, the middle rounds and the last
     report_stages = (int(r["pseudo_rounds"]) if semi == "pseudo" else 1) if r.get("report", True) else 0
 
-    warned: set[str] = set()
     # the report's estimate (page and curves, image-based parts) at the last measured speeds, for its own cut
     # (None: no closing() this session, a resume whose stages were all trained: estimated after the last one)
     report_plan = {"figure_s": figure_seconds() if report_stages else FIGURE_S, "seconds": None}
 
     def closing(task, eval_s: float, step_s: float | None = None, per_test_image: float | None = None) -> float:
+        """The closing work's estimate, all of it: it was capped at half the budget, and the run then planned to
+        end after its budget (0.3 minutes with resnet50). A budget that cannot hold it is refused at the first
+        stage (refuse_unless_least_run_fits) or, later, told by plan_stage's floor warning."""
         if per_test_image is None:
             per_test_image = measure_prediction_seconds(task, test_set.images)
         report_plan["seconds"] = report_seconds(task, eval_s, report_stages, report_plan["figure_s"])
         need = closing_seconds(task, eval_s, per_test_image, len(test_set), report_stages,
                                report_plan["figure_s"]) + 0.015 * budget_s
-        if need > 0.5 * budget_s:  # the report's image-based parts are left out at the end (they will not fit)
-            need -= report_plan["seconds"][1]
-        if need > 0.5 * budget_s and "closing" not in warned:  # the cap keeps the stages some time, not the budget
-            warned.add("closing")
-            print(overrun_warning(need - 0.5 * budget_s, f"the work after the last training step (evaluation, "
-                                  f"prediction of {len(test_set):,} test images, the report) is estimated at "
-                                  f"{need:.0f} s, more than the half of the budget kept for it"), flush=True)
-        return min(need, 0.5 * budget_s)
+        report_plan["least"] = need - report_plan["seconds"][1]  # the report's image-based parts left out
+        # the report's image-based parts are left out at the end when they will not fit: beyond half the budget,
+        # or where they would leave the last stage less than its floor of steps
+        left = t_start + budget_s - time.monotonic()
+        if need > 0.5 * budget_s or (step_s is not None and least_run_seconds(step_s, need) > left):
+            need = report_plan["least"]
+        if step_s is not None and semi != "pseudo":  # self-training's round 1: round1_closing checks it
+            refuse_unless_least_run_fits(task, step_s)
+        return need
+
+    def refuse_unless_least_run_fits(task, step_s: float) -> None:
+        """At the planning of the first stage this session trains (a fresh run): refuse, before any training,
+        a budget that cannot hold even the least run (least_run_seconds), and remove what the run wrote."""
+        if resume or fit_seconds:  # a stage has trained (or a resumed run's time is spent): plan_stage warns
+            return
+        need = least_run_seconds(step_s, report_plan["least"])
+        used = time.monotonic() - t_start
+        if least_run_holds(need, budget_s - used):
+            return
+        hints = ", or a smaller --model or --img-size"
+        if semi == "fixmatch":  # self-training's later rounds are dropped when they do not fit; FixMatch's steps stay
+            hints += ", or --baseline (no FixMatch: shorter steps)"
+        error = too_short_budget_error(budget_s, used, need, step_s,
+                                       f"{cfg['model']['name']} at {cfg['model']['img_size']}px", hints)
+        undo_run_start(out, entries_before, out_existed)
+        raise error
     # time spent in training loops, to tell the user what the rest cost
     fit_seconds: list[float] = list(state.data.get("fit_seconds") or [])
     summary: dict = state.data.get("summary") or {"budget_minutes": budget_minutes, "img_size": cfg["model"]["img_size"],
@@ -1085,6 +1152,7 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
                                  f"at the measured speed (labelling the pool, calibration, 5 steps each, evaluations "
                                  f"and the closing work)")
                     closing_s = closing(task, eval_s, per_test_image=per_image)  # the report now draws round 1 only
+                    refuse_unless_least_run_fits(task, step_s)
                     print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "
                           f"an error): {skip['why']}; round 1 trains until the closing work (about {closing_s:.0f} s) "
                           f"and predicts", flush=True)
@@ -1254,6 +1322,27 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
               f"of it on this data and machine. A budget of at least {least} minute{'s' if least != 1 else ''} "
               f"leaves training a fair share.")
     return summary
+
+
+def undo_run_start(out: Path, entries_before: set[str], existed: bool) -> None:
+    """Remove what a fresh run wrote to ``out`` (refuse_used_output found no entry but hidden ones), for a start
+    that is refused before any training: the rerun with a larger budget would be refused as "not empty", or
+    asked for a --resume that keeps the old budget. Its lock is given up with its file; errors are swallowed (the
+    refusal is the message)."""
+    from fewshot.run_lock import LOCK_NAME, unlock_and_remove
+
+    with contextlib.suppress(OSError):
+        for name in set(os.listdir(out)) - entries_before - {LOCK_NAME}:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    if LOCK_NAME not in entries_before:
+        unlock_and_remove(out)
+    if not existed:
+        with contextlib.suppress(OSError):
+            out.rmdir()  # only an empty one
 
 
 def refuse_used_output(out: Path) -> None:
