@@ -129,7 +129,7 @@ def pseudo_label_line(per_dataset: dict, unknown: int) -> str:
 def made_of(task, pseudo: dict | None, fcfg: dict) -> str:
     """What a self-training round's training images are: "558 training images" for a round that kept no
     pseudo-label read as 558 images where 186 labelled ones were repeated 3 times."""
-    if pseudo is None:
+    if pseudo is None or pseudo.get("labelled_only"):
         return ""
     n_pseudo, repeat = len(pseudo["targets"]), max(1, int(fcfg["run"]["pseudo_labelled_repeat"]))
     n_labelled = (len(task.train_set) - n_pseudo) // repeat
@@ -222,7 +222,20 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     cfg["train"].update(epochs=epochs, budget_minutes=budget_s / 60)
     cfg["sched"]["time_based"] = True
     task.step_s, task.eval_s = step_s, eval_s  # for the run's check that a later round still fits
-    return step_s, fitting_epochs(budget_s, step_s, steps, training_eval_s, every), budget_s
+    # at the floor its steps are what the stage trains: the plan line says the warning's steps, not a time's epochs
+    fits = FLOOR_STEPS / max(1, steps) if floor > left else fitting_epochs(budget_s, step_s, steps, training_eval_s,
+                                                                          every)
+    return step_s, fits, budget_s
+
+
+def stage_plan_words(step_s: float, budget_s: float, epochs: float) -> str:
+    """The plan line's length of a stage (plan_stage's budget and epochs): at the floor, the warning's steps and
+    seconds ("least 5 steps (9 s) do not fit the 7 s left" came before "0.2 min ... about 2 epochs", and elsewhere
+    "0.0 min ... about 6 epochs"); under a minute in seconds, else in minutes."""
+    if budget_s <= FLOOR_STEPS * step_s * (1 + 1e-9):
+        return f"its least {FLOOR_STEPS} training steps ({budget_s:.0f} s, {about_epochs(epochs)})"
+    length = f"{budget_s:.0f} s" if budget_s < 60 else f"{budget_s / 60:.1f} min"
+    return f"{length} on a time-based schedule ({epochs_estimate(epochs)})"
 
 
 def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256, model=None) -> float:
@@ -576,7 +589,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         task.reused, task.epochs_run = True, state.stage(name).get("epochs", 0)
         print(f"[run] {name}: finished before the stop; its best checkpoint is reused")
         return task, metrics
-    if pseudo is not None:
+    if pseudo is not None and not pseudo.get("labelled_only"):  # a labelled-only round: the images as they are
         task.add_pseudo_labelled(pseudo["images"], pseudo["targets"], pseudo["dataset_ids"],
                                  fcfg["run"]["pseudo_labelled_repeat"], soft=pseudo.get("soft"))
     key = pseudo.get("key") if pseudo is not None else None
@@ -614,8 +627,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         print(f"[run] fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}: "
               f"{len(task.train_set)} training images{made_of(task, pseudo, fcfg)}, {step_s * 1000:.0f} ms/step x "
               f"{len(task.plan_epoch(0))} "
-              f"steps/epoch, {remaining / 60:.1f} min on a time-based schedule ({epochs_estimate(epochs)}), "
-              f"lr {fcfg['optim']['lr']:g}")
+              f"steps/epoch, {stage_plan_words(step_s, remaining, epochs)}, lr {fcfg['optim']['lr']:g}")
         if state is not None:
             state.record(name, "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
                          pseudo_key=key)
@@ -807,6 +819,24 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
             "state": copy.deepcopy(task.model.state_dict()), "key": key}
 
 
+def labelled_only_round(task) -> dict:
+    """The last self-training round when the time left holds a round's floor but not the pool's labelling: no
+    pseudo-labels, the labelled images only, from ``task``'s weights (the round before). Skipped instead, round 2
+    left a fifth of a 1-minute budget unused, with round 1 at 4.5 epochs and val at chance."""
+    return {"images": [], "targets": [], "summary": None, "key": None, "labelled_only": True,
+            "state": copy.deepcopy(task.model.state_dict())}
+
+
+def labelled_only_why(k: int, left: float, need: float, planned: int) -> str:
+    """Why round ``k`` trains on the labelled images only (summary.json and the run's line)."""
+    dropped = "" if k >= planned else f" (round {planned} dropped)" if k + 1 == planned else \
+        f" (rounds {k + 1}-{planned} dropped)"
+    return (f"{max(0.0, left):.0f} s were left of the budget after round {k - 1}: too little for labelling the pool "
+            f"and a round (about {need:.0f} s at the measured speed), enough for a short round. Round {k} "
+            f"goes on training round {k - 1}'s model on the labelled images until the closing work{dropped}; the "
+            f"round that scores highest on val predicts")
+
+
 def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float):
     """MoCo on the pool until ``end_time``, then its backbone exported to OUT/backbone.safetensors.
     Returns (weights path, the stage's summary, seconds in its training loop). With a RunState that knows
@@ -861,8 +891,8 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         step_s, epochs, pre_budget = plan_stage(task, pcfg, end_time, r["min_epochs"], ("moco", "knn_every"))
         save_yaml(pcfg, pdir / "config.yaml")
         print(f"[run] MoCo pretraining: {len(task.pool)} unlabeled images at {task.size}px, K={task.model.K}, "
-              f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, {pre_budget / 60:.1f} min "
-              f"on a time-based schedule ({epochs_estimate(epochs)})")
+              f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
+              f"{stage_plan_words(step_s, pre_budget, epochs)}")
         state.record("pretrain", "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start)
     seed_everything(pcfg["train"]["seed"])
     engine = Engine(task, pcfg, pdir, device, ctx)
@@ -935,9 +965,9 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
     device = resolve_device(cfg["train"]["device"])
     cfg["train"]["device"] = device.type
     ctx = DistContext()
-    infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
-    # the test split and its answer keys are checked now, not after the whole budget has been spent
-    test_infos = scan_root(cfg["data"]["root"], [i.name for i in infos], splits=("test",))
+    # the test split and its answer keys are checked now, not after the whole budget has been spent; in the same
+    # scan, so that one error lists every layout problem (the test split's came only after val's were fixed)
+    infos = test_infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val", "test"))
     class_names = {info.name: list(info.classes) for info in infos}
     if state is not None:
         state.check_same_data(class_names)
@@ -1167,7 +1197,10 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
         def check_later_rounds(task, k: int) -> None:
             """Before round k's labelling: skip it and the rounds after it when the time left cannot hold one more
             round at its floor (later_rounds_seconds): round 1 ran long, or the machine got slower. When it holds
-            fewer rounds than planned, the middle rounds that do not fit are dropped (the last comes sooner)."""
+            fewer rounds than planned, the middle rounds that do not fit are dropped (the last comes sooner). When
+            it holds a round's floor but not the pool's labelling, round k is the last and trains on the labelled
+            images only (labelled_only_round): skipped, the rest of the budget went unused."""
+            nonlocal rounds, report_stages
             step_s = getattr(task, "step_s", None) or measure_step_seconds(task)  # a reused round: not measured
             eval_s = getattr(task, "eval_s", None) or measure_eval_seconds(task)
             per_image = measure_prediction_seconds(task, test_set.images)
@@ -1175,7 +1208,21 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
             left = last_end - time.monotonic()
             fits = [n for n in range(rounds - k + 1, 0, -1)
                     if time_holds(later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, n, closing_s), left)]
-            if not fits:
+            # a round without the pool's labelling (n_pool 0), with room for twice its floor of steps: a round of 5
+            # steps is worth little, and a busier machine's slower steps would take it past the budget
+            labelled_only_s = later_rounds_seconds(step_s, eval_s, per_image, 0, 1, closing_s) + FLOOR_STEPS * step_s
+            if not fits and time_holds(labelled_only_s, left):
+                # no time to label the pool, but for a short round: the rest of the budget goes on training round
+                # k - 1's model on the labelled images (the val guard still picks the round that predicts)
+                need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s)
+                planned = rounds
+                skip.update(rounds=k, skipped_from=None, labelled_only=k,
+                            labelled_only_why=labelled_only_why(k, left, need, planned))
+                rounds, report_stages = k, min(report_stages, k)
+                state.save()
+                print(f"[run] round {k} trains on the labelled images only (planned, not an error): "
+                      f"{skip['labelled_only_why']}", flush=True)
+            elif not fits:
                 need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s)
                 decide(k - 1, k, f"{max(0.0, left):.0f} s were left of the budget after round {k - 1}, and round {k} "
                                  f"needs at least {need:.0f} s at the measured speed (labelling the pool, calibration, "
@@ -1200,10 +1247,15 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
         if not task.reused or "finetune_labelled" not in summary["stages"]:
             keep("finetune_labelled", {"epochs": task.epochs_run}, task.fit_seconds)
         for k in range(2, int(r["pseudo_rounds"]) + 1):
-            if skip["skipped_from"] is None and state.status("finetune") is None and \
+            if skip["skipped_from"] is None and skip.get("labelled_only") is None and \
+                    state.status("finetune") is None and \
                     state.status(f"finetune_round{k}") is None:  # a resumed round that began is continued
                 check_later_rounds(task, k)
             if skip["skipped_from"] is not None and k >= skip["skipped_from"]:  # the rounds before it are reused
+                break
+            if skip.get("labelled_only") == k:  # the last round (`finetune`), without labelling the pool
+                pseudo = labelled_only_round(task)
+                del task
                 break
             # a resumed run labels the pool again with the same model: the same images, so that the stopped
             # round's checkpoint (which counts its training images) continues where it stopped; a round that
@@ -1230,6 +1282,9 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
     if semi == "pseudo" and skip.get("reduced_why"):  # middle rounds dropped: the last round came sooner
         summary["self_training_reduced"] = {"planned": int(r["pseudo_rounds"]),
                                             "kept": skip.get("reduced_to", rounds), "why": skip["reduced_why"]}
+    if semi == "pseudo" and skip.get("labelled_only"):  # the last round trained without pseudo-labels
+        summary["self_training_labelled_only"] = {"round": skip["labelled_only"], "planned": int(r["pseudo_rounds"]),
+                                                  "why": skip["labelled_only_why"]}
     skipped = semi == "pseudo" and skip["skipped_from"] is not None
     if skipped:  # the last round that finished predicts (or an earlier one the val guard prefers)
         summary["self_training_skipped"] = {"rounds": list(range(skip["skipped_from"], int(r["pseudo_rounds"]) + 1)),
@@ -1244,8 +1299,8 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
                                            "on the labelled images again" if pseudo else "", pseudo, closing,
                                            **progress)
         if not task.reused or "finetune" not in summary["stages"]:
-            keep("finetune", {"epochs": task.epochs_run,
-                              **({"pseudo_labels": pseudo["summary"]} if pseudo is not None else {})},
+            labels = pseudo.get("summary") if pseudo is not None else None  # none: a round on the labelled images
+            keep("finetune", {"epochs": task.epochs_run, **({"pseudo_labels": labels} if labels is not None else {})},
                  task.fit_seconds)
     if report_plan["seconds"] is None:  # a resumed run with no stage left to train: the report's own estimate
         report_plan["seconds"] = report_seconds(task, measure_eval_seconds(task) if report_stages else 0.0,
