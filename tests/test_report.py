@@ -722,6 +722,28 @@ def test_report_out_may_not_be_inside_a_run_or_the_data(runs, tmp_path):
             check_report_out(out, staged)
 
 
+def test_report_out_holding_a_users_files_or_another_run_is_refused(runs, tmp_path):
+    """--out of a user's web folder replaced its index.html and pictures without a word, and --out of another run's
+    folder wrote the page among its checkpoints: refused, untouched. New, empty and earlier-report folders stay."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>my homepage</h1>")
+    (site / "accuracy_bars.png").write_text("x")
+    rc, _, err = run_main("report", runs["ft"], "--out", site, "--device", "cpu", "--grid", "0")
+    assert rc == 2 and "not a fewshot report (accuracy_bars.png, index.html)" in err, err
+    assert (site / "index.html").read_text() == "<h1>my homepage</h1>"
+    assert (site / "accuracy_bars.png").read_text() == "x"
+    other = tmp_path / "other"
+    shutil.copytree(runs["ft"], other, ignore=shutil.ignore_patterns("checkpoints", "report"))
+    rc, _, err = run_main("report", runs["moco"], "--out", other, "--device", "cpu", "--grid", "0")
+    assert rc == 2 and "config.yaml" in err and not (other / "index.html").exists(), err
+    (tmp_path / "empty" / ".hidden").mkdir(parents=True)
+    rc, _, err = run_main("report", runs["moco"], "--out", tmp_path / "empty", "--device", "cpu", "--grid", "0")
+    assert rc == 0, err
+    rc, _, err = run_main("report", runs["moco"], "--out", tmp_path / "empty", "--device", "cpu", "--grid", "0")
+    assert rc == 0, err  # an earlier report's folder
+
+
 def test_compare_and_report_help_say_what_run_is():
     for cmd in ("compare", "report"):
         rc, out, _ = run_main(cmd, "--help")

@@ -12,6 +12,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import html
+import os
 import re
 from pathlib import Path
 
@@ -109,6 +110,13 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give --out a folder: a new one, or an earlier report's folder "
                         f"(its index.html and PNGs are replaced).")
+    owns = {((r.group or r.path) / "report").resolve() for r in runs}
+    foreign = [] if out.resolve() in owns else not_a_report(out)
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise UserError(f"--out {out} holds files that are not a fewshot report ({shown}): the report writes "
+                        f"index.html and its PNGs there and would replace any of the same name. Give a new or empty "
+                        f"folder, or an earlier report's folder.")
     for r in runs:
         own = (r.group or r.path) / "report"
         for folder in (r.path, r.group):
@@ -122,6 +130,23 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
 
             unlabeled = (r.config.get("data") or {}).get("unlabeled")
             check_output_is_not_in_data(out, root, unlabeled if is_text_list(unlabeled) else None, what="the report")
+
+
+def not_a_report(out: Path) -> list[str]:
+    """The entries of an existing --out that no fewshot report wrote (hidden ones aside): none where the folder is new,
+    empty, or holds an earlier report (its index.html is fewshot's: its PNGs are what --out promises to replace).
+    A user's own index.html and pictures (a web folder, another run's folder) were replaced without a word."""
+    try:
+        names = sorted(n for n in os.listdir(out) if not n.startswith("."))
+    except OSError:
+        return []
+    if not names:
+        return []
+    try:
+        page = (out / "index.html").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        page = ""
+    return [] if "<title>fewshot report</title>" in page else names
 
 
 def _map_name(method: str, tsne: bool, n: int) -> str:
