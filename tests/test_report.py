@@ -742,6 +742,11 @@ def test_report_out_holding_a_users_files_or_another_run_is_refused(runs, tmp_pa
     assert rc == 0, err
     rc, _, err = run_main("report", runs["moco"], "--out", tmp_path / "empty", "--device", "cpu", "--grid", "0")
     assert rc == 0, err  # an earlier report's folder
+    (tmp_path / "empty" / "index.html").unlink()  # as if stopped before its page: its PNGs are still its own
+    rc, _, err = run_main("report", runs["moco"], "--out", tmp_path / "empty", "--device", "cpu", "--grid", "0")
+    assert rc == 0, err
+    rc, _, err = run_main("report", runs["ft"], "--out", runs["ft"], "--device", "cpu")
+    assert rc == 2 and "lies inside the run folder" in err, err
 
 
 def test_compare_and_report_help_say_what_run_is():
@@ -1072,7 +1077,8 @@ def test_reused_out_loses_the_earlier_reports_pngs_only(report, runs, tmp_path, 
     build.build_report([str(runs["moco"])], out, device="cpu", log=lambda *a: None)
     shown = set(parse((out / "index.html").read_text()).images)
     assert shown == {"moco-curves.png"}
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "mine.png", "moco-curves.png"]
+    kept = sorted(p.name for p in out.iterdir() if p.name != ".fewshot_report")  # the hidden mark: a report's folder
+    assert kept == ["index.html", "mine.png", "moco-curves.png"]
 
 
 def test_grid_is_capped_and_help_says_each_dataset_gets_one(runs, tmp_path):

@@ -45,6 +45,9 @@ def test_time_left_without_room_to_label_the_pool_goes_on_training_on_the_labell
     assert summary["predicted_with"] == max(vals, key=lambda n: (vals[n], n == "finetune"))
     assert _state(out)["self_training"]["labelled_only"] == 2
     _check_pred_all(digits_root, out)
+    from fewshot.report.runs import _read_summary  # the report's note: its table row shows no pseudo-labels
+
+    assert "too little for labelling the pool" in _read_summary(out, [])["self_training_labelled_only"]
 
 
 def test_a_middle_round_without_time_to_label_is_the_last_and_the_rounds_after_it_are_dropped(
@@ -131,9 +134,11 @@ def test_the_plan_line_at_the_floor_says_the_warnings_steps_and_seconds(monkeypa
     cfg = {"train": {}, "sched": {}}
     step_s, epochs, budget_s = plan_stage(task, cfg, time.monotonic() + 7.0, 1, ("train", "eval_every"))
     assert budget_s == pytest.approx(9.0) and epochs == pytest.approx(2.5)
-    assert stage_plan_words(step_s, budget_s, epochs) == "its least 5 training steps (9 s, about 2 epochs)"
+    assert stage_plan_words(step_s, budget_s, epochs) == "its least 5 training steps (9.0 s, about 2 epochs)"
     # off the floor: seconds under a minute ("0.0 min" for a few seconds), minutes above
-    assert stage_plan_words(0.01, 3.0, 6.0).startswith("3 s on a time-based schedule (about 6 epochs")
+    assert stage_plan_words(0.01, 3.0, 6.0).startswith("3.0 s on a time-based schedule (about 6 epochs")
+    assert stage_plan_words(0.01, 42.0, 6.0).startswith("42 s on a time-based schedule")
+    assert stage_plan_words(0.08, 0.4, 1.0).startswith("its least 5 training steps (0.4 s,")  # fast: not "0 s"
     assert stage_plan_words(0.01, 90.0, 6.0).startswith("1.5 min on a time-based schedule")
 
 
@@ -147,7 +152,7 @@ def test_the_stage_line_of_a_run_at_its_floor_agrees_with_the_warning(digits_roo
     out = tmp_path / "run"
     rc, stdout, err = run_main(*_cmd(digits_root, out, "run.semi_method=off", "--budget-minutes", "0.02"))
     assert rc == 0, err
-    warned = re.search(r"least 5 training steps \((\d+) s at the measured speed\) do not fit", stdout)
+    warned = re.search(r"least 5 training steps \(([\d.]+) s at the measured speed\) do not fit", stdout)
     assert warned, stdout
     assert f"its least 5 training steps ({warned.group(1)} s, about" in stdout
     assert " min on a time-based schedule" not in stdout

@@ -110,13 +110,6 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give --out a folder: a new one, or an earlier report's folder "
                         f"(its index.html and PNGs are replaced).")
-    owns = {((r.group or r.path) / "report").resolve() for r in runs}
-    foreign = [] if out.resolve() in owns else not_a_report(out)
-    if foreign:
-        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-        raise UserError(f"--out {out} holds files that are not a fewshot report ({shown}): the report writes "
-                        f"index.html and its PNGs there and would replace any of the same name. Give a new or empty "
-                        f"folder, or an earlier report's folder.")
     for r in runs:
         own = (r.group or r.path) / "report"
         for folder in (r.path, r.group):
@@ -130,6 +123,16 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
 
             unlabeled = (r.config.get("data") or {}).get("unlabeled")
             check_output_is_not_in_data(out, root, unlabeled if is_text_list(unlabeled) else None, what="the report")
+    owns = {((r.group or r.path) / "report").resolve() for r in runs}
+    foreign = [] if out.resolve() in owns else not_a_report(out)
+    if foreign:  # after the checks above: `--out RUN` is told it lies in the run, not that it holds other files
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise UserError(f"--out {out} holds files that are not a fewshot report ({shown}): the report writes "
+                        f"index.html and its PNGs there and would replace any of the same name. Give a new or empty "
+                        f"folder, or an earlier report's folder.")
+
+
+REPORT_MARK = ".fewshot_report"  # written into --out before the first PNG: the folder is a report's, page or not
 
 
 def not_a_report(out: Path) -> list[str]:
@@ -140,7 +143,7 @@ def not_a_report(out: Path) -> list[str]:
         names = sorted(n for n in os.listdir(out) if not n.startswith("."))
     except OSError:
         return []
-    if not names:
+    if not names or (out / REPORT_MARK).is_file():  # a report stopped before its page was written: its own PNGs
         return []
     try:
         page = (out / "index.html").read_text(encoding="utf-8", errors="replace")
@@ -348,6 +351,9 @@ class ReportBuilder:
                 if r.pipeline.get("self_training_reduced"):
                     body.append(H.note(f"Self-training's middle rounds were dropped (planned, not an error): "
                                        f"{r.pipeline['self_training_reduced']}."))
+                if r.pipeline.get("self_training_labelled_only"):  # its row has no pseudo-labels: here is why
+                    body.append(H.note(f"The last round trained on the labelled images only, without pseudo-labels "
+                                       f"(planned, not an error): {r.pipeline['self_training_labelled_only']}."))
         sup = [r for r in self.runs if r.kind == "supervised" and (r.metrics_known or r.metrics_unknown)]
         if sup:
             from fewshot.report.plots import plot_accuracy_bars
@@ -515,6 +521,7 @@ class ReportBuilder:
 
         check_report_out(self.out, self.runs, self.data)
         ensure_writable_dir(self.out, "report")
+        (self.out / REPORT_MARK).touch()
         earlier = _earlier_report_pngs(self.out)  # before this report rewrites any of them
         self._analyse()
         flop_counts = compute_flops(self.runs, self.analyses)

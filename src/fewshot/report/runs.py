@@ -511,6 +511,9 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
     if isinstance(reduced, dict) and isinstance(reduced.get("why"), str):
         kept, planned = reduced.get("kept"), reduced.get("planned")
         out["self_training_reduced"] = f"{kept} of {planned} rounds kept: {reduced['why']}"
+    labelled_only = summary.get("self_training_labelled_only")  # the last round without the pool (planned)
+    if isinstance(labelled_only, dict) and isinstance(labelled_only.get("why"), str):
+        out["self_training_labelled_only"] = labelled_only["why"]
     stages = summary.get("stages")
     if isinstance(stages, dict):  # epochs trained per stage: a budget stop's fraction the log does not always tell
         out["epochs"] = {k: v["epochs"] for k, v in stages.items()
