@@ -83,7 +83,8 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("--datasets", help="comma-separated dataset names (default: every dataset under --data)")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--config", help="YAML config file of fine-tuning settings (configs/); the stage lengths "
-                   "(train.epochs, budgets) are planned by the run, and the MoCo stage takes run.pretrain_*")
+                   "(train.epochs, budgets) are planned by the run, and the MoCo stage takes run.pretrain_* and from "
+                   "moco.preset (mocov1/mocov2) its temperature, head, schedule and views")
     p.add_argument("--pretrain", action="store_true", help="MoCo-pretrain on the pool first (half the budget; it "
                    "lowered val accuracy at 3 and 10 CPU-minutes on the demo data: docs/recipes.md)")
     p.add_argument("--no-pretrain", action="store_true", help="no MoCo stage (the default)")
@@ -189,7 +190,11 @@ def cmd_run(args, extra) -> int:
         flags["run.semi_method"] = "off" if args.baseline else args.semi
     if args.no_progress:
         flags["train.progress"] = False
-    cfg = resolve(file=args.config, flags=flags, overrides=extra)
+    # moco.preset=mocov1 (a word or the --config file's) chooses the MoCo stage's T, head, schedule and views, as
+    # `fewshot pretrain --preset` does (it changed the recorded name only); the stage's optimiser, batch and queue
+    # stay run.*'s small-data recipe (pipeline.pretrain_stage), and the user's own moco.*/aug.* fields still win
+    cfg = resolve(file=args.config, flags=flags, overrides=extra, default_preset="mocov2",
+                  preset_sections=MOCO_PRESET_SECTIONS)
     from fewshot.cli import adopt_recorded_model, note_flags_overridden
 
     if not args.resume:  # a resumed run keeps its recorded model
@@ -205,6 +210,10 @@ def cmd_run(args, extra) -> int:
                      resume=args.resume)
     return 0
 
+
+# the sections of a MoCo preset `fewshot run` applies: what makes MoCo v1 or v2 (config.PRESETS); the rest (SGD,
+# batch 256, 200 epochs, resnet50) is the full-size recipe, which run.* and the run's plan replace
+MOCO_PRESET_SECTIONS = ("moco", "aug")
 
 RUN_FLAG_NAMES = {"data.root": "--data", "model.name": "--model", "model.weights": "--weights",
                   "train.device": "--device",

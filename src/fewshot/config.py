@@ -472,10 +472,14 @@ def _check_size(data, path: Path, limit: int = 100_000) -> None:
 
 
 def resolve(preset: str | None = None, file: str | Path | None = None, flags: dict | None = None,
-            overrides: list[str] | None = None, default_preset: str | None = None) -> dict:
+            overrides: list[str] | None = None, default_preset: str | None = None,
+            preset_sections: tuple[str, ...] | None = None) -> dict:
     """Layer defaults < preset < config file < command-line flags < key=value words. The preset is ``preset``
     (--preset), else the one the file or the words name (`moco.preset: mocov1`, which used to change the recorded
-    name only and leave the other preset's T, MLP and schedule in place), else ``default_preset``."""
+    name only and leave the other preset's T, MLP and schedule in place), else ``default_preset``.
+    ``preset_sections``: only these sections of the preset apply (`fewshot run` takes its MoCo stage's moco.* and
+    aug.* from the preset, but its optimiser, batch and epochs from run.* and its plan; the preset's resnet50 and
+    SGD would otherwise reach fine-tuning too)."""
     cfg = copy.deepcopy(DEFAULTS)
     named = _preset_named_in(file, overrides) if default_preset else None  # only commands that have presets
     if preset and named and named != preset:
@@ -484,7 +488,10 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
     if preset:
         if preset not in PRESETS:
             raise UserError(f"unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
-        cfg = deep_merge(cfg, PRESETS[preset])
+        chosen = PRESETS[preset]
+        if preset_sections is not None:
+            chosen = {section: chosen[section] for section in preset_sections if section in chosen}
+        cfg = deep_merge(cfg, chosen)
     if file:
         cfg = deep_merge(cfg, read_config_file(file))
     for dotted, value in (flags or {}).items():
@@ -639,7 +646,8 @@ AT_LEAST = {"model.img_size": 1, "train.threads": 1, "moco.mlp_hidden": 1, "run.
             "train.eval_every": 1, "train.save_interval_s": 0, "moco.knn_every": 1, "data.repeats": 1,
             "data.randaug_ops": 0, "data.randaug_group": 1, "train.save_every_steps": 0, "train.skip_nonfinite": 0,
             "semi.mu": 1, "semi.weight": 0, "moco.split_bn_groups": 1, "run.pretrain_batch_size": 2,
-            "run.min_epochs": 1, "run.pseudo_labelled_repeat": 1, "optim.weight_decay": 0, "optim.grad_clip": 0,
+            "run.min_epochs": 1, "run.pseudo_labelled_repeat": 1, "run.finetune_backbone_mult": 0,
+            "optim.weight_decay": 0, "optim.grad_clip": 0,
             "optim.backbone_lr_mult": 0, "sched.warmup_epochs": 0, "sched.min_lr": 0, "sched.warmup_lr": 0,
             "data.cache_max_gb": 0, "run.pseudo_max_per_shot": 1}
 POSITIVE = ("optim.lr", "run.pretrain_lr", "train.budget_minutes", "run.finetune_lr", "moco.temperature", "moco.knn_t")  # > 0

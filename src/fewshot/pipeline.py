@@ -888,13 +888,14 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         pcfg["model"]["drop_path"] = 0.0
         pcfg["train"]["batch_size"] = r["pretrain_batch_size"]
         pcfg["train"]["ema"] = False
-        pcfg["optim"].update({"name": "sgd", "lr": r["pretrain_lr"] or 0.06 * r["pretrain_batch_size"] / 256,
+        lr = 0.06 * r["pretrain_batch_size"] / 256 if r["pretrain_lr"] is None else r["pretrain_lr"]
+        pcfg["optim"].update({"name": "sgd", "lr": lr,
                               "weight_decay": 5e-4, "momentum": 0.9, "grad_clip": 0.0, "label_smoothing": 0.0})
         pcfg["sched"].update({"warmup_epochs": 0.0, "min_lr": 0.0})
         pcfg["moco"]["momentum"] = r["moco_momentum"]
         seed_everything(pcfg["train"]["seed"])
         # The pool size is known only once the task has scanned it: build, then size the queue.
-        pcfg["moco"]["queue_size"] = r["queue_size"] or 4096
+        pcfg["moco"]["queue_size"] = 4096 if r["queue_size"] is None else r["queue_size"]
         task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)  # check_model warned
         if r["queue_size"] is None:
             k = int(min(4096, max(2 * pcfg["train"]["batch_size"], len(task.pool) // 2)))
@@ -922,6 +923,23 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     return weights, stage, fit_s
 
 
+def finetune_config(cfg: dict, weights, semi: str) -> dict:
+    """The fine-tuning stages' config: from ``weights`` (the MoCo stage's export, the user's file or None), and
+    after our own short MoCo run.finetune_lr / run.finetune_backbone_mult where the user set no optim.lr /
+    optim.backbone_lr_mult. Unset is None, not any false value: optim.backbone_lr_mult=0 (a frozen backbone, as
+    `fewshot train` keeps it) used to be replaced by 1.0."""
+    from fewshot.train.supervised import resolve_finetune_defaults
+
+    r, fcfg = cfg["run"], copy.deepcopy(cfg)
+    fcfg["model"]["weights"] = str(weights) if weights else None
+    fcfg["semi"]["method"] = "fixmatch" if semi == "fixmatch" else "off"
+    if r["pretrain"]:
+        o = fcfg["optim"]
+        o["lr"] = r["finetune_lr"] if o["lr"] is None else o["lr"]
+        o["backbone_lr_mult"] = r["finetune_backbone_mult"] if o["backbone_lr_mult"] is None else o["backbone_lr_mult"]
+    return resolve_finetune_defaults(fcfg)
+
+
 def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: float | None = None,
                  resume: bool = False) -> dict:
     """The whole pipeline within ``budget_minutes``, counted from ``started`` (time.monotonic(); the CLI passes
@@ -943,7 +961,6 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
     from fewshot.eval.predict import load_answer_key, predict_and_score, score_predictions
     from fewshot.run_state import STATE_FILE, RunState
     from fewshot.train.distributed import DistContext
-    from fewshot.train.supervised import resolve_finetune_defaults
 
     t_start = time.monotonic() if started is None else started
     out = Path(out)
@@ -1149,13 +1166,7 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
         if fit_s or "pretrain" not in summary["stages"]:  # reused (0 s): kept before, its time counted once
             keep("pretrain", entry, fit_s)
 
-    fcfg = copy.deepcopy(cfg)
-    fcfg["model"]["weights"] = str(weights) if weights else None
-    fcfg["semi"]["method"] = "fixmatch" if semi == "fixmatch" else "off"
-    if r["pretrain"]:
-        fcfg["optim"]["lr"] = fcfg["optim"]["lr"] or r["finetune_lr"]
-        fcfg["optim"]["backbone_lr_mult"] = fcfg["optim"]["backbone_lr_mult"] or r["finetune_backbone_mult"]
-    resolve_finetune_defaults(fcfg)
+    fcfg = finetune_config(cfg, weights, semi)
     fdir = out / "finetune"
     end_time = t_start + stage_s
     last_end = t_start + budget_s  # the last stage ends where its measured closing work still fits
