@@ -81,6 +81,20 @@ def test_a_refused_start_leaves_a_folder_it_found_as_it_was(digits_root, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == [".DS_Store"]
 
 
+def test_a_refused_start_without_a_lock_removes_nothing(digits_root, tmp_path, monkeypatch, real_least_run):
+    """On a file system without locks another start may be writing into the same folder: what appeared there may
+    be its, so the refusal removes nothing and does not claim to have left the folder as it was."""
+    import fewshot.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 30.0)
+    monkeypatch.setattr(pipeline, "lock_run_dir", lambda folder: False)
+    _stop_at_training(monkeypatch)
+    out = tmp_path / "r"
+    with pytest.raises(UserError, match="too short") as caught:
+        pipeline.run_pipeline(_cfg(digits_root, **{"run.semi_method": "off"}), out, 0.1)
+    assert "left as it was" not in str(caught.value) and (out / "run_state.json").is_file()
+
+
 def test_the_plan_keeps_the_whole_closing_estimate_and_the_last_step(digits_root, tmp_path, monkeypatch,
                                                                      real_least_run):
     """A closing estimate over half the budget was capped at half: the run planned to end about the difference

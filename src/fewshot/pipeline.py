@@ -177,7 +177,7 @@ def least_run_seconds(step_s: float, closing_s: float) -> float:
 
 
 def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s: float, what: str,
-                           hints: str) -> UserError:
+                           hints: str, undone: bool = True) -> UserError:
     """The refusal of a budget that cannot hold even the least run, found at the first stage's planning (before
     any training): such a run trained its floor of steps and then ran past its budget, silently until its end
     (0.3 minutes with resnet50 on 2 busy cores: 60 s). ``used_s``: the run's time so far (start-up, decoding,
@@ -192,8 +192,8 @@ def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s
         f"the speeds took {used_s:.0f} s, and the least run after them ({FLOOR_STEPS} training steps at "
         f"{step_s * 1000:.0f} ms, the closing evaluations, the prediction of the test images and the report) needs "
         f"about {need_s:.0f} s more, {total:.0f} s in all (measured here; a busy machine needs more). Nothing was "
-        f"trained and the output folder was left as it was. Give --budget-minutes {least:g} or more (more leaves "
-        f"training a fair share){hints}."))
+        f"trained{' and the output folder was left as it was' if undone else ''}. Give --budget-minutes {least:g} "
+        f"or more (more leaves training a fair share){hints}."))
 
 
 def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: tuple[str, str],
@@ -990,7 +990,7 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
     ensure_writable_dir(out, "output")
     # a second `fewshot run` (or --resume) into the folder while this one runs is refused, at once: after the
     # test images and the pool were decoded, the refusal came 24-53 s late
-    lock_run_dir(out)
+    locked = lock_run_dir(out)  # without a lock (a file system without locks) a refused start undoes nothing
     used = state.seconds_used() if state is not None else 0.0  # the time of the sessions before this one
     if state is not None:  # a stop in this session's start-up (decoding the test images and the pool) counts too
         session.update(state=state, t_start=t_start - used)
@@ -1142,8 +1142,9 @@ def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: f
         if semi == "fixmatch":  # self-training's later rounds are dropped when they do not fit; FixMatch's steps stay
             hints += ", or --baseline (no FixMatch: shorter steps)"
         error = too_short_budget_error(budget_s, used, need, step_s,
-                                       f"{cfg['model']['name']} at {cfg['model']['img_size']}px", hints)
-        undo_run_start(out, entries_before, out_existed)
+                                       f"{cfg['model']['name']} at {cfg['model']['img_size']}px", hints, locked)
+        if locked:  # else another start may be writing there too: what appeared may be its
+            undo_run_start(out, entries_before, out_existed)
         raise error
     # time spent in training loops, to tell the user what the rest cost
     fit_seconds: list[float] = list(state.data.get("fit_seconds") or [])
