@@ -125,6 +125,10 @@ def test_without_an_ema_only_one_evaluation_runs(root, tmp_path, monkeypatch):
     ({"train.ema_warmup": True}, False),
     ({"train.ema_warmup": False, "train.ema_decay": 0.5}, False),  # a 2-step horizon
     ({"train.ema_warmup": False, "train.ema": False}, False),
+    # a 20-step horizon: over 8 epochs x 5 steps not, but a time-based schedule's 8 epochs are a 4x cap (~10 steps)
+    ({"train.epochs": 8, "train.ema_warmup": False, "train.ema_decay": 0.95}, False),
+    ({"train.epochs": 8, "train.ema_warmup": False, "train.ema_decay": 0.95, "sched.time_based": True,
+      "train.budget_minutes": 1.0}, True),
 ])
 def test_an_ema_slower_than_the_run_is_warned_about_at_the_start(root, tmp_path, capsys, flags, warned):
     cfg = finetune_cfg(root, **{"train.epochs": 1, **flags})

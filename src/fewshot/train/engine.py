@@ -267,11 +267,17 @@ class Engine:
         t = self.cfg["train"]
         decay = float(t["ema_decay"])
         total = max(1, int(t["epochs"]) * self.steps_per_epoch)
+        # a time-based schedule (`fewshot run`) plans 4x the epochs that fit as a cap: about a quarter of them run
+        planned = (f"about {max(1, total // 4):,}, a quarter of its cap of {t['epochs']} epoch(s) x "
+                   f"{self.steps_per_epoch} steps" if self.cfg["sched"].get("time_based") else
+                   f"{total:,} ({t['epochs']} epoch(s) x {self.steps_per_epoch} steps)")
+        if self.cfg["sched"].get("time_based"):
+            total = max(1, total // 4)
         if t["ema_warmup"] or not self.ctx.is_main or decay <= 0.0 or 1.0 / (1.0 - decay) <= total:
             return
         print(one_line(f"warning: train.ema_warmup=false with train.ema_decay={decay:g} averages the weights over "
-                       f"about {1.0 / (1.0 - decay):,.0f} optimizer steps, more than this run's {total:,} "
-                       f"({t['epochs']} epoch(s) x {self.steps_per_epoch} steps): the EMA stays close to the "
+                       f"about {1.0 / (1.0 - decay):,.0f} optimizer steps, more than this run's {planned}"
+                       f": the EMA stays close to the "
                        f"initial weights and scores near chance. Set train.ema_warmup=true (the default), a smaller "
                        f"train.ema_decay, or train.ema=false; meanwhile best.pt keeps the raw weights wherever they "
                        f"score higher."), file=sys.stderr, flush=True)
