@@ -26,81 +26,13 @@ from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
+from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, after_round1_seconds, eval_passes, figure_seconds,
+                                fitting_epochs, later_rounds_seconds, least_run_holds, least_run_seconds,
+                                measure_eval_seconds, measure_prediction_seconds, measure_step_seconds, plan_epochs,
+                                report_seconds, time_holds, too_short_budget_error)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.utils import (atomic_write_text, derive_seed, refuse_links_in_run_dir, resolve_device, seed_everything,
                            write_json)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":  # CUDA runs asynchronously: without this a timer measures only the queueing
-        torch.cuda.synchronize(device)
-
-
-def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
-    """Median seconds per training step (forward, backward, optimizer) on a copy of the task's model,
-    on the task's device and in the Engine's autocast, so that the plan matches what the stage will run.
-    The copy runs eagerly where the stage compiles (train.compile; torch drops the compile from a copied module):
-    it costs no second compile, and the time-based schedule follows the clock from there."""
-    from fewshot.train.engine import amp_dtype, empty_epoch_error
-
-    device = task.device
-    task.model.to(device)  # the tasks build their model on the CPU; the Engine would move it later
-    model = copy.deepcopy(task.model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.0)
-    batches = task.plan_epoch(0)
-    if not batches:  # found here, before the Engine would say it, since calibration comes first
-        raise empty_epoch_error(task, task.cfg, 1)
-    amp = amp_dtype(task.cfg, device, getattr(task, "size", None))
-    times = []
-    with torch.random.fork_rng(devices=[]):
-        for i in range(warmup + steps):
-            _sync(device)
-            t0 = time.perf_counter()
-            batch = task.make_batch(batches[i % len(batches)], 0, i)
-            with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
-                loss, _, _ = task.training_step(model, batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    del model, opt
-    return sorted(times)[len(times) // 2]
-
-
-def measure_eval_seconds(task, n: int = 256) -> float:
-    """Seconds of one evaluation (task.evaluate): timed whole when it reads at most 4 x ``n`` images, else from a
-    batch of ``n`` of them scaled to all (the better of two timings: the first pays the warm-up); a 20k-image val
-    split was evaluated in full only to be timed, in every stage. Fine-tuning runs its classifier over val; MoCo's
-    kNN monitor embeds the labelled train and val images with its backbone."""
-    moco = getattr(task.model, "encoder_q", None)
-    n_images = len(task.val_set) + (len(task.train_set) if moco is not None else 0)
-    if n_images > 4 * n:
-        net = moco.backbone if moco is not None else None
-        per_image = measure_prediction_seconds(task, task.val_set.images, n, net)  # the better of two timings
-        return per_image * n_images
-    task.model.to(task.device)
-    _sync(task.device)
-    t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        task.evaluate(task.model, 0)
-    _sync(task.device)
-    return time.perf_counter() - t0
-
-
-def plan_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: float, eval_every: int,
-                min_epochs: int = 1) -> int:
-    """Epochs that fit the budget at the measured speed. Stages run on a time-based schedule with this
-    number as a generous cap (4x), so a slow calibration (a busy machine) cannot shrink a stage."""
-    return max(min_epochs, 4 * int(fitting_epochs(budget_s, step_s, steps_per_epoch, eval_s, eval_every)), 8)
-
-
-def fitting_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: float, eval_every: int) -> float:
-    """Epochs (a fraction where less than one fits) that the budget holds at the measured speed."""
-    per_epoch = step_s * steps_per_epoch + eval_s / max(1, eval_every)
-    return budget_s / max(per_epoch, 1e-6)
 
 
 def pseudo_label_line(per_dataset: dict, unknown: int) -> str:
@@ -157,45 +89,6 @@ def overrun_warning(seconds: float, why: str) -> str:
                     f"--budget-minutes, or a smaller --img-size or --model, lets it fit.")
 
 
-def eval_passes(task, cfg: dict | None = None) -> int:
-    """Evaluations the Engine runs for one of its own (during training, and at the budget stop): with an EMA it
-    scores both the EMA and the raw weights, so twice task.evaluate's time (the closing estimate counted the stop's
-    once, and 0.3-minute runs ended a whole evaluation late)."""
-    cfg = task.cfg if cfg is None else cfg
-    return 2 if cfg["train"].get("ema") and getattr(task, "supports_ema", False) else 1
-
-
-FLOOR_STEPS = 5  # plan_stage's least training steps of a stage, even when its time is spent
-CLOSING_SHARE = 0.015  # of the budget, kept beyond the closing work's estimate
-
-
-def least_run_seconds(step_s: float, closing_s: float) -> float:
-    """The least time a run's last stage needs from its planning on: plan_stage's floor of steps, the step the
-    Engine finishes past its deadline, and the closing work (closing_seconds, without the report's image-based
-    parts, which are left out when they do not fit)."""
-    return (FLOOR_STEPS + 1) * step_s + closing_s
-
-
-def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s: float, what: str,
-                           hints: str, undone: bool = True) -> UserError:
-    """The refusal of a budget that cannot hold even the least run, found at the first stage's planning (before
-    any training): such a run trained its floor of steps and then ran past its budget, silently until its end
-    (0.3 minutes with resnet50 on 2 busy cores: 60 s). ``used_s``: the run's time so far (start-up, decoding,
-    the timing of the speeds); ``need_s``: least_run_seconds; ``what``: the model and size; ``hints``: the ways
-    to a shorter least run besides a larger budget."""
-    total = used_s + need_s
-    # the closing reserve grows with the budget (1.5 % of it): the budget named holds the rest at that share, and
-    # 10 % more for a machine a little busier than at this measurement, in tenths of a minute rounded up
-    least = math.ceil((total - CLOSING_SHARE * budget_s) / (1 - CLOSING_SHARE) * 1.1 / 6) / 10
-    return UserError(one_line(
-        f"--budget-minutes {budget_s / 60:g} is too short for {what} on this machine: start-up and the timing of "
-        f"the speeds took {used_s:.0f} s, and the least run after them ({FLOOR_STEPS} training steps at "
-        f"{step_s * 1000:.0f} ms, the closing evaluations, the prediction of the test images and the report) needs "
-        f"about {need_s:.0f} s more, {total:.0f} s in all (measured here; a busy machine needs more). Nothing was "
-        f"trained{' and the output folder was left as it was' if undone else ''}. Give --budget-minutes {least:g} "
-        f"or more (more leaves training a fair share){hints}."))
-
-
 def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: tuple[str, str],
                closing=None) -> tuple[float, int, float]:
     """Size one stage to end at ``end_time`` (time.monotonic()): measure its step and evaluation
@@ -248,65 +141,7 @@ def stage_plan_words(step_s: float, budget_s: float, epochs: float) -> str:
     return f"{length} on a time-based schedule ({epochs_estimate(epochs)})"
 
 
-def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256, model=None) -> float:
-    """Seconds per test image of a prediction pass (one batch of the preloaded test images, timed); ``model``:
-    the network to time (the task's model by default). Where the images are more than a batch (the time is scaled
-    to all of them), the better of two timings: the first pays the warm-up, and a cold one multiplied by a large
-    test split could refuse a normal run as too short for its closing work."""
-    from fewshot.eval.evaluate import compute_logits
-
-    sample = images[:n]
-    if len(sample) == 0:
-        return 0.0
-    task.model.to(task.device)
-    best = math.inf
-    for _ in range(2 if len(images) > n else 1):
-        with torch.random.fork_rng(devices=[]):
-            _sync(task.device)
-            t0 = time.perf_counter()
-            compute_logits(task.model if model is None else model, sample, task.normalize, task.device, batch_size=n,
-                           channels_last=task.channels_last, desc="timing prediction")
-            _sync(task.device)
-        best = min(best, time.perf_counter() - t0)
-    return best / len(sample)
-
-
-FIGURE_S = 0.06  # figure_seconds() on the 2 idle cores where report_seconds' figures were timed
-
-
-def figure_seconds() -> float:
-    """Seconds to draw and save a small figure now (the median of 3, after one that pays matplotlib's set-up): on a
-    busy machine the report drew 3-4x slower than report_seconds' figures, and the closing estimate scales with it."""
-    import io
-
-    from fewshot.report.plots import _figure  # the report's own figures (and matplotlib's config folder)
-
-    times = []
-    for _ in range(4):
-        t0 = time.perf_counter()
-        fig = _figure(2, 1.5)
-        fig.add_subplot().plot([0, 1], [0, 1])
-        fig.savefig(io.BytesIO(), format="png")
-        times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[1]
-
-
-def report_seconds(task, eval_s: float, report_stages: int, figure_s: float = FIGURE_S) -> tuple[float, float]:
-    """The report of a run, estimated: (its page, accuracy bars, and per stage the curves and the FLOPs count of
-    its checkpoint; its image-based parts: the predicting stage's val predictions, a confusion matrix per dataset,
-    the embedding map and the grid). Timed on 2 idle CPU cores with 3 datasets of 3, 7 and 12 classes: page and
-    bars ~0.5 s, per stage ~0.9 s and a read of its checkpoint, a confusion matrix 0.15 s + 0.013 s a class (up
-    to 20 classes, 12 datasets drawn), embedding and grid ~1.3 s. The drawing scales by ``figure_s`` / FIGURE_S:
-    on a busy machine it took 3-4x as long, beyond the half of the budget kept for the closing work."""
-    if not report_stages:
-        return 0.0, 0.0
-    scale = max(1.0, figure_s / FIGURE_S)
-    read = sum(p.numel() for p in task.model.parameters()) * 8 / 250e6  # best.pt: weights and EMA, ~250 MB/s
-    base = scale * (0.5 + 0.9 * report_stages) + report_stages * read
-    confusions = sum(0.15 + 0.013 * min(len(c), 20) for c in task.space.classes[:12])
-    return base, eval_s + read + scale * (confusions + 1.3)
-
-
+# here, not in run_budget: tests patch report_seconds on this module, and only a call from here sees the patch
 def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, report_stages: int,
                     figure_s: float = FIGURE_S, images: bool = True) -> float:
     """What a run does after its last training step, estimated from this machine's measured speed: the
@@ -318,41 +153,6 @@ def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, rep
     base, drawn = report_seconds(task, eval_s, report_stages, figure_s)
     evaluations = (eval_passes(task) + 1) * eval_s
     return evaluations + saves + per_test_image * n_test + base + (drawn if images else 0.0)
-
-
-def after_round1_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, rounds: int,
-                         last_closing_s: float) -> float:
-    """The least time self-training needs after round 1's last step, at the speeds measured for round 1: a large
-    run.pseudo_share planned round 1 up to the end of the budget, and the rest came on top (165 s of a 60 s
-    budget). Per later round: its labelling of the pool (all of it, or as pool_share_in_time does a quarter of the
-    time left, one batch at least), its calibration (4 timed steps, an evaluation), plan_stage's 5-step floor and
-    the closing evaluations of the round before it; then the last stage's closing work."""
-    others = (rounds - 1) * (9 * step_s + 3 * eval_s) + last_closing_s
-    labelling = min(per_image * n_pool, max(per_image * min(n_pool, 256), others / 3))
-    return (rounds - 1) * labelling + others
-
-
-def later_rounds_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, n_rounds: int,
-                         last_closing_s: float) -> float:
-    """The least time ``n_rounds`` more self-training rounds need, from the pool's labelling for the first of them
-    on, at the speeds measured for the round before: per round its labelling (as after_round1_seconds counts it),
-    its calibration (4 timed steps, an evaluation, a timed prediction batch), plan_stage's 5-step floor, and the
-    closing evaluations of all but the last; then the last stage's closing work."""
-    others = n_rounds * (9 * step_s + eval_s) + (n_rounds - 1) * 2 * eval_s + last_closing_s
-    labelling = min(per_image * n_pool, max(per_image * min(n_pool, 256), others / 3))
-    return n_rounds * (labelling + per_image * min(n_pool, 256)) + others
-
-
-def time_holds(need_s: float, left_s: float) -> bool:
-    """Whether ``left_s`` seconds hold work estimated at ``need_s``: the check that skips self-training's later
-    rounds (one place, which tests of the rounds themselves, in budgets of seconds, can relax)."""
-    return need_s <= left_s
-
-
-def least_run_holds(need_s: float, left_s: float) -> bool:
-    """Whether the budget left (``left_s``) holds the least run (least_run_seconds), else the run is refused before
-    training: one place, which the tests' runs in budgets of seconds relax (as time_holds)."""
-    return need_s <= left_s
 
 
 def auto_img_size(infos, device: torch.device) -> int:
@@ -947,464 +747,639 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     ``resume``: continue the `fewshot run` that a signal stopped in ``out`` (its run_state.json): finished
     stages are reused, the stopped one continues from its last.pt, and the budget counts the time it had
     used (``budget_minutes`` None: the run's own)."""
-    session: dict = {}  # the run's state and clock, once it has them
+    run = PipelineRun(cfg, out, budget_minutes, started, resume)
     try:
-        return _run_pipeline(cfg, out, budget_minutes, started, resume, session)
+        return run.run()
     except KeyboardInterrupt:  # a signal's stop (StopRequested) or a second Ctrl-C: the session's time counts
-        if "state" in session:
-            session["state"].note_stop(time.monotonic() - session["t_start"])
+        run.note_stop()
         raise
 
 
-def _run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: float | None, resume: bool,
-                  session: dict) -> dict:
-    from fewshot.eval.predict import load_answer_key, predict_and_score, score_predictions
-    from fewshot.run_state import STATE_FILE, RunState
-    from fewshot.train.distributed import DistContext
+class PipelineRun:
+    """One session of `fewshot run`, phase by phase (run() lists them). The attributes are what the phases share:
+    the run's clock (``t_start``, moved back on --resume by the time of the sessions before, and ``budget_s``),
+    its RunState and summary, the inputs checked at start-up, and the plan that later phases revise as they time
+    this machine (self-training's ``rounds`` and ``skip`` decision, the ``report_stages`` the report draws, the
+    report's estimate in ``report_plan``). Every input is checked before the run folder is started, so that a
+    refused start leaves no run behind."""
 
-    t_start = time.monotonic() if started is None else started
-    out = Path(out)
-    refuse_if_being_written(out)  # before its state is judged: "already used" / "--resume" named the wrong cause
-    requested = copy.deepcopy(cfg)  # the settings as asked for, which a --resume must repeat
-    state = None
-    if resume:
+    def __init__(self, cfg: dict, out: Path, budget_minutes: float | None, started: float | None, resume: bool):
+        self.t_start = time.monotonic() if started is None else started
+        self.cfg, self.out, self.budget_minutes, self.resume = cfg, Path(out), budget_minutes, resume
+        self.state = None
+        self.stop_clock: tuple | None = None  # (state, t_start) once the run has them: what a stop counts
+        self.pool_limit = None  # the pool files self-training decodes and labels (None: all)
+        self.n_unlabeled = None  # what round 1 leaves time to label
+        self.fixmatch = None  # FixMatch's settings and pool, for summary.json
+        self.task = self.pseudo = self.skip = self.rounds = self.round1_val = None
+        self.earlier: dict = {}  # self-training's rounds before the last, for the val guard
+        self.skipped = False
+
+    def note_stop(self) -> None:
+        """A stop (a signal, Ctrl-C) counts this session's time in the run's state, once the run has one."""
+        if self.stop_clock is not None:
+            state, t_start = self.stop_clock
+            state.note_stop(time.monotonic() - t_start)
+
+    def run(self) -> dict:
+        """The phases in their order; a --resume of a run that finished returns its summary as it is."""
+        finished = self.start_up()
+        if finished is not None:
+            return finished
+        self.check_test_split()
+        self.choose_model()
+        self.decode_inputs()
+        if self.semi == "pseudo":
+            self.check_self_training_pool()
+        if self.semi == "fixmatch":
+            self.check_fixmatch_pool()
+        self.start_state()
+        self.plan_budget()
+        self.pretrain()
+        self.fine_tune()
+        self.guard_on_val()
+        metrics = self.predict()
+        self.report(metrics)
+        self.finish()
+        return self.summary
+
+    def start_up(self) -> dict | None:
+        """The settings, the output folder (claimed and locked) and the device. Returns the summary of a resumed run
+        that had finished, else None."""
+        from fewshot.train.distributed import DistContext
+
+        cfg, out = self.cfg, self.out
+        refuse_if_being_written(out)  # before its state is judged: "already used" / "--resume" named the wrong cause
+        self.requested = copy.deepcopy(cfg)  # the settings as asked for, which a --resume must repeat
+        if self.resume:
+            finished = self.resume_state()
+            if finished is not None:
+                return finished
+        elif self.budget_minutes is None:
+            raise UserError("a budget is needed: --budget-minutes N.")
+        self.r = cfg["run"]
+        self.semi = check_run_settings(self.r)
+        set_enabled(bool(cfg["train"]["progress"]))
+        check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
+        self.claim_output()
+        self.used = self.state.seconds_used() if self.state is not None else 0.0  # the sessions before this one
+        if self.state is not None:  # a stop in this session's start-up (decoding the test images and the pool) counts
+            self.stop_clock = (self.state, self.t_start - self.used)
+        self.device = resolve_device(cfg["train"]["device"])
+        cfg["train"]["device"] = self.device.type
+        self.ctx = DistContext()
+        return None
+
+    def resume_state(self) -> dict | None:
+        """--resume: the stopped run's state, budget and image size; its summary when it had finished."""
+        from fewshot.run_state import STATE_FILE, RunState
+
+        cfg, out = self.cfg, self.out
         if (out / STATE_FILE).is_file():  # a folder that holds no run is refused as such (RunState.resume)
             refuse_links_in_run_dir(out)  # its stages' checkpoints, metrics and state would be written through them
-        state = RunState.resume(out, requested, budget_minutes)
-        budget_minutes = state.budget_minutes
+        self.state = RunState.resume(out, self.requested, self.budget_minutes)
+        self.budget_minutes = self.state.budget_minutes
         if cfg["model"]["img_size"] is None:  # the size the run chose (it depends on the device, which may change)
-            cfg["model"]["img_size"] = state.data.get("img_size")
-        if state.data.get("finished") and (out / "summary.json").is_file():
+            cfg["model"]["img_size"] = self.state.data.get("img_size")
+        if self.state.data.get("finished") and (out / "summary.json").is_file():
             print(f"[run] {out} finished already: {out}/pred_all.json, {out}/metrics.json")
             return json.loads((out / "summary.json").read_text())
-    elif budget_minutes is None:
-        raise UserError("a budget is needed: --budget-minutes N.")
-    r = cfg["run"]
-    semi = check_run_settings(r)
-    set_enabled(bool(cfg["train"]["progress"]))
-    check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
-    if not resume:
-        refuse_used_output(out)
-    out_existed = out.is_dir()  # what a refused start leaves as it found it (undo_run_start)
-    entries_before = set(os.listdir(out)) if out_existed else set()
-    ensure_writable_dir(out, "output")
-    # a second `fewshot run` (or --resume) into the folder while this one runs is refused, at once: after the
-    # test images and the pool were decoded, the refusal came 24-53 s late
-    locked = lock_run_dir(out)  # without a lock (a file system without locks) a refused start undoes nothing
-    used = state.seconds_used() if state is not None else 0.0  # the time of the sessions before this one
-    if state is not None:  # a stop in this session's start-up (decoding the test images and the pool) counts too
-        session.update(state=state, t_start=t_start - used)
-    device = resolve_device(cfg["train"]["device"])
-    cfg["train"]["device"] = device.type
-    ctx = DistContext()
-    # the test split and its answer keys are checked now, not after the whole budget has been spent; in the same
-    # scan, so that one error lists every layout problem (the test split's came only after val's were fixed)
-    infos = test_infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val", "test"))
-    class_names = {info.name: list(info.classes) for info in infos}
-    if state is not None:
-        state.check_same_data(class_names)
-    unscorable: set[str] = set()
-    for info in test_infos:  # what scoring after the budget needs: classes in range, every test image keyed
-        if info.answer_key is not None:
-            try:  # SPEC: the answer key is never needed to predict; a key that cannot score only costs scoring
-                key = load_answer_key(info.answer_key, class_names=class_names[info.name])
-                unkeyed = [i for i, _ in info.test if i not in key]
-                if unkeyed:
-                    raise UserError(f"answer key {info.answer_key} has no class for {len(unkeyed)} test image(s) of "
-                                    f"{info.name} (ids {', '.join(unkeyed[:5])}"
-                                    f"{', ...' if len(unkeyed) > 5 else ''})")
-            except UserError as exc:
-                unscorable.add(info.name)
-                print(one_line(f"[run] warning: {exc}. {info.name}'s test images are predicted as usual; they are "
-                               f"not scored."), flush=True)
-    not_keyed = [i.name for i in test_infos if i.answer_key is None or i.name in unscorable]
-    if test_infos and any(i.answer_key is not None for i in test_infos) and not_keyed:
-        print(one_line(f"[run] note: no usable answer key for {', '.join(not_keyed)}: the test split is scored for "
-                       f"the other datasets only."), flush=True)
-    chosen = cfg["model"]["img_size"] is None
-    if chosen:
-        cfg["model"]["img_size"] = auto_img_size(infos, device)
-    print(one_line(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {device.type}"
-                   f"{' (chosen for these images and device; --img-size to change)' if chosen else ''}: "
-                   f"{', '.join(i.name for i in infos)}"), flush=True)
-    replaced_by = weights_replaced_by(state, out, r["pretrain"]) if cfg["model"]["weights"] else None
-    if replaced_by is not None:
-        adopt_stage_architecture(cfg, replaced_by)
-    backbone = check_model(cfg, load_weights=replaced_by is None)  # before decoding: a mistyped --model at once
-    if r["pretrain"]:
-        check_pretrain_settings(cfg, backbone)
-    del backbone
-    test_set, split_skipped, train_set = preload_images(cfg, infos, test_infos)
-    check_finetune_batches(cfg, train_set)
-    del train_set
-    if r["pretrain"]:
-        from fewshot.ssl.pretrain import pool_with_sources
+        return None
 
-        n_pool, batch = len(pool_with_sources(cfg, infos)[0]), int(r["pretrain_batch_size"])
-        if n_pool < batch:  # found by the MoCo stage, after the run folder was written, it blocked the rerun
-            raise UserError(f"the unlabeled pool has {n_pool} images, fewer than one MoCo batch of {batch} (MoCo "
-                            f"drops an incomplete batch): lower run.pretrain_batch_size or add images to the pool.")
-    pool_skipped, n_moco = check_pool_images(cfg, infos, semi)
-    if n_moco is not None and n_moco < int(r["pretrain_batch_size"]):  # the count above was before bad files
-        raise UserError(f"the unlabeled pool has {n_moco} decodable images, fewer than one MoCo batch of "
-                        f"{r['pretrain_batch_size']}: lower run.pretrain_batch_size or add images to the pool.")
-    pool_limit = None  # the pool files self-training decodes and labels (None: all)
-    if semi == "pseudo":
+    def claim_output(self) -> None:
+        """The output folder: a fresh one (unless --resume), noted as found (what a refused start restores), and
+        locked against a second run into it."""
+        out = self.out
+        if not self.resume:
+            refuse_used_output(out)
+        self.out_existed = out.is_dir()  # what a refused start leaves as it found it (undo_run_start)
+        self.entries_before = set(os.listdir(out)) if self.out_existed else set()
+        ensure_writable_dir(out, "output")
+        # a second `fewshot run` (or --resume) into the folder while this one runs is refused, at once: after the
+        # test images and the pool were decoded, the refusal came 24-53 s late
+        self.locked = lock_run_dir(out)  # without a lock (a file system without locks) a refused start undoes nothing
+
+    def check_test_split(self) -> None:
+        """The datasets, and the answer keys that will score the test split: a key that cannot score its dataset
+        costs only that dataset's scores, and the run says so now."""
+        from fewshot.eval.predict import load_answer_key
+
+        cfg = self.cfg
+        # the test split and its answer keys are checked now, not after the whole budget has been spent; in the same
+        # scan, so that one error lists every layout problem (the test split's came only after val's were fixed)
+        self.infos = self.test_infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"],
+                                                 splits=("train", "val", "test"))
+        class_names = self.class_names = {info.name: list(info.classes) for info in self.infos}
+        if self.state is not None:
+            self.state.check_same_data(class_names)
+        self.unscorable: set[str] = set()
+        for info in self.test_infos:  # what scoring after the budget needs: classes in range, every test image keyed
+            if info.answer_key is not None:
+                try:  # SPEC: the answer key is never needed to predict; a key that cannot score only costs scoring
+                    key = load_answer_key(info.answer_key, class_names=class_names[info.name])
+                    unkeyed = [i for i, _ in info.test if i not in key]
+                    if unkeyed:
+                        raise UserError(f"answer key {info.answer_key} has no class for {len(unkeyed)} test image(s) "
+                                        f"of {info.name} (ids {', '.join(unkeyed[:5])}"
+                                        f"{', ...' if len(unkeyed) > 5 else ''})")
+                except UserError as exc:
+                    self.unscorable.add(info.name)
+                    print(one_line(f"[run] warning: {exc}. {info.name}'s test images are predicted as usual; they "
+                                   f"are not scored."), flush=True)
+        not_keyed = [i.name for i in self.test_infos if i.answer_key is None or i.name in self.unscorable]
+        if self.test_infos and any(i.answer_key is not None for i in self.test_infos) and not_keyed:
+            print(one_line(f"[run] note: no usable answer key for {', '.join(not_keyed)}: the test split is scored "
+                           f"for the other datasets only."), flush=True)
+
+    def choose_model(self) -> None:
+        """The image size (chosen for the images and device unless given), and the model built once: a mistyped
+        --model, or weights that do not fit, is found before the images are decoded."""
+        cfg, r = self.cfg, self.r
+        chosen = cfg["model"]["img_size"] is None
+        if chosen:
+            cfg["model"]["img_size"] = auto_img_size(self.infos, self.device)
+        print(one_line(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {self.device.type}"
+                       f"{' (chosen for these images and device; --img-size to change)' if chosen else ''}: "
+                       f"{', '.join(i.name for i in self.infos)}"), flush=True)
+        replaced_by = weights_replaced_by(self.state, self.out, r["pretrain"]) if cfg["model"]["weights"] else None
+        if replaced_by is not None:
+            adopt_stage_architecture(cfg, replaced_by)
+        backbone = check_model(cfg, load_weights=replaced_by is None)  # before decoding: a mistyped --model at once
+        if r["pretrain"]:
+            check_pretrain_settings(cfg, backbone)
+        del backbone
+
+    def decode_inputs(self) -> None:
+        """The train, val and test images decoded (and the fine-tuning batches checked on them), and the pool MoCo
+        and FixMatch read: a broken file or a pool smaller than a MoCo batch is refused before the folder is
+        started."""
+        cfg, r = self.cfg, self.r
+        self.test_set, self.split_skipped, train_set = preload_images(cfg, self.infos, self.test_infos)
+        check_finetune_batches(cfg, train_set)
+        del train_set
+        if r["pretrain"]:
+            from fewshot.ssl.pretrain import pool_with_sources
+
+            n_pool, batch = len(pool_with_sources(cfg, self.infos)[0]), int(r["pretrain_batch_size"])
+            if n_pool < batch:  # found by the MoCo stage, after the run folder was written, it blocked the rerun
+                raise UserError(f"the unlabeled pool has {n_pool} images, fewer than one MoCo batch of {batch} (MoCo "
+                                f"drops an incomplete batch): lower run.pretrain_batch_size or add images to the "
+                                f"pool.")
+        self.pool_skipped, n_moco = check_pool_images(cfg, self.infos, self.semi)
+        if n_moco is not None and n_moco < int(r["pretrain_batch_size"]):  # the count above was before bad files
+            raise UserError(f"the unlabeled pool has {n_moco} decodable images, fewer than one MoCo batch of "
+                            f"{r['pretrain_batch_size']}: lower run.pretrain_batch_size or add images to the pool.")
+
+    def check_self_training_pool(self) -> None:
+        """The pool self-training labels, decoded now (as far as its time can use it); without one, self-training
+        is off and the fine-tuning on the labelled images gets the whole budget."""
         from fewshot.train.semi import load_pool, pool_files
 
+        cfg, r, state = self.cfg, self.r, self.state
         # a cold pool is decoded only as far as the labelling can use it: a quarter of the time after round 1
         # (what pool_share_in_time gives round 2); a resumed run decodes the share its first session chose
         if state is not None and "pool_decoded" in state.data:
-            pool_limit = state.data["pool_decoded"]
+            self.pool_limit = state.data["pool_decoded"]
         else:
-            pool_limit = pool_decode_limit(cfg, pool_files(cfg, infos, exclude_train=True)[0],
-                                           0.25 * (1 - float(r["pseudo_share"])) * budget_minutes * 60)
+            self.pool_limit = pool_decode_limit(cfg, pool_files(cfg, self.infos, exclude_train=True)[0],
+                                                0.25 * (1 - float(r["pseudo_share"])) * self.budget_minutes * 60)
         # decoded now, as the test images: a broken pool file would otherwise stop the run after round 1;
         # nothing is read into memory (the rounds read the images from the cache)
-        pool = load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True, limit=pool_limit)
-        n_pool, pool_skipped = len(pool.images), pool_skipped + pool.skipped
-        n_unlabeled = n_pool  # what round 1 leaves time to label
+        pool = load_pool(cfg, self.infos, cfg["model"]["img_size"], exclude_train=True, limit=self.pool_limit)
+        n_pool, self.pool_skipped = len(pool.images), self.pool_skipped + pool.skipped
+        self.n_unlabeled = n_pool  # what round 1 leaves time to label
         del pool
         if n_pool == 0:
             # round 2 would train on the labelled images again: the whole budget goes to one fine-tuning
             print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): self-training is off, the "
                   "fine-tuning on the labelled images gets the whole budget.", flush=True)
-            semi = r["semi_method"] = "off"
-    fixmatch = None  # FixMatch's settings and pool, for summary.json
-    if semi == "fixmatch":
+            self.semi = self.r["semi_method"] = "off"
+
+    def check_fixmatch_pool(self) -> None:
+        """FixMatch's pool and settings (for the run's line and summary.json); without a pool, FixMatch is off."""
         from fewshot.train.semi import datasets_without_pool, fixmatch_note, fixmatch_summary, load_pool
 
+        cfg = self.cfg
         # only real pool images, as the stage draws them: a dataset's labelled train images do not stand in
-        pool = load_pool(cfg, infos, cfg["model"]["img_size"], exclude_train=True)
-        fixmatch, without = fixmatch_summary(cfg, pool), datasets_without_pool(cfg, infos, pool)
+        pool = load_pool(cfg, self.infos, cfg["model"]["img_size"], exclude_train=True)
+        self.fixmatch, without = fixmatch_summary(cfg, pool), datasets_without_pool(cfg, self.infos, pool)
         del pool
-        if fixmatch["pool_size"] == 0:
+        if self.fixmatch["pool_size"] == 0:
             print("[run] no unlabeled pool (ROOT/unlabeled/<dataset>/ or --unlabeled DIR): FixMatch is off, the "
                   "fine-tuning trains on the labelled images only.", flush=True)
-            semi = r["semi_method"] = "off"
-            fixmatch = None
+            self.semi = self.r["semi_method"] = "off"
+            self.fixmatch = None
         else:
-            print(one_line(f"[run] {fixmatch_note(fixmatch, without)}"), flush=True)
-    if state is None:  # written once the inputs have passed their checks: a failed start leaves no run behind
-        state = RunState.start(out, requested, budget_minutes, cfg["model"]["img_size"], time.monotonic() - t_start,
-                               class_names)
-    else:
-        t_start -= used  # the budget counts every session's time, this one's start-up included
-        done = [n for n, st in state.data["stages"].items() if st.get("status") == "done"]
-        print(f"[run] resuming {out}: {used / 60:.1f} of {budget_minutes:g} minutes used before the stop; "
-              f"finished stages: {', '.join(done) or 'none'}")
-    state.data["pool_decoded"] = pool_limit
-    state.save()
-    session.update(state=state, t_start=t_start)
-    # the files --skip-bad-images (train, val, test) and data.skip_bad_unlabeled (pool) left out, with the reasons
-    write_skipped(out, split_skipped + pool_skipped)
-    budget_s = budget_minutes * 60.0
-    # kept back for the end by the earlier stages; the last stage replaces it by an estimate from measured
-    # speeds (closing_seconds), plus 1.5 % of the budget for what the estimate misses
-    reserve_s = min(30.0, 0.03 * budget_s) * (2 if r.get("report", True) else 1)
-    stage_s = budget_s - reserve_s
-    # the report draws every fine-tuning stage: round 1, the middle rounds and the last
-    report_stages = (int(r["pseudo_rounds"]) if semi == "pseudo" else 1) if r.get("report", True) else 0
+            print(one_line(f"[run] {fixmatch_note(self.fixmatch, without)}"), flush=True)
 
-    # the report's estimate (page and curves, image-based parts) at the last measured speeds, for its own cut
-    # (None: no closing() this session, a resume whose stages were all trained: estimated after the last one)
-    report_plan = {"figure_s": figure_seconds() if report_stages else FIGURE_S, "seconds": None}
+    def start_state(self) -> None:
+        """The run's state: started now that the inputs have passed their checks, or the resumed one, whose
+        sessions' time the clock now counts."""
+        from fewshot.run_state import RunState
 
-    def closing(task, eval_s: float, step_s: float | None = None, per_test_image: float | None = None) -> float:
+        if self.state is None:  # written once the inputs have passed their checks: a failed start leaves no run behind
+            self.state = RunState.start(self.out, self.requested, self.budget_minutes, self.cfg["model"]["img_size"],
+                                        time.monotonic() - self.t_start, self.class_names)
+        else:
+            self.t_start -= self.used  # the budget counts every session's time, this one's start-up included
+            done = [n for n, st in self.state.data["stages"].items() if st.get("status") == "done"]
+            print(f"[run] resuming {self.out}: {self.used / 60:.1f} of {self.budget_minutes:g} minutes used before "
+                  f"the stop; finished stages: {', '.join(done) or 'none'}")
+        self.state.data["pool_decoded"] = self.pool_limit
+        self.state.save()
+        self.stop_clock = (self.state, self.t_start)
+        # the files --skip-bad-images (train, val, test) and data.skip_bad_unlabeled (pool) left out, with the reasons
+        write_skipped(self.out, self.split_skipped + self.pool_skipped)
+
+    def plan_budget(self) -> None:
+        """The budget's split: the stages' time, the reserve for the end, the report's stages and its estimate, and
+        the summary (a resumed run's as it was)."""
+        r = self.r
+        self.budget_s = self.budget_minutes * 60.0
+        # kept back for the end by the earlier stages; the last stage replaces it by an estimate from measured
+        # speeds (closing_seconds), plus 1.5 % of the budget for what the estimate misses
+        reserve_s = min(30.0, 0.03 * self.budget_s) * (2 if r.get("report", True) else 1)
+        self.stage_s = self.budget_s - reserve_s
+        # the report draws every fine-tuning stage: round 1, the middle rounds and the last
+        self.report_stages = (int(r["pseudo_rounds"]) if self.semi == "pseudo" else 1) if r.get("report", True) else 0
+        # the report's estimate (page and curves, image-based parts) at the last measured speeds, for its own cut
+        # (None: no closing() this session, a resume whose stages were all trained: estimated after the last one)
+        self.report_plan = {"figure_s": figure_seconds() if self.report_stages else FIGURE_S, "seconds": None}
+        # time spent in training loops, to tell the user what the rest cost
+        self.fit_seconds: list[float] = list(self.state.data.get("fit_seconds") or [])
+        self.summary: dict = self.state.data.get("summary") or {"budget_minutes": self.budget_minutes,
+                                                                "img_size": self.cfg["model"]["img_size"],
+                                                                "stages": {}}
+        if self.fixmatch is not None:
+            self.summary["semi"] = self.fixmatch
+
+    def closing(self, task, eval_s: float, step_s: float | None = None, per_test_image: float | None = None) -> float:
         """The closing work's estimate, all of it: it was capped at half the budget, and the run then planned to
         end after its budget (0.3 minutes with resnet50). A budget that cannot hold it is refused at the first
         stage (refuse_unless_least_run_fits) or, later, told by plan_stage's floor warning."""
+        report_plan, budget_s = self.report_plan, self.budget_s
         if per_test_image is None:
-            per_test_image = measure_prediction_seconds(task, test_set.images)
-        report_plan["seconds"] = report_seconds(task, eval_s, report_stages, report_plan["figure_s"])
-        need = closing_seconds(task, eval_s, per_test_image, len(test_set), report_stages,
+            per_test_image = measure_prediction_seconds(task, self.test_set.images)
+        report_plan["seconds"] = report_seconds(task, eval_s, self.report_stages, report_plan["figure_s"])
+        need = closing_seconds(task, eval_s, per_test_image, len(self.test_set), self.report_stages,
                                report_plan["figure_s"]) + CLOSING_SHARE * budget_s
         report_plan["least"] = need - report_plan["seconds"][1]  # the report's image-based parts left out
         # the report's image-based parts are left out at the end when they will not fit: beyond half the budget,
         # or where they would leave the last stage less than its floor of steps
-        left = t_start + budget_s - time.monotonic()
+        left = self.t_start + budget_s - time.monotonic()
         if need > 0.5 * budget_s or (step_s is not None and least_run_seconds(step_s, need) > left):
             need = report_plan["least"]
-        if step_s is not None and semi != "pseudo":  # self-training's round 1: round1_closing checks it
-            refuse_unless_least_run_fits(task, step_s)
+        if step_s is not None and self.semi != "pseudo":  # self-training's round 1: round1_closing checks it
+            self.refuse_unless_least_run_fits(task, step_s)
         return need
 
-    def refuse_unless_least_run_fits(task, step_s: float) -> None:
+    def refuse_unless_least_run_fits(self, task, step_s: float) -> None:
         """At the planning of the first stage this session trains (a fresh run): refuse, before any training,
         a budget that cannot hold even the least run (least_run_seconds), and remove what the run wrote."""
-        if resume or fit_seconds:  # a stage has trained (or a resumed run's time is spent): plan_stage warns
+        if self.resume or self.fit_seconds:  # a stage has trained (or a resumed run's time is spent): plan_stage warns
             return
-        need = least_run_seconds(step_s, report_plan["least"])
-        used = time.monotonic() - t_start
-        if least_run_holds(need, budget_s - used):
+        need = least_run_seconds(step_s, self.report_plan["least"])
+        used = time.monotonic() - self.t_start
+        if least_run_holds(need, self.budget_s - used):
             return
         hints = ", or a smaller --model or --img-size"
-        if semi == "fixmatch":  # self-training's later rounds are dropped when they do not fit; FixMatch's steps stay
+        # self-training's later rounds are dropped when they do not fit; FixMatch's steps stay
+        if self.semi == "fixmatch":
             hints += ", or --baseline (no FixMatch: shorter steps)"
-        error = too_short_budget_error(budget_s, used, need, step_s,
-                                       f"{cfg['model']['name']} at {cfg['model']['img_size']}px", hints, locked)
-        if locked:  # else another start may be writing there too: what appeared may be its
-            undo_run_start(out, entries_before, out_existed)
+        cfg = self.cfg
+        error = too_short_budget_error(self.budget_s, used, need, step_s,
+                                       f"{cfg['model']['name']} at {cfg['model']['img_size']}px", hints, self.locked)
+        if self.locked:  # else another start may be writing there too: what appeared may be its
+            undo_run_start(self.out, self.entries_before, self.out_existed)
         raise error
-    # time spent in training loops, to tell the user what the rest cost
-    fit_seconds: list[float] = list(state.data.get("fit_seconds") or [])
-    summary: dict = state.data.get("summary") or {"budget_minutes": budget_minutes, "img_size": cfg["model"]["img_size"],
-                                              "stages": {}}
-    if fixmatch is not None:
-        summary["semi"] = fixmatch
 
-    def keep(stage: str, entry: dict, fit_s: float) -> None:
-        now = time.monotonic() - t_start
-        summary["stages"][stage] = {**entry, "seconds": state.stage_seconds(now)}  # the stage's own length
-        fit_seconds.append(fit_s)
-        state.keep_summary(summary, fit_seconds, now)
+    def keep(self, stage: str, entry: dict, fit_s: float) -> None:
+        """A stage's summary entry (with its own length) and training time, kept in the run's state."""
+        now = time.monotonic() - self.t_start
+        self.summary["stages"][stage] = {**entry, "seconds": self.state.stage_seconds(now)}  # the stage's own length
+        self.fit_seconds.append(fit_s)
+        self.state.keep_summary(self.summary, self.fit_seconds, now)
 
-    weights = cfg["model"]["weights"]
-    if r["pretrain"]:
+    def finetune(self, fdir: Path, end_time: float, what: str, *args, **kwargs):
+        """finetune_stage with the run's config, data, device and clock (``args``: pseudo, closing)."""
+        return finetune_stage(self.fcfg, self.infos, self.device, self.ctx, fdir, end_time, what, *args, **kwargs,
+                              state=self.state, t_start=self.t_start)
+
+    def pretrain(self) -> None:
+        """MoCo pretraining (run.pretrain), in its share of the time the stages have left."""
+        self.weights = self.cfg["model"]["weights"]
+        if not self.r["pretrain"]:
+            return
         # its share of the time the stages have left (start-up and the test decoding came out of the whole)
-        pre_end = time.monotonic() + (t_start + stage_s - time.monotonic()) * r["pretrain_share"]
-        weights, entry, fit_s = pretrain_stage(cfg, infos, device, ctx, out, pre_end, state, t_start)
-        if fit_s or "pretrain" not in summary["stages"]:  # reused (0 s): kept before, its time counted once
-            keep("pretrain", entry, fit_s)
+        pre_end = time.monotonic() + (self.t_start + self.stage_s - time.monotonic()) * self.r["pretrain_share"]
+        self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out, pre_end,
+                                                    self.state, self.t_start)
+        if fit_s or "pretrain" not in self.summary["stages"]:  # reused (0 s): kept before, its time counted once
+            self.keep("pretrain", entry, fit_s)
 
-    fcfg = finetune_config(cfg, weights, semi)
-    fdir = out / "finetune"
-    end_time = t_start + stage_s
-    last_end = t_start + budget_s  # the last stage ends where its measured closing work still fits
-    pseudo = None
-    progress = {"state": state, "t_start": t_start}
-    if semi == "pseudo":
+    def fine_tune(self) -> None:
+        """The fine-tuning stages: self-training's rounds before the last, then the last stage (the report's
+        estimate made after it when no stage was planned this session)."""
+        self.fcfg = finetune_config(self.cfg, self.weights, self.semi)
+        self.fdir = self.out / "finetune"
+        self.end_time = self.t_start + self.stage_s
+        self.last_end = self.t_start + self.budget_s  # the last stage ends where its measured closing work still fits
+        if self.semi == "pseudo":
+            self.self_train()
+        self.last_stage()
+        if self.report_plan["seconds"] is None:  # a resumed run with no stage left to train: the report's own estimate
+            task, stages = self.task, self.report_stages
+            self.report_plan["seconds"] = report_seconds(task, measure_eval_seconds(task) if stages else 0.0, stages,
+                                                         self.report_plan["figure_s"])
+            del task
+        self.task = None
+
+    def self_train(self) -> None:
+        """Self-training's rounds before the last (`finetune`, trained by last_stage): round 1, then the pool's
+        labelling and a round per later round, as many as the time holds."""
+        r = self.r
         # round 1 on the labelled images; each later round starts from the previous round's model and
         # trains on the labelled images plus the pool labelled by that model; the last round is `finetune`
         # the later rounds the time cannot hold are skipped (planned): the decision is kept for a --resume
-        skip = state.data.setdefault("self_training", {"rounds": int(r["pseudo_rounds"]), "skipped_from": None})
-        rounds = skip["rounds"]
-        report_stages = min(report_stages, rounds)  # a resumed run's report draws the rounds its decision kept
-        labelled_end = time.monotonic() + (end_time - time.monotonic()) * r["pseudo_share"]
+        self.skip = self.state.data.setdefault("self_training", {"rounds": int(r["pseudo_rounds"]),
+                                                                 "skipped_from": None})
+        self.rounds = self.skip["rounds"]
+        self.report_stages = min(self.report_stages, self.rounds)  # a resumed run's report draws the rounds kept
+        self.labelled_end = time.monotonic() + (self.end_time - time.monotonic()) * r["pseudo_share"]
+        task, round1_metrics = self.finetune(self.out / "finetune_labelled", self.labelled_end,
+                                             "on the labelled images (self-training, round 1)",
+                                             closing=self.round1_closing)
+        self.task = task
+        self.round1_val = round1_metrics.get("mean_acc1")
+        self.earlier = {"finetune_labelled": round1_metrics}  # the rounds before the last, for the val guard
+        if not task.reused or "finetune_labelled" not in self.summary["stages"]:
+            self.keep("finetune_labelled", {"epochs": task.epochs_run}, task.fit_seconds)
+        del task
+        self.later_rounds()
 
-        def decide(rounds_now: int, skipped_from: int | None, why: str) -> None:
-            nonlocal rounds, report_stages
-            skip.update(rounds=rounds_now, skipped_from=skipped_from, why=why)
-            if skipped_from is None:  # middle rounds dropped: summary.json's self_training_reduced
-                skip.update(reduced_why=why, reduced_to=rounds_now)  # a later skip says its own part
-            rounds = rounds_now
-            report_stages = min(report_stages, (skipped_from or rounds_now + 1) - 1)  # the stages the report draws
-            state.save()
+    def decide(self, rounds_now: int, skipped_from: int | None, why: str) -> None:
+        """Self-training's new plan (kept for a --resume): ``rounds_now`` rounds, or the rounds from
+        ``skipped_from`` on skipped; the report draws only the stages that will train."""
+        skip = self.skip
+        skip.update(rounds=rounds_now, skipped_from=skipped_from, why=why)
+        if skipped_from is None:  # middle rounds dropped: summary.json's self_training_reduced
+            skip.update(reduced_why=why, reduced_to=rounds_now)  # a later skip says its own part
+        self.rounds = rounds_now
+        # the stages the report draws
+        self.report_stages = min(self.report_stages, (skipped_from or rounds_now + 1) - 1)
+        self.state.save()
 
-        def round1_closing(task, eval_s: float, step_s: float | None = None) -> float:
-            """Round 1 ends at its share of the time, but no later than leaves the later rounds, the pool's
-            labelling and the closing work their least time (after_round1_seconds); when even round 1's floor
-            does not leave them that, they are skipped and round 1 trains until the closing work."""
-            step_s = measure_step_seconds(task) if step_s is None else step_s  # a resumed round 1: not measured
-            per_image = measure_prediction_seconds(task, test_set.images)  # the pool is labelled at this speed
-            closing_s = closing(task, eval_s, per_test_image=per_image)
-            rest = after_round1_seconds(step_s, eval_s, per_image, n_unlabeled, rounds, closing_s)
-            left = last_end - time.monotonic()
-            if skip["skipped_from"] == 2 or (not time_holds(rest + 5 * step_s + eval_s, left)
-                                             and state.status("finetune") is None):
-                if skip["skipped_from"] != 2:
-                    planned = rounds
-                    decide(1, 2, f"about {max(0.0, left):.0f} s were left for round 1 and what follows it, and the "
-                                 f"later round{'s need' if planned > 2 else ' needs'} about {rest:.0f} s after round 1 "
-                                 f"at the measured speed (labelling the pool, calibration, 5 steps each, evaluations "
-                                 f"and the closing work)")
-                    closing_s = closing(task, eval_s, per_test_image=per_image)  # the report now draws round 1 only
-                    refuse_unless_least_run_fits(task, step_s)
-                    print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "
-                          f"an error): {skip['why']}; round 1 trains until the closing work (about {closing_s:.0f} s) "
-                          f"and predicts", flush=True)
-                return labelled_end - (last_end - closing_s)  # negative: round 1 ends after its share
-            cut = max(0.0, labelled_end - (last_end - rest))
-            if cut > 0:
-                print(f"[run] round 1 ends {cut:.0f} s before its share (run.pseudo_share={r['pseudo_share']:g}) "
-                      f"would: about {rest:.0f} s are left for labelling the pool, {rounds - 1} later "
-                      f"round{'s' if rounds > 2 else ''} and the closing work", flush=True)
-            return cut
-
-        def check_later_rounds(task, k: int) -> None:
-            """Before round k's labelling: skip it and the rounds after it when the time left cannot hold one more
-            round at its floor (later_rounds_seconds): round 1 ran long, or the machine got slower. When it holds
-            fewer rounds than planned, the middle rounds that do not fit are dropped (the last comes sooner). When
-            it holds a round's floor but not the pool's labelling, round k is the last and trains on the labelled
-            images only (labelled_only_round): skipped, the rest of the budget went unused."""
-            nonlocal rounds, report_stages
-            step_s = getattr(task, "step_s", None) or measure_step_seconds(task)  # a reused round: not measured
-            eval_s = getattr(task, "eval_s", None) or measure_eval_seconds(task)
-            per_image = measure_prediction_seconds(task, test_set.images)
-            closing_s = closing(task, eval_s, per_test_image=per_image)
-            left = last_end - time.monotonic()
-            fits = [n for n in range(rounds - k + 1, 0, -1)
-                    if time_holds(later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, n, closing_s), left)]
-            # a round without the pool's labelling (n_pool 0), with room for twice its floor of steps: a round of 5
-            # steps is worth little, and a busier machine's slower steps would take it past the budget
-            labelled_only_s = later_rounds_seconds(step_s, eval_s, per_image, 0, 1, closing_s) + FLOOR_STEPS * step_s
-            if not fits and time_holds(labelled_only_s, left):
-                # no time to label the pool, but for a short round: the rest of the budget goes on training round
-                # k - 1's model on the labelled images (the val guard still picks the round that predicts)
-                need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s)
+    def round1_closing(self, task, eval_s: float, step_s: float | None = None) -> float:
+        """Round 1 ends at its share of the time, but no later than leaves the later rounds, the pool's
+        labelling and the closing work their least time (after_round1_seconds); when even round 1's floor
+        does not leave them that, they are skipped and round 1 trains until the closing work."""
+        skip, rounds = self.skip, self.rounds
+        step_s = measure_step_seconds(task) if step_s is None else step_s  # a resumed round 1: not measured
+        per_image = measure_prediction_seconds(task, self.test_set.images)  # the pool is labelled at this speed
+        closing_s = self.closing(task, eval_s, per_test_image=per_image)
+        rest = after_round1_seconds(step_s, eval_s, per_image, self.n_unlabeled, rounds, closing_s)
+        left = self.last_end - time.monotonic()
+        if skip["skipped_from"] == 2 or (not time_holds(rest + 5 * step_s + eval_s, left)
+                                         and self.state.status("finetune") is None):
+            if skip["skipped_from"] != 2:
                 planned = rounds
-                skip.update(rounds=k, skipped_from=None, labelled_only=k,
-                            labelled_only_why=labelled_only_why(k, left, need, planned))
-                rounds, report_stages = k, min(report_stages, k)
-                state.save()
-                print(f"[run] round {k} trains on the labelled images only (planned, not an error): "
-                      f"{skip['labelled_only_why']}", flush=True)
-            elif not fits:
-                need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s)
-                decide(k - 1, k, f"{max(0.0, left):.0f} s were left of the budget after round {k - 1}, and round {k} "
-                                 f"needs at least {need:.0f} s at the measured speed (labelling the pool, calibration, "
-                                 f"5 steps, evaluations and the closing work)")
-                print(f"[run] round {k}{' and later' if k < rounds else ''} skipped (planned, not an error): "
-                      f"{skip['why']}; predicting with round {k - 1}", flush=True)
-            elif fits[0] < rounds - k + 1:
-                planned = rounds
-                decide(k + fits[0] - 1, None, f"the {left:.0f} s left after round {k - 1} held {fits[0]} more round"
-                                              f"{'s' if fits[0] > 1 else ''} at the measured speed")
-                print(f"[run] self-training ends with round {rounds} instead of {planned} (planned): {skip['why']}",
-                      flush=True)
-            else:  # every planned round fits: nothing changed
-                return
-            closing(task, eval_s, per_test_image=per_image)  # the report's estimate, for the stages it now draws
+                self.decide(1, 2, f"about {max(0.0, left):.0f} s were left for round 1 and what follows it, and the "
+                                  f"later round{'s need' if planned > 2 else ' needs'} about {rest:.0f} s after round "
+                                  f"1 at the measured speed (labelling the pool, calibration, 5 steps each, "
+                                  f"evaluations and the closing work)")
+                closing_s = self.closing(task, eval_s, per_test_image=per_image)  # the report now draws round 1 only
+                self.refuse_unless_least_run_fits(task, step_s)
+                print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "
+                      f"an error): {skip['why']}; round 1 trains until the closing work (about {closing_s:.0f} s) "
+                      f"and predicts", flush=True)
+            return self.labelled_end - (self.last_end - closing_s)  # negative: round 1 ends after its share
+        cut = max(0.0, self.labelled_end - (self.last_end - rest))
+        if cut > 0:
+            print(f"[run] round 1 ends {cut:.0f} s before its share (run.pseudo_share={self.r['pseudo_share']:g}) "
+                  f"would: about {rest:.0f} s are left for labelling the pool, {rounds - 1} later "
+                  f"round{'s' if rounds > 2 else ''} and the closing work", flush=True)
+        return cut
 
-        task, round1_metrics = finetune_stage(fcfg, infos, device, ctx, out / "finetune_labelled", labelled_end,
-                                              "on the labelled images (self-training, round 1)", closing=round1_closing,
-                                              **progress)
-        round1_val = round1_metrics.get("mean_acc1")
-        earlier = {"finetune_labelled": round1_metrics}  # the rounds before the last, for the val guard
-        if not task.reused or "finetune_labelled" not in summary["stages"]:
-            keep("finetune_labelled", {"epochs": task.epochs_run}, task.fit_seconds)
+    def later_rounds(self) -> None:
+        """Rounds 2 on, each on the pool as the round before labelled it, as far as the time holds them; the last
+        one's pseudo-labels are left in ``pseudo`` for last_stage."""
+        r, skip, state = self.r, self.skip, self.state
         for k in range(2, int(r["pseudo_rounds"]) + 1):
             if skip["skipped_from"] is None and skip.get("labelled_only") is None and \
                     state.status("finetune") is None and \
                     state.status(f"finetune_round{k}") is None:  # a resumed round that began is continued
-                check_later_rounds(task, k)
+                self.check_later_rounds(self.task, k)
             if skip["skipped_from"] is not None and k >= skip["skipped_from"]:  # the rounds before it are reused
                 break
             if skip.get("labelled_only") == k:  # the last round (`finetune`), without labelling the pool
-                pseudo = labelled_only_round(task)
-                del task
+                self.pseudo = labelled_only_round(self.task)
+                self.task = None
                 break
             # a resumed run labels the pool again with the same model: the same images, so that the stopped
             # round's checkpoint (which counts its training images) continues where it stopped; a round that
             # finished before the stop is reused, and its record says what it kept
-            record = out / f"pseudo_labels_round{k}.json"
-            fed = out / ("finetune" if k == rounds and skip["skipped_from"] is None else f"finetune_round{k}")
-            pseudo = recorded_pseudo_labels(record) if reusable_stage(state, fed) else None
-            if pseudo is None:  # at most a quarter of the time left: not planned, and a large pool took it all
-                pseudo = pseudo_label_pool(task, fcfg, infos, r, record,
-                                           seconds=0.25 * max(0.0, end_time - time.monotonic()),
-                                           seed=derive_seed(fcfg["train"]["seed"], k, 11), pool_limit=pool_limit)
-            del task
-            if k == rounds and skip["skipped_from"] is None:  # the last round is `finetune`, below
+            record = self.out / f"pseudo_labels_round{k}.json"
+            fed = self.out / ("finetune" if k == self.rounds and skip["skipped_from"] is None else f"finetune_round{k}")
+            self.pseudo = recorded_pseudo_labels(record) if reusable_stage(state, fed) else None
+            if self.pseudo is None:  # at most a quarter of the time left: not planned, and a large pool took it all
+                self.pseudo = pseudo_label_pool(self.task, self.fcfg, self.infos, r, record,
+                                                seconds=0.25 * max(0.0, self.end_time - time.monotonic()),
+                                                seed=derive_seed(self.fcfg["train"]["seed"], k, 11),
+                                                pool_limit=self.pool_limit)
+            self.task = None
+            if k == self.rounds and skip["skipped_from"] is None:  # the last round is `finetune`, below
                 break
-            round_end = time.monotonic() + (end_time - time.monotonic()) / (rounds - k + 1)
-            what = "on labelled + pseudo-labelled pool images" if len(pseudo["images"]) else "on the labelled images again"
-            task, round_metrics = finetune_stage(fcfg, infos, device, ctx, out / f"finetune_round{k}", round_end,
-                                                 f"{what} (round {k})", pseudo, **progress)
-            earlier[f"finetune_round{k}"] = round_metrics
-            if not task.reused or f"finetune_round{k}" not in summary["stages"]:
-                # each round's entry: the pseudo-labels it trained on and its val score (the guard compares them)
-                keep(f"finetune_round{k}", {"epochs": task.epochs_run, "pseudo_labels": pseudo["summary"],
-                                            "val_mean_acc1": round_metrics.get("mean_acc1")}, task.fit_seconds)
-    if semi == "pseudo" and skip.get("reduced_why"):  # middle rounds dropped: the last round came sooner
-        summary["self_training_reduced"] = {"planned": int(r["pseudo_rounds"]),
-                                            "kept": skip.get("reduced_to", rounds), "why": skip["reduced_why"]}
-    if semi == "pseudo" and skip.get("labelled_only"):  # the last round trained without pseudo-labels
-        summary["self_training_labelled_only"] = {"round": skip["labelled_only"], "planned": int(r["pseudo_rounds"]),
-                                                  "why": skip["labelled_only_why"]}
-    skipped = semi == "pseudo" and skip["skipped_from"] is not None
-    if skipped:  # the last round that finished predicts (or an earlier one the val guard prefers)
-        summary["self_training_skipped"] = {"rounds": list(range(skip["skipped_from"], int(r["pseudo_rounds"]) + 1)),
-                                            "why": skip["why"]}
-        last_name = "finetune_labelled" if rounds == 1 else f"finetune_round{rounds}"
-        fdir, val_metrics = out / last_name, earlier.pop(last_name)
-    else:
+            self.middle_round(k)
+
+    def middle_round(self, k: int) -> None:
+        """Round ``k``, neither the first nor the last, on the pool as round ``k`` - 1 labelled it."""
+        pseudo = self.pseudo
+        round_end = time.monotonic() + (self.end_time - time.monotonic()) / (self.rounds - k + 1)
+        what = "on labelled + pseudo-labelled pool images" if len(pseudo["images"]) else "on the labelled images again"
+        task, round_metrics = self.finetune(self.out / f"finetune_round{k}", round_end, f"{what} (round {k})", pseudo)
+        self.task = task
+        self.earlier[f"finetune_round{k}"] = round_metrics
+        if not task.reused or f"finetune_round{k}" not in self.summary["stages"]:
+            # each round's entry: the pseudo-labels it trained on and its val score (the guard compares them)
+            self.keep(f"finetune_round{k}", {"epochs": task.epochs_run, "pseudo_labels": pseudo["summary"],
+                                             "val_mean_acc1": round_metrics.get("mean_acc1")}, task.fit_seconds)
+
+    def check_later_rounds(self, task, k: int) -> None:
+        """Before round k's labelling: skip it and the rounds after it when the time left cannot hold one more
+        round at its floor (later_rounds_seconds): round 1 ran long, or the machine got slower. When it holds
+        fewer rounds than planned, the middle rounds that do not fit are dropped (the last comes sooner). When
+        it holds a round's floor but not the pool's labelling, round k is the last and trains on the labelled
+        images only (labelled_only_round): skipped, the rest of the budget went unused."""
+        skip, n_unlabeled = self.skip, self.n_unlabeled
+        step_s = getattr(task, "step_s", None) or measure_step_seconds(task)  # a reused round: not measured
+        eval_s = getattr(task, "eval_s", None) or measure_eval_seconds(task)
+        per_image = measure_prediction_seconds(task, self.test_set.images)
+        closing_s = self.closing(task, eval_s, per_test_image=per_image)
+        left = self.last_end - time.monotonic()
+        fits = [n for n in range(self.rounds - k + 1, 0, -1)
+                if time_holds(later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, n, closing_s), left)]
+        # a round without the pool's labelling (n_pool 0), with room for twice its floor of steps: a round of 5
+        # steps is worth little, and a busier machine's slower steps would take it past the budget
+        labelled_only_s = later_rounds_seconds(step_s, eval_s, per_image, 0, 1, closing_s) + FLOOR_STEPS * step_s
+        if not fits and time_holds(labelled_only_s, left):
+            # no time to label the pool, but for a short round: the rest of the budget goes on training round
+            # k - 1's model on the labelled images (the val guard still picks the round that predicts)
+            need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s)
+            planned = self.rounds
+            skip.update(rounds=k, skipped_from=None, labelled_only=k,
+                        labelled_only_why=labelled_only_why(k, left, need, planned))
+            self.rounds, self.report_stages = k, min(self.report_stages, k)
+            self.state.save()
+            print(f"[run] round {k} trains on the labelled images only (planned, not an error): "
+                  f"{skip['labelled_only_why']}", flush=True)
+        elif not fits:
+            need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s)
+            self.decide(k - 1, k, f"{max(0.0, left):.0f} s were left of the budget after round {k - 1}, and round "
+                                  f"{k} needs at least {need:.0f} s at the measured speed (labelling the pool, "
+                                  f"calibration, 5 steps, evaluations and the closing work)")
+            print(f"[run] round {k}{' and later' if k < self.rounds else ''} skipped (planned, not an error): "
+                  f"{skip['why']}; predicting with round {k - 1}", flush=True)
+        elif fits[0] < self.rounds - k + 1:
+            planned = self.rounds
+            self.decide(k + fits[0] - 1, None, f"the {left:.0f} s left after round {k - 1} held {fits[0]} more round"
+                                               f"{'s' if fits[0] > 1 else ''} at the measured speed")
+            print(f"[run] self-training ends with round {self.rounds} instead of {planned} (planned): {skip['why']}",
+                  flush=True)
+        else:  # every planned round fits: nothing changed
+            return
+        self.closing(task, eval_s, per_test_image=per_image)  # the report's estimate, for the stages it now draws
+
+    def last_stage(self) -> None:
+        """The stage that predicts, unless the val guard prefers an earlier round: `finetune` (the only stage
+        without self-training, its last round with it), trained until the closing work; or, where self-training's
+        later rounds were skipped, the last round that trained. Self-training's changes of plan go into the
+        summary."""
+        r, skip, summary, semi = self.r, self.skip, self.summary, self.semi
+        if semi == "pseudo" and skip.get("reduced_why"):  # middle rounds dropped: the last round came sooner
+            summary["self_training_reduced"] = {"planned": int(r["pseudo_rounds"]),
+                                                "kept": skip.get("reduced_to", self.rounds), "why": skip["reduced_why"]}
+        if semi == "pseudo" and skip.get("labelled_only"):  # the last round trained without pseudo-labels
+            summary["self_training_labelled_only"] = {"round": skip["labelled_only"],
+                                                      "planned": int(r["pseudo_rounds"]),
+                                                      "why": skip["labelled_only_why"]}
+        self.skipped = semi == "pseudo" and skip["skipped_from"] is not None
+        if self.skipped:  # the last round that finished predicts (or an earlier one the val guard prefers)
+            summary["self_training_skipped"] = {"rounds": list(range(skip["skipped_from"],
+                                                                     int(r["pseudo_rounds"]) + 1)),
+                                                "why": skip["why"]}
+            last_name = "finetune_labelled" if self.rounds == 1 else f"finetune_round{self.rounds}"
+            self.fdir, self.val_metrics = self.out / last_name, self.earlier.pop(last_name)
+            return
+        pseudo = self.pseudo
         has_pool = pseudo is not None and len(pseudo["images"]) > 0
-        task, val_metrics = finetune_stage(fcfg, infos, device, ctx, fdir, last_end,
-                                           "with FixMatch on the unlabeled pool" if semi == "fixmatch" else
-                                           "on labelled + pseudo-labelled pool images" if has_pool else
-                                           "on the labelled images again" if pseudo else "", pseudo, closing,
-                                           **progress)
+        task, self.val_metrics = self.finetune(self.fdir, self.last_end,
+                                               "with FixMatch on the unlabeled pool" if semi == "fixmatch" else
+                                               "on labelled + pseudo-labelled pool images" if has_pool else
+                                               "on the labelled images again" if pseudo else "", pseudo, self.closing)
+        self.task = task
         if not task.reused or "finetune" not in summary["stages"]:
             labels = pseudo.get("summary") if pseudo is not None else None  # none: a round on the labelled images
-            keep("finetune", {"epochs": task.epochs_run, **({"pseudo_labels": labels} if labels is not None else {})},
-                 task.fit_seconds)
-    if report_plan["seconds"] is None:  # a resumed run with no stage left to train: the report's own estimate
-        report_plan["seconds"] = report_seconds(task, measure_eval_seconds(task) if report_stages else 0.0,
-                                                report_stages, report_plan["figure_s"])
-    del task
-    if pseudo is not None or skipped:
-        # a guard chosen on val: if pseudo-labels hurt (an earlier round scores higher on val than the last),
-        # predict with the best of them; a middle round that beat both round 1 and the last was passed over
-        summary["stages"]["finetune_labelled"]["val_mean_acc1"] = round1_val
-        last_val = val_metrics.get("mean_acc1")
-        if fdir.name in ("finetune", *(n for n in summary["stages"] if n.startswith("finetune_round"))):
-            summary["stages"][fdir.name]["val_mean_acc1"] = last_val
-        best = better_earlier_round(earlier, last_val)
-        if best is not None:
-            which = "round 1" if best == "finetune_labelled" else f"round {best.removeprefix('finetune_round')}"
-            print(f"[run] {which} scores highest on val ({earlier[best]['mean_acc1']:.2f} vs {last_val:.2f} for the "
-                  f"last round): predicting with it")
-            fdir, val_metrics = out / best, earlier[best]
-    summary["predicted_with"] = fdir.name
+            self.keep("finetune", {"epochs": task.epochs_run,
+                                   **({"pseudo_labels": labels} if labels is not None else {})}, task.fit_seconds)
 
-    root = Path(cfg["data"]["root"])
-    pred, _, scores = predict_and_score(fdir, root, device, preloaded=(test_infos, test_set), unscorable=unscorable)
-    write_json(out / "pred_all.json", pred)
-    metrics = {"val": val_metrics}
-    if scores is not None:
-        test, test_unknown = scores["known"], scores["unknown"]
-        # metrics.json covers every dataset of the model: the test scores when every dataset has them, else val
-        write_json(out / "metrics.json", val_metrics if test.get("not_scored") else test)
-        metrics.update({"test": test, "test_unknown": test_unknown,
-                        "pred_all_score": score_predictions(
-                            pred, root, class_names, skip=unscorable, warn=False,  # read_answer_keys warned
-                            test_ids={info.name: [i for i, _ in info.test] for info in test_infos})})
-        print(format_table(test, title="test accuracy (scored against test_labels.json)"))
-        print(f"unknown-source test: mean acc@1 {test_unknown['mean_acc1']:.2f}, routing {test_unknown['routing_acc']:.2f}")
-        if test.get("not_scored"):
-            print(one_line(f"[run] {', '.join(test['not_scored'])} not scored on test: metrics.json holds the val "
-                           f"scores of every dataset, summary.json these test scores."))
-    else:
-        write_json(out / "metrics.json", val_metrics)
-        print("[run] no test split could be scored (no usable answer key): metrics.json holds the val scores.")
-    skip_images = None  # the report's image-based parts are left out when the time left cannot hold them
-    base_s, images_s = report_plan["seconds"]
-    left = t_start + budget_s - time.monotonic()
-    if r.get("report", True) and images_s and base_s + images_s > left:
+    def guard_on_val(self) -> None:
+        """Self-training's val guard: the stage that predicts is the round that scores highest on val."""
+        summary, earlier = self.summary, self.earlier
+        if self.pseudo is not None or self.skipped:
+            # a guard chosen on val: if pseudo-labels hurt (an earlier round scores higher on val than the last),
+            # predict with the best of them; a middle round that beat both round 1 and the last was passed over
+            summary["stages"]["finetune_labelled"]["val_mean_acc1"] = self.round1_val
+            last_val = self.val_metrics.get("mean_acc1")
+            if self.fdir.name in ("finetune", *(n for n in summary["stages"] if n.startswith("finetune_round"))):
+                summary["stages"][self.fdir.name]["val_mean_acc1"] = last_val
+            best = better_earlier_round(earlier, last_val)
+            if best is not None:
+                which = "round 1" if best == "finetune_labelled" else f"round {best.removeprefix('finetune_round')}"
+                print(f"[run] {which} scores highest on val ({earlier[best]['mean_acc1']:.2f} vs {last_val:.2f} for "
+                      f"the last round): predicting with it")
+                self.fdir, self.val_metrics = self.out / best, earlier[best]
+        summary["predicted_with"] = self.fdir.name
+
+    def predict(self) -> dict:
+        """The test images predicted (pred_all.json) and scored where answer keys allow (metrics.json); returns
+        the metrics for summary.json."""
+        from fewshot.eval.predict import predict_and_score, score_predictions
+
+        out, val_metrics, test_infos = self.out, self.val_metrics, self.test_infos
+        root = self.root = Path(self.cfg["data"]["root"])
+        pred, _, scores = predict_and_score(self.fdir, root, self.device, preloaded=(test_infos, self.test_set),
+                                            unscorable=self.unscorable)
+        write_json(out / "pred_all.json", pred)
+        metrics = {"val": val_metrics}
+        if scores is not None:
+            test, test_unknown = scores["known"], scores["unknown"]
+            # metrics.json covers every dataset of the model: the test scores when every dataset has them, else val
+            write_json(out / "metrics.json", val_metrics if test.get("not_scored") else test)
+            test_ids = {info.name: [i for i, _ in info.test] for info in test_infos}
+            metrics.update({"test": test, "test_unknown": test_unknown,
+                            "pred_all_score": score_predictions(pred, root, self.class_names, skip=self.unscorable,
+                                                                warn=False,  # read_answer_keys warned
+                                                                test_ids=test_ids)})
+            print(format_table(test, title="test accuracy (scored against test_labels.json)"))
+            print(f"unknown-source test: mean acc@1 {test_unknown['mean_acc1']:.2f}, routing "
+                  f"{test_unknown['routing_acc']:.2f}")
+            if test.get("not_scored"):
+                print(one_line(f"[run] {', '.join(test['not_scored'])} not scored on test: metrics.json holds the val "
+                               f"scores of every dataset, summary.json these test scores."))
+        else:
+            write_json(out / "metrics.json", val_metrics)
+            print("[run] no test split could be scored (no usable answer key): metrics.json holds the val scores.")
+        return metrics
+
+    def report_skips_images(self) -> str | None:
+        """Why the report leaves out its image-based parts (the time left cannot hold them), or None."""
+        out = self.out
+        base_s, images_s = self.report_plan["seconds"]
+        left = self.t_start + self.budget_s - time.monotonic()
+        if not (self.r.get("report", True) and images_s and base_s + images_s > left):
+            return None
         skip_images = (f"about {max(0.0, left):.0f} s of the budget were left for the report, which takes about "
                        f"{base_s + images_s:.0f} s with them here (planned, not an error); `fewshot report {out} "
                        f"--out {out / 'report'}` draws them.")
-        summary["report_without_images"] = skip_images
+        self.summary["report_without_images"] = skip_images
         print(one_line(f"[run] the report leaves out its confusion matrices, embedding map and prediction grid: "
                        f"{skip_images}"), flush=True)
-    summary["seconds"] = time.monotonic() - t_start
-    summary["metrics"] = metrics
-    write_json(out / "summary.json", summary)
-    if r.get("report", True):
-        from fewshot.report.build import build_report
+        return skip_images
 
-        try:
-            index = build_report([out], out / "report", data=str(root), device=device.type, skip_images=skip_images)
-            print(f"[run] report: {index}")
-        except Exception as exc:  # the predictions are written; a report failure must not hide them
-            print(f"[run] report failed ({type(exc).__name__}: {exc}); predictions and metrics are written.")
-    total_s = time.monotonic() - t_start
-    if r.get("report", True):  # the report read summary.json; its `seconds` now counts the report too
-        summary["seconds"] = total_s
+    def report(self, metrics: dict) -> None:
+        """summary.json, then the report drawn from it (run.report); a report failure leaves the predictions."""
+        out, summary = self.out, self.summary
+        skip_images = self.report_skips_images()  # left out when the time left cannot hold them
+        summary["seconds"] = time.monotonic() - self.t_start
+        summary["metrics"] = metrics
         write_json(out / "summary.json", summary)
-    state.finish(total_s)  # after the report: a run stopped while drawing it draws it again on --resume
-    print(f"[run] done in {total_s / 60:.1f} of {budget_minutes:g} minutes: {out}/pred_all.json, "
-          f"{out}/metrics.json")
-    if total_s > 1.05 * budget_s:
-        trained = sum(fit_seconds)
-        least = max(1, math.ceil(2 * (total_s - trained) / 60))
-        print(f"[run] note: the run took {total_s:.0f} s, longer than its budget of {budget_s:.0f} s: start-up, "
-              f"step-time calibration, evaluation, prediction and the report took about {total_s - trained:.0f} s "
-              f"of it on this data and machine. A budget of at least {least} minute{'s' if least != 1 else ''} "
-              f"leaves training a fair share.")
-    return summary
+        if self.r.get("report", True):
+            from fewshot.report.build import build_report
 
+            try:
+                index = build_report([out], out / "report", data=str(self.root),
+                                     device=self.device.type, skip_images=skip_images)
+                print(f"[run] report: {index}")
+            except Exception as exc:  # the predictions are written; a report failure must not hide them
+                print(f"[run] report failed ({type(exc).__name__}: {exc}); predictions and metrics are written.")
+
+    def finish(self) -> None:
+        """The run's length in summary.json and its state (finished), and a note where it ran past its budget."""
+        out, budget_s = self.out, self.budget_s
+        total_s = time.monotonic() - self.t_start
+        if self.r.get("report", True):  # the report read summary.json; its `seconds` now counts the report too
+            self.summary["seconds"] = total_s
+            write_json(out / "summary.json", self.summary)
+        self.state.finish(total_s)  # after the report: a run stopped while drawing it draws it again on --resume
+        print(f"[run] done in {total_s / 60:.1f} of {self.budget_minutes:g} minutes: {out}/pred_all.json, "
+              f"{out}/metrics.json")
+        if total_s > 1.05 * budget_s:
+            trained = sum(self.fit_seconds)
+            least = max(1, math.ceil(2 * (total_s - trained) / 60))
+            print(f"[run] note: the run took {total_s:.0f} s, longer than its budget of {budget_s:.0f} s: start-up, "
+                  f"step-time calibration, evaluation, prediction and the report took about {total_s - trained:.0f} "
+                  f"s of it on this data and machine. A budget of at least {least} minute{'s' if least != 1 else ''} "
+                  f"leaves training a fair share.")
 
 def undo_run_start(out: Path, entries_before: set[str], existed: bool) -> None:
     """Remove what a fresh run wrote to ``out`` (refuse_used_output found no entry but hidden ones), for a start

@@ -1,0 +1,225 @@
+"""The time arithmetic of `fewshot run`: the speeds it times on this machine (a training step, an evaluation, a
+prediction pass, a figure) and the plans and checks made from them (a stage's epochs, the least run, the time
+the report and self-training's later rounds need). Apart from the pipeline so that its orchestration
+(pipeline.PipelineRun) reads as phases.
+
+The pipeline imports these names and calls them from there: tests relax a check (time_holds, least_run_holds) or
+fake a speed by patching the name on fewshot.pipeline, which reaches the pipeline's calls only. So nothing here
+calls a name that tests patch, but for measure_eval_seconds's call of measure_prediction_seconds (whose patches
+fake the pool's labelling only); closing_seconds, which calls report_seconds, stays in the pipeline for that."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+
+import torch
+
+from fewshot.errors import UserError, one_line
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # CUDA runs asynchronously: without this a timer measures only the queueing
+        torch.cuda.synchronize(device)
+
+
+def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
+    """Median seconds per training step (forward, backward, optimizer) on a copy of the task's model,
+    on the task's device and in the Engine's autocast, so that the plan matches what the stage will run.
+    The copy runs eagerly where the stage compiles (train.compile; torch drops the compile from a copied module):
+    it costs no second compile, and the time-based schedule follows the clock from there."""
+    from fewshot.train.engine import amp_dtype, empty_epoch_error
+
+    device = task.device
+    task.model.to(device)  # the tasks build their model on the CPU; the Engine would move it later
+    model = copy.deepcopy(task.model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.0)
+    batches = task.plan_epoch(0)
+    if not batches:  # found here, before the Engine would say it, since calibration comes first
+        raise empty_epoch_error(task, task.cfg, 1)
+    amp = amp_dtype(task.cfg, device, getattr(task, "size", None))
+    times = []
+    with torch.random.fork_rng(devices=[]):
+        for i in range(warmup + steps):
+            _sync(device)
+            t0 = time.perf_counter()
+            batch = task.make_batch(batches[i % len(batches)], 0, i)
+            with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+                loss, _, _ = task.training_step(model, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    del model, opt
+    return sorted(times)[len(times) // 2]
+
+
+def measure_eval_seconds(task, n: int = 256) -> float:
+    """Seconds of one evaluation (task.evaluate): timed whole when it reads at most 4 x ``n`` images, else from a
+    batch of ``n`` of them scaled to all (the better of two timings: the first pays the warm-up); a 20k-image val
+    split was evaluated in full only to be timed, in every stage. Fine-tuning runs its classifier over val; MoCo's
+    kNN monitor embeds the labelled train and val images with its backbone."""
+    moco = getattr(task.model, "encoder_q", None)
+    n_images = len(task.val_set) + (len(task.train_set) if moco is not None else 0)
+    if n_images > 4 * n:
+        net = moco.backbone if moco is not None else None
+        per_image = measure_prediction_seconds(task, task.val_set.images, n, net)  # the better of two timings
+        return per_image * n_images
+    task.model.to(task.device)
+    _sync(task.device)
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        task.evaluate(task.model, 0)
+    _sync(task.device)
+    return time.perf_counter() - t0
+
+
+def plan_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: float, eval_every: int,
+                min_epochs: int = 1) -> int:
+    """Epochs that fit the budget at the measured speed. Stages run on a time-based schedule with this
+    number as a generous cap (4x), so a slow calibration (a busy machine) cannot shrink a stage."""
+    return max(min_epochs, 4 * int(fitting_epochs(budget_s, step_s, steps_per_epoch, eval_s, eval_every)), 8)
+
+
+def fitting_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: float, eval_every: int) -> float:
+    """Epochs (a fraction where less than one fits) that the budget holds at the measured speed."""
+    per_epoch = step_s * steps_per_epoch + eval_s / max(1, eval_every)
+    return budget_s / max(per_epoch, 1e-6)
+
+
+def eval_passes(task, cfg: dict | None = None) -> int:
+    """Evaluations the Engine runs for one of its own (during training, and at the budget stop): with an EMA it
+    scores both the EMA and the raw weights, so twice task.evaluate's time (the closing estimate counted the stop's
+    once, and 0.3-minute runs ended a whole evaluation late)."""
+    cfg = task.cfg if cfg is None else cfg
+    return 2 if cfg["train"].get("ema") and getattr(task, "supports_ema", False) else 1
+
+
+FLOOR_STEPS = 5  # plan_stage's least training steps of a stage, even when its time is spent
+CLOSING_SHARE = 0.015  # of the budget, kept beyond the closing work's estimate
+
+
+def least_run_seconds(step_s: float, closing_s: float) -> float:
+    """The least time a run's last stage needs from its planning on: plan_stage's floor of steps, the step the
+    Engine finishes past its deadline, and the closing work (closing_seconds, without the report's image-based
+    parts, which are left out when they do not fit)."""
+    return (FLOOR_STEPS + 1) * step_s + closing_s
+
+
+def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s: float, what: str,
+                           hints: str, undone: bool = True) -> UserError:
+    """The refusal of a budget that cannot hold even the least run, found at the first stage's planning (before
+    any training): such a run trained its floor of steps and then ran past its budget, silently until its end
+    (0.3 minutes with resnet50 on 2 busy cores: 60 s). ``used_s``: the run's time so far (start-up, decoding,
+    the timing of the speeds); ``need_s``: least_run_seconds; ``what``: the model and size; ``hints``: the ways
+    to a shorter least run besides a larger budget."""
+    total = used_s + need_s
+    # the closing reserve grows with the budget (1.5 % of it): the budget named holds the rest at that share, and
+    # 10 % more for a machine a little busier than at this measurement, in tenths of a minute rounded up
+    least = math.ceil((total - CLOSING_SHARE * budget_s) / (1 - CLOSING_SHARE) * 1.1 / 6) / 10
+    return UserError(one_line(
+        f"--budget-minutes {budget_s / 60:g} is too short for {what} on this machine: start-up and the timing of "
+        f"the speeds took {used_s:.0f} s, and the least run after them ({FLOOR_STEPS} training steps at "
+        f"{step_s * 1000:.0f} ms, the closing evaluations, the prediction of the test images and the report) needs "
+        f"about {need_s:.0f} s more, {total:.0f} s in all (measured here; a busy machine needs more). Nothing was "
+        f"trained{' and the output folder was left as it was' if undone else ''}. Give --budget-minutes {least:g} "
+        f"or more (more leaves training a fair share){hints}."))
+
+
+def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256, model=None) -> float:
+    """Seconds per test image of a prediction pass (one batch of the preloaded test images, timed); ``model``:
+    the network to time (the task's model by default). Where the images are more than a batch (the time is scaled
+    to all of them), the better of two timings: the first pays the warm-up, and a cold one multiplied by a large
+    test split could refuse a normal run as too short for its closing work."""
+    from fewshot.eval.evaluate import compute_logits
+
+    sample = images[:n]
+    if len(sample) == 0:
+        return 0.0
+    task.model.to(task.device)
+    best = math.inf
+    for _ in range(2 if len(images) > n else 1):
+        with torch.random.fork_rng(devices=[]):
+            _sync(task.device)
+            t0 = time.perf_counter()
+            compute_logits(task.model if model is None else model, sample, task.normalize, task.device, batch_size=n,
+                           channels_last=task.channels_last, desc="timing prediction")
+            _sync(task.device)
+        best = min(best, time.perf_counter() - t0)
+    return best / len(sample)
+
+
+FIGURE_S = 0.06  # figure_seconds() on the 2 idle cores where report_seconds' figures were timed
+
+
+def figure_seconds() -> float:
+    """Seconds to draw and save a small figure now (the median of 3, after one that pays matplotlib's set-up): on a
+    busy machine the report drew 3-4x slower than report_seconds' figures, and the closing estimate scales with it."""
+    import io
+
+    from fewshot.report.plots import _figure  # the report's own figures (and matplotlib's config folder)
+
+    times = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        fig = _figure(2, 1.5)
+        fig.add_subplot().plot([0, 1], [0, 1])
+        fig.savefig(io.BytesIO(), format="png")
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[1]
+
+
+def report_seconds(task, eval_s: float, report_stages: int, figure_s: float = FIGURE_S) -> tuple[float, float]:
+    """The report of a run, estimated: (its page, accuracy bars, and per stage the curves and the FLOPs count of
+    its checkpoint; its image-based parts: the predicting stage's val predictions, a confusion matrix per dataset,
+    the embedding map and the grid). Timed on 2 idle CPU cores with 3 datasets of 3, 7 and 12 classes: page and
+    bars ~0.5 s, per stage ~0.9 s and a read of its checkpoint, a confusion matrix 0.15 s + 0.013 s a class (up
+    to 20 classes, 12 datasets drawn), embedding and grid ~1.3 s. The drawing scales by ``figure_s`` / FIGURE_S:
+    on a busy machine it took 3-4x as long, beyond the half of the budget kept for the closing work."""
+    if not report_stages:
+        return 0.0, 0.0
+    scale = max(1.0, figure_s / FIGURE_S)
+    read = sum(p.numel() for p in task.model.parameters()) * 8 / 250e6  # best.pt: weights and EMA, ~250 MB/s
+    base = scale * (0.5 + 0.9 * report_stages) + report_stages * read
+    confusions = sum(0.15 + 0.013 * min(len(c), 20) for c in task.space.classes[:12])
+    return base, eval_s + read + scale * (confusions + 1.3)
+
+
+def after_round1_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, rounds: int,
+                         last_closing_s: float) -> float:
+    """The least time self-training needs after round 1's last step, at the speeds measured for round 1: a large
+    run.pseudo_share planned round 1 up to the end of the budget, and the rest came on top (165 s of a 60 s
+    budget). Per later round: its labelling of the pool (all of it, or as pool_share_in_time does a quarter of the
+    time left, one batch at least), its calibration (4 timed steps, an evaluation), plan_stage's 5-step floor and
+    the closing evaluations of the round before it; then the last stage's closing work."""
+    others = (rounds - 1) * (9 * step_s + 3 * eval_s) + last_closing_s
+    labelling = min(per_image * n_pool, max(per_image * min(n_pool, 256), others / 3))
+    return (rounds - 1) * labelling + others
+
+
+def later_rounds_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, n_rounds: int,
+                         last_closing_s: float) -> float:
+    """The least time ``n_rounds`` more self-training rounds need, from the pool's labelling for the first of them
+    on, at the speeds measured for the round before: per round its labelling (as after_round1_seconds counts it),
+    its calibration (4 timed steps, an evaluation, a timed prediction batch), plan_stage's 5-step floor, and the
+    closing evaluations of all but the last; then the last stage's closing work."""
+    others = n_rounds * (9 * step_s + eval_s) + (n_rounds - 1) * 2 * eval_s + last_closing_s
+    labelling = min(per_image * n_pool, max(per_image * min(n_pool, 256), others / 3))
+    return n_rounds * (labelling + per_image * min(n_pool, 256)) + others
+
+
+def time_holds(need_s: float, left_s: float) -> bool:
+    """Whether ``left_s`` seconds hold work estimated at ``need_s``: the check that skips self-training's later
+    rounds (one place, which tests of the rounds themselves, in budgets of seconds, can relax)."""
+    return need_s <= left_s
+
+
+def least_run_holds(need_s: float, left_s: float) -> bool:
+    """Whether the budget left (``left_s``) holds the least run (least_run_seconds), else the run is refused before
+    training: one place, which the tests' runs in budgets of seconds relax (as time_holds)."""
+    return need_s <= left_s
