@@ -88,7 +88,7 @@ def _features_and_logits(model, images, normalize, device, batch_size: int = 128
 def analyse_run(run, root: Path, device: torch.device) -> ValAnalysis:
     from fewshot.eval.predict import _data_for, load_trained
 
-    tm = load_trained(run.path, device)
+    tm = load_trained(run.checkpoint or run.path, device)  # the checkpoint named as RUN, else best.pt (last.pt)
     left_out: tuple[str, ...] = ()
     try:
         _, data = _data_for(tm, Path(root), "val")

@@ -14,6 +14,7 @@ import hashlib
 import html
 import os
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +239,7 @@ class ReportBuilder:
         if grid_images > MAX_GRID_IMAGES:
             raise UserError(f"--grid {grid_images} is more than the {MAX_GRID_IMAGES} val images a prediction grid "
                             f"shows (rows of 8: a picture too tall to view); give --grid {MAX_GRID_IMAGES} or less.")
+        self.paths = [str(p) for p in paths]  # as given: the footer's command rebuilds this report
         self.runs = expand_runs(paths)
         self.out = Path(out)
         self.data = data
@@ -320,6 +322,8 @@ class ReportBuilder:
         not: best.pt missing (last.pt predicted), a run being written (its lock held), or files that disagree."""
         if epoch is None or r.metrics_epoch is None or r.metrics_epoch == epoch:
             return
+        if r.given_checkpoint is not None:  # the file named as RUN: load_run said whose accuracies are shown
+            return
         if checkpoint is not None and checkpoint.name != "best.pt":
             r.notes.append(f"The image-based parts predict with {checkpoint.name} (epoch {epoch}), the accuracies "
                            f"shown are of epoch {r.metrics_epoch}, the best evaluation: best.pt is missing.")
@@ -354,6 +358,16 @@ class ReportBuilder:
                 if r.pipeline.get("self_training_labelled_only"):  # its row has no pseudo-labels: here is why
                     body.append(H.note(f"The last round trained on the labelled images only, without pseudo-labels "
                                        f"(planned, not an error): {r.pipeline['self_training_labelled_only']}."))
+        balanced = set()
+        for r in self.runs:  # a `fewshot run` folder's test predictions (run.balance), once per folder
+            words = (r.pipeline or {}).get("balanced_prediction")
+            if words and r.group not in balanced:
+                balanced.add(r.group)
+                label = r.label.rsplit("/", 1)[0] if "/" in r.label else str(r.group)
+                body.append(H.note(f"{label}: the test predictions (pred_all.json) are {words}. Balancing evens out "
+                                   f"the predicted classes to the train split's proportions, with per-class offsets "
+                                   f"fitted on the test images; it is kept where the same on val does not lower "
+                                   f"val accuracy (run.balance)."))
         sup = [r for r in self.runs if r.kind == "supervised" and (r.metrics_known or r.metrics_unknown)]
         if sup:
             from fewshot.report.plots import plot_accuracy_bars
@@ -400,6 +414,8 @@ class ReportBuilder:
                  ("input size", f"{r.img_size} px" if r.img_size else T.DASH), ("epochs", T.epochs(r.epochs)),
                  ("training time", T.duration(r.training_seconds)), ("throughput", T.rate(r.throughput)),
                  ("best epoch", T.opt(r.best_epoch))]
+        if r.given_checkpoint is not None:  # its predictions, not best.pt's
+            items.append(("checkpoint", f"{r.given_checkpoint} (named as RUN; epoch {T.opt(r.given_epoch)})"))
         semi = r.config.get("semi")
         if r.kind == "supervised" and isinstance(semi, dict) and semi.get("method") in SEMI_FACTS:
             items.append(("semi-supervised", SEMI_FACTS[semi["method"]](r)))
@@ -419,7 +435,9 @@ class ReportBuilder:
             return [H.note(self.data_notes.get(r.label, "Image-based parts skipped."))]
         slug = self.slugs[r.label]
         checkpoint = a.checkpoint or r.checkpoint
-        if checkpoint is not None and checkpoint.name == "best.pt":
+        if r.given_checkpoint is not None:
+            which = f"{checkpoint} (the checkpoint named as RUN, epoch {T.opt(a.epoch)})"
+        elif checkpoint is not None and checkpoint.name == "best.pt":
             which = "the best checkpoint"
         elif r.evaluated:  # log.jsonl holds evaluations: best.pt was saved, and is gone
             which = "the last checkpoint (best.pt is missing, though log.jsonl holds evaluations)"
@@ -515,6 +533,19 @@ class ReportBuilder:
         return body
 
     # ------------------------------------------------------------------ the page
+    def command(self) -> str:
+        """The command that rebuilds this report: its RUN arguments as given (a `fewshot run` folder, a checkpoint
+        file), --out and the options that change what it shows. The stage paths it listed were not what was
+        given, and named no --out."""
+        words = ["fewshot", "report", *self.paths, "--out", str(self.out)]
+        if self.data is not None:
+            words += ["--data", str(self.data)]
+        if self.tsne:
+            words.append("--tsne")
+        if self.grid_images != GRID_IMAGES:
+            words += ["--grid", str(self.grid_images)]
+        return shlex.join(words)
+
     def build(self) -> Path:
         from fewshot.data.cache import ensure_writable_dir
         from fewshot.utils import atomic_write_text
@@ -535,8 +566,7 @@ class ReportBuilder:
                     f"Generated {now}.")
         from fewshot import __version__
 
-        text = H.page("fewshot report", subtitle, body,
-                      f"fewshot {__version__} · fewshot report " + " ".join(str(r.path) for r in self.runs))
+        text = H.page("fewshot report", subtitle, body, f"fewshot {__version__} · {self.command()}")
         index = self.out / "index.html"
         atomic_write_text(index, text)
         # The earlier report's PNGs that this one did not write again go only now: a report failing halfway leaves

@@ -50,7 +50,7 @@ def run_model_stats(run, model: nn.Module | None = None, size: int | None = None
                 return None, None
             from fewshot.eval.predict import load_trained
 
-            tm = load_trained(run.path, torch.device("cpu"))
+            tm = load_trained(run.checkpoint, torch.device("cpu"))
             model, size = tm.model, tm.size
         elif model is None:
             from fewshot.models.backbone import backbone_options, create_backbone, input_size

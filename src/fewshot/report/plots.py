@@ -570,6 +570,16 @@ def plot_embedding(coords: np.ndarray, classes: np.ndarray, class_names: list[st
     return _save(fig, out)
 
 
+GRID_DATASET_CHARS = 16  # a dataset's name in a grid title: 12 cut "fashion-mnist" to "fashion-mni…"
+GRID_TITLE_CHARS = 26    # characters a 1.75-inch cell holds at 7 pt (bold); longer titles get a smaller font
+
+
+def _grid_title_size(text: str) -> float:
+    """The font size that fits a grid title's longest line in its cell (7 pt, down to 5 for the longest)."""
+    longest = max(map(len, text.splitlines()), default=0)
+    return 7.0 if longest <= GRID_TITLE_CHARS else max(5.0, 7.0 * GRID_TITLE_CHARS / longest)
+
+
 @_literal_text
 def plot_prediction_grid(images: np.ndarray, true_names: list[str], pred_names: list[str], correct: list[bool],
                          out: Path, cols: int = 8, datasets: list[str] | None = None) -> Path:
@@ -605,6 +615,6 @@ def plot_prediction_grid(images: np.ndarray, true_names: list[str], pred_names: 
             spine.set_linewidth(1.5 if ok else 3.5)
         text = short(pred_names[i]) if ok else f"{short(pred_names[i])}\n(true: {short(true_names[i])})"
         if prefix:
-            text = f"{_short(datasets[i], 12)}: {text}"
-        ax.set_title(text, fontsize=7, color=color, fontweight="normal" if ok else "bold")
+            text = f"{_short(datasets[i], GRID_DATASET_CHARS)}: {text}"
+        ax.set_title(text, fontsize=_grid_title_size(text), color=color, fontweight="normal" if ok else "bold")
     return _save(fig, out)

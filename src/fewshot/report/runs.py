@@ -5,7 +5,8 @@ A RUN argument is one of
   - a MoCo run (`fewshot pretrain`): config.yaml, log.jsonl, checkpoints/ (kind "moco");
   - a `fewshot run` output folder holding its stage runs (expanded): pretrain/, finetune_labelled/,
     finetune_round<k>/ and finetune/, those it ran;
-  - a checkpoint file inside a run's checkpoints/ folder (its run is used).
+  - a checkpoint file inside a run's checkpoints/ folder: its run, with the model-based parts (accuracies where
+    log.jsonl holds the file's evaluation, confusion matrices, embedding map, grid, kNN) taken from that file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot.errors import UserError, one_line
+from fewshot.errors import UserError, one_line, printable
 
 STAGES = ("pretrain", "finetune_labelled", "finetune")  # finetune_labelled: self-training round 1
 # the stage folders of a `fewshot run` (pipeline.py) as messages name them; finetune_round<k>: rounds 2 .. n-1
@@ -199,6 +200,9 @@ class Run:
     from_log: bool = False              # accuracies from a log.jsonl evaluation (no usable metrics.json)
     group: Path | None = None           # the `fewshot run` folder this stage belongs to
     eval_note: str | None = None        # the note saying which logged evaluation stands in for metrics.json
+    given_checkpoint: Path | None = None  # the checkpoint file named as RUN: the model-based parts use it, not best.pt
+    given_epoch: int | None = None      # the logged epoch of given_checkpoint (None: unreadable)
+    saved_steps: dict | None = None     # last.pt's epoch / step_in_epoch / global_step / steps_per_epoch (see epochs)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -215,6 +219,9 @@ class Run:
 
     @property
     def checkpoint(self) -> Path | None:
+        """The file the model-based parts use: the one named as RUN, else best.pt, else last.pt."""
+        if self.given_checkpoint is not None:
+            return self.given_checkpoint
         for name in ("best.pt", "last.pt"):
             p = self.path / "checkpoints" / name
             if p.is_file():
@@ -249,6 +256,9 @@ class Run:
         numbers that epoch as the next whole one, so 5.75 epochs showed as 6 and 0.27 as 1."""
         last = max(self.log, key=lambda r: (r["epoch"], r.get("step") if _is_whole(r.get("step")) else -1),
                    default=None)
+        saved = saved_fraction(self.saved_steps, last)
+        if saved is not None:  # last.pt holds steps after the last log row (a run stopped by a signal)
+            return saved
         if last is None:
             return 0
         logged = last["epoch"]
@@ -272,14 +282,15 @@ class Run:
 
     @property
     def knn(self) -> dict | None:
-        """kNN accuracy per dataset (and mean) at the best epoch of a MoCo run."""
+        """kNN accuracy per dataset (and mean) of a MoCo run at the epoch of the checkpoint named as RUN where
+        the log holds it, else at its best epoch."""
         rows = [r for r in self.log if isinstance(r.get("knn_acc1"), dict)]
         if not rows:
             return None
-        best = self.best_epoch
-        for r in rows:
-            if r.get("epoch") == best:
-                return dict(r["knn_acc1"])
+        for epoch in (self.given_epoch, self.best_epoch):
+            for r in rows:
+                if epoch is not None and r.get("epoch") == epoch:
+                    return dict(r["knn_acc1"])
         return dict(rows[-1]["knn_acc1"])
 
     @property
@@ -305,6 +316,50 @@ class Run:
         return []
 
 
+def saved_fraction(saved: dict | None, last: dict | None) -> float | None:
+    """Epochs trained as last.pt counts them, where it holds steps the log does not (a stop by a signal saves the
+    step it reached without a log row: stopped at step 33 of 25 per epoch, the log's epoch 1 showed as 1, not 1.32;
+    a pretraining stopped after 2 steps as 0). None where last.pt is not later than the log, or does not tell."""
+    if not saved:
+        return None
+    epoch, part, per_epoch = saved["epoch"], saved["step_in_epoch"], saved.get("steps_per_epoch")
+    if last is not None and (last["step"] >= saved["global_step"] if _is_whole(last.get("step"))
+                             else epoch + (1 if part else 0) <= last["epoch"]):  # a log of an older fewshot: no step
+        return None
+    if not part:
+        return float(epoch) if last is None or epoch > last["epoch"] else None
+    if not per_epoch or per_epoch <= part:
+        return None
+    return round(epoch + part / per_epoch, 2)
+
+
+def read_saved_steps(path: Path) -> dict | None:
+    """last.pt's position (epoch, step_in_epoch, global_step) and its steps per epoch where the checkpoint tells:
+    whole epochs done give it, else a MoCo run's pool and batch size (its epochs drop the last partial batch).
+    Read with the safe loader (weights_only); None where last.pt is missing or not a fewshot checkpoint."""
+    if not path.is_file():
+        return None
+    from fewshot.train.checkpoint import load_checkpoint
+
+    try:
+        ck = load_checkpoint(path)
+    except Exception:  # damaged or foreign: the log's count stands (eval and predict say what is wrong with it)
+        return None
+    saved = {k: ck.get(k) for k in ("epoch", "step_in_epoch", "global_step")}
+    if not all(_is_whole(v) and v >= 0 for v in saved.values()):
+        return None
+    epoch, part, total = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
+    if epoch > 0 and (total - part) % epoch == 0:
+        saved["steps_per_epoch"] = (total - part) // epoch
+    elif ck.get("kind") == "moco":
+        try:
+            batch = int(ck["config"]["train"]["batch_size"]) * int(ck.get("world") or 1)
+            saved["steps_per_epoch"] = int(ck["n_pool"]) // batch if batch > 0 else None
+        except (KeyError, TypeError, ValueError):
+            pass
+    return saved
+
+
 def logged_fraction(log: list[dict], last: dict) -> float | None:
     """last's epochs trained from its global step: an earlier row of a whole epoch gives the steps per epoch
     (its step / its epoch: every epoch before it is whole). None where the log does not tell."""
@@ -317,14 +372,15 @@ def logged_fraction(log: list[dict], last: dict) -> float | None:
     return last["step"] / (row["step"] / row["epoch"])
 
 
-def _labels(paths: list[Path], stage: list[bool]) -> list[str]:
-    """Each run's shortest path suffix that no other run's path ends with (stages keep their parent folder):
-    lab/a/x/exp and lab/b/x/exp are a/x/exp and b/x/exp, whatever the order of the arguments."""
+def _labels(paths: list[Path], shortest: list[int]) -> list[str]:
+    """Each run's shortest path suffix, of at least ``shortest`` parts, that no other run's path ends with (stages
+    keep their parent folder, checkpoint files their run's: exp/checkpoints/last.pt): lab/a/x/exp and lab/b/x/exp
+    are a/x/exp and b/x/exp, whatever the order of the arguments."""
     parts = [p.resolve().parts for p in paths]
     labels = []
     for i, own in enumerate(parts):
         label = str(paths[i].resolve())
-        for n in range(2 if stage[i] and len(own) > 2 else 1, len(own)):
+        for n in range(min(shortest[i], max(1, len(own) - 1)), len(own)):
             if not any(j != i and other[-n:] == own[-n:] for j, other in enumerate(parts)):
                 label = "/".join(own[-n:])
                 break
@@ -395,24 +451,63 @@ def best_evaluation(log: list[dict], epoch: int | None = None) -> dict | None:
     return max(reversed(evals), key=lambda r: r["score"] if _is_number(r.get("score")) else -1e9, default=None)
 
 
-def use_evaluation(run: Run, row: dict, why: str) -> None:
-    """Show the accuracies of a logged evaluation (a run without a usable metrics.json)."""
+def use_evaluation(run: Run, row: dict, why: str, holder: str = "best.pt") -> None:
+    """Show the accuracies of a logged evaluation (a run without a usable metrics.json, or a checkpoint named as
+    RUN: ``holder``, the file whose epoch it is)."""
     run.metrics_known = clean_metrics(row["val"].get("known"), "", []) if row["val"].get("known") else None
     run.metrics_unknown = clean_metrics(row["val"].get("unknown"), "", []) if row["val"].get("unknown") else None
     run.metrics = run.metrics_known
     run.metrics_epoch, run.from_log = row["epoch"], True
-    note = f"{why}: accuracies are from the logged evaluation of epoch {row['epoch']}, the one best.pt holds."
+    note = f"{why}: accuracies are from the logged evaluation of epoch {row['epoch']}, the one {holder} holds."
     run.notes = [n for n in run.notes if n != run.eval_note] + [note]
     run.eval_note = note
 
 
-def load_run(path: Path, label: str, pipeline: dict | None = None) -> Run:
+def _given_checkpoint(run: Run, given: Path) -> None:
+    """A checkpoint file named as RUN: its epoch, and the accuracies of that epoch where log.jsonl holds its
+    evaluation (metrics.json is best.pt's). Where the log does not, the page says whose accuracies it shows
+    instead: the model-based parts (predictions, kNN) are still the file's own."""
+    from fewshot.train.checkpoint import load_checkpoint, logged_epoch
+
+    run.given_checkpoint = given
+    try:
+        run.given_epoch = logged_epoch(load_checkpoint(given))
+    except Exception as exc:  # damaged or foreign: the image-based parts say what is wrong when they load it
+        run.notes.append(f"{given} cannot be read as a fewshot checkpoint ({printable(str(exc))[:200]}): its epoch "
+                         f"is unknown; the accuracies shown are the run's.")
+        return
+    shown = run.metrics_epoch if run.kind == "supervised" else run.best_epoch
+    if shown == run.given_epoch:
+        return
+    if run.kind == "supervised":
+        row = best_evaluation(run.log, run.given_epoch)
+        if row is not None:
+            use_evaluation(run, row, f"{given.name} named as RUN (metrics.json holds best.pt's)", given.name)
+            return
+        has = f"the accuracies shown are of epoch {opt_epoch(shown)}" if (run.metrics or run.metrics_known) else \
+            "no accuracies are shown"
+    else:
+        if any(r.get("epoch") == run.given_epoch and isinstance(r.get("knn_acc1"), dict) for r in run.log):
+            return
+        has = f"the kNN accuracies shown are of epoch {opt_epoch(shown)}, the best"
+    run.notes.append(f"{given.name} (named as RUN) holds epoch {run.given_epoch}, but log.jsonl holds no evaluation "
+                     f"of that epoch: {has}, not {given.name}'s.")
+
+
+def opt_epoch(epoch: int | None) -> str:
+    return "?" if epoch is None else str(epoch)
+
+
+def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: Path | None = None) -> Run:
+    """One run's files, read and checked; ``checkpoint``: the file named as RUN (else best.pt is the model)."""
     path = Path(path)
     notes: list[str] = []
     cfg = _read_config(path, notes)
     log = read_log(path, notes)
     kind = _kind(path, cfg, log)
     run = Run(path=path, label=label, kind=kind, config=cfg, log=log, pipeline=pipeline, notes=notes)
+    if kind == "moco" or not (path / "metrics.json").is_file():  # a finished fine-tuning logged every step
+        run.saved_steps = read_saved_steps(path / "checkpoints" / "last.pt")
     if kind == "supervised":
         run.metrics, run.metrics_known, run.metrics_unknown = (
             _val_metrics(run, path / name) for name in ("metrics.json", "metrics_known.json", "metrics_unknown.json"))
@@ -433,6 +528,8 @@ def load_run(path: Path, label: str, pipeline: dict | None = None) -> Run:
         if not run.from_log:
             run.metrics_epoch = next((m["best_epoch"] for m in (run.metrics, run.metrics_known, run.metrics_unknown)
                                       if m and "best_epoch" in m), None)
+    if checkpoint is not None:
+        _given_checkpoint(run, checkpoint)
     if not log:
         run.notes.append("log.jsonl is missing or empty: no training curves.")
     return run
@@ -491,6 +588,21 @@ def self_training_rounds(stages: dict) -> list[dict]:
     return rounds
 
 
+def balance_words(datasets: dict) -> str:
+    """summary.json's balanced_prediction as a sentence: which datasets' test predictions were evened out to the
+    train split's class proportions, with the val accuracies the choice was made on."""
+    def one(name: str, d: dict) -> str:
+        if _is_number(d.get("val_plain")) and _is_number(d.get("val_balanced")):
+            return f"{name} (val {d['val_plain']:.1f} plain, {d['val_balanced']:.1f} balanced)"
+        return name if d["used"] else f"{name} ({d.get('why') if isinstance(d.get('why'), str) else 'off'})"
+    rows = {str(k): v for k, v in datasets.items() if isinstance(v, dict) and isinstance(v.get("used"), bool)}
+    used = [one(n, d) for n, d in rows.items() if d["used"]]
+    plain = [one(n, d) for n, d in rows.items() if not d["used"]]
+    parts = ([f"class-balanced for {'; '.join(used)}"] if used else []) + \
+        ([f"plain argmax for {'; '.join(plain)}"] if plain else [])
+    return ", ".join(parts)
+
+
 def _read_summary(folder: Path, notes: list[str]) -> dict | None:
     """summary.json of a `fewshot run` folder: only the parts the report reads, each checked."""
     if not (folder / "summary.json").is_file():
@@ -514,6 +626,11 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
     labelled_only = summary.get("self_training_labelled_only")  # the last round without the pool (planned)
     if isinstance(labelled_only, dict) and isinstance(labelled_only.get("why"), str):
         out["self_training_labelled_only"] = labelled_only["why"]
+    balanced = summary.get("balanced_prediction")  # test predictions evened out per dataset (run.balance)
+    if isinstance(balanced, dict) and isinstance(balanced.get("datasets"), dict):
+        words = balance_words(balanced["datasets"])
+        if words:
+            out["balanced_prediction"] = words
     stages = summary.get("stages")
     if isinstance(stages, dict):  # epochs trained per stage: a budget stop's fraction the log does not always tell
         out["epochs"] = {k: v["epochs"] for k, v in stages.items()
@@ -550,11 +667,11 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
     """RUN arguments -> Run objects; `fewshot run` folders become their stages (STAGE_FOLDERS)."""
     from fewshot.run_lock import being_written
 
-    found: list[tuple[Path, dict | None, Path | None, list[str]]] = []
+    found: list[tuple[Path, dict | None, Path | None, list[str], Path | None]] = []
     for raw in paths:
-        p = Path(raw)
+        p, given = Path(raw), None
         if p.is_file() and p.parent.name == "checkpoints":
-            p = p.parent.parent
+            p, given = p.parent.parent, p
         if not p.exists():
             raise UserError(f"'{raw}' does not exist (expected a run directory from `fewshot train`, "
                             f"`fewshot pretrain` or `fewshot run`).")
@@ -563,12 +680,12 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
         names = [STAGES[0], STAGES[1], *sorted((q.name for q in p.glob("finetune_round*")), key=_round_order),
                  STAGES[2]]
         stages = [p / s for s in names if (p / s).is_dir() and _is_run_dir(p / s)]
-        if stages and (not _is_run_dir(p) or (p / "summary.json").is_file()):
+        if given is None and stages and (not _is_run_dir(p) or (p / "summary.json").is_file()):
             notes: list[str] = []
             summary = _read_summary(p, notes)
-            found += [(s, summary, p, notes) for s in stages]
+            found += [(s, summary, p, notes, None) for s in stages]
         elif _is_run_dir(p):
-            found.append((p, None, None, []))
+            found.append((p, None, None, [], given))
         elif (p / "metrics.json").is_file():
             # a probe's --out holds metrics.json alone: no curves, no model, no config to report on (its
             # accuracies are all there is, and probe prints them); told apart from a run missing its files
@@ -591,14 +708,17 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
                             f"log.jsonl or checkpoints/ (or metrics.json with its config.yaml); a `fewshot run` "
                             f"folder holds run_state.json and its stages in {STAGE_FOLDERS}.")
     unique, seen = [], set()
-    for item in found:
-        if item[0].resolve() not in seen:
-            seen.add(item[0].resolve())
+    for item in found:  # a run and a checkpoint file of it are two reports: other weights, other predictions
+        key = (item[0].resolve(), item[4].resolve() if item[4] is not None else None)
+        if key not in seen:
+            seen.add(key)
             unique.append(item)
-    labels = _labels([f[0] for f in unique], [f[2] is not None or f[0].name in STAGES for f in unique])
+    # a checkpoint file is labelled by its path (run/checkpoints/last.pt): the run's own row keeps the run's name
+    labels = _labels([f[4] if f[4] is not None else f[0] for f in unique],
+                     [3 if f[4] is not None else 2 if f[2] is not None or f[0].name in STAGES else 1 for f in unique])
     runs = []
-    for (path, summary, group, notes), label in zip(unique, labels):
-        run = load_run(path, label, summary)
+    for (path, summary, group, notes, given), label in zip(unique, labels):
+        run = load_run(path, label, summary, given)
         run.group, run.notes = group, notes + run.notes
         runs.append(run)
     return runs

@@ -131,13 +131,25 @@ def overview_table(runs: list[Run], flop_counts: dict[str, float | None]) -> Tab
     cols, numeric = [cols[i] for i in keep], [numeric[i] for i in keep]
     rows = [[row[i] for i in keep] for row in rows]
     return Table("Runs", cols, rows, numeric=numeric,
-                 caption="Accuracies in % on the val split at the best checkpoint (metrics.json). FLOPs: one "
+                 caption=f"Accuracies in % on the val split {_accuracy_source(runs)}. FLOPs: one "
                          "forward pass of one image at the input size (torch.utils.flop_counter; a multiply-add "
                          "counts 2); for MoCo runs parameters and FLOPs are those of the backbone. Epochs: epochs "
                          "trained, the part of a stopped one as a fraction (5.75). Training time: sum of the epochs' "
                          "training time (evaluation excluded); throughput: median training images/s over the epochs. "
                          "Best epoch: the logged epoch whose evaluation gave the best checkpoint, as in metrics.json "
                          "(a run stopped mid-epoch is evaluated at the stop, under that epoch's number).")
+
+
+def _accuracy_source(runs: list[Run]) -> str:
+    """Where the overview's accuracies come from, as its caption says: metrics.json, or log.jsonl for a run
+    stopped before writing one (or a checkpoint named as RUN): "(metrics.json)" was said of both."""
+    logged = [r.label for r in runs if r.kind == "supervised" and r.from_log]
+    if not logged:
+        return "at the best checkpoint (metrics.json)"
+    if len(logged) == sum(r.kind == "supervised" for r in runs):
+        return "from the logged evaluation in log.jsonl of the epoch each run's notes name (no usable metrics.json)"
+    return (f"at the best checkpoint (metrics.json); for {', '.join(logged)}: from the logged evaluation in "
+            f"log.jsonl of the epoch its notes name")
 
 
 def self_training_table(label: str, rounds: list[dict], predicted_with: str | None = None) -> Table:
