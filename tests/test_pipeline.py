@@ -81,6 +81,18 @@ def test_run_baseline_is_supervised_from_random_init_on_the_labelled_images(digi
     assert fine["model"]["weights"] is None and fine["optim"]["lr"] == 4e-3  # chosen on val
     assert fine["semi"]["method"] == "off" and not list(out.glob("pseudo_labels*.json"))
     _check_pred_all(digits_root, out)
+    # the test predictions are class-balanced where val allows it (run.balance=auto), as `fewshot predict` does
+    balanced = summary["balanced_prediction"]
+    assert balanced["setting"] == "auto" and set(balanced["datasets"]) == set(summary["metrics"]["pred_all_score"])
+    assert all({"used", "val_plain", "val_balanced"} <= set(d) for d in balanced["datasets"].values())
+    rc, _, err = run_main("predict", out / "finetune", "--data", digits_root, "--out", tmp_path / "p.json",
+                          "--device", "cpu")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "p.json").read_text()) == json.loads((out / "pred_all.json").read_text())
+    from fewshot.report.build import build_report  # the report says which datasets' predictions were balanced
+
+    page = Path(build_report([out], tmp_path / "rep", data=str(digits_root), device="cpu", log=lambda *a: None))
+    assert "the test predictions (pred_all.json) are" in page.read_text()
 
 
 def test_default_run_is_self_training_on_the_pool_without_moco(digits_root, tmp_path, any_confidence):
@@ -408,6 +420,10 @@ def test_predict_on_a_run_folder_uses_the_stage_that_predicted(digits_root, moco
     rc, _, err = run_main("predict", out, "--data", digits_root, "--out", tmp_path / "p.json", "--device", "cpu")
     assert rc == 0, err
     assert json.loads((tmp_path / "p.json").read_text()) == json.loads((out / "pred_all.json").read_text())
+    from fewshot.report.build import build_report  # the report says which datasets' predictions were balanced
+
+    page = Path(build_report([out], tmp_path / "rep", data=str(digits_root), device="cpu", log=lambda *a: None))
+    assert "the test predictions (pred_all.json) are" in page.read_text()
 
 
 def test_one_prediction_pass_gives_the_scores_of_separate_evaluations(digits_root, moco_run):

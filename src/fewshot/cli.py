@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write metrics.json here")
     p.add_argument("--datasets", help="A,B: only these of the model's datasets (default: all of them)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--balance", choices=["auto", "on", "off"], default=None,
+                   help="known-source test scores only, as predict --balance (default: auto for --split test; the val "
+                   "split is scored as the model predicts it)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="go on past undecodable images (listed) instead of failing: val images are left out of the "
                    "scores; test images are scored as predicted from a blank image (as predict --skip-bad-images "
@@ -115,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", help="A,B: predict only these of the model's datasets (held-out data for some of "
                    "them); unknown mode still routes over all the classes the model knows")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--balance", choices=["auto", "on", "off"], default=None,
+                   help="known-source mode: even out each dataset's predicted classes to the proportions of its train "
+                   "split (or, where the test predictions do not fit those, to the test split's own, estimated), with "
+                   "per-class offsets fitted on the test images themselves (a few-shot model leans towards some "
+                   "classes). auto (default): for the datasets where doing the same on their val images does not "
+                   "lower val accuracy; on: always; off: plain argmax")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="go on past undecodable test images (listed; each is predicted from a blank image, so that "
                    "pred_all.json still holds every id) instead of failing")
@@ -135,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "finetune/). Image-based parts need the data: --data ROOT, else the data.root recorded in the "
                        "run's config.yaml.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or checkpoint files")
-    p.add_argument("--out", required=True, help="report folder (index.html + PNGs): a new one or an earlier "
-                   "report's, outside the reported runs and the data")
+    p.add_argument("--out", required=True, help="report folder (index.html + PNGs): a new or empty one, or an earlier "
+                   "report's. Refused: a folder inside a reported run (but RUN/report, its own), the data root itself, "
+                   "its unlabeled pool, or a dataset's train/val/test split")
     p.add_argument("--data", help="dataset root for the confusion matrices, embedding map and prediction grid")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--tsne", action="store_true", help="t-SNE instead of PCA for the embedding map (slower)")
@@ -278,8 +288,12 @@ def cmd_eval(args, extra) -> int:
     if args.out:
         check_output_file(args.out, example="metrics.json")
         check_result_file_is_not_an_input(args.out, args.data, args.run, kind="metrics")
+    balance = args.balance or ("auto" if args.split == "test" else "off")
+    if args.balance and (args.split != "test" or args.mode != "known"):  # the val split is what auto decides on
+        print(f"fewshot eval: note: --balance applies to known-source test scores only; --split {args.split} "
+              f"--mode {args.mode} is scored as the model predicts it.", file=sys.stderr)
     metrics = evaluate_run(args.run, args.data, args.mode, resolve_device(args.device), split=args.split,
-                           datasets=args.datasets, skip_bad=args.skip_bad_images)
+                           datasets=args.datasets, skip_bad=args.skip_bad_images, balance=balance)
     print(format_table(metrics, title=f"{args.split} accuracy of {metrics['checkpoint']}"))
     if args.out:
         write_json(Path(args.out), metrics)
@@ -293,8 +307,11 @@ def cmd_predict(args, extra) -> int:
 
     check_output_file(args.out, example="pred_all.json")
     check_result_file_is_not_an_input(args.out, args.data, args.run, kind="predictions")
+    if args.balance and args.mode != "known":  # classes compete across datasets there: not evened out per dataset
+        print("fewshot predict: note: --balance applies to known-source predictions only; --mode unknown predicts "
+              "as the model does.", file=sys.stderr)
     pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device), datasets=args.datasets,
-                                skip_bad=args.skip_bad_images)
+                                skip_bad=args.skip_bad_images, balance=args.balance or "auto")
     out = Path(args.out)
     write_json(out, pred)
     routing_file = out.with_name(out.stem + ".routing.json")

@@ -153,6 +153,9 @@ DEFAULTS: dict[str, Any] = {
         "pseudo_labelled_repeat": 3,  # pseudo: the labelled images appear this many times in later rounds
         "pseudo_targets": "hard",  # pseudo: hard (the teacher's class) | soft (its probabilities: distillation)
         "moco_momentum": 0.99,    # short schedules: at 0.999 the key encoder barely moves in a few hundred steps
+        "balance": "auto",        # test predictions evened out to the train split's class proportions (per-class
+                                  # offsets fitted on the test images): auto, where it does not lower val accuracy
+                                  # (fewshot.eval.balance) | on | off
     },
     "aug": {
         "scale": [0.2, 1.0],
@@ -595,6 +598,7 @@ CHOICES = {  # fields whose value must be one of a few words (checked at start-u
     "train.amp": ("auto", "bf16", "fp16", "off", "false", False, None),  # engine.amp_dtype
     "run.semi_method": ("pseudo", "fixmatch", "off", "none", False, None),  # pipeline.check_run_settings
     "run.pseudo_targets": ("hard", "soft"),
+    "run.balance": ("auto", "on", "off", True, False),  # YAML reads a bare on/off as true/false
 }
 # words that mean the same value of a field (YAML reads a bare off as false; flags keep the word): the first of each
 # group is how a resume's comparison and its message show it
@@ -604,6 +608,7 @@ SAME_VALUE = {
     "train.amp": (("off", "false", False, None),),
     "moco.shuffle_bn": (("off", "none", False),),
     "optim.fused": (("off", "false", False), ("on", "true", True)),
+    "run.balance": (("off", False), ("on", True)),
 }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot.config import save_yaml
+from fewshot.config import canonical_value, save_yaml
 from fewshot.data.cache import default_cache_dir, ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import DataLayoutError, UserError, one_line
@@ -143,15 +143,16 @@ def stage_plan_words(step_s: float, budget_s: float, epochs: float) -> str:
 
 # here, not in run_budget: tests patch report_seconds on this module, and only a call from here sees the patch
 def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, report_stages: int,
-                    figure_s: float = FIGURE_S, images: bool = True) -> float:
+                    figure_s: float = FIGURE_S, images: bool = True, balance_check: bool = False) -> float:
     """What a run does after its last training step, estimated from this machine's measured speed: the
     stage's closing evaluations (the stopped epoch's, of both the EMA and the raw weights where there is an EMA:
-    eval_passes; the best checkpoint's) and checkpoint writes, one prediction pass over the test images, and the
-    report (report_seconds; ``images`` False: without its image-based parts)."""
+    eval_passes; the best checkpoint's) and checkpoint writes, one prediction pass over the test images (and one
+    over val where ``balance_check``: run.balance=auto decides on it), and the report (report_seconds; ``images``
+    False: without its image-based parts)."""
     n_params = sum(p.numel() for p in task.model.parameters())
     saves = n_params * 24 / 250e6  # last.pt (weights, EMA, AdamW's two slots) + best.pt (weights, EMA), ~250 MB/s
     base, drawn = report_seconds(task, eval_s, report_stages, figure_s)
-    evaluations = (eval_passes(task) + 1) * eval_s
+    evaluations = (eval_passes(task) + 1 + int(balance_check)) * eval_s
     return evaluations + saves + per_test_image * n_test + base + (drawn if images else 0.0)
 
 
@@ -819,6 +820,7 @@ class PipelineRun:
             raise UserError("a budget is needed: --budget-minutes N.")
         self.r = cfg["run"]
         self.semi = check_run_settings(self.r)
+        self.balance = canonical_value("run.balance", self.r.get("balance", "auto"))  # YAML reads a bare off as false
         set_enabled(bool(cfg["train"]["progress"]))
         check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
         self.claim_output()
@@ -1022,7 +1024,7 @@ class PipelineRun:
             per_test_image = measure_prediction_seconds(task, self.test_set.images)
         report_plan["seconds"] = report_seconds(task, eval_s, self.report_stages, report_plan["figure_s"])
         need = closing_seconds(task, eval_s, per_test_image, len(self.test_set), self.report_stages,
-                               report_plan["figure_s"]) + CLOSING_SHARE * budget_s
+                               report_plan["figure_s"], balance_check=self.balance == "auto") + CLOSING_SHARE * budget_s
         report_plan["least"] = need - report_plan["seconds"][1]  # the report's image-based parts left out
         # the report's image-based parts are left out at the end when they will not fit: beyond half the budget,
         # or where they would leave the last stage less than its floor of steps
@@ -1307,8 +1309,12 @@ class PipelineRun:
 
         out, val_metrics, test_infos = self.out, self.val_metrics, self.test_infos
         root = self.root = Path(self.cfg["data"]["root"])
+        balanced: dict = {}  # per dataset: whether its predictions were evened out, and on what val evidence
         pred, _, scores = predict_and_score(self.fdir, root, self.device, preloaded=(test_infos, self.test_set),
-                                            unscorable=self.unscorable)
+                                            unscorable=self.unscorable, balance=self.balance, balanced=balanced,
+                                            who="run", setting="run.balance")
+        if balanced:
+            self.summary["balanced_prediction"] = {"setting": self.balance, "datasets": balanced}
         write_json(out / "pred_all.json", pred)
         metrics = {"val": val_metrics}
         if scores is not None:
@@ -1438,6 +1444,8 @@ def check_run_settings(r: dict) -> str:
             raise UserError(f"run.pseudo_keep must lie in (0, 1], not {r['pseudo_keep']}")
     if not 0.0 < float(r["pretrain_share"]) < 1.0:
         raise UserError(f"run.pretrain_share must lie strictly between 0 and 1, not {r['pretrain_share']}")
+    if canonical_value("run.balance", r.get("balance", "auto")) not in ("auto", "on", "off"):
+        raise UserError(f"run.balance must be auto, on or off, not {r['balance']!r}")
     return semi
 
 

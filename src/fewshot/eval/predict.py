@@ -19,6 +19,7 @@ from fewshot.data.layout import datasets_option, parse_datasets, scan_root, test
 from fewshot.data.sets import load_split
 from fewshot.data.transforms import Normalize
 from fewshot.errors import CheckpointError, UserError, one_line, printable
+from fewshot.eval import balance as bal
 from fewshot.eval.evaluate import compute_logits, score
 from fewshot.models.backbone import MAX_IMG_SIZE, MIN_IMG_SIZE, mean_std
 from fewshot.models.classifier import build_classifier
@@ -124,7 +125,7 @@ def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list
     return list(dict.fromkeys(chosen))
 
 
-def _in_model_classes(info, want: tuple[str, ...], split: str):
+def _in_model_classes(info, want: tuple[str, ...], split: str, warn: bool = True):
     """The split's labels indexed by the model's classes. A labelled split scanned alone takes its classes
     from its own folders: a val split may lack a rare class (warned here), any other difference
     means the data is not what the model was trained on."""
@@ -136,7 +137,7 @@ def _in_model_classes(info, want: tuple[str, ...], split: str):
                         f"{', '.join(printable(c) for c in unknown[:10])} not among the model's "
                         f"{len(want)} classes.")
     missing = [c for c in want if c not in info.classes]
-    if missing and split == "val":
+    if missing and split == "val" and warn:
         warn_once([f"{info.root / 'val'}: no val images for {len(missing)} of the model's class(es), which are "
                    f"not scored: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else "")])
     index = {c: i for i, c in enumerate(want)}
@@ -311,7 +312,9 @@ def check_answer_keys(infos, space: LabelSpace) -> None:
 
 
 def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str = "val",
-                 datasets: list[str] | str | None = None, skip_bad: bool = False) -> dict:
+                 datasets: list[str] | str | None = None, skip_bad: bool = False, balance: str = "auto") -> dict:
+    """Accuracy on the val or test split. ``balance`` (known-source test scores only: the val split is what `auto`
+    decides on): as `fewshot predict --balance`, so that a test score matches the predictions."""
     tm = load_trained(run_or_ckpt, device)
     say_checkpoint(run_or_ckpt, tm, "evaluating", always=False)  # the table's title names it
     check = (lambda infos: check_answer_keys(infos, tm.space)) if split == "test" else None
@@ -319,6 +322,10 @@ def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str 
     targets = data.targets if split != "test" else read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids,
                                                                       warn=False)
     logits = compute_logits(tm.model, data.images, tm.normalize, device)
+    if split == "test" and mode == "known":
+        plan = balance_plan(tm, Path(root), infos, data, logits, balance, device)
+        say_balance(plan, balance, who="eval")
+        logits = balanced_logits(tm, data, logits, plan)
     metrics = score(logits, targets, data.dataset_ids, tm.space, mode, tm.n_parameters)
     metrics["split"] = split
     metrics["checkpoint"] = str(tm.path)
@@ -347,25 +354,153 @@ def _predictions(tm: TrainedModel, infos, data, logits: torch.Tensor, mode: str)
     return out, routing
 
 
+def _labelled_split(tm: TrainedModel, root: Path, name: str, split: str):
+    """One dataset's train or val split in the model's classes, or the reason it cannot be read (a val split that
+    lacks a class is fine here: nothing is scored per class)."""
+    try:
+        (info,) = scan_root(root, [name], splits=(split,))
+        return _in_model_classes(info, tm.space.classes[tm.space.index(name)], split, warn=False), None
+    except UserError as exc:
+        return None, f"no usable {split} split ({one_line(str(exc))[:160]})"
+
+
+def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device):
+    """One dataset's val logits in its own classes and its local targets, or (None, None, why): undecodable val
+    images are left out, and a val split that cannot be used leaves the predictions plain instead of failing them."""
+    size = tm.space.sizes[tm.space.index(name)]
+    val, why = _labelled_split(tm, root, name, "val")
+    if val is None:
+        return None, None, why
+    try:
+        data = load_split([val], "val", tm.space, tm.size, prediction_cache_dir(root),
+                          tm.cfg["data"].get("crop_pct", 1.0), True)
+    except UserError as exc:
+        return None, None, f"its val images cannot be read ({one_line(str(exc))[:160]})"
+    if not bal.enough_images(len(data.targets), size):
+        return None, None, f"{len(data.targets)} val images for {size} classes: too few to decide on"
+    lo = tm.space.offsets[tm.space.index(name)]
+    logits = compute_logits(tm.model, data.images, tm.normalize, device, desc=f"val of {name}")[:, lo:lo + size]
+    return logits, data.targets - lo, None
+
+
+def _test_prior(train_prior: torch.Tensor, val: tuple | None, test: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The class proportions to even the test predictions out to: the train split's, unless the test predictions do
+    not fit them (then the test split's own, estimated through the model's confusion on val), and where they come
+    from."""
+    if val is None:
+        return train_prior, "train"
+    logits, targets = val
+    p = bal.fits_proportions(logits, targets, test, train_prior)
+    if p >= bal.SKEW_P:
+        return train_prior, "train"
+    confusion = bal.soft_confusion(logits.softmax(1), targets, len(train_prior))
+    return bal.estimate_prior(confusion, test.softmax(1)), f"estimated from the test predictions (p={p:.1g} for train's)"
+
+
+def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, how: str, device: torch.device,
+                 setting: str) -> dict:
+    """The balancing of one dataset's known-source predictions (``test``: its test logits in its own classes):
+    whether it is used, with the class proportions aimed at and where they came from, under auto the val accuracies
+    it was decided on, and its offsets (``_offsets``, not for summary.json); or why not."""
+    size, n_test = tm.space.sizes[tm.space.index(name)], len(test)
+    if how == "off":
+        return {"used": False, "why": f"{setting} off"}
+    if size < 2 or not bal.enough_images(n_test, size):
+        return {"used": False, "why": f"{n_test} test images for {size} classes: too few to even out"}
+    train, why = _labelled_split(tm, root, name, "train")
+    if train is not None and train.train:
+        prior, source = bal.train_prior(torch.tensor([k for _, k in train.train], dtype=torch.long), size), "train"
+    else:  # held-out data with only test/ (and val/): even is the assumption that favours no class
+        prior, source = torch.full((size,), 1.0 / size), f"uniform: {why or 'no train images'}"
+    val_logits, val_targets, val_why = _val_logits(tm, root, name, device)
+    if how == "auto" and val_logits is None:
+        return {"used": False, "why": val_why}
+    val = (val_logits, val_targets) if val_logits is not None else None
+    prior, estimated = _test_prior(prior, val, test)
+    plan = {"used": True, "prior_from": source if estimated == "train" else estimated,
+            "prior": [round(float(x), 4) for x in prior]}
+    if how == "auto":
+        plan.update(bal.val_decision(val_logits, val_targets))
+    if plan["used"]:
+        plan["_offsets"] = bal.class_offsets(test, prior)
+    return plan
+
+
+def balance_plan(tm: TrainedModel, root: Path, infos, data, logits: torch.Tensor, how: str, device: torch.device,
+                 setting: str = "--balance") -> dict:
+    """{dataset: its balancing} for the test datasets predicted (eval.balance's module docstring says why)."""
+    if how not in bal.MODES:
+        raise UserError(f"{setting} must be one of {', '.join(bal.MODES)}, not {how!r}.")
+    plan = {}
+    for info in infos:
+        d = tm.space.index(info.name)
+        lo, size = tm.space.offsets[d], tm.space.sizes[d]
+        test = logits[data.dataset_ids == d][:, lo:lo + size]
+        plan[info.name] = _balance_one(tm, Path(root), info.name, test, how, device, setting)
+    return plan
+
+
+def public(plan: dict) -> dict:
+    """The plan as summary.json keeps it: without the offsets."""
+    return {name: {k: v for k, v in p.items() if not k.startswith("_")} for name, p in plan.items()}
+
+
+def balanced_logits(tm: TrainedModel, data, logits: torch.Tensor, plan: dict) -> torch.Tensor:
+    """Known-source logits with each balanced dataset's offsets added to its classes (the other datasets' columns
+    are masked in known-source mode anyway)."""
+    out = logits.clone()
+    for name, how in plan.items():
+        if how["used"]:
+            d = tm.space.index(name)
+            rows, lo, size = data.dataset_ids == d, tm.space.offsets[d], tm.space.sizes[d]
+            out[rows, lo:lo + size] += how["_offsets"]
+    return out
+
+
+def say_balance(plan: dict, how: str, who: str = "predict", setting: str = "--balance") -> None:
+    """One line: which datasets' predictions were evened out, on what val evidence, and from which prior."""
+    def part(name: str, p: dict) -> str:
+        val = f" (val {p['val_plain']:.1f} -> {p['val_balanced']:.1f})" if "val_plain" in p else ""
+        prior = f" [prior {p['prior_from']}]" if p["used"] and p.get("prior_from", "train") != "train" else ""
+        return f"{name}{val}{prior}" if p["used"] else f"{name} not{val or ': ' + p.get('why', '')}"
+    if how != "off" and plan:
+        print(one_line(f"[{who}] class-balanced test predictions ({setting} {how}): "
+                       f"{'; '.join(part(n, p) for n, p in plan.items())}"), flush=True)
+
+
 def predict_run(run_or_ckpt, root, mode: str, device: torch.device,
-                datasets: list[str] | str | None = None, skip_bad: bool = False) -> tuple[dict, dict]:
-    """pred_all.json content ({"n_parameters", "<dataset>": {"<id>": local class}}) and the routing."""
+                datasets: list[str] | str | None = None, skip_bad: bool = False,
+                balance: str = "auto") -> tuple[dict, dict]:
+    """pred_all.json content ({"n_parameters", "<dataset>": {"<id>": local class}}) and the routing.
+    ``balance`` (known-source mode): auto | on | off, see fewshot.eval.balance."""
     tm = load_trained(run_or_ckpt, device)
     say_checkpoint(run_or_ckpt, tm, "predicting with")
     infos, data, logits = _test_logits(tm, root, device, datasets=datasets, skip_bad=skip_bad)
+    if mode == "known":
+        plan = balance_plan(tm, Path(root), infos, data, logits, balance, device)
+        say_balance(plan, balance)
+        logits = balanced_logits(tm, data, logits, plan)
     return _predictions(tm, infos, data, logits, mode)
 
 
 def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "known",
                       preloaded=None, score_test: bool = True,
-                      unscorable: set[str] | frozenset[str] = frozenset()) -> tuple[dict, dict, dict | None]:
+                      unscorable: set[str] | frozenset[str] = frozenset(), balance: str = "auto",
+                      balanced: dict | None = None, who: str = "predict",
+                      setting: str = "--balance") -> tuple[dict, dict, dict | None]:
     """pred_all.json content, the routing, and the test metrics in both modes ({"known": ..., "unknown": ...})
     of the datasets with a usable answer key (None when there is none), from one pass over the test images.
     ``preloaded``: (test infos, ImageSet) already decoded at this model's image size, in its label space;
-    ``unscorable``: datasets whose key was found unusable beforehand (not scored)."""
+    ``unscorable``: datasets whose key was found unusable beforehand (not scored); ``balance``: the known-source
+    predictions' balancing (auto | on | off, fewshot.eval.balance), its decision per dataset put in ``balanced``."""
     tm = load_trained(run_or_ckpt, device)
     infos, data, logits = _test_logits(tm, root, device, preloaded)
-    pred, routing = _predictions(tm, infos, data, logits, mode)
+    plan = balance_plan(tm, Path(root), infos, data, logits, balance, device, setting)
+    say_balance(plan, balance, who, setting)
+    if balanced is not None:
+        balanced.update(public(plan))
+    known_logits = balanced_logits(tm, data, logits, plan)
+    pred, routing = _predictions(tm, infos, data, known_logits if mode == "known" else logits, mode)
     keyed = [info for info in infos if info.answer_key is not None and info.name not in unscorable]
     if not score_test or not keyed:
         return pred, routing, None
@@ -376,7 +511,8 @@ def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "know
     ids, dsids = [every_id[k] for k in rows], data.dataset_ids[in_keyed]
     targets = read_answer_keys(keyed, tm.space, ids, dsids)
     unscored = [info.name for info in infos if info not in keyed]
-    scores = {m: {**score(logits[in_keyed], targets, dsids, tm.space, m, tm.n_parameters), "split": "test",
+    scores = {m: {**score((known_logits if m == "known" else logits)[in_keyed], targets, dsids, tm.space, m,
+                          tm.n_parameters), "split": "test",
                   "checkpoint": str(tm.path), **({"not_scored": unscored} if unscored else {})}
               for m in ("known", "unknown")}
     return pred, routing, scores

@@ -1,0 +1,118 @@
+"""Class-balanced prediction: per-class offsets, fitted on the test images' own predictions (no labels), that make
+the predicted classes come out in the proportions of the labelled train split (or, where the test predictions do
+not fit those, in the test split's own proportions as estimated from them).
+
+Why: a classifier trained on a few shots per class leans towards some classes (on fashion-mnist it files many
+shirts under pullover or coat). Over a whole test split drawn like the train split, evening its predictions out
+corrects part of that lean: Sinkhorn-Knopp scaling of the softmax columns, as transductive few-shot methods do.
+A test split skewed towards some classes would be hurt by evening out to the train proportions (-16 points on a
+demo digits split with 10x fewer images of half its classes), so where the test predictions do not fit the train
+proportions (fits_proportions) the target is the test split's own, estimated (estimate_prior). `auto` keeps the
+offsets of a dataset only where the same correction on the val images does not lower val accuracy; `on` and `off`
+force it.
+Only known-source predictions are balanced: in unknown-source mode the classes compete across datasets.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MODES = ("auto", "on", "off")
+MIN_PER_CLASS = 3  # fewer images than this per class on average: their proportions say too little to fit offsets
+
+
+def class_offsets(logits: Tensor, prior: Tensor, iters: int = 200, tol: float = 1e-4) -> Tensor:
+    """Offsets b [C] such that softmax(logits + b) summed over the rows is about n * prior (Sinkhorn-Knopp in the
+    log domain; each step sets every column's mass right, the softmax then spreads it back over the rows)."""
+    logp = logits.float().log_softmax(1)
+    target = torch.log(prior.float().clamp_min(1e-8) * logp.shape[0])  # a class of share 0: log 0 made every offset nan
+    b = torch.zeros(logp.shape[1])
+    for _ in range(iters):
+        mass = torch.logsumexp((logp + b).log_softmax(1), dim=0)
+        step = target - mass
+        b += step
+        if float(step.abs().max()) < tol:
+            break
+    if not bool(torch.isfinite(b).all()):  # logits that are not finite: leave the predictions as they are
+        return torch.zeros_like(b)
+    return b - b.mean()
+
+
+def project_to_simplex(v: Tensor) -> Tensor:
+    """The nearest point of the probability simplex to v (Euclidean; the sort-based projection)."""
+    u = v.sort(descending=True).values
+    css = u.cumsum(0) - 1
+    k = torch.arange(1, len(v) + 1, dtype=v.dtype)
+    rho = int(torch.nonzero(u - css / k > 0).flatten()[-1])
+    return (v - css[rho] / (rho + 1)).clamp_min(0)
+
+
+def soft_confusion(val_probs: Tensor, val_targets: Tensor, n_classes: int) -> Tensor:
+    """[C, C]: column j is the model's mean softmax over the val images of class j (a class without val images: a
+    column that says it is always recognised)."""
+    conf = torch.eye(n_classes)
+    for j in range(n_classes):
+        rows = val_targets == j
+        if bool(rows.any()):
+            conf[:, j] = val_probs[rows].mean(0)
+    return conf
+
+
+def estimate_prior(confusion: Tensor, test_probs: Tensor, iters: int = 2000) -> Tensor:
+    """The test split's class proportions w, from the model's mean softmax q on the test images and its soft
+    confusion on val: q = confusion @ w, solved on the simplex (black-box shift estimation, Lipton et al. 2018).
+    Why: evening out to the train split's proportions costs accuracy on a test split that is skewed; its own
+    proportions, estimated, serve a balanced split and a skewed one alike."""
+    q = test_probs.float().mean(0)
+    a = confusion.float()
+    step = 1.0 / max(float(torch.linalg.matrix_norm(a, ord=2)) ** 2, 1e-6)
+    w = torch.full_like(q, 1.0 / len(q))
+    for _ in range(iters):
+        w = project_to_simplex(w - step * (a.T @ (a @ w - q)))
+    return w
+
+
+SKEW_P = 0.01  # a test split whose predictions fit the train proportions worse than this (chi-square) is skewed
+
+
+def fits_proportions(val_logits: Tensor, val_targets: Tensor, test_logits: Tensor, prior: Tensor) -> float:
+    """The chi-square p-value of the test split's predicted class counts against those a test split with the
+    ``prior``'s proportions would give, read off the model's confusion on val (hard predictions, smoothed so that
+    a class val never predicted can still be expected). Small: the test split is not drawn like that."""
+    n_classes = len(prior)
+    val_pred = val_logits.argmax(1)
+    hard = torch.zeros(n_classes, n_classes)
+    for j in range(n_classes):
+        rows = val_targets == j
+        hard[:, j] = (torch.bincount(val_pred[rows], minlength=n_classes).float() + 1.0 / n_classes) / \
+            (int(rows.sum()) + 1.0)
+    expected = len(test_logits) * (hard @ prior.float())
+    observed = torch.bincount(test_logits.argmax(1), minlength=n_classes).float()
+    chi2 = float(((observed - expected) ** 2 / expected.clamp_min(1e-6)).sum())
+    return float(torch.special.gammaincc(torch.tensor((n_classes - 1) / 2.0), torch.tensor(chi2 / 2.0)))
+
+
+def train_prior(targets: Tensor, n_classes: int) -> Tensor:
+    """Class proportions of the labelled train images; a class without one gets the weight of a single image."""
+    counts = torch.bincount(targets, minlength=n_classes).float().clamp_min(1.0)
+    return counts / counts.sum()
+
+
+def enough_images(n: int, n_classes: int) -> bool:
+    return n >= MIN_PER_CLASS * n_classes
+
+
+def hits(logits: Tensor, targets: Tensor) -> int:
+    return int((logits.argmax(1) == targets).sum())
+
+
+def val_decision(logits: Tensor, targets: Tensor) -> dict:
+    """Val accuracy (%) with and without offsets fitted on the val images themselves towards val's own class
+    proportions (what the test side aims at: the train split's, or the test split's own where they differ), and
+    whether to use them: when they do not lower it."""
+    n = len(targets)
+    prior = torch.bincount(targets, minlength=logits.shape[1]).float() / n
+    plain, balanced = hits(logits, targets), hits(logits + class_offsets(logits, prior), targets)
+    return {"val_plain": round(100.0 * plain / n, 2), "val_balanced": round(100.0 * balanced / n, 2),
+            "used": balanced >= plain}

@@ -1,0 +1,228 @@
+"""Class-balanced prediction (fewshot.eval.balance; `predict/eval --balance`): the offsets' math against hand
+computation, the val decision, and that predict and eval agree."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewshot.eval import balance as bal
+from helpers.checks import run_main
+
+
+def test_offsets_give_each_class_its_share_of_the_softmax_mass():
+    # two classes, a model that leans to class 0 on every image; a uniform prior asks for a mass of 1.5 per class
+    logits = torch.tensor([[3.0, 0.0], [2.0, 0.0], [1.0, 0.0]])
+    b = bal.class_offsets(logits, torch.tensor([0.5, 0.5]))
+    mass = (logits + b).softmax(1).sum(0)
+    assert torch.allclose(mass, torch.tensor([1.5, 1.5]), atol=1e-3)
+    # by hand: with d = b1 - b0, the column-0 mass is sum_i sigmoid(x_i - d) = 1.5, solved here by bisection
+    lo, hi = -10.0, 10.0
+    for _ in range(100):
+        d = (lo + hi) / 2
+        if sum(1 / (1 + math.exp(-(x - d))) for x in (3.0, 2.0, 1.0)) > 1.5:
+            lo = d
+        else:
+            hi = d
+    assert float(b[1] - b[0]) == pytest.approx(d, abs=1e-3)
+    assert float(b.sum()) == pytest.approx(0.0, abs=1e-6)  # centred: only differences matter to the argmax
+    # the most class-0-like image stays class 0, the least moves to class 1
+    assert (logits + b).argmax(1).tolist()[0] == 0 and (logits + b).argmax(1).tolist()[2] == 1
+
+
+def test_offsets_follow_a_skewed_prior_and_leave_a_balanced_model_alone():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(400, 4, generator=g)
+    prior = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    mass = (logits + bal.class_offsets(logits, prior)).softmax(1).sum(0)
+    assert torch.allclose(mass, 400 * prior, rtol=1e-3)
+    # a model whose columns already carry the prior's mass needs no offsets
+    even = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert torch.allclose(bal.class_offsets(even, torch.tensor([0.5, 0.5])), torch.zeros(2), atol=1e-5)
+
+
+def test_a_class_with_a_vanishing_share_still_gives_finite_offsets():
+    # a prior of exactly 0 (or one image beside 60,000) made log(0) = -inf and every offset nan: all class 0
+    logits = torch.randn(100, 3, generator=torch.Generator().manual_seed(0)) * 2
+    for prior in (torch.tensor([0.0, 0.5, 0.5]), torch.tensor([1 / 60001, 30000 / 60001, 30000 / 60001])):
+        b = bal.class_offsets(logits, prior)
+        assert torch.isfinite(b).all()
+        counts = (logits + b).argmax(1).bincount(minlength=3)
+        assert counts[0] <= 2 and counts[1:].min() > 40  # the vanishing class gets next to none, the others share
+    assert torch.equal(bal.class_offsets(torch.full((4, 2), float("nan")), torch.tensor([0.5, 0.5])), torch.zeros(2))
+
+
+def test_train_prior_counts_the_labelled_images_and_gives_an_absent_class_one():
+    prior = bal.train_prior(torch.tensor([0, 0, 0, 1]), 3)
+    assert prior.tolist() == pytest.approx([3 / 5, 1 / 5, 1 / 5])
+
+
+def test_the_val_decision_keeps_the_offsets_only_where_they_do_not_lower_val_accuracy():
+    # a model that leans to class 0 on a val split of two images per class: the offsets fix the lean
+    leaning = torch.tensor([[2.0, 0.0], [1.5, 0.0], [0.8, 0.0], [0.5, 0.0]])
+    d = bal.val_decision(leaning, torch.tensor([0, 0, 1, 1]))
+    assert d == {"val_plain": 50.0, "val_balanced": 100.0, "used": True}
+    # a right model whose softmax mass under-counts class 0 (3 of 4 images): aiming at 3:1 flips the least sure
+    # class-1 image to class 0
+    right = torch.tensor([[2.0, 0.0], [0.1, 0.0], [0.2, 0.0], [0.0, 0.15]])
+    d = bal.val_decision(right, torch.tensor([0, 0, 0, 1]))
+    assert d == {"val_plain": 100.0, "val_balanced": 75.0, "used": False}
+
+
+def test_the_simplex_projection_is_the_nearest_distribution():
+    assert bal.project_to_simplex(torch.tensor([0.2, 0.3, 0.5])).tolist() == pytest.approx([0.2, 0.3, 0.5])
+    assert bal.project_to_simplex(torch.tensor([2.0, 0.0])).tolist() == pytest.approx([1.0, 0.0])
+    # by hand: [0.5, 0.5, -1] -> the two positive entries share the mass equally
+    assert bal.project_to_simplex(torch.tensor([0.9, 0.9, -1.0])).tolist() == pytest.approx([0.5, 0.5, 0.0])
+
+
+def test_the_test_proportions_are_recovered_through_the_confusion_matrix():
+    # a model that files a fifth of class 1 under class 0: C = [[1, .2], [0, .8]]; a test split of 30 % class 0
+    # gives the mean softmax q = C @ [.3, .7] = [.44, .56]; solving gives back [.3, .7]
+    confusion = torch.tensor([[1.0, 0.2], [0.0, 0.8]])
+    q = confusion @ torch.tensor([0.3, 0.7])
+    probs = q.repeat(10, 1)
+    assert bal.estimate_prior(confusion, probs).tolist() == pytest.approx([0.3, 0.7], abs=1e-3)
+    # the soft confusion of val: column j is the mean softmax over val's class-j images
+    val_probs = torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8]])
+    assert torch.allclose(bal.soft_confusion(val_probs, torch.tensor([0, 0, 1]), 2), torch.tensor([[0.8, 0.2],
+                                                                                                 [0.2, 0.8]]))
+    assert bal.soft_confusion(val_probs[:1], torch.tensor([0]), 2)[:, 1].tolist() == [0.0, 1.0]  # no val image
+
+
+def test_test_predictions_that_do_not_fit_the_train_proportions_are_told_apart():
+    g = torch.Generator().manual_seed(0)
+    val_targets = torch.arange(4).repeat_interleave(50)
+    val_logits = torch.nn.functional.one_hot(val_targets, 4).float() * 3 + torch.randn(200, 4, generator=g)
+    even = torch.full((4,), 0.25)
+    like_val = torch.nn.functional.one_hot(torch.arange(4).repeat_interleave(100), 4).float() * 3 + \
+        torch.randn(400, 4, generator=g)
+    assert bal.fits_proportions(val_logits, val_targets, like_val, even) > 0.05
+    skewed_targets = torch.cat([torch.zeros(300, dtype=torch.long), torch.arange(1, 4).repeat_interleave(10)])
+    skewed = torch.nn.functional.one_hot(skewed_targets, 4).float() * 3 + torch.randn(330, 4, generator=g)
+    assert bal.fits_proportions(val_logits, val_targets, skewed, even) < 1e-6
+
+
+def _scored(pred: dict, root: Path) -> dict:
+    out = {}
+    for name, preds in pred.items():
+        if name == "n_parameters":
+            continue
+        key = json.loads((root / name / "test_labels.json").read_text())
+        out[name] = 100.0 * sum(preds[i] == key[i] for i in key) / len(key)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(digits_root, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("balance") / "run"
+    rc, _, err = run_main("train", "--data", digits_root, "--out", run, "--model", "test_resnet", "--img-size", "32",
+                          "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--no-progress")
+    assert rc == 0, err
+    return run
+
+
+@pytest.mark.parametrize("how", ["auto", "on", "off"])
+def test_eval_of_the_test_split_scores_what_predict_writes(trained, digits_root, tmp_path, how):
+    out = tmp_path / "pred_all.json"
+    rc, stdout, err = run_main("predict", trained, "--data", digits_root, "--out", out, "--device", "cpu",
+                               "--balance", how)
+    assert rc == 0, err
+    said = [line for line in stdout.splitlines() if "class-balanced test predictions" in line]
+    assert len(said) == (0 if how == "off" else 1)
+    rc, _, err = run_main("eval", trained, "--data", digits_root, "--split", "test", "--device", "cpu",
+                          "--balance", how, "--out", tmp_path / "metrics.json")
+    assert rc == 0, err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    scored = _scored(json.loads(out.read_text()), digits_root)
+    for name, acc in scored.items():
+        assert metrics["datasets"][name]["acc1"] == pytest.approx(acc)
+
+
+def test_on_evens_out_the_predicted_classes_where_off_leaves_the_model_as_it_is(trained, digits_root, tmp_path):
+    preds = {}
+    for how in ("on", "off"):
+        rc, _, err = run_main("predict", trained, "--data", digits_root, "--out", tmp_path / f"{how}.json",
+                              "--device", "cpu", "--balance", how)
+        assert rc == 0, err
+        preds[how] = json.loads((tmp_path / f"{how}.json").read_text())
+    for name in (n for n in preds["on"] if n != "n_parameters"):
+        classes = len(list((digits_root / name / "train").iterdir()))
+
+        def most(p: dict) -> int:
+            return max(list(p.values()).count(c) for c in range(classes))
+        # the test split has the same number of images per class, as the train split: `on` brings the most
+        # predicted class no further from that than `off` had it
+        assert most(preds["on"][name]) <= most(preds["off"][name])
+
+
+def test_too_few_test_images_are_not_evened_out_and_the_line_says_why(trained, copy_root, tmp_path):
+    for name in (p.name for p in copy_root.iterdir() if (p / "test").is_dir()):
+        for extra in sorted((copy_root / name / "test").iterdir())[2:]:
+            extra.unlink()
+    rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "p.json", "--device",
+                               "cpu", "--balance", "on")
+    assert rc == 0, err
+    assert "2 test images for" in stdout and "too few to even out" in stdout
+
+
+def test_a_root_without_val_images_is_predicted_plainly_under_auto(trained, copy_root, tmp_path):
+    import shutil
+
+    for name in (p.name for p in copy_root.iterdir() if (p / "val").is_dir()):
+        shutil.rmtree(copy_root / name / "val")
+    rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "p.json", "--device", "cpu")
+    assert rc == 0, err
+    line = next(s for s in stdout.splitlines() if "class-balanced test predictions" in s)
+    assert "no usable val split" in line
+    rc, _, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "off.json", "--device", "cpu",
+                          "--balance", "off")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "p.json").read_text()) == json.loads((tmp_path / "off.json").read_text())
+
+
+def test_the_reports_sentence_names_balanced_and_plain_datasets_with_their_val_evidence():
+    from fewshot.report.runs import balance_words
+
+    words = balance_words({"digits": {"used": True, "val_plain": 94.5, "val_balanced": 95.0},
+                           "fashion": {"used": False, "val_plain": 75.4, "val_balanced": 75.0},
+                           "tiny": {"used": False, "why": "4 test images for 3 classes: too few to even out"},
+                           "edited": "not a dict", "odd": {"used": "yes"}})
+    assert words == ("class-balanced for digits (val 94.5 plain, 95.0 balanced), plain argmax for fashion (val 75.4 "
+                     "plain, 75.0 balanced); tiny (4 test images for 3 classes: too few to even out)")
+
+
+def test_held_out_data_without_train_images_is_balanced_to_an_even_prior_and_says_so(trained, copy_root, tmp_path):
+    import shutil
+
+    for name in (p.name for p in copy_root.iterdir() if (p / "train").is_dir()):
+        shutil.rmtree(copy_root / name / "train")
+    rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "p.json", "--device", "cpu",
+                               "--balance", "on")
+    assert rc == 0, err
+    line = next(s for s in stdout.splitlines() if "class-balanced test predictions" in s)
+    assert "[prior uniform: no usable train split" in line
+
+
+def test_undecodable_val_images_leave_the_predictions_plain_instead_of_failing_them(trained, copy_root, tmp_path):
+    for name in (p.name for p in copy_root.iterdir() if (p / "val").is_dir()):
+        for image in (copy_root / name / "val").rglob("*.png"):
+            image.write_bytes(b"not an image")
+    rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "p.json", "--device", "cpu")
+    assert rc == 0, err
+    line = next(s for s in stdout.splitlines() if "class-balanced test predictions" in s)
+    assert "not: " in line and "val" in line
+
+
+@pytest.mark.parametrize("argv", [("eval", "--split", "val"), ("eval", "--split", "test", "--mode", "unknown"),
+                                  ("predict", "--mode", "unknown")])
+def test_balance_where_it_does_not_apply_is_said(trained, digits_root, tmp_path, argv):
+    command, *rest = argv
+    out = ["--out", tmp_path / "p.json"] if command == "predict" else []
+    rc, _, err = run_main(command, trained, "--data", digits_root, "--device", "cpu", "--balance", "on", *out, *rest)
+    assert rc == 0, err
+    assert "--balance applies to known-source" in err
