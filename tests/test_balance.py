@@ -226,3 +226,24 @@ def test_balance_where_it_does_not_apply_is_said(trained, digits_root, tmp_path,
     rc, _, err = run_main(command, trained, "--data", digits_root, "--device", "cpu", "--balance", "on", *out, *rest)
     assert rc == 0, err
     assert "--balance applies to known-source" in err
+
+
+def test_a_val_split_lacking_a_class_keeps_the_train_proportions_instead_of_guessing_a_skew():
+    from fewshot.eval.predict import _test_prior
+
+    g = torch.Generator().manual_seed(0)
+    even = torch.full((4,), 0.25)
+    test_targets = torch.arange(4).repeat_interleave(100)  # drawn like train
+    test = torch.nn.functional.one_hot(test_targets, 4).float() * 3 + torch.randn(400, 4, generator=g)
+    full_targets = torch.arange(4).repeat_interleave(30)
+    full = torch.nn.functional.one_hot(full_targets, 4).float() * 3 + torch.randn(120, 4, generator=g)
+    assert _test_prior(even, (full, full_targets), test)[1] == "train"
+    # class 3 has no val image: its column of the confusion would be a guess, and a guess made the test look skewed
+    lacking = full_targets < 3
+    prior, source = _test_prior(even, (full[lacking], full_targets[lacking]), test)
+    assert source == "train" and torch.equal(prior, even)
+    # a test split of one class is still told apart when val is complete
+    skewed = torch.nn.functional.one_hot(torch.zeros(300, dtype=torch.long), 4).float() * 3 + \
+        torch.randn(300, 4, generator=g)
+    prior, source = _test_prior(even, (full, full_targets), skewed)
+    assert source.startswith("estimated from the test predictions") and float(prior[0]) > 0.9

@@ -360,8 +360,8 @@ def _labelled_split(tm: TrainedModel, root: Path, name: str, split: str):
     try:
         (info,) = scan_root(root, [name], splits=(split,))
         return _in_model_classes(info, tm.space.classes[tm.space.index(name)], split, warn=False), None
-    except UserError as exc:
-        return None, f"no usable {split} split ({one_line(str(exc))[:160]})"
+    except UserError:  # the layout's own message is long and multi-line: the folder says enough here
+        return None, f"no usable {split} split under {Path(root) / name / split}"
 
 
 def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device):
@@ -390,6 +390,8 @@ def _test_prior(train_prior: torch.Tensor, val: tuple | None, test: torch.Tensor
     if val is None:
         return train_prior, "train"
     logits, targets = val
+    if len(torch.unique(targets)) < len(train_prior):  # the confusion of a class val lacks is a guess: no test
+        return train_prior, "train"
     p = bal.fits_proportions(logits, targets, test, train_prior)
     if p >= bal.SKEW_P:
         return train_prior, "train"
