@@ -191,9 +191,11 @@ def test_the_reports_sentence_names_balanced_and_plain_datasets_with_their_val_e
     words = balance_words({"digits": {"used": True, "val_plain": 94.5, "val_balanced": 95.0},
                            "fashion": {"used": False, "val_plain": 75.4, "val_balanced": 75.0},
                            "tiny": {"used": False, "why": "4 test images for 3 classes: too few to even out"},
-                           "edited": "not a dict", "odd": {"used": "yes"}})
-    assert words == ("class-balanced for digits (val 94.5 plain, 95.0 balanced), plain argmax for fashion (val 75.4 "
-                     "plain, 75.0 balanced); tiny (4 test images for 3 classes: too few to even out)")
+                           "edited": "not a dict", "odd": {"used": "yes"},
+                           "skewed": {"used": True, "prior_from": "estimated from the test predictions (p=1e-09)"}})
+    assert words == ("class-balanced for digits (val 94.5 plain, 95.0 balanced); skewed (aimed at proportions "
+                     "estimated from the test predictions (p=1e-09)), plain argmax for fashion (val 75.4 plain, 75.0 "
+                     "balanced); tiny (4 test images for 3 classes: too few to even out)")
 
 
 def test_held_out_data_without_train_images_is_balanced_to_an_even_prior_and_says_so(trained, copy_root, tmp_path):

@@ -396,7 +396,8 @@ def _test_prior(train_prior: torch.Tensor, val: tuple | None, test: torch.Tensor
     if p >= bal.SKEW_P:
         return train_prior, "train"
     confusion = bal.soft_confusion(logits.softmax(1), targets, len(train_prior))
-    return bal.estimate_prior(confusion, test.softmax(1)), f"estimated from the test predictions (p={p:.1g} for train's)"
+    estimated = bal.estimate_prior(confusion, test.softmax(1))
+    return estimated, f"estimated from the test predictions (p={p:.1g} for train's)"
 
 
 def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, how: str, device: torch.device,

@@ -592,9 +592,13 @@ def balance_words(datasets: dict) -> str:
     """summary.json's balanced_prediction as a sentence: which datasets' test predictions were evened out to the
     train split's class proportions, with the val accuracies the choice was made on."""
     def one(name: str, d: dict) -> str:
+        source = d.get("prior_from")
+        aim = f"; aimed at proportions {source}" if d["used"] and isinstance(source, str) and source != "train" else ""
         if _is_number(d.get("val_plain")) and _is_number(d.get("val_balanced")):
-            return f"{name} (val {d['val_plain']:.1f} plain, {d['val_balanced']:.1f} balanced)"
-        return name if d["used"] else f"{name} ({d.get('why') if isinstance(d.get('why'), str) else 'off'})"
+            return f"{name} (val {d['val_plain']:.1f} plain, {d['val_balanced']:.1f} balanced{aim})"
+        if d["used"]:
+            return f"{name} ({aim[2:]})" if aim else name
+        return f"{name} ({d.get('why') if isinstance(d.get('why'), str) else 'off'})"
     rows = {str(k): v for k, v in datasets.items() if isinstance(v, dict) and isinstance(v.get("used"), bool)}
     used = [one(n, d) for n, d in rows.items() if d["used"]]
     plain = [one(n, d) for n, d in rows.items() if not d["used"]]
