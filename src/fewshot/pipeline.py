@@ -147,8 +147,8 @@ def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, rep
     """What a run does after its last training step, estimated from this machine's measured speed: the
     stage's closing evaluations (the stopped epoch's, of both the EMA and the raw weights where there is an EMA:
     eval_passes; the best checkpoint's) and checkpoint writes, one prediction pass over the test images (and one
-    over val where ``balance_check``: run.balance=auto decides on it), and the report (report_seconds; ``images``
-    False: without its image-based parts)."""
+    over val where ``balance_check``: run.balance reads val to decide and to test for a skew), and the report
+    (report_seconds; ``images`` False: without its image-based parts)."""
     n_params = sum(p.numel() for p in task.model.parameters())
     saves = n_params * 24 / 250e6  # last.pt (weights, EMA, AdamW's two slots) + best.pt (weights, EMA), ~250 MB/s
     base, drawn = report_seconds(task, eval_s, report_stages, figure_s)
@@ -1024,7 +1024,7 @@ class PipelineRun:
             per_test_image = measure_prediction_seconds(task, self.test_set.images)
         report_plan["seconds"] = report_seconds(task, eval_s, self.report_stages, report_plan["figure_s"])
         need = closing_seconds(task, eval_s, per_test_image, len(self.test_set), self.report_stages,
-                               report_plan["figure_s"], balance_check=self.balance == "auto") + CLOSING_SHARE * budget_s
+                               report_plan["figure_s"], balance_check=self.balance != "off") + CLOSING_SHARE * budget_s
         report_plan["least"] = need - report_plan["seconds"][1]  # the report's image-based parts left out
         # the report's image-based parts are left out at the end when they will not fit: beyond half the budget,
         # or where they would leave the last stage less than its floor of steps
