@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -199,6 +200,26 @@ def test_pseudo_accuracy_refuses_a_missing_data_folder(bench, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         pa.main([str(tmp_path), "--data", str(tmp_path / "demo_dta")])
     assert exc.value.code == 2 and "unlabeled" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- pseudo_balance.py
+
+
+def test_pseudo_balance_evens_out_each_dataset_and_leaves_the_others_alone(bench):
+    """A teacher that files most of dataset a's pool under class a0 is evened out over a's classes only."""
+    from fewshot.data.label_space import LabelSpace
+
+    pb = bench("pseudo_balance")
+    space = LabelSpace(("a", "b"), (("a0", "a1", "a2"), ("b0", "b1")))
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(60, 5, generator=g)
+    logits[:30, 0] += 3.0  # dataset a's pool: mostly called a0
+    ids = torch.tensor([0] * 30 + [1] * 30)
+    out = pb.balanced(logits, ids, space)
+    counts = out[:30, :3].argmax(1).bincount(minlength=3)
+    assert logits[:30, :3].argmax(1).bincount(minlength=3)[0] > 20 and int(counts.max()) <= 13
+    # another dataset's columns are not touched (dataset b is evened out over its own classes, from its rows)
+    assert torch.equal(out[30:, :3], logits[30:, :3]) and torch.equal(out[:30, 3:], logits[:30, 3:])
 
 
 @pytest.mark.parametrize("script, args, says", [
