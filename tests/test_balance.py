@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -230,22 +231,90 @@ def test_balance_where_it_does_not_apply_is_said(trained, digits_root, tmp_path,
     assert "--balance applies to known-source" in err
 
 
-def test_a_val_split_lacking_a_class_keeps_the_train_proportions_instead_of_guessing_a_skew():
+def test_a_val_split_lacking_a_class_cannot_check_the_test_proportions():
+    from fewshot.eval.predict import _skew_untestable
+
+    targets = torch.arange(4).repeat_interleave(30)
+    logits = torch.nn.functional.one_hot(targets, 4).float()
+    assert _skew_untestable((logits, targets), 4, None) is None
+    # class 3 has no val image: its column of the confusion would be a guess, and a guess made the test look skewed
+    assert _skew_untestable((logits[targets < 3], targets[targets < 3]), 4, None) == "val lacks 1 of the 4 classes"
+    assert _skew_untestable(None, 4, "no usable val split under x") == "no usable val split under x"
+
+
+def test_a_test_split_of_one_class_is_told_apart_and_every_class_keeps_a_share():
     from fewshot.eval.predict import _test_prior
 
     g = torch.Generator().manual_seed(0)
     even = torch.full((4,), 0.25)
-    test_targets = torch.arange(4).repeat_interleave(100)  # drawn like train
-    test = torch.nn.functional.one_hot(test_targets, 4).float() * 3 + torch.randn(400, 4, generator=g)
     full_targets = torch.arange(4).repeat_interleave(30)
     full = torch.nn.functional.one_hot(full_targets, 4).float() * 3 + torch.randn(120, 4, generator=g)
-    assert _test_prior(even, (full, full_targets), test)[1] == "train"
-    # class 3 has no val image: its column of the confusion would be a guess, and a guess made the test look skewed
-    lacking = full_targets < 3
-    prior, source = _test_prior(even, (full[lacking], full_targets[lacking]), test)
-    assert source == "train" and torch.equal(prior, even)
-    # a test split of one class is still told apart when val is complete
+    like_train = torch.nn.functional.one_hot(torch.arange(4).repeat_interleave(100), 4).float() * 3 + \
+        torch.randn(400, 4, generator=g)
+    assert _test_prior(even, (full, full_targets), like_train)[1] == "train"
     skewed = torch.nn.functional.one_hot(torch.zeros(300, dtype=torch.long), 4).float() * 3 + \
         torch.randn(300, 4, generator=g)
     prior, source = _test_prior(even, (full, full_targets), skewed)
     assert source.startswith("estimated from the test predictions") and float(prior[0]) > 0.9
+    # an estimated share of 0 would never let the class be predicted: it keeps one test image's share
+    assert float(prior.min()) > 0.9 / 300 and float(prior.sum()) == pytest.approx(1.0)
+
+
+def _one_class_test(root: Path, name: str, copies: int = 10) -> None:
+    """The dataset's test split replaced by ``copies`` copies of its images of one class (key kept in step): a
+    one-class split with enough images to be evened out."""
+    key_file = root / name / "test_labels.json"
+    key = json.loads(key_file.read_text())
+    first = sorted(key.values())[0]
+    images = sorted((root / name / "test").iterdir())
+    kept = {}
+    for image in images:
+        if key.get(image.stem) == first:
+            for k in range(copies):
+                new_id = str(len(kept))
+                shutil.copy(image, image.with_name(f"{new_id}-new{image.suffix}"))
+                kept[new_id] = first
+        image.unlink()
+    for image in (root / name / "test").iterdir():
+        image.rename(image.with_name(image.name.replace("-new", "")))
+    key_file.write_text(json.dumps(kept))
+
+
+def test_auto_leaves_a_dataset_plain_when_its_val_lacks_a_class_and_on_says_it_did_not_check(trained, copy_root,
+                                                                                               tmp_path):
+    """A hunt: a val split missing one class skipped the skew check, auto evened a 91 %-one-class test split out to
+    the train proportions anyway, and accuracy fell from 100 % to 33 %."""
+    import shutil
+
+    names = [p.name for p in copy_root.iterdir() if (p / "val").is_dir()]
+    for name in names:
+        shutil.rmtree(sorted((copy_root / name / "val").iterdir())[-1])
+        for image in list((copy_root / name / "val").rglob("*.png")):  # enough val images left to decide on
+            shutil.copy(image, image.with_name(f"b{image.name}"))
+        _one_class_test(copy_root, name)
+    preds = {}
+    for how in ("auto", "on", "off"):
+        rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / f"{how}.json",
+                                   "--device", "cpu", "--balance", how)
+        assert rc == 0, err
+        preds[how] = json.loads((tmp_path / f"{how}.json").read_text())
+        line = next((s for s in stdout.splitlines() if "class-balanced test predictions" in s), "")
+        if how == "auto":
+            assert line.count("val lacks 1 of the") == len(names) and "could not be told apart" in line
+        if how == "on":
+            assert line.count("[test proportions not checked: val lacks 1 of the") == len(names)
+    assert preds["auto"] == preds["off"]
+
+
+def test_a_train_split_with_a_class_the_model_lacks_is_named_as_such(trained, copy_root, tmp_path):
+    """It was reported as 'no usable train split', which sent the user looking for a missing folder."""
+    import shutil
+
+    name = next(p.name for p in copy_root.iterdir() if (p / "train").is_dir())
+    some = sorted((copy_root / name / "train").iterdir())[0]
+    shutil.copytree(some, copy_root / name / "train" / "zz-not-trained")
+    rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "p.json", "--device", "cpu",
+                               "--balance", "on")
+    assert rc == 0, err
+    line = next(s for s in stdout.splitlines() if "class-balanced test predictions" in s)
+    assert f"{copy_root / name / 'train'} has classes the model was not trained on" in line

@@ -357,11 +357,15 @@ def _predictions(tm: TrainedModel, infos, data, logits: torch.Tensor, mode: str)
 def _labelled_split(tm: TrainedModel, root: Path, name: str, split: str):
     """One dataset's train or val split in the model's classes, or the reason it cannot be read (a val split that
     lacks a class is fine here: nothing is scored per class)."""
+    want = tm.space.classes[tm.space.index(name)]
     try:
         (info,) = scan_root(root, [name], splits=(split,))
-        return _in_model_classes(info, tm.space.classes[tm.space.index(name)], split, warn=False), None
     except UserError:  # the layout's own message is long and multi-line: the folder says enough here
         return None, f"no usable {split} split under {Path(root) / name / split}"
+    try:
+        return _in_model_classes(info, want, split, warn=False), None
+    except UserError:  # a class folder the model was not trained on: the split is there, but is not this model's
+        return None, f"{Path(root) / name / split} has classes the model was not trained on"
 
 
 def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device):
@@ -383,21 +387,28 @@ def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device):
     return logits, data.targets - lo, None
 
 
-def _test_prior(train_prior: torch.Tensor, val: tuple | None, test: torch.Tensor) -> tuple[torch.Tensor, str]:
+def _skew_untestable(val: tuple | None, n_classes: int, val_why: str | None) -> str | None:
+    """Why the test split's proportions cannot be checked against the train split's (None: they can). The check
+    reads the model's confusion on val, one column per class: a class val lacks leaves its column a guess."""
+    if val is None:
+        return val_why or "no usable val split"
+    missing = n_classes - len(torch.unique(val[1]))
+    return f"val lacks {missing} of the {n_classes} classes" if missing else None
+
+
+def _test_prior(train_prior: torch.Tensor, val: tuple, test: torch.Tensor) -> tuple[torch.Tensor, str]:
     """The class proportions to even the test predictions out to: the train split's, unless the test predictions do
     not fit them (then the test split's own, estimated through the model's confusion on val), and where they come
-    from."""
-    if val is None:
-        return train_prior, "train"
+    from. ``val`` (logits, targets) must hold every class (_skew_untestable)."""
     logits, targets = val
-    if len(torch.unique(targets)) < len(train_prior):  # the confusion of a class val lacks is a guess: no test
-        return train_prior, "train"
     p = bal.fits_proportions(logits, targets, test, train_prior)
     if p >= bal.SKEW_P:
         return train_prior, "train"
     confusion = bal.soft_confusion(logits.softmax(1), targets, len(train_prior))
     estimated = bal.estimate_prior(confusion, test.softmax(1))
-    return estimated, f"estimated from the test predictions (p={p:.1g} for train's)"
+    # a class estimated at 0 would never be predicted again: it keeps at least one test image's share
+    estimated = estimated.clamp_min(1.0 / len(test))
+    return estimated / estimated.sum(), f"estimated from the test predictions (p={p:.1g} for train's)"
 
 
 def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, how: str, device: torch.device,
@@ -419,9 +430,16 @@ def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, ho
     if how == "auto" and val_logits is None:
         return {"used": False, "why": val_why}
     val = (val_logits, val_targets) if val_logits is not None else None
-    prior, estimated = _test_prior(prior, val, test)
+    untestable = _skew_untestable(val, size, val_why)
+    if untestable and how == "auto":  # evening out a skewed test split costs far more than balancing gains
+        return {"used": False, "why": f"{untestable}, so a skewed test split could not be told apart"}
+    estimated = "train"
+    if not untestable:
+        prior, estimated = _test_prior(prior, val, test)
     plan = {"used": True, "prior_from": source if estimated == "train" else estimated,
             "prior": [round(float(x), 4) for x in prior]}
+    if untestable:  # --balance on: done as asked, but the user hears that the proportions were not checked
+        plan["unchecked"] = untestable
     if how == "auto":
         plan.update(bal.val_decision(val_logits, val_targets))
     if plan["used"]:
@@ -465,6 +483,8 @@ def say_balance(plan: dict, how: str, who: str = "predict", setting: str = "--ba
     def part(name: str, p: dict) -> str:
         val = f" (val {p['val_plain']:.1f} -> {p['val_balanced']:.1f})" if "val_plain" in p else ""
         prior = f" [prior {p['prior_from']}]" if p["used"] and p.get("prior_from", "train") != "train" else ""
+        if p["used"] and p.get("unchecked"):
+            prior += f" [test proportions not checked: {p['unchecked']}]"
         return f"{name}{val}{prior}" if p["used"] else f"{name} not{val or ': ' + p.get('why', '')}"
     if how != "off" and plan:
         print(one_line(f"[{who}] class-balanced test predictions ({setting} {how}): "
