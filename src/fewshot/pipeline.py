@@ -26,10 +26,11 @@ from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
-from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, after_round1_seconds, eval_passes, figure_seconds,
-                                fitting_epochs, later_rounds_seconds, least_run_holds, least_run_seconds,
-                                measure_eval_seconds, measure_prediction_seconds, measure_step_seconds, plan_epochs,
-                                report_seconds, time_holds, too_short_budget_error)
+from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, after_round1_seconds, calibration_seconds,
+                                eval_passes, figure_seconds, fitting_epochs, later_rounds_seconds, least_run_holds,
+                                least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
+                                measure_step_seconds, plan_epochs, pretrain_least_seconds, report_seconds, time_holds,
+                                too_short_budget_error)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.utils import (atomic_write_text, derive_seed, refuse_links_in_run_dir, resolve_device, seed_everything,
                            write_json)
@@ -653,8 +654,9 @@ def labelled_only_why(k: int, left: float, need: float, planned: int) -> str:
             f"round that scores highest on val predicts")
 
 
-def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float):
-    """MoCo on the pool until ``end_time``, then its backbone exported to OUT/backbone.safetensors.
+def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float, check=None):
+    """MoCo on the pool until ``end_time``, then its backbone exported to OUT/backbone.safetensors. ``check(task,
+    eval_s, step_s)``: called with MoCo's measured speeds before it trains (the run's least-run refusal).
     Returns (weights path, the stage's summary, seconds in its training loop). With a RunState that knows
     the stage, a finished one is reused and a stopped one continues from its last.pt."""
     from fewshot.report.plots import plot_pretrain_curves
@@ -705,7 +707,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
                 seed_everything(pcfg["train"]["seed"])
                 task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)
         resolve_pretrain_defaults(pcfg, 1)
-        step_s, epochs, pre_budget = plan_stage(task, pcfg, end_time, r["min_epochs"], ("moco", "knn_every"))
+        step_s, epochs, pre_budget = plan_stage(task, pcfg, end_time, r["min_epochs"], ("moco", "knn_every"), check)
         save_yaml(pcfg, pdir / "config.yaml")
         print(f"[run] MoCo pretraining: {len(task.pool)} unlabeled images at {task.size}px, K={task.model.K}, "
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
@@ -775,6 +777,7 @@ class PipelineRun:
         self.task = self.pseudo = self.skip = self.rounds = self.round1_val = None
         self.earlier: dict = {}  # self-training's rounds before the last, for the val guard
         self.skipped = False
+        self.locked = False  # claim_output: whether this start holds the folder's lock (then it may undo its start)
 
     def note_stop(self) -> None:
         """A stop (a signal, Ctrl-C) counts this session's time in the run's state, once the run has one."""
@@ -787,14 +790,15 @@ class PipelineRun:
         finished = self.start_up()
         if finished is not None:
             return finished
-        self.check_test_split()
-        self.choose_model()
-        self.decode_inputs()
-        if self.semi == "pseudo":
-            self.check_self_training_pool()
-        if self.semi == "fixmatch":
-            self.check_fixmatch_pool()
-        self.start_state()
+        with self.undone_if_start_fails():
+            self.check_test_split()
+            self.choose_model()
+            self.decode_inputs()
+            if self.semi == "pseudo":
+                self.check_self_training_pool()
+            if self.semi == "fixmatch":
+                self.check_fixmatch_pool()
+            self.start_state()
         self.plan_budget()
         self.pretrain()
         self.fine_tune()
@@ -823,11 +827,12 @@ class PipelineRun:
         self.balance = canonical_value("run.balance", self.r.get("balance", "auto"))  # YAML reads a bare off as false
         set_enabled(bool(cfg["train"]["progress"]))
         check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
-        self.claim_output()
-        self.used = self.state.seconds_used() if self.state is not None else 0.0  # the sessions before this one
-        if self.state is not None:  # a stop in this session's start-up (decoding the test images and the pool) counts
-            self.stop_clock = (self.state, self.t_start - self.used)
-        self.device = resolve_device(cfg["train"]["device"])
+        with self.undone_if_start_fails():
+            self.claim_output()
+            self.used = self.state.seconds_used() if self.state is not None else 0.0  # the sessions before this one
+            if self.state is not None:  # a stop in this session's start-up (decoding the test images, the pool) counts
+                self.stop_clock = (self.state, self.t_start - self.used)
+            self.device = resolve_device(cfg["train"]["device"])
         cfg["train"]["device"] = self.device.type
         self.ctx = DistContext()
         return None
@@ -856,6 +861,7 @@ class PipelineRun:
             refuse_used_output(out)
         self.out_existed = out.is_dir()  # what a refused start leaves as it found it (undo_run_start)
         self.entries_before = set(os.listdir(out)) if self.out_existed else set()
+        self.new_parents = missing_parents(out)  # `x/../y` made x too: a failed start left it behind
         ensure_writable_dir(out, "output")
         # a second `fewshot run` (or --resume) into the folder while this one runs is refused, at once: after the
         # test images and the pool were decoded, the refusal came 24-53 s late
@@ -1035,12 +1041,40 @@ class PipelineRun:
             self.refuse_unless_least_run_fits(task, step_s)
         return need
 
-    def refuse_unless_least_run_fits(self, task, step_s: float) -> None:
+    def refuse_unless_pretrain_run_fits(self, task, eval_s: float, step_s: float) -> float:
+        """MoCo's plan_stage hook, called with its measured speeds before it trains: a budget that cannot hold
+        MoCo's least steps, the fine-tuning's timing and then the least run is refused now, as without --pretrain.
+        Left to the fine-tuning's planning, the check came after MoCo had trained (a stage had: no refusal at
+        all), and a 0.05-minute budget ran 27 s. MoCo's own plan is unchanged: returns 0 s kept back."""
+        if self.resume or self.fit_seconds:
+            return 0.0
+        moco_s = pretrain_least_seconds(step_s, eval_s, sum(p.numel() for p in task.model.parameters()))
+        probe, ft_step, per_image = self.time_fine_tuning()
+        ft_eval = measure_eval_seconds(probe)
+        self.closing(probe, ft_eval, per_test_image=per_image)  # the report_plan["least"] of the fine-tuning
+        before = moco_s + calibration_seconds(ft_step, ft_eval, per_image, len(self.test_set))
+        first = (f"MoCo pretraining's least {FLOOR_STEPS} steps at {step_s * 1000:.0f} ms and its kNN evaluation, "
+                 f"then the fine-tuning's timing and ")
+        self.refuse_unless_least_run_fits(probe, ft_step, before, first)
+        return 0.0
+
+    def time_fine_tuning(self) -> tuple:
+        """A fine-tuning task as the stage after MoCo builds it (its weights not read: the speed does not depend on
+        them), with its step and per-test-image prediction seconds: (task, step_s, per_image)."""
+        from fewshot.train.supervised import SupervisedTask
+
+        fcfg = finetune_config(self.cfg, self.cfg["model"]["weights"], self.semi)
+        probe = SupervisedTask(fcfg, self.infos, self.device, self.ctx, resuming=True, quiet_weights=True)
+        return probe, measure_step_seconds(probe), measure_prediction_seconds(probe, self.test_set.images)
+
+    def refuse_unless_least_run_fits(self, task, step_s: float, before_s: float = 0.0, first: str = "") -> None:
         """At the planning of the first stage this session trains (a fresh run): refuse, before any training,
-        a budget that cannot hold even the least run (least_run_seconds), and remove what the run wrote."""
+        a budget that cannot hold even the least run (least_run_seconds), and remove what the run wrote.
+        ``before_s``: the least time of the work before the last stage (MoCo's, from its planning), ``first`` its
+        words for the error."""
         if self.resume or self.fit_seconds:  # a stage has trained (or a resumed run's time is spent): plan_stage warns
             return
-        need = least_run_seconds(step_s, self.report_plan["least"])
+        need = before_s + least_run_seconds(step_s, self.report_plan["least"])
         used = time.monotonic() - self.t_start
         if least_run_holds(need, self.budget_s - used):
             return
@@ -1050,10 +1084,29 @@ class PipelineRun:
             hints += ", or --baseline (no FixMatch: shorter steps)"
         cfg = self.cfg
         error = too_short_budget_error(self.budget_s, used, need, step_s,
-                                       f"{cfg['model']['name']} at {cfg['model']['img_size']}px", hints, self.locked)
-        if self.locked:  # else another start may be writing there too: what appeared may be its
-            undo_run_start(self.out, self.entries_before, self.out_existed)
+                                       f"{cfg['model']['name']} at {cfg['model']['img_size']}px", hints, self.locked,
+                                       first)
+        self.undo_start()
         raise error
+
+    def undo_start(self) -> None:
+        """A fresh run's start that failed (a refused budget, an input found bad after the folder was claimed):
+        what it wrote, its folder and the parents --out made go again; only with its lock, else another start may
+        be writing there too and what appeared may be its."""
+        if self.locked and not self.resume:  # a --resume's folder holds the run it continues
+            undo_run_start(self.out, self.entries_before, self.out_existed, self.new_parents)
+            self.stop_clock = None  # a stop's count would write the removed run's state again
+        self.locked = False
+
+    @contextlib.contextmanager
+    def undone_if_start_fails(self):
+        """The start's phases before its RunState: an error there (a bad input, a stop) undoes the start, so that
+        the rerun is not refused as "not empty" nor sent to --resume (undo_start)."""
+        try:
+            yield
+        except BaseException:
+            self.undo_start()
+            raise
 
     def keep(self, stage: str, entry: dict, fit_s: float) -> None:
         """A stage's summary entry (with its own length) and training time, kept in the run's state."""
@@ -1075,7 +1128,7 @@ class PipelineRun:
         # its share of the time the stages have left (start-up and the test decoding came out of the whole)
         pre_end = time.monotonic() + (self.t_start + self.stage_s - time.monotonic()) * self.r["pretrain_share"]
         self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out, pre_end,
-                                                    self.state, self.t_start)
+                                                    self.state, self.t_start, self.refuse_unless_pretrain_run_fits)
         if fit_s or "pretrain" not in self.summary["stages"]:  # reused (0 s): kept before, its time counted once
             self.keep("pretrain", entry, fit_s)
 
@@ -1387,11 +1440,18 @@ class PipelineRun:
                   f"s of it on this data and machine. A budget of at least {least} minute{'s' if least != 1 else ''} "
                   f"leaves training a fair share.")
 
-def undo_run_start(out: Path, entries_before: set[str], existed: bool) -> None:
+def missing_parents(out: Path) -> list[Path]:
+    """The folders above ``out`` that creating it makes (nearest first), as written: `x/../y` makes x, which its
+    normalised path (y) does not name. `.` and `..` are no folders of their own."""
+    return [p for p in Path(out).parents if p.name not in ("", ".", "..") and not os.path.lexists(p)]
+
+
+def undo_run_start(out: Path, entries_before: set[str], existed: bool, new_parents: list[Path] = ()) -> None:
     """Remove what a fresh run wrote to ``out`` (refuse_used_output found no entry but hidden ones), for a start
     that is refused before any training: the rerun with a larger budget would be refused as "not empty", or
     asked for a --resume that keeps the old budget. Its lock is given up with its file; errors are swallowed (the
-    refusal is the message)."""
+    refusal is the message). ``new_parents``: the folders above it that the start made (missing_parents), removed
+    where empty."""
     from fewshot.run_lock import LOCK_NAME, unlock_and_remove
 
     with contextlib.suppress(OSError):
@@ -1404,8 +1464,11 @@ def undo_run_start(out: Path, entries_before: set[str], existed: bool) -> None:
     if LOCK_NAME not in entries_before:
         unlock_and_remove(out)
     if not existed:
-        with contextlib.suppress(OSError):
-            out.rmdir()  # only an empty one
+        for folder in (out, *new_parents):
+            try:
+                folder.rmdir()  # only an empty one: a file someone else put there keeps it
+            except OSError:
+                return
 
 
 def refuse_used_output(out: Path) -> None:

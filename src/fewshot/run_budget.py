@@ -111,20 +111,34 @@ def least_run_seconds(step_s: float, closing_s: float) -> float:
     return (FLOOR_STEPS + 1) * step_s + closing_s
 
 
+def pretrain_least_seconds(step_s: float, eval_s: float, n_params: int) -> float:
+    """The least time the MoCo stage needs from its planning on: plan_stage's floor of steps and the step past its
+    deadline, the budget stop's kNN evaluation, and its checkpoint writes and export (both encoders and SGD's
+    momentum, ~250 MB/s)."""
+    return (FLOOR_STEPS + 1) * step_s + eval_s + n_params * 16 / 250e6
+
+
+def calibration_seconds(step_s: float, eval_s: float, per_image: float, n_test: int) -> float:
+    """What a fine-tuning stage's planning spends before its first step (measure_step_seconds' 4 timed steps, an
+    evaluation, a prediction batch or two of the test images): after MoCo, the least run pays it once more."""
+    return 4 * step_s + eval_s + 2 * per_image * min(n_test, 256)
+
+
 def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s: float, what: str,
-                           hints: str, undone: bool = True) -> UserError:
+                           hints: str, undone: bool = True, first: str = "") -> UserError:
     """The refusal of a budget that cannot hold even the least run, found at the first stage's planning (before
     any training): such a run trained its floor of steps and then ran past its budget, silently until its end
     (0.3 minutes with resnet50 on 2 busy cores: 60 s). ``used_s``: the run's time so far (start-up, decoding,
     the timing of the speeds); ``need_s``: least_run_seconds; ``what``: the model and size; ``hints``: the ways
-    to a shorter least run besides a larger budget."""
+    to a shorter least run besides a larger budget; ``first``: the work before the last stage's steps, in words
+    ("MoCo pretraining's ..., then "), where need_s counts it."""
     total = used_s + need_s
     # the closing reserve grows with the budget (1.5 % of it): the budget named holds the rest at that share, and
     # 10 % more for a machine a little busier than at this measurement, in tenths of a minute rounded up
     least = math.ceil((total - CLOSING_SHARE * budget_s) / (1 - CLOSING_SHARE) * 1.1 / 6) / 10
     return UserError(one_line(
         f"--budget-minutes {budget_s / 60:g} is too short for {what} on this machine: start-up and the timing of "
-        f"the speeds took {used_s:.0f} s, and the least run after them ({FLOOR_STEPS} training steps at "
+        f"the speeds took {used_s:.0f} s, and the least run after them ({first}{FLOOR_STEPS} training steps at "
         f"{step_s * 1000:.0f} ms, the closing evaluations, the prediction of the test images and the report) needs "
         f"about {need_s:.0f} s more, {total:.0f} s in all (measured here; a busy machine needs more). Nothing was "
         f"trained{' and the output folder was left as it was' if undone else ''}. Give --budget-minutes {least:g} "

@@ -55,8 +55,9 @@ def check_weights_path(path: str | Path) -> Path:
     return path
 
 
-def read_tensor_file(path: str | Path) -> dict:
-    """Read a checkpoint or weights file safely; any failure becomes a CheckpointError naming the file."""
+def read_tensor_file(path: str | Path, mmap: bool = False) -> dict:
+    """Read a checkpoint or weights file safely; any failure becomes a CheckpointError naming the file.
+    ``mmap``: a torch file's tensors are mapped, not read (a reader of a few numbers in a large checkpoint)."""
     path = check_weights_path(path)
     if is_safetensors(path):
         from safetensors.torch import load_file
@@ -69,8 +70,11 @@ def read_tensor_file(path: str | Path) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise next to the error below
-            with open(path, "rb") as f:  # an open file: torch would read a `.safetensors` name as safetensors
-                obj = torch.load(f, map_location="cpu", weights_only=True)
+            if mmap and path.suffix != ".safetensors":  # torch maps only a file named by its path
+                obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            else:
+                with open(path, "rb") as f:  # an open file: torch would read a `.safetensors` name as safetensors
+                    obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not _looks_like_torch_file(path):  # text, an image, ...: torch's legacy reader calls that a bad pickle
             raise CheckpointError(f"cannot read {path}: not a PyTorch (.pt/.pth) or safetensors weights file "

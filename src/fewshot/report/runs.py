@@ -251,16 +251,18 @@ class Run:
         return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
 
     @property
-    def epochs(self) -> float:
+    def epochs(self) -> float | None:
         """Epochs trained, a stopped run's partial last epoch as a fraction (as summary.json's "epochs"): the log
-        numbers that epoch as the next whole one, so 5.75 epochs showed as 6 and 0.27 as 1."""
+        numbers that epoch as the next whole one, so 5.75 epochs showed as 6 and 0.27 as 1. None where no epoch
+        finished and last.pt does not tell how much of the first one was trained (first_epoch_note says which):
+        a bare 0 read as a run that trained nothing."""
         last = max(self.log, key=lambda r: (r["epoch"], r.get("step") if _is_whole(r.get("step")) else -1),
                    default=None)
         saved = saved_fraction(self.saved_steps, last)
         if saved is not None:  # last.pt holds steps after the last log row (a run stopped by a signal)
             return saved
         if last is None:
-            return 0
+            return None
         logged = last["epoch"]
         done = logged_fraction(self.log, last)
         if done is None:  # no whole epoch logged before it: the stage's summary.json entry, when it fits the log
@@ -333,23 +335,40 @@ def saved_fraction(saved: dict | None, last: dict | None) -> float | None:
     return round(epoch + part / per_epoch, 2)
 
 
+def first_epoch_note(saved: dict | None, last_pt: Path) -> str | None:
+    """The note of a run with no log row (stopped within its first epoch): how far its last.pt got, where the
+    epochs column cannot show it, or that no epoch finished (the column showed a bare 0)."""
+    if saved and saved.get("steps_per_epoch") and saved["epoch"] == 0 and saved["step_in_epoch"]:
+        return (f"no epoch finished: the run stopped at step {saved['step_in_epoch']} of "
+                f"{saved['steps_per_epoch']} of its first epoch (its last.pt).")
+    if saved and saved["epoch"] == 0 and saved["step_in_epoch"]:
+        return (f"no epoch finished: the run stopped at step {saved['step_in_epoch']} of its first epoch (its last.pt "
+                f"does not say how many steps an epoch has).")
+    if saved is None and not last_pt.is_file():
+        return "no epoch finished: the run stopped within its first epoch, before it saved a last.pt."
+    return None  # last.pt holds whole epochs (the log was removed), or is unreadable: other notes say so
+
+
 def read_saved_steps(path: Path) -> dict | None:
     """last.pt's position (epoch, step_in_epoch, global_step) and its steps per epoch where the checkpoint tells:
     whole epochs done give it, else a MoCo run's pool and batch size (its epochs drop the last partial batch).
-    Read with the safe loader (weights_only); None where last.pt is missing or not a fewshot checkpoint."""
+    Read with the safe loader (weights_only), its tensors memory-mapped, not read: the whole last.pt (weights, EMA,
+    optimizer state) was loaded for a few integers. None where last.pt is missing or not a fewshot checkpoint."""
     if not path.is_file():
         return None
     from fewshot.train.checkpoint import load_checkpoint
 
     try:
-        ck = load_checkpoint(path)
+        ck = load_checkpoint(path, mmap=True)
     except Exception:  # damaged or foreign: the log's count stands (eval and predict say what is wrong with it)
         return None
     saved = {k: ck.get(k) for k in ("epoch", "step_in_epoch", "global_step")}
     if not all(_is_whole(v) and v >= 0 for v in saved.values()):
         return None
     epoch, part, total = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
-    if epoch > 0 and (total - part) % epoch == 0:
+    if _is_whole(ck.get("steps_per_epoch")) and ck["steps_per_epoch"] > 0:  # the Engine's own count (newer last.pt)
+        saved["steps_per_epoch"] = ck["steps_per_epoch"]
+    elif epoch > 0 and (total - part) % epoch == 0:
         saved["steps_per_epoch"] = (total - part) // epoch
     elif ck.get("kind") == "moco":
         try:
@@ -530,6 +549,9 @@ def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: P
                                       if m and "best_epoch" in m), None)
     if checkpoint is not None:
         _given_checkpoint(run, checkpoint)
+    first = first_epoch_note(run.saved_steps, path / "checkpoints" / "last.pt") if not log and not run.metrics else None
+    if first is not None:
+        run.notes.append(first)
     if not log:
         run.notes.append("log.jsonl is missing or empty: no training curves.")
     return run

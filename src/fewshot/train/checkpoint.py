@@ -28,8 +28,9 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    obj = read_tensor_file(path)
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """A fewshot checkpoint, read safely (weights_only); ``mmap``: its tensors mapped, not read into memory."""
+    obj = read_tensor_file(path, mmap=mmap)
     if obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fewshot checkpoint (use --weights for plain backbone weights).")
     missing = [k for k in REQUIRED if k not in obj]

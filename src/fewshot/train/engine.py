@@ -301,6 +301,7 @@ class Engine:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "steps_per_epoch": self.steps_per_epoch,  # the report's fraction of a first epoch stopped part-way
             "best_score": self.best_score, "last_eval": self.last_eval, "best_before_stop": self.best_before_stop,
             "nonfinite_skipped": self.nonfinite_skipped, "epoch_skips_start": self.epoch_skips_start,
             "epoch_record": self.epoch_record,

@@ -1,0 +1,155 @@
+"""`fewshot run`'s refused and failed starts, and the report's reading of a stopped run's last.pt:
+the least-run refusal counts the MoCo stage (--pretrain ran past tiny budgets instead), a failed start removes the
+parents --out made (`x/../y` left x), last.pt is read without its tensors, and a run stopped within its first
+epoch shows the part of it that last.pt saved (a bare 0 before)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fewshot.config import resolve
+from fewshot.errors import UserError
+
+
+class Planned(Exception):
+    """Raised where a stage would start training: the test reads the plan, not the clock."""
+
+
+def _cfg(root, **flags) -> dict:
+    return resolve(flags={"data.root": str(root), "model.name": "test_resnet", "model.img_size": 16,
+                          "train.device": "cpu", "train.progress": False, "train.batch_size": 16, "run.report": False,
+                          **flags})
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Engine.fit stops the run where a stage would train; the least-run check as the package has it."""
+    import fewshot.pipeline as pipeline
+    from fewshot.train import engine
+
+    def fit(self, resume=False):
+        raise Planned(self.task.kind)
+
+    monkeypatch.setattr(engine.Engine, "fit", fit)
+    monkeypatch.setattr(pipeline, "least_run_holds", lambda need_s, left_s: need_s <= left_s, raising=False)
+
+
+def test_pretrain_with_a_budget_too_small_for_the_least_run_is_refused_before_moco_trains(digits_root, tmp_path,
+                                                                                         monkeypatch, no_training):
+    """With --pretrain the check came at the fine-tuning's planning, after MoCo had trained, and a stage that had
+    trained turned it off: 0.05 minutes ran 27 s. Now MoCo's planning refuses it, counting the fine-tuning too."""
+    import fewshot.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 30.0)
+    out = tmp_path / "r"
+    cfg = _cfg(digits_root, **{"run.semi_method": "off", "run.pretrain": True, "run.pretrain_batch_size": 32})
+    with pytest.raises(UserError) as caught:  # not Planned("moco"): MoCo never started training
+        pipeline.run_pipeline(cfg, out, 0.1)
+    text = str(caught.value)
+    assert "--budget-minutes 0.1 is too short for test_resnet at 16px" in text and "Nothing was trained" in text
+    assert "MoCo pretraining's least 5 steps at 30000 ms" in text
+    least = float(text.split("Give --budget-minutes ")[1].split()[0])
+    assert least >= 12 * 30.0 / 60  # MoCo's 6 steps and the fine-tuning's 6, at least
+    assert not out.exists()
+
+
+def test_pretrain_with_a_budget_that_holds_the_least_run_trains_moco(digits_root, tmp_path, monkeypatch, no_training):
+    """The check refuses only what cannot fit: fast steps in a 10-minute budget go on to train MoCo."""
+    import fewshot.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 0.01)
+    cfg = _cfg(digits_root, **{"run.semi_method": "off", "run.pretrain": True, "run.pretrain_batch_size": 32})
+    with pytest.raises(Planned, match="moco"):
+        pipeline.run_pipeline(cfg, tmp_path / "r", 10)
+
+
+@pytest.mark.parametrize("how", ["bad input", "refused budget"])
+def test_a_failed_start_removes_the_parents_out_made(digits_root, tmp_path, monkeypatch, no_training, how):
+    """`--out x/../y` with no x: the start made x (mkdir of y's parents) and left it behind when it failed."""
+    import fewshot.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 30.0)
+    monkeypatch.chdir(tmp_path)
+    flags = {"run.semi_method": "off", **({"data.datasets": ["nope"]} if how == "bad input" else {})}
+    with pytest.raises(UserError):
+        pipeline.run_pipeline(_cfg(digits_root, **flags), tmp_path / "x" / ".." / "y", 0.1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_failed_start_keeps_a_parent_that_was_there(digits_root, tmp_path, monkeypatch, no_training):
+    """Only what the start made goes: a parent found there, and its other files, stay."""
+    import fewshot.pipeline as pipeline
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep.txt").write_text("mine")
+    with pytest.raises(UserError):
+        pipeline.run_pipeline(_cfg(digits_root, **{"data.datasets": ["nope"]}), tmp_path / "a" / "b" / "c", 0.1)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["keep.txt"]
+
+
+def _checkpoint(path, kind: str, **fields) -> None:
+    from fewshot.train.checkpoint import save_checkpoint
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"kind": kind, "config": {"train": {"batch_size": 8}}, "model": {"w": torch.ones(64, 64)},
+                           "label_space": {}, "img_size": 32, "n_parameters": 1, **fields})
+
+
+def test_read_saved_steps_maps_last_pt_instead_of_reading_its_tensors(tmp_path, monkeypatch):
+    """The whole last.pt (weights, EMA, optimizer) was read for three integers: now torch maps it."""
+    from fewshot.report.runs import read_saved_steps
+
+    last = tmp_path / "last.pt"
+    _checkpoint(last, "supervised", epoch=2, step_in_epoch=5, global_step=45)
+    calls = []
+    real_load = torch.load
+
+    def load(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    assert read_saved_steps(last) == {"epoch": 2, "step_in_epoch": 5, "global_step": 45, "steps_per_epoch": 20}
+    assert calls and all(c.get("mmap") is True and c.get("weights_only") is True for c in calls)
+
+
+def _stopped_run(run, **last_fields) -> None:
+    """A fine-tuning run folder stopped within its first epoch: its config, an empty log, maybe a last.pt."""
+    run.mkdir()
+    (run / "config.yaml").write_text(json.dumps({"model": {"name": "test_resnet", "img_size": 32}}))
+    (run / "log.jsonl").write_text("")
+    if last_fields:
+        _checkpoint(run / "checkpoints" / "last.pt", "supervised", **last_fields)
+
+
+def test_a_run_stopped_in_its_first_epoch_shows_the_part_last_pt_saved(tmp_path):
+    """Stopped at step 30 of 100, before any log row: the report showed 0 epochs."""
+    from fewshot.report.runs import load_run
+    from fewshot.report.tables import epochs
+
+    _stopped_run(tmp_path / "ft", epoch=0, step_in_epoch=30, global_step=30, steps_per_epoch=100)
+    run = load_run(tmp_path / "ft", "ft")
+    assert run.epochs == 0.3 and epochs(run.epochs) == "0.3"
+    assert any("no epoch finished: the run stopped at step 30 of 100 of its first epoch" in n for n in run.notes)
+
+
+def test_a_run_stopped_in_its_first_epoch_without_last_pt_says_no_epoch_finished(tmp_path):
+    from fewshot.report.runs import load_run
+    from fewshot.report.tables import DASH, epochs
+
+    _stopped_run(tmp_path / "ft")
+    run = load_run(tmp_path / "ft", "ft")
+    assert run.epochs is None and epochs(run.epochs) == DASH  # not a bare 0
+    assert any("no epoch finished" in n and "before it saved a last.pt" in n for n in run.notes), run.notes
+
+
+def test_the_engine_saves_its_steps_per_epoch_in_last_pt():
+    """What the report's first-epoch fraction reads (an epoch-0 last.pt cannot tell it otherwise)."""
+    import inspect
+
+    from fewshot.train.engine import Engine
+
+    assert '"steps_per_epoch": self.steps_per_epoch' in inspect.getsource(Engine.payload)
