@@ -28,6 +28,13 @@ def test_a_bad_model_leaves_no_run_folder_and_the_corrected_command_starts(digit
     assert (run / "metrics.json").is_file()
 
 
+def test_a_failed_start_removes_a_folder_out_made_on_its_way(digits_root, tmp_path):
+    """`--out x/../run` with no x: the start made x, which the normalised path (run) does not name, and left it."""
+    rc, _, err = train(digits_root, tmp_path / "x" / ".." / "run", "--model", "no_such_model_xyz")
+    assert rc == 2 and "no_such_model_xyz" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_missing_weights_file_leaves_the_users_folder_as_it_was(digits_root, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -32,8 +32,8 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, after_roun
                                 measure_step_seconds, plan_epochs, pretrain_least_seconds, report_seconds, time_holds,
                                 too_short_budget_error)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
-from fewshot.utils import (atomic_write_text, derive_seed, refuse_links_in_run_dir, resolve_device, seed_everything,
-                           write_json)
+from fewshot.utils import (atomic_write_text, derive_seed, missing_parents, refuse_links_in_run_dir, resolve_device,
+                           seed_everything, write_json)
 
 
 def pseudo_label_line(per_dataset: dict, unknown: int) -> str:
@@ -1439,12 +1439,6 @@ class PipelineRun:
                   f"step-time calibration, evaluation, prediction and the report took about {total_s - trained:.0f} "
                   f"s of it on this data and machine. A budget of at least {least} minute{'s' if least != 1 else ''} "
                   f"leaves training a fair share.")
-
-def missing_parents(out: Path) -> list[Path]:
-    """The folders above ``out`` that creating it makes (nearest first), as written: `x/../y` makes x, which its
-    normalised path (y) does not name. `.` and `..` are no folders of their own."""
-    return [p for p in Path(out).parents if p.name not in ("", ".", "..") and not os.path.lexists(p)]
-
 
 def undo_run_start(out: Path, entries_before: set[str], existed: bool, new_parents: list[Path] = ()) -> None:
     """Remove what a fresh run wrote to ``out`` (refuse_used_output found no entry but hidden ones), for a start

@@ -56,6 +56,12 @@ def check_output_dir(path, flag: str = "--out", shown=None) -> Path:
     return path
 
 
+def missing_parents(out: Path) -> list[Path]:
+    """The folders above ``out`` that creating it makes (nearest first), as written: `x/../y` makes x, which its
+    normalised path (y) does not name. `.` and `..` are no folders of their own."""
+    return [p for p in Path(out).parents if p.name not in ("", ".", "..") and not os.path.lexists(p)]
+
+
 def links_inside(folder: Path, limit: int = 3) -> list[Path]:
     """Up to ``limit`` symbolic links inside ``folder`` (recursively, never following one; the folder itself may
     be a link, the user's choice). A missing or unreadable folder holds none that could be found."""

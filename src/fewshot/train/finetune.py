@@ -23,7 +23,7 @@ from fewshot.train.distributed import barrier, check_same_data, init_distributed
 from fewshot.run_lock import LOCK_NAME, lock_run_dir, refuse_if_being_written, unlock_and_remove
 from fewshot.train.engine import Engine, check_resume_world
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
-from fewshot.utils import refuse_links_in_run_dir, resolve_device, seed_everything, write_json
+from fewshot.utils import missing_parents, refuse_links_in_run_dir, resolve_device, seed_everything, write_json
 
 
 # What a train / pretrain run writes before its first checkpoint: a folder holding only these is a start that
@@ -80,7 +80,8 @@ class RunStart:
     that were there before."""
 
     def __init__(self, out: Path):
-        self.out = Path(os.path.abspath(out))  # `a/../b/run`: the parents walked up are the real ones
+        self.written = Path(out)  # as given: `x/../run` makes x, which the normalised path does not name
+        self.out = Path(os.path.abspath(out))
         self.armed = False  # set once this command holds RUN's lock: before that, what is there is not its own
         self.existed = True
         self.entries_before: set[str] = set()
@@ -93,10 +94,7 @@ class RunStart:
             with contextlib.suppress(OSError):
                 self.entries_before = set(os.listdir(self.out))
             return
-        parent = self.out.absolute().parent
-        while not os.path.lexists(parent) and parent != parent.parent:
-            self.new_parents.append(parent)
-            parent = parent.parent
+        self.new_parents = missing_parents(self.written)
 
     def undo(self) -> None:
         """Remove what this start made: RUN's new start entries, then RUN and its parents if they are new and
