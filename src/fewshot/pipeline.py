@@ -1045,7 +1045,8 @@ class PipelineRun:
         """MoCo's plan_stage hook, called with its measured speeds before it trains: a budget that cannot hold
         MoCo's least steps, the fine-tuning's timing and then the least run is refused now, as without --pretrain.
         Left to the fine-tuning's planning, the check came after MoCo had trained (a stage had: no refusal at
-        all), and a 0.05-minute budget ran 27 s. MoCo's own plan is unchanged: returns 0 s kept back."""
+        all), and a 0.05-minute budget ran 27 s. Returns the seconds MoCo keeps back from its share so that the
+        fine-tuning's timing and least run fit after it (its share alone passed the check and then overran)."""
         if self.resume or self.fit_seconds:
             return 0.0
         moco_s = pretrain_least_seconds(step_s, eval_s, sum(p.numel() for p in task.model.parameters()))
@@ -1056,7 +1057,10 @@ class PipelineRun:
         first = (f"MoCo pretraining's least {FLOOR_STEPS} steps at {step_s * 1000:.0f} ms and its kNN evaluation, "
                  f"then the fine-tuning's timing and ")
         self.refuse_unless_least_run_fits(probe, ft_step, before, first)
-        return 0.0
+        after_moco = self.t_start + self.budget_s - self.pre_end
+        fine_tuning = calibration_seconds(ft_step, ft_eval, per_image, len(self.test_set)) + \
+            least_run_seconds(ft_step, self.report_plan["least"])
+        return max(0.0, fine_tuning - after_moco)
 
     def time_fine_tuning(self) -> tuple:
         """A fine-tuning task as the stage after MoCo builds it (its weights not read: the speed does not depend on
@@ -1079,6 +1083,8 @@ class PipelineRun:
         if least_run_holds(need, self.budget_s - used):
             return
         hints = ", or a smaller --model or --img-size"
+        if before_s:  # the MoCo stage's least run is in the need: without it the least run is shorter
+            hints += ", or no --pretrain"
         # self-training's later rounds are dropped when they do not fit; FixMatch's steps stay
         if self.semi == "fixmatch":
             hints += ", or --baseline (no FixMatch: shorter steps)"
@@ -1126,8 +1132,8 @@ class PipelineRun:
         if not self.r["pretrain"]:
             return
         # its share of the time the stages have left (start-up and the test decoding came out of the whole)
-        pre_end = time.monotonic() + (self.t_start + self.stage_s - time.monotonic()) * self.r["pretrain_share"]
-        self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out, pre_end,
+        self.pre_end = time.monotonic() + (self.t_start + self.stage_s - time.monotonic()) * self.r["pretrain_share"]
+        self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out, self.pre_end,
                                                     self.state, self.t_start, self.refuse_unless_pretrain_run_fits)
         if fit_s or "pretrain" not in self.summary["stages"]:  # reused (0 s): kept before, its time counted once
             self.keep("pretrain", entry, fit_s)

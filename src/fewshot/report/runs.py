@@ -360,8 +360,11 @@ def read_saved_steps(path: Path) -> dict | None:
 
     try:
         ck = load_checkpoint(path, mmap=True)
-    except Exception:  # damaged or foreign: the log's count stands (eval and predict say what is wrong with it)
-        return None
+    except Exception:  # a file system that cannot map it (or an old non-zip torch file): read the whole file
+        try:
+            ck = load_checkpoint(path)
+        except Exception:  # damaged or foreign: the log's count stands (eval and predict say what is wrong with it)
+            return None
     saved = {k: ck.get(k) for k in ("epoch", "step_in_epoch", "global_step")}
     if not all(_is_whole(v) and v >= 0 for v in saved.values()):
         return None
@@ -549,7 +552,10 @@ def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: P
                                       if m and "best_epoch" in m), None)
     if checkpoint is not None:
         _given_checkpoint(run, checkpoint)
-    first = first_epoch_note(run.saved_steps, path / "checkpoints" / "last.pt") if not log and not run.metrics else None
+    finished = run.metrics or run.metrics_known or run.metrics_unknown
+    # a run still in its first epoch is not a stopped one: the report says it is being written
+    first = (first_epoch_note(run.saved_steps, path / "checkpoints" / "last.pt")
+             if not log and not finished and not run.being_written else None)
     if first is not None:
         run.notes.append(first)
     if not log:

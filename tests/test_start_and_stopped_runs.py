@@ -56,6 +56,31 @@ def test_pretrain_with_a_budget_too_small_for_the_least_run_is_refused_before_mo
     assert not out.exists()
 
 
+def test_moco_keeps_back_what_the_least_fine_tuning_needs_after_it(digits_root, tmp_path, monkeypatch, no_training):
+    """A review: the check passed on the whole budget, but MoCo still planned its full share, and with a large share
+    the fine-tuning after it got less than its least run. Now MoCo's plan leaves that time free."""
+    import fewshot.pipeline as pipeline
+    from fewshot.train import engine
+
+    planned = {}
+
+    def fit(self, resume=False):
+        planned["moco_s"] = 60 * float(self.cfg["train"]["budget_minutes"])
+        raise Planned(self.task.kind)
+
+    monkeypatch.setattr(engine.Engine, "fit", fit)
+    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 1.0)
+    # the fine-tuning's timing and least run after MoCo, fixed so that the plan does not depend on this machine
+    monkeypatch.setattr(pipeline, "calibration_seconds", lambda *a: 40.0)
+    monkeypatch.setattr(pipeline, "least_run_seconds", lambda *a: 40.0)
+    cfg = _cfg(digits_root, **{"run.semi_method": "off", "run.pretrain": True, "run.pretrain_batch_size": 32,
+                               "run.pretrain_share": 0.95})
+    with pytest.raises(Planned, match="moco"):
+        pipeline.run_pipeline(cfg, tmp_path / "r", 2.0)
+    # MoCo's share of the stages' time alone planned about 103 s of the 120, leaving the 80 s no room
+    assert planned["moco_s"] <= 120 - 80
+
+
 def test_pretrain_with_a_budget_that_holds_the_least_run_trains_moco(digits_root, tmp_path, monkeypatch, no_training):
     """The check refuses only what cannot fit: fast steps in a 10-minute budget go on to train MoCo."""
     import fewshot.pipeline as pipeline
@@ -146,10 +171,44 @@ def test_a_run_stopped_in_its_first_epoch_without_last_pt_says_no_epoch_finished
     assert any("no epoch finished" in n and "before it saved a last.pt" in n for n in run.notes), run.notes
 
 
-def test_the_engine_saves_its_steps_per_epoch_in_last_pt():
+def test_the_engine_saves_its_steps_per_epoch_in_last_pt(digits_root, tmp_path):
     """What the report's first-epoch fraction reads (an epoch-0 last.pt cannot tell it otherwise)."""
-    import inspect
+    from fewshot.train.checkpoint import load_checkpoint
+    from helpers.checks import run_main
 
-    from fewshot.train.engine import Engine
+    run = tmp_path / "ft"
+    rc, _, err = run_main("train", "--data", digits_root, "--out", run, "--datasets", "digits", "--model",
+                          "test_resnet", "--img-size", "16", "--epochs", "2", "--batch-size", "16", "--device", "cpu",
+                          "--no-progress", "train.tensorboard=false")
+    assert rc == 0, err
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["epoch"] == 2 and last["steps_per_epoch"] * 2 == last["global_step"] > 0
 
-    assert '"steps_per_epoch": self.steps_per_epoch' in inspect.getsource(Engine.payload)
+
+def test_a_last_pt_that_cannot_be_mapped_is_read_whole(tmp_path):
+    """torch maps only zip-format files: an older torch.save format made the mapped read fail, and the report lost
+    the count it could read before."""
+    from fewshot.report.runs import read_saved_steps
+
+    last = tmp_path / "last.pt"
+    from fewshot.train.checkpoint import FORMAT, REQUIRED
+
+    payload = {**{k: 0 for k in REQUIRED}, "format": FORMAT, "kind": "supervised", "model": {"w": torch.ones(4)},
+               "epoch": 1, "step_in_epoch": 0, "global_step": 7}
+    torch.save(payload, last, _use_new_zipfile_serialization=False)
+    assert read_saved_steps(last) == {"epoch": 1, "step_in_epoch": 0, "global_step": 7, "steps_per_epoch": 7}
+
+
+def test_a_run_still_in_its_first_epoch_is_not_called_stopped(tmp_path):
+    """A review: a run being written (its lock held) with no log row yet was noted as stopped within its first
+    epoch, beside the report's own word that it is still being written."""
+    from fewshot.report.runs import load_run
+    from fewshot.run_lock import lock_run_dir, release_all
+
+    _stopped_run(tmp_path / "ft")
+    assert lock_run_dir(tmp_path / "ft")
+    try:
+        run = load_run(tmp_path / "ft", "ft")
+    finally:
+        release_all()
+    assert not any("no epoch finished" in n for n in run.notes), run.notes
