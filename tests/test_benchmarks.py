@@ -222,6 +222,19 @@ def test_pseudo_balance_evens_out_each_dataset_and_leaves_the_others_alone(bench
     assert torch.equal(out[30:, :3], logits[30:, :3]) and torch.equal(out[:30, 3:], logits[:30, 3:])
 
 
+def test_resize_root_copies_every_image_resized_and_the_keys_as_they_are(bench, tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "root"
+    (src / "d" / "train" / "a").mkdir(parents=True)
+    Image.new("L", (28, 28), 7).save(src / "d" / "train" / "a" / "0.png")
+    (src / "d" / "test_labels.json").write_text('{"0": 0}')
+    bench("resize_root").main([str(src), str(tmp_path / "out"), "--size", "40"])
+    im = Image.open(tmp_path / "out" / "d" / "train" / "a" / "0.png")
+    assert im.size == (40, 40) and im.mode == "RGB" and im.getpixel((3, 3)) == (7, 7, 7)
+    assert (tmp_path / "out" / "d" / "test_labels.json").read_text() == '{"0": 0}'
+
+
 @pytest.mark.parametrize("script, args, says", [
     ("augment_speed.py", ["--sizes", "32,"], "--sizes '32,': expected whole numbers"),
     ("augment_speed.py", ["--runs", "0"], "--runs and --threads must be at least 1"),
