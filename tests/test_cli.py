@@ -517,6 +517,19 @@ def test_batch_size_one_says_batchnorm_needs_two(digits_root, tmp_path):
     assert rc == 2 and "--batch-size 1" in err and "at least 2 images per batch" in err, err
 
 
+def test_run_pretrain_without_a_pool_says_the_labelled_images_stand_in(copy_root, tmp_path):
+    """A hunt: without ROOT/unlabeled/ MoCo reads the training images, and the refusal said "the unlabeled pool has
+    30 images", which sent the user looking for a pool that is not there."""
+    import shutil
+
+    shutil.rmtree(copy_root / "unlabeled")
+    rc, out, err = run_main("run", "--data", copy_root, "--out", tmp_path / "run", "--budget-minutes", "0.2",
+                            "--model", "test_resnet", "--device", "cpu", "--no-progress", "--pretrain",
+                            "run.pretrain_batch_size=4096", "run.queue_size=8192", "run.report=false")
+    assert rc == 2 and "no unlabeled pool, so the labelled images stand in" in err, err
+    assert "fewer than one MoCo batch of 4096" in err and "leave out --pretrain" in err
+
+
 def test_run_with_a_pool_smaller_than_one_moco_batch_is_a_user_error(digits_root, tmp_path):
     """The pipeline measures step times before the Engine exists: an empty epoch plan was a ZeroDivisionError."""
     rc, out, err = run_main("run", "--data", digits_root, "--out", tmp_path / "run", "--budget-minutes", "0.2",

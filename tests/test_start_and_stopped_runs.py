@@ -212,3 +212,19 @@ def test_a_run_still_in_its_first_epoch_is_not_called_stopped(tmp_path):
     finally:
         release_all()
     assert not any("no epoch finished" in n for n in run.notes), run.notes
+
+
+def test_without_a_pool_the_run_says_fine_tuning_gets_what_moco_leaves(copy_root, tmp_path, monkeypatch, no_training,
+                                                                       capsys):
+    """A hunt: with --pretrain and no pool it said the fine-tuning gets the whole budget, then spent half on MoCo."""
+    import shutil
+
+    import fewshot.pipeline as pipeline
+
+    shutil.rmtree(copy_root / "unlabeled")
+    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 0.01)
+    cfg = _cfg(copy_root, **{"run.pretrain": True, "run.pretrain_batch_size": 16, "run.queue_size": 32})
+    with pytest.raises(Planned, match="moco"):
+        pipeline.run_pipeline(cfg, tmp_path / "r", 10)
+    said = capsys.readouterr().out
+    assert "self-training is off, the fine-tuning on the labelled images gets the time MoCo leaves" in said, said

@@ -928,11 +928,15 @@ class PipelineRun:
         if r["pretrain"]:
             from fewshot.ssl.pretrain import pool_with_sources
 
-            n_pool, batch = len(pool_with_sources(cfg, self.infos)[0]), int(r["pretrain_batch_size"])
+            paths, _, source = pool_with_sources(cfg, self.infos)
+            n_pool, batch = len(paths), int(r["pretrain_batch_size"])
             if n_pool < batch:  # found by the MoCo stage, after the run folder was written, it blocked the rerun
-                raise UserError(f"the unlabeled pool has {n_pool} images, fewer than one MoCo batch of {batch} (MoCo "
-                                f"drops an incomplete batch): lower run.pretrain_batch_size or add images to the "
-                                f"pool.")
+                # without a pool the training images stand in: "the pool has 30 images" sent users looking for one
+                what = ("the unlabeled pool has" if "train images" not in source else
+                        f"MoCo's images ({source}: no unlabeled pool, so the labelled images stand in) are")
+                raise UserError(f"{what} {n_pool} images, fewer than one MoCo batch of {batch} (MoCo drops an "
+                                f"incomplete batch): lower run.pretrain_batch_size, add images to the pool "
+                                f"(ROOT/unlabeled/<dataset>/ or --unlabeled DIR), or leave out --pretrain.")
         self.pool_skipped, n_moco = check_pool_images(cfg, self.infos, self.semi)
         if n_moco is not None and n_moco < int(r["pretrain_batch_size"]):  # the count above was before bad files
             raise UserError(f"the unlabeled pool has {n_moco} decodable images, fewer than one MoCo batch of "
@@ -959,8 +963,9 @@ class PipelineRun:
         del pool
         if n_pool == 0:
             # round 2 would train on the labelled images again: the whole budget goes to one fine-tuning
+            rest = "the time MoCo leaves" if self.r["pretrain"] else "the whole budget"
             print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): self-training is off, the "
-                  "fine-tuning on the labelled images gets the whole budget.", flush=True)
+                  f"fine-tuning on the labelled images gets {rest}.", flush=True)
             self.semi = self.r["semi_method"] = "off"
 
     def check_fixmatch_pool(self) -> None:
