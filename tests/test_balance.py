@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fewshot.eval import balance as bal
-from helpers.checks import run_main
+from helpers.checks import run_main, train_tiny
 
 
 def test_offsets_give_each_class_its_share_of_the_softmax_mass():
@@ -120,11 +120,7 @@ def _scored(pred: dict, root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(digits_root, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("balance") / "run"
-    rc, _, err = run_main("train", "--data", digits_root, "--out", run, "--model", "test_resnet", "--img-size", "32",
-                          "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--no-progress")
-    assert rc == 0, err
-    return run
+    return train_tiny(digits_root, tmp_path_factory.mktemp("balance") / "run", epochs=2)
 
 
 @pytest.mark.parametrize("how", ["auto", "on", "off"])

@@ -11,17 +11,13 @@ import pytest
 
 from fewshot.data.layout import check_result_file_is_not_an_input
 from fewshot.errors import UserError
-from helpers.checks import run_main
+from helpers.checks import run_main, train_tiny
 
 
 @pytest.fixture(scope="module")
 def trained(digits_root, tmp_path_factory) -> Path:
     """One 1-epoch run on both datasets (read-only: tests that change it take `run_copy`)."""
-    run = tmp_path_factory.mktemp("predict") / "run"
-    rc, _, err = run_main("train", "--data", digits_root, "--out", run, "--model", "test_resnet", "--img-size", "32",
-                          "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress")
-    assert rc == 0, err
-    return run
+    return train_tiny(digits_root, tmp_path_factory.mktemp("predict") / "run", epochs=1)
 
 
 @pytest.fixture

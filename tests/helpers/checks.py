@@ -22,6 +22,14 @@ def run_main(*argv) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
+def train_tiny(root, run, epochs: int = 1):
+    """A tiny model trained on every dataset of ``root`` into ``run`` (what the predict and balance tests read)."""
+    rc, _, err = run_main("train", "--data", root, "--out", run, "--model", "test_resnet", "--img-size", "32",
+                          "--epochs", str(epochs), "--batch-size", "16", "--device", "cpu", "--no-progress")
+    assert rc == 0, err
+    return run
+
+
 def assert_same(a, b, path="ckpt"):
     """Recursive exact equality of checkpoint payloads (tensors with torch.equal, NaN equals NaN)."""
     if isinstance(a, torch.Tensor):
