@@ -256,6 +256,23 @@ def test_a_test_split_of_one_class_is_told_apart_and_every_class_keeps_a_share()
     assert float(prior.min()) > 0.9 / 300 and float(prior.sum()) == pytest.approx(1.0)
 
 
+def test_a_floored_class_keeps_one_test_images_share_after_the_normalising(monkeypatch):
+    """A review: the floor came before the shares were normalised, so 9 classes estimated at 0 of 100 (with 100
+    test images) ended at 0.0092 each, less than one image's share. The floored shares now come out of the others'."""
+    import fewshot.eval.predict as predict
+
+    estimated = torch.cat([torch.zeros(9), torch.tensor([0.3]), torch.full((89,), 0.7 / 89), torch.tensor([1e-4])])
+    monkeypatch.setattr(predict.bal, "fits_proportions", lambda *a: 0.0)
+    monkeypatch.setattr(predict.bal, "soft_confusion", lambda *a: None)
+    monkeypatch.setattr(predict.bal, "estimate_prior", lambda *a: estimated.clone())
+    val = (torch.zeros(100, 100), torch.arange(100))
+    prior, source = predict._test_prior(torch.full((100,), 0.01), val, torch.zeros(200, 100))  # 200 test images
+    assert source.startswith("estimated") and float(prior.sum()) == pytest.approx(1.0)
+    assert float(prior.min()) >= (1 - 1e-5) / 200  # the 9 zeros and the 0.0001: one image's share each
+    # the others keep their proportions to each other
+    assert float(prior[9] / prior[10]) == pytest.approx(0.3 * 89 / 0.7, rel=1e-4)
+
+
 def _one_class_test(root: Path, name: str, copies: int = 10) -> None:
     """The dataset's test split replaced by ``copies`` copies of its images of one class (key kept in step): a
     one-class split with enough images to be evened out."""
@@ -314,3 +331,43 @@ def test_a_train_split_with_a_class_the_model_lacks_is_named_as_such(trained, co
     assert rc == 0, err
     line = next(s for s in stdout.splitlines() if "class-balanced test predictions" in s)
     assert f"{copy_root / name / 'train'} has classes the model was not trained on" in line
+
+
+def _weak_model_logits(targets: torch.Tensor, n_classes: int, g: torch.Generator) -> torch.Tensor:
+    """Logits of a weak model (about 40 % right over 15 classes), for images of the given classes."""
+    return torch.nn.functional.one_hot(targets, n_classes).float() * 1.5 + torch.randn(len(targets), n_classes,
+                                                                                       generator=g)
+
+
+def test_a_large_even_test_split_is_not_told_apart_through_a_confusion_read_off_few_val_images():
+    """A hunt: 5 val images per class, 3000 test images drawn like them: the chi-square without the confusion's own
+    error gave p=0, and the estimated proportions that replaced the even ones cost 13 points."""
+    g = torch.Generator().manual_seed(0)
+    val_targets = torch.arange(15).repeat_interleave(5)
+    val_logits = _weak_model_logits(val_targets, 15, g)
+    test = _weak_model_logits(torch.arange(15).repeat_interleave(200), 15, g)
+    assert bal.fits_proportions(val_logits, val_targets, test, torch.full((15,), 1 / 15)) >= bal.SKEW_P
+    # a test split of 5 of the classes is still told apart
+    skewed = _weak_model_logits(torch.arange(5).repeat_interleave(600), 15, g)
+    assert bal.fits_proportions(val_logits, val_targets, skewed, torch.full((15,), 1 / 15)) < 1e-3
+
+
+def test_uneven_shots_with_an_even_test_split_aim_at_even_proportions():
+    """A hunt: 2-shot classes next to 10-shot ones, an even test split: the train proportions were ruled out and
+    the estimate put 4 of 15 classes at 0; even proportions fit the test predictions and are aimed at."""
+    from fewshot.eval.predict import _test_prior
+
+    g = torch.Generator().manual_seed(1)
+    shots = torch.tensor([10, 2] * 3 + [10])
+    train = shots.float() / shots.sum()
+    val_targets = torch.arange(7).repeat_interleave(20)
+    val = (torch.nn.functional.one_hot(val_targets, 7).float() * 3 + torch.randn(140, 7, generator=g), val_targets)
+    even_test = torch.nn.functional.one_hot(torch.arange(7).repeat_interleave(100), 7).float() * 3 + \
+        torch.randn(700, 7, generator=g)
+    prior, source = _test_prior(train, val, even_test)
+    assert source.startswith("even: the test predictions fit even proportions")
+    assert torch.allclose(prior, torch.full((7,), 1 / 7))
+    # a test split drawn in the train proportions keeps them
+    like_train = torch.nn.functional.one_hot(torch.arange(7).repeat_interleave(shots * 30), 7).float() * 3 + \
+        torch.randn(int(shots.sum()) * 30, 7, generator=g)
+    assert _test_prior(train, val, like_train)[1] == "train"

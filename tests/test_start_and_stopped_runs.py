@@ -5,6 +5,7 @@ epoch shows the part of it that last.pt saved (a bare 0 before)."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -81,6 +82,57 @@ def test_moco_keeps_back_what_the_least_fine_tuning_needs_after_it(digits_root, 
     assert planned["moco_s"] <= 120 - 80
 
 
+def _plan_moco(monkeypatch, eval_s: float) -> dict:
+    """MoCo's plan (its training seconds) with fixed speeds: 1 s steps, ``eval_s`` evaluations, and a fine-tuning
+    whose timing and least run take 40 s each."""
+    import fewshot.pipeline as pipeline
+    from fewshot.train import engine
+
+    planned = {}
+
+    def fit(self, resume=False):
+        planned["moco_s"] = 60 * float(self.cfg["train"]["budget_minutes"])
+        raise Planned(self.task.kind)
+
+    monkeypatch.setattr(engine.Engine, "fit", fit)
+    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 1.0)
+    monkeypatch.setattr(pipeline, "measure_eval_seconds", lambda task, *a, **kw: eval_s)
+    monkeypatch.setattr(pipeline, "calibration_seconds", lambda *a: 40.0)
+    monkeypatch.setattr(pipeline, "least_run_seconds", lambda *a: 40.0)
+    return planned
+
+
+def test_moco_keeps_back_its_own_closing_evaluation_too(digits_root, tmp_path, monkeypatch, no_training):
+    """A review: the keep-back left the fine-tuning its 80 s, but MoCo's budget-stop kNN evaluation (20 s here),
+    checkpoints and export come after MoCo's deadline, out of those 80 s. Now they are kept back as well."""
+    import fewshot.pipeline as pipeline
+
+    planned = _plan_moco(monkeypatch, eval_s=20.0)
+    cfg = _cfg(digits_root, **{"run.semi_method": "off", "run.pretrain": True, "run.pretrain_batch_size": 32,
+                               "run.pretrain_share": 0.95})
+    with pytest.raises(Planned, match="moco"):
+        pipeline.run_pipeline(cfg, tmp_path / "r", 2.0)
+    assert planned["moco_s"] <= 120 - 80 - 20
+
+
+def test_a_resumed_run_whose_moco_plans_anew_keeps_back_for_the_fine_tuning(digits_root, tmp_path, monkeypatch,
+                                                                             no_training):
+    """A review: on --resume the keep-back was skipped with the refusal, and a MoCo stopped before its last.pt
+    planned its whole share again. Only the refusal is skipped now."""
+    import fewshot.pipeline as pipeline
+
+    planned = _plan_moco(monkeypatch, eval_s=1.0)
+    cfg = _cfg(digits_root, **{"run.semi_method": "off", "run.pretrain": True, "run.pretrain_batch_size": 32,
+                               "run.pretrain_share": 0.95})
+    out = tmp_path / "r"
+    with pytest.raises(Planned, match="moco"):  # stopped where MoCo would train: no last.pt
+        pipeline.run_pipeline(copy.deepcopy(cfg), out, 2.0)
+    planned.clear()
+    with pytest.raises(Planned, match="moco"):
+        pipeline.run_pipeline(copy.deepcopy(cfg), out, None, resume=True)
+    assert planned["moco_s"] <= 120 - 80
+
+
 def test_pretrain_with_a_budget_that_holds_the_least_run_trains_moco(digits_root, tmp_path, monkeypatch, no_training):
     """The check refuses only what cannot fit: fast steps in a 10-minute budget go on to train MoCo."""
     import fewshot.pipeline as pipeline
@@ -115,6 +167,56 @@ def test_a_failed_start_keeps_a_parent_that_was_there(digits_root, tmp_path, mon
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["keep.txt"]
 
 
+def _users_folder(tmp_path):
+    """y with the user's files, and the listing a start must leave as it was."""
+    (tmp_path / "y" / "sub").mkdir(parents=True)
+    (tmp_path / "y" / "keep.txt").write_text("mine")
+    (tmp_path / "y" / "sub" / "a.txt").write_text("mine too")
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("how", ["bad input", "refused budget"])
+def test_a_failed_start_into_x_dotdot_y_keeps_the_users_y(digits_root, tmp_path, monkeypatch, no_training, how):
+    """A review: `--out x/../y` with no x named no folder yet, so a y full of files passed as new, and the failed
+    start removed y with everything in it. The path is judged as the kernel will use it: y is not empty, refused
+    before anything is made."""
+    import fewshot.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 30.0)
+    monkeypatch.chdir(tmp_path)
+    before = _users_folder(tmp_path)
+    flags = {"run.semi_method": "off", **({"data.datasets": ["nope"]} if how == "bad input" else {})}
+    with pytest.raises(UserError, match="is not empty"):
+        pipeline.run_pipeline(_cfg(digits_root, **flags), __import__("pathlib").Path("x/../y"), 0.1)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # y intact, no x
+
+
+def test_a_start_into_x_dotdot_y_with_y_empty_undoes_only_its_own(digits_root, tmp_path, monkeypatch, no_training):
+    """y there and empty (a fresh --out): the failed start empties it again, keeps it, and removes the x it made."""
+    import fewshot.pipeline as pipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "y").mkdir()
+    with pytest.raises(UserError):
+        pipeline.run_pipeline(_cfg(digits_root, **{"data.datasets": ["nope"]}), tmp_path / "x" / ".." / "y", 0.1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["y"] and list((tmp_path / "y").iterdir()) == []
+
+
+def test_a_start_through_a_link_and_dotdot_judges_the_folder_written(digits_root, tmp_path, monkeypatch,
+                                                                      no_training):
+    """`link/../y` is y beside the link's target (the kernel follows the link before `..`): that y's files refuse the
+    start, and a y beside the link is not touched."""
+    import fewshot.pipeline as pipeline
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "b")
+    (tmp_path / "a" / "y").mkdir()
+    (tmp_path / "a" / "y" / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not empty"):
+        pipeline.run_pipeline(_cfg(digits_root, **{"data.datasets": ["nope"]}), tmp_path / "link" / ".." / "y", 0.1)
+    assert (tmp_path / "a" / "y" / "keep.txt").read_text() == "mine" and not (tmp_path / "y").exists()
+
+
 def _checkpoint(path, kind: str, **fields) -> None:
     from fewshot.train.checkpoint import save_checkpoint
 
@@ -139,6 +241,25 @@ def test_read_saved_steps_maps_last_pt_instead_of_reading_its_tensors(tmp_path, 
     monkeypatch.setattr(torch, "load", load)
     assert read_saved_steps(last) == {"epoch": 2, "step_in_epoch": 5, "global_step": 45, "steps_per_epoch": 20}
     assert calls and all(c.get("mmap") is True and c.get("weights_only") is True for c in calls)
+
+
+def test_a_last_pt_that_maps_but_is_no_fewshot_checkpoint_is_not_read_again_whole(tmp_path, monkeypatch):
+    """A review: every failure of the mapped read fell back to reading the whole file, also a file that mapped fine
+    and then failed the format check (a foreign 2 GB file was read in full for nothing)."""
+    from fewshot.report.runs import read_saved_steps
+
+    last = tmp_path / "last.pt"
+    torch.save({"w": torch.ones(64, 64), "epoch": 1, "step_in_epoch": 0, "global_step": 7}, last)  # no format
+    calls = []
+    real_load = torch.load
+
+    def load(*args, **kwargs):
+        calls.append(kwargs.get("mmap"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    assert read_saved_steps(last) is None
+    assert calls == [True]
 
 
 def _stopped_run(run, **last_fields) -> None:
@@ -228,3 +349,14 @@ def test_without_a_pool_the_run_says_fine_tuning_gets_what_moco_leaves(copy_root
         pipeline.run_pipeline(cfg, tmp_path / "r", 10)
     said = capsys.readouterr().out
     assert "self-training is off, the fine-tuning on the labelled images gets the time MoCo leaves" in said, said
+
+
+def test_the_overrun_note_asks_for_a_larger_budget_only_where_one_would_help():
+    """A hunt: a 1.5-minute run that overran by 5 s was told "A budget of at least 1 minute leaves training a fair
+    share"."""
+    from fewshot.pipeline import overrun_note
+
+    busy = overrun_note(95.0, 90.0, 60.0)  # 35 s around the training: 2 minutes would be the advice
+    assert "at least 2 minutes" in busy
+    quiet = overrun_note(95.0, 90.0, 75.0)  # 20 s around it: the 1.5 minutes were enough, the machine was not
+    assert "at least" not in quiet and "busier" in quiet and "took 95 s" in quiet

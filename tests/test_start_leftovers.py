@@ -35,6 +35,28 @@ def test_a_failed_start_removes_a_folder_out_made_on_its_way(digits_root, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_failed_start_through_a_link_and_dotdot_undoes_the_folder_written(digits_root, tmp_path):
+    """A review: `--out link/../run` writes run beside the link's target, but the undo normalised the text (run
+    beside the link) and left config.yaml and the lock in the real folder. The undo now looks where it wrote."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "b")
+    rc, _, err = train(digits_root, tmp_path / "link" / ".." / "run", "--model", "no_such_model_xyz")
+    assert rc == 2 and "no_such_model_xyz" in err, err
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b"]  # no a/run left with config.yaml, lock
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "link"]
+
+
+def test_a_failed_start_into_x_dotdot_run_keeps_run_and_removes_x(digits_root, tmp_path):
+    """`x/../run` with run there (the user's folder, with a file) and no x: the start made x, which goes again;
+    run keeps its file."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    rc, _, err = train(digits_root, tmp_path / "x" / ".." / "run", "--model", "no_such_model_xyz")
+    assert rc == 2 and "no_such_model_xyz" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]
+
+
 def test_a_missing_weights_file_leaves_the_users_folder_as_it_was(digits_root, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

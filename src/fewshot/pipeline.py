@@ -27,10 +27,10 @@ from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
 from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, after_round1_seconds, calibration_seconds,
-                                eval_passes, figure_seconds, fitting_epochs, later_rounds_seconds, least_run_holds,
-                                least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
-                                measure_step_seconds, plan_epochs, pretrain_least_seconds, report_seconds, time_holds,
-                                too_short_budget_error)
+                                eval_passes, figure_seconds, fitting_epochs, free_device_memory, later_rounds_seconds,
+                                least_run_holds, least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
+                                measure_step_seconds, plan_epochs, pretrain_closing_seconds, pretrain_least_seconds,
+                                report_seconds, time_holds, too_short_budget_error)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.utils import (atomic_write_text, derive_seed, missing_parents, refuse_links_in_run_dir, resolve_device,
                            seed_everything, write_json)
@@ -679,7 +679,8 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     ensure_writable_dir(pdir, "pretrain run")
     if resuming:
         pcfg = stage_config(pdir, cfg)
-        trained_before = cap_resumed_budget(pcfg, last, end_time)
+        # what its plan kept back for its closing work and the fine-tuning's least run is kept back again
+        trained_before = cap_resumed_budget(pcfg, last, end_time - float(state.stage("pretrain").get("kept_s", 0.0)))
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record("pretrain", "began", now, fit_at=now - trained_before)
         seed_everything(pcfg["train"]["seed"])
@@ -707,12 +708,20 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
                 seed_everything(pcfg["train"]["seed"])
                 task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)
         resolve_pretrain_defaults(pcfg, 1)
-        step_s, epochs, pre_budget = plan_stage(task, pcfg, end_time, r["min_epochs"], ("moco", "knn_every"), check)
+        kept = {"s": 0.0}
+
+        def keep_back(*speeds) -> float:  # the check's keep-back, recorded for a resumed session's cap
+            kept["s"] = check(*speeds) if check is not None else 0.0
+            return kept["s"]
+
+        step_s, epochs, pre_budget = plan_stage(task, pcfg, end_time, r["min_epochs"], ("moco", "knn_every"),
+                                                keep_back)
         save_yaml(pcfg, pdir / "config.yaml")
         print(f"[run] MoCo pretraining: {len(task.pool)} unlabeled images at {task.size}px, K={task.model.K}, "
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
               f"{stage_plan_words(step_s, pre_budget, epochs)}")
-        state.record("pretrain", "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start)
+        state.record("pretrain", "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
+                     kept_s=kept["s"])
     seed_everything(pcfg["train"]["seed"])
     engine = Engine(task, pcfg, pdir, device, ctx)
     fit_start = time.monotonic()
@@ -857,10 +866,13 @@ class PipelineRun:
         """The output folder: a fresh one (unless --resume), noted as found (what a refused start restores), and
         locked against a second run into it."""
         out = self.out
+        # judged on the folder the kernel writes to once the parents are made: `x/../y` with no x named no folder
+        # yet, so a y full of the user's files passed as new, and a failed start removed them with it
+        self.real_out = out.resolve()
         if not self.resume:
             refuse_used_output(out)
-        self.out_existed = out.is_dir()  # what a refused start leaves as it found it (undo_run_start)
-        self.entries_before = set(os.listdir(out)) if self.out_existed else set()
+        self.out_existed = self.real_out.is_dir()  # what a refused start leaves as it found it (undo_run_start)
+        self.entries_before = set(os.listdir(self.real_out)) if self.out_existed else set()
         self.new_parents = missing_parents(out)  # `x/../y` made x too: a failed start left it behind
         ensure_writable_dir(out, "output")
         # a second `fewshot run` (or --resume) into the folder while this one runs is refused, at once: after the
@@ -1050,26 +1062,29 @@ class PipelineRun:
         """MoCo's plan_stage hook, called with its measured speeds before it trains: a budget that cannot hold
         MoCo's least steps, the fine-tuning's timing and then the least run is refused now, as without --pretrain.
         Left to the fine-tuning's planning, the check came after MoCo had trained (a stage had: no refusal at
-        all), and a 0.05-minute budget ran 27 s. Returns the seconds MoCo keeps back from its share so that the
-        fine-tuning's timing and least run fit after it (its share alone passed the check and then overran)."""
-        if self.resume or self.fit_seconds:
-            return 0.0
-        moco_s = pretrain_least_seconds(step_s, eval_s, sum(p.numel() for p in task.model.parameters()))
+        all), and a 0.05-minute budget ran 27 s. Returns the seconds MoCo keeps back from its share so that its
+        closing work (the budget stop's kNN evaluation, checkpoints, export), the fine-tuning's timing and its
+        least run fit after it (its share alone passed the check and then overran). A resumed run whose MoCo
+        plans anew (stopped before its last.pt) is not refused (refuse_unless_least_run_fits) but keeps back."""
+        n_params = sum(p.numel() for p in task.model.parameters())
         probe, ft_step, per_image = self.time_fine_tuning()
         ft_eval = measure_eval_seconds(probe)
         self.closing(probe, ft_eval, per_test_image=per_image)  # the report_plan["least"] of the fine-tuning
-        before = moco_s + calibration_seconds(ft_step, ft_eval, per_image, len(self.test_set))
+        calibration = calibration_seconds(ft_step, ft_eval, per_image, len(self.test_set))
         first = (f"MoCo pretraining's least {FLOOR_STEPS} steps at {step_s * 1000:.0f} ms and its kNN evaluation, "
                  f"then the fine-tuning's timing and ")
-        self.refuse_unless_least_run_fits(probe, ft_step, before, first)
+        moco_s = pretrain_least_seconds(step_s, eval_s, n_params)
+        self.refuse_unless_least_run_fits(probe, ft_step, moco_s + calibration, first)
+        del probe  # its model sat on the device next to MoCo's for the whole stage
+        free_device_memory(self.device)
         after_moco = self.t_start + self.budget_s - self.pre_end
-        fine_tuning = calibration_seconds(ft_step, ft_eval, per_image, len(self.test_set)) + \
-            least_run_seconds(ft_step, self.report_plan["least"])
-        return max(0.0, fine_tuning - after_moco)
+        fine_tuning = calibration + least_run_seconds(ft_step, self.report_plan["least"])
+        return max(0.0, pretrain_closing_seconds(eval_s, n_params) + fine_tuning - after_moco)
 
     def time_fine_tuning(self) -> tuple:
         """A fine-tuning task as the stage after MoCo builds it (its weights not read: the speed does not depend on
-        them), with its step and per-test-image prediction seconds: (task, step_s, per_image)."""
+        them), with its step and per-test-image prediction seconds: (task, step_s, per_image). The caller frees
+        the task (free_device_memory) once timed."""
         from fewshot.train.supervised import SupervisedTask
 
         fcfg = finetune_config(self.cfg, self.cfg["model"]["weights"], self.semi)
@@ -1105,7 +1120,7 @@ class PipelineRun:
         what it wrote, its folder and the parents --out made go again; only with its lock, else another start may
         be writing there too and what appeared may be its."""
         if self.locked and not self.resume:  # a --resume's folder holds the run it continues
-            undo_run_start(self.out, self.entries_before, self.out_existed, self.new_parents)
+            undo_run_start(self.real_out, self.entries_before, self.out_existed, self.new_parents)
             self.stop_clock = None  # a stop's count would write the removed run's state again
         self.locked = False
 
@@ -1444,19 +1459,30 @@ class PipelineRun:
         print(f"[run] done in {total_s / 60:.1f} of {self.budget_minutes:g} minutes: {out}/pred_all.json, "
               f"{out}/metrics.json")
         if total_s > 1.05 * budget_s:
-            trained = sum(self.fit_seconds)
-            least = max(1, math.ceil(2 * (total_s - trained) / 60))
-            print(f"[run] note: the run took {total_s:.0f} s, longer than its budget of {budget_s:.0f} s: start-up, "
-                  f"step-time calibration, evaluation, prediction and the report took about {total_s - trained:.0f} "
-                  f"s of it on this data and machine. A budget of at least {least} minute{'s' if least != 1 else ''} "
-                  f"leaves training a fair share.")
+            print(overrun_note(total_s, budget_s, sum(self.fit_seconds)))
+
+
+def overrun_note(total_s: float, budget_s: float, trained_s: float) -> str:
+    """The note of a run that took more than 5 % over its budget: what the time went to, and a budget that leaves
+    training a fair share, where a larger one would (a 1.5-minute run that overran by 5 s was told that "at least 1
+    minute" would do: the work around the training had taken longer than measured at its start, a busy machine)."""
+    around = total_s - trained_s
+    least = max(1, math.ceil(2 * around / 60))
+    words = (f"[run] note: the run took {total_s:.0f} s, longer than its budget of {budget_s:.0f} s: start-up, "
+             f"step-time calibration, evaluation, prediction and the report took about {around:.0f} s of it on this "
+             f"data and machine")
+    if least > budget_s / 60:
+        return f"{words}. A budget of at least {least} minute{'s' if least != 1 else ''} leaves training a fair share."
+    return (f"{words}, more than the speeds measured at its start let it plan for: a machine busier than then (other "
+            f"work on its cores) takes longer; a quieter machine or a larger budget keeps it.")
 
 def undo_run_start(out: Path, entries_before: set[str], existed: bool, new_parents: list[Path] = ()) -> None:
     """Remove what a fresh run wrote to ``out`` (refuse_used_output found no entry but hidden ones), for a start
     that is refused before any training: the rerun with a larger budget would be refused as "not empty", or
     asked for a --resume that keeps the old budget. Its lock is given up with its file; errors are swallowed (the
-    refusal is the message). ``new_parents``: the folders above it that the start made (missing_parents), removed
-    where empty."""
+    refusal is the message). ``out`` is the resolved folder (the one written to, whatever `..` the user's path
+    held). ``new_parents``: the folders that making it made (missing_parents, deepest first), removed where empty,
+    also where ``out`` was there before (`x/../y` with y there made x)."""
     from fewshot.run_lock import LOCK_NAME, unlock_and_remove
 
     with contextlib.suppress(OSError):
@@ -1468,25 +1494,25 @@ def undo_run_start(out: Path, entries_before: set[str], existed: bool, new_paren
                 path.unlink(missing_ok=True)
     if LOCK_NAME not in entries_before:
         unlock_and_remove(out)
-    if not existed:
-        for folder in (out, *new_parents):
-            try:
-                folder.rmdir()  # only an empty one: a file someone else put there keeps it
-            except OSError:
-                return
+    made = {*new_parents, *(() if existed else (out,))}
+    for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):  # `y/x/..` made y/x inside y
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only an empty one: a file someone else put there keeps it (and its parents)
 
 
 def refuse_used_output(out: Path) -> None:
     """A second run into the same folder would append to the first one's logs and leave its stage folders
-    (a round the new run never trained) for the report to pick up: `fewshot run` wants a fresh folder."""
-    if out.is_dir():
+    (a round the new run never trained) for the report to pick up: `fewshot run` wants a fresh folder. The folder
+    is the one the kernel will write to: `x/../y` with no x yet names y once x is made."""
+    real = Path(out).resolve()
+    if real.is_dir():
         try:
-            entries = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # .DS_Store & co.
+            entries = sorted(p.name for p in real.iterdir() if not p.name.startswith("."))  # .DS_Store & co.
         except OSError as exc:
             raise UserError(f"cannot read the output folder '{out}': {exc.strerror or exc}.") from None
         if entries:
             shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
-            stopped = (out / "run_state.json").is_file()
+            stopped = (real / "run_state.json").is_file()
             raise UserError(f"the output folder '{out}' is not empty ({shown}); `fewshot run` writes a whole new "
                             f"run there. Choose another --out, or delete the folder to run again"
                             + (", or add --resume to continue the run it holds." if stopped else "."))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import math
 import time
 
@@ -55,8 +56,17 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
-    del model, opt
+    del model, opt, batch, loss
+    free_device_memory(device)  # the copy's weights and gradients, held by the allocator for the stage's own
     return sorted(times)[len(times) // 2]
+
+
+def free_device_memory(device: torch.device) -> None:
+    """Give a timing's tensors back (a probe task, a model copy): on CUDA the caching allocator kept them, and they
+    sat next to the stage that trains after the timing (MoCo beside the fine-tuning's probe)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def measure_eval_seconds(task, n: int = 256) -> float:
@@ -115,7 +125,13 @@ def pretrain_least_seconds(step_s: float, eval_s: float, n_params: int) -> float
     """The least time the MoCo stage needs from its planning on: plan_stage's floor of steps and the step past its
     deadline, the budget stop's kNN evaluation, and its checkpoint writes and export (both encoders and SGD's
     momentum, ~250 MB/s)."""
-    return (FLOOR_STEPS + 1) * step_s + eval_s + n_params * 16 / 250e6
+    return (FLOOR_STEPS + 1) * step_s + pretrain_closing_seconds(eval_s, n_params)
+
+
+def pretrain_closing_seconds(eval_s: float, n_params: int) -> float:
+    """What the MoCo stage does after its deadline, before the fine-tuning can start: the budget stop's kNN
+    evaluation, and its checkpoint writes and export (both encoders and SGD's momentum, ~250 MB/s)."""
+    return eval_s + n_params * 16 / 250e6
 
 
 def calibration_seconds(step_s: float, eval_s: float, per_image: float, n_test: int) -> float:

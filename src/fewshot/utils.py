@@ -57,9 +57,12 @@ def check_output_dir(path, flag: str = "--out", shown=None) -> Path:
 
 
 def missing_parents(out: Path) -> list[Path]:
-    """The folders above ``out`` that creating it makes (nearest first), as written: `x/../y` makes x, which its
-    normalised path (y) does not name. `.` and `..` are no folders of their own."""
-    return [p for p in Path(out).parents if p.name not in ("", ".", "..") and not os.path.lexists(p)]
+    """The folders above ``out`` that creating it makes, as the kernel will name them once made (resolved, deepest
+    first, for an undo that removes children before their parents): `x/../y` makes x, which y's path does not
+    name, and `link/x/../y` makes x inside the link's target. Each is judged on its resolved path: `x/../y/z` with
+    no x does not make y where y is there (its written path only fails to exist until x is made)."""
+    found = {Path(p).resolve() for p in Path(out).parents}
+    return sorted((p for p in found if not os.path.lexists(p)), key=lambda p: len(p.parts), reverse=True)
 
 
 def links_inside(folder: Path, limit: int = 3) -> list[Path]:
@@ -149,7 +152,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     if path.is_symlink():
         path = check_output_file(Path(os.path.realpath(path)), "the output")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the folder the rename writes into: mkstemp normalises `link/../run` as text (run beside the link, not beside
+    # its target, where the kernel puts it), and the temp file landed in another folder or none
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=os.path.realpath(path.parent))
     try:
         os.chmod(tmp, new_file_mode(path))  # mkstemp makes 0600: a report or submission others could not read
         with os.fdopen(fd, "wb") as fh:

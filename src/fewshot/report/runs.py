@@ -356,15 +356,26 @@ def read_saved_steps(path: Path) -> dict | None:
     optimizer state) was loaded for a few integers. None where last.pt is missing or not a fewshot checkpoint."""
     if not path.is_file():
         return None
-    from fewshot.train.checkpoint import load_checkpoint
+    import zipfile
+
+    from fewshot.errors import CheckpointError
+    from fewshot.models.weights import read_tensor_file
+    from fewshot.train.checkpoint import FORMAT
 
     try:
-        ck = load_checkpoint(path, mmap=True)
-    except Exception:  # a file system that cannot map it (or an old non-zip torch file): read the whole file
+        ck = read_tensor_file(path, mmap=True)
+    except CheckpointError as exc:
+        # only where the mapping itself failed (an old non-zip torch file, a file system that cannot map it) is the
+        # whole file read: a file that maps and is damaged or foreign is not read a second time, in full
+        cause = exc.__context__
+        if zipfile.is_zipfile(path) and not isinstance(cause, OSError) and "mmap" not in str(cause):
+            return None  # the log's count stands (eval and predict say what is wrong with the file)
         try:
-            ck = load_checkpoint(path)
-        except Exception:  # damaged or foreign: the log's count stands (eval and predict say what is wrong with it)
+            ck = read_tensor_file(path)
+        except CheckpointError:
             return None
+    if ck.get("format") != FORMAT:  # not a fewshot checkpoint (load_checkpoint's check; the fields are checked below)
+        return None
     saved = {k: ck.get(k) for k in ("epoch", "step_in_epoch", "global_step")}
     if not all(_is_whole(v) and v >= 0 for v in saved.values()):
         return None

@@ -81,7 +81,9 @@ class RunStart:
 
     def __init__(self, out: Path):
         self.written = Path(out)  # as given: `x/../run` makes x, which the normalised path does not name
-        self.out = Path(os.path.abspath(out))
+        # the folder the kernel writes to: `link/../run` is run beside the link's target, not beside the link (a
+        # text-normalised path looked in the wrong folder and left config.yaml and the lock behind)
+        self.out = self.written.resolve()
         self.armed = False  # set once this command holds RUN's lock: before that, what is there is not its own
         self.existed = True
         self.entries_before: set[str] = set()
@@ -90,11 +92,10 @@ class RunStart:
     def note_before(self) -> None:
         """RUN's entries (and missing parents) before the start writes anything."""
         self.existed = os.path.lexists(self.out)
+        self.new_parents = missing_parents(self.written)  # `x/../run` makes x whether or not run is there
         if self.existed:
             with contextlib.suppress(OSError):
                 self.entries_before = set(os.listdir(self.out))
-            return
-        self.new_parents = missing_parents(self.written)
 
     def undo(self) -> None:
         """Remove what this start made: RUN's new start entries, then RUN and its parents if they are new and
@@ -108,13 +109,10 @@ class RunStart:
                     _remove(self.out / name)
         if LOCK_NAME not in self.entries_before:  # one there before (an earlier run's) stays; the lock is
             unlock_and_remove(self.out)            # given up when the command ends
-        if self.existed:
-            return
-        for folder in (self.out, *self.new_parents):
-            try:
-                folder.rmdir()  # only an empty one: a file someone else put there keeps it
-            except OSError:
-                return
+        made = {*self.new_parents, *(() if self.existed else (self.out,))}  # `x/../run` with run there made x
+        for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only an empty one: a file someone else put there keeps it (and its parents)
 
 
 def _remove(path: Path) -> None:
