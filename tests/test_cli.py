@@ -1105,8 +1105,10 @@ def test_a_rank_whose_peer_stopped_does_not_report_a_bug(monkeypatch, capsys):
 
     from fewshot.cli import _dispatch
 
-    def collective_failed(args, extra):
-        raise dist.DistBackendError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234")
+    def collective_failed(args, extra):  # gloo's words, as long as they come (cut mid-word: "remote worker c)")
+        raise dist.DistBackendError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] "
+                                    "Connection closed by peer [127.0.0.1]:13192. This is typically caused by a "
+                                    "remote worker crashing or exiting")
 
     def bug(args, extra):
         raise RuntimeError("an ordinary bug")
@@ -1114,30 +1116,35 @@ def test_a_rank_whose_peer_stopped_does_not_report_a_bug(monkeypatch, capsys):
     def timeout(args, extra):  # rank 0's own distributed failure keeps its traceback
         raise dist.DistStoreError("Timed out after 1801 seconds waiting for clients (gloo)")
 
-    args = SimpleNamespace(command="compare")
+    args = SimpleNamespace(command="pretrain")  # a command that runs under torchrun
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    assert _dispatch(args, [], {"compare": collective_failed}) == 1
+    assert _dispatch(args, [], {"pretrain": collective_failed}) == 1
     err = capsys.readouterr().err
     assert "rank 1 stopped because another process of this torchrun job ended first" in err
+    assert "caused by a remote...)." in err, err  # cut at a word's end, and said to be cut
     assert "internal error" not in err and "Traceback" not in err
     for other in (bug, timeout):
-        assert _dispatch(args, [], {"compare": other}) == 1
+        assert _dispatch(args, [], {"pretrain": other}) == 1
         assert "internal error (a bug" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: a failed collective is no peer's doing
-    assert _dispatch(args, [], {"compare": collective_failed}) == 1
+    assert _dispatch(args, [], {"pretrain": collective_failed}) == 1
     assert "internal error (a bug" in capsys.readouterr().err
 
 
-def test_single_process_commands_refuse_torchrun(monkeypatch):
+def test_single_process_commands_refuse_torchrun(monkeypatch, tmp_path):
     """Under torchrun `eval`, `predict`, `export` and `report` ran whole on every rank and wrote the same files N
-    times, while `data` and `run` were refused (a DDP hunt)."""
+    times, while `data` and `run` were refused (a DDP hunt); `compare` and `models` printed every table once per
+    process. Every command but train and pretrain is refused, with the same message."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     for argv in (["eval", "RUN", "--data", "ROOT"], ["predict", "RUN", "--data", "ROOT", "--out", "p.json"],
-                 ["export", "RUN", "--out", "b.safetensors"], ["report", "RUN", "--out", "r"]):
-        rc, _, err = run_main(*argv)
-        assert rc == 2 and "runs in one process, but WORLD_SIZE is 2" in err, (argv, err)
-    assert run_main("models", "test_resnet")[0] == 0  # writes nothing: harmless on every rank
+                 ["export", "RUN", "--out", "b.safetensors"], ["report", "RUN", "--out", "r"],
+                 ["probe", "--weights", "w.pt", "--data", "ROOT"], ["compare", "RUN"], ["models", "test_resnet"],
+                 ["data", "digits", "--out", tmp_path / "d"], ["run", "--data", "ROOT", "--out", tmp_path / "o"]):
+        rc, out, err = run_main(*argv)
+        assert rc == 2 and "runs in one process, but WORLD_SIZE is 2" in err and out == "", (argv, out, err)
+        assert "without torchrun" in err, err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "o").exists()
     monkeypatch.setenv("WORLD_SIZE", "")  # an empty variable is one process, not an internal error
     rc, _, err = run_main("eval", "no-such-run", "--data", "ROOT")
     assert rc == 2 and "internal error" not in err, err

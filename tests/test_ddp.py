@@ -364,3 +364,24 @@ def test_torchrun_a_user_error_or_ctrl_c_is_said_once_whichever_rank_stops_first
     out = outs["interrupted"]
     assert out.count("fewshot pretrain: interrupted") == 1 and "another process" not in out, out
     assert set(re.findall(r"exitcode\s*:\s*(-?\d+)", out)) == {"130"}, out  # rank 1 too: 128 + SIGINT, not 1
+
+
+def test_torchrun_says_a_usage_error_and_an_out_that_is_a_file_once(tmp_path):
+    """argparse's usage error came once per process; an --out that is a file was found by rank 0 alone after the
+    barrier, and rank 1 added "stopped because another process ended first" with gloo's text cut mid-word. The
+    two launches run side by side (each is mostly start-up)."""
+    root = build_digits(tmp_path / "data")
+    (tmp_path / "afile").write_text("x")
+    argvs = {"usage": ["train", "--data", str(root), "--out", str(tmp_path / "r"), "--lr", "abc"],
+             "file": ["train", "--data", str(root), "--out", str(tmp_path / "afile"), *COMMON]}
+    procs = {case: subprocess.Popen(torchrun_cmd(WORLD, free_port(), "-m", "fewshot", *argv), cwd=tmp_path,
+                                    env=dist_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for case, argv in argvs.items()}
+    outs = {case: proc.communicate(timeout=TIMEOUT)[0] for case, proc in procs.items()}
+    out = outs["usage"]
+    assert out.count("usage: fewshot train") == 1 and out.count("invalid float value: 'abc'") == 1, out
+    out = outs["file"]
+    assert out.count("the run folder") == 1 and "is a file; give --out a folder" in out, out
+    assert "another process" not in out and "internal error" not in out, out  # (torchrun adds its own traceback)
+    assert set(re.findall(r"exitcode\s*:\s*(-?\d+)", out)) <= {"2", "-15"}, out
+    assert (tmp_path / "afile").read_text() == "x"

@@ -73,6 +73,24 @@ def test_a_user_error_is_printed_by_the_first_process_only(env, tmp_path):
     assert "runs in one process" in run_main("eval", tmp_path, "--data", tmp_path)[2]
 
 
+def test_argparse_errors_and_help_are_printed_by_the_first_process_only(env, monkeypatch, tmp_path):
+    """`torchrun ... -m fewshot train --lr abc` (or a missing --out, or `help train`) printed argparse's usage and
+    error once per process; the others now exit with the same code without a word."""
+    from fewshot import cli
+
+    monkeypatch.setattr(cli, "ARGPARSE_GRACE_S", 0.0, raising=False)
+    cases = [(["train", "--data", tmp_path, "--out", tmp_path / "r", "--lr", "abc"], 2, "invalid float value"),
+             (["train", "--data", tmp_path], 2, "the following arguments are required: --out"),
+             (["eval", "RUN", "--data", tmp_path, "optim.lr=1"], 2, "unrecognized arguments: optim.lr=1"),
+             (["help", "train"], 0, "usage: fewshot train")]
+    for argv, code, said in cases:
+        for rank, printed in (("1", False), ("0", True)):
+            env(WORLD_SIZE="2", RANK=rank, LOCAL_RANK=rank)
+            rc, out, err = run_main(*argv)
+            assert rc == code and (said in out + err) == printed, (argv, rank, out, err)
+            assert printed or out + err == "", (argv, out, err)
+
+
 def test_a_layout_error_under_torchrun_is_printed_by_rank_0_only(env, monkeypatch, copy_root, tmp_path):
     from fewshot.train import finetune
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
 import json
 import os
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -254,8 +256,6 @@ def cmd_data(args, extra) -> int:
     from fewshot.data.build import build_dataset
     from fewshot.utils import check_output_dir
 
-    if world_size_env() > 1:  # every rank built into one temporary folder and crashed
-        raise UserError("`fewshot data` builds a dataset in one process; run it without torchrun.")
     if args.idx_dir and args.name != "fashion-mnist":  # it was ignored without a word
         raise UserError(f"--idx-dir is where the fashion-mnist IDX files are; {args.name} is built from "
                         f"scikit-learn's bundled copy and takes no --idx-dir.")
@@ -410,14 +410,9 @@ def main(argv: list | None = None, started: float | None = None) -> int:
     if argv is not None:
         argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in argv]
     argv = _help_command(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if "--" in extra:  # `--unlabeled A B -- optim.lr=1e-3`: the usual end of a list of values, not an override
-        extra.remove("--")
+    with _argparse_said_once():
+        args, extra = _parse(argv)
     args.started = started
-    _expand_home(args)
-    if args.command is None:  # as argparse does for a missing argument: usage and why on stderr, exit 2
-        parser.error("a command is required (`fewshot --help` lists them)")
     try:  # torch and torchvision ask for it while being imported: that traceback read as a bug in fewshot
         tempfile.gettempdir()
     except FileNotFoundError as exc:  # /tmp, /var/tmp and the current folder all unwritable
@@ -427,20 +422,6 @@ def main(argv: list | None = None, started: float | None = None) -> int:
     from fewshot import cli_moco
 
     handlers = {**COMMANDS, **cli_moco.COMMANDS}
-    given = {name: getattr(args, name, None) for name in PATH_ARGS if name != "weights"}  # weights '': random init
-    empty = [name for name, value in given.items()
-             if value == "" or (isinstance(value, list) and "" in value)]
-    if empty:  # `--out ''` (an unset shell variable) wrote into the current folder
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        command = sub.choices[args.command]
-        names = {a.dest: a.option_strings[0] if a.option_strings else (a.metavar or a.dest.upper())
-                 for a in command._actions}
-        command.error(f"an empty path was given for {', '.join(names.get(n, n) for n in empty)}")  # usage; exit 2
-    bad = [w for w in extra if w.startswith("-")]
-    if bad or (extra and args.command not in ("train", "pretrain", "run")):
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        note = "" if bad else " (key=value config overrides apply to train, pretrain and run)"
-        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}{note}")  # its usage; exit 2
     from fewshot import progress
 
     bars = progress.is_enabled()
@@ -457,6 +438,57 @@ def main(argv: list | None = None, started: float | None = None) -> int:
         progress.set_enabled(bars)  # as were: --no-progress of one in-process call does not outlive it
 
 
+def _parse(argv: list) -> tuple[argparse.Namespace, list]:
+    """The command line as argparse reads it, with the checks that answer as argparse does (usage, exit 2): a
+    missing command, an empty path, an unknown option or a key=value word where none is taken."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if "--" in extra:  # `--unlabeled A B -- optim.lr=1e-3`: the usual end of a list of values, not an override
+        extra.remove("--")
+    _expand_home(args)
+    if args.command is None:  # as argparse does for a missing argument: usage and why on stderr, exit 2
+        parser.error("a command is required (`fewshot --help` lists them)")
+    given = {name: getattr(args, name, None) for name in PATH_ARGS if name != "weights"}  # weights '': random init
+    empty = [name for name, value in given.items()
+             if value == "" or (isinstance(value, list) and "" in value)]
+    if empty:  # `--out ''` (an unset shell variable) wrote into the current folder
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices[args.command]
+        names = {a.dest: a.option_strings[0] if a.option_strings else (a.metavar or a.dest.upper())
+                 for a in command._actions}
+        command.error(f"an empty path was given for {', '.join(names.get(n, n) for n in empty)}")  # usage; exit 2
+    bad = [w for w in extra if w.startswith("-")]
+    if bad or (extra and args.command not in ("train", "pretrain", "run")):
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        note = "" if bad else " (key=value config overrides apply to train, pretrain and run)"
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}{note}")  # its usage; exit 2
+    return args, extra
+
+
+ARGPARSE_GRACE_S = 1.0  # how long a quiet rank leaves the speaker to print argparse's usage error before exiting
+
+
+@contextlib.contextmanager
+def _argparse_said_once():
+    """Under torchrun every process parses the same command line, and argparse's usage error, --help or --version
+    came out once per process. A quiet rank (_quiet_rank) holds what argparse writes and drops it when argparse
+    exits, with the same exit code. There is no process group yet to wait for the speaker on (_speaker_spoke): a
+    failing quiet rank waits ARGPARSE_GRACE_S before exiting, as torchrun ends the others once one has failed."""
+    if not _quiet_rank():
+        yield
+        return
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            time.sleep(ARGPARSE_GRACE_S)
+        raise
+    sys.stdout.write(out.getvalue())  # no exit: whatever was written along the way is the command's own
+    sys.stderr.write(err.getvalue())
+
+
 def _dispatch(args, extra, handlers) -> int:
     code = _run_command(args, extra, handlers)
     if code and "torch.distributed" in sys.modules and not _quiet_rank():
@@ -468,11 +500,7 @@ def _dispatch(args, extra, handlers) -> int:
 
 def _run_command(args, extra, handlers) -> int:
     try:
-        if args.command in ("eval", "predict", "export", "probe", "report") and world_size_env() > 1:
-            # every process did the whole work and wrote the same files (`data` and `run` say why themselves)
-            raise UserError(f"`fewshot {args.command}` runs in one process, but WORLD_SIZE is "
-                            f"{world_size_env()} here (torchrun, or a job that starts several processes): run it "
-                            f"once, without torchrun.")
+        refuse_several_processes(args.command)
         if args.command in ("train", "pretrain", "run"):
             from fewshot.runtime import check_environment
 
@@ -531,7 +559,7 @@ def _run_command(args, extra, handlers) -> int:
                 # rank 0 was interrupted, so was this rank (a terminal's Ctrl-C and torchrun's forwarded SIGINT reach
                 # every process), whose own SIGINT may come only after the closed connection: not "another process"
                 return _interrupted(args, signal.SIGINT)
-            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            first = clipped((str(exc).strip().splitlines() or [""])[0], 160)
             print(f"fewshot {args.command}: rank {os.environ.get('RANK', '?')} stopped because another process of "
                   f"this torchrun job ended first (its own message says why; here: {first}).", file=sys.stderr)
             return 1
@@ -539,6 +567,32 @@ def _run_command(args, extra, handlers) -> int:
         print(f"fewshot {args.command}: internal error (a bug; please report it with the traceback above).",
               file=sys.stderr)
         return 1
+
+
+DDP_COMMANDS = ("train", "pretrain")  # the commands that share their work among torchrun's processes
+
+
+def refuse_several_processes(command: str) -> None:
+    """Under torchrun every other command did its whole work in every process: eval, predict, export and report
+    wrote the same files N times, compare and models printed every table N times, data built into one temporary
+    folder from every rank and crashed. All are refused alike, before any work."""
+    if command in DDP_COMMANDS or world_size_env() < 2:
+        return
+    hint = (" (or run its stages under torchrun one by one: `fewshot pretrain`, then `fewshot train`)"
+            if command == "run" else "")
+    raise UserError(f"`fewshot {command}` runs in one process, but WORLD_SIZE is {world_size_env()} here "
+                    f"(torchrun, or a job that starts several processes): run it once, without torchrun{hint}.")
+
+
+def clipped(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word's end, with "..." where cut: a peer's gloo message
+    cut mid-word ("caused by a remote worker c") read as garbled."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 3]
+    if text[limit - 3] != " " and " " in cut:  # the cut fell inside a word: drop it whole
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:.") + "..."
 
 
 def _interrupted(args, signum: int) -> int:

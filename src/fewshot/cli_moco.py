@@ -168,11 +168,6 @@ def cmd_run(args, extra) -> int:
         args.budget_minutes = 10.0
     if args.budget_minutes is not None:
         check_budget(args.budget_minutes)
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("`fewshot run` is a single-process pipeline; under torchrun use `fewshot pretrain` and "
-                        "`fewshot train` (both DDP-aware), or run `fewshot run` without torchrun.")
     check_unlabeled_words(args.unlabeled)
     flags = {"data.root": args.data, "model.name": args.model, "train.device": args.device,
              "data.unlabeled": args.unlabeled, "model.weights": args.weights,

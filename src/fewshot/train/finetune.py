@@ -38,6 +38,10 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
     held before, so that a start failing later removes only what it made."""
     out = Path(out)
     check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
+    if out.exists() and not out.is_dir():
+        # ensure_writable_dir's refusal of a file, met by every rank before the barrier (it writes nothing then):
+        # found by rank 0 alone after it, rank 1 was left at the next collective and blamed a closed connection
+        ensure_writable_dir(out, "run")
     if ctx is None or ctx.is_main:  # a run being written is refused as such, not as one to --resume
         refuse_if_being_written(out)
     existing = out / "checkpoints" / "last.pt"
