@@ -371,3 +371,31 @@ def test_uneven_shots_with_an_even_test_split_aim_at_even_proportions():
     like_train = torch.nn.functional.one_hot(torch.arange(7).repeat_interleave(shots * 30), 7).float() * 3 + \
         torch.randn(int(shots.sum()) * 30, 7, generator=g)
     assert _test_prior(train, val, like_train)[1] == "train"
+
+
+def test_classes_no_model_predicts_are_no_degrees_of_freedom_of_the_skew_test():
+    """A review: a weak model that predicts 2 of 10 classes, val shares 50/50, test 25/75 over 3000 images: counted
+    with 9 degrees of freedom p was 0.06 (the skew passed as the train proportions); with 1 it is 6e-5."""
+    val_targets = torch.arange(10).repeat_interleave(5)
+    val_logits = torch.nn.functional.one_hot(torch.arange(50) % 2, 10).float() * 5  # 25 of each of 2 classes
+    test_logits = torch.nn.functional.one_hot((torch.arange(3000) % 4 != 0).long(), 10).float() * 5  # 750 / 2250
+    assert bal.fits_proportions(val_logits, val_targets, test_logits, torch.full((10,), 0.1)) < 1e-3
+    # one class predicted by both samples alike: nothing to test
+    one = torch.nn.functional.one_hot(torch.zeros(50, dtype=torch.long), 10).float()
+    assert bal.fits_proportions(one, val_targets, one[:1].repeat(300, 1), torch.full((10,), 0.1)) == 1.0
+
+
+def test_the_estimated_priors_words_give_each_references_p_value():
+    """A review: "p=0.01 for train's or even ones" read as one p for both, and "train's" where there were no train
+    images."""
+    from fewshot.eval.predict import _test_prior
+
+    g = torch.Generator().manual_seed(0)
+    val_targets = torch.arange(4).repeat_interleave(30)
+    val = (torch.nn.functional.one_hot(val_targets, 4).float() * 3 + torch.randn(120, 4, generator=g), val_targets)
+    skewed = torch.nn.functional.one_hot(torch.zeros(300, dtype=torch.long), 4).float() * 3 + \
+        torch.randn(300, 4, generator=g)
+    _, words = _test_prior(torch.tensor([0.4, 0.1, 0.4, 0.1]), val, skewed)
+    assert "for the train split's proportions, p=" in words and "for even ones)" in words
+    _, words = _test_prior(torch.full((4,), 0.25), val, skewed, from_train=False)
+    assert "for even proportions)" in words and "train" not in words

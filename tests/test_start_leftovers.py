@@ -141,3 +141,14 @@ def test_a_start_without_a_lock_undoes_nothing(digits_root, tmp_path, monkeypatc
     run = tmp_path / "run"
     rc, _, err = train(digits_root, run, "--model", "no_such_model_xyz")
     assert rc == 2 and (run / "config.yaml").is_file(), err
+
+
+def test_an_out_through_a_loop_of_links_is_a_user_error(digits_root, tmp_path):
+    """A review: resolve() raises RuntimeError on a loop of symbolic links, reported as an internal error."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    rc, _, err = train(digits_root, tmp_path / "a" / "run", "--model", "test_resnet")
+    assert rc == 2 and "loop of symbolic links" in err and "internal error" not in err, err
+    rc, _, err = run_main("run", "--data", digits_root, "--out", tmp_path / "a" / "run", "--budget-minutes", "1",
+                          "--model", "test_resnet", "--device", "cpu", "--no-progress")
+    assert rc == 2 and "loop of symbolic links" in err, err

@@ -374,7 +374,7 @@ def console_main() -> int:
 
 # OSErrors that describe the machine (disk, permissions, paths), which the user can fix: exit 2, no traceback
 ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
-                                errno.EISDIR, errno.ENAMETOOLONG})
+                                errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP})
 
 
 PATH_ARGS = ("data", "out", "run", "weights", "config", "unlabeled", "runs")
@@ -554,6 +554,10 @@ def _run_command(args, extra, handlers) -> int:
               f"permissions, or free space if the disk is full, then run the command again).", file=sys.stderr)
         return 2
     except Exception as exc:
+        if isinstance(exc, RuntimeError) and str(exc).startswith("Symlink loop from"):  # pathlib's resolve(), 3.11-12
+            print(f"fewshot {args.command}: error: {exc}: a path given goes round a loop of symbolic links; give "
+                  f"another path.", file=sys.stderr)
+            return 2
         if _a_peer_stopped(exc):  # a user error on rank 0 alone (a held lock, a full disk) is not a bug on rank 1
             if _first_exit(1.0) == 128 + signal.SIGINT:
                 # rank 0 was interrupted, so was this rank (a terminal's Ctrl-C and torchrun's forwarded SIGINT reach

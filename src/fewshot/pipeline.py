@@ -33,7 +33,7 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, after_roun
                                 report_seconds, time_holds, too_short_budget_error)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.utils import (atomic_write_text, derive_seed, missing_parents, refuse_links_in_run_dir, resolve_device,
-                           seed_everything, write_json)
+                           resolved, seed_everything, write_json)
 
 
 def pseudo_label_line(per_dataset: dict, unknown: int) -> str:
@@ -868,7 +868,7 @@ class PipelineRun:
         out = self.out
         # judged on the folder the kernel writes to once the parents are made: `x/../y` with no x named no folder
         # yet, so a y full of the user's files passed as new, and a failed start removed them with it
-        self.real_out = out.resolve()
+        self.real_out = resolved(out)
         if not self.resume:
             refuse_used_output(out)
         self.out_existed = self.real_out.is_dir()  # what a refused start leaves as it found it (undo_run_start)
@@ -1473,8 +1473,9 @@ def overrun_note(total_s: float, budget_s: float, trained_s: float) -> str:
              f"data and machine")
     if least > budget_s / 60:
         return f"{words}. A budget of at least {least} minute{'s' if least != 1 else ''} leaves training a fair share."
-    return (f"{words}, more than the speeds measured at its start let it plan for: a machine busier than then (other "
-            f"work on its cores) takes longer; a quieter machine or a larger budget keeps it.")
+    return (f"{words}, and it ran {total_s - budget_s:.0f} s over although a budget of this size holds that work: "
+            f"the speeds measured at its start may have been faster than the machine later was (other work on its "
+            f"cores?). A rerun on a quieter machine, or with a little more budget, should end on time.")
 
 def undo_run_start(out: Path, entries_before: set[str], existed: bool, new_parents: list[Path] = ()) -> None:
     """Remove what a fresh run wrote to ``out`` (refuse_used_output found no entry but hidden ones), for a start
@@ -1504,7 +1505,7 @@ def refuse_used_output(out: Path) -> None:
     """A second run into the same folder would append to the first one's logs and leave its stage folders
     (a round the new run never trained) for the report to pick up: `fewshot run` wants a fresh folder. The folder
     is the one the kernel will write to: `x/../y` with no x yet names y once x is made."""
-    real = Path(out).resolve()
+    real = resolved(out)
     if real.is_dir():
         try:
             entries = sorted(p.name for p in real.iterdir() if not p.name.startswith("."))  # .DS_Store & co.

@@ -49,14 +49,14 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
             t0 = time.perf_counter()
             batch = task.make_batch(batches[i % len(batches)], 0, i)
             with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
-                loss, _, _ = task.training_step(model, batch)
+                loss = task.training_step(model, batch)[0]  # the outputs go at once: nothing holds them
             opt.zero_grad()
             loss.backward()
             opt.step()
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
-    del model, opt, batch, loss
+    del model, opt, params, batch, loss  # every name that holds the copy's tensors (params: its weights and grads)
     free_device_memory(device)  # the copy's weights and gradients, held by the allocator for the stage's own
     return sorted(times)[len(times) // 2]
 

@@ -56,12 +56,24 @@ def check_output_dir(path, flag: str = "--out", shown=None) -> Path:
     return path
 
 
+def resolved(path, what: str = "output folder") -> Path:
+    """``path`` as the kernel will name it (symbolic links and `..` followed), or a UserError where it cannot be:
+    a loop of links made resolve() raise RuntimeError, which the command reported as an internal error."""
+    from fewshot.errors import UserError
+
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:
+        raise UserError(f"the {what} '{path}' cannot be followed to a folder ({exc}): a loop of symbolic links? "
+                        f"Give another path.") from None
+
+
 def missing_parents(out: Path) -> list[Path]:
     """The folders above ``out`` that creating it makes, as the kernel will name them once made (resolved, deepest
     first, for an undo that removes children before their parents): `x/../y` makes x, which y's path does not
     name, and `link/x/../y` makes x inside the link's target. Each is judged on its resolved path: `x/../y/z` with
     no x does not make y where y is there (its written path only fails to exist until x is made)."""
-    found = {Path(p).resolve() for p in Path(out).parents}
+    found = {resolved(p) for p in Path(out).parents}
     return sorted((p for p in found if not os.path.lexists(p)), key=lambda p: len(p.parts), reverse=True)
 
 

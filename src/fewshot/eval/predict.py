@@ -396,11 +396,12 @@ def _skew_untestable(val: tuple | None, n_classes: int, val_why: str | None) -> 
     return f"val lacks {missing} of the {n_classes} classes" if missing else None
 
 
-def _test_prior(train_prior: torch.Tensor, val: tuple, test: torch.Tensor) -> tuple[torch.Tensor, str]:
+def _test_prior(train_prior: torch.Tensor, val: tuple, test: torch.Tensor,
+                from_train: bool = True) -> tuple[torch.Tensor, str]:
     """The class proportions to even the test predictions out to: the train split's or even ones, whichever the test
     predictions fit better, unless they fit neither (then the test split's own, estimated through the model's
     confusion on val), and where they come from ("train", or words). ``val`` (logits, targets) must hold every
-    class (_skew_untestable)."""
+    class (_skew_untestable); ``from_train``: False where ``train_prior`` is even for want of train images."""
     logits, targets = val
     even = torch.full_like(train_prior, 1.0 / len(train_prior))
     references = {"train": train_prior}
@@ -415,9 +416,9 @@ def _test_prior(train_prior: torch.Tensor, val: tuple, test: torch.Tensor) -> tu
                      f"train split's (p={fits['train']:.2g})"
     confusion = bal.soft_confusion(logits.softmax(1), targets, len(train_prior))
     estimated = bal.estimate_prior(confusion, test.softmax(1))
-    fitted = " or even ones" if "even" in fits else ""
-    return floored_shares(estimated, len(test)), \
-        f"estimated from the test predictions (p={fits['train']:.1g} for train's{fitted})"
+    names = {"train": "the train split's proportions" if from_train else "even proportions", "even": "even ones"}
+    fitted = ", ".join(f"p={p:.1g} for {names[name]}" for name, p in fits.items())
+    return floored_shares(estimated, len(test)), f"estimated from the test predictions ({fitted})"
 
 
 def floored_shares(shares: torch.Tensor, n_test: int) -> torch.Tensor:
@@ -459,7 +460,7 @@ def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, ho
         return {"used": False, "why": f"{untestable}, so a skewed test split could not be told apart"}
     estimated = "train"
     if not untestable:
-        prior, estimated = _test_prior(prior, val, test)
+        prior, estimated = _test_prior(prior, val, test, from_train=source == "train")
     plan = {"used": True, "prior_from": source if estimated == "train" else estimated,
             "prior": [round(float(x), 4) for x in prior]}
     if untestable:  # --balance on: done as asked, but the user hears that the proportions were not checked

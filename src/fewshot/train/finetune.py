@@ -23,7 +23,8 @@ from fewshot.train.distributed import barrier, check_same_data, init_distributed
 from fewshot.run_lock import LOCK_NAME, lock_run_dir, refuse_if_being_written, unlock_and_remove
 from fewshot.train.engine import Engine, check_resume_world
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
-from fewshot.utils import missing_parents, refuse_links_in_run_dir, resolve_device, seed_everything, write_json
+from fewshot.utils import (missing_parents, refuse_links_in_run_dir, resolve_device, resolved, seed_everything,
+                           write_json)
 
 
 # What a train / pretrain run writes before its first checkpoint: a folder holding only these is a start that
@@ -87,7 +88,7 @@ class RunStart:
         self.written = Path(out)  # as given: `x/../run` makes x, which the normalised path does not name
         # the folder the kernel writes to: `link/../run` is run beside the link's target, not beside the link (a
         # text-normalised path looked in the wrong folder and left config.yaml and the lock behind)
-        self.out = self.written.resolve()
+        self.out = resolved(self.written)
         self.armed = False  # set once this command holds RUN's lock: before that, what is there is not its own
         self.existed = True
         self.entries_before: set[str] = set()

@@ -1,0 +1,132 @@
+"""Which class proportions should class-balanced prediction aim at? The first version against the present one.
+
+For each trained run (with the data root it was trained on), the val and test logits of every dataset are computed
+once; then each test split is scored plain (argmax), with the first version's choice (the train split's
+proportions unless a one-sample chi-square, p < 0.01, rules them out; then proportions estimated through the val
+confusion) and with the present one (fewshot.eval.predict._test_prior: a two-sample test at p < 0.05, even
+proportions as a second reference), both behind `auto`'s val check. Three test splits per dataset, cut from the
+real one by its answer key: `full` (as it is), `skew` (the first half of the classes whole, a tenth of the rest)
+and, where the train split's shots are uneven, `prop` (each class cut to the train split's proportions). Paired,
+so the machine's load does not enter. Prints the mean gain over plain per scenario and writes JSON.
+
+    python benchmarks/balance_priors.py runs/qbal/b3/st_s0/finetune=demo_data OTHER_RUN=OTHER_ROOT ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from fewshot.eval import balance as bal
+from fewshot.eval import predict as P
+
+
+def logits_of(run: Path, root: Path) -> dict:
+    """{dataset: test logits and answers, val logits and targets, train counts}, in the dataset's own classes."""
+    device = torch.device("cpu")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        tm = P.load_trained(run, device)
+        infos, data = P._data_for(tm, root, "test", scoring=True)
+        answers = P.read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids, warn=False)
+        logits = P.compute_logits(tm.model, data.images, tm.normalize, device)
+        out = {}
+        for info in infos:
+            d = tm.space.index(info.name)
+            lo, size = tm.space.offsets[d], tm.space.sizes[d]
+            rows = data.dataset_ids == d
+            val_logits, val_targets, _ = P._val_logits(tm, root, info.name, device)
+            train, _ = P._labelled_split(tm, root, info.name, "train")
+            if val_logits is None or train is None:
+                continue
+            out[info.name] = {"test": logits[rows][:, lo:lo + size], "answers": answers[rows] - lo,
+                              "val": (val_logits, val_targets),
+                              "shots": torch.bincount(torch.tensor([k for _, k in train.train]), minlength=size)}
+    return out
+
+
+def first_version(train: torch.Tensor, val: tuple, test: torch.Tensor) -> torch.Tensor:
+    """The choice of 2026-12-04: one-sample chi-square against the val confusion taken as exact, p < 0.01."""
+    logits, targets = val
+    n = len(train)
+    pred, hard = logits.argmax(1), torch.zeros(n, n)
+    for j in range(n):
+        rows = targets == j
+        hard[:, j] = (torch.bincount(pred[rows], minlength=n).float() + 1.0 / n) / (int(rows.sum()) + 1.0)
+    expected = len(test) * (hard @ train)
+    observed = torch.bincount(test.argmax(1), minlength=n).float()
+    chi2 = float(((observed - expected) ** 2 / expected.clamp_min(1e-6)).sum())
+    if float(torch.special.gammaincc(torch.tensor((n - 1) / 2.0), torch.tensor(chi2 / 2.0))) >= 0.01:
+        return train
+    estimated = bal.estimate_prior(bal.soft_confusion(logits.softmax(1), targets, n), test.softmax(1))
+    return P.floored_shares(estimated, len(test))
+
+
+def cuts(d: dict) -> dict:
+    """{scenario: row indices of the test split}."""
+    answers, shots = d["answers"], d["shots"]
+    n = len(shots)
+    by_class = [(answers == c).nonzero().flatten() for c in range(n)]
+    out = {"full": torch.arange(len(answers)),
+           "skew": torch.cat([idx if c < n // 2 else idx[: max(1, len(idx) // 10)] for c, idx in enumerate(by_class)])}
+    if int(shots.min()) != int(shots.max()):
+        share = shots.float() / shots.max()
+        out["prop"] = torch.cat([idx[: max(1, round(float(share[c]) * len(idx)))] for c, idx in enumerate(by_class)])
+    return out
+
+
+def accuracy(logits: torch.Tensor, answers: torch.Tensor, prior: torch.Tensor | None) -> float:
+    if prior is not None:
+        logits = logits + bal.class_offsets(logits, prior)
+    return round(100.0 * float((logits.argmax(1) == answers).float().mean()), 2)
+
+
+def score(d: dict) -> dict:
+    train = bal.train_prior(torch.repeat_interleave(torch.arange(len(d["shots"])), d["shots"]), len(d["shots"]))
+    use = bal.val_decision(*d["val"])["used"]  # auto's val check, the same for both versions
+    out = {}
+    for scenario, rows in cuts(d).items():
+        test, answers = d["test"][rows], d["answers"][rows]
+        if not bal.enough_images(len(test), len(train)):
+            continue
+        first = first_version(train, d["val"], test) if use else None
+        now = P._test_prior(train, d["val"], test)[0] if use else None
+        out[scenario] = {"off": accuracy(test, answers, None), "first": accuracy(test, answers, first),
+                         "now": accuracy(test, answers, now)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("pairs", nargs="+", help="RUN=ROOT: a run folder (or fewshot run stage folder) and its data root")
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/balance_priors.json"))
+    args = ap.parse_args()
+    results = {}
+    for pair in args.pairs:
+        run, _, root = pair.partition("=")
+        results[pair] = {name: score(d) for name, d in logits_of(Path(run), Path(root or "demo_data")).items()}
+        print(pair, json.dumps(results[pair]), flush=True)
+    summary = {}
+    for scenario in ("full", "skew", "prop"):
+        rows = [s[scenario] for r in results.values() for s in r.values() if scenario in s]
+        if not rows:
+            continue
+        summary[scenario] = {"n": len(rows)}
+        for how in ("first", "now"):
+            gains = [r[how] - r["off"] for r in rows]
+            summary[scenario][how] = {"mean_gain": round(statistics.mean(gains), 2), "worst": round(min(gains), 2),
+                                      "better": sum(g > 0 for g in gains), "worse": sum(g < 0 for g in gains)}
+        print(f"{scenario} ({len(rows)} dataset splits): " + "; ".join(
+            f"{how} {v['mean_gain']:+.2f} mean, worst {v['worst']:+.2f}, better/worse {v['better']}/{v['worse']}"
+            for how, v in summary[scenario].items() if how != "n"))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps({"runs": results, "gain_over_off": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
