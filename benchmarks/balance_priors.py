@@ -4,7 +4,8 @@ For each trained run (with the data root it was trained on), the val and test lo
 once; then each test split is scored plain (argmax), with the first version's choice (the train split's
 proportions unless a one-sample chi-square, p < 0.01, rules them out; then proportions estimated through the val
 confusion) and with the present one (fewshot.eval.predict._test_prior: a two-sample test at p < 0.05, even
-proportions as a second reference), both behind `auto`'s val check. Three test splits per dataset, cut from the
+proportions as a second reference; and `auto` decides only with AUTO_MIN_VAL_PER_CLASS val images per class), both
+behind `auto`'s val check. Three test splits per dataset, cut from the
 real one by its answer key: `full` (as it is), `skew` (the first half of the classes whole, a tenth of the rest)
 and, where the train split's shots are uneven, `prop` (each class cut to the train split's proportions). Paired,
 so the machine's load does not enter. Prints the mean gain over plain per scenario and writes JSON.
@@ -95,7 +96,8 @@ def score(d: dict) -> dict:
         if not bal.enough_images(len(test), len(train)):
             continue
         first = first_version(train, d["val"], test) if use else None
-        now = P._test_prior(train, d["val"], test)[0] if use else None
+        enough_val = bal.enough_images(len(d["val"][1]), len(train), bal.AUTO_MIN_VAL_PER_CLASS)
+        now = P._test_prior(train, d["val"], test)[0] if use and enough_val else None
         out[scenario] = {"off": accuracy(test, answers, None), "first": accuracy(test, answers, first),
                          "now": accuracy(test, answers, now)}
     return out

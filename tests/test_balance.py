@@ -399,3 +399,35 @@ def test_the_estimated_priors_words_give_each_references_p_value():
     assert "for the train split's proportions, p=" in words and "for even ones)" in words
     _, words = _test_prior(torch.full((4,), 0.25), val, skewed, from_train=False)
     assert "for even proportions)" in words and "train" not in words
+
+
+def _val_per_class(root: Path, n: int) -> None:
+    """Each val class of every dataset of ``root`` filled up to ``n`` images with copies of its own (other names)."""
+    import shutil
+
+    for folder in (p for p in root.glob("*/val/*") if p.is_dir()):
+        images = sorted(folder.iterdir())
+        for i in range(n - len(images)):
+            shutil.copy(images[i % len(images)], folder / f"copy{i}{images[i % len(images)].suffix}")
+
+
+def test_auto_decides_only_with_ten_val_images_per_class_and_says_so(trained, copy_root, tmp_path):
+    """A hunt: with 5 val images per class auto scored -48 to +35 points against plain argmax on weak models: it
+    predicts plainly there, names the reason, and `on` still forces it."""
+    rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "few.json", "--device",
+                               "cpu", "--balance", "auto")
+    assert rc == 0, err
+    line = next(s for s in stdout.splitlines() if "class-balanced test predictions" in s)
+    assert "too few to tell whether evening out helps (auto decides on 10 per class" in line
+    rc, _, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "off.json", "--device", "cpu",
+                          "--balance", "off")
+    assert json.loads((tmp_path / "few.json").read_text()) == json.loads((tmp_path / "off.json").read_text())
+    _val_per_class(copy_root, 10)
+    rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "enough.json", "--device",
+                               "cpu", "--balance", "auto")
+    assert rc == 0, err
+    line = next(s for s in stdout.splitlines() if "class-balanced test predictions" in s)
+    assert "too few" not in line and line.count("(val ") == 2, line  # decided on val, for both datasets
+    rc, _, err = run_main("eval", trained, "--data", copy_root, "--split", "test", "--device", "cpu", "--out",
+                          tmp_path / "metrics.json")
+    assert rc == 0 and json.loads((tmp_path / "metrics.json").read_text())["balance"] == "auto", err

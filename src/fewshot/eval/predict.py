@@ -329,6 +329,8 @@ def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str 
     metrics = score(logits, targets, data.dataset_ids, tm.space, mode, tm.n_parameters)
     metrics["split"] = split
     metrics["checkpoint"] = str(tm.path)
+    if split == "test" and mode == "known":  # which predictions were scored: `eval --out` kept no word of it
+        metrics["balance"] = balance
     return metrics
 
 
@@ -458,6 +460,10 @@ def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, ho
     untestable = _skew_untestable(val, size, val_why)
     if untestable and how == "auto":  # evening out a skewed test split costs far more than balancing gains
         return {"used": False, "why": f"{untestable}, so a skewed test split could not be told apart"}
+    if how == "auto" and not bal.enough_images(len(val_targets), size, bal.AUTO_MIN_VAL_PER_CLASS):
+        return {"used": False, "why": f"{len(val_targets)} val images for {size} classes: too few to tell whether "
+                                      f"evening out helps (auto decides on {bal.AUTO_MIN_VAL_PER_CLASS} per class or "
+                                      f"more; {setting} on forces it)"}
     estimated = "train"
     if not untestable:
         prior, estimated = _test_prior(prior, val, test, from_train=source == "train")

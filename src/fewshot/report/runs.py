@@ -628,8 +628,8 @@ def self_training_rounds(stages: dict) -> list[dict]:
 
 
 def balance_words(datasets: dict) -> str:
-    """summary.json's balanced_prediction as a sentence: which datasets' test predictions were evened out to the
-    train split's class proportions, with the val accuracies the choice was made on."""
+    """summary.json's balanced_prediction as a sentence: which datasets' test predictions were evened out (to the
+    train split's class proportions, or those named), with the val accuracies the choice was made on."""
     def one(name: str, d: dict) -> str:
         source = d.get("prior_from")
         aim = f"; aimed at proportions {source}" if d["used"] and isinstance(source, str) and source != "train" else ""
