@@ -402,11 +402,14 @@ def test_the_estimated_priors_words_give_each_references_p_value():
 
 
 def _val_per_class(root: Path, n: int) -> None:
-    """Each val class of every dataset of ``root`` filled up to ``n`` images with copies of its own (other names)."""
+    """Each val class of every dataset of ``root`` filled up to ``n`` images with copies of its own (other names),
+    but a class cut to a single image (a test's) stays so."""
     import shutil
 
     for folder in (p for p in root.glob("*/val/*") if p.is_dir()):
         images = sorted(folder.iterdir())
+        if len(images) == 1:
+            continue
         for i in range(n - len(images)):
             shutil.copy(images[i % len(images)], folder / f"copy{i}{images[i % len(images)].suffix}")
 
@@ -418,7 +421,7 @@ def test_auto_decides_only_with_ten_val_images_per_class_and_says_so(trained, co
                                "cpu", "--balance", "auto")
     assert rc == 0, err
     line = next(s for s in stdout.splitlines() if "class-balanced test predictions" in s)
-    assert "too few to tell whether evening out helps (auto decides on 10 per class" in line
+    assert "too few to tell whether evening out helps: auto decides on 10 of each" in line
     rc, _, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "off.json", "--device", "cpu",
                           "--balance", "off")
     assert json.loads((tmp_path / "few.json").read_text()) == json.loads((tmp_path / "off.json").read_text())
@@ -428,6 +431,16 @@ def test_auto_decides_only_with_ten_val_images_per_class_and_says_so(trained, co
     assert rc == 0, err
     line = next(s for s in stdout.splitlines() if "class-balanced test predictions" in s)
     assert "too few" not in line and line.count("(val ") == 2, line  # decided on val, for both datasets
+    # per class, not on average: one class cut to 1 val image (the others at 10 and more) is too few again
+    name = sorted(p.name for p in copy_root.iterdir() if (p / "val").is_dir())[0]
+    cut = sorted(p for p in (copy_root / name / "val").iterdir() if p.is_dir())[0]
+    for extra in sorted(cut.iterdir())[1:]:
+        extra.unlink()
+    _val_per_class(copy_root, 19)
+    rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "cut.json", "--device",
+                               "cpu", "--balance", "auto")
+    line = next(s for s in stdout.splitlines() if "class-balanced test predictions" in s)
+    assert rc == 0 and f"{name} not: val holds as few as 1 image of a class" in line, line
     rc, _, err = run_main("eval", trained, "--data", copy_root, "--split", "test", "--device", "cpu", "--out",
                           tmp_path / "metrics.json")
     assert rc == 0 and json.loads((tmp_path / "metrics.json").read_text())["balance"] == "auto", err

@@ -222,6 +222,33 @@ def test_pseudo_balance_evens_out_each_dataset_and_leaves_the_others_alone(bench
     assert torch.equal(out[30:, :3], logits[30:, :3]) and torch.equal(out[:30, 3:], logits[:30, 3:])
 
 
+# ----------------------------------------------------------------------------- balance_priors.py
+
+
+def test_balance_priors_cuts_and_scores_both_versions_paired(bench):
+    """The cuts keep what they say (half the classes whole and the rest at a tenth; the train proportions where the
+    shots are uneven), and a root with 5 val images per class is scored plainly by the present version."""
+    bp = bench("balance_priors")
+    answers = torch.arange(4).repeat_interleave(20)
+    cut = bp.cuts({"answers": answers, "shots": torch.tensor([10, 2, 10, 2])})
+    assert answers[cut["skew"]].bincount().tolist() == [20, 20, 2, 2]
+    assert answers[cut["prop"]].bincount().tolist() == [20, 4, 20, 4] and len(cut["full"]) == 80
+    assert "prop" not in bp.cuts({"answers": answers, "shots": torch.tensor([5, 5, 5, 5])})
+    g = torch.Generator().manual_seed(0)
+
+    def logits(targets):
+        return torch.nn.functional.one_hot(targets, 4).float() * 2 + torch.randn(len(targets), 4, generator=g)
+    few_val = torch.arange(4).repeat_interleave(5)
+    d = {"test": logits(answers), "answers": answers, "val": (logits(few_val), few_val),
+         "shots": torch.tensor([10, 2, 10, 2])}
+    scored = bp.score(d)
+    assert set(scored) == {"full", "skew", "prop"}
+    assert all(s["now"] == s["off"] for s in scored.values())  # auto decides on 10 val images of each class
+    enough_val = torch.arange(4).repeat_interleave(12)
+    d["val"] = (logits(enough_val), enough_val)
+    assert set(bp.score(d)["full"]) == {"off", "first", "now"}
+
+
 def test_resize_root_copies_every_image_resized_and_the_keys_as_they_are(bench, tmp_path):
     from PIL import Image
 

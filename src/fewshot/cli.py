@@ -125,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "split or to even ones, whichever the test predictions fit better (where they fit neither, to the "
                    "test split's own, estimated), with per-class offsets fitted on the test images themselves (a "
                    "few-shot model leans towards some classes). auto (default): for the datasets where doing the same "
-                   "on their val images does not lower val accuracy, and only where val holds every class and at "
-                   "least 10 images per class (the check for a skewed test split reads val); on: always (the printed "
-                   "line says where the proportions could not be checked); off: plain argmax")
+                   "on their val images does not lower val accuracy, and only where val holds at least 10 images of "
+                   "each class (the check for a skewed test split reads val); on: always (the printed line says where "
+                   "the proportions could not be checked); off: plain argmax")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="go on past undecodable test images (listed; each is predicted from a blank image, so that "
                    "pred_all.json still holds every id) instead of failing")

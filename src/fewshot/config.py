@@ -153,9 +153,10 @@ DEFAULTS: dict[str, Any] = {
         "pseudo_labelled_repeat": 3,  # pseudo: the labelled images appear this many times in later rounds
         "pseudo_targets": "hard",  # pseudo: hard (the teacher's class) | soft (its probabilities: distillation)
         "moco_momentum": 0.99,    # short schedules: at 0.999 the key encoder barely moves in a few hundred steps
-        "balance": "auto",        # test predictions evened out to the train split's class proportions (per-class
-                                  # offsets fitted on the test images): auto, where it does not lower val accuracy
-                                  # (fewshot.eval.balance) | on | off
+        "balance": "auto",        # test predictions evened out to the train split's class proportions, or even
+                                  # ones, or the test split's own where skewed (per-class offsets fitted on the test
+                                  # images): auto, where it does not lower val accuracy and val holds 10 images of
+                                  # every class (fewshot.eval.balance) | on | off
     },
     "aug": {
         "scale": [0.2, 1.0],

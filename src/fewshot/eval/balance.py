@@ -22,7 +22,7 @@ from torch import Tensor
 
 MODES = ("auto", "on", "off")
 MIN_PER_CLASS = 3  # fewer images than this per class on average: their proportions say too little to fit offsets
-# `auto` decides on val: with fewer val images per class than this (on average) it predicts plainly. A hunt on roots
+# `auto` decides on val: with fewer val images of any class than this it predicts plainly. A hunt on roots
 # with 5 val images per class and weak models (val 23-43 %) found auto between -48 and +63 points against plain argmax
 # per test split (benchmarks/balance_priors.py): the skew test missed 90 %-one-class test splits, two references both
 # fitted and the choice between them was noise, and the val check, one image either way, said yes. The demo's 20 per

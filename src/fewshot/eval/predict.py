@@ -460,10 +460,12 @@ def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, ho
     untestable = _skew_untestable(val, size, val_why)
     if untestable and how == "auto":  # evening out a skewed test split costs far more than balancing gains
         return {"used": False, "why": f"{untestable}, so a skewed test split could not be told apart"}
-    if how == "auto" and not bal.enough_images(len(val_targets), size, bal.AUTO_MIN_VAL_PER_CLASS):
-        return {"used": False, "why": f"{len(val_targets)} val images for {size} classes: too few to tell whether "
-                                      f"evening out helps (auto decides on {bal.AUTO_MIN_VAL_PER_CLASS} per class or "
-                                      f"more; {setting} on forces it)"}
+    fewest = int(torch.bincount(val_targets, minlength=size).min())
+    if how == "auto" and fewest < bal.AUTO_MIN_VAL_PER_CLASS:  # per class: 1 image of half the classes and 19 of
+        # the others passed an average of 10, and the skew test then read a confusion of single images
+        return {"used": False, "why": f"val holds as few as {fewest} image{'s' if fewest != 1 else ''} of a class, too "
+                                      f"few to tell whether evening out helps: auto decides on "
+                                      f"{bal.AUTO_MIN_VAL_PER_CLASS} of each, {setting} on forces it"}
     estimated = "train"
     if not untestable:
         prior, estimated = _test_prior(prior, val, test, from_train=source == "train")
@@ -567,7 +569,8 @@ def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "know
     unscored = [info.name for info in infos if info not in keyed]
     scores = {m: {**score((known_logits if m == "known" else logits)[in_keyed], targets, dsids, tm.space, m,
                           tm.n_parameters), "split": "test",
-                  "checkpoint": str(tm.path), **({"not_scored": unscored} if unscored else {})}
+                  "checkpoint": str(tm.path), **({"not_scored": unscored} if unscored else {}),
+                  **({"balance": balance} if m == "known" else {})}  # as evaluate_run's: which predictions
               for m in ("known", "unknown")}
     return pred, routing, scores
 

@@ -365,9 +365,10 @@ class ReportBuilder:
                 balanced.add(r.group)
                 label = r.label.rsplit("/", 1)[0] if "/" in r.label else str(r.group)
                 body.append(H.note(f"{label}: the test predictions (pred_all.json) are {words}. Balancing evens out "
-                                   f"the predicted classes to the train split's proportions, with per-class offsets "
-                                   f"fitted on the test images; it is kept where the same on val does not lower "
-                                   f"val accuracy (run.balance)."))
+                                   f"the predicted classes to the train split's proportions (or even ones, or the "
+                                   f"test split's own where it is skewed), with per-class offsets fitted on the test "
+                                   f"images; under auto it is kept where the same on val does not lower val "
+                                   f"accuracy, with 10 val images per class or more to decide on (run.balance)."))
         sup = [r for r in self.runs if r.kind == "supervised" and (r.metrics_known or r.metrics_unknown)]
         if sup:
             from fewshot.report.plots import plot_accuracy_bars
