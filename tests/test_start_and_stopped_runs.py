@@ -57,31 +57,6 @@ def test_pretrain_with_a_budget_too_small_for_the_least_run_is_refused_before_mo
     assert not out.exists()
 
 
-def test_moco_keeps_back_what_the_least_fine_tuning_needs_after_it(digits_root, tmp_path, monkeypatch, no_training):
-    """A review: the check passed on the whole budget, but MoCo still planned its full share, and with a large share
-    the fine-tuning after it got less than its least run. Now MoCo's plan leaves that time free."""
-    import fewshot.pipeline as pipeline
-    from fewshot.train import engine
-
-    planned = {}
-
-    def fit(self, resume=False):
-        planned["moco_s"] = 60 * float(self.cfg["train"]["budget_minutes"])
-        raise Planned(self.task.kind)
-
-    monkeypatch.setattr(engine.Engine, "fit", fit)
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 1.0)
-    # the fine-tuning's timing and least run after MoCo, fixed so that the plan does not depend on this machine
-    monkeypatch.setattr(pipeline, "calibration_seconds", lambda *a: 40.0)
-    monkeypatch.setattr(pipeline, "least_run_seconds", lambda *a: 40.0)
-    cfg = _cfg(digits_root, **{"run.semi_method": "off", "run.pretrain": True, "run.pretrain_batch_size": 32,
-                               "run.pretrain_share": 0.95})
-    with pytest.raises(Planned, match="moco"):
-        pipeline.run_pipeline(cfg, tmp_path / "r", 2.0)
-    # MoCo's share of the stages' time alone planned about 103 s of the 120, leaving the 80 s no room
-    assert planned["moco_s"] <= 120 - 80
-
-
 def _plan_moco(monkeypatch, eval_s: float) -> dict:
     """MoCo's plan (its training seconds) with fixed speeds: 1 s steps, ``eval_s`` evaluations, and a fine-tuning
     whose timing and least run take 40 s each."""
@@ -100,6 +75,20 @@ def _plan_moco(monkeypatch, eval_s: float) -> dict:
     monkeypatch.setattr(pipeline, "calibration_seconds", lambda *a: 40.0)
     monkeypatch.setattr(pipeline, "least_run_seconds", lambda *a: 40.0)
     return planned
+
+
+def test_moco_keeps_back_what_the_least_fine_tuning_needs_after_it(digits_root, tmp_path, monkeypatch, no_training):
+    """A review: the check passed on the whole budget, but MoCo still planned its full share, and with a large share
+    the fine-tuning after it got less than its least run. Now MoCo's plan leaves that time free."""
+    import fewshot.pipeline as pipeline
+
+    planned = _plan_moco(monkeypatch, eval_s=0.0)  # no closing evaluation: the fine-tuning's need alone
+    cfg = _cfg(digits_root, **{"run.semi_method": "off", "run.pretrain": True, "run.pretrain_batch_size": 32,
+                               "run.pretrain_share": 0.95})
+    with pytest.raises(Planned, match="moco"):
+        pipeline.run_pipeline(cfg, tmp_path / "r", 2.0)
+    # MoCo's share of the stages' time alone planned about 103 s of the 120, leaving the 80 s no room
+    assert planned["moco_s"] <= 120 - 80
 
 
 def test_moco_keeps_back_its_own_closing_evaluation_too(digits_root, tmp_path, monkeypatch, no_training):
