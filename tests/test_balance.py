@@ -180,6 +180,11 @@ def test_a_root_without_val_images_is_predicted_plainly_under_auto(trained, copy
                           "--balance", "off")
     assert rc == 0, err
     assert json.loads((tmp_path / "p.json").read_text()) == json.loads((tmp_path / "off.json").read_text())
+    # `on` forces it without val, unchecked, and says so
+    rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "on.json", "--device",
+                               "cpu", "--balance", "on")
+    assert rc == 0, err
+    assert "[test proportions not checked: no usable val split" in stdout
 
 
 def test_the_reports_sentence_names_balanced_and_plain_datasets_with_their_val_evidence():

@@ -460,9 +460,10 @@ def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, ho
     untestable = _skew_untestable(val, size, val_why)
     if untestable and how == "auto":  # evening out a skewed test split costs far more than balancing gains
         return {"used": False, "why": f"{untestable}, so a skewed test split could not be told apart"}
-    fewest = int(torch.bincount(val_targets, minlength=size).min())
-    if how == "auto" and fewest < bal.AUTO_MIN_VAL_PER_CLASS:  # per class: 1 image of half the classes and 19 of
-        # the others passed an average of 10, and the skew test then read a confusion of single images
+    # per class: 1 image of half the classes and 19 of the others passed an average of 10, and the skew test then
+    # read a confusion of single images (under `on` there may be no val at all: forced, it needs none)
+    fewest = int(torch.bincount(val_targets, minlength=size).min()) if how == "auto" else None
+    if fewest is not None and fewest < bal.AUTO_MIN_VAL_PER_CLASS:
         return {"used": False, "why": f"val holds as few as {fewest} image{'s' if fewest != 1 else ''} of a class, too "
                                       f"few to tell whether evening out helps: auto decides on "
                                       f"{bal.AUTO_MIN_VAL_PER_CLASS} of each, {setting} on forces it"}
