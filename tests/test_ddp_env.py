@@ -91,6 +91,24 @@ def test_argparse_errors_and_help_are_printed_by_the_first_process_only(env, mon
             assert printed or out + err == "", (argv, out, err)
 
 
+def test_no_usable_temporary_folder_is_said_by_the_first_process_only(env, monkeypatch, tmp_path):
+    """Every torchrun process found no writable temporary folder and said so, once per process."""
+    import tempfile
+
+    from fewshot import cli
+
+    monkeypatch.setattr(cli, "ARGPARSE_GRACE_S", 0.0, raising=False)
+
+    def none(*a, **kw):
+        raise FileNotFoundError(2, "No usable temporary directory found")
+
+    monkeypatch.setattr(tempfile, "gettempdir", none)
+    for rank, printed in (("1", False), ("0", True)):
+        env(WORLD_SIZE="2", RANK=rank, LOCAL_RANK=rank)
+        rc, out, err = run_main("train", "--data", tmp_path, "--out", tmp_path / "r")
+        assert rc == 2 and ("Set TMPDIR" in err) == printed and (printed or out + err == ""), (rank, out, err)
+
+
 def test_a_layout_error_under_torchrun_is_printed_by_rank_0_only(env, monkeypatch, copy_root, tmp_path):
     from fewshot.train import finetune
 

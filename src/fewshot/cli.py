@@ -416,6 +416,9 @@ def main(argv: list | None = None, started: float | None = None) -> int:
     try:  # torch and torchvision ask for it while being imported: that traceback read as a bug in fewshot
         tempfile.gettempdir()
     except FileNotFoundError as exc:  # /tmp, /var/tmp and the current folder all unwritable
+        if _quiet_rank():  # every torchrun process meets it: the first of the node says it (no group to wait on)
+            time.sleep(ARGPARSE_GRACE_S)
+            return 2
         print(f"fewshot {args.command}: error: {printable(str(exc.strerror or exc))}. Set TMPDIR to a folder you "
               f"can write (e.g. `mkdir -p ~/tmp && export TMPDIR=~/tmp`) and run the command again.", file=sys.stderr)
         return 2
