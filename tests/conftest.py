@@ -69,6 +69,22 @@ def _fp32_on_every_cpu():
         os.environ["FEWSHOT_CPU_BF16"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _child_temp_files_in_the_session_folder(tmp_path_factory):
+    """torchrun makes a torchelastic_* folder in the temporary directory for every job and never removes it (680
+    of them piled up in /tmp over a few suites): child processes get a TMPDIR inside pytest's own temporary
+    folders, which pytest prunes. Tests of TMPDIR itself set it with monkeypatch, over this."""
+    import os
+
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("child_tmp"))
+    yield
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _release_run_locks():
     """Tests that call run_finetune / run_pipeline directly (not through the CLI, which releases them) keep

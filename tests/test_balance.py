@@ -419,6 +419,28 @@ def _val_per_class(root: Path, n: int) -> None:
             shutil.copy(images[i % len(images)], folder / f"copy{i}{images[i % len(images)].suffix}")
 
 
+def test_auto_declines_too_few_val_images_before_reading_them(trained, copy_root, tmp_path, monkeypatch):
+    """Counting the val labels costs nothing; reading and scoring the images it would then ignore cost a whole val
+    pass per dataset: auto says no before it."""
+    from fewshot.eval import predict as predict_module
+    passes = []
+    real = predict_module.compute_logits
+
+    def counted(*args, **kwargs):
+        passes.append(kwargs.get("desc", ""))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "compute_logits", counted)
+    rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "few.json", "--device",
+                               "cpu", "--balance", "auto")
+    assert rc == 0 and "auto decides on 10 of each" in stdout, err
+    assert passes and not [d for d in passes if d.startswith("val of")], passes
+    passes.clear()
+    rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "on.json", "--device",
+                               "cpu", "--balance", "on")
+    assert rc == 0 and len([d for d in passes if d.startswith("val of")]) == 2, (err, passes)  # on reads val
+
+
 def test_auto_decides_only_with_ten_val_images_per_class_and_says_so(trained, copy_root, tmp_path):
     """A hunt: with 5 val images per class auto scored -48 to +35 points against plain argmax on weak models: it
     predicts plainly there, names the reason, and `on` still forces it."""

@@ -461,6 +461,43 @@ def test_names_in_scripts_the_font_lacks_do_not_flood_stderr(tmp_path):
     assert out.is_file() and not [w for w in caught if "Glyph" in str(w.message)]
 
 
+def test_class_names_in_other_scripts_use_an_installed_fallback_font(tmp_path, monkeypatch, caplog):
+    """Chinese class names were boxes in the confusion matrices even with a CJK font installed: the figures named
+    DejaVu Sans alone. Installed fallbacks join the family list (matplotlib then draws each glyph from the first
+    font that has it); absent ones are left out, since each would log a findfont line per text."""
+    import logging
+
+    from matplotlib import font_manager
+
+    from fewshot.report import plots
+
+    dejavu = font_manager.findfont("DejaVu Sans")
+    entry = font_manager.FontEntry(fname=dejavu, name="WenQuanYi Zen Hei", style="normal", variant="normal",
+                                   weight=400, stretch="normal", size="scalable")
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [*font_manager.fontManager.ttflist, entry])
+    plots.font_families.cache_clear()
+    try:
+        families = plots.font_families()
+        assert families[0] == "DejaVu Sans" and "WenQuanYi Zen Hei" in families
+        assert "Noto Sans CJK JP" not in families and "Microsoft YaHei" not in families  # not installed here
+        seen = {}
+        real = plots._save
+
+        def save(fig, out):
+            import matplotlib
+
+            seen["family"] = list(matplotlib.rcParams["font.family"])
+            return real(fig, out)
+
+        monkeypatch.setattr(plots, "_save", save)
+        with caplog.at_level(logging.INFO, logger="matplotlib.font_manager"):
+            plots.plot_confusion(np.eye(2, dtype=np.int64), ["衬衫", "外套"], "时装", tmp_path / "cm.png")
+        assert seen["family"] == list(families) and (tmp_path / "cm.png").is_file()
+        assert not [r for r in caplog.records if "findfont" in r.getMessage()]
+    finally:
+        plots.font_families.cache_clear()
+
+
 def test_an_unwritable_home_does_not_make_matplotlib_warn_on_every_plot(tmp_path):
     """With HOME read-only, every plotting command printed matplotlib's two-line MPLCONFIGDIR warning (it then used
     a temporary folder anyway). A fresh process: matplotlib reads its config folder once, when imported."""

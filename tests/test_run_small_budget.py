@@ -153,3 +153,24 @@ def test_a_stage_keeps_back_the_step_that_ends_past_its_deadline(digits_root, mo
     before = time.monotonic()
     _, _, stage_s = pipeline.plan_stage(task, cfg, before + 100.0, 1, ("train", "eval_every"))
     assert stage_s <= 99.0
+
+
+@pytest.mark.parametrize("broken", [1, 2])
+def test_the_answer_key_note_says_whether_any_dataset_is_scored(copy_root, tmp_path, monkeypatch, capsys, broken):
+    """With every answer key unusable, the run said the test split was "scored for the other datasets only" (there
+    were none), after a warning that ended in "..": the note now says what is scored."""
+    import json
+
+    import fewshot.pipeline as pipeline
+
+    keys = sorted(copy_root.glob("*/test_labels.json"))
+    assert len(keys) == 2
+    for key in keys[:broken]:
+        key.write_text(json.dumps([1, 2]))  # a list: not an answer key
+    _stop_at_training(monkeypatch)
+    with pytest.raises(Planned):
+        pipeline.run_pipeline(_cfg(copy_root), tmp_path / "r", 5)
+    out = capsys.readouterr().out
+    assert out.count("are not scored.") == broken and ".." not in out.replace("...", ""), out
+    ending = "is not scored." if broken == 2 else "is scored for the other datasets only."
+    assert f"the test split {ending}" in out, out

@@ -904,12 +904,14 @@ class PipelineRun:
                                         f"{', ...' if len(unkeyed) > 5 else ''})")
                 except UserError as exc:
                     self.unscorable.add(info.name)
-                    print(one_line(f"[run] warning: {exc}. {info.name}'s test images are predicted as usual; they "
-                                   f"are not scored."), flush=True)
+                    print(one_line(f"[run] warning: {str(exc).rstrip('.')}. {info.name}'s test images are predicted "
+                                   f"as usual; they are not scored."), flush=True)
         not_keyed = [i.name for i in self.test_infos if i.answer_key is None or i.name in self.unscorable]
         if self.test_infos and any(i.answer_key is not None for i in self.test_infos) and not_keyed:
-            print(one_line(f"[run] note: no usable answer key for {', '.join(not_keyed)}: the test split is scored "
-                           f"for the other datasets only."), flush=True)
+            scored = "is not scored" if len(not_keyed) == len(self.test_infos) else "is scored for the other " \
+                                                                                   "datasets only"
+            print(one_line(f"[run] note: no usable answer key for {', '.join(not_keyed)}: the test split {scored}."),
+                  flush=True)
 
     def choose_model(self) -> None:
         """The image size (chosen for the images and device unless given), and the model built once: a mistyped

@@ -370,13 +370,30 @@ def _labelled_split(tm: TrainedModel, root: Path, name: str, split: str):
         return None, f"{Path(root) / name / split} has classes the model was not trained on"
 
 
-def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device):
+def _too_few_per_class(targets, size: int, setting: str) -> str | None:
+    """Why auto cannot decide on these val labels (None: it can). Counted per class: 1 image of half the classes
+    and 19 of the others passed an average of 10, and the skew test then read a confusion of single images."""
+    counts = torch.bincount(torch.as_tensor(targets, dtype=torch.long), minlength=size)
+    missing, fewest = int((counts == 0).sum()), int(counts.min())
+    if missing:  # the words _skew_untestable gives, said before the val pass
+        return f"val lacks {missing} of the {size} classes, so a skewed test split could not be told apart"
+    if fewest >= bal.AUTO_MIN_VAL_PER_CLASS:
+        return None
+    return (f"val holds as few as {fewest} image{'s' if fewest != 1 else ''} of a class, too few to tell whether "
+            f"evening out helps: auto decides on {bal.AUTO_MIN_VAL_PER_CLASS} of each, {setting} on forces it")
+
+
+def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device, auto_setting: str | None = None):
     """One dataset's val logits in its own classes and its local targets, or (None, None, why): undecodable val
-    images are left out, and a val split that cannot be used leaves the predictions plain instead of failing them."""
+    images are left out, and a val split that cannot be used leaves the predictions plain instead of failing them.
+    ``auto_setting``: under auto, a split with too few images of a class is declined before any image is read."""
     size = tm.space.sizes[tm.space.index(name)]
     val, why = _labelled_split(tm, root, name, "val")
     if val is None:
         return None, None, why
+    too_few = auto_setting and _too_few_per_class([k for _, k in val.val], size, auto_setting)
+    if too_few:
+        return None, None, too_few
     try:
         data = load_split([val], "val", tm.space, tm.size, prediction_cache_dir(root),
                           tm.cfg["data"].get("crop_pct", 1.0), True)
@@ -453,20 +470,17 @@ def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, ho
         prior, source = bal.train_prior(torch.tensor([k for _, k in train.train], dtype=torch.long), size), "train"
     else:  # held-out data with only test/ (and val/): even is the assumption that favours no class
         prior, source = torch.full((size,), 1.0 / size), f"uniform: {why or 'no train images'}"
-    val_logits, val_targets, val_why = _val_logits(tm, root, name, device)
+    val_logits, val_targets, val_why = _val_logits(tm, root, name, device, setting if how == "auto" else None)
     if how == "auto" and val_logits is None:
         return {"used": False, "why": val_why}
     val = (val_logits, val_targets) if val_logits is not None else None
     untestable = _skew_untestable(val, size, val_why)
     if untestable and how == "auto":  # evening out a skewed test split costs far more than balancing gains
         return {"used": False, "why": f"{untestable}, so a skewed test split could not be told apart"}
-    # per class: 1 image of half the classes and 19 of the others passed an average of 10, and the skew test then
-    # read a confusion of single images (under `on` there may be no val at all: forced, it needs none)
-    fewest = int(torch.bincount(val_targets, minlength=size).min()) if how == "auto" else None
-    if fewest is not None and fewest < bal.AUTO_MIN_VAL_PER_CLASS:
-        return {"used": False, "why": f"val holds as few as {fewest} image{'s' if fewest != 1 else ''} of a class, too "
-                                      f"few to tell whether evening out helps: auto decides on "
-                                      f"{bal.AUTO_MIN_VAL_PER_CLASS} of each, {setting} on forces it"}
+    # counted again on the images read (an undecodable one is left out); under `on` there may be no val at all
+    too_few = _too_few_per_class(val_targets, size, setting) if how == "auto" else None
+    if too_few:
+        return {"used": False, "why": too_few}
     estimated = "train"
     if not untestable:
         prior, estimated = _test_prior(prior, val, test, from_train=source == "train")

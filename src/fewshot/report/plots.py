@@ -81,15 +81,38 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
+# fonts for the glyphs the bundled DejaVu Sans lacks (class names in Chinese, Japanese, Korean, Arabic, Hebrew,
+# Indic or Thai scripts were drawn as boxes): matplotlib falls back along the family list glyph by glyph
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", "Source Han Sans", "WenQuanYi Zen Hei",
+                  "WenQuanYi Micro Hei", "Droid Sans Fallback", "Microsoft YaHei", "PingFang SC", "Hiragino Sans",
+                  "Malgun Gothic", "Noto Sans Arabic", "Noto Sans Hebrew", "Noto Sans Devanagari", "Noto Sans Thai",
+                  "Arial Unicode MS")
+
+
+@functools.lru_cache(maxsize=1)
+def font_families() -> tuple[str, ...]:
+    """DejaVu Sans, then the fallback fonts installed here. Only installed ones are named: matplotlib logs a
+    'findfont' line for every text drawn with a family it lacks. Its font list is cached the first time it runs
+    (a font installed later is seen once that cache, e.g. ~/.cache/matplotlib/fontlist-*.json, is removed)."""
+    import logging
+
+    from matplotlib import font_manager
+
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # "failed to find weight normal" chatter
+    installed = {entry.name for entry in font_manager.fontManager.ttflist}
+    return ("DejaVu Sans", *(name for name in FALLBACK_FONTS if name in installed))
+
+
 def _literal_text(plot):
     """Draw every text of the figure as written: matplotlib reads the span between two `$` in a label as
-    maths, so a class folder named `cost$5_$10` failed the whole plot (and the run's or report's exit)."""
+    maths, so a class folder named `cost$5_$10` failed the whole plot (and the run's or report's exit); and in
+    whatever script it is written, where a font for it is installed (font_families)."""
 
     @functools.wraps(plot)
     def wrapper(*args, **kwargs):
         import matplotlib
 
-        with matplotlib.rc_context({"text.parse_math": False}):
+        with matplotlib.rc_context({"text.parse_math": False, "font.family": list(font_families())}):
             return plot(*args, **kwargs)
 
     return wrapper
