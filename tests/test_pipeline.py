@@ -336,6 +336,12 @@ def test_answer_keys_may_name_classes_by_folder_name(copy_root):
     with pytest.raises(UserError, match="cannot be read as JSON"):
         key_file.write_text("{not json")
         load_answer_key(key_file)
+    # a hunt: {"0": "1"} with classes Cat/cat said "a class must be a whole number in 0..1", which 1 is
+    key_file.write_text(json.dumps({"0": "1"}))
+    with pytest.raises(UserError, match=r"A number in quotes is read as a class name: write the index without "
+                                        r"quotes \(1\), or a name such as Cat, cat\."):
+        load_answer_key(key_file, class_names=["Cat", "cat"])
+    assert load_answer_key(key_file, class_names=["0", "1"]) == {"0": 1}  # where "1" is a folder's name, it counts
 
 
 def test_auto_img_size_passes_over_an_unreadable_image(copy_root):

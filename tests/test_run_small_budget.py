@@ -174,3 +174,35 @@ def test_the_answer_key_note_says_whether_any_dataset_is_scored(copy_root, tmp_p
     assert out.count("are not scored.") == broken and ".." not in out.replace("...", ""), out
     ending = "is not scored." if broken == 2 else "is scored for the other datasets only."
     assert f"the test split {ending}" in out, out
+
+
+def test_a_skipped_round_names_time_left_and_needed_in_numbers_that_differ():
+    """A hunt: "6 s were left of the budget after round 1, and round 2 needs at least 6 s" (both rounded)."""
+    from fewshot.pipeline import labelled_only_why, seconds_apart
+
+    assert seconds_apart(5.6, 6.4) == ("5.6 s", "6.4 s")
+    assert seconds_apart(12.4, 12.3) == ("12.4 s", "12.3 s")  # whole seconds from 10 s on, unless they then agree
+    assert seconds_apart(30.0, 45.0) == ("30 s", "45 s")
+    assert seconds_apart(-2.0, 3.0) == ("0.0 s", "3.0 s")  # past the deadline reads as nothing left
+    left, need = seconds_apart(6.041, 6.049)
+    assert left != need and left.startswith("6.04") and need.startswith("6.05")
+    words = labelled_only_why(2, 5.6, 6.4, 3)
+    assert words.startswith("5.6 s were left") and "about 6.4 s" in words and "(round 3 dropped)" in words
+
+
+def test_moco_names_the_train_images_it_reads_for_a_dataset_without_a_pool(copy_root, tmp_path, monkeypatch,
+                                                                           capsys):
+    """A hunt: "MoCo pretraining: 85 unlabeled images" counted 15 train images of the datasets without a pool."""
+    import shutil
+
+    import fewshot.pipeline as pipeline
+
+    names = sorted(p.name for p in (copy_root / "unlabeled").iterdir())
+    shutil.rmtree(copy_root / "unlabeled" / names[0])
+    _stop_at_training(monkeypatch)
+    with pytest.raises(Planned):
+        pipeline.run_pipeline(_cfg(copy_root, **{"run.pretrain": True, "run.pretrain_batch_size": 16}),
+                              tmp_path / "r", 5)
+    line = next(s for s in capsys.readouterr().out.splitlines() if "MoCo pretraining:" in s)
+    assert f"{names[0]}: train images" in line and f"{names[1]}: unlabeled/" in line, line
+    assert "their labels unused" in line and "unlabeled images at" not in line, line

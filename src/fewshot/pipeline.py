@@ -132,6 +132,18 @@ def seconds_text(x: float) -> str:
     return f"{x:.1f} s" if x < 9.95 else f"{x:.0f} s"
 
 
+def seconds_apart(left: float, need: float) -> tuple[str, str]:
+    """``left`` and ``need`` in words that differ where the numbers do: a skipped round said "6 s were left ... round
+    2 needs at least 6 s" (5.6 and 6.4, both rounded to 6)."""
+    left, need = max(0.0, left), max(0.0, need)
+    words = seconds_text(left), seconds_text(need)
+    digits = 0
+    while words[0] == words[1] and left != need and digits < 3:
+        digits += 1
+        words = f"{left:.{digits}f} s", f"{need:.{digits}f} s"
+    return words
+
+
 def stage_plan_words(step_s: float, budget_s: float, epochs: float) -> str:
     """The plan line's length of a stage (plan_stage's budget and epochs): at the floor, the warning's steps and
     seconds ("least 5 steps (9 s) do not fit the 7 s left" came before "0.2 min ... about 2 epochs", and elsewhere
@@ -648,8 +660,9 @@ def labelled_only_why(k: int, left: float, need: float, planned: int) -> str:
     """Why round ``k`` trains on the labelled images only (summary.json and the run's line)."""
     dropped = "" if k >= planned else f" (round {planned} dropped)" if k + 1 == planned else \
         f" (rounds {k + 1}-{planned} dropped)"
-    return (f"{max(0.0, left):.0f} s were left of the budget after round {k - 1}: too little for labelling the pool "
-            f"and a round (about {need:.0f} s at the measured speed), enough for a short round. Round {k} "
+    left_s, need_s = seconds_apart(left, need)
+    return (f"{left_s} were left of the budget after round {k - 1}: too little for labelling the pool "
+            f"and a round (about {need_s} at the measured speed), enough for a short round. Round {k} "
             f"goes on training round {k - 1}'s model on the labelled images until the closing work{dropped}; the "
             f"round that scores highest on val predicts")
 
@@ -717,7 +730,10 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         step_s, epochs, pre_budget = plan_stage(task, pcfg, end_time, r["min_epochs"], ("moco", "knn_every"),
                                                 keep_back)
         save_yaml(pcfg, pdir / "config.yaml")
-        print(f"[run] MoCo pretraining: {len(task.pool)} unlabeled images at {task.size}px, K={task.model.K}, "
+        # a dataset without a pool lends its train images (labels unused): "85 unlabeled images" counted them too
+        images = f"{len(task.pool)} unlabeled images" if ": train images" not in task.pool_source else \
+            f"{len(task.pool)} images ({task.pool_source}, their labels unused)"
+        print(f"[run] MoCo pretraining: {images} at {task.size}px, K={task.model.K}, "
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
               f"{stage_plan_words(step_s, pre_budget, epochs)}")
         state.record("pretrain", "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
@@ -1317,8 +1333,9 @@ class PipelineRun:
                   f"{skip['labelled_only_why']}", flush=True)
         elif not fits:
             need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s)
-            self.decide(k - 1, k, f"{max(0.0, left):.0f} s were left of the budget after round {k - 1}, and round "
-                                  f"{k} needs at least {need:.0f} s at the measured speed (labelling the pool, "
+            left_s, need_s = seconds_apart(left, need)
+            self.decide(k - 1, k, f"{left_s} were left of the budget after round {k - 1}, and round "
+                                  f"{k} needs at least {need_s} at the measured speed (labelling the pool, "
                                   f"calibration, 5 steps, evaluations and the closing work)")
             print(f"[run] round {k}{' and later' if k < self.rounds else ''} skipped (planned, not an error): "
                   f"{skip['why']}; predicting with round {k - 1}", flush=True)

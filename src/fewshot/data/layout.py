@@ -103,15 +103,30 @@ def check_output_is_not_in_data(out: Path, root, unlabeled=None, what: str = "th
     if out_r == root_r:
         raise UserError(f"--out {out} is the data root itself; give {what} a folder of its own (e.g. "
                         f"runs/mine, or a sub-folder of the root such as {Path(root) / 'runs' / 'mine'}).")
-    pool = root_r / "unlabeled"
-    if out_r == pool or pool in out_r.parents:  # its plots would join the unlabeled pool
-        raise UserError(f"--out {out} lies inside the unlabeled pool {Path(root) / 'unlabeled'}; give {what} a "
-                        f"folder outside it.")
-    for split in ("train", "val", "test"):
+    for folder_r, where in _read_folders(Path(root)):
+        if out_r == folder_r or folder_r in out_r.parents:
+            raise UserError(f"--out {out} lies inside {where} ({folder_r} with links resolved), whose files are "
+                            f"read as data; give {what} a folder outside the datasets' splits and the pool.")
+    for split in SPLITS:  # a split not made yet: the run's folder would become one
         for folder in (out_r, *out_r.parents):
             if folder.name == split and folder.parent.parent == root_r:
                 raise UserError(f"--out {out} lies inside the {split}/ split of dataset {folder.parent.name}; "
                                 f"give {what} a folder outside the datasets' splits.")
+
+
+def _read_folders(root: Path) -> list[tuple[Path, str]]:
+    """The folders whose files a command reads as data, links resolved, each with what it is: every split folder of
+    the root's visible folders, ROOT/unlabeled and its sub-folders (the pool scan follows ROOT/unlabeled/<name> as a
+    link). Compared as resolved folders, not as ROOT/<x>/<split> below the resolved root: with ROOT/digits a link to
+    a folder elsewhere, `--out ROOT/digits/train/myrun` was accepted and every later command read myrun as a class."""
+    pool = root / "unlabeled"
+    found = [(pool.resolve(), f"the unlabeled pool {pool}")]
+    found += [(sub.resolve(), f"the unlabeled pool {pool}") for sub in _entries(pool) if sub.is_dir()]
+    for entry in _entries(root):
+        if not entry.name.startswith(".") and entry.name != "unlabeled":
+            found += [((entry / split).resolve(), f"the {split}/ split of dataset {entry.name}") for split in SPLITS
+                      if (entry / split).is_dir()]
+    return found
 
 
 # a run's own results, which compare and report read: never replaced by `eval --out`, though shaped like its output
@@ -213,6 +228,34 @@ def check_result_file_is_not_an_input(out, root, run, kind: str) -> None:
                     else f"the {parts[1]}/ split of {parts[0]}")
             raise UserError(f"--out {out} would write into the data it reads ({what}); write the result outside "
                             f"the datasets' files (e.g. {Path(root) / out_p.name} or a run folder).")
+    _refuse_a_file_behind_a_data_link(out, root)
+
+
+def _refuse_a_file_behind_a_data_link(out, root) -> None:
+    """`predict --out /x/t50.png`, with ROOT/digits/test/50.png a link to /x/t50.png, replaced that test image with
+    JSON (exit 0): the checks above compare where --out lies, not the files the data's links lead to. An existing
+    --out is compared by real path with each file of the datasets' splits and answer keys (one lstat a file)."""
+    if not os.path.exists(out):  # a new file replaces nothing the data holds
+        return
+    real, files = os.path.realpath(out), _dataset_files(Path(root))
+    for path, path_real in zip(files, real_paths(files)):
+        if path_real == real:
+            raise UserError(f"--out {out} is the file that {path} (read as data) links to: writing there would "
+                            f"replace it; write the result elsewhere.")
+
+
+def _dataset_files(root: Path) -> list[Path]:
+    """The answer key and every entry of each dataset's splits, two levels deep (test/<image>, train/<class>/<image>;
+    a folder is listed too, harmless: no file's real path is a folder's). The pool is not read by eval or predict."""
+    files = []
+    for ds in _entries(root):
+        if ds.name.startswith(".") or ds.name in NOT_DATASETS:
+            continue
+        files.append(ds / ANSWER_KEY)
+        for split in SPLITS:
+            for entry in _entries(ds / split):
+                files += [entry, *_entries(entry)]  # a file's own _entries: none
+    return files
 
 
 def datasets_option(names) -> str:
@@ -371,6 +414,8 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
         if not entry.is_dir():
             if is_image(entry):
                 loose.append(entry)
+            elif _is_broken_link(entry):
+                problems.append(_broken_class_link(entry))
             continue
         listed = _listdir(entry, problems)
         if listed is None:
@@ -408,6 +453,22 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
     elif not classes and not any(p.startswith(f"{split_dir}/") for p in problems):
         problems.append(f"{split_dir}: no class folders")
     return classes
+
+
+def _is_broken_link(path: Path) -> bool:
+    """A symlink whose target is missing, or that loops (Path.exists is False for both)."""
+    return path.is_symlink() and not path.exists()
+
+
+def _broken_class_link(entry: Path) -> str:
+    """The problem of a broken link where class folders are read: `ln -s /nonexistent ROOT/ds/train/7` dropped
+    class 7 without a word (exit 0), where a broken image link is reported when decoding."""
+    try:
+        target = os.readlink(entry)
+    except OSError:
+        target = "?"
+    return (f"{entry}: a broken symbolic link (to {target}: missing, or a link loop) where class folders are read; "
+            f"point it at the class's folder of images, or remove it")
 
 
 LOOSE = "image(s) directly in the split folder"
@@ -614,6 +675,9 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         note = _label_file_note(ds_dir) if unlabelled else None
         if note:
             notes.append(note)
+        note = _held_out_are_train_images(ds_dir, found, test)
+        if note:
+            layout_warnings.append(note)
         key = ds_dir / ANSWER_KEY
         infos.append(DatasetInfo(name=name, root=ds_dir, classes=classes, train=labelled("train"),
                                  val=labelled("val"), test=tuple(test), answer_key=key if key.is_file() else None))
@@ -621,6 +685,44 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         raise DataLayoutError(problems, notes)
     warn_once(layout_warnings)
     return infos
+
+
+def real_paths(paths) -> list[str]:
+    """Each path with its links resolved, one realpath per folder: a file's real path is its folder's real path
+    plus its name unless the file itself is a link (one lstat). Resolving every file of a 100k pool cost 30 s."""
+    real_dirs: dict[str, str] = {}
+    out = []
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.islink(path):
+            out.append(os.path.realpath(path))
+            continue
+        folder, name = os.path.split(path)
+        if folder not in real_dirs:
+            real_dirs[folder] = os.path.realpath(folder or ".")
+        out.append(os.path.join(real_dirs[folder], name))
+    return out
+
+
+def _held_out_are_train_images(ds_dir: Path, found: dict[str, dict[str, list[Path]]],
+                               test: list[tuple[str, Path]]) -> str | None:
+    """A warning when val or test images are train images reached through symbolic links (real_paths, as the pool
+    leaves out val/test images so reached): val then scored the model on what it trained on, without a word, and
+    picked the checkpoint by it. Copies are not detected."""
+    train = [p for paths in found.get("train", {}).values() for p in paths]
+    held = [("val", p) for paths in found.get("val", {}).values() for p in paths] + [("test", p) for _, p in test]
+    if not train or not held:
+        return None
+    train_of = dict(zip(real_paths(train), train))
+    hits = [(split, p, train_of[real]) for (split, p), real in zip(held, real_paths(p for _, p in held))
+            if real in train_of]
+    if not hits:
+        return None
+    counts = " and ".join(f"{n} {split}" for split in ("val", "test")
+                          if (n := sum(s == split for s, _, _ in hits)))
+    shown = ", ".join(f"{p} is {t}" for _, p, t in hits[:3]) + (" ..." if len(hits) > 3 else "")
+    return (f"{ds_dir}: {counts} image(s) are train images reached through symbolic links ({shown}), so they "
+            f"score the model on images it trains on; give val/ and test/ images of their own")
 
 
 def numbered_classes_note(dataset: str, classes: tuple[str, ...]) -> str | None:

@@ -256,8 +256,13 @@ def load_answer_key(path: Path, num_classes: int | None = None,
         if isinstance(c, bool) or not isinstance(c, int) or c < 0 or (num_classes is not None and c >= num_classes):
             bound = f"0..{num_classes - 1}" if num_classes is not None else "0 or more"
             named = " or a class folder's name" if class_names else ""
+            quoted = ""
+            if isinstance(c, str) and c.strip().isdigit():  # {"0": "1"}: "1" was read as a name, and is none
+                listed = ", ".join(printable(n) for n in list(class_names)[:5]) if class_names else ""
+                quoted = (f" A number in quotes is read as a class name: write the index without quotes ({c.strip()})"
+                          + (f", or a name such as {listed}" if listed else "") + ".")
             raise UserError(f"answer key {path}: image {i} has class {c!r}; a class must be a whole "
-                            f"number in {bound}{named}.")
+                            f"number in {bound}{named}.{quoted}")
         image_id = test_id(str(i))  # "0007" and "7" both name test image 7 (layout.test_id)
         if out.get(image_id, c) != c:
             raise UserError(f"answer key {path}: image {image_id} is listed twice with different classes.")

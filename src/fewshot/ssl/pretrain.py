@@ -12,7 +12,7 @@ import torch
 from fewshot.data.augment import BatchAugment, preset as aug_preset
 from fewshot.data.cache import default_cache_dir, load_images, write_skipped
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import find_unlabeled_images, has_images, list_datasets, warn_once
+from fewshot.data.layout import find_unlabeled_images, has_images, list_datasets, real_paths, warn_once
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize
@@ -128,20 +128,48 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
 
 
 def warn_misplaced_pool(root: Path, name: str) -> None:
-    """A dataset without ROOT/unlabeled/<name>/ whose pool lies where a user may well have put it: inside the
-    dataset's own folder (never read: the run said only "no unlabeled pool"), or under a folder name that differs
-    in case (read as images of unknown source, silently)."""
+    """A dataset without images in ROOT/unlabeled/<name>/ whose pool lies where a user may well have put it: inside
+    the dataset's own folder (never read: the run said only "no unlabeled pool"), under a folder name that differs
+    in case (read as images of unknown source, silently), or behind symlinked folders in its own pool folder."""
+    own = root / "unlabeled" / name
+    if own.is_dir():  # there, but without an image: its train images stand in, which went unsaid
+        warn_once([_imageless_pool_note(own, name)], "note")
     inside = root / name / "unlabeled"
     if inside.is_dir() and has_images(inside):
         warn_once([f"{inside} is not read: a dataset's unlabeled pool belongs in {root / 'unlabeled' / name}/ "
                    f"(move the folder there to use its images)"])
-    try:
-        near = [p for p in (root / "unlabeled").iterdir() if p.is_dir() and p.name.casefold() == name.casefold()]
+    try:  # the exact name is the pool folder itself (it may hold no image): "rename digits to digits" was said
+        near = [p for p in (root / "unlabeled").iterdir()
+                if p.is_dir() and p.name != name and p.name.casefold() == name.casefold()]
     except OSError:
         return
     for folder in near:
         warn_once([f"{folder} differs from the dataset name '{name}' only in case: its images count as images of "
                    f"unknown source; rename it to {root / 'unlabeled' / name} to make them {name}'s pool"])
+
+
+def linked_folders(folder: Path) -> list[str]:
+    """The symlinked folders at any depth below ``folder``, hidden ones aside. The pool scan does not follow them
+    (find_unlabeled_images: a link to / or to a test split would pull those in); only a pool folder that is itself
+    a link (ROOT/unlabeled/<name>, an --unlabeled folder) is read through."""
+    links: list[str] = []
+    for dirpath, dirnames, _ in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        links += [os.path.join(dirpath, d) for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+    return links
+
+
+def _imageless_pool_note(folder: Path, name: str | None) -> str:
+    """Why a pool folder without images adds nothing: a folder of symlinked sub-folders (ROOT/unlabeled/digits/more
+    -> /elsewhere) lost its 111 images without a word. ``name``: the dataset whose train images stand in (None: a
+    folder of images of unknown source)."""
+    instead = f"{name}'s train images stand in as its pool" if name else "it adds nothing to the pool"
+    links = linked_folders(folder)
+    if not links:
+        return f"{folder} holds no images: {instead}"
+    shown = ", ".join(links[:3]) + (f" and {len(links) - 3} more" if len(links) > 3 else "")
+    return (f"{folder} holds no images of its own, only {len(links)} symlinked folder(s), which the pool scan does "
+            f"not follow: {shown}; {instead}. Move the images into {folder}, or make {folder} itself the link")
 
 
 def given_pool_images(folders: list, root: Path) -> list[Path]:
@@ -156,23 +184,6 @@ def given_pool_images(folders: list, root: Path) -> list[Path]:
                             f"score the run. Give folders of unlabeled images.")
         warn_once([f"leaving out {note} (val picks the best checkpoint, test judges the run)"], "note")
     return kept
-
-
-def real_paths(paths) -> list[str]:
-    """Each path with its links resolved, one realpath per folder: a file's real path is its folder's real path
-    plus its name unless the file itself is a link (one lstat). Resolving every file of a 100k pool cost 30 s."""
-    real_dirs: dict[str, str] = {}
-    out = []
-    for path in paths:
-        path = os.fspath(path)
-        if os.path.islink(path):
-            out.append(os.path.realpath(path))
-            continue
-        folder, name = os.path.split(path)
-        if folder not in real_dirs:
-            real_dirs[folder] = os.path.realpath(folder or ".")
-        out.append(os.path.join(real_dirs[folder], name))
-    return out
 
 
 def without_held_out(found: list[Path], root: Path) -> tuple[list[Path], int]:
@@ -232,6 +243,8 @@ def unsorted_pool_images(root: Path, known: list[Path] = ()) -> list[Path]:
             continue
         if entry.is_dir() and entry.name not in datasets and has_images(entry):  # empty folders, lost+found: nothing
             found += find_unlabeled_images([entry])
+        elif entry.is_dir() and entry.name not in datasets and linked_folders(entry):
+            warn_once([_imageless_pool_note(entry, None)], "note")
         elif entry.is_file() and is_image(entry):
             found.append(entry)
     if not found:  # the usual layout: resolving every known file (30 s for 100k) would be wasted
