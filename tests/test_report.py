@@ -447,18 +447,24 @@ def test_predictions_of_last_pt_beside_the_best_epochs_accuracies_say_best_pt_is
     assert any("best.pt is missing" in n for n in r.notes) and not any("still being written" in n for n in r.notes)
 
 
-def test_names_in_scripts_the_font_lacks_do_not_flood_stderr(tmp_path):
-    """A Japanese dataset name printed one matplotlib warning per missing glyph on every plot."""
+def test_names_in_scripts_the_font_lacks_do_not_flood_stderr(tmp_path, monkeypatch, capsys):
+    """A Japanese dataset name printed one matplotlib warning per missing glyph on every plot; then nothing at all,
+    and the boxes in the figures went unexplained: one note per process names the characters and the remedy."""
     import warnings
 
     from fewshot.report import plots
 
-    fig = plots._figure(2, 2)
-    fig.add_subplot().set_title("データセット")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = plots._save(fig, tmp_path / "p.png")
-    assert out.is_file() and not [w for w in caught if "Glyph" in str(w.message)]
+    monkeypatch.setattr(plots, "_glyphs_said", set())
+    for title in ("データセット", "データ 猫"):
+        fig = plots._figure(2, 2)
+        fig.add_subplot().set_title(title)  # the figure's default font: DejaVu Sans alone, which has none of them
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = plots._save(fig, tmp_path / "p.png")
+        assert out.is_file() and not [w for w in caught if "Glyph" in str(w.message)]
+    err = capsys.readouterr().err
+    assert err.count("note: no installed font has some characters") == 1, err
+    assert "(データセット)" in err and "fonts-noto-cjk" in err and "fontlist-" in err, err
 
 
 def test_class_names_in_other_scripts_use_an_installed_fallback_font(tmp_path, monkeypatch, caplog):

@@ -13,6 +13,7 @@ import functools
 import io
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -69,12 +70,18 @@ def _figure(w: float, h: float, layout: str | None = "constrained"):
 def _save(fig, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # class or dataset names in scripts the bundled font lacks (Japanese, Arabic, ...) are drawn as boxes;
-        # matplotlib's warning per missing glyph would flood stderr and says nothing the user can act on
-        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        # class or dataset names in scripts no installed font has (font_families) are drawn as boxes; matplotlib's
+        # warning per missing glyph would flood stderr: one note per process says what to do instead
+        warnings.simplefilter("always", UserWarning)
         buffer = io.BytesIO()
         fig.savefig(buffer, dpi=fig.dpi, format="png")
+    missing = [str(w.message) for w in caught if MISSING_GLYPH.search(str(w.message))]
+    for w in caught:
+        if not MISSING_GLYPH.search(str(w.message)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        _say_missing_glyphs(missing)
     # by rename, as every other file of a run: savefig wrote in place, into the original of a hard-linked copy of a
     # run (`cp -al`), and a kill mid-write left half a PNG
     atomic_write_bytes(out, buffer.getvalue())
@@ -101,6 +108,25 @@ def font_families() -> tuple[str, ...]:
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # "failed to find weight normal" chatter
     installed = {entry.name for entry in font_manager.fontManager.ttflist}
     return ("DejaVu Sans", *(name for name in FALLBACK_FONTS if name in installed))
+
+
+MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from")
+_glyphs_said: set[str] = set()
+
+
+def _say_missing_glyphs(messages: list[str]) -> None:
+    """Once per process: which characters the figures draw as boxes, and how to get them drawn."""
+    chars = [c for c in dict.fromkeys(chr(int(MISSING_GLYPH.search(m).group(1))) for m in messages)
+             if c not in _glyphs_said]  # in the order drawn
+    if _glyphs_said or not chars:
+        _glyphs_said.update(chars)
+        return
+    _glyphs_said.update(chars)
+    shown = "".join(chars[:12]) + ("..." if len(chars) > 12 else "")
+    print(f"note: no installed font has some characters of the class or dataset names ({shown}): the figures draw "
+          f"them as boxes (the HTML text shows them). Install a font that has them (e.g. Noto Sans CJK, on Debian "
+          f"`apt install fonts-noto-cjk`) and remove matplotlib's font list (~/.cache/matplotlib/fontlist-*.json) "
+          f"so that it finds the font.", file=sys.stderr, flush=True)
 
 
 def _literal_text(plot):
