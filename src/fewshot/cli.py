@@ -194,31 +194,38 @@ TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.dat
                "skip_nonfinite": "train.skip_nonfinite"}
 
 
+def model_named(flags: dict, extra: list[str], config_file: str | None) -> bool:
+    """Whether the user named a model (--model, a model.name= word, the config file): a named one is never replaced
+    by the one a weights file or a run records."""
+    from fewshot.config import file_settings, parse_override
+
+    return bool(flags.get("model.name") is not None or any(parse_override(w)[0] == ["model", "name"] for w in extra)
+                or (config_file and "model.name" in file_settings(config_file)))
+
+
 def adopt_recorded_model(cfg: dict, flags: dict, extra: list[str], config_file: str | None) -> None:
     """model.weights' recorded model where the user named none (--model, a model.name= word, the config file)."""
-    from fewshot.config import flatten_dotted, parse_override, read_config_file
     from fewshot.models.backbone import adopt_weights_model
 
-    given = (flags.get("model.name") is not None or any(parse_override(w)[0] == ["model", "name"] for w in extra)
-             or (config_file and "model.name" in flatten_dotted(read_config_file(config_file))))
-    adopt_weights_model(cfg["model"], bool(given))
+    adopt_weights_model(cfg["model"], model_named(flags, extra, config_file))
 
 
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None,
                        default_preset: str | None = None) -> dict:
-    from fewshot.config import flatten_dotted, get_dotted, parse_override, read_config_file, resolve
+    from fewshot.config import file_settings, get_dotted, parse_override
     from fewshot.train.finetune import merge_resume_config
 
     flags = _flags(args, mapping)
     if getattr(args, "no_progress", False):
         flags["train.progress"] = False
-    cfg = resolve(preset=preset, file=args.config, flags=flags, overrides=extra, default_preset=default_preset)
-    note_flags_overridden(flags, {key: "--" + attr.replace("_", "-") for attr, key in mapping.items()}, extra)
+    names = {key: "--" + attr.replace("_", "-") for attr, key in mapping.items()}
+    cfg = resolve_naming_flags(names, flags, extra, preset=preset, file=args.config, default_preset=default_preset)
+    note_flags_overridden(flags, names, extra)
     if not args.resume:  # a resumed run keeps its recorded model
         adopt_recorded_model(cfg, flags, extra, args.config)
     if args.resume:
         # the saved config is the base; a --config file given now, then flags, then words change it
-        explicit = flatten_dotted(read_config_file(args.config)) if args.config else {}
+        explicit = file_settings(args.config) if args.config else {}
         explicit.update(flags)
         if preset:  # --preset changes T, MLP and the schedule: as if each were given (resume refused it silently)
             explicit["moco.preset"] = preset
@@ -232,19 +239,46 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
     return cfg
 
 
+def resolve_naming_flags(names: dict, flags: dict, extra: list[str], **kwargs) -> dict:
+    """config.resolve(), whose message about a bad value names the flag that gave it (`--epochs -1` said
+    "train.epochs must be ..."), unless a key=value word set the field after the flag."""
+    from fewshot.config import FieldError, parse_override, resolve
+
+    try:
+        return resolve(flags=flags, overrides=extra, **kwargs)
+    except FieldError as exc:
+        words = {".".join(parse_override(w)[0]) for w in extra}  # every word parsed already: resolve read them
+        if flags.get(exc.field) is not None and exc.field in names and exc.field not in words:
+            raise exc.named(names[exc.field], flags[exc.field]) from None
+        raise
+
+
+def same_setting(dotted: str, first, second) -> bool:
+    """Whether two values given for one field are the same setting: the same word in another spelling (--semi off
+    and run.semi_method=off, which YAML reads as false), or the same path as typed and as expanded."""
+    from fewshot.config import canonical_value
+
+    if isinstance(first, str) and isinstance(second, str) and dotted in ("data.root", "model.weights"):
+        # the flag's path is expanded by argparse, the word's by resolve: the same file is no replacement
+        return os.path.abspath(os.path.expanduser(first)) == os.path.abspath(os.path.expanduser(second))
+    return canonical_value(dotted, first) == canonical_value(dotted, second)
+
+
 def note_flags_overridden(flags: dict, names: dict, extra: list[str]) -> None:
-    """A flag and a key=value word that set the same field: the word wins (words come last); say so."""
+    """A flag and a key=value word that set the same field: the word wins (words come last); say so. So does the
+    last of two words for one field, which won without a word."""
     from fewshot.config import parse_override
 
+    words: dict[str, str] = {}
     for word in extra:
         keys, value = parse_override(word)
         dotted = ".".join(keys)
+        if dotted in words and not same_setting(dotted, parse_override(words[dotted])[1], value):
+            print(f"note: {word} replaces {words[dotted]} given before it (the last word for a field wins)",
+                  file=sys.stderr, flush=True)
+        words[dotted] = word
         given_value = flags.get(dotted)
-        if isinstance(given_value, str) and isinstance(value, str) and dotted in ("data.root", "model.weights"):
-            # the flag's path is expanded by argparse, the word's by resolve: the same file is no replacement
-            same = os.path.abspath(os.path.expanduser(given_value)) == os.path.abspath(os.path.expanduser(value))
-        else:
-            same = given_value == value
+        same = same_setting(dotted, given_value, value)
         if given_value is not None and not same:
             flag = names.get(dotted, dotted)
             given = (f"{flag}" if given_value is True else f"the flag that set {dotted}=false"

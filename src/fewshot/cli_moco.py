@@ -160,7 +160,6 @@ def check_unlabeled_words(folders) -> None:
 
 
 def cmd_run(args, extra) -> int:
-    from fewshot.config import resolve
     from fewshot.errors import UserError
     from fewshot.pipeline import check_budget, run_pipeline
 
@@ -188,14 +187,14 @@ def cmd_run(args, extra) -> int:
     # moco.preset=mocov1 (a word or the --config file's) chooses the MoCo stage's T, head, schedule and views, as
     # `fewshot pretrain --preset` does (it changed the recorded name only); the stage's optimiser, batch and queue
     # stay run.*'s small-data recipe (pipeline.pretrain_stage), and the user's own moco.*/aug.* fields still win
-    cfg = resolve(file=args.config, flags=flags, overrides=extra, default_preset="mocov2",
-                  preset_sections=MOCO_PRESET_SECTIONS)
-    from fewshot.cli import adopt_recorded_model, note_flags_overridden
+    from fewshot.cli import note_flags_overridden, resolve_naming_flags
 
-    if not args.resume:  # a resumed run keeps its recorded model
-        adopt_recorded_model(cfg, flags, extra, args.config)
+    cfg = resolve_naming_flags(RUN_FLAG_NAMES, flags, extra, file=args.config, default_preset="mocov2",
+                               preset_sections=MOCO_PRESET_SECTIONS)
+    adopt_run_model(cfg, flags, extra, args)
 
     note_flags_overridden(flags, RUN_FLAG_NAMES, extra)
+    warn_replaced_config_fields(args.config)
     warn_replaced_overrides(extra)
     warn_pretrain_config(args.config, "run")
     from fewshot.train.stop_signal import stop_at_once_on_signals
@@ -204,6 +203,24 @@ def cmd_run(args, extra) -> int:
         run_pipeline(cfg, Path(args.out), args.budget_minutes, started=getattr(args, "started", None),
                      resume=args.resume)
     return 0
+
+
+def adopt_run_model(cfg: dict, flags: dict, extra: list[str], args) -> None:
+    """The model of a run whose command named none: the one --weights records, as a fresh run adopts it. On --resume
+    the same command must resolve to the same model, or RunState.resume refused it as a change of model.name (the
+    recorded test_resnet against the default resnet18); where the run recorded these same weights, its own model is
+    kept, so that a weights file moved or rewritten since gives no other model."""
+    from fewshot.cli import adopt_recorded_model, model_named
+    from fewshot.config import same_weights_file
+    from fewshot.run_state import recorded_setting
+
+    if args.resume and cfg["model"]["weights"] and not model_named(flags, extra, args.config):
+        recorded = recorded_setting(Path(args.out), "model.name")
+        if isinstance(recorded, str) and same_weights_file(recorded_setting(Path(args.out), "model.weights"),
+                                                           cfg["model"]["weights"]):
+            cfg["model"]["name"] = recorded
+            return
+    adopt_recorded_model(cfg, flags, extra, args.config)
 
 
 # the sections of a MoCo preset `fewshot run` applies: what makes MoCo v1 or v2 (config.PRESETS); the rest (SGD,
@@ -241,6 +258,21 @@ def warn_replaced_overrides(extra) -> None:
         dotted = ".".join(parse_override(word)[0])
         if dotted in RUN_REPLACES:
             print(f"warning: {word} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr, flush=True)
+
+
+def warn_replaced_config_fields(path) -> None:
+    """`fewshot run --config f.yaml` dropped the file's semi.method or moco.queue_size without a word, while the
+    same key=value words get a warning (warn_replaced_overrides): the same warning for each such field the file
+    sets to other than its default (a run's own config.yaml, a valid --config, holds every field)."""
+    if not path:
+        return
+    from fewshot.config import DEFAULTS, file_settings, flatten_dotted, setting_changed
+
+    defaults = flatten_dotted(DEFAULTS)
+    for dotted, value in file_settings(path).items():
+        if dotted in RUN_REPLACES and setting_changed(dotted, defaults.get(dotted), value):
+            print(f"warning: {dotted}: {value} in {path} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr,
+                  flush=True)
 
 
 def warn_finetune_config(path) -> None:

@@ -458,6 +458,30 @@ def read_config_file(path: str | Path) -> dict:
     return {key: value for key, value in load_yaml(path).items() if key not in RECORDED}
 
 
+def file_settings(path: str | Path) -> dict:
+    """A --config file's settings, dotted, as resolve() applies them: a section with every field commented out
+    (`optim:` alone on its line) changes nothing (deep_merge), so it is no setting either (`train --resume
+    --config` took it for a change of the whole optim section and refused)."""
+    return {key: value for key, value in flatten_dotted(read_config_file(path)).items()
+            if not (value is None and isinstance(DEFAULTS.get(key), dict))}
+
+
+def unknown_fields(tree: dict, defaults: dict | None = None, path: str = "") -> list[str]:
+    """The dotted names in ``tree`` (a run's config.yaml) that no config field has: a typo (`epochz`), which
+    resolve() refuses in a --config file and a key=value word."""
+    defaults = DEFAULTS if defaults is None else defaults
+    unknown = []
+    for key, value in tree.items():
+        dotted = f"{path}{key}"
+        if not path and key in RECORDED:
+            continue
+        if key not in defaults:
+            unknown.append(dotted)
+        elif isinstance(defaults[key], dict) and isinstance(value, dict):
+            unknown.extend(unknown_fields(value, defaults[key], dotted + "."))
+    return unknown
+
+
 def _check_size(data, path: Path, limit: int = 100_000) -> None:
     """YAML aliases can nest a document into billions of values ("billion laughs") that a few hundred bytes
     describe; a run's config.yaml may come from anyone, and printing such a value exhausted the memory. A config
@@ -501,9 +525,13 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
     for dotted, value in (flags or {}).items():
         if value is not None:
             set_dotted(cfg, dotted.split("."), value)
+    typed = {}
     for word in overrides or []:
         keys, value = parse_override(word)
         set_dotted(cfg, keys, value)
+        typed.pop(".".join(keys), None)
+        if isinstance(value, bool):  # YAML read the word (on, no, yes) as true or false
+            typed[".".join(keys)] = word.split("=", 1)[1]
     for field in ("root", "cache_dir"):
         path = cfg["data"].get(field)
         if isinstance(path, os.PathLike):
@@ -519,7 +547,7 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
     if isinstance(weights, str) and weights.strip() and "://" not in weights and not weights.startswith("hf-hub:"):
         # recorded absolute, as data.root: a --resume from another folder named the same file otherwise
         cfg["model"]["weights"] = os.path.abspath(os.path.expanduser(weights))
-    cfg = validate(cfg)
+    cfg = validate(cfg, typed=typed)
     if (flags or {}).get("data.root") is not None and cfg["data"]["root"] is None:  # scan_root(None): TypeError
         raise UserError("data.root must be a folder (the dataset root that --data names), not empty: drop the "
                         "data.root= word, or give it a folder.")
@@ -699,68 +727,182 @@ def _kind(default: Any) -> str | None:
     return None  # None / list defaults: checked below (TEXT, TEXT_LIST) or where they are used
 
 
-def validate(cfg: dict, defaults: dict | None = None, path: str = "") -> dict:
+class FieldError(UserError):
+    """A bad value of one config field (``field``, dotted): the command line names the flag that gave it, where a
+    flag did (`--epochs -1` said "train.epochs must be ...", a name the user never typed)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+    def named(self, flag: str, value: Any) -> UserError:
+        """The same message, after the flag and the value the user typed (`--epochs -1: train.epochs must ...`)."""
+        typed = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+        given = flag if isinstance(value, bool) else f"{flag} {typed}"
+        return UserError(f"{given}: {self}")
+
+
+def validate(cfg: dict, defaults: dict | None = None, path: str = "", typed: dict | None = None) -> dict:
     """Refuse a value of the wrong type or range now, with the field's name, rather than as a traceback
-    minutes into a run. The type is the default's: `train.epochs=ten` or `model.small_stem=2` is an error."""
+    minutes into a run. The type is the default's: `train.epochs=ten` or `model.small_stem=2` is an error.
+    ``typed``: dotted -> the word as typed on the command line, where YAML read it as another value (`on` as
+    true), so that a message shows what the user wrote."""
     defaults = DEFAULTS if defaults is None else defaults
     for key, default in defaults.items():
         if key not in cfg:
             continue
-        dotted, value = f"{path}{key}", cfg[key]
+        dotted = f"{path}{key}"
         if isinstance(default, dict):
-            if isinstance(value, dict):
-                validate(value, default, dotted + ".")
+            if isinstance(cfg[key], dict):
+                validate(cfg[key], default, dotted + ".", typed)
             continue
-        if default is None and dotted in OPTIONAL and value is not None:
-            default = OPTIONAL[dotted]
-        if dotted in TEXT and value in ("", False):  # `weights: ''` / `cache_dir: false` meant "none" before
-            value = cfg[key] = None
-        if dotted in TEXT and value is not None and not (isinstance(value, str) and value.strip()):
-            raise UserError(f"{dotted} must be a path, not {value!r}.")
-        if dotted in TEXT_LIST and isinstance(value, (int, list)) and not isinstance(value, bool):
-            # YAML reads a dataset folder named 2019 as a number
-            value = cfg[key] = ([str(v) if _is_whole(v) else v for v in value] if isinstance(value, list)
-                                else str(value))
-        if dotted in TEXT_LIST and value is not None and not is_text_list(value):
-            raise UserError(f"{dotted} must be a name or a list of names, not {value!r}.")
-        kind = _kind(default)
-        if kind == "text" and dotted in CHOICES:
-            kind = None  # a few words, some of which YAML reads as true/false: checked against CHOICES below
-        if kind in ("a number", "a whole number") and isinstance(value, str):
-            try:  # YAML 1.1 reads `lr: 1e-3` in a config file as a string; users mean a number
-                number = float(value.strip())
-                if math.isfinite(number):
-                    value = cfg[key] = number
-            except ValueError:
-                pass
-        if kind == "a whole number" and isinstance(value, float) and value.is_integer():
-            value = cfg[key] = int(value)  # `2.0` from a YAML file means 2
-        ok = (kind is None or value is None and default is None
-              or kind == "true or false" and isinstance(value, bool)
-              or kind == "text" and isinstance(value, str) and bool(value.strip())
-              or kind == "a whole number" and isinstance(value, int) and not isinstance(value, bool)
-              or kind == "a number" and isinstance(value, (int, float)) and not isinstance(value, bool)
-              and math.isfinite(value))  # `.inf` / `nan` would only fail deep in a run
-        if not ok:
-            raise UserError(f"{dotted} must be {kind}, not {value!r}.")
-        if dotted in CHOICES and not any(value == c and isinstance(value, bool) == isinstance(c, bool)
-                                         for c in CHOICES[dotted]):  # 1 is not `true`
-            words = ", ".join(dict.fromkeys(str(c).lower() if isinstance(c, bool) else str(c) for c in CHOICES[dotted]
-                                            if c is not None))
-            raise UserError(f"{dotted} must be one of {words}, not {value!r}.")
-        if dotted in AT_LEAST and value is not None and value < AT_LEAST[dotted]:
-            raise UserError(f"{dotted} must be at least {AT_LEAST[dotted]}, not {value!r}.")
-        if dotted in POSITIVE and value is not None and not value > 0:
-            raise UserError(f"{dotted} must be greater than 0, not {value!r}.")
-        if dotted in INTERVALS and value is not None:
-            low, high, closed, *rest = INTERVALS[dotted]
-            high_closed = rest[0] if rest else True
-            if not ((low <= value if closed else low < value) and (value <= high if high_closed else value < high)):
-                raise UserError(f"{dotted} must be in {'[' if closed else '('}{_bound(low)}, {_bound(high)}"
-                                f"{']' if high_closed else ')'}, not {value!r}.")
+        _check_field(cfg, key, dotted, default, typed or {})
     if not path and isinstance(cfg.get("aug"), dict):
         check_augmentation_lists(cfg["aug"])
+    if not path:
+        check_moco_memory(cfg)
     return cfg
+
+
+def _shown(dotted: str, value: Any, typed: dict) -> str:
+    """``value`` as a message shows it: the word typed where YAML changed it (train.amp=on is not 'True')."""
+    if dotted in typed:
+        return repr(typed[dotted])
+    if isinstance(value, bool):
+        return str(value).lower()  # as YAML writes it (a config file's `on` reads as true)
+    return repr(value)
+
+
+def _as_number(value: Any) -> Any:
+    """A text that YAML 1.1 left unread (`1e-3`: no dot) as the finite number users mean; anything else as is."""
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return value
+        if math.isfinite(number):
+            return number
+    return value
+
+
+def _normalise_field(cfg: dict, key: str, dotted: str, default: Any) -> Any:
+    """The field's value in the form validation compares (texts, paths and numbers YAML read otherwise), stored
+    back into ``cfg``."""
+    value = cfg[key]
+    if dotted in TEXT and value in ("", False):  # `weights: ''` / `cache_dir: false` meant "none" before
+        value = cfg[key] = None
+    if dotted in TEXT_LIST and isinstance(value, (int, list)) and not isinstance(value, bool):
+        # YAML reads a dataset folder named 2019 as a number
+        value = cfg[key] = ([str(v) if _is_whole(v) else v for v in value] if isinstance(value, list)
+                            else str(value))
+    if isinstance(default, list) and isinstance(value, list):  # aug.scale: [1e-1, 1] read 1e-1 as text
+        value = cfg[key] = [_as_number(v) for v in value]
+    kind = _kind(default)
+    if kind in ("a number", "a whole number"):  # YAML 1.1 reads `lr: 1e-3` in a config file as a string
+        value = cfg[key] = _as_number(value)
+    if kind == "a whole number" and isinstance(value, float) and value.is_integer():
+        value = cfg[key] = int(value)  # `2.0` from a YAML file means 2
+    return value
+
+
+def _check_field(cfg: dict, key: str, dotted: str, default: Any, typed: dict) -> None:
+    """One field's type, choices and range (validate)."""
+    if default is None and dotted in OPTIONAL and cfg[key] is not None:
+        default = OPTIONAL[dotted]
+    value = _normalise_field(cfg, key, dotted, default)
+    shown = _shown(dotted, value, typed)
+    if dotted in TEXT and value is not None and not (isinstance(value, str) and value.strip()):
+        raise FieldError(dotted, f"{dotted} must be a path, not {shown}.")
+    if dotted in TEXT_LIST and value is not None and not is_text_list(value):
+        raise FieldError(dotted, f"{dotted} must be a name or a list of names, not {shown}.")
+    kind = _kind(default)
+    if kind == "text" and dotted in CHOICES:
+        kind = None  # a few words, some of which YAML reads as true/false: checked against CHOICES below
+    ok = (kind is None or value is None and default is None
+          or kind == "true or false" and isinstance(value, bool)
+          or kind == "text" and isinstance(value, str) and bool(value.strip())
+          or kind == "a whole number" and isinstance(value, int) and not isinstance(value, bool)
+          or kind == "a number" and isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))  # `.inf` / `nan` would only fail deep in a run
+    if not ok:
+        raise FieldError(dotted, f"{dotted} must be {kind}, not {shown}.")
+    if dotted in CHOICES and not any(value == c and isinstance(value, bool) == isinstance(c, bool)
+                                     for c in CHOICES[dotted]):  # 1 is not `true`
+        words = ", ".join(dict.fromkeys(str(c).lower() if isinstance(c, bool) else str(c) for c in CHOICES[dotted]
+                                        if c is not None))
+        raise FieldError(dotted, f"{dotted} must be one of {words}, not {shown}.")
+    _check_range(dotted, value, shown)
+
+
+def _check_range(dotted: str, value: Any, shown: str) -> None:
+    """AT_LEAST, POSITIVE and INTERVALS for one field."""
+    if value is None:
+        return
+    if dotted in AT_LEAST and value < AT_LEAST[dotted]:
+        raise FieldError(dotted, f"{dotted} must be at least {AT_LEAST[dotted]}, not {shown}.")
+    if dotted in POSITIVE and not value > 0:
+        raise FieldError(dotted, f"{dotted} must be greater than 0, not {shown}.")
+    if dotted in INTERVALS:
+        low, high, closed, *rest = INTERVALS[dotted]
+        high_closed = rest[0] if rest else True
+        if not ((low <= value if closed else low < value) and (value <= high if high_closed else value < high)):
+            raise FieldError(dotted, f"{dotted} must be in {'[' if closed else '('}{_bound(low)}, {_bound(high)}"
+                                     f"{']' if high_closed else ')'}, not {shown}.")
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory (None where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+MOCO_MEMORY_CAP = 1 << 40  # 1 TiB: where the machine's memory is unknown, no MoCo queue may need more
+HEAD_WIDTH_GUESS = 2048  # a ResNet-50's features: the widest MLP head input the presets build
+
+
+def moco_bytes(queue_size: int, dim: int, batch: int, hidden: int | None) -> int:
+    """About the memory MoCo's queue takes in a step: the queue and its copy in the loss (K x dim floats each), the
+    logits with their gradient and softmax (3 x batch x K), and the projection heads' weights with gradients and
+    optimiser state (4 copies of hidden x dim)."""
+    return 4 * (2 * queue_size * dim + 3 * batch * queue_size + 4 * (hidden or HEAD_WIDTH_GUESS) * dim)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n < 2**40 else f"{n / 2**40:,.1f} TiB"
+
+
+def check_moco_memory(cfg: dict) -> None:
+    """A queue (moco.queue_size, run.queue_size) or a projection (moco.dim) that cannot fit in this machine's memory
+    is refused now: `--queue-size 1000000000000` ended in a RuntimeError traceback when the queue was allocated."""
+    moco, train, run = cfg.get("moco"), cfg.get("train"), cfg.get("run")
+    if not all(isinstance(s, dict) for s in (moco, train, run)):
+        return
+    total = memory_bytes() or MOCO_MEMORY_CAP
+    where = f"this machine's {_gib(total)} of memory" if memory_bytes() else f"{_gib(total)}"
+    for field, size, batch in (("moco.queue_size", moco.get("queue_size"), train.get("batch_size")),
+                               ("run.queue_size", run.get("queue_size"), run.get("pretrain_batch_size"))):
+        if not all(_is_whole(v) for v in (size, moco.get("dim"), batch)):
+            continue  # unset (run.queue_size: None), or refused by validate with its own message
+        hidden = moco.get("mlp_hidden") if _is_whole(moco.get("mlp_hidden")) else None
+        need = moco_bytes(size, moco["dim"], batch, hidden)
+        if need <= total:
+            continue
+        if moco_bytes(size, DEFAULTS["moco"]["dim"], batch, hidden) <= total:  # the queue is fine, the width is not
+            raise FieldError("moco.dim", f"moco.dim {moco['dim']} (with {field} {size}) needs about {_gib(need)} "
+                                         f"for MoCo's queue of negative keys and its projection, more than {where}. "
+                                         f"Give a moco.dim of a few hundred at most (default 128).")
+        raise FieldError(field, f"{field} {size} with moco.dim {moco['dim']} needs about {_gib(need)} for MoCo's "
+                                f"queue of negative keys, more than {where}. Give a smaller queue (the MoCo papers "
+                                f"use 4096 to 65536 keys; at most about {_max_queue(total, moco['dim'], batch)} "
+                                f"fit here).")
+
+
+def _max_queue(total: int, dim: int, batch: int) -> str:
+    """The largest queue moco_bytes lets fit in ``total`` bytes, rounded down to a power of two, as text."""
+    most = max(1, (total // 4 - 4 * HEAD_WIDTH_GUESS * dim) // (2 * dim + 3 * batch))
+    return f"{1 << (int(most).bit_length() - 1):,}"
 
 
 def check_augmentation_lists(aug: dict) -> None:

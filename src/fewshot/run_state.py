@@ -81,6 +81,16 @@ def check_state_fields(path: Path, data) -> None:
             raise bad(f"stages.{name}.epochs", "a finite number, 0 or more")
 
 
+def recorded_setting(out: Path, dotted: str):
+    """One setting (dotted) of the run in ``out`` as its run_state.json recorded it; None where there is no run, the
+    file cannot be read or lacks the field (RunState.resume then says what is wrong)."""
+    try:
+        data = json.loads((Path(out) / STATE_FILE).read_text())
+        return flatten_dotted(data["config"]).get(dotted)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 class RunState:
     """The run's requested settings and budget, and per stage (named by its folder: pretrain,
     finetune_labelled, finetune_round<k>, finetune) its status: began (planned and training; its

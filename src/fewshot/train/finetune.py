@@ -206,6 +206,19 @@ def resume_refused(out: Path, cfg: dict, by: str, changed: list[str], undo: str)
                      f"{', '.join(changed)}. {undo} to resume, or start a new run with another --out ({other}).")
 
 
+def refuse_unknown_fields(saved: dict, path: Path) -> None:
+    """A typo in a run's config.yaml (`epochz: 6` under train:) was silently ignored by --resume, while --config
+    and key=value words refuse unknown fields: refused the same way, naming the key and the file."""
+    from fewshot.config import unknown_fields
+
+    unknown = unknown_fields(saved)
+    if unknown:
+        names = ", ".join(f"'{name}'" for name in unknown)
+        raise UserError(f"{path} holds the unknown config field(s) {names}, which would silently do nothing (a "
+                        f"typo?). Correct or delete them in that file (every field and its default: DEFAULTS in "
+                        f"fewshot/config.py), then resume again.")
+
+
 def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     """On --resume the saved config is the base; only what was given on this command line changes,
     and only the settings in RESUME_MAY_CHANGE may differ from the saved ones."""
@@ -213,6 +226,7 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     if not saved.is_file():
         return cfg
     base = load_yaml(saved)
+    refuse_unknown_fields(base, saved)
     from fewshot.config import DEFAULTS, get_dotted, set_dotted
 
     def in_run(keys: list[str]):

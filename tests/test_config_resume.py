@@ -1,0 +1,88 @@
+"""--resume with the settings a run recorded: `fewshot run` after --weights, empty --config sections, and a typo in
+a run's config.yaml."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import fewshot.pipeline
+from fewshot.cli import TRAIN_FLAGS, build_parser, main, resolve_run_config
+from fewshot.config import resolve, save_yaml
+from fewshot.errors import UserError
+from fewshot.run_state import RunState
+
+
+@pytest.fixture
+def fake_pipeline(monkeypatch):
+    """run_pipeline replaced by its start (RunState.start) and its resume check (RunState.resume): the settings
+    comparison a resumed `fewshot run` makes, without training. Returns the model names each call resolved."""
+    seen = []
+
+    def fake(cfg, out, budget_minutes, started=None, resume=False):
+        if resume:
+            RunState.resume(out, cfg, budget_minutes)
+        else:
+            out.mkdir(parents=True)
+            RunState.start(out, cfg, budget_minutes, None, 0.0)
+        seen.append(cfg["model"]["name"])
+
+    monkeypatch.setattr(fewshot.pipeline, "run_pipeline", fake)
+    return seen
+
+
+def exported_weights(path):
+    """A safetensors file recording its model as `fewshot export` does."""
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"model": "test_resnet", "img_size": "32"})
+    return path
+
+
+def test_run_resume_of_a_run_whose_model_came_from_weights(tmp_path, fake_pipeline, capsys):
+    """The same command + --resume was refused: "changes model.name ('test_resnet' in the run, 'resnet18' now)"."""
+    weights = exported_weights(tmp_path / "bb.safetensors")
+    command = ["run", "--data", str(tmp_path), "--datasets", "digits", "--weights", str(weights),
+               "--budget-minutes", "1.5", "--out", str(tmp_path / "run")]
+    assert main(command) == 0
+    assert main([*command, "--resume"]) == 0, capsys.readouterr().err
+    assert main([*command, "--img-size", "32", "--resume"]) == 2  # another command is still refused
+    assert "model.img_size" in capsys.readouterr().err
+    weights.unlink()  # moved away since: the run's own model is kept
+    assert main([*command, "--resume"]) == 0, capsys.readouterr().err
+    assert fake_pipeline == ["test_resnet"] * 3
+
+
+def saved_train_run(tmp_path, *extra_lines):
+    """A `fewshot train` run folder's config.yaml as a run writes it (its rates resolved)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = resolve(flags={"data.root": str(tmp_path), "train.device": "cpu", "train.epochs": 1})
+    cfg["optim"].update(lr=0.004, backbone_lr_mult=1.0)
+    save_yaml(cfg, out / "config.yaml")
+    if extra_lines:
+        text = (out / "config.yaml").read_text().replace("train:\n", "train:\n" + "".join(extra_lines), 1)
+        (out / "config.yaml").write_text(text)
+    return out
+
+
+def resume_config(out, *words):
+    args, extra = build_parser().parse_known_args(["train", "--data", str(out.parent), "--out", str(out),
+                                                   "--resume", *words])
+    return resolve_run_config(args, extra, TRAIN_FLAGS)
+
+
+def test_train_resume_with_an_empty_section_in_its_config_file(tmp_path):
+    out = saved_train_run(tmp_path)
+    config = tmp_path / "f.yaml"
+    config.write_text("optim:\ntrain: {epochs: 2}\n")
+    cfg = resume_config(out, "--config", str(config))
+    assert cfg["train"]["epochs"] == 2 and cfg["optim"]["lr"] == 0.004
+
+
+def test_resume_refuses_a_typo_in_the_runs_config_yaml(tmp_path, capsys):
+    out = saved_train_run(tmp_path, "  epochz: 6\n")
+    with pytest.raises(UserError, match=r"config\.yaml holds the unknown config field\(s\) 'train.epochz'"):
+        resume_config(out)
+    assert main(["train", "--data", str(tmp_path), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "'train.epochz'" in err and str(out / "config.yaml") in err
