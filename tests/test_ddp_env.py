@@ -159,7 +159,10 @@ def test_the_pretrain_header_names_the_shuffle_across_processes():
 
     model = SimpleNamespace(encoder_q=torch.nn.BatchNorm2d(3), split_bn_groups=1)
     assert bn_protection(model, 2) == "shuffle-BN across 2 processes"
-    assert bn_protection(model) == "split-BN groups=1"
+    # one group on one process is the whole batch: a hunt read "split-BN groups=1" as a guard, which it is not
+    assert bn_protection(model).startswith("no shuffle-BN (split-BN groups=1 on one process)")
+    assert bn_protection(SimpleNamespace(encoder_q=torch.nn.BatchNorm2d(3), split_bn_groups=4)).startswith(
+        "split-BN groups=4")
     model.shuffle_across_ranks = False  # moco.shuffle_bn=off: the header said "shuffle-BN across 2 processes"
     assert bn_protection(model, 2).startswith("no shuffle-BN (moco.shuffle_bn=off, 2 processes)")
 

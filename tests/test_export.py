@@ -185,7 +185,12 @@ def test_a_small_stem_wide_export_is_rebuilt_from_its_metadata(exported, tmp_pat
     assert load_file(str(path))["layer1.0.conv1.weight"].shape[0] == 64  # test_resnet's 32, doubled
 
     out = tmp_path / "ft"
-    assert main(["train", "--data", str(root), "--out", str(out), "--weights", str(path), *TINY]) == 0
+    capsys.readouterr()
+    # an explicit model.small_stem=false cannot hold (the file's tensors fit no other stem): taken, and said (a hunt:
+    # it was replaced without a word)
+    assert main(["train", "--data", str(root), "--out", str(out), "--weights", str(path), *TINY,
+                 "model.small_stem=false"]) == 0
+    assert f"note: the network is built with width=2.0 and small_stem=true, as {path} records" in capsys.readouterr().err
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"]["width"] == 2.0 and saved["model"]["small_stem"] is True
     own = load_checkpoint(out / "checkpoints" / "last.pt")["model"]

@@ -110,10 +110,19 @@ def adopt_weights_architecture(model_cfg: dict) -> dict:
         # another model's file: its width / small_stem made "model.width applies to timm ResNets" errors about
         # options the user never set; loading it names the file's model instead
         return model_cfg
+    taken = []
     if float(model_cfg.get("width") or 1.0) == 1.0 and "width" in arch:
+        if float(arch["width"]) != float(model_cfg.get("width") or 1.0):
+            taken.append(f"width={arch['width']}")
         model_cfg["width"] = arch["width"]
     if not model_cfg.get("small_stem") and arch.get("small_stem"):
         model_cfg["small_stem"] = True
+        taken.append("small_stem=true")
+    if taken:  # also over a model.small_stem=false the user typed, which cannot be told from the default here
+        from fewshot.data.layout import warn_once
+
+        warn_once([f"the network is built with {' and '.join(taken)}, as {model_cfg.get('weights')} records: its "
+                   f"tensors fit no other"], "note")
     if not model_cfg.get("img_size") and arch.get("img_size"):  # the size its features were learnt at, not
         model_cfg["img_size"] = arch["img_size"]                # the model's ImageNet default (224 for 28 px data)
     return model_cfg

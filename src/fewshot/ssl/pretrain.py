@@ -310,6 +310,9 @@ def bn_protection(model, world: int = 1) -> str:
             return (f"no shuffle-BN (moco.shuffle_bn=off, {world} processes): the positive pair can match through "
                     f"BatchNorm statistics")
         return f"shuffle-BN across {world} processes"
+    if model.split_bn_groups <= 1:  # one group is the whole batch: moco.shuffle_bn=off or split_bn_groups=1
+        return ("no shuffle-BN (split-BN groups=1 on one process): the positive pair can match through BatchNorm "
+                "statistics")
     shared = shared_batch_norms(model)
     if shared:  # a BatchNorm type split BN cannot convert: those layers still see the whole batch
         more = f", ... ({len(shared)} in all)" if len(shared) > 3 else ""

@@ -108,9 +108,12 @@ def build_scheduler(cfg: dict, optimizer, steps_per_epoch: int):
     if not cosine:  # MoCo v1: step decay at 120/160 of 200 epochs
         from timm.scheduler import MultiStepLRScheduler
 
+        # the steps that first run at a tenth and a hundredth of the peak. timm counts a milestone as passed at
+        # t + 1 (so +1 here) and, by default, after the warmup (warmup_prefix: a 1-epoch warmup of a 2-epoch run
+        # never decayed at all; of 100 steps with 10 of warmup, at steps 69 and 89)
         milestones = [int(total * 0.6), int(total * 0.8)]
-        return MultiStepLRScheduler(optimizer, decay_t=milestones, decay_rate=0.1, warmup_t=warmup,
-                                    warmup_lr_init=min(s["warmup_lr"], peak), t_in_epochs=False)
+        return MultiStepLRScheduler(optimizer, decay_t=[m + 1 for m in milestones], decay_rate=0.1, warmup_t=warmup,
+                                    warmup_lr_init=min(s["warmup_lr"], peak), warmup_prefix=False, t_in_epochs=False)
     # a 1-step run gets the same lr from t_initial 2 (step 0 is the peak), without timm's "will have no effect" log
     return CosineLRScheduler(optimizer, t_initial=max(total, 2), lr_min=min(s["min_lr"], peak), warmup_t=warmup,
                              warmup_lr_init=min(s["warmup_lr"], peak), warmup_prefix=False, t_in_epochs=False)

@@ -1,0 +1,48 @@
+"""The learning-rate schedules as the engine steps them (`scheduler.step_update(t)` before step t): MoCo v1's step
+decay and the cosine, each with a warmup, against hand-computed step numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fewshot.train.engine import build_scheduler
+
+
+def _lrs(cos: bool, epochs: int, steps_per_epoch: int, warmup_epochs: float, lr: float = 0.1) -> list[float]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    cfg = {"_task": "moco", "moco": {"cos": cos}, "train": {"epochs": epochs},
+           "sched": {"warmup_epochs": warmup_epochs, "warmup_lr": 1e-6, "min_lr": 0.0}}
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+    out = []
+    for t in range(epochs * steps_per_epoch):
+        scheduler.step_update(t)
+        out.append(optimizer.param_groups[0]["lr"])
+    return out
+
+
+@pytest.mark.parametrize("warmup_epochs", [0, 1])
+def test_mocov1_decays_tenfold_at_60_and_80_percent_of_the_steps_with_or_without_warmup(warmup_epochs):
+    """A hunt: with a warmup, timm pushed the milestones back by its length (of 100 steps with 10 of warmup, the
+    decays came at steps 69 and 89), and counted a milestone one step early without one."""
+    lrs = _lrs(cos=False, epochs=10, steps_per_epoch=10, warmup_epochs=warmup_epochs)
+    first = 10 * warmup_epochs
+    assert lrs[first:60] == pytest.approx([0.1] * (60 - first))
+    assert lrs[60:80] == pytest.approx([0.01] * 20) and lrs[80:] == pytest.approx([0.001] * 20)
+    if warmup_epochs:
+        assert lrs[0] < lrs[5] < 0.1  # warming up
+
+
+def test_mocov1_with_a_warmup_half_the_run_still_decays():
+    """`--epochs 2 sched.warmup_epochs=1 moco.cos=false` never decayed: its milestones lay past the end."""
+    lrs = _lrs(cos=False, epochs=2, steps_per_epoch=10, warmup_epochs=1)
+    assert lrs[11] == pytest.approx(0.1) and lrs[12] == pytest.approx(0.01) and lrs[16] == pytest.approx(0.001)
+
+
+def test_cosine_warms_up_then_falls_to_the_floor_at_the_last_step():
+    lrs = _lrs(cos=True, epochs=10, steps_per_epoch=10, warmup_epochs=1)
+    # the cosine runs over the whole run, warmup included (warmup_prefix=False): at step 10 it is 10 % along
+    assert lrs[0] == pytest.approx(1e-6) and lrs[10] == pytest.approx(0.05 * (1 + math.cos(math.pi * 0.1)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 1e-3
