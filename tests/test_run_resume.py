@@ -197,7 +197,7 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_default(digits_
     state["config"]["data"]["skip_bad_unlabeled"] = False  # a value the run really had is still held to
     (out / "run_state.json").write_text(json.dumps(state))
     rc, _, err = run_main(*_cmd(digits_root, out, "--resume"))
-    assert rc == 2 and "data.skip_bad_unlabeled (False in the run, True now)" in err, err
+    assert rc == 2 and "data.skip_bad_unlabeled (false in the run, true now)" in err, err
 
 
 def test_resume_without_a_run_is_refused(digits_root, tmp_path):

@@ -192,6 +192,7 @@ def cmd_run(args, extra) -> int:
     cfg = resolve_naming_flags(RUN_FLAG_NAMES, flags, extra, file=args.config, default_preset="mocov2",
                                preset_sections=MOCO_PRESET_SECTIONS)
     adopt_run_model(cfg, flags, extra, args)
+    adopt_run_datasets(cfg, flags, extra, args)
 
     note_flags_overridden(flags, RUN_FLAG_NAMES, extra)
     warn_replaced_config_fields(args.config)
@@ -221,6 +222,30 @@ def adopt_run_model(cfg: dict, flags: dict, extra: list[str], args) -> None:
             cfg["model"]["name"] = recorded
             return
     adopt_recorded_model(cfg, flags, extra, args.config)
+
+
+def datasets_named(flags: dict, extra: list[str], config_file: str | None) -> bool:
+    """Whether the command names its datasets (--datasets, a data.datasets= word, the --config file)."""
+    from fewshot.config import file_settings, parse_override
+
+    return bool(flags.get("data.datasets") is not None
+                or any(parse_override(w)[0] == ["data", "datasets"] for w in extra)
+                or (config_file and "data.datasets" in file_settings(config_file)))
+
+
+def adopt_run_datasets(cfg: dict, flags: dict, extra: list[str], args) -> None:
+    """On --resume, the datasets of the run: a command that names none means "as before", as `train --resume`
+    takes them (it refused: "data.datasets ('two,uni' in the run, None now)"); one that names the run's datasets
+    in another order continues in the run's order, which its head's classes follow (datasets_in_run_order)."""
+    from fewshot.run_state import STATE_FILE, datasets_in_run_order, recorded_setting
+
+    if not args.resume or not (Path(args.out) / STATE_FILE).is_file():
+        return  # no run to take them from: RunState.resume says so
+    recorded = recorded_setting(Path(args.out), "data.datasets")
+    if not datasets_named(flags, extra, args.config):
+        cfg["data"]["datasets"] = recorded
+    else:
+        cfg["data"]["datasets"] = datasets_in_run_order(recorded, cfg["data"]["datasets"], cfg["data"]["root"])
 
 
 # the sections of a MoCo preset `fewshot run` applies: what makes MoCo v1 or v2 (config.PRESETS); the rest (SGD,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 from fewshot.config import DEFAULTS, canonical_value, flatten_dotted, setting_changed
@@ -89,6 +91,74 @@ def recorded_setting(out: Path, dotted: str):
         return flatten_dotted(data["config"]).get(dotted)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+# what an unset (null) setting means, as the messages comparing a resume's settings with the run's word it
+NONE_MEANS = {"data.datasets": "every dataset under the root", "model.weights": "no weights file",
+              "data.unlabeled": "ROOT/unlabeled/", "data.cache_dir": "ROOT/.fewshot_cache", "data.root": "no data root"}
+
+
+def worded(dotted: str, value) -> str:
+    """A setting as a message shows it to users: in the words they type (true, [0.2, 1.0], what an unset field
+    means), not Python's repr ("data.datasets ('two,uni' in the run, None now)")."""
+    from fewshot.config import OPTIONAL_NULL
+
+    value = canonical_value(dotted, value)
+    if value is None:
+        return NONE_MEANS.get(dotted) or OPTIONAL_NULL.get(dotted, ("unset",))[0]
+    if isinstance(value, str):
+        return repr(value)
+    return _yaml_word(value)
+
+
+def _yaml_word(value) -> str:
+    """A value as YAML (a --config file, a key=value word) writes it: true, null, [a, b]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_word(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_yaml_word(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def dataset_names(value, root) -> list[str] | None:
+    """The datasets a data.datasets value names under ``root``, in its order and each once (scan_root's reading of
+    it; None: all of them, in name order); None where the root cannot be listed (the scan says why later)."""
+    import unicodedata
+
+    from fewshot.data.layout import list_datasets, parse_datasets
+
+    try:
+        available = list_datasets(Path(root))
+    except (UserError, OSError, TypeError):
+        return None
+    if value is None:
+        names = available
+    elif isinstance(value, str):
+        names = parse_datasets(value, available)
+    else:
+        names = [str(v) for v in value]
+    return list(dict.fromkeys(unicodedata.normalize("NFC", n) for n in names))
+
+
+def datasets_in_run_order(was, now, root):
+    """``was`` (the run's data.datasets) where ``now`` names the same datasets, in another order or spelling, else
+    ``now``. The joint head's class offsets follow the dataset order (LabelSpace), so `--datasets B,A` on a run
+    trained on A,B was refused as other data although it names the same; it continues in the run's order, with a
+    note."""
+    if was == now:
+        return now
+    run, given = dataset_names(was, root), dataset_names(now, root)
+    if not run or given is None or sorted(run) != sorted(given):
+        return now
+    if run != given and os.environ.get("RANK", "0") == "0":
+        print(one_line(f"note: the datasets given ({', '.join(given)}) are the run's in another order; it continues "
+                       f"in its own order, {', '.join(run)} (the joint label space's class order follows it)"),
+              file=sys.stderr, flush=True)
+    return was
 
 
 class RunState:
@@ -174,7 +244,7 @@ class RunState:
         # a setting added to fewshot since the run started counts as its default there
         now = flatten_dotted(json.loads(json.dumps(cfg)))
         before = {**flatten_dotted(json.loads(json.dumps(DEFAULTS))), **flatten_dotted(saved_cfg)}
-        changed = [f"{k} ({canonical_value(k, before.get(k))!r} in the run, {canonical_value(k, now.get(k))!r} now)"
+        changed = [f"{k} ({worded(k, before.get(k))} in the run, {worded(k, now.get(k))} now)"
                    for k in sorted(set(now) | set(before))
                    if k not in RUN_RESUME_MAY_CHANGE and setting_changed(k, before.get(k), now.get(k))]
         if changed:

@@ -183,7 +183,8 @@ RESUME_MAY_CHANGE = frozenset({
 def resume_changes(before: dict, now: dict) -> list[str]:
     """The settings (dotted) that ``now`` gives other values than the run's ``before``, beyond RESUME_MAY_CHANGE,
     as a message lists them; a path compares as the file or folder it names."""
-    from fewshot.config import canonical_value, setting_changed
+    from fewshot.config import setting_changed
+    from fewshot.run_state import worded
 
     changed = []
     for dotted, value in now.items():
@@ -191,8 +192,7 @@ def resume_changes(before: dict, now: dict) -> list[str]:
             continue
         was = before[dotted]
         if setting_changed(dotted, was, value):
-            changed.append(f"{dotted} ({canonical_value(dotted, was)!r} in the run, "
-                           f"{canonical_value(dotted, value)!r} now)")
+            changed.append(f"{dotted} ({worded(dotted, was)} in the run, {worded(dotted, value)} now)")
     return changed
 
 
@@ -219,6 +219,16 @@ def refuse_unknown_fields(saved: dict, path: Path) -> None:
                         f"fewshot/config.py), then resume again.")
 
 
+def keep_dataset_order(base: dict, explicit: dict, was) -> None:
+    """--datasets naming the run's datasets in another order: the run's order, which its head's classes follow
+    (`--datasets B,A` on a run of A,B was refused as "the datasets or classes differ", listing the same sets)."""
+    from fewshot.run_state import datasets_in_run_order
+
+    if "data.datasets" in explicit:
+        root = explicit.get("data.root") or base.get("data", {}).get("root")
+        explicit["data.datasets"] = datasets_in_run_order(was, explicit["data.datasets"], root)
+
+
 def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     """On --resume the saved config is the base; only what was given on this command line changes,
     and only the settings in RESUME_MAY_CHANGE may differ from the saved ones."""
@@ -241,6 +251,7 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
             except KeyError:
                 return None
 
+    keep_dataset_order(base, explicit, in_run(["data", "datasets"]))
     changed = resume_changes({dotted: in_run(dotted.split(".")) for dotted in explicit}, explicit)
     if changed:
         raise resume_refused(out, base, "this command", changed, "Drop those settings")
