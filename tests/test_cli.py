@@ -1269,3 +1269,44 @@ def test_probe_given_a_run_folder_as_weights_says_so(tmp_path):
     rc, _, err = run_main("probe", "--weights", run, "--data", tmp_path)
     assert rc == 2 and "is a folder; --weights takes a weights file" in err and "--model is required" not in err, err
     assert f"fewshot export {run} --out backbone.safetensors" in err
+
+
+def test_a_ctrl_c_while_torch_is_imported_stops_cleanly(monkeypatch, capsys, tmp_path):
+    """A hunt: Ctrl-C in a command's first second, while torch was being imported, left a half-initialised
+    torch.distributed in sys.modules; the stop then imported the distributed helpers from it and ended in a
+    circular-import traceback, exit 1. A module without a process group is passed over."""
+    import types
+
+    from fewshot import cli
+    from fewshot.train import distributed
+
+    said = []
+    monkeypatch.setattr(distributed, "report_exit", said.append)
+    monkeypatch.setitem(sys.modules, "torch.distributed", types.ModuleType("torch.distributed"))  # no attributes
+
+    def interrupted(args, extra):
+        raise KeyboardInterrupt
+
+    args = SimpleNamespace(command="run", out=str(tmp_path / "new"))
+    assert cli._dispatch(args, [], {"run": interrupted}) == 130 and said == []
+    err = capsys.readouterr().err
+    assert "fewshot run: interrupted; nothing to resume: start the same command again" in err, err
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_an_interrupted_run_says_whether_any_stage_was_kept(tmp_path, capsys, finished):
+    """A hunt: Ctrl-C before round 1 ended said "the stages finished so far are kept" of none."""
+    from fewshot import cli
+
+    out = tmp_path / "run"
+    out.mkdir()
+    stages = {"finetune_labelled": {"status": "done" if finished else "began"}}
+    (out / "run_state.json").write_text(json.dumps({"stages": stages}))
+
+    def interrupted(args, extra):
+        raise KeyboardInterrupt
+
+    assert cli._dispatch(SimpleNamespace(command="run", out=str(out)), [], {"run": interrupted}) == 130
+    err = capsys.readouterr().err
+    kept = "the stages finished so far are kept" if finished else "no stage had finished"
+    assert f"interrupted; {kept}: continue with the same command and --resume" in err, err

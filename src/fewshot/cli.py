@@ -526,9 +526,20 @@ def _argparse_said_once():
     sys.stderr.write(err.getvalue())
 
 
+def _process_group_started() -> bool:
+    """Whether this process may hold a torch.distributed process group. Not merely "torch.distributed" in
+    sys.modules: a Ctrl-C in the first second (while torch is imported) left a half-initialised torch there, and
+    importing fewshot.train.distributed from it ended the clean stop in a circular-import traceback (exit 1)."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        return dist is not None and bool(dist.is_available()) and bool(dist.is_initialized())
+    except Exception:  # noqa: BLE001 - a half-imported module lacks its attributes
+        return False
+
+
 def _dispatch(args, extra, handlers) -> int:
     code = _run_command(args, extra, handlers)
-    if code and "torch.distributed" in sys.modules and not _quiet_rank():
+    if code and _process_group_started() and not _quiet_rank():
         from fewshot.train.distributed import report_exit
 
         report_exit(code)  # said after its message: a quiet rank that failed too waits for this (_speaker_spoke)
@@ -543,7 +554,7 @@ def _run_command(args, extra, handlers) -> int:
 
             check_environment()  # a typo is refused before any folder is written
         code = handlers[args.command](args, extra) or 0
-        if "torch.distributed" in sys.modules:  # under torchrun: leave no process group to interpreter teardown
+        if _process_group_started():  # under torchrun: leave no process group to interpreter teardown
             from fewshot.train.distributed import shutdown_distributed
 
             shutdown_distributed()  # on success only: after a failure a peer may never answer
@@ -566,7 +577,7 @@ def _run_command(args, extra, handlers) -> int:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
             except (OSError, ValueError, AttributeError):
                 pass
-        if "torch.distributed" in sys.modules:  # every rank passed the stop's barrier: safe to tear down
+        if _process_group_started():  # every rank passed the stop's barrier: safe to tear down
             from fewshot.train.distributed import shutdown_distributed
 
             shutdown_distributed()
@@ -640,12 +651,15 @@ def _interrupted(args, signum: int) -> int:
     """Ctrl-C or SIGTERM outside training: what was kept, and the exit status 128 + signum."""
     out = getattr(args, "out", None)
     if out and args.command == "run" and Path(out, "run_state.json").is_file():
-        note = "; the stages finished so far are kept: continue with the same command and --resume"
+        kept = "the stages finished so far are kept" if _run_stages_finished(Path(out)) else "no stage had finished"
+        note = f"; {kept}: continue with the same command and --resume"
     elif out and args.command in ("train", "pretrain") and Path(out, "checkpoints", "last.pt").is_file():
         # after the last epoch (plots or metrics being written), or a second Ctrl-C that did not wait for the
         # step's checkpoint: said bare, it read as a lost run
         note = ("; the checkpoints written so far are kept: the same command with --resume continues the run "
                 "from the last one, or (training had finished) writes its results again")
+    elif out and args.command in ("run", "train", "pretrain"):  # said bare, "interrupted" left the user guessing
+        note = "; nothing to resume: start the same command again"
     else:
         note = ""
     what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
@@ -655,6 +669,16 @@ def _interrupted(args, signum: int) -> int:
     except OSError:  # stderr went away with the same signal (`... 2>&1 | tee log`)
         pass
     return 128 + int(signum)
+
+
+def _run_stages_finished(out: Path) -> bool:
+    """Whether run_state.json records a finished stage (a stop before round 1's end said "the stages finished so
+    far are kept" of none)."""
+    try:
+        stages = json.loads(Path(out, "run_state.json").read_text()).get("stages", {})
+        return any(isinstance(st, dict) and st.get("status") in ("trained", "done") for st in stages.values())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def world_size_env() -> int:
