@@ -465,6 +465,20 @@ def test_names_in_scripts_the_font_lacks_do_not_flood_stderr(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert err.count("note: no installed font has some characters") == 1, err
     assert "(データセット)" in err and "fonts-noto-cjk" in err and "fontlist-" in err, err
+    # any other warning of the drawing still reaches the caller (a review: all were recorded and re-emitted)
+    fig = plots._figure(2, 2)
+    fig.add_subplot().set_title("猫")
+    real = fig.savefig
+
+    def savefig(*args, **kwargs):
+        warnings.warn("something else", UserWarning)
+        return real(*args, **kwargs)
+
+    fig.savefig = savefig
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plots._save(fig, tmp_path / "q.png")
+    assert [str(w.message) for w in caught] == ["something else"]
 
 
 def test_class_names_in_other_scripts_use_an_installed_fallback_font(tmp_path, monkeypatch, caplog):

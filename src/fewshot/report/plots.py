@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import functools
 import io
+import logging
 import math
 import os
 import re
@@ -70,16 +71,23 @@ def _figure(w: float, h: float, layout: str | None = "constrained"):
 def _save(fig, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(record=True) as caught:
+    missing: list[str] = []
+    with warnings.catch_warnings():
         # class or dataset names in scripts no installed font has (font_families) are drawn as boxes; matplotlib's
-        # warning per missing glyph would flood stderr: one note per process says what to do instead
-        warnings.simplefilter("always", UserWarning)
+        # warning per missing glyph would flood stderr: one note per process says what to do instead. Only those
+        # are taken aside: any other warning is shown (or not) as the filters say
+        warnings.filterwarnings("always", message=MISSING_GLYPH.pattern, category=UserWarning)
+        show = warnings.showwarning
+
+        def glyphs_aside(message, category, filename, lineno, file=None, line=None):
+            if MISSING_GLYPH.search(str(message)):
+                missing.append(str(message))
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = glyphs_aside  # restored by catch_warnings
         buffer = io.BytesIO()
         fig.savefig(buffer, dpi=fig.dpi, format="png")
-    missing = [str(w.message) for w in caught if MISSING_GLYPH.search(str(w.message))]
-    for w in caught:
-        if not MISSING_GLYPH.search(str(w.message)):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if missing:
         _say_missing_glyphs(missing)
     # by rename, as every other file of a run: savefig wrote in place, into the original of a hard-linked copy of a
@@ -101,11 +109,8 @@ def font_families() -> tuple[str, ...]:
     """DejaVu Sans, then the fallback fonts installed here. Only installed ones are named: matplotlib logs a
     'findfont' line for every text drawn with a family it lacks. Its font list is cached the first time it runs
     (a font installed later is seen once that cache, e.g. ~/.cache/matplotlib/fontlist-*.json, is removed)."""
-    import logging
-
     from matplotlib import font_manager
 
-    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # "failed to find weight normal" chatter
     installed = {entry.name for entry in font_manager.fontManager.ttflist}
     return ("DejaVu Sans", *(name for name in FALLBACK_FONTS if name in installed))
 
@@ -138,8 +143,14 @@ def _literal_text(plot):
     def wrapper(*args, **kwargs):
         import matplotlib
 
-        with matplotlib.rc_context({"text.parse_math": False, "font.family": list(font_families())}):
-            return plot(*args, **kwargs)
+        fonts = logging.getLogger("matplotlib.font_manager")
+        level = fonts.level
+        fonts.setLevel(max(level, logging.ERROR))  # a fallback font's "failed to find font weight normal" chatter
+        try:
+            with matplotlib.rc_context({"text.parse_math": False, "font.family": list(font_families())}):
+                return plot(*args, **kwargs)
+        finally:
+            fonts.setLevel(level)
 
     return wrapper
 
