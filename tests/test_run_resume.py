@@ -244,6 +244,10 @@ def test_a_stage_killed_before_its_first_checkpoint_starts_over_from_the_previou
         rc, _, err = run_main(*_cmd(digits_root, out))
     assert rc == 128 + signal.SIGTERM, err
     (out / "finetune" / "checkpoints" / "last.pt").unlink()  # as if killed before the stop could save
+    state = json.loads((out / "run_state.json").read_text())
+    assert state["session_open"] is False  # the SIGTERM's stop was recorded
+    state["session_open"] = True  # as a SIGKILL leaves it: the session's last minutes are known to no clock
+    (out / "run_state.json").write_text(json.dumps(state))
     starts = {}
     fit = Engine.fit
 
@@ -255,6 +259,10 @@ def test_a_stage_killed_before_its_first_checkpoint_starts_over_from_the_previou
     rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
     assert rc == 0, err
     assert "fine-tuning from the previous round" in stdout and "finetune: continuing" not in stdout
+    # a hunt: after a kill -9 the run said "done in 1.0 of 1 minutes" of 69 s of wall-clock time, without a word
+    assert "(the session before ended without recording its time (killed, crashed" in stdout, stdout
+    assert "(not counted: what 1 session that ended without a word ran after its last record)" in stdout, stdout
+    assert json.loads((out / "run_state.json").read_text())["unrecorded_sessions"] == 1
     teacher = load_checkpoint(out / "finetune_labelled" / "checkpoints" / "best.pt")
     teacher = teacher["ema"] if teacher.get("ema") is not None else teacher["model"]
     assert set(starts) == {"finetune"}  # round 1 reused, not trained again

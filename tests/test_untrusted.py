@@ -428,7 +428,10 @@ def _run_state(**change) -> dict:
                                            ({"stages": {"finetune": {"status": "began", "fit_at": "x"}}},
                                             "stages.finetune.fit_at"),
                                            ({"fit_seconds": [1, float("nan")]}, "fit_seconds"),
-                                           ({"finished": "no"}, "finished"), ({"stages": []}, "stages")])
+                                           ({"finished": "no"}, "finished"), ({"stages": []}, "stages"),
+                                           ({"session_open": "yes"}, "session_open"),
+                                           ({"unrecorded_sessions": "2"}, "unrecorded_sessions"),
+                                           ({"unrecorded_sessions": -1}, "unrecorded_sessions")])
 def test_run_state_fields_of_the_wrong_kind_are_user_errors(root, tmp_path, change, field):
     """"seconds": "abc" crashed `fewshot run --resume` with a ValueError (internal error); NaN was accepted ("done
     in nan of 0.7 minutes")."""
@@ -446,6 +449,10 @@ def test_a_run_state_as_fewshot_writes_it_passes_the_check(tmp_path):
     state = RunState.start(tmp_path, {"model": {"name": "x"}}, 0.7, 16, 1.5, classes={"a": ["0", "1"]})
     state.record("finetune", "began", 2.0, fit_at=2.0, epochs=3)
     state.keep_summary({"stages": {}}, [1.0], 4.0)
+    check_state_fields(tmp_path / "run_state.json", json.loads((tmp_path / "run_state.json").read_text()))
+    assert state.open_session() is True  # start() opened a session that nothing closed: as after a kill -9
+    state.note_stop(5.0)
+    assert state.open_session() is False and state.data["unrecorded_sessions"] == 1
     check_state_fields(tmp_path / "run_state.json", json.loads((tmp_path / "run_state.json").read_text()))
 
 

@@ -1026,8 +1026,10 @@ class PipelineRun:
         else:
             self.t_start -= self.used  # the budget counts every session's time, this one's start-up included
             done = [n for n, st in self.state.data["stages"].items() if st.get("status") == "done"]
+            lost = self.state.open_session()
             print(f"[run] resuming {self.out}: {self.used / 60:.1f} of {self.budget_minutes:g} minutes used before "
-                  f"the stop; finished stages: {', '.join(done) or 'none'}")
+                  f"the stop; finished stages: {', '.join(done) or 'none'}"
+                  + (f" ({UNRECORDED})" if lost else ""))
         self.state.data["pool_decoded"] = self.pool_limit
         self.state.save()
         self.stop_clock = (self.state, self.t_start)
@@ -1475,10 +1477,18 @@ class PipelineRun:
             self.summary["seconds"] = total_s
             write_json(out / "summary.json", self.summary)
         self.state.finish(total_s)  # after the report: a run stopped while drawing it draws it again on --resume
+        lost = int(self.state.data.get("unrecorded_sessions") or 0)
         print(f"[run] done in {total_s / 60:.1f} of {self.budget_minutes:g} minutes: {out}/pred_all.json, "
-              f"{out}/metrics.json")
+              f"{out}/metrics.json" + (f" (not counted: what {lost} session{'s' if lost > 1 else ''} that ended "
+                                       f"without a word ran after {'their' if lost > 1 else 'its'} last record)"
+                                       if lost else ""))
         if total_s > 1.05 * budget_s:
             print(overrun_note(total_s, budget_s, sum(self.fit_seconds)))
+
+
+# a session that ended with no stop recorded (kill -9, a crash, the machine went down): its last minutes are lost
+UNRECORDED = ("the session before ended without recording its time (killed, crashed, or the machine stopped): "
+              "what it ran after its last record is not counted")
 
 
 def overrun_note(total_s: float, budget_s: float, trained_s: float) -> str:

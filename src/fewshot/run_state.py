@@ -62,6 +62,11 @@ def check_state_fields(path: Path, data) -> None:
         raise bad("img_size", "a whole number of pixels above 0 (or null)")
     if not isinstance(data.get("finished", False), bool):
         raise bad("finished", "true or false")
+    if not isinstance(data.get("session_open", False), bool):
+        raise bad("session_open", "true or false")
+    lost = data.get("unrecorded_sessions", 0)
+    if isinstance(lost, bool) or not isinstance(lost, int) or lost < 0:
+        raise bad("unrecorded_sessions", "a whole number of sessions, 0 or more")
     if data.get("summary") is not None and not isinstance(data["summary"], dict):
         raise bad("summary", "an object (or null)")
     pool = data.get("pool_decoded")
@@ -178,7 +183,8 @@ class RunState:
         which a resume must find again (data.root may move, the data may not change)."""
         state = cls(out, {"version": 1, "budget_minutes": budget_minutes, "config": copy.deepcopy(cfg),
                           "img_size": img_size, "seconds": seconds, "stages": {}, "summary": None,
-                          "fit_seconds": [], "finished": False, "classes": classes, "stage_clock": seconds})
+                          "fit_seconds": [], "finished": False, "classes": classes, "stage_clock": seconds,
+                          "session_open": True})
         state.save()
         return state
 
@@ -306,8 +312,20 @@ class RunState:
         four sessions of one run took 219 s and the run reported 200 s."""
         if not self.data.get("finished"):
             self.data["seconds"] = max(float(self.data["seconds"]), seconds)
-            self.save()
+        self.data["session_open"] = False
+        self.save()
+
+    def open_session(self) -> bool:
+        """A resumed session begins: whether the one before ended without recording its time (kill -9, a crash, a
+        machine that went down: no note_stop), which it then counts in ``unrecorded_sessions``. What such a
+        session ran after its last record is known to no clock, and the run's "done in" time leaves it out."""
+        lost = bool(self.data.get("session_open"))
+        if lost:
+            self.data["unrecorded_sessions"] = int(self.data.get("unrecorded_sessions") or 0) + 1
+        self.data["session_open"] = True
+        self.save()
+        return lost
 
     def finish(self, seconds: float) -> None:
-        self.data.update(finished=True, seconds=seconds)
+        self.data.update(finished=True, seconds=seconds, session_open=False)
         self.save()
