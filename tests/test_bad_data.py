@@ -282,8 +282,8 @@ def test_unreadable_folders_are_reported_not_raised(root, tmp_path, monkeypatch)
             raise PermissionError(errno.EACCES, "Permission denied", str(self))
         return real_iterdir(self)
 
-    def scandir(path="."):
-        if Path(os.fsdecode(path)) == locked_pool:
+    def scandir(path="."):  # the data scan lists with os.scandir (entry types without a system call a file)
+        if Path(os.fsdecode(path)) in (locked_pool, locked_class):
             raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
         return real_scandir(path)
 

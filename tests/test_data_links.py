@@ -4,11 +4,14 @@ Each case used to pass silently (exit 0) or to write into the data; each is now 
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from fewshot.data import layout
 from fewshot.data.layout import check_output_is_not_in_data, check_result_file_is_not_an_input, scan_root
 from fewshot.errors import DataLayoutError, UserError
 from fewshot.ssl.pretrain import pool_with_sources
@@ -20,6 +23,20 @@ def pool_of(root: Path, datasets: list[str]) -> tuple[list[Path], str]:
     infos = scan_root(root, datasets)
     paths, _, source = pool_with_sources({"data": {"root": str(root), "unlabeled": None}}, infos)
     return paths, source
+
+
+def lstat_of_images(monkeypatch) -> list[str]:
+    """Records each os.lstat of an image file (os.path.islink and realpath call it): a data root of 200k images
+    paid one a file on every scan, and on every rerun of eval or predict."""
+    calls, real_lstat = [], os.lstat
+
+    def lstat(path, *args, **kwargs):
+        if str(path).endswith(".png"):
+            calls.append(str(path))
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    return calls
 
 
 def pool_elsewhere(root: Path, name: str, tmp_path: Path) -> Path:
@@ -105,19 +122,47 @@ def test_train_into_a_linked_dataset_split_exits_2_and_writes_nothing(copy_root,
 # ------------------------------------------------------------------------------ 3. broken class folder links
 
 
-@pytest.mark.parametrize("split", ["train", "val"])
-def test_a_dangling_or_looping_class_folder_link_is_a_layout_problem(copy_root, dataset_names, split):
-    name = dataset_names[0]
-    folder = copy_root / name / split
+def break_last_class(folder: Path) -> Path:
+    """Replaces the split's last class folder with a dangling link, and adds a looping one (`loop`)."""
     seven = sorted(p for p in folder.iterdir() if p.is_dir())[-1]
     shutil.rmtree(seven)
     seven.symlink_to("/nonexistent-fewshot-class")
     (folder / "loop").symlink_to("loop")
+    return seven
+
+
+def test_a_dangling_or_looping_class_folder_link_in_train_is_a_layout_problem(copy_root, dataset_names):
+    folder = copy_root / dataset_names[0] / "train"
+    seven = break_last_class(folder)
+    (folder / "St. Bernard").symlink_to("/nonexistent-fewshot-class")  # a dot, but no file's suffix: a class
     with pytest.raises(DataLayoutError) as exc:
-        scan_root(copy_root, [name])
+        scan_root(copy_root, [dataset_names[0]])
     problems = exc.value.problems
     assert any(p.startswith(f"{seven}: a broken symbolic link (to /nonexistent-fewshot-class") for p in problems)
     assert any(p.startswith(f"{folder / 'loop'}: a broken symbolic link") for p in problems), problems
+    assert any(p.startswith(f"{folder / 'St. Bernard'}: a broken symbolic link") for p in problems), problems
+
+
+def test_a_dangling_class_folder_link_in_val_is_a_warning_as_a_val_class_without_images(copy_root, dataset_names,
+                                                                                           capfd):
+    folder = copy_root / dataset_names[0] / "val"
+    seven = break_last_class(folder)
+    info = scan_root(copy_root, [dataset_names[0]])[0]
+    err = capfd.readouterr().err
+    assert f"warning: {seven}: a broken symbolic link (to /nonexistent-fewshot-class" in err, err
+    assert f"warning: {folder / 'loop'}: a broken symbolic link" in err, err
+    assert f"no val images for 1 class(es), which are trained but not scored on val: {seven.name}" in err, err
+    assert info.val and all(p.parent.name != seven.name for p, _ in info.val)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_dangling_links_named_as_files_beside_class_folders_are_ignored_as_files_are(copy_root, dataset_names,
+                                                                                     split, capfd):
+    folder = copy_root / dataset_names[0] / split
+    for name in ("README.md", "labels.csv"):
+        (folder / name).symlink_to(f"/nonexistent-fewshot-{name}")
+    scan_root(copy_root, [dataset_names[0]])
+    assert "broken symbolic link" not in capfd.readouterr().err
 
 
 # ------------------------------------------------------------------------------ 4. --out behind a test image link
@@ -159,3 +204,61 @@ def test_val_and_test_images_linked_to_train_images_are_warned_once(copy_root, d
     assert "2 val and 1 test image(s)" in err and f"{val_images[0]} is {train_image}" in err, err
     scan_root(copy_root, [dataset_names[-1]], splits=("train", "val", "test"))  # an untouched dataset: no word
     assert "symbolic links" not in capfd.readouterr().err
+
+
+def test_a_scan_without_links_lstats_no_image(copy_root, dataset_names, monkeypatch):
+    calls = lstat_of_images(monkeypatch)
+    info = scan_root(copy_root, [dataset_names[0]], splits=("train", "val", "test"))[0]
+    assert info.train and info.val and info.test
+    assert calls == []
+
+
+@pytest.mark.parametrize("link", ["split", "class"])
+def test_val_reached_through_a_linked_split_or_class_folder_is_still_warned(copy_root, dataset_names, capfd, link):
+    ds = copy_root / dataset_names[0]
+    cls = sorted(p.name for p in (ds / "train").iterdir())[0]
+    linked = ds / "val" if link == "split" else ds / "val" / cls
+    shutil.rmtree(linked)
+    linked.symlink_to(ds / "train" / (cls if link == "class" else ""), target_is_directory=True)
+    scan_root(copy_root, [dataset_names[0]])
+    err = capfd.readouterr().err
+    assert "val image(s) are train images reached through symbolic links" in err, err
+
+
+def test_a_scan_that_raises_does_not_look_for_train_images_among_val(copy_root, dataset_names, monkeypatch):
+    ds = copy_root / dataset_names[0]
+    cls = sorted(p.name for p in (ds / "train").iterdir())[0]
+    shutil.rmtree(ds / "val" / cls)
+    (ds / "val" / cls).symlink_to(ds / "train" / cls, target_is_directory=True)
+    (ds / "train" / "loose.png").write_bytes(b"")  # a layout problem
+    called = []
+    monkeypatch.setattr(layout, "_held_out_are_train_images", lambda *args: called.append(args))
+    with pytest.raises(DataLayoutError, match="directly in the split folder"):
+        scan_root(copy_root, [dataset_names[0]])
+    assert called == []
+
+
+def test_the_out_check_lstats_no_image_of_data_without_links(copy_root, dataset_names, tmp_path, monkeypatch):
+    out = tmp_path / "pred.json"
+    out.write_text("{}")  # an existing --out, as on every rerun
+    calls = lstat_of_images(monkeypatch)
+    check_result_file_is_not_an_input(out, copy_root, tmp_path / "no-run", "predictions")
+    assert calls == []
+
+
+@pytest.mark.parametrize("what", ["train image", "class folder", "answer key", "dataset"])
+def test_out_behind_any_link_of_the_data_is_refused(copy_root, dataset_names, tmp_path, what):
+    ds = copy_root / dataset_names[0]
+    cls = sorted((ds / "train").iterdir())[0]
+    image = sorted(cls.iterdir())[0]
+    moved = {"train image": image, "class folder": cls, "answer key": ds / "test_labels.json", "dataset": ds}[what]
+    target = tmp_path / "x" / moved.name
+    target.parent.mkdir()
+    shutil.move(moved, target)
+    moved.symlink_to(target, target_is_directory=target.is_dir())
+    out = target / image.relative_to(moved) if what in ("class folder", "dataset") else target
+    named = moved if what == "answer key" else image
+    with pytest.raises(UserError, match=re.escape(f"is the file that {named} (read as data) links to")):
+        check_result_file_is_not_an_input(out, copy_root, tmp_path / "no-run", kind="predictions")
+    (tmp_path / "x" / "other.json").write_text("{}")  # beside the data's files, none of them: allowed
+    check_result_file_is_not_an_input(tmp_path / "x" / "other.json", copy_root, tmp_path / "no-run", "predictions")
