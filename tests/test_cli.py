@@ -1310,3 +1310,14 @@ def test_an_interrupted_run_says_whether_any_stage_was_kept(tmp_path, capsys, fi
     err = capsys.readouterr().err
     kept = "the stages finished so far are kept" if finished else "no stage had finished"
     assert f"interrupted; {kept}: continue with the same command and --resume" in err, err
+    # the way a real run stops between its training loops (stop_at_once_on_signals): a review found it unchanged
+    import signal
+
+    from fewshot.train.stop_signal import StopRequested
+
+    def stopped(args, extra):
+        raise StopRequested(signal.SIGINT, None)
+
+    assert cli._dispatch(SimpleNamespace(command="run", out=str(out)), [], {"run": stopped}) == 130
+    err = capsys.readouterr().err
+    assert f"outside training ({kept}); continue with the same command and --resume" in err, err

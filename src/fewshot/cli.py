@@ -565,8 +565,10 @@ def _run_command(args, extra, handlers) -> int:
         return 2
     except StopRequested as stop:
         how = "; continue with the same command and --resume"
+        kept = "the stages finished so far are kept" if args.command != "run" or _run_stages_finished(
+            Path(args.out)) else "no stage had finished"
         where = (f"after a whole step; checkpoint written: {stop.checkpoint}" if stop.checkpoint else
-                 "outside training (the stages finished so far are kept)")
+                 f"outside training ({kept})")
         if not stop.checkpoint and args.command == "run" and not Path(args.out, "run_state.json").is_file():
             where, how = "before the run started", "; nothing to resume: start the same command again"
         try:  # said first: once another rank has exited, torchrun ends this one with SIGTERM

@@ -778,7 +778,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
     run = PipelineRun(cfg, out, budget_minutes, started, resume)
     try:
         return run.run()
-    except KeyboardInterrupt:  # a signal's stop (StopRequested) or a second Ctrl-C: the session's time counts
+    except BaseException:  # a signal's stop (StopRequested), a second Ctrl-C, an error: the session's time counts
         run.note_stop()
         raise
 
@@ -803,12 +803,19 @@ class PipelineRun:
         self.earlier: dict = {}  # self-training's rounds before the last, for the val guard
         self.skipped = False
         self.locked = False  # claim_output: whether this start holds the folder's lock (then it may undo its start)
+        self.session_before_lost = False  # a resumed run's session before ended without recording its time
 
     def note_stop(self) -> None:
-        """A stop (a signal, Ctrl-C) counts this session's time in the run's state, once the run has one."""
+        """A stop (a signal, Ctrl-C, an error) counts this session's time in the run's state, once the run has one
+        and while it is there (a refused start has undone its own: writing it again would leave a run behind). A
+        failure to write it leaves the stop's own exception to be reported."""
+        from fewshot.run_state import STATE_FILE
+
         if self.stop_clock is not None:
             state, t_start = self.stop_clock
-            state.note_stop(time.monotonic() - t_start)
+            if (state.out / STATE_FILE).is_file():
+                with contextlib.suppress(Exception):
+                    state.note_stop(time.monotonic() - t_start)
 
     def run(self) -> dict:
         """The phases in their order; a --resume of a run that finished returns its summary as it is."""
@@ -857,6 +864,8 @@ class PipelineRun:
             self.used = self.state.seconds_used() if self.state is not None else 0.0  # the sessions before this one
             if self.state is not None:  # a stop in this session's start-up (decoding the test images, the pool) counts
                 self.stop_clock = (self.state, self.t_start - self.used)
+                # from here a stop is recorded: a session before that recorded none is counted now, not erased by it
+                self.session_before_lost = self.state.open_session()
             self.device = resolve_device(cfg["train"]["device"])
         cfg["train"]["device"] = self.device.type
         self.ctx = DistContext()
@@ -1026,10 +1035,9 @@ class PipelineRun:
         else:
             self.t_start -= self.used  # the budget counts every session's time, this one's start-up included
             done = [n for n, st in self.state.data["stages"].items() if st.get("status") == "done"]
-            lost = self.state.open_session()
             print(f"[run] resuming {self.out}: {self.used / 60:.1f} of {self.budget_minutes:g} minutes used before "
                   f"the stop; finished stages: {', '.join(done) or 'none'}"
-                  + (f" ({UNRECORDED})" if lost else ""))
+                  + (f" ({UNRECORDED})" if self.session_before_lost else ""))
         self.state.data["pool_decoded"] = self.pool_limit
         self.state.save()
         self.stop_clock = (self.state, self.t_start)

@@ -467,6 +467,9 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
                 loose.append(entry)
             elif _is_broken_link(entry) and not _has_file_suffix(found.name):
                 gaps.append(_broken_class_link(entry))
+            elif _is_broken_link(entry):  # a class named U.S.A or e.coli would vanish without it
+                warn_once([f"{entry}: a broken symbolic link named like a file, passed over; if it is a class "
+                           f"folder, point it at the class's images"])
             continue
         listed = _listdir(entry, problems, links)
         if listed is None:
