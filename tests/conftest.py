@@ -85,6 +85,29 @@ def _child_temp_files_in_the_session_folder(tmp_path_factory):
         os.environ["TMPDIR"] = old
 
 
+@pytest.fixture
+def settings_only_run(monkeypatch) -> list[dict]:
+    """`fewshot run` reduced to its start (RunState.start) and its resume check (RunState.resume): the settings a
+    resumed run compares, without training. Returns the config of each call, as resolved."""
+    import copy
+
+    import fewshot.pipeline
+    from fewshot.run_state import RunState
+
+    seen = []
+
+    def fake(cfg, out, budget_minutes, started=None, resume=False):
+        if resume:
+            RunState.resume(out, cfg, budget_minutes)
+        else:
+            out.mkdir(parents=True)
+            RunState.start(out, cfg, budget_minutes, None, 0.0)
+        seen.append(copy.deepcopy(cfg))
+
+    monkeypatch.setattr(fewshot.pipeline, "run_pipeline", fake)
+    return seen
+
+
 @pytest.fixture(autouse=True)
 def _release_run_locks():
     """Tests that call run_finetune / run_pipeline directly (not through the CLI, which releases them) keep

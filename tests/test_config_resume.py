@@ -7,29 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import fewshot.pipeline
 from fewshot.cli import TRAIN_FLAGS, build_parser, main, resolve_run_config
 from fewshot.config import resolve, save_yaml
 from fewshot.errors import UserError
-from fewshot.run_state import RunState
-
-
-@pytest.fixture
-def fake_pipeline(monkeypatch):
-    """run_pipeline replaced by its start (RunState.start) and its resume check (RunState.resume): the settings
-    comparison a resumed `fewshot run` makes, without training. Returns the model names each call resolved."""
-    seen = []
-
-    def fake(cfg, out, budget_minutes, started=None, resume=False):
-        if resume:
-            RunState.resume(out, cfg, budget_minutes)
-        else:
-            out.mkdir(parents=True)
-            RunState.start(out, cfg, budget_minutes, None, 0.0)
-        seen.append(cfg["model"]["name"])
-
-    monkeypatch.setattr(fewshot.pipeline, "run_pipeline", fake)
-    return seen
 
 
 def exported_weights(path):
@@ -38,7 +18,7 @@ def exported_weights(path):
     return path
 
 
-def test_run_resume_of_a_run_whose_model_came_from_weights(tmp_path, fake_pipeline, capsys):
+def test_run_resume_of_a_run_whose_model_came_from_weights(tmp_path, settings_only_run, capsys):
     """The same command + --resume was refused: "changes model.name ('test_resnet' in the run, 'resnet18' now)"."""
     weights = exported_weights(tmp_path / "bb.safetensors")
     command = ["run", "--data", str(tmp_path), "--datasets", "digits", "--weights", str(weights),
@@ -49,7 +29,7 @@ def test_run_resume_of_a_run_whose_model_came_from_weights(tmp_path, fake_pipeli
     assert "model.img_size" in capsys.readouterr().err
     weights.unlink()  # moved away since: the run's own model is kept
     assert main([*command, "--resume"]) == 0, capsys.readouterr().err
-    assert fake_pipeline == ["test_resnet"] * 3
+    assert [c["model"]["name"] for c in settings_only_run] == ["test_resnet"] * 3
 
 
 def saved_train_run(tmp_path, *extra_lines):

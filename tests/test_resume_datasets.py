@@ -8,11 +8,9 @@ import shutil
 
 import pytest
 
-import fewshot.pipeline
 from fewshot.cli import build_parser, resolve_run_config
 from fewshot.cli_moco import PRETRAIN_FLAGS
 from fewshot.config import save_yaml
-from fewshot.run_state import RunState
 from fewshot.train.checkpoint import load_checkpoint
 from fewshot.train.finetune import resume_changes
 from helpers.checks import run_main
@@ -27,24 +25,6 @@ def root(tmp_path_factory):
     root = build_digits(tmp_path_factory.mktemp("two-datasets"))
     shutil.copytree(root / "digits", root / "two")
     return root
-
-
-@pytest.fixture
-def fake_pipeline(monkeypatch):
-    """run_pipeline replaced by its start (RunState.start) and its resume check (RunState.resume), without training.
-    Returns the data.datasets each call resolved."""
-    seen = []
-
-    def fake(cfg, out, budget_minutes, started=None, resume=False):
-        if resume:
-            RunState.resume(out, cfg, budget_minutes)
-        else:
-            out.mkdir(parents=True)
-            RunState.start(out, cfg, budget_minutes, None, 0.0)
-        seen.append(cfg["data"]["datasets"])
-
-    monkeypatch.setattr(fewshot.pipeline, "run_pipeline", fake)
-    return seen
 
 
 def train(root, out, *extra):
@@ -79,7 +59,7 @@ def run_command(root, out, *extra):
             *extra]
 
 
-def test_run_resume_without_datasets_takes_the_runs(root, tmp_path, fake_pipeline):
+def test_run_resume_without_datasets_takes_the_runs(root, tmp_path, settings_only_run):
     """It was refused: "data.datasets ('two,digits' in the run, None now)"."""
     out = tmp_path / "run"
     assert run_main(*run_command(root, out, "--datasets", "digits,two", "--budget-minutes", "1"))[0] == 0
@@ -88,12 +68,12 @@ def test_run_resume_without_datasets_takes_the_runs(root, tmp_path, fake_pipelin
     rc, _, err = run_main(*run_command(root, out, "--resume", "--datasets", "two,digits"))
     assert rc == 0, err
     assert ORDER_NOTE in err
-    assert fake_pipeline == ["digits,two"] * 3
+    assert [c["data"]["datasets"] for c in settings_only_run] == ["digits,two"] * 3
     rc, _, err = run_main(*run_command(root, out, "--resume", "--datasets", "two"))  # other data: still refused
     assert rc == 2 and "data.datasets ('digits,two' in the run, 'two' now)" in err
 
 
-def test_run_resume_words_the_settings_it_refuses(root, tmp_path, fake_pipeline):
+def test_run_resume_words_the_settings_it_refuses(root, tmp_path, settings_only_run):
     """None, True and lists were printed as Python writes them."""
     out = tmp_path / "run"
     assert run_main(*run_command(root, out, "--budget-minutes", "1"))[0] == 0
