@@ -286,3 +286,10 @@ def test_moco_recipe_knn_refuses_to_reuse_a_run_of_another_length(tmp_path):
                            str(tmp_path / "runs"), "--variants", "new", "--minutes", "5"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "holds a run of train.budget_minutes=0.1" in done.stderr, done.stderr
+
+
+def test_scan_speed_builds_its_root_and_times_both_checks(bench, tmp_path):
+    result = bench("scan_speed").main(["--root", str(tmp_path / "r"), "--classes", "3", "--shots", "4", "--test", "5",
+                                       "--runs", "1", "--results", str(tmp_path / "s.json")])
+    assert result["files"] == 3 * (4 + 20) + 5 and json.loads((tmp_path / "s.json").read_text()) == result
+    assert len(list((tmp_path / "r" / "big" / "test").iterdir())) == 5
