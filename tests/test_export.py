@@ -190,7 +190,8 @@ def test_a_small_stem_wide_export_is_rebuilt_from_its_metadata(exported, tmp_pat
     # it was replaced without a word)
     assert main(["train", "--data", str(root), "--out", str(out), "--weights", str(path), *TINY,
                  "model.small_stem=false"]) == 0
-    assert f"note: the network is built with width=2.0 and small_stem=true, as {path} records" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"note: the network is built with width=2.0 and small_stem=true, as {path} records" in err, err
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"]["width"] == 2.0 and saved["model"]["small_stem"] is True
     own = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
