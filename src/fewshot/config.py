@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
                                   # holds this much (each changed file list writes a whole new entry); entries
                                   # used in the last hour stay; 0: no limit
         "crop_pct": 1.0,          # Resize(img_size / crop_pct) + CenterCrop(img_size)
+        "bit_depth": "auto",      # significant bits of 16-bit images (8..16: 12 for 12-bit microscopy data stored
+                                  # in 16-bit PNG/TIFF, scaled from 0..4095); auto: the container's 16 (0..65535)
         "sampler": "shuffle",     # shuffle | repeat | grouped (batches from one dataset)
         "repeats": 3,             # repeated-augmentation copies (sampler=repeat)
         "randaug_ops": 2,
@@ -684,6 +686,8 @@ AT_LEAST = {"model.img_size": 1, "train.threads": 1, "moco.mlp_hidden": 1, "run.
             "optim.weight_decay": 0, "optim.grad_clip": 0,
             "optim.backbone_lr_mult": 0, "sched.warmup_epochs": 0, "sched.min_lr": 0, "sched.warmup_lr": 0,
             "data.cache_max_gb": 0, "run.pseudo_max_per_shot": 1}
+# fields that are `auto` or a whole number in [low, high]: (low, high, what the number means, for the message)
+AUTO_OR_WHOLE = {"data.bit_depth": (8, 16, "the bits 16-bit images use, e.g. 12 for values up to 4095")}
 POSITIVE = ("optim.lr", "run.pretrain_lr", "train.budget_minutes", "run.finetune_lr", "moco.temperature", "moco.knn_t")  # > 0
 
 INTERVALS = {  # (low, high, low included[, high included]): fractions and probabilities
@@ -807,6 +811,9 @@ def _normalise_field(cfg: dict, key: str, dotted: str, default: Any) -> Any:
 
 def _check_field(cfg: dict, key: str, dotted: str, default: Any, typed: dict) -> None:
     """One field's type, choices and range (validate)."""
+    if dotted in AUTO_OR_WHOLE:
+        _check_auto_or_whole(cfg, key, dotted, typed)
+        return
     if default is None and dotted in OPTIONAL and cfg[key] is not None:
         default = OPTIONAL[dotted]
     value = _normalise_field(cfg, key, dotted, default)
@@ -832,6 +839,24 @@ def _check_field(cfg: dict, key: str, dotted: str, default: Any, typed: dict) ->
                                         if c is not None))
         raise FieldError(dotted, f"{dotted} must be one of {words}, not {shown}.")
     _check_range(dotted, value, shown)
+
+
+def _check_auto_or_whole(cfg: dict, key: str, dotted: str, typed: dict) -> None:
+    """A field that is `auto` or a whole number in a range (data.bit_depth): its default is text, so the text
+    check would refuse `data.bit_depth=12`, and any text (`abc`) would pass it."""
+    low, high, meaning = AUTO_OR_WHOLE[dotted]
+    value = cfg[key]
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        cfg[key] = "auto"
+        return
+    value = _as_number(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # `12.0` from a YAML file, or `"12"` quoted, means 12
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        cfg[key] = value
+        return
+    raise FieldError(dotted, f"{dotted} must be auto or a whole number from {low} to {high} ({meaning}), not "
+                             f"{_shown(dotted, cfg[key], typed)}.")
 
 
 def _check_range(dotted: str, value: Any, shown: str) -> None:

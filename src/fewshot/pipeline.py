@@ -253,7 +253,8 @@ def check_pool_images(cfg: dict, infos, semi: str) -> tuple[list[tuple[str, str]
     for stage, crop, paths in jobs:
         cached = load_images(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]),
                              crop_pct=crop, skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"],
-                             desc="loading unlabeled pool", skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"))
+                             desc="loading unlabeled pool", skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"),
+                             bit_depth=d.get("bit_depth", "auto"))
         skipped += [b for b in cached.bad if b[0] not in seen]
         seen.update(b[0] for b in cached.bad)
         if stage == "moco":
@@ -298,7 +299,7 @@ def preload_images(cfg: dict, infos, test_infos):
                                    (("test",), prediction_cache_dir(d["root"]), test_infos)):
         try:
             sets = load_splits(sources, splits, space, size, cache, d["crop_pct"], d["skip_bad_images"],
-                               d.get("cache_max_gb"))
+                               d.get("cache_max_gb"), d.get("bit_depth", "auto"))
         except DataLayoutError as exc:
             problems += exc.problems
             hints = list(dict.fromkeys(hints + exc.hints))
@@ -549,21 +550,22 @@ def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> i
     from fewshot.train.semi import pool_subset
 
     d, size, seed = cfg["data"], cfg["model"]["img_size"], int(cfg["train"]["seed"])
-    cache_dir = default_cache_dir(d["root"], d["cache_dir"])
-    if len(paths) <= 2 * n or is_cached(paths, size, cache_dir, d["crop_pct"]):
+    cache_dir, bits = default_cache_dir(d["root"], d["cache_dir"]), d.get("bit_depth", "auto")
+    if len(paths) <= 2 * n or is_cached(paths, size, cache_dir, d["crop_pct"], bits):
         return None
     # timed on files from every dataset of the pool (its first n are one dataset's: other sizes, other formats)
     sample = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:n]
-    per_file = decode_seconds_per_image([paths[i] for i in sample.tolist()], size, d["crop_pct"])
+    per_file = decode_seconds_per_image([paths[i] for i in sample.tolist()], size, d["crop_pct"], bit_depth=bits)
     if per_file * len(paths) <= seconds:
         return None
     limit = max(n, int(seconds / max(per_file, 1e-9)))
-    record, decoded = subsets_record(paths, size, cache_dir, d["crop_pct"], seed), []
+    record, decoded = subsets_record(paths, size, cache_dir, d["crop_pct"], seed, bits), []
     if record is not None:
         with contextlib.suppress(OSError, ValueError, TypeError):
             decoded = sorted({int(m) for m in json.loads(record.read_text())}, reverse=True)  # no record: none
     for m in (m for m in decoded if limit / 2 <= m < len(paths)):
-        if is_cached([paths[i] for i in pool_subset(len(paths), m, seed).tolist()], size, cache_dir, d["crop_pct"]):
+        if is_cached([paths[i] for i in pool_subset(len(paths), m, seed).tolist()], size, cache_dir, d["crop_pct"],
+                     bits):
             print(f"[run] the {len(paths):,} pool images are not in the decode cache, but a seeded random {m:,} of "
                   f"them are (an earlier run's): the pool the rounds label (decoding all would take about "
                   f"{per_file * len(paths):.0f} s, more than the {seconds:.0f} s that decoding may take)", flush=True)

@@ -2,8 +2,9 @@
 
 Why: decoding and resizing JPEG/PNG per sample per epoch is what starves training on a few CPU
 cores. After one pass, batches are slices of this array and augmentation runs on tensors.
-The cache key covers the file list, each file's size, mtime, inode and ctime, and the resize settings, so a
-changed or renamed-over file triggers a rebuild. Undecodable files are collected and reported together (or skipped).
+The cache key covers the file list, each file's size, mtime, inode and ctime, the resize settings and
+data.bit_depth, so a changed or renamed-over file (or setting) triggers a rebuild. Undecodable files are
+collected and reported together (or skipped).
 Each new entry prunes the least recently used ones beyond data.cache_max_gb (prune_cache).
 """
 
@@ -84,13 +85,20 @@ class ImageRows:
         return ImageRows(self.images, self.rows[idx])
 
 
-def to_rgb_uint8(img: Image.Image) -> Image.Image:
-    """Any PIL mode (L, P, RGBA, CMYK, 16-bit, float) -> 8-bit RGB."""
+def to_rgb_uint8(img: Image.Image, bit_depth: int | str = "auto", peaks: list[int] | None = None) -> Image.Image:
+    """Any PIL mode (L, P, RGBA, CMYK, 16-bit, float) -> 8-bit RGB. ``bit_depth`` (data.bit_depth): the significant
+    bits of 16-bit images, whose values are scaled from 0..2**bit_depth - 1 (auto: 0..65535); 12-bit data stored in
+    16 bits came out dark, in 17 grey levels. ``peaks``: a 16-bit image's largest value is appended to it (the
+    decode cache warns when a split's images use fewer bits than they are scaled from)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # NaN: black, quietly
         top = arr.max(initial=0)
-        # float images in [0, 1] (what numpy / scientific pipelines write) would otherwise come out black
-        hi = 65535.0 if img.mode.startswith("I;16") or top > 255 else 1.0 if img.mode == "F" and top <= 1.0 else 255.0
+        if img.mode.startswith("I;16") or top > 255:  # 16-bit data (32-bit modes holding more than 8 bits too)
+            hi = 65535.0 if bit_depth == "auto" else float(2 ** int(bit_depth) - 1)
+            if peaks is not None:
+                peaks.append(int(top))
+        else:  # float images in [0, 1] (what numpy / scientific pipelines write) would otherwise come out black
+            hi = 1.0 if img.mode == "F" and top <= 1.0 else 255.0
         arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
         img = Image.fromarray(arr, mode="L")
     if img.mode in ("P", "PA", "LA", "RGBA") or (img.mode == "P" and "transparency" in img.info):
@@ -122,8 +130,10 @@ def _upright(img: Image.Image) -> Image.Image:
         return img
 
 
-def decode_resized(path: Path, size: int, crop_pct: float = 1.0) -> np.ndarray:
-    """Open, convert to RGB, resize the short side to size/crop_pct, center-crop size x size; CHW uint8."""
+def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int | str = "auto",
+                   peaks: list[int] | None = None) -> np.ndarray:
+    """Open, convert to RGB, resize the short side to size/crop_pct, center-crop size x size; CHW uint8.
+    ``bit_depth`` and ``peaks``: as to_rgb_uint8's."""
     if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
         raise ValueError("not a regular file")
     try:
@@ -137,7 +147,7 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0) -> np.ndarray:
         if w * h > MAX_PIXELS:  # the header only: nothing is decoded yet
             raise ValueError(f"image of {w}x{h} pixels exceeds the decompression-bomb limit of {MAX_PIXELS:,} pixels")
         img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when possible
-        img = to_rgb_uint8(_upright(img))
+        img = to_rgb_uint8(_upright(img), bit_depth, peaks)
     short = max(1, round(size / crop_pct))
     w, h = img.size
     scale = short / min(w, h)
@@ -155,8 +165,10 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def cache_key(paths: list[Path], size: int, crop_pct: float) -> str:
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{crop_pct}".encode())
+def cache_key(paths: list[Path], size: int, crop_pct: float, bit_depth: int | str = "auto") -> str:
+    # data.bit_depth auto keys as before it existed: the entries already cached hold its pixels
+    bits = "" if bit_depth == "auto" else f"|bits{int(bit_depth)}"
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{crop_pct}{bits}".encode())
     for p in paths:
         p = os.path.abspath(p)  # `--data root` and `--data /abs/root` (train records it absolute) share one cache
         try:
@@ -184,9 +196,10 @@ def _retryable(why: str) -> bool:
 
 
 def _decode_one(args):
-    path, size, crop_pct = args
+    """(path, size, crop_pct[, bit_depth, peaks]) -> (CHW uint8 or None, None or why it failed)."""
+    path, size, crop_pct, *more = args
     try:
-        return decode_resized(path, size, crop_pct), None
+        return decode_resized(path, size, crop_pct, *more), None
     except MemoryError:  # numpy's "Unable to allocate ...", Pillow's allocations: a busy machine, not a bad file
         return None, OUT_OF_MEMORY
     except Exception as exc:  # every other decoding failure is a user-data problem, reported with its path
@@ -198,6 +211,14 @@ def _decode_one(args):
         elif "MAX_TEXT_CHUNK" in reason or "MAX_TEXT_MEMORY" in reason:  # Pillow's names, not what the file has
             reason = PNG_METADATA
         return None, reason.splitlines()[0][:200]
+
+
+def _decode_peak(args):
+    """(path, size, crop_pct, bit_depth) -> _decode_one's pair and the file's largest value if it is 16-bit."""
+    path, size, crop_pct, bit_depth = args
+    peaks: list[int] = []
+    arr, err = _decode_one((path, size, crop_pct, bit_depth, peaks))
+    return arr, err, (peaks[0] if peaks and err is None else None)
 
 
 def _too_big(n: int, size: int, nbytes: int) -> UserError:
@@ -218,21 +239,24 @@ def _out_of_memory(path: Path, threads: int) -> UserError:
 
 def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
                 skip_bad: bool = False, desc: str = "decoding images", threads: int | None = None,
-                skip_note: str = "--skip-bad-images", max_gb: float | None = None) -> CachedImages:
+                skip_note: str = "--skip-bad-images", max_gb: float | None = None,
+                bit_depth: int | str = "auto") -> CachedImages:
     """Decode (or reuse the cache of) `paths` at `size`; bad files raise DataLayoutError unless skip_bad.
     ``max_gb``: data.cache_max_gb, the cache folder's cap once a new entry is written (prune_cache; None or 0:
-    none)."""
+    none). ``bit_depth``: data.bit_depth (to_rgb_uint8); 16-bit images that seem to use fewer bits than they are
+    scaled from are named in one warning (warn_bit_depth)."""
     # filters are the process's: the decoding threads see this one while it is in place, and a user's -W error
     # (or a caller's catch_warnings) holds again afterwards (a filter set at import overrode it for good)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-        return _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb)
+        return _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb, bit_depth)
 
 
-def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb) -> CachedImages:
+def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb,
+                 bit_depth) -> CachedImages:
     paths = [Path(p) for p in paths]
     n = len(paths)
-    key = cache_key(paths, size, crop_pct)
+    key = cache_key(paths, size, crop_pct, bit_depth)
     data_file = meta_file = None
     if cache_dir is not None:
         cache_dir = Path(cache_dir)
@@ -253,9 +277,10 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 # so the files that failed for such a reason are tried again; if one decodes now, the cache is
                 # rebuilt (broken bytes change the key when they are replaced, so those are not retried)
                 retry = [p for p, why in bad if _retryable(why)]
-                if not any(_decode_one((Path(p), size, crop_pct))[1] is None for p in retry):
+                if not any(_decode_one((Path(p), size, crop_pct, bit_depth))[1] is None for p in retry):
                     with contextlib.suppress(OSError):  # its last use, for prune_cache (a read-only cache: none)
                         os.utime(data_file)
+                    warn_bit_depth(desc, _sixteen(meta.get("bits16")), bit_depth)  # each run, not only the first
                     return _finish(torch.from_numpy(arr), bad, paths, skip_bad, skip_note)
             except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
                 pass  # unreadable cache (or a meta file of another shape): rebuild below
@@ -289,7 +314,8 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
         except MemoryError:
             raise _too_big(n, size, nbytes) from None
     try:
-        bad = _decode_into(out, paths, size, crop_pct, desc, threads or min(8, os.cpu_count() or 1))
+        bad, sixteen = _decode_into(out, paths, size, crop_pct, desc, threads or min(8, os.cpu_count() or 1),
+                                    bit_depth)
         if tmp is not None:
             try:
                 with open(tmp, "rb+") as fh:  # durable before the (fsynced) meta file says it is complete
@@ -301,7 +327,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                     os.fsync(fh.fileno())
                 os.replace(tmp, data_file)
                 tmp = None
-                atomic_write_text(meta_file, json.dumps({"n": n, "size": size, "bad": bad}))
+                atomic_write_text(meta_file, json.dumps({"n": n, "size": size, "bad": bad, "bits16": sixteen}))
                 prune_cache(cache_dir, max_gb, keep=data_file)
             except OSError as exc:  # out still holds every image (the mapping outlives its unlinked file)
                 _warn_no_cache(cache_dir, exc, nbytes)
@@ -312,27 +338,31 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
     finally:
         if tmp is not None:  # a failure or a stop: no partial copy per process left in the cache folder
             _drop(tmp)
+    warn_bit_depth(desc, sixteen, bit_depth)
     return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note)
 
 
-def is_cached(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0) -> bool:
+def is_cached(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
+              bit_depth: int | str = "auto") -> bool:
     """Whether load_images finds ``paths`` decoded in ``cache_dir`` (it then only maps the file)."""
     if cache_dir is None:
         return False
-    key = cache_key([Path(p) for p in paths], size, crop_pct)
+    key = cache_key([Path(p) for p in paths], size, crop_pct, bit_depth)
     return (Path(cache_dir) / f"{key}.u8").is_file() and (Path(cache_dir) / f"{key}.json").is_file()
 
 
-def subsets_record(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float, seed: int) -> Path | None:
+def subsets_record(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float, seed: int,
+                   bit_depth: int | str = "auto") -> Path | None:
     """Where the sizes of the seeded random subsets of ``paths`` decoded as entries of their own are listed
     (pipeline.pool_decode_limit), named after the whole list's entry: a later run of the same pool reuses one.
     A few bytes, not pruned; a changed file list gets another name."""
     if cache_dir is None:
         return None
-    return Path(cache_dir) / f"{cache_key([Path(p) for p in paths], size, crop_pct)}.seed{seed}.subsets.json"
+    return Path(cache_dir) / f"{cache_key([Path(p) for p in paths], size, crop_pct, bit_depth)}.seed{seed}.subsets.json"
 
 
-def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0, threads: int | None = None) -> float:
+def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0, threads: int | None = None,
+                             bit_depth: int | str = "auto") -> float:
     """Seconds per file of decoding ``paths`` as load_images does (its threads), into memory and not cached: the
     rate at which a cold cache would be filled. Bad files count as decoded (they are reported by load_images)."""
     if not paths:
@@ -342,22 +372,32 @@ def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         _decode_into(out, [Path(p) for p in paths], size, crop_pct, "timing the decoding",
-                     threads or min(8, os.cpu_count() or 1))
+                     threads or min(8, os.cpu_count() or 1), bit_depth)
     return (time.perf_counter() - t0) / len(paths)
 
 
-def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float, desc: str,
-                 threads: int) -> list[tuple[str, str]]:
-    """Decode ``paths`` into ``out`` with ``threads`` threads; returns the bad files with their reasons. Files that
-    ran out of memory are decoded again one at a time after the others, never reported as bad."""
+def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
+                 bit_depth: int | str = "auto") -> tuple[list[tuple[str, str]], dict | None]:
+    """Decode ``paths`` into ``out`` with ``threads`` threads; returns the bad files with their reasons, and the
+    16-bit images' largest value with their common folder (None: no 16-bit image), gathered as they decode. Files
+    that ran out of memory are decoded again one at a time after the others, never reported as bad."""
     bad: list[tuple[str, str]] = []
     starved: list[int] = []
+    peak, folders = -1, set()
+
+    def seen(i: int, value: int | None) -> None:
+        nonlocal peak
+        if value is not None:
+            peak = max(peak, value)
+            folders.add(os.path.dirname(os.path.abspath(paths[i])))
+
     pool = ThreadPoolExecutor(threads)
     try:
-        results = pool.map(_decode_one, ((p, size, crop_pct) for p in paths), chunksize=64)
-        for i, (arr, err) in enumerate(track(results, desc=desc, total=len(paths))):
+        results = pool.map(_decode_peak, ((p, size, crop_pct, bit_depth) for p in paths), chunksize=64)
+        for i, (arr, err, value) in enumerate(track(results, desc=desc, total=len(paths))):
             if err is None:
                 out[i] = arr
+                seen(i, value)
             elif err == OUT_OF_MEMORY:
                 starved.append(i)
             else:
@@ -367,14 +407,54 @@ def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float,
         raise
     pool.shutdown(wait=True)
     for i in starved:  # the other decodes' memory is free now
-        arr, err = _decode_one((paths[i], size, crop_pct))
+        arr, err, value = _decode_peak((paths[i], size, crop_pct, bit_depth))
         if err == OUT_OF_MEMORY:
             raise _out_of_memory(paths[i], threads)
         if err is None:
             out[i] = arr
+            seen(i, value)
         else:
             bad.append((str(paths[i]), err))
-    return bad
+    return bad, ({"peak": peak, "folder": os.path.commonpath(sorted(folders))} if folders else None)
+
+
+FEW_BITS = 14  # with data.bit_depth auto, 16-bit images whose values all stay below 2**FEW_BITS are warned about
+
+
+def _sixteen(recorded) -> dict | None:
+    """A cache entry's record of its 16-bit images ({"peak", "folder"}), None where it has none (an entry written
+    before data.bit_depth existed, or one without 16-bit images)."""
+    if (isinstance(recorded, dict) and isinstance(recorded.get("peak"), int) and not isinstance(recorded["peak"], bool)
+            and isinstance(recorded.get("folder"), str)):
+        return recorded
+    return None
+
+
+def warn_bit_depth(desc: str, sixteen: dict | None, bit_depth: int | str) -> None:
+    """One warning (rank 0, once per message) when a split's 16-bit images do not fit data.bit_depth: with auto,
+    values that all stay below 2**FEW_BITS (10-, 12- or 14-bit microscopy, medical or astronomy data in 16-bit
+    files) decode dark and in few grey levels; with a number, larger values are clipped to white."""
+    if sixteen is None or os.environ.get("RANK", "0") != "0":
+        return
+    peak, folder = sixteen["peak"], sixteen["folder"]
+    if bit_depth == "auto":
+        if not 0 < peak < 2 ** FEW_BITS:
+            return
+        bits = max(8, peak.bit_length())
+        message = (f"warning: {desc}: the 16-bit images in {folder} use at most {bits} bits (largest value {peak} of "
+                   f"65535), so they decode dark, as values 0..{round(peak / 65535 * 255)} of 255; if they hold "
+                   f"{bits}-bit data, add data.bit_depth={bits} to the train, pretrain or run command (eval and "
+                   f"predict take it from the run)")
+    elif peak > 2 ** int(bit_depth) - 1:
+        fits = f"data.bit_depth={max(8, peak.bit_length())}" if peak <= 65535 else "data.bit_depth=auto"
+        message = (f"warning: {desc}: 16-bit images in {folder} hold values up to {peak}, more than the "
+                   f"{2 ** int(bit_depth) - 1} of data.bit_depth={bit_depth}: brighter pixels are clipped to white; "
+                   f"give {fits} if they hold more bits")
+    else:
+        return
+    if message not in _WARNED:  # `fewshot run` loads its pool once per round
+        _WARNED.add(message)
+        print(one_line(message), file=sys.stderr, flush=True)
 
 
 def _mapped_file(fh, shape: tuple[int, ...], nbytes: int) -> np.memmap | None:

@@ -42,8 +42,10 @@ class ImageSet:
 
 
 def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: int, cache_dir: Path | None,
-               crop_pct: float = 1.0, skip_bad: bool = False, max_gb: float | None = None) -> ImageSet:
-    """Load `split` (train / val / test) of every dataset, in label-space order."""
+               crop_pct: float = 1.0, skip_bad: bool = False, max_gb: float | None = None,
+               bit_depth: int | str = "auto") -> ImageSet:
+    """Load `split` (train / val / test) of every dataset, in label-space order (``bit_depth``: data.bit_depth,
+    see load_images)."""
     paths, targets, dsids, ids = [], [], [], []
     for info in infos:
         d = space.index(info.name)
@@ -54,7 +56,7 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
             for i, (p, local) in enumerate(getattr(info, split)):
                 paths.append(p); targets.append(space.global_label(d, local)); dsids.append(d); ids.append(i)
     cached = load_images(paths, size, cache_dir, crop_pct=crop_pct, skip_bad=skip_bad, desc=f"loading {split} images",
-                         max_gb=max_gb)
+                         max_gb=max_gb, bit_depth=bit_depth)
     out = ImageSet(cached.images, torch.tensor(targets, dtype=torch.long), torch.tensor(dsids, dtype=torch.long),
                    torch.tensor(ids, dtype=torch.long), paths)
     if not bool(cached.valid.all()):
@@ -73,13 +75,13 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
 
 def load_splits(infos: list[DatasetInfo], splits: tuple[str, ...], space: LabelSpace, size: int,
                 cache_dir: Path | None, crop_pct: float = 1.0, skip_bad: bool = False,
-                max_gb: float | None = None) -> list[ImageSet]:
+                max_gb: float | None = None, bit_depth: int | str = "auto") -> list[ImageSet]:
     """Load several splits, reporting the undecodable images of all of them in one error (``max_gb``:
-    data.cache_max_gb, see load_images)."""
+    data.cache_max_gb, ``bit_depth``: data.bit_depth, see load_images)."""
     out, problems, hints = [], [], []
     for split in splits:
         try:
-            out.append(load_split(infos, split, space, size, cache_dir, crop_pct, skip_bad, max_gb))
+            out.append(load_split(infos, split, space, size, cache_dir, crop_pct, skip_bad, max_gb, bit_depth))
         except DataLayoutError as exc:
             problems += exc.problems
             hints = list(dict.fromkeys(hints + exc.hints))

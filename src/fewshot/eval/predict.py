@@ -170,7 +170,7 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
         check(infos)
     d = tm.cfg["data"]
     data = load_split(infos, split, tm.space, tm.size, prediction_cache_dir(root), d.get("crop_pct", 1.0),
-                      skip_bad or bool(d.get("skip_bad_images", False)))
+                      skip_bad or bool(d.get("skip_bad_images", False)), bit_depth=d.get("bit_depth", "auto"))
     if split == "test":
         warn_about_blank_test_images(data, scoring)
     return infos, data
@@ -401,7 +401,7 @@ def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device, a
         return None, None, too_few
     try:
         data = load_split([val], "val", tm.space, tm.size, prediction_cache_dir(root),
-                          tm.cfg["data"].get("crop_pct", 1.0), True)
+                          tm.cfg["data"].get("crop_pct", 1.0), True, bit_depth=tm.cfg["data"].get("bit_depth", "auto"))
     except UserError as exc:
         return None, None, f"its val images cannot be read ({one_line(str(exc))[:160]})"
     if not bal.enough_images(len(data.targets), size):

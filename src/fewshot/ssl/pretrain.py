@@ -422,12 +422,13 @@ class MoCoTask:
         paths, self.pool_source = pool_paths(cfg, infos)
         pool = load_images(paths, self.size, cache, crop_pct=1.0, desc="loading unlabeled pool",
                            skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], skip_note=POOL_SKIP_NOTE,
-                           max_gb=d.get("cache_max_gb"))
+                           max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"))
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
         self.pool_skipped = list(pool.bad)
         self.space = LabelSpace.from_infos(infos)
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
-                                                   d["crop_pct"], d["skip_bad_images"], d.get("cache_max_gb"))
+                                                   d["crop_pct"], d["skip_bad_images"], d.get("cache_max_gb"),
+                                                   d.get("bit_depth", "auto"))
         self.eval_every = m["knn_every"]
         self.n_parameters = sum(p.numel() for p in self.model.encoder_q.backbone.parameters())
 

@@ -67,7 +67,7 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: i
     d = cfg["data"]
     cached = load_images(paths, size, default_cache_dir(d["root"], d["cache_dir"]), crop_pct=d["crop_pct"],
                          skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], desc="loading unlabeled pool",
-                         skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"))
+                         skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"))
     valid = cached.valid
     return Pool(ImageRows(cached.images, torch.nonzero(valid).flatten()), torch.tensor(ids, dtype=torch.long)[valid],
                 [str(p) for p, ok in zip(paths, valid.tolist()) if ok], source, list(cached.bad))
