@@ -183,3 +183,45 @@ def test_overview_caption_says_log_jsonl_for_a_run_without_metrics_json(trained,
     assert "metrics.json)" not in alone.replace("no usable metrics.json)", "") and "log.jsonl" in alone
     both = T.overview_table([finished, stopped_run], {}).caption
     assert "(metrics.json); for stopped: from the logged evaluation in log.jsonl" in both
+
+
+def test_compare_prints_each_tables_caption_in_the_terminal(monkeypatch):
+    """`fewshot compare` dropped every caption: a `fewshot run` folder's test table showed class-balanced scores
+    (pred_all.json under run.balance) with nothing saying so, while the HTML report said it."""
+    import builtins
+    import io
+
+    from fewshot.report import tables as T
+
+    table = T.Table("r1/finetune: test accuracy", ["dataset", "acc@1"], [["digits", "97.0"]],
+                    caption="Known-source predictions (pred_all.json): class-balanced for digits.")
+    out = io.StringIO()
+    T.print_tables([table], file=out)
+    assert "class-balanced for digits" in out.getvalue()
+
+    real_import = builtins.__import__
+
+    def no_rich(name, *args, **kwargs):  # the plain-text path, taken where rich is not installed
+        if name == "rich" or name.startswith("rich."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_rich)
+    plain = io.StringIO()
+    T.print_tables([table], file=plain)
+    assert plain.getvalue().rstrip().endswith("class-balanced for digits.")
+
+
+def test_the_test_table_of_a_run_names_its_balanced_predictions():
+    from types import SimpleNamespace
+
+    from fewshot.report import tables as T
+
+    run = SimpleNamespace(kind="supervised", label="r1/finetune", path=Path("r1/finetune"), metrics_known=None,
+                          metrics_unknown=None, from_log=False,
+                          pipeline={"metrics": {"test": {"mean_acc1": 97.0, "datasets": {"digits": {"acc1": 97.0}}}},
+                                    "balanced_prediction": "class-balanced for digits"})
+    table = T.test_table(run)
+    assert "class-balanced for digits" in table.caption
+    run.pipeline.pop("balanced_prediction")
+    assert T.test_table(run).caption == ""

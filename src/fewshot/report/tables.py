@@ -240,8 +240,12 @@ def test_table(run: Run) -> Table | None:
     predicted_with = (run.pipeline or {}).get("predicted_with")
     if predicted_with and run.path.name != predicted_with:  # the scores belong to the stage that predicted
         return None
+    # the known-source scores are of pred_all.json, whose predictions may be class-balanced (run.balance): a
+    # table without the word read as plain argmax next to `fewshot eval`'s numbers
+    words = (run.pipeline or {}).get("balanced_prediction")
     return dataset_table(run, title=f"{run.label}: test accuracy (answer keys, scored by `fewshot run`)",
-                         known=m.get("test"), unknown=m.get("test_unknown"))
+                         known=m.get("test"), unknown=m.get("test_unknown"),
+                         caption=f"Known-source predictions (pred_all.json): {words}." if words else "")
 
 
 def run_tables(run: Run) -> list[Table]:
@@ -285,7 +289,7 @@ def to_text(t: Table) -> str:
 
     out = [t.title, line(t.columns), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in t.rows]
-    return "\n".join(out)
+    return "\n".join(out + ([t.caption] if t.caption else []))
 
 
 def _raise_broken_pipe() -> None:
@@ -328,3 +332,6 @@ def print_tables(tables: list[Table], file=None) -> None:
         for i, row in enumerate(t.rows):
             rt.add_row(*(Text(printable(str(c))) for c in row), style="bold" if i in t.emphasis else None)
         console.print(rt)
+        if t.caption:  # what the numbers are (balanced predictions, best vs exported epoch): the HTML shows it too
+            console.print(Text(printable(t.caption), style="dim"))
+            console.print()
