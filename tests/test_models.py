@@ -548,3 +548,14 @@ def test_a_vit_at_its_own_size_off_the_patch_grid_is_accepted():
     check_input_size(vit, 40, "vit_at_its_own_size")  # the model's own size: taken
     with pytest.raises(UserError, match="multiple of 14"):
         check_input_size(vit, 41, "vit_at_another_size")
+
+
+def test_a_window_model_given_too_small_an_image_is_a_user_error():
+    """A hunt: test_maxvit at 24 px died in timm's window partition with ZeroDivisionError (exit 1, "internal
+    error") instead of the message that asks for another --img-size."""
+    from fewshot.errors import UserError
+    from fewshot.models.backbone import check_input_size
+
+    backbone = timm.create_model("test_maxvit", num_classes=0, img_size=24)
+    with pytest.raises(UserError, match="test_maxvit cannot take 24 px inputs"):
+        check_input_size(backbone, 24, "test_maxvit")

@@ -46,3 +46,21 @@ def test_cosine_warms_up_then_falls_to_the_floor_at_the_last_step():
     # the cosine runs over the whole run, warmup included (warmup_prefix=False): at step 10 it is 10 % along
     assert lrs[0] == pytest.approx(1e-6) and lrs[10] == pytest.approx(0.05 * (1 + math.cos(math.pi * 0.1)))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 1e-3
+
+
+def test_a_budgeted_run_that_meets_its_epoch_cap_early_still_decays_its_lr(digits_root, tmp_path):
+    """A hunt: a `fewshot run` stage planned from a step timed on a busy machine (532 ms measured, 35 ms taken) met
+    its epoch cap in 5 s of its minute, and its time-based cosine had not moved: the last lr was the peak. The
+    schedule's position is now the further of the elapsed time and the steps taken of the cap."""
+    import json
+
+    from helpers.checks import run_main
+
+    out = tmp_path / "run"
+    rc, _, err = run_main("train", "--data", digits_root, "--out", out, "--model", "test_resnet", "--img-size", "32",
+                          "--epochs", "2", "--device", "cpu", "--no-progress", "train.budget_minutes=30",
+                          "sched.time_based=true", "sched.warmup_epochs=0", "sched.min_lr=0", "--lr", "0.01")
+    assert rc == 0, err
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert lrs[-1] < 0.002, lrs  # of 0.01: near the floor at the cap (one step short), not the peak

@@ -163,7 +163,8 @@ def check_input_size(backbone: nn.Module, size: int, name: str) -> None:
     try:
         with torch.no_grad():
             extract_features(backbone, torch.zeros(1, 3, size, size))
-    except (AssertionError, RuntimeError, ValueError) as exc:
+    # ZeroDivisionError: timm's MaxViT partitions a feature map smaller than its window (test_maxvit at 24 px)
+    except (AssertionError, RuntimeError, ValueError, ZeroDivisionError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"{name} cannot take {size} px inputs ({first}). Choose another --img-size "
                         f"(a ViT's must be a multiple of its patch size; window models need multiples of "
