@@ -1321,3 +1321,17 @@ def test_an_interrupted_run_says_whether_any_stage_was_kept(tmp_path, capsys, fi
     assert cli._dispatch(SimpleNamespace(command="run", out=str(out)), [], {"run": stopped}) == 130
     err = capsys.readouterr().err
     assert f"outside training ({kept}); continue with the same command and --resume" in err, err
+
+
+def test_a_model_name_with_a_pretrained_tag_says_it_starts_from_random_init(digits_root, tmp_path, capsys):
+    """A hunt: `--model resnet18.a1_in1k` trained from random weights without a word; only `fewshot models` said
+    that the tag names weights fewshot never downloads."""
+    from fewshot.models.backbone import note_pretrained_tag
+
+    rc, out, err = run_main("train", "--data", digits_root, "--out", tmp_path / "r", "--model", "test_resnet.r160_in1k",
+                            "--img-size", "32", "--epochs", "1", "--device", "cpu", "--no-progress")
+    assert rc == 0, err
+    assert "'.r160_in1k' names timm's pretrained weights" in err and "random init" in err
+    note_pretrained_tag({"name": "test_resnet.r160_in1k", "weights": "/some/backbone.safetensors"})
+    note_pretrained_tag({"name": "test_resnet", "weights": None})
+    assert capsys.readouterr().err == ""  # with weights given, or without a tag: nothing to say

@@ -213,6 +213,7 @@ def adopt_recorded_model(cfg: dict, flags: dict, extra: list[str], config_file: 
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None,
                        default_preset: str | None = None) -> dict:
     from fewshot.config import file_settings, get_dotted, parse_override
+    from fewshot.models.backbone import note_pretrained_tag
     from fewshot.train.finetune import merge_resume_config
 
     flags = _flags(args, mapping)
@@ -223,6 +224,7 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
     note_flags_overridden(flags, names, extra)
     if not args.resume:  # a resumed run keeps its recorded model
         adopt_recorded_model(cfg, flags, extra, args.config)
+        note_pretrained_tag(cfg["model"])
     if args.resume:
         # the saved config is the base; a --config file given now, then flags, then words change it
         explicit = file_settings(args.config) if args.config else {}

@@ -193,6 +193,10 @@ def cmd_run(args, extra) -> int:
                                preset_sections=MOCO_PRESET_SECTIONS)
     adopt_run_model(cfg, flags, extra, args)
     adopt_run_datasets(cfg, flags, extra, args)
+    if not args.resume:
+        from fewshot.models.backbone import note_pretrained_tag
+
+        note_pretrained_tag(cfg["model"])
 
     note_flags_overridden(flags, RUN_FLAG_NAMES, extra)
     warn_replaced_config_fields(args.config)

@@ -71,6 +71,19 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
     raise UserError(f"timm could not build '{name}' with num_classes=0.")
 
 
+def note_pretrained_tag(model_cfg: dict) -> None:
+    """`--model resnet18.a1_in1k` without weights: the tag names timm's pretrained weights, which are never
+    downloaded, and the run trained from random init without a word (`fewshot models` said it; train did not)."""
+    name = model_cfg.get("name")
+    if not isinstance(name, str) or "." not in name.strip(".") or model_cfg.get("weights"):
+        return
+    if os.environ.get("RANK", "0") == "0":
+        arch, tag = name.split(".", 1)
+        print(f"note: --model {name}: '.{tag}' names timm's pretrained weights, which fewshot never downloads; "
+              f"the {arch} network starts from random init. Give local weights with --weights FILE "
+              f"(model.weights=FILE) to start from them.", file=sys.stderr, flush=True)
+
+
 def takes_img_size(name: str, img_size: int, fallback: bool = False) -> bool:
     """Whether create_backbone passes ``img_size`` to this model (then plain timm needs it too: a ViT with relative
     positions from an MLP has no size-shaped weight, yet its patch embedding refuses another size). Built on
