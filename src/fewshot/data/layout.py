@@ -607,8 +607,10 @@ _TOLD_IGNORED: set[tuple[str, ...]] = set()  # each warning about ignored test f
 _TOLD_GAPS: set[str] = set()  # each warning of warn_once once per process
 
 
-def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = None) -> list[tuple[str, Path]]:
-    """(test id, path) of each test image, in natural order of the ids; the links among them added to ``links``."""
+def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = None,
+               empty_ok: bool = False) -> list[tuple[str, Path]]:
+    """(test id, path) of each test image, in natural order of the ids; the links among them added to ``links``.
+    ``empty_ok``: a test/ without images is no problem (train's check: the test images may come later)."""
     seen: dict[str, Path] = {}
     ignored: list[str] = []
     for entry in _listdir(test_dir, problems, links) or []:
@@ -637,8 +639,9 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
             continue
         seen[image_id] = path
     if not seen and not any(p.startswith(f"{test_dir}/") for p in problems):
-        problems.append(f"{test_dir}: no test images" + (f" (only files that are not images by their extension: "
-                                                          f"{', '.join(sorted(ignored)[:5])})" if ignored else ""))
+        if not empty_ok:
+            problems.append(f"{test_dir}: no test images" + (f" (only files that are not images by their extension: "
+                                                              f"{', '.join(sorted(ignored)[:5])})" if ignored else ""))
     elif ignored and (str(test_dir), *ignored) not in _TOLD_IGNORED and os.environ.get("RANK", "0") == "0":
         _TOLD_IGNORED.add((str(test_dir), *ignored))
         names = ", ".join(sorted(ignored)[:10]) + (f" and {len(ignored) - 10} more" if len(ignored) > 10 else "")
@@ -649,10 +652,12 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
 
 
 def scan_root(root: str | Path, datasets: list[str] | str | None = None,
-              splits: tuple[str, ...] = ("train", "val")) -> list[DatasetInfo]:
+              splits: tuple[str, ...] = ("train", "val"), if_present: tuple[str, ...] = ()) -> list[DatasetInfo]:
     """Scan the chosen datasets (default: all) and check the requested splits; raise all problems at once.
 
-    `splits` names the splits this command needs (train/val for training, test for prediction).
+    `splits` names the splits this command needs (train/val for training, test for prediction). `if_present`:
+    splits checked only where their folder exists, and an empty one passed over (train and pretrain check test/,
+    so that a duplicate id or a test/ sub-folder stops them before any compute, not predict after the training).
     """
     root = Path(root)
     available = list_datasets(root)
@@ -701,8 +706,11 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         found: dict[str, dict[str, list[Path]]] = {}
         test: list[tuple[int, Path]] = []
         links: list[str] = []  # symbolic links below the dataset folder: only they make a val/test image a train one
-        for split in splits:
+        for split in splits + tuple(s for s in if_present if s not in splits):
             split_dir = ds_dir / split
+            optional = split not in splits
+            if optional and not split_dir.is_dir():
+                continue
             if not split_dir.is_dir():
                 why = {"val": " (the labelled images that choose the checkpoint and settings: move some of each "
                               "class's train images to val/<class>/)",
@@ -714,11 +722,13 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
             if split_dir.is_symlink():
                 links.append(str(split_dir))
             if split == "test":
-                test = _scan_test(split_dir, problems, links)
+                test = _scan_test(split_dir, problems, links, empty_ok=optional)
             else:
                 found[split] = _scan_labelled(split_dir, problems, layout_warnings if split == "val" else None,
                                               layout_warnings, links)
-        train_classes = sorted(found.get("train", {}))
+        # class indices follow the folder names as written, in _scan_labelled's order, as ImageFolder's
+        # sorted(os.scandir names) does: sorting their NFC forms put a decomposed "é" (macOS) after "z", not with "e"
+        train_classes = list(found.get("train", {}))
         if "train" in found and "val" in found:
             val_classes = sorted(found["val"])
             only_train = sorted(set(train_classes) - set(val_classes))
@@ -732,14 +742,14 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
                 layout_warnings.append(f"{ds_dir / 'val'}: no val images for {len(only_train)} class(es), which are "
                                 f"trained but not scored on val: {', '.join(only_train[:10])}"
                                 + (" ..." if len(only_train) > 10 else ""))
-        classes = tuple(train_classes or sorted(found.get("val", {})))
+        classes = tuple(train_classes or found.get("val", {}))
         note = numbered_classes_note(name, classes)
         if note:
             layout_warnings.append(note)
         index = {c: i for i, c in enumerate(classes)}
 
         def labelled(split: str) -> tuple[tuple[Path, int], ...]:
-            return tuple((p, index[c]) for c, paths in sorted(found.get(split, {}).items()) if c in index for p in paths)
+            return tuple((p, index[c]) for c in classes for p in found.get(split, {}).get(c, ()))
 
         unlabelled = unread or any(LOOSE in p for p in problems[before:])
         note = _label_file_note(ds_dir) if unlabelled else None

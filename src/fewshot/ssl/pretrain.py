@@ -103,6 +103,12 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
         folders = d["unlabeled"] if isinstance(d["unlabeled"], list) else [d["unlabeled"]]
         paths = given_pool_images(folders, root)
         return paths, [-1] * len(paths), f"{len(folders)} --unlabeled folder(s)"
+    pool = root / "unlabeled"
+    if os.path.lexists(pool) and not pool.is_dir():  # a file there: the train images stood in without a word
+        what = "a broken symbolic link" if pool.is_symlink() and not pool.exists() else "a file"
+        warn_once([f"{pool} is {what}, not a folder: no unlabeled pool is read from it (MoCo falls back to the "
+                   f"train images; self-training and FixMatch find no pool). Move it away and put the pool's "
+                   f"images in a folder {pool}/<dataset>/, or give a folder of them with --unlabeled DIR"])
     paths, ids, sources = [], [], []
     for index, info in enumerate(infos):
         folder = root / "unlabeled" / info.name

@@ -307,7 +307,8 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
         torch.use_deterministic_algorithms(True, warn_only=True)
     resuming = resume and (Path(out) / "checkpoints" / "last.pt").is_file()
     resolve_defaults(ctx, resuming)
-    infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
+    # test/ too where it exists: its duplicate ids and sub-folders stopped predict only, after the training
+    infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"), if_present=("test",))
     check_same_data(ctx, infos)
     prepare_run_dir(out, resume, cfg, ctx, start)
     if ctx.is_main and not resuming:
