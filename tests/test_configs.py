@@ -135,12 +135,27 @@ def test_moco_preset_as_a_field_chooses_the_preset_and_shuffle_bn_takes_its_choi
     assert from_file["mlp"] is False and from_file["temperature"] == 0.1  # the file's own values still win
     assert resolve(default_preset="mocov2")["moco"]["temperature"] == 0.2
     assert resolve(file=f)["moco"]["mlp"] is True  # train has no presets: the field is only a record there
-    with pytest.raises(UserError, match="--preset mocov2 and moco.preset=mocov1"):
+    with pytest.raises(UserError, match=re.escape(f"--preset mocov2 and the config file {f} (moco.preset: mocov1)")):
         resolve(preset="mocov2", file=f, default_preset="mocov2")
     for ok in ("auto", "true", "false", "off", "none"):
         resolve(overrides=[f"moco.shuffle_bn={ok}"])
     with pytest.raises(UserError, match="moco.shuffle_bn must be one of"):
         resolve(overrides=["moco.shuffle_bn=maybe"])
+
+
+def test_a_preset_clash_names_where_the_other_preset_came_from(tmp_path):
+    """`--preset mocov1` against a file's `moco: {preset: mocov2}` was reported as "moco.preset=mocov2", a
+    key=value word the user never typed; a word that names it is still reported as the word."""
+    f = tmp_path / "f.yaml"
+    f.write_text("moco:\n  preset: mocov2\n")
+    with pytest.raises(UserError) as caught:
+        resolve(preset="mocov1", file=f, default_preset="mocov2")
+    assert str(caught.value) == (f"--preset mocov1 and the config file {f} (moco.preset: mocov2) name different "
+                                 f"presets; give one of them.")
+    with pytest.raises(UserError, match=r"^--preset mocov1 and moco.preset=mocov2 name different presets"):
+        resolve(preset="mocov1", file=f, overrides=["moco.preset=mocov2"], default_preset="mocov2")
+    assert resolve(preset="mocov1", file=f, overrides=["moco.preset=mocov1"],
+                   default_preset="mocov2")["moco"]["preset"] == "mocov1"  # the word overrides the file, as before
 
 
 def test_text_fields_take_text_and_lists_of_names(tmp_path):

@@ -353,7 +353,52 @@ def test_auto_img_size_passes_over_an_unreadable_image(copy_root):
 
     infos = scan_root(copy_root, None, splits=("train", "val"))
     infos[0].train[0][0].write_bytes(b"this is not an image")
-    assert auto_img_size(infos, torch.device("cpu")) == 32
+    assert auto_img_size(infos, torch.device("cpu"), 10.0)[0] == 32
+
+
+def _large_images(root: Path) -> None:
+    """Every train image of ``root`` as a 100x80 JPEG under its own name (the sizes auto_img_size reads)."""
+    from PIL import Image
+
+    for path in root.glob("*/train/*/*"):
+        with Image.open(path) as im:
+            im.convert("RGB").resize((100, 80)).save(path, format="JPEG")
+
+
+def test_auto_img_size_keeps_large_images_at_32_px_on_cpu_under_five_minutes(copy_root):
+    """100x80 images trained at 64 px on CPU at any budget: at 1 minute that was 9 s of training and 19.7 % test
+    against 45.1 % at 32 px (docs/recipes.md measured 64 px worse at 3 minutes, better from 5). GPUs keep 160."""
+    from fewshot.data.layout import scan_root
+    from fewshot.pipeline import auto_img_size
+
+    _large_images(copy_root)
+    infos = scan_root(copy_root, None, splits=("train", "val"))
+    cpu = torch.device("cpu")
+    size, why = auto_img_size(infos, cpu, 1.0)
+    assert size == 32 and why == ("chosen for these images, device and the 1-minute budget: 64 px costs 4x per step "
+                                  "and pays on CPU from --budget-minutes 5; --img-size 64 to override")
+    assert auto_img_size(infos, cpu, 4.9)[0] == 32
+    assert auto_img_size(infos, cpu, 5.0) == (64, "chosen for these images and device; --img-size to change")
+    assert auto_img_size(infos, torch.device("cuda"), 1.0)[0] == 160  # only judged by type: no GPU needed
+
+
+@pytest.mark.parametrize("budget, want", [((), "64px on cpu (chosen for these images and device; "),
+                                          (("--budget-minutes", "1"), "32px on cpu (chosen for these images, device "
+                                                                      "and the 1-minute budget: 64 px costs")])
+def test_run_chooses_the_image_size_from_its_budget_and_says_so(copy_root, tmp_path, monkeypatch, budget, want):
+    """The budget reaches the choice: `fewshot run` without --budget-minutes plans 10 minutes (64 px on CPU),
+    --budget-minutes 1 gets 32 px and the header says why. The start is stopped once the header is printed."""
+    import fewshot.pipeline
+
+    def stop(cfg, *a, **kw):
+        raise UserError(f"stopped at {cfg['model']['img_size']} px")
+
+    monkeypatch.setattr(fewshot.pipeline, "check_model", stop)
+    _large_images(copy_root)
+    rc, stdout, err = run_main("run", "--data", copy_root, "--out", tmp_path / "o", "--model", "test_resnet",
+                               "--device", "cpu", "--no-progress", *budget)
+    assert rc == 2 and "stopped at" in err, err
+    assert f"[run] test_resnet at {want}" in stdout, stdout
 
 
 def test_step_calibration_runs_on_the_tasks_device_not_where_the_model_was_built():

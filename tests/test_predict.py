@@ -193,6 +193,21 @@ def test_a_dataset_without_a_usable_test_split_gets_the_datasets_hint(trained, c
     assert rc == 0, err
 
 
+def test_the_datasets_hint_and_the_last_pt_hint_are_sentences_of_their_own(trained, copy_root, dataset_names,
+                                                                          tmp_path):
+    """An empty test/ read "...: no test images The model knows ...": the hint was joined to a message that ends
+    without a full stop. So was the last.pt hint to checkpoint messages that end without one."""
+    first, second = dataset_names
+    for image in (copy_root / second / "test").iterdir():
+        image.unlink()
+    rc, _, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "pred_all.json")
+    assert rc == 2 and f"{copy_root / second / 'test'}: no test images. The model knows {first}, {second}; " in err, err
+    from fewshot.eval.predict import _then
+
+    assert _then(UserError("weights file not found: x.pt"), "Pass y.") == "weights file not found: x.pt. Pass y."
+    assert _then("x is empty (0 bytes).", "Pass y.") == "x is empty (0 bytes). Pass y."  # no second full stop
+
+
 def test_probe_says_and_records_the_image_size_it_used(trained, digits_root, tmp_path):
     """Without --img-size the probe took the weights' own size (an export's 64 px) without a word; `train` says
     "at 64px". It says it when it starts, and metrics.json records it."""

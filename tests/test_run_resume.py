@@ -139,8 +139,34 @@ def test_resuming_a_finished_run_says_so(digits_root, stopped_and_resumed):
     assert rc == 0, err
     assert "finished already" in stdout
     assert (out / "pred_all.json").read_text() == before
-    rc, _, err = run_main(*_cmd(digits_root, out))  # without --resume: a new run is refused, --resume named
-    assert rc == 2 and "add --resume to continue the run it holds" in err, err
+    rc, _, err = run_main(*_cmd(digits_root, out))  # without --resume: a new run is refused, as finished
+    assert rc == 2 and f"'{out}' holds a finished `fewshot run`" in err and "--resume" not in err, err
+
+
+def test_a_rerun_into_a_finished_run_is_told_it_finished_and_a_stopped_one_to_resume(tmp_path):
+    """Into a finished run the refusal said "or add --resume to continue the run it holds", and --resume only
+    said "finished already": a finished run is recognised as resume_state does (finished, and summary.json)."""
+    from fewshot.errors import UserError
+    from fewshot.pipeline import refuse_used_output
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run_state.json").write_text(json.dumps({"finished": True}))
+    (out / "summary.json").write_text("{}")
+    with pytest.raises(UserError) as caught:
+        refuse_used_output(out)
+    assert str(caught.value) == (f"the output folder '{out}' holds a finished `fewshot run` (its results: "
+                                 f"{out}/pred_all.json, {out}/metrics.json); `fewshot run` writes a whole new run "
+                                 f"there. Choose another --out, or delete the folder to run again.")
+    for state in ({"finished": False}, "not json {"):  # stopped, or a state --resume will report as damaged
+        (out / "run_state.json").write_text(state if isinstance(state, str) else json.dumps(state))
+        with pytest.raises(UserError, match=r"is not empty \(run_state.json, summary.json\).*add --resume to "
+                                            r"continue the run it holds\.$"):
+            refuse_used_output(out)
+    (out / "run_state.json").write_text(json.dumps({"finished": True}))
+    (out / "summary.json").unlink()  # stopped while its summary was written: resume_state does not count it done
+    with pytest.raises(UserError, match="add --resume"):
+        refuse_used_output(out)
 
 
 def test_a_run_stopped_after_its_stages_does_not_label_the_pool_again(digits_root, stopped_and_resumed, tmp_path,

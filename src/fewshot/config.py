@@ -511,9 +511,9 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
     aug.* from the preset, but its optimiser, batch and epochs from run.* and its plan; the preset's resnet50 and
     SGD would otherwise reach fine-tuning too)."""
     cfg = copy.deepcopy(DEFAULTS)
-    named = _preset_named_in(file, overrides) if default_preset else None  # only commands that have presets
+    named, where = _preset_named_in(file, overrides) if default_preset else (None, "")  # only commands with presets
     if preset and named and named != preset:
-        raise UserError(f"--preset {preset} and moco.preset={named} name different presets; give one of them.")
+        raise UserError(f"--preset {preset} and {where} name different presets; give one of them.")
     preset = preset or named or default_preset
     if preset:
         if preset not in PRESETS:
@@ -600,17 +600,20 @@ def same_recorded_path(saved, now) -> bool:
 _TAIL_NOTED: set = set()
 
 
-def _preset_named_in(file, overrides) -> str | None:
-    named = None
+def _preset_named_in(file, overrides) -> tuple[str | None, str]:
+    """The preset the config file or the key=value words name (a word wins), and where, for a message: a clash
+    with --preset that named a key=value word the user never typed sent them looking for it."""
+    named, where = None, ""
     if file:
         moco = load_yaml(file).get("moco")
         if isinstance(moco, dict) and moco.get("preset") in PRESETS:
-            named = moco["preset"]
+            named, where = moco["preset"], f"the config file {file} (moco.preset: {moco['preset']})"
     for word in overrides or []:
         if word.split("=", 1)[0].strip() == "moco.preset":
             value = parse_override(word)[1]
-            named = value if value in PRESETS else named
-    return named
+            if value in PRESETS:
+                named, where = value, f"moco.preset={value}"
+    return named, where
 
 
 CHOICES = {  # fields whose value must be one of a few words (checked at start-up, not mid-run)

@@ -169,8 +169,15 @@ def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, rep
     return evaluations + saves + per_test_image * n_test + base + (drawn if images else 0.0)
 
 
-def auto_img_size(infos, device: torch.device) -> int:
-    """Small native images (digits, MNIST-like) train at 32 px; larger ones at 64 px on CPU, 160 on GPU."""
+# docs/recipes.md: at a 3-minute budget on CPU 64 px scored below 32 (4x the cost per step, fewer epochs); 64 px
+# gained at 5 minutes on 56-px images
+CPU_64PX_MIN_MINUTES = 5.0
+
+
+def auto_img_size(infos, device: torch.device, budget_minutes: float) -> tuple[int, str]:
+    """The image size for these images, device and budget, and why, for the line that reports it. Small native
+    images (digits, MNIST-like) train at 32 px; larger ones at 160 on GPU, and on CPU at 64 px from
+    CPU_64PX_MIN_MINUTES of budget, else at 32 (at 64 px a short budget buys too few steps)."""
     from PIL import Image
 
     sides = []
@@ -182,9 +189,15 @@ def auto_img_size(infos, device: torch.device) -> int:
             except (OSError, ValueError, Image.DecompressionBombError):
                 continue  # an unreadable file is reported (or skipped) by the image loader, not here
     median = sorted(sides)[len(sides) // 2] if sides else 224
+    chosen = "chosen for these images and device; --img-size to change"
     if median <= 40:
-        return 32
-    return 64 if device.type == "cpu" else 160
+        return 32, chosen
+    if device.type != "cpu":
+        return 160, chosen
+    if budget_minutes < CPU_64PX_MIN_MINUTES:
+        return 32, (f"chosen for these images, device and the {budget_minutes:g}-minute budget: 64 px costs 4x per "
+                    f"step and pays on CPU from --budget-minutes {CPU_64PX_MIN_MINUTES:g}; --img-size 64 to override")
+    return 64, chosen
 
 
 def check_model(cfg: dict, load_weights: bool = True):
@@ -944,12 +957,11 @@ class PipelineRun:
         """The image size (chosen for the images and device unless given), and the model built once: a mistyped
         --model, or weights that do not fit, is found before the images are decoded."""
         cfg, r = self.cfg, self.r
-        chosen = cfg["model"]["img_size"] is None
-        if chosen:
-            cfg["model"]["img_size"] = auto_img_size(self.infos, self.device)
+        why = ""
+        if cfg["model"]["img_size"] is None:  # the budget is the whole run's (`fewshot run`'s default without a flag)
+            cfg["model"]["img_size"], why = auto_img_size(self.infos, self.device, self.budget_minutes)
         print(one_line(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {self.device.type}"
-                       f"{' (chosen for these images and device; --img-size to change)' if chosen else ''}: "
-                       f"{', '.join(i.name for i in self.infos)}"), flush=True)
+                       f"{f' ({why})' if why else ''}: {', '.join(i.name for i in self.infos)}"), flush=True)
         replaced_by = weights_replaced_by(self.state, self.out, r["pretrain"]) if cfg["model"]["weights"] else None
         if replaced_by is not None:
             adopt_stage_architecture(cfg, replaced_by)
@@ -1552,10 +1564,27 @@ def refuse_used_output(out: Path) -> None:
             raise UserError(f"cannot read the output folder '{out}': {exc.strerror or exc}.") from None
         if entries:
             shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+            if holds_finished_run(real):  # --resume would only say "finished already"
+                raise UserError(f"the output folder '{out}' holds a finished `fewshot run` (its results: "
+                                f"{out}/pred_all.json, {out}/metrics.json); `fewshot run` writes a whole new run "
+                                f"there. Choose another --out, or delete the folder to run again.")
             stopped = (real / "run_state.json").is_file()
             raise UserError(f"the output folder '{out}' is not empty ({shown}); `fewshot run` writes a whole new "
                             f"run there. Choose another --out, or delete the folder to run again"
                             + (", or add --resume to continue the run it holds." if stopped else "."))
+
+
+def holds_finished_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a `fewshot run` that finished: the test resume_state makes (run_state.json says
+    finished and summary.json is there). A state file that cannot be read counts as unfinished: --resume then says
+    what is wrong with it."""
+    from fewshot.run_state import STATE_FILE
+
+    try:
+        data = json.loads((folder / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("finished") is True and (folder / "summary.json").is_file()
 
 
 def check_run_settings(r: dict) -> str:

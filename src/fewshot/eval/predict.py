@@ -45,7 +45,7 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
     try:
         ck = load_checkpoint(path)
     except CheckpointError as exc:
-        raise CheckpointError(f"{exc}{_last_hint(path)}") from None
+        raise CheckpointError(_last_hint(exc, path)) from None
     if ck.get("kind") != "supervised":
         raise CheckpointError(f"{path} is a {ck.get('kind')} checkpoint; evaluation and prediction need a "
                               f"fine-tuned one (`fewshot train --weights ...` after `fewshot export`).")
@@ -63,7 +63,7 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
         state = ck["ema"] if ck.get("ema") is not None else ck["model"]
         model.load_state_dict(state)
     except CheckpointError as exc:
-        raise CheckpointError(f"{exc}{_last_hint(path)}") from None
+        raise CheckpointError(_last_hint(exc, path)) from None
     except UserError:  # already says what is wrong
         raise
     except (RuntimeError, TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:
@@ -74,13 +74,20 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
                         n_parameters, path, epoch)
 
 
-def _last_hint(path: Path) -> str:
-    """A damaged best.pt (a copy cut short, a full disk) left no way forward in its error: the run's last.pt
-    beside it may be whole."""
+def _last_hint(exc: Exception, path: Path) -> str:
+    """exc's message; for a damaged best.pt (a copy cut short, a full disk), which left no way forward, with the
+    run's last.pt beside it, which may be whole."""
     last = path.with_name("last.pt")
     if path.name != "best.pt" or not last.is_file():
-        return ""
-    return f" The run's last.pt may be whole: pass {last} instead to use its last epoch."
+        return str(exc)
+    return _then(exc, f"The run's last.pt may be whole: pass {last} instead to use its last epoch.")
+
+
+def _then(exc: Exception | str, sentence: str) -> str:
+    """exc's message followed by a further sentence: messages end with or without a full stop, and a bare join
+    ran two sentences together ("...: no test images The model knows ...")."""
+    text = str(exc).rstrip()
+    return f"{text}{'' if text.endswith(('.', '!', '?')) else '.'} {sentence}"
 
 
 def checkpoint_note(run_or_ckpt, tm: TrainedModel) -> str | None:
@@ -161,8 +168,8 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
         here = [] if datasets is not None else _usable_datasets(root, chosen, split)
         if not here or len(here) == len(chosen):
             raise
-        raise UserError(f"{exc} The model knows {', '.join(chosen)}; to use only those with a usable {split} split "
-                        f"under this root, pass {datasets_option(here)}.") from None
+        raise UserError(_then(exc, f"The model knows {', '.join(chosen)}; to use only those with a usable {split} "
+                                  f"split under this root, pass {datasets_option(here)}.")) from None
     infos = [_in_model_classes(info, tm.space.classes[tm.space.index(info.name)], split) for info in infos]
     if split == "test":
         warn_about_what_is_not_predicted(tm, root, infos, datasets, "not scored" if scoring else "not predicted")
