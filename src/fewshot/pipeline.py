@@ -30,7 +30,7 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, after_roun
                                 eval_passes, figure_seconds, fitting_epochs, free_device_memory, later_rounds_seconds,
                                 least_run_holds, least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
                                 measure_step_seconds, plan_epochs, pretrain_closing_seconds, pretrain_least_seconds,
-                                report_seconds, time_holds, too_short_budget_error)
+                                report_seconds, round1_leaves, time_holds, too_short_budget_error)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.utils import (atomic_write_text, derive_seed, missing_parents, refuse_links_in_run_dir, resolve_device,
                            resolved, seed_everything, write_json)
@@ -671,6 +671,11 @@ def labelled_only_round(task) -> dict:
             "state": copy.deepcopy(task.model.state_dict())}
 
 
+class LaterRoundSkipped(Exception):
+    """Raised by plan_stage's hook of an optional later round (PipelineRun.later_round_closing) whose least run does
+    not fit the time left: the round loop leaves it untrained and the round before it predicts."""
+
+
 def labelled_only_why(k: int, left: float, need: float, planned: int) -> str:
     """Why round ``k`` trains on the labelled images only (summary.json and the run's line)."""
     dropped = "" if k >= planned else f" (round {planned} dropped)" if k + 1 == planned else \
@@ -1260,7 +1265,8 @@ class PipelineRun:
         step_s = measure_step_seconds(task) if step_s is None else step_s  # a resumed round 1: not measured
         per_image = measure_prediction_seconds(task, self.test_set.images)  # the pool is labelled at this speed
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
-        rest = after_round1_seconds(step_s, eval_s, per_image, self.n_unlabeled, rounds, closing_s)
+        rest = after_round1_seconds(step_s, eval_s, per_image, self.n_unlabeled, rounds, closing_s,
+                                    eval_passes(task) + 1)
         left = self.last_end - time.monotonic()
         if skip["skipped_from"] == 2 or (not time_holds(rest + 5 * step_s + eval_s, left)
                                          and self.state.status("finetune") is None):
@@ -1276,11 +1282,13 @@ class PipelineRun:
                       f"an error): {skip['why']}; round 1 trains until the closing work (about {closing_s:.0f} s) "
                       f"and predicts", flush=True)
             return self.labelled_end - (self.last_end - closing_s)  # negative: round 1 ends after its share
-        cut = max(0.0, self.labelled_end - (self.last_end - rest))
+        leaves = round1_leaves(rest, left, step_s, eval_s)  # and a margin for round 1's own late end
+        cut = max(0.0, self.labelled_end - (self.last_end - leaves))
         if cut > 0:
             print(f"[run] round 1 ends {cut:.0f} s before its share (run.pseudo_share={self.r['pseudo_share']:g}) "
-                  f"would: about {rest:.0f} s are left for labelling the pool, {rounds - 1} later "
-                  f"round{'s' if rounds > 2 else ''} and the closing work", flush=True)
+                  f"would: about {leaves:.0f} s are left for labelling the pool, {rounds - 1} later "
+                  f"round{'s' if rounds > 2 else ''} and the closing work ({leaves - rest:.0f} s of them a margin "
+                  f"for round 1 ending late)", flush=True)
         return cut
 
     def later_rounds(self) -> None:
@@ -1315,17 +1323,54 @@ class PipelineRun:
             self.middle_round(k)
 
     def middle_round(self, k: int) -> None:
-        """Round ``k``, neither the first nor the last, on the pool as round ``k`` - 1 labelled it."""
+        """Round ``k``, neither the first nor the last, on the pool as round ``k`` - 1 labelled it; skipped with the
+        rounds after it where its least run does not fit (later_round_closing)."""
         pseudo = self.pseudo
         round_end = time.monotonic() + (self.end_time - time.monotonic()) / (self.rounds - k + 1)
         what = "on labelled + pseudo-labelled pool images" if len(pseudo["images"]) else "on the labelled images again"
-        task, round_metrics = self.finetune(self.out / f"finetune_round{k}", round_end, f"{what} (round {k})", pseudo)
+        try:
+            task, round_metrics = self.finetune(self.out / f"finetune_round{k}", round_end, f"{what} (round {k})",
+                                                pseudo, self.later_round_closing(k))
+        except LaterRoundSkipped:  # the loop stops at skipped_from; round k - 1 predicts (last_stage)
+            shutil.rmtree(self.out / f"finetune_round{k}", ignore_errors=True)  # made for it, nothing trained
+            return
         self.task = task
         self.earlier[f"finetune_round{k}"] = round_metrics
         if not task.reused or f"finetune_round{k}" not in self.summary["stages"]:
             # each round's entry: the pseudo-labels it trained on and its val score (the guard compares them)
             self.keep(f"finetune_round{k}", {"epochs": task.epochs_run, "pseudo_labels": pseudo["summary"],
                                              "val_mean_acc1": round_metrics.get("mean_acc1")}, task.fit_seconds)
+
+    def later_round_closing(self, k: int):
+        """plan_stage's hook of round ``k`` (2 on), with the speeds measured for it: the round is optional (round
+        k - 1's model can already predict), so where its least run (least_run_seconds: 5 steps, the step past the
+        deadline and the closing work) does not fit the time left, it and the rounds after it are skipped
+        (LaterRoundSkipped). The check before the labelling counts the round before's speeds: on a busier
+        machine round 2 started with 0.4 s left, trained its floor at 4.7 s a step and a 2-minute run took 140 s.
+        Returns the closing work for the last round, nothing for a middle one (it ends at its share)."""
+        last = k == self.rounds and self.skip["skipped_from"] is None
+
+        def closing(task, eval_s: float, step_s: float | None = None) -> float:
+            per_image = measure_prediction_seconds(task, self.test_set.images)
+            need = self.closing(task, eval_s, step_s, per_image)
+            if step_s is None:  # a resumed round continues: it began before the stop
+                return need if last else 0.0
+            least, left = least_run_seconds(step_s, need), self.last_end - time.monotonic()
+            if least_run_holds(least, left):
+                return need if last else 0.0
+            left_s, need_s = seconds_apart(left, least)
+            later = " and later" if k < self.rounds else ""
+            for key in ("labelled_only", "labelled_only_why"):  # a labelled-only round k is skipped too
+                self.skip.pop(key, None)
+            self.decide(k - 1, k, f"{left_s} were left of the budget when round {k} was planned, and its least "
+                                  f"run needs {need_s} at the speed measured then ({FLOOR_STEPS} steps at "
+                                  f"{step_s * 1000:.0f} ms, evaluations and the closing work)")
+            self.closing(task, eval_s, per_test_image=per_image)  # the report's estimate, for the stages it draws
+            print(f"[run] round {k}{later} skipped (planned, not an error): {self.skip['why']}; predicting with "
+                  f"round {k - 1}", flush=True)
+            raise LaterRoundSkipped(k)
+
+        return closing
 
     def check_later_rounds(self, task, k: int) -> None:
         """Before round k's labelling: skip it and the rounds after it when the time left cannot hold one more
@@ -1387,19 +1432,31 @@ class PipelineRun:
                                                       "planned": int(r["pseudo_rounds"]),
                                                       "why": skip["labelled_only_why"]}
         self.skipped = semi == "pseudo" and skip["skipped_from"] is not None
+        if not self.skipped:
+            try:
+                return self.train_last_stage()
+            except LaterRoundSkipped:  # planned with its own speeds, its least run did not fit: the round before
+                self.skipped = True
+                summary.pop("self_training_labelled_only", None)
+                shutil.rmtree(self.fdir, ignore_errors=True)  # made for it, nothing trained
         if self.skipped:  # the last round that finished predicts (or an earlier one the val guard prefers)
             summary["self_training_skipped"] = {"rounds": list(range(skip["skipped_from"],
                                                                      int(r["pseudo_rounds"]) + 1)),
                                                 "why": skip["why"]}
             last_name = "finetune_labelled" if self.rounds == 1 else f"finetune_round{self.rounds}"
             self.fdir, self.val_metrics = self.out / last_name, self.earlier.pop(last_name)
-            return
-        pseudo = self.pseudo
+
+    def train_last_stage(self) -> None:
+        """last_stage's `finetune`, trained until the closing work; a later self-training round's planning may skip
+        it (later_round_closing: LaterRoundSkipped)."""
+        pseudo, semi, summary = self.pseudo, self.semi, self.summary
         has_pool = pseudo is not None and len(pseudo["images"]) > 0
+        optional = semi == "pseudo" and pseudo is not None  # a later round: the round before can predict
         task, self.val_metrics = self.finetune(self.fdir, self.last_end,
                                                "with FixMatch on the unlabeled pool" if semi == "fixmatch" else
                                                "on labelled + pseudo-labelled pool images" if has_pool else
-                                               "on the labelled images again" if pseudo else "", pseudo, self.closing)
+                                               "on the labelled images again" if pseudo else "", pseudo,
+                                               self.later_round_closing(self.rounds) if optional else self.closing)
         self.task = task
         if not task.reused or "finetune" not in summary["stages"]:
             labels = pseudo.get("summary") if pseudo is not None else None  # none: a round on the labelled images

@@ -221,15 +221,30 @@ def report_seconds(task, eval_s: float, report_stages: int, figure_s: float = FI
 
 
 def after_round1_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, rounds: int,
-                         last_closing_s: float) -> float:
+                         last_closing_s: float, close_evals: int = 2) -> float:
     """The least time self-training needs after round 1's last step, at the speeds measured for round 1: a large
     run.pseudo_share planned round 1 up to the end of the budget, and the rest came on top (165 s of a 60 s
     budget). Per later round: its labelling of the pool (all of it, or as pool_share_in_time does a quarter of the
     time left, one batch at least), its calibration (4 timed steps, an evaluation), plan_stage's 5-step floor and
-    the closing evaluations of the round before it; then the last stage's closing work."""
-    others = (rounds - 1) * (9 * step_s + 3 * eval_s) + last_closing_s
+    the closing evaluations of the round before it (``close_evals``: eval_passes + 1, the stop's of both weights
+    with an EMA and the best checkpoint's; 2 were counted, and round 1 ended an evaluation late); then the last
+    stage's closing work."""
+    others = (rounds - 1) * (9 * step_s + (1 + close_evals) * eval_s) + last_closing_s
     labelling = min(per_image * n_pool, max(per_image * min(n_pool, 256), others / 3))
     return (rounds - 1) * labelling + others
+
+
+ROUND1_MARGIN = 0.15  # of the later rounds' least time, left by round 1 beyond it for its own late end
+
+
+def round1_leaves(rest_s: float, left_s: float, step_s: float, eval_s: float) -> float:
+    """The time round 1 leaves after its last step: the later rounds' least time (after_round1_seconds) and a
+    margin for round 1 ending late (its stop's evaluations and checkpoint writes, the check's timing, a busier
+    machine), as far as round 1 keeps its 5-step floor and an evaluation. Planned exactly, a 1-minute run's round 1
+    ended 3 s late, round 2 (29 s left, 33 s needed) was skipped and the run ended at 45.6 s; the margin is not
+    lost when round 1 ends on time: the later rounds train it."""
+    margin = min(ROUND1_MARGIN * rest_s, max(0.0, left_s - rest_s - (FLOOR_STEPS + 1) * step_s - eval_s))
+    return rest_s + margin
 
 
 def later_rounds_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, n_rounds: int,
@@ -251,5 +266,6 @@ def time_holds(need_s: float, left_s: float) -> bool:
 
 def least_run_holds(need_s: float, left_s: float) -> bool:
     """Whether the budget left (``left_s``) holds the least run (least_run_seconds), else the run is refused before
-    training: one place, which the tests' runs in budgets of seconds relax (as time_holds)."""
+    training, or a later self-training round is skipped at its planning: one place, which the tests' runs in
+    budgets of seconds relax (as time_holds)."""
     return need_s <= left_s

@@ -1,0 +1,89 @@
+"""`fewshot run --budget-minutes N` around self-training's optional later rounds (issue 8: the budget within 5 %):
+a round planned with its own speeds that cannot hold its least run is skipped, and round 1 leaves the later rounds
+a margin for its own late end. The measured times are patched, so the decisions do not follow the machine."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from helpers.checks import run_main
+from test_pipeline import _check_pred_all
+
+
+@pytest.mark.parametrize("rounds", ["2", "3"])  # round 2 the last round (`finetune`), or a middle round
+def test_a_later_round_whose_least_run_does_not_fit_at_its_planning_is_skipped(digits_root, tmp_path, monkeypatch,
+                                                                              real_time_holds, rounds):
+    """A 2-minute run took 140 s: the check before round 2's labelling passed at round 1's speed, round 2 started
+    with 0.4 s left, measured 4.7 s a step and trained its 5-step floor past the budget. Round 2 is optional (round
+    1 can predict): where its least run at the speed measured for it does not fit, it is skipped, not trained."""
+    from fewshot import pipeline, run_budget
+
+    monkeypatch.setattr(pipeline, "least_run_holds", run_budget.least_run_holds)  # conftest relaxes it
+    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)  # round 1 plans as usual
+    monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6)  # the check before the labelling holds
+    monkeypatch.setattr(pipeline, "least_run_seconds", lambda *a: 1e6)  # the round's own floor does not
+    out = tmp_path / "skip"
+    rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--model",
+                               "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",
+                               "train.batch_size=16", f"run.pseudo_rounds={rounds}")
+    assert rc == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["stages"]) == ["finetune_labelled"] and summary["predicted_with"] == "finetune_labelled"
+    skipped = summary["self_training_skipped"]
+    assert skipped["rounds"] == list(range(2, int(rounds) + 1))
+    assert "when round 2 was planned" in skipped["why"] and "1000000 s" in skipped["why"]
+    assert (out / "pseudo_labels_round2.json").is_file()  # labelled before the round's planning
+    assert not (out / "finetune").exists() and not (out / "finetune_round2").exists()  # no empty stage folder
+    assert "skipped (planned, not an error)" in stdout and "predicting with round 1" in stdout
+    state = json.loads((out / "run_state.json").read_text())
+    assert state["self_training"]["skipped_from"] == 2  # kept for a --resume
+    _check_pred_all(digits_root, out)
+
+
+def test_round_1_ending_a_few_seconds_late_still_leaves_round_2_its_least_time(monkeypatch, real_time_holds):
+    """A 1-minute run: round 1 was cut to leave 32 s for round 2, ended 3 s late, and round 2 needed 33 s of the
+    29 s left: skipped, and the run ended at 45.6 s. Round 1 leaves a margin beyond the later rounds' least time,
+    so that a few seconds' late end keeps round 2; the clock is a counter here."""
+    from fewshot import pipeline
+
+    clock = [1000.0]
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda *a, **k: 0.001)
+    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: 32.0)  # the hunt's numbers
+    monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: 33.0)
+    decided = []
+    run = SimpleNamespace(skip={"rounds": 2, "skipped_from": None}, rounds=2, n_unlabeled=2000,
+                          test_set=SimpleNamespace(images=None), r={"pseudo_share": 0.5},
+                          last_end=clock[0] + 60.0, labelled_end=clock[0] + 30.0,
+                          closing=lambda *a, **k: 20.0, decide=lambda *a: decided.append(a),
+                          state=SimpleNamespace(status=lambda name: None, save=lambda: None))
+    task = SimpleNamespace(step_s=0.1, eval_s=1.0, cfg={"train": {"ema": True}}, supports_ema=True)
+    cut = pipeline.PipelineRun.round1_closing(run, task, 1.0, 0.1)
+    assert cut > 2.0  # more than the 32 s alone would take off round 1's share (30 s of the 60 s left)
+    clock[0] = run.labelled_end - cut + 3.0  # round 1 ends 3 s after its planned end
+    pipeline.PipelineRun.check_later_rounds(run, task, 2)
+    assert not decided and run.skip["skipped_from"] is None and "labelled_only" not in run.skip  # round 2 runs
+
+
+def test_round_1_leaves_a_margin_only_as_far_as_it_keeps_its_own_floor():
+    """The margin (round1_leaves) is a share of the later rounds' least time, never below that time, and shrinks
+    where round 1 would lose its 5-step floor and an evaluation to it."""
+    from fewshot.run_budget import FLOOR_STEPS, ROUND1_MARGIN, round1_leaves
+
+    assert round1_leaves(32.0, 60.0, 0.1, 1.0) == pytest.approx(32.0 * (1 + ROUND1_MARGIN))
+    floor = (FLOOR_STEPS + 1) * 0.1 + 1.0
+    assert round1_leaves(32.0, 32.0 + floor + 1.0, 0.1, 1.0) == pytest.approx(33.0)  # 1 s beyond round 1's floor
+    assert round1_leaves(32.0, 20.0, 0.1, 1.0) == pytest.approx(32.0)  # round 1 at its floor anyway: no margin
+
+
+def test_round_1_counts_its_own_closing_evaluations_of_both_weights_with_an_ema():
+    """With an EMA round 1's budget stop evaluates both weights and then its best checkpoint: 3 evaluations where
+    after_round1_seconds counted 2, and round 1 ended an evaluation later than planned."""
+    from fewshot.run_budget import after_round1_seconds
+
+    two = after_round1_seconds(0.1, 1.0, 0.0, 0, 2, 10.0)
+    assert after_round1_seconds(0.1, 1.0, 0.0, 0, 2, 10.0, 3) == pytest.approx(two + 1.0)
+    assert after_round1_seconds(0.1, 1.0, 0.0, 0, 3, 10.0, 3) == pytest.approx(2 * (two - 10.0 + 1.0) + 10.0)
