@@ -331,7 +331,7 @@ def test_answer_keys_may_name_classes_by_folder_name(copy_root):
     key_file.write_text(json.dumps({"0": "b", "1": 0, "02": "c"}))
     assert load_answer_key(key_file, class_names=["a", "b", "c"]) == {"0": 1, "1": 0, "2": 2}
     key_file.write_text(json.dumps({"0": "z"}))
-    with pytest.raises(UserError, match="a class must be a whole number in 0..2 or a class folder's name"):
+    with pytest.raises(UserError, match=r"a whole number in 0..2 or one of the model's class names \(a, b, c\)"):
         load_answer_key(key_file, class_names=["a", "b", "c"])
     with pytest.raises(UserError, match="cannot be read as JSON"):
         key_file.write_text("{not json")

@@ -491,8 +491,9 @@ def _warn_no_cache(cache_dir: Path, exc: OSError, nbytes: int) -> None:
         each = f" by each of the job's {world} processes" if world.isdigit() and int(world) > 1 else ""
         why = f"the disk is full ({nbytes / 1e6:.1f} MB needed{each})" if full else str(exc)
         print(printable(f"warning: could not write the image cache in {cache_dir}: {why}; continuing "
-                        f"without it (train, pretrain and run: data.cache_dir=DIR chooses another "
-                        f"folder)"), file=sys.stderr, flush=True)
+                        f"without it (train, pretrain and run: data.cache_dir=DIR chooses another folder; predict "
+                        f"and eval use ROOT/.fewshot_cache, else $XDG_CACHE_HOME/fewshot (~/.cache/fewshot): "
+                        f"XDG_CACHE_HOME=DIR chooses another)"), file=sys.stderr, flush=True)
 
 
 NOTE_MIN_BYTES = 50e6  # a new entry this large is announced (_note_new_entry); the few-shot splits stay quiet
@@ -613,6 +614,12 @@ def default_cache_dir(root: str | Path | None, configured: str | None) -> Path |
     beside = Path(root) / ".fewshot_cache"
     if beside.is_dir() and os.access(beside, os.R_OK | os.X_OK) or os.access(Path(root), os.W_OK):
         return beside  # a cache prebuilt on a read-only mount is still read (and only not written)
+    return user_cache_dir(root)
+
+
+def user_cache_dir(root: str | Path) -> Path | None:
+    """The per-root folder under $XDG_CACHE_HOME (~/.cache)/fewshot that stands in for a ROOT/.fewshot_cache
+    that cannot be written; None (said once) where there is no home folder."""
     xdg = os.environ.get("XDG_CACHE_HOME") or ""
     try:  # a relative XDG_CACHE_HOME is invalid (XDG spec): it would put the cache under the current folder
         home = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"

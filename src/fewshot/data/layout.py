@@ -385,6 +385,10 @@ def _refuse_a_split_given_as_root(root: Path, folders: list[Path]) -> None:
 def list_datasets(root: Path) -> list[str]:
     """Dataset folders under ROOT: every visible directory except `unlabeled/`, run folders and OS litter
     (not_a_dataset; each is named once on stderr)."""
+    if root.exists() and not root.is_dir():  # --data FILE.json: building demo data over it is no advice
+        raise UserError(one_line(f"dataset root '{root}' is a file, not a dataset root: --data is the folder above "
+                                 f"the datasets (ROOT/<dataset>/train/<class>/<image>, ROOT/<dataset>/test/<id>.jpg)"
+                                 f"; pass that folder instead."))
     if not root.is_dir():
         raise UserError(f"dataset root '{root}' does not exist or is not a folder. "
                         f"Build the demo data with `fewshot data digits --out {root}`.")
@@ -613,9 +617,12 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
     ``empty_ok``: a test/ without images is no problem (train's check: the test images may come later)."""
     seen: dict[str, Path] = {}
     ignored: list[str] = []
+    odd: list[str] = []  # names a grader's <int_id> may not match: predicted (or passed over) but said
     for entry in _listdir(test_dir, problems, links) or []:
         if entry.name.startswith("."):
-            continue
+            if not entry.name.startswith("._") and _is_candidate_name(entry.name) and _is_file_entry(entry):
+                odd.append(f"{entry.name!r} (hidden: passed over, nothing is predicted for it)")
+            continue  # ._13.png: macOS metadata, not an image
         path = test_dir / entry.name
         if _is_dir_entry(entry):  # predicting part of the test set silently would be worse than stopping
             if has_images(path):
@@ -634,6 +641,10 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
             problems.append(f"{path}: the file name is {NOT_UTF8}")
             continue
         image_id = test_id(path.stem)
+        if image_id != image_id.strip():
+            odd.append(f"{entry.name!r} (id {image_id!r}: spaces around the id)")
+        elif _is_candidate_name(path.stem):
+            odd.append(f"{entry.name!r} (id {image_id!r}: a second image extension)")
         if image_id in seen:
             problems.append(f"{path}: duplicate test id {image_id} (also {seen[image_id].name})")
             continue
@@ -648,7 +659,25 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
         print(printable(f"warning: {test_dir}: ignoring {len(ignored)} file(s) that are not images by their "
                         f"extension, so nothing is predicted for them: {names} (test images are <id>.<ext>, ext one "
                         f"of {', '.join(sorted(IMAGE_EXTS))})"), file=sys.stderr, flush=True)
+    _warn_odd_test_names(test_dir, odd)
     return sorted(seen.items(), key=lambda item: _natural(item[0]))
+
+
+def _is_candidate_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTS
+
+
+def _warn_odd_test_names(test_dir: Path, odd: list[str]) -> None:
+    """Test file names that are likely typos of <int_id>.<ext> (SPEC): their ids are predicted as written (other
+    datasets may name test images freely), so a grader keyed on the intended id would count them as misses.
+    Said once per folder (rank 0), as the files that are not images."""
+    if not odd or (str(test_dir), "odd", *odd) in _TOLD_IGNORED or os.environ.get("RANK", "0") != "0":
+        return
+    _TOLD_IGNORED.add((str(test_dir), "odd", *odd))
+    names = ", ".join(odd[:10]) + (f" and {len(odd) - 10} more" if len(odd) > 10 else "")
+    print(printable(f"warning: {test_dir}: {len(odd)} test file name(s) that may not be what was meant: {names}; "
+                    f"test images are <id>.<ext> (e.g. 17.png), and a prediction is keyed by the name without its "
+                    f"last extension: rename them if the ids should be other ones"), file=sys.stderr, flush=True)
 
 
 def scan_root(root: str | Path, datasets: list[str] | str | None = None,

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 
 import json
+import os
 import sys
 import unicodedata
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot.data.cache import default_cache_dir
+from fewshot.data.cache import default_cache_dir, is_cached, user_cache_dir
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import datasets_option, parse_datasets, scan_root, test_id, warn_once
 from fewshot.data.sets import load_split
@@ -176,7 +177,8 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     if check is not None:
         check(infos)
     d = tm.cfg["data"]
-    data = load_split(infos, split, tm.space, tm.size, prediction_cache_dir(root), d.get("crop_pct", 1.0),
+    cache = prediction_cache_dir(root, infos, split, tm.size, d.get("crop_pct", 1.0), d.get("bit_depth", "auto"))
+    data = load_split(infos, split, tm.space, tm.size, cache, d.get("crop_pct", 1.0),
                       skip_bad or bool(d.get("skip_bad_images", False)), bit_depth=d.get("bit_depth", "auto"))
     if split == "test":
         warn_about_blank_test_images(data, scoring)
@@ -227,9 +229,9 @@ def warn_about_what_is_not_predicted(tm: TrainedModel, root: Path, infos, datase
     for info in infos:
         train = info.root / "train"
         with contextlib.suppress(OSError):
-            if not train.is_dir():
+            here = _class_folders(info)
+            if here is None:
                 continue  # a test-only root: nothing to compare with
-            here = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
             want = list(tm.space.classes[tm.space.index(info.name)])
             if [unicodedata.normalize("NFC", n) for n in here] != [unicodedata.normalize("NFC", n) for n in want]:
                 print(one_line(f"warning: the class folders of {train} ({len(here)}) differ from the model's "
@@ -238,15 +240,38 @@ def warn_about_what_is_not_predicted(tm: TrainedModel, root: Path, infos, datase
                       file=sys.stderr, flush=True)
 
 
-def prediction_cache_dir(root: Path) -> Path | None:
-    """Prediction reads the data root's own cache (the training machine's data.cache_dir may not exist here)."""
-    return default_cache_dir(root, None)
+def _class_folders(info) -> list[str] | None:
+    """The class folders of the dataset's train/ as found now (a predict scan reads test/ only); None without one."""
+    train = info.root / "train"
+    if not train.is_dir():
+        return None
+    return sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def prediction_cache_dir(root: Path, infos=None, split: str = "test", size: int = 0, crop_pct: float = 1.0,
+                         bit_depth: int | str = "auto") -> Path | None:
+    """Prediction reads the data root's own cache (the training machine's data.cache_dir may not exist here).
+    Given the images it loads (load_split's ``infos`` and ``split``, at ``size``): a ROOT/.fewshot_cache that
+    cannot be written and does not hold them (stale, from other images) gives way to the user cache, as a
+    read-only root without one does; else every predict decoded them again, and predict takes no data.cache_dir."""
+    cache = default_cache_dir(root, None)
+    beside = Path(root) / ".fewshot_cache"
+    if infos is None or cache != beside or not beside.is_dir() or os.access(beside, os.W_OK | os.X_OK):
+        return cache
+    paths = [p for info in infos for p in ((p for _, p in info.test) if split == "test"
+                                           else (p for p, _ in getattr(info, split)))]
+    if is_cached(paths, size, beside, crop_pct, bit_depth):
+        return beside  # a cache prebuilt for these images on a read-only mount
+    return user_cache_dir(root) or beside
 
 
 def load_answer_key(path: Path, num_classes: int | None = None,
-                    class_names: list[str] | tuple[str, ...] | None = None) -> dict[str, int]:
+                    class_names: list[str] | tuple[str, ...] | None = None,
+                    data_classes: list[str] | tuple[str, ...] | None = None) -> dict[str, int]:
     """{"<image id>": class index} from a test_labels.json, or a UserError naming the file. A class is its
-    index in the dataset's sorted class folders, or (given ``class_names``) the folder's name itself."""
+    index in the dataset's sorted class folders, or (given ``class_names``, the model's) the class's name itself.
+    ``data_classes``: the class folders found under the root now, named in the error where they differ from the
+    model's (a key written from renamed folders names classes the model does not know)."""
     try:
         key = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -262,7 +287,15 @@ def load_answer_key(path: Path, num_classes: int | None = None,
             c = names[unicodedata.normalize("NFC", c)]
         if isinstance(c, bool) or not isinstance(c, int) or c < 0 or (num_classes is not None and c >= num_classes):
             bound = f"0..{num_classes - 1}" if num_classes is not None else "0 or more"
-            named = " or a class folder's name" if class_names else ""
+            named = ""
+            if class_names:
+                listed = ", ".join(printable(n) for n in list(class_names)[:8])
+                named = f" or one of the model's class names ({listed}{', ...' if len(class_names) > 8 else ''})"
+                if data_classes is not None and list(names) != [unicodedata.normalize("NFC", n) for n in data_classes]:
+                    theirs = ", ".join(printable(n) for n in list(data_classes)[:8])
+                    named += (f". The data's class folders ({theirs}{', ...' if len(data_classes) > 8 else ''}) differ "
+                              f"from the model's: the key is read with the model's names, so write those (or the "
+                              f"indices) in it")
             quoted = ""
             if isinstance(c, str) and c.strip().isdigit():  # {"0": "1"}: "1" was read as a name, and is none
                 listed = ", ".join(printable(n) for n in list(class_names)[:5]) if class_names else ""
@@ -288,6 +321,14 @@ def warn_about_unknown_ids(path: Path, key: dict, test_ids) -> list[str]:
     return unknown
 
 
+def _data_classes(info) -> list[str] | None:
+    """_class_folders for an answer key's error, which an unreadable train/ must not replace."""
+    try:
+        return _class_folders(info)
+    except OSError:  # an unreadable train/: the key's error says what the model knows, without the comparison
+        return None
+
+
 def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tensor, warn: bool = True) -> torch.Tensor:
     """Global targets for test images from ROOT/<dataset>/test_labels.json (scoring only)."""
     keys = {}
@@ -297,7 +338,8 @@ def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tens
             hint = (f" Score the datasets that have one with {datasets_option(keyed)}." if keyed else "")
             raise UserError(f"no answer key {info.root / 'test_labels.json'}: the test split of {info.name} cannot "
                             f"be scored.{hint}")
-        keys[info.name] = load_answer_key(info.answer_key, class_names=space.classes[space.index(info.name)])
+        keys[info.name] = load_answer_key(info.answer_key, class_names=space.classes[space.index(info.name)],
+                                          data_classes=_data_classes(info))
     by_dataset: dict[str, set[str]] = {}
     for i, d in zip(ids, dsids.tolist()):
         by_dataset.setdefault(space.names[d], set()).add(str(i))
@@ -407,8 +449,9 @@ def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device, a
     if too_few:
         return None, None, too_few
     try:
-        data = load_split([val], "val", tm.space, tm.size, prediction_cache_dir(root),
-                          tm.cfg["data"].get("crop_pct", 1.0), True, bit_depth=tm.cfg["data"].get("bit_depth", "auto"))
+        crop, depth = tm.cfg["data"].get("crop_pct", 1.0), tm.cfg["data"].get("bit_depth", "auto")
+        cache = prediction_cache_dir(root, [val], "val", tm.size, crop, depth)
+        data = load_split([val], "val", tm.space, tm.size, cache, crop, True, bit_depth=depth)
     except UserError as exc:
         return None, None, f"its val images cannot be read ({one_line(str(exc))[:160]})"
     if not bal.enough_images(len(data.targets), size):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 from pathlib import Path
 
 import torch
@@ -73,6 +74,14 @@ def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
             if cand.is_file():
                 return cand
         stages = sorted(str(c.parent.parent) for c in p.glob("*/checkpoints/*.pt"))  # an unfinished `fewshot run`
+        # a `fewshot run` folder: its run_state.json (written first), or only its stages' folders; else p holds runs
+        a_run = (p / "run_state.json").is_file() or (p / "summary.json").is_file() or stages and all(
+            re.fullmatch(r"pretrain|finetune(_labelled|_round\d+)?", Path(s).name) for s in stages)
+        runs = [] if a_run else sorted({str(c.parent) for c in p.glob("*/summary.json")} | set(stages))
+        if runs:
+            raise CheckpointError(f"no checkpoint in {p} (expected checkpoints/best.pt or last.pt): it holds no "
+                                  f"checkpoint of its own, but run folders: {', '.join(runs[:10])}"
+                                  f"{' and more' if len(runs) > 10 else ''}; pass one of them.")
         if stages:
             raise CheckpointError(f"no checkpoint in run directory {p} (expected checkpoints/best.pt or last.pt); "
                                   f"{why}. Its stages with checkpoints: {', '.join(dict.fromkeys(stages))}; pass one "
