@@ -1220,3 +1220,17 @@ def test_self_training_rounds_are_listed_in_number_order():
 
     names = ["finetune_round10", "finetune_round2", "finetune_round3"]
     assert sorted(names, key=_round_order) == ["finetune_round2", "finetune_round3", "finetune_round10"]
+
+
+def test_the_missing_glyph_note_never_names_control_characters(monkeypatch, capsys):
+    """On a machine without a CJK font, a dataset named with an escape code (`\\x1b]0;pwned\\x07`) got a note
+    that printed the raw ESC and BEL to the terminal and advised installing a font: no font draws them."""
+    from fewshot.report import plots
+
+    monkeypatch.setattr(plots, "_glyphs_said", set())
+    glyph = "Glyph {} (\\N{{x}}) missing from font(s) DejaVu Sans."
+    plots._say_missing_glyphs([glyph.format(27), glyph.format(7), glyph.format(0x202E)])
+    assert capsys.readouterr().err == ""
+    plots._say_missing_glyphs([glyph.format(27), glyph.format(0x732B)])
+    err = capsys.readouterr().err
+    assert "(\u732b)" in err and "\x1b" not in err

@@ -68,14 +68,14 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
     except UserError:  # already says what is wrong
         raise
     except (RuntimeError, TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:
-        raise CheckpointError(f"{path} is not a fine-tuned checkpoint this version can use ({type(exc).__name__}: "
-                              f"{printable(str(exc))[:400]}).{_last_hint(path)}") from None
+        raise CheckpointError(_last_hint(f"{path} is not a fine-tuned checkpoint this version can use "
+                                         f"({type(exc).__name__}: {printable(str(exc))[:400]}).", path)) from None
     model.to(device).eval()
     return TrainedModel(model, space, cfg, Normalize(*mean_std(model.backbone)).to(device), img_size,
                         n_parameters, path, epoch)
 
 
-def _last_hint(exc: Exception, path: Path) -> str:
+def _last_hint(exc: Exception | str, path: Path) -> str:
     """exc's message; for a damaged best.pt (a copy cut short, a full disk), which left no way forward, with the
     run's last.pt beside it, which may be whole."""
     last = path.with_name("last.pt")

@@ -121,8 +121,10 @@ _glyphs_said: set[str] = set()
 
 def _say_missing_glyphs(messages: list[str]) -> None:
     """Once per process: which characters the figures draw as boxes, and how to get them drawn."""
+    # control and format characters (an escape code, a right-to-left override in a folder's name) are in no font:
+    # no font to install draws them, and printed raw they would reach the terminal
     chars = [c for c in dict.fromkeys(chr(int(MISSING_GLYPH.search(m).group(1))) for m in messages)
-             if c not in _glyphs_said]  # in the order drawn
+             if c not in _glyphs_said and c.isprintable()]  # in the order drawn
     if _glyphs_said or not chars:
         _glyphs_said.update(chars)
         return
