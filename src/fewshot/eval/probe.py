@@ -22,7 +22,7 @@ from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size, create_backbone,
                                      input_size, mean_std)
 from fewshot.models.classifier import LinearHead
-from fewshot.models.weights import load_backbone_weights
+from fewshot.models.weights import load_backbone_weights, weights_note
 from fewshot.utils import seed_everything
 
 
@@ -57,16 +57,16 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     # said "model.width / model.small_stem apply to timm ResNets", options it does not have)
     arch = backbone_options(adopt_weights_architecture({"name": model_name, "img_size": img_size, "weights": weights}))
     backbone = create_backbone(model_name, **arch)
-    if weights:
-        load_backbone_weights(backbone, weights, strict=True)
+    loaded = load_backbone_weights(backbone, weights, strict=True) if weights else None  # counts, for the line below
     size = input_size(backbone, arch["img_size"])
     check_input_size(backbone, size, model_name)
     backbone.to(device)
     normalize = Normalize(*mean_std(backbone)).to(device)
     cache = default_cache_dir(root, None)
     train, val = load_splits(infos, ("train", "val"), space, size, cache, skip_bad=skip_bad)
-    # the size a weights file chose (an export records its own) was used without a word: `train` says it
-    print(one_line(f"probe: {model_name} ({weights or 'random init'}) at {size}px on {device}: "
+    # the size a weights file chose (an export records its own) was used without a word: `train` says it; and
+    # how many of the model's weights the file gave, as `train` does (the file name alone did not say)
+    print(one_line(f"probe: {model_name}{weights_note(loaded, weights) or ' (random init)'} at {size}px on {device}: "
                    f"{', '.join(space.names)}, {len(train)} train / {len(val)} val images"), flush=True)
     ftr = backbone_features(backbone, train.images, normalize, device)
     fva = backbone_features(backbone, val.images, normalize, device)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import pickle
 import re
+import reprlib
 import sys
 import warnings
 import zipfile
@@ -40,8 +42,14 @@ def is_safetensors(path: Path) -> bool:
 
 
 def check_weights_path(path: str | Path) -> Path:
-    """The checks a weights path gets before anything reads it (a folder, a missing or empty file), each a
+    """The checks a weights path gets before anything reads it (a folder, a missing or empty file, a URL), each a
     CheckpointError that says what to give. A run folder is named as one, with the file in it to give."""
+    typed = os.fspath(path)  # a Path of `https://x/y.pth` is `https:/x/y.pth`: the URL is named as typed
+    if remote_name(typed) and not os.path.exists(typed):
+        example = one_line(_remote_file_name(typed))
+        raise CheckpointError(f"weights {one_line(typed)!r} is a URL or hub name: fewshot never downloads "
+                              f"weights. Download the file yourself and give its path, e.g. --weights "
+                              f"~/weights/{example}.")
     path = Path(path)
     if path.is_dir():
         runs = (path / "checkpoints").is_dir() or (path / "run_state.json").is_file()
@@ -53,6 +61,18 @@ def check_weights_path(path: str | Path) -> Path:
     if path.stat().st_size == 0:
         raise CheckpointError(f"weights file {path} is empty (0 bytes).")
     return path
+
+
+def remote_name(text: str) -> bool:
+    """`https://...`, `s3://...` or a hub name (`hf-hub:timm/resnet18.a1_in1k`, as timm takes it): names of weights
+    somewhere else, which fewshot does not fetch (config records them as typed, for this message)."""
+    return bool(re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text)) or text.startswith(("hf-hub:", "hf_hub:"))
+
+
+def _remote_file_name(text: str) -> str:
+    """The last part of a URL, for the example path (`model.pth`), without its query string."""
+    name = text.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    return name[:80] if re.search(r"\.(pth?|bin|safetensors|ckpt|tar)$", name) else "model.safetensors"
 
 
 def read_tensor_file(path: str | Path, mmap: bool = False) -> dict:
@@ -100,17 +120,30 @@ def read_tensor_file(path: str | Path, mmap: bool = False) -> dict:
 
 def _refuse_compressed_members(path: Path) -> None:
     """torch.save stores its zip members uncompressed; a deflated member is not from torch.save, and a 1 MB file
-    inflating to 1.7 GB in torch.load is a zip bomb, refused before anything is inflated."""
+    inflating to 1.7 GB in torch.load is a zip bomb, refused before anything is inflated. A TorchScript archive
+    (torch.jit.save) is told by its member names alone (never loaded: it holds code), and named as one."""
     try:
         if not zipfile.is_zipfile(path):
             return
         with zipfile.ZipFile(path) as archive:
-            packed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+            infos = archive.infolist()
     except (OSError, zipfile.BadZipFile, ValueError):
         return  # torch.load names what is wrong with it
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if any(_torchscript_member(i.filename) for i in infos):
+        raise CheckpointError(f"{path} is a TorchScript model (torch.jit.save): it holds code, and is not loaded. "
+                              f"Save the model's weights instead, torch.save(model.state_dict(), 'weights.pt'), "
+                              f"and give that file.")
     if packed:
         raise CheckpointError(f"{path} holds compressed members ({', '.join(packed[:3])}); torch.save never "
                               f"compresses, so it is not a checkpoint written by torch.save, and it is not loaded.")
+
+
+def _torchscript_member(name: str) -> bool:
+    """torch.jit.save writes `ARCHIVE/constants.pkl` and `ARCHIVE/code/...` (its Python source); torch.save
+    writes neither (data.pkl, data/N, version, byteorder)."""
+    parts = name.split("/")
+    return len(parts) >= 2 and (parts[1] == "constants.pkl" or (parts[1] == "code" and len(parts) > 2))
 
 
 def _head(path: Path, n: int = 8) -> bytes:
@@ -152,6 +185,9 @@ def _unpickling_detail(exc: Exception) -> str:
 def backbone_state_from(obj: dict, path: Path) -> dict[str, torch.Tensor]:
     """Find the backbone's tensors inside whatever container the file holds."""
     if obj.get("format") == "fewshot-checkpoint":
+        from fewshot.train.checkpoint import check_checkpoint
+
+        check_checkpoint(obj, path, required=("model",))  # names to tensors, as `fewshot eval` checks it
         if obj.get("kind") == "moco":
             state = obj["model"]
             prefix = "encoder_q.backbone."
@@ -163,6 +199,12 @@ def backbone_state_from(obj: dict, path: Path) -> dict[str, torch.Tensor]:
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
+    key = next((k for k in obj if not isinstance(k, str)), None)
+    if key is not None:  # {0: tensor} or a tuple key: no weight name to match (was an AttributeError)
+        raise CheckpointError(f"{path} holds the key {one_line(reprlib.repr(key))} (of type {type(key).__name__}) "
+                              f"where a state dict has weight names (strings); it is not a model's state dict. Save "
+                              f"the model's weights with torch.save(model.state_dict(), 'weights.pt') and give "
+                              f"that file.")
     state = {}
     for k, v in obj.items():
         if not isinstance(v, torch.Tensor):
@@ -330,7 +372,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
     """Load into `backbone`; strict refuses missing/unexpected keys (classifier heads are dropped). ``quiet``: no
     model.strict=false warning (the caller has given it for this file already). Returns the counts of weights
     (parameters and BatchNorm statistics, step counters left out) loaded and in the model."""
-    path = Path(path)
+    path = check_weights_path(path)  # given as typed: Path() made `https://x/y.pth` the file `https:/x/y.pth`
     state = backbone_state_from(read_tensor_file(path), path)
     for k in classifier_keys(backbone, state):
         state.pop(k)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import random
 import re
+import reprlib
 from pathlib import Path
 
 import torch
 
-from fewshot.errors import CheckpointError
-from fewshot.models.weights import read_tensor_file
+from fewshot.errors import CheckpointError, one_line
+from fewshot.models.weights import read_tensor_file, remote_name
 from fewshot.utils import atomic_write_bytes
 
 FORMAT = "fewshot-checkpoint"
@@ -32,14 +33,44 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     """A fewshot checkpoint, read safely (weights_only); ``mmap``: its tensors mapped, not read into memory."""
     obj = read_tensor_file(path, mmap=mmap)
-    if obj.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a fewshot checkpoint (use --weights for plain backbone weights).")
-    missing = [k for k in REQUIRED if k not in obj]
+    if obj.get("format") != FORMAT:  # eval and predict have no --weights: name the commands that take the file
+        raise CheckpointError(f"{path} is not a fewshot checkpoint (a run's checkpoints/best.pt or last.pt). For "
+                              f"plain backbone weights, `fewshot probe --weights {path} --model MODEL --data ROOT` "
+                              f"scores them, and `fewshot train --weights {path} --data ROOT` fine-tunes from them.")
+    return check_checkpoint(obj, path)
+
+
+def check_checkpoint(obj: dict, path, required=REQUIRED) -> dict:
+    """A file that says it is a fewshot checkpoint holds the fields read from it, and its model (and EMA) states
+    map names to tensors: `fewshot eval` and `--weights` (which needs only the model) refuse one that does not
+    with the same words, never with a KeyError or an AttributeError from inside the loading."""
+    missing = [k for k in required if k not in obj]
     if missing or not isinstance(obj.get("model"), dict):
         raise CheckpointError(f"{path} is an incomplete fewshot checkpoint (missing: "
                               f"{', '.join(missing) or 'the model state dict'}); it was not written by fewshot "
                               f"or was altered.")
+    for field in ("model", "ema"):
+        state = obj.get(field)
+        if field == "ema" and state is None:  # a run without EMA
+            continue
+        bad = _state_problem(state)
+        if bad:
+            raise CheckpointError(f"{path} is a damaged fewshot checkpoint: its {field} state {bad}; it was not "
+                                  f"written by fewshot or was altered.")
     return obj
+
+
+def _state_problem(state) -> str | None:
+    """What makes ``state`` no state dict (a weight name to a tensor, each), or None; keys shown shortened
+    (reprlib), as a crafted file may hold a key of a million characters."""
+    if not isinstance(state, dict):
+        return f"is a {type(state).__name__}, not a state dict"
+    for k, v in state.items():
+        if not isinstance(k, str):
+            return f"holds the key {one_line(reprlib.repr(k))} (of type {type(k).__name__}), not a weight name"
+        if not isinstance(v, torch.Tensor):
+            return f"holds a value of type {type(v).__name__} under {one_line(reprlib.repr(k))}, not a tensor"
+    return None
 
 
 def logged_epoch(ck: dict) -> int:
@@ -50,6 +81,10 @@ def logged_epoch(ck: dict) -> int:
 
 def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
     """A run directory (-> checkpoints/best.pt, else last.pt) or a checkpoint file."""
+    typed = str(run_or_ckpt)
+    if remote_name(typed) and not Path(typed).exists():  # Path() would name it `https:/x/y.pt`, "not a file"
+        raise CheckpointError(f"{one_line(typed)!r} is a URL or hub name: fewshot never downloads. Download the "
+                              f"checkpoint yourself and give its path (or its run folder).")
     p = Path(run_or_ckpt)
     why = "it looks like a `fewshot run` folder that did not finish (no summary.json)"
     if p.is_dir() and not (p / "checkpoints").is_dir() and (p / "summary.json").is_file():
