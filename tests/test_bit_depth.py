@@ -138,3 +138,18 @@ def test_train_on_12_bit_data_with_bit_depth_12(tmp_path):
     assert all(np.fromfile(u8, dtype=np.uint8).max() > 200 for u8 in entries)  # bright, not 0..16
     metas = [json.loads(u8.with_suffix(".json").read_text()) for u8 in entries]
     assert all(0 < m["bits16"]["peak"] <= 4095 for m in metas)
+
+
+def test_review_16_keys_as_auto_a_dark_i_mode_image_follows_the_depth_and_the_advice_rounds_up(tmp_path, capsys,
+                                                                                               monkeypatch):
+    """A review: data.bit_depth=16 decoded and cached the same pixels a second time; a 32-bit `I` image whose values
+    all lay under 256 ignored a given depth (16x brighter than the rest of its 12-bit split); a split peaking at 2047
+    was advised data.bit_depth=11, which would clip the other splits of 12-bit data."""
+    paths = ramps_12bit(tmp_path / "a")
+    assert cache_key(paths, 16, 1.0, 16) == cache_key(paths, 16, 1.0, "auto")
+    dark = Image.fromarray(np.full((4, 4), 200, dtype=np.int32), mode="I")
+    assert np.asarray(cache.to_rgb_uint8(dark, 12))[0, 0, 0] == round(200 / 4095 * 255)
+    assert np.asarray(cache.to_rgb_uint8(dark, "auto"))[0, 0, 0] == 200  # auto: an 8-bit image, as before
+    monkeypatch.setattr(cache, "_WARNED", set())
+    cache.warn_bit_depth("decoding val", {"peak": 2047, "folder": "ds/val"}, "auto")
+    assert "data.bit_depth=12" in capsys.readouterr().err

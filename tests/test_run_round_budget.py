@@ -87,3 +87,27 @@ def test_round_1_counts_its_own_closing_evaluations_of_both_weights_with_an_ema(
     two = after_round1_seconds(0.1, 1.0, 0.0, 0, 2, 10.0)
     assert after_round1_seconds(0.1, 1.0, 0.0, 0, 2, 10.0, 3) == pytest.approx(two + 1.0)
     assert after_round1_seconds(0.1, 1.0, 0.0, 0, 3, 10.0, 3) == pytest.approx(2 * (two - 10.0 + 1.0) + 10.0)
+
+
+def test_later_rounds_count_the_closing_evaluations_of_an_ema_round():
+    """A review: after_round1_seconds counted 3 closing evaluations with an EMA, later_rounds_seconds still 2, so a
+    round the later planning check would skip passed the check before the pool's labelling, which was then spent."""
+    from fewshot.run_budget import later_rounds_seconds
+
+    two = later_rounds_seconds(0.1, 2.0, 0.001, 1000, 3, 10.0)
+    three = later_rounds_seconds(0.1, 2.0, 0.001, 1000, 3, 10.0, close_evals=3)
+    assert three - two == pytest.approx(2 * 2.0, rel=0.05)  # one more evaluation for each of the 2 earlier rounds
+
+
+def test_a_round_skipped_after_middle_rounds_were_dropped_is_not_counted_as_kept():
+    """A review: with middle rounds dropped first (kept 2 of 3) and the new last round then skipped at its planning,
+    summary.json said 2 rounds were kept while listing round 2 as skipped."""
+    from types import SimpleNamespace
+
+    from fewshot.pipeline import PipelineRun
+
+    run = SimpleNamespace(skip={"skipped_from": None}, rounds=3, report_stages=3, state=SimpleNamespace(save=lambda: 0))
+    PipelineRun.decide(run, 2, None, "round 2 dropped")
+    assert run.skip["reduced_to"] == 2
+    PipelineRun.decide(run, 1, 2, "round 2 did not fit at its planning")
+    assert run.skip["reduced_to"] == 1 and run.skip["skipped_from"] == 2 and run.report_stages == 1

@@ -1252,6 +1252,8 @@ class PipelineRun:
         skip.update(rounds=rounds_now, skipped_from=skipped_from, why=why)
         if skipped_from is None:  # middle rounds dropped: summary.json's self_training_reduced
             skip.update(reduced_why=why, reduced_to=rounds_now)  # a later skip says its own part
+        elif "reduced_to" in skip:  # rounds dropped before, then the new last one skipped: it was not kept either
+            skip["reduced_to"] = min(skip["reduced_to"], skipped_from - 1)
         self.rounds = rounds_now
         # the stages the report draws
         self.report_stages = min(self.report_stages, (skipped_from or rounds_now + 1) - 1)
@@ -1287,8 +1289,9 @@ class PipelineRun:
         if cut > 0:
             print(f"[run] round 1 ends {cut:.0f} s before its share (run.pseudo_share={self.r['pseudo_share']:g}) "
                   f"would: about {leaves:.0f} s are left for labelling the pool, {rounds - 1} later "
-                  f"round{'s' if rounds > 2 else ''} and the closing work ({leaves - rest:.0f} s of them a margin "
-                  f"for round 1 ending late)", flush=True)
+                  f"round{'s' if rounds > 2 else ''} and the closing work"
+                  + (f" ({leaves - rest:.0f} s of them a margin for round 1 ending late)" if leaves - rest >= 0.5
+                     else ""), flush=True)
         return cut
 
     def later_rounds(self) -> None:
@@ -1383,16 +1386,19 @@ class PipelineRun:
         eval_s = getattr(task, "eval_s", None) or measure_eval_seconds(task)
         per_image = measure_prediction_seconds(task, self.test_set.images)
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
+        evals = eval_passes(task) + 1  # a round's closing evaluations, as round1_closing counts them
         left = self.last_end - time.monotonic()
         fits = [n for n in range(self.rounds - k + 1, 0, -1)
-                if time_holds(later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, n, closing_s), left)]
+                if time_holds(later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, n, closing_s, evals),
+                              left)]
         # a round without the pool's labelling (n_pool 0), with room for twice its floor of steps: a round of 5
         # steps is worth little, and a busier machine's slower steps would take it past the budget
-        labelled_only_s = later_rounds_seconds(step_s, eval_s, per_image, 0, 1, closing_s) + FLOOR_STEPS * step_s
+        labelled_only_s = (later_rounds_seconds(step_s, eval_s, per_image, 0, 1, closing_s, evals)
+                           + FLOOR_STEPS * step_s)
         if not fits and time_holds(labelled_only_s, left):
             # no time to label the pool, but for a short round: the rest of the budget goes on training round
             # k - 1's model on the labelled images (the val guard still picks the round that predicts)
-            need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s)
+            need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s, evals)
             planned = self.rounds
             skip.update(rounds=k, skipped_from=None, labelled_only=k,
                         labelled_only_why=labelled_only_why(k, left, need, planned))
@@ -1401,7 +1407,7 @@ class PipelineRun:
             print(f"[run] round {k} trains on the labelled images only (planned, not an error): "
                   f"{skip['labelled_only_why']}", flush=True)
         elif not fits:
-            need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s)
+            need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s, evals)
             left_s, need_s = seconds_apart(left, need)
             self.decide(k - 1, k, f"{left_s} were left of the budget after round {k - 1}, and round "
                                   f"{k} needs at least {need_s} at the measured speed (labelling the pool, "

@@ -248,12 +248,13 @@ def round1_leaves(rest_s: float, left_s: float, step_s: float, eval_s: float) ->
 
 
 def later_rounds_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, n_rounds: int,
-                         last_closing_s: float) -> float:
+                         last_closing_s: float, close_evals: int = 2) -> float:
     """The least time ``n_rounds`` more self-training rounds need, from the pool's labelling for the first of them
     on, at the speeds measured for the round before: per round its labelling (as after_round1_seconds counts it),
     its calibration (4 timed steps, an evaluation, a timed prediction batch), plan_stage's 5-step floor, and the
-    closing evaluations of all but the last; then the last stage's closing work."""
-    others = n_rounds * (9 * step_s + eval_s) + (n_rounds - 1) * 2 * eval_s + last_closing_s
+    closing evaluations of all but the last (``close_evals`` each, as after_round1_seconds counts them); then the
+    last stage's closing work."""
+    others = n_rounds * (9 * step_s + eval_s) + (n_rounds - 1) * close_evals * eval_s + last_closing_s
     labelling = min(per_image * n_pool, max(per_image * min(n_pool, 256), others / 3))
     return n_rounds * (labelling + per_image * min(n_pool, 256)) + others
 

@@ -93,7 +93,9 @@ def to_rgb_uint8(img: Image.Image, bit_depth: int | str = "auto", peaks: list[in
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # NaN: black, quietly
         top = arr.max(initial=0)
-        if img.mode.startswith("I;16") or top > 255:  # 16-bit data (32-bit modes holding more than 8 bits too)
+        # 16-bit data (32-bit integer modes too where they hold more than 8 bits, or a depth is given: a dark image
+        # of a 12-bit split, all under 256, came out 16x brighter than the rest)
+        if img.mode.startswith("I;16") or top > 255 or (img.mode == "I" and bit_depth != "auto"):
             hi = 65535.0 if bit_depth == "auto" else float(2 ** int(bit_depth) - 1)
             if peaks is not None:
                 peaks.append(int(top))
@@ -167,7 +169,7 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int 
 
 def cache_key(paths: list[Path], size: int, crop_pct: float, bit_depth: int | str = "auto") -> str:
     # data.bit_depth auto keys as before it existed: the entries already cached hold its pixels
-    bits = "" if bit_depth == "auto" else f"|bits{int(bit_depth)}"
+    bits = "" if bit_depth in ("auto", 16) else f"|bits{int(bit_depth)}"  # 16: the same pixels as auto
     h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{crop_pct}{bits}".encode())
     for p in paths:
         p = os.path.abspath(p)  # `--data root` and `--data /abs/root` (train records it absolute) share one cache
@@ -440,13 +442,14 @@ def warn_bit_depth(desc: str, sixteen: dict | None, bit_depth: int | str) -> Non
     if bit_depth == "auto":
         if not 0 < peak < 2 ** FEW_BITS:
             return
-        bits = max(8, peak.bit_length())
+        bits = next(b for b in (8, 10, 12, 14) if peak < 2 ** b)  # a split's peak may sit below its data's depth
         message = (f"warning: {desc}: the 16-bit images in {folder} use at most {bits} bits (largest value {peak} of "
                    f"65535), so they decode dark, as values 0..{round(peak / 65535 * 255)} of 255; if they hold "
                    f"{bits}-bit data, add data.bit_depth={bits} to the train, pretrain or run command (eval and "
                    f"predict take it from the run)")
     elif peak > 2 ** int(bit_depth) - 1:
-        fits = f"data.bit_depth={max(8, peak.bit_length())}" if peak <= 65535 else "data.bit_depth=auto"
+        fits = (f"data.bit_depth={next(b for b in (10, 12, 14, 16) if peak < 2 ** b)}" if peak <= 65535
+                else "data.bit_depth=auto")
         message = (f"warning: {desc}: 16-bit images in {folder} hold values up to {peak}, more than the "
                    f"{2 ** int(bit_depth) - 1} of data.bit_depth={bit_depth}: brighter pixels are clipped to white; "
                    f"give {fits} if they hold more bits")
