@@ -471,3 +471,10 @@ def test_auto_decides_only_with_ten_val_images_per_class_and_says_so(trained, co
     rc, _, err = run_main("eval", trained, "--data", copy_root, "--split", "test", "--device", "cpu", "--out",
                           tmp_path / "metrics.json")
     assert rc == 0 and json.loads((tmp_path / "metrics.json").read_text())["balance"] == "auto", err
+
+
+def test_the_balancing_notes_count_one_image_in_the_singular():
+    """A hunt: `fewshot compare` read "1 test images for 10 classes"."""
+    from fewshot.eval.predict import _images
+
+    assert _images(1, "test") == "1 test image" and _images(3, "val") == "3 val images"

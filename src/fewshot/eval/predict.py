@@ -455,10 +455,15 @@ def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device, a
     except UserError as exc:
         return None, None, f"its val images cannot be read ({one_line(str(exc))[:160]})"
     if not bal.enough_images(len(data.targets), size):
-        return None, None, f"{len(data.targets)} val images for {size} classes: too few to decide on"
+        return None, None, f"{_images(len(data.targets), 'val')} for {size} classes: too few to decide on"
     lo = tm.space.offsets[tm.space.index(name)]
     logits = compute_logits(tm.model, data.images, tm.normalize, device, desc=f"val of {name}")[:, lo:lo + size]
     return logits, data.targets - lo, None
+
+
+def _images(n: int, split: str) -> str:
+    """`1 test image`, `3 test images`: the balancing notes read "1 test images for 10 classes"."""
+    return f"{n} {split} image{'' if n == 1 else 's'}"
 
 
 def _skew_untestable(val: tuple | None, n_classes: int, val_why: str | None) -> str | None:
@@ -519,7 +524,7 @@ def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, ho
     if how == "off":
         return {"used": False, "why": f"{setting} off"}
     if size < 2 or not bal.enough_images(n_test, size):
-        return {"used": False, "why": f"{n_test} test images for {size} classes: too few to even out"}
+        return {"used": False, "why": f"{_images(n_test, 'test')} for {size} classes: too few to even out"}
     train, why = _labelled_split(tm, root, name, "train")
     if train is not None and train.train:
         prior, source = bal.train_prior(torch.tensor([k for _, k in train.train], dtype=torch.long), size), "train"
