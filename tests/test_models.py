@@ -152,7 +152,7 @@ def test_unknown_model_is_a_user_error():
         create_backbone("resnet_does_not_exist")
 
 
-@pytest.mark.parametrize("typo, meant", [("test_resnett", "test_resnet"), ("ResNet18", "resnet18"),
+@pytest.mark.parametrize("typo, meant", [("test_resnett", "test_resnet"), ("ResNett18", "resnet18"),
                                          ("vit_smal_patch16_224", "vit_small_patch16_224")])
 def test_a_mistyped_model_name_suggests_the_closest_name_first(typo, meant):
     """The first 8 names of a `*test*` glob came alphabetically: `test_resnett` got test_byobnet, test_coatnet, ...

@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("train", "pretrain", "run"):  # the override words are no argparse argument: shown by hand
         command = sub.choices[name]
         command.usage = command.format_usage().removeprefix("usage: ").rstrip() + " [key=value ...]"
+    probe = sub.choices["probe"]  # its one word: the decoding setting train, pretrain and run take (cli_moco)
+    probe.usage = probe.format_usage().removeprefix("usage: ").rstrip() + " [data.bit_depth=N]"
     for name in ("data", "eval", "predict", "report", "probe"):  # train, pretrain, run: _add_common_training / own
         sub.choices[name].add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP_NO_EPOCHS)
     return parser
@@ -213,7 +215,7 @@ def adopt_recorded_model(cfg: dict, flags: dict, extra: list[str], config_file: 
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None,
                        default_preset: str | None = None) -> dict:
     from fewshot.config import file_settings, get_dotted, parse_override
-    from fewshot.models.backbone import note_pretrained_tag
+    from fewshot.models.backbone import note_pretrained_tag, timm_name
     from fewshot.train.finetune import merge_resume_config
 
     flags = _flags(args, mapping)
@@ -222,6 +224,7 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
     names = {key: "--" + attr.replace("_", "-") for attr, key in mapping.items()}
     cfg = resolve_naming_flags(names, flags, extra, preset=preset, file=args.config, default_preset=default_preset)
     note_flags_overridden(flags, names, extra)
+    cfg["model"]["name"] = timm_name(cfg["model"]["name"])  # as recorded, and as a resume compares it
     if not args.resume:  # a resumed run keeps its recorded model
         adopt_recorded_model(cfg, flags, extra, args.config)
         note_pretrained_tag(cfg["model"])
@@ -497,10 +500,15 @@ def _parse(argv: list) -> tuple[argparse.Namespace, list]:
                  for a in command._actions}
         command.error(f"an empty path was given for {', '.join(names.get(n, n) for n in empty)}")  # usage; exit 2
     bad = [w for w in extra if w.startswith("-")]
-    if bad or (extra and args.command not in ("train", "pretrain", "run")):
+    from fewshot.cli_moco import PROBE_WORDS
+
+    unread = [w for w in extra if args.command not in ("train", "pretrain", "run")
+              and not (args.command == "probe" and w.partition("=")[0].strip() in PROBE_WORDS)]
+    if bad or unread:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        note = "" if bad else " (key=value config overrides apply to train, pretrain and run)"
-        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}{note}")  # its usage; exit 2
+        note = "" if bad else (" (key=value config overrides apply to train, pretrain and run; probe takes "
+                               "data.bit_depth=N)")
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra if bad else unread)}{note}")  # exit 2
     return args, extra
 
 

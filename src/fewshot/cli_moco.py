@@ -192,6 +192,9 @@ def cmd_run(args, extra) -> int:
 
     cfg = resolve_naming_flags(RUN_FLAG_NAMES, flags, extra, file=args.config, default_preset="mocov2",
                                preset_sections=MOCO_PRESET_SECTIONS)
+    from fewshot.models.backbone import timm_name
+
+    cfg["model"]["name"] = timm_name(cfg["model"]["name"])  # as recorded, and as a resume compares it
     adopt_run_model(cfg, flags, extra, args)
     adopt_run_datasets(cfg, flags, extra, args)
     if not args.resume:
@@ -388,6 +391,19 @@ def cmd_export(args, extra) -> int:
     return 0
 
 
+# the key=value words probe takes (cli._parse refuses the others): it decodes images as train does and trains no
+# network, so of the config only how 16-bit images are read applies (eval and predict take it from the run)
+PROBE_WORDS = ("data.bit_depth",)
+
+
+def probe_bit_depth(extra: list[str]) -> int | str:
+    """data.bit_depth from probe's key=value words, checked as train checks it (`data.bit_depth=abc` is an error
+    naming the field); auto when none is given."""
+    from fewshot.config import resolve
+
+    return resolve(overrides=extra)["data"]["bit_depth"] if extra else "auto"
+
+
 def cmd_probe(args, extra) -> int:
     from fewshot.data.layout import check_output_is_not_in_data
     from fewshot.errors import UserError
@@ -395,6 +411,7 @@ def cmd_probe(args, extra) -> int:
     from fewshot.eval.probe import run_probe
     from fewshot.utils import check_output_dir, check_output_file, resolve_device, write_json
 
+    bit_depth = probe_bit_depth(extra)  # before any work: a bad value is refused at once
     if not args.model:
         from fewshot.models.backbone import adopt_weights_model
         from fewshot.models.weights import check_weights_path
@@ -405,6 +422,9 @@ def cmd_probe(args, extra) -> int:
         if not args.model:
             raise UserError(f"--model is required: {args.weights or 'a random initialisation'} records no model "
                             f"(give the timm model name the weights belong to).")
+    from fewshot.models.backbone import timm_name
+
+    args.model = timm_name(args.model)  # the name the metrics record
     if args.head == "prototype" and args.epochs is not None:
         print(f"warning: --epochs {args.epochs} is ignored: --head prototype trains no head (class means of the "
               f"features).", file=sys.stderr, flush=True)
@@ -422,7 +442,7 @@ def cmd_probe(args, extra) -> int:
         check_output_file(out / "metrics.json")
     metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
                         mode=args.mode, epochs=args.epochs or 300, datasets=args.datasets, head=args.head,
-                        skip_bad=args.skip_bad_images)
+                        skip_bad=args.skip_bad_images, bit_depth=bit_depth)
     print(format_table(metrics, title=f"{metrics['protocol']} of {args.weights or 'random init (no weights)'}"))
     if args.out:
         write_json(Path(args.out) / "metrics.json", metrics)

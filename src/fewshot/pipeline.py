@@ -902,7 +902,7 @@ class PipelineRun:
         self.budget_minutes = self.state.budget_minutes
         if cfg["model"]["img_size"] is None:  # the size the run chose (it depends on the device, which may change)
             cfg["model"]["img_size"] = self.state.data.get("img_size")
-        if self.state.data.get("finished") and (out / "summary.json").is_file():
+        if holds_finished_run(out, self.state.data):
             print(f"[run] {out} finished already: {out}/pred_all.json, {out}/metrics.json")
             return json.loads((out / "summary.json").read_text())
         return None
@@ -1637,16 +1637,18 @@ def refuse_used_output(out: Path) -> None:
                             + (", or add --resume to continue the run it holds." if stopped else "."))
 
 
-def holds_finished_run(folder: Path) -> bool:
-    """Whether ``folder`` holds a `fewshot run` that finished: the test resume_state makes (run_state.json says
-    finished and summary.json is there). A state file that cannot be read counts as unfinished: --resume then says
-    what is wrong with it."""
+def holds_finished_run(folder: Path, data: dict | None = None) -> bool:
+    """Whether ``folder`` holds a `fewshot run` that finished (run_state.json says finished and summary.json is
+    there): one test for a new run's refusal and --resume's "finished already" (PipelineRun.resume_state), which
+    passes the ``data`` of the state it read. A state file that cannot be read counts as unfinished: --resume then
+    says what is wrong with it."""
     from fewshot.run_state import STATE_FILE
 
-    try:
-        data = json.loads((folder / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return False
+    if data is None:
+        try:
+            data = json.loads((folder / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return False
     return isinstance(data, dict) and data.get("finished") is True and (folder / "summary.json").is_file()
 
 

@@ -166,6 +166,31 @@ def datasets_in_run_order(was, now, root):
     return was
 
 
+def class_order_changes(saved: dict, now: dict) -> dict[str, tuple[list[str], list[str]]]:
+    """{dataset: (the run's classes, the folders' classes now)} where a run's dataset has the same classes as the
+    data now, in another order (its heads number them in its order, so it cannot continue on the new one)."""
+    return {name: (list(saved[name]), list(now[name])) for name in saved
+            if name in now and list(saved[name]) != list(now[name]) and sorted(saved[name]) == sorted(now[name])}
+
+
+def class_order_refusal(out: Path | None, changes: dict[str, tuple[list[str], list[str]]]) -> str:
+    """Why a --resume is refused when only the class order changed, which classes, and what to do (it said only
+    "<dataset>'s classes differ"). Classes now follow their folder names as written (NFC only to match names);
+    a run started before sorted the NFC forms, so decomposed accents (macOS) give its folders another order."""
+    parts = []
+    for name, (was, now) in changes.items():
+        moved = [(c, d) for c, d in zip(was, now) if c != d]  # the places whose class changed
+        parts.append(f"{name}: {', '.join(c for c, _ in moved)} in the run's order, {', '.join(d for _, d in moved)} "
+                     f"in the folders'")
+    run = f"'{out}'" if out is not None else "the run"
+    return one_line(f"--resume continues {run} with its classes in the order it recorded, but the class folders "
+                    f"now give another order ({'; '.join(parts)}): classes follow the folder names as written (a run "
+                    f"started before that sorted their composed, NFC, forms; a decomposed accent, as macOS writes "
+                    f"it, sorts otherwise), and the run's classifier numbers the classes in its own order. Start a new "
+                    f"run with another --out, or rename these class folders to their composed form (e.g. `convmv -r "
+                    f"-f utf8 -t utf8 --nfc --notest ROOT`) to resume.")
+
+
 class RunState:
     """The run's requested settings and budget, and per stage (named by its folder: pretrain,
     finetune_labelled, finetune_round<k>, finetune) its status: began (planned and training; its
@@ -196,6 +221,9 @@ class RunState:
             saved = self._classes_of_a_stage()
         if saved is None or saved == classes:
             return
+        changes = class_order_changes(saved, classes)
+        if changes and set(saved) == set(classes) and all(saved[n] == classes[n] for n in saved if n not in changes):
+            raise UserError(class_order_refusal(self.out, changes))
         parts = []
         for name in sorted(set(saved) | set(classes)):
             if name not in classes:

@@ -261,7 +261,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
     key = cache_key(paths, size, crop_pct, bit_depth)
     data_file = meta_file = None
     if cache_dir is not None:
-        cache_dir = Path(cache_dir)
+        cache_dir = entry_dir(cache_dir, key)
         data_file, meta_file = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
         if data_file.is_file() and meta_file.is_file():
             try:
@@ -350,7 +350,24 @@ def is_cached(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: fl
     if cache_dir is None:
         return False
     key = cache_key([Path(p) for p in paths], size, crop_pct, bit_depth)
+    return _holds(entry_dir(cache_dir, key), key)
+
+
+def _holds(cache_dir: Path, key: str) -> bool:
     return (Path(cache_dir) / f"{key}.u8").is_file() and (Path(cache_dir) / f"{key}.json").is_file()
+
+
+def entry_dir(cache_dir: str | Path, key: str) -> Path:
+    """Where the entry ``key`` is read and written: ``cache_dir``, except that a ROOT/.fewshot_cache that cannot be
+    written and does not hold the entry (stale, from other images: default_cache_dir still chose it, as a cache
+    prebuilt on a read-only mount is read) gives way to the user cache, as a read-only root without one does. Train,
+    pretrain and run warned "could not write the image cache" and decoded every image again on every command,
+    where predict (prediction_cache_dir) already used the user cache."""
+    cache_dir = Path(cache_dir)
+    if (cache_dir.name != ".fewshot_cache" or not cache_dir.is_dir() or os.access(cache_dir, os.W_OK | os.X_OK)
+            or _holds(cache_dir, key)):
+        return cache_dir
+    return user_cache_dir(cache_dir.parent) or cache_dir
 
 
 def subsets_record(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float, seed: int,
@@ -360,7 +377,9 @@ def subsets_record(paths: list[Path], size: int, cache_dir: Path | None, crop_pc
     A few bytes, not pruned; a changed file list gets another name."""
     if cache_dir is None:
         return None
-    return Path(cache_dir) / f"{cache_key([Path(p) for p in paths], size, crop_pct, bit_depth)}.seed{seed}.subsets.json"
+    key = cache_key([Path(p) for p in paths], size, crop_pct, bit_depth)
+    record = Path(cache_dir) / f"{key}.seed{seed}.subsets.json"  # beside a read-only root's stale cache: read only
+    return record if record.is_file() else entry_dir(cache_dir, key) / record.name
 
 
 def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0, threads: int | None = None,
@@ -445,8 +464,8 @@ def warn_bit_depth(desc: str, sixteen: dict | None, bit_depth: int | str) -> Non
         bits = next(b for b in (8, 10, 12, 14) if peak < 2 ** b)  # a split's peak may sit below its data's depth
         message = (f"warning: {desc}: the 16-bit images in {folder} use at most {bits} bits (largest value {peak} of "
                    f"65535), so they decode dark, as values 0..{round(peak / 65535 * 255)} of 255; if they hold "
-                   f"{bits}-bit data, add data.bit_depth={bits} to the train, pretrain or run command (eval and "
-                   f"predict take it from the run)")
+                   f"{bits}-bit data, add data.bit_depth={bits} to the train, pretrain, run or probe command "
+                   f"(eval and predict take it from the run)")
     elif peak > 2 ** int(bit_depth) - 1:
         fits = (f"data.bit_depth={next(b for b in (10, 12, 14, 16) if peak < 2 ** b)}" if peak <= 65535
                 else "data.bit_depth=auto")

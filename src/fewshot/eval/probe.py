@@ -48,9 +48,10 @@ def train_linear_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: i
 
 def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: int | None, device: torch.device,
               mode: str = "known", epochs: int = 300, datasets=None, head: str = "linear",
-              skip_bad: bool = False) -> dict:
+              skip_bad: bool = False, bit_depth: int | str = "auto") -> dict:
     """Frozen-feature accuracy on val: a trained linear head ("linear") or, without any training, the
-    cosine nearest class mean of standardised features ("prototype", SimpleShot)."""
+    cosine nearest class mean of standardised features ("prototype", SimpleShot). ``bit_depth``: data.bit_depth,
+    as the features were learnt from (12-bit images probed at the 16-bit scale came out dark)."""
     infos = scan_root(root, datasets, splits=("train", "val"))
     space = LabelSpace.from_infos(infos)
     # the model's name too: a file of another model brings nothing, and loading it names that model (probe
@@ -63,7 +64,7 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     backbone.to(device)
     normalize = Normalize(*mean_std(backbone)).to(device)
     cache = default_cache_dir(root, None)
-    train, val = load_splits(infos, ("train", "val"), space, size, cache, skip_bad=skip_bad)
+    train, val = load_splits(infos, ("train", "val"), space, size, cache, skip_bad=skip_bad, bit_depth=bit_depth)
     # the size a weights file chose (an export records its own) was used without a word: `train` says it; and
     # how many of the model's weights the file gave, as `train` does (the file name alone did not say)
     print(one_line(f"probe: {model_name}{weights_note(loaded, weights) or ' (random init)'} at {size}px on {device}: "

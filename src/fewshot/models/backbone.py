@@ -31,6 +31,26 @@ def similar_models(name: str, n: int = 8) -> list[str]:
     return (close + prefix)[:n]
 
 
+_NAMED: set[str] = set()  # the names timm_name has noted (once per command, though every stage builds the model)
+
+
+def timm_name(name):
+    """The timm model ``name`` means: as typed when timm has it, else the one timm name it matches ignoring case
+    (`--model RESNET18` was refused, resnet18 suggested), said in a note; anything else as typed, for
+    create_backbone to refuse with similar names. A pretrained tag (`.a1_in1k`) stays on the name."""
+    if not isinstance(name, str) or timm.is_model(name):
+        return name
+    arch, dot, tag = name.partition(".")
+    matches = [m for m in timm.list_models() if m.lower() == arch.lower()]
+    if len(matches) != 1:
+        return name
+    meant = matches[0] + dot + tag.lower()
+    if name not in _NAMED and os.environ.get("RANK", "0") == "0":
+        _NAMED.add(name)
+        print(f"note: model {name}: using timm's {meant} (timm names are lower case)", file=sys.stderr, flush=True)
+    return meant
+
+
 def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = None, width: float = 1.0,
                     small_stem: bool = False) -> nn.Module:
     """timm model without classifier (num_classes=0), random init (no hub access).
@@ -40,8 +60,10 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
     gets stride 1; the max-pool stays), so that 32 px images keep 4x more spatial resolution
     through the network. Half width with the small stem costs about the FLOPs of the plain network
     (docs/recipes.md). Max-pool layers use the faster CPU kernel (`fast_pool`) and convolutions on maps
-    smaller than their kernel run as matmuls on the CPU (`tiny_map_conv`); the math is unchanged.
+    smaller than their kernel run as matmuls on the CPU (`tiny_map_conv`); the math is unchanged. ``name``: a timm
+    name, in any case (timm_name).
     """
+    name = timm_name(name)
     if not timm.is_model(name):
         close = similar_models(name)
         hint = f" Similar names: {', '.join(close)}." if close else ""

@@ -382,6 +382,12 @@ class SupervisedTask:
         saved = LabelSpace.from_dict(ck["label_space"])
         if saved != self.space:
             from fewshot.errors import UserError
+            from fewshot.run_state import class_order_changes, class_order_refusal
+
+            was, now = dict(zip(saved.names, saved.classes)), dict(zip(self.space.names, self.space.classes))
+            changes = class_order_changes(was, now)
+            if changes and saved.names == self.space.names and all(was[n] == now[n] for n in was if n not in changes):
+                raise UserError(class_order_refusal(None, changes))
 
             def describe(space) -> str:
                 return "; ".join(f"{n}: {len(c)} classes" for n, c in zip(space.names, space.classes))
