@@ -112,3 +112,27 @@ def test_demo_says_which_runs_it_reuses_reruns_another_budget_and_scores_without
     lines = [line.split() for line in done.stdout.splitlines() if line.startswith(("digits", "mean"))]
     rows = {words[0]: words[1:] for words in lines}
     assert rows == {"digits": ["-", "87.50", "-"], "mean": ["-", "87.50", "-"]}, done.stdout
+
+
+def test_demo_goes_on_after_a_refused_run_and_reports_the_finished_ones(tmp_path):
+    """On a busy 2-core machine the --pretrain run was refused its 3-minute budget (start-up took 80 s) and
+    `set -e` ended the demo there: no report and no table, not even for the finished run, and no baseline run."""
+    bin_dir = fake_bin(tmp_path)
+    fake = bin_dir / "fewshot"  # this stand-in refuses --pretrain, as a too-short budget is refused
+    fake.write_text(fake.read_text().replace(
+        'elif a[0] == "run":',
+        'elif a[0] == "run" and "--pretrain" in a:\n'
+        '    print("error: Give --budget-minutes 4.1 or more", file=sys.stderr)\n'
+        '    sys.exit(2)\n'
+        'elif a[0] == "run":'))
+    root, out = tmp_path / "demo_data", tmp_path / "runs"
+    for name in ("digits", "fashion-mnist"):
+        (root / name).mkdir(parents=True)
+    done, calls = run_script(SCRIPTS / "demo.sh", tmp_path, bin_dir, root, out, 3)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    runs = [c for c in calls if c.startswith("run ")]
+    assert len(runs) == 3 and "--baseline" in runs[2], calls  # the baseline still ran
+    report = next(c for c in calls if c.startswith("report "))
+    assert f"{out}/selftrain" in report and f"{out}/scratch" in report and f"{out}/moco" not in report, report
+    assert "not scored: no answer key" in done.stdout, done.stdout
+    assert "moco did not finish" in done.stderr and "make demo DEMO_MINUTES=5" in done.stderr, done.stderr
