@@ -822,6 +822,7 @@ class PipelineRun:
         self.task = self.pseudo = self.skip = self.rounds = self.round1_val = None
         self.earlier: dict = {}  # self-training's rounds before the last, for the val guard
         self.skipped = False
+        self.closing_plan: dict | None = None  # plan_closing: the closing work of the stage that trains until it
         self.locked = False  # claim_output: whether this start holds the folder's lock (then it may undo its start)
         self.session_before_lost = False  # a resumed run's session before ended without recording its time
 
@@ -1103,7 +1104,27 @@ class PipelineRun:
             need = report_plan["least"]
         if step_s is not None and self.semi != "pseudo":  # self-training's round 1: round1_closing checks it
             self.refuse_unless_least_run_fits(task, step_s)
+        if step_s is not None:  # a stage planned now to train until the closing work (a later round may undo it)
+            self.plan_closing(need)
         return need
+
+    def plan_closing(self, need: float) -> None:
+        """Keep the closing estimate of the stage planned to train until it (``need``, the margin included), and
+        where its last step ends at the latest on the run's clock, for summary.json's ``closing_seconds``: the 1-
+        and 2-minute runs ended 6-27 s early, and the summary did not say which part of the plan was off."""
+        self.closing_plan = {"need": need, "margin": CLOSING_SHARE * self.budget_s,
+                             "ends_at": self.last_end - need - self.t_start}
+
+    def closing_record(self, total_s: float) -> dict | None:
+        """summary.json's ``closing_seconds``: the closing work as the predicting stage planned it (``estimated``,
+        and the ``margin`` of the budget kept beyond it) and as it took (``real``: from where its last step was
+        planned to end at the latest to the run's end); None where no stage trained until it this session (a
+        resumed run with its stages done, or a round that ended at its share before a later one was skipped)."""
+        plan = self.closing_plan
+        if plan is None:
+            return None
+        return {"estimated": round(plan["need"] - plan["margin"], 2), "margin": round(plan["margin"], 2),
+                "real": round(total_s - plan["ends_at"], 2)}
 
     def refuse_unless_pretrain_run_fits(self, task, eval_s: float, step_s: float) -> float:
         """MoCo's plan_stage hook, called with its measured speeds before it trains: a budget that cannot hold
@@ -1255,6 +1276,8 @@ class PipelineRun:
         elif "reduced_to" in skip:  # rounds dropped before, then the new last one skipped: it was not kept either
             skip["reduced_to"] = min(skip["reduced_to"], skipped_from - 1)
         self.rounds = rounds_now
+        if skipped_from is not None:  # the round before predicts: it ended at its share, not at the closing work
+            self.closing_plan = None
         # the stages the report draws
         self.report_stages = min(self.report_stages, (skipped_from or rounds_now + 1) - 1)
         self.state.save()
@@ -1283,6 +1306,7 @@ class PipelineRun:
                 print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "
                       f"an error): {skip['why']}; round 1 trains until the closing work (about {closing_s:.0f} s) "
                       f"and predicts", flush=True)
+            self.plan_closing(closing_s)
             return self.labelled_end - (self.last_end - closing_s)  # negative: round 1 ends after its share
         leaves = round1_leaves(rest, left, step_s, eval_s)  # and a margin for round 1's own late end
         cut = max(0.0, self.labelled_end - (self.last_end - leaves))
@@ -1558,7 +1582,10 @@ class PipelineRun:
         """The run's length in summary.json and its state (finished), and a note where it ran past its budget."""
         out, budget_s = self.out, self.budget_s
         total_s = time.monotonic() - self.t_start
-        if self.r.get("report", True):  # the report read summary.json; its `seconds` now counts the report too
+        closing = self.closing_record(total_s)
+        if closing is not None:  # the plan's estimate beside the real time, for the next look at the budget
+            self.summary["closing_seconds"] = closing
+        if self.r.get("report", True) or closing is not None:  # the report read it; `seconds` now counts the report
             self.summary["seconds"] = total_s
             write_json(out / "summary.json", self.summary)
         self.state.finish(total_s)  # after the report: a run stopped while drawing it draws it again on --resume
