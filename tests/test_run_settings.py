@@ -19,6 +19,9 @@ def capture_task(monkeypatch, module, name: str) -> list[dict]:
     """Replace ``module.name`` (a task class the pipeline imports when it builds a stage) by one that records the
     stage's config and stops the run."""
     seen: list[dict] = []
+    # modules that bind the class by name at import (finetune: `from ...supervised import SupervisedTask`) are
+    # imported before the patch: imported under it, they kept the stand-in for every later test in the session
+    import fewshot.train.finetune  # noqa: F401
 
     def build(cfg, *args, **kwargs):
         seen.append(cfg)

@@ -687,9 +687,21 @@ def labelled_only_why(k: int, left: float, need: float, planned: int) -> str:
             f"round that scores highest on val predicts")
 
 
-def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float, check=None):
+def moco_queue_size(r: dict, pool_size: int | None) -> int:
+    """The MoCo stage's queue: run.queue_size, else half the pool (``pool_size`` images; None: not counted yet)
+    between two batches and 4096."""
+    if r["queue_size"] is not None:
+        return r["queue_size"]
+    if pool_size is None:
+        return 4096
+    return int(min(4096, max(2 * r["pretrain_batch_size"], pool_size // 2)))
+
+
+def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float, check=None,
+                   pool_size: int | None = None):
     """MoCo on the pool until ``end_time``, then its backbone exported to OUT/backbone.safetensors. ``check(task,
     eval_s, step_s)``: called with MoCo's measured speeds before it trains (the run's least-run refusal).
+    ``pool_size``: the decodable pool images start-up counted (check_pool_images), which size the queue.
     Returns (weights path, the stage's summary, seconds in its training loop). With a RunState that knows
     the stage, a finished one is reused and a stopped one continues from its last.pt."""
     from fewshot.report.plots import plot_pretrain_curves
@@ -731,15 +743,15 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         pcfg["sched"].update({"warmup_epochs": 0.0, "min_lr": 0.0})
         pcfg["moco"]["momentum"] = r["moco_momentum"]
         seed_everything(pcfg["train"]["seed"])
-        # The pool size is known only once the task has scanned it: build, then size the queue.
-        pcfg["moco"]["queue_size"] = 4096 if r["queue_size"] is None else r["queue_size"]
+        # the queue sized from the pool that start-up counted (pool_size): the task, its model and its pool were
+        # built twice, once to count the pool; a pool that changed since is counted by the task and built again
+        pcfg["moco"]["queue_size"] = moco_queue_size(r, pool_size)
         task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)  # check_model warned
-        if r["queue_size"] is None:
-            k = int(min(4096, max(2 * pcfg["train"]["batch_size"], len(task.pool) // 2)))
-            if k != task.model.K:
-                pcfg["moco"]["queue_size"] = k
-                seed_everything(pcfg["train"]["seed"])
-                task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)
+        k = moco_queue_size(r, len(task.pool))
+        if k != task.model.K:
+            pcfg["moco"]["queue_size"] = k
+            seed_everything(pcfg["train"]["seed"])
+            task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)
         resolve_pretrain_defaults(pcfg, 1)
         kept = {"s": 0.0}
 
@@ -818,6 +830,7 @@ class PipelineRun:
         self.stop_clock: tuple | None = None  # (state, t_start) once the run has them: what a stop counts
         self.pool_limit = None  # the pool files self-training decodes and labels (None: all)
         self.n_unlabeled = None  # what round 1 leaves time to label
+        self.n_moco = None  # the decodable images of MoCo's pool, counted at start-up (None: no MoCo)
         self.fixmatch = None  # FixMatch's settings and pool, for summary.json
         self.task = self.pseudo = self.skip = self.rounds = self.round1_val = None
         self.earlier: dict = {}  # self-training's rounds before the last, for the val guard
@@ -997,6 +1010,7 @@ class PipelineRun:
                                 f"incomplete batch): lower run.pretrain_batch_size, add images to the pool "
                                 f"(ROOT/unlabeled/<dataset>/ or --unlabeled DIR), or leave out --pretrain.")
         self.pool_skipped, n_moco = check_pool_images(cfg, self.infos, self.semi)
+        self.n_moco = n_moco  # MoCo's queue is sized from it (pretrain_stage)
         if n_moco is not None and n_moco < int(r["pretrain_batch_size"]):  # the count above was before bad files
             raise UserError(f"the unlabeled pool has {n_moco} decodable images, fewer than one MoCo batch of "
                             f"{r['pretrain_batch_size']}: lower run.pretrain_batch_size or add images to the pool.")
@@ -1222,7 +1236,8 @@ class PipelineRun:
         # its share of the time the stages have left (start-up and the test decoding came out of the whole)
         self.pre_end = time.monotonic() + (self.t_start + self.stage_s - time.monotonic()) * self.r["pretrain_share"]
         self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out, self.pre_end,
-                                                    self.state, self.t_start, self.refuse_unless_pretrain_run_fits)
+                                                    self.state, self.t_start, self.refuse_unless_pretrain_run_fits,
+                                                    pool_size=self.n_moco)
         if fit_s or "pretrain" not in self.summary["stages"]:  # reused (0 s): kept before, its time counted once
             self.keep("pretrain", entry, fit_s)
 
