@@ -175,10 +175,16 @@ def test_torchrun_pretrain_smoke(root, tmp_path):
     run = tmp_path / "pre"
     worker = Path(__file__).parent / "helpers" / "rank_env_worker.py"
     args = [a if a != "32" else "48" for a in COMMON]
+    bars = [a for a in args if a != "--no-progress"]  # the bars' lines, left in the captured output
     proc = torchrun([str(worker), "FEWSHOT_CPU_BF16", "1,0", "pretrain", "--data", str(root), "--out", str(run),
-                     "--queue-size", "64", *args], cwd=tmp_path)
+                     "--queue-size", "64", *bars, "moco.split_bn_groups=3"], cwd=tmp_path)
     check(proc)
     assert "at 48px on cpu x2 (bfloat16 autocast)" in proc.stdout
+    # split BN, which one process would refuse for 8 images in 3 groups, is not used under DDP: said once (rank 0)
+    assert proc.stdout.count("note: moco.split_bn_groups=3 is not used on 2 processes") == 1, proc.stdout
+    # the bar's loss is rank 0's, the log's the mean over the ranks: the bar says whose it is
+    out = proc.stdout + proc.stderr
+    assert re.search(r"rank 0 loss=\d", out) and not re.search(r"(?<!rank 0 )loss=\d", out), out[-3000:]
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["amp"] == "bf16"
     assert (proc.stdout + proc.stderr).count("done: ") == 1  # rank 0 says it, once

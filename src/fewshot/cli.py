@@ -455,10 +455,10 @@ def main(argv: list | None = None, started: float | None = None) -> int:
     try:  # torch and torchvision ask for it while being imported: that traceback read as a bug in fewshot
         tempfile.gettempdir()
     except FileNotFoundError as exc:  # /tmp, /var/tmp and the current folder all unwritable
-        if _quiet_rank():  # every torchrun process meets it: the first of the node says it (no group to wait on)
-            time.sleep(ARGPARSE_GRACE_S)
+        if _quiet_rank() and _speaker_failed_too():  # every torchrun process meets it: the first of the node says it
             return 2
-        print(f"fewshot {args.command}: error: {printable(str(exc.strerror or exc))}. Set TMPDIR to a folder you "
+        rank = f"rank {os.environ.get('RANK', '?')}: " if _quiet_rank() else ""
+        print(f"fewshot {args.command}: {rank}error: {printable(str(exc.strerror or exc))}. Set TMPDIR to a folder you "
               f"can write (e.g. `mkdir -p ~/tmp && export TMPDIR=~/tmp`) and run the command again.", file=sys.stderr)
         return 2
     from fewshot import cli_moco
@@ -474,7 +474,9 @@ def main(argv: list | None = None, started: float | None = None) -> int:
     from fewshot.train.stop_signal import sigterm_as_interrupt
 
     try:  # the run folders this command locks are free again when it returns, and the caller's settings back
-        with process_state.kept(), lock_scope(), sigterm_as_interrupt():
+        # under torchrun a rank blocked in a collective is ended by a watcher thread: the stop is said there
+        blocked = lambda: _interrupted(args, signal.SIGTERM, ask_peers=False)  # noqa: E731
+        with process_state.kept(), lock_scope(), sigterm_as_interrupt(blocked):
             return _dispatch(args, extra, handlers)
     finally:
         progress.set_enabled(bars)  # as were: --no-progress of one in-process call does not outlive it
@@ -512,7 +514,7 @@ def _parse(argv: list) -> tuple[argparse.Namespace, list]:
     return args, extra
 
 
-ARGPARSE_GRACE_S = 1.0  # how long a quiet rank leaves the speaker to print argparse's usage error before exiting
+ARGPARSE_GRACE_S = 2.0  # how long a quiet rank leaves the speaker to fail too (no process group yet) before speaking
 
 
 @contextlib.contextmanager
@@ -520,7 +522,8 @@ def _argparse_said_once():
     """Under torchrun every process parses the same command line, and argparse's usage error, --help or --version
     came out once per process. A quiet rank (_quiet_rank) holds what argparse writes and drops it when argparse
     exits, with the same exit code. There is no process group yet to wait for the speaker on (_speaker_spoke): a
-    failing quiet rank waits ARGPARSE_GRACE_S before exiting, as torchrun ends the others once one has failed."""
+    failing quiet rank waits for torchrun to end it (_speaker_failed_too), and says it itself, its lines prefixed
+    with its rank, where the speaker did not fail (a flag given to one rank only left every process silent)."""
     if not _quiet_rank():
         yield
         return
@@ -529,8 +532,9 @@ def _argparse_said_once():
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             yield
     except SystemExit as exc:
-        if exc.code not in (0, None):
-            time.sleep(ARGPARSE_GRACE_S)
+        if exc.code not in (0, None) and not _speaker_failed_too():
+            rank = os.environ.get("RANK", "?")
+            sys.stderr.write("".join(f"rank {rank}: {line}" for line in err.getvalue().splitlines(keepends=True)))
         raise
     sys.stdout.write(out.getvalue())  # no exit: whatever was written along the way is the command's own
     sys.stderr.write(err.getvalue())
@@ -549,10 +553,12 @@ def _process_group_started() -> bool:
 
 def _dispatch(args, extra, handlers) -> int:
     code = _run_command(args, extra, handlers)
-    if code and _process_group_started() and not _quiet_rank():
+    if code and _process_group_started():
         from fewshot.train.distributed import report_exit
 
-        report_exit(code)  # said after its message: a quiet rank that failed too waits for this (_speaker_spoke)
+        # said after its message: a quiet rank that failed too waits for the speaker's (_speaker_spoke), and the
+        # ranks that torchrun then ends look for any (_a_peer_said_why)
+        report_exit(code)
     return code
 
 
@@ -570,8 +576,11 @@ def _run_command(args, extra, handlers) -> int:
             shutdown_distributed()  # on success only: after a failure a peer may never answer
         return code
     except UserError as exc:
-        if getattr(exc, "every_process", False) or not _quiet_rank() or not _speaker_spoke():
-            print(f"fewshot {args.command}: error: {printable(str(exc))}", file=sys.stderr)
+        message = printable(str(exc))
+        if getattr(exc, "every_process", False) or (not _quiet_rank() and _first_to_say(message)):
+            print(f"fewshot {args.command}: error: {message}", file=sys.stderr)
+        elif _quiet_rank() and not _speaker_spoke(message):  # an error of this rank alone: say which rank met it
+            print(f"fewshot {args.command}: rank {os.environ.get('RANK', '?')}: error: {message}", file=sys.stderr)
         return 2
     except StopRequested as stop:
         how = "; continue with the same command and --resume"
@@ -619,10 +628,13 @@ def _run_command(args, extra, handlers) -> int:
                   f"another path.", file=sys.stderr)
             return 2
         if _a_peer_stopped(exc):  # a user error on rank 0 alone (a held lock, a full disk) is not a bug on rank 1
-            if _first_exit(1.0) == 128 + signal.SIGINT:
+            first_exit = _first_exit(1.0)
+            if first_exit in (128 + signal.SIGINT, 128 + signal.SIGTERM):
                 # rank 0 was interrupted, so was this rank (a terminal's Ctrl-C and torchrun's forwarded SIGINT reach
                 # every process), whose own SIGINT may come only after the closed connection: not "another process"
-                return _interrupted(args, signal.SIGINT)
+                return _interrupted(args, signal.Signals(first_exit - 128))
+            if _a_peer_said_why():  # the rank that stopped first said why (a user error of rank 1 alone)
+                return 1
             first = clipped((str(exc).strip().splitlines() or [""])[0], 160)
             print(f"fewshot {args.command}: rank {os.environ.get('RANK', '?')} stopped because another process of "
                   f"this torchrun job ended first (its own message says why; here: {first}).", file=sys.stderr)
@@ -659,8 +671,12 @@ def clipped(text: str, limit: int) -> str:
     return cut.rstrip(" ,;:.") + "..."
 
 
-def _interrupted(args, signum: int) -> int:
-    """Ctrl-C or SIGTERM outside training: what was kept, and the exit status 128 + signum."""
+def _interrupted(args, signum: int, ask_peers: bool = True) -> int:
+    """Ctrl-C or SIGTERM outside training: what was kept, and the exit status 128 + signum. Not said where torchrun's
+    SIGTERM followed another rank's failure, which that rank has said (_a_peer_said_why; not asked by
+    sigterm_as_interrupt's watcher thread, whose main thread may hold the store)."""
+    if signum == signal.SIGTERM and ask_peers and _a_peer_said_why():
+        return 128 + int(signum)
     out = getattr(args, "out", None)
     if out and args.command == "run" and Path(out, "run_state.json").is_file():
         kept = "the stages finished so far are kept" if _run_stages_finished(Path(out)) else "no stage had finished"
@@ -675,6 +691,10 @@ def _interrupted(args, signum: int) -> int:
     else:
         note = ""
     what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    if signum == signal.SIGTERM and world_size_env() > 1 and not (ask_peers and _process_group_started()):
+        # no store to ask (before the process group, or from the watcher thread): torchrun's SIGTERM may be its
+        # answer to another process's failure (a flag given to rank 1 only), which "start again" would repeat
+        what += " (if another process of this torchrun job failed first, its message above says why)"
     try:
         if not _quiet_rank():
             print(f"fewshot {args.command}: {what}{note}", file=sys.stderr, flush=True)
@@ -705,32 +725,53 @@ def _quiet_rank() -> bool:
     """Under torchrun, a process other than the first of its node: each process meets the same user error, stop
     signal or Ctrl-C, and its message came out once per process, interleaved on one line. The environment says
     so even before (or without) a process group; the first process of each node speaks, as another node may lack
-    a file or a GPU. A bad RANK is the message itself: every process prints it. Only torchrun's LOCAL_RANK counts:
-    a lone process in a pod that sets RANK=1 and WORLD_SIZE (Kubeflow) exited 2 without a word. (A quiet rank that
-    fails first waits for rank 0 to speak: _speaker_spoke.)"""
-    if world_size_env() < 2:
+    a file or a GPU. A bad RANK is the message itself: every process prints it. Only torchrun's LOCAL_RANK counts
+    (its agent sets TORCHELASTIC_RUN_ID too): a lone process in a pod that sets RANK=1 and WORLD_SIZE (Kubeflow), or
+    LOCAL_RANK=1 by hand, exited 2 without a word. (A quiet rank that fails first waits for rank 0 to speak:
+    _speaker_spoke.)"""
+    if world_size_env() < 2 or not os.environ.get("TORCHELASTIC_RUN_ID"):
         return False
     raw = (os.environ.get("LOCAL_RANK") or "").strip()
     return raw.isdigit() and 0 < int(raw) < world_size_env()
 
 
-SPEAKER_WAIT_S = 60.0  # the first process of a node may meet the same error this much later (a slower pool decode)
+SPEAKER_WAIT_S = 3.0  # the first process of a node meets the same error this much later and still speaks first
 
 
-def _speaker_spoke() -> bool:
+def _speaker_spoke(message: str) -> bool:
     """A quiet rank's user error (_quiet_rank): whether the first process of its node has printed why it stops, so
-    this one may exit without a word. With a process group it is waited for, up to SPEAKER_WAIT_S: a quiet rank
-    that exited first got the speaker ended by torchrun's SIGTERM before its message (both ranks decode the
-    unlabeled pool, and either can find its broken file first). Not said by then (an error of this rank alone, or
-    a lost store): False, and this rank prints it. Before a process group exists every rank meets the same error
-    at the same point, and no store to wait on: left to the speaker, as before."""
+    this one may exit without a word. With a process group it is waited for, up to SPEAKER_WAIT_S (a quiet rank
+    that exited first got the speaker ended by torchrun's SIGTERM before its message); not said by then, this rank
+    says it and claims the message, so that a speaker meeting the same error later (a slower pool decode) stays
+    silent (_first_to_say). The speaker blocked in a collective that this rank never joins held the exit for the
+    60 s this wait once was. Before a process group exists: _speaker_failed_too."""
     dist = sys.modules.get("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():
-        return True
-    from fewshot.train.distributed import reported_exit
+        return _speaker_failed_too()
+    from fewshot.train.distributed import speaker_said
 
     speaker = dist.get_rank() - int(os.environ["LOCAL_RANK"])  # torchrun numbers a node's processes in a row
-    return reported_exit(speaker, SPEAKER_WAIT_S) is not None
+    return speaker_said(speaker, message, SPEAKER_WAIT_S)
+
+
+def _speaker_failed_too() -> bool:
+    """Before a process group: whether the first process of this node stopped too. torchrun ends the other
+    processes within its monitor interval (0.1 s) once one has failed, so a quiet rank still running after
+    ARGPARSE_GRACE_S met an error of its own (a command line or environment that differs per rank): it says it."""
+    try:
+        time.sleep(ARGPARSE_GRACE_S)
+    except KeyboardInterrupt:  # torchrun's SIGTERM (sigterm_as_interrupt) or Ctrl-C: the first process says why
+        return True
+    return False
+
+
+def _first_to_say(message: str) -> bool:
+    """The speaker's user error: False where a quiet rank of its node has said the same message already."""
+    if not _process_group_started():
+        return True
+    from fewshot.train.distributed import claim_message
+
+    return claim_message(sys.modules["torch.distributed"].get_rank(), message)
 
 
 def _first_exit(timeout_s: float) -> int | None:
@@ -741,6 +782,23 @@ def _first_exit(timeout_s: float) -> int | None:
     from fewshot.train.distributed import reported_exit
 
     return reported_exit(0, timeout_s)
+
+
+def _a_peer_said_why() -> bool:
+    """Whether another process of this job reported a failure (after its message, if it printed one; _dispatch):
+    torchrun then ends this one with SIGTERM, or its collective meets a closed connection, and a line of its own
+    ("stopped by SIGTERM", "stopped because another process ended first") only added to the one that says why."""
+    if not _process_group_started():
+        return False
+    from fewshot.train.distributed import reported_exit
+
+    dist = sys.modules["torch.distributed"]
+    try:
+        others = [r for r in range(dist.get_world_size()) if r != dist.get_rank()]
+    except Exception:  # noqa: BLE001 - a group torn down meanwhile
+        return False
+    stops = (None, 128 + signal.SIGINT, 128 + signal.SIGTERM)  # a stop, not a failure: each rank says its own
+    return any(reported_exit(rank, 0.0) not in stops for rank in others)
 
 
 def _a_peer_stopped(exc: BaseException) -> bool:

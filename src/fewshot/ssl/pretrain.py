@@ -327,6 +327,20 @@ def bn_protection(model, world: int = 1) -> str:
     return f"split-BN groups={model.split_bn_groups}"
 
 
+def unused_split_bn_note(cfg: dict, model, world: int) -> str | None:
+    """Under DDP the key batch is shuffled across the processes and moco.split_bn_groups is not used: a value other
+    than the default (config.yaml records it) was dropped without a word, where one process refuses a batch the
+    groups do not divide."""
+    from fewshot.config import DEFAULTS
+
+    groups = cfg["moco"]["split_bn_groups"]
+    if world <= 1 or groups == DEFAULTS["moco"]["split_bn_groups"] or not has_batch_norm(model.encoder_q) or \
+            not getattr(model, "shuffle_across_ranks", True):
+        return None
+    return (f"note: moco.split_bn_groups={groups} is not used on {world} processes: shuffle-BN across the processes "
+            f"replaces split BN (the setting applies to a run on one process).")
+
+
 def shared_bn_warning(model, world: int = 1) -> str | None:
     """The warning for layers split BN left shared: the positive pair can still match through their statistics."""
     shared = shared_batch_norms(model) if world == 1 else []
@@ -535,9 +549,9 @@ def announce_pretrain(cfg: dict, out: Path, task: MoCoTask, engine: Engine, devi
                        f"{speed_settings(task)}): "
                        f"K={m['queue_size']}, m={m['momentum']}, T={m['temperature']}, "
                        f"{bn_protection(task.model, ctx.world)}; run directory {out}"))
-        shared = shared_bn_warning(task.model, ctx.world)
-        if shared:
-            print(shared, flush=True)
+        for said in (unused_split_bn_note(cfg, task.model, ctx.world), shared_bn_warning(task.model, ctx.world)):
+            if said:
+                print(said, flush=True)
         if m["queue_size"] >= len(task.pool):
             advice = queue_advice(len(task.pool), cfg["train"]["batch_size"] * ctx.world, ctx.world,
                                   task.model.split_bn_groups, has_batch_norm(task.model.encoder_q))

@@ -146,6 +146,50 @@ def reported_exit(rank: int, timeout_s: float) -> int | None:
         return None
 
 
+SAID_KEY = "fewshot/said/{speaker}/{digest}"
+
+
+def _said_key(speaker: int, message: str) -> str:
+    import hashlib
+
+    return SAID_KEY.format(speaker=speaker, digest=hashlib.sha256(message.encode()).hexdigest()[:16])
+
+
+def claim_message(speaker: int, message: str) -> bool:
+    """Whether this process is the first of its node (whose first process is rank `speaker`) to say `message`: a
+    quiet rank that said an error of its own (cli._speaker_spoke) must not hear it again from rank 0 when rank 0
+    meets the same error later. True without a group or store: say it."""
+    store = _store()
+    if store is None:
+        return True
+    try:
+        return int(store.add(_said_key(speaker, message), 1)) == 1
+    except Exception:  # the store is gone with its host: say it
+        return True
+
+
+def speaker_said(speaker: int, message: str, timeout_s: float) -> bool:
+    """A quiet rank's error: whether rank `speaker` (the first process of its node) has said this message or
+    reported its own exit, waiting up to timeout_s for either; False (this rank says it) once the wait ends
+    without either and this rank has claimed the message. True without a store, or when a signal ends the wait
+    (torchrun ends the others once one has failed; Ctrl-C reaches every rank, and rank 0 says it)."""
+    store = _store()
+    if store is None:
+        return True
+    keys = [EXIT_KEY.format(rank=speaker), _said_key(speaker, message)]
+    deadline = time.monotonic() + timeout_s
+    try:  # polled: a blocking store.wait would hold off Ctrl-C until its timeout
+        while not any(store.check([key]) for key in keys):
+            if time.monotonic() >= deadline:
+                return not claim_message(speaker, message)
+            time.sleep(0.05)
+        return True
+    except KeyboardInterrupt:
+        return True
+    except Exception:  # the store is gone with its host (rank 0's agent): this rank says it
+        return False
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

@@ -874,7 +874,10 @@ class Engine:
                 sums[k] = sums.get(k, 0.0) + float(v)
             if bar is not None:
                 if step % 5 == 0 or step == len(batches) - 1:  # the lr as log.jsonl has it: not a group's
-                    bar.set_postfix(loss=f"{sums['loss'] / n_steps:.3f}", lr=f"{self._base_lr():.2e}")
+                    # under DDP the loss is rank 0's own (log.jsonl's is the mean over the ranks, reduced once an
+                    # epoch): said so, rather than a collective per step
+                    loss = "rank 0 loss" if self.ctx.enabled else "loss"
+                    bar.set_postfix({loss: f"{sums['loss'] / n_steps:.3f}", "lr": f"{self._base_lr():.2e}"})
                 bar.update(1)
             if t["save_every_steps"] and self.global_step % t["save_every_steps"] == 0 and self.step_in_epoch < len(batches):
                 self.save_mid_epoch()

@@ -17,8 +17,10 @@ import signal
 import threading
 import time
 
+BLOCKED_EXIT_S = 2.0  # under torchrun: a SIGTERM the main thread has not acted on by then finds it blocked in a wait
 REPEAT_WINDOW_S = 1.0  # a second signal sooner than this is a copy of the first, not a second Ctrl-C
 _last_signal = [0.0]  # time.monotonic() of the last SIGTERM/SIGINT that either handler acted on
+_sigterm_ran = [0.0]  # time.monotonic() of sigterm_as_interrupt's handler's last run, a copy it ignored too
 
 
 def write_stderr(data: bytes) -> None:
@@ -44,20 +46,23 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt():
+def sigterm_as_interrupt(on_blocked=None):
     """Within the block SIGTERM raises ``Terminated`` where the program is, as Ctrl-C raises KeyboardInterrupt: a
     command killed outside its training loop (start-up, metrics and plots after the last epoch, predict, data) died
     with no word and half a cleanup. Training loops install ``stop_on_signals`` over it (finish the step, write
-    last.pt), `fewshot run` ``stop_at_once_on_signals``. Left alone where the caller handles SIGTERM itself,
-    outside the main thread, and under torchrun (WORLD_SIZE > 1): a rank blocked in a collective runs a Python
-    handler only when the call returns, and torchrun's SIGTERM must end it at once."""
+    last.pt), `fewshot run` ``stop_at_once_on_signals``. Left alone where the caller handles SIGTERM itself, and
+    outside the main thread. Under torchrun (WORLD_SIZE > 1) a rank blocked in a collective or the rendezvous runs
+    a Python handler only when the call returns, and torchrun's SIGTERM must end it at once (it waited 30 s for
+    its SIGKILL): ``_exit_when_blocked`` calls ``on_blocked`` (which says the stop) and exits 143 there. Ranks
+    were once left to die by the signal itself, without a word (exit -15)."""
     world = (os.environ.get("WORLD_SIZE") or "").strip()
     if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL or (world.isdigit() and int(world) > 1):
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
 
     def handler(signum, frame):
+        _sigterm_ran[0] = time.monotonic()  # the main thread runs Python: not blocked (_exit_when_blocked)
         # a copy of a signal already acted on (SLURM signals every process and torchrun forwards its own) must not
         # raise again and cut the first one's cleanup short
         if time.monotonic() - _last_signal[0] < REPEAT_WINDOW_S:
@@ -65,11 +70,61 @@ def sigterm_as_interrupt():
         _last_signal[0] = time.monotonic()
         raise Terminated(signum)
 
+    several = world.isdigit() and int(world) > 1
     signal.signal(signal.SIGTERM, handler)
+    try:
+        with _exit_when_blocked(handler, on_blocked) if several else contextlib.nullcontext():
+            yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _exit_when_blocked(handler, on_blocked):
+    """A watcher thread that learns of SIGTERM from the interpreter's wakeup fd (written by the C-level handler at
+    once, even while the main thread waits in C with the GIL released) and, where ``handler`` is still SIGTERM's
+    (not a training loop's clean stop) and has not run BLOCKED_EXIT_S later, calls ``on_blocked`` and exits 143.
+    Left out where something else (an event loop) holds the wakeup fd."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    try:
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:
+        previous = None
+    if previous != -1:  # another owner, or none could be set: put theirs back, no watcher
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        os.close(read_fd)
+        os.close(write_fd)
+        yield
+        return
+
+    done = threading.Event()
+
+    def watch():
+        with open(read_fd, "rb", buffering=0) as wakeups:  # closed here, never while this thread may read it
+            for got in iter(lambda: wakeups.read(64), b""):  # b"": the block ended, the write end is closed
+                if signal.SIGTERM not in got:
+                    continue
+                seen = time.monotonic() - 0.25  # the handler may have run just before this thread woke
+                time.sleep(BLOCKED_EXIT_S)
+                if not done.is_set() and signal.getsignal(signal.SIGTERM) is handler and _sigterm_ran[0] < seen:
+                    break  # neither a training loop's clean stop (stop_on_signals), nor the block's end
+            else:
+                return
+            with contextlib.suppress(Exception):
+                if on_blocked is not None:
+                    on_blocked()
+            os._exit(128 + signal.SIGTERM)
+
+    watcher = threading.Thread(target=watch, name="fewshot-sigterm-watch", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        done.set()
+        signal.set_wakeup_fd(-1)
+        os.close(write_fd)
 
 
 class StopFlag:

@@ -1,0 +1,113 @@
+"""Errors and signals under torchrun that one rank meets alone: each job ends in seconds with one message.
+
+The process tests start the 2 ranks by hand with torchrun's environment (TORCHELASTIC_RUN_ID included), which
+is faster than a torchrun launch and lets the test signal each rank and read each one's exit status."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.checks import run_main
+from helpers.tiny import dist_env, free_port
+
+WORKER = Path(__file__).parent / "helpers" / "ddp_error_worker.py"
+TIMEOUT = 120
+
+
+def start_ranks(case: str, tmp_path: Path) -> list[subprocess.Popen]:
+    port, procs = str(free_port()), []
+    for rank in range(2):
+        env = {**dist_env(), "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_PORT": port,
+               "TORCHELASTIC_RUN_ID": "test"}
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), case, str(tmp_path)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def finish(procs: list[subprocess.Popen]) -> tuple[list[int], str]:
+    outs = []
+    for proc in procs:
+        try:
+            outs.append("".join(proc.communicate(timeout=TIMEOUT)))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail("a rank still running: " + "".join(p.communicate()[1] for p in procs)[-3000:])
+    return [p.returncode for p in procs], "".join(outs)
+
+
+def test_an_error_of_rank_1_alone_is_said_at_once_naming_the_rank(tmp_path):
+    """Rank 0 waits in a collective and never reports, so rank 1 waited 60 s for it (SPEAKER_WAIT_S), then printed
+    its error without saying that rank 0 had not met it. Rank 0 then adds no line of its own."""
+    started = time.monotonic()
+    codes, out = finish(start_ranks("own_error", tmp_path))
+    took = time.monotonic() - started
+    assert codes[1] == 2 and codes[0] != 0, (codes, out)
+    assert out.count("fewshot train: rank 1: error: a broken image in the pool (own_error)") == 1, out
+    assert "another process" not in out and "internal error" not in out, out
+    assert took < 45, (took, out)  # start-up and the 3 s wait; was 60 s and more
+
+
+def test_an_error_rank_0_meets_after_rank_1_said_it_is_said_once(tmp_path):
+    """Rank 1 said it (its wait for rank 0 ended first); rank 0, alive here (torchrun would end it), meets the same
+    error later and keeps quiet instead of saying it a second time."""
+    codes, out = finish(start_ranks("later", tmp_path))
+    assert codes == [2, 2], (codes, out)
+    assert out.count("error: a broken image in the pool (later)") == 1, out
+    assert "rank 1: error: a broken image" in out, out
+
+
+def test_sigterm_before_training_says_one_line_and_exits_143(tmp_path):
+    """Under torchrun SIGTERM was left at its default: `timeout -s TERM` on torchrun before training ended every
+    rank silently with -15. Rank 1 (in Python) stops as on Ctrl-C; rank 0, waiting in the rendezvous where no
+    Python handler runs, is ended by the watcher thread, which says the stop."""
+    procs = start_ranks("sigterm", tmp_path)
+    for proc in procs:  # each says it is ready on its own line before the wait
+        line = proc.stdout.readline()
+        assert line.startswith("ready"), (line, proc.stderr.read() if proc.poll() is not None else "")
+    time.sleep(0.5)
+    started = time.monotonic()
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    codes, out = finish(procs)
+    assert codes == [143, 143], (codes, out)
+    assert out.count("fewshot train: stopped by SIGTERM") == 1, out
+    assert time.monotonic() - started < 20, out  # the watcher's 2 s, not the rendezvous' 30 min
+
+
+@pytest.fixture
+def rank_1(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    return monkeypatch
+
+
+def test_local_rank_set_by_hand_outside_torchrun_still_says_its_error(rank_1, tmp_path):
+    """`WORLD_SIZE=2 LOCAL_RANK=1 fewshot eval ...` outside torchrun exited 2 without a word: it kept quiet for a
+    rank 0 that did not exist. Only torchrun's agent (TORCHELASTIC_RUN_ID) makes a rank quiet."""
+    rc, _, err = run_main("eval", tmp_path, "--data", tmp_path)
+    assert rc == 2 and "runs in one process, but WORLD_SIZE is 2" in err, err
+
+
+def test_a_usage_error_rank_1_alone_meets_is_said_with_its_rank(rank_1, tmp_path):
+    """A flag given to rank 1 only: rank 1 held argparse's message for rank 0 and exited 2, torchrun ended rank 0,
+    and nobody printed anything. A quiet rank that torchrun has not ended within the grace says it itself."""
+    from fewshot import cli
+
+    rank_1.setenv("TORCHELASTIC_RUN_ID", "test")
+    rank_1.setattr(cli, "ARGPARSE_GRACE_S", 0.0)
+    rc, out, err = run_main("train", "--data", tmp_path, "--out", tmp_path / "r", "--bogus")
+    assert rc == 2 and "rank 1: fewshot train: error: unrecognized arguments: --bogus" in err, (out, err)
+    assert all(line.startswith("rank 1: ") for line in err.splitlines()), err
+    rc, _, err = run_main("eval", tmp_path, "--data", tmp_path)  # a user error before any process group
+    assert rc == 2 and "fewshot eval: rank 1: error: `fewshot eval` runs in one process" in err, err
