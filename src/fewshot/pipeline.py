@@ -30,7 +30,7 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, after_roun
                                 eval_passes, figure_seconds, fitting_epochs, free_device_memory, later_rounds_seconds,
                                 least_run_holds, least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
                                 measure_step_seconds, plan_epochs, pretrain_closing_seconds, pretrain_least_seconds,
-                                report_seconds, round1_leaves, time_holds, too_short_budget_error)
+                                report_seconds, round1_leaves, time_holds, too_short_budget_error, trained_speeds)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.utils import (atomic_write_text, derive_seed, missing_parents, refuse_links_in_run_dir, resolve_device,
                            resolved, seed_everything, write_json)
@@ -401,12 +401,13 @@ def drop_best_aside(sdir: Path) -> None:
 
 
 def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
-                   closing=None, state=None, t_start: float = 0.0):
+                   closing=None, state=None, t_start: float = 0.0, timing_s: float | None = None):
     """One fine-tuning run that ends at ``end_time``; with ``pseudo`` it starts from the previous round's
     model and adds the pseudo-labelled pool images. With a RunState that knows the stage (``fewshot run
     --resume``), a finished stage is reused and a stopped one continues from its last.pt on its planned
-    schedule. Returns (task with the best weights loaded, ``epochs_run``, ``fit_seconds`` and ``reused``
-    set, val metrics)."""
+    schedule. ``timing_s``: the planning's timing estimated at the round before's speeds, for its line.
+    Returns (task with the best weights loaded, ``epochs_run``, ``fit_seconds``, ``reused`` and the speeds it trained
+    at set, val metrics)."""
     from fewshot.train.engine import Engine
     from fewshot.train.finetune import final_metrics, load_best_checkpoint
     from fewshot.train.supervised import SupervisedTask
@@ -461,6 +462,10 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         state.record(name, "began", now, fit_at=now - trained_before)
         print(f"[run] {name}: continuing from {last} on its planned schedule")
     else:
+        if pseudo is not None:  # a later round's timing went unsaid: 20-36 s without a line on a loaded machine
+            about = f" (about {seconds_text(timing_s)} at the round before's speed)" if timing_s else ""
+            print(f"[run] {name}: timing its training steps, an evaluation and a prediction batch to plan "
+                  f"it{about}", flush=True)
         step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"],
                                                ("train", "eval_every"), closing)
         save_yaml(fcfg, fdir / "config.yaml")
@@ -485,6 +490,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         task.epochs_run = engine.epochs_trained()
         if state is not None:
             state.record(name, "trained", time.monotonic() - t_start, epochs=engine.epochs_trained())
+    # the speeds the stage trained and evaluated at, which judge a later round before its work (check_later_rounds)
+    task.trained_step_s, task.trained_eval_s = trained_speeds(fdir / "log.jsonl", eval_passes(task, fcfg))
     metrics = final_metrics(engine, task, fdir)
     if state is not None:
         state.record(name, "done", time.monotonic() - t_start)
@@ -671,6 +678,21 @@ def labelled_only_round(task) -> dict:
             "state": copy.deepcopy(task.model.state_dict())}
 
 
+def round_speeds(task, k: int) -> tuple[float, float, str]:
+    """Round ``k``'s seconds per step and per evaluation for the check of the rounds after it, and their words:
+    the slower of its calibration at its planning and what its training took (trained_speeds). Judged at the
+    calibration only, a loaded machine's round 1 (1.6 s a step timed, 7.4 s trained) passed the check, and round
+    2 labelled the pool and timed its steps for 36 s before its own planning skipped it. The slower, not the
+    training's alone: the later round's own check times it as round 1's planning did, after the labelling."""
+    timed = [x for x in (getattr(task, "step_s", None), getattr(task, "trained_step_s", None)) if x]
+    step_s = max(timed) if timed else measure_step_seconds(task)  # a reused round: not measured
+    evals = [x for x in (getattr(task, "eval_s", None), getattr(task, "trained_eval_s", None)) if x]
+    eval_s = max(evals) if evals else measure_eval_seconds(task)
+    speed = (f"round {k}'s speed ({step_s * 1000:.0f} ms a step, {eval_s:.1f} s an evaluation: the slower of its "
+             f"timing and its training)" if getattr(task, "trained_step_s", None) else "the measured speed")
+    return step_s, eval_s, speed
+
+
 class LaterRoundSkipped(Exception):
     """Raised by plan_stage's hook of an optional later round (PipelineRun.later_round_closing) whose least run does
     not fit the time left: the round loop leaves it untrained and the round before it predicts."""
@@ -835,6 +857,7 @@ class PipelineRun:
         self.task = self.pseudo = self.skip = self.rounds = self.round1_val = None
         self.earlier: dict = {}  # self-training's rounds before the last, for the val guard
         self.skipped = False
+        self.speeds_before = None  # check_later_rounds: the speeds of the round before a later one, for its timing
         self.closing_plan: dict | None = None  # plan_closing: the closing work of the stage that trains until it
         self.locked = False  # claim_output: whether this start holds the folder's lock (then it may undo its start)
         self.session_before_lost = False  # a resumed run's session before ended without recording its time
@@ -1226,7 +1249,9 @@ class PipelineRun:
     def finetune(self, fdir: Path, end_time: float, what: str, *args, **kwargs):
         """finetune_stage with the run's config, data, device and clock (``args``: pseudo, closing)."""
         return finetune_stage(self.fcfg, self.infos, self.device, self.ctx, fdir, end_time, what, *args, **kwargs,
-                              state=self.state, t_start=self.t_start)
+                              state=self.state, t_start=self.t_start,
+                              timing_s=calibration_seconds(*self.speeds_before, len(self.test_set))
+                              if self.speeds_before else None)
 
     def pretrain(self) -> None:
         """MoCo pretraining (run.pretrain), in its share of the time the stages have left."""
@@ -1419,12 +1444,13 @@ class PipelineRun:
         round at its floor (later_rounds_seconds): round 1 ran long, or the machine got slower. When it holds
         fewer rounds than planned, the middle rounds that do not fit are dropped (the last comes sooner). When
         it holds a round's floor but not the pool's labelling, round k is the last and trains on the labelled
-        images only (labelled_only_round): skipped, the rest of the budget went unused."""
+        images only (labelled_only_round): skipped, the rest of the budget went unused. Judged at round k - 1's
+        speeds as it trained (round_speeds), before any of round k's work (the pool's labelling, its timing)."""
         skip, n_unlabeled = self.skip, self.n_unlabeled
-        step_s = getattr(task, "step_s", None) or measure_step_seconds(task)  # a reused round: not measured
-        eval_s = getattr(task, "eval_s", None) or measure_eval_seconds(task)
+        step_s, eval_s, speed = round_speeds(task, k - 1)
         per_image = measure_prediction_seconds(task, self.test_set.images)
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
+        self.speeds_before = step_s, eval_s, per_image  # for the next round's timing line
         evals = eval_passes(task) + 1  # a round's closing evaluations, as round1_closing counts them
         left = self.last_end - time.monotonic()
         fits = [n for n in range(self.rounds - k + 1, 0, -1)
@@ -1449,8 +1475,8 @@ class PipelineRun:
             need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s, evals)
             left_s, need_s = seconds_apart(left, need)
             self.decide(k - 1, k, f"{left_s} were left of the budget after round {k - 1}, and round "
-                                  f"{k} needs at least {need_s} at the measured speed (labelling the pool, "
-                                  f"calibration, 5 steps, evaluations and the closing work)")
+                                  f"{k} needs at least {need_s} (labelling the pool, calibration, 5 steps, "
+                                  f"evaluations and the closing work) at {speed}")
             print(f"[run] round {k}{' and later' if k < self.rounds else ''} skipped (planned, not an error): "
                   f"{skip['why']}; predicting with round {k - 1}", flush=True)
         elif fits[0] < self.rounds - k + 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import json
 import math
 import time
 
@@ -59,6 +60,38 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
     del model, opt, params, batch, loss  # every name that holds the copy's tensors (params: its weights and grads)
     free_device_memory(device)  # the copy's weights and gradients, held by the allocator for the stage's own
     return sorted(times)[len(times) // 2]
+
+
+def trained_speeds(log_path, passes: int = 1) -> tuple[float | None, float | None]:
+    """A trained stage's own speeds from its log.jsonl: seconds per training step as it ended (its last epochs' step
+    time over their steps, the epochs that hold the last quarter of its steps at least: a machine that got busy
+    during round 1 trained its last 30 steps at 0.55 s, its first 90 at 0.05) and per evaluation (the evaluation
+    rows' mean time over ``passes``, eval_passes: with an EMA it scores both weights). The later rounds were judged
+    at round 1's calibration (4 steps timed at its planning): on a loaded machine round 1 trained at 7.4 s a step
+    against 1.6 s timed, and round 2 labelled the pool and timed its own steps only to be skipped at its planning.
+    None for a speed the log does not hold (no log: a reused stage)."""
+    rows = []
+    with contextlib.suppress(OSError, ValueError):
+        for line in open(log_path, encoding="utf-8", errors="replace"):
+            with contextlib.suppress(ValueError):
+                row = json.loads(line)
+                if isinstance(row, dict):
+                    rows.append(row)
+    epochs, before = [], 0  # (steps, seconds) of each epoch's row
+    for row in rows:
+        step, took = row.get("step"), row.get("epoch_time_s")
+        if isinstance(step, int) and isinstance(took, (int, float)) and step > before:
+            epochs.append((step - before, float(took)))
+        if isinstance(step, int):
+            before = step
+    steps = step_time = 0.0
+    for n, took in reversed(epochs):  # the latest epochs, up to a quarter of the steps
+        if steps and steps >= 0.25 * sum(m for m, _ in epochs):
+            break
+        steps, step_time = steps + n, step_time + took
+    evals = [row["eval_time_s"] for row in rows if isinstance(row.get("eval_time_s"), (int, float))]
+    return (step_time / steps if steps else None,
+            sum(evals) / len(evals) / max(1, passes) if evals else None)
 
 
 def free_device_memory(device: torch.device) -> None:
