@@ -346,20 +346,22 @@ def cmd_predict(args, extra) -> int:
     from fewshot.eval.predict import predict_run
     from fewshot.utils import check_output_file, resolve_device, write_json
 
-    check_output_file(args.out, example="pred_all.json")
+    out = check_output_file(args.out, example="pred_all.json")
     check_result_file_is_not_an_input(args.out, args.data, args.run, kind="predictions")
+    routing_file = out.with_name(out.stem + ".routing.json")
+    if args.mode == "unknown" and routing_file.is_dir():  # found after the whole prediction, with another path's advice
+        raise UserError(f"--out {args.out}: --mode unknown also writes each image's predicted dataset beside it, to "
+                        f"{routing_file}, which is a folder; move that folder away or choose another --out.")
     if args.balance and args.mode != "known":  # classes compete across datasets there: not evened out per dataset
         print("fewshot predict: note: --balance applies to known-source predictions only; --mode unknown predicts "
               "as the model does.", file=sys.stderr)
     pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device), datasets=args.datasets,
                                 skip_bad=args.skip_bad_images, balance=args.balance or "auto")
-    out = Path(args.out)
     write_json(out, pred)
-    routing_file = out.with_name(out.stem + ".routing.json")
     if args.mode == "unknown":
         write_json(routing_file, routing)
-    else:  # one left by an earlier --mode unknown would no longer describe these predictions
-        routing_file.unlink(missing_ok=True)
+    elif not routing_file.is_dir():  # one left by an earlier --mode unknown would no longer describe these predictions
+        routing_file.unlink(missing_ok=True)  # a folder so named is no routing file: left alone (unlink failed)
     n = sum(len(v) for k, v in pred.items() if k != "n_parameters")
     print(f"wrote {out}: {n} predictions over {len(pred) - 1} dataset(s), mode {args.mode}")
     return 0

@@ -307,6 +307,15 @@ def datasets_option(names) -> str:
     return f"--datasets={value}" if value.lstrip("'").startswith("-") else f"--datasets {value}"
 
 
+def names_list(names) -> str:
+    """Dataset names joined for a message, a name that holds a comma, a space or a quote (or is empty) in quotes:
+    "trained on  b, 1e3, a, a,b only" hid which of the four names were the datasets."""
+    def shown(name: str) -> str:
+        plain = name and not any(c in name for c in ",'\"") and not any(c.isspace() for c in name)
+        return name if plain else repr(name)
+    return ", ".join(shown(n) for n in names)
+
+
 def parse_datasets(value: str, names) -> list[str]:
     """`--datasets A,B` as a list of names. A folder may be named "a,b" or " spaced ": the whole value, or a part as
     typed (unstripped), that names one of ``names`` is taken as it is; other parts are stripped of spaces."""
@@ -400,7 +409,7 @@ def list_datasets(root: Path) -> list[str]:
         raise UserError(f"cannot list the dataset root '{root}': {exc.strerror or exc}.") from None
     _refuse_a_dataset_given_as_root(root, folders)
     _refuse_a_split_given_as_root(root, folders)
-    names = []
+    names: list[str] = []
     for folder in folders:
         why = not_a_dataset(folder)
         if why is None:
@@ -408,11 +417,25 @@ def list_datasets(root: Path) -> list[str]:
         elif str(folder) not in _TOLD_NOT_DATASETS and os.environ.get("RANK", "0") == "0":
             _TOLD_NOT_DATASETS.add(str(folder))
             print(one_line(f"note: {folder} is not a dataset ({why}): passed over"), file=sys.stderr, flush=True)
+    _refuse_dataset_twins(root, names)
     if not names:
         raise UserError(f"no dataset folders found under '{root}'. Expected ROOT/<dataset>/train/<class>/*.jpg "
                         f"(and val/<class>/ alike) for training, ROOT/<dataset>/test/<id>.jpg for predict "
                         f"(see `fewshot data --help` to build demo data).")
     return names
+
+
+def _refuse_dataset_twins(root: Path, names: list[str]) -> None:
+    """Two dataset folders whose names differ only in their Unicode form (composed / decomposed accents, as macOS
+    writes them) are refused, as such class folders are: names are matched by their composed (NFC) form, so
+    `--datasets` naming one of them scored the other, and a model trained on both could not tell them apart."""
+    first: dict[str, str] = {}
+    for name in names:
+        other = first.setdefault(unicodedata.normalize("NFC", name), name)
+        if other != name:
+            raise UserError(one_line(f"{root / other} and {root / name}: two dataset folders named "
+                                     f"'{unicodedata.normalize('NFC', name)}' that differ only in their Unicode form "
+                                     f"(composed / decomposed accents); merge them, or rename one."))
 
 
 def _listdir(folder: Path, problems: list[str], links: list[str] | None = None) -> list[os.DirEntry] | None:
@@ -694,7 +717,7 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         given = datasets
         datasets = parse_datasets(datasets, available)
         if not datasets:  # `--datasets ""` trained on every dataset without a word
-            raise UserError(f"--datasets {given!r} names no dataset; choose among {', '.join(available)} "
+            raise UserError(f"--datasets {given!r} names no dataset; choose among {names_list(available)} "
                             f"(or leave --datasets out for all of them).")
     folder_of = {name: name for name in available}
     if datasets:
@@ -705,8 +728,8 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
                 folder_of[d] = composed[unicodedata.normalize("NFC", d)]
         missing = [d for d in datasets if d not in folder_of]
         if missing:
-            raise UserError(f"dataset(s) {', '.join(missing)} not found under '{root}'. "
-                            f"Available: {', '.join(available)}.")
+            raise UserError(f"dataset(s) {names_list(missing)} not found under '{root}'. "
+                            f"Available: {names_list(available)}.")
         # a repeated name would duplicate its classes; so would one folder named twice in two Unicode forms
         # (NFC and NFD): the folder_of entry is the folder's name as listed, whatever form the file system keeps
         first: dict[str, str] = {}

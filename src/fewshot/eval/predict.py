@@ -16,7 +16,7 @@ import torch
 
 from fewshot.data.cache import default_cache_dir, is_cached, user_cache_dir
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import datasets_option, parse_datasets, scan_root, test_id, warn_once
+from fewshot.data.layout import datasets_option, names_list, parse_datasets, scan_root, test_id, warn_once
 from fewshot.data.sets import load_split
 from fewshot.data.transforms import Normalize
 from fewshot.errors import CheckpointError, UserError, one_line, printable
@@ -122,14 +122,18 @@ def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list
         return list(tm.space.names)
     chosen = parse_datasets(datasets, tm.space.names) if isinstance(datasets, str) else list(datasets)
     if not chosen:
-        raise UserError(f"--datasets names no dataset; choose among {', '.join(tm.space.names)}.")
-    # a name typed in composed Unicode matches a folder written decomposed (macOS), as scan_root matches them
+        raise UserError(f"--datasets names no dataset; choose among {names_list(tm.space.names)}.")
+    # a name typed in composed Unicode matches a folder written decomposed (macOS), as scan_root matches them; a
+    # name the model holds as typed is taken as it is (a model trained on twins of both forms: the one named)
     by_form = {unicodedata.normalize("NFC", n): n for n in tm.space.names}
-    chosen = [by_form.get(unicodedata.normalize("NFC", d), d) for d in chosen]
+    chosen = [d if d in tm.space.names else by_form.get(unicodedata.normalize("NFC", d), d) for d in chosen]
     unknown = [d for d in chosen if d not in tm.space.names]
     if unknown:
-        raise UserError(f"--datasets {', '.join(unknown)}: the model was trained on {', '.join(tm.space.names)} "
-                        f"only.")
+        typed = f"--datasets {datasets!r} names" if isinstance(datasets, str) else "--datasets"
+        known = names_list(tm.space.names)
+        quoted = known != ", ".join(tm.space.names)
+        whole = " (a name that holds a comma or a space, in quotes here, is typed whole)" if quoted else ""
+        raise UserError(f"{typed} {names_list(unknown)}: the model was trained on {known} only{whole}.")
     return list(dict.fromkeys(chosen))
 
 
@@ -166,14 +170,16 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     try:
         infos = scan_root(root, chosen, splits=(split,))
     except UserError as exc:
-        here = [] if datasets is not None else _usable_datasets(root, chosen, split)
+        here = [] if datasets is not None else _usable_datasets(tm, root, chosen, split)
         if not here or len(here) == len(chosen):
             raise
-        raise UserError(_then(exc, f"The model knows {', '.join(chosen)}; to use only those with a usable {split} "
+        raise UserError(_then(exc, f"The model knows {names_list(chosen)}; to use only those with a usable {split} "
                                   f"split under this root, pass {datasets_option(here)}.")) from None
     infos = [_in_model_classes(info, tm.space.classes[tm.space.index(info.name)], split) for info in infos]
     if split == "test":
         warn_about_what_is_not_predicted(tm, root, infos, datasets, "not scored" if scoring else "not predicted")
+    else:  # a val score leaves out a dataset the model does not know as the test score does: said alike
+        warn_about_unseen_datasets(tm, root, datasets, "not scored")
     if check is not None:
         check(infos)
     d = tm.cfg["data"]
@@ -185,13 +191,15 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     return infos, data
 
 
-def _usable_datasets(root: Path, chosen: list[str], split: str) -> list[str]:
-    """The chosen datasets whose ``split`` scans cleanly on its own: the --datasets hint when others are missing
-    or have no usable split (a missing test/ gave no hint, a missing dataset folder did)."""
+def _usable_datasets(tm: TrainedModel, root: Path, chosen: list[str], split: str) -> list[str]:
+    """The chosen datasets whose ``split`` scans cleanly on its own, in the model's classes (``tm``): the --datasets
+    hint when others are missing or have no usable split (a missing test/ gave no hint, a missing dataset folder
+    did; a dataset with a renamed class folder was suggested, and following the hint failed on it)."""
     usable = []
     for name in chosen:
         try:
-            scan_root(root, [name], splits=(split,))
+            (info,) = scan_root(root, [name], splits=(split,))
+            _in_model_classes(info, tm.space.classes[tm.space.index(name)], split, warn=False)
         except UserError:
             continue
         usable.append(name)
@@ -216,16 +224,7 @@ def warn_about_what_is_not_predicted(tm: TrainedModel, root: Path, infos, datase
     """Predicting is right to use the model's datasets and classes, but the user should hear when the root says
     otherwise: a dataset the model never saw used to be left out of pred_all.json without a word, and class folders
     that differ from the model's make its class indices mean other classes than the root's sorted folders."""
-    import sys
-
-    from fewshot.data.layout import list_datasets
-
-    if datasets is None:
-        with contextlib.suppress(UserError, OSError):
-            unseen = [d for d in list_datasets(root) if d not in tm.space.names]
-            if unseen:
-                print(one_line(f"warning: {root} also holds {', '.join(unseen)}, which the model was not trained "
-                               f"on (it knows {', '.join(tm.space.names)}): {verdict}."), file=sys.stderr, flush=True)
+    warn_about_unseen_datasets(tm, root, datasets, verdict)
     for info in infos:
         train = info.root / "train"
         with contextlib.suppress(OSError):
@@ -238,6 +237,22 @@ def warn_about_what_is_not_predicted(tm: TrainedModel, root: Path, infos, datase
                                f"({len(want)}: {', '.join(want[:12])}{', ...' if len(want) > 12 else ''}); "
                                f"pred_all.json gives each image its class index in the model's list."),
                       file=sys.stderr, flush=True)
+
+
+def warn_about_unseen_datasets(tm: TrainedModel, root: Path, datasets, verdict: str = "not predicted") -> None:
+    """The root's datasets the model does not know, which are left out (``verdict``), said on stderr when every
+    dataset is used (no --datasets). Names are matched by their composed (NFC) form, as scan_root finds them: a
+    folder renamed to another Unicode form was said to be left out, and then predicted all the same."""
+    from fewshot.data.layout import list_datasets
+
+    if datasets is not None:
+        return
+    known = {unicodedata.normalize("NFC", n) for n in tm.space.names}
+    with contextlib.suppress(UserError, OSError):
+        unseen = [d for d in list_datasets(Path(root)) if unicodedata.normalize("NFC", d) not in known]
+        if unseen:
+            print(one_line(f"warning: {root} also holds {names_list(unseen)}, which the model was not trained "
+                           f"on (it knows {names_list(tm.space.names)}): {verdict}."), file=sys.stderr, flush=True)
 
 
 def _class_folders(info) -> list[str] | None:
@@ -395,18 +410,23 @@ def _test_logits(tm: TrainedModel, root: Path, device: torch.device, preloaded=N
 
 
 def _predictions(tm: TrainedModel, infos, data, logits: torch.Tensor, mode: str) -> tuple[dict, dict]:
+    """pred_all.json and the routing, keyed by each dataset's folder name as it is under the root now (SPEC keys
+    by dataset folder): a model trained on a decomposed `café` (macOS) wrote that key for a composed folder, which a
+    grader keyed by folder names did not find. A dataset not predicted here keeps the model's name (routing)."""
     pred_ds, pred_local = tm.space.predict(logits, mode, data.dataset_ids)
     out: dict = {"n_parameters": int(tm.n_parameters)}
     routing: dict = {}
-    for name in (info.name for info in infos):  # the datasets predicted (all, or those of --datasets)
-        out[name] = {}
-        routing[name] = {}
+    folder = dict(enumerate(tm.space.names))
+    for info in infos:  # the datasets predicted (all, or those of --datasets)
+        folder[tm.space.index(info.name)] = info.root.name
+        out[info.root.name] = {}
+        routing[info.root.name] = {}
     for i, d, pd, pl in zip(data.image_ids, data.dataset_ids.tolist(), pred_ds.tolist(), pred_local.tolist()):
-        name = tm.space.names[d]
+        name = folder[d]
         # An image routed to another dataset has no class of its own dataset: MISROUTED (-1) can never
         # match, where the other dataset's local index could be out of range or a spurious hit.
         out[name][str(i)] = int(pl) if pd == d else MISROUTED
-        routing[name][str(i)] = tm.space.names[pd]
+        routing[name][str(i)] = folder[pd]
     return out, routing
 
 
@@ -655,16 +675,25 @@ def score_predictions(pred: dict, root: Path, class_names: dict | None = None, s
     """Accuracy of a pred_all.json against the answer keys, as a grader scores a submission (what `make demo`
     prints): every keyed test image counts, and one the file has no prediction for is a miss. ``class_names``
     {dataset: classes} lets keys name classes by folder name; ``skip``: datasets not to score; ``test_ids``
-    {dataset: ids of its test images} (default: read from ROOT/<dataset>/test/)."""
+    {dataset: ids of its test images} (default: read from ROOT/<dataset>/test/). pred_all.json is keyed by the
+    folder names, the others by the model's: matched by their composed (NFC) forms where the two differ."""
+    def of(given, name: str):
+        given = given or {}
+        if name in given:
+            return given[name]
+        return next((v for k, v in given.items() if unicodedata.normalize("NFC", k) == unicodedata.normalize(
+            "NFC", name)), None)
+
+    skipped = {unicodedata.normalize("NFC", n) for n in skip}
     result = {}
     for name, preds in pred.items():
-        if name == "n_parameters" or name in skip:
+        if name == "n_parameters" or unicodedata.normalize("NFC", name) in skipped:
             continue
         key_file = Path(root) / name / "test_labels.json"
         if not key_file.is_file():
             continue
-        key = load_answer_key(key_file, class_names=(class_names or {}).get(name))
-        ids = (test_ids or {}).get(name)
+        key = load_answer_key(key_file, class_names=of(class_names, name))
+        ids = of(test_ids, name)
         if ids is None:
             ids = [i for i, _ in scan_root(root, [name], splits=("test",))[0].test]
         if warn:

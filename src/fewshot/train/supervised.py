@@ -65,6 +65,32 @@ def plan_training_batches(cfg: dict, train_set, epoch: int, world: int = 1, rank
     return [b for b, *shares in zip(ranks[rank], *ranks) if min(len(s) for s in shares) >= 2]
 
 
+def space_changes(saved: LabelSpace, now: LabelSpace) -> list[str]:
+    """What differs between the run's datasets and classes and the data's now, by name: the refusal gave each
+    dataset's class count on both sides, which read the same after a class folder was renamed."""
+    from fewshot.data.layout import names_list
+
+    def shown(names: list[str]) -> str:
+        return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+
+    was, here = dict(zip(saved.names, saved.classes)), dict(zip(now.names, now.classes))
+    parts = []
+    gone, new = [n for n in was if n not in here], [n for n in here if n not in was]
+    if gone:
+        parts.append(f"dataset(s) {names_list(gone)} in the run, not in the data now")
+    if new:
+        parts.append(f"dataset(s) {names_list(new)} in the data now, not in the run")
+    for name in (n for n in was if n in here and was[n] != here[n]):
+        only_run = [c for c in was[name] if c not in here[name]]
+        only_now = [c for c in here[name] if c not in was[name]]
+        bits = [f"class(es) {shown(only_run)} in the run, not now"] if only_run else []
+        bits += [f"{shown(only_now)} now, not in the run"] if only_now else []
+        parts.append(f"{names_list([name])}: {', '.join(bits) or 'its classes in another order'}")
+    if not parts:  # the same datasets and classes, the datasets in another order
+        parts.append(f"the datasets {names_list(saved.names)} in the run, {names_list(now.names)} now")
+    return parts
+
+
 class SupervisedTask:
     kind = "supervised"
     supports_ema = True
@@ -389,9 +415,6 @@ class SupervisedTask:
             if changes and saved.names == self.space.names and all(was[n] == now[n] for n in was if n not in changes):
                 raise UserError(class_order_refusal(None, changes))
 
-            def describe(space) -> str:
-                return "; ".join(f"{n}: {len(c)} classes" for n, c in zip(space.names, space.classes))
-
-            raise UserError(f"the datasets or classes differ from those of the run being resumed (the run: "
-                            f"{describe(saved)}; now: {describe(self.space)}). Resume with the run's data "
-                            f"(--data, --datasets), or start a new run with another --out.")
+            raise UserError(one_line(f"the datasets or classes differ from those of the run being resumed "
+                                     f"({'; '.join(space_changes(saved, self.space))}). Resume with the run's data "
+                                     f"(--data, --datasets), or start a new run with another --out."))
