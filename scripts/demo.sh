@@ -34,7 +34,11 @@ run() {  # name, description, flags...
     echo "== $what, ${MINUTES} min budget"
     # a run that fails (a busy machine's start-up can leave too little of a short budget: the run is refused)
     # does not stop the demo: the others run, and the report and the table show the runs that finished
-    if ! "$BIN/fewshot" run --data "$ROOT" --out "$OUT/$name" --budget-minutes "$MINUTES" --device cpu "$@"; then
+    local rc=0
+    "$BIN/fewshot" run --data "$ROOT" --out "$OUT/$name" --budget-minutes "$MINUTES" --device cpu "$@" || rc=$?
+    if [ "$rc" -eq 130 ] || [ "$rc" -eq 143 ]; then  # Ctrl-C or SIGTERM: fewshot exits with it, the demo too
+      exit "$rc"
+    elif [ "$rc" -ne 0 ]; then
       failed+=("$name")
       echo "== $OUT/$name did not finish (its message is above); the demo goes on with the other runs" >&2
     fi
@@ -77,6 +81,6 @@ fi
 echo "demo wall time: $(( $(date +%s) - start )) s"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "demo: ${failed[*]} did not finish. Where a run was refused its budget (a busy or slow machine takes longer" \
-       "to start), give each run more time: make demo DEMO_MINUTES=$(( MINUTES + 2 )) (minutes per run)." >&2
+       "to start), give each run more time: make demo DEMO_MINUTES=$(awk "BEGIN { print $MINUTES + 2 }") (minutes per run)." >&2
   exit 1
 fi

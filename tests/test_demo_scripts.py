@@ -136,3 +136,25 @@ def test_demo_goes_on_after_a_refused_run_and_reports_the_finished_ones(tmp_path
     assert f"{out}/selftrain" in report and f"{out}/scratch" in report and f"{out}/moco" not in report, report
     assert "not scored: no answer key" in done.stdout, done.stdout
     assert "moco did not finish" in done.stderr and "make demo DEMO_MINUTES=5" in done.stderr, done.stderr
+
+
+def test_demo_stops_when_a_run_is_interrupted_and_advises_in_fractional_minutes(tmp_path, monkeypatch):
+    """fewshot exits 130 on Ctrl-C by itself, so a demo that went on after a failed run also went on after Ctrl-C
+    (the next runs started); and `DEMO_MINUTES=2.5` broke the shell arithmetic of the advice line."""
+    bin_dir = fake_bin(tmp_path)
+    fake = bin_dir / "fewshot"
+    fake.write_text(fake.read_text().replace(
+        'elif a[0] == "run":',
+        'elif a[0] == "run" and "--pretrain" in a:\n'
+        '    sys.exit(int(os.environ["FAKE_PRETRAIN_RC"]))\n'
+        'elif a[0] == "run":'))
+    root, out = tmp_path / "demo_data", tmp_path / "runs"
+    for name in ("digits", "fashion-mnist"):
+        (root / name).mkdir(parents=True)
+    monkeypatch.setenv("FAKE_PRETRAIN_RC", "130")
+    done, calls = run_script(SCRIPTS / "demo.sh", tmp_path, bin_dir, root, out, 2.5)
+    assert done.returncode == 130, (done.stdout, done.stderr)
+    assert sum(c.startswith("run ") for c in calls) == 2 and not any(c.startswith("report") for c in calls)
+    monkeypatch.setenv("FAKE_PRETRAIN_RC", "2")
+    done, calls = run_script(SCRIPTS / "demo.sh", tmp_path, bin_dir, root, out, 2.5)
+    assert done.returncode == 1 and "make demo DEMO_MINUTES=4.5 " in done.stderr, done.stderr
