@@ -171,10 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("train", "pretrain", "run"):  # the override words are no argparse argument: shown by hand
         command = sub.choices[name]
         command.usage = command.format_usage().removeprefix("usage: ").rstrip() + " [key=value ...]"
-    probe = sub.choices["probe"]  # its one word: the decoding setting train, pretrain and run take (cli_moco)
-    probe.usage = probe.format_usage().removeprefix("usage: ").rstrip() + " [data.bit_depth=N]"
     for name in ("data", "eval", "predict", "report", "probe"):  # train, pretrain, run: _add_common_training / own
         sub.choices[name].add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP_NO_EPOCHS)
+    probe = sub.choices["probe"]  # its one word: the decoding setting train, pretrain and run take (cli_moco)
+    probe.usage = probe.format_usage().removeprefix("usage: ").rstrip() + " [data.bit_depth=N]"  # after its flags
     return parser
 
 

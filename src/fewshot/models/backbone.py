@@ -37,15 +37,20 @@ _NAMED: set[str] = set()  # the names timm_name has noted (once per command, tho
 def timm_name(name):
     """The timm model ``name`` means: as typed when timm has it, else the one timm name it matches ignoring case
     (`--model RESNET18` was refused, resnet18 suggested), said in a note; anything else as typed, for
-    create_backbone to refuse with similar names. A pretrained tag (`.a1_in1k`) stays on the name."""
-    if not isinstance(name, str) or timm.is_model(name):
+    create_backbone to refuse with similar names. A pretrained tag (`.a1_in1k`) stays on the name, in lower case as
+    timm writes every tag (`resnet18.A1_IN1K` was kept as typed where `ResNet18.A1_IN1K` was not, and a resume that
+    spelt it the other way was refused)."""
+    if not isinstance(name, str):
         return name
     arch, dot, tag = name.partition(".")
-    matches = [m for m in timm.list_models() if m.lower() == arch.lower()]
-    if len(matches) != 1:
-        return name
-    meant = matches[0] + dot + tag.lower()
-    if name not in _NAMED and os.environ.get("RANK", "0") == "0":
+    if timm.is_model(arch):
+        meant = arch + dot + tag.lower()
+    else:
+        matches = [m for m in timm.list_models() if m.lower() == arch.lower()]
+        if len(matches) != 1:
+            return name
+        meant = matches[0] + dot + tag.lower()
+    if meant != name and name not in _NAMED and os.environ.get("RANK", "0") == "0":
         _NAMED.add(name)
         print(f"note: model {name}: using timm's {meant} (timm names are lower case)", file=sys.stderr, flush=True)
     return meant
