@@ -30,10 +30,14 @@ def test_summary_records_the_closing_estimate_beside_the_real_closing_time(digit
     record = summary["closing_seconds"]
     assert record["estimated"] == pytest.approx(closing_s)
     assert record["margin"] == pytest.approx(pipeline.CLOSING_SHARE * budget_s, abs=0.01)
-    # real counts from where the last step was planned to end at the latest (the budget less the estimate and the
-    # margin) to the run's end: so it differs from the plan by exactly the run's own overrun (or time left)
+    # real counts from the end of the last stage's training (run_state.json) to the run's end, and training_late
+    # says how far that end was from the plan's latest: together they make up the run's own overrun (or time left)
+    state = json.loads((out / "run_state.json").read_text())
+    trained_at = max(s["trained_at"] for s in state["stages"].values() if "trained_at" in s)
+    assert record["real"] == pytest.approx(summary["seconds"] - trained_at, abs=0.02)
     planned = record["estimated"] + record["margin"]
-    assert record["real"] - planned == pytest.approx(summary["seconds"] - budget_s, abs=0.02)
+    assert record["real"] + record["training_late"] - planned == pytest.approx(summary["seconds"] - budget_s,
+                                                                                abs=0.03)
 
 
 def test_a_skipped_last_round_drops_the_closing_plan_of_a_round_that_ended_at_its_share():
@@ -44,7 +48,10 @@ def test_a_skipped_last_round_drops_the_closing_plan_of_a_round_that_ended_at_it
     run = PipelineRun.__new__(PipelineRun)
     run.budget_s, run.t_start, run.last_end = 60.0, 0.0, 60.0
     run.plan_closing(20.0)
-    assert run.closing_record(50.0) == {"estimated": pytest.approx(19.1), "margin": 0.9, "real": 10.0}
+    assert run.closing_record(50.0) == {"estimated": pytest.approx(19.1), "margin": 0.9, "real": 10.0,
+                                        "training_late": 0.0}  # no stage recorded its end: the plan's is taken
+    run.state = SimpleNamespace(data={"stages": {"finetune_labelled": {"trained_at": 44.0}}})
+    assert run.closing_record(50.0)["real"] == 6.0 and run.closing_record(50.0)["training_late"] == 4.0
     run.skip, run.report_stages, run.state = {}, 3, SimpleNamespace(save=lambda: None)
     run.decide(2, 3, "no time")
     assert run.closing_record(50.0) is None

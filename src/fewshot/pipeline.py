@@ -489,7 +489,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         task.fit_seconds = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
         task.epochs_run = engine.epochs_trained()
         if state is not None:
-            state.record(name, "trained", time.monotonic() - t_start, epochs=engine.epochs_trained())
+            trained_at = time.monotonic() - t_start  # on the run's clock: summary.json's closing_seconds counts from it
+            state.record(name, "trained", trained_at, epochs=engine.epochs_trained(), trained_at=round(trained_at, 2))
     # the speeds the stage trained and evaluated at, which judge a later round before its work (check_later_rounds)
     task.trained_step_s, task.trained_eval_s = trained_speeds(fdir / "log.jsonl", eval_passes(task, fcfg))
     metrics = final_metrics(engine, task, fdir)
@@ -1154,14 +1155,20 @@ class PipelineRun:
 
     def closing_record(self, total_s: float) -> dict | None:
         """summary.json's ``closing_seconds``: the closing work as the predicting stage planned it (``estimated``,
-        and the ``margin`` of the budget kept beyond it) and as it took (``real``: from where its last step was
-        planned to end at the latest to the run's end); None where no stage trained until it this session (a
-        resumed run with its stages done, or a round that ended at its share before a later one was skipped)."""
+        and the ``margin`` of the budget kept beyond it), as it took (``real``: from the end of the last stage's
+        training, run_state's ``trained_at``, to the run's end), and ``training_late`` (that end less the latest
+        end the plan gave its last step; negative: early). Counted from the planned end, ``real`` took in a stage
+        that ended early or ran past it (its 5-step floor), the very thing the record is to tell apart. None where
+        no stage trained until it this session (a resumed run with its stages done, or a round that ended at its
+        share before a later one was skipped)."""
         plan = self.closing_plan
         if plan is None:
             return None
+        stages = getattr(getattr(self, "state", None), "data", {}).get("stages", {})
+        ends = [entry["trained_at"] for entry in stages.values() if isinstance(entry.get("trained_at"), (int, float))]
+        trained_at = max(ends) if ends else plan["ends_at"]
         return {"estimated": round(plan["need"] - plan["margin"], 2), "margin": round(plan["margin"], 2),
-                "real": round(total_s - plan["ends_at"], 2)}
+                "real": round(total_s - trained_at, 2), "training_late": round(trained_at - plan["ends_at"], 2)}
 
     def refuse_unless_pretrain_run_fits(self, task, eval_s: float, step_s: float) -> float:
         """MoCo's plan_stage hook, called with its measured speeds before it trains: a budget that cannot hold
