@@ -83,6 +83,18 @@ def test_the_slower_of_the_timing_and_the_training_judges():
     assert (step_s, eval_s) == (0.5, 3.0) and "500 ms a step" in words and "3.0 s an evaluation" in words
 
 
+def test_a_round_not_timed_in_this_session_is_timed_now_beside_its_log(monkeypatch):
+    """A resumed or reused round has no timing of this session: its log alone (another machine, another load)
+    judged the rounds after it; the speed measured now counts too, the slower deciding."""
+    from fewshot import pipeline
+
+    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task: 0.9)
+    monkeypatch.setattr(pipeline, "measure_eval_seconds", lambda task: 0.5)
+    task = SimpleNamespace(trained_step_s=0.2, trained_eval_s=2.0)  # no step_s / eval_s: not planned here
+    step_s, eval_s, _ = pipeline.round_speeds(task, 1)
+    assert (step_s, eval_s) == (0.9, 2.0)
+
+
 def test_the_check_before_round_2_gets_round_1s_trained_speed_and_round_2_says_it_times_itself(
         digits_root, tmp_path, monkeypatch):
     """The whole run: round 1's planning timed a (faked) 10 us step; the check before round 2 is given the speed

@@ -685,10 +685,12 @@ def round_speeds(task, k: int) -> tuple[float, float, str]:
     calibration only, a loaded machine's round 1 (1.6 s a step timed, 7.4 s trained) passed the check, and round
     2 labelled the pool and timed its steps for 36 s before its own planning skipped it. The slower, not the
     training's alone: the later round's own check times it as round 1's planning did, after the labelling."""
-    timed = [x for x in (getattr(task, "step_s", None), getattr(task, "trained_step_s", None)) if x]
-    step_s = max(timed) if timed else measure_step_seconds(task)  # a reused round: not measured
-    evals = [x for x in (getattr(task, "eval_s", None), getattr(task, "trained_eval_s", None)) if x]
-    eval_s = max(evals) if evals else measure_eval_seconds(task)
+    # a round reused or resumed in this session was not timed here: its log may come from another machine or load,
+    # so it is timed now as well
+    timed = [getattr(task, "step_s", None) or measure_step_seconds(task), getattr(task, "trained_step_s", None)]
+    step_s = max(x for x in timed if x)
+    evals = [getattr(task, "eval_s", None) or measure_eval_seconds(task), getattr(task, "trained_eval_s", None)]
+    eval_s = max(x for x in evals if x)
     speed = (f"round {k}'s speed ({step_s * 1000:.0f} ms a step, {eval_s:.1f} s an evaluation: the slower of its "
              f"timing and its training)" if getattr(task, "trained_step_s", None) else "the measured speed")
     return step_s, eval_s, speed
