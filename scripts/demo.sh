@@ -80,7 +80,8 @@ PY
 fi
 echo "demo wall time: $(( $(date +%s) - start )) s"
 if [ ${#failed[@]} -gt 0 ]; then
+  more=$(awk "BEGIN { printf \"%.10g\", $MINUTES + 2 }")
   echo "demo: ${failed[*]} did not finish. Where a run was refused its budget (a busy or slow machine takes longer" \
-       "to start), give each run more time: make demo DEMO_MINUTES=$(awk "BEGIN { print $MINUTES + 2 }") (minutes per run)." >&2
+       "to start), give each run more time: make demo DEMO_MINUTES=$more (minutes per run)." >&2
   exit 1
 fi

@@ -48,8 +48,8 @@ def test_a_skipped_last_round_drops_the_closing_plan_of_a_round_that_ended_at_it
     run = PipelineRun.__new__(PipelineRun)
     run.budget_s, run.t_start, run.last_end = 60.0, 0.0, 60.0
     run.plan_closing(20.0)
-    assert run.closing_record(50.0) == {"estimated": pytest.approx(19.1), "margin": 0.9, "real": 10.0,
-                                        "training_late": 0.0}  # no stage recorded its end: the plan's is taken
+    assert run.closing_record(50.0) == {"estimated": pytest.approx(19.1), "margin": 0.9, "real": 10.0}  # no end
+    # recorded by a stage: counted from the plan's, without a lateness nobody measured
     run.state = SimpleNamespace(data={"stages": {"finetune_labelled": {"trained_at": 44.0}}})
     assert run.closing_record(50.0)["real"] == 6.0 and run.closing_record(50.0)["training_late"] == 4.0
     run.skip, run.report_stages, run.state = {}, 3, SimpleNamespace(save=lambda: None)

@@ -69,6 +69,9 @@ def test_a_dataset_the_model_does_not_know_is_said_on_val_as_on_test(data, run, 
         rc, _, err = run_main("eval", run, "--data", root, "--split", split, "--no-progress")
         assert rc == 0, err
         assert f"{root} also holds zz, which the model was not trained on" in err and "not scored" in err, (split, err)
+    # the report's val analysis scores nothing: no "not scored" there (it came once per run of a report)
+    rc, _, err = run_main("report", run, "--data", root, "--out", tmp_path / "rep", "--no-progress")
+    assert rc == 0 and "not scored" not in err, err
 
 
 def test_dataset_folders_in_two_unicode_forms_are_refused(data, tmp_path):
@@ -77,9 +80,11 @@ def test_dataset_folders_in_two_unicode_forms_are_refused(data, tmp_path):
     root = _copy(data, tmp_path)
     shutil.copytree(root / "x", root / NFC)
     with pytest.raises(UserError, match=f"two dataset folders named '{NFC}' that differ only in their Unicode form"):
-        list_datasets(root)
-    with pytest.raises(UserError, match="merge them, or rename one"):
+        scan_root(root)
+    with pytest.raises(UserError, match=r"\((de)?composed\) and .*\((de)?composed\).*merge them, or rename one"):
         scan_root(root, [NFD])
+    # the root's other datasets are not held up by the pair
+    assert [info.name for info in scan_root(root, ["x"])] == ["x"] and NFC in list_datasets(root)
 
 
 def test_datasets_naming_one_of_a_models_twins_takes_that_one():

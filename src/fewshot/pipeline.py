@@ -685,8 +685,8 @@ def round_speeds(task, k: int) -> tuple[float, float, str]:
     calibration only, a loaded machine's round 1 (1.6 s a step timed, 7.4 s trained) passed the check, and round
     2 labelled the pool and timed its steps for 36 s before its own planning skipped it. The slower, not the
     training's alone: the later round's own check times it as round 1's planning did, after the labelling."""
-    # a round reused or resumed in this session was not timed here: its log may come from another machine or load,
-    # so it is timed now as well
+    # a round reused in this session was not timed here (a resumed one was, at its planning: round1_closing): its log
+    # may come from another machine or load, so it is timed now as well
     timed = [getattr(task, "step_s", None) or measure_step_seconds(task), getattr(task, "trained_step_s", None)]
     step_s = max(x for x in timed if x)
     evals = [getattr(task, "eval_s", None) or measure_eval_seconds(task), getattr(task, "trained_eval_s", None)]
@@ -1168,9 +1168,10 @@ class PipelineRun:
             return None
         stages = getattr(getattr(self, "state", None), "data", {}).get("stages", {})
         ends = [entry["trained_at"] for entry in stages.values() if isinstance(entry.get("trained_at"), (int, float))]
-        trained_at = max(ends) if ends else plan["ends_at"]
-        return {"estimated": round(plan["need"] - plan["margin"], 2), "margin": round(plan["margin"], 2),
-                "real": round(total_s - trained_at, 2), "training_late": round(trained_at - plan["ends_at"], 2)}
+        record = {"estimated": round(plan["need"] - plan["margin"], 2), "margin": round(plan["margin"], 2)}
+        if not ends:  # no stage recorded its end: counted from the plan's, and no lateness claimed
+            return {**record, "real": round(total_s - plan["ends_at"], 2)}
+        return {**record, "real": round(total_s - max(ends), 2), "training_late": round(max(ends) - plan["ends_at"], 2)}
 
     def refuse_unless_pretrain_run_fits(self, task, eval_s: float, step_s: float) -> float:
         """MoCo's plan_stage hook, called with its measured speeds before it trains: a budget that cannot hold
@@ -1337,6 +1338,8 @@ class PipelineRun:
         does not leave them that, they are skipped and round 1 trains until the closing work."""
         skip, rounds = self.skip, self.rounds
         step_s = measure_step_seconds(task) if step_s is None else step_s  # a resumed round 1: not measured
+        # kept as plan_stage keeps its timings: the check before round 2 (round_speeds) timed a resumed round again
+        task.step_s, task.eval_s = getattr(task, "step_s", None) or step_s, getattr(task, "eval_s", None) or eval_s
         per_image = measure_prediction_seconds(task, self.test_set.images)  # the pool is labelled at this speed
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
         rest = after_round1_seconds(step_s, eval_s, per_image, self.n_unlabeled, rounds, closing_s,

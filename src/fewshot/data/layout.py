@@ -417,7 +417,6 @@ def list_datasets(root: Path) -> list[str]:
         elif str(folder) not in _TOLD_NOT_DATASETS and os.environ.get("RANK", "0") == "0":
             _TOLD_NOT_DATASETS.add(str(folder))
             print(one_line(f"note: {folder} is not a dataset ({why}): passed over"), file=sys.stderr, flush=True)
-    _refuse_dataset_twins(root, names)
     if not names:
         raise UserError(f"no dataset folders found under '{root}'. Expected ROOT/<dataset>/train/<class>/*.jpg "
                         f"(and val/<class>/ alike) for training, ROOT/<dataset>/test/<id>.jpg for predict "
@@ -433,9 +432,11 @@ def _refuse_dataset_twins(root: Path, names: list[str]) -> None:
     for name in names:
         other = first.setdefault(unicodedata.normalize("NFC", name), name)
         if other != name:
-            raise UserError(one_line(f"{root / other} and {root / name}: two dataset folders named "
-                                     f"'{unicodedata.normalize('NFC', name)}' that differ only in their Unicode form "
-                                     f"(composed / decomposed accents); merge them, or rename one."))
+            forms = {n: "composed" if n == unicodedata.normalize("NFC", n) else "decomposed" for n in (other, name)}
+            raise UserError(one_line(f"{root / other} ({forms[other]}) and {root / name} ({forms[name]}): two dataset "
+                                     f"folders named '{unicodedata.normalize('NFC', name)}' that differ only in their "
+                                     f"Unicode form (accents written composed or decomposed); merge them, or rename one "
+                                     f"(or leave both out with --datasets)."))
 
 
 def _listdir(folder: Path, problems: list[str], links: list[str] | None = None) -> list[os.DirEntry] | None:
@@ -738,6 +739,9 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
         names = list(first.values())
     else:
         names = available
+    # twins refused where they are used: a root holding a twin pair stopped commands on its other datasets too
+    used = {unicodedata.normalize("NFC", n) for n in names}
+    _refuse_dataset_twins(root, [n for n in available if unicodedata.normalize("NFC", n) in used])
     unnamed = [n for n in names if not is_utf8_name(n)]
     if unnamed:
         raise UserError(f"{root / unnamed[0]}: the dataset folder's name is {NOT_UTF8}.")

@@ -178,8 +178,8 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     infos = [_in_model_classes(info, tm.space.classes[tm.space.index(info.name)], split) for info in infos]
     if split == "test":
         warn_about_what_is_not_predicted(tm, root, infos, datasets, "not scored" if scoring else "not predicted")
-    else:  # a val score leaves out a dataset the model does not know as the test score does: said alike
-        warn_about_unseen_datasets(tm, root, datasets, "not scored")
+    elif scoring:  # eval's val score leaves out a dataset the model does not know as its test score does: said alike
+        warn_about_unseen_datasets(tm, root, datasets, "not scored")  # (not the report's val analysis: it scores none)
     if check is not None:
         check(infos)
     d = tm.cfg["data"]
