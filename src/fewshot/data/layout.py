@@ -433,10 +433,10 @@ def _refuse_dataset_twins(root: Path, names: list[str]) -> None:
         other = first.setdefault(unicodedata.normalize("NFC", name), name)
         if other != name:
             forms = {n: "composed" if n == unicodedata.normalize("NFC", n) else "decomposed" for n in (other, name)}
-            raise UserError(one_line(f"{root / other} ({forms[other]}) and {root / name} ({forms[name]}): two dataset "
-                                     f"folders named '{unicodedata.normalize('NFC', name)}' that differ only in their "
-                                     f"Unicode form (accents written composed or decomposed); merge them, or rename one "
-                                     f"(or leave both out with --datasets)."))
+            raise UserError(one_line(
+                f"{root / other} ({forms[other]}) and {root / name} ({forms[name]}): two dataset folders named "
+                f"'{unicodedata.normalize('NFC', name)}' that differ only in their Unicode form (accents written "
+                f"composed or decomposed); merge them, or rename one (or leave both out with --datasets)."))
 
 
 def _listdir(folder: Path, problems: list[str], links: list[str] | None = None) -> list[os.DirEntry] | None:
