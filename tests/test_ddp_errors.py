@@ -21,9 +21,9 @@ WORKER = Path(__file__).parent / "helpers" / "ddp_error_worker.py"
 TIMEOUT = 120
 
 
-def start_ranks(case: str, tmp_path: Path) -> list[subprocess.Popen]:
+def start_ranks(case: str, tmp_path: Path, ranks: int = 2) -> list[subprocess.Popen]:
     port, procs = str(free_port()), []
-    for rank in range(2):
+    for rank in range(ranks):
         env = {**dist_env(), "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_PORT": port,
                "TORCHELASTIC_RUN_ID": "test"}
         procs.append(subprocess.Popen([sys.executable, str(WORKER), case, str(tmp_path)], env=env,
@@ -31,11 +31,11 @@ def start_ranks(case: str, tmp_path: Path) -> list[subprocess.Popen]:
     return procs
 
 
-def finish(procs: list[subprocess.Popen]) -> tuple[list[int], str]:
+def finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> tuple[list[int], str]:
     outs = []
     for proc in procs:
         try:
-            outs.append("".join(proc.communicate(timeout=TIMEOUT)))
+            outs.append("".join(proc.communicate(timeout=timeout)))
         except subprocess.TimeoutExpired:
             for p in procs:
                 p.kill()
@@ -69,9 +69,7 @@ def test_sigterm_before_training_says_one_line_and_exits_143(tmp_path):
     rank silently with -15. Rank 1 (in Python) stops as on Ctrl-C; rank 0, waiting in the rendezvous where no
     Python handler runs, is ended by the watcher thread, which says the stop."""
     procs = start_ranks("sigterm", tmp_path)
-    for proc in procs:  # each says it is ready on its own line before the wait
-        line = proc.stdout.readline()
-        assert line.startswith("ready"), (line, proc.stderr.read() if proc.poll() is not None else "")
+    wait_ready(procs)
     time.sleep(0.5)
     started = time.monotonic()
     for proc in procs:
@@ -80,6 +78,68 @@ def test_sigterm_before_training_says_one_line_and_exits_143(tmp_path):
     assert codes == [143, 143], (codes, out)
     assert out.count("fewshot train: stopped by SIGTERM") == 1, out
     assert time.monotonic() - started < 20, out  # the watcher's 2 s, not the rendezvous' 30 min
+
+
+def wait_ready(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:  # each says it is ready on its own line before the wait
+        line = proc.stdout.readline()
+        assert line.startswith("ready"), (line, proc.stderr.read() if proc.poll() is not None else "")
+
+
+def test_an_error_said_in_a_first_call_is_said_again_in_a_second(tmp_path):
+    """Two cli.main calls in one process under torchrun (the group kept after the first one's failure): the store
+    keys of the first call (rank 0's exit code, rank 1's claim of the message) answered the second one's waits,
+    and its error was said by nobody. Each call has its own keys."""
+    codes, out = finish(start_ranks("twice", tmp_path))
+    assert codes == [2, 2], (codes, out)
+    assert out.count("fewshot train: rank 1: error: a broken image in the pool (twice)") == 2, out
+
+
+def test_a_clean_stop_with_a_slow_shutdown_is_not_ended_by_the_watcher(tmp_path):
+    """SIGTERM and torchrun's copy of it during training: the training loop's handler took it and stopped cleanly,
+    but the watcher thread, finding sigterm_as_interrupt's handler back during a slow process-group shutdown
+    (NCCL), took the rank for one blocked in a wait: it added a second stop line and cut the shutdown short."""
+    procs = start_ranks("clean_stop", tmp_path)
+    wait_ready(procs)
+    for _ in range(2):  # the signal, then the copy torchrun forwards
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+    codes, out = finish(procs)
+    assert codes == [143, 143], (codes, out)
+    assert out.count("stopped by SIGTERM") == 1 and "if another process" not in out, out
+    assert "fewshot train: stopped by SIGTERM after a whole step; checkpoint written" in out, out
+
+
+def test_the_watcher_says_the_stop_past_a_stderr_that_never_returns(tmp_path):
+    """The watcher thread printed its stop line through sys.stderr: a main thread stuck writing to stderr holds
+    its lock, and the rank neither said the stop nor exited. The line goes to fd 2 and the exit follows."""
+    procs = start_ranks("stuck_stderr", tmp_path, ranks=1)
+    wait_ready(procs)
+    procs[0].send_signal(signal.SIGTERM)
+    codes, out = finish(procs, timeout=30)
+    assert codes == [143], (codes, out)
+    assert out.count("fewshot train: stopped by SIGTERM (if another process of this torchrun job") == 1, out
+
+
+def test_a_usage_error_of_every_rank_is_said_once_without_torchrun_ending_the_others(tmp_path):
+    """Before a process group a quiet rank slept 2 s for torchrun to end it, then said the error again: a slow exit
+    of rank 0 or a --monitor-interval over 2 s printed it once per process. The quiet rank sees that rank 0, the
+    first process of its node, has exited (here nobody ends rank 1)."""
+    procs = start_ranks("usage_all", tmp_path)
+    codes, out = finish(procs[::-1])  # rank 0 left unreaped while rank 1 looks, as torchrun's agent leaves it
+    assert codes == [2, 2], (codes, out)
+    assert out.count("unrecognized arguments: --bogus") == 1 and "rank 1: " not in out, out
+
+
+def test_a_usage_error_of_rank_1_alone_is_said_while_rank_0_runs(tmp_path):
+    """Rank 0 is seen running: rank 1 waits for it (SPEAKER_EXIT_WAIT_S, 1.5 s here), then says its own error."""
+    procs = start_ranks("usage_rank_1", tmp_path)
+    wait_ready(procs[:1])
+    codes, out = finish(procs[1:])
+    procs[0].send_signal(signal.SIGTERM)
+    finish(procs[:1])
+    assert codes == [2] and "rank 1: fewshot train: error: unrecognized arguments: --bogus" in out, (codes, out)
 
 
 @pytest.fixture

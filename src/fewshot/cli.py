@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import errno
 import io
+import itertools
 import json
 import os
 import signal
@@ -214,7 +216,7 @@ def adopt_recorded_model(cfg: dict, flags: dict, extra: list[str], config_file: 
 
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None,
                        default_preset: str | None = None) -> dict:
-    from fewshot.config import file_settings, get_dotted, parse_override
+    from fewshot.config import file_settings, get_dotted, mark_rechosen, parse_override, record_chosen
     from fewshot.models.backbone import note_pretrained_tag, timm_name
     from fewshot.train.finetune import merge_resume_config
 
@@ -226,8 +228,13 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
     note_flags_overridden(flags, names, extra)
     cfg["model"]["name"] = timm_name(cfg["model"]["name"])  # as recorded, and as a resume compares it
     if not args.resume:  # a resumed run keeps its recorded model
+        name = cfg["model"]["name"]
         adopt_recorded_model(cfg, flags, extra, args.config)
+        record_chosen(cfg, {"model.name": name})  # the weights file's model, not the user's: chosen again later
         note_pretrained_tag(cfg["model"])
+    # a run's config.yaml as --config: what it holds for the fields that run chose itself, for the note that names
+    # those chosen otherwise now (a resume with a config.yaml replaces cfg with the run's: no note)
+    mark_rechosen(cfg, args.config, {*flags, *(".".join(parse_override(w)[0]) for w in extra)})
     if args.resume:
         # the saved config is the base; a --config file given now, then flags, then words change it
         explicit = file_settings(args.config) if args.config else {}
@@ -477,11 +484,26 @@ def main(argv: list | None = None, started: float | None = None) -> int:
 
     try:  # the run folders this command locks are free again when it returns, and the caller's settings back
         # under torchrun a rank blocked in a collective is ended by a watcher thread: the stop is said there
-        blocked = lambda: _interrupted(args, signal.SIGTERM, ask_peers=False)  # noqa: E731
-        with process_state.kept(), lock_scope(), sigterm_as_interrupt(blocked):
+        blocked = lambda: _interrupted(args, signal.SIGTERM, from_watcher=True)  # noqa: E731
+        with process_state.kept(), lock_scope(), _command_call(), sigterm_as_interrupt(blocked):
             return _dispatch(args, extra, handlers)
     finally:
         progress.set_enabled(bars)  # as were: --no-progress of one in-process call does not outlive it
+
+
+_CALLS = itertools.count(1)
+_CALL = contextvars.ContextVar("fewshot_command_call", default=0)  # this process's main() call, numbered from 1
+
+
+@contextlib.contextmanager
+def _command_call():
+    """Numbers this main() call: the store keys of one call (distributed.EXIT_KEY, SAID_KEY) outlived it, and a
+    second in-process call under torchrun found the first one's exit codes and claims."""
+    token = _CALL.set(next(_CALLS))
+    try:
+        yield
+    finally:
+        _CALL.reset(token)
 
 
 def _parse(argv: list) -> tuple[argparse.Namespace, list]:
@@ -560,7 +582,7 @@ def _dispatch(args, extra, handlers) -> int:
 
         # said after its message: a quiet rank that failed too waits for the speaker's (_speaker_spoke), and the
         # ranks that torchrun then ends look for any (_a_peer_said_why)
-        report_exit(code)
+        report_exit(code, call=_CALL.get())
     return code
 
 
@@ -673,11 +695,12 @@ def clipped(text: str, limit: int) -> str:
     return cut.rstrip(" ,;:.") + "..."
 
 
-def _interrupted(args, signum: int, ask_peers: bool = True) -> int:
+def _interrupted(args, signum: int, from_watcher: bool = False) -> int:
     """Ctrl-C or SIGTERM outside training: what was kept, and the exit status 128 + signum. Not said where torchrun's
-    SIGTERM followed another rank's failure, which that rank has said (_a_peer_said_why; not asked by
-    sigterm_as_interrupt's watcher thread, whose main thread may hold the store)."""
-    if signum == signal.SIGTERM and ask_peers and _a_peer_said_why():
+    SIGTERM followed another rank's failure, which that rank has said (_a_peer_said_why). From sigterm_as_interrupt's
+    watcher thread the store is not asked (the blocked main thread may hold it), and the line is written with
+    os.write: print waited for stderr's lock, which a main thread stuck writing to stderr holds."""
+    if signum == signal.SIGTERM and not from_watcher and _a_peer_said_why():
         return 128 + int(signum)
     out = getattr(args, "out", None)
     if out and args.command == "run" and Path(out, "run_state.json").is_file():
@@ -693,12 +716,14 @@ def _interrupted(args, signum: int, ask_peers: bool = True) -> int:
     else:
         note = ""
     what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-    if signum == signal.SIGTERM and world_size_env() > 1 and not (ask_peers and _process_group_started()):
+    if signum == signal.SIGTERM and world_size_env() > 1 and (from_watcher or not _process_group_started()):
         # no store to ask (before the process group, or from the watcher thread): torchrun's SIGTERM may be its
         # answer to another process's failure (a flag given to rank 1 only), which "start again" would repeat
         what += " (if another process of this torchrun job failed first, its message above says why)"
     try:
-        if not _quiet_rank():
+        if not _quiet_rank() and from_watcher:
+            os.write(2, f"fewshot {args.command}: {what}{note}\n".encode(errors="replace"))
+        elif not _quiet_rank():
             print(f"fewshot {args.command}: {what}{note}", file=sys.stderr, flush=True)
     except OSError:  # stderr went away with the same signal (`... 2>&1 | tee log`)
         pass
@@ -753,18 +778,73 @@ def _speaker_spoke(message: str) -> bool:
     from fewshot.train.distributed import speaker_said
 
     speaker = dist.get_rank() - int(os.environ["LOCAL_RANK"])  # torchrun numbers a node's processes in a row
-    return speaker_said(speaker, message, SPEAKER_WAIT_S)
+    return speaker_said(speaker, message, SPEAKER_WAIT_S, call=_CALL.get())
+
+
+SPEAKER_EXIT_WAIT_S = 8.0  # before a process group: how long a quiet rank waits for a first process seen running
 
 
 def _speaker_failed_too() -> bool:
-    """Before a process group: whether the first process of this node stopped too. torchrun ends the other
-    processes within its monitor interval (0.1 s) once one has failed, so a quiet rank still running after
-    ARGPARSE_GRACE_S met an error of its own (a command line or environment that differs per rank): it says it."""
+    """Before a process group (no store to claim a message in): whether the first process of this node stopped too,
+    and said why. Its process is looked for beside this one (torchrun's agent starts a node's processes): once it
+    has exited, it failed (True at once); seen running, it is waited for up to SPEAKER_EXIT_WAIT_S, as its exit
+    after its message may be slow. A quiet rank that only slept ARGPARSE_GRACE_S for torchrun to end it said the
+    same error again behind a slow exit or a --monitor-interval over the grace. Not found (no /proc, or reaped
+    already): ARGPARSE_GRACE_S, as before. Still running at the end: an error of this rank alone; it says it."""
+    speaker = _local_speaker()
+    deadline = time.monotonic() + (ARGPARSE_GRACE_S if speaker is None else SPEAKER_EXIT_WAIT_S)
     try:
-        time.sleep(ARGPARSE_GRACE_S)
+        while True:
+            if speaker is not None and not _running(speaker):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
     except KeyboardInterrupt:  # torchrun's SIGTERM (sigterm_as_interrupt) or Ctrl-C: the first process says why
         return True
-    return False
+
+
+def _local_speaker() -> tuple[int, str] | None:
+    """The first process of this node under torchrun, as (pid, start time): a process of the same parent (the
+    agent) with LOCAL_RANK=0 and this job's TORCHELASTIC_RUN_ID. One that has exited (its parent has not reaped it
+    yet) shows no environment: the first started of this one's siblings, in the second before it (torchrun starts
+    a node's processes in rank order). None where /proc cannot say (not Linux)."""
+    run_id, parent, mine = os.environ.get("TORCHELASTIC_RUN_ID", ""), str(os.getppid()), _proc_stat(os.getpid())
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
+    except OSError:
+        return None
+    siblings = [(pid, stat) for pid, stat in ((pid, _proc_stat(pid)) for pid in pids)
+                if stat is not None and stat[1] == parent]
+    for pid, stat in siblings:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"LOCAL_RANK=0" in environ and f"TORCHELASTIC_RUN_ID={run_id}".encode() in environ:
+            return pid, stat[19]
+    if mine is None or not siblings:
+        return None
+    pid, stat = min(siblings, key=lambda item: (int(item[1][19]), item[0]))
+    if stat[0] in ("Z", "X") and 0 <= int(mine[19]) - int(stat[19]) <= os.sysconf("SC_CLK_TCK"):
+        return pid, stat[19]
+    return None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state first, then the parent's pid); None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def _running(process: tuple[int, str]) -> bool:
+    """Whether the process found by _local_speaker still runs: not exited (a zombie its parent has not reaped yet
+    has exited), and its pid not reused by another (its start time)."""
+    stat = _proc_stat(process[0])
+    return stat is not None and stat[0] not in ("Z", "X") and stat[19] == process[1]
 
 
 def _first_to_say(message: str) -> bool:
@@ -773,7 +853,7 @@ def _first_to_say(message: str) -> bool:
         return True
     from fewshot.train.distributed import claim_message
 
-    return claim_message(sys.modules["torch.distributed"].get_rank(), message)
+    return claim_message(sys.modules["torch.distributed"].get_rank(), message, call=_CALL.get())
 
 
 def _first_exit(timeout_s: float) -> int | None:
@@ -783,7 +863,7 @@ def _first_exit(timeout_s: float) -> int | None:
         return None
     from fewshot.train.distributed import reported_exit
 
-    return reported_exit(0, timeout_s)
+    return reported_exit(0, timeout_s, call=_CALL.get())
 
 
 def _a_peer_said_why() -> bool:
@@ -800,7 +880,7 @@ def _a_peer_said_why() -> bool:
     except Exception:  # noqa: BLE001 - a group torn down meanwhile
         return False
     stops = (None, 128 + signal.SIGINT, 128 + signal.SIGTERM)  # a stop, not a failure: each rank says its own
-    return any(reported_exit(rank, 0.0) not in stops for rank in others)
+    return any(reported_exit(rank, 0.0, call=_CALL.get()) not in stops for rank in others)
 
 
 def _a_peer_stopped(exc: BaseException) -> bool:

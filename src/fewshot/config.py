@@ -451,7 +451,17 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-RECORDED = ("_task",)  # written into a run's config.yaml by the tool (report, resume), not settings
+CHOSEN = "_chosen"  # a run's config.yaml: the fields the run chose itself (RUN_TIME_FIELDS), not the user
+RECHOSEN = "_rechosen"  # in memory only: what a --config file's CHOSEN fields held, for the note (note_rechosen)
+RECORDED = ("_task", CHOSEN)  # written into a run's config.yaml by the tool (report, resume), not settings
+TRANSIENT = (RECHOSEN,)  # never written into config.yaml (save_yaml)
+
+# Fields a run fills in itself where the user left them unset (None, or auto): the learning rate and backbone
+# multiplier (resolve_finetune_defaults: --weights or not; resolve_pretrain_defaults: the global batch), the
+# network a --weights export records (model.name, img_size, width, small_stem) and the device. config.yaml saves
+# the values used and lists these under CHOSEN, so that the file given back as --config chooses them again.
+RUN_TIME_FIELDS = ("optim.lr", "optim.backbone_lr_mult", "model.name", "model.img_size", "model.width",
+                   "model.small_stem", "train.device")
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -460,12 +470,91 @@ def read_config_file(path: str | Path) -> dict:
     return {key: value for key, value in load_yaml(path).items() if key not in RECORDED}
 
 
+def chosen_in_file(path: str | Path) -> list[str]:
+    """The fields a run's config.yaml records as chosen at run time (CHOSEN), which --config then leaves to be
+    chosen again; [] for a file without the record (the user's own, or a run's from an older fewshot)."""
+    chosen = load_yaml(path).get(CHOSEN)
+    if chosen is None:
+        return []
+    if not (isinstance(chosen, list) and all(isinstance(c, str) for c in chosen)):
+        raise UserError(f"config file {path}: {CHOSEN} must be a list of field names (what the run chose itself), "
+                        f"not {chosen!r}; correct it or delete the {CHOSEN} line.")
+    other = [c for c in chosen if c not in RUN_TIME_FIELDS]
+    if other:
+        raise UserError(f"config file {path}: {CHOSEN} lists {', '.join(other)}, which no run chooses itself (those "
+                        f"are {', '.join(RUN_TIME_FIELDS)}); delete {'them' if len(other) > 1 else 'it'} from the "
+                        f"list.")
+    return list(dict.fromkeys(chosen))
+
+
 def file_settings(path: str | Path) -> dict:
     """A --config file's settings, dotted, as resolve() applies them: a section with every field commented out
     (`optim:` alone on its line) changes nothing (deep_merge), so it is no setting either (`train --resume
-    --config` took it for a change of the whole optim section and refused)."""
+    --config` took it for a change of the whole optim section and refused); nor is a field the run that wrote the
+    file chose itself (chosen_in_file), which resolve() chooses again."""
+    chosen = chosen_in_file(path)
     return {key: value for key, value in flatten_dotted(read_config_file(path)).items()
-            if not (value is None and isinstance(DEFAULTS.get(key), dict))}
+            if not (value is None and isinstance(DEFAULTS.get(key), dict)) and key not in chosen}
+
+
+def run_time_values(cfg: dict) -> dict:
+    """RUN_TIME_FIELDS' values in ``cfg`` before a run fills them in (record_chosen compares)."""
+    return {dotted: copy.deepcopy(get_dotted(cfg, dotted.split("."))) for dotted in RUN_TIME_FIELDS}
+
+
+def record_chosen(cfg: dict, before: dict) -> None:
+    """List under CHOSEN the fields of ``before`` (run_time_values) that the run has filled in or changed since: a
+    value the user gave stays as given, so only the run's own choices are listed."""
+    for dotted, was in before.items():
+        if get_dotted(cfg, dotted.split(".")) != was:
+            note_chosen(cfg, dotted)
+
+
+def note_chosen(cfg: dict, dotted: str) -> None:
+    """Record ``dotted`` as chosen at run time in ``cfg`` (saved with it as config.yaml)."""
+    chosen = cfg.setdefault(CHOSEN, [])
+    if dotted not in chosen:
+        chosen.append(dotted)
+
+
+def mark_rechosen(cfg: dict, file: str | Path | None, given: set) -> None:
+    """Keep in ``cfg`` (in memory: TRANSIENT) what the --config file's CHOSEN fields held, but those the command
+    gives now (``given``, dotted), for note_rechosen once the run has chosen them again."""
+    if not file:
+        return
+    raw = flatten_dotted(read_config_file(file))
+    values = {dotted: _as_number(raw.get(dotted)) for dotted in chosen_in_file(file) if dotted not in given}
+    if values:
+        cfg[RECHOSEN] = {"file": str(file), "values": values}
+
+
+def note_rechosen(cfg: dict, say: bool = True) -> None:
+    """After the run has filled in its fields: one line naming the --config file's CHOSEN fields that the run now
+    chose otherwise, with both values (lr 1e-4 now where the file said 0.004: a --weights run, not the scratch
+    one that wrote it). Drops the in-memory record either way."""
+    rechosen = cfg.pop(RECHOSEN, None)
+    if not rechosen or not say:
+        return
+    differ, keep = [], ""
+    for dotted, was in rechosen["values"].items():
+        now = get_dotted(cfg, dotted.split("."))
+        if now != was:
+            differ.append(f"{dotted} {_plain(now)} ({_plain(was)} there)")
+            keep = keep or f"{dotted}={_plain(was)}"
+    if differ:
+        print(printable(f"note: {rechosen['file']} records {', '.join(rechosen['values'])} as chosen by the run "
+                        f"that wrote it, so this command chose {'them' if len(rechosen['values']) > 1 else 'it'} "
+                        f"again: {', '.join(differ)} (give e.g. {keep} to keep the file's value)."),
+              file=sys.stderr, flush=True)
+
+
+def _plain(value: Any) -> str:
+    """A value as a note shows it: numbers as %g, booleans and None as YAML writes them."""
+    if isinstance(value, bool) or value is None:
+        return "null" if value is None else str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def unknown_fields(tree: dict, defaults: dict | None = None, path: str = "") -> list[str]:
@@ -523,7 +612,10 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
             chosen = {section: chosen[section] for section in preset_sections if section in chosen}
         cfg = deep_merge(cfg, chosen)
     if file:
+        below = cfg
         cfg = deep_merge(cfg, read_config_file(file))
+        for dotted in chosen_in_file(file):  # a run's config.yaml: what it chose itself is chosen again now
+            set_dotted(cfg, dotted.split("."), copy.deepcopy(get_dotted(below, dotted.split("."))))
     for dotted, value in (flags or {}).items():
         if value is not None:
             set_dotted(cfg, dotted.split("."), value)
@@ -951,4 +1043,5 @@ def check_augmentation_lists(aug: dict) -> None:
 def save_yaml(cfg: dict, path: Path) -> None:
     from fewshot.utils import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+    kept = {key: value for key, value in cfg.items() if key not in TRANSIENT}
+    atomic_write_text(path, yaml.safe_dump(kept, sort_keys=False))

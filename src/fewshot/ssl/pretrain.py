@@ -360,12 +360,19 @@ def shared_batch_norms(model) -> list[str]:
 
 
 def resolve_pretrain_defaults(cfg: dict, world: int) -> dict:
+    """The lr scaled with the global batch and the network a --weights export records, where the config leaves
+    them unset; listed as chosen at run time (config.CHOSEN), so that the run's config.yaml given back as
+    --config with another batch size scales the lr again."""
+    from fewshot.config import record_chosen, run_time_values
+
     o, t, m = cfg["optim"], cfg["train"], cfg["moco"]
+    before = run_time_values(cfg)
     adopt_weights_architecture(cfg["model"])
     if o["lr"] is None:  # the official 0.03 at batch 256, scaled linearly (the course: 0.015 at 128)
         o["lr"] = 0.03 * t["batch_size"] * world / 256
     if o["backbone_lr_mult"] is None:
         o["backbone_lr_mult"] = 1.0
+    record_chosen(cfg, before)
     global_batch = t["batch_size"] * world
     if m["queue_size"] < global_batch:
         raise UserError(f"moco.queue_size ({m['queue_size']}) is smaller than the global batch ({global_batch} = "

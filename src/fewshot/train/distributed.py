@@ -103,7 +103,10 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-EXIT_KEY = "fewshot/exit_code/{rank}"
+# {call}: the cli.main call of this process (cli._CALL), the same on every rank as they make their calls in one order.
+# torchrun's store keeps its keys for the whole job: a second in-process call read the first one's exit codes and
+# claims, and its error was said by nobody
+EXIT_KEY = "fewshot/call_{call}/exit_code/{rank}"
 
 
 def _store():
@@ -117,25 +120,25 @@ def _store():
         return None
 
 
-def report_exit(code: int) -> None:
-    """Said by a process that printed why it stops (cli._quiet_rank is False): its exit code, for the quiet ranks
-    waiting in reported_exit."""
+def report_exit(code: int, call: int = 0) -> None:
+    """Said by a process after its message, if it printed one: its exit code in command call `call`, for the quiet
+    ranks waiting in reported_exit."""
     store = _store()
     if store is not None:
         try:
-            store.set(EXIT_KEY.format(rank=dist.get_rank()), str(code))
+            store.set(EXIT_KEY.format(call=call, rank=dist.get_rank()), str(code))
         except Exception:  # the store is gone with its host: the waiting ranks then speak for themselves
             pass
 
 
-def reported_exit(rank: int, timeout_s: float) -> int | None:
+def reported_exit(rank: int, timeout_s: float, call: int = 0) -> int | None:
     """The exit code process `rank` reported after printing why it stops, waiting up to timeout_s for it; None when
     it has not (yet), there is no group or its store is gone, or Ctrl-C ends the wait. A quiet rank that fails
     first must not exit before rank 0 has spoken: torchrun then ends rank 0 (SIGTERM) before its message."""
     store = _store()
     if store is None:
         return None
-    key, deadline = EXIT_KEY.format(rank=rank), time.monotonic() + timeout_s
+    key, deadline = EXIT_KEY.format(call=call, rank=rank), time.monotonic() + timeout_s
     try:  # polled: a blocking store.wait would hold off Ctrl-C until its timeout
         while not store.check([key]):
             if time.monotonic() >= deadline:
@@ -146,16 +149,16 @@ def reported_exit(rank: int, timeout_s: float) -> int | None:
         return None
 
 
-SAID_KEY = "fewshot/said/{speaker}/{digest}"
+SAID_KEY = "fewshot/call_{call}/said/{speaker}/{digest}"
 
 
-def _said_key(speaker: int, message: str) -> str:
+def _said_key(speaker: int, message: str, call: int) -> str:
     import hashlib
 
-    return SAID_KEY.format(speaker=speaker, digest=hashlib.sha256(message.encode()).hexdigest()[:16])
+    return SAID_KEY.format(call=call, speaker=speaker, digest=hashlib.sha256(message.encode()).hexdigest()[:16])
 
 
-def claim_message(speaker: int, message: str) -> bool:
+def claim_message(speaker: int, message: str, call: int = 0) -> bool:
     """Whether this process is the first of its node (whose first process is rank `speaker`) to say `message`: a
     quiet rank that said an error of its own (cli._speaker_spoke) must not hear it again from rank 0 when rank 0
     meets the same error later. True without a group or store: say it."""
@@ -163,12 +166,12 @@ def claim_message(speaker: int, message: str) -> bool:
     if store is None:
         return True
     try:
-        return int(store.add(_said_key(speaker, message), 1)) == 1
+        return int(store.add(_said_key(speaker, message, call), 1)) == 1
     except Exception:  # the store is gone with its host: say it
         return True
 
 
-def speaker_said(speaker: int, message: str, timeout_s: float) -> bool:
+def speaker_said(speaker: int, message: str, timeout_s: float, call: int = 0) -> bool:
     """A quiet rank's error: whether rank `speaker` (the first process of its node) has said this message or
     reported its own exit, waiting up to timeout_s for either; False (this rank says it) once the wait ends
     without either and this rank has claimed the message. True without a store, or when a signal ends the wait
@@ -176,12 +179,12 @@ def speaker_said(speaker: int, message: str, timeout_s: float) -> bool:
     store = _store()
     if store is None:
         return True
-    keys = [EXIT_KEY.format(rank=speaker), _said_key(speaker, message)]
+    keys = [EXIT_KEY.format(call=call, rank=speaker), _said_key(speaker, message, call)]
     deadline = time.monotonic() + timeout_s
     try:  # polled: a blocking store.wait would hold off Ctrl-C until its timeout
         while not any(store.check([key]) for key in keys):
             if time.monotonic() >= deadline:
-                return not claim_message(speaker, message)
+                return not claim_message(speaker, message, call)
             time.sleep(0.05)
         return True
     except KeyboardInterrupt:

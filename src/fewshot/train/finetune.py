@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot.config import load_yaml, save_yaml
+from fewshot.config import load_yaml, note_chosen, note_rechosen, save_yaml
 from fewshot.data.cache import ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import UserError, one_line
@@ -302,6 +302,8 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     configure_threads(cfg)
     device = resolve_device(cfg["train"]["device"])
     ctx, device = init_distributed(device)
+    if cfg["train"]["device"] == "auto":  # config.yaml saves the device used: given back, auto chooses again
+        note_chosen(cfg, "train.device")
     cfg["train"]["device"] = str(device.type)
     if cfg["train"]["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -311,6 +313,7 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"), if_present=("test",))
     check_same_data(ctx, infos)
     prepare_run_dir(out, resume, cfg, ctx, start)
+    note_rechosen(cfg, say=ctx.is_main)  # a run's config.yaml as --config: what this command chose otherwise
     if ctx.is_main and not resuming:
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
     check_resume_world(Path(out), resume, ctx.world)
@@ -409,7 +412,8 @@ def final_metrics(engine: Engine, task: SupervisedTask, out: Path) -> dict:
         metrics["semi"] = task.unlabeled.summary
     write_json(Path(out) / "metrics.json", metrics)
     for m in ("known", "unknown"):
-        write_json(Path(out) / f"metrics_{m}.json", {**result["val"][m], "split": "val", "best_epoch": best_epoch})
+        write_json(Path(out) / f"metrics_{m}.json", {**result["val"][m], "split": "val", "best_epoch": best_epoch,
+                                                     "weights": weights})  # as metrics.json says it
     # the table is of train.eval_mode, the mode metrics.json holds and the best epoch was chosen by
     print(format_table(metrics, title=f"val accuracy, best epoch {best_epoch}, {weights} weights"))
     if weights == "raw" and task.cfg["train"]["ema"]:

@@ -20,7 +20,8 @@ import time
 BLOCKED_EXIT_S = 2.0  # under torchrun: a SIGTERM the main thread has not acted on by then finds it blocked in a wait
 REPEAT_WINDOW_S = 1.0  # a second signal sooner than this is a copy of the first, not a second Ctrl-C
 _last_signal = [0.0]  # time.monotonic() of the last SIGTERM/SIGINT that either handler acted on
-_sigterm_ran = [0.0]  # time.monotonic() of sigterm_as_interrupt's handler's last run, a copy it ignored too
+_sigterm_ran = [0.0]  # time.monotonic() of any handler's last run on SIGTERM here, a copy it ignored too
+SAY_BLOCKED_S = 1.0  # how long the watcher leaves on_blocked to say the stop before it exits all the same
 
 
 def write_stderr(data: bytes) -> None:
@@ -43,6 +44,20 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int):
         self.signum = signum
         super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def _ran(signum: int) -> None:
+    """A handler ran on SIGTERM, a copy it ignores too: the main thread runs Python (_exit_when_blocked), and the
+    copy that woke the watcher needs no exit of its own."""
+    if signum == signal.SIGTERM:
+        _sigterm_ran[0] = time.monotonic()
+
+
+def _acted_on_since(seen: float) -> bool:
+    """Whether a handler of this module ran on a signal at or after `seen`: a training loop's clean stop
+    (stop_on_signals) took the SIGTERM and may still be in its slow part (NCCL's shutdown, report_exit) with this
+    module's handler back in place; it was once ended with 143 and a second stop line."""
+    return max(_sigterm_ran[0], _last_signal[0]) >= seen
 
 
 @contextlib.contextmanager
@@ -83,8 +98,11 @@ def sigterm_as_interrupt(on_blocked=None):
 def _exit_when_blocked(handler, on_blocked):
     """A watcher thread that learns of SIGTERM from the interpreter's wakeup fd (written by the C-level handler at
     once, even while the main thread waits in C with the GIL released) and, where ``handler`` is still SIGTERM's
-    (not a training loop's clean stop) and has not run BLOCKED_EXIT_S later, calls ``on_blocked`` and exits 143.
-    Left out where something else (an event loop) holds the wakeup fd."""
+    (not a training loop's clean stop) and no handler has run on a signal BLOCKED_EXIT_S later (_acted_on_since),
+    calls ``on_blocked`` and exits 143. Copies that arrive meanwhile (torchrun forwards its own) belong to the same
+    stop: read and dropped, not judged again once their handler's run is long past. ``on_blocked`` gets
+    SAY_BLOCKED_S: a stderr that blocks it must not keep the rank alive. Left out where something else (an event
+    loop) holds the wakeup fd."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     try:
@@ -108,13 +126,15 @@ def _exit_when_blocked(handler, on_blocked):
                     continue
                 seen = time.monotonic() - 0.25  # the handler may have run just before this thread woke
                 time.sleep(BLOCKED_EXIT_S)
-                if not done.is_set() and signal.getsignal(signal.SIGTERM) is handler and _sigterm_ran[0] < seen:
+                if not done.is_set() and signal.getsignal(signal.SIGTERM) is handler and not _acted_on_since(seen):
                     break  # neither a training loop's clean stop (stop_on_signals), nor the block's end
+                _drop_pending(wakeups.fileno())
             else:
                 return
-            with contextlib.suppress(Exception):
-                if on_blocked is not None:
-                    on_blocked()
+            if on_blocked is not None:
+                sayer = threading.Thread(target=_quietly, args=(on_blocked,), name="fewshot-sigterm-say", daemon=True)
+                sayer.start()
+                sayer.join(SAY_BLOCKED_S)
             os._exit(128 + signal.SIGTERM)
 
     watcher = threading.Thread(target=watch, name="fewshot-sigterm-watch", daemon=True)
@@ -125,6 +145,23 @@ def _exit_when_blocked(handler, on_blocked):
         done.set()
         signal.set_wakeup_fd(-1)
         os.close(write_fd)
+
+
+def _drop_pending(fd: int) -> None:
+    """Reads what the wakeup fd holds now without waiting: the copies of a stop already acted on."""
+    os.set_blocking(fd, False)
+    try:
+        while os.read(fd, 64):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+    finally:
+        os.set_blocking(fd, True)
+
+
+def _quietly(call) -> None:
+    with contextlib.suppress(Exception):
+        call()
 
 
 class StopFlag:
@@ -151,6 +188,7 @@ def stop_at_once_on_signals():
     previous = {s: signal.getsignal(s) for s in signums}
 
     def handler(signum, frame):
+        _ran(signum)
         # a copy of a signal already acted on (SLURM and torchrun deliver two; the training loop's stop may be
         # unwinding through its cleanup right now) must not raise again and cut that cleanup short
         if time.monotonic() - _last_signal[0] < REPEAT_WINDOW_S:
@@ -179,6 +217,7 @@ def stop_on_signals(announce: bool = True):
     previous = {s: signal.getsignal(s) for s in signums}
 
     def handler(signum, frame):
+        _ran(signum)
         if flag:
             # Ctrl-C again: the user means now, without a checkpoint. But a copy of the same signal within a
             # moment is the same request: SLURM signals every process of a step and torchrun forwards its own

@@ -24,7 +24,11 @@ from fewshot.train.distributed import DistContext
 def resolve_finetune_defaults(cfg: dict, resuming: bool = False) -> dict:
     """Fill the learning-rate fields that depend on whether a pretrained backbone is loaded. ``resuming``: the
     saved config already says how the network was built (a run saved before the weights file's record was read
-    must not change its image size mid-run)."""
+    must not change its image size mid-run). What it fills in is listed as chosen at run time (config.CHOSEN), so
+    that the run's config.yaml given back as --config chooses it again rather than pinning a scratch run's lr."""
+    from fewshot.config import record_chosen, run_time_values
+
+    before = run_time_values(cfg)
     pretrained = bool(cfg["model"]["weights"])
     if not resuming:
         adopt_weights_architecture(cfg["model"])
@@ -33,6 +37,7 @@ def resolve_finetune_defaults(cfg: dict, resuming: bool = False) -> dict:
         o["lr"] = 1e-4 if pretrained else 4e-3
     if o["backbone_lr_mult"] is None:
         o["backbone_lr_mult"] = 0.1 if pretrained else 1.0
+    record_chosen(cfg, before)
     return cfg
 
 

@@ -1,0 +1,193 @@
+"""A run's config.yaml given back as --config: the fields the run chose itself (optim.lr and backbone_lr_mult from
+--weights or the batch size, the device) are chosen again for the new command, while --resume keeps the run's
+values and a value the user gave stays. Before, the saved 0.004 of a scratch run won over `--weights`' 1e-4."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+import fewshot.ssl.pretrain as pretrain
+import fewshot.train.finetune as finetune
+from fewshot.cli import TRAIN_FLAGS, build_parser, main, resolve_run_config
+from fewshot.config import file_settings, resolve, save_yaml
+from fewshot.errors import UserError
+
+CHOSEN = "_chosen"  # the reserved key of config.yaml that lists them
+TINY = ["--model", "test_resnet", "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+        "--no-progress", "train.tensorboard=false", "train.threads=1"]
+MOCO = ["--queue-size", "64", "moco.split_bn_groups=2", "moco.knn_k=5"]
+
+
+class Captured(BaseException):
+    """Stops a command where its task is built: the resolved config is all the test needs (not an Exception:
+    main() would report it as an internal error)."""
+
+
+@pytest.fixture
+def captured(monkeypatch) -> list[dict]:
+    """The configs `train` and `pretrain` build their task from (no training)."""
+    seen: list[dict] = []
+
+    def build(cfg, *args, **kwargs):
+        seen.append(cfg)
+        raise Captured
+
+    monkeypatch.setattr(finetune, "SupervisedTask", build)
+    monkeypatch.setattr(pretrain, "MoCoTask", build)
+    return seen
+
+
+def exported_weights(path):
+    """A safetensors file recording its model as `fewshot export` does (never loaded: the task is captured)."""
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"model": "test_resnet", "img_size": "32"})
+    return path
+
+
+def saved(run) -> dict:
+    return saved_yaml(run / "config.yaml")
+
+
+def saved_yaml(path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def scratch_run(digits_root, tmp_path_factory):
+    """A real `fewshot train` from random init: lr 0.004 x 1.0 chosen at run time."""
+    out = tmp_path_factory.mktemp("chosen") / "scratch"
+    assert main(["train", "--data", str(digits_root), "--out", str(out), *TINY]) == 0
+    return out
+
+
+def rerun(captured, *words) -> dict:
+    with pytest.raises(Captured):
+        main(list(map(str, words)))
+    return captured[-1]
+
+
+def test_a_runs_config_records_what_it_chose_at_run_time(scratch_run):
+    cfg = saved(scratch_run)
+    assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (0.004, 1.0)
+    assert set(cfg[CHOSEN]) == {"optim.lr", "optim.backbone_lr_mult"}  # --device cpu was given: not chosen
+    assert file_settings(scratch_run / "config.yaml").get("optim.lr") is None  # a choice, not a setting
+
+
+def test_given_back_with_weights_the_lr_is_chosen_again(scratch_run, digits_root, tmp_path, captured, capsys):
+    weights = exported_weights(tmp_path / "bb.safetensors")
+    cfg = rerun(captured, "train", "--config", scratch_run / "config.yaml", "--data", digits_root,
+                "--out", tmp_path / "cw", "--weights", weights, "--epochs", "1")
+    assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (1e-4, 0.1)  # --weights' help: the course's
+    err = capsys.readouterr().err
+    assert "optim.lr 0.0001 (0.004 there)" in err and "optim.backbone_lr_mult 0.1 (1 there)" in err
+    assert str(scratch_run / "config.yaml") in err and err.count("note:") == 1
+    assert set(cfg[CHOSEN]) == {"optim.lr", "optim.backbone_lr_mult"}
+    assert "_rechosen" not in cfg  # in memory only: never in the new run's config.yaml or checkpoints
+
+
+def test_the_same_command_again_chooses_the_same_values_without_a_note(scratch_run, digits_root, tmp_path,
+                                                                       captured, capsys):
+    cfg = rerun(captured, "train", "--config", scratch_run / "config.yaml", "--data", digits_root,
+                "--out", tmp_path / "again")
+    assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (0.004, 1.0)
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_a_config_without_the_record_still_pins_its_values(scratch_run, digits_root, tmp_path, captured, capsys):
+    old = saved(scratch_run)
+    del old[CHOSEN]  # as written by an older fewshot
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    cfg = rerun(captured, "train", "--config", tmp_path / "old.yaml", "--data", digits_root, "--out", tmp_path / "o",
+                "--weights", exported_weights(tmp_path / "bb.safetensors"))
+    assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (0.004, 1.0)
+    assert "chosen by the run" not in capsys.readouterr().err
+
+
+def first_config(captured, tmp_path, *words) -> Path:
+    """The config.yaml a `fewshot train` start writes (the config its task is built from), saved as a run does."""
+    cfg = rerun(captured, "train", *words)
+    save_yaml(cfg, tmp_path / "first.yaml")
+    return tmp_path / "first.yaml"
+
+
+@pytest.mark.parametrize("how", ["flag", "word", "file"])
+def test_an_lr_the_user_gave_stays_pinned(digits_root, tmp_path, captured, how):
+    own = tmp_path / "own.yaml"
+    own.write_text("optim:\n  lr: 0.002\n")
+    given = {"flag": ["--lr", "0.002"], "word": ["optim.lr=0.002"], "file": ["--config", own]}[how]
+    config = first_config(captured, tmp_path, "--data", digits_root, "--out", tmp_path / "first", *TINY, *given)
+    assert saved_yaml(config)[CHOSEN] == ["optim.backbone_lr_mult"]  # the lr was the user's
+    cfg = rerun(captured, "train", "--config", config, "--data", digits_root, "--out", tmp_path / "second",
+                "--weights", exported_weights(tmp_path / "bb.safetensors"))
+    assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (0.002, 0.1)  # typed stays; the rest re-chosen
+
+
+def test_resume_keeps_the_runs_chosen_values(scratch_run, tmp_path, digits_root, capsys):
+    run = shutil.copytree(scratch_run, tmp_path / "run")
+    for config in ([], ["--config", str(run / "config.yaml")]):
+        args, extra = build_parser().parse_known_args(["train", "--data", str(digits_root), "--out", str(run),
+                                                       "--resume", "--epochs", "2", *config])
+        cfg = resolve_run_config(args, extra, TRAIN_FLAGS)
+        assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (0.004, 1.0)
+        assert "_rechosen" not in cfg
+    # and a real resume, given its own config.yaml: exactly the run's values, the record kept for later
+    assert main(["train", "--data", str(digits_root), "--out", str(run), "--resume", "--epochs", "2",
+                 "--config", str(run / "config.yaml"), "--no-progress"]) == 0, capsys.readouterr().err
+    after = saved(run)
+    assert (after["optim"]["lr"], after["optim"]["backbone_lr_mult"]) == (0.004, 1.0)
+    assert set(after[CHOSEN]) == {"optim.lr", "optim.backbone_lr_mult"}
+    assert "chosen by the run" not in capsys.readouterr().err
+
+
+def test_pretrain_scales_the_lr_again_for_another_batch_size(digits_root, tmp_path, captured, capsys):
+    first = rerun(captured, "pretrain", "--data", digits_root, "--out", tmp_path / "p1", *TINY, *MOCO)
+    assert first["optim"]["lr"] == pytest.approx(0.03 * 8 / 256) and "optim.lr" in first[CHOSEN]
+    save_yaml(first, tmp_path / "p1.yaml")
+    cfg = rerun(captured, "pretrain", "--config", tmp_path / "p1.yaml", "--data", digits_root, "--out",
+                tmp_path / "p2", "--batch-size", "16")
+    assert cfg["optim"]["lr"] == pytest.approx(0.03 * 16 / 256)  # "0.03 x global batch / 256", as --lr's help says
+    assert "optim.lr 0.001875 (0.0009375 there)" in capsys.readouterr().err
+
+
+def test_the_device_auto_chose_is_chosen_again(digits_root, tmp_path, captured):
+    config = first_config(captured, tmp_path, "--data", digits_root, "--out", tmp_path / "a", "--model", "test_resnet")
+    first = saved_yaml(config)
+    assert "train.device" in first[CHOSEN]
+    first["train"]["device"] = "cuda" if first["train"]["device"] == "cpu" else "cpu"  # written on another machine
+    config.write_text(yaml.safe_dump(first, sort_keys=False))
+    cfg = rerun(captured, "train", "--config", config, "--data", digits_root, "--out", tmp_path / "b")
+    assert cfg["train"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # auto, on this machine
+
+
+def test_a_bad_record_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{CHOSEN}: [train.epochs]\ntrain: {{epochs: 3}}\n")
+    with pytest.raises(UserError, match=r"c\.yaml: _chosen lists train\.epochs, which no run chooses itself"):
+        resolve(file=path)
+    path.write_text(f"{CHOSEN}: optim.lr\n")
+    with pytest.raises(UserError, match="must be a list of field names"):
+        resolve(file=path)
+
+
+def test_the_per_mode_metrics_say_which_weights_as_metrics_json_does(scratch_run):
+    weights = json.loads((scratch_run / "metrics.json").read_text())["weights"]
+    for mode in ("known", "unknown"):
+        assert json.loads((scratch_run / f"metrics_{mode}.json").read_text())["weights"] == weights
+
+
+def test_the_network_another_weights_file_records_is_taken_again(digits_root, tmp_path, captured, capsys):
+    first = exported_weights(tmp_path / "first.safetensors")  # test_resnet at 32 px: no --model, no --img-size
+    config = first_config(captured, tmp_path, "--data", digits_root, "--out", tmp_path / "a", "--weights", first)
+    assert {"model.name", "model.img_size"} <= set(saved_yaml(config)[CHOSEN])
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(1)}, str(other), metadata={"model": "resnet10t", "img_size": "48"})
+    cfg = rerun(captured, "train", "--config", config, "--data", digits_root, "--out", tmp_path / "b",
+                "--weights", other)
+    assert (cfg["model"]["name"], cfg["model"]["img_size"]) == ("resnet10t", 48)  # not the first file's network
+    assert "model.name resnet10t (test_resnet there)" in capsys.readouterr().err
