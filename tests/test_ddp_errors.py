@@ -111,17 +111,6 @@ def test_a_clean_stop_with_a_slow_shutdown_is_not_ended_by_the_watcher(tmp_path)
     assert "fewshot train: stopped by SIGTERM after a whole step; checkpoint written" in out, out
 
 
-def test_the_watcher_says_the_stop_past_a_stderr_that_never_returns(tmp_path):
-    """The watcher thread printed its stop line through sys.stderr: a main thread stuck writing to stderr holds
-    its lock, and the rank neither said the stop nor exited. The line goes to fd 2 and the exit follows."""
-    procs = start_ranks("stuck_stderr", tmp_path, ranks=1)
-    wait_ready(procs)
-    procs[0].send_signal(signal.SIGTERM)
-    codes, out = finish(procs, timeout=30)
-    assert codes == [143], (codes, out)
-    assert out.count("fewshot train: stopped by SIGTERM (if another process of this torchrun job") == 1, out
-
-
 def test_a_usage_error_of_every_rank_is_said_once_without_torchrun_ending_the_others(tmp_path):
     """Before a process group a quiet rank slept 2 s for torchrun to end it, then said the error again: a slow exit
     of rank 0 or a --monitor-interval over 2 s printed it once per process. The quiet rank sees that rank 0, the

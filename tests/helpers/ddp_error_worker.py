@@ -8,13 +8,10 @@ usage: python ddp_error_worker.py CASE FOLDER
   clean_stop   both ranks train until SIGTERM (stop_on_signals), then stop cleanly through a slow shutdown
   usage_all    every rank is given a bogus flag: rank 0 says it and exits at once, nobody ends rank 1
   usage_rank_1 rank 1 alone is given a bogus flag; rank 0 runs (Python) until the test sends it SIGTERM
-  stuck_stderr rank 0 alone: its main thread, whose sys.stderr never returns, waits where no handler runs
 """
 
 import os
-import signal
 import sys
-import threading
 import time
 
 from fewshot import cli
@@ -26,18 +23,6 @@ if case in ("later", "twice"):
     cli.SPEAKER_WAIT_S = 0.5
 if case == "usage_rank_1":
     cli.SPEAKER_EXIT_WAIT_S = 1.5
-if case == "stuck_stderr":
-    stop_signal.BLOCKED_EXIT_S = 0.5
-
-
-class StuckStderr:
-    """A stderr whose write never returns, as a main thread stuck writing to stderr holds its lock."""
-
-    def write(self, text):
-        threading.Event().wait()
-
-    def flush(self):
-        threading.Event().wait()
 
 
 def command(args, extra):
@@ -46,12 +31,6 @@ def command(args, extra):
     from fewshot.train import distributed
     from fewshot.train.distributed import barrier, init_distributed
 
-    if case == "stuck_stderr":
-        sys.stderr = StuckStderr()
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the watcher thread takes it: no handler here
-        print("ready 0", flush=True)
-        time.sleep(60)
-        return 0
     if case in ("sigterm", "usage_rank_1"):
         print(f"ready {os.environ['RANK']}", flush=True)
         if os.environ["RANK"] == "1" or case == "usage_rank_1":
