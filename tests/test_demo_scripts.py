@@ -114,20 +114,25 @@ def test_demo_says_which_runs_it_reuses_reruns_another_budget_and_scores_without
     assert rows == {"digits": ["-", "87.50", "-"], "mean": ["-", "87.50", "-"]}, done.stdout
 
 
-def test_demo_goes_on_after_a_refused_run_and_reports_the_finished_ones(tmp_path):
-    """On a busy 2-core machine the --pretrain run was refused its 3-minute budget (start-up took 80 s) and
-    `set -e` ended the demo there: no report and no table, not even for the finished run, and no baseline run."""
+def demo_with_failing_pretrain(tmp_path: Path, body: str) -> tuple[Path, Path, Path]:
+    """fake_bin whose `fewshot run --pretrain` runs ``body`` (Python, indented under its branch) instead of
+    finishing, and an empty demo root: (BIN, ROOT, OUT)."""
     bin_dir = fake_bin(tmp_path)
-    fake = bin_dir / "fewshot"  # this stand-in refuses --pretrain, as a too-short budget is refused
+    fake = bin_dir / "fewshot"
     fake.write_text(fake.read_text().replace(
-        'elif a[0] == "run":',
-        'elif a[0] == "run" and "--pretrain" in a:\n'
-        '    print("error: Give --budget-minutes 4.1 or more", file=sys.stderr)\n'
-        '    sys.exit(2)\n'
-        'elif a[0] == "run":'))
+        'elif a[0] == "run":', f'elif a[0] == "run" and "--pretrain" in a:\n    {body}\nelif a[0] == "run":'))
     root, out = tmp_path / "demo_data", tmp_path / "runs"
     for name in ("digits", "fashion-mnist"):
         (root / name).mkdir(parents=True)
+    return bin_dir, root, out
+
+
+def test_demo_goes_on_after_a_refused_run_and_reports_the_finished_ones(tmp_path):
+    """On a busy 2-core machine the --pretrain run was refused its 3-minute budget (start-up took 80 s) and
+    `set -e` ended the demo there: no report and no table, not even for the finished run, and no baseline run."""
+    # this stand-in refuses --pretrain, as a too-short budget is refused
+    bin_dir, root, out = demo_with_failing_pretrain(
+        tmp_path, 'print("error: Give --budget-minutes 4.1 or more", file=sys.stderr)\n    sys.exit(2)')
     done, calls = run_script(SCRIPTS / "demo.sh", tmp_path, bin_dir, root, out, 3)
     assert done.returncode == 1, (done.stdout, done.stderr)
     runs = [c for c in calls if c.startswith("run ")]
@@ -141,16 +146,7 @@ def test_demo_goes_on_after_a_refused_run_and_reports_the_finished_ones(tmp_path
 def test_demo_stops_when_a_run_is_interrupted_and_advises_in_fractional_minutes(tmp_path, monkeypatch):
     """fewshot exits 130 on Ctrl-C by itself, so a demo that went on after a failed run also went on after Ctrl-C
     (the next runs started); and `DEMO_MINUTES=2.5` broke the shell arithmetic of the advice line."""
-    bin_dir = fake_bin(tmp_path)
-    fake = bin_dir / "fewshot"
-    fake.write_text(fake.read_text().replace(
-        'elif a[0] == "run":',
-        'elif a[0] == "run" and "--pretrain" in a:\n'
-        '    sys.exit(int(os.environ["FAKE_PRETRAIN_RC"]))\n'
-        'elif a[0] == "run":'))
-    root, out = tmp_path / "demo_data", tmp_path / "runs"
-    for name in ("digits", "fashion-mnist"):
-        (root / name).mkdir(parents=True)
+    bin_dir, root, out = demo_with_failing_pretrain(tmp_path, 'sys.exit(int(os.environ["FAKE_PRETRAIN_RC"]))')
     monkeypatch.setenv("FAKE_PRETRAIN_RC", "130")
     done, calls = run_script(SCRIPTS / "demo.sh", tmp_path, bin_dir, root, out, 2.5)
     assert done.returncode == 130, (done.stdout, done.stderr)
