@@ -122,7 +122,7 @@ def test_an_lr_the_user_gave_stays_pinned(digits_root, tmp_path, captured, how):
     own.write_text("optim:\n  lr: 0.002\n")
     given = {"flag": ["--lr", "0.002"], "word": ["optim.lr=0.002"], "file": ["--config", own]}[how]
     config = first_config(captured, tmp_path, "--data", digits_root, "--out", tmp_path / "first", *TINY, *given)
-    assert saved_yaml(config)[CHOSEN] == ["optim.backbone_lr_mult"]  # the lr was the user's
+    assert saved_yaml(config)[CHOSEN] == {"optim.backbone_lr_mult": 1.0}  # the lr was the user's
     cfg = rerun(captured, "train", "--config", config, "--data", digits_root, "--out", tmp_path / "second",
                 "--weights", exported_weights(tmp_path / "bb.safetensors"))
     assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (0.002, 0.1)  # typed stays; the rest re-chosen
@@ -159,7 +159,8 @@ def test_the_device_auto_chose_is_chosen_again(digits_root, tmp_path, captured):
     config = first_config(captured, tmp_path, "--data", digits_root, "--out", tmp_path / "a", "--model", "test_resnet")
     first = saved_yaml(config)
     assert "train.device" in first[CHOSEN]
-    first["train"]["device"] = "cuda" if first["train"]["device"] == "cpu" else "cpu"  # written on another machine
+    other = "cuda" if first["train"]["device"] == "cpu" else "cpu"
+    first["train"]["device"] = first[CHOSEN]["train.device"] = other  # written on another machine
     config.write_text(yaml.safe_dump(first, sort_keys=False))
     cfg = rerun(captured, "train", "--config", config, "--data", digits_root, "--out", tmp_path / "b")
     assert cfg["train"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # auto, on this machine
@@ -167,12 +168,13 @@ def test_the_device_auto_chose_is_chosen_again(digits_root, tmp_path, captured):
 
 def test_a_bad_record_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(f"{CHOSEN}: [train.epochs]\ntrain: {{epochs: 3}}\n")
+    path.write_text(f"{CHOSEN}: {{train.epochs: 3}}\ntrain: {{epochs: 3}}\n")
     with pytest.raises(UserError, match=r"c\.yaml: _chosen lists train\.epochs, which no run chooses itself"):
         resolve(file=path)
-    path.write_text(f"{CHOSEN}: optim.lr\n")
-    with pytest.raises(UserError, match="must be a list of field names"):
-        resolve(file=path)
+    for bad in ("optim.lr", "[optim.lr]"):  # a list: what a development build wrote, values unrecorded
+        path.write_text(f"{CHOSEN}: {bad}\n")
+        with pytest.raises(UserError, match=r"c\.yaml: _chosen must map each field the run chose itself to the value"):
+            resolve(file=path)
 
 
 def test_the_per_mode_metrics_say_which_weights_as_metrics_json_does(scratch_run):
@@ -191,3 +193,82 @@ def test_the_network_another_weights_file_records_is_taken_again(digits_root, tm
                 "--weights", other)
     assert (cfg["model"]["name"], cfg["model"]["img_size"]) == ("resnet10t", 48)  # not the first file's network
     assert "model.name resnet10t (test_resnet there)" in capsys.readouterr().err
+
+
+EDITED = 0.01171875  # an lr the user typed into a run's config.yaml (%g showed it as 0.0117188)
+
+
+def edited_copy(run, tmp_path, lr=EDITED) -> Path:
+    """The run's config.yaml with optim.lr edited by hand (its _chosen record left as the run wrote it)."""
+    cfg = saved(run)
+    cfg["optim"]["lr"] = lr
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_a_chosen_value_edited_in_the_file_is_the_users(scratch_run, digits_root, tmp_path, captured, capsys):
+    edited = edited_copy(scratch_run, tmp_path)
+    assert saved_yaml(edited)[CHOSEN]["optim.lr"] == 0.004  # the record: the value the run chose
+    assert file_settings(edited)["optim.lr"] == EDITED  # a setting now, not a choice
+    cfg = rerun(captured, "train", "--config", edited, "--data", digits_root, "--out", tmp_path / "e",
+                "--weights", exported_weights(tmp_path / "bb.safetensors"))
+    assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (EDITED, 0.1)  # kept; the unedited re-chosen
+    err = capsys.readouterr().err
+    assert "optim.lr" not in err and "optim.backbone_lr_mult 0.1 (1 there)" in err
+    assert "optim.lr" not in cfg[CHOSEN]  # the new run's config.yaml pins it too
+
+
+def test_resume_refuses_a_chosen_value_edited_in_the_file(scratch_run, digits_root, tmp_path):
+    run = shutil.copytree(scratch_run, tmp_path / "run")
+    args, extra = build_parser().parse_known_args(["train", "--data", str(digits_root), "--out", str(run),
+                                                   "--resume", "--config", str(edited_copy(run, tmp_path))])
+    with pytest.raises(UserError, match=r"changes optim\.lr \(0\.004 in the run, 0\.01171875 now\)"):
+        resolve_run_config(args, extra, TRAIN_FLAGS)
+
+
+def test_a_malformed_record_in_the_run_is_refused_on_resume(scratch_run, digits_root, tmp_path):
+    run = shutil.copytree(scratch_run, tmp_path / "run")
+    cfg = saved(run)
+    for bad in ("optim.lr", ["optim.lr"]):
+        cfg[CHOSEN] = bad
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        args, extra = build_parser().parse_known_args(["train", "--data", str(digits_root), "--out", str(run),
+                                                       "--resume", "--epochs", "2"])
+        with pytest.raises(UserError, match=r"run[/\\]config\.yaml: _chosen must map each field"):
+            resolve_run_config(args, extra, TRAIN_FLAGS)
+
+
+def test_the_note_shows_the_recorded_value_exactly(scratch_run, digits_root, tmp_path, captured, capsys):
+    cfg = saved(scratch_run)
+    cfg["optim"]["lr"] = cfg[CHOSEN]["optim.lr"] = EDITED  # as chosen by a run (a batch scaling, say)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    rerun(captured, "train", "--config", tmp_path / "c.yaml", "--data", digits_root, "--out", tmp_path / "n",
+          "--weights", exported_weights(tmp_path / "bb.safetensors"))
+    err = capsys.readouterr().err
+    assert "optim.lr 0.0001 (0.01171875 there)" in err and "optim.lr=0.01171875 to keep" in err
+
+
+def test_resume_drops_from_the_record_what_the_command_gives(scratch_run, digits_root, tmp_path):
+    run = shutil.copytree(scratch_run, tmp_path / "run")
+    cfg = saved(run)
+    cfg[CHOSEN]["train.device"] = "cpu"  # as a run started with device auto records it
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for given, listed in (([], True), (["--device", "cpu"], False)):
+        args, extra = build_parser().parse_known_args(["train", "--data", str(digits_root), "--out", str(run),
+                                                       "--resume", "--epochs", "2", *given])
+        resumed = resolve_run_config(args, extra, TRAIN_FLAGS)
+        assert ("train.device" in resumed[CHOSEN]) is listed
+        assert resumed[CHOSEN]["optim.lr"] == 0.004
+
+
+def test_pretrain_warning_leaves_out_the_lr_it_chooses_again(scratch_run, tmp_path, capsys):
+    from fewshot.cli_moco import warn_finetune_config
+
+    warn_finetune_config(scratch_run / "config.yaml")
+    err = capsys.readouterr().err
+    assert "looks like a fine-tuning recipe" in err and "lr 0.004" not in err
+    assert "but optim.lr, which the run that wrote it chose itself: pretrain chooses it again" in err
+    warn_finetune_config(edited_copy(scratch_run, tmp_path))
+    err = capsys.readouterr().err
+    assert f"lr {EDITED}" in err and "chooses it again" not in err

@@ -310,10 +310,12 @@ def warn_replaced_config_fields(path) -> None:
 
 def warn_finetune_config(path) -> None:
     """The reverse of warn_pretrain_config: a fine-tuning recipe (an AdamW optimiser, no moco: section) given to
-    `fewshot pretrain` trained MoCo with AdamW at the recipe's lr and silently ignored its fine-tuning fields."""
+    `fewshot pretrain` trained MoCo with AdamW at the recipe's lr and silently ignored its fine-tuning fields. The
+    lr a train run's config.yaml records as chosen (config.chosen_in_file) is chosen again by pretrain, so it is
+    not named as used."""
     if not path or int(os.environ.get("RANK", "0")) != 0:  # under torchrun: once
         return
-    from fewshot.config import load_yaml
+    from fewshot.config import chosen_in_file, load_yaml
 
     raw = load_yaml(path) or {}
     optim = raw.get("optim") if isinstance(raw.get("optim"), dict) else {}
@@ -322,9 +324,12 @@ def warn_finetune_config(path) -> None:
     saved_train_run = "moco" in raw and "_task" not in raw and "semi" in raw
     if raw.get("_task") == "moco" or optim.get("name") in (None, "sgd") or ("moco" in raw and not saved_train_run):
         return
+    rechosen = "optim.lr" in chosen_in_file(path)  # the backbone lr is a fine-tuning field: ignored either way
+    lr = "" if rechosen else f", lr {optim.get('lr', '?')}"
+    again = " (but optim.lr, which the run that wrote it chose itself: pretrain chooses it again)" if rechosen else ""
     print(f"warning: {path} looks like a fine-tuning recipe for `fewshot train` (optimiser "
-          f"{optim.get('name', '?')}, lr {optim.get('lr', '?')}). `fewshot pretrain` trains MoCo with its optim.* "
-          f"fields as given and ignores its fine-tuning fields (ema, label smoothing, sampler, backbone lr). For MoCo, "
+          f"{optim.get('name', '?')}{lr}). `fewshot pretrain` trains MoCo with its optim.* fields as given{again} "
+          f"and ignores its fine-tuning fields (ema, label smoothing, sampler, backbone lr). For MoCo, "
           f"use a preset (--preset mocov2: SGD lr 0.03) or `--config moco_cpu_small`; fine-tune with "
           f"`fewshot train --config {path} --weights <export>`.", file=sys.stderr, flush=True)
 

@@ -459,7 +459,8 @@ TRANSIENT = (RECHOSEN,)  # never written into config.yaml (save_yaml)
 # Fields a run fills in itself where the user left them unset (None, or auto): the learning rate and backbone
 # multiplier (resolve_finetune_defaults: --weights or not; resolve_pretrain_defaults: the global batch), the
 # network a --weights export records (model.name, img_size, width, small_stem) and the device. config.yaml saves
-# the values used and lists these under CHOSEN, so that the file given back as --config chooses them again.
+# the values used and records these under CHOSEN with the value chosen, so that the file given back as --config
+# chooses them again where it still holds that value (an edited value is the user's).
 RUN_TIME_FIELDS = ("optim.lr", "optim.backbone_lr_mult", "model.name", "model.img_size", "model.width",
                    "model.small_stem", "train.device")
 
@@ -470,28 +471,46 @@ def read_config_file(path: str | Path) -> dict:
     return {key: value for key, value in load_yaml(path).items() if key not in RECORDED}
 
 
-def chosen_in_file(path: str | Path) -> list[str]:
-    """The fields a run's config.yaml records as chosen at run time (CHOSEN), which --config then leaves to be
-    chosen again; [] for a file without the record (the user's own, or a run's from an older fewshot)."""
-    chosen = load_yaml(path).get(CHOSEN)
+def chosen_record(data: dict, where: str | Path) -> dict:
+    """The CHOSEN record of a run's config.yaml (``data``, read from ``where``), checked: each field the run chose
+    itself mapped to the value it chose; {} where there is none (the user's own file, or an older fewshot's). One
+    check for --config and --resume, which met a malformed record with an internal error."""
+    chosen = data.get(CHOSEN)
     if chosen is None:
-        return []
-    if not (isinstance(chosen, list) and all(isinstance(c, str) for c in chosen)):
-        raise UserError(f"config file {path}: {CHOSEN} must be a list of field names (what the run chose itself), "
-                        f"not {chosen!r}; correct it or delete the {CHOSEN} line.")
+        return {}
+    if not (isinstance(chosen, dict) and all(isinstance(c, str) for c in chosen)):
+        raise UserError(f"config file {where}: {CHOSEN} must map each field the run chose itself to the value it "
+                        f"chose (optim.lr: 0.004), not {chosen!r}; correct it or delete the {CHOSEN} entry (its "
+                        f"values are then kept as given).")
     other = [c for c in chosen if c not in RUN_TIME_FIELDS]
     if other:
-        raise UserError(f"config file {path}: {CHOSEN} lists {', '.join(other)}, which no run chooses itself (those "
-                        f"are {', '.join(RUN_TIME_FIELDS)}); delete {'them' if len(other) > 1 else 'it'} from the "
-                        f"list.")
-    return list(dict.fromkeys(chosen))
+        raise UserError(f"config file {where}: {CHOSEN} lists {', '.join(other)}, which no run chooses itself (those "
+                        f"are {', '.join(RUN_TIME_FIELDS)}); delete {'them' if len(other) > 1 else 'it'} from "
+                        f"{CHOSEN}.")
+    return dict(chosen)
+
+
+def same_value(first: Any, second: Any) -> bool:
+    """Whether a config.yaml's value is still the one its CHOSEN record holds (`4e-3` typed for 0.004 is)."""
+    first, second = _as_number(first), _as_number(second)
+    return isinstance(first, bool) == isinstance(second, bool) and first == second
+
+
+def chosen_in_file(path: str | Path) -> dict:
+    """The fields a run's config.yaml records as chosen at run time (CHOSEN) and still holds at the recorded value,
+    with that value: --config leaves them to be chosen again. A value edited since is the user's, pinned (and
+    compared on --resume); {} for a file without the record."""
+    data = load_yaml(path)
+    raw = flatten_dotted({key: value for key, value in data.items() if key not in RECORDED})
+    return {dotted: value for dotted, value in chosen_record(data, path).items()
+            if dotted in raw and same_value(raw[dotted], value)}
 
 
 def file_settings(path: str | Path) -> dict:
     """A --config file's settings, dotted, as resolve() applies them: a section with every field commented out
     (`optim:` alone on its line) changes nothing (deep_merge), so it is no setting either (`train --resume
     --config` took it for a change of the whole optim section and refused); nor is a field the run that wrote the
-    file chose itself (chosen_in_file), which resolve() chooses again."""
+    file chose itself and the file still holds as chosen (chosen_in_file), which resolve() chooses again."""
     chosen = chosen_in_file(path)
     return {key: value for key, value in flatten_dotted(read_config_file(path)).items()
             if not (value is None and isinstance(DEFAULTS.get(key), dict)) and key not in chosen}
@@ -503,18 +522,17 @@ def run_time_values(cfg: dict) -> dict:
 
 
 def record_chosen(cfg: dict, before: dict) -> None:
-    """List under CHOSEN the fields of ``before`` (run_time_values) that the run has filled in or changed since: a
-    value the user gave stays as given, so only the run's own choices are listed."""
+    """Record under CHOSEN the fields of ``before`` (run_time_values) that the run has filled in or changed since,
+    with their values now: a value the user gave stays as given, so only the run's own choices are recorded."""
     for dotted, was in before.items():
         if get_dotted(cfg, dotted.split(".")) != was:
             note_chosen(cfg, dotted)
 
 
 def note_chosen(cfg: dict, dotted: str) -> None:
-    """Record ``dotted`` as chosen at run time in ``cfg`` (saved with it as config.yaml)."""
-    chosen = cfg.setdefault(CHOSEN, [])
-    if dotted not in chosen:
-        chosen.append(dotted)
+    """Record ``dotted`` as chosen at run time in ``cfg`` (saved with it as config.yaml), with its value now: a
+    value edited in the file later differs from it, and is the user's."""
+    cfg.setdefault(CHOSEN, {})[dotted] = copy.deepcopy(get_dotted(cfg, dotted.split(".")))
 
 
 def mark_rechosen(cfg: dict, file: str | Path | None, given: set) -> None:
@@ -522,12 +540,9 @@ def mark_rechosen(cfg: dict, file: str | Path | None, given: set) -> None:
     gives now (``given``, dotted), for note_rechosen once the run has chosen them again."""
     if not file:
         return
-    raw = flatten_dotted(read_config_file(file))
-    values = {dotted: _as_number(raw.get(dotted)) for dotted in chosen_in_file(file) if dotted not in given}
+    values = {dotted: _as_number(value) for dotted, value in chosen_in_file(file).items() if dotted not in given}
     if values:
         cfg[RECHOSEN] = {"file": str(file), "values": values}
-
-
 def note_rechosen(cfg: dict, say: bool = True) -> None:
     """After the run has filled in its fields: one line naming the --config file's CHOSEN fields that the run now
     chose otherwise, with both values (lr 1e-4 now where the file said 0.004: a --weights run, not the scratch
@@ -549,11 +564,12 @@ def note_rechosen(cfg: dict, say: bool = True) -> None:
 
 
 def _plain(value: Any) -> str:
-    """A value as a note shows it: numbers as %g, booleans and None as YAML writes them."""
+    """A value as a note shows it: numbers exactly as given back (0.01171875, not %g's 0.0117188), booleans and
+    None as YAML writes them."""
     if isinstance(value, bool) or value is None:
         return "null" if value is None else str(value).lower()
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value:.12g}"
     return str(value)
 
 
@@ -614,7 +630,7 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
     if file:
         below = cfg
         cfg = deep_merge(cfg, read_config_file(file))
-        for dotted in chosen_in_file(file):  # a run's config.yaml: what it chose itself is chosen again now
+        for dotted in chosen_in_file(file):  # a run's config.yaml: what it chose itself (unedited) is chosen again
             set_dotted(cfg, dotted.split("."), copy.deepcopy(get_dotted(below, dotted.split("."))))
     for dotted, value in (flags or {}).items():
         if value is not None:

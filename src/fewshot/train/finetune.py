@@ -237,7 +237,9 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
         return cfg
     base = load_yaml(saved)
     refuse_unknown_fields(base, saved)
-    from fewshot.config import DEFAULTS, get_dotted, set_dotted
+    from fewshot.config import CHOSEN, DEFAULTS, chosen_record, get_dotted, same_value, set_dotted
+
+    chosen = chosen_record(base, saved)
 
     def in_run(keys: list[str]):
         try:
@@ -264,6 +266,13 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
             for key in keys[:-1]:
                 section = section.setdefault(key, {})
             section[keys[-1]] = value
+    # what this command gives (--device cpu over a chosen cuda), or an edit of config.yaml, is the user's now
+    kept = {dotted: value for dotted, value in chosen.items()
+            if dotted not in explicit and same_value(in_run(dotted.split(".")), value)}
+    if kept:
+        base[CHOSEN] = kept
+    else:
+        base.pop(CHOSEN, None)
     saved_device = str(base.get("train", {}).get("device") or "")
     if "train.device" not in explicit and saved_device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"'{out}' was trained on {saved_device} (its config.yaml) and no CUDA GPU is available "
@@ -302,9 +311,10 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     configure_threads(cfg)
     device = resolve_device(cfg["train"]["device"])
     ctx, device = init_distributed(device)
-    if cfg["train"]["device"] == "auto":  # config.yaml saves the device used: given back, auto chooses again
-        note_chosen(cfg, "train.device")
+    auto = cfg["train"]["device"] == "auto"
     cfg["train"]["device"] = str(device.type)
+    if auto:  # config.yaml saves the device used: given back, auto chooses again
+        note_chosen(cfg, "train.device")
     if cfg["train"]["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     resuming = resume and (Path(out) / "checkpoints" / "last.pt").is_file()
