@@ -131,6 +131,42 @@ def test_a_usage_error_of_rank_1_alone_is_said_while_rank_0_runs(tmp_path):
     assert codes == [2] and "rank 1: fewshot train: error: unrecognized arguments: --bogus" in out, (codes, out)
 
 
+def test_a_usage_error_of_rank_1_is_said_when_rank_0_was_killed_before_saying_anything(tmp_path):
+    """Rank 0 killed (the OOM killer, SIGKILL) before the process group said nothing, yet rank 1, seeing it exited,
+    took it for the speaker of its error and kept quiet: the job ended without a message. Only a first process that
+    exited 1 or 2 (it reported an error) has spoken. Rank 0 is left unreaped while rank 1 looks, as in usage_all."""
+    procs = start_ranks("usage_rank_1_killed_0", tmp_path)
+    codes, out = finish(procs[::-1])
+    assert codes == [2, -signal.SIGKILL], (codes, out)
+    assert out.count("unrecognized arguments: --bogus") == 1, out
+    assert "rank 1: fewshot train: error: unrecognized arguments: --bogus" in out, out
+
+
+def test_a_first_process_has_said_why_only_where_it_exited_reporting_an_error():
+    """What _exited_saying_why reads in a zombie's /proc/PID/stat: exit 1 or 2 said why; a kill or exit 0 did not.
+    Where /proc cannot say (the process reaped, another pid), the old answer stands: it did."""
+    from fewshot import cli
+
+    if cli._proc_stat(os.getpid()) is None or len(cli._proc_stat(os.getpid())) < 50:
+        pytest.skip("no /proc/PID/stat exit_code here (not Linux >= 3.5)")
+    procs = {code: subprocess.Popen(["sh", "-c", f"exit {code}"]) for code in (0, 1, 2, 3)}
+    procs["killed"] = subprocess.Popen(["sleep", "60"])
+    procs["killed"].kill()
+    answers, deadline = {}, time.monotonic() + 30
+    for name, proc in procs.items():
+        while cli._proc_stat(proc.pid)[0] not in ("Z", "X"):  # exited, and not reaped: Popen.poll() is not called
+            assert time.monotonic() < deadline, name
+            time.sleep(0.01)
+        answers[name] = cli._exited_saying_why((proc.pid, cli._proc_stat(proc.pid)[19]))
+    assert answers == {0: False, 1: True, 2: True, 3: False, "killed": False}, answers
+    reaped = procs[0]
+    started = cli._proc_stat(reaped.pid)[19]
+    reaped.wait()
+    assert cli._exited_saying_why((reaped.pid, started)) is True
+    for proc in procs.values():
+        proc.wait()
+
+
 @pytest.fixture
 def rank_1(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):

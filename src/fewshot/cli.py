@@ -492,7 +492,9 @@ def main(argv: list | None = None, started: float | None = None) -> int:
 
 
 _CALLS = itertools.count(1)
-_CALL = contextvars.ContextVar("fewshot_command_call", default=0)  # this process's main() call, numbered from 1
+# this process's main() call, numbered from 1. sigterm_as_interrupt's watcher and sayer threads start with a context
+# of their own and read call 0 there: harmless, as _interrupted(from_watcher=True) asks the store nothing
+_CALL = contextvars.ContextVar("fewshot_command_call", default=0)
 
 
 @contextlib.contextmanager
@@ -787,16 +789,18 @@ SPEAKER_EXIT_WAIT_S = 8.0  # before a process group: how long a quiet rank waits
 def _speaker_failed_too() -> bool:
     """Before a process group (no store to claim a message in): whether the first process of this node stopped too,
     and said why. Its process is looked for beside this one (torchrun's agent starts a node's processes): once it
-    has exited, it failed (True at once); seen running, it is waited for up to SPEAKER_EXIT_WAIT_S, as its exit
-    after its message may be slow. A quiet rank that only slept ARGPARSE_GRACE_S for torchrun to end it said the
-    same error again behind a slow exit or a --monitor-interval over the grace. Not found (no /proc, or reaped
-    already): ARGPARSE_GRACE_S, as before. Still running at the end: an error of this rank alone; it says it."""
+    has exited, it failed, and said why if its exit status says it reported an error (_exited_saying_why; one
+    killed by the OOM killer or SIGKILL said nothing, and the job ended without a word); seen running, it is waited
+    for up to SPEAKER_EXIT_WAIT_S, as its exit after its message may be slow. A quiet rank that only slept
+    ARGPARSE_GRACE_S for torchrun to end it said the same error again behind a slow exit or a --monitor-interval
+    over the grace. Not found (no /proc, or reaped already): ARGPARSE_GRACE_S, as before. Still running at the end:
+    an error of this rank alone; it says it."""
     speaker = _local_speaker()
     deadline = time.monotonic() + (ARGPARSE_GRACE_S if speaker is None else SPEAKER_EXIT_WAIT_S)
     try:
         while True:
             if speaker is not None and not _running(speaker):
-                return True
+                return _exited_saying_why(speaker)
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
@@ -808,7 +812,8 @@ def _local_speaker() -> tuple[int, str] | None:
     """The first process of this node under torchrun, as (pid, start time): a process of the same parent (the
     agent) with LOCAL_RANK=0 and this job's TORCHELASTIC_RUN_ID. One that has exited (its parent has not reaped it
     yet) shows no environment: the first started of this one's siblings, in the second before it (torchrun starts
-    a node's processes in rank order). None where /proc cannot say (not Linux)."""
+    a node's processes in rank order); as that may be another rank (the first one reaped already), its exit status
+    is what decides (_exited_saying_why). None where /proc cannot say (not Linux)."""
     run_id, parent, mine = os.environ.get("TORCHELASTIC_RUN_ID", ""), str(os.getppid()), _proc_stat(os.getpid())
     try:
         pids = [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
@@ -829,6 +834,19 @@ def _local_speaker() -> tuple[int, str] | None:
     if stat[0] in ("Z", "X") and 0 <= int(mine[19]) - int(stat[19]) <= os.sysconf("SC_CLK_TCK"):
         return pid, stat[19]
     return None
+
+
+def _exited_saying_why(process: tuple[int, str]) -> bool:
+    """Whether the process found by _local_speaker, seen exited, reported an error (exit 1 or 2: its message is
+    out). Killed by a signal (OOM, SIGKILL) or ended another way, it said nothing of this rank's error, which this
+    rank then says. A zombie's /proc/PID/stat field 52 (exit_code, Linux >= 3.5) holds its wait status; where that
+    cannot be read (reaped already, an older kernel) it is taken to have said it, as before."""
+    stat = _proc_stat(process[0])
+    if stat is None or len(stat) < 50 or stat[19] != process[1] or stat[0] not in ("Z", "X") \
+            or not stat[49].isdigit():
+        return True
+    status = int(stat[49])
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) in (1, 2)
 
 
 def _proc_stat(pid: int) -> list[str] | None:

@@ -8,9 +8,12 @@ usage: python ddp_error_worker.py CASE FOLDER
   clean_stop   both ranks train until SIGTERM (stop_on_signals), then stop cleanly through a slow shutdown
   usage_all    every rank is given a bogus flag: rank 0 says it and exits at once, nobody ends rank 1
   usage_rank_1 rank 1 alone is given a bogus flag; rank 0 runs (Python) until the test sends it SIGTERM
+  usage_rank_1_killed_0 rank 1 alone is given a bogus flag; rank 0 is killed (SIGKILL, as by the OOM killer) at
+               the start of its command, before any process group, and says nothing
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -31,6 +34,8 @@ def command(args, extra):
     from fewshot.train import distributed
     from fewshot.train.distributed import barrier, init_distributed
 
+    if case == "usage_rank_1_killed_0":  # only rank 0 gets here: rank 1's flag ended it in argparse
+        os.kill(os.getpid(), signal.SIGKILL)
     if case in ("sigterm", "usage_rank_1"):
         print(f"ready {os.environ['RANK']}", flush=True)
         if os.environ["RANK"] == "1" or case == "usage_rank_1":
@@ -61,7 +66,7 @@ def command(args, extra):
 
 cli.COMMANDS["train"] = command
 argv = ["train", "--data", folder, "--out", os.path.join(folder, "run")]
-if case == "usage_all" or (case == "usage_rank_1" and os.environ["RANK"] == "1"):
+if case == "usage_all" or (case.startswith("usage_rank_1") and os.environ["RANK"] == "1"):
     argv.append("--bogus")
 if case == "twice":
     codes = [cli.main(argv) for _ in range(2)]
