@@ -828,12 +828,15 @@ def _local_speaker() -> tuple[int, str] | None:
             continue
         if b"LOCAL_RANK=0" in environ and f"TORCHELASTIC_RUN_ID={run_id}".encode() in environ:
             return pid, stat[19]
-    if mine is None or not siblings:
+    if mine is None:
         return None
-    pid, stat = min(siblings, key=lambda item: (int(item[1][19]), item[0]))
-    if stat[0] in ("Z", "X") and 0 <= int(mine[19]) - int(stat[19]) <= os.sysconf("SC_CLK_TCK"):
-        return pid, stat[19]
-    return None
+    # among the siblings started in the second before this one only: the parent may hold older children (a test
+    # runner's leftover zombies), and the oldest of all was taken for rank 0, found too old, and rank 0 not found
+    near = [(pid, stat) for pid, stat in siblings if 0 <= int(mine[19]) - int(stat[19]) <= os.sysconf("SC_CLK_TCK")]
+    if not near:
+        return None
+    pid, stat = min(near, key=lambda item: (int(item[1][19]), item[0]))
+    return (pid, stat[19]) if stat[0] in ("Z", "X") else None
 
 
 def _exited_saying_why(process: tuple[int, str]) -> bool:

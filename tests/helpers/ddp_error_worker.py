@@ -6,7 +6,8 @@ usage: python ddp_error_worker.py CASE FOLDER
   twice        `later` in two cli.main calls of one process, the process group kept between them
   sigterm      rank 0 waits in the rendezvous for rank 1, which runs Python: the test sends both SIGTERM
   clean_stop   both ranks train until SIGTERM (stop_on_signals), then stop cleanly through a slow shutdown
-  usage_all    every rank is given a bogus flag: rank 0 says it and exits at once, nobody ends rank 1
+  usage_all    every rank is given a bogus flag: rank 0 says it and exits at once, nobody ends rank 1, which
+               looks 1.5 s later (rank 0 has exited: a zombie whose environment cannot be read)
   usage_rank_1 rank 1 alone is given a bogus flag; rank 0 runs (Python) until the test sends it SIGTERM
   usage_rank_1_killed_0 rank 1 alone is given a bogus flag; rank 0 is killed (SIGKILL, as by the OOM killer) at
                the start of its command, before any process group, and says nothing
@@ -66,6 +67,8 @@ def command(args, extra):
 
 cli.COMMANDS["train"] = command
 argv = ["train", "--data", folder, "--out", os.path.join(folder, "run")]
+if case == "usage_all" and os.environ["RANK"] == "1":
+    time.sleep(1.5)
 if case == "usage_all" or (case.startswith("usage_rank_1") and os.environ["RANK"] == "1"):
     argv.append("--bogus")
 if case == "twice":
