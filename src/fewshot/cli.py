@@ -479,13 +479,15 @@ def main(argv: list | None = None, started: float | None = None) -> int:
     if getattr(args, "no_progress", False):
         progress.set_enabled(False)
     from fewshot import process_state
+    from fewshot.config import one_read_per_file
     from fewshot.run_lock import lock_scope
     from fewshot.train.stop_signal import sigterm_as_interrupt
 
     try:  # the run folders this command locks are free again when it returns, and the caller's settings back
         # under torchrun a rank blocked in a collective is ended by a watcher thread: the stop is said there
         blocked = lambda: _interrupted(args, signal.SIGTERM, from_watcher=True)  # noqa: E731
-        with process_state.kept(), lock_scope(), _command_call(), sigterm_as_interrupt(blocked):
+        with process_state.kept(), lock_scope(), _command_call(), sigterm_as_interrupt(blocked), \
+                one_read_per_file():  # a --config file read once, whatever reads it (config.one_read_per_file)
             return _dispatch(args, extra, handlers)
     finally:
         progress.set_enabled(bars)  # as were: --no-progress of one in-process call does not outlive it

@@ -315,9 +315,9 @@ def warn_finetune_config(path) -> None:
     not named as used."""
     if not path or int(os.environ.get("RANK", "0")) != 0:  # under torchrun: once
         return
-    from fewshot.config import chosen_in_file, load_yaml
+    from fewshot.config import chosen_in_file, config_data
 
-    raw = load_yaml(path) or {}
+    raw = config_data(path) or {}
     optim = raw.get("optim") if isinstance(raw.get("optim"), dict) else {}
     # a train run's config.yaml has a moco: section (every saved config does) and no _task; a user's own MoCo
     # recipe with AdamW has a moco: section without the fine-tuning fields a train run saves
@@ -340,9 +340,9 @@ def warn_pretrain_config(path, command: str) -> None:
     collapsed a run). Say so rather than guess what the user meant."""
     if not path:
         return
-    from fewshot.config import load_yaml
+    from fewshot.config import config_data
 
-    raw = load_yaml(path) or {}
+    raw = config_data(path) or {}
     optim = raw.get("optim") if isinstance(raw.get("optim"), dict) else {}
     # every saved config.yaml has a moco: section; a train run's also names its (AdamW) optimiser
     if not (raw.get("_task") == "moco" or optim.get("name") == "sgd" or ("moco" in raw and "name" not in optim)):
@@ -401,19 +401,19 @@ def cmd_export(args, extra) -> int:
 PROBE_WORDS = ("data.bit_depth",)
 
 
-def probe_bit_depth(extra: list[str]) -> int | str:
+def probe_bit_depth(extra: list[str]) -> int | str | None:
     """data.bit_depth from probe's key=value words, checked as train checks it (`data.bit_depth=abc` is an error
-    naming the field); auto when none is given."""
+    naming the field); None when none is given (then the one --weights records, or auto: eval.probe)."""
     from fewshot.config import resolve
 
-    return resolve(overrides=extra)["data"]["bit_depth"] if extra else "auto"
+    return resolve(overrides=extra)["data"]["bit_depth"] if extra else None
 
 
 def cmd_probe(args, extra) -> int:
     from fewshot.data.layout import check_output_is_not_in_data
     from fewshot.errors import UserError
     from fewshot.eval.evaluate import format_table
-    from fewshot.eval.probe import run_probe
+    from fewshot.eval.probe import bit_depth_for, run_probe
     from fewshot.utils import check_output_dir, check_output_file, resolve_device, write_json
 
     bit_depth = probe_bit_depth(extra)  # before any work: a bad value is refused at once
@@ -430,6 +430,7 @@ def cmd_probe(args, extra) -> int:
     from fewshot.models.backbone import timm_name
 
     args.model = timm_name(args.model)  # the name the metrics record
+    bit_depth = bit_depth_for(args.weights, bit_depth)  # a file that cannot be read is reported as it loads
     if args.head == "prototype" and args.epochs is not None:
         print(f"warning: --epochs {args.epochs} is ignored: --head prototype trains no head (class means of the "
               f"features).", file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ run directory. Unknown keys are refused so that a typo never silently does nothi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -465,10 +466,38 @@ RUN_TIME_FIELDS = ("optim.lr", "optim.backbone_lr_mult", "model.name", "model.im
                    "model.small_stem", "train.device")
 
 
+_READS: dict | None = None  # the --config files read in the scope of one_read_per_file, by resolved path
+
+
+@contextlib.contextmanager
+def one_read_per_file():
+    """A scope (one command; one resolve()) in which each --config file is read and parsed once: its settings,
+    its CHOSEN record, its preset and the warnings about it were read apart, and a file saved in between (an
+    editor, a run writing its config.yaml) gave a config mixed from two versions of it. Scopes nest."""
+    global _READS
+    outer = _READS
+    _READS = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _READS = outer
+
+
+def config_data(path: str | Path) -> dict:
+    """load_yaml(path) for a --config file: within one_read_per_file, the version first read (a copy, which the
+    caller may change); outside it, the file as it is now."""
+    if _READS is None:
+        return load_yaml(path)
+    key = str(find_config(path).resolve())
+    if key not in _READS:
+        _READS[key] = load_yaml(path)
+    return copy.deepcopy(_READS[key])
+
+
 def read_config_file(path: str | Path) -> dict:
     """A --config file's settings: a run's own config.yaml is a valid --config, so the bookkeeping fields the
     tool records there are set aside rather than refused as unknown."""
-    return {key: value for key, value in load_yaml(path).items() if key not in RECORDED}
+    return {key: value for key, value in config_data(path).items() if key not in RECORDED}
 
 
 def chosen_record(data: dict, where: str | Path) -> dict:
@@ -500,7 +529,7 @@ def chosen_in_file(path: str | Path) -> dict:
     """The fields a run's config.yaml records as chosen at run time (CHOSEN) and still holds at the recorded value,
     with that value: --config leaves them to be chosen again. A value edited since is the user's, pinned (and
     compared on --resume); {} for a file without the record."""
-    data = load_yaml(path)
+    data = config_data(path)
     raw = flatten_dotted({key: value for key, value in data.items() if key not in RECORDED})
     return {dotted: value for dotted, value in chosen_record(data, path).items()
             if dotted in raw and same_value(raw[dotted], value)}
@@ -615,6 +644,12 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
     ``preset_sections``: only these sections of the preset apply (`fewshot run` takes its MoCo stage's moco.* and
     aug.* from the preset, but its optimiser, batch and epochs from run.* and its plan; the preset's resnet50 and
     SGD would otherwise reach fine-tuning too)."""
+    with one_read_per_file():  # the file read once: its settings, CHOSEN record and preset from one version
+        return _resolve(preset, file, flags, overrides, default_preset, preset_sections)
+
+
+def _resolve(preset: str | None, file: str | Path | None, flags: dict | None, overrides: list[str] | None,
+             default_preset: str | None, preset_sections: tuple[str, ...] | None) -> dict:
     cfg = copy.deepcopy(DEFAULTS)
     named, where = _preset_named_in(file, overrides) if default_preset else (None, "")  # only commands with presets
     if preset and named and named != preset:
@@ -713,7 +748,7 @@ def _preset_named_in(file, overrides) -> tuple[str | None, str]:
     with --preset that named a key=value word the user never typed sent them looking for it."""
     named, where = None, ""
     if file:
-        moco = load_yaml(file).get("moco")
+        moco = config_data(file).get("moco")
         if isinstance(moco, dict) and moco.get("preset") in PRESETS:
             named, where = moco["preset"], f"the config file {file} (moco.preset: {moco['preset']})"
     for word in overrides or []:

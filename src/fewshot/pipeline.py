@@ -1567,9 +1567,10 @@ class PipelineRun:
     def predict(self) -> dict:
         """The test images predicted (pred_all.json) and scored where answer keys allow (metrics.json); returns
         the metrics for summary.json."""
-        from fewshot.eval.predict import predict_and_score, score_predictions
+        from fewshot.eval.predict import folder_keyed, predict_and_score, score_predictions
 
-        out, val_metrics, test_infos = self.out, self.val_metrics, self.test_infos
+        out, test_infos = self.out, self.test_infos
+        val_metrics = folder_keyed(self.val_metrics, test_infos)  # named as pred_all.json and the test scores are
         root = self.root = Path(self.cfg["data"]["root"])
         balanced: dict = {}  # per dataset: whether its predictions were evened out, and on what val evidence
         pred, _, scores = predict_and_score(self.fdir, root, self.device, preloaded=(test_infos, self.test_set),

@@ -137,6 +137,25 @@ def _chosen_datasets(tm: TrainedModel, datasets: list[str] | str | None) -> list
     return list(dict.fromkeys(chosen))
 
 
+def by_folder(per_dataset: dict, infos) -> dict:
+    """``per_dataset`` ({dataset: ...}, the model's names) keyed by each dataset's folder name under the root now
+    (``infos``), as pred_all.json keys it: a model trained on a decomposed `café` (macOS) wrote that form into
+    metrics.json beside a pred_all.json keyed by the composed folder, and readers matching the two by name (a
+    grader, the report) found no scores for it."""
+    folder = {info.name: info.root.name for info in infos}
+    return {folder.get(name, name): value for name, value in per_dataset.items()}
+
+
+def folder_keyed(metrics: dict, infos) -> dict:
+    """score's metrics with their datasets (and not_scored) named as by_folder names them."""
+    out = dict(metrics)
+    if isinstance(metrics.get("datasets"), dict):
+        out["datasets"] = by_folder(metrics["datasets"], infos)
+    if isinstance(metrics.get("not_scored"), list):
+        out["not_scored"] = list(by_folder(dict.fromkeys(metrics["not_scored"]), infos))
+    return out
+
+
 def _in_model_classes(info, want: tuple[str, ...], split: str, warn: bool = True):
     """The split's labels indexed by the model's classes. A labelled split scanned alone takes its classes
     from its own folders: a val split may lack a rare class (warned here), any other difference
@@ -393,9 +412,9 @@ def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str 
     logits = compute_logits(tm.model, data.images, tm.normalize, device)
     if split == "test" and mode == "known":
         plan = balance_plan(tm, Path(root), infos, data, logits, balance, device)
-        say_balance(plan, balance, who="eval")
+        say_balance(by_folder(plan, infos), balance, who="eval")
         logits = balanced_logits(tm, data, logits, plan)
-    metrics = score(logits, targets, data.dataset_ids, tm.space, mode, tm.n_parameters)
+    metrics = folder_keyed(score(logits, targets, data.dataset_ids, tm.space, mode, tm.n_parameters), infos)
     metrics["split"] = split
     metrics["checkpoint"] = str(tm.path)
     if split == "test" and mode == "known":  # which predictions were scored: `eval --out` kept no word of it
@@ -629,7 +648,7 @@ def predict_run(run_or_ckpt, root, mode: str, device: torch.device,
     infos, data, logits = _test_logits(tm, root, device, datasets=datasets, skip_bad=skip_bad)
     if mode == "known":
         plan = balance_plan(tm, Path(root), infos, data, logits, balance, device)
-        say_balance(plan, balance)
+        say_balance(by_folder(plan, infos), balance)
         logits = balanced_logits(tm, data, logits, plan)
     return _predictions(tm, infos, data, logits, mode)
 
@@ -647,9 +666,9 @@ def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "know
     tm = load_trained(run_or_ckpt, device)
     infos, data, logits = _test_logits(tm, root, device, preloaded)
     plan = balance_plan(tm, Path(root), infos, data, logits, balance, device, setting)
-    say_balance(plan, balance, who, setting)
+    say_balance(by_folder(plan, infos), balance, who, setting)
     if balanced is not None:
-        balanced.update(public(plan))
+        balanced.update(by_folder(public(plan), infos))
     known_logits = balanced_logits(tm, data, logits, plan)
     pred, routing = _predictions(tm, infos, data, known_logits if mode == "known" else logits, mode)
     keyed = [info for info in infos if info.answer_key is not None and info.name not in unscorable]
@@ -667,7 +686,7 @@ def predict_and_score(run_or_ckpt, root, device: torch.device, mode: str = "know
                   "checkpoint": str(tm.path), **({"not_scored": unscored} if unscored else {}),
                   **({"balance": balance} if m == "known" else {})}  # as evaluate_run's: which predictions
               for m in ("known", "unknown")}
-    return pred, routing, scores
+    return pred, routing, {m: folder_keyed(s, infos) for m, s in scores.items()}
 
 
 def score_predictions(pred: dict, root: Path, class_names: dict | None = None, skip=(),

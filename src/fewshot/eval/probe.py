@@ -6,6 +6,7 @@ cheap here because features are extracted once and the head trains on them in me
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -24,6 +25,59 @@ from fewshot.models.backbone import (adopt_weights_architecture, backbone_option
 from fewshot.models.classifier import LinearHead
 from fewshot.models.weights import load_backbone_weights, weights_note
 from fewshot.utils import seed_everything
+
+
+def recorded_bit_depth(weights) -> int | str | None:
+    """The data.bit_depth a --weights file records: a fewshot checkpoint's config, or an export's ``bit_depth``
+    metadata; None where it records none (or is no file these read: loading it says why). As eval and predict take
+    a run's from its checkpoint: a backbone that learnt from 12-bit images was probed on them at the 16-bit scale
+    (dark) unless the user typed the setting again."""
+    from fewshot.errors import CheckpointError
+    from fewshot.models.weights import is_safetensors, read_tensor_file
+
+    path = Path(weights) if weights else None
+    if path is None or not path.is_file():
+        return None
+    if is_safetensors(path):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                value = (f.metadata() or {}).get("bit_depth")
+        except Exception:  # read_tensor_file reports an unreadable file with its own message
+            return None
+    else:
+        try:
+            ck = read_tensor_file(path, mmap=True)
+        except CheckpointError:
+            return None
+        data = ck["config"].get("data") if isinstance(ck.get("config"), dict) else None
+        if ck.get("format") != "fewshot-checkpoint" or not isinstance(data, dict):
+            return None
+        value = data.get("bit_depth")
+    if value is None or value == "auto":
+        return value
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or not 8 <= int(text) <= 16:  # a file may come from anyone
+        raise UserError(f"--weights {weights} records data.bit_depth {value!r}, not auto or a whole number from 8 to "
+                        f"16; give probe data.bit_depth=N (the bits the data's 16-bit images use) or data.bit_depth"
+                        f"=auto.")
+    return int(text)
+
+
+def bit_depth_for(weights, given: int | str | None) -> int | str:
+    """The bit depth probe decodes with: the data.bit_depth word typed (``given``), else the one ``weights``
+    records (said in a note, with the word that reads the images otherwise), else auto."""
+    if given is not None:
+        return given
+    recorded = recorded_bit_depth(weights)
+    if recorded is None:
+        return "auto"
+    if recorded not in ("auto", 16):  # 16: the container's own scale, as auto reads it
+        print(one_line(f"note: 16-bit images are read as {recorded}-bit (data.bit_depth={recorded}), as {weights} "
+                       f"records: the scale its features were learnt at; give data.bit_depth=auto to read them at "
+                       f"the full 16 bits."), file=sys.stderr, flush=True)
+    return recorded
 
 
 def train_linear_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: int, epochs: int = 300,
