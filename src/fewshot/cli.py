@@ -646,9 +646,9 @@ def _run_command(args, extra, handlers) -> int:
                   file=sys.stderr)
             return 1
         # the machine's answer, not a bug: a read-only or full disk, a missing permission, a path too long
-        where = f" {exc.filename}:" if exc.filename else ""
-        print(f"fewshot {args.command}: error:{where} {exc.strerror or exc} (check the path and its "
-              f"permissions, or free space if the disk is full, then run the command again).", file=sys.stderr)
+        where = f" {printable(os.fsdecode(exc.filename))}:" if exc.filename else ""
+        print(f"fewshot {args.command}: error:{where} {exc.strerror or exc} ({_environment_advice(args, exc)}).",
+              file=sys.stderr)
         return 2
     except Exception as exc:
         if isinstance(exc, RuntimeError) and str(exc).startswith("Symlink loop from"):  # pathlib's resolve(), 3.11-12
@@ -671,6 +671,24 @@ def _run_command(args, extra, handlers) -> int:
         print(f"fewshot {args.command}: internal error (a bug; please report it with the traceback above).",
               file=sys.stderr)
         return 1
+
+
+def _environment_advice(args, exc: OSError) -> str:
+    """What to do about an OSError of the machine: for its reason, then how to go on. A train whose disk filled
+    while it wrote metrics.json was told to "run the command again", which refuses a folder that holds a run."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space on that disk, or write elsewhere"
+    elif exc.errno == errno.ENAMETOOLONG:
+        fix = "choose a shorter name"
+    else:
+        fix = "check the path and its permissions"
+    out = getattr(args, "out", None)
+    if out and args.command in ("train", "pretrain") and Path(out, "checkpoints", "last.pt").is_file():
+        return (f"{fix}, then run the same command with --resume: it continues from the last checkpoint, or "
+                f"(training had finished) writes the results again")
+    if out and args.command == "run" and Path(out, "run_state.json").is_file():
+        return f"{fix}, then run the same command with --resume: the stages finished so far are kept"
+    return f"{fix}, then run the command again"
 
 
 DDP_COMMANDS = ("train", "pretrain")  # the commands that share their work among torchrun's processes

@@ -13,19 +13,26 @@ from pathlib import Path
 import torch
 
 
-def check_output_file(path, flag: str = "--out", example: str = "out.json") -> Path:
+def check_output_file(path, flag: str | None = "--out", example: str = "out.json") -> Path:
     """Refuse, before any work, an output file path that cannot be written because of its shape: an existing
-    folder, or a file where a parent folder should be (these surfaced as tracebacks after the work)."""
+    folder, or a file where a parent folder should be (these surfaced as tracebacks after the work). A symbolic
+    link is judged by its target's folder, which the write goes to (the link's own folder was checked: predict
+    did its work, then could not write into the target's read-only folder). ``flag`` None: no option named
+    (a write deep in a command), the path alone is shown."""
     from fewshot.errors import UserError
 
     path = Path(path)
+    said = f"{flag} {path}" if flag else f"the output {path}"
     if path.is_dir():
-        raise UserError(f"{flag} {path} is a folder; give a file name in it, e.g. {path / example}.")
+        raise UserError(f"{said} is a folder; give a file name in it, e.g. {path / example}.")
     if is_special_file(path):  # /dev/stdout, a named pipe: written in place (atomic_write_bytes)
         if not os.access(path, os.W_OK):
-            raise UserError(f"{flag} {path} cannot be written (no permission).")
+            raise UserError(f"{said} cannot be written (no permission).")
         return path
-    check_output_dir(path.parent, flag, shown=path)
+    folder = path.parent
+    if path.is_symlink():
+        folder = Path(os.path.realpath(path)).parent
+    check_output_dir(folder, flag, shown=path)
     return path
 
 
@@ -39,19 +46,21 @@ def is_special_file(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-def check_output_dir(path, flag: str = "--out", shown=None) -> Path:
+def check_output_dir(path, flag: str | None = "--out", shown=None) -> Path:
     """The folder counterpart of :func:`check_output_file`: the path's nearest existing ancestor (itself
     included) must be a folder."""
     from fewshot.errors import UserError
 
     path = Path(path)
+    said = f"{flag} {shown or path}" if flag else f"the output {shown or path}"
+    instead = f"choose another {flag}" if flag else "choose another place for it"
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
-                raise UserError(f"{flag} {shown or path}: {p} is a file, not a folder.")
+                raise UserError(f"{said}: {p} is a file, not a folder.")
             if not os.access(p, os.W_OK | os.X_OK):  # access(2) also answers EROFS for a read-only mount
-                raise UserError(f"{flag} {shown or path}: the folder {p} cannot be written (a read-only file "
-                                f"system or no permission); choose another {flag}.")
+                raise UserError(f"{said}: the folder {p} cannot be written (a read-only file "
+                                f"system or no permission); {instead}.")
             break
     return path
 
@@ -152,21 +161,50 @@ def unshare_hard_link(path: Path) -> None:
         atomic_write_bytes(path, path.read_bytes())
 
 
+TEMP_NAME_BYTES = 64  # of the output's name kept in its temp file's: `.NAME.XXXXXXXX.tmp` stays under 80 bytes
+
+
+def temp_prefix(name: str) -> str:
+    """``.NAME.`` for atomic_write_bytes's temp file, NAME cut to TEMP_NAME_BYTES bytes: the whole name plus 14
+    characters made an output name over 241 bytes fail (ENAMETOOLONG) on the temp name, after all the work.
+    Still `.something.XXXXXXXX.tmp` (finetune.ATOMIC_TEMP, the engine's `.*.pt.*.tmp`), unique by mkstemp."""
+    while len(os.fsencode(name)) > TEMP_NAME_BYTES:
+        name = name[:-1]
+    return f".{name}."
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder, fsync, rename: a kill never leaves half a file. A symbolic
     link is followed (its target is replaced, the link kept: the rename replaced the link itself, so the
-    target never got the result); a pipe or device (`--out /dev/stdout`) is written in place."""
-    path = check_output_file(path, "the output")  # a folder, or a file on the way: the user's path, not a bug
+    target never got the result); a pipe or device (`--out /dev/stdout`) is written in place. An OSError
+    names ``path`` (the write's own carried no name, or the temp file's, and a full disk was said without one)."""
+    path = check_output_file(path, None)  # a folder, or a file on the way: the user's path, not a bug
+    try:
+        _atomic_write(path, data)
+    except OSError as exc:
+        if exc.filename is not None and not _is_temp_of(exc.filename, path):
+            raise  # a folder on the way (mkdir's own name): already the right one
+        raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
+
+
+def _is_temp_of(name, path: Path) -> bool:
+    """Whether ``name`` (an OSError's filename) is a temp file of atomic_write_bytes beside ``path``'s target."""
+    name = os.fspath(name)
+    return os.path.basename(name).startswith(temp_prefix(Path(os.path.realpath(path)).name)) and \
+        name.endswith(".tmp")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     if is_special_file(path):
         with open(path, "wb") as fh:
             fh.write(data)
         return
     if path.is_symlink():
-        path = check_output_file(Path(os.path.realpath(path)), "the output")
+        path = Path(os.path.realpath(path))  # checked by check_output_file: its target's folder
     path.parent.mkdir(parents=True, exist_ok=True)
     # the folder the rename writes into: mkstemp normalises `link/../run` as text (run beside the link, not beside
     # its target, where the kernel puts it), and the temp file landed in another folder or none
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=os.path.realpath(path.parent))
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=os.path.realpath(path.parent))
     try:
         os.chmod(tmp, new_file_mode(path))  # mkstemp makes 0600: a report or submission others could not read
         with os.fdopen(fd, "wb") as fh:

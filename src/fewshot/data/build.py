@@ -367,6 +367,10 @@ def build_dataset(name: str, out: Path, shots: int = 10, seed: int = 0, idx_dir:
         fd = _lock_build(lock, name, out)
         try:
             _write_and_move(stage, jobs, test_labels, name, ds_dir, pool_dir, progress)
+        except OSError as exc:
+            if exc.filename is None:  # a full disk met by an image's write (PIL names no file): said without a path
+                raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+            raise
         finally:
             shutil.rmtree(stage, ignore_errors=True)
             _unlock_build(lock, fd)

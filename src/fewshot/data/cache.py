@@ -512,10 +512,17 @@ def _warn_no_cache(cache_dir: Path, exc: OSError, nbytes: int) -> None:
         world = os.environ.get("WORLD_SIZE", "").strip()  # under torchrun every process writes its own copy
         each = f" by each of the job's {world} processes" if world.isdigit() and int(world) > 1 else ""
         why = f"the disk is full ({nbytes / 1e6:.1f} MB needed{each})" if full else str(exc)
+        if cache_dir.name == ".fewshot_cache" and os.access(cache_dir.parent, os.W_OK | os.X_OK):
+            # a writable data root is where predict and eval cache, whatever XDG_CACHE_HOME says (advised here,
+            # it changed nothing): only room there, or another folder for the commands that take one, helps
+            where = (f"predict and eval cache only there while {cache_dir.parent} can be written: "
+                     f"{'free some space on its disk' if full else 'fix that'} to cache them")
+        else:
+            where = ("predict and eval use ROOT/.fewshot_cache, else $XDG_CACHE_HOME/fewshot (~/.cache/fewshot): "
+                     "XDG_CACHE_HOME=DIR chooses another")
         print(printable(f"warning: could not write the image cache in {cache_dir}: {why}; continuing "
-                        f"without it (train, pretrain and run: data.cache_dir=DIR chooses another folder; predict "
-                        f"and eval use ROOT/.fewshot_cache, else $XDG_CACHE_HOME/fewshot (~/.cache/fewshot): "
-                        f"XDG_CACHE_HOME=DIR chooses another)"), file=sys.stderr, flush=True)
+                        f"without it (train, pretrain and run: data.cache_dir=DIR chooses another folder; {where})"),
+              file=sys.stderr, flush=True)
 
 
 NOTE_MIN_BYTES = 50e6  # a new entry this large is announced (_note_new_entry); the few-shot splits stay quiet
@@ -657,11 +664,28 @@ def user_cache_dir(root: str | Path) -> Path | None:
 
 
 def ensure_writable_dir(path: Path, what: str) -> None:
-    """Fail early and clearly when an output folder cannot be written."""
+    """Fail early and clearly when an output folder cannot be written. A dangling symbolic link is followed (its
+    target made), as predict and export follow one to write its target: mkdir said only "File exists"."""
     if path.exists() and not path.is_dir():
         raise UserError(f"the {what} folder '{path}' is a file; give --out a folder (new or empty).")
+    made = path
+    if path.is_symlink() and not path.exists():
+        target = os.readlink(path)
+        try:
+            made = Path(path).resolve(strict=False)
+            if made.is_symlink() or made == Path(path).absolute():
+                raise RuntimeError("a loop")  # 3.11's resolve() stops at a loop where 3.13's raises
+        except (RuntimeError, OSError):
+            raise UserError(f"the {what} folder '{path}' is a symbolic link (to {target}) that goes round a loop of "
+                            f"links; remove it or give another --out.") from None
+        try:
+            made.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"the {what} folder '{path}' is a dangling symbolic link to {target}, and that folder "
+                            f"cannot be made: {exc.strerror or exc}. Remove the link or give another --out."
+                            ) from None
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        made.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_bytes(b"x" * 4096)
         probe.unlink()

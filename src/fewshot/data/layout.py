@@ -8,6 +8,7 @@ collected and reported at once (DataLayoutError), each naming its path.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -391,6 +392,20 @@ def _refuse_a_split_given_as_root(root: Path, folders: list[Path]) -> None:
                              f"(ROOT/<dataset>/train/<class>/<image>). Pass --data {shlex.quote(str(top))}{only}."))
 
 
+def _broken_link(link: Path) -> str:
+    """Why a link leads nowhere: a loop of links, or the missing path it names."""
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return "that no longer leads anywhere"
+    try:
+        os.stat(link)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"(to {target}) that goes round a loop of links"
+    return f"to {target}, which does not exist (a dangling link)"
+
+
 def list_datasets(root: Path) -> list[str]:
     """Dataset folders under ROOT: every visible directory except `unlabeled/`, run folders and OS litter
     (not_a_dataset; each is named once on stderr)."""
@@ -398,6 +413,9 @@ def list_datasets(root: Path) -> list[str]:
         raise UserError(one_line(f"dataset root '{root}' is a file, not a dataset root: --data is the folder above "
                                  f"the datasets (ROOT/<dataset>/train/<class>/<image>, ROOT/<dataset>/test/<id>.jpg)"
                                  f"; pass that folder instead."))
+    if root.is_symlink() and not root.exists():  # building demo data "--out" a dangling link is no advice
+        raise UserError(one_line(f"dataset root '{root}' is a symbolic link {_broken_link(root)}; give --data the "
+                                 f"folder above the datasets, or fix the link."))
     if not root.is_dir():
         raise UserError(f"dataset root '{root}' does not exist or is not a folder. "
                         f"Build the demo data with `fewshot data digits --out {root}`.")

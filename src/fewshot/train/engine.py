@@ -361,7 +361,8 @@ class Engine:
 
     def check_disk_space(self) -> None:
         """Fail before training when the run folder cannot hold last.pt + best.pt + a temp copy, and with a budget
-        also the best.pt that a budget stop keeps aside (BEST_ASIDE)."""
+        also the best.pt that a budget stop keeps aside (BEST_ASIDE); or when its file system has too few free
+        inodes left for the files a run writes."""
         import shutil
 
         if not self.ctx.is_main:
@@ -379,6 +380,21 @@ class Engine:
                             f"{need / 2**20:.1f} MiB needed (last.pt, best.pt, a temporary copy"
                             f"{' and the best.pt a budget stop keeps aside' if budget else ''}), "
                             f"{free / 2**20:.1f} MiB free. Free some space or choose another --out.")
+        # inodes too: a file system out of them (a tmpfs's nr_inodes, many small files) failed after epoch 1 with
+        # "No space left on device" while df showed room. A run writes about run_files files and folders
+        # (checkpoints, temporary copies, metrics, logs, plots); those there are only replaced. f_files 0: no limit
+        run_files = 24
+        try:
+            vfs = os.statvfs(self.run_dir)
+            there = sum(1 for _ in zip(range(run_files), self.run_dir.rglob("*")))
+        except (OSError, AttributeError):  # no statvfs (Windows), or the folder unreadable: the writes will say
+            return
+        need_files = max(run_files - there, 0) + 2
+        if vfs.f_files and vfs.f_favail < need_files:
+            raise UserError(f"no room for the run's files in '{self.run_dir}': its file system has "
+                            f"{vfs.f_favail} free inodes (file entries) left, and a run writes about {need_files} "
+                            f"more (checkpoints, metrics, logs), though {free / 2**20:.1f} MiB are free. Delete some "
+                            f"files on that file system or choose another --out.")
 
     def resume(self) -> bool:
         path = self.ckpt_dir / "last.pt"

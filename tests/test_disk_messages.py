@@ -1,0 +1,268 @@
+"""Disk and file-system messages: a long output name, a full disk, a symbolic link as --out or --data, too few
+inodes, a full data root for the image cache. Each says the path the user gave and what works, with exit 2.
+
+Simulated where it can be (os.fsync raising ENOSPC, os.statvfs reporting few inodes, os.access answering a
+read-only folder), so the tests run anywhere; one real full tmpfs, which skips where mounting is not allowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import fewshot.utils as utils
+from fewshot.data.cache import _warn_no_cache, ensure_writable_dir
+from fewshot.data.layout import list_datasets
+from fewshot.errors import UserError
+from fewshot.train.finetune import ATOMIC_TEMP
+from helpers.checks import run_main
+from helpers.tiny import build_digits
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return build_digits(tmp_path_factory.mktemp("msg-data"))
+
+
+def train_argv(root: Path, out: Path, *extra) -> list:
+    return ["train", "--data", root, "--out", out, "--model", "test_resnet", "--img-size", "16", "--epochs", "1",
+            "--batch-size", "8", "--device", "cpu", "--no-progress", "train.tensorboard=false", "train.threads=1",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def run(root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("msg-run") / "run"
+    rc, _, err = run_main(*train_argv(root, out))
+    assert rc == 0, err
+    return out
+
+
+def enospc_on_fsync(monkeypatch):
+    """A disk that fills while the data is flushed (as NFS and quotas report it): an OSError without a name."""
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(utils.os, "fsync", fsync)
+
+
+# ------------------------------------------------------------------------------------- 1. a long output name
+
+def test_an_output_name_the_file_system_accepts_is_written_whatever_its_length(tmp_path, monkeypatch):
+    """The temp name was `.NAME.XXXXXXXX.tmp`: a NAME over 241 bytes failed with ENAMETOOLONG on a name the user
+    never chose, after all the work. Now bounded, in the same folder, unique, removed."""
+    temps = []
+    real = utils.tempfile.mkstemp
+
+    def mkstemp(*a, **kw):
+        fd, name = real(*a, **kw)
+        temps.append(name)
+        return fd, name
+    monkeypatch.setattr(utils.tempfile, "mkstemp", mkstemp)
+    out = tmp_path / ("p" * 250 + ".json")  # 255 bytes: the longest name most file systems take
+    utils.atomic_write_text(out, "{}\n")
+    utils.atomic_write_text(out, "{}\n")  # replaced, again through a temp file
+    assert out.read_text() == "{}\n"
+    assert len(temps) == 2 and temps[0] != temps[1]
+    for name in temps:
+        assert Path(name).parent == tmp_path and len(os.fsencode(Path(name).name)) < 100
+        assert ATOMIC_TEMP.fullmatch(Path(name).name)  # still what remove_stale_temp_files cleans up
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temp file left
+    short = tmp_path / "metrics.json"  # a short name keeps its whole name (the engine's `.*.pt.*.tmp`)
+    assert utils.temp_prefix(short.name) == ".metrics.json."
+    assert len(os.fsencode(utils.temp_prefix("é" * 200))) <= utils.TEMP_NAME_BYTES + 2
+
+
+def test_export_writes_an_output_whose_name_is_long(run, tmp_path):
+    out = tmp_path / ("b" * 240 + ".safetensors")  # 252 bytes
+    rc, _, err = run_main("export", run, "--out", out)
+    assert rc == 0, err
+    assert out.is_file() and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+# ------------------------------------------------------------------------------------------ 2. a full disk
+
+def test_a_full_disk_names_the_output_not_a_temp_file(tmp_path, monkeypatch):
+    enospc_on_fsync(monkeypatch)
+    out = tmp_path / "sub" / "p.json"
+    with pytest.raises(OSError) as caught:
+        utils.atomic_write_text(out, "x")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(out)
+    assert list(out.parent.iterdir()) == []  # the temp file removed
+
+    def unwritable_temp(*a, **kw):  # the temp file's own name is replaced by the output's too
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".p.json.abcdefgh.tmp"))
+    monkeypatch.setattr(utils.tempfile, "mkstemp", unwritable_temp)
+    with pytest.raises(OSError) as caught:
+        utils.atomic_write_text(out, "x")
+    assert caught.value.filename == str(out)
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "export", "report"])
+def test_every_writing_command_names_its_output_on_a_full_disk(command, run, root, tmp_path, monkeypatch):
+    """docs/reliability.md section 6 promises the path and the reason: a full disk said only the reason."""
+    out = tmp_path / {"predict": "p.json", "eval": "m.json", "export": "b.safetensors", "report": "rep"}[command]
+    argv = {"predict": ("predict", run, "--data", root, "--out", out, "--device", "cpu"),
+            "eval": ("eval", run, "--data", root, "--out", out, "--device", "cpu"),
+            "export": ("export", run, "--out", out),
+            "report": ("report", run, "--out", out)}[command]
+    enospc_on_fsync(monkeypatch)
+    rc, _, err = run_main(*argv)
+    assert rc == 2, err
+    assert f"fewshot {command}: error: {out}" in err and "Traceback" not in err, err
+    assert "No space left on device" in err and "free some space" in err, err
+
+
+def test_data_names_its_output_on_a_full_disk(tmp_path, monkeypatch):
+    from PIL import Image
+
+    def full(self, *a, **kw):  # PIL's write on a full disk: an OSError without a name
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Image.Image, "save", full)
+    rc, _, err = run_main("data", "digits", "--out", tmp_path / "demo")
+    assert rc == 2, err
+    assert f"fewshot data: error: {tmp_path / 'demo'}: No space left on device" in err and "Traceback" not in err, err
+    assert not (tmp_path / "demo").exists()  # the build's own folder removed again
+
+
+def test_a_full_disk_at_the_end_of_train_advises_resume_which_works(root, tmp_path, monkeypatch):
+    """"run the command again" was refused: the folder "already holds a run"; --resume writes the results."""
+    out = tmp_path / "run"
+    real = utils._atomic_write
+
+    def full_at_metrics(path, data):
+        if Path(path).name == "metrics.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+    monkeypatch.setattr(utils, "_atomic_write", full_at_metrics)
+    rc, _, err = run_main(*train_argv(root, out))
+    assert rc == 2, err
+    assert f"error: {out / 'metrics.json'}: No space left on device" in err, err
+    assert "--resume" in err and "run the command again" not in err, err
+    monkeypatch.setattr(utils, "_atomic_write", real)
+    rc, _, err = run_main(*train_argv(root, out, "--resume"))
+    assert rc == 0, err
+    assert (out / "metrics.json").is_file()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    """A fresh tmpfs at `path` (root only); skips the test with the reason when mounting is not possible."""
+    path.mkdir(parents=True)
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root and `mount`; the simulated tests cover these code paths")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_really_full_tmpfs_names_the_output(run, tmp_path):
+    with tmpfs(tmp_path / "small", "size=64k") as small:
+        (small / "fill").write_bytes(b"\0" * (64 << 10))  # tmpfs may take it whole or in part
+        rc, _, err = run_main("export", run, "--out", small / "b.safetensors")
+        assert rc == 2, err
+        assert f"error: {small / 'b.safetensors'}: No space left on device" in err, err
+        assert sorted(p.name for p in small.iterdir()) == ["fill"]
+
+
+# -------------------------------------------------------------------------- 3. a link to a read-only folder
+
+def test_a_link_into_a_read_only_folder_is_refused_before_the_work(run, root, tmp_path, monkeypatch):
+    """The link's own folder was checked, so predict predicted, then failed in the target's folder with
+    "choose another the output"."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    link = tmp_path / "p.json"
+    link.symlink_to(ro / "p.json")
+    real = os.access
+    monkeypatch.setattr(utils.os, "access", lambda p, mode: False if Path(p) == ro else real(p, mode))
+    rc, out, err = run_main("predict", run, "--data", root, "--out", link, "--device", "cpu")
+    assert rc == 2, err
+    assert "predicting with" not in out + err, out + err  # refused before the work
+    assert f"--out {link}: the folder {ro} cannot be written" in err and "choose another --out" in err, err
+    with pytest.raises(UserError) as caught:  # a write deep in a command names no option
+        utils.atomic_write_text(link, "x")
+    assert "the output" in str(caught.value) and "another the output" not in str(caught.value)
+    assert "choose another place for it" in str(caught.value)
+
+
+# ------------------------------------------------------------------------ 4. a dangling link as train --out
+
+def test_a_dangling_link_as_train_out_is_followed_as_predict_does(root, tmp_path):
+    """It said only "File exists" (mkdir of the link)."""
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "elsewhere" / "run")
+    rc, _, err = run_main(*train_argv(root, link))
+    assert rc == 0, err
+    assert link.is_symlink() and (tmp_path / "elsewhere" / "run" / "metrics.json").is_file()
+
+
+def test_a_dangling_link_that_cannot_be_followed_says_what_it_is(tmp_path):
+    (tmp_path / "file").write_text("x")
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "file" / "run")  # below a file: cannot be made
+    with pytest.raises(UserError) as caught:
+        ensure_writable_dir(link, "run")
+    assert f"a dangling symbolic link to {tmp_path / 'file' / 'run'}" in str(caught.value)
+    assert "File exists" not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------- 5. free inodes
+
+def test_too_few_free_inodes_fail_before_training(root, tmp_path, monkeypatch):
+    """A tmpfs with nr_inodes=7 failed after epoch 1 with "No space left on device" while df showed room."""
+    real = os.statvfs
+
+    def few_inodes(path):
+        st = real(path)
+        return os.statvfs_result((*st[:5], 7, 3, 3, *st[8:]))
+    monkeypatch.setattr(os, "statvfs", few_inodes)
+    out = tmp_path / "run"
+    rc, _, err = run_main(*train_argv(root, out))
+    assert rc == 2, err
+    assert "inodes" in err and str(out) in err and "Traceback" not in err, err
+    assert not (out / "checkpoints" / "last.pt").exists()
+
+    def no_limit(path):  # f_files 0: a file system without an inode count (btrfs) is not refused
+        st = real(path)
+        return os.statvfs_result((*st[:5], 0, 0, 0, *st[8:]))
+    monkeypatch.setattr(os, "statvfs", no_limit)
+    rc, _, err = run_main(*train_argv(root, out))
+    assert rc == 0, err
+
+
+# ------------------------------------------------------------------------- 6. the cache, a broken --data
+
+def test_a_full_writable_data_root_is_not_advised_xdg_cache_home(tmp_path, capsys, monkeypatch):
+    """predict and eval cache in ROOT/.fewshot_cache while ROOT can be written: XDG_CACHE_HOME changed nothing."""
+    monkeypatch.setattr("fewshot.data.cache._WARNED", set())
+    _warn_no_cache(tmp_path / ".fewshot_cache", OSError(errno.ENOSPC, "No space left on device"), 10**6)
+    err = capsys.readouterr().err
+    assert "XDG_CACHE_HOME" not in err and "free some space" in err, err
+    real = os.access  # a read-only root: the user cache is used, and XDG_CACHE_HOME does choose it
+    monkeypatch.setattr("fewshot.data.cache.os.access", lambda p, m: False if Path(p) == tmp_path else real(p, m))
+    _warn_no_cache(tmp_path / "x" / ".fewshot_cache", OSError(errno.ENOSPC, "No space left on device"), 10**6)
+    _warn_no_cache(tmp_path / ".fewshot_cache" / "y", OSError(errno.EIO, "I/O error"), 10**6)
+    assert capsys.readouterr().err.count("XDG_CACHE_HOME=DIR chooses another") == 2
+
+
+def test_a_dangling_or_looping_data_link_says_what_it_is(tmp_path):
+    dangling = tmp_path / "data"
+    dangling.symlink_to(tmp_path / "gone")
+    with pytest.raises(UserError) as caught:
+        list_datasets(dangling)
+    assert "dangling" in str(caught.value) and "fewshot data digits" not in str(caught.value)
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(UserError) as caught:
+        list_datasets(tmp_path / "a")
+    assert "loop" in str(caught.value) and "fewshot data digits" not in str(caught.value)
