@@ -705,9 +705,32 @@ def test_a_kill_while_a_budget_stop_writes_its_best_pt_resumes_as_the_uninterrup
         mp.setattr(Engine, "save", dying)
         with pytest.raises(Killed):
             run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 7.5 / 60}), out)
-    assert not (out / "checkpoints" / "best.pt").exists() and (out / "checkpoints" / "best_before_stop.pt").exists()
+    best, aside = out / "checkpoints" / "best.pt", out / "checkpoints" / "best_before_stop.pt"
+    assert best.read_bytes() == aside.read_bytes()  # the old best.pt, still in place, and its copy aside
     run_finetune(finetune_cfg(root, **FT), out, resume=True)
     compare_runs(ft_ref, out, metrics=True)
+
+
+def test_best_pt_is_never_missing_while_a_budget_stop_replaces_it(root, tmp_path, monkeypatch):
+    """The stop kept the old best.pt aside by renaming it, then wrote the new one: an `eval` or `predict` of the
+    run in between found no best.pt. Now it is copied aside (a hard link) and replaced by one rename."""
+    out = tmp_path / "run"
+    save, seen = Engine.save, []
+
+    def watched(self, name="last", **kwargs):
+        if name == "best" and self.step_in_epoch:
+            best = self.ckpt_dir / "best.pt"
+            seen.append(best.is_file() and load_checkpoint(best)["global_step"] < self.global_step)
+        save(self, name, **kwargs)
+
+    with monkeypatch.context() as mp:
+        budget_clock(mp)
+        best_score_in(mp, 1)
+        mp.setattr(Engine, "save", watched)
+        run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 7.5 / 60}), out)
+    assert seen == [True]
+    aside = load_checkpoint(out / "checkpoints" / "best_before_stop.pt")
+    assert aside["global_step"] < load_checkpoint(out / "checkpoints" / "best.pt")["global_step"] == 8
 
 
 def test_a_resume_that_ends_before_its_first_save_leaves_the_restored_best_pt_to_the_next(
@@ -895,3 +918,21 @@ def test_the_last_partial_epoch_of_a_budget_stop_prints_its_progress_line(root, 
     assert "supervised epoch 1/3: 5/5 (100%)" in err
     assert "supervised epoch 2/3: 1/5 (20%)" in err  # step 6: the partial epoch's one step
     assert [r["epoch"] for r in read_log(tmp_path / "run")] == [1, 2]
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_keep_copy_leaves_the_original_in_place_with_or_without_hard_links(tmp_path, monkeypatch, links):
+    """keep_copy copies by hard link, or by bytes where the file system has none; the original's later atomic
+    replacement does not change the copy."""
+    import os
+
+    from fewshot.utils import atomic_write_bytes, keep_copy
+
+    if not links:
+        monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(1, "no hard links")))
+    src, copy = tmp_path / "best.pt", tmp_path / "aside.pt"
+    src.write_bytes(b"old")
+    keep_copy(src, copy)
+    atomic_write_bytes(src, b"new")
+    assert (src.read_bytes(), copy.read_bytes()) == (b"new", b"old")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aside.pt", "best.pt"]  # no temp file left

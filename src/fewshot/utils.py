@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -159,6 +160,25 @@ def unshare_hard_link(path: Path) -> None:
         return
     if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
         atomic_write_bytes(path, path.read_bytes())
+
+
+def keep_copy(path: Path, copy_path: Path) -> None:
+    """``copy_path`` becomes a copy of ``path``, which stays where it is (a reader never finds it missing): a
+    hard link where the file system has them (the next atomic write of ``path`` replaces its name, not the
+    shared file), else a byte copy; either way put in place by one rename."""
+    folder = os.path.realpath(copy_path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(copy_path.name), suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        try:
+            os.unlink(tmp)
+            os.link(path, tmp)
+        except OSError:  # no hard links here (some network and FAT file systems)
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, copy_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 TEMP_NAME_BYTES = 64  # of the output's name kept in its temp file's: `.NAME.XXXXXXXX.tmp` stays under 80 bytes

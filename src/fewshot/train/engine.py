@@ -42,7 +42,7 @@ from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from fewshot.train.distributed import (DistContext, all_gather_object, all_reduce_max, all_reduce_mean, barrier,
                                       broadcast_object, check_same_image_counts)
 from fewshot.train.stop_signal import StopRequested, stop_on_signals
-from fewshot.utils import atomic_write_text, derive_seed, unshare_hard_link, write_json
+from fewshot.utils import atomic_write_text, derive_seed, keep_copy, unshare_hard_link, write_json
 
 
 TIMING_KEYS = ("images_per_s", "epoch_time_s", "eval_time_s")  # measurements, not results
@@ -532,12 +532,13 @@ class Engine:
     def _set_best_aside(self) -> None:
         """A budget stop part-way through an epoch evaluates that partial epoch; when it scores a new best, the
         best.pt it replaces is kept as BEST_ASIDE, since a resume that reopens the epoch takes that evaluation back
-        (_drop_stop_best)."""
+        (_drop_stop_best). best.pt stays in place until save("best") replaces it: it was renamed aside first, and
+        an `eval` or `predict` of the run in that moment found no best.pt."""
         self.best_before_stop = self.best_score
         if self.ctx.is_main:
             best, aside = self.ckpt_dir / "best.pt", self.ckpt_dir / BEST_ASIDE
             if best.is_file():
-                os.replace(best, aside)
+                keep_copy(best, aside)
             else:
                 aside.unlink(missing_ok=True)
 
