@@ -291,3 +291,81 @@ def test_cuda_matches_cpu():
     assert cuda.device.type == "cuda"
     assert torch.allclose(cuda.cpu(), cpu, atol=1e-3)
     assert torch.allclose(aug(x.cuda(), gen(9)).cpu(), cuda.cpu(), atol=1e-6)  # same params from the same seed
+
+
+# ------------------------------------------------------------------ fast op forms against the plain ones
+
+
+@pytest.fixture
+def plain_path():
+    """Run a block with augment.set_fast_path(False), restoring the setting after."""
+    from fewshot.data import augment
+
+    class Switch:
+        def __enter__(self):
+            self.old = augment.set_fast_path(False)
+
+        def __exit__(self, *exc):
+            augment.set_fast_path(self.old)
+
+    return Switch()
+
+
+@pytest.mark.parametrize("name,in_hw,out", [("mocov2", (64, 64), 64), ("mocov2", (40, 52), 31),
+                                            ("mocov1", (32, 32), 24), ("mocov2", (9, 9), 7)])
+def test_fast_path_matches_plain(plain_path, name, in_hw, out):
+    # the hue shift without torch.where/aminmax, the blur as matmuls and the broadcast crop grid: same views
+    from fewshot.data import augment
+
+    assert augment._FAST  # the default
+    aug = BatchAugment(preset(name, out, blur_p=0.5 if name == "mocov2" else 0.0, **IDENTITY_NORM))
+    x = images(32, *in_hw, seed=3)
+    for seed in range(3):
+        params = aug.sample_params(32, gen(seed), in_hw)
+        fast = aug.apply(x, params)
+        with plain_path:
+            plain = aug.apply(x, params)
+        assert (fast - plain).abs().max() < 2e-5, seed
+
+
+def test_fast_hue_matches_plain_on_edge_colours(plain_path):
+    # greys (max == min), ties between channels, primaries and secondaries, every sector boundary of the shift
+    from fewshot.data.augment import _shift_hue
+
+    levels = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    colours = torch.cartesian_prod(levels, levels, levels).T.reshape(1, 3, 8, 8)  # all 64 combinations
+    hues = torch.tensor([-0.5, -1 / 3, -1 / 6, -0.05, 0.0, 1e-7, 1 / 12, 1 / 6, 0.25, 1 / 3, 0.5])
+    x = colours.expand(len(hues), -1, -1, -1).contiguous()
+    fast = _shift_hue(x, hues)
+    with plain_path:
+        plain = _shift_hue(x, hues)
+    assert (fast - plain).abs().max() < 1e-6
+    assert torch.equal(fast[:, :, 0, 0], torch.zeros_like(fast[:, :, 0, 0]))  # black stays exactly black
+
+
+@pytest.mark.parametrize("hw,k", [((64, 64), 7), ((20, 33), 5), ((4, 4), 7), ((3, 9), 3)])
+def test_fast_blur_matches_plain_and_ignores_autocast(plain_path, hw, k):
+    # the reflect padding folded into a matrix; non-square maps; kernels as wide as the reflect padding allows
+    from fewshot.data.augment import _gaussian_blur
+
+    if k // 2 >= min(hw):
+        k = 2 * (min(hw) - 1) + 1
+    x = torch.rand(6, 3, *hw, generator=gen(5))
+    sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 3.0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast must not make the blur bf16
+        fast = _gaussian_blur(x, sigma, k)
+    with plain_path:
+        plain = _gaussian_blur(x, sigma, k)
+    assert fast.dtype == torch.float32 and fast.shape == x.shape
+    assert (fast - plain).abs().max() < 1e-6
+
+
+def test_fast_crop_grid_is_affine_grid():
+    from fewshot.data.augment import _crop_grid, _crop_theta
+
+    aug = BatchAugment(preset("mocov2", 24))
+    for hw, size in (((64, 64), 24), ((30, 50), 17)):
+        p = aug.sample_params(16, gen(7), hw)
+        theta = _crop_theta(p["crop"], p["flip"], *hw).float()
+        ref = F.affine_grid(theta, [16, 3, size, size], align_corners=False)
+        assert (_crop_grid(theta, size) - ref).abs().max() < 1e-6

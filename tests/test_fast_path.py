@@ -190,6 +190,65 @@ def test_fast_maxpool_equals_plain_and_fast_modules_keep_state_dict_keys():
     assert ours.state_dict().keys() == theirs.state_dict().keys()
 
 
+def test_channels_last_stem_equals_plain_and_hands_nchw_to_the_stages():
+    """The stem (conv1, split BN, ReLU, max-pool) in channels_last gives the plain stem's features and gradients
+    within float rounding, hands layer1 an NCHW map, and leaves a channels_last input (CUDA's path) alone."""
+    from fewshot.models import backbone
+
+    torch.manual_seed(0)
+    net = split_bn.convert_split_bn(create_backbone("resnet18"), 2).train()
+    seen = []
+    net.layer1.register_forward_pre_hook(lambda m, a: seen.append((a[0].is_contiguous(), a[0].stride())))
+    x = torch.randn(4, 3, 32, 32)
+    out = []
+    assert backbone._CL_STEM == "auto"  # the default: bf16 autocast only (below)
+    for on in (True, False):
+        old = backbone.set_stem_fast_path(on)
+        try:
+            net.zero_grad(set_to_none=True)
+            y = net(x)
+            (y * torch.arange(y.numel()).view_as(y) / y.numel()).sum().backward()
+            out.append((y.detach(), net.conv1.weight.grad.clone(), net.bn1.weight.grad.clone()))
+        finally:
+            backbone.set_stem_fast_path(old)
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert seen[0] == seen[1] and seen[0][0], "layer1 must get the NCHW map either way"
+    seen.clear()
+    old = backbone.set_stem_fast_path(True)
+    try:
+        net(x.contiguous(memory_format=torch.channels_last))
+    finally:
+        backbone.set_stem_fast_path(old)
+    assert not seen[0][0], "a channels_last input stays channels_last (the model's own memory format)"
+    assert not backbone.channels_last_stem(create_backbone("test_vit"))  # no ResNet stem: nothing hooked
+    # "auto": fp32 keeps the NCHW stem (measured neutral), bf16 autocast takes the channels_last one
+    stem_in = []
+    net.bn1.register_forward_pre_hook(lambda m, a: stem_in.append(a[0].is_contiguous()))
+    net(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x)
+    assert stem_in == [True, False]
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        backbone.set_stem_fast_path("on")
+
+
+def test_channels_last_stem_moco_step_equals_plain(one_thread):
+    """One MoCo step (split BN on the stem's channels_last map, shuffled keys) with and without the stem's
+    channels_last layout: the same losses, weights, BN buffers and queue (one step: the layouts' convolution
+    kernels round differently, and SGD grows that through the steps, see test_fast_path_equals_plain_path)."""
+    from fewshot.models import backbone
+
+    old = backbone.set_stem_fast_path(True)  # in fp32 too, so that the comparison is tight
+    try:
+        fast = _run(steps=1)
+        backbone.set_stem_fast_path(False)
+        plain = _run(steps=1)
+    finally:
+        backbone.set_stem_fast_path(old)
+    _assert_same(fast, plain)
+
+
 # ----------------------------------------------------------------------------- tiny-map convolutions
 
 

@@ -132,6 +132,35 @@ def test_split_bn_channels_last():
     torch.testing.assert_close(twin2(x_cl), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_split_bn_channels_last_gradients_equal_the_group_calls():
+    """A channels_last batch (the ResNet stem runs in channels_last on the CPU) gets the G-call reference's
+    output, input and parameter gradients and running stats, and the output keeps the input's layout."""
+    torch.manual_seed(3)
+    split = SplitBatchNorm2d(5, 4).train()
+    _randomise_bn(split)
+    ref_bn = nn.BatchNorm2d(5).train()
+    ref_bn.load_state_dict({k: v for k, v in split.state_dict().items()})
+    x = torch.randn(8, 5, 6, 7)
+    gy = torch.randn(8, 5, 6, 7)
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    y_cl = split(x_cl)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    (y_cl * gy).sum().backward()
+    x_ref = x.clone().requires_grad_()
+    y_ref = torch.empty_like(x)
+    bns = [copy.deepcopy(ref_bn) for _ in range(4)]
+    for g, bn in enumerate(bns):  # the plain reference: one BatchNorm call per group n % G == g, same stats
+        y_ref[g::4] = bn(x_ref[g::4])
+    (y_ref * gy).sum().backward()
+    means, vars_ = [bn.running_mean for bn in bns], [bn.running_var for bn in bns]
+    torch.testing.assert_close(y_cl, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_cl.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(split.weight.grad, sum(bn.weight.grad for bn in bns), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(split.bias.grad, sum(bn.bias.grad for bn in bns), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(split.running_mean, torch.stack(means).mean(0))
+    torch.testing.assert_close(split.running_var, torch.stack(vars_).mean(0))
+
+
 # ----------------------------------------------------------------------------- timm models
 
 

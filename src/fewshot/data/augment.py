@@ -36,7 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["AugmentConfig", "BatchAugment", "PRESETS", "blur_kernel_size", "preset"]
+__all__ = ["AugmentConfig", "BatchAugment", "PRESETS", "blur_kernel_size", "preset", "set_fast_path"]
+
+_FAST = True  # cheaper forms of the hue shift, blur and crop grid (same outputs within float rounding)
+
+
+def set_fast_path(enabled: bool) -> bool:
+    """Turn the cheaper op forms on/off (tests compare them; the benchmark's A/B); returns the old setting."""
+    global _FAST
+    old, _FAST = _FAST, bool(enabled)
+    return old
 
 # ITU-R 601-2 luma weights, exactly as torchvision's rgb_to_grayscale.
 _GRAY = (0.2989, 0.587, 0.114)
@@ -185,6 +194,16 @@ def _crop_theta(crop: Tensor, flip: Tensor, height: int, width: int) -> Tensor:
     return theta
 
 
+def _crop_grid(theta: Tensor, size: int) -> Tensor:
+    """``F.affine_grid(theta, [n, 3, size, size], align_corners=False)`` for the axis-aligned theta of
+    :func:`_crop_theta`, by broadcasting one row and one column: a quarter of affine_grid's time on the CPU."""
+    base = torch.arange(size, dtype=theta.dtype, device=theta.device).mul_(2).add_(1).div_(size).sub_(1)
+    gx = theta[:, 0, 0:1] * base + theta[:, 0, 2:3]  # [n, size]: x of output column o
+    gy = theta[:, 1, 1:2] * base + theta[:, 1, 2:3]  # [n, size]: y of output row o
+    n = theta.shape[0]
+    return torch.stack([gx.unsqueeze(1).expand(n, size, size), gy.unsqueeze(2).expand(n, size, size)], dim=3)
+
+
 def _gray(x: Tensor) -> Tensor:
     """Luma [n,1,H,W] with torchvision's weights."""
     r, g, b = x.unbind(1)
@@ -200,7 +219,33 @@ def _blend(x: Tensor, other: Tensor, ratio: Tensor) -> Tensor:
 def _shift_hue(x: Tensor, hue: Tensor) -> Tensor:
     """Rotate the hue by `hue` turns per sample. Closed form of torchvision's rgb->hsv, shift,
     hsv->rgb round trip: channel n in (R,G,B) = (5,3,1) is V - V*S*clamp(min(k, 4-k), 0, 1) with
-    k = (n + 6*H) mod 6, and V*S = max - min; no HSV tensor, no gather."""
+    k = (n + 6*H) mod 6, and V*S = max - min; no HSV tensor, no gather. The fast path (default) picks
+    the sector with exact 0/1 masks from ``sign`` instead of ``torch.where`` and takes max/min over
+    channel planes instead of ``aminmax``: both are several times slower on the CPU (docs/performance.md)."""
+    if not _FAST:
+        return _shift_hue_plain(x, hue)
+    r, g, b = x.unbind(1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    delta = maxc - torch.minimum(torch.minimum(r, g), b)
+    # 0/1 masks (multiplying by them is exact): red holds the max, else green, else blue (torchvision's priority)
+    not_r = torch.sign(maxc - r)
+    is_g = torch.sign(maxc - g).neg_().add_(1).mul_(not_r)
+    num = (g - b).mul_(1 - not_r)
+    num.addcmul_((b - r).add_(delta, alpha=2), is_g)
+    num.addcmul_((r - g).add_(delta, alpha=4), not_r.sub_(is_g))
+    h6 = num.div_(torch.sign(delta).neg_().add_(1).add_(delta))  # a grey pixel (delta 0) divides by 1
+    h6.add_(6.0 * hue.view(-1, 1, 1))  # hue * 6, in [-4, 8)
+    out = torch.empty_like(x)
+    for c, n in enumerate((5.0, 3.0, 1.0)):
+        k = h6 + n
+        k.add_(torch.floor(k * (1 / 6.0)), alpha=-6.0)  # mod 6
+        w = torch.minimum(k, 4.0 - k).clamp_(0, 1)
+        torch.addcmul(maxc, delta, w, value=-1, out=out[:, c])
+    return out
+
+
+def _shift_hue_plain(x: Tensor, hue: Tensor) -> Tensor:
+    """The reference form of :func:`_shift_hue` (``set_fast_path(False)``)."""
     r, g, b = x.unbind(1)
     minc, maxc = torch.aminmax(x, dim=1)
     delta = maxc - minc
@@ -235,9 +280,35 @@ def _color_jitter(x: Tensor, factors: Tensor, enabled: tuple[bool, bool, bool, b
     return x
 
 
+def _blur_matrix(sigma: Tensor, kernel_size: int, size: int) -> Tensor:
+    """[n, size, size]: row i holds the Gaussian taps of output pixel i on the input pixels, with the
+    reflect padding folded in, so one axis of the blur is one batched matmul."""
+    p = kernel_size // 2
+    d = torch.arange(kernel_size, dtype=sigma.dtype, device=sigma.device) - p
+    kern = torch.softmax(-(d * d) / (2 * sigma.view(-1, 1) ** 2), dim=1)  # [n,k]
+    j = (torch.arange(size, device=sigma.device).view(-1, 1) + d.to(torch.int64).view(1, -1)).abs_()
+    j = torch.where(j > size - 1, 2 * (size - 1) - j, j)  # reflect: -1 -> 1, size -> size - 2
+    m = torch.zeros(sigma.shape[0], size, size, dtype=sigma.dtype, device=sigma.device)
+    return m.scatter_add_(2, j.expand(sigma.shape[0], -1, -1), kern.unsqueeze(1).expand(-1, size, -1))
+
+
 def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
-    """Per-sample Gaussian blur: separable, one grouped conv2d per axis (groups = n*3) with
-    reflect padding; the kernel is torchvision's (exp(-d^2 / 2 sigma^2), normalised)."""
+    """Per-sample Gaussian blur with reflect padding; the kernel is torchvision's (exp(-d^2 / 2 sigma^2),
+    normalised). Fast path (default): one batched matmul per axis with the padding folded into the
+    matrix, in float32 even under autocast; plain: one grouped conv2d per axis (groups = n*3)."""
+    if not _FAST:
+        return _gaussian_blur_plain(x, sigma, kernel_size)
+    n, c, height, width = x.shape
+    with torch.autocast(x.device.type, enabled=False):
+        kw = _blur_matrix(sigma.to(x.dtype), kernel_size, width)
+        kh = kw if height == width else _blur_matrix(sigma.to(x.dtype), kernel_size, height)
+        y = torch.bmm(x.reshape(n, c * height, width), kw.transpose(1, 2)).view(n, c, height, width)
+        return torch.matmul(kh.unsqueeze(1), y)
+
+
+def _gaussian_blur_plain(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """The reference form of :func:`_gaussian_blur` (``set_fast_path(False)``): separable, one grouped
+    conv2d per axis (groups = n*3) with reflect padding."""
     n, c, height, width = x.shape
     d = torch.arange(kernel_size, dtype=x.dtype, device=x.device) - kernel_size // 2
     kern = torch.softmax(-(d * d) / (2 * sigma.view(-1, 1) ** 2), dim=1)  # [n,k]
@@ -318,7 +389,7 @@ class BatchAugment(torch.nn.Module):
         cpu = {k: v.cpu() for k, v in params.items()}  # masks index on the host; a no-op normally
 
         theta = _crop_theta(cpu["crop"], cpu["flip"], height, width).to(x.device, torch.float32)
-        grid = F.affine_grid(theta, [batch, 3, size, size], align_corners=False)
+        grid = _crop_grid(theta, size) if _FAST else F.affine_grid(theta, [batch, 3, size, size], align_corners=False)
         out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
         out.mul_(1.0 / 255.0)
 
