@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -453,7 +454,8 @@ def main(argv: list | None = None, started: float | None = None) -> int:
     stderr. As with any argparse program, ``--help``, ``--version`` and a malformed command line raise
     ``SystemExit`` after printing the usage. Paths and numbers may be given as ``pathlib.Path`` and ``int``.
     Called from Python, the command gives back what it changed in the process: its run-folder locks, the
-    torch thread count, deterministic mode and the global random states.
+    torch thread count, deterministic mode, the global random states and the environment variables. Calls from
+    several threads run one at a time: a call made while another runs waits for it (said on stderr).
     """
     if argv is not None:
         argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in argv]
@@ -470,6 +472,16 @@ def main(argv: list | None = None, started: float | None = None) -> int:
         print(f"fewshot {args.command}: {rank}error: {printable(str(exc.strerror or exc))}. Set TMPDIR to a folder you "
               f"can write (e.g. `mkdir -p ~/tmp && export TMPDIR=~/tmp`) and run the command again.", file=sys.stderr)
         return 2
+    with _TURN.taken(args.command) as stopped:
+        if stopped:  # Ctrl-C in a notebook while this call waited: it did nothing
+            print(f"fewshot {args.command}: stopped while waiting for the other fewshot command of this process; "
+                  f"nothing was done.", file=sys.stderr)
+            return 128 + signal.SIGINT
+        return _main_alone(args, extra)
+
+
+def _main_alone(args, extra) -> int:
+    """The command itself, the only one running in this process (_Turn)."""
     from fewshot import cli_moco
 
     handlers = {**COMMANDS, **cli_moco.COMMANDS}
@@ -491,6 +503,47 @@ def main(argv: list | None = None, started: float | None = None) -> int:
             return _dispatch(args, extra, handlers)
     finally:
         progress.set_enabled(bars)  # as were: --no-progress of one in-process call does not outlive it
+
+
+class _Turn:
+    """The process-wide turn of main() calls (threads of a notebook), re-entrant for a call made inside a command
+    of the same thread. Commands change process-wide state while they run (warnings filters and
+    warnings.showwarning, logger levels, torch's threads and random generator, os.environ) and put it back at
+    their end: two at once left the caller's warnings switched off for good and made each other's training
+    unreproducible, so a second call waits for the first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0  # calls of the holding thread inside one another
+        self._holder: tuple[str, str] | None = None  # (thread name, command) of the holder's outermost call
+
+    @contextlib.contextmanager
+    def taken(self, command: str):
+        """Hold the turn for one call; yields whether a Ctrl-C stopped it while it waited (then not held)."""
+        if not self._lock.acquire(blocking=False):
+            holder = self._holder  # None only in the instant the holder gives the turn up
+            who = f" (thread {holder[0]!r}, `fewshot {holder[1]}`)" if holder else ""
+            try:
+                print(f"fewshot {command}: another fewshot command is running in this process{who}: this one waits "
+                      f"for it to finish (commands of one Python process run one at a time; to run them side by "
+                      f"side, start them as separate processes).", file=sys.stderr, flush=True)
+                self._lock.acquire()
+            except KeyboardInterrupt:
+                yield True
+                return
+        self._depth += 1
+        if self._depth == 1:
+            self._holder = (threading.current_thread().name, command)
+        try:
+            yield False
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._holder = None
+            self._lock.release()
+
+
+_TURN = _Turn()
 
 
 _CALLS = itertools.count(1)

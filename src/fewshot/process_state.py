@@ -2,43 +2,36 @@
 
 For fewshot used from Python (`fewshot.cli.main([...])` in a notebook): a run with `train.threads=1
 train.deterministic=true` left every later call, and the caller's own work, on one thread in deterministic
-mode, and each call re-seeded the caller's random generators.
+mode, each call re-seeded the caller's random generators, and variables set in os.environ stayed.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
-import threading
 from contextlib import contextmanager
 
-_LOCK = threading.Lock()
-_ACTIVE = 0  # commands running in this process (threads of a notebook)
-_CALLER: dict | None = None  # the state before the first of them began
+# Set once, when a module a command imports is loaded, for the rest of the process: report.plots gives matplotlib
+# a private config folder where the usual one cannot be written, read when matplotlib is imported (maybe later)
+PROCESS_LIFETIME_ENV = frozenset({"MPLCONFIGDIR"})
 
 
 @contextmanager
 def kept():
-    """Run a command; when the last command running in the process returns, put the caller's state back (the
-    first to return would otherwise switch off another's deterministic mode and reset its threads mid-run)."""
-    global _ACTIVE, _CALLER
-    with _LOCK:
-        if _ACTIVE == 0:
-            _CALLER = snapshot()
-        _ACTIVE += 1
+    """Run a command and put the caller's state back when it returns. Commands run one at a time (cli._Turn), so
+    each call keeps its own: a call made inside another command gives that command its state back."""
+    state = snapshot()
     try:
         yield
     finally:
-        with _LOCK:
-            _ACTIVE -= 1
-            if _ACTIVE == 0:
-                restore(_CALLER)
-                _CALLER = None
+        restore(state)
 
 
 def snapshot() -> dict:
-    """The caller's thread count, deterministic mode and global random states (torch's only if it is loaded)."""
-    state = {"random": random.getstate()}
+    """The caller's thread count, deterministic mode, global random states (torch's only if it is loaded) and
+    environment variables."""
+    state = {"random": random.getstate(), "environ": dict(os.environ)}
     torch = sys.modules.get("torch")
     if torch is not None:
         state["torch"] = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
@@ -53,6 +46,7 @@ def snapshot() -> dict:
 
 def restore(state: dict) -> None:
     """Put `snapshot`'s state back; torch loaded by the command itself gets its import-time defaults."""
+    restore_environ(state["environ"])
     random.setstate(state["random"])
     if "numpy" in state:
         sys.modules["numpy"].random.set_state(state["numpy"])
@@ -73,3 +67,14 @@ def restore(state: dict) -> None:
     if (torch.are_deterministic_algorithms_enabled(),
             torch.is_deterministic_algorithms_warn_only_enabled()) != (deterministic, warn_only):
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def restore_environ(before: dict) -> None:
+    """os.environ as the command found it: what it added removed, what it changed or removed put back, the rest
+    not rewritten. Importing torch._dynamo sets TORCHINDUCTOR_CACHE_DIR, which outlived the call and went to every
+    process the caller started afterwards."""
+    for key in [k for k in os.environ if k not in before and k not in PROCESS_LIFETIME_ENV]:
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value

@@ -16,7 +16,8 @@ import torch
 
 from fewshot.data.cache import default_cache_dir, is_cached, user_cache_dir
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import datasets_option, names_list, parse_datasets, scan_root, test_id, warn_once
+from fewshot.data.layout import (datasets_option, list_datasets, names_list, parse_datasets, scan_root, test_id,
+                                 warn_once)
 from fewshot.data.sets import load_split
 from fewshot.data.transforms import Normalize
 from fewshot.errors import CheckpointError, UserError, one_line, printable
@@ -644,6 +645,7 @@ def predict_run(run_or_ckpt, root, mode: str, device: torch.device,
     """pred_all.json content ({"n_parameters", "<dataset>": {"<id>": local class}}) and the routing.
     ``balance`` (known-source mode): auto | on | off, see fewshot.eval.balance."""
     tm = load_trained(run_or_ckpt, device)
+    list_datasets(Path(root))  # a missing or wrong --data is refused before "predicting with" says it started
     say_checkpoint(run_or_ckpt, tm, "predicting with")
     infos, data, logits = _test_logits(tm, root, device, datasets=datasets, skip_bad=skip_bad)
     if mode == "known":
