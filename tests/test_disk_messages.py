@@ -85,6 +85,22 @@ def test_export_writes_an_output_whose_name_is_long(run, tmp_path):
     assert out.is_file() and [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
+@pytest.mark.parametrize("mode", ["known", "unknown"])
+def test_predict_with_a_long_out_name_writes_it_or_refuses_before_the_work(run, root, tmp_path, mode):
+    """predict also writes (or, in known mode, removes a stale) OUT.routing.json beside --out: with a 250-byte
+    --out that name passes 255 bytes, and predict failed after the whole prediction. Known mode now writes
+    pred_all.json; unknown mode, which needs the routing file, refuses at once."""
+    out = tmp_path / ("p" * 245 + ".json")
+    rc, _, err = run_main("predict", run, "--data", root, "--out", out, "--mode", mode, "--device", "cpu",
+                          "--no-progress")
+    if mode == "known":
+        assert rc == 0, err
+        assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    else:
+        assert rc == 2 and "shorter --out" in err and "predicting with" not in err, err
+        assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------ 2. a full disk
 
 def test_a_full_disk_names_the_output_not_a_temp_file(tmp_path, monkeypatch):

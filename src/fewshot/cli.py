@@ -352,11 +352,15 @@ def cmd_eval(args, extra) -> int:
 def cmd_predict(args, extra) -> int:
     from fewshot.data.layout import check_result_file_is_not_an_input
     from fewshot.eval.predict import predict_run
-    from fewshot.utils import check_output_file, resolve_device, write_json
+    from fewshot.utils import check_output_file, name_fits, resolve_device, write_json
 
     out = check_output_file(args.out, example="pred_all.json")
     check_result_file_is_not_an_input(args.out, args.data, args.run, kind="predictions")
     routing_file = out.with_name(out.stem + ".routing.json")
+    routing_fits = name_fits(routing_file)
+    if args.mode == "unknown" and not routing_fits:  # refused after the whole prediction, on a name never typed
+        raise UserError(f"--out {args.out}: --mode unknown also writes each image's predicted dataset beside it, to "
+                        f"{routing_file.name}, a name longer than this file system allows; choose a shorter --out.")
     if args.mode == "unknown" and routing_file.is_dir():  # found after the whole prediction, with another path's advice
         raise UserError(f"--out {args.out}: --mode unknown also writes each image's predicted dataset beside it, to "
                         f"{routing_file}, which is a folder; move that folder away or choose another --out.")
@@ -368,7 +372,7 @@ def cmd_predict(args, extra) -> int:
     write_json(out, pred)
     if args.mode == "unknown":
         write_json(routing_file, routing)
-    elif not routing_file.is_dir():  # one left by an earlier --mode unknown would no longer describe these predictions
+    elif routing_fits and not routing_file.is_dir():  # an earlier --mode unknown's would no longer describe these
         routing_file.unlink(missing_ok=True)  # a folder so named is no routing file: left alone (unlink failed)
     n = sum(len(v) for k, v in pred.items() if k != "n_parameters")
     print(f"wrote {out}: {n} predictions over {len(pred) - 1} dataset(s), mode {args.mode}")

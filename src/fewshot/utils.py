@@ -181,6 +181,17 @@ def keep_copy(path: Path, copy_path: Path) -> None:
         raise
 
 
+def name_fits(path: Path) -> bool:
+    """Whether ``path``'s last component is short enough for the file system of its nearest existing folder (a
+    name derived from the user's, such as predict's `.routing.json` beside --out, can pass 255 bytes)."""
+    folder = next((p for p in Path(path).parents if p.is_dir()), Path("."))
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    return len(os.fsencode(Path(path).name)) <= limit
+
+
 TEMP_NAME_BYTES = 64  # of the output's name kept in its temp file's: `.NAME.XXXXXXXX.tmp` stays under 80 bytes
 
 
