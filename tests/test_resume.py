@@ -709,6 +709,7 @@ def test_a_kill_while_a_budget_stop_writes_its_best_pt_resumes_as_the_uninterrup
     assert best.read_bytes() == aside.read_bytes()  # the old best.pt, still in place, and its copy aside
     run_finetune(finetune_cfg(root, **FT), out, resume=True)
     compare_runs(ft_ref, out, metrics=True)
+    assert not aside.exists()  # one file under two names: a rename between them does nothing, and it stayed
 
 
 def test_best_pt_is_never_missing_while_a_budget_stop_replaces_it(root, tmp_path, monkeypatch):
@@ -936,3 +937,19 @@ def test_keep_copy_leaves_the_original_in_place_with_or_without_hard_links(tmp_p
     atomic_write_bytes(src, b"new")
     assert (src.read_bytes(), copy.read_bytes()) == (b"new", b"old")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["aside.pt", "best.pt"]  # no temp file left
+
+
+def test_put_back_of_a_copy_still_linked_to_its_file_removes_the_copy(tmp_path):
+    """A kill between keep_copy and the new best.pt's write leaves best.pt and best_before_stop.pt one file:
+    os.replace between them does nothing (POSIX), and the copy stayed, to be put back later over a newer best.pt."""
+    from fewshot.utils import atomic_write_bytes, keep_copy, put_back
+
+    best, aside = tmp_path / "best.pt", tmp_path / "aside.pt"
+    best.write_bytes(b"old")
+    keep_copy(best, aside)  # then killed before the new best.pt
+    put_back(aside, best)
+    assert not aside.exists() and best.read_bytes() == b"old"
+    keep_copy(best, aside)
+    atomic_write_bytes(best, b"new")  # the new best.pt was written: putting back restores the old one
+    put_back(aside, best)
+    assert not aside.exists() and best.read_bytes() == b"old"

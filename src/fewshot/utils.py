@@ -175,10 +175,25 @@ def keep_copy(path: Path, copy_path: Path) -> None:
             os.link(path, tmp)
         except OSError:  # no hard links here (some network and FAT file systems)
             shutil.copyfile(path, tmp)
+            os.chmod(tmp, new_file_mode(copy_path))
         os.replace(tmp, copy_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def put_back(copy_path: Path, path: Path) -> None:
+    """``path`` becomes what keep_copy kept in ``copy_path``, which goes. Where both names are still one file (a
+    kill between keep_copy and the new write) rename does nothing at all (POSIX), and the copy stayed behind to be
+    put back over a later, newer file."""
+    try:
+        same = os.path.samefile(copy_path, path)
+    except OSError:
+        same = False
+    if same:
+        copy_path.unlink()
+    else:
+        os.replace(copy_path, path)
 
 
 def name_fits(path: Path) -> bool:

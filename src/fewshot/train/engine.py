@@ -42,7 +42,7 @@ from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from fewshot.train.distributed import (DistContext, all_gather_object, all_reduce_max, all_reduce_mean, barrier,
                                       broadcast_object, check_same_image_counts)
 from fewshot.train.stop_signal import StopRequested, stop_on_signals
-from fewshot.utils import atomic_write_text, derive_seed, keep_copy, unshare_hard_link, write_json
+from fewshot.utils import atomic_write_text, derive_seed, keep_copy, put_back, unshare_hard_link, write_json
 
 
 TIMING_KEYS = ("images_per_s", "epoch_time_s", "eval_time_s")  # measurements, not results
@@ -449,7 +449,7 @@ class Engine:
                 tmp.unlink(missing_ok=True)
             if self.best_before_stop is None and (self.ckpt_dir / BEST_ASIDE).is_file():
                 # a kill between a budget stop's best.pt and its last.pt: this older last.pt's best is that one
-                os.replace(self.ckpt_dir / BEST_ASIDE, self.ckpt_dir / "best.pt")
+                put_back(self.ckpt_dir / BEST_ASIDE, self.ckpt_dir / "best.pt")
         return True
 
     def _agree_on_checkpoint(self, path: Path, ck: dict | None, unreadable: Exception | None = None) -> None:
@@ -519,7 +519,7 @@ class Engine:
             if first_best:
                 best.unlink(missing_ok=True)
             else:
-                os.replace(aside, best)
+                put_back(aside, best)
 
     @staticmethod
     def _best_step(best: Path) -> int | None:
