@@ -192,22 +192,26 @@ def test_ctrl_c_while_waiting_stops_the_waiting_call_only(monkeypatch):
             "done.") in err.getvalue()
 
 
-def test_a_command_gives_back_the_environment_variables_it_set(monkeypatch):
-    """As importing torch._dynamo does with TORCHINDUCTOR_CACHE_DIR; the others are left as the caller has them."""
-    monkeypatch.setenv("FEWSHOT_TEST_CHANGED", "caller's")
-    monkeypatch.setenv("FEWSHOT_TEST_REMOVED", "caller's")
+def test_a_command_gives_back_the_environment_variables_its_imports_set(monkeypatch):
+    """Importing torch._dynamo sets TORCHINDUCTOR_CACHE_DIR: it is removed again. Other variables added or changed
+    during the call are left: a library's own for the process (MPLCONFIGDIR), or another thread's of the caller."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.delenv("FEWSHOT_TEST_ADDED", raising=False)
+    monkeypatch.setenv("FEWSHOT_TEST_CHANGED", "caller's")
 
     def command(args, extra, handlers) -> int:
-        os.environ["FEWSHOT_TEST_ADDED"] = "command's"
-        os.environ["FEWSHOT_TEST_CHANGED"] = "command's"
-        del os.environ["FEWSHOT_TEST_REMOVED"]
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_x")  # as torch's inductor does
+        os.environ["FEWSHOT_TEST_ADDED"] = "another thread's"
+        os.environ["FEWSHOT_TEST_CHANGED"] = "another thread's"
         return 0
 
     monkeypatch.setattr(cli, "_dispatch", command)
-    before = dict(os.environ)
     assert main(["models"]) == 0
-    assert dict(os.environ) == before
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    assert os.environ["FEWSHOT_TEST_ADDED"] == os.environ["FEWSHOT_TEST_CHANGED"] == "another thread's"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/caller's")  # the caller's own value is kept
+    assert main(["models"]) == 0
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/tmp/caller's"
 
 
 def test_predict_refuses_a_missing_data_root_before_saying_it_predicts(tmp_path, monkeypatch, capsys):
@@ -221,3 +225,32 @@ def test_predict_refuses_a_missing_data_root_before_saying_it_predicts(tmp_path,
     out, err = capsys.readouterr()
     assert f"dataset root '{missing}' does not exist" in err
     assert "predicting with" not in out
+
+
+def test_a_ctrl_c_just_as_the_wait_ends_gives_the_turn_back(monkeypatch, capsys):
+    """A Ctrl-C landing right after the waiting acquire() returned left the turn held: every later call of the
+    process, from any thread, waited for ever."""
+    turn = cli._Turn()
+    real = turn._lock
+
+    class InterruptedJustAfter:
+        def acquire(self, blocking=True):
+            if not blocking:
+                return False  # another call holds the turn: this one waits
+            real.acquire()
+            raise KeyboardInterrupt  # ... and is interrupted the instant it got it
+
+        def release(self):
+            real.release()
+
+        def _is_owned(self):
+            return real._is_owned()
+
+    turn._lock = InterruptedJustAfter()
+    with turn.taken("models") as stopped:
+        assert stopped
+    free = []
+    other = threading.Thread(target=lambda: free.append(real.acquire(timeout=5)))
+    other.start()
+    other.join(10)
+    assert free == [True]

@@ -458,8 +458,9 @@ def main(argv: list | None = None, started: float | None = None) -> int:
     stderr. As with any argparse program, ``--help``, ``--version`` and a malformed command line raise
     ``SystemExit`` after printing the usage. Paths and numbers may be given as ``pathlib.Path`` and ``int``.
     Called from Python, the command gives back what it changed in the process: its run-folder locks, the
-    torch thread count, deterministic mode, the global random states and the environment variables. Calls from
-    several threads run one at a time: a call made while another runs waits for it (said on stderr).
+    torch thread count, deterministic mode, the global random states and the variable torch sets
+    (TORCHINDUCTOR_CACHE_DIR). Calls from several threads run one at a time: a call made while another runs waits
+    for it (said on stderr).
     """
     if argv is not None:
         argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in argv]
@@ -533,12 +534,16 @@ class _Turn:
                       f"side, start them as separate processes).", file=sys.stderr, flush=True)
                 self._lock.acquire()
             except KeyboardInterrupt:
+                # the lock is not re-entrant here (this thread did not hold it): owned now means the Ctrl-C came
+                # just after acquire() returned, and keeping it would make every later call wait for ever
+                if self._lock._is_owned():
+                    self._lock.release()
                 yield True
                 return
-        self._depth += 1
-        if self._depth == 1:
-            self._holder = (threading.current_thread().name, command)
         try:
+            self._depth += 1
+            if self._depth == 1:
+                self._holder = (threading.current_thread().name, command)
             yield False
         finally:
             self._depth -= 1

@@ -12,9 +12,8 @@ import random
 import sys
 from contextlib import contextmanager
 
-# Set once, when a module a command imports is loaded, for the rest of the process: report.plots gives matplotlib
-# a private config folder where the usual one cannot be written, read when matplotlib is imported (maybe later)
-PROCESS_LIFETIME_ENV = frozenset({"MPLCONFIGDIR"})
+# Set by a library a command imports, and read again only by that library, which sets it again when it is missing
+SET_BY_IMPORTS = ("TORCHINDUCTOR_CACHE_DIR",)
 
 
 @contextmanager
@@ -70,11 +69,10 @@ def restore(state: dict) -> None:
 
 
 def restore_environ(before: dict) -> None:
-    """os.environ as the command found it: what it added removed, what it changed or removed put back, the rest
-    not rewritten. Importing torch._dynamo sets TORCHINDUCTOR_CACHE_DIR, which outlived the call and went to every
-    process the caller started afterwards."""
-    for key in [k for k in os.environ if k not in before and k not in PROCESS_LIFETIME_ENV]:
-        del os.environ[key]
-    for key, value in before.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
+    """Remove the variables of SET_BY_IMPORTS that the command's imports added (importing torch._dynamo sets
+    TORCHINDUCTOR_CACHE_DIR, which outlived the call and went to every process the caller started afterwards).
+    Only those: other variables may be a library's own for the rest of the process (report.plots sets
+    MPLCONFIGDIR once, at import), or another thread's of the caller."""
+    for key in SET_BY_IMPORTS:
+        if key not in before:
+            os.environ.pop(key, None)
