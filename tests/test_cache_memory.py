@@ -298,3 +298,30 @@ def test_a_large_new_entry_says_its_size_and_folder_once_and_a_warm_or_small_one
     monkeypatch.setenv("RANK", "1")
     load_images(paths, 224, tmp_path / "third", threads=2)
     assert "note:" not in capsys.readouterr().err
+
+
+def test_two_runs_listing_their_pool_subsets_together_keep_both(tmp_path, monkeypatch):
+    """pool_decode_limit's record of the decoded subsets was read, extended and written back unlocked: two runs of
+    one pool started together (a cluster user's seeds) each wrote their own list, and one size was lost."""
+    import json
+    import threading
+    import time
+
+    from fewshot.data import cache
+
+    record = tmp_path / "cache" / "entry.seed0.subsets.json"
+    write = cache.atomic_write_text
+
+    def slow_write(path, text):  # the other run reads the list while this one is between its read and write
+        time.sleep(0.3)
+        write(path, text)
+
+    monkeypatch.setattr(cache, "atomic_write_text", slow_write)
+    runs = [threading.Thread(target=cache.add_to_subsets_record, args=(record, n)) for n in (595, 4489)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join(10)
+    assert json.loads(record.read_text()) == [595, 4489]
+    cache.add_to_subsets_record(record, 595)  # a size listed again is listed once
+    assert json.loads(record.read_text()) == [595, 4489]

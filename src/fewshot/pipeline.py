@@ -580,7 +580,7 @@ def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> i
     budget, though the rounds label only the share their time allows (pool_share_in_time). A share an earlier run
     decoded (cache.subsets_record) is reused when at least half as large: the timing varies from run to run (564 to
     972 files for the same time), and each new count decoded another share into a cache entry of its own."""
-    from fewshot.data.cache import decode_seconds_per_image, is_cached, subsets_record
+    from fewshot.data.cache import add_to_subsets_record, decode_seconds_per_image, is_cached, subsets_record
     from fewshot.train.semi import pool_subset
 
     d, size, seed = cfg["data"], cfg["model"]["img_size"], int(cfg["train"]["seed"])
@@ -606,8 +606,7 @@ def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> i
             return m
     if record is not None:
         with contextlib.suppress(OSError):
-            record.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(record, json.dumps(sorted({limit, *decoded})))
+            add_to_subsets_record(record, limit)
     print(f"[run] the {len(paths):,} pool images are not in the decode cache: decoding them all would take about "
           f"{per_file * len(paths):.0f} s ({per_file * 1000:.1f} ms each, timed on {n}), more than the {seconds:.0f} s "
           f"that decoding may take (a quarter of the time after round 1); decoding a seeded random {limit:,} of them, "

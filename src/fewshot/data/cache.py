@@ -382,6 +382,22 @@ def subsets_record(paths: list[Path], size: int, cache_dir: Path | None, crop_pc
     return record if record.is_file() else entry_dir(cache_dir, key) / record.name
 
 
+def add_to_subsets_record(record: Path, size: int) -> None:
+    """List ``size`` in a subsets_record, read and written again under an exclusive lock on a file beside it: two
+    runs of one pool started together each read the list, added their size and wrote it back, and one size was
+    lost. Where the file system cannot lock, the list is re-read just before the write."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with open(record.with_name(record.name + ".lock"), "a") as lock:
+        with contextlib.suppress(OSError, ImportError):
+            import fcntl
+
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        sizes: set[int] = set()
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            sizes = {int(m) for m in json.loads(record.read_text())}
+        atomic_write_text(record, json.dumps(sorted({size, *sizes})))
+
+
 def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0, threads: int | None = None,
                              bit_depth: int | str = "auto") -> float:
     """Seconds per file of decoding ``paths`` as load_images does (its threads), into memory and not cached: the
