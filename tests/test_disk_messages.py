@@ -234,24 +234,47 @@ def test_a_dangling_link_that_cannot_be_followed_says_what_it_is(tmp_path):
 
 # ---------------------------------------------------------------------------------------- 5. free inodes
 
-def test_too_few_free_inodes_fail_before_training(root, tmp_path, monkeypatch):
-    """A tmpfs with nr_inodes=7 failed after epoch 1 with "No space left on device" while df showed room."""
+def inodes(monkeypatch, files: int, free: int, avail: int) -> None:
+    """os.statvfs reporting these inode counts (f_files, f_ffree, f_favail) for every path."""
     real = os.statvfs
 
-    def few_inodes(path):
+    def counted(path):
         st = real(path)
-        return os.statvfs_result((*st[:5], 7, 3, 3, *st[8:]))
-    monkeypatch.setattr(os, "statvfs", few_inodes)
+        return os.statvfs_result((*st[:5], files, free, avail, *st[8:]))
+    monkeypatch.setattr(os, "statvfs", counted)
+
+
+def no_new_files(monkeypatch, after: int = 0) -> list:
+    """The inode check's probe files fail with ENOSPC after `after` were made, as on a file system out of inodes;
+    returns the names of those made (the atomic writes' temp files are left alone)."""
+    import tempfile
+
+    real, made = tempfile.mkstemp, []
+
+    def mkstemp(*a, prefix=None, **kw):
+        if prefix == ".inode-probe." and len(made) >= after:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fd, name = real(*a, prefix=prefix, **kw)
+        if prefix == ".inode-probe.":
+            made.append(name)
+        return fd, name
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    return made
+
+
+def test_too_few_free_inodes_fail_before_training(root, tmp_path, monkeypatch):
+    """A tmpfs with nr_inodes=7 failed after epoch 1 with "No space left on device" while df showed room."""
+    inodes(monkeypatch, 7, 3, 3)
+    made = no_new_files(monkeypatch, after=3)
     out = tmp_path / "run"
     rc, _, err = run_main(*train_argv(root, out))
     assert rc == 2, err
     assert "inodes" in err and str(out) in err and "Traceback" not in err, err
+    assert "a new file could not be made there (No space left on device)" in err, err
     assert not (out / "checkpoints" / "last.pt").exists()
+    assert len(made) == 3 and not any(Path(name).exists() for name in made)  # the probe's files removed
 
-    def no_limit(path):  # f_files 0: a file system without an inode count (btrfs) is not refused
-        st = real(path)
-        return os.statvfs_result((*st[:5], 0, 0, 0, *st[8:]))
-    monkeypatch.setattr(os, "statvfs", no_limit)
+    inodes(monkeypatch, 0, 0, 0)  # f_files 0: a file system without an inode count (btrfs) is not refused
     rc, _, err = run_main(*train_argv(root, out))
     assert rc == 0, err
 
@@ -282,3 +305,123 @@ def test_a_dangling_or_looping_data_link_says_what_it_is(tmp_path):
     with pytest.raises(UserError) as caught:
         list_datasets(tmp_path / "a")
     assert "loop" in str(caught.value) and "fewshot data digits" not in str(caught.value)
+
+
+# ------------------------------------------------------------------------- 7. an --out that cannot be searched
+
+@pytest.mark.parametrize("raised", ["eacces", "interrupt"])
+def test_an_unsearchable_out_still_ends_with_its_message(root, tmp_path, monkeypatch, raised):
+    """The advice looked for checkpoints/last.pt with Path.is_file(), which raises PermissionError under a folder
+    that cannot be searched: an EACCES there (or a Ctrl-C before training) became a traceback, not exit 2 (130)."""
+    from fewshot.train import finetune
+
+    out = tmp_path / "run"
+    real = os.stat
+
+    def unsearchable(path, *a, **kw):  # what stat answers below a folder without x permission (root passes chmod)
+        if str(os.fspath(path)).startswith(str(out) + os.sep):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path, *a, **kw)
+
+    def fail(where):
+        monkeypatch.setattr(os, "stat", unsearchable)
+        if raised == "interrupt":
+            raise KeyboardInterrupt
+        raise PermissionError(errno.EACCES, "Permission denied", str(where / "config.yaml"))
+    monkeypatch.setattr(finetune, "refuse_if_being_written", fail)
+    rc, _, err = run_main(*train_argv(root, out))
+    monkeypatch.setattr(os, "stat", real)
+    assert "Traceback" not in err and "internal error" not in err, err
+    if raised == "interrupt":
+        assert rc == 130 and "interrupted; nothing to resume" in err, err
+    else:
+        assert rc == 2 and f"error: {out / 'config.yaml'}: Permission denied (check the path" in err, err
+        assert "then run the command again" in err, err
+
+
+def test_a_really_inode_starved_tmpfs_is_refused_before_training(root, tmp_path):
+    with tmpfs(tmp_path / "few", "size=64m,nr_inodes=16") as few:
+        rc, _, err = run_main(*train_argv(root, few / "run"))
+        assert rc == 2, err
+        assert "free inodes" in err and "could not be made there" in err and "Traceback" not in err, err
+        assert not list((few / "run").glob(".inode-probe.*"))
+
+
+class _Probed:
+    """What Engine.check_disk_space reads of an engine: a small checkpoint in an empty run folder."""
+
+    def __init__(self, run_dir: Path):
+        self.ctx = type("Ctx", (), {"is_main": True})()
+        self.cfg = {"train": {}}
+        self.run_dir, self.ckpt_dir = run_dir, run_dir / "checkpoints"
+
+    def checkpoint_bytes(self) -> int:
+        return 1 << 10
+
+
+def test_inodes_a_file_system_reports_but_does_not_track_do_not_refuse_the_run(tmp_path, monkeypatch):
+    """A FUSE or network file system reporting f_files with no free inodes (it does not count them) was refused
+    on every train: the files are made in the folder first, and only a failure there refuses."""
+    from fewshot.train.engine import Engine
+
+    inodes(monkeypatch, 1000, 0, 0)
+    Engine.check_disk_space(_Probed(tmp_path))  # made and removed: the run goes on
+    assert list(tmp_path.iterdir()) == []
+    no_new_files(monkeypatch)
+    with pytest.raises(UserError, match="0 free inodes"):
+        Engine.check_disk_space(_Probed(tmp_path))
+
+
+@pytest.mark.parametrize("euid", [0, 1000])
+def test_root_counts_the_inodes_kept_for_it(tmp_path, monkeypatch, euid):
+    """f_favail leaves out the inodes reserved for root, who may use them (f_ffree): root was refused with room."""
+    from fewshot.train.engine import Engine
+
+    inodes(monkeypatch, 1000, 500, 2)  # 500 free, 2 of them for anyone
+    monkeypatch.setattr(os, "geteuid", lambda: euid, raising=False)
+    made = no_new_files(monkeypatch)  # to be refused, a run must fail to make its files
+    if euid == 0:
+        Engine.check_disk_space(_Probed(tmp_path))
+        assert made == []  # no probe needed: enough inodes counted
+    else:
+        with pytest.raises(UserError) as caught:
+            Engine.check_disk_space(_Probed(tmp_path))
+        assert "2 free inodes" in str(caught.value) and str(tmp_path) in str(caught.value)
+
+
+def test_a_probe_that_fails_for_another_reason_is_left_to_the_writes(tmp_path, monkeypatch):
+    """Only ENOSPC or EDQUOT tells of inodes: a refused permission is said by the write that meets it."""
+    import tempfile
+
+    from fewshot.train.engine import Engine
+
+    inodes(monkeypatch, 1000, 0, 0)
+
+    def denied(*a, **kw):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    Engine.check_disk_space(_Probed(tmp_path))
+
+
+@pytest.mark.parametrize("resolve", ["this python's", "3.13's"])
+@pytest.mark.parametrize("shape", ["self", "pair", "through"])
+def test_a_looping_out_link_is_told_as_a_looping_data_link_is(tmp_path, monkeypatch, shape, resolve):
+    """--out and --data links were told apart by two tests (resolve() for --out, os.stat's ELOOP for --data). Where
+    resolve() does not raise on a loop (3.13, as os.path.realpath here), a link into a loop of links (`run -> a/run`,
+    a <-> b) was "a dangling link that cannot be made" as --out and a loop as --data. One test now, each with its
+    own advice."""
+    if resolve == "3.13's":
+        monkeypatch.setattr(Path, "resolve", lambda self, strict=False: Path(os.path.realpath(self)))
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    link = tmp_path / "run"
+    target = {"self": link, "pair": tmp_path / "a", "through": tmp_path / "a" / "run"}[shape]
+    link.symlink_to(target)
+    with pytest.raises(UserError) as caught:
+        ensure_writable_dir(link, "run")
+    assert str(caught.value) == (f"the run folder '{link}' is a symbolic link (to {target}) that goes round a loop "
+                                 f"of links; remove it or give another --out.")
+    with pytest.raises(UserError) as caught:
+        list_datasets(link)
+    assert f"dataset root '{link}' is a symbolic link (to {target}) that goes round a loop of links" in str(
+        caught.value)

@@ -84,3 +84,28 @@ def test_run_keys_metrics_and_summary_by_the_folder(data, tmp_path):
         got = summary["metrics"][part]
         assert set(got.get("datasets", got)) == names, (part, got)
     assert set(summary["balanced_prediction"]["datasets"]) == names
+
+
+def test_two_model_names_for_one_folder_keep_every_result(capsys, monkeypatch):
+    """A model trained on twins (`café` composed and decomposed, before such twins were refused) on a root that now
+    holds one of them: its decomposed name maps to the composed folder, which is also the other's own name, and
+    the dict kept one score of the two without a word. Both now keep the model's names, said once."""
+    monkeypatch.setattr("fewshot.data.layout._TOLD_GAPS", set())
+    infos = [type("Info", (), {"name": NFD, "root": Path("/r") / NFC})()]
+    metrics = {"mode": "known", "datasets": {NFD: {"acc1": 1.0}, NFC: {"acc1": 2.0}, "x": {"acc1": 3.0}},
+               "not_scored": [NFC, NFD]}
+    keyed = predict.folder_keyed(metrics, infos)
+    assert keyed["datasets"] == {NFD: {"acc1": 1.0}, NFC: {"acc1": 2.0}, "x": {"acc1": 3.0}}
+    assert keyed["not_scored"] == [NFC, NFD]
+    err = capsys.readouterr().err
+    assert err.count("note: the model's datasets") == 1 and "keep the model's names" in err, err
+    assert predict.by_folder({NFD: 1, "x": 2}, infos) == {NFC: 1, "x": 2}  # no clash: keyed by the folder
+
+
+def test_a_clash_freed_name_may_not_take_another_folder_key():
+    """Giving a name back its own may clash with a third's folder key: that one keeps its own name too."""
+    a, b, c = "a", "b", "c"
+    infos = [type("Info", (), {"name": n, "root": Path("/r") / f})() for n, f in ((a, "k"), (b, "k2"), (c, "a"))]
+    # a -> k, b -> k2 (no clash), c -> a; a second name "k" clashes with a, which then clashes with c
+    keyed = predict.by_folder({a: 1, "k": 2, c: 3, b: 4}, infos)
+    assert sorted(keyed.values()) == [1, 2, 3, 4] and keyed == {a: 1, "k": 2, c: 3, "k2": 4}

@@ -678,7 +678,7 @@ def _run_command(args, extra, handlers) -> int:
             Path(args.out)) else "no stage had finished"
         where = (f"after a whole step; checkpoint written: {stop.checkpoint}" if stop.checkpoint else
                  f"outside training ({kept})")
-        if not stop.checkpoint and args.command == "run" and not Path(args.out, "run_state.json").is_file():
+        if not stop.checkpoint and args.command == "run" and not _is_file(Path(args.out, "run_state.json")):
             where, how = "before the run started", "; nothing to resume: start the same command again"
         try:  # said first: once another rank has exited, torchrun ends this one with SIGTERM
             if not _quiet_rank():
@@ -745,12 +745,18 @@ def _environment_advice(args, exc: OSError) -> str:
     else:
         fix = "check the path and its permissions"
     out = getattr(args, "out", None)
-    if out and args.command in ("train", "pretrain") and Path(out, "checkpoints", "last.pt").is_file():
+    if out and args.command in ("train", "pretrain") and _is_file(out, "checkpoints", "last.pt"):
         return (f"{fix}, then run the same command with --resume: it continues from the last checkpoint, or "
                 f"(training had finished) writes the results again")
-    if out and args.command == "run" and Path(out, "run_state.json").is_file():
+    if out and args.command == "run" and _is_file(out, "run_state.json"):
         return f"{fix}, then run the same command with --resume: the stages finished so far are kept"
     return f"{fix}, then run the command again"
+
+
+def _is_file(*parts) -> bool:
+    """Whether the path is a file, False where it cannot be told. Path.is_file() raises PermissionError (an --out
+    that cannot be searched): said while an OSError is reported, it replaced exit 2 with a traceback."""
+    return os.path.isfile(os.path.join(*parts))
 
 
 DDP_COMMANDS = ("train", "pretrain")  # the commands that share their work among torchrun's processes
@@ -787,10 +793,10 @@ def _interrupted(args, signum: int, from_watcher: bool = False) -> int:
     if signum == signal.SIGTERM and not from_watcher and _a_peer_said_why():
         return 128 + int(signum)
     out = getattr(args, "out", None)
-    if out and args.command == "run" and Path(out, "run_state.json").is_file():
+    if out and args.command == "run" and _is_file(out, "run_state.json"):
         kept = "the stages finished so far are kept" if _run_stages_finished(Path(out)) else "no stage had finished"
         note = f"; {kept}: continue with the same command and --resume"
-    elif out and args.command in ("train", "pretrain") and Path(out, "checkpoints", "last.pt").is_file():
+    elif out and args.command in ("train", "pretrain") and _is_file(out, "checkpoints", "last.pt"):
         # after the last epoch (plots or metrics being written), or a second Ctrl-C that did not wait for the
         # step's checkpoint: said bare, it read as a lost run
         note = ("; the checkpoints written so far are kept: the same command with --resume continues the run "

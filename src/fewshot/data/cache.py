@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
+from fewshot.data.layout import broken_link
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.progress import track
 from fewshot.utils import new_file_mode, atomic_write_text
@@ -686,20 +687,18 @@ def ensure_writable_dir(path: Path, what: str) -> None:
         raise UserError(f"the {what} folder '{path}' is a file; give --out a folder (new or empty).")
     made = path
     if path.is_symlink() and not path.exists():
-        target = os.readlink(path)
-        try:
-            made = Path(path).resolve(strict=False)
-            if made.is_symlink() or made == Path(path).absolute():
-                raise RuntimeError("a loop")  # 3.11's resolve() stops at a loop where 3.13's raises
-        except (RuntimeError, OSError):
+        target, loops = broken_link(path)  # told as a --data link is (data.layout)
+        if loops:
             raise UserError(f"the {what} folder '{path}' is a symbolic link (to {target}) that goes round a loop of "
-                            f"links; remove it or give another --out.") from None
-        try:
-            made.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+                            f"links; remove it or give another --out.")
+        try:  # its target (a link gone since, target None, is made below as any folder)
+            if target is not None:
+                made = Path(path).resolve(strict=False)
+                made.mkdir(parents=True, exist_ok=True)
+        except (OSError, RuntimeError) as exc:
             raise UserError(f"the {what} folder '{path}' is a dangling symbolic link to {target}, and that folder "
-                            f"cannot be made: {exc.strerror or exc}. Remove the link or give another --out."
-                            ) from None
+                            f"cannot be made: {getattr(exc, 'strerror', None) or exc}. Remove the link or give "
+                            f"another --out.") from None
     try:
         made.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"

@@ -392,17 +392,28 @@ def _refuse_a_split_given_as_root(root: Path, folders: list[Path]) -> None:
                              f"(ROOT/<dataset>/train/<class>/<image>). Pass --data {shlex.quote(str(top))}{only}."))
 
 
-def _broken_link(link: Path) -> str:
-    """Why a link leads nowhere: a loop of links, or the missing path it names."""
+def broken_link(link: Path) -> tuple[str | None, bool]:
+    """What a symbolic link that leads nowhere names (None: it can no longer be read) and whether it goes round a
+    loop of links. One test for --data and --out alike: os.stat's ELOOP, where resolve() stops at a loop on 3.11
+    and raises on 3.13."""
     try:
         target = os.readlink(link)
     except OSError:
-        return "that no longer leads anywhere"
+        return None, False
     try:
         os.stat(link)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return f"(to {target}) that goes round a loop of links"
+        return target, exc.errno == errno.ELOOP
+    return target, False
+
+
+def _broken_link(link: Path) -> str:
+    """Why a link leads nowhere: a loop of links, or the missing path it names."""
+    target, loops = broken_link(link)
+    if target is None:
+        return "that no longer leads anywhere"
+    if loops:
+        return f"(to {target}) that goes round a loop of links"
     return f"to {target}, which does not exist (a dangling link)"
 
 

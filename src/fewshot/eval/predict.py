@@ -142,9 +142,25 @@ def by_folder(per_dataset: dict, infos) -> dict:
     """``per_dataset`` ({dataset: ...}, the model's names) keyed by each dataset's folder name under the root now
     (``infos``), as pred_all.json keys it: a model trained on a decomposed `café` (macOS) wrote that form into
     metrics.json beside a pred_all.json keyed by the composed folder, and readers matching the two by name (a
-    grader, the report) found no scores for it."""
+    grader, the report) found no scores for it. Where two of the model's names would take one key (a name not
+    found under the root now that is another's folder: twins of an older run), both keep the model's names, which
+    differ: the dict kept only the last, without a word."""
     folder = {info.name: info.root.name for info in infos}
-    return {folder.get(name, name): value for name, value in per_dataset.items()}
+    key = {name: folder.get(name, name) for name in per_dataset}
+    while True:  # each pass gives back its own name to at least one that had another: ends within len() passes
+        names_of: dict = {}
+        for name, k in key.items():
+            names_of.setdefault(k, []).append(name)
+        shared = [names for names in names_of.values() if len(names) > 1]
+        if not shared:
+            return {key[name]: value for name, value in per_dataset.items()}
+        for names in shared:
+            form = {n: "composed" if unicodedata.is_normalized("NFC", n) else "decomposed" for n in names}
+            forms = ", ".join(f"{names_list([n])} ({form[n]})" for n in sorted(names))
+            warn_once([f"the model's datasets {forms} would share the key of the one folder "
+                       f"{names_list([key[names[0]]])} under the root now (names that differ only in their Unicode "
+                       f"form, from an older run): their results keep the model's names"], kind="note")
+            key.update({name: name for name in names})
 
 
 def folder_keyed(metrics: dict, infos) -> dict:

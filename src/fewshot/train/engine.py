@@ -383,7 +383,9 @@ class Engine:
         """Fail before training when the run folder cannot hold last.pt + best.pt + a temp copy, and with a budget
         also the best.pt that a budget stop keeps aside (BEST_ASIDE); or when its file system has too few free
         inodes left for the files a run writes."""
+        import errno
         import shutil
+        import tempfile
 
         if not self.ctx.is_main:
             return
@@ -410,11 +412,31 @@ class Engine:
         except (OSError, AttributeError):  # no statvfs (Windows), or the folder unreadable: the writes will say
             return
         need_files = max(run_files - there, 0) + 2
-        if vfs.f_files and vfs.f_favail < need_files:
+        # root may use the inodes reserved for it (f_ffree); others only f_favail
+        left = vfs.f_ffree if getattr(os, "geteuid", lambda: -1)() == 0 else vfs.f_favail
+        if not vfs.f_files or left >= need_files:
+            return
+        # a FUSE or network file system may count inodes it does not track (f_files set, f_favail 0): refused
+        # on every train. Only files that cannot be made are believed: as many as the run needs, removed again,
+        # named as atomic writes' temp files (remove_stale_temp_files clears those a kill left)
+        made: list[str] = []
+        try:
+            for _ in range(need_files):
+                fd, name = tempfile.mkstemp(prefix=".inode-probe.", suffix=".tmp", dir=self.run_dir)
+                made.append(name)
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # not the inodes (a permission): the writes will say
+                return
             raise UserError(f"no room for the run's files in '{self.run_dir}': its file system has "
-                            f"{vfs.f_favail} free inodes (file entries) left, and a run writes about {need_files} "
-                            f"more (checkpoints, metrics, logs), though {free / 2**20:.1f} MiB are free. Delete some "
-                            f"files on that file system or choose another --out.")
+                            f"{left} free inodes (file entries) left, and a run writes about {need_files} "
+                            f"more (checkpoints, metrics, logs), though {free / 2**20:.1f} MiB are free: a new "
+                            f"file could not be made there ({exc.strerror or exc}). Delete some files on that file "
+                            f"system or choose another --out.") from None
+        finally:
+            for name in made:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
 
     def resume(self) -> bool:
         path = self.ckpt_dir / "last.pt"
