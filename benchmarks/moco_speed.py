@@ -130,6 +130,9 @@ class Ours:
         from fewshot.models import tiny_map_conv
 
         tiny_map_conv.set_fast_path(o.get("tiny_map_conv", True))
+        from fewshot.data import augment
+
+        augment.set_fast_path(o.get("fast_augment", True))
         from fewshot.data.augment import BatchAugment, preset
         from fewshot.models.backbone import create_backbone, mean_std
         from fewshot.runtime import compile_modules
@@ -178,7 +181,7 @@ class Ours:
                      "amp": str(self.amp) if self.amp else "off", "compile": self.compiled,
                      "optimizer": "fused" if self.optimizer.defaults.get("fused") else "default",
                      "fast_split_bn": o.get("fast_split_bn", True), "fast_maxpool": o.get("fast_maxpool", True),
-                     "tiny_map_conv": o.get("tiny_map_conv", True),
+                     "tiny_map_conv": o.get("tiny_map_conv", True), "fast_augment": o.get("fast_augment", True),
                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spin)")}
         if self.compiled:  # compile happens at the first call: time it here, not in the runs
             self.step_once()
@@ -236,6 +239,17 @@ class Ours:
         self._batches = self._iter_batches(len(pool))
         return {"images": len(paths), "cache_build_s": build_s, "cache_load_s": load_s,
                 "cache_bytes": int(pool.images.numel())}
+
+    def setup_pool(self, n: int) -> dict:
+        """e2e without a folder: n random uint8 images in memory stand in for the decoded cache, so that
+        make_batch (the augmentation) + the step are timed without PNG files (the ablation, moco_ab.py)."""
+        import torch
+
+        img = self.o["img"]
+        self.task.pool = torch.randint(0, 256, (n, 3, img, img), dtype=torch.uint8,
+                                       generator=torch.Generator().manual_seed(0))
+        self._batches = self._iter_batches(n)
+        return {"images": n}
 
     def _iter_batches(self, n: int):
         from fewshot.data.samplers import epoch_batches
@@ -434,6 +448,8 @@ def worker_main(conn, side: str, opts: dict) -> None:
                 if isinstance(impl, Lightly):
                     args += [cmd["workers"], cmd["probe_steps"]]
                 conn.send({"ok": True, **impl.setup_e2e(*args)})
+            elif op == "setup_pool" and isinstance(impl, Ours):
+                conn.send({"ok": True, **impl.setup_pool(cmd["n"])})
             elif op in ("step", "e2e"):
                 once = impl.step_once if op == "step" else impl.e2e_once
                 for _ in range(cmd["warmup"]):
@@ -742,6 +758,9 @@ ABLATIONS = [
     ("all kept changes off (the plain path)", {}, {"fast_split_bn": False, "fused": False, "malloc": False,
                                                 "fast_maxpool": False, "tiny_map_conv": False}),
 ]
+AUGMENT_ABLATIONS = [  # e2e rows: the change is in make_batch, which the step's fixed views never run
+    ("augmentation op forms (data/augment.set_fast_path), e2e", {}, {"fast_augment": False}),
+]
 LIGHTLY_REFERENCES = [  # lightly given fewshot's process settings: which part of the gap is settings
     ("lightly + fewshot's allocator setting", {"malloc": True}),
     ("lightly + OpenMP passive wait", {"env": {"OMP_WAIT_POLICY": "PASSIVE"}}),
@@ -749,7 +768,7 @@ LIGHTLY_REFERENCES = [  # lightly given fewshot's process settings: which part o
 ]
 
 
-def _ab_row(label: str, side: str, base: dict, on: dict, var: dict, a) -> dict:
+def _ab_row(label: str, side: str, base: dict, on: dict, var: dict, a, mode: str = "step") -> dict:
     t0 = time.perf_counter()
     w_on = Worker(side, {**base, **on}, "default")
     try:
@@ -758,15 +777,19 @@ def _ab_row(label: str, side: str, base: dict, on: dict, var: dict, a) -> dict:
         w_on.close()
         raise
     try:
+        if mode == "e2e":  # same uint8 pool in both workers (seeded), PNG decoding excluded as in e2e
+            for w in (w_on, w_var):
+                w.call(op="setup_pool", n=a.pool_images)
         start = time.perf_counter() - t0
-        print(f"  {label}: {on or 'defaults'} vs {var}")
-        res = alternate([w_on, w_var], "step", a.runs, a.warmup, a.steps, None)
+        print(f"  {label}: {on or 'defaults'} vs {var} ({mode})")
+        res = alternate([w_on, w_var], mode, a.runs, a.warmup, a.steps, None)
     finally:
         w_on.close(), w_var.close()
     x = [r["img_per_s"] for r in res["default"]]
     y = [r["img_per_s"] for r in res["variant"]]
-    return {"change": label, "side": side, "default_opts": on, "variant_opts": var, "default": summarize(x),
-            "variant": summarize(y), "default_over_variant": summarize([p / q for p, q in zip(x, y)]),
+    return {"change": label, "side": side, "mode": mode, "default_opts": on, "variant_opts": var,
+            "default": summarize(x), "variant": summarize(y),
+            "default_over_variant": summarize([p / q for p, q in zip(x, y)]),
             "default_info": w_on.ready["info"], "variant_info": w_var.ready["info"],
             "default_peak_rss_mb": max(r["rss_mb"] for r in res["default"]),
             "variant_peak_rss_mb": max(r["rss_mb"] for r in res["variant"]), "workers_start_s": start}
@@ -775,7 +798,8 @@ def _ab_row(label: str, side: str, base: dict, on: dict, var: dict, a) -> dict:
 def run_ablation(a) -> dict:
     """Leave-one-out: fewshot's default path against it with one change undone (or a rejected one
     switched on), alternating runs in two worker processes; then all kept changes off against all
-    on; and lightly with fewshot's process settings, to show how much of the gap they explain."""
+    on; and lightly with fewshot's process settings, to show how much of the gap they explain. The
+    augmentation row times e2e (make_batch + step from a uint8 pool in memory): the step alone never augments."""
     img, batch = a.img_size or 64, a.batch_size or 64
     base = dict(img=img, batch=batch, device=a.device, threads=a.threads)
     print(f"== ablation: fewshot MoCo step, {img} px, batch {batch}, {a.threads} threads, {a.device} ==")
@@ -783,6 +807,8 @@ def run_ablation(a) -> dict:
         return not a.ablation_rows or any(part.lower() in label.lower() for part in a.ablation_rows)
 
     rows = [_ab_row(label, "ours", base, on, var, a) for label, on, var in ABLATIONS if chosen(label)]
+    rows += [_ab_row(label, "ours", base, on, var, a, "e2e")
+             for label, on, var in AUGMENT_ABLATIONS if chosen(label)]
     skipped = []
     if lightly_missing():
         skipped = [label for label, _ in LIGHTLY_REFERENCES if chosen(label)]
@@ -887,7 +913,8 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/"
                     "moco_speed_<device>_<img>px_b<batch>.json); where a run writes several files, each gets "
                     "_<img>px_b<batch> (or _ablation, ...) before the suffix")
-    ap.add_argument("--ablation", action="store_true", help="fewshot's speed changes one by one (step mode)")
+    ap.add_argument("--ablation", action="store_true", help="fewshot's speed changes one by one (step mode; "
+                    "the augmentation row e2e from --pool-images random uint8 images in memory)")
     ap.add_argument("--ablation-rows", nargs="*", help="with --ablation: only the rows whose label contains one "
                     "of these strings (e.g. max-pool 'plain path')")
     ap.add_argument("--scaling", action="store_true", help="fewshot alone over batch, image size, K and model")

@@ -314,7 +314,8 @@ def plain_path():
 @pytest.mark.parametrize("name,in_hw,out", [("mocov2", (64, 64), 64), ("mocov2", (40, 52), 31),
                                             ("mocov1", (32, 32), 24), ("mocov2", (9, 9), 7)])
 def test_fast_path_matches_plain(plain_path, name, in_hw, out):
-    # the hue shift without torch.where/aminmax, the blur as matmuls and the broadcast crop grid: same views
+    # the hue shift without torch.where/aminmax, the blur as matmuls and the broadcast crop grid: same views,
+    # also when the caller runs under bf16 autocast (the contrast's luma mean and the blur stay float32)
     from fewshot.data import augment
 
     assert augment._FAST  # the default
@@ -323,9 +324,12 @@ def test_fast_path_matches_plain(plain_path, name, in_hw, out):
     for seed in range(3):
         params = aug.sample_params(32, gen(seed), in_hw)
         fast = aug.apply(x, params)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast_bf16 = aug.apply(x, params)
         with plain_path:
             plain = aug.apply(x, params)
         assert (fast - plain).abs().max() < 2e-5, seed
+        assert fast_bf16.dtype == torch.float32 and (fast_bf16 - plain).abs().max() < 2e-5, seed
 
 
 def test_fast_hue_matches_plain_on_edge_colours(plain_path):
@@ -343,21 +347,59 @@ def test_fast_hue_matches_plain_on_edge_colours(plain_path):
     assert torch.equal(fast[:, :, 0, 0], torch.zeros_like(fast[:, :, 0, 0]))  # black stays exactly black
 
 
-@pytest.mark.parametrize("hw,k", [((64, 64), 7), ((20, 33), 5), ((4, 4), 7), ((3, 9), 3)])
-def test_fast_blur_matches_plain_and_ignores_autocast(plain_path, hw, k):
-    # the reflect padding folded into a matrix; non-square maps; kernels as wide as the reflect padding allows
+def test_fast_hue_masks_follow_torchvisions_max_priority():
+    # On a tie every priority gives the same hue in exact arithmetic, so the values above cannot see a wrong
+    # order: check the masks themselves against torchvision's rule (red holds the max, else green, else blue),
+    # i.e. the first channel that equals the max, on all 64 colours of 4 levels (every kind of tie).
+    from fewshot.data.augment import _max_masks
+
+    levels = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    x = torch.cartesian_prod(levels, levels, levels).T.reshape(1, 3, 8, 8)
+    r, g, b = x.unbind(1)
+    masks = torch.stack(_max_masks(r, g, b, torch.maximum(torch.maximum(r, g), b)), dim=1)
+    is_max = x == x.amax(dim=1, keepdim=True)
+    first_max = is_max & (is_max.cumsum(dim=1) == 1)
+    assert torch.equal(masks, first_max.to(x.dtype))
+    assert int((first_max[:, 0] & (g == r)).sum()) and int((first_max[:, 1] & (b == g)).sum())  # ties present
+
+
+@pytest.mark.parametrize("hw,k,dtype", [((64, 64), 7, torch.float32), ((20, 33), 5, torch.float32),
+                                        ((4, 4), 7, torch.float32), ((3, 9), 5, torch.float32),
+                                        ((9, 3), 5, torch.float32), ((3, 9), 5, torch.float64),
+                                        ((20, 33), 7, torch.float64)])
+def test_fast_blur_matches_plain_and_ignores_autocast(plain_path, hw, k, dtype):
+    # the reflect padding folded into a matrix; non-square maps; (4, 4) with k 7 and (3, 9) / (9, 3) with k 5 pad
+    # by side - 1, the widest reflect allows; float64 stays float64; sigma over the config's range (0.1..2.0) and
+    # at the extremes: 1e-3 is a copy of the input, 1e3 a flat box over the reflected window
     from fewshot.data.augment import _gaussian_blur
 
-    if k // 2 >= min(hw):
-        k = 2 * (min(hw) - 1) + 1
-    x = torch.rand(6, 3, *hw, generator=gen(5))
-    sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 3.0])
+    x = torch.rand(8, 3, *hw, generator=gen(5), dtype=dtype)
+    sigma = torch.tensor([1e-3, 0.1, 0.5, 1.0, 1.5, 2.0, 3.0, 1e3])
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast must not make the blur bf16
         fast = _gaussian_blur(x, sigma, k)
     with plain_path:
         plain = _gaussian_blur(x, sigma, k)
-    assert fast.dtype == torch.float32 and fast.shape == x.shape
-    assert (fast - plain).abs().max() < 1e-6
+    assert fast.dtype == dtype and fast.shape == x.shape
+    assert (fast - plain).abs().max() < (1e-6 if dtype == torch.float32 else 1e-12)
+    assert torch.equal(fast[0], x[0])  # the taps of sigma 1e-3 are exactly (0, ..., 1, ..., 0)
+    p = k // 2
+    box = F.avg_pool2d(F.pad(x[-1:], (p, p, p, p), mode="reflect"), k, stride=1)
+    assert (fast[-1:] - box).abs().max() < 2e-5  # sigma 1e3: taps within 5e-6 of 1/k
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_blur_padding_not_smaller_than_the_image_is_a_clear_error(plain_path, fast):
+    # the fast form failed with "index -1 is out of bounds", the plain one in F.pad: name the padding and the fix
+    import contextlib
+
+    from fewshot.data.augment import _gaussian_blur
+
+    with plain_path if not fast else contextlib.nullcontext():
+        for hw, k, most in (((3, 9), 7, 5), ((9, 3), 9, 5), ((2, 2), 5, 3)):
+            with pytest.raises(ValueError, match=rf"kernel_size {k} needs a reflect padding of {k // 2} px.*"
+                                                 rf"{hw[0]}x{hw[1]}; use an odd kernel_size of at most {most}"):
+                _gaussian_blur(torch.rand(2, 3, *hw), torch.tensor([1.0, 2.0]), k)
+        assert _gaussian_blur(torch.rand(2, 3, 3, 9), torch.tensor([1.0, 2.0]), 5).shape == (2, 3, 3, 9)
 
 
 def test_fast_crop_grid_is_affine_grid():

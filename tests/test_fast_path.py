@@ -190,65 +190,6 @@ def test_fast_maxpool_equals_plain_and_fast_modules_keep_state_dict_keys():
     assert ours.state_dict().keys() == theirs.state_dict().keys()
 
 
-def test_channels_last_stem_equals_plain_and_hands_nchw_to_the_stages():
-    """The stem (conv1, split BN, ReLU, max-pool) in channels_last gives the plain stem's features and gradients
-    within float rounding, hands layer1 an NCHW map, and leaves a channels_last input (CUDA's path) alone."""
-    from fewshot.models import backbone
-
-    torch.manual_seed(0)
-    net = split_bn.convert_split_bn(create_backbone("resnet18"), 2).train()
-    seen = []
-    net.layer1.register_forward_pre_hook(lambda m, a: seen.append((a[0].is_contiguous(), a[0].stride())))
-    x = torch.randn(4, 3, 32, 32)
-    out = []
-    assert backbone._CL_STEM == "auto"  # the default: bf16 autocast only (below)
-    for on in (True, False):
-        old = backbone.set_stem_fast_path(on)
-        try:
-            net.zero_grad(set_to_none=True)
-            y = net(x)
-            (y * torch.arange(y.numel()).view_as(y) / y.numel()).sum().backward()
-            out.append((y.detach(), net.conv1.weight.grad.clone(), net.bn1.weight.grad.clone()))
-        finally:
-            backbone.set_stem_fast_path(old)
-    for a, b in zip(*out):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    assert seen[0] == seen[1] and seen[0][0], "layer1 must get the NCHW map either way"
-    seen.clear()
-    old = backbone.set_stem_fast_path(True)
-    try:
-        net(x.contiguous(memory_format=torch.channels_last))
-    finally:
-        backbone.set_stem_fast_path(old)
-    assert not seen[0][0], "a channels_last input stays channels_last (the model's own memory format)"
-    assert not backbone.channels_last_stem(create_backbone("test_vit"))  # no ResNet stem: nothing hooked
-    # "auto": fp32 keeps the NCHW stem (measured neutral), bf16 autocast takes the channels_last one
-    stem_in = []
-    net.bn1.register_forward_pre_hook(lambda m, a: stem_in.append(a[0].is_contiguous()))
-    net(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        net(x)
-    assert stem_in == [True, False]
-    with pytest.raises(ValueError, match="True, False or 'auto'"):
-        backbone.set_stem_fast_path("on")
-
-
-def test_channels_last_stem_moco_step_equals_plain(one_thread):
-    """One MoCo step (split BN on the stem's channels_last map, shuffled keys) with and without the stem's
-    channels_last layout: the same losses, weights, BN buffers and queue (one step: the layouts' convolution
-    kernels round differently, and SGD grows that through the steps, see test_fast_path_equals_plain_path)."""
-    from fewshot.models import backbone
-
-    old = backbone.set_stem_fast_path(True)  # in fp32 too, so that the comparison is tight
-    try:
-        fast = _run(steps=1)
-        backbone.set_stem_fast_path(False)
-        plain = _run(steps=1)
-    finally:
-        backbone.set_stem_fast_path(old)
-    _assert_same(fast, plain)
-
-
 # ----------------------------------------------------------------------------- tiny-map convolutions
 
 
@@ -569,6 +510,29 @@ def test_benchmark_uses_the_real_training_path():
         assert bench.count_flops(ours.step_once) > 0
     finally:
         split_bn.set_fast_path(old)
+
+
+def test_benchmark_ablation_has_an_augmentation_row_that_switches_it():
+    """`moco_speed.py --ablation` can measure the augmentation fast path: its row runs e2e (the step's fixed views
+    never augment) from a uint8 pool in memory, in a worker whose option turns augment.set_fast_path off."""
+    from fewshot.data import augment
+
+    spec = importlib.util.spec_from_file_location("moco_speed", REPO / "benchmarks" / "moco_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    [(label, on, var)] = bench.AUGMENT_ABLATIONS
+    assert "augment" in label and on == {} and var == {"fast_augment": False}
+    old, old_bn = augment._FAST, split_bn._FAST
+    try:
+        ours = bench.Ours(dict(img=IMG, batch=BATCH, device="cpu", threads=torch.get_num_threads(), **var,
+                               recipe={"model": "test_resnet", "hidden": None, "queue": 32, "groups": GROUPS}))
+        assert augment._FAST is False and ours.info["fast_augment"] is False
+        assert ours.setup_pool(2 * BATCH) == {"images": 2 * BATCH}
+        assert ours.task.pool.shape == (2 * BATCH, 3, IMG, IMG) and ours.task.pool.dtype == torch.uint8
+        ours.e2e_once()  # make_batch + step from the pool
+    finally:
+        augment.set_fast_path(old)
+        split_bn.set_fast_path(old_bn)
 
 
 @pytest.mark.parametrize("env, expected", [

@@ -133,7 +133,7 @@ def test_split_bn_channels_last():
 
 
 def test_split_bn_channels_last_gradients_equal_the_group_calls():
-    """A channels_last batch (the ResNet stem runs in channels_last on the CPU) gets the G-call reference's
+    """A channels_last batch (CUDA's train.channels_last path) gets the G-call reference's
     output, input and parameter gradients and running stats, and the output keeps the input's layout."""
     torch.manual_seed(3)
     split = SplitBatchNorm2d(5, 4).train()

@@ -227,12 +227,10 @@ def _shift_hue(x: Tensor, hue: Tensor) -> Tensor:
     r, g, b = x.unbind(1)
     maxc = torch.maximum(torch.maximum(r, g), b)
     delta = maxc - torch.minimum(torch.minimum(r, g), b)
-    # 0/1 masks (multiplying by them is exact): red holds the max, else green, else blue (torchvision's priority)
-    not_r = torch.sign(maxc - r)
-    is_g = torch.sign(maxc - g).neg_().add_(1).mul_(not_r)
-    num = (g - b).mul_(1 - not_r)
+    is_r, is_g, is_b = _max_masks(r, g, b, maxc)
+    num = (g - b).mul_(is_r)
     num.addcmul_((b - r).add_(delta, alpha=2), is_g)
-    num.addcmul_((r - g).add_(delta, alpha=4), not_r.sub_(is_g))
+    num.addcmul_((r - g).add_(delta, alpha=4), is_b)
     h6 = num.div_(torch.sign(delta).neg_().add_(1).add_(delta))  # a grey pixel (delta 0) divides by 1
     h6.add_(6.0 * hue.view(-1, 1, 1))  # hue * 6, in [-4, 8)
     out = torch.empty_like(x)
@@ -242,6 +240,17 @@ def _shift_hue(x: Tensor, hue: Tensor) -> Tensor:
         w = torch.minimum(k, 4.0 - k).clamp_(0, 1)
         torch.addcmul(maxc, delta, w, value=-1, out=out[:, c])
     return out
+
+
+def _max_masks(r: Tensor, g: Tensor, b: Tensor, maxc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """0/1 masks of the channel that holds the max, one per pixel: red, else green, else blue on ties
+    (torchvision's priority); from ``sign``, several times cheaper than ``torch.where`` on the CPU, and
+    multiplying by them is exact. Separate so that tests can check the priority itself: on ties every
+    order gives the same hue in exact arithmetic, so a value test cannot see a wrong one."""
+    not_r = torch.sign(maxc - r)
+    is_r = 1 - not_r
+    is_g = torch.sign(maxc - g).neg_().add_(1).mul_(not_r)
+    return is_r, is_g, not_r.sub_(is_g)  # blue: neither red nor green
 
 
 def _shift_hue_plain(x: Tensor, hue: Tensor) -> Tensor:
@@ -269,9 +278,10 @@ def _color_jitter(x: Tensor, factors: Tensor, enabled: tuple[bool, bool, bool, b
     if enabled[0]:
         x = (x * bright.view(-1, 1, 1, 1)).clamp_(0, 1)
     if enabled[1]:
-        # mean of the luma image == luma of the per-channel means (linear), but cheaper
+        # mean of the luma image == luma of the per-channel means (linear), but cheaper; a product and a sum,
+        # not `@`: a caller's autocast would run that matmul in bf16 (1e-3 off in the output)
         w = torch.tensor(_GRAY, dtype=x.dtype, device=x.device)
-        mean = (x.mean(dim=(2, 3)) @ w).view(-1, 1, 1, 1)
+        mean = (x.mean(dim=(2, 3)) * w).sum(1).view(-1, 1, 1, 1)
         x = _blend(x, mean, contrast)
     if enabled[2]:
         x = _blend(x, _gray(x), sat)
@@ -280,13 +290,19 @@ def _color_jitter(x: Tensor, factors: Tensor, enabled: tuple[bool, bool, bool, b
     return x
 
 
+def _gaussian_taps(sigma: Tensor, kernel_size: int, dtype: torch.dtype) -> Tensor:
+    """[n, kernel_size]: torchvision's kernel, exp(-d^2 / 2 sigma^2) normalised, per sample; one place for
+    both blur forms, so that the fast path and its reference cannot drift apart."""
+    d = torch.arange(kernel_size, dtype=dtype, device=sigma.device) - kernel_size // 2
+    return torch.softmax(-(d * d) / (2 * sigma.to(dtype).view(-1, 1) ** 2), dim=1)
+
+
 def _blur_matrix(sigma: Tensor, kernel_size: int, size: int) -> Tensor:
     """[n, size, size]: row i holds the Gaussian taps of output pixel i on the input pixels, with the
     reflect padding folded in, so one axis of the blur is one batched matmul."""
-    p = kernel_size // 2
-    d = torch.arange(kernel_size, dtype=sigma.dtype, device=sigma.device) - p
-    kern = torch.softmax(-(d * d) / (2 * sigma.view(-1, 1) ** 2), dim=1)  # [n,k]
-    j = (torch.arange(size, device=sigma.device).view(-1, 1) + d.to(torch.int64).view(1, -1)).abs_()
+    kern = _gaussian_taps(sigma, kernel_size, sigma.dtype)  # [n,k]
+    d = torch.arange(kernel_size, device=sigma.device) - kernel_size // 2
+    j = (torch.arange(size, device=sigma.device).view(-1, 1) + d.view(1, -1)).abs_()
     j = torch.where(j > size - 1, 2 * (size - 1) - j, j)  # reflect: -1 -> 1, size -> size - 2
     m = torch.zeros(sigma.shape[0], size, size, dtype=sigma.dtype, device=sigma.device)
     return m.scatter_add_(2, j.expand(sigma.shape[0], -1, -1), kern.unsqueeze(1).expand(-1, size, -1))
@@ -296,9 +312,14 @@ def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     """Per-sample Gaussian blur with reflect padding; the kernel is torchvision's (exp(-d^2 / 2 sigma^2),
     normalised). Fast path (default): one batched matmul per axis with the padding folded into the
     matrix, in float32 even under autocast; plain: one grouped conv2d per axis (groups = n*3)."""
+    n, c, height, width = x.shape
+    if kernel_size // 2 >= min(height, width):
+        raise ValueError(f"Gaussian blur: kernel_size {kernel_size} needs a reflect padding of {kernel_size // 2} "
+                         f"px, which must be smaller than the image's sides, got {height}x{width}; use an odd "
+                         f"kernel_size of at most {2 * min(height, width) - 1} (BatchAugment skips the blur on "
+                         "such small outputs)")
     if not _FAST:
         return _gaussian_blur_plain(x, sigma, kernel_size)
-    n, c, height, width = x.shape
     with torch.autocast(x.device.type, enabled=False):
         kw = _blur_matrix(sigma.to(x.dtype), kernel_size, width)
         kh = kw if height == width else _blur_matrix(sigma.to(x.dtype), kernel_size, height)
@@ -310,9 +331,7 @@ def _gaussian_blur_plain(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     """The reference form of :func:`_gaussian_blur` (``set_fast_path(False)``): separable, one grouped
     conv2d per axis (groups = n*3) with reflect padding."""
     n, c, height, width = x.shape
-    d = torch.arange(kernel_size, dtype=x.dtype, device=x.device) - kernel_size // 2
-    kern = torch.softmax(-(d * d) / (2 * sigma.view(-1, 1) ** 2), dim=1)  # [n,k]
-    kern = kern.repeat_interleave(c, dim=0)  # [n*c,k]
+    kern = _gaussian_taps(sigma, kernel_size, x.dtype).repeat_interleave(c, dim=0)  # [n*c,k]
     p = kernel_size // 2
     y = F.pad(x, (p, p, p, p), mode="reflect").reshape(1, n * c, height + 2 * p, width + 2 * p)
     y = F.conv2d(y, kern.view(n * c, 1, 1, kernel_size), groups=n * c)

@@ -64,9 +64,8 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
     stride 1 (the 7x7 stride-2 convolution becomes 3x3 stride 1; a deep stem's first convolution
     gets stride 1; the max-pool stays), so that 32 px images keep 4x more spatial resolution
     through the network. Half width with the small stem costs about the FLOPs of the plain network
-    (docs/recipes.md). Max-pool layers use the faster CPU kernel (`fast_pool`), convolutions on maps
-    smaller than their kernel run as matmuls on the CPU (`tiny_map_conv`) and a ResNet stem runs in channels_last
-    on the CPU under bf16 autocast (`channels_last_stem`); the math is unchanged. ``name``: a timm
+    (docs/recipes.md). Max-pool layers use the faster CPU kernel (`fast_pool`) and convolutions on maps
+    smaller than their kernel run as matmuls on the CPU (`tiny_map_conv`); the math is unchanged. ``name``: a timm
     name, in any case (timm_name).
     """
     name = timm_name(name)
@@ -95,66 +94,8 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
             _stride_one_stem(model)
         swap_max_pools(model)
         swap_tiny_map_convs(model)
-        channels_last_stem(model)
         return model
     raise UserError(f"timm could not build '{name}' with num_classes=0.")
-
-
-_CL_STEM: bool | str = "auto"  # see channels_last_stem; True: also in fp32; False: never (tests, A/B)
-
-
-def set_stem_fast_path(enabled: bool | str) -> bool | str:
-    """Run the ResNet stem in channels_last on the CPU: "auto" (default) under bf16 autocast only, where it was
-    measured faster; True also in fp32 (measured neutral there); False never. Returns the previous setting."""
-    global _CL_STEM
-    if enabled not in (True, False, "auto"):
-        raise ValueError(f"set_stem_fast_path takes True, False or 'auto', got {enabled!r}")
-    old, _CL_STEM = _CL_STEM, enabled
-    return old
-
-
-def _stem_channels_last(x) -> bool:
-    """Whether this stem input goes through channels_last: an NCHW batch on the CPU, per the setting."""
-    if _CL_STEM is False or not (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dim() == 4
-                                 and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)):
-        return False
-    return _CL_STEM is True or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-
-
-class _ChannelsLastStem:
-    """Hooks that run a ResNet stem (convolution, BN, activation, max-pool) in channels_last on the CPU and hand
-    the pooled map back in NCHW: the max-pool's own detour through channels_last (`fast_pool`) then copies only the
-    4x smaller pooled map, and oneDNN's bf16 stem convolution is faster in channels_last (docs/performance.md).
-    Hooks, not a wrapper module: state-dict keys and the modules' types stay timm's."""
-
-    def __init__(self):
-        self.active = False
-
-    def enter(self, module: nn.Module, args: tuple):
-        x = args[0] if args else None
-        self.active = _stem_channels_last(x)
-        if self.active:
-            return (x.contiguous(memory_format=torch.channels_last), *args[1:])
-        return None
-
-    def leave(self, module: nn.Module, args: tuple, out):
-        if self.active and isinstance(out, torch.Tensor):
-            self.active = False
-            return out.contiguous()
-        return None
-
-
-def channels_last_stem(model: nn.Module) -> bool:
-    """Hook a timm ResNet's stem (conv1 ... maxpool) to run in channels_last on the CPU; False where the model has
-    no such stem (other families, a stem without max-pool). Same math: only the memory layout changes."""
-    from timm.models.resnet import ResNet
-
-    if not isinstance(model, ResNet) or not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
-        return False
-    hooks = _ChannelsLastStem()
-    model.conv1.register_forward_pre_hook(hooks.enter)
-    model.maxpool.register_forward_hook(hooks.leave)
-    return True
 
 
 def note_pretrained_tag(model_cfg: dict) -> None:
