@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import hashlib
 import json
 import math
@@ -365,18 +364,11 @@ def stage_config(sdir: Path, cfg: dict) -> dict:
 def cap_resumed_budget(cfg: dict, last: Path, end_time: float) -> float:
     """A stopped stage continues on its own plan, but ends no later than ``end_time`` on the run's clock: the
     new session's start-up and the work redone before the stage come out of its time, not on top of the
-    budget (its time-based schedule then moves on faster). Its plan is the later of config.yaml's and last.pt's
-    budget: a round 1 whose end moved later as it trained (the Engine's deadline_hook) saved that in last.pt,
-    with the schedule's position then; config.yaml is rewritten when the stage ends. Returns the stage's
-    training seconds so far."""
+    budget (its time-based schedule then moves on faster). Returns the stage's training seconds so far."""
     from fewshot.train.checkpoint import load_checkpoint
 
-    ck = load_checkpoint(last)
-    trained = float(ck.get("train_seconds", 0.0))
-    then = ((ck.get("config") or {}).get("train") or {}).get("budget_minutes")
+    trained = float(load_checkpoint(last).get("train_seconds", 0.0))
     planned = float(cfg["train"]["budget_minutes"] or 0.0) * 60
-    if isinstance(then, (int, float)) and math.isfinite(then):
-        planned = max(planned, float(then) * 60)
     allowed = trained + max(0.0, end_time - time.monotonic())
     cfg["train"]["budget_minutes"] = max(1e-3, min(planned, allowed)) / 60
     return trained
@@ -409,12 +401,11 @@ def drop_best_aside(sdir: Path) -> None:
 
 
 def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
-                   closing=None, state=None, t_start: float = 0.0, timing_s: float | None = None, later_end=None):
+                   closing=None, state=None, t_start: float = 0.0, timing_s: float | None = None):
     """One fine-tuning run that ends at ``end_time``; with ``pseudo`` it starts from the previous round's
     model and adds the pseudo-labelled pool images. With a RunState that knows the stage (``fewshot run
     --resume``), a finished stage is reused and a stopped one continues from its last.pt on its planned
     schedule. ``timing_s``: the planning's timing estimated at the round before's speeds, for its line.
-    ``later_end(task, deadline, step_s)``: the Engine's deadline_hook, a later end or None after each step (round 1).
     Returns (task with the best weights loaded, ``epochs_run``, ``fit_seconds``, ``reused`` and the speeds it trained
     at set, val metrics)."""
     from fewshot.train.engine import Engine
@@ -490,15 +481,11 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
                          pseudo_key=key)
     seed_everything(fcfg["train"]["seed"])
     engine = Engine(task, fcfg, fdir, device, ctx)
-    if later_end is not None:
-        engine.deadline_hook = functools.partial(later_end, task)
     if status == "trained":  # stopped after its training, before its metrics
         task.epochs_run = state.stage(name).get("epochs", 0)
     else:
-        fit_start, planned = time.monotonic(), fcfg["train"]["budget_minutes"]
+        fit_start = time.monotonic()
         engine.fit(resume=resuming and last.is_file())
-        if fcfg["train"]["budget_minutes"] != planned:  # the hook moved its end later: the stage's record says so
-            save_yaml(fcfg, fdir / "config.yaml")
         task.fit_seconds = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
         task.epochs_run = engine.epochs_trained()
         if state is not None:
@@ -708,18 +695,6 @@ def round_speeds(task, k: int) -> tuple[float, float, str]:
     return step_s, eval_s, speed
 
 
-def rounds_that_fit(step_s: float, eval_s: float, per_image: float, n_pool: int, n_rounds: int, closing_s: float,
-                    evals: int, left: float) -> tuple[list[int], float]:
-    """The check before a later round's labelling (check_later_rounds), and round 1's as it trains (round1_later_end):
-    the numbers of rounds, ``n_rounds`` down to 1, whose least time (later_rounds_seconds) fits ``left``; and the
-    least time of a round on the labelled images only (no labelling, room for twice its floor of steps: a round of
-    5 steps is worth little, and a busier machine's slower steps would take it past the budget)."""
-    fits = [n for n in range(n_rounds, 0, -1)
-            if time_holds(later_rounds_seconds(step_s, eval_s, per_image, n_pool, n, closing_s, evals), left)]
-    labelled_only_s = later_rounds_seconds(step_s, eval_s, per_image, 0, 1, closing_s, evals) + FLOOR_STEPS * step_s
-    return fits, labelled_only_s
-
-
 class LaterRoundSkipped(Exception):
     """Raised by plan_stage's hook of an optional later round (PipelineRun.later_round_closing) whose least run does
     not fit the time left: the round loop leaves it untrained and the round before it predicts."""
@@ -879,8 +854,6 @@ class PipelineRun:
         self.stop_clock: tuple | None = None  # (state, t_start) once the run has them: what a stop counts
         self.pool_limit = None  # the pool files self-training decodes and labels (None: all)
         self.n_unlabeled = None  # what round 1 leaves time to label
-        self.round1_per_image = None  # round1_closing's timing of the pool's labelling, for round1_later_end
-        self.round1_log_seen = None  # round1_log_speeds: (the log's size, its speeds)
         self.n_moco = None  # the decodable images of MoCo's pool, counted at start-up (None: no MoCo)
         self.fixmatch = None  # FixMatch's settings and pool, for summary.json
         self.task = self.pseudo = self.skip = self.rounds = self.round1_val = None
@@ -1333,8 +1306,7 @@ class PipelineRun:
         self.labelled_end = time.monotonic() + (self.end_time - time.monotonic()) * r["pseudo_share"]
         task, round1_metrics = self.finetune(self.out / "finetune_labelled", self.labelled_end,
                                              "on the labelled images (self-training, round 1)",
-                                             closing=self.round1_closing,
-                                             later_end=self.round1_later_end if int(r["pseudo_rounds"]) > 1 else None)
+                                             closing=self.round1_closing)
         self.task = task
         self.round1_val = round1_metrics.get("mean_acc1")
         self.earlier = {"finetune_labelled": round1_metrics}  # the rounds before the last, for the val guard
@@ -1368,7 +1340,6 @@ class PipelineRun:
         # kept as plan_stage keeps its timings: the check before round 2 (round_speeds) timed a resumed round again
         task.step_s, task.eval_s = getattr(task, "step_s", None) or step_s, getattr(task, "eval_s", None) or eval_s
         per_image = measure_prediction_seconds(task, self.test_set.images)  # the pool is labelled at this speed
-        self.round1_per_image = per_image  # for round1_later_end's check as round 1 trains
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
         rest = after_round1_seconds(step_s, eval_s, per_image, self.n_unlabeled, rounds, closing_s,
                                     eval_passes(task) + 1)
@@ -1397,68 +1368,6 @@ class PipelineRun:
                   + (f" ({leaves - rest:.0f} s of them a margin for round 1 ending late)" if leaves - rest >= 0.5
                      else ""), flush=True)
         return cut
-
-    def round1_later_end(self, task, deadline: float, steady_step_s: float | None = None) -> float | None:
-        """Round 1's deadline_hook, after each of its steps: round 1 was cut to leave the later rounds their least
-        time, and where they were then skipped at the check before the labelling (round 1 trained slower than
-        timed) that time went unused (1-minute runs ended at 41-74 s). As soon as round 1's speeds so far (the
-        slower of its timing and the Engine's median of its latest steps, ``steady_step_s``; per evaluation the
-        slower of its timing and its log's) show that the check would skip them after round 1's planned end
-        (``deadline``, a step past it and its closing evaluations), they are skipped now, recorded as that check
-        records it, and round 1 trains on until its closing work, as when they were skipped at its planning. Not its
-        log's step time: its first epoch holds the warm-up step. Returns that later deadline (None: no change; the
-        Engine never moves it earlier)."""
-        skip = self.skip
-        if skip["skipped_from"] not in (None, 2) or skip.get("labelled_only") is not None or \
-                self.state.status("finetune") is not None or self.state.status("finetune_round2") is not None:
-            return None
-        trained_step_s, trained_eval_s = self.round1_log_speeds(task)
-        step_s = max(x for x in (task.step_s, steady_step_s) if x)
-        eval_s = max(x for x in (task.eval_s, trained_eval_s) if x)
-        # the step kept back past the new end: also at the log's speed, warm-up and all (its decision does not take
-        # that speed, but a step past the end makes the run late: a loaded machine's took 6 s at 0.9 s decided on)
-        back = max(step_s, trained_step_s or 0.0)
-        if skip["skipped_from"] == 2:  # skipped before (at its planning, or so in the session before a --resume)
-            need = (self.closing_plan or {}).get("need")
-            return self.last_end - need - back if need is not None else None
-        if steady_step_s is None or self.rounds < 2 or self.round1_per_image is None:
-            return None
-        per_image = self.round1_per_image
-        closing_s = self.closing(task, eval_s, per_test_image=per_image)
-        evals = eval_passes(task) + 1  # round 1's closing evaluations, as round1_closing counts them
-        # at the check before round 2's labelling: after round 1's end (its deadline, or now where that has passed),
-        # the step that ends past it and its closing evaluations
-        left = self.last_end - (max(deadline, time.monotonic()) + step_s + evals * eval_s)
-        fits, labelled_only_s = rounds_that_fit(step_s, eval_s, per_image, self.n_unlabeled, self.rounds - 1,
-                                                closing_s, evals, left)
-        if fits or time_holds(labelled_only_s, left):  # the check would run a round (perhaps fewer, or labelled-only)
-            return None
-        planned = self.rounds
-        need = later_rounds_seconds(step_s, eval_s, per_image, self.n_unlabeled, 1, closing_s, evals)
-        left_s, need_s = seconds_apart(left, need)
-        self.decide(1, 2, f"{left_s} would be left of the budget after round 1's planned end, and round 2 needs at "
-                          f"least {need_s} (labelling the pool, calibration, 5 steps, evaluations and the closing "
-                          f"work) at round 1's speed as it trains ({step_s * 1000:.0f} ms a step, {eval_s:.1f} s an "
-                          f"evaluation: the slower of its timing and its training so far)")
-        closing_s = self.closing(task, eval_s, per_test_image=per_image)  # the report now draws round 1 only
-        self.plan_closing(closing_s)
-        print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not an "
-              f"error): {skip['why']}; round 1 trains on until the closing work (about {closing_s:.0f} s) and "
-              f"predicts", flush=True)
-        return self.last_end - closing_s - back  # the step that ends past the deadline kept back (plan_stage)
-
-    def round1_log_speeds(self, task) -> tuple[float | None, float | None]:
-        """trained_speeds of round 1's log.jsonl, read again only when the log has grown (round1_later_end is asked
-        after every step)."""
-        log = self.out / "finetune_labelled" / "log.jsonl"
-        try:
-            size = log.stat().st_size
-        except OSError:
-            size = None
-        seen = self.round1_log_seen
-        if seen is None or seen[0] != size:
-            seen = self.round1_log_seen = (size, trained_speeds(log, eval_passes(task)) if size else (None, None))
-        return seen[1]
 
     def later_rounds(self) -> None:
         """Rounds 2 on, each on the pool as the round before labelled it, as far as the time holds them; the last
@@ -1555,8 +1464,13 @@ class PipelineRun:
         self.speeds_before = step_s, eval_s, per_image  # for the next round's timing line
         evals = eval_passes(task) + 1  # a round's closing evaluations, as round1_closing counts them
         left = self.last_end - time.monotonic()
-        fits, labelled_only_s = rounds_that_fit(step_s, eval_s, per_image, n_unlabeled, self.rounds - k + 1,
-                                                closing_s, evals, left)
+        fits = [n for n in range(self.rounds - k + 1, 0, -1)
+                if time_holds(later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, n, closing_s, evals),
+                              left)]
+        # a round without the pool's labelling (n_pool 0), with room for twice its floor of steps: a round of 5
+        # steps is worth little, and a busier machine's slower steps would take it past the budget
+        labelled_only_s = (later_rounds_seconds(step_s, eval_s, per_image, 0, 1, closing_s, evals)
+                           + FLOOR_STEPS * step_s)
         if not fits and time_holds(labelled_only_s, left):
             # no time to label the pool, but for a short round: the rest of the budget goes on training round
             # k - 1's model on the labelled images (the val guard still picks the round that predicts)

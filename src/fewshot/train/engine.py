@@ -48,7 +48,6 @@ from fewshot.utils import atomic_write_text, derive_seed, keep_copy, put_back, u
 TIMING_KEYS = ("images_per_s", "epoch_time_s", "eval_time_s")  # measurements, not results
 _TOLD_TENSORBOARD: set[str] = set()  # the reasons a missing TensorBoard was already told in this process
 _TOLD_CPU_FP16: list[bool] = []  # whether the train.amp=fp16-on-a-CPU warning was given in this process
-STEADY_STEPS = 8  # steps after the first before Engine.deadline_hook gets a speed (_steady_step_s)
 BEST_ASIDE = "best_before_stop.pt"  # best.pt as it was before a budget stop's partial epoch beat it
 
 
@@ -188,15 +187,6 @@ def check_resume_world(run_dir: Path, resume: bool, world: int) -> None:
         check_same_world(path, load_checkpoint(path), world)
 
 
-def saved_sched_from(value) -> tuple[float, float]:
-    """last.pt's ``sched_from`` (Engine._sched_from): (0, 0), the schedule's start, where it holds none (written
-    before deadlines could move) or not two finite numbers with the fraction in [0, 1]."""
-    if isinstance(value, (list, tuple)) and len(value) == 2 and \
-            all(isinstance(x, (int, float)) and math.isfinite(x) for x in value) and 0.0 <= value[1] <= 1.0:
-        return float(value[0]), float(value[1])
-    return 0.0, 0.0
-
-
 def image_counts(task) -> dict[str, int]:
     """The images a task decoded and trains on, which every rank's epoch plan is built from."""
     counts = {split: len(getattr(task, f"{split}_set")) for split in ("train", "val") if hasattr(task, f"{split}_set")}
@@ -270,16 +260,7 @@ class Engine:
         self._stop_signum = 0
         self._seconds_before = 0.0  # training time of the sessions before this one (resume)
         self.fit_start: float | None = None
-        self.deadline: float | None = None  # fit's end on time.monotonic() (train.budget_minutes), while it runs
         self._clock_start: float | None = None
-        # hook(deadline, step_s), asked after each training step (step_s: _steady_step_s), may return a later
-        # deadline (None: keep it): `fewshot run`'s round 1 trains on where the later rounds it was cut for are
-        # skipped (_later_deadline)
-        self.deadline_hook = None
-        # (training seconds, schedule fraction) that the time-based schedule runs on from, to 1 at the deadline:
-        # moved by a later deadline, so that the cosine's lr does not rise again (saved in last.pt)
-        self._sched_from = (0.0, 0.0)
-        self._step_times: list[float] = []  # this session's first and latest step times (_steady_step_s)
 
     def _warn_slow_ema(self) -> None:
         """An EMA without decay warm-up averages over about 1/(1 - decay) steps (25,000 at the default 0.99996): on a
@@ -330,7 +311,6 @@ class Engine:
             "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps,
             "rng": rng_state(),
             "train_seconds": self.train_seconds(),
-            "sched_from": list(self._sched_from),  # a deadline moved later: where the schedule went on from
             "amp": AMP_NAMES[self.amp],  # what train.amp resolved to: a resumed `auto` run keeps it
             "world": self.ctx.world,  # the batch plan (per-rank batches, steps per epoch) depends on it
             **self.task.checkpoint_extra(),
@@ -480,7 +460,6 @@ class Engine:
         self.epoch_sums, self.epoch_steps = dict(sums or {}), int(ck.get("epoch_steps", 0))
         set_rng_state(ck["rng"])
         self._seconds_before = float(ck.get("train_seconds", 0.0))
-        self._sched_from = saved_sched_from(ck.get("sched_from"))
         # a budget that stopped the run mid-epoch logged the partial epoch; its steps go on now, and the
         # finished epoch's row replaces that one (log.jsonl held epoch 22 three times)
         reopened = self.step_in_epoch > 0 and not self._budget_spent()
@@ -778,12 +757,12 @@ class Engine:
         # every session (train_seconds in last.pt), not only this one's
         self.fit_start = time.monotonic() - self._seconds_before
         self._clock_start = time.perf_counter() - self._seconds_before
-        self.deadline = self.fit_start + t["budget_minutes"] * 60 if t.get("budget_minutes") else None
+        deadline = self.fit_start + t["budget_minutes"] * 60 if t.get("budget_minutes") else None
         epochs = t["epochs"]
         try:
             with stop_on_signals(announce=self.ctx.is_main) as self._stop_flag:
                 while self.epoch < epochs:
-                    if self._run_epoch(self.deadline):  # a deadline_hook may move self.deadline later
+                    if self._run_epoch(deadline):
                         self._say_budget_stop()
                         break
                     if self.epoch < epochs and self._stop_requested():
@@ -855,52 +834,12 @@ class Engine:
         machine (532 ms measured, 35 ms taken) met its cap in a fraction of its time with the lr at its peak."""
         if not (self.cfg["sched"].get("time_based") and deadline is not None):
             return self.global_step
-        return int(self._schedule_frac(deadline) * (self.cfg["train"]["epochs"] * self.steps_per_epoch))
-
-    def _schedule_frac(self, deadline: float) -> float:
-        """_schedule_t's fraction of the time-based schedule: from where it was when the deadline last moved
-        (_sched_from; the start before that) to 1 at ``deadline``, or the steps taken of the epoch cap if further."""
         total = self.cfg["train"]["epochs"] * self.steps_per_epoch
-        at, start = self._sched_from
-        elapsed = time.monotonic() - self.fit_start
-        frac = start + (1.0 - start) * (elapsed - at) / max(1e-9, deadline - self.fit_start - at)
+        frac = (time.monotonic() - self.fit_start) / max(1e-9, deadline - self.fit_start)
         if self.ctx.enabled:  # one lr on every rank (their clocks differ by the start-up of each)
             frac = all_reduce_max(self.ctx, frac)
         frac = max(frac, self.global_step / max(1, total))
-        return min(1.0, max(0.0, frac))
-
-    def _later_deadline(self, deadline: float | None, step_s: float | None = None) -> float | None:
-        """The deadline as deadline_hook moves it after a step (``step_s``: _steady_step_s, or None): later only
-        (an earlier one is ignored), and the time-based schedule goes on from the position it had reached to 1 at
-        the new deadline: mapped over the whole new budget, its cosine's lr would rise again. train.budget_minutes
-        follows (last.pt, a resume). Asked before the step's look at the deadline, so that a stage past it may still
-        go on. Rank 0 asks the hook (set on every rank); every rank moves its own deadline by the same seconds
-        (their clocks differ)."""
-        if self.deadline_hook is None or deadline is None:
-            return deadline
-        later = self.deadline_hook(deadline, step_s) if self.ctx.is_main else None
-        extra = max(0.0, later - deadline) if later is not None else 0.0
-        if self.ctx.enabled:
-            extra = all_reduce_max(self.ctx, extra)
-        if extra <= 0.0:
-            return deadline
-        if self.cfg["sched"].get("time_based"):
-            self._sched_from = (time.monotonic() - self.fit_start, self._schedule_frac(deadline))
-        self.cfg["train"]["budget_minutes"] = (deadline + extra - self.fit_start) / 60
-        self.deadline = deadline + extra
-        return self.deadline
-
-    def _steady_step_s(self, took: float) -> float | None:
-        """deadline_hook's speed after a step that ``took`` seconds: the median of this session's latest 16 steps,
-        its first left out (a warm-up: a loaded machine's round 1 took 3.5 s for it and 35 ms for the next, and a
-        speed that counted it skipped a round that fit); None before STEADY_STEPS of them (a median of three let one
-        busy moment early in round 1 skip the round 2 that self-training's gain comes from)."""
-        times = self._step_times
-        times.append(took)
-        if len(times) > 17:
-            del times[1:-16]
-        latest = sorted(times[1:])
-        return latest[len(latest) // 2] if len(latest) >= STEADY_STEPS else None
+        return int(min(1.0, max(0.0, frac)) * total)
 
     def _run_epoch(self, deadline: float | None) -> bool:
         t = self.cfg["train"]
@@ -922,7 +861,6 @@ class Engine:
                if self.ctx.is_main else None)
         stopped = False
         for step in range(start, len(batches)):
-            t_step = time.perf_counter()
             batch = self.task.make_batch(batches[step], epoch, step)
             self.scheduler.step_update(self._schedule_t(deadline))
             # The forward pass itself changes state (BatchNorm running stats; MoCo's key encoder and queue):
@@ -982,8 +920,6 @@ class Engine:
                 bar.update(1)
             if t["save_every_steps"] and self.global_step % t["save_every_steps"] == 0 and self.step_in_epoch < len(batches):
                 self.save_mid_epoch()
-            if self.deadline_hook is not None:
-                deadline = self._later_deadline(deadline, self._steady_step_s(time.perf_counter() - t_step))
             signalled, late = self._agreed_stop(deadline)
             if signalled and self.step_in_epoch < len(batches):
                 if bar is not None:
