@@ -85,8 +85,9 @@ def trained_speeds(log_path, passes: int = 1) -> tuple[float | None, float | Non
         if isinstance(step, int):
             before = step
     steps = step_time = 0.0
+    quarter = 0.25 * sum(m for m, _ in epochs)  # summed once: inside the loop it made a long log quadratic
     for n, took in reversed(epochs):  # the latest epochs, up to a quarter of the steps
-        if steps and steps >= 0.25 * sum(m for m, _ in epochs):
+        if steps and steps >= quarter:
             break
         steps, step_time = steps + n, step_time + took
     evals = [row["eval_time_s"] for row in rows if isinstance(row.get("eval_time_s"), (int, float))]
