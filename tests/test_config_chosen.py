@@ -99,14 +99,77 @@ def test_the_same_command_again_chooses_the_same_values_without_a_note(scratch_r
     assert "note:" not in capsys.readouterr().err
 
 
-def test_a_config_without_the_record_still_pins_its_values(scratch_run, digits_root, tmp_path, captured, capsys):
-    old = saved(scratch_run)
-    del old[CHOSEN]  # as written by an older fewshot
+def older_copy(run, tmp_path, **edits) -> Path:
+    """The run's config.yaml as an older fewshot wrote it: no _chosen record; ``edits``: section -> fields."""
+    old = saved(run)
+    del old[CHOSEN]
+    for section, fields in edits.items():
+        old[section].update(fields)
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
-    cfg = rerun(captured, "train", "--config", tmp_path / "old.yaml", "--data", digits_root, "--out", tmp_path / "o",
+    return tmp_path / "old.yaml"
+
+
+def test_an_older_runs_config_has_the_values_its_rules_chose_chosen_again(scratch_run, digits_root, tmp_path,
+                                                                           captured, capsys):
+    old = older_copy(scratch_run, tmp_path, train={"device": "cuda" if not torch.cuda.is_available() else "cpu"})
+    assert file_settings(old).get("optim.lr") is None  # 0.004: the scratch rule's, not a setting
+    cfg = rerun(captured, "train", "--config", old, "--data", digits_root, "--out", tmp_path / "o",
                 "--weights", exported_weights(tmp_path / "bb.safetensors"))
-    assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (0.004, 1.0)
-    assert "chosen by the run" not in capsys.readouterr().err
+    assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (1e-4, 0.1)  # was 0.004 x 1.0, without a word
+    assert cfg["train"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # auto on this machine
+    err = capsys.readouterr().err
+    assert "optim.lr 0.0001 (0.004 there)" in err and "optim.backbone_lr_mult 0.1 (1 there)" in err
+    assert "an older fewshot's" in err and "optim.lr=0.004 to keep" in err and err.count("older fewshot") == 1
+    assert set(cfg[CHOSEN]) >= {"optim.lr", "optim.backbone_lr_mult"}
+
+
+def test_an_older_runs_value_no_rule_chooses_stays_pinned(scratch_run, digits_root, tmp_path, captured, capsys):
+    old = older_copy(scratch_run, tmp_path, optim={"lr": EDITED})  # a --lr the user typed for that run
+    cfg = rerun(captured, "train", "--config", old, "--data", digits_root, "--out", tmp_path / "o",
+                "--weights", exported_weights(tmp_path / "bb.safetensors"))
+    assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (EDITED, 0.1)
+    err = capsys.readouterr().err
+    assert "optim.lr " not in err and "optim.backbone_lr_mult 0.1 (1 there)" in err
+
+
+def test_an_older_runs_value_given_on_the_command_line_is_kept_without_a_note(scratch_run, digits_root, tmp_path,
+                                                                               captured, capsys):
+    cfg = rerun(captured, "train", "--config", older_copy(scratch_run, tmp_path), "--data", digits_root,
+                "--out", tmp_path / "o", "--weights", exported_weights(tmp_path / "bb.safetensors"),
+                "optim.lr=0.004", "optim.backbone_lr_mult=1")
+    assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (0.004, 1.0)  # the note's advice works
+    assert "older fewshot" not in capsys.readouterr().err
+
+
+def test_an_older_moco_runs_lr_is_scaled_again(digits_root, tmp_path, captured, capsys):
+    first = rerun(captured, "pretrain", "--data", digits_root, "--out", tmp_path / "p1", *TINY, *MOCO)
+    first.pop(CHOSEN)  # as an older fewshot wrote it: _task: moco, no record
+    save_yaml(first, tmp_path / "p1.yaml")
+    cfg = rerun(captured, "pretrain", "--config", tmp_path / "p1.yaml", "--data", digits_root, "--out",
+                tmp_path / "p2", "--batch-size", "16")
+    assert cfg["optim"]["lr"] == pytest.approx(0.03 * 16 / 256)
+    assert "optim.lr 0.001875 (0.0009375 there)" in capsys.readouterr().err
+
+
+def test_a_users_own_config_still_pins_its_values(digits_root, tmp_path, captured, capsys):
+    own = tmp_path / "own.yaml"  # the same values as a scratch run's, typed into a recipe: the user's
+    own.write_text("optim:\n  lr: 0.004\n  backbone_lr_mult: 1.0\ntrain:\n  device: cpu\n")
+    cfg = rerun(captured, "train", "--config", own, "--data", digits_root, "--out", tmp_path / "o",
+                "--weights", exported_weights(tmp_path / "bb.safetensors"))
+    assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"], cfg["train"]["device"]) == (0.004, 1.0, "cpu")
+    assert "chose" not in capsys.readouterr().err
+
+
+def test_resume_keeps_an_older_runs_values(scratch_run, tmp_path, digits_root):
+    run = shutil.copytree(scratch_run, tmp_path / "run")
+    older = older_copy(run, tmp_path)
+    shutil.copy(older, run / "config.yaml")  # the run itself written by an older fewshot
+    for config in ([], ["--config", str(older)]):
+        args, extra = build_parser().parse_known_args(["train", "--data", str(digits_root), "--out", str(run),
+                                                       "--resume", "--epochs", "2", *config])
+        cfg = resolve_run_config(args, extra, TRAIN_FLAGS)
+        assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (0.004, 1.0)
+        assert "_rechosen" not in cfg and CHOSEN not in cfg
 
 
 def first_config(captured, tmp_path, *words) -> Path:

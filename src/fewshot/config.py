@@ -528,11 +528,68 @@ def same_value(first: Any, second: Any) -> bool:
 def chosen_in_file(path: str | Path) -> dict:
     """The fields a run's config.yaml records as chosen at run time (CHOSEN) and still holds at the recorded value,
     with that value: --config leaves them to be chosen again. A value edited since is the user's, pinned (and
-    compared on --resume); {} for a file without the record."""
+    compared on --resume). A run's config.yaml without the record (an older fewshot's): the fields holding a value
+    the rules choose (chosen_by_rule); {} for the user's own file."""
     data = config_data(path)
     raw = flatten_dotted({key: value for key, value in data.items() if key not in RECORDED})
+    if CHOSEN not in data and written_by_run(data):
+        return chosen_by_rule(data.get("_task"), raw)
     return {dotted: value for dotted, value in chosen_record(data, path).items()
             if dotted in raw and same_value(raw[dotted], value)}
+
+
+# the sections every fewshot (from the first) saved into a run's config.yaml; a recipe names the few it changes
+RUN_SECTIONS = ("model", "data", "optim", "sched", "train", "moco", "aug")
+
+
+def written_by_run(data: dict) -> bool:
+    """Whether a --config file is a run's config.yaml (every section saved, or the `_task` a MoCo run records)
+    rather than the user's own: an older fewshot wrote no CHOSEN record, and its scratch lr 0.004 was then taken as
+    the user's setting, pinned under --weights (documented: 1e-4, the backbone at 0.1x) without a word."""
+    return "_task" in data or all(isinstance(data.get(section), dict) for section in RUN_SECTIONS)
+
+
+def chosen_by_rule(task: Any, raw: dict) -> dict:
+    """The RUN_TIME_FIELDS of a run's config.yaml without a CHOSEN record (``raw``, dotted; ``task``: its `_task`)
+    that hold a value the run's rules choose, with that value: chosen again, as the record would have them. Either
+    start's lr counts (4e-3 scratch, 1e-4 --weights): an older run given an older config.yaml pinned 0.004 under
+    --weights too. A value no rule chooses (a typed --lr 0.01) stays the user's."""
+    def number(dotted: str) -> float | None:
+        value = _as_number(raw.get(dotted))
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    lr, mult = number("optim.lr"), number("optim.backbone_lr_mult")
+    chosen = set()
+    if task == "moco":  # resolve_pretrain_defaults: 0.03 x global batch / 256 (a `fewshot run` stage: 0.06, 2x)
+        batch = number("train.batch_size")
+        world = lr * 256 / (0.03 * batch) if lr and batch and batch > 0 else 0.0
+        chosen.update({"optim.lr"} if world >= 1 - 1e-9 and abs(world - round(world)) < 1e-6 * world else set())
+        chosen.update({"optim.backbone_lr_mult"} if mult == 1.0 else set())
+    else:  # resolve_finetune_defaults; a `fewshot run` stage after its own MoCo: run.finetune_lr / _backbone_mult
+        staged = raw.get("run.pretrain") is True
+        if lr is not None and (any(math.isclose(lr, rule) for rule in (4e-3, 1e-4))
+                               or staged and same_value(lr, raw.get("run.finetune_lr"))):
+            chosen.add("optim.lr")
+        own_mult = staged and mult is not None and same_value(mult, raw.get("run.finetune_backbone_mult"))
+        if mult in (1.0, 0.1) or own_mult:
+            chosen.add("optim.backbone_lr_mult")
+    if raw.get("train.device") in ("cpu", "cuda"):  # what auto gives on some machine (start_job saves the type)
+        chosen.add("train.device")
+    chosen.update(network_by_rule(raw))
+    return {dotted: raw[dotted] for dotted in RUN_TIME_FIELDS if dotted in chosen}
+
+
+def network_by_rule(raw: dict) -> set:
+    """The model.* RUN_TIME_FIELDS of ``raw`` that its model.weights file records with the same value: adopted from
+    it (adopt_weights_model, adopt_weights_architecture) as far as can be told; none where it is gone."""
+    from fewshot.models.weights import architecture_of
+
+    weights = raw.get("model.weights")
+    arch = architecture_of(weights) if isinstance(weights, str) and weights.strip() else {}
+    recorded = {"model.name": arch.get("model"), "model.img_size": arch.get("img_size"),
+                "model.width": arch.get("width"), "model.small_stem": arch.get("small_stem")}
+    return {dotted for dotted, value in recorded.items()
+            if value is not None and dotted in raw and same_value(raw[dotted], value)}
 
 
 def file_settings(path: str | Path) -> dict:
@@ -571,7 +628,7 @@ def mark_rechosen(cfg: dict, file: str | Path | None, given: set) -> None:
         return
     values = {dotted: _as_number(value) for dotted, value in chosen_in_file(file).items() if dotted not in given}
     if values:
-        cfg[RECHOSEN] = {"file": str(file), "values": values}
+        cfg[RECHOSEN] = {"file": str(file), "values": values, "unrecorded": CHOSEN not in config_data(file)}
 def note_rechosen(cfg: dict, say: bool = True) -> None:
     """After the run has filled in its fields: one line naming the --config file's CHOSEN fields that the run now
     chose otherwise, with both values (lr 1e-4 now where the file said 0.004: a --weights run, not the scratch
@@ -586,10 +643,14 @@ def note_rechosen(cfg: dict, say: bool = True) -> None:
             differ.append(f"{dotted} {_plain(now)} ({_plain(was)} there)")
             keep = keep or f"{dotted}={_plain(was)}"
     if differ:
-        print(printable(f"note: {rechosen['file']} records {', '.join(rechosen['values'])} as chosen by the run "
-                        f"that wrote it, so this command chose {'them' if len(rechosen['values']) > 1 else 'it'} "
-                        f"again: {', '.join(differ)} (give e.g. {keep} to keep the file's value)."),
-              file=sys.stderr, flush=True)
+        fields = ", ".join(rechosen["values"])
+        # an older fewshot's config.yaml records nothing: its values that a run's rules choose count as chosen
+        said = (f"is a run's config.yaml without the record of what that run chose itself (an older fewshot's); it "
+                f"holds {fields} at values a run chooses itself" if rechosen.get("unrecorded") else
+                f"records {fields} as chosen by the run that wrote it")
+        print(printable(f"note: {rechosen['file']} {said}, so this command chose "
+                        f"{'them' if len(rechosen['values']) > 1 else 'it'} again: {', '.join(differ)} (give e.g. "
+                        f"{keep} to keep the file's value)."), file=sys.stderr, flush=True)
 
 
 def _plain(value: Any) -> str:
