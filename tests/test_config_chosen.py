@@ -105,8 +105,23 @@ def older_copy(run, tmp_path, **edits) -> Path:
     del old[CHOSEN]
     for section, fields in edits.items():
         old[section].update(fields)
-    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
-    return tmp_path / "old.yaml"
+    folder = tmp_path / "old_run"  # in its run folder, as a run left it
+    folder.mkdir(exist_ok=True)
+    (folder / "log.jsonl").touch()
+    (folder / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    return folder / "config.yaml"
+
+
+def test_a_users_full_config_outside_a_run_folder_still_pins_its_values(scratch_run, digits_root, tmp_path,
+                                                                         captured, capsys):
+    """A config copied from a run and edited (every section there) is the user's once it left the run folder: its
+    lr 0.004 under --weights is meant, and no note calls it an older fewshot's."""
+    own = tmp_path / "mine.yaml"
+    own.write_text(older_copy(scratch_run, tmp_path).read_text())
+    cfg = rerun(captured, "train", "--config", own, "--data", digits_root, "--out", tmp_path / "o",
+                "--weights", exported_weights(tmp_path / "bb.safetensors"))
+    assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (0.004, 1.0)
+    assert "older fewshot" not in capsys.readouterr().err
 
 
 def test_an_older_runs_config_has_the_values_its_rules_chose_chosen_again(scratch_run, digits_root, tmp_path,

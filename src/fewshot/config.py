@@ -509,8 +509,8 @@ def chosen_record(data: dict, where: str | Path) -> dict:
         return {}
     if not (isinstance(chosen, dict) and all(isinstance(c, str) for c in chosen)):
         raise UserError(f"config file {where}: {CHOSEN} must map each field the run chose itself to the value it "
-                        f"chose (optim.lr: 0.004), not {chosen!r}; correct it or delete the {CHOSEN} entry (its "
-                        f"values are then kept as given).")
+                        f"chose (optim.lr: 0.004), not {chosen!r}; correct it, or delete the {CHOSEN} entry and give the "
+                        f"values you want kept as key=value words (optim.lr=0.004).")
     other = [c for c in chosen if c not in RUN_TIME_FIELDS]
     if other:
         raise UserError(f"config file {where}: {CHOSEN} lists {', '.join(other)}, which no run chooses itself (those "
@@ -532,7 +532,7 @@ def chosen_in_file(path: str | Path) -> dict:
     the rules choose (chosen_by_rule); {} for the user's own file."""
     data = config_data(path)
     raw = flatten_dotted({key: value for key, value in data.items() if key not in RECORDED})
-    if CHOSEN not in data and written_by_run(data):
+    if CHOSEN not in data and written_by_run(data, path):
         return chosen_by_rule(data.get("_task"), raw)
     return {dotted: value for dotted, value in chosen_record(data, path).items()
             if dotted in raw and same_value(raw[dotted], value)}
@@ -542,11 +542,19 @@ def chosen_in_file(path: str | Path) -> dict:
 RUN_SECTIONS = ("model", "data", "optim", "sched", "train", "moco", "aug")
 
 
-def written_by_run(data: dict) -> bool:
-    """Whether a --config file is a run's config.yaml (every section saved, or the `_task` a MoCo run records)
-    rather than the user's own: an older fewshot wrote no CHOSEN record, and its scratch lr 0.004 was then taken as
-    the user's setting, pinned under --weights (documented: 1e-4, the backbone at 0.1x) without a word."""
-    return "_task" in data or all(isinstance(data.get(section), dict) for section in RUN_SECTIONS)
+RUN_FILES = ("log.jsonl", "checkpoints", "metrics.json", "run_state.json")  # what a run folder holds beside it
+
+
+def written_by_run(data: dict, path: str | Path) -> bool:
+    """Whether a --config file is a run's config.yaml rather than the user's own: the `_task` a MoCo run records,
+    or every section saved in a folder that holds a run's files (a user's full config copied from a run and edited
+    stays theirs: every value pinned). An older fewshot wrote no CHOSEN record, and its scratch lr 0.004 was then
+    taken as the user's setting, pinned under --weights (documented: 1e-4, the backbone at 0.1x) without a word."""
+    if "_task" in data:
+        return True
+    folder = find_config(path).parent
+    return all(isinstance(data.get(section), dict) for section in RUN_SECTIONS) and \
+        any((folder / name).exists() for name in RUN_FILES)
 
 
 def chosen_by_rule(task: Any, raw: dict) -> dict:
@@ -560,7 +568,9 @@ def chosen_by_rule(task: Any, raw: dict) -> dict:
 
     lr, mult = number("optim.lr"), number("optim.backbone_lr_mult")
     chosen = set()
-    if task == "moco":  # resolve_pretrain_defaults: 0.03 x global batch / 256 (a `fewshot run` stage: 0.06, 2x)
+    # resolve_pretrain_defaults: 0.03 x global batch / 256, the global batch being the per-process batch x the
+    # processes (unknown here: any whole number of them), and a `fewshot run` stage's 0.06 is 2x
+    if task == "moco":
         batch = number("train.batch_size")
         world = lr * 256 / (0.03 * batch) if lr and batch and batch > 0 else 0.0
         chosen.update({"optim.lr"} if world >= 1 - 1e-9 and abs(world - round(world)) < 1e-6 * world else set())
@@ -585,7 +595,12 @@ def network_by_rule(raw: dict) -> set:
     from fewshot.models.weights import architecture_of
 
     weights = raw.get("model.weights")
-    arch = architecture_of(weights) if isinstance(weights, str) and weights.strip() else {}
+    if not (isinstance(weights, str) and weights.strip().endswith(".safetensors")):
+        return set()  # a .pt would be loaded whole to read four fields: those stay as the file has them
+    try:
+        arch = architecture_of(weights) or {}
+    except Exception:  # noqa: BLE001 - gone, unreadable or malformed: the weights' own check says so when used
+        return set()
     recorded = {"model.name": arch.get("model"), "model.img_size": arch.get("img_size"),
                 "model.width": arch.get("width"), "model.small_stem": arch.get("small_stem")}
     return {dotted for dotted, value in recorded.items()
@@ -629,6 +644,8 @@ def mark_rechosen(cfg: dict, file: str | Path | None, given: set) -> None:
     values = {dotted: _as_number(value) for dotted, value in chosen_in_file(file).items() if dotted not in given}
     if values:
         cfg[RECHOSEN] = {"file": str(file), "values": values, "unrecorded": CHOSEN not in config_data(file)}
+
+
 def note_rechosen(cfg: dict, say: bool = True) -> None:
     """After the run has filled in its fields: one line naming the --config file's CHOSEN fields that the run now
     chose otherwise, with both values (lr 1e-4 now where the file said 0.004: a --weights run, not the scratch
@@ -645,7 +662,7 @@ def note_rechosen(cfg: dict, say: bool = True) -> None:
     if differ:
         fields = ", ".join(rechosen["values"])
         # an older fewshot's config.yaml records nothing: its values that a run's rules choose count as chosen
-        said = (f"is a run's config.yaml without the record of what that run chose itself (an older fewshot's); it "
+        said = (f"looks like an older fewshot's run config.yaml (no record of what the run chose itself); it "
                 f"holds {fields} at values a run chooses itself" if rechosen.get("unrecorded") else
                 f"records {fields} as chosen by the run that wrote it")
         print(printable(f"note: {rechosen['file']} {said}, so this command chose "

@@ -386,7 +386,7 @@ def subsets_record(paths: list[Path], size: int, cache_dir: Path | None, crop_pc
 def add_to_subsets_record(record: Path, size: int) -> None:
     """List ``size`` in a subsets_record, read and written again under an exclusive lock on a file beside it: two
     runs of one pool started together each read the list, added their size and wrote it back, and one size was
-    lost. Where the file system cannot lock, the list is re-read just before the write."""
+    lost. Where the file system cannot lock (some network mounts), two runs at once may still lose one."""
     record.parent.mkdir(parents=True, exist_ok=True)
     with open(record.with_name(record.name + ".lock"), "a") as lock:
         with contextlib.suppress(OSError, ImportError):

@@ -155,11 +155,14 @@ def by_folder(per_dataset: dict, infos) -> dict:
         if not shared:
             return {key[name]: value for name, value in per_dataset.items()}
         for names in shared:
-            form = {n: "composed" if unicodedata.is_normalized("NFC", n) else "decomposed" for n in names}
-            forms = ", ".join(f"{names_list([n])} ({form[n]})" for n in sorted(names))
+            unicode = len({unicodedata.normalize("NFC", n) for n in names}) == 1  # one name in two Unicode forms
+            form = {n: " (composed)" if unicodedata.is_normalized("NFC", n) else " (decomposed)" for n in names}
+            forms = ", ".join(f"{names_list([n])}{form[n] if unicode else ''}" for n in sorted(names))
+            why = "names that differ only in their Unicode form, from an older run" if unicode else \
+                "one of them is not under the root now and has another's folder name"
             warn_once([f"the model's datasets {forms} would share the key of the one folder "
-                       f"{names_list([key[names[0]]])} under the root now (names that differ only in their Unicode "
-                       f"form, from an older run): their results keep the model's names"], kind="note")
+                       f"{names_list([key[names[0]]])} under the root now ({why}): their results keep the model's "
+                       f"names"], kind="note")
             key.update({name: name for name in names})
 
 
