@@ -509,8 +509,8 @@ def chosen_record(data: dict, where: str | Path) -> dict:
         return {}
     if not (isinstance(chosen, dict) and all(isinstance(c, str) for c in chosen)):
         raise UserError(f"config file {where}: {CHOSEN} must map each field the run chose itself to the value it "
-                        f"chose (optim.lr: 0.004), not {chosen!r}; correct it, or delete the {CHOSEN} entry and give the "
-                        f"values you want kept as key=value words (optim.lr=0.004).")
+                        f"chose (optim.lr: 0.004), not {chosen!r}; correct it, or delete the {CHOSEN} entry and give "
+                        f"the values you want kept as key=value words (optim.lr=0.004).")
     other = [c for c in chosen if c not in RUN_TIME_FIELDS]
     if other:
         raise UserError(f"config file {where}: {CHOSEN} lists {', '.join(other)}, which no run chooses itself (those "
