@@ -20,7 +20,7 @@ from fewshot.errors import UserError
 from fewshot.eval import predict
 from fewshot.train.supervised import SupervisedTask
 from helpers.checks import run_main, train_tiny
-from helpers.tiny import build_digits
+from helpers.tiny import build_cafe_root
 
 NFD, NFC = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
 
@@ -28,12 +28,7 @@ NFD, NFC = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """ROOT/{café (decomposed, as macOS writes it), x, y}: three copies of a tiny digits dataset."""
-    root = build_digits(tmp_path_factory.mktemp("names") / "root", shots=2)
-    shutil.rmtree(root / "unlabeled")
-    shutil.copytree(root / "digits", root / "x")
-    shutil.copytree(root / "digits", root / "y")
-    (root / "digits").rename(root / NFD)
-    return root
+    return build_cafe_root(tmp_path_factory.mktemp("names") / "root", ("x", "y"))
 
 
 @pytest.fixture(scope="module")

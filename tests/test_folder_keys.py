@@ -14,7 +14,7 @@ import torch
 
 from fewshot.eval import predict
 from helpers.checks import run_main, train_tiny
-from helpers.tiny import build_digits
+from helpers.tiny import build_cafe_root
 
 NFD, NFC = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
 
@@ -22,11 +22,7 @@ NFD, NFC = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """ROOT/{café (decomposed, as macOS writes it), x}: two copies of a tiny digits dataset."""
-    root = build_digits(tmp_path_factory.mktemp("keys") / "root", shots=2)
-    shutil.rmtree(root / "unlabeled")
-    shutil.copytree(root / "digits", root / "x")
-    (root / "digits").rename(root / NFD)
-    return root
+    return build_cafe_root(tmp_path_factory.mktemp("keys") / "root", ("x",))
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import unicodedata
 from pathlib import Path
 
 from fewshot.config import resolve
@@ -30,6 +32,17 @@ def build_digits(root: Path, shots: int = 4) -> Path:
 
     root = Path(root)
     build_dataset("digits", root, shots=shots, val_per_class=3, test_per_class=3, pool_per_class=8, progress=False)
+    return root
+
+
+def build_cafe_root(root: Path, copies: tuple[str, ...]) -> Path:
+    """ROOT/{café (decomposed, as macOS writes it), *copies}: copies of a tiny 2-shot digits dataset, no pool; the
+    dataset-name tests (Unicode forms of one folder name) share it."""
+    root = build_digits(root, shots=2)
+    shutil.rmtree(root / "unlabeled")
+    for name in copies:
+        shutil.copytree(root / "digits", root / name)
+    (root / "digits").rename(root / unicodedata.normalize("NFD", "café"))
     return root
 
 
