@@ -197,10 +197,15 @@ def cmd_run(args, extra) -> int:
     cfg["model"]["name"] = timm_name(cfg["model"]["name"])  # as recorded, and as a resume compares it
     adopt_run_model(cfg, flags, extra, args)
     adopt_run_datasets(cfg, flags, extra, args)
-    if not args.resume:
+    if not args.resume:  # a resumed run's stages go on with their own config.yaml: nothing is chosen again
+        from fewshot.config import mark_rechosen, parse_override
         from fewshot.models.backbone import note_pretrained_tag
 
         note_pretrained_tag(cfg["model"])
+        # a run's config.yaml as --config: what it holds for the fields that run chose itself, for the note
+        # (pipeline.note_run_rechosen) that names those chosen otherwise now, as `train --config` does
+        given = {dotted for dotted, value in flags.items() if value is not None}
+        mark_rechosen(cfg, args.config, given | {".".join(parse_override(w)[0]) for w in extra})
 
     note_flags_overridden(flags, RUN_FLAG_NAMES, extra)
     warn_replaced_config_fields(args.config)
@@ -315,14 +320,15 @@ def warn_finetune_config(path) -> None:
     not named as used."""
     if not path or int(os.environ.get("RANK", "0")) != 0:  # under torchrun: once
         return
-    from fewshot.config import chosen_in_file, config_data
+    from fewshot.config import chosen_in_file, config_data, written_by_run
 
     raw = config_data(path) or {}
     optim = raw.get("optim") if isinstance(raw.get("optim"), dict) else {}
-    # a train run's config.yaml has a moco: section (every saved config does) and no _task; a user's own MoCo
-    # recipe with AdamW has a moco: section without the fine-tuning fields a train run saves
-    saved_train_run = "moco" in raw and "_task" not in raw and "semi" in raw
-    if raw.get("_task") == "moco" or optim.get("name") in (None, "sgd") or ("moco" in raw and not saved_train_run):
+    # every saved config has a moco: section, a train run's no _task (MoCo's); a user's own MoCo recipe with AdamW
+    # has one too, but is no run's whole config and names no fine-tuning-only semi: section (which an older
+    # fewshot's train run did not save either: it was taken for a MoCo recipe)
+    fine_tuning = written_by_run(raw, path, run_files=False) or "semi" in raw
+    if raw.get("_task") == "moco" or optim.get("name") in (None, "sgd") or ("moco" in raw and not fine_tuning):
         return
     rechosen = "optim.lr" in chosen_in_file(path)  # the backbone lr is a fine-tuning field: ignored either way
     lr = "" if rechosen else f", lr {optim.get('lr', '?')}"

@@ -545,16 +545,20 @@ RUN_SECTIONS = ("model", "data", "optim", "sched", "train", "moco", "aug")
 RUN_FILES = ("log.jsonl", "checkpoints", "metrics.json", "run_state.json")  # what a run folder holds beside it
 
 
-def written_by_run(data: dict, path: str | Path) -> bool:
-    """Whether a --config file is a run's config.yaml rather than the user's own: the `_task` a MoCo run records,
-    or every section saved in a folder that holds a run's files (a user's full config copied from a run and edited
-    stays theirs: every value pinned). An older fewshot wrote no CHOSEN record, and its scratch lr 0.004 was then
-    taken as the user's setting, pinned under --weights (documented: 1e-4, the backbone at 0.1x) without a word."""
+def written_by_run(data: dict, path: str | Path, run_files: bool = True) -> bool:
+    """Whether a config file (``data``, read from ``path``) is a run's config.yaml rather than the user's own, the one
+    answer for --config (chosen_in_file), `pretrain --config` (warn_finetune_config) and an --out folder's
+    config.yaml (finetune.prepare_run_dir): a run records `_task` (MoCo) or saves every section (RUN_SECTIONS: every
+    fewshot did; a recipe names a few) in a folder holding a run's files (RUN_FILES). A full config copied from a
+    run and edited elsewhere stays the user's (every value pinned); an older fewshot's without a CHOSEN record is
+    still a run's, or its scratch lr 0.004 was pinned under --weights. ``run_files=False`` judges the content alone,
+    where that is the question: a whole config copied elsewhere is still a fine-tuning recipe, and a start stopped
+    before its log left config.yaml alone in --out (a recipe copied there was taken for one and written over)."""
     if "_task" in data:
         return True
-    folder = find_config(path).parent
-    return all(isinstance(data.get(section), dict) for section in RUN_SECTIONS) and \
-        any((folder / name).exists() for name in RUN_FILES)
+    if not all(isinstance(data.get(section), dict) for section in RUN_SECTIONS):
+        return False
+    return not run_files or any((find_config(path).parent / name).exists() for name in RUN_FILES)
 
 
 def chosen_by_rule(task: Any, raw: dict) -> dict:
@@ -661,9 +665,11 @@ def note_rechosen(cfg: dict, say: bool = True) -> None:
             keep = keep or f"{dotted}={_plain(was)}"
     if differ:
         fields = ", ".join(rechosen["values"])
-        # an older fewshot's config.yaml records nothing: its values that a run's rules choose count as chosen
-        said = (f"looks like an older fewshot's run config.yaml (no record of what the run chose itself); it "
-                f"holds {fields} at values a run chooses itself" if rechosen.get("unrecorded") else
+        # an older fewshot's config.yaml records nothing, nor does a `fewshot run` stage's that chose no field the
+        # stage's own start chooses (its lr is run.finetune_lr): its values that a run's rules choose count as chosen
+        said = (f"is a run's config.yaml without a record of what the run chose itself (an older fewshot's, or a "
+                f"`fewshot run` stage's); it holds {fields} at values a run chooses itself"
+                if rechosen.get("unrecorded") else
                 f"records {fields} as chosen by the run that wrote it")
         print(printable(f"note: {rechosen['file']} {said}, so this command chose "
                         f"{'them' if len(rechosen['values']) > 1 else 'it'} again: {', '.join(differ)} (give e.g. "

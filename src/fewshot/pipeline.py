@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot.config import canonical_value, save_yaml
+from fewshot.config import RECHOSEN, canonical_value, note_rechosen, save_yaml
 from fewshot.data.cache import default_cache_dir, ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import DataLayoutError, UserError, one_line
@@ -824,6 +824,14 @@ def finetune_config(cfg: dict, weights, semi: str) -> dict:
     return resolve_finetune_defaults(fcfg)
 
 
+def note_run_rechosen(cfg: dict, rechosen: dict | None, semi: str) -> None:
+    """`fewshot run --config RUN/config.yaml` chose the lr (and the other fields that run chose itself) again
+    without the note `train --config` gives: the same note (config.note_rechosen), once, on the fine-tuning stages'
+    config (``rechosen``: config.mark_rechosen's record, kept out of the run's settings)."""
+    if rechosen:
+        note_rechosen({**finetune_config(cfg, cfg["model"]["weights"], semi), RECHOSEN: rechosen})
+
+
 def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: float | None = None,
                  resume: bool = False) -> dict:
     """The whole pipeline within ``budget_minutes``, counted from ``started`` (time.monotonic(); the CLI passes
@@ -850,6 +858,7 @@ class PipelineRun:
     def __init__(self, cfg: dict, out: Path, budget_minutes: float | None, started: float | None, resume: bool):
         self.t_start = time.monotonic() if started is None else started
         self.cfg, self.out, self.budget_minutes, self.resume = cfg, Path(out), budget_minutes, resume
+        self.rechosen = cfg.pop(RECHOSEN, None)  # for note_run_rechosen; not a setting the run records
         self.state = None
         self.stop_clock: tuple | None = None  # (state, t_start) once the run has them: what a stop counts
         self.pool_limit = None  # the pool files self-training decodes and labels (None: all)
@@ -1013,6 +1022,7 @@ class PipelineRun:
         if r["pretrain"]:
             check_pretrain_settings(cfg, backbone)
         del backbone
+        note_run_rechosen(cfg, self.rechosen, self.semi)
 
     def decode_inputs(self) -> None:
         """The train, val and test images decoded (and the fine-tuning batches checked on them), and the pool MoCo

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot.config import load_yaml, note_chosen, note_rechosen, save_yaml
+from fewshot.config import load_yaml, note_chosen, note_rechosen, save_yaml, written_by_run
 from fewshot.data.cache import ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import UserError, one_line
@@ -157,12 +157,13 @@ def remove_stale_temp_files(out: Path, older_than_s: float = 600.0) -> None:
 
 
 def _is_run_config(path: Path) -> bool:
-    """Whether config.yaml is one a fewshot run wrote (every section of the resolved config), not the user's."""
+    """Whether an --out folder's config.yaml is a run's start (config.written_by_run on its content alone), not the
+    user's: a recipe copied there (configs/course_*.yaml: model, data, optim, train) was written over."""
     try:
         saved = load_yaml(path)
     except (UserError, OSError):
         return False
-    return all(isinstance(saved.get(k), dict) for k in ("model", "data", "optim", "train"))
+    return written_by_run(saved, path, run_files=False)
 
 
 # What `--resume` may change: how long and where the run goes on, and how it reports. Anything else
