@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fewshot.eval import balance as bal
+from fewshot.eval import predict
 from helpers.checks import run_main, train_tiny
 
 
@@ -318,9 +319,10 @@ def test_auto_leaves_a_dataset_plain_when_its_val_lacks_a_class_and_on_says_it_d
         preds[how] = json.loads((tmp_path / f"{how}.json").read_text())
         line = next((s for s in stdout.splitlines() if "class-balanced test predictions" in s), "")
         if how == "auto":
-            assert line.count("val lacks 1 of the") == len(names) and "could not be told apart" in line
+            assert line.count("val lacks 1 of the") == 1 and "could not be told apart" in line  # one reason, said once
+            assert f"{', '.join(names)} not: val lacks 1 of the" in line
         if how == "on":
-            assert line.count("[test proportions not checked: val lacks 1 of the") == len(names)
+            assert f"{', '.join(names)} [test proportions not checked: val lacks 1 of the" in line
     assert preds["auto"] == preds["off"]
 
 
@@ -478,3 +480,17 @@ def test_the_balancing_notes_count_one_image_in_the_singular():
     from fewshot.eval.predict import _images
 
     assert _images(1, "test") == "1 test image" and _images(3, "val") == "3 val images"
+
+
+def test_datasets_declined_for_one_reason_share_it_in_the_line(capsys):
+    """12 small datasets repeated one 200-character reason 12 times on one line; each used dataset keeps its own
+    val figures, and a name holding a comma stays told apart."""
+    why = "val holds as few as 3 images of a class, too few to tell"
+    plan = {f"d{i}": {"used": False, "why": why} for i in range(12)}
+    plan["a,b"] = {"used": False, "why": why}
+    plan["x"] = {"used": True, "val_plain": 50.0, "val_balanced": 60.0}
+    plan["y"] = {"used": False, "why": "a single class: nothing to even out"}
+    predict.say_balance(plan, "auto", who="run", setting="run.balance")
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.count(why) == 1 and "d0, d1," in line and "d11, 'a,b' not: " + why in line
+    assert "x (val 50.0 -> 60.0)" in line and "y not: a single class" in line

@@ -582,7 +582,9 @@ def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, ho
     size, n_test = tm.space.sizes[tm.space.index(name)], len(test)
     if how == "off":
         return {"used": False, "why": f"{setting} off"}
-    if size < 2 or not bal.enough_images(n_test, size):
+    if size < 2:
+        return {"used": False, "why": "a single class: nothing to even out"}
+    if not bal.enough_images(n_test, size):
         return {"used": False, "why": f"{_images(n_test, 'test')} for {size} classes: too few to even out"}
     train, why = _labelled_split(tm, root, name, "train")
     if train is not None and train.train:
@@ -647,15 +649,19 @@ def balanced_logits(tm: TrainedModel, data, logits: torch.Tensor, plan: dict) ->
 
 def say_balance(plan: dict, how: str, who: str = "predict", setting: str = "--balance") -> None:
     """One line: which datasets' predictions were evened out, on what val evidence, and from which prior."""
-    def part(name: str, p: dict) -> str:
+    def part(p: dict) -> str:
         val = f" (val {p['val_plain']:.1f} -> {p['val_balanced']:.1f})" if "val_plain" in p else ""
         prior = f" [prior {p['prior_from']}]" if p["used"] and p.get("prior_from", "train") != "train" else ""
         if p["used"] and p.get("unchecked"):
             prior += f" [test proportions not checked: {p['unchecked']}]"
-        return f"{name}{val}{prior}" if p["used"] else f"{name} not{val or ': ' + p.get('why', '')}"
+        return f"{val}{prior}" if p["used"] else f" not{val or ': ' + p.get('why', '')}"
     if how != "off" and plan:
+        # datasets declined for the same reason share it: 12 small datasets repeated one long reason 12 times
+        said: dict[str, list[str]] = {}
+        for name, p in plan.items():
+            said.setdefault(part(p), []).append(name)
         print(one_line(f"[{who}] class-balanced test predictions ({setting} {how}): "
-                       f"{'; '.join(part(n, p) for n, p in plan.items())}"), flush=True)
+                       f"{'; '.join(names_list(names) + text for text, names in said.items())}"), flush=True)
 
 
 def predict_run(run_or_ckpt, root, mode: str, device: torch.device,
