@@ -14,16 +14,18 @@ import fewshot.pipeline as pipeline
 from fewshot.cli import main
 from fewshot.config import CHOSEN, RECHOSEN, RUN_SECTIONS, resolve, save_yaml, written_by_run
 from fewshot.errors import UserError
-from fewshot.run_lock import release_all
+from fewshot.run_lock import LOCK_NAME, release_all
 from fewshot.train.finetune import prepare_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def train_run_config(folder: Path, **drop) -> Path:
-    """A scratch `fewshot train` run's config.yaml (lr 0.004 x 1.0 chosen at run time) in a run folder."""
+def train_run_config(folder: Path, drop: tuple = (), chosen: bool = True) -> Path:
+    """A scratch `fewshot train` run's config.yaml (lr 0.004 x 1.0 chosen at run time) in a run folder; without
+    the ``drop`` sections, and with no CHOSEN record where ``chosen`` is false (an older fewshot's)."""
     cfg = resolve(overrides=["optim.lr=0.004", "optim.backbone_lr_mult=1.0", "train.device=cpu"])
-    cfg[CHOSEN] = {"optim.lr": 0.004, "optim.backbone_lr_mult": 1.0, "train.device": "cpu"}
+    if chosen:
+        cfg[CHOSEN] = {"optim.lr": 0.004, "optim.backbone_lr_mult": 1.0, "train.device": "cpu"}
     for section in drop:
         cfg.pop(section)
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,13 +56,20 @@ def test_a_recipe_copied_into_the_out_folder_is_refused_not_written_over(tmp_pat
     before = (out / "config.yaml").read_text()
     cfg = {"data": {"root": str(tmp_path / "data")}}
     try:
-        with pytest.raises(UserError, match=r"is not empty \(config\.yaml\)"):
+        with pytest.raises(UserError) as refused:
             prepare_run_dir(out, False, cfg)
         assert (out / "config.yaml").read_text() == before
+        said = str(refused.value)  # not "empty the folder": that deletes the recipe the user is running
+        assert "its config.yaml is not one a run wrote (a recipe?)" in said and "empty the folder" not in said, said
+        assert "Keep yours elsewhere and give --config from there, or choose another --out" in said, said
+        (out / "notes.txt").write_text("mine")  # more than the recipe: the folder is someone else's
+        with pytest.raises(UserError, match=r"is not empty \(config\.yaml, notes\.txt\)"):
+            prepare_run_dir(out, False, cfg)
         started = tmp_path / "started"  # a start stopped before its log: config.yaml alone, written over
         started.mkdir()
         save_yaml(resolve(), started / "config.yaml")
-        prepare_run_dir(started, False, cfg)
+        assert prepare_run_dir(started, False, cfg) is cfg
+        assert (started / LOCK_NAME).is_file()  # taken for this run's start: locked for it to write
     finally:
         release_all()
 
@@ -70,7 +79,7 @@ def test_pretrain_warns_about_an_older_train_runs_config(tmp_path, capsys):
     the user's MoCo recipe: `pretrain --config` trained MoCo with AdamW without a word."""
     from fewshot.cli_moco import warn_finetune_config
 
-    old = train_run_config(tmp_path / "old", semi=None, run=None)
+    old = train_run_config(tmp_path / "old", drop=("semi", "run"), chosen=False)  # its lr chosen by the rules
     warn_finetune_config(old)
     err = capsys.readouterr().err
     assert "looks like a fine-tuning recipe" in err and "pretrain chooses it again" in err, err
@@ -79,13 +88,13 @@ def test_pretrain_warns_about_an_older_train_runs_config(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_run_says_once_what_it_chose_again_from_a_runs_config(digits_root, tmp_path, monkeypatch, capsys):
-    """`fewshot run --config RUN/config.yaml` fine-tuned at run.finetune_lr 0.002 where the file held the scratch
-    run's 0.004, without the note `fewshot train --config` gives; the record stays out of the run's settings."""
-    config = train_run_config(tmp_path / "scratch")
+@pytest.fixture
+def phases_only(monkeypatch) -> list:
+    """`fewshot run` reduced to its phases up to the model's choice, where the note is given; the PipelineRun of
+    each call."""
     phases = []
 
-    def start(cfg, out, budget_minutes, started=None, resume=False):  # the phases up to the model's choice
+    def start(cfg, out, budget_minutes, started=None, resume=False):
         run = pipeline.PipelineRun(cfg, out, budget_minutes, started, resume)
         try:
             run.start_up()
@@ -96,15 +105,119 @@ def test_run_says_once_what_it_chose_again_from_a_runs_config(digits_root, tmp_p
         phases.append(run)
 
     monkeypatch.setattr(pipeline, "run_pipeline", start)
-    argv = ["run", "--data", str(digits_root), "--out", str(tmp_path / "r2"), "--config", str(config),
-            "--pretrain", "--model", "test_resnet", "--img-size", "32", "--no-progress"]
-    assert main(argv) == 0
+    return phases
+
+
+def run_argv(root: Path, out: Path, config: Path, *extra: str) -> list[str]:
+    return ["run", "--data", str(root), "--out", str(out), "--config", str(config), "--model", "test_resnet",
+            "--img-size", "32", "--no-progress", *extra]
+
+
+def test_run_says_once_what_it_chose_again_from_a_runs_config(digits_root, tmp_path, phases_only, capsys):
+    """`fewshot run --config RUN/config.yaml` fine-tuned at run.finetune_lr 0.002 where the file held the scratch
+    run's 0.004, without the note `fewshot train --config` gives; the record stays out of the run's settings."""
+    config = train_run_config(tmp_path / "scratch")
+    assert main(run_argv(digits_root, tmp_path / "r2", config, "--pretrain")) == 0
     err = capsys.readouterr().err
     assert err.count("note: ") == 1 and f"note: {config} records" in err, err
     assert "optim.lr 0.002 (0.004 there)" in err and "give e.g. optim.lr=0.004" in err, err
-    assert RECHOSEN not in phases[0].cfg and RECHOSEN not in phases[0].requested
-    assert main([*argv[:4], str(tmp_path / "r3"), *argv[5:], "optim.lr=0.004"]) == 0  # given: nothing to say
+    assert RECHOSEN not in phases_only[0].cfg and RECHOSEN not in phases_only[0].requested
+    assert main(run_argv(digits_root, tmp_path / "r3", config, "--pretrain", "optim.lr=0.004")) == 0  # given
     assert "note: " not in capsys.readouterr().err
+
+
+def test_run_gives_no_advice_to_fine_tune_at_a_moco_runs_lr(digits_root, tmp_path, phases_only, capsys):
+    """`fewshot run --config MOCO_RUN/config.yaml` warned that a MoCo lr collapsed AdamW fine-tuning, then advised
+    "give e.g. optim.lr=0.015 to keep the file's value"."""
+    cfg = resolve(overrides=["optim.name=sgd", "optim.lr=0.015", "optim.backbone_lr_mult=1.0", "train.device=cpu"])
+    cfg.update({"_task": "moco", CHOSEN: {"optim.lr": 0.015, "optim.backbone_lr_mult": 1.0, "train.device": "cpu"}})
+    (tmp_path / "moco").mkdir()
+    save_yaml(cfg, tmp_path / "moco" / "config.yaml")
+    (tmp_path / "moco" / "log.jsonl").write_text("")
+    config = tmp_path / "moco" / "config.yaml"
+    assert main(run_argv(digits_root, tmp_path / "r", config, "--device", "cpu")) == 0
+    err = capsys.readouterr().err
+    assert "looks like a `fewshot pretrain` recipe" in err, err
+    assert "optim.lr 0.004 (0.015 there: MoCo pretraining's, not meant for fine-tuning)" in err, err
+    assert "optim.lr=0.015" not in err and "keep the file's value" not in err, err
+
+
+def test_pretrain_gives_no_advice_to_train_moco_at_a_fine_tuning_runs_lr(digits_root, tmp_path, monkeypatch,
+                                                                         capsys):
+    """The reverse: `fewshot pretrain --config TRAIN_RUN/config.yaml` advised keeping the AdamW run's lr 0.004."""
+    import fewshot.ssl.pretrain
+
+    def started(*args, **kwargs):
+        raise UserError("stopped once started")
+
+    monkeypatch.setattr(fewshot.ssl.pretrain, "MoCoTask", started)  # built once start_job has given the note
+    config = train_run_config(tmp_path / "scratch")
+    argv = ["pretrain", "--data", str(digits_root), "--out", str(tmp_path / "moco"), "--config", str(config),
+            "--model", "test_resnet", "--img-size", "32", "--batch-size", "16", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "stopped once started" in err, err
+    assert "looks like a fine-tuning recipe" in err, err
+    assert "optim.lr 0.001875 (0.004 there: fine-tuning's, not meant for MoCo pretraining)" in err, err
+    assert "optim.lr=0.004" not in err and "keep the file's value" not in err, err
+
+
+def test_run_resume_and_a_users_recipe_give_no_note(digits_root, tmp_path, phases_only, monkeypatch, capsys):
+    """A resumed run's stages go on with their own config.yaml, and a user's recipe records no choice: neither
+    chooses anything again, so neither is told so."""
+    recipe = REPO / "configs" / "course_resnet50.yaml"
+    assert main(run_argv(digits_root, tmp_path / "r", recipe)) == 0
+    assert RECHOSEN not in phases_only[0].cfg
+    assert f"note: {recipe}" not in capsys.readouterr().err
+    seen = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg, *args, **kwargs: seen.append(cfg))
+    config = train_run_config(tmp_path / "scratch")
+    assert main(run_argv(digits_root, tmp_path / "r2", config, "--resume")) == 0
+    assert seen and RECHOSEN not in seen[0]
+    assert main(run_argv(digits_root, tmp_path / "r3", config)) == 0  # without --resume: marked for the note
+    assert RECHOSEN in seen[1]
+
+
+@pytest.fixture(scope="module")
+def staged_run(digits_root, tmp_path_factory) -> tuple[Path, Path, str]:
+    """A whole tiny `fewshot run --pretrain --config TRAIN_RUN/config.yaml` on the auto device: (its config, its
+    folder, its stderr)."""
+    from helpers.checks import run_main
+
+    base = tmp_path_factory.mktemp("staged")
+    config = train_run_config(base / "scratch")
+    out = base / "run"
+    rc, _, err = run_main(*run_argv(digits_root, out, config, "--pretrain", "--budget-minutes", "0.2",
+                                    "run.report=false", "run.pretrain_batch_size=16", "train.batch_size=16",
+                                    "run.semi_method=off"))
+    assert rc == 0, err
+    return config, out, err
+
+
+def test_the_note_is_given_once_over_a_whole_run(staged_run):
+    config, out, err = staged_run
+    assert err.count(f"note: {config}") == 1 and "optim.lr 0.002 (0.004 there)" in err, err
+    assert (out / "finetune" / "metrics.json").is_file()
+
+
+def test_a_run_stages_config_given_back_chooses_device_and_lr_again(staged_run, tmp_path, monkeypatch):
+    """The MoCo stage's config.yaml recorded only its backbone multiplier as chosen: given to `fewshot pretrain
+    --config`, its lr 0.00375 (the run's 0.06 x 16 / 256) and `train.device: cpu` were pinned (a GPU machine
+    trained on the CPU). Each stage records the run's choices, as train and pretrain do."""
+    import fewshot.ssl.pretrain
+    import fewshot.train.finetune
+    from fewshot.config import chosen_in_file
+
+    _, out, _ = staged_run
+    seen = []
+    monkeypatch.setattr(fewshot.ssl.pretrain, "run_pretrain", lambda cfg, *args, **kwargs: seen.append(cfg))
+    monkeypatch.setattr(fewshot.train.finetune, "run_finetune", lambda cfg, *args, **kwargs: seen.append(cfg))
+    for command, stage in (("pretrain", "pretrain"), ("train", "finetune")):
+        config = out / stage / "config.yaml"
+        assert {"optim.lr", "optim.backbone_lr_mult", "train.device"} <= set(chosen_in_file(config)), stage
+        assert main([command, "--data", str(tmp_path), "--out", str(tmp_path / stage), "--config", str(config)]) == 0
+        assert seen[-1]["train"]["device"] == "auto" and seen[-1]["optim"]["lr"] is None, stage
+        assert seen[-1]["optim"]["backbone_lr_mult"] is None, stage
 
 
 def test_a_run_stages_config_given_back_is_not_called_an_older_fewshots(tmp_path, capsys):
@@ -122,5 +235,30 @@ def test_a_run_stages_config_given_back_is_not_called_an_older_fewshots(tmp_path
     now["optim"].update(lr=0.004, backbone_lr_mult=1.0)  # as `fewshot train` chooses them from scratch
     note_rechosen(now)
     err = capsys.readouterr().err
-    assert "optim.lr 0.004 (0.002 there)" in err and "or a `fewshot run` stage's" in err, err
+    assert "optim.lr 0.004 (0.002 there)" in err and "or `fewshot run` stage)" in err, err
     assert "looks like an older" not in err
+
+
+def test_the_runs_note_reads_no_weights_file(tmp_path, monkeypatch, capsys):
+    """The note built the fine-tuning config, which read --weights (a .pt loaded whole) for the network it records:
+    the note takes the lr rules alone, and leaves out what only the file could tell."""
+    import fewshot.models.weights
+
+    def read(*args, **kwargs):
+        raise AssertionError("the weights file was read for the note")
+
+    monkeypatch.setattr(fewshot.models.weights, "architecture_of", read)
+    cfg = resolve(overrides=[f"model.weights={tmp_path / 'backbone.pt'}", "train.device=cpu"])
+    rechosen = {"file": "RUN/config.yaml", "values": {"optim.lr": 0.004, "model.width": 0.5}, "unrecorded": False}
+    pipeline.note_run_rechosen(cfg, rechosen, "off")
+    err = capsys.readouterr().err
+    assert "optim.lr 0.0001 (0.004 there)" in err and "model.width" not in err.split("again:")[1], err
+
+
+def test_given_fields_are_the_flags_set_and_the_words(tmp_path):
+    from fewshot.cli import given_fields
+
+    flags = {"model.name": "test_resnet", "data.datasets": None, "train.seed": 0}
+    assert given_fields(flags, ["optim.lr=0.01", "data.datasets=a,b"]) == {"model.name", "train.seed", "optim.lr",
+                                                                            "data.datasets"}
+    assert given_fields({"data.datasets": None}, []) == set()

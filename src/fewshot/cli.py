@@ -199,12 +199,20 @@ TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.dat
                "skip_nonfinite": "train.skip_nonfinite"}
 
 
+def given_fields(flags: dict, extra: list[str]) -> set[str]:
+    """The dotted fields the command line gives: a flag's that is set (not None) and each key=value word's."""
+    from fewshot.config import parse_override
+
+    return {dotted for dotted, value in flags.items() if value is not None} | \
+        {".".join(parse_override(word)[0]) for word in extra}
+
+
 def model_named(flags: dict, extra: list[str], config_file: str | None) -> bool:
     """Whether the user named a model (--model, a model.name= word, the config file): a named one is never replaced
     by the one a weights file or a run records."""
-    from fewshot.config import file_settings, parse_override
+    from fewshot.config import file_settings
 
-    return bool(flags.get("model.name") is not None or any(parse_override(w)[0] == ["model", "name"] for w in extra)
+    return bool("model.name" in given_fields(flags, extra)
                 or (config_file and "model.name" in file_settings(config_file)))
 
 
@@ -235,7 +243,7 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
         note_pretrained_tag(cfg["model"])
     # a run's config.yaml as --config: what it holds for the fields that run chose itself, for the note that names
     # those chosen otherwise now (a resume with a config.yaml replaces cfg with the run's: no note)
-    mark_rechosen(cfg, args.config, {*flags, *(".".join(parse_override(w)[0]) for w in extra)})
+    mark_rechosen(cfg, args.config, given_fields(flags, extra))
     if args.resume:
         # the saved config is the base; a --config file given now, then flags, then words change it
         explicit = file_settings(args.config) if args.config else {}

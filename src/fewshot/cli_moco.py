@@ -198,14 +198,14 @@ def cmd_run(args, extra) -> int:
     adopt_run_model(cfg, flags, extra, args)
     adopt_run_datasets(cfg, flags, extra, args)
     if not args.resume:  # a resumed run's stages go on with their own config.yaml: nothing is chosen again
-        from fewshot.config import mark_rechosen, parse_override
+        from fewshot.cli import given_fields
+        from fewshot.config import mark_rechosen
         from fewshot.models.backbone import note_pretrained_tag
 
         note_pretrained_tag(cfg["model"])
         # a run's config.yaml as --config: what it holds for the fields that run chose itself, for the note
         # (pipeline.note_run_rechosen) that names those chosen otherwise now, as `train --config` does
-        given = {dotted for dotted, value in flags.items() if value is not None}
-        mark_rechosen(cfg, args.config, given | {".".join(parse_override(w)[0]) for w in extra})
+        mark_rechosen(cfg, args.config, given_fields(flags, extra))
 
     note_flags_overridden(flags, RUN_FLAG_NAMES, extra)
     warn_replaced_config_fields(args.config)
@@ -239,10 +239,10 @@ def adopt_run_model(cfg: dict, flags: dict, extra: list[str], args) -> None:
 
 def datasets_named(flags: dict, extra: list[str], config_file: str | None) -> bool:
     """Whether the command names its datasets (--datasets, a data.datasets= word, the --config file)."""
-    from fewshot.config import file_settings, parse_override
+    from fewshot.cli import given_fields
+    from fewshot.config import file_settings
 
-    return bool(flags.get("data.datasets") is not None
-                or any(parse_override(w)[0] == ["data", "datasets"] for w in extra)
+    return bool("data.datasets" in given_fields(flags, extra)
                 or (config_file and "data.datasets" in file_settings(config_file)))
 
 
@@ -324,9 +324,9 @@ def warn_finetune_config(path) -> None:
 
     raw = config_data(path) or {}
     optim = raw.get("optim") if isinstance(raw.get("optim"), dict) else {}
-    # every saved config has a moco: section, a train run's no _task (MoCo's); a user's own MoCo recipe with AdamW
-    # has one too, but is no run's whole config and names no fine-tuning-only semi: section (which an older
-    # fewshot's train run did not save either: it was taken for a MoCo recipe)
+    # every config a run saves has a moco: section, so that alone makes no MoCo recipe. A whole config (a train
+    # run's, an older fewshot's without semi: too) or one with the fine-tuning-only semi: section is for
+    # fine-tuning; a user's own MoCo recipe with AdamW is neither, and gets no warning
     fine_tuning = written_by_run(raw, path, run_files=False) or "semi" in raw
     if raw.get("_task") == "moco" or optim.get("name") in (None, "sgd") or ("moco" in raw and not fine_tuning):
         return

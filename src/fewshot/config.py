@@ -546,14 +546,9 @@ RUN_FILES = ("log.jsonl", "checkpoints", "metrics.json", "run_state.json")  # wh
 
 
 def written_by_run(data: dict, path: str | Path, run_files: bool = True) -> bool:
-    """Whether a config file (``data``, read from ``path``) is a run's config.yaml rather than the user's own, the one
-    answer for --config (chosen_in_file), `pretrain --config` (warn_finetune_config) and an --out folder's
-    config.yaml (finetune.prepare_run_dir): a run records `_task` (MoCo) or saves every section (RUN_SECTIONS: every
-    fewshot did; a recipe names a few) in a folder holding a run's files (RUN_FILES). A full config copied from a
-    run and edited elsewhere stays the user's (every value pinned); an older fewshot's without a CHOSEN record is
-    still a run's, or its scratch lr 0.004 was pinned under --weights. ``run_files=False`` judges the content alone,
-    where that is the question: a whole config copied elsewhere is still a fine-tuning recipe, and a start stopped
-    before its log left config.yaml alone in --out (a recipe copied there was taken for one and written over)."""
+    """Whether a config file (``data``, read from ``path``) is a run's config.yaml rather than the user's own: what
+    a run chose itself is chosen again only from a run's. A run records `_task` (MoCo) or saves every section in a
+    folder with a run's files; ``run_files=False`` judges the content alone (an --out folder's start)."""
     if "_task" in data:
         return True
     if not all(isinstance(data.get(section), dict) for section in RUN_SECTIONS):
@@ -647,33 +642,43 @@ def mark_rechosen(cfg: dict, file: str | Path | None, given: set) -> None:
         return
     values = {dotted: _as_number(value) for dotted, value in chosen_in_file(file).items() if dotted not in given}
     if values:
-        cfg[RECHOSEN] = {"file": str(file), "values": values, "unrecorded": CHOSEN not in config_data(file)}
+        data = config_data(file)
+        cfg[RECHOSEN] = {"file": str(file), "values": values, "unrecorded": CHOSEN not in data,
+                         "task": data.get("_task")}
 
 
 def note_rechosen(cfg: dict, say: bool = True) -> None:
     """After the run has filled in its fields: one line naming the --config file's CHOSEN fields that the run now
     chose otherwise, with both values (lr 1e-4 now where the file said 0.004: a --weights run, not the scratch
-    one that wrote it). Drops the in-memory record either way."""
+    one that wrote it). Drops the in-memory record either way. A MoCo run's optimiser values given to fine-tuning
+    (or a fine-tuning run's to MoCo) get no advice to keep them: MoCo's lr with AdamW collapsed a run."""
     rechosen = cfg.pop(RECHOSEN, None)
     if not rechosen or not say:
         return
+    other_task = rechosen.get("task") != cfg.get("_task")  # `_task: moco` for MoCo, none for fine-tuning
+    meant = "MoCo pretraining's, not meant for fine-tuning" if rechosen.get("task") == "moco" else \
+        "fine-tuning's, not meant for MoCo pretraining"
     differ, keep = [], ""
     for dotted, was in rechosen["values"].items():
         now = get_dotted(cfg, dotted.split("."))
-        if now != was:
+        if now == was:
+            continue
+        if other_task and dotted.startswith("optim."):
+            differ.append(f"{dotted} {_plain(now)} ({_plain(was)} there: {meant})")
+        else:
             differ.append(f"{dotted} {_plain(now)} ({_plain(was)} there)")
             keep = keep or f"{dotted}={_plain(was)}"
     if differ:
         fields = ", ".join(rechosen["values"])
-        # an older fewshot's config.yaml records nothing, nor does a `fewshot run` stage's that chose no field the
-        # stage's own start chooses (its lr is run.finetune_lr): its values that a run's rules choose count as chosen
-        said = (f"is a run's config.yaml without a record of what the run chose itself (an older fewshot's, or a "
-                f"`fewshot run` stage's); it holds {fields} at values a run chooses itself"
+        # an older fewshot's run or `fewshot run` stage recorded nothing: values a run's rules choose count as chosen
+        said = (f"is a run's config.yaml without a record of what the run chose itself (an older fewshot's run or "
+                f"`fewshot run` stage); it holds {fields} at values a run chooses itself"
                 if rechosen.get("unrecorded") else
                 f"records {fields} as chosen by the run that wrote it")
+        advice = f" (give e.g. {keep} to keep the file's value)" if keep else ""
         print(printable(f"note: {rechosen['file']} {said}, so this command chose "
-                        f"{'them' if len(rechosen['values']) > 1 else 'it'} again: {', '.join(differ)} (give e.g. "
-                        f"{keep} to keep the file's value)."), file=sys.stderr, flush=True)
+                        f"{'them' if len(rechosen['values']) > 1 else 'it'} again: {', '.join(differ)}{advice}."),
+              file=sys.stderr, flush=True)
 
 
 def _plain(value: Any) -> str:

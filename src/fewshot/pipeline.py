@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot.config import RECHOSEN, canonical_value, note_rechosen, save_yaml
+from fewshot.config import RECHOSEN, canonical_value, note_chosen, note_rechosen, save_yaml
 from fewshot.data.cache import default_cache_dir, ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import DataLayoutError, UserError, one_line
@@ -764,6 +764,8 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         lr = 0.06 * r["pretrain_batch_size"] / 256 if r["pretrain_lr"] is None else r["pretrain_lr"]
         pcfg["optim"].update({"name": "sgd", "lr": lr,
                               "weight_decay": 5e-4, "momentum": 0.9, "grad_clip": 0.0, "label_smoothing": 0.0})
+        if r["pretrain_lr"] is None:  # the run's choice: `pretrain --config` given this stage's file chooses it again
+            note_chosen(pcfg, "optim.lr")
         pcfg["sched"].update({"warmup_epochs": 0.0, "min_lr": 0.0})
         pcfg["moco"]["momentum"] = r["moco_momentum"]
         seed_everything(pcfg["train"]["seed"])
@@ -807,11 +809,12 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     return weights, stage, fit_s
 
 
-def finetune_config(cfg: dict, weights, semi: str) -> dict:
+def finetune_config(cfg: dict, weights, semi: str, read_weights: bool = True) -> dict:
     """The fine-tuning stages' config: from ``weights`` (the MoCo stage's export, the user's file or None), and
     after our own short MoCo run.finetune_lr / run.finetune_backbone_mult where the user set no optim.lr /
     optim.backbone_lr_mult. Unset is None, not any false value: optim.backbone_lr_mult=0 (a frozen backbone, as
-    `fewshot train` keeps it) used to be replaced by 1.0."""
+    `fewshot train` keeps it) used to be replaced by 1.0. ``read_weights=False``: the network as ``cfg`` builds
+    it, without the width and stem the weights file records."""
     from fewshot.train.supervised import resolve_finetune_defaults
 
     r, fcfg = cfg["run"], copy.deepcopy(cfg)
@@ -819,17 +822,29 @@ def finetune_config(cfg: dict, weights, semi: str) -> dict:
     fcfg["semi"]["method"] = "fixmatch" if semi == "fixmatch" else "off"
     if r["pretrain"]:
         o = fcfg["optim"]
-        o["lr"] = r["finetune_lr"] if o["lr"] is None else o["lr"]
-        o["backbone_lr_mult"] = r["finetune_backbone_mult"] if o["backbone_lr_mult"] is None else o["backbone_lr_mult"]
-    return resolve_finetune_defaults(fcfg)
+        for field, rule in (("lr", r["finetune_lr"]), ("backbone_lr_mult", r["finetune_backbone_mult"])):
+            if o[field] is None:  # the run's choice: `train --config` given the stage's file chooses it again
+                o[field] = rule
+                note_chosen(fcfg, f"optim.{field}")
+    return resolve_finetune_defaults(fcfg, resuming=not read_weights)  # resuming: the network is not adopted
+
+
+# what the fine-tuning stages take from a --weights file (adopt_weights_architecture), which the note does not read
+FROM_WEIGHTS_FILE = ("model.width", "model.small_stem")
 
 
 def note_run_rechosen(cfg: dict, rechosen: dict | None, semi: str) -> None:
     """`fewshot run --config RUN/config.yaml` chose the lr (and the other fields that run chose itself) again
     without the note `train --config` gives: the same note (config.note_rechosen), once, on the fine-tuning stages'
-    config (``rechosen``: config.mark_rechosen's record, kept out of the run's settings)."""
-    if rechosen:
-        note_rechosen({**finetune_config(cfg, cfg["model"]["weights"], semi), RECHOSEN: rechosen})
+    lr rules (``rechosen``: config.mark_rechosen's record). The weights file is not read for a note (a .pt is
+    loaded whole): the fields only it would give are left out."""
+    if not rechosen:
+        return
+    weights = cfg["model"]["weights"]
+    if weights:
+        rechosen = {**rechosen, "values": {dotted: value for dotted, value in rechosen["values"].items()
+                                           if dotted not in FROM_WEIGHTS_FILE}}
+    note_rechosen({**finetune_config(cfg, weights, semi, read_weights=False), RECHOSEN: rechosen})
 
 
 def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: float | None = None,
@@ -935,7 +950,10 @@ class PipelineRun:
                 # from here a stop is recorded: a session before that recorded none is counted now, not erased by it
                 self.session_before_lost = self.state.open_session()
             self.device = resolve_device(cfg["train"]["device"])
+        auto = cfg["train"]["device"] == "auto"
         cfg["train"]["device"] = self.device.type
+        if auto:  # the stages' config.yaml record it as chosen: given back as --config, auto chooses again
+            note_chosen(cfg, "train.device")
         self.ctx = DistContext()
         return None
 

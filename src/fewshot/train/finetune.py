@@ -57,6 +57,10 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
         foreign = [e for e in entries if e not in RUN_START_ENTRIES]
         if "config.yaml" in entries and not _is_run_config(out / "config.yaml"):
             foreign.insert(0, "config.yaml")
+        if foreign == ["config.yaml"]:  # a recipe copied there: "empty the folder" told the user to delete it
+            raise UserError(f"the run folder '{out}' is not empty (config.yaml) and holds no run to resume: its "
+                            f"config.yaml is not one a run wrote (a recipe?), and a run writes its own config.yaml "
+                            f"there. Keep yours elsewhere and give --config from there, or choose another --out.")
         if foreign:
             shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
             raise UserError(f"the run folder '{out}' is not empty ({shown}) and holds no run to resume; a new run "
