@@ -49,8 +49,8 @@ def compare_runs(ref: Path, run: Path, metrics: bool) -> None:
     for name in ("last", "best"):
         a = load_checkpoint(ref / "checkpoints" / f"{name}.pt")
         b = load_checkpoint(run / "checkpoints" / f"{name}.pt")
-        for ck in (a, b):  # wall-clock training time: a measurement, like the log's timings
-            assert isinstance(ck.pop("train_seconds"), float)
+        for ck in (a, b):  # wall-clock training time: a measurement, like the log's timings (the epoch's too)
+            assert isinstance(ck.pop("train_seconds"), float) and isinstance(ck.pop("epoch_seconds"), float)
             ck["config"]["train"].pop("budget_minutes")  # a session's budget (a checkpoint keeps its session's)
         assert_same(a, b, name)
     assert read_log(run) == read_log(ref)

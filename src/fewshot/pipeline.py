@@ -112,15 +112,16 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     floor = FLOOR_STEPS * step_s
     budget_s = max(floor, left)
     if floor > left:
-        print(overrun_warning(floor - left, f"this stage's least {FLOOR_STEPS} training steps "
-                              f"({seconds_text(floor)} at the measured speed) do not fit the "
+        print(overrun_warning(floor - left, f"this stage's least time (about {seconds_text(floor)}, {FLOOR_STEPS} "
+                              f"training steps at the measured speed) does not fit the "
                               f"{seconds_text(max(0.0, left))} left to it"
                               f"{' (the rest is kept for the work after it)' if after > 0 else ''}"), flush=True)
     epochs = plan_epochs(budget_s, step_s, steps, training_eval_s, every, min_epochs)
     cfg["train"].update(epochs=epochs, budget_minutes=budget_s / 60)
     cfg["sched"]["time_based"] = True
     task.step_s, task.eval_s = step_s, eval_s  # for the run's check that a later round still fits
-    # at the floor its steps are what the stage trains: the plan line says the warning's steps, not a time's epochs
+    # at the floor its steps at the measured speed are what the stage trains: the plan line says the warning's time
+    # and those steps, not a time's epochs
     fits = FLOOR_STEPS / max(1, steps) if floor > left else fitting_epochs(budget_s, step_s, steps, training_eval_s,
                                                                           every)
     return step_s, fits, budget_s
@@ -145,11 +146,13 @@ def seconds_apart(left: float, need: float) -> tuple[str, str]:
 
 
 def stage_plan_words(step_s: float, budget_s: float, epochs: float) -> str:
-    """The plan line's length of a stage (plan_stage's budget and epochs): at the floor, the warning's steps and
-    seconds ("least 5 steps (9 s) do not fit the 7 s left" came before "0.2 min ... about 2 epochs", and elsewhere
-    "0.0 min ... about 6 epochs"); under a minute in seconds, else in minutes."""
+    """The plan line's length of a stage (plan_stage's budget and epochs): at the floor, the warning's seconds and
+    steps ("least 5 steps (9 s) do not fit the 7 s left" came before "0.2 min ... about 2 epochs", and elsewhere
+    "0.0 min ... about 6 epochs"); under a minute in seconds, else in minutes. The floor is a time, not a count
+    (the Engine stops at its deadline): "its least 5 training steps (3.6 s)" on a machine that got busy trained 2."""
     if budget_s <= FLOOR_STEPS * step_s * (1 + 1e-9):
-        return f"its least {FLOOR_STEPS} training steps ({seconds_text(budget_s)}, {about_epochs(epochs)})"
+        return (f"at least about {seconds_text(budget_s)} ({FLOOR_STEPS} training steps at the measured speed, "
+                f"{about_epochs(epochs)})")
     length = seconds_text(budget_s) if budget_s < 60 else f"{budget_s / 60:.1f} min"
     return f"{length} on a time-based schedule ({epochs_estimate(epochs)})"
 
@@ -730,7 +733,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     the stage, a finished one is reused and a stopped one continues from its last.pt."""
     from fewshot.report.plots import plot_pretrain_curves
     from fewshot.ssl.export import export_backbone
-    from fewshot.ssl.pretrain import MoCoTask, resolve_pretrain_defaults
+    from fewshot.ssl.pretrain import MoCoTask, resolve_pretrain_defaults, write_knn_metrics
     from fewshot.train.engine import Engine
 
     r = cfg["run"]
@@ -803,6 +806,10 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     fit_s = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
     plot_pretrain_curves(pdir)
     export_backbone(pdir, weights)
+    # pretrain/metrics.json as a standalone `fewshot pretrain` writes it (a run directory holds its metrics); after
+    # the export, which reads last.pt (write_knn_metrics loads best.pt into the task's model); its kNN evaluation is
+    # in the stage's closing time (pretrain_closing_seconds)
+    write_knn_metrics(engine, task, pdir)
     stage = {"epochs": engine.epochs_trained(), "knn_acc1": (result or {}).get("knn_acc1")}
     state.record("pretrain", "done", time.monotonic() - t_start, epochs=engine.epochs_trained())
     drop_best_aside(pdir)
@@ -1213,7 +1220,7 @@ class PipelineRun:
         ft_eval = measure_eval_seconds(probe)
         self.closing(probe, ft_eval, per_test_image=per_image)  # the report_plan["least"] of the fine-tuning
         calibration = calibration_seconds(ft_step, ft_eval, per_image, len(self.test_set))
-        first = (f"MoCo pretraining's least {FLOOR_STEPS} steps at {step_s * 1000:.0f} ms and its kNN evaluation, "
+        first = (f"MoCo pretraining's {FLOOR_STEPS} steps at {step_s * 1000:.0f} ms and its kNN evaluation, "
                  f"then the fine-tuning's timing and ")
         moco_s = pretrain_least_seconds(step_s, eval_s, n_params)
         self.refuse_unless_least_run_fits(probe, ft_step, moco_s + calibration, first)

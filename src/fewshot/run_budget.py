@@ -157,15 +157,16 @@ def least_run_seconds(step_s: float, closing_s: float) -> float:
 
 def pretrain_least_seconds(step_s: float, eval_s: float, n_params: int) -> float:
     """The least time the MoCo stage needs from its planning on: plan_stage's floor of steps and the step past its
-    deadline, the budget stop's kNN evaluation, and its checkpoint writes and export (both encoders and SGD's
-    momentum, ~250 MB/s)."""
+    deadline, and its closing work (pretrain_closing_seconds)."""
     return (FLOOR_STEPS + 1) * step_s + pretrain_closing_seconds(eval_s, n_params)
 
 
 def pretrain_closing_seconds(eval_s: float, n_params: int) -> float:
     """What the MoCo stage does after its deadline, before the fine-tuning can start: the budget stop's kNN
-    evaluation, and its checkpoint writes and export (both encoders and SGD's momentum, ~250 MB/s)."""
-    return eval_s + n_params * 16 / 250e6
+    evaluation, its checkpoint writes and export (both encoders and SGD's momentum, ~250 MB/s), and the best
+    checkpoint's read (as large, counted at the same speed) and its kNN evaluation for pretrain/metrics.json
+    (write_knn_metrics, as a standalone `fewshot pretrain` writes it)."""
+    return 2 * eval_s + n_params * (16 + 16) / 250e6
 
 
 def calibration_seconds(step_s: float, eval_s: float, per_image: float, n_test: int) -> float:

@@ -371,15 +371,17 @@ class ReportBuilder:
                                    f"accuracy, with 10 val images per class or more to decide on (run.balance)."))
         sup = [r for r in self.runs if r.kind == "supervised" and (r.metrics_known or r.metrics_unknown)]
         if sup:
-            from fewshot.report.plots import plot_accuracy_bars
+            from fewshot.report.plots import differing_datasets, plot_accuracy_bars
 
             name = self._png("accuracy_bars.png")
-            plot_accuracy_bars([r.label for r in sup],
-                               [{"known": r.metrics_known, "unknown": r.metrics_unknown} for r in sup], self.out / name)
+            labels = [r.label for r in sup]
+            metrics = [{"known": r.metrics_known, "unknown": r.metrics_unknown} for r in sup]
+            plot_accuracy_bars(labels, metrics, self.out / name)
+            differ = differing_datasets(labels, metrics)
             body.append(H.figure(name, "Val accuracy @1 per dataset for each fine-tuned run, with the mean over "
                                        "datasets; known source (the dataset of each image is given) and unknown "
                                        "source (predicted over all classes), where routing is the share of images "
-                                       "assigned to the right dataset."))
+                                       "assigned to the right dataset." + (f" {differ}" if differ else "")))
         return body
 
     def _curves(self, r: Run) -> list[str]:

@@ -255,16 +255,23 @@ def _series(rows: list[dict], get) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def plot_smoothed(ax, xs, ys, label: str | None = None, color=None, linestyle: str = "-") -> None:
-    """Raw values as faint points joined by a thin line; the EMA-smoothed curve on top."""
+def plot_smoothed(ax, xs, ys, label: str | None = None, color=None, linestyle: str = "-", marker: str = "o",
+                  hollow: bool = False, behind: bool = False) -> None:
+    """Raw values as faint points joined by a thin line; the EMA-smoothed curve on top. ``hollow``: points that
+    let another curve's show through; ``behind``: a mean over the datasets, drawn under their curves with hollow
+    points (its solid black points hid the datasets')."""
     if not xs:
         return
+    style = {"zorder": 1.5} if behind else {}
+    if hollow or behind:
+        style["markerfacecolor"] = "none"
     w = smoothing_weight(len(ys))
     if w == 0.0:  # too few points to smooth: the raw values themselves, clearly visible
-        ax.plot(xs, ys, linestyle=linestyle, linewidth=1.8, marker="o", markersize=4, color=color, label=label)
+        ax.plot(xs, ys, linestyle=linestyle, linewidth=1.8, marker=marker, markersize=4, color=color, label=label,
+                **style)
         return
-    ax.plot(xs, ys, linestyle="-", linewidth=0.6, marker="o", markersize=3, alpha=RAW_ALPHA, color=color)
-    ax.plot(xs, ema_smooth(ys, w), linestyle=linestyle, linewidth=1.8, color=color, label=label)
+    ax.plot(xs, ys, linestyle="-", linewidth=0.6, marker=marker, markersize=3, alpha=RAW_ALPHA, color=color, **style)
+    ax.plot(xs, ema_smooth(ys, w), linestyle=linestyle, linewidth=1.8, color=color, label=label, **style)
 
 
 def _finish(ax, title: str, ylabel: str | None = None, legend: bool = False, log: bool = False) -> None:
@@ -291,6 +298,19 @@ def _finish(ax, title: str, ylabel: str | None = None, legend: bool = False, log
         ax.tick_params(axis="y", which="minor", labelsize=7)  # a range within one decade is labelled by minor ticks
     if legend and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
+
+
+def _share_epochs(axes) -> None:
+    """One epoch range on every panel that drew something: a val panel of one evaluation (epoch 10) spanned 9-11
+    next to panels spanning 1-10. Padded as _finish pads one or two epochs, else by matplotlib's 5 % margin."""
+    spans = [ax.dataLim.intervalx for ax in axes if ax.has_data()]
+    if not spans:
+        return
+    lo, hi = min(float(a) for a, _ in spans), max(float(b) for _, b in spans)
+    pad = 0.5 if hi - lo < 2 else 0.05 * (hi - lo)
+    for ax in axes:
+        if ax.has_data():
+            ax.set_xlim(lo - pad, hi + pad)
 
 
 def _empty(ax, text: str) -> None:
@@ -371,10 +391,13 @@ def plot_finetune_curves(rows: list[dict], out: Path, title: str = "") -> Path:
         one = len(names) == 1  # one dataset: its two curves named in the panel, as they always were
         modes_drawn = set()
         for i, name in enumerate(names):
-            for mode, ls in (("known", "-"), ("unknown", "--")):
+            for j, (mode, ls) in enumerate((("known", "-"), ("unknown", "--"))):
                 xs, ys = _series(val_rows, lambda r, m=mode, n=name: r["val"][m]["datasets"][n]["acc1"])
-                plot_smoothed(ax, xs, ys, label=f"{name} ({mode})" if one else None, color=_color(i, len(names)),
-                              linestyle=ls)
+                # one dataset: its two curves in two colours and markers; in one colour their legend entries
+                # looked alike, and with one dataset the two scores often agree, so one curve hid the other
+                plot_smoothed(ax, xs, ys, label=f"{name} ({mode})" if one else None,
+                              color=_color(j) if one else _color(i, len(names)), linestyle=ls,
+                              marker=("o", "s")[j] if one else "o", hollow=one and mode == "unknown")
                 modes_drawn |= {mode} if xs else set()
         note = ""
         if one:
@@ -384,11 +407,12 @@ def plot_finetune_curves(rows: list[dict], out: Path, title: str = "") -> Path:
 
             for mode, ls in (("known", "-"), ("unknown", "--")):
                 xs, ys = _series(val_rows, lambda r, m=mode: r["val"][m]["mean_acc1"])
-                plot_smoothed(ax, xs, ys, color="black", linestyle=ls)
+                plot_smoothed(ax, xs, ys, color="black", linestyle=ls, behind=True)
             # the style key in thin black: grey is a dataset colour (tab10's 8th) and would read as one
             keys = [(Line2D([], [], color="black", linestyle=ls, linewidth=1.0), f"{mode} source ({style})")
                     for mode, ls, style in (("known", "-", "solid"), ("unknown", "--", "dashed")) if mode in modes_drawn]
-            keys.append((Line2D([], [], color="black", linewidth=1.8), "mean over datasets"))
+            keys.append((Line2D([], [], color="black", linewidth=1.8, marker="o", markerfacecolor="none"),
+                         "mean over datasets"))
             xs, ys = _series(val_rows, lambda r: r["val"]["unknown"]["routing_acc"])
             if ys:
                 ax.plot(xs, ys, linestyle=":", color="0.45", linewidth=1.2, marker=".")
@@ -399,6 +423,7 @@ def plot_finetune_curves(rows: list[dict], out: Path, title: str = "") -> Path:
     else:
         _empty(ax, "no evaluation logged")
         _finish(ax, "val accuracy @1 (%)")
+    _share_epochs(axes)
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(fig, out)
@@ -423,8 +448,9 @@ def plot_moco_curves(rows: list[dict], out: Path, title: str = "") -> Path:
         if len(names) > 1:
             from matplotlib.lines import Line2D
 
-            plot_smoothed(axes[2], *_series(knn_rows, lambda r: r["knn_acc1"]["mean"]), color="black")
-            keys.append((Line2D([], [], color="black", linewidth=1.8), "mean over datasets"))
+            plot_smoothed(axes[2], *_series(knn_rows, lambda r: r["knn_acc1"]["mean"]), color="black", behind=True)
+            keys.append((Line2D([], [], color="black", linewidth=1.8, marker="o", markerfacecolor="none"),
+                         "mean over datasets"))
         note = _dataset_legend(fig, axes[2], names, keys, "kNN accuracy on val")
         _finish(axes[2], "kNN accuracy on val (%)" + note)
     else:
@@ -433,6 +459,7 @@ def plot_moco_curves(rows: list[dict], out: Path, title: str = "") -> Path:
     xs, ys = _series(rows, lambda r: r["lr"])
     axes[3].plot(xs, ys, marker="o", markersize=3, linewidth=1.4, color=_color(3))
     _finish(axes[3], "learning rate", log=bool(ys) and min(ys) > 0)
+    _share_epochs(axes)
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(fig, out)
@@ -474,6 +501,22 @@ def _tick_rotation(labels: list[str], spacing_in: float, fontsize: float) -> int
         if spacing_in * math.sin(math.radians(angle)) >= height:
             return angle
     return 90
+
+
+def differing_datasets(labels: list[str], metrics: list[dict[str, dict | None]]) -> str:
+    """A note where the runs were scored on different datasets ("" where they agree): the bars' means then
+    average different datasets (a 2-dataset run's mean stood next to a 1-dataset run's without a word)."""
+    sets = []
+    for x in metrics:
+        names: list[str] = []
+        for mode in ("known", "unknown"):
+            names += [n for n in ((x.get(mode) or {}).get("datasets") or {}) if n not in names]
+        sets.append(names)
+    if len({frozenset(s) for s in sets}) < 2:
+        return ""
+    each = "; ".join(f"{label}: {', '.join(names) or 'none'}" for label, names in zip(labels, sets))
+    return (f"The runs were scored on different datasets ({each}): their means average different datasets, so "
+            f"compare them dataset by dataset.")
 
 
 @_literal_text
@@ -541,6 +584,9 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
     handles, names = axes[0].get_legend_handles_labels()
     if handles:  # one legend for both panels, below them, never over a bar
         fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
+    if differing_datasets(labels, metrics):  # the figure alone says it too (the page's caption names them)
+        fig.suptitle("note: the runs were scored on different datasets; their means are not like for like",
+                     fontsize=9, color="0.3")
     return _save(fig, out)
 
 

@@ -674,6 +674,9 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
         words = balance_words(balanced["datasets"])
         if words:
             out["balanced_prediction"] = words
+        # the test table marks these datasets' known-source scores (next to plain unknown-source ones)
+        out["balanced_datasets"] = [str(k) for k, v in balanced["datasets"].items()
+                                    if isinstance(v, dict) and v.get("used") is True]
     stages = summary.get("stages")
     if isinstance(stages, dict):  # epochs trained per stage: a budget stop's fraction the log does not always tell
         out["epochs"] = {k: v["epochs"] for k, v in stages.items()

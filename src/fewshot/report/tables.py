@@ -184,8 +184,10 @@ def self_training_table(label: str, rounds: list[dict], predicted_with: str | No
 
 
 def dataset_table(run: Run, title: str | None = None, known: dict | None = None, unknown: dict | None = None,
-                  caption: str = "") -> Table:
-    """Per-dataset acc@1/acc@5 of a fine-tuned run in known- and unknown-source mode, mean and routing."""
+                  caption: str = "", balanced: list[str] = ()) -> Table:
+    """Per-dataset acc@1/acc@5 of a fine-tuned run in known- and unknown-source mode, mean and routing.
+    ``balanced``: datasets whose known-source scores are of class-balanced predictions, said in the header (and
+    marked "*" where only some are): "known 70.33" next to "unknown 23.00" read as one kind of prediction."""
     known = run.metrics_known if known is None and title is None else known
     unknown = run.metrics_unknown if unknown is None and title is None else unknown
     names: list[str] = []
@@ -194,13 +196,24 @@ def dataset_table(run: Run, title: str | None = None, known: dict | None = None,
             if n not in names:
                 names.append(n)
     cols = ["dataset", "n", "known acc@1", "known acc@5", "unknown acc@1", "unknown acc@5"]
+    some = [n for n in names if n in set(balanced)]
+    every = bool(some) and len(some) == len(names)
+    if some:
+        known_kind = " (class-balanced)" if every else " (* class-balanced)"
+        cols[2:] = [c + known_kind for c in cols[2:4]] + [c + " (plain)" for c in cols[4:]]
+
+    def mark(n: str, cell: str) -> str:  # only where some datasets' scores are balanced and some plain
+        return f"{cell}*" if some and not every and n in some and cell != DASH else cell
+
     rows = []
     for n in names:
         k = ((known or {}).get("datasets") or {}).get(n) or {}
         u = ((unknown or {}).get("datasets") or {}).get(n) or {}
-        rows.append([n, str(k.get("n", u.get("n", DASH))), pct(k.get("acc1")), pct(k.get("acc5")),
+        rows.append([n, str(k.get("n", u.get("n", DASH))), mark(n, pct(k.get("acc1"))), mark(n, pct(k.get("acc5"))),
                      pct(u.get("acc1")), pct(u.get("acc5"))])
-    rows.append(["mean", "", pct((known or {}).get("mean_acc1")), "", pct((unknown or {}).get("mean_acc1")), ""])
+    mean = pct((known or {}).get("mean_acc1"))
+    rows.append(["mean", "", f"{mean}*" if some and not every and mean != DASH else mean, "",
+                 pct((unknown or {}).get("mean_acc1")), ""])
     emphasis = [len(rows) - 1]
     if routing(unknown) is not None:
         rows.append(["dataset routing", "", "", "", pct(routing(unknown)), ""])
@@ -245,7 +258,8 @@ def test_table(run: Run) -> Table | None:
     words = (run.pipeline or {}).get("balanced_prediction")
     return dataset_table(run, title=f"{run.label}: test accuracy (answer keys, scored by `fewshot run`)",
                          known=m.get("test"), unknown=m.get("test_unknown"),
-                         caption=f"Known-source predictions (pred_all.json): {words}." if words else "")
+                         caption=f"Known-source predictions (pred_all.json): {words}." if words else "",
+                         balanced=(run.pipeline or {}).get("balanced_datasets") or ())
 
 
 def run_tables(run: Run) -> list[Table]:

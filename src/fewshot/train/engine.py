@@ -255,6 +255,11 @@ class Engine:
         # Running per-epoch metric sums, checkpointed so that a mid-epoch resume logs whole-epoch means.
         self.epoch_sums: dict[str, float] = {}
         self.epoch_steps = 0
+        # and the epoch's training seconds and images before this session's steps in it (a resumed epoch's row
+        # counted the steps after the resume only, and the report's training time came short); _epoch_t0: when
+        # this session's steps in it began (perf_counter), None outside the step loop
+        self.epoch_seconds, self.epoch_images = 0.0, 0
+        self._epoch_t0: float | None = None
         self.writer = None
         self._stop_flag = None  # set while fit() runs: a SIGTERM/SIGINT asks for a stop after the step
         self._stop_signum = 0
@@ -309,6 +314,7 @@ class Engine:
             "nonfinite_skipped": self.nonfinite_skipped, "epoch_skips_start": self.epoch_skips_start,
             "epoch_record": self.epoch_record,
             "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps,
+            "epoch_seconds": self.epoch_seconds_so_far(), "epoch_images": self.epoch_images,
             "rng": rng_state(),
             "train_seconds": self.train_seconds(),
             "amp": AMP_NAMES[self.amp],  # what train.amp resolved to: a resumed `auto` run keeps it
@@ -458,6 +464,9 @@ class Engine:
         by_rank = ck.get("epoch_sums_by_rank")
         sums = by_rank[self.ctx.rank] if by_rank and len(by_rank) == self.ctx.world else ck.get("epoch_sums")
         self.epoch_sums, self.epoch_steps = dict(sums or {}), int(ck.get("epoch_steps", 0))
+        # a checkpoint written before they were carried: the row counts this session's steps only, as it did
+        self.epoch_seconds = float(ck.get("epoch_seconds") or 0.0)
+        self.epoch_images = int(ck.get("epoch_images") or 0)
         set_rng_state(ck["rng"])
         self._seconds_before = float(ck.get("train_seconds", 0.0))
         # a budget that stopped the run mid-epoch logged the partial epoch; its steps go on now, and the
@@ -814,6 +823,11 @@ class Engine:
         self._stop_signum = int(signum)
         return self._stop_signum > 0, late > 0
 
+    def epoch_seconds_so_far(self) -> float:
+        """The current epoch's training seconds over every session (its steps; not the downtime between them)."""
+        running = time.perf_counter() - self._epoch_t0 if self._epoch_t0 is not None else 0.0
+        return self.epoch_seconds + running
+
     def train_seconds(self) -> float:
         """Training time of this run so far, over every session (saved in last.pt)."""
         return time.perf_counter() - self._clock_start if self._clock_start is not None else self._seconds_before
@@ -849,8 +863,9 @@ class Engine:
         start = self.step_in_epoch
         if start == 0:
             self.epoch_sums, self.epoch_steps = {}, 0
-        sums = self.epoch_sums  # continues the sums of a resumed epoch
-        n_seen, t0 = 0, time.perf_counter()
+            self.epoch_seconds, self.epoch_images = 0.0, 0
+        sums = self.epoch_sums  # continues the sums of a resumed epoch, and its seconds and images
+        self._epoch_t0 = time.perf_counter()
         if start == 0:  # a resumed epoch keeps its count from last.pt: its row counts the steps before the stop
             self.epoch_skips_start = self.nonfinite_skipped
         # a budgeted run's epochs are a generous cap (4x what fits), not a plan: "epoch 1/1184" misled
@@ -905,7 +920,7 @@ class Engine:
                 self.ema.update(self.model, step=self.global_step)
             self.global_step += 1
             self.step_in_epoch = step + 1
-            n_seen += n
+            self.epoch_images += n
             self.epoch_steps += 1
             n_steps = self.epoch_steps
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
@@ -928,7 +943,8 @@ class Engine:
             if late:
                 stopped = True
                 break
-        elapsed = time.perf_counter() - t0
+        self.epoch_seconds, self._epoch_t0 = self.epoch_seconds_so_far(), None
+        elapsed, n_seen = self.epoch_seconds, self.epoch_images
         if bar is not None:
             bar.close()
         self._check_weights_finite(epoch)
