@@ -26,11 +26,12 @@ from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
-from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, after_round1_seconds, calibration_seconds,
-                                eval_passes, figure_seconds, fitting_epochs, free_device_memory, later_rounds_seconds,
-                                least_run_holds, least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
-                                measure_step_seconds, plan_epochs, pretrain_closing_seconds, pretrain_least_seconds,
-                                report_seconds, round1_leaves, time_holds, too_short_budget_error, trained_speeds)
+from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_S, after_round1_seconds,
+                                calibration_seconds, eval_passes, figure_seconds, fitting_epochs, free_device_memory,
+                                hopeless_budget_error, later_rounds_seconds, least_run_holds, least_run_seconds,
+                                measure_eval_seconds, measure_prediction_seconds, measure_step_seconds, plan_epochs,
+                                pretrain_closing_seconds, pretrain_least_seconds, report_seconds, round1_leaves,
+                                time_holds, too_short_budget_error, trained_speeds)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.utils import (atomic_write_text, derive_seed, missing_parents, refuse_links_in_run_dir, resolve_device,
                            resolved, seed_everything, write_json)
@@ -459,7 +460,11 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     if resuming and status == "trained":
         print(f"[run] {name}: trained before the stop; evaluating its best checkpoint")
     elif resuming:
-        after = closing(task, measure_eval_seconds(task)) if closing is not None else 0.0
+        # past its end the stage trains nothing (the Engine finds its budget spent): its log's evaluation time serves
+        # the closing estimate, rather than an evaluation timed again in a session already over its budget
+        spent = time.monotonic() >= end_time
+        logged = trained_speeds(fdir / "log.jsonl", eval_passes(task, fcfg))[1] if spent else None
+        after = closing(task, measure_eval_seconds(task) if logged is None else logged) if closing is not None else 0.0
         trained_before = cap_resumed_budget(fcfg, last, end_time - after)
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record(name, "began", now, fit_at=now - trained_before)
@@ -493,7 +498,11 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         task.epochs_run = engine.epochs_trained()
         if state is not None:
             trained_at = time.monotonic() - t_start  # on the run's clock: summary.json's closing_seconds counts from it
-            state.record(name, "trained", trained_at, epochs=engine.epochs_trained(), trained_at=round(trained_at, 2))
+            # a resumed stage that trained nothing (no time left) ended its training in the session before: this
+            # session's start-up is no late training (closing_seconds.training_late said 50.8 s of it)
+            trained = not resuming or engine.train_seconds() > trained_before
+            state.record(name, "trained", trained_at, epochs=engine.epochs_trained(),
+                         **({"trained_at": round(trained_at, 2)} if trained else {}))
     # the speeds the stage trained and evaluated at, which judge a later round before its work (check_later_rounds)
     task.trained_step_s, task.trained_eval_s = trained_speeds(fdir / "log.jsonl", eval_passes(task, fcfg))
     metrics = final_metrics(engine, task, fdir)
@@ -944,6 +953,10 @@ class PipelineRun:
                 return finished
         elif self.budget_minutes is None:
             raise UserError("a budget is needed: --budget-minutes N.")
+        else:  # before any work: a budget the start-up spent, or below what any run needs, is refused at once
+            used = time.monotonic() - self.t_start
+            if not least_run_holds(LEAST_RUN_S, self.budget_minutes * 60.0 - used):
+                raise hopeless_budget_error(self.budget_minutes * 60.0, used)
         self.r = cfg["run"]
         self.semi = check_run_settings(self.r)
         self.balance = canonical_value("run.balance", self.r.get("balance", "auto"))  # YAML reads a bare off as false

@@ -751,7 +751,9 @@ class Engine:
                         # a `fewshot run` stage: the stage ends, the run goes on with what it has
                         print(f"note: no time is left of the run's budget for this stage (its train.budget_minutes="
                               f"{t['budget_minutes']:g}): it ends where it stopped, at {where}, without training "
-                              f"more{done}; the run goes on.", flush=True)
+                              f"more{done}; the run goes on with what it has (the stages after it, if any, and "
+                              f"the closing work every run keeps time for: evaluations, the test predictions and the "
+                              f"report).", flush=True)
                     else:
                         print(f"note: the run used its whole budget (train.budget_minutes={t['budget_minutes']:g}) "
                               f"before it stopped, at {where}: nothing is trained{done}; give a larger "
@@ -935,8 +937,10 @@ class Engine:
                 bar.update(1)
             if t["save_every_steps"] and self.global_step % t["save_every_steps"] == 0 and self.step_in_epoch < len(batches):
                 self.save_mid_epoch()
+            if self.step_in_epoch >= len(batches):  # the epoch's last step looks at the clock after its evaluation
+                break
             signalled, late = self._agreed_stop(deadline)
-            if signalled and self.step_in_epoch < len(batches):
+            if signalled:
                 if bar is not None:
                     bar.close()
                 self._stop_here()
@@ -963,9 +967,19 @@ class Engine:
                       f"loss ({self.nonfinite_skipped} in all, train.skip_nonfinite={t['skip_nonfinite']}); "
                       f"a lower learning rate (optim.lr=...) may be needed.", flush=True)
         last_epoch = self.epoch >= self.cfg["train"]["epochs"] or stopped
-        new_best = False
-        if last_epoch or (self.epoch % max(1, self.task.eval_every) == 0):
-            new_best = self._evaluate(record, epoch)
+        due = last_epoch or (self.epoch % max(1, self.task.eval_every) == 0)
+        # The deadline check of the epoch's last step, made after the epoch's evaluation: a deadline that passed in
+        # the evaluation went unseen until the next epoch's first step, which was then evaluated again (11.6 s past
+        # a 120 s budget on a busy machine). Now the run stops here, at the epoch's end, as a stop at its last step
+        # would; without an evaluation due, before it (a budget stop is evaluated). Every rank agrees, as per step.
+        look = deadline is not None and not stopped
+        if look and not due:
+            stopped = due = last_epoch = self._agreed_stop(deadline)[1]
+            look = False
+        new_best = self._evaluate(record, epoch) if due else False
+        if look:
+            stopped = self._agreed_stop(deadline)[1]
+            last_epoch = last_epoch or stopped
         # The epoch-end last.pt carries its log row (without the timings), so that a kill between this save
         # and the log write still ends with the row in log.jsonl: resume() appends it when it is missing.
         self.epoch_record = {k: v for k, v in record.items() if k not in TIMING_KEYS}
