@@ -468,8 +468,15 @@ def main(argv: list | None = None, started: float | None = None) -> int:
     Called from Python, the command gives back what it changed in the process: its run-folder locks, the
     torch thread count, deterministic mode, the global random states and the variable torch sets
     (TORCHINDUCTOR_CACHE_DIR). Calls from several threads run one at a time: a call made while another runs waits
-    for it (said on stderr).
+    for it (said on stderr). What stdout and stderr cannot encode (an ASCII or Latin-1 locale) is written escaped.
     """
+    from fewshot import process_state
+
+    with process_state.escaped_output():  # the whole call: argparse's messages name what was typed too
+        return _main(argv, started)
+
+
+def _main(argv: list | None, started: float | None) -> int:
     if argv is not None:
         argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in argv]
     argv = _help_command(sys.argv[1:] if argv is None else argv)

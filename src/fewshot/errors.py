@@ -5,6 +5,7 @@ Anything else escaping a command is an internal error (exit 1, with a traceback)
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 
@@ -15,9 +16,37 @@ BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206
 
 def printable(text: str) -> str:
     """Text safe for a terminal: control characters (ESC sequences that set the title or the clipboard, BEL, ...)
-    and bidirectional controls from folder names or files are shown escaped; line breaks and tabs stay."""
-    return "".join(c if c in "\n\t" or (unicodedata.category(c) != "Cc" and c not in BIDI_CONTROLS)
-                   else repr(c)[1:-1] for c in text)
+    and bidirectional controls from folder names or files are shown escaped, and so are the bytes of a name that
+    is not valid UTF-8 (undecodable_escaped); line breaks and tabs stay."""
+    return "".join(c if c in "\n\t" or (unicodedata.category(c) not in ("Cc", "Cs") and c not in BIDI_CONTROLS)
+                   else _escaped(c) for c in text)
+
+
+def undecodable_escaped(text: str) -> str:
+    """A name with bytes that are not valid UTF-8 (os.fsdecode of b"o\\xff" is "o\\udcff"), as `o\\xff`: those
+    lone surrogates crashed every writer of text (print to a strict stream, matplotlib's set_text), and shown
+    raw they read as `\\udcff`, which is no byte of the name."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join(_escaped(c) if unicodedata.category(c) == "Cs" else c for c in text)
+
+
+# repr's escape of such a surrogate (after an even number of backslashes: in `\\\\udcff` a backslash is escaped)
+_SURROGATE_REPR = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def quoted(text: str) -> str:
+    """repr(text), with the bytes of a name that is not UTF-8 shown as those bytes (`'o\\xff'`, not `'o\\udcff'`)."""
+    return _SURROGATE_REPR.sub(r"\1\\x\2", repr(text))
+
+
+def _escaped(c: str) -> str:
+    """One character as an escape: a byte that os.fsdecode kept as a surrogate (U+DC80..U+DCFF) as that byte."""
+    if "\udc80" <= c <= "\udcff":
+        return f"\\x{ord(c) - 0xdc00:02x}"
+    return repr(c)[1:-1]
 
 
 def one_line(text: str) -> str:

@@ -3,13 +3,16 @@
 For fewshot used from Python (`fewshot.cli.main([...])` in a notebook): a run with `train.threads=1
 train.deterministic=true` left every later call, and the caller's own work, on one thread in deterministic
 mode, each call re-seeded the caller's random generators, and variables set in os.environ stayed.
+The caller's stdout and stderr are put back too, after `escaped_output` let them write any text.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import random
 import sys
+import threading
 from contextlib import contextmanager
 
 # Set by a library a command imports, and read again only by that library, which sets it again when it is missing
@@ -76,3 +79,72 @@ def restore_environ(before: dict) -> None:
     for key in SET_BY_IMPORTS:
         if key not in before:
             os.environ.pop(key, None)
+
+
+# error handlers with which a text stream writes any text
+NEVER_FAIL = frozenset({"backslashreplace", "replace", "ignore", "namereplace", "xmlcharrefreplace"})
+_ESCAPING = threading.Lock()
+_escaped: dict[int, list] = {}  # id(stream) -> [stream, its errors before, calls holding it escaped]
+
+
+@contextmanager
+def escaped_output():
+    """stdout and stderr write what their encoding lacks escaped (`errors="backslashreplace"`) while a command
+    runs: a table's "–" or a path with "é" or "中文" on a Latin-1 or ASCII stream (a Latin-1 locale, Windows
+    output redirected to a file) ended the command in a traceback after its work. Put back when the last call
+    that escaped a stream returns (calls from threads may overlap here: they take their turn later); a stream
+    without `reconfigure` (a notebook's) is left as it is."""
+    streams = _escape(sys.stdout, sys.stderr)
+    try:
+        yield
+    finally:
+        _unescape(streams)
+
+
+def _escape(*streams) -> list:
+    """The streams now escaping for this call (already escaping for another call: counted once more)."""
+    taken = []
+    with _ESCAPING:
+        for stream in {id(s): s for s in streams}.values():
+            held = _escaped.get(id(stream))
+            if held is not None and held[0] is stream:
+                held[2] += 1
+                taken.append(stream)
+                continue
+            errors = getattr(stream, "errors", None)
+            if not _may_fail(stream, errors):
+                continue
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (AttributeError, ValueError, OSError):  # no reconfigure, closed, or its flush failed
+                continue
+            _escaped[id(stream)] = [stream, errors, 1]
+            taken.append(stream)
+    return taken
+
+
+def _unescape(streams: list) -> None:
+    with _ESCAPING:
+        for stream in streams:
+            held = _escaped[id(stream)]
+            held[2] -= 1
+            if held[2]:
+                continue
+            del _escaped[id(stream)]
+            try:
+                stream.reconfigure(errors=held[1])
+            except (ValueError, OSError):  # closed by the command, or stdout's reader went away (`| head`)
+                pass
+
+
+def _may_fail(stream, errors) -> bool:
+    """Whether writing some text to the stream can raise UnicodeEncodeError. In UTF-8 mode (the C locale)
+    stdout's surrogateescape writes every character, and a name's undecodable bytes as those bytes: kept."""
+    if not isinstance(errors, str) or errors in NEVER_FAIL:
+        return False
+    if errors != "surrogateescape":
+        return True
+    try:
+        return codecs.lookup(stream.encoding).name != "utf-8"
+    except (AttributeError, LookupError, TypeError):
+        return True

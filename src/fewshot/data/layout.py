@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot.errors import DataLayoutError, UserError, one_line, printable
+from fewshot.errors import DataLayoutError, UserError, one_line, printable, quoted
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 NOT_DATASETS = frozenset({"unlabeled"})
@@ -387,7 +387,7 @@ def _refuse_a_split_given_as_root(root: Path, folders: list[Path]) -> None:
         what = "the unlabeled pool (ROOT/unlabeled/<dataset>/)"
     else:
         only = f" {datasets_option([dataset.name])} (or leave --datasets out for every dataset there)"
-        what = f"the {absolute.name} split of the dataset {dataset.name!r} (its folders are classes)"
+        what = f"the {absolute.name} split of the dataset {quoted(dataset.name)} (its folders are classes)"
     raise UserError(one_line(f"--data {root} looks like {what}, but --data is the root above the datasets "
                              f"(ROOT/<dataset>/train/<class>/<image>). Pass --data {shlex.quote(str(top))}{only}."))
 
@@ -429,7 +429,7 @@ def list_datasets(root: Path) -> list[str]:
                                  f"folder above the datasets, or fix the link."))
     if not root.is_dir():
         raise UserError(f"dataset root '{root}' does not exist or is not a folder. "
-                        f"Build the demo data with `fewshot data digits --out {root}`.")
+                        f"Build the demo data with `fewshot data digits --out {shlex.quote(str(root))}`.")
     try:
         folders = sorted((p for p in root.iterdir()
                           if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS),
@@ -674,7 +674,7 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
     for entry in _listdir(test_dir, problems, links) or []:
         if entry.name.startswith("."):
             if not entry.name.startswith("._") and _is_candidate_name(entry.name) and _is_file_entry(entry):
-                odd.append(f"{entry.name!r} (hidden: passed over, nothing is predicted for it)")
+                odd.append(f"{quoted(entry.name)} (hidden: passed over, nothing is predicted for it)")
             continue  # ._13.png: macOS metadata, not an image
         path = test_dir / entry.name
         if _is_dir_entry(entry):  # predicting part of the test set silently would be worse than stopping

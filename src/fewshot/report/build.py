@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot.errors import UserError, printable
+from fewshot.errors import UserError, printable, undecodable_escaped
 from fewshot.report import html as H
 from fewshot.report import tables as T
 from fewshot.report.runs import Run, expand_runs, refresh_evaluation
@@ -37,13 +37,15 @@ NAME_PART_MAX = 60  # characters of a run or dataset name in a PNG's name: a 230
 
 
 def _slugs(runs: list[Run]) -> dict[str, str]:
+    """A file-name part per run label, unique without regard to case: runs `A` and `a` wrote `A-curves.png` and
+    `a-curves.png`, one file on the case-insensitive file systems of macOS and Windows."""
     out, taken = {}, set()
     for r in runs:
         base = _safe_name(r.label, "run")
         slug, i = base, 2
-        while slug in taken:
+        while slug.casefold() in taken:
             slug, i = f"{base}-{i}", i + 1
-        taken.add(slug)
+        taken.add(slug.casefold())
         out[r.label] = slug
     return out
 
@@ -571,7 +573,7 @@ class ReportBuilder:
 
         text = H.page("fewshot report", subtitle, body, f"fewshot {__version__} · {self.command()}")
         index = self.out / "index.html"
-        atomic_write_text(index, text)
+        atomic_write_text(index, undecodable_escaped(text))  # a run folder named with bytes that are not UTF-8
         # The earlier report's PNGs that this one did not write again go only now: a report failing halfway leaves
         # the earlier page whole (its PNGs all there)
         for name in earlier - {p.name for p in self.images}:

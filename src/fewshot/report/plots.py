@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fewshot.errors import undecodable_escaped
 from fewshot.report.runs import read_log
 from fewshot.report.tables import pct, routing
 from fewshot.utils import atomic_write_bytes
@@ -71,6 +72,7 @@ def _figure(w: float, h: float, layout: str | None = "constrained"):
 def _save(fig, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _escape_undecodable(fig)
     missing: list[str] = []
     with warnings.catch_warnings():
         # class or dataset names in scripts no installed font has (font_families) are drawn as boxes; matplotlib's
@@ -94,6 +96,17 @@ def _save(fig, out: Path) -> Path:
     # run (`cp -al`), and a kill mid-write left half a PNG
     atomic_write_bytes(out, buffer.getvalue())
     return out
+
+
+def _escape_undecodable(fig) -> None:
+    """Texts drawn with the bytes of a name that is not UTF-8 escaped (a run folder `o\\xff` as the label
+    `o\\xff`): matplotlib cannot draw a lone surrogate, and `fewshot report` of such a run failed in set_text."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):  # titles, axis labels, legend entries: every text made before the draw
+        shown = text.get_text()
+        if isinstance(shown, str) and undecodable_escaped(shown) != shown:
+            text.set_text(undecodable_escaped(shown))
 
 
 # fonts for the glyphs the bundled DejaVu Sans lacks (class names in Chinese, Japanese, Korean, Arabic, Hebrew,

@@ -1,0 +1,222 @@
+"""Output encodings and odd names: a stdout that cannot encode non-ASCII text (a Latin-1 locale, Windows output
+redirected to a file), run folders whose names are not valid UTF-8, and the names shown in messages."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fewshot import process_state
+from fewshot.errors import UserError, one_line, printable, quoted, undecodable_escaped
+from helpers.checks import run_main
+from helpers.tiny import build_digits
+
+COMMON = ["--model", "test_resnet", "--img-size", "32", "--batch-size", "8", "--device", "cpu", "--no-progress",
+          "train.tensorboard=false", "train.threads=1"]
+UNDECODABLE = os.fsdecode(b"o\xff")  # what Python makes of a folder named with the byte 0xff: "o\udcff"
+
+
+def run_ascii(*argv, cwd: Path) -> subprocess.CompletedProcess:
+    """`fewshot ARGV` with stdout and stderr that encode ASCII only, strictly (as cp1252 or Latin-1 do, for
+    fewer characters)."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii:strict"}
+    return subprocess.run([sys.executable, "-m", "fewshot", *map(str, argv)], capture_output=True, timeout=300,
+                          cwd=cwd, env=env)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A data root, a dataset and a fine-tuning run named with é and 中文, and a MoCo run beside them."""
+    base = tmp_path_factory.mktemp("encodings")
+    root = build_digits(base / "root é中文", shots=2)
+    (root / "digits").rename(root / "digits é中文")
+    (root / "unlabeled" / "digits").rename(root / "unlabeled" / "digits é中文")
+    ft, moco = base / "runs" / "out é 中文", base / "runs" / "moco"
+    rc, _, err = run_main("train", "--data", root, "--out", ft, "--epochs", "1", *COMMON)
+    assert rc == 0, err
+    rc, _, err = run_main("pretrain", "--data", root, "--out", moco, "--epochs", "1", "--queue-size", "32",
+                          "moco.split_bn_groups=2", "moco.knn_k=5", *COMMON)
+    assert rc == 0, err
+    return SimpleNamespace(base=base, root=root, ft=ft, moco=moco)
+
+
+def test_compare_prints_its_tables_dashes_escaped_on_an_ascii_stdout(runs):
+    """The tables' "–" in empty cells ended `fewshot compare` in a traceback and "internal error" (exit 1)."""
+    proc = run_ascii("compare", "runs/moco", "runs/out é 中文", cwd=runs.base)
+    out, err = proc.stdout.decode("ascii"), proc.stderr.decode("ascii")
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert "\\u2013" in out  # DASH, escaped
+    assert "out \\xe9 \\u4e2d\\u6587" in out  # the run's label
+
+
+def test_eval_prints_paths_and_dataset_names_escaped_on_an_ascii_stdout(runs):
+    """eval's announcement and table name the checkpoint's path and the dataset: `é`, `中文` crashed it after the
+    evaluation; its progress lines are written too."""
+    proc = run_ascii("eval", "runs/out é 中文", "--data", runs.root, "--device", "cpu", cwd=runs.base)
+    out, err = proc.stdout.decode("ascii"), proc.stderr.decode("ascii")
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert "runs/out \\xe9 \\u4e2d\\u6587/checkpoints/best.pt" in out
+    assert "digits \\xe9\\u4e2d\\u6587" in out
+
+
+class Strict(io.TextIOWrapper):
+    """A stream that encodes ASCII only and fails on anything else, as a redirected Windows console does."""
+
+    def __init__(self):
+        super().__init__(io.BytesIO(), encoding="ascii", errors="strict", write_through=True)
+
+    def text(self) -> str:
+        return self.buffer.getvalue().decode("ascii")
+
+
+def test_an_in_process_call_writes_escaped_and_gives_the_streams_back_as_they_were(monkeypatch, tmp_path):
+    """main() from Python: the command's message is written escaped, and the caller's streams fail again as before
+    on what they cannot encode (the setting is the caller's)."""
+    out, err = Strict(), Strict()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    from fewshot.cli import main
+
+    assert main(["compare", str(tmp_path / "nowhere é")]) == 2
+    assert "nowhere \\xe9" in err.text()
+    assert (out.errors, err.errors) == ("strict", "strict")
+    with pytest.raises(UnicodeEncodeError):
+        print("é", file=err)
+
+
+def test_escaped_output_keeps_a_stream_escaped_until_the_last_call_that_escaped_it_returns(monkeypatch):
+    """Calls from two threads overlapping in escaped_output (before their turn): the first to return put the
+    stream back to strict while the second still wrote."""
+    stream = Strict()
+    monkeypatch.setattr(sys, "stdout", stream)
+    monkeypatch.setattr(sys, "stderr", stream)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    written = []
+
+    def first():
+        with process_state.escaped_output():
+            first_in.set()
+            second_in.wait(30)
+        first_out.set()
+
+    def second():
+        first_in.wait(30)
+        with process_state.escaped_output():
+            second_in.set()
+            first_out.wait(30)
+            print("é", file=stream)
+            written.append(True)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert written and stream.text() == "\\xe9\n"
+    assert stream.errors == "strict"
+
+
+def test_escaped_output_leaves_a_stream_without_reconfigure_and_one_that_writes_anything(monkeypatch):
+    """A notebook's stream has no reconfigure; a UTF-8 stream under surrogateescape (the C locale) writes every
+    character, a name's bytes as those bytes: both are left as they are."""
+    notebook = io.StringIO()
+    c_locale = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="surrogateescape", write_through=True)
+    monkeypatch.setattr(sys, "stdout", notebook)
+    monkeypatch.setattr(sys, "stderr", c_locale)
+    with process_state.escaped_output():
+        print("é", file=notebook)
+        print(UNDECODABLE, file=c_locale)
+    assert notebook.getvalue() == "é\n"
+    assert c_locale.buffer.getvalue() == b"o\xff\n"
+
+
+def test_plain_progress_lines_with_names_reach_an_ascii_stream(monkeypatch):
+    """PlainProgress drops a line it cannot write (a closed stream must not stop training): a dataset named
+    `é` lost every progress line on an ASCII stream."""
+    from fewshot.progress import track
+
+    stream = Strict()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with process_state.escaped_output():
+        for _ in track(range(3), desc="predicting digits é"):
+            pass
+    assert "predicting digits \\xe9: 3/3" in stream.text()
+
+
+def test_names_that_are_not_utf8_are_shown_with_their_bytes():
+    """os.fsdecode keeps a byte that is not UTF-8 as a lone surrogate: shown as `\\xff` (the byte), never as
+    `\\udcff`, and never written raw (no text stream, file or figure takes it)."""
+    assert undecodable_escaped(UNDECODABLE) == "o\\xff"
+    assert undecodable_escaped("é中文") == "é中文"
+    assert printable(f"runs/{UNDECODABLE}: x") == "runs/o\\xff: x"
+    assert one_line(f"{UNDECODABLE}\n") == "o\\xff\\n"
+    assert quoted("." + UNDECODABLE) == "'.o\\xff'"
+    assert quoted("a\\udcff") == repr("a\\udcff")  # a backslash in the name, then text: left as repr writes it
+
+
+def test_a_class_folder_not_named_in_utf8_is_named_with_its_bytes(tmp_path):
+    """The layout's problem text was built from the folder's path: it read `\\udcff`."""
+    root = build_digits(tmp_path / "root", shots=2)
+    shutil.copytree(root / "digits" / "train" / "0", root / "digits" / "train" / UNDECODABLE)
+    rc, _, err = run_main("train", "--data", root, "--out", tmp_path / "run", "--epochs", "1", *COMMON)
+    assert rc == 2, err
+    assert "train/o\\xff: the class folder's name is not valid text" in err
+    assert "\\udcff" not in err
+
+
+def test_the_command_that_builds_demo_data_is_quoted(tmp_path):
+    """A root with a space was suggested as `--out /tmp/no pe`: pasted, that built /tmp/no."""
+    from fewshot.data.layout import list_datasets
+
+    with pytest.raises(UserError) as caught:
+        list_datasets(tmp_path / "no pe")
+    assert f"`fewshot data digits --out '{tmp_path / 'no pe'}'`" in str(caught.value)
+
+
+def test_a_run_folder_not_named_in_utf8_is_reported(runs, tmp_path):
+    """`fewshot report runs/o\\xff` failed in matplotlib's set_text (a surrogate in the legend) and then in writing
+    index.html: its label is shown with the byte escaped."""
+    run = tmp_path / UNDECODABLE
+    shutil.copytree(runs.ft, run)
+    rc, out, err = run_main("report", run, "--out", tmp_path / "report", "--device", "cpu")
+    assert rc == 0, err
+    assert "o\\xff" in (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+
+
+def test_plot_labels_not_in_utf8_are_drawn_with_their_bytes(tmp_path, monkeypatch):
+    """The accuracy bars' legend names each run by its folder."""
+    from matplotlib.figure import Figure
+
+    from fewshot.report import plots
+
+    drawn = []
+    real = Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        drawn.extend(t.get_text() for t in fig.legends[0].get_texts())
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    metrics = {"known": {"mean_acc1": 50.0, "datasets": {"digits": {"acc1": 50.0}}}, "unknown": None}
+    plots.plot_accuracy_bars([UNDECODABLE, "é"], [metrics, metrics], tmp_path / "bars.png")
+    assert drawn == ["o\\xff", "é"]
+    assert (tmp_path / "bars.png").stat().st_size > 0
+
+
+def test_run_labels_differing_only_in_case_get_different_file_names():
+    """Runs `A` and `a` wrote `A-curves.png` and `a-curves.png`: one file on macOS and Windows."""
+    from fewshot.report.build import _slugs
+
+    slugs = _slugs([SimpleNamespace(label=label) for label in ("A", "a", "b", "B", "a-2")])
+    assert len({s.casefold() for s in slugs.values()}) == 5
+    assert slugs["A"] == "A" and slugs["a"] != "a"
