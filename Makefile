@@ -11,6 +11,7 @@ DEMO_DATA ?= $(DEFAULT_DEMO_DATA)
 DEMO_RUN ?= $(DEFAULT_DEMO_RUN)
 BENCH_VENV ?= .bench-venv
 DEMO_MINUTES ?= 3
+TEST_WORKERS ?= 2
 
 .PHONY: venv test demo demo-data bench clean help
 
@@ -24,7 +25,7 @@ help:
 	@echo "variables, e.g. make demo DEMO_MINUTES=10:"
 	@echo "  VENV=$(VENV)  PYTHON=$(PYTHON) (makes the venv)  TORCH_PIN='$(TORCH_PIN)'"
 	@echo "  DEMO_DATA=$(DEMO_DATA)  DEMO_RUN=$(DEMO_RUN)  DEMO_MINUTES=$(DEMO_MINUTES) (minutes per run)"
-	@echo "  BENCH_VENV=$(BENCH_VENV) (make bench's venv)"
+	@echo "  BENCH_VENV=$(BENCH_VENV) (make bench's venv)  TEST_WORKERS=$(TEST_WORKERS) (test processes; 0: none, in one process)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,7 +37,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: venv
-	$(BIN)/python -m pytest tests -p no:cacheprovider --durations=10
+	$(BIN)/python -m pytest tests -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 demo-data: venv
 	bash scripts/demo_data.sh $(BIN) $(DEMO_DATA)
