@@ -3,6 +3,7 @@ redirected to a file), run folders whose names are not valid UTF-8, and the name
 
 from __future__ import annotations
 
+import html
 import io
 import os
 import shutil
@@ -12,10 +13,11 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from fewshot import process_state
-from fewshot.errors import UserError, one_line, printable, quoted, undecodable_escaped
+from fewshot.errors import UserError, one_line, printable, quoted, shell_quoted, undecodable_escaped
 from helpers.checks import run_main
 from helpers.tiny import build_digits
 
@@ -140,6 +142,108 @@ def test_escaped_output_leaves_a_stream_without_reconfigure_and_one_that_writes_
     assert c_locale.buffer.getvalue() == b"o\xff\n"
 
 
+@pytest.mark.parametrize("encoding, errors, written", [
+    ("ascii", "strict", b"o\\xff \\xe9 \\u4e2d\n"),  # the byte as errors.undecodable_escaped shows it
+    ("latin-1", "surrogateescape", b"o\xff \xe9 \\u4e2d\n"),  # the byte itself, as the stream wrote it before
+    ("utf-8", "strict", b"o\\xff \xc3\xa9 \xe4\xb8\xad\n"),
+])
+def test_escaped_output_writes_a_name_not_in_utf8_with_its_bytes(monkeypatch, encoding, errors, written):
+    """backslashreplace wrote the byte 0xff of a folder's name as `\\udcff`, no byte of the name, and on a
+    Latin-1 stream under surrogateescape (PYTHONIOENCODING=latin-1:surrogateescape) no longer as the byte."""
+    stream = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors=errors, write_through=True)
+    monkeypatch.setattr(sys, "stdout", stream)
+    monkeypatch.setattr(sys, "stderr", stream)
+    with process_state.escaped_output():
+        print(f"{UNDECODABLE} é 中", file=stream)
+    assert stream.buffer.getvalue() == written
+    assert stream.errors == errors
+
+
+class Failing(Strict):
+    """A stream of the caller's own whose reconfigure fails in its own way."""
+
+    def reconfigure(self, **kwargs):
+        raise RuntimeError("no")
+
+
+def test_a_stream_that_fails_to_reconfigure_leaves_the_other_one_as_it_was(monkeypatch):
+    """stdout, escaped first, stayed escaped for good when stderr's reconfigure raised something unforeseen."""
+    out, err = Strict(), Failing()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    with process_state.escaped_output():
+        print("é", file=out)
+    assert out.text() == "\\xe9\n"
+    assert out.errors == "strict" and not process_state._escaped
+
+
+class Blocking(Strict):
+    """A stream whose flush waits (stdout into a full pipe) until `go` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.flushing, self.go = threading.Event(), threading.Event()
+
+    def flush(self):
+        self.flushing.set()
+        self.go.wait(30)
+        super().flush()
+
+
+def test_a_stream_whose_flush_blocks_holds_up_no_other_stream(monkeypatch):
+    """reconfigure flushes: blocked in it while holding the lock of every stream, it held up the calls that escape
+    other streams too."""
+    blocked, other, done = Blocking(), Strict(), threading.Event()
+    monkeypatch.setattr(sys, "stdout", blocked)
+    monkeypatch.setattr(sys, "stderr", blocked)
+
+    def first():
+        with process_state.escaped_output():
+            done.wait(30)
+
+    def second():
+        with process_state.escaped_output():
+            print("é", file=other)
+
+    one, two = threading.Thread(target=first), threading.Thread(target=second)
+    one.start()
+    try:
+        assert blocked.flushing.wait(30)
+        monkeypatch.setattr(sys, "stdout", other)
+        monkeypatch.setattr(sys, "stderr", other)
+        two.start()
+        two.join(10)
+        assert not two.is_alive() and other.text() == "\\xe9\n"
+    finally:
+        blocked.go.set()
+        done.set()
+        one.join(30)
+        two.join(30)
+    assert (blocked.errors, other.errors) == ("strict", "strict") and not process_state._escaped
+
+
+def test_a_call_that_waited_its_turn_escapes_the_stream_the_caller_gave_meanwhile(monkeypatch, tmp_path):
+    """A call waiting for another took the streams as they were when it was made: stderr swapped meanwhile
+    (redirect_stderr in a notebook) was never escaped, and the command failed on its message."""
+    from fewshot import cli
+
+    before, after = Strict(), Strict()
+    monkeypatch.setattr(sys, "stdout", before)
+    monkeypatch.setattr(sys, "stderr", before)
+    codes = []
+    call = threading.Thread(target=lambda: codes.append(cli.main(["compare", str(tmp_path / "nowhere é")])))
+    with cli._TURN.taken("train"):
+        call.start()
+        for _ in range(300):
+            if "this one waits" in before.text():
+                break
+            call.join(0.1)
+        monkeypatch.setattr(sys, "stderr", after)
+    call.join(60)
+    assert codes == [2] and "nowhere \\xe9" in after.text()
+    assert (before.errors, after.errors) == ("strict", "strict")
+
+
 def test_plain_progress_lines_with_names_reach_an_ascii_stream(monkeypatch):
     """PlainProgress drops a line it cannot write (a closed stream must not stop training): a dataset named
     `é` lost every progress line on an ASCII stream."""
@@ -183,6 +287,23 @@ def test_the_command_that_builds_demo_data_is_quoted(tmp_path):
     assert f"`fewshot data digits --out '{tmp_path / 'no pe'}'`" in str(caught.value)
 
 
+def test_a_path_not_in_utf8_is_suggested_as_bash_reads_its_bytes(tmp_path):
+    """shlex.quote made `'o\\udcff'`, shown `'o\\xff'`: pasted, a folder named with a backslash and `xff`."""
+    from fewshot.data.layout import list_datasets
+
+    root = tmp_path / (UNDECODABLE + " '\\")
+    with pytest.raises(UserError) as caught:
+        list_datasets(root)
+    word = f"$'{tmp_path}/o\\xff \\'\\\\'"
+    assert f"dataset root {word} does not exist" in str(caught.value)
+    assert f"`fewshot data digits --out {word}`" in str(caught.value)
+    assert shell_quoted(tmp_path / "é x") == f"'{tmp_path}/é x'"
+    if shutil.which("bash"):  # the shell makes of it the name's own bytes
+        for path in (root, tmp_path / os.fsdecode(b"\xfe\n\x7fa\xc2\x85")):
+            said = subprocess.run(["bash", "-c", f"printf %s {shell_quoted(path)}"], capture_output=True, check=True)
+            assert said.stdout == os.fsencode(path)
+
+
 def test_a_run_folder_not_named_in_utf8_is_reported(runs, tmp_path):
     """`fewshot report runs/o\\xff` failed in matplotlib's set_text (a surrogate in the legend) and then in writing
     index.html: its label is shown with the byte escaped."""
@@ -190,33 +311,36 @@ def test_a_run_folder_not_named_in_utf8_is_reported(runs, tmp_path):
     shutil.copytree(runs.ft, run)
     rc, out, err = run_main("report", run, "--out", tmp_path / "report", "--device", "cpu")
     assert rc == 0, err
-    assert "o\\xff" in (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    page = html.unescape((tmp_path / "report" / "index.html").read_text(encoding="utf-8"))
+    assert "o\\xff" in page
+    assert f"fewshot report $'{run.parent}/o\\xff' --out" in page  # the command to paste: bash's bytes
 
 
 def test_plot_labels_not_in_utf8_are_drawn_with_their_bytes(tmp_path, monkeypatch):
-    """The accuracy bars' legend names each run by its folder."""
+    """The accuracy bars' legend names each run by its folder, their ticks each dataset by its folder, and the
+    confusion plot's ticks each class: a tick label is drawn again from the name given at each draw, so escaping
+    the texts before savefig left the ticks failing in set_text."""
     from matplotlib.figure import Figure
 
     from fewshot.report import plots
 
-    drawn = []
+    drawn = {}
     real = Figure.savefig
 
     def savefig(fig, *args, **kwargs):
-        drawn.extend(t.get_text() for t in fig.legends[0].get_texts())
-        return real(fig, *args, **kwargs)
+        done = real(fig, *args, **kwargs)  # the ticks as this draw made them
+        drawn["legend"] = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else []
+        drawn["x"] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        drawn["y"] = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        return done
 
     monkeypatch.setattr(Figure, "savefig", savefig)
-    metrics = {"known": {"mean_acc1": 50.0, "datasets": {"digits": {"acc1": 50.0}}}, "unknown": None}
+    metrics = {"known": {"mean_acc1": 50.0, "datasets": {UNDECODABLE: {"acc1": 50.0}}}, "unknown": None}
     plots.plot_accuracy_bars([UNDECODABLE, "é"], [metrics, metrics], tmp_path / "bars.png")
-    assert drawn == ["o\\xff", "é"]
+    assert drawn["legend"] == ["o\\xff", "é"]
+    assert drawn["x"] == ["o\\xff", "mean"]
     assert (tmp_path / "bars.png").stat().st_size > 0
-
-
-def test_run_labels_differing_only_in_case_get_different_file_names():
-    """Runs `A` and `a` wrote `A-curves.png` and `a-curves.png`: one file on macOS and Windows."""
-    from fewshot.report.build import _slugs
-
-    slugs = _slugs([SimpleNamespace(label=label) for label in ("A", "a", "b", "B", "a-2")])
-    assert len({s.casefold() for s in slugs.values()}) == 5
-    assert slugs["A"] == "A" and slugs["a"] != "a"
+    long = os.fsdecode(b"\xfe" + b"x" * 20)
+    plots.plot_confusion(np.eye(2, dtype=int), [UNDECODABLE, long], "digits", tmp_path / "confusion.png")
+    assert drawn["x"] == drawn["y"] == ["o\\xff", "\\xfe" + "x" * 9 + "…"]
+    assert (tmp_path / "confusion.png").stat().st_size > 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -226,7 +227,7 @@ def test_predict_refuses_a_missing_data_root_before_saying_it_predicts(tmp_path,
     assert main(["predict", tmp_path / "run", "--data", missing, "--out", tmp_path / "p.json", "--device", "cpu",
                  "--no-progress"]) == 2
     out, err = capsys.readouterr()
-    assert f"dataset root '{missing}' does not exist" in err
+    assert f"dataset root {shlex.quote(str(missing))} does not exist" in err
     assert "predicting with" not in out
 
 

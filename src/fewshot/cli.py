@@ -472,7 +472,7 @@ def main(argv: list | None = None, started: float | None = None) -> int:
     """
     from fewshot import process_state
 
-    with process_state.escaped_output():  # the whole call: argparse's messages name what was typed too
+    with process_state.escaped_output():  # argparse's messages and the wait for the turn name what was typed too
         return _main(argv, started)
 
 
@@ -518,8 +518,10 @@ def _main_alone(args, extra) -> int:
     try:  # the run folders this command locks are free again when it returns, and the caller's settings back
         # under torchrun a rank blocked in a collective is ended by a watcher thread: the stop is said there
         blocked = lambda: _interrupted(args, signal.SIGTERM, from_watcher=True)  # noqa: E731
-        with process_state.kept(), lock_scope(), _command_call(), sigterm_as_interrupt(blocked), \
-                one_read_per_file():  # a --config file read once, whatever reads it (config.one_read_per_file)
+        # the streams escaped again, as they are now: the caller may have swapped sys.stdout while this call waited
+        # its turn; a --config file read once, whatever reads it (config.one_read_per_file)
+        with process_state.escaped_output(), process_state.kept(), lock_scope(), _command_call(), \
+                sigterm_as_interrupt(blocked), one_read_per_file():
             return _dispatch(args, extra, handlers)
     finally:
         progress.set_enabled(bars)  # as were: --no-progress of one in-process call does not outlive it

@@ -6,6 +6,7 @@ Anything else escaping a command is an internal error (exit 1, with a traceback)
 from __future__ import annotations
 
 import re
+import shlex
 import unicodedata
 
 
@@ -26,11 +27,38 @@ def undecodable_escaped(text: str) -> str:
     """A name with bytes that are not valid UTF-8 (os.fsdecode of b"o\\xff" is "o\\udcff"), as `o\\xff`: those
     lone surrogates crashed every writer of text (print to a strict stream, matplotlib's set_text), and shown
     raw they read as `\\udcff`, which is no byte of the name."""
-    try:
-        text.encode("utf-8")
+    if is_utf8_name(text):
         return text
+    return "".join(_escaped(c) if unicodedata.category(c) == "Cs" else c for c in text)
+
+
+def is_utf8_name(name: str) -> bool:
+    """Python decodes undecodable bytes of a file name as lone surrogates, which no text output can write."""
+    try:
+        name.encode("utf-8")
+        return True
     except UnicodeEncodeError:
-        return "".join(_escaped(c) if unicodedata.category(c) == "Cs" else c for c in text)
+        return False
+
+
+def shell_quoted(path) -> str:
+    """A path as a shell word to paste: shlex.quote's `'o\\udcff'` (shown `'o\\xff'`) named a folder that does not
+    exist, so a name that is not UTF-8 is written in bash's `$'o\\xff'`, whose escapes are the name's bytes."""
+    text = str(path)
+    if is_utf8_name(text):
+        return shlex.quote(text)
+    return "$'" + "".join(map(_shell_escaped, text)) + "'"
+
+
+def _shell_escaped(c: str) -> str:
+    """One character inside $'...': a kept byte as that byte, controls as their UTF-8 bytes (never raw)."""
+    if c in "\\'":
+        return "\\" + c
+    if "\udc80" <= c <= "\udcff":
+        return _escaped(c)
+    if unicodedata.category(c) in ("Cc", "Cs") or c in BIDI_CONTROLS:
+        return "".join(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogatepass"))
+    return c
 
 
 # repr's escape of such a surrogate (after an even number of backslashes: in `\\\\udcff` a backslash is escaped)

@@ -81,19 +81,57 @@ def restore_environ(before: dict) -> None:
             os.environ.pop(key, None)
 
 
+# codec error handlers (codecs.register_error) of an escaped stream: what its encoding lacks as `\\u2013`, a byte of a
+# name that is not UTF-8 (os.fsdecode's lone surrogate U+DC80..U+DCFF) as `\\xff` (as errors.undecodable_escaped
+# shows it) or, where the stream's own errors was surrogateescape, as that byte, as it was written before
+ESCAPE, ESCAPE_KEEPING_BYTES = "fewshot.escape", "fewshot.escape_keeping_bytes"
 # error handlers with which a text stream writes any text
-NEVER_FAIL = frozenset({"backslashreplace", "replace", "ignore", "namereplace", "xmlcharrefreplace"})
-_ESCAPING = threading.Lock()
-_escaped: dict[int, list] = {}  # id(stream) -> [stream, its errors before, calls holding it escaped]
+NEVER_FAIL = frozenset({"backslashreplace", "replace", "ignore", "namereplace", "xmlcharrefreplace", ESCAPE,
+                        ESCAPE_KEEPING_BYTES})
+_ESCAPING = threading.Lock()  # guards _escaped; each stream's reconfigure is under its own lock (_Escape.lock)
+_escaped: dict[int, _Escape] = {}  # id(stream) -> the calls holding it escaped
+
+
+def _escape_handler(keep_bytes: bool):
+    """The handler of ESCAPE (keep_bytes False) or ESCAPE_KEEPING_BYTES: a run of kept bytes, or of other
+    characters the encoding lacks, per call (a handler gives back text or bytes, not both)."""
+
+    def handle(exc: UnicodeError):
+        if not isinstance(exc, UnicodeEncodeError):
+            raise exc
+        text, start = exc.object, exc.start
+        kept = "\udc80" <= text[start] <= "\udcff"
+        end = start + 1
+        while end < exc.end and ("\udc80" <= text[end] <= "\udcff") == kept:
+            end += 1
+        if not kept:
+            return codecs.backslashreplace_errors(UnicodeEncodeError(exc.encoding, text, start, end, exc.reason))
+        raw = bytes(ord(c) - 0xdc00 for c in text[start:end])
+        return (raw if keep_bytes else "".join(f"\\x{b:02x}" for b in raw)), end
+
+    return handle
+
+
+codecs.register_error(ESCAPE, _escape_handler(keep_bytes=False))
+codecs.register_error(ESCAPE_KEEPING_BYTES, _escape_handler(keep_bytes=True))
+
+
+class _Escape:
+    """One stream escaped for `calls` calls, with its errors before. `lock` is held while its errors change:
+    reconfigure flushes, and a flush into a full pipe blocks only the calls that escape this same stream."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.errors, self.calls, self.gone = stream, None, 0, False
+        self.lock = threading.Lock()
 
 
 @contextmanager
 def escaped_output():
-    """stdout and stderr write what their encoding lacks escaped (`errors="backslashreplace"`) while a command
-    runs: a table's "–" or a path with "é" or "中文" on a Latin-1 or ASCII stream (a Latin-1 locale, Windows
-    output redirected to a file) ended the command in a traceback after its work. Put back when the last call
-    that escaped a stream returns (calls from threads may overlap here: they take their turn later); a stream
-    without `reconfigure` (a notebook's) is left as it is."""
+    """stdout and stderr write what their encoding lacks escaped (ESCAPE) while a command runs: a table's "–" or a
+    path with "é" or "中文" on a Latin-1 or ASCII stream (a Latin-1 locale, Windows output redirected to a file)
+    ended the command in a traceback after its work. Put back when the last call that escaped a stream returns
+    (calls made from threads in one another's time: cli takes the streams inside its turn, as they are then);
+    a stream without `reconfigure` (a notebook's) is left as it is."""
     streams = _escape(sys.stdout, sys.stderr)
     try:
         yield
@@ -103,38 +141,69 @@ def escaped_output():
 
 def _escape(*streams) -> list:
     """The streams now escaping for this call (already escaping for another call: counted once more)."""
-    taken = []
-    with _ESCAPING:
+    taken: list[_Escape] = []
+    try:
         for stream in {id(s): s for s in streams}.values():
-            held = _escaped.get(id(stream))
-            if held is not None and held[0] is stream:
-                held[2] += 1
-                taken.append(stream)
-                continue
-            errors = getattr(stream, "errors", None)
-            if not _may_fail(stream, errors):
-                continue
+            held = _hold(stream)
             try:
-                stream.reconfigure(errors="backslashreplace")
-            except (AttributeError, ValueError, OSError):  # no reconfigure, closed, or its flush failed
-                continue
-            _escaped[id(stream)] = [stream, errors, 1]
-            taken.append(stream)
+                if held.calls or _reconfigured(held):
+                    held.calls += 1
+                    taken.append(held)
+            finally:
+                _let_go(held)
+    except BaseException:  # Ctrl-C halfway: a stream counted for no call stayed escaped for good
+        _unescape(taken)
+        raise
     return taken
 
 
-def _unescape(streams: list) -> None:
-    with _ESCAPING:
-        for stream in streams:
-            held = _escaped[id(stream)]
-            held[2] -= 1
-            if held[2]:
-                continue
-            del _escaped[id(stream)]
-            try:
-                stream.reconfigure(errors=held[1])
-            except (ValueError, OSError):  # closed by the command, or stdout's reader went away (`| head`)
-                pass
+def _reconfigured(held: _Escape) -> bool:
+    """Whether the stream now escapes: left alone where it writes any text already or cannot be reconfigured."""
+    stream = held.stream
+    errors = getattr(stream, "errors", None)
+    if not _may_fail(stream, errors):
+        return False
+    try:
+        stream.reconfigure(errors=ESCAPE_KEEPING_BYTES if errors == "surrogateescape" else ESCAPE)
+    except Exception:  # noqa: BLE001 - no reconfigure, closed, its flush failed, or a stream of the caller's own
+        return False
+    held.errors = errors
+    return True
+
+
+def _unescape(taken: list) -> None:
+    for held in taken:
+        held.lock.acquire()  # still in _escaped: this call counts in held.calls
+        try:
+            held.calls -= 1
+            if not held.calls:
+                held.stream.reconfigure(errors=held.errors)
+        except Exception:  # noqa: BLE001 - closed by the command, or stdout's reader went away (`| head`)
+            pass
+        finally:
+            _let_go(held)
+
+
+def _hold(stream) -> _Escape:
+    """The stream's record, its lock taken (one given up meanwhile by its last call is not used: looked up again)."""
+    while True:
+        with _ESCAPING:
+            held = _escaped.get(id(stream))
+            if held is None:
+                held = _escaped[id(stream)] = _Escape(stream)
+        held.lock.acquire()
+        if not held.gone:
+            return held
+        held.lock.release()
+
+
+def _let_go(held: _Escape) -> None:
+    """Release the record's lock, dropping the record when no call holds the stream escaped."""
+    if not held.calls:
+        with _ESCAPING:
+            held.gone = True
+            del _escaped[id(held.stream)]
+    held.lock.release()
 
 
 def _may_fail(stream, errors) -> bool:

@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot.errors import DataLayoutError, UserError, one_line, printable, quoted
+from fewshot.errors import DataLayoutError, UserError, is_utf8_name, one_line, printable, quoted, shell_quoted
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 NOT_DATASETS = frozenset({"unlabeled"})
@@ -428,8 +428,8 @@ def list_datasets(root: Path) -> list[str]:
         raise UserError(one_line(f"dataset root '{root}' is a symbolic link {_broken_link(root)}; give --data the "
                                  f"folder above the datasets, or fix the link."))
     if not root.is_dir():
-        raise UserError(f"dataset root '{root}' does not exist or is not a folder. "
-                        f"Build the demo data with `fewshot data digits --out {shlex.quote(str(root))}`.")
+        raise UserError(f"dataset root {shell_quoted(root)} does not exist or is not a folder. "
+                        f"Build the demo data with `fewshot data digits --out {shell_quoted(root)}`.")
     try:
         folders = sorted((p for p in root.iterdir()
                           if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS),
@@ -492,15 +492,6 @@ def _is_candidate(entry: os.DirEntry) -> bool:
 
 NOT_UTF8 = (f"not valid text in the file-system encoding ({sys.getfilesystemencoding()}); rename it, or run under a "
             f"UTF-8 locale (e.g. LC_ALL=C.UTF-8) if the name is UTF-8")
-
-
-def is_utf8_name(name: str) -> bool:
-    """Python decodes undecodable bytes of a file name as lone surrogates, which no text output can write."""
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None = None,

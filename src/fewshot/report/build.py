@@ -14,12 +14,11 @@ import hashlib
 import html
 import os
 import re
-import shlex
 from pathlib import Path
 
 import numpy as np
 
-from fewshot.errors import UserError, printable, undecodable_escaped
+from fewshot.errors import UserError, printable, shell_quoted, undecodable_escaped
 from fewshot.report import html as H
 from fewshot.report import tables as T
 from fewshot.report.runs import Run, expand_runs, refresh_evaluation
@@ -37,15 +36,13 @@ NAME_PART_MAX = 60  # characters of a run or dataset name in a PNG's name: a 230
 
 
 def _slugs(runs: list[Run]) -> dict[str, str]:
-    """A file-name part per run label, unique without regard to case: runs `A` and `a` wrote `A-curves.png` and
-    `a-curves.png`, one file on the case-insensitive file systems of macOS and Windows."""
     out, taken = {}, set()
     for r in runs:
         base = _safe_name(r.label, "run")
         slug, i = base, 2
-        while slug.casefold() in taken:
+        while slug in taken:
             slug, i = f"{base}-{i}", i + 1
-        taken.add(slug.casefold())
+        taken.add(slug)
         out[r.label] = slug
     return out
 
@@ -541,7 +538,8 @@ class ReportBuilder:
     def command(self) -> str:
         """The command that rebuilds this report: its RUN arguments as given (a `fewshot run` folder, a checkpoint
         file), --out and the options that change what it shows. The stage paths it listed were not what was
-        given, and named no --out."""
+        given, and named no --out. A folder named with bytes that are not UTF-8 is written as bash's $'o\\xff'
+        (shell_quoted): shlex's 'o\\udcff', shown as 'o\\xff', named no folder."""
         words = ["fewshot", "report", *self.paths, "--out", str(self.out)]
         if self.data is not None:
             words += ["--data", str(self.data)]
@@ -549,7 +547,7 @@ class ReportBuilder:
             words.append("--tsne")
         if self.grid_images != GRID_IMAGES:
             words += ["--grid", str(self.grid_images)]
-        return shlex.join(words)
+        return " ".join(map(shell_quoted, words))
 
     def build(self) -> Path:
         from fewshot.data.cache import ensure_writable_dir

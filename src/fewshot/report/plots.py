@@ -190,6 +190,9 @@ def _color(i: int, n: int = 10):
 
 
 def _short(s: str, n: int = 28) -> str:
+    """A name cut to n characters, its bytes that are not UTF-8 escaped first (`o\\xff`): a tick label is drawn
+    again from the string given at each draw, after _save escaped the texts it saw, and a surrogate failed it."""
+    s = undecodable_escaped(s)
     return s if len(s) <= n else s[:n - 1] + "…"
 
 
@@ -632,7 +635,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, out: Path) ->
                    extent=(-0.5, share.shape[1] * pool - 0.5, share.shape[0] * pool - 0.5, -0.5))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the true class")
     if small:
-        short = [c if len(c) <= 14 else c[:13] + "…" for c in classes]
+        short = [_short(c, 14) for c in classes]  # the class folders' names, as ticks: escaped (_short)
         rotate = max(map(len, short)) > 2
         ax.set_xticks(range(n), short, rotation=50 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
         ax.set_yticks(range(n), short, fontsize=8)
