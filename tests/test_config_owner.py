@@ -221,8 +221,9 @@ def test_a_run_stages_config_given_back_chooses_device_and_lr_again(staged_run, 
 
 
 def test_a_run_stages_config_given_back_is_not_called_an_older_fewshots(tmp_path, capsys):
-    """A `fewshot run` fine-tuning stage after its MoCo records no choice (its lr is run.finetune_lr): given back as
-    --config, the note called it "an older fewshot's run config.yaml"."""
+    """A `fewshot run` fine-tuning stage written before stages recorded their choices (its lr is run.finetune_lr,
+    which no `fewshot train` rule chooses): given back as --config, the note called it "an older fewshot's run
+    config.yaml", which named no `fewshot run` stage."""
     from fewshot.config import mark_rechosen, note_rechosen
 
     stage = tmp_path / "run" / "finetune"
@@ -262,3 +263,156 @@ def test_given_fields_are_the_flags_set_and_the_words(tmp_path):
     assert given_fields(flags, ["optim.lr=0.01", "data.datasets=a,b"]) == {"model.name", "train.seed", "optim.lr",
                                                                             "data.datasets"}
     assert given_fields({"data.datasets": None}, []) == set()
+
+
+def stage_file(folder: Path, cfg: dict) -> Path:
+    """``cfg`` saved as a run stage's config.yaml, beside the log that makes the folder a run's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, folder / "config.yaml")
+    (folder / "log.jsonl").write_text("")
+    return folder / "config.yaml"
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_users_run_finetune_lr_is_not_recorded_as_the_stages_choice(tmp_path, recorded):
+    """finetune_config recorded optim.lr as chosen whenever optim.lr was unset, also at the user's
+    run.finetune_lr=5e-4: `train --config RUN/finetune/config.yaml --weights ...` then dropped the 5e-4 for 1e-4.
+    The rules for a stage without a record (an older fewshot's) took any run.finetune_lr for the run's as well."""
+    from fewshot.config import chosen_in_file
+
+    def stage(name: str, *words: str) -> dict:
+        cfg = resolve(overrides=["run.pretrain=true", "train.device=cpu", *words])
+        fcfg = pipeline.finetune_config(cfg, None, "off")
+        if not recorded:
+            fcfg.pop(CHOSEN, None)
+        return chosen_in_file(stage_file(tmp_path / name / "finetune", fcfg))
+
+    users = stage("users", "run.finetune_lr=5e-4", "run.finetune_backbone_mult=0.5")
+    assert "optim.lr" not in users and "optim.backbone_lr_mult" not in users, users
+    own = stage("own")
+    assert own["optim.lr"] == 0.002 and own["optim.backbone_lr_mult"] == 1.0, own
+
+
+@pytest.mark.parametrize("started, now, recorded", [
+    ("cuda", {CHOSEN: {"train.device": "cpu"}}, "cpu"),  # auto on a GPU, resumed with auto on a CPU machine
+    ("cpu", {CHOSEN: {"train.device": "cuda"}}, "cuda"),  # --device cpu, resumed with auto on a GPU
+    ("cuda", {CHOSEN: {}}, None),  # auto, resumed with --device cuda: the user's now
+])
+def test_a_resumed_stages_device_record_follows_the_session(tmp_path, started, now, recorded):
+    """stage_config put this session's device into a resumed stage's config.yaml but kept the stage's own record:
+    `device: cpu` beside a recorded `cuda` was taken for the user's cpu (chosen_in_file gave {})."""
+    from fewshot.config import chosen_in_file
+
+    begun = resolve(overrides=["run.pretrain=true", f"train.device={started}"])
+    begun[CHOSEN] = {"optim.lr": 0.002, **({"train.device": "cuda"} if started == "cuda" else {})}
+    sdir = tmp_path / "run" / "finetune"
+    stage_file(sdir, begun)
+    cfg = resolve(overrides=["run.pretrain=true", f"train.device={recorded or 'cuda'}"])
+    cfg.update(now)
+    scfg = pipeline.stage_config(sdir, cfg)
+    assert scfg[CHOSEN] == {"optim.lr": 0.002, **({"train.device": recorded} if recorded else {})}, scfg[CHOSEN]
+    save_yaml(scfg, sdir / "config.yaml")  # as Engine.fit saves it
+    assert chosen_in_file(sdir / "config.yaml").get("train.device") == recorded
+
+
+def test_a_resumed_older_stage_gets_no_record(tmp_path):
+    """A stage an older fewshot wrote has no record: one holding the device alone would pin its lr 0.004."""
+    sdir = tmp_path / "run" / "finetune"
+    stage_file(sdir, resolve(overrides=["train.device=cuda", "optim.lr=0.004"]))
+    assert CHOSEN not in pipeline.stage_config(sdir, {**resolve(overrides=["train.device=cpu"]),
+                                                      CHOSEN: {"train.device": "cpu"}})
+
+
+def test_a_train_run_that_chose_nothing_records_so(digits_root, tmp_path):
+    """A run that chose nothing wrote no record, so its config.yaml looked like an older fewshot's: given back as
+    --config, the user's --lr 0.004, backbone multiplier 1.0 and --device cpu were taken for the run's choices
+    and chosen again (1e-4 and 0.1 under --weights, a GPU for cpu)."""
+    from helpers.checks import run_main
+
+    from fewshot.config import chosen_in_file, config_data, file_settings
+    from fewshot.train.finetune import merge_resume_config
+
+    out = tmp_path / "run"
+    rc, _, err = run_main("train", "--data", digits_root, "--out", out, "--model", "test_resnet", "--img-size", "32",
+                          "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--lr", "0.004",
+                          "optim.backbone_lr_mult=1.0", "--no-progress")
+    assert rc == 0, err
+    config = out / "config.yaml"
+    assert config_data(config)[CHOSEN] == {} and chosen_in_file(config) == {}
+    pinned = file_settings(config)
+    assert pinned["optim.lr"] == 0.004 and pinned["optim.backbone_lr_mult"] == 1.0, pinned
+    assert pinned["train.device"] == "cpu"
+    # a resume that gives the one field the run chose keeps the (now empty) record
+    data = config_data(config)
+    data[CHOSEN] = {"train.device": "cpu"}
+    save_yaml(data, config)
+    assert merge_resume_config(out, resolve(), {"train.device": "cpu"})[CHOSEN] == {}
+
+
+def test_a_fewshot_run_records_even_an_empty_choice_and_the_size_it_chose(digits_root, tmp_path, phases_only):
+    """The stages of a run that chose nothing wrote no record (taken for an older fewshot's); the image size the
+    run chose was not recorded at all, and `train --config` given a stage's file pinned it."""
+    config = tmp_path / "mine.yaml"
+    config.write_text("train:\n  seed: 1\n")  # no size: the run chooses it
+    assert main(run_argv(digits_root, tmp_path / "r", config, "--device", "cpu")) == 0
+    assert phases_only[0].cfg[CHOSEN] == {}
+    assert CHOSEN in pipeline.finetune_config(phases_only[0].cfg, None, "off")
+    argv = [a for a in run_argv(digits_root, tmp_path / "r2", config, "--device", "cpu") if a not in ("--img-size",
+                                                                                                     "32")]
+    assert main(argv) == 0
+    run = phases_only[1]
+    assert run.cfg[CHOSEN] == {"model.img_size": run.cfg["model"]["img_size"]}
+    assert CHOSEN not in run.requested
+
+
+def test_a_fewshot_run_records_the_model_its_weights_name(digits_root, tmp_path, monkeypatch):
+    """The model a --weights file records, adopted where the user named none, is the run's choice: recorded for
+    the stages (as `fewshot train` records it), but not in the settings a --resume must repeat."""
+    import fewshot.models.weights
+
+    weights = tmp_path / "backbone.safetensors"
+    weights.write_bytes(b"")
+    monkeypatch.setattr(fewshot.models.weights, "architecture_of", lambda path: {"model": "test_resnet"})
+    seen = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg, *args, **kwargs: seen.append(cfg))
+    argv = ["run", "--data", str(digits_root), "--out", str(tmp_path / "r"), "--weights", str(weights),
+            "--device", "cpu", "--img-size", "32", "--no-progress"]
+    assert main(argv) == 0
+    assert seen[0]["model"]["name"] == "test_resnet" and seen[0][CHOSEN] == {"model.name": "test_resnet"}
+    run = pipeline.PipelineRun(seen[0], tmp_path / "r", 10.0, None, False)
+    try:
+        run.start_up()
+    finally:
+        release_all()
+    assert CHOSEN not in run.requested and run.cfg[CHOSEN] == {"model.name": "test_resnet"}
+
+
+def test_the_note_still_advises_keeping_a_non_optimiser_field_across_tasks(capsys):
+    """A MoCo run's config.yaml given to fine-tuning: its lr gets no advice to keep it, but its device still does."""
+    from fewshot.config import note_rechosen
+
+    cfg = resolve(overrides=["optim.lr=0.004", "train.device=cuda"])
+    cfg[RECHOSEN] = {"file": "MOCO/config.yaml", "values": {"optim.lr": 0.015, "train.device": "cpu"},
+                     "unrecorded": False, "task": "moco"}
+    note_rechosen(cfg)
+    err = capsys.readouterr().err
+    assert "optim.lr 0.004 (0.015 there: MoCo pretraining's, not meant for fine-tuning)" in err, err
+    assert "train.device cuda (cpu there)" in err and "(give e.g. train.device=cpu to keep the file's value)" in err
+    assert "optim.lr=0.015" not in err, err
+
+
+@pytest.mark.parametrize("text", ["model: [unclosed\n", "- a list\n"])
+def test_an_unreadable_config_in_the_out_folder_is_not_called_a_recipe(tmp_path, text):
+    """A config.yaml broken off (or no config at all) was refused as "not one a run wrote (a recipe?)"."""
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "config.yaml").write_text(text)
+    try:
+        with pytest.raises(UserError) as refused:
+            prepare_run_dir(out, False, {"data": {"root": str(tmp_path / "data")}})
+    finally:
+        release_all()
+    said = str(refused.value)
+    assert "its config.yaml cannot be read (config file" in said and "a recipe?" not in said, said
+    assert "Move that file away" in said and "choose another --out" in said, said
+    assert (out / "config.yaml").read_text() == text

@@ -200,7 +200,8 @@ TRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.dat
 
 
 def given_fields(flags: dict, extra: list[str]) -> set[str]:
-    """The dotted fields the command line gives: a flag's that is set (not None) and each key=value word's."""
+    """The dotted fields the command line gives: those of the flags set (their value not None) and of the
+    key=value words, so that each question "did the user give this field?" has one answer."""
     from fewshot.config import parse_override
 
     return {dotted for dotted, value in flags.items() if value is not None} | \
@@ -263,12 +264,12 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
 def resolve_naming_flags(names: dict, flags: dict, extra: list[str], **kwargs) -> dict:
     """config.resolve(), whose message about a bad value names the flag that gave it (`--epochs -1` said
     "train.epochs must be ..."), unless a key=value word set the field after the flag."""
-    from fewshot.config import FieldError, parse_override, resolve
+    from fewshot.config import FieldError, resolve
 
     try:
         return resolve(flags=flags, overrides=extra, **kwargs)
     except FieldError as exc:
-        words = {".".join(parse_override(w)[0]) for w in extra}  # every word parsed already: resolve read them
+        words = given_fields({}, extra)  # every word parsed already: resolve read them
         if flags.get(exc.field) is not None and exc.field in names and exc.field not in words:
             raise exc.named(names[exc.field], flags[exc.field]) from None
         raise

@@ -195,7 +195,11 @@ def cmd_run(args, extra) -> int:
     from fewshot.models.backbone import timm_name
 
     cfg["model"]["name"] = timm_name(cfg["model"]["name"])  # as recorded, and as a resume compares it
+    name = cfg["model"]["name"]
     adopt_run_model(cfg, flags, extra, args)
+    from fewshot.config import record_chosen
+
+    record_chosen(cfg, {"model.name": name})  # the weights' model, for the stages' config.yaml: chosen again there
     adopt_run_datasets(cfg, flags, extra, args)
     if not args.resume:  # a resumed run's stages go on with their own config.yaml: nothing is chosen again
         from fewshot.cli import given_fields
@@ -290,11 +294,10 @@ RUN_REPLACES = {
 
 def warn_replaced_overrides(extra) -> None:
     """`fewshot run moco.queue_size=64` ran with K=128 without a word: say which field the run uses instead."""
-    from fewshot.config import parse_override
+    from fewshot.cli import given_fields
 
     for word in extra or []:
-        dotted = ".".join(parse_override(word)[0])
-        if dotted in RUN_REPLACES:
+        for dotted in given_fields({}, [word]) & RUN_REPLACES.keys():
             print(f"warning: {word} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr, flush=True)
 
 

@@ -565,6 +565,13 @@ def chosen_by_rule(task: Any, raw: dict) -> dict:
         value = _as_number(raw.get(dotted))
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
+    def run_default(value: float | None, field: str) -> bool:
+        """A `fewshot run` stage's value that is its run's default run.* one: a user's run.finetune_lr=5e-4 is
+        theirs, as the run records it (pipeline.finetune_config)."""
+        default = DEFAULTS["run"][field]
+        return raw.get("run.pretrain") is True and value is not None and same_value(value, default) and \
+            same_value(raw.get(f"run.{field}"), default)
+
     lr, mult = number("optim.lr"), number("optim.backbone_lr_mult")
     chosen = set()
     # resolve_pretrain_defaults: 0.03 x global batch / 256, the global batch being the per-process batch x the
@@ -575,12 +582,9 @@ def chosen_by_rule(task: Any, raw: dict) -> dict:
         chosen.update({"optim.lr"} if world >= 1 - 1e-9 and abs(world - round(world)) < 1e-6 * world else set())
         chosen.update({"optim.backbone_lr_mult"} if mult == 1.0 else set())
     else:  # resolve_finetune_defaults; a `fewshot run` stage after its own MoCo: run.finetune_lr / _backbone_mult
-        staged = raw.get("run.pretrain") is True
-        if lr is not None and (any(math.isclose(lr, rule) for rule in (4e-3, 1e-4))
-                               or staged and same_value(lr, raw.get("run.finetune_lr"))):
+        if lr is not None and (any(math.isclose(lr, rule) for rule in (4e-3, 1e-4)) or run_default(lr, "finetune_lr")):
             chosen.add("optim.lr")
-        own_mult = staged and mult is not None and same_value(mult, raw.get("run.finetune_backbone_mult"))
-        if mult in (1.0, 0.1) or own_mult:
+        if mult in (1.0, 0.1) or run_default(mult, "finetune_backbone_mult"):
             chosen.add("optim.backbone_lr_mult")
     if raw.get("train.device") in ("cpu", "cuda"):  # what auto gives on some machine (start_job saves the type)
         chosen.add("train.device")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot.config import RECHOSEN, canonical_value, note_chosen, note_rechosen, save_yaml
+from fewshot.config import CHOSEN, RECHOSEN, canonical_value, note_chosen, note_rechosen, save_yaml
 from fewshot.data.cache import default_cache_dir, ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import DataLayoutError, UserError, one_line
@@ -351,7 +351,9 @@ def check_finetune_batches(cfg: dict, train_set) -> None:
 
 def stage_config(sdir: Path, cfg: dict) -> dict:
     """A stopped stage's own config.yaml (its planned epochs, budget and evaluation interval), with this
-    session's device, data location and output settings (what a resumed run may change)."""
+    session's device, data location and output settings (what a resumed run may change). The device's record
+    follows this session's: a stage begun with auto on a GPU and resumed with auto on a CPU kept `cuda` as chosen
+    beside `device: cpu`, and the cpu was then taken for the user's (and the reverse for --device cpu)."""
     from fewshot.config import get_dotted, load_yaml, set_dotted, with_defaults
     from fewshot.run_state import RUN_RESUME_MAY_CHANGE
     from fewshot.train.finetune import ABSENT_MEANS
@@ -362,6 +364,11 @@ def stage_config(sdir: Path, cfg: dict) -> dict:
     for dotted in (*RUN_RESUME_MAY_CHANGE, "model.weights", "data.unlabeled"):
         keys = dotted.split(".")
         set_dotted(scfg, keys, get_dotted(cfg, keys))
+    chosen = scfg.get(CHOSEN)
+    if isinstance(chosen, dict):  # an older stage's without a record is judged by the rules (chosen_by_rule)
+        chosen.pop("train.device", None)
+        if "train.device" in (cfg.get(CHOSEN) or {}):
+            chosen["train.device"] = cfg[CHOSEN]["train.device"]
     return scfg
 
 
@@ -829,8 +836,10 @@ def finetune_config(cfg: dict, weights, semi: str, read_weights: bool = True) ->
     """The fine-tuning stages' config: from ``weights`` (the MoCo stage's export, the user's file or None), and
     after our own short MoCo run.finetune_lr / run.finetune_backbone_mult where the user set no optim.lr /
     optim.backbone_lr_mult. Unset is None, not any false value: optim.backbone_lr_mult=0 (a frozen backbone, as
-    `fewshot train` keeps it) used to be replaced by 1.0. ``read_weights=False``: the network as ``cfg`` builds
-    it, without the width and stem the weights file records."""
+    `fewshot train` keeps it) used to be replaced by 1.0. Recorded as chosen only at the run.* default: a user's
+    run.finetune_lr=5e-4 was recorded so, and `train --config` given the stage's file dropped it. ``read_weights=
+    False``: the network as ``cfg`` builds it, without the width and stem the weights file records."""
+    from fewshot.config import DEFAULTS, same_value
     from fewshot.train.supervised import resolve_finetune_defaults
 
     r, fcfg = cfg["run"], copy.deepcopy(cfg)
@@ -838,10 +847,11 @@ def finetune_config(cfg: dict, weights, semi: str, read_weights: bool = True) ->
     fcfg["semi"]["method"] = "fixmatch" if semi == "fixmatch" else "off"
     if r["pretrain"]:
         o = fcfg["optim"]
-        for field, rule in (("lr", r["finetune_lr"]), ("backbone_lr_mult", r["finetune_backbone_mult"])):
-            if o[field] is None:  # the run's choice: `train --config` given the stage's file chooses it again
-                o[field] = rule
-                note_chosen(fcfg, f"optim.{field}")
+        for field, rule in (("lr", "finetune_lr"), ("backbone_lr_mult", "finetune_backbone_mult")):
+            if o[field] is None:
+                o[field] = r[rule]
+                if same_value(r[rule], DEFAULTS["run"][rule]):  # the run's choice: `train --config` chooses it again
+                    note_chosen(fcfg, f"optim.{field}")
     return resolve_finetune_defaults(fcfg, resuming=not read_weights)  # resuming: the network is not adopted
 
 
@@ -890,6 +900,9 @@ class PipelineRun:
         self.t_start = time.monotonic() if started is None else started
         self.cfg, self.out, self.budget_minutes, self.resume = cfg, Path(out), budget_minutes, resume
         self.rechosen = cfg.pop(RECHOSEN, None)  # for note_run_rechosen; not a setting the run records
+        # what the command chose (the weights' model), for the stages' config.yaml: kept out of the settings that
+        # run_state.json records and a --resume must repeat, and back in cfg once those are taken (start_up)
+        self.chosen = cfg.pop(CHOSEN, None)
         self.state = None
         self.stop_clock: tuple | None = None  # (state, t_start) once the run has them: what a stop counts
         self.pool_limit = None  # the pool files self-training decodes and labels (None: all)
@@ -947,6 +960,9 @@ class PipelineRun:
         cfg, out = self.cfg, self.out
         refuse_if_being_written(out)  # before its state is judged: "already used" / "--resume" named the wrong cause
         self.requested = copy.deepcopy(cfg)  # the settings as asked for, which a --resume must repeat
+        # always a record, if empty: a stage's config.yaml without one is taken for an older fewshot's, and the
+        # user's --lr 0.004 or --device cpu there for values the run chose (chosen_by_rule)
+        cfg[CHOSEN] = dict(self.chosen or {})
         if self.resume:
             finished = self.resume_state()
             if finished is not None:
@@ -988,6 +1004,7 @@ class PipelineRun:
         self.budget_minutes = self.state.budget_minutes
         if cfg["model"]["img_size"] is None:  # the size the run chose (it depends on the device, which may change)
             cfg["model"]["img_size"] = self.state.data.get("img_size")
+            note_chosen(cfg, "model.img_size")  # a stage begun now records it, as one begun before the stop did
         if holds_finished_run(out, self.state.data):
             print(f"[run] {out} finished already: {out}/pred_all.json, {out}/metrics.json")
             return json.loads((out / "summary.json").read_text())
@@ -1051,6 +1068,7 @@ class PipelineRun:
         why = ""
         if cfg["model"]["img_size"] is None:  # the budget is the whole run's (`fewshot run`'s default without a flag)
             cfg["model"]["img_size"], why = auto_img_size(self.infos, self.device, self.budget_minutes)
+            note_chosen(cfg, "model.img_size")  # the stages' config.yaml given back as --config choose it again
         print(one_line(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {self.device.type}"
                        f"{f' ({why})' if why else ''}: {', '.join(i.name for i in self.infos)}"), flush=True)
         replaced_by = weights_replaced_by(self.state, self.out, r["pretrain"]) if cfg["model"]["weights"] else None

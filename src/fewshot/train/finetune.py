@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot.config import load_yaml, note_chosen, note_rechosen, save_yaml, written_by_run
+from fewshot.config import CHOSEN, load_yaml, note_chosen, note_rechosen, save_yaml, written_by_run
 from fewshot.data.cache import ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import UserError, one_line
@@ -55,8 +55,19 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
         except OSError as exc:
             raise UserError(f"cannot read the run folder '{out}': {exc.strerror or exc}.") from None
         foreign = [e for e in entries if e not in RUN_START_ENTRIES]
-        if "config.yaml" in entries and not _is_run_config(out / "config.yaml"):
-            foreign.insert(0, "config.yaml")
+        unreadable = None
+        if "config.yaml" in entries:
+            try:
+                if not _is_run_config(out / "config.yaml"):
+                    foreign.insert(0, "config.yaml")
+            except (UserError, OSError) as exc:  # no recipe either: a file broken off, or not YAML at all
+                unreadable = one_line(str(exc) if isinstance(exc, UserError) else exc.strerror or str(exc))
+                foreign.insert(0, "config.yaml")
+        if foreign == ["config.yaml"] and unreadable is not None:
+            raise UserError(f"the run folder '{out}' is not empty (config.yaml) and holds no run to resume: its "
+                            f"config.yaml cannot be read ({unreadable.rstrip('.')}), and a new run would write its "
+                            f"own there. Move that file away (or delete it, if nothing of yours is in it), or "
+                            f"choose another --out.")
         if foreign == ["config.yaml"]:  # a recipe copied there: "empty the folder" told the user to delete it
             raise UserError(f"the run folder '{out}' is not empty (config.yaml) and holds no run to resume: its "
                             f"config.yaml is not one a run wrote (a recipe?), and a run writes its own config.yaml "
@@ -162,12 +173,9 @@ def remove_stale_temp_files(out: Path, older_than_s: float = 600.0) -> None:
 
 def _is_run_config(path: Path) -> bool:
     """Whether an --out folder's config.yaml is a run's start (config.written_by_run on its content alone), not the
-    user's: a recipe copied there (configs/course_*.yaml: model, data, optim, train) was written over."""
-    try:
-        saved = load_yaml(path)
-    except (UserError, OSError):
-        return False
-    return written_by_run(saved, path, run_files=False)
+    user's: a recipe copied there (configs/course_*.yaml: model, data, optim, train) was written over. Raises
+    UserError or OSError where it cannot be read: that is neither, and was called "a recipe?"."""
+    return written_by_run(load_yaml(path), path, run_files=False)
 
 
 # What `--resume` may change: how long and where the run goes on, and how it reports. Anything else
@@ -242,7 +250,7 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
         return cfg
     base = load_yaml(saved)
     refuse_unknown_fields(base, saved)
-    from fewshot.config import CHOSEN, DEFAULTS, chosen_record, get_dotted, same_value, set_dotted
+    from fewshot.config import DEFAULTS, chosen_record, get_dotted, same_value, set_dotted
 
     chosen = chosen_record(base, saved)
 
@@ -274,10 +282,8 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     # what this command gives (--device cpu over a chosen cuda), or an edit of config.yaml, is the user's now
     kept = {dotted: value for dotted, value in chosen.items()
             if dotted not in explicit and same_value(in_run(dotted.split(".")), value)}
-    if kept:
+    if kept or CHOSEN in base:  # an emptied record stays: without one the run's file is taken for an older fewshot's
         base[CHOSEN] = kept
-    else:
-        base.pop(CHOSEN, None)
     saved_device = str(base.get("train", {}).get("device") or "")
     if "train.device" not in explicit and saved_device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"'{out}' was trained on {saved_device} (its config.yaml) and no CUDA GPU is available "
@@ -320,6 +326,8 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     cfg["train"]["device"] = str(device.type)
     if auto:  # config.yaml saves the device used: given back, auto chooses again
         note_chosen(cfg, "train.device")
+    if not resume:  # a record even if empty: a run's config.yaml without one is taken for an older fewshot's,
+        cfg.setdefault(CHOSEN, {})  # and a given --lr 0.004 or --device cpu there for the run's choice
     if cfg["train"]["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     resuming = resume and (Path(out) / "checkpoints" / "last.pt").is_file()
