@@ -165,3 +165,13 @@ def real_time_holds(monkeypatch):
 
     monkeypatch.setattr(pipeline, "time_holds", REAL_TIME_HOLDS[0])
     return REAL_TIME_HOLDS[0]
+
+
+@pytest.fixture
+def real_least_run_holds(monkeypatch):
+    """The least-run refusals' own tests: pipeline.least_run_holds as the package has it (later_rounds_fit relaxes
+    it), one place rather than a copy of its test in each file."""
+    from fewshot import pipeline, run_budget
+
+    monkeypatch.setattr(pipeline, "least_run_holds", run_budget.least_run_holds)
+    return run_budget.least_run_holds

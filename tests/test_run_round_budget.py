@@ -15,13 +15,13 @@ from test_pipeline import _check_pred_all
 
 @pytest.mark.parametrize("rounds", ["2", "3"])  # round 2 the last round (`finetune`), or a middle round
 def test_a_later_round_whose_least_run_does_not_fit_at_its_planning_is_skipped(digits_root, tmp_path, monkeypatch,
-                                                                              real_time_holds, rounds):
+                                                                              real_time_holds, real_least_run_holds,
+                                                                              rounds):
     """A 2-minute run took 140 s: the check before round 2's labelling passed at round 1's speed, round 2 started
     with 0.4 s left, measured 4.7 s a step and trained its 5-step floor past the budget. Round 2 is optional (round
     1 can predict): where its least run at the speed measured for it does not fit, it is skipped, not trained."""
-    from fewshot import pipeline, run_budget
+    from fewshot import pipeline
 
-    monkeypatch.setattr(pipeline, "least_run_holds", run_budget.least_run_holds)  # conftest relaxes it
     monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)  # round 1 plans as usual
     monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6)  # the check before the labelling holds
     monkeypatch.setattr(pipeline, "least_run_seconds", lambda *a: 1e6)  # the round's own floor does not
@@ -114,13 +114,13 @@ def test_a_round_skipped_after_middle_rounds_were_dropped_is_not_counted_as_kept
 
 
 def test_a_run_stopped_after_a_round_was_skipped_at_its_planning_resumes_without_it(digits_root, tmp_path,
-                                                                                   monkeypatch, real_time_holds):
+                                                                                   monkeypatch, real_time_holds,
+                                                                                   real_least_run_holds):
     """A review: a --resume after the skip must not train the skipped round: run_state.json keeps skipped_from, and
     the resumed run predicts with round 1. The stop is made by hand (summary.json removed, the state unfinished), as
     a kill during the closing work leaves it."""
     from fewshot import pipeline, run_budget
 
-    monkeypatch.setattr(pipeline, "least_run_holds", run_budget.least_run_holds)
     monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)
     monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6)
     monkeypatch.setattr(pipeline, "least_run_seconds", lambda *a: 1e6)

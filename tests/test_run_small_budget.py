@@ -19,15 +19,6 @@ from fewshot.errors import UserError
 from fewshot.train.distributed import DistContext
 
 
-@pytest.fixture
-def real_least_run(monkeypatch):
-    """The refusal's own check, as the package has it (conftest's later_rounds_fit relaxes it for the other tests'
-    runs in budgets of seconds)."""
-    import fewshot.pipeline as pipeline
-
-    monkeypatch.setattr(pipeline, "least_run_holds", lambda need_s, left_s: need_s <= left_s, raising=False)
-
-
 class Planned(Exception):
     """Raised where the first stage would start training: the plan is what the test reads."""
 
@@ -49,7 +40,8 @@ def _stop_at_training(monkeypatch) -> None:
 
 @pytest.mark.parametrize("semi", ["off", "pseudo"])
 def test_a_budget_that_cannot_hold_the_least_run_is_refused_before_training(digits_root, tmp_path, monkeypatch,
-                                                                            real_least_run, real_time_holds, semi):
+                                                                            real_least_run_holds, real_time_holds,
+                                                                            semi):
     """A 30 s step (a large model on a busy CPU) in a 6 s budget: the run trained its 5-step floor and ended far past
     its budget, exit 0; now it says so at the first stage's planning, with the least budget measured."""
     import fewshot.pipeline as pipeline
@@ -68,7 +60,7 @@ def test_a_budget_that_cannot_hold_the_least_run_is_refused_before_training(digi
     assert not out.exists()  # a rerun with a larger budget is not refused as "not empty" or sent to --resume
 
 
-def test_a_refused_start_leaves_a_folder_it_found_as_it_was(digits_root, tmp_path, monkeypatch, real_least_run):
+def test_a_refused_start_leaves_a_folder_it_found_as_it_was(digits_root, tmp_path, monkeypatch, real_least_run_holds):
     import fewshot.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 30.0)
@@ -81,7 +73,7 @@ def test_a_refused_start_leaves_a_folder_it_found_as_it_was(digits_root, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == [".DS_Store"]
 
 
-def test_a_refused_start_without_a_lock_removes_nothing(digits_root, tmp_path, monkeypatch, real_least_run):
+def test_a_refused_start_without_a_lock_removes_nothing(digits_root, tmp_path, monkeypatch, real_least_run_holds):
     """On a file system without locks another start may be writing into the same folder: what appeared there may
     be its, so the refusal removes nothing and does not claim to have left the folder as it was."""
     import fewshot.pipeline as pipeline
@@ -96,7 +88,7 @@ def test_a_refused_start_without_a_lock_removes_nothing(digits_root, tmp_path, m
 
 
 def test_the_plan_keeps_the_whole_closing_estimate_and_the_last_step(digits_root, tmp_path, monkeypatch,
-                                                                     real_least_run):
+                                                                     real_least_run_holds):
     """A closing estimate over half the budget was capped at half: the run planned to end about the difference
     after its budget. Now the stage ends where the whole estimate still fits, a step early for the Engine's last."""
     import fewshot.pipeline as pipeline

@@ -26,16 +26,14 @@ def _cfg(root, **flags) -> dict:
 
 
 @pytest.fixture
-def no_training(monkeypatch):
+def no_training(monkeypatch, real_least_run_holds):
     """Engine.fit stops the run where a stage would train; the least-run check as the package has it."""
-    import fewshot.pipeline as pipeline
     from fewshot.train import engine
 
     def fit(self, resume=False):
         raise Planned(self.task.kind)
 
     monkeypatch.setattr(engine.Engine, "fit", fit)
-    monkeypatch.setattr(pipeline, "least_run_holds", lambda need_s, left_s: need_s <= left_s, raising=False)
 
 
 def test_pretrain_with_a_budget_too_small_for_the_least_run_is_refused_before_moco_trains(digits_root, tmp_path,

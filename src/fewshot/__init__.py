@@ -10,11 +10,9 @@ __version__ = "0.1.0"
 
 
 def _process_start(now: float, stat: str = "/proc/self/stat", uptime: str = "/proc/uptime") -> float:
-    """When this process started, on the time.monotonic() clock: the interpreter's own start-up (0.5-1.7 s, timed
-    from outside) came before the first line here and was missing from `fewshot run`'s budget. Linux gives the
-    start in /proc (field 22 of stat, in clock ticks since boot, beside the uptime); elsewhere, or where the answer
-    is odd (unreadable, negative, or more than a minute before this import: fewshot imported late in a long-lived
-    process, whose age is not the command's), ``now``. Never raises."""
+    """When this process started, on the time.monotonic() clock (from /proc on Linux): the interpreter's start-up
+    (0.5-1.7 s) came before this import and was missing from `fewshot run`'s budget. ``now`` where /proc is missing
+    or its answer odd (negative, or over a minute: a long-lived process that imported fewshot late)."""
     try:
         import os
 

@@ -467,12 +467,15 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     if resuming and status == "trained":
         print(f"[run] {name}: trained before the stop; evaluating its best checkpoint")
     elif resuming:
-        # past its end the stage trains nothing (the Engine finds its budget spent): its log's evaluation time serves
-        # the closing estimate, rather than an evaluation timed again in a session already over its budget
-        spent = time.monotonic() >= end_time
-        logged = trained_speeds(fdir / "log.jsonl", eval_passes(task, fcfg))[1] if spent else None
+        from fewshot.train.checkpoint import load_checkpoint
+
+        # the closing estimate takes the stage's evaluation time from its log.jsonl where it has one (its own speed):
+        # an evaluation timed again costs this session's time, and from end_time - after on the stage trains nothing
+        # anyway (cap_resumed_budget gives it no time), not only once end_time has passed
+        logged = trained_speeds(fdir / "log.jsonl", eval_passes(task, fcfg))[1] if closing is not None else None
         after = closing(task, measure_eval_seconds(task) if logged is None else logged) if closing is not None else 0.0
         trained_before = cap_resumed_budget(fcfg, last, end_time - after)
+        steps_before = int(load_checkpoint(last, mmap=True).get("global_step", 0))  # the steps fit() resumes from
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record(name, "began", now, fit_at=now - trained_before)
         print(f"[run] {name}: continuing from {last} on its planned schedule")
@@ -505,9 +508,11 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         task.epochs_run = engine.epochs_trained()
         if state is not None:
             trained_at = time.monotonic() - t_start  # on the run's clock: summary.json's closing_seconds counts from it
-            # a resumed stage that trained nothing (no time left) ended its training in the session before: this
-            # session's start-up is no late training (closing_seconds.training_late said 50.8 s of it)
-            trained = not resuming or engine.train_seconds() > trained_before
+            # a resumed stage that trained nothing (no time left, or all its epochs done: a stop in the last epoch's
+            # evaluation) ended its training in the session before: this session's start-up is no late training
+            # (closing_seconds.training_late said 50.8 s of it). Steps, not clocks: fit() starts its clock even
+            # where it runs no loop, so train_seconds() came out microseconds above trained_before
+            trained = not resuming or engine.global_step > steps_before
             state.record(name, "trained", trained_at, epochs=engine.epochs_trained(),
                          **({"trained_at": round(trained_at, 2)} if trained else {}))
     # the speeds the stage trained and evaluated at, which judge a later round before its work (check_later_rounds)
@@ -970,6 +975,8 @@ class PipelineRun:
         elif self.budget_minutes is None:
             raise UserError("a budget is needed: --budget-minutes N.")
         else:  # before any work: a budget the start-up spent, or below what any run needs, is refused at once
+            # one process decides: `fewshot run` never runs under torchrun (cli.refuse_several_processes refuses
+            # WORLD_SIZE > 1 before this, and self.ctx is a one-process DistContext), so no rank can go on alone
             used = time.monotonic() - self.t_start
             if not least_run_holds(LEAST_RUN_S, self.budget_minutes * 60.0 - used):
                 raise hopeless_budget_error(self.budget_minutes * 60.0, used)

@@ -196,20 +196,22 @@ def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s
         f"or more (more leaves training a fair share){hints}."))
 
 
-LEAST_RUN_S = 2.0  # what any run needs after its start-up, on the fastest machine, before its least run is measured
+# A conservative floor, not a measurement: less than any run that can work needs after its start-up (decoding the
+# images, timing the speeds, its 6 training steps, the closing work), so that only hopeless budgets are refused early
+LEAST_RUN_S = 2.0
 
 
 def hopeless_budget_error(budget_s: float, used_s: float) -> UserError:
-    """The refusal, at once, of a budget that its start-up alone (``used_s``, from the process start) has spent or
-    that leaves less than LEAST_RUN_S, which no run meets (reading the images, timing the speeds, the 5-step floor,
-    the closing work): `--budget-minutes 0.01` was refused only after 30-38 s of that work (too_short_budget_error,
-    which measures it, judges the budgets past this floor)."""
+    """The refusal, before any work, of a budget below LEAST_RUN_S once the start-up (``used_s``) is out of it:
+    `--budget-minutes 0.01` was refused only after 30-38 s of decoding and timing. The start-up is named only where
+    it is part of the shortfall (from Python it is about 0 s)."""
+    startup = f"its start-up alone took {used_s:.1f} s, and " if used_s >= 0.05 else ""  # shown as 0.1 s or more
     return UserError(one_line(
-        f"--budget-minutes {budget_s / 60:g} ({budget_s:.1f} s) cannot hold a run: its start-up alone took "
-        f"{used_s:.1f} s, and any run needs at least {LEAST_RUN_S:g} s more (reading the images, timing this "
-        f"machine's speeds, {FLOOR_STEPS} training steps, the closing evaluations and the prediction). Nothing was "
-        f"started. Give a larger --budget-minutes: the run measures the least budget it needs here before it "
-        f"trains, and says so when it is still too short."))
+        f"--budget-minutes {budget_s / 60:g} ({budget_s:.1f} s) cannot hold a run: {startup}any run needs at least "
+        f"{LEAST_RUN_S:g} s{' more' if startup else ''} (reading the images, timing this machine's speeds, "
+        f"{FLOOR_STEPS} training steps, the closing evaluations and the prediction). Nothing was started. Give a "
+        f"larger --budget-minutes: the run measures the least budget it needs here before it trains, and says so "
+        f"when it is still too short."))
 
 
 def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256, model=None) -> float:
