@@ -134,12 +134,12 @@ def test_the_plan_line_at_the_floor_says_the_warnings_steps_and_seconds(monkeypa
     cfg = {"train": {}, "sched": {}}
     step_s, epochs, budget_s = plan_stage(task, cfg, time.monotonic() + 7.0, 1, ("train", "eval_every"))
     assert budget_s == pytest.approx(9.0) and epochs == pytest.approx(2.5)
-    assert stage_plan_words(step_s, budget_s, epochs) == ("at least about 9.0 s (5 training steps at the measured "
-                                                         "speed, about 2 epochs)")
+    assert stage_plan_words(step_s, budget_s, epochs) == ("about 9.0 s, its floor (5 training steps at the "
+                                                         "measured speed, about 2 epochs)")
     # off the floor: seconds under a minute ("0.0 min" for a few seconds), minutes above
     assert stage_plan_words(0.01, 3.0, 6.0).startswith("3.0 s on a time-based schedule (about 6 epochs")
     assert stage_plan_words(0.01, 42.0, 6.0).startswith("42 s on a time-based schedule")
-    assert stage_plan_words(0.08, 0.4, 1.0).startswith("at least about 0.4 s (5 training")  # fast: not "0 s"
+    assert stage_plan_words(0.08, 0.4, 1.0).startswith("about 0.4 s, its floor (5 training")  # fast: not "0 s"
     assert stage_plan_words(0.01, 90.0, 6.0).startswith("1.5 min on a time-based schedule")
 
 
@@ -155,5 +155,5 @@ def test_the_stage_line_of_a_run_at_its_floor_agrees_with_the_warning(digits_roo
     assert rc == 0, err
     warned = re.search(r"least time \(about ([\d.]+) s, 5 training steps at the measured speed\) does not fit", stdout)
     assert warned, stdout
-    assert f"at least about {warned.group(1)} s (5 training steps at the measured speed, about" in stdout
+    assert f"about {warned.group(1)} s, its floor (5 training steps at the measured speed, about" in stdout
     assert " min on a time-based schedule" not in stdout

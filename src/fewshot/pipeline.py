@@ -150,9 +150,10 @@ def stage_plan_words(step_s: float, budget_s: float, epochs: float) -> str:
     """The plan line's length of a stage (plan_stage's budget and epochs): at the floor, the warning's seconds and
     steps ("least 5 steps (9 s) do not fit the 7 s left" came before "0.2 min ... about 2 epochs", and elsewhere
     "0.0 min ... about 6 epochs"); under a minute in seconds, else in minutes. The floor is a time, not a count
-    (the Engine stops at its deadline): "its least 5 training steps (3.6 s)" on a machine that got busy trained 2."""
+    (the Engine stops at its deadline): "its least 5 training steps (3.6 s)" on a machine that got busy trained 2,
+    and "at least about 3.6 s" claimed a least the deadline does not keep."""
     if budget_s <= FLOOR_STEPS * step_s * (1 + 1e-9):
-        return (f"at least about {seconds_text(budget_s)} ({FLOOR_STEPS} training steps at the measured speed, "
+        return (f"about {seconds_text(budget_s)}, its floor ({FLOOR_STEPS} training steps at the measured speed, "
                 f"{about_epochs(epochs)})")
     length = seconds_text(budget_s) if budget_s < 60 else f"{budget_s / 60:.1f} min"
     return f"{length} on a time-based schedule ({epochs_estimate(epochs)})"
@@ -772,7 +773,11 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     ensure_writable_dir(pdir, "pretrain run")
     if resuming:
         pcfg = stage_config(pdir, cfg)
-        # what its plan kept back for its closing work and the fine-tuning's least run is kept back again
+        # what its plan kept back for its closing work and the fine-tuning's least run is kept back again. A run
+        # planned before pretrain/metrics.json was written kept back the same closing work (metrics.json reuses the
+        # stop's evaluation); one planned while it was a second evaluation and a checkpoint read keeps back more,
+        # which the fine-tuning gets. Resumed with the stop evaluated before the kill, metrics.json's evaluation
+        # takes the stop's place in this session's closing time
         trained_before = cap_resumed_budget(pcfg, last, end_time - float(state.stage("pretrain").get("kept_s", 0.0)))
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record("pretrain", "began", now, fit_at=now - trained_before)
@@ -826,11 +831,11 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     result = engine.fit(resume=resuming)
     fit_s = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
     plot_pretrain_curves(pdir)
+    # pretrain/metrics.json (a run directory holds its metrics) of the weights exported: last.pt's, which the
+    # engine ends with and evaluated at its stop (it had scored best.pt next to an export of last.pt). That evaluation
+    # is reused: no second one, and no checkpoint read, in the stage's closing time (pretrain_closing_seconds)
+    write_knn_metrics(engine, task, pdir, which="last")
     export_backbone(pdir, weights)
-    # pretrain/metrics.json as a standalone `fewshot pretrain` writes it (a run directory holds its metrics); after
-    # the export, which reads last.pt (write_knn_metrics loads best.pt into the task's model); its kNN evaluation is
-    # in the stage's closing time (pretrain_closing_seconds)
-    write_knn_metrics(engine, task, pdir)
     stage = {"epochs": engine.epochs_trained(), "knn_acc1": (result or {}).get("knn_acc1")}
     state.record("pretrain", "done", time.monotonic() - t_start, epochs=engine.epochs_trained())
     drop_best_aside(pdir)
@@ -1258,8 +1263,10 @@ class PipelineRun:
         ft_eval = measure_eval_seconds(probe)
         self.closing(probe, ft_eval, per_test_image=per_image)  # the report_plan["least"] of the fine-tuning
         calibration = calibration_seconds(ft_step, ft_eval, per_image, len(self.test_set))
-        first = (f"MoCo pretraining's {FLOOR_STEPS} steps at {step_s * 1000:.0f} ms and its kNN evaluation, "
-                 f"then the fine-tuning's timing and ")
+        # the words of what moco_s counts (pretrain_least_seconds): "5 steps ... and its kNN evaluation" said less
+        first = (f"MoCo pretraining's {FLOOR_STEPS + 1} steps at {step_s * 1000:.0f} ms (its floor of {FLOOR_STEPS} "
+                 f"and the one past its deadline), its kNN evaluation at the stop and its checkpoint writes and "
+                 f"export, then the fine-tuning's timing and ")
         moco_s = pretrain_least_seconds(step_s, eval_s, n_params)
         self.refuse_unless_least_run_fits(probe, ft_step, moco_s + calibration, first)
         del probe  # its model sat on the device next to MoCo's for the whole stage

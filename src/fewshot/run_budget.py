@@ -163,10 +163,10 @@ def pretrain_least_seconds(step_s: float, eval_s: float, n_params: int) -> float
 
 def pretrain_closing_seconds(eval_s: float, n_params: int) -> float:
     """What the MoCo stage does after its deadline, before the fine-tuning can start: the budget stop's kNN
-    evaluation, its checkpoint writes and export (both encoders and SGD's momentum, ~250 MB/s), and the best
-    checkpoint's read (as large, counted at the same speed) and its kNN evaluation for pretrain/metrics.json
-    (write_knn_metrics, as a standalone `fewshot pretrain` writes it)."""
-    return 2 * eval_s + n_params * (16 + 16) / 250e6
+    evaluation, which pretrain/metrics.json reuses (write_knn_metrics of the weights in memory, last.pt's: no
+    second evaluation, no checkpoint read), and its checkpoint writes and export (both encoders and SGD's momentum,
+    ~250 MB/s)."""
+    return eval_s + n_params * 16 / 250e6
 
 
 def calibration_seconds(step_s: float, eval_s: float, per_image: float, n_test: int) -> float:

@@ -519,9 +519,21 @@ def _tick_rotation(labels: list[str], spacing_in: float, fontsize: float) -> int
     return 90
 
 
+FEW_NAMES = 3  # names a caption lists before "and N more"
+
+
+def _few(names: list[str]) -> str:
+    """``names`` joined, past FEW_NAMES shortened to the first few and a count."""
+    if len(names) <= FEW_NAMES + 1:  # "and 1 more" is no shorter than the name
+        return ", ".join(names)
+    return f"{', '.join(names[:FEW_NAMES])} and {len(names) - FEW_NAMES} more"
+
+
 def differing_datasets(labels: list[str], metrics: list[dict[str, dict | None]]) -> str:
     """A note where the runs were scored on different datasets ("" where they agree): the bars' means then
-    average different datasets (a 2-dataset run's mean stood next to a 1-dataset run's without a word)."""
+    average different datasets (a 2-dataset run's mean stood next to a 1-dataset run's without a word). It names
+    the datasets not every run has, per run (every run named: the bars are theirs), shortened past a few: listing
+    every run's datasets made a caption of 120 names for 10 runs on 12 datasets."""
     sets = []
     for x in metrics:
         names: list[str] = []
@@ -530,9 +542,14 @@ def differing_datasets(labels: list[str], metrics: list[dict[str, dict | None]])
         sets.append(names)
     if len({frozenset(s) for s in sets}) < 2:
         return ""
-    each = "; ".join(f"{label}: {', '.join(names) or 'none'}" for label, names in zip(labels, sets))
-    return (f"The runs were scored on different datasets ({each}): their means average different datasets, so "
-            f"compare them dataset by dataset.")
+    shared = [n for n in sets[0] if all(n in s for s in sets[1:])]
+    groups: dict[tuple, list[str]] = {}  # runs with the same datasets besides the shared ones, named together
+    for label, names in zip(labels, sets):
+        groups.setdefault(tuple(n for n in names if n not in shared), []).append(label)
+    each = "; ".join(f"{', '.join(runs)}: {_few(list(extra)) or 'none'}" for extra, runs in groups.items())
+    common = f"all on {_few(shared)}; besides those, " if shared else ""
+    return (f"The runs were scored on different datasets ({common}{each}): their means average different "
+            f"datasets, so compare them dataset by dataset.")
 
 
 @_literal_text

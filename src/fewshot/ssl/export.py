@@ -35,15 +35,19 @@ def backbone_state(ck: dict) -> dict:
 def note_best_knn_epoch(run: Path, ck: dict) -> None:
     """A MoCo run is exported at its last epoch, as MoCo's own code does, while its metrics.json, `compare` and
     `report` show the epoch of the best kNN accuracy: say so where they differ (a long-run hunt read 80 % in
-    metrics.json and exported weights of 60 %)."""
+    metrics.json and exported weights of 60 %). A metrics.json of last.pt (`fewshot run`'s pretrain stage) scores
+    the weights exported: nothing to say."""
     import json
 
     from fewshot.train.checkpoint import logged_epoch
 
     try:
-        best = json.loads((run / "metrics.json").read_text())["best_epoch"]
-    except (OSError, ValueError, KeyError, TypeError):  # a run still training has no metrics.json yet
+        metrics = json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):  # a run still training has no metrics.json yet
         return
+    if not isinstance(metrics, dict) or metrics.get("checkpoint") == "last.pt":
+        return
+    best = metrics.get("best_epoch")
     if isinstance(best, int) and best != logged_epoch(ck):
         print(f"note: exporting the last epoch ({logged_epoch(ck)}), as MoCo does; metrics.json shows the kNN "
               f"accuracy of epoch {best}, the run's best: export {run / 'checkpoints' / 'best.pt'} for that one.",

@@ -418,6 +418,7 @@ class MoCoTask:
         m, d = cfg["moco"], cfg["data"]
         backbone = create_backbone(cfg["model"]["name"], **backbone_options(cfg["model"]))
         self.weights_loaded = None  # load_backbone_weights' counts, for the start-up line
+        self.last_knn: tuple | None = None  # (the last evaluate's result, its knn_metrics): write_knn_metrics
         if cfg["model"]["weights"] and not resuming:
             self.weights_loaded = load_backbone_weights(backbone, cfg["model"]["weights"],
                                                         strict=cfg["model"]["strict"], quiet=quiet_weights)
@@ -490,10 +491,15 @@ class MoCoTask:
         return loss, {"contrast_acc1": acc1, "contrast_acc5": acc5}, logits.shape[0]
 
     def evaluate(self, model, epoch: int) -> dict:
-        """kNN accuracy per dataset: the dataset's labelled train images vote for its val images."""
-        per = {name: m["acc1"] for name, m in self.knn_metrics(model).items()}
+        """kNN accuracy per dataset: the dataset's labelled train images vote for its val images. The whole
+        result (acc5, n) is kept in ``last_knn``: `fewshot run`'s metrics.json of the weights its stage ends with
+        is the engine's closing evaluation, not a second one."""
+        full = self.knn_metrics(model)
+        per = {name: m["acc1"] for name, m in full.items()}
         per["mean"] = sum(per.values()) / max(1, len(per))
-        return {"score": per["mean"], "knn_acc1": per}
+        result = {"score": per["mean"], "knn_acc1": per}
+        self.last_knn = (result, full)
+        return result
 
     def knn_metrics(self, model) -> dict[str, dict]:
         """Per dataset {acc1, acc5, n} of the weighted kNN monitor (k, t from moco.knn_*) on val."""
@@ -586,25 +592,37 @@ def knn_summary(written: dict, last_eval: dict | None) -> str:
     return line
 
 
-def write_knn_metrics(engine: Engine, task: MoCoTask, out: Path) -> dict | None:
-    """RUN/metrics.json in the SPEC's format (every run directory has one): the kNN monitor of the best
-    checkpoint (the epoch with the best mean kNN accuracy) on the val splits, known-source mode. Returns
-    what it wrote plus the checkpoint's file name (None without a checkpoint)."""
+def write_knn_metrics(engine: Engine, task: MoCoTask, out: Path, which: str = "best") -> dict | None:
+    """RUN/metrics.json in the SPEC's format (every run directory has one): the kNN monitor on the val splits,
+    known-source mode, of the checkpoint ``which`` names, said in its ``checkpoint`` and ``epoch``. "best" (a
+    standalone `fewshot pretrain`): best.pt (the epoch with the best mean kNN accuracy; last.pt without one),
+    read from disk. "last" (`fewshot run`'s stage): the weights the engine ended with, which are last.pt's and
+    the exported backbone's: its metrics.json scored best.pt next to an export of last.pt. Returns what it wrote
+    plus the checkpoint's file name (None without a checkpoint)."""
     from fewshot.train.checkpoint import load_checkpoint, logged_epoch
     from fewshot.utils import write_json
 
-    ckpt = out / "checkpoints" / "best.pt"
-    ckpt = ckpt if ckpt.is_file() else out / "checkpoints" / "last.pt"
-    if not ckpt.is_file():
-        return None
-    ck = load_checkpoint(ckpt)
-    task.model.load_state_dict(ck["model"])
-    per = task.knn_metrics(task.model)
+    if which == "last":
+        ckpt = out / "checkpoints" / "last.pt"
+        epoch = logged_epoch({"epoch": engine.epoch, "step_in_epoch": engine.step_in_epoch})
+        # the engine's last evaluation, of these weights (it evaluates after its last step), where this session
+        # made it; else (resumed with the stop evaluated before the kill, or nothing left to train) scored now
+        kept = task.last_knn
+        per = kept[1] if kept is not None and kept[0] is engine.last_eval else task.knn_metrics(task.model)
+        extra = {"checkpoint": ckpt.name, "epoch": epoch}
+    else:
+        ckpt = out / "checkpoints" / "best.pt"
+        ckpt = ckpt if ckpt.is_file() else out / "checkpoints" / "last.pt"
+        if not ckpt.is_file():
+            return None
+        ck = load_checkpoint(ckpt)
+        task.model.load_state_dict(ck["model"])
+        per = task.knn_metrics(task.model)
+        extra = {"checkpoint": ckpt.name, "epoch": logged_epoch(ck), "best_epoch": logged_epoch(ck)}
     m = task.cfg["moco"]
     metrics = {
         "mode": "known", "n_parameters": task.n_parameters,
         "mean_acc1": sum(d["acc1"] for d in per.values()) / max(1, len(per)), "datasets": per, "routing_acc": None,
-        "split": "val", "metric": f"kNN (k={m['knn_k']}, t={m['knn_t']}) on frozen backbone features",
-        "best_epoch": logged_epoch(ck)}
+        "split": "val", "metric": f"kNN (k={m['knn_k']}, t={m['knn_t']}) on frozen backbone features", **extra}
     write_json(out / "metrics.json", metrics)
-    return {**metrics, "checkpoint": ckpt.name}
+    return dict(metrics)
