@@ -92,16 +92,19 @@ def settings_only_run(monkeypatch) -> list[dict]:
     import copy
 
     import fewshot.pipeline
+    from fewshot.config import CHOSEN
     from fewshot.run_state import RunState
 
     seen = []
 
     def fake(cfg, out, budget_minutes, started=None, resume=False):
+        # as PipelineRun keeps them: what the command chose is no setting a --resume must repeat
+        settings = {key: value for key, value in cfg.items() if key != CHOSEN}
         if resume:
-            RunState.resume(out, cfg, budget_minutes)
+            RunState.resume(out, settings, budget_minutes)
         else:
             out.mkdir(parents=True)
-            RunState.start(out, cfg, budget_minutes, None, 0.0)
+            RunState.start(out, settings, budget_minutes, None, 0.0)
         seen.append(copy.deepcopy(cfg))
 
     monkeypatch.setattr(fewshot.pipeline, "run_pipeline", fake)

@@ -323,10 +323,12 @@ def test_a_resumed_older_stage_gets_no_record(tmp_path):
                                                       CHOSEN: {"train.device": "cpu"}})
 
 
-def test_a_train_run_that_chose_nothing_records_so(digits_root, tmp_path):
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_train_run_that_chose_nothing_records_so(digits_root, tmp_path, resume):
     """A run that chose nothing wrote no record, so its config.yaml looked like an older fewshot's: given back as
     --config, the user's --lr 0.004, backbone multiplier 1.0 and --device cpu were taken for the run's choices
-    and chosen again (1e-4 and 0.1 under --weights, a GPU for cpu)."""
+    and chosen again (1e-4 and 0.1 under --weights, a GPU for cpu). A --resume with nothing to resume (no last.pt)
+    starts fresh, and wrote no record either."""
     from helpers.checks import run_main
 
     from fewshot.config import chosen_in_file, config_data, file_settings
@@ -335,7 +337,7 @@ def test_a_train_run_that_chose_nothing_records_so(digits_root, tmp_path):
     out = tmp_path / "run"
     rc, _, err = run_main("train", "--data", digits_root, "--out", out, "--model", "test_resnet", "--img-size", "32",
                           "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--lr", "0.004",
-                          "optim.backbone_lr_mult=1.0", "--no-progress")
+                          "optim.backbone_lr_mult=1.0", "--no-progress", *(["--resume"] if resume else []))
     assert rc == 0, err
     config = out / "config.yaml"
     assert config_data(config)[CHOSEN] == {} and chosen_in_file(config) == {}
@@ -349,19 +351,21 @@ def test_a_train_run_that_chose_nothing_records_so(digits_root, tmp_path):
     assert merge_resume_config(out, resolve(), {"train.device": "cpu"})[CHOSEN] == {}
 
 
-def test_a_fewshot_run_records_even_an_empty_choice_and_the_size_it_chose(digits_root, tmp_path, phases_only):
-    """The stages of a run that chose nothing wrote no record (taken for an older fewshot's); the image size the
-    run chose was not recorded at all, and `train --config` given a stage's file pinned it."""
+def test_a_fewshot_run_records_even_an_empty_choice_but_not_the_size_it_chose(digits_root, tmp_path, phases_only):
+    """The stages of a run that chose nothing wrote no record (taken for an older fewshot's). The image size the
+    run chose for its budget is not recorded: `train --config` given a stage's file chose it again as the model's
+    default (224 px for resnet18, not 32 or 64), at ~12x the cost."""
     config = tmp_path / "mine.yaml"
-    config.write_text("train:\n  seed: 1\n")  # no size: the run chooses it
+    config.write_text("train:\n  seed: 1\nrun:\n  pretrain: true\n")  # no size: the run chooses it
     assert main(run_argv(digits_root, tmp_path / "r", config, "--device", "cpu")) == 0
-    assert phases_only[0].cfg[CHOSEN] == {}
-    assert CHOSEN in pipeline.finetune_config(phases_only[0].cfg, None, "off")
+    cfg = phases_only[0].cfg
+    assert cfg[CHOSEN] == {}
+    assert pipeline.finetune_config(cfg, None, "off")[CHOSEN] == {"optim.lr": 0.002, "optim.backbone_lr_mult": 1.0}
     argv = [a for a in run_argv(digits_root, tmp_path / "r2", config, "--device", "cpu") if a not in ("--img-size",
                                                                                                      "32")]
     assert main(argv) == 0
     run = phases_only[1]
-    assert run.cfg[CHOSEN] == {"model.img_size": run.cfg["model"]["img_size"]}
+    assert run.cfg["model"]["img_size"] is not None and run.cfg[CHOSEN] == {}, run.cfg[CHOSEN]
     assert CHOSEN not in run.requested
 
 
@@ -388,7 +392,9 @@ def test_a_fewshot_run_records_the_model_its_weights_name(digits_root, tmp_path,
 
 
 def test_the_note_still_advises_keeping_a_non_optimiser_field_across_tasks(capsys):
-    """A MoCo run's config.yaml given to fine-tuning: its lr gets no advice to keep it, but its device still does."""
+    """A MoCo run's config.yaml given to fine-tuning: its lr gets no advice to keep it, but its device still does.
+    Guards the cross-task advice split of config.note_rechosen (only optim.* fields lose the advice), which the
+    tests of the commands check from the optimiser's side only."""
     from fewshot.config import note_rechosen
 
     cfg = resolve(overrides=["optim.lr=0.004", "train.device=cuda"])
@@ -413,6 +419,60 @@ def test_an_unreadable_config_in_the_out_folder_is_not_called_a_recipe(tmp_path,
     finally:
         release_all()
     said = str(refused.value)
-    assert "its config.yaml cannot be read (config file" in said and "a recipe?" not in said, said
+    assert "its config.yaml is not a config fewshot can read (config file" in said, said
+    assert "cannot be read" not in said and "a recipe?" not in said, said
     assert "Move that file away" in said and "choose another --out" in said, said
     assert (out / "config.yaml").read_text() == text
+
+
+def test_an_out_folder_config_that_cannot_be_read_is_said_so(tmp_path, monkeypatch):
+    """A config.yaml the system cannot read (no permission) is one that "cannot be read", not a bad config."""
+    import fewshot.train.finetune
+
+    def refused_read(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "config.yaml").write_text("model:\n  name: resnet18\n")
+    monkeypatch.setattr(fewshot.train.finetune, "load_yaml", refused_read)  # root reads any file
+    try:
+        with pytest.raises(UserError) as refused:
+            prepare_run_dir(out, False, {"data": {"root": str(tmp_path / "data")}})
+    finally:
+        release_all()
+    said = str(refused.value)
+    assert "its config.yaml cannot be read (Permission denied)" in said and "fewshot can read" not in said, said
+
+
+@pytest.mark.parametrize("model, stage_record, recorded", [
+    ("test_resnet2", None, {}),  # the user's --model, taken back from run_state.json: theirs
+    ("test_resnet2", {}, {}),
+    ("test_resnet", {"model.name": "test_resnet"}, {"model.name": "test_resnet"}),  # adopted from the weights
+])
+def test_a_resumed_fewshot_run_records_the_model_as_its_stages_do(digits_root, tmp_path, monkeypatch, model,
+                                                                   stage_record, recorded):
+    """A run started with `--model test_resnet2 --weights w` (w records test_resnet), resumed without --model, took
+    its model from run_state.json and recorded it as chosen: the stages begun then wrote it, and `train --config
+    STAGE/config.yaml --weights w` swapped the user's model for w's. A model the run adopted stays recorded."""
+    import json
+
+    import fewshot.models.weights
+    from fewshot.run_state import STATE_FILE
+
+    weights = tmp_path / "backbone.safetensors"
+    weights.write_bytes(b"")
+    monkeypatch.setattr(fewshot.models.weights, "architecture_of", lambda path: {"model": "test_resnet"})
+    seen = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg, *args, **kwargs: seen.append(cfg))
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / STATE_FILE).write_text(json.dumps({"config": {"model": {"name": model, "weights": str(weights)}}}))
+    if stage_record is not None:
+        stage = resolve(overrides=[f"model.name={model}", "train.device=cpu"])
+        stage[CHOSEN] = stage_record
+        stage_file(out / "pretrain", stage)
+    argv = ["run", "--data", str(digits_root), "--out", str(out), "--weights", str(weights), "--device", "cpu",
+            "--img-size", "32", "--no-progress", "--resume"]
+    assert main(argv) == 0
+    assert seen[0]["model"]["name"] == model and seen[0].get(CHOSEN, {}) == recorded, seen[0].get(CHOSEN)

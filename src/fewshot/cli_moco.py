@@ -189,6 +189,7 @@ def cmd_run(args, extra) -> int:
     # `fewshot pretrain --preset` does (it changed the recorded name only); the stage's optimiser, batch and queue
     # stay run.*'s small-data recipe (pipeline.pretrain_stage), and the user's own moco.*/aug.* fields still win
     from fewshot.cli import note_flags_overridden, resolve_naming_flags
+    from fewshot.config import record_chosen
 
     cfg = resolve_naming_flags(RUN_FLAG_NAMES, flags, extra, file=args.config, default_preset="mocov2",
                                preset_sections=MOCO_PRESET_SECTIONS)
@@ -197,9 +198,10 @@ def cmd_run(args, extra) -> int:
     cfg["model"]["name"] = timm_name(cfg["model"]["name"])  # as recorded, and as a resume compares it
     name = cfg["model"]["name"]
     adopt_run_model(cfg, flags, extra, args)
-    from fewshot.config import record_chosen
-
-    record_chosen(cfg, {"model.name": name})  # the weights' model, for the stages' config.yaml: chosen again there
+    if args.resume:  # the run's model (run_state.json's), which the user may have given: as its stages record it
+        record_resumed_model(cfg, flags, extra, args)
+    else:  # the weights' model, for the stages' config.yaml: chosen again there
+        record_chosen(cfg, {"model.name": name})
     adopt_run_datasets(cfg, flags, extra, args)
     if not args.resume:  # a resumed run's stages go on with their own config.yaml: nothing is chosen again
         from fewshot.cli import given_fields
@@ -239,6 +241,27 @@ def adopt_run_model(cfg: dict, flags: dict, extra: list[str], args) -> None:
             cfg["model"]["name"] = recorded
             return
     adopt_recorded_model(cfg, flags, extra, args.config)
+
+
+def record_resumed_model(cfg: dict, flags: dict, extra: list[str], args) -> None:
+    """On --resume, the run's model recorded as chosen only where its stages' config.yaml record it so (the model
+    its --weights record, adopted): set against the default, a `--model test_resnet2` the run was started with,
+    taken back from run_state.json, was recorded as chosen, and `train --config STAGE/config.yaml --weights w`
+    then swapped it for the model w records."""
+    from fewshot.cli import model_named
+    from fewshot.config import chosen_record, load_yaml, note_chosen
+    from fewshot.errors import UserError
+
+    if model_named(flags, extra, args.config):  # given now: the user's
+        return
+    for config in sorted(Path(args.out).glob("*/config.yaml")):
+        try:
+            record = chosen_record(load_yaml(config), config)
+        except (UserError, OSError):  # a stage's file that cannot tell: the run's own checks say what is wrong
+            continue
+        if record.get("model.name") == cfg["model"]["name"]:
+            note_chosen(cfg, "model.name")
+            return
 
 
 def datasets_named(flags: dict, extra: list[str], config_file: str | None) -> bool:
@@ -297,7 +320,8 @@ def warn_replaced_overrides(extra) -> None:
     from fewshot.cli import given_fields
 
     for word in extra or []:
-        for dotted in given_fields({}, [word]) & RUN_REPLACES.keys():
+        dotted = next(iter(given_fields({}, [word])))
+        if dotted in RUN_REPLACES:
             print(f"warning: {word} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr, flush=True)
 
 

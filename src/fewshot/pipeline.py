@@ -846,9 +846,10 @@ def finetune_config(cfg: dict, weights, semi: str, read_weights: bool = True) ->
     """The fine-tuning stages' config: from ``weights`` (the MoCo stage's export, the user's file or None), and
     after our own short MoCo run.finetune_lr / run.finetune_backbone_mult where the user set no optim.lr /
     optim.backbone_lr_mult. Unset is None, not any false value: optim.backbone_lr_mult=0 (a frozen backbone, as
-    `fewshot train` keeps it) used to be replaced by 1.0. Recorded as chosen only at the run.* default: a user's
-    run.finetune_lr=5e-4 was recorded so, and `train --config` given the stage's file dropped it. ``read_weights=
-    False``: the network as ``cfg`` builds it, without the width and stem the weights file records."""
+    `fewshot train` keeps it) used to be replaced by 1.0. Recorded as chosen only at the run.* default, so a
+    user's run.finetune_lr stays theirs unless it equals the default (5e-4 was recorded, and `train --config` given
+    the stage's file dropped it). ``read_weights=False``: the network as ``cfg`` builds it, without the width and
+    stem the weights file records."""
     from fewshot.config import DEFAULTS, same_value
     from fewshot.train.supervised import resolve_finetune_defaults
 
@@ -1016,7 +1017,6 @@ class PipelineRun:
         self.budget_minutes = self.state.budget_minutes
         if cfg["model"]["img_size"] is None:  # the size the run chose (it depends on the device, which may change)
             cfg["model"]["img_size"] = self.state.data.get("img_size")
-            note_chosen(cfg, "model.img_size")  # a stage begun now records it, as one begun before the stop did
         if holds_finished_run(out, self.state.data):
             print(f"[run] {out} finished already: {out}/pred_all.json, {out}/metrics.json")
             return json.loads((out / "summary.json").read_text())
@@ -1079,8 +1079,9 @@ class PipelineRun:
         cfg, r = self.cfg, self.r
         why = ""
         if cfg["model"]["img_size"] is None:  # the budget is the whole run's (`fewshot run`'s default without a flag)
+            # not recorded as chosen: given back to `train` or `pretrain`, a stage's size was chosen again as the
+            # model's default (224 px for resnet18), not for the run's budget (32 or 64 px), at ~12x the cost
             cfg["model"]["img_size"], why = auto_img_size(self.infos, self.device, self.budget_minutes)
-            note_chosen(cfg, "model.img_size")  # the stages' config.yaml given back as --config choose it again
         print(one_line(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {self.device.type}"
                        f"{f' ({why})' if why else ''}: {', '.join(i.name for i in self.infos)}"), flush=True)
         replaced_by = weights_replaced_by(self.state, self.out, r["pretrain"]) if cfg["model"]["weights"] else None

@@ -60,14 +60,16 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
             try:
                 if not _is_run_config(out / "config.yaml"):
                     foreign.insert(0, "config.yaml")
-            except (UserError, OSError) as exc:  # no recipe either: a file broken off, or not YAML at all
-                unreadable = one_line(str(exc) if isinstance(exc, UserError) else exc.strerror or str(exc))
+            except UserError as exc:  # no recipe either: a file broken off, a list, not YAML at all
+                unreadable = f"is not a config fewshot can read ({one_line(str(exc)).rstrip('.')})"
+                foreign.insert(0, "config.yaml")
+            except OSError as exc:  # "cannot be read" only for what the system refused (a YAML list was said so)
+                unreadable = f"cannot be read ({one_line(exc.strerror or str(exc)).rstrip('.')})"
                 foreign.insert(0, "config.yaml")
         if foreign == ["config.yaml"] and unreadable is not None:
             raise UserError(f"the run folder '{out}' is not empty (config.yaml) and holds no run to resume: its "
-                            f"config.yaml cannot be read ({unreadable.rstrip('.')}), and a new run would write its "
-                            f"own there. Move that file away (or delete it, if nothing of yours is in it), or "
-                            f"choose another --out.")
+                            f"config.yaml {unreadable}, and a new run would write its own there. Move that file "
+                            f"away (or delete it, if nothing of yours is in it), or choose another --out.")
         if foreign == ["config.yaml"]:  # a recipe copied there: "empty the folder" told the user to delete it
             raise UserError(f"the run folder '{out}' is not empty (config.yaml) and holds no run to resume: its "
                             f"config.yaml is not one a run wrote (a recipe?), and a run writes its own config.yaml "
@@ -326,8 +328,11 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     cfg["train"]["device"] = str(device.type)
     if auto:  # config.yaml saves the device used: given back, auto chooses again
         note_chosen(cfg, "train.device")
-    if not resume:  # a record even if empty: a run's config.yaml without one is taken for an older fewshot's,
-        cfg.setdefault(CHOSEN, {})  # and a given --lr 0.004 or --device cpu there for the run's choice
+    # a record even if empty where this run writes the first config.yaml (also a --resume that starts fresh): a
+    # run's config.yaml without one is taken for an older fewshot's, and a given --lr 0.004 or --device cpu there
+    # for the run's choice
+    if not resume or not (Path(out) / "config.yaml").is_file():
+        cfg.setdefault(CHOSEN, {})
     if cfg["train"]["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     resuming = resume and (Path(out) / "checkpoints" / "last.pt").is_file()
