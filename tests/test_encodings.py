@@ -146,6 +146,8 @@ def test_escaped_output_leaves_a_stream_without_reconfigure_and_one_that_writes_
     ("ascii", "strict", b"o\\xff \\xe9 \\u4e2d\n"),  # the byte as errors.undecodable_escaped shows it
     ("latin-1", "surrogateescape", b"o\xff \xe9 \\u4e2d\n"),  # the byte itself, as the stream wrote it before
     ("utf-8", "strict", b"o\\xff \xc3\xa9 \xe4\xb8\xad\n"),
+    ("utf-16", "surrogateescape", "o\\xff é 中\n".encode("utf-16")),  # one raw byte is half a character: failed
+    ("utf-32", "surrogateescape", "o\\xff é 中\n".encode("utf-32")),
 ])
 def test_escaped_output_writes_a_name_not_in_utf8_with_its_bytes(monkeypatch, encoding, errors, written):
     """backslashreplace wrote the byte 0xff of a folder's name as `\\udcff`, no byte of the name, and on a
@@ -160,14 +162,15 @@ def test_escaped_output_writes_a_name_not_in_utf8_with_its_bytes(monkeypatch, en
 
 
 class Failing(Strict):
-    """A stream of the caller's own whose reconfigure fails in its own way."""
+    """A stream of the caller's own whose reconfigure fails in its own way (taken as "cannot be reconfigured")."""
 
     def reconfigure(self, **kwargs):
         raise RuntimeError("no")
 
 
 def test_a_stream_that_fails_to_reconfigure_leaves_the_other_one_as_it_was(monkeypatch):
-    """stdout, escaped first, stayed escaped for good when stderr's reconfigure raised something unforeseen."""
+    """stdout, escaped first, stayed escaped for good when stderr's reconfigure raised something unforeseen: stderr
+    is left as it is, and stdout written escaped and put back."""
     out, err = Strict(), Failing()
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(sys, "stderr", err)
@@ -175,6 +178,80 @@ def test_a_stream_that_fails_to_reconfigure_leaves_the_other_one_as_it_was(monke
         print("é", file=out)
     assert out.text() == "\\xe9\n"
     assert out.errors == "strict" and not process_state._escaped
+
+
+class Interrupted(Strict):
+    """A stream whose reconfigure is interrupted (Ctrl-C in its flush into a full pipe) at the given calls: 1 when
+    escaped, 2 when put back."""
+
+    def __init__(self, at: set[int]):
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def reconfigure(self, **kwargs):
+        self.calls += 1
+        if self.calls in self.at:
+            raise KeyboardInterrupt
+        super().reconfigure(**kwargs)
+
+
+def test_an_interrupt_while_escaping_puts_back_the_streams_escaped_so_far(monkeypatch):
+    """Ctrl-C in stderr's reconfigure, after stdout was escaped: stdout must not stay escaped for good."""
+    out, err = Strict(), Interrupted({1})
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    with pytest.raises(KeyboardInterrupt):
+        with process_state.escaped_output():
+            pytest.fail("the body ran after the interrupt")
+    assert (out.errors, err.errors) == ("strict", "strict") and not process_state._escaped
+
+
+def test_an_interrupt_while_putting_one_stream_back_puts_back_the_others(monkeypatch):
+    """Ctrl-C while stdout was put back stopped the loop: stderr kept this call's count and stayed escaped for good."""
+    out, err = Interrupted({2}), Strict()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    with pytest.raises(KeyboardInterrupt):
+        with process_state.escaped_output():
+            print("é", file=out)
+            print("é", file=err)
+    assert (out.text(), err.text()) == ("\\xe9\n", "\\xe9\n")
+    assert err.errors == "strict" and not process_state._escaped
+    with pytest.raises(UnicodeEncodeError):
+        print("é", file=err)
+
+
+class DropInterrupted(dict):
+    """process_state._escaped whose first removal is interrupted (Ctrl-C)."""
+
+    def __delitem__(self, key):
+        if not getattr(self, "interrupted", False):
+            self.interrupted = True
+            raise KeyboardInterrupt
+        super().__delitem__(key)
+
+
+def test_an_interrupt_while_a_record_is_dropped_holds_up_no_later_call(monkeypatch):
+    """Ctrl-C between marking a stream's record given up and removing it: every later call on the stream looked
+    the record up again for ever."""
+    stream = Strict()
+    monkeypatch.setattr(sys, "stdout", stream)
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(process_state, "_escaped", DropInterrupted())
+    with pytest.raises(KeyboardInterrupt):
+        with process_state.escaped_output():
+            pass
+    assert stream.errors == "strict"
+
+    def later():
+        with process_state.escaped_output():
+            print("é", file=stream)
+
+    call = threading.Thread(target=later, daemon=True)
+    call.start()
+    call.join(30)
+    assert not call.is_alive() and stream.text() == "\\xe9\n"
+    assert stream.errors == "strict" and not process_state._escaped
 
 
 class Blocking(Strict):
@@ -238,21 +315,23 @@ def test_a_call_that_waited_its_turn_escapes_the_stream_the_caller_gave_meanwhil
             if "this one waits" in before.text():
                 break
             call.join(0.1)
+        assert "this one waits" in before.text()  # the call escaped the streams it was made with ...
         monkeypatch.setattr(sys, "stderr", after)
     call.join(60)
-    assert codes == [2] and "nowhere \\xe9" in after.text()
-    assert (before.errors, after.errors) == ("strict", "strict")
+    assert codes == [2] and "nowhere \\xe9" in after.text()  # ... and then, in its turn, the one given meanwhile
+    assert (before.errors, after.errors) == ("strict", "strict") and not process_state._escaped
 
 
 def test_plain_progress_lines_with_names_reach_an_ascii_stream(monkeypatch):
     """PlainProgress drops a line it cannot write (a closed stream must not stop training): a dataset named
     `é` lost every progress line on an ASCII stream."""
-    from fewshot.progress import track
+    from fewshot import progress
 
+    monkeypatch.setattr(progress, "_ENABLED", True)  # a module fixture elsewhere may have left the bars off
     stream = Strict()
     monkeypatch.setattr(sys, "stderr", stream)
     with process_state.escaped_output():
-        for _ in track(range(3), desc="predicting digits é"):
+        for _ in progress.track(range(3), desc="predicting digits é"):
             pass
     assert "predicting digits \\xe9: 3/3" in stream.text()
 
@@ -298,10 +377,46 @@ def test_a_path_not_in_utf8_is_suggested_as_bash_reads_its_bytes(tmp_path):
     assert f"dataset root {word} does not exist" in str(caught.value)
     assert f"`fewshot data digits --out {word}`" in str(caught.value)
     assert shell_quoted(tmp_path / "é x") == f"'{tmp_path}/é x'"
+    # shown by a message escaped, 'a\x1bb' read as a backslash and x1bb: bash's escapes instead
+    assert shell_quoted(tmp_path / "a\x1bb") == f"$'{tmp_path}/a\\x1bb'"
+    assert shell_quoted(tmp_path / "a\nb\u202e") == f"$'{tmp_path}/a\\x0ab\\xe2\\x80\\xae'"
     if shutil.which("bash"):  # the shell makes of it the name's own bytes
-        for path in (root, tmp_path / os.fsdecode(b"\xfe\n\x7fa\xc2\x85")):
+        for path in (root, tmp_path / os.fsdecode(b"\xfe\n\x7fa\xc2\x85"), tmp_path / "a\x1bb\t\u202e é"):
             said = subprocess.run(["bash", "-c", f"printf %s {shell_quoted(path)}"], capture_output=True, check=True)
             assert said.stdout == os.fsencode(path)
+
+
+def test_the_folders_suggested_by_messages_are_pasted_with_their_bytes(tmp_path):
+    """`--data`, `--datasets` and `--out` suggested for a name that is not UTF-8 went through shlex.quote:
+    `'o\\udcff'`, shown `'o\\xff'`, which bash reads as a backslash and `xff`."""
+    from fewshot.data.layout import datasets_option, list_datasets
+    from fewshot.report.runs import expand_runs
+
+    root = build_digits(tmp_path / UNDECODABLE, shots=2)
+    with pytest.raises(UserError) as caught:
+        list_datasets(root / "digits" / "train")
+    assert f"Pass --data $'{tmp_path}/o\\xff' --datasets digits" in str(caught.value)
+    with pytest.raises(UserError) as caught:
+        list_datasets(root / "digits")
+    assert f"instead: --data $'{tmp_path}/o\\xff' --datasets digits" in str(caught.value)
+    assert datasets_option([os.fsdecode(b"-\xff"), "b"]) == "--datasets=$'-\\xff,b'"
+    assert datasets_option(["x\x1b", "b"]) == "--datasets $'x\\x1b,b'"
+    stopped = tmp_path / "runs" / UNDECODABLE
+    stopped.mkdir(parents=True)
+    (stopped / "run_state.json").write_text('{"finished": false}', encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        expand_runs([stopped])
+    assert f"--out $'{stopped.parent}/o\\xff' ... --resume" in str(caught.value)
+
+
+def test_a_label_is_cut_between_escapes():
+    """A long label was escaped and then cut, which could cut inside an escape (`xxx\\x…`)."""
+    from fewshot.report.plots import _short
+
+    assert _short("x" * 11 + "\udcfe" + "yy", 14) == "x" * 11 + "…"
+    assert _short("x" * 9 + "\udcfe" + "yyyy", 14) == "x" * 9 + "\\xfe" + "…"
+    assert _short("xx\udcfe", 6) == "xx\\xfe"
+    assert _short("é" * 30) == "é" * 27 + "…"
 
 
 def test_a_run_folder_not_named_in_utf8_is_reported(runs, tmp_path):

@@ -43,9 +43,11 @@ def is_utf8_name(name: str) -> bool:
 
 def shell_quoted(path) -> str:
     """A path as a shell word to paste: shlex.quote's `'o\\udcff'` (shown `'o\\xff'`) named a folder that does not
-    exist, so a name that is not UTF-8 is written in bash's `$'o\\xff'`, whose escapes are the name's bytes."""
+    exist, so a name that is not UTF-8 is written in bash's `$'o\\xff'`, whose escapes are the name's bytes; so is
+    one holding a control character or a line break, which a message shows escaped (`'a\\x1bb'`, read by bash as
+    a backslash and `x1bb`)."""
     text = str(path)
-    if is_utf8_name(text):
+    if one_line(text) == text:
         return shlex.quote(text)
     return "$'" + "".join(map(_shell_escaped, text)) + "'"
 

@@ -15,6 +15,8 @@ import sys
 import threading
 from contextlib import contextmanager
 
+from fewshot.errors import undecodable_escaped
+
 # Set by a library a command imports, and read again only by that library, which sets it again when it is missing
 SET_BY_IMPORTS = ("TORCHINDUCTOR_CACHE_DIR",)
 
@@ -83,7 +85,8 @@ def restore_environ(before: dict) -> None:
 
 # codec error handlers (codecs.register_error) of an escaped stream: what its encoding lacks as `\\u2013`, a byte of a
 # name that is not UTF-8 (os.fsdecode's lone surrogate U+DC80..U+DCFF) as `\\xff` (as errors.undecodable_escaped
-# shows it) or, where the stream's own errors was surrogateescape, as that byte, as it was written before
+# shows it) or, where the stream's own errors was surrogateescape and its encoding writes a byte per character, as
+# that byte, as it was written before
 ESCAPE, ESCAPE_KEEPING_BYTES = "fewshot.escape", "fewshot.escape_keeping_bytes"
 # error handlers with which a text stream writes any text
 NEVER_FAIL = frozenset({"backslashreplace", "replace", "ignore", "namereplace", "xmlcharrefreplace", ESCAPE,
@@ -106,8 +109,9 @@ def _escape_handler(keep_bytes: bool):
             end += 1
         if not kept:
             return codecs.backslashreplace_errors(UnicodeEncodeError(exc.encoding, text, start, end, exc.reason))
-        raw = bytes(ord(c) - 0xdc00 for c in text[start:end])
-        return (raw if keep_bytes else "".join(f"\\x{b:02x}" for b in raw)), end
+        if keep_bytes:
+            return bytes(ord(c) - 0xdc00 for c in text[start:end]), end
+        return undecodable_escaped(text[start:end]), end
 
     return handle
 
@@ -144,17 +148,33 @@ def _escape(*streams) -> list:
     taken: list[_Escape] = []
     try:
         for stream in {id(s): s for s in streams}.values():
-            held = _hold(stream)
-            try:
-                if held.calls or _reconfigured(held):
-                    held.calls += 1
-                    taken.append(held)
-            finally:
-                _let_go(held)
+            _take(stream, taken)
     except BaseException:  # Ctrl-C halfway: a stream counted for no call stayed escaped for good
         _unescape(taken)
         raise
     return taken
+
+
+def _take(stream, taken: list) -> None:
+    """Count this call on the stream's record, escaping the stream when it is the first. The record's lock is taken
+    by `with` (taken by a bare acquire, an interrupt before the `try` kept it for good, and every later call on the
+    stream waited for ever); a record given up by its last call is not used: looked up again, or replaced where it
+    is still in _escaped (an interrupt before its removal)."""
+    while True:
+        with _ESCAPING:
+            held = _escaped.get(id(stream))
+            if held is None or held.gone:
+                held = _escaped[id(stream)] = _Escape(stream)
+        with held.lock:
+            if held.gone:
+                continue
+            try:
+                if held.calls or _reconfigured(held):
+                    taken.append(held)  # first: counted but not in taken, an interrupt left it escaped for good
+                    held.calls += 1
+            finally:
+                _drop_if_unheld(held)
+            return
 
 
 def _reconfigured(held: _Escape) -> bool:
@@ -163,47 +183,63 @@ def _reconfigured(held: _Escape) -> bool:
     errors = getattr(stream, "errors", None)
     if not _may_fail(stream, errors):
         return False
+    keep_bytes = errors == "surrogateescape" and _byte_per_character(stream)
     try:
-        stream.reconfigure(errors=ESCAPE_KEEPING_BYTES if errors == "surrogateescape" else ESCAPE)
+        stream.reconfigure(errors=ESCAPE_KEEPING_BYTES if keep_bytes else ESCAPE)
     except Exception:  # noqa: BLE001 - no reconfigure, closed, its flush failed, or a stream of the caller's own
         return False
     held.errors = errors
     return True
 
 
+def _byte_per_character(stream) -> bool:
+    """Whether the stream's encoding writes "a" as one byte: a raw byte of a name is text there, as
+    surrogateescape wrote it, but one byte on a UTF-16 or UTF-32 stream is half a character and failed."""
+    try:
+        encoder = codecs.getincrementalencoder(stream.encoding)()
+        encoder.encode("a")  # after a byte order mark (utf-16, utf-8-sig)
+        return len(encoder.encode("a")) == 1
+    except Exception:  # noqa: BLE001 - no encoding, an unknown one, or one that cannot write "a"
+        return False
+
+
 def _unescape(taken: list) -> None:
+    """Give up this call's count on each stream, putting back those no other call holds. Every stream is done even
+    when one is interrupted (Ctrl-C in a flush into a full pipe, or waiting for its lock): the streams after it kept
+    this call's count and stayed escaped for good. The first interruption is raised once all are done."""
+    first = None
     for held in taken:
-        held.lock.acquire()  # still in _escaped: this call counts in held.calls
+        try:
+            _unescape_one(held)
+        except BaseException as caught:  # noqa: BLE001 - raised below, after the other streams
+            first = first or caught
+    if first is not None:
+        raise first
+
+
+def _unescape_one(held: _Escape) -> None:
+    with held.lock:  # still in _escaped: this call counts in held.calls
         try:
             held.calls -= 1
-            if not held.calls:
+            if held.calls <= 0:  # below 0 where an interrupt fell between _take's append and its count
                 held.stream.reconfigure(errors=held.errors)
         except Exception:  # noqa: BLE001 - closed by the command, or stdout's reader went away (`| head`)
             pass
         finally:
-            _let_go(held)
+            _drop_if_unheld(held)
 
 
-def _hold(stream) -> _Escape:
-    """The stream's record, its lock taken (one given up meanwhile by its last call is not used: looked up again)."""
-    while True:
-        with _ESCAPING:
-            held = _escaped.get(id(stream))
-            if held is None:
-                held = _escaped[id(stream)] = _Escape(stream)
-        held.lock.acquire()
-        if not held.gone:
-            return held
-        held.lock.release()
-
-
-def _let_go(held: _Escape) -> None:
-    """Release the record's lock, dropping the record when no call holds the stream escaped."""
-    if not held.calls:
-        with _ESCAPING:
+def _drop_if_unheld(held: _Escape) -> None:
+    """Drop the record when no call holds the stream escaped (its lock held): marked gone, then removed, whatever
+    happens in between (a gone record left in _escaped is replaced by _take; one removed but not gone was used)."""
+    if held.calls > 0:
+        return
+    with _ESCAPING:
+        try:
             held.gone = True
-            del _escaped[id(held.stream)]
-    held.lock.release()
+        finally:
+            if _escaped.get(id(held.stream)) is held:
+                del _escaped[id(held.stream)]
 
 
 def _may_fail(stream, errors) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shlex
 import sys
 import time
 import unicodedata
@@ -303,9 +302,11 @@ def _is_file_entry(entry: os.DirEntry) -> bool:
 
 def datasets_option(names) -> str:
     """`--datasets A,B` for a hint, as it must be pasted into a shell: quoted when a name holds a space, and in the
-    `--datasets=...` form when it starts with '-' (`--datasets -x,...` failed: "expected one argument")."""
-    value = shlex.quote(",".join(names))
-    return f"--datasets={value}" if value.lstrip("'").startswith("-") else f"--datasets {value}"
+    `--datasets=...` form when it starts with '-' (`--datasets -x,...` failed: "expected one argument"), quoted as
+    $'...' when a name is not UTF-8 or holds a control character (shell_quoted)."""
+    joined = ",".join(names)
+    value = shell_quoted(joined)
+    return f"--datasets={value}" if joined.startswith("-") else f"--datasets {value}"
 
 
 def names_list(names) -> str:
@@ -368,7 +369,7 @@ def _refuse_a_dataset_given_as_root(root: Path, folders: list[Path]) -> None:
             if absolute.name else "")
     raise UserError(one_line(f"--data {root} looks like a dataset folder itself (it holds {held}), but --data is the "
                              f"root above the datasets (ROOT/<dataset>/train/<class>/<image>). Pass its parent "
-                             f"instead: --data {shlex.quote(str(parent))}{only}."))
+                             f"instead: --data {shell_quoted(parent)}{only}."))
 
 
 def _refuse_a_split_given_as_root(root: Path, folders: list[Path]) -> None:
@@ -389,7 +390,7 @@ def _refuse_a_split_given_as_root(root: Path, folders: list[Path]) -> None:
         only = f" {datasets_option([dataset.name])} (or leave --datasets out for every dataset there)"
         what = f"the {absolute.name} split of the dataset {quoted(dataset.name)} (its folders are classes)"
     raise UserError(one_line(f"--data {root} looks like {what}, but --data is the root above the datasets "
-                             f"(ROOT/<dataset>/train/<class>/<image>). Pass --data {shlex.quote(str(top))}{only}."))
+                             f"(ROOT/<dataset>/train/<class>/<image>). Pass --data {shell_quoted(top)}{only}."))
 
 
 def broken_link(link: Path) -> tuple[str | None, bool]:

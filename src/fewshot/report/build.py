@@ -36,6 +36,7 @@ NAME_PART_MAX = 60  # characters of a run or dataset name in a PNG's name: a 230
 
 
 def _slugs(runs: list[Run]) -> dict[str, str]:
+    """A file-name part per run label; `A` and `a` are two slugs: _png makes names differing only in case unique."""
     out, taken = {}, set()
     for r in runs:
         base = _safe_name(r.label, "run")

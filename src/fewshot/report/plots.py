@@ -190,10 +190,19 @@ def _color(i: int, n: int = 10):
 
 
 def _short(s: str, n: int = 28) -> str:
-    """A name cut to n characters, its bytes that are not UTF-8 escaped first (`o\\xff`): a tick label is drawn
-    again from the string given at each draw, after _save escaped the texts it saw, and a surrogate failed it."""
-    s = undecodable_escaped(s)
-    return s if len(s) <= n else s[:n - 1] + "…"
+    """A name cut to n characters, its bytes that are not UTF-8 escaped (`o\\xff`): a tick label is drawn again
+    from the string given at each draw, after _save escaped the texts it saw, and a surrogate failed it. Cut between
+    escapes, never inside one (`…\\x…`)."""
+    parts = [undecodable_escaped(c) for c in s]
+    if sum(map(len, parts)) <= n:
+        return "".join(parts)
+    kept, width = [], 0
+    for part in parts:
+        if width + len(part) > n - 1:
+            break
+        kept.append(part)
+        width += len(part)
+    return "".join(kept) + "…"
 
 
 def _legend_below(fig, handles, labels: list[str], title: str | None = None, fontsize: float = 7) -> None:

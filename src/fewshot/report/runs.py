@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot.errors import UserError, one_line, printable
+from fewshot.errors import UserError, one_line, printable, shell_quoted
 
 STAGES = ("pretrain", "finetune_labelled", "finetune")  # finetune_labelled: self-training round 1
 # the stage folders of a `fewshot run` (pipeline.py) as messages name them; finetune_round<k>: rounds 2 .. n-1
@@ -747,7 +746,7 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
             raise UserError(f"'{raw}' holds a `fewshot run` that stopped before its first stage trained (its "
                             f"run_state.json says unfinished, and no stage folder holds a log.jsonl or checkpoint "
                             f"yet): there is nothing to report. Continue it with the command that started it plus "
-                            f"--resume (`fewshot run --data ROOT --out {shlex.quote(str(raw))} ... --resume`), then "
+                            f"--resume (`fewshot run --data ROOT --out {shell_quoted(raw)} ... --resume`), then "
                             f"report it.")
         else:
             raise UserError(f"'{raw}' holds no run: a run folder of `fewshot train` or `fewshot pretrain` holds "
