@@ -25,7 +25,8 @@ help:
 	@echo "variables, e.g. make demo DEMO_MINUTES=10:"
 	@echo "  VENV=$(VENV)  PYTHON=$(PYTHON) (makes the venv)  TORCH_PIN='$(TORCH_PIN)'"
 	@echo "  DEMO_DATA=$(DEMO_DATA)  DEMO_RUN=$(DEMO_RUN)  DEMO_MINUTES=$(DEMO_MINUTES) (minutes per run)"
-	@echo "  BENCH_VENV=$(BENCH_VENV) (make bench's venv)  TEST_WORKERS=$(TEST_WORKERS) (test processes; 0: none, in one process)"
+	@echo "  BENCH_VENV=$(BENCH_VENV) (make bench's venv)"
+	@echo "  TEST_WORKERS=$(TEST_WORKERS) (make test's processes; 0: none, in one process)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

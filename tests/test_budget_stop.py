@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import types
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from fewshot.train.checkpoint import load_checkpoint
 from fewshot.train.engine import Engine
 from fewshot.train.finetune import run_finetune
 from fewshot.train.supervised import SupervisedTask
-from helpers.checks import assert_same
+from helpers.checks import assert_same, engine_clock
 from helpers.tiny import build_digits, finetune_cfg
 
 # 40 train images, batch 8: 5 steps per epoch
@@ -29,22 +28,6 @@ FT = {"train.epochs": 3}
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return build_digits(tmp_path_factory.mktemp("data"))
-
-
-def fake_clock(monkeypatch) -> dict:
-    """engine's time.monotonic gives one "second" per call (fit() reads it once, then once after every step);
-    ``clock["t"]`` can be moved on by hand."""
-    import fewshot.train.engine as engine_mod
-
-    clock = {"t": 0.0}
-
-    def monotonic():
-        clock["t"] += 1.0
-        return clock["t"]
-
-    monkeypatch.setattr(engine_mod, "time", types.SimpleNamespace(monotonic=monotonic,
-                                                                  perf_counter=engine_mod.time.perf_counter))
-    return clock
 
 
 def counted(monkeypatch, clock: dict, eval_s: float = 0.0) -> dict:
@@ -75,7 +58,7 @@ def test_a_deadline_passed_in_the_epoch_end_evaluation_stops_the_run_there(root,
     Before: epoch 2's first step ran and was evaluated too (2 evaluations, 6 steps)."""
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
-        clock = fake_clock(mp)
+        clock = engine_clock(mp)
         seen = counted(mp, clock, eval_s=100.0)
         run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 8.5 / 60}), out)
     assert seen["steps"] == 5  # no step after the evaluation
@@ -92,7 +75,7 @@ def test_a_deadline_passed_at_an_epoch_end_without_an_evaluation_due_is_evaluate
     guards that the check moved to the epoch's end keeps that stop and its one evaluation, not the fix."""
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
-        clock = fake_clock(mp)
+        clock = engine_clock(mp)
         seen = counted(mp, clock)
         run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 4.5 / 60, "train.eval_every": 2}), out)
     assert seen["steps"] == 5 and seen["evals"] == [5]
@@ -103,7 +86,7 @@ def test_a_deadline_not_passed_in_the_evaluation_trains_on(root, tmp_path, monke
     """The check after the evaluation stops only a spent budget: with time left epoch 2 trains as before."""
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
-        clock = fake_clock(mp)
+        clock = engine_clock(mp)
         seen = counted(mp, clock, eval_s=1.0)
         run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 9.5 / 60}), out)
     # deadline 1 + 9.5: steps 1-4 read 2-5, epoch 1's evaluation (+1) and its check 7, steps 6-9 read 8-11
@@ -117,7 +100,7 @@ def test_a_run_stopped_at_an_epoch_end_resumes_as_the_uninterrupted_run(root, tm
     ref, out = tmp_path / "ref", tmp_path / "run"
     run_finetune(finetune_cfg(root, **FT), ref)
     with monkeypatch.context() as mp:
-        clock = fake_clock(mp)
+        clock = engine_clock(mp)
         counted(mp, clock, eval_s=100.0)
         run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 8.5 / 60}), out)
     run_finetune(finetune_cfg(root, **FT), out, resume=True)

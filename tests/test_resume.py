@@ -23,7 +23,7 @@ from fewshot.train.engine import Engine
 from fewshot.train.finetune import run_finetune
 from fewshot.train.supervised import SupervisedTask
 from helpers.tiny import build_digits, finetune_cfg, pretrain_cfg
-from helpers.checks import assert_same
+from helpers.checks import assert_same, engine_clock
 
 TIMING = {"images_per_s", "epoch_time_s", "eval_time_s"}
 
@@ -613,23 +613,6 @@ def test_ctrl_c_after_training_says_the_checkpoints_are_kept(root, tmp_path, mon
 # ------------------------------------------------------------------------------ a budget stop's partial evaluation
 
 
-def budget_clock(monkeypatch) -> None:
-    """engine's time.monotonic gives one "second" per call: fit() reads it once, then once after every step, so
-    train.budget_minutes=(k - 0.5) / 60 stops after step k, whatever the machine's speed."""
-    import types
-
-    import fewshot.train.engine as engine_mod
-
-    clock = {"t": 0.0}
-
-    def monotonic():
-        clock["t"] += 1.0
-        return clock["t"]
-
-    monkeypatch.setattr(engine_mod, "time", types.SimpleNamespace(monotonic=monotonic,
-                                                                  perf_counter=engine_mod.time.perf_counter))
-
-
 def best_score_in(monkeypatch, epoch: int) -> None:
     """The evaluation of epoch index `epoch` (a budget stop's partial one) scores above anything else."""
     evaluate = SupervisedTask.evaluate
@@ -671,7 +654,7 @@ def test_a_budget_stop_whose_partial_epoch_made_best_pt_resumes_as_the_uninterru
     out = tmp_path / "run"
     stop_epoch = (stop_step - 1) // 5  # 5 steps per epoch
     with monkeypatch.context() as mp:
-        budget_clock(mp)
+        engine_clock(mp)
         best_score_in(mp, stop_epoch)
         run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": (stop_step - 0.5) / 60}), out)
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -700,7 +683,7 @@ def test_a_kill_while_a_budget_stop_writes_its_best_pt_resumes_as_the_uninterrup
         save(self, name, **kwargs)
 
     with monkeypatch.context() as mp:
-        budget_clock(mp)
+        engine_clock(mp)
         best_score_in(mp, 1)  # the stop after step 8 is in epoch 2, after the every-2-steps save of step 8
         mp.setattr(Engine, "save", dying)
         with pytest.raises(Killed):
@@ -725,7 +708,7 @@ def test_best_pt_is_never_missing_while_a_budget_stop_replaces_it(root, tmp_path
         save(self, name, **kwargs)
 
     with monkeypatch.context() as mp:
-        budget_clock(mp)
+        engine_clock(mp)
         best_score_in(mp, 1)
         mp.setattr(Engine, "save", watched)
         run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 7.5 / 60}), out)
@@ -741,7 +724,7 @@ def test_a_resume_that_ends_before_its_first_save_leaves_the_restored_best_pt_to
     best_before_stop.pt: it took the stop's evaluation for the run's first best and deleted the restored best.pt."""
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
-        budget_clock(mp)
+        engine_clock(mp)
         best_score_in(mp, 1)
         run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 6.5 / 60}), out)
     assert load_checkpoint(out / "checkpoints" / "best.pt")["global_step"] == 7
@@ -912,7 +895,7 @@ def test_the_last_partial_epoch_of_a_budget_stop_prints_its_progress_line(root, 
     """A budget stop after the first step of an epoch: the loop was left before the progress bar counted that
     step, so the console showed epochs 1-2 while log.jsonl and the result named epoch 3."""
     with monkeypatch.context() as mp:
-        budget_clock(mp)
+        engine_clock(mp)
         run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 5.5 / 60, "train.progress": True}),
                      tmp_path / "run")
     err = capsys.readouterr().err

@@ -190,7 +190,8 @@ def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s
     return UserError(one_line(
         f"--budget-minutes {budget_s / 60:g} is too short for {what} on this machine: start-up and the timing of "
         f"the speeds took {used_s:.0f} s, and the least run after them ({first}{FLOOR_STEPS + 1} training steps at "
-        f"{step_s * 1000:.0f} ms: its floor and the one past its deadline, the closing evaluations, the prediction of the test images and the report) needs "
+        f"{step_s * 1000:.0f} ms: its floor and the one past its deadline, the closing evaluations, the prediction "
+        f"of the test images and the report) needs "
         f"about {need_s:.0f} s more, {total:.0f} s in all (measured here; a busy machine needs more). Nothing was "
         f"trained{' and the output folder was left as it was' if undone else ''}. Give --budget-minutes {least:g} "
         f"or more (more leaves training a fair share){hints}."))

@@ -48,3 +48,22 @@ def assert_same(a, b, path="ckpt"):
         assert isinstance(b, float) and math.isnan(b), path
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def engine_clock(monkeypatch) -> dict:
+    """engine's time.monotonic gives one "second" per call: fit() reads it once, then once after every step, so
+    train.budget_minutes=(k - 0.5) / 60 stops after step k, whatever the machine's speed; ``clock["t"]`` can be
+    moved on by hand."""
+    import types
+
+    import fewshot.train.engine as engine_mod
+
+    clock = {"t": 0.0}
+
+    def monotonic():
+        clock["t"] += 1.0
+        return clock["t"]
+
+    monkeypatch.setattr(engine_mod, "time", types.SimpleNamespace(monotonic=monotonic,
+                                                                  perf_counter=engine_mod.time.perf_counter))
+    return clock
