@@ -407,9 +407,9 @@ def test_the_note_still_advises_keeping_a_non_optimiser_field_across_tasks(capsy
     assert "optim.lr=0.015" not in err, err
 
 
-@pytest.mark.parametrize("text", ["model: [unclosed\n", "- a list\n"])
-def test_an_unreadable_config_in_the_out_folder_is_not_called_a_recipe(tmp_path, text):
-    """A config.yaml broken off (or no config at all) was refused as "not one a run wrote (a recipe?)"."""
+def out_folder_refusal(tmp_path: Path, text: str) -> str:
+    """What prepare_run_dir says of an --out folder holding only a config.yaml of ``text``, which it leaves as it
+    was."""
     out = tmp_path / "exp"
     out.mkdir()
     (out / "config.yaml").write_text(text)
@@ -418,11 +418,27 @@ def test_an_unreadable_config_in_the_out_folder_is_not_called_a_recipe(tmp_path,
             prepare_run_dir(out, False, {"data": {"root": str(tmp_path / "data")}})
     finally:
         release_all()
-    said = str(refused.value)
+    assert (out / "config.yaml").read_text() == text
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("text", ["model: [unclosed\n", "- a list\n"])
+def test_an_unreadable_config_in_the_out_folder_is_not_called_a_recipe(tmp_path, text):
+    """A config.yaml broken off (or no config at all) was refused as "not one a run wrote (a recipe?)"."""
+    said = out_folder_refusal(tmp_path, text)
     assert "its config.yaml is not a config fewshot can read (config file" in said, said
     assert "cannot be read" not in said and "a recipe?" not in said, said
     assert "Move that file away" in said and "choose another --out" in said, said
-    assert (out / "config.yaml").read_text() == text
+
+
+@pytest.mark.parametrize("text", ["", "  \n\n", "# my notes\n# more\n", "---\n~\n"])
+def test_an_empty_config_in_the_out_folder_is_called_empty(tmp_path, text):
+    """A config.yaml with no settings (0 bytes, blank lines, comments) was refused as "a recipe?" with advice to
+    give it as --config: it is no recipe, and no run wrote it."""
+    said = out_folder_refusal(tmp_path, text)
+    assert "its config.yaml is empty (no settings; blank lines or comments at most), so no run wrote it" in said, said
+    assert "Delete that file (or move it away, if its comments are yours), or choose another --out" in said, said
+    assert "a recipe?" not in said and "--config" not in said and "fewshot can read" not in said, said
 
 
 def test_an_out_folder_config_that_cannot_be_read_is_said_so(tmp_path, monkeypatch):
@@ -432,16 +448,8 @@ def test_an_out_folder_config_that_cannot_be_read_is_said_so(tmp_path, monkeypat
     def refused_read(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    out = tmp_path / "exp"
-    out.mkdir()
-    (out / "config.yaml").write_text("model:\n  name: resnet18\n")
     monkeypatch.setattr(fewshot.train.finetune, "load_yaml", refused_read)  # root reads any file
-    try:
-        with pytest.raises(UserError) as refused:
-            prepare_run_dir(out, False, {"data": {"root": str(tmp_path / "data")}})
-    finally:
-        release_all()
-    said = str(refused.value)
+    said = out_folder_refusal(tmp_path, "model:\n  name: resnet18\n")
     assert "its config.yaml cannot be read (Permission denied)" in said and "fewshot can read" not in said, said
 
 

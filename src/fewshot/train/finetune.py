@@ -56,10 +56,14 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
             raise UserError(f"cannot read the run folder '{out}': {exc.strerror or exc}.") from None
         foreign = [e for e in entries if e not in RUN_START_ENTRIES]
         unreadable = None
+        empty = False
         if "config.yaml" in entries:
             try:
-                if not _is_run_config(out / "config.yaml"):
+                # a run's start, judged on its content alone, or the user's (a recipe copied there was written over)
+                settings = load_yaml(out / "config.yaml")
+                if not written_by_run(settings, out / "config.yaml", run_files=False):
                     foreign.insert(0, "config.yaml")
+                    empty = not settings  # 0 bytes, blank lines, comments or a bare `~`: no recipe either
             except UserError as exc:  # no recipe either: a file broken off, a list, not YAML at all
                 unreadable = f"is not a config fewshot can read ({one_line(str(exc)).rstrip('.')})"
                 foreign.insert(0, "config.yaml")
@@ -70,6 +74,11 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
             raise UserError(f"the run folder '{out}' is not empty (config.yaml) and holds no run to resume: its "
                             f"config.yaml {unreadable}, and a new run would write its own there. Move that file "
                             f"away (or delete it, if nothing of yours is in it), or choose another --out.")
+        if foreign == ["config.yaml"] and empty:  # no recipe: it was called one ("a recipe?")
+            raise UserError(f"the run folder '{out}' is not empty (config.yaml) and holds no run to resume: its "
+                            f"config.yaml is empty (no settings; blank lines or comments at most), so no run wrote "
+                            f"it, and a run writes its own config.yaml there. Delete that file (or move it away, if "
+                            f"its comments are yours), or choose another --out.")
         if foreign == ["config.yaml"]:  # a recipe copied there: "empty the folder" told the user to delete it
             raise UserError(f"the run folder '{out}' is not empty (config.yaml) and holds no run to resume: its "
                             f"config.yaml is not one a run wrote (a recipe?), and a run writes its own config.yaml "
@@ -173,13 +182,6 @@ def remove_stale_temp_files(out: Path, older_than_s: float = 600.0) -> None:
                 p.unlink(missing_ok=True)
 
 
-def _is_run_config(path: Path) -> bool:
-    """Whether an --out folder's config.yaml is a run's start (config.written_by_run on its content alone), not the
-    user's: a recipe copied there (configs/course_*.yaml: model, data, optim, train) was written over. Raises
-    UserError or OSError where it cannot be read: that is neither, and was called "a recipe?"."""
-    return written_by_run(load_yaml(path), path, run_files=False)
-
-
 # What `--resume` may change: how long and where the run goes on, and how it reports. Anything else
 # (model, image size, batch, seed, optimiser, schedule shape, augmentation, MoCo settings) would make the
 # continued run a different one than its checkpoint's, or fail deep in torch on a shape mismatch.
@@ -244,11 +246,26 @@ def keep_dataset_order(base: dict, explicit: dict, was) -> None:
         explicit["data.datasets"] = datasets_in_run_order(was, explicit["data.datasets"], root)
 
 
+def resumes_from_config(out: Path) -> bool:
+    """Whether --resume takes RUN's config.yaml as the run's settings: one beside a checkpoint, or a run's start (its
+    content alone). Another (empty, a recipe, unreadable) is no run's, which prepare_run_dir refuses as such: taken
+    for the run's, an empty one "changed" model.name from resnet18 and the refusal offered a last.pt not there."""
+    saved = Path(out) / "config.yaml"
+    if not saved.is_file():
+        return False
+    if (Path(out) / "checkpoints" / "last.pt").is_file():
+        return True
+    try:
+        return written_by_run(load_yaml(saved), saved, run_files=False)
+    except (UserError, OSError):
+        return False
+
+
 def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     """On --resume the saved config is the base; only what was given on this command line changes,
     and only the settings in RESUME_MAY_CHANGE may differ from the saved ones."""
     saved = Path(out) / "config.yaml"
-    if not saved.is_file():
+    if not resumes_from_config(out):  # nothing to resume (a fresh start), or a folder prepare_run_dir refuses
         return cfg
     base = load_yaml(saved)
     refuse_unknown_fields(base, saved)

@@ -1,0 +1,83 @@
+"""`train --resume` / `pretrain --resume` into an --out folder without config.yaml starts fresh, and so adopts the
+model that --weights records as the same command without --resume does: it kept the default resnet18 and failed
+on the file with a page of shape mismatches. A folder with a run's config.yaml keeps the run's model; one with an
+empty config.yaml is no run to resume, and is refused as without --resume."""
+
+from __future__ import annotations
+
+import pytest
+
+import fewshot.models.weights
+import fewshot.ssl.pretrain
+import fewshot.train.finetune
+from fewshot.cli import main
+from fewshot.config import CHOSEN, resolve, save_yaml
+
+RUNNERS = {"train": (fewshot.train.finetune, "run_finetune"), "pretrain": (fewshot.ssl.pretrain, "run_pretrain")}
+
+
+@pytest.fixture
+def started(monkeypatch, tmp_path):
+    """The configs the command would train with (nothing is trained), and a weights file that records test_resnet."""
+    weights = tmp_path / "backbone.safetensors"
+    weights.write_bytes(b"")
+    monkeypatch.setattr(fewshot.models.weights, "architecture_of", lambda path: {"model": "test_resnet"})
+    seen = []
+    for module, name in RUNNERS.values():
+        monkeypatch.setattr(module, name, lambda cfg, out, resume=False: seen.append((cfg, resume)))
+    return weights, seen
+
+
+def argv(command: str, root, out, weights, *more) -> list[str]:
+    return [command, "--data", str(root), "--out", str(out), "--weights", str(weights), "--device", "cpu",
+            "--img-size", "32", "--no-progress", *more]
+
+
+@pytest.mark.parametrize("command", sorted(RUNNERS))
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+def test_a_resume_with_nothing_to_resume_adopts_the_weights_model(digits_root, tmp_path, started, command, folder,
+                                                                   capsys):
+    weights, seen = started
+    out = tmp_path / "run"
+    if folder == "empty":
+        out.mkdir()
+    assert main(argv(command, digits_root, tmp_path / "fresh", weights)) == 0
+    assert main(argv(command, digits_root, out, weights, "--resume")) == 0
+    (fresh, _), (resumed, resume) = seen
+    assert resume is True  # still a --resume: the run itself says it starts fresh (prepare_run_dir)
+    assert fresh["model"]["name"] == resumed["model"]["name"] == "test_resnet", resumed["model"]
+    assert fresh[CHOSEN]["model.name"] == resumed[CHOSEN]["model.name"] == "test_resnet"  # chosen again later
+    err = capsys.readouterr().err
+    assert err.count(f"note: no --model given: using test_resnet, the model {weights} records") == 2, err
+
+
+@pytest.mark.parametrize("command", sorted(RUNNERS))
+def test_a_resume_keeps_the_model_of_the_runs_config(digits_root, tmp_path, started, command, capsys):
+    """The run's config.yaml (test_resnet2, given at its start) is its settings: the weights' model is not adopted."""
+    weights, seen = started
+    out = tmp_path / "run"
+    out.mkdir()
+    saved = resolve(overrides=["model.name=test_resnet2", f"model.weights={weights}", "train.device=cpu",
+                               f"data.root={digits_root}", "model.img_size=32"],
+                    default_preset="mocov2" if command == "pretrain" else None)
+    if command == "pretrain":
+        saved["_task"] = "moco"  # as run_pretrain records it
+    save_yaml(saved, out / "config.yaml")
+    assert main(argv(command, digits_root, out, weights, "--resume")) == 0
+    assert seen[0][0]["model"]["name"] == "test_resnet2", seen[0][0]["model"]
+    assert "using test_resnet" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", sorted(RUNNERS))
+def test_a_resume_into_a_folder_with_an_empty_config_says_it_is_empty(digits_root, tmp_path, command, capsys):
+    """An empty config.yaml was taken for the run's settings: the refusal blamed --model for "changing" the default
+    resnet18 and offered RUN/checkpoints/last.pt, which is not there. It is refused as without --resume."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("# nothing yet\n")
+    more = ["--model", "test_resnet", "--epochs", "1", "--resume"]
+    assert main([command, "--data", str(digits_root), "--out", str(out), "--device", "cpu", *more]) == 2
+    err = capsys.readouterr().err
+    assert "its config.yaml is empty (no settings; blank lines or comments at most), so no run wrote it" in err, err
+    assert "changes model.name" not in err and "last.pt" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # nothing written beside it
