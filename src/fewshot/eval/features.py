@@ -12,8 +12,10 @@ from fewshot.models.backbone import extract_features
 
 @torch.no_grad()
 def backbone_features(backbone: nn.Module, images: torch.Tensor, normalize: nn.Module, device: torch.device,
-                      batch_size: int = 256, amp: torch.dtype | None = None) -> torch.Tensor:
-    """[N, D] pooled features (token-averaged for two-token models), norm layers in eval mode."""
+                      batch_size: int = 256, amp: torch.dtype | None = None, per_token: bool = False) -> torch.Tensor:
+    """[N, D] pooled features (token-averaged for two-token models), norm layers in eval mode. ``per_token``: [N, T, D],
+    each token's own (extract_features), for fitting one head per token: the class and distillation heads score
+    different tokens, and a head fitted to their average standardised and scored features it never sees."""
     was = backbone.training
     backbone.eval()
     ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
@@ -21,9 +23,10 @@ def backbone_features(backbone: nn.Module, images: torch.Tensor, normalize: nn.M
     for s in range(0, len(images), batch_size):
         with ctx:
             x = normalize(images[s:s + batch_size].to(device, non_blocking=True))
-            outs.append(extract_features(backbone, x).mean(1).float().cpu())
+            feats = extract_features(backbone, x)
+            outs.append((feats if per_token else feats.mean(1)).float().cpu())
     backbone.train(was)
-    return torch.cat(outs) if outs else torch.zeros(0, 0)
+    return torch.cat(outs) if outs else torch.zeros((0, 0, 0) if per_token else (0, 0))
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 Features come from timm's own `forward_features` + `forward_head(pre_logits=True)`, which
 already pool the way each family should (class token for DeiT, token mean for Swin, global
 channel pooling for CNNs and hybrids). The one capability check is the distillation token:
-DeiT-distilled exposes two tokens, and SPEC wants one head per token with logits averaged.
+DeiT- and PiT-distilled expose two tokens, and SPEC wants one head per token with logits averaged.
 """
 
 from __future__ import annotations
@@ -249,15 +249,24 @@ def _stride_one_stem(model: nn.Module) -> None:
 
 
 def num_feature_tokens(backbone: nn.Module) -> int:
-    """2 for models with a distillation token (one head each), else 1."""
-    return 2 if getattr(backbone, "dist_token", None) is not None else 1
+    """The tokens a distillation model's heads score, one head each, else 1. timm's layout for these: the learnt
+    class and distillation tokens lead forward_features' output, `head` reads the first and `head_dist` the second.
+    DeiT keeps them in `cls_token` + `dist_token` ([1, 1, C] each), PiT both in `cls_token` ([1, 2, C]): counting
+    `dist_token` alone gave PiT one head. Models whose `head_dist` shares one pooled feature (LeViT, FastViT) have
+    no learnt token: 1."""
+    if getattr(backbone, "head_dist", None) is None:
+        return 1
+    learnt = [getattr(backbone, name, None) for name in ("cls_token", "dist_token")]
+    count = sum(t.shape[1] for t in learnt if isinstance(t, torch.Tensor) and t.ndim == 3)
+    return count if count > 1 else 1
 
 
 def extract_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """[B, T, D] pooled features; T = num_feature_tokens(backbone)."""
     feats = backbone.forward_features(x)
-    if num_feature_tokens(backbone) == 2:
-        return feats[:, :2]
+    tokens = num_feature_tokens(backbone)
+    if tokens > 1:
+        return feats[:, :tokens]
     return backbone.forward_head(feats, pre_logits=True).unsqueeze(1)
 
 

@@ -196,15 +196,14 @@ class SupervisedTask:
     def init_head_from_probe(self) -> None:
         """LP-FT: fit the head on frozen features first, so fine-tuning starts from a head that
         agrees with the pretrained features instead of a random one that pulls them apart."""
-        from fewshot.eval.features import backbone_features
         from fewshot.eval.probe import train_linear_head
 
         self.prepare_norm_statistics()
-        feats = backbone_features(self.model.backbone, self.train_set.images, self.normalize, self.device)
-        with torch.enable_grad():
-            head = train_linear_head(feats, self.train_set.targets, self.space.num_classes,
-                                     seed=self.cfg["train"]["seed"])
-        for h in self.model.heads:
+        feats = self.token_features()
+        for i, h in enumerate(self.model.heads):  # each head on the token it scores (class, distillation)
+            with torch.enable_grad():
+                head = train_linear_head(feats[:, i], self.train_set.targets, self.space.num_classes,
+                                         seed=self.cfg["train"]["seed"])
             h.load_state_dict(head.state_dict())
 
     @torch.no_grad()
@@ -212,12 +211,18 @@ class SupervisedTask:
         """SimpleShot-style start: the head's BN standardises with the train features' statistics and
         each class weight is its normalised class mean, so at step 0 the classifier is the nearest class
         mean by cosine on centred features (argmax is invariant to a sample's feature norm)."""
+        self.prepare_norm_statistics()
+        feats = self.token_features()
+        for i, h in enumerate(self.model.heads):  # each head on the token it scores (class, distillation)
+            h.set_prototypes(feats[:, i], self.train_set.targets, scale)
+
+    def token_features(self) -> torch.Tensor:
+        """[N, T, D] eval-mode train features, one pass: head i scores token i (DeiT-distilled's heads were both
+        fitted to the average of the class and distillation tokens, statistics and class means neither head sees)."""
         from fewshot.eval.features import backbone_features
 
-        self.prepare_norm_statistics()
-        feats = backbone_features(self.model.backbone, self.train_set.images, self.normalize, self.device)
-        for h in self.model.heads:
-            h.set_prototypes(feats, self.train_set.targets, scale)
+        return backbone_features(self.model.backbone, self.train_set.images, self.normalize, self.device,
+                                 per_token=True)
 
     def prepare_norm_statistics(self) -> None:
         """Before fitting a head on eval-mode features: a backbone without weights has BatchNorm statistics
