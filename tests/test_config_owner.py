@@ -422,11 +422,13 @@ def out_folder_refusal(tmp_path: Path, text: str) -> str:
     return str(refused.value)
 
 
-@pytest.mark.parametrize("text", ["model: [unclosed\n", "- a list\n"])
+@pytest.mark.parametrize("text", ["model: [unclosed\n", "- a list\n", "0\n", "false\n", "''\n"])
 def test_an_unreadable_config_in_the_out_folder_is_not_called_a_recipe(tmp_path, text):
-    """A config.yaml broken off (or no config at all) was refused as "not one a run wrote (a recipe?)"."""
+    """A config.yaml broken off (or no config at all) was refused as "not one a run wrote (a recipe?)"; a scalar
+    (`0`, `false`, `''`) is no config either, and was called empty ("blank lines or comments at most")."""
     said = out_folder_refusal(tmp_path, text)
     assert "its config.yaml is not a config fewshot can read (config file" in said, said
+    assert "config.yaml is empty" not in said and "blank lines" not in said, said
     assert "cannot be read" not in said and "a recipe?" not in said, said
     assert "Move that file away" in said and "choose another --out" in said, said
 
@@ -441,14 +443,21 @@ def test_an_empty_config_in_the_out_folder_is_called_empty(tmp_path, text):
     assert "a recipe?" not in said and "--config" not in said and "fewshot can read" not in said, said
 
 
+def test_an_empty_mapping_in_the_out_folder_is_said_to_hold_no_settings(tmp_path):
+    """`{}` is a mapping with nothing in it, not a file with "blank lines or comments at most"."""
+    said = out_folder_refusal(tmp_path, "{}\n")
+    assert "its config.yaml is an empty mapping (`{}`: no settings), so no run wrote it" in said, said
+    assert "blank lines" not in said and "a recipe?" not in said and "fewshot can read" not in said, said
+
+
 def test_an_out_folder_config_that_cannot_be_read_is_said_so(tmp_path, monkeypatch):
     """A config.yaml the system cannot read (no permission) is one that "cannot be read", not a bad config."""
-    import fewshot.train.finetune
+    import fewshot.config
 
     def refused_read(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(fewshot.train.finetune, "load_yaml", refused_read)  # root reads any file
+    monkeypatch.setattr(fewshot.config, "load_yaml_or_none", refused_read)  # root reads any file
     said = out_folder_refusal(tmp_path, "model:\n  name: resnet18\n")
     assert "its config.yaml cannot be read (Permission denied)" in said and "fewshot can read" not in said, said
 

@@ -66,3 +66,24 @@ def test_resume_refuses_a_typo_in_the_runs_config_yaml(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path), "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "'train.epochz'" in err and str(out / "config.yaml") in err
+
+
+def test_a_resume_refused_before_the_first_checkpoint_offers_no_checkpoint(tmp_path):
+    """A start stopped before its first checkpoint (config.yaml alone) resumed with another --model was told that
+    `fewshot train --weights RUN/checkpoints/last.pt` starts from its weights: there is no last.pt. Nothing was
+    trained, so the same command without --resume starts afresh there, as prepare_run_dir allows."""
+    from fewshot.run_lock import release_all
+    from fewshot.train.finetune import prepare_run_dir
+
+    out = saved_train_run(tmp_path)
+    with pytest.raises(UserError) as refused:
+        resume_config(out, "--model", "test_resnet")
+    said = str(refused.value)
+    assert "changes model.name ('resnet18' in the run, 'test_resnet' now)" in said, said
+    assert f"Nothing was trained there yet (no {out}/checkpoints/last.pt): run the same command without --resume to " \
+           f"start it afresh with these settings, or drop those settings to start it as it was configured" in said, said
+    assert "--weights" not in said, said
+    try:  # the advice holds: without --resume the folder's start is no obstacle
+        prepare_run_dir(out, False, {"data": {"root": str(tmp_path / "data")}})
+    finally:
+        release_all()

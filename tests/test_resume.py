@@ -590,6 +590,8 @@ def test_a_refused_pretrain_resume_points_to_pretrain_from_its_weights(tmp_path)
     saved = resolve()
     saved["_task"] = "moco"
     save_yaml(saved, tmp_path / "config.yaml")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")  # weights to start from (without: nothing to offer)
     with pytest.raises(UserError, match="`fewshot pretrain --weights "):
         merge_resume_config(tmp_path, resolve(), {"optim.lr": 0.01})
 

@@ -1,11 +1,13 @@
 """`train --resume` / `pretrain --resume` into an --out folder without config.yaml starts fresh, and so adopts the
 model that --weights records as the same command without --resume does: it kept the default resnet18 and failed
 on the file with a page of shape mismatches. A folder with a run's config.yaml keeps the run's model; one with an
-empty config.yaml is no run to resume, and is refused as without --resume."""
+empty config.yaml is no run to resume, and is refused as without --resume; beside a checkpoint, it is a run whose
+settings are lost."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 import fewshot.models.weights
 import fewshot.ssl.pretrain
@@ -81,3 +83,50 @@ def test_a_resume_into_a_folder_with_an_empty_config_says_it_is_empty(digits_roo
     assert "its config.yaml is empty (no settings; blank lines or comments at most), so no run wrote it" in err, err
     assert "changes model.name" not in err and "last.pt" not in err, err
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # nothing written beside it
+
+
+@pytest.mark.parametrize("text, what", [
+    ("", "is empty"), ("# emptied\n", "is empty"), ("{}\n", "holds no settings (`{}`)"),
+    ("model:\n  name: test_resnet\n", "is not the one the run wrote: it lacks the section(s) data:, optim:, sched:, "
+                                      "train:, moco:, aug: that a run saves (a recipe?)"),
+])
+def test_a_resume_whose_config_beside_its_checkpoint_is_no_runs_says_its_settings_are_lost(
+        digits_root, tmp_path, started, text, what, capsys):
+    """An emptied config.yaml beside last.pt was merged into the defaults: refused as the command "changing"
+    model.name from resnet18 (or, with the same model, resumed with the defaults). Its settings are lost."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    torch.save({"config": {}}, out / "checkpoints" / "last.pt")  # never read: the refusal comes first
+    (out / "config.yaml").write_text(text)
+    assert main(["train", "--data", str(digits_root), "--out", str(out), "--model", "test_resnet", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume cannot continue '{out}': its config.yaml {what}" in err, err
+    assert "so the settings the run was configured with are gone from it" in err and "Put the run's config.yaml " \
+           f"back" in err and f"`--weights {out / 'checkpoints' / 'last.pt'}` starts from its weights" in err, err
+    assert "changes model.name" not in err and started[1] == [], err
+    assert (out / "config.yaml").read_text() == text
+
+
+def test_a_real_resume_of_a_stopped_start_trains_afresh_and_an_emptied_config_is_refused(digits_root, tmp_path,
+                                                                                        capsys):
+    """prepare_run_dir's fresh start under --resume, really trained (the tests above fake the run): a start stopped
+    before its first checkpoint (config.yaml alone) resumes from its config.yaml; a changed --model is refused
+    without offering a last.pt that is not there. Once trained, an emptied config.yaml is refused as lost."""
+    out = tmp_path / "run"
+    out.mkdir()
+    saved = resolve(flags={"data.root": str(digits_root), "data.datasets": ["digits"], "model.name": "test_resnet",
+                           "model.img_size": 32, "train.device": "cpu", "train.epochs": 1, "train.progress": False,
+                           "train.batch_size": 16})
+    saved[CHOSEN] = {}
+    save_yaml(saved, out / "config.yaml")  # as a start writes it before its first checkpoint
+    command = ["train", "--data", str(digits_root), "--out", str(out), "--resume"]
+    assert main([*command, "--model", "test_resnet2"]) == 2
+    err = capsys.readouterr().err
+    assert "Nothing was trained there yet" in err and "--weights" not in err, err
+    assert main(command) == 0, capsys.readouterr().err
+    assert (out / "checkpoints" / "last.pt").is_file() and (out / "metrics.json").is_file()
+    capsys.readouterr()
+    (out / "config.yaml").write_text("")
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert f"--resume cannot continue '{out}': its config.yaml is empty" in err and "changes model.name" not in err, err

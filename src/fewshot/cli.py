@@ -224,20 +224,11 @@ def adopt_recorded_model(cfg: dict, flags: dict, extra: list[str], config_file: 
     adopt_weights_model(cfg["model"], model_named(flags, extra, config_file))
 
 
-def resumes_saved_config(args) -> bool:
-    """Whether this is a --resume of a run whose config.yaml merge_resume_config takes as its settings (its model
-    among them). --resume into a folder without one starts fresh (prepare_run_dir), and adopts the model --weights
-    records as a fresh run does: it kept the default resnet18 and failed on the file."""
-    from fewshot.train.finetune import resumes_from_config
-
-    return bool(args.resume) and resumes_from_config(Path(args.out))
-
-
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None,
                        default_preset: str | None = None) -> dict:
     from fewshot.config import file_settings, get_dotted, mark_rechosen, parse_override, record_chosen
     from fewshot.models.backbone import note_pretrained_tag, timm_name
-    from fewshot.train.finetune import merge_resume_config
+    from fewshot.train.finetune import merge_resume_config, resumes_from_config
 
     flags = _flags(args, mapping)
     if getattr(args, "no_progress", False):
@@ -246,7 +237,9 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
     cfg = resolve_naming_flags(names, flags, extra, preset=preset, file=args.config, default_preset=default_preset)
     note_flags_overridden(flags, names, extra)
     cfg["model"]["name"] = timm_name(cfg["model"]["name"])  # as recorded, and as a resume compares it
-    if not resumes_saved_config(args):  # a resumed run keeps its recorded model
+    # a resumed run keeps its recorded model; --resume with no run's config.yaml in --out starts fresh, and adopts
+    # the model --weights records as a fresh run does (it kept the default resnet18 and failed on the file)
+    if not (args.resume and resumes_from_config(Path(args.out))):
         name = cfg["model"]["name"]
         adopt_recorded_model(cfg, flags, extra, args.config)
         record_chosen(cfg, {"model.name": name})  # the weights file's model, not the user's: chosen again later

@@ -429,10 +429,18 @@ def find_config(path: str | Path) -> Path:
 
 
 def load_yaml(path: str | Path) -> dict:
+    data = load_yaml_or_none(path)
+    return {} if data is None else data
+
+
+def load_yaml_or_none(path: str | Path) -> dict | None:
+    """load_yaml, but None for a file that holds no YAML value at all (0 bytes, blank lines, comments, a bare `~`):
+    an --out folder's config.yaml is said to be empty only then. Any other scalar (`0`, `false`, `''`) is no mapping
+    and refused as such; it was taken for an empty file."""
     path = find_config(path)
     try:
         # bytes: PyYAML reads UTF-8 (with or without a BOM) and UTF-16 with a BOM, and names any other encoding
-        data = read_yaml(path.read_bytes(), f"config file {path}") or {}
+        data = read_yaml(path.read_bytes(), f"config file {path}")
     except yaml.reader.ReaderError as exc:
         if exc.encoding == "unicode":  # decoded fine, but YAML allows no control characters
             code = exc.character if isinstance(exc.character, int) else ord(exc.character)
@@ -446,6 +454,8 @@ def load_yaml(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"config file {path} is not valid YAML{where}: {what}.") from None
+    if data is None:
+        return None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (model:, optim:, ...).")
     _check_size(data, path)
@@ -554,6 +564,15 @@ def written_by_run(data: dict, path: str | Path, run_files: bool = True) -> bool
     if not all(isinstance(data.get(section), dict) for section in RUN_SECTIONS):
         return False
     return not run_files or any((find_config(path).parent / name).exists() for name in RUN_FILES)
+
+
+def read_run_config(path: str | Path) -> tuple[dict | None, bool]:
+    """An --out folder's config.yaml: its settings (None where it holds none: load_yaml_or_none) and whether a run
+    wrote them, on its content alone (written_by_run): the one answer of prepare_run_dir, which refuses a folder
+    whose config.yaml no run wrote, and of --resume, which takes a run's as the settings. Raises UserError or
+    OSError where it cannot be read."""
+    data = load_yaml_or_none(path)
+    return data, data is not None and written_by_run(data, path, run_files=False)
 
 
 def chosen_by_rule(task: Any, raw: dict) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot.config import CHOSEN, load_yaml, note_chosen, note_rechosen, save_yaml, written_by_run
+from fewshot.config import CHOSEN, note_chosen, note_rechosen, read_run_config, save_yaml
 from fewshot.data.cache import ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import UserError, one_line
@@ -56,14 +56,16 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
             raise UserError(f"cannot read the run folder '{out}': {exc.strerror or exc}.") from None
         foreign = [e for e in entries if e not in RUN_START_ENTRIES]
         unreadable = None
-        empty = False
+        empty = None
         if "config.yaml" in entries:
             try:
                 # a run's start, judged on its content alone, or the user's (a recipe copied there was written over)
-                settings = load_yaml(out / "config.yaml")
-                if not written_by_run(settings, out / "config.yaml", run_files=False):
+                settings, by_run = read_run_config(out / "config.yaml")
+                if not by_run:
                     foreign.insert(0, "config.yaml")
-                    empty = not settings  # 0 bytes, blank lines, comments or a bare `~`: no recipe either
+                    # no recipe either: no YAML value at all, or `{}` (a `0` or `false` is no config: unreadable)
+                    empty = ("is empty (no settings; blank lines or comments at most)" if settings is None else
+                             "is an empty mapping (`{}`: no settings)" if not settings else None)
             except UserError as exc:  # no recipe either: a file broken off, a list, not YAML at all
                 unreadable = f"is not a config fewshot can read ({one_line(str(exc)).rstrip('.')})"
                 foreign.insert(0, "config.yaml")
@@ -76,9 +78,8 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
                             f"away (or delete it, if nothing of yours is in it), or choose another --out.")
         if foreign == ["config.yaml"] and empty:  # no recipe: it was called one ("a recipe?")
             raise UserError(f"the run folder '{out}' is not empty (config.yaml) and holds no run to resume: its "
-                            f"config.yaml is empty (no settings; blank lines or comments at most), so no run wrote "
-                            f"it, and a run writes its own config.yaml there. Delete that file (or move it away, if "
-                            f"its comments are yours), or choose another --out.")
+                            f"config.yaml {empty}, so no run wrote it, and a run writes its own config.yaml there. "
+                            f"Delete that file (or move it away, if its comments are yours), or choose another --out.")
         if foreign == ["config.yaml"]:  # a recipe copied there: "empty the folder" told the user to delete it
             raise UserError(f"the run folder '{out}' is not empty (config.yaml) and holds no run to resume: its "
                             f"config.yaml is not one a run wrote (a recipe?), and a run writes its own config.yaml "
@@ -216,11 +217,16 @@ def resume_changes(before: dict, now: dict) -> list[str]:
 def resume_refused(out: Path, cfg: dict, by: str, changed: list[str], undo: str) -> UserError:
     """Why --resume refuses settings that differ from the run's (the command line's or an edited config.yaml)."""
     command = "pretrain" if cfg.get("_task") == "moco" else "train"  # MoCo goes on as MoCo, not fine-tuning
-    other = (f"`fewshot {command} --weights {out}/checkpoints/last.pt` starts from its weights" if not
-             (Path(out).parent / "run_state.json").is_file() else  # a `fewshot run` stage: no train command there
-             f"`fewshot run` starts over; this stage belongs to the run in {Path(out).parent}")
-    return UserError(f"--resume continues '{out}' exactly as it was configured, but {by} changes "
-                     f"{', '.join(changed)}. {undo} to resume, or start a new run with another --out ({other}).")
+    said = f"--resume continues '{out}' exactly as it was configured, but {by} changes {', '.join(changed)}."
+    if (Path(out).parent / "run_state.json").is_file():  # a `fewshot run` stage: no train command there
+        other = f"`fewshot run` starts over; this stage belongs to the run in {Path(out).parent}"
+    elif not (Path(out) / "checkpoints" / "last.pt").is_file():  # a start stopped before its first checkpoint
+        return UserError(f"{said} Nothing was trained there yet (no {out}/checkpoints/last.pt): run the same command "
+                         f"without --resume to start it afresh with these settings, or {undo[0].lower()}{undo[1:]} "
+                         f"to start it as it was configured (or give another --out).")
+    else:
+        other = f"`fewshot {command} --weights {out}/checkpoints/last.pt` starts from its weights"
+    return UserError(f"{said} {undo} to resume, or start a new run with another --out ({other}).")
 
 
 def refuse_unknown_fields(saved: dict, path: Path) -> None:
@@ -247,27 +253,48 @@ def keep_dataset_order(base: dict, explicit: dict, was) -> None:
 
 
 def resumes_from_config(out: Path) -> bool:
-    """Whether --resume takes RUN's config.yaml as the run's settings: one beside a checkpoint, or a run's start (its
-    content alone). Another (empty, a recipe, unreadable) is no run's, which prepare_run_dir refuses as such: taken
-    for the run's, an empty one "changed" model.name from resnet18 and the refusal offered a last.pt not there."""
+    """Whether --resume takes RUN's config.yaml as the run's settings (merge_resume_config): one a run wrote (its
+    content alone). Another (empty, a recipe, unreadable) is no run's: prepare_run_dir refuses it as such, and
+    merge_resume_config beside a checkpoint; taken for the run's, an empty one "changed" model.name from resnet18."""
     saved = Path(out) / "config.yaml"
-    if not saved.is_file():
-        return False
-    if (Path(out) / "checkpoints" / "last.pt").is_file():
-        return True
     try:
-        return written_by_run(load_yaml(saved), saved, run_files=False)
+        return saved.is_file() and read_run_config(saved)[1]
     except (UserError, OSError):
         return False
+
+
+def settings_lost(out: Path, settings: dict | None) -> UserError:
+    """--resume of a run whose config.yaml beside its checkpoint is no run's (emptied, `{}`, a recipe copied over
+    it): merged into the defaults, it was refused as the command "changing" model.name from resnet18."""
+    from fewshot.config import RUN_SECTIONS
+
+    last = Path(out) / "checkpoints" / "last.pt"
+    lacks = [f"{name}:" for name in RUN_SECTIONS if not isinstance((settings or {}).get(name), dict)]
+    what = ("is empty" if settings is None else "holds no settings (`{}`)" if not settings else
+            f"is not the one the run wrote: it lacks the section(s) {', '.join(lacks)} that a run saves (a recipe?)")
+    return UserError(f"--resume cannot continue '{out}': its config.yaml {what}, so the settings the run was "
+                     f"configured with are gone from it ({last} records them, and a resume refuses any that differ "
+                     f"from those). Put the run's config.yaml back (from a copy or a backup) and resume again, or "
+                     f"start a new run with another --out (`--weights {last}` starts from its weights).")
 
 
 def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     """On --resume the saved config is the base; only what was given on this command line changes,
     and only the settings in RESUME_MAY_CHANGE may differ from the saved ones."""
     saved = Path(out) / "config.yaml"
-    if not resumes_from_config(out):  # nothing to resume (a fresh start), or a folder prepare_run_dir refuses
+    checkpoint = Path(out) / "checkpoints" / "last.pt"
+    if not saved.is_file():  # nothing to resume (a fresh start), or last.pt alone: the engine compares its config
         return cfg
-    base = load_yaml(saved)
+    try:
+        base, by_run = read_run_config(saved)
+    except (UserError, OSError):
+        if checkpoint.is_file():  # the run's own file, broken: said as such
+            raise
+        return cfg  # no run's: prepare_run_dir refuses the folder as such
+    if not by_run:
+        if checkpoint.is_file():
+            raise settings_lost(out, base)
+        return cfg  # as above: an empty config.yaml or a recipe is refused by prepare_run_dir
     refuse_unknown_fields(base, saved)
     from fewshot.config import DEFAULTS, chosen_record, get_dotted, same_value, set_dotted
 
@@ -348,7 +375,7 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     # a record even if empty where this run writes the first config.yaml (also a --resume that starts fresh): a
     # run's config.yaml without one is taken for an older fewshot's, and a given --lr 0.004 or --device cpu there
     # for the run's choice
-    if not resume or not (Path(out) / "config.yaml").is_file():
+    if not (resume and resumes_from_config(out)):  # cfg is not the run's (merge_resume_config)
         cfg.setdefault(CHOSEN, {})
     if cfg["train"]["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
