@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,7 +105,17 @@ def test_pit_distilled_keeps_both_tokens_in_cls_token_and_gets_two_heads():
         assert torch.equal(feats, tokens[:, :2])
         # timm's own pre-logits average the two tokens its two heads read: the same two
         assert torch.allclose(backbone.forward_head(tokens, pre_logits=True), feats.mean(1), atol=1e-6)
-        assert torch.allclose(model(x), (model.heads[0](feats[:, 0]) + model.heads[1](feats[:, 1])) / 2, atol=1e-6)
+        # the classifier against timm's own forward with our heads in its `head` / `head_dist`: timm picks each
+        # head's token and averages their logits itself (heads made unlike, so a swap of tokens would show)
+        for head in model.heads:
+            head.norm.running_mean.normal_()
+            head.norm.running_var.uniform_(0.5, 2.0)
+        reference = copy.deepcopy(backbone)
+        reference.head, reference.head_dist = copy.deepcopy(model.heads[0]), copy.deepcopy(model.heads[1])
+        want = reference.eval()(x)
+        assert want.shape == (2, 5) and torch.allclose(model(x), want, atol=1e-5)
+        reference.head, reference.head_dist = reference.head_dist, reference.head
+        assert not torch.allclose(model(x), reference(x), atol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["pit_ti_224", "levit_128s", "test_vit"])
@@ -113,3 +125,123 @@ def test_one_head_without_distillation_tokens(name):
     assert num_feature_tokens(backbone) == 1
     with torch.no_grad():
         assert extract_features(backbone, torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 1, feature_dim(backbone))
+
+
+@pytest.mark.parametrize("n", [24, 1])
+def test_batched_probe_heads_equal_each_head_fitted_alone(n):
+    """train_linear_heads fits T heads in one loop: each equals train_linear_head fitted alone on its token (same
+    seed, start and steps), also for a single image (BatchNorm centred on it)."""
+    from fewshot.eval.probe import train_linear_head, train_linear_heads
+
+    gen = torch.Generator().manual_seed(3)
+    feats = torch.randn(n, 3, 8, generator=gen) * torch.tensor([1.0, 3.0, 0.5]).view(1, 3, 1)
+    targets = torch.randint(0, 4, (n,), generator=gen)
+    heads = train_linear_heads(feats, targets, 4, epochs=50, seed=7)
+    assert len(heads) == 3
+    for i, head in enumerate(heads):
+        want = train_linear_head(feats[:, i], targets, 4, epochs=50, seed=7)
+        assert not head.training
+        for name, value in want.state_dict().items():
+            assert torch.allclose(head.state_dict()[name], value, atol=1e-5), f"head {i} {name}"
+
+
+def test_probe_init_fits_the_heads_together_on_the_task_device(digits_root, monkeypatch):
+    """Probe init ran one 300-epoch fit per head, each on CPU features even for a GPU run: one batched fit of all
+    the heads, on the features of every token, on the task's device."""
+    import fewshot.eval.probe as probe
+
+    calls = []
+    fit = probe.train_linear_heads
+
+    def spy(feats, *args, **kwargs):
+        calls.append((tuple(feats.shape), feats.device))
+        return fit(feats, *args, **kwargs)
+
+    monkeypatch.setattr(probe, "train_linear_heads", spy)
+    task = make_task(digits_root, "probe")
+    dim = feature_dim(task.model.backbone)
+    assert calls == [((len(task.train_set.targets), 2, dim), task.device)]
+
+
+@pytest.fixture(scope="module")
+def one_head_pit_run(digits_root, tmp_path_factory):
+    """A PiT-distilled run as a version that gave it one head wrote it: its checkpoints without heads.1."""
+    from fewshot.cli import main
+
+    out = tmp_path_factory.mktemp("pit") / "run"
+    assert main(["train", "--data", str(digits_root), "--out", str(out), "--model", "pit_ti_distilled_224",
+                 "--img-size", str(SIZE), "--datasets", "digits", "--epochs", "1", "--device", "cpu",
+                 "--no-progress"]) == 0
+    for name in ("best.pt", "last.pt"):
+        path = out / "checkpoints" / name
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("model", "ema"):
+            if ck.get(key) is not None:
+                ck[key] = {k: v for k, v in ck[key].items() if not k.startswith("heads.1.")}
+        torch.save(ck, path)
+    return out
+
+
+def assert_one_paragraph_about_heads(err: str, path) -> None:
+    message = err.strip()
+    assert "\n" not in message and "\t" not in message, err
+    assert f"{path} has 1 head, but this version scores pit_ti_distilled_224 with 2 heads (one each for its class " \
+           f"and distillation tokens)" in message, err
+    assert f"Start a new run from it with --weights {path}, which keeps its backbone" in message, err
+    assert "Missing key" not in message and "may be whole" not in message, err
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_a_checkpoint_with_fewer_heads_says_so_in_eval_and_predict(one_head_pit_run, digits_root, tmp_path, capsys,
+                                                                  command):
+    """A one-head PiT-distilled checkpoint failed as torch's two-line "Missing key(s) ... heads.1 ..." and offered
+    the run's last.pt, which has the same heads: one paragraph with the head counts and --weights."""
+    from fewshot.cli import main
+
+    more = ["--out", str(tmp_path / "pred.json")] if command == "predict" else []
+    capsys.readouterr()
+    assert main([command, str(one_head_pit_run), "--data", str(digits_root), "--device", "cpu", *more]) == 2
+    assert_one_paragraph_about_heads(capsys.readouterr().err.split("error: ", 1)[-1],
+                                     one_head_pit_run / "checkpoints" / "best.pt")
+
+
+def test_a_resume_from_a_checkpoint_with_fewer_heads_says_so(one_head_pit_run, digits_root, tmp_path, capsys):
+    """`train --resume` showed torch's first line only ("Error(s) in loading state_dict for FewShotClassifier:")."""
+    import shutil
+
+    from fewshot.cli import main
+
+    out = shutil.copytree(one_head_pit_run, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["train", "--data", str(digits_root), "--out", str(out), "--resume", "--no-progress"]) == 2
+    assert_one_paragraph_about_heads(capsys.readouterr().err.split("error: ", 1)[-1],
+                                     out / "checkpoints" / "last.pt")
+
+
+def test_weights_from_a_checkpoint_with_fewer_heads_keep_its_backbone(one_head_pit_run):
+    """What the message offers: --weights takes every backbone weight of the one-head checkpoint."""
+    from fewshot.models.weights import load_backbone_weights
+
+    path = one_head_pit_run / "checkpoints" / "best.pt"
+    backbone = create_backbone("pit_ti_distilled_224", img_size=SIZE)
+    loaded = load_backbone_weights(backbone, path, strict=True, quiet=True)
+    assert loaded["loaded"] == loaded["total"] > 0
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    saved = ck["ema"] if ck.get("ema") is not None else ck["model"]
+    for name, value in backbone.state_dict().items():
+        assert torch.equal(value, saved[f"backbone.{name}"]), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_batched_probe_heads_fit_on_the_gpu_features_device():
+    """On a GPU run the heads are fitted where the features are, and still equal each head fitted alone on CPU."""
+    from fewshot.eval.probe import train_linear_head, train_linear_heads
+
+    gen = torch.Generator().manual_seed(4)
+    feats, targets = torch.randn(32, 2, 16, generator=gen), torch.randint(0, 5, (32,), generator=gen)
+    heads = train_linear_heads(feats.cuda(), targets, 5, epochs=50)
+    for i, head in enumerate(heads):
+        assert head.fc.weight.is_cuda
+        want = train_linear_head(feats[:, i], targets, 5, epochs=50)
+        for name, value in want.state_dict().items():
+            assert torch.allclose(head.state_dict()[name].cpu(), value, atol=1e-4), f"head {i} {name}"

@@ -115,7 +115,10 @@ def add_parsers(sub, add_common, epilog) -> None:
                        description="How good are these features without fine-tuning? The backbone is frozen; a "
                        "BatchNorm(affine=False) + linear head (or, with --head prototype, the nearest class mean of "
                        "normalised features) is trained on ROOT's train splits and scored per dataset on val, in "
-                       "the metrics.json format of `fewshot eval`.")
+                       "the metrics.json format of `fewshot eval`. A model with a distillation token (e.g. DeiT, "
+                       "PiT) is probed with one head on the average of its class and distillation tokens, so the "
+                       "score is not that of the heads model.head_init=probe starts fine-tuning from (one per "
+                       "token).")
     p.add_argument("--weights", required=True, help="backbone weights (safetensors from `fewshot export`, ...); "
                    "'' probes a randomly initialised backbone (a baseline)")
     p.add_argument("--model", help="timm model name the weights belong to (default: the one a fewshot export or "

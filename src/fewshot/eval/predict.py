@@ -24,7 +24,7 @@ from fewshot.errors import CheckpointError, UserError, one_line, printable
 from fewshot.eval import balance as bal
 from fewshot.eval.evaluate import compute_logits, score
 from fewshot.models.backbone import MAX_IMG_SIZE, MIN_IMG_SIZE, mean_std
-from fewshot.models.classifier import build_classifier
+from fewshot.models.classifier import HeadCountError, build_classifier, check_head_count
 from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_checkpoint
 
 MISROUTED = -1  # pred_all.json entry of an image that unknown-source mode routed to another dataset
@@ -63,7 +63,10 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
         cfg["model"]["weights"] = None  # the checkpoint holds every weight
         model = build_classifier(cfg, space.num_classes)
         state = ck["ema"] if ck.get("ema") is not None else ck["model"]
+        check_head_count(model, state, path, cfg["model"]["name"])
         model.load_state_dict(state)
+    except HeadCountError:  # the run's last.pt has the same heads: no hint to it
+        raise
     except CheckpointError as exc:
         raise CheckpointError(_last_hint(exc, path)) from None
     except UserError:  # already says what is wrong

@@ -2,6 +2,10 @@
 
 The standard evaluation of a self-supervised encoder (MoCo's "linear classification protocol"),
 cheap here because features are extracted once and the head trains on them in memory.
+
+For a model with a distillation token (e.g. DeiT, PiT) `fewshot probe` fits one head on the average of the class
+and distillation tokens, so its score is not the head that `model.head_init=probe` starts fine-tuning from: that
+fits one head per token (train_linear_heads), as the model scores them.
 """
 
 from __future__ import annotations
@@ -100,12 +104,53 @@ def train_linear_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: i
     return head.eval()
 
 
+def train_linear_heads(feats: torch.Tensor, targets: torch.Tensor, num_classes: int, epochs: int = 300,
+                       lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0) -> list[LinearHead]:
+    """One head per token of [N, T, D] features, each as train_linear_head fits it alone on feats[:, t] (the same
+    start, steps and seed), all T in one loop of batched products on feats' device: T separate 300-epoch fits on
+    CPU features held up a GPU run's start. AdamW is elementwise and the summed losses give each head its own
+    gradient, so stacking changes only the rounding."""
+    n, t, dim = feats.shape
+    device = feats.device
+    seed_everything(seed)
+    start = LinearHead(dim, num_classes)  # where each head alone starts: train_linear_head seeds just before it
+    weight = start.fc.weight.detach().to(device).expand(t, -1, -1).clone().requires_grad_()  # [T, C, D]
+    bias = start.fc.bias.detach().to(device).expand(t, -1).clone().requires_grad_()  # [T, C]
+    norm = torch.nn.BatchNorm1d(t * dim, affine=False).to(device)  # per feature: each token's BN side by side
+    opt = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    flat, stacked = feats.reshape(n, t * dim), targets.to(device).repeat(t)  # head-major, as the logits below
+    if n < 2:  # BatchNorm cannot take batch statistics of one image: centre on it, unit scale
+        norm.running_mean.copy_(flat.mean(0))
+        norm.eval()
+    for _ in range(epochs):
+        z = norm(flat).view(n, t, dim).transpose(0, 1)  # [T, N, D]
+        logits = torch.baddbmm(bias.unsqueeze(1), z, weight.transpose(1, 2))  # [T, N, C]
+        loss = F.cross_entropy(logits.reshape(t * n, num_classes), stacked, reduction="sum") / n  # sum of T means
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    heads = []
+    for i in range(t):
+        head = LinearHead(dim, num_classes).to(device).eval()
+        with torch.no_grad():
+            head.fc.weight.copy_(weight[i])
+            head.fc.bias.copy_(bias[i])
+            head.norm.running_mean.copy_(norm.running_mean.view(t, dim)[i])
+            head.norm.running_var.copy_(norm.running_var.view(t, dim)[i])
+            head.norm.num_batches_tracked.copy_(norm.num_batches_tracked)
+        heads.append(head)
+    return heads
+
+
 def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: int | None, device: torch.device,
               mode: str = "known", epochs: int = 300, datasets=None, head: str = "linear",
               skip_bad: bool = False, bit_depth: int | str = "auto") -> dict:
     """Frozen-feature accuracy on val: a trained linear head ("linear") or, without any training, the
     cosine nearest class mean of standardised features ("prototype", SimpleShot). ``bit_depth``: data.bit_depth,
-    as the features were learnt from (12-bit images probed at the 16-bit scale came out dark)."""
+    as the features were learnt from (12-bit images probed at the 16-bit scale came out dark). A distilled model's
+    two tokens are averaged into one head (see the module docstring: not model.head_init=probe's heads)."""
     infos = scan_root(root, datasets, splits=("train", "val"))
     space = LabelSpace.from_infos(infos)
     # the model's name too: a file of another model brings nothing, and loading it names that model (probe

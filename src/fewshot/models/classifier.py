@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.errors import CheckpointError, one_line
 from fewshot.models.backbone import (backbone_options, count_parameters, create_backbone, extract_features, feature_dim,
                                      num_feature_tokens)
 
@@ -46,7 +51,8 @@ def prototype_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: int,
 
 
 class FewShotClassifier(nn.Module):
-    """Backbone + one head per feature token (two for DeiT-distilled), logits averaged."""
+    """Backbone + one head per feature token, logits averaged: two for distilled models with a distillation token
+    (e.g. DeiT, PiT), one for all others."""
 
     def __init__(self, backbone: nn.Module, num_classes: int):
         super().__init__()
@@ -73,3 +79,29 @@ def build_classifier(cfg: dict, num_classes: int) -> FewShotClassifier:
 
 def n_parameters(model: nn.Module) -> int:
     return count_parameters(model)
+
+
+class HeadCountError(CheckpointError):
+    """A checkpoint with another number of heads than the model this version builds: its last.pt has the same."""
+
+
+def check_head_count(model: nn.Module, state, path: str | Path, model_name: str) -> None:
+    """Before load_state_dict: a checkpoint from a version that gave this model another number of heads (PiT-distilled
+    had one) failed as torch's "Missing key(s) ... heads.1 ..." over two lines, with no way forward. Says what differs
+    and that --weights keeps its backbone (the heads are fitted anew). Models without heads are not checked."""
+    if not isinstance(model, FewShotClassifier) or not isinstance(state, Mapping):
+        return
+    found = {int(m.group(1)) for k in state if isinstance(k, str) and (m := re.match(r"heads\.(\d+)\.", k))}
+    want = len(model.heads)
+    if not found or len(found) == want:
+        return  # no heads at all is other damage: load_state_dict names it
+    tokens = " (one each for its class and distillation tokens)" if want == 2 else ""
+    path, model_name = one_line(str(path)), one_line(str(model_name))  # one paragraph, whatever the names hold
+    raise HeadCountError(f"{path} has {_heads(len(found))}, but this version scores {model_name} with "
+                         f"{_heads(want)}{tokens}: the checkpoint comes from a version that built {model_name} "
+                         f"otherwise. Start a new run from it with --weights {path}, which keeps its backbone (the "
+                         f"heads are fitted anew).")
+
+
+def _heads(n: int) -> str:
+    return f"{n} head{'' if n == 1 else 's'}"

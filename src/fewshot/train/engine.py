@@ -440,6 +440,9 @@ class Engine:
         check_same_world(path, ck, self.ctx.world)
         self._check_same_config(ck)
         self.task.load_checkpoint_extra(ck)  # the classes first: a mismatch is a clear error, not a shape error
+        from fewshot.models.classifier import check_head_count
+
+        check_head_count(self.model, ck.get("model"), path, self.cfg["model"]["name"])  # before torch's shape error
         try:
             self.model.load_state_dict(ck["model"])
             if self.ema is not None and ck.get("ema") is not None:

@@ -196,14 +196,14 @@ class SupervisedTask:
     def init_head_from_probe(self) -> None:
         """LP-FT: fit the head on frozen features first, so fine-tuning starts from a head that
         agrees with the pretrained features instead of a random one that pulls them apart."""
-        from fewshot.eval.probe import train_linear_head
+        from fewshot.eval.probe import train_linear_heads
 
         self.prepare_norm_statistics()
-        feats = self.token_features()
-        for i, h in enumerate(self.model.heads):  # each head on the token it scores (class, distillation)
-            with torch.enable_grad():
-                head = train_linear_head(feats[:, i], self.train_set.targets, self.space.num_classes,
-                                         seed=self.cfg["train"]["seed"])
+        feats = self.token_features().to(self.device)
+        with torch.enable_grad():  # each head on the token it scores (class, distillation), fitted together
+            heads = train_linear_heads(feats, self.train_set.targets, self.space.num_classes,
+                                       seed=self.cfg["train"]["seed"])
+        for h, head in zip(self.model.heads, heads):
             h.load_state_dict(head.state_dict())
 
     @torch.no_grad()
