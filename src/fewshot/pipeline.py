@@ -31,7 +31,7 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_
                                 hopeless_budget_error, later_rounds_seconds, least_run_holds, least_run_seconds,
                                 measure_eval_seconds, measure_prediction_seconds, measure_step_seconds, plan_epochs,
                                 pretrain_closing_seconds, pretrain_least_seconds, report_seconds, round1_leaves,
-                                time_holds, too_short_budget_error, trained_speeds)
+                                stop_timing_when, time_holds, too_short_budget_error, trained_speeds)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.utils import (atomic_write_text, derive_seed, missing_parents, refuse_links_in_run_dir, resolve_device,
                            resolved, seed_everything, write_json)
@@ -308,7 +308,7 @@ def preload_images(cfg: dict, infos, test_infos):
     ImageSet, which prediction reuses, the files --skip-bad-images left out of the three splits, and the
     labelled train ImageSet (its epoch plan is checked before the run folder is started)."""
     from fewshot.data.label_space import LabelSpace
-    from fewshot.data.sets import load_splits
+    from fewshot.data.sets import load_splits, warn_split_copies
     from fewshot.eval.predict import prediction_cache_dir, warn_about_blank_test_images
 
     d, size, space = cfg["data"], cfg["model"]["img_size"], LabelSpace.from_infos(infos)
@@ -328,6 +328,7 @@ def preload_images(cfg: dict, infos, test_infos):
     if problems:
         raise DataLayoutError(problems, hints)
     warn_about_blank_test_images(test_set)
+    warn_split_copies(train_set, {"test": test_set}, space)  # val's were said by load_splits
     return test_set, skipped, train_set
 
 
@@ -926,6 +927,7 @@ class PipelineRun:
         self.speeds_before = None  # check_later_rounds: the speeds of the round before a later one, for its timing
         self.closing_plan: dict | None = None  # plan_closing: the closing work of the stage that trains until it
         self.locked = False  # claim_output: whether this start holds the folder's lock (then it may undo its start)
+        self.timed_step_s: float | None = None  # refuse_if_hopeless: the last step speed the start-up timed
         self.session_before_lost = False  # a resumed run's session before ended without recording its time
 
     def note_stop(self) -> None:
@@ -945,18 +947,19 @@ class PipelineRun:
         finished = self.start_up()
         if finished is not None:
             return finished
-        with self.undone_if_start_fails():
-            self.check_test_split()
-            self.choose_model()
-            self.decode_inputs()
-            if self.semi == "pseudo":
-                self.check_self_training_pool()
-            if self.semi == "fixmatch":
-                self.check_fixmatch_pool()
-            self.start_state()
-        self.plan_budget()
-        self.pretrain()
-        self.fine_tune()
+        with stop_timing_when(self.refuse_if_hopeless):  # the timings until the first stage trains
+            with self.undone_if_start_fails():
+                self.check_test_split()
+                self.choose_model()
+                self.decode_inputs()
+                if self.semi == "pseudo":
+                    self.check_self_training_pool()
+                if self.semi == "fixmatch":
+                    self.check_fixmatch_pool()
+                self.start_state()
+            self.plan_budget()
+            self.pretrain()
+            self.fine_tune()
         self.guard_on_val()
         metrics = self.predict()
         self.report(metrics)
@@ -1297,16 +1300,45 @@ class PipelineRun:
         used = time.monotonic() - self.t_start
         if least_run_holds(need, self.budget_s - used):
             return
-        hints = ", or a smaller --model or --img-size"
-        if before_s:  # the MoCo stage's least run is in the need: without it the least run is shorter
-            hints += ", or no --pretrain"
+        cfg = self.cfg
+        error = too_short_budget_error(self.budget_s, used, need, step_s,
+                                       f"{cfg['model']['name']} at {cfg['model']['img_size']}px",
+                                       self.least_run_hints(bool(before_s)), self.locked, first)
+        self.undo_start()
+        raise error
+
+    def least_run_hints(self, moco: bool) -> str:
+        """The ways to a shorter least run besides a larger budget, for too_short_budget_error (``moco``: the MoCo
+        stage's least run is in the need: without it the least run is shorter)."""
+        hints = ", or a smaller --model or --img-size" + (", or no --pretrain" if moco else "")
         # self-training's later rounds are dropped when they do not fit; FixMatch's steps stay
         if self.semi == "fixmatch":
             hints += ", or --baseline (no FixMatch: shorter steps)"
-        cfg = self.cfg
-        error = too_short_budget_error(self.budget_s, used, need, step_s,
-                                       f"{cfg['model']['name']} at {cfg['model']['img_size']}px", hints, self.locked,
-                                       first)
+        return hints
+
+    def refuse_if_hopeless(self, step_s: float | None, provisional: float | None) -> None:
+        """stop_timing_when's check, until a fresh run's first stage trains: the timings stop, and the run is
+        refused (and undone) as refuse_unless_least_run_fits refuses it, once the budget left cannot hold any run
+        (LEAST_RUN_S) or, at the step speed timed so far (``step_s``; None: the last one timed), the least run's
+        steps alone. The timing went on past the deadline: 21.5 s of a 12 s budget before the refusal.
+        ``provisional``: the warm-up step's seconds, named where the deadline passed before a step was timed."""
+        if self.resume or getattr(self, "fit_seconds", None) or self.budget_minutes is None:  # set by plan_budget
+            return
+        self.timed_step_s = step_s if step_s is not None else self.timed_step_s
+        step_s, budget_s = self.timed_step_s, self.budget_minutes * 60.0
+        used = time.monotonic() - self.t_start
+        if least_run_holds(max(LEAST_RUN_S, least_run_seconds(step_s or 0.0, 0.0)), budget_s - used):
+            return
+        shown, cfg = step_s if step_s is not None else provisional, self.cfg
+        if shown is None:  # nothing timed yet (decoding took the budget): no speed to name
+            error = hopeless_budget_error(budget_s, used)
+        else:
+            error = too_short_budget_error(budget_s, used, least_run_seconds(shown, 0.0), shown,
+                                           f"{cfg['model']['name']} at {cfg['model']['img_size']}px",
+                                           self.least_run_hints(bool(cfg["run"].get("pretrain"))), self.locked,
+                                           untimed="its steps alone: the timing stopped there, as they did not fit"
+                                           if step_s is not None else "its steps alone, at its first step's speed, a "
+                                           "warm-up that may be slower than the rest: the budget was spent by then")
         self.undo_start()
         raise error
 

@@ -27,6 +27,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+_GUARDS: list = []  # stop_timing_when's check, innermost last
+
+
+@contextlib.contextmanager
+def stop_timing_when(check):
+    """While in this block the timings here call ``check(step_s, provisional)`` before they start and after each
+    timed training step, and it raises to refuse the run: a fresh run timed its steps, an evaluation and a
+    prediction batch past its deadline before refusing (21.5 s of a 12 s budget). ``step_s``: the seconds per step
+    timed so far (None: none yet, the last known stands), ``provisional``: the warm-up step's, for the words only."""
+    _GUARDS.append(check)
+    try:
+        yield
+    finally:
+        _GUARDS.remove(check)
+
+
+def _check_budget(step_s: float | None = None, provisional: float | None = None) -> None:
+    if _GUARDS:
+        _GUARDS[-1](step_s, provisional)
+
+
 def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
     """Median seconds per training step (forward, backward, optimizer) on a copy of the task's model,
     on the task's device and in the Engine's autocast, so that the plan matches what the stage will run.
@@ -43,7 +64,8 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
     if not batches:  # found here, before the Engine would say it, since calibration comes first
         raise empty_epoch_error(task, task.cfg, 1)
     amp = amp_dtype(task.cfg, device, getattr(task, "size", None))
-    times = []
+    times, first = [], None
+    _check_budget()
     with torch.random.fork_rng(devices=[]):
         for i in range(warmup + steps):
             _sync(device)
@@ -57,6 +79,10 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
+            elif first is None:
+                first = time.perf_counter() - t0
+            # the warm-up pays one-time costs: it proves nothing, it only names a speed where no other is timed
+            _check_budget(sorted(times)[len(times) // 2] if times else None, first)
     del model, opt, params, batch, loss  # every name that holds the copy's tensors (params: its weights and grads)
     free_device_memory(device)  # the copy's weights and gradients, held by the allocator for the stage's own
     return sorted(times)[len(times) // 2]
@@ -108,6 +134,7 @@ def measure_eval_seconds(task, n: int = 256) -> float:
     batch of ``n`` of them scaled to all (the better of two timings: the first pays the warm-up); a 20k-image val
     split was evaluated in full only to be timed, in every stage. Fine-tuning runs its classifier over val; MoCo's
     kNN monitor embeds the labelled train and val images with its backbone."""
+    _check_budget()
     moco = getattr(task.model, "encoder_q", None)
     n_images = len(task.val_set) + (len(task.train_set) if moco is not None else 0)
     if n_images > 4 * n:
@@ -176,13 +203,14 @@ def calibration_seconds(step_s: float, eval_s: float, per_image: float, n_test: 
 
 
 def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s: float, what: str,
-                           hints: str, undone: bool = True, first: str = "") -> UserError:
+                           hints: str, undone: bool = True, first: str = "", untimed: str = "") -> UserError:
     """The refusal of a budget that cannot hold even the least run, found at the first stage's planning (before
     any training): such a run trained its floor of steps and then ran past its budget, silently until its end
     (0.3 minutes with resnet50 on 2 busy cores: 60 s). ``used_s``: the run's time so far (start-up, decoding,
     the timing of the speeds); ``need_s``: least_run_seconds; ``what``: the model and size; ``hints``: the ways
     to a shorter least run besides a larger budget; ``first``: the work before the last stage's steps, in words
-    ("MoCo pretraining's ..., then "), where need_s counts it."""
+    ("MoCo pretraining's ..., then "), where need_s counts it; ``untimed``: why need_s is the steps' alone (the
+    timing stopped once they did not fit, stop_timing_when), so that it and the budget named are a least."""
     total = used_s + need_s
     # the closing reserve grows with the budget (1.5 % of it): the budget named holds the rest at that share, and
     # 10 % more for a machine a little busier than at this measurement, in tenths of a minute rounded up
@@ -192,7 +220,10 @@ def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s
         f"the speeds took {used_s:.0f} s, and the least run after them ({first}{FLOOR_STEPS + 1} training steps at "
         f"{step_s * 1000:.0f} ms: its floor and the one past its deadline, the closing evaluations, the prediction "
         f"of the test images and the report) needs "
-        f"about {need_s:.0f} s more, {total:.0f} s in all (measured here; a busy machine needs more). Nothing was "
+        + (f"over {need_s:.0f} s more, over {total:.0f} s in all ({untimed}; measured here, and a busy machine "
+           f"needs more)" if untimed else
+           f"about {need_s:.0f} s more, {total:.0f} s in all (measured here; a busy machine needs more)") +
+        f". Nothing was "
         f"trained{' and the output folder was left as it was' if undone else ''}. Give --budget-minutes {least:g} "
         f"or more (more leaves training a fair share){hints}."))
 
@@ -225,6 +256,7 @@ def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256, model=N
     sample = images[:n]
     if len(sample) == 0:
         return 0.0
+    _check_budget()
     task.model.to(task.device)
     best = math.inf
     for _ in range(2 if len(images) > n else 1):
@@ -248,6 +280,7 @@ def figure_seconds() -> float:
 
     from fewshot.report.plots import _figure  # the report's own figures (and matplotlib's config folder)
 
+    _check_budget()
     times = []
     for _ in range(4):
         t0 = time.perf_counter()

@@ -53,6 +53,7 @@ class CachedImages:
     images: torch.Tensor
     valid: torch.Tensor
     bad: list[tuple[str, str]]
+    digests: list[str | None] | None = None  # image_digest of each entry, where asked for (load_images' digests)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -217,11 +218,22 @@ def _decode_one(args):
 
 
 def _decode_peak(args):
-    """(path, size, crop_pct, bit_depth) -> _decode_one's pair and the file's largest value if it is 16-bit."""
-    path, size, crop_pct, bit_depth = args
+    """(path, size, crop_pct, bit_depth[, digest]) -> _decode_one's pair, the file's largest value if it is 16-bit,
+    and (``digest`` True) its image_digest, taken in the decoding thread."""
+    path, size, crop_pct, bit_depth, *digest = args
     peaks: list[int] = []
     arr, err = _decode_one((path, size, crop_pct, bit_depth, peaks))
-    return arr, err, (peaks[0] if peaks and err is None else None)
+    return (arr, err, (peaks[0] if peaks and err is None else None),
+            image_digest(arr) if digest and digest[0] and err is None else None)
+
+
+def image_digest(image: np.ndarray) -> str | None:
+    """A digest of a decoded image's pixels, to find the same image in two splits (sets.warn_split_copies) without
+    reading any file again; None for a blank image (one value throughout), whose copies tell nothing."""
+    image = np.ascontiguousarray(image)
+    if image.size == 0 or bool((image == image.flat[0]).all()):
+        return None
+    return hashlib.sha1(image, usedforsecurity=False).hexdigest()[:16]  # the fastest of hashlib's here (SHA-NI)
 
 
 def _too_big(n: int, size: int, nbytes: int) -> UserError:
@@ -243,20 +255,22 @@ def _out_of_memory(path: Path, threads: int) -> UserError:
 def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
                 skip_bad: bool = False, desc: str = "decoding images", threads: int | None = None,
                 skip_note: str = "--skip-bad-images", max_gb: float | None = None,
-                bit_depth: int | str = "auto") -> CachedImages:
+                bit_depth: int | str = "auto", digests: bool = False) -> CachedImages:
     """Decode (or reuse the cache of) `paths` at `size`; bad files raise DataLayoutError unless skip_bad.
     ``max_gb``: data.cache_max_gb, the cache folder's cap once a new entry is written (prune_cache; None or 0:
     none). ``bit_depth``: data.bit_depth (to_rgb_uint8); 16-bit images that seem to use fewer bits than they are
-    scaled from are named in one warning (warn_bit_depth)."""
+    scaled from are named in one warning (warn_bit_depth). ``digests``: the result holds each image's image_digest,
+    taken as it decodes and kept in the entry's meta file (an entry written without them is hashed once)."""
     # filters are the process's: the decoding threads see this one while it is in place, and a user's -W error
     # (or a caller's catch_warnings) holds again afterwards (a filter set at import overrode it for good)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-        return _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb, bit_depth)
+        return _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb, bit_depth,
+                            digests)
 
 
 def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb,
-                 bit_depth) -> CachedImages:
+                 bit_depth, digests) -> CachedImages:
     paths = [Path(p) for p in paths]
     n = len(paths)
     key = cache_key(paths, size, crop_pct, bit_depth)
@@ -284,7 +298,8 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                     with contextlib.suppress(OSError):  # its last use, for prune_cache (a read-only cache: none)
                         os.utime(data_file)
                     warn_bit_depth(desc, _sixteen(meta.get("bits16")), bit_depth)  # each run, not only the first
-                    return _finish(torch.from_numpy(arr), bad, paths, skip_bad, skip_note)
+                    found = _kept_digests(meta, arr, bad, paths, meta_file) if digests else None
+                    return _finish(torch.from_numpy(arr), bad, paths, skip_bad, skip_note, found)
             except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
                 pass  # unreadable cache (or a meta file of another shape): rebuild below
 
@@ -317,8 +332,9 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
         except MemoryError:
             raise _too_big(n, size, nbytes) from None
     try:
+        found: list[str | None] | None = [None] * n if digests else None
         bad, sixteen = _decode_into(out, paths, size, crop_pct, desc, threads or min(8, os.cpu_count() or 1),
-                                    bit_depth)
+                                    bit_depth, found)
         if tmp is not None:
             try:
                 with open(tmp, "rb+") as fh:  # durable before the (fsynced) meta file says it is complete
@@ -330,7 +346,8 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                     os.fsync(fh.fileno())
                 os.replace(tmp, data_file)
                 tmp = None
-                atomic_write_text(meta_file, json.dumps({"n": n, "size": size, "bad": bad, "bits16": sixteen}))
+                meta = {"n": n, "size": size, "bad": bad, "bits16": sixteen}
+                atomic_write_text(meta_file, json.dumps(meta if found is None else {**meta, "digests": found}))
                 prune_cache(cache_dir, max_gb, keep=data_file)
             except OSError as exc:  # out still holds every image (the mapping outlives its unlinked file)
                 _warn_no_cache(cache_dir, exc, nbytes)
@@ -342,7 +359,20 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
         if tmp is not None:  # a failure or a stop: no partial copy per process left in the cache folder
             _drop(tmp)
     warn_bit_depth(desc, sixteen, bit_depth)
-    return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note)
+    return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note, found)
+
+
+def _kept_digests(meta: dict, arr: np.ndarray, bad: list, paths: list[Path], meta_file: Path) -> list[str | None]:
+    """A cache entry's image digests: as its meta file keeps them, else (an entry written without them) taken from
+    its pixels now and added to the meta file (where it can be written), so that only the first read pays."""
+    kept = meta.get("digests")
+    if isinstance(kept, list) and len(kept) == len(arr) and all(d is None or isinstance(d, str) for d in kept):
+        return kept
+    failed = {os.path.abspath(p) for p, _ in bad}
+    kept = [None if os.path.abspath(p) in failed else image_digest(arr[i]) for i, p in enumerate(paths)]
+    with contextlib.suppress(OSError):
+        atomic_write_text(meta_file, json.dumps({**meta, "digests": kept}))
+    return kept
 
 
 def is_cached(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
@@ -415,27 +445,32 @@ def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0
 
 
 def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
-                 bit_depth: int | str = "auto") -> tuple[list[tuple[str, str]], dict | None]:
+                 bit_depth: int | str = "auto",
+                 digests: list | None = None) -> tuple[list[tuple[str, str]], dict | None]:
     """Decode ``paths`` into ``out`` with ``threads`` threads; returns the bad files with their reasons, and the
     16-bit images' largest value with their common folder (None: no 16-bit image), gathered as they decode. Files
-    that ran out of memory are decoded again one at a time after the others, never reported as bad."""
+    that ran out of memory are decoded again one at a time after the others, never reported as bad. ``digests``:
+    filled with each image's image_digest (None for a bad file)."""
     bad: list[tuple[str, str]] = []
     starved: list[int] = []
     peak, folders = -1, set()
 
-    def seen(i: int, value: int | None) -> None:
+    def seen(i: int, value: int | None, digest: str | None) -> None:
         nonlocal peak
+        if digests is not None:
+            digests[i] = digest
         if value is not None:
             peak = max(peak, value)
             folders.add(os.path.dirname(os.path.abspath(paths[i])))
 
     pool = ThreadPoolExecutor(threads)
     try:
-        results = pool.map(_decode_peak, ((p, size, crop_pct, bit_depth) for p in paths), chunksize=64)
-        for i, (arr, err, value) in enumerate(track(results, desc=desc, total=len(paths))):
+        hashed = digests is not None
+        results = pool.map(_decode_peak, ((p, size, crop_pct, bit_depth, hashed) for p in paths), chunksize=64)
+        for i, (arr, err, value, digest) in enumerate(track(results, desc=desc, total=len(paths))):
             if err is None:
                 out[i] = arr
-                seen(i, value)
+                seen(i, value, digest)
             elif err == OUT_OF_MEMORY:
                 starved.append(i)
             else:
@@ -445,12 +480,12 @@ def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float,
         raise
     pool.shutdown(wait=True)
     for i in starved:  # the other decodes' memory is free now
-        arr, err, value = _decode_peak((paths[i], size, crop_pct, bit_depth))
+        arr, err, value, digest = _decode_peak((paths[i], size, crop_pct, bit_depth, digests is not None))
         if err == OUT_OF_MEMORY:
             raise _out_of_memory(paths[i], threads)
         if err is None:
             out[i] = arr
-            seen(i, value)
+            seen(i, value, digest)
         else:
             bad.append((str(paths[i]), err))
     return bad, ({"peak": peak, "folder": os.path.commonpath(sorted(folders))} if folders else None)
@@ -606,7 +641,7 @@ SKIP_HINT = ("(pass --skip-bad-images to skip these files and go on)",)
 
 
 def _finish(images: torch.Tensor, bad: list[tuple[str, str]], paths: list[Path], skip_bad: bool,
-            skip_note: str = "--skip-bad-images") -> CachedImages:
+            skip_note: str = "--skip-bad-images", digests: list[str | None] | None = None) -> CachedImages:
     valid = torch.ones(len(paths), dtype=torch.bool)
     if bad:
         bad = list(dict.fromkeys(bad))  # a path listed twice is reported once
@@ -617,7 +652,7 @@ def _finish(images: torch.Tensor, bad: list[tuple[str, str]], paths: list[Path],
             if str(p) in bad_paths:
                 valid[i] = False
         report_skipped(bad, note=skip_note)
-    return CachedImages(images, valid, bad)
+    return CachedImages(images, valid, bad, digests)
 
 
 _REPORTED: set[tuple[str, str]] = set()  # skipped files already listed by this process

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import torch
 from fewshot.data.cache import load_images
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import DatasetInfo
-from fewshot.errors import DataLayoutError, UserError
+from fewshot.errors import DataLayoutError, UserError, one_line
 
 
 @dataclass
@@ -24,6 +26,7 @@ class ImageSet:
     ids: torch.Tensor
     paths: list[Path]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) left out by --skip-bad-images
+    digests: list[str | None] | None = None  # each image's cache.image_digest (warn_split_copies)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -37,8 +40,10 @@ class ImageSet:
 
     def subset(self, mask: torch.Tensor) -> "ImageSet":
         keep = torch.nonzero(mask).flatten()
+        rows = keep.tolist()
         return ImageSet(self.images[keep], self.targets[keep], self.dataset_ids[keep], self.ids[keep],
-                        [self.paths[i] for i in keep.tolist()])
+                        [self.paths[i] for i in rows],
+                        digests=None if self.digests is None else [self.digests[i] for i in rows])
 
 
 def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: int, cache_dir: Path | None,
@@ -56,9 +61,9 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
             for i, (p, local) in enumerate(getattr(info, split)):
                 paths.append(p); targets.append(space.global_label(d, local)); dsids.append(d); ids.append(i)
     cached = load_images(paths, size, cache_dir, crop_pct=crop_pct, skip_bad=skip_bad, desc=f"loading {split} images",
-                         max_gb=max_gb, bit_depth=bit_depth)
+                         max_gb=max_gb, bit_depth=bit_depth, digests=True)
     out = ImageSet(cached.images, torch.tensor(targets, dtype=torch.long), torch.tensor(dsids, dtype=torch.long),
-                   torch.tensor(ids, dtype=torch.long), paths)
+                   torch.tensor(ids, dtype=torch.long), paths, digests=cached.digests)
     if not bool(cached.valid.all()):
         # a skipped test image keeps its (black) row: pred_all.json is a submission and must hold every test id,
         # so it gets the model's guess for a blank image (warned by prediction); labelled images are left out
@@ -87,4 +92,47 @@ def load_splits(infos: list[DatasetInfo], splits: tuple[str, ...], space: LabelS
             hints = list(dict.fromkeys(hints + exc.hints))
     if problems:
         raise DataLayoutError(problems, hints)
+    if "train" in splits:
+        warn_split_copies(out[splits.index("train")], dict(zip(splits, out)), space)
     return out
+
+
+COPY_EXAMPLES = 3  # the copies a warning names
+_WARNED: set[str] = set()  # warn_split_copies' messages given in this process: `fewshot run` loads its splits again
+#                            in each stage
+
+
+def warn_split_copies(train: ImageSet | None, others: dict[str, ImageSet], space: LabelSpace) -> None:
+    """Warn (rank 0, each message once a process) where a dataset's val or test images are exact copies of its train
+    images (the same decoded pixels, cache.image_digest): val chooses best.pt, the EMA or the raw weights and
+    run.balance, and a copied val split scored memorised images, silently. Duplicates within the pool, and pool
+    images in val or test, are not warned about: the pool is unlabelled (its images are meant to be the datasets')."""
+    if train is None or train.digests is None or os.environ.get("RANK", "0") != "0":
+        return
+    seen: dict[tuple[int, str], Path] = {}
+    for digest, d, path in zip(train.digests, train.dataset_ids.tolist(), train.paths):
+        if digest is not None:
+            seen.setdefault((d, digest), path)
+    for split, images in others.items():
+        if split == "train" or images.digests is None:
+            continue
+        copies: dict[int, list[tuple[Path, Path]]] = {}
+        totals: dict[int, int] = {}
+        for digest, d, path in zip(images.digests, images.dataset_ids.tolist(), images.paths):
+            totals[d] = totals.get(d, 0) + 1
+            if (d, digest) in seen:
+                copies.setdefault(d, []).append((path, seen[(d, digest)]))
+        for d, pairs in copies.items():
+            examples = ", ".join(f"{p} (= {t})" for p, t in pairs[:COPY_EXAMPLES])
+            more = f" and {len(pairs) - COPY_EXAMPLES} more" if len(pairs) > COPY_EXAMPLES else ""
+            effect = ("val then scores images the model trained on: its accuracy is inflated, and what it chooses "
+                      "(best.pt, the EMA or raw weights, run.balance) follows memorised images; remove the copies "
+                      "from val/ (or replace them) for an honest score" if split == "val" else
+                      f"their predictions are of images the model trained on, so a score on {split} overstates "
+                      f"accuracy; remove them from {split}/ if it is held out")
+            message = one_line(f"warning: {space.names[d]}: {len(pairs)} of its {totals[d]} {split} images are "
+                               f"exact copies of its train images (the same decoded pixels), e.g. {examples}{more}; "
+                               f"{effect}.")
+            if message not in _WARNED:
+                _WARNED.add(message)
+                print(message, file=sys.stderr, flush=True)

@@ -84,6 +84,19 @@ def infonce_logits(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> T
     return torch.cat([positive, negatives], dim=1) / temperature
 
 
+SAFE_TEMPERATURE = 0.01  # below it the logits reach 1/T (over 100), and the loss's gradients grow as much
+
+
+def temperature_hint(temperature: float) -> str | None:
+    """Why a MoCo loss with this temperature went non-finite, in a sentence, where the temperature explains it (None:
+    it does not): the engine's message said only "Lower the learning rate" to a run with moco.temperature=1e-30."""
+    if not 0 < temperature < SAFE_TEMPERATURE:
+        return None
+    return (f"The temperature moco.temperature={temperature:g} is below {SAFE_TEMPERATURE:g}: the similarities (at "
+            f"most 1) divided by it reach {1 / temperature:.0e}, which can overflow the logits and their gradients; "
+            f"give a temperature of 0.07 (MoCo v1) to 0.2 (v2)")
+
+
 def infonce_loss(logits: Tensor) -> Tensor:
     """InfoNCE: mean cross-entropy with the positive (column 0) as the target of every row."""
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)

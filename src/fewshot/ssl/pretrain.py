@@ -21,7 +21,7 @@ from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size, create_backbone,
                                      input_size, mean_std)
 from fewshot.models.weights import load_backbone_weights, weights_note
-from fewshot.ssl.functional import topk_accuracy
+from fewshot.ssl.functional import temperature_hint, topk_accuracy
 from fewshot.ssl.knn import knn_predict
 from fewshot.ssl.moco import MoCo
 from fewshot.train.distributed import DistContext
@@ -489,6 +489,10 @@ class MoCoTask:
         target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         acc1, acc5 = topk_accuracy(logits.detach(), target, (1, 5))
         return loss, {"contrast_acc1": acc1, "contrast_acc5": acc5}, logits.shape[0]
+
+    def nonfinite_hint(self) -> str | None:
+        """The Engine's non-finite message names a tiny moco.temperature as the likely cause (temperature_hint)."""
+        return temperature_hint(float(self.cfg["moco"]["temperature"]))
 
     def evaluate(self, model, epoch: int) -> dict:
         """kNN accuracy per dataset: the dataset's labelled train images vote for its val images. The whole

@@ -903,9 +903,9 @@ class Engine:
                     raise NonFiniteLossError(
                         f"the loss became {self._nonfinite_loss_text(loss)} at epoch {epoch + 1}, step {step + 1} "
                         f"(global step {self.global_step + 1}){redone}; training stopped after "
-                        f"{self.nonfinite_skipped} non-finite loss(es). {kept}. Lower the learning rate "
-                        f"(optim.lr=...), or allow skipping up to N bad steps with train.skip_nonfinite=N (train and "
-                        f"pretrain: --skip-nonfinite N; now {t['skip_nonfinite']}).")
+                        f"{self.nonfinite_skipped} non-finite loss(es). {kept}.{self._nonfinite_causes()} the "
+                        f"learning rate (optim.lr=...), or allow skipping up to N bad steps with "
+                        f"train.skip_nonfinite=N (train and pretrain: --skip-nonfinite N; now {t['skip_nonfinite']}).")
                 if before is not None:
                     self._restore_forward_state(before)
                 self.step_in_epoch = step + 1
@@ -1212,8 +1212,20 @@ class Engine:
                   f"finite" if skipped else "although the loss stayed finite")
         raise NonFiniteLossError(
             f"the model's weights or BatchNorm statistics became inf/NaN in epoch {epoch + 1} {losses}: training "
-            f"diverged, and this epoch's model was neither evaluated nor saved. {kept}. Lower the learning rate "
-            f"(optim.lr=...; the last step's was {self._base_lr():g}) and start again.")
+            f"diverged, and this epoch's model was neither evaluated nor saved. {kept}.{self._nonfinite_causes()} "
+            f"the learning rate (optim.lr=...; the last step's was {self._base_lr():g}) and start again.")
+
+    def _nonfinite_causes(self) -> str:
+        """The causes this run shows besides the learning rate, in sentences, then " Otherwise lower" (or " Lower"):
+        the task's own (MoCo: a tiny moco.temperature) and fp16 autocast's range. "Lower the learning rate" alone
+        sent a run with moco.temperature=1e-30 after the wrong setting."""
+        hint = getattr(self.task, "nonfinite_hint", None)
+        causes = [text for text in ((hint() if hint is not None else None),) if text]
+        if self.amp == torch.float16:
+            causes.append("This run computes in fp16 autocast, whose values end at 65504: train.amp=bf16, or off "
+                          "(fp32), keeps larger values finite")
+        said = "".join(f" {text}." for text in causes)
+        return f"{said} Otherwise lower" if causes else " Lower"
 
     def _last_good_checkpoint(self) -> str:
         """Where training can go back to, as rank 0 knows it (it alone writes last.pt), so that every rank's

@@ -1,0 +1,58 @@
+"""The non-finite stops' advice fits the cause where the run shows it: a MoCo run with a tiny moco.temperature
+(1e-30: NaN within a few steps) was told only "Lower the learning rate"; an fp16 autocast run is told of fp32."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from fewshot.ssl.functional import SAFE_TEMPERATURE, temperature_hint
+from fewshot.ssl.pretrain import MoCoTask, run_pretrain
+from fewshot.train.engine import Engine, NonFiniteLossError
+from helpers.tiny import build_digits, pretrain_cfg
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return build_digits(tmp_path_factory.mktemp("advice-data"))
+
+
+def test_a_tiny_moco_temperature_is_named_in_the_nan_loss_message(root, tmp_path):
+    with pytest.raises(NonFiniteLossError) as caught:
+        run_pretrain(pretrain_cfg(root, **{"moco.temperature": 1e-30, "model.img_size": 16}), tmp_path / "run")
+    text = str(caught.value)
+    assert "the loss became nan" in text
+    assert "The temperature moco.temperature=1e-30 is below 0.01" in text and "0.07 (MoCo v1) to 0.2 (v2)" in text
+    assert "Otherwise lower the learning rate (optim.lr=...), or allow skipping" in text
+    assert "\n" not in text  # one paragraph
+
+
+def _causes(task, amp) -> str:
+    """Engine._nonfinite_causes of an Engine holding only ``task`` and ``amp`` (what it reads)."""
+    engine = Engine.__new__(Engine)
+    engine.task, engine.amp = task, amp
+    return engine._nonfinite_causes()
+
+
+def _moco(temperature: float):
+    task = MoCoTask.__new__(MoCoTask)
+    task.cfg = {"moco": {"temperature": temperature}}
+    return task
+
+
+def test_the_advice_names_only_the_causes_the_run_shows():
+    plain = types.SimpleNamespace()  # a task without a hint (fine-tuning)
+    assert _causes(plain, None) == " Lower"  # the message as before: ". Lower the learning rate ..."
+    assert _causes(_moco(0.2), torch.bfloat16) == " Lower"  # a usual temperature is no cause
+    fp16 = _causes(plain, torch.float16)
+    assert "fp16 autocast" in fp16 and "train.amp=bf16, or off (fp32)" in fp16 and fp16.endswith(" Otherwise lower")
+    both = _causes(_moco(1e-4), torch.float16)
+    assert both.index("moco.temperature=0.0001") < both.index("fp16 autocast") and both.endswith(" Otherwise lower")
+
+
+def test_the_temperature_hint_starts_below_the_safe_temperature():
+    assert temperature_hint(SAFE_TEMPERATURE) is None and temperature_hint(0.07) is None
+    assert "reach 1e+30" in temperature_hint(1e-30)
+    assert temperature_hint(0.0) is None  # refused by the config (moco.temperature > 0) before any training

@@ -1,0 +1,103 @@
+"""Val (or test) images that are exact copies of train images are warned about, per dataset: val chooses best.pt,
+the EMA or raw weights and run.balance, and a val split holding the train images scored memorised images without
+a word. The copies are found from digests of the decoded pixels that the image cache takes as it decodes (and keeps
+in its meta file): no file is read again."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fewshot.data.cache as cache
+import fewshot.data.sets as sets
+from fewshot.data.label_space import LabelSpace
+from fewshot.data.layout import scan_root
+from fewshot.data.sets import load_split, load_splits, warn_split_copies
+from helpers.tiny import build_digits
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    return build_digits(tmp_path_factory.mktemp("overlap-data"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(sets, "_WARNED", set())
+
+
+def copied_root(clean: Path, tmp_path: Path, n: int) -> tuple[Path, list[Path]]:
+    """The digits root with ``n`` train images copied into val (under new names, in their class folders)."""
+    root = tmp_path / "root"
+    shutil.copytree(clean, root, ignore=shutil.ignore_patterns(".fewshot_cache"))
+    train = sorted((root / "digits" / "train").rglob("*.png"))[:n]
+    for i, src in enumerate(train):
+        shutil.copy(src, root / "digits" / "val" / src.parent.name / f"copy{i}.png")
+    return root, train
+
+
+def _load(root: Path, cache_dir: Path, splits=("train", "val")):
+    infos = scan_root(root, splits=("train", "val", "test"))
+    space = LabelSpace.from_infos(infos)
+    return load_splits(infos, splits, space, 16, cache_dir), infos, space
+
+
+def test_val_copies_of_train_images_are_warned_once(clean, tmp_path, capsys):
+    root, copied = copied_root(clean, tmp_path, 5)
+    _load(root, tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert err.count("warning: digits: 5 of its 35 val images are exact copies of its train images") == 1
+    assert f"/val/{copied[0].parent.name}/copy0.png (= {copied[0]})" in err and "and 2 more" in err
+    assert "best.pt, the EMA or raw weights, run.balance" in err and "remove the copies from val/" in err
+    _load(root, tmp_path / "cache")  # `fewshot run` loads the splits again in each stage: said once
+    assert "exact copies" not in capsys.readouterr().err
+
+
+def test_distinct_splits_are_not_warned(clean, tmp_path, capsys):
+    _load(clean, tmp_path / "cache")
+    assert "exact copies" not in capsys.readouterr().err
+
+
+def test_a_warm_cache_finds_the_copies_without_decoding(clean, tmp_path, capsys, monkeypatch):
+    """The digests come from the entry's meta file; an entry written before they existed is hashed from its pixels
+    once, and the digests are added to it."""
+    root, _ = copied_root(clean, tmp_path, 2)
+    _load(root, tmp_path / "cache")
+    capsys.readouterr()
+    metas = sorted((tmp_path / "cache").glob("*.json"))
+    assert metas and all(len(json.loads(m.read_text())["digests"]) == json.loads(m.read_text())["n"] for m in metas)
+    for meta in metas:  # as an older fewshot wrote them
+        record = json.loads(meta.read_text())
+        del record["digests"]
+        meta.write_text(json.dumps(record))
+    monkeypatch.setattr(sets, "_WARNED", set())
+    monkeypatch.setattr(cache, "decode_resized", lambda *a, **k: pytest.fail("a cached image was decoded again"))
+    _load(root, tmp_path / "cache")
+    assert "2 of its 32 val images are exact copies" in capsys.readouterr().err
+    assert all("digests" in json.loads(m.read_text()) for m in metas)
+
+
+def test_test_copies_of_train_images_are_warned(clean, tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(clean, root, ignore=shutil.ignore_patterns(".fewshot_cache"))
+    src = sorted((root / "digits" / "train").rglob("*.png"))[0]
+    shutil.copy(src, root / "digits" / "test" / "9999.png")
+    (train, _), infos, space = _load(root, tmp_path / "cache")
+    test = load_split(infos, "test", space, 16, tmp_path / "cache")
+    warn_split_copies(train, {"test": test}, space)
+    err = capsys.readouterr().err
+    assert "digits: 1 of its 31 test images are exact copies of its train images" in err
+    assert "9999.png (= " in err and "a score on test overstates accuracy" in err
+
+
+def test_blank_images_are_not_copies():
+    """A uniform image in both splits tells nothing of a leak: no digest."""
+    assert cache.image_digest(np.zeros((3, 8, 8), np.uint8)) is None
+    assert cache.image_digest(np.full((3, 8, 8), 7, np.uint8)) is None
+    one = np.zeros((3, 8, 8), np.uint8)
+    one[0, 0, 0] = 1
+    assert cache.image_digest(one) == cache.image_digest(one.copy()) != cache.image_digest(one[:, ::-1])
