@@ -87,3 +87,38 @@ def test_a_resume_refused_before_the_first_checkpoint_offers_no_checkpoint(tmp_p
         prepare_run_dir(out, False, {"data": {"root": str(tmp_path / "data")}})
     finally:
         release_all()
+
+
+def test_a_refused_resume_quotes_the_paths_it_offers(tmp_path):
+    """resume_refused wrote `{out}/checkpoints/last.pt` as it was: a folder named with a space gave two words, in
+    the command to paste and in "no RUN/checkpoints/last.pt". Its undo clause is an argument of its own."""
+    import shlex
+
+    from fewshot.train.finetune import merge_resume_config
+
+    out = saved_train_run(tmp_path).rename(tmp_path / "P q")
+    last = shlex.quote(str(out / "checkpoints" / "last.pt"))
+    with pytest.raises(UserError) as refused:
+        merge_resume_config(out, resolve(), {"train.seed": 3})
+    assert f"Nothing was trained there yet (no {last}): run the same command without --resume to start it afresh " \
+           f"with these settings, or drop those settings to start it as it was configured" in str(refused.value)
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(UserError) as refused:
+        merge_resume_config(out, resolve(), {"train.seed": 3})
+    assert f"Drop those settings to resume, or start a new run with another --out (`fewshot train --weights {last}` " \
+           f"starts from its weights)." in str(refused.value)
+
+
+@pytest.mark.parametrize("text", ["false\n", "[]\n", "0\n"])
+def test_a_config_file_that_holds_no_mapping_is_refused(tmp_path, capsys, text):
+    """A --config file holding `false` or `[]` was taken for an empty one ({}), and the run went on with the
+    defaults; it is refused, naming the file and what it holds."""
+    config = tmp_path / "recipe.yaml"
+    config.write_text(text)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    held = "a list" if text == "[]\n" else f"`{text.strip()}` alone"
+    assert f"config file {config} must hold a mapping of sections (model:, optim:, ...), but it holds {held}." in err, \
+        err
+    assert not (tmp_path / "run").exists()

@@ -6,8 +6,13 @@ settings are lost."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 import fewshot.models.weights
 import fewshot.ssl.pretrain
@@ -85,34 +90,86 @@ def test_a_resume_into_a_folder_with_an_empty_config_says_it_is_empty(digits_roo
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # nothing written beside it
 
 
+NOT_A_MAPPING = "is not a config fewshot can read (config file {file} must hold a mapping of sections (model:, " \
+                "optim:, ...), but it holds {held})"
+
+
 @pytest.mark.parametrize("text, what", [
     ("", "is empty"), ("# emptied\n", "is empty"), ("{}\n", "holds no settings (`{}`)"),
     ("model:\n  name: test_resnet\n", "is not the one the run wrote: it lacks the section(s) data:, optim:, sched:, "
                                       "train:, moco:, aug: that a run saves (a recipe?)"),
+    ("0\n", NOT_A_MAPPING.replace("{held}", "`0` alone")),
+    ("false\n", NOT_A_MAPPING.replace("{held}", "`false` alone")),
+    ("''\n", NOT_A_MAPPING.replace("{held}", "`''` alone")), ("- a list\n", NOT_A_MAPPING.replace("{held}", "a list")),
 ])
 def test_a_resume_whose_config_beside_its_checkpoint_is_no_runs_says_its_settings_are_lost(
         digits_root, tmp_path, started, text, what, capsys):
     """An emptied config.yaml beside last.pt was merged into the defaults: refused as the command "changing"
-    model.name from resnet18 (or, with the same model, resumed with the defaults). Its settings are lost."""
+    model.name from resnet18 (or, with the same model, resumed with the defaults). Its settings are lost; so are a
+    `0`, `false` or `''` (or a list), which got the loader's bare "must hold a mapping of sections"."""
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
-    torch.save({"config": {}}, out / "checkpoints" / "last.pt")  # never read: the refusal comes first
+    torch.save({"config": {}}, out / "checkpoints" / "last.pt")  # no fewshot checkpoint: no settings to give back
     (out / "config.yaml").write_text(text)
     assert main(["train", "--data", str(digits_root), "--out", str(out), "--model", "test_resnet", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert f"--resume cannot continue '{out}': its config.yaml {what}" in err, err
-    assert "so the settings the run was configured with are gone from it" in err and "Put the run's config.yaml " \
-           f"back" in err and f"`--weights {out / 'checkpoints' / 'last.pt'}` starts from its weights" in err, err
-    assert "changes model.name" not in err and started[1] == [], err
+    what = what.replace("{file}", str(out / "config.yaml"))
+    assert f"--resume cannot continue '{out}': its config.yaml {what}, so the settings the run was configured " \
+           f"with, which a resume keeps, are gone from it. Put the run's config.yaml back (from a copy or a backup) " \
+           f"and resume again, or start a new run with another --out (`fewshot train --weights " \
+           f"{out / 'checkpoints' / 'last.pt'}` starts from its weights)." in err, err
+    assert "changes model.name" not in err and "records them" not in err and started[1] == [], err
     assert (out / "config.yaml").read_text() == text
+
+
+def recorded_checkpoint(last: Path, config: dict) -> None:
+    """A checkpoint as the engine writes one (its required fields), recording ``config``, with no weights."""
+    from fewshot.train.checkpoint import save_checkpoint
+
+    last.parent.mkdir(parents=True)
+    save_checkpoint(last, {"kind": "moco" if config.get("_task") == "moco" else "supervised", "config": config,
+                           "model": {}, "epoch": 1, "label_space": None, "img_size": 32, "n_parameters": 0})
+
+
+def pasted(said: str, before: str, after: str) -> subprocess.CompletedProcess:
+    """The command a message gives between ``before`` and ``after``, run by bash as the user pastes it."""
+    line = said.split(before, 1)[1].split(after, 1)[0]
+    return subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("text", ["", "false\n"])
+def test_a_pretrain_resume_with_lost_settings_gives_them_back_from_last_pt(digits_root, tmp_path, started, text,
+                                                                          capsys):
+    """`pretrain --out "P q" --resume` with its config.yaml emptied printed `--weights P q/checkpoints/last.pt`
+    (two words pasted), named no command, and said only to put the file back from a copy. last.pt records the
+    settings: the message's line, pasted, writes them back, and the same resume then goes on with them."""
+    out = tmp_path / "P q"
+    recorded = resolve(flags={"data.root": str(digits_root), "model.name": "test_resnet2", "train.device": "cpu"})
+    recorded.update({"_task": "moco", CHOSEN: {}})
+    recorded_checkpoint(out / "checkpoints" / "last.pt", recorded)
+    (out / "config.yaml").write_text(text)
+    command = ["pretrain", "--data", str(digits_root), "--out", str(out), "--resume"]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    last = shlex.quote(str(out / "checkpoints" / "last.pt"))
+    assert f"{last} records them (its `config`): `" in err, err
+    assert f"` writes them back into config.yaml; then resume again, or start a new run with another --out " \
+           f"(`fewshot pretrain --weights {last}` starts from its weights)." in err, err
+    done = pasted(err, "records them (its `config`): `", "` writes them back")
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load((out / "config.yaml").read_text()) == recorded
+    assert main(command) == 0, capsys.readouterr().err
+    (resumed, resume), = started[1]
+    assert resume and resumed["model"]["name"] == "test_resnet2" and resumed["_task"] == "moco"
 
 
 def test_a_real_resume_of_a_stopped_start_trains_afresh_and_an_emptied_config_is_refused(digits_root, tmp_path,
                                                                                         capsys):
     """prepare_run_dir's fresh start under --resume, really trained (the tests above fake the run): a start stopped
     before its first checkpoint (config.yaml alone) resumes from its config.yaml; a changed --model is refused
-    without offering a last.pt that is not there. Once trained, an emptied config.yaml is refused as lost."""
-    out = tmp_path / "run"
+    without offering a last.pt that is not there. Once trained, an emptied config.yaml is refused as lost, and the
+    line the message gives (pasted: the folder's name holds a space) puts the run's settings back from last.pt."""
+    out = tmp_path / "run q"
     out.mkdir()
     saved = resolve(flags={"data.root": str(digits_root), "data.datasets": ["digits"], "model.name": "test_resnet",
                            "model.img_size": 32, "train.device": "cpu", "train.epochs": 1, "train.progress": False,
@@ -126,7 +183,12 @@ def test_a_real_resume_of_a_stopped_start_trains_afresh_and_an_emptied_config_is
     assert main(command) == 0, capsys.readouterr().err
     assert (out / "checkpoints" / "last.pt").is_file() and (out / "metrics.json").is_file()
     capsys.readouterr()
+    written = yaml.safe_load((out / "config.yaml").read_text())
     (out / "config.yaml").write_text("")
     assert main(command) == 2
     err = capsys.readouterr().err
     assert f"--resume cannot continue '{out}': its config.yaml is empty" in err and "changes model.name" not in err, err
+    done = pasted(err, "records them (its `config`): `", "` writes them back")
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load((out / "config.yaml").read_text()) == written
+    assert main(command) == 0, capsys.readouterr().err  # its one epoch trained already: nothing to train

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from fewshot.errors import UserError, printable
+from fewshot.errors import UserError, one_line, printable
 
 # The fine-tuning defaults follow SPEC's course recipe; `None` means "decide at run time"
 # (documented next to each field) so that one config serves CPU demos and GPU runs.
@@ -429,14 +429,22 @@ def find_config(path: str | Path) -> Path:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """load_yaml_or_none, with {} for a file that holds no value."""
     data = load_yaml_or_none(path)
     return {} if data is None else data
 
 
+class NotAMapping(UserError):
+    """A config file that is valid YAML but holds no mapping (`false`, `0`, `''`, a list): beside a run's checkpoint
+    no settings are left in it (finetune.settings_lost), where a YAML error is an edit to correct."""
+
+
 def load_yaml_or_none(path: str | Path) -> dict | None:
-    """load_yaml, but None for a file that holds no YAML value at all (0 bytes, blank lines, comments, a bare `~`):
-    an --out folder's config.yaml is said to be empty only then. Any other scalar (`0`, `false`, `''`) is no mapping
-    and refused as such; it was taken for an empty file."""
+    """A config file's mapping, or None where it holds no YAML value at all (0 bytes, blank lines, comments, a bare
+    `~`): an --out folder's config.yaml is said to be empty only then. The path is found as --config finds it
+    (find_config: a recipe's name, a folder refused). Refused (UserError): text that is not UTF-8 (or UTF-16 with a
+    BOM), a control character, invalid YAML, values nested too deep (read_yaml) or expanding past a config's size
+    (aliases: _check_size), and any other value, NotAMapping (`0`, `false` and `''` were taken for an empty file)."""
     path = find_config(path)
     try:
         # bytes: PyYAML reads UTF-8 (with or without a BOM) and UTF-16 with a BOM, and names any other encoding
@@ -457,7 +465,10 @@ def load_yaml_or_none(path: str | Path) -> dict | None:
     if data is None:
         return None
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of sections (model:, optim:, ...).")
+        shown = one_line(yaml.safe_dump(data, default_flow_style=True).splitlines()[0])
+        held = "a list" if isinstance(data, list) else f"`{shown[:40]}{'...' if len(shown) > 40 else ''}` alone"
+        raise NotAMapping(f"config file {path} must hold a mapping of sections (model:, optim:, ...), but it holds "
+                          f"{held}.")
     _check_size(data, path)
     return data
 
@@ -555,13 +566,18 @@ RUN_SECTIONS = ("model", "data", "optim", "sched", "train", "moco", "aug")
 RUN_FILES = ("log.jsonl", "checkpoints", "metrics.json", "run_state.json")  # what a run folder holds beside it
 
 
+def missing_run_sections(data: dict | None) -> list[str]:
+    """The RUN_SECTIONS that ``data`` (a config file's mapping, None: none) does not hold as a mapping."""
+    return [section for section in RUN_SECTIONS if not isinstance((data or {}).get(section), dict)]
+
+
 def written_by_run(data: dict, path: str | Path, run_files: bool = True) -> bool:
     """Whether a config file (``data``, read from ``path``) is a run's config.yaml rather than the user's own: what
     a run chose itself is chosen again only from a run's. A run records `_task` (MoCo) or saves every section in a
     folder with a run's files; ``run_files=False`` judges the content alone (an --out folder's start)."""
     if "_task" in data:
         return True
-    if not all(isinstance(data.get(section), dict) for section in RUN_SECTIONS):
+    if missing_run_sections(data):
         return False
     return not run_files or any((find_config(path).parent / name).exists() for name in RUN_FILES)
 

@@ -244,10 +244,11 @@ def weights_replaced_by(state, out: Path, pretrain: bool) -> Path | None:
 
 def adopt_stage_architecture(cfg: dict, sdir: Path) -> None:
     """The width and stem that stage ``sdir`` took from model.weights (a fewshot export records them), for the
-    stages not begun yet when the file is no longer read: they rebuild the network the checkpoint holds."""
-    from fewshot.config import load_yaml
+    stages not begun yet when the file is no longer read: they rebuild the network the checkpoint holds. A stage
+    config.yaml with no run's settings in it is refused as lost (resumed_settings), not read as no width."""
+    from fewshot.train.finetune import resumed_settings
 
-    model = load_yaml(sdir / "config.yaml").get("model") or {}
+    model = resumed_settings(sdir, cfg, stage=True).get("model") or {}
     for key in ("width", "small_stem"):
         if key in model:
             cfg["model"][key] = model[key]
@@ -355,12 +356,14 @@ def stage_config(sdir: Path, cfg: dict) -> dict:
     """A stopped stage's own config.yaml (its planned epochs, budget and evaluation interval), with this
     session's device, data location and output settings (what a resumed run may change). The device's record
     follows this session's: a stage begun with auto on a GPU and resumed with auto on a CPU kept `cuda` as chosen
-    beside `device: cpu`, and the cpu was then taken for the user's (and the reverse for --device cpu)."""
-    from fewshot.config import get_dotted, load_yaml, set_dotted, with_defaults
+    beside `device: cpu`, and the cpu was then taken for the user's (and the reverse for --device cpu). An emptied
+    (or `false`) stage config.yaml is refused as lost settings: merged into the defaults, the engine refused it as
+    "changing" model.name."""
+    from fewshot.config import get_dotted, set_dotted, with_defaults
     from fewshot.run_state import RUN_RESUME_MAY_CHANGE
-    from fewshot.train.finetune import ABSENT_MEANS
+    from fewshot.train.finetune import ABSENT_MEANS, resumed_settings
 
-    scfg = with_defaults(load_yaml(sdir / "config.yaml"), ABSENT_MEANS)  # a stage written by an older fewshot
+    scfg = with_defaults(resumed_settings(sdir, cfg, stage=True), ABSENT_MEANS)  # a stage written by an older fewshot
     # and the backbone file's current path (the run folder may have moved; last.pt's weights replace it anyway),
     # and the pool as given now (an older stage recorded a relative --unlabeled; RunState.resume compared them)
     for dotted in (*RUN_RESUME_MAY_CHANGE, "model.weights", "data.unlabeled"):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from fewshot.config import CHOSEN, note_chosen, note_rechosen, read_run_config, save_yaml
+from fewshot.config import CHOSEN, NotAMapping, note_chosen, note_rechosen, read_run_config, save_yaml
 from fewshot.data.cache import ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
-from fewshot.errors import UserError, one_line
+from fewshot.errors import UserError, one_line, shell_quoted
 from fewshot.eval.evaluate import format_table
 from fewshot.models.weights import weights_note
 from fewshot.progress import set_enabled
@@ -214,19 +214,33 @@ def resume_changes(before: dict, now: dict) -> list[str]:
     return changed
 
 
-def resume_refused(out: Path, cfg: dict, by: str, changed: list[str], undo: str) -> UserError:
-    """Why --resume refuses settings that differ from the run's (the command line's or an edited config.yaml)."""
-    command = "pretrain" if cfg.get("_task") == "moco" else "train"  # MoCo goes on as MoCo, not fine-tuning
+def task_command(cfg: dict) -> str:
+    """The command that trains a run of ``cfg``: MoCo goes on as MoCo (`_task`), not fine-tuning."""
+    return "pretrain" if cfg.get("_task") == "moco" else "train"
+
+
+def start_over(out: Path, command: str) -> str:
+    """What starts a new run instead of resuming ``out``: `fewshot COMMAND --weights` from its last.pt, or for a
+    `fewshot run` stage (no train command there) `fewshot run`, which starts that run over."""
+    out = Path(out)
+    if (out.parent / "run_state.json").is_file():
+        return f"`fewshot run` starts over; this stage belongs to the run in {shell_quoted(out.parent)}"
+    return f"`fewshot {command} --weights {shell_quoted(out / 'checkpoints' / 'last.pt')}` starts from its weights"
+
+
+def resume_refused(out: Path, cfg: dict, by: str, changed: list[str], undo: str,
+                   undo_clause: str | None = None) -> UserError:
+    """Why --resume refuses settings that differ from the run's (the command line's or an edited config.yaml).
+    ``undo`` opens a sentence (`Drop those settings`); ``undo_clause`` is the same within one, offered where
+    nothing was trained yet (the engine refuses only on loading last.pt: it needs none)."""
     said = f"--resume continues '{out}' exactly as it was configured, but {by} changes {', '.join(changed)}."
-    if (Path(out).parent / "run_state.json").is_file():  # a `fewshot run` stage: no train command there
-        other = f"`fewshot run` starts over; this stage belongs to the run in {Path(out).parent}"
-    elif not (Path(out) / "checkpoints" / "last.pt").is_file():  # a start stopped before its first checkpoint
-        return UserError(f"{said} Nothing was trained there yet (no {out}/checkpoints/last.pt): run the same command "
-                         f"without --resume to start it afresh with these settings, or {undo[0].lower()}{undo[1:]} "
-                         f"to start it as it was configured (or give another --out).")
-    else:
-        other = f"`fewshot {command} --weights {out}/checkpoints/last.pt` starts from its weights"
-    return UserError(f"{said} {undo} to resume, or start a new run with another --out ({other}).")
+    last = Path(out) / "checkpoints" / "last.pt"
+    if not (Path(out).parent / "run_state.json").is_file() and not last.is_file():  # stopped before a checkpoint
+        also = f", or {undo_clause} to start it as it was configured" if undo_clause else ""
+        return UserError(f"{said} Nothing was trained there yet (no {shell_quoted(last)}): run the same command "
+                         f"without --resume to start it afresh with these settings{also} (or give another --out).")
+    return UserError(f"{said} {undo} to resume, or start a new run with another --out "
+                     f"({start_over(out, task_command(cfg))}).")
 
 
 def refuse_unknown_fields(saved: dict, path: Path) -> None:
@@ -263,38 +277,92 @@ def resumes_from_config(out: Path) -> bool:
         return False
 
 
-def settings_lost(out: Path, settings: dict | None) -> UserError:
-    """--resume of a run whose config.yaml beside its checkpoint is no run's (emptied, `{}`, a recipe copied over
-    it): merged into the defaults, it was refused as the command "changing" model.name from resnet18."""
-    from fewshot.config import RUN_SECTIONS
+def recorded_config(last: Path) -> dict | None:
+    """The settings a run's checkpoint records (its `config`, which the run's config.yaml held), or None where it
+    cannot be read or records no run's (its tensors are mapped, not read)."""
+    from fewshot.config import written_by_run
+    from fewshot.train.checkpoint import load_checkpoint
 
-    last = Path(out) / "checkpoints" / "last.pt"
-    lacks = [f"{name}:" for name in RUN_SECTIONS if not isinstance((settings or {}).get(name), dict)]
-    what = ("is empty" if settings is None else "holds no settings (`{}`)" if not settings else
-            f"is not the one the run wrote: it lacks the section(s) {', '.join(lacks)} that a run saves (a recipe?)")
+    try:
+        config = load_checkpoint(last, mmap=True).get("config")
+    except (UserError, OSError):
+        return None
+    return config if isinstance(config, dict) and written_by_run(config, last, run_files=False) else None
+
+
+def restore_config_command(last: Path, saved: Path) -> str:
+    """A shell line that writes the settings ``last`` records back into ``saved`` (atomically: save_yaml)."""
+    code = ("import sys; from fewshot.config import save_yaml; from fewshot.train.checkpoint import load_checkpoint; "
+            "save_yaml(load_checkpoint(sys.argv[1])['config'], sys.argv[2])")
+    return f'{shell_quoted(sys.executable or "python")} -c "{code}" {shell_quoted(last)} {shell_quoted(saved)}'
+
+
+def settings_lost(out: Path, cfg: dict, what: str) -> UserError:
+    """--resume of a run (or a `fewshot run` stage) whose config.yaml beside its checkpoint holds no run's settings
+    (``what`` it is: emptied, `{}`, `false`, a recipe copied over it): merged into the defaults, it was refused as
+    the command "changing" model.name from resnet18. last.pt records them: the message gives the line that puts
+    them back, where it can be read."""
+    out = Path(out)
+    last, saved = out / "checkpoints" / "last.pt", out / "config.yaml"
+    recorded = recorded_config(last) if last.is_file() else None
+    if recorded is not None:
+        back = (f"{shell_quoted(last)} records them (its `config`): `{restore_config_command(last, saved)}` writes "
+                f"them back into config.yaml; then resume again")
+    else:
+        back = "Put the run's config.yaml back (from a copy or a backup) and resume again"
     return UserError(f"--resume cannot continue '{out}': its config.yaml {what}, so the settings the run was "
-                     f"configured with are gone from it ({last} records them, and a resume refuses any that differ "
-                     f"from those). Put the run's config.yaml back (from a copy or a backup) and resume again, or "
-                     f"start a new run with another --out (`--weights {last}` starts from its weights).")
+                     f"configured with, which a resume keeps, are gone from it. {back}, or start a new run with "
+                     f"another --out ({start_over(out, task_command(recorded or cfg))}).")
+
+
+def lost_settings(settings: dict | None) -> str:
+    """What an --out folder's config.yaml that no run wrote is (read_run_config's ``settings``), as settings_lost
+    says it."""
+    from fewshot.config import missing_run_sections
+
+    if settings is None:
+        return "is empty"
+    if not settings:
+        return "holds no settings (`{}`)"
+    lacks = ", ".join(f"{name}:" for name in missing_run_sections(settings))
+    return f"is not the one the run wrote: it lacks the section(s) {lacks} that a run saves (a recipe?)"
+
+
+def resumed_settings(out: Path, cfg: dict, stage: bool = False) -> dict | None:
+    """RUN's config.yaml as the settings --resume continues with (read_run_config). Where nothing was trained (no
+    last.pt), None for a folder without a run's: no config.yaml (a fresh start), an empty one, a recipe, an
+    unreadable one (prepare_run_dir refuses those). Beside last.pt, or for a `fewshot run` ``stage`` being resumed
+    or reused, a file with no run's settings in it is settings_lost (``cfg``: the command's); a YAML error is
+    said as such (the run's own file, broken by an edit)."""
+    saved = Path(out) / "config.yaml"
+    begun = stage or (Path(out) / "checkpoints" / "last.pt").is_file()
+    if not stage and not saved.is_file():  # last.pt alone: the engine compares its config
+        return None
+    try:
+        settings, by_run = read_run_config(saved)
+    except NotAMapping as exc:
+        if begun:
+            raise settings_lost(out, cfg, f"is not a config fewshot can read ({one_line(str(exc)).rstrip('.')})") \
+                from None
+        return None
+    except (UserError, OSError):
+        if begun:
+            raise
+        return None
+    if not by_run:
+        if begun:
+            raise settings_lost(out, cfg, lost_settings(settings))
+        return None
+    return settings
 
 
 def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     """On --resume the saved config is the base; only what was given on this command line changes,
     and only the settings in RESUME_MAY_CHANGE may differ from the saved ones."""
     saved = Path(out) / "config.yaml"
-    checkpoint = Path(out) / "checkpoints" / "last.pt"
-    if not saved.is_file():  # nothing to resume (a fresh start), or last.pt alone: the engine compares its config
+    base = resumed_settings(out, cfg)
+    if base is None:  # nothing to resume (a fresh start), or a folder prepare_run_dir refuses
         return cfg
-    try:
-        base, by_run = read_run_config(saved)
-    except (UserError, OSError):
-        if checkpoint.is_file():  # the run's own file, broken: said as such
-            raise
-        return cfg  # no run's: prepare_run_dir refuses the folder as such
-    if not by_run:
-        if checkpoint.is_file():
-            raise settings_lost(out, base)
-        return cfg  # as above: an empty config.yaml or a recipe is refused by prepare_run_dir
     refuse_unknown_fields(base, saved)
     from fewshot.config import DEFAULTS, chosen_record, get_dotted, same_value, set_dotted
 
@@ -315,7 +383,7 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     keep_dataset_order(base, explicit, in_run(["data", "datasets"]))
     changed = resume_changes({dotted: in_run(dotted.split(".")) for dotted in explicit}, explicit)
     if changed:
-        raise resume_refused(out, base, "this command", changed, "Drop those settings")
+        raise resume_refused(out, base, "this command", changed, "Drop those settings", "drop those settings")
     for dotted, value in explicit.items():
         keys = dotted.split(".")
         try:

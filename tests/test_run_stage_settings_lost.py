@@ -1,0 +1,76 @@
+"""`fewshot run --resume` reads a stage's config.yaml as train/pretrain --resume read theirs (resumed_settings): an
+emptied one went through with_defaults({}) and the engine refused it as the command "changing" model.name, and one
+holding `false` failed with the loader's bare "must hold a mapping". Both are a stage whose settings are lost, said
+as such, with the line that gives them back from its last.pt."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+
+import pytest
+import yaml
+
+import fewshot.pipeline as pipeline
+from fewshot.config import CHOSEN, resolve
+from fewshot.errors import UserError
+from helpers.checks import run_main
+from test_resume_weights_model import pasted, recorded_checkpoint
+from test_run_resume import _cmd, sigterm_in_stage
+
+
+@pytest.mark.parametrize("text, what", [("", "is empty"), ("{}\n", "holds no settings (`{}`)"),
+                                        ("false\n", "is not a config fewshot can read (config file ")])
+@pytest.mark.parametrize("read", ["stage_config", "adopt_stage_architecture"])
+def test_a_stage_whose_config_holds_no_settings_is_refused_as_lost(tmp_path, text, what, read):
+    run = tmp_path / "P q"
+    sdir = run / "finetune_labelled"
+    recorded = resolve(overrides=["model.name=test_resnet2", "train.device=cpu"])
+    recorded[CHOSEN] = {}
+    recorded_checkpoint(sdir / "checkpoints" / "last.pt", recorded)
+    (run / "run_state.json").write_text("{}")
+    (sdir / "config.yaml").write_text(text)
+    cfg = resolve(overrides=["model.name=test_resnet", "train.device=cpu"])
+    with pytest.raises(UserError) as refused:
+        if read == "stage_config":
+            pipeline.stage_config(sdir, cfg)
+        else:
+            pipeline.adopt_stage_architecture(cfg, sdir)
+    said = str(refused.value)
+    assert f"--resume cannot continue '{sdir}': its config.yaml {what}" in said, said
+    last = shlex.quote(str(sdir / "checkpoints" / "last.pt"))
+    assert f"{last} records them (its `config`): `" in said, said
+    assert f"or start a new run with another --out (`fewshot run` starts over; this stage belongs to the run in " \
+           f"{shlex.quote(str(run))})." in said, said
+    assert "changes model.name" not in said and "--weights" not in said, said
+    done = pasted(said, "records them (its `config`): `", "` writes them back")
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load((sdir / "config.yaml").read_text()) == recorded
+    assert pipeline.stage_config(sdir, cfg)["model"]["name"] == "test_resnet2"
+
+
+def test_a_stopped_run_whose_stage_config_was_emptied_is_refused_then_resumed(digits_root, tmp_path, monkeypatch):
+    """A real `fewshot run` stopped in its fine-tuning stage, whose config.yaml was then emptied: its --resume was
+    refused as changing model.name ('resnet18' in the run). Refused as lost settings, put back by the line the
+    message gives, the run resumes from the stage's last.pt."""
+    from fewshot.train.supervised import SupervisedTask
+
+    out = tmp_path / "run q"
+    cmd = _cmd(digits_root, out, "run.semi_method=off")
+    with monkeypatch.context() as mp:
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
+        rc, _, err = run_main(*cmd)
+    assert rc == 128 + signal.SIGTERM, err
+    stage = out / "finetune"
+    written = yaml.safe_load((stage / "config.yaml").read_text())
+    (stage / "config.yaml").write_text("")
+    rc, _, err = run_main(*cmd, "--resume")
+    assert rc == 2 and f"--resume cannot continue '{stage}': its config.yaml is empty" in err, err
+    assert "changes model.name" not in err and "this stage belongs to the run in" in err, err
+    assert json.loads((out / "run_state.json").read_text())["stages"]["finetune"]["status"] == "began"
+    done = pasted(err, "records them (its `config`): `", "` writes them back")
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load((stage / "config.yaml").read_text()) == written
+    rc, stdout, err = run_main(*cmd, "--resume")
+    assert rc == 0 and "finetune: continuing from" in stdout, err
