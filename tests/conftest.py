@@ -9,12 +9,28 @@ to damage a root take `copy_root`, which copies it into the test's own tmp_path.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from fewshot.data.build import DEFAULT_IDX_DIR, build_dataset
+
+def _a_share_of_the_cores() -> None:
+    """Under pytest-xdist each test process gets its share of the cores as torch's thread count (OMP_NUM_THREADS,
+    read once when torch loads, so before the import below; child processes inherit it). With torch's default of
+    one thread per core, 2 processes on 2 cores ran 4 spinning OpenMP threads: a 1-epoch `fewshot train` took
+    3.7x the CPU time. A count the caller set is kept; one process (make test TEST_WORKERS=0) keeps the default."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1 and CALLERS_THREADS is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
+
+
+CALLERS_THREADS = os.environ.get("OMP_NUM_THREADS")  # test_suite_setup checks the share where this is None
+_a_share_of_the_cores()
+
+from fewshot.data.build import DEFAULT_IDX_DIR, build_dataset  # noqa: E402 - after the thread count
 
 SMALL = dict(shots=4, val_per_class=3, test_per_class=3, pool_per_class=10, progress=False)
 HAVE_FASHION = (DEFAULT_IDX_DIR / "train-images-idx3-ubyte.gz").is_file() or \

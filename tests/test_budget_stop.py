@@ -193,7 +193,8 @@ def test_a_stage_stopped_in_its_last_evaluation_records_no_late_training_on_resu
     ("trained" is never recorded). The resume trains no step, but fit() starts its clock before its (empty) loop, so
     the stage's training seconds came out microseconds above last.pt's and this session's start-up was recorded as
     its end of training (trained_at, read as late training). The resumed session has time left here (its budget
-    check does not end fit() early, as it would with none)."""
+    check does not end fit() early, as it would with none). The stage plans the least epochs (plan_epochs' floor
+    of 8): with no budget stop it trained the whole plan, 4x what its time holds (67 s of a 2-core CI run)."""
     import os
     import signal
 
@@ -227,6 +228,7 @@ def test_a_stage_stopped_in_its_last_evaluation_records_no_late_training_on_resu
         mp.setattr(Engine, "fit", fit_watched)
         mp.setattr(Engine, "_evaluate", evaluate_stopped)
         mp.setattr(Engine, "_agreed_stop", agreed_on_time)
+        mp.setattr(pipeline, "plan_epochs", lambda *args, **kwargs: 8)
         rc, _, err = run_main(*cmd)
     assert rc == 128 + signal.SIGTERM, err
     fdir = out / "finetune"

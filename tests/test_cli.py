@@ -760,7 +760,7 @@ def test_a_model_that_cannot_take_the_image_size_is_a_user_error(digits_root, tm
 
 def test_pretrain_warns_when_the_queue_is_as_large_as_the_pool(digits_root, tmp_path):
     rc, out, err = run_main("pretrain", "--data", digits_root, "--out", tmp_path / "moco", "--model", "test_resnet",
-                            "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                            "--img-size", "16", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
                             "--no-progress", "moco.queue_size=100000", "moco.split_bn_groups=2")
     assert rc == 0, err
     assert "warning: the queue (K=100000) holds at least as many keys as the pool" in out
@@ -773,7 +773,7 @@ def test_pretrain_warns_when_the_queue_is_as_large_as_the_pool(digits_root, tmp_
     for p in sorted((digits_root / "unlabeled").rglob("*.png"))[:10]:
         shutil.copy(p, small / f"{p.parent.name}_{p.name}")
     rc, out, err = run_main("pretrain", "--data", digits_root, "--out", tmp_path / "small-run", "--model", "test_resnet",
-                            "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                            "--img-size", "16", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
                             "moco.queue_size=64", "moco.split_bn_groups=2", "--unlabeled", small, "--no-progress")
     assert rc == 0, err
     assert "(--batch-size 4, then --queue-size 5:" in out, out  # 2 images (1 per shuffle-BN group) are refused

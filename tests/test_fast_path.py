@@ -764,7 +764,9 @@ def test_compile_failure_under_ddp_is_a_user_error(digits, tmp_path, monkeypatch
 def stride_check_failure(tmp_path_factory):
     """A real AssertionError of inductor's stride check, as an H200 run's compiled backward raised it ("expected
     size 512==512, stride 9==1 ... convolution_backward"): here a custom op whose fake kernel promises a
-    row-major output and whose real one returns a column-major one, compiled on the CPU (~15 s)."""
+    row-major output and whose real one returns a column-major one, compiled on the CPU. The op alone: its
+    check runs in inductor's generated wrapper all the same, and without a kernel of its own around it nothing is
+    built with the C++ compiler (a `+ 1` after it cost ~15 s)."""
     import os
 
     old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -780,7 +782,7 @@ def stride_check_failure(tmp_path_factory):
 
         torch._dynamo.reset()
         with pytest.raises(AssertionError) as caught:
-            torch.compile(lambda x: column_major(x) + 1)(torch.randn(4, 3))
+            torch.compile(lambda x: column_major(x))(torch.randn(4, 3))
         return caught.value
     finally:
         torch._dynamo.reset()
