@@ -509,6 +509,7 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
     loose: list[Path] = []
     for found in listing:
         if found.name.startswith("."):
+            _note_hidden_class(split_dir / found.name, found)
             continue
         entry = split_dir / found.name
         if not _is_dir_entry(found):
@@ -897,6 +898,25 @@ def numbered_classes_note(dataset: str, classes: tuple[str, ...]) -> str | None:
             f"({', '.join(repr(c) for c in classes[:min(len(classes), moved + 2)])}, ...: index {moved} is folder "
             f"{classes[moved]!r}, not {by_number[moved]!r}), as torchvision's ImageFolder orders them. pred_all.json "
             f"and integer answer keys use these indices; zero-padded names (00, 01, ..., 10) make both orders agree.")
+
+
+# dot-folders tools keep inside folders of images (Jupyter, thumbnailers, version control): passed over in silence
+TOOL_DOT_FOLDERS = frozenset({".ipynb_checkpoints", ".thumbnails", ".git", ".svn", ".hg", ".Trashes", ".Trash"})
+
+
+def _note_hidden_class(entry: Path, found) -> None:
+    """A dot-folder holding images in train/ or val/ is passed over (SPEC: hidden entries are not read), but
+    `...` or `.hidden_class` may be a class of the user's: 10 class folders trained as 9 without a word."""
+    if found.name in TOOL_DOT_FOLDERS or not _is_dir_entry(found):
+        return
+    try:
+        with os.scandir(entry) as it:
+            holds = any(not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS for e in it)
+    except OSError:
+        return
+    if holds:
+        warn_once([f"{entry}: a hidden folder (its name starts with a dot) holding images, passed over: not a "
+                   f"class; rename it without the leading dot to train on it as one"])
 
 
 def warn_once(lines: list[str], kind: str = "warning") -> None:

@@ -25,6 +25,7 @@ from fewshot.eval import balance as bal
 from fewshot.eval.evaluate import compute_logits, score
 from fewshot.models.backbone import MAX_IMG_SIZE, MIN_IMG_SIZE, mean_std
 from fewshot.models.classifier import HeadCountError, build_classifier, check_head_count
+from fewshot.models.weights import check_state_fits, state_value_problem
 from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_checkpoint
 
 MISROUTED = -1  # pred_all.json entry of an image that unknown-source mode routed to another dataset
@@ -64,6 +65,8 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
         model = build_classifier(cfg, space.num_classes)
         state = ck["ema"] if ck.get("ema") is not None else ck["model"]
         check_head_count(model, state, path, cfg["model"]["name"])
+        # load_state_dict casts int/complex tensors and takes NaN ones: every image was predicted class 0, exit 0
+        check_state_fits(state, model.state_dict(), path, "ema" if ck.get("ema") is not None else "model")
         model.load_state_dict(state)
     except HeadCountError:  # the run's last.pt has the same heads: no hint to it
         raise
@@ -85,7 +88,23 @@ def _last_hint(exc: Exception | str, path: Path) -> str:
     last = path.with_name("last.pt")
     if path.name != "best.pt" or not last.is_file():
         return str(exc)
+    problem = _unusable(last)
+    if problem:  # "pass last.pt instead" sent the user to a file refused the same way
+        return _then(exc, f"The run's last.pt cannot be used either: {problem}")
     return _then(exc, f"The run's last.pt may be whole: pass {last} instead to use its last epoch.")
+
+
+def _unusable(last: Path) -> str | None:
+    """Why a run's last.pt cannot stand in for its refused best.pt, or None; read (mapped) and checked, no model
+    built."""
+    try:
+        ck = load_checkpoint(last, mmap=True)
+    except CheckpointError as exc:
+        return printable(one_line(str(exc)))[:300]
+    if ck.get("kind") != "supervised":
+        return f"it is a {printable(one_line(str(ck.get('kind'))))[:40]} checkpoint, not a fine-tuned one."
+    problem = state_value_problem(ck["ema"] if ck.get("ema") is not None else ck["model"])
+    return f"its tensor {printable(one_line(problem))[:200]}." if problem else None
 
 
 def _then(exc: Exception | str, sentence: str) -> str:

@@ -27,7 +27,7 @@ from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size, create_backbone,
                                      input_size, mean_std)
 from fewshot.models.classifier import LinearHead
-from fewshot.models.weights import load_backbone_weights, weights_note
+from fewshot.models.weights import check_before_build, load_backbone_weights, weights_note
 from fewshot.utils import seed_everything
 
 
@@ -156,6 +156,8 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     # the model's name too: a file of another model brings nothing, and loading it names that model (probe
     # said "model.width / model.small_stem apply to timm ResNets", options it does not have)
     arch = backbone_options(adopt_weights_architecture({"name": model_name, "img_size": img_size, "weights": weights}))
+    if weights:  # before the model is allocated: a small file naming a giant model is refused on its keys
+        check_before_build(lambda: create_backbone(model_name, **arch), weights)
     backbone = create_backbone(model_name, **arch)
     loaded = load_backbone_weights(backbone, weights, strict=True) if weights else None  # counts, for the line below
     size = input_size(backbone, arch["img_size"])

@@ -60,7 +60,20 @@ def check_weights_path(path: str | Path) -> Path:
         raise CheckpointError(f"weights file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"weights file {path} is empty (0 bytes).")
+    if is_safetensors(path):  # its header first: a corrupt file without --model was "--model is required"
+        _check_safetensors_header(path)
     return path
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Parse a safetensors file's header (names, dtypes, offsets; no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except Exception as exc:  # safetensors' own error types (SafetensorError, ...) vary between versions
+        raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from None
 
 
 def remote_name(text: str) -> bool:
@@ -368,10 +381,50 @@ def _counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = True, quiet: bool = False) -> dict:
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _finite_as(v: torch.Tensor, dtype: torch.dtype) -> bool | None:
+    """Whether floating ``v`` is finite once in ``dtype`` (the model's): float8 and other low-precision types have
+    no isfinite kernel but convert exactly, and a float64 value past float32's range would load as inf. None for a
+    type torch cannot convert (packed float4)."""
+    try:
+        return bool(torch.isfinite(v.to(dtype)).all())
+    except (RuntimeError, TypeError):
+        return None
+
+
+def fit_problems(state: dict, own: dict) -> tuple[list[str], list[str]]:
+    """The tensors of ``state`` that cannot go into a model whose state dict is ``own`` (real or on the meta
+    device), in file order: (shape or dtype mismatches, names of tensors holding NaN/inf). One check for every
+    reader of weights (train --weights, probe, eval/predict, export): load_state_dict casts int and complex tensors
+    to float silently, and a NaN backbone predicted class 0 for every image with exit 0."""
+    mismatched, broken = [], []
+    for k, v in state.items():
+        mine = own.get(k)
+        if mine is None:
+            continue
+        if mine.shape != v.shape:
+            mismatched.append(f"{k}: file {tuple(v.shape)} vs model {tuple(mine.shape)}")
+        elif v.is_floating_point() != mine.is_floating_point() or v.is_complex():  # float16/bfloat16/float8 load fine
+            mismatched.append(f"{k}: file dtype {_dtype_name(v.dtype)} vs model {_dtype_name(mine.dtype)}")
+        elif v.is_floating_point():
+            finite = _finite_as(v, mine.dtype)
+            if finite is None:
+                mismatched.append(f"{k}: file dtype {_dtype_name(v.dtype)} cannot be converted to the model's "
+                                  f"{_dtype_name(mine.dtype)}")
+            elif not finite:
+                broken.append(k)
+    return mismatched, broken
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = True, quiet: bool = False,
+                          load: bool = True) -> dict:
     """Load into `backbone`; strict refuses missing/unexpected keys (classifier heads are dropped). ``quiet``: no
-    model.strict=false warning (the caller has given it for this file already). Returns the counts of weights
-    (parameters and BatchNorm statistics, step counters left out) loaded and in the model."""
+    model.strict=false warning (the caller has given it for this file already). ``load=False``: the checks only
+    (a backbone on the meta device: check_before_build). Returns the counts of weights (parameters and BatchNorm
+    statistics, step counters left out) loaded and in the model."""
     path = check_weights_path(path)  # given as typed: Path() made `https://x/y.pth` the file `https:/x/y.pth`
     state = backbone_state_from(read_tensor_file(path), path)
     for k in classifier_keys(backbone, state):
@@ -379,19 +432,13 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
     own = backbone.state_dict()
     for k, v in list(state.items()):  # a file cast whole to fp16: its counters are floats, still step counts
         if _counter(k) and k in own and v.is_floating_point() and not own[k].is_floating_point():
-            if v.numel() == own[k].numel() and torch.isfinite(v).all():
-                state[k] = v.round().to(own[k].dtype).reshape(own[k].shape)
+            if v.numel() == own[k].numel() and _finite_as(v, torch.float32):
+                state[k] = v.to(torch.float32).round().to(own[k].dtype).reshape(own[k].shape)
             else:
                 state.pop(k)  # the model's own counter stays (it only counts steps)
     _resample_pos_embed(backbone, state, own)
     _resize_rel_pos_tables(backbone, state, own)
-    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and own[k].shape != v.shape]
-    # Float16/bfloat16 weights load into float32 fine; integer, bool or complex ones where the model has floats
-    # (or the reverse) are not weights of this model and would otherwise be cast silently.
-    mismatched += [f"{k}: file dtype {str(v.dtype).replace('torch.', '')} vs model "
-                   f"{str(own[k].dtype).replace('torch.', '')}" for k, v in state.items()
-                   if k in own and (v.is_floating_point() != own[k].is_floating_point() or v.is_complex())]
+    mismatched, broken = fit_problems(state, own)
     missing = [k for k in own if k not in state and not _counter(k)]
     # the weights first: a list that began with BatchNorm step counters named nothing telling
     unexpected = sorted((k for k in state if k not in own), key=_counter)
@@ -421,7 +468,6 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
                      + ("" if not strict or mismatched or not loaded else
                         ", or (train, pretrain, run) pass model.strict=false to load the matching part") + ".")
         raise CheckpointError(" ".join(parts))
-    broken = [k for k, v in state.items() if k in own and v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:  # named here; in training they surfaced as "the loss became nan ... lower the learning rate"
         raise CheckpointError(f"weights file {path} holds NaN or infinite values in {len(broken)} tensor(s) "
                               f"({', '.join(broken[:4])}{', ...' if len(broken) > 4 else ''}); it cannot be trained "
@@ -437,5 +483,79 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
               f"BatchNorm step counters not counted); {len(missing)} left at random init ({', '.join(missing[:4])}"
               f"{', ...' if len(missing) > 4 else ''}), {len(unused)} in the file unused ({', '.join(unused[:4])}"
               f"{', ...' if len(unused) > 4 else ''})", file=sys.stderr)
-    backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    if load:
+        backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return {"loaded": len(loaded), "total": len(weights), "missing": missing, "unexpected": unexpected}
+
+
+def check_before_build(build, path: str | Path, strict: bool = True) -> None:
+    """Check the weights file ``path`` against the model ``build()`` makes, built on the meta device (shapes and
+    dtypes, no memory): a 1.5 MB file whose metadata names vit_giant_patch14_dinov2 had probe allocate that model
+    (GBs) before any key was compared."""
+    path = check_weights_path(path)
+    with torch.device("meta"):
+        skeleton = build()
+    load_backbone_weights(skeleton, path, strict=strict, quiet=True, load=False)
+
+
+def check_state_fits(state: dict, own: dict, path, what: str) -> None:
+    """A checkpoint's ``what`` state (model, ema) against the model built for it (``own``: its state dict): int,
+    complex or NaN tensors, which load_state_dict would take, are refused in one paragraph naming the file and the
+    first bad tensor. Shapes and keys are left to load_state_dict, whose message names them all."""
+    mismatched, broken = fit_problems({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, own)
+    if mismatched:
+        raise CheckpointError(f"{path} cannot be used: its {what} state holds {len(mismatched)} tensor(s) that are "
+                              f"no weights of its model (the first: {mismatched[0]}); it was not written by fewshot "
+                              f"or was altered.")
+    if broken:
+        raise CheckpointError(f"{path} cannot be used: its {what} state holds NaN or infinite values in "
+                              f"{len(broken)} tensor(s) (the first: {broken[0]}); its predictions would be "
+                              f"meaningless. The run diverged or the file was altered: use another checkpoint.")
+
+
+def state_value_problem(state: dict) -> str | None:
+    """Without a model to compare with: the first tensor of ``state`` that no weight can be (complex, bool, a
+    float type torch cannot convert, NaN/inf), or None; integer tensors pass (step counters, index buffers)."""
+    for k, v in state.items():
+        if v.is_complex() or v.dtype == torch.bool:
+            return f"{k} has dtype {_dtype_name(v.dtype)}"
+        if v.is_floating_point():
+            finite = _finite_as(v, torch.float32)
+            if finite is None:
+                return f"{k} has dtype {_dtype_name(v.dtype)}, which cannot be converted to float32"
+            if not finite:
+                return f"{k} holds NaN or infinite values"
+    return None
+
+
+def check_export_state(state: dict, ck: dict, path) -> None:
+    """Before `fewshot export` writes a checkpoint's backbone: the values `train --weights` refuses (export wrote a
+    NaN or int backbone, and its message suggested train --weights, which then refused the file). Integer tensors
+    are compared with the model's, built on the meta device (no memory), when its config names one."""
+    problem = state_value_problem(state)
+    if problem is None:
+        own = _skeleton_state(ck)
+        problem = next((f"{k} has dtype {_dtype_name(v.dtype)} where the model has {_dtype_name(own[k].dtype)}"
+                        for k, v in state.items() if k in own and v.is_floating_point() != own[k].is_floating_point()),
+                       None)
+    if problem:
+        raise CheckpointError(f"{path} cannot be exported: its backbone tensor {problem}; `fewshot train --weights` "
+                              f"would refuse the file. The run diverged or the file was altered: export another "
+                              f"checkpoint of the run.")
+
+
+def _skeleton_state(ck: dict) -> dict:
+    """The state dict (meta tensors) of the backbone a checkpoint's config describes, {} when it names none that
+    can be built."""
+    from fewshot.errors import UserError
+    from fewshot.models.backbone import backbone_options, create_backbone
+
+    model = (ck.get("config") or {}).get("model") if isinstance(ck.get("config"), dict) else None
+    name = ck.get("model_name") or (model.get("name") if isinstance(model, dict) else None)
+    if not isinstance(name, str) or not isinstance(model, dict):
+        return {}
+    try:
+        with torch.device("meta"):
+            return create_backbone(name, **backbone_options(model)).state_dict()
+    except (UserError, TypeError, ValueError, RuntimeError, KeyError, AttributeError):
+        return {}

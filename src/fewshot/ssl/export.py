@@ -12,6 +12,7 @@ from pathlib import Path
 from safetensors.torch import save
 
 from fewshot.errors import CheckpointError, UserError
+from fewshot.models.weights import check_export_state
 from fewshot.run_lock import being_written
 from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_checkpoint
 from fewshot.utils import atomic_write_bytes
@@ -86,6 +87,7 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dic
         # images, and every command then refused ROOT
         check_result_file_is_not_an_input(out, root, ckpt, kind="backbone")
     state = backbone_state(ck)
+    check_export_state(state, ck, ckpt)  # what train --weights would refuse
     meta = {"format": "pt", "model": str(ck.get("model_name", "")), "source": str(ckpt),
             "epoch": _epoch_text(ck), "img_size": str(ck.get("img_size", ""))}
     model_cfg = (ck.get("config") or {}).get("model") or {}
