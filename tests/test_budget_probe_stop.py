@@ -23,9 +23,10 @@ def _run_cfg(root) -> dict:
                           "run.report": False})
 
 
-def fake_clock(monkeypatch, step_s: float) -> dict:
-    """pipeline's and run_budget's clocks read ``clock["t"]``, which each training step moves on by ``step_s``;
-    ``clock["steps"]`` counts the steps (the timing's, as the Engine's are stopped before they run)."""
+def fake_clock(monkeypatch, step_s: float | list[float]) -> dict:
+    """pipeline's and run_budget's clocks read ``clock["t"]``, which each training step moves on by ``step_s`` (a
+    list: the steps' in turn, the last one from there on); ``clock["steps"]`` counts the steps (the timing's, as the
+    Engine's are stopped before they run)."""
     import fewshot.pipeline as pipeline
     import fewshot.run_budget as run_budget
     from fewshot.train import engine
@@ -37,8 +38,9 @@ def fake_clock(monkeypatch, step_s: float) -> dict:
     step = SupervisedTask.training_step
 
     def training_step(self, model, batch):
+        seconds = step_s if not isinstance(step_s, list) else step_s[min(clock["steps"], len(step_s) - 1)]
         clock["steps"] += 1
-        clock["t"] += step_s
+        clock["t"] += seconds
         return step(self, model, batch)
 
     monkeypatch.setattr(SupervisedTask, "training_step", training_step)
@@ -63,17 +65,19 @@ def _no_later_timing(monkeypatch) -> None:
 
 
 def test_the_timing_stops_once_the_steps_alone_do_not_fit(digits_root, tmp_path, monkeypatch, real_least_run_holds):
-    """3 s steps in 12 s: after the warm-up (3 s) and one timed step (6 s), 6 steps (18 s) cannot fit the 6 s left:
-    refused there, with the speed timed; before, 3 more steps, an evaluation and a prediction batch were timed."""
+    """3 s steps in 12 s: after the warm-up (3 s) and two timed steps (9 s), 6 steps at the faster of them (18 s)
+    cannot fit the 3 s left: refused there, with the speed timed; before, 2 more steps, an evaluation and a
+    prediction batch were timed. One timed step alone (3 s, less than the budget) refuses nothing."""
     clock = fake_clock(monkeypatch, 3.0)
     _no_later_timing(monkeypatch)
     text = _refused(digits_root, tmp_path / "r", 0.2)
-    assert clock["steps"] == 2 and clock["t"] == 6.0
+    assert clock["steps"] == 3 and clock["t"] == 9.0
     assert "--budget-minutes 0.2 is too short for test_resnet at 16px" in text
-    assert "6 training steps at 3000 ms" in text and "took 6 s" in text
-    assert "over 18 s more, over 24 s in all (its steps alone: the timing stopped there, as they did not fit; " in text
+    assert "6 training steps at 3000 ms" in text and "took 9 s" in text
+    assert ("over 18 s more, over 27 s in all (its steps alone, at the fastest step timed: the timing stopped there, "
+            "as they did not fit; ") in text
     least = float(text.split("Give --budget-minutes ")[1].split()[0])
-    assert least * 60 >= 24  # what the steps alone need, at least
+    assert least * 60 >= 27  # what the steps alone need, at least
     assert "Nothing was trained and the output folder was left as it was" in text
 
 
@@ -84,7 +88,51 @@ def test_a_deadline_passed_in_the_warm_up_step_stops_the_timing(digits_root, tmp
     _no_later_timing(monkeypatch)
     text = _refused(digits_root, tmp_path / "r", 0.2)
     assert clock["steps"] == 1
-    assert "6 training steps at 20000 ms" in text and "at its first step's speed, a warm-up" in text
+    assert "6 training steps at 20000 ms" in text and "at the fastest step before two were timed (a warm-up" in text
+
+
+def test_one_slow_timed_step_does_not_refuse_a_run_that_fits(digits_root, tmp_path, monkeypatch, real_least_run_holds):
+    """A busy moment: a 3 s warm-up, then timed steps of 3 s, 0.5 s and 0.5 s in 24 s. The check's speed is the
+    fastest timed step (0.5 s: 6 steps need 3 s), a lower bound as "over" says; the slower of the first two (3 s: 18 s
+    in the 17.5 s left) refused this run, which fits."""
+    import fewshot.pipeline as pipeline
+
+    clock = fake_clock(monkeypatch, [3.0, 3.0, 0.5, 0.5])
+    with pytest.raises(pytest.fail.Exception, match="the run started training"):
+        pipeline.run_pipeline(_run_cfg(digits_root), tmp_path / "r", 0.4, started=0.0)
+    assert clock["steps"] == 4
+
+
+def test_a_timing_after_training_began_refuses_nothing(digits_root, tmp_path, monkeypatch, real_least_run_holds):
+    """Once a stage recorded "began" the check is off: a refusal then undid a folder that holds training (it was
+    switched off only when a stage was saved)."""
+    import fewshot.pipeline as pipeline
+    import fewshot.run_budget as run_budget
+    from fewshot.train import engine
+
+    clock = fake_clock(monkeypatch, 0.01)
+
+    def fit(self, resume=False):  # training that ran past the budget, then a timing
+        clock["t"] += 1000.0
+        run_budget._check_budget(0.01, 0.01)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.Engine, "fit", fit)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(_run_cfg(digits_root), tmp_path / "r", 10.0, started=0.0)
+    assert (tmp_path / "r").is_dir()  # not undone
+
+
+@pytest.mark.parametrize("started, undone, says", [
+    (False, True, "Nothing was started."),
+    (True, True, "Nothing was trained and the output folder was left as it was."),
+    (True, False, "Nothing was trained, but the output folder keeps what this start wrote there"),
+])
+def test_the_hopeless_budget_error_says_what_was_left(started, undone, says):
+    from fewshot.run_budget import hopeless_budget_error
+
+    text = str(hopeless_budget_error(12.0, 20.0, started=started, undone=undone))
+    assert says in text and (started or "Nothing was trained" not in text)
 
 
 def test_a_start_up_that_spent_the_budget_is_refused_before_the_step_timing(digits_root, tmp_path, monkeypatch,
@@ -103,6 +151,8 @@ def test_a_start_up_that_spent_the_budget_is_refused_before_the_step_timing(digi
     text = _refused(digits_root, tmp_path / "r", 0.2)
     assert clock["steps"] == 0
     assert "--budget-minutes 0.2 (12.0 s) cannot hold a run: its start-up alone took 20.0 s" in text
+    # the folder had been claimed (and its start is undone): "Nothing was started" was not true
+    assert "Nothing was trained and the output folder was left as it was" in text and "Nothing was started" not in text
 
 
 def test_a_budget_that_fits_is_timed_in_full(digits_root, tmp_path, monkeypatch, real_least_run_holds):

@@ -56,3 +56,13 @@ def test_the_temperature_hint_starts_below_the_safe_temperature():
     assert temperature_hint(SAFE_TEMPERATURE) is None and temperature_hint(0.07) is None
     assert "reach 1e+30" in temperature_hint(1e-30)
     assert temperature_hint(0.0) is None  # refused by the config (moco.temperature > 0) before any training
+
+
+def test_the_temperature_hint_names_overflow_only_where_the_logits_overflow():
+    """At T=0.005 the logits reach 200, finite in fp16 and fp32: the gradients (1/T larger) are the cause; fp16's
+    range (65504) is passed below T of about 1.5e-5, fp32's below about 3e-39."""
+    mild = temperature_hint(0.005)
+    assert "reach 2e+02, and the loss's gradients grow as 1/T" in mild and "overflow" not in mild
+    assert "they overflow in fp16 autocast" in temperature_hint(1e-5)
+    assert "overflow" not in temperature_hint(2e-5)
+    assert "they overflow even in fp32" in temperature_hint(1e-40)

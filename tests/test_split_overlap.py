@@ -6,11 +6,14 @@ in its meta file): no file is read again."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import fewshot.data.cache as cache
 import fewshot.data.sets as sets
@@ -91,7 +94,92 @@ def test_test_copies_of_train_images_are_warned(clean, tmp_path, capsys):
     warn_split_copies(train, {"test": test}, space)
     err = capsys.readouterr().err
     assert "digits: 1 of its 31 test images are exact copies of its train images" in err
-    assert "9999.png (= " in err and "a score on test overstates accuracy" in err
+    assert "9999.png (= " in err and "the predictions for them come from memorised training images" in err
+    # test/ is a submission's too (no labels, pred_all.json holds every id): removing them is for a held-out set
+    assert "remove them only from a held-out test set whose labels you have" in err
+    assert "remove them from test/" not in err
+
+
+def _strip_digests(cache_dir: Path) -> list[Path]:
+    """The entries' meta files as an older fewshot wrote them (no digests)."""
+    metas = sorted(cache_dir.glob("*.json"))
+    for meta in metas:
+        record = json.loads(meta.read_text())
+        del record["digests"]
+        meta.write_text(json.dumps(record))
+    return metas
+
+
+def test_a_read_only_cache_from_before_the_digests_loads(clean, tmp_path, capsys, monkeypatch):
+    """An entry without digests in a cache folder that cannot be written: the load hashed it and then failed on the
+    write (check_output_dir's UserError); now the write is skipped, and the digests are kept for the process, so
+    later stages do not hash the entry again."""
+    root, _ = copied_root(clean, tmp_path, 2)
+    cache_dir = tmp_path / "cache"
+    _load(root, cache_dir)
+    capsys.readouterr()
+    metas = _strip_digests(cache_dir)
+    before = {m: m.read_text() for m in metas}
+    access = os.access
+    # as root a chmod does not stop writes: the cache folder is read-only to the checks instead
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p).startswith(str(cache_dir))
+                        else access(p, mode, **k))
+    monkeypatch.setattr(cache, "_HASHED", {})
+    monkeypatch.setattr(sets, "_WARNED", set())
+    _load(root, cache_dir)
+    assert "2 of its 32 val images are exact copies" in capsys.readouterr().err
+    assert {m: m.read_text() for m in metas} == before  # nothing written
+    monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("a kept entry was hashed again"))
+    (train, val), _, _ = _load(root, cache_dir)
+    assert train.digests is not None and len(val.digests) == len(val)
+
+
+def test_digests_are_not_added_to_a_meta_file_written_meanwhile(clean, tmp_path, monkeypatch):
+    """Another process rebuilt the entry while this one hashed it: its meta file stands, not this one's, read
+    before."""
+    cache_dir = tmp_path / "cache"
+    _load(clean, cache_dir)
+    metas = _strip_digests(cache_dir)
+    monkeypatch.setattr(cache, "_HASHED", {})
+    digest, writes = cache.image_digest, []
+
+    def racing(image):  # each hash, another writer's meta file
+        writes.append(1)
+        for meta in metas:
+            meta.write_text(json.dumps({**json.loads(meta.read_text()), "other": len(writes)}))
+        return digest(image)
+
+    monkeypatch.setattr(cache, "image_digest", racing)
+    (train, val), _, _ = _load(clean, cache_dir)
+    assert train.digests is not None and val.digests is not None  # this process has them all the same
+    assert not any("digests" in json.loads(m.read_text()) for m in metas)
+
+
+def test_other_ranks_take_no_digests(clean, tmp_path, monkeypatch):
+    """Only rank 0 warns, so only it hashes its images."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
+    (train, val), _, _ = _load(clean, tmp_path / "cache")
+    assert train.digests is None and val.digests is None
+
+
+def _set(digests: list[str | None], labels: list[int], names: list[str]) -> sets.ImageSet:
+    n = len(digests)
+    return sets.ImageSet(torch.zeros(n, 3, 2, 2, dtype=torch.uint8), torch.tensor(labels),
+                         torch.zeros(n, dtype=torch.long), torch.arange(n), [Path(f"/d/{name}.png") for name in names],
+                         digests=digests)
+
+
+def test_a_placeholder_in_two_train_classes_is_no_leak(capsys):
+    """A "missing image" picture filed under two classes of train (and in val) is a placeholder, not a copy; an image
+    of one class is still a copy."""
+    space = types.SimpleNamespace(names=["digits"])
+    train = _set(["ph", "ph", "real"], [0, 1, 1], ["t0", "t1", "t2"])
+    warn_split_copies(train, {"val": _set(["ph", "other"], [0, 1], ["v0", "v1"])}, space)
+    assert "exact copies" not in capsys.readouterr().err
+    warn_split_copies(train, {"val": _set(["ph", "real"], [0, 1], ["v0", "v1"])}, space)
+    err = capsys.readouterr().err
+    assert "1 of its 2 val images are exact copies" in err and "/d/v1.png (= /d/t2.png)" in err and "v0" not in err
 
 
 def test_blank_images_are_not_copies():
@@ -101,3 +189,6 @@ def test_blank_images_are_not_copies():
     one = np.zeros((3, 8, 8), np.uint8)
     one[0, 0, 0] = 1
     assert cache.image_digest(one) == cache.image_digest(one.copy()) != cache.image_digest(one[:, ::-1])
+    red = np.zeros((3, 8, 8), np.uint8)
+    red[0] = 255  # a solid colour: each channel one value, not all the same one
+    assert cache.image_digest(red) is None

@@ -1324,8 +1324,10 @@ class PipelineRun:
         refused (and undone) as refuse_unless_least_run_fits refuses it, once the budget left cannot hold any run
         (LEAST_RUN_S) or, at the step speed timed so far (``step_s``; None: the last one timed), the least run's
         steps alone. The timing went on past the deadline: 21.5 s of a 12 s budget before the refusal.
-        ``provisional``: the warm-up step's seconds, named where the deadline passed before a step was timed."""
-        if self.resume or getattr(self, "fit_seconds", None) or self.budget_minutes is None:  # set by plan_budget
+        ``provisional``: the fastest step yet (the warm-up included), named where the deadline passed before two
+        steps were timed (a step longer than the whole budget passed it). Off once a stage has recorded that it
+        began: a refusal then would undo a folder that holds training (fit_seconds is set only when one is saved)."""
+        if self.resume or getattr(self, "fit_seconds", None) or self.budget_minutes is None or self.training_began():
             return
         self.timed_step_s = step_s if step_s is not None else self.timed_step_s
         step_s, budget_s = self.timed_step_s, self.budget_minutes * 60.0
@@ -1334,16 +1336,21 @@ class PipelineRun:
             return
         shown, cfg = step_s if step_s is not None else provisional, self.cfg
         if shown is None:  # nothing timed yet (decoding took the budget): no speed to name
-            error = hopeless_budget_error(budget_s, used)
+            error = hopeless_budget_error(budget_s, used, started=True, undone=self.locked)
         else:
             error = too_short_budget_error(budget_s, used, least_run_seconds(shown, 0.0), shown,
                                            f"{cfg['model']['name']} at {cfg['model']['img_size']}px",
                                            self.least_run_hints(bool(cfg["run"].get("pretrain"))), self.locked,
-                                           untimed="its steps alone: the timing stopped there, as they did not fit"
-                                           if step_s is not None else "its steps alone, at its first step's speed, a "
-                                           "warm-up that may be slower than the rest: the budget was spent by then")
+                                           untimed="its steps alone, at the fastest step timed: the timing stopped "
+                                           "there, as they did not fit" if step_s is not None else "its steps "
+                                           "alone, at the fastest step before two were timed (a warm-up may be "
+                                           "slower than the rest): the budget was spent by then")
         self.undo_start()
         raise error
+
+    def training_began(self) -> bool:
+        """Whether a stage of this run has recorded "began" (its training started), in its run_state.json."""
+        return self.state is not None and any(st.get("status") for st in self.state.data["stages"].values())
 
     def undo_start(self) -> None:
         """A fresh run's start that failed (a refused budget, an input found bad after the folder was claimed):

@@ -34,8 +34,10 @@ _GUARDS: list = []  # stop_timing_when's check, innermost last
 def stop_timing_when(check):
     """While in this block the timings here call ``check(step_s, provisional)`` before they start and after each
     timed training step, and it raises to refuse the run: a fresh run timed its steps, an evaluation and a
-    prediction batch past its deadline before refusing (21.5 s of a 12 s budget). ``step_s``: the seconds per step
-    timed so far (None: none yet, the last known stands), ``provisional``: the warm-up step's, for the words only."""
+    prediction batch past its deadline before refusing (21.5 s of a 12 s budget). ``step_s``: the fastest of the
+    steps timed so far, a lower bound (the median of two was the slower: a busy moment refused a run that fit), once
+    two are timed (None: fewer, the last known stands), ``provisional``: the fastest step yet, the warm-up
+    included, for the words only."""
     _GUARDS.append(check)
     try:
         yield
@@ -81,8 +83,9 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
                 times.append(time.perf_counter() - t0)
             elif first is None:
                 first = time.perf_counter() - t0
-            # the warm-up pays one-time costs: it proves nothing, it only names a speed where no other is timed
-            _check_budget(sorted(times)[len(times) // 2] if times else None, first)
+            # the warm-up pays one-time costs and one timed step may have met a busy moment: neither proves the run
+            # cannot fit, they only name a speed where the deadline passed before two steps were timed
+            _check_budget(min(times) if len(times) >= 2 else None, min(times + [first]))
     del model, opt, params, batch, loss  # every name that holds the copy's tensors (params: its weights and grads)
     free_device_memory(device)  # the copy's weights and gradients, held by the allocator for the stage's own
     return sorted(times)[len(times) // 2]
@@ -233,15 +236,20 @@ def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s
 LEAST_RUN_S = 2.0
 
 
-def hopeless_budget_error(budget_s: float, used_s: float) -> UserError:
+def hopeless_budget_error(budget_s: float, used_s: float, started: bool = False, undone: bool = True) -> UserError:
     """The refusal, before any work, of a budget below LEAST_RUN_S once the start-up (``used_s``) is out of it:
     `--budget-minutes 0.01` was refused only after 30-38 s of decoding and timing. The start-up is named only where
-    it is part of the shortfall (from Python it is about 0 s)."""
+    it is part of the shortfall (from Python it is about 0 s). ``started``: the output folder was claimed before
+    the refusal (the start-up timing's), ``undone``: and its start undone (only with the folder's lock), so that
+    "Nothing was started" is said only where it is true."""
+    done = ("Nothing was started" if not started else "Nothing was trained and the output folder was left as it was"
+            if undone else "Nothing was trained, but the output folder keeps what this start wrote there (without "
+            "the folder's lock the start is not undone: another start may be writing there too)")
     startup = f"its start-up alone took {used_s:.1f} s, and " if used_s >= 0.05 else ""  # shown as 0.1 s or more
     return UserError(one_line(
         f"--budget-minutes {budget_s / 60:g} ({budget_s:.1f} s) cannot hold a run: {startup}any run needs at least "
         f"{LEAST_RUN_S:g} s{' more' if startup else ''} (reading the images, timing this machine's speeds, "
-        f"{FLOOR_STEPS} training steps, the closing evaluations and the prediction). Nothing was started. Give a "
+        f"{FLOOR_STEPS} training steps, the closing evaluations and the prediction). {done}. Give a "
         f"larger --budget-minutes: the run measures the least budget it needs here before it trains, and says so "
         f"when it is still too short."))
 

@@ -228,10 +228,14 @@ def _decode_peak(args):
 
 
 def image_digest(image: np.ndarray) -> str | None:
-    """A digest of a decoded image's pixels, to find the same image in two splits (sets.warn_split_copies) without
-    reading any file again; None for a blank image (one value throughout), whose copies tell nothing."""
+    """A digest of a decoded (channels-first) image's pixels, to find the same image in two splits
+    (sets.warn_split_copies) without reading any file again; None for a blank image (each channel one value
+    throughout: black, or a solid colour such as red), whose copies tell nothing."""
     image = np.ascontiguousarray(image)
-    if image.size == 0 or bool((image == image.flat[0]).all()):
+    if image.size == 0:
+        return None
+    planes = image.reshape(image.shape[0] if image.ndim > 2 else 1, -1)
+    if bool((planes == planes[:, :1]).all()):
         return None
     return hashlib.sha1(image, usedforsecurity=False).hexdigest()[:16]  # the fastest of hashlib's here (SHA-NI)
 
@@ -362,17 +366,36 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
     return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note, found)
 
 
+_HASHED: dict[str, list[str | None]] = {}  # _kept_digests' digests of entries whose meta file lacks them, by meta file
+
+
 def _kept_digests(meta: dict, arr: np.ndarray, bad: list, paths: list[Path], meta_file: Path) -> list[str | None]:
     """A cache entry's image digests: as its meta file keeps them, else (an entry written without them) taken from
-    its pixels now and added to the meta file (where it can be written), so that only the first read pays."""
+    its pixels now and added to the meta file where its folder can be written, so that only the first read pays.
+    They are also kept in this process (by meta file; its key names the files' contents): a read-only cache's
+    entry was hashed again by every stage of `fewshot run`, and a failed write (a UserError from the output
+    check) made the load fail."""
     kept = meta.get("digests")
-    if isinstance(kept, list) and len(kept) == len(arr) and all(d is None or isinstance(d, str) for d in kept):
+    if _digests_fit(kept, len(arr)):
+        return kept
+    kept = _HASHED.get(str(meta_file))
+    if _digests_fit(kept, len(arr)):
         return kept
     failed = {os.path.abspath(p) for p, _ in bad}
     kept = [None if os.path.abspath(p) in failed else image_digest(arr[i]) for i, p in enumerate(paths)]
-    with contextlib.suppress(OSError):
-        atomic_write_text(meta_file, json.dumps({**meta, "digests": kept}))
+    _HASHED[str(meta_file)] = kept
+    if os.access(meta_file.parent, os.W_OK | os.X_OK):  # a read-only cache (or mount): nothing to add
+        with contextlib.suppress(OSError, UserError, ValueError):
+            # another process may have rewritten the entry since it was read (its own digests, a rebuild): only
+            # the meta file as read is extended, never one written meanwhile
+            if json.loads(meta_file.read_text()) == meta:
+                atomic_write_text(meta_file, json.dumps({**meta, "digests": kept}))
     return kept
+
+
+def _digests_fit(kept, n: int) -> bool:
+    """Whether ``kept`` is a list of ``n`` digests (str, or None for a blank or bad image)."""
+    return isinstance(kept, list) and len(kept) == n and all(d is None or isinstance(d, str) for d in kept)
 
 
 def is_cached(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,

@@ -61,7 +61,7 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
             for i, (p, local) in enumerate(getattr(info, split)):
                 paths.append(p); targets.append(space.global_label(d, local)); dsids.append(d); ids.append(i)
     cached = load_images(paths, size, cache_dir, crop_pct=crop_pct, skip_bad=skip_bad, desc=f"loading {split} images",
-                         max_gb=max_gb, bit_depth=bit_depth, digests=True)
+                         max_gb=max_gb, bit_depth=bit_depth, digests=_warns())  # only rank 0 warns of copies
     out = ImageSet(cached.images, torch.tensor(targets, dtype=torch.long), torch.tensor(dsids, dtype=torch.long),
                    torch.tensor(ids, dtype=torch.long), paths, digests=cached.digests)
     if not bool(cached.valid.all()):
@@ -97,6 +97,12 @@ def load_splits(infos: list[DatasetInfo], splits: tuple[str, ...], space: LabelS
     return out
 
 
+def _warns() -> bool:
+    """Whether this process says warn_split_copies' warnings (rank 0 of a torchrun job): the others take no digests,
+    as every rank hashed its images for a warning only rank 0 gives."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 COPY_EXAMPLES = 3  # the copies a warning names
 _WARNED: set[str] = set()  # warn_split_copies' messages given in this process: `fewshot run` loads its splits again
 #                            in each stage
@@ -106,13 +112,18 @@ def warn_split_copies(train: ImageSet | None, others: dict[str, ImageSet], space
     """Warn (rank 0, each message once a process) where a dataset's val or test images are exact copies of its train
     images (the same decoded pixels, cache.image_digest): val chooses best.pt, the EMA or the raw weights and
     run.balance, and a copied val split scored memorised images, silently. Duplicates within the pool, and pool
-    images in val or test, are not warned about: the pool is unlabelled (its images are meant to be the datasets')."""
-    if train is None or train.digests is None or os.environ.get("RANK", "0") != "0":
+    images in val or test, are not warned about: the pool is unlabelled (its images are meant to be the datasets').
+    An image found under two or more train classes is a placeholder (a "missing image" picture), not a leak."""
+    if train is None or train.digests is None or not _warns():
         return
     seen: dict[tuple[int, str], Path] = {}
-    for digest, d, path in zip(train.digests, train.dataset_ids.tolist(), train.paths):
+    classes: dict[tuple[int, str], set[int]] = {}
+    for digest, d, label, path in zip(train.digests, train.dataset_ids.tolist(), train.targets.tolist(), train.paths):
         if digest is not None:
             seen.setdefault((d, digest), path)
+            classes.setdefault((d, digest), set()).add(label)
+    for shared in [k for k, labels in classes.items() if len(labels) > 1]:
+        del seen[shared]
     for split, images in others.items():
         if split == "train" or images.digests is None:
             continue
@@ -128,8 +139,9 @@ def warn_split_copies(train: ImageSet | None, others: dict[str, ImageSet], space
             effect = ("val then scores images the model trained on: its accuracy is inflated, and what it chooses "
                       "(best.pt, the EMA or raw weights, run.balance) follows memorised images; remove the copies "
                       "from val/ (or replace them) for an honest score" if split == "val" else
-                      f"their predictions are of images the model trained on, so a score on {split} overstates "
-                      f"accuracy; remove them from {split}/ if it is held out")
+                      f"the predictions for them come from memorised training images, so a score on them overstates "
+                      f"accuracy; remove them only from a held-out {split} set whose labels you have (a submission's "
+                      f"{split}/ keeps them: its predictions must hold every {split} image)")
             message = one_line(f"warning: {space.names[d]}: {len(pairs)} of its {totals[d]} {split} images are "
                                f"exact copies of its train images (the same decoded pixels), e.g. {examples}{more}; "
                                f"{effect}.")

@@ -85,16 +85,24 @@ def infonce_logits(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> T
 
 
 SAFE_TEMPERATURE = 0.01  # below it the logits reach 1/T (over 100), and the loss's gradients grow as much
+FP16_MAX = 65504.0  # fp16's largest value: logits of 1/T pass it below T = 1.5e-5
 
 
 def temperature_hint(temperature: float) -> str | None:
     """Why a MoCo loss with this temperature went non-finite, in a sentence, where the temperature explains it (None:
-    it does not): the engine's message said only "Lower the learning rate" to a run with moco.temperature=1e-30."""
+    it does not): the engine's message said only "Lower the learning rate" to a run with moco.temperature=1e-30.
+    Overflow is named only where the logits pass fp16's range: at T=0.005 they reach 200, finite in fp16 and fp32,
+    and it is the gradients, 1/T times larger, that carry the weights to inf."""
     if not 0 < temperature < SAFE_TEMPERATURE:
         return None
+    reach = 1 / temperature
+    fp32_max = torch.finfo(torch.float32).max
+    overflow = (f" (past fp32's largest value, {fp32_max:.1e}: they overflow even in fp32)" if reach > fp32_max else
+                f" (past fp16's largest value, {FP16_MAX:g}: they overflow in fp16 autocast)" if reach > FP16_MAX
+                else "")
     return (f"The temperature moco.temperature={temperature:g} is below {SAFE_TEMPERATURE:g}: the similarities (at "
-            f"most 1) divided by it reach {1 / temperature:.0e}, which can overflow the logits and their gradients; "
-            f"give a temperature of 0.07 (MoCo v1) to 0.2 (v2)")
+            f"most 1) divided by it reach {reach:.0e}{overflow}, and the loss's gradients grow as 1/T, so a step can "
+            f"carry the weights to inf or NaN; give a temperature of 0.07 (MoCo v1) to 0.2 (v2)")
 
 
 def infonce_loss(logits: Tensor) -> Tensor:
