@@ -1083,7 +1083,7 @@ def test_an_output_given_as_a_symbolic_link_writes_its_target(trained, digits_ro
     run, _ = trained
     target = tmp_path / "real" / "pred_all.json"
     target.parent.mkdir()
-    target.write_text("old")
+    target.write_text('{"n_parameters": 1}')  # an earlier prediction: predict replaces only its own results
     link = tmp_path / "link.json"
     link.symlink_to(target)
     assert run_main("predict", run, "--data", digits_root, "--out", link, "--device", "cpu")[0] == 0

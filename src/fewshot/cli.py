@@ -356,13 +356,13 @@ def cmd_eval(args, extra) -> int:
                            datasets=args.datasets, skip_bad=args.skip_bad_images, balance=balance)
     print(format_table(metrics, title=f"{args.split} accuracy of {metrics['checkpoint']}"))
     if args.out:
-        write_json(Path(args.out), metrics)
+        write_json(Path(args.out), metrics, follow_links=True)  # the user's path: a link writes its target
     return 0
 
 
 def cmd_predict(args, extra) -> int:
     from fewshot.data.layout import check_result_file_is_not_an_input
-    from fewshot.eval.predict import predict_run
+    from fewshot.eval.predict import check_predict_out, holds_routing, predict_run
     from fewshot.utils import check_output_file, name_fits, resolve_device, write_json
 
     out = check_output_file(args.out, example="pred_all.json")
@@ -375,16 +375,17 @@ def cmd_predict(args, extra) -> int:
     if args.mode == "unknown" and routing_file.is_dir():  # found after the whole prediction, with another path's advice
         raise UserError(f"--out {args.out}: --mode unknown also writes each image's predicted dataset beside it, to "
                         f"{routing_file}, which is a folder; move that folder away or choose another --out.")
+    check_predict_out(out, routing_file, args.out, args.mode == "unknown" and routing_fits)
     if args.balance and args.mode != "known":  # classes compete across datasets there: not evened out per dataset
         print("fewshot predict: note: --balance applies to known-source predictions only; --mode unknown predicts "
               "as the model does.", file=sys.stderr)
     pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device), datasets=args.datasets,
                                 skip_bad=args.skip_bad_images, balance=args.balance or "auto")
-    write_json(out, pred)
+    write_json(out, pred, follow_links=True)  # the user's path: a link writes its target
     if args.mode == "unknown":
         write_json(routing_file, routing)
-    elif routing_fits and not routing_file.is_dir():  # an earlier --mode unknown's would no longer describe these
-        routing_file.unlink(missing_ok=True)  # a folder so named is no routing file: left alone (unlink failed)
+    elif routing_fits and holds_routing(routing_file):  # an earlier --mode unknown's would no longer describe these
+        routing_file.unlink(missing_ok=True)  # only predict's own: a user's file, folder or link so named stays
     n = sum(len(v) for k, v in pred.items() if k != "n_parameters")
     print(f"wrote {out}: {n} predictions over {len(pred) - 1} dataset(s), mode {args.mode}")
     return 0

@@ -101,22 +101,29 @@ def links_inside(folder: Path, limit: int = 3) -> list[Path]:
 
 
 def refuse_links_in_run_dir(folder) -> None:
-    """Refuse to write into an existing run folder that holds symbolic links: atomic_write_bytes follows links
-    (for an output path the user names), so a run folder from elsewhere whose checkpoints/best.pt points at
-    another file would have fewshot replace that file with a checkpoint (metrics.json, log.jsonl: the same)."""
+    """Refuse to write into an existing run folder that holds symbolic links: a run folder from elsewhere whose
+    checkpoints/best.pt points at another file had fewshot replace that file with a checkpoint (metrics.json,
+    log.jsonl: the same). atomic_write_bytes now replaces such a link instead, but appends and reads in the run
+    folder would still go through one, and a run whose files are links to others' is not the run it seems."""
     from fewshot.errors import UserError, one_line
 
     folder = Path(folder)
     links = links_inside(folder, limit=4)
     if not links:
         return
+    raise UserError(f"the run folder '{one_line(str(folder))}' holds symbolic links ({links_shown(folder, links)}). "
+                    f"fewshot writes its checkpoints, metrics and logs there and would write through the links into "
+                    f"what they point to; a run folder from elsewhere can use such links to overwrite other files. "
+                    f"Replace each link by a copy of the file or folder it points to (a run folder on another disk: "
+                    f"link the run folder itself, which is allowed), then run the command again.")
+
+
+def links_shown(folder: Path, links: list[Path]) -> str:
+    """`name -> target` for the first three of links_inside's ``links`` (limit 4), for a message."""
+    from fewshot.errors import one_line
+
     shown = "; ".join(f"{one_line(str(p.relative_to(folder)))} -> {one_line(_link_target(p))}" for p in links[:3])
-    more = ", and more" if len(links) > 3 else ""
-    raise UserError(f"the run folder '{one_line(str(folder))}' holds symbolic links ({shown}{more}). fewshot writes "
-                    f"its checkpoints, metrics and logs there and would write through the links into what they "
-                    f"point to; a run folder from elsewhere can use such links to overwrite other files. Replace "
-                    f"each link by a copy of the file or folder it points to (a run folder on another disk: link "
-                    f"the run folder itself, which is allowed), then run the command again.")
+    return shown + (", and more" if len(links) > 3 else "")
 
 
 def _link_target(link: Path) -> str:
@@ -128,11 +135,13 @@ def _link_target(link: Path) -> str:
 
 
 def new_file_mode(path: Path) -> int:
-    """The mode an ordinary write would give: the replaced file's own, else 0666 less the umask."""
+    """The mode an ordinary write would give: the replaced file's own, else 0666 less the umask. A link is replaced
+    as a new file (its target's mode, setuid bits and all, is not this file's)."""
     try:
-        return path.stat().st_mode & 0o7777
+        info = os.lstat(path)
     except OSError:
         return 0o666 & ~_umask()
+    return 0o666 & ~_umask() if stat.S_ISLNK(info.st_mode) else info.st_mode & 0o7777
 
 
 def _umask() -> int:
@@ -219,34 +228,40 @@ def temp_prefix(name: str) -> str:
     return f".{name}."
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, follow_links: bool = False) -> None:
     """Write via a temp file in the same folder, fsync, rename: a kill never leaves half a file. A symbolic
-    link is followed (its target is replaced, the link kept: the rename replaced the link itself, so the
-    target never got the result); a pipe or device (`--out /dev/stdout`) is written in place. An OSError
-    names ``path`` (the write's own carried no name, or the temp file's, and a full disk was said without one)."""
-    path = check_output_file(path, None)  # a folder, or a file on the way: the user's path, not a bug
+    link at ``path`` is replaced by the file, never written through: the files fewshot names itself (a run's
+    checkpoints and logs, a report's PNGs) may come from a folder made elsewhere, whose links would have had
+    fewshot overwrite what they point to. ``follow_links`` is for a path the user typed (`--out link.json`):
+    the link's target is replaced, the link kept, and a pipe or device (`--out /dev/stdout`) is written in
+    place. An OSError names ``path`` (the write's own carried no name, or the temp file's, and a full disk was
+    said without one)."""
+    path = Path(path)
+    if follow_links or not path.is_symlink():
+        path = check_output_file(path, None)  # a folder, or a file on the way: the user's path, not a bug
+    else:
+        check_output_dir(path.parent, None, shown=path)  # the link itself is replaced, in its own folder
+    # a followed link: its target, checked by check_output_file (its folder)
+    written = Path(os.path.realpath(path)) if follow_links and path.is_symlink() else path
     try:
-        _atomic_write(path, data)
+        _atomic_write(written, data)
     except OSError as exc:
-        if exc.filename is not None and not _is_temp_of(exc.filename, path):
+        if exc.filename is not None and not _is_temp_of(exc.filename, written):
             raise  # a folder on the way (mkdir's own name): already the right one
         raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
 
 
-def _is_temp_of(name, path: Path) -> bool:
-    """Whether ``name`` (an OSError's filename) is a temp file of atomic_write_bytes beside ``path``'s target."""
+def _is_temp_of(name, written: Path) -> bool:
+    """Whether ``name`` (an OSError's filename) is a temp file of atomic_write_bytes beside ``written``."""
     name = os.fspath(name)
-    return os.path.basename(name).startswith(temp_prefix(Path(os.path.realpath(path)).name)) and \
-        name.endswith(".tmp")
+    return os.path.basename(name).startswith(temp_prefix(written.name)) and name.endswith(".tmp")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    if is_special_file(path):
+    if is_special_file(path) and not path.is_symlink():  # a link here is replaced (atomic_write_bytes)
         with open(path, "wb") as fh:
             fh.write(data)
         return
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))  # checked by check_output_file: its target's folder
     path.parent.mkdir(parents=True, exist_ok=True)
     # the folder the rename writes into: mkstemp normalises `link/../run` as text (run beside the link, not beside
     # its target, where the kernel puts it), and the temp file landed in another folder or none
@@ -263,12 +278,22 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, follow_links: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), follow_links)
 
 
-def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def loads_run_json(text: str):
+    """json.loads for a file of a run folder, which may come from anywhere: JSON nested deeper than Python's stack
+    (`[[[...]]]`, 200,000 deep) raised RecursionError, and compare, report and train --resume ended in an internal
+    error; it is a ValueError here, as any other text that is not JSON fewshot wrote."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to be read") from None
+
+
+def write_json(path: Path, obj, follow_links: bool = False) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", follow_links)
 
 
 def seed_everything(seed: int) -> None:

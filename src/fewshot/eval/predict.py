@@ -770,3 +770,61 @@ def score_predictions(pred: dict, root: Path, class_names: dict | None = None, s
         hits = sum(1 for i in scored if preds.get(i) == key[i])
         result[name] = {"acc1": 100.0 * hits / max(1, len(scored)), "n": len(scored)}
     return result
+
+
+def _read_own_output(path: Path):
+    """The JSON in ``path``, or None where it holds none (unreadable, not UTF-8, not JSON, nested too deep)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def holds_predictions(path: Path) -> bool:
+    """Whether ``path`` holds a pred_all.json as `predict` writes it ({"n_parameters": int, "<dataset>": {"<id>":
+    int}}): the only file `predict --out` may replace. Judged by content, not name or place: `--out notes.json`
+    replaced the user's notes without a word."""
+    data = _read_own_output(path)
+    if not isinstance(data, dict):
+        return False
+    n = data.get("n_parameters")
+    return isinstance(n, int) and not isinstance(n, bool) and all(
+        isinstance(v, dict) and all(isinstance(c, int) and not isinstance(c, bool) for c in v.values())
+        for k, v in data.items() if k != "n_parameters")
+
+
+def _holds_nothing(path: Path) -> bool:
+    """An empty file, or one holding only `{}` or blanks: a placeholder (`touch pred.json`), nothing to lose."""
+    try:
+        if path.stat().st_size > 64:
+            return False
+        return path.read_bytes().strip() in (b"", b"{}")
+    except OSError:
+        return False
+
+
+def holds_routing(path: Path) -> bool:
+    """Whether ``path`` is a routing file as `predict --mode unknown` writes it ({"<dataset>": {"<id>": "<dataset
+    it was routed to>"}}), a plain file and not a link (predict never writes one): the only .routing.json beside
+    --out that predict may replace or delete. A user's own n.routing.json beside `--out n.json` was deleted."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    data = _read_own_output(path)
+    return isinstance(data, dict) and all(
+        isinstance(v, dict) and all(isinstance(d, str) for d in v.values()) for v in data.values())
+
+
+def check_predict_out(out: Path, routing_file: Path, shown: str, unknown: bool) -> None:
+    """Refuse, before any work, to replace a file that `predict` did not write: --out (``shown``, as typed) must be
+    new, empty (or `{}`) or an earlier prediction, and with --mode unknown so must the routing file beside it.
+    Inside a run or data folder check_result_file_is_not_an_input guards more; this holds everywhere."""
+    from fewshot.utils import is_special_file
+
+    if out.is_file() and not is_special_file(out) and not (_holds_nothing(out) or holds_predictions(out)):
+        raise UserError(f"--out {shown} already holds a file that is not an earlier prediction of `fewshot predict` "
+                        f"(no pred_all.json content: n_parameters and each dataset's predictions); predict "
+                        f"replaces only its own results. Give --out a new file name, or move {shown} away first.")
+    if unknown and (routing_file.exists() or routing_file.is_symlink()) and not holds_routing(routing_file):
+        raise UserError(f"--out {shown}: --mode unknown also writes each image's predicted dataset beside it, to "
+                        f"{routing_file}, which already holds a file that is not an earlier routing file of "
+                        f"`fewshot predict`; move {routing_file} away or choose another --out.")

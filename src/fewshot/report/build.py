@@ -111,6 +111,7 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give --out a folder: a new one, or an earlier report's folder "
                         f"(its index.html and PNGs are replaced).")
+    refuse_links_in_report_dir(out)
     for r in runs:
         own = (r.group or r.path) / "report"
         for folder in (r.path, r.group):
@@ -131,6 +132,23 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
         raise UserError(f"--out {out} holds files that are not a fewshot report ({shown}): the report writes "
                         f"index.html and its PNGs there and would replace any of the same name. Give a new or empty "
                         f"folder, or an earlier report's folder.")
+
+
+def refuse_links_in_report_dir(out: Path) -> None:
+    """Refuse an --out folder that holds symbolic links, as train and run refuse a run folder with them: a report
+    folder from elsewhere (a downloaded run's report/, which `fewshot run` says to rebuild in place) whose
+    index.html or a PNG was a link had the report written into the file it pointed to. The folder itself may be a
+    link (the user's choice)."""
+    from fewshot.errors import one_line
+    from fewshot.utils import links_inside, links_shown
+
+    links = links_inside(out, limit=4) if out.is_dir() else []
+    if links:
+        raise UserError(f"--out {one_line(str(out))} holds symbolic links ({links_shown(out, links)}). The report "
+                        f"writes index.html and its PNGs there and would write through a link into the file it points "
+                        f"to; a report folder from elsewhere can use one to overwrite other files. Remove the links "
+                        f"(or replace each by a copy of what it points to), or give --out a new folder, then run the "
+                        f"command again.")
 
 
 REPORT_MARK = ".fewshot_report"  # written into --out before the first PNG: the folder is a report's, page or not
@@ -556,7 +574,7 @@ class ReportBuilder:
 
         check_report_out(self.out, self.runs, self.data)
         ensure_writable_dir(self.out, "report")
-        (self.out / REPORT_MARK).touch()
+        atomic_write_text(self.out / REPORT_MARK, "")  # a link put there since the check is replaced, not followed
         earlier = _earlier_report_pngs(self.out)  # before this report rewrites any of them
         self._analyse()
         flop_counts = compute_flops(self.runs, self.analyses)

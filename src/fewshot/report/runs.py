@@ -11,13 +11,13 @@ A RUN argument is one of
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fewshot.errors import UserError, one_line, printable, shell_quoted
+from fewshot.utils import loads_run_json
 
 STAGES = ("pretrain", "finetune_labelled", "finetune")  # finetune_labelled: self-training round 1
 # the stage folders of a `fewshot run` (pipeline.py) as messages name them; finetune_round<k>: rounds 2 .. n-1
@@ -51,8 +51,8 @@ def _read_json(path: Path, notes: list[str]):
     if text is None:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return loads_run_json(text)
+    except ValueError as exc:
         notes.append(f"{path} is not valid JSON ({exc}): passed over.")
         return None
 
@@ -136,8 +136,8 @@ def read_log(run: Path, notes: list[str] | None = None) -> list[dict]:
         if not raw.strip():
             continue
         try:
-            row = _clean_row(json.loads(raw.decode("utf-8")), notes)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = _clean_row(loads_run_json(raw.decode("utf-8")), notes)
+        except (UnicodeDecodeError, ValueError):
             row = None if i < len(lines) else "torn"
         if row is None:
             bad.append(i)

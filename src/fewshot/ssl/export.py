@@ -93,7 +93,8 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dic
     model_cfg = (ck.get("config") or {}).get("model") or {}
     meta["width"] = str(float(model_cfg.get("width") or 1.0))
     meta["small_stem"] = str(bool(model_cfg.get("small_stem"))).lower()
-    atomic_write_bytes(out, save(state, metadata=meta))  # bytes in memory: no temp file to leave behind
+    # bytes in memory: no temp file to leave behind; the user's --out, so a link writes its target
+    atomic_write_bytes(out, save(state, metadata=meta), follow_links=True)
     return out, meta
 
 

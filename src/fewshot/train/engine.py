@@ -599,15 +599,17 @@ class Engine:
         redone and logged again), a line cut short by a kill is dropped, and the row of the epoch the checkpoint
         ends is added when the kill came between the checkpoint and the log write. ``reopened``: the resumed
         checkpoint lies inside an epoch that was logged as a partial one (a budget stop): that row goes too."""
+        from fewshot.utils import loads_run_json
+
         partial = self.epoch + 1 if reopened else None
         path = self.run_dir / "log.jsonl"
         lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
         keep, steps = [], set()
         for line in lines:
             try:
-                row = json.loads(line)
+                row = loads_run_json(line)
                 step = int(row.get("step", 0)) if isinstance(row, dict) else None
-            except (ValueError, TypeError, OverflowError):  # a torn line, or a row whose step is not a number
+            except (ValueError, TypeError, OverflowError):  # a torn or too deeply nested line, or a step not a number
                 continue
             if step is not None and step <= self.global_step and row.get("epoch") != partial:
                 keep.append(line)
