@@ -847,7 +847,8 @@ def _run_stages_finished(out: Path) -> bool:
     try:
         stages = json.loads(Path(out, "run_state.json").read_text()).get("stages", {})
         return any(isinstance(st, dict) and st.get("status") in ("trained", "done") for st in stages.values())
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # RecursionError: nested too deeply to be read
+        # caught here, not by utils.loads_run_json: a Ctrl-C handler may run before fewshot.utils (and torch) is loaded
         return False
 
 

@@ -33,8 +33,8 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_
                                 pretrain_closing_seconds, pretrain_least_seconds, report_seconds, round1_leaves,
                                 stop_timing_when, time_holds, too_short_budget_error, trained_speeds)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
-from fewshot.utils import (atomic_write_text, derive_seed, missing_parents, refuse_links_in_run_dir, resolve_device,
-                           resolved, seed_everything, write_json)
+from fewshot.utils import (atomic_write_text, derive_seed, loads_run_json, missing_parents, refuse_links_in_run_dir,
+                           resolve_device, resolved, seed_everything, write_json)
 
 
 def pseudo_label_line(per_dataset: dict, unknown: int) -> str:
@@ -541,7 +541,7 @@ def recorded_pseudo_labels(record: Path) -> dict | None:
     of it, inside the budget. The images stay on disk (``images``: the kept files' entries, not tensors; the
     round is reused, not trained). None when the record cannot be read: the pool is labelled again."""
     try:
-        saved = json.loads(record.read_text())
+        saved = loads_run_json(record.read_text())
         kept = list(saved["images"])
     except (OSError, ValueError, TypeError, KeyError):
         return None
@@ -563,7 +563,7 @@ def pool_share_in_time(task, images: torch.Tensor, seconds: float, record: Path,
     n = None
     if record.is_file():  # a record without the count: a version that labelled the whole pool wrote it (review)
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-            saved = json.loads(record.read_text())
+            saved = loads_run_json(record.read_text())
             then, key = saved.get("pool_size"), saved.get("pool_key")
             if then not in (None, n_pool) or (pool_key is not None and key not in (None, pool_key)):
                 sizes = f"{int(then):,} images then, {n_pool:,} now" if then is not None else f"{n_pool:,} images now"
@@ -612,7 +612,7 @@ def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> i
     record, decoded = subsets_record(paths, size, cache_dir, d["crop_pct"], seed, bits), []
     if record is not None:
         with contextlib.suppress(OSError, ValueError, TypeError):
-            decoded = sorted({int(m) for m in json.loads(record.read_text())}, reverse=True)  # no record: none
+            decoded = sorted({int(m) for m in loads_run_json(record.read_text())}, reverse=True)  # no record: none
     for m in (m for m in decoded if limit / 2 <= m < len(paths)):
         if is_cached([paths[i] for i in pool_subset(len(paths), m, seed).tolist()], size, cache_dir, d["crop_pct"],
                      bits):
@@ -1849,7 +1849,7 @@ def holds_finished_run(folder: Path, data: dict | None = None) -> bool:
 
     if data is None:
         try:
-            data = json.loads((folder / STATE_FILE).read_text())
+            data = loads_run_json((folder / STATE_FILE).read_text())
         except (OSError, ValueError):
             return False
     return isinstance(data, dict) and data.get("finished") is True and (folder / "summary.json").is_file()

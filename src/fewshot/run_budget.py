@@ -20,6 +20,7 @@ import time
 import torch
 
 from fewshot.errors import UserError, one_line
+from fewshot.utils import loads_run_json
 
 
 def _sync(device: torch.device) -> None:
@@ -103,7 +104,7 @@ def trained_speeds(log_path, passes: int = 1) -> tuple[float | None, float | Non
     with contextlib.suppress(OSError, ValueError):
         for line in open(log_path, encoding="utf-8", errors="replace"):
             with contextlib.suppress(ValueError):
-                row = json.loads(line)
+                row = loads_run_json(line)
                 if isinstance(row, dict):
                     rows.append(row)
     epochs, before = [], 0  # (steps, seconds) of each epoch's row

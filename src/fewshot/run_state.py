@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fewshot.config import DEFAULTS, canonical_value, flatten_dotted, setting_changed
 from fewshot.errors import UserError, one_line
-from fewshot.utils import write_json
+from fewshot.utils import loads_run_json, write_json
 
 STATE_FILE = "run_state.json"
 
@@ -92,7 +92,7 @@ def recorded_setting(out: Path, dotted: str):
     """One setting (dotted) of the run in ``out`` as its run_state.json recorded it; None where there is no run, the
     file cannot be read or lacks the field (RunState.resume then says what is wrong)."""
     try:
-        data = json.loads((Path(out) / STATE_FILE).read_text())
+        data = loads_run_json((Path(out) / STATE_FILE).read_text())
         return flatten_dotted(data["config"]).get(dotted)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -264,7 +264,7 @@ class RunState:
                             f"one without --resume (a `fewshot train`/`pretrain` run directory resumes with "
                             f"those commands).")
         try:
-            data = json.loads(path.read_text())
+            data = loads_run_json(path.read_text())
             saved_cfg, saved_budget = data["config"], float(data["budget_minutes"])
             data["stages"], data["seconds"]  # noqa: B018 (the fields a resume reads)
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -282,14 +282,25 @@ def atomic_write_text(path: Path, text: str, follow_links: bool = False) -> None
     atomic_write_bytes(path, text.encode("utf-8"), follow_links)
 
 
+RUN_JSON_DEPTH = 64  # fewshot's own JSON files (run folders, caches) nest a few levels
+
+
 def loads_run_json(text: str):
-    """json.loads for a file of a run folder, which may come from anywhere: JSON nested deeper than Python's stack
-    (`[[[...]]]`, 200,000 deep) raised RecursionError, and compare, report and train --resume ended in an internal
-    error; it is a ValueError here, as any other text that is not JSON fewshot wrote."""
+    """json.loads for a file of a run folder, data root or cache, which may come from anywhere: JSON nested deeper
+    than Python's stack (`[[[...]]]`, 200,000 deep) raised RecursionError, and compare, report and train --resume
+    ended in an internal error; it is a ValueError here, as any other text that is not JSON fewshot wrote. So is
+    JSON that parses but nests more than RUN_JSON_DEPTH deep (990 levels): the caller's own recursion over it
+    (flatten_dotted, ==) overflowed instead."""
+    from fewshot.config import _deeper_than
+
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except RecursionError:
         raise ValueError("nested too deeply to be read") from None
+    # no file nests deeper than it has brackets: most are judged by a count, without walking them
+    if text.count("[") + text.count("{") > RUN_JSON_DEPTH and _deeper_than(data, RUN_JSON_DEPTH, len(text)):
+        raise ValueError("nested too deeply to be read")
+    return data
 
 
 def write_json(path: Path, obj, follow_links: bool = False) -> None:

@@ -32,7 +32,7 @@ from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 from fewshot.data.layout import broken_link
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.progress import track
-from fewshot.utils import new_file_mode, atomic_write_text
+from fewshot.utils import new_file_mode, atomic_write_text, loads_run_json
 
 CACHE_VERSION = 4  # 2: EXIF orientation applied; 3: float images in [0, 1] no longer black; 4: dark transparent
 #                    images laid on white
@@ -284,7 +284,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
         data_file, meta_file = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
         if data_file.is_file() and meta_file.is_file():
             try:
-                meta = json.loads(meta_file.read_text())
+                meta = loads_run_json(meta_file.read_text())
                 arr = np.memmap(data_file, dtype=np.uint8, mode="c", shape=(n, 3, size, size))
                 bad = [tuple(b) for b in meta["bad"]]
                 if not all(len(b) == 2 and all(isinstance(x, str) for x in b) for b in bad):
@@ -388,7 +388,7 @@ def _kept_digests(meta: dict, arr: np.ndarray, bad: list, paths: list[Path], met
         with contextlib.suppress(OSError, UserError, ValueError):
             # another process may have rewritten the entry since it was read (its own digests, a rebuild): only
             # the meta file as read is extended, never one written meanwhile
-            if json.loads(meta_file.read_text()) == meta:
+            if loads_run_json(meta_file.read_text()) == meta:
                 atomic_write_text(meta_file, json.dumps({**meta, "digests": kept}))
     return kept
 
@@ -448,7 +448,7 @@ def add_to_subsets_record(record: Path, size: int) -> None:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         sizes: set[int] = set()
         with contextlib.suppress(OSError, ValueError, TypeError):
-            sizes = {int(m) for m in json.loads(record.read_text())}
+            sizes = {int(m) for m in loads_run_json(record.read_text())}
         atomic_write_text(record, json.dumps(sorted({size, *sizes})))
 
 

@@ -15,7 +15,7 @@ from fewshot.errors import CheckpointError, UserError
 from fewshot.models.weights import check_export_state
 from fewshot.run_lock import being_written
 from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_checkpoint
-from fewshot.utils import atomic_write_bytes
+from fewshot.utils import atomic_write_bytes, loads_run_json
 
 PREFIX = "encoder_q.backbone."
 
@@ -38,12 +38,10 @@ def note_best_knn_epoch(run: Path, ck: dict) -> None:
     `report` show the epoch of the best kNN accuracy: say so where they differ (a long-run hunt read 80 % in
     metrics.json and exported weights of 60 %). A metrics.json of last.pt (`fewshot run`'s pretrain stage) scores
     the weights exported: nothing to say."""
-    import json
-
     from fewshot.train.checkpoint import logged_epoch
 
     try:
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = loads_run_json((run / "metrics.json").read_text())
     except (OSError, ValueError):  # a run still training has no metrics.json yet
         return
     if not isinstance(metrics, dict) or metrics.get("checkpoint") == "last.pt":

@@ -89,10 +89,10 @@ def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
     why = "it looks like a `fewshot run` folder that did not finish (no summary.json)"
     if p.is_dir() and not (p / "checkpoints").is_dir() and (p / "summary.json").is_file():
         # a `fewshot run` folder: the stage that wrote its pred_all.json (summary.json: predicted_with)
-        import json
+        from fewshot.utils import loads_run_json
 
         try:
-            stage = json.loads((p / "summary.json").read_text()).get("predicted_with")
+            stage = loads_run_json((p / "summary.json").read_text()).get("predicted_with")
         except (OSError, ValueError, AttributeError):
             stage = None
         # a stage is a folder of this run: a name, never a path that leads elsewhere (summary.json is user input)
