@@ -4,11 +4,13 @@ or a silent cast."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from fewshot.errors import CheckpointError
 from fewshot.models.backbone import create_backbone
@@ -42,34 +44,154 @@ def _altered(run, path, change):
 
 
 def _nan(state):
+    """Every float tensor NaN; the first backbone one (which each message names first) is returned."""
     for v in state.values():
         if v.is_floating_point():
             v.fill_(float("nan"))
+    return next(k for k, v in state.items() if k.startswith("backbone.") and v.is_floating_point())
 
 
 def _int_conv(state):
     k = next(k for k, v in state.items() if v.ndim == 4)
     state[k] = state[k].to(torch.int64)
+    return k
 
 
 def _complex_conv(state):
     k = next(k for k, v in state.items() if v.ndim == 4)
     state[k] = state[k].to(torch.complex64)
+    return k
 
 
-@pytest.mark.parametrize("change, words", [(_nan, "NaN or infinite"), (_int_conv, "file dtype int64 vs model"),
-                                           (_complex_conv, "file dtype complex64 vs model")])
+@pytest.mark.parametrize("change, words", [(_nan, ["NaN or infinite"]), (_int_conv, ["int64", "float32"]),
+                                           (_complex_conv, ["complex64"])])
 @pytest.mark.parametrize("command", ["predict", "eval", "export"])
 def test_bad_values_in_a_checkpoint_are_refused(run, root, tmp_path, change, words, command):
-    path = _altered(run, tmp_path / "bad.pt", change)
+    named = []
+    path = _altered(run, tmp_path / "bad.pt", lambda state: named.append(change(state)))
     out = tmp_path / ("o.safetensors" if command == "export" else "o.json")
     argv = {"predict": ["predict", path, "--data", root, "--out", out, "--device", "cpu"],
             "eval": ["eval", path, "--data", root, "--device", "cpu"],
             "export": ["export", path, "--out", out]}[command]
     rc, _, err = run_main(*argv)
-    assert rc == 2 and str(path) in err and words.split()[0] in err, err
-    assert ("NaN or infinite" in err) if change is _nan else ("dtype" in err and words.split()[2] in err)
+    tensor = named[0].removeprefix("backbone.")  # export names the backbone's key, eval/predict the model's
+    assert rc == 2 and str(path) in err and tensor in err, err
+    assert all(w in err for w in words), err  # the problem: NaN, or the file's dtype against the model's
+    assert "dtype" in err or change is _nan, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_checkpoint_cast_whole_to_half_is_evaluated_and_exported(run, root, tmp_path, dtype):
+    """{k: v.half()} makes the BatchNorm step counters floats too (past 65504 steps, inf in fp16): eval and export
+    refused the file as "file dtype float16 vs model int64", though the load turns counters back into ints."""
+    ck = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    for field in ("model", "ema"):
+        if ck.get(field) is not None:
+            counters = [k for k in ck[field] if k.endswith("num_batches_tracked")]
+            assert counters
+            ck[field][counters[0]].fill_(100000)  # a long run's count: inf in fp16
+            ck[field] = {k: v.to(dtype) for k, v in ck[field].items()}
+    path = tmp_path / "half.pt"
+    torch.save(ck, path)
+    rc, _, err = run_main("eval", path, "--data", root, "--device", "cpu")
+    assert rc == 0, err
+    out = tmp_path / "bb.safetensors"
+    rc, _, err = run_main("export", path, "--out", out)
+    assert rc == 0, err
+    model = create_backbone("test_resnet", img_size=16)
+    counts = load_backbone_weights(model, out)  # what the export's message promised train --weights does
+    assert counts["loaded"] == counts["total"]
+    assert all(not v.is_floating_point() for k, v in model.state_dict().items() if k.endswith("num_batches_tracked"))
+
+
+class _Clipped(nn.Module):
+    """Like timm's Gemma4ClippableLinear: bounds that start at -inf/+inf on purpose (no clipping until set)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.register_buffer("input_min", torch.tensor(-math.inf))
+        self.register_buffer("input_max", torch.full((2,), math.inf))
+
+    def forward(self, x):
+        return self.linear(x.clamp(self.input_min, self.input_max[0]))
+
+
+@pytest.mark.parametrize("change, refused", [
+    (lambda s: None, None),                                                # the model's own infinities: healthy
+    (lambda s: s["input_max"].__setitem__(0, 5.0), None),                  # a bound that was set: finite
+    (lambda s: s["linear.weight"].__setitem__((0, 0), math.inf), "linear.weight"),  # inf where the model is finite
+    (lambda s: s["input_min"].fill_(math.inf), "input_min"),               # +inf where the model starts at -inf
+    (lambda s: s["input_max"].__setitem__(1, math.nan), "input_max"),      # NaN is refused anywhere
+])
+def test_infinities_the_model_starts_with_are_kept(tmp_path, monkeypatch, change, refused):
+    import fewshot.models.backbone as backbone
+    from fewshot.models.weights import check_export_state, check_state_fits, state_value_problem
+
+    state = {k: v.clone() for k, v in _Clipped().state_dict().items()}
+    change(state)
+    path = tmp_path / "clipped.safetensors"
+    save_file(state, str(path))
+    model = _Clipped()
+    monkeypatch.setattr(backbone, "create_backbone", lambda *a, **k: _Clipped())  # what export builds the model of
+    ck = {"model_name": "clipped", "config": {"model": {"name": "clipped"}}}
+    checks = [lambda: load_backbone_weights(model, path), lambda: check_state_fits(state, model.state_dict(), path,
+              "model"), lambda: check_export_state(state, ck, path)]
+    for check in checks:
+        if refused is None:
+            check()
+        else:
+            with pytest.raises(CheckpointError, match=refused) as exc:
+                check()
+            assert "NaN or infinite" in str(exc.value)
+    if refused is None:
+        assert torch.equal(model.input_max, state["input_max"]) and state_value_problem(state) is None
+
+
+def test_the_meta_pass_compares_no_values_and_the_load_tests_each_once(root, tmp_path, monkeypatch):
+    """probe checked every tensor for NaN/inf against the meta-device model, then again in the real load."""
+    from fewshot.models import weights
+    from fewshot.models.weights import fit_problems
+
+    state = {k: v.clone() for k, v in create_backbone("test_resnet", img_size=16).state_dict().items()}
+    k = next(k for k, v in state.items() if v.ndim == 4)
+    state[k].fill_(math.nan)
+    with torch.device("meta"):
+        own = create_backbone("test_resnet", img_size=16).state_dict()
+    assert fit_problems(state, own) == ([], [])  # keys, shapes and dtypes fit: values are for the real load
+    path = tmp_path / "bb.safetensors"
+    _backbone_file(path, metadata={"model": "test_resnet", "img_size": "16"})
+    tested = []
+    real = weights._bad_values
+    monkeypatch.setattr(weights, "_bad_values", lambda v, mine: tested.append(mine.is_meta) or real(v, mine))
+    rc, _, err = run_main("probe", "--weights", path, "--model", "test_resnet", "--img-size", "16", "--data", root,
+                          "--device", "cpu", "--epochs", "2", "--out", tmp_path / "probe")
+    floats = sum(v.is_floating_point() for v in own.values())
+    assert rc == 0 and tested == [False] * floats, err
+
+
+def test_probe_falls_back_to_the_real_build_where_the_meta_device_cannot_build(root, tmp_path, monkeypatch):
+    import fewshot.eval.probe as probe
+
+    path = tmp_path / "bb.safetensors"
+    _backbone_file(path, metadata={"model": "test_resnet", "img_size": "16"})
+    real = probe.create_backbone
+
+    def no_meta(*args, **kwargs):
+        if torch.empty(()).device.type == "meta":
+            raise NotImplementedError("an init step the meta device cannot run")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probe, "create_backbone", no_meta)
+    rc, _, err = run_main("probe", "--weights", path, "--model", "test_resnet", "--img-size", "16", "--data", root,
+                          "--device", "cpu", "--epochs", "2", "--out", tmp_path / "probe")
+    assert rc == 0, err
+    bad = tmp_path / "other.safetensors"  # the real load still compares the file with the model
+    save_file({"w": torch.zeros(2)}, str(bad))
+    rc, _, err = run_main("probe", "--weights", bad, "--model", "test_resnet", "--img-size", "16", "--data", root,
+                          "--device", "cpu", "--epochs", "2", "--out", tmp_path / "probe2")
+    assert rc == 2 and str(bad) in err, err
 
 
 def test_a_refused_best_pt_offers_last_pt_only_when_it_is_usable(run, root, tmp_path):
@@ -138,9 +260,12 @@ def test_a_corrupt_safetensors_without_model_is_called_corrupt(root, tmp_path):
 def test_a_huge_fine_tuning_batch_is_blamed_not_the_queue(root, tmp_path):
     rc, _, err = run_main("train", "--data", root, "--out", tmp_path / "o", "train.batch_size=100000000000")
     assert rc == 2 and "train.batch_size 100000000000" in err and "smaller queue" not in err, err
+    assert "MoCo's scores alone" not in err and "activations and logits of one batch" in err, err  # no MoCo here
 
 
-@pytest.mark.parametrize("name, told", [("...", True), (".hidden_class", True), (".ipynb_checkpoints", False)])
+@pytest.mark.parametrize("name, told", [("...", True), (".hidden_class", True), (".ipynb_checkpoints", False),
+                                        (".AppleDouble", False), (".@__thumb", False), (".cache", False),
+                                        (".Trash-1000", False), (".Trash-x", False)])
 def test_a_dot_class_folder_with_images_is_named_not_dropped_silently(digits_root, tmp_path, capsys, name, told):
     import shutil
 

@@ -1191,9 +1191,14 @@ def check_moco_memory(cfg: dict) -> None:
         batch_field = "train.batch_size" if field == "moco.queue_size" else "run.pretrain_batch_size"
         if moco_bytes(size, moco["dim"], min(batch, 256), hidden) <= total:  # the batch, not the queue: fine-tuning
             # (`train train.batch_size=100000000000`, no MoCo queue at all) was told to shrink moco.queue_size
+            # the figure is MoCo's (its scores against the queue); fine-tuning has no queue, yet its images, logits
+            # and activations grow with the batch as well, and a batch this size fits neither
+            used = (f"with {field} {size}, MoCo pretraining's scores alone would need about {_gib(need)}"
+                    if batch_field == "run.pretrain_batch_size" else
+                    f"the images, activations and logits of one batch all grow with it; in MoCo pretraining, with "
+                    f"{field} {size}, its scores alone would need about {_gib(need)}")
             raise FieldError(batch_field, f"{batch_field} {batch} is too large: a batch of {batch} images cannot "
-                                          f"fit in {where} (with {field} {size}, MoCo's scores alone would need "
-                                          f"about {_gib(need)}). Give a batch size of a few hundred at most.")
+                                          f"fit in {where} ({used}). Give a batch size of a few hundred at most.")
         if moco_bytes(size, DEFAULTS["moco"]["dim"], batch, hidden) <= total:  # the queue is fine, the width is not
             raise FieldError("moco.dim", f"moco.dim {moco['dim']} (with {field} {size}) needs about {_gib(need)} "
                                          f"for MoCo's queue of negative keys and its projection, more than {where}. "

@@ -900,14 +900,17 @@ def numbered_classes_note(dataset: str, classes: tuple[str, ...]) -> str | None:
             f"and integer answer keys use these indices; zero-padded names (00, 01, ..., 10) make both orders agree.")
 
 
-# dot-folders tools keep inside folders of images (Jupyter, thumbnailers, version control): passed over in silence
-TOOL_DOT_FOLDERS = frozenset({".ipynb_checkpoints", ".thumbnails", ".git", ".svn", ".hg", ".Trashes", ".Trash"})
+# dot-folders tools keep inside folders of images (Jupyter, thumbnailers, version control, macOS resource forks
+# whose files carry the images' names, QNAP thumbnails, caches, trash): passed over in silence
+TOOL_DOT_FOLDERS = frozenset({".ipynb_checkpoints", ".thumbnails", ".git", ".svn", ".hg", ".Trashes", ".Trash",
+                              ".AppleDouble", ".@__thumb", ".cache"})
+TOOL_DOT_PREFIXES = (".Trash-",)  # a removable drive's per-user trash: .Trash-1000
 
 
 def _note_hidden_class(entry: Path, found) -> None:
     """A dot-folder holding images in train/ or val/ is passed over (SPEC: hidden entries are not read), but
     `...` or `.hidden_class` may be a class of the user's: 10 class folders trained as 9 without a word."""
-    if found.name in TOOL_DOT_FOLDERS or not _is_dir_entry(found):
+    if found.name in TOOL_DOT_FOLDERS or found.name.startswith(TOOL_DOT_PREFIXES) or not _is_dir_entry(found):
         return
     try:
         with os.scandir(entry) as it:

@@ -395,11 +395,41 @@ def _finite_as(v: torch.Tensor, dtype: torch.dtype) -> bool | None:
         return None
 
 
+def _converts(v: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether torch can convert ``v``'s dtype to ``dtype``, tried on one element (packed float4 cannot): the
+    meta-device pass reads no values."""
+    try:
+        (v[(0,) * v.dim()] if v.numel() else v).to(dtype)
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
+def _bad_values(v: torch.Tensor, mine: torch.Tensor) -> bool:
+    """Whether ``v``, once in the model's dtype, holds NaN, or an infinity where the model's own value (``mine``,
+    same shape) is not that infinity: timm's gemma4 clipping buffers start at -inf/+inf on purpose, and a file
+    that keeps them is healthy. Only for a model with values (not on the meta device)."""
+    x = v.to(mine.dtype)
+    if bool(torch.isfinite(x).all()):
+        return False
+    if bool(torch.isnan(x).any()):
+        return True
+    return bool((torch.isinf(x) & (x != mine.detach().to(x.device))).any())
+
+
+def _float_counter(key: str, v: torch.Tensor, mine: torch.Tensor) -> bool:
+    """A BatchNorm step counter that is a float in the file where the model's is an integer: a checkpoint cast whole
+    to fp16 ({k: v.half()}). load_backbone_weights rounds it back (or keeps the model's, past fp16's range) and
+    load_state_dict casts it: a step count, no weight, so no reason to refuse the file."""
+    return _counter(key) and v.is_floating_point() and not mine.is_floating_point() and not mine.is_complex()
+
+
 def fit_problems(state: dict, own: dict) -> tuple[list[str], list[str]]:
     """The tensors of ``state`` that cannot go into a model whose state dict is ``own`` (real or on the meta
     device), in file order: (shape or dtype mismatches, names of tensors holding NaN/inf). One check for every
     reader of weights (train --weights, probe, eval/predict, export): load_state_dict casts int and complex tensors
-    to float silently, and a NaN backbone predicted class 0 for every image with exit 0."""
+    to float silently, and a NaN backbone predicted class 0 for every image with exit 0. Against a model on the
+    meta device only keys, shapes and dtypes are compared: values are tested once, in the real load."""
     mismatched, broken = [], []
     for k, v in state.items():
         mine = own.get(k)
@@ -407,14 +437,15 @@ def fit_problems(state: dict, own: dict) -> tuple[list[str], list[str]]:
             continue
         if mine.shape != v.shape:
             mismatched.append(f"{k}: file {tuple(v.shape)} vs model {tuple(mine.shape)}")
+        elif _float_counter(k, v, mine):
+            continue
         elif v.is_floating_point() != mine.is_floating_point() or v.is_complex():  # float16/bfloat16/float8 load fine
             mismatched.append(f"{k}: file dtype {_dtype_name(v.dtype)} vs model {_dtype_name(mine.dtype)}")
         elif v.is_floating_point():
-            finite = _finite_as(v, mine.dtype)
-            if finite is None:
+            if not _converts(v, mine.dtype):
                 mismatched.append(f"{k}: file dtype {_dtype_name(v.dtype)} cannot be converted to the model's "
                                   f"{_dtype_name(mine.dtype)}")
-            elif not finite:
+            elif not mine.is_meta and _bad_values(v, mine):
                 broken.append(k)
     return mismatched, broken
 
@@ -493,8 +524,11 @@ def check_before_build(build, path: str | Path, strict: bool = True) -> None:
     dtypes, no memory): a 1.5 MB file whose metadata names vit_giant_patch14_dinov2 had probe allocate that model
     (GBs) before any key was compared."""
     path = check_weights_path(path)
-    with torch.device("meta"):
-        skeleton = build()
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except Exception:  # noqa: BLE001 - an init step the meta device cannot run: the caller's real build and load
+        return         # check the file instead (as takes_img_size keeps its guess)
     load_backbone_weights(skeleton, path, strict=strict, quiet=True, load=False)
 
 
@@ -515,38 +549,53 @@ def check_state_fits(state: dict, own: dict, path, what: str) -> None:
 
 def state_value_problem(state: dict) -> str | None:
     """Without a model to compare with: the first tensor of ``state`` that no weight can be (complex, bool, a
-    float type torch cannot convert, NaN/inf), or None; integer tensors pass (step counters, index buffers)."""
+    float type torch cannot convert, NaN), or None; integer tensors pass (step counters, index buffers). An
+    infinity is no sign of damage here: a model may start a buffer at inf (timm's gemma4 clipping bounds), and
+    only its own values tell (fit_problems); a float step counter past fp16's range is inf, and only counts."""
     for k, v in state.items():
         if v.is_complex() or v.dtype == torch.bool:
             return f"{k} has dtype {_dtype_name(v.dtype)}"
         if v.is_floating_point():
-            finite = _finite_as(v, torch.float32)
-            if finite is None:
+            if not _converts(v, torch.float32):
                 return f"{k} has dtype {_dtype_name(v.dtype)}, which cannot be converted to float32"
-            if not finite:
+            if not _counter(k) and bool(torch.isnan(v.to(torch.float32)).any()):
                 return f"{k} holds NaN or infinite values"
     return None
+
+
+def _infinite_keys(state: dict) -> list[str]:
+    """The floating tensors of ``state`` holding an infinity (step counters left out: see state_value_problem)."""
+    return [k for k, v in state.items()
+            if v.is_floating_point() and not _counter(k) and _finite_as(v, torch.float32) is False]
 
 
 def check_export_state(state: dict, ck: dict, path) -> None:
     """Before `fewshot export` writes a checkpoint's backbone: the values `train --weights` refuses (export wrote a
     NaN or int backbone, and its message suggested train --weights, which then refused the file). Integer tensors
-    are compared with the model's, built on the meta device (no memory), when its config names one."""
+    are compared with the model's, built on the meta device (no memory), when its config names one; a float step
+    counter (a checkpoint cast whole to fp16) loads as one. Infinities, which a model may hold on purpose, are
+    compared with the values of the model built for real, only when the file has any."""
     problem = state_value_problem(state)
     if problem is None:
         own = _skeleton_state(ck)
         problem = next((f"{k} has dtype {_dtype_name(v.dtype)} where the model has {_dtype_name(own[k].dtype)}"
-                        for k, v in state.items() if k in own and v.is_floating_point() != own[k].is_floating_point()),
-                       None)
+                        for k, v in state.items() if k in own and not _float_counter(k, v, own[k])
+                        and v.is_floating_point() != own[k].is_floating_point()), None)
+    infinite = _infinite_keys(state) if problem is None else []
+    if infinite:
+        own = _skeleton_state(ck, meta=False)
+        broken = ([k for k in infinite if k in own and own[k].shape == state[k].shape
+                   and _bad_values(state[k], own[k])] if own else infinite)
+        problem = f"{broken[0]} holds NaN or infinite values" if broken else None
     if problem:
         raise CheckpointError(f"{path} cannot be exported: its backbone tensor {problem}; `fewshot train --weights` "
                               f"would refuse the file. The run diverged or the file was altered: export another "
                               f"checkpoint of the run.")
 
 
-def _skeleton_state(ck: dict) -> dict:
-    """The state dict (meta tensors) of the backbone a checkpoint's config describes, {} when it names none that
-    can be built."""
+def _skeleton_state(ck: dict, meta: bool = True) -> dict:
+    """The state dict (meta tensors, or with ``meta=False`` the values a fresh model starts with) of the backbone a
+    checkpoint's config describes, {} when it names none that can be built."""
     from fewshot.errors import UserError
     from fewshot.models.backbone import backbone_options, create_backbone
 
@@ -555,7 +604,7 @@ def _skeleton_state(ck: dict) -> dict:
     if not isinstance(name, str) or not isinstance(model, dict):
         return {}
     try:
-        with torch.device("meta"):
+        with torch.device("meta" if meta else "cpu"):
             return create_backbone(name, **backbone_options(model)).state_dict()
     except (UserError, TypeError, ValueError, RuntimeError, KeyError, AttributeError):
         return {}
