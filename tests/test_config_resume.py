@@ -122,3 +122,28 @@ def test_a_config_file_that_holds_no_mapping_is_refused(tmp_path, capsys, text):
     assert f"config file {config} must hold a mapping of sections (model:, optim:, ...), but it holds {held}." in err, \
         err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("deleted", [True, False])
+def test_the_engine_says_a_deleted_config_beside_last_pt_is_missing(tmp_path, deleted):
+    """The engine's check of last.pt's settings (a resume not through merge_resume_config) said a deleted
+    config.yaml was "edited since last.pt was written" to change model.name, naming a file that does not exist."""
+    from types import SimpleNamespace
+
+    from fewshot.train.engine import Engine
+    from test_resume_weights_model import recorded_checkpoint
+
+    out = tmp_path / "run"
+    recorded = resolve(overrides=["model.name=test_resnet", "train.device=cpu"])
+    recorded_checkpoint(out / "checkpoints" / "last.pt", recorded)
+    if not deleted:
+        save_yaml(recorded, out / "config.yaml")
+    engine = SimpleNamespace(run_dir=out, ckpt_dir=out / "checkpoints", cfg=resolve(overrides=["train.device=cpu"]))
+    with pytest.raises(UserError) as refused:
+        Engine._check_same_config(engine, {"config": recorded})
+    said = str(refused.value)
+    if deleted:
+        assert f"--resume cannot continue {out}: its config.yaml is missing" in said, said
+        assert "edited since" not in said and "records them (its `config`)" in said, said
+    else:
+        assert "its config.yaml (edited since" in said and "changes model.name ('test_resnet' in the run" in said, said

@@ -6,6 +6,7 @@ settings are lost."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -19,6 +20,7 @@ import fewshot.ssl.pretrain
 import fewshot.train.finetune
 from fewshot.cli import main
 from fewshot.config import CHOSEN, resolve, save_yaml
+from fewshot.errors import shell_quoted
 
 RUNNERS = {"train": (fewshot.train.finetune, "run_finetune"), "pretrain": (fewshot.ssl.pretrain, "run_pretrain")}
 
@@ -114,9 +116,9 @@ def test_a_resume_whose_config_beside_its_checkpoint_is_no_runs_says_its_setting
     assert main(["train", "--data", str(digits_root), "--out", str(out), "--model", "test_resnet", "--resume"]) == 2
     err = capsys.readouterr().err
     what = what.replace("{file}", str(out / "config.yaml"))
-    assert f"--resume cannot continue '{out}': its config.yaml {what}, so the settings the run was configured " \
-           f"with, which a resume keeps, are gone from it. Put the run's config.yaml back (from a copy or a backup) " \
-           f"and resume again, or start a new run with another --out (`fewshot train --weights " \
+    assert f"--resume cannot continue {shlex.quote(str(out))}: its config.yaml {what}, so the settings the run " \
+           f"was configured with, which a resume keeps, are gone from it. Put the run's config.yaml back (from a " \
+           f"copy or a backup) and resume again, or start a new run with another --out (`fewshot train --weights " \
            f"{out / 'checkpoints' / 'last.pt'}` starts from its weights)." in err, err
     assert "changes model.name" not in err and "records them" not in err and started[1] == [], err
     assert (out / "config.yaml").read_text() == text
@@ -137,27 +139,45 @@ def pasted(said: str, before: str, after: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("text", ["", "false\n"])
+NAMES = ["P q", os.fsdecode(b"o\xff"), "-d", "$(touch X)"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("text", ["", "false\n", None])
 def test_a_pretrain_resume_with_lost_settings_gives_them_back_from_last_pt(digits_root, tmp_path, started, text,
-                                                                          capsys):
+                                                                          name, capsys, monkeypatch):
     """`pretrain --out "P q" --resume` with its config.yaml emptied printed `--weights P q/checkpoints/last.pt`
     (two words pasted), named no command, and said only to put the file back from a copy. last.pt records the
-    settings: the message's line, pasted, writes them back, and the same resume then goes on with them."""
-    out = tmp_path / "P q"
+    settings: the message's line, pasted, writes them back, and the same resume then goes on with them. A deleted
+    config.yaml was "edited since last.pt" to change model.name; a folder named by bytes that are not UTF-8 got
+    no line (its last.pt could not be mapped); `--out ./-d` was offered as `--weights -d/...`, an option."""
+    monkeypatch.chdir(tmp_path)
+    out = Path(f"./{name}")  # typed relative, as `--out ./-d`: the messages give it back as Path prints it
     recorded = resolve(flags={"data.root": str(digits_root), "model.name": "test_resnet2", "train.device": "cpu"})
     recorded.update({"_task": "moco", CHOSEN: {}})
     recorded_checkpoint(out / "checkpoints" / "last.pt", recorded)
-    (out / "config.yaml").write_text(text)
-    command = ["pretrain", "--data", str(digits_root), "--out", str(out), "--resume"]
+    if text is not None:
+        (out / "config.yaml").write_text(text)
+    command = ["pretrain", "--data", str(digits_root), "--out", f"./{name}", "--resume"]
     assert main(command) == 2
     err = capsys.readouterr().err
-    last = shlex.quote(str(out / "checkpoints" / "last.pt"))
+    what = "is missing" if text is None else "is empty" if not text else "is not a config fewshot can read"
+    assert f"--resume cannot continue {shell_quoted(out)}: its config.yaml {what}" in err, err
+    last = shell_quoted(out / "checkpoints" / "last.pt")
     assert f"{last} records them (its `config`): `" in err, err
+    weights = f"./{last}" if name.startswith("-") else last
     assert f"` writes them back into config.yaml; then resume again, or start a new run with another --out " \
-           f"(`fewshot pretrain --weights {last}` starts from its weights)." in err, err
+           f"(`fewshot pretrain --weights {weights}` starts from its weights)." in err, err
+    assert "changes model.name" not in err and "from a copy or a backup" not in err, err
+    offered = err.split("(`fewshot pretrain ", 1)[1].split("` starts from", 1)[0]
+    parsed = subprocess.run(["bash", "-c", f'printf "%s\\0" {offered}'], capture_output=True, check=True).stdout
+    flag, path = parsed.split(b"\0")[:2]  # the words bash gives the command: a path, not an option
+    assert flag == b"--weights" and not path.startswith(b"-") and Path(os.fsdecode(path)) == out / "checkpoints" / \
+        "last.pt", parsed
     done = pasted(err, "records them (its `config`): `", "` writes them back")
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load((out / "config.yaml").read_text()) == recorded
+    assert not (tmp_path / "X").exists()
     assert main(command) == 0, capsys.readouterr().err
     (resumed, resume), = started[1]
     assert resume and resumed["model"]["name"] == "test_resnet2" and resumed["_task"] == "moco"
@@ -187,7 +207,8 @@ def test_a_real_resume_of_a_stopped_start_trains_afresh_and_an_emptied_config_is
     (out / "config.yaml").write_text("")
     assert main(command) == 2
     err = capsys.readouterr().err
-    assert f"--resume cannot continue '{out}': its config.yaml is empty" in err and "changes model.name" not in err, err
+    assert f"--resume cannot continue {shlex.quote(str(out))}: its config.yaml is empty" in err, err
+    assert "changes model.name" not in err, err
     done = pasted(err, "records them (its `config`): `", "` writes them back")
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load((out / "config.yaml").read_text()) == written

@@ -14,23 +14,26 @@ import yaml
 
 import fewshot.pipeline as pipeline
 from fewshot.config import CHOSEN, resolve
-from fewshot.errors import UserError
+from fewshot.errors import UserError, shell_quoted
 from helpers.checks import run_main
-from test_resume_weights_model import pasted, recorded_checkpoint
+from test_resume_weights_model import NAMES, pasted, recorded_checkpoint
 from test_run_resume import _cmd, sigterm_in_stage
 
 
 @pytest.mark.parametrize("text, what", [("", "is empty"), ("{}\n", "holds no settings (`{}`)"),
-                                        ("false\n", "is not a config fewshot can read (config file ")])
+                                        ("false\n", "is not a config fewshot can read (config file "),
+                                        (None, "is missing")])
 @pytest.mark.parametrize("read", ["stage_config", "adopt_stage_architecture"])
-def test_a_stage_whose_config_holds_no_settings_is_refused_as_lost(tmp_path, text, what, read):
-    run = tmp_path / "P q"
+@pytest.mark.parametrize("name", NAMES)
+def test_a_stage_whose_config_holds_no_settings_is_refused_as_lost(tmp_path, text, what, read, name):
+    run = tmp_path / name
     sdir = run / "finetune_labelled"
     recorded = resolve(overrides=["model.name=test_resnet2", "train.device=cpu"])
     recorded[CHOSEN] = {}
     recorded_checkpoint(sdir / "checkpoints" / "last.pt", recorded)
     (run / "run_state.json").write_text("{}")
-    (sdir / "config.yaml").write_text(text)
+    if text is not None:
+        (sdir / "config.yaml").write_text(text)
     cfg = resolve(overrides=["model.name=test_resnet", "train.device=cpu"])
     with pytest.raises(UserError) as refused:
         if read == "stage_config":
@@ -38,11 +41,11 @@ def test_a_stage_whose_config_holds_no_settings_is_refused_as_lost(tmp_path, tex
         else:
             pipeline.adopt_stage_architecture(cfg, sdir)
     said = str(refused.value)
-    assert f"--resume cannot continue '{sdir}': its config.yaml {what}" in said, said
-    last = shlex.quote(str(sdir / "checkpoints" / "last.pt"))
+    assert f"--resume cannot continue {shell_quoted(sdir)}: its config.yaml {what}" in said, said
+    last = shell_quoted(sdir / "checkpoints" / "last.pt")
     assert f"{last} records them (its `config`): `" in said, said
     assert f"or start a new run with another --out (`fewshot run` starts over; this stage belongs to the run in " \
-           f"{shlex.quote(str(run))})." in said, said
+           f"{shell_quoted(run)})." in said, said
     assert "changes model.name" not in said and "--weights" not in said, said
     done = pasted(said, "records them (its `config`): `", "` writes them back")
     assert done.returncode == 0, done.stderr
@@ -50,10 +53,13 @@ def test_a_stage_whose_config_holds_no_settings_is_refused_as_lost(tmp_path, tex
     assert pipeline.stage_config(sdir, cfg)["model"]["name"] == "test_resnet2"
 
 
-def test_a_stopped_run_whose_stage_config_was_emptied_is_refused_then_resumed(digits_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("lost, what", [("emptied", "is empty"), ("deleted", "is missing")])
+def test_a_stopped_run_whose_stage_config_was_emptied_is_refused_then_resumed(digits_root, tmp_path, monkeypatch,
+                                                                              lost, what):
     """A real `fewshot run` stopped in its fine-tuning stage, whose config.yaml was then emptied: its --resume was
     refused as changing model.name ('resnet18' in the run). Refused as lost settings, put back by the line the
-    message gives, the run resumes from the stage's last.pt."""
+    message gives, the run resumes from the stage's last.pt. A deleted one made the stage start over from random
+    init, silently, over its last.pt."""
     from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path / "run q"
@@ -64,9 +70,15 @@ def test_a_stopped_run_whose_stage_config_was_emptied_is_refused_then_resumed(di
     assert rc == 128 + signal.SIGTERM, err
     stage = out / "finetune"
     written = yaml.safe_load((stage / "config.yaml").read_text())
-    (stage / "config.yaml").write_text("")
+    last = (stage / "checkpoints" / "last.pt").read_bytes()
+    if lost == "emptied":
+        (stage / "config.yaml").write_text("")
+    else:
+        (stage / "config.yaml").unlink()
     rc, _, err = run_main(*cmd, "--resume")
-    assert rc == 2 and f"--resume cannot continue '{stage}': its config.yaml is empty" in err, err
+    assert rc == 2 and f"--resume cannot continue {shlex.quote(str(stage))}: its config.yaml {what}" in err, \
+        err
+    assert (stage / "checkpoints" / "last.pt").read_bytes() == last
     assert "changes model.name" not in err and "this stage belongs to the run in" in err, err
     assert json.loads((out / "run_state.json").read_text())["stages"]["finetune"]["status"] == "began"
     done = pasted(err, "records them (its `config`): `", "` writes them back")
@@ -74,3 +86,19 @@ def test_a_stopped_run_whose_stage_config_was_emptied_is_refused_then_resumed(di
     assert yaml.safe_load((stage / "config.yaml").read_text()) == written
     rc, stdout, err = run_main(*cmd, "--resume")
     assert rc == 0 and "finetune: continuing from" in stdout, err
+
+
+@pytest.mark.parametrize("pretrain", [True, False])
+def test_a_stopped_stage_without_its_config_replaces_the_weights(tmp_path, pretrain):
+    """A stopped stage (its last.pt) whose config.yaml was deleted resumes, to be refused as lost settings: it
+    was taken for one not begun, which read model.weights again and started over from it."""
+    from fewshot.run_state import RunState
+
+    name = "pretrain" if pretrain else "finetune_labelled"
+    (tmp_path / name / "checkpoints").mkdir(parents=True)
+    (tmp_path / name / "checkpoints" / "last.pt").write_bytes(b"x")
+    state = RunState(tmp_path, {"stages": {name: {"status": "began"}}})
+    assert pipeline.weights_replaced_by(state, tmp_path, pretrain) == tmp_path / name
+    if not pretrain:
+        assert pipeline.stage_resumes("began", tmp_path / name)
+        assert not pipeline.stage_resumes("began", tmp_path / "finetune")

@@ -52,6 +52,14 @@ def shell_quoted(path) -> str:
     return "$'" + "".join(map(_shell_escaped, text)) + "'"
 
 
+def path_argument(path) -> str:
+    """A path as a word of a command to paste (shell_quoted): a relative one that starts with `-` gets `./` before
+    it, as `--out ./-d` was typed; `--weights -d/checkpoints/last.pt` was read by argparse as an option ("expected
+    one argument")."""
+    text = str(path)
+    return shell_quoted(f"./{text}" if text.startswith("-") else text)
+
+
 def _shell_escaped(c: str) -> str:
     """One character inside $'...': a kept byte as that byte, controls as their UTF-8 bytes (never raw)."""
     if c in "\\'":

@@ -233,13 +233,23 @@ def weights_replaced_by(state, out: Path, pretrain: bool) -> Path | None:
         sdir, status = out / "pretrain", state.status("pretrain")
         done = status == "done" and (out / "backbone.safetensors").is_file()
         began = status is not None and (sdir / "checkpoints" / "last.pt").is_file()
-        return sdir if (done or began) and (sdir / "config.yaml").is_file() else None
+        # a stopped one without its config.yaml resumes too (run_pretrain), refused as lost settings
+        return sdir if (done and (sdir / "config.yaml").is_file()) or (began and not done) else None
     for name in ("finetune_labelled", "finetune"):  # round 1 is `finetune` when self-training is off
-        sdir, status = out / name, state.status(name)
-        if (status in ("trained", "done") or (status == "began" and (sdir / "checkpoints" / "last.pt").is_file())) \
-                and (sdir / "config.yaml").is_file():
+        sdir = out / name
+        if stage_resumes(state.status(name), sdir):
             return sdir
     return None
+
+
+def stage_resumes(status: str | None, sdir: Path) -> bool:
+    """Whether fine-tuning stage ``sdir`` (RunState ``status``) is reused or continued on --resume. One with its
+    last.pt is, with or without its config.yaml: stage_config refuses a missing one as lost settings, where the
+    stage started over from random init and overwrote its last.pt without a word."""
+    if status in ("began", "trained", "done") and (sdir / "checkpoints" / "last.pt").is_file():
+        return True
+    # a finished stage whose last.pt is gone is reused from its config.yaml and best.pt
+    return status in ("trained", "done") and (sdir / "config.yaml").is_file()
 
 
 def adopt_stage_architecture(cfg: dict, sdir: Path) -> None:
@@ -432,8 +442,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     status = state.status(name) if state is not None else None
     last = fdir / "checkpoints" / "last.pt"
     # a stage that began but left no last.pt (killed in its first steps) starts over and is planned anew
-    resuming = (status in ("trained", "done") or (status == "began" and last.is_file())) and \
-        (fdir / "config.yaml").is_file()
+    resuming = stage_resumes(status, fdir)
     # each round plans its own epochs and evaluation interval; a resumed one keeps what it planned
     fcfg = stage_config(fdir, fcfg) if resuming else copy.deepcopy(fcfg)
     ensure_writable_dir(fdir, "fine-tuning run")
@@ -772,8 +781,9 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
             "pretrain").get("epochs")}
         return weights, entry, 0.0
     last = pdir / "checkpoints" / "last.pt"
-    # without a last.pt (killed in its first steps) the stage starts over, planned anew
-    resuming = status is not None and last.is_file() and (pdir / "config.yaml").is_file()
+    # without a last.pt (killed in its first steps) the stage starts over, planned anew; one without its config.yaml
+    # is refused as lost settings (stage_config), not started over from random init over its last.pt
+    resuming = status is not None and last.is_file()
     ensure_writable_dir(pdir, "pretrain run")
     if resuming:
         pcfg = stage_config(pdir, cfg)

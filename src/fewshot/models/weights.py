@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fewshot.errors import CheckpointError, one_line
+from fewshot.errors import CheckpointError, is_utf8_name, one_line
 
 PREFIXES = ("module.", "_orig_mod.", "encoder_q.backbone.", "encoder_q.0.", "encoder_q.", "backbone.", "model.")
 MOCO_ONLY = ("encoder_k", "queue", "queue_ptr")  # the official MoCo checkpoint's key encoder and queue
@@ -103,7 +103,9 @@ def read_tensor_file(path: str | Path, mmap: bool = False) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise next to the error below
-            if mmap and path.suffix != ".safetensors":  # torch maps only a file named by its path
+            # torch maps only a file named by its path, which it encodes as UTF-8: a name that is not (os.fsdecode
+            # gives "o\udcff" for b"o\xff") failed as a truncated file, so such a file is read whole instead
+            if mmap and path.suffix != ".safetensors" and is_utf8_name(os.fsdecode(path)):
                 obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
             else:
                 with open(path, "rb") as f:  # an open file: torch would read a `.safetensors` name as safetensors

@@ -524,13 +524,16 @@ class Engine:
         --resume may change, are refused as merge_resume_config refuses them on the command line. An edited
         config.yaml (another optim.lr, augmentation, model.name) was used silently, or ended in a load_state_dict
         traceback. model.weights is not compared: last.pt's weights replace the file, which a resumed `fewshot run`
-        stage finds where the run folder is now."""
+        stage finds where the run folder is now. A deleted config.yaml is said as such: "edited since" named a
+        file that does not exist."""
         from fewshot.config import flatten_dotted
-        from fewshot.train.finetune import resume_changes, resume_refused
+        from fewshot.train.finetune import resume_changes, resume_refused, settings_lost
 
         then, now = (flatten_dotted(c) for c in (ck.get("config") or {}, self.cfg))
         now = {k: v for k, v in now.items() if not k.startswith("_") and k != "model.weights"}
         changed = resume_changes(then, now)
+        if changed and not os.path.lexists(self.run_dir / "config.yaml"):
+            raise settings_lost(self.run_dir, self.cfg, "is missing")
         if changed:
             raise resume_refused(self.run_dir, self.cfg, f"its config.yaml (edited since {self.ckpt_dir / 'last.pt'} "
                                  f"was written)", changed, "Restore those settings in config.yaml")

@@ -15,7 +15,7 @@ import torch
 from fewshot.config import CHOSEN, NotAMapping, note_chosen, note_rechosen, read_run_config, save_yaml
 from fewshot.data.cache import ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
-from fewshot.errors import UserError, one_line, shell_quoted
+from fewshot.errors import UserError, one_line, path_argument, shell_quoted
 from fewshot.eval.evaluate import format_table
 from fewshot.models.weights import weights_note
 from fewshot.progress import set_enabled
@@ -225,7 +225,7 @@ def start_over(out: Path, command: str) -> str:
     out = Path(out)
     if (out.parent / "run_state.json").is_file():
         return f"`fewshot run` starts over; this stage belongs to the run in {shell_quoted(out.parent)}"
-    return f"`fewshot {command} --weights {shell_quoted(out / 'checkpoints' / 'last.pt')}` starts from its weights"
+    return f"`fewshot {command} --weights {path_argument(out / 'checkpoints' / 'last.pt')}` starts from its weights"
 
 
 def resume_refused(out: Path, cfg: dict, by: str, changed: list[str], undo: str,
@@ -294,7 +294,7 @@ def restore_config_command(last: Path, saved: Path) -> str:
     """A shell line that writes the settings ``last`` records back into ``saved`` (atomically: save_yaml)."""
     code = ("import sys; from fewshot.config import save_yaml; from fewshot.train.checkpoint import load_checkpoint; "
             "save_yaml(load_checkpoint(sys.argv[1])['config'], sys.argv[2])")
-    return f'{shell_quoted(sys.executable or "python")} -c "{code}" {shell_quoted(last)} {shell_quoted(saved)}'
+    return f'{path_argument(sys.executable or "python")} -c "{code}" {path_argument(last)} {path_argument(saved)}'
 
 
 def settings_lost(out: Path, cfg: dict, what: str) -> UserError:
@@ -310,8 +310,8 @@ def settings_lost(out: Path, cfg: dict, what: str) -> UserError:
                 f"them back into config.yaml; then resume again")
     else:
         back = "Put the run's config.yaml back (from a copy or a backup) and resume again"
-    return UserError(f"--resume cannot continue '{out}': its config.yaml {what}, so the settings the run was "
-                     f"configured with, which a resume keeps, are gone from it. {back}, or start a new run with "
+    return UserError(f"--resume cannot continue {shell_quoted(out)}: its config.yaml {what}, so the settings the run "
+                     f"was configured with, which a resume keeps, are gone from it. {back}, or start a new run with "
                      f"another --out ({start_over(out, task_command(recorded or cfg))}).")
 
 
@@ -329,14 +329,17 @@ def lost_settings(settings: dict | None) -> str:
 
 
 def resumed_settings(out: Path, cfg: dict, stage: bool = False) -> dict | None:
-    """RUN's config.yaml as the settings --resume continues with (read_run_config). Where nothing was trained (no
+    """``out``'s config.yaml as the settings --resume continues with (read_run_config). Where nothing was trained (no
     last.pt), None for a folder without a run's: no config.yaml (a fresh start), an empty one, a recipe, an
     unreadable one (prepare_run_dir refuses those). Beside last.pt, or for a `fewshot run` ``stage`` being resumed
-    or reused, a file with no run's settings in it is settings_lost (``cfg``: the command's); a YAML error is
-    said as such (the run's own file, broken by an edit)."""
+    or reused, a file with no run's settings in it is settings_lost (``cfg``: the command's), and so is a deleted
+    one (the engine took the command's settings for an edit of it); a YAML error is said as such (the run's own
+    file, broken by an edit)."""
     saved = Path(out) / "config.yaml"
     begun = stage or (Path(out) / "checkpoints" / "last.pt").is_file()
-    if not stage and not saved.is_file():  # last.pt alone: the engine compares its config
+    if not os.path.lexists(saved):
+        if begun:
+            raise settings_lost(out, cfg, "is missing")
         return None
     try:
         settings, by_run = read_run_config(saved)
