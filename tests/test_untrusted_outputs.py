@@ -1,16 +1,20 @@
-"""Untrusted folders fewshot writes into or reads back: a report folder whose files are symbolic links to others',
-a --out file that is not fewshot's, and JSON in a run folder nested deeper than Python's stack. Each is refused
-(exit 2, one message) or passed over with a note; nothing outside what the user named is written or deleted."""
+"""Untrusted folders fewshot writes into or reads back: a report or run folder whose files are symbolic links to
+others' (replaced by the write, never written through), a --out file that is not fewshot's (refused: exit 2, one
+message), and JSON in a run folder nested deeper than Python's stack (passed over with a note). Nothing outside
+what the user named is written or deleted."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from fewshot.ssl.export import export_backbone
 from fewshot.utils import atomic_write_bytes, new_file_mode
 from helpers.checks import run_main
 from helpers.tiny import build_digits
@@ -77,9 +81,37 @@ def test_atomic_write_follows_a_link_only_when_asked(tmp_path):
     assert link.is_symlink() and target.read_text() == "new"
 
 
-# ------------------------------------------------------------------ report refuses links in its --out
+def test_atomic_write_into_a_pipe_through_a_link(tmp_path):
+    """`--out /dev/stdout` into a pipe: realpath made it /proc/PID/fd/pipe:[N], which no one can open, and mkstemp
+    beside it raised FileNotFoundError. A pipe reached through a link is written in place, as a user's path."""
+    read, write = os.pipe()
+    try:
+        atomic_write_bytes(Path(f"/proc/self/fd/{write}"), b'{"a": 1}', follow_links=True)
+        os.close(write)
+        write = None
+        assert os.read(read, 100) == b'{"a": 1}'
+    finally:
+        os.close(read)
+        if write is not None:
+            os.close(write)
+
+
+def test_predict_out_dev_stdout_into_a_pipe(run, root):
+    """The documented `fewshot predict RUN --out /dev/stdout | jq .`: stdout a pipe, as the shell makes it."""
+    proc = subprocess.run([sys.executable, "-m", "fewshot", "predict", str(run), "--data", str(root), "--out",
+                           "/dev/stdout", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    start = proc.stdout.index("\n{\n") + 1  # after the lines naming the checkpoint; the "wrote" line follows
+    pred, _ = json.JSONDecoder().raw_decode(proc.stdout, start)
+    assert "n_parameters" in pred
+
+
+# ------------------------------------------------------------------ report replaces links in its --out
 @pytest.mark.parametrize("name", ["index.html", "accuracy_bars.png", ".fewshot_report"])
-def test_report_refuses_an_out_folder_holding_links(run, tmp_path, name):
+def test_report_replaces_links_in_an_earlier_reports_folder(run, tmp_path, name):
+    """A report folder from elsewhere whose page, a PNG or its mark is a link: the writes replace the link (they
+    were refused, saying a write would go through it, which the writer no longer does)."""
     rep = tmp_path / "rep"
     rc, _, err = run_main("report", run, "--out", rep, "--device", "cpu")
     assert rc == 0, err
@@ -88,13 +120,11 @@ def test_report_refuses_an_out_folder_holding_links(run, tmp_path, name):
     (rep / name).unlink()
     (rep / name).symlink_to(victim)
     rc, _, err = run_main("report", run, "--out", rep, "--device", "cpu")
-    assert rc == 2, err
-    assert f"--out {rep} holds symbolic links ({name} -> {victim})" in err and "Traceback" not in err
-    assert "Remove the links" in err and len(err.strip().splitlines()) == 1
-    assert victim.read_text() == "IMPORTANT" and (rep / name).is_symlink()
+    assert rc == 0, err
+    assert victim.read_text() == "IMPORTANT" and not (rep / name).is_symlink() and (rep / name).is_file()
 
 
-def test_report_refuses_links_in_a_downloaded_runs_own_report_folder(run, tmp_path):
+def test_report_replaces_links_in_a_downloaded_runs_own_report_folder(run, tmp_path):
     """`fewshot report RUN --out RUN/report`, as `fewshot run` tells users to rebuild a report."""
     copy = copy_run(run, tmp_path / "downloaded")
     victim = tmp_path / "victim.txt"
@@ -102,8 +132,39 @@ def test_report_refuses_links_in_a_downloaded_runs_own_report_folder(run, tmp_pa
     (copy / "report").mkdir()
     (copy / "report" / "index.html").symlink_to(victim)
     rc, _, err = run_main("report", copy, "--out", copy / "report", "--device", "cpu")
-    assert rc == 2 and "holds symbolic links (index.html -> " in err, err
-    assert victim.read_text() == "IMPORTANT"
+    assert rc == 0, err
+    assert victim.read_text() == "IMPORTANT" and not (copy / "report" / "index.html").is_symlink()
+
+
+def test_report_in_a_users_folder_with_links_names_the_foreign_files(run, tmp_path):
+    """A project folder whose venv holds links (`.venv/bin/python -> /usr/bin/python3`) was told to remove the links,
+    which breaks the venv: the folder is refused for what it is, a folder that is not a report, links untouched."""
+    proj = tmp_path / "proj"
+    (proj / ".venv" / "bin").mkdir(parents=True)
+    (proj / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    (proj / "main.py").write_text("print()\n")
+    rc, _, err = run_main("report", run, "--out", proj, "--device", "cpu")
+    assert rc == 2 and f"--out {proj} holds files that are not a fewshot report (main.py)" in err, err
+    assert "symbolic link" not in err and "Remove the links" not in err
+    assert (proj / ".venv" / "bin" / "python").is_symlink() and not (proj / "index.html").exists()
+    (proj / "main.py").unlink()  # only hidden entries left: a report may go there, the venv's link kept
+    rc, _, err = run_main("report", run, "--out", proj, "--device", "cpu")
+    assert rc == 0, err
+    assert (proj / ".venv" / "bin" / "python").is_symlink() and (proj / "index.html").is_file()
+
+
+def test_report_does_not_read_a_linked_page_as_its_own(run, tmp_path):
+    """A folder whose index.html is a link to a fewshot report elsewhere is not thereby a report folder: the page
+    it points to says nothing of the folder's other files, which the report would replace."""
+    rep = tmp_path / "rep"
+    assert run_main("report", run, "--out", rep, "--device", "cpu")[0] == 0
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "index.html").symlink_to(rep / "index.html")
+    (web / "logo.png").write_bytes(b"mine")
+    rc, _, err = run_main("report", run, "--out", web, "--device", "cpu")
+    assert rc == 2 and f"--out {web} holds files that are not a fewshot report (index.html, logo.png)" in err, err
+    assert (web / "index.html").is_symlink() and (web / "logo.png").read_bytes() == b"mine"
 
 
 def test_report_into_a_linked_out_folder_is_allowed(run, tmp_path):
@@ -152,6 +213,50 @@ def test_predict_replaces_its_own_earlier_results(run, root, tmp_path):
         assert rc == 0, err
         assert "n_parameters" in json.loads(out.read_text())
         assert routing.is_file() == (mode == "unknown")  # an earlier routing of its own goes in known mode
+
+
+def test_predict_known_mode_keeps_a_users_empty_routing_file(run, root, tmp_path):
+    """`{}` has no entry of the shape predict writes (it writes every dataset it predicted): a user's n.routing.json
+    holding it was taken for an earlier routing and deleted."""
+    routing = tmp_path / "n.routing.json"
+    routing.write_text("{}\n")
+    rc, _, err = run_main("predict", run, "--data", root, "--out", tmp_path / "n.json", "--device", "cpu")
+    assert rc == 0, err
+    assert routing.read_text() == "{}\n"
+
+
+# ------------------------------------------------------------------ export and probe: fewshot's names replace links
+def test_export_backbone_replaces_a_link_unless_the_user_typed_it(run, tmp_path):
+    """`fewshot run` exports to RUN/backbone.safetensors, a name of fewshot's in a folder that may come from
+    elsewhere: a link there is replaced. `fewshot export --out link` writes the link's target, as eval and predict."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("IMPORTANT")
+    link = tmp_path / "backbone.safetensors"
+    link.symlink_to(victim)
+    export_backbone(run, link)
+    assert victim.read_text() == "IMPORTANT" and not link.is_symlink() and link.stat().st_size > 100
+    target = tmp_path / "real" / "bb.safetensors"
+    target.parent.mkdir()
+    typed = tmp_path / "typed.safetensors"
+    typed.symlink_to(target)
+    rc, _, err = run_main("export", run, "--out", typed)
+    assert rc == 0, err
+    assert typed.is_symlink() and target.stat().st_size > 100
+
+
+def test_probe_out_judges_a_linked_metrics_json_as_the_link(root, tmp_path):
+    """probe writes metrics.json, a name of its own, into the user's --out folder, replacing a link so named; the
+    pre-check followed the link and refused its target (here a folder) though the write never goes there."""
+    out = tmp_path / "probe"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "metrics.json").symlink_to(elsewhere)
+    rc, _, err = run_main("probe", "--weights", "", "--data", root, "--head", "prototype", "--out", out,
+                          "--model", "test_resnet", "--img-size", "16", "--device", "cpu", "--no-progress")
+    assert rc == 0, err
+    assert not (out / "metrics.json").is_symlink() and "protocol" in json.loads((out / "metrics.json").read_text())
+    assert list(elsewhere.iterdir()) == []
 
 
 # ------------------------------------------------------------------ JSON nested too deeply in a run folder

@@ -401,7 +401,7 @@ def cmd_export(args, extra) -> int:
     from fewshot.utils import check_output_file
 
     check_output_file(args.out, example="backbone.safetensors")
-    out, meta = export_backbone(args.run, args.out)
+    out, meta = export_backbone(args.run, args.out, follow_links=True)  # the user's path: a link writes its target
     if out.suffix != ".safetensors":
         import sys
 
@@ -478,10 +478,13 @@ def cmd_probe(args, extra) -> int:
             # its metrics.json is the run's own (compare and report read it): replaced without a word
             raise UserError(f"--out {out} holds a run; probe writes metrics.json there and would replace the run's. "
                             f"Give the probe a folder of its own (e.g. {out / 'probe'}).")
-        if (out / "metrics.json").is_dir():
-            raise UserError(f"{out / 'metrics.json'} is a folder; probe writes its metrics.json into --out: choose "
-                            f"another --out.")
-        check_output_file(out / "metrics.json")
+        # metrics.json is a name probe picks, not one the user typed: a link so named is replaced by the write (as in
+        # a run folder), not followed, so only --out's own folder counts (its target's was checked, a folder refused)
+        if not (out / "metrics.json").is_symlink():
+            if (out / "metrics.json").is_dir():
+                raise UserError(f"{out / 'metrics.json'} is a folder; probe writes its metrics.json into --out: "
+                                f"choose another --out.")
+            check_output_file(out / "metrics.json")
     metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
                         mode=args.mode, epochs=args.epochs or 300, datasets=args.datasets, head=args.head,
                         skip_bad=args.skip_bad_images, bit_depth=bit_depth)

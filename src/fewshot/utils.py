@@ -237,14 +237,22 @@ def atomic_write_bytes(path: Path, data: bytes, follow_links: bool = False) -> N
     place. An OSError names ``path`` (the write's own carried no name, or the temp file's, and a full disk was
     said without one)."""
     path = Path(path)
-    if follow_links or not path.is_symlink():
+    follow = follow_links or not path.is_symlink()
+    if follow:
         path = check_output_file(path, None)  # a folder, or a file on the way: the user's path, not a bug
     else:
         check_output_dir(path.parent, None, shown=path)  # the link itself is replaced, in its own folder
-    # a followed link: its target, checked by check_output_file (its folder)
-    written = Path(os.path.realpath(path)) if follow_links and path.is_symlink() else path
+    # a pipe or device is judged through the link and written by the name given: realpath made `/dev/stdout` into
+    # a pipe `/proc/PID/fd/pipe:[N]`, a name no one can open, and mkstemp beside it failed
+    in_place = follow and is_special_file(path)
+    # a followed link to a file: its target, checked by check_output_file (its folder)
+    written = Path(os.path.realpath(path)) if follow and not in_place and path.is_symlink() else path
     try:
-        _atomic_write(written, data)
+        if in_place:  # opened by the name given: open follows the link itself
+            with open(path, "wb") as fh:
+                fh.write(data)
+        else:
+            _atomic_write(written, data)
     except OSError as exc:
         if exc.filename is not None and not _is_temp_of(exc.filename, written):
             raise  # a folder on the way (mkdir's own name): already the right one
@@ -258,10 +266,6 @@ def _is_temp_of(name, written: Path) -> bool:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    if is_special_file(path) and not path.is_symlink():  # a link here is replaced (atomic_write_bytes)
-        with open(path, "wb") as fh:
-            fh.write(data)
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
     # the folder the rename writes into: mkstemp normalises `link/../run` as text (run beside the link, not beside
     # its target, where the kernel puts it), and the temp file landed in another folder or none

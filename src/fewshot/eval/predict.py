@@ -806,11 +806,12 @@ def _holds_nothing(path: Path) -> bool:
 def holds_routing(path: Path) -> bool:
     """Whether ``path`` is a routing file as `predict --mode unknown` writes it ({"<dataset>": {"<id>": "<dataset
     it was routed to>"}}), a plain file and not a link (predict never writes one): the only .routing.json beside
-    --out that predict may replace or delete. A user's own n.routing.json beside `--out n.json` was deleted."""
+    --out that predict may replace or delete. A user's own n.routing.json beside `--out n.json` was deleted, and
+    so was one holding `{}` (a placeholder of the user's: predict writes every dataset it predicted)."""
     if path.is_symlink() or not path.is_file():
         return False
     data = _read_own_output(path)
-    return isinstance(data, dict) and all(
+    return isinstance(data, dict) and bool(data) and all(
         isinstance(v, dict) and all(isinstance(d, str) for d in v.values()) for v in data.values())
 
 

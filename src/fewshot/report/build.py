@@ -14,6 +14,7 @@ import hashlib
 import html
 import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,6 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give --out a folder: a new one, or an earlier report's folder "
                         f"(its index.html and PNGs are replaced).")
-    refuse_links_in_report_dir(out)
     for r in runs:
         own = (r.group or r.path) / "report"
         for folder in (r.path, r.group):
@@ -134,41 +134,41 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
                         f"folder, or an earlier report's folder.")
 
 
-def refuse_links_in_report_dir(out: Path) -> None:
-    """Refuse an --out folder that holds symbolic links, as train and run refuse a run folder with them: a report
-    folder from elsewhere (a downloaded run's report/, which `fewshot run` says to rebuild in place) whose
-    index.html or a PNG was a link had the report written into the file it pointed to. The folder itself may be a
-    link (the user's choice)."""
-    from fewshot.errors import one_line
-    from fewshot.utils import links_inside, links_shown
-
-    links = links_inside(out, limit=4) if out.is_dir() else []
-    if links:
-        raise UserError(f"--out {one_line(str(out))} holds symbolic links ({links_shown(out, links)}). The report "
-                        f"writes index.html and its PNGs there and would write through a link into the file it points "
-                        f"to; a report folder from elsewhere can use one to overwrite other files. Remove the links "
-                        f"(or replace each by a copy of what it points to), or give --out a new folder, then run the "
-                        f"command again.")
-
-
 REPORT_MARK = ".fewshot_report"  # written into --out before the first PNG: the folder is a report's, page or not
 
 
 def not_a_report(out: Path) -> list[str]:
     """The entries of an existing --out that no fewshot report wrote (hidden ones aside): none where the folder is new,
     empty, or holds an earlier report (its index.html is fewshot's: its PNGs are what --out promises to replace).
-    A user's own index.html and pictures (a web folder, another run's folder) were replaced without a word."""
+    A user's own index.html and pictures (a web folder, another run's folder) were replaced without a word. A link
+    as the mark or the page is not read through: a report writes neither as a link, and the file it points to says
+    nothing of this folder."""
     try:
         names = sorted(n for n in os.listdir(out) if not n.startswith("."))
     except OSError:
         return []
-    if not names or (out / REPORT_MARK).is_file():  # a report stopped before its page was written: its own PNGs
+    if not names or _plain_file(out / REPORT_MARK):  # a report stopped before its page was written: its own PNGs
         return []
+    return [] if _report_page(out) else names
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file that is not a symbolic link."""
     try:
-        page = (out / "index.html").read_text(encoding="utf-8", errors="replace")
+        return stat.S_ISREG(os.lstat(path).st_mode)
     except OSError:
-        page = ""
-    return [] if "<title>fewshot report</title>" in page else names
+        return False
+
+
+def _report_page(out: Path) -> str | None:
+    """The text of OUT/index.html where it is a page a fewshot report wrote (a plain file, not a link), else None."""
+    if not _plain_file(out / "index.html"):
+        return None
+    try:
+        text = (out / "index.html").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return text if "<title>fewshot report</title>" in text else None
 
 
 def _map_name(method: str, tsne: bool, n: int) -> str:
@@ -182,11 +182,8 @@ def _map_name(method: str, tsne: bool, n: int) -> str:
 def _earlier_report_pngs(out: Path) -> set[str]:
     """The PNG names an earlier report's OUT/index.html shows: what --out promises to replace. Only files of a page
     fewshot wrote, beside it, are taken; anything else in OUT (the user's) is never touched."""
-    try:
-        text = (out / "index.html").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    if "<title>fewshot report</title>" not in text:
+    text = _report_page(out)
+    if text is None:
         return set()
     names = {html.unescape(src) for src in re.findall(r'<img src="([^"<>]*)"', text)}
     return {n for n in names if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.png", n) and (out / n).is_file()}

@@ -53,7 +53,10 @@ def note_best_knn_epoch(run: Path, ck: dict) -> None:
               flush=True)
 
 
-def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dict]:
+def export_backbone(run_or_ckpt: str | Path, out: str | Path, follow_links: bool = False) -> tuple[Path, dict]:
+    """Write the backbone of a run or checkpoint to ``out`` as safetensors. A link at ``out`` is replaced unless
+    ``follow_links`` (`fewshot export --out`, a path the user typed): `fewshot run` names RUN/backbone.safetensors
+    itself, in a run folder that may come from elsewhere."""
     ckpt = resolve_checkpoint(run_or_ckpt, prefer="last")  # MoCo: the end of pretraining, as MoCo's own code
     ck = load_checkpoint(ckpt)
     best = ckpt.with_name("best.pt")
@@ -91,8 +94,7 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path) -> tuple[Path, dic
     model_cfg = (ck.get("config") or {}).get("model") or {}
     meta["width"] = str(float(model_cfg.get("width") or 1.0))
     meta["small_stem"] = str(bool(model_cfg.get("small_stem"))).lower()
-    # bytes in memory: no temp file to leave behind; the user's --out, so a link writes its target
-    atomic_write_bytes(out, save(state, metadata=meta), follow_links=True)
+    atomic_write_bytes(out, save(state, metadata=meta), follow_links)  # bytes in memory: no temp file left behind
     return out, meta
 
 
