@@ -23,17 +23,12 @@ from fewshot.errors import UserError
 from fewshot.train.finetune import ATOMIC_TEMP
 from helpers.checks import run_main
 from helpers.tiny import build_digits
+from helpers.tiny import tiny_train_argv as train_argv
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return build_digits(tmp_path_factory.mktemp("msg-data"))
-
-
-def train_argv(root: Path, out: Path, *extra) -> list:
-    return ["train", "--data", root, "--out", out, "--model", "test_resnet", "--img-size", "16", "--epochs", "1",
-            "--batch-size", "8", "--device", "cpu", "--no-progress", "train.tensorboard=false", "train.threads=1",
-            *extra]
 
 
 @pytest.fixture(scope="module")

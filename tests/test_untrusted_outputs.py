@@ -18,6 +18,7 @@ from fewshot.ssl.export import export_backbone
 from fewshot.utils import atomic_write_bytes, new_file_mode
 from helpers.checks import run_main
 from helpers.tiny import build_digits
+from helpers.tiny import tiny_train_argv as train_argv
 
 DEEP = "[" * 200_000 + "]" * 200_000  # json.loads raised RecursionError: an internal error, not a note
 
@@ -25,12 +26,6 @@ DEEP = "[" * 200_000 + "]" * 200_000  # json.loads raised RecursionError: an int
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return build_digits(tmp_path_factory.mktemp("outputs-data"))
-
-
-def train_argv(root: Path, out: Path, *extra) -> list:
-    return ["train", "--data", root, "--out", out, "--model", "test_resnet", "--img-size", "16", "--epochs", "1",
-            "--batch-size", "8", "--device", "cpu", "--no-progress", "train.tensorboard=false", "train.threads=1",
-            *extra]
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,13 @@ def build_digits(root: Path, shots: int = 4) -> Path:
     return root
 
 
+def tiny_train_argv(root: Path, out: Path, *extra) -> list:
+    """`fewshot train` of one 1-epoch, 16 px test_resnet run: the cheapest real run a test can damage or read."""
+    return ["train", "--data", root, "--out", out, "--model", "test_resnet", "--img-size", "16", "--epochs", "1",
+            "--batch-size", "8", "--device", "cpu", "--no-progress", "train.tensorboard=false", "train.threads=1",
+            *extra]
+
+
 def build_cafe_root(root: Path, copies: tuple[str, ...]) -> Path:
     """ROOT/{café (decomposed, as macOS writes it), *copies}: copies of a tiny 2-shot digits dataset, no pool; the
     dataset-name tests (Unicode forms of one folder name) share it."""
