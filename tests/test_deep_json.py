@@ -186,3 +186,19 @@ def test_deep_answer_key_is_refused(tmp_path):
 
     with pytest.raises(UserError, match="answer key .* cannot be read as JSON"):
         load_answer_key(deep_file(tmp_path / "test_labels.json"))
+
+
+def test_depth_counts_containers_not_values():
+    """65 nested empty lists passed and 65 holding a value were refused: the value was counted as a level."""
+    from fewshot.config import deeper_than
+    from fewshot.utils import RUN_JSON_DEPTH
+
+    n = RUN_JSON_DEPTH
+    for inner in ("", "1", '"x"', '{"a": 1}'):
+        depth = n - 1 if inner.startswith("{") else n  # the object is a level of its own
+        text = "[" * depth + inner + "]" * depth
+        assert loads_run_json(text) is not None  # exactly the limit: read
+        with pytest.raises(ValueError, match="nested too deeply"):
+            loads_run_json("[" + text + "]")
+    assert deeper_than([[]], 1) and not deeper_than([[1]], 2) and not deeper_than(1, 0)
+    assert deeper_than({"a": {"b": []}}, 2) and not deeper_than({"a": {"b": 3}}, 2)

@@ -574,3 +574,23 @@ def test_a_run_stopped_in_round_1_keeps_its_decision_to_skip_the_later_rounds(di
     assert summary["self_training_skipped"]["rounds"] == [2, 3] and not (out / "pseudo_labels_round2.json").exists()
     assert seen["stages"] and set(seen["stages"]) == {1}
     _check_pred_all(digits_root, out)
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "{not json", "[1, 2]"])
+@pytest.mark.parametrize("altered", ["summary.json", "finetune_labelled/metrics.json"])
+def test_an_altered_json_file_of_a_finished_run_or_stage_is_refused_by_name(digits_root, stopped_and_resumed,
+                                                                           tmp_path, altered, text):
+    """--resume of a finished run read its summary.json, and of a finished stage its metrics.json, with json.loads:
+    a file nested 100,000 deep or no JSON ended in a RecursionError or JSONDecodeError (internal error, exit 1)."""
+    import shutil
+
+    out = shutil.copytree(stopped_and_resumed[0], tmp_path / "run")
+    if altered != "summary.json":  # stopped after its stages: both are reused, their metrics read
+        state = _state(out)
+        state["finished"] = False
+        (out / "run_state.json").write_text(json.dumps(state))
+        (out / "summary.json").unlink()
+    (out / altered).write_text(text)
+    rc, _, err = run_main(*_cmd(digits_root, out, "--resume"))
+    assert rc == 2 and str(out / altered) in err and "restore it" in err, err
+    assert "Traceback" not in err and "internal error" not in err.lower(), err

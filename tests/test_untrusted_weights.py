@@ -194,14 +194,23 @@ def test_probe_falls_back_to_the_real_build_where_the_meta_device_cannot_build(r
     assert rc == 2 and str(bad) in err, err
 
 
-def test_a_refused_best_pt_offers_last_pt_only_when_it_is_usable(run, root, tmp_path):
+def _inf(state):
+    """One infinity in a backbone weight, where the model never holds one."""
+    k = next(k for k, v in state.items() if k.startswith("backbone.") and v.ndim == 4)
+    state[k].view(-1)[0] = math.inf
+    return k
+
+
+@pytest.mark.parametrize("change", [_nan, _inf])
+def test_a_refused_best_pt_offers_last_pt_only_when_it_is_usable(run, root, tmp_path, change):
+    """An infinity in last.pt was judged without the model (no sign of damage there): it was offered as whole."""
     ckpts = tmp_path / "run" / "checkpoints"
     ckpts.mkdir(parents=True)
-    _altered(run, ckpts / "best.pt", _nan)
+    _altered(run, ckpts / "best.pt", change)
     (ckpts / "last.pt").write_bytes((run / "checkpoints" / "last.pt").read_bytes())
     rc, _, err = run_main("predict", ckpts / "best.pt", "--data", root, "--out", tmp_path / "p.json")
     assert rc == 2 and "pass" in err and "last.pt instead" in err, err
-    _altered(run, ckpts / "last.pt", _nan)
+    _altered(run, ckpts / "last.pt", change)
     rc, _, err = run_main("predict", ckpts / "best.pt", "--data", root, "--out", tmp_path / "p.json")
     assert rc == 2 and "last.pt instead" not in err and "last.pt cannot be used either" in err, err
 
@@ -248,6 +257,41 @@ def test_a_small_file_naming_a_giant_model_is_refused_before_it_is_built(root, t
     rc, _, err = run_main("probe", "--weights", path, "--data", root, "--device", "cpu")
     assert rc == 2 and str(path) in err and "does not fit" in err, err
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("key", ["not.in.the.model", "blocks.0.norm1.bias"])
+def test_an_infinity_in_a_small_file_naming_a_giant_model_is_judged_without_building_it(monkeypatch, key):
+    """export built the named model for real to compare a file's infinities with its values: a tiny checkpoint
+    naming a giant ViT allocated gigabytes. An unknown key or one of another shape is damage without any build,
+    and a file far smaller than its model is no whole backbone."""
+    import fewshot.models.backbone as backbone
+    from fewshot.models.weights import check_export_state
+
+    real = backbone.create_backbone
+
+    def only_on_meta(*args, **kwargs):
+        assert torch.empty(()).device.type == "meta", "the model was built for real"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backbone, "create_backbone", only_on_meta)
+    state = {"blocks.0.norm1.weight": torch.ones(1536), key: torch.full((1536,), math.inf)}
+    ck = {"model_name": "vit_giant_patch14_dinov2", "config": {"model": {"name": "vit_giant_patch14_dinov2"}}}
+    with pytest.raises(CheckpointError, match=f"{key} holds NaN or infinite"):
+        check_export_state(state, ck, "giant.pt")
+
+
+def test_an_infinity_under_a_key_the_model_lacks_is_refused(tmp_path, monkeypatch):
+    """It passed export silently: only infinities under the model's own keys were compared with its values."""
+    import fewshot.models.backbone as backbone
+    from fewshot.models.weights import check_export_state
+
+    state = {k: v.clone() for k, v in _Clipped().state_dict().items()}
+    monkeypatch.setattr(backbone, "create_backbone", lambda *a, **k: _Clipped())
+    ck = {"model_name": "clipped", "config": {"model": {"name": "clipped"}}}
+    check_export_state(state, ck, "clipped.pt")  # the model's own infinities
+    state["extra"] = torch.full((2,), -math.inf)
+    with pytest.raises(CheckpointError, match="extra holds NaN or infinite"):
+        check_export_state(state, ck, "clipped.pt")
 
 
 def test_a_corrupt_safetensors_without_model_is_called_corrupt(root, tmp_path):

@@ -376,26 +376,25 @@ def read_yaml(text, source: str = "the YAML text"):
     except RecursionError:
         data, deep = None, True
     else:
-        deep = _deeper_than(data, MAX_DEPTH)
+        deep = deeper_than(data, MAX_DEPTH)
     if deep:
         raise UserError(f"{source} nests values more than {MAX_DEPTH} levels deep ([[[... or {{{{{{...); a fewshot "
                         f"config nests at most two: check its brackets.")
     return data
 
 
-def _deeper_than(data, limit: int, budget: int = 100_000) -> bool:
-    """Whether ``data`` nests lists/dicts more than ``limit`` deep (iterative; at most ``budget`` values looked
-    at, so that an alias bomb is left to _check_size)."""
-    stack = [(data, 0)]
+def deeper_than(data, limit: int, budget: int = 100_000) -> bool:
+    """Whether ``data`` nests lists/dicts more than ``limit`` deep, counting containers only: 65 nested empty lists
+    and 65 holding a value are alike (leaves counted as a level told them apart). Iterative (no stack to
+    overflow); at most ``budget`` containers looked at, so that an alias bomb is left to _check_size."""
+    stack = [(data, 1)] if isinstance(data, (dict, list)) else []
     while stack and budget > 0:
         item, depth = stack.pop()
         budget -= 1
         if depth > limit:
             return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
+        values = item.values() if isinstance(item, dict) else item
+        stack.extend((v, depth + 1) for v in values if isinstance(v, (dict, list)))  # leaves nest nothing
     return False
 
 

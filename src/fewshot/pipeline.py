@@ -23,7 +23,7 @@ import torch
 from fewshot.config import CHOSEN, RECHOSEN, canonical_value, note_chosen, note_rechosen, save_yaml
 from fewshot.data.cache import default_cache_dir, ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
-from fewshot.errors import DataLayoutError, UserError, one_line
+from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
 from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_S, after_round1_seconds,
@@ -454,7 +454,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     if resuming and reusable_stage(state, fdir):
         load_best_checkpoint(task.model, fdir)
         task.model.to(device)  # the Engine would have moved it; the pseudo-labelling that follows needs it there
-        metrics = json.loads((fdir / "metrics.json").read_text())
+        metrics = read_finished_json(fdir / "metrics.json", f"the finished stage {name}'s metrics")
         task.reused, task.epochs_run = True, state.stage(name).get("epochs", 0)
         print(f"[run] {name}: finished before the stop; its best checkpoint is reused")
         return task, metrics
@@ -536,6 +536,21 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         state.record(name, "done", time.monotonic() - t_start)
     drop_best_aside(fdir)
     return task, metrics
+
+
+def read_finished_json(path: Path, what: str) -> dict:
+    """A JSON object that `fewshot run --resume` reuses as the run wrote it: one altered (nested 100,000 deep, or
+    no JSON) ended in a RecursionError or JSONDecodeError, an internal error (exit 1)."""
+    try:
+        data = loads_run_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        why = printable(one_line(str(exc)))[:200]
+    else:
+        if isinstance(data, dict):
+            return data
+        why = f"it holds a JSON {type(data).__name__}, not an object"
+    raise UserError(f"{path} ({what}) cannot be read: {why}. It was altered or cut short after the run wrote it: "
+                    f"restore it, or start the run anew with another --out.")
 
 
 def reusable_stage(state, sdir: Path) -> bool:
@@ -1035,7 +1050,7 @@ class PipelineRun:
             cfg["model"]["img_size"] = self.state.data.get("img_size")
         if holds_finished_run(out, self.state.data):
             print(f"[run] {out} finished already: {out}/pred_all.json, {out}/metrics.json")
-            return json.loads((out / "summary.json").read_text())
+            return read_finished_json(out / "summary.json", "the finished run's summary")
         return None
 
     def claim_output(self) -> None:

@@ -295,14 +295,14 @@ def loads_run_json(text: str):
     ended in an internal error; it is a ValueError here, as any other text that is not JSON fewshot wrote. So is
     JSON that parses but nests more than RUN_JSON_DEPTH deep (990 levels): the caller's own recursion over it
     (flatten_dotted, ==) overflowed instead."""
-    from fewshot.config import _deeper_than
+    from fewshot.config import deeper_than
 
     try:
         data = json.loads(text)
     except RecursionError:
         raise ValueError("nested too deeply to be read") from None
     # no file nests deeper than it has brackets: most are judged by a count, without walking them
-    if text.count("[") + text.count("{") > RUN_JSON_DEPTH and _deeper_than(data, RUN_JSON_DEPTH, len(text)):
+    if text.count("[") + text.count("{") > RUN_JSON_DEPTH and deeper_than(data, RUN_JSON_DEPTH, len(text)):
         raise ValueError("nested too deeply to be read")
     return data
 

@@ -25,7 +25,7 @@ from fewshot.eval import balance as bal
 from fewshot.eval.evaluate import compute_logits, score
 from fewshot.models.backbone import MAX_IMG_SIZE, MIN_IMG_SIZE, mean_std
 from fewshot.models.classifier import HeadCountError, build_classifier, check_head_count
-from fewshot.models.weights import check_state_fits, state_value_problem
+from fewshot.models.weights import check_state_fits, infinity_problem, state_value_problem
 from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_checkpoint
 
 MISROUTED = -1  # pred_all.json entry of an image that unknown-source mode routed to another dataset
@@ -103,7 +103,10 @@ def _unusable(last: Path) -> str | None:
         return printable(one_line(str(exc)))[:300]
     if ck.get("kind") != "supervised":
         return f"it is a {printable(one_line(str(ck.get('kind'))))[:40]} checkpoint, not a fine-tuned one."
-    problem = state_value_problem(ck["ema"] if ck.get("ema") is not None else ck["model"])
+    state = ck["ema"] if ck.get("ema") is not None else ck["model"]
+    # an infinity the model does not start with is refused in best.pt and here alike (last.pt with the same damage
+    # was offered as "may be whole")
+    problem = state_value_problem(state) or infinity_problem(state, ck, prefix="backbone.")
     return f"its tensor {printable(one_line(problem))[:200]}." if problem else None
 
 

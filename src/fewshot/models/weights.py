@@ -421,8 +421,9 @@ def _bad_values(v: torch.Tensor, mine: torch.Tensor) -> bool:
 
 def _float_counter(key: str, v: torch.Tensor, mine: torch.Tensor) -> bool:
     """A BatchNorm step counter that is a float in the file where the model's is an integer: a checkpoint cast whole
-    to fp16 ({k: v.half()}). load_backbone_weights rounds it back (or keeps the model's, past fp16's range) and
-    load_state_dict casts it: a step count, no weight, so no reason to refuse the file."""
+    to fp16 ({k: v.half()}). Only load_backbone_weights rounds it back (or keeps the model's, past fp16's range);
+    eval and predict load a checkpoint with load_state_dict, which casts it as it is (truncated; an fp16 inf is no
+    count at all). A step count, no weight (BatchNorm with a momentum never reads it): no reason to refuse the file."""
     return _counter(key) and v.is_floating_point() and not mine.is_floating_point() and not mine.is_complex()
 
 
@@ -571,24 +572,53 @@ def _infinite_keys(state: dict) -> list[str]:
             if v.is_floating_point() and not _counter(k) and _finite_as(v, torch.float32) is False]
 
 
+# A file far smaller than its model is no whole backbone (train --weights refuses it): its infinities are judged
+# without building the model for real, which a small file naming a giant ViT made allocate gigabytes
+REAL_BUILD_SHARE, REAL_BUILD_FLOOR = 8, 64 << 20  # float8 files hold a quarter of a float32 model's bytes
+
+
+def _nbytes(state: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in state.values())
+
+
+def infinity_problem(state: dict, ck: dict, prefix: str = "", skeleton: dict | None = None) -> str | None:
+    """The first tensor of ``state`` holding an infinity that the model ``ck``'s config names does not start with
+    (``prefix``: its backbone's keys in ``state``; others never start at inf), or None. Keys and shapes are compared
+    on the meta device first (``skeleton``, when the caller has it): an infinity under a key the model lacks, or of
+    another shape, is damage, and passed export silently. Only infinities under the model's own keys need its
+    values, and the model is built for real for them only when the file is not far smaller than it (or when it
+    cannot be built on the meta device)."""
+    infinite = _infinite_keys(state)
+    if not infinite:
+        return None
+    own = {prefix + k: v for k, v in (_skeleton_state(ck) if skeleton is None else skeleton).items()}
+    if not own:  # an init step the meta device cannot run (as check_before_build): the real build alone tells
+        own = {prefix + k: v for k, v in _skeleton_state(ck, meta=False).items()}
+    broken = next((k for k in infinite if k not in own or own[k].shape != state[k].shape), None)
+    if broken is None and any(v.is_meta for v in own.values()) and \
+            _nbytes(own) <= max(REAL_BUILD_SHARE * _nbytes(state), REAL_BUILD_FLOOR):
+        own = {prefix + k: v for k, v in _skeleton_state(ck, meta=False).items()}
+    if broken is None:  # a model that cannot be built, or too large to: its infinities cannot be its own values
+        broken = next((k for k in infinite if k not in own or own[k].is_meta or own[k].shape != state[k].shape
+                       or _bad_values(state[k], own[k])), None)
+    return None if broken is None else f"{broken} holds NaN or infinite values"
+
+
 def check_export_state(state: dict, ck: dict, path) -> None:
     """Before `fewshot export` writes a checkpoint's backbone: the values `train --weights` refuses (export wrote a
     NaN or int backbone, and its message suggested train --weights, which then refused the file). Integer tensors
     are compared with the model's, built on the meta device (no memory), when its config names one; a float step
     counter (a checkpoint cast whole to fp16) loads as one. Infinities, which a model may hold on purpose, are
-    compared with the values of the model built for real, only when the file has any."""
+    judged by infinity_problem."""
     problem = state_value_problem(state)
+    own = None
     if problem is None:
         own = _skeleton_state(ck)
         problem = next((f"{k} has dtype {_dtype_name(v.dtype)} where the model has {_dtype_name(own[k].dtype)}"
                         for k, v in state.items() if k in own and not _float_counter(k, v, own[k])
                         and v.is_floating_point() != own[k].is_floating_point()), None)
-    infinite = _infinite_keys(state) if problem is None else []
-    if infinite:
-        own = _skeleton_state(ck, meta=False)
-        broken = ([k for k in infinite if k in own and own[k].shape == state[k].shape
-                   and _bad_values(state[k], own[k])] if own else infinite)
-        problem = f"{broken[0]} holds NaN or infinite values" if broken else None
+    if problem is None:
+        problem = infinity_problem(state, ck, skeleton=own)
     if problem:
         raise CheckpointError(f"{path} cannot be exported: its backbone tensor {problem}; `fewshot train --weights` "
                               f"would refuse the file. The run diverged or the file was altered: export another "
