@@ -13,6 +13,14 @@ from helpers.checks import run_main
 from test_pipeline import _check_pred_all
 
 
+def rounds_floor_does_not_fit(step_s: float, closing_s: float) -> float:
+    """least_run_seconds where a stage's least run (steps and its closing work) never fits, while the start-up's
+    check of the steps alone (no closing work: refuse_if_hopeless) keeps the real figure and lets the run start."""
+    from fewshot import run_budget
+
+    return 1e6 if closing_s > 0 else run_budget.least_run_seconds(step_s, closing_s)
+
+
 @pytest.mark.parametrize("rounds", ["2", "3"])  # round 2 the last round (`finetune`), or a middle round
 def test_a_later_round_whose_least_run_does_not_fit_at_its_planning_is_skipped(digits_root, tmp_path, monkeypatch,
                                                                               real_time_holds, real_least_run_holds,
@@ -24,7 +32,7 @@ def test_a_later_round_whose_least_run_does_not_fit_at_its_planning_is_skipped(d
 
     monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)  # round 1 plans as usual
     monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6)  # the check before the labelling holds
-    monkeypatch.setattr(pipeline, "least_run_seconds", lambda *a: 1e6)  # the round's own floor does not
+    monkeypatch.setattr(pipeline, "least_run_seconds", rounds_floor_does_not_fit)  # the round's own floor does not
     out = tmp_path / "skip"
     rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--model",
                                "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",
@@ -123,7 +131,7 @@ def test_a_run_stopped_after_a_round_was_skipped_at_its_planning_resumes_without
 
     monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)
     monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6)
-    monkeypatch.setattr(pipeline, "least_run_seconds", lambda *a: 1e6)
+    monkeypatch.setattr(pipeline, "least_run_seconds", rounds_floor_does_not_fit)
     out = tmp_path / "skip"
     argv = ["run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--model", "test_resnet",
             "--device", "cpu", "--no-progress", "run.report=false", "train.batch_size=16"]

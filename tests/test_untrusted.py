@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 
@@ -119,6 +120,10 @@ def test_crafted_last_pt_is_refused_on_resume(evil, root, run, tmp_path):
     out = tmp_path / "resumed"
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "last.pt").write_bytes(files["zip"].read_bytes())
+    rc, _, err = run_main(*train_argv(root, out, "--resume"))  # no config.yaml: lost settings, last.pt not offered
+    assert rc == 2 and "config.yaml is missing" in err and "--weights" not in err, err
+    assert not marker.exists()
+    shutil.copy(run / "config.yaml", out / "config.yaml")  # the run's settings: the resume reads last.pt
     rc, _, err = run_main(*train_argv(root, out, "--resume"))
     assert_refused(rc, err, out / "checkpoints" / "last.pt", marker)
 
@@ -167,6 +172,7 @@ def test_truncated_last_pt_on_resume_names_the_file(run, root, tmp_path):
     (out / "checkpoints").mkdir(parents=True)
     data = (run / "checkpoints" / "last.pt").read_bytes()
     (out / "checkpoints" / "last.pt").write_bytes(data[: len(data) // 3])
+    shutil.copy(run / "config.yaml", out / "config.yaml")  # the run's settings: the resume reads last.pt
     rc, _, err = run_main(*train_argv(root, out, "--resume"))
     assert rc == 2 and str(out / "checkpoints" / "last.pt") in err and "truncated" in err, err
 
