@@ -34,8 +34,9 @@ from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.progress import track
 from fewshot.utils import new_file_mode, atomic_write_text, loads_run_json
 
-CACHE_VERSION = 4  # 2: EXIF orientation applied; 3: float images in [0, 1] no longer black; 4: dark transparent
-#                    images laid on white
+CACHE_VERSION = 5  # 2: EXIF orientation applied; 3: float images in [0, 1] no longer black; 4: dark transparent
+#                    images laid on white; 5: transparency of L, RGB and 16-bit PNGs (a tRNS colour) applied, and
+#                    broken image links named as such (the old "[Errno 2]" reason was kept by each retry)
 # Refuse decompression bombs outright: images over Pillow's MAX_IMAGE_PIXELS (it only warns there, and raises at
 # twice that). decode_resized checks the header's size itself, naming the file, so load_images silences Pillow's
 # warning (no file name) while it decodes: once, in the calling thread, as warnings.catch_warnings() around each
@@ -93,7 +94,9 @@ def to_rgb_uint8(img: Image.Image, bit_depth: int | str = "auto", peaks: list[in
     16 bits came out dark, in 17 grey levels. ``peaks``: a 16-bit image's largest value is appended to it (the
     decode cache warns when a split's images use fewer bits than they are scaled from)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # NaN: black, quietly
+        key = _transparent_value(img)
+        raw = np.asarray(img, dtype=np.float64)
+        arr = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)  # NaN: black, quietly
         top = arr.max(initial=0)
         # 16-bit data (32-bit integer modes too where they hold more than 8 bits, or a depth is given: a dark image
         # of a 12-bit split, all under 256, came out 16x brighter than the rest)
@@ -105,11 +108,25 @@ def to_rgb_uint8(img: Image.Image, bit_depth: int | str = "auto", peaks: list[in
             hi = 1.0 if img.mode == "F" and top <= 1.0 else 255.0
         arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
         img = Image.fromarray(arr, mode="L")
-    if img.mode in ("P", "PA", "LA", "RGBA") or (img.mode == "P" and "transparency" in img.info):
+        if key is not None:  # a 16-bit PNG's tRNS value: the 8-bit copy has no info, so its alpha is made here
+            img = Image.merge("LA", (img, Image.fromarray(np.where(raw == key, 0, 255).astype(np.uint8), mode="L")))
+    if img.mode in ("P", "PA", "LA", "RGBA") or _transparent_value(img) is not None:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, contrasting_background(img))
         img = Image.alpha_composite(background, img)
     return img.convert("RGB")
+
+
+def _transparent_value(img: Image.Image) -> int | tuple[int, ...] | None:
+    """The colour a PNG's (or PNM's) tRNS chunk makes transparent in a 1, L, I or RGB image (img.info's
+    "transparency"), None where there is none or it does not fit the mode: dark ink on such a sheet decoded on
+    black (blank), where the same drawing saved as LA or P was laid on white."""
+    value = img.info.get("transparency")
+    if img.mode == "RGB":
+        fits = isinstance(value, tuple) and len(value) == 3 and all(isinstance(v, int) for v in value)
+    else:
+        fits = img.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N") and isinstance(value, int)
+    return value if fits and not isinstance(value, bool) else None
 
 
 def contrasting_background(rgba: Image.Image) -> tuple[int, int, int, int]:
@@ -134,11 +151,27 @@ def _upright(img: Image.Image) -> Image.Image:
         return img
 
 
+def _dangling(path: Path) -> str:
+    """Why an image that is a symbolic link cannot be opened: the target it names is missing, or a loop."""
+    target, loops = broken_link(path)
+    if target is None:
+        return "a symbolic link that no longer leads anywhere"
+    if loops:
+        return f"a symbolic link to {target} that goes round a loop of links"
+    return f"a dangling symbolic link: its target {target} does not exist"
+
+
 def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int | str = "auto",
                    peaks: list[int] | None = None) -> np.ndarray:
     """Open, convert to RGB, resize the short side to size/crop_pct, center-crop size x size; CHW uint8.
     ``bit_depth`` and ``peaks``: as to_rgb_uint8's."""
-    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+            raise ValueError(_dangling(path)) from None  # "[Errno 2] No such file or directory" named no link
+        raise
+    if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
         raise ValueError("not a regular file")
     try:
         img = Image.open(path)

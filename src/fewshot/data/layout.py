@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fewshot.errors import DataLayoutError, UserError, is_utf8_name, one_line, printable, quoted, shell_quoted
+from fewshot.errors import BIDI_CONTROLS
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 NOT_DATASETS = frozenset({"unlabeled"})
@@ -507,6 +508,7 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
     if listing is None:
         return classes
     loose: list[Path] = []
+    unread: list[str] = []  # files of kept class folders that are not images by their extension (said once)
     for found in listing:
         if found.name.startswith("."):
             _note_hidden_class(split_dir / found.name, found)
@@ -539,6 +541,7 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
                 gaps.append(f"{entry}: class folder without images (allowed extensions: "
                             f"{', '.join(sorted(IMAGE_EXTS))})")
             continue
+        unread += [f"{found.name}/{e.name}" for e in files if _is_unread_file(e)]
         nested = [e.name for e in files if _is_dir_entry(e)]
         if nested and warnings is not None:
             warnings.append(f"{entry}: sub-folder(s) {', '.join(nested[:3])}{', ...' if len(nested) > 3 else ''} "
@@ -552,11 +555,33 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
                             f"(composed / decomposed accents); merge them")
             continue
         classes[name] = images
+    if unread and warnings is not None:
+        warnings.append(unread_files_note(str(split_dir), "in its class folders", unread))
     if loose:
         problems.append(_loose_images(split_dir, loose))
     elif not classes and not any(p.startswith(f"{split_dir}/") for p in problems):
         problems.append(f"{split_dir}: no class folders")
     return classes
+
+
+# files that systems and tools write beside images (dot-files such as .DS_Store aside): passed over in silence
+SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
+UNREAD_EXAMPLES = 3  # the files an unread_files_note names
+
+
+def _is_unread_file(entry: os.DirEntry) -> bool:
+    """A file that is not an image by its extension (IMG_001.HEIC, x.avif, a name without one), system files
+    aside: class folders and the pool dropped them without a word, where test/ said so."""
+    return (not entry.name.startswith(".") and entry.name.lower() not in SYSTEM_FILES
+            and os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTS and _is_file_entry(entry))
+
+
+def unread_files_note(where: str, inside: str, names: list[str]) -> str:
+    """One warning for a split's (or pool folder's) files that are not read: their count and a few names."""
+    shown = ", ".join(quoted(n) for n in names[:UNREAD_EXAMPLES])
+    more = f" and {len(names) - UNREAD_EXAMPLES} more" if len(names) > UNREAD_EXAMPLES else ""
+    return one_line(f"{where}: {len(names)} file(s) {inside} are not images by their extension and are not read "
+                    f"(e.g. {shown}{more}); convert them to one of {', '.join(sorted(IMAGE_EXTS))} to use them")
 
 
 def _is_broken_link(path: Path) -> bool:
@@ -687,7 +712,10 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
             problems.append(f"{path}: the file name is {NOT_UTF8}")
             continue
         image_id = test_id(path.stem)
-        if image_id != image_id.strip():
+        if any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in image_id):
+            # "30\n0": a grader's <int_id> never matches it, and it hides in a listing
+            odd.append(f"{entry.name!r} (id {image_id!r}: a control character in the id)")
+        elif image_id != image_id.strip():
             odd.append(f"{entry.name!r} (id {image_id!r}: spaces around the id)")
         elif _is_candidate_name(path.stem):
             odd.append(f"{entry.name!r} (id {image_id!r}: a second image extension)")
@@ -941,6 +969,7 @@ def find_unlabeled_images(folders: list[str | Path]) -> list[Path]:
     out: list[Path] = []
     unreadable: list[str] = []
     links: list[str] = []
+    unread: list[str] = []  # files that are not images by their extension: said in one warning
     start, told = time.monotonic(), False
     for folder in folders:
         folder = Path(folder)
@@ -967,6 +996,8 @@ def find_unlabeled_images(folders: list[str | Path]) -> list[Path]:
                     (links if entry.is_symlink() else subdirs).append(entry.path)
                 elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS:
                     out.append(base / entry.name)  # half the cost of Path(entry.path)
+                elif _is_unread_file(entry):
+                    unread.append(os.path.relpath(entry.path, folder))
             stack.extend(reversed(subdirs))
             if not told and time.monotonic() - start > SCAN_NOTE_S and os.environ.get("RANK", "0") == "0":
                 told = True
@@ -983,4 +1014,6 @@ def find_unlabeled_images(folders: list[str | Path]) -> list[Path]:
                     f"linked folder as a pool folder of its own, e.g. --unlabeled DIR, to use it)"], "note")
     if not out:
         raise UserError(f"no images found under: {', '.join(str(f) for f in folders)}")
+    if unread:
+        warn_once([unread_files_note(f"the unlabeled pool {', '.join(str(f) for f in folders)}", "in it", unread)])
     return out

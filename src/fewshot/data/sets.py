@@ -11,8 +11,8 @@ import torch
 
 from fewshot.data.cache import load_images
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import DatasetInfo
-from fewshot.errors import DataLayoutError, UserError, one_line
+from fewshot.data.layout import DatasetInfo, warn_once
+from fewshot.errors import DataLayoutError, UserError, one_line, quoted
 
 
 @dataclass
@@ -67,6 +67,7 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
     if not bool(cached.valid.all()):
         # a skipped test image keeps its (black) row: pred_all.json is a submission and must hold every test id,
         # so it gets the model's guess for a blank image (warned by prediction); labelled images are left out
+        everything = out
         if split != "test":
             out = out.subset(cached.valid)
         out.skipped = list(cached.bad)
@@ -75,7 +76,34 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
             if emptied:
                 raise UserError(f"no decodable {split} image is left in {', '.join(emptied)} after "
                                 f"--skip-bad-images skipped {len(cached.bad)} file(s); fix or replace those files.")
+            _refuse_emptied_classes(split, space, everything, cached.valid)
     return out
+
+
+def _refuse_emptied_classes(split: str, space: LabelSpace, everything: ImageSet, valid: torch.Tensor) -> None:
+    """A class whose every image --skip-bad-images left out: in train, refused as an empty class folder is (the
+    class was trained with no example of it, exit 0, and its val images scored as certain mistakes); in val, said
+    as a class without val images is (trained, not scored on val)."""
+    listed = torch.bincount(everything.targets, minlength=space.num_classes)
+    kept = torch.bincount(everything.targets[valid], minlength=space.num_classes)
+    emptied = torch.nonzero((listed > 0) & (kept == 0)).flatten()
+    if not len(emptied):
+        return
+    problems = []
+    for label, d, local in zip(emptied.tolist(), *(t.tolist() for t in space.to_local(emptied))):
+        folder = Path(everything.paths[int(torch.nonzero(everything.targets == label)[0])]).parent
+        dataset, name, count = space.names[d], space.classes[d][local], int(listed[label])
+        if split == "train":
+            problems.append(f"{folder}: no decodable image is left in class {quoted(name)} of the dataset "
+                            f"{quoted(dataset)}: --skip-bad-images skipped all {count} of its file(s)")
+        else:
+            problems.append(f"{folder}: --skip-bad-images skipped all {count} val image(s) of class {quoted(name)} "
+                            f"of the dataset {quoted(dataset)}, so val scores no image of that class")
+    if split != "train":
+        warn_once([one_line(p) for p in problems])
+        return
+    raise DataLayoutError(problems, ["(fix or replace those files; to train without such a class, remove its "
+                                     "folder from train/ and val/)"])
 
 
 def load_splits(infos: list[DatasetInfo], splits: tuple[str, ...], space: LabelSpace, size: int,
