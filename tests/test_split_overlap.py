@@ -156,7 +156,9 @@ def test_digests_are_not_added_to_a_meta_file_written_meanwhile(clean, tmp_path,
 
 
 def test_other_ranks_take_no_digests(clean, tmp_path, monkeypatch):
-    """Only rank 0 warns, so only it hashes its images."""
+    """Only rank 0 warns, so only it hashes its images (another rank hashes only an entry it writes, so that rank 0
+    finds the digests there: test_cache_digest_ranks)."""
+    _load(clean, tmp_path / "cache")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
     (train, val), _, _ = _load(clean, tmp_path / "cache")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from fewshot.config import CHOSEN, RECHOSEN, canonical_value, note_chosen, note_rechosen, save_yaml
+from fewshot.config import (CHOSEN, RECHOSEN, canonical_value, note_chosen, note_rechosen, same_recorded_path,
+                            save_yaml)
 from fewshot.data.cache import default_cache_dir, ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
@@ -1049,9 +1050,32 @@ class PipelineRun:
         if cfg["model"]["img_size"] is None:  # the size the run chose (it depends on the device, which may change)
             cfg["model"]["img_size"] = self.state.data.get("img_size")
         if holds_finished_run(out, self.state.data):
+            self.refuse_other_data_for_finished_run()
             print(f"[run] {out} finished already: {out}/pred_all.json, {out}/metrics.json")
             return read_finished_json(out / "summary.json", "the finished run's summary")
         return None
+
+    def refuse_other_data_for_finished_run(self) -> None:
+        """`--resume --data OTHER` on a finished run said "finished already" of results made on another root. As
+        a stopped run's resume (check_test_split), a root that moved is taken when it holds the run's datasets and
+        classes; other data is refused, naming the root the run used."""
+        run_root = (self.state.data.get("config") or {}).get("data", {}).get("root")
+        given = self.cfg["data"]["root"]
+        if not isinstance(run_root, str) or given is None or _same_root(run_root, given):
+            return
+        try:
+            infos = scan_root(given, self.cfg["data"]["datasets"], splits=("train", "val", "test"))
+        except UserError as exc:
+            why = (f"--data '{given}' cannot be read as its data ({exc}); resume with the run's --data to see its "
+                   f"results, or start a new run with another --out.")
+        else:
+            try:
+                self.state.check_same_data({info.name: list(info.classes) for info in infos})
+                return
+            except UserError as exc:
+                why = str(exc)
+        raise UserError(one_line(f"'{self.out}' is a finished run of the data root '{run_root}': --resume cannot "
+                                 f"switch it to another root's data. {why}"))
 
     def claim_output(self) -> None:
         """The output folder: a fresh one (unless --resume), noted as found (what a refused start restores), and
@@ -1863,6 +1887,17 @@ def refuse_used_output(out: Path) -> None:
             raise UserError(f"the output folder '{out}' is not empty ({shown}); `fewshot run` writes a whole new "
                             f"run there. Choose another --out, or delete the folder to run again"
                             + (", or add --resume to continue the run it holds." if stopped else "."))
+
+
+def _same_root(recorded: str, given) -> bool:
+    """Whether the data root a run recorded and the --data given now are one folder: as typed (same_recorded_path),
+    or reached through a symbolic link."""
+    if same_recorded_path(recorded, given):
+        return True
+    try:
+        return os.path.samefile(recorded, given)
+    except (OSError, ValueError):
+        return False
 
 
 def holds_finished_run(folder: Path, data: dict | None = None) -> bool:

@@ -292,22 +292,25 @@ def _out_of_memory(path: Path, threads: int) -> UserError:
 def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
                 skip_bad: bool = False, desc: str = "decoding images", threads: int | None = None,
                 skip_note: str = "--skip-bad-images", max_gb: float | None = None,
-                bit_depth: int | str = "auto", digests: bool = False) -> CachedImages:
+                bit_depth: int | str = "auto", digests: bool = False, entry_digests: bool = False) -> CachedImages:
     """Decode (or reuse the cache of) `paths` at `size`; bad files raise DataLayoutError unless skip_bad.
     ``max_gb``: data.cache_max_gb, the cache folder's cap once a new entry is written (prune_cache; None or 0:
     none). ``bit_depth``: data.bit_depth (to_rgb_uint8); 16-bit images that seem to use fewer bits than they are
     scaled from are named in one warning (warn_bit_depth). ``digests``: the result holds each image's image_digest,
-    taken as it decodes and kept in the entry's meta file (an entry written without them is hashed once)."""
+    taken as it decodes and kept in the entry's meta file (an entry written without them is hashed once).
+    ``entry_digests``: a new entry this process writes keeps them even where it does not ask for them: under torchrun
+    every rank decodes a split and the last to finish writes its meta file, so a rank other than 0 left an entry that
+    rank 0's next run hashed again for warn_split_copies."""
     # filters are the process's: the decoding threads see this one while it is in place, and a user's -W error
     # (or a caller's catch_warnings) holds again afterwards (a filter set at import overrode it for good)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         return _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb, bit_depth,
-                            digests)
+                            digests, entry_digests)
 
 
 def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb,
-                 bit_depth, digests) -> CachedImages:
+                 bit_depth, digests, entry_digests=False) -> CachedImages:
     paths = [Path(p) for p in paths]
     n = len(paths)
     key = cache_key(paths, size, crop_pct, bit_depth)
@@ -369,7 +372,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
         except MemoryError:
             raise _too_big(n, size, nbytes) from None
     try:
-        found: list[str | None] | None = [None] * n if digests else None
+        found: list[str | None] | None = [None] * n if digests or (entry_digests and tmp is not None) else None
         bad, sixteen = _decode_into(out, paths, size, crop_pct, desc, threads or min(8, os.cpu_count() or 1),
                                     bit_depth, found)
         if tmp is not None:
@@ -396,7 +399,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
         if tmp is not None:  # a failure or a stop: no partial copy per process left in the cache folder
             _drop(tmp)
     warn_bit_depth(desc, sixteen, bit_depth)
-    return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note, found)
+    return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note, found if digests else None)
 
 
 _HASHED: dict[str, list[str | None]] = {}  # _kept_digests' digests of entries whose meta file lacks them, by meta file

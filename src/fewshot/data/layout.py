@@ -17,8 +17,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot.errors import DataLayoutError, UserError, is_utf8_name, one_line, printable, quoted, shell_quoted
-from fewshot.errors import BIDI_CONTROLS
+from fewshot.errors import (BIDI_CONTROLS, DataLayoutError, UserError, is_utf8_name, one_line, path_argument,
+                            printable, quoted, shell_quoted)
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 NOT_DATASETS = frozenset({"unlabeled"})
@@ -370,7 +370,7 @@ def _refuse_a_dataset_given_as_root(root: Path, folders: list[Path]) -> None:
             if absolute.name else "")
     raise UserError(one_line(f"--data {root} looks like a dataset folder itself (it holds {held}), but --data is the "
                              f"root above the datasets (ROOT/<dataset>/train/<class>/<image>). Pass its parent "
-                             f"instead: --data {shell_quoted(parent)}{only}."))
+                             f"instead: --data {path_argument(parent)}{only}."))
 
 
 def _refuse_a_split_given_as_root(root: Path, folders: list[Path]) -> None:
@@ -391,7 +391,7 @@ def _refuse_a_split_given_as_root(root: Path, folders: list[Path]) -> None:
         only = f" {datasets_option([dataset.name])} (or leave --datasets out for every dataset there)"
         what = f"the {absolute.name} split of the dataset {quoted(dataset.name)} (its folders are classes)"
     raise UserError(one_line(f"--data {root} looks like {what}, but --data is the root above the datasets "
-                             f"(ROOT/<dataset>/train/<class>/<image>). Pass --data {shell_quoted(top)}{only}."))
+                             f"(ROOT/<dataset>/train/<class>/<image>). Pass --data {path_argument(top)}{only}."))
 
 
 def broken_link(link: Path) -> tuple[str | None, bool]:
@@ -431,7 +431,7 @@ def list_datasets(root: Path) -> list[str]:
                                  f"folder above the datasets, or fix the link."))
     if not root.is_dir():
         raise UserError(f"dataset root {shell_quoted(root)} does not exist or is not a folder. "
-                        f"Build the demo data with `fewshot data digits --out {shell_quoted(root)}`.")
+                        f"Build the demo data with `fewshot data digits --out {path_argument(root)}`.")
     try:
         folders = sorted((p for p in root.iterdir()
                           if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS),

@@ -60,8 +60,9 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
         else:
             for i, (p, local) in enumerate(getattr(info, split)):
                 paths.append(p); targets.append(space.global_label(d, local)); dsids.append(d); ids.append(i)
+    # only rank 0 warns of copies; an entry another rank writes keeps the digests that rank 0 reads in a later run
     cached = load_images(paths, size, cache_dir, crop_pct=crop_pct, skip_bad=skip_bad, desc=f"loading {split} images",
-                         max_gb=max_gb, bit_depth=bit_depth, digests=_warns())  # only rank 0 warns of copies
+                         max_gb=max_gb, bit_depth=bit_depth, digests=_warns(), entry_digests=True)
     out = ImageSet(cached.images, torch.tensor(targets, dtype=torch.long), torch.tensor(dsids, dtype=torch.long),
                    torch.tensor(ids, dtype=torch.long), paths, digests=cached.digests)
     if not bool(cached.valid.all()):
@@ -127,7 +128,7 @@ def load_splits(infos: list[DatasetInfo], splits: tuple[str, ...], space: LabelS
 
 def _warns() -> bool:
     """Whether this process says warn_split_copies' warnings (rank 0 of a torchrun job): the others take no digests,
-    as every rank hashed its images for a warning only rank 0 gives."""
+    as every rank hashed its images for a warning only rank 0 gives (they hash only an entry they write)."""
     return os.environ.get("RANK", "0") == "0"
 
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot.errors import UserError, one_line, printable, shell_quoted
+from fewshot.errors import UserError, one_line, path_argument, printable
 from fewshot.utils import loads_run_json
 
 STAGES = ("pretrain", "finetune_labelled", "finetune")  # finetune_labelled: self-training round 1
@@ -746,7 +746,7 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
             raise UserError(f"'{raw}' holds a `fewshot run` that stopped before its first stage trained (its "
                             f"run_state.json says unfinished, and no stage folder holds a log.jsonl or checkpoint "
                             f"yet): there is nothing to report. Continue it with the command that started it plus "
-                            f"--resume (`fewshot run --data ROOT --out {shell_quoted(raw)} ... --resume`), then "
+                            f"--resume (`fewshot run --data ROOT --out {path_argument(raw)} ... --resume`), then "
                             f"report it.")
         else:
             raise UserError(f"'{raw}' holds no run: a run folder of `fewshot train` or `fewshot pretrain` holds "

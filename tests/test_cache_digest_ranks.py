@@ -1,0 +1,76 @@
+"""Under torchrun every rank loads the splits at once (SupervisedTask: no barrier around load_splits), each decodes
+into its own temp file, and the last to finish writes the entry's meta file. A rank other than 0 took no digests,
+so an entry it wrote lacked them, and rank 0's next run hashed every image again for warn_split_copies. An entry
+a rank writes now keeps them; a rank other than 0 still hashes nothing it does not write."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import fewshot.data.cache as cache
+import fewshot.data.sets as sets
+from fewshot.data.label_space import LabelSpace
+from fewshot.data.layout import scan_root
+from fewshot.data.sets import load_splits
+from helpers.tiny import build_digits
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """The digits root with two train images copied into val (what warn_split_copies finds)."""
+    root = build_digits(tmp_path_factory.mktemp("ranks-data"))
+    for i, src in enumerate(sorted((root / "digits" / "train").rglob("*.png"))[:2]):
+        shutil.copy(src, root / "digits" / "val" / src.parent.name / f"copy{i}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch):
+    monkeypatch.setattr(sets, "_WARNED", set())
+    monkeypatch.setattr(cache, "_HASHED", {})
+
+
+def _load(root: Path, cache_dir: Path | None):
+    infos = scan_root(root, splits=("train", "val", "test"))
+    return load_splits(infos, ("train", "val"), LabelSpace.from_infos(infos), 16, cache_dir)
+
+
+def test_an_entry_written_by_another_rank_holds_the_digests_rank_0_reads(root, tmp_path, monkeypatch, capsys):
+    cache_dir = tmp_path / "cache"
+    with monkeypatch.context() as m:
+        m.setenv("RANK", "1")
+        train, val = _load(root, cache_dir)
+    assert train.digests is None and val.digests is None  # rank 1 says no warning, so it takes none
+    metas = sorted(cache_dir.glob("*.json"))
+    assert len(metas) == 2
+    for meta in metas:
+        record = json.loads(meta.read_text())
+        assert len(record["digests"]) == record["n"] and all(isinstance(d, str) for d in record["digests"])
+    assert "exact copies" not in capsys.readouterr().err
+    # rank 0 (the next run, or a rank that finished first) finds them there: nothing decoded or hashed again
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(cache, "decode_resized", lambda *a, **k: pytest.fail("a cached image was decoded again"))
+    monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("an entry rank 1 wrote was hashed again"))
+    train, val = _load(root, cache_dir)
+    assert len(train.digests) == len(train) and len(val.digests) == len(val)
+    assert "2 of its 32 val images are exact copies of its train images" in capsys.readouterr().err
+
+
+def test_another_rank_hashes_no_entry_it_does_not_write(root, tmp_path, monkeypatch):
+    """Reading an entry (even one without digests) or decoding without a cache folder costs no hashing there."""
+    cache_dir = tmp_path / "cache"
+    _load(root, cache_dir)
+    for meta in cache_dir.glob("*.json"):  # as an older fewshot wrote them
+        record = json.loads(meta.read_text())
+        del record["digests"]
+        meta.write_text(json.dumps(record))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
+    for folder in (cache_dir, None):
+        train, val = _load(root, folder)
+        assert train.digests is None and val.digests is None
+    assert not any("digests" in json.loads(m.read_text()) for m in cache_dir.glob("*.json"))
