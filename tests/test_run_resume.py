@@ -220,9 +220,11 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_default(digits_
     (out / "run_state.json").write_text(json.dumps(state))
     rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
     assert rc == 0 and "finished already" in stdout, err
-    state["config"]["data"]["skip_bad_unlabeled"] = False  # a value the run really had is still held to
+    state["config"]["data"]["skip_bad_unlabeled"] = False  # a value the run really had is still held to:
     (out / "run_state.json").write_text(json.dumps(state))
-    rc, _, err = run_main(*_cmd(digits_root, out, "--resume"))
+    rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))  # taken where the command does not give it
+    assert rc == 0 and "finished already" in stdout and "data.skip_bad_unlabeled false" in err, err
+    rc, _, err = run_main(*_cmd(digits_root, out, "--resume", "data.skip_bad_unlabeled=true"))  # refused if given
     assert rc == 2 and "data.skip_bad_unlabeled (false in the run, true now)" in err, err
 
 

@@ -201,7 +201,9 @@ def cmd_run(args, extra) -> int:
     cfg["model"]["name"] = timm_name(cfg["model"]["name"])  # as recorded, and as a resume compares it
     name = cfg["model"]["name"]
     adopt_run_model(cfg, flags, extra, args)
-    if args.resume:  # the run's model (run_state.json's), which the user may have given: as its stages record it
+    if args.resume:
+        adopt_run_settings(cfg, flags, extra, args)  # those the command does not give, the model among them
+        # the run's model (run_state.json's), which the user may have given: as its stages record it
         record_resumed_model(cfg, flags, extra, args)
     else:  # the weights' model, for the stages' config.yaml: chosen again there
         record_chosen(cfg, {"model.name": name})
@@ -244,6 +246,22 @@ def adopt_run_model(cfg: dict, flags: dict, extra: list[str], args) -> None:
             cfg["model"]["name"] = recorded
             return
     adopt_recorded_model(cfg, flags, extra, args.config)
+
+
+def adopt_run_settings(cfg: dict, flags: dict, extra: list[str], args) -> None:
+    """On --resume, the run's own value of every setting the command line does not give (its flags, key=value words
+    and --config file), so that the short `fewshot run --data D --out O --resume` continues the run; one it gives
+    that differs is refused by RunState.resume. Says which it took."""
+    from fewshot.cli import given_fields
+    from fewshot.config import file_settings
+    from fewshot.errors import one_line
+    from fewshot.run_state import adopt_untyped_settings, worded
+
+    typed = given_fields(flags, extra) | (set(file_settings(args.config)) if args.config else set())
+    taken = adopt_untyped_settings(Path(args.out), cfg, typed)
+    if taken:
+        print(one_line(f"note: --resume continues '{args.out}' with its own settings where this command gives none: "
+                       + ", ".join(f"{k} {worded(k, v)}" for k, v in taken.items())), file=sys.stderr, flush=True)
 
 
 def record_resumed_model(cfg: dict, flags: dict, extra: list[str], args) -> None:

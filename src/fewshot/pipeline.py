@@ -1051,6 +1051,7 @@ class PipelineRun:
             cfg["model"]["img_size"] = self.state.data.get("img_size")
         if holds_finished_run(out, self.state.data):
             self.refuse_other_data_for_finished_run()
+            self.refuse_changed_test_split_for_finished_run()
             print(f"[run] {out} finished already: {out}/pred_all.json, {out}/metrics.json")
             return read_finished_json(out / "summary.json", "the finished run's summary")
         return None
@@ -1076,6 +1077,50 @@ class PipelineRun:
                 why = str(exc)
         raise UserError(one_line(f"'{self.out}' is a finished run of the data root '{run_root}': --resume cannot "
                                  f"switch it to another root's data. {why}"))
+
+    def refuse_changed_test_split_for_finished_run(self) -> None:
+        """`--resume` of a finished run whose root gained or lost test images since said "finished already" (exit 0)
+        of a pred_all.json without the new ids. Predicting again needs the run's start-up outside its plan (the
+        decoding, the balancing on val, the scores, the report): refused, with the counts and the `fewshot predict`
+        command that predicts the images there now with the run's final model."""
+        from fewshot.errors import path_argument
+
+        try:
+            pred = loads_run_json((self.out / "pred_all.json").read_text())
+            infos = scan_root(self.cfg["data"]["root"], self.cfg["data"]["datasets"], splits=("test",))
+        except (OSError, ValueError, UserError):  # no predictions or no test split to compare: as before
+            return
+        if not isinstance(pred, dict):
+            return
+        added, removed = {}, {}
+        for info in infos:
+            before = pred.get(info.name)
+            if not isinstance(before, dict):  # a dataset the run did not predict: check_same_data judges it
+                continue
+            now = {i for i, _ in info.test}
+            added[info.name], removed[info.name] = len(now - set(before)), len(set(before) - now)
+
+        def counted(counts: dict, what: str) -> str:
+            n = sum(counts.values())
+            per = ", ".join(f"{name}: {k}" for name, k in counts.items() if k)
+            return f"{n} test image{'s' if n != 1 else ''} {what} ({per})" if n else ""
+
+        changes = [c for c in (counted(added, "added"), counted(removed, "removed")) if c]
+        if not changes:
+            return
+        out, root = path_argument(self.out), path_argument(self.cfg["data"]["root"])
+        options = "" if self.cfg["data"]["datasets"] is None else \
+            f" --datasets {path_argument(','.join(i.name for i in infos))}"
+        balance = canonical_value("run.balance", self.cfg["run"].get("balance", "auto"))  # YAML's bare off: false
+        if balance != "auto":
+            options += f" --balance {balance}"
+        raise UserError(one_line(
+            f"'{self.out}' finished, but its data root now holds other test images: {' and '.join(changes)} since "
+            f"the run predicted them, so its pred_all.json does not match them. --resume does not predict again; "
+            f"predict the test images there now with the run's final model: `fewshot predict {out} --data {root} "
+            f"--out {path_argument(self.out / 'pred_all.json')}{options}` (its metrics.json"
+            f"{' and report keep' if self.cfg['run'].get('report', True) else ' keeps'} the scores of the images it "
+            f"had)."))
 
     def claim_output(self) -> None:
         """The output folder: a fresh one (unless --resume), noted as found (what a refused start restores), and

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from fewshot.config import DEFAULTS, canonical_value, flatten_dotted, setting_changed
+from fewshot.config import DEFAULTS, canonical_value, flatten_dotted, get_dotted, set_dotted, setting_changed
 from fewshot.errors import UserError, one_line
 from fewshot.utils import loads_run_json, write_json
 
@@ -96,6 +96,34 @@ def recorded_setting(out: Path, dotted: str):
         return flatten_dotted(data["config"]).get(dotted)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def adopt_untyped_settings(out: Path, cfg: dict, typed: set[str]) -> dict:
+    """On --resume, the run's recorded value for each setting this command line does not give (``typed``: its flags,
+    key=value words and --config file keys, dotted), as --budget-minutes takes the run's: `run --data D --out O
+    --resume` after a Ctrl-C was refused as a change of model.name ('test_resnet' in the run, 'resnet18' now) though
+    it named no model. A setting the command gives is still compared (RunState.resume); those a resume may change
+    (RUN_RESUME_MAY_CHANGE) stay this session's. Returns {dotted: value} of those taken."""
+    try:
+        recorded = flatten_dotted(loads_run_json((Path(out) / STATE_FILE).read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # no run, or a damaged record: RunState.resume says what is wrong
+    taken = {}
+    for dotted, value in recorded.items():
+        if dotted in RUN_RESUME_MAY_CHANGE or dotted.startswith("_") \
+                or any(dotted == t or dotted.startswith(t + ".") for t in typed):
+            continue
+        keys = dotted.split(".")
+        try:
+            now = get_dotted(cfg, keys)
+        except KeyError:  # a field this fewshot no longer has: RunState.resume judges it
+            continue
+        # compared as JSON sees them, as RunState.resume does (a tuple in the settings is a list in the file)
+        if isinstance(now, dict) or not setting_changed(dotted, value, json.loads(json.dumps(now))):
+            continue
+        set_dotted(cfg, keys, copy.deepcopy(value))
+        taken[dotted] = value
+    return taken
 
 
 # what an unset (null) setting means, as the messages comparing a resume's settings with the run's word it
@@ -283,8 +311,9 @@ class RunState:
                    if k not in RUN_RESUME_MAY_CHANGE and setting_changed(k, before.get(k), now.get(k))]
         if changed:
             raise UserError(f"--resume continues '{out}' with the settings it started with, but this command "
-                            f"changes {', '.join(changed)}. Resume with the run's own command line (plus "
-                            f"--resume), or start a new run with another --out.")
+                            f"changes {', '.join(changed)}. Drop those settings to resume (`fewshot run --resume` "
+                            f"takes the run's own value of each setting it is not given), or start a new run with "
+                            f"another --out.")
         return cls(out, data)
 
     def save(self) -> None:

@@ -1,0 +1,71 @@
+"""`fewshot run --data D --out O --resume` after a Ctrl-C, without the run's --model: it was refused as "this
+command changes model.name ('test_resnet' in the run, 'resnet18' now)" though no --model was typed. A setting the
+command line does not give (flag, key=value word, --config key) takes the run's recorded value, as --budget-minutes
+does; one it gives that differs is still refused."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from helpers.checks import run_main
+from test_run_resume import sigterm_in_stage
+
+BASE = ("--budget-minutes", "0.2", "--device", "cpu", "--no-progress", "run.report=false",
+        "run.pretrain_batch_size=16", "train.batch_size=16")
+REFUSED = "changes model.name ('test_resnet' in the run, 'resnet18' now)"
+
+
+def _state(out: Path) -> dict:
+    return json.loads((out / "run_state.json").read_text())
+
+
+def test_a_stopped_run_resumes_without_its_model_and_finishes(digits_root, tmp_path, monkeypatch):
+    from fewshot.train.supervised import SupervisedTask
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 3)
+        rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--model", "test_resnet", *BASE)
+    assert rc == 128 + signal.SIGTERM and not _state(out)["finished"], err
+
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--model", "resnet18", "--resume")
+    assert rc == 2 and REFUSED in err and "Drop those settings to resume" in err, err  # typed: still refused
+
+    rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--resume")  # the short command line
+    assert rc == 0, err
+    assert "model.name 'test_resnet'" in err and "where this command gives none" in err, err
+    assert "test_resnet at 32px" in stdout and "finetune: continuing from" in stdout, stdout
+    assert _state(out)["finished"] and (out / "pred_all.json").is_file()
+    assert _state(out)["config"]["model"]["name"] == "test_resnet"
+
+
+def test_settings_not_typed_are_the_runs_and_typed_ones_are_compared(digits_root, tmp_path, settings_only_run):
+    """Flags, key=value words and --config keys the run started with, left out on --resume, are taken from its
+    run_state.json; given again with another value, each is still refused by name."""
+    out = tmp_path / "run"
+    config = tmp_path / "f.yaml"
+    config.write_text("optim:\n  weight_decay: 0.02\n")
+    started = ("run", "--data", digits_root, "--out", out, "--budget-minutes", "1")
+    rc, _, err = run_main(*started, "--model", "test_resnet", "--seed", "3", "--img-size", "32", "optim.lr=0.01",
+                          "--config", config, "--semi", "off")
+    assert rc == 0, err
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume")
+    assert rc == 0, err
+    cfg = settings_only_run[-1]
+    assert (cfg["model"]["name"], cfg["train"]["seed"], cfg["model"]["img_size"]) == ("test_resnet", 3, 32)
+    assert (cfg["optim"]["lr"], cfg["optim"]["weight_decay"], cfg["run"]["semi_method"]) == (0.01, 0.02, "off")
+    for typed, named in ((("--seed", "4"), "train.seed (3 in the run, 4 now)"),
+                         (("optim.lr=0.02",), "optim.lr (0.01 in the run, 0.02 now)"),
+                         (("--img-size", "64"), "model.img_size (32 in the run, 64 now)"),
+                         (("--semi", "pseudo"), "run.semi_method ('off' in the run, 'pseudo' now)")):
+        rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume", *typed)
+        assert rc == 2 and named in err, (typed, err)
+    other = tmp_path / "g.yaml"
+    other.write_text("optim:\n  weight_decay: 0.05\n")
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume", "--config", other)
+    assert rc == 2 and "optim.weight_decay (0.02 in the run, 0.05 now)" in err, err
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume", "--seed", "3", "--model",
+                          "test_resnet", "--config", config)  # the run's own values, typed: no change
+    assert rc == 0 and "where this command gives none" in err and "train.seed" not in err, err
