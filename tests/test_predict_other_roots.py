@@ -53,7 +53,8 @@ def test_plain_and_free_form_test_names_are_not_warned_about(copy_root, capsys):
 
 def test_answer_key_with_the_datas_renamed_folders_names_the_models_classes(trained, copy_root):
     """Values naming the renamed train folders were refused with "a class folder's name", and those names are
-    folder names: the message now lists the model's classes and says the data's folders differ."""
+    folder names: the message now lists the model's classes and says the data's folders differ. The renamed
+    train folders themselves are refused first (test_predict_classes), before the key is read."""
     ds = copy_root / "digits"
     words = "zero one two three four five six seven eight nine".split()
     for split in ("train", "val"):
@@ -64,8 +65,11 @@ def test_answer_key_with_the_datas_renamed_folders_names_the_models_classes(trai
     rc, _, err = run_main("eval", trained, "--data", copy_root, "--datasets", "digits", "--split", "test",
                           "--device", "cpu", "--no-progress")
     assert rc == 2, err
-    assert "one of the model's class names (0, 1, 2" in err and "a class folder's name" not in err, err
-    assert "The data's class folders (eight, five" in err and "differ from the model's" in err, err
+    assert "differ from those the model was trained on: eight, five" in err and "(0, 1, 2" in err, err
+    with pytest.raises(UserError) as exc:
+        load_answer_key(ds / "test_labels.json", class_names=[str(k) for k in range(10)], data_classes=words)
+    assert "one of the model's class names (0, 1, 2" in str(exc.value), exc.value
+    assert "The data's class folders (zero, one" in str(exc.value) and "differ from the model's" in str(exc.value)
 
 
 def test_answer_key_error_without_renamed_folders_does_not_claim_they_differ(tmp_path):

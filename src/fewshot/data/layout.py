@@ -541,7 +541,7 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
                 gaps.append(f"{entry}: class folder without images (allowed extensions: "
                             f"{', '.join(sorted(IMAGE_EXTS))})")
             continue
-        unread += [f"{found.name}/{e.name}" for e in files if _is_unread_file(e)]
+        unread += [f"{found.name}/{e.name}" for e in files if is_unread_file(e)]
         nested = [e.name for e in files if _is_dir_entry(e)]
         if nested and warnings is not None:
             warnings.append(f"{entry}: sub-folder(s) {', '.join(nested[:3])}{', ...' if len(nested) > 3 else ''} "
@@ -569,7 +569,7 @@ SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
 UNREAD_EXAMPLES = 3  # the files an unread_files_note names
 
 
-def _is_unread_file(entry: os.DirEntry) -> bool:
+def is_unread_file(entry: os.DirEntry) -> bool:
     """A file that is not an image by its extension (IMG_001.HEIC, x.avif, a name without one), system files
     aside: class folders and the pool dropped them without a word, where test/ said so."""
     return (not entry.name.startswith(".") and entry.name.lower() not in SYSTEM_FILES
@@ -996,7 +996,7 @@ def find_unlabeled_images(folders: list[str | Path]) -> list[Path]:
                     (links if entry.is_symlink() else subdirs).append(entry.path)
                 elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS:
                     out.append(base / entry.name)  # half the cost of Path(entry.path)
-                elif _is_unread_file(entry):
+                elif is_unread_file(entry):
                     unread.append(os.path.relpath(entry.path, folder))
             stack.extend(reversed(subdirs))
             if not told and time.monotonic() - start > SCAN_NOTE_S and os.environ.get("RANK", "0") == "0":

@@ -204,14 +204,16 @@ def folder_keyed(metrics: dict, infos) -> dict:
 def _in_model_classes(info, want: tuple[str, ...], split: str, warn: bool = True):
     """The split's labels indexed by the model's classes. A labelled split scanned alone takes its classes
     from its own folders: a val split may lack a rare class (warned here), any other difference
-    means the data is not what the model was trained on."""
-    if split == "test" or tuple(info.classes) == tuple(want):
+    means the data is not what the model was trained on. A test split (no labels) is checked against the
+    dataset's train class folders, where the root has them."""
+    if split == "test":
+        _refuse_other_train_classes(info, want)
+        return info
+    if tuple(info.classes) == tuple(want):
         return info
     unknown = [c for c in info.classes if c not in want]
     if unknown:
-        raise UserError(f"the classes of {info.root} differ from those the model was trained on: "
-                        f"{', '.join(printable(c) for c in unknown[:10])} not among the model's "
-                        f"{len(want)} classes.")
+        raise UserError(_other_classes(info.root, unknown, want))
     missing = [c for c in want if c not in info.classes]
     if missing and split == "val" and warn:
         warn_once([f"{info.root / 'val'}: no val images for {len(missing)} of the model's class(es), which are "
@@ -222,6 +224,33 @@ def _in_model_classes(info, want: tuple[str, ...], split: str, warn: bool = True
         return tuple((p, index[info.classes[k]]) for p, k in items)
 
     return dataclasses.replace(info, classes=tuple(want), train=remap(info.train), val=remap(info.val))
+
+
+def _other_classes(where: Path, unknown: list[str], want, hint: str = "") -> str:
+    """The refusal of data whose classes are not all the model's (val, or test beside such train folders)."""
+    return (f"the classes of {where} differ from those the model was trained on: "
+            f"{', '.join(printable(c) for c in unknown[:10])}{' ...' if len(unknown) > 10 else ''} not among the "
+            f"model's {len(want)} classes.{hint}")
+
+
+def _refuse_other_train_classes(info, want) -> None:
+    """A test split is read without labels, so its dataset's train class folders are what say which classes the
+    root's answer keys and users mean: folders the model does not know (`one`, `zero` for a model of `Zero`,
+    `one`) made predict write indices into the model's list (exit 0) and eval score 0 % without a word. A
+    test-only root (no train/), or one whose train/ cannot be listed, has nothing to compare; a train/ lacking
+    some of the model's classes is warned about by warn_about_what_is_not_predicted."""
+    try:
+        here = _class_folders(info)
+    except OSError:
+        return
+    known = {unicodedata.normalize("NFC", c) for c in want}
+    unknown = [c for c in here or () if unicodedata.normalize("NFC", c) not in known]
+    if not unknown:
+        return
+    listed = ", ".join(printable(c) for c in want[:12]) + (", ..." if len(want) > 12 else "")
+    raise UserError(_other_classes(info.root / "train", unknown, want,
+                                   f" The model's class indices would name other classes than these folders: "
+                                   f"rename them to the model's ({listed}), or use a model trained on this data."))
 
 
 def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | str | None = None,

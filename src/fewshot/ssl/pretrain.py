@@ -232,8 +232,9 @@ def unsorted_pool_images(root: Path, known: list[Path] = ()) -> list[Path]:
     dataset of the root (a pool laid out as ROOT/unlabeled/*.png used to be ignored without a word). A folder named
     after a dataset that is not trained on (`--datasets`) stays that dataset's. Empty folders are passed over; a
     file that is one of ``known`` or that lies in a dataset's own folder (reached through a symlink) is left out,
-    so no image is pseudo-labelled twice and no test image joins the pool."""
-    from fewshot.data.layout import is_image
+    so no image is pseudo-labelled twice and no test image joins the pool. Loose files that are not images by
+    their extension (IMG_001.HEIC) are said once, as the pool's folders say theirs (system files aside)."""
+    from fewshot.data.layout import is_image, is_unread_file, unread_files_note
 
     pool = root / "unlabeled"
     if not pool.is_dir():
@@ -241,10 +242,14 @@ def unsorted_pool_images(root: Path, known: list[Path] = ()) -> list[Path]:
     datasets = set(list_datasets(root))
     found: list[Path] = []
     try:
-        entries = sorted(pool.iterdir())
+        with os.scandir(pool) as it:
+            listed = sorted(it, key=lambda e: e.name)
     except OSError as exc:
         raise UserError(f"cannot list the unlabeled folder '{pool}': {exc.strerror or exc}.") from None
-    for entry in entries:
+    unread = [e.name for e in listed if is_unread_file(e)]  # dropped without a word, where a pool folder's are said
+    if unread:
+        warn_once([unread_files_note(f"the unlabeled pool {pool}", "directly in it", unread)])
+    for entry in (pool / e.name for e in listed):
         if entry.name.startswith("."):
             continue
         if entry.is_dir() and entry.name not in datasets and has_images(entry):  # empty folders, lost+found: nothing
