@@ -56,7 +56,8 @@ DEFAULTS: dict[str, Any] = {
         "mixup_alpha": 0.0,       # > 0: mixup with partners of the same dataset, lam ~ Beta(a, a) (fewshot.data.mix)
         "cutmix_alpha": 0.0,      # > 0: CutMix likewise; with both > 0 each batch picks one at random
         "mix_p": 1.0,             # share of batches that are mixed (when mixup or CutMix is on)
-        "skip_bad_images": False,
+        "skip_bad_images": False,  # undecodable labelled images are skipped and listed instead of stopping
+                                   # the command (--skip-bad-images); a train class left without any is refused
         "skip_bad_unlabeled": True,  # undecodable pool images are skipped and listed (the pool is extra data; one
                                      # broken file stopped a whole run); false: they stop it, as labelled ones do
         "unlabeled": None,        # the pool (MoCo, self-training, FixMatch): list of folders (None:
@@ -97,8 +98,8 @@ DEFAULTS: dict[str, Any] = {
         "skip_nonfinite": 0,      # tolerate up to N non-finite losses (skipped steps)
         "deterministic": False,
         "threads": None,          # None: all cores
-        "progress": True,
-        "tensorboard": True,
+        "progress": True,         # progress bars (plain lines when the output is a file or a pipe); --no-progress: off
+        "tensorboard": True,      # also write curves to RUN/tensorboard/ when the tensorboard package is installed
         "budget_minutes": None,   # stop cleanly when this much training time is spent (start-up not counted)
     },
     "semi": {
