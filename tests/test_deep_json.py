@@ -189,14 +189,17 @@ def test_deep_answer_key_is_refused(tmp_path):
 
 
 def test_depth_counts_containers_not_values():
-    """65 nested empty lists passed and 65 holding a value were refused: the value was counted as a level."""
+    """65 nested empty lists passed and 65 holding a value were refused: the value was counted as a level. A sibling
+    `[]` beside the chain makes more brackets than the limit, so that the walk (deeper_than) judges the file: with
+    no more brackets than levels the count alone passed it, and the walk's limit went untested."""
     from fewshot.config import deeper_than
     from fewshot.utils import RUN_JSON_DEPTH
 
     n = RUN_JSON_DEPTH
     for inner in ("", "1", '"x"', '{"a": 1}'):
         depth = n - 1 if inner.startswith("{") else n  # the object is a level of its own
-        text = "[" * depth + inner + "]" * depth
+        text = "[[], " + "[" * (depth - 1) + inner + "]" * depth
+        assert text.count("[") + text.count("{") > n and not deeper_than(json.loads(text), n)
         assert loads_run_json(text) is not None  # exactly the limit: read
         with pytest.raises(ValueError, match="nested too deeply"):
             loads_run_json("[" + text + "]")

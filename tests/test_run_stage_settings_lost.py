@@ -102,3 +102,24 @@ def test_a_stopped_stage_without_its_config_replaces_the_weights(tmp_path, pretr
     if not pretrain:
         assert pipeline.stage_resumes("began", tmp_path / name)
         assert not pipeline.stage_resumes("began", tmp_path / "finetune")
+
+
+@pytest.mark.parametrize("last", ["unreadable", "missing"])
+def test_a_stage_whose_last_pt_cannot_be_read_still_says_fewshot_run_starts_over(tmp_path, last):
+    """With no settings read from last.pt, the "`fewshot run` starts over" hint was dropped with the --weights one,
+    leaving a stage of a run only "start a new run with another --out"."""
+    run = tmp_path / "run"
+    sdir = run / "finetune_labelled"
+    (sdir / "checkpoints").mkdir(parents=True)
+    if last == "unreadable":
+        (sdir / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    (run / "run_state.json").write_text("{}")
+    (sdir / "config.yaml").write_text("")
+    cfg = resolve(overrides=["model.name=test_resnet", "train.device=cpu"])
+    with pytest.raises(UserError) as refused:
+        pipeline.stage_config(sdir, cfg)
+    said = str(refused.value)
+    assert "Put the run's config.yaml back" in said, said
+    assert f"or start a new run with another --out (`fewshot run` starts over; this stage belongs to the run in " \
+           f"{shell_quoted(run)})." in said, said
+    assert "--weights" not in said, said

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,76 @@ def test_atomic_write_into_a_pipe_through_a_link(tmp_path):
             os.close(write)
 
 
+def _write_in_child(path: Path, data: bytes, follow_links: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    """atomic_write_bytes in a child process, so that a write blocked on a FIFO fails the test instead of hanging
+    it."""
+    code = "import sys; from pathlib import Path; from fewshot.utils import atomic_write_bytes; " \
+           "atomic_write_bytes(Path(sys.argv[1]), sys.argv[2].encode(), sys.argv[3] == '1')"
+    return subprocess.run([sys.executable, "-c", code, str(path), data.decode(), "1" if follow_links else "0"],
+                          timeout=60, **kwargs)
+
+
+def test_a_fifo_at_a_name_fewshot_picks_is_replaced_not_written(tmp_path):
+    """A FIFO at a run's checkpoints/last.pt was opened and written in place (as `--out /dev/stdout` is): with no
+    reader the run hung there. Only a path the user typed is written in place; fewshot's own names are replaced."""
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    os.mkfifo(last)
+    proc = _write_in_child(last, b"ckpt", capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert last.is_file() and last.read_bytes() == b"ckpt"
+    assert [p.name for p in last.parent.iterdir()] == ["last.pt"]
+
+
+def test_a_device_at_a_name_fewshot_picks_is_replaced_not_written(tmp_path):
+    """A link to a device is replaced; so is a device node itself (it was overwritten in place)."""
+    node = tmp_path / "index.html"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    except (PermissionError, OSError):
+        pytest.skip("device nodes cannot be made here")
+    atomic_write_bytes(node, b"<html>")
+    assert node.is_file() and node.read_bytes() == b"<html>"
+
+
+def test_a_fifo_the_user_typed_is_still_written_in_place(tmp_path):
+    fifo = tmp_path / "pred.fifo"
+    os.mkfifo(fifo)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print(open(sys.argv[1]).read(), end='')",
+                              str(fifo)], stdout=subprocess.PIPE, text=True)
+    try:
+        proc = _write_in_child(fifo, b"{}", follow_links=True, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert child.communicate(timeout=60)[0] == "{}"
+    finally:
+        child.kill()
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+@pytest.mark.parametrize("redirect", ["ab", "wb"])
+def test_out_dev_stdout_redirected_to_a_file_appends_to_it(tmp_path, redirect):
+    """`eval ... --out /dev/stdout >> results.log`: /dev/stdout resolved to results.log, which the rename replaced,
+    its earlier lines gone. The file that stdout is gets the output through stdout, after what was printed."""
+    log = tmp_path / "results.log"
+    log.write_text("earlier\n")
+    code = ("import sys; from pathlib import Path; from fewshot.utils import atomic_write_bytes; print('printed'); "
+            "atomic_write_bytes(Path('/dev/stdout'), b'{}\\n', follow_links=True); print('after')")
+    with open(log, redirect) as fh:
+        proc = subprocess.run([sys.executable, "-c", code], stdout=fh, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    before = "earlier\n" if redirect == "ab" else ""
+    assert log.read_text() == before + "printed\n{}\nafter\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.log"]
+
+
+def test_out_dev_stderr_redirected_to_a_file_appends_to_it(tmp_path):
+    log = tmp_path / "err.log"
+    log.write_text("earlier\n")
+    with open(log, "ab") as fh:
+        proc = _write_in_child(Path("/dev/stderr"), b"{}", follow_links=True, stderr=fh)
+    assert proc.returncode == 0 and log.read_text() == "earlier\n{}"
+
+
 def test_predict_out_dev_stdout_into_a_pipe(run, root):
     """The documented `fewshot predict RUN --out /dev/stdout | jq .`: stdout a pipe, as the shell makes it."""
     proc = subprocess.run([sys.executable, "-m", "fewshot", "predict", str(run), "--data", str(root), "--out",
@@ -117,6 +188,19 @@ def test_report_replaces_links_in_an_earlier_reports_folder(run, tmp_path, name)
     rc, _, err = run_main("report", run, "--out", rep, "--device", "cpu")
     assert rc == 0, err
     assert victim.read_text() == "IMPORTANT" and not (rep / name).is_symlink() and (rep / name).is_file()
+
+
+@pytest.mark.parametrize("name", ["index.html", "accuracy_bars.png"])
+def test_report_replaces_a_fifo_in_an_earlier_reports_folder(run, tmp_path, name):
+    """A FIFO in place of a report's page or PNG was opened for writing: the report hung with no reader."""
+    rep = tmp_path / "rep"
+    assert run_main("report", run, "--out", rep, "--device", "cpu")[0] == 0
+    (rep / name).unlink()
+    os.mkfifo(rep / name)
+    proc = subprocess.run([sys.executable, "-m", "fewshot", "report", str(run), "--out", str(rep), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (rep / name).is_file() and (rep / name).stat().st_size > 0
 
 
 def test_report_replaces_links_in_a_downloaded_runs_own_report_folder(run, tmp_path):

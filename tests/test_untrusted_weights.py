@@ -328,3 +328,89 @@ def test_a_dot_class_folder_with_images_is_named_not_dropped_silently(digits_roo
     hidden = [ds / split / name for split in ("train", "val")]
     assert all((str(h) in err) == told for h in hidden), err
     assert ("hidden folder" in err) == told, err
+
+
+def _expanded_conv(state):
+    """A conv weight replaced by one stored value shown in its shape (zero strides): torch.load keeps the view."""
+    k = next(k for k, v in state.items() if v.ndim == 4)
+    state[k] = torch.zeros(1).expand(state[k].shape)
+    return k
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_a_zero_stride_tensor_in_a_checkpoint_is_refused(run, root, tmp_path, command):
+    named = []
+    path = _altered(run, tmp_path / "view.pt", lambda state: named.append(_expanded_conv(state)))
+    out = tmp_path / "o.safetensors"
+    argv = {"eval": ["eval", path, "--data", root, "--device", "cpu"], "export": ["export", path, "--out", out]}
+    rc, _, err = run_main(*argv[command])
+    assert rc == 2 and str(path) in err and named[0].removeprefix("backbone.") in err, err
+    assert "zero-stride or overlapping view" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_a_zero_stride_tensor_in_a_weights_file_does_not_fit(tmp_path):
+    """The shared check (train --weights, probe): a view passes load_state_dict, which copies it out whole."""
+    model = create_backbone("test_resnet", img_size=16)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    key = _expanded_conv(state)
+    path = tmp_path / "view.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=f"{key}: is shaped .* over a storage of 1 value"):
+        load_backbone_weights(create_backbone("test_resnet", img_size=16), path)
+
+
+class _BigClipped(nn.Module):
+    """A 256 MiB weight (on the meta device: no memory) beside bounds that start at inf."""
+
+    def __init__(self):
+        super().__init__()
+        self.big = nn.Parameter(torch.empty(1 << 26))
+        self.register_buffer("clip", torch.full((2,), math.inf))
+
+
+def test_a_file_is_sized_by_its_stored_bytes_not_its_shapes(monkeypatch):
+    """numel * element_size counted a 1.7 KB file holding `torch.zeros(1).expand(1 << 28)` as 1 GiB, which let it
+    have an 8 GiB model built for real to compare its infinities with."""
+    import fewshot.models.backbone as backbone
+    from fewshot.models.weights import infinity_problem
+
+    def only_on_meta(*args, **kwargs):
+        assert torch.empty(()).device.type == "meta", "the model was built for real"
+        return _BigClipped()
+
+    monkeypatch.setattr(backbone, "create_backbone", only_on_meta)
+    state = {"big": torch.zeros(1).expand(1 << 26), "clip": torch.full((2,), math.inf)}
+    ck = {"model_name": "big", "config": {"model": {"name": "big"}}}
+    assert infinity_problem(state, ck) == "clip holds NaN or infinite values"
+
+
+class _ManyWeights(nn.Module):
+    """Eight 16 MiB weights (128 MiB), built once per instance; the meta device cannot build it."""
+
+    built: list = []
+
+    def __init__(self, n: int = 8):
+        super().__init__()
+        if torch.empty(()).device.type == "meta":
+            raise RuntimeError("an init step the meta device cannot run")
+        self.weights = nn.ParameterList()
+        for _ in range(n):
+            self.weights.append(nn.Parameter(torch.empty(1 << 22)))
+            _ManyWeights.built.append(1)
+        self.register_buffer("clip", torch.full((2,), math.inf))
+
+
+@pytest.mark.parametrize("n, refused", [(8, True), (1, False)])
+def test_a_model_the_meta_device_cannot_build_is_built_for_real_only_within_the_limit(monkeypatch, n, refused):
+    """Where the meta build failed, the model was built for real whatever its size: the build now stops once its
+    weights pass the limit a file's bytes allow, and the infinities are then no values of the model's own."""
+    import fewshot.models.backbone as backbone
+    from fewshot.models.weights import infinity_problem
+
+    _ManyWeights.built.clear()
+    monkeypatch.setattr(backbone, "create_backbone", lambda *a, **k: _ManyWeights(n))
+    state = {"clip": torch.full((2,), math.inf)}
+    ck = {"model_name": "many", "config": {"model": {"name": "many"}}}
+    assert infinity_problem(state, ck) == ("clip holds NaN or infinite values" if refused else None)
+    assert len(_ManyWeights.built) == (4 if refused else 1)  # stopped on registering the fifth (80 MiB > 64)

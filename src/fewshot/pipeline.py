@@ -455,7 +455,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     if resuming and reusable_stage(state, fdir):
         load_best_checkpoint(task.model, fdir)
         task.model.to(device)  # the Engine would have moved it; the pseudo-labelling that follows needs it there
-        metrics = read_finished_json(fdir / "metrics.json", f"the finished stage {name}'s metrics")
+        metrics = read_finished_json(fdir / "metrics.json", f"the finished stage {name}'s metrics", ("mean_acc1",))
         task.reused, task.epochs_run = True, state.stage(name).get("epochs", 0)
         print(f"[run] {name}: finished before the stop; its best checkpoint is reused")
         return task, metrics
@@ -539,19 +539,29 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     return task, metrics
 
 
-def read_finished_json(path: Path, what: str) -> dict:
+def read_finished_json(path: Path, what: str, numbers: tuple[str, ...] = ()) -> dict:
     """A JSON object that `fewshot run --resume` reuses as the run wrote it: one altered (nested 100,000 deep, or
-    no JSON) ended in a RecursionError or JSONDecodeError, an internal error (exit 1)."""
+    no JSON) ended in a RecursionError or JSONDecodeError, an internal error (exit 1). ``numbers``: its keys that
+    are compared or printed as numbers (a stage's mean_acc1), each a number or null where present: `"x"` ended in
+    a TypeError in the val guard."""
     try:
         data = loads_run_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except OSError as exc:  # its text names the path, which the message names once
+        why = printable(one_line(exc.strerror or str(exc)))[:200]
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         why = printable(one_line(str(exc)))[:200]
     else:
-        if isinstance(data, dict):
+        wrong = next((k for k in numbers if isinstance(data, dict) and not _number_or_null(data.get(k))), None)
+        if isinstance(data, dict) and wrong is None:
             return data
-        why = f"it holds a JSON {type(data).__name__}, not an object"
+        why = (f"it holds a JSON {type(data).__name__}, not an object" if not isinstance(data, dict) else
+               f"its {wrong} is {printable(one_line(json.dumps(data[wrong])))[:60]}, not a number or null")
     raise UserError(f"{path} ({what}) cannot be read: {why}. It was altered or cut short after the run wrote it: "
                     f"restore it, or start the run anew with another --out.")
+
+
+def _number_or_null(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def reusable_stage(state, sdir: Path) -> bool:

@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -232,23 +233,26 @@ def atomic_write_bytes(path: Path, data: bytes, follow_links: bool = False) -> N
     """Write via a temp file in the same folder, fsync, rename: a kill never leaves half a file. A symbolic
     link at ``path`` is replaced by the file, never written through: the files fewshot names itself (a run's
     checkpoints and logs, a report's PNGs) may come from a folder made elsewhere, whose links would have had
-    fewshot overwrite what they point to. ``follow_links`` is for a path the user typed (`--out link.json`):
-    the link's target is replaced, the link kept, and a pipe or device (`--out /dev/stdout`) is written in
-    place. An OSError names ``path`` (the write's own carried no name, or the temp file's, and a full disk was
-    said without one)."""
+    fewshot overwrite what they point to. So is a pipe or device there: a FIFO at a run's last.pt hung the run.
+    ``follow_links`` is for a path the user typed (`--out link.json`): the link's target is replaced, the link
+    kept, a pipe or device (`--out /dev/stdout`) is written in place, and the file that stdout or stderr is
+    (`--out /dev/stdout >> log`) is written through that stream, not replaced. An OSError names ``path`` (the
+    write's own carried no name, or the temp file's, and a full disk was said without one)."""
     path = Path(path)
-    follow = follow_links or not path.is_symlink()
-    if follow:
+    stream = _standard_stream_of(path) if follow_links else None  # written as the shell opened it: no folder needed
+    if stream is None and (follow_links or not (path.is_symlink() or is_special_file(path))):
         path = check_output_file(path, None)  # a folder, or a file on the way: the user's path, not a bug
-    else:
-        check_output_dir(path.parent, None, shown=path)  # the link itself is replaced, in its own folder
+    elif stream is None:
+        check_output_dir(path.parent, None, shown=path)  # the link or node itself is replaced, in its own folder
     # a pipe or device is judged through the link and written by the name given: realpath made `/dev/stdout` into
     # a pipe `/proc/PID/fd/pipe:[N]`, a name no one can open, and mkstemp beside it failed
-    in_place = follow and is_special_file(path)
+    in_place = follow_links and stream is None and is_special_file(path)
     # a followed link to a file: its target, checked by check_output_file (its folder)
-    written = Path(os.path.realpath(path)) if follow and not in_place and path.is_symlink() else path
+    written = Path(os.path.realpath(path)) if follow_links and not in_place and path.is_symlink() else path
     try:
-        if in_place:  # opened by the name given: open follows the link itself
+        if stream is not None:
+            _write_fd(stream, data)
+        elif in_place:  # opened by the name given: open follows the link itself
             with open(path, "wb") as fh:
                 fh.write(data)
         else:
@@ -257,6 +261,35 @@ def atomic_write_bytes(path: Path, data: bytes, follow_links: bool = False) -> N
         if exc.filename is not None and not _is_temp_of(exc.filename, written):
             raise  # a folder on the way (mkdir's own name): already the right one
         raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
+
+
+def _standard_stream_of(path: Path) -> int | None:
+    """1 or 2 where ``path`` is the file stdout or stderr is (`--out /dev/stdout >> results.log`), else None: a
+    rename replaced results.log, its earlier lines gone, and a `>` redirect's offset wrote past the new end."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    for fd in (1, 2):
+        try:
+            std = os.fstat(fd)
+        except OSError:  # closed
+            continue
+        if (std.st_dev, std.st_ino) == (st.st_dev, st.st_ino):
+            return fd
+    return None
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    """``data`` written whole to ``fd``, after what Python's own streams hold for it (printed lines come first)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # None (pythonw), closed
+            pass
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _is_temp_of(name, written: Path) -> bool:

@@ -7,6 +7,7 @@ Common wrapper prefixes are stripped; mismatches are reported by name, never as 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.modules.module import (register_module_buffer_registration_hook,
+                                    register_module_parameter_registration_hook)
 
 from fewshot.errors import CheckpointError, is_utf8_name, one_line
 
@@ -440,6 +443,8 @@ def fit_problems(state: dict, own: dict) -> tuple[list[str], list[str]]:
             continue
         if mine.shape != v.shape:
             mismatched.append(f"{k}: file {tuple(v.shape)} vs model {tuple(mine.shape)}")
+        elif shows_more_than_stored(v):
+            mismatched.append(f"{k}: {_view_text(v)}")
         elif _float_counter(k, v, mine):
             continue
         elif v.is_floating_point() != mine.is_floating_point() or v.is_complex():  # float16/bfloat16/float8 load fine
@@ -556,6 +561,8 @@ def state_value_problem(state: dict) -> str | None:
     infinity is no sign of damage here: a model may start a buffer at inf (timm's gemma4 clipping bounds), and
     only its own values tell (fit_problems); a float step counter past fp16's range is inf, and only counts."""
     for k, v in state.items():
+        if shows_more_than_stored(v):
+            return f"{k} {_view_text(v)}"
         if v.is_complex() or v.dtype == torch.bool:
             return f"{k} has dtype {_dtype_name(v.dtype)}"
         if v.is_floating_point():
@@ -578,7 +585,69 @@ REAL_BUILD_SHARE, REAL_BUILD_FLOOR = 8, 64 << 20  # float8 files hold a quarter 
 
 
 def _nbytes(state: dict) -> int:
+    """A model's own state (built on the meta device, so no storage to count): each tensor its shape's bytes."""
     return sum(v.numel() * v.element_size() for v in state.values())
+
+
+def _stored_bytes(state: dict) -> int:
+    """The bytes a file's ``state`` really holds, each storage once: its shapes' bytes counted a 1.7 KB file of a
+    zero-stride `torch.zeros(1).expand(1 << 28)` as 1 GiB, which let it have an 8 GiB model built for real."""
+    storages = {}
+    for v in state.values():
+        try:
+            storage = v.untyped_storage()
+            key, size = (str(storage.device), storage.data_ptr()), storage.nbytes()
+        except (RuntimeError, NotImplementedError, TypeError):  # no plain storage (a sparse tensor): its shape
+            key, size = id(v), v.numel() * v.element_size()
+        storages[key] = max(size, storages.get(key, 0))
+    return sum(storages.values())
+
+
+def shows_more_than_stored(v: torch.Tensor) -> bool:
+    """Whether ``v`` shows more values than its storage holds (a zero-stride `expand`, an overlapping `as_strided`):
+    torch.load(weights_only=True) keeps such a view as saved, and no weights file holds one."""
+    if v.is_meta or v.numel() <= 1:
+        return False
+    try:
+        return any(n > 1 and st == 0 for n, st in zip(v.shape, v.stride())) or \
+            v.numel() * v.element_size() > v.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError, TypeError):  # no strides or storage (sparse): left to the load
+        return False
+
+
+def _view_text(v: torch.Tensor) -> str:
+    return (f"is shaped {tuple(v.shape)} over a storage of {v.untyped_storage().nbytes() // max(v.element_size(), 1)} "
+            f"value(s) (a zero-stride or overlapping view), which no saved weights are")
+
+
+class _TooLarge(Exception):
+    """A real build that passed its byte limit (_size_limited): stopped before it took that memory."""
+
+
+@contextlib.contextmanager
+def _size_limited(limit: int | None):
+    """Count the parameters and buffers a model's build registers, and stop it (_TooLarge) past ``limit`` bytes:
+    a model the meta device cannot build has no size known before it is built, and a small file naming a giant one
+    had it allocated whole."""
+    if limit is None:
+        yield
+        return
+    sizes, total = {}, 0
+
+    def count(module, name, tensor):
+        nonlocal total
+        size = 0 if tensor is None else tensor.numel() * tensor.element_size()
+        total += size - sizes.get((id(module), name), 0)
+        sizes[(id(module), name)] = size
+        if total > limit:
+            raise _TooLarge
+
+    handles = [register_module_parameter_registration_hook(count), register_module_buffer_registration_hook(count)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def infinity_problem(state: dict, ck: dict, prefix: str = "", skeleton: dict | None = None) -> str | None:
@@ -591,12 +660,13 @@ def infinity_problem(state: dict, ck: dict, prefix: str = "", skeleton: dict | N
     infinite = _infinite_keys(state)
     if not infinite:
         return None
+    limit = max(REAL_BUILD_SHARE * _stored_bytes(state), REAL_BUILD_FLOOR)
     own = {prefix + k: v for k, v in (_skeleton_state(ck) if skeleton is None else skeleton).items()}
-    if not own:  # an init step the meta device cannot run (as check_before_build): the real build alone tells
-        own = {prefix + k: v for k, v in _skeleton_state(ck, meta=False).items()}
+    if not own:  # an init step the meta device cannot run (as check_before_build): the real build alone tells,
+        # stopped where it passes the limit ({}: then no infinity is the model's own)
+        own = {prefix + k: v for k, v in _skeleton_state(ck, meta=False, limit=limit).items()}
     broken = next((k for k in infinite if k not in own or own[k].shape != state[k].shape), None)
-    if broken is None and any(v.is_meta for v in own.values()) and \
-            _nbytes(own) <= max(REAL_BUILD_SHARE * _nbytes(state), REAL_BUILD_FLOOR):
+    if broken is None and any(v.is_meta for v in own.values()) and _nbytes(own) <= limit:
         own = {prefix + k: v for k, v in _skeleton_state(ck, meta=False).items()}
     if broken is None:  # a model that cannot be built, or too large to: its infinities cannot be its own values
         broken = next((k for k in infinite if k not in own or own[k].is_meta or own[k].shape != state[k].shape
@@ -625,9 +695,10 @@ def check_export_state(state: dict, ck: dict, path) -> None:
                               f"checkpoint of the run.")
 
 
-def _skeleton_state(ck: dict, meta: bool = True) -> dict:
+def _skeleton_state(ck: dict, meta: bool = True, limit: int | None = None) -> dict:
     """The state dict (meta tensors, or with ``meta=False`` the values a fresh model starts with) of the backbone a
-    checkpoint's config describes, {} when it names none that can be built."""
+    checkpoint's config describes, {} when it names none that can be built (or, ``limit`` given, none within that
+    many bytes)."""
     from fewshot.errors import UserError
     from fewshot.models.backbone import backbone_options, create_backbone
 
@@ -636,7 +707,7 @@ def _skeleton_state(ck: dict, meta: bool = True) -> dict:
     if not isinstance(name, str) or not isinstance(model, dict):
         return {}
     try:
-        with torch.device("meta" if meta else "cpu"):
+        with torch.device("meta" if meta else "cpu"), _size_limited(limit):
             return create_backbone(name, **backbone_options(model)).state_dict()
-    except (UserError, TypeError, ValueError, RuntimeError, KeyError, AttributeError):
+    except (UserError, TypeError, ValueError, RuntimeError, KeyError, AttributeError, _TooLarge):
         return {}

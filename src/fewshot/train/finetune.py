@@ -310,8 +310,10 @@ def settings_lost(out: Path, cfg: dict, what: str) -> UserError:
                 f"them back into config.yaml; then resume again")
     else:
         back = "Put the run's config.yaml back (from a copy or a backup) and resume again"
-    # a checkpoint always records its config: none read means last.pt itself cannot be used, not even as --weights
-    weights = f" ({start_over(out, task_command(recorded))})" if recorded is not None else ""
+    # a checkpoint always records its config: none read means last.pt itself cannot be used, not even as --weights;
+    # a `fewshot run` stage is started over by `fewshot run` all the same (another --out alone is no way for it)
+    stage = (out.parent / "run_state.json").is_file()
+    weights = f" ({start_over(out, task_command(recorded or cfg))})" if recorded is not None or stage else ""
     return UserError(f"--resume cannot continue {shell_quoted(out)}: its config.yaml {what}, so the settings the run "
                      f"was configured with, which a resume keeps, are gone from it. {back}, or start a new run with "
                      f"another --out{weights}.")
