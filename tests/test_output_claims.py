@@ -15,6 +15,8 @@ import pytest
 from helpers.checks import run_main
 from test_run_resume import _cmd, sigterm_in_stage
 
+SHORT = ("--budget-minutes", "0.1")  # after BASE's 0.2, so it wins: the run's length is not the subject
+
 
 def test_the_floor_of_a_stage_is_said_as_the_time_it_is(monkeypatch, capsys):
     """"its least 5 training steps (3.6 s ...)" while the Engine stops at the floor's time: on a machine that got
@@ -67,7 +69,7 @@ def test_the_pretrain_stage_of_a_run_writes_its_metrics_and_resumes_after_it(dig
     from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path / "run"
-    cmd = _cmd(digits_root, out, "--pretrain", "run.semi_method=off")
+    cmd = _cmd(digits_root, out, "--pretrain", "run.semi_method=off", *SHORT)
     with monkeypatch.context() as mp:
         again = _knn_after_fit(mp, "pretrain")
         sigterm_in_stage(mp, "finetune", SupervisedTask, 2)

@@ -15,6 +15,8 @@ from helpers.checks import run_main
 from test_pipeline import _check_pred_all
 from test_run_resume import _cmd, _state, sigterm_in_stage
 
+SHORT = ("--budget-minutes", "0.1")  # after BASE's 0.2, so it wins: the rounds' decisions are patched (suite time)
+
 
 def _no_time_to_label_the_pool(monkeypatch) -> None:
     """Round 1 holds at any speed; before round 2 the time left holds a round without the pool's labelling
@@ -31,7 +33,7 @@ def test_time_left_without_room_to_label_the_pool_goes_on_training_on_the_labell
     The last round trains round 1's model on the labelled images instead; the val guard picks what predicts."""
     _no_time_to_label_the_pool(monkeypatch)
     out = tmp_path / "run"
-    rc, stdout, err = run_main(*_cmd(digits_root, out))
+    rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT))
     assert rc == 0, err
     assert "round 2 trains on the labelled images only (planned, not an error)" in stdout
     assert "fine-tuning from the previous round on the labelled images again" in stdout
@@ -54,7 +56,7 @@ def test_a_middle_round_without_time_to_label_is_the_last_and_the_rounds_after_i
         digits_root, tmp_path, monkeypatch, real_time_holds):
     _no_time_to_label_the_pool(monkeypatch)
     out = tmp_path / "run"
-    rc, stdout, err = run_main(*_cmd(digits_root, out, "run.pseudo_rounds=3"))
+    rc, stdout, err = run_main(*_cmd(digits_root, out, "run.pseudo_rounds=3", *SHORT))
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["stages"]) == ["finetune_labelled", "finetune"]
@@ -73,11 +75,11 @@ def test_a_stopped_labelled_only_round_is_continued_on_resume_without_labelling_
     with monkeypatch.context() as mp:
         _no_time_to_label_the_pool(mp)
         sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        rc, stdout, err = run_main(*_cmd(digits_root, out))
+        rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT))
     assert rc == 128 + signal.SIGTERM, err
     assert _state(out)["self_training"]["labelled_only"] == 2
     monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6)  # every round would fit now
-    rc, stdout, err = run_main(*_cmd(digits_root, out), "--resume")
+    rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT), "--resume")
     assert rc == 0, err
     assert "finetune_labelled: finished before the stop" in stdout and "finetune: continuing from" in stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -94,7 +96,7 @@ def test_no_time_even_for_a_round_on_the_labelled_images_still_skips_it(digits_r
     monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)
     monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: 1e6)
     out = tmp_path / "run"
-    rc, stdout, err = run_main(*_cmd(digits_root, out))
+    rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT))
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["stages"]) == ["finetune_labelled"] and summary["self_training_skipped"]["rounds"] == [2]

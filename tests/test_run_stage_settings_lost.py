@@ -19,6 +19,8 @@ from helpers.checks import run_main
 from test_resume_weights_model import NAMES, pasted, recorded_checkpoint
 from test_run_resume import _cmd, sigterm_in_stage
 
+SHORT = ("--budget-minutes", "0.1")  # after BASE's 0.2, so it wins: the run's length is not the subject
+
 
 @pytest.mark.parametrize("text, what", [("", "is empty"), ("{}\n", "holds no settings (`{}`)"),
                                         ("false\n", "is not a config fewshot can read (config file "),
@@ -63,7 +65,7 @@ def test_a_stopped_run_whose_stage_config_was_emptied_is_refused_then_resumed(di
     from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path / "run q"
-    cmd = _cmd(digits_root, out, "run.semi_method=off")
+    cmd = _cmd(digits_root, out, "run.semi_method=off", *SHORT)
     with monkeypatch.context() as mp:
         sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
         rc, _, err = run_main(*cmd)
