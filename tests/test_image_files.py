@@ -154,19 +154,33 @@ def test_class_folder_files_that_are_not_images_are_said_once_per_split(root, ca
     infos = scan_root(root, ["digits"])
     assert len(infos[0].train) == 20  # still passed over
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "not images by their extension" in line]
+    lines = [line for line in err.splitlines() if "does not read" in line or "are not images" in line]
     assert len(lines) == 2, err  # one a split, not one a file
-    assert lines[0].startswith(f"warning: {train}: 5 file(s) in its class folders are not images") and \
-        "'0/IMG_001.HEIC', '0/noext', '0/x.avif' and 2 more" in lines[0], lines
-    assert lines[1].startswith(f"warning: {val}: 1 file(s)") and "'2/a.heic'" in lines[1], lines
+    assert lines[0].startswith(f"warning: {train}: 4 image file(s) in its class folders are in a format fewshot "
+                               f"does not read") and "'0/IMG_001.HEIC', '0/x.avif', '1/y.avif' and 1 more" in lines[0]
+    assert "; 1 file(s) in its class folders are not images by their extension and are left out (e.g. '0/noext')" \
+        in lines[0], lines
+    assert lines[1].startswith(f"warning: {val}: 1 image file(s)") and "'2/a.heic'" in lines[1], lines
     for name in SYSTEM:
         assert name not in err
+
+
+def test_text_and_metadata_files_are_left_out_without_advice_to_convert_them(root, capsys):
+    """A README.md, notes.txt or labels.csv in a class folder was told to be converted to an image format."""
+    _add_unread(root / "digits" / "train" / "0", ["README.md", "notes.txt", "labels.csv", "meta.json"])
+    scan_root(root, ["digits"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "class folders" in line]
+    assert len(lines) == 1, lines
+    assert "4 file(s) in its class folders are not images by their extension and are left out" in lines[0], lines
+    assert "'0/README.md', '0/labels.csv', '0/meta.json' and 1 more" in lines[0], lines
+    assert "convert" not in lines[0] and "image file(s)" not in lines[0], lines
 
 
 def test_clean_class_folders_say_nothing(root, capsys):
     _add_unread(root / "digits" / "train" / "0", SYSTEM)
     scan_root(root, ["digits"])
-    assert "not images by their extension" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not images by their extension" not in err and "does not read" not in err
 
 
 def test_pool_files_that_are_not_images_are_said_once(root, capsys):
@@ -177,9 +191,10 @@ def test_pool_files_that_are_not_images_are_said_once(root, capsys):
     found = find_unlabeled_images([pool])
     assert len(found) == 80
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "not images by their extension" in line]
-    assert len(lines) == 1 and f"the unlabeled pool {pool}: 3 file(s) in it" in lines[0], err
-    assert "'IMG_001.HEIC', 'noext', 'sub/x.avif'" in lines[0], lines
+    lines = [line for line in err.splitlines() if f"the unlabeled pool {pool}:" in line]
+    assert len(lines) == 1 and f"the unlabeled pool {pool}: 2 image file(s) in it" in lines[0], err
+    assert "(e.g. 'IMG_001.HEIC', 'sub/x.avif'); convert them" in lines[0], lines
+    assert "1 file(s) in it are not images by their extension and are left out (e.g. 'noext')" in lines[0], lines
     for name in SYSTEM:
         assert name not in err
 

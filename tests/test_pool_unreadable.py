@@ -36,7 +36,7 @@ def _cfg(root: Path, unlabeled=None) -> dict:
 
 
 def _notes(err: str) -> list[str]:
-    return [line for line in err.splitlines() if "not images by their extension" in line]
+    return [line for line in err.splitlines() if "does not read" in line or "are not images" in line]
 
 
 def test_loose_files_in_the_pool_root_are_said_once(root, capsys):
@@ -48,8 +48,10 @@ def test_loose_files_in_the_pool_root_are_said_once(root, capsys):
     assert pool / "loose.png" in paths and len(paths) == 81
     lines = _notes(capsys.readouterr().err)
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"warning: the unlabeled pool {pool}: 4 file(s) directly in it are not images"), lines
-    assert "'IMG_001.HEIC', 'b.avif', 'c.avif' and 1 more" in lines[0], lines
+    assert lines[0].startswith(f"warning: the unlabeled pool {pool}: 3 image file(s) directly in it are in a format "
+                               f"fewshot does not read"), lines
+    assert "'IMG_001.HEIC', 'b.avif', 'c.avif'); convert them" in lines[0], lines
+    assert "1 file(s) directly in it are not images by their extension and are left out (e.g. 'noext')" in lines[0]
     for name in SYSTEM:
         assert name not in lines[0]
     pool_paths(_cfg(root), infos)
@@ -69,7 +71,16 @@ def test_an_unlabeled_dir_says_its_own_files(root, tmp_path, capsys):
     paths, _ = pool_paths(_cfg(root, [str(given)]), scan_root(root, ["digits"]))
     assert len(paths) == 80
     lines = _notes(capsys.readouterr().err)
-    assert len(lines) == 1 and f"the unlabeled pool {given}: 1 file(s) in it" in lines[0], lines
+    assert len(lines) == 1 and f"the unlabeled pool {given}: 1 image file(s) in it" in lines[0], lines
+
+
+def test_a_readme_in_the_pool_root_is_not_told_to_be_converted(root, capsys):
+    _add(root / "unlabeled", ["README.md", "labels.csv"])
+    pool_paths(_cfg(root), scan_root(root, ["digits"]))
+    lines = _notes(capsys.readouterr().err)
+    assert len(lines) == 1 and "2 file(s) directly in it are not images by their extension and are left out " \
+        "(e.g. 'README.md', 'labels.csv')" in lines[0], lines
+    assert "convert" not in lines[0], lines
 
 
 def test_system_files_in_the_pool_root_say_nothing(root, capsys):

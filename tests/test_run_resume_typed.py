@@ -69,3 +69,27 @@ def test_settings_not_typed_are_the_runs_and_typed_ones_are_compared(digits_root
     rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume", "--seed", "3", "--model",
                           "test_resnet", "--config", config)  # the run's own values, typed: no change
     assert rc == 0 and "where this command gives none" in err and "train.seed" not in err, err
+
+
+def test_settings_a_resume_may_change_are_the_runs_when_not_typed(digits_root, tmp_path, settings_only_run):
+    """The short resume command kept this session's defaults for the settings a resume may change: it switched the
+    run's TensorBoard setting and decoded the images again into ROOT/.fewshot_cache. Untyped, they are the run's (as
+    every setting but data.root); typed, they may still differ."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "1", "--model",
+                          "test_resnet", "--device", "cpu", f"data.cache_dir={cache}", "train.tensorboard=false")
+    assert rc == 0, err
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume")
+    assert rc == 0, err
+    cfg = settings_only_run[-1]
+    assert (cfg["data"]["cache_dir"], cfg["train"]["tensorboard"], cfg["train"]["device"]) == (str(cache), False, "cpu")
+    assert f"data.cache_dir '{cache}'" in err and "train.tensorboard false" in err, err
+    assert cfg["data"]["root"] == str(digits_root)
+    other = tmp_path / "other-cache"
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume", "--device", "auto",
+                          f"data.cache_dir={other}", "train.tensorboard=true")  # typed: this session's
+    assert rc == 0, err
+    cfg = settings_only_run[-1]
+    assert (cfg["data"]["cache_dir"], cfg["train"]["tensorboard"], cfg["train"]["device"]) == (str(other), True,
+                                                                                              "auto")
+    assert "data.cache_dir" not in err and "train.device" not in err, err

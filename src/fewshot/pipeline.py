@@ -1093,6 +1093,7 @@ class PipelineRun:
         of a pred_all.json without the new ids. Predicting again needs the run's start-up outside its plan (the
         decoding, the balancing on val, the scores, the report): refused, with the counts and the `fewshot predict`
         command that predicts the images there now with the run's final model."""
+        from fewshot.data.layout import datasets_option
         from fewshot.errors import path_argument
 
         try:
@@ -1104,7 +1105,9 @@ class PipelineRun:
             return
         added, removed = {}, {}
         for info in infos:
-            before = pred.get(info.name)
+            # keyed by the folder's name as listed (by_folder): a run recorded `café` composed beside a decomposed
+            # folder (macOS) found none of its datasets here and said "finished already" of stale predictions
+            before = pred.get(info.root.name, pred.get(info.name))
             if not isinstance(before, dict):  # a dataset the run did not predict: check_same_data judges it
                 continue
             now = {i for i, _ in info.test}
@@ -1119,8 +1122,8 @@ class PipelineRun:
         if not changes:
             return
         out, root = path_argument(self.out), path_argument(self.cfg["data"]["root"])
-        options = "" if self.cfg["data"]["datasets"] is None else \
-            f" --datasets {path_argument(','.join(i.name for i in infos))}"
+        # --datasets=-x,b: a dataset named -x given as `--datasets ./-x,b` (a path's form) named no dataset
+        options = "" if self.cfg["data"]["datasets"] is None else f" {datasets_option(i.name for i in infos)}"
         balance = canonical_value("run.balance", self.cfg["run"].get("balance", "auto"))  # YAML's bare off: false
         if balance != "auto":
             options += f" --balance {balance}"

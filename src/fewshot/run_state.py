@@ -23,8 +23,9 @@ from fewshot.utils import loads_run_json, write_json
 
 STATE_FILE = "run_state.json"
 
-# what a resumed `fewshot run` may change: where the data and the cache are, the device, threads and
-# progress output. Anything else would make the later stages belong to another run than the earlier ones.
+# what a resumed `fewshot run` may change when the command gives it: where the data and the cache are, the device,
+# threads and progress output (not given, they are the run's: adopt_untyped_settings). Anything else would make the
+# later stages belong to another run than the earlier ones.
 RUN_RESUME_MAY_CHANGE = frozenset({"data.root", "data.cache_dir", "train.device", "train.threads",
                                    "train.progress", "train.tensorboard"})
 
@@ -102,15 +103,18 @@ def adopt_untyped_settings(out: Path, cfg: dict, typed: set[str]) -> dict:
     """On --resume, the run's recorded value for each setting this command line does not give (``typed``: its flags,
     key=value words and --config file keys, dotted), as --budget-minutes takes the run's: `run --data D --out O
     --resume` after a Ctrl-C was refused as a change of model.name ('test_resnet' in the run, 'resnet18' now) though
-    it named no model. A setting the command gives is still compared (RunState.resume); those a resume may change
-    (RUN_RESUME_MAY_CHANGE) stay this session's. Returns {dotted: value} of those taken."""
+    it named no model. Every setting but data.root (--data, which the command always gives) is taken, those a
+    resume may change (RUN_RESUME_MAY_CHANGE) too: the short command otherwise stopped the run's TensorBoard logs
+    and decoded the images again into ROOT/.fewshot_cache beside its --cache-dir. A setting the command gives is
+    still compared (RunState.resume), and one of RUN_RESUME_MAY_CHANGE given may differ. Returns {dotted: value}
+    of those taken."""
     try:
         recorded = flatten_dotted(loads_run_json((Path(out) / STATE_FILE).read_text())["config"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}  # no run, or a damaged record: RunState.resume says what is wrong
     taken = {}
     for dotted, value in recorded.items():
-        if dotted in RUN_RESUME_MAY_CHANGE or dotted.startswith("_") \
+        if dotted == "data.root" or dotted.startswith("_") \
                 or any(dotted == t or dotted.startswith(t + ".") for t in typed):
             continue
         keys = dotted.split(".")

@@ -576,12 +576,34 @@ def is_unread_file(entry: os.DirEntry) -> bool:
             and os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTS and _is_file_entry(entry))
 
 
+# image formats fewshot does not decode (phones, cameras, editors, vector art): a file with one of these extensions
+# is an image to convert; any other unread file (README.md, labels.csv, notes.txt) is simply not an image
+OTHER_IMAGE_EXTS = frozenset({
+    ".heic", ".heif", ".hif", ".avif", ".jxl", ".jp2", ".j2k", ".jpf", ".jpx", ".jxr", ".wdp", ".apng", ".qoi",
+    ".raw", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".dng", ".srw",
+    ".pef", ".x3f", ".erf", ".kdc", ".mrw", ".3fr", ".iiq", ".svg", ".svgz", ".eps", ".psd", ".psb", ".xcf", ".kra",
+    ".exr", ".hdr", ".ico", ".icns", ".tga", ".dds", ".pcx", ".xbm", ".xpm", ".pict", ".pct"})
+
+
 def unread_files_note(where: str, inside: str, names: list[str]) -> str:
-    """One warning for a split's (or pool folder's) files that are not read: their count and a few names."""
-    shown = ", ".join(quoted(n) for n in names[:UNREAD_EXAMPLES])
-    more = f" and {len(names) - UNREAD_EXAMPLES} more" if len(names) > UNREAD_EXAMPLES else ""
-    return one_line(f"{where}: {len(names)} file(s) {inside} are not images by their extension and are not read "
-                    f"(e.g. {shown}{more}); convert them to one of {', '.join(sorted(IMAGE_EXTS))} to use them")
+    """One warning for a split's (or pool folder's) files that are not read: their count and a few names. Only
+    images in a format fewshot does not decode (OTHER_IMAGE_EXTS) are told to be converted: a README.md or
+    labels.csv told so got advice that made no sense for it."""
+    def shown(group: list[str]) -> str:
+        more = f" and {len(group) - UNREAD_EXAMPLES} more" if len(group) > UNREAD_EXAMPLES else ""
+        return ", ".join(quoted(n) for n in group[:UNREAD_EXAMPLES]) + more
+
+    image = [os.path.splitext(n)[1].lower() in OTHER_IMAGE_EXTS for n in names]
+    images = [n for n, i in zip(names, image) if i]
+    others = [n for n, i in zip(names, image) if not i]
+    parts = []
+    if images:
+        parts.append(f"{len(images)} image file(s) {inside} are in a format fewshot does not read "
+                     f"(e.g. {shown(images)}); convert them to one of {', '.join(sorted(IMAGE_EXTS))} to use them")
+    if others:
+        parts.append(f"{len(others)} file(s) {inside} are not images by their extension and are left out "
+                     f"(e.g. {shown(others)})")
+    return one_line(f"{where}: {'; '.join(parts)}")
 
 
 def _is_broken_link(path: Path) -> bool:
