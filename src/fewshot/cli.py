@@ -336,9 +336,10 @@ def cmd_train(args, extra) -> int:
     from fewshot.train.finetune import run_finetune
 
     cfg = resolve_run_config(args, extra, TRAIN_FLAGS)
-    from fewshot.cli_moco import warn_pretrain_config
+    from fewshot.cli_moco import warn_pretrain_config, warn_unused_overrides
 
     warn_pretrain_config(args.config, "train")
+    warn_unused_overrides("train", cfg, extra)
     run_finetune(cfg, Path(args.out), resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, after rank 0's metrics table
         print(f"done: {args.out}/metrics.json, checkpoints in {args.out}/checkpoints/")

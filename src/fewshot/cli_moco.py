@@ -147,6 +147,7 @@ def cmd_pretrain(args, extra) -> int:
     check_unlabeled_words(args.unlabeled)
     warn_finetune_config(args.config)
     cfg = resolve_run_config(args, extra, PRETRAIN_FLAGS, preset=args.preset, default_preset="mocov2")
+    warn_unused_overrides("pretrain", cfg, extra)
     run_pretrain(cfg, Path(args.out), resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once
         print(f"done: {args.out}; export the backbone with `fewshot export {args.out} --out backbone.safetensors`")
@@ -221,6 +222,7 @@ def cmd_run(args, extra) -> int:
     note_flags_overridden(flags, RUN_FLAG_NAMES, extra)
     warn_replaced_config_fields(args.config)
     warn_replaced_overrides(extra)
+    warn_unused_overrides("run", cfg, extra)
     warn_pretrain_config(args.config, "run")
     from fewshot.train.stop_signal import stop_at_once_on_signals
 
@@ -344,6 +346,47 @@ def warn_replaced_overrides(extra) -> None:
         dotted = next(iter(given_fields({}, [word])))
         if dotted in RUN_REPLACES:
             print(f"warning: {word} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr, flush=True)
+
+
+def unused_override_warnings(command: str, cfg: dict, extra) -> list[str]:
+    """The key=value words ``command`` (train, pretrain, run) or its method never reads, one warning per reason
+    naming them: `fewshot train run.pseudo_rounds=5`, `fewshot run --semi off run.pseudo_rounds=1` and
+    `data.mix_p=0.3` without mixup or CutMix were accepted and did nothing, without a word. Only typed words: a
+    shared --config file may carry them. Warned, not refused, for the same reason."""
+    from fewshot.config import parse_override
+
+    semi = cfg.get("run", {}).get("semi_method")
+    semi = "off" if semi in (None, False, "off", "none") else semi  # YAML reads a bare `off` as false
+    data = cfg.get("data", {})
+    mixing = any(isinstance(data.get(k), (int, float)) and data[k] > 0 for k in ("mixup_alpha", "cutmix_alpha"))
+    unused: dict[str, list[str]] = {}
+    for word in extra or []:
+        dotted = ".".join(parse_override(word)[0])
+        if command in ("train", "pretrain") and dotted.startswith("run."):
+            why = (f"`fewshot {command}` reads no run.* field (they set `fewshot run`'s stages and budget); drop "
+                   f"them, or give them to `fewshot run`")
+        elif command == "run" and dotted.startswith("run.pseudo_") and semi != "pseudo":
+            why = (f"run.pseudo_* fields are read by self-training only (--semi pseudo) and this run's method is "
+                   f"{semi}; drop them, or give --semi pseudo")
+        elif command in ("train", "run") and dotted == "data.mix_p" and not mixing:
+            why = ("data.mix_p is the share of batches mixed, and neither mixup nor CutMix is on; give "
+                   "data.mixup_alpha or data.cutmix_alpha above 0 as well, or drop it")
+        else:
+            continue
+        unused.setdefault(why, []).append(word)
+    return [f"warning: {' '.join(words)} {'does' if len(words) == 1 else 'do'} nothing: {why}."
+            for why, words in unused.items()]
+
+
+def warn_unused_overrides(command: str, cfg: dict, extra) -> None:
+    """unused_override_warnings on stderr, once under torchrun; as warn_replaced_overrides for a field a run sets
+    itself."""
+    from fewshot.errors import one_line
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for line in unused_override_warnings(command, cfg, extra):
+        print(one_line(line), file=sys.stderr, flush=True)
 
 
 def warn_replaced_config_fields(path) -> None:

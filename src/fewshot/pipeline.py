@@ -734,6 +734,43 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
             "state": copy.deepcopy(task.model.state_dict()), "key": key}
 
 
+def precision_cap(infos, precision: float) -> tuple[str | None, str | None]:
+    """run.pseudo_precision against what the val split can certify (certifiable_precision: (n + 1) / (n + 2) for a
+    class with n val images): (refusal, warning). Asked above it for every class, every threshold was inf and
+    every later round trained on the labelled images again ("kept 0/N"), silently. A class without val images
+    is not closed (it takes run.pseudo_threshold). Counts from the scan: skipped bad files only lower them."""
+    from fewshot.train.semi import certifiable_precision, val_images_needed
+
+    best, closed, sizes, caps = {}, {}, {}, []
+    for info in infos:
+        counts = torch.bincount(torch.tensor([label for _, label in info.val], dtype=torch.long),
+                                minlength=len(info.classes))
+        full = certifiable_precision(counts)
+        cap = full[counts > 0]  # compared as tensors, as calibrated_thresholds compares (float32)
+        closed[info.name] = [c for c, shut in zip(info.classes, ((counts > 0) & (full < precision)).tolist()) if shut]
+        sizes[info.name], caps = len(info.classes), caps + cap.tolist()
+        if len(cap):
+            best[info.name] = (float(cap.max()), int(counts.max()))
+    if not any(closed.values()):
+        return None, None
+    rule = (f"run.pseudo_precision={precision:g} is more than this val split can certify for {{}}: a class with n "
+            f"val images certifies at most (n + 1) / (n + 2) (the estimate of the thresholds), so {precision:g} needs "
+            f"{val_images_needed(precision)} val images of a class")
+    if all(len(closed[name]) == sizes[name] for name in closed):  # every class has val images and is closed
+        per = "; ".join(f"{name}: at most {cap:.3f}, {n} val images in its largest class"
+                        for name, (cap, n) in best.items())
+        return (f"{rule.format('any class')} ({per}). Every round after the first would keep no pool image and "
+                f"train on the labelled images again. Give run.pseudo_precision={math.floor(max(caps) * 1000) / 1000:g}"
+                f" or lower (0: no per-class thresholds, the shared rank only), or add val images."), None
+    shut = "; ".join(f"{name}: {len(c)} of {sizes[name]} classes"
+                     + (f" ({', '.join(c[:3])}{', ...' if len(c) > 3 else ''})" if len(c) < sizes[name] else "")
+                     for name, c in closed.items() if c)
+    # floored to 3 digits: never above the cap, so the value suggested opens them
+    return None, (f"[run] warning: {rule.format('some classes')}. These keep no pool image in the later rounds "
+                  f"({shut}); run.pseudo_precision={math.floor(min(caps) * 1000) / 1000:g} or lower keeps every class "
+                  f"with val images open, or add val images.")
+
+
 def labelled_only_round(task) -> dict:
     """The last self-training round when the time left holds a round's floor but not the pool's labelling: no
     pseudo-labels, the labelled images only, from ``task``'s weights (the round before). Skipped instead, round 2
@@ -989,6 +1026,7 @@ class PipelineRun:
         with stop_timing_when(self.refuse_if_hopeless):  # the timings until the first stage trains
             with self.undone_if_start_fails():
                 self.check_test_split()
+                self.check_pseudo_precision()
                 self.choose_model()
                 self.decode_inputs()
                 if self.semi == "pseudo":
@@ -1185,6 +1223,17 @@ class PipelineRun:
                                                                                    "datasets only"
             print(one_line(f"[run] note: no usable answer key for {', '.join(not_keyed)}: the test split {scored}."),
                   flush=True)
+
+    def check_pseudo_precision(self) -> None:
+        """run.pseudo_precision that the val split cannot certify (precision_cap): refused for a new run, before the
+        images are decoded; a resumed run, which must repeat its settings, is warned instead."""
+        if self.semi != "pseudo" or float(self.r["pseudo_precision"]) <= 0:
+            return
+        refusal, warning = precision_cap(self.infos, float(self.r["pseudo_precision"]))
+        if refusal is not None and self.state is None:
+            raise UserError(refusal)
+        if refusal is not None or warning is not None:
+            print(one_line(warning or f"[run] warning: {refusal}"), flush=True)
 
     def choose_model(self) -> None:
         """The image size (chosen for the images and device unless given), and the model built once: a mistyped
@@ -1574,14 +1623,19 @@ class PipelineRun:
         rest = after_round1_seconds(step_s, eval_s, per_image, self.n_unlabeled, rounds, closing_s,
                                     eval_passes(task) + 1)
         left = self.last_end - time.monotonic()
-        if skip["skipped_from"] == 2 or (not time_holds(rest + 5 * step_s + eval_s, left)
+        own = 5 * step_s + eval_s  # round 1's own least run: what it trains before the later rounds' time
+        if skip["skipped_from"] == 2 or (not time_holds(rest + own, left)
                                          and self.state.status("finetune") is None):
             if skip["skipped_from"] != 2:
                 planned = rounds
-                self.decide(1, 2, f"about {max(0.0, left):.0f} s were left for round 1 and what follows it, and the "
-                                  f"later round{'s need' if planned > 2 else ' needs'} about {rest:.0f} s after round "
-                                  f"1 at the measured speed (labelling the pool, calibration, 5 steps each, "
-                                  f"evaluations and the closing work)")
+                # the sum compared, not the later rounds' part alone: "47 s were left ... the later round needs
+                # about 41 s" read as a skip that should not have happened
+                left_s, need_s = seconds_apart(left, rest + own)
+                self.decide(1, 2, f"about {left_s} were left for round 1 and what follows it, less than they need at "
+                                  f"the measured speed (about {need_s}): round 1's own least run "
+                                  f"({seconds_text(own)}: 5 steps and an evaluation) and then the later "
+                                  f"round{'s' if planned > 2 else ''} ({seconds_text(rest)}: labelling the pool, "
+                                  f"calibration, 5 steps each, evaluations and the closing work)")
                 closing_s = self.closing(task, eval_s, per_test_image=per_image)  # the report now draws round 1 only
                 self.refuse_unless_least_run_fits(task, step_s)
                 print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "

@@ -225,6 +225,29 @@ def teacher_probabilities(logits: torch.Tensor, dataset_ids: torch.Tensor, space
     return scores.softmax(dim=1)
 
 
+def precision_estimate(right: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The precision calibrated_thresholds credits ``right`` of ``k`` val images with: (right + 1) / (k + 2),
+    one place, so that certifiable_precision's cap is the very number the thresholds compare."""
+    return (right.float() + 1) / (k.float() + 2)
+
+
+def certifiable_precision(n_val: torch.Tensor) -> torch.Tensor:
+    """The highest precision calibrated_thresholds can certify for a class with ``n_val`` val images (all of them
+    called that class, all right): (n + 1) / (n + 2), 0.955 at 20 images, 0.8 at 3. Asked for more, the class keeps
+    no pool image whatever the teacher does, so `fewshot run` checks run.pseudo_precision against it at start-up."""
+    n = torch.as_tensor(n_val)
+    return precision_estimate(n, n)
+
+
+def val_images_needed(precision: float) -> int:
+    """The fewest val images of a class whose certifiable_precision reaches ``precision`` (< 1), for the
+    message that asks for more val images."""
+    n = max(0, math.ceil((2 * precision - 1) / (1 - precision)) - 1)
+    while not bool(certifiable_precision(torch.tensor(n)) >= precision):
+        n += 1
+    return n
+
+
 def calibrated_thresholds(val_probs: torch.Tensor, val_targets: torch.Tensor, precision: float,
                           unmeasured: float = float("inf")) -> torch.Tensor:
     """Per-class confidence thresholds at which the teacher's labels are right often enough, read off
@@ -246,7 +269,7 @@ def calibrated_thresholds(val_probs: torch.Tensor, val_targets: torch.Tensor, pr
             continue
         order = conf[mine].argsort(descending=True, stable=True)
         right = (val_targets[mine[order]] == c).float().cumsum(0)
-        estimate = (right + 1) / (torch.arange(1, len(mine) + 1) + 2)
+        estimate = precision_estimate(right, torch.arange(1, len(mine) + 1))
         ok = torch.nonzero(estimate >= precision).flatten()
         if len(ok):
             out[c] = conf[mine[order[int(ok.max())]]]

@@ -1,0 +1,29 @@
+"""The line that says why self-training's later rounds were skipped names the time it compared: it said "about 47 s
+were left ... the later round needs about 41 s" of a skip that was right, since round 1's own least run counts too."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+
+def test_the_skip_names_the_sum_it_compared_and_its_parts(monkeypatch, capsys, real_time_holds):
+    from fewshot import pipeline
+
+    clock = [1000.0]
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda *a, **k: 0.001)
+    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: 41.0)  # the hunt's numbers
+    skip = {"rounds": 2, "skipped_from": None}
+    run = SimpleNamespace(skip=skip, rounds=2, n_unlabeled=2000, test_set=SimpleNamespace(images=None),
+                          r={"pseudo_share": 0.5}, last_end=clock[0] + 47.0, labelled_end=clock[0] + 20.0,
+                          closing=lambda *a, **k: 5.0, decide=lambda rounds, frm, why: skip.update(why=why),
+                          refuse_unless_least_run_fits=lambda *a: None, plan_closing=lambda s: None,
+                          state=SimpleNamespace(status=lambda name: None, save=lambda: None))
+    task = SimpleNamespace(step_s=1.0, eval_s=2.0, cfg={"train": {"ema": True}}, supports_ema=True)
+    pipeline.PipelineRun.round1_closing(run, task, 2.0, 1.0)
+    why = skip["why"]
+    # 41 s for the later round + 5 steps of 1 s + one 2-s evaluation: 48 s, more than the 47 s left
+    assert "about 47 s were left" in why and "speed (about 48 s)" in why, why
+    assert "(7.0 s: 5 steps and an evaluation)" in why and "later round (41 s:" in why, why
+    out = capsys.readouterr().out
+    assert why in out, out

@@ -1,0 +1,85 @@
+"""key=value words the command or its method never reads get one warning line naming them and why: `fewshot train
+run.pseudo_rounds=5` (train reads no run.* field), `fewshot run --semi off run.pseudo_rounds=1` (only self-training
+reads run.pseudo_*), `data.mix_p=0.3` with neither mixup nor CutMix on were accepted and did nothing, silently. Not
+refused, and not said of a --config file's fields: a shared file may carry them. The commands stop before training
+here (their entry points are patched): the warnings come from the command line alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers.checks import run_main
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """What train, pretrain and run would start, recorded instead: the settings they were given."""
+    from fewshot import pipeline
+    from fewshot.ssl import pretrain
+    from fewshot.train import finetune
+
+    given = []
+    monkeypatch.setattr(finetune, "run_finetune", lambda cfg, *a, **k: given.append(cfg))
+    monkeypatch.setattr(pretrain, "run_pretrain", lambda cfg, *a, **k: given.append(cfg))
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg, *a, **k: given.append(cfg))
+    return given
+
+
+def command(name, root, out, *words):
+    return run_main(name, "--data", root, "--out", out, "--model", "test_resnet", "--img-size", "32", "--device",
+                    "cpu", "--no-progress", *words)
+
+
+def warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning:") and "nothing" in line]
+
+
+def test_train_names_the_run_words_it_never_reads(digits_root, tmp_path, no_training):
+    rc, _, err = command("train", digits_root, tmp_path / "t", "run.semi_method=fixmatch", "run.pseudo_rounds=5",
+                         "run.balance=on", "optim.lr=1e-3")
+    assert rc == 0 and no_training, err  # accepted: a shared config may carry them
+    assert warnings(err) == ["warning: run.semi_method=fixmatch run.pseudo_rounds=5 run.balance=on do nothing: "
+                             "`fewshot train` reads no run.* field (they set `fewshot run`'s stages and budget); "
+                             "drop them, or give them to `fewshot run`."], err
+
+
+def test_pretrain_names_a_run_word_too(digits_root, tmp_path, no_training):
+    rc, _, err = command("pretrain", digits_root, tmp_path / "p", "run.balance=on")
+    assert rc == 0 and no_training, err
+    assert len(warnings(err)) == 1 and "run.balance=on does nothing: `fewshot pretrain` reads no run.*" in err
+
+
+@pytest.mark.parametrize("method", [["--semi", "off"], ["--semi", "fixmatch"], ["--baseline"]])
+def test_run_names_self_training_words_another_method_never_reads(digits_root, tmp_path, no_training, method):
+    rc, _, err = command("run", digits_root, tmp_path / "r", *method, "run.pseudo_rounds=3",
+                         "run.pseudo_targets=soft", "run.pretrain_share=0.4")
+    assert rc == 0 and no_training, err
+    semi = "off" if method[-1] in ("off", "--baseline") else "fixmatch"
+    assert warnings(err) == [f"warning: run.pseudo_rounds=3 run.pseudo_targets=soft do nothing: run.pseudo_* fields "
+                             f"are read by self-training only (--semi pseudo) and this run's method is {semi}; drop "
+                             f"them, or give --semi pseudo."], err
+
+
+@pytest.mark.parametrize("name", ["train", "run"])
+def test_mix_p_without_mixup_or_cutmix_is_named(digits_root, tmp_path, no_training, name):
+    rc, _, err = command(name, digits_root, tmp_path / "m", "data.mix_p=0.3")
+    assert rc == 0, err
+    assert warnings(err) == ["warning: data.mix_p=0.3 does nothing: data.mix_p is the share of batches mixed, and "
+                             "neither mixup nor CutMix is on; give data.mixup_alpha or data.cutmix_alpha above 0 as "
+                             "well, or drop it."], err
+
+
+@pytest.mark.parametrize("words", [["--semi", "pseudo", "run.pseudo_rounds=3", "run.pseudo_targets=soft"],
+                                   ["data.cutmix_alpha=1.0", "data.mix_p=0.3"],
+                                   ["run.balance=off", "data.mixup_alpha=0.2", "data.mix_p=0.5"]])
+def test_words_the_run_reads_pass_quietly(digits_root, tmp_path, no_training, words):
+    rc, _, err = command("run", digits_root, tmp_path / "q", *words)
+    assert rc == 0 and no_training and not warnings(err), err
+
+
+def test_a_config_files_fields_are_not_named(digits_root, tmp_path, no_training):
+    """A shared config file may carry fields one command reads and another does not: only typed words are named."""
+    config = tmp_path / "shared.yaml"
+    config.write_text("run:\n  pseudo_rounds: 3\n  balance: 'on'\ndata:\n  mix_p: 0.3\n")
+    rc, _, err = command("train", digits_root, tmp_path / "c", "--config", config)
+    assert rc == 0 and no_training and not warnings(err), err
