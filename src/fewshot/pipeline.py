@@ -1109,7 +1109,7 @@ class PipelineRun:
         a stopped run's resume (check_test_split), a root that moved is taken when it holds the run's datasets and
         classes; other data is refused, naming the root the run used."""
         run_root = (self.state.data.get("config") or {}).get("data", {}).get("root")
-        given = self.cfg["data"]["root"]
+        given = self.cfg.get("data", {}).get("root")
         if not isinstance(run_root, str) or given is None or _same_root(run_root, given):
             return
         try:
