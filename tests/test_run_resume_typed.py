@@ -74,7 +74,7 @@ def test_settings_not_typed_are_the_runs_and_typed_ones_are_compared(digits_root
 def test_settings_a_resume_may_change_are_the_runs_when_not_typed(digits_root, tmp_path, settings_only_run):
     """The short resume command kept this session's defaults for the settings a resume may change: it switched the
     run's TensorBoard setting and decoded the images again into ROOT/.fewshot_cache. Untyped, they are the run's (as
-    every setting but data.root); typed, they may still differ."""
+    every setting but data.root and the machine's device and threads); typed, they may still differ."""
     out, cache = tmp_path / "run", tmp_path / "cache"
     rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "1", "--model",
                           "test_resnet", "--device", "cpu", f"data.cache_dir={cache}", "train.tensorboard=false")
@@ -82,8 +82,10 @@ def test_settings_a_resume_may_change_are_the_runs_when_not_typed(digits_root, t
     rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume")
     assert rc == 0, err
     cfg = settings_only_run[-1]
-    assert (cfg["data"]["cache_dir"], cfg["train"]["tensorboard"], cfg["train"]["device"]) == (str(cache), False, "cpu")
+    assert (cfg["data"]["cache_dir"], cfg["train"]["tensorboard"], cfg["train"]["device"]) == (str(cache), False,
+                                                                                              "auto")
     assert f"data.cache_dir '{cache}'" in err and "train.tensorboard false" in err, err
+    assert "train.device" not in err, err
     assert cfg["data"]["root"] == str(digits_root)
     other = tmp_path / "other-cache"
     rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume", "--device", "auto",
@@ -93,3 +95,21 @@ def test_settings_a_resume_may_change_are_the_runs_when_not_typed(digits_root, t
     assert (cfg["data"]["cache_dir"], cfg["train"]["tensorboard"], cfg["train"]["device"]) == (str(other), True,
                                                                                               "auto")
     assert "data.cache_dir" not in err and "train.device" not in err, err
+
+
+def test_the_machines_device_and_threads_are_not_the_runs(digits_root, tmp_path, settings_only_run):
+    """A run made with --device cuda and train.threads=7, resumed on a CPU box by the short command, took the run's
+    device and failed "--device cuda was asked for": device and threads are the machine's, this session's defaults
+    where not typed."""
+    out = tmp_path / "run"
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "1", "--model",
+                          "test_resnet", "--device", "cpu", "train.threads=1")
+    assert rc == 0, err
+    state = _state(out)
+    state["config"]["train"].update(device="cuda", threads=7)  # as a GPU machine recorded it
+    (out / "run_state.json").write_text(json.dumps(state))
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume")
+    assert rc == 0, err
+    cfg = settings_only_run[-1]
+    assert (cfg["train"]["device"], cfg["train"]["threads"], cfg["model"]["name"]) == ("auto", None, "test_resnet")
+    assert "train.device" not in err and "train.threads" not in err, err

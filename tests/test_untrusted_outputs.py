@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,67 @@ def test_out_dev_stderr_redirected_to_a_file_appends_to_it(tmp_path):
     with open(log, "ab") as fh:
         proc = _write_in_child(Path("/dev/stderr"), b"{}", follow_links=True, stderr=fh)
     assert proc.returncode == 0 and log.read_text() == "earlier\n{}"
+
+
+_CHILD_WRITE = "import sys; from pathlib import Path; from fewshot.utils import atomic_write_bytes; "
+
+
+def test_out_dev_fd_3_appended_to_a_log_keeps_its_earlier_lines(tmp_path):
+    """`--out /dev/fd/3 3>> log`: only stdout and stderr were written through; fd 3's link led to the log, which the
+    rename replaced."""
+    log = tmp_path / "log"
+    log.write_text("earlier\n")
+    code = _CHILD_WRITE + "atomic_write_bytes(Path('/dev/fd/3'), b'{}\\n', follow_links=True)"
+    proc = subprocess.run(["sh", "-c", 'exec "$0" -c "$1" 3>>"$2"', sys.executable, code, str(log)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text() == "earlier\n{}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["log"]
+
+
+def test_out_dev_stderr_writes_at_stderrs_position_where_stdout_is_the_same_file(tmp_path):
+    """`> log 2>> log`: the file was matched to stdout first and written at stdout's offset (0), over the warning
+    stderr had appended; the descriptor the link names is the one written."""
+    log = tmp_path / "log"
+    code = _CHILD_WRITE + "print('warned', file=sys.stderr); atomic_write_bytes(Path('/dev/stderr'), b'{}', True)"
+    proc = subprocess.run(["sh", "-c", 'exec "$0" -c "$1" >"$2" 2>>"$2"', sys.executable, code, str(log)],
+                          timeout=60)
+    assert proc.returncode == 0
+    assert log.read_text() == "warned\n{}"
+
+
+def test_a_typed_plain_path_that_is_stdouts_file_is_replaced(tmp_path):
+    """`--out m.json > m.json` names no descriptor: the file is replaced as any other, not appended to."""
+    out = tmp_path / "m.json"
+    out.write_text("earlier\n")
+    code = _CHILD_WRITE + "print('printed'); atomic_write_bytes(Path(sys.argv[1]), b'{}', True)"
+    with open(out, "ab") as fh:
+        proc = subprocess.run([sys.executable, "-c", code, str(out)], stdout=fh, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == "{}"
+
+
+def test_out_dev_stdout_into_a_non_blocking_pipe_gets_the_whole_write(tmp_path):
+    """os.write on a non-blocking pipe (as some shells and runners leave stdout) raised BlockingIOError once the
+    pipe's 64 KiB were full and the reader had not caught up: a pipe is opened by name, blocking, as before."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    code = _CHILD_WRITE + "atomic_write_bytes(Path('/dev/stdout'), b'x' * (1 << 20), follow_links=True)"
+    try:
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=write, stderr=subprocess.PIPE)
+        os.close(write)
+        write = None
+        time.sleep(1)  # the slow reader: the child fills the pipe first
+        got = b""
+        while chunk := os.read(read, 1 << 16):
+            got += chunk
+        err = child.communicate(timeout=60)[1].decode()
+        assert child.returncode == 0 and len(got) == 1 << 20, err
+    finally:
+        os.close(read)
+        if write is not None:
+            os.close(write)
 
 
 def test_predict_out_dev_stdout_into_a_pipe(run, root):

@@ -14,7 +14,7 @@ from torch import nn
 
 from fewshot.errors import CheckpointError
 from fewshot.models.backbone import create_backbone
-from fewshot.models.weights import load_backbone_weights
+from fewshot.models.weights import fit_problems, load_backbone_weights
 from helpers.checks import run_main
 from helpers.tiny import build_digits
 
@@ -356,8 +356,48 @@ def test_a_zero_stride_tensor_in_a_weights_file_does_not_fit(tmp_path):
     key = _expanded_conv(state)
     path = tmp_path / "view.pt"
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match=f"{key}: is shaped .* over a storage of 1 value"):
+    with pytest.raises(CheckpointError, match=f"{key} is shaped .* over a storage of 1 value"):
         load_backbone_weights(create_backbone("test_resnet", img_size=16), path)
+    mismatched, _ = fit_problems(state, create_backbone("test_resnet", img_size=16).state_dict())
+    assert mismatched == [f"{key} is shaped {tuple(state[key].shape)} over a storage of 1 value(s) (a zero-stride or "
+                          f"overlapping view), and no weights file holds such a view"]
+
+
+def _expanded_pos_embed(tmp_path):
+    """A vit_tiny file whose pos_embed is one stored value shown as a 256x256 grid (+ the class token)."""
+    state = {k: v.clone() for k, v in create_backbone("vit_tiny_patch16_224", img_size=32).state_dict().items()}
+    state["pos_embed"] = torch.zeros(1).expand(1, 65537, 192)
+    path = tmp_path / "view.pt"
+    torch.save(state, path)
+    return path
+
+
+def test_a_zero_stride_pos_embed_is_refused_before_it_is_resampled(tmp_path, monkeypatch):
+    """pos_embed was resampled to the model's grid before fit_problems looked at it: the view was materialised
+    (13 GiB at a grid of 4096) and the result, a plain tensor, loaded without error."""
+    import timm.layers
+
+    def never(*args, **kwargs):
+        raise AssertionError("the view was resampled")
+
+    monkeypatch.setattr(timm.layers, "resample_abs_pos_embed", never)
+    path = _expanded_pos_embed(tmp_path)
+    with pytest.raises(CheckpointError, match=r"pos_embed is shaped \(1, 65537, 192\) over a storage of 1 value"):
+        load_backbone_weights(create_backbone("vit_tiny_patch16_224", img_size=32), path)
+
+
+def test_probe_refuses_a_zero_stride_pos_embed_in_its_meta_check(root, tmp_path, monkeypatch):
+    import fewshot.eval.probe as probe
+
+    built = []
+    real = probe.create_backbone
+    monkeypatch.setattr(probe, "create_backbone", lambda *a, **k: built.append(torch.empty(()).device.type)
+                        or real(*a, **k))
+    path = _expanded_pos_embed(tmp_path)
+    rc, _, err = run_main("probe", "--weights", path, "--model", "vit_tiny_patch16_224", "--img-size", "32",
+                          "--data", root, "--device", "cpu", "--epochs", "1", "--out", tmp_path / "probe")
+    assert rc == 2 and str(path) in err and "pos_embed is shaped (1, 65537, 192)" in err, err
+    assert "Traceback" not in err and built == ["meta"], (built, err)
 
 
 class _BigClipped(nn.Module):
@@ -413,4 +453,34 @@ def test_a_model_the_meta_device_cannot_build_is_built_for_real_only_within_the_
     state = {"clip": torch.full((2,), math.inf)}
     ck = {"model_name": "many", "config": {"model": {"name": "many"}}}
     assert infinity_problem(state, ck) == ("clip holds NaN or infinite values" if refused else None)
-    assert len(_ManyWeights.built) == (4 if refused else 1)  # stopped on registering the fifth (80 MiB > 64)
+    # stopped before allocating the fourth: 64 MiB with its device probe's 4 bytes, over the limit of 64 MiB
+    assert len(_ManyWeights.built) == (3 if refused else 1)
+
+
+class _OneHuge(nn.Module):
+    """One 128 MiB weight; the meta device cannot build it. ``allocated`` notes each time its storage was taken."""
+
+    allocated: list = []
+
+    def __init__(self):
+        super().__init__()
+        if torch.empty(()).device.type == "meta":
+            raise RuntimeError("an init step the meta device cannot run")
+        weight = torch.empty(1 << 25)
+        _OneHuge.allocated.append(weight.numel())
+        self.weight = nn.Parameter(weight)
+        self.register_buffer("clip", torch.full((2,), math.inf))
+
+
+def test_one_huge_weight_is_refused_before_it_is_allocated(monkeypatch):
+    """The registration hooks saw a weight only once it existed: one Parameter past the limit was allocated whole
+    first. Each factory call is sized before it allocates."""
+    import fewshot.models.backbone as backbone
+    from fewshot.models.weights import infinity_problem
+
+    _OneHuge.allocated.clear()
+    monkeypatch.setattr(backbone, "create_backbone", lambda *a, **k: _OneHuge())
+    state = {"clip": torch.full((2,), math.inf)}
+    ck = {"model_name": "huge", "config": {"model": {"name": "huge"}}}
+    assert infinity_problem(state, ck) == "clip holds NaN or infinite values"
+    assert _OneHuge.allocated == []

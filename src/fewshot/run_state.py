@@ -24,10 +24,13 @@ from fewshot.utils import loads_run_json, write_json
 STATE_FILE = "run_state.json"
 
 # what a resumed `fewshot run` may change when the command gives it: where the data and the cache are, the device,
-# threads and progress output (not given, they are the run's: adopt_untyped_settings). Anything else would make the
-# later stages belong to another run than the earlier ones.
+# threads and progress output (not given, the cache, progress and TensorBoard settings are the run's:
+# adopt_untyped_settings). Anything else would make the later stages belong to another run than the earlier ones.
 RUN_RESUME_MAY_CHANGE = frozenset({"data.root", "data.cache_dir", "train.device", "train.threads",
                                    "train.progress", "train.tensorboard"})
+# of those, the ones that belong to the machine, never taken from the run: a run made with --device cuda, resumed on
+# a CPU box by the short command, failed "--device cuda was asked for"
+MACHINE_SETTINGS = frozenset({"train.device", "train.threads"})
 
 
 def _is_amount(value, positive: bool = False) -> bool:
@@ -89,6 +92,12 @@ def check_state_fields(path: Path, data) -> None:
             raise bad(f"stages.{name}.epochs", "a finite number, 0 or more")
 
 
+def is_run_stage(out: Path) -> bool:
+    """Whether the train or pretrain folder ``out`` is a `fewshot run` stage (its parent holds run_state.json):
+    such a stage is started over, and stopped, by the run, not by a train command."""
+    return (Path(out).parent / STATE_FILE).is_file()
+
+
 def recorded_setting(out: Path, dotted: str):
     """One setting (dotted) of the run in ``out`` as its run_state.json recorded it; None where there is no run, the
     file cannot be read or lacks the field (RunState.resume then says what is wrong)."""
@@ -103,18 +112,18 @@ def adopt_untyped_settings(out: Path, cfg: dict, typed: set[str]) -> dict:
     """On --resume, the run's recorded value for each setting this command line does not give (``typed``: its flags,
     key=value words and --config file keys, dotted), as --budget-minutes takes the run's: `run --data D --out O
     --resume` after a Ctrl-C was refused as a change of model.name ('test_resnet' in the run, 'resnet18' now) though
-    it named no model. Every setting but data.root (--data, which the command always gives) is taken, those a
-    resume may change (RUN_RESUME_MAY_CHANGE) too: the short command otherwise stopped the run's TensorBoard logs
-    and decoded the images again into ROOT/.fewshot_cache beside its --cache-dir. A setting the command gives is
-    still compared (RunState.resume), and one of RUN_RESUME_MAY_CHANGE given may differ. Returns {dotted: value}
-    of those taken."""
+    it named no model. Every setting is taken but data.root (--data, which the command always gives) and the
+    machine's (MACHINE_SETTINGS: device and threads, this session's defaults), the cache, progress and TensorBoard
+    settings too: the short command otherwise stopped the run's TensorBoard logs and decoded the images again into
+    ROOT/.fewshot_cache beside its --cache-dir. A setting the command gives is still compared (RunState.resume),
+    and one of RUN_RESUME_MAY_CHANGE given may differ. Returns {dotted: value} of those taken."""
     try:
         recorded = flatten_dotted(loads_run_json((Path(out) / STATE_FILE).read_text())["config"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}  # no run, or a damaged record: RunState.resume says what is wrong
     taken = {}
     for dotted, value in recorded.items():
-        if dotted == "data.root" or dotted.startswith("_") \
+        if dotted == "data.root" or dotted in MACHINE_SETTINGS or dotted.startswith("_") \
                 or any(dotted == t or dotted.startswith(t + ".") for t in typed):
             continue
         keys = dotted.split(".")

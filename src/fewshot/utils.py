@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import stat
 import sys
@@ -235,23 +236,24 @@ def atomic_write_bytes(path: Path, data: bytes, follow_links: bool = False) -> N
     checkpoints and logs, a report's PNGs) may come from a folder made elsewhere, whose links would have had
     fewshot overwrite what they point to. So is a pipe or device there: a FIFO at a run's last.pt hung the run.
     ``follow_links`` is for a path the user typed (`--out link.json`): the link's target is replaced, the link
-    kept, a pipe or device (`--out /dev/stdout`) is written in place, and the file that stdout or stderr is
-    (`--out /dev/stdout >> log`) is written through that stream, not replaced. An OSError names ``path`` (the
+    kept, a pipe or device (`--out /dev/stdout`) is written in place (opened by name: blocking, whatever the
+    shell's descriptor is), and a link naming a descriptor that is a regular file (`--out /dev/stdout >> log`,
+    `--out /dev/fd/3 3>> log`) is written through that descriptor, not replaced. An OSError names ``path`` (the
     write's own carried no name, or the temp file's, and a full disk was said without one)."""
     path = Path(path)
-    stream = _standard_stream_of(path) if follow_links else None  # written as the shell opened it: no folder needed
-    if stream is None and (follow_links or not (path.is_symlink() or is_special_file(path))):
+    fd = _file_descriptor_named(path) if follow_links else None  # written as the shell opened it: no folder needed
+    if fd is None and (follow_links or not (path.is_symlink() or is_special_file(path))):
         path = check_output_file(path, None)  # a folder, or a file on the way: the user's path, not a bug
-    elif stream is None:
+    elif fd is None:
         check_output_dir(path.parent, None, shown=path)  # the link or node itself is replaced, in its own folder
     # a pipe or device is judged through the link and written by the name given: realpath made `/dev/stdout` into
     # a pipe `/proc/PID/fd/pipe:[N]`, a name no one can open, and mkstemp beside it failed
-    in_place = follow_links and stream is None and is_special_file(path)
+    in_place = follow_links and fd is None and is_special_file(path)
     # a followed link to a file: its target, checked by check_output_file (its folder)
     written = Path(os.path.realpath(path)) if follow_links and not in_place and path.is_symlink() else path
     try:
-        if stream is not None:
-            _write_fd(stream, data)
+        if fd is not None:
+            _write_fd(fd, data)
         elif in_place:  # opened by the name given: open follows the link itself
             with open(path, "wb") as fh:
                 fh.write(data)
@@ -263,21 +265,54 @@ def atomic_write_bytes(path: Path, data: bytes, follow_links: bool = False) -> N
         raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
 
 
-def _standard_stream_of(path: Path) -> int | None:
-    """1 or 2 where ``path`` is the file stdout or stderr is (`--out /dev/stdout >> results.log`), else None: a
-    rename replaced results.log, its earlier lines gone, and a `>` redirect's offset wrote past the new end."""
-    try:
-        st = os.stat(path)
-    except OSError:
+# /dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N (also thread-self, this process's PID and its tasks)
+_FD_NAME = re.compile(r"/dev/(?:std(?P<std>out|err)|fd/(?P<dev>\d+))|"
+                      r"/proc/(?:self|thread-self|(?P<pid>\d+))(?:/task/\d+)?/fd/(?P<proc>\d+)")
+
+
+def _descriptor_in_name(name: str) -> int | None:
+    match = _FD_NAME.fullmatch(name)
+    if match is None or (match["pid"] is not None and int(match["pid"]) != os.getpid()):
         return None
-    for fd in (1, 2):
+    if match["std"]:
+        return 1 if match["std"] == "out" else 2
+    return int(match["dev"] or match["proc"])
+
+
+def _file_descriptor_named(path: Path) -> int | None:
+    """The descriptor N that the link ``path`` names on its way (/dev/stdout, /dev/fd/N, /proc/self/fd/N, or a link
+    to one), where N is open for writing on a regular file (`--out /dev/stdout >> results.log`), else None: a rename
+    replaced results.log, its earlier lines gone. Pipes, terminals and sockets are written by name (os.write on a
+    shell's non-blocking pipe failed after 64 KiB), and a plain path that is stdout's file (`--out m.json >
+    m.json`) is replaced as any other."""
+    name, fd = os.path.abspath(path), None
+    for _ in range(40):  # the kernel's own limit on links followed
+        if not os.path.islink(name):
+            return None
+        fd = _descriptor_in_name(name)
+        if fd is not None:
+            break
         try:
-            std = os.fstat(fd)
-        except OSError:  # closed
-            continue
-        if (std.st_dev, std.st_ino) == (st.st_dev, st.st_ino):
-            return fd
-    return None
+            name = os.path.join(os.path.realpath(os.path.dirname(name)), os.readlink(name))
+        except OSError:
+            return None
+    if fd is None:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _writable(fd):
+            return None
+    except OSError:  # closed
+        return None
+    return fd
+
+
+def _writable(fd: int) -> bool:
+    """Whether ``fd`` was opened for writing (a `3< file` is not: its link is then the file's, replaced)."""
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): no /dev/fd either
+        return True
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
 
 
 def _write_fd(fd: int, data: bytes) -> None:

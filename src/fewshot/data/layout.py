@@ -580,9 +580,9 @@ def is_unread_file(entry: os.DirEntry) -> bool:
 # is an image to convert; any other unread file (README.md, labels.csv, notes.txt) is simply not an image
 OTHER_IMAGE_EXTS = frozenset({
     ".heic", ".heif", ".hif", ".avif", ".jxl", ".jp2", ".j2k", ".jpf", ".jpx", ".jxr", ".wdp", ".apng", ".qoi",
-    ".raw", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".dng", ".srw",
+    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".dng", ".srw",
     ".pef", ".x3f", ".erf", ".kdc", ".mrw", ".3fr", ".iiq", ".svg", ".svgz", ".eps", ".psd", ".psb", ".xcf", ".kra",
-    ".exr", ".hdr", ".ico", ".icns", ".tga", ".dds", ".pcx", ".xbm", ".xpm", ".pict", ".pct"})
+    ".exr", ".ico", ".icns", ".tga", ".dds", ".pcx", ".xbm", ".xpm", ".pict", ".pct"})
 
 
 def unread_files_note(where: str, inside: str, names: list[str]) -> str:

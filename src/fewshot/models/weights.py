@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.modules.module import (register_module_buffer_registration_hook,
                                     register_module_parameter_registration_hook)
+from torch.overrides import TorchFunctionMode
 
 from fewshot.errors import CheckpointError, is_utf8_name, one_line
 
@@ -201,7 +202,20 @@ def _unpickling_detail(exc: Exception) -> str:
 
 
 def backbone_state_from(obj: dict, path: Path) -> dict[str, torch.Tensor]:
-    """Find the backbone's tensors inside whatever container the file holds."""
+    """Find the backbone's tensors inside whatever container the file holds, each refused as read where it shows
+    more values than it stores: pos_embed and relative-position tables are resampled before fit_problems compares
+    them, and a zero-stride pos_embed was materialised there (GBs) and then loaded without a word."""
+    state = _backbone_tensors(obj, path)
+    for k, v in state.items():
+        if shows_more_than_stored(v):
+            raise CheckpointError(f"weights file {path} cannot be loaded: {k} {_view_text(v)}; it was not saved from "
+                                  f"a model. Save the tensors themselves (torch.save({{k: v.clone() for k, v in "
+                                  f"state.items()}}, 'weights.pt')) or use another weights file.")
+    return state
+
+
+def _backbone_tensors(obj: dict, path: Path) -> dict[str, torch.Tensor]:
+    """The backbone's tensors inside whatever container the file holds."""
     if obj.get("format") == "fewshot-checkpoint":
         from fewshot.train.checkpoint import check_checkpoint
 
@@ -444,7 +458,7 @@ def fit_problems(state: dict, own: dict) -> tuple[list[str], list[str]]:
         if mine.shape != v.shape:
             mismatched.append(f"{k}: file {tuple(v.shape)} vs model {tuple(mine.shape)}")
         elif shows_more_than_stored(v):
-            mismatched.append(f"{k}: {_view_text(v)}")
+            mismatched.append(f"{k} {_view_text(v)}")
         elif _float_counter(k, v, mine):
             continue
         elif v.is_floating_point() != mine.is_floating_point() or v.is_complex():  # float16/bfloat16/float8 load fine
@@ -617,18 +631,51 @@ def shows_more_than_stored(v: torch.Tensor) -> bool:
 
 def _view_text(v: torch.Tensor) -> str:
     return (f"is shaped {tuple(v.shape)} over a storage of {v.untyped_storage().nbytes() // max(v.element_size(), 1)} "
-            f"value(s) (a zero-stride or overlapping view), which no saved weights are")
+            f"value(s) (a zero-stride or overlapping view), and no weights file holds such a view")
 
 
 class _TooLarge(Exception):
     """A real build that passed its byte limit (_size_limited): stopped before it took that memory."""
 
 
+# the tensor factories a module's build calls (nn.Linear: torch.empty; timm: torch.zeros, torch.randn, ...)
+_FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
+                        torch.empty_strided, torch.empty_like, torch.zeros_like, torch.ones_like, torch.full_like,
+                        torch.rand_like, torch.randn_like, torch.Tensor.new_empty, torch.Tensor.new_zeros,
+                        torch.Tensor.new_ones, torch.Tensor.new_full})
+
+
+class _FactoryBytes(TorchFunctionMode):
+    """Sizes each factory call on the meta device before it allocates, and stops the build (_TooLarge) once their
+    bytes together pass ``limit``: the registration hooks see a tensor only once it exists, and one huge Parameter
+    was allocated in full. Temporaries count too, so the limit is an upper bound. Per thread (torch's modes are)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.total = limit, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _FACTORIES and "out" not in kwargs:
+            try:
+                shown = func(*args, **{**kwargs, "device": "meta"})
+            except (RuntimeError, TypeError, ValueError):  # the real call raises its own error
+                shown = None
+            if isinstance(shown, torch.Tensor):
+                self.total += shown.numel() * shown.element_size()
+                if self.total > self.limit:
+                    raise _TooLarge
+        return func(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def _size_limited(limit: int | None):
-    """Count the parameters and buffers a model's build registers, and stop it (_TooLarge) past ``limit`` bytes:
-    a model the meta device cannot build has no size known before it is built, and a small file naming a giant one
-    had it allocated whole."""
+    """Stop a model's build (_TooLarge) past ``limit`` bytes: a model the meta device cannot build has no size known
+    before it is built, and a small file naming a giant one had it allocated whole. Two counts, each against
+    ``limit``: the torch factory calls of this thread (_FactoryBytes, before each allocates), and the parameters and
+    buffers registered (tensors made otherwise: torch.tensor, C++ code), which bounds only between tensors (one is
+    counted once it exists) and, as torch's registration hooks are process-global, counts another thread's modules
+    built meanwhile too."""
     if limit is None:
         yield
         return
@@ -644,7 +691,8 @@ def _size_limited(limit: int | None):
 
     handles = [register_module_parameter_registration_hook(count), register_module_buffer_registration_hook(count)]
     try:
-        yield
+        with _FactoryBytes(limit):
+            yield
     finally:
         for handle in handles:
             handle.remove()

@@ -36,6 +36,7 @@ from torch import nn
 
 from fewshot.errors import UserError, one_line
 from fewshot.progress import track
+from fewshot.run_state import is_run_stage
 from fewshot.runtime import (CPU_BF16_MIN_SIZE, compile_failure_text, compile_remedy, compiled_modules,
                              cpu_computes_bf16, cpu_fp16_warning, is_compile_failure, uncompile)
 from fewshot.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -755,7 +756,7 @@ class Engine:
                     where = (f"{at} (step {self.step_in_epoch} of {self.steps_per_epoch})" if self.step_in_epoch
                              else at)
                     done = f"; it is evaluated there (log.jsonl: {at})" if evaluated else ""
-                    if (self.run_dir.parent / "run_state.json").is_file():
+                    if is_run_stage(self.run_dir):
                         # a `fewshot run` stage: the stage ends, the run goes on with what it has
                         print(f"note: no time is left of the run's budget for this stage (its train.budget_minutes="
                               f"{t['budget_minutes']:g}): it ends where it stopped, at {where}, without training "

@@ -21,6 +21,7 @@ from fewshot.models.weights import weights_note
 from fewshot.progress import set_enabled
 from fewshot.train.distributed import barrier, check_same_data, init_distributed
 from fewshot.run_lock import LOCK_NAME, lock_run_dir, refuse_if_being_written, unlock_and_remove
+from fewshot.run_state import is_run_stage
 from fewshot.train.engine import Engine, check_resume_world
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
 from fewshot.utils import (missing_parents, refuse_links_in_run_dir, resolve_device, resolved, seed_everything,
@@ -223,7 +224,7 @@ def start_over(out: Path, command: str) -> str:
     """What starts a new run instead of resuming ``out``: `fewshot COMMAND --weights` from its last.pt, or for a
     `fewshot run` stage (no train command there) `fewshot run`, which starts that run over."""
     out = Path(out)
-    if (out.parent / "run_state.json").is_file():
+    if is_run_stage(out):
         return f"`fewshot run` starts over; this stage belongs to the run in {shell_quoted(out.parent)}"
     return f"`fewshot {command} --weights {path_argument(out / 'checkpoints' / 'last.pt')}` starts from its weights"
 
@@ -235,7 +236,7 @@ def resume_refused(out: Path, cfg: dict, by: str, changed: list[str], undo: str,
     nothing was trained yet (the engine refuses only on loading last.pt: it needs none)."""
     said = f"--resume continues '{out}' exactly as it was configured, but {by} changes {', '.join(changed)}."
     last = Path(out) / "checkpoints" / "last.pt"
-    if not (Path(out).parent / "run_state.json").is_file() and not last.is_file():  # stopped before a checkpoint
+    if not is_run_stage(out) and not last.is_file():  # stopped before a checkpoint
         also = f", or {undo_clause} to start it as it was configured" if undo_clause else ""
         return UserError(f"{said} Nothing was trained there yet (no {shell_quoted(last)}): run the same command "
                          f"without --resume to start it afresh with these settings{also} (or give another --out).")
@@ -312,7 +313,7 @@ def settings_lost(out: Path, cfg: dict, what: str) -> UserError:
         back = "Put the run's config.yaml back (from a copy or a backup) and resume again"
     # a checkpoint always records its config: none read means last.pt itself cannot be used, not even as --weights;
     # a `fewshot run` stage is started over by `fewshot run` all the same (another --out alone is no way for it)
-    stage = (out.parent / "run_state.json").is_file()
+    stage = is_run_stage(out)
     weights = f" ({start_over(out, task_command(recorded or cfg))})" if recorded is not None or stage else ""
     return UserError(f"--resume cannot continue {shell_quoted(out)}: its config.yaml {what}, so the settings the run "
                      f"was configured with, which a resume keeps, are gone from it. {back}, or start a new run with "
