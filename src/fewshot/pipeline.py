@@ -1927,10 +1927,11 @@ class PipelineRun:
             write_json(out / "summary.json", self.summary)
         self.state.finish(total_s)  # after the report: a run stopped while drawing it draws it again on --resume
         lost = int(self.state.data.get("unrecorded_sessions") or 0)
-        print(f"[run] done in {total_s / 60:.1f} of {self.budget_minutes:g} minutes: {out}/pred_all.json, "
-              f"{out}/metrics.json" + (f" (not counted: what {lost} session{'s' if lost > 1 else ''} that ended "
-                                       f"without a word ran after {'their' if lost > 1 else 'its'} last record)"
-                                       if lost else ""))
+        # in seconds: tenths of a minute rounded 93 s of a 90 s budget to "1.6 of 1.5 minutes", an overrun to read
+        print(f"[run] done in {total_s:.0f} s of {budget_s:.0f} s ({self.budget_minutes:g} minutes): "
+              f"{out}/pred_all.json, {out}/metrics.json"
+              + (f" (not counted: what {lost} session{'s' if lost > 1 else ''} that ended "
+                 f"without a word ran after {'their' if lost > 1 else 'its'} last record)" if lost else ""))
         if total_s > 1.05 * budget_s:
             print(overrun_note(total_s, budget_s, sum(self.fit_seconds)))
 
