@@ -224,6 +224,25 @@ def test_out_dev_stdout_into_a_non_blocking_pipe_gets_the_whole_write(tmp_path):
             os.close(write)
 
 
+def test_out_dev_stdout_into_a_non_blocking_socket_gets_the_whole_write():
+    """A socket cannot be opened by name (ENXIO: a service whose stdout is the journal's socket), so it is written
+    through its descriptor, waiting where a non-blocking one is full."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    code = _CHILD_WRITE + "atomic_write_bytes(Path('/dev/stdout'), b'x' * (1 << 20), follow_links=True)"
+    with ours, theirs:
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=theirs.fileno(), stderr=subprocess.PIPE)
+        theirs.close()
+        time.sleep(1)  # the slow reader: the child fills the socket first
+        got = b""
+        while chunk := ours.recv(1 << 16):
+            got += chunk
+        err = child.communicate(timeout=60)[1].decode()
+        assert child.returncode == 0 and len(got) == 1 << 20, err
+
+
 def test_predict_out_dev_stdout_into_a_pipe(run, root):
     """The documented `fewshot predict RUN --out /dev/stdout | jq .`: stdout a pipe, as the shell makes it."""
     proc = subprocess.run([sys.executable, "-m", "fewshot", "predict", str(run), "--data", str(root), "--out",

@@ -281,10 +281,11 @@ def _descriptor_in_name(name: str) -> int | None:
 
 def _file_descriptor_named(path: Path) -> int | None:
     """The descriptor N that the link ``path`` names on its way (/dev/stdout, /dev/fd/N, /proc/self/fd/N, or a link
-    to one), where N is open for writing on a regular file (`--out /dev/stdout >> results.log`), else None: a rename
-    replaced results.log, its earlier lines gone. Pipes, terminals and sockets are written by name (os.write on a
-    shell's non-blocking pipe failed after 64 KiB), and a plain path that is stdout's file (`--out m.json >
-    m.json`) is replaced as any other."""
+    to one), where N is open for writing on a regular file (`--out /dev/stdout >> results.log`) or a socket, else
+    None: a rename replaced results.log, its earlier lines gone, and a socket (a service's stdout into the journal)
+    cannot be opened by name. Pipes and terminals are written by name (os.write on a shell's non-blocking pipe
+    failed after 64 KiB), and a plain path that is stdout's file (`--out m.json > m.json`) is replaced as any
+    other."""
     name, fd = os.path.abspath(path), None
     for _ in range(40):  # the kernel's own limit on links followed
         if not os.path.islink(name):
@@ -299,7 +300,8 @@ def _file_descriptor_named(path: Path) -> int | None:
     if fd is None:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _writable(fd):
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISSOCK(mode)) or not _writable(fd):
             return None
     except OSError:  # closed
         return None
@@ -324,7 +326,12 @@ def _write_fd(fd: int, data: bytes) -> None:
             pass
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:  # a non-blocking socket that is full: wait until it takes more
+            import select
+
+            select.select([], [fd], [])
 
 
 def _is_temp_of(name, written: Path) -> bool:
