@@ -139,6 +139,22 @@ def backbone_options(model_cfg: dict) -> dict:
 MIN_IMG_SIZE, MAX_IMG_SIZE = 1, 1024
 
 
+def architecture_name(name) -> str:
+    """The network a model name builds, in lower case: `resnet18` for `resnet18.a1_in1k`, `RESNET18` or
+    `hf-hub:timm/resnet18.tv_in1k`. A pretrained tag names only timm's weights, not another network: a file recording
+    resnet18 at 32 px given with --model resnet18.a1_in1k was taken for another model's and built at 224 px."""
+    text = str(name).strip()
+    for prefix in ("hf-hub:", "hf_hub:", "timm/"):
+        if text.lower().startswith(prefix):
+            text = text[len(prefix):]
+    return timm.models.split_model_name_tag(text)[0].lower()
+
+
+def same_architecture(a, b) -> bool:
+    """Whether two model names build the same network (architecture_name): tags, case and a hub prefix aside."""
+    return architecture_name(a) == architecture_name(b)
+
+
 def adopt_weights_architecture(model_cfg: dict) -> dict:
     """Where the config leaves width / small_stem at their defaults and `model.weights` is an export
     recording other values, take the export's (the file could not load otherwise). Written into the
@@ -146,7 +162,7 @@ def adopt_weights_architecture(model_cfg: dict) -> dict:
     from fewshot.models.weights import architecture_of
 
     arch = architecture_of(model_cfg.get("weights"))
-    if arch.get("model") and model_cfg.get("name") and arch["model"] != model_cfg["name"]:
+    if arch.get("model") and model_cfg.get("name") and not same_architecture(arch["model"], model_cfg["name"]):
         # another model's file: its width / small_stem made "model.width applies to timm ResNets" errors about
         # options the user never set; loading it names the file's model instead
         return model_cfg

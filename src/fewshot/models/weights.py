@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from fewshot.errors import CheckpointError, is_utf8_name, one_line
 
 PREFIXES = ("module.", "_orig_mod.", "encoder_q.backbone.", "encoder_q.0.", "encoder_q.", "backbone.", "model.")
+WRAPPERS = ("state_dict", "model", "model_state", "module")  # the keys a checkpoint keeps its state dict under
 MOCO_ONLY = ("encoder_k", "queue", "queue_ptr")  # the official MoCo checkpoint's key encoder and queue
 
 
@@ -227,27 +228,73 @@ def _backbone_tensors(obj: dict, path: Path) -> dict[str, torch.Tensor]:
         # the EMA weights when the run kept them: those were evaluated, chose best.pt and are what export writes
         state = obj["ema"] if obj.get("ema") is not None else obj["model"]
         return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    for key in ("state_dict", "model", "model_state", "module"):
-        if key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
+    top = obj
+    for _ in range(2):  # {'model': {'state_dict': ...}} too: a wrapper's dict inside a training script's checkpoint
+        key = next((k for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if key is None or (obj is not top and any(isinstance(v, torch.Tensor) for v in obj.values())):
             break
+        obj = obj[key]
     key = next((k for k in obj if not isinstance(k, str)), None)
     if key is not None:  # {0: tensor} or a tuple key: no weight name to match (was an AttributeError)
         raise CheckpointError(f"{path} holds the key {one_line(reprlib.repr(key))} (of type {type(key).__name__}) "
                               f"where a state dict has weight names (strings); it is not a model's state dict. Save "
                               f"the model's weights with torch.save(model.state_dict(), 'weights.pt') and give "
                               f"that file.")
-    state = {}
+    state, source, clashes = {}, {}, []
     for k, v in obj.items():
         if not isinstance(v, torch.Tensor):
             continue
-        k = _strip_prefixes(k)
-        if k.split(".")[0] in MOCO_ONLY:  # the official MoCo checkpoint: its query encoder is the backbone
+        name = _strip_prefixes(k)
+        if name.split(".")[0] in MOCO_ONLY:  # the official MoCo checkpoint: its query encoder is the backbone
             continue
-        state[k] = v
+        if name in state and not _same_tensor(state[name], v):
+            clashes.append((source[name], k, name))
+        state[name], source[name] = v, k
+    if clashes:  # the last read won without a word, and a file of zeros loaded as "100 of 100 weights"
+        first, second, name = clashes[0]
+        keep = first[:len(first) - len(name)]
+        raise CheckpointError(
+            f"weights file {path} holds {len(clashes)} pair(s) of keys that are the same weight once the wrapper "
+            f"prefixes ({', '.join(PREFIXES)}) are stripped, with different values, e.g. {one_line(first)!r} and "
+            f"{one_line(second)!r} (both {one_line(name)!r}): which are the backbone's cannot be told. Save its "
+            f"tensors alone, e.g. {{k[len(p):]: v for k, v in state.items() if k.startswith(p)}} with p = "
+            f"{one_line(keep)!r} or the other key's prefix, and give that file.")
     if not state:
-        raise CheckpointError(f"{path} holds no tensors.")
+        raise CheckpointError(f"{path} holds no tensors{_nested_tensors_hint(top, path)}")
     return state
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """One weight saved under two names (a wrapper that registers the backbone twice): no choice to make."""
+    try:
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    except (RuntimeError, TypeError):  # a dtype without an equality kernel (float8): told apart as two
+        return False
+
+
+def _nested_tensors_hint(obj: dict, path) -> str:
+    """Where tensors are one or two levels down under keys no loader here picks (DINO's 'student' / 'teacher',
+    timm's 'state_dict_ema'): the rest of the "holds no tensors" sentence, naming them and how to save one as its own
+    file (the message named none, and the file looked empty)."""
+    found = []
+    for k, v in obj.items():
+        if not isinstance(v, dict):
+            continue
+        count = sum(isinstance(t, torch.Tensor) for t in v.values())
+        if count:
+            found.append(([k], count))
+        for k2, v2 in v.items():
+            if isinstance(v2, dict) and (n := sum(isinstance(t, torch.Tensor) for t in v2.values())):
+                found.append(([k, k2], n))
+    if not found:
+        return "."
+    where = ", ".join(one_line("".join(f"[{k!r}]" for k in keys)) + f" ({n} tensors)" for keys, n in found[:6])
+    keys = "".join(f"[{k!r}]" for k in found[0][0])
+    more = f" and {len(found) - 6} more" if len(found) > 6 else ""
+    return (f" at the top level or under {', '.join(repr(k) for k in WRAPPERS)}; it holds them under {where}{more}. "
+            f"Choose the one that is the backbone (a teacher or EMA copy is usually the one to evaluate) and save it "
+            f"as its own file: python -c \"import torch; torch.save(torch.load({str(path)!r}, weights_only=True)"
+            f"{keys}, 'weights.pt')\", then give --weights weights.pt.")
 
 
 def _strip_prefixes(key: str) -> str:
@@ -305,12 +352,23 @@ def _checkpoint_architecture_of(path: str, mtime_ns: int, size: int) -> dict:
     except CheckpointError:
         return {}  # reported when the weights are loaded
     if ck.get("format") != "fewshot-checkpoint":
-        return {}
+        return _foreign_architecture(ck)
     model = (ck.get("config") or {}).get("model") if isinstance(ck.get("config"), dict) else None
     model = model if isinstance(model, dict) else {}
     meta = {"img_size": str(ck.get("img_size", "")), "model": str(ck.get("model_name") or model.get("name") or ""),
             "width": str(model.get("width") or ""), "small_stem": str(bool(model.get("small_stem"))).lower()}
     return _recorded_architecture(meta, path)
+
+
+def _foreign_architecture(ck: dict) -> dict:
+    """The model another trainer's checkpoint names at its top level, when timm has it: the official MoCo and
+    DINO checkpoints keep `'arch': 'resnet50'`, and probe without --model said the file "records no model"."""
+    import timm
+
+    arch = ck.get("arch")
+    if isinstance(arch, str) and arch.strip() and timm.is_model(arch.strip()):
+        return {"model": arch.strip()}
+    return {}
 
 
 def _recorded_architecture(meta: dict, path) -> dict:
@@ -507,8 +565,11 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
             parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:8]) + more(missing) + ".")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:8]) + more(unexpected) + ".")
-        recorded = architecture_of(path).get("model")
-        if recorded and recorded != getattr(backbone, "default_cfg", {}).get("architecture", recorded):
+        from fewshot.models.backbone import same_architecture
+
+        recorded = architecture_of(path).get("model")  # a tag (resnet18.tv_in1k) names no other network
+        if recorded and not same_architecture(recorded, getattr(backbone, "default_cfg", {}).get("architecture",
+                                                                                                 recorded)):
             parts.append(f"The file was exported from '{recorded}': pass --model {recorded}.")
         if not mismatched and not loaded:  # model.strict=false would only say that nothing matches
             parts.append(f"No weight in the file has a name of the model (file keys like "
@@ -533,12 +594,16 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
     unused = [k for k in unexpected if not _counter(k)]
     if (missing or unused) and not quiet:  # model.strict=false: a mostly random backbone must not go unnoticed
         print(f"warning: {path}: loaded {len(loaded)} of the model's {len(weights)} weights (model.strict=false; "
-              f"BatchNorm step counters not counted); {len(missing)} left at random init ({', '.join(missing[:4])}"
-              f"{', ...' if len(missing) > 4 else ''}), {len(unused)} in the file unused ({', '.join(unused[:4])}"
-              f"{', ...' if len(unused) > 4 else ''})", file=sys.stderr)
+              f"BatchNorm step counters not counted); {len(missing)} left at random init{_some(missing)}, "
+              f"{len(unused)} in the file unused{_some(unused)}", file=sys.stderr)
     if load:
         backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return {"loaded": len(loaded), "total": len(weights), "missing": missing, "unexpected": unexpected}
+
+
+def _some(keys: list[str]) -> str:
+    """` (a, b, c, d, ...)` naming the first keys, '' for none: the warning read "0 left at random init ()"."""
+    return f" ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})" if keys else ""
 
 
 def check_before_build(build, path: str | Path, strict: bool = True) -> None:
