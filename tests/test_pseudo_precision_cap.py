@@ -84,8 +84,19 @@ def test_a_resumed_run_is_warned_not_refused(digits_root, capsys):
     from fewshot.pipeline import PipelineRun
 
     infos = scan_root(digits_root, None, splits=("train", "val", "test"))
-    run = SimpleNamespace(semi="pseudo", r={"pseudo_precision": 0.99}, infos=infos, state=object())
+    cfg = {"data": {"root": str(digits_root), "unlabeled": None}}
+    run = SimpleNamespace(semi="pseudo", r={"pseudo_precision": 0.99}, infos=infos, state=object(), cfg=cfg)
     PipelineRun.check_pseudo_precision(run)
     assert "[run] warning: run.pseudo_precision=0.99 is more than" in capsys.readouterr().out
     with pytest.raises(UserError, match="certify for any class"):
         PipelineRun.check_pseudo_precision(SimpleNamespace(**{**vars(run), "state": None}))
+
+
+def test_a_run_without_a_pool_is_not_refused_over_the_precision(copy_root, tmp_path, monkeypatch):
+    """Without an unlabeled pool self-training switches itself off (check_self_training_pool), so nothing reads
+    run.pseudo_precision: the run was refused over it all the same."""
+    stop_after_the_check(monkeypatch)
+    shutil.rmtree(copy_root / "unlabeled")
+    rc, stdout, err = start(copy_root, tmp_path / "run", 0.99)
+    assert rc == 2 and "stopped by the test" in err, stdout + err
+    assert "pseudo_precision" not in stdout + err

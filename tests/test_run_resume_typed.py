@@ -85,7 +85,8 @@ def test_settings_a_resume_may_change_are_the_runs_when_not_typed(digits_root, t
     assert (cfg["data"]["cache_dir"], cfg["train"]["tensorboard"], cfg["train"]["device"]) == (str(cache), False,
                                                                                               "auto")
     assert f"data.cache_dir '{cache}'" in err and "train.tensorboard false" in err, err
-    assert "train.device" not in err, err
+    assert "train.device" not in err, err  # not taken (the machine's): noted on its own line
+    assert err.count(f"note: the run in '{out}' used --device cpu and this session uses auto") == 1, err
     assert cfg["data"]["root"] == str(digits_root)
     other = tmp_path / "other-cache"
     rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume", "--device", "auto",
@@ -94,7 +95,7 @@ def test_settings_a_resume_may_change_are_the_runs_when_not_typed(digits_root, t
     cfg = settings_only_run[-1]
     assert (cfg["data"]["cache_dir"], cfg["train"]["tensorboard"], cfg["train"]["device"]) == (str(other), True,
                                                                                               "auto")
-    assert "data.cache_dir" not in err and "train.device" not in err, err
+    assert "data.cache_dir" not in err and "train.device" not in err and "used --device" not in err, err
 
 
 def test_the_machines_device_and_threads_are_not_the_runs(digits_root, tmp_path, settings_only_run):
@@ -113,3 +114,27 @@ def test_the_machines_device_and_threads_are_not_the_runs(digits_root, tmp_path,
     cfg = settings_only_run[-1]
     assert (cfg["train"]["device"], cfg["train"]["threads"], cfg["model"]["name"]) == ("auto", None, "test_resnet")
     assert "train.device" not in err and "train.threads" not in err, err
+    assert "used --device cuda and this session uses auto (given no --device); give --device cuda" in err, err
+
+
+def test_a_deliberate_device_left_out_on_resume_is_noted(digits_root, tmp_path, settings_only_run):
+    """A run started with `--device cpu` on a GPU machine, resumed by the short command, went on on `auto` (the
+    GPU) without a word: one note names both devices and the flag that keeps the run's; none where they agree or
+    --device is typed."""
+    out = tmp_path / "run"
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "1", "--model",
+                          "test_resnet", "--device", "cpu")
+    assert rc == 0, err
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume")
+    assert rc == 0 and settings_only_run[-1]["train"]["device"] == "auto", err
+    notes = [line for line in err.splitlines() if "--device" in line]
+    assert notes == [f"note: the run in '{out}' used --device cpu and this session uses auto (given no --device); "
+                     f"give --device cpu to keep the run's."], err
+    for typed in ("cpu", "auto"):
+        rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume", "--device", typed)
+        assert rc == 0 and "used --device" not in err, err
+    state = _state(out)
+    state["config"]["train"]["device"] = "auto"
+    (out / "run_state.json").write_text(json.dumps(state))
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--resume")
+    assert rc == 0 and "used --device" not in err, err

@@ -360,7 +360,25 @@ def test_a_zero_stride_tensor_in_a_weights_file_does_not_fit(tmp_path):
         load_backbone_weights(create_backbone("test_resnet", img_size=16), path)
     mismatched, _ = fit_problems(state, create_backbone("test_resnet", img_size=16).state_dict())
     assert mismatched == [f"{key} is shaped {tuple(state[key].shape)} over a storage of 1 value(s) (a zero-stride or "
-                          f"overlapping view), and no weights file holds such a view"]
+                          f"overlapping view), a view that a model's saved weights never are"]
+
+
+@pytest.mark.parametrize("factory", [lambda n: torch.arange(n), lambda n: torch.linspace(0, 1, n),
+                                     lambda n: torch.logspace(0, 1, n), lambda n: torch.eye(int(math.isqrt(n))),
+                                     lambda n: torch.normal(0.0, 1.0, size=(n,)), lambda n: torch.randperm(n),
+                                     lambda n: torch.randint_like(torch.zeros(1).expand(n), 3),
+                                     lambda n: torch.zeros(1).new(n), lambda n: torch.zeros(1).new(torch.Size([n]))],
+                         ids=["arange", "linspace", "logspace", "eye", "normal", "randperm", "randint_like", "new",
+                              "new-size"])
+def test_the_build_limit_stops_every_factory_before_it_allocates(factory):
+    """A model's build under a byte limit was stopped only for torch.empty/zeros/rand...: torch.arange, linspace,
+    eye, normal and the legacy `t.new(n)` allocated past it in full (16x the limit here) before anything counted."""
+    from fewshot.models.weights import _size_limited, _TooLarge
+
+    with pytest.raises(_TooLarge), _size_limited(1 << 20):
+        factory(1 << 22)
+    with _size_limited(1 << 20):  # under the limit: built as asked
+        assert factory(1 << 10).numel() >= 1 << 5
 
 
 def _expanded_pos_embed(tmp_path):

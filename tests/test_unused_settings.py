@@ -52,12 +52,45 @@ def test_pretrain_names_a_run_word_too(digits_root, tmp_path, no_training):
 @pytest.mark.parametrize("method", [["--semi", "off"], ["--semi", "fixmatch"], ["--baseline"]])
 def test_run_names_self_training_words_another_method_never_reads(digits_root, tmp_path, no_training, method):
     rc, _, err = command("run", digits_root, tmp_path / "r", *method, "run.pseudo_rounds=3",
-                         "run.pseudo_targets=soft", "run.pretrain_share=0.4")
+                         "run.pseudo_targets=soft", "--pretrain" if method[0] == "--semi" else "run.balance=on")
     assert rc == 0 and no_training, err
     semi = "off" if method[-1] in ("off", "--baseline") else "fixmatch"
+    # --baseline refuses --semi pseudo: the way out is dropping it
+    advice = "drop --baseline" if method == ["--baseline"] else "give --semi pseudo"
     assert warnings(err) == [f"warning: run.pseudo_rounds=3 run.pseudo_targets=soft do nothing: run.pseudo_* fields "
                              f"are read by self-training only (--semi pseudo) and this run's method is {semi}; drop "
-                             f"them, or give --semi pseudo."], err
+                             f"them, or {advice}."], err
+
+
+@pytest.mark.parametrize("method", [[], ["--no-pretrain"], ["--baseline"], ["run.pretrain=false"]])
+def test_run_names_moco_stage_words_a_run_without_one_never_reads(digits_root, tmp_path, no_training, method):
+    """run.pretrain_share=0.4 with --baseline (or without --pretrain, the default) was never read, silently."""
+    rc, _, err = command("run", digits_root, tmp_path / "r", *method, "run.pretrain_share=0.4", "run.queue_size=256",
+                         "run.moco_momentum=0.9", "run.finetune_lr=1e-3", "run.balance=on")
+    assert rc == 0 and no_training, err
+    none, advice = (("--baseline runs none", "give --pretrain instead of --baseline") if method == ["--baseline"]
+                    else ("this run has none", "give --pretrain"))
+    assert warnings(err) == [f"warning: run.pretrain_share=0.4 run.queue_size=256 run.moco_momentum=0.9 "
+                             f"run.finetune_lr=1e-3 do nothing: run.pretrain_*, run.queue_size, run.moco_momentum and "
+                             f"run.finetune_* are read only with a MoCo stage (--pretrain) and {none}; drop them, or "
+                             f"{advice}."], err
+
+
+@pytest.mark.parametrize("words", [["--pretrain"], ["run.pretrain=true"]])
+def test_moco_stage_words_pass_quietly_with_one(digits_root, tmp_path, no_training, words):
+    rc, _, err = command("run", digits_root, tmp_path / "r", *words, "run.pretrain_share=0.4", "run.queue_size=256",
+                         "run.pretrain_batch_size=32", "run.finetune_lr=1e-3")
+    assert rc == 0 and no_training and not warnings(err), err
+
+
+@pytest.mark.parametrize("word", ["data.mix_p=0.3", "data.mixup_alpha=0.2", "data.cutmix_alpha=1.0"])
+def test_pretrain_names_the_mixing_words(digits_root, tmp_path, no_training, word):
+    """`fewshot pretrain` builds no supervised batches: data.mix_p and the mixing alphas were ignored silently."""
+    rc, _, err = command("pretrain", digits_root, tmp_path / "p", word)
+    assert rc == 0 and no_training, err
+    assert warnings(err) == [f"warning: {word} does nothing: `fewshot pretrain` mixes no batches (mixup and CutMix "
+                             f"are supervised training's); drop them, or give them to `fewshot train` or "
+                             f"`fewshot run`."], err
 
 
 @pytest.mark.parametrize("name", ["train", "run"])

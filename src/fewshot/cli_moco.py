@@ -222,7 +222,7 @@ def cmd_run(args, extra) -> int:
     note_flags_overridden(flags, RUN_FLAG_NAMES, extra)
     warn_replaced_config_fields(args.config)
     warn_replaced_overrides(extra)
-    warn_unused_overrides("run", cfg, extra)
+    warn_unused_overrides("run", cfg, extra, baseline=bool(args.baseline))
     warn_pretrain_config(args.config, "run")
     from fewshot.train.stop_signal import stop_at_once_on_signals
 
@@ -348,13 +348,22 @@ def warn_replaced_overrides(extra) -> None:
             print(f"warning: {word} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr, flush=True)
 
 
-def unused_override_warnings(command: str, cfg: dict, extra) -> list[str]:
+# the run.* fields only `fewshot run`'s MoCo stage reads (pipeline.pretrain_stage, check_pretrain_settings) or,
+# after it, the fine-tuning lr rules (pipeline.finetune_config): words nothing reads without run.pretrain
+MOCO_STAGE_FIELDS = ("run.pretrain_share", "run.pretrain_batch_size", "run.pretrain_lr", "run.queue_size",
+                     "run.moco_momentum", "run.finetune_lr", "run.finetune_backbone_mult")
+
+
+def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = False) -> list[str]:
     """The key=value words ``command`` (train, pretrain, run) or its method never reads, one warning per reason
-    naming them: `fewshot train run.pseudo_rounds=5`, `fewshot run --semi off run.pseudo_rounds=1` and
-    `data.mix_p=0.3` without mixup or CutMix were accepted and did nothing, without a word. Only typed words: a
-    shared --config file may carry them. Warned, not refused, for the same reason."""
+    naming them: `fewshot train run.pseudo_rounds=5`, `fewshot run --semi off run.pseudo_rounds=1`,
+    `fewshot run --baseline run.pretrain_share=0.4` and `data.mix_p=0.3` without mixup or CutMix were accepted and
+    did nothing, without a word. Only typed words: a shared --config file may carry them. Warned, not refused, for
+    the same reason. ``baseline``: `fewshot run --baseline`, which refuses --semi pseudo and --pretrain, so the
+    advice is to drop it instead."""
     from fewshot.config import parse_override
 
+    pretrain = bool(cfg.get("run", {}).get("pretrain"))
     semi = cfg.get("run", {}).get("semi_method")
     semi = "off" if semi in (None, False, "off", "none") else semi  # YAML reads a bare `off` as false
     data = cfg.get("data", {})
@@ -367,7 +376,14 @@ def unused_override_warnings(command: str, cfg: dict, extra) -> list[str]:
                    f"them, or give them to `fewshot run`")
         elif command == "run" and dotted.startswith("run.pseudo_") and semi != "pseudo":
             why = (f"run.pseudo_* fields are read by self-training only (--semi pseudo) and this run's method is "
-                   f"{semi}; drop them, or give --semi pseudo")
+                   f"{semi}; drop them, or {'drop --baseline' if baseline else 'give --semi pseudo'}")
+        elif command == "run" and dotted in MOCO_STAGE_FIELDS and not pretrain:
+            why = (f"run.pretrain_*, run.queue_size, run.moco_momentum and run.finetune_* are read only with a MoCo "
+                   f"stage (--pretrain) and {'--baseline runs none' if baseline else 'this run has none'}; drop them, "
+                   f"or {'give --pretrain instead of --baseline' if baseline else 'give --pretrain'}")
+        elif command == "pretrain" and dotted in ("data.mix_p", "data.mixup_alpha", "data.cutmix_alpha"):
+            why = ("`fewshot pretrain` mixes no batches (mixup and CutMix are supervised training's); drop them, or "
+                   "give them to `fewshot train` or `fewshot run`")
         elif command in ("train", "run") and dotted == "data.mix_p" and not mixing:
             why = ("data.mix_p is the share of batches mixed, and neither mixup nor CutMix is on; give "
                    "data.mixup_alpha or data.cutmix_alpha above 0 as well, or drop it")
@@ -378,14 +394,14 @@ def unused_override_warnings(command: str, cfg: dict, extra) -> list[str]:
             for why, words in unused.items()]
 
 
-def warn_unused_overrides(command: str, cfg: dict, extra) -> None:
+def warn_unused_overrides(command: str, cfg: dict, extra, baseline: bool = False) -> None:
     """unused_override_warnings on stderr, once under torchrun; as warn_replaced_overrides for a field a run sets
     itself."""
     from fewshot.errors import one_line
 
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    for line in unused_override_warnings(command, cfg, extra):
+    for line in unused_override_warnings(command, cfg, extra, baseline):
         print(one_line(line), file=sys.stderr, flush=True)
 
 

@@ -1226,14 +1226,18 @@ class PipelineRun:
 
     def check_pseudo_precision(self) -> None:
         """run.pseudo_precision that the val split cannot certify (precision_cap): refused for a new run, before the
-        images are decoded; a resumed run, which must repeat its settings, is warned instead."""
+        images are decoded; a resumed run, which must repeat its settings, is warned instead. Not without a pool
+        (check_self_training_pool then turns self-training off): nothing would read the setting."""
+        from fewshot.train.semi import pool_files
+
         if self.semi != "pseudo" or float(self.r["pseudo_precision"]) <= 0:
             return
         refusal, warning = precision_cap(self.infos, float(self.r["pseudo_precision"]))
+        if (refusal is None and warning is None) or not pool_files(self.cfg, self.infos, exclude_train=True)[0]:
+            return
         if refusal is not None and self.state is None:
             raise UserError(refusal)
-        if refusal is not None or warning is not None:
-            print(one_line(warning or f"[run] warning: {refusal}"), flush=True)
+        print(one_line(warning or f"[run] warning: {refusal}"), flush=True)
 
     def choose_model(self) -> None:
         """The image size (chosen for the images and device unless given), and the model built once: a mistyped

@@ -121,6 +121,7 @@ def adopt_untyped_settings(out: Path, cfg: dict, typed: set[str]) -> dict:
         recorded = flatten_dotted(loads_run_json((Path(out) / STATE_FILE).read_text())["config"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}  # no run, or a damaged record: RunState.resume says what is wrong
+    note_device_not_taken(out, cfg, typed, recorded.get("train.device"))
     taken = {}
     for dotted, value in recorded.items():
         if dotted == "data.root" or dotted in MACHINE_SETTINGS or dotted.startswith("_") \
@@ -137,6 +138,18 @@ def adopt_untyped_settings(out: Path, cfg: dict, typed: set[str]) -> dict:
         set_dotted(cfg, keys, copy.deepcopy(value))
         taken[dotted] = value
     return taken
+
+
+def note_device_not_taken(out: Path, cfg: dict, typed: set[str], was) -> None:
+    """The run's device is not taken on --resume (MACHINE_SETTINGS), so a run started with a deliberate
+    `--device cpu` on a GPU machine went on silently on this session's `auto` (the GPU): one note line where the
+    untyped device differs from the one the run recorded."""
+    now = cfg.get("train", {}).get("device")
+    if any(t in ("train", "train.device") for t in typed) or not isinstance(was, str) or not was \
+            or not setting_changed("train.device", was, now):
+        return
+    print(one_line(f"note: the run in '{out}' used --device {was} and this session uses {now} (given no --device); "
+                   f"give --device {was} to keep the run's."), file=sys.stderr, flush=True)
 
 
 # what an unset (null) setting means, as the messages comparing a resume's settings with the run's word it

@@ -684,7 +684,7 @@ def _stored_bytes(state: dict) -> int:
 
 def shows_more_than_stored(v: torch.Tensor) -> bool:
     """Whether ``v`` shows more values than its storage holds (a zero-stride `expand`, an overlapping `as_strided`):
-    torch.load(weights_only=True) keeps such a view as saved, and no weights file holds one."""
+    torch.load(weights_only=True) keeps such a view as saved, and a model's saved weights never are one."""
     if v.is_meta or v.numel() <= 1:
         return False
     try:
@@ -696,24 +696,41 @@ def shows_more_than_stored(v: torch.Tensor) -> bool:
 
 def _view_text(v: torch.Tensor) -> str:
     return (f"is shaped {tuple(v.shape)} over a storage of {v.untyped_storage().nbytes() // max(v.element_size(), 1)} "
-            f"value(s) (a zero-stride or overlapping view), and no weights file holds such a view")
+            f"value(s) (a zero-stride or overlapping view), a view that a model's saved weights never are")
 
 
 class _TooLarge(Exception):
     """A real build that passed its byte limit (_size_limited): stopped before it took that memory."""
 
 
-# the tensor factories a module's build calls (nn.Linear: torch.empty; timm: torch.zeros, torch.randn, ...)
+# the tensor factories a module's build calls (nn.Linear: torch.empty; timm: torch.zeros, torch.randn, torch.arange,
+# torch.linspace, ...) that TorchFunctionMode sees and that take device="meta"
 _FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
                         torch.empty_strided, torch.empty_like, torch.zeros_like, torch.ones_like, torch.full_like,
-                        torch.rand_like, torch.randn_like, torch.Tensor.new_empty, torch.Tensor.new_zeros,
-                        torch.Tensor.new_ones, torch.Tensor.new_full})
+                        torch.rand_like, torch.randn_like, torch.randint_like, torch.arange, torch.linspace,
+                        torch.logspace, torch.eye, torch.normal, torch.randperm, torch.Tensor.new_empty,
+                        torch.Tensor.new_zeros, torch.Tensor.new_ones, torch.Tensor.new_full})
+
+
+def _legacy_new_bytes(args) -> int | None:
+    """The bytes of the legacy `t.new(n, m)` / `t.new(torch.Size(...))` constructor, which refuses the meta device:
+    its shape from the ints given, None for data (`t.new([1.0])` or a tuple, bounded by what it copies)."""
+    if not args or not isinstance(args[0], torch.Tensor):
+        return None
+    dims = args[1:]
+    if len(dims) == 1 and isinstance(dims[0], torch.Size):
+        dims = tuple(dims[0])
+    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        return None
+    return math.prod(dims) * args[0].element_size()
 
 
 class _FactoryBytes(TorchFunctionMode):
     """Sizes each factory call on the meta device before it allocates, and stops the build (_TooLarge) once their
     bytes together pass ``limit``: the registration hooks see a tensor only once it exists, and one huge Parameter
-    was allocated in full. Temporaries count too, so the limit is an upper bound. Per thread (torch's modes are)."""
+    was allocated in full. Temporaries count too, so the limit is an upper bound. Per thread (torch's modes are).
+    The bound covers the factories listed (_FACTORIES) and the legacy `t.new(n)`; `torch.Tensor(n)` and C++ code,
+    which the mode never sees, are counted only once registered (_size_limited)."""
 
     def __init__(self, limit: int):
         super().__init__()
@@ -721,15 +738,20 @@ class _FactoryBytes(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        size = None
         if func in _FACTORIES and "out" not in kwargs:
             try:
                 shown = func(*args, **{**kwargs, "device": "meta"})
             except (RuntimeError, TypeError, ValueError):  # the real call raises its own error
                 shown = None
             if isinstance(shown, torch.Tensor):
-                self.total += shown.numel() * shown.element_size()
-                if self.total > self.limit:
-                    raise _TooLarge
+                size = shown.numel() * shown.element_size()
+        elif func is torch.Tensor.new:
+            size = _legacy_new_bytes(args)
+        if size is not None:
+            self.total += size
+            if self.total > self.limit:
+                raise _TooLarge
         return func(*args, **kwargs)
 
 

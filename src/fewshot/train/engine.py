@@ -804,7 +804,7 @@ class Engine:
         t = self.cfg["train"]
         finished = self.epoch >= t["epochs"] and not self.step_in_epoch  # the budget ran out with the last step
         planned = self.cfg["sched"].get("time_based")  # the schedule ends with the budget: its planned end
-        if not self.ctx.is_main or finished or planned or (self.run_dir.parent / "run_state.json").is_file():
+        if not self.ctx.is_main or finished or planned or is_run_stage(self.run_dir):
             return
         where = f"epoch {self.epoch + (1 if self.step_in_epoch else 0)} of {t['epochs']}"
         if self.step_in_epoch:
