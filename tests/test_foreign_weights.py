@@ -147,3 +147,44 @@ def test_the_official_moco_checkpoints_arch_names_the_model(exported, tmp_path, 
     torch.save({"arch": "not_a_timm_model", "state_dict": {}}, tmp_path / "other.pth")
     assert main(["probe", "--weights", str(tmp_path / "other.pth"), "--data", str(root), "--device", "cpu"]) == 2
     assert "records no model" in capsys.readouterr().err
+
+
+def test_one_tensor_under_two_names_holding_nan_is_one_weight_not_a_clash(tmp_path):
+    """torch.equal(nan, nan) is False: a shared tensor with a NaN was refused as "different values" (review rev28),
+    before the clearer non-finite check could name it."""
+    n = torch.tensor([float("nan"), 1.0])
+    state = backbone_state_from({"backbone.bn.weight": n, "model.backbone.bn.weight": n.clone()}, tmp_path / "w.pt")
+    assert set(state) == {"bn.weight"}
+
+
+def test_a_clash_with_an_unprefixed_key_suggests_the_other_prefix(tmp_path):
+    """p = '' keeps every key, so the advice led back to the same error."""
+    w = torch.ones(2)
+    with pytest.raises(CheckpointError) as exc:
+        backbone_state_from({"conv1.weight": w, "model.conv1.weight": w + 1}, tmp_path / "w.pt")
+    assert "with p = 'model.'" in str(exc.value), str(exc.value)
+
+
+def test_the_one_liner_is_quoted_for_the_shell_and_picks_the_teacher(tmp_path):
+    """A path with a quote broke the double-quoted -c; the example picked 'student' though the text advises a
+    teacher or EMA copy."""
+    import shlex
+
+    own = create_backbone(NAME).state_dict()
+    path = tmp_path / "it's $HOME.pth"
+    with pytest.raises(CheckpointError) as exc:
+        backbone_state_from({"student": own, "teacher": own}, path)
+    text = str(exc.value)
+    command = text.split("save it as its own file: ")[1].split(", then give --weights")[0]
+    words = shlex.split(command)
+    assert words[:2] == ["python", "-c"] and len(words) == 3, command
+    assert repr(str(path)) in words[2] and "['teacher']" in words[2], words[2]
+
+
+def test_a_file_of_only_the_moco_key_encoder_says_so(tmp_path):
+    """Every tensor dropped as MoCo's key encoder or queue: "holds no tensors ... holds them under ['state_dict']",
+    and the advised re-save looped back to the same error."""
+    t = torch.ones(2)
+    with pytest.raises(CheckpointError) as exc:
+        backbone_state_from({"module.encoder_k.conv1.weight": t, "module.queue": t}, tmp_path / "w.pt")
+    assert "only the MoCo key encoder and queue" in str(exc.value), str(exc.value)

@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import reprlib
+import shlex
 import sys
 import warnings
 import zipfile
@@ -240,25 +241,29 @@ def _backbone_tensors(obj: dict, path: Path) -> dict[str, torch.Tensor]:
                               f"where a state dict has weight names (strings); it is not a model's state dict. Save "
                               f"the model's weights with torch.save(model.state_dict(), 'weights.pt') and give "
                               f"that file.")
-    state, source, clashes = {}, {}, []
+    state, source, clashes, moco_dropped = {}, {}, [], 0
     for k, v in obj.items():
         if not isinstance(v, torch.Tensor):
             continue
         name = _strip_prefixes(k)
         if name.split(".")[0] in MOCO_ONLY:  # the official MoCo checkpoint: its query encoder is the backbone
+            moco_dropped += 1
             continue
         if name in state and not _same_tensor(state[name], v):
             clashes.append((source[name], k, name))
         state[name], source[name] = v, k
     if clashes:  # the last read won without a word, and a file of zeros loaded as "100 of 100 weights"
         first, second, name = clashes[0]
-        keep = first[:len(first) - len(name)]
+        keep = first[:len(first) - len(name)] or second[:len(second) - len(name)]  # '' would keep every key
         raise CheckpointError(
             f"weights file {path} holds {len(clashes)} pair(s) of keys that are the same weight once the wrapper "
             f"prefixes ({', '.join(PREFIXES)}) are stripped, with different values, e.g. {one_line(first)!r} and "
             f"{one_line(second)!r} (both {one_line(name)!r}): which are the backbone's cannot be told. Save its "
             f"tensors alone, e.g. {{k[len(p):]: v for k, v in state.items() if k.startswith(p)}} with p = "
             f"{one_line(keep)!r} or the other key's prefix, and give that file.")
+    if not state and moco_dropped:
+        raise CheckpointError(f"{path} holds only the MoCo key encoder and queue ({moco_dropped} tensors), no query "
+                              f"encoder (encoder_q) to use as the backbone.")
     if not state:
         raise CheckpointError(f"{path} holds no tensors{_nested_tensors_hint(top, path)}")
     return state
@@ -267,7 +272,14 @@ def _backbone_tensors(obj: dict, path: Path) -> dict[str, torch.Tensor]:
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
     """One weight saved under two names (a wrapper that registers the backbone twice): no choice to make."""
     try:
-        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+        if a is b or (a.shape == b.shape and a.dtype == b.dtype and a.stride() == b.stride()
+                      and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+                      and a.storage_offset() == b.storage_offset()):
+            return True  # one tensor under two names (NaN in it is not a difference: the value check names it)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        return bool(torch.equal(a, b)) or (a.is_floating_point() and bool(torch.allclose(a, b, rtol=0, atol=0,
+                                                                                          equal_nan=True)))
     except (RuntimeError, TypeError):  # a dtype without an equality kernel (float8): told apart as two
         return False
 
@@ -289,12 +301,15 @@ def _nested_tensors_hint(obj: dict, path) -> str:
     if not found:
         return "."
     where = ", ".join(one_line("".join(f"[{k!r}]" for k in keys)) + f" ({n} tensors)" for keys, n in found[:6])
-    keys = "".join(f"[{k!r}]" for k in found[0][0])
+    example = next((keys for keys, _ in found if any("teacher" in str(k) or "ema" in str(k).lower() for k in keys)),
+                   found[0][0])
+    keys = "".join(f"[{k!r}]" for k in example)
     more = f" and {len(found) - 6} more" if len(found) > 6 else ""
     return (f" at the top level or under {', '.join(repr(k) for k in WRAPPERS)}; it holds them under {where}{more}. "
             f"Choose the one that is the backbone (a teacher or EMA copy is usually the one to evaluate) and save it "
-            f"as its own file: python -c \"import torch; torch.save(torch.load({str(path)!r}, weights_only=True)"
-            f"{keys}, 'weights.pt')\", then give --weights weights.pt.")
+            f"as its own file: python -c "
+            + shlex.quote(f"import torch; torch.save(torch.load({str(path)!r}, weights_only=True){keys}, "
+                          f"'weights.pt')") + ", then give --weights weights.pt.")
 
 
 def _strip_prefixes(key: str) -> str:
