@@ -227,7 +227,7 @@ def test_train_fails_before_training_listing_every_bad_file(root, tmp_path):
         shown = str(p).encode("utf-8", "backslashreplace").decode()
         assert shown in err, (shown, err)
     assert "exceeds the decompression-bomb limit of 89,478,485 pixels" in err
-    assert "a symbolic link to self_loop.png that goes round a loop of links" in err
+    assert "a symbolic link (to self_loop.png) that goes round a loop of links" in err
     problems = err[err.index("fewshot train: error:"):]  # sub-folders are named in a warning before it (not read)
     assert "fifo.png" not in err and "notes.txt" not in problems  # a file that is not an image: a warning
     assert "dir_loop" not in problems and "folder.png" not in problems

@@ -363,7 +363,7 @@ def test_fine_tuning_from_an_export_adopts_its_image_size_and_names_its_model(ex
     code = main(["train", "--data", str(root), "--out", str(tmp_path / "wrong"), "--weights", str(path),
                  "--model", "resnet18", "--epochs", "1", "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and f"The file was exported from '{NAME}': pass --model {NAME}." in err, err
+    assert code == 2 and f"The file records the model '{NAME}': pass --model {NAME}." in err, err
 
 
 def test_the_timm_call_that_export_prints_loads_the_file(exported, tmp_path):
@@ -540,7 +540,7 @@ def test_probe_refuses_a_runs_folder_as_out_settings_out_of_range_and_names_the_
     rc = main(["probe", "--weights", str(stem), "--model", "test_vit", "--data", str(root), "--device", "cpu",
                "--img-size", "32", "--epochs", "2"])
     err = capsys.readouterr().err
-    assert rc == 2 and "apply to timm ResNets" not in err and f"exported from '{NAME}'" in err, err
+    assert rc == 2 and "apply to timm ResNets" not in err and f"records the model '{NAME}'" in err, err
     assert "and 70 more. 90 unexpected key(s)" in err, err  # the lists ran together ("bias 90 unexpected")
 
 

@@ -218,7 +218,7 @@ def test_a_broken_image_link_is_named_as_a_link_with_its_target(tmp_path):
     with pytest.raises(DataLayoutError) as caught:
         load_images([dangling, loop], 8, None)
     problems = caught.value.problems
-    assert problems[0] == (f"{dangling}: cannot be decoded as an image (a dangling symbolic link: its target "
-                           f"{tmp_path / 'gone' / 'x.png'} does not exist)"), problems
-    assert problems[1] == f"{loop}: cannot be decoded as an image (a symbolic link to loop.png that goes round a " \
+    assert problems[0] == (f"{dangling}: cannot be decoded as an image (a symbolic link to "
+                           f"{tmp_path / 'gone' / 'x.png'}, which does not exist (a dangling link))"), problems
+    assert problems[1] == f"{loop}: cannot be decoded as an image (a symbolic link (to loop.png) that goes round a " \
                           f"loop of links)", problems

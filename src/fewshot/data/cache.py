@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
-from fewshot.data.layout import broken_link
+from fewshot.data.layout import broken_link, broken_link_words
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.progress import track
 from fewshot.utils import new_file_mode, atomic_write_text, loads_run_json
@@ -152,13 +152,9 @@ def _upright(img: Image.Image) -> Image.Image:
 
 
 def _dangling(path: Path) -> str:
-    """Why an image that is a symbolic link cannot be opened: the target it names is missing, or a loop."""
-    target, loops = broken_link(path)
-    if target is None:
-        return "a symbolic link that no longer leads anywhere"
-    if loops:
-        return f"a symbolic link to {target} that goes round a loop of links"
-    return f"a dangling symbolic link: its target {target} does not exist"
+    """Why an image that is a symbolic link cannot be opened: the target it names is missing, or a loop (in the
+    words the layout checks use for a root or class folder)."""
+    return f"a symbolic link {broken_link_words(path)}"
 
 
 def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int | str = "auto",

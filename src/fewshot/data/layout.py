@@ -409,7 +409,7 @@ def broken_link(link: Path) -> tuple[str | None, bool]:
     return target, False
 
 
-def _broken_link(link: Path) -> str:
+def broken_link_words(link: Path) -> str:
     """Why a link leads nowhere: a loop of links, or the missing path it names."""
     target, loops = broken_link(link)
     if target is None:
@@ -427,7 +427,7 @@ def list_datasets(root: Path) -> list[str]:
                                  f"the datasets (ROOT/<dataset>/train/<class>/<image>, ROOT/<dataset>/test/<id>.jpg)"
                                  f"; pass that folder instead."))
     if root.is_symlink() and not root.exists():  # building demo data "--out" a dangling link is no advice
-        raise UserError(one_line(f"dataset root '{root}' is a symbolic link {_broken_link(root)}; give --data the "
+        raise UserError(one_line(f"dataset root '{root}' is a symbolic link {broken_link_words(root)}; give --data the "
                                  f"folder above the datasets, or fix the link."))
     if not root.is_dir():
         raise UserError(f"dataset root {shell_quoted(root)} does not exist or is not a folder. "

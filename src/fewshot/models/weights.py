@@ -585,7 +585,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
         recorded = architecture_of(path).get("model")  # a tag (resnet18.tv_in1k) names no other network
         if recorded and not same_architecture(recorded, getattr(backbone, "default_cfg", {}).get("architecture",
                                                                                                  recorded)):
-            parts.append(f"The file was exported from '{recorded}': pass --model {recorded}.")
+            parts.append(f"The file records the model '{recorded}': pass --model {recorded}.")  # a MoCo file's arch too
         if not mismatched and not loaded:  # model.strict=false would only say that nothing matches
             parts.append(f"No weight in the file has a name of the model (file keys like "
                          f"{', '.join(list(state)[:2]) or '-'}; the model's like {', '.join(weights[:2])}), so "
