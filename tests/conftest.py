@@ -10,7 +10,6 @@ to damage a root take `copy_root`, which copies it into the test's own tmp_path.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -59,8 +58,9 @@ def dataset_names(digits_root) -> list[str]:
 
 
 def _copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".fewshot_cache"))
-    return dst
+    from helpers.tiny import copy_data_root
+
+    return copy_data_root(src, dst)
 
 
 @pytest.fixture

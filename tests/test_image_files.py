@@ -24,7 +24,7 @@ from fewshot.data.layout import find_unlabeled_images, scan_root
 from fewshot.data.sets import load_split
 from fewshot.errors import DataLayoutError
 from helpers.checks import run_main
-from helpers.tiny import build_digits, tiny_train_argv
+from helpers.tiny import build_digits, copy_data_root, tiny_train_argv
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def base_root(tmp_path_factory):
 @pytest.fixture
 def root(base_root, tmp_path):
     """A private copy (no image cache) that the test may change."""
-    return Path(shutil.copytree(base_root, tmp_path / "root", ignore=shutil.ignore_patterns(".fewshot_cache")))
+    return copy_data_root(base_root, tmp_path / "root")
 
 
 def _spoil_class(folder: Path) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from fewshot.data.layout import scan_root
 from fewshot.ssl.pretrain import pool_paths
-from helpers.tiny import build_digits
+from helpers.tiny import build_digits, copy_data_root
 
 SYSTEM = [".DS_Store", "Thumbs.db", "desktop.ini", ".hidden.heic"]
 
@@ -23,7 +23,7 @@ def base_root(tmp_path_factory):
 
 @pytest.fixture
 def root(base_root, tmp_path):
-    return Path(shutil.copytree(base_root, tmp_path / "root", ignore=shutil.ignore_patterns(".fewshot_cache")))
+    return copy_data_root(base_root, tmp_path / "root")
 
 
 def _add(folder: Path, names: list[str]) -> None:

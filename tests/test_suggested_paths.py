@@ -48,20 +48,15 @@ def test_report_of_a_stopped_run_named_like_an_option_suggests_a_resume_that_nam
     assert args.command == "run" and args.resume and Path(args.out).resolve() == in_tmp / "-d", command
 
 
-def test_a_dataset_folder_given_as_the_root_suggests_a_parent_named_like_an_option(in_tmp):
+@pytest.mark.parametrize("given, pattern", [
+    ("-d/digits", r"Pass its parent instead: (--data .*?) \(or leave"),  # a dataset folder given as the root
+    ("-d/digits/train", r"Pass (--data .*?) \(or leave"),  # a split folder given as the root
+])
+def test_a_folder_inside_the_root_suggests_a_root_named_like_an_option(in_tmp, given, pattern):
     _layout(in_tmp / "-d")
     with pytest.raises(UserError) as info:
-        list_datasets(Path("-d/digits"))
-    flags = re.search(r"Pass its parent instead: (--data .*?) \(or leave", str(info.value)).group(1)
-    args = _pasted(f"fewshot predict RUN --out p.json {flags}")
-    assert Path(args.data).resolve() == in_tmp / "-d" and args.datasets == "digits", flags
-
-
-def test_a_split_folder_given_as_the_root_suggests_a_root_named_like_an_option(in_tmp):
-    _layout(in_tmp / "-d")
-    with pytest.raises(UserError) as info:
-        list_datasets(Path("-d/digits/train"))
-    flags = re.search(r"Pass (--data .*?) \(or leave", str(info.value)).group(1)
+        list_datasets(Path(given))
+    flags = re.search(pattern, str(info.value)).group(1)
     args = _pasted(f"fewshot predict RUN --out p.json {flags}")
     assert Path(args.data).resolve() == in_tmp / "-d" and args.datasets == "digits", flags
 

@@ -35,6 +35,13 @@ def build_digits(root: Path, shots: int = 4) -> Path:
     return root
 
 
+def copy_data_root(src: Path, dst: Path) -> Path:
+    """A private copy of a dataset root without its image cache, for a test that changes files in it (the cache
+    would otherwise answer for the originals)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".fewshot_cache"))
+    return Path(dst)
+
+
 def tiny_train_argv(root: Path, out: Path, *extra) -> list:
     """`fewshot train` of one 1-epoch, 16 px test_resnet run: the cheapest real run a test can damage or read."""
     return ["train", "--data", root, "--out", out, "--model", "test_resnet", "--img-size", "16", "--epochs", "1",
