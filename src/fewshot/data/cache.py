@@ -91,16 +91,19 @@ class ImageRows:
 def to_rgb_uint8(img: Image.Image, bit_depth: int | str = "auto", peaks: list[int] | None = None) -> Image.Image:
     """Any PIL mode (L, P, RGBA, CMYK, 16-bit, float) -> 8-bit RGB. ``bit_depth`` (data.bit_depth): the significant
     bits of 16-bit images, whose values are scaled from 0..2**bit_depth - 1 (auto: 0..65535); 12-bit data stored in
-    16 bits came out dark, in 17 grey levels. ``peaks``: a 16-bit image's largest value is appended to it (the
-    decode cache warns when a split's images use fewer bits than they are scaled from)."""
+    16 bits came out dark, in 17 grey levels. A given depth holds for 32-bit images (I, F) too, whatever their
+    values (float images in [0, 1] aside). ``peaks``: a 16-bit image's largest value is appended to it (the decode
+    cache warns when a split's images use fewer bits than they are scaled from, or more than 16)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         key = _transparent_value(img)
         raw = np.asarray(img, dtype=np.float64)
         arr = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)  # NaN: black, quietly
         top = arr.max(initial=0)
-        # 16-bit data (32-bit integer modes too where they hold more than 8 bits, or a depth is given: a dark image
-        # of a 12-bit split, all under 256, came out 16x brighter than the rest)
-        if img.mode.startswith("I;16") or top > 255 or (img.mode == "I" and bit_depth != "auto"):
+        # 16-bit data (32-bit integer and float modes too where they hold more than 8 bits, or a depth is given: a
+        # dark image of a 12-bit split, all under 256, came out 16x brighter than the rest; a float one of a 10-bit
+        # split 4x)
+        given = bit_depth != "auto" and (img.mode == "I" or (img.mode == "F" and top > 1.0))
+        if img.mode.startswith("I;16") or top > 255 or given:
             hi = 65535.0 if bit_depth == "auto" else float(2 ** int(bit_depth) - 1)
             if peaks is not None:
                 peaks.append(int(top))
@@ -199,9 +202,14 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int 
 
 
 def cache_key(paths: list[Path], size: int, crop_pct: float, bit_depth: int | str = "auto") -> str:
-    # data.bit_depth auto keys as before it existed: the entries already cached hold its pixels
-    bits = "" if bit_depth in ("auto", 16) else f"|bits{int(bit_depth)}"  # 16: the same pixels as auto
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{crop_pct}{bits}".encode())
+    """The entry's name: every setting that changes the pixels, then each file. Numbers are keyed by value: the
+    override parser's data.crop_pct=1 (an int) and the config's 1.0 wrote two entries of the same pixels."""
+    # data.bit_depth auto keys as before it existed: the entries already cached hold its pixels. Any number has a key
+    # of its own, 16 too: a 32-bit image whose values all lie under 256 is scaled from 255 by auto, from 65535 by 16
+    # (keyed as auto, whichever ran first chose the cached pixels). "depth", not the "bits" of before: a given depth
+    # now scales such float images too, so those entries are decoded again (the old ones age out by prune_cache)
+    depth = "" if bit_depth == "auto" else f"|depth{int(bit_depth)}"
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{int(size)}|{float(crop_pct)!r}{depth}".encode())
     for p in paths:
         p = os.path.abspath(p)  # `--data root` and `--data /abs/root` (train records it absolute) share one cache
         try:
@@ -322,9 +330,18 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 if not all(len(b) == 2 and all(isinstance(x, str) for x in b) for b in bad):
                     raise ValueError("meta file of another shape")
                 # the key is of absolute paths, so the writer may have spelt the root otherwise (`--data data`
-                # against train's /abs/data): its bad files are matched to this caller's paths by absolute path
-                spelt = {os.path.abspath(p): str(p) for p in paths}
-                bad = [(spelt.get(os.path.abspath(p), p), why) for p, why in bad]
+                # against train's /abs/data): its bad files are matched to this caller's paths by absolute path,
+                # each under every spelling this caller gives it (a/bad.png and a/../a/bad.png, as a decode lists
+                # them: one of them was valid, a black image), with the reason kept for that spelling where it is
+                if bad:
+                    why_of: dict[str, str] = {}
+                    for p, why in bad:
+                        why_of.setdefault(p, why)
+                        why_of.setdefault(os.path.abspath(p), why)
+                    mine = [(str(p), os.path.abspath(p)) for p in paths]
+                    found_abs = {a for _, a in mine}
+                    bad = list(dict.fromkeys([(p, why_of.get(p) or why_of[a]) for p, a in mine if a in why_of]
+                                             + [(p, why) for p, why in bad if os.path.abspath(p) not in found_abs]))
                 # a failure may have been fixed since (a transient I/O error, a permission of a parent folder:
                 # neither changes the key; a chmod of the file itself does, through its ctime),
                 # so the files that failed for such a reason are tried again; if one decodes now, the cache is
@@ -561,11 +578,16 @@ def _sixteen(recorded) -> dict | None:
 def warn_bit_depth(desc: str, sixteen: dict | None, bit_depth: int | str) -> None:
     """One warning (rank 0, once per message) when a split's 16-bit images do not fit data.bit_depth: with auto,
     values that all stay below 2**FEW_BITS (10-, 12- or 14-bit microscopy, medical or astronomy data in 16-bit
-    files) decode dark and in few grey levels; with a number, larger values are clipped to white."""
+    files) decode dark and in few grey levels; with a number, larger values are clipped to white. Values over 65535
+    (32-bit images) are clipped whatever the setting: auto, once advised for them, clips them the same, unwarned."""
     if sixteen is None or os.environ.get("RANK", "0") != "0":
         return
     peak, folder = sixteen["peak"], sixteen["folder"]
-    if bit_depth == "auto":
+    if peak > 65535:
+        message = (f"warning: {desc}: the 32-bit images in {folder} hold values up to {peak}, more than 16 bits "
+                   f"(65535), the most any data.bit_depth (auto included) scales from: brighter pixels are clipped "
+                   f"to white; save them as 16-bit images scaled to 0..65535 (or as 8-bit ones) to keep them")
+    elif bit_depth == "auto":
         if not 0 < peak < 2 ** FEW_BITS:
             return
         bits = next(b for b in (8, 10, 12, 14) if peak < 2 ** b)  # a split's peak may sit below its data's depth
@@ -574,8 +596,7 @@ def warn_bit_depth(desc: str, sixteen: dict | None, bit_depth: int | str) -> Non
                    f"{bits}-bit data, add data.bit_depth={bits} to the train, pretrain, run or probe command "
                    f"(eval and predict take it from the run)")
     elif peak > 2 ** int(bit_depth) - 1:
-        fits = (f"data.bit_depth={next(b for b in (10, 12, 14, 16) if peak < 2 ** b)}" if peak <= 65535
-                else "data.bit_depth=auto")
+        fits = f"data.bit_depth={next(b for b in (10, 12, 14, 16) if peak < 2 ** b)}"
         message = (f"warning: {desc}: 16-bit images in {folder} hold values up to {peak}, more than the "
                    f"{2 ** int(bit_depth) - 1} of data.bit_depth={bit_depth}: brighter pixels are clipped to white; "
                    f"give {fits} if they hold more bits")
@@ -702,9 +723,11 @@ def _finish(images: torch.Tensor, bad: list[tuple[str, str]], paths: list[Path],
         bad = list(dict.fromkeys(bad))  # a path listed twice is reported once
         if not skip_bad:
             raise DataLayoutError([f"{p}: cannot be decoded as an image ({why})" for p, why in bad], SKIP_HINT)
-        bad_paths = {p for p, _ in bad}
-        for i, p in enumerate(paths):  # every copy of a path listed twice (overlapping pool folders)
-            if str(p) in bad_paths:
+        # every copy of a path listed twice (overlapping pool folders), under any spelling (a/bad.png and
+        # a/../a/bad.png: a cache hit names one of them, and the other was a valid black image)
+        bad_paths = {os.path.abspath(p) for p, _ in bad}
+        for i, p in enumerate(paths):
+            if os.path.abspath(p) in bad_paths:
                 valid[i] = False
         report_skipped(bad, note=skip_note)
     return CachedImages(images, valid, bad, digests)

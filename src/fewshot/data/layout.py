@@ -560,7 +560,14 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
     if loose:
         problems.append(_loose_images(split_dir, loose))
     elif not classes and not any(p.startswith(f"{split_dir}/") for p in problems):
-        problems.append(f"{split_dir}: no class folders")
+        # val's class folders without images are warnings (gaps), printed only by a scan that raises nothing: with
+        # every one of them empty the error said "no class folders", and the folders it had passed over went unsaid
+        empty = [g for g in gaps if g.startswith(f"{split_dir}/")]
+        if empty:
+            gaps[:] = [g for g in gaps if not g.startswith(f"{split_dir}/")]
+            problems += empty
+        else:
+            problems.append(f"{split_dir}: no class folders")
     return classes
 
 
