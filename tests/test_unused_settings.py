@@ -116,3 +116,30 @@ def test_a_config_files_fields_are_not_named(digits_root, tmp_path, no_training)
     config.write_text("run:\n  pseudo_rounds: 3\n  balance: 'on'\ndata:\n  mix_p: 0.3\n")
     rc, _, err = command("train", digits_root, tmp_path / "c", "--config", config)
     assert rc == 0 and no_training and not warnings(err), err
+
+
+def test_pretrain_names_the_fine_tuning_words_it_never_reads(digits_root, tmp_path, no_training):
+    """`pretrain semi.method=fixmatch optim.label_smoothing=0.5 data.sampler=grouped optim.backbone_lr_mult=0.01`
+    was written to config.yaml and never used (MoCo's param_groups ignores the backbone multiplier), silently."""
+    words = ["semi.method=fixmatch", "optim.label_smoothing=0.5", "data.sampler=grouped",
+             "optim.backbone_lr_mult=0.01", "train.ema=true", "train.eval_every=2"]
+    rc, _, err = command("pretrain", digits_root, tmp_path / "p", *words, "moco.knn_k=5", "aug.blur_p=0.1",
+                         "train.seed=3")
+    assert rc == 0 and no_training, err
+    assert warnings(err) == [f"warning: {' '.join(words)} do nothing: `fewshot pretrain` does not read them "
+                             f"(fine-tuning's head, loss, backbone lr, EMA, evaluation, sampler, RandAugment and "
+                             f"flips, and semi.*; MoCo's views are aug.*, its kNN monitor moco.knn_*); drop them, or "
+                             f"give them to `fewshot train` or `fewshot run`."], err
+
+
+@pytest.mark.parametrize("semi, named", [([], ["moco.temperature=0.1", "moco.queue_size=64", "moco.cos=false"]),
+                                         (["semi.method=moco"], ["moco.cos=false"])])
+def test_train_names_the_moco_words_it_never_reads(digits_root, tmp_path, no_training, semi, named):
+    """`fewshot train moco.temperature=0.1` did nothing unless semi.method=moco, whose loss reads a few moco.*
+    fields only (not moco.cos, MoCo pretraining's schedule)."""
+    rc, _, err = command("train", digits_root, tmp_path / "t", *semi, "moco.temperature=0.1", "moco.queue_size=64",
+                         "moco.cos=false")
+    assert rc == 0 and no_training, err
+    said = warnings(err)
+    assert len(said) == 1 and said[0].startswith(f"warning: {' '.join(named)} do"), err
+    assert ("only with semi.method=moco" if not semi else "semi.method=moco reads only moco.dim") in said[0]

@@ -354,13 +354,27 @@ MOCO_STAGE_FIELDS = ("run.pretrain_share", "run.pretrain_batch_size", "run.pretr
                      "run.moco_momentum", "run.finetune_lr", "run.finetune_backbone_mult")
 
 
+# the fields `fewshot pretrain` (MoCoTask, the Engine under it, run_pretrain) never reads, traced from a run: the
+# fine-tuning head, loss, backbone lr (param_groups gives every parameter one rate), EMA (MoCoTask.supports_ema is
+# false), evaluation (moco.knn_every is its schedule), the labelled sampler and views (MoCo's are aug.*) and semi.*;
+# run.* and the mixing fields have reasons of their own (unused_override_warnings)
+PRETRAIN_UNREAD = ("model.head", "model.head_init", "optim.label_smoothing", "optim.backbone_lr_mult", "train.ema",
+                   "train.ema_decay", "train.ema_warmup", "train.eval_every", "train.eval_mode", "data.sampler",
+                   "data.repeats", "data.randaug_ops", "data.randaug_magnitude", "data.randaug_p",
+                   "data.randaug_group", "data.hflip", "data.hflip_symmetric")
+# the moco.* fields fine-tuning with semi.method=moco reads (train/semi_moco.py); without it, it reads none
+SEMI_MOCO_READS = ("moco.dim", "moco.mlp", "moco.mlp_hidden", "moco.temperature", "moco.queue_size",
+                   "moco.shuffle_bn", "moco.split_bn_groups")
+
+
 def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = False) -> list[str]:
     """The key=value words ``command`` (train, pretrain, run) or its method never reads, one warning per reason
     naming them: `fewshot train run.pseudo_rounds=5`, `fewshot run --semi off run.pseudo_rounds=1`,
-    `fewshot run --baseline run.pretrain_share=0.4` and `data.mix_p=0.3` without mixup or CutMix were accepted and
-    did nothing, without a word. Only typed words: a shared --config file may carry them. Warned, not refused, for
-    the same reason. ``baseline``: `fewshot run --baseline`, which refuses --semi pseudo and --pretrain, so the
-    advice is to drop it instead."""
+    `fewshot run --baseline run.pretrain_share=0.4`, `data.mix_p=0.3` without mixup or CutMix, fine-tuning words
+    given to pretrain (PRETRAIN_UNREAD) and moco.* words given to train were accepted and did nothing, without a
+    word. Only typed words: a shared --config file may carry them. Warned, not refused, for the same reason.
+    ``baseline``: `fewshot run --baseline`, which refuses --semi pseudo and --pretrain, so the advice is to drop it
+    instead."""
     from fewshot.config import parse_override
 
     pretrain = bool(cfg.get("run", {}).get("pretrain"))
@@ -368,6 +382,7 @@ def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = Fa
     semi = "off" if semi in (None, False, "off", "none") else semi  # YAML reads a bare `off` as false
     data = cfg.get("data", {})
     mixing = any(isinstance(data.get(k), (int, float)) and data[k] > 0 for k in ("mixup_alpha", "cutmix_alpha"))
+    semi_moco = cfg.get("semi", {}).get("method") == "moco"
     unused: dict[str, list[str]] = {}
     for word in extra or []:
         dotted = ".".join(parse_override(word)[0])
@@ -384,6 +399,16 @@ def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = Fa
         elif command == "pretrain" and dotted in ("data.mix_p", "data.mixup_alpha", "data.cutmix_alpha"):
             why = ("`fewshot pretrain` mixes no batches (mixup and CutMix are supervised training's); drop them, or "
                    "give them to `fewshot train` or `fewshot run`")
+        elif command == "pretrain" and (dotted in PRETRAIN_UNREAD or dotted.startswith("semi.")):
+            why = ("`fewshot pretrain` does not read them (fine-tuning's head, loss, backbone lr, EMA, evaluation, "
+                   "sampler, RandAugment and flips, and semi.*; MoCo's views are aug.*, its kNN monitor moco.knn_*); "
+                   "drop them, or give them to `fewshot train` or `fewshot run`")
+        elif command == "train" and dotted.startswith("moco.") and not semi_moco:
+            why = ("`fewshot train` reads moco.* only with semi.method=moco (MoCo's loss on the pool while "
+                   "fine-tuning); drop them, give semi.method=moco, or give them to `fewshot pretrain`")
+        elif command == "train" and dotted.startswith("moco.") and dotted not in SEMI_MOCO_READS:
+            why = (f"semi.method=moco reads only {', '.join(SEMI_MOCO_READS)} of moco.* (its key encoder's momentum "
+                   f"is semi.moco_momentum); drop them, or give them to `fewshot pretrain`")
         elif command in ("train", "run") and dotted == "data.mix_p" and not mixing:
             why = ("data.mix_p is the share of batches mixed, and neither mixup nor CutMix is on; give "
                    "data.mixup_alpha or data.cutmix_alpha above 0 as well, or drop it")

@@ -223,7 +223,7 @@ def parse_override(word: str) -> tuple[list[str], Any]:
                         f"(for example optim.lr=3e-4).")
     key, raw = word.split("=", 1)
     if not raw.strip():
-        refuse_empty_number(key)
+        refuse_empty_value(key)
     try:
         value = read_yaml(raw, f"the value of {key}=") if raw != "" else None
     except yaml.YAMLError:
@@ -237,21 +237,27 @@ def parse_override(word: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def refuse_empty_number(key: str) -> None:
+def refuse_empty_value(key: str) -> None:
     """`optim.lr=` (nothing after the =, a shell variable that was empty) read as null, which for lr means "decide
-    at run time": a run at the default rate that the user thought they had set. A field that holds a number (or
-    a list of numbers) is refused with what to give; text fields keep reading an empty value as none
-    (`model.weights=`: no weights), and an unknown key is left to set_dotted's message."""
+    at run time": a run at the default rate that the user thought they had set; `train.amp=` turned AMP off and
+    `data.bit_depth=` was refused as "not None". Every field is refused with what to give, but the text fields
+    whose none is documented (TEXT, TEXT_LIST: `model.weights=`, no weights; `data.datasets=`, every dataset), which
+    keep reading an empty value as none; an unknown key or a section is left to set_dotted's message."""
     try:
         default = get_dotted(DEFAULTS, key.split("."))
     except KeyError:
+        return
+    if isinstance(default, dict) or key in TEXT + TEXT_LIST:
         return
     optional = default is None and key in OPTIONAL
     kind = _kind(OPTIONAL[key] if optional else default)
     if isinstance(default, list):
         kind = f"a list of {len(default)} numbers"
-    if kind not in ("a number", "a whole number") and not isinstance(default, list):
-        return
+    elif key in AUTO_OR_WHOLE:
+        low, high, meaning = AUTO_OR_WHOLE[key]
+        kind = f"auto or a whole number from {low} to {high} ({meaning})"
+    elif key in CHOICES:
+        kind = "one of " + ", ".join(dict.fromkeys(_plain(c) for c in CHOICES[key] if c is not None))
     shown = _example(key, default)
     keep = (f"Drop the word, or give {key}=null, for {OPTIONAL_NULL[key][0]}" if optional else
             f"Drop the word to keep the default ({key}={shown})")
@@ -263,7 +269,7 @@ def _example(key: str, default: Any) -> str:
     """A value to show in a message: the default where there is one, else a typical one (OPTIONAL_NULL)."""
     if isinstance(default, list):
         return "[" + ",".join(f"{v}" for v in default) + "]"
-    return f"{default}" if default is not None else OPTIONAL_NULL[key][1]
+    return _plain(default) if default is not None else OPTIONAL_NULL[key][1]
 
 
 def get_dotted(cfg: dict, keys: list[str]) -> Any:
@@ -768,7 +774,8 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
             preset_sections: tuple[str, ...] | None = None) -> dict:
     """Layer defaults < preset < config file < command-line flags < key=value words. The preset is ``preset``
     (--preset), else the one the file or the words name (`moco.preset: mocov1`, which used to change the recorded
-    name only and leave the other preset's T, MLP and schedule in place), else ``default_preset``.
+    name only and leave the other preset's T, MLP and schedule in place), else ``default_preset``. Places that name
+    different presets are refused (_refuse_preset_clash): the file is layered over the preset, so its values win.
     ``preset_sections``: only these sections of the preset apply (`fewshot run` takes its MoCo stage's moco.* and
     aug.* from the preset, but its optimiser, batch and epochs from run.* and its plan; the preset's resnet50 and
     SGD would otherwise reach fine-tuning too)."""
@@ -779,10 +786,10 @@ def resolve(preset: str | None = None, file: str | Path | None = None, flags: di
 def _resolve(preset: str | None, file: str | Path | None, flags: dict | None, overrides: list[str] | None,
              default_preset: str | None, preset_sections: tuple[str, ...] | None) -> dict:
     cfg = copy.deepcopy(DEFAULTS)
-    named, where = _preset_named_in(file, overrides) if default_preset else (None, "")  # only commands with presets
-    if preset and named and named != preset:
-        raise UserError(f"--preset {preset} and {where} name different presets; give one of them.")
-    preset = preset or named or default_preset
+    named = _presets_named_in(file, overrides) if default_preset else []  # only commands with presets
+    given = [(preset, f"--preset {preset}")] if preset else []
+    _refuse_preset_clash(given + named)
+    preset = next((name for name, _ in given + named), default_preset)  # --preset, else a word, else the file
     if preset:
         if preset not in PRESETS:
             raise UserError(f"unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
@@ -871,20 +878,32 @@ def same_recorded_path(saved, now) -> bool:
 _TAIL_NOTED: set = set()
 
 
-def _preset_named_in(file, overrides) -> tuple[str | None, str]:
-    """The preset the config file or the key=value words name (a word wins), and where, for a message: a clash
-    with --preset that named a key=value word the user never typed sent them looking for it."""
-    named, where = None, ""
+def _presets_named_in(file, overrides) -> list[tuple[str, str]]:
+    """The presets the key=value words and the config file name (the last word, then the file), each with where it
+    was named, for a message: a clash with --preset that named a key=value word the user never typed sent them
+    looking for it."""
+    named = []
+    words = [word for word in overrides or [] if word.split("=", 1)[0].strip() == "moco.preset"]
+    value = parse_override(words[-1])[1] if words else None  # the last word wins, as set_dotted has it
+    if value in PRESETS:
+        named.append((value, f"moco.preset={value}"))
     if file:
         moco = config_data(file).get("moco")
         if isinstance(moco, dict) and moco.get("preset") in PRESETS:
-            named, where = moco["preset"], f"the config file {file} (moco.preset: {moco['preset']})"
-    for word in overrides or []:
-        if word.split("=", 1)[0].strip() == "moco.preset":
-            value = parse_override(word)[1]
-            if value in PRESETS:
-                named, where = value, f"moco.preset={value}"
-    return named, where
+            named.append((moco["preset"], f"the config file {file} (moco.preset: {moco['preset']})"))
+    return named
+
+
+def _refuse_preset_clash(named: list[tuple[str, str]]) -> None:
+    """Any two of --preset, a word and the file (``named``, in that order) that name different presets are refused:
+    the file is layered over the preset, so `moco.preset=mocov1` against a run's config.yaml (which holds every
+    field, v2's T, MLP and views) only renamed the preset, where `--preset mocov1` with that file was refused."""
+    for name, where in named[1:]:
+        if name != named[0][0]:
+            hint = ("" if where.startswith("moco.preset=") else
+                    " (the file's fields are applied over the preset's: to change preset, edit its moco.preset and "
+                    "the fields the presets differ in: moco.temperature, mlp, cos and aug.*)")
+            raise UserError(f"{named[0][1]} and {where} name different presets; give one of them{hint}.")
 
 
 CHOICES = {  # fields whose value must be one of a few words (checked at start-up, not mid-run)
@@ -1173,18 +1192,20 @@ def _gib(n: float) -> str:
 
 
 def check_moco_memory(cfg: dict) -> None:
-    """A queue (moco.queue_size, run.queue_size) or a projection (moco.dim) that cannot fit in this machine's memory
-    is refused now: `--queue-size 1000000000000` ended in a RuntimeError traceback when the queue was allocated."""
+    """A queue (moco.queue_size, run.queue_size) or a projection (moco.dim, moco.mlp_hidden) that cannot fit in this
+    machine's memory is refused now, naming the field that is too big: `--queue-size 1000000000000` ended in a
+    RuntimeError traceback when the queue was allocated."""
     moco, train, run = cfg.get("moco"), cfg.get("train"), cfg.get("run")
     if not all(isinstance(s, dict) for s in (moco, train, run)):
         return
     total = memory_bytes() or MOCO_MEMORY_CAP
     where = f"this machine's {_gib(total)} of memory" if memory_bytes() else f"{_gib(total)}"
+    # the hidden width builds a layer only in an MLP head (moco.mlp: false is one linear layer)
+    hidden = moco.get("mlp_hidden") if _is_whole(moco.get("mlp_hidden")) and moco.get("mlp") is not False else None
     for field, size, batch in (("moco.queue_size", moco.get("queue_size"), train.get("batch_size")),
                                ("run.queue_size", run.get("queue_size"), run.get("pretrain_batch_size"))):
         if not all(_is_whole(v) for v in (size, moco.get("dim"), batch)):
             continue  # unset (run.queue_size: None), or refused by validate with its own message
-        hidden = moco.get("mlp_hidden") if _is_whole(moco.get("mlp_hidden")) else None
         need = moco_bytes(size, moco["dim"], batch, hidden)
         if need <= total:
             continue
@@ -1199,19 +1220,28 @@ def check_moco_memory(cfg: dict) -> None:
                     f"{field} {size}, its scores alone would need about {_gib(need)}")
             raise FieldError(batch_field, f"{batch_field} {batch} is too large: a batch of {batch} images cannot "
                                           f"fit in {where} ({used}). Give a batch size of a few hundred at most.")
+        wide = hidden is not None and hidden > HEAD_WIDTH_GUESS  # too wide for any queue: no queue can make room
+        if hidden is not None and (moco_bytes(size, moco["dim"], batch, None) <= total
+                                   or wide and moco_bytes(1, moco["dim"], batch, hidden) > total):
+            # the head's width, not the queue: `moco.mlp_hidden=100000000` was told to shrink the queue
+            raise FieldError("moco.mlp_hidden", f"moco.mlp_hidden {hidden} (with moco.dim {moco['dim']}) needs about "
+                                                f"{_gib(need)} for MoCo's projection head and its copies, more than "
+                                                f"{where}. Give a moco.mlp_hidden of a few thousand at most, or "
+                                                f"moco.mlp_hidden=null for the backbone's feature width (default).")
         if moco_bytes(size, DEFAULTS["moco"]["dim"], batch, hidden) <= total:  # the queue is fine, the width is not
             raise FieldError("moco.dim", f"moco.dim {moco['dim']} (with {field} {size}) needs about {_gib(need)} "
                                          f"for MoCo's queue of negative keys and its projection, more than {where}. "
                                          f"Give a moco.dim of a few hundred at most (default 128).")
         raise FieldError(field, f"{field} {size} with moco.dim {moco['dim']} needs about {_gib(need)} for MoCo's "
                                 f"queue of negative keys, more than {where}. Give a smaller queue (the MoCo papers "
-                                f"use 4096 to 65536 keys; at most about {_max_queue(total, moco['dim'], batch)} "
-                                f"fit here).")
+                                f"use 4096 to 65536 keys; at most about "
+                                f"{_max_queue(total, moco['dim'], batch, hidden)} fit here).")
 
 
-def _max_queue(total: int, dim: int, batch: int) -> str:
-    """The largest queue moco_bytes lets fit in ``total`` bytes, rounded down to a power of two, as text."""
-    most = max(1, (total // 4 - 4 * HEAD_WIDTH_GUESS * dim) // (2 * dim + 3 * batch))
+def _max_queue(total: int, dim: int, batch: int, hidden: int | None = None) -> str:
+    """The largest queue moco_bytes lets fit in ``total`` bytes beside the projection head (``hidden`` wide),
+    rounded down to a power of two, as text."""
+    most = max(1, (total // 4 - 4 * (hidden or HEAD_WIDTH_GUESS) * dim) // (2 * dim + 3 * batch))
     return f"{1 << (int(most).bit_length() - 1):,}"
 
 
