@@ -25,7 +25,8 @@ import torch
 from fewshot.config import resolve
 from fewshot.data.layout import scan_root
 from fewshot.eval.predict import load_trained
-from fewshot.pipeline import finetune_stage, pseudo_label_pool
+from fewshot.run_pseudo import pseudo_label_pool
+from fewshot.run_stages import finetune_stage
 from fewshot.train.distributed import DistContext
 from fewshot.train.supervised import SupervisedTask
 

@@ -15,6 +15,7 @@ import pytest
 from fewshot.config import resolve
 from fewshot.errors import UserError
 from fewshot.train.supervised import SupervisedTask
+from helpers.run_patch import patch_run
 
 
 def _run_cfg(root) -> dict:
@@ -24,16 +25,15 @@ def _run_cfg(root) -> dict:
 
 
 def fake_clock(monkeypatch, step_s: float | list[float]) -> dict:
-    """pipeline's and run_budget's clocks read ``clock["t"]``, which each training step moves on by ``step_s`` (a
+    """the run modules' (helpers.run_patch) and run_budget's clocks read ``clock["t"]``, which each training step moves on by ``step_s`` (a
     list: the steps' in turn, the last one from there on); ``clock["steps"]`` counts the steps (the timing's, as the
     Engine's are stopped before they run)."""
-    import fewshot.pipeline as pipeline
     import fewshot.run_budget as run_budget
     from fewshot.train import engine
 
     clock = {"t": 0.0, "steps": 0}
     fake = types.SimpleNamespace(monotonic=lambda: clock["t"], perf_counter=lambda: clock["t"])
-    monkeypatch.setattr(pipeline, "time", fake)
+    patch_run(monkeypatch, "time", fake)
     monkeypatch.setattr(run_budget, "time", fake)
     step = SupervisedTask.training_step
 
@@ -58,10 +58,8 @@ def _refused(root, out, minutes: float) -> str:
 
 
 def _no_later_timing(monkeypatch) -> None:
-    import fewshot.pipeline as pipeline
-
-    monkeypatch.setattr(pipeline, "measure_eval_seconds", lambda *a, **k: pytest.fail("evaluation timed"))
-    monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda *a, **k: pytest.fail("prediction timed"))
+    patch_run(monkeypatch, "measure_eval_seconds", lambda *a, **k: pytest.fail("evaluation timed"))
+    patch_run(monkeypatch, "measure_prediction_seconds", lambda *a, **k: pytest.fail("prediction timed"))
 
 
 def test_the_timing_stops_once_the_steps_alone_do_not_fit(digits_root, tmp_path, monkeypatch, real_least_run_holds):

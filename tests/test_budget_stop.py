@@ -19,6 +19,7 @@ from fewshot.train.engine import Engine
 from fewshot.train.finetune import run_finetune
 from fewshot.train.supervised import SupervisedTask
 from helpers.checks import assert_same, engine_clock
+from helpers.run_patch import patch_run
 from helpers.tiny import build_digits, finetune_cfg
 
 # 40 train images, batch 8: 5 steps per epoch
@@ -121,6 +122,7 @@ def resume_stopped_in_finetune(root, out, monkeypatch, eval_s: float | None, spe
     import time
 
     import fewshot.pipeline as pipeline
+    import fewshot.run_stages as run_stages
     from helpers.checks import run_main
     from test_run_accounting import stopped_in_finetune
 
@@ -149,8 +151,8 @@ def resume_stopped_in_finetune(root, out, monkeypatch, eval_s: float | None, spe
         return fit(self, *args, **kwargs)
 
     with monkeypatch.context() as mp:
-        mp.setattr(pipeline, "measure_eval_seconds", measure_eval_seconds)
-        mp.setattr(pipeline, "trained_speeds", trained_speeds)
+        patch_run(mp, "measure_eval_seconds", measure_eval_seconds)
+        mp.setattr(run_stages, "trained_speeds", trained_speeds)
         mp.setattr(Engine, "fit", fit_counted)
         if not spent:
             mp.setattr(pipeline, "finetune_stage", stage_with_time_left)
@@ -198,7 +200,7 @@ def test_a_stage_stopped_in_its_last_evaluation_records_no_late_training_on_resu
     import os
     import signal
 
-    import fewshot.pipeline as pipeline
+    import fewshot.run_stages as run_stages
     from fewshot.config import load_yaml
     from helpers.checks import run_main
     from test_run_resume import _cmd
@@ -228,7 +230,7 @@ def test_a_stage_stopped_in_its_last_evaluation_records_no_late_training_on_resu
         mp.setattr(Engine, "fit", fit_watched)
         mp.setattr(Engine, "_evaluate", evaluate_stopped)
         mp.setattr(Engine, "_agreed_stop", agreed_on_time)
-        mp.setattr(pipeline, "plan_epochs", lambda *args, **kwargs: 8)
+        mp.setattr(run_stages, "plan_epochs", lambda *args, **kwargs: 8)
         rc, _, err = run_main(*cmd)
     assert rc == 128 + signal.SIGTERM, err
     fdir = out / "finetune"
@@ -236,7 +238,7 @@ def test_a_stage_stopped_in_its_last_evaluation_records_no_late_training_on_resu
     ck = load_checkpoint(fdir / "checkpoints" / "last.pt")
     assert (ck["epoch"], ck["step_in_epoch"]) == (planned, 0)
     assert json.loads((out / "run_state.json").read_text())["stages"]["finetune"]["status"] == "began"
-    cap, steps = pipeline.cap_resumed_budget, []
+    cap, steps = run_stages.cap_resumed_budget, []
 
     def cap_with_time_left(cfg, last, end_time):
         trained = cap(cfg, last, end_time)
@@ -245,7 +247,7 @@ def test_a_stage_stopped_in_its_last_evaluation_records_no_late_training_on_resu
 
     step = SupervisedTask.training_step
     with monkeypatch.context() as mp:
-        mp.setattr(pipeline, "cap_resumed_budget", cap_with_time_left)
+        mp.setattr(run_stages, "cap_resumed_budget", cap_with_time_left)
         mp.setattr(SupervisedTask, "training_step", lambda self, *a: steps.append(1) or step(self, *a))
         rc, stdout, err = run_main(*cmd, "--resume")
     assert rc == 0, err
@@ -312,7 +314,7 @@ def test_a_hopeless_budget_is_refused_before_any_work(digits_root, tmp_path, mon
         raise AssertionError("the run worked before refusing its budget")
 
     monkeypatch.setattr(pipeline.PipelineRun, "claim_output", no_work)
-    monkeypatch.setattr(pipeline, "measure_step_seconds", no_work)
+    patch_run(monkeypatch, "measure_step_seconds", no_work)
     out = tmp_path / "r"
     with pytest.raises(UserError) as caught:
         pipeline.run_pipeline(_run_cfg(digits_root), out, minutes, started=time.monotonic() - used_s)
@@ -332,6 +334,6 @@ def test_a_budget_above_the_floor_is_judged_by_the_measured_least_run(digits_roo
     import fewshot.pipeline as pipeline
     from fewshot.errors import UserError
 
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 30.0)
+    patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 30.0)
     with pytest.raises(UserError, match="is too short for test_resnet at 16px"):
         pipeline.run_pipeline(_run_cfg(digits_root), tmp_path / "r", 0.1)

@@ -204,15 +204,15 @@ def test_resume_state_and_a_new_runs_refusal_share_the_finished_run_test(tmp_pat
     """resume_state repeated holds_finished_run's test (finished, and summary.json): now it asks it, with the state
     it read, so the two cannot drift apart."""
     import fewshot.pipeline as pipeline
-    from fewshot.run_state import RunState
+    from fewshot.run_state import RunState, holds_finished_run
 
     out = tmp_path / "run"
     out.mkdir()
     data = {"finished": True, "budget_minutes": 1.0, "img_size": 32}
     (out / "run_state.json").write_text(json.dumps(data))
     (out / "summary.json").write_text(json.dumps({"done": 1}))
-    assert pipeline.holds_finished_run(out) and pipeline.holds_finished_run(out, data)
-    assert not pipeline.holds_finished_run(out, {"finished": False})
+    assert holds_finished_run(out) and holds_finished_run(out, data)
+    assert not holds_finished_run(out, {"finished": False})
     monkeypatch.setattr(RunState, "resume", classmethod(lambda cls, out, cfg, budget: cls(out, data)))
     run = pipeline.PipelineRun({"model": {"img_size": None}}, out, None, None, resume=True)
     run.requested = {}

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import fewshot.pipeline as pipeline
+import fewshot.run_stages as run_stages
 from fewshot.cli import main
 from fewshot.config import CHOSEN, RECHOSEN, RUN_SECTIONS, resolve, save_yaml, written_by_run
 from fewshot.errors import UserError
@@ -282,7 +283,7 @@ def test_a_users_run_finetune_lr_is_not_recorded_as_the_stages_choice(tmp_path, 
 
     def stage(name: str, *words: str) -> dict:
         cfg = resolve(overrides=["run.pretrain=true", "train.device=cpu", *words])
-        fcfg = pipeline.finetune_config(cfg, None, "off")
+        fcfg = run_stages.finetune_config(cfg, None, "off")
         if not recorded:
             fcfg.pop(CHOSEN, None)
         return chosen_in_file(stage_file(tmp_path / name / "finetune", fcfg))
@@ -309,7 +310,7 @@ def test_a_resumed_stages_device_record_follows_the_session(tmp_path, started, n
     stage_file(sdir, begun)
     cfg = resolve(overrides=["run.pretrain=true", f"train.device={recorded or 'cuda'}"])
     cfg.update(now)
-    scfg = pipeline.stage_config(sdir, cfg)
+    scfg = run_stages.stage_config(sdir, cfg)
     assert scfg[CHOSEN] == {"optim.lr": 0.002, **({"train.device": recorded} if recorded else {})}, scfg[CHOSEN]
     save_yaml(scfg, sdir / "config.yaml")  # as Engine.fit saves it
     assert chosen_in_file(sdir / "config.yaml").get("train.device") == recorded
@@ -319,7 +320,7 @@ def test_a_resumed_older_stage_gets_no_record(tmp_path):
     """A stage an older fewshot wrote has no record: one holding the device alone would pin its lr 0.004."""
     sdir = tmp_path / "run" / "finetune"
     stage_file(sdir, resolve(overrides=["train.device=cuda", "optim.lr=0.004"]))
-    assert CHOSEN not in pipeline.stage_config(sdir, {**resolve(overrides=["train.device=cpu"]),
+    assert CHOSEN not in run_stages.stage_config(sdir, {**resolve(overrides=["train.device=cpu"]),
                                                       CHOSEN: {"train.device": "cpu"}})
 
 
@@ -360,7 +361,7 @@ def test_a_fewshot_run_records_even_an_empty_choice_but_not_the_size_it_chose(di
     assert main(run_argv(digits_root, tmp_path / "r", config, "--device", "cpu")) == 0
     cfg = phases_only[0].cfg
     assert cfg[CHOSEN] == {}
-    assert pipeline.finetune_config(cfg, None, "off")[CHOSEN] == {"optim.lr": 0.002, "optim.backbone_lr_mult": 1.0}
+    assert run_stages.finetune_config(cfg, None, "off")[CHOSEN] == {"optim.lr": 0.002, "optim.backbone_lr_mult": 1.0}
     argv = [a for a in run_argv(digits_root, tmp_path / "r2", config, "--device", "cpu") if a not in ("--img-size",
                                                                                                      "32")]
     assert main(argv) == 0

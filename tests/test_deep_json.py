@@ -53,7 +53,7 @@ def case_run_stages_finished(tmp: Path):
 
 
 def case_holds_finished_run(tmp: Path):
-    from fewshot.pipeline import holds_finished_run
+    from fewshot.run_state import holds_finished_run
 
     deep_file(tmp / "run_state.json")
     deep_file(tmp / "summary.json", "{}")
@@ -86,13 +86,13 @@ def case_export_note(tmp: Path):
 
 
 def case_recorded_pseudo_labels(tmp: Path):
-    from fewshot.pipeline import recorded_pseudo_labels
+    from fewshot.run_pseudo import recorded_pseudo_labels
 
     assert recorded_pseudo_labels(deep_file(tmp / "pseudo_labels_round2.json")) is None
 
 
 def case_pool_share(tmp: Path):
-    from fewshot.pipeline import pool_share_in_time
+    from fewshot.run_pseudo import pool_share_in_time
 
     record = deep_file(tmp / "pseudo_labels_round2.json")
     assert pool_share_in_time(None, torch.zeros(10, 3, 4, 4), 60.0, record, seed=0) is None  # 10 images: all
@@ -105,7 +105,7 @@ def case_subsets_record(tmp: Path):
 
 
 def case_pool_decode_limit(tmp: Path, monkeypatch=None):
-    from fewshot.pipeline import pool_decode_limit
+    from fewshot.run_pseudo import pool_decode_limit
 
     record = deep_file(tmp / "cache" / "k.seed0.subsets.json")
     monkeypatch.setattr(cache, "is_cached", lambda *a, **k: False)

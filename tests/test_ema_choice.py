@@ -176,12 +176,12 @@ def test_fewshot_run_plans_two_evaluations_per_interval_while_the_ema_is_on(monk
     import time
     from types import SimpleNamespace
 
-    import fewshot.pipeline
-    from fewshot.pipeline import plan_stage
+    import fewshot.run_stages
+    from fewshot.run_stages import plan_stage
 
     # 0.1 s a step, 5 steps an epoch, 2 s an evaluation (4 s with the EMA's and the raw weights')
-    monkeypatch.setattr(fewshot.pipeline, "measure_step_seconds", lambda task: 0.1)
-    monkeypatch.setattr(fewshot.pipeline, "measure_eval_seconds", lambda task: 2.0)
+    monkeypatch.setattr(fewshot.run_stages, "measure_step_seconds", lambda task: 0.1)
+    monkeypatch.setattr(fewshot.run_stages, "measure_eval_seconds", lambda task: 2.0)
     task = SimpleNamespace(plan_epoch=lambda epoch: [0] * 5, supports_ema=supports)
     cfg = {"train": {"ema": ema}, "sched": {}}
     _, epochs, budget_s = plan_stage(task, cfg, time.monotonic() + 110.0, 1, ("train", "eval_every"))

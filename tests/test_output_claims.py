@@ -21,12 +21,13 @@ SHORT = ("--budget-minutes", "0.1")  # after BASE's 0.2, so it wins: the run's l
 def test_the_floor_of_a_stage_is_said_as_the_time_it_is(monkeypatch, capsys):
     """"its least 5 training steps (3.6 s ...)" while the Engine stops at the floor's time: on a machine that got
     busy the stage trained 2 steps. The plan line and the warning say a time, the steps at the measured speed."""
-    import fewshot.pipeline
-    from fewshot.pipeline import plan_stage, stage_plan_words
+    import fewshot.run_stages
+    from fewshot.run_stages import plan_stage
+    from fewshot.run_words import stage_plan_words
 
     assert stage_plan_words(0.73, 3.65, 1.25).startswith("about 3.6 s, its floor (5 training steps at the measured")
-    monkeypatch.setattr(fewshot.pipeline, "measure_step_seconds", lambda task: 0.73)
-    monkeypatch.setattr(fewshot.pipeline, "measure_eval_seconds", lambda task: 0.1)
+    monkeypatch.setattr(fewshot.run_stages, "measure_step_seconds", lambda task: 0.73)
+    monkeypatch.setattr(fewshot.run_stages, "measure_eval_seconds", lambda task: 0.1)
     task = SimpleNamespace(plan_epoch=lambda epoch: [0] * 4)
     plan_stage(task, {"train": {}, "sched": {}}, time.monotonic() + 1.0, 1, ("train", "eval_every"))
     out = capsys.readouterr().out

@@ -350,7 +350,7 @@ def test_auto_img_size_passes_over_an_unreadable_image(copy_root):
     import torch
 
     from fewshot.data.layout import scan_root
-    from fewshot.pipeline import auto_img_size
+    from fewshot.run_stages import auto_img_size
 
     infos = scan_root(copy_root, None, splits=("train", "val"))
     infos[0].train[0][0].write_bytes(b"this is not an image")
@@ -370,7 +370,7 @@ def test_auto_img_size_keeps_large_images_at_32_px_on_cpu_under_five_minutes(cop
     """100x80 images trained at 64 px on CPU at any budget: at 1 minute that was 9 s of training and 19.7 % test
     against 45.1 % at 32 px (docs/recipes.md measured 64 px worse at 3 minutes, better from 5). GPUs keep 160."""
     from fewshot.data.layout import scan_root
-    from fewshot.pipeline import auto_img_size
+    from fewshot.run_stages import auto_img_size
 
     _large_images(copy_root)
     infos = scan_root(copy_root, None, splits=("train", "val"))
@@ -558,7 +558,8 @@ def test_the_last_stage_leaves_its_measured_closing_work_inside_the_budget(digit
     import torch
 
     from fewshot.config import resolve
-    from fewshot.pipeline import closing_seconds, measure_prediction_seconds, plan_stage
+    from fewshot.pipeline import closing_seconds, measure_prediction_seconds
+    from fewshot.run_stages import plan_stage
     from fewshot.train.distributed import DistContext
     from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
     from fewshot.data.layout import scan_root
@@ -787,7 +788,8 @@ def test_pretrain_warns_that_a_fine_tuning_recipe_trains_moco_with_its_optimiser
 
 def test_the_plan_line_says_a_fraction_when_less_than_an_epoch_fits():
     """A 0.5-minute run printed "about 2 epochs" (its 8-epoch floor divided by 4) for 3 steps of 8."""
-    from fewshot.pipeline import about_epochs, fitting_epochs
+    from fewshot.run_budget import fitting_epochs
+    from fewshot.run_words import about_epochs
 
     assert about_epochs(fitting_epochs(3.0, 1.0, 8, 0.0, 1)) == "about 0.4 epoch"
     assert about_epochs(fitting_epochs(80.0, 1.0, 8, 0.0, 1)) == "about 10 epochs"
@@ -807,12 +809,13 @@ def test_the_plan_line_counts_the_planned_evaluations_and_words_the_epochs_as_an
     import time
     from types import SimpleNamespace
 
-    import fewshot.pipeline
-    from fewshot.pipeline import epochs_estimate, plan_stage
+    import fewshot.run_stages
+    from fewshot.run_stages import plan_stage
+    from fewshot.run_words import epochs_estimate
 
     # 0.1 s a step, 5 steps an epoch, 2 s an evaluation: every 40th epoch (10 % of an epoch's time), 0.05 s an epoch
-    monkeypatch.setattr(fewshot.pipeline, "measure_step_seconds", lambda task: 0.1)
-    monkeypatch.setattr(fewshot.pipeline, "measure_eval_seconds", lambda task: 2.0)
+    monkeypatch.setattr(fewshot.run_stages, "measure_step_seconds", lambda task: 0.1)
+    monkeypatch.setattr(fewshot.run_stages, "measure_eval_seconds", lambda task: 2.0)
     task = SimpleNamespace(plan_epoch=lambda epoch: [0] * 5)
     cfg = {"train": {}, "sched": {}}
     step_s, epochs, budget_s = plan_stage(task, cfg, time.monotonic() + 110.0, 1, ("train", "eval_every"))
@@ -825,7 +828,7 @@ def test_the_plan_line_counts_the_planned_evaluations_and_words_the_epochs_as_an
 
 def test_the_pseudo_label_line_lists_only_datasets_with_pool_images():
     """With 14 datasets the line ran past 1,000 characters of "set03 0/0 (mean confidence None)"."""
-    from fewshot.pipeline import pseudo_label_line
+    from fewshot.run_words import pseudo_label_line
 
     per = {"a": {"kept": 5, "pool": 9, "mean_confidence": 0.91, "kept_from_unknown_source": 0},
            **{f"e{i}": {"kept": 0, "pool": 0, "mean_confidence": None, "kept_from_unknown_source": 0} for i in range(12)}}
@@ -838,7 +841,7 @@ def test_the_pseudo_label_line_lists_only_datasets_with_pool_images():
 
 
 def test_the_pseudo_label_line_shows_escape_codes_of_dataset_names_escaped():
-    from fewshot.pipeline import pseudo_label_line
+    from fewshot.run_words import pseudo_label_line
 
     per = {"\x1b]0;pwned\x07a\u202eb\nc": {"kept": 5, "pool": 9, "mean_confidence": 0.91,
                                             "kept_from_unknown_source": 0}}
@@ -885,57 +888,57 @@ def test_run_counts_only_decodable_pool_images_against_the_moco_batch(copy_root,
 def test_a_pool_too_large_for_the_time_left_is_labelled_in_a_seeded_share(tmp_path, monkeypatch):
     """A 100k-image pool took 5 minutes of a 1-minute budget to pseudo-label: a round labels what fits in its
     time, a seeded random share; a resumed run takes the count from the round's record (the same images)."""
-    import fewshot.pipeline as pipeline
+    import fewshot.run_pseudo as run_pseudo
 
     images, record = torch.zeros(1000, 3, 4, 4, dtype=torch.uint8), tmp_path / "pseudo_labels_round2.json"
-    monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda task, images: 0.01)  # 10 s for the pool
-    assert pipeline.pool_share_in_time(None, images, 20.0, record, seed=1) is None  # fits: the whole pool
-    share = pipeline.pool_share_in_time(None, images, 5.0, record, seed=1)
+    monkeypatch.setattr(run_pseudo, "measure_prediction_seconds", lambda task, images: 0.01)  # 10 s for the pool
+    assert run_pseudo.pool_share_in_time(None, images, 20.0, record, seed=1) is None  # fits: the whole pool
+    share = run_pseudo.pool_share_in_time(None, images, 5.0, record, seed=1)
     assert len(share) == 500 and share.unique().numel() == 500 and bool((share.diff() > 0).all())
-    assert torch.equal(share, pipeline.pool_share_in_time(None, images, 5.0, record, seed=1))
-    assert not torch.equal(share, pipeline.pool_share_in_time(None, images, 5.0, record, seed=2))
-    assert len(pipeline.pool_share_in_time(None, images, 0.0, record, seed=1)) == 256  # no time left: one batch
+    assert torch.equal(share, run_pseudo.pool_share_in_time(None, images, 5.0, record, seed=1))
+    assert not torch.equal(share, run_pseudo.pool_share_in_time(None, images, 5.0, record, seed=2))
+    assert len(run_pseudo.pool_share_in_time(None, images, 0.0, record, seed=1)) == 256  # no time left: one batch
 
     def not_timed(task, images):
         raise AssertionError("a resumed round reads its count from the record")
 
-    monkeypatch.setattr(pipeline, "measure_prediction_seconds", not_timed)
+    monkeypatch.setattr(run_pseudo, "measure_prediction_seconds", not_timed)
     record.write_text(json.dumps({"pool_labelled": 500}))
-    assert torch.equal(share, pipeline.pool_share_in_time(None, images, 1.0, record, seed=1))
+    assert torch.equal(share, run_pseudo.pool_share_in_time(None, images, 1.0, record, seed=1))
     record.write_text(json.dumps({"pool_labelled": 1000}))  # the first session labelled it whole
-    assert pipeline.pool_share_in_time(None, images, 1.0, record, seed=1) is None
+    assert run_pseudo.pool_share_in_time(None, images, 1.0, record, seed=1) is None
     record.write_text(json.dumps({"pool_size": 1000}))  # an older fewshot's record: it labelled the whole pool
-    assert pipeline.pool_share_in_time(None, images, 1.0, record, seed=1) is None
+    assert run_pseudo.pool_share_in_time(None, images, 1.0, record, seed=1) is None
     record.write_text(json.dumps({"pool_size": 1000, "pool_labelled": 500, "pool_key": "k"}))
-    assert torch.equal(share, pipeline.pool_share_in_time(None, images, 1.0, record, seed=1, pool_key="k"))
+    assert torch.equal(share, run_pseudo.pool_share_in_time(None, images, 1.0, record, seed=1, pool_key="k"))
     record.unlink()
-    assert pipeline.pool_share_in_time(None, images[:256], 0.0, record, seed=1) is None  # one batch: not timed
+    assert run_pseudo.pool_share_in_time(None, images[:256], 0.0, record, seed=1) is None  # one batch: not timed
 
 
 def test_a_resumed_round_whose_pool_changed_labels_what_its_time_allows_and_says_so(tmp_path, monkeypatch, capsys):
     """A resume after the pool changed applied the saved count to the new pool: pool_size 9000, pool_labelled 8000,
     a random part labelled without a word. The time decides again (the stopped round starts over anyway: its
     pseudo-labels differ), and the run says that the pool changed."""
-    import fewshot.pipeline as pipeline
+    import fewshot.run_pseudo as run_pseudo
 
     images, record = torch.zeros(1000, 3, 4, 4, dtype=torch.uint8), tmp_path / "pseudo_labels_round2.json"
-    monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda task, images: 0.01)  # 10 s for the pool
+    monkeypatch.setattr(run_pseudo, "measure_prediction_seconds", lambda task, images: 0.01)  # 10 s for the pool
     record.write_text(json.dumps({"pool_size": 800, "pool_labelled": 500}))  # then: 800 images, 500 labelled
-    assert pipeline.pool_share_in_time(None, images, 20.0, record, seed=1) is None  # time enough: all 1000
+    assert run_pseudo.pool_share_in_time(None, images, 20.0, record, seed=1) is None  # time enough: all 1000
     assert "the unlabeled pool changed since the run started (800 images then, 1,000 now)" in capsys.readouterr().out
-    assert len(pipeline.pool_share_in_time(None, images, 5.0, record, seed=1)) == 500  # what 5 s allow
+    assert len(run_pseudo.pool_share_in_time(None, images, 5.0, record, seed=1)) == 500  # what 5 s allow
     out = capsys.readouterr().out
     assert "pool changed" in out and "labelling 500 of the 1,000 pool images" in out
     # as many files as before, other ones: told by the pool's fingerprint
     record.write_text(json.dumps({"pool_size": 1000, "pool_labelled": 500, "pool_key": "then"}))
-    assert pipeline.pool_share_in_time(None, images, 20.0, record, seed=1, pool_key="now") is None
+    assert run_pseudo.pool_share_in_time(None, images, 20.0, record, seed=1, pool_key="now") is None
     assert "pool changed since the run started (1,000 images then, 1,000 now)" in capsys.readouterr().out
 
 
 def test_the_val_guard_picks_the_best_earlier_round_not_only_round_1():
     """With run.pseudo_rounds=3, round 2 (83.9) beat round 1 (83.5) and the last round (81.45); the run predicted
     with round 1, the only one the guard compared."""
-    from fewshot.pipeline import better_earlier_round
+    from fewshot.run_stages import better_earlier_round
 
     earlier = {"finetune_labelled": {"mean_acc1": 83.5}, "finetune_round2": {"mean_acc1": 83.9}}
     assert better_earlier_round(earlier, 81.45) == "finetune_round2"
@@ -995,7 +998,7 @@ def test_identical_runs_reuse_the_share_of_a_cold_pool_an_earlier_one_decoded(co
     import fewshot.data.cache as cache
     from fewshot.config import resolve
     from fewshot.data.layout import scan_root
-    from fewshot.pipeline import pool_decode_limit
+    from fewshot.run_pseudo import pool_decode_limit
     from fewshot.train.semi import load_pool, pool_files
 
     cfg = resolve(flags={"data.root": str(copy_root), "model.img_size": 16, "data.cache_dir": str(tmp_path / "c")})
@@ -1100,7 +1103,7 @@ def test_the_command_leaves_its_objects_to_the_operating_system_at_exit(digits_r
 
 def test_an_overrun_warning_never_says_zero_seconds():
     """"will likely end about 0 s after its budget" (an overrun under half a second) read as no overrun."""
-    from fewshot.pipeline import overrun_warning
+    from fewshot.run_words import overrun_warning
 
     assert "about 1 s after its budget" in overrun_warning(0.3, "the least steps do not fit")
     assert "about 42 s after its budget" in overrun_warning(42.2, "the least steps do not fit")
@@ -1112,7 +1115,7 @@ def test_a_rounds_training_images_are_told_as_labelled_times_repeat_plus_pseudo_
 
     import torch
 
-    from fewshot.pipeline import made_of
+    from fewshot.run_words import made_of
 
     cfg = {"run": {"pseudo_labelled_repeat": 3}}
     none_kept = {"targets": torch.zeros(0, dtype=torch.long)}

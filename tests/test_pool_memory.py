@@ -27,7 +27,8 @@ def _task(root, **flags):
 
 def test_the_evaluation_is_timed_on_a_bounded_batch_and_a_stage_that_cannot_fit_says_so(digits_root, capsys):
     from fewshot.data.sets import ImageSet
-    from fewshot.pipeline import measure_eval_seconds, plan_stage
+    from fewshot.run_budget import measure_eval_seconds
+    from fewshot.run_stages import plan_stage
 
     cfg, _, task = _task(digits_root)
     n = 2000  # a val split much larger than the timed batch (256)
@@ -67,7 +68,7 @@ class Recording:
 
 def test_pseudo_labelling_reads_only_its_share_of_the_pool_and_labels_as_before(copy_root, tmp_path, monkeypatch,
                                                                                 any_confidence):
-    import fewshot.pipeline as pipeline
+    import fewshot.run_pseudo as run_pseudo
     import fewshot.train.semi as semi
     from fewshot.eval.evaluate import compute_logits
     from fewshot.train.semi import class_quota, labelled_counts, load_pool, select_pseudo_labels
@@ -80,7 +81,7 @@ def test_pseudo_labelling_reads_only_its_share_of_the_pool_and_labels_as_before(
     n_pool, k = len(paths), 20
     assert n_pool >= 5 * k
     share = torch.randperm(n_pool, generator=torch.Generator().manual_seed(3))[:k].sort().values
-    monkeypatch.setattr(pipeline, "pool_share_in_time", lambda *a, **kw: share)
+    monkeypatch.setattr(run_pseudo, "pool_share_in_time", lambda *a, **kw: share)
     recorded = []
 
     def recording_load_images(*args, **kwargs):
@@ -89,7 +90,7 @@ def test_pseudo_labelling_reads_only_its_share_of_the_pool_and_labels_as_before(
         return CachedImages(recorded[-1], got.valid, got.bad)
 
     monkeypatch.setattr(semi, "load_images", recording_load_images)
-    pseudo = pipeline.pseudo_label_pool(task, cfg, infos, r, tmp_path / "round2.json")
+    pseudo = run_pseudo.pseudo_label_pool(task, cfg, infos, r, tmp_path / "round2.json")
     assert recorded[0].read == k  # the share, not the pool (it copied all of it, then the share, then the kept)
     kept = pseudo["images"][:]
     assert recorded[0].read == k + len(kept)
@@ -116,7 +117,7 @@ def test_pseudo_labelling_reads_only_its_share_of_the_pool_and_labels_as_before(
 
 def test_a_cold_pool_is_decoded_only_as_far_as_the_labelling_can_use_it(copy_root, tmp_path, monkeypatch, capsys):
     import fewshot.train.semi as semi
-    from fewshot.pipeline import pool_decode_limit
+    from fewshot.run_pseudo import pool_decode_limit
     from fewshot.train.semi import load_pool, pool_files
 
     cfg = resolve(flags={"data.root": str(copy_root), "model.img_size": 16, "data.cache_dir": str(tmp_path / "c")})
@@ -156,12 +157,12 @@ def test_the_pool_and_label_fingerprints_do_not_change_with_the_roots_place(copy
     import json
     import shutil
 
-    from fewshot import pipeline
+    from fewshot import run_pseudo
 
     keys = []
     for root in (copy_root, shutil.copytree(copy_root, tmp_path / "moved" / "root")):
         cfg, infos, task = _task(root, **{"data.cache_dir": str(tmp_path / "cache")})
         record = tmp_path / f"round2-{len(keys)}.json"
-        pseudo = pipeline.pseudo_label_pool(task, cfg, infos, cfg["run"], record)
+        pseudo = run_pseudo.pseudo_label_pool(task, cfg, infos, cfg["run"], record)
         keys.append((pseudo["key"], json.loads(record.read_text())["pool_key"]))
     assert keys[0] == keys[1]

@@ -519,7 +519,7 @@ def test_resume_of_a_run_older_than_a_field_fills_it_with_what_the_run_did(tmp_p
     """Fields the saved config.yaml lacks were read directly by the tasks: KeyError 'skip_bad_unlabeled', an
     internal error, on resuming any run written before the field existed."""
     from fewshot.config import resolve, save_yaml
-    from fewshot.pipeline import stage_config
+    from fewshot.run_stages import stage_config
     from fewshot.train.finetune import merge_resume_config
 
     old = resolve()

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers.checks import run_main
+from helpers.run_patch import patch_run
 from test_pipeline import _check_pred_all
 from test_run_resume import _cmd, _state, sigterm_in_stage
 
@@ -127,11 +128,12 @@ def test_run_lists_the_layout_problems_of_every_split_at_once(copy_root, dataset
 def test_the_plan_line_at_the_floor_says_the_warnings_steps_and_seconds(monkeypatch):
     """"least 5 steps (9 s) do not fit the 7 s left" was followed by "0.2 min ... about 2 epochs", and elsewhere
     "0.0 min ... about 6 epochs": at the floor the line says its steps and the warning's seconds."""
-    import fewshot.pipeline
-    from fewshot.pipeline import plan_stage, stage_plan_words
+    import fewshot.run_stages
+    from fewshot.run_stages import plan_stage
+    from fewshot.run_words import stage_plan_words
 
-    monkeypatch.setattr(fewshot.pipeline, "measure_step_seconds", lambda task: 1.8)
-    monkeypatch.setattr(fewshot.pipeline, "measure_eval_seconds", lambda task: 0.5)
+    monkeypatch.setattr(fewshot.run_stages, "measure_step_seconds", lambda task: 1.8)
+    monkeypatch.setattr(fewshot.run_stages, "measure_eval_seconds", lambda task: 0.5)
     task = SimpleNamespace(plan_epoch=lambda epoch: [0] * 2)
     cfg = {"train": {}, "sched": {}}
     step_s, epochs, budget_s = plan_stage(task, cfg, time.monotonic() + 7.0, 1, ("train", "eval_every"))
@@ -149,9 +151,7 @@ def test_the_stage_line_of_a_run_at_its_floor_agrees_with_the_warning(digits_roo
     """The whole run: the stage line after the floor warning says the same seconds."""
     import re
 
-    from fewshot import pipeline
-
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task: 0.5)
+    patch_run(monkeypatch, "measure_step_seconds", lambda task: 0.5)
     out = tmp_path / "run"
     rc, stdout, err = run_main(*_cmd(digits_root, out, "run.semi_method=off", "--budget-minutes", "0.02"))
     assert rc == 0, err

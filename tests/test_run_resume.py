@@ -317,7 +317,7 @@ def test_a_resumed_stage_ends_where_the_run_clock_allows(tmp_path, monkeypatch):
     import time
 
     import fewshot.train.checkpoint
-    from fewshot.pipeline import cap_resumed_budget
+    from fewshot.run_stages import cap_resumed_budget
 
     last = tmp_path / "last.pt"  # a stage's last.pt after 10 s of training
     monkeypatch.setattr(fewshot.train.checkpoint, "load_checkpoint", lambda path: {"train_seconds": 10.0})

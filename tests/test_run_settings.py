@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 import fewshot.pipeline as pipeline
+import fewshot.run_stages as run_stages
 from fewshot.cli import main
 from fewshot.config import resolve
 
@@ -50,10 +51,10 @@ def test_a_frozen_backbone_stays_frozen_in_fine_tuning_after_pretraining(digits_
 
 def test_the_run_fills_only_the_fine_tuning_rates_the_user_left_unset():
     cfg = resolve(flags={"run.pretrain": True}, overrides=["run.finetune_backbone_mult=0.5"])
-    fcfg = pipeline.finetune_config(cfg, None, "pseudo")
+    fcfg = run_stages.finetune_config(cfg, None, "pseudo")
     assert (fcfg["optim"]["lr"], fcfg["optim"]["backbone_lr_mult"]) == (2e-3, 0.5)
     cfg = resolve(flags={"run.pretrain": True}, overrides=["optim.lr=1e-3", "optim.backbone_lr_mult=0"])
-    fcfg = pipeline.finetune_config(cfg, None, "pseudo")
+    fcfg = run_stages.finetune_config(cfg, None, "pseudo")
     assert (fcfg["optim"]["lr"], fcfg["optim"]["backbone_lr_mult"]) == (1e-3, 0)
     assert cfg["optim"]["backbone_lr_mult"] == 0  # the run's own config is left as it was
 

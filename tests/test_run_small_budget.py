@@ -17,6 +17,7 @@ from fewshot.config import resolve
 from fewshot.data.layout import scan_root
 from fewshot.errors import UserError
 from fewshot.train.distributed import DistContext
+from helpers.run_patch import patch_run
 
 
 class Planned(Exception):
@@ -46,7 +47,7 @@ def test_a_budget_that_cannot_hold_the_least_run_is_refused_before_training(digi
     its budget, exit 0; now it says so at the first stage's planning, with the least budget measured."""
     import fewshot.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 30.0)
+    patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 30.0)
     _stop_at_training(monkeypatch)
     out = tmp_path / "r"
     with pytest.raises(UserError) as caught:
@@ -64,7 +65,7 @@ def test_a_budget_that_cannot_hold_the_least_run_is_refused_before_training(digi
 def test_a_refused_start_leaves_a_folder_it_found_as_it_was(digits_root, tmp_path, monkeypatch, real_least_run_holds):
     import fewshot.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 30.0)
+    patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 30.0)
     _stop_at_training(monkeypatch)
     out = tmp_path / "r"
     out.mkdir()
@@ -79,7 +80,7 @@ def test_a_refused_start_without_a_lock_removes_nothing(digits_root, tmp_path, m
     be its, so the refusal removes nothing and does not claim to have left the folder as it was."""
     import fewshot.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 30.0)
+    patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 30.0)
     monkeypatch.setattr(pipeline, "lock_run_dir", lambda folder: False)
     _stop_at_training(monkeypatch)
     out = tmp_path / "r"
@@ -93,19 +94,20 @@ def test_the_plan_keeps_the_whole_closing_estimate_and_the_last_step(digits_root
     """A closing estimate over half the budget was capped at half: the run planned to end about the difference
     after its budget. Now the stage ends where the whole estimate still fits, a step early for the Engine's last."""
     import fewshot.pipeline as pipeline
+    import fewshot.run_stages as run_stages
 
     closing_s, step_s, budget_s = 10.0, 0.05, 18.0
     monkeypatch.setattr(pipeline, "closing_seconds", lambda *a, **kw: closing_s)
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: step_s)
+    patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: step_s)
     plans = []
-    real_plan = pipeline.plan_stage
+    real_plan = run_stages.plan_stage
 
     def plan_stage(*args, **kwargs):
         result = real_plan(*args, **kwargs)
         plans.append((time.monotonic(), result[2]))
         return result
 
-    monkeypatch.setattr(pipeline, "plan_stage", plan_stage)
+    monkeypatch.setattr(run_stages, "plan_stage", plan_stage)
     _stop_at_training(monkeypatch)
     t0 = time.monotonic()
     with pytest.raises(Planned):
@@ -134,17 +136,17 @@ def test_the_closing_estimate_counts_the_stop_evaluation_of_both_weights_with_an
 
 
 def test_a_stage_keeps_back_the_step_that_ends_past_its_deadline(digits_root, monkeypatch):
-    import fewshot.pipeline as pipeline
+    import fewshot.run_stages as run_stages
     from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
 
     cfg = _cfg(digits_root)
     resolve_finetune_defaults(cfg)
     task = SupervisedTask(cfg, scan_root(digits_root, None, splits=("train", "val")), torch.device("cpu"),
                           DistContext())
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 1.0)
-    monkeypatch.setattr(pipeline, "measure_eval_seconds", lambda task, *a, **kw: 0.0)
+    monkeypatch.setattr(run_stages, "measure_step_seconds", lambda task, *a, **kw: 1.0)
+    monkeypatch.setattr(run_stages, "measure_eval_seconds", lambda task, *a, **kw: 0.0)
     before = time.monotonic()
-    _, _, stage_s = pipeline.plan_stage(task, cfg, before + 100.0, 1, ("train", "eval_every"))
+    _, _, stage_s = run_stages.plan_stage(task, cfg, before + 100.0, 1, ("train", "eval_every"))
     assert stage_s <= 99.0
 
 
@@ -171,7 +173,7 @@ def test_the_answer_key_note_says_whether_any_dataset_is_scored(copy_root, tmp_p
 
 def test_a_skipped_round_names_time_left_and_needed_in_numbers_that_differ():
     """A hunt: "6 s were left of the budget after round 1, and round 2 needs at least 6 s" (both rounded)."""
-    from fewshot.pipeline import labelled_only_why, seconds_apart
+    from fewshot.run_words import labelled_only_why, seconds_apart
 
     assert seconds_apart(5.6, 6.4) == ("5.6 s", "6.4 s")
     assert seconds_apart(12.4, 12.3) == ("12.4 s", "12.3 s")  # whole seconds from 10 s on, unless they then agree

@@ -12,7 +12,7 @@ import signal
 import pytest
 import yaml
 
-import fewshot.pipeline as pipeline
+import fewshot.run_stages as run_stages
 from fewshot.config import CHOSEN, resolve
 from fewshot.errors import UserError, shell_quoted
 from helpers.checks import run_main
@@ -39,9 +39,9 @@ def test_a_stage_whose_config_holds_no_settings_is_refused_as_lost(tmp_path, tex
     cfg = resolve(overrides=["model.name=test_resnet", "train.device=cpu"])
     with pytest.raises(UserError) as refused:
         if read == "stage_config":
-            pipeline.stage_config(sdir, cfg)
+            run_stages.stage_config(sdir, cfg)
         else:
-            pipeline.adopt_stage_architecture(cfg, sdir)
+            run_stages.adopt_stage_architecture(cfg, sdir)
     said = str(refused.value)
     assert f"--resume cannot continue {shell_quoted(sdir)}: its config.yaml {what}" in said, said
     last = shell_quoted(sdir / "checkpoints" / "last.pt")
@@ -52,7 +52,7 @@ def test_a_stage_whose_config_holds_no_settings_is_refused_as_lost(tmp_path, tex
     done = pasted(said, "records them (its `config`): `", "` writes them back")
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load((sdir / "config.yaml").read_text()) == recorded
-    assert pipeline.stage_config(sdir, cfg)["model"]["name"] == "test_resnet2"
+    assert run_stages.stage_config(sdir, cfg)["model"]["name"] == "test_resnet2"
 
 
 @pytest.mark.parametrize("lost, what", [("emptied", "is empty"), ("deleted", "is missing")])
@@ -100,10 +100,10 @@ def test_a_stopped_stage_without_its_config_replaces_the_weights(tmp_path, pretr
     (tmp_path / name / "checkpoints").mkdir(parents=True)
     (tmp_path / name / "checkpoints" / "last.pt").write_bytes(b"x")
     state = RunState(tmp_path, {"stages": {name: {"status": "began"}}})
-    assert pipeline.weights_replaced_by(state, tmp_path, pretrain) == tmp_path / name
+    assert run_stages.weights_replaced_by(state, tmp_path, pretrain) == tmp_path / name
     if not pretrain:
-        assert pipeline.stage_resumes("began", tmp_path / name)
-        assert not pipeline.stage_resumes("began", tmp_path / "finetune")
+        assert run_stages.stage_resumes("began", tmp_path / name)
+        assert not run_stages.stage_resumes("began", tmp_path / "finetune")
 
 
 @pytest.mark.parametrize("last", ["unreadable", "missing"])
@@ -119,7 +119,7 @@ def test_a_stage_whose_last_pt_cannot_be_read_still_says_fewshot_run_starts_over
     (sdir / "config.yaml").write_text("")
     cfg = resolve(overrides=["model.name=test_resnet", "train.device=cpu"])
     with pytest.raises(UserError) as refused:
-        pipeline.stage_config(sdir, cfg)
+        run_stages.stage_config(sdir, cfg)
     said = str(refused.value)
     assert "Put the run's config.yaml back" in said, said
     assert f"or start a new run with another --out (`fewshot run` starts over; this stage belongs to the run in " \

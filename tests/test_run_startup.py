@@ -5,6 +5,7 @@ once only to count the pool and then again with the queue sized from it."""
 from __future__ import annotations
 
 import fewshot.pipeline as pipeline
+import fewshot.run_stages as run_stages
 from fewshot.cli import main
 
 
@@ -32,7 +33,7 @@ def built_moco_tasks(monkeypatch) -> list:
         raise Planned
 
     monkeypatch.setattr(pretrain, "MoCoTask", build)
-    monkeypatch.setattr(pipeline, "plan_stage", plan_stage)
+    monkeypatch.setattr(run_stages, "plan_stage", plan_stage)
     return built
 
 

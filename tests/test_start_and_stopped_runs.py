@@ -13,6 +13,7 @@ import torch
 
 from fewshot.config import resolve
 from fewshot.errors import UserError
+from helpers.run_patch import patch_run
 
 
 class Planned(Exception):
@@ -42,7 +43,7 @@ def test_pretrain_with_a_budget_too_small_for_the_least_run_is_refused_before_mo
     trained turned it off: 0.05 minutes ran 27 s. Now MoCo's planning refuses it, counting the fine-tuning too."""
     import fewshot.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 30.0)
+    patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 30.0)
     out = tmp_path / "r"
     cfg = _cfg(digits_root, **{"run.semi_method": "off", "run.pretrain": True, "run.pretrain_batch_size": 32})
     with pytest.raises(UserError) as caught:  # not Planned("moco"): MoCo never started training
@@ -70,8 +71,8 @@ def _plan_moco(monkeypatch, eval_s: float) -> dict:
         raise Planned(self.task.kind)
 
     monkeypatch.setattr(engine.Engine, "fit", fit)
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 1.0)
-    monkeypatch.setattr(pipeline, "measure_eval_seconds", lambda task, *a, **kw: eval_s)
+    patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 1.0)
+    patch_run(monkeypatch, "measure_eval_seconds", lambda task, *a, **kw: eval_s)
     monkeypatch.setattr(pipeline, "calibration_seconds", lambda *a: 40.0)
     monkeypatch.setattr(pipeline, "least_run_seconds", lambda *a: 40.0)
     return planned
@@ -127,7 +128,7 @@ def test_pretrain_with_a_budget_that_holds_the_least_run_trains_moco(digits_root
     """The check refuses only what cannot fit: fast steps in a 10-minute budget go on to train MoCo."""
     import fewshot.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 0.01)
+    patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 0.01)
     cfg = _cfg(digits_root, **{"run.semi_method": "off", "run.pretrain": True, "run.pretrain_batch_size": 32})
     with pytest.raises(Planned, match="moco"):
         pipeline.run_pipeline(cfg, tmp_path / "r", 10)
@@ -138,7 +139,7 @@ def test_a_failed_start_removes_the_parents_out_made(digits_root, tmp_path, monk
     """`--out x/../y` with no x: the start made x (mkdir of y's parents) and left it behind when it failed."""
     import fewshot.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 30.0)
+    patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 30.0)
     monkeypatch.chdir(tmp_path)
     flags = {"run.semi_method": "off", **({"data.datasets": ["nope"]} if how == "bad input" else {})}
     with pytest.raises(UserError):
@@ -172,7 +173,7 @@ def test_a_failed_start_into_x_dotdot_y_keeps_the_users_y(digits_root, tmp_path,
     before anything is made."""
     import fewshot.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 30.0)
+    patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 30.0)
     monkeypatch.chdir(tmp_path)
     before = _users_folder(tmp_path)
     flags = {"run.semi_method": "off", **({"data.datasets": ["nope"]} if how == "bad input" else {})}
@@ -333,7 +334,7 @@ def test_without_a_pool_the_run_says_fine_tuning_gets_what_moco_leaves(copy_root
     import fewshot.pipeline as pipeline
 
     shutil.rmtree(copy_root / "unlabeled")
-    monkeypatch.setattr(pipeline, "measure_step_seconds", lambda task, *a, **kw: 0.01)
+    patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 0.01)
     cfg = _cfg(copy_root, **{"run.pretrain": True, "run.pretrain_batch_size": 16, "run.queue_size": 32})
     with pytest.raises(Planned, match="moco"):
         pipeline.run_pipeline(cfg, tmp_path / "r", 10)
@@ -344,7 +345,7 @@ def test_without_a_pool_the_run_says_fine_tuning_gets_what_moco_leaves(copy_root
 def test_the_overrun_note_asks_for_a_larger_budget_only_where_one_would_help():
     """A hunt: a 1.5-minute run that overran by 5 s was told "A budget of at least 1 minute leaves training a fair
     share"."""
-    from fewshot.pipeline import overrun_note
+    from fewshot.run_words import overrun_note
 
     busy = overrun_note(95.0, 90.0, 60.0)  # 35 s around the training: 2 minutes would be the advice
     assert "at least 2 minutes" in busy

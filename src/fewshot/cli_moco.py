@@ -191,7 +191,7 @@ def cmd_run(args, extra) -> int:
         flags["train.progress"] = False
     # moco.preset=mocov1 (a word or the --config file's) chooses the MoCo stage's T, head, schedule and views, as
     # `fewshot pretrain --preset` does (it changed the recorded name only); the stage's optimiser, batch and queue
-    # stay run.*'s small-data recipe (pipeline.pretrain_stage), and the user's own moco.*/aug.* fields still win
+    # stay run.*'s small-data recipe (run_stages.pretrain_stage), and the user's own moco.*/aug.* fields still win
     from fewshot.cli import note_flags_overridden, resolve_naming_flags
     from fewshot.config import record_chosen
 
@@ -322,7 +322,7 @@ RUN_FLAG_NAMES = {"data.root": "--data", "model.name": "--model", "model.weights
                   "run.pretrain": "--pretrain/--no-pretrain/--baseline", "run.semi_method": "--semi/--baseline",
                   "train.progress": "--no-progress"}
 
-# fields `fewshot run` sets itself (pipeline.pretrain_stage, plan_stage, run_pipeline): a key=value word for one
+# fields `fewshot run` sets itself (run_stages.pretrain_stage and plan_stage, run_pipeline): a key=value word for one
 # of them was accepted, recorded in the stages' config.yaml and never used
 RUN_REPLACES = {
     "moco.queue_size": "run.queue_size (the MoCo stage's queue, with --pretrain); set that",
@@ -348,8 +348,8 @@ def warn_replaced_overrides(extra) -> None:
             print(f"warning: {word} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr, flush=True)
 
 
-# the run.* fields only `fewshot run`'s MoCo stage reads (pipeline.pretrain_stage, check_pretrain_settings) or,
-# after it, the fine-tuning lr rules (pipeline.finetune_config): words nothing reads without run.pretrain
+# the run.* fields only `fewshot run`'s MoCo stage reads (run_stages.pretrain_stage, check_pretrain_settings) or,
+# after it, the fine-tuning lr rules (run_stages.finetune_config): words nothing reads without run.pretrain
 MOCO_STAGE_FIELDS = ("run.pretrain_share", "run.pretrain_batch_size", "run.pretrain_lr", "run.queue_size",
                      "run.moco_momentum", "run.finetune_lr", "run.finetune_backbone_mult")
 

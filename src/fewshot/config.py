@@ -608,7 +608,7 @@ def chosen_by_rule(task: Any, raw: dict) -> dict:
 
     def run_default(value: float | None, field: str) -> bool:
         """A `fewshot run` stage's value that is its run's default run.* one: a user's run.finetune_lr=5e-4 is
-        theirs, as the run records it (pipeline.finetune_config)."""
+        theirs, as the run records it (run_stages.finetune_config)."""
         default = DEFAULTS["run"][field]
         return raw.get("run.pretrain") is True and value is not None and same_value(value, default) and \
             same_value(raw.get(f"run.{field}"), default)

@@ -3,10 +3,11 @@ prediction pass, a figure) and the plans and checks made from them (a stage's ep
 the report and self-training's later rounds need). Apart from the pipeline so that its orchestration
 (pipeline.PipelineRun) reads as phases.
 
-The pipeline imports these names and calls them from there: tests relax a check (time_holds, least_run_holds) or
-fake a speed by patching the name on fewshot.pipeline, which reaches the pipeline's calls only. So nothing here
-calls a name that tests patch, but for measure_eval_seconds's call of measure_prediction_seconds (whose patches
-fake the pool's labelling only); closing_seconds, which calls report_seconds, stays in the pipeline for that."""
+The pipeline and its stage modules (run_stages, run_pseudo) import these names and call them from there: tests relax
+a check (time_holds, least_run_holds) or fake a speed by patching the name on the module that calls it, which
+reaches that module's calls only. So nothing here calls a name that tests patch, but for measure_eval_seconds's call
+of measure_prediction_seconds (whose patches fake the pool's labelling only); closing_seconds, which calls
+report_seconds, stays in the pipeline for that."""
 
 from __future__ import annotations
 

@@ -33,6 +33,19 @@ RUN_RESUME_MAY_CHANGE = frozenset({"data.root", "data.cache_dir", "train.device"
 MACHINE_SETTINGS = frozenset({"train.device", "train.threads"})
 
 
+def holds_finished_run(folder: Path, data: dict | None = None) -> bool:
+    """Whether ``folder`` holds a `fewshot run` that finished (run_state.json says finished and summary.json is
+    there): one test for a new run's refusal and --resume's "finished already" (PipelineRun.resume_state), which
+    passes the ``data`` of the state it read. A state file that cannot be read counts as unfinished: --resume then
+    says what is wrong with it."""
+    if data is None:
+        try:
+            data = loads_run_json((folder / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+    return isinstance(data, dict) and data.get("finished") is True and (folder / "summary.json").is_file()
+
+
 def _is_amount(value, positive: bool = False) -> bool:
     """A JSON number (not a bool) that is finite and >= 0 (> 0 with ``positive``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -476,7 +476,7 @@ def entry_dir(cache_dir: str | Path, key: str) -> Path:
 def subsets_record(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float, seed: int,
                    bit_depth: int | str = "auto") -> Path | None:
     """Where the sizes of the seeded random subsets of ``paths`` decoded as entries of their own are listed
-    (pipeline.pool_decode_limit), named after the whole list's entry: a later run of the same pool reuses one.
+    (run_pseudo.pool_decode_limit), named after the whole list's entry: a later run of the same pool reuses one.
     A few bytes, not pruned; a changed file list gets another name."""
     if cache_dir is None:
         return None

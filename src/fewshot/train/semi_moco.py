@@ -69,7 +69,7 @@ def joint_moco_note(summary: dict, without_pool: list[str]) -> str:
 
 
 def joint_queue_size(cap: int, pool: int, keys_per_step: int) -> int:
-    """About half the pool, as `fewshot run` sizes MoCo's queue (pipeline.pretrain_stage), capped by moco.queue_size
+    """About half the pool, as `fewshot run` sizes MoCo's queue (run_stages.pretrain_stage), capped by moco.queue_size
     and at least one step's keys: a queue as large as the pool holds a key of nearly every image, so each query's own
     image would often sit among its negatives."""
     return int(max(keys_per_step, min(int(cap), pool // 2)))

@@ -1,0 +1,247 @@
+"""Self-training's pseudo-labelling of the unlabeled pool in `fewshot run`: how much of the pool a round can afford
+to decode and label in its time, the labelling itself and its record (pseudo_labels_round<k>.json, reused by a
+resumed run), what run.pseudo_precision the val split can certify, and a later round's speeds and its labelled-only
+fallback. Tests fake a speed by patching measure_prediction_seconds (and the step and evaluation timings) on this
+module: its calls look the names up here."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from fewshot.data.cache import default_cache_dir
+from fewshot.run_budget import measure_eval_seconds, measure_prediction_seconds, measure_step_seconds
+from fewshot.run_words import pseudo_label_line
+from fewshot.utils import loads_run_json, write_json
+
+
+def recorded_pseudo_labels(record: Path) -> dict | None:
+    """The pseudo-labels a finished round trained on, as its record (pseudo_labels_round<k>.json) holds them: a
+    resumed run whose round was done labelled the whole pool again (and rewrote the record) only for the summary
+    of it, inside the budget. The images stay on disk (``images``: the kept files' entries, not tensors; the
+    round is reused, not trained). None when the record cannot be read: the pool is labelled again."""
+    try:
+        saved = loads_run_json(record.read_text())
+        kept = list(saved["images"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    summary = {k: v for k, v in saved.items() if k not in ("pool_key", "images")}
+    return {"images": kept, "summary": summary, "key": None, "recorded": True}
+
+
+def pool_share_in_time(task, images: torch.Tensor, seconds: float, record: Path, seed: int,
+                       pool_key: str | None = None) -> torch.Tensor | None:
+    """Which pool images a round can afford to label: all of them (None), unless labelling them would take more
+    than ``seconds`` (a 100k-image pool took 5 minutes of a 1-minute budget); then a seeded random share that
+    fits. A resumed run takes the count its first session chose (the round's record), so that it labels the same
+    images and the stopped round's checkpoint continues on the same training set; unless the pool changed since
+    (its size or ``pool_key``, the fingerprint of its files): the saved count, applied to another pool, labelled
+    8000 of 9000 images without a word, so the time decides again and the run says so."""
+    n_pool = len(images)
+    n = None
+    if record.is_file():  # a record without the count: a version that labelled the whole pool wrote it (review)
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            saved = loads_run_json(record.read_text())
+            then, key = saved.get("pool_size"), saved.get("pool_key")
+            if then not in (None, n_pool) or (pool_key is not None and key not in (None, pool_key)):
+                sizes = f"{int(then):,} images then, {n_pool:,} now" if then is not None else f"{n_pool:,} images now"
+                print(f"[run] the unlabeled pool changed since the run started ({sizes}): this round labels what "
+                      f"its time allows, not the stopped session's share", flush=True)
+            else:
+                n = int(saved.get("pool_labelled", n_pool))
+    if n is None:
+        if n_pool <= 256:  # one batch: not worth timing (nor cutting)
+            return None
+        per_image = measure_prediction_seconds(task, images)
+        if per_image * n_pool <= seconds:
+            return None
+        per_image = measure_prediction_seconds(task, images)  # the first batch paid the warm-up (review)
+        if per_image * n_pool <= seconds:
+            return None
+        n = max(256, int(seconds / per_image))  # one batch at least: the time measuring it took
+        print(f"[run] labelling {n:,} of the {n_pool:,} pool images, a random share: the whole pool would take "
+              f"about {per_image * n_pool:.0f} s, more than a quarter of the time left ({seconds:.0f} s)", flush=True)
+    if n >= n_pool:
+        return None
+    order = torch.randperm(n_pool, generator=torch.Generator().manual_seed(seed))
+    return order[:n].sort().values
+
+
+def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> int | None:
+    """How many pool files self-training decodes: all (None) when the decode cache holds them or decoding them
+    takes at most ``seconds`` at the rate timed on a seeded ``n`` of them; else a seeded random share that fits (``n`` at
+    least; semi.pool_subset). A cold 100k-file pool was decoded whole before the stages were planned, inside the
+    budget, though the rounds label only the share their time allows (pool_share_in_time). A share an earlier run
+    decoded (cache.subsets_record) is reused when at least half as large: the timing varies from run to run (564 to
+    972 files for the same time), and each new count decoded another share into a cache entry of its own."""
+    from fewshot.data.cache import add_to_subsets_record, decode_seconds_per_image, is_cached, subsets_record
+    from fewshot.train.semi import pool_subset
+
+    d, size, seed = cfg["data"], cfg["model"]["img_size"], int(cfg["train"]["seed"])
+    cache_dir, bits = default_cache_dir(d["root"], d["cache_dir"]), d.get("bit_depth", "auto")
+    if len(paths) <= 2 * n or is_cached(paths, size, cache_dir, d["crop_pct"], bits):
+        return None
+    # timed on files from every dataset of the pool (its first n are one dataset's: other sizes, other formats)
+    sample = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:n]
+    per_file = decode_seconds_per_image([paths[i] for i in sample.tolist()], size, d["crop_pct"], bit_depth=bits)
+    if per_file * len(paths) <= seconds:
+        return None
+    limit = max(n, int(seconds / max(per_file, 1e-9)))
+    record, decoded = subsets_record(paths, size, cache_dir, d["crop_pct"], seed, bits), []
+    if record is not None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            decoded = sorted({int(m) for m in loads_run_json(record.read_text())}, reverse=True)  # no record: none
+    for m in (m for m in decoded if limit / 2 <= m < len(paths)):
+        if is_cached([paths[i] for i in pool_subset(len(paths), m, seed).tolist()], size, cache_dir, d["crop_pct"],
+                     bits):
+            print(f"[run] the {len(paths):,} pool images are not in the decode cache, but a seeded random {m:,} of "
+                  f"them are (an earlier run's): the pool the rounds label (decoding all would take about "
+                  f"{per_file * len(paths):.0f} s, more than the {seconds:.0f} s that decoding may take)", flush=True)
+            return m
+    if record is not None:
+        with contextlib.suppress(OSError):
+            add_to_subsets_record(record, limit)
+    print(f"[run] the {len(paths):,} pool images are not in the decode cache: decoding them all would take about "
+          f"{per_file * len(paths):.0f} s ({per_file * 1000:.1f} ms each, timed on {n}), more than the {seconds:.0f} s "
+          f"that decoding may take (a quarter of the time after round 1); decoding a seeded random {limit:,} of them, "
+          f"the pool the rounds label", flush=True)
+    return limit
+
+
+def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: float = math.inf,
+                      seed: int = 0, pool_limit: int | None = None) -> dict:
+    """Label the pool with the round-1 model (best val checkpoint, EMA weights): the most confident
+    images of every class, class-balanced, become training images of round 2. ``seconds``: the time the
+    labelling may take (a larger pool is labelled in a random share: pool_share_in_time); ``pool_limit``: the
+    files decoded at start-up (pool_decode_limit). The pool stays in its cache file: only the share is read (in
+    batches), and the returned images are the kept ones' rows, read once by the next round."""
+    from fewshot.eval.evaluate import compute_logits
+    from fewshot.train.semi import (calibrated_thresholds, class_quota, labelled_counts, load_pool, root_relative,
+                                    select_pseudo_labels, teacher_probabilities)
+
+    images, dataset_ids, paths, source, _ = load_pool(cfg, infos, task.size, exclude_train=True, limit=pool_limit)
+    n_pool, pool_ids = len(images), dataset_ids
+    # which files the pool holds: a resumed round labels the stopped session's share only of the same pool (named
+    # relative to the data root: a resume from a moved root relabelled and retrained a stopped round)
+    root = cfg["data"]["root"]
+    pool_key = hashlib.sha1(json.dumps(root_relative(paths, root)).encode()).hexdigest()
+    share = pool_share_in_time(task, images, seconds, record, seed, pool_key) if n_pool else None
+    if share is not None:
+        images, dataset_ids, paths = images.select(share), dataset_ids[share], [paths[i] for i in share.tolist()]
+    if len(images) == 0:
+        print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): the next round trains on "
+              "the labelled images only")
+    logits = compute_logits(task.model, images, task.normalize, task.device, channels_last=task.channels_last,
+                            desc="pseudo-labelling the pool") if len(images) else torch.zeros(0, task.space.num_classes)
+    quota = class_quota(dataset_ids, task.space, r["pseudo_keep"], labelled_counts(infos, task.space),
+                        r["pseudo_max_per_shot"])
+    threshold = torch.tensor(float(r["pseudo_threshold"]))
+    if float(r["pseudo_precision"]) > 0:
+        val = task.val_set
+        val_probs = teacher_probabilities(task.val_logits(task.model), val.dataset_ids, task.space)
+        threshold = calibrated_thresholds(val_probs, val.targets, float(r["pseudo_precision"]),
+                                          unmeasured=float(threshold)).clamp(min=threshold)
+    idx, labels, conf = select_pseudo_labels(logits, dataset_ids, task.space, quota.per_class, threshold,
+                                             quota.per_dataset)
+    owner = task.space.owner()[labels]
+    from_unknown = dataset_ids[idx] < 0
+    per_dataset = {name: {"kept": int((owner == d).sum()),
+                          "kept_from_unknown_source": int(((owner == d) & from_unknown).sum()),
+                          "pool": int((pool_ids == d).sum()), "labelled": int((dataset_ids == d).sum()),
+                          "mean_confidence": round(float(conf[owner == d].mean()), 4) if bool((owner == d).any()) else None}
+                   for d, name in enumerate(task.space.names)}
+    summary = {"source": source, "pool_size": n_pool, "pool_labelled": len(images),
+               "keep_frac": r["pseudo_keep"], "max_per_shot": r["pseudo_max_per_shot"],
+               "threshold": r["pseudo_threshold"],
+               "precision": r["pseudo_precision"], "targets": r["pseudo_targets"],
+               "unknown_source_pool": int((dataset_ids < 0).sum()),
+               "datasets": per_dataset}
+    if float(r["pseudo_precision"]) > 0:  # per class: the confidence needed (null: the class keeps nothing)
+        for d, name in enumerate(task.space.names):
+            per_dataset[name]["class_thresholds"] = {
+                cls: (round(float(t), 4) if torch.isfinite(t) else None)
+                for cls, t in zip(task.space.classes[d], threshold[task.space.offsets[d]:][:task.space.sizes[d]])}
+    local = task.space.to_local(labels)[1]
+    # dataset: the image's own, or for an unknown-source image (source_known false) the predicted one
+    kept = [{"path": paths[i], "dataset": task.space.names[d], "class": task.space.classes[d][c],
+             "confidence": round(float(p), 4), "source_known": bool(dataset_ids[i] >= 0)}
+            for i, d, c, p in zip(idx.tolist(), owner.tolist(), local.tolist(), conf.tolist())]
+    # per image: which file became which class, how sure; the pool's fingerprint for a resumed round
+    write_json(record, {**summary, "pool_key": pool_key, "images": kept})
+    print(pseudo_label_line(per_dataset, summary["unknown_source_pool"]))
+    soft = teacher_probabilities(logits[idx], dataset_ids[idx], task.space) if r["pseudo_targets"] == "soft" else None
+    # which file became which class: a resumed run continues a stopped stage only on the same labels
+    names = root_relative([k["path"] for k in kept], root)
+    key = hashlib.sha1(json.dumps([(n, k["dataset"], k["class"]) for n, k in zip(names, kept)]).encode()).hexdigest()
+    return {"images": images.select(idx), "targets": labels, "soft": soft, "dataset_ids": owner, "summary": summary,
+            "state": copy.deepcopy(task.model.state_dict()), "key": key}
+
+
+def precision_cap(infos, precision: float) -> tuple[str | None, str | None]:
+    """run.pseudo_precision against what the val split can certify (certifiable_precision: (n + 1) / (n + 2) for a
+    class with n val images): (refusal, warning). Asked above it for every class, every threshold was inf and
+    every later round trained on the labelled images again ("kept 0/N"), silently. A class without val images
+    is not closed (it takes run.pseudo_threshold). Counts from the scan: skipped bad files only lower them."""
+    from fewshot.train.semi import certifiable_precision, val_images_needed
+
+    best, closed, sizes, caps = {}, {}, {}, []
+    for info in infos:
+        counts = torch.bincount(torch.tensor([label for _, label in info.val], dtype=torch.long),
+                                minlength=len(info.classes))
+        full = certifiable_precision(counts)
+        cap = full[counts > 0]  # compared as tensors, as calibrated_thresholds compares (float32)
+        closed[info.name] = [c for c, shut in zip(info.classes, ((counts > 0) & (full < precision)).tolist()) if shut]
+        sizes[info.name], caps = len(info.classes), caps + cap.tolist()
+        if len(cap):
+            best[info.name] = (float(cap.max()), int(counts.max()))
+    if not any(closed.values()):
+        return None, None
+    rule = (f"run.pseudo_precision={precision:g} is more than this val split can certify for {{}}: a class with n "
+            f"val images certifies at most (n + 1) / (n + 2) (the estimate of the thresholds), so {precision:g} needs "
+            f"{val_images_needed(precision)} val images of a class")
+    if all(len(closed[name]) == sizes[name] for name in closed):  # every class has val images and is closed
+        per = "; ".join(f"{name}: at most {cap:.3f}, {n} val images in its largest class"
+                        for name, (cap, n) in best.items())
+        return (f"{rule.format('any class')} ({per}). Every round after the first would keep no pool image and "
+                f"train on the labelled images again. Give run.pseudo_precision={math.floor(max(caps) * 1000) / 1000:g}"
+                f" or lower (0: no per-class thresholds, the shared rank only), or add val images."), None
+    shut = "; ".join(f"{name}: {len(c)} of {sizes[name]} classes"
+                     + (f" ({', '.join(c[:3])}{', ...' if len(c) > 3 else ''})" if len(c) < sizes[name] else "")
+                     for name, c in closed.items() if c)
+    # floored to 3 digits: never above the cap, so the value suggested opens them
+    return None, (f"[run] warning: {rule.format('some classes')}. These keep no pool image in the later rounds "
+                  f"({shut}); run.pseudo_precision={math.floor(min(caps) * 1000) / 1000:g} or lower keeps every class "
+                  f"with val images open, or add val images.")
+
+
+def labelled_only_round(task) -> dict:
+    """The last self-training round when the time left holds a round's floor but not the pool's labelling: no
+    pseudo-labels, the labelled images only, from ``task``'s weights (the round before). Skipped instead, round 2
+    left a fifth of a 1-minute budget unused, with round 1 at 4.5 epochs and val at chance."""
+    return {"images": [], "targets": [], "summary": None, "key": None, "labelled_only": True,
+            "state": copy.deepcopy(task.model.state_dict())}
+
+
+def round_speeds(task, k: int) -> tuple[float, float, str]:
+    """Round ``k``'s seconds per step and per evaluation for the check of the rounds after it, and their words:
+    the slower of its calibration at its planning and what its training took (trained_speeds). Judged at the
+    calibration only, a loaded machine's round 1 (1.6 s a step timed, 7.4 s trained) passed the check, and round
+    2 labelled the pool and timed its steps for 36 s before its own planning skipped it. The slower, not the
+    training's alone: the later round's own check times it as round 1's planning did, after the labelling."""
+    # a round reused in this session was not timed here (a resumed one was, at its planning: round1_closing): its log
+    # may come from another machine or load, so it is timed now as well
+    timed = [getattr(task, "step_s", None) or measure_step_seconds(task), getattr(task, "trained_step_s", None)]
+    step_s = max(x for x in timed if x)
+    evals = [getattr(task, "eval_s", None) or measure_eval_seconds(task), getattr(task, "trained_eval_s", None)]
+    eval_s = max(x for x in evals if x)
+    speed = (f"round {k}'s speed ({step_s * 1000:.0f} ms a step, {eval_s:.1f} s an evaluation: the slower of its "
+             f"timing and its training)" if getattr(task, "trained_step_s", None) else "the measured speed")
+    return step_s, eval_s, speed

@@ -1,0 +1,586 @@
+"""One stage of `fewshot run` at a time: the start-up checks of its settings and images (before the run folder is
+started), its plan from the measured speeds (plan_stage), and running it: MoCo pretraining (pretrain_stage) or a
+fine-tuning round (finetune_stage), each reused when finished or continued from its last.pt on --resume. Tests fake
+a speed or the clock by patching measure_step_seconds, measure_eval_seconds or time on this module: the stages'
+calls look the names up here."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from fewshot.config import CHOSEN, note_chosen, save_yaml
+from fewshot.data.cache import default_cache_dir, ensure_writable_dir
+from fewshot.errors import DataLayoutError, UserError, one_line, printable
+from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, measure_eval_seconds, measure_step_seconds,
+                                plan_epochs, trained_speeds)
+from fewshot.run_words import made_of, overrun_warning, seconds_text, stage_plan_words
+from fewshot.utils import loads_run_json, seed_everything
+
+
+def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: tuple[str, str],
+               closing=None) -> tuple[float, int, float]:
+    """Size one stage to end at ``end_time`` (time.monotonic()): measure its step and evaluation
+    times, space evaluations so they cost about 10 % of an epoch's time (``every_field``: where the
+    task reads its interval), and put the stage on a time-based schedule. ``closing(task, eval_s, step_s)``:
+    seconds the run still needs after this stage's last step (the last stage: evaluation, prediction,
+    report), taken off its training time.
+    Returns (seconds per step, the epochs expected to fit, the stage's budget in seconds)."""
+    step_s = measure_step_seconds(task)
+    eval_s = measure_eval_seconds(task)
+    steps = len(task.plan_epoch(0))
+    training_eval_s = eval_s * eval_passes(task, cfg)
+    every = max(1, int(round(10 * training_eval_s / max(step_s * steps, 1e-6))))
+    section, key = every_field
+    cfg[section][key] = task.eval_every = every
+    after = closing(task, eval_s, step_s) if closing is not None else 0.0
+    # at least a few steps, even when the budget is already spent (the run then reports the overrun); the Engine
+    # looks at its deadline after each step, so the last one ends up to a step after it: kept back here
+    left = end_time - after - time.monotonic() - step_s
+    floor = FLOOR_STEPS * step_s
+    budget_s = max(floor, left)
+    if floor > left:
+        print(overrun_warning(floor - left, f"this stage's least time (about {seconds_text(floor)}, {FLOOR_STEPS} "
+                              f"training steps at the measured speed) does not fit the "
+                              f"{seconds_text(max(0.0, left))} left to it"
+                              f"{' (the rest is kept for the work after it)' if after > 0 else ''}"), flush=True)
+    epochs = plan_epochs(budget_s, step_s, steps, training_eval_s, every, min_epochs)
+    cfg["train"].update(epochs=epochs, budget_minutes=budget_s / 60)
+    cfg["sched"]["time_based"] = True
+    task.step_s, task.eval_s = step_s, eval_s  # for the run's check that a later round still fits
+    # at the floor its steps at the measured speed are what the stage trains: the plan line says the warning's time
+    # and those steps, not a time's epochs
+    fits = FLOOR_STEPS / max(1, steps) if floor > left else fitting_epochs(budget_s, step_s, steps, training_eval_s,
+                                                                          every)
+    return step_s, fits, budget_s
+
+
+# docs/recipes.md: at a 3-minute budget on CPU 64 px scored below 32 (4x the cost per step, fewer epochs); 64 px
+# gained at 5 minutes on 56-px images
+CPU_64PX_MIN_MINUTES = 5.0
+
+
+def auto_img_size(infos, device: torch.device, budget_minutes: float) -> tuple[int, str]:
+    """The image size for these images, device and budget, and why, for the line that reports it. Small native
+    images (digits, MNIST-like) train at 32 px; larger ones at 160 on GPU, and on CPU at 64 px from
+    CPU_64PX_MIN_MINUTES of budget, else at 32 (at 64 px a short budget buys too few steps)."""
+    from PIL import Image
+
+    sides = []
+    for info in infos:
+        for p, _ in info.train[:20]:
+            try:
+                with Image.open(p) as im:
+                    sides.append(min(im.size))
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue  # an unreadable file is reported (or skipped) by the image loader, not here
+    median = sorted(sides)[len(sides) // 2] if sides else 224
+    chosen = "chosen for these images and device; --img-size to change"
+    if median <= 40:
+        return 32, chosen
+    if device.type != "cpu":
+        return 160, chosen
+    if budget_minutes < CPU_64PX_MIN_MINUTES:
+        return 32, (f"chosen for these images, device and the {budget_minutes:g}-minute budget: 64 px costs 4x per "
+                    f"step and pays on CPU from --budget-minutes {CPU_64PX_MIN_MINUTES:g}; --img-size 64 to override")
+    return 64, chosen
+
+
+def check_model(cfg: dict, load_weights: bool = True):
+    """Build the backbone once and run a blank image through it, before the run folder is written: an unknown
+    model, an option it does not take (small_stem on a ViT), weights that do not fit or an image size it cannot
+    take would otherwise stop the first stage and leave a run that neither a rerun nor --resume can use.
+    The model.strict=false warning is given here, once; the stages load the file quietly. ``load_weights``
+    False: a resumed stage's checkpoint replaces model.weights (weights_replaced_by), which are not read."""
+    from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size,
+                                         create_backbone, input_size)
+    from fewshot.models.weights import load_backbone_weights
+
+    m = adopt_weights_architecture(copy.deepcopy(cfg["model"]))
+    backbone = create_backbone(m["name"], **backbone_options(m))
+    if m.get("weights") and load_weights:
+        load_backbone_weights(backbone, m["weights"], strict=m["strict"])
+    check_input_size(backbone, input_size(backbone, m["img_size"]), m["name"])
+    return backbone
+
+
+def weights_replaced_by(state, out: Path, pretrain: bool) -> Path | None:
+    """On --resume: the folder of the stage that starts from model.weights (MoCo, else round 1 of fine-tuning)
+    when it holds a checkpoint that replaces them, so that the file need not exist any more (as for `fewshot
+    train --resume`); None when that stage starts from the file again. The conditions are the stages' own."""
+    if state is None:
+        return None
+    if pretrain:
+        sdir, status = out / "pretrain", state.status("pretrain")
+        done = status == "done" and (out / "backbone.safetensors").is_file()
+        began = status is not None and (sdir / "checkpoints" / "last.pt").is_file()
+        # a stopped one without its config.yaml resumes too (run_pretrain), refused as lost settings
+        return sdir if (done and (sdir / "config.yaml").is_file()) or (began and not done) else None
+    for name in ("finetune_labelled", "finetune"):  # round 1 is `finetune` when self-training is off
+        sdir = out / name
+        if stage_resumes(state.status(name), sdir):
+            return sdir
+    return None
+
+
+def stage_resumes(status: str | None, sdir: Path) -> bool:
+    """Whether fine-tuning stage ``sdir`` (RunState ``status``) is reused or continued on --resume. One with its
+    last.pt is, with or without its config.yaml: stage_config refuses a missing one as lost settings, where the
+    stage started over from random init and overwrote its last.pt without a word."""
+    if status in ("began", "trained", "done") and (sdir / "checkpoints" / "last.pt").is_file():
+        return True
+    # a finished stage whose last.pt is gone is reused from its config.yaml and best.pt
+    return status in ("trained", "done") and (sdir / "config.yaml").is_file()
+
+
+def adopt_stage_architecture(cfg: dict, sdir: Path) -> None:
+    """The width and stem that stage ``sdir`` took from model.weights (a fewshot export records them), for the
+    stages not begun yet when the file is no longer read: they rebuild the network the checkpoint holds. A stage
+    config.yaml with no run's settings in it is refused as lost (resumed_settings), not read as no width."""
+    from fewshot.train.finetune import resumed_settings
+
+    model = resumed_settings(sdir, cfg, stage=True).get("model") or {}
+    for key in ("width", "small_stem"):
+        if key in model:
+            cfg["model"][key] = model[key]
+
+
+def check_pool_images(cfg: dict, infos, semi: str) -> tuple[list[tuple[str, str]], int | None]:
+    """Decode the pool as the MoCo and FixMatch stages will (their cache entries), before the run folder is
+    started: a broken file under data.skip_bad_unlabeled=false stopped those stages in a started folder that
+    a rerun then refused. Returns the files left out and the images MoCo can use (None: no MoCo); the images
+    are not kept (only the cache is)."""
+    from fewshot.data.cache import load_images
+    from fewshot.ssl.pretrain import pool_paths
+    from fewshot.train.semi import POOL_SKIP_NOTE, pool_files
+
+    d = cfg["data"]
+    # MoCo decodes whole images (crop 1.0) of its pool, where train images stand in for a dataset without one;
+    # FixMatch decodes as fine-tuning does (data.crop_pct) and only real pool images (the cache entry it reads)
+    jobs = ([("moco", 1.0, pool_paths(cfg, infos)[0])] if cfg["run"]["pretrain"] else []) + \
+        ([("fixmatch", d["crop_pct"], pool_files(cfg, infos, exclude_train=True)[0])] if semi == "fixmatch" else [])
+    skipped, n_moco, seen = [], None, set()
+    for stage, crop, paths in jobs:
+        cached = load_images(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]),
+                             crop_pct=crop, skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"],
+                             desc="loading unlabeled pool", skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"),
+                             bit_depth=d.get("bit_depth", "auto"))
+        skipped += [b for b in cached.bad if b[0] not in seen]
+        seen.update(b[0] for b in cached.bad)
+        if stage == "moco":
+            n_moco = int(cached.valid.sum())
+        del cached
+    return skipped, n_moco
+
+
+def check_pretrain_settings(cfg: dict, backbone) -> None:
+    """The MoCo stage's batch against its queue and shuffle-BN groups, before the run folder is started: found by
+    the stage, a bad pair left a folder that only deleting freed (a rerun wanted --resume, and --resume refused
+    the corrected setting)."""
+    from fewshot.ssl.pretrain import split_groups
+
+    r = cfg["run"]
+    batch = int(r["pretrain_batch_size"])
+    if r["queue_size"] is not None and int(r["queue_size"]) < batch:
+        raise UserError(f"run.queue_size={r['queue_size']} is smaller than the MoCo batch (run.pretrain_batch_size="
+                        f"{batch}): the queue could not hold one batch of keys. Raise run.queue_size or lower "
+                        f"run.pretrain_batch_size.")
+    try:
+        split_groups({"moco": cfg["moco"], "train": {"batch_size": batch}}, 1, backbone)
+    except UserError as exc:
+        raise UserError(f"the MoCo stage's batch: {exc} (in `fewshot run` the MoCo batch size is "
+                        f"run.pretrain_batch_size)") from None
+
+
+def preload_images(cfg: dict, infos, test_infos):
+    """Decode the train, val and test images before the stages are planned (into the caches the stages and
+    prediction read): every undecodable file is listed in one error now, before the run folder is started,
+    rather than the test split's first and the labelled splits' after a rerun (which then needed --resume);
+    decoding (slow for large photos) is paid up front instead of overrunning the end. Returns the test
+    ImageSet, which prediction reuses, the files --skip-bad-images left out of the three splits, and the
+    labelled train ImageSet (its epoch plan is checked before the run folder is started)."""
+    from fewshot.data.label_space import LabelSpace
+    from fewshot.data.sets import load_splits, warn_split_copies
+    from fewshot.eval.predict import prediction_cache_dir, warn_about_blank_test_images
+
+    d, size, space = cfg["data"], cfg["model"]["img_size"], LabelSpace.from_infos(infos)
+    problems, hints, skipped, test_set, train_set = [], [], [], None, None
+    for splits, cache, sources in ((("train", "val"), default_cache_dir(d["root"], d["cache_dir"]), infos),
+                                   (("test",), prediction_cache_dir(d["root"]), test_infos)):
+        try:
+            sets = load_splits(sources, splits, space, size, cache, d["crop_pct"], d["skip_bad_images"],
+                               d.get("cache_max_gb"), d.get("bit_depth", "auto"))
+        except DataLayoutError as exc:
+            problems += exc.problems
+            hints = list(dict.fromkeys(hints + exc.hints))
+            continue
+        skipped += [bad for one in sets for bad in one.skipped]
+        test_set = sets[0] if splits == ("test",) else test_set
+        train_set = sets[0] if splits == ("train", "val") else train_set
+    if problems:
+        raise DataLayoutError(problems, hints)
+    warn_about_blank_test_images(test_set)
+    warn_split_copies(train_set, {"test": test_set}, space)  # val's were said by load_splits
+    return test_set, skipped, train_set
+
+
+def check_finetune_batches(cfg: dict, train_set) -> None:
+    """The fine-tuning stages' epoch plan on the labelled images, before the run folder is started: found by the
+    first stage (train.batch_size=1, a single training image), the error left a folder that blocked the rerun
+    (not empty) and --resume (the corrected setting)."""
+    from fewshot.train.supervised import plan_training_batches
+
+    if plan_training_batches(cfg, train_set, 0):  # the later rounds add pseudo-labelled images, never fewer
+        return
+    bs, n = cfg["train"]["batch_size"], len(train_set)
+    if bs < 2:
+        raise UserError(f"train.batch_size={bs}: BatchNorm needs at least 2 images per batch in training; use 2 "
+                        f"or more.")
+    if cfg["data"]["sampler"] == "grouped":
+        raise UserError(f"data.sampler=grouped keeps each dataset's batches apart, and no dataset has 2 training "
+                        f"images (BatchNorm cannot train on 1): use data.sampler=shuffle or add training images.")
+    raise UserError(f"{n} training image{'s give' if n != 1 else ' gives'} no batch of at least 2 images, which "
+                    f"BatchNorm needs in training: add training images.")
+
+
+def stage_config(sdir: Path, cfg: dict) -> dict:
+    """A stopped stage's own config.yaml (its planned epochs, budget and evaluation interval), with this
+    session's device, data location and output settings (what a resumed run may change). The device's record
+    follows this session's: a stage begun with auto on a GPU and resumed with auto on a CPU kept `cuda` as chosen
+    beside `device: cpu`, and the cpu was then taken for the user's (and the reverse for --device cpu). An emptied
+    (or `false`) stage config.yaml is refused as lost settings: merged into the defaults, the engine refused it as
+    "changing" model.name."""
+    from fewshot.config import get_dotted, set_dotted, with_defaults
+    from fewshot.run_state import RUN_RESUME_MAY_CHANGE
+    from fewshot.train.finetune import ABSENT_MEANS, resumed_settings
+
+    scfg = with_defaults(resumed_settings(sdir, cfg, stage=True), ABSENT_MEANS)  # a stage written by an older fewshot
+    # and the backbone file's current path (the run folder may have moved; last.pt's weights replace it anyway),
+    # and the pool as given now (an older stage recorded a relative --unlabeled; RunState.resume compared them)
+    for dotted in (*RUN_RESUME_MAY_CHANGE, "model.weights", "data.unlabeled"):
+        keys = dotted.split(".")
+        set_dotted(scfg, keys, get_dotted(cfg, keys))
+    chosen = scfg.get(CHOSEN)
+    if isinstance(chosen, dict):  # an older stage's without a record is judged by the rules (chosen_by_rule)
+        chosen.pop("train.device", None)
+        if "train.device" in (cfg.get(CHOSEN) or {}):
+            chosen["train.device"] = cfg[CHOSEN]["train.device"]
+    return scfg
+
+
+def cap_resumed_budget(cfg: dict, last: Path, end_time: float) -> float:
+    """A stopped stage continues on its own plan, but ends no later than ``end_time`` on the run's clock: the
+    new session's start-up and the work redone before the stage come out of its time, not on top of the
+    budget (its time-based schedule then moves on faster). Returns the stage's training seconds so far."""
+    from fewshot.train.checkpoint import load_checkpoint
+
+    trained = float(load_checkpoint(last).get("train_seconds", 0.0))
+    planned = float(cfg["train"]["budget_minutes"] or 0.0) * 60
+    allowed = trained + max(0.0, end_time - time.monotonic())
+    cfg["train"]["budget_minutes"] = max(1e-3, min(planned, allowed)) / 60
+    return trained
+
+
+def same_training_images(task, last: Path, key_then: str | None, key_now: str | None) -> bool:
+    """Whether a stopped stage's last.pt trained on the images the task holds now: as many, and the same
+    pseudo-labels (their fingerprint, recorded when the stage began)."""
+    from fewshot.train.checkpoint import load_checkpoint
+
+    n_run = load_checkpoint(last).get("n_train")
+    return (n_run is None or int(n_run) == len(task.train_set)) and key_then == key_now
+
+
+def better_earlier_round(earlier: dict[str, dict], last_val: float | None) -> str | None:
+    """The val guard of self-training: the stage (of ``earlier``, name -> val metrics) that scores higher on val
+    than the last round, the best of them (the earliest of equals), or None. Only round 1 was compared: with
+    run.pseudo_rounds=3 a round 2 of 83.9 lost to round 1's 83.5 after the last round's 81.5."""
+    scored = {name: m["mean_acc1"] for name, m in earlier.items() if m.get("mean_acc1") is not None}
+    best = max(scored, key=scored.get, default=None)
+    return best if best is not None and last_val is not None and scored[best] > last_val else None
+
+
+def drop_best_aside(sdir: Path) -> None:
+    """A finished stage is never resumed: the best.pt that its closing budget stop kept aside for a resume
+    (engine.BEST_ASIDE) is a whole checkpoint of wasted disk."""
+    from fewshot.train.engine import BEST_ASIDE
+
+    (sdir / "checkpoints" / BEST_ASIDE).unlink(missing_ok=True)
+
+
+def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
+                   closing=None, state=None, t_start: float = 0.0, timing_s: float | None = None):
+    """One fine-tuning run that ends at ``end_time``; with ``pseudo`` it starts from the previous round's
+    model and adds the pseudo-labelled pool images. With a RunState that knows the stage (``fewshot run
+    --resume``), a finished stage is reused and a stopped one continues from its last.pt on its planned
+    schedule. ``timing_s``: the planning's timing estimated at the round before's speeds, for its line.
+    Returns (task with the best weights loaded, ``epochs_run``, ``fit_seconds``, ``reused`` and the speeds it trained
+    at set, val metrics)."""
+    from fewshot.train.engine import Engine
+    from fewshot.train.finetune import final_metrics, load_best_checkpoint
+    from fewshot.train.supervised import SupervisedTask
+
+    name = fdir.name
+    status = state.status(name) if state is not None else None
+    last = fdir / "checkpoints" / "last.pt"
+    # a stage that began but left no last.pt (killed in its first steps) starts over and is planned anew
+    resuming = stage_resumes(status, fdir)
+    # each round plans its own epochs and evaluation interval; a resumed one keeps what it planned
+    fcfg = stage_config(fdir, fcfg) if resuming else copy.deepcopy(fcfg)
+    ensure_writable_dir(fdir, "fine-tuning run")
+    seed_everything(fcfg["train"]["seed"])
+    # a resumed stage's checkpoint, or a later round's previous model, replaces model.weights: the file is not
+    # read (it may be gone); check_model gave the model.strict=false warning once for the whole run
+    task = SupervisedTask(fcfg, infos, device, ctx, resuming=resuming or pseudo is not None, quiet_weights=True)
+    task.reused, task.fit_seconds = False, 0.0
+    if resuming and reusable_stage(state, fdir):
+        load_best_checkpoint(task.model, fdir)
+        task.model.to(device)  # the Engine would have moved it; the pseudo-labelling that follows needs it there
+        metrics = read_finished_json(fdir / "metrics.json", f"the finished stage {name}'s metrics", ("mean_acc1",))
+        task.reused, task.epochs_run = True, state.stage(name).get("epochs", 0)
+        print(f"[run] {name}: finished before the stop; its best checkpoint is reused")
+        return task, metrics
+    if pseudo is not None and not pseudo.get("labelled_only"):  # a labelled-only round: the images as they are
+        task.add_pseudo_labelled(pseudo["images"], pseudo["targets"], pseudo["dataset_ids"],
+                                 fcfg["run"]["pseudo_labelled_repeat"], soft=pseudo.get("soft"))
+    key = pseudo.get("key") if pseudo is not None else None
+    if resuming and status == "began" and not same_training_images(task, last, state.stage(name).get("pseudo_key"), key):
+        # the pool was labelled differently this time (another device's float results can move a threshold):
+        # its checkpoint belongs to other training images, so the stage starts over from the previous round
+        why = ("the training images differ (the labelled images, or the pool's pseudo-labels)" if pseudo is not None
+               else "the labelled images differ")
+        print(f"[run] {name}: {why} from the stopped run's ({len(task.train_set)} training images now); the stage "
+              f"starts over")
+        shutil.rmtree(fdir)
+        ensure_writable_dir(fdir, "fine-tuning run")
+        resuming, status = False, None
+        if pseudo is None:  # round 1 starts from model.weights again, with its head initialised
+            seed_everything(fcfg["train"]["seed"])
+            task = SupervisedTask(fcfg, infos, device, ctx, quiet_weights=True)
+            task.reused, task.fit_seconds = False, 0.0
+    if pseudo is not None and not resuming:  # a resumed stage's weights come from its last.pt
+        task.model.load_state_dict(pseudo["state"])
+    if resuming and status == "trained":
+        print(f"[run] {name}: trained before the stop; evaluating its best checkpoint")
+    elif resuming:
+        from fewshot.train.checkpoint import load_checkpoint
+
+        # the closing estimate takes the stage's evaluation time from its log.jsonl where it has one (its own speed):
+        # an evaluation timed again costs this session's time, and from end_time - after on the stage trains nothing
+        # anyway (cap_resumed_budget gives it no time), not only once end_time has passed
+        logged = trained_speeds(fdir / "log.jsonl", eval_passes(task, fcfg))[1] if closing is not None else None
+        after = closing(task, measure_eval_seconds(task) if logged is None else logged) if closing is not None else 0.0
+        trained_before = cap_resumed_budget(fcfg, last, end_time - after)
+        steps_before = int(load_checkpoint(last, mmap=True).get("global_step", 0))  # the steps fit() resumes from
+        now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
+        state.record(name, "began", now, fit_at=now - trained_before)
+        print(f"[run] {name}: continuing from {last} on its planned schedule")
+    else:
+        if pseudo is not None:  # a later round's timing went unsaid: 20-36 s without a line on a loaded machine
+            about = f" (about {seconds_text(timing_s)} at the round before's speed)" if timing_s else ""
+            print(f"[run] {name}: timing its training steps, an evaluation and a prediction batch to plan "
+                  f"it{about}", flush=True)
+        step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"],
+                                               ("train", "eval_every"), closing)
+        save_yaml(fcfg, fdir / "config.yaml")
+        weights = fcfg["model"]["weights"]
+        start = ("from random init" if not weights else "from MoCo weights" if fcfg["run"]["pretrain"]
+                 else f"from {weights}")  # the user's own model.weights are not MoCo's
+        print(f"[run] fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}: "
+              f"{len(task.train_set)} training images{made_of(task, pseudo, fcfg)}, {step_s * 1000:.0f} ms/step x "
+              f"{len(task.plan_epoch(0))} "
+              f"steps/epoch, {stage_plan_words(step_s, remaining, epochs)}, lr {fcfg['optim']['lr']:g}")
+        if state is not None:
+            state.record(name, "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
+                         pseudo_key=key)
+    seed_everything(fcfg["train"]["seed"])
+    engine = Engine(task, fcfg, fdir, device, ctx)
+    if status == "trained":  # stopped after its training, before its metrics
+        task.epochs_run = state.stage(name).get("epochs", 0)
+    else:
+        fit_start = time.monotonic()
+        engine.fit(resume=resuming and last.is_file())
+        task.fit_seconds = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
+        task.epochs_run = engine.epochs_trained()
+        if state is not None:
+            trained_at = time.monotonic() - t_start  # on the run's clock: summary.json's closing_seconds counts from it
+            # a resumed stage that trained nothing (no time left, or all its epochs done: a stop in the last epoch's
+            # evaluation) ended its training in the session before: this session's start-up is no late training
+            # (closing_seconds.training_late said 50.8 s of it). Steps, not clocks: fit() starts its clock even
+            # where it runs no loop, so train_seconds() came out microseconds above trained_before
+            trained = not resuming or engine.global_step > steps_before
+            state.record(name, "trained", trained_at, epochs=engine.epochs_trained(),
+                         **({"trained_at": round(trained_at, 2)} if trained else {}))
+    # the speeds the stage trained and evaluated at, which judge a later round before its work (check_later_rounds)
+    task.trained_step_s, task.trained_eval_s = trained_speeds(fdir / "log.jsonl", eval_passes(task, fcfg))
+    metrics = final_metrics(engine, task, fdir)
+    if state is not None:
+        state.record(name, "done", time.monotonic() - t_start)
+    drop_best_aside(fdir)
+    return task, metrics
+
+
+def read_finished_json(path: Path, what: str, numbers: tuple[str, ...] = ()) -> dict:
+    """A JSON object that `fewshot run --resume` reuses as the run wrote it: one altered (nested 100,000 deep, or
+    no JSON) ended in a RecursionError or JSONDecodeError, an internal error (exit 1). ``numbers``: its keys that
+    are compared or printed as numbers (a stage's mean_acc1), each a number or null where present: `"x"` ended in
+    a TypeError in the val guard."""
+    try:
+        data = loads_run_json(path.read_text(encoding="utf-8"))
+    except OSError as exc:  # its text names the path, which the message names once
+        why = printable(one_line(exc.strerror or str(exc)))[:200]
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        why = printable(one_line(str(exc)))[:200]
+    else:
+        wrong = next((k for k in numbers if isinstance(data, dict) and not _number_or_null(data.get(k))), None)
+        if isinstance(data, dict) and wrong is None:
+            return data
+        why = (f"it holds a JSON {type(data).__name__}, not an object" if not isinstance(data, dict) else
+               f"its {wrong} is {printable(one_line(json.dumps(data[wrong])))[:60]}, not a number or null")
+    raise UserError(f"{path} ({what}) cannot be read: {why}. It was altered or cut short after the run wrote it: "
+                    f"restore it, or start the run anew with another --out.")
+
+
+def _number_or_null(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def reusable_stage(state, sdir: Path) -> bool:
+    """Whether ``fewshot run --resume`` reuses stage ``sdir`` as it is (finetune_stage's test): it finished before
+    the stop and its folder holds its config.yaml."""
+    return state is not None and state.status(sdir.name) == "done" and (sdir / "config.yaml").is_file()
+
+
+def moco_queue_size(r: dict, pool_size: int | None) -> int:
+    """The MoCo stage's queue: run.queue_size, else half the pool (``pool_size`` images; None: not counted yet)
+    between two batches and 4096."""
+    if r["queue_size"] is not None:
+        return r["queue_size"]
+    if pool_size is None:
+        return 4096
+    return int(min(4096, max(2 * r["pretrain_batch_size"], pool_size // 2)))
+
+
+def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float, check=None,
+                   pool_size: int | None = None):
+    """MoCo on the pool until ``end_time``, then its backbone exported to OUT/backbone.safetensors. ``check(task,
+    eval_s, step_s)``: called with MoCo's measured speeds before it trains (the run's least-run refusal).
+    ``pool_size``: the decodable pool images start-up counted (check_pool_images), which size the queue.
+    Returns (weights path, the stage's summary, seconds in its training loop). With a RunState that knows
+    the stage, a finished one is reused and a stopped one continues from its last.pt."""
+    from fewshot.report.plots import plot_pretrain_curves
+    from fewshot.ssl.export import export_backbone
+    from fewshot.ssl.pretrain import MoCoTask, resolve_pretrain_defaults, write_knn_metrics
+    from fewshot.train.engine import Engine
+
+    r = cfg["run"]
+    pdir = out / "pretrain"
+    weights = out / "backbone.safetensors"
+    status = state.status("pretrain")
+    if status == "done" and weights.is_file():
+        print("[run] pretrain: finished before the stop; its exported backbone is reused")
+        entry = ((state.data["summary"] or {}).get("stages") or {}).get("pretrain") or {"epochs": state.stage(
+            "pretrain").get("epochs")}
+        return weights, entry, 0.0
+    last = pdir / "checkpoints" / "last.pt"
+    # without a last.pt (killed in its first steps) the stage starts over, planned anew; one without its config.yaml
+    # is refused as lost settings (stage_config), not started over from random init over its last.pt
+    resuming = status is not None and last.is_file()
+    ensure_writable_dir(pdir, "pretrain run")
+    if resuming:
+        pcfg = stage_config(pdir, cfg)
+        # what its plan kept back for its closing work and the fine-tuning's least run is kept back again. A run
+        # planned before pretrain/metrics.json was written kept back the same closing work (metrics.json reuses the
+        # stop's evaluation); one planned while it was a second evaluation and a checkpoint read keeps back more,
+        # which the fine-tuning gets. Resumed with the stop evaluated before the kill, metrics.json's evaluation
+        # takes the stop's place in this session's closing time
+        trained_before = cap_resumed_budget(pcfg, last, end_time - float(state.stage("pretrain").get("kept_s", 0.0)))
+        now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
+        state.record("pretrain", "began", now, fit_at=now - trained_before)
+        seed_everything(pcfg["train"]["seed"])
+        task = MoCoTask(pcfg, infos, device, ctx, resuming=True)  # last.pt replaces model.weights
+        print(f"[run] pretrain: continuing from {pdir / 'checkpoints' / 'last.pt'} on its planned schedule")
+    else:
+        pcfg = copy.deepcopy(cfg)
+        pcfg["_task"] = "moco"
+        pcfg["model"]["drop_path"] = 0.0
+        pcfg["train"]["batch_size"] = r["pretrain_batch_size"]
+        pcfg["train"]["ema"] = False
+        lr = 0.06 * r["pretrain_batch_size"] / 256 if r["pretrain_lr"] is None else r["pretrain_lr"]
+        pcfg["optim"].update({"name": "sgd", "lr": lr,
+                              "weight_decay": 5e-4, "momentum": 0.9, "grad_clip": 0.0, "label_smoothing": 0.0})
+        if r["pretrain_lr"] is None:  # the run's choice: `pretrain --config` given this stage's file chooses it again
+            note_chosen(pcfg, "optim.lr")
+        pcfg["sched"].update({"warmup_epochs": 0.0, "min_lr": 0.0})
+        pcfg["moco"]["momentum"] = r["moco_momentum"]
+        seed_everything(pcfg["train"]["seed"])
+        # the queue sized from the pool that start-up counted (pool_size): the task, its model and its pool were
+        # built twice, once to count the pool; a pool that changed since is counted by the task and built again
+        pcfg["moco"]["queue_size"] = moco_queue_size(r, pool_size)
+        task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)  # check_model warned
+        k = moco_queue_size(r, len(task.pool))
+        if k != task.model.K:
+            pcfg["moco"]["queue_size"] = k
+            seed_everything(pcfg["train"]["seed"])
+            task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)
+        resolve_pretrain_defaults(pcfg, 1)
+        kept = {"s": 0.0}
+
+        def keep_back(*speeds) -> float:  # the check's keep-back, recorded for a resumed session's cap
+            kept["s"] = check(*speeds) if check is not None else 0.0
+            return kept["s"]
+
+        step_s, epochs, pre_budget = plan_stage(task, pcfg, end_time, r["min_epochs"], ("moco", "knn_every"),
+                                                keep_back)
+        save_yaml(pcfg, pdir / "config.yaml")
+        # a dataset without a pool lends its train images (labels unused): "85 unlabeled images" counted them too
+        images = f"{len(task.pool)} unlabeled images" if ": train images" not in task.pool_source else \
+            f"{len(task.pool)} images ({task.pool_source}, their labels unused)"
+        print(f"[run] MoCo pretraining: {images} at {task.size}px, K={task.model.K}, "
+              f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
+              f"{stage_plan_words(step_s, pre_budget, epochs)}")
+        state.record("pretrain", "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
+                     kept_s=kept["s"])
+    seed_everything(pcfg["train"]["seed"])
+    engine = Engine(task, pcfg, pdir, device, ctx)
+    fit_start = time.monotonic()
+    result = engine.fit(resume=resuming)
+    fit_s = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
+    plot_pretrain_curves(pdir)
+    # pretrain/metrics.json (a run directory holds its metrics) of the weights exported: last.pt's, which the
+    # engine ends with and evaluated at its stop (it had scored best.pt next to an export of last.pt). That evaluation
+    # is reused: no second one, and no checkpoint read, in the stage's closing time (pretrain_closing_seconds)
+    write_knn_metrics(engine, task, pdir, which="last")
+    export_backbone(pdir, weights)
+    stage = {"epochs": engine.epochs_trained(), "knn_acc1": (result or {}).get("knn_acc1")}
+    state.record("pretrain", "done", time.monotonic() - t_start, epochs=engine.epochs_trained())
+    drop_best_aside(pdir)
+    return weights, stage, fit_s
+
+
+def finetune_config(cfg: dict, weights, semi: str, read_weights: bool = True) -> dict:
+    """The fine-tuning stages' config: from ``weights`` (the MoCo stage's export, the user's file or None), and
+    after our own short MoCo run.finetune_lr / run.finetune_backbone_mult where the user set no optim.lr /
+    optim.backbone_lr_mult. Unset is None, not any false value: optim.backbone_lr_mult=0 (a frozen backbone, as
+    `fewshot train` keeps it) used to be replaced by 1.0. Recorded as chosen only at the run.* default, so a
+    user's run.finetune_lr stays theirs unless it equals the default (5e-4 was recorded, and `train --config` given
+    the stage's file dropped it). ``read_weights=False``: the network as ``cfg`` builds it, without the width and
+    stem the weights file records."""
+    from fewshot.config import DEFAULTS, same_value
+    from fewshot.train.supervised import resolve_finetune_defaults
+
+    r, fcfg = cfg["run"], copy.deepcopy(cfg)
+    fcfg["model"]["weights"] = str(weights) if weights else None
+    fcfg["semi"]["method"] = "fixmatch" if semi == "fixmatch" else "off"
+    if r["pretrain"]:
+        o = fcfg["optim"]
+        for field, rule in (("lr", "finetune_lr"), ("backbone_lr_mult", "finetune_backbone_mult")):
+            if o[field] is None:
+                o[field] = r[rule]
+                if same_value(r[rule], DEFAULTS["run"][rule]):  # the run's choice: `train --config` chooses it again
+                    note_chosen(fcfg, f"optim.{field}")
+    return resolve_finetune_defaults(fcfg, resuming=not read_weights)  # resuming: the network is not adopted

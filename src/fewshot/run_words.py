@@ -1,0 +1,127 @@
+"""The words of `fewshot run`'s lines and notes: the plan of a stage, what self-training kept, a skipped or shortened
+round, an overrun. Text only, built from numbers the run has already measured or planned: nothing here times,
+trains or writes, so the pipeline and its stage modules (run_stages, run_pseudo) share one wording."""
+
+from __future__ import annotations
+
+import math
+
+from fewshot.errors import one_line
+from fewshot.run_budget import FLOOR_STEPS
+
+
+def pseudo_label_line(per_dataset: dict, unknown: int) -> str:
+    """What self-training kept, per dataset. Datasets with neither pool images nor kept labels are counted,
+    not listed: with 14 datasets the line ran past 1,000 characters of "0/0 (mean confidence None)"."""
+    def conf(v):
+        return "" if v["mean_confidence"] is None else f" (mean confidence {v['mean_confidence']})"
+
+    def of(v, sep="/"):  # a pool labelled in a share: "305/1390" read as 1390 pool images where the pool held 8000
+        labelled = v.get("labelled", v["pool"])
+        return f"{sep}{v['pool']}" if labelled == v["pool"] else f" of {labelled} labelled (of {v['pool']} in the pool)"
+
+    shown = {n: v for n, v in per_dataset.items() if v["pool"] or v["kept"]}
+    if unknown:  # "2266/0" read as more kept than pool: the unknown-source images are counted apart
+        head = (f"[run] pseudo-labels kept (of them from the {unknown} pool images of unknown source, each counted "
+                f"for the dataset of its class) / the dataset's own pool images: ")
+        parts = [f"{n} {v['kept']} ({v['kept_from_unknown_source']}){of(v, ' / ')}{conf(v)}" for n, v in shown.items()]
+    else:
+        head = "[run] pseudo-labels kept / pool images of the dataset: "
+        parts = [f"{n} {v['kept']}{of(v)}{conf(v)}" for n, v in shown.items()]
+    rest = len(per_dataset) - len(shown)
+    tail = f"; {rest} dataset{'s' if rest != 1 else ''} without pool images" if rest else ""
+    return one_line(head + (", ".join(parts) or "none") + tail)  # dataset names: their escapes stay inert
+
+
+def made_of(task, pseudo: dict | None, fcfg: dict) -> str:
+    """What a self-training round's training images are: "558 training images" for a round that kept no
+    pseudo-label read as 558 images where 186 labelled ones were repeated 3 times."""
+    if pseudo is None or pseudo.get("labelled_only"):
+        return ""
+    n_pseudo, repeat = len(pseudo["targets"]), max(1, int(fcfg["run"]["pseudo_labelled_repeat"]))
+    n_labelled = (len(task.train_set) - n_pseudo) // repeat
+    labelled = f"{n_labelled} labelled" + (f" x{repeat}" if repeat > 1 else "")
+    return f" ({labelled} + {n_pseudo} pseudo-labelled)"
+
+
+def about_epochs(n: float) -> str:
+    """'about 74 epochs', 'about 0.4 epoch': the plan line said "about 2 epochs" (its 8-epoch floor / 4)
+    for a budget that held 3 steps of 8."""
+    return f"about {n:.0f} epochs" if n >= 1.5 else f"about {n:.1g} epoch" if n < 1 else "about 1 epoch"
+
+
+def epochs_estimate(n: float) -> str:
+    """The plan line's epoch count (fitting_epochs: the timed steps and the planned evaluations), worded as the
+    estimate it is: the timed step leaves out the optimizer's own update, EMA, logging and checkpoint writes, and a
+    busy machine times slower or faster than it trains ("about 129 epochs" read as a promise for a stage that
+    then trained 36; another round planned 38 and trained 78). The schedule follows the clock, not this count."""
+    return f"{about_epochs(n)} at the speeds timed at start-up; the schedule follows the clock"
+
+
+def overrun_warning(seconds: float, why: str) -> str:
+    """The start-up warning of a run that cannot keep its budget: it overran silently until its end."""
+    return one_line(f"[run] warning: {why}: the run will likely end about {max(1.0, seconds):.0f} s after its budget. A larger "
+                    f"--budget-minutes, or a smaller --img-size or --model, lets it fit.")
+
+
+def seconds_text(x: float) -> str:
+    """Seconds in words, a tenth below 10 s: fast steps printed "least 5 training steps (0 s) do not fit the 0 s
+    left"."""
+    return f"{x:.1f} s" if x < 9.95 else f"{x:.0f} s"
+
+
+def seconds_apart(left: float, need: float) -> tuple[str, str]:
+    """``left`` and ``need`` in words that differ where the numbers do: a skipped round said "6 s were left ... round
+    2 needs at least 6 s" (5.6 and 6.4, both rounded to 6)."""
+    left, need = max(0.0, left), max(0.0, need)
+    words = seconds_text(left), seconds_text(need)
+    digits = 0
+    while words[0] == words[1] and left != need and digits < 3:
+        digits += 1
+        words = f"{left:.{digits}f} s", f"{need:.{digits}f} s"
+    return words
+
+
+def stage_plan_words(step_s: float, budget_s: float, epochs: float) -> str:
+    """The plan line's length of a stage (plan_stage's budget and epochs): at the floor, the warning's seconds and
+    steps ("least 5 steps (9 s) do not fit the 7 s left" came before "0.2 min ... about 2 epochs", and elsewhere
+    "0.0 min ... about 6 epochs"); under a minute in seconds, else in minutes. The floor is a time, not a count
+    (the Engine stops at its deadline): "its least 5 training steps (3.6 s)" on a machine that got busy trained 2,
+    and "at least about 3.6 s" claimed a least the deadline does not keep."""
+    if budget_s <= FLOOR_STEPS * step_s * (1 + 1e-9):
+        return (f"about {seconds_text(budget_s)}, its floor ({FLOOR_STEPS} training steps at the measured speed, "
+                f"{about_epochs(epochs)})")
+    length = seconds_text(budget_s) if budget_s < 60 else f"{budget_s / 60:.1f} min"
+    return f"{length} on a time-based schedule ({epochs_estimate(epochs)})"
+
+
+def labelled_only_why(k: int, left: float, need: float, planned: int) -> str:
+    """Why round ``k`` trains on the labelled images only (summary.json and the run's line)."""
+    dropped = "" if k >= planned else f" (round {planned} dropped)" if k + 1 == planned else \
+        f" (rounds {k + 1}-{planned} dropped)"
+    left_s, need_s = seconds_apart(left, need)
+    return (f"{left_s} were left of the budget after round {k - 1}: too little for labelling the pool "
+            f"and a round (about {need_s} at the measured speed), enough for a short round. Round {k} "
+            f"goes on training round {k - 1}'s model on the labelled images until the closing work{dropped}; the "
+            f"round that scores highest on val predicts")
+
+
+# a session that ended with no stop recorded (kill -9, a crash, the machine went down): its last minutes are lost
+UNRECORDED = ("the session before ended without recording its time (killed, crashed, or the machine stopped): "
+              "what it ran after its last record is not counted")
+
+
+def overrun_note(total_s: float, budget_s: float, trained_s: float) -> str:
+    """The note of a run that took more than 5 % over its budget: what the time went to, and a budget that leaves
+    training a fair share, where a larger one would (a 1.5-minute run that overran by 5 s was told that "at least 1
+    minute" would do: the work around the training had taken longer than measured at its start, a busy machine)."""
+    around = total_s - trained_s
+    least = max(1, math.ceil(2 * around / 60))
+    words = (f"[run] note: the run took {total_s:.0f} s, longer than its budget of {budget_s:.0f} s: start-up, "
+             f"step-time calibration, evaluation, prediction and the report took about {around:.0f} s of it on this "
+             f"data and machine")
+    if least > budget_s / 60:
+        return f"{words}. A budget of at least {least} minute{'s' if least != 1 else ''} leaves training a fair share."
+    return (f"{words}, and it ran {total_s - budget_s:.0f} s over although a budget of this size holds that work: "
+            f"the speeds measured at its start may have been faster than the machine later was (other work on its "
+            f"cores?). A rerun on a quieter machine, or with a little more budget, should end on time.")
