@@ -80,6 +80,11 @@ def test_probe_takes_the_bit_depth_an_export_records(twelve, tmp_path):
             assert rc == 0 and "as 12-bit (data.bit_depth=12)" in err and _decoded_at(root, 12), err
         else:  # a file may come from anyone: a value out of range is refused, naming the way on
             assert rc == 2 and "records data.bit_depth '99', not auto or a whole number from 8 to 16" in err, err
-    # an export that records none: auto, as before
+    assert meta["bit_depth"] == "12"  # the export records the run's setting (it recorded none)
     rc, err = _probe(root, export)
+    assert rc == 0 and "as 12-bit (data.bit_depth=12)" in err and _decoded_at(root, 12), err
+    # a file that records none (an older export): auto, as before
+    plain = tmp_path / "plain.safetensors"
+    save_file(tensors, str(plain), metadata={k: v for k, v in meta.items() if k != "bit_depth"})
+    rc, err = _probe(root, plain)
     assert rc == 0 and "note: 16-bit images" not in err and _decoded_at(root, "auto"), err

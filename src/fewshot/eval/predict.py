@@ -29,6 +29,8 @@ from fewshot.models.weights import check_state_fits, infinity_problem, state_val
 from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_checkpoint
 
 MISROUTED = -1  # pred_all.json entry of an image that unknown-source mode routed to another dataset
+# the data settings eval and predict read from a checkpoint's config (its images are decoded as the run's were)
+RECORDED_DATA = ("crop_pct", "bit_depth", "skip_bad_images")
 
 
 @dataclass
@@ -61,6 +63,11 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
         space = LabelSpace.from_dict(ck["label_space"])
         epoch = logged_epoch(ck)
         cfg = ck["config"]
+        if not isinstance(cfg.get("data"), dict):
+            raise CheckpointError(f"{path} records no data settings (its config has no data section), so its test "
+                                  f"images cannot be decoded as the run's were; it was not written by fewshot or "
+                                  f"was altered. Use another checkpoint.")
+        cfg["data"].update(checked_data_settings(cfg["data"], path))
         cfg["model"]["weights"] = None  # the checkpoint holds every weight
         model = build_classifier(cfg, space.num_classes)
         state = ck["ema"] if ck.get("ema") is not None else ck["model"]
@@ -80,6 +87,22 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
     model.to(device).eval()
     return TrainedModel(model, space, cfg, Normalize(*mean_std(model.backbone)).to(device), img_size,
                         n_parameters, path, epoch)
+
+
+def checked_data_settings(data: dict, path, fields: tuple[str, ...] = RECORDED_DATA, use: str = "used") -> dict:
+    """``fields`` of a checkpoint's data settings (``data``), checked and normalised as config checks the values a
+    user types (config.validate), or a CheckpointError naming the checkpoint (``path``): a file from anyone decided
+    the decoding unchecked (crop_pct 0 left every test image "undecodable", bit_depth 99 was taken). A field the
+    checkpoint lacks (an older version's) is left out: its reader takes the default."""
+    from fewshot.config import DEFAULTS, validate
+
+    given = {k: data[k] for k in fields if k in data}
+    try:
+        return validate(given, {k: DEFAULTS["data"][k] for k in fields}, "data.")
+    except UserError as exc:
+        said = str(exc).rstrip(".")
+        raise CheckpointError(f"{path} cannot be {use}: its config records an unusable setting ({said}); it was not "
+                              f"written by fewshot or was altered. Use another checkpoint.") from None
 
 
 def _last_hint(exc: Exception | str, path: Path) -> str:
@@ -103,6 +126,13 @@ def _unusable(last: Path) -> str | None:
         return printable(one_line(str(exc)))[:300]
     if ck.get("kind") != "supervised":
         return f"it is a {printable(one_line(str(ck.get('kind'))))[:40]} checkpoint, not a fine-tuned one."
+    data = ck["config"].get("data") if isinstance(ck.get("config"), dict) else None
+    if not isinstance(data, dict):  # refused as best.pt's would be (load_trained)
+        return "it records no data settings."
+    try:
+        checked_data_settings(data, last)
+    except CheckpointError:
+        return "its config records an unusable data setting."
     state = ck["ema"] if ck.get("ema") is not None else ck["model"]
     # an infinity the model does not start with is refused in best.pt and here alike (last.pt with the same damage
     # was offered as "may be whole")

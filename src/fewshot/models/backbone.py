@@ -50,10 +50,40 @@ def timm_name(name):
         if len(matches) != 1:
             return name
         meant = matches[0] + dot + tag.lower()
+    check_pretrained_tag(meant, name)
     if meant != name and name not in _NAMED and os.environ.get("RANK", "0") == "0":
         _NAMED.add(name)
         print(f"note: model {name}: using timm's {meant} (timm names are lower case)", file=sys.stderr, flush=True)
     return meant
+
+
+def pretrained_tags(arch: str) -> list[str]:
+    """The pretrained tags timm registers for the architecture ``arch`` (`a1_in1k`, ...; `untrained` for some)."""
+    try:
+        names = list(timm.models.get_arch_pretrained_cfgs(arch))
+    except (AttributeError, RuntimeError):  # an older timm without it
+        names = timm.list_pretrained(f"{arch}.*")
+    return [n.split(".", 1)[1] for n in names if "." in n]
+
+
+def check_pretrained_tag(name: str, typed: str | None = None) -> None:
+    """Refuse a model name whose tag timm does not know for its architecture (`test_resnet.bogus_tag`, or the empty
+    tag of `test_resnet.`): timm raised "Invalid pretrained tag" from every command that built the model, a
+    traceback and exit 1, after the command had started. ``typed``: the name as the user gave it."""
+    if "." not in name or not timm.is_model(name):
+        return
+    try:
+        timm.get_pretrained_cfg(name)
+        return
+    except RuntimeError:
+        pass
+    arch, tag = timm.models.split_model_name_tag(name)
+    tags = pretrained_tags(arch)
+    listed = ", ".join(tags[:12]) + (", ..." if len(tags) > 12 else "")
+    what = f"timm has no pretrained tag '{tag}' for {arch}" if tag else "the name ends in a dot (an empty tag)"
+    raise UserError(f"model {typed or name}: {what}; {arch}'s tags are {listed or 'none'}. Give {arch} without a "
+                    f"tag (fewshot never downloads pretrained weights; --weights FILE loads local ones) or with one "
+                    f"of its tags.")
 
 
 def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = None, width: float = 1.0,
@@ -80,7 +110,8 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
         channels = _resnet_channels(name, width)
         if width != 1.0:
             kwargs["channels"] = tuple(max(8, int(round(c * width))) for c in channels)
-    default_size = timm.get_pretrained_cfg(name).input_size[-1] if timm.get_pretrained_cfg(name) else None
+    pretrained_cfg = timm.get_pretrained_cfg(name)  # a tag timm does not know was refused by timm_name
+    default_size = pretrained_cfg.input_size[-1] if pretrained_cfg else None
     if img_size and img_size != default_size:
         kwargs["img_size"] = img_size
     # Not every family takes img_size / drop_path_rate: drop the ones it refuses.
@@ -115,7 +146,10 @@ def takes_img_size(name: str, img_size: int, fallback: bool = False) -> bool:
     """Whether create_backbone passes ``img_size`` to this model (then plain timm needs it too: a ViT with relative
     positions from an MLP has no size-shaped weight, yet its patch embedding refuses another size). Built on
     the meta device: no memory, no init; ``fallback`` where the model cannot be built there."""
-    cfg = timm.get_pretrained_cfg(name)
+    try:
+        cfg = timm.get_pretrained_cfg(name)
+    except RuntimeError:  # a tag timm does not know (a name read from a file): building it says so
+        return fallback
     if cfg is not None and cfg.input_size[-1] == img_size:
         return False
     try:

@@ -6,6 +6,7 @@ prefixes, no projection head. Split BatchNorm layers keep plain BatchNorm key na
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -18,6 +19,45 @@ from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_chec
 from fewshot.utils import atomic_write_bytes, loads_run_json
 
 PREFIX = "encoder_q.backbone."
+# the metadata every export records (meta in export_backbone): how a file fewshot wrote is told from any other
+EXPORT_FIELDS = ("model", "source", "epoch", "img_size")
+MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file holding the metadata `fewshot export` records (its header alone is
+    read: 8 bytes of length, then JSON; no tensor is loaded)."""
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= min(MAX_HEADER, path.stat().st_size - 8):
+                return False
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and all(isinstance(meta.get(k), str) for k in EXPORT_FIELDS)
+
+
+def check_export_out(out: Path, follow_links: bool) -> None:
+    """Refuse, before the backbone is checked and written, to replace a file that is not an earlier export:
+    `export --out notes.txt` (or another data root's test_labels.json) was replaced by safetensors without a word.
+    New, empty or an earlier export may be written; a link is judged by its target where the write follows it
+    (``follow_links``), and is replaced itself otherwise; a pipe or device is written in place."""
+    from fewshot.utils import is_special_file
+
+    if (out.is_symlink() and not follow_links) or not out.is_file() or is_special_file(out):
+        return
+    try:
+        if out.stat().st_size == 0:  # a placeholder (`touch bb.safetensors`): nothing to lose
+            return
+    except OSError:
+        return
+    if not is_export(out):
+        shown = f"--out {out}" if follow_links else str(out)
+        raise UserError(f"{shown} already holds a file that is not an earlier `fewshot export` (no safetensors "
+                        f"header recording {', '.join(EXPORT_FIELDS)}); export replaces only its own files. Give "
+                        f"another file name, or move {out} away first.")
 
 
 def backbone_state(ck: dict) -> dict:
@@ -69,11 +109,12 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path, follow_links: bool
     if Path(run_or_ckpt).is_dir() and ck.get("kind") == "supervised" and ckpt.name != "best.pt":
         why = "it is still being written: training, before its first evaluation" if live else \
             "it stopped before its first evaluation"
+        # the epoch as log.jsonl and the export's metadata number it (a stop mid-epoch 1 said "epoch 0", then 1)
         print(f"warning: {ckpt.parent.parent} has no best.pt ({why}); exporting {ckpt.name}, epoch "
-              f"{ck.get('epoch', '?')}.", file=sys.stderr, flush=True)
+              f"{_epoch_text(ck) or '?'}.", file=sys.stderr, flush=True)
     elif live:  # a later export will hold other weights
         print(f"note: {ckpt.parent.parent} is still being written (training); exporting its {ckpt.name} as it is "
-              f"now, epoch {ck.get('epoch', '?')}.", file=sys.stderr, flush=True)
+              f"now, epoch {_epoch_text(ck) or '?'}.", file=sys.stderr, flush=True)
     if Path(run_or_ckpt).is_dir() and ck.get("kind") == "moco" and ckpt.name == "last.pt":
         note_best_knn_epoch(ckpt.parent.parent, ck)
     out = Path(out)
@@ -89,6 +130,7 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path, follow_links: bool
         # the run's data as recorded: `--out ROOT/<ds>/train/new/bb.safetensors` made a class folder without
         # images, and every command then refused ROOT
         check_result_file_is_not_an_input(out, root, ckpt, kind="backbone")
+    check_export_out(out, follow_links)  # anywhere else (the checks above say more where they apply)
     state = backbone_state(ck)
     check_export_state(state, ck, ckpt)  # what train --weights would refuse
     meta = {"format": "pt", "model": str(ck.get("model_name", "")), "source": str(ckpt),
@@ -96,6 +138,9 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path, follow_links: bool
     model_cfg = (ck.get("config") or {}).get("model") or {}
     meta["width"] = str(float(model_cfg.get("width") or 1.0))
     meta["small_stem"] = str(bool(model_cfg.get("small_stem"))).lower()
+    bits = _bit_depth_text(ck, ckpt)
+    if bits:  # the scale the features were learnt at: probe --weights reads the images at it (recorded_bit_depth)
+        meta["bit_depth"] = bits
     atomic_write_bytes(out, save(state, metadata=meta), follow_links)  # bytes in memory: no temp file left behind
     return out, meta
 
@@ -109,3 +154,14 @@ def _epoch_text(ck: dict) -> str:
         return str(logged_epoch(ck))
     except (TypeError, ValueError):
         return str(ck.get("epoch"))
+
+
+def _bit_depth_text(ck: dict, path: Path) -> str:
+    """The checkpoint's data.bit_depth as the export records it (`auto`, `12`), checked as config checks the
+    setting; empty where its config records none (a checkpoint of an older version)."""
+    from fewshot.eval.predict import checked_data_settings
+
+    data = (ck.get("config") or {}).get("data") if isinstance(ck.get("config"), dict) else None
+    if not isinstance(data, dict) or data.get("bit_depth") is None:
+        return ""
+    return str(checked_data_settings(data, path, ("bit_depth",), "exported")["bit_depth"])

@@ -379,10 +379,14 @@ def resolve_pretrain_defaults(cfg: dict, world: int) -> dict:
         o["backbone_lr_mult"] = 1.0
     record_chosen(cfg, before)
     global_batch = t["batch_size"] * world
-    if m["queue_size"] < global_batch:
-        raise UserError(f"moco.queue_size ({m['queue_size']}) is smaller than the global batch ({global_batch} = "
-                        f"{t['batch_size']} x {world} processes): the queue could not hold one batch of keys. "
-                        f"Raise --queue-size or lower --batch-size (`fewshot run`: run.queue_size=K, "
+    # moco.symmetric enqueues both views' keys each step: a queue under twice the batch dropped some unused
+    keys = global_batch * (2 if m.get("symmetric") else 1)
+    if m["queue_size"] < keys:
+        what = (f"the {keys} keys a step enqueues (moco.symmetric=true enqueues both views' keys: 2 x the global "
+                f"batch of {global_batch} = {t['batch_size']} x {world} processes)" if keys != global_batch else
+                f"the global batch ({global_batch} = {t['batch_size']} x {world} processes)")
+        raise UserError(f"moco.queue_size ({m['queue_size']}) is smaller than {what}: the queue could not hold one "
+                        f"step's keys. Raise --queue-size or lower --batch-size (`fewshot run`: run.queue_size=K, "
                         f"run.pretrain_batch_size=N).")
     return cfg
 
