@@ -1156,8 +1156,15 @@ def test_a_warmup_longer_than_the_run_is_warned_about(digits_root, tmp_path):
               "--batch-size", "8", "--device", "cpu", "--no-progress", "train.tensorboard=false"]
     rc, out, err = run_main(*common, "--out", tmp_path / "long", "sched.warmup_epochs=4")
     assert rc == 0, err
-    assert "sched.warmup_epochs=4 is longer than the run's 1 epoch(s)" in out + err and "near 25%" in out + err
-    rc, out, err = run_main(*common, "--out", tmp_path / "default")  # the default 1-epoch warmup: no warning
+    assert "sched.warmup_epochs=4 is longer than the run's 1 epoch(s)" in out + err, out + err
+    # the lr of the last step, not epochs / warmup_epochs (25 %): (steps - 1) / warmup steps
+    from fewshot.config import load_yaml
+
+    lr = json.loads((tmp_path / "long" / "log.jsonl").read_text().splitlines()[-1])["lr"]
+    share = lr / load_yaml(tmp_path / "long" / "config.yaml")["optim"]["lr"]
+    assert f"the last step trains at {share:.0%} of it" in out + err and "25%" not in out + err, (lr, out + err)
+    common[common.index("--epochs") + 1] = "2"
+    rc, out, err = run_main(*common, "--out", tmp_path / "default")  # the default 1-epoch warmup ends inside it
     assert rc == 0 and "warmup_epochs" not in out + err, err
 
 

@@ -1,4 +1,5 @@
-"""--resume under torchrun when the ranks do not see the same run folder (multi-node, node-local disks)."""
+"""--resume under torchrun: ranks that do not see the same run folder (multi-node, node-local disks), and a budget
+stop inside an epoch, whose log row must come out as the uninterrupted run's."""
 
 from __future__ import annotations
 
@@ -57,3 +58,32 @@ def test_ranks_that_see_different_checkpoints_refuse_to_resume_together(tmp_path
     assert "mismatch" not in text.lower(), text[-6000:]
     assert (run0 / "log.jsonl").read_text() == log
     assert torch.load(last, weights_only=True)["global_step"] == 5
+
+
+def launch(args: list[str], cwd: Path) -> tuple[int, str]:
+    """torchrun with 2 processes; a port taken between free_port() and bind: retried once."""
+    for attempt in range(2):
+        rc, text = torchrun(torchrun_cmd(2, free_port(), *args), cwd)
+        if "address already in use" not in text.lower():
+            break
+    return rc, text
+
+
+def test_a_budget_stop_inside_an_epoch_keeps_every_ranks_running_sums(tmp_path):
+    """A budget stop part-way through an epoch wrote its last.pt without every rank's running sums (a signal's stop
+    and --save-every-steps carried them): the resumed epoch's log row averaged rank 0's partial sums on both ranks
+    (loss 3.0585, train_acc1 13.28 against the uninterrupted run's 3.0722, 13.67), though the weights were right.
+    That a last.pt with every rank's sums resumes to the uninterrupted rows is test_ddp's SIGTERM test: one launch
+    here, not three."""
+    root = build_digits(tmp_path / "data")
+    args = ["train", "--data", str(root), "--model", "test_resnet", "--img-size", "32", "--epochs", "2",
+            "--batch-size", "8", "--device", "cpu", "--no-progress", "train.tensorboard=false", "train.threads=1",
+            "train.deterministic=true", "train.budget_minutes=5"]
+    run = tmp_path / "run"
+    # rank 1 alone finds the time up after its second step: the ranks agree, and stop at epoch 1, step 2 of 3
+    rc, text = launch([str(Path(__file__).parent / "helpers" / "budget_worker.py"), "1", "2", *args, "--out", str(run)],
+                      tmp_path)
+    assert rc == 0 and text.count("is used up") == 1, text[-6000:]
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert (ck["epoch"], ck["step_in_epoch"]) == (0, 2), (ck["epoch"], ck["step_in_epoch"])
+    assert len(ck["epoch_sums_by_rank"]) == 2 and ck["epoch_sums_by_rank"][0] != ck["epoch_sums_by_rank"][1]

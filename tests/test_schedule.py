@@ -64,3 +64,41 @@ def test_a_budgeted_run_that_meets_its_epoch_cap_early_still_decays_its_lr(digit
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in rows if "lr" in r]
     assert lrs[-1] < 0.002, lrs  # of 0.01: near the floor at the cap (one step short), not the peak
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    from helpers.tiny import build_digits
+
+    return build_digits(tmp_path_factory.mktemp("data"))  # 40 train images, batch 8: 5 steps per epoch
+
+
+@pytest.mark.parametrize("epochs, warmup, said", [
+    (1, 1, "sched.warmup_epochs=1 is as long as the run's 1 epoch(s) (5 steps)"),  # the default warmup: 80 %
+    (2, 2, "sched.warmup_epochs=2 is as long as the run's 2 epoch(s) (10 steps)"),  # 90 %
+    (1, 2, "sched.warmup_epochs=2 is longer than the run's 1 epoch(s) (5 steps)"),  # 40 %, not "near 50%"
+    (2, 1, None),  # the warmup ends inside the run
+])
+def test_a_warmup_as_long_as_the_run_is_warned_about_with_the_lr_it_reaches(tiny_root, tmp_path, capsys, epochs,
+                                                                            warmup, said):
+    """A warmup exactly as long as the run gave no warning (the check was warmup > epochs), though the lr never
+    reached optim.lr: the default 1-epoch warmup of `--epochs 1` peaked at 75 % of it on the demo data. A longer one
+    said "ends near epochs / warmup" (50 %) where the last step's lr was 38 %: (steps - 1) / warmup steps."""
+    import json
+    import re
+
+    from fewshot.train.finetune import run_finetune
+    from helpers.tiny import finetune_cfg
+
+    out = tmp_path / "run"
+    cfg = finetune_cfg(tiny_root, **{"train.epochs": epochs, "sched.warmup_epochs": warmup})
+    run_finetune(cfg, out)
+    text = capsys.readouterr().out
+    warnings = [line for line in text.splitlines() if "warmup_epochs" in line]
+    if said is None:
+        assert warnings == [], text
+        return
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {said}: "), text
+    last_lr = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["lr"]  # the lr of the run's last step
+    share = re.search(r"the last step trains at (\d+)% of it", warnings[0])
+    assert share and int(share[1]) == round(100 * last_lr / cfg["optim"]["lr"]), (warnings, last_lr)

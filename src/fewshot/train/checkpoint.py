@@ -134,11 +134,24 @@ def rng_state() -> dict:
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> str | None:
+    """Restore the generators of ``rng_state()``. last.pt holds one CUDA state per GPU the writing process saw, and
+    torch.cuda.set_rng_state_all sets device i for each: resumed where fewer GPUs are visible, it raised an
+    IndexError from inside torch. The first min(saved, visible) are restored; returns a note when the counts differ
+    (None otherwise), for the caller to print once."""
     torch.set_rng_state(state["torch"])
     random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if saved is None or not torch.cuda.is_available():
+        return None
+    visible = torch.cuda.device_count()
+    for i, gpu_state in enumerate(saved[:visible]):
+        torch.cuda.set_rng_state(gpu_state, i)
+    if len(saved) == visible:
+        return None
+    rest = "" if len(saved) > visible else f"; the other {visible - len(saved)} keep their own"
+    return (f"note: the checkpoint holds the CUDA random-number states of {len(saved)} GPU(s) and {visible} are "
+            f"visible here: those of the first {min(len(saved), visible)} are restored{rest}.")
 
 
 def _as_tuple(x):

@@ -221,12 +221,7 @@ class Engine:
         if self.steps_per_epoch == 0:
             raise empty_epoch_error(task, cfg, ctx.world)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
-        warmup, epochs = float(cfg["sched"].get("warmup_epochs") or 0.0), cfg["train"]["epochs"]
-        if ctx.is_main and warmup > epochs and not cfg["sched"].get("time_based"):
-            # sched.warmup_epochs=100 with --epochs 2 trained at a 50th of optim.lr, without a word
-            print(f"warning: sched.warmup_epochs={warmup:g} is longer than the run's {epochs} epoch(s): the learning "
-                  f"rate climbs for the whole run and never reaches optim.lr (it ends near {epochs / warmup:.0%} "
-                  f"of it). Lower sched.warmup_epochs or raise --epochs.", flush=True)
+        self._warn_long_warmup()
         self.amp = amp_dtype(cfg, device, getattr(task, "size", None))
         if ctx.enabled:  # each rank detects its own CPU: on a mixed cluster they would gather keys of two dtypes
             self.amp = AMP_BY_NAME[broadcast_object(ctx, AMP_NAMES[self.amp])]
@@ -267,6 +262,25 @@ class Engine:
         self._seconds_before = 0.0  # training time of the sessions before this one (resume)
         self.fit_start: float | None = None
         self._clock_start: float | None = None
+
+    def _warn_long_warmup(self) -> None:
+        """A warmup as long as the run, or longer, never lets the lr reach optim.lr: sched.warmup_epochs=100 with
+        --epochs 2 trained at a 50th of it, and the default 1-epoch warmup of a 1-epoch run peaked at 75 %, without
+        a word. The peak said is the schedule's own lr at the run's last step (a warmup of W steps reaches
+        (steps - 1) / W of the way up), not epochs / warmup_epochs. A time-based schedule (`fewshot run`) is left
+        out: its epochs are a cap, not the run's length."""
+        warmup, epochs = float(self.cfg["sched"].get("warmup_epochs") or 0.0), self.cfg["train"]["epochs"]
+        total = max(1, epochs * self.steps_per_epoch)
+        warmup_steps = int(round(warmup * self.steps_per_epoch))  # as build_scheduler counts them
+        if not self.ctx.is_main or warmup_steps < total or warmup_steps == 0 or self.cfg["sched"].get("time_based"):
+            return
+        # the lr timm's schedule gives the last step, as a share of the first group's optim.lr (what log.jsonl says)
+        peak = self.scheduler._get_lr(total - 1)[0] / self.scheduler.base_values[0]
+        than = "longer than" if warmup_steps > total else "as long as"
+        print(f"warning: sched.warmup_epochs={warmup:g} is {than} the run's {epochs} epoch(s) ({total} steps): the "
+              f"learning rate climbs for the whole run and never reaches optim.lr (the last step trains at "
+              f"{f'{peak:.0%}' if peak >= 0.01 else 'under 1%'} of it). Lower sched.warmup_epochs or raise --epochs.",
+              flush=True)
 
     def _warn_slow_ema(self) -> None:
         """An EMA without decay warm-up averages over about 1/(1 - decay) steps (25,000 at the default 0.99996): on a
@@ -323,11 +337,13 @@ class Engine:
             **self.task.checkpoint_extra(),
         }
 
-    def save_mid_epoch(self) -> None:
+    def save_mid_epoch(self, checked: bool = False) -> None:
         """last.pt inside an epoch, on every rank together (a stop, --save-every-steps): under DDP it carries each
         rank's running metric sums, or the resumed epoch's log row would average rank 0's on every rank. The
-        epoch-end saves need not agree across ranks (rank 0 alone times them), so they gather nothing."""
-        self._check_weights_finite(self.epoch)  # every checkpoint on disk has passed the check
+        epoch-end saves need not agree across ranks (rank 0 alone times them), so they gather nothing. ``checked``:
+        the weights were just checked (a budget stop's save, after its partial epoch's check)."""
+        if not checked:
+            self._check_weights_finite(self.epoch)  # every checkpoint on disk has passed the check
         by_rank = all_gather_object(self.ctx, dict(self.epoch_sums)) if self.ctx.enabled else None
         self.save("last", epoch_sums_by_rank=by_rank)
 
@@ -444,6 +460,7 @@ class Engine:
         from fewshot.models.classifier import check_head_count
 
         check_head_count(self.model, ck.get("model"), path, self.cfg["model"]["name"])  # before torch's shape error
+        self._check_epochs_left(int(ck["epoch"]))  # after the checks above, as before; before any file changes
         try:
             self.model.load_state_dict(ck["model"])
             if self.ema is not None and ck.get("ema") is not None:
@@ -471,7 +488,9 @@ class Engine:
         # a checkpoint written before they were carried: the row counts this session's steps only, as it did
         self.epoch_seconds = float(ck.get("epoch_seconds") or 0.0)
         self.epoch_images = int(ck.get("epoch_images") or 0)
-        set_rng_state(ck["rng"])
+        gpus_note = set_rng_state(ck["rng"])
+        if gpus_note and self.ctx.is_main:
+            print(gpus_note, flush=True)
         self._seconds_before = float(ck.get("train_seconds", 0.0))
         # a budget that stopped the run mid-epoch logged the partial epoch; its steps go on now, and the
         # finished epoch's row replaces that one (log.jsonl held epoch 22 three times)
@@ -486,6 +505,15 @@ class Engine:
                 # a kill between a budget stop's best.pt and its last.pt: this older last.pt's best is that one
                 put_back(self.ckpt_dir / BEST_ASIDE, self.ckpt_dir / "best.pt")
         return True
+
+    def _check_epochs_left(self, done: int) -> None:
+        """--epochs below the epochs the run already trained is refused before resume changes any file: refused
+        after it, log.jsonl had been trimmed and the best.pt a budget stop kept aside put back, for nothing."""
+        epochs = self.cfg["train"]["epochs"]
+        if done > epochs:
+            raise UserError(f"the run being resumed has already trained {done} epochs; --epochs {epochs} would train "
+                            f"nothing. Give more epochs than {done} to continue it, or leave --epochs out to keep its "
+                            f"plan{self._planned_epochs()}.")
 
     def _agree_on_checkpoint(self, path: Path, ck: dict | None, unreadable: Exception | None = None) -> None:
         """Every rank resumes from the same last.pt, or none does. Each reads it from its own --out: on nodes with
@@ -728,10 +756,6 @@ class Engine:
     def fit(self, resume: bool = False) -> dict | None:
         t = self.cfg["train"]
         if resume and self.resume():
-            if self.epoch > t["epochs"]:
-                raise UserError(f"the run being resumed has already trained {self.epoch} epochs; --epochs "
-                                f"{t['epochs']} would train nothing. Give more epochs than {self.epoch} to continue "
-                                f"it, or leave --epochs out to keep its plan{self._planned_epochs()}.")
             if self.ctx.is_main:
                 self._announce_new_plan()
                 # written only now: a resume that fails (other classes, a bad checkpoint) leaves the run's
@@ -745,7 +769,9 @@ class Engine:
                 else:
                     print(f"resuming from {self.ckpt_dir / 'last.pt'}: epoch {self.epoch + 1}, step "
                           f"{self.step_in_epoch} of {self.steps_per_epoch} (global step {self.global_step})")
-            if self._budget_spent():  # it trained one more step and logged the stopped epoch again
+            # it trained one more step and logged the stopped epoch again. A run that trained all its epochs has
+            # nothing the budget stopped: "give a larger train.budget_minutes to continue it" was untrue there
+            if self._budget_spent() and self.epoch < t["epochs"]:
                 self._open_tensorboard(redo=False)
                 try:
                     evaluated = self._evaluate_the_stop()
@@ -809,8 +835,10 @@ class Engine:
         where = f"epoch {self.epoch + (1 if self.step_in_epoch else 0)} of {t['epochs']}"
         if self.step_in_epoch:
             where += f" (step {self.step_in_epoch} of {self.steps_per_epoch})"
+        from fewshot.report.tables import duration  # seconds under a minute: 0.6 s of a 0.01-minute budget
+
         print(f"note: train.budget_minutes={t['budget_minutes']:g} is used up (training time, "
-              f"{self.train_seconds() / 60:.1f} min): the run stops at {where}; --resume with a larger "
+              f"{duration(self.train_seconds())}): the run stops at {where}; --resume with a larger "
               f"train.budget_minutes continues it.", flush=True)
 
     def _close_tensorboard(self) -> None:
@@ -992,7 +1020,9 @@ class Engine:
         # The epoch-end last.pt carries its log row (without the timings), so that a kill between this save
         # and the log write still ends with the row in log.jsonl: resume() appends it when it is missing.
         self.epoch_record = {k: v for k, v in record.items() if k not in TIMING_KEYS}
-        if new_best or self._epoch_end_save_due(last_epoch):  # last.pt never lags best.pt (exact resume)
+        if self.step_in_epoch:  # a budget stop inside the epoch (every rank agreed on it): with every rank's sums
+            self.save_mid_epoch(checked=True)
+        elif new_best or self._epoch_end_save_due(last_epoch):  # last.pt never lags best.pt (exact resume)
             self.save("last")
         self.epoch_record = None
         self.log(record)
