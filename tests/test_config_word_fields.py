@@ -68,3 +68,68 @@ def test_an_empty_path_or_name_list_still_means_none():
     """The fields whose none is documented keep it: no weights, every dataset, the default pool and cache."""
     cfg = resolve(overrides=["model.weights=", "data.datasets=", "data.unlabeled=", "data.cache_dir="])
     assert (cfg["model"]["weights"], cfg["data"]["datasets"], cfg["data"]["unlabeled"]) == (None, None, None)
+    assert cfg["data"]["cache_dir"] is None
+
+
+@pytest.mark.parametrize("word", ["optim.name=", "model.name=", "train.epochs=", "data.bit_depth=", "optim.lr="])
+def test_an_empty_value_names_no_default_that_may_be_wrong(word):
+    """`fewshot pretrain optim.name=` said "Drop the word to keep the default (optim.name=adamw)" where the preset
+    gives sgd (a --config file, or probe's recorded data.bit_depth, the same): dropping it keeps the layered value."""
+    key = word.split("=")[0]
+    with pytest.raises(UserError) as caught:
+        resolve(overrides=[word], default_preset="mocov2")
+    said = str(caught.value)
+    assert "the default (" not in said and f"keep the default ({key}" not in said, said
+    assert "Drop the word to keep the value the command uses without it (a --config file's, a preset's" in said
+    if key == "optim.lr":  # null still named for what it means
+        assert "or give optim.lr=null for the rate the command chooses at run time" in said
+
+
+@pytest.mark.parametrize("word, words", [
+    ("semi.method=", "one of off, fixmatch, moco."),  # was "off, fixmatch, moco, false"
+    ("train.amp=", "one of auto, bf16, fp16, off."),  # was "auto, bf16, fp16, off, false"
+    ("optim.fused=", "one of auto, on, off."),  # was "auto, true, false, on, off"
+    ("run.semi_method=", "one of pseudo, fixmatch, off."),
+    ("moco.shuffle_bn=", "one of auto, true, off."),
+])
+def test_an_empty_value_lists_each_choice_once_without_yamls_aliases(word, words):
+    key = word.split("=")[0]
+    with pytest.raises(UserError) as caught:
+        resolve(overrides=[word])
+    assert str(caught.value).startswith(f"{key}= gives no value, and {key} needs {words}"), caught.value
+
+
+@pytest.mark.parametrize("word, words", [
+    ("semi.method=fixmach", "semi.method must be one of off, fixmatch, moco, not 'fixmach'."),
+    ("train.amp=fp8", "train.amp must be one of auto, bf16, fp16, off, not 'fp8'."),
+    ("optim.fused=maybe", "optim.fused must be one of auto, on, off, not 'maybe'."),
+    ("data.bit_depth=7", "data.bit_depth must be auto or a whole number from 8 to 16 (the bits 16-bit images use"),
+])
+def test_a_wrong_word_is_refused_with_the_same_choice_words(word, words):
+    from fewshot.config import field_words
+
+    key = word.split("=")[0]
+    with pytest.raises(UserError) as caught:
+        resolve(overrides=[word])
+    assert str(caught.value).startswith(words), caught.value
+    assert f"must be {field_words(key)}, not" in str(caught.value)  # one wording for both messages
+    with pytest.raises(UserError) as empty:
+        resolve(overrides=[f"{key}="])
+    assert f"needs {field_words(key)}. Give" in str(empty.value)
+
+
+def test_moco_memory_counts_the_heads_first_layer(monkeypatch):
+    """The estimate left out the head's backbone width x hidden layer: moco.mlp_hidden=2000000 on resnet50 was
+    estimated at about 4 GiB (it takes about 60: 2048 x 2000000 weights in 4 copies) and let through."""
+    import fewshot.config as config
+
+    hidden = 2_000_000
+    first_layer = 4 * 4 * config.HEAD_WIDTH_GUESS * hidden  # floats, in 4 copies (weights, gradients, state, key)
+    assert config.moco_bytes(65536, 128, 256, hidden) > first_layer > 50 * 2**30
+    assert config.moco_bytes(65536, 128, 256, hidden, mlp=False) == config.moco_bytes(65536, 128, 256, None, False)
+    monkeypatch.setattr(config, "memory_bytes", lambda: 32 * 2**30)
+    with pytest.raises(config.FieldError) as caught:
+        resolve(overrides=[f"moco.mlp_hidden={hidden}"], default_preset="mocov2")
+    assert caught.value.field == "moco.mlp_hidden" and f"moco.mlp_hidden {hidden}" in str(caught.value)
+    resolve(overrides=[f"moco.mlp_hidden={hidden}", "moco.mlp=false"], default_preset="mocov2")  # no hidden layer
+    resolve(overrides=["moco.mlp_hidden=4096"], default_preset="mocov2")

@@ -81,7 +81,7 @@ def test_unknown_fields_refused(tmp_path):
     ("data.cache_dir=[a]", r"data.cache_dir must be a path, not \['a'\]"),
     ("data.datasets=[a,[b]]", r"data.datasets must be a name or a list of names, not \['a', \['b'\]\]"),
     ("data.unlabeled={a: 1}", "data.unlabeled must be a name or a list of names"),
-    ("optim.fused=maybe", "optim.fused must be one of auto, true, false"),  # was accepted and meant auto
+    ("optim.fused=maybe", "optim.fused must be one of auto, on, off, not 'maybe'"),  # was accepted and meant auto
     ("train.epochs=1:30", "train.epochs must be a whole number, not '1:30'"),  # YAML 1.1 base 60: 90 epochs
     ("train.seed=99999999999999999999", r"train.seed must be in \[-9223372036854775808, 18446744073709551615\]"),  # torch.manual_seed overflowed: internal error
 ])

@@ -143,3 +143,55 @@ def test_train_names_the_moco_words_it_never_reads(digits_root, tmp_path, no_tra
     said = warnings(err)
     assert len(said) == 1 and said[0].startswith(f"warning: {' '.join(named)} do"), err
     assert ("only with semi.method=moco" if not semi else "semi.method=moco reads only moco.dim") in said[0]
+
+
+@pytest.mark.parametrize("method", [["--no-pretrain"], ["--baseline"], []])
+def test_run_names_moco_words_a_run_without_a_moco_stage_never_reads(digits_root, tmp_path, no_training, method):
+    """`fewshot run --no-pretrain moco.temperature=0.1` (or --baseline) was accepted and did nothing, silently:
+    only the MoCo stage reads moco.*, and the run's fine-tuning never uses semi.method=moco."""
+    rc, _, err = command("run", digits_root, tmp_path / "r", *method, "moco.temperature=0.1", "moco.cos=false")
+    assert rc == 0 and no_training, err
+    none, advice = (("--baseline runs none", "give --pretrain instead of --baseline") if method == ["--baseline"]
+                    else ("this run has none", "give --pretrain"))
+    assert warnings(err) == [f"warning: moco.temperature=0.1 moco.cos=false do nothing: `fewshot run` reads moco.* "
+                             f"only in its MoCo stage (--pretrain) and {none}; drop them, or {advice}."], err
+
+
+def test_run_moco_words_a_run_replaces_get_their_own_warning_only(digits_root, tmp_path, no_training):
+    rc, _, err = command("run", digits_root, tmp_path / "r", "--no-pretrain", "moco.queue_size=64")
+    assert rc == 0 and not warnings(err) and "moco.queue_size=64 is replaced by run.queue_size" in err, err
+
+
+def test_unused_override_warnings_of_run_moco_words():
+    from fewshot.cli_moco import unused_override_warnings
+    from fewshot.config import resolve
+
+    plain = resolve(default_preset="mocov2")
+    staged = resolve(overrides=["run.pretrain=true"], default_preset="mocov2")
+    assert unused_override_warnings("run", staged, ["moco.temperature=0.1", "optim.label_smoothing=0.1"]) == []
+    assert unused_override_warnings("run", plain, ["optim.label_smoothing=0.1"]) == []
+    said = unused_override_warnings("run", plain, ["moco.temperature=0.1"], baseline=True)
+    assert len(said) == 1 and "--baseline runs none" in said[0]
+
+
+def test_run_with_pretrain_names_no_fine_tuning_word(digits_root, tmp_path, no_training):
+    """`fewshot run --pretrain optim.label_smoothing=0.1`: its fine-tuning reads it (pretrain's warning is not
+    run's), and its MoCo stage reads moco.*."""
+    rc, _, err = command("run", digits_root, tmp_path / "r", "--pretrain", "optim.label_smoothing=0.1",
+                         "moco.temperature=0.1")
+    assert rc == 0 and no_training and not warnings(err), err
+
+
+@pytest.mark.parametrize("name, shown, unread", [("pretrain", "moco.knn_every=5", "train.eval_every=1"),
+                                                 ("run", "optim.label_smoothing=0.1", "train.eval_every=1"),
+                                                 ("train", "train.eval_every=1", None)])
+def test_the_help_example_is_a_word_the_command_reads(name, shown, unread, capsys):
+    """`fewshot pretrain --help` gave train.eval_every=1 as its example: a word pretrain warns it does not read."""
+    from fewshot.cli import main
+
+    with pytest.raises(SystemExit):
+        main([name, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"e.g. optim.lr=3e-4 {shown}." in out, out
+    if unread:
+        assert unread not in out, out

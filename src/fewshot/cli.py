@@ -25,10 +25,15 @@ from pathlib import Path
 from fewshot.errors import UserError, printable
 from fewshot.train.stop_signal import StopRequested
 
-EPILOG = ("Any extra key=value words override config fields, e.g. optim.lr=3e-4 train.eval_every=1. "
-          "Every field and its default: DEFAULTS in fewshot/config.py of the installed package (and a run's "
-          "RUN/config.yaml lists every field it used); recipes: --config NAME of the packaged configs/ "
-          "(e.g. moco_cpu_small).")
+
+def training_epilog(example: str) -> str:
+    """The help epilog of train, pretrain and run; ``example``: a word the command reads (pretrain's help showed
+    train.eval_every=1, which it warns that it does not read; run replaces it by its plan)."""
+    return (f"Any extra key=value words override config fields, e.g. optim.lr=3e-4 {example}. "
+            "Every field and its default: DEFAULTS in fewshot/config.py of the installed package (and a run's "
+            "RUN/config.yaml lists every field it used); recipes: --config NAME of the packaged configs/ "
+            "(e.g. moco_cpu_small).")
+
 
 NO_PROGRESS_HELP = "no progress bars, nor the per-epoch lines they leave in a log file (log.jsonl holds every epoch)"
 # data, eval, predict, probe and report train no epochs and write no log.jsonl: their help names what they show
@@ -87,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-per-class", type=int, default=100,
                    help="unlabeled pool images per class, up to what the source holds (default 100)")
 
-    p = sub.add_parser("train", help="fine-tune a timm backbone on all datasets at once", epilog=EPILOG,
+    p = sub.add_parser("train", help="fine-tune a timm backbone on all datasets at once",
+                       epilog=training_epilog("train.eval_every=1"),
                        description="Fine-tune any timm model on several few-shot datasets with one joint head.")
     _add_common_training(p)
     p.add_argument("--weights", help="backbone weights: .safetensors / state dict / fewshot checkpoint "
@@ -176,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from fewshot import cli_moco
 
-    cli_moco.add_parsers(sub, _add_common_training, EPILOG)
+    cli_moco.add_parsers(sub, _add_common_training, training_epilog)
     for name in ("train", "pretrain", "run"):  # the override words are no argparse argument: shown by hand
         command = sub.choices[name]
         command.usage = command.format_usage().removeprefix("usage: ").rstrip() + " [key=value ...]"

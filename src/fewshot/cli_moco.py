@@ -39,7 +39,9 @@ PRETRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.
 
 
 def add_parsers(sub, add_common, epilog) -> None:
-    p = sub.add_parser("pretrain", help="MoCo self-supervised pretraining on unlabeled images", epilog=epilog,
+    """pretrain and run; ``epilog``: cli.training_epilog, given a word each command reads."""
+    p = sub.add_parser("pretrain", help="MoCo self-supervised pretraining on unlabeled images",
+                       epilog=epilog("moco.knn_every=5"),
                        description="MoCo v1/v2 on an unlabeled pool (--unlabeled folders; else ROOT/unlabeled/"
                        "<dataset>, else the training images, plus any other images in ROOT/unlabeled/), "
                        "with a per-dataset kNN monitor on the val splits. "
@@ -57,7 +59,7 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("--weights", help="initialise the backbone from a local weights file (e.g. ImageNet)")
 
     p = sub.add_parser("run", help="the whole pipeline in a time budget: [MoCo ->] fine-tune + self-training "
-                       "-> predict -> report", epilog=epilog,
+                       "-> predict -> report", epilog=epilog("optim.label_smoothing=0.1"),
                        description="Pool -> (with --pretrain: MoCo pretraining -> export ->) fine-tuning on the "
                        "labelled images -> pseudo-labels for the pool -> fine-tuning on both -> prediction -> "
                        "report, with each stage's length planned from measured step times so that the whole run "
@@ -371,10 +373,10 @@ def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = Fa
     """The key=value words ``command`` (train, pretrain, run) or its method never reads, one warning per reason
     naming them: `fewshot train run.pseudo_rounds=5`, `fewshot run --semi off run.pseudo_rounds=1`,
     `fewshot run --baseline run.pretrain_share=0.4`, `data.mix_p=0.3` without mixup or CutMix, fine-tuning words
-    given to pretrain (PRETRAIN_UNREAD) and moco.* words given to train were accepted and did nothing, without a
-    word. Only typed words: a shared --config file may carry them. Warned, not refused, for the same reason.
-    ``baseline``: `fewshot run --baseline`, which refuses --semi pseudo and --pretrain, so the advice is to drop it
-    instead."""
+    given to pretrain (PRETRAIN_UNREAD) and moco.* words given to train or to a run without a MoCo stage were
+    accepted and did nothing, without a word. Only typed words: a shared --config file may carry them. Warned, not
+    refused, for the same reason. ``baseline``: `fewshot run --baseline`, which refuses --semi pseudo and
+    --pretrain, so the advice is to drop it instead."""
     from fewshot.config import parse_override
 
     pretrain = bool(cfg.get("run", {}).get("pretrain"))
@@ -396,6 +398,12 @@ def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = Fa
             why = (f"run.pretrain_*, run.queue_size, run.moco_momentum and run.finetune_* are read only with a MoCo "
                    f"stage (--pretrain) and {'--baseline runs none' if baseline else 'this run has none'}; drop them, "
                    f"or {'give --pretrain instead of --baseline' if baseline else 'give --pretrain'}")
+        elif command == "run" and dotted.startswith("moco.") and not pretrain and dotted not in RUN_REPLACES:
+            # only the MoCo stage reads moco.*: the run's fine-tuning sets semi.method itself (never moco,
+            # run_stages.finetune_config); the replaced fields have their own warning (warn_replaced_overrides)
+            why = (f"`fewshot run` reads moco.* only in its MoCo stage (--pretrain) and "
+                   f"{'--baseline runs none' if baseline else 'this run has none'}; drop them, or "
+                   f"{'give --pretrain instead of --baseline' if baseline else 'give --pretrain'}")
         elif command == "pretrain" and dotted in ("data.mix_p", "data.mixup_alpha", "data.cutmix_alpha"):
             why = ("`fewshot pretrain` mixes no batches (mixup and CutMix are supervised training's); drop them, or "
                    "give them to `fewshot train` or `fewshot run`")

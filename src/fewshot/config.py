@@ -253,14 +253,15 @@ def refuse_empty_value(key: str) -> None:
     kind = _kind(OPTIONAL[key] if optional else default)
     if isinstance(default, list):
         kind = f"a list of {len(default)} numbers"
-    elif key in AUTO_OR_WHOLE:
-        low, high, meaning = AUTO_OR_WHOLE[key]
-        kind = f"auto or a whole number from {low} to {high} ({meaning})"
-    elif key in CHOICES:
-        kind = "one of " + ", ".join(dict.fromkeys(_plain(c) for c in CHOICES[key] if c is not None))
+    elif key in AUTO_OR_WHOLE or key in CHOICES:
+        kind = field_words(key)
     shown = _example(key, default)
-    keep = (f"Drop the word, or give {key}=null, for {OPTIONAL_NULL[key][0]}" if optional else
-            f"Drop the word to keep the default ({key}={shown})")
+    # what dropping the word keeps is the layered value (a preset's sgd for `pretrain optim.name=`, a --config
+    # file's, probe's recorded data.bit_depth), not the built-in default this message once named
+    keep = ("Drop the word to keep the value the command uses without it (a --config file's, a preset's, a recorded "
+            "run's or the default)")
+    if optional:
+        keep += f", or give {key}=null for {OPTIONAL_NULL[key][0]}"
     raise UserError(f"{key}= gives no value, and {key} needs {kind}. Give one after the =, e.g. {key}={shown} "
                     f"(an empty shell variable there gives nothing). {keep}.")
 
@@ -936,6 +937,19 @@ SAME_VALUE = {
 }
 
 
+def field_words(dotted: str) -> str | None:
+    """What a field of a few words (CHOICES) or of auto or a number (AUTO_OR_WHOLE) takes, as a message says it:
+    each value once, in the spelling SAME_VALUE shows it (a refusal listed YAML's aliases too, "off, fixmatch,
+    moco, false"). None for any other field."""
+    if dotted in AUTO_OR_WHOLE:
+        low, high, meaning = AUTO_OR_WHOLE[dotted]
+        return f"auto or a whole number from {low} to {high} ({meaning})"
+    if dotted not in CHOICES:
+        return None
+    words = (canonical_value(dotted, c) for c in CHOICES[dotted])
+    return "one of " + ", ".join(dict.fromkeys(_plain(w) for w in words if w is not None))
+
+
 def canonical_value(dotted: str, value: Any) -> Any:
     """``value`` as the first word of its SAME_VALUE group (semi.method=off is 'off', not False)."""
     for group in SAME_VALUE.get(dotted, ()):
@@ -1128,16 +1142,14 @@ def _check_field(cfg: dict, key: str, dotted: str, default: Any, typed: dict) ->
         raise FieldError(dotted, f"{dotted} must be {kind}, not {shown}.")
     if dotted in CHOICES and not any(value == c and isinstance(value, bool) == isinstance(c, bool)
                                      for c in CHOICES[dotted]):  # 1 is not `true`
-        words = ", ".join(dict.fromkeys(str(c).lower() if isinstance(c, bool) else str(c) for c in CHOICES[dotted]
-                                        if c is not None))
-        raise FieldError(dotted, f"{dotted} must be one of {words}, not {shown}.")
+        raise FieldError(dotted, f"{dotted} must be {field_words(dotted)}, not {shown}.")
     _check_range(dotted, value, shown)
 
 
 def _check_auto_or_whole(cfg: dict, key: str, dotted: str, typed: dict) -> None:
     """A field that is `auto` or a whole number in a range (data.bit_depth): its default is text, so the text
     check would refuse `data.bit_depth=12`, and any text (`abc`) would pass it."""
-    low, high, meaning = AUTO_OR_WHOLE[dotted]
+    low, high, _ = AUTO_OR_WHOLE[dotted]
     value = cfg[key]
     if isinstance(value, str) and value.strip().lower() == "auto":
         cfg[key] = "auto"
@@ -1148,8 +1160,7 @@ def _check_auto_or_whole(cfg: dict, key: str, dotted: str, typed: dict) -> None:
     if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
         cfg[key] = value
         return
-    raise FieldError(dotted, f"{dotted} must be auto or a whole number from {low} to {high} ({meaning}), not "
-                             f"{_shown(dotted, cfg[key], typed)}.")
+    raise FieldError(dotted, f"{dotted} must be {field_words(dotted)}, not {_shown(dotted, cfg[key], typed)}.")
 
 
 def _check_range(dotted: str, value: Any, shown: str) -> None:
@@ -1180,11 +1191,21 @@ MOCO_MEMORY_CAP = 1 << 40  # 1 TiB: where the machine's memory is unknown, no Mo
 HEAD_WIDTH_GUESS = 2048  # a ResNet-50's features: the widest MLP head input the presets build
 
 
-def moco_bytes(queue_size: int, dim: int, batch: int, hidden: int | None) -> int:
+def moco_head_params(dim: int, hidden: int | None, mlp: bool = True) -> int:
+    """The weights of MoCo's projection head on a backbone HEAD_WIDTH_GUESS wide: width x hidden and hidden x dim
+    (hidden: the width where unset), or one width x dim layer without an MLP. The first layer was left out, so
+    moco.mlp_hidden=2000000 on resnet50 was estimated at about 4 GiB of the 60 it takes."""
+    if not mlp:
+        return HEAD_WIDTH_GUESS * dim
+    hidden = hidden or HEAD_WIDTH_GUESS
+    return HEAD_WIDTH_GUESS * hidden + hidden * dim
+
+
+def moco_bytes(queue_size: int, dim: int, batch: int, hidden: int | None, mlp: bool = True) -> int:
     """About the memory MoCo's queue takes in a step: the queue and its copy in the loss (K x dim floats each), the
     logits with their gradient and softmax (3 x batch x K), and the projection heads' weights with gradients and
-    optimiser state (4 copies of hidden x dim)."""
-    return 4 * (2 * queue_size * dim + 3 * batch * queue_size + 4 * (hidden or HEAD_WIDTH_GUESS) * dim)
+    optimiser state (4 copies of moco_head_params)."""
+    return 4 * (2 * queue_size * dim + 3 * batch * queue_size + 4 * moco_head_params(dim, hidden, mlp))
 
 
 def _gib(n: float) -> str:
@@ -1201,17 +1222,19 @@ def check_moco_memory(cfg: dict) -> None:
     total = memory_bytes() or MOCO_MEMORY_CAP
     where = f"this machine's {_gib(total)} of memory" if memory_bytes() else f"{_gib(total)}"
     # the hidden width builds a layer only in an MLP head (moco.mlp: false is one linear layer)
-    hidden = moco.get("mlp_hidden") if _is_whole(moco.get("mlp_hidden")) and moco.get("mlp") is not False else None
+    mlp = moco.get("mlp") is not False
+    hidden = moco.get("mlp_hidden") if _is_whole(moco.get("mlp_hidden")) and mlp else None
     for field, size, batch in (("moco.queue_size", moco.get("queue_size"), train.get("batch_size")),
                                ("run.queue_size", run.get("queue_size"), run.get("pretrain_batch_size"))):
         if not all(_is_whole(v) for v in (size, moco.get("dim"), batch)):
             continue  # unset (run.queue_size: None), or refused by validate with its own message
-        need = moco_bytes(size, moco["dim"], batch, hidden)
+        need = moco_bytes(size, moco["dim"], batch, hidden, mlp)
         if need <= total:
             continue
         batch_field = "train.batch_size" if field == "moco.queue_size" else "run.pretrain_batch_size"
-        if moco_bytes(size, moco["dim"], min(batch, 256), hidden) <= total:  # the batch, not the queue: fine-tuning
-            # (`train train.batch_size=100000000000`, no MoCo queue at all) was told to shrink moco.queue_size
+        if moco_bytes(size, moco["dim"], min(batch, 256), hidden, mlp) <= total:  # the batch, not the queue:
+            # fine-tuning (`train train.batch_size=100000000000`, no MoCo queue at all) was told to shrink
+            # moco.queue_size
             # the figure is MoCo's (its scores against the queue); fine-tuning has no queue, yet its images, logits
             # and activations grow with the batch as well, and a batch this size fits neither
             used = (f"with {field} {size}, MoCo pretraining's scores alone would need about {_gib(need)}"
@@ -1228,20 +1251,20 @@ def check_moco_memory(cfg: dict) -> None:
                                                 f"{_gib(need)} for MoCo's projection head and its copies, more than "
                                                 f"{where}. Give a moco.mlp_hidden of a few thousand at most, or "
                                                 f"moco.mlp_hidden=null for the backbone's feature width (default).")
-        if moco_bytes(size, DEFAULTS["moco"]["dim"], batch, hidden) <= total:  # the queue is fine, the width is not
+        if moco_bytes(size, DEFAULTS["moco"]["dim"], batch, hidden, mlp) <= total:  # the queue fits, the width not
             raise FieldError("moco.dim", f"moco.dim {moco['dim']} (with {field} {size}) needs about {_gib(need)} "
                                          f"for MoCo's queue of negative keys and its projection, more than {where}. "
                                          f"Give a moco.dim of a few hundred at most (default 128).")
         raise FieldError(field, f"{field} {size} with moco.dim {moco['dim']} needs about {_gib(need)} for MoCo's "
                                 f"queue of negative keys, more than {where}. Give a smaller queue (the MoCo papers "
                                 f"use 4096 to 65536 keys; at most about "
-                                f"{_max_queue(total, moco['dim'], batch, hidden)} fit here).")
+                                f"{_max_queue(total, moco['dim'], batch, hidden, mlp)} fit here).")
 
 
-def _max_queue(total: int, dim: int, batch: int, hidden: int | None = None) -> str:
+def _max_queue(total: int, dim: int, batch: int, hidden: int | None = None, mlp: bool = True) -> str:
     """The largest queue moco_bytes lets fit in ``total`` bytes beside the projection head (``hidden`` wide),
     rounded down to a power of two, as text."""
-    most = max(1, (total // 4 - 4 * (hidden or HEAD_WIDTH_GUESS) * dim) // (2 * dim + 3 * batch))
+    most = max(1, (total // 4 - 4 * moco_head_params(dim, hidden, mlp)) // (2 * dim + 3 * batch))
     return f"{1 << (int(most).bit_length() - 1):,}"
 
 

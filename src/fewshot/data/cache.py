@@ -326,28 +326,13 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
             try:
                 meta = loads_run_json(meta_file.read_text())
                 arr = np.memmap(data_file, dtype=np.uint8, mode="c", shape=(n, 3, size, size))
-                bad = [tuple(b) for b in meta["bad"]]
-                if not all(len(b) == 2 and all(isinstance(x, str) for x in b) for b in bad):
-                    raise ValueError("meta file of another shape")
-                # the key is of absolute paths, so the writer may have spelt the root otherwise (`--data data`
-                # against train's /abs/data): its bad files are matched to this caller's paths by absolute path,
-                # each under every spelling this caller gives it (a/bad.png and a/../a/bad.png, as a decode lists
-                # them: one of them was valid, a black image), with the reason kept for that spelling where it is
-                if bad:
-                    why_of: dict[str, str] = {}
-                    for p, why in bad:
-                        why_of.setdefault(p, why)
-                        why_of.setdefault(os.path.abspath(p), why)
-                    mine = [(str(p), os.path.abspath(p)) for p in paths]
-                    found_abs = {a for _, a in mine}
-                    bad = list(dict.fromkeys([(p, why_of.get(p) or why_of[a]) for p, a in mine if a in why_of]
-                                             + [(p, why) for p, why in bad if os.path.abspath(p) not in found_abs]))
+                bad = _cached_bad(meta, paths)
                 # a failure may have been fixed since (a transient I/O error, a permission of a parent folder:
                 # neither changes the key; a chmod of the file itself does, through its ctime),
                 # so the files that failed for such a reason are tried again; if one decodes now, the cache is
                 # rebuilt (broken bytes change the key when they are replaced, so those are not retried)
-                retry = [p for p, why in bad if _retryable(why)]
-                if not any(_decode_one((Path(p), size, crop_pct, bit_depth))[1] is None for p in retry):
+                retry = [paths[i] for i, why in bad if _retryable(why)]
+                if not any(_decode_one((p, size, crop_pct, bit_depth))[1] is None for p in retry):
                     with contextlib.suppress(OSError):  # its last use, for prune_cache (a read-only cache: none)
                         os.utime(data_file)
                     warn_bit_depth(desc, _sixteen(meta.get("bits16")), bit_depth)  # each run, not only the first
@@ -399,7 +384,10 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                     os.fsync(fh.fileno())
                 os.replace(tmp, data_file)
                 tmp = None
-                meta = {"n": n, "size": size, "bad": bad, "bits16": sixteen}
+                # bad_at: by index in the keyed list (cwd-free); bad: the same files by absolute path, for a person
+                # and for older versions, which read only bad (they matched it by absolute path)
+                meta = {"n": n, "size": size, "bad": [(os.path.abspath(paths[i]), why) for i, why in bad],
+                        "bad_at": bad, "bits16": sixteen}
                 atomic_write_text(meta_file, json.dumps(meta if found is None else {**meta, "digests": found}))
                 prune_cache(cache_dir, max_gb, keep=data_file)
             except OSError as exc:  # out still holds every image (the mapping outlives its unlinked file)
@@ -415,10 +403,34 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
     return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note, found if digests else None)
 
 
+def _cached_bad(meta: dict, paths: list[Path]) -> list[tuple[int, str]]:
+    """A cache entry's bad files, as (index in ``paths``, why). The key hashes the absolute paths in order, so an
+    index names the same file for every caller that finds the entry; a name as the writer spelt it did not (made
+    absolute against the reader's cwd, `data/a/bad.png` written from w/ and read from w/sub named no file, and the
+    bad one was a valid black image). A meta file without indices (an older version's) is read by its names where
+    they are absolute; a relative one cannot be placed, so the entry is rebuilt (ValueError, as any bad shape)."""
+    if "bad_at" in meta:
+        bad = [tuple(b) for b in meta["bad_at"]]
+        if not all(len(b) == 2 and type(b[0]) is int and 0 <= b[0] < len(paths) and isinstance(b[1], str)
+                   for b in bad):
+            raise ValueError("meta file of another shape")
+        return bad
+    named = [tuple(b) for b in meta["bad"]]
+    if not all(len(b) == 2 and all(isinstance(x, str) for x in b) for b in named):
+        raise ValueError("meta file of another shape")
+    if not all(os.path.isabs(p) for p, _ in named):
+        raise ValueError("bad files named relative to the writer's folder")
+    why_of: dict[str, str] = {}
+    for p, why in named:
+        why_of.setdefault(os.path.abspath(p), why)
+    return [(i, why_of[a]) for i, a in enumerate(map(os.path.abspath, paths)) if a in why_of]
+
+
 _HASHED: dict[str, list[str | None]] = {}  # _kept_digests' digests of entries whose meta file lacks them, by meta file
 
 
-def _kept_digests(meta: dict, arr: np.ndarray, bad: list, paths: list[Path], meta_file: Path) -> list[str | None]:
+def _kept_digests(meta: dict, arr: np.ndarray, bad: list[tuple[int, str]], paths: list[Path],
+                  meta_file: Path) -> list[str | None]:
     """A cache entry's image digests: as its meta file keeps them, else (an entry written without them) taken from
     its pixels now and added to the meta file where its folder can be written, so that only the first read pays.
     They are also kept in this process (by meta file; its key names the files' contents): a read-only cache's
@@ -430,8 +442,8 @@ def _kept_digests(meta: dict, arr: np.ndarray, bad: list, paths: list[Path], met
     kept = _HASHED.get(str(meta_file))
     if _digests_fit(kept, len(arr)):
         return kept
-    failed = {os.path.abspath(p) for p, _ in bad}
-    kept = [None if os.path.abspath(p) in failed else image_digest(arr[i]) for i, p in enumerate(paths)]
+    failed = {i for i, _ in bad}
+    kept = [None if i in failed else image_digest(arr[i]) for i in range(len(paths))]
     _HASHED[str(meta_file)] = kept
     if os.access(meta_file.parent, os.W_OK | os.X_OK):  # a read-only cache (or mount): nothing to add
         with contextlib.suppress(OSError, UserError, ValueError):
@@ -518,12 +530,12 @@ def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0
 
 def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
                  bit_depth: int | str = "auto",
-                 digests: list | None = None) -> tuple[list[tuple[str, str]], dict | None]:
-    """Decode ``paths`` into ``out`` with ``threads`` threads; returns the bad files with their reasons, and the
-    16-bit images' largest value with their common folder (None: no 16-bit image), gathered as they decode. Files
-    that ran out of memory are decoded again one at a time after the others, never reported as bad. ``digests``:
-    filled with each image's image_digest (None for a bad file)."""
-    bad: list[tuple[str, str]] = []
+                 digests: list | None = None) -> tuple[list[tuple[int, str]], dict | None]:
+    """Decode ``paths`` into ``out`` with ``threads`` threads; returns the bad files (by index) with their reasons,
+    and the 16-bit images' largest value with their common folder (None: no 16-bit image), gathered as they decode.
+    Files that ran out of memory are decoded again one at a time after the others, never reported as bad.
+    ``digests``: filled with each image's image_digest (None for a bad file)."""
+    bad: list[tuple[int, str]] = []
     starved: list[int] = []
     peak, folders = -1, set()
 
@@ -546,7 +558,7 @@ def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float,
             elif err == OUT_OF_MEMORY:
                 starved.append(i)
             else:
-                bad.append((str(paths[i]), err))
+                bad.append((i, err))
     except BaseException:  # a stop (SIGTERM, Ctrl-C) must not wait for every queued decode of a large pool
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -716,19 +728,17 @@ def prune_cache(cache_dir: Path, max_gb: float | None, keep: Path) -> None:
 SKIP_HINT = ("(pass --skip-bad-images to skip these files and go on)",)
 
 
-def _finish(images: torch.Tensor, bad: list[tuple[str, str]], paths: list[Path], skip_bad: bool,
+def _finish(images: torch.Tensor, bad_at: list[tuple[int, str]], paths: list[Path], skip_bad: bool,
             skip_note: str = "--skip-bad-images", digests: list[str | None] | None = None) -> CachedImages:
+    """``bad_at``: the bad files by index (every copy of a path listed twice, under any spelling, fails on its own),
+    reported under this caller's spelling."""
     valid = torch.ones(len(paths), dtype=torch.bool)
+    bad = list(dict.fromkeys((str(paths[i]), why) for i, why in bad_at))  # a path listed twice is reported once
     if bad:
-        bad = list(dict.fromkeys(bad))  # a path listed twice is reported once
         if not skip_bad:
             raise DataLayoutError([f"{p}: cannot be decoded as an image ({why})" for p, why in bad], SKIP_HINT)
-        # every copy of a path listed twice (overlapping pool folders), under any spelling (a/bad.png and
-        # a/../a/bad.png: a cache hit names one of them, and the other was a valid black image)
-        bad_paths = {os.path.abspath(p) for p, _ in bad}
-        for i, p in enumerate(paths):
-            if os.path.abspath(p) in bad_paths:
-                valid[i] = False
+        for i, _ in bad_at:
+            valid[i] = False
         report_skipped(bad, note=skip_note)
     return CachedImages(images, valid, bad, digests)
 
