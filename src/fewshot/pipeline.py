@@ -39,7 +39,7 @@ from fewshot.run_stages import (adopt_stage_architecture, auto_img_size, better_
                                 check_model, check_pool_images, check_pretrain_settings, finetune_config,
                                 finetune_stage, preload_images, pretrain_stage, read_finished_json, reusable_stage,
                                 weights_replaced_by)
-from fewshot.run_state import holds_finished_run
+from fewshot.run_state import MAX_BUDGET_MINUTES, holds_finished_run
 from fewshot.run_words import UNRECORDED, labelled_only_why, overrun_note, seconds_apart, seconds_text
 from fewshot.utils import (derive_seed, loads_run_json, missing_parents, refuse_links_in_run_dir, resolve_device,
                            resolved, write_json)
@@ -1145,6 +1145,10 @@ def check_run_settings(r: dict) -> str:
 
 
 def check_budget(minutes: float) -> None:
-    """A positive, finite number of minutes (inf and nan used to pass: nan planned nothing, inf crashed)."""
+    """A positive, finite number of minutes (inf and nan used to pass: nan planned nothing, inf crashed), at most
+    MAX_BUDGET_MINUTES, so that its seconds stay finite."""
     if minutes is None or not math.isfinite(minutes) or minutes <= 0:
         raise UserError(f"--budget-minutes must be a positive number of minutes, not {minutes!r}.")
+    if minutes > MAX_BUDGET_MINUTES:
+        raise UserError(f"--budget-minutes {minutes:g} is more than any run can use: give at most "
+                        f"{MAX_BUDGET_MINUTES:g} minutes (about 19 years).")

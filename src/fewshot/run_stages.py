@@ -19,7 +19,7 @@ from fewshot.data.cache import default_cache_dir, ensure_writable_dir
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, measure_eval_seconds, measure_step_seconds,
                                 plan_epochs, trained_speeds)
-from fewshot.run_words import made_of, overrun_warning, seconds_text, stage_plan_words
+from fewshot.run_words import made_of, min_epochs_warning, overrun_warning, seconds_text, stage_plan_words
 from fewshot.utils import loads_run_json, seed_everything
 
 
@@ -57,6 +57,8 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     # and those steps, not a time's epochs
     fits = FLOOR_STEPS / max(1, steps) if floor > left else fitting_epochs(budget_s, step_s, steps, training_eval_s,
                                                                           every)
+    if min_epochs > 1 and fits < min_epochs:  # at the default of 1 the floor's warning says what a short stage is
+        print(min_epochs_warning(min_epochs, fits, budget_s, step_s, steps), flush=True)
     return step_s, fits, budget_s
 
 

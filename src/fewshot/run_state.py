@@ -22,6 +22,9 @@ from fewshot.errors import UserError, one_line
 from fewshot.utils import loads_run_json, write_json
 
 STATE_FILE = "run_state.json"
+# the most minutes a run's budget may be: about 19 years, beyond any run, and far from where the budget's arithmetic
+# in seconds overflows (--budget-minutes 1e308 passed as finite, became inf seconds, and crashed the started run)
+MAX_BUDGET_MINUTES = 1e7
 
 # what a resumed `fewshot run` may change when the command gives it: where the data and the cache are, the device,
 # threads and progress output (not given, the cache, progress and TensorBoard settings are the run's:
@@ -69,8 +72,8 @@ def check_state_fields(path: Path, data) -> None:
         raise bad("its content", "a JSON object")
     if not isinstance(data.get("config"), dict):
         raise bad("config", "an object of settings")
-    if not _is_amount(data.get("budget_minutes"), positive=True):
-        raise bad("budget_minutes", "a finite number above 0")
+    if not _is_amount(data.get("budget_minutes"), positive=True) or data["budget_minutes"] > MAX_BUDGET_MINUTES:
+        raise bad("budget_minutes", f"a number above 0 and at most {MAX_BUDGET_MINUTES:g}")
     for field in ("seconds", "stage_clock"):
         if (field in data or field == "seconds") and not _is_amount(data.get(field)):
             raise bad(field, "a finite number of seconds, 0 or more")
@@ -84,8 +87,14 @@ def check_state_fields(path: Path, data) -> None:
     lost = data.get("unrecorded_sessions", 0)
     if isinstance(lost, bool) or not isinstance(lost, int) or lost < 0:
         raise bad("unrecorded_sessions", "a whole number of sessions, 0 or more")
-    if data.get("summary") is not None and not isinstance(data["summary"], dict):
-        raise bad("summary", "an object (or null)")
+    summary = data.get("summary")
+    if summary is not None and not (isinstance(summary, dict) and isinstance(summary.get("stages"), dict)):
+        raise bad("summary", "an object with an object of stages (or null)")
+    classes = data.get("classes")  # "digits": 5 stopped the resume's data check with a TypeError
+    if classes is not None and not (isinstance(classes, dict) and all(
+            isinstance(c, list) and all(isinstance(n, str) for n in c) for c in classes.values())):
+        raise bad("classes", "an object of datasets, each a list of class names (or null)")
+    check_self_training_field(data.get("self_training"), bad)
     pool = data.get("pool_decoded")
     if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 0):
         raise bad("pool_decoded", "a whole number of images, 0 or more (or null)")
@@ -99,10 +108,43 @@ def check_state_fields(path: Path, data) -> None:
         name = one_line(str(name))
         if not isinstance(st, dict):
             raise bad(f"stages.{name}", "an object")
-        if "fit_at" in st and not _is_amount(st["fit_at"]):
+        if st.get("status") not in (None, "began", "trained", "done"):
+            raise bad(f"stages.{name}.status", "began, trained or done")
+        # a stage that began always recorded where its fit began: seconds_used reads it (a KeyError without it)
+        if ("fit_at" in st or st.get("status") == "began") and not _is_amount(st.get("fit_at")):
             raise bad(f"stages.{name}.fit_at", "a finite number of seconds, 0 or more")
+        for field in ("kept_s", "trained_at"):
+            if field in st and not _is_amount(st[field]):
+                raise bad(f"stages.{name}.{field}", "a finite number of seconds, 0 or more")
+        if st.get("pseudo_key") is not None and not isinstance(st["pseudo_key"], str):
+            raise bad(f"stages.{name}.pseudo_key", "a text (or null)")
         if "epochs" in st and not _is_amount(st["epochs"]):  # 5.75: a stage stopped within its sixth epoch
             raise bad(f"stages.{name}.epochs", "a finite number, 0 or more")
+
+
+def check_self_training_field(skip, bad) -> None:
+    """run_state.json's self-training plan, as PipelineRun.self_train and later_rounds read it (``bad``: the
+    damaged-file error of check_state_fields): a round count of "2" or a missing one stopped them with a TypeError
+    or KeyError."""
+    def whole(value, least: int) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int) and value >= least
+
+    if skip is None:
+        return
+    if not isinstance(skip, dict):
+        raise bad("self_training", "an object (or absent)")
+    if not whole(skip.get("rounds"), 1):
+        raise bad("self_training.rounds", "a whole number of rounds, 1 or more")
+    if skip.get("skipped_from") is not None and not whole(skip["skipped_from"], 2):
+        raise bad("self_training.skipped_from", "a round number, 2 or more (or null)")
+    for field in ("reduced_to", "labelled_only"):
+        if skip.get(field) is not None and not whole(skip[field], 1):
+            raise bad(f"self_training.{field}", "a whole number of rounds, 1 or more (or null)")
+    # the words summary.json gives each change of plan, read where the change is
+    for field, why in (("skipped_from", "why"), ("labelled_only", "labelled_only_why"), (None, "reduced_why")):
+        needed = field is not None and skip.get(field) is not None
+        if (needed or skip.get(why) is not None) and not isinstance(skip.get(why), str):
+            raise bad(f"self_training.{why}", "a text" + (f", where {field} is set" if field else " (or null)"))
 
 
 def is_run_stage(out: Path) -> bool:

@@ -64,6 +64,16 @@ def overrun_warning(seconds: float, why: str) -> str:
                     f"--budget-minutes, or a smaller --img-size or --model, lets it fit.")
 
 
+def min_epochs_warning(min_epochs: int, fits: float, budget_s: float, step_s: float, steps: int) -> str:
+    """run.min_epochs above what a stage's time holds: it only keeps the stage's epoch cap from falling below it,
+    and `run.min_epochs=30` trained 3 epochs without a word."""
+    return one_line(f"[run] warning: run.min_epochs={min_epochs} asks for more epochs than this stage's "
+                    f"{seconds_text(budget_s)} hold at the measured speed (about {fits:.1f}, {steps} steps an epoch at "
+                    f"{step_s * 1000:.0f} ms a step): the budget ends the stage first, so it trains about {fits:.1f} "
+                    f"(run.min_epochs is the least epoch cap of a stage, not a promise within --budget-minutes). "
+                    f"Give a larger --budget-minutes, or a smaller --img-size or --model, for more epochs.")
+
+
 def seconds_text(x: float) -> str:
     """Seconds in words, a tenth below 10 s: fast steps printed "least 5 training steps (0 s) do not fit the 0 s
     left"."""
