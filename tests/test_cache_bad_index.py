@@ -94,10 +94,17 @@ def test_an_old_meta_with_a_relative_name_is_rebuilt_not_trusted(work, monkeypat
 
 @pytest.mark.parametrize("bad_at", [[[5, "x"]], [[-1, "x"]], [[True, "x"]], [["0", "x"]], [[0, 1]], "none"])
 def test_a_meta_with_bad_indices_of_another_shape_is_rebuilt(work, bad_at):
+    """Rebuilt, not read: [[True, "x"]] read as index 1 would mark the same file bad (True == 1), so the entry's
+    data file must be a new one and the indices written again as whole numbers."""
     cache_dir = work / "cache"
     paths = [Path("../data/a/ok.png"), Path("../data/a/bad.png")]
-    load_images(paths, 8, cache_dir, skip_bad=True)
+    first = load_images(paths, 8, cache_dir, skip_bad=True)  # kept: its mapping keeps the old inode from reuse
     meta_file = _meta(cache_dir)
     meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "bad_at": bad_at}))
+    (data,) = cache_dir.rglob("*.u8")
+    inode = data.stat().st_ino
     assert load_images(paths, 8, cache_dir, skip_bad=True).valid.tolist() == [True, False]
-    assert [i for i, _ in json.loads(meta_file.read_text())["bad_at"]] == [1]
+    assert data.stat().st_ino != inode, "the entry was read, not rebuilt"
+    indices = [i for i, _ in json.loads(meta_file.read_text())["bad_at"]]
+    assert indices == [1] and all(type(i) is int for i in indices), indices
+    assert first.valid.tolist() == [True, False]

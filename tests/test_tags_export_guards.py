@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -216,3 +217,80 @@ def test_a_best_pt_refused_for_its_data_settings_offers_last_pt_only_when_that_i
     _altered(last, last, lambda ck: ck["config"]["data"].update(crop_pct=0))
     rc, _, err = run_main("eval", run, "--data", digits_root, "--device", "cpu")
     assert rc == 2 and "last.pt cannot be used either: its config records an unusable data setting" in err, err
+
+
+def test_export_to_stdout_appended_to_a_log_writes_through_the_shells_descriptor(runs, tmp_path):
+    """`fewshot export RUN --out /dev/stdout >> log` was refused: the link was judged by its target, the user's
+    non-empty log ("not an earlier export ... move /dev/stdout away"), though the write appends through the
+    descriptor and replaces nothing."""
+    import subprocess
+    import sys
+
+    pre, _ = runs
+    log = tmp_path / "log"
+    log.write_bytes(b"earlier lines\n")
+    with open(log, "ab") as fh:  # what the shell's `>> log` gives the command as its stdout
+        proc = subprocess.run([sys.executable, "-m", "fewshot", "export", str(pre), "--out", "/dev/stdout"],
+                              stdout=fh, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    got = log.read_bytes()
+    assert got.startswith(b"earlier lines\n") and b'"__metadata__"' in got and b'"model":"test_resnet"' in got
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)  # `--out /dev/fd/N N>> log`, in this process
+    try:
+        rc, _, err = run_main("export", pre, "--out", f"/dev/fd/{fd}")
+    finally:
+        os.close(fd)
+    assert rc == 0, err
+    assert log.read_bytes().startswith(got) and log.read_bytes().count(b'"__metadata__"') == 2
+
+
+def test_export_says_an_unreadable_file_cannot_be_read_not_that_it_is_no_export(runs, tmp_path, monkeypatch):
+    """A file export could not read was called "not an earlier `fewshot export`", which it may well be."""
+    import builtins
+
+    import fewshot.ssl.export as export
+
+    pre, _ = runs
+    out = tmp_path / "bb.safetensors"
+    assert run_main("export", pre, "--out", out)[0] == 0  # an earlier export, now unreadable
+    before = out.read_bytes()
+    out.chmod(0)
+    if os.geteuid() == 0:  # root reads any file: the read fails as it does for anyone else
+
+        def refused(path, *args, **kwargs):
+            if Path(path) == out:
+                raise PermissionError(13, "Permission denied", str(path))
+            return builtins.open(path, *args, **kwargs)
+
+        monkeypatch.setattr(export, "open", refused, raising=False)
+    try:
+        rc, _, err = run_main("export", pre, "--out", out)
+    finally:
+        out.chmod(0o644)
+    assert rc == 2 and f"--out {out} already holds a file that cannot be read (Permission denied)" in err, err
+    assert "not an earlier" not in err and f"make {out} readable" in err
+    assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_a_bad_tag_read_from_a_checkpoint_says_where_the_name_came_from(runs, digits_root, tmp_path, command):
+    """`fewshot eval RUN` of a checkpoint recording `test_resnet.bogus` was told "Give test_resnet without a tag
+    ... --weights FILE", though the user typed no model name."""
+    _, ft = runs
+
+    def alter(ck):
+        ck["model_name"] = ck["config"]["model"]["name"] = "test_resnet.Bogus"
+
+    bad = _altered(ft / "checkpoints" / "best.pt", tmp_path / "bad.pt", alter)
+    rc, _, err = run_main(command, bad, "--data", digits_root, "--out", tmp_path / "out.json", "--device", "cpu")
+    assert rc == 2 and "Traceback" not in err, err
+    assert "model test_resnet.Bogus (as recorded in the checkpoint, run or weights file given, not typed)" in err
+    assert "no pretrained tag 'Bogus' for test_resnet" in err and "another timm version" in err
+    assert "without a tag" not in err and "--weights" not in err
+
+
+def test_a_bad_tag_is_quoted_as_typed():
+    """`resnet18.A1` was reported as the tag 'a1'."""
+    with pytest.raises(UserError, match=r"model TEST_RESNET\.R160: timm has no pretrained tag 'R160' for "
+                                        r"test_resnet; .*Give test_resnet without a tag"):
+        timm_name("TEST_RESNET.R160")

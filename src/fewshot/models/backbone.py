@@ -32,14 +32,16 @@ def similar_models(name: str, n: int = 8) -> list[str]:
 
 
 _NAMED: set[str] = set()  # the names timm_name has noted (once per command, though every stage builds the model)
+# where a name create_backbone checks comes from: every command checks the names typed to it first (timm_name)
+RECORDED = "as recorded in the checkpoint, run or weights file given, not typed"
 
 
-def timm_name(name):
+def timm_name(name, source: str | None = None):
     """The timm model ``name`` means: as typed when timm has it, else the one timm name it matches ignoring case
     (`--model RESNET18` was refused, resnet18 suggested), said in a note; anything else as typed, for
     create_backbone to refuse with similar names. A pretrained tag (`.a1_in1k`) stays on the name, in lower case as
     timm writes every tag (`resnet18.A1_IN1K` was kept as typed where `ResNet18.A1_IN1K` was not, and a resume that
-    spelt it the other way was refused)."""
+    spelt it the other way was refused). ``source``: where a name the user did not type comes from (RECORDED)."""
     if not isinstance(name, str):
         return name
     arch, dot, tag = name.partition(".")
@@ -50,7 +52,7 @@ def timm_name(name):
         if len(matches) != 1:
             return name
         meant = matches[0] + dot + tag.lower()
-    check_pretrained_tag(meant, name)
+    check_pretrained_tag(meant, name, source)
     if meant != name and name not in _NAMED and os.environ.get("RANK", "0") == "0":
         _NAMED.add(name)
         print(f"note: model {name}: using timm's {meant} (timm names are lower case)", file=sys.stderr, flush=True)
@@ -66,10 +68,12 @@ def pretrained_tags(arch: str) -> list[str]:
     return [n.split(".", 1)[1] for n in names if "." in n]
 
 
-def check_pretrained_tag(name: str, typed: str | None = None) -> None:
+def check_pretrained_tag(name: str, typed: str | None = None, source: str | None = None) -> None:
     """Refuse a model name whose tag timm does not know for its architecture (`test_resnet.bogus_tag`, or the empty
     tag of `test_resnet.`): timm raised "Invalid pretrained tag" from every command that built the model, a
-    traceback and exit 1, after the command had started. ``typed``: the name as the user gave it."""
+    traceback and exit 1, after the command had started. ``typed``: the name as the user gave it, quoted as given
+    (`resnet18.A1` was said to have the tag 'a1'). ``source``: where a name not typed comes from (`eval RUN` reads
+    it from the checkpoint), said instead of advice on a name the user never gave."""
     if "." not in name or not timm.is_model(name):
         return
     try:
@@ -78,12 +82,18 @@ def check_pretrained_tag(name: str, typed: str | None = None) -> None:
     except RuntimeError:
         pass
     arch, tag = timm.models.split_model_name_tag(name)
+    shown = typed or name
     tags = pretrained_tags(arch)
     listed = ", ".join(tags[:12]) + (", ..." if len(tags) > 12 else "")
-    what = f"timm has no pretrained tag '{tag}' for {arch}" if tag else "the name ends in a dot (an empty tag)"
-    raise UserError(f"model {typed or name}: {what}; {arch}'s tags are {listed or 'none'}. Give {arch} without a "
-                    f"tag (fewshot never downloads pretrained weights; --weights FILE loads local ones) or with one "
-                    f"of its tags.")
+    what = (f"timm has no pretrained tag '{shown.partition('.')[2]}' for {arch}" if tag else
+            "the name ends in a dot (an empty tag)")
+    if source:
+        raise UserError(f"model {shown} ({source}): {what}; {arch}'s tags are {listed or 'none'}. The file was "
+                        f"written with another timm version than this one ({timm.__version__}), or altered: use "
+                        f"another file, or the timm version that wrote it.")
+    raise UserError(f"model {shown}: {what}; {arch}'s tags are {listed or 'none'}. Give {arch} without a tag "
+                    f"(fewshot never downloads pretrained weights; --weights FILE loads local ones) or with one of "
+                    f"its tags.")
 
 
 def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = None, width: float = 1.0,
@@ -96,9 +106,10 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
     through the network. Half width with the small stem costs about the FLOPs of the plain network
     (docs/recipes.md). Max-pool layers use the faster CPU kernel (`fast_pool`) and convolutions on maps
     smaller than their kernel run as matmuls on the CPU (`tiny_map_conv`); the math is unchanged. ``name``: a timm
-    name, in any case (timm_name).
+    name, in any case (timm_name); one with a tag timm does not know is refused as RECORDED: each command checks the
+    names typed to it before it builds a model, so a name that reaches this check was read from a file.
     """
-    name = timm_name(name)
+    name = timm_name(name, RECORDED)
     if not timm.is_model(name):
         close = similar_models(name)
         hint = f" Similar names: {', '.join(close)}." if close else ""

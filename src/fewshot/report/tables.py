@@ -91,11 +91,15 @@ def duration(s) -> str:
 
 
 def _duration(s: float) -> str:
-    if s < 60:
+    """Rounded once to the unit shown, then split: rounding the remainder after the split made 179.6 s "2 min 60 s"
+    (a budget stop's note) and 59.96 s "60.0 s"."""
+    if round(s, 1) < 60:
         return f"{s:.1f} s"
-    if s < 3600:
-        return f"{int(s // 60)} min {int(round(s % 60)):02d} s"
-    return f"{int(s // 3600)} h {int(round(s % 3600 / 60)):02d} min"
+    if round(s) < 3600:
+        minutes, seconds = divmod(int(round(s)), 60)
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(int(round(s / 60)), 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def epochs(x) -> str:

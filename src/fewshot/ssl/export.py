@@ -7,6 +7,7 @@ prefixes, no projection head. Split BatchNorm layers keep plain BatchNorm key na
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,13 +29,22 @@ def is_export(path: Path) -> bool:
     """Whether ``path`` is a safetensors file holding the metadata `fewshot export` records (its header alone is
     read: 8 bytes of length, then JSON; no tensor is loaded)."""
     try:
-        with open(path, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if not 0 < n <= min(MAX_HEADER, path.stat().st_size - 8):
-                return False
-            header = json.loads(fh.read(n))
-    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return _records_export(path)
+    except OSError:
         return False
+
+
+def _records_export(path: Path) -> bool:
+    """is_export, where a file that cannot be read raises the OSError: check_export_out says so, not that the file
+    is not an export."""
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if not 0 < n <= min(MAX_HEADER, os.fstat(fh.fileno()).st_size - 8):
+            return False
+        try:
+            header = json.loads(fh.read(n))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return False
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     return isinstance(meta, dict) and all(isinstance(meta.get(k), str) for k in EXPORT_FIELDS)
 
@@ -43,17 +53,25 @@ def check_export_out(out: Path, follow_links: bool) -> None:
     """Refuse, before the backbone is checked and written, to replace a file that is not an earlier export:
     `export --out notes.txt` (or another data root's test_labels.json) was replaced by safetensors without a word.
     New, empty or an earlier export may be written; a link is judged by its target where the write follows it
-    (``follow_links``), and is replaced itself otherwise; a pipe or device is written in place."""
-    from fewshot.utils import is_special_file
+    (``follow_links``), and is replaced itself otherwise; a pipe or device is written in place, and so is a
+    descriptor the shell opened on a file (`--out /dev/stdout >> log`: atomic_write_bytes appends through it,
+    replacing nothing, where the log's lines were judged "not an earlier export")."""
+    from fewshot.utils import _file_descriptor_named, is_special_file
 
+    if follow_links and _file_descriptor_named(out) is not None:  # as atomic_write_bytes decides it
+        return
     if (out.is_symlink() and not follow_links) or not out.is_file() or is_special_file(out):
         return
     try:
         if out.stat().st_size == 0:  # a placeholder (`touch bb.safetensors`): nothing to lose
             return
-    except OSError:
-        return
-    if not is_export(out):
+        known = _records_export(out)
+    except OSError as exc:
+        shown = f"--out {out}" if follow_links else str(out)
+        raise UserError(f"{shown} already holds a file that cannot be read ({exc.strerror or exc}), so export "
+                        f"cannot tell whether it is an earlier `fewshot export`, the only files it replaces. Give "
+                        f"another file name, or make {out} readable (or move it away) first.") from None
+    if not known:
         shown = f"--out {out}" if follow_links else str(out)
         raise UserError(f"{shown} already holds a file that is not an earlier `fewshot export` (no safetensors "
                         f"header recording {', '.join(EXPORT_FIELDS)}); export replaces only its own files. Give "

@@ -270,39 +270,51 @@ def unsorted_pool_images(root: Path, known: list[Path] = ()) -> list[Path]:
     return kept
 
 
-def queue_advice(pool: int, global_batch: int, world: int = 1, groups: int = 1, batch_norm: bool = True) -> str:
-    """The sentence that says how to get a queue of about half the pool, which must still hold one global batch of
-    keys. A smaller batch is suggested only where pretraining accepts it: a multiple of the shuffle-BN groups with
-    2 images per group for BatchNorm, on each process (--batch-size is per process)."""
+def queue_advice(pool: int, global_batch: int, world: int = 1, groups: int = 1, batch_norm: bool = True,
+                 symmetric: bool = False) -> str:
+    """The sentence that says how to get a queue of about half the pool, which must still hold one step's keys: a
+    global batch, two with ``symmetric`` (moco.symmetric enqueues both views' keys, and resolve_pretrain_defaults
+    refuses a queue under twice the batch; the advice suggested such queues). A smaller batch is suggested only
+    where pretraining accepts it: a multiple of the shuffle-BN groups with 2 images per group for BatchNorm, on
+    each process (--batch-size is per process)."""
     half = pool // 2
+    per = 2 if symmetric else 1  # keys enqueued per image of the global batch
     usual = "A queue of about half the pool is the usual choice here"
-    if global_batch <= half:
+    if global_batch * per <= half:
         return f"{usual} (--queue-size {half}; `fewshot run` sets it so)."
     least = 2 * groups if batch_norm else 1
     of = "global batch" if world > 1 else "batch"
-    for limit in (pool // 4, half):  # room for two global batches in the queue, else for one
-        batch = limit // world // groups * groups
+    keys = f" ({global_batch * per} keys a step: moco.symmetric enqueues both views')" if symmetric else ""
+    for limit in (pool // 4, half):  # room for two steps' keys in the queue, else for one
+        batch = limit // per // world // groups * groups
         if batch >= least:
             size = f"{batch} per process (a global batch of {batch * world} images)" if world > 1 else f"{batch}"
-            return (f"{usual} (--batch-size {size}, then --queue-size {half}: a {of} of {global_batch} does not fit "
-                    f"in half of this pool; `fewshot run` sets it so).")
+            return (f"{usual} (--batch-size {size}, then --queue-size {half}: a {of} of {global_batch}{keys} does "
+                    f"not fit in half of this pool; `fewshot run` sets it so).")
     if world > 1:
         smallest = f"{least} images per process (a global batch of {least * world})"
     else:
         smallest = f"{least} images" + (f" ({groups} shuffle-BN groups of 2)" if groups > 1 else "")
     ways = []
-    if world > 1 and half >= least:  # one process splits its batch into moco.split_bn_groups instead
-        n = half // least
+    room = half // per  # the largest global batch whose keys fit in half the pool
+    if world > 1 and room >= least:  # one process splits its batch into moco.split_bn_groups instead
+        n = room // least
         ways.append(f"fewer processes (at most {n} for this pool)" if n > 1 else
                     "one process" + (" with moco.split_bn_groups=1" if batch_norm else ""))
-    if groups > 1 and batch_norm and half >= 2:
-        ways.append(f"fewer shuffle-BN groups (moco.split_bn_groups={half // 2} with --batch-size {half // 2 * 2})")
-    if global_batch < pool:
-        queue = f"{global_batch}" + (f" to {pool - 1}" if global_batch < pool - 1 else "")
-        ways.append(f"--queue-size {queue} (less than the pool, at least one {of})")
+    if groups > 1 and batch_norm and room >= 2:
+        ways.append(f"fewer shuffle-BN groups (moco.split_bn_groups={room // 2} with --batch-size {room // 2 * 2})")
+    if global_batch * per < pool:
+        queue = f"{global_batch * per}" + (f" to {pool - 1}" if global_batch * per < pool - 1 else "")
+        ways.append(f"--queue-size {queue} (less than the pool, at least one step's keys)" if symmetric else
+                    f"--queue-size {queue} (less than the pool, at least one {of})")
+    if symmetric and least * world <= half:  # one view's keys a step: that smallest batch fits
+        ways.append(f"moco.symmetric=false (one view's keys a step) with --batch-size {least}"
+                    + (" per process" if world > 1 else ""))
     use = f"Use {', '.join(ways)}, or add images to the pool." if ways else "Add images to the pool."
+    more = (f"enqueues {least * world * 2} keys a step (moco.symmetric enqueues both views'), more than half the "
+            f"pool" if symmetric else "is more than half the pool")
     return (f"This pool of {pool} images is too small for a queue of about half of it: the smallest batch "
-            f"pretraining accepts here, {smallest}, is more than half the pool. {use}")
+            f"pretraining accepts here, {smallest}, {more}. {use}")
 
 
 def has_batch_norm(module) -> bool:
@@ -580,7 +592,8 @@ def announce_pretrain(cfg: dict, out: Path, task: MoCoTask, engine: Engine, devi
                 print(said, flush=True)
         if m["queue_size"] >= len(task.pool):
             advice = queue_advice(len(task.pool), cfg["train"]["batch_size"] * ctx.world, ctx.world,
-                                  task.model.split_bn_groups, has_batch_norm(task.model.encoder_q))
+                                  task.model.split_bn_groups, has_batch_norm(task.model.encoder_q),
+                                  bool(m.get("symmetric")))
             print(f"warning: the queue (K={m['queue_size']}) holds at least as many keys as the pool has images "
                   f"({len(task.pool)}): each query meets older keys of its own image as negatives. {advice}",
                   flush=True)
