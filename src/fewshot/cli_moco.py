@@ -373,7 +373,8 @@ def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = Fa
     """The key=value words ``command`` (train, pretrain, run) or its method never reads, one warning per reason
     naming them: `fewshot train run.pseudo_rounds=5`, `fewshot run --semi off run.pseudo_rounds=1`,
     `fewshot run --baseline run.pretrain_share=0.4`, `data.mix_p=0.3` without mixup or CutMix, fine-tuning words
-    given to pretrain (PRETRAIN_UNREAD) and moco.* words given to train or to a run without a MoCo stage were
+    given to pretrain (PRETRAIN_UNREAD), moco.* words given to train or to a run without a MoCo stage and semi.*
+    words its fine-tuning method does not read (`fewshot train semi.threshold=0.5` without semi.method=fixmatch) were
     accepted and did nothing, without a word. Only typed words: a shared --config file may carry them. Warned, not
     refused, for the same reason. ``baseline``: `fewshot run --baseline`, which refuses --semi pseudo and
     --pretrain, so the advice is to drop it instead."""
@@ -385,6 +386,13 @@ def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = Fa
     data = cfg.get("data", {})
     mixing = any(isinstance(data.get(k), (int, float)) and data[k] > 0 for k in ("mixup_alpha", "cutmix_alpha"))
     semi_moco = cfg.get("semi", {}).get("method") == "moco"
+    # the semi.* fields each fine-tuning method reads (train/semi.py UnlabeledStream and fixmatch_loss,
+    # train/semi_moco.py): off reads none; `fewshot run` sets semi.method itself, to fixmatch with --semi fixmatch
+    # and to off otherwise (run_stages.finetune_config); semi.method itself has its own warning under run
+    tuning = semi if command == "run" else cfg.get("semi", {}).get("method")
+    tuning = tuning if tuning in ("fixmatch", "moco") else "off"
+    semi_reads = {"fixmatch": ("semi.mu", "semi.threshold", "semi.weight", "semi.views"),
+                  "moco": ("semi.mu", "semi.weight", "semi.moco_momentum")}.get(tuning, ())
     unused: dict[str, list[str]] = {}
     for word in extra or []:
         dotted = ".".join(parse_override(word)[0])
@@ -411,6 +419,25 @@ def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = Fa
             why = ("`fewshot pretrain` does not read them (fine-tuning's head, loss, backbone lr, EMA, evaluation, "
                    "sampler, RandAugment and flips, and semi.*; MoCo's views are aug.*, its kNN monitor moco.knn_*); "
                    "drop them, or give them to `fewshot train` or `fewshot run`")
+        elif (command in ("train", "run") and dotted.startswith("semi.") and dotted != "semi.method"
+              and dotted not in semi_reads):
+            if command == "run" and tuning == "off":
+                why = (f"`fewshot run` reads semi.* only with --semi fixmatch (FixMatch while fine-tuning) and this "
+                       f"run's method is {semi}; drop them, or "
+                       f"{'drop --baseline and give --semi fixmatch' if baseline else 'give --semi fixmatch'}")
+            elif command == "run":
+                why = ("`fewshot run --semi fixmatch` reads only semi.mu, semi.threshold, semi.weight and semi.views "
+                       "of semi.* (semi.moco_momentum is the joint MoCo loss's, `fewshot train semi.method=moco`; "
+                       "the MoCo stage's momentum is run.moco_momentum); drop them")
+            elif tuning == "off":
+                why = ("`fewshot train` reads semi.* only with semi.method=fixmatch (semi.mu, threshold, weight, "
+                       "views) or semi.method=moco (semi.mu, weight, moco_momentum), which train on the unlabeled "
+                       "pool; drop them, or give one of those")
+            else:
+                other, note = (("moco", "semi.moco_momentum is the joint MoCo loss's") if tuning == "fixmatch"
+                               else ("fixmatch", "it takes MoCo v2's views, aug.*, and no pseudo-labels"))
+                why = (f"semi.method={tuning} reads only {', '.join(semi_reads)} of semi.* ({note}); drop them, or "
+                       f"give semi.method={other}")
         elif command == "train" and dotted.startswith("moco.") and not semi_moco:
             why = ("`fewshot train` reads moco.* only with semi.method=moco (MoCo's loss on the pool while "
                    "fine-tuning); drop them, give semi.method=moco, or give them to `fewshot pretrain`")

@@ -102,7 +102,11 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
     if d["unlabeled"]:
         folders = d["unlabeled"] if isinstance(d["unlabeled"], list) else [d["unlabeled"]]
         paths = given_pool_images(folders, root)
-        return paths, [-1] * len(paths), f"{len(folders)} --unlabeled folder(s)"
+        # what the user typed: pretrain and run take --unlabeled (the MoCo stage, `_task: moco`, is theirs alone);
+        # `fewshot train` has no such flag, and its start line named one (data.unlabeled=DIR there)
+        typed = ("--unlabeled folder(s)" if cfg.get("_task") == "moco"
+                 else "data.unlabeled folder(s) (`fewshot run --unlabeled`)")
+        return paths, [-1] * len(paths), f"{len(folders)} {typed}"
     pool = root / "unlabeled"
     if os.path.lexists(pool) and not pool.is_dir():  # a file there: the train images stood in without a word
         what = "a broken symbolic link" if pool.is_symlink() and not pool.exists() else "a file"

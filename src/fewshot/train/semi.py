@@ -40,9 +40,18 @@ def pool_files(cfg: dict, infos, exclude_train: bool = False) -> tuple[list[Path
     if exclude_train:
         labelled = set(real_paths(p for info in infos for p, _ in list(info.train) + list(info.val)))
         keep = [i for i, real in enumerate(real_paths(paths)) if real not in labelled]
+        # the stand-in train images of a dataset without a pool are no pool images: only real pool files count
+        # as dropped (data.unlabeled=ROOT/digits/train lost all 100 images while the error said "give
+        # data.unlabeled=DIR", which the user had done)
+        stand_ins = {d for d, info in enumerate(infos) if f"{info.name}: train images" in source.split("; ")}
+        kept = set(keep)
+        dropped = sum(1 for i in range(len(paths)) if i not in kept and ids[i] not in stand_ins)
         paths, ids = [paths[i] for i in keep], [ids[i] for i in keep]
         # a dataset without a pool stands in its train images for MoCo; here none of them is used
         source = source.replace(": train images", ": no pool (its train images are labelled)")
+        if dropped:
+            source += (f"; {'all ' if not paths else ''}{dropped:,} of the pool's images left out as labelled "
+                       f"train or val images (they are trained on with their labels, and val picks checkpoints)")
     return paths, ids, source
 
 
@@ -128,10 +137,14 @@ METHOD_NAMES = {"fixmatch": "FixMatch", "moco": "the joint MoCo loss"}
 def no_pool_message(cfg: dict, pool: Pool, method: str) -> str:
     """What to do when semi.method=<method> finds no unlabeled pool (FixMatch and the joint MoCo loss alike)."""
     name = METHOD_NAMES.get(method, method)
+    # data.unlabeled given: advising it again read as if the folder had been ignored (pool_files says why it is
+    # empty: its images are the labelled ones, or none decodes)
+    given = ("give data.unlabeled (`fewshot run --unlabeled`) folders of images that are not the labelled train or "
+             "val images" if cfg["data"]["unlabeled"] else
+             "give a folder of them with data.unlabeled=DIR (`fewshot run --unlabeled DIR`)")
     return (f"semi.method={method} needs an unlabeled pool, and these data have none ("
             f"{pool.source}{'; none of its files decodes' if pool.skipped else ''}): put images under "
-            f"{Path(cfg['data']['root']) / 'unlabeled'}/<dataset>/, or "
-            f"give a folder of them with data.unlabeled=DIR (`fewshot run --unlabeled DIR`), or "
+            f"{Path(cfg['data']['root']) / 'unlabeled'}/<dataset>/, or {given}, or "
             f"train without semi.method={method} (a run stopped with {name} continues without it "
             f"from its weights: --weights RUN/checkpoints/last.pt and a new --out).")
 

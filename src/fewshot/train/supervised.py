@@ -70,10 +70,12 @@ def plan_training_batches(cfg: dict, train_set, epoch: int, world: int = 1, rank
     return [b for b, *shares in zip(ranks[rank], *ranks) if min(len(s) for s in shares) >= 2]
 
 
-def space_changes(saved: LabelSpace, now: LabelSpace) -> list[str]:
+def space_changes(saved: LabelSpace, now: LabelSpace, in_root=()) -> list[str]:
     """What differs between the run's datasets and classes and the data's now, by name: the refusal gave each
-    dataset's class count on both sides, which read the same after a class folder was renamed."""
-    from fewshot.data.layout import names_list
+    dataset's class count on both sides, which read the same after a class folder was renamed. ``in_root``: the
+    datasets the data root holds; a run's dataset among them was left out by --datasets, not gone from the data
+    (it said "not in the data now" of a dataset that was there)."""
+    from fewshot.data.layout import datasets_option, names_list
 
     def shown(names: list[str]) -> str:
         return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
@@ -81,6 +83,11 @@ def space_changes(saved: LabelSpace, now: LabelSpace) -> list[str]:
     was, here = dict(zip(saved.names, saved.classes)), dict(zip(now.names, now.classes))
     parts = []
     gone, new = [n for n in was if n not in here], [n for n in here if n not in was]
+    left_out = [n for n in gone if n in set(in_root)]
+    gone = [n for n in gone if n not in left_out]
+    if left_out:
+        parts.append(f"dataset(s) {names_list(left_out)} in the run and in the data, but left out by --datasets "
+                     f"(data.datasets) now: give {datasets_option(saved.names)}")
     if gone:
         parts.append(f"dataset(s) {names_list(gone)} in the run, not in the data now")
     if new:
@@ -133,7 +140,7 @@ class SupervisedTask:
             self.init_head_from_prototypes()
         self.augment = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], d["randaug_p"], d["hflip"],
                                     d["randaug_group"])
-        self.flip_by_class = self.mirror_flip_probabilities(float(d.get("hflip_symmetric", 0.0)))
+        self.flip_by_class = self.mirror_flip_probabilities(float(d.get("hflip_symmetric", 0.0)), float(d["hflip"]))
         self.mix = BatchMix(d.get("mixup_alpha", 0.0), d.get("cutmix_alpha", 0.0), d.get("mix_p", 1.0))
         self.unlabeled = None
         self.joint = None  # semi.method=moco: the joint loss's projection head, key encoder and queue
@@ -165,10 +172,19 @@ class SupervisedTask:
         if self.ctx.is_main:
             warn_small_pool(len(self.unlabeled.images), self.joint.queue_size, n_keys)
 
-    def mirror_flip_probabilities(self, p: float) -> torch.Tensor | None:
+    def mirror_flip_probabilities(self, p: float, hflip: float = 0.0) -> torch.Tensor | None:
         """data.hflip_symmetric: flip probability [C] for the classes whose labelled images (train + val)
-        look mirror-symmetric (fewshot.data.symmetry), 0 for the others; None when off."""
+        look mirror-symmetric (fewshot.data.symmetry), 0 for the others; None when off. TrainAugment flips each
+        image with the larger of this and data.hflip, so with data.hflip >= p it adds nothing (None, and said):
+        "flips for the classes that look mirror-symmetric" was printed while every image was flipped."""
         if p <= 0:
+            return None
+        if hflip >= p:
+            if self.ctx.is_main:
+                print(one_line(f"warning: data.hflip_symmetric={p:g} adds nothing: data.hflip={hflip:g} flips every "
+                               f"class's images at p={hflip:g} already, mirror-symmetric or not (each image takes the "
+                               f"larger of the two); drop data.hflip_symmetric, or lower data.hflip below it to "
+                               f"flip the mirror-symmetric classes more often than the others"), flush=True)
             return None
         from fewshot.data.symmetry import mirror_symmetric_classes
 
@@ -180,7 +196,8 @@ class SupervisedTask:
             for d, name in enumerate(self.space.names):
                 classes = torch.nonzero(self.space.mask(torch.tensor([d]))[0]).flatten()
                 parts.append(f"{name} {int(symmetric[classes].sum())}/{len(classes)}")
-            print(one_line(f"horizontal flips (p={p:g}) for the classes that look mirror-symmetric: "
+            others = f", p={hflip:g} (data.hflip) for the others" if hflip > 0 else ""
+            print(one_line(f"horizontal flips (p={p:g}) for the classes that look mirror-symmetric{others}: "
                            f"{', '.join(parts)}"))
         return symmetric.float() * p
 
@@ -425,6 +442,14 @@ class SupervisedTask:
             if changes and saved.names == self.space.names and all(was[n] == now[n] for n in was if n not in changes):
                 raise UserError(class_order_refusal(None, changes))
 
+            from fewshot.data.layout import list_datasets
+
+            in_root = []
+            if any(name not in self.space.names for name in saved.names):  # a run's dataset not trained on now
+                try:  # the root was scanned a moment ago: this lists it again, without the splits
+                    in_root = list_datasets(Path(self.cfg["data"]["root"]))
+                except UserError:
+                    pass
             raise UserError(one_line(f"the datasets or classes differ from those of the run being resumed "
-                                     f"({'; '.join(space_changes(saved, self.space))}). Resume with the run's data "
-                                     f"(--data, --datasets), or start a new run with another --out."))
+                                     f"({'; '.join(space_changes(saved, self.space, in_root))}). Resume with the "
+                                     f"run's data (--data, --datasets), or start a new run with another --out."))
