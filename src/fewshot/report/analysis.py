@@ -4,7 +4,6 @@ image grids. They need the dataset root the run was trained on (`--data`, else c
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,13 +174,29 @@ def embed_2d(features: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[
     return out, "PCA"
 
 
+def grid_shares(sizes: list[int], n: int) -> list[int]:
+    """Images per dataset for a grid of n (at least one each, so n = 1 shows one of each): even shares, and a share
+    a dataset has too few images for goes to the others. A share rounded up per dataset and cut at the end left the
+    last dataset none (4 of 3 datasets: 2/2/0), and a small one's unused share was lost (40 asked, 23 shown)."""
+    shares = [0] * len(sizes)
+    left = min(max(n, len(sizes)), sum(sizes))
+    open_ = [d for d, size in enumerate(sizes) if size]
+    while left > 0 and open_:
+        each, extra = divmod(left, len(open_))
+        for j, d in enumerate(open_):
+            give = min(each + int(j < extra), sizes[d] - shares[d])
+            shares[d] += give
+            left -= give
+        open_ = [d for d in open_ if shares[d] < sizes[d]]
+    return shares
+
+
 def sample_for_grid(a: ValAnalysis, n: int = 40, seed: int = 0) -> np.ndarray:
-    """About n val indices, spread evenly over the datasets with val images here (a left-out one takes no share),
-    in a fixed random order; at least one per such dataset, so n = 1 shows one image of each."""
+    """About n val indices (n, or every image where fewer), spread evenly over the datasets with val images here (a
+    left-out one takes no share), in a fixed random order; at least one per such dataset (grid_shares)."""
     rng = np.random.default_rng(seed)
     present = [idx for d in range(len(a.space.names)) for idx in [np.flatnonzero(a.dataset_ids == d)] if len(idx)]
-    per = max(1, math.ceil(n / max(1, len(present))))
     picked = []
-    for idx in present:
-        picked += sorted(rng.choice(idx, size=min(per, len(idx)), replace=False).tolist())
-    return np.asarray(picked[: max(n, len(present))], dtype=np.int64)
+    for idx, share in zip(present, grid_shares([len(idx) for idx in present], n)):
+        picked += sorted(rng.choice(idx, size=share, replace=False).tolist())
+    return np.asarray(picked, dtype=np.int64)

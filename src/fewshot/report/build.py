@@ -472,11 +472,18 @@ class ReportBuilder:
             accs = [(per.get(n) or {}).get("acc1") for n in a.space.names if n not in a.left_out]
             want = sum(accs) / len(accs) if accs and all(isinstance(x, (int, float)) for x in accs) else None
         same_epoch = r.metrics_epoch is None or a.epoch is None or r.metrics_epoch == a.epoch
-        if same_epoch and isinstance(want, (int, float)) and abs(got - want) > 0.01:
+        # best.pt's scores are of its own weights; a checkpoint named as RUN may predict with the other set (last.pt's
+        # EMA beside raw weights that scored higher): then the numbers differ with the same data (load_run's note)
+        same_weights = r.given_checkpoint is None or r.given_weights is None or r.metrics_weights is None or \
+            r.given_weights == r.metrics_weights
+        if same_epoch and same_weights and isinstance(want, (int, float)) and abs(got - want) > 0.01:
             over = " over the same datasets" if a.left_out else ""
+            weights = f", {r.metrics_weights.upper()} weights" if r.metrics_weights else ""
             body.append(H.note(f"Recomputed known-source mean acc@1 on these val images is {got:.2f}, but the "
-                               f"run's metrics say {want:.2f}{over}: the data differ from those the run was "
-                               f"evaluated on."))
+                               f"run's metrics say {want:.2f}{over} for the same checkpoint (epoch "
+                               f"{T.opt(a.epoch if a.epoch is not None else r.metrics_epoch)}{weights}): the val "
+                               f"images differ from those the run was evaluated on (another --data, or files "
+                               f"changed since)."))
         # confusion matrices
         body.append("<h3>Confusion matrices (val, known source)</h3>")
         if len(a.space.names) > MAX_CONFUSION_IMAGES:

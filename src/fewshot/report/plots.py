@@ -591,7 +591,9 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
     axes = fig.subplots(len(modes) if stacked else 1, 1 if stacked else max(1, len(modes)), squeeze=False).ravel()
     for ax, mode in zip(axes, modes):
         names = groups_of[mode]
-        groups = names + ["mean"] + (["routing"] if mode == "unknown" else [])
+        # keyed apart from the datasets' names: a dataset named "routing" drew the routing accuracy as its bar
+        groups = [("dataset", n) for n in names] + [("mean", "mean")] + \
+            ([("routing", "routing")] if mode == "unknown" else [])
         width = 0.8 / max(1, n_runs)
         pos = np.arange(len(groups))
         spacing_in = axes_in / ((len(groups) - 0.2) * 1.1)  # the bars' span plus matplotlib's 5 % margins
@@ -599,10 +601,10 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
         for i, (label, x) in enumerate(zip(labels, metrics)):
             m = x.get(mode) or {}
             vals = []
-            for g in groups:
-                if g == "mean":
+            for key, g in groups:
+                if key == "mean":
                     v = m.get("mean_acc1")
-                elif g == "routing":
+                elif key == "routing":
                     v = routing(m)
                 else:
                     v = ((m.get("datasets") or {}).get(g) or {}).get("acc1")
@@ -612,11 +614,11 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
                 # the tables' numbers (79.55 was "79.5" here: f"{:.1f}" rounds the float 79.5499...)
                 ax.bar_label(bars, labels=["" if np.isnan(v) else pct(v) for v in vals], fontsize=BAR_VALUE_FONT,
                              padding=1)
-        ticks = [_short(g, 24) for g in groups]
+        ticks = [_short(g, 24) for _, g in groups]
         rotation = _tick_rotation(ticks, spacing_in, 7)
         ax.set_xticks(pos, ticks, fontsize=7, rotation=rotation, ha="right" if 0 < rotation < 90 else "center",
                       rotation_mode="anchor" if 0 < rotation < 90 else "default")
-        if "mean" in groups:
+        if ("mean", "mean") in groups:
             ax.axvline(len(names) - 0.5, color="0.6", linewidth=0.8, linestyle=":")
         ax.set_ylim(0, 108)
         ax.set_ylabel("val accuracy @1 (%)", fontsize=8)

@@ -22,6 +22,7 @@ from fewshot.utils import loads_run_json
 STAGES = ("pretrain", "finetune_labelled", "finetune")  # finetune_labelled: self-training round 1
 # the stage folders of a `fewshot run` (pipeline.py) as messages name them; finetune_round<k>: rounds 2 .. n-1
 STAGE_FOLDERS = "pretrain/, finetune_labelled/, finetune_round<k>/ and finetune/ (those it ran)"
+WEIGHTS = ("ema", "raw")  # the weight sets a fine-tuning evaluates: a log row's `weights` says which its val is of
 
 
 def _is_number(x) -> bool:
@@ -72,7 +73,8 @@ METRICS_FIELDS = {"mode": (lambda x: x in ("known", "unknown"), "known or unknow
                   "split": (lambda x: isinstance(x, str), "a split name"),
                   "routing_acc": (_is_number, "a number"),
                   "n_parameters": (lambda x: _is_whole(x) and x > 0, "a whole number"),
-                  "best_epoch": (lambda x: _is_whole(x) and x >= 0, "a whole number")}
+                  "best_epoch": (lambda x: _is_whole(x) and x >= 0, "a whole number"),
+                  "weights": (lambda x: x in WEIGHTS, "ema or raw")}
 
 
 def _dataset_entry_ok(v) -> bool:
@@ -202,6 +204,8 @@ class Run:
     given_checkpoint: Path | None = None  # the checkpoint file named as RUN: the model-based parts use it, not best.pt
     given_epoch: int | None = None      # the logged epoch of given_checkpoint (None: unreadable)
     saved_steps: dict | None = None     # last.pt's epoch / step_in_epoch / global_step / steps_per_epoch (see epochs)
+    given_weights: str | None = None    # "ema" or "raw": the weights given_checkpoint's readers predict with
+    metrics_weights: str | None = None  # "ema" or "raw": the weights the accuracies shown are of (None: not known)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -267,7 +271,7 @@ class Run:
         if done is None:  # no whole epoch logged before it: the stage's summary.json entry, when it fits the log
             done = ((self.pipeline or {}).get("epochs") or {}).get(self.path.name)
         if _is_number(done) and logged - 1 < done < logged:
-            return round(float(done), 2)
+            return partial_epochs(done)
         return logged
 
     @property
@@ -282,17 +286,23 @@ class Run:
         return int(max(reversed(scored), key=lambda r: r["score"])["epoch"])  # last of equals, as the engine keeps
 
     @property
-    def knn(self) -> dict | None:
-        """kNN accuracy per dataset (and mean) of a MoCo run at the epoch of the checkpoint named as RUN where
-        the log holds it, else at its best epoch."""
+    def knn_row(self) -> dict | None:
+        """The log row whose kNN accuracies a MoCo run shows: the epoch of the checkpoint named as RUN where the
+        log holds it, else the best epoch, else the last one logged."""
         rows = [r for r in self.log if isinstance(r.get("knn_acc1"), dict)]
         if not rows:
             return None
         for epoch in (self.given_epoch, self.best_epoch):
             for r in rows:
                 if epoch is not None and r.get("epoch") == epoch:
-                    return dict(r["knn_acc1"])
-        return dict(rows[-1]["knn_acc1"])
+                    return r
+        return rows[-1]
+
+    @property
+    def knn(self) -> dict | None:
+        """kNN accuracy per dataset (and mean) of a MoCo run at knn_row's epoch."""
+        row = self.knn_row
+        return None if row is None else dict(row["knn_acc1"])
 
     @property
     def evaluated(self) -> bool:
@@ -331,7 +341,14 @@ def saved_fraction(saved: dict | None, last: dict | None) -> float | None:
         return float(epoch) if last is None or epoch > last["epoch"] else None
     if not per_epoch or per_epoch <= part:
         return None
-    return round(epoch + part / per_epoch, 2)
+    return partial_epochs(epoch + part / per_epoch)
+
+
+def partial_epochs(x: float) -> float:
+    """Epochs trained ending in a partial one, to 2 decimals but never a whole number: 1 step of 250 rounded to 0
+    (a run that trained nothing) and 249 of 250 to a whole epoch it did not finish."""
+    whole = math.floor(x)
+    return min(max(round(float(x), 2), whole + 0.01), whole + 0.99)
 
 
 def first_epoch_note(saved: dict | None, last_pt: Path) -> str | None:
@@ -467,7 +484,8 @@ def _val_metrics(run: Run, path: Path) -> dict | None:
     if len(run.notes) > n_notes:  # unreadable: already said why
         return None
     metrics = clean_metrics(metrics, str(path), run.notes)
-    if metrics is not None and metrics.get("split", "val") != "val":
+    # "split": null is a split not recorded, as clean_metrics takes a null field (it was "--split None", left out)
+    if metrics is not None and metrics.get("split") not in (None, "val"):
         run.notes.append(f"{path.name} holds {metrics.get('split')}-split scores (fewshot eval --split "
                          f"{metrics.get('split')} --out): left out of the val tables.")
         return None
@@ -490,34 +508,85 @@ def use_evaluation(run: Run, row: dict, why: str, holder: str = "best.pt") -> No
     run.metrics_unknown = clean_metrics(row["val"].get("unknown"), "", []) if row["val"].get("unknown") else None
     run.metrics = run.metrics_known
     run.metrics_epoch, run.from_log = row["epoch"], True
+    run.metrics_weights = row.get("weights") if row.get("weights") in WEIGHTS else None
     note = f"{why}: accuracies are from the logged evaluation of epoch {row['epoch']}, the one {holder} holds."
     run.notes = [n for n in run.notes if n != run.eval_note] + [note]
     run.eval_note = note
 
 
+def _same_weights(a: str | None, b: str | None) -> bool:
+    """Whether two weight sets are one: an unknown one (an older file, a run without an EMA) is taken as the same."""
+    return a is None or b is None or a == b
+
+
+def _eval_mode(run: Run, row: dict) -> str:
+    """The mode a log row's ``score`` is the mean acc@1 of: config.yaml's train.eval_mode, else the mode whose
+    logged mean is the score."""
+    mode = (run.config.get("train") if isinstance(run.config.get("train"), dict) else {}).get("eval_mode")
+    if mode in ("known", "unknown"):
+        return mode
+    val = row.get("val") if isinstance(row.get("val"), dict) else {}
+    return next((m for m in ("known", "unknown") if (val.get(m) or {}).get("mean_acc1") == row.get("score")), "known")
+
+
+def use_score(run: Run, row: dict, given: Path) -> bool:
+    """Show the one number log.jsonl holds of the given checkpoint's weights where its evaluation row is of the
+    other set (score_ema or score_raw: the mean acc@1 of train.eval_mode): last.pt predicts with its EMA, while the
+    row's per-dataset scores are of the raw weights when those scored higher (best.pt's). False where it has none."""
+    weights, other = run.given_weights, row.get("weights")
+    score = row.get(f"score_{weights}")
+    if not _is_number(score) or not math.isfinite(score):
+        return False
+    mode = _eval_mode(run, row)
+    own = {"mode": mode, "mean_acc1": score}
+    run.metrics_known, run.metrics_unknown = (own, None) if mode == "known" else (None, own)
+    run.metrics = own
+    run.metrics_epoch, run.from_log, run.metrics_weights = row["epoch"], True, weights
+    note = (f"{given.name} named as RUN predicts with its {weights.upper()} weights; log.jsonl's per-dataset "
+            f"evaluation of epoch {row['epoch']} is of the {str(other).upper()} weights, which scored higher there "
+            f"(a best.pt of that epoch holds those): only the {mode}-source mean acc@1 of {given.name}'s own weights "
+            f"(score_{weights} in log.jsonl) is shown.")
+    run.notes = [n for n in run.notes if n != run.eval_note] + [note]
+    run.eval_note = note
+    return True
+
+
 def _given_checkpoint(run: Run, given: Path) -> None:
-    """A checkpoint file named as RUN: its epoch, and the accuracies of that epoch where log.jsonl holds its
-    evaluation (metrics.json is best.pt's). Where the log does not, the page says whose accuracies it shows
-    instead: the model-based parts (predictions, kNN) are still the file's own."""
+    """A checkpoint file named as RUN: its epoch and weights, and the accuracies of those where log.jsonl holds
+    their evaluation (metrics.json is best.pt's). Epochs alone do not tell: last.pt predicts with its EMA, while
+    best.pt of the same epoch may hold the raw weights (they scored higher). Where the log holds none, the page
+    says whose accuracies it shows instead: the model-based parts (predictions, kNN) are still the file's own."""
     from fewshot.train.checkpoint import load_checkpoint, logged_epoch
 
     run.given_checkpoint = given
     try:
-        run.given_epoch = logged_epoch(load_checkpoint(given))
+        ck = load_checkpoint(given)
+        run.given_epoch = logged_epoch(ck)
     except Exception as exc:  # damaged or foreign: the image-based parts say what is wrong when they load it
         run.notes.append(f"{given} cannot be read as a fewshot checkpoint ({printable(str(exc))[:200]}): its epoch "
                          f"is unknown; the accuracies shown are the run's.")
         return
+    # the set its readers take (predict, eval): best.pt says; last.pt holds the EMA where the run kept one
+    chosen = ck.get("weights") or ("ema" if ck.get("ema") is not None else "raw")
+    run.given_weights = chosen if chosen in WEIGHTS else None
     shown = run.metrics_epoch if run.kind == "supervised" else run.best_epoch
-    if shown == run.given_epoch:
+    if shown == run.given_epoch and (run.kind != "supervised" or _same_weights(run.metrics_weights, run.given_weights)):
         return
     if run.kind == "supervised":
         row = best_evaluation(run.log, run.given_epoch)
-        if row is not None:
+        if row is not None and _same_weights(row.get("weights") if row.get("weights") in WEIGHTS else None,
+                                             run.given_weights):
             use_evaluation(run, row, f"{given.name} named as RUN (metrics.json holds best.pt's)", given.name)
+            return
+        if row is not None and use_score(run, row, given):
             return
         has = f"the accuracies shown are of epoch {opt_epoch(shown)}" if (run.metrics or run.metrics_known) else \
             "no accuracies are shown"
+        if row is not None:  # the epoch's evaluation is of the other weights, and the log has no score of these
+            run.notes.append(f"{given.name} (named as RUN) predicts with its {str(run.given_weights).upper()} "
+                             f"weights, but log.jsonl's evaluation of epoch {run.given_epoch} is of the other set: "
+                             f"{has} ({str(run.metrics_weights or '?').upper()} weights), not {given.name}'s.")
+            return
     else:
         if any(r.get("epoch") == run.given_epoch and isinstance(r.get("knn_acc1"), dict) for r in run.log):
             return
@@ -560,6 +629,8 @@ def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: P
         if not run.from_log:
             run.metrics_epoch = next((m["best_epoch"] for m in (run.metrics, run.metrics_known, run.metrics_unknown)
                                       if m and "best_epoch" in m), None)
+            run.metrics_weights = next((m["weights"] for m in (run.metrics, run.metrics_known, run.metrics_unknown)
+                                        if m and "weights" in m), None)
     if checkpoint is not None:
         _given_checkpoint(run, checkpoint)
     finished = run.metrics or run.metrics_known or run.metrics_unknown
@@ -752,12 +823,16 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
             raise UserError(f"'{raw}' holds no run: a run folder of `fewshot train` or `fewshot pretrain` holds "
                             f"log.jsonl or checkpoints/ (or metrics.json with its config.yaml); a `fewshot run` "
                             f"folder holds run_state.json and its stages in {STAGE_FOLDERS}.")
-    unique, seen = [], set()
+    unique, seen = [], {}
     for item in found:  # a run and a checkpoint file of it are two reports: other weights, other predictions
         key = (item[0].resolve(), item[4].resolve() if item[4] is not None else None)
         if key not in seen:
-            seen.add(key)
+            seen[key] = len(unique)
             unique.append(item)
+        elif item[2] is not None and unique[seen[key]][2] is None:
+            # a stage named both alone and through its `fewshot run` folder: the copy with the folder's summary.json
+            # (its test table, self-training) stands, whichever came first
+            unique[seen[key]] = item
     # a checkpoint file is labelled by its path (run/checkpoints/last.pt): the run's own row keeps the run's name
     labels = _labels([f[4] if f[4] is not None else f[0] for f in unique],
                      [3 if f[4] is not None else 2 if f[2] is not None or f[0].name in STAGES else 1 for f in unique])

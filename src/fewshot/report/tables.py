@@ -144,16 +144,32 @@ def overview_table(runs: list[Run], flop_counts: dict[str, float | None]) -> Tab
                          "(a run stopped mid-epoch is evaluated at the stop, under that epoch's number).")
 
 
+def _given_evaluation(run: Run) -> bool:
+    """Whether the logged accuracies shown are those of the checkpoint named as RUN (metrics.json, which may well
+    be there, holds best.pt's), not a stand-in for a missing metrics.json."""
+    return run.given_checkpoint is not None and run.from_log and run.metrics_epoch == run.given_epoch
+
+
 def _accuracy_source(runs: list[Run]) -> str:
     """Where the overview's accuracies come from, as its caption says: metrics.json, or log.jsonl for a run
-    stopped before writing one (or a checkpoint named as RUN): "(metrics.json)" was said of both."""
-    logged = [r.label for r in runs if r.kind == "supervised" and r.from_log]
+    stopped before writing one or a checkpoint named as RUN ("(no usable metrics.json)" was said of one that has
+    it); a MoCo run's kNN accuracies are always log.jsonl's ("(metrics.json)" was said of those too)."""
+    supervised = [r for r in runs if r.kind == "supervised"]
+    logged = [r for r in supervised if r.from_log]
+    knn = "kNN accuracies of MoCo runs: from log.jsonl, at the best epoch or that of the checkpoint named as RUN"
+    if not supervised:
+        return "from log.jsonl (kNN accuracies, at the best epoch or that of the checkpoint named as RUN)"
+    moco = f"; {knn}" if len(supervised) < len(runs) else ""
     if not logged:
-        return "at the best checkpoint (metrics.json)"
-    if len(logged) == sum(r.kind == "supervised" for r in runs):
-        return "from the logged evaluation in log.jsonl of the epoch each run's notes name (no usable metrics.json)"
-    return (f"at the best checkpoint (metrics.json); for {', '.join(logged)}: from the logged evaluation in "
-            f"log.jsonl of the epoch its notes name")
+        return f"at the best checkpoint (metrics.json){moco}"
+    given = [_given_evaluation(r) for r in logged]
+    why = ("the checkpoint named as RUN; metrics.json holds best.pt's" if all(given) else
+           "no usable metrics.json" if not any(given) else
+           "a checkpoint named as RUN, or no usable metrics.json")
+    if len(logged) == len(supervised):
+        return f"from the logged evaluation in log.jsonl of the epoch each run's notes name ({why}){moco}"
+    return (f"at the best checkpoint (metrics.json); for {', '.join(r.label for r in logged)}: from the logged "
+            f"evaluation in log.jsonl of the epoch its notes name ({why}){moco}")
 
 
 def self_training_table(label: str, rounds: list[dict], predicted_with: str | None = None) -> Table:
@@ -174,7 +190,9 @@ def self_training_table(label: str, rounds: list[dict], predicted_with: str | No
                 of = f"{opt(labelled)}" + (f" / {in_pool}" if in_pool is not None and in_pool != labelled else "")
                 parts.append(f"{name} {v['kept']} (of {of})")
             kept = "; ".join(parts) or DASH
-            threshold = opt(p.get("threshold")) + (f", precision {p['precision']}" if p.get("precision") else "")
+            # a precision of 0.0 (no pseudo-label right) is a result, not an absent value
+            threshold = opt(p.get("threshold")) + (f", precision {p['precision']}" if p.get("precision") is not None
+                                                   else "")
         if r["stage"] == predicted_with:
             emphasis.append(len(rows))
         rows.append([str(r["round"]), r["stage"], pool, kept, threshold, pct(r["val_mean_acc1"])])
@@ -222,9 +240,11 @@ def dataset_table(run: Run, title: str | None = None, known: dict | None = None,
     if routing(unknown) is not None:
         rows.append(["dataset routing", "", "", "", pct(routing(unknown)), ""])
         emphasis.append(len(rows) - 1)
-    if title is None and run.from_log:  # no usable metrics.json: say where the numbers come from instead
+    if title is None and run.from_log:  # no usable metrics.json, or a checkpoint named as RUN: say which
+        why = f"the epoch {run.given_checkpoint.name} holds" if _given_evaluation(run) else \
+            "no usable metrics.json" if (run.path / "metrics.json").is_file() else "no metrics.json"
         title = f"{run.label}: val accuracy (logged evaluation of epoch {opt(run.metrics_epoch)} in log.jsonl; " \
-                f"no metrics.json)"
+                f"{why})"
     elif title is None:
         mode = (run.metrics or {}).get("mode", "known")
         title = f"{run.label}: val accuracy (best epoch {opt(run.best_epoch)}; metrics.json mode: {mode})"
@@ -232,19 +252,27 @@ def dataset_table(run: Run, title: str | None = None, known: dict | None = None,
 
 
 def knn_table(run: Run) -> Table:
+    """A MoCo run's kNN accuracies, titled with the epoch and file they are of (Run.knn_row): a checkpoint named as
+    RUN shows its own epoch, which the title called best.pt's."""
+    row = run.knn_row or {}
     knn = run.knn or {}
     rows = [[n, pct(v)] for n, v in knn.items() if n != "mean"]
     rows.append(["mean", pct(knn.get("mean"))])
-    best = run.best_epoch
+    best, shown = run.best_epoch, row.get("epoch")
     caption = "Frozen backbone features; each val image is classified by a weighted vote of its nearest labelled " \
               "training images of the same dataset (the MoCo monitor)."
     last = max(run.log, key=lambda r: r["epoch"], default=None)
-    if best is not None and last is not None and last["epoch"] != best:
-        # metrics.json and this table give best.pt's score; the backbone exported is last.pt's (as MoCo's own code)
+    if best is not None and last is not None and last["epoch"] != best and shown == best:
+        # this table gives best.pt's score; the backbone exported is last.pt's (as MoCo's own code)
         last_knn = last["knn_acc1"].get("mean") if isinstance(last.get("knn_acc1"), dict) else None
         caption += f" Epoch {best} is the best kNN score (best.pt); `fewshot export` writes last.pt, epoch " \
                    f"{last['epoch']}" + (f", kNN mean {pct(last_knn)}." if last_knn is not None else ".")
-    where = f"epoch {best}, best.pt" if best is not None else f"epoch {opt(best)}"
+    if run.given_checkpoint is not None and shown == run.given_epoch:
+        where = f"epoch {shown}, {run.given_checkpoint.name}"
+    elif shown is not None and shown == best:
+        where = f"epoch {shown}, best.pt"
+    else:
+        where = f"epoch {opt(shown)}, the last logged"
     return Table(f"{run.label}: kNN accuracy @1 on val ({where})", ["dataset", "kNN acc@1"], rows,
                  emphasis=[len(rows) - 1], caption=caption)
 
