@@ -9,14 +9,15 @@ import pytest
 
 from fewshot.config import resolve
 from fewshot.errors import UserError
-from fewshot.ssl.pretrain import queue_advice, resolve_pretrain_defaults
+from fewshot.ssl.pretrain import queue_advice, resolve_pretrain_defaults, split_groups
 
 
-def _accepted(batch: int, queue: int, world: int, symmetric: bool) -> bool:
+def _accepted(batch: int, queue: int, world: int, symmetric: bool, groups: int = 1) -> bool:
     cfg = resolve(overrides=[f"moco.symmetric={str(symmetric).lower()}", f"moco.queue_size={queue}",
-                             f"train.batch_size={batch}", "model.name=test_resnet"])
+                             f"train.batch_size={batch}", "model.name=test_resnet", f"moco.split_bn_groups={groups}"])
     try:
         resolve_pretrain_defaults(cfg, world)
+        split_groups(cfg, world)
     except UserError:
         return False
     return True
@@ -31,18 +32,33 @@ def test_the_advice_for_a_symmetric_run_names_a_queue_the_check_accepts():
     assert "(--queue-size 22;" in queue_advice(44, 16, 1)  # one view's keys: 16 fit in 22
 
 
+@pytest.mark.parametrize("groups", [1, 2, 4])
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("world", [1, 2])
 @pytest.mark.parametrize("pool", [6, 10, 20, 44, 100])
-def test_every_suggested_batch_and_queue_is_accepted(pool, world, symmetric):
+def test_every_suggested_batch_and_queue_is_accepted(pool, world, symmetric, groups):
+    """Each suggestion fed back to the checks pretraining makes; fewer shuffle-BN groups aim at the queue of half
+    the pool, with --batch-size per process (2 processes, 4 groups, pool 20, symmetric: 4 images a process were
+    advised, 16 keys a step for a queue of 10)."""
     for batch in (2, 4, 8, 16, 48):
-        said = queue_advice(pool, batch * world, world, symmetric=symmetric)
+        if batch % (2 * groups):  # a batch pretraining refuses with these groups: no run to advise
+            continue
+        said = queue_advice(pool, batch * world, world, groups=groups, symmetric=symmetric)
         if (m := re.search(r"\(--queue-size (\d+);", said)):  # the batch as it is
-            assert _accepted(batch, int(m[1]), world, symmetric), said
+            assert _accepted(batch, int(m[1]), world, symmetric, groups), said
         if (m := re.search(r"--batch-size (\d+)(?: per process)?[^,;]*, then --queue-size (\d+)", said)):
-            assert _accepted(int(m[1]), int(m[2]), world, symmetric), said
+            assert _accepted(int(m[1]), int(m[2]), world, symmetric, groups), said
         if (m := re.search(r"--queue-size (\d+)(?: to \d+)? \(less than the pool", said)):
-            assert _accepted(batch, int(m[1]), world, symmetric), said
+            assert _accepted(batch, int(m[1]), world, symmetric, groups), said
+        if (m := re.search(r"moco\.split_bn_groups=(\d+) with --batch-size (\d+)", said)):
+            assert int(m[1]) < groups and _accepted(int(m[2]), pool // 2, world, symmetric, int(m[1])), said
+
+
+def test_fewer_groups_are_advised_per_process():
+    said = queue_advice(20, 16, 2, groups=4, symmetric=True)
+    assert "fewer shuffle-BN groups (moco.split_bn_groups=1 with --batch-size 2 per process)" in said, said
+    said = queue_advice(10, 16, 2, groups=4)
+    assert "fewer shuffle-BN groups (moco.split_bn_groups=1 with --batch-size 2 per process)" in said, said
 
 
 def test_a_pool_too_small_for_symmetric_keys_says_so_and_offers_one_view():

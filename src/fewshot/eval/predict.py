@@ -23,7 +23,7 @@ from fewshot.data.transforms import Normalize
 from fewshot.errors import CheckpointError, UserError, one_line, printable
 from fewshot.eval import balance as bal
 from fewshot.eval.evaluate import compute_logits, score
-from fewshot.models.backbone import MAX_IMG_SIZE, MIN_IMG_SIZE, mean_std
+from fewshot.models.backbone import MAX_IMG_SIZE, MIN_IMG_SIZE, RECORDED, mean_std, timm_name
 from fewshot.models.classifier import HeadCountError, build_classifier, check_head_count
 from fewshot.models.weights import check_state_fits, infinity_problem, state_value_problem
 from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_checkpoint
@@ -69,6 +69,7 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
                                   f"was altered. Use another checkpoint.")
         cfg["data"].update(checked_data_settings(cfg["data"], path))
         cfg["model"]["weights"] = None  # the checkpoint holds every weight
+        timm_name(cfg["model"]["name"], RECORDED)  # a tag timm does not know: worded as the file's, not the user's
         model = build_classifier(cfg, space.num_classes)
         state = ck["ema"] if ck.get("ema") is not None else ck["model"]
         check_head_count(model, state, path, cfg["model"]["name"])

@@ -32,8 +32,11 @@ def similar_models(name: str, n: int = 8) -> list[str]:
 
 
 _NAMED: set[str] = set()  # the names timm_name has noted (once per command, though every stage builds the model)
-# where a name create_backbone checks comes from: every command checks the names typed to it first (timm_name)
+# where a name create_backbone checks comes from (timm_name's ``source``): every command checks the names typed to it
+# first (timm_name, no source); a name read from a file is RECORDED; one a caller passes in code is GIVEN, worded
+# with no command-line advice and no file blamed
 RECORDED = "as recorded in the checkpoint, run or weights file given, not typed"
+GIVEN = "given"
 
 
 def timm_name(name, source: str | None = None):
@@ -41,7 +44,8 @@ def timm_name(name, source: str | None = None):
     (`--model RESNET18` was refused, resnet18 suggested), said in a note; anything else as typed, for
     create_backbone to refuse with similar names. A pretrained tag (`.a1_in1k`) stays on the name, in lower case as
     timm writes every tag (`resnet18.A1_IN1K` was kept as typed where `ResNet18.A1_IN1K` was not, and a resume that
-    spelt it the other way was refused). ``source``: where a name the user did not type comes from (RECORDED)."""
+    spelt it the other way was refused). ``source``: where a name the user did not type comes from (RECORDED,
+    GIVEN)."""
     if not isinstance(name, str):
         return name
     arch, dot, tag = name.partition(".")
@@ -73,7 +77,8 @@ def check_pretrained_tag(name: str, typed: str | None = None, source: str | None
     tag of `test_resnet.`): timm raised "Invalid pretrained tag" from every command that built the model, a
     traceback and exit 1, after the command had started. ``typed``: the name as the user gave it, quoted as given
     (`resnet18.A1` was said to have the tag 'a1'). ``source``: where a name not typed comes from (`eval RUN` reads
-    it from the checkpoint), said instead of advice on a name the user never gave."""
+    it from the checkpoint), said instead of advice on a name the user never gave; GIVEN: a name passed in code,
+    with neither."""
     if "." not in name or not timm.is_model(name):
         return
     try:
@@ -87,6 +92,9 @@ def check_pretrained_tag(name: str, typed: str | None = None, source: str | None
     listed = ", ".join(tags[:12]) + (", ..." if len(tags) > 12 else "")
     what = (f"timm has no pretrained tag '{shown.partition('.')[2]}' for {arch}" if tag else
             "the name ends in a dot (an empty tag)")
+    if source == GIVEN:
+        raise UserError(f"model {shown}: {what}; {arch}'s tags are {listed or 'none'}. Use {arch} without a tag or "
+                        f"with one of its tags.")
     if source:
         raise UserError(f"model {shown} ({source}): {what}; {arch}'s tags are {listed or 'none'}. The file was "
                         f"written with another timm version than this one ({timm.__version__}), or altered: use "
@@ -97,7 +105,7 @@ def check_pretrained_tag(name: str, typed: str | None = None, source: str | None
 
 
 def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = None, width: float = 1.0,
-                    small_stem: bool = False) -> nn.Module:
+                    small_stem: bool = False, source: str | None = None) -> nn.Module:
     """timm model without classifier (num_classes=0), random init (no hub access).
 
     `width` scales a ResNet's stage channels (timm's `channels`); `small_stem` makes its stem
@@ -106,10 +114,11 @@ def create_backbone(name: str, drop_path: float = 0.0, img_size: int | None = No
     through the network. Half width with the small stem costs about the FLOPs of the plain network
     (docs/recipes.md). Max-pool layers use the faster CPU kernel (`fast_pool`) and convolutions on maps
     smaller than their kernel run as matmuls on the CPU (`tiny_map_conv`); the math is unchanged. ``name``: a timm
-    name, in any case (timm_name); one with a tag timm does not know is refused as RECORDED: each command checks the
-    names typed to it before it builds a model, so a name that reaches this check was read from a file.
+    name, in any case (timm_name); one with a tag timm does not know is refused, worded as ``source`` says where
+    the name came from: RECORDED from a caller that read it from a file (`eval RUN`), else as GIVEN (each command
+    checks the names typed to it before it builds a model; a Python caller typed no flag to be advised on).
     """
-    name = timm_name(name, RECORDED)
+    name = timm_name(name, source or GIVEN)
     if not timm.is_model(name):
         close = similar_models(name)
         hint = f" Similar names: {', '.join(close)}." if close else ""

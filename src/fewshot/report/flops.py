@@ -53,10 +53,11 @@ def run_model_stats(run, model: nn.Module | None = None, size: int | None = None
             tm = load_trained(run.checkpoint, torch.device("cpu"))
             model, size = tm.model, tm.size
         elif model is None:
-            from fewshot.models.backbone import backbone_options, create_backbone, input_size
+            from fewshot.models.backbone import RECORDED, backbone_options, create_backbone, input_size
 
             opts = backbone_options(run.config.get("model") or {})
-            model = create_backbone(run.model_name, img_size=size, width=opts["width"], small_stem=opts["small_stem"])
+            model = create_backbone(run.model_name, img_size=size, width=opts["width"], small_stem=opts["small_stem"],
+                                    source=RECORDED)  # the run's name, read from its files
             size = input_size(model, size)
     except Exception:
         return None, None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -54,11 +55,13 @@ def check_export_out(out: Path, follow_links: bool) -> None:
     `export --out notes.txt` (or another data root's test_labels.json) was replaced by safetensors without a word.
     New, empty or an earlier export may be written; a link is judged by its target where the write follows it
     (``follow_links``), and is replaced itself otherwise; a pipe or device is written in place, and so is a
-    descriptor the shell opened on a file (`--out /dev/stdout >> log`: atomic_write_bytes appends through it,
-    replacing nothing, where the log's lines were judged "not an earlier export")."""
+    descriptor the shell opened to append (`--out /dev/stdout >> log`: atomic_write_bytes appends through it,
+    replacing nothing, where the log's lines were judged "not an earlier export"). A descriptor that would write
+    over the file's bytes (`--out /dev/fd/3 3<> notes.txt`) is judged by its file, as any other."""
     from fewshot.utils import _file_descriptor_named, is_special_file
 
-    if follow_links and _file_descriptor_named(out) is not None:  # as atomic_write_bytes decides it
+    fd = _file_descriptor_named(out) if follow_links else None  # as atomic_write_bytes decides it
+    if fd is not None and _appends(fd):
         return
     if (out.is_symlink() and not follow_links) or not out.is_file() or is_special_file(out):
         return
@@ -76,6 +79,22 @@ def check_export_out(out: Path, follow_links: bool) -> None:
         raise UserError(f"{shown} already holds a file that is not an earlier `fewshot export` (no safetensors "
                         f"header recording {', '.join(EXPORT_FIELDS)}); export replaces only its own files. Give "
                         f"another file name, or move {out} away first.")
+
+
+def _appends(fd: int) -> bool:
+    """Whether a write through ``fd`` replaces none of its file's bytes: opened to append (`>> log`), not a regular
+    file (a socket), or at the file's end (`> new`, or all of it read). A `3<> notes.txt` writes at its start."""
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): no /dev/fd either
+        fcntl = None
+    try:
+        if fcntl is not None and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+            return True
+        info = os.fstat(fd)
+        return not stat.S_ISREG(info.st_mode) or os.lseek(fd, 0, os.SEEK_CUR) >= info.st_size
+    except OSError:  # closed since, or not seekable: judged by its file
+        return False
 
 
 def backbone_state(ck: dict) -> dict:

@@ -305,8 +305,10 @@ def queue_advice(pool: int, global_batch: int, world: int = 1, groups: int = 1, 
         n = room // least
         ways.append(f"fewer processes (at most {n} for this pool)" if n > 1 else
                     "one process" + (" with moco.split_bn_groups=1" if batch_norm else ""))
-    if groups > 1 and batch_norm and room >= 2:
-        ways.append(f"fewer shuffle-BN groups (moco.split_bn_groups={room // 2} with --batch-size {room // 2 * 2})")
+    per_process = room // world  # --batch-size is per process: each of the world's processes enqueues its keys
+    if groups > 1 and batch_norm and per_process >= 2:
+        ways.append(f"fewer shuffle-BN groups (moco.split_bn_groups={per_process // 2} with --batch-size "
+                    f"{per_process // 2 * 2}" + (" per process)" if world > 1 else ")"))
     if global_batch * per < pool:
         queue = f"{global_batch * per}" + (f" to {pool - 1}" if global_batch * per < pool - 1 else "")
         ways.append(f"--queue-size {queue} (less than the pool, at least one step's keys)" if symmetric else

@@ -269,9 +269,9 @@ class Engine:
         --epochs 2 trained at a 50th of it, and the default 1-epoch warmup of a 1-epoch run peaked at 75 %, without
         a word. The peak said is the schedule's own lr at the run's last step (a warmup of W steps reaches
         (steps - 1) / W of the way up), not epochs / warmup_epochs. A peak of WARMUP_PEAK_OK or more is left
-        unsaid: the default warmup of a plain `train --epochs 1` on the demo data reaches 96 %, which costs nothing,
-        and the user set no warmup. A time-based schedule (`fewshot run`) is left out: its epochs are a cap, not the
-        run's length."""
+        unsaid, whoever set the warmup: a last step that short of optim.lr changes little (the default warmup of a
+        plain `train --epochs 1` on the demo data reaches 96 %, and was warned about). A time-based schedule
+        (`fewshot run`) is left out: its epochs are a cap, not the run's length."""
         warmup, epochs = float(self.cfg["sched"].get("warmup_epochs") or 0.0), self.cfg["train"]["epochs"]
         total = max(1, epochs * self.steps_per_epoch)
         warmup_steps = int(round(warmup * self.steps_per_epoch))  # as build_scheduler counts them
