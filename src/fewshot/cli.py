@@ -365,8 +365,8 @@ def cmd_eval(args, extra) -> int:
     if args.balance and (args.split != "test" or args.mode != "known"):  # the val split is what auto decides on
         print(f"fewshot eval: note: --balance applies to known-source test scores only; --split {args.split} "
               f"--mode {args.mode} is scored as the model predicts it.", file=sys.stderr)
-    metrics = evaluate_run(args.run, args.data, args.mode, resolve_device(args.device), split=args.split,
-                           datasets=args.datasets, skip_bad=args.skip_bad_images, balance=balance)
+    metrics = evaluate_run(args.run, args.data, args.mode, resolve_device(args.device, "--device"),
+                           split=args.split, datasets=args.datasets, skip_bad=args.skip_bad_images, balance=balance)
     print(format_table(metrics, title=f"{args.split} accuracy of {metrics['checkpoint']}"))
     if args.out:
         write_json(Path(args.out), metrics, follow_links=True)  # the user's path: a link writes its target
@@ -376,26 +376,34 @@ def cmd_eval(args, extra) -> int:
 def cmd_predict(args, extra) -> int:
     from fewshot.data.layout import check_result_file_is_not_an_input
     from fewshot.eval.predict import check_predict_out, holds_routing, predict_run
-    from fewshot.utils import check_output_file, name_fits, resolve_device, write_json
+    from fewshot.utils import check_output_file, name_fits, resolve_device, write_json, written_in_place
 
     out = check_output_file(args.out, example="pred_all.json")
     check_result_file_is_not_an_input(args.out, args.data, args.run, kind="predictions")
-    routing_file = out.with_name(out.stem + ".routing.json")
-    routing_fits = name_fits(routing_file)
-    if args.mode == "unknown" and not routing_fits:  # refused after the whole prediction, on a name never typed
-        raise UserError(f"--out {args.out}: --mode unknown also writes each image's predicted dataset beside it, to "
-                        f"{routing_file.name}, a name longer than this file system allows; choose a shorter --out.")
-    if args.mode == "unknown" and routing_file.is_dir():  # found after the whole prediction, with another path's advice
-        raise UserError(f"--out {args.out}: --mode unknown also writes each image's predicted dataset beside it, to "
-                        f"{routing_file}, which is a folder; move that folder away or choose another --out.")
+    # a stream or device (/dev/stdout, a pipe, /dev/fd/3) has no folder of the user's beside it: /dev/stdout gave
+    # /dev/stdout.routing.json (as root, a new file in /dev), /dev/fd/3 an error after the whole prediction
+    routing_file = None if written_in_place(out) else out.with_name(out.stem + ".routing.json")
+    routing_fits = routing_file is not None and name_fits(routing_file)
+    if args.mode == "unknown" and routing_file is None:
+        print(f"fewshot predict: note: --out {args.out} is a stream or device, not a file in a folder: the routing "
+              f"(each image's predicted dataset, NAME.routing.json beside a file --out) is not written; give --out "
+              f"a file name to keep it.", file=sys.stderr, flush=True)
+    if args.mode == "unknown" and routing_file is not None:
+        if not routing_fits:  # refused after the whole prediction, on a name never typed
+            raise UserError(f"--out {args.out}: --mode unknown also writes each image's predicted dataset beside it, "
+                            f"to {routing_file.name}, a name longer than this file system allows; choose a shorter "
+                            f"--out.")
+        if routing_file.is_dir():  # found after the whole prediction, with another path's advice
+            raise UserError(f"--out {args.out}: --mode unknown also writes each image's predicted dataset beside it, "
+                            f"to {routing_file}, which is a folder; move that folder away or choose another --out.")
     check_predict_out(out, routing_file, args.out, args.mode == "unknown" and routing_fits)
     if args.balance and args.mode != "known":  # classes compete across datasets there: not evened out per dataset
         print("fewshot predict: note: --balance applies to known-source predictions only; --mode unknown predicts "
               "as the model does.", file=sys.stderr)
-    pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device), datasets=args.datasets,
-                                skip_bad=args.skip_bad_images, balance=args.balance or "auto")
+    pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device, "--device"),
+                                datasets=args.datasets, skip_bad=args.skip_bad_images, balance=args.balance or "auto")
     write_json(out, pred, follow_links=True)  # the user's path: a link writes its target
-    if args.mode == "unknown":
+    if args.mode == "unknown" and routing_file is not None:
         write_json(routing_file, routing)
     elif routing_fits and holds_routing(routing_file):  # an earlier --mode unknown's would no longer describe these
         routing_file.unlink(missing_ok=True)  # only predict's own: a user's file, folder or link so named stays
@@ -442,6 +450,7 @@ def console_main() -> int:
 
     import fewshot
 
+    _plug_closed_stderr()
     code = main(started=fewshot.PROCESS_START)
     # the interpreter's exit collects every object (torch, matplotlib, the run's tensors) before the process ends:
     # 1.2-1.5 s after `fewshot run`'s last line on 2 idle cores, 4-8 s on a busy machine, outside its budget;
@@ -489,8 +498,55 @@ def main(argv: list | None = None, started: float | None = None) -> int:
     """
     from fewshot import process_state
 
-    with process_state.escaped_output():  # argparse's messages and the wait for the turn name what was typed too
-        return _main(argv, started)
+    with _stderr_present(), process_state.escaped_output():  # argparse's messages and the wait for the turn name
+        return _main(argv, started)  # what was typed too
+
+
+_NO_STDERR = threading.Lock()
+_NO_STDERR_CALLS = [0, None]  # calls inside _stderr_present, the null stream they share
+
+
+@contextlib.contextmanager
+def _stderr_present():
+    """sys.stderr a null stream while a command runs where Python has none (`2>&-`, pythonw: None): the commands'
+    notes, warnings and tracebacks crashed on None.write, or (print's file=None) went into stdout, which may be
+    the predictions (--out /dev/stdout). Put back to None when the last such call returns."""
+    with _NO_STDERR:
+        if sys.stderr is not None and not _NO_STDERR_CALLS[0]:
+            owned = False
+        else:
+            owned = True
+            if not _NO_STDERR_CALLS[0]:
+                _NO_STDERR_CALLS[1] = sys.stderr = open(os.devnull, "w", encoding="utf-8")
+            _NO_STDERR_CALLS[0] += 1
+    try:
+        yield
+    finally:
+        if owned:
+            with _NO_STDERR:
+                _NO_STDERR_CALLS[0] -= 1
+                if not _NO_STDERR_CALLS[0]:
+                    if sys.stderr is _NO_STDERR_CALLS[1]:
+                        sys.stderr = None
+                    _NO_STDERR_CALLS[1].close()
+                    _NO_STDERR_CALLS[1] = None
+
+
+def _plug_closed_stderr() -> None:
+    """A closed descriptor 2 (`2>&-`) is the next file opened: a checkpoint or JSON file would then receive what
+    torch, a DataLoader worker or the interpreter writes to stderr. /dev/null holds that place instead."""
+    try:
+        os.fstat(2)
+        return
+    except OSError:
+        pass
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        if fd != 2:
+            os.dup2(fd, 2)
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def _main(argv: list | None, started: float | None) -> int:

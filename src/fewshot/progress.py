@@ -143,7 +143,7 @@ class PlainProgress:
         try:
             stream.write(self.line(now) + "\n")
             stream.flush()
-        except (OSError, ValueError):  # a closed or broken stream must not stop training
+        except (AttributeError, OSError, ValueError):  # no stream (stderr closed: None), closed or broken: go on
             pass
         self._last_print = now
         self._printed_n = self.n
@@ -159,7 +159,7 @@ def _is_tty(stream) -> bool:
 def track(iterable=None, desc: str = "", total: int | None = None, leave: bool = False, **kw):
     """A progress bar over `iterable`: tqdm on a terminal, plain log lines otherwise, nothing when disabled."""
     stream = sys.stderr
-    if not _ENABLED:
+    if not _ENABLED or stream is None:  # `2>&-` leaves Python no stderr (None): the work goes on without a bar
         return PlainProgress(iterable, desc=desc, total=total, file=stream, disable=True)
     if not _is_tty(stream):
         return PlainProgress(iterable, desc=desc, total=total, file=stream, **kw)

@@ -128,7 +128,9 @@ def check_environment() -> None:
     forced_cpu_bf16()
     for name, words in ENV_WORDS.items():
         value = os.environ.get(name)
-        if value is not None and value.strip().lower() not in words:
+        # empty counts as unset, the shell's convention (`FEWSHOT_OMP_WAIT= fewshot train`), as for FEWSHOT_CPU_BF16
+        # and as the readers take it (the default)
+        if value is not None and value.strip() and value.strip().lower() not in words:
             raise UserError(f"{name}={value!r}: use one of {', '.join(words)}, or unset it.")
 
 

@@ -39,6 +39,13 @@ def check_output_file(path, flag: str | None = "--out", example: str = "out.json
     return path
 
 
+def written_in_place(path) -> bool:
+    """Whether an output path is written through what it names, not as a file in a folder: a pipe, a terminal,
+    /dev/null, or a descriptor (/dev/stdout >> log, /dev/fd/3). A file derived from its name beside it would land
+    in /dev or /proc, not in a folder of the user's."""
+    return is_special_file(Path(path)) or _file_descriptor_named(Path(path)) is not None
+
+
 def is_special_file(path: Path) -> bool:
     """An existing output that is neither a file nor a folder once links are followed: a pipe, a terminal,
     /dev/null. It cannot be replaced by a rename, only written."""
@@ -59,6 +66,13 @@ def check_output_dir(path, flag: str | None = "--out", shown=None) -> Path:
     instead = f"choose another {flag}" if flag else "choose another place for it"
     for p in (path, *path.parents):
         if p.exists():
+            # access(2) says yes to /dev/fd; the write failed (ENOENT) after the work
+            if _DESCRIPTOR_FOLDER.fullmatch(os.path.realpath(p)):
+                named = Path(shown or path)
+                closed = (f"; descriptor {named.name} is not open (open it in the shell, e.g. `{named.name}> FILE`, "
+                          f"or give a file name)" if named.parent == p and named.name.isdigit() else "")
+                raise UserError(f"{said}: nothing can be created in {p}, which lists this process's open "
+                                f"descriptors{closed}; {instead}.")
             if not p.is_dir():
                 raise UserError(f"{said}: {p} is a file, not a folder.")
             if not os.access(p, os.W_OK | os.X_OK):  # access(2) also answers EROFS for a read-only mount
@@ -66,6 +80,10 @@ def check_output_dir(path, flag: str | None = "--out", shown=None) -> Path:
                                 f"system or no permission); {instead}.")
             break
     return path
+
+
+# /dev/fd, /proc/self/fd and /proc/PID/task/TID/fd once links are followed: open descriptors, no files to make
+_DESCRIPTOR_FOLDER = re.compile(r"/proc/(?:self|thread-self|\d+)(?:/task/\d+)?/fd")
 
 
 def resolved(path, what: str = "output folder") -> Path:
@@ -404,13 +422,23 @@ def make_generator(*parts: int) -> torch.Generator:
     return gen
 
 
-def resolve_device(name: str) -> torch.device:
-    from fewshot.errors import UserError
+def resolve_device(name: str, given: str = "--device / train.device") -> torch.device:
+    """``name`` as a torch device, or a UserError naming it as typed (``given``: where it may have come from)."""
+    from fewshot.errors import UserError, one_line
 
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but no CUDA GPU is available here. Use --device cpu or auto.")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise UserError(f"unknown device '{name}': use auto, cpu or cuda.")
+    if name == "cpu":
+        return torch.device("cpu")
+    said = one_line(repr(name))  # --device or train.device, as typed
+    index = re.fullmatch(r"cuda(?::(0|[1-9]\d*))?", name)  # torch refuses `cuda:01`
+    if index is None:  # `cudafoo`, `cuda:x` reached torch.device: a RuntimeError, an internal error
+        raise UserError(f"unknown device {said} ({given}): use auto, cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
+        raise UserError(f"device {said} was asked for ({given}), but no CUDA GPU is available here; "
+                        f"use cpu or auto.")
+    if index[1] is not None and int(index[1]) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"device {said} was asked for ({given}), but this machine has {count} CUDA "
+                        f"GPU(s), cuda:0 to cuda:{count - 1}; use one of them, cuda or auto.")
     return torch.device(name)

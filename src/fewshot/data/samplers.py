@@ -22,6 +22,27 @@ def _chunk(order: torch.Tensor, size: int, drop_last: bool) -> list[torch.Tensor
     return batches
 
 
+def most_repeats(n: int, global_bs: int) -> int:
+    """The largest data.repeats that keeps repeated augmentation what it is: an image's copies within one batch,
+    beside other images, and an epoch of at least 2 different images (it stays n long, so it holds about
+    n / repeats of them)."""
+    return max(1, min(n // 2, global_bs))
+
+
+def check_repeats(n: int, global_bs: int, repeats: int) -> None:
+    """Refuse a data.repeats beyond most_repeats: `data.repeats=1000` over 100 images trained every epoch on one
+    image, 100 copies of it (the copies past the epoch's n cut off), and said nothing."""
+    limit = most_repeats(n, global_bs)
+    if n and repeats > limit:
+        from fewshot.errors import UserError
+
+        held = -(-n // repeats)
+        batch = f", each batch of {global_bs} copies of one image" if repeats >= global_bs else ""
+        raise UserError(f"data.repeats={repeats} with data.sampler=repeat: an epoch stays as long as the {n} training "
+                        f"image(s), so it would train on {held} of them{batch}. Use data.repeats={limit} or less "
+                        f"(at most half the training images and one batch of {global_bs}), or data.sampler=shuffle.")
+
+
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, kind: str = "shuffle", rank: int = 0,
                   world: int = 1, drop_last: bool = False, dataset_ids: torch.Tensor | None = None,
                   repeats: int = 3) -> list[torch.Tensor]:
@@ -48,6 +69,7 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, kind: str = "s
     else:
         order = torch.randperm(n, generator=gen)
         if kind == "repeat":
+            check_repeats(n, global_bs, repeats)
             order = order.repeat_interleave(repeats)[:n]
         global_batches = _chunk(order, global_bs, drop_last)
     if world == 1:

@@ -19,13 +19,15 @@ def describe(name: str) -> tuple[int, int]:
 
 
 def list_models(pattern: str = "*", limit: int = 60) -> str:
+    from fewshot.errors import one_line
     from fewshot.progress import track
 
     notes = []
     base, dot, tag = pattern.partition(".")
     if dot and base:  # resnet18.a1_in1k: timm lists architectures, the tag only names pretrained weights
-        notes.append(f"(matching the architecture '{base}': '.{tag}' names pretrained weights, which fewshot "
-                     f"never downloads (model.weights=FILE loads local ones); every tag has the same network)")
+        notes.append(one_line(f"(matching the architecture '{base}': '.{tag}' names pretrained weights, which "
+                              f"fewshot never downloads (model.weights=FILE loads local ones); every tag has the "
+                              f"same network)"))  # the pattern as typed: an ESC in it would reach the terminal
         pattern = base
     pattern = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
     names = [n for n in timm.list_models() if fnmatch.fnmatch(n.lower(), pattern.lower())]  # RESNET18 too
@@ -39,5 +41,5 @@ def list_models(pattern: str = "*", limit: int = 60) -> str:
     if len(names) > limit:
         rows.append(f"... {len(names) - limit} more (use --limit or a narrower pattern)")
     if not names:
-        rows.append(f"(no timm model matches '{pattern}')")
+        rows.append(one_line(f"(no timm model matches '{pattern}')"))
     return "\n".join(rows + notes)
