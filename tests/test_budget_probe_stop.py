@@ -25,9 +25,9 @@ def _run_cfg(root) -> dict:
 
 
 def fake_clock(monkeypatch, step_s: float | list[float]) -> dict:
-    """the run modules' (helpers.run_patch) and run_budget's clocks read ``clock["t"]``, which each training step moves on by ``step_s`` (a
-    list: the steps' in turn, the last one from there on); ``clock["steps"]`` counts the steps (the timing's, as the
-    Engine's are stopped before they run)."""
+    """the run modules' (helpers.run_patch) and run_budget's clocks read ``clock["t"]``, which each training step
+    moves on by ``step_s`` (a list: the steps' in turn, the last one from there on); ``clock["steps"]`` counts the
+    steps (the timing's, as the Engine's are stopped before they run)."""
     import fewshot.run_budget as run_budget
     from fewshot.train import engine
 

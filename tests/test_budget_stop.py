@@ -337,3 +337,20 @@ def test_a_budget_above_the_floor_is_judged_by_the_measured_least_run(digits_roo
     patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 30.0)
     with pytest.raises(UserError, match="is too short for test_resnet at 16px"):
         pipeline.run_pipeline(_run_cfg(digits_root), tmp_path / "r", 0.1)
+
+
+def test_a_stage_resumed_with_no_time_left_says_so_early_without_advising_a_larger_budget(digits_root, tmp_path,
+                                                                                         monkeypatch):
+    """The least-run refusal is a fresh run's (a resume cannot change its budget): a stage continued from its
+    last.pt when its closing work no longer fitted the budget left trained nothing and ended late, its only word
+    the Engine's note at the end of the stage. Now one warning comes before it, which says the run ends late and
+    does not ask for the larger --budget-minutes a resume cannot take."""
+    out = tmp_path / "run"
+    _, _, stdout = resume_stopped_in_finetune(digits_root, out, monkeypatch, 0.25, spent=True)
+    lines = [line for line in stdout.splitlines() if "resumes with" in line]
+    assert len(lines) == 1, stdout
+    line = lines[0]
+    assert line.startswith("[run] warning: finetune resumes with 0.0 s of the budget left, less than its closing work")
+    assert "it trains no further, and the run will likely end about" in line and "after its budget" in line
+    assert "--budget-minutes" not in line and "larger" not in line
+    assert stdout.index(line) < stdout.index("no time is left of the run's budget for this stage")

@@ -558,7 +558,8 @@ def test_the_last_stage_leaves_its_measured_closing_work_inside_the_budget(digit
     import torch
 
     from fewshot.config import resolve
-    from fewshot.pipeline import closing_seconds, measure_prediction_seconds
+    from fewshot.pipeline import closing_seconds
+    from fewshot.run_budget import measure_prediction_seconds
     from fewshot.run_stages import plan_stage
     from fewshot.train.distributed import DistContext
     from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults

@@ -596,3 +596,27 @@ def test_an_altered_json_file_of_a_finished_run_or_stage_is_refused_by_name(digi
     rc, _, err = run_main(*_cmd(digits_root, out, "--resume"))
     assert rc == 2 and str(out / altered) in err and "restore it" in err, err
     assert "Traceback" not in err and "internal error" not in err.lower(), err
+
+
+def test_round_1_resumed_as_the_last_stage_with_its_time_spent_warns_that_the_run_ends_late(digits_root, tmp_path,
+                                                                                            monkeypatch):
+    """Round 1, the last stage once the later rounds were skipped, continued from its last.pt with the budget spent:
+    its closing work cannot fit, and the resume says so before training (not a larger budget: it cannot change)."""
+    import fewshot.pipeline
+    from fewshot.train.supervised import SupervisedTask
+
+    out = tmp_path / "run"
+    cmd = _cmd(digits_root, out, "run.pseudo_rounds=2")
+    with monkeypatch.context() as mp:
+        mp.setattr(fewshot.pipeline, "time_holds", lambda need_s, left_s: False)
+        sigterm_in_stage(mp, "finetune_labelled", SupervisedTask, 2)
+        rc, _, err = run_main(*cmd)
+    assert rc == 128 + signal.SIGTERM, err
+    state = _state(out)
+    state["seconds"] = state["budget_minutes"] * 60  # as if the session had run on to the end of the budget
+    (out / "run_state.json").write_text(json.dumps(state))
+    rc, stdout, err = run_main(*cmd, "--resume")
+    assert rc == 0, err
+    lines = [line for line in stdout.splitlines() if "resumes with" in line]
+    assert len(lines) == 1 and lines[0].startswith("[run] warning: finetune_labelled resumes with 0.0 s"), stdout
+    assert "the run will likely end about" in lines[0] and "--budget-minutes" not in lines[0]

@@ -55,13 +55,13 @@ def test_a_later_round_is_judged_at_the_speed_the_round_before_trained_at(monkey
     """Round 1 timed 100 ms a step at its planning; trained at 2 s a step, round 2's least time (about 41 s at
     that speed, 24 s at the timed one) does not fit the 40 s left: skipped before the pool is labelled or the
     round timed, with the speed said. At the timed speed, or trained as fast as timed, round 2 runs."""
-    from fewshot import pipeline, run_pseudo
+    from fewshot import pipeline, run_stages
 
     clock = [1000.0]
     monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda *a, **k: 0.001)
-    # round_speeds (run_pseudo) is what would time round 1
-    monkeypatch.setattr(run_pseudo, "measure_step_seconds", lambda *a, **k: pytest.fail("round 1 was timed"))
+    # round_speeds (run_stages) is what would time round 1
+    monkeypatch.setattr(run_stages, "measure_step_seconds", lambda *a, **k: pytest.fail("round 1 was timed"))
     run, decided = _run(clock, 40.0)
     task = SimpleNamespace(step_s=0.1, eval_s=1.0, trained_step_s=trained_step_s, trained_eval_s=None,
                            cfg={"train": {"ema": True}}, supports_ema=True)
@@ -78,7 +78,7 @@ def test_a_later_round_is_judged_at_the_speed_the_round_before_trained_at(monkey
 def test_the_slower_of_the_timing_and_the_training_judges():
     """Round 1 trained faster than timed: the later round times its own steps as round 1's planning did, after the
     labelling, so the check takes the slower speed (the faster one passed rounds that the later timing skipped)."""
-    from fewshot.run_pseudo import round_speeds
+    from fewshot.run_stages import round_speeds
 
     task = SimpleNamespace(step_s=0.5, eval_s=1.0, trained_step_s=0.2, trained_eval_s=3.0)
     step_s, eval_s, words = round_speeds(task, 1)
@@ -88,12 +88,12 @@ def test_the_slower_of_the_timing_and_the_training_judges():
 def test_a_round_not_timed_in_this_session_is_timed_now_beside_its_log(monkeypatch):
     """A resumed or reused round has no timing of this session: its log alone (another machine, another load)
     judged the rounds after it; the speed measured now counts too, the slower deciding."""
-    from fewshot import run_pseudo
+    from fewshot import run_stages
 
-    monkeypatch.setattr(run_pseudo, "measure_step_seconds", lambda task: 0.9)
-    monkeypatch.setattr(run_pseudo, "measure_eval_seconds", lambda task: 0.5)
+    monkeypatch.setattr(run_stages, "measure_step_seconds", lambda task: 0.9)
+    monkeypatch.setattr(run_stages, "measure_eval_seconds", lambda task: 0.5)
     task = SimpleNamespace(trained_step_s=0.2, trained_eval_s=2.0)  # no step_s / eval_s: not planned here
-    step_s, eval_s, _ = run_pseudo.round_speeds(task, 1)
+    step_s, eval_s, _ = run_stages.round_speeds(task, 1)
     assert (step_s, eval_s) == (0.9, 2.0)
 
 

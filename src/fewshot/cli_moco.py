@@ -330,7 +330,8 @@ RUN_REPLACES = {
     "moco.queue_size": "run.queue_size (the MoCo stage's queue, with --pretrain); set that",
     "moco.momentum": "run.moco_momentum (the MoCo stage's key-encoder momentum, with --pretrain); set that",
     "train.epochs": "the run's plan, which fits each stage's epochs into --budget-minutes; set that (and "
-                    "run.min_epochs, the fewest epochs a stage gets)",
+                    "run.min_epochs, the lowest epoch cap a stage plans, not a promise of epochs: the budget "
+                    "ends a stage first)",
     "train.budget_minutes": "--budget-minutes (the whole run's); set that",
     "train.eval_every": "the run's plan (evaluations take about a tenth of each stage's time)",
     "moco.knn_every": "the run's plan (evaluations take about a tenth of each stage's time)",

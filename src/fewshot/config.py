@@ -996,6 +996,10 @@ AT_LEAST = {"model.img_size": 1, "train.threads": 1, "moco.mlp_hidden": 1, "run.
 # fields that are `auto` or a whole number in [low, high]: (low, high, what the number means, for the message)
 AUTO_OR_WHOLE = {"data.bit_depth": (8, 16, "the bits 16-bit images use, e.g. 12 for values up to 4095")}
 POSITIVE = ("optim.lr", "run.pretrain_lr", "train.budget_minutes", "run.finetune_lr", "moco.temperature", "moco.knn_t")  # > 0
+# the most minutes a budget may be (`fewshot run --budget-minutes`, train.budget_minutes): about 19 years, beyond
+# any run, and far from where the budget's arithmetic in seconds overflows (1e308 minutes passed as finite, became
+# inf seconds, and crashed the started run; train.budget_minutes=1e308 meant no time limit without a word)
+MAX_BUDGET_MINUTES = 1e7
 
 INTERVALS = {  # (low, high, low included[, high included]): fractions and probabilities
     "data.crop_pct": (0.0, 1.0, False), "data.randaug_p": (0.0, 1.0, True), "aug.jitter_p": (0.0, 1.0, True),
@@ -1130,6 +1134,8 @@ def _check_field(cfg: dict, key: str, dotted: str, default: Any, typed: dict) ->
     if dotted in TEXT_LIST and value is not None and not is_text_list(value):
         raise FieldError(dotted, f"{dotted} must be a name or a list of names, not {shown}.")
     kind = _kind(default)
+    if dotted == "train.budget_minutes" and isinstance(value, float) and not math.isfinite(value):
+        raise _budget_refusal(dotted, shown)  # inf is no time limit only by accident: null says it
     if kind == "text" and dotted in CHOICES:
         kind = None  # a few words, some of which YAML reads as true/false: checked against CHOICES below
     ok = (kind is None or value is None and default is None
@@ -1163,6 +1169,13 @@ def _check_auto_or_whole(cfg: dict, key: str, dotted: str, typed: dict) -> None:
     raise FieldError(dotted, f"{dotted} must be {field_words(dotted)}, not {_shown(dotted, cfg[key], typed)}.")
 
 
+def _budget_refusal(dotted: str, shown: str) -> FieldError:
+    """A budget that is not finite or beyond any run (MAX_BUDGET_MINUTES), refused as `fewshot run
+    --budget-minutes` refuses it: 1e308 minutes became inf seconds, a time limit that never came."""
+    return FieldError(dotted, f"{dotted} must be a positive number of minutes up to {MAX_BUDGET_MINUTES:g} (about "
+                              f"19 years), not {shown}; leave it unset (null) for no time limit.")
+
+
 def _check_range(dotted: str, value: Any, shown: str) -> None:
     """AT_LEAST, POSITIVE and INTERVALS for one field."""
     if value is None:
@@ -1171,6 +1184,8 @@ def _check_range(dotted: str, value: Any, shown: str) -> None:
         raise FieldError(dotted, f"{dotted} must be at least {AT_LEAST[dotted]}, not {shown}.")
     if dotted in POSITIVE and not value > 0:
         raise FieldError(dotted, f"{dotted} must be greater than 0, not {shown}.")
+    if dotted == "train.budget_minutes" and value > MAX_BUDGET_MINUTES:
+        raise _budget_refusal(dotted, shown)
     if dotted in INTERVALS:
         low, high, closed, *rest = INTERVALS[dotted]
         high_closed = rest[0] if rest else True

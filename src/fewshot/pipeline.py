@@ -33,14 +33,14 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_
                                 pretrain_closing_seconds, pretrain_least_seconds, report_seconds, round1_leaves,
                                 stop_timing_when, time_holds, too_short_budget_error)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
-from fewshot.run_pseudo import (labelled_only_round, pool_decode_limit, precision_cap, pseudo_label_pool,
-                                recorded_pseudo_labels, round_speeds)
+from fewshot.run_pseudo import pool_decode_limit, precision_cap, pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_stages import (adopt_stage_architecture, auto_img_size, better_earlier_round, check_finetune_batches,
                                 check_model, check_pool_images, check_pretrain_settings, finetune_config,
-                                finetune_stage, preload_images, pretrain_stage, read_finished_json, reusable_stage,
-                                weights_replaced_by)
-from fewshot.run_state import MAX_BUDGET_MINUTES, holds_finished_run
-from fewshot.run_words import UNRECORDED, labelled_only_why, overrun_note, seconds_apart, seconds_text
+                                finetune_stage, labelled_only_round, preload_images, pretrain_stage,
+                                read_finished_json, reusable_stage, round_speeds, weights_replaced_by)
+from fewshot.run_state import MAX_BUDGET_MINUTES, STATE_FILE, RunState, holds_finished_run
+from fewshot.run_words import (UNRECORDED, labelled_only_why, overrun_note, resumed_late_warning, seconds_apart,
+                               seconds_text)
 from fewshot.utils import (derive_seed, loads_run_json, missing_parents, refuse_links_in_run_dir, resolve_device,
                            resolved, write_json)
 
@@ -132,8 +132,6 @@ class PipelineRun:
         """A stop (a signal, Ctrl-C, an error) counts this session's time in the run's state, once the run has one
         and while it is there (a refused start has undone its own: writing it again would leave a run behind). A
         failure to write it leaves the stop's own exception to be reported."""
-        from fewshot.run_state import STATE_FILE
-
         if self.stop_clock is not None:
             state, t_start = self.stop_clock
             if (state.out / STATE_FILE).is_file():
@@ -210,8 +208,6 @@ class PipelineRun:
 
     def resume_state(self) -> dict | None:
         """--resume: the stopped run's state, budget and image size; its summary when it had finished."""
-        from fewshot.run_state import STATE_FILE, RunState
-
         cfg, out = self.cfg, self.out
         if (out / STATE_FILE).is_file():  # a folder that holds no run is refused as such (RunState.resume)
             refuse_links_in_run_dir(out)  # its stages' checkpoints, metrics and state would be written through them
@@ -453,8 +449,6 @@ class PipelineRun:
     def start_state(self) -> None:
         """The run's state: started now that the inputs have passed their checks, or the resumed one, whose
         sessions' time the clock now counts."""
-        from fewshot.run_state import RunState
-
         if self.state is None:  # written once the inputs have passed their checks: a failed start leaves no run behind
             self.state = RunState.start(self.out, self.requested, self.budget_minutes, self.cfg["model"]["img_size"],
                                         time.monotonic() - self.t_start, self.class_names)
@@ -513,6 +507,22 @@ class PipelineRun:
         if step_s is not None:  # a stage planned now to train until the closing work (a later round may undo it)
             self.plan_closing(need)
         return need
+
+    def last_closing(self, task, eval_s: float, step_s: float | None = None) -> float:
+        """The last stage's hook (closing), which also warns a resumed one (no ``step_s``: continued from its
+        last.pt) whose closing work no longer fits the budget left (warn_if_resumed_late)."""
+        need = self.closing(task, eval_s, step_s)
+        if step_s is None:
+            self.warn_if_resumed_late("finetune", need)
+        return need
+
+    def warn_if_resumed_late(self, stage: str, need: float) -> None:
+        """The early word a fresh run gets from its least-run refusal or plan_stage's floor warning, for a stage
+        continued on --resume, whose closing work (``need``) the budget left cannot hold: it trains no further
+        (cap_resumed_budget) and the run ends late. A warning, not a refusal: a resume cannot change the budget."""
+        words = resumed_late_warning(stage, self.last_end - time.monotonic(), need)
+        if words is not None:
+            print(words, flush=True)
 
     def plan_closing(self, need: float) -> None:
         """Keep the closing estimate of the stage planned to train until it (``need``, the margin included), and
@@ -741,6 +751,7 @@ class PipelineRun:
         labelling and the closing work their least time (after_round1_seconds); when even round 1's floor
         does not leave them that, they are skipped and round 1 trains until the closing work."""
         skip, rounds = self.skip, self.rounds
+        resumed = step_s is None  # finetune_stage's call for a round continued from its last.pt (plan_stage's: timed)
         step_s = measure_step_seconds(task) if step_s is None else step_s  # a resumed round 1: not measured
         # kept as plan_stage keeps its timings: the check before round 2 (round_speeds) timed a resumed round again
         task.step_s, task.eval_s = getattr(task, "step_s", None) or step_s, getattr(task, "eval_s", None) or eval_s
@@ -768,6 +779,8 @@ class PipelineRun:
                       f"an error): {skip['why']}; round 1 trains until the closing work (about {closing_s:.0f} s) "
                       f"and predicts", flush=True)
             self.plan_closing(closing_s)
+            if resumed:  # round 1 is the last stage: it trains until the closing work
+                self.warn_if_resumed_late("finetune_labelled", closing_s)
             return self.labelled_end - (self.last_end - closing_s)  # negative: round 1 ends after its share
         leaves = round1_leaves(rest, left, step_s, eval_s)  # and a margin for round 1's own late end
         cut = max(0.0, self.labelled_end - (self.last_end - leaves))
@@ -842,6 +855,8 @@ class PipelineRun:
             per_image = measure_prediction_seconds(task, self.test_set.images)
             need = self.closing(task, eval_s, step_s, per_image)
             if step_s is None:  # a resumed round continues: it began before the stop
+                if last:
+                    self.warn_if_resumed_late("finetune", need)
                 return need if last else 0.0
             least, left = least_run_seconds(step_s, need), self.last_end - time.monotonic()
             if least_run_holds(least, left):
@@ -948,7 +963,8 @@ class PipelineRun:
                                                "with FixMatch on the unlabeled pool" if semi == "fixmatch" else
                                                "on labelled + pseudo-labelled pool images" if has_pool else
                                                "on the labelled images again" if pseudo else "", pseudo,
-                                               self.later_round_closing(self.rounds) if optional else self.closing)
+                                               self.later_round_closing(self.rounds) if optional else
+                                               self.last_closing)
         self.task = task
         if not task.reused or "finetune" not in summary["stages"]:
             labels = pseudo.get("summary") if pseudo is not None else None  # none: a round on the labelled images

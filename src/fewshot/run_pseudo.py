@@ -1,8 +1,7 @@
 """Self-training's pseudo-labelling of the unlabeled pool in `fewshot run`: how much of the pool a round can afford
 to decode and label in its time, the labelling itself and its record (pseudo_labels_round<k>.json, reused by a
-resumed run), what run.pseudo_precision the val split can certify, and a later round's speeds and its labelled-only
-fallback. Tests fake a speed by patching measure_prediction_seconds (and the step and evaluation timings) on this
-module: its calls look the names up here."""
+resumed run) and what run.pseudo_precision the val split can certify. Tests fake the labelling's speed by patching
+measure_prediction_seconds on this module: its calls look the name up here."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 from fewshot.data.cache import default_cache_dir
-from fewshot.run_budget import measure_eval_seconds, measure_prediction_seconds, measure_step_seconds
+from fewshot.run_budget import measure_prediction_seconds
 from fewshot.run_words import pseudo_label_line
 from fewshot.utils import loads_run_json, write_json
 
@@ -77,11 +76,12 @@ def pool_share_in_time(task, images: torch.Tensor, seconds: float, record: Path,
 
 def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> int | None:
     """How many pool files self-training decodes: all (None) when the decode cache holds them or decoding them
-    takes at most ``seconds`` at the rate timed on a seeded ``n`` of them; else a seeded random share that fits (``n`` at
-    least; semi.pool_subset). A cold 100k-file pool was decoded whole before the stages were planned, inside the
-    budget, though the rounds label only the share their time allows (pool_share_in_time). A share an earlier run
-    decoded (cache.subsets_record) is reused when at least half as large: the timing varies from run to run (564 to
-    972 files for the same time), and each new count decoded another share into a cache entry of its own."""
+    takes at most ``seconds`` at the rate timed on a seeded ``n`` of them; else a seeded random share that fits
+    (``n`` at least; semi.pool_subset). A cold 100k-file pool was decoded whole before the stages were planned,
+    inside the budget, though the rounds label only the share their time allows (pool_share_in_time). A share an
+    earlier run decoded (cache.subsets_record) is reused when at least half as large: the timing varies from run to
+    run (564 to 972 files for the same time), and each new count decoded another share into a cache entry of its
+    own."""
     from fewshot.data.cache import add_to_subsets_record, decode_seconds_per_image, is_cached, subsets_record
     from fewshot.train.semi import pool_subset
 
@@ -156,7 +156,8 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     per_dataset = {name: {"kept": int((owner == d).sum()),
                           "kept_from_unknown_source": int(((owner == d) & from_unknown).sum()),
                           "pool": int((pool_ids == d).sum()), "labelled": int((dataset_ids == d).sum()),
-                          "mean_confidence": round(float(conf[owner == d].mean()), 4) if bool((owner == d).any()) else None}
+                          "mean_confidence": (round(float(conf[owner == d].mean()), 4) if bool((owner == d).any())
+                                              else None)}
                    for d, name in enumerate(task.space.names)}
     summary = {"source": source, "pool_size": n_pool, "pool_labelled": len(images),
                "keep_frac": r["pseudo_keep"], "max_per_shot": r["pseudo_max_per_shot"],
@@ -220,28 +221,3 @@ def precision_cap(infos, precision: float) -> tuple[str | None, str | None]:
     return None, (f"[run] warning: {rule.format('some classes')}. These keep no pool image in the later rounds "
                   f"({shut}); run.pseudo_precision={math.floor(min(caps) * 1000) / 1000:g} or lower keeps every class "
                   f"with val images open, or add val images.")
-
-
-def labelled_only_round(task) -> dict:
-    """The last self-training round when the time left holds a round's floor but not the pool's labelling: no
-    pseudo-labels, the labelled images only, from ``task``'s weights (the round before). Skipped instead, round 2
-    left a fifth of a 1-minute budget unused, with round 1 at 4.5 epochs and val at chance."""
-    return {"images": [], "targets": [], "summary": None, "key": None, "labelled_only": True,
-            "state": copy.deepcopy(task.model.state_dict())}
-
-
-def round_speeds(task, k: int) -> tuple[float, float, str]:
-    """Round ``k``'s seconds per step and per evaluation for the check of the rounds after it, and their words:
-    the slower of its calibration at its planning and what its training took (trained_speeds). Judged at the
-    calibration only, a loaded machine's round 1 (1.6 s a step timed, 7.4 s trained) passed the check, and round
-    2 labelled the pool and timed its steps for 36 s before its own planning skipped it. The slower, not the
-    training's alone: the later round's own check times it as round 1's planning did, after the labelling."""
-    # a round reused in this session was not timed here (a resumed one was, at its planning: round1_closing): its log
-    # may come from another machine or load, so it is timed now as well
-    timed = [getattr(task, "step_s", None) or measure_step_seconds(task), getattr(task, "trained_step_s", None)]
-    step_s = max(x for x in timed if x)
-    evals = [getattr(task, "eval_s", None) or measure_eval_seconds(task), getattr(task, "trained_eval_s", None)]
-    eval_s = max(x for x in evals if x)
-    speed = (f"round {k}'s speed ({step_s * 1000:.0f} ms a step, {eval_s:.1f} s an evaluation: the slower of its "
-             f"timing and its training)" if getattr(task, "trained_step_s", None) else "the measured speed")
-    return step_s, eval_s, speed

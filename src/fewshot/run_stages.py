@@ -1,8 +1,9 @@
 """One stage of `fewshot run` at a time: the start-up checks of its settings and images (before the run folder is
-started), its plan from the measured speeds (plan_stage), and running it: MoCo pretraining (pretrain_stage) or a
-fine-tuning round (finetune_stage), each reused when finished or continued from its last.pt on --resume. Tests fake
-a speed or the clock by patching measure_step_seconds, measure_eval_seconds or time on this module: the stages'
-calls look the names up here."""
+started), its plan from the measured speeds (plan_stage), a finished round's speeds that judge the rounds after it
+(round_speeds) and the labelled-only round that stands in for one whose pool labelling does not fit
+(labelled_only_round), and running it: MoCo pretraining (pretrain_stage) or a fine-tuning round (finetune_stage),
+each reused when finished or continued from its last.pt on --resume. Tests fake a speed or the clock by patching
+measure_step_seconds, measure_eval_seconds or time on this module: the stages' calls look the names up here."""
 
 from __future__ import annotations
 
@@ -60,6 +61,31 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     if min_epochs > 1 and fits < min_epochs:  # at the default of 1 the floor's warning says what a short stage is
         print(min_epochs_warning(min_epochs, fits, budget_s, step_s, steps), flush=True)
     return step_s, fits, budget_s
+
+
+def labelled_only_round(task) -> dict:
+    """The last self-training round when the time left holds a round's floor but not the pool's labelling: no
+    pseudo-labels, the labelled images only, from ``task``'s weights (the round before). Skipped instead, round 2
+    left a fifth of a 1-minute budget unused, with round 1 at 4.5 epochs and val at chance."""
+    return {"images": [], "targets": [], "summary": None, "key": None, "labelled_only": True,
+            "state": copy.deepcopy(task.model.state_dict())}
+
+
+def round_speeds(task, k: int) -> tuple[float, float, str]:
+    """Round ``k``'s seconds per step and per evaluation for the check of the rounds after it, and their words:
+    the slower of its calibration at its planning and what its training took (trained_speeds). Judged at the
+    calibration only, a loaded machine's round 1 (1.6 s a step timed, 7.4 s trained) passed the check, and round
+    2 labelled the pool and timed its steps for 36 s before its own planning skipped it. The slower, not the
+    training's alone: the later round's own check times it as round 1's planning did, after the labelling."""
+    # a round reused in this session was not timed here (a resumed one was, at its planning: round1_closing): its log
+    # may come from another machine or load, so it is timed now as well
+    timed = [getattr(task, "step_s", None) or measure_step_seconds(task), getattr(task, "trained_step_s", None)]
+    step_s = max(x for x in timed if x)
+    evals = [getattr(task, "eval_s", None) or measure_eval_seconds(task), getattr(task, "trained_eval_s", None)]
+    eval_s = max(x for x in evals if x)
+    speed = (f"round {k}'s speed ({step_s * 1000:.0f} ms a step, {eval_s:.1f} s an evaluation: the slower of its "
+             f"timing and its training)" if getattr(task, "trained_step_s", None) else "the measured speed")
+    return step_s, eval_s, speed
 
 
 # docs/recipes.md: at a 3-minute budget on CPU 64 px scored below 32 (4x the cost per step, fewer epochs); 64 px
@@ -188,10 +214,17 @@ def check_pretrain_settings(cfg: dict, backbone) -> None:
 
     r = cfg["run"]
     batch = int(r["pretrain_batch_size"])
-    if r["queue_size"] is not None and int(r["queue_size"]) < batch:
-        raise UserError(f"run.queue_size={r['queue_size']} is smaller than the MoCo batch (run.pretrain_batch_size="
-                        f"{batch}): the queue could not hold one batch of keys. Raise run.queue_size or lower "
-                        f"run.pretrain_batch_size.")
+    # moco.symmetric enqueues both views' keys each step (ssl.pretrain.resolve_pretrain_defaults refuses the queue
+    # under 2x the batch): checked only there, K=96 at batch 64 decoded the pool and started the folder first
+    symmetric = bool(cfg["moco"].get("symmetric"))
+    keys = batch * (2 if symmetric else 1)
+    if r["queue_size"] is not None and int(r["queue_size"]) < keys:
+        what = (f"the {keys} keys a MoCo step enqueues with moco.symmetric=true (both views' keys: 2 x "
+                f"run.pretrain_batch_size={batch})" if symmetric else
+                f"the MoCo batch (run.pretrain_batch_size={batch})")
+        raise UserError(f"run.queue_size={r['queue_size']} is smaller than {what}: the queue could not hold one "
+                        f"step's keys. Raise run.queue_size to {keys} or more, or lower run.pretrain_batch_size"
+                        f"{' (or drop moco.symmetric=true)' if symmetric else ''}.")
     try:
         split_groups({"moco": cfg["moco"], "train": {"batch_size": batch}}, 1, backbone)
     except UserError as exc:
@@ -350,7 +383,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         task.add_pseudo_labelled(pseudo["images"], pseudo["targets"], pseudo["dataset_ids"],
                                  fcfg["run"]["pseudo_labelled_repeat"], soft=pseudo.get("soft"))
     key = pseudo.get("key") if pseudo is not None else None
-    if resuming and status == "began" and not same_training_images(task, last, state.stage(name).get("pseudo_key"), key):
+    if (resuming and status == "began"
+            and not same_training_images(task, last, state.stage(name).get("pseudo_key"), key)):
         # the pool was labelled differently this time (another device's float results can move a threshold):
         # its checkpoint belongs to other training images, so the stage starts over from the previous round
         why = ("the training images differ (the labelled images, or the pool's pseudo-labels)" if pseudo is not None

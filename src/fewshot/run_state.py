@@ -17,14 +17,14 @@ import os
 import sys
 from pathlib import Path
 
-from fewshot.config import DEFAULTS, canonical_value, flatten_dotted, get_dotted, set_dotted, setting_changed
+from fewshot.config import (DEFAULTS, MAX_BUDGET_MINUTES, canonical_value, flatten_dotted, get_dotted, set_dotted,
+                            setting_changed)
 from fewshot.errors import UserError, one_line
 from fewshot.utils import loads_run_json, write_json
 
 STATE_FILE = "run_state.json"
-# the most minutes a run's budget may be: about 19 years, beyond any run, and far from where the budget's arithmetic
-# in seconds overflows (--budget-minutes 1e308 passed as finite, became inf seconds, and crashed the started run)
-MAX_BUDGET_MINUTES = 1e7
+# MAX_BUDGET_MINUTES, the most minutes a run's budget may be, is config's: train.budget_minutes is checked against it
+# too (config cannot import this module)
 
 # what a resumed `fewshot run` may change when the command gives it: where the data and the cache are, the device,
 # threads and progress output (not given, the cache, progress and TensorBoard settings are the run's:

@@ -60,8 +60,21 @@ def epochs_estimate(n: float) -> str:
 
 def overrun_warning(seconds: float, why: str) -> str:
     """The start-up warning of a run that cannot keep its budget: it overran silently until its end."""
-    return one_line(f"[run] warning: {why}: the run will likely end about {max(1.0, seconds):.0f} s after its budget. A larger "
-                    f"--budget-minutes, or a smaller --img-size or --model, lets it fit.")
+    return one_line(f"[run] warning: {why}: the run will likely end about {max(1.0, seconds):.0f} s after its "
+                    f"budget. A larger --budget-minutes, or a smaller --img-size or --model, lets it fit.")
+
+
+def resumed_late_warning(stage: str, left: float, need: float) -> str | None:
+    """A stopped stage continued from its last.pt (``fewshot run --resume``) with ``left`` seconds of the budget,
+    less than its closing work's ``need``: the least-run refusal is a fresh run's (a resume cannot change the
+    budget), so the run ran late without an early word. None where the work fits. No larger budget is advised:
+    the resume must repeat it."""
+    if need <= left:
+        return None
+    return one_line(f"[run] warning: {stage} resumes with {seconds_text(max(0.0, left))} of the budget left, less than "
+                    f"its closing work needs at the measured speed (about {seconds_text(need)}: evaluations, "
+                    f"prediction and the report): it trains no further, and the run will likely end about "
+                    f"{max(1.0, need - max(0.0, left)):.0f} s after its budget.")
 
 
 def min_epochs_warning(min_epochs: int, fits: float, budget_s: float, step_s: float, steps: int) -> str:

@@ -1,9 +1,10 @@
 """Patching a timing or the clock for a whole `fewshot run`.
 
-The pipeline and its stage modules (run_stages: a stage's planning and training; run_pseudo: the pool's labelling
-and a later round's speeds) each import run_budget's measure_*_seconds and `time`, and each call looks the name up
-in its own module: a patch on fewshot.pipeline alone would not reach plan_stage or pool_share_in_time, and the test
-would pass on the real timings without a word. A test of one function patches its own module instead."""
+The pipeline and its stage modules (run_stages: a stage's planning, training and a finished round's speeds;
+run_pseudo: the pool's labelling) each import the run_budget timings they call (run_pseudo only
+measure_prediction_seconds), and the pipeline and run_stages also `time` for the run's clock; each call looks the
+name up in its own module: a patch on fewshot.pipeline alone would not reach plan_stage or pool_share_in_time, and
+the test would pass on the real timings without a word. A test of one function patches its own module instead."""
 
 from __future__ import annotations
 

@@ -181,7 +181,7 @@ class JointMoCo:
 
     The key encoder is copied from the query encoder at the first step the Engine takes (``start``), not at
     construction: `fewshot run` loads the previous round's weights after building the task and times a few steps
-    on a copy of the model before training (pipeline.measure_step_seconds); both would otherwise leave the key
+    on a copy of the model before training (run_budget.measure_step_seconds); both would otherwise leave the key
     encoder and queue with another network's state."""
 
     def __init__(self, cfg: dict, backbone: nn.Module, n_keys: int, pool_size: int, device: torch.device,

@@ -1,0 +1,42 @@
+"""`fewshot run --pretrain moco.symmetric=true run.queue_size=K` with the MoCo batch <= K < 2x the batch passed
+start-up (which compared K with the batch alone) and was refused by the MoCo stage (resolve_pretrain_defaults: a
+symmetric step enqueues both views' keys) after the pool was decoded and the run folder started."""
+
+from __future__ import annotations
+
+import pytest
+
+from fewshot.config import resolve
+from fewshot.errors import UserError
+from fewshot.run_stages import check_model, check_pretrain_settings
+from helpers.checks import run_main
+
+
+def _cfg(root, queue: int, symmetric: bool) -> dict:
+    return resolve(flags={"data.root": str(root), "model.name": "test_resnet", "model.img_size": 16,
+                          "run.pretrain": True, "run.pretrain_batch_size": 64, "run.queue_size": queue,
+                          "moco.symmetric": symmetric})
+
+
+@pytest.mark.parametrize("queue, symmetric, refused", [(96, True, True), (127, True, True), (128, True, False),
+                                                      (64, False, False), (63, False, True)])
+def test_the_queue_is_checked_against_the_keys_a_step_enqueues(digits_root, queue, symmetric, refused):
+    cfg = _cfg(digits_root, queue, symmetric)
+    backbone = check_model(cfg)
+    if not refused:
+        check_pretrain_settings(cfg, backbone)
+        return
+    with pytest.raises(UserError) as caught:
+        check_pretrain_settings(cfg, backbone)
+    text = str(caught.value)
+    assert f"run.queue_size={queue}" in text
+    if symmetric:
+        assert "moco.symmetric=true" in text and "128 or more" in text
+
+
+def test_run_refuses_a_symmetric_queue_under_two_batches_before_the_run_starts(digits_root, tmp_path):
+    out = tmp_path / "x"
+    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--pretrain",
+                          "--model", "test_resnet", "--img-size", "16", "moco.symmetric=true", "run.queue_size=96")
+    assert rc == 2 and "run.queue_size=96" in err and "moco.symmetric=true" in err, err
+    assert not out.exists()  # refused before the pool was decoded and the folder started
