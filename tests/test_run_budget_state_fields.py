@@ -55,6 +55,13 @@ def test_each_field_a_resume_reads_is_checked(tmp_path, change, field):
     assert f"is damaged: {field} must be" in _damaged(tmp_path, _state(**change))
 
 
+def test_a_budget_an_older_version_took_stays_resumable(tmp_path):
+    """Before the cap on new budgets any finite one was taken: such a run is not "damaged" (its budget cannot be
+    changed on resume, and --budget-minutes now refuses to repeat it), only one whose seconds overflow is."""
+    assert _damaged(tmp_path, _state(budget_minutes=2e7)) == ""
+    assert "is damaged: budget_minutes must be" in _damaged(tmp_path, _state(budget_minutes=1e307))
+
+
 def test_the_fields_as_fewshot_writes_them_pass(tmp_path):
     """The checks refuse only what `fewshot run` never writes: a state with every field as the run records it."""
     skip = {"rounds": 2, "skipped_from": 2, "why": "no time", "reduced_why": "fewer", "reduced_to": 2,
@@ -95,7 +102,7 @@ def test_the_largest_budget_taken_stays_finite_in_seconds():
     import math
 
     from fewshot.pipeline import check_budget
-    from fewshot.run_state import MAX_BUDGET_MINUTES
+    from fewshot.config import MAX_BUDGET_MINUTES
 
     check_budget(MAX_BUDGET_MINUTES)  # taken
     assert math.isfinite(MAX_BUDGET_MINUTES * 60.0 + time.monotonic())
@@ -129,3 +136,10 @@ def test_min_epochs_beyond_the_stage_time_is_said(digits_root, capsys, monkeypat
     run_stages.plan_stage(task, cfg, end, 1, ("train", "eval_every"))
     run_stages.plan_stage(task, cfg, time.monotonic() + 100 * steps * 0.1, 30, ("train", "eval_every"))
     assert "min_epochs" not in capsys.readouterr().out
+
+
+def test_one_minute_is_said_in_the_singular():
+    from fewshot.run_words import minutes_text
+
+    assert (minutes_text(1), minutes_text(1.0), minutes_text(2), minutes_text(0.5)) == (
+        "1 minute", "1 minute", "2 minutes", "0.5 minutes")

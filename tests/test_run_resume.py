@@ -330,6 +330,12 @@ def test_a_resumed_stage_ends_where_the_run_clock_allows(tmp_path, monkeypatch):
     cfg = {"train": {"budget_minutes": 1.0}}
     cap_resumed_budget(cfg, last, time.monotonic() - 5.0)  # the run's time is up: what was trained, no more
     assert cfg["train"]["budget_minutes"] * 60 == pytest.approx(10.0, abs=0.01)
+    # 10 s over 4 steps: the last step, up to one past the deadline, is kept back (2.5 s), as plan_stage keeps it
+    monkeypatch.setattr(fewshot.train.checkpoint, "load_checkpoint",
+                        lambda path: {"train_seconds": 10.0, "global_step": 4})
+    cfg = {"train": {"budget_minutes": 1.0}}
+    cap_resumed_budget(cfg, last, time.monotonic() + 20.0)
+    assert cfg["train"]["budget_minutes"] * 60 == pytest.approx(27.5, abs=0.5)
 
 
 def test_a_signal_between_stages_stops_with_a_resume_hint(digits_root, tmp_path, monkeypatch):

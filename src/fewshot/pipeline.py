@@ -20,7 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
-from fewshot.config import CHOSEN, RECHOSEN, canonical_value, note_chosen, note_rechosen, same_recorded_path
+from fewshot.config import (CHOSEN, MAX_BUDGET_MINUTES, RECHOSEN, canonical_value, note_chosen, note_rechosen,
+                            same_recorded_path)
 from fewshot.data.cache import ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import UserError, one_line
@@ -38,9 +39,9 @@ from fewshot.run_stages import (adopt_stage_architecture, auto_img_size, better_
                                 check_model, check_pool_images, check_pretrain_settings, finetune_config,
                                 finetune_stage, labelled_only_round, preload_images, pretrain_stage,
                                 read_finished_json, reusable_stage, round_speeds, weights_replaced_by)
-from fewshot.run_state import MAX_BUDGET_MINUTES, STATE_FILE, RunState, holds_finished_run
-from fewshot.run_words import (UNRECORDED, labelled_only_why, overrun_note, resumed_late_warning, seconds_apart,
-                               seconds_text)
+from fewshot.run_state import STATE_FILE, RunState, holds_finished_run
+from fewshot.run_words import (UNRECORDED, labelled_only_why, minutes_text, overrun_note, resumed_late_warning,
+                               seconds_apart, seconds_text)
 from fewshot.utils import (derive_seed, loads_run_json, missing_parents, refuse_links_in_run_dir, resolve_device,
                            resolved, write_json)
 
@@ -455,7 +456,7 @@ class PipelineRun:
         else:
             self.t_start -= self.used  # the budget counts every session's time, this one's start-up included
             done = [n for n, st in self.state.data["stages"].items() if st.get("status") == "done"]
-            print(f"[run] resuming {self.out}: {self.used / 60:.1f} of {self.budget_minutes:g} minutes used before "
+            print(f"[run] resuming {self.out}: {self.used / 60:.1f} of {minutes_text(self.budget_minutes)} used before "
                   f"the stop; finished stages: {', '.join(done) or 'none'}"
                   + (f" ({UNRECORDED})" if self.session_before_lost else ""))
         self.state.data["pool_decoded"] = self.pool_limit
@@ -866,7 +867,7 @@ class PipelineRun:
             for key in ("labelled_only", "labelled_only_why"):  # a labelled-only round k is skipped too
                 self.skip.pop(key, None)
             self.decide(k - 1, k, f"{left_s} were left of the budget when round {k} was planned, and its least "
-                                  f"run needs {need_s} at the speed measured then ({FLOOR_STEPS} steps at "
+                                  f"run needs {need_s} at the speed measured then ({FLOOR_STEPS + 1} steps at "
                                   f"{step_s * 1000:.0f} ms, evaluations and the closing work)")
             self.closing(task, eval_s, per_test_image=per_image)  # the report's estimate, for the stages it draws
             print(f"[run] round {k}{later} skipped (planned, not an error): {self.skip['why']}; predicting with "
@@ -1070,7 +1071,7 @@ class PipelineRun:
         self.state.finish(total_s)  # after the report: a run stopped while drawing it draws it again on --resume
         lost = int(self.state.data.get("unrecorded_sessions") or 0)
         # in seconds: tenths of a minute rounded 93 s of a 90 s budget to "1.6 of 1.5 minutes", an overrun to read
-        print(f"[run] done in {total_s:.0f} s of {budget_s:.0f} s ({self.budget_minutes:g} minutes): "
+        print(f"[run] done in {total_s:.0f} s of {budget_s:.0f} s ({minutes_text(self.budget_minutes)}): "
               f"{out}/pred_all.json, {out}/metrics.json"
               + (f" (not counted: what {lost} session{'s' if lost > 1 else ''} that ended "
                  f"without a word ran after {'their' if lost > 1 else 'its'} last record)" if lost else ""))

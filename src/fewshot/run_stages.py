@@ -58,7 +58,8 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     # and those steps, not a time's epochs
     fits = FLOOR_STEPS / max(1, steps) if floor > left else fitting_epochs(budget_s, step_s, steps, training_eval_s,
                                                                           every)
-    if min_epochs > 1 and fits < min_epochs:  # at the default of 1 the floor's warning says what a short stage is
+    # at the default of 1, or at the floor, the floor's warning says what a short stage is (not twice, nor "about 0.0")
+    if min_epochs > 1 and fits < min_epochs and floor <= left:
         print(min_epochs_warning(min_epochs, fits, budget_s, step_s, steps), flush=True)
     return step_s, fits, budget_s
 
@@ -311,12 +312,17 @@ def stage_config(sdir: Path, cfg: dict) -> dict:
 def cap_resumed_budget(cfg: dict, last: Path, end_time: float) -> float:
     """A stopped stage continues on its own plan, but ends no later than ``end_time`` on the run's clock: the
     new session's start-up and the work redone before the stage come out of its time, not on top of the
-    budget (its time-based schedule then moves on faster). Returns the stage's training seconds so far."""
+    budget (its time-based schedule then moves on faster). Like plan_stage it keeps back one step, the mean of
+    the steps so far: the Engine looks at its deadline after each step (a resumed 2-minute run ended 9 s late).
+    Returns the stage's training seconds so far."""
     from fewshot.train.checkpoint import load_checkpoint
 
-    trained = float(load_checkpoint(last).get("train_seconds", 0.0))
+    ck = load_checkpoint(last)
+    trained = float(ck.get("train_seconds", 0.0))
+    steps = int(ck.get("global_step", 0) or 0)
+    step_s = trained / steps if steps > 0 else 0.0
     planned = float(cfg["train"]["budget_minutes"] or 0.0) * 60
-    allowed = trained + max(0.0, end_time - time.monotonic())
+    allowed = trained + max(0.0, end_time - time.monotonic() - step_s)
     cfg["train"]["budget_minutes"] = max(1e-3, min(planned, allowed)) / 60
     return trained
 

@@ -17,14 +17,12 @@ import os
 import sys
 from pathlib import Path
 
-from fewshot.config import (DEFAULTS, MAX_BUDGET_MINUTES, canonical_value, flatten_dotted, get_dotted, set_dotted,
+from fewshot.config import (DEFAULTS, canonical_value, flatten_dotted, get_dotted, set_dotted,
                             setting_changed)
 from fewshot.errors import UserError, one_line
 from fewshot.utils import loads_run_json, write_json
 
 STATE_FILE = "run_state.json"
-# MAX_BUDGET_MINUTES, the most minutes a run's budget may be, is config's: train.budget_minutes is checked against it
-# too (config cannot import this module)
 
 # what a resumed `fewshot run` may change when the command gives it: where the data and the cache are, the device,
 # threads and progress output (not given, the cache, progress and TensorBoard settings are the run's:
@@ -72,8 +70,10 @@ def check_state_fields(path: Path, data) -> None:
         raise bad("its content", "a JSON object")
     if not isinstance(data.get("config"), dict):
         raise bad("config", "an object of settings")
-    if not _is_amount(data.get("budget_minutes"), positive=True) or data["budget_minutes"] > MAX_BUDGET_MINUTES:
-        raise bad("budget_minutes", f"a number above 0 and at most {MAX_BUDGET_MINUTES:g}")
+    # the cap on new budgets (config.MAX_BUDGET_MINUTES) is not applied here: a run an older fewshot started with
+    # more is still resumable, since its budget cannot be changed on resume; only one whose seconds overflow is damaged
+    if not _is_amount(data.get("budget_minutes"), positive=True) or not math.isfinite(data["budget_minutes"] * 60):
+        raise bad("budget_minutes", "a number above 0 whose seconds are finite")
     for field in ("seconds", "stage_clock"):
         if (field in data or field == "seconds") and not _is_amount(data.get(field)):
             raise bad(field, "a finite number of seconds, 0 or more")

@@ -148,3 +148,9 @@ def overrun_note(total_s: float, budget_s: float, trained_s: float) -> str:
     return (f"{words}, and it ran {total_s - budget_s:.0f} s over although a budget of this size holds that work: "
             f"the speeds measured at its start may have been faster than the machine later was (other work on its "
             f"cores?). A rerun on a quieter machine, or with a little more budget, should end on time.")
+
+
+def minutes_text(minutes: float) -> str:
+    """A budget in minutes as said to the user: "1 minute", not "1 minutes" (a hunt read "done in 53 s of 60 s
+    (1 minutes)")."""
+    return f"{minutes:g} minute{'' if minutes == 1 else 's'}"
