@@ -25,6 +25,31 @@ def _without_stderr(*argv, cwd) -> subprocess.CompletedProcess:
                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(2))
 
 
+# `python -m fewshot` whose main() first says where descriptor 2 points: the process's torch, DataLoader workers
+# and interpreter write there, whatever sys.stderr is
+_SAYS_FD2 = """import os, sys
+import fewshot.cli as cli
+real = cli.main
+def main(*args, **kwargs):
+    try:
+        st, null = os.fstat(2), os.stat(os.devnull)
+        where = "/dev/null" if (st.st_dev, st.st_ino) == (null.st_dev, null.st_ino) else "another file"
+    except OSError:
+        where = "closed"
+    print("descriptor 2:", where, flush=True)
+    return real(*args, **kwargs)
+cli.main = main
+sys.argv = ["fewshot", *sys.argv[1:]]
+raise SystemExit(cli.console_main())
+"""
+
+
+def _saying_fd2_without_stderr(*argv, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", _SAYS_FD2, *map(str, argv)], cwd=cwd, env=env, timeout=300,
+                          stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(2))
+
+
 def _free_descriptor() -> int:
     fd = os.open(os.devnull, os.O_RDONLY)
     os.close(fd)
@@ -37,12 +62,33 @@ def test_a_command_with_stderr_closed_trains_and_lists_without_progress(digits_r
     left a half-started run folder."""
     done = _without_stderr("models", "resnet18", "--limit", "1", cwd=tmp_path)
     assert done.returncode == 0 and b"resnet18" in done.stdout and b"Traceback" not in done.stdout, done.stdout
-    done = _without_stderr("train", "--data", digits_root, "--out", tmp_path / "r", "--model", "test_resnet",
-                           "--img-size", "16", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
-                           "train.threads=1", "train.tensorboard=false", cwd=tmp_path)
+    done = _saying_fd2_without_stderr("train", "--data", digits_root, "--out", tmp_path / "r", "--model",
+                                      "test_resnet", "--img-size", "16", "--epochs", "1", "--batch-size", "8",
+                                      "--device", "cpu", "train.threads=1", "train.tensorboard=false", cwd=tmp_path)
     assert done.returncode == 0, done.stdout
     assert (tmp_path / "r" / "metrics.json").is_file()
+    # closed, descriptor 2 went to the next file opened (a checkpoint, a JSON file), which then received what torch
+    # or the interpreter writes to stderr: /dev/null holds its place for the whole command
+    assert done.stdout.startswith(b"descriptor 2: /dev/null\n"), done.stdout
     assert b"Traceback" not in done.stdout and b"epoch 1/1" not in done.stdout  # no progress line went to stdout
+
+
+def test_a_reader_gone_points_stdout_at_dev_null_without_leaking_a_descriptor(monkeypatch, tmp_path):
+    """`fewshot models | head`: stdout went to /dev/null through a descriptor that stayed open, one per call."""
+    from fewshot import cli
+
+    def reader_gone(args, extra):
+        raise BrokenPipeError
+
+    monkeypatch.setitem(cli.COMMANDS, "models", reader_gone)
+    with open(tmp_path / "out.txt", "w") as out:
+        monkeypatch.setattr(sys, "stdout", out)
+        before = sorted(os.listdir("/proc/self/fd"))
+        assert cli.main(["models"]) == 141
+        assert sorted(os.listdir("/proc/self/fd")) == before
+        null = os.stat(os.devnull)
+        assert (os.fstat(out.fileno()).st_ino, os.fstat(out.fileno()).st_dev) == (null.st_ino, null.st_dev)
+        monkeypatch.undo()
 
 
 def test_without_stderr_in_process_messages_go_nowhere_not_into_stdout(monkeypatch, tmp_path, capsys):
@@ -132,29 +178,81 @@ def test_unknown_mode_into_a_device_writes_no_routing_file_beside_it(digits_root
 
 
 # ---------------------------------------------------------------------------------------------- data.repeats
-def test_repeats_beyond_an_epoch_are_refused_with_the_numbers():
-    """data.repeats=1000 over 100 images trained every epoch on a single image."""
-    from fewshot.data.samplers import epoch_batches, most_repeats
+def test_repeats_that_defeat_repeated_augmentation_are_said_with_the_numbers():
+    """data.repeats=1000 over 100 images trained every epoch on a single image; repeats equal to the batch filled
+    every batch with copies of one image, and passed."""
+    from fewshot.data.samplers import repeats_warning
 
-    with pytest.raises(UserError) as caught:
-        epoch_batches(100, 32, 0, 1, kind="repeat", repeats=1000)
-    message = str(caught.value)
-    assert "data.repeats=1000" in message and "100 training" in message and "train on 1 of them" in message
-    assert "data.repeats=32 or less" in message
-    assert most_repeats(100, 32) == 32 and most_repeats(100, 256) == 50 and most_repeats(1, 8) == 1
-    order = torch.cat(epoch_batches(100, 32, 0, 1, kind="repeat", repeats=32)).tolist()
-    assert len(order) == 100 and len(set(order)) >= 2
-    with pytest.raises(UserError, match="data.repeats=50 or less"):
-        epoch_batches(100, 128, 0, 1, kind="repeat", repeats=51, world=2)  # the global batch: 256
-    assert len(epoch_batches(100, 32, 0, 1, kind="shuffle", repeats=1000)) == 4  # repeats only for repeat
+    text = repeats_warning(100, 32, 1, 1000)
+    assert "data.repeats=1000" in text and "100 training images" in text and "holds 1 distinct image," in text
+    assert "each batch of 32 copies of one image (the last of 4)" in text and "data.repeats=31 or less" in text
+    text = repeats_warning(100, 32, 1, 32)  # copies of one image fill every batch, beside 4 images an epoch
+    assert "holds 4 distinct images, each batch of 32 copies of one image" in text, text
+    text = repeats_warning(100, 32, 1, 40)  # runs of 40 straddle some batches: only those are copies of one image
+    assert "2 of its 4 batches of 32 all copies of one image" in text and "each batch" not in text, text
+    text = repeats_warning(100, 8, 2, 16)  # train.batch_size is per process
+    assert "each batch of 16 (8 per process x 2 processes) copies" in text and "data.repeats=15 or less" in text
+    text = repeats_warning(3, 64, 1, 3)
+    assert "holds 1 distinct image, its one batch 3 copies of one image" in text and "data.repeats=2 or" in text
+    text = repeats_warning(5, 2, 1, 3)  # train.batch_size=2: pairs of copies
+    assert "1 of its 2 batches of 2 all copies" in text and "data.repeats=1 avoids" in text, text
+    assert "\n" not in text
+    # the course configs' repeats=3 on a few-shot training set, and the largest value the warning gives
+    for args in [(5, 64, 1, 3), (4, 64, 1, 3), (100, 32, 1, 31), (100, 128, 2, 51), (1, 64, 1, 3), (100, 32, 1, 1)]:
+        assert repeats_warning(*args) is None, args
 
 
-def test_train_refuses_repeats_beyond_an_epoch_before_the_run_folder(digits_root, tmp_path):
-    rc, _, err = run_main("train", "--data", digits_root, "--out", tmp_path / "r", "--model", "test_resnet",
-                          "--img-size", "16", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress",
-                          "train.tensorboard=false", "data.sampler=repeat", "data.repeats=1000")
-    assert rc == 2 and "data.repeats=1000" in err and "data.repeats=8 or less" in err, err
-    assert not (tmp_path / "r").exists()
+def test_repeats_beyond_an_epoch_are_warned_once_and_never_refused(monkeypatch, capsys):
+    from fewshot.data import samplers
+
+    monkeypatch.setattr(samplers, "_TOLD_REPEATS", set())
+    for epoch in range(3):
+        order = torch.cat(samplers.epoch_batches(100, 32, epoch, 1, kind="repeat", repeats=1000)).tolist()
+        assert len(order) == 100 and len(set(order)) == 1  # what was asked for, trained as asked
+    out = capsys.readouterr().out
+    assert out.count("warning: data.repeats=1000") == 1, out
+    samplers.epoch_batches(100, 32, 0, 1, kind="shuffle", repeats=1000)  # repeats only for repeat
+    samplers.epoch_batches(100, 32, 0, 1, kind="repeat", repeats=3)
+    assert capsys.readouterr().out == ""
+
+
+def _five_train_images(root: Path) -> Path:
+    """ROOT/digits with 5 classes of 1 training image each: a normal few-shot training set."""
+    import json
+    import shutil
+
+    from tests.helpers.tiny import build_digits
+
+    build_digits(root, shots=1)
+    digits = root / "digits"
+    for split in ("train", "val"):
+        for name in "56789":
+            shutil.rmtree(digits / split / name)
+    labels = json.loads((digits / "test_labels.json").read_text())
+    for name in [k for k, v in labels.items() if v >= 5]:
+        (digits / "test" / f"{name}.png").unlink()
+        del labels[name]
+    (digits / "test_labels.json").write_text(json.dumps(labels))
+    return root
+
+
+def test_a_course_config_trains_on_five_images_and_warns_of_repeats_only_beyond_them(tmp_path, monkeypatch):
+    """configs/course_*.yaml say data.sampler=repeat with the default repeats=3: refused on 5 training images (an
+    epoch of 2 of them), a normal few-shot set."""
+    from fewshot.data import samplers
+
+    monkeypatch.setattr(samplers, "_TOLD_REPEATS", set(), raising=False)
+    root = _five_train_images(tmp_path / "data")
+    config = Path(__file__).resolve().parents[1] / "configs" / "course_resnet50.yaml"
+    argv = ["train", "--config", config, "--data", root, "--model", "test_resnet", "--img-size", "16", "--device",
+            "cpu", "--no-progress", "train.tensorboard=false", "train.threads=1", "sched.warmup_epochs=0"]
+    rc, out, err = run_main(*argv, "--out", tmp_path / "r", "--epochs", "1")
+    assert rc == 0, err
+    assert "5 train" in out and "data.repeats" not in out + err and (tmp_path / "r" / "metrics.json").is_file()
+    rc, out, err = run_main(*argv, "--out", tmp_path / "r2", "--epochs", "2", "data.repeats=5")
+    assert rc == 0, err
+    assert out.count("warning: data.repeats=5 with data.sampler=repeat") == 1, out
+    assert "5 training images, so it holds 1 distinct image" in out and "data.repeats=4 or less" in out, out
 
 
 # ---------------------------------------------------------------------------------------------- models

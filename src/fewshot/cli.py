@@ -541,12 +541,20 @@ def _plug_closed_stderr() -> None:
     except OSError:
         pass
     try:
-        fd = os.open(os.devnull, os.O_WRONLY)
-        if fd != 2:
-            os.dup2(fd, 2)
-            os.close(fd)
+        _devnull_onto(2)
     except OSError:
         pass
+
+
+def _devnull_onto(fd: int) -> None:
+    """Point descriptor ``fd`` at /dev/null, closing the descriptor opened for it (it leaked once a call) unless
+    the open itself took ``fd``, as it does when ``fd`` was closed and the lowest free."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    if null != fd:
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
 
 
 def _main(argv: list | None, started: float | None) -> int:
@@ -775,7 +783,7 @@ def _run_command(args, extra, handlers) -> int:
                 print(f"fewshot {args.command}: {stop} {where}{how}", file=sys.stderr, flush=True)
         except OSError:  # stderr went away with the same Ctrl-C (`... 2>&1 | tee log`)
             try:  # nor may the interpreter's final flush fail on it
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+                _devnull_onto(sys.stderr.fileno())
             except (OSError, ValueError, AttributeError):
                 pass
         if _process_group_started():  # every rank passed the stop's barrier: safe to tear down
@@ -787,7 +795,7 @@ def _run_command(args, extra, handlers) -> int:
         return _interrupted(args, getattr(exc, "signum", signal.SIGINT))  # stop_signal.Terminated: SIGTERM
     except BrokenPipeError:  # the reader went away (`fewshot models | head`): not a bug, no traceback
         try:  # keep the interpreter's final flush from failing again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _devnull_onto(sys.stdout.fileno())
         except (OSError, ValueError, AttributeError):
             pass
         return 141  # 128 + SIGPIPE, what the shell reports for a command cut off this way

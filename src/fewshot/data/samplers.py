@@ -22,25 +22,48 @@ def _chunk(order: torch.Tensor, size: int, drop_last: bool) -> list[torch.Tensor
     return batches
 
 
-def most_repeats(n: int, global_bs: int) -> int:
-    """The largest data.repeats that keeps repeated augmentation what it is: an image's copies within one batch,
-    beside other images, and an epoch of at least 2 different images (it stays n long, so it holds about
-    n / repeats of them)."""
-    return max(1, min(n // 2, global_bs))
+_TOLD_REPEATS: set[tuple] = set()  # the data.repeats warnings given in this process (every epoch plans anew)
 
 
-def check_repeats(n: int, global_bs: int, repeats: int) -> None:
-    """Refuse a data.repeats beyond most_repeats: `data.repeats=1000` over 100 images trained every epoch on one
-    image, 100 copies of it (the copies past the epoch's n cut off), and said nothing."""
-    limit = most_repeats(n, global_bs)
-    if n and repeats > limit:
-        from fewshot.errors import UserError
+def repeats_warning(n: int, batch_size: int, world: int, repeats: int) -> str | None:
+    """What data.repeats does to an epoch of the repeat sampler when it defeats repeated augmentation, or None: an
+    epoch stays n long, so it holds about n / repeats different images, and a run of copies as long as the (global)
+    batch fills a batch with one image. Warned, not refused: few-shot training sets of 2-5 images and small
+    batches are normal, and a run saved with such a setting must still resume."""
+    global_bs = batch_size * world
+    limit = min(n, global_bs) if global_bs >= 2 else n  # a batch of 1 is one image whatever the repeats
+    if n < 2 or repeats < max(2, limit):
+        return None
+    distinct = -(-n // repeats)
+    starts = range(0, n, global_bs) if global_bs >= 2 else range(0)
+    sized = [s for s in starts if min(s + global_bs, n) - s >= 2]  # a last batch of 1 is dropped (BatchNorm)
+    single = sum(1 for s in sized if s // repeats == (min(s + global_bs, n) - 1) // repeats)
+    size = f"{global_bs} ({batch_size} per process x {world} processes)" if world > 1 else f"{global_bs}"
+    if sized and single == len(sized):
+        short = f" (the last of {n % global_bs})" if n > global_bs and n % global_bs >= 2 else ""
+        copies = f", its one batch {n} copies of one image" if n <= global_bs else \
+            f", each batch of {size} copies of one image{short}"
+    elif single:
+        copies = f", {single} of its {len(sized)} batches of {size} all copies of one image"
+    else:
+        copies = ""
+    fits = "data.repeats=1" if limit <= 2 else f"data.repeats={limit - 1} or less"
+    return (f"warning: data.repeats={repeats} with data.sampler=repeat: an epoch stays as long as the {n} training "
+            f"images, so it holds {distinct} distinct image{'s' if distinct != 1 else ''}{copies}. {fits} avoids that "
+            f"(fewer repeats than the images and than a batch), as does data.sampler=shuffle.")
 
-        held = -(-n // repeats)
-        batch = f", each batch of {global_bs} copies of one image" if repeats >= global_bs else ""
-        raise UserError(f"data.repeats={repeats} with data.sampler=repeat: an epoch stays as long as the {n} training "
-                        f"image(s), so it would train on {held} of them{batch}. Use data.repeats={limit} or less "
-                        f"(at most half the training images and one batch of {global_bs}), or data.sampler=shuffle.")
+
+def warn_repeats(n: int, batch_size: int, world: int, repeats: int) -> None:
+    """Print repeats_warning once a process, from rank 0 only: every rank plans every rank's epoch."""
+    import torch.distributed as dist
+
+    key = (n, batch_size, world, repeats)
+    if key in _TOLD_REPEATS or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+        return
+    _TOLD_REPEATS.add(key)
+    text = repeats_warning(n, batch_size, world, repeats)
+    if text:
+        print(text, flush=True)
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, kind: str = "shuffle", rank: int = 0,
@@ -69,7 +92,7 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, kind: str = "s
     else:
         order = torch.randperm(n, generator=gen)
         if kind == "repeat":
-            check_repeats(n, global_bs, repeats)
+            warn_repeats(n, batch_size, world, repeats)
             order = order.repeat_interleave(repeats)[:n]
         global_batches = _chunk(order, global_bs, drop_last)
     if world == 1:

@@ -35,7 +35,7 @@ def pool_paths(cfg: dict, infos) -> tuple[list[Path], str]:
     return paths, source
 
 
-_POOL_MEMO: dict = {}  # the last pool found: inputs -> (its folders' stamp, (paths, ids, source))
+_POOL_MEMO: dict = {}  # the last pool found: inputs -> (its folders' stamp, (paths, ids, source, stand-in ids))
 STAMP_SETTLE_S = 2.0  # a folder changed more recently may change again within its timestamp's granularity
 
 
@@ -71,9 +71,10 @@ def _folders_stamp(root: Path, pool_folders: list[Path]) -> tuple | None:
     return tuple(stamp)
 
 
-def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
+def pool_with_sources(cfg: dict, infos, stand_ins: bool = False) -> tuple:
     """The pool (see _pool_with_sources), scanned once per process while its folders are unchanged: `fewshot run`
-    asks for it 3-6 times (start-up checks, MoCo, every self-training round), 60 s each on a 100k-file pool."""
+    asks for it 3-6 times (start-up checks, MoCo, every self-training round), 60 s each on a 100k-file pool.
+    (paths, ids, source); ``stand_ins``: also the ids of the datasets whose train images stand in for a pool."""
     d = cfg["data"]
     root = Path(d["root"])
     folders = d["unlabeled"] if isinstance(d["unlabeled"], list) else [d["unlabeled"]] if d["unlabeled"] else []
@@ -81,21 +82,23 @@ def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
     stamp = _folders_stamp(root, [Path(f) for f in folders] or [root / "unlabeled"])
     hit = _POOL_MEMO.get(key)
     if stamp is not None and hit is not None and hit[0] == stamp:
-        paths, ids, source = hit[1]
-        return list(paths), list(ids), source
-    paths, ids, source = _pool_with_sources(cfg, infos)
-    _POOL_MEMO.clear()  # one pool at a time: a 100k-file list is tens of MB
-    if stamp is not None:
-        _POOL_MEMO[key] = (stamp, (list(paths), list(ids), source))
-    return paths, ids, source
+        paths, ids, source, standing = hit[1]
+        paths, ids, standing = list(paths), list(ids), list(standing)
+    else:
+        paths, ids, source, standing = _pool_with_sources(cfg, infos)
+        _POOL_MEMO.clear()  # one pool at a time: a 100k-file list is tens of MB
+        if stamp is not None:
+            _POOL_MEMO[key] = (stamp, (list(paths), list(ids), source, list(standing)))
+    return (paths, ids, source, standing) if stand_ins else (paths, ids, source)
 
 
-def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
+def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str, list[int]]:
     """The unlabeled pool: --unlabeled folders; else ROOT/unlabeled/<dataset>; else train images; plus the
     images under ROOT/unlabeled/ outside any dataset's folder (loose files, other sub-folders), of unknown source.
 
     Also returns each image's dataset index (-1 when unknown: from --unlabeled folders, or ROOT/unlabeled/
-    outside the datasets' folders; self-training routes those by the teacher's most probable class).
+    outside the datasets' folders; self-training routes those by the teacher's most probable class), and the
+    indices of the datasets whose train images stand in (self-training leaves those out: they are labelled).
     """
     d = cfg["data"]
     root = Path(d["root"])
@@ -106,14 +109,14 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
         # `fewshot train` has no such flag, and its start line named one (data.unlabeled=DIR there)
         typed = ("--unlabeled folder(s)" if cfg.get("_task") == "moco"
                  else "data.unlabeled folder(s) (`fewshot run --unlabeled`)")
-        return paths, [-1] * len(paths), f"{len(folders)} {typed}"
+        return paths, [-1] * len(paths), f"{len(folders)} {typed}", []
     pool = root / "unlabeled"
     if os.path.lexists(pool) and not pool.is_dir():  # a file there: the train images stood in without a word
         what = "a broken symbolic link" if pool.is_symlink() and not pool.exists() else "a file"
         warn_once([f"{pool} is {what}, not a folder: no unlabeled pool is read from it (MoCo falls back to the "
                    f"train images; self-training and FixMatch find no pool). Move it away and put the pool's "
                    f"images in a folder {pool}/<dataset>/, or give a folder of them with --unlabeled DIR"])
-    paths, ids, sources = [], [], []
+    paths, ids, sources, stand_ins = [], [], [], []
     for index, info in enumerate(infos):
         folder = root / "unlabeled" / info.name
         if folder.is_dir() and has_images(folder):  # hidden files (.thumbnails/, ._IMG.png) do not count
@@ -126,6 +129,7 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
             # No pool for this dataset: its labelled training images stand in (labels unused).
             found = [p for p, _ in info.train]
             sources.append(f"{info.name}: train images")
+            stand_ins.append(index)
             warn_misplaced_pool(root, info.name)
         paths += found
         ids += [index] * len(found)
@@ -134,7 +138,7 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str]:
         paths += unsorted
         ids += [-1] * len(unsorted)
         sources.append(f"{len(unsorted)} images of unknown source: unlabeled/ outside the datasets' folders")
-    return paths, ids, "; ".join(sources)
+    return paths, ids, "; ".join(sources), stand_ins
 
 
 def warn_misplaced_pool(root: Path, name: str) -> None:

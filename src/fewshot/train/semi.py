@@ -36,14 +36,13 @@ def pool_files(cfg: dict, infos, exclude_train: bool = False) -> tuple[list[Path
     score that picks checkpoints)."""
     from fewshot.ssl.pretrain import pool_with_sources, real_paths
 
-    paths, ids, source = pool_with_sources(cfg, infos)
+    paths, ids, source, stand_ins = pool_with_sources(cfg, infos, stand_ins=True)
     if exclude_train:
         labelled = set(real_paths(p for info in infos for p, _ in list(info.train) + list(info.val)))
         keep = [i for i, real in enumerate(real_paths(paths)) if real not in labelled]
         # the stand-in train images of a dataset without a pool are no pool images: only real pool files count
         # as dropped (data.unlabeled=ROOT/digits/train lost all 100 images while the error said "give
         # data.unlabeled=DIR", which the user had done)
-        stand_ins = {d for d, info in enumerate(infos) if f"{info.name}: train images" in source.split("; ")}
         kept = set(keep)
         dropped = sum(1 for i in range(len(paths)) if i not in kept and ids[i] not in stand_ins)
         paths, ids = [paths[i] for i in keep], [ids[i] for i in keep]
