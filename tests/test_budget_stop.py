@@ -202,6 +202,7 @@ def test_a_stage_stopped_in_its_last_evaluation_records_no_late_training_on_resu
 
     import fewshot.run_stages as run_stages
     from fewshot.config import load_yaml
+    from fewshot.run_budget import trained_speeds
     from helpers.checks import run_main
     from test_run_resume import _cmd
 
@@ -238,12 +239,14 @@ def test_a_stage_stopped_in_its_last_evaluation_records_no_late_training_on_resu
     ck = load_checkpoint(fdir / "checkpoints" / "last.pt")
     assert (ck["epoch"], ck["step_in_epoch"]) == (planned, 0)
     assert json.loads((out / "run_state.json").read_text())["stages"]["finetune"]["status"] == "began"
-    cap, steps = run_stages.cap_resumed_budget, []
+    cap, steps, kept = run_stages.cap_resumed_budget, [], []
+    logged = trained_speeds(fdir / "log.jsonl")[0]  # the stage's own step speed, as the stop left its log
 
-    def cap_with_time_left(cfg, last, end_time):
-        trained = cap(cfg, last, end_time)
+    def cap_with_time_left(cfg, last, end_time, step_s=None):
+        kept.append(step_s)
+        trained, done = cap(cfg, last, end_time, step_s)
         cfg["train"]["budget_minutes"] = trained / 60 + 10.0  # fit() gets past its budget check, to its empty loop
-        return trained
+        return trained, done
 
     step = SupervisedTask.training_step
     with monkeypatch.context() as mp:
@@ -252,6 +255,7 @@ def test_a_stage_stopped_in_its_last_evaluation_records_no_late_training_on_resu
         rc, stdout, err = run_main(*cmd, "--resume")
     assert rc == 0, err
     assert steps == [] and "the run has trained all its" in stdout  # nothing trained: the case itself
+    assert kept == [logged] and logged > 0  # the logged step is kept back, not the mean (evaluations counted)
     stage = json.loads((out / "run_state.json").read_text())["stages"]["finetune"]
     assert stage["status"] == "done" and "trained_at" not in stage
     assert "training_late" not in json.loads((out / "summary.json").read_text()).get("closing_seconds", {})
@@ -347,10 +351,11 @@ def test_a_stage_resumed_with_no_time_left_says_so_early_without_advising_a_larg
     does not ask for the larger --budget-minutes a resume cannot take."""
     out = tmp_path / "run"
     _, _, stdout = resume_stopped_in_finetune(digits_root, out, monkeypatch, 0.25, spent=True)
-    lines = [line for line in stdout.splitlines() if "resumes with" in line]
+    lines = [line for line in stdout.splitlines() if "[run] warning: finetune resumes" in line]
     assert len(lines) == 1, stdout
     line = lines[0]
-    assert line.startswith("[run] warning: finetune resumes with 0.0 s of the budget left, less than its closing work")
+    # the session's start-up came after the budget's end: how far past it, not "0.0 s left"
+    assert "past the budget already, and its closing work needs about" in line, line
     assert "it trains no further, and the run will likely end about" in line and "after its budget" in line
     assert "--budget-minutes" not in line and "larger" not in line
     assert stdout.index(line) < stdout.index("no time is left of the run's budget for this stage")

@@ -222,3 +222,39 @@ def test_the_page_compares_last_pts_prediction_with_its_own_weights_score(traine
     assert "the data differ" not in text and "Recomputed" not in text
     assert f"{ema:.2f} (known source)" in text and "99.00" not in text
     assert "predicts with its EMA weights" in out
+
+
+def test_a_run_without_best_pt_compares_last_pts_ema_with_its_own_weights(trained, tmp_path):
+    """A run folder without best.pt predicts with last.pt's EMA; the metrics shown are of the raw weights (they
+    scored higher): the page said "the val images differ" because only a checkpoint named as RUN was compared by its
+    weights."""
+    from fewshot.report.build import file_weights
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["ft"], run)
+    (run / "checkpoints" / "best.pt").unlink()
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    fake = {"mode": "known", "mean_acc1": 99.0, "datasets": {"digits": {"acc1": 99.0, "acc5": 99.0, "n": 30}}}
+    rows[-1].update(score=99.0, score_raw=99.0, weights="raw", val={"known": fake,
+                                                                    "unknown": {**fake, "mode": "unknown"}})
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("metrics.json", "metrics_known.json", "metrics_unknown.json"):
+        (run / name).write_text(json.dumps({**fake, "split": "val", "best_epoch": 1, "weights": "raw"}))
+    assert file_weights(run / "checkpoints" / "last.pt") == "ema" and file_weights(tmp_path / "none.pt") is None
+    rc, _, err = run_main("report", run, "--out", tmp_path / "r", "--device", "cpu", "--grid", "4")
+    assert rc == 0, err
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert "the last checkpoint (best.pt is missing" in text
+    assert "Recomputed" not in text and "the val images differ" not in text
+
+
+def test_the_report_takes_a_checkpoints_weights_by_the_trainings_own_rule(tmp_path, monkeypatch):
+    """report/runs.py repeated train/finetune.py's chosen_weights: one rule, so that a change reaches both."""
+    import fewshot.train.finetune
+    from fewshot.report.runs import expand_runs
+
+    run = tmp_path / "run"
+    _raw_beat_the_ema(run)
+    assert expand_runs([run / "checkpoints" / "last.pt"])[0].given_weights == "ema"
+    monkeypatch.setattr(fewshot.train.finetune, "chosen_weights", lambda ck: "raw")
+    assert expand_runs([run / "checkpoints" / "last.pt"])[0].given_weights == "raw"

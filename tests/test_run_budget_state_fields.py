@@ -95,6 +95,7 @@ def test_a_budget_whose_seconds_overflow_is_refused_before_anything_is_written(d
     rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", minutes, "--model",
                           "test_resnet", "--device", "cpu", "--no-progress")
     assert rc == 2 and f"--budget-minutes {float(minutes):g} is more than any run can use" in err, err
+    assert "give at most 10,000,000 minutes" in err, err  # not 1e+07
     assert "Traceback" not in err and not out.exists()
 
 

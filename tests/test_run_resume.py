@@ -320,7 +320,7 @@ def test_a_resumed_stage_ends_where_the_run_clock_allows(tmp_path, monkeypatch):
     from fewshot.run_stages import cap_resumed_budget
 
     last = tmp_path / "last.pt"  # a stage's last.pt after 10 s of training
-    monkeypatch.setattr(fewshot.train.checkpoint, "load_checkpoint", lambda path: {"train_seconds": 10.0})
+    monkeypatch.setattr(fewshot.train.checkpoint, "load_checkpoint", lambda path, **kw: {"train_seconds": 10.0})
     cfg = {"train": {"budget_minutes": 1.0}}
     cap_resumed_budget(cfg, last, time.monotonic() + 20.0)  # 10 s trained + 20 s left < the planned 60 s
     assert cfg["train"]["budget_minutes"] * 60 == pytest.approx(30.0, abs=1.0)
@@ -331,11 +331,17 @@ def test_a_resumed_stage_ends_where_the_run_clock_allows(tmp_path, monkeypatch):
     cap_resumed_budget(cfg, last, time.monotonic() - 5.0)  # the run's time is up: what was trained, no more
     assert cfg["train"]["budget_minutes"] * 60 == pytest.approx(10.0, abs=0.01)
     # 10 s over 4 steps: the last step, up to one past the deadline, is kept back (2.5 s), as plan_stage keeps it
+    reads = []
     monkeypatch.setattr(fewshot.train.checkpoint, "load_checkpoint",
-                        lambda path: {"train_seconds": 10.0, "global_step": 4})
+                        lambda path, **kw: reads.append(path) or {"train_seconds": 10.0, "global_step": 4})
     cfg = {"train": {"budget_minutes": 1.0}}
-    cap_resumed_budget(cfg, last, time.monotonic() + 20.0)
-    assert cfg["train"]["budget_minutes"] * 60 == pytest.approx(27.5, abs=0.5)
+    assert cap_resumed_budget(cfg, last, time.monotonic() + 20.0) == (10.0, 4)  # the caller reads last.pt no more
+    assert cfg["train"]["budget_minutes"] * 60 == pytest.approx(27.5, abs=0.5) and len(reads) == 1
+    # train_seconds counts evaluations and warm-up (here 10 s for 4 steps of 0.1 s): the logged step speed is kept
+    # back, not the mean, which took 2.4 s of the stage's time
+    cfg = {"train": {"budget_minutes": 1.0}}
+    cap_resumed_budget(cfg, last, time.monotonic() + 20.0, step_s=0.1)
+    assert cfg["train"]["budget_minutes"] * 60 == pytest.approx(29.9, abs=0.3)
 
 
 def test_a_signal_between_stages_stops_with_a_resume_hint(digits_root, tmp_path, monkeypatch):
@@ -623,6 +629,6 @@ def test_round_1_resumed_as_the_last_stage_with_its_time_spent_warns_that_the_ru
     (out / "run_state.json").write_text(json.dumps(state))
     rc, stdout, err = run_main(*cmd, "--resume")
     assert rc == 0, err
-    lines = [line for line in stdout.splitlines() if "resumes with" in line]
-    assert len(lines) == 1 and lines[0].startswith("[run] warning: finetune_labelled resumes with 0.0 s"), stdout
+    lines = [line for line in stdout.splitlines() if "[run] warning: finetune_labelled resumes" in line]
+    assert len(lines) == 1 and "s past the budget already" in lines[0], stdout  # not "with 0.0 s" left
     assert "the run will likely end about" in lines[0] and "--budget-minutes" not in lines[0]

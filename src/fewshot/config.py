@@ -1057,11 +1057,14 @@ class FieldError(UserError):
         return UserError(f"{given}: {self}")
 
 
-def validate(cfg: dict, defaults: dict | None = None, path: str = "", typed: dict | None = None) -> dict:
+def validate(cfg: dict, defaults: dict | None = None, path: str = "", typed: dict | None = None,
+             recorded: bool = False) -> dict:
     """Refuse a value of the wrong type or range now, with the field's name, rather than as a traceback
     minutes into a run. The type is the default's: `train.epochs=ten` or `model.small_stem=2` is an error.
     ``typed``: dotted -> the word as typed on the command line, where YAML read it as another value (`on` as
-    true), so that a message shows what the user wrote."""
+    true), so that a message shows what the user wrote. ``recorded``: ``cfg`` is a run's own config.yaml (--resume),
+    whose budget an older fewshot took above MAX_BUDGET_MINUTES: only its seconds need be finite, or the run could
+    never be resumed."""
     defaults = DEFAULTS if defaults is None else defaults
     for key, default in defaults.items():
         if key not in cfg:
@@ -1069,9 +1072,9 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "", typed: dic
         dotted = f"{path}{key}"
         if isinstance(default, dict):
             if isinstance(cfg[key], dict):
-                validate(cfg[key], default, dotted + ".", typed)
+                validate(cfg[key], default, dotted + ".", typed, recorded)
             continue
-        _check_field(cfg, key, dotted, default, typed or {})
+        _check_field(cfg, key, dotted, default, typed or {}, recorded)
     if not path and isinstance(cfg.get("aug"), dict):
         check_augmentation_lists(cfg["aug"])
     if not path:
@@ -1120,8 +1123,8 @@ def _normalise_field(cfg: dict, key: str, dotted: str, default: Any) -> Any:
     return value
 
 
-def _check_field(cfg: dict, key: str, dotted: str, default: Any, typed: dict) -> None:
-    """One field's type, choices and range (validate)."""
+def _check_field(cfg: dict, key: str, dotted: str, default: Any, typed: dict, recorded: bool = False) -> None:
+    """One field's type, choices and range (validate; ``recorded`` as there)."""
     if dotted in AUTO_OR_WHOLE:
         _check_auto_or_whole(cfg, key, dotted, typed)
         return
@@ -1149,7 +1152,7 @@ def _check_field(cfg: dict, key: str, dotted: str, default: Any, typed: dict) ->
     if dotted in CHOICES and not any(value == c and isinstance(value, bool) == isinstance(c, bool)
                                      for c in CHOICES[dotted]):  # 1 is not `true`
         raise FieldError(dotted, f"{dotted} must be {field_words(dotted)}, not {shown}.")
-    _check_range(dotted, value, shown)
+    _check_range(dotted, value, shown, recorded)
 
 
 def _check_auto_or_whole(cfg: dict, key: str, dotted: str, typed: dict) -> None:
@@ -1172,19 +1175,22 @@ def _check_auto_or_whole(cfg: dict, key: str, dotted: str, typed: dict) -> None:
 def _budget_refusal(dotted: str, shown: str) -> FieldError:
     """A budget that is not finite or beyond any run (MAX_BUDGET_MINUTES), refused as `fewshot run
     --budget-minutes` refuses it: 1e308 minutes became inf seconds, a time limit that never came."""
-    return FieldError(dotted, f"{dotted} must be a positive number of minutes up to {MAX_BUDGET_MINUTES:g} (about "
+    return FieldError(dotted, f"{dotted} must be a positive number of minutes up to {MAX_BUDGET_MINUTES:,.0f} (about "
                               f"19 years), not {shown}; leave it unset (null) for no time limit.")
 
 
-def _check_range(dotted: str, value: Any, shown: str) -> None:
-    """AT_LEAST, POSITIVE and INTERVALS for one field."""
+def _check_range(dotted: str, value: Any, shown: str, recorded: bool = False) -> None:
+    """AT_LEAST, POSITIVE and INTERVALS for one field (``recorded``: a run's own config.yaml, as in validate)."""
     if value is None:
         return
     if dotted in AT_LEAST and value < AT_LEAST[dotted]:
         raise FieldError(dotted, f"{dotted} must be at least {AT_LEAST[dotted]}, not {shown}.")
     if dotted in POSITIVE and not value > 0:
         raise FieldError(dotted, f"{dotted} must be greater than 0, not {shown}.")
-    if dotted == "train.budget_minutes" and value > MAX_BUDGET_MINUTES:
+    if dotted == "train.budget_minutes" and recorded and not math.isfinite(value * 60.0):
+        raise FieldError(dotted, f"{dotted} must be a number of minutes whose seconds are finite, not {shown}; set "
+                                 f"a smaller one (or null for no time limit) in the run's config.yaml.")
+    if dotted == "train.budget_minutes" and not recorded and value > MAX_BUDGET_MINUTES:
         raise _budget_refusal(dotted, shown)
     if dotted in INTERVALS:
         low, high, closed, *rest = INTERVALS[dotted]

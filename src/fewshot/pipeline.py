@@ -514,14 +514,16 @@ class PipelineRun:
         last.pt) whose closing work no longer fits the budget left (warn_if_resumed_late)."""
         need = self.closing(task, eval_s, step_s)
         if step_s is None:
-            self.warn_if_resumed_late("finetune", need)
+            self.warn_if_resumed_late("finetune", need, task)
         return need
 
-    def warn_if_resumed_late(self, stage: str, need: float) -> None:
+    def warn_if_resumed_late(self, stage: str, need: float, task=None) -> None:
         """The early word a fresh run gets from its least-run refusal or plan_stage's floor warning, for a stage
-        continued on --resume, whose closing work (``need``) the budget left cannot hold: it trains no further
-        (cap_resumed_budget) and the run ends late. A warning, not a refusal: a resume cannot change the budget."""
-        words = resumed_late_warning(stage, self.last_end - time.monotonic(), need)
+        continued on --resume, whose closing work (``need``) and kept-back step (the task's ``resumed_step_s``, set
+        by finetune_stage from its log.jsonl) the budget left cannot hold: it trains no further (cap_resumed_budget)
+        and the run ends late. A warning, not a refusal: a resume cannot change the budget."""
+        step_s = getattr(task, "resumed_step_s", None)
+        words = resumed_late_warning(stage, self.last_end - time.monotonic(), need, step_s)
         if words is not None:
             print(words, flush=True)
 
@@ -781,7 +783,7 @@ class PipelineRun:
                       f"and predicts", flush=True)
             self.plan_closing(closing_s)
             if resumed:  # round 1 is the last stage: it trains until the closing work
-                self.warn_if_resumed_late("finetune_labelled", closing_s)
+                self.warn_if_resumed_late("finetune_labelled", closing_s, task)
             return self.labelled_end - (self.last_end - closing_s)  # negative: round 1 ends after its share
         leaves = round1_leaves(rest, left, step_s, eval_s)  # and a margin for round 1's own late end
         cut = max(0.0, self.labelled_end - (self.last_end - leaves))
@@ -857,7 +859,7 @@ class PipelineRun:
             need = self.closing(task, eval_s, step_s, per_image)
             if step_s is None:  # a resumed round continues: it began before the stop
                 if last:
-                    self.warn_if_resumed_late("finetune", need)
+                    self.warn_if_resumed_late("finetune", need, task)
                 return need if last else 0.0
             least, left = least_run_seconds(step_s, need), self.last_end - time.monotonic()
             if least_run_holds(least, left):
@@ -1168,4 +1170,4 @@ def check_budget(minutes: float) -> None:
         raise UserError(f"--budget-minutes must be a positive number of minutes, not {minutes!r}.")
     if minutes > MAX_BUDGET_MINUTES:
         raise UserError(f"--budget-minutes {minutes:g} is more than any run can use: give at most "
-                        f"{MAX_BUDGET_MINUTES:g} minutes (about 19 years).")
+                        f"{MAX_BUDGET_MINUTES:,.0f} minutes (about 19 years).")

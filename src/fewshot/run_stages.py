@@ -309,22 +309,24 @@ def stage_config(sdir: Path, cfg: dict) -> dict:
     return scfg
 
 
-def cap_resumed_budget(cfg: dict, last: Path, end_time: float) -> float:
+def cap_resumed_budget(cfg: dict, last: Path, end_time: float, step_s: float | None = None) -> tuple[float, int]:
     """A stopped stage continues on its own plan, but ends no later than ``end_time`` on the run's clock: the
     new session's start-up and the work redone before the stage come out of its time, not on top of the
-    budget (its time-based schedule then moves on faster). Like plan_stage it keeps back one step, the mean of
-    the steps so far: the Engine looks at its deadline after each step (a resumed 2-minute run ended 9 s late).
-    Returns the stage's training seconds so far."""
+    budget (its time-based schedule then moves on faster). Like plan_stage it keeps back one step: the Engine
+    looks at its deadline after each step (a resumed 2-minute run ended 9 s late). The step is ``step_s``, the
+    stage's logged speed (trained_speeds), else the mean of its steps so far, which counts its evaluations and
+    warm-up too. Returns the stage's training seconds and global step so far (its last.pt is read once)."""
     from fewshot.train.checkpoint import load_checkpoint
 
-    ck = load_checkpoint(last)
+    ck = load_checkpoint(last, mmap=True)
     trained = float(ck.get("train_seconds", 0.0))
     steps = int(ck.get("global_step", 0) or 0)
-    step_s = trained / steps if steps > 0 else 0.0
+    if step_s is None:
+        step_s = trained / steps if steps > 0 else 0.0
     planned = float(cfg["train"]["budget_minutes"] or 0.0) * 60
     allowed = trained + max(0.0, end_time - time.monotonic() - step_s)
     cfg["train"]["budget_minutes"] = max(1e-3, min(planned, allowed)) / 60
-    return trained
+    return trained, steps
 
 
 def same_training_images(task, last: Path, key_then: str | None, key_now: str | None) -> bool:
@@ -409,15 +411,16 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     if resuming and status == "trained":
         print(f"[run] {name}: trained before the stop; evaluating its best checkpoint")
     elif resuming:
-        from fewshot.train.checkpoint import load_checkpoint
-
         # the closing estimate takes the stage's evaluation time from its log.jsonl where it has one (its own speed):
         # an evaluation timed again costs this session's time, and from end_time - after on the stage trains nothing
-        # anyway (cap_resumed_budget gives it no time), not only once end_time has passed
-        logged = trained_speeds(fdir / "log.jsonl", eval_passes(task, fcfg))[1] if closing is not None else None
-        after = closing(task, measure_eval_seconds(task) if logged is None else logged) if closing is not None else 0.0
-        trained_before = cap_resumed_budget(fcfg, last, end_time - after)
-        steps_before = int(load_checkpoint(last, mmap=True).get("global_step", 0))  # the steps fit() resumes from
+        # anyway (cap_resumed_budget gives it no time), not only once end_time has passed. The logged step speed is
+        # the step kept back (the resumed-late warning's too): train_seconds / global_step counts evaluations
+        step_logged, eval_logged = trained_speeds(fdir / "log.jsonl", eval_passes(task, fcfg))
+        task.resumed_step_s = step_logged
+        after = (closing(task, measure_eval_seconds(task) if eval_logged is None else eval_logged)
+                 if closing is not None else 0.0)
+        # steps_before: the steps fit() resumes from
+        trained_before, steps_before = cap_resumed_budget(fcfg, last, end_time - after, step_logged)
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record(name, "began", now, fit_at=now - trained_before)
         print(f"[run] {name}: continuing from {last} on its planned schedule")
@@ -540,7 +543,8 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         # stop's evaluation); one planned while it was a second evaluation and a checkpoint read keeps back more,
         # which the fine-tuning gets. Resumed with the stop evaluated before the kill, metrics.json's evaluation
         # takes the stop's place in this session's closing time
-        trained_before = cap_resumed_budget(pcfg, last, end_time - float(state.stage("pretrain").get("kept_s", 0.0)))
+        kept = float(state.stage("pretrain").get("kept_s", 0.0))
+        trained_before, _ = cap_resumed_budget(pcfg, last, end_time - kept, trained_speeds(pdir / "log.jsonl")[0])
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record("pretrain", "began", now, fit_at=now - trained_before)
         seed_everything(pcfg["train"]["seed"])

@@ -64,17 +64,25 @@ def overrun_warning(seconds: float, why: str) -> str:
                     f"budget. A larger --budget-minutes, or a smaller --img-size or --model, lets it fit.")
 
 
-def resumed_late_warning(stage: str, left: float, need: float) -> str | None:
-    """A stopped stage continued from its last.pt (``fewshot run --resume``) with ``left`` seconds of the budget,
-    less than its closing work's ``need``: the least-run refusal is a fresh run's (a resume cannot change the
-    budget), so the run ran late without an early word. None where the work fits. No larger budget is advised:
-    the resume must repeat it."""
-    if need <= left:
+def resumed_late_warning(stage: str, left: float, need: float, step_s: float | None = None) -> str | None:
+    """A stopped stage continued from its last.pt (``fewshot run --resume``) with ``left`` seconds of the budget
+    (below 0: resumed past it), less than its closing work's ``need`` and the one step (``step_s``, its logged speed
+    where known) cap_resumed_budget keeps back: the least-run refusal is a fresh run's (a resume cannot change the
+    budget), so the run ran late without an early word. It trains no further, so no step runs past its deadline:
+    the run ends ``need - left`` late (past the budget, 0 s left said "about need s after"). None where the work
+    fits. No larger budget is advised: the resume must repeat it."""
+    if need + (step_s or 0.0) <= left:
         return None
-    return one_line(f"[run] warning: {stage} resumes with {seconds_text(max(0.0, left))} of the budget left, less than "
-                    f"its closing work needs at the measured speed (about {seconds_text(need)}: evaluations, "
-                    f"prediction and the report): it trains no further, and the run will likely end about "
-                    f"{max(1.0, need - max(0.0, left)):.0f} s after its budget.")
+    step = f" and a training step ({seconds_text(step_s)} at its logged speed)" if step_s else ""
+    work = "evaluations, prediction and the report"
+    where = (f"{seconds_text(-left)} past the budget already, and its closing work needs about {seconds_text(need)} "
+             f"more at the measured speed ({work})" if left < 0 else
+             f"with {seconds_text(left)} of the budget left, less than its closing work{step} "
+             f"{'need' if step else 'needs'} at the measured "
+             f"speed (about {seconds_text(need)}: {work})")
+    late = (f"the run will likely end about {max(1.0, need - left):.0f} s after its budget" if need > left else
+            "the run still ends within its budget")
+    return one_line(f"[run] warning: {stage} resumes {where}: it trains no further, and {late}.")
 
 
 def min_epochs_warning(min_epochs: int, fits: float, budget_s: float, step_s: float, steps: int) -> str:

@@ -248,6 +248,20 @@ def _smoothing_caption(weights: list[tuple[str, float]]) -> str:
     return text + (f" The {raw[0]}: too few points to smooth, lines join the raw values." if raw else "")
 
 
+def file_weights(path: Path | None) -> str | None:
+    """The weights ("ema" or "raw") the file the image parts predicted with holds: a run folder without best.pt
+    predicts with last.pt's EMA while the log row shown may be of the raw weights. None where it cannot be read."""
+    from fewshot.report.runs import checkpoint_weights
+    from fewshot.train.checkpoint import load_checkpoint
+
+    if path is None:
+        return None
+    try:
+        return checkpoint_weights(load_checkpoint(path, mmap=True))
+    except Exception:  # noqa: BLE001 - analyse_run read it a moment ago; unknown weights are taken as the same
+        return None
+
+
 class ReportBuilder:
     def __init__(self, paths: list[str], out: Path, data: str | None = None, device: str = "auto",
                  tsne: bool = False, grid_images: int = GRID_IMAGES, log=print, skip_images: str | None = None):
@@ -472,10 +486,11 @@ class ReportBuilder:
             accs = [(per.get(n) or {}).get("acc1") for n in a.space.names if n not in a.left_out]
             want = sum(accs) / len(accs) if accs and all(isinstance(x, (int, float)) for x in accs) else None
         same_epoch = r.metrics_epoch is None or a.epoch is None or r.metrics_epoch == a.epoch
-        # best.pt's scores are of its own weights; a checkpoint named as RUN may predict with the other set (last.pt's
-        # EMA beside raw weights that scored higher): then the numbers differ with the same data (load_run's note)
-        same_weights = r.given_checkpoint is None or r.given_weights is None or r.metrics_weights is None or \
-            r.given_weights == r.metrics_weights
+        # best.pt's scores are of its own weights; the file predicted with may hold the other set (last.pt's EMA,
+        # named as RUN or used where best.pt is missing, beside a log row of the raw weights that scored higher):
+        # then the numbers differ with the same data (load_run's note)
+        used = r.given_weights if r.given_checkpoint is not None else file_weights(a.checkpoint)
+        same_weights = used is None or r.metrics_weights is None or used == r.metrics_weights
         if same_epoch and same_weights and isinstance(want, (int, float)) and abs(got - want) > 0.01:
             over = " over the same datasets" if a.left_out else ""
             weights = f", {r.metrics_weights.upper()} weights" if r.metrics_weights else ""

@@ -526,6 +526,8 @@ def _eval_mode(run: Run, row: dict) -> str:
     if mode in ("known", "unknown"):
         return mode
     val = row.get("val") if isinstance(row.get("val"), dict) else {}
+    # exact equality is safe: the score is a copy of that mode's mean (SupervisedTask.evaluate), and JSON writes and
+    # reads a float back bit for bit; a mean that equals the other mode's is the same number either way
     return next((m for m in ("known", "unknown") if (val.get(m) or {}).get("mean_acc1") == row.get("score")), "known")
 
 
@@ -551,6 +553,15 @@ def use_score(run: Run, row: dict, given: Path) -> bool:
     return True
 
 
+def checkpoint_weights(ck: dict) -> str | None:
+    """The set a checkpoint's readers take (predict, eval; chosen_weights: best.pt says, last.pt holds the EMA where
+    the run kept one): "ema", "raw", or None for a value no fewshot writes."""
+    from fewshot.train.finetune import chosen_weights
+
+    chosen = chosen_weights(ck)
+    return chosen if chosen in WEIGHTS else None
+
+
 def _given_checkpoint(run: Run, given: Path) -> None:
     """A checkpoint file named as RUN: its epoch and weights, and the accuracies of those where log.jsonl holds
     their evaluation (metrics.json is best.pt's). Epochs alone do not tell: last.pt predicts with its EMA, while
@@ -566,9 +577,7 @@ def _given_checkpoint(run: Run, given: Path) -> None:
         run.notes.append(f"{given} cannot be read as a fewshot checkpoint ({printable(str(exc))[:200]}): its epoch "
                          f"is unknown; the accuracies shown are the run's.")
         return
-    # the set its readers take (predict, eval): best.pt says; last.pt holds the EMA where the run kept one
-    chosen = ck.get("weights") or ("ema" if ck.get("ema") is not None else "raw")
-    run.given_weights = chosen if chosen in WEIGHTS else None
+    run.given_weights = checkpoint_weights(ck)
     shown = run.metrics_epoch if run.kind == "supervised" else run.best_epoch
     if shown == run.given_epoch and (run.kind != "supervised" or _same_weights(run.metrics_weights, run.given_weights)):
         return

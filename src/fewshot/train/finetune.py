@@ -412,7 +412,9 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
                         f"here; pass --device cpu to resume it on the CPU.")
     from fewshot.config import validate, with_defaults
 
-    return validate(with_defaults(base, ABSENT_MEANS))
+    # recorded: the run's budget stays resumable where an older fewshot took one above MAX_BUDGET_MINUTES (what
+    # this command gave was validated with the cap by resolve())
+    return validate(with_defaults(base, ABSENT_MEANS), recorded=True)
 
 
 def configure_threads(cfg: dict) -> None:
