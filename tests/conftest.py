@@ -194,3 +194,15 @@ def real_least_run_holds(monkeypatch):
 
     monkeypatch.setattr(pipeline, "least_run_holds", run_budget.least_run_holds)
     return run_budget.least_run_holds
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for tiny tensor tests (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): they
+    gain nothing from more, and two OpenMP threads waiting on each other on a loaded 2-core machine slow them down."""
+    import torch  # here, not at the top: the thread share above is set before torch is first imported
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

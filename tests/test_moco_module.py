@@ -21,12 +21,7 @@ from fewshot.ssl.pretrain import resolve_pretrain_defaults, split_groups
 from helpers.tiny import view_pair
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_moco(queue_size=10, momentum=0.9, groups=2, symmetric=False, seed=0) -> MoCo:

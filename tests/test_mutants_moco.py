@@ -15,12 +15,7 @@ from fewshot.ssl.moco import MoCo
 from helpers.tiny import view_pair
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def moco_with_distinct_encoders(symmetric: bool = False, momentum: float = 0.5) -> MoCo:
