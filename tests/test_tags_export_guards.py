@@ -294,3 +294,22 @@ def test_a_bad_tag_is_quoted_as_typed():
     with pytest.raises(UserError, match=r"model TEST_RESNET\.R160: timm has no pretrained tag 'R160' for "
                                         r"test_resnet; .*Give test_resnet without a tag"):
         timm_name("TEST_RESNET.R160")
+
+
+def test_train_with_weights_reads_images_at_the_bit_depth_they_record(export_setup, digits_root):
+    """`train --weights` of a data.bit_depth=12 MoCo run fine-tuned at the 16-bit scale (probe, eval and predict
+    read the recorded depth); a depth the user gives stays theirs."""
+    import yaml
+
+    pre, tmp = export_setup
+    weights = ["--weights", pre / "checkpoints" / "last.pt", "--lr", "1e-3"]
+    rc, _, err = run_main("train", "--data", digits_root, "--out", tmp / "adopted", *TINY, *weights)
+    assert rc == 0, err
+    assert "16-bit images are read as 12-bit (data.bit_depth=12)" in err
+    cfg = yaml.safe_load((tmp / "adopted" / "config.yaml").read_text())
+    assert cfg["data"]["bit_depth"] == 12
+    rc, _, err = run_main("train", "--data", digits_root, "--out", tmp / "given", *TINY, *weights,
+                          "data.bit_depth=auto")
+    assert rc == 0, err
+    assert "read as 12-bit" not in err
+    assert yaml.safe_load((tmp / "given" / "config.yaml").read_text())["data"]["bit_depth"] == "auto"

@@ -236,6 +236,22 @@ def adopt_recorded_model(cfg: dict, flags: dict, extra: list[str], config_file: 
     adopt_weights_model(cfg["model"], model_named(flags, extra, config_file))
 
 
+def adopt_recorded_bit_depth(cfg: dict, flags: dict, extra: list[str], config_file: str | None) -> None:
+    """model.weights' recorded data.bit_depth where the user gave none (a flag, a word, the config file): the scale
+    its features were learnt at, as probe, eval and predict read it (`train --weights` of a data.bit_depth=12 MoCo
+    run fine-tuned on its 16-bit images at the 16-bit scale: dark, in 17 grey levels)."""
+    from fewshot.config import file_settings, record_chosen
+    from fewshot.eval.probe import bit_depth_for
+
+    given = "data.bit_depth" in given_fields(flags, extra) or bool(
+        config_file and "data.bit_depth" in file_settings(config_file))
+    if given or not cfg["model"].get("weights"):
+        return
+    before = cfg["data"]["bit_depth"]
+    cfg["data"]["bit_depth"] = bit_depth_for(cfg["model"]["weights"], None)
+    record_chosen(cfg, {"data.bit_depth": before})  # the weights file's, not the user's: chosen again later
+
+
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None,
                        default_preset: str | None = None) -> dict:
     from fewshot.config import file_settings, get_dotted, mark_rechosen, parse_override, record_chosen
@@ -254,6 +270,7 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
     if not (args.resume and resumes_from_config(Path(args.out))):
         name = cfg["model"]["name"]
         adopt_recorded_model(cfg, flags, extra, args.config)
+        adopt_recorded_bit_depth(cfg, flags, extra, args.config)
         record_chosen(cfg, {"model.name": name})  # the weights file's model, not the user's: chosen again later
         note_pretrained_tag(cfg["model"])
     # a run's config.yaml as --config: what it holds for the fields that run chose itself, for the note that names

@@ -10,6 +10,7 @@ fits one head per token (train_linear_heads), as the model scores them.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def bit_depth_for(weights, given: int | str | None) -> int | str:
         return "auto"
     # 16: 16-bit images at their full scale, as auto reads them, so the note has nothing to say (the two differ
     # only for 32-bit images whose values all lie under 256: auto scales them from 255, 16 from 65535)
-    if recorded not in ("auto", 16):
+    if recorded not in ("auto", 16) and os.environ.get("RANK", "0") == "0":  # a torchrun job says it once
         print(one_line(f"note: 16-bit images are read as {recorded}-bit (data.bit_depth={recorded}), as {weights} "
                        f"records: the scale its features were learnt at; give data.bit_depth=auto to read them at "
                        f"the full 16 bits."), file=sys.stderr, flush=True)
