@@ -40,3 +40,17 @@ def test_run_refuses_a_symmetric_queue_under_two_batches_before_the_run_starts(d
                           "--model", "test_resnet", "--img-size", "16", "moco.symmetric=true", "run.queue_size=96")
     assert rc == 2 and "run.queue_size=96" in err and "moco.symmetric=true" in err, err
     assert not out.exists()  # refused before the pool was decoded and the folder started
+
+
+@pytest.mark.parametrize("batch, pool, symmetric, queue", [
+    (64, 1000, False, 500), (64, 1000, True, 500), (64, 100, False, 128),   # half the pool, at least two batches
+    (2049, 90000, False, 4096), (2049, 90000, True, 4098),                  # 4096 at most, but one step's keys
+    (4097, 90000, False, 4097), (3000, None, True, 6000), (64, None, False, 4096)])
+def test_the_default_queue_holds_one_steps_keys(batch, pool, symmetric, queue):
+    """With no run.queue_size, a batch above 2048 with moco.symmetric=true (4096 without) got the 4096 cap, which
+    the MoCo stage then refused after the pool was decoded and the run folder started."""
+    from fewshot.run_stages import moco_queue_size
+
+    r = {"queue_size": None, "pretrain_batch_size": batch}
+    assert moco_queue_size(r, pool, symmetric) == queue
+    assert moco_queue_size({**r, "queue_size": 77}, pool, symmetric) == 77  # a given queue is checked, not changed

@@ -500,14 +500,17 @@ def reusable_stage(state, sdir: Path) -> bool:
     return state is not None and state.status(sdir.name) == "done" and (sdir / "config.yaml").is_file()
 
 
-def moco_queue_size(r: dict, pool_size: int | None) -> int:
+def moco_queue_size(r: dict, pool_size: int | None, symmetric: bool = False) -> int:
     """The MoCo stage's queue: run.queue_size, else half the pool (``pool_size`` images; None: not counted yet)
-    between two batches and 4096."""
+    between two batches and 4096, and never under one step's keys (2 x the batch with ``symmetric``): a batch
+    above 4096 (2048 symmetric) got the 4096 queue that resolve_pretrain_defaults refuses, after the folder began."""
     if r["queue_size"] is not None:
         return r["queue_size"]
+    batch = int(r["pretrain_batch_size"])
+    keys = batch * (2 if symmetric else 1)
     if pool_size is None:
-        return 4096
-    return int(min(4096, max(2 * r["pretrain_batch_size"], pool_size // 2)))
+        return max(4096, keys)
+    return int(max(keys, min(4096, max(2 * batch, pool_size // 2))))
 
 
 def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float, check=None,
@@ -566,9 +569,9 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         seed_everything(pcfg["train"]["seed"])
         # the queue sized from the pool that start-up counted (pool_size): the task, its model and its pool were
         # built twice, once to count the pool; a pool that changed since is counted by the task and built again
-        pcfg["moco"]["queue_size"] = moco_queue_size(r, pool_size)
+        pcfg["moco"]["queue_size"] = moco_queue_size(r, pool_size, bool(pcfg["moco"].get("symmetric")))
         task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)  # check_model warned
-        k = moco_queue_size(r, len(task.pool))
+        k = moco_queue_size(r, len(task.pool), bool(pcfg["moco"].get("symmetric")))
         if k != task.model.K:
             pcfg["moco"]["queue_size"] = k
             seed_everything(pcfg["train"]["seed"])
