@@ -66,3 +66,15 @@ def test_the_temperature_hint_names_overflow_only_where_the_logits_overflow():
     assert "they overflow in fp16 autocast" in temperature_hint(1e-5)
     assert "overflow" not in temperature_hint(2e-5)
     assert "they overflow even in fp32" in temperature_hint(1e-40)
+
+
+def test_a_huge_moco_temperature_is_warned_about_at_the_start(root, tmp_path, capsys):
+    """moco.temperature=1e308 made every logit 0: the loss sat at ln(1 + K) with zero gradients and the run ended
+    with nothing learnt and no word; T=0.2 (v2) and T=1 say nothing."""
+    from fewshot.ssl.functional import high_temperature_warning
+
+    assert high_temperature_warning(0.2) is None and high_temperature_warning(1.0) is None
+    assert "span at most 0.4" in high_temperature_warning(5.0)
+    run_pretrain(pretrain_cfg(root, **{"moco.temperature": 1e308, "model.img_size": 16}), tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "warning: moco.temperature=1e+308 is above 1" in out and "MoCo learns next to nothing" in out

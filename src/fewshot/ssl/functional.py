@@ -105,6 +105,19 @@ def temperature_hint(temperature: float) -> str | None:
             f"carry the weights to inf or NaN; give a temperature of 0.07 (MoCo v1) to 0.2 (v2)")
 
 
+HIGH_TEMPERATURE = 1.0  # above it the logits span under 2 and the softmax over K + 1 keys is near uniform
+
+
+def high_temperature_warning(temperature: float) -> str | None:
+    """A warning for a temperature so high that MoCo learns next to nothing (None: it is not): at 1e308 every logit
+    was 0, the loss sat at ln(1 + K) with zero gradients, and the run ended "done" with nothing learnt."""
+    if not temperature > HIGH_TEMPERATURE:
+        return None
+    return (f"warning: moco.temperature={temperature:g} is above {HIGH_TEMPERATURE:g}: the similarities (-1 to 1) "
+            f"divided by it span at most {2 / temperature:.2g}, so the loss stays near ln(1 + K) and its gradients "
+            f"shrink as 1/T: MoCo learns next to nothing. MoCo uses 0.07 (v1) to 0.2 (v2).")
+
+
 def infonce_loss(logits: Tensor) -> Tensor:
     """InfoNCE: mean cross-entropy with the positive (column 0) as the target of every row."""
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)

@@ -21,7 +21,7 @@ from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size, create_backbone,
                                      input_size, mean_std)
 from fewshot.models.weights import load_backbone_weights, weights_note
-from fewshot.ssl.functional import temperature_hint, topk_accuracy
+from fewshot.ssl.functional import high_temperature_warning, temperature_hint, topk_accuracy
 from fewshot.ssl.knn import knn_predict
 from fewshot.ssl.moco import MoCo
 from fewshot.train.distributed import DistContext
@@ -597,7 +597,8 @@ def announce_pretrain(cfg: dict, out: Path, task: MoCoTask, engine: Engine, devi
                        f"{speed_settings(task)}): "
                        f"K={m['queue_size']}, m={m['momentum']}, T={m['temperature']}, "
                        f"{bn_protection(task.model, ctx.world)}; run directory {out}"))
-        for said in (unused_split_bn_note(cfg, task.model, ctx.world), shared_bn_warning(task.model, ctx.world)):
+        for said in (unused_split_bn_note(cfg, task.model, ctx.world), shared_bn_warning(task.model, ctx.world),
+                     high_temperature_warning(float(m["temperature"]))):
             if said:
                 print(said, flush=True)
         if m["queue_size"] >= len(task.pool):
