@@ -13,7 +13,7 @@ BENCH_VENV ?= .bench-venv
 DEMO_MINUTES ?= 3
 TEST_WORKERS ?= 2
 
-.PHONY: venv test demo demo-data bench clean help
+.PHONY: venv test demo demo-data bench clean help FORCE
 
 help:
 	@echo "make demo      - build demo data (digits, fashion-mnist); fewshot run (self-training), with MoCo, and the baseline; score"
@@ -28,12 +28,21 @@ help:
 	@echo "  BENCH_VENV=$(BENCH_VENV) (make bench's venv)"
 	@echo "  TEST_WORKERS=$(TEST_WORKERS) (make test's processes; 0: none, in one process)"
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+# the stamp records the pins it installed: another TORCH_PIN or PYTHON given later installs again (it said
+# "Nothing to be done" while the old torch stayed); another PYTHON makes the venv anew
+PINS := $(PYTHON) | $(TORCH_PIN)
+$(STAMP): pyproject.toml FORCE
+	@if [ -f $(STAMP) ] && [ "$$(cat $(STAMP))" = '$(PINS)' ] && [ ! pyproject.toml -nt $(STAMP) ]; then exit 0; fi; \
+	set -e; \
+	if [ -f $(STAMP) ] && [ "$$(cut -d'|' -f1 $(STAMP))" != '$(PYTHON) ' ]; then $(PYTHON) -m venv --clear $(VENV); fi; \
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	echo "installing into $(VENV): $(TORCH_PIN) and fewshot"; \
+	$(BIN)/python -m pip install -q --upgrade pip; \
+	$(BIN)/python -m pip install -q $(TORCH_PIN); \
+	$(BIN)/python -m pip install -q -e '.[dev]'; \
+	echo '$(PINS)' > $(STAMP)
+
+FORCE:
 
 venv: $(STAMP)
 
@@ -53,7 +62,8 @@ bench: venv
 # Only the default folders: DEMO_DATA / DEMO_RUN may name a folder of the user's own, never ours to delete.
 clean:
 	@if [ '$(DEMO_DATA)' != '$(DEFAULT_DEMO_DATA)' ] || [ '$(DEMO_RUN)' != '$(DEFAULT_DEMO_RUN)' ]; then \
-		echo "make clean removes only $(DEFAULT_DEMO_RUN) and $(DEFAULT_DEMO_DATA); remove '$(DEMO_RUN)' / '$(DEMO_DATA)' yourself" >&2; \
+		echo "make clean removes only $(DEFAULT_DEMO_RUN) and $(DEFAULT_DEMO_DATA), and only without DEMO_DATA= or DEMO_RUN=" \
+		     "(folders of your own are yours to remove); nothing was removed" >&2; \
 		exit 2; \
 	fi
 	rm -rf -- $(DEFAULT_DEMO_RUN) $(DEFAULT_DEMO_DATA)

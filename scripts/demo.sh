@@ -12,6 +12,11 @@ BIN=${1:-.venv/bin}
 ROOT=${2:-demo_data}
 OUT=${3:-runs/demo}
 MINUTES=${4:-3}
+# a bad DEMO_MINUTES failed in each of the three runs, and the advice then suggested DEMO_MINUTES=-3 (or 2 for abc)
+if ! awk -v m="$MINUTES" 'BEGIN { exit !(m ~ /^([0-9]+[.]?[0-9]*|[.][0-9]+)$/ && m + 0 > 0) }'; then
+  echo "demo: DEMO_MINUTES=$MINUTES is not a positive number of minutes per run (e.g. make demo DEMO_MINUTES=5)" >&2
+  exit 2
+fi
 bash "$(dirname "$0")/demo_data.sh" "$BIN" "$ROOT"
 mkdir -p "$OUT"
 start=$(date +%s)

@@ -154,3 +154,40 @@ def test_demo_stops_when_a_run_is_interrupted_and_advises_in_fractional_minutes(
     monkeypatch.setenv("FAKE_PRETRAIN_RC", "2")
     done, calls = run_script(SCRIPTS / "demo.sh", tmp_path, bin_dir, root, out, 2.5)
     assert done.returncode == 1 and "make demo DEMO_MINUTES=4.5 " in done.stderr, done.stderr
+
+
+def test_demo_refuses_a_budget_that_is_not_a_positive_number_before_any_run(tmp_path):
+    """DEMO_MINUTES=-5 failed in all three runs and then advised `make demo DEMO_MINUTES=-3` (`abc`: 2)."""
+    bin_dir = fake_bin(tmp_path)
+    for minutes in ("-5", "abc", "0", "1e"):
+        done, calls = run_script(SCRIPTS / "demo.sh", tmp_path, bin_dir, tmp_path / "data", tmp_path / "out", minutes)
+        assert done.returncode == 2 and f"DEMO_MINUTES={minutes} is not a positive number" in done.stderr, minutes
+        assert calls == [], calls
+    done, calls = run_script(SCRIPTS / "demo.sh", tmp_path, bin_dir, tmp_path / "data2", tmp_path / "out2", ".5")
+    assert done.returncode == 0, done.stderr
+    assert sum(c.startswith("run ") for c in calls) == 3
+
+
+def test_make_venv_installs_again_when_the_pins_change(tmp_path):
+    """The stamp depended on pyproject.toml alone: `make test TORCH_PIN=...` on an existing venv said "Nothing to be
+    done" and kept the old torch. It records the pins now; the same pins install nothing."""
+    import shutil
+
+    root = SCRIPTS.parent
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(root / name, tmp_path / name)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    pip = tmp_path / ".venv" / "bin" / "python"
+    pip.write_text('#!/bin/sh\necho "pip $*"\n')
+    pip.chmod(0o755)
+
+    def make(*words) -> str:
+        done = subprocess.run(["make", "-s", "venv", "PYTHON=true", *words], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "install -q torch==2.14.1" in make()
+    assert make() == ""  # the same pins: nothing to do
+    assert "install -q torch==2.4.0" in make("TORCH_PIN=torch==2.4.0")
+    assert make("TORCH_PIN=torch==2.4.0") == ""
