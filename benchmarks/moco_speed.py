@@ -900,7 +900,8 @@ def parse_args(argv=None):
                     help="with --img-size/--batch-size; the default suite runs both at 64px b64 and step at 32px b256")
     ap.add_argument("--img-size", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--runs", type=int, default=3, help="alternating runs per side (>= 1; 3 or more for a median worth reporting)")
+    ap.add_argument("--runs", type=int, default=3, help="alternating runs per side (>= 1; 3 or more for a median "
+                    "worth reporting)")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps before each run")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
