@@ -7,8 +7,11 @@ set -euo pipefail
 BIN=${1:-.venv/bin}
 ROOT=${2:-demo_data}
 IDX=/usr/share/datasets/fashion-mnist
-[ -d "$ROOT/digits" ] || "$BIN/fewshot" data digits --out "$ROOT"
-[ -d "$ROOT/fashion-mnist" ] && exit 0
+# a dataset counts as built with its pool: a build killed between its two renames left the dataset without it,
+# which `fewshot data` repairs (the demo went on without digits' pool)
+built() { [ -d "$ROOT/$1" ] && [ -d "$ROOT/unlabeled/$1" ]; }
+built digits || "$BIN/fewshot" data digits --out "$ROOT"
+built fashion-mnist && exit 0
 if [ ! -f "$IDX/train-images-idx3-ubyte.gz" ] && [ ! -f "$IDX/train-images-idx3-ubyte" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "installing Debian's dataset-fashion-mnist (the IDX files) ..."

@@ -18,13 +18,21 @@ a = sys.argv[1:]
 with open(os.environ["FAKE_LOG"], "a") as fh:
     fh.write(" ".join(a) + "\\n")
 if a[0] == "data":
-    Path(a[a.index("--out") + 1], a[1]).mkdir(parents=True)
+    Path(a[a.index("--out") + 1], a[1]).mkdir(parents=True, exist_ok=True)
+    Path(a[a.index("--out") + 1], "unlabeled", a[1]).mkdir(parents=True)
 elif a[0] == "run":
     out = Path(a[a.index("--out") + 1])
     out.mkdir(parents=True)
     (out / "summary.json").write_text(json.dumps({{"budget_minutes": float(a[a.index("--budget-minutes") + 1]),
                                                   "metrics": {{"val": {{}}}}}}))
 """
+
+
+def built_datasets(root: Path) -> None:
+    """Both demo datasets as a finished build leaves them: each with its pool."""
+    for name in ("digits", "fashion-mnist"):
+        (root / name).mkdir(parents=True)
+        (root / "unlabeled" / name).mkdir(parents=True)
 
 
 def fake_bin(tmp_path: Path) -> Path:
@@ -66,10 +74,13 @@ def test_demo_data_keeps_built_datasets_and_shows_why_apt_get_failed(tmp_path):
     bin_dir = fake_bin(tmp_path)
     script = demo_data_without_idx_files(tmp_path)
     root = tmp_path / "demo_data"
-    for name in ("digits", "fashion-mnist"):
-        (root / name).mkdir(parents=True)
+    built_datasets(root)
     done, calls = run_script(script, tmp_path, bin_dir, root)
     assert done.returncode == 0 and calls == [], (done.stdout, done.stderr, calls)
+
+    (root / "unlabeled" / "digits").rmdir()  # a build killed before its pool was moved: built again
+    done, calls = run_script(script, tmp_path, bin_dir, root)
+    assert done.returncode == 0 and calls == [f"data digits --out {root}"], (done.stderr, calls)
 
     (root / "fashion-mnist").rmdir()  # now it has to be built: apt-get is tried, offline here
     done, calls = run_script(script, tmp_path, bin_dir, root)
@@ -84,8 +95,7 @@ def test_demo_says_which_runs_it_reuses_reruns_another_budget_and_scores_without
     keys ended the demo with Python's `KeyError: 'pred_all_score'`."""
     bin_dir = fake_bin(tmp_path)
     root, out = tmp_path / "demo_data", tmp_path / "runs"
-    for name in ("digits", "fashion-mnist"):
-        (root / name).mkdir(parents=True)
+    built_datasets(root)
     demo = SCRIPTS / "demo.sh"
 
     done, calls = run_script(demo, tmp_path, bin_dir, root, out, 3)
@@ -122,8 +132,7 @@ def demo_with_failing_pretrain(tmp_path: Path, body: str) -> tuple[Path, Path, P
     fake.write_text(fake.read_text().replace(
         'elif a[0] == "run":', f'elif a[0] == "run" and "--pretrain" in a:\n    {body}\nelif a[0] == "run":'))
     root, out = tmp_path / "demo_data", tmp_path / "runs"
-    for name in ("digits", "fashion-mnist"):
-        (root / name).mkdir(parents=True)
+    built_datasets(root)
     return bin_dir, root, out
 
 
