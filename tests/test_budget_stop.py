@@ -119,10 +119,12 @@ def resume_stopped_in_finetune(root, out, monkeypatch, eval_s: float | None, spe
     for the stage or (``spent``) none; the stage's log.jsonl reads as holding an evaluation time of ``eval_s`` (None:
     none). Returns the tasks whose evaluation was timed, the fit() calls each trained_speeds call came after, and
     stdout."""
+    import sys
     import time
 
     import fewshot.pipeline as pipeline
     import fewshot.run_stages as run_stages
+    import fewshot.train.checkpoint as checkpoint
     from helpers.checks import run_main
     from test_run_accounting import stopped_in_finetune
 
@@ -150,7 +152,15 @@ def resume_stopped_in_finetune(root, out, monkeypatch, eval_s: float | None, spe
         fitted.append(self.run_dir.name)
         return fit(self, *args, **kwargs)
 
+    load, reads = checkpoint.load_checkpoint, []
+
+    def load_counted(path, *args, **kwargs):  # the stage's own reads of last.pt (the Engine's resume aside)
+        if sys._getframe(1).f_code.co_filename == run_stages.__file__ and Path(path).name == "last.pt":
+            reads.append(kwargs.get("mmap", False))
+        return load(path, *args, **kwargs)
+
     with monkeypatch.context() as mp:
+        mp.setattr(checkpoint, "load_checkpoint", load_counted)
         patch_run(mp, "measure_eval_seconds", measure_eval_seconds)
         mp.setattr(run_stages, "trained_speeds", trained_speeds)
         mp.setattr(Engine, "fit", fit_counted)
@@ -159,6 +169,8 @@ def resume_stopped_in_finetune(root, out, monkeypatch, eval_s: float | None, spe
         rc, stdout, err = run_main(*cmd, "--resume")
     assert rc == 0, err
     assert fitted == ["finetune"]
+    # last.pt is read once before fit(), its tensors mapped: the image check read it whole, then the budget again
+    assert reads == [True], reads
     return timed, logged, stdout
 
 

@@ -21,7 +21,7 @@ from helpers.checks import run_main
 def pool_of(root: Path, datasets: list[str]) -> tuple[list[Path], str]:
     """The pool that pretrain reads from ROOT/unlabeled/ (no --unlabeled)."""
     infos = scan_root(root, datasets)
-    paths, _, source = pool_with_sources({"data": {"root": str(root), "unlabeled": None}}, infos)
+    paths, _, source, _ = pool_with_sources({"data": {"root": str(root), "unlabeled": None}}, infos)
     return paths, source
 
 

@@ -525,7 +525,7 @@ def test_a_pool_of_hidden_files_only_counts_as_no_pool(copy_root, dataset_names)
     shutil.copy(copy_root / name / "test" / "0.png", pool / ".thumbnails" / "0.png")
     shutil.copy(copy_root / name / "test" / "0.png", pool / "._IMG_0001.png")
     infos = scan_root(copy_root)
-    paths, ids, source = pool_with_sources(resolve(flags={"data.root": str(copy_root)}), infos)
+    paths, ids, source, _ = pool_with_sources(resolve(flags={"data.root": str(copy_root)}), infos)
     assert f"{name}: train images" in source
     assert sum(1 for i in ids if i == 0) == len(infos[0].train)
 
@@ -565,7 +565,7 @@ def test_pool_images_outside_the_datasets_folders_join_as_unknown_source(copy_ro
     (pool / ".trash").mkdir()
     shutil.copy(own[2], pool / ".trash" / "hidden.png")
     cfg = resolve(flags={"data.root": str(copy_root)})
-    paths, ids, source = pool_with_sources(cfg, scan_root(copy_root, [first]))
+    paths, ids, source, _ = pool_with_sources(cfg, scan_root(copy_root, [first]))
     unknown = sorted(Path(p).relative_to(pool).as_posix() for p, i in zip(paths, ids) if i == -1)
     assert unknown == ["camera roll/2024/a.png", "loose.png"]
     assert "2 images of unknown source" in source
@@ -577,16 +577,16 @@ def test_pool_images_outside_the_datasets_folders_join_as_unknown_source(copy_ro
     (pool / "text only" / "readme.txt").write_text("x")
     (pool / "mirror").symlink_to(pool / first)  # the same files again: not pooled twice
     (pool / "everything").symlink_to(copy_root)  # the root: its test and train images stay out of the pool
-    paths, ids, source = pool_with_sources(cfg, scan_root(copy_root, [first]))
+    paths, ids, source, _ = pool_with_sources(cfg, scan_root(copy_root, [first]))
     assert sorted(Path(p).name for p, i in zip(paths, ids) if i == -1) == ["a.png", "loose.png"], source
     for link in ("mirror", "everything"):
         (pool / link).unlink()
 
     shutil.rmtree(pool / first)  # a flat pool only: the dataset falls back to its train images, plus the loose ones
-    paths, ids, source = pool_with_sources(cfg, scan_root(copy_root, [first]))
+    paths, ids, source, _ = pool_with_sources(cfg, scan_root(copy_root, [first]))
     assert f"{first}: train images" in source and ids.count(-1) == 2
     explicit = resolve(flags={"data.root": str(copy_root), "data.unlabeled": [str(pool / "camera roll")]})
-    paths, ids, _ = pool_with_sources(explicit, scan_root(copy_root, [first]))
+    paths, ids, _, _ = pool_with_sources(explicit, scan_root(copy_root, [first]))
     assert ids == [-1] and Path(paths[0]).name == "a.png"  # --unlabeled replaces ROOT/unlabeled/ entirely
 
 
@@ -646,7 +646,7 @@ def test_unlabeled_folders_count_each_file_once_and_never_the_scoring_splits(cop
 
     def pool_of(*folders):
         cfg = resolve(flags={"data.root": str(copy_root), "data.unlabeled": [str(f) for f in folders]})
-        paths, ids, _ = pool_with_sources(cfg, infos)
+        paths, ids, _, _ = pool_with_sources(cfg, infos)
         assert set(ids) == {-1}
         return paths
 
@@ -734,7 +734,7 @@ def test_the_pool_is_scanned_once_while_its_folders_stay_unchanged(copy_root, da
     assert pretrain.pool_with_sources(cfg, infos) == first and len(scans) == n
     new = copy_root / "unlabeled" / dataset_names[0] / "new.png"
     shutil.copy(first[0][0], new)
-    paths, ids, _ = pretrain.pool_with_sources(cfg, infos)
+    paths, ids, _, _ = pretrain.pool_with_sources(cfg, infos)
     assert len(scans) > n and new in paths and len(paths) == len(first[0]) + 1
     # ROOT/unlabeled/<dataset> as a link is scanned through, but os.walk does not stamp its contents: no memo then
     elsewhere = copy_root.parent / "elsewhere"

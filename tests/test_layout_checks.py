@@ -102,7 +102,7 @@ def test_a_file_named_unlabeled_is_said(copy_root, dataset_names, tmp_path, capf
     pool.write_text("not a folder")
     cfg = resolve(flags={"data.root": str(copy_root)})
     capfd.readouterr()
-    paths, ids, source = pool_with_sources(cfg, scan_root(copy_root))
+    paths, ids, source, _ = pool_with_sources(cfg, scan_root(copy_root))
     err = capfd.readouterr().err
     assert f"{pool} is a file, not a folder" in err and "--unlabeled" in err
     assert "train images" in source and len(paths) == sum(len(i.train) for i in scan_root(copy_root))

@@ -21,9 +21,9 @@ def test_stand_ins_are_known_by_dataset_whatever_its_name(tmp_path):
     shutil.rmtree(root / "unlabeled")  # no pool: the train images stand in for MoCo
     cfg = resolve(flags={"data.root": str(root), "model.img_size": 16})
     infos = scan_root(root, None, splits=("train", "val"))
-    paths, ids, source, stand_ins = pool_with_sources(cfg, infos, stand_ins=True)
+    paths, ids, source, stand_ins = pool_with_sources(cfg, infos)
     assert stand_ins == [0] and len(paths) == len(infos[0].train) and set(ids) == {0}
-    assert pool_with_sources(cfg, infos) == (paths, ids, source)  # the other callers' three
+    assert pool_with_sources(cfg, infos) == (paths, ids, source, stand_ins)  # the memo's answer: the same four
     paths, _, source = pool_files(cfg, infos, exclude_train=True)
     assert paths == [] and "left out" not in source, source
     assert "digits; b: no pool (its train images are labelled)" in source
@@ -37,7 +37,7 @@ def test_a_given_pool_has_no_stand_ins(tmp_path):
     root = build_digits(tmp_path / "data", shots=1)
     cfg = resolve(flags={"data.root": str(root), "data.unlabeled": [str(root / "unlabeled" / "digits")]})
     infos = scan_root(root, None, splits=("train", "val"))
-    paths, ids, _, stand_ins = pool_with_sources(cfg, infos, stand_ins=True)
+    paths, ids, _, stand_ins = pool_with_sources(cfg, infos)
     assert paths and stand_ins == [] and set(ids) == {-1}
     cfg = resolve(flags={"data.root": str(root)})  # ROOT/unlabeled/digits: a pool of its own
-    assert pool_with_sources(cfg, infos, stand_ins=True)[3] == []
+    assert pool_with_sources(cfg, infos)[3] == []

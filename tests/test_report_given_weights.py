@@ -246,6 +246,26 @@ def test_a_run_without_best_pt_compares_last_pts_ema_with_its_own_weights(traine
     text = (tmp_path / "r" / "index.html").read_text()
     assert "the last checkpoint (best.pt is missing" in text
     assert "Recomputed" not in text and "the val images differ" not in text
+    # the numbers differ on the page: it says why (they differed without a word)
+    assert "last.pt predicts with its EMA weights, but the accuracies shown (epoch 1) are of the other set (RAW " \
+        "weights), not last.pt&#x27;s: its mean acc@1 on these val images is" in text, text
+    assert "theirs 99.00." in text
+
+
+def test_the_page_reads_the_checkpoints_weights_only_where_the_numbers_differ(trained, tmp_path, monkeypatch):
+    """file_weights loaded the checkpoint of every run for the comparison, also where its scores match the page's
+    (or there is nothing to compare): it is read only where the weights can be why the numbers differ."""
+    import fewshot.report.build as build
+
+    reads = []
+    monkeypatch.setattr(build, "file_weights", lambda path: reads.append(path) or "ema")
+    run = tmp_path / "run"
+    shutil.copytree(trained["ft"], run)
+    rc, _, err = run_main("report", run, "--out", tmp_path / "r", "--device", "cpu", "--grid", "4")
+    assert rc == 0, err
+    assert reads == [], reads
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert "Recomputed" not in text and "predicts with its" not in text
 
 
 def test_the_report_takes_a_checkpoints_weights_by_the_trainings_own_rule(tmp_path, monkeypatch):

@@ -20,12 +20,27 @@ def test_the_warning_says_how_late_and_only_when_the_closing_work_does_not_fit()
     late = resumed_late_warning("finetune", -40.0, 20.0)
     assert "finetune resumes 40 s past the budget already" in late and "needs about 20 s more" in late
     assert "end about 60 s after its budget" in late
-    # the step kept back (its logged speed): the stage trains no further, so no step runs past the deadline
+    # the step kept back (its logged speed) alone: the stage trains no further, the run still ends on time, so a note
     words = resumed_late_warning("finetune", 21.0, 20.0, step_s=2.0)
-    assert "closing work and a training step (2.0 s at its logged speed) need" in words, words
-    assert "it trains no further, and the run still ends within its budget" in words
+    assert words.startswith("[run] note: finetune resumes with 21 s of the budget left"), words
+    assert "enough for its closing work (about 20 s) but not for a training step besides (2.0 s at its logged " \
+        "speed): it trains no further." in words and "warning" not in words and "after its budget" not in words
     assert resumed_late_warning("finetune", 23.0, 20.0, step_s=2.0) is None
     assert "end about 60 s after its budget" in resumed_late_warning("finetune", -40.0, 20.0, step_s=2.0)
+
+
+def test_a_margin_of_milliseconds_is_no_warning_and_a_fast_step_is_said_in_ms():
+    """`resumed_late_warning('finetune', 20.002, 20.0, 0.004)` warned "20 s of the budget left, less than its closing
+    work and a training step (0.0 s ...)" and, in the same line, that the run still ends within its budget."""
+    words = resumed_late_warning("finetune", 20.002, 20.0, 0.004)
+    assert words.startswith("[run] note:") and "20.002 s of the budget left" in words, words
+    assert "(about 20.000 s)" in words and "(4 ms at its logged speed)" in words and "0.0 s" not in words, words
+    assert "within its budget" not in words and "less than" not in words
+    assert resumed_late_warning("finetune", 20.01, 20.0, 0.004) is None
+    # the closing work alone does not fit: 5.6 and 6.4 s were both said "6 s"; under a second late is not "1 s"
+    words = resumed_late_warning("finetune", 5.6, 6.4, 0.004)
+    assert "[run] warning: finetune resumes with 5.6 s of the budget left" in words and "about 6.4 s:" in words
+    assert "end less than 1 s after its budget" in words and "training step" not in words, words
 
 
 def _run(left: float, need: float) -> SimpleNamespace:
@@ -43,4 +58,5 @@ def test_the_last_stages_hook_warns_a_resumed_stage_only(capsys):
     assert "[run] warning: finetune resumes with" in capsys.readouterr().out
     # the resumed stage's logged step (finetune_stage sets it) counts: 65 s hold the 60 s of closing work, not a step
     assert PipelineRun.last_closing(_run(65.0, 60.0), SimpleNamespace(resumed_step_s=10.0), 1.0) == 60.0
-    assert "a training step (10 s at its logged speed)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[run] note: finetune resumes" in out and "a training step besides (10 s at its logged speed)" in out

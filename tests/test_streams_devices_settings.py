@@ -25,19 +25,23 @@ def _without_stderr(*argv, cwd) -> subprocess.CompletedProcess:
                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(2))
 
 
-# `python -m fewshot` whose main() first says where descriptor 2 points: the process's torch, DataLoader workers
-# and interpreter write there, whatever sys.stderr is
+# `python -m fewshot` whose main() says where descriptor 2 points as it starts and once it has returned: the
+# process's torch, DataLoader workers and interpreter write there, whatever sys.stderr is
 _SAYS_FD2 = """import os, sys
 import fewshot.cli as cli
 real = cli.main
-def main(*args, **kwargs):
+def where():
     try:
         st, null = os.fstat(2), os.stat(os.devnull)
-        where = "/dev/null" if (st.st_dev, st.st_ino) == (null.st_dev, null.st_ino) else "another file"
+        return "/dev/null" if (st.st_dev, st.st_ino) == (null.st_dev, null.st_ino) else "another file"
     except OSError:
-        where = "closed"
-    print("descriptor 2:", where, flush=True)
-    return real(*args, **kwargs)
+        return "closed"
+def main(*args, **kwargs):
+    print("descriptor 2:", where(), flush=True)
+    try:
+        return real(*args, **kwargs)
+    finally:
+        print("descriptor 2 after:", where(), flush=True)
 cli.main = main
 sys.argv = ["fewshot", *sys.argv[1:]]
 raise SystemExit(cli.console_main())
@@ -68,8 +72,9 @@ def test_a_command_with_stderr_closed_trains_and_lists_without_progress(digits_r
     assert done.returncode == 0, done.stdout
     assert (tmp_path / "r" / "metrics.json").is_file()
     # closed, descriptor 2 went to the next file opened (a checkpoint, a JSON file), which then received what torch
-    # or the interpreter writes to stderr: /dev/null holds its place for the whole command
+    # or the interpreter writes to stderr: /dev/null holds its place, from the command's start to its end
     assert done.stdout.startswith(b"descriptor 2: /dev/null\n"), done.stdout
+    assert done.stdout.endswith(b"descriptor 2 after: /dev/null\n"), done.stdout
     assert b"Traceback" not in done.stdout and b"epoch 1/1" not in done.stdout  # no progress line went to stdout
 
 
@@ -190,30 +195,73 @@ def test_repeats_that_defeat_repeated_augmentation_are_said_with_the_numbers():
     assert "holds 4 distinct images, each batch of 32 copies of one image" in text, text
     text = repeats_warning(100, 32, 1, 40)  # runs of 40 straddle some batches: only those are copies of one image
     assert "2 of its 4 batches of 32 all copies of one image" in text and "each batch" not in text, text
-    text = repeats_warning(100, 8, 2, 16)  # train.batch_size is per process
-    assert "each batch of 16 (8 per process x 2 processes) copies" in text and "data.repeats=15 or less" in text
     text = repeats_warning(3, 64, 1, 3)
     assert "holds 1 distinct image, its one batch 3 copies of one image" in text and "data.repeats=2 or" in text
     text = repeats_warning(5, 2, 1, 3)  # train.batch_size=2: pairs of copies
     assert "1 of its 2 batches of 2 all copies" in text and "data.repeats=1 avoids" in text, text
     assert "\n" not in text
     # the course configs' repeats=3 on a few-shot training set, and the largest value the warning gives
-    for args in [(5, 64, 1, 3), (4, 64, 1, 3), (100, 32, 1, 31), (100, 128, 2, 51), (1, 64, 1, 3), (100, 32, 1, 1)]:
+    for args in [(5, 64, 1, 3), (4, 64, 1, 3), (100, 32, 1, 31), (100, 128, 2, 49), (1, 64, 1, 3), (100, 32, 1, 1),
+                 (100, 8, 2, 7)]:
         assert repeats_warning(*args) is None, args
 
 
-def test_repeats_beyond_an_epoch_are_warned_once_and_never_refused(monkeypatch, capsys):
-    from fewshot.data import samplers
+def test_repeats_are_judged_by_each_processs_batch_under_ddp():
+    """Each DDP process normalises its own share of a global batch (train.batch_size): repeats of 8 on 8 per process
+    x 2 filled every batch of both processes with one image and said nothing, as the global batch of 16 was
+    judged; repeats of 16 were advised down to 15, which still left every batch of rank 0 one image."""
+    from fewshot.data.samplers import epoch_batches, repeats_warning
 
-    monkeypatch.setattr(samplers, "_TOLD_REPEATS", set())
+    for repeats in (8, 16):
+        text = repeats_warning(100, 8, 2, repeats)
+        assert "each process's batch (8 per process x 2 processes) copies of one image" in text, text
+        assert "(the last step's 2 and 2 images)" in text and "data.repeats=7 or less" in text, text
+        for rank in range(2):  # what the plan trains: every full batch of each process is one image
+            batches = epoch_batches(100, 8, 0, 1, kind="repeat", rank=rank, world=2, repeats=repeats)
+            assert all(len(set(b.tolist())) == 1 for b in batches if len(b) == 8)
+    # 7 is what it advises: every process's batch of 8 then holds 2 images at least
+    assert all(len(set(b.tolist())) > 1 for r in range(2)
+               for b in epoch_batches(100, 8, 0, 1, kind="repeat", rank=r, world=2, repeats=7) if len(b) == 8)
+    text = repeats_warning(100, 8, 2, 12)
+    assert "10 of its 14 process batches (8 per process x 2 processes) all copies of one image" in text, text
+    # 100 images on 2 processes of 128: one step of 50 and 50, so repeats of 51 leave rank 0's batch one image
+    text = repeats_warning(100, 128, 2, 51)
+    assert "1 of its 2 process batches of its one step (50 and 50 images on its 2 processes)" in text, text
+    assert "data.repeats=49 or less avoids that (fewer repeats than the 50 images of a process's batch)" in text
+    # the last global batch of 3 is split 2 + 1 and dropped (a share under 2): it is no "last of 3"
+    text = repeats_warning(99, 8, 2, 16)
+    assert "copies of one image." in text and "last" not in text, text
+
+
+def test_repeats_with_a_batch_of_one_name_the_images_only():
+    """A batch of 1 is one image whatever the repeats: the advice said "fewer than the images and than a batch" with
+    data.repeats=99, and named no batch."""
+    from fewshot.data.samplers import repeats_warning
+
+    for world in (1, 2):
+        text = repeats_warning(100, 1, world, 100)
+        assert "holds 1 distinct image. data.repeats=99 or less avoids that (fewer repeats than the 100 images)," \
+            in text, text
+        assert "batch" not in text
+    assert repeats_warning(100, 1, 1, 99) is None
+
+
+def test_repeats_beyond_an_epoch_are_warned_once_and_never_refused(monkeypatch, capsys):
+    """Once a process with the data's other warnings (layout.warn_once: stderr, rank 0), not once an epoch."""
+    from fewshot.data import layout, samplers
+
+    monkeypatch.setattr(layout, "_TOLD_GAPS", set())
     for epoch in range(3):
         order = torch.cat(samplers.epoch_batches(100, 32, epoch, 1, kind="repeat", repeats=1000)).tolist()
         assert len(order) == 100 and len(set(order)) == 1  # what was asked for, trained as asked
-    out = capsys.readouterr().out
-    assert out.count("warning: data.repeats=1000") == 1, out
+    err = capsys.readouterr().err
+    assert err.count("warning: data.repeats=1000") == 1, err
     samplers.epoch_batches(100, 32, 0, 1, kind="shuffle", repeats=1000)  # repeats only for repeat
     samplers.epoch_batches(100, 32, 0, 1, kind="repeat", repeats=3)
-    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(layout, "_TOLD_GAPS", set())
+    monkeypatch.setenv("RANK", "1")  # torchrun's other processes plan the same epochs: rank 0 alone says it
+    samplers.epoch_batches(100, 16, 0, 1, kind="repeat", rank=1, world=2, repeats=1000)
+    assert capsys.readouterr() == ("", "")
 
 
 def _five_train_images(root: Path) -> Path:
@@ -239,9 +287,9 @@ def _five_train_images(root: Path) -> Path:
 def test_a_course_config_trains_on_five_images_and_warns_of_repeats_only_beyond_them(tmp_path, monkeypatch):
     """configs/course_*.yaml say data.sampler=repeat with the default repeats=3: refused on 5 training images (an
     epoch of 2 of them), a normal few-shot set."""
-    from fewshot.data import samplers
+    from fewshot.data import layout
 
-    monkeypatch.setattr(samplers, "_TOLD_REPEATS", set(), raising=False)
+    monkeypatch.setattr(layout, "_TOLD_GAPS", set())
     root = _five_train_images(tmp_path / "data")
     config = Path(__file__).resolve().parents[1] / "configs" / "course_resnet50.yaml"
     argv = ["train", "--config", config, "--data", root, "--model", "test_resnet", "--img-size", "16", "--device",
@@ -251,8 +299,8 @@ def test_a_course_config_trains_on_five_images_and_warns_of_repeats_only_beyond_
     assert "5 train" in out and "data.repeats" not in out + err and (tmp_path / "r" / "metrics.json").is_file()
     rc, out, err = run_main(*argv, "--out", tmp_path / "r2", "--epochs", "2", "data.repeats=5")
     assert rc == 0, err
-    assert out.count("warning: data.repeats=5 with data.sampler=repeat") == 1, out
-    assert "5 training images, so it holds 1 distinct image" in out and "data.repeats=4 or less" in out, out
+    assert err.count("warning: data.repeats=5 with data.sampler=repeat") == 1, err
+    assert "5 training images, so it holds 1 distinct image" in err and "data.repeats=4 or less" in err, err
 
 
 # ---------------------------------------------------------------------------------------------- models

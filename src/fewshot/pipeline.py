@@ -389,7 +389,7 @@ class PipelineRun:
         if r["pretrain"]:
             from fewshot.ssl.pretrain import pool_with_sources
 
-            paths, _, source = pool_with_sources(cfg, self.infos)
+            paths, _, source, _ = pool_with_sources(cfg, self.infos)
             n_pool, batch = len(paths), int(r["pretrain_batch_size"])
             if n_pool < batch:  # found by the MoCo stage, after the run folder was written, it blocked the rerun
                 # without a pool the training images stand in: "the pool has 30 images" sent users looking for one
@@ -519,9 +519,10 @@ class PipelineRun:
 
     def warn_if_resumed_late(self, stage: str, need: float, task=None) -> None:
         """The early word a fresh run gets from its least-run refusal or plan_stage's floor warning, for a stage
-        continued on --resume, whose closing work (``need``) and kept-back step (the task's ``resumed_step_s``, set
-        by finetune_stage from its log.jsonl) the budget left cannot hold: it trains no further (cap_resumed_budget)
-        and the run ends late. A warning, not a refusal: a resume cannot change the budget."""
+        continued on --resume: a warning where the budget left cannot hold its closing work (``need``), the run then
+        ending late; a note where it holds that but not the kept-back step too (the task's ``resumed_step_s``, set by
+        finetune_stage from its log.jsonl): it trains no further (cap_resumed_budget). Not a refusal: a resume cannot
+        change the budget."""
         step_s = getattr(task, "resumed_step_s", None)
         words = resumed_late_warning(stage, self.last_end - time.monotonic(), need, step_s)
         if words is not None:

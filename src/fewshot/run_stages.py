@@ -309,16 +309,16 @@ def stage_config(sdir: Path, cfg: dict) -> dict:
     return scfg
 
 
-def cap_resumed_budget(cfg: dict, last: Path, end_time: float, step_s: float | None = None) -> tuple[float, int]:
+def cap_resumed_budget(cfg: dict, last: Path | dict, end_time: float,
+                       step_s: float | None = None) -> tuple[float, int]:
     """A stopped stage continues on its own plan, but ends no later than ``end_time`` on the run's clock: the
     new session's start-up and the work redone before the stage come out of its time, not on top of the
     budget (its time-based schedule then moves on faster). Like plan_stage it keeps back one step: the Engine
     looks at its deadline after each step (a resumed 2-minute run ended 9 s late). The step is ``step_s``, the
     stage's logged speed (trained_speeds), else the mean of its steps so far, which counts its evaluations and
-    warm-up too. Returns the stage's training seconds and global step so far (its last.pt is read once)."""
-    from fewshot.train.checkpoint import load_checkpoint
-
-    ck = load_checkpoint(last, mmap=True)
+    warm-up too. Returns the stage's training seconds and global step so far (its last.pt is read once; ``last``
+    may be the checkpoint the caller read already)."""
+    ck = read_last(last)
     trained = float(ck.get("train_seconds", 0.0))
     steps = int(ck.get("global_step", 0) or 0)
     if step_s is None:
@@ -329,12 +329,18 @@ def cap_resumed_budget(cfg: dict, last: Path, end_time: float, step_s: float | N
     return trained, steps
 
 
-def same_training_images(task, last: Path, key_then: str | None, key_now: str | None) -> bool:
-    """Whether a stopped stage's last.pt trained on the images the task holds now: as many, and the same
-    pseudo-labels (their fingerprint, recorded when the stage began)."""
+def read_last(last: Path | dict) -> dict:
+    """A stopped stage's last.pt, its tensors mapped, not read (the checks of a resume need a few numbers of it), or
+    the checkpoint itself where the caller read it already."""
     from fewshot.train.checkpoint import load_checkpoint
 
-    n_run = load_checkpoint(last).get("n_train")
+    return last if isinstance(last, dict) else load_checkpoint(last, mmap=True)
+
+
+def same_training_images(task, last: Path | dict, key_then: str | None, key_now: str | None) -> bool:
+    """Whether a stopped stage's last.pt (a path, or the checkpoint read) trained on the images the task holds now:
+    as many, and the same pseudo-labels (their fingerprint, recorded when the stage began)."""
+    n_run = read_last(last).get("n_train")
     return (n_run is None or int(n_run) == len(task.train_set)) and key_then == key_now
 
 
@@ -391,8 +397,10 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         task.add_pseudo_labelled(pseudo["images"], pseudo["targets"], pseudo["dataset_ids"],
                                  fcfg["run"]["pseudo_labelled_repeat"], soft=pseudo.get("soft"))
     key = pseudo.get("key") if pseudo is not None else None
+    # last.pt of a stopped stage, read once for the check and cap_resumed_budget: each read was a whole model's
+    ck_last = read_last(last) if resuming and status == "began" else last
     if (resuming and status == "began"
-            and not same_training_images(task, last, state.stage(name).get("pseudo_key"), key)):
+            and not same_training_images(task, ck_last, state.stage(name).get("pseudo_key"), key)):
         # the pool was labelled differently this time (another device's float results can move a threshold):
         # its checkpoint belongs to other training images, so the stage starts over from the previous round
         why = ("the training images differ (the labelled images, or the pool's pseudo-labels)" if pseudo is not None
@@ -420,7 +428,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         after = (closing(task, measure_eval_seconds(task) if eval_logged is None else eval_logged)
                  if closing is not None else 0.0)
         # steps_before: the steps fit() resumes from
-        trained_before, steps_before = cap_resumed_budget(fcfg, last, end_time - after, step_logged)
+        trained_before, steps_before = cap_resumed_budget(fcfg, ck_last, end_time - after, step_logged)
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record(name, "began", now, fit_at=now - trained_before)
         print(f"[run] {name}: continuing from {last} on its planned schedule")

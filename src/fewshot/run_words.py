@@ -66,23 +66,35 @@ def overrun_warning(seconds: float, why: str) -> str:
 
 def resumed_late_warning(stage: str, left: float, need: float, step_s: float | None = None) -> str | None:
     """A stopped stage continued from its last.pt (``fewshot run --resume``) with ``left`` seconds of the budget
-    (below 0: resumed past it), less than its closing work's ``need`` and the one step (``step_s``, its logged speed
-    where known) cap_resumed_budget keeps back: the least-run refusal is a fresh run's (a resume cannot change the
-    budget), so the run ran late without an early word. It trains no further, so no step runs past its deadline:
-    the run ends ``need - left`` late (past the budget, 0 s left said "about need s after"). None where the work
-    fits. No larger budget is advised: the resume must repeat it."""
-    if need + (step_s or 0.0) <= left:
-        return None
-    step = f" and a training step ({seconds_text(step_s)} at its logged speed)" if step_s else ""
+    (below 0: resumed past it), less than its closing work's ``need``: the least-run refusal is a fresh run's (a
+    resume cannot change the budget), so the run ran late without an early word. It trains no further, so no step
+    runs past its deadline: the run ends ``need - left`` late (past the budget, 0 s left said "about need s after").
+    No larger budget is advised: the resume must repeat it. Where the work fits but not the one step (``step_s``, its
+    logged speed) cap_resumed_budget keeps back beside it, only a note that the stage trains no further: a warning
+    said so for a margin of 2 ms, and that the run ends "within its budget" in the same line. Else None."""
+    if need <= left:
+        if not step_s or left >= need + step_s:
+            return None
+        had, needs = seconds_apart(left, need)
+        return one_line(f"[run] note: {stage} resumes with {had} of the budget left, enough for its closing work "
+                        f"(about {needs}) but not for a training step besides ({step_text(step_s)} at its logged "
+                        f"speed): it trains no further.")
     work = "evaluations, prediction and the report"
-    where = (f"{seconds_text(-left)} past the budget already, and its closing work needs about {seconds_text(need)} "
-             f"more at the measured speed ({work})" if left < 0 else
-             f"with {seconds_text(left)} of the budget left, less than its closing work{step} "
-             f"{'need' if step else 'needs'} at the measured "
-             f"speed (about {seconds_text(need)}: {work})")
-    late = (f"the run will likely end about {max(1.0, need - left):.0f} s after its budget" if need > left else
-            "the run still ends within its budget")
-    return one_line(f"[run] warning: {stage} resumes {where}: it trains no further, and {late}.")
+    if left < 0:
+        where = (f"{seconds_text(-left)} past the budget already, and its closing work needs about "
+                 f"{seconds_text(need)} more at the measured speed ({work})")
+    else:
+        had, needs = seconds_apart(left, need)
+        where = (f"with {had} of the budget left, less than its closing work needs at the measured speed (about "
+                 f"{needs}: {work})")
+    late = f"about {need - left:.0f} s" if need - left >= 1.0 else "less than 1 s"
+    return one_line(f"[run] warning: {stage} resumes {where}: it trains no further, and the run will likely end "
+                    f"{late} after its budget.")
+
+
+def step_text(x: float) -> str:
+    """A training step's time: in ms under 0.1 s ("a training step (0.0 s ...)" said nothing of a 4 ms step)."""
+    return f"{x * 1000:.0f} ms" if x < 0.1 else seconds_text(x)
 
 
 def min_epochs_warning(min_epochs: int, fits: float, budget_s: float, step_s: float, steps: int) -> str:

@@ -22,48 +22,67 @@ def _chunk(order: torch.Tensor, size: int, drop_last: bool) -> list[torch.Tensor
     return batches
 
 
-_TOLD_REPEATS: set[tuple] = set()  # the data.repeats warnings given in this process (every epoch plans anew)
+def _process_batches(n: int, batch_size: int, world: int) -> list[list[tuple[int, int]]]:
+    """Each training step of an epoch of ``n`` as the (start, stop) positions of every process's batch, cut as
+    epoch_batches cuts a global batch and with the steps plan_training_batches drops (a share under 2) left out."""
+    global_bs = batch_size * world
+    steps = []
+    for s in range(0, n, global_bs):
+        stop = min(s + global_bs, n)
+        per = -(-(stop - s) // world)
+        shares = [(s + r * per, min(s + (r + 1) * per, stop)) for r in range(world)]
+        shares = [(a, b) if a < b else (stop - 1, stop) for a, b in shares]  # an empty share repeats the last image
+        if min(b - a for a, b in shares) >= 2:
+            steps.append(shares)
+    return steps
 
 
 def repeats_warning(n: int, batch_size: int, world: int, repeats: int) -> str | None:
     """What data.repeats does to an epoch of the repeat sampler when it defeats repeated augmentation, or None: an
-    epoch stays n long, so it holds about n / repeats different images, and a run of copies as long as the (global)
-    batch fills a batch with one image. Warned, not refused: few-shot training sets of 2-5 images and small
-    batches are normal, and a run saved with such a setting must still resume."""
-    global_bs = batch_size * world
-    limit = min(n, global_bs) if global_bs >= 2 else n  # a batch of 1 is one image whatever the repeats
+    epoch stays n long, so it holds about n / repeats different images, and a run of copies as long as a process's
+    batch (train.batch_size, or its share of a smaller epoch: under DDP each process normalises its own) fills that
+    batch with one image. Warned, not refused: few-shot training sets of 2-5 images and small batches are normal,
+    and a run saved with such a setting must still resume."""
+    share = min(batch_size, -(-n // world))  # rank 0's batch of the first step
+    limit = share if batch_size >= 2 else n  # a batch of 1 is one image whatever the repeats
     if n < 2 or repeats < max(2, limit):
         return None
     distinct = -(-n // repeats)
-    starts = range(0, n, global_bs) if global_bs >= 2 else range(0)
-    sized = [s for s in starts if min(s + global_bs, n) - s >= 2]  # a last batch of 1 is dropped (BatchNorm)
-    single = sum(1 for s in sized if s // repeats == (min(s + global_bs, n) - 1) // repeats)
-    size = f"{global_bs} ({batch_size} per process x {world} processes)" if world > 1 else f"{global_bs}"
-    if sized and single == len(sized):
-        short = f" (the last of {n % global_bs})" if n > global_bs and n % global_bs >= 2 else ""
-        copies = f", its one batch {n} copies of one image" if n <= global_bs else \
-            f", each batch of {size} copies of one image{short}"
-    elif single:
-        copies = f", {single} of its {len(sized)} batches of {size} all copies of one image"
-    else:
+    steps = _process_batches(n, batch_size, world)
+    shares = [part for step in steps for part in step]
+    single = sum(1 for a, b in shares if a // repeats == (b - 1) // repeats)
+    lengths = [b - a for a, b in steps[-1]] if steps else []
+    if not shares:  # a batch of 1 (or shares of 1 under DDP): BatchNorm trains on none, said where the plan is
         copies = ""
+    elif world == 1:
+        short = f" (the last of {lengths[0]})" if len(steps) > 1 and lengths[0] != batch_size else ""
+        copies = (f", its one batch {lengths[0]} copies of one image" if len(steps) == 1 and single else
+                  f", each batch of {batch_size} copies of one image{short}" if single == len(shares) else
+                  f", {single} of its {len(shares)} batches of {batch_size} all copies of one image")
+    else:
+        sizes = " and ".join(map(str, lengths))
+        short = f" (the last step's {sizes} images)" if len(steps) > 1 and set(lengths) != {batch_size} else ""
+        of = (f"({batch_size} per process x {world} processes)" if len(steps) > 1 else
+              f"of its one step ({sizes} images on its {world} processes)")
+        copies = (f", each process's batch {of} copies of one image{short}" if single == len(shares) else
+                  f", {single} of its {len(shares)} process batches {of} all copies of one image")
     fits = "data.repeats=1" if limit <= 2 else f"data.repeats={limit - 1} or less"
-    return (f"warning: data.repeats={repeats} with data.sampler=repeat: an epoch stays as long as the {n} training "
-            f"images, so it holds {distinct} distinct image{'s' if distinct != 1 else ''}{copies}. {fits} avoids that "
-            f"(fewer repeats than the images and than a batch), as does data.sampler=shuffle.")
+    batch = "a batch" if world == 1 else "a process's batch"
+    fewer = (f"the {n} images" if batch_size < 2 or (world == 1 and n < batch_size) else
+             f"the {limit} images of {batch}" if limit < n else f"the images and than {batch}")
+    return (f"data.repeats={repeats} with data.sampler=repeat: an epoch stays as long as the {n} training images, so "
+            f"it holds {distinct} distinct image{'s' if distinct != 1 else ''}{copies}. {fits} avoids that (fewer "
+            f"repeats than {fewer}), as does data.sampler=shuffle.")
 
 
 def warn_repeats(n: int, batch_size: int, world: int, repeats: int) -> None:
-    """Print repeats_warning once a process, from rank 0 only: every rank plans every rank's epoch."""
-    import torch.distributed as dist
+    """Print repeats_warning with the data's other warnings (layout.warn_once: once a process, rank 0 only), not
+    once an epoch: every epoch plans anew."""
+    from fewshot.data.layout import warn_once
 
-    key = (n, batch_size, world, repeats)
-    if key in _TOLD_REPEATS or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
-        return
-    _TOLD_REPEATS.add(key)
     text = repeats_warning(n, batch_size, world, repeats)
     if text:
-        print(text, flush=True)
+        warn_once([text])
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, kind: str = "shuffle", rank: int = 0,

@@ -486,12 +486,23 @@ class ReportBuilder:
             accs = [(per.get(n) or {}).get("acc1") for n in a.space.names if n not in a.left_out]
             want = sum(accs) / len(accs) if accs and all(isinstance(x, (int, float)) for x in accs) else None
         same_epoch = r.metrics_epoch is None or a.epoch is None or r.metrics_epoch == a.epoch
+        differ = same_epoch and isinstance(want, (int, float)) and abs(got - want) > 0.01
         # best.pt's scores are of its own weights; the file predicted with may hold the other set (last.pt's EMA,
         # named as RUN or used where best.pt is missing, beside a log row of the raw weights that scored higher):
-        # then the numbers differ with the same data (load_run's note)
-        used = r.given_weights if r.given_checkpoint is not None else file_weights(a.checkpoint)
+        # then the numbers differ with the same data. The file is read only where that can be the reason (a
+        # report of many runs loaded each one's checkpoint again for nothing)
+        if r.given_checkpoint is not None:
+            used = r.given_weights  # load_run's note says whose accuracies are shown
+        else:
+            used = file_weights(a.checkpoint) if differ and r.metrics_weights is not None else None
         same_weights = used is None or r.metrics_weights is None or used == r.metrics_weights
-        if same_epoch and same_weights and isinstance(want, (int, float)) and abs(got - want) > 0.01:
+        if differ and not same_weights and r.given_checkpoint is None:
+            name = a.checkpoint.name if a.checkpoint is not None else "the checkpoint"
+            body.append(H.note(f"{name} predicts with its {used.upper()} weights, but the accuracies shown (epoch "
+                               f"{T.opt(r.metrics_epoch)}) are of the other set ({r.metrics_weights.upper()} "
+                               f"weights), not {name}'s: its mean acc@1 on these val images is {got:.2f}, theirs "
+                               f"{want:.2f}."))
+        if differ and same_weights:
             over = " over the same datasets" if a.left_out else ""
             weights = f", {r.metrics_weights.upper()} weights" if r.metrics_weights else ""
             body.append(H.note(f"Recomputed known-source mean acc@1 on these val images is {got:.2f}, but the "

@@ -31,7 +31,7 @@ from fewshot.utils import make_generator
 
 
 def pool_paths(cfg: dict, infos) -> tuple[list[Path], str]:
-    paths, _, source = pool_with_sources(cfg, infos)
+    paths, _, source, _ = pool_with_sources(cfg, infos)
     return paths, source
 
 
@@ -71,10 +71,10 @@ def _folders_stamp(root: Path, pool_folders: list[Path]) -> tuple | None:
     return tuple(stamp)
 
 
-def pool_with_sources(cfg: dict, infos, stand_ins: bool = False) -> tuple:
+def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str, list[int]]:
     """The pool (see _pool_with_sources), scanned once per process while its folders are unchanged: `fewshot run`
     asks for it 3-6 times (start-up checks, MoCo, every self-training round), 60 s each on a 100k-file pool.
-    (paths, ids, source); ``stand_ins``: also the ids of the datasets whose train images stand in for a pool."""
+    (paths, ids, source, stand-in ids), always the four: a flag that dropped the last made its type a bare tuple."""
     d = cfg["data"]
     root = Path(d["root"])
     folders = d["unlabeled"] if isinstance(d["unlabeled"], list) else [d["unlabeled"]] if d["unlabeled"] else []
@@ -89,7 +89,7 @@ def pool_with_sources(cfg: dict, infos, stand_ins: bool = False) -> tuple:
         _POOL_MEMO.clear()  # one pool at a time: a 100k-file list is tens of MB
         if stamp is not None:
             _POOL_MEMO[key] = (stamp, (list(paths), list(ids), source, list(standing)))
-    return (paths, ids, source, standing) if stand_ins else (paths, ids, source)
+    return paths, ids, source, standing
 
 
 def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str, list[int]]:

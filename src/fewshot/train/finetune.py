@@ -413,8 +413,26 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     from fewshot.config import validate, with_defaults
 
     # recorded: the run's budget stays resumable where an older fewshot took one above MAX_BUDGET_MINUTES (what
-    # this command gave was validated with the cap by resolve())
-    return validate(with_defaults(base, ABSENT_MEANS), recorded=True)
+    # this command gave was validated with the cap by resolve()); a value edited into config.yaml since is the
+    # user's new input, as the other edits are (the chosen record above), and keeps the cap
+    return validate(with_defaults(base, ABSENT_MEANS), recorded=budget_as_recorded(out, base))
+
+
+def budget_as_recorded(out: Path, settings: dict) -> bool:
+    """Whether ``settings``' train.budget_minutes is the one the run in ``out`` wrote: its last.pt records the config
+    it trained with (read with the tensors mapped). A budget above the cap typed into config.yaml by hand resumed
+    unchecked when every value there counted as the run's own."""
+    from fewshot.config import get_dotted, same_value
+
+    last = Path(out) / "checkpoints" / "last.pt"
+    recorded = recorded_config(last) if last.is_file() else None
+    if recorded is None:
+        return False
+    try:
+        keys = ["train", "budget_minutes"]
+        return same_value(get_dotted(recorded, keys), get_dotted(settings, keys))
+    except KeyError:
+        return False
 
 
 def configure_threads(cfg: dict) -> None:

@@ -36,7 +36,7 @@ def pool_files(cfg: dict, infos, exclude_train: bool = False) -> tuple[list[Path
     score that picks checkpoints)."""
     from fewshot.ssl.pretrain import pool_with_sources, real_paths
 
-    paths, ids, source, stand_ins = pool_with_sources(cfg, infos, stand_ins=True)
+    paths, ids, source, stand_ins = pool_with_sources(cfg, infos)
     if exclude_train:
         labelled = set(real_paths(p for info in infos for p, _ in list(info.train) + list(info.val)))
         keep = [i for i, real in enumerate(real_paths(paths)) if real not in labelled]
