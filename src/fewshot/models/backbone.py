@@ -264,10 +264,13 @@ def check_input_size(backbone: nn.Module, size: int, name: str) -> None:
     # (SigLIP so400m/14 at 384 px was trained dropping 6)
     if patch and size % patch and own != (size,):
         below, above = size // patch * patch, (size // patch + 1) * patch
+        if below:
+            why = f"the last {size % patch} px rows and columns of every image would never be seen"
+        else:  # smaller than one patch: no patch to embed at all (was "all of it of every image")
+            why = f"an image of {size} px is smaller than one patch, and the model would have nothing to see"
         sizes = f"--img-size {below} or {above}" if below else f"--img-size {above}"
-        unseen = f"the last {size % patch} px rows and columns" if below else "all of it"
-        raise UserError(f"{name} cannot take {size} px inputs: its patches are {patch} px, so {unseen} of every "
-                        f"image would never be seen. Choose a multiple of {patch} ({sizes}).")
+        raise UserError(f"{name} cannot take {size} px inputs: its patches are {patch} px, so {why}. Choose a "
+                        f"multiple of {patch} ({sizes}).")
     was_training = backbone.training
     backbone.eval()  # no BatchNorm statistics touched, no randomness drawn
     try:

@@ -15,6 +15,7 @@ import pickle
 import re
 import reprlib
 import shlex
+import stat
 import sys
 import warnings
 import zipfile
@@ -30,7 +31,9 @@ from fewshot.errors import CheckpointError, is_utf8_name, one_line
 
 PREFIXES = ("module.", "_orig_mod.", "encoder_q.backbone.", "encoder_q.0.", "encoder_q.", "backbone.", "model.")
 WRAPPERS = ("state_dict", "model", "model_state", "module")  # the keys a checkpoint keeps its state dict under
-MOCO_ONLY = ("encoder_k", "queue", "queue_ptr")  # the official MoCo checkpoint's key encoder and queue
+# the MoCo key encoder and queue (official checkpoints), and the count of keys enqueued (fewshot's own MoCo module)
+MOCO_ONLY = ("encoder_k", "queue", "queue_ptr", "queue_filled")
+OUTER_PREFIXES = ("module.", "_orig_mod.", "model.")  # a wrapper around a whole MoCo module (DDP, compile, Lightning)
 
 
 def is_safetensors(path: Path) -> bool:
@@ -63,12 +66,29 @@ def check_weights_path(path: str | Path) -> Path:
                 f"as one" if runs else "")
         raise CheckpointError(f"{path} is a folder; --weights takes a weights file (.safetensors, .pt, .pth).{hint}")
     if not path.is_file():
+        _refuse_special_file(path)
         raise CheckpointError(f"weights file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"weights file {path} is empty (0 bytes).")
     if is_safetensors(path):  # its header first: a corrupt file without --model was "--model is required"
         _check_safetensors_header(path)
     return path
+
+
+def _refuse_special_file(path: Path) -> None:
+    """A path that exists but is no regular file (/dev/null, a FIFO, a process substitution's /dev/fd/63) was
+    "not found". A pipe cannot be read either: torch.load seeks in the file and safetensors maps it, so it is
+    refused by its kind, without opening it (opening a FIFO waits for a writer)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # missing, a dangling link, or a folder above it not searchable: "not found" says it
+        return
+    kind = ("a pipe (FIFO), as a process substitution <(...) gives" if stat.S_ISFIFO(mode) else
+            "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    raise CheckpointError(f"weights file {path} exists but is {kind}: weights are read by seeking in (or mapping) "
+                          f"a file on disk, which this cannot do. Save the weights to a file (e.g. "
+                          f"weights.safetensors) and give --weights that file's path.")
 
 
 def _check_safetensors_header(path: Path) -> None:
@@ -230,11 +250,7 @@ def _backbone_tensors(obj: dict, path: Path) -> dict[str, torch.Tensor]:
         state = obj["ema"] if obj.get("ema") is not None else obj["model"]
         return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     top = obj
-    for _ in range(2):  # {'model': {'state_dict': ...}} too: a wrapper's dict inside a training script's checkpoint
-        key = next((k for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
-        if key is None or (obj is not top and any(isinstance(v, torch.Tensor) for v in obj.values())):
-            break
-        obj = obj[key]
+    obj = _state_level(obj)
     key = next((k for k in obj if not isinstance(k, str)), None)
     if key is not None:  # {0: tensor} or a tuple key: no weight name to match (was an AttributeError)
         raise CheckpointError(f"{path} holds the key {one_line(reprlib.repr(key))} (of type {type(key).__name__}) "
@@ -242,10 +258,14 @@ def _backbone_tensors(obj: dict, path: Path) -> dict[str, torch.Tensor]:
                               f"the model's weights with torch.save(model.state_dict(), 'weights.pt') and give "
                               f"that file.")
     state, source, clashes, moco_dropped = {}, {}, [], 0
+    fewshot_moco = any(isinstance(k, str) and _strip_outer(k).startswith("encoder_q.backbone.") for k in obj)
     for k, v in obj.items():
         if not isinstance(v, torch.Tensor):
             continue
         name = _strip_prefixes(k)
+        if fewshot_moco and _strip_outer(k).startswith("encoder_q.") and \
+                not _strip_outer(k).startswith("encoder_q.backbone."):
+            continue  # fewshot's MoCo module saved whole: its projection head (encoder_q.head) is no backbone weight
         if name.split(".")[0] in MOCO_ONLY:  # the official MoCo checkpoint: its query encoder is the backbone
             moco_dropped += 1
             continue
@@ -267,6 +287,31 @@ def _backbone_tensors(obj: dict, path: Path) -> dict[str, torch.Tensor]:
     if not state:
         raise CheckpointError(f"{path} holds no tensors{_nested_tensors_hint(top, path)}")
     return state
+
+
+def _state_level(obj: dict, depth: int = 2) -> dict:
+    """The dict of ``obj`` that holds the state dict: ``obj`` itself or, up to ``depth`` wrappers down
+    ({'model': {'state_dict': ...}}), the dict under its first WRAPPERS key. Where both hold tensors, the one with
+    more wins (a tie goes to the wrapper): a plain state dict beside a metadata dict under 'model' ({'arch': ...})
+    was reported as holding no tensors, and a checkpoint's weights under 'model' beside a step count tensor are
+    the wrapper's."""
+    key = next((k for k in WRAPPERS if isinstance(obj.get(k), dict)), None) if depth else None
+    if key is None:
+        return obj
+    inner = _state_level(obj[key], depth - 1)
+    return inner if _tensor_count(inner) >= _tensor_count(obj) else obj
+
+
+def _tensor_count(obj: dict) -> int:
+    return sum(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _strip_outer(key: str) -> str:
+    """`module.encoder_q.head.0.weight` -> `encoder_q.head.0.weight`: the prefixes of a wrapper around a whole MoCo
+    module, leaving its own `encoder_q.` (which tells its projection head from its backbone)."""
+    while prefix := next((p for p in OUTER_PREFIXES if key.startswith(p)), None):
+        key = key[len(prefix):]
+    return key
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -323,8 +368,10 @@ def _strip_prefixes(key: str) -> str:
 
 def classifier_keys(backbone: nn.Module, state: dict) -> list[str]:
     """Keys of an ImageNet classifier (e.g. fc.*, head.*) that a num_classes=0 backbone has no place for."""
-    names = getattr(backbone, "pretrained_cfg", {}).get("classifier", "fc")
+    names = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier", "fc")
     names = names if isinstance(names, (list, tuple)) else [names]
+    # timm records classifier=None for encoders without one (qwen3_vit_88m_enc): None + "." was a TypeError
+    names = [n for n in names if isinstance(n, str) and n]
     own = set(backbone.state_dict())
     return [k for k in state if k not in own and any(k.startswith(n + ".") for n in names)]
 
@@ -388,20 +435,23 @@ def _foreign_architecture(ck: dict) -> dict:
 
 def _recorded_architecture(meta: dict, path) -> dict:
     arch = {}
-    try:
-        if meta.get("width"):
-            arch["width"] = _recorded_width(meta["width"], path)
-        if meta.get("small_stem"):
-            arch["small_stem"] = meta["small_stem"].lower() == "true"
-        if meta.get("img_size", "").isdigit() and int(meta["img_size"]) > 0:
-            from fewshot.models.backbone import MAX_IMG_SIZE
+    if meta.get("width"):
+        arch["width"] = _recorded_width(meta["width"], path)
+    if meta.get("small_stem"):
+        arch["small_stem"] = meta["small_stem"].lower() == "true"
+    # ASCII digits only: "²" passed str.isdigit(), then int() raised and the whole record (the model too) was lost;
+    # another value is not used, as any non-number is
+    size = meta.get("img_size", "")
+    digits = size.lstrip("0") if isinstance(size, str) and re.fullmatch(r"[0-9]+", size) else ""
+    if digits:
+        from fewshot.models.backbone import MAX_IMG_SIZE
 
-            if int(meta["img_size"]) > MAX_IMG_SIZE:  # a file from anyone must not size the image cache
-                raise CheckpointError(f"weights file {path} records img_size {meta['img_size']}, more than "
-                                      f"{MAX_IMG_SIZE} px; it is not a fewshot export of a usable network.")
-            arch["img_size"] = int(meta["img_size"])
-    except ValueError:
-        return {}
+        # a file from anyone must not size the image cache (and int() of over 4300 digits raises)
+        if len(digits) > 9 or int(digits) > MAX_IMG_SIZE:
+            shown = digits if len(digits) <= 20 else f"{digits[:20]}... ({len(digits)} digits)"
+            raise CheckpointError(f"weights file {path} records img_size {shown}, more than {MAX_IMG_SIZE} px; it "
+                                  f"is not a fewshot export of a usable network.")
+        arch["img_size"] = int(digits)
     if meta.get("model"):
         arch["model"] = meta["model"]
     return arch
