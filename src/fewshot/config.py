@@ -1296,12 +1296,29 @@ def check_augmentation_lists(aug: dict) -> None:
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
 
     scale, jitter = aug.get("scale"), aug.get("jitter")
+    _refuse_non_finite("scale", scale, ("low", "high"), "crop area fractions with 0 < low <= high <= 1, e.g. "
+                       "[0.2, 1.0]")
+    _refuse_non_finite("jitter", jitter, ("brightness", "contrast", "saturation", "hue"),
+                       "a number >= 0 (hue at most 0.5), e.g. 0.4, or 0 to turn that jitter off")
     if scale is not None and not (numbers(scale, 2) and 0 < scale[0] <= scale[1] <= 1):
         raise UserError(f"aug.scale must be [low, high] with 0 < low <= high <= 1 (crop area fractions), "
                         f"not {scale!r}.")
     if jitter is not None and not (numbers(jitter, 4) and min(jitter[:3]) >= 0 and 0 <= jitter[3] <= 0.5):
         raise UserError(f"aug.jitter must be [brightness, contrast, saturation, hue], each >= 0 and hue <= 0.5, "
                         f"not {jitter!r}.")
+
+
+def _refuse_non_finite(field: str, value, slots: tuple[str, ...], what: str) -> None:
+    """A NaN or infinity in an aug.* list, named with its slot: the range checks compare with min(), which passes
+    over a NaN that is not first (`aug.jitter=[0.4,.nan,0.4,0.1]` ran with contrast jitter off, `.nan` in the run's
+    config.yaml), and an infinite brightness only stopped the run at its first step as a NaN loss."""
+    if not isinstance(value, (list, tuple)) or len(value) != len(slots):
+        return  # the shape is the range check's to refuse
+    for i, (slot, v) in enumerate(zip(slots, value)):
+        if isinstance(v, float) and not math.isfinite(v):
+            word = ".nan" if math.isnan(v) else ".inf" if v > 0 else "-.inf"  # as YAML writes it
+            raise UserError(f"aug.{field} must hold finite numbers, but its {slot} (item {i + 1} of {len(slots)}) "
+                            f"is {word}; give {what}.")
 
 
 def save_yaml(cfg: dict, path: Path) -> None:

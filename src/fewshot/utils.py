@@ -27,6 +27,12 @@ def check_output_file(path, flag: str | None = "--out", example: str = "out.json
     path = Path(path)
     said = f"{flag} {path}" if flag else f"the output {path}"
     if path.is_dir():
+        from fewshot.data.layout import data_folder_around
+
+        data = data_folder_around(path)
+        if data:  # a file in it would be refused as data (check_result_file_is_not_an_input): suggest none there
+            raise UserError(f"{said} is a folder of the data ({data[1]}), and a result must not be written into the "
+                            f"data; give a file name outside the datasets' files, e.g. {data[0] / example}.")
         raise UserError(f"{said} is a folder; give a file name in it, e.g. {path / example}.")
     if is_special_file(path):  # /dev/stdout, a named pipe: written in place (atomic_write_bytes)
         if not os.access(path, os.W_OK):

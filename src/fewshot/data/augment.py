@@ -87,18 +87,28 @@ class AugmentConfig:
         problems = []
         if self.out_size < 1:
             problems.append(f"out_size must be >= 1, got {self.out_size}")
-        if not 0 < self.scale[0] <= self.scale[1]:
+        # NaN and inf refused first, each field on its own: the range checks below used min(), which passes over a
+        # NaN that is not first (jitter (0.4, nan, ...) turned contrast jitter off), and an inf jitter or blur
+        # sigma gave NaN images
+        finite = {}
+        for name in ("scale", "ratio", "jitter", "blur_sigma", "mean", "std", "flip_p", "jitter_p", "gray_p",
+                     "blur_p"):
+            value = getattr(self, name)
+            finite[name] = all(math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,)))
+            if not finite[name]:
+                problems.append(f"{name} must be finite numbers, got {value}")
+        if finite["scale"] and not 0 < self.scale[0] <= self.scale[1]:
             problems.append(f"scale must satisfy 0 < min <= max, got {self.scale}")
-        if not 0 < self.ratio[0] <= self.ratio[1]:
+        if finite["ratio"] and not 0 < self.ratio[0] <= self.ratio[1]:
             problems.append(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
         for name in ("flip_p", "jitter_p", "gray_p", "blur_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+            if finite[name] and not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if min(self.jitter) < 0 or self.jitter[3] > 0.5:
+        if finite["jitter"] and (min(self.jitter) < 0 or self.jitter[3] > 0.5):
             problems.append(f"jitter must be >= 0 with hue <= 0.5, got {self.jitter}")
-        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+        if finite["blur_sigma"] and not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             problems.append(f"blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
-        if min(self.std) <= 0:
+        if finite["std"] and min(self.std) <= 0:
             problems.append(f"std must be positive, got {self.std}")
         if problems:
             raise ValueError("invalid AugmentConfig: " + "; ".join(problems))
@@ -346,10 +356,12 @@ def _where_mask(x: Tensor, mask: Tensor, fn) -> Tensor:
     if not bool(mask.any()):
         return x
     if bool(mask.all()):
-        return fn(x, None)
+        return fn(x, None).to(x.dtype)
     idx = mask.nonzero().squeeze(1)
     dev_idx = idx.to(x.device, non_blocking=True)
-    x.index_copy_(0, dev_idx, fn(x.index_select(0, dev_idx), idx))
+    # in x's dtype: under a caller's autocast the plain blur's conv2d returns bfloat16, which index_copy_ into the
+    # float32 batch refused ("Float and BFloat16"); the all-true branch casts alike, so the output dtype is one
+    x.index_copy_(0, dev_idx, fn(x.index_select(0, dev_idx), idx).to(x.dtype))
     return x
 
 

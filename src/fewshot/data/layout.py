@@ -232,6 +232,30 @@ def check_result_file_is_not_an_input(out, root, run, kind: str) -> None:
     _refuse_a_file_behind_a_data_link(out, root)
 
 
+def data_folder_around(path) -> tuple[Path, str] | None:
+    """(the dataset root, what it is) where the folder ``path`` is or lies in a dataset's split (ROOT/<ds>/train/...,
+    a split told by a sibling split folder or answer key) or ROOT/unlabeled/, by the folders' shape alone: the hint of
+    utils.check_output_file for `predict --out ROOT/digits/test` was a file in it, which
+    check_result_file_is_not_an_input then refused as data. The root is given as ``path`` was (relative or not)."""
+    here = Path(os.path.abspath(path))
+    for folder in (here, *here.parents):
+        parent = folder.parent
+        if parent == folder:
+            break
+        try:
+            if folder.name in SPLITS and ((parent / ANSWER_KEY).is_file()
+                                          or any((parent / s).is_dir() for s in SPLITS if s != folder.name)):
+                root, what = parent.parent, f"the {folder.name}/ split of {parent.name}"
+            elif folder.name == "unlabeled" and any((d / "train").is_dir() for d in parent.iterdir() if d != folder):
+                root, what = parent, "the unlabeled pool"
+            else:
+                continue
+        except OSError:
+            continue
+        return (root if Path(path).is_absolute() else Path(os.path.relpath(root))), what
+    return None
+
+
 def _refuse_a_file_behind_a_data_link(out, root) -> None:
     """`predict --out /x/t50.png`, with ROOT/digits/test/50.png a link to /x/t50.png, replaced that test image with
     JSON (exit 0): the checks above compare where --out lies, not the files the data's links lead to. An existing
@@ -313,10 +337,22 @@ def datasets_option(names) -> str:
 def names_list(names) -> str:
     """Dataset names joined for a message, a name that holds a comma, a space or a quote (or is empty) in quotes:
     "trained on  b, 1e3, a, a,b only" hid which of the four names were the datasets."""
-    def shown(name: str) -> str:
-        plain = name and not any(c in name for c in ",'\"") and not any(c.isspace() for c in name)
-        return name if plain else repr(name)
-    return ", ".join(shown(n) for n in names)
+    return ", ".join(shown_name(n) for n in names)
+
+
+def shown_name(name: str) -> str:
+    """A folder or file name for a list in a message: quoted (as quoted() does) where it holds a comma, a space or a
+    quote, or is empty: "val classes not in train: 3 , x" hid the class folder named "3 " (a trailing space)."""
+    plain = name and not any(c in name for c in ",'\"") and not any(c.isspace() for c in name)
+    return name if plain else quoted(name)
+
+
+def some_of(items, limit: int, shown=shown_name) -> str:
+    """The first ``limit`` of ``items`` for a message, each as ``shown`` gives it, and how many more there are: a list
+    cut at 10 of 12 without a word read as the whole list."""
+    items = list(items)
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(shown(i) for i in items[:limit]) + more
 
 
 def parse_datasets(value: str, names) -> list[str]:
@@ -535,7 +571,7 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
             subfolders = [e.name for e in files if _is_dir_entry(e)]
             if subfolders:
                 problems.append(f"{entry}: no image directly in this class folder, only in sub-folders "
-                                f"({', '.join(subfolders[:3])}{', ...' if len(subfolders) > 3 else ''}), which are "
+                                f"({some_of(subfolders, 3)}), which are "
                                 f"not read; a class's images must sit in its folder ({split_dir}/<class>/<image>)")
             else:
                 gaps.append(f"{entry}: class folder without images (allowed extensions: "
@@ -544,7 +580,7 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
         unread += [f"{found.name}/{e.name}" for e in files if is_unread_file(e)]
         nested = [e.name for e in files if _is_dir_entry(e)]
         if nested and warnings is not None:
-            warnings.append(f"{entry}: sub-folder(s) {', '.join(nested[:3])}{', ...' if len(nested) > 3 else ''} "
+            warnings.append(f"{entry}: sub-folder(s) {some_of(nested, 3)} "
                             f"not read: only the images directly in a class folder are used; move them up to use them")
         name = unicodedata.normalize("NFC", entry.name)  # macOS writes decomposed names: "café" is one class
         if not is_utf8_name(name):  # plots, TensorBoard and JSON need text: the run crashed after its first epoch
@@ -755,15 +791,26 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
     if not seen and not any(p.startswith(f"{test_dir}/") for p in problems):
         if not empty_ok:
             problems.append(f"{test_dir}: no test images" + (f" (only files that are not images by their extension: "
-                                                              f"{', '.join(sorted(ignored)[:5])})" if ignored else ""))
+                                                              f"{some_of(sorted(ignored), 5)})" if ignored else ""))
     elif ignored and (str(test_dir), *ignored) not in _TOLD_IGNORED and os.environ.get("RANK", "0") == "0":
         _TOLD_IGNORED.add((str(test_dir), *ignored))
-        names = ", ".join(sorted(ignored)[:10]) + (f" and {len(ignored) - 10} more" if len(ignored) > 10 else "")
+        names = some_of(sorted(ignored), 10)
         print(printable(f"warning: {test_dir}: ignoring {len(ignored)} file(s) that are not images by their "
                         f"extension, so nothing is predicted for them: {names} (test images are <id>.<ext>, ext one "
                         f"of {', '.join(sorted(IMAGE_EXTS))})"), file=sys.stderr, flush=True)
     _warn_odd_test_names(test_dir, odd)
     return sorted(seen.items(), key=lambda item: _natural(item[0]))
+
+
+def _other_case_note(ds_dir: Path, split: str) -> str:
+    """Where a missing split folder exists with other capitals (Train/, VAL/): "missing split folder 'train'" over
+    a dataset holding Train/ read as if there were no such folder. Split folder names are lower case (SPEC)."""
+    found = [e.name for e in _scandir_quietly(os.fspath(ds_dir))
+             if e.name != split and e.name.casefold() == split and _is_dir_entry(e)]
+    if not found:
+        return ""
+    return (f"; found {some_of(sorted(found), 3, quoted)} instead: split folder names are lower case, rename it "
+            f"(mv {path_argument(ds_dir / sorted(found)[0])} {path_argument(ds_dir / split)})")
 
 
 def _is_candidate_name(name: str) -> bool:
@@ -851,7 +898,7 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
                               "class's train images to val/<class>/)",
                        "train": " (the labelled images, one folder per class: train/<class>/<image>)",
                        "test": " (the images to predict, without class folders: test/<image>)"}.get(split, "")
-                problems.append(f"{split_dir}: missing split folder '{split}'{why}")
+                problems.append(f"{split_dir}: missing split folder '{split}'{why}{_other_case_note(ds_dir, split)}")
                 unread = unread or split != "test"
                 continue
             if split_dir.is_symlink():
@@ -869,14 +916,13 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
             only_train = sorted(set(train_classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(train_classes))
             if only_val:
-                problems.append(f"{ds_dir / 'val'}: val classes not in train: {', '.join(only_val[:10])}")
+                problems.append(f"{ds_dir / 'val'}: val classes not in train: {some_of(only_val, 10)}")
             if only_train and not val_classes:
                 problems.append(f"{ds_dir / 'val'}: no val images (every class needs its labelled images in "
                                 f"train/<class>/, and val/<class>/ scores them)")
             elif only_train:  # held-out data may lack val images for a rare class: train it, score the others
                 layout_warnings.append(f"{ds_dir / 'val'}: no val images for {len(only_train)} class(es), which are "
-                                f"trained but not scored on val: {', '.join(only_train[:10])}"
-                                + (" ..." if len(only_train) > 10 else ""))
+                                f"trained but not scored on val: {some_of(only_train, 10)}")
         classes = tuple(train_classes or found.get("val", {}))
         note = numbered_classes_note(name, classes)
         if note:
@@ -936,7 +982,7 @@ def _held_out_are_train_images(ds_dir: Path, found: dict[str, dict[str, list[Pat
         return None
     counts = " and ".join(f"{n} {split}" for split in ("val", "test")
                           if (n := sum(s == split for s, _, _ in hits)))
-    shown = ", ".join(f"{p} is {t}" for _, p, t in hits[:3]) + (" ..." if len(hits) > 3 else "")
+    shown = some_of([f"{p} is {t}" for _, p, t in hits], 3, str)
     return (f"{ds_dir}: {counts} image(s) are train images reached through symbolic links ({shown}), so they "
             f"score the model on images it trains on; give val/ and test/ images of their own")
 
