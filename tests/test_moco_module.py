@@ -224,3 +224,22 @@ def test_knn_predict_by_hand():
     # t = 0.005: exp(1/t) is inf in float32; every class tied and class 0 won
     tiny = knn_predict(train, labels, test, num_classes=3, k=2, t=0.005)
     assert bool(torch.isfinite(tiny).all()) and tiny.argmax(1).tolist() == [1, 0]
+
+
+def test_the_key_encoder_has_no_stochastic_depth_and_the_query_encoder_keeps_it():
+    """MoCo's key encoder, a deep copy of the query one, kept model.drop_path: the same images and shuffle gave keys
+    0.29 apart (the joint loss's key encoder already turned it off). Keys are targets."""
+    import timm
+
+    torch.manual_seed(0)
+    backbone = timm.create_model("test_resnet", num_classes=0, drop_path_rate=0.5)
+    with torch.no_grad():  # timm zero-initialises the last BN of each block, which hides the residual branches
+        for mod in backbone.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.weight.fill_(1.0)
+    model = MoCo(backbone, dim=16, queue_size=32, split_bn_groups=2).train()
+    x = torch.randn(8, 3, 32, 32)
+    first = model.keys(x, torch.Generator().manual_seed(0))
+    assert torch.equal(first, model.keys(x, torch.Generator().manual_seed(0)))
+    assert max(m.drop_prob for m in model.encoder_q.modules() if hasattr(m, "drop_prob")) == 0.5
+    assert {m.drop_prob for m in model.encoder_k.modules() if hasattr(m, "drop_prob")} == {0.0}

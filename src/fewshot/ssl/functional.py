@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "momentum_update_",
@@ -103,6 +103,16 @@ def temperature_hint(temperature: float) -> str | None:
     return (f"The temperature moco.temperature={temperature:g} is below {SAFE_TEMPERATURE:g}: the similarities (at "
             f"most 1) divided by it reach {reach:.0e}{overflow}, and the loss's gradients grow as 1/T, so a step can "
             f"carry the weights to inf or NaN; give a temperature of 0.07 (MoCo v1) to 0.2 (v2)")
+
+
+def without_stochastic_depth(module: nn.Module) -> nn.Module:
+    """``module`` with its stochastic depth (timm's DropPath: ``drop_prob``) turned off, in place: a key encoder's
+    keys are targets, and dropped residual branches only add noise to them (MoCo's key encoder, a deep copy of the
+    query one, kept model.drop_path=0.1: the same images and shuffle gave keys 0.29 apart)."""
+    for mod in module.modules():
+        if hasattr(mod, "drop_prob"):
+            mod.drop_prob = 0.0
+    return module
 
 
 HIGH_TEMPERATURE = 1.0  # above it the logits span under 2 and the softmax over K + 1 keys is near uniform

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from fewshot.models.backbone import extract_features, feature_dim
 from fewshot.ssl.functional import (all_finite_rows, enqueue_, infonce_logits, infonce_loss, momentum_update_,
-                                    shuffle_permutation)
+                                    shuffle_permutation, without_stochastic_depth)
 from fewshot.ssl.split_bn import convert_split_bn
 
 
@@ -83,7 +83,7 @@ class MoCo(nn.Module):
         self.split_bn_groups = split_bn_groups
         self.shuffle_across_ranks = shuffle_across_ranks  # DDP's shuffle-BN; False: moco.shuffle_bn=off
         self.encoder_q = convert_split_bn(Encoder(backbone, dim, mlp, mlp_hidden), split_bn_groups)
-        self.encoder_k = copy.deepcopy(self.encoder_q)
+        self.encoder_k = without_stochastic_depth(copy.deepcopy(self.encoder_q))
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from fewshot.data.augment import BatchAugment, preset
 from fewshot.ssl.functional import (all_finite_rows, enqueue_, infonce_logits, infonce_loss, momentum_update_,
-                                    shuffle_permutation, topk_accuracy)
+                                    shuffle_permutation, topk_accuracy, without_stochastic_depth)
 from fewshot.train.semi import Pool, UnlabeledStream
 
 
@@ -194,10 +194,7 @@ class JointMoCo:
         self.seed = int(cfg["train"]["seed"])
         self.projection = Projection(feature_dim(backbone), int(m["dim"]), bool(m["mlp"]), m["mlp_hidden"]).to(device)
         self.groups = shuffle_bn_groups(cfg, n_keys, backbone)
-        key = KeyEncoder(copy.deepcopy(backbone), copy.deepcopy(self.projection))
-        for mod in key.modules():  # keys are targets: stochastic depth would only add noise to them
-            if hasattr(mod, "drop_prob"):
-                mod.drop_prob = 0.0
+        key = without_stochastic_depth(KeyEncoder(copy.deepcopy(backbone), copy.deepcopy(self.projection)))
         self.key = convert_split_bn(key, self.groups).to(device)
         if channels_last:
             self.key = self.key.to(memory_format=torch.channels_last)
