@@ -26,7 +26,7 @@ from fewshot.ssl.knn import knn_predict
 from fewshot.ssl.moco import MoCo
 from fewshot.train.distributed import DistContext
 from fewshot.train.engine import Engine
-from fewshot.train.semi import POOL_SKIP_NOTE
+from fewshot.train.semi import POOL_SKIP_NOTE, pool_key
 from fewshot.utils import make_generator
 
 
@@ -484,6 +484,8 @@ class MoCoTask:
                            max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"))
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
         self.pool_skipped = list(pool.bad)
+        # the files the pool's images come from: a resume refuses a pool whose files changed (images drawn by position)
+        self.pool_key = pool_key([p for p, ok in zip(paths, pool.valid.tolist()) if ok], d["root"])
         self.space = LabelSpace.from_infos(infos)
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
                                                    d["crop_pct"], d["skip_bad_images"], d.get("cache_max_gb"),
@@ -555,12 +557,18 @@ class MoCoTask:
 
     def checkpoint_extra(self) -> dict:
         return {"label_space": self.space.to_dict(), "n_parameters": self.n_parameters, "img_size": self.size,
-                "model_name": self.cfg["model"]["name"], "n_pool": len(self.pool)}
+                "model_name": self.cfg["model"]["name"], "n_pool": len(self.pool), "pool_key": self.pool_key}
 
     def load_checkpoint_extra(self, ck: dict) -> None:
+        """The pool the run trained on: the same count, and the same files (a checkpoint saved before the key was
+        kept: the count only); swapped files of the same count resumed without a word."""
         from fewshot.train.checkpoint import check_same_images
 
         check_same_images(ck, "n_pool", len(self.pool), "pool images")
+        if ck.get("pool_key") not in (None, self.pool_key):
+            raise UserError(f"--resume continues a MoCo run on the unlabeled pool it trained with, but the pool "
+                            f"({self.pool_source}) has other files now ({len(self.pool)} images, as in the run). "
+                            f"Restore the pool's files to resume, or start a new run with another --out.")
 
 
 def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
@@ -617,6 +625,17 @@ def speed_settings(task: MoCoTask) -> str:
     return on + (", compiled: the first epoch's speed includes compiling" if task.compiled else "")
 
 
+def knn_k_words(task: MoCoTask, k: int) -> str:
+    """The k the kNN monitor used: knn_predict caps it at each dataset's train images (k=200 on a 100-image train
+    set was said as k=200, and was 100)."""
+    used = {name: min(k, int((task.train_set.dataset_ids == d).sum())) for d, name in enumerate(task.space.names)}
+    if all(u == k for u in used.values()):
+        return f"k={k}"
+    if len(set(used.values())) == 1:
+        return f"k={next(iter(used.values()))}: moco.knn_k={k} capped at the train images"
+    return f"moco.knn_k={k} capped at the train images: " + ", ".join(f"{n} k={u}" for n, u in used.items())
+
+
 def knn_summary(written: dict, last_eval: dict | None) -> str:
     """The console's last word agrees with metrics.json (the best checkpoint's kNN accuracy); the last
     epoch's mean is added when it differs, so a user who exports last.pt sees both."""
@@ -660,6 +679,7 @@ def write_knn_metrics(engine: Engine, task: MoCoTask, out: Path, which: str = "b
     metrics = {
         "mode": "known", "n_parameters": task.n_parameters,
         "mean_acc1": sum(d["acc1"] for d in per.values()) / max(1, len(per)), "datasets": per, "routing_acc": None,
-        "split": "val", "metric": f"kNN (k={m['knn_k']}, t={m['knn_t']}) on frozen backbone features", **extra}
+        "split": "val", "metric": f"kNN ({knn_k_words(task, int(m['knn_k']))}, t={m['knn_t']}) on frozen backbone "
+                                  f"features", **extra}
     write_json(out / "metrics.json", metrics)
     return dict(metrics)
