@@ -4,7 +4,7 @@ For each run (a `fewshot train` run or a `fewshot run` stage folder such as OUT/
 the val split three ways: the plain prediction; the softmax averaged over the image and its four
 1-pixel shifts (edge pixels replicated: label-preserving for digits and clothes alike); the
 softmax averaged over the image and its horizontal mirror (wrong for digits, plausible for clothes).
-Also the average of a self-training run's round 1 and round 2 (`--rounds`), and the average of
+Also the average of a self-training run's round 1 and the round that predicted (`--rounds`), and the average of
 several runs' models (`--ensemble`: independently trained teachers, e.g. the same recipe's seeds).
 Prints one line per run and writes JSON; choices are made on val, so test is not read.
 
@@ -16,7 +16,6 @@ Prints one line per run and writes JSON; choices are made on val, so test is not
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -26,7 +25,10 @@ import torch.nn.functional as F
 from fewshot.data.cache import default_cache_dir
 from fewshot.data.layout import scan_root
 from fewshot.data.sets import load_splits
+from fewshot.errors import UserError
 from fewshot.eval.predict import load_trained
+from fewshot.train.checkpoint import resolve_checkpoint
+from fewshot.utils import write_json
 
 
 def shifted(x: torch.Tensor, dx: int, dy: int, pad: int = 2) -> torch.Tensor:
@@ -44,10 +46,12 @@ VIEWS = {
 
 @torch.no_grad()
 def val_probabilities(run: Path, data: Path, views, device: torch.device):
-    tm = load_trained(run, device)
+    tm = load_trained(run, device)  # a `fewshot run` folder: the stage that predicted, as `fewshot predict` takes it
     infos = scan_root(data, list(tm.space.names), splits=("train", "val"))
-    (val,) = load_splits(infos, ("val",), tm.space, tm.size, default_cache_dir(data, tm.cfg["data"]["cache_dir"]),
-                         tm.cfg["data"]["crop_pct"], False)
+    d = tm.cfg["data"]  # the images decoded as the run's were, as eval reads them (bit depth, bad files skipped)
+    (val,) = load_splits(infos, ("val",), tm.space, tm.size, default_cache_dir(data, d["cache_dir"]),
+                         d.get("crop_pct", 1.0), bool(d.get("skip_bad_images", False)),
+                         bit_depth=d.get("bit_depth", "auto"))
     x = tm.normalize(val.images.to(device))
     probs = [tm.space.restrict(tm.model(v(x)).float(), val.dataset_ids).softmax(1) for v in views]
     return torch.stack(probs).mean(0), val, tm.space
@@ -78,8 +82,8 @@ def ensemble(runs: list[Path], data: Path, device: torch.device, results_path: P
     print(f"val mean: single models {summary['single_mean']:.2f}, pairs {summary['pair_mean']:.2f}, "
           f"all {len(runs)} averaged {summary['all']:.2f} ({everything})")
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps({"runs": [str(r) for r in runs], "single": singles, "pairs": pairs,
-                                        "all": everything, "mean": summary}, indent=2) + "\n")
+    write_json(results_path, {"runs": [str(r) for r in runs], "single": singles, "pairs": pairs, "all": everything,
+                              "mean": summary})
 
 
 def main() -> None:
@@ -87,12 +91,20 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--data", type=Path, default=Path("demo_data"))
     ap.add_argument("--rounds", action="store_true", help="runs are `fewshot run` folders: also average round 1 "
-                    "(finetune_labelled) with the last round (finetune)")
+                    "(finetune_labelled) with the round that predicted (finetune, or finetune_roundK where later "
+                    "rounds were skipped)")
     ap.add_argument("--ensemble", action="store_true", help="instead of the views: score each run, the softmax "
                     "average of every pair and of all of them (do independently trained models make different "
                     "mistakes?)")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/tta.json"))
     args = ap.parse_args()
+    try:
+        score_runs(args, ap)
+    except UserError as exc:  # a run folder without the stage asked for, a damaged checkpoint: said, no traceback
+        raise SystemExit(f"tta.py: {exc}") from None
+
+
+def score_runs(args, ap: argparse.ArgumentParser) -> None:
     device = torch.device("cpu")
     if args.ensemble:
         if len(args.runs) < 2:
@@ -101,21 +113,30 @@ def main() -> None:
         return
     results = {}
     for run in args.runs:
-        last = run / "finetune" if args.rounds else run
+        first = run / "finetune_labelled"
+        if args.rounds and not (first / "checkpoints").is_dir():
+            raise SystemExit(f"tta.py: --rounds reads a self-training `fewshot run` folder, and {run} has no round 1 "
+                             f"({first}); leave out --rounds to score {run} alone.")
+        # the stage that predicted (resolve_checkpoint, as predict): `finetune`, or the last round that finished
+        # where later ones were skipped (finetune_roundK), or one the val guard preferred
+        last = resolve_checkpoint(run) if args.rounds else run
         plain, val, space = val_probabilities(last, args.data, VIEWS["shift"][:1], device)
         row = {"plain": accuracy(plain, val, space)}
         for name, views in VIEWS.items():
             row[f"tta_{name}"] = accuracy(val_probabilities(last, args.data, views, device)[0], val, space)
-        if args.rounds:
-            first = val_probabilities(run / "finetune_labelled", args.data, VIEWS["shift"][:1], device)[0]
-            row["rounds_1_and_2"] = accuracy(first + plain, val, space)
+        if args.rounds and last.parent.parent.resolve() != first.resolve():
+            row["rounds_1_and_2"] = accuracy(val_probabilities(first, args.data, VIEWS["shift"][:1], device)[0]
+                                             + plain, val, space)
+        elif args.rounds:
+            print(f"{run}: round 1 ({first.name}) is the stage that predicted: no later round to average it with",
+                  flush=True)
         results[str(run)] = row
         print(run, " | ".join(f"{k}: {v['mean']:.2f}" for k, v in row.items()), flush=True)
-    keys = next(iter(results.values())).keys()
-    summary = {k: statistics.fmean(r[k]["mean"] for r in results.values()) for k in keys}
+    keys = dict.fromkeys(k for r in results.values() for k in r)  # a run without a later round lacks that row
+    summary = {k: statistics.fmean(r[k]["mean"] for r in results.values() if k in r) for k in keys}
     print("val mean over runs: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps({"runs": results, "mean": summary}, indent=2) + "\n")
+    write_json(args.results, {"runs": results, "mean": summary})
 
 
 if __name__ == "__main__":

@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", help="A,B: only these of the model's datasets (default: all of them)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--balance", choices=["auto", "on", "off"], default=None,
-                   help="known-source test scores only, as predict --balance (default: auto for --split test; the val "
-                   "split is scored as the model predicts it)")
+                   help="known-source test scores only, as predict --balance (default: auto for --split test, or the "
+                   "run.balance a `fewshot run` folder recorded; the val split is scored as the model predicts it)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="go on past undecodable images (listed) instead of failing: val images are left out of the "
                    "scores; test images are scored as predicted from a blank image (as predict --skip-bad-images "
@@ -139,10 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="known-source mode: even out each dataset's predicted classes to the proportions of its train "
                    "split or to even ones, whichever the test predictions fit better (where they fit neither, to the "
                    "test split's own, estimated), with per-class offsets fitted on the test images themselves (a "
-                   "few-shot model leans towards some classes). auto (default): for the datasets where doing the same "
-                   "on their val images does not lower val accuracy, and only where val holds at least 10 images of "
-                   "each class (the check for a skewed test split reads val); on: always (the printed line says where "
-                   "the proportions could not be checked); off: plain argmax")
+                   "few-shot model leans towards some classes). auto (default, except for a `fewshot run` folder: the "
+                   "run.balance it recorded): for the datasets where doing the same on their val images does not lower "
+                   "val accuracy, and only where val holds at least 10 images of each class (the check for a "
+                   "skewed test split reads val); on: always (the printed line says where the proportions could not "
+                   "be checked); off: plain argmax")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="go on past undecodable test images (listed; each is predicted from a blank image, so that "
                    "pred_all.json still holds every id) instead of failing")
@@ -372,18 +373,21 @@ def cmd_train(args, extra) -> int:
 def cmd_eval(args, extra) -> int:
     from fewshot.data.layout import check_result_file_is_not_an_input
     from fewshot.eval.evaluate import format_table
-    from fewshot.eval.predict import evaluate_run
+    from fewshot.eval.predict import EVAL_METRICS, check_own_output, evaluate_run, holds_metrics
     from fewshot.utils import check_output_file, resolve_device, write_json
 
     if args.out:
-        check_output_file(args.out, example="metrics.json")
+        out = check_output_file(args.out, example="metrics.json")
         check_result_file_is_not_an_input(args.out, args.data, args.run, kind="metrics")
-    balance = args.balance or ("auto" if args.split == "test" else "off")
+        check_own_output(out, f"--out {args.out}", "eval", lambda p: holds_metrics(p, EVAL_METRICS),
+                         "metrics.json content: datasets, split and checkpoint",
+                         f"Give --out a new file name, or move {args.out} away first.")
     if args.balance and (args.split != "test" or args.mode != "known"):  # the val split is what auto decides on
         print(f"fewshot eval: note: --balance applies to known-source test scores only; --split {args.split} "
               f"--mode {args.mode} is scored as the model predicts it.", file=sys.stderr)
     metrics = evaluate_run(args.run, args.data, args.mode, resolve_device(args.device, "--device"),
-                           split=args.split, datasets=args.datasets, skip_bad=args.skip_bad_images, balance=balance)
+                           split=args.split, datasets=args.datasets, skip_bad=args.skip_bad_images,
+                           balance=args.balance)  # None: the run's recorded run.balance, else auto
     print(format_table(metrics, title=f"{args.split} accuracy of {metrics['checkpoint']}"))
     if args.out:
         write_json(Path(args.out), metrics, follow_links=True)  # the user's path: a link writes its target
@@ -418,7 +422,7 @@ def cmd_predict(args, extra) -> int:
         print("fewshot predict: note: --balance applies to known-source predictions only; --mode unknown predicts "
               "as the model does.", file=sys.stderr)
     pred, routing = predict_run(args.run, args.data, args.mode, resolve_device(args.device, "--device"),
-                                datasets=args.datasets, skip_bad=args.skip_bad_images, balance=args.balance or "auto")
+                                datasets=args.datasets, skip_bad=args.skip_bad_images, balance=args.balance)
     write_json(out, pred, follow_links=True)  # the user's path: a link writes its target
     if args.mode == "unknown" and routing_file is not None:
         write_json(routing_file, routing)

@@ -587,6 +587,7 @@ def cmd_probe(args, extra) -> int:
     from fewshot.data.layout import check_output_is_not_in_data
     from fewshot.errors import UserError
     from fewshot.eval.evaluate import format_table
+    from fewshot.eval.predict import PROBE_METRICS, check_own_output, holds_metrics
     from fewshot.eval.probe import bit_depth_for, run_probe
     from fewshot.utils import check_output_dir, check_output_file, resolve_device, write_json
 
@@ -623,6 +624,10 @@ def cmd_probe(args, extra) -> int:
                 raise UserError(f"{out / 'metrics.json'} is a folder; probe writes its metrics.json into --out: "
                                 f"choose another --out.")
             check_output_file(out / "metrics.json")
+            check_own_output(out / "metrics.json", f"--out {args.out}: its metrics.json", "probe",
+                             lambda p: holds_metrics(p, PROBE_METRICS), "metrics.json content: datasets, split and "
+                             "protocol", f"Give --out a folder of the probe's own, or move {out / 'metrics.json'} "
+                             f"away first.")
     metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
                         mode=args.mode, epochs=args.epochs or 300, datasets=args.datasets, head=args.head,
                         skip_bad=args.skip_bad_images, bit_depth=bit_depth)

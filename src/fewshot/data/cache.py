@@ -295,7 +295,7 @@ def _out_of_memory(path: Path, threads: int) -> UserError:
 
 def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
                 skip_bad: bool = False, desc: str = "decoding images", threads: int | None = None,
-                skip_note: str = "--skip-bad-images", max_gb: float | None = None,
+                skip_note: str | None = "--skip-bad-images", max_gb: float | None = None,
                 bit_depth: int | str = "auto", digests: bool = False, entry_digests: bool = False) -> CachedImages:
     """Decode (or reuse the cache of) `paths` at `size`; bad files raise DataLayoutError unless skip_bad.
     ``max_gb``: data.cache_max_gb, the cache folder's cap once a new entry is written (prune_cache; None or 0:
@@ -729,9 +729,10 @@ SKIP_HINT = ("(pass --skip-bad-images to skip these files and go on)",)
 
 
 def _finish(images: torch.Tensor, bad_at: list[tuple[int, str]], paths: list[Path], skip_bad: bool,
-            skip_note: str = "--skip-bad-images", digests: list[str | None] | None = None) -> CachedImages:
+            skip_note: str | None = "--skip-bad-images", digests: list[str | None] | None = None) -> CachedImages:
     """``bad_at``: the bad files by index (every copy of a path listed twice, under any spelling, fails on its own),
-    reported under this caller's spelling."""
+    reported under this caller's spelling; ``skip_note`` None: skipped without a word (the caller says what they
+    are left out of)."""
     valid = torch.ones(len(paths), dtype=torch.bool)
     bad = list(dict.fromkeys((str(paths[i]), why) for i, why in bad_at))  # a path listed twice is reported once
     if bad:
@@ -739,7 +740,8 @@ def _finish(images: torch.Tensor, bad_at: list[tuple[int, str]], paths: list[Pat
             raise DataLayoutError([f"{p}: cannot be decoded as an image ({why})" for p, why in bad], SKIP_HINT)
         for i, _ in bad_at:
             valid[i] = False
-        report_skipped(bad, note=skip_note)
+        if skip_note is not None:
+            report_skipped(bad, note=skip_note)
     return CachedImages(images, valid, bad, digests)
 
 

@@ -505,9 +505,10 @@ def check_answer_keys(infos, space: LabelSpace) -> None:
 
 
 def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str = "val",
-                 datasets: list[str] | str | None = None, skip_bad: bool = False, balance: str = "auto") -> dict:
+                 datasets: list[str] | str | None = None, skip_bad: bool = False, balance: str | None = None) -> dict:
     """Accuracy on the val or test split. ``balance`` (known-source test scores only: the val split is what `auto`
-    decides on): as `fewshot predict --balance`, so that a test score matches the predictions."""
+    decides on): as `fewshot predict --balance`, so that a test score matches the predictions (None: the run's
+    recorded run.balance, else auto, as chosen_balance says)."""
     tm = load_trained(run_or_ckpt, device)
     say_checkpoint(run_or_ckpt, tm, "evaluating", always=False)  # the table's title names it
     check = (lambda infos: check_answer_keys(infos, tm.space)) if split == "test" else None
@@ -516,6 +517,7 @@ def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str 
                                                                       warn=False)
     logits = compute_logits(tm.model, data.images, tm.normalize, device)
     if split == "test" and mode == "known":
+        balance = chosen_balance(run_or_ckpt, balance, "eval")
         plan = balance_plan(tm, Path(root), infos, data, logits, balance, device)
         say_balance(by_folder(plan, infos), balance, who="eval")
         logits = balanced_logits(tm, data, logits, plan)
@@ -581,10 +583,14 @@ def _too_few_per_class(targets, size: int, setting: str) -> str | None:
             f"evening out helps: auto decides on {bal.AUTO_MIN_VAL_PER_CLASS} of each, {setting} on forces it")
 
 
-def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device, auto_setting: str | None = None):
+def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device, auto_setting: str | None = None,
+                setting: str = "--balance"):
     """One dataset's val logits in its own classes and its local targets, or (None, None, why): undecodable val
-    images are left out, and a val split that cannot be used leaves the predictions plain instead of failing them.
+    images are left out (said as what they are left out of: the balancing's reading of val, with or without
+    --skip-bad-images), and a val split that cannot be used leaves the predictions plain instead of failing them.
     ``auto_setting``: under auto, a split with too few images of a class is declined before any image is read."""
+    from fewshot.data.cache import load_images
+
     size = tm.space.sizes[tm.space.index(name)]
     val, why = _labelled_split(tm, root, name, "val")
     if val is None:
@@ -595,14 +601,31 @@ def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device, a
     try:
         crop, depth = tm.cfg["data"].get("crop_pct", 1.0), tm.cfg["data"].get("bit_depth", "auto")
         cache = prediction_cache_dir(root, [val], "val", tm.size, crop, depth)
-        data = load_split([val], "val", tm.space, tm.size, cache, crop, True, bit_depth=depth)
+        # skipped without load_split's words: they said "--skip-bad-images" to a predict without it and listed
+        # every file (200 lines), for images no prediction is made of
+        read = load_images([p for p, _ in val.val], tm.size, cache, crop_pct=crop, skip_bad=True,
+                           desc="loading val images", skip_note=None, bit_depth=depth)
     except UserError as exc:
         return None, None, f"its val images cannot be read ({one_line(str(exc))[:160]})"
-    if not bal.enough_images(len(data.targets), size):
-        return None, None, f"{_images(len(data.targets), 'val')} for {size} classes: too few to decide on"
+    if read.bad:
+        _say_val_left_out(name, read.bad, len(val.val), setting)
+    images = read.images[read.valid]
+    targets = torch.tensor([k for _, k in val.val], dtype=torch.long)[read.valid]
+    if not bal.enough_images(len(targets), size):
+        return None, None, f"{_images(len(targets), 'val')} for {size} classes: too few to decide on"
     lo = tm.space.offsets[tm.space.index(name)]
-    logits = compute_logits(tm.model, data.images, tm.normalize, device, desc=f"val of {name}")[:, lo:lo + size]
-    return logits, data.targets - lo, None
+    logits = compute_logits(tm.model, images, tm.normalize, device, desc=f"val of {name}")[:, lo:lo + size]
+    return logits, targets, None
+
+
+def _say_val_left_out(name: str, bad: list[tuple[str, str]], n_val: int, setting: str, shown: int = 3) -> None:
+    """One line: the undecodable val images of dataset ``name`` left out of the balancing's reading of val, the
+    first ``shown`` of them named and the rest counted."""
+    listed = "; ".join(f"{p} ({why})" for p, why in bad[:shown])
+    more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+    print(one_line(f"warning: {len(bad)} of the {n_val} val images of {name} cannot be decoded and are left out of "
+                   f"what {setting} reads on val to balance the test predictions (no test image is left out): "
+                   f"{listed}{more}"), file=sys.stderr, flush=True)
 
 
 def _images(n: int, split: str) -> str:
@@ -676,7 +699,8 @@ def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, ho
         prior, source = bal.train_prior(torch.tensor([k for _, k in train.train], dtype=torch.long), size), "train"
     else:  # held-out data with only test/ (and val/): even is the assumption that favours no class
         prior, source = torch.full((size,), 1.0 / size), f"uniform: {why or 'no train images'}"
-    val_logits, val_targets, val_why = _val_logits(tm, root, name, device, setting if how == "auto" else None)
+    val_logits, val_targets, val_why = _val_logits(tm, root, name, device, setting if how == "auto" else None,
+                                                   setting)
     if how == "auto" and val_logits is None:
         return {"used": False, "why": val_why}
     val = (val_logits, val_targets) if val_logits is not None else None
@@ -749,16 +773,52 @@ def say_balance(plan: dict, how: str, who: str = "predict", setting: str = "--ba
                        f"{'; '.join(names_list(names) + text for text, names in said.items())}"), flush=True)
 
 
+def recorded_balance(run_or_ckpt) -> str | None:
+    """The run.balance a `fewshot run` folder (``run_or_ckpt``) wrote its pred_all.json and metrics.json with
+    (summary.json's balanced_prediction), or None: a stage, a checkpoint, another folder, or no such record."""
+    from fewshot.config import canonical_value
+    from fewshot.utils import loads_run_json
+
+    p = Path(run_or_ckpt)
+    if not p.is_dir() or (p / "checkpoints").is_dir() or not (p / "summary.json").is_file():
+        return None  # resolve_checkpoint reads the predicting stage from summary.json only in this case
+    try:
+        setting = loads_run_json((p / "summary.json").read_text()).get("balanced_prediction", {}).get("setting")
+        setting = canonical_value("run.balance", setting)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None  # an unreadable summary: resolve_checkpoint says so where it matters
+    return setting if isinstance(setting, str) and setting in bal.MODES else None
+
+
+def chosen_balance(run_or_ckpt, typed: str | None, who: str) -> str:
+    """The balancing of known-source test predictions: ``typed`` (--balance), else the run.balance a `fewshot run`
+    folder recorded, else auto. `predict RUN` of a run.balance=off run balanced with auto, so its predictions and
+    `eval --split test` scores differed from the run's pred_all.json and metrics.json without a word."""
+    recorded = recorded_balance(run_or_ckpt)
+    if typed is None:
+        if recorded not in (None, "auto"):
+            print(one_line(f"[{who}] --balance {recorded}: the run.balance {run_or_ckpt} recorded (its "
+                           f"pred_all.json and metrics.json); pass --balance to choose another."), flush=True)
+        return recorded or "auto"
+    if recorded is not None and typed != recorded:
+        made = "predictions" if who == "predict" else "test scores"
+        print(one_line(f"fewshot {who}: note: --balance {typed} differs from the run.balance {recorded} that "
+                       f"{run_or_ckpt} recorded: these {made} follow --balance {typed}, so they may differ from the "
+                       f"run's pred_all.json and metrics.json."), file=sys.stderr, flush=True)
+    return typed
+
+
 def predict_run(run_or_ckpt, root, mode: str, device: torch.device,
                 datasets: list[str] | str | None = None, skip_bad: bool = False,
-                balance: str = "auto") -> tuple[dict, dict]:
+                balance: str | None = None) -> tuple[dict, dict]:
     """pred_all.json content ({"n_parameters", "<dataset>": {"<id>": local class}}) and the routing.
-    ``balance`` (known-source mode): auto | on | off, see fewshot.eval.balance."""
+    ``balance`` (known-source mode): auto | on | off, see fewshot.eval.balance; None: chosen_balance's default."""
     tm = load_trained(run_or_ckpt, device)
     list_datasets(Path(root))  # a missing or wrong --data is refused before "predicting with" says it started
     say_checkpoint(run_or_ckpt, tm, "predicting with")
     infos, data, logits = _test_logits(tm, root, device, datasets=datasets, skip_bad=skip_bad)
     if mode == "known":
+        balance = chosen_balance(run_or_ckpt, balance, "predict")
         plan = balance_plan(tm, Path(root), infos, data, logits, balance, device)
         say_balance(by_folder(plan, infos), balance)
         logits = balanced_logits(tm, data, logits, plan)
@@ -878,16 +938,38 @@ def holds_routing(path: Path) -> bool:
         isinstance(v, dict) and all(isinstance(d, str) for d in v.values()) for v in data.values())
 
 
+# what each command's metrics.json holds, by which an earlier one is told from a user's file: `eval --out` names its
+# checkpoint, `probe` its protocol
+EVAL_METRICS = ("datasets", "split", "checkpoint")
+PROBE_METRICS = ("datasets", "split", "protocol")
+
+
+def holds_metrics(path: Path, fields: tuple[str, ...]) -> bool:
+    """Whether ``path`` holds a metrics dict with ``fields`` (EVAL_METRICS, PROBE_METRICS): an earlier result of the
+    command that writes them."""
+    data = _read_own_output(path)
+    return isinstance(data, dict) and isinstance(data.get("datasets"), dict) and set(fields) <= set(data)
+
+
+def check_own_output(out: Path, shown: str, command: str, holds, content: str, advice: str,
+                     what: str = "result") -> None:
+    """Refuse, before any work, to replace a file that ``command`` did not write: ``out`` (``shown`` as said) must be
+    new, empty (or `{}`), a pipe or device, or hold that command's earlier result (``holds(out)``; ``content``
+    names what that holds). `eval --out notes.md` and probe's metrics.json replaced the user's files (exit 0)."""
+    from fewshot.utils import is_special_file
+
+    if out.is_file() and not is_special_file(out) and not (_holds_nothing(out) or holds(out)):
+        raise UserError(f"{shown} already holds a file that is not an earlier {what} of `fewshot {command}` (no "
+                        f"{content}); {command} replaces only its own results. {advice}")
+
+
 def check_predict_out(out: Path, routing_file: Path, shown: str, unknown: bool) -> None:
     """Refuse, before any work, to replace a file that `predict` did not write: --out (``shown``, as typed) must be
     new, empty (or `{}`) or an earlier prediction, and with --mode unknown so must the routing file beside it.
     Inside a run or data folder check_result_file_is_not_an_input guards more; this holds everywhere."""
-    from fewshot.utils import is_special_file
-
-    if out.is_file() and not is_special_file(out) and not (_holds_nothing(out) or holds_predictions(out)):
-        raise UserError(f"--out {shown} already holds a file that is not an earlier prediction of `fewshot predict` "
-                        f"(no pred_all.json content: n_parameters and each dataset's predictions); predict "
-                        f"replaces only its own results. Give --out a new file name, or move {shown} away first.")
+    check_own_output(out, f"--out {shown}", "predict", holds_predictions,
+                     "pred_all.json content: n_parameters and each dataset's predictions",
+                     f"Give --out a new file name, or move {shown} away first.", what="prediction")
     if unknown and (routing_file.exists() or routing_file.is_symlink()) and not holds_routing(routing_file):
         raise UserError(f"--out {shown}: --mode unknown also writes each image's predicted dataset beside it, to "
                         f"{routing_file}, which already holds a file that is not an earlier routing file of "

@@ -37,9 +37,13 @@ class LinearHead(nn.Module):
         return self
 
 
+NO_MEAN_BIAS = -1e4  # far below any cosine logit (|logit| <= scale x feature norm / mean norm), finite in fp16
+
+
 def prototype_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: int, scale: float = 10.0):
     """(weight [C, D], bias [C], BN mean [D], BN var [D]) of a cosine nearest-class-mean classifier
-    over standardised features. A class without images keeps a zero weight."""
+    over standardised features. A class without images has no mean: a zero weight and a bias of NO_MEAN_BIAS, so it
+    is never predicted (its logit 0 beat every class of negative cosine); training can still move it."""
     mean, var = feats.mean(0), feats.var(0, unbiased=False) + 1e-5
     z = (feats - mean) / var.sqrt()
     norm = z.norm(dim=1, keepdim=True).clamp_min(1e-6)
@@ -47,7 +51,9 @@ def prototype_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: int,
     proto.index_add_(0, targets, z / norm)
     proto = F.normalize(proto, dim=1)
     weight = scale * proto / norm.mean()
-    return weight, torch.zeros(num_classes), mean, var - 1e-5
+    bias = torch.zeros(num_classes)
+    bias[torch.bincount(targets, minlength=num_classes)[:num_classes] == 0] = NO_MEAN_BIAS
+    return weight, bias, mean, var - 1e-5
 
 
 class FewShotClassifier(nn.Module):
