@@ -29,12 +29,15 @@ help:
 	@echo "  TEST_WORKERS=$(TEST_WORKERS) (make test's processes; 0: none, in one process)"
 
 # the stamp records the pins it installed: another TORCH_PIN or PYTHON given later installs again (it said
-# "Nothing to be done" while the old torch stayed); another PYTHON makes the venv anew
+# "Nothing to be done" while the old torch stayed); another PYTHON makes the venv anew (an older, empty stamp
+# records none: installed again into the venv as it is)
 PINS := $(PYTHON) | $(TORCH_PIN)
 $(STAMP): pyproject.toml FORCE
 	@if [ -f $(STAMP) ] && [ "$$(cat $(STAMP))" = '$(PINS)' ] && [ ! pyproject.toml -nt $(STAMP) ]; then exit 0; fi; \
 	set -e; \
-	if [ -f $(STAMP) ] && [ "$$(cut -d'|' -f1 $(STAMP))" != '$(PYTHON) ' ]; then $(PYTHON) -m venv --clear $(VENV); fi; \
+	if grep -q '|' $(STAMP) 2>/dev/null && [ "$$(cut -d'|' -f1 $(STAMP))" != '$(PYTHON) ' ]; then \
+		echo "$(VENV) was made with $$(cut -d'|' -f1 $(STAMP)), not $(PYTHON): making it anew"; \
+		$(PYTHON) -m venv --clear $(VENV); fi; \
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
 	echo "installing into $(VENV): $(TORCH_PIN) and fewshot"; \
 	$(BIN)/python -m pip install -q --upgrade pip; \
@@ -62,8 +65,8 @@ bench: venv
 # Only the default folders: DEMO_DATA / DEMO_RUN may name a folder of the user's own, never ours to delete.
 clean:
 	@if [ '$(DEMO_DATA)' != '$(DEFAULT_DEMO_DATA)' ] || [ '$(DEMO_RUN)' != '$(DEFAULT_DEMO_RUN)' ]; then \
-		echo "make clean removes only $(DEFAULT_DEMO_RUN) and $(DEFAULT_DEMO_DATA), and only without DEMO_DATA= or DEMO_RUN=" \
-		     "(folders of your own are yours to remove); nothing was removed" >&2; \
+		echo "make clean removes only $(DEFAULT_DEMO_RUN) and $(DEFAULT_DEMO_DATA), and only without" \
+		     "DEMO_DATA= or DEMO_RUN= (folders of your own are yours to remove); nothing was removed" >&2; \
 		exit 2; \
 	fi
 	rm -rf -- $(DEFAULT_DEMO_RUN) $(DEFAULT_DEMO_DATA)

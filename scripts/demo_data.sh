@@ -7,9 +7,15 @@ set -euo pipefail
 BIN=${1:-.venv/bin}
 ROOT=${2:-demo_data}
 IDX=/usr/share/datasets/fashion-mnist
-# a dataset counts as built with its pool: a build killed between its two renames left the dataset without it,
-# which `fewshot data` repairs (the demo went on without digits' pool)
-built() { [ -d "$ROOT/$1" ] && [ -d "$ROOT/unlabeled/$1" ]; }
+# a build killed between its two renames left the dataset without its pool (in .fewshot-build-NAME.tmp), which
+# `fewshot data` repairs: built again (the demo went on without the pool); a pool missing otherwise is said
+built() {
+  [ -d "$ROOT/$1" ] || return 1
+  [ -d "$ROOT/unlabeled/$1" ] && return 0
+  [ -d "$ROOT/.fewshot-build-$1.tmp/pool" ] && return 1
+  echo "note: $ROOT/$1 has no unlabeled pool ($ROOT/unlabeled/$1): self-training and MoCo fall back to its train" \
+       "images; remove $ROOT/$1 to build it again with its pool" >&2
+}
 built digits || "$BIN/fewshot" data digits --out "$ROOT"
 built fashion-mnist && exit 0
 if [ ! -f "$IDX/train-images-idx3-ubyte.gz" ] && [ ! -f "$IDX/train-images-idx3-ubyte" ]; then

@@ -18,8 +18,16 @@ a = sys.argv[1:]
 with open(os.environ["FAKE_LOG"], "a") as fh:
     fh.write(" ".join(a) + "\\n")
 if a[0] == "data":
-    Path(a[a.index("--out") + 1], a[1]).mkdir(parents=True, exist_ok=True)
-    Path(a[a.index("--out") + 1], "unlabeled", a[1]).mkdir(parents=True)
+    out = Path(a[a.index("--out") + 1])
+    stage = out / (".fewshot-build-" + a[1] + ".tmp")
+    if (out / a[1]).exists() and not stage.is_dir():  # as the real one refuses
+        sys.exit(str(out / a[1]) + " already exists and is not empty")
+    if stage.is_dir():  # a killed build's: built again, as the real one repairs
+        import shutil
+        shutil.rmtree(out / a[1])
+        shutil.rmtree(stage)
+    (out / a[1]).mkdir(parents=True)
+    (out / "unlabeled" / a[1]).mkdir(parents=True)
 elif a[0] == "run":
     out = Path(a[a.index("--out") + 1])
     out.mkdir(parents=True)
@@ -78,7 +86,11 @@ def test_demo_data_keeps_built_datasets_and_shows_why_apt_get_failed(tmp_path):
     done, calls = run_script(script, tmp_path, bin_dir, root)
     assert done.returncode == 0 and calls == [], (done.stdout, done.stderr, calls)
 
-    (root / "unlabeled" / "digits").rmdir()  # a build killed before its pool was moved: built again
+    (root / "unlabeled" / "digits").rmdir()  # a pool gone otherwise: `fewshot data` would refuse; said, kept
+    done, calls = run_script(script, tmp_path, bin_dir, root)
+    assert done.returncode == 0 and calls == [], (done.stderr, calls)
+    assert f"{root}/digits has no unlabeled pool" in done.stderr, done.stderr
+    (root / ".fewshot-build-digits.tmp" / "pool").mkdir(parents=True)  # a build killed before its pool moved
     done, calls = run_script(script, tmp_path, bin_dir, root)
     assert done.returncode == 0 and calls == [f"data digits --out {root}"], (done.stderr, calls)
 
@@ -200,3 +212,9 @@ def test_make_venv_installs_again_when_the_pins_change(tmp_path):
     assert make() == ""  # the same pins: nothing to do
     assert "install -q torch==2.4.0" in make("TORCH_PIN=torch==2.4.0")
     assert make("TORCH_PIN=torch==2.4.0") == ""
+    stamp = tmp_path / ".venv" / ".fewshot-installed"
+    stamp.write_text("")  # an older Makefile's (touch): installed again, the venv kept
+    said = make()
+    assert "install -q torch==2.14.1" in said and "making it anew" not in said and "--clear" not in said, said
+    said = make("PYTHON=echo")  # another Python: the venv made anew with it
+    assert "making it anew" in said and "-m venv --clear" in said, said

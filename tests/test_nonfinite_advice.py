@@ -76,5 +76,15 @@ def test_a_huge_moco_temperature_is_warned_about_at_the_start(root, tmp_path, ca
     assert high_temperature_warning(0.2) is None and high_temperature_warning(1.0) is None
     assert "span at most 0.4" in high_temperature_warning(5.0)
     run_pretrain(pretrain_cfg(root, **{"moco.temperature": 1e308, "model.img_size": 16}), tmp_path / "run")
-    out = capsys.readouterr().out
-    assert "warning: moco.temperature=1e+308 is above 1" in out and "MoCo learns next to nothing" in out
+    err = capsys.readouterr().err
+    assert err.count("warning: moco.temperature=1e+308 is above 1") == 1 and "MoCo learns next to nothing" in err
+
+
+def test_the_joint_loss_warns_about_a_huge_temperature_too(root, capsys):
+    """The warning was given by `fewshot pretrain` alone; the joint loss (semi.method=moco) reads moco.temperature."""
+    from fewshot.models.backbone import create_backbone
+    from fewshot.train.semi_moco import JointMoCo
+
+    cfg = pretrain_cfg(root, **{"moco.temperature": 7.0, "model.img_size": 16})
+    JointMoCo(cfg, create_backbone("test_resnet", img_size=16), 8, 80, torch.device("cpu"))
+    assert "warning: moco.temperature=7 is above 1" in capsys.readouterr().err

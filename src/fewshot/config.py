@@ -135,7 +135,7 @@ DEFAULTS: dict[str, Any] = {
         "pretrain_share": 0.5,    # fraction of the budget spent on MoCo
         "pretrain_batch_size": 64,
         "pretrain_lr": None,      # None: linear scaling of 0.06 @ 256 (fast small-data setting)
-        "queue_size": None,       # None: about half the pool, capped at 4096
+        "queue_size": None,       # None: about half the pool, capped at 4096 (but one step's keys at least)
         "finetune_lr": 2e-3,      # fine-tuning lr after our own (short) MoCo: the backbone still needs to move
         "finetune_backbone_mult": 1.0,
         "min_epochs": 1,

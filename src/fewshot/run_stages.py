@@ -211,14 +211,14 @@ def check_pretrain_settings(cfg: dict, backbone) -> None:
     """The MoCo stage's batch against its queue and shuffle-BN groups, before the run folder is started: found by
     the stage, a bad pair left a folder that only deleting freed (a rerun wanted --resume, and --resume refused
     the corrected setting)."""
-    from fewshot.ssl.pretrain import split_groups
+    from fewshot.ssl.pretrain import keys_per_step, split_groups
 
     r = cfg["run"]
     batch = int(r["pretrain_batch_size"])
     # moco.symmetric enqueues both views' keys each step (ssl.pretrain.resolve_pretrain_defaults refuses the queue
     # under 2x the batch): checked only there, K=96 at batch 64 decoded the pool and started the folder first
     symmetric = bool(cfg["moco"].get("symmetric"))
-    keys = batch * (2 if symmetric else 1)
+    keys = keys_per_step(batch, symmetric)
     if r["queue_size"] is not None and int(r["queue_size"]) < keys:
         what = (f"the {keys} keys a MoCo step enqueues with moco.symmetric=true (both views' keys: 2 x "
                 f"run.pretrain_batch_size={batch})" if symmetric else
@@ -512,10 +512,12 @@ def moco_queue_size(r: dict, pool_size: int | None, symmetric: bool = False) -> 
     """The MoCo stage's queue: run.queue_size, else half the pool (``pool_size`` images; None: not counted yet)
     between two batches and 4096, and never under one step's keys (2 x the batch with ``symmetric``): a batch
     above 4096 (2048 symmetric) got the 4096 queue that resolve_pretrain_defaults refuses, after the folder began."""
+    from fewshot.ssl.pretrain import keys_per_step
+
     if r["queue_size"] is not None:
         return r["queue_size"]
     batch = int(r["pretrain_batch_size"])
-    keys = batch * (2 if symmetric else 1)
+    keys = keys_per_step(batch, symmetric)
     if pool_size is None:
         return max(4096, keys)
     return int(max(keys, min(4096, max(2 * batch, pool_size // 2))))

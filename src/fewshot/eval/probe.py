@@ -65,8 +65,7 @@ def recorded_bit_depth(weights) -> int | str | None:
     text = str(value).strip()
     if isinstance(value, bool) or not text.isdigit() or not 8 <= int(text) <= 16:  # a file may come from anyone
         raise UserError(f"--weights {weights} records data.bit_depth {value!r}, not auto or a whole number from 8 to "
-                        f"16; give probe data.bit_depth=N (the bits the data's 16-bit images use) or data.bit_depth"
-                        f"=auto.")
+                        f"16; give data.bit_depth=N (the bits the data's 16-bit images use) or data.bit_depth=auto.")
     return int(text)
 
 

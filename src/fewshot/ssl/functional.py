@@ -106,7 +106,8 @@ def temperature_hint(temperature: float) -> str | None:
 
 
 def without_stochastic_depth(module: nn.Module) -> nn.Module:
-    """``module`` with its stochastic depth (timm's DropPath: ``drop_prob``) turned off, in place: a key encoder's
+    """``module`` with its stochastic depth (timm's DropPath; DropBlock2d too: every ``drop_prob``) turned off, in
+    place (a helper on modules, not a tensor function, kept beside the MoCo math it serves): a key encoder's
     keys are targets, and dropped residual branches only add noise to them (MoCo's key encoder, a deep copy of the
     query one, kept model.drop_path=0.1: the same images and shuffle gave keys 0.29 apart)."""
     for mod in module.modules():
@@ -119,11 +120,12 @@ HIGH_TEMPERATURE = 1.0  # above it the logits span under 2 and the softmax over 
 
 
 def high_temperature_warning(temperature: float) -> str | None:
-    """A warning for a temperature so high that MoCo learns next to nothing (None: it is not): at 1e308 every logit
-    was 0, the loss sat at ln(1 + K) with zero gradients, and the run ended "done" with nothing learnt."""
+    """A warning (for layout.warn_once) for a temperature so high that MoCo learns next to nothing (None: it is
+    not): at 1e308 every logit was 0, the loss sat at ln(1 + K) with zero gradients, and the run ended "done" with
+    nothing learnt. Given by pretrain, `fewshot run`'s MoCo stage and the joint loss (semi.method=moco)."""
     if not temperature > HIGH_TEMPERATURE:
         return None
-    return (f"warning: moco.temperature={temperature:g} is above {HIGH_TEMPERATURE:g}: the similarities (-1 to 1) "
+    return (f"moco.temperature={temperature:g} is above {HIGH_TEMPERATURE:g}: the similarities (-1 to 1) "
             f"divided by it span at most {2 / temperature:.2g}, so the loss stays near ln(1 + K) and its gradients "
             f"shrink as 1/T: MoCo learns next to nothing. MoCo uses 0.07 (v1) to 0.2 (v2).")
 

@@ -386,6 +386,11 @@ def shared_batch_norms(model) -> list[str]:
     return unsplit_batch_norms(model.encoder_q) if model.split_bn_groups > 1 else []
 
 
+def keys_per_step(global_batch: int, symmetric: bool) -> int:
+    """The keys a MoCo step enqueues: one per image, two with moco.symmetric (both views'), what a queue must hold."""
+    return int(global_batch) * (2 if symmetric else 1)
+
+
 def resolve_pretrain_defaults(cfg: dict, world: int) -> dict:
     """The lr scaled with the global batch and the network a --weights export records, where the config leaves
     them unset; listed as chosen at run time (config.CHOSEN), so that the run's config.yaml given back as
@@ -402,7 +407,7 @@ def resolve_pretrain_defaults(cfg: dict, world: int) -> dict:
     record_chosen(cfg, before)
     global_batch = t["batch_size"] * world
     # moco.symmetric enqueues both views' keys each step: a queue under twice the batch dropped some unused
-    keys = global_batch * (2 if m.get("symmetric") else 1)
+    keys = keys_per_step(global_batch, bool(m.get("symmetric")))
     if m["queue_size"] < keys:
         what = (f"the {keys} keys a step enqueues (moco.symmetric=true enqueues both views' keys: 2 x the global "
                 f"batch of {global_batch} = {t['batch_size']} x {world} processes)" if keys != global_batch else
@@ -447,6 +452,7 @@ class MoCoTask:
         `fewshot train --resume`); ``quiet_weights``: the model.strict=false warning was given already."""
         self.cfg, self.device, self.ctx = cfg, device, ctx
         m, d = cfg["moco"], cfg["data"]
+        warn_once([said] if (said := high_temperature_warning(float(m["temperature"]))) else [])
         backbone = create_backbone(cfg["model"]["name"], **backbone_options(cfg["model"]))
         self.weights_loaded = None  # load_backbone_weights' counts, for the start-up line
         self.last_knn: tuple | None = None  # (the last evaluate's result, its knn_metrics): write_knn_metrics
@@ -485,7 +491,7 @@ class MoCoTask:
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
         self.pool_skipped = list(pool.bad)
         # the files the pool's images come from: a resume refuses a pool whose files changed (images drawn by position)
-        self.pool_key = pool_key([p for p, ok in zip(paths, pool.valid.tolist()) if ok], d["root"])
+        self.pool_key = pool_key([p for p, ok in zip(paths, pool.valid.tolist()) if ok], d["root"], True)
         self.space = LabelSpace.from_infos(infos)
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
                                                    d["crop_pct"], d["skip_bad_images"], d.get("cache_max_gb"),
@@ -567,8 +573,9 @@ class MoCoTask:
         check_same_images(ck, "n_pool", len(self.pool), "pool images")
         if ck.get("pool_key") not in (None, self.pool_key):
             raise UserError(f"--resume continues a MoCo run on the unlabeled pool it trained with, but the pool "
-                            f"({self.pool_source}) has other files now ({len(self.pool)} images, as in the run). "
-                            f"Restore the pool's files to resume, or start a new run with another --out.")
+                            f"({self.pool_source}) has other files now ({len(self.pool)} images, as in the run; files "
+                            f"renamed or moved count as other files). Restore the pool's files to resume, or start a "
+                            f"new run with another --out.")
 
 
 def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
@@ -605,8 +612,7 @@ def announce_pretrain(cfg: dict, out: Path, task: MoCoTask, engine: Engine, devi
                        f"{speed_settings(task)}): "
                        f"K={m['queue_size']}, m={m['momentum']}, T={m['temperature']}, "
                        f"{bn_protection(task.model, ctx.world)}; run directory {out}"))
-        for said in (unused_split_bn_note(cfg, task.model, ctx.world), shared_bn_warning(task.model, ctx.world),
-                     high_temperature_warning(float(m["temperature"]))):
+        for said in (unused_split_bn_note(cfg, task.model, ctx.world), shared_bn_warning(task.model, ctx.world)):
             if said:
                 print(said, flush=True)
         if m["queue_size"] >= len(task.pool):
@@ -628,7 +634,8 @@ def speed_settings(task: MoCoTask) -> str:
 def knn_k_words(task: MoCoTask, k: int) -> str:
     """The k the kNN monitor used: knn_predict caps it at each dataset's train images (k=200 on a 100-image train
     set was said as k=200, and was 100)."""
-    used = {name: min(k, int((task.train_set.dataset_ids == d).sum())) for d, name in enumerate(task.space.names)}
+    used = {name: max(1, min(k, int((task.train_set.dataset_ids == d).sum())))  # as knn_predict caps it
+            for d, name in enumerate(task.space.names)}
     if all(u == k for u in used.values()):
         return f"k={k}"
     if len(set(used.values())) == 1:

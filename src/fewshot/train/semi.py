@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -84,17 +85,22 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: i
 POOL_SKIP_NOTE = "pool images; data.skip_bad_unlabeled=false stops instead"
 
 
-def pool_key(paths, root) -> str:
+def pool_key(paths, root, absolute_outside: bool = False) -> str:
     """A fingerprint of the pool's files (sorted; relative to the data root when under it, which --resume may move),
-    so that a resume can tell a pool that gained or lost files since the stop."""
-    return hashlib.sha1(json.dumps(sorted(root_relative(paths, root))).encode()).hexdigest()
+    so that a resume can tell a pool that gained or lost files since the stop. ``absolute_outside``: files outside
+    the root count by their absolute path (`--unlabeled ../pool` and `/abs/pool` are one pool); FixMatch's key keeps
+    them as typed, as its older checkpoints recorded them."""
+    names = root_relative(paths, root, absolute_outside)
+    return hashlib.sha1(json.dumps(sorted(names)).encode()).hexdigest()
 
 
-def root_relative(paths, root) -> list[str]:
-    """The files relative to the data root when under it (others as they are), in their order: what a fingerprint
-    of them hashes, since --resume may be given the same data at another place (a copied or moved root)."""
+def root_relative(paths, root, absolute_outside: bool = False) -> list[str]:
+    """The files relative to the data root when under it (others as they are, or absolute with
+    ``absolute_outside``), in their order: what a fingerprint of them hashes, since --resume may be given the same
+    data at another place (a copied or moved root)."""
     root = Path(root)
-    return [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in map(Path, paths)]
+    return [str(p.relative_to(root)) if p.is_relative_to(root) else os.path.abspath(p) if absolute_outside else str(p)
+            for p in map(Path, paths)]
 
 
 def fixmatch_summary(cfg: dict, pool: Pool) -> dict:

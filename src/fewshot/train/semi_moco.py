@@ -35,8 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.data.augment import BatchAugment, preset
+from fewshot.data.layout import warn_once
 from fewshot.ssl.functional import (all_finite_rows, enqueue_, infonce_logits, infonce_loss, momentum_update_,
-                                    shuffle_permutation, topk_accuracy, without_stochastic_depth)
+                                    high_temperature_warning, shuffle_permutation, topk_accuracy,
+                                    without_stochastic_depth)
 from fewshot.train.semi import Pool, UnlabeledStream
 
 
@@ -191,6 +193,7 @@ class JointMoCo:
 
         m = cfg["moco"]
         self.momentum, self.temperature = float(cfg["semi"]["moco_momentum"]), float(m["temperature"])
+        warn_once([said] if (said := high_temperature_warning(self.temperature)) else [])
         self.seed = int(cfg["train"]["seed"])
         self.projection = Projection(feature_dim(backbone), int(m["dim"]), bool(m["mlp"]), m["mlp_hidden"]).to(device)
         self.groups = shuffle_bn_groups(cfg, n_keys, backbone)
