@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from helpers.checks import run_main
 from test_run_resume import _cmd, sigterm_in_stage
@@ -113,7 +114,8 @@ def test_the_stage_metrics_score_the_weights_in_memory_without_the_stops_evaluat
         return {"digits": {"acc1": 40.0, "acc5": 90.0, "n": 30}}
 
     task = SimpleNamespace(model=model, knn_metrics=knn_metrics, last_knn=None, n_parameters=7,
-                           cfg={"moco": {"knn_k": 20, "knn_t": 0.1}})
+                           cfg={"moco": {"knn_k": 20, "knn_t": 0.1}}, space=SimpleNamespace(names=["digits"]),
+                           train_set=SimpleNamespace(dataset_ids=torch.zeros(40, dtype=torch.long)))
     earlier = {"score": 10.0, "knn_acc1": {"digits": 10.0, "mean": 10.0}}  # last.pt's, from the earlier session
     engine = SimpleNamespace(epoch=2, step_in_epoch=3, last_eval=earlier)
     (tmp_path / "checkpoints").mkdir()
