@@ -4,8 +4,9 @@ For each run (a `fewshot train` run or a `fewshot run` stage folder such as OUT/
 the val split three ways: the plain prediction; the softmax averaged over the image and its four
 1-pixel shifts (edge pixels replicated: label-preserving for digits and clothes alike); the
 softmax averaged over the image and its horizontal mirror (wrong for digits, plausible for clothes).
-Also the average of a self-training run's round 1 and the round that predicted (`--rounds`), and the average of
-several runs' models (`--ensemble`: independently trained teachers, e.g. the same recipe's seeds).
+Also the average of a self-training run's round 1 and the round that predicted (`--rounds`: row rounds_1_and_last,
+that round's stage named in the JSON's last_round), and the average of several runs' models (`--ensemble`:
+independently trained teachers, e.g. the same recipe's seeds).
 Prints one line per run and writes JSON; choices are made on val, so test is not read.
 
     python benchmarks/tta.py runs/quality10/b10/st_s0/finetune ... [--data demo_data]
@@ -111,7 +112,7 @@ def score_runs(args, ap: argparse.ArgumentParser) -> None:
             ap.error("--ensemble needs at least two runs")
         ensemble(args.runs, args.data, device, args.results)
         return
-    results = {}
+    results, last_round = {}, {}
     for run in args.runs:
         first = run / "finetune_labelled"
         if args.rounds and not (first / "checkpoints").is_dir():
@@ -125,18 +126,21 @@ def score_runs(args, ap: argparse.ArgumentParser) -> None:
         for name, views in VIEWS.items():
             row[f"tta_{name}"] = accuracy(val_probabilities(last, args.data, views, device)[0], val, space)
         if args.rounds and last.parent.parent.resolve() != first.resolve():
-            row["rounds_1_and_2"] = accuracy(val_probabilities(first, args.data, VIEWS["shift"][:1], device)[0]
-                                             + plain, val, space)
+            # named for what it is: "rounds_1_and_2" was also the name where finetune_round3 (of 5) predicted
+            row["rounds_1_and_last"] = accuracy(val_probabilities(first, args.data, VIEWS["shift"][:1], device)[0]
+                                                + plain, val, space)
+            last_round[str(run)] = last.parent.parent.name
         elif args.rounds:
             print(f"{run}: round 1 ({first.name}) is the stage that predicted: no later round to average it with",
                   flush=True)
         results[str(run)] = row
-        print(run, " | ".join(f"{k}: {v['mean']:.2f}" for k, v in row.items()), flush=True)
+        said = f" (last: {last_round[str(run)]})" if str(run) in last_round else ""
+        print(run, " | ".join(f"{k}: {v['mean']:.2f}" for k, v in row.items()) + said, flush=True)
     keys = dict.fromkeys(k for r in results.values() for k in r)  # a run without a later round lacks that row
     summary = {k: statistics.fmean(r[k]["mean"] for r in results.values() if k in r) for k in keys}
     print("val mean over runs: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.results, {"runs": results, "mean": summary})
+    write_json(args.results, {"runs": results, "mean": summary, **({"last_round": last_round} if last_round else {})})
 
 
 if __name__ == "__main__":

@@ -58,6 +58,19 @@ def test_eval_out_replaces_only_its_own_earlier_metrics(trained, digits_root, tm
         assert json.loads(out.read_text())["split"] == "val"
 
 
+def test_eval_out_rerun_with_another_split_or_mode_replaces_its_earlier_val_result(trained, digits_root, tmp_path):
+    """An earlier `eval --out` of the val split is eval's own: a rerun for the test split or --mode unknown (whose
+    metrics hold other fields) replaces it, in a run folder as elsewhere."""
+    for out in (tmp_path / "m.json", trained / "eval_notes.txt"):
+        rc, _, err = run_main("eval", trained, "--data", digits_root, "--out", out, "--device", "cpu")
+        assert rc == 0, err
+        for more in (("--split", "test"), ("--mode", "unknown"), ("--split", "test", "--mode", "unknown")):
+            rc, _, err = run_main("eval", trained, "--data", digits_root, "--out", out, "--device", "cpu", *more)
+            assert rc == 0, err
+            assert json.loads(out.read_text())["split"] == ("test" if "test" in more else "val")
+    (trained / "eval_notes.txt").unlink()  # the run is shared by the module's tests
+
+
 def test_probe_replaces_only_its_own_earlier_metrics_json(digits_root, tmp_path):
     """`probe --out pp` replaced the user's pp/metrics.json without a word."""
     pp = tmp_path / "pp"
@@ -73,6 +86,10 @@ def test_probe_replaces_only_its_own_earlier_metrics_json(digits_root, tmp_path)
         rc, _, err = run_main(*probe)
         assert rc == 0, err
         assert json.loads((pp / "metrics.json").read_text())["protocol"] == "prototype (SimpleShot)"
+    # another head over the earlier prototype result: still probe's own
+    rc, _, err = run_main(*("linear" if a == "prototype" else a for a in probe), "--epochs", "2")
+    assert rc == 0, err
+    assert json.loads((pp / "metrics.json").read_text())["protocol"] != "prototype (SimpleShot)"
 
 
 # ----------------------------------------------------------------------------- the run's recorded run.balance
@@ -93,13 +110,18 @@ def test_eval_and_predict_of_a_fewshot_run_folder_balance_as_the_run_recorded(tr
     assert rc == 0, err
     assert json.loads((tmp_path / "m.json").read_text())["balance"] == "on"
     assert "--balance on differs from the run.balance off" in err, err
-    on = fake_run(trained, tmp_path / "on", ("finetune",), "finetune", "on")
-    rc, stdout, err = run_main("predict", on, "--data", digits_root, "--out", tmp_path / "p.json", "--device", "cpu")
-    assert rc == 0, err
-    assert "class-balanced test predictions (--balance on)" in stdout, stdout
-    # the stage itself, a checkpoint or a summary without the record: auto, as before, without a note
+    on = fake_run(trained, tmp_path / "on", ("finetune_labelled", "finetune"), "finetune", "on")
+    # the run, the stage that predicted and its checkpoint: the same model, balanced as the run recorded
+    for read in (on, on / "finetune", on / "finetune" / "checkpoints" / "best.pt"):
+        rc, stdout, err = run_main("predict", read, "--data", digits_root, "--out", tmp_path / "p.json",
+                                   "--device", "cpu")
+        assert rc == 0, err
+        assert "class-balanced test predictions (--balance on)" in stdout, stdout
+        assert f"the run.balance recorded for {read}" in stdout, stdout
+    # a stage that did not predict (round 1 of a later round's run), a summary without the record: auto, no note
     plain = fake_run(trained, tmp_path / "plain", ("finetune",), "finetune", None)
-    for read in (on / "finetune", plain):
+    for read in (on / "finetune_labelled", on / "finetune_labelled" / "checkpoints" / "best.pt", plain,
+                 plain / "finetune"):
         rc, stdout, err = run_main("predict", read, "--data", digits_root, "--out", tmp_path / "q.json",
                                    "--device", "cpu")
         assert rc == 0, err
@@ -141,7 +163,8 @@ def test_tta_rounds_reads_the_stage_that_predicted_when_round_2_was_skipped(trai
                                       "--results", str(results)])
     tta.main()
     row = json.loads(results.read_text())["runs"][str(run)]
-    assert {"plain", "tta_shift", "tta_flip", "rounds_1_and_2"} <= set(row)
+    assert {"plain", "tta_shift", "tta_flip", "rounds_1_and_last"} <= set(row) and "rounds_1_and_2" not in row
+    assert json.loads(results.read_text())["last_round"] == {str(run): "finetune_round1"}  # named for what it is
     # a run without a round 1: said, not a traceback
     single = fake_run(trained, tmp_path / "single", ("finetune",), "finetune", "auto")
     monkeypatch.setattr(sys, "argv", ["tta.py", "--rounds", str(single), "--data", str(digits_root),

@@ -9,7 +9,7 @@ collected and reported at once (DataLayoutError), each naming its path.
 from __future__ import annotations
 
 import errno
-import json
+import itertools
 import os
 import sys
 import time
@@ -169,24 +169,15 @@ def _earlier_result(path: Path, kind: str) -> bool:
     metrics*.json and summary.json), so may be written again. ``kind`` "predictions": a pred_all.json of
     `predict`; "metrics": the metrics of `eval --out` (they name their checkpoint); "backbone": a `.safetensors`
     of `export`. Each command replaces only its own kind: `predict --out` onto an earlier `eval --out` file
-    replaced those metrics with predictions."""
+    replaced those metrics with predictions. Told by content with the rule of predict's own check (one helper):
+    this one wanted a .json name and its own idea of metrics, so `eval --out RUN/m.txt` ran once, not twice."""
     if path.name in RUN_RECORDS:
         return False
     if kind == "backbone":
         return path.suffix.lower() == ".safetensors" and path.is_file()
-    if path.suffix.lower() != ".json":
-        return False
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return False
-    if not isinstance(data, dict):
-        return False
-    if kind == "metrics":
-        return {"datasets", "split", "checkpoint"} <= set(data)
-    return isinstance(data.get(RESERVED_NAME), int) and all(
-        isinstance(v, dict) and all(isinstance(c, int) for c in v.values())
-        for k, v in data.items() if k != RESERVED_NAME)
+    from fewshot.eval.predict import EVAL_METRICS, holds_metrics, holds_predictions
+
+    return holds_metrics(path, EVAL_METRICS) if kind == "metrics" else holds_predictions(path)
 
 
 def check_result_file_is_not_an_input(out, root, run, kind: str) -> None:
@@ -236,7 +227,9 @@ def data_folder_around(path) -> tuple[Path, str] | None:
     """(the dataset root, what it is) where the folder ``path`` is or lies in a dataset's split (ROOT/<ds>/train/...,
     a split told by a sibling split folder or answer key) or ROOT/unlabeled/, by the folders' shape alone: the hint of
     utils.check_output_file for `predict --out ROOT/digits/test` was a file in it, which
-    check_result_file_is_not_an_input then refused as data. The root is given as ``path`` was (relative or not)."""
+    check_result_file_is_not_an_input then refused as data. The root is given as ``path`` was (relative or not).
+    The dataset must hold images as one does (_holds_split_images): the walk goes up to /, and any --out under
+    ~/train/ was "a folder of the data" where ~/val/ existed."""
     here = Path(os.path.abspath(path))
     for folder in (here, *here.parents):
         parent = folder.parent
@@ -244,9 +237,10 @@ def data_folder_around(path) -> tuple[Path, str] | None:
             break
         try:
             if folder.name in SPLITS and ((parent / ANSWER_KEY).is_file()
-                                          or any((parent / s).is_dir() for s in SPLITS if s != folder.name)):
+                                          or any((parent / s).is_dir() for s in SPLITS if s != folder.name)) \
+                    and _holds_split_images(parent):
                 root, what = parent.parent, f"the {folder.name}/ split of {parent.name}"
-            elif folder.name == "unlabeled" and any((d / "train").is_dir() for d in parent.iterdir() if d != folder):
+            elif folder.name == "unlabeled" and any(_holds_split_images(d) for d in parent.iterdir() if d != folder):
                 root, what = parent, "the unlabeled pool"
             else:
                 continue
@@ -254,6 +248,27 @@ def data_folder_around(path) -> tuple[Path, str] | None:
             continue
         return (root if Path(path).is_absolute() else Path(os.path.relpath(root))), what
     return None
+
+
+def _holds_split_images(ds: Path, look: int = 64) -> bool:
+    """Whether ``ds`` holds images where a dataset does (train/<class>/<image>, val/<class>/<image>,
+    test/<image>), looking at no more than ``look`` entries of each folder: a home folder with train/ and val/ of
+    other things is no dataset, and a split of 100k images is not listed to tell."""
+    def entries(folder: Path):
+        try:
+            with os.scandir(folder) as it:
+                yield from itertools.islice(it, look)
+        except OSError:  # missing, not a folder, unreadable: no images seen there
+            return
+
+    for split in SPLITS:
+        for e in entries(ds / split):
+            if split == "test" and _is_candidate_name(e.name) and not _is_dir_entry(e):
+                return True
+            if split != "test" and _is_dir_entry(e) and any(_is_candidate_name(f.name) and not _is_dir_entry(f)
+                                                            for f in entries(Path(e.path))):
+                return True
+    return False
 
 
 def _refuse_a_file_behind_a_data_link(out, root) -> None:

@@ -7,6 +7,7 @@ import dataclasses
 
 import json
 import os
+import stat
 import sys
 import unicodedata
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ import torch
 
 from fewshot.data.cache import default_cache_dir, is_cached, user_cache_dir
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import (datasets_option, list_datasets, names_list, parse_datasets, scan_root, test_id,
-                                 warn_once)
+from fewshot.data.layout import (datasets_option, list_datasets, names_list, parse_datasets, scan_root, some_of,
+                                 test_id, warn_once)
 from fewshot.data.sets import load_split
 from fewshot.data.transforms import Normalize
 from fewshot.errors import CheckpointError, UserError, one_line, printable
@@ -621,11 +622,10 @@ def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device, a
 def _say_val_left_out(name: str, bad: list[tuple[str, str]], n_val: int, setting: str, shown: int = 3) -> None:
     """One line: the undecodable val images of dataset ``name`` left out of the balancing's reading of val, the
     first ``shown`` of them named and the rest counted."""
-    listed = "; ".join(f"{p} ({why})" for p, why in bad[:shown])
-    more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+    listed = some_of([f"{p} ({why})" for p, why in bad], shown, str)
     print(one_line(f"warning: {len(bad)} of the {n_val} val images of {name} cannot be decoded and are left out of "
                    f"what {setting} reads on val to balance the test predictions (no test image is left out): "
-                   f"{listed}{more}"), file=sys.stderr, flush=True)
+                   f"{listed}"), file=sys.stderr, flush=True)
 
 
 def _images(n: int, split: str) -> str:
@@ -774,17 +774,30 @@ def say_balance(plan: dict, how: str, who: str = "predict", setting: str = "--ba
 
 
 def recorded_balance(run_or_ckpt) -> str | None:
-    """The run.balance a `fewshot run` folder (``run_or_ckpt``) wrote its pred_all.json and metrics.json with
-    (summary.json's balanced_prediction), or None: a stage, a checkpoint, another folder, or no such record."""
+    """The run.balance a `fewshot run` folder wrote its pred_all.json and metrics.json with (summary.json's
+    balanced_prediction), or None (another folder, a checkpoint of another run, no such record). ``run_or_ckpt`` is
+    the run folder, or the stage that predicted (summary.json's predicted_with) or one of its checkpoints: `predict
+    RUN/finetune` balanced with auto where `predict RUN` took the run's off, the same model predicted otherwise."""
+    p = Path(run_or_ckpt)
+    if p.is_dir() and not (p / "checkpoints").is_dir() and (p / "summary.json").is_file():
+        return _summary_balance(p)  # the run folder: resolve_checkpoint reads the predicting stage the same way
+    stage = p.parent.parent if p.is_file() and p.parent.name == "checkpoints" else p if p.is_dir() else None
+    if stage is None or not (stage / "checkpoints").is_dir() or not (stage.parent / "summary.json").is_file():
+        return None
+    return _summary_balance(stage.parent, stage=stage.name)
+
+
+def _summary_balance(run: Path, stage: str | None = None) -> str | None:
+    """summary.json's run.balance of the `fewshot run` folder ``run``; with ``stage``, only where that stage is the
+    one that predicted (another round's model is not what pred_all.json came from)."""
     from fewshot.config import canonical_value
     from fewshot.utils import loads_run_json
 
-    p = Path(run_or_ckpt)
-    if not p.is_dir() or (p / "checkpoints").is_dir() or not (p / "summary.json").is_file():
-        return None  # resolve_checkpoint reads the predicting stage from summary.json only in this case
     try:
-        setting = loads_run_json((p / "summary.json").read_text()).get("balanced_prediction", {}).get("setting")
-        setting = canonical_value("run.balance", setting)
+        summary = loads_run_json((run / "summary.json").read_text())
+        if stage is not None and summary.get("predicted_with") != stage:
+            return None
+        setting = canonical_value("run.balance", summary.get("balanced_prediction", {}).get("setting"))
     except (OSError, ValueError, AttributeError, TypeError):
         return None  # an unreadable summary: resolve_checkpoint says so where it matters
     return setting if isinstance(setting, str) and setting in bal.MODES else None
@@ -797,13 +810,13 @@ def chosen_balance(run_or_ckpt, typed: str | None, who: str) -> str:
     recorded = recorded_balance(run_or_ckpt)
     if typed is None:
         if recorded not in (None, "auto"):
-            print(one_line(f"[{who}] --balance {recorded}: the run.balance {run_or_ckpt} recorded (its "
-                           f"pred_all.json and metrics.json); pass --balance to choose another."), flush=True)
+            print(one_line(f"[{who}] --balance {recorded}: the run.balance recorded for {run_or_ckpt} (the "
+                           f"run's pred_all.json and metrics.json); pass --balance to choose another."), flush=True)
         return recorded or "auto"
     if recorded is not None and typed != recorded:
         made = "predictions" if who == "predict" else "test scores"
-        print(one_line(f"fewshot {who}: note: --balance {typed} differs from the run.balance {recorded} that "
-                       f"{run_or_ckpt} recorded: these {made} follow --balance {typed}, so they may differ from the "
+        print(one_line(f"fewshot {who}: note: --balance {typed} differs from the run.balance {recorded} recorded "
+                       f"for {run_or_ckpt}: these {made} follow --balance {typed}, so they may differ from the "
                        f"run's pred_all.json and metrics.json."), file=sys.stderr, flush=True)
     return typed
 
@@ -895,9 +908,18 @@ def score_predictions(pred: dict, root: Path, class_names: dict | None = None, s
     return result
 
 
+# No output of ours is near this: a pred_all.json of 100k test images is ~3 MB, metrics and routing files smaller.
+# A larger file is the user's (a dataset dump, a log), told apart without reading gigabytes into memory to parse.
+OWN_OUTPUT_MAX_BYTES = 64 * 2**20
+
+
 def _read_own_output(path: Path):
-    """The JSON in ``path``, or None where it holds none (unreadable, not UTF-8, not JSON, nested too deep)."""
+    """The JSON in ``path``, or None where it holds none of ours (not a regular file, over OWN_OUTPUT_MAX_BYTES,
+    unreadable, not UTF-8, not JSON, nested too deep). Its size is looked up first: the whole file was read."""
     try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > OWN_OUTPUT_MAX_BYTES:
+            return None
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
@@ -946,7 +968,7 @@ PROBE_METRICS = ("datasets", "split", "protocol")
 
 def holds_metrics(path: Path, fields: tuple[str, ...]) -> bool:
     """Whether ``path`` holds a metrics dict with ``fields`` (EVAL_METRICS, PROBE_METRICS): an earlier result of the
-    command that writes them."""
+    command that writes them. The one rule (layout's check inside a run folder asks it too), by content, not name."""
     data = _read_own_output(path)
     return isinstance(data, dict) and isinstance(data.get("datasets"), dict) and set(fields) <= set(data)
 

@@ -37,13 +37,12 @@ class LinearHead(nn.Module):
         return self
 
 
-NO_MEAN_BIAS = -1e4  # far below any cosine logit (|logit| <= scale x feature norm / mean norm), finite in fp16
-
-
 def prototype_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: int, scale: float = 10.0):
     """(weight [C, D], bias [C], BN mean [D], BN var [D]) of a cosine nearest-class-mean classifier
-    over standardised features. A class without images has no mean: a zero weight and a bias of NO_MEAN_BIAS, so it
-    is never predicted (its logit 0 beat every class of negative cosine); training can still move it."""
+    over standardised features. A class without images has no mean: a zero weight and a bias 1 below the lowest
+    logit any class can give a train feature (-scale x max norm / mean norm), so it is never predicted on train-like
+    features (its logit 0 beat every class of negative cosine). It goes no lower: -1e4 added ~1e4 x eps / C per
+    such class to a label-smoothed loss (6.1 -> 106 for 10 classes), and fine-tuning could never move it back."""
     mean, var = feats.mean(0), feats.var(0, unbiased=False) + 1e-5
     z = (feats - mean) / var.sqrt()
     norm = z.norm(dim=1, keepdim=True).clamp_min(1e-6)
@@ -52,7 +51,8 @@ def prototype_head(feats: torch.Tensor, targets: torch.Tensor, num_classes: int,
     proto = F.normalize(proto, dim=1)
     weight = scale * proto / norm.mean()
     bias = torch.zeros(num_classes)
-    bias[torch.bincount(targets, minlength=num_classes)[:num_classes] == 0] = NO_MEAN_BIAS
+    bound = scale * norm.max() / norm.mean()  # |logit| <= |weight| x |z| (Cauchy-Schwarz), on every train feature
+    bias[torch.bincount(targets, minlength=num_classes)[:num_classes] == 0] = -(float(bound) + 1.0)
     return weight, bias, mean, var - 1e-5
 
 

@@ -291,15 +291,20 @@ def _backbone_tensors(obj: dict, path: Path) -> dict[str, torch.Tensor]:
 
 def _state_level(obj: dict, depth: int = 2) -> dict:
     """The dict of ``obj`` that holds the state dict: ``obj`` itself or, up to ``depth`` wrappers down
-    ({'model': {'state_dict': ...}}), the dict under its first WRAPPERS key. Where both hold tensors, the one with
-    more wins (a tie goes to the wrapper): a plain state dict beside a metadata dict under 'model' ({'arch': ...})
-    was reported as holding no tensors, and a checkpoint's weights under 'model' beside a step count tensor are
-    the wrapper's."""
-    key = next((k for k in WRAPPERS if isinstance(obj.get(k), dict)), None) if depth else None
-    if key is None:
-        return obj
-    inner = _state_level(obj[key], depth - 1)
-    return inner if _tensor_count(inner) >= _tensor_count(obj) else obj
+    ({'model': {'state_dict': ...}}), the dict under one of its WRAPPERS keys: the one with the most tensors, every
+    key compared (a tie goes to a wrapper over ``obj``, then to the first in WRAPPERS). A plain state dict beside a
+    metadata dict under 'model' ({'arch': ...}) was reported as holding no tensors, and so were weights under
+    'model_state' beside that dict, or under 'model' beside an empty 'state_dict': only the first key was looked in.
+    A checkpoint's weights under 'model' beside a step count tensor are the wrapper's."""
+    best, most = obj, _tensor_count(obj)
+    for key in WRAPPERS if depth else ():
+        if not isinstance(obj.get(key), dict):
+            continue
+        inner = _state_level(obj[key], depth - 1)
+        count = _tensor_count(inner)
+        if count > most or (best is obj and count == most):
+            best, most = inner, count
+    return best
 
 
 def _tensor_count(obj: dict) -> int:
