@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from fewshot.models.backbone import create_backbone
 from fewshot.ssl.functional import shuffle_permutation
 from fewshot.ssl.moco import MoCo
-from helpers.tiny import build_digits, dist_env, free_port, torchrun_cmd, view_pair
+from helpers.tiny import build_digits, dist_env, free_port, run_forked_ranks, torchrun_cmd, view_pair
 
 TIMEOUT = 240  # a rank mismatch shows up as a hang: fail instead of blocking the suite
 
@@ -86,20 +86,9 @@ def reference(state: dict, im_qs, im_ks) -> tuple[list[dict], MoCo]:
 def spawn_ranks(spec: str, out: str) -> None:
     """2 gloo ranks as forked processes (no re-import of torch/timm: seconds instead of a torchrun
     launch); a hang fails after TIMEOUT instead of blocking the suite."""
-    import time
-
-    import torch.multiprocessing as mp
-
     from helpers.ddp_moco_worker import run_rank
 
-    ctx = mp.start_processes(run_rank, args=(WORLD, free_port(), spec, out), nprocs=WORLD, join=False,
-                             start_method="fork")
-    deadline = time.monotonic() + TIMEOUT
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"DDP MoCo ranks still running after {TIMEOUT} s (a collective mismatch?)")
+    run_forked_ranks(run_rank, (WORLD, free_port(), spec, out), WORLD, TIMEOUT, "DDP MoCo ranks")
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,9 @@ rank 0 shows too (the DDP MoCo test seeds every rank alike)."""
 
 from __future__ import annotations
 
-import time
-
-import pytest
 import torch
 
-from helpers.tiny import free_port
+from helpers.tiny import free_port, run_forked_ranks
 
 WORLD, LOCAL, TIMEOUT = 2, 4, 60
 
@@ -32,16 +29,7 @@ def shuffle_rank(rank: int, port: int, out: str) -> None:
 
 
 def test_shuffle_bn_across_ranks_moves_every_key_once_and_gives_each_rank_its_own_back(tmp_path):
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(shuffle_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False,
-                             start_method="fork")
-    deadline = time.monotonic() + TIMEOUT
-    while not ctx.join(timeout=2):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the shuffle ranks still ran after {TIMEOUT} s (a collective mismatch?)")
+    run_forked_ranks(shuffle_rank, (free_port(), str(tmp_path)), WORLD, TIMEOUT, "the shuffle ranks")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     shuffled = torch.cat([r["shuffled"] for r in ranks]).flatten()
     # rank 0's permutation of the 8 keys (seed 3), split between the ranks in order

@@ -106,3 +106,20 @@ def view_pair(n: int, size: int = 32, offset: int = 0):
     """Two different views of the same real digits: the image and a shifted, mirrored copy."""
     x = digit_images(n, size, offset)
     return x, x.roll(shifts=(2, -1), dims=(2, 3)).flip(-1).contiguous()
+
+
+def run_forked_ranks(fn, args: tuple, nprocs: int, timeout: float, what: str) -> None:
+    """``fn(rank, *args)`` in ``nprocs`` forked processes, joined; a rank mismatch shows up as a hang, so ranks
+    still running after ``timeout`` s are killed and the test fails naming ``what``."""
+    import time
+
+    import pytest
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="fork")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail(f"{what} still ran after {timeout} s (a collective mismatch?)")
