@@ -194,11 +194,12 @@ def test_repeats_that_defeat_repeated_augmentation_are_said_with_the_numbers():
     text = repeats_warning(100, 32, 1, 32)  # copies of one image fill every batch, beside 4 images an epoch
     assert "holds 4 distinct images, each batch of 32 copies of one image" in text, text
     text = repeats_warning(100, 32, 1, 40)  # runs of 40 straddle some batches: only those are copies of one image
-    assert "2 of its 4 batches of 32 all copies of one image" in text and "each batch" not in text, text
+    assert "2 of its 4 batches (of 32, the last of 4) all copies of one image" in text, text
+    assert "each batch" not in text
     text = repeats_warning(3, 64, 1, 3)
     assert "holds 1 distinct image, its one batch 3 copies of one image" in text and "data.repeats=2 or" in text
     text = repeats_warning(5, 2, 1, 3)  # train.batch_size=2: pairs of copies
-    assert "1 of its 2 batches of 2 all copies" in text and "data.repeats=1 avoids" in text, text
+    assert "1 of its 2 batches (of 2) all copies" in text and "data.repeats=1 avoids" in text, text
     assert "\n" not in text
     # the course configs' repeats=3 on a few-shot training set, and the largest value the warning gives
     for args in [(5, 64, 1, 3), (4, 64, 1, 3), (100, 32, 1, 31), (100, 128, 2, 49), (1, 64, 1, 3), (100, 32, 1, 1),

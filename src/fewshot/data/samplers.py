@@ -55,10 +55,13 @@ def repeats_warning(n: int, batch_size: int, world: int, repeats: int) -> str | 
     if not shares:  # a batch of 1 (or shares of 1 under DDP): BatchNorm trains on none, said where the plan is
         copies = ""
     elif world == 1:
-        short = f" (the last of {lengths[0]})" if len(steps) > 1 and lengths[0] != batch_size else ""
+        last = f"the last of {lengths[0]}" if len(steps) > 1 and lengths[0] != batch_size else ""
+        # "4 of its 7 batches of 32" counted the last, short batch as one of 32
         copies = (f", its one batch {lengths[0]} copies of one image" if len(steps) == 1 and single else
-                  f", each batch of {batch_size} copies of one image{short}" if single == len(shares) else
-                  f", {single} of its {len(shares)} batches of {batch_size} all copies of one image")
+                  f", each batch of {batch_size} copies of one image{f' ({last})' if last else ''}"
+                  if single == len(shares) else
+                  f", {single} of its {len(shares)} batches (of {batch_size}{f', {last}' if last else ''}) all "
+                  f"copies of one image")
     else:
         sizes = " and ".join(map(str, lengths))
         short = f" (the last step's {sizes} images)" if len(steps) > 1 and set(lengths) != {batch_size} else ""
@@ -69,7 +72,7 @@ def repeats_warning(n: int, batch_size: int, world: int, repeats: int) -> str | 
     fits = "data.repeats=1" if limit <= 2 else f"data.repeats={limit - 1} or less"
     batch = "a batch" if world == 1 else "a process's batch"
     fewer = (f"the {n} images" if batch_size < 2 or (world == 1 and n < batch_size) else
-             f"the {limit} images of {batch}" if limit < n else f"the images and than {batch}")
+             f"the {limit} images of {batch}" if limit < n else f"the {n} images, which {batch} holds")
     return (f"data.repeats={repeats} with data.sampler=repeat: an epoch stays as long as the {n} training images, so "
             f"it holds {distinct} distinct image{'s' if distinct != 1 else ''}{copies}. {fits} avoids that (fewer "
             f"repeats than {fewer}), as does data.sampler=shuffle.")

@@ -465,7 +465,9 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     device = resolve_device(cfg["train"]["device"])
     ctx, device = init_distributed(device)
     auto = cfg["train"]["device"] == "auto"
-    cfg["train"]["device"] = str(device.type)
+    # the device used, with its index (`cuda:1` was saved as `cuda`, and a --resume moved the run to GPU 0); under
+    # torchrun each process has its own (LOCAL_RANK), so the type is what all of them share
+    cfg["train"]["device"] = str(device) if device.index is not None and ctx.world == 1 else str(device.type)
     if auto:  # config.yaml saves the device used: given back, auto chooses again
         note_chosen(cfg, "train.device")
     # a record even if empty where this run writes the first config.yaml (also a --resume that starts fresh): a
@@ -495,6 +497,10 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
                                                  lambda ctx, resuming: resolve_finetune_defaults(cfg, resuming),
                                                  start)
         task = SupervisedTask(cfg, infos, device, ctx, resuming=resuming)
+        if resuming:  # refused before the start line, not after it
+            from fewshot.train.checkpoint import load_checkpoint
+
+            task.check_resumable(load_checkpoint(Path(out) / "checkpoints" / "last.pt", mmap=True))
         engine = Engine(task, cfg, out, device, ctx)
         announce_finetune(cfg, out, task, engine, device, ctx)
     engine.fit(resume=resume)

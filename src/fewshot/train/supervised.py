@@ -398,12 +398,17 @@ class SupervisedTask:
                 **({"n_pool": len(self.unlabeled.images), "pool_key": self.unlabeled.key} if self.unlabeled else {}),
                 **({"joint_moco": self.joint.state_dict()} if self.joint is not None else {})}
 
-    def load_checkpoint_extra(self, ck: dict) -> None:
-        self.check_classes(ck)
+    def check_resumable(self, ck: dict) -> None:
+        """The checks a resume makes of the checkpoint's data (classes, training images, pool), without loading
+        anything: run_finetune makes them before its start line (a refused resume first announced its training)."""
         from fewshot.train.checkpoint import check_same_images
 
+        self.check_classes(ck)
         check_same_images(ck, "n_train", len(self.train_set), "training images", stage_note=True)
         self.check_same_pool(ck)
+
+    def load_checkpoint_extra(self, ck: dict) -> None:
+        self.check_resumable(ck)
         if self.joint is not None and ck.get("joint_moco") is not None:
             self.joint.load_state_dict(ck["joint_moco"])
         elif self.joint is not None:  # the config check refuses a changed semi.method; this is a damaged checkpoint
