@@ -321,6 +321,20 @@ def test_torchrun_refuses_ranks_that_see_different_data(tmp_path):
     assert "rank 1 reads digits 39 train" in out and "internal error" not in out, out[-3000:]
 
 
+def test_torchrun_refuses_ranks_given_different_settings(tmp_path):
+    """--epochs 2 on rank 0 and 3 on rank 1 hung in the first collective their plans disagreed on (until gloo's
+    30-minute timeout); another optim.lr per rank trained each with its own while config.yaml said rank 0's."""
+    root = build_digits(tmp_path / "data")
+    worker = str(Path(__file__).parent / "helpers" / "rank_arg_worker.py")
+    proc = torchrun([worker, "LR", "optim.lr=0.004,optim.lr=0.0001", "train", "--data", str(root), "--out",
+                     str(tmp_path / "ft"), *COMMON, "LR"], cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert out.count("the 2 processes were given different settings") == 1, out[-3000:]
+    assert "optim.lr: 0.004 on rank 0, 0.0001 on rank 1" in out and "internal error" not in out, out[-3000:]
+    assert not (tmp_path / "ft" / "checkpoints").exists()
+
+
 def test_torchrun_refuses_ranks_whose_unlabeled_pools_differ(tmp_path):
     """The labelled files agreed, the pools did not (30 images fewer on one node): pretrain's ranks planned
     different epochs and hung in the first collective, without a word, until torchrun's timeout."""

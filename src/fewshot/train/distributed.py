@@ -274,6 +274,40 @@ def check_same_data(ctx: DistContext, infos) -> None:
                     f"same copy of the data (a shared file system, or one synced copy per node).")
 
 
+# fields a node may set for itself: where its copy of the data, cache and weights lie, its threads and output
+PER_NODE_FIELDS = ("data.root", "data.cache_dir", "data.cache_max_gb", "model.weights", "train.threads",
+                   "train.progress", "train.tensorboard")
+
+
+def check_same_settings(ctx: DistContext, cfg: dict, resuming: bool) -> None:
+    """Every process must train with the same settings: ranks given other words (a node's own copy of a --config
+    file, --epochs 2 on one and 3 on another) hung in the first collective their plans disagreed on, or trained
+    each with its own lr while config.yaml recorded rank 0's. Compared once resolved, but for PER_NODE_FIELDS.
+    Ranks of which only some resume (``resuming``: a last.pt read) differ for that reason, which the engine's
+    checkpoint check says; they are left to it."""
+    if not ctx.enabled:
+        return
+    from fewshot.config import flatten_dotted
+
+    mine = {key: repr(value) for key, value in flatten_dotted(cfg).items()
+            if not key.startswith("_") and key not in PER_NODE_FIELDS}
+    seen = all_gather_object(ctx, (bool(resuming), mine))
+    if len({r for r, _ in seen}) > 1:
+        return
+    seen = [s for _, s in seen]
+    other = next((r for r, s in enumerate(seen) if s != seen[0]), None)
+    if other is None:
+        return
+    from fewshot.errors import UserError
+
+    keys = sorted(k for k in set(seen[0]) | set(seen[other]) if seen[0].get(k) != seen[other].get(k))
+    said = "; ".join(f"{k}: {seen[0].get(k, 'unset')} on rank 0, {seen[other].get(k, 'unset')} on rank {other}"
+                     for k in keys[:5])
+    more = f" (and {len(keys) - 5} more)" if len(keys) > 5 else ""
+    raise UserError(f"the {ctx.world} processes were given different settings: {said}{more}. Give every process "
+                    f"the same command line and config file (a copy per node must be the same file).")
+
+
 def check_same_image_counts(ctx: DistContext, counts: dict[str, int]) -> None:
     """The decoded images per split, the same on every rank: check_same_data compares the labelled files only,
     and a node whose unlabeled pool (or a split, after --skip-bad-images) held other images planned other epochs

@@ -19,7 +19,7 @@ from fewshot.errors import UserError, one_line, path_argument, shell_quoted
 from fewshot.eval.evaluate import format_table
 from fewshot.models.weights import weights_note
 from fewshot.progress import set_enabled
-from fewshot.train.distributed import barrier, check_same_data, init_distributed
+from fewshot.train.distributed import barrier, check_same_data, check_same_settings, init_distributed
 from fewshot.run_lock import LOCK_NAME, lock_run_dir, refuse_if_being_written, unlock_and_remove
 from fewshot.run_state import is_run_stage
 from fewshot.train.engine import Engine, check_resume_world
@@ -487,6 +487,7 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     if ctx.is_main and not resuming:
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
     check_resume_world(Path(out), resume, ctx.world)
+    check_same_settings(ctx, cfg, resuming)  # before any collective the ranks' plans could disagree on
     seed_everything(cfg["train"]["seed"])
     return device, ctx, infos, resuming
 
