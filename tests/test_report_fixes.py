@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers.checks import run_main
-from helpers.tiny import build_digits
+from helpers.tiny import trained_digits_run
 
 COMMON = ["--model", "test_resnet", "--img-size", "32", "--batch-size", "8", "--device", "cpu", "--no-progress",
           "train.tensorboard=false", "train.threads=1"]
@@ -23,12 +23,7 @@ METRICS = ("metrics.json", "metrics_known.json", "metrics_unknown.json")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("report_fixes")
-    root = build_digits(base / "root")
-    ft = base / "ft"
-    rc, _, err = run_main("train", "--data", root, "--out", ft, "--epochs", "2", "train.eval_every=1", *COMMON)
-    assert rc == 0, err
-    return {"root": root, "ft": ft}
+    return trained_digits_run(tmp_path_factory.mktemp("report_fixes"), 2, *COMMON)
 
 
 def _rows(run: Path) -> list[dict]:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from helpers.checks import run_main
-from helpers.tiny import build_digits
+from helpers.tiny import trained_digits_run
 
 
 def _scores(mean: float, mode: str = "known") -> dict:
@@ -193,12 +193,7 @@ COMMON = ["--model", "test_resnet", "--img-size", "32", "--batch-size", "8", "--
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("report_given_weights")
-    root = build_digits(base / "root")
-    ft = base / "ft"
-    rc, _, err = run_main("train", "--data", root, "--out", ft, "--epochs", "1", "train.eval_every=1", *COMMON)
-    assert rc == 0, err
-    return {"root": root, "ft": ft}
+    return trained_digits_run(tmp_path_factory.mktemp("report_given_weights"), 1, *COMMON)
 
 
 def test_the_page_compares_last_pts_prediction_with_its_own_weights_score(trained, tmp_path):

@@ -123,3 +123,15 @@ def run_forked_ranks(fn, args: tuple, nprocs: int, timeout: float, what: str) ->
             for proc in ctx.processes:
                 proc.kill()
             pytest.fail(f"{what} still ran after {timeout} s (a collective mismatch?)")
+
+
+def trained_digits_run(base: Path, epochs: int, *flags) -> dict:
+    """A tiny digits root and a `fewshot train` run on it, evaluated every epoch: {"root", "ft"} (the report
+    tests' module fixtures read it)."""
+    from helpers.checks import run_main
+
+    root = build_digits(base / "root")
+    ft = base / "ft"
+    rc, _, err = run_main("train", "--data", root, "--out", ft, "--epochs", str(epochs), "train.eval_every=1", *flags)
+    assert rc == 0, err
+    return {"root": root, "ft": ft}
