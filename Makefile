@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml FORCE
 	@if [ -f $(STAMP) ] && [ "$$(cat $(STAMP))" = '$(PINS)' ] && [ ! pyproject.toml -nt $(STAMP) ]; then exit 0; fi; \
 	set -e; \
 	if grep -q '|' $(STAMP) 2>/dev/null && [ "$$(cut -d'|' -f1 $(STAMP))" != '$(PYTHON) ' ]; then \
-		echo "$(VENV) was made with $$(cut -d'|' -f1 $(STAMP)), not $(PYTHON): making it anew"; \
+		echo "$(VENV) was made with $$(cut -d'|' -f1 $(STAMP) | sed 's/ *$$//'), not $(PYTHON): making it anew"; \
 		$(PYTHON) -m venv --clear $(VENV); fi; \
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
 	echo "installing into $(VENV): $(TORCH_PIN) and fewshot"; \

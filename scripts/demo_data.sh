@@ -12,7 +12,8 @@ IDX=/usr/share/datasets/fashion-mnist
 built() {
   [ -d "$ROOT/$1" ] || return 1
   [ -d "$ROOT/unlabeled/$1" ] && return 0
-  [ -d "$ROOT/.fewshot-build-$1.tmp/pool" ] && return 1
+  # the same test as `fewshot data`'s (_half_moved): only then does it build again rather than refuse
+  [ -d "$ROOT/.fewshot-build-$1.tmp/pool" ] && [ ! -e "$ROOT/.fewshot-build-$1.tmp/ds" ] && return 1
   echo "note: $ROOT/$1 has no unlabeled pool ($ROOT/unlabeled/$1): self-training and MoCo fall back to its train" \
        "images; remove $ROOT/$1 to build it again with its pool" >&2
 }

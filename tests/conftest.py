@@ -148,6 +148,15 @@ def _progress_bars_as_they_were():
     progress.set_enabled(before)
 
 
+@pytest.fixture(autouse=True)
+def _once_per_process_warnings_afresh(monkeypatch):
+    """warn_once prints each line once per process: a test that looks for one must not depend on whether a test
+    before it in the same worker printed it already."""
+    from fewshot.data import layout
+
+    monkeypatch.setattr(layout, "_TOLD_GAPS", set())
+
+
 @pytest.fixture
 def any_confidence(monkeypatch):
     """The teacher of a 0.2-minute round 1 is near chance, so the chance floor (test_semi) keeps none of its labels:

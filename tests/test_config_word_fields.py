@@ -49,13 +49,11 @@ def test_a_huge_mlp_hidden_is_named_not_the_queue(monkeypatch):
 
 
 @pytest.mark.parametrize("word, needs", [
-    ("train.amp=", "one of auto, bf16, fp16, off"),  # was read as off: AMP quietly off
-    ("semi.method=", "one of off, fixmatch, moco"),
     ("data.bit_depth=", "auto or a whole number from 8 to 16"),  # was "must be auto or ..., not None"
     ("train.ema= ", "true or false"),
     ("model.name=", "text"),
     # each choice once, without YAML's aliases
-    ("train.amp=", "one of auto, bf16, fp16, off."),  # was "auto, bf16, fp16, off, false"
+    ("train.amp=", "one of auto, bf16, fp16, off."),  # was read as off (AMP quietly off); "..., off, false"
     ("semi.method=", "one of off, fixmatch, moco."),  # was "off, fixmatch, moco, false"
     ("optim.fused=", "one of auto, on, off."),  # was "auto, true, false, on, off"
     ("run.semi_method=", "one of pseudo, fixmatch, off."),

@@ -60,13 +60,14 @@ def test_the_cuda_states_are_saved_where_cuda_is_there(monkeypatch):
     states = [torch.full((16,), 7, dtype=torch.uint8)]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
-    assert rng_state()["cuda"] is states
+    assert [torch.equal(a, b) for a, b in zip(rng_state()["cuda"], states)] == [True]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "cuda" not in rng_state()
 
 
 def test_a_budget_stop_mid_epoch_is_logged_as_the_next_epoch():
     assert logged_epoch({"epoch": 2, "step_in_epoch": 3}) == 3  # 2 epochs done, the 3rd stopped part-way
+    assert logged_epoch({"epoch": 2, "step_in_epoch": 1}) == 3  # one step into it is part-way too
     assert logged_epoch({"epoch": 2, "step_in_epoch": 0}) == 2
     assert logged_epoch({"epoch": None}) == 0
 

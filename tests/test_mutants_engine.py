@@ -50,15 +50,25 @@ def copy_of_the_last(signum: int) -> None:
     """Sends ``signum`` as a copy of the one just acted on: it must change nothing (a raise fails the test, not
     the whole session, as a KeyboardInterrupt would)."""
     try:
-        os.kill(os.getpid(), signum)
+        send_handled(signum)
     except KeyboardInterrupt as exc:
         pytest.fail(f"a copy of {signal.Signals(signum).name} within the window raised {exc!r}")
 
 
+def send_handled(signum: int) -> None:
+    """Sends ``signum`` to this process once a handler of stop_signal's is in place: with the default action a
+    missing handler would end the whole test session (SIGTERM kills it, a first SIGINT stops pytest)."""
+    if signal.getsignal(signum) in (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler):
+        pytest.fail(f"no handler installed for {signal.Signals(signum).name}")
+    os.kill(os.getpid(), signum)
+
+
 @pytest.fixture
 def fresh_signals(monkeypatch):
-    """No signal acted on lately, not under torchrun, SIGTERM and SIGINT at their defaults."""
-    monkeypatch.setattr(stop_signal, "_last_signal", [0.0])
+    """No signal acted on lately, not under torchrun, SIGTERM and SIGINT at their defaults, and a repeat window
+    no stall of a loaded machine outlasts (the tests move the clocks back by hand to leave it)."""
+    monkeypatch.setattr(stop_signal, "REPEAT_WINDOW_S", 60.0)
+    monkeypatch.setattr(stop_signal, "_last_signal", [-1e9])  # long ago, however recently the machine booted
     monkeypatch.setattr(stop_signal, "_sigterm_ran", [0.0])
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -70,24 +80,24 @@ def fresh_signals(monkeypatch):
 
 def test_a_second_ctrl_c_stops_at_once_but_a_copy_within_the_window_does_not(fresh_signals):
     with stop_signal.stop_on_signals(announce=False) as flag:
-        os.kill(os.getpid(), signal.SIGINT)
+        send_handled(signal.SIGINT)
         assert flag.signum == signal.SIGINT
         copy_of_the_last(signal.SIGINT)  # torchrun's copy of the same Ctrl-C: nothing
         flag.at -= stop_signal.REPEAT_WINDOW_S + 0.5
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
+            send_handled(signal.SIGINT)
 
 
 def test_a_copy_of_sigterm_within_the_window_raises_once(fresh_signals):
     with stop_signal.sigterm_as_interrupt():
         with pytest.raises(stop_signal.Terminated):
-            os.kill(os.getpid(), signal.SIGTERM)
+            send_handled(signal.SIGTERM)
         copy_of_the_last(signal.SIGTERM)  # SLURM's and torchrun's copy: must not cut the cleanup short
     with stop_signal.stop_at_once_on_signals():
         copy_of_the_last(signal.SIGTERM)  # still within the window of the first
         stop_signal._last_signal[0] = time.monotonic() - stop_signal.REPEAT_WINDOW_S - 0.5
         with pytest.raises(stop_signal.StopRequested):
-            os.kill(os.getpid(), signal.SIGTERM)
+            send_handled(signal.SIGTERM)
 
 
 def test_acted_on_since_compares_the_last_handler_run_with_the_time_given(monkeypatch):

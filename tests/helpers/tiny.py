@@ -122,6 +122,8 @@ def run_forked_ranks(fn, args: tuple, nprocs: int, timeout: float, what: str) ->
         if time.monotonic() > deadline:
             for proc in ctx.processes:
                 proc.kill()
+            for proc in ctx.processes:
+                proc.join(5)  # reaped, not left as zombies until the worker exits
             pytest.fail(f"{what} still ran after {timeout} s (a collective mismatch?)")
 
 
