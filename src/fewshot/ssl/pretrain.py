@@ -491,7 +491,9 @@ class MoCoTask:
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
         self.pool_skipped = list(pool.bad)
         # the files the pool's images come from: a resume refuses a pool whose files changed (images drawn by position)
-        self.pool_key = pool_key([p for p, ok in zip(paths, pool.valid.tolist()) if ok], d["root"], True)
+        kept = [p for p, ok in zip(paths, pool.valid.tolist()) if ok]
+        self.pool_key = pool_key(kept, d["root"], True)
+        self.legacy_pool_key = pool_key(kept, d["root"], True, legacy=True)  # what older checkpoints recorded
         self.space = LabelSpace.from_infos(infos)
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
                                                    d["crop_pct"], d["skip_bad_images"], d.get("cache_max_gb"),
@@ -571,7 +573,7 @@ class MoCoTask:
         from fewshot.train.checkpoint import check_same_images
 
         check_same_images(ck, "n_pool", len(self.pool), "pool images")
-        if ck.get("pool_key") not in (None, self.pool_key):
+        if ck.get("pool_key") not in (None, self.pool_key, self.legacy_pool_key):
             raise UserError(f"--resume continues a MoCo run on the unlabeled pool it trained with, but the pool "
                             f"({self.pool_source}) has other files now ({len(self.pool)} images, as in the run; files "
                             f"renamed or moved count as other files). Restore the pool's files to resume, or start a "

@@ -274,30 +274,33 @@ def check_same_data(ctx: DistContext, infos) -> None:
                     f"same copy of the data (a shared file system, or one synced copy per node).")
 
 
-# fields a node may set for itself: where its copy of the data, cache and weights lie, its threads and output
-PER_NODE_FIELDS = ("data.root", "data.cache_dir", "data.cache_max_gb", "model.weights", "train.threads",
-                   "train.progress", "train.tensorboard")
+# fields a node may set for itself: where its copy of the data, pool, cache and weights lie, its threads and output.
+# The paths are recorded absolute per node (config.resolve: `~/pool` or `../pool` named another folder on a node with
+# another HOME or cwd); what they hold is compared apart (check_same_data, check_same_image_counts, the pool keys)
+PER_NODE_FIELDS = ("data.root", "data.unlabeled", "data.cache_dir", "data.cache_max_gb", "model.weights",
+                   "train.threads", "train.progress", "train.tensorboard")
 
 
-def check_same_settings(ctx: DistContext, cfg: dict, resuming: bool) -> None:
+def check_same_settings(ctx: DistContext, cfg: dict, resuming: bool) -> bool:
     """Every process must train with the same settings: ranks given other words (a node's own copy of a --config
     file, --epochs 2 on one and 3 on another) hung in the first collective their plans disagreed on, or trained
     each with its own lr while config.yaml recorded rank 0's. Compared once resolved, but for PER_NODE_FIELDS.
     Ranks of which only some resume (``resuming``: a last.pt read) differ for that reason, which the engine's
-    checkpoint check says; they are left to it."""
+    checkpoint check says; they are left to it. Returns whether every rank is ``resuming`` alike: where not, a
+    check of last.pt by the resuming ranks alone would leave the others waiting in the next collective."""
     if not ctx.enabled:
-        return
+        return True
     from fewshot.config import flatten_dotted
 
     mine = {key: repr(value) for key, value in flatten_dotted(cfg).items()
             if not key.startswith("_") and key not in PER_NODE_FIELDS}
     seen = all_gather_object(ctx, (bool(resuming), mine))
     if len({r for r, _ in seen}) > 1:
-        return
+        return False
     seen = [s for _, s in seen]
     other = next((r for r, s in enumerate(seen) if s != seen[0]), None)
     if other is None:
-        return
+        return True
     from fewshot.errors import UserError
 
     keys = sorted(k for k in set(seen[0]) | set(seen[other]) if seen[0].get(k) != seen[other].get(k))

@@ -180,6 +180,15 @@ def check_same_world(path: Path, ck: dict, world: int) -> None:
                            if ck.get("kind") == "supervised" else "."))
 
 
+def check_resume_fits(path: Path, ck: dict, kind: str, world: int) -> None:
+    """What a checkpoint must be before its content is compared with the run's: of the task's kind and written
+    on this many processes (Engine.resume, and run_finetune's early checks, which said "trained on 999 training
+    images" of a moco last.pt)."""
+    if ck.get("kind") != kind:
+        raise UserError(f"{path} is a {ck.get('kind')} checkpoint; cannot resume a {kind} run from it.")
+    check_same_world(path, ck, world)
+
+
 def check_resume_world(run_dir: Path, resume: bool, world: int) -> None:
     """The process-count check before the task is built: the settings checks that building runs (shuffle-BN
     groups against the batch size) would otherwise answer a torchrun run resumed in one process with advice
@@ -457,9 +466,7 @@ class Engine:
             raise unreadable
         if ck is None:
             return False
-        if ck.get("kind") != self.task.kind:
-            raise UserError(f"{path} is a {ck.get('kind')} checkpoint; cannot resume a {self.task.kind} run from it.")
-        check_same_world(path, ck, self.ctx.world)
+        check_resume_fits(path, ck, self.task.kind, self.ctx.world)
         self._check_same_config(ck)
         self.task.load_checkpoint_extra(ck)  # the classes first: a mismatch is a clear error, not a shape error
         from fewshot.models.classifier import check_head_count

@@ -22,7 +22,7 @@ from fewshot.progress import set_enabled
 from fewshot.train.distributed import barrier, check_same_data, check_same_settings, init_distributed
 from fewshot.run_lock import LOCK_NAME, lock_run_dir, refuse_if_being_written, unlock_and_remove
 from fewshot.run_state import is_run_stage
-from fewshot.train.engine import Engine, check_resume_world
+from fewshot.train.engine import Engine, check_resume_fits, check_resume_world
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
 from fewshot.utils import (missing_parents, refuse_links_in_run_dir, resolve_device, resolved, seed_everything,
                            write_json)
@@ -410,12 +410,31 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
     if "train.device" not in explicit and saved_device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"'{out}' was trained on {saved_device} (its config.yaml) and no CUDA GPU is available "
                         f"here; pass --device cpu to resume it on the CPU.")
+    device = resumable_device(out, saved_device) if "train.device" not in explicit else saved_device
+    if device != saved_device:
+        base["train"]["device"] = device
     from fewshot.config import validate, with_defaults
 
     # recorded: the run's budget stays resumable where an older fewshot took one above MAX_BUDGET_MINUTES (what
     # this command gave was validated with the cap by resolve()); a value edited into config.yaml since is the
     # user's new input, as the other edits are (the chosen record above), and keeps the cap
     return validate(with_defaults(base, ABSENT_MEANS), recorded=budget_as_recorded(out, base))
+
+
+def resumable_device(out: Path, saved: str) -> str:
+    """The device a resume takes from the run's config.yaml: a GPU index this machine does not have (a run of cuda:1
+    copied to a one-GPU machine, or resumed under CUDA_VISIBLE_DEVICES=1, where that GPU is cuda:0) becomes the
+    default GPU, with a line saying so; refused as "asked for (--device)", it named a flag the user never typed.
+    The device is no part of what the run trains (RESUME_MAY_CHANGE), and cuda is what auto would take here."""
+    index = re.fullmatch(r"cuda:(\d+)", saved)
+    if index is None or not torch.cuda.is_available() or int(index[1]) < torch.cuda.device_count():
+        return saved
+    if os.environ.get("RANK", "0").strip() in ("", "0"):  # every process of a torchrun job resumes; one says so
+        count = torch.cuda.device_count()
+        print(one_line(f"note: '{out}' was trained on {saved} (its config.yaml), which this machine does not have "
+                       f"({count} CUDA GPU(s) visible, cuda:0 to cuda:{count - 1}); resuming on the default GPU, "
+                       f"cuda (--device cuda:N picks another)."), flush=True)
+    return "cuda"
 
 
 def budget_as_recorded(out: Path, settings: dict) -> bool:
@@ -479,6 +498,9 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
         torch.use_deterministic_algorithms(True, warn_only=True)
     resuming = resume and (Path(out) / "checkpoints" / "last.pt").is_file()
     resolve_defaults(ctx, resuming)
+    # the first collective once the settings are whole, on every rank: other --datasets per rank were said as
+    # other data (check_same_data), and rank 0 had already written its config.yaml
+    alike = check_same_settings(ctx, cfg, resuming)
     # test/ too where it exists: its duplicate ids and sub-folders stopped predict only, after the training
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"), if_present=("test",))
     check_same_data(ctx, infos)
@@ -486,8 +508,8 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     note_rechosen(cfg, say=ctx.is_main)  # a run's config.yaml as --config: what this command chose otherwise
     if ctx.is_main and not resuming:
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
-    check_resume_world(Path(out), resume, ctx.world)
-    check_same_settings(ctx, cfg, resuming)  # before any collective the ranks' plans could disagree on
+    if alike:  # where only some ranks resume, the others would wait in the next collective: Engine.resume says it
+        check_resume_world(Path(out), resume, ctx.world)
     seed_everything(cfg["train"]["seed"])
     return device, ctx, infos, resuming
 
@@ -498,10 +520,16 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
                                                  lambda ctx, resuming: resolve_finetune_defaults(cfg, resuming),
                                                  start)
         task = SupervisedTask(cfg, infos, device, ctx, resuming=resuming)
-        if resuming:  # refused before the start line, not after it
+        # refused before the start line, not after it, and after the checks Engine.resume makes first (a moco
+        # last.pt was "trained on 999 training images"). Under torchrun the ranks first agree on one last.pt in
+        # Engine.resume: the ranks that resume stopped here while the others waited in DDP's set-up
+        if resuming and not ctx.enabled:
             from fewshot.train.checkpoint import load_checkpoint
 
-            task.check_resumable(load_checkpoint(Path(out) / "checkpoints" / "last.pt", mmap=True))
+            last = Path(out) / "checkpoints" / "last.pt"
+            ck = load_checkpoint(last, mmap=True)
+            check_resume_fits(last, ck, task.kind, ctx.world)
+            task.check_resumable(ck)
         engine = Engine(task, cfg, out, device, ctx)
         announce_finetune(cfg, out, task, engine, device, ctx)
     engine.fit(resume=resume)

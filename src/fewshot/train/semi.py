@@ -85,22 +85,42 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: i
 POOL_SKIP_NOTE = "pool images; data.skip_bad_unlabeled=false stops instead"
 
 
-def pool_key(paths, root, absolute_outside: bool = False) -> str:
+def pool_key(paths, root, absolute_outside: bool = False, legacy: bool = False) -> str:
     """A fingerprint of the pool's files (sorted; relative to the data root when under it, which --resume may move),
     so that a resume can tell a pool that gained or lost files since the stop. ``absolute_outside``: files outside
-    the root count by their absolute path (`--unlabeled ../pool` and `/abs/pool` are one pool); FixMatch's key keeps
-    them as typed, as its older checkpoints recorded them."""
-    names = root_relative(paths, root, absolute_outside)
+    the root count by their real path (`--unlabeled ../pool` and `/abs/pool` are one pool); FixMatch's key keeps
+    them as typed, as its older checkpoints recorded them. ``legacy``: the key MoCo checkpoints recorded before,
+    with `..` resolved as text (root_relative), which a resume of one of them still accepts."""
+    names = root_relative(paths, root, absolute_outside, legacy)
     return hashlib.sha1(json.dumps(sorted(names)).encode()).hexdigest()
 
 
-def root_relative(paths, root, absolute_outside: bool = False) -> list[str]:
-    """The files relative to the data root when under it (others as they are, or absolute with
+def root_relative(paths, root, absolute_outside: bool = False, legacy: bool = False) -> list[str]:
+    """The files relative to the data root when under it (others as they are, or by their real path with
     ``absolute_outside``), in their order: what a fingerprint of them hashes, since --resume may be given the same
-    data at another place (a copied or moved root)."""
+    data at another place (a copied or moved root). The real path is the folder's with its links resolved (one
+    realpath per folder; the file's own name is kept: a pool of links into a content store stays itself):
+    os.path.abspath took `link/..` as text, so a pool reached through a linked folder (a linked cwd, a linked
+    home) was another pool than the same folder typed by its real path. ``legacy``: abspath, as before."""
     root = Path(root)
-    return [str(p.relative_to(root)) if p.is_relative_to(root) else os.path.abspath(p) if absolute_outside else str(p)
-            for p in map(Path, paths)]
+    real_root, real_dirs = None, {}
+    out = []
+    for p in map(Path, paths):
+        if p.is_relative_to(root):
+            out.append(str(p.relative_to(root)))
+        elif not absolute_outside:
+            out.append(str(p))
+        elif legacy:
+            out.append(os.path.abspath(p))
+        else:
+            if real_root is None:
+                real_root = Path(os.path.realpath(root))
+            folder = real_dirs.get(p.parent)
+            if folder is None:
+                folder = real_dirs[p.parent] = Path(os.path.realpath(p.parent))
+            real = folder / p.name
+            out.append(str(real.relative_to(real_root)) if real.is_relative_to(real_root) else str(real))
+    return out
 
 
 def fixmatch_summary(cfg: dict, pool: Pool) -> dict:
