@@ -159,8 +159,9 @@ def test_a_stage_named_alone_and_through_its_run_folder_keeps_the_test_table(tmp
 
 
 def test_small_values_the_tables_hid(tmp_path):
-    """metrics.json with "split": null was left out as "--split None"; a pseudo-label precision of 0.0 was not shown;
-    1 step of 250 showed as 0 epochs (a run that trained nothing)."""
+    """metrics.json with "split": null was left out as "--split None"; a pseudo-label precision of 0.0 was not shown
+    (the setting that leaves per-class thresholds off); 1 step of 250 showed as 0 epochs (a run that trained
+    nothing)."""
     from fewshot.report import tables as T
     from fewshot.report.runs import load_run
 
@@ -175,7 +176,8 @@ def test_small_values_the_tables_hid(tmp_path):
               {"round": 2, "stage": "finetune", "val_mean_acc1": 40.0,
                "pseudo_labels": {"pool_size": 10, "pool_labelled": 10, "threshold": 0.9, "precision": 0.0,
                                  "datasets": {"digits": {"kept": 3, "labelled": 10}}}}]
-    assert T.self_training_table("r", rounds).rows[1][4] == "0.9, precision 0.0"
+    row = T.self_training_table("r", rounds).rows[1]
+    assert row[4:6] == ["0.9", "off (run.pseudo_precision 0)"]  # settings, shown as settings
 
     first = tmp_path / "first"
     _checkpoint(first / "checkpoints" / "last.pt", epoch=0, step_in_epoch=1, global_step=1, steps_per_epoch=250)

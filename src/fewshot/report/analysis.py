@@ -4,13 +4,14 @@ image grids. They need the dataset root the run was trained on (`--data`, else c
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fewshot.errors import UserError
+from fewshot.errors import UserError, one_line, path_argument
 
 
 @dataclass
@@ -92,6 +93,9 @@ def analyse_run(run, root: Path, device: torch.device) -> ValAnalysis:
     try:
         _, data = _data_for(tm, Path(root), "val")
     except UserError:
+        wrong = _dataset_folder_given(Path(root))
+        if wrong is not None:
+            raise wrong from None
         # A root holding only some of the model's datasets: predict's error says "pass --datasets", an option
         # report lacks. The image parts cover the datasets that are here instead, and the page says which are not.
         here = _datasets_here(Path(root), tm.space.names)
@@ -107,6 +111,30 @@ def analyse_run(run, root: Path, device: torch.device) -> ValAnalysis:
                        dataset_ids=data.dataset_ids.numpy(), logits=logits, features=feats.numpy(),
                        pred_local=pred_local.numpy(), model=tm.model, size=tm.size, n_parameters=tm.n_parameters,
                        root=Path(root), epoch=tm.epoch, left_out=left_out, checkpoint=Path(tm.path))
+
+
+def _dataset_folder_given(root: Path) -> UserError | None:
+    """`report RUN --data ROOT/digits` (a dataset folder): layout's refusal, passed through, advised `--data ROOT
+    --datasets digits`, an option report lacks. The report reads the run's own datasets under the root, so the
+    advice is the parent alone. None where the root is no dataset folder (its other errors stand)."""
+    from fewshot.data.layout import SPLITS, list_datasets
+
+    splits = sorted(s for s in SPLITS if (root / s).is_dir())
+    if not splits:
+        return None
+    try:
+        list_datasets(root)
+        return None
+    except UserError:
+        pass
+    absolute = Path(os.path.abspath(root))
+    parent = absolute.parent if root.is_absolute() else Path(os.path.relpath(absolute.parent))
+    names = [f"{s}/" for s in splits]
+    held = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else f"the split folder {names[0]}"
+    return UserError(one_line(f"--data {path_argument(root)} looks like a dataset folder itself (it holds {held}), "
+                              f"but --data is the root above the datasets (ROOT/<dataset>/val/<class>/<image>). Pass "
+                              f"its parent instead: --data {path_argument(parent)} (the report reads the run's "
+                              f"datasets there)."))
 
 
 def _datasets_here(root: Path, names) -> list[str]:

@@ -407,17 +407,19 @@ class ReportBuilder:
             metrics = [{"known": r.metrics_known, "unknown": r.metrics_unknown} for r in sup]
             plot_accuracy_bars(labels, metrics, self.out / name)
             differ = differing_datasets(labels, metrics)
+            routed = any(T.routing(r.metrics_unknown) is not None for r in sup)  # as the figure draws routing
             body.append(H.figure(name, "Val accuracy @1 per dataset for each fine-tuned run, with the mean over "
                                        "datasets; known source (the dataset of each image is given) and unknown "
-                                       "source (predicted over all classes), where routing is the share of images "
-                                       "assigned to the right dataset." + (f" {differ}" if differ else "")))
+                                       "source (predicted over all classes)"
+                                       + (", where routing is the share of images assigned to the right dataset."
+                                          if routed else ".") + (f" {differ}" if differ else "")))
         return body
 
     def _curves(self, r: Run) -> list[str]:
         from fewshot.report.plots import curve_smoothing, plot_finetune_curves, plot_moco_curves
 
-        if not r.log:
-            return [H.note("No log.jsonl: no training curves.")]
+        if not r.log:  # the run's notes say why (missing, empty, no training rows): "No log.jsonl" was said of them all
+            return []
         name = self._png(f"{self.slugs[r.label]}-curves.png")
         if r.kind == "moco":
             plot_moco_curves(r.log, self.out / name)

@@ -299,6 +299,35 @@ def plot_smoothed(ax, xs, ys, label: str | None = None, color=None, linestyle: s
     ax.plot(xs, ema_smooth(ys, w), linestyle=linestyle, linewidth=1.8, color=color, label=label, **style)
 
 
+@functools.cache
+def _distinct_log_formatter():
+    """LogFormatter, labelling the ticks it labels with as many significant digits as tell them apart: within a
+    narrow range (a learning rate of 2.9e-3 .. 3.5e-3) its one digit labelled six ticks "3e-03" and the next "4e-03".
+    A class made on first use: matplotlib is imported only when a figure is drawn."""
+    from matplotlib.ticker import LogFormatter
+
+    class DistinctLogFormatter(LogFormatter):
+        digits = 1
+
+        def set_locs(self, locs=None):
+            super().set_locs(locs)
+            # the major and minor ticks in view that get a label, so that no two labels on the axis read alike
+            lo, hi = sorted(self.axis.get_view_interval())
+            ticks = [float(x) for x in (*self.axis.get_majorticklocs(), *self.axis.get_minorticklocs())
+                     if lo <= x <= hi and x > 0]
+            self.digits = 6
+            labelled = [x for x in ticks if self(x)]
+            for digits in range(1, 6):
+                self.digits = digits
+                if len({self(x) for x in labelled}) == len(set(labelled)):
+                    break
+
+        def _num_to_string(self, x, vmin, vmax):
+            return f"{x:.{self.digits}g}" if 1 <= x <= 10000 else f"{x:.{self.digits - 1}e}"
+
+    return DistinctLogFormatter
+
+
 def _finish(ax, title: str, ylabel: str | None = None, legend: bool = False, log: bool = False) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -313,13 +342,13 @@ def _finish(ax, title: str, ylabel: str | None = None, legend: bool = False, log
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     if log:
-        from matplotlib.ticker import LogFormatter
-
         ax.set_yscale("log")
         # text.parse_math is off in these figures (`_literal_text`), so the default mathtext tick labels
-        # ($\mathdefault{10^{-3}}$) would be drawn as their source: plain "1e-03" labels instead
-        ax.yaxis.set_major_formatter(LogFormatter())
-        ax.yaxis.set_minor_formatter(LogFormatter())
+        # ($\mathdefault{10^{-3}}$) would be drawn as their source: plain "1e-03" labels instead, with as many
+        # digits as tell them apart
+        formatter = _distinct_log_formatter()
+        ax.yaxis.set_major_formatter(formatter())
+        ax.yaxis.set_minor_formatter(formatter())
         ax.tick_params(axis="y", which="minor", labelsize=7)  # a range within one decade is labelled by minor ticks
     if legend and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
@@ -409,8 +438,10 @@ def plot_finetune_curves(rows: list[dict], out: Path, title: str = "") -> Path:
     ax = axes[3]
     if val_rows:
         names = []
-        for r in val_rows:
-            for n in (r["val"].get("known") or {}).get("datasets", {}):
+        for r in val_rows:  # read_log drops a val of other types; rows from elsewhere are not trusted either
+            known = r["val"].get("known")
+            datasets = known.get("datasets") if isinstance(known, dict) else None
+            for n in datasets if isinstance(datasets, dict) else ():
                 if n not in names:
                     names.append(n)
         one = len(names) == 1  # one dataset: its two curves named in the panel, as they always were
@@ -563,7 +594,8 @@ def differing_datasets(labels: list[str], metrics: list[dict[str, dict | None]])
 
 @_literal_text
 def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]], out: Path) -> Path:
-    """Grouped bars: one group per dataset (+ mean, + routing for unknown source), one bar per run.
+    """Grouped bars: one group per dataset (+ mean, + routing for unknown source where a run has one), one bar per
+    run.
 
     metrics[i] = {"known": metrics dict or None, "unknown": metrics dict or None} of run labels[i].
     The figure widens with groups x runs (up to BARS_MAX_WIDTH; wide panels are stacked, not side by side),
@@ -578,8 +610,10 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
                 if n not in names:
                     names.append(n)
         groups_of[mode] = names
+    # routing only where some run has one: with one dataset (routing None) an empty "routing" group was drawn
+    routed = any(routing(x.get("unknown")) is not None for x in metrics)
     n_runs = len(labels)
-    n_groups = max([len(g) + (2 if m == "unknown" else 1) for m, g in groups_of.items()] or [1])
+    n_groups = max([len(g) + (2 if m == "unknown" and routed else 1) for m, g in groups_of.items()] or [1])
     margin_in = 0.9  # y label, ticks and padding of one panel
     panel_in = margin_in + n_groups * max(0.35, BAR_IN * n_runs / 0.8)
     small_w = max(7.0, 3.2 + 4.6 * len(modes))  # the width of old, enough for a few datasets side by side
@@ -593,7 +627,7 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
         names = groups_of[mode]
         # keyed apart from the datasets' names: a dataset named "routing" drew the routing accuracy as its bar
         groups = [("dataset", n) for n in names] + [("mean", "mean")] + \
-            ([("routing", "routing")] if mode == "unknown" else [])
+            ([("routing", "routing")] if mode == "unknown" and routed else [])
         width = 0.8 / max(1, n_runs)
         pos = np.arange(len(groups))
         spacing_in = axes_in / ((len(groups) - 0.2) * 1.1)  # the bars' span plus matplotlib's 5 % margins
@@ -622,7 +656,8 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
             ax.axvline(len(names) - 0.5, color="0.6", linewidth=0.8, linestyle=":")
         ax.set_ylim(0, 108)
         ax.set_ylabel("val accuracy @1 (%)", fontsize=8)
-        ax.set_title(f"{mode}-source val accuracy" + (" and dataset routing" if mode == "unknown" else ""), fontsize=10)
+        ax.set_title(f"{mode}-source val accuracy" + (" and dataset routing" if mode == "unknown" and routed else ""),
+                     fontsize=10)
         ax.tick_params(labelsize=7)
         ax.grid(axis="y", alpha=0.3)
     handles, names = axes[0].get_legend_handles_labels()

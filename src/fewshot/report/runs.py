@@ -104,18 +104,27 @@ def clean_metrics(m, where: str, notes: list[str]) -> dict | None:
     return m
 
 
-def _clean_row(row, notes: list[str]) -> dict | None:
+def _val_ok(val) -> bool:
+    """Whether a log row's val part is as fewshot logs it: a field of another type (datasets null or a string)
+    crashed the curves with a TypeError or drew one curve per letter of the string."""
+    if not isinstance(val, dict):
+        return False
+    for mode in ("known", "unknown"):
+        if val.get(mode) is not None:
+            said: list[str] = []
+            if clean_metrics(val[mode], "", said) is None or said:
+                return False
+    return True
+
+
+def _clean_row(row, val_left_out: list[int]) -> dict | None:
     """A log row usable by the report, or None: an object with a whole-number epoch; a val or knn_acc1 part of
-    another shape is dropped (the rest of the row still draws)."""
+    another shape is dropped (the rest of the row still draws; a dropped val's epoch goes to ``val_left_out``)."""
     if not isinstance(row, dict) or not _is_whole(row.get("epoch")) or row["epoch"] < 0:
         return None
-    if "val" in row:
-        val = row["val"]
-        ok = isinstance(val, dict) and all(clean_metrics(val[m], "", []) is not None for m in ("known", "unknown")
-                                           if val.get(m) is not None)
-        if not ok:
-            row = {k: v for k, v in row.items() if k != "val"}
-            notes.append(f"log.jsonl: the val scores of epoch {row['epoch']} are not what fewshot logs; left out.")
+    if "val" in row and not _val_ok(row["val"]):
+        row = {k: v for k, v in row.items() if k != "val"}
+        val_left_out.append(row["epoch"])
     if "knn_acc1" in row and not (isinstance(row["knn_acc1"], dict) and all(map(_is_number, row["knn_acc1"].values()))):
         row = {k: v for k, v in row.items() if k != "knn_acc1"}
     return row
@@ -123,7 +132,7 @@ def _clean_row(row, notes: list[str]) -> dict | None:
 
 def read_log(run: Path, notes: list[str] | None = None) -> list[dict]:
     """log.jsonl as a list of dicts; a torn last line (a run killed mid-write) is ignored silently, any other line
-    that is not a log row is passed over with a note (in ``notes`` when given)."""
+    that is not a log row is passed over with a note (in ``notes`` when given), and a file of no rows says so."""
     path = Path(run) / "log.jsonl"
     notes = [] if notes is None else notes
     if not path.is_file():
@@ -133,12 +142,12 @@ def read_log(run: Path, notes: list[str] | None = None) -> list[dict]:
     except OSError as exc:
         notes.append(f"{path} cannot be read ({exc.strerror or exc}): no training curves.")
         return []
-    rows, bad = [], []
+    rows, bad, val_left_out = [], [], []
     for i, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
-            row = _clean_row(loads_run_json(raw.decode("utf-8")), notes)
+            row = _clean_row(loads_run_json(raw.decode("utf-8")), val_left_out)
         except (UnicodeDecodeError, ValueError):
             row = None if i < len(lines) else "torn"
         if row is None:
@@ -147,8 +156,19 @@ def read_log(run: Path, notes: list[str] | None = None) -> list[dict]:
             rows.append(row)
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
-        notes.append(f"{path}: {len(bad)} line(s) are not log rows fewshot writes (a JSON object with a whole-number "
-                     f"epoch; line {shown}): passed over.")
+        what = (f"{len(bad)} line(s) are not log rows fewshot writes (a JSON object with a whole-number epoch; line "
+                f"{shown})")
+        # one note: a file of no rows was also called "missing or empty" (and "No log.jsonl") beside this one
+        notes.append(f"{path}: {what}: passed over." if rows else
+                     f"{path} has no training rows ({what}): no training curves.")
+    elif not rows:
+        torn = any(raw.strip() for raw in lines)
+        notes.append(f"{path} has no training rows (its one line is cut off, as a run stopped mid-write leaves it): "
+                     f"no training curves." if torn else f"{path} is empty: no training curves.")
+    if val_left_out:
+        shown = ", ".join(map(str, val_left_out[:5])) + (" ..." if len(val_left_out) > 5 else "")
+        notes.append(f"log.jsonl: the val scores of epoch{'s' if len(val_left_out) > 1 else ''} {shown} are not what "
+                     f"fewshot logs (a field of another type); left out.")
     return rows
 
 
@@ -648,8 +668,9 @@ def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: P
              if not log and not finished and not run.being_written else None)
     if first is not None:
         run.notes.append(first)
-    if not log:
-        run.notes.append("log.jsonl is missing or empty: no training curves.")
+    if not (path / "log.jsonl").is_file():  # read_log says why a file holds no rows (empty, damaged, unreadable)
+        run.notes.append("log.jsonl is missing: no training curves." if not (path / "log.jsonl").exists() else
+                         "log.jsonl is not a file: no training curves.")
     return run
 
 
@@ -676,8 +697,20 @@ def _pseudo_labels(x) -> dict | None:
     out = {k: x[k] for k in ("pool_size", "pool_labelled") if _is_whole(x.get(k))}
     out.update({k: x[k] for k in ("threshold", "precision") if _is_number(x.get(k))})
     datasets = x.get("datasets") if isinstance(x.get("datasets"), dict) else {}
-    out["datasets"] = {str(n): {k: v[k] for k in ("kept", "pool", "labelled") if _is_whole(v.get(k))}
-                       for n, v in datasets.items() if isinstance(v, dict) and _is_whole(v.get("kept"))}
+    out["datasets"] = {str(n): _pseudo_dataset(v) for n, v in datasets.items()
+                       if isinstance(v, dict) and _is_whole(v.get("kept"))}
+    return out
+
+
+def _pseudo_dataset(v: dict) -> dict:
+    """One dataset's entry of a round's pseudo-labels: counts, the kept labels' mean confidence (measured) and,
+    with run.pseudo_precision > 0, the per-class thresholds calibrated on val (null: the class kept nothing)."""
+    out = {k: v[k] for k in ("kept", "pool", "labelled") if _is_whole(v.get(k))}
+    if _is_number(v.get("mean_confidence")):
+        out["mean_confidence"] = v["mean_confidence"]
+    thresholds = v.get("class_thresholds")
+    if isinstance(thresholds, dict) and all(t is None or _is_number(t) for t in thresholds.values()):
+        out["class_thresholds"] = dict(thresholds)
     return out
 
 

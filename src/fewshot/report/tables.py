@@ -154,12 +154,15 @@ def _accuracy_source(runs: list[Run]) -> str:
     """Where the overview's accuracies come from, as its caption says: metrics.json, or log.jsonl for a run
     stopped before writing one or a checkpoint named as RUN ("(no usable metrics.json)" was said of one that has
     it); a MoCo run's kNN accuracies are always log.jsonl's ("(metrics.json)" was said of those too)."""
-    supervised = [r for r in runs if r.kind == "supervised"]
+    # a run stopped before its first evaluation has no accuracies: "(metrics.json)" was said of those too
+    supervised = [r for r in runs if r.kind == "supervised" and (r.metrics or r.metrics_known or r.metrics_unknown)]
     logged = [r for r in supervised if r.from_log]
     knn = "kNN accuracies of MoCo runs: from log.jsonl, at the best epoch or that of the checkpoint named as RUN"
+    moco = f"; {knn}" if any(r.kind != "supervised" for r in runs) else ""
+    if not supervised and any(r.kind == "supervised" for r in runs):
+        return f"(none yet: no fine-tuning run here has logged an evaluation){moco}"
     if not supervised:
         return "from log.jsonl (kNN accuracies, at the best epoch or that of the checkpoint named as RUN)"
-    moco = f"; {knn}" if len(supervised) < len(runs) else ""
     if not logged:
         return f"at the best checkpoint (metrics.json){moco}"
     given = [_given_evaluation(r) for r in logged]
@@ -172,36 +175,65 @@ def _accuracy_source(runs: list[Run]) -> str:
             f"evaluation in log.jsonl of the epoch its notes name ({why}){moco}")
 
 
+def _per_class_thresholds(p: dict) -> str:
+    """The per-class thresholds cell: run.pseudo_precision is a setting (0: no per-class calibration, the shared
+    floor alone), not a measured precision; where it is on, the range per dataset of the thresholds calibrated on
+    val that the round used (class_thresholds; a class that reached none kept nothing)."""
+    precision = p.get("precision")
+    if precision is None:
+        return DASH
+    if number(precision) == 0:
+        return "off (run.pseudo_precision 0)"
+    parts = []
+    for name, v in p["datasets"].items():
+        ts = v.get("class_thresholds")
+        if ts is None:
+            continue
+        used = [number(t) for t in ts.values() if number(t) is not None]
+        closed = len(ts) - len(used)
+        text = f"{min(used):.2f}–{max(used):.2f}" if used else "none"
+        parts.append(f"{name} {text}" + (f" ({closed} of {len(ts)} classes closed)" if closed else ""))
+    head = f"for precision {shown(precision, lambda v: f'{v:g}')} on val"
+    return f"{head}: {'; '.join(parts)}" if parts else f"{head} (thresholds not recorded)"
+
+
 def self_training_table(label: str, rounds: list[dict], predicted_with: str | None = None) -> Table:
     """Per round of a `fewshot run`'s self-training (summary.json): the pool share labelled, the pseudo-labels kept
-    per dataset, the confidence threshold and the round's val score, which picks the round that predicts."""
-    cols = ["round", "stage", "pool labelled / pool size", "kept per dataset (of labelled / in the pool)",
-            "threshold", "val mean acc@1"]
+    per dataset and their mean confidence, the confidence settings (run.pseudo_threshold, run.pseudo_precision: the
+    run's settings, not measured values, so "precision 0.0" read as a result) and the round's val score, which
+    picks the round that predicts."""
+    cols = ["round", "stage", "pool labelled / pool size",
+            "kept per dataset (of labelled / in the pool; mean confidence)", "min confidence (run.pseudo_threshold)",
+            "per-class thresholds (run.pseudo_precision)", "val mean acc@1"]
     rows, emphasis = [], []
     for r in rounds:
         p = r["pseudo_labels"]
         if p is None:
-            pool = kept = threshold = DASH
+            pool = kept = floor = per_class = DASH
         else:
             pool = f"{count(p.get('pool_labelled'))} / {count(p.get('pool_size'))}"
             parts = []
             for name, v in p["datasets"].items():
                 labelled, in_pool = v.get("labelled", v.get("pool")), v.get("pool")
                 of = f"{opt(labelled)}" + (f" / {in_pool}" if in_pool is not None and in_pool != labelled else "")
-                parts.append(f"{name} {v['kept']} (of {of})")
+                sure = shown(v.get("mean_confidence"), lambda x: f"; mean confidence {x:.2f}")
+                parts.append(f"{name} {v['kept']} (of {of}{'' if sure == DASH else sure})")
             kept = "; ".join(parts) or DASH
-            # a precision of 0.0 (no pseudo-label right) is a result, not an absent value
-            threshold = opt(p.get("threshold")) + (f", precision {p['precision']}" if p.get("precision") is not None
-                                                   else "")
+            floor = shown(p.get("threshold"), lambda x: f"{x:g}")
+            per_class = _per_class_thresholds(p)
         if r["stage"] == predicted_with:
             emphasis.append(len(rows))
-        rows.append([str(r["round"]), r["stage"], pool, kept, threshold, pct(r["val_mean_acc1"])])
-    return Table(f"{label}: self-training", cols, rows, numeric=[True, False, True, False, True, True],
+        rows.append([str(r["round"]), r["stage"], pool, kept, floor, per_class, pct(r["val_mean_acc1"])])
+    return Table(f"{label}: self-training", cols, rows, numeric=[True, False, True, False, True, False, True],
                  emphasis=emphasis,
                  caption="Per round of self-training (summary.json): round 1 trains on the labelled images, each "
                          "later round also on the pool images the round before it labelled (pool labelled: all of "
                          "the pool, or the share its time allowed), keeping per dataset the most confident ones "
-                         "above the threshold. Val mean acc@1 (known source): the round that scores highest of "
+                         "(mean confidence: of the labels kept). Min confidence and per-class thresholds are the "
+                         "run's settings: a label needs at least run.pseudo_threshold (and more than twice chance); "
+                         "run.pseudo_precision > 0 also sets per class the confidence at which the model that "
+                         "labelled is right that often on val (shown: the range of those used; a closed class keeps "
+                         "none), 0 leaves it off. Val mean acc@1 (known source): the round that scores highest of "
                          "round 1 and the last predicts (in bold).")
 
 
