@@ -255,7 +255,7 @@ def adopt_recorded_bit_depth(cfg: dict, flags: dict, extra: list[str], config_fi
 
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None,
                        default_preset: str | None = None) -> dict:
-    from fewshot.config import file_settings, get_dotted, mark_rechosen, parse_override, record_chosen
+    from fewshot.config import PER_INVOCATION, file_settings, get_dotted, mark_rechosen, parse_override, record_chosen
     from fewshot.models.backbone import note_pretrained_tag, timm_name
     from fewshot.train.finetune import merge_resume_config, resumes_from_config
 
@@ -289,6 +289,8 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
         for key in explicit:  # as validated (a file's `lr: 1e-3` is the string '1e-3' until then)
             with contextlib.suppress(KeyError, TypeError):
                 explicit[key] = get_dotted(cfg, key.split("."))
+        for dotted in PER_INVOCATION:  # this command's (a flag, a word, a recipe or the default), never the run's
+            explicit[dotted] = get_dotted(cfg, dotted.split("."))
         cfg = merge_resume_config(Path(args.out), cfg, explicit)
     return cfg
 
@@ -365,7 +367,7 @@ def cmd_train(args, extra) -> int:
     warn_pretrain_config(args.config, "train")
     warn_unused_overrides("train", cfg, extra)
     run_finetune(cfg, Path(args.out), resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, after rank 0's metrics table
+    if launch_rank() == 0:  # under torchrun: once, after rank 0's metrics table
         print(f"done: {args.out}/metrics.json, checkpoints in {args.out}/checkpoints/")
     return 0
 
@@ -956,6 +958,17 @@ def world_size_env() -> int:
         return int(os.environ.get("WORLD_SIZE") or 1)
     except ValueError:
         return 1
+
+
+def launch_rank() -> int:
+    """This process's rank as init_distributed takes it: RANK under torchrun (WORLD_SIZE over 1), else 0. Read by
+    int(os.environ.get("RANK", "0")), an empty RANK (`RANK= fewshot train`) was an internal error once the run had
+    finished; a bad one is now a UserError naming RANK (train.distributed.env_int), and one process ignores it."""
+    if world_size_env() < 2:
+        return 0
+    from fewshot.train.distributed import env_int
+
+    return env_int("RANK", default=0, high=world_size_env())
 
 
 def _quiet_rank() -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -151,7 +150,9 @@ def cmd_pretrain(args, extra) -> int:
     cfg = resolve_run_config(args, extra, PRETRAIN_FLAGS, preset=args.preset, default_preset="mocov2")
     warn_unused_overrides("pretrain", cfg, extra)
     run_pretrain(cfg, Path(args.out), resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once
+    from fewshot.cli import launch_rank
+
+    if launch_rank() == 0:  # under torchrun: once
         print(f"done: {args.out}; export the backbone with `fewshot export {args.out} --out backbone.safetensors`")
     return 0
 
@@ -194,7 +195,7 @@ def cmd_run(args, extra) -> int:
     # moco.preset=mocov1 (a word or the --config file's) chooses the MoCo stage's T, head, schedule and views, as
     # `fewshot pretrain --preset` does (it changed the recorded name only); the stage's optimiser, batch and queue
     # stay run.*'s small-data recipe (run_stages.pretrain_stage), and the user's own moco.*/aug.* fields still win
-    from fewshot.cli import note_flags_overridden, resolve_naming_flags
+    from fewshot.cli import adopt_recorded_bit_depth, note_flags_overridden, resolve_naming_flags
     from fewshot.config import record_chosen
 
     cfg = resolve_naming_flags(RUN_FLAG_NAMES, flags, extra, file=args.config, default_preset="mocov2",
@@ -208,8 +209,10 @@ def cmd_run(args, extra) -> int:
         adopt_run_settings(cfg, flags, extra, args)  # those the command does not give, the model among them
         # the run's model (run_state.json's), which the user may have given: as its stages record it
         record_resumed_model(cfg, flags, extra, args)
-    else:  # the weights' model, for the stages' config.yaml: chosen again there
+    else:  # the weights' model and bit depth, for the stages' config.yaml: chosen again there
         record_chosen(cfg, {"model.name": name})
+        # as `train --weights` adopts it: the stages decoded a 12-bit backbone's images at the 16-bit scale
+        adopt_recorded_bit_depth(cfg, flags, extra, args.config)
     adopt_run_datasets(cfg, flags, extra, args)
     if not args.resume:  # a resumed run's stages go on with their own config.yaml: nothing is chosen again
         from fewshot.cli import given_fields
@@ -257,11 +260,13 @@ def adopt_run_settings(cfg: dict, flags: dict, extra: list[str], args) -> None:
     and --config file), so that the short `fewshot run --data D --out O --resume` continues the run; one it gives
     that differs is refused by RunState.resume. Says which it took."""
     from fewshot.cli import given_fields
-    from fewshot.config import file_settings
+    from fewshot.config import PER_INVOCATION, file_settings
     from fewshot.errors import one_line
     from fewshot.run_state import adopt_untyped_settings, worded
 
-    typed = given_fields(flags, extra) | (set(file_settings(args.config)) if args.config else set())
+    # PER_INVOCATION counts as given: this command's progress bars, not the run's `--no-progress`
+    typed = given_fields(flags, extra) | (set(file_settings(args.config)) if args.config else set()) | \
+        set(PER_INVOCATION)
     taken = adopt_untyped_settings(Path(args.out), cfg, typed)
     if taken:
         print(one_line(f"note: --resume continues '{args.out}' with its own settings where this command gives none: "
@@ -458,9 +463,10 @@ def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = Fa
 def warn_unused_overrides(command: str, cfg: dict, extra, baseline: bool = False) -> None:
     """unused_override_warnings on stderr, once under torchrun; as warn_replaced_overrides for a field a run sets
     itself."""
+    from fewshot.cli import launch_rank
     from fewshot.errors import one_line
 
-    if int(os.environ.get("RANK", "0")) != 0:
+    if launch_rank() != 0:
         return
     for line in unused_override_warnings(command, cfg, extra, baseline):
         print(one_line(line), file=sys.stderr, flush=True)
@@ -486,7 +492,9 @@ def warn_finetune_config(path) -> None:
     `fewshot pretrain` trained MoCo with AdamW at the recipe's lr and silently ignored its fine-tuning fields. The
     lr a train run's config.yaml records as chosen (config.chosen_in_file) is chosen again by pretrain, so it is
     not named as used."""
-    if not path or int(os.environ.get("RANK", "0")) != 0:  # under torchrun: once
+    from fewshot.cli import launch_rank
+
+    if not path or launch_rank() != 0:  # under torchrun: once
         return
     from fewshot.config import chosen_in_file, config_data, written_by_run
 

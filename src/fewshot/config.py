@@ -225,7 +225,7 @@ def parse_override(word: str) -> tuple[list[str], Any]:
     if not raw.strip():
         refuse_empty_value(key)
     try:
-        value = read_yaml(raw, f"the value of {key}=") if raw != "" else None
+        value = read_yaml(raw, f"the value of {key}=", field=key) if raw != "" else None
     except yaml.YAMLError:
         value = raw
     # YAML 1.1 reads "1e-4" as a string; users mean a number (but a dataset named 08 is a name, not 8.0)
@@ -376,11 +376,48 @@ ConfigLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: loa
 MAX_DEPTH = 32  # no config field nests more than two levels (aug.scale: a list in a section)
 
 
-def read_yaml(text, source: str = "the YAML text"):
-    """One YAML document (str or bytes) read with ConfigLoader. Brackets nested hundreds deep overflowed Python's
-    stack while being read or copied (RecursionError, an internal error): refused, naming ``source``."""
+STR_TAG = "tag:yaml.org,2002:str"
+NULL_TAG = "tag:yaml.org,2002:null"  # a name field's null is still none (every dataset); `on` may name a folder
+
+
+def keep_text_as_typed(node, field: str | None = None) -> None:
+    """Retag the plain scalars of the name fields (TEXT_LIST) as text, before they are built: YAML read a dataset
+    folder `1_000` as 1000, `0x10` as 16, `+5` as 5 and `2020-01-01` as a date, and the run then looked for a
+    folder of that other name. ``field``: the dotted field ``node`` is the value of (a key=value word); None:
+    ``node`` is a config file's document, whose sections' fields are looked at."""
+    if field is None:
+        for section, fields in _mapping_items(node):
+            for key, value in _mapping_items(fields):
+                keep_text_as_typed(value, f"{section}.{key}")
+        return
+    if field not in TEXT_LIST:
+        return
+    for item in node.value if isinstance(node, yaml.SequenceNode) else [node]:
+        if isinstance(item, yaml.ScalarNode) and item.style is None and item.tag != NULL_TAG:
+            item.tag = STR_TAG
+
+
+def _mapping_items(node) -> list:
+    """A mapping node's (key text, value node) pairs, its plain text keys only; [] for any other node."""
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    return [(key.value, value) for key, value in node.value
+            if isinstance(key, yaml.ScalarNode) and key.tag == STR_TAG]
+
+
+def read_yaml(text, source: str = "the YAML text", field: str | None = None):
+    """One YAML document (str or bytes) read with ConfigLoader, its name fields kept as typed (keep_text_as_typed;
+    ``field``: the field a key=value word's value is for). Brackets nested hundreds deep overflowed Python's stack
+    while being read or copied (RecursionError, an internal error): refused, naming ``source``."""
     try:
-        data = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+        loader = ConfigLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                keep_text_as_typed(node, field)
+            data = None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except RecursionError:
         data, deep = None, True
     else:
@@ -487,11 +524,12 @@ TRANSIENT = (RECHOSEN,)  # never written into config.yaml (save_yaml)
 
 # Fields a run fills in itself where the user left them unset (None, or auto): the learning rate and backbone
 # multiplier (resolve_finetune_defaults: --weights or not; resolve_pretrain_defaults: the global batch), the
-# network a --weights export records (model.name, img_size, width, small_stem) and the device. config.yaml saves
-# the values used and records these under CHOSEN with the value chosen, so that the file given back as --config
-# chooses them again where it still holds that value (an edited value is the user's).
+# network a --weights export records (model.name, img_size, width, small_stem), the bit depth it records
+# (cli.adopt_recorded_bit_depth: a run fine-tuned from it could not be resumed, its _chosen "refused") and the
+# device. config.yaml saves the values used and records these under CHOSEN with the value chosen, so that the file
+# given back as --config chooses them again where it still holds that value (an edited value is the user's).
 RUN_TIME_FIELDS = ("optim.lr", "optim.backbone_lr_mult", "model.name", "model.img_size", "model.width",
-                   "model.small_stem", "train.device")
+                   "model.small_stem", "data.bit_depth", "train.device")
 
 
 _READS: dict | None = None  # the --config files read in the scope of one_read_per_file, by resolved path
@@ -522,10 +560,23 @@ def config_data(path: str | Path) -> dict:
     return copy.deepcopy(_READS[key])
 
 
+# how one command shows its work, not how the run trains: a run's config.yaml records it, but neither --resume nor
+# the file given as --config takes it from there (`--no-progress` once, and every later resume showed no bars)
+PER_INVOCATION = ("train.progress",)
+
+
 def read_config_file(path: str | Path) -> dict:
     """A --config file's settings: a run's own config.yaml is a valid --config, so the bookkeeping fields the
-    tool records there are set aside rather than refused as unknown."""
-    return {key: value for key, value in config_data(path).items() if key not in RECORDED}
+    tool records there are set aside rather than refused as unknown, and so are the PER_INVOCATION ones it
+    recorded (a recipe of the user's that sets them keeps them)."""
+    data = config_data(path)
+    settings = {key: value for key, value in data.items() if key not in RECORDED}
+    if written_by_run(data, path):
+        for dotted in PER_INVOCATION:
+            section, field = dotted.split(".")
+            if isinstance(settings.get(section), dict) and field in settings[section]:
+                settings[section] = {k: v for k, v in settings[section].items() if k != field}
+    return settings
 
 
 def chosen_record(data: dict, where: str | Path) -> dict:
@@ -595,7 +646,22 @@ def read_run_config(path: str | Path) -> tuple[dict | None, bool]:
     whose config.yaml no run wrote, and of --resume, which takes a run's as the settings. Raises UserError or
     OSError where it cannot be read."""
     data = load_yaml_or_none(path)
-    return data, data is not None and written_by_run(data, path, run_files=False)
+    by_run = data is not None and written_by_run(data, path, run_files=False)
+    if by_run:
+        refuse_scalar_sections(data, path)
+    return data, by_run
+
+
+def refuse_scalar_sections(data: dict, path: str | Path) -> None:
+    """A run's config.yaml with a value where a section belongs (`semi: fixmatch`), refused as --config refuses it
+    (deep_merge): with_defaults put the defaults in its place, and --resume then named one of them as changed
+    ("semi.views ('randaug' in the run, 'mocov2' now)"), a setting the user never touched."""
+    for section, fields in DEFAULTS.items():
+        value = data.get(section)
+        if isinstance(fields, dict) and value is not None and not isinstance(value, dict):
+            raise UserError(f"config file {path}: section '{section}' must hold fields ({section}: then indented "
+                            f"`name: value` lines, e.g. {section}.{next(iter(fields), 'name')}), not {value!r}; "
+                            f"correct it there to resume the run.")
 
 
 def chosen_by_rule(task: Any, raw: dict) -> dict:
@@ -1107,7 +1173,8 @@ def _normalise_field(cfg: dict, key: str, dotted: str, default: Any) -> Any:
     """The field's value in the form validation compares (texts, paths and numbers YAML read otherwise), stored
     back into ``cfg``."""
     value = cfg[key]
-    if dotted in TEXT and value in ("", False):  # `weights: ''` / `cache_dir: false` meant "none" before
+    # `weights: ''` / `cache_dir: false` meant "none" before; a 0 is no path (`0 in ("", False)` made it none)
+    if dotted in TEXT and (value == "" or value is False):
         value = cfg[key] = None
     if dotted in TEXT_LIST and isinstance(value, (int, list)) and not isinstance(value, bool):
         # YAML reads a dataset folder named 2019 as a number
