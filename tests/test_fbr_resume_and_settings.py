@@ -1,7 +1,7 @@
-"""Review follow-ups on the torchrun settings check and on resuming a fine-tuning run: paths a node records for
-itself (data.unlabeled), a recorded GPU index the machine lacks, the order of the resume checks (the checkpoint's
-kind first; under torchrun the ranks' agreement on last.pt first), the settings check before the data check, and
-MoCo's pool key under linked folders."""
+"""Review follow-ups on the torchrun settings check and on resuming a fine-tuning run: a pool path given per
+node (data.unlabeled, refused saying why), a recorded GPU index the machine lacks, the order of the resume checks
+(the checkpoint's kind first; under torchrun the ranks' agreement on last.pt first), the settings check before the
+data check, and MoCo's pool key under linked folders."""
 
 from __future__ import annotations
 
@@ -35,20 +35,29 @@ def check_two_ranks(cfg0: dict, cfg1: dict, monkeypatch, resuming=(False, False)
     return check_same_settings(DistContext(0, 2), cfg0, resuming[0])
 
 
-def test_a_pool_under_each_nodes_home_is_no_other_setting(tmp_path, monkeypatch):
-    """`data.unlabeled=~/pool` is recorded absolute per node: nodes with another HOME were refused with
-    "data.unlabeled: '/a/pool' on rank 0, '/b/pool' on rank 1" (the pools' images are compared apart)."""
+def test_a_pool_under_each_nodes_home_is_refused_saying_why(tmp_path, monkeypatch):
+    """`data.unlabeled=~/pool` is recorded absolute per node, and a resume cannot honour a pool per node (config.yaml
+    records rank 0's; MoCo's key of a pool outside the root is of absolute paths): refused, saying why the same
+    words named two folders (it was let through as a node's own path, and the resume was then refused)."""
     root = tmp_path / "data"
     cfgs = []
     for home in ("a", "b"):
         monkeypatch.setenv("HOME", str(tmp_path / home))
         cfgs.append(finetune_cfg(root, **{"data.unlabeled": "~/pool"}))
     assert cfgs[0]["data"]["unlabeled"] != cfgs[1]["data"]["unlabeled"]
-    assert check_two_ranks(*cfgs, monkeypatch) is True
-    lr = copy.deepcopy(cfgs[1])
-    lr["optim"]["lr"] = 0.5  # a real difference is still refused
-    with pytest.raises(UserError, match=r"optim\.lr: .* on rank 0, 0\.5 on rank 1"):
+    with pytest.raises(UserError) as refused:
+        check_two_ranks(*cfgs, monkeypatch)
+    said = str(refused.value)
+    assert f"data.unlabeled: '{tmp_path / 'a' / 'pool'}' on rank 0, '{tmp_path / 'b' / 'pool'}' on rank 1" in said
+    assert "data.unlabeled is resolved to an absolute path on each node (`~/pool` or a relative path names another " \
+           "folder on a node with another HOME or working folder): give the same absolute path on every node" \
+           in said, said
+    assert check_two_ranks(cfgs[0], copy.deepcopy(cfgs[0]), monkeypatch) is True
+    lr = copy.deepcopy(cfgs[0])
+    lr["optim"]["lr"] = 0.5  # another difference is refused without the word on paths
+    with pytest.raises(UserError, match=r"optim\.lr: .* on rank 0, 0\.5 on rank 1") as refused:
         check_two_ranks(cfgs[0], lr, monkeypatch)
+    assert "absolute path" not in str(refused.value)
     # only some ranks resuming: left to the engine's agreement on last.pt, and said so to the caller
     assert check_two_ranks(cfgs[0], lr, monkeypatch, resuming=(True, False)) is False
 

@@ -585,9 +585,10 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
 
     cfg["_task"] = "moco"
     with undone_if_start_fails(out) as start:  # a bad model or weights file leaves no run folder behind
+        # its last.pt is left unheld (mapped, it kept a replaced file on disk while the run trained)
         device, ctx, infos, resuming = start_job(cfg, out, resume,
                                                  lambda ctx, resuming: resolve_pretrain_defaults(cfg, ctx.world),
-                                                 start)
+                                                 start, "moco")[:4]  # MoCoTask.kind
         task = MoCoTask(cfg, infos, device, ctx, resuming=resuming)
         engine = Engine(task, cfg, out, device, ctx)
         announce_pretrain(cfg, out, task, engine, device, ctx)

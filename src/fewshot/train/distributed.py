@@ -274,17 +274,22 @@ def check_same_data(ctx: DistContext, infos) -> None:
                     f"same copy of the data (a shared file system, or one synced copy per node).")
 
 
-# fields a node may set for itself: where its copy of the data, pool, cache and weights lie, its threads and output.
-# The paths are recorded absolute per node (config.resolve: `~/pool` or `../pool` named another folder on a node with
-# another HOME or cwd); what they hold is compared apart (check_same_data, check_same_image_counts, the pool keys)
-PER_NODE_FIELDS = ("data.root", "data.unlabeled", "data.cache_dir", "data.cache_max_gb", "model.weights",
+# fields a node may set for itself: where its copy of the data, cache and weights lie, its threads and output.
+# The paths are recorded absolute per node (config.resolve: `~/data` or `../data` named another folder on a node with
+# another HOME or cwd); what they hold is compared apart (check_same_data, check_same_image_counts)
+PER_NODE_FIELDS = ("data.root", "data.cache_dir", "data.cache_max_gb", "model.weights",
                    "train.threads", "train.progress", "train.tensorboard")
+# paths recorded absolute that every node must give alike: a resume cannot honour a pool path per node (config.yaml
+# records rank 0's, and MoCo's key of a pool outside the root is made of absolute paths, so rank 1's differed)
+SHARED_PATH_FIELDS = ("data.unlabeled",)
 
 
 def check_same_settings(ctx: DistContext, cfg: dict, resuming: bool) -> bool:
     """Every process must train with the same settings: ranks given other words (a node's own copy of a --config
     file, --epochs 2 on one and 3 on another) hung in the first collective their plans disagreed on, or trained
-    each with its own lr while config.yaml recorded rank 0's. Compared once resolved, but for PER_NODE_FIELDS.
+    each with its own lr while config.yaml recorded rank 0's. Compared as typed, before the job's defaults (which
+    one rank alone may refuse, its --batch-size or its weights file, leaving the others waiting here), but for
+    PER_NODE_FIELDS.
     Ranks of which only some resume (``resuming``: a last.pt read) differ for that reason, which the engine's
     checkpoint check says; they are left to it. Returns whether every rank is ``resuming`` alike: where not, a
     check of last.pt by the resuming ranks alone would leave the others waiting in the next collective."""
@@ -294,6 +299,9 @@ def check_same_settings(ctx: DistContext, cfg: dict, resuming: bool) -> bool:
 
     mine = {key: repr(value) for key, value in flatten_dotted(cfg).items()
             if not key.startswith("_") and key not in PER_NODE_FIELDS}
+    # whether weights are given at all, though their file is the node's: the lr defaults it picks (compared once
+    # resolved, they told a node without --weights apart) are filled in after this check
+    mine["model.weights"] = "a file" if cfg["model"].get("weights") else "none"
     seen = all_gather_object(ctx, (bool(resuming), mine))
     if len({r for r, _ in seen}) > 1:
         return False
@@ -307,8 +315,12 @@ def check_same_settings(ctx: DistContext, cfg: dict, resuming: bool) -> bool:
     said = "; ".join(f"{k}: {seen[0].get(k, 'unset')} on rank 0, {seen[other].get(k, 'unset')} on rank {other}"
                      for k in keys[:5])
     more = f" (and {len(keys) - 5} more)" if len(keys) > 5 else ""
-    raise UserError(f"the {ctx.world} processes were given different settings: {said}{more}. Give every process "
-                    f"the same command line and config file (a copy per node must be the same file).")
+    paths = [k for k in keys if k in SHARED_PATH_FIELDS]
+    why = (f" {', '.join(paths)} is resolved to an absolute path on each node (`~/pool` or a relative path names "
+           f"another folder on a node with another HOME or working folder): give the same absolute path on every "
+           f"node." if paths else "")
+    raise UserError(f"the {ctx.world} processes were given different settings: {said}{more}.{why} Give every "
+                    f"process the same command line and config file (a copy per node must be the same file).")
 
 
 def check_same_image_counts(ctx: DistContext, counts: dict[str, int]) -> None:

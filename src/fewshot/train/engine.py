@@ -182,20 +182,12 @@ def check_same_world(path: Path, ck: dict, world: int) -> None:
 
 def check_resume_fits(path: Path, ck: dict, kind: str, world: int) -> None:
     """What a checkpoint must be before its content is compared with the run's: of the task's kind and written
-    on this many processes (Engine.resume, and run_finetune's early checks, which said "trained on 999 training
-    images" of a moco last.pt)."""
+    on this many processes (Engine.resume, and start_job's before the task is built: its settings checks answered
+    another process count with advice that leads nowhere, and run_finetune's said "trained on 999 training images"
+    of a moco last.pt)."""
     if ck.get("kind") != kind:
         raise UserError(f"{path} is a {ck.get('kind')} checkpoint; cannot resume a {kind} run from it.")
     check_same_world(path, ck, world)
-
-
-def check_resume_world(run_dir: Path, resume: bool, world: int) -> None:
-    """The process-count check before the task is built: the settings checks that building runs (shuffle-BN
-    groups against the batch size) would otherwise answer a torchrun run resumed in one process with advice
-    that leads nowhere."""
-    path = Path(run_dir) / "checkpoints" / "last.pt"
-    if resume and path.is_file():
-        check_same_world(path, load_checkpoint(path), world)
 
 
 def image_counts(task) -> dict[str, int]:

@@ -22,7 +22,7 @@ from fewshot.progress import set_enabled
 from fewshot.train.distributed import barrier, check_same_data, check_same_settings, init_distributed
 from fewshot.run_lock import LOCK_NAME, lock_run_dir, refuse_if_being_written, unlock_and_remove
 from fewshot.run_state import is_run_stage
-from fewshot.train.engine import Engine, check_resume_fits, check_resume_world
+from fewshot.train.engine import Engine, check_resume_fits
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
 from fewshot.utils import (missing_parents, refuse_links_in_run_dir, resolve_device, resolved, seed_everything,
                            write_json)
@@ -425,15 +425,24 @@ def resumable_device(out: Path, saved: str) -> str:
     """The device a resume takes from the run's config.yaml: a GPU index this machine does not have (a run of cuda:1
     copied to a one-GPU machine, or resumed under CUDA_VISIBLE_DEVICES=1, where that GPU is cuda:0) becomes the
     default GPU, with a line saying so; refused as "asked for (--device)", it named a flag the user never typed.
-    The device is no part of what the run trains (RESUME_MAY_CHANGE), and cuda is what auto would take here."""
+    The device is no part of what the run trains (RESUME_MAY_CHANGE), and cuda is what auto would take here. Under
+    torchrun the index is dropped without a word: each process takes cuda:LOCAL_RANK, and a one-process run resumed
+    there is refused for its process count (the note told of a resume that did not happen)."""
     index = re.fullmatch(r"cuda:(\d+)", saved)
-    if index is None or not torch.cuda.is_available() or int(index[1]) < torch.cuda.device_count():
+    if index is None or not torch.cuda.is_available():
         return saved
-    if os.environ.get("RANK", "0").strip() in ("", "0"):  # every process of a torchrun job resumes; one says so
-        count = torch.cuda.device_count()
-        print(one_line(f"note: '{out}' was trained on {saved} (its config.yaml), which this machine does not have "
-                       f"({count} CUDA GPU(s) visible, cuda:0 to cuda:{count - 1}); resuming on the default GPU, "
-                       f"cuda (--device cuda:N picks another)."), flush=True)
+    try:
+        several = int(os.environ.get("WORLD_SIZE") or 1) > 1  # as cli.world_size_env reads it
+    except ValueError:  # refused by init_distributed, naming WORLD_SIZE
+        several = False
+    if several:
+        return "cuda"
+    if int(index[1]) < torch.cuda.device_count():
+        return saved
+    count = torch.cuda.device_count()
+    print(one_line(f"note: '{out}' was trained on {saved} (its config.yaml), which this machine does not have "
+                   f"({count} CUDA GPU(s) visible, cuda:0 to cuda:{count - 1}); resuming on the default GPU, "
+                   f"cuda (--device cuda:N picks another)."), flush=True)
     return "cuda"
 
 
@@ -474,11 +483,14 @@ def warn_random_backbone_at_a_pretrained_lr(cfg: dict) -> None:
               f"optim.backbone_lr_mult=1).", flush=True)
 
 
-def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunStart | None = None) -> tuple:
+def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunStart | None = None,
+              kind: str = "supervised") -> tuple:
     """The start every training job shares (fine-tuning and MoCo): threads, device and process group, the
     job's defaults (``resolve_defaults(ctx, resuming)``), the datasets, the run directory and its config,
-    the seed. ``start`` (undone_if_start_fails) records what the run directory held before. Returns (device,
-    ctx, infos, resuming)."""
+    the seed. ``start`` (undone_if_start_fails) records what the run directory held before; ``kind``: the task's
+    (its checkpoints'). Returns (device, ctx, infos, resuming, ck): ``ck`` is last.pt (its tensors mapped) once
+    its kind and process count fit, None where nothing is resumed or only some ranks resume (Engine.resume says
+    it: a check by the resuming ranks alone would leave the others waiting in the next collective)."""
     set_enabled(bool(cfg["train"]["progress"]))
     configure_threads(cfg)
     device = resolve_device(cfg["train"]["device"])
@@ -496,11 +508,13 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
         cfg.setdefault(CHOSEN, {})
     if cfg["train"]["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    resuming = resume and (Path(out) / "checkpoints" / "last.pt").is_file()
-    resolve_defaults(ctx, resuming)
-    # the first collective once the settings are whole, on every rank: other --datasets per rank were said as
-    # other data (check_same_data), and rank 0 had already written its config.yaml
+    last = Path(out) / "checkpoints" / "last.pt"
+    resuming = resume and last.is_file()
+    # the first collective, on every rank, of the settings as typed: resolve_defaults may refuse on one rank alone
+    # (its --batch-size, its own weights file), and the others waited here without the settings' difference said;
+    # other --datasets per rank were said as other data (check_same_data), and rank 0 had written its config.yaml
     alike = check_same_settings(ctx, cfg, resuming)
+    resolve_defaults(ctx, resuming)
     # test/ too where it exists: its duplicate ids and sub-folders stopped predict only, after the training
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"), if_present=("test",))
     check_same_data(ctx, infos)
@@ -508,28 +522,31 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     note_rechosen(cfg, say=ctx.is_main)  # a run's config.yaml as --config: what this command chose otherwise
     if ctx.is_main and not resuming:
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded
-    if alike:  # where only some ranks resume, the others would wait in the next collective: Engine.resume says it
-        check_resume_world(Path(out), resume, ctx.world)
+    ck = None
+    # its kind, then its process count, before the task is built: the settings checks building runs (shuffle-BN
+    # groups against the batch size) answered another process count with advice that leads nowhere, and a moco
+    # last.pt was counted as images. Read once, its tensors mapped; every rank reads it only where all resume
+    if resuming and alike:
+        from fewshot.train.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(last, mmap=True)
+        check_resume_fits(last, ck, kind, ctx.world)
     seed_everything(cfg["train"]["seed"])
-    return device, ctx, infos, resuming
+    return device, ctx, infos, resuming, ck
 
 
 def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
     with undone_if_start_fails(out) as start:  # a bad model or weights file leaves no run folder behind
-        device, ctx, infos, resuming = start_job(cfg, out, resume,
-                                                 lambda ctx, resuming: resolve_finetune_defaults(cfg, resuming),
-                                                 start)
+        device, ctx, infos, resuming, ck = start_job(cfg, out, resume,
+                                                     lambda ctx, resuming: resolve_finetune_defaults(cfg, resuming),
+                                                     start, SupervisedTask.kind)
         task = SupervisedTask(cfg, infos, device, ctx, resuming=resuming)
-        # refused before the start line, not after it, and after the checks Engine.resume makes first (a moco
-        # last.pt was "trained on 999 training images"). Under torchrun the ranks first agree on one last.pt in
-        # Engine.resume: the ranks that resume stopped here while the others waited in DDP's set-up
-        if resuming and not ctx.enabled:
-            from fewshot.train.checkpoint import load_checkpoint
-
-            last = Path(out) / "checkpoints" / "last.pt"
-            ck = load_checkpoint(last, mmap=True)
-            check_resume_fits(last, ck, task.kind, ctx.world)
+        # refused before the start line, not after it, and after start_job's checks of its kind and process count
+        # (Engine.resume makes them first too). Where only some ranks resume, ck is None: the ranks first agree on
+        # one last.pt in Engine.resume (the ranks that resume stopped here while the others waited in DDP's set-up)
+        if ck is not None:
             task.check_resumable(ck)
+            del ck  # its tensors mapped: Engine.resume reads the file again
         engine = Engine(task, cfg, out, device, ctx)
         announce_finetune(cfg, out, task, engine, device, ctx)
     engine.fit(resume=resume)
