@@ -128,6 +128,7 @@ class PipelineRun:
         self.locked = False  # claim_output: whether this start holds the folder's lock (then it may undo its start)
         self.timed_step_s: float | None = None  # refuse_if_hopeless: the last step speed the start-up timed
         self.session_before_lost = False  # a resumed run's session before ended without recording its time
+        self.state_as_read: dict | None = None  # a resumed run's state before this session opened (undo_start)
 
     def note_stop(self) -> None:
         """A stop (a signal, Ctrl-C, an error) counts this session's time in the run's state, once the run has one
@@ -197,6 +198,7 @@ class PipelineRun:
             self.used = self.state.seconds_used() if self.state is not None else 0.0  # the sessions before this one
             if self.state is not None:  # a stop in this session's start-up (decoding the test images, the pool) counts
                 self.stop_clock = (self.state, self.t_start - self.used)
+                self.state_as_read = copy.deepcopy(self.state.data)
                 # from here a stop is recorded: a session before that recorded none is counted now, not erased by it
                 self.session_before_lost = self.state.open_session()
             self.device = resolve_device(cfg["train"]["device"])
@@ -648,13 +650,20 @@ class PipelineRun:
         """Whether a stage of this run has recorded "began" (its training started), in its run_state.json."""
         return self.state is not None and any(st.get("status") for st in self.state.data["stages"].values())
 
-    def undo_start(self) -> None:
+    def undo_start(self, refused: bool = True) -> None:
         """A fresh run's start that failed (a refused budget, an input found bad after the folder was claimed):
         what it wrote, its folder and the parents --out made go again; only with its lock, else another start may
-        be writing there too and what appeared may be its."""
+        be writing there too and what appeared may be its. A --resume ``refused`` over its input (a UserError)
+        leaves the run's state as it read it: each refusal of a renamed class folder added its 17 s of start-up to
+        the run's time. A stop or a crash there still counts (note_stop): the start-up's decoding was work."""
         if self.locked and not self.resume:  # a --resume's folder holds the run it continues
             undo_run_start(self.real_out, self.entries_before, self.out_existed, self.new_parents)
             self.stop_clock = None  # a stop's count would write the removed run's state again
+        elif self.resume and refused and self.state_as_read is not None and self.stop_clock is not None:
+            self.stop_clock = None  # nor is this session's time counted after it
+            self.state.data = self.state_as_read
+            with contextlib.suppress(Exception):  # the refusal is the message (as note_stop)
+                self.state.save()
         self.locked = False
 
     @contextlib.contextmanager
@@ -663,8 +672,8 @@ class PipelineRun:
         the rerun is not refused as "not empty" nor sent to --resume (undo_start)."""
         try:
             yield
-        except BaseException:
-            self.undo_start()
+        except BaseException as exc:
+            self.undo_start(refused=isinstance(exc, UserError))
             raise
 
     def keep(self, stage: str, entry: dict, fit_s: float) -> None:
@@ -1035,6 +1044,8 @@ class PipelineRun:
         base_s, images_s = self.report_plan["seconds"]
         left = self.t_start + self.budget_s - time.monotonic()
         if not (self.r.get("report", True) and images_s and base_s + images_s > left):
+            # a session stopped while drawing a report without them kept the word in the run's summary
+            self.summary.pop("report_without_images", None)
             return None
         skip_images = (f"about {max(0.0, left):.0f} s of the budget were left for the report, which takes about "
                        f"{base_s + images_s:.0f} s with them here (planned, not an error); `fewshot report {out} "

@@ -227,12 +227,18 @@ def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s
         f"the speeds took {used_s:.0f} s, and the least run after them ({first}{FLOOR_STEPS + 1} training steps at "
         f"{step_s * 1000:.0f} ms: its floor and the one past its deadline, the closing evaluations, the prediction "
         f"of the test images and the report) needs "
-        + (f"over {need_s:.0f} s more, over {total:.0f} s in all ({untimed}; measured here, and a busy machine "
-           f"needs more)" if untimed else
+        + (f"over {_tenths_down(need_s)} s more, over {_tenths_down(total)} s in all ({untimed}; measured here, and "
+           f"a busy machine needs more)" if untimed else
            f"about {need_s:.0f} s more, {total:.0f} s in all (measured here; a busy machine needs more)") +
         f". Nothing was "
         f"trained{' and the output folder was left as it was' if undone else ''}. Give --budget-minutes {least:g} "
         f"or more (more leaves training a fair share){hints}."))
+
+
+def _tenths_down(seconds: float) -> str:
+    """A least time in tenths of a second rounded down (18 s, 4.6 s), so that "over" stays true: 6 steps at 769 ms
+    (4.6 s) were said "over 5 s"."""
+    return f"{math.floor(seconds * 10 + 1e-9) / 10:.1f}".removesuffix(".0")  # 0.9 is not 0.8999...
 
 
 # A conservative floor, not a measurement: less than any run that can work needs after its start-up (decoding the

@@ -374,12 +374,13 @@ class RunState:
                             f"those commands).")
         try:
             data = loads_run_json(path.read_text())
-            saved_cfg, saved_budget = data["config"], float(data["budget_minutes"])
-            data["stages"], data["seconds"]  # noqa: B018 (the fields a resume reads)
+            data["config"], data["budget_minutes"], data["stages"], data["seconds"]  # noqa: B018 (what it reads)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"--resume: {path} cannot be read ({type(exc).__name__}: {exc}); it is written by "
                             f"`fewshot run` and not meant to be edited.") from None
+        # the budget is read as a number once checked: float() of a 400-digit budget_minutes was an OverflowError
         check_state_fields(path, data)
+        saved_cfg, saved_budget = data["config"], float(data["budget_minutes"])
         if budget_minutes is not None and abs(float(budget_minutes) - saved_budget) > 1e-9:
             raise UserError(f"--resume continues '{out}' in its budget of {saved_budget:g} minutes (its stages were "
                             f"planned from it), not {budget_minutes:g}: drop --budget-minutes to resume.")

@@ -303,11 +303,14 @@ def plot_smoothed(ax, xs, ys, label: str | None = None, color=None, linestyle: s
 def _distinct_log_formatter():
     """LogFormatter, labelling the ticks it labels with as many significant digits as tell them apart: within a
     narrow range (a learning rate of 2.9e-3 .. 3.5e-3) its one digit labelled six ticks "3e-03" and the next "4e-03".
-    A class made on first use: matplotlib is imported only when a figure is drawn."""
+    Only its public __call__ is overridden (its private _num_to_string may change). A class made on first use:
+    matplotlib is imported only when a figure is drawn."""
     from matplotlib.ticker import LogFormatter
 
     class DistinctLogFormatter(LogFormatter):
         digits = 1
+        most_digits = 8  # beyond: only the lowest and highest labelled ticks, with the digits that tell them apart
+        only: tuple[float, ...] | None = None
 
         def set_locs(self, locs=None):
             super().set_locs(locs)
@@ -315,15 +318,34 @@ def _distinct_log_formatter():
             lo, hi = sorted(self.axis.get_view_interval())
             ticks = [float(x) for x in (*self.axis.get_majorticklocs(), *self.axis.get_minorticklocs())
                      if lo <= x <= hi and x > 0]
-            self.digits = 6
-            labelled = [x for x in ticks if self(x)]
-            for digits in range(1, 6):
-                self.digits = digits
-                if len({self(x) for x in labelled}) == len(set(labelled)):
-                    break
+            labelled = sorted({x for x in ticks if LogFormatter.__call__(self, x)})
+            self.only = None
+            if not self._fit_digits(labelled):  # closer than most_digits tell: the two ends alone
+                self.only = (labelled[0], labelled[-1])
+                self._fit_digits(list(self.only), 17)
 
-        def _num_to_string(self, x, vmin, vmax):
-            return f"{x:.{self.digits}g}" if 1 <= x <= 10000 else f"{x:.{self.digits - 1}e}"
+        def _fit_digits(self, labelled: list[float], most: int | None = None) -> bool:
+            """The fewest digits that tell ``labelled`` apart (True), else the most allowed (False)."""
+            for digits in range(1, (most or self.most_digits) + 1):
+                self.digits = digits
+                if len({self._text(x) for x in labelled}) == len(labelled):
+                    return True
+            return False
+
+        def _text(self, x: float) -> str:
+            """1 .. 10000 as plain numbers (10, 20, 2.5), as LogFormatter writes them; others as 3.2e-03."""
+            if 1 <= x <= 10000:
+                text = f"{x:.{self.digits}g}"
+                return f"{float(text):.0f}" if "e" in text else text  # 20, not .1g's 2e+01
+            return f"{x:.{self.digits - 1}e}"
+
+        def __call__(self, x, pos=None):
+            label = super().__call__(x, pos)  # "" where LogFormatter labels no tick
+            if not label or x <= 0:  # no label, or a symlog axis's 0: LogFormatter's own
+                return label
+            if self.only is not None and float(x) not in self.only:
+                return ""
+            return self.fix_minus(self._text(float(x)))
 
     return DistinctLogFormatter
 

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fewshot.data.layout import some_of
 from fewshot.errors import UserError, one_line, path_argument, printable
 from fewshot.utils import loads_run_json
 
@@ -104,27 +105,41 @@ def clean_metrics(m, where: str, notes: list[str]) -> dict | None:
     return m
 
 
-def _val_ok(val) -> bool:
-    """Whether a log row's val part is as fewshot logs it: a field of another type (datasets null or a string)
-    crashed the curves with a TypeError or drew one curve per letter of the string."""
+def _clean_val(val, left_out: list[str]) -> dict | None:
+    """A log row's val part as the curves can draw it, or None: a mode that is no metrics object, or whose datasets
+    are not per-dataset scores (null crashed the curves with a TypeError, a string drew one curve per letter). Other
+    fields of the wrong type (routing_acc, weights) are left out alone, named in ``left_out``, as clean_metrics leaves
+    them out of a metrics file: one bad value does not cost the rest."""
     if not isinstance(val, dict):
-        return False
+        return None
+    val = dict(val)
     for mode in ("known", "unknown"):
-        if val.get(mode) is not None:
-            said: list[str] = []
-            if clean_metrics(val[mode], "", said) is None or said:
-                return False
-    return True
+        if val.get(mode) is None:
+            continue
+        cleaned = clean_metrics(val[mode], "", [])
+        if cleaned is None or ("datasets" in val[mode] and "datasets" not in cleaned):
+            return None
+        left_out += [f"{mode}.{key}" for key in val[mode] if key not in cleaned]
+        val[mode] = cleaned
+    return val
 
 
-def _clean_row(row, val_left_out: list[int]) -> dict | None:
+def _clean_row(row, val_left_out: list[int], fields_left_out: dict[int, list[str]]) -> dict | None:
     """A log row usable by the report, or None: an object with a whole-number epoch; a val or knn_acc1 part of
-    another shape is dropped (the rest of the row still draws; a dropped val's epoch goes to ``val_left_out``)."""
+    another shape is dropped (the rest of the row still draws; a dropped val's epoch goes to ``val_left_out``, the
+    val fields left out of a kept one to ``fields_left_out`` by epoch)."""
     if not isinstance(row, dict) or not _is_whole(row.get("epoch")) or row["epoch"] < 0:
         return None
-    if "val" in row and not _val_ok(row["val"]):
-        row = {k: v for k, v in row.items() if k != "val"}
-        val_left_out.append(row["epoch"])
+    if "val" in row:
+        fields: list[str] = []
+        val = _clean_val(row["val"], fields)
+        if val is None:
+            row = {k: v for k, v in row.items() if k != "val"}
+            val_left_out.append(row["epoch"])
+        else:
+            row = {**row, "val": val}
+            if fields:
+                fields_left_out[row["epoch"]] = fields
     if "knn_acc1" in row and not (isinstance(row["knn_acc1"], dict) and all(map(_is_number, row["knn_acc1"].values()))):
         row = {k: v for k, v in row.items() if k != "knn_acc1"}
     return row
@@ -143,11 +158,12 @@ def read_log(run: Path, notes: list[str] | None = None) -> list[dict]:
         notes.append(f"{path} cannot be read ({exc.strerror or exc}): no training curves.")
         return []
     rows, bad, val_left_out = [], [], []
+    fields_left_out: dict[int, list[str]] = {}
     for i, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
-            row = _clean_row(loads_run_json(raw.decode("utf-8")), val_left_out)
+            row = _clean_row(loads_run_json(raw.decode("utf-8")), val_left_out, fields_left_out)
         except (UnicodeDecodeError, ValueError):
             row = None if i < len(lines) else "torn"
         if row is None:
@@ -155,9 +171,8 @@ def read_log(run: Path, notes: list[str] | None = None) -> list[dict]:
         elif row != "torn":
             rows.append(row)
     if bad:
-        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
         what = (f"{len(bad)} line(s) are not log rows fewshot writes (a JSON object with a whole-number epoch; line "
-                f"{shown})")
+                f"{some_of(bad, 5, str)})")
         # one note: a file of no rows was also called "missing or empty" (and "No log.jsonl") beside this one
         notes.append(f"{path}: {what}: passed over." if rows else
                      f"{path} has no training rows ({what}): no training curves.")
@@ -166,10 +181,20 @@ def read_log(run: Path, notes: list[str] | None = None) -> list[dict]:
         notes.append(f"{path} has no training rows (its one line is cut off, as a run stopped mid-write leaves it): "
                      f"no training curves." if torn else f"{path} is empty: no training curves.")
     if val_left_out:
-        shown = ", ".join(map(str, val_left_out[:5])) + (" ..." if len(val_left_out) > 5 else "")
-        notes.append(f"log.jsonl: the val scores of epoch{'s' if len(val_left_out) > 1 else ''} {shown} are not what "
-                     f"fewshot logs (a field of another type); left out.")
+        notes.append(f"log.jsonl: the val scores of {_epochs(val_left_out)} are not what fewshot logs (a field of "
+                     f"another type); left out.")
+    if fields_left_out:
+        fields = sorted({f"val.{f}" for found in fields_left_out.values() for f in found})
+        notes.append(f"log.jsonl: {', '.join(fields)} in the val scores of {_epochs(fields_left_out)} "
+                     f"{'is' if len(fields) == 1 else 'are'} not what fewshot logs (a value of another type); left "
+                     f"out, the rest of those scores kept.")
     return rows
+
+
+def _epochs(epochs) -> str:
+    """`epochs 2, 3, 4, 5, 6 and 3 more` for a note: a long log's list cut without a word read as the whole list."""
+    epochs = list(epochs)
+    return f"epoch{'s' if len(epochs) > 1 else ''} {some_of(epochs, 5, str)}"
 
 
 # config.yaml sections the report reads, and what their fields must be.
