@@ -114,11 +114,22 @@ def test_a_run_stopped_at_an_epoch_end_resumes_as_the_uninterrupted_run(root, tm
         [{k: v for k, v in r.items() if k not in timings} for r in rows(ref)]
 
 
-def resume_stopped_in_finetune(root, out, monkeypatch, eval_s: float | None, spent: bool) -> tuple[list, list, str]:
-    """A `fewshot run` stopped in its fine-tuning (test_run_accounting.stopped_in_finetune), resumed with 30 s left
-    for the stage or (``spent``) none; the stage's log.jsonl reads as holding an evaluation time of ``eval_s`` (None:
-    none). Returns the tasks whose evaluation was timed, the fit() calls each trained_speeds call came after, and
-    stdout."""
+@pytest.fixture(scope="module")
+def stopped(digits_root, tmp_path_factory) -> tuple[Path, list]:
+    """A `fewshot run` stopped in its fine-tuning (test_run_accounting.stopped_in_finetune), stopped once for the
+    tests that resume a copy of it; its folder and command line."""
+    from test_run_accounting import stopped_in_finetune
+
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        return out, stopped_in_finetune(digits_root, out, mp)
+
+
+def resume_stopped_in_finetune(stopped, out, monkeypatch, eval_s: float | None, spent: bool) -> tuple[list, list, str]:
+    """A copy in ``out`` of the `fewshot run` ``stopped`` in its fine-tuning, resumed with 30 s left for the stage or
+    (``spent``) none; the stage's log.jsonl reads as holding an evaluation time of ``eval_s`` (None: none). Returns
+    the tasks whose evaluation was timed, the fit() calls each trained_speeds call came after, and stdout."""
+    import shutil
     import sys
     import time
 
@@ -126,9 +137,10 @@ def resume_stopped_in_finetune(root, out, monkeypatch, eval_s: float | None, spe
     import fewshot.run_stages as run_stages
     import fewshot.train.checkpoint as checkpoint
     from helpers.checks import run_main
-    from test_run_accounting import stopped_in_finetune
 
-    cmd = stopped_in_finetune(root, out, monkeypatch)
+    shutil.copytree(stopped[0], out, symlinks=True)
+    cmd = [out if arg == stopped[0] else arg for arg in stopped[1]]
+    assert cmd.count(out) == 1, cmd
     if spent:
         state = json.loads((out / "run_state.json").read_text())
         state["seconds"] = state["budget_minutes"] * 60  # as if the session had run on to the end of the budget
@@ -175,13 +187,13 @@ def resume_stopped_in_finetune(root, out, monkeypatch, eval_s: float | None, spe
 
 
 def test_a_stage_resumed_with_no_time_left_records_no_late_training_and_times_no_evaluation(
-        digits_root, tmp_path, monkeypatch):
+        stopped, tmp_path, monkeypatch):
     """A `fewshot run` stopped in its fine-tuning and resumed when its time was up trains nothing; its run_state.json
     took this session's start-up for the stage's end of training (summary.json: closing_seconds.training_late 50.8 s,
     not late training at all), and the session timed an evaluation again for a closing estimate that changed
     nothing: the stage's log.jsonl holds its evaluation time."""
     out = tmp_path / "run"
-    timed, logged, stdout = resume_stopped_in_finetune(digits_root, out, monkeypatch, 0.25, spent=True)
+    timed, logged, stdout = resume_stopped_in_finetune(stopped, out, monkeypatch, 0.25, spent=True)
     assert "no time is left of the run's budget for this stage" in stdout and "the closing work" in stdout
     stage = json.loads((out / "run_state.json").read_text())["stages"]["finetune"]
     assert stage["status"] == "done" and "trained_at" not in stage
@@ -190,12 +202,12 @@ def test_a_stage_resumed_with_no_time_left_records_no_late_training_and_times_no
 
 
 @pytest.mark.parametrize("eval_s", [0.25, None])
-def test_a_stage_resumed_with_time_left_takes_its_logged_evaluation_time(digits_root, tmp_path, monkeypatch, eval_s):
+def test_a_stage_resumed_with_time_left_takes_its_logged_evaluation_time(stopped, tmp_path, monkeypatch, eval_s):
     """The logged evaluation time served only a session past the run's end: with time left the session timed an
     evaluation again, though from end_time less the closing work on the stage trains nothing anyway. Now its
     log.jsonl's time serves whenever it has one (its own speed); a log without one is still timed."""
     out = tmp_path / "run"
-    timed, logged, _ = resume_stopped_in_finetune(digits_root, out, monkeypatch, eval_s, spent=False)
+    timed, logged, _ = resume_stopped_in_finetune(stopped, out, monkeypatch, eval_s, spent=False)
     assert (out / "finetune" / "log.jsonl", 0) in logged  # read before fit(), for the closing estimate
     assert len(timed) == (0 if eval_s is not None else 1)
     assert json.loads((out / "run_state.json").read_text())["stages"]["finetune"]["status"] == "done"
@@ -355,14 +367,14 @@ def test_a_budget_above_the_floor_is_judged_by_the_measured_least_run(digits_roo
         pipeline.run_pipeline(_run_cfg(digits_root), tmp_path / "r", 0.1)
 
 
-def test_a_stage_resumed_with_no_time_left_says_so_early_without_advising_a_larger_budget(digits_root, tmp_path,
+def test_a_stage_resumed_with_no_time_left_says_so_early_without_advising_a_larger_budget(stopped, tmp_path,
                                                                                          monkeypatch):
     """The least-run refusal is a fresh run's (a resume cannot change its budget): a stage continued from its
     last.pt when its closing work no longer fitted the budget left trained nothing and ended late, its only word
     the Engine's note at the end of the stage. Now one warning comes before it, which says the run ends late and
     does not ask for the larger --budget-minutes a resume cannot take."""
     out = tmp_path / "run"
-    _, _, stdout = resume_stopped_in_finetune(digits_root, out, monkeypatch, 0.25, spent=True)
+    _, _, stdout = resume_stopped_in_finetune(stopped, out, monkeypatch, 0.25, spent=True)
     lines = [line for line in stdout.splitlines() if "[run] warning: finetune resumes" in line]
     assert len(lines) == 1, stdout
     line = lines[0]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,7 +18,7 @@ import fewshot.run_stages as run_stages
 from fewshot.config import CHOSEN, resolve
 from fewshot.errors import UserError, shell_quoted
 from helpers.checks import run_main
-from test_resume_weights_model import NAMES, pasted, recorded_checkpoint
+from test_resume_weights_model import NAMES, pasted_once, recorded_checkpoint
 from test_run_resume import _cmd, sigterm_in_stage
 
 SHORT = ("--budget-minutes", "0.1")  # after BASE's 0.2, so it wins: the run's length is not the subject
@@ -49,27 +51,34 @@ def test_a_stage_whose_config_holds_no_settings_is_refused_as_lost(tmp_path, tex
     assert f"or start a new run with another --out (`fewshot run` starts over; this stage belongs to the run in " \
            f"{shell_quoted(run)})." in said, said
     assert "changes model.name" not in said and "--weights" not in said, said
-    done = pasted(said, "records them (its `config`): `", "` writes them back")
+    done = pasted_once(said, "records them (its `config`): `", "` writes them back", ("stage", name))
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load((sdir / "config.yaml").read_text()) == recorded
     assert run_stages.stage_config(sdir, cfg)["model"]["name"] == "test_resnet2"
 
 
+@pytest.fixture(scope="module")
+def stopped_run(digits_root, tmp_path_factory):
+    """A real `fewshot run` stopped by SIGTERM in its fine-tuning stage, trained once for the tests that copy it."""
+    from fewshot.train.supervised import SupervisedTask
+
+    out = tmp_path_factory.mktemp("stopped") / "run q"
+    with pytest.MonkeyPatch.context() as mp:
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
+        rc, _, err = run_main(*_cmd(digits_root, out, "run.semi_method=off", *SHORT))
+    assert rc == 128 + signal.SIGTERM, err
+    return out
+
+
 @pytest.mark.parametrize("lost, what", [("emptied", "is empty"), ("deleted", "is missing")])
-def test_a_stopped_run_whose_stage_config_was_emptied_is_refused_then_resumed(digits_root, tmp_path, monkeypatch,
+def test_a_stopped_run_whose_stage_config_was_emptied_is_refused_then_resumed(digits_root, tmp_path, stopped_run,
                                                                               lost, what):
     """A real `fewshot run` stopped in its fine-tuning stage, whose config.yaml was then emptied: its --resume was
     refused as changing model.name ('resnet18' in the run). Refused as lost settings, put back by the line the
     message gives, the run resumes from the stage's last.pt. A deleted one made the stage start over from random
     init, silently, over its last.pt."""
-    from fewshot.train.supervised import SupervisedTask
-
-    out = tmp_path / "run q"
+    out = Path(shutil.copytree(stopped_run, tmp_path / "run q", symlinks=True))
     cmd = _cmd(digits_root, out, "run.semi_method=off", *SHORT)
-    with monkeypatch.context() as mp:
-        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        rc, _, err = run_main(*cmd)
-    assert rc == 128 + signal.SIGTERM, err
     stage = out / "finetune"
     written = yaml.safe_load((stage / "config.yaml").read_text())
     last = (stage / "checkpoints" / "last.pt").read_bytes()
@@ -83,7 +92,7 @@ def test_a_stopped_run_whose_stage_config_was_emptied_is_refused_then_resumed(di
     assert (stage / "checkpoints" / "last.pt").read_bytes() == last
     assert "changes model.name" not in err and "this stage belongs to the run in" in err, err
     assert json.loads((out / "run_state.json").read_text())["stages"]["finetune"]["status"] == "began"
-    done = pasted(err, "records them (its `config`): `", "` writes them back")
+    done = pasted_once(err, "records them (its `config`): `", "` writes them back", "a stopped run")
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load((stage / "config.yaml").read_text()) == written
     rc, stdout, err = run_main(*cmd, "--resume")

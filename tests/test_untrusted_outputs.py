@@ -42,6 +42,15 @@ def copy_run(run: Path, where: Path) -> Path:
     return Path(shutil.copytree(run, where, symlinks=True))
 
 
+@pytest.fixture(scope="module")
+def report(run, tmp_path_factory):
+    """`fewshot report RUN` made once: the earlier report folder the tests copy (copy_run) and then tamper with."""
+    rep = tmp_path_factory.mktemp("outputs-report") / "rep"
+    rc, _, err = run_main("report", run, "--out", rep, "--device", "cpu")
+    assert rc == 0, err
+    return rep
+
+
 # ------------------------------------------------------------------ atomic writes never follow a link unasked
 def test_atomic_write_replaces_a_link_rather_than_writing_its_target(tmp_path):
     victim = tmp_path / "elsewhere" / "victim.txt"
@@ -256,12 +265,10 @@ def test_predict_out_dev_stdout_into_a_pipe(run, root):
 
 # ------------------------------------------------------------------ report replaces links in its --out
 @pytest.mark.parametrize("name", ["index.html", "accuracy_bars.png", ".fewshot_report"])
-def test_report_replaces_links_in_an_earlier_reports_folder(run, tmp_path, name):
+def test_report_replaces_links_in_an_earlier_reports_folder(run, report, tmp_path, name):
     """A report folder from elsewhere whose page, a PNG or its mark is a link: the writes replace the link (they
     were refused, saying a write would go through it, which the writer no longer does)."""
-    rep = tmp_path / "rep"
-    rc, _, err = run_main("report", run, "--out", rep, "--device", "cpu")
-    assert rc == 0, err
+    rep = copy_run(report, tmp_path / "rep")
     victim = tmp_path / "victim.txt"
     victim.write_text("IMPORTANT")
     (rep / name).unlink()
@@ -272,10 +279,9 @@ def test_report_replaces_links_in_an_earlier_reports_folder(run, tmp_path, name)
 
 
 @pytest.mark.parametrize("name", ["index.html", "accuracy_bars.png"])
-def test_report_replaces_a_fifo_in_an_earlier_reports_folder(run, tmp_path, name):
+def test_report_replaces_a_fifo_in_an_earlier_reports_folder(run, report, tmp_path, name):
     """A FIFO in place of a report's page or PNG was opened for writing: the report hung with no reader."""
-    rep = tmp_path / "rep"
-    assert run_main("report", run, "--out", rep, "--device", "cpu")[0] == 0
+    rep = copy_run(report, tmp_path / "rep")
     (rep / name).unlink()
     os.mkfifo(rep / name)
     proc = subprocess.run([sys.executable, "-m", "fewshot", "report", str(run), "--out", str(rep), "--device", "cpu"],
@@ -313,11 +319,10 @@ def test_report_in_a_users_folder_with_links_names_the_foreign_files(run, tmp_pa
     assert (proj / ".venv" / "bin" / "python").is_symlink() and (proj / "index.html").is_file()
 
 
-def test_report_does_not_read_a_linked_page_as_its_own(run, tmp_path):
+def test_report_does_not_read_a_linked_page_as_its_own(run, report, tmp_path):
     """A folder whose index.html is a link to a fewshot report elsewhere is not thereby a report folder: the page
     it points to says nothing of the folder's other files, which the report would replace."""
-    rep = tmp_path / "rep"
-    assert run_main("report", run, "--out", rep, "--device", "cpu")[0] == 0
+    rep = copy_run(report, tmp_path / "rep")
     web = tmp_path / "web"
     web.mkdir()
     (web / "index.html").symlink_to(rep / "index.html")
