@@ -258,9 +258,9 @@ def test_predict_out_dev_stdout_into_a_pipe(run, root):
                            "/dev/stdout", "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    start = proc.stdout.index("\n{\n") + 1  # after the lines naming the checkpoint; the "wrote" line follows
-    pred, _ = json.JSONDecoder().raw_decode(proc.stdout, start)
+    pred = json.loads(proc.stdout)  # the JSON alone: the lines naming the checkpoint and "wrote" are on stderr
     assert "n_parameters" in pred
+    assert "predicting with" in proc.stderr and "wrote /dev/stdout" in proc.stderr, proc.stderr
 
 
 # ------------------------------------------------------------------ report replaces links in its --out

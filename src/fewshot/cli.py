@@ -580,6 +580,45 @@ def _devnull_onto(fd: int) -> None:
             os.close(null)
 
 
+# their --out is one result file, which a pipe may take (`--out >(jq .)`); probe's is a folder, never stdout
+_FILE_OUT_COMMANDS = ("eval", "predict", "export")
+
+
+@contextlib.contextmanager
+def _messages_off_the_output(args):
+    """The command's own lines (checkpoint used, table, "wrote ...") on stderr while its --out is this process's
+    stdout (/dev/stdout, /dev/fd/1, a file stdout also goes to): they came around the JSON, which then did not
+    parse (`predict ... --out /dev/stdout > p.json`). /dev/null for both drops nothing worth moving."""
+    out = getattr(args, "out", None)
+    if args.command in _FILE_OUT_COMMANDS and out and _is_stdout(out):
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    else:
+        yield
+
+
+def _is_stdout(path) -> bool:
+    """Whether ``path`` names the file that descriptor 1 (or sys.stdout's own descriptor) writes to."""
+    try:
+        target = os.stat(path)
+        if os.path.samestat(target, os.stat(os.devnull)):
+            return False
+    except (OSError, ValueError):  # none there yet: a new file, not stdout
+        return False
+    fds = {1}
+    try:
+        fds.add(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # None, a StringIO or a notebook's stream: no descriptor
+        pass
+    for fd in fds:
+        try:
+            if os.path.samestat(target, os.fstat(fd)):
+                return True
+        except OSError:  # closed
+            pass
+    return False
+
+
 def _main(argv: list | None, started: float | None) -> int:
     if argv is not None:
         argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in argv]
@@ -780,7 +819,8 @@ def _run_command(args, extra, handlers) -> int:
             from fewshot.runtime import check_environment
 
             check_environment()  # a typo is refused before any folder is written
-        code = handlers[args.command](args, extra) or 0
+        with _messages_off_the_output(args):
+            code = handlers[args.command](args, extra) or 0
         if _process_group_started():  # under torchrun: leave no process group to interpreter teardown
             from fewshot.train.distributed import shutdown_distributed
 

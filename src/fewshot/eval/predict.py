@@ -441,13 +441,25 @@ def load_answer_key(path: Path, num_classes: int | None = None,
                 listed = ", ".join(printable(n) for n in list(class_names)[:5]) if class_names else ""
                 quoted = (f" A number in quotes is read as a class name: write the index without quotes ({c.strip()})"
                           + (f", or a name such as {listed}" if listed else "") + ".")
-            raise UserError(f"answer key {path}: image {i} has class {c!r}; a class must be a whole "
+            raise UserError(f"answer key {path}: image {i} has class {_as_written(c)}; a class must be a whole "
                             f"number in {bound}{named}.{quoted}")
         image_id = test_id(str(i))  # "0007" and "7" both name test image 7 (layout.test_id)
         if out.get(image_id, c) != c:
             raise UserError(f"answer key {path}: image {image_id} is listed twice with different classes.")
         out[image_id] = c
     return out
+
+
+def _as_written(value) -> str:
+    """A key's class as JSON writes it: `true` and `null` read as "True" and "None", which the file never says. A
+    name keeps its quotes; a long list or object is cut."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (ValueError, RecursionError):  # nested deeper than json writes back
+        text = f"a {type(value).__name__} nested too deep to show"
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def warn_about_unknown_ids(path: Path, key: dict, test_ids) -> list[str]:
