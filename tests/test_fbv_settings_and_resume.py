@@ -40,6 +40,7 @@ def as_rank_0_of_2(monkeypatch, other=None) -> list:
         return [obj, other if other is not None and isinstance(obj, tuple) else obj]
 
     monkeypatch.setattr(distributed, "all_gather_object", gathered)
+    monkeypatch.setattr(engine, "all_gather_object", gathered)  # the ranks' agreement on last.pt
     monkeypatch.setattr(finetune, "init_distributed", lambda device: (DistContext(0, 2), device))
     monkeypatch.setattr(finetune, "barrier", lambda ctx: None)
     return calls

@@ -27,31 +27,34 @@ def _folders(root: Path, *paths: str) -> Path:
     return root
 
 
-@pytest.mark.parametrize("paths", [
-    ("val",),  # one empty val/: layout passes it over ("no dataset folders"), report called it a dataset folder
-    ("val", "test"),  # empty split-named folders alike
-    ("digits/train/a/1.png", "digits/val/a/2.png", "val/a/3.png"),  # a real dataset beside a stray split folder
-    ("train/a/1.png", "val/a/2.png"),  # a dataset folder itself
-    ("val/a/1.png",),  # one split of images and nothing else
+@pytest.mark.parametrize("paths, dataset_folder", [
+    (("val",), False),  # one empty val/: layout passes it over ("no dataset folders"), report called it a dataset
+    (("val", "test"), False),  # empty split-named folders alike
+    (("digits/train/a/1.png", "digits/val/a/2.png", "val/a/3.png"), False),  # a real dataset beside a stray split
+    (("train/a/1.png", "val/a/2.png"), True),  # a dataset folder itself
+    (("val/a/1.png",), True),  # one split of images and nothing else
 ])
-def test_report_calls_a_root_a_dataset_folder_exactly_where_layout_does(tmp_path, paths):
+def test_report_calls_a_root_a_dataset_folder_exactly_where_layout_does(tmp_path, paths, dataset_folder):
     """report's copy of layout's test had looser rules: a root of one empty val/ was told "looks like a dataset
     folder itself ... --data <its parent>", though layout (and so train, eval and predict) passes such folders
-    over. Now one test decides for both, and report's advice names no --datasets (an option it lacks)."""
+    over. Each case as both must answer it; report's words name no --datasets (an option it lacks) and the val/ it
+    reads, not training's train/."""
     from fewshot.data.layout import list_datasets
     from fewshot.report.analysis import _dataset_folder_given
 
     root = _folders(tmp_path / "root", *paths)
     try:
-        list_datasets(root)
-        layout_says = False
-    except UserError as exc:
-        layout_says = "looks like a dataset folder itself" in str(exc)
+        said = str(list_datasets(root))
+    except UserError as exc:  # no dataset, or a dataset folder given
+        said = str(exc)
+    assert ("looks like a dataset folder itself" in said) == dataset_folder, said
     told = _dataset_folder_given(root)
-    assert (told is not None) == layout_says, (told, layout_says)
+    assert (told is not None) == dataset_folder, told
     if told is not None:
         text = str(told)
-        assert "looks like a dataset folder itself" in text, text
+        held = "train/ and val/" if len(paths) == 2 else "the split folder val/"
+        assert text.startswith(f"--data {root} looks like a dataset folder itself (it holds {held}), "), text
+        assert "(ROOT/<dataset>/val/<class>/<image> for the report)" in text and "train/<class>" not in text, text
         assert text.endswith(f"Pass its parent instead: --data {tmp_path} (the report reads the run's datasets "
                              f"there)."), text
         assert "--datasets" not in text, text
@@ -65,6 +68,21 @@ def test_report_advice_for_a_relative_dataset_folder_names_the_relative_parent(t
     text = str(_dataset_folder_given(Path("data/digits")))
     assert text.endswith("Pass its parent instead: --data data (the report reads the run's datasets there)."), text
     assert "--datasets" not in text, text
+
+
+def test_layout_and_report_share_one_list_of_dataset_folders(tmp_path, monkeypatch):
+    """report copied list_datasets' folder filter: a change to one (another name passed over) left the other
+    deciding on other folders. Both read layout.dataset_folders."""
+    import fewshot.data.layout as layout
+    from fewshot.report.analysis import _dataset_folder_given
+
+    root = _folders(tmp_path / "root", "train/a/1.png", "val/a/2.png")  # a dataset folder, unless layout says not
+    asked = []
+    monkeypatch.setattr(layout, "dataset_folders", lambda r: asked.append(r) or [])
+    assert _dataset_folder_given(root) is None  # layout's answer (no refusal) is report's
+    with pytest.raises(UserError, match="no dataset folders found"):
+        layout.list_datasets(root)
+    assert asked == [root, root]
 
 
 def _tick_labels(lo: float, hi: float) -> list[str]:

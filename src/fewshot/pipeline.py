@@ -198,7 +198,9 @@ class PipelineRun:
             self.used = self.state.seconds_used() if self.state is not None else 0.0  # the sessions before this one
             if self.state is not None:  # a stop in this session's start-up (decoding the test images, the pool) counts
                 self.stop_clock = (self.state, self.t_start - self.used)
-                self.state_as_read = copy.deepcopy(self.state.data)
+                # the state as the file holds it once the lock is held (the one resume_state read came before it,
+                # and another session may have written since); without a lock there is none to put back (undo_start)
+                self.state_as_read = self.state_on_disk() if self.locked else None
                 # from here a stop is recorded: a session before that recorded none is counted now, not erased by it
                 self.session_before_lost = self.state.open_session()
             self.device = resolve_device(cfg["train"]["device"])
@@ -654,17 +656,27 @@ class PipelineRun:
         """A fresh run's start that failed (a refused budget, an input found bad after the folder was claimed):
         what it wrote, its folder and the parents --out made go again; only with its lock, else another start may
         be writing there too and what appeared may be its. A --resume ``refused`` over its input (a UserError)
-        leaves the run's state as it read it: each refusal of a renamed class folder added its 17 s of start-up to
-        the run's time. A stop or a crash there still counts (note_stop): the start-up's decoding was work."""
+        leaves the run's state as the file held it when the lock was taken (only with the lock, for the same reason):
+        each refusal of a renamed class folder added its 17 s of start-up to the run's time. A stop or a crash there
+        still counts (note_stop): the start-up's decoding was work."""
         if self.locked and not self.resume:  # a --resume's folder holds the run it continues
             undo_run_start(self.real_out, self.entries_before, self.out_existed, self.new_parents)
             self.stop_clock = None  # a stop's count would write the removed run's state again
-        elif self.resume and refused and self.state_as_read is not None and self.stop_clock is not None:
+        # with the lock too: without one another session may be writing the state, which the copy would overwrite
+        elif self.locked and refused and self.state_as_read is not None and self.stop_clock is not None:
             self.stop_clock = None  # nor is this session's time counted after it
             self.state.data = self.state_as_read
             with contextlib.suppress(Exception):  # the refusal is the message (as note_stop)
                 self.state.save()
         self.locked = False
+
+    def state_on_disk(self) -> dict | None:
+        """run_state.json as the file holds it now (None where it cannot be read): what a refused resume puts back."""
+        try:
+            data = loads_run_json((self.out / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     @contextlib.contextmanager
     def undone_if_start_fails(self):

@@ -58,6 +58,15 @@ def _is_amount(value, positive: bool = False) -> bool:
     return math.isfinite(value) and (value > 0 if positive else value >= 0)
 
 
+def _finite_seconds(minutes) -> bool:
+    """Whether ``minutes`` (an amount) in seconds is a finite float: an int of 10**307 passes _is_amount, and
+    math.isfinite of it times 60 (an int too large for a float) raised an OverflowError."""
+    try:
+        return math.isfinite(float(minutes) * 60)
+    except OverflowError:
+        return False
+
+
 def check_state_fields(path: Path, data) -> None:
     """The fields a resume computes with, checked where the file is read: "seconds": "abc" crashed the budget
     arithmetic (an internal error) and NaN gave "done in nan of 0.7 minutes"."""
@@ -72,7 +81,7 @@ def check_state_fields(path: Path, data) -> None:
         raise bad("config", "an object of settings")
     # the cap on new budgets (config.MAX_BUDGET_MINUTES) is not applied here: a run an older fewshot started with
     # more is still resumable, since its budget cannot be changed on resume; only one whose seconds overflow is damaged
-    if not _is_amount(data.get("budget_minutes"), positive=True) or not math.isfinite(data["budget_minutes"] * 60):
+    if not _is_amount(data.get("budget_minutes"), positive=True) or not _finite_seconds(data["budget_minutes"]):
         raise bad("budget_minutes", "a number above 0 whose seconds are finite")
     for field in ("seconds", "stage_clock"):
         if (field in data or field == "seconds") and not _is_amount(data.get(field)):

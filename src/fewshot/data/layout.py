@@ -470,6 +470,18 @@ def broken_link_words(link: Path) -> str:
     return f"to {target}, which does not exist (a dangling link)"
 
 
+def dataset_folders(root: Path) -> list[Path]:
+    """The folders under ROOT that may be datasets (every visible directory except `unlabeled/`), by name, once ROOT
+    is found to be no dataset folder itself (else the UserError that says so, worded for --data and --datasets);
+    an OSError where ROOT cannot be listed. Shared by list_datasets and report's --data check, which copied the
+    filter and so could take another root for a dataset folder than training does."""
+    folders = sorted((p for p in root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS),
+                     key=lambda p: p.name)
+    _refuse_a_dataset_given_as_root(root, folders)
+    return folders
+
+
 def list_datasets(root: Path) -> list[str]:
     """Dataset folders under ROOT: every visible directory except `unlabeled/`, run folders and OS litter
     (not_a_dataset; each is named once on stderr)."""
@@ -484,12 +496,9 @@ def list_datasets(root: Path) -> list[str]:
         raise UserError(f"dataset root {shell_quoted(root)} does not exist or is not a folder. "
                         f"Build the demo data with `fewshot data digits --out {path_argument(root)}`.")
     try:
-        folders = sorted((p for p in root.iterdir()
-                          if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS),
-                         key=lambda p: p.name)
+        folders = dataset_folders(root)
     except OSError as exc:
         raise UserError(f"cannot list the dataset root '{root}': {exc.strerror or exc}.") from None
-    _refuse_a_dataset_given_as_root(root, folders)
     _refuse_a_split_given_as_root(root, folders)
     names: list[str] = []
     for folder in folders:

@@ -114,28 +114,29 @@ def analyse_run(run, root: Path, device: torch.device) -> ValAnalysis:
 
 
 def _dataset_folder_given(root: Path) -> UserError | None:
-    """`report RUN --data ROOT/digits` (a dataset folder): layout's own refusal, so that report refuses what training
-    refuses (a copy of its test with looser rules took a root of one empty val/ for a dataset folder). Its advice
-    `--data ROOT --datasets digits` names an option report lacks: the report reads the run's own datasets under the
-    root, so the advice is the parent alone. None where the root is no dataset folder (its other errors stand)."""
-    from fewshot.data.layout import NOT_DATASETS, _refuse_a_dataset_given_as_root
+    """`report RUN --data ROOT/digits` (a dataset folder): decided by layout's own test (dataset_folders), so that
+    report refuses what training refuses (a copy of its test with looser rules took a root of one empty val/ for a
+    dataset folder). Its words are training's (`--datasets`, an option report lacks; train/, where report reads
+    val/): said again for the report, whose advice is the parent alone. None where the root is no dataset folder
+    (its other errors stand)."""
+    from fewshot.data.layout import SPLITS, dataset_folders
 
-    try:  # the folders list_datasets hands the refusal
-        folders = sorted((p for p in root.iterdir()
-                          if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS),
-                         key=lambda p: p.name)
-        _refuse_a_dataset_given_as_root(root, folders)
+    try:
+        dataset_folders(root)
+        return None
     except OSError:
         return None
-    except UserError as exc:
-        absolute = Path(os.path.abspath(root))
-        parent = absolute.parent if root.is_absolute() else Path(os.path.relpath(absolute.parent))
-        told, advice = str(exc), one_line(f"Pass its parent instead: --data {path_argument(parent)}")
-        at = told.rfind(advice)
-        if at < 0:  # layout worded it otherwise: its own advice, rather than none
-            return exc
-        return UserError(told[:at + len(advice)] + " (the report reads the run's datasets there).")
-    return None
+    except UserError:
+        pass
+    absolute = Path(os.path.abspath(root))
+    parent = absolute.parent if root.is_absolute() else Path(os.path.relpath(absolute.parent))
+    names = [f"{s}/" for s in sorted(SPLITS) if (root / s).is_dir()]  # in layout's order, by name
+    held = (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else
+            f"the split folder {names[0]}" if names else "split folders")
+    return UserError(one_line(f"--data {path_argument(root)} looks like a dataset folder itself (it holds {held}), "
+                              f"but --data is the root above the datasets (ROOT/<dataset>/val/<class>/<image> for "
+                              f"the report). Pass its parent instead: "
+                              f"--data {path_argument(parent)} (the report reads the run's datasets there)."))
 
 
 def _datasets_here(root: Path, names) -> list[str]:

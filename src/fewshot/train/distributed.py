@@ -253,13 +253,19 @@ def data_fingerprint(infos) -> list[tuple[str, int, int, str]]:
     return out
 
 
-def check_same_data(ctx: DistContext, infos) -> None:
+def check_same_data(ctx: DistContext, infos, resolved: dict | None = None) -> None:
     """Every process must read the same labelled images: a node whose copy of --data differs trained on another
-    epoch plan without a word (or DDP died with "params ... appears not to match", reported as a bug)."""
+    epoch plan without a word (or DDP died with "params ... appears not to match", reported as a bug). ``resolved``:
+    the settings each process filled in after check_same_settings (config.RUN_TIME_FIELDS: the network its node's
+    own weights file records), compared in the same exchange: another width ended in DDP's shape-mismatch error,
+    another img_size trained each rank at its own size without a word."""
     if not ctx.enabled:
         return
-    seen = all_gather_object(ctx, data_fingerprint(infos))
+    gathered = all_gather_object(ctx, {"data": data_fingerprint(infos),
+                                       "resolved": {k: repr(v) for k, v in (resolved or {}).items()}})
+    seen = [g["data"] for g in gathered]
     if all(s == seen[0] for s in seen):
+        _check_same_resolved(ctx, [g["resolved"] for g in gathered])
         return
     from fewshot.errors import UserError
 
@@ -272,6 +278,35 @@ def check_same_data(ctx: DistContext, infos) -> None:
                     f"rank {other} reads {described(seen[other])}"
                     f"{' (the same counts, other files or classes)' if same_counts else ''}. Every node needs the "
                     f"same copy of the data (a shared file system, or one synced copy per node).")
+
+
+def _check_same_resolved(ctx: DistContext, seen: list[dict]) -> None:
+    """check_same_data's part for the settings filled in per process: refused naming them and where they came from."""
+    other = next((r for r, s in enumerate(seen) if s != seen[0]), None)
+    if other is None:
+        return
+    from fewshot.errors import UserError
+
+    said, more, keys = _differences(seen[0], seen[other], other)
+    network = [k for k in keys if k.startswith("model.")]
+    why = (f" Where the command leaves {'it' if len(network) == 1 else 'them'} unset, each process takes "
+           f"{', '.join(network)} from its node's own weights file (model.weights, a path per node), and those files "
+           f"record other networks: give every node the same weights file (a copy per node must be the same file)."
+           if network else "")
+    raise UserError(f"the {ctx.world} processes filled in different settings: {said}{more}.{why} "
+                    f"{'Or set' if network else 'Set'} {', '.join(keys)} alike for every process on the command line.")
+
+
+def _differences(mine: dict, theirs: dict, other: int) -> tuple[str, str, list[str]]:
+    """The keys whose values (their repr) differ between rank 0 and rank ``other``, said for a message: the first
+    five (`k: 2 on rank 0, unset on rank 1`), `(and N more)`, and the keys shown."""
+    def value(seen: dict, key: str) -> str:
+        text = seen.get(key)
+        return "unset" if text in (None, "None") else text  # None's repr: "None on rank 0" read as a typed word
+
+    keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    said = "; ".join(f"{k}: {value(mine, k)} on rank 0, {value(theirs, k)} on rank {other}" for k in keys[:5])
+    return said, f" (and {len(keys) - 5} more)" if len(keys) > 5 else "", keys[:5]
 
 
 # fields a node may set for itself: where its copy of the data, cache and weights lie, its threads and output.
@@ -311,11 +346,8 @@ def check_same_settings(ctx: DistContext, cfg: dict, resuming: bool) -> bool:
         return True
     from fewshot.errors import UserError
 
-    keys = sorted(k for k in set(seen[0]) | set(seen[other]) if seen[0].get(k) != seen[other].get(k))
-    said = "; ".join(f"{k}: {seen[0].get(k, 'unset')} on rank 0, {seen[other].get(k, 'unset')} on rank {other}"
-                     for k in keys[:5])
-    more = f" (and {len(keys) - 5} more)" if len(keys) > 5 else ""
-    paths = [k for k in keys if k in SHARED_PATH_FIELDS]
+    said, more, shown = _differences(seen[0], seen[other], other)
+    paths = [k for k in shown if k in SHARED_PATH_FIELDS]  # its reason only where the field is among those said
     why = (f" {', '.join(paths)} is resolved to an absolute path on each node (`~/pool` or a relative path names "
            f"another folder on a node with another HOME or working folder): give the same absolute path on every "
            f"node." if paths else "")

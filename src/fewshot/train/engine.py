@@ -190,6 +190,41 @@ def check_resume_fits(path: Path, ck: dict, kind: str, world: int) -> None:
     check_same_world(path, ck, world)
 
 
+def agree_on_checkpoint(ctx, path: Path, ck: dict | None, unreadable: Exception | None = None) -> None:
+    """Every rank resumes from the same last.pt, or none does. Each reads it from its own --out: on nodes with
+    node-local disks a rank that saw no last.pt started from scratch beside rank 0's resume, and the ranks'
+    collectives met out of step (gloo: "collective mismatch"; nccl: a hang). Called by every rank together (by
+    Engine.resume, and by finetune.start_job before its own checks of the file)."""
+    if not ctx.enabled:
+        return
+    # the training time it was written at tells apart two files of one global step (copies of other sessions)
+    view = (("unreadable", str(unreadable)) if unreadable is not None else None if ck is None else
+            (int(ck.get("global_step") or 0), float(ck.get("train_seconds") or 0.0)))
+    seen = all_gather_object(ctx, view)
+    if len(set(seen)) == 1:
+        return  # the same view everywhere (an unreadable file: each rank raises its own error next)
+    views: dict = {}
+    for rank, view in enumerate(seen):
+        views.setdefault(view, []).append(str(rank))
+    steps = [view[0] for view in views if view is not None]
+
+    def said_of(view) -> str:
+        if view is None:
+            return "no last.pt"
+        if view[0] == "unreadable":
+            return f"an unreadable last.pt ({view[1]})"
+        step, seconds = view
+        return f"last.pt at global step {step}" + (f" after {seconds:.1f} s of training"
+                                                    if steps.count(step) > 1 else "")
+
+    said = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}: {said_of(view)}"
+                     for view, ranks in views.items())
+    raise UserError(f"--resume: the processes do not see the same checkpoint {path} ({said}). --out must be a "
+                    f"folder on storage that every node shares: each process reads last.pt from it and rank 0 "
+                    f"alone writes it. Put the run on a shared file system (or copy it to the same path on "
+                    f"every node) and resume again.")
+
+
 def image_counts(task) -> dict[str, int]:
     """The images a task decoded and trains on, which every rank's epoch plan is built from."""
     counts = {split: len(getattr(task, f"{split}_set")) for split in ("train", "val") if hasattr(task, f"{split}_set")}
@@ -520,37 +555,7 @@ class Engine:
                             f"plan{self._planned_epochs()}.")
 
     def _agree_on_checkpoint(self, path: Path, ck: dict | None, unreadable: Exception | None = None) -> None:
-        """Every rank resumes from the same last.pt, or none does. Each reads it from its own --out: on nodes with
-        node-local disks a rank that saw no last.pt started from scratch beside rank 0's resume, and the ranks'
-        collectives met out of step (gloo: "collective mismatch"; nccl: a hang). Called by every rank together."""
-        if not self.ctx.enabled:
-            return
-        # the training time it was written at tells apart two files of one global step (copies of other sessions)
-        view = (("unreadable", str(unreadable)) if unreadable is not None else None if ck is None else
-                (int(ck.get("global_step") or 0), float(ck.get("train_seconds") or 0.0)))
-        seen = all_gather_object(self.ctx, view)
-        if len(set(seen)) == 1:
-            return  # the same view everywhere (an unreadable file: each rank raises its own error next)
-        views: dict = {}
-        for rank, view in enumerate(seen):
-            views.setdefault(view, []).append(str(rank))
-        steps = [view[0] for view in views if view is not None]
-
-        def said_of(view) -> str:
-            if view is None:
-                return "no last.pt"
-            if view[0] == "unreadable":
-                return f"an unreadable last.pt ({view[1]})"
-            step, seconds = view
-            return f"last.pt at global step {step}" + (f" after {seconds:.1f} s of training"
-                                                        if steps.count(step) > 1 else "")
-
-        said = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}: {said_of(view)}"
-                         for view, ranks in views.items())
-        raise UserError(f"--resume: the processes do not see the same checkpoint {path} ({said}). --out must be a "
-                        f"folder on storage that every node shares: each process reads last.pt from it and rank 0 "
-                        f"alone writes it. Put the run on a shared file system (or copy it to the same path on "
-                        f"every node) and resume again.")
+        agree_on_checkpoint(self.ctx, path, ck, unreadable)
 
     def _check_same_config(self, ck: dict) -> None:
         """A resume continues the run as its checkpoint was configured: settings that differ now, beyond what

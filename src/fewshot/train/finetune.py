@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from fewshot.config import CHOSEN, NotAMapping, note_chosen, note_rechosen, read_run_config, save_yaml
+from fewshot.config import (CHOSEN, NotAMapping, note_chosen, note_rechosen, read_run_config, run_time_values,
+                            save_yaml)
 from fewshot.data.cache import ensure_writable_dir, write_skipped
 from fewshot.data.layout import check_output_is_not_in_data, scan_root
 from fewshot.errors import UserError, one_line, path_argument, shell_quoted
@@ -22,7 +23,7 @@ from fewshot.progress import set_enabled
 from fewshot.train.distributed import barrier, check_same_data, check_same_settings, init_distributed
 from fewshot.run_lock import LOCK_NAME, lock_run_dir, refuse_if_being_written, unlock_and_remove
 from fewshot.run_state import is_run_stage
-from fewshot.train.engine import Engine, check_resume_fits
+from fewshot.train.engine import Engine, agree_on_checkpoint, check_resume_fits
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
 from fewshot.utils import (missing_parents, refuse_links_in_run_dir, resolve_device, resolved, seed_everything,
                            write_json)
@@ -431,11 +432,9 @@ def resumable_device(out: Path, saved: str) -> str:
     index = re.fullmatch(r"cuda:(\d+)", saved)
     if index is None or not torch.cuda.is_available():
         return saved
-    try:
-        several = int(os.environ.get("WORLD_SIZE") or 1) > 1  # as cli.world_size_env reads it
-    except ValueError:  # refused by init_distributed, naming WORLD_SIZE
-        several = False
-    if several:
+    from fewshot.cli import world_size_env  # 1 where WORLD_SIZE is bad: init_distributed refuses it, naming it
+
+    if world_size_env() > 1:
         return "cuda"
     if int(index[1]) < torch.cuda.device_count():
         return saved
@@ -517,7 +516,8 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     resolve_defaults(ctx, resuming)
     # test/ too where it exists: its duplicate ids and sub-folders stopped predict only, after the training
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"), if_present=("test",))
-    check_same_data(ctx, infos)
+    # with what resolve_defaults filled in from each node's own weights file (its network), in the same exchange
+    check_same_data(ctx, infos, run_time_values(cfg))
     prepare_run_dir(out, resume, cfg, ctx, start)
     note_rechosen(cfg, say=ctx.is_main)  # a run's config.yaml as --config: what this command chose otherwise
     if ctx.is_main and not resuming:
@@ -525,11 +525,18 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     ck = None
     # its kind, then its process count, before the task is built: the settings checks building runs (shuffle-BN
     # groups against the batch size) answered another process count with advice that leads nowhere, and a moco
-    # last.pt was counted as images. Read once, its tensors mapped; every rank reads it only where all resume
+    # last.pt was counted as images. Read once, its tensors mapped; every rank reads it only where all resume, and
+    # the ranks first agree that they read one file (agree_on_checkpoint)
     if resuming and alike:
         from fewshot.train.checkpoint import load_checkpoint
 
-        ck = load_checkpoint(last, mmap=True)
+        try:
+            ck, unreadable = load_checkpoint(last, mmap=True), None
+        except (UserError, OSError) as exc:  # said after the other ranks heard of it: alone, they waited
+            ck, unreadable = None, exc
+        agree_on_checkpoint(ctx, last, ck, unreadable)
+        if unreadable is not None:
+            raise unreadable
         check_resume_fits(last, ck, kind, ctx.world)
     seed_everything(cfg["train"]["seed"])
     return device, ctx, infos, resuming, ck
