@@ -7,7 +7,8 @@ last.pt that loads, each resume redoes only the steps after that checkpoint, and
 leaves behind must not matter.
 
 The kills are injected by tests/helpers/faults.py, which wraps the real CLI from the outside (nothing
-in src/ knows about it); `fewshot.cli.main` in this process gives the uninterrupted reference.
+in src/ knows about it); `fewshot.cli.main` in this process gives the uninterrupted reference and runs each
+last session, which no kill ends.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pytest
 from fewshot.cli import main as fewshot_main
 from fewshot.train.checkpoint import load_checkpoint
 from helpers.tiny import REPO, build_digits
-from helpers.checks import assert_same
+from helpers.checks import assert_same, run_main
 
 TIMING = {"images_per_s", "epoch_time_s", "eval_time_s"}
 STATE = ("model", "ema", "optimizer", "scaler", "epoch", "step_in_epoch", "global_step", "best_score",
@@ -66,10 +67,11 @@ def killed(args: list[str], note: Path, **faults: int) -> str:
 
 
 def finished(args: list[str], note: Path) -> str:
-    proc = start(args, note)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    return out
+    """The last session, to the end, in this process: only a kill needs a process of its own (no fault is set
+    here, and helpers.faults is inert without one), and an interpreter start with torch's import costs seconds."""
+    rc, out, err = run_main(*args)
+    assert rc == 0, (out + err)[-3000:]
+    return out + err
 
 
 def killed_from_outside(args: list[str], note: Path, after_writes: int) -> tuple[str, bool]:
@@ -233,10 +235,8 @@ def test_train_stops_on_a_real_sigterm_with_a_fresh_checkpoint_and_resumes(root,
     epoch, step, g = position(run)
     assert g >= 3 * 5 and g < 40 * 5  # past the 3 logged epochs (the first epoch's last.pt is step 5)
     rows = log_rows(run)
-    proc = subprocess.run([sys.executable, "-m", "fewshot", *args, "--resume"], env=e, capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert resumed_at(proc.stdout + proc.stderr) == g
+    out = finished(args + ["--resume"], tmp_path / "note.txt")
+    assert resumed_at(out) == g
     assert position(run) == (40, 0, 40 * 5)
     assert log_rows(run)[: len(rows)] == rows and [r["epoch"] for r in log_rows(run)] == list(range(1, 41))
 

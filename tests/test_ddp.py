@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from fewshot.models.backbone import create_backbone
 from fewshot.ssl.functional import shuffle_permutation
 from fewshot.ssl.moco import MoCo
-from helpers.tiny import build_digits, dist_env, free_port, run_forked_ranks, torchrun_cmd, view_pair
+from helpers.tiny import (build_digits, cli_in_forked_ranks, dist_env, free_port, run_forked_ranks, torchrun_cmd,
+                          view_pair)
 
 TIMEOUT = 240  # a rank mismatch shows up as a hang: fail instead of blocking the suite
 
@@ -261,9 +262,11 @@ def test_torchrun_sigterm_on_one_rank_stops_every_rank_at_the_same_step(root, tm
     # every rank's running sums travel in the mid-epoch last.pt: the resumed epoch's log row is the uninterrupted
     # run's (it averaged rank 0's partial sums on both ranks: loss 1.7769 against 1.7778)
     assert len(ck["epoch_sums_by_rank"]) == 2 and ck["epoch_sums_by_rank"][0] != ck["epoch_sums_by_rank"][1]
+    # the resume and the uninterrupted reference are not about the launch: 2 forked ranks each (no torchrun)
     args = ["train", "--data", str(root), *COMMON[:5], "3", *COMMON[6:], "train.deterministic=true"]
-    check(torchrun(["-m", "fewshot", *args, "--out", str(run), "--resume"], cwd=tmp_path))
-    check(torchrun(["-m", "fewshot", *args, "--out", str(tmp_path / "whole")], cwd=tmp_path))
+    for more in (["--out", str(run), "--resume"], ["--out", str(tmp_path / "whole")]):
+        codes, said = cli_in_forked_ranks([*args, *more], tmp_path, WORLD, TIMEOUT)
+        assert codes == [0] * WORLD, f"exit {codes}\n{said[-6000:]}"
 
     def rows(folder):
         return [json.loads(x) for x in (folder / "log.jsonl").read_text().splitlines()]

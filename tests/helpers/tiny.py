@@ -127,6 +127,38 @@ def run_forked_ranks(fn, args: tuple, nprocs: int, timeout: float, what: str) ->
             pytest.fail(f"{what} still ran after {timeout} s (a collective mismatch?)")
 
 
+def _cli_rank(rank: int, world: int, port: int, argv: list, cwd: str, said: str) -> None:
+    """One forked rank of ``cli_in_forked_ranks``: torchrun's environment without its agent, the output to a file."""
+    from helpers.checks import run_main
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    for name in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"):
+        os.environ.pop(name, None)
+    os.chdir(cwd)
+    with open(Path(said, f"rank{rank}.out"), "w") as fh:
+        os.dup2(fh.fileno(), 1)  # what torch or gloo writes to the descriptors lands there too
+        os.dup2(fh.fileno(), 2)
+        rc, out, err = run_main(*argv)
+        fh.write(out + err)
+    Path(said, f"rank{rank}.rc").write_text(str(rc))
+
+
+def cli_in_forked_ranks(argv: list, cwd: Path, world: int = 2, timeout: float = 240) -> tuple[list[int], str]:
+    """`torchrun --nproc_per_node=WORLD -m fewshot ARGV` where the launch is not what a test checks: the ranks are
+    forks of this process (no interpreter start or torch import per rank: seconds each), each running
+    ``fewshot.cli.main`` with torchrun's rank variables. Returns each rank's exit code and the ranks' output."""
+    import tempfile
+
+    said = Path(tempfile.mkdtemp(prefix=".ranks-", dir=cwd))
+    run_forked_ranks(_cli_rank, (world, free_port(), [str(a) for a in argv], str(cwd), str(said)), world, timeout,
+                     f"the ranks of fewshot {argv[0]}")
+    codes = [int((said / f"rank{r}.rc").read_text()) for r in range(world)]
+    out = "".join((said / f"rank{r}.out").read_text() for r in range(world))
+    shutil.rmtree(said)
+    return codes, out
+
+
 def trained_digits_run(base: Path, epochs: int, *flags) -> dict:
     """A tiny digits root and a `fewshot train` run on it, evaluated every epoch: {"root", "ft"} (the report
     tests' module fixtures read it)."""
