@@ -43,6 +43,7 @@ def test_an_entry_written_by_another_rank_holds_the_digests_rank_0_reads(root, t
     cache_dir = tmp_path / "cache"
     with monkeypatch.context() as m:
         m.setenv("RANK", "1")
+        m.setenv("WORLD_SIZE", "2")  # one process ignores RANK, as init_distributed does
         train, val = _load(root, cache_dir)
     assert train.digests is None and val.digests is None  # rank 1 says no warning, so it takes none
     metas = sorted(cache_dir.glob("*.json"))
@@ -69,6 +70,7 @@ def test_another_rank_hashes_no_entry_it_does_not_write(root, tmp_path, monkeypa
         del record["digests"]
         meta.write_text(json.dumps(record))
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # one process ignores RANK, as init_distributed does
     monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
     for folder in (cache_dir, None):
         train, val = _load(root, folder)

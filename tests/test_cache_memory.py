@@ -293,6 +293,7 @@ def test_a_large_new_entry_says_its_size_and_folder_once_and_a_warm_or_small_one
     assert capsys.readouterr().err.splitlines()[0] == (f"note: decoding images: decoding 357 images at 224 px into "
                                                        f"{cache_dir} (54 MB on disk)")
     monkeypatch.setenv("WORLD_SIZE", "4")  # under torchrun: rank 0 only, and the copies each process decodes
+    monkeypatch.setenv("RANK", "0")  # torchrun sets it (a hand launch without it is refused)
     load_images(paths, 224, tmp_path / "other", threads=2)
     assert "(54 MB on disk, 217 MB while the job's 4 processes each decode a copy, " in capsys.readouterr().err
     monkeypatch.setenv("RANK", "1")

@@ -85,7 +85,7 @@ def test_run_adopts_the_bit_depth_its_weights_record(tmp_path, settings_only_run
     assert settings_only_run[-1]["data"]["bit_depth"] == "auto"
 
 
-# 2. RANK: one process ignores it, as init_distributed does; torchrun's bad one is a user error naming it
+# 2. RANK: one process ignores it, as init_distributed does; torchrun's missing or bad one is a user error naming it
 
 
 def test_an_empty_rank_in_one_process_is_no_internal_error(digits_root, tmp_path, monkeypatch):
@@ -107,7 +107,8 @@ def test_a_bad_rank_under_torchrun_names_rank(monkeypatch, tmp_path):
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "")
-    assert launch_rank() == 0  # empty counts as unset
+    with pytest.raises(UserError, match="RANK is not set"):  # empty counts as unset, which init_distributed refuses
+        launch_rank()
     monkeypatch.setenv("RANK", "1")
     assert launch_rank() == 1
     monkeypatch.setenv("RANK", "one")

@@ -160,6 +160,7 @@ def test_other_ranks_take_no_digests(clean, tmp_path, monkeypatch):
     finds the digests there: test_cache_digest_ranks)."""
     _load(clean, tmp_path / "cache")
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # one process ignores RANK, as init_distributed does
     monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
     (train, val), _, _ = _load(clean, tmp_path / "cache")
     assert train.digests is None and val.digests is None

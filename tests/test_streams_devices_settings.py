@@ -261,6 +261,7 @@ def test_repeats_beyond_an_epoch_are_warned_once_and_never_refused(monkeypatch, 
     samplers.epoch_batches(100, 32, 0, 1, kind="repeat", repeats=3)
     monkeypatch.setattr(layout, "_TOLD_GAPS", set())
     monkeypatch.setenv("RANK", "1")  # torchrun's other processes plan the same epochs: rank 0 alone says it
+    monkeypatch.setenv("WORLD_SIZE", "2")  # one process ignores RANK, as init_distributed does
     samplers.epoch_batches(100, 16, 0, 1, kind="repeat", rank=1, world=2, repeats=1000)
     assert capsys.readouterr() == ("", "")
 

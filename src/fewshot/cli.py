@@ -1001,14 +1001,11 @@ def world_size_env() -> int:
 
 
 def launch_rank() -> int:
-    """This process's rank as init_distributed takes it: RANK under torchrun (WORLD_SIZE over 1), else 0. Read by
-    int(os.environ.get("RANK", "0")), an empty RANK (`RANK= fewshot train`) was an internal error once the run had
-    finished; a bad one is now a UserError naming RANK (train.distributed.env_int), and one process ignores it."""
-    if world_size_env() < 2:
-        return 0
-    from fewshot.train.distributed import env_int
+    """This process's rank as init_distributed takes it (train.distributed.launch_rank, its one definition): 0 in one
+    process, RANK under torchrun, a LaunchError naming RANK where it is missing or bad."""
+    from fewshot.train.distributed import launch_rank
 
-    return env_int("RANK", default=0, high=world_size_env())
+    return launch_rank()
 
 
 def _quiet_rank() -> bool:

@@ -260,13 +260,11 @@ def adopt_run_settings(cfg: dict, flags: dict, extra: list[str], args) -> None:
     and --config file), so that the short `fewshot run --data D --out O --resume` continues the run; one it gives
     that differs is refused by RunState.resume. Says which it took."""
     from fewshot.cli import given_fields
-    from fewshot.config import PER_INVOCATION, file_settings
+    from fewshot.config import file_settings
     from fewshot.errors import one_line
     from fewshot.run_state import adopt_untyped_settings, worded
 
-    # PER_INVOCATION counts as given: this command's progress bars, not the run's `--no-progress`
-    typed = given_fields(flags, extra) | (set(file_settings(args.config)) if args.config else set()) | \
-        set(PER_INVOCATION)
+    typed = given_fields(flags, extra) | (set(file_settings(args.config)) if args.config else set())
     taken = adopt_untyped_settings(Path(args.out), cfg, typed)
     if taken:
         print(one_line(f"note: --resume continues '{args.out}' with its own settings where this command gives none: "

@@ -353,6 +353,15 @@ class ConfigLoader(yaml.SafeLoader):
                                                             key_node.start_mark)
         return super().construct_mapping(node, deep)
 
+    def compose_scalar_node(self, anchor):
+        """Marks a scalar whose tag the user wrote (`!!int 5`, `!!python/name:x`; TAG_WRITTEN): its node looks
+        like a plain one YAML resolved, and keep_text_as_typed read it as text (`!!python/name:os.system x`,
+        refused by the safe loader, became the dataset 'x')."""
+        tag = self.peek_event().tag
+        node = super().compose_scalar_node(anchor)
+        setattr(node, TAG_WRITTEN, tag not in (None, "!"))
+        return node
+
     def _number_unless_base60(self, node, construct):
         text = self.construct_scalar(node)
         return text if ":" in text else construct(self, node)
@@ -378,31 +387,63 @@ MAX_DEPTH = 32  # no config field nests more than two levels (aug.scale: a list 
 
 STR_TAG = "tag:yaml.org,2002:str"
 NULL_TAG = "tag:yaml.org,2002:null"  # a name field's null is still none (every dataset); `on` may name a folder
+TAG_WRITTEN = "fewshot_tag_written"  # a scalar node's attribute (ConfigLoader.compose_scalar_node)
 
 
-def keep_text_as_typed(node, field: str | None = None) -> None:
-    """Retag the plain scalars of the name fields (TEXT_LIST) as text, before they are built: YAML read a dataset
-    folder `1_000` as 1000, `0x10` as 16, `+5` as 5 and `2020-01-01` as a date, and the run then looked for a
-    folder of that other name. ``field``: the dotted field ``node`` is the value of (a key=value word); None:
-    ``node`` is a config file's document, whose sections' fields are looked at."""
+def keep_text_as_typed(node, field: str | None = None):
+    """``node`` with the plain scalars of the name fields (TEXT_LIST) read as text, before they are built: YAML read
+    a dataset folder `1_000` as 1000, `0x10` as 16, `+5` as 5 and `2020-01-01` as a date, and the run then looked
+    for a folder of that other name. ``field``: the dotted field ``node`` is the value of (a key=value word); None:
+    ``node`` is a config file's document, whose sections' fields are looked at, through merge keys too (`<<: *m`).
+    New nodes replace the ones changed: an alias shares one node (`epochs: &e 10` ... `datasets: *e`), and a
+    retag in place turned the other field's number into text. A tag the user wrote (`!!int 5`) is kept."""
     if field is None:
-        for section, fields in _mapping_items(node):
-            for key, value in _mapping_items(fields):
-                keep_text_as_typed(value, f"{section}.{key}")
-        return
+        memo: dict = {}
+        return _with_fields(node, "", memo, lambda section, fields: _with_fields(
+            fields, section, memo, lambda key, value: keep_text_as_typed(value, f"{section}.{key}")))
     if field not in TEXT_LIST:
-        return
-    for item in node.value if isinstance(node, yaml.SequenceNode) else [node]:
-        if isinstance(item, yaml.ScalarNode) and item.style is None and item.tag != NULL_TAG:
-            item.tag = STR_TAG
+        return node
+    if isinstance(node, yaml.SequenceNode):
+        return yaml.SequenceNode(node.tag, [_as_typed(item) for item in node.value], node.start_mark, node.end_mark,
+                                 node.flow_style)
+    return _as_typed(node)
 
 
-def _mapping_items(node) -> list:
-    """A mapping node's (key text, value node) pairs, its plain text keys only; [] for any other node."""
+def _as_typed(item):
+    """A new text node for a plain scalar whose tag YAML resolved itself (none written; null still none); else
+    ``item``."""
+    if isinstance(item, yaml.ScalarNode) and item.style is None and item.tag != NULL_TAG and \
+            not getattr(item, TAG_WRITTEN, False):
+        return yaml.ScalarNode(STR_TAG, item.value, item.start_mark, item.end_mark, item.style)
+    return item
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _with_fields(node, where: str, memo: dict, edit):
+    """A copy of mapping ``node`` whose plain text keys' values are edit(key, value), and whose merged mappings
+    (`<<: *m` or `<<: [*a, *b]`, whose keys it takes as its own) are copied alike; any other node as is. ``memo``:
+    the copies made, by node and ``where`` (the section, or "" for the document), so that a mapping merged many
+    times is walked once; a mapping merged into itself is left to PyYAML."""
     if not isinstance(node, yaml.MappingNode):
-        return []
-    return [(key.value, value) for key, value in node.value
-            if isinstance(key, yaml.ScalarNode) and key.tag == STR_TAG]
+        return node
+    key = (id(node), where)
+    if key in memo:
+        return memo[key] or node
+    memo[key] = None
+    pairs = []
+    for name, value in node.value:
+        if name.tag == MERGE_TAG and isinstance(value, yaml.SequenceNode):
+            value = yaml.SequenceNode(value.tag, [_with_fields(item, where, memo, edit) for item in value.value],
+                                      value.start_mark, value.end_mark, value.flow_style)
+        elif name.tag == MERGE_TAG:
+            value = _with_fields(value, where, memo, edit)
+        elif isinstance(name, yaml.ScalarNode) and name.tag == STR_TAG:
+            value = edit(name.value, value)
+        pairs.append((name, value))
+    memo[key] = yaml.MappingNode(node.tag, pairs, node.start_mark, node.end_mark, node.flow_style)
+    return memo[key]
 
 
 def read_yaml(text, source: str = "the YAML text", field: str | None = None):
@@ -413,9 +454,7 @@ def read_yaml(text, source: str = "the YAML text", field: str | None = None):
         loader = ConfigLoader(text)
         try:
             node = loader.get_single_node()
-            if node is not None:
-                keep_text_as_typed(node, field)
-            data = None if node is None else loader.construct_document(node)
+            data = None if node is None else loader.construct_document(keep_text_as_typed(node, field))
         finally:
             loader.dispose()
     except RecursionError:
@@ -568,10 +607,12 @@ PER_INVOCATION = ("train.progress",)
 def read_config_file(path: str | Path) -> dict:
     """A --config file's settings: a run's own config.yaml is a valid --config, so the bookkeeping fields the
     tool records there are set aside rather than refused as unknown, and so are the PER_INVOCATION ones it
-    recorded (a recipe of the user's that sets them keeps them)."""
+    recorded (a recipe of the user's that sets them keeps them). A file with a CHOSEN record is a run's wherever
+    it lies, as chosen_in_file takes it: a fine-tuning run's config.yaml copied out of its folder kept the
+    `progress: false` of the command that made it."""
     data = config_data(path)
     settings = {key: value for key, value in data.items() if key not in RECORDED}
-    if written_by_run(data, path):
+    if CHOSEN in data or written_by_run(data, path):
         for dotted in PER_INVOCATION:
             section, field = dotted.split(".")
             if isinstance(settings.get(section), dict) and field in settings[section]:

@@ -13,19 +13,19 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
-from fewshot.config import (DEFAULTS, canonical_value, flatten_dotted, get_dotted, set_dotted,
+from fewshot.config import (DEFAULTS, PER_INVOCATION, canonical_value, flatten_dotted, get_dotted, set_dotted,
                             setting_changed)
 from fewshot.errors import UserError, one_line
+from fewshot.train.distributed import launch_rank
 from fewshot.utils import loads_run_json, write_json
 
 STATE_FILE = "run_state.json"
 
 # what a resumed `fewshot run` may change when the command gives it: where the data and the cache are, the device,
-# threads and progress output (not given, the cache, progress and TensorBoard settings are the run's:
+# threads and progress output (not given, the cache and TensorBoard settings are the run's, progress this command's:
 # adopt_untyped_settings). Anything else would make the later stages belong to another run than the earlier ones.
 RUN_RESUME_MAY_CHANGE = frozenset({"data.root", "data.cache_dir", "train.device", "train.threads",
                                    "train.progress", "train.tensorboard"})
@@ -177,8 +177,9 @@ def adopt_untyped_settings(out: Path, cfg: dict, typed: set[str]) -> dict:
     key=value words and --config file keys, dotted), as --budget-minutes takes the run's: `run --data D --out O
     --resume` after a Ctrl-C was refused as a change of model.name ('test_resnet' in the run, 'resnet18' now) though
     it named no model. Every setting is taken but data.root (--data, which the command always gives) and the
-    machine's (MACHINE_SETTINGS: device and threads, this session's defaults), the cache, progress and TensorBoard
-    settings too: the short command otherwise stopped the run's TensorBoard logs and decoded the images again into
+    machine's (MACHINE_SETTINGS: device and threads, this session's defaults) and config.PER_INVOCATION (progress
+    bars: one `--no-progress` hid them on every later resume); the cache and TensorBoard settings are taken too: the
+    short command otherwise stopped the run's TensorBoard logs and decoded the images again into
     ROOT/.fewshot_cache beside its --cache-dir. A setting the command gives is still compared (RunState.resume),
     and one of RUN_RESUME_MAY_CHANGE given may differ. Returns {dotted: value} of those taken."""
     try:
@@ -188,7 +189,7 @@ def adopt_untyped_settings(out: Path, cfg: dict, typed: set[str]) -> dict:
     note_device_not_taken(out, cfg, typed, recorded.get("train.device"))
     taken = {}
     for dotted, value in recorded.items():
-        if dotted == "data.root" or dotted in MACHINE_SETTINGS or dotted.startswith("_") \
+        if dotted == "data.root" or dotted in MACHINE_SETTINGS or dotted in PER_INVOCATION or dotted.startswith("_") \
                 or any(dotted == t or dotted.startswith(t + ".") for t in typed):
             continue
         keys = dotted.split(".")
@@ -277,7 +278,7 @@ def datasets_in_run_order(was, now, root):
     run, given = dataset_names(was, root), dataset_names(now, root)
     if not run or given is None or sorted(run) != sorted(given):
         return now
-    if run != given and os.environ.get("RANK", "0") == "0":
+    if run != given and launch_rank() == 0:
         print(one_line(f"note: the datasets given ({', '.join(given)}) are the run's in another order; it continues "
                        f"in its own order, {', '.join(run)} (the joint label space's class order follows it)"),
               file=sys.stderr, flush=True)

@@ -32,6 +32,7 @@ from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 from fewshot.data.layout import broken_link, broken_link_words
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.progress import track
+from fewshot.train.distributed import launch_rank
 from fewshot.utils import new_file_mode, atomic_write_text, loads_run_json
 
 CACHE_VERSION = 5  # 2: EXIF orientation applied; 3: float images in [0, 1] no longer black; 4: dark transparent
@@ -592,7 +593,7 @@ def warn_bit_depth(desc: str, sixteen: dict | None, bit_depth: int | str) -> Non
     values that all stay below 2**FEW_BITS (10-, 12- or 14-bit microscopy, medical or astronomy data in 16-bit
     files) decode dark and in few grey levels; with a number, larger values are clipped to white. Values over 65535
     (32-bit images) are clipped whatever the setting: auto, once advised for them, clips them the same, unwarned."""
-    if sixteen is None or os.environ.get("RANK", "0") != "0":
+    if sixteen is None or launch_rank() != 0:
         return
     peak, folder = sixteen["peak"], sixteen["folder"]
     if peak > 65535:
@@ -675,7 +676,7 @@ def _gb_or_mb(nbytes: float) -> str:
 def _note_new_entry(desc: str, n: int, size: int, cache_dir: Path, nbytes: int, max_gb: float | None) -> None:
     """Say where a large new entry goes and how much disk it takes (rank 0): a 100k-image pool at 224 px wrote
     15 GB beside the data without a word. A warm cache only maps its file, quietly."""
-    if nbytes < NOTE_MIN_BYTES or os.environ.get("RANK", "0") != "0":
+    if nbytes < NOTE_MIN_BYTES or launch_rank() != 0:
         return
     world = os.environ.get("WORLD_SIZE", "").strip()  # as _warn_no_cache: every process writes its own copy
     each = (f", {_gb_or_mb(nbytes * int(world))} while the job's {world} processes each decode a copy"
@@ -750,7 +751,7 @@ _REPORTED: set[tuple[str, str]] = set()  # skipped files already listed by this 
 
 def report_skipped(bad: list[tuple[str, str]], limit: int = 50, note: str = "--skip-bad-images") -> None:
     """--skip-bad-images (or the pool's data.skip_bad_unlabeled): list what was skipped on stderr (rank 0 only)."""
-    if os.environ.get("RANK", "0") != "0":
+    if launch_rank() != 0:
         return
     bad = [item for item in bad if item not in _REPORTED]  # `fewshot run` loads its pool once per round
     if not bad:
@@ -795,7 +796,7 @@ def user_cache_dir(root: str | Path) -> Path | None:
     try:  # a relative XDG_CACHE_HOME is invalid (XDG spec): it would put the cache under the current folder
         home = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
     except RuntimeError:  # no HOME and no passwd entry (containers with arbitrary uids): no cache
-        if f"no-home:{root}" not in _WARNED and os.environ.get("RANK", "0") == "0":  # as the unwritable cache's
+        if f"no-home:{root}" not in _WARNED and launch_rank() == 0:  # as the unwritable cache's
             _WARNED.add(f"no-home:{root}")
             print(printable(f"warning: no folder for the image cache: {root} cannot be written and there is no home "
                             f"folder (HOME unset, no passwd entry); continuing without it (train, pretrain and run: "

@@ -505,7 +505,7 @@ def list_datasets(root: Path) -> list[str]:
         why = not_a_dataset(folder)
         if why is None:
             names.append(folder.name)
-        elif str(folder) not in _TOLD_NOT_DATASETS and os.environ.get("RANK", "0") == "0":
+        elif str(folder) not in _TOLD_NOT_DATASETS and _says_notes():
             _TOLD_NOT_DATASETS.add(str(folder))
             print(one_line(f"note: {folder} is not a dataset ({why}): passed over"), file=sys.stderr, flush=True)
     if not names:
@@ -816,7 +816,7 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
         if not empty_ok:
             problems.append(f"{test_dir}: no test images" + (f" (only files that are not images by their extension: "
                                                               f"{some_of(sorted(ignored), 5)})" if ignored else ""))
-    elif ignored and (str(test_dir), *ignored) not in _TOLD_IGNORED and os.environ.get("RANK", "0") == "0":
+    elif ignored and (str(test_dir), *ignored) not in _TOLD_IGNORED and _says_notes():
         _TOLD_IGNORED.add((str(test_dir), *ignored))
         names = some_of(sorted(ignored), 10)
         print(printable(f"warning: {test_dir}: ignoring {len(ignored)} file(s) that are not images by their "
@@ -845,7 +845,7 @@ def _warn_odd_test_names(test_dir: Path, odd: list[str]) -> None:
     """Test file names that are likely typos of <int_id>.<ext> (SPEC): their ids are predicted as written (other
     datasets may name test images freely), so a grader keyed on the intended id would count them as misses.
     Said once per folder (rank 0), as the files that are not images."""
-    if not odd or (str(test_dir), "odd", *odd) in _TOLD_IGNORED or os.environ.get("RANK", "0") != "0":
+    if not odd or (str(test_dir), "odd", *odd) in _TOLD_IGNORED or not _says_notes():
         return
     _TOLD_IGNORED.add((str(test_dir), "odd", *odd))
     names = ", ".join(odd[:10]) + (f" and {len(odd) - 10} more" if len(odd) > 10 else "")
@@ -1049,10 +1049,18 @@ def _note_hidden_class(entry: Path, found) -> None:
                    f"class; rename it without the leading dot to train on it as one"])
 
 
+def _says_notes() -> bool:
+    """Whether this process says the notes (train.distributed.launch_rank is 0), imported only when one is due:
+    that module loads torch, which this one does not."""
+    from fewshot.train.distributed import launch_rank
+
+    return launch_rank() == 0
+
+
 def warn_once(lines: list[str], kind: str = "warning") -> None:
     """Print these warnings once per process (the data is scanned several times a command), on rank 0 only."""
     new = [line for line in lines if line not in _TOLD_GAPS]
-    if new and os.environ.get("RANK", "0") == "0":
+    if new and _says_notes():
         _TOLD_GAPS.update(new)
         print("\n".join(f"{kind}: {printable(line)}" for line in new), file=sys.stderr, flush=True)
 
@@ -1098,11 +1106,11 @@ def find_unlabeled_images(folders: list[str | Path]) -> list[Path]:
                 elif is_unread_file(entry):
                     unread.append(os.path.relpath(entry.path, folder))
             stack.extend(reversed(subdirs))
-            if not told and time.monotonic() - start > SCAN_NOTE_S and os.environ.get("RANK", "0") == "0":
+            if not told and time.monotonic() - start > SCAN_NOTE_S and _says_notes():
                 told = True
                 print(f"note: scanning the unlabeled pool ({len(out)} images so far) ...", file=sys.stderr,
                       flush=True)
-    if told and os.environ.get("RANK", "0") == "0":
+    if told and _says_notes():
         print(f"note: scanned the unlabeled pool: {len(out)} images in {time.monotonic() - start:.0f} s",
               file=sys.stderr, flush=True)
     if unreadable:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from fewshot.data.cache import load_images
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import DatasetInfo, warn_once
 from fewshot.errors import DataLayoutError, UserError, one_line, quoted
+from fewshot.train.distributed import launch_rank
 
 
 @dataclass
@@ -129,7 +129,7 @@ def load_splits(infos: list[DatasetInfo], splits: tuple[str, ...], space: LabelS
 def _warns() -> bool:
     """Whether this process says warn_split_copies' warnings (rank 0 of a torchrun job): the others take no digests,
     as every rank hashed its images for a warning only rank 0 gives (they hash only an entry they write)."""
-    return os.environ.get("RANK", "0") == "0"
+    return launch_rank() == 0
 
 
 COPY_EXAMPLES = 3  # the copies a warning names

@@ -10,7 +10,6 @@ fits one head per token (train_linear_heads), as the model scores them.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from fewshot.models.backbone import (adopt_weights_architecture, backbone_option
                                      input_size, mean_std)
 from fewshot.models.classifier import LinearHead
 from fewshot.models.weights import check_before_build, load_backbone_weights, weights_note
+from fewshot.train.distributed import launch_rank
 from fewshot.utils import seed_everything
 
 
@@ -79,7 +79,7 @@ def bit_depth_for(weights, given: int | str | None) -> int | str:
         return "auto"
     # 16: 16-bit images at their full scale, as auto reads them, so the note has nothing to say (the two differ
     # only for 32-bit images whose values all lie under 256: auto scales them from 255, 16 from 65535)
-    if recorded not in ("auto", 16) and os.environ.get("RANK", "0") == "0":  # a torchrun job says it once
+    if recorded not in ("auto", 16) and launch_rank() == 0:  # a torchrun job says it once
         print(one_line(f"note: 16-bit images are read as {recorded}-bit (data.bit_depth={recorded}), as {weights} "
                        f"records: the scale its features were learnt at; give data.bit_depth=auto to read them at "
                        f"the full 16 bits."), file=sys.stderr, flush=True)

@@ -9,7 +9,6 @@ DeiT- and PiT-distilled expose two tokens, and SPEC wants one head per token wit
 from __future__ import annotations
 
 import difflib
-import os
 import sys
 
 import timm
@@ -19,6 +18,7 @@ from torch import nn
 from fewshot.errors import UserError
 from fewshot.models.fast_pool import swap_max_pools
 from fewshot.models.tiny_map_conv import swap_tiny_map_convs
+from fewshot.train.distributed import launch_rank
 
 
 def similar_models(name: str, n: int = 8) -> list[str]:
@@ -57,7 +57,7 @@ def timm_name(name, source: str | None = None):
             return name
         meant = matches[0] + dot + tag.lower()
     check_pretrained_tag(meant, name, source)
-    if meant != name and name not in _NAMED and os.environ.get("RANK", "0") == "0":
+    if meant != name and name not in _NAMED and launch_rank() == 0:
         _NAMED.add(name)
         print(f"note: model {name}: using timm's {meant} (timm names are lower case)", file=sys.stderr, flush=True)
     return meant
@@ -155,7 +155,7 @@ def note_pretrained_tag(model_cfg: dict) -> None:
     name = model_cfg.get("name")
     if not isinstance(name, str) or "." not in name.strip(".") or model_cfg.get("weights"):
         return
-    if os.environ.get("RANK", "0") == "0":
+    if launch_rank() == 0:
         arch, tag = name.split(".", 1)
         print(f"note: --model {name}: '.{tag}' names timm's pretrained weights, which fewshot never downloads; "
               f"the {arch} network starts from random init. Give local weights with --weights FILE "
@@ -248,7 +248,7 @@ def adopt_weights_model(model_cfg: dict, given: bool) -> str | None:
     recorded = architecture_of(model_cfg.get("weights")).get("model")
     if given or not recorded or recorded == model_cfg.get("name") or not timm.is_model(recorded):
         return None
-    if os.environ.get("RANK", "0") == "0":  # every process of a torchrun job adopts it; one says so
+    if launch_rank() == 0:  # every process of a torchrun job adopts it; one says so
         print(f"note: no --model given: using {recorded}, the model {model_cfg['weights']} records",
               file=sys.stderr, flush=True)
     model_cfg["name"] = recorded

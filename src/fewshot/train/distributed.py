@@ -64,6 +64,20 @@ def env_int(name: str, default: int | None = None, low: int = 0, high: int | Non
     return value
 
 
+def launch_rank() -> int:
+    """This process's rank as init_distributed takes it, for "rank 0 says it" notes and warnings: 0 in one process
+    (WORLD_SIZE unset, under 2 or not a number: RANK ignored, `RANK= fewshot train` included), else RANK, a
+    LaunchError where it is missing, empty or bad. A missing RANK read as 0 had every process of a hand launch print
+    rank 0's notes before init_distributed refused it; `os.environ.get("RANK", "0") == "0"` silenced them all for
+    an empty RANK in one process. This module loads torch: code that loads none (fewshot.data.layout) imports it
+    where a note is due."""
+    try:
+        world = env_int("WORLD_SIZE", default=1, low=1)
+    except LaunchError:  # cli.world_size_env's reading: init_distributed names the bad value
+        world = 1
+    return 0 if world < 2 else env_int("RANK", high=world)
+
+
 def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
     world = env_int("WORLD_SIZE", default=1, low=1)
     if world <= 1:

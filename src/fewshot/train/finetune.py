@@ -546,7 +546,7 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
     with undone_if_start_fails(out) as start:  # a bad model or weights file leaves no run folder behind
         device, ctx, infos, resuming, ck = start_job(cfg, out, resume,
                                                      lambda ctx, resuming: resolve_finetune_defaults(cfg, resuming),
-                                                     start, SupervisedTask.kind)
+                                                     start, "supervised")  # SupervisedTask.kind
         task = SupervisedTask(cfg, infos, device, ctx, resuming=resuming)
         # refused before the start line, not after it, and after start_job's checks of its kind and process count
         # (Engine.resume makes them first too). Where only some ranks resume, ck is None: the ranks first agree on
