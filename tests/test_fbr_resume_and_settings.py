@@ -17,7 +17,7 @@ from fewshot.config import save_yaml
 from fewshot.errors import UserError
 from fewshot.train.distributed import DistContext, check_same_settings
 from fewshot.train.finetune import merge_resume_config, run_finetune
-from helpers.tiny import build_digits, finetune_cfg, free_port, run_forked_ranks
+from helpers.tiny import altered_copy, build_digits, finetune_cfg, free_port, run_forked_ranks
 
 
 def settings_seen(cfg: dict, monkeypatch, resuming: bool = False):
@@ -115,17 +115,7 @@ def tiny(root: Path, **flags) -> dict:
 
 def altered_run(trained, tmp_path: Path, **changes) -> Path:
     """A copy of the trained run whose last.pt has ``changes``."""
-    import shutil
-
-    from fewshot.train.checkpoint import load_checkpoint, save_checkpoint
-
-    out = tmp_path / "run"
-    shutil.copytree(trained[1], out)
-    last = out / "checkpoints" / "last.pt"
-    ck = load_checkpoint(last)
-    ck.update(changes)
-    save_checkpoint(last, ck)
-    return out
+    return altered_copy(trained[1], tmp_path / "run", **changes)
 
 
 def test_a_moco_checkpoint_is_said_to_be_one_before_its_images_are_counted(trained, tmp_path):

@@ -17,7 +17,7 @@ from fewshot.config import FieldError, parse_override, resolve
 from fewshot.errors import UserError
 from fewshot.models.backbone import create_backbone
 from helpers.checks import run_main
-from helpers.tiny import tiny_train_argv
+from helpers.tiny import tiny_train_argv, trained_tiny_run
 
 
 def twelve_bit_backbone(path: Path) -> Path:
@@ -34,10 +34,7 @@ def saved(run: Path) -> dict:
 @pytest.fixture(scope="module")
 def tiny_run(digits_root, tmp_path_factory) -> Path:
     """One finished 1-epoch run, trained with --no-progress (tiny_train_argv); tests copy it."""
-    out = tmp_path_factory.mktemp("fbs") / "run"
-    rc, _, err = run_main(*tiny_train_argv(digits_root, out))
-    assert rc == 0, err
-    return out
+    return trained_tiny_run(digits_root, tmp_path_factory.mktemp("fbs") / "run")
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:

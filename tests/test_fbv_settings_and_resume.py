@@ -5,7 +5,6 @@ on a recorded GPU index under torchrun."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,11 @@ import fewshot.train.checkpoint as checkpoint
 import fewshot.train.distributed as distributed
 import fewshot.train.engine as engine
 import fewshot.train.finetune as finetune
-from fewshot.config import save_yaml
 from fewshot.errors import UserError
 from fewshot.train.distributed import DistContext, check_same_settings
 from fewshot.train.finetune import merge_resume_config, run_finetune
-from helpers.tiny import build_digits, finetune_cfg, pretrain_cfg
+from helpers.tiny import altered_copy, build_digits, finetune_cfg, pretrain_cfg
+from test_fbr_resume_and_settings import recorded_run
 
 
 def settings_seen(cfg: dict, monkeypatch) -> tuple:
@@ -98,13 +97,7 @@ def tiny(root: Path, **flags) -> dict:
 
 def altered_run(trained, tmp_path: Path, **changes) -> Path:
     """A copy of the trained run whose last.pt has ``changes``."""
-    out = tmp_path / "run"
-    shutil.copytree(trained[1], out)
-    last = out / "checkpoints" / "last.pt"
-    ck = checkpoint.load_checkpoint(last)
-    ck.update(changes)
-    checkpoint.save_checkpoint(last, ck)
-    return out
+    return altered_copy(trained[1], tmp_path / "run", **changes)
 
 
 def count_reads(monkeypatch) -> list:
@@ -151,16 +144,6 @@ def test_every_rank_resuming_makes_the_early_checks_under_torchrun(trained, tmp_
     monkeypatch.setattr(finetune, "Engine", no_engine)
     with pytest.raises(UserError, match="the run being resumed trained on 999 training images"):
         run_finetune(tiny(trained[0], **{"train.epochs": 2}), out, resume=True)
-
-
-def recorded_run(tmp_path: Path, device: str) -> Path:
-    out = tmp_path / "run"
-    out.mkdir()
-    cfg = finetune_cfg(tmp_path / "data", **{"train.device": device})
-    cfg["optim"].update(lr=0.004, backbone_lr_mult=1.0)
-    cfg["_chosen"] = {}
-    save_yaml(cfg, out / "config.yaml")
-    return out
 
 
 @pytest.mark.parametrize("gpus", [1, 2])

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fewshot.errors import UserError
+from test_fbt_report import _tick_labels
 
 
 def _folders(root: Path, *paths: str) -> Path:
@@ -83,25 +84,6 @@ def test_layout_and_report_share_one_list_of_dataset_folders(tmp_path, monkeypat
     with pytest.raises(UserError, match="no dataset folders found"):
         layout.list_datasets(root)
     assert asked == [root, root]
-
-
-def _tick_labels(lo: float, hi: float) -> list[str]:
-    """The y tick labels drawn in view of a learning-rate panel spanning lo .. hi."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from fewshot.report.plots import _finish
-
-    fig = Figure()
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.plot([1, 2, 3], [lo, (lo + hi) / 2, hi])
-    _finish(ax, "learning rate (head)", log=True)
-    fig.canvas.draw()
-    y0, y1 = sorted(ax.get_ylim())
-    ticks = [*ax.yaxis.get_major_ticks(), *ax.yaxis.get_minor_ticks()]
-    return [t.label1.get_text().replace("\N{MINUS SIGN}", "-") for t in ticks
-            if y0 <= t.get_loc() <= y1 and t.label1.get_visible() and t.label1.get_text()]
 
 
 def test_learning_rate_ticks_from_10_to_10000_are_plain_numbers():

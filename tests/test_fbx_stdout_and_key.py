@@ -13,18 +13,14 @@ import pytest
 
 import fewshot
 from fewshot.errors import UserError
-from tests.helpers.checks import run_main
-from tests.helpers.tiny import tiny_train_argv
+from helpers.tiny import trained_tiny_run
 
 SRC = str(Path(fewshot.__file__).resolve().parents[1])
 
 
 @pytest.fixture(scope="module")
 def tiny_run(digits_root, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("fbx") / "run"
-    rc, _, err = run_main(*tiny_train_argv(digits_root, run))
-    assert rc == 0, err
-    return run
+    return trained_tiny_run(digits_root, tmp_path_factory.mktemp("fbx") / "run")
 
 
 def _fewshot(*argv, cwd, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:

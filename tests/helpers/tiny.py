@@ -49,6 +49,27 @@ def tiny_train_argv(root: Path, out: Path, *extra) -> list:
             *extra]
 
 
+def trained_tiny_run(root: Path, out: Path) -> Path:
+    """A finished tiny_train_argv run in ``out``, trained in this process (module fixtures train one; tests copy it)."""
+    from helpers.checks import run_main
+
+    rc, _, err = run_main(*tiny_train_argv(root, out))
+    assert rc == 0, err
+    return out
+
+
+def altered_copy(run: Path, out: Path, **changes) -> Path:
+    """A copy of ``run`` in ``out`` whose last.pt has ``changes``."""
+    from fewshot.train.checkpoint import load_checkpoint, save_checkpoint
+
+    shutil.copytree(run, out)
+    last = out / "checkpoints" / "last.pt"
+    ck = load_checkpoint(last)
+    ck.update(changes)
+    save_checkpoint(last, ck)
+    return out
+
+
 def build_cafe_root(root: Path, copies: tuple[str, ...]) -> Path:
     """ROOT/{café (decomposed, as macOS writes it), *copies}: copies of a tiny 2-shot digits dataset, no pool; the
     dataset-name tests (Unicode forms of one folder name) share it."""
