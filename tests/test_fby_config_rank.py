@@ -141,9 +141,12 @@ def test_scanning_data_loads_no_torch_for_the_rank():
     code = ("import sys, os; os.environ['RANK'] = '';"
             "import fewshot.data.layout as layout, fewshot.cli;"
             "assert 'torch' not in sys.modules, 'imported torch';"
-            "layout.warn_once([]); assert 'torch' not in sys.modules, 'warn_once of nothing imported torch'")
+            "layout.warn_once([]); assert 'torch' not in sys.modules, 'warn_once of nothing imported torch';"
+            "layout.warn_once(['fby: a note']); print('imported' if 'torch' in sys.modules else 'no torch')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    # a note due asks for the rank (the lazy import works, RANK= empty read as unset: rank 0 says it)
+    assert "fby: a note" in done.stderr and done.stdout.strip() == "imported", (done.stdout, done.stderr)
 
 
 # 6. progress is this command's, never the run's

@@ -274,3 +274,23 @@ def test_a_refused_resume_without_a_lock_writes_no_copy_back(copy_root, tmp_path
     rc, _, err = run_main(*cmd, "--resume")
     assert rc == 2 and "classes differ" in err, err
     assert _state(out)["seconds"] > before["seconds"]
+
+
+def test_the_ranks_checkpoint_views_cannot_raise_on_one_rank_and_a_nan_time_matches_itself(tmp_path, monkeypatch):
+    """agree_on_checkpoint built its view before the gather with int()/float() of unchecked fields: a bad value
+    raised on that rank alone (the others waited in the gather); a NaN train_seconds, unequal to itself once read
+    back, made two identical files "not the same checkpoint"."""
+    sent = []
+
+    def gather(ctx, view):
+        sent.append(view)
+        return [view, view]  # every rank saw what this one saw
+
+    monkeypatch.setattr(engine, "all_gather_object", gather)
+    ctx = DistContext(0, 2)
+    engine.agree_on_checkpoint(ctx, tmp_path / "last.pt", {"global_step": 5, "train_seconds": float("nan")})
+    engine.agree_on_checkpoint(ctx, tmp_path / "last.pt", {"global_step": "five", "train_seconds": 1.0})
+    assert sent[1][0] == "unreadable" and "no number" in sent[1][1]
+    monkeypatch.setattr(engine, "all_gather_object", lambda ctx, view: [view, (5, repr(1.0))])
+    with pytest.raises(UserError, match=r"rank 0: an unreadable last\.pt .*rank 1: last\.pt at global step 5"):
+        engine.agree_on_checkpoint(ctx, tmp_path / "last.pt", {"global_step": [1], "train_seconds": 1.0})

@@ -475,11 +475,15 @@ def dataset_folders(root: Path) -> list[Path]:
     is found to be no dataset folder itself (else the UserError that says so, worded for --data and --datasets);
     an OSError where ROOT cannot be listed. Shared by list_datasets and report's --data check, which copied the
     filter and so could take another root for a dataset folder than training does."""
-    folders = sorted((p for p in root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS),
-                     key=lambda p: p.name)
+    folders = _visible_folders(root)
     _refuse_a_dataset_given_as_root(root, folders)
     return folders
+
+
+def _visible_folders(root: Path) -> list[Path]:
+    """ROOT's visible directories but `unlabeled/`, by name; an OSError where ROOT cannot be listed."""
+    return sorted((p for p in root.iterdir()
+                   if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS), key=lambda p: p.name)
 
 
 def list_datasets(root: Path) -> list[str]:
@@ -496,9 +500,11 @@ def list_datasets(root: Path) -> list[str]:
         raise UserError(f"dataset root {shell_quoted(root)} does not exist or is not a folder. "
                         f"Build the demo data with `fewshot data digits --out {path_argument(root)}`.")
     try:
-        folders = dataset_folders(root)
+        folders = _visible_folders(root)
     except OSError as exc:
         raise UserError(f"cannot list the dataset root '{root}': {exc.strerror or exc}.") from None
+    # outside the listing's try: an unreadable ROOT/train met by this check was "cannot list the dataset root"
+    _refuse_a_dataset_given_as_root(root, folders)
     _refuse_a_split_given_as_root(root, folders)
     names: list[str] = []
     for folder in folders:

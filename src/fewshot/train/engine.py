@@ -197,9 +197,14 @@ def agree_on_checkpoint(ctx, path: Path, ck: dict | None, unreadable: Exception 
     Engine.resume, and by finetune.start_job before its own checks of the file)."""
     if not ctx.enabled:
         return
-    # the training time it was written at tells apart two files of one global step (copies of other sessions)
-    view = (("unreadable", str(unreadable)) if unreadable is not None else None if ck is None else
-            (int(ck.get("global_step") or 0), float(ck.get("train_seconds") or 0.0)))
+    # the training time it was written at tells apart two files of one global step (copies of other sessions).
+    # Built so that it cannot raise on one rank alone (the others would wait in the gather), and compared as text
+    # (a NaN read back is unequal to itself: identical files looked different)
+    try:
+        view = (("unreadable", str(unreadable)) if unreadable is not None else None if ck is None else
+                (int(ck.get("global_step") or 0), repr(float(ck.get("train_seconds") or 0.0))))
+    except (TypeError, ValueError, OverflowError) as exc:
+        view = ("unreadable", f"global_step or train_seconds is no number: {exc}")
     seen = all_gather_object(ctx, view)
     if len(set(seen)) == 1:
         return  # the same view everywhere (an unreadable file: each rank raises its own error next)
@@ -214,7 +219,7 @@ def agree_on_checkpoint(ctx, path: Path, ck: dict | None, unreadable: Exception 
         if view[0] == "unreadable":
             return f"an unreadable last.pt ({view[1]})"
         step, seconds = view
-        return f"last.pt at global step {step}" + (f" after {seconds:.1f} s of training"
+        return f"last.pt at global step {step}" + (f" after {float(seconds):.1f} s of training"
                                                     if steps.count(step) > 1 else "")
 
     said = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}: {said_of(view)}"
