@@ -268,3 +268,27 @@ def test_tensorboard_after_kills_and_resumes_holds_each_epoch_once(root, tmp_pat
     events = _tensorboard_loss(run)
     assert [step for step, _ in events] == [1, 2, 3]
     assert [v for _, v in events] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+
+
+def test_a_resume_in_the_same_second_names_its_event_file_after_the_last_one(tmp_path, monkeypatch):
+    """TensorBoard sorts event files by name (second, host, pid): a resume opened in the second of the writer before
+    it, with a smaller pid, sorted first, and the older file's purge removed the resume's later epochs (a flaky
+    test showed it). The resume waits into the next second; a file named by a clock far ahead is not waited for."""
+    from fewshot.train import engine
+
+    slept: list[float] = []
+    monkeypatch.setattr(engine.time, "sleep", slept.append)
+    now = 1_800_000_000.25
+    monkeypatch.setattr(engine.time, "time", lambda: now)
+    folder = tmp_path / "tensorboard"
+    folder.mkdir()
+    engine.wait_for_a_later_event_file_second(folder)  # no event file yet
+    (folder / "events.out.tfevents.1799999990.host.9.0").write_bytes(b"")
+    engine.wait_for_a_later_event_file_second(folder)  # an older second
+    assert slept == []
+    (folder / "events.out.tfevents.1800000000.host.99999.0").write_bytes(b"")
+    engine.wait_for_a_later_event_file_second(folder)
+    assert slept == [pytest.approx(0.75)]
+    (folder / "events.out.tfevents.1800003600.host.9.0").write_bytes(b"")  # an hour ahead: not waited for
+    engine.wait_for_a_later_event_file_second(folder)
+    assert slept == [pytest.approx(0.75)]

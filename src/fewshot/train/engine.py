@@ -693,6 +693,8 @@ class Engine:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
+                if resumed:
+                    wait_for_a_later_event_file_second(self.run_dir / "tensorboard")
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"),
                                             purge_step=self.epoch if resumed else None)
             except Exception as exc:  # tensorboard is optional at run time, but a user who has it on is told
@@ -1297,6 +1299,23 @@ class Engine:
         if self.ctx.enabled:
             ok = all_reduce_mean(self.ctx, 1.0 if ok else 0.0) == 1.0
         return ok
+
+
+def wait_for_a_later_event_file_second(folder: Path, longest_s: float = 2.0) -> None:
+    """TensorBoard reads a folder's event files in name order, and a name starts with the second it was opened
+    (then host and pid): a resume opened in the same second as the writer before it could sort first, and that
+    older writer's purge (at its resumed epoch) then removed the later steps of this one. Waits into the next
+    second, at most ``longest_s`` (a file named by a clock that was ahead is not waited for)."""
+    seconds = []
+    with contextlib.suppress(OSError):
+        for p in folder.iterdir():
+            parts = p.name.split(".")
+            if p.name.startswith("events.out.tfevents.") and len(parts) > 3 and parts[3].isdigit():
+                seconds.append(int(parts[3]))
+    if seconds:
+        wait = max(seconds) + 1 - time.time()
+        if 0 < wait <= longest_s:
+            time.sleep(wait)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
