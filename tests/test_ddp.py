@@ -3,14 +3,15 @@
 (a) DDP(MoCo) equals a hand-written single-process simulation of the 2 ranks: per-rank BatchNorm
     statistics for queries, the global key batch shuffled across ranks with rank 0's permutation,
     mean InfoNCE over the global batch, SGD, momentum update, enqueue of all ranks' keys.
-(b) `torchrun --nproc_per_node=2 -m fewshot pretrain|train` run end to end and write checkpoints.
+(b) `torchrun --nproc_per_node=2 -m fewshot pretrain|train` run end to end and write checkpoints. Where the launch
+    is not the subject (refusals, a NaN on one rank, the budget's agreed stop), the ranks are forks of the test
+    process with torchrun's environment and store (helpers.forked_torchrun): seconds instead of a launch each.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,10 +22,12 @@ import torch.nn.functional as F
 from fewshot.models.backbone import create_backbone
 from fewshot.ssl.functional import shuffle_permutation
 from fewshot.ssl.moco import MoCo
-from helpers.tiny import (build_digits, cli_in_forked_ranks, dist_env, free_port, run_forked_ranks, torchrun_cmd,
-                          view_pair)
+from helpers.forked_torchrun import forked_torchrun
+from helpers.tiny import (build_digits, cli_in_forked_ranks, copy_data_root, dist_env, free_port, run_forked_ranks,
+                          torchrun_cmd, view_pair)
 
 TIMEOUT = 240  # a rank mismatch shows up as a hang: fail instead of blocking the suite
+HELPERS = Path(__file__).parent / "helpers"
 
 H = {"img_size": 32, "dim": 16, "K": 20, "m": 0.9, "T": 0.2, "lr": 0.5, "wd": 1e-4, "perm_seed": 100}
 B, WORLD, STEPS = 4, 2, 3  # per-rank batch; K=20 is not a multiple of the global batch 8
@@ -280,13 +283,12 @@ def test_torchrun_sigterm_on_one_rank_stops_every_rank_at_the_same_step(root, tm
 def test_torchrun_nan_loss_on_one_rank_gives_one_message_on_every_rank(root, tmp_path):
     """Rank 1's loss alone is NaN: both ranks stop (the check agrees across them), and rank 0 says so for both.
     Rank 0 printed its own finite loss as "the loss became 0.98", rank 1 left out the checkpoint's global step
-    (only rank 0, which writes last.pt, knew it); the message now comes once (a user error under torchrun)."""
+    (only rank 0, which writes last.pt, knew it); the message now comes once (a user error under torchrun).
+    The ranks are forks (helpers.forked_torchrun): what they say together is the subject, not the launch."""
     run = tmp_path / "ft"
-    worker = Path(__file__).parent / "helpers" / "nan_worker.py"
-    proc = torchrun([str(worker), "1", "3", "train", "--data", str(root), "--out", str(run), *COMMON,
-                     "train.save_every_steps=1"], cwd=tmp_path)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out[-3000:]
+    argv = ["train", "--data", str(root), "--out", str(run), *COMMON, "train.save_every_steps=1"]
+    codes, out = forked_torchrun(HELPERS / "nan_worker.py", ["1", "3", *argv], tmp_path, timeout=TIMEOUT)
+    assert all(code != 0 for code in codes), (codes, out[-3000:])
     said = re.findall(r"the loss became (.*?); training stopped.*?"
                       r"(The last good checkpoint is .*?\(global step \d+\))", out)
     assert len(said) == 1, out[-3000:]  # said by rank 0 for both (a user error, printed once under torchrun)
@@ -301,58 +303,52 @@ def test_torchrun_budget_stops_every_rank_at_the_same_step(root, tmp_path):
     run = tmp_path / "ft"
     args = [a for a in COMMON if a != "train.tensorboard=false"]
     args[args.index("--epochs") + 1] = "1000"
-    proc = torchrun(["-m", "fewshot", "train", "--data", str(root), "--out", str(run), *args,
-                     "train.budget_minutes=0.1", "sched.time_based=true", "train.tensorboard=true"], cwd=tmp_path)
-    check(proc)
+    argv = ["train", "--data", str(root), "--out", str(run), *args, "train.budget_minutes=0.05",
+            "sched.time_based=true", "train.tensorboard=true"]
+    codes, out = forked_torchrun("fewshot", argv, tmp_path, timeout=TIMEOUT)  # forked ranks: the launch is no subject
+    assert codes == [0] * WORLD, f"exit {codes}\n{out[-6000:]}"
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert 1 <= rows[-1]["epoch"] < 1000 and (run / "metrics.json").is_file()
-    assert "is used up" not in proc.stdout  # a time-based schedule ends with its budget: the planned end
+    assert "is used up" not in out  # a time-based schedule ends with its budget: the planned end
 
 
-def test_torchrun_refuses_ranks_that_see_different_data(tmp_path):
+def test_torchrun_refuses_ranks_that_see_different_data(root, tmp_path):
     """A node with another copy of --data (one train image fewer) trained on its own epoch plan without a word,
     or DDP died with "params ... appears not to match" reported as a bug; now every rank stops with one error."""
-    root = build_digits(tmp_path / "data")
-    other = build_digits(tmp_path / "other")
+    other = copy_data_root(root, tmp_path / "other")
     sorted((other / "digits" / "train" / "0").iterdir())[0].unlink()
-    worker = str(Path(__file__).parent / "helpers" / "rank_arg_worker.py")
-    proc = torchrun([worker, "DATA", f"{root},{other}", "train", "--data", "DATA", "--out", str(tmp_path / "ft"),
-                     *COMMON], cwd=tmp_path)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out[-3000:]
+    argv = ["train", "--data", "DATA", "--out", str(tmp_path / "ft"), *COMMON]
+    codes, out = forked_torchrun(HELPERS / "rank_arg_worker.py", ["DATA", f"{root},{other}", *argv], tmp_path,
+                                 timeout=TIMEOUT)  # forked ranks: the refusal is the subject, not the launch
+    assert all(code != 0 for code in codes), (codes, out[-3000:])
     assert out.count("the 2 processes see different data under --data") == 1, out[-3000:]
     assert "rank 1 reads digits 39 train" in out and "internal error" not in out, out[-3000:]
 
 
-def test_torchrun_refuses_ranks_given_different_settings(tmp_path):
+def test_torchrun_refuses_ranks_given_different_settings(root, tmp_path):
     """--epochs 2 on rank 0 and 3 on rank 1 hung in the first collective their plans disagreed on (until gloo's
     30-minute timeout); another optim.lr per rank trained each with its own while config.yaml said rank 0's."""
-    root = build_digits(tmp_path / "data")
-    worker = str(Path(__file__).parent / "helpers" / "rank_arg_worker.py")
-    proc = torchrun([worker, "LR", "optim.lr=0.004,optim.lr=0.0001", "train", "--data", str(root), "--out",
-                     str(tmp_path / "ft"), *COMMON, "LR"], cwd=tmp_path)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out[-3000:]
+    argv = ["train", "--data", str(root), "--out", str(tmp_path / "ft"), *COMMON, "LR"]
+    codes, out = forked_torchrun(HELPERS / "rank_arg_worker.py", ["LR", "optim.lr=0.004,optim.lr=0.0001", *argv],
+                                 tmp_path, timeout=TIMEOUT)  # forked ranks: the refusal is the subject, not the launch
+    assert all(code != 0 for code in codes), (codes, out[-3000:])
     assert out.count("the 2 processes were given different settings") == 1, out[-3000:]
     assert "optim.lr: 0.004 on rank 0, 0.0001 on rank 1" in out and "internal error" not in out, out[-3000:]
     assert not (tmp_path / "ft" / "checkpoints").exists()
 
 
-def test_torchrun_refuses_ranks_whose_unlabeled_pools_differ(tmp_path):
+def test_torchrun_refuses_ranks_whose_unlabeled_pools_differ(root, tmp_path):
     """The labelled files agreed, the pools did not (30 images fewer on one node): pretrain's ranks planned
     different epochs and hung in the first collective, without a word, until torchrun's timeout."""
-    root = build_digits(tmp_path / "data")
-    other = tmp_path / "other"
-    shutil.copytree(root, other)
+    other = copy_data_root(root, tmp_path / "other")
     pool = sorted(p for p in (other / "unlabeled").rglob("*") if p.is_file())
     assert len(pool) > 30
     for p in pool[:30]:
         p.unlink()
-    worker = str(Path(__file__).parent / "helpers" / "rank_arg_worker.py")
-    proc = torchrun([worker, "DATA", f"{root},{other}", "pretrain", "--data", "DATA", "--out", str(tmp_path / "pre"),
-                     "--queue-size", "32", *COMMON], cwd=tmp_path)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out[-3000:]
+    argv = ["pretrain", "--data", "DATA", "--out", str(tmp_path / "pre"), "--queue-size", "32", *COMMON]
+    codes, out = forked_torchrun(HELPERS / "rank_arg_worker.py", ["DATA", f"{root},{other}", *argv], tmp_path,
+                                 timeout=TIMEOUT)  # forked ranks: the refusal is the subject, not the launch
+    assert all(code != 0 for code in codes), (codes, out[-3000:])
     assert out.count("the 2 processes hold different images") == 1, out[-3000:]
     counts = re.search(r"rank 0 [^;]*?(\d+) unlabeled; rank 1 [^(]*?(\d+) unlabeled", out)
     assert counts and int(counts[1]) - int(counts[2]) == 30, out[-3000:]

@@ -1,7 +1,8 @@
 """Errors and signals under torchrun that one rank meets alone: each job ends in seconds with one message.
 
 The process tests start the 2 ranks by hand with torchrun's environment (TORCHELASTIC_RUN_ID included), which
-is faster than a torchrun launch and lets the test signal each rank and read each one's exit status."""
+is faster than a torchrun launch and lets the test signal each rank and read each one's exit status. Cases with no
+signal from outside and no look at a sibling's /proc run their ranks as forks of the test process (forked_ranks)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers.checks import run_main
+from helpers.forked_torchrun import forked_torchrun
 from helpers.tiny import dist_env, free_port
 
 WORKER = Path(__file__).parent / "helpers" / "ddp_error_worker.py"
@@ -29,6 +31,14 @@ def start_ranks(case: str, tmp_path: Path, ranks: int = 2) -> list[subprocess.Po
         procs.append(subprocess.Popen([sys.executable, str(WORKER), case, str(tmp_path)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
+
+
+def forked_ranks(case: str, tmp_path: Path) -> tuple[list[int], str]:
+    """The 2 ranks of a case that needs no signal from outside nor a look at a sibling's /proc, as forks of this
+    process (no interpreter start nor torch import per rank), with start_ranks' environment (rank 0 serves the
+    store)."""
+    return forked_torchrun(WORKER, [case, tmp_path], tmp_path, {"TORCHELASTIC_RUN_ID": "test"}, timeout=TIMEOUT,
+                           agent=False)
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> tuple[list[int], str]:
@@ -47,7 +57,7 @@ def test_an_error_of_rank_1_alone_is_said_at_once_naming_the_rank(tmp_path):
     """Rank 0 waits in a collective and never reports, so rank 1 waited 60 s for it (SPEAKER_WAIT_S), then printed
     its error without saying that rank 0 had not met it. Rank 0 then adds no line of its own."""
     started = time.monotonic()
-    codes, out = finish(start_ranks("own_error", tmp_path))
+    codes, out = forked_ranks("own_error", tmp_path)
     took = time.monotonic() - started
     assert codes[1] == 2 and codes[0] != 0, (codes, out)
     assert out.count("fewshot train: rank 1: error: a broken image in the pool (own_error)") == 1, out
@@ -58,7 +68,7 @@ def test_an_error_of_rank_1_alone_is_said_at_once_naming_the_rank(tmp_path):
 def test_an_error_rank_0_meets_after_rank_1_said_it_is_said_once(tmp_path):
     """Rank 1 said it (its wait for rank 0 ended first); rank 0, alive here (torchrun would end it), meets the same
     error later and keeps quiet instead of saying it a second time."""
-    codes, out = finish(start_ranks("later", tmp_path))
+    codes, out = forked_ranks("later", tmp_path)
     assert codes == [2, 2], (codes, out)
     assert out.count("error: a broken image in the pool (later)") == 1, out
     assert "rank 1: error: a broken image" in out, out
@@ -90,7 +100,7 @@ def test_an_error_said_in_a_first_call_is_said_again_in_a_second(tmp_path):
     """Two cli.main calls in one process under torchrun (the group kept after the first one's failure): the store
     keys of the first call (rank 0's exit code, rank 1's claim of the message) answered the second one's waits,
     and its error was said by nobody. Each call has its own keys."""
-    codes, out = finish(start_ranks("twice", tmp_path))
+    codes, out = forked_ranks("twice", tmp_path)
     assert codes == [2, 2], (codes, out)
     assert out.count("fewshot train: rank 1: error: a broken image in the pool (twice)") == 2, out
 

@@ -13,6 +13,7 @@ import torch
 
 from fewshot.run_lock import release_all
 from fewshot.train.finetune import run_finetune
+from helpers.forked_torchrun import forked_torchrun
 from helpers.tiny import build_digits, dist_env, finetune_cfg, free_port, torchrun_cmd
 
 WORKER = Path(__file__).parent / "helpers" / "rank_out_worker.py"
@@ -60,15 +61,6 @@ def test_ranks_that_see_different_checkpoints_refuse_to_resume_together(tmp_path
     assert torch.load(last, weights_only=True)["global_step"] == 5
 
 
-def launch(args: list[str], cwd: Path) -> tuple[int, str]:
-    """torchrun with 2 processes; a port taken between free_port() and bind: retried once."""
-    for attempt in range(2):
-        rc, text = torchrun(torchrun_cmd(2, free_port(), *args), cwd)
-        if "address already in use" not in text.lower():
-            break
-    return rc, text
-
-
 def test_a_budget_stop_inside_an_epoch_keeps_every_ranks_running_sums(tmp_path):
     """A budget stop part-way through an epoch wrote its last.pt without every rank's running sums (a signal's stop
     and --save-every-steps carried them): the resumed epoch's log row averaged rank 0's partial sums on both ranks
@@ -81,9 +73,9 @@ def test_a_budget_stop_inside_an_epoch_keeps_every_ranks_running_sums(tmp_path):
             "train.deterministic=true", "train.budget_minutes=5"]
     run = tmp_path / "run"
     # rank 1 alone finds the time up after its second step: the ranks agree, and stop at epoch 1, step 2 of 3
-    rc, text = launch([str(Path(__file__).parent / "helpers" / "budget_worker.py"), "1", "2", *args, "--out", str(run)],
-                      tmp_path)
-    assert rc == 0 and text.count("is used up") == 1, text[-6000:]
+    codes, text = forked_torchrun(Path(__file__).parent / "helpers" / "budget_worker.py",
+                                  ["1", "2", *args, "--out", run], tmp_path)  # forked ranks: the launch is no subject
+    assert codes == [0, 0] and text.count("is used up") == 1, text[-6000:]
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert (ck["epoch"], ck["step_in_epoch"]) == (0, 2), (ck["epoch"], ck["step_in_epoch"])
     assert len(ck["epoch_sums_by_rank"]) == 2 and ck["epoch_sums_by_rank"][0] != ck["epoch_sums_by_rank"][1]
