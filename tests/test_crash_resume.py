@@ -8,7 +8,8 @@ leaves behind must not matter.
 
 The kills are injected by tests/helpers/faults.py, which wraps the real CLI from the outside (nothing
 in src/ knows about it); `fewshot.cli.main` in this process gives the uninterrupted reference and runs each
-last session, which no kill ends.
+last session, which no kill ends. A process that is killed is a fork of this one (helpers.forked_cli): a process
+of its own that a real signal ends, without the seconds of an interpreter start and torch's import.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +27,7 @@ import pytest
 from fewshot.cli import main as fewshot_main
 from fewshot.train.checkpoint import load_checkpoint
 from helpers.tiny import REPO, build_digits
+from helpers import forked_cli as fork
 from helpers.checks import assert_same, run_main
 
 TIMING = {"images_per_s", "epoch_time_s", "eval_time_s"}
@@ -54,9 +55,17 @@ def env(note: Path, **faults: int) -> dict:
     return e
 
 
-def start(args: list[str], note: Path, **faults: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "helpers.faults", *args], env=env(note, **faults),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+def _faulty_main(args: list[str]) -> int:
+    """`python -m helpers.faults ARGS` in the fork: its faults read the environment the fork was given."""
+    from helpers import faults
+
+    sys.argv = ["helpers.faults", *args]
+    return faults.main()
+
+
+def start(args: list[str], note: Path, **faults: int) -> fork.Forked:
+    return fork.start(lambda: _faulty_main(args), env=env(note, **faults), stdout=fork.PIPE, stderr=fork.STDOUT,
+                      text=True, cwd=REPO)
 
 
 def killed(args: list[str], note: Path, **faults: int) -> str:
@@ -217,14 +226,14 @@ def test_pretrain_survives_sigkill_from_outside_and_mid_write(root, tmp_path):
 def test_train_stops_on_a_real_sigterm_with_a_fresh_checkpoint_and_resumes(root, tmp_path):
     """What a cluster does at a time limit: SIGTERM from outside, mid-run. The process must finish its step,
     write last.pt there (epoch-end saves are spaced an hour apart here, so any newer last.pt is the stop's),
-    exit 143 with the message, and `--resume` must finish the run."""
+    exit 143 with the message, and `--resume` must finish the run. 20 epochs: the stop comes after the 3rd, and
+    the fork starts at once (no interpreter start to wait out), so 17 epochs are left as margin."""
     run = tmp_path / "run"
     args = ["train", "--data", str(root), "--out", str(run), "--model", "test_resnet", "--img-size", "16",
-            "--batch-size", "8", "--device", "cpu", "--no-progress", "--epochs", "40", "train.tensorboard=false",
+            "--batch-size", "8", "--device", "cpu", "--no-progress", "--epochs", "20", "train.tensorboard=false",
             "train.threads=1", "train.save_interval_s=3600", "train.eval_every=100"]
     e = env(tmp_path / "note.txt")
-    proc = subprocess.Popen([sys.executable, "-m", "fewshot", *args], env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    proc = fork.start(lambda: fork.console(*args), env=e, stdout=fork.PIPE, stderr=fork.STDOUT, text=True, cwd=REPO)
     log = run / "log.jsonl"
     while proc.poll() is None and (not log.is_file() or len(log.read_text().splitlines()) < 3):
         time.sleep(0.002)
@@ -233,12 +242,12 @@ def test_train_stops_on_a_real_sigterm_with_a_fresh_checkpoint_and_resumes(root,
     assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
     assert "stopped by SIGTERM after a whole step" in out and "--resume" in out
     epoch, step, g = position(run)
-    assert g >= 3 * 5 and g < 40 * 5  # past the 3 logged epochs (the first epoch's last.pt is step 5)
+    assert g >= 3 * 5 and g < 20 * 5  # past the 3 logged epochs (the first epoch's last.pt is step 5)
     rows = log_rows(run)
     out = finished(args + ["--resume"], tmp_path / "note.txt")
     assert resumed_at(out) == g
-    assert position(run) == (40, 0, 40 * 5)
-    assert log_rows(run)[: len(rows)] == rows and [r["epoch"] for r in log_rows(run)] == list(range(1, 41))
+    assert position(run) == (20, 0, 20 * 5)
+    assert log_rows(run)[: len(rows)] == rows and [r["epoch"] for r in log_rows(run)] == list(range(1, 21))
 
 
 # ------------------------------------------------------------------------------ TensorBoard after resume

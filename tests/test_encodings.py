@@ -21,7 +21,7 @@ from fewshot.errors import UserError, one_line, printable, quoted, shell_quoted,
 from helpers.checks import run_main
 from helpers.tiny import build_digits
 
-COMMON = ["--model", "test_resnet", "--img-size", "32", "--batch-size", "8", "--device", "cpu", "--no-progress",
+COMMON = ["--model", "test_resnet", "--img-size", "16", "--batch-size", "8", "--device", "cpu", "--no-progress",
           "train.tensorboard=false", "train.threads=1"]
 UNDECODABLE = os.fsdecode(b"o\xff")  # what Python makes of a folder named with the byte 0xff: "o\udcff"
 

@@ -8,8 +8,6 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
-import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 from fewshot.data.build import build_dataset
 from fewshot.run_lock import LOCK_NAME, lock_run_dir
 from fewshot.train.checkpoint import save_checkpoint
+from helpers import forked_cli as fork
 from helpers.checks import run_main
 from helpers.tiny import build_digits, dist_env
 
@@ -123,32 +122,33 @@ def test_resume_removes_the_temp_files_a_kill_left_in_the_run_folder(tmp_path):
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
 
 
-SIGTERM_SCRIPT = """
-import importlib, os, signal, sys, time
-from pathlib import Path
-from fewshot.cli import main
+def _sigterm_outside_training(command: str, out: Path, root: Path) -> int:
+    """In a process of its own (a fork of this one: its start is not the subject): `fewshot COMMAND` whose work is
+    replaced by a real SIGTERM to the process itself, after the training for train."""
+    import importlib
+    import time
 
-def stop(*args, **kwargs):
-    out = Path(sys.argv[2])
-    if sys.argv[1] == "train":  # after the last epoch: metrics and plots being written
-        (out / "checkpoints").mkdir(parents=True)
-        (out / "checkpoints" / "last.pt").write_bytes(b"x")
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(10)
+    from fewshot.cli import main
 
-module, function = {"train": ("fewshot.train.finetune", "run_finetune"), "data": ("fewshot.data.build", "build_dataset")}[
-    sys.argv[1]]
-setattr(importlib.import_module(module), function, stop)
-argv = {"train": ["train", "--data", sys.argv[3], "--model", "test_resnet"], "data": ["data", "digits"]}[sys.argv[1]]
-sys.exit(main(argv + ["--out", sys.argv[2], "--no-progress"]))
-"""
+    def stop(*args, **kwargs):
+        if command == "train":  # after the last epoch: metrics and plots being written
+            (out / "checkpoints").mkdir(parents=True)
+            (out / "checkpoints" / "last.pt").write_bytes(b"x")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+
+    module, function = {"train": ("fewshot.train.finetune", "run_finetune"),
+                        "data": ("fewshot.data.build", "build_dataset")}[command]
+    setattr(importlib.import_module(module), function, stop)
+    argv = {"train": ["train", "--data", root, "--model", "test_resnet"], "data": ["data", "digits"]}[command]
+    return main(argv + ["--out", out, "--no-progress"])
 
 
 @pytest.mark.parametrize("command", ["train", "data"])
 def test_sigterm_outside_training_stops_like_ctrl_c(root, tmp_path, command):
     """It died at once with exit 143 and no word, where Ctrl-C said "interrupted" and what was kept."""
-    proc = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT, command, str(tmp_path / "out"), str(root)],
-                          env=dist_env(), capture_output=True, text=True, timeout=60)
+    proc = fork.run(lambda: _sigterm_outside_training(command, tmp_path / "out", root), env=dist_env(),
+                    stdout=fork.PIPE, stderr=fork.PIPE, text=True, timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert f"fewshot {command}: stopped by SIGTERM" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     if command == "train":

@@ -18,6 +18,7 @@ import pytest
 
 from fewshot.ssl.export import export_backbone
 from fewshot.utils import atomic_write_bytes, new_file_mode
+from helpers import forked_cli as fork
 from helpers.checks import run_main
 from helpers.tiny import build_digits
 from helpers.tiny import tiny_train_argv as train_argv
@@ -103,12 +104,9 @@ def test_atomic_write_into_a_pipe_through_a_link(tmp_path):
 
 
 def _write_in_child(path: Path, data: bytes, follow_links: bool = False, **kwargs) -> subprocess.CompletedProcess:
-    """atomic_write_bytes in a child process, so that a write blocked on a FIFO fails the test instead of hanging
-    it."""
-    code = "import sys; from pathlib import Path; from fewshot.utils import atomic_write_bytes; " \
-           "atomic_write_bytes(Path(sys.argv[1]), sys.argv[2].encode(), sys.argv[3] == '1')"
-    return subprocess.run([sys.executable, "-c", code, str(path), data.decode(), "1" if follow_links else "0"],
-                          timeout=60, **kwargs)
+    """atomic_write_bytes in a child process (a fork: its start is not the subject), so that a write blocked on a
+    FIFO fails the test (killed at the timeout) instead of hanging it."""
+    return fork.run(lambda: atomic_write_bytes(path, data, follow_links), timeout=60, **kwargs)
 
 
 def test_a_fifo_at_a_name_fewshot_picks_is_replaced_not_written(tmp_path):
@@ -117,7 +115,7 @@ def test_a_fifo_at_a_name_fewshot_picks_is_replaced_not_written(tmp_path):
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     last.parent.mkdir(parents=True)
     os.mkfifo(last)
-    proc = _write_in_child(last, b"ckpt", capture_output=True, text=True)
+    proc = _write_in_child(last, b"ckpt", stdout=fork.PIPE, stderr=fork.PIPE, text=True)
     assert proc.returncode == 0, proc.stderr
     assert last.is_file() and last.read_bytes() == b"ckpt"
     assert [p.name for p in last.parent.iterdir()] == ["last.pt"]
@@ -137,10 +135,9 @@ def test_a_device_at_a_name_fewshot_picks_is_replaced_not_written(tmp_path):
 def test_a_fifo_the_user_typed_is_still_written_in_place(tmp_path):
     fifo = tmp_path / "pred.fifo"
     os.mkfifo(fifo)
-    child = subprocess.Popen([sys.executable, "-c", "import sys; print(open(sys.argv[1]).read(), end='')",
-                              str(fifo)], stdout=subprocess.PIPE, text=True)
+    child = fork.start(lambda: print(open(fifo).read(), end=""), stdout=fork.PIPE, text=True)
     try:
-        proc = _write_in_child(fifo, b"{}", follow_links=True, capture_output=True, text=True)
+        proc = _write_in_child(fifo, b"{}", follow_links=True, stdout=fork.PIPE, stderr=fork.PIPE, text=True)
         assert proc.returncode == 0, proc.stderr
         assert child.communicate(timeout=60)[0] == "{}"
     finally:
@@ -154,10 +151,14 @@ def test_out_dev_stdout_redirected_to_a_file_appends_to_it(tmp_path, redirect):
     its earlier lines gone. The file that stdout is gets the output through stdout, after what was printed."""
     log = tmp_path / "results.log"
     log.write_text("earlier\n")
-    code = ("import sys; from pathlib import Path; from fewshot.utils import atomic_write_bytes; print('printed'); "
-            "atomic_write_bytes(Path('/dev/stdout'), b'{}\\n', follow_links=True); print('after')")
+
+    def write_between_prints():
+        print("printed")
+        atomic_write_bytes(Path("/dev/stdout"), b"{}\n", follow_links=True)
+        print("after")
+
     with open(log, redirect) as fh:
-        proc = subprocess.run([sys.executable, "-c", code], stdout=fh, stderr=subprocess.PIPE, text=True, timeout=60)
+        proc = fork.run(write_between_prints, stdout=fh, stderr=fork.PIPE, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     before = "earlier\n" if redirect == "ab" else ""
     assert log.read_text() == before + "printed\n{}\nafter\n"
@@ -172,17 +173,14 @@ def test_out_dev_stderr_redirected_to_a_file_appends_to_it(tmp_path):
     assert proc.returncode == 0 and log.read_text() == "earlier\n{}"
 
 
-_CHILD_WRITE = "import sys; from pathlib import Path; from fewshot.utils import atomic_write_bytes; "
-
-
 def test_out_dev_fd_3_appended_to_a_log_keeps_its_earlier_lines(tmp_path):
     """`--out /dev/fd/3 3>> log`: only stdout and stderr were written through; fd 3's link led to the log, which the
     rename replaced."""
     log = tmp_path / "log"
     log.write_text("earlier\n")
-    code = _CHILD_WRITE + "atomic_write_bytes(Path('/dev/fd/3'), b'{}\\n', follow_links=True)"
-    proc = subprocess.run(["sh", "-c", 'exec "$0" -c "$1" 3>>"$2"', sys.executable, code, str(log)],
-                          capture_output=True, text=True, timeout=60)
+    with open(log, "ab") as fd3:  # the shell's 3>>log
+        proc = _write_in_child(Path("/dev/fd/3"), b"{}\n", follow_links=True, fds={3: fd3}, stdout=fork.PIPE,
+                               stderr=fork.PIPE, text=True)
     assert proc.returncode == 0, proc.stderr
     assert log.read_text() == "earlier\n{}\n"
     assert [p.name for p in tmp_path.iterdir()] == ["log"]
@@ -192,9 +190,13 @@ def test_out_dev_stderr_writes_at_stderrs_position_where_stdout_is_the_same_file
     """`> log 2>> log`: the file was matched to stdout first and written at stdout's offset (0), over the warning
     stderr had appended; the descriptor the link names is the one written."""
     log = tmp_path / "log"
-    code = _CHILD_WRITE + "print('warned', file=sys.stderr); atomic_write_bytes(Path('/dev/stderr'), b'{}', True)"
-    proc = subprocess.run(["sh", "-c", 'exec "$0" -c "$1" >"$2" 2>>"$2"', sys.executable, code, str(log)],
-                          timeout=60)
+
+    def warn_and_write():
+        print("warned", file=sys.stderr)
+        atomic_write_bytes(Path("/dev/stderr"), b"{}", True)
+
+    with open(log, "wb") as out, open(log, "ab") as err:  # the shell's >log 2>>log: two opens of one file
+        proc = fork.run(warn_and_write, stdout=out, stderr=err, timeout=60)
     assert proc.returncode == 0
     assert log.read_text() == "warned\n{}"
 
@@ -203,12 +205,19 @@ def test_a_typed_plain_path_that_is_stdouts_file_is_replaced(tmp_path):
     """`--out m.json > m.json` names no descriptor: the file is replaced as any other, not appended to."""
     out = tmp_path / "m.json"
     out.write_text("earlier\n")
-    code = _CHILD_WRITE + "print('printed'); atomic_write_bytes(Path(sys.argv[1]), b'{}', True)"
+
+    def print_and_write():
+        print("printed")
+        atomic_write_bytes(out, b"{}", True)
+
     with open(out, "ab") as fh:
-        proc = subprocess.run([sys.executable, "-c", code, str(out)], stdout=fh, stderr=subprocess.PIPE, text=True,
-                              timeout=60)
+        proc = fork.run(print_and_write, stdout=fh, stderr=fork.PIPE, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == "{}"
+
+
+def _a_mebibyte_to_stdout() -> None:
+    atomic_write_bytes(Path("/dev/stdout"), b"x" * (1 << 20), follow_links=True)
 
 
 def test_out_dev_stdout_into_a_non_blocking_pipe_gets_the_whole_write(tmp_path):
@@ -216,9 +225,8 @@ def test_out_dev_stdout_into_a_non_blocking_pipe_gets_the_whole_write(tmp_path):
     pipe's 64 KiB were full and the reader had not caught up: a pipe is opened by name, blocking, as before."""
     read, write = os.pipe()
     os.set_blocking(write, False)
-    code = _CHILD_WRITE + "atomic_write_bytes(Path('/dev/stdout'), b'x' * (1 << 20), follow_links=True)"
     try:
-        child = subprocess.Popen([sys.executable, "-c", code], stdout=write, stderr=subprocess.PIPE)
+        child = fork.start(_a_mebibyte_to_stdout, stdout=write, stderr=fork.PIPE)
         os.close(write)
         write = None
         time.sleep(1)  # the slow reader: the child fills the pipe first
@@ -240,9 +248,8 @@ def test_out_dev_stdout_into_a_non_blocking_socket_gets_the_whole_write():
 
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
-    code = _CHILD_WRITE + "atomic_write_bytes(Path('/dev/stdout'), b'x' * (1 << 20), follow_links=True)"
     with ours, theirs:
-        child = subprocess.Popen([sys.executable, "-c", code], stdout=theirs.fileno(), stderr=subprocess.PIPE)
+        child = fork.start(_a_mebibyte_to_stdout, stdout=theirs.fileno(), stderr=fork.PIPE)
         theirs.close()
         time.sleep(1)  # the slow reader: the child fills the socket first
         got = b""
@@ -254,8 +261,8 @@ def test_out_dev_stdout_into_a_non_blocking_socket_gets_the_whole_write():
 
 def test_predict_out_dev_stdout_into_a_pipe(run, root):
     """The documented `fewshot predict RUN --out /dev/stdout | jq .`: stdout a pipe, as the shell makes it."""
-    proc = subprocess.run([sys.executable, "-m", "fewshot", "predict", str(run), "--data", str(root), "--out",
-                           "/dev/stdout", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    proc = fork.fewshot("predict", run, "--data", root, "--out", "/dev/stdout", "--device", "cpu", stdout=fork.PIPE,
+                        stderr=fork.PIPE, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     pred = json.loads(proc.stdout)  # the JSON alone: the lines naming the checkpoint and "wrote" are on stderr
@@ -284,8 +291,8 @@ def test_report_replaces_a_fifo_in_an_earlier_reports_folder(run, report, tmp_pa
     rep = copy_run(report, tmp_path / "rep")
     (rep / name).unlink()
     os.mkfifo(rep / name)
-    proc = subprocess.run([sys.executable, "-m", "fewshot", "report", str(run), "--out", str(rep), "--device", "cpu"],
-                          capture_output=True, text=True, timeout=300)
+    proc = fork.fewshot("report", run, "--out", rep, "--device", "cpu", stdout=fork.PIPE, stderr=fork.PIPE, text=True,
+                        timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (rep / name).is_file() and (rep / name).stat().st_size > 0
 

@@ -784,7 +784,7 @@ class Engine:
                           f"to train (give more --epochs to extend it)")
                 else:
                     print(f"resuming from {self.ckpt_dir / 'last.pt'}: epoch {self.epoch + 1}, step "
-                          f"{self.step_in_epoch} of {self.steps_per_epoch} (global step {self.global_step})")
+                          f"{self.step_in_epoch} of {self.steps_per_epoch} (global step {self.global_step})", flush=True)
             # it trained one more step and logged the stopped epoch again. A run that trained all its epochs has
             # nothing the budget stopped: "give a larger train.budget_minutes to continue it" was untrue there
             if self._budget_spent() and self.epoch < t["epochs"]:
