@@ -82,7 +82,8 @@ def test_train_and_pretrain_run_in_bf16_autocast_on_a_cpu_with_native_bf16(digit
     setting."""
     monkeypatch.setenv("FEWSHOT_CPU_BF16", "1")
     seen = record_autocast(monkeypatch)
-    rc, out, err = run_main(*train_argv(digits_root, tmp_path / "ft", "--img-size", "48", "--epochs", "1"))
+    one = ("--datasets", "digits")  # one dataset: emulated bf16 steps are slow, and the arithmetic is the subject
+    rc, out, err = run_main(*train_argv(digits_root, tmp_path / "ft", "--img-size", "48", "--epochs", "1", *one))
     assert rc == 0, err
     assert "at 48px on cpu (bfloat16 autocast)" in out
     assert seen and set(seen) == {torch.bfloat16}
@@ -91,12 +92,12 @@ def test_train_and_pretrain_run_in_bf16_autocast_on_a_cpu_with_native_bf16(digit
     seen.clear()
     rc, out, err = run_main("pretrain", "--data", digits_root, "--out", tmp_path / "moco", "--model", "test_resnet",
                             "--img-size", "48", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
-                            "--no-progress", "moco.queue_size=16", "moco.split_bn_groups=2")
+                            "--no-progress", "moco.queue_size=16", "moco.split_bn_groups=2", *one)
     assert rc == 0, err
     assert "at 48px on cpu x1 (bfloat16 autocast)" in out
     assert seen and set(seen) == {torch.bfloat16}
     seen.clear()
-    rc, out, err = run_main(*train_argv(digits_root, tmp_path / "ft32", "--epochs", "1"))
+    rc, out, err = run_main(*train_argv(digits_root, tmp_path / "ft32", "--epochs", "1", *one))
     assert rc == 0, err
     assert "at 32px on cpu (fp32)" in out
     assert seen and set(seen) == {None}
@@ -106,19 +107,20 @@ def test_a_resumed_auto_precision_run_keeps_the_arithmetic_it_started_with(digit
     """Resume continues the same run: started in bf16 (train.amp=auto on a bf16 CPU), it stays bf16 where this
     machine would choose fp32 (another host, FEWSHOT_CPU_BF16=0), and says so; an explicit train.amp wins."""
     run = tmp_path / "ft"
+    one = ("--datasets", "digits")  # one dataset: emulated bf16 steps are slow, and the arithmetic is the subject
     monkeypatch.setenv("FEWSHOT_CPU_BF16", "1")
-    rc, out, err = run_main(*train_argv(digits_root, run, "--img-size", "48", "--epochs", "1"))
+    rc, out, err = run_main(*train_argv(digits_root, run, "--img-size", "48", "--epochs", "1", *one))
     assert rc == 0, err
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["amp"] == "bf16"
     monkeypatch.setenv("FEWSHOT_CPU_BF16", "0")
     seen = record_autocast(monkeypatch)
-    rc, out, err = run_main(*train_argv(digits_root, run, "--img-size", "48", "--resume"))
+    rc, out, err = run_main(*train_argv(digits_root, run, "--img-size", "48", "--resume", *one))
     assert rc == 0, err
     assert "the run started in bf16 (train.amp=auto) and continues in it" in out
     assert seen and set(seen) == {torch.bfloat16}
     seen.clear()
     rc, out, err = run_main(*train_argv(digits_root, run, "--img-size", "48", "--epochs", "3", "--resume",
-                                        "train.amp=off"))
+                                        "train.amp=off", *one))
     assert rc == 0, err
     assert seen and set(seen) == {None}
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["amp"] == "fp32"
@@ -761,7 +763,7 @@ def test_a_model_that_cannot_take_the_image_size_is_a_user_error(digits_root, tm
 def test_pretrain_warns_when_the_queue_is_as_large_as_the_pool(digits_root, tmp_path):
     rc, out, err = run_main("pretrain", "--data", digits_root, "--out", tmp_path / "moco", "--model", "test_resnet",
                             "--img-size", "16", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
-                            "--no-progress", "moco.queue_size=100000", "moco.split_bn_groups=2")
+                            "--no-progress", "moco.queue_size=100000", "moco.split_bn_groups=2", "--datasets", "digits")
     assert rc == 0, err
     assert "warning: the queue (K=100000) holds at least as many keys as the pool" in out
     # the console's last kNN line is metrics.json's (the best checkpoint's), not the last epoch's alone
@@ -774,7 +776,8 @@ def test_pretrain_warns_when_the_queue_is_as_large_as_the_pool(digits_root, tmp_
         shutil.copy(p, small / f"{p.parent.name}_{p.name}")
     rc, out, err = run_main("pretrain", "--data", digits_root, "--out", tmp_path / "small-run", "--model", "test_resnet",
                             "--img-size", "16", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
-                            "moco.queue_size=64", "moco.split_bn_groups=2", "--unlabeled", small, "--no-progress")
+                            "moco.queue_size=64", "moco.split_bn_groups=2", "--unlabeled", small, "--no-progress",
+                            "--datasets", "digits")
     assert rc == 0, err
     assert "(--batch-size 4, then --queue-size 5:" in out, out  # 2 images (1 per shuffle-BN group) are refused
 
@@ -1153,7 +1156,8 @@ def test_single_process_commands_refuse_torchrun(monkeypatch, tmp_path):
 def test_a_warmup_longer_than_the_run_is_warned_about(digits_root, tmp_path):
     """sched.warmup_epochs=100 with --epochs 2 trained at a 50th of optim.lr, without a word."""
     common = ["train", "--data", digits_root, "--model", "test_resnet", "--img-size", "16", "--epochs", "1",
-              "--batch-size", "8", "--device", "cpu", "--no-progress", "train.tensorboard=false"]
+              "--batch-size", "8", "--device", "cpu", "--no-progress", "train.tensorboard=false", "--datasets",
+              "digits"]
     rc, out, err = run_main(*common, "--out", tmp_path / "long", "sched.warmup_epochs=4")
     assert rc == 0, err
     assert "sched.warmup_epochs=4 is longer than the run's 1 epoch(s)" in out + err, out + err
@@ -1178,7 +1182,7 @@ def test_tensorboard_on_but_missing_is_said_not_skipped_silently(digits_root, tm
     monkeypatch.setattr(engine, "_TOLD_TENSORBOARD", set())
     rc, out, err = run_main("train", "--data", digits_root, "--model", "test_resnet", "--img-size", "16", "--epochs",
                             "1", "--batch-size", "8", "--device", "cpu", "--no-progress", "--out", tmp_path / "r",
-                            "train.tensorboard=true")
+                            "train.tensorboard=true", "--datasets", "digits")
     assert rc == 0, err
     assert "train.tensorboard is on, but no event files are written" in err and "pip install tensorboard" in err
     assert not (tmp_path / "r" / "tensorboard").exists()
@@ -1336,7 +1340,8 @@ def test_a_model_name_with_a_pretrained_tag_says_it_starts_from_random_init(digi
     from fewshot.models.backbone import note_pretrained_tag
 
     rc, out, err = run_main("train", "--data", digits_root, "--out", tmp_path / "r", "--model", "test_resnet.r160_in1k",
-                            "--img-size", "32", "--epochs", "1", "--device", "cpu", "--no-progress")
+                            "--img-size", "32", "--epochs", "1", "--device", "cpu", "--no-progress", "--datasets",
+                            "digits")
     assert rc == 0, err
     assert "'.r160_in1k' names timm's pretrained weights" in err and "random init" in err
     note_pretrained_tag({"name": "test_resnet.r160_in1k", "weights": "/some/backbone.safetensors"})

@@ -173,7 +173,7 @@ def test_resumed_steps_do_not_depend_on_the_saved_global_rng(root, ft_ref, tmp_p
     rank 1 gets, continues exactly."""
     import shutil
 
-    flags = {**FT, "model.drop_path": 0.5}
+    flags = {**FT, "model.drop_path": 0.5, "train.epochs": 2}  # one epoch resumed shows it as well as two
     whole = tmp_path / "whole"
     run_finetune(finetune_cfg(root, **flags), whole)
     out = tmp_path / "run"
@@ -774,7 +774,7 @@ def test_a_finished_run_stage_deletes_the_best_pt_kept_aside(root, tmp_path, mon
 
     monkeypatch.setattr(Engine, "fit", keeps_aside)
     out = tmp_path / "run"
-    rc, _, err = run_main("run", "--data", root, "--out", out, "--budget-minutes", "0.1", "--model", "test_resnet",
+    rc, _, err = run_main("run", "--data", root, "--out", out, "--budget-minutes", "0.05", "--model", "test_resnet",
                           "--device", "cpu", "--no-progress", "run.report=false", "train.batch_size=16")
     assert rc == 0, err
     stages = [d for d in out.iterdir() if (d / "checkpoints").is_dir()]

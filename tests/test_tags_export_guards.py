@@ -223,15 +223,13 @@ def test_export_to_stdout_appended_to_a_log_writes_through_the_shells_descriptor
     """`fewshot export RUN --out /dev/stdout >> log` was refused: the link was judged by its target, the user's
     non-empty log ("not an earlier export ... move /dev/stdout away"), though the write appends through the
     descriptor and replaces nothing."""
-    import subprocess
-    import sys
+    from helpers import forked_cli
 
     pre, _ = runs
     log = tmp_path / "log"
     log.write_bytes(b"earlier lines\n")
-    with open(log, "ab") as fh:  # what the shell's `>> log` gives the command as its stdout
-        proc = subprocess.run([sys.executable, "-m", "fewshot", "export", str(pre), "--out", "/dev/stdout"],
-                              stdout=fh, stderr=subprocess.PIPE, text=True, timeout=300)
+    with open(log, "ab") as fh:  # what the shell's `>> log` gives the command as its stdout (a fork: no new imports)
+        proc = forked_cli.fewshot("export", pre, "--out", "/dev/stdout", stdout=fh, stderr=forked_cli.PIPE, text=True)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     got = log.read_bytes()
     assert got.startswith(b"earlier lines\n") and b'"__metadata__"' in got and b'"model":"test_resnet"' in got
