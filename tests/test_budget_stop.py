@@ -22,8 +22,8 @@ from helpers.checks import assert_same, engine_clock
 from helpers.run_patch import patch_run
 from helpers.tiny import build_digits, finetune_cfg
 
-# 40 train images, batch 8: 5 steps per epoch
-FT = {"train.epochs": 3}
+# 40 train images, batch 8: 5 steps per epoch (16 px: the stops count steps, whatever the image size)
+FT = {"train.epochs": 3, "model.img_size": 16}
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def resume_stopped_in_finetune(stopped, out, monkeypatch, eval_s: float | None, 
     fit, stage = Engine.fit, pipeline.finetune_stage
 
     def stage_with_time_left(fcfg, infos, device, ctx, fdir, end_time, *args, **kwargs):
-        # the 0.2-minute run's time is mostly gone on a busy machine: the stage is given time, whatever the clock
+        # the 0.1-minute run's time is mostly gone on a busy machine: the stage is given time, whatever the clock
         return stage(fcfg, infos, device, ctx, fdir, max(end_time, time.monotonic() + 30.0), *args, **kwargs)
 
     def measure_eval_seconds(task, *args, **kwargs):

@@ -5,8 +5,11 @@ resumed with no time left ends with outputs that agree (best.pt, log.jsonl, metr
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
+
+import pytest
 
 from helpers.checks import run_main
 from test_run_resume import _cmd, _state, sigterm_in_stage
@@ -25,6 +28,22 @@ def stopped_in_finetune(root, out, monkeypatch) -> list:
     return cmd
 
 
+@pytest.fixture(scope="module")
+def stopped(digits_root, tmp_path_factory) -> tuple:
+    """One stopped_in_finetune run for the tests that resume a copy of it (stopped_copy): its folder and command."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        return out, stopped_in_finetune(digits_root, out, mp)
+
+
+def stopped_copy(stopped: tuple, out) -> list:
+    """A private copy in ``out`` of the ``stopped`` run; returns the command line that names the copy."""
+    shutil.copytree(stopped[0], out, symlinks=True)
+    cmd = [out if arg == stopped[0] else arg for arg in stopped[1]]
+    assert cmd.count(out) == 1, cmd
+    return cmd
+
+
 def test_a_stopped_and_resumed_run_counts_each_session_and_stage_once(digits_root, tmp_path, monkeypatch):
     """Four sessions of one run took 219 s and it reported 200 s: the time from the stage's last record to the
     stop was lost. summary.json's stage `seconds` was the time since the run started, and the reused pretrain
@@ -34,7 +53,8 @@ def test_a_stopped_and_resumed_run_counts_each_session_and_stage_once(digits_roo
     from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path / "run"
-    cmd = _cmd(digits_root, out, "--pretrain", "run.semi_method=off")
+    # its own 0.2 minutes (a later --budget-minutes wins): at _cmd's 0.1 its resumed session ran 4x longer
+    cmd = _cmd(digits_root, out, "--pretrain", "run.semi_method=off", "--budget-minutes", "0.2")
     check = Engine.check_disk_space
 
     def slow_start(self):  # the session's work between the stage's record and its training clock
@@ -61,13 +81,13 @@ def test_a_stopped_and_resumed_run_counts_each_session_and_stage_once(digits_roo
     assert stages["pretrain"]["seconds"] + stages["finetune"]["seconds"] < summary["seconds"]
 
 
-def test_a_resumed_session_stopped_in_its_start_up_counts_its_time(digits_root, tmp_path, monkeypatch):
+def test_a_resumed_session_stopped_in_its_start_up_counts_its_time(stopped, tmp_path, monkeypatch):
     """The session's time counted only once its start-up had decoded the test images and the pool: a resume
     stopped before then (Ctrl-C while decoding) took its seconds off the budget's books."""
     import fewshot.pipeline as pipeline
 
     out = tmp_path / "run"
-    cmd = stopped_in_finetune(digits_root, out, monkeypatch)
+    cmd = stopped_copy(stopped, out)
     before = _state(out)["seconds"]
 
     def slow_then_interrupted(name):
@@ -80,14 +100,14 @@ def test_a_resumed_session_stopped_in_its_start_up_counts_its_time(digits_root, 
     assert _state(out)["seconds"] >= before + 1.5
 
 
-def test_a_stage_resumed_with_no_time_left_ends_with_consistent_outputs(digits_root, tmp_path, monkeypatch):
+def test_a_stage_resumed_with_no_time_left_ends_with_consistent_outputs(stopped, tmp_path):
     """Stopped in its first epoch (no evaluation yet) and resumed when the run's time was up: it said "start a new
     run with a larger --budget-minutes" while the run went on, left no best.pt and no log.jsonl row, predicted
     with the mid-epoch last.pt and its metrics named a best epoch no log row held."""
     from fewshot.train.checkpoint import load_checkpoint
 
     out = tmp_path / "run"
-    cmd = stopped_in_finetune(digits_root, out, monkeypatch)
+    cmd = stopped_copy(stopped, out)
     stage = out / "finetune"
     assert not (stage / "checkpoints" / "best.pt").exists()
     state = _state(out)
@@ -132,8 +152,8 @@ def test_a_budget_stop_of_train_is_said_with_how_to_continue_it(digits_root, tmp
     out = tmp_path / "ft"
     argv = ["train", "--data", digits_root, "--out", out, "--model", "test_resnet", "--img-size", "32", "--epochs",
             "100000", "--device", "cpu", "--no-progress", "train.tensorboard=false"]
-    rc, stdout, err = run_main(*argv, "train.budget_minutes=0.05")
+    rc, stdout, err = run_main(*argv, "train.budget_minutes=0.02")
     assert rc == 0, err
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert stdout.count("note: train.budget_minutes=0.05 is used up") == 1, stdout
+    assert stdout.count("note: train.budget_minutes=0.02 is used up") == 1, stdout
     assert f"stops at epoch {rows[-1]['epoch']} of 100000" in stdout and "--resume with a larger" in stdout

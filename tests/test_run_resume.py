@@ -15,7 +15,7 @@ import pytest
 from helpers.checks import run_main
 from test_pipeline import _check_pred_all
 
-BASE = ("--budget-minutes", "0.2", "--model", "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",
+BASE = ("--budget-minutes", "0.1", "--model", "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",
         "run.pretrain_batch_size=16", "train.batch_size=16")
 
 
@@ -26,7 +26,7 @@ def _cmd(root: Path, out: Path, *extra: str) -> list:
 def sigterm_in_stage(monkeypatch, stage: str, task_cls, call: int) -> None:
     """SIGTERM to this process in the `call`-th training step of the stage whose folder is `stage`, counting
     only steps inside Engine.fit (not the step-time calibration before it, where a signal stops at once).
-    The stage's budget does not end it before that step: the tests' 0.2-minute runs give their last stage the
+    The stage's budget does not end it before that step: the tests' 0.1-minute runs give their last stage the
     floor of 5 steps at the speed measured before it (about 2 s), and a busy machine's slower first steps
     overran it now and then, so that the stage ended on its budget, unsignalled, and the run finished (exit 0)."""
     from fewshot.train.engine import Engine
@@ -203,7 +203,7 @@ def test_a_run_stopped_after_its_stages_does_not_label_the_pool_again(digits_roo
 
 
 @pytest.mark.parametrize("change, named", [(("--seed", "3"), "train.seed"), (("optim.lr=0.5",), "optim.lr"),
-                                           (("--budget-minutes", "5"), "budget of 0.2 minutes")])
+                                           (("--budget-minutes", "5"), "budget of 0.1 minutes")])
 def test_resume_refuses_other_settings(digits_root, stopped_and_resumed, change, named):
     out = stopped_and_resumed[0]
     rc, _, err = run_main(*_cmd(digits_root, out, "--resume", *change))  # a later --budget-minutes wins
@@ -257,21 +257,37 @@ def test_a_run_stopped_in_moco_pretraining_resumes_there(digits_root, tmp_path, 
     _check_pred_all(digits_root, out)
 
 
+@pytest.fixture(scope="module")
+def stopped_in_round2(digits_root, tmp_path_factory) -> dict:
+    """The default run stopped by SIGTERM in step 2 of its last stage, once for the tests that damage a copy of it
+    (stopped_copy): its folder and the stop's exit code and stderr."""
+    from fewshot.train.supervised import SupervisedTask
+
+    out = tmp_path_factory.mktemp("stopped-round2") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
+        rc, _, err = run_main(*_cmd(digits_root, out))
+    return {"out": out, "rc": rc, "err": err}
+
+
+def stopped_copy(stopped: dict, out: Path) -> Path:
+    """A private copy in ``out`` of the stopped_in_round2 run, after checking that the run stopped on the signal."""
+    import shutil
+
+    assert stopped["rc"] == 128 + signal.SIGTERM, stopped["err"]
+    return Path(shutil.copytree(stopped["out"], out, symlinks=True))
+
+
 def test_a_stage_killed_before_its_first_checkpoint_starts_over_from_the_previous_round(digits_root, tmp_path,
-                                                                                        monkeypatch):
+                                                                                        monkeypatch, stopped_in_round2):
     """SIGKILL in the first steps of the last stage leaves it `began` without a last.pt: the resumed run plans
     it anew and starts it from round 1's best weights (it once started from random init)."""
     import torch
 
     from fewshot.train.checkpoint import load_checkpoint
     from fewshot.train.engine import Engine
-    from fewshot.train.supervised import SupervisedTask
 
-    out = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        rc, _, err = run_main(*_cmd(digits_root, out))
-    assert rc == 128 + signal.SIGTERM, err
+    out = stopped_copy(stopped_in_round2, tmp_path / "run")
     (out / "finetune" / "checkpoints" / "last.pt").unlink()  # as if killed before the stop could save
     state = json.loads((out / "run_state.json").read_text())
     assert state["session_open"] is False  # the SIGTERM's stop was recorded
@@ -371,18 +387,13 @@ def test_a_signal_between_stages_stops_with_a_resume_hint(digits_root, tmp_path,
     _check_pred_all(digits_root, out)
 
 
-def test_a_stage_whose_pseudo_labels_came_out_differently_starts_over(digits_root, tmp_path, monkeypatch):
+def test_a_stage_whose_pseudo_labels_came_out_differently_starts_over(digits_root, tmp_path, stopped_in_round2):
     """If the pool is labelled differently on resume (another device's float results), the stopped stage's
     checkpoint belongs to other training images: the stage starts over instead of failing or silently
     training on other labels. Shown for another count and for other labels at the same count."""
     from fewshot.train.checkpoint import load_checkpoint, save_checkpoint
-    from fewshot.train.supervised import SupervisedTask
 
-    out = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        rc, _, err = run_main(*_cmd(digits_root, out))
-    assert rc == 128 + signal.SIGTERM, err
+    out = stopped_copy(stopped_in_round2, tmp_path / "run")
     last = out / "finetune" / "checkpoints" / "last.pt"
     ck = load_checkpoint(last)
     ck["n_train"] += 1  # as if one more pool image had been kept before the stop
