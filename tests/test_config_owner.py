@@ -188,7 +188,7 @@ def staged_run(digits_root, tmp_path_factory) -> tuple[Path, Path, str]:
     base = tmp_path_factory.mktemp("staged")
     config = train_run_config(base / "scratch")
     out = base / "run"
-    rc, _, err = run_main(*run_argv(digits_root, out, config, "--pretrain", "--budget-minutes", "0.1",
+    rc, _, err = run_main(*run_argv(digits_root, out, config, "--pretrain", "--budget-minutes", "0.03",
                                     "run.report=false", "run.pretrain_batch_size=16", "train.batch_size=16",
                                     "run.semi_method=off"))
     assert rc == 0, err

@@ -5,10 +5,13 @@ drops the word that they were left out, and a MoCo stage resumed past the budget
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from helpers.checks import run_main
 from test_run_resume import _cmd, sigterm_in_stage
@@ -17,23 +20,36 @@ from fewshot.pipeline import PipelineRun
 from fewshot.run_budget import too_short_budget_error
 from fewshot.run_state import STATE_FILE
 
+SHORT = ("--budget-minutes", "0.03")  # after BASE's 0.2, so it wins: the run's length is not the subject (suite time)
+
 
 def _state(out: Path) -> dict:
     return json.loads((out / STATE_FILE).read_text())
 
 
-def test_a_resume_refused_over_its_data_leaves_the_runs_time_as_it_was(copy_root, tmp_path, monkeypatch):
-    """Each refused `run --resume` on a root whose class folder was renamed added its start-up to the run's
-    "seconds" (note_stop after open_session); the state is as the stop left it, and the resume on the
-    original data then goes on."""
+@pytest.fixture(scope="module")
+def stopped_run(digits_root, tmp_path_factory) -> Path:
+    """A `fewshot run` (no self-training) stopped by SIGTERM in its step 2, made once: the tests resume copies."""
     from fewshot.train.supervised import SupervisedTask
 
-    out = tmp_path / "run"
-    cmd = _cmd(copy_root, out, "run.semi_method=off")
-    with monkeypatch.context() as mp:
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.MonkeyPatch.context() as mp:
         sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        rc, _, err = run_main(*cmd)
+        rc, _, err = run_main(*_cmd(digits_root, out, "run.semi_method=off", *SHORT))
     assert rc == 128 + signal.SIGTERM, err
+    return out
+
+
+def _stopped_copy(stopped_run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(stopped_run, tmp_path / "run", symlinks=True))
+
+
+def test_a_resume_refused_over_its_data_leaves_the_runs_time_as_it_was(copy_root, tmp_path, stopped_run):
+    """Each refused `run --resume` on a root whose class folder was renamed added its start-up to the run's
+    "seconds" (note_stop after open_session); the state is as the stop left it, and the resume on the
+    original data then goes on. The run stopped on digits_root (stopped_run) resumes on its copy, copy_root."""
+    out = _stopped_copy(stopped_run, tmp_path)
+    cmd = _cmd(copy_root, out, "run.semi_method=off", *SHORT)
     before = _state(out)
     assert before["session_open"] is False
     dataset = sorted(p.name for p in copy_root.iterdir() if (p / "train").is_dir())[-1]
@@ -53,16 +69,12 @@ def test_a_resume_refused_over_its_data_leaves_the_runs_time_as_it_was(copy_root
     assert "unrecorded_sessions" not in _state(out)
 
 
-def test_a_stop_in_a_resumed_start_up_still_counts(copy_root, tmp_path, monkeypatch):
+def test_a_stop_in_a_resumed_start_up_still_counts(digits_root, tmp_path, monkeypatch, stopped_run):
     """Only a refusal is undone: a Ctrl-C while a resumed session checks its data counts its time, as before."""
     from fewshot import pipeline
-    from fewshot.train.supervised import SupervisedTask
 
-    out = tmp_path / "run"
-    cmd = _cmd(copy_root, out, "run.semi_method=off")
-    with monkeypatch.context() as mp:
-        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        assert run_main(*cmd)[0] == 128 + signal.SIGTERM
+    out = _stopped_copy(stopped_run, tmp_path)
+    cmd = _cmd(digits_root, out, "run.semi_method=off", *SHORT)
     seconds = _state(out)["seconds"]
 
     def interrupted(self):
@@ -112,7 +124,7 @@ def test_a_run_stopped_in_its_report_and_resumed_with_time_draws_and_says_the_im
     from fewshot.train.stop_signal import Terminated
 
     out = tmp_path / "run"
-    cmd = [*_cmd(digits_root, out, "run.semi_method=off"), "run.report=true"]
+    cmd = [*_cmd(digits_root, out, "run.semi_method=off", *SHORT), "run.report=true"]
     report = PipelineRun.report
 
     def short_of_time(self, metrics):

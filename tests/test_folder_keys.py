@@ -68,7 +68,7 @@ def test_run_keys_metrics_and_summary_by_the_folder(data, tmp_path):
     """`--datasets café` typed composed for a decomposed folder: the model holds the typed form, pred_all.json the
     folder's; metrics.json and summary.json (val and test scores, balancing) now hold the folder's too."""
     out = tmp_path / "r"
-    rc, _, err = run_main("run", "--data", data, "--out", out, "--datasets", f"{NFC},x", "--budget-minutes", "0.1",
+    rc, _, err = run_main("run", "--data", data, "--out", out, "--datasets", f"{NFC},x", "--budget-minutes", "0.03",
                           "--model", "test_resnet", "--img-size", "32", "--device", "cpu", "--no-progress",
                           "--baseline", "run.report=false", "train.batch_size=16", "run.balance=on")
     assert rc == 0, err

@@ -16,7 +16,7 @@ from helpers.run_patch import patch_run
 from test_pipeline import _check_pred_all
 from test_run_resume import _cmd, _state, sigterm_in_stage
 
-SHORT = ("--budget-minutes", "0.1")  # after BASE's 0.2, so it wins: the rounds' decisions are patched (suite time)
+SHORT = ("--budget-minutes", "0.03")  # after BASE's 0.2, so it wins: the rounds' decisions are patched (suite time)
 
 
 def _no_time_to_label_the_pool(monkeypatch) -> None:

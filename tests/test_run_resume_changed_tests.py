@@ -119,7 +119,7 @@ def test_the_printed_predict_command_brings_a_real_finished_run_up_to_date(copy_
     pred_all.json with the new image, and the run resumes as finished again."""
     first = dataset_names[0]
     out = tmp_path / "run"
-    short = ("--budget-minutes", "0.1", "--datasets", first, "--semi", "off", "train.batch_size=16")
+    short = ("--budget-minutes", "0.03", "--datasets", first, "--semi", "off", "train.batch_size=16")
     rc, _, err = run_main("run", "--data", copy_root, "--out", out, *BASE, *short)
     assert rc == 0, err
     image = _test_images(copy_root, first)[0]

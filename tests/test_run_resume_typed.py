@@ -12,7 +12,7 @@ from pathlib import Path
 from helpers.checks import run_main
 from test_run_resume import sigterm_in_stage
 
-BASE = ("--budget-minutes", "0.2", "--device", "cpu", "--no-progress", "run.report=false",
+BASE = ("--budget-minutes", "0.03", "--device", "cpu", "--no-progress", "run.report=false",
         "run.pretrain_batch_size=16", "train.batch_size=16")
 REFUSED = "changes model.name ('test_resnet' in the run, 'resnet18' now)"
 

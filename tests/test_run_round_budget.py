@@ -5,6 +5,8 @@ a margin for its own late end. The measured times are patched, so the decisions 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -21,22 +23,46 @@ def rounds_floor_does_not_fit(step_s: float, closing_s: float) -> float:
     return 1e6 if closing_s > 0 else run_budget.least_run_seconds(step_s, closing_s)
 
 
+def _argv(root, out, *extra) -> list:
+    return ["run", "--data", root, "--out", out, "--budget-minutes", "0.2", "--model", "test_resnet", "--device", "cpu",
+            "--no-progress", "run.report=false", "train.batch_size=16", *extra]
+
+
+def _run_with_round_2_not_fitting(root, out, *extra) -> tuple:
+    """A run whose round 1 plans as usual and whose later rounds pass the check before the pool's labelling but
+    not their own least run at their planning, with the real time_holds and least_run_holds (real_time_holds,
+    real_least_run_holds); run_main's (rc, stdout, err)."""
+    from fewshot import pipeline, run_budget
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "time_holds", run_budget.time_holds)
+        mp.setattr(pipeline, "least_run_holds", run_budget.least_run_holds)
+        mp.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)  # round 1 plans as usual
+        mp.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6)  # the check before the labelling holds
+        mp.setattr(pipeline, "least_run_seconds", rounds_floor_does_not_fit)  # the round's own floor does not
+        return run_main(*_argv(root, out, *extra))
+
+
+@pytest.fixture(scope="module")
+def skipped_round_2(digits_root, tmp_path_factory):
+    """The default 2 rounds, round 2 skipped at its planning: made once, read by the skip's test and copied by the
+    resume's; (out, rc, stdout, err)."""
+    out = tmp_path_factory.mktemp("skip") / "skip"
+    return (out, *_run_with_round_2_not_fitting(digits_root, out))
+
+
 @pytest.mark.parametrize("rounds", ["2", "3"])  # round 2 the last round (`finetune`), or a middle round
-def test_a_later_round_whose_least_run_does_not_fit_at_its_planning_is_skipped(digits_root, tmp_path, monkeypatch,
-                                                                              real_time_holds, real_least_run_holds,
-                                                                              rounds):
+def test_a_later_round_whose_least_run_does_not_fit_at_its_planning_is_skipped(digits_root, tmp_path, rounds,
+                                                                              request):
     """A 2-minute run took 140 s: the check before round 2's labelling passed at round 1's speed, round 2 started
     with 0.4 s left, measured 4.7 s a step and trained its 5-step floor past the budget. Round 2 is optional (round
-    1 can predict): where its least run at the speed measured for it does not fit, it is skipped, not trained."""
-    from fewshot import pipeline
-
-    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)  # round 1 plans as usual
-    monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6)  # the check before the labelling holds
-    monkeypatch.setattr(pipeline, "least_run_seconds", rounds_floor_does_not_fit)  # the round's own floor does not
-    out = tmp_path / "skip"
-    rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--model",
-                               "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",
-                               "train.batch_size=16", f"run.pseudo_rounds={rounds}")
+    1 can predict): where its least run at the speed measured for it does not fit, it is skipped, not trained.
+    Round 2 the last (the default pseudo_rounds=2): the run of skipped_round_2, which the resume's test shares."""
+    if rounds == "2":
+        out, rc, stdout, err = request.getfixturevalue("skipped_round_2")
+    else:
+        out = tmp_path / "skip"
+        rc, stdout, err = _run_with_round_2_not_fitting(digits_root, out, f"run.pseudo_rounds={rounds}")
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["stages"]) == ["finetune_labelled"] and summary["predicted_with"] == "finetune_labelled"
@@ -122,23 +148,17 @@ def test_a_round_skipped_after_middle_rounds_were_dropped_is_not_counted_as_kept
 
 
 def test_a_run_stopped_after_a_round_was_skipped_at_its_planning_resumes_without_it(digits_root, tmp_path,
-                                                                                   monkeypatch, real_time_holds,
-                                                                                   real_least_run_holds):
+                                                                                   real_time_holds,
+                                                                                   real_least_run_holds,
+                                                                                   skipped_round_2):
     """A review: a --resume after the skip must not train the skipped round: run_state.json keeps skipped_from, and
     the resumed run predicts with round 1. The stop is made by hand (summary.json removed, the state unfinished), as
-    a kill during the closing work leaves it."""
-    from fewshot import pipeline, run_budget
-
-    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)
-    monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6)
-    monkeypatch.setattr(pipeline, "least_run_seconds", rounds_floor_does_not_fit)
-    out = tmp_path / "skip"
-    argv = ["run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--model", "test_resnet",
-            "--device", "cpu", "--no-progress", "run.report=false", "train.batch_size=16"]
-    rc, _, err = run_main(*argv)
+    a kill during the closing work leaves it; on a copy of skipped_round_2's run. The resumed run's own round would
+    fit (the package's timings): only the record skips it."""
+    shared, rc, _, err = skipped_round_2
     assert rc == 0, err
-    for name in ("after_round1_seconds", "later_rounds_seconds", "least_run_seconds"):  # the resumed run's own
-        monkeypatch.setattr(pipeline, name, getattr(run_budget, name))  # round would fit: only the record skips it
+    out = Path(shutil.copytree(shared, tmp_path / "skip", symlinks=True))
+    argv = _argv(digits_root, out)
     state = json.loads((out / "run_state.json").read_text())
     state["finished"] = False
     (out / "run_state.json").write_text(json.dumps(state))

@@ -113,7 +113,7 @@ def test_the_check_before_round_2_gets_round_1s_trained_speed_and_round_2_says_i
     patch_run(monkeypatch, "measure_step_seconds", lambda *a, **k: 1e-5)  # every stage's timing
     monkeypatch.setattr(pipeline, "later_rounds_seconds", later_rounds_seconds)
     out = tmp_path / "speeds"
-    rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.1", "--model",
+    rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.03", "--model",
                                "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",
                                "train.batch_size=16")
     assert rc == 0, err

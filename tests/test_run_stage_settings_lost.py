@@ -21,7 +21,7 @@ from helpers.checks import run_main
 from test_resume_weights_model import NAMES, pasted_once, recorded_checkpoint
 from test_run_resume import _cmd, sigterm_in_stage
 
-SHORT = ("--budget-minutes", "0.1")  # after BASE's 0.2, so it wins: the run's length is not the subject
+SHORT = ("--budget-minutes", "0.03")  # after BASE's 0.2, so it wins: the run's length is not the subject (suite time)
 
 
 @pytest.mark.parametrize("text, what", [("", "is empty"), ("{}\n", "holds no settings (`{}`)"),
