@@ -23,3 +23,24 @@ def test_each_test_process_runs_torch_on_its_share_of_the_cores():
     share = max(1, cores // workers)
     assert torch.get_num_threads() == share and os.environ["OMP_NUM_THREADS"] == str(share)
 
+
+
+def test_a_forked_child_shows_warnings_and_log_records_on_its_stderr_as_a_started_process_does():
+    """The forks that stand in for `python -m fewshot` (helpers.forked_cli) inherit pytest's per-test warning capture
+    and logging handlers: a warning a user would see never reached the child's stderr, so `not in stderr` checks
+    passed whatever the command said."""
+    import logging
+    import warnings
+
+    from helpers import forked_cli
+
+    def say() -> int:
+        warnings.warn("a warning the user sees")
+        warnings.warn("a deprecation a started interpreter hides", DeprecationWarning)
+        logging.getLogger("fewshot.somewhere").warning("a log record the user sees")
+        return 3
+
+    proc = forked_cli.run(say, stdout=forked_cli.PIPE, stderr=forked_cli.PIPE, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "UserWarning: a warning the user sees" in proc.stderr and "a log record the user sees" in proc.stderr
+    assert "deprecation" not in proc.stderr, proc.stderr

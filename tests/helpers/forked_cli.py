@@ -5,6 +5,7 @@ sys.stdout / sys.stderr on descriptors 1 and 2, as a started interpreter has the
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -38,8 +39,10 @@ class Forked:
         while self.poll() is None:
             if deadline is not None and time.monotonic() > deadline:
                 self.kill()
-                os.waitpid(self.pid, 0)
-                self.returncode = -signal.SIGKILL
+                if self.poll() is None:  # the kill's own poll may have reaped a child that ended just now
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(self.pid, 0)
+                    self.returncode = -signal.SIGKILL
                 raise subprocess.TimeoutExpired(f"fork {self.pid}", timeout)
             time.sleep(0.002)
         return self.returncode
@@ -61,6 +64,8 @@ class Forked:
                 got.append(None)
                 continue
             reader[0].join(60)
+            if reader[0].is_alive():  # a grandchild still holds the pipe: partial output must not pass a test
+                raise subprocess.TimeoutExpired(f"fork {self.pid}'s {name} pipe (still open after its exit)", 60)
             data = b"".join(reader[1])
             got.append(data.decode() if self._text else data)
         return got[0], got[1]
@@ -114,6 +119,37 @@ def _signals_as_at_start() -> None:
     signal.set_wakeup_fd(-1)
 
 
+def _warnings_and_logging_as_at_start() -> None:
+    """Warnings and log records on the child's stderr, as in a started interpreter: the fork inherits pytest's
+    per-test warning capture (catch_warnings(record=True)) and its logging handlers, which kept a warning a user
+    would see out of the child's stderr, so a `not in stderr` check passed whatever was said."""
+    import logging
+    import warnings
+
+    warnings.resetwarnings()  # then the filters a started interpreter has (-W and PYTHONWARNINGS aside)
+    for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+    warnings.showwarning = getattr(warnings, "_showwarning_orig", warnings.showwarning)
+
+    def on_stderr(message) -> None:  # the interpreter's own writer (catch_warnings(record=True) replaced it)
+        with contextlib.suppress(OSError, AttributeError):
+            (message.file or sys.stderr).write(warnings._formatwarnmsg(message))
+
+    warnings._showwarnmsg_impl = on_stderr
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+
+
+def as_a_started_process() -> None:
+    """What a fork of the test process resets to be a started interpreter (streams aside): one torch thread, the
+    default signal handlers, warnings and logging on stderr."""
+    _one_thread()
+    _signals_as_at_start()
+    _warnings_and_logging_as_at_start()
+
+
 def _child(fn, fds: dict, env: dict | None, cwd) -> None:
     """In the fork: descriptors, environment and streams set, ``fn()`` run, its exit status the process's."""
     code = 1
@@ -129,8 +165,7 @@ def _child(fn, fds: dict, env: dict | None, cwd) -> None:
         if cwd is not None:
             os.chdir(cwd)
         _streams()
-        _one_thread()
-        _signals_as_at_start()
+        as_a_started_process()
         try:
             code = fn()
         except SystemExit as exc:

@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Optional, Union
 
+from helpers.forked_cli import as_a_started_process
 from helpers.tiny import free_port, run_forked_ranks
 
 AGENT_ENV = {"TORCHELASTIC_RUN_ID": "forked", "TORCHELASTIC_USE_AGENT_STORE": "True",
@@ -52,6 +53,7 @@ def _rank(rank: int, world: int, port: int, target: str, args: list, cwd: str, s
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **env})
     os.chdir(cwd)
+    as_a_started_process()  # one torch thread (OpenMP after fork), the default signal handlers, visible warnings
     with open(Path(said, f"rank{rank}.out"), "w", buffering=1) as fh:
         os.dup2(fh.fileno(), 1)  # what torch or gloo writes to the descriptors lands there too
         os.dup2(fh.fileno(), 2)
