@@ -396,6 +396,13 @@ def _is_split_folder(folder: Path) -> bool:
         return False
 
 
+def split_folders(root: Path, folders: list[Path] | None = None) -> list[Path]:
+    """ROOT's folders (``folders``, else ROOT's visible ones) that count as a dataset's splits, by name: one rule for
+    what training's and report's "looks like a dataset folder" messages name (a dataset or run named like a split
+    is none); an OSError where ROOT cannot be listed."""
+    return [f for f in (_visible_folders(root) if folders is None else folders) if _is_split_folder(f)]
+
+
 def _holds_splits(folder: Path) -> bool:
     try:
         return any((folder / split).is_dir() for split in SPLITS)
@@ -408,7 +415,7 @@ def _refuse_a_dataset_given_as_root(root: Path, folders: list[Path]) -> None:
     and listed six "missing split folder" problems under them. Said once, with the --data to pass instead: when two
     split folders sit in the root, or when split folders are all it holds (SPEC's layout is ROOT/DATASET/split/class,
     so a root is never read as one dataset)."""
-    splits = [f for f in folders if _is_split_folder(f)]
+    splits = split_folders(root, folders)
     if not splits or (len(splits) < 2 and len(splits) < len(folders)):
         return
     if any(_holds_splits(f) for f in folders if f not in splits) or not any(has_images(f) for f in splits):

@@ -119,7 +119,7 @@ def _dataset_folder_given(root: Path) -> UserError | None:
     dataset folder). Its words are training's (`--datasets`, an option report lacks; train/, where report reads
     val/): said again for the report, whose advice is the parent alone. None where the root is no dataset folder
     (its other errors stand)."""
-    from fewshot.data.layout import SPLITS, dataset_folders
+    from fewshot.data.layout import dataset_folders
 
     try:
         dataset_folders(root)
@@ -130,13 +130,25 @@ def _dataset_folder_given(root: Path) -> UserError | None:
         pass
     absolute = Path(os.path.abspath(root))
     parent = absolute.parent if root.is_absolute() else Path(os.path.relpath(absolute.parent))
-    names = [f"{s}/" for s in sorted(SPLITS) if (root / s).is_dir()]  # in layout's order, by name
+    names = [f"{f.name}/" for f in _split_folders(root)]
     held = (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else
             f"the split folder {names[0]}" if names else "split folders")
     return UserError(one_line(f"--data {path_argument(root)} looks like a dataset folder itself (it holds {held}), "
                               f"but --data is the root above the datasets (ROOT/<dataset>/val/<class>/<image> for "
                               f"the report). Pass its parent instead: "
                               f"--data {path_argument(parent)} (the report reads the run's datasets there)."))
+
+
+def _split_folders(root: Path) -> list[Path]:
+    """The folders layout's refusal counts as splits (its rule, by name): a run or dataset named like a split beside
+    them (`--out ROOT/digits/val`) was named among "the split folders" too. None where ROOT can no longer be
+    read."""
+    from fewshot.data.layout import split_folders
+
+    try:
+        return split_folders(root)
+    except OSError:
+        return []
 
 
 def _datasets_here(root: Path, names) -> list[str]:
