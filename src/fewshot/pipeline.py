@@ -40,8 +40,8 @@ from fewshot.run_stages import (adopt_stage_architecture, auto_img_size, better_
                                 finetune_stage, labelled_only_round, preload_images, pretrain_stage,
                                 read_finished_json, reusable_stage, round_speeds, weights_replaced_by)
 from fewshot.run_state import STATE_FILE, RunState, holds_finished_run
-from fewshot.run_words import (UNRECORDED, labelled_only_why, minutes_text, overrun_note, resumed_late_warning,
-                               seconds_apart, seconds_text)
+from fewshot.run_words import (UNRECORDED, labelled_only_why, minutes_text, overrun_note, pretrain_resumed_late_warning,
+                               resumed_late_warning, seconds_apart, seconds_text)
 from fewshot.utils import (derive_seed, loads_run_json, missing_parents, refuse_links_in_run_dir, resolve_device,
                            resolved, write_json)
 
@@ -557,6 +557,18 @@ class PipelineRun:
             return {**record, "real": round(total_s - plan["ends_at"], 2)}
         return {**record, "real": round(total_s - max(ends), 2), "training_late": round(max(ends) - plan["ends_at"], 2)}
 
+    def pretrain_closing(self, task, eval_s: float, step_s: float | None = None) -> float:
+        """MoCo's hook (pretrain_stage's check): at its planning the least-run refusal and keep-back
+        (refuse_unless_pretrain_run_fits); without ``step_s`` a stage continued from its last.pt with no training
+        left, warned where its closing work no longer fits the budget left, as last_closing warns the last stage."""
+        if step_s is not None:
+            return self.refuse_unless_pretrain_run_fits(task, eval_s, step_s)
+        need = pretrain_closing_seconds(eval_s, sum(p.numel() for p in task.model.parameters()))
+        words = pretrain_resumed_late_warning(self.t_start + self.budget_s - time.monotonic(), need)
+        if words is not None:
+            print(words, flush=True)
+        return 0.0
+
     def refuse_unless_pretrain_run_fits(self, task, eval_s: float, step_s: float) -> float:
         """MoCo's plan_stage hook, called with its measured speeds before it trains: a budget that cannot hold
         MoCo's least steps, the fine-tuning's timing and then the least run is refused now, as without --pretrain.
@@ -710,7 +722,7 @@ class PipelineRun:
         # its share of the time the stages have left (start-up and the test decoding came out of the whole)
         self.pre_end = time.monotonic() + (self.t_start + self.stage_s - time.monotonic()) * self.r["pretrain_share"]
         self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out, self.pre_end,
-                                                    self.state, self.t_start, self.refuse_unless_pretrain_run_fits,
+                                                    self.state, self.t_start, self.pretrain_closing,
                                                     pool_size=self.n_moco)
         if fit_s or "pretrain" not in self.summary["stages"]:  # reused (0 s): kept before, its time counted once
             self.keep("pretrain", entry, fit_s)

@@ -329,6 +329,12 @@ def cap_resumed_budget(cfg: dict, last: Path | dict, end_time: float,
     return trained, steps
 
 
+def trains_no_further(cfg: dict, trained: float) -> bool:
+    """Whether a resumed stage's budget, as cap_resumed_budget set it, holds no more than the ``trained`` seconds it
+    had (its deadline passed, or closer than the step kept back): it goes straight to its closing work."""
+    return float(cfg["train"]["budget_minutes"]) * 60 <= max(trained, 1e-3) + 1e-6
+
+
 def read_last(last: Path | dict) -> dict:
     """A stopped stage's last.pt, its tensors mapped, not read (the checks of a resume need a few numbers of it), or
     the checkpoint itself where the caller read it already."""
@@ -526,7 +532,9 @@ def moco_queue_size(r: dict, pool_size: int | None, symmetric: bool = False) -> 
 def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float, check=None,
                    pool_size: int | None = None):
     """MoCo on the pool until ``end_time``, then its backbone exported to OUT/backbone.safetensors. ``check(task,
-    eval_s, step_s)``: called with MoCo's measured speeds before it trains (the run's least-run refusal).
+    eval_s, step_s)``: called with MoCo's measured speeds before it trains (the run's least-run refusal); a resumed
+    stage that cap_resumed_budget leaves no training calls ``check(task, eval_s)`` (its evaluation time logged, else
+    measured), for the run's word where its closing work no longer fits (PipelineRun.pretrain_closing).
     ``pool_size``: the decodable pool images start-up counted (check_pool_images), which size the queue.
     Returns (weights path, the stage's summary, seconds in its training loop). With a RunState that knows
     the stage, a finished one is reused and a stopped one continues from its last.pt."""
@@ -557,11 +565,14 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         # which the fine-tuning gets. Resumed with the stop evaluated before the kill, metrics.json's evaluation
         # takes the stop's place in this session's closing time
         kept = float(state.stage("pretrain").get("kept_s", 0.0))
-        trained_before, _ = cap_resumed_budget(pcfg, last, end_time - kept, trained_speeds(pdir / "log.jsonl")[0])
+        step_logged, eval_logged = trained_speeds(pdir / "log.jsonl")
+        trained_before, _ = cap_resumed_budget(pcfg, last, end_time - kept, step_logged)
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record("pretrain", "began", now, fit_at=now - trained_before)
         seed_everything(pcfg["train"]["seed"])
         task = MoCoTask(pcfg, infos, device, ctx, resuming=True)  # last.pt replaces model.weights
+        if check is not None and trains_no_further(pcfg, trained_before):  # the run's word on its closing work
+            check(task, measure_eval_seconds(task) if eval_logged is None else eval_logged)
         print(f"[run] pretrain: continuing from {pdir / 'checkpoints' / 'last.pt'} on its planned schedule")
     else:
         pcfg = copy.deepcopy(cfg)

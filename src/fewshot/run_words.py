@@ -64,14 +64,16 @@ def overrun_warning(seconds: float, why: str) -> str:
                     f"budget. A larger --budget-minutes, or a smaller --img-size or --model, lets it fit.")
 
 
-def resumed_late_warning(stage: str, left: float, need: float, step_s: float | None = None) -> str | None:
+def resumed_late_warning(stage: str, left: float, need: float, step_s: float | None = None,
+                         work: str = "evaluations, prediction and the report", then: str = "") -> str | None:
     """A stopped stage continued from its last.pt (``fewshot run --resume``) with ``left`` seconds of the budget
     (below 0: resumed past it), less than its closing work's ``need``: the least-run refusal is a fresh run's (a
     resume cannot change the budget), so the run ran late without an early word. It trains no further, so no step
     runs past its deadline: the run ends ``need - left`` late (past the budget, 0 s left said "about need s after").
     No larger budget is advised: the resume must repeat it. Where the work fits but not the one step (``step_s``, its
     logged speed) cap_resumed_budget keeps back beside it, only a note that the stage trains no further: a warning
-    said so for a margin of 2 ms, and that the run ends "within its budget" in the same line. Else None."""
+    said so for a margin of 2 ms, and that the run ends "within its budget" in the same line. ``work``: the closing
+    work in words; ``then``: the work after it that the lateness leaves out (a stage before the last). Else None."""
     if need <= left:
         if not step_s or left >= need + step_s:
             return None
@@ -79,7 +81,6 @@ def resumed_late_warning(stage: str, left: float, need: float, step_s: float | N
         return one_line(f"[run] note: {stage} resumes with {had} of the budget left, enough for its closing work "
                         f"(about {needs}) but not for a training step besides ({step_text(step_s)} at its logged "
                         f"speed): it trains no further.")
-    work = "evaluations, prediction and the report"
     if left < 0:
         where = (f"{seconds_text(-left)} past the budget already, and its closing work needs about "
                  f"{seconds_text(need)} more at the measured speed ({work})")
@@ -89,7 +90,19 @@ def resumed_late_warning(stage: str, left: float, need: float, step_s: float | N
                  f"{needs}: {work})")
     late = f"about {need - left:.0f} s" if need - left >= 1.0 else "less than 1 s"
     return one_line(f"[run] warning: {stage} resumes {where}: it trains no further, and the run will likely end "
-                    f"{late} after its budget.")
+                    f"{late} after its budget{', plus ' + then if then else ''}.")
+
+
+MOCO_CLOSING_WORK = "its kNN evaluation at the stop, its checkpoint writes and the backbone's export"
+
+
+def pretrain_resumed_late_warning(left: float, need: float) -> str | None:
+    """resumed_late_warning of the MoCo stage continued from its last.pt with no training time left: its own closing
+    work (pretrain_closing_seconds) no longer fits the budget left, and the fine-tuning comes after it. It said
+    nothing of its own; the fine-tuning's floor warning came after MoCo's closing work and its own timing."""
+    return resumed_late_warning("pretrain", left, need, work=MOCO_CLOSING_WORK,
+                                then="the fine-tuning's least run after it (its timing, its floor of training steps "
+                                     "and its closing work)")
 
 
 def step_text(x: float) -> str:

@@ -1,0 +1,84 @@
+"""A MoCo stage continued on `fewshot run --pretrain --resume` with no training time left and its closing work (its
+kNN evaluation at the stop, checkpoint writes, export) past the budget: the fine-tuning stages' "resumes" warning, in
+MoCo's words. It said nothing of its own; the fine-tuning's floor warning came after MoCo's closing work."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from types import SimpleNamespace
+
+import torch
+
+from fewshot.pipeline import PipelineRun
+from fewshot.run_stages import trains_no_further
+from fewshot.run_words import pretrain_resumed_late_warning
+from helpers.checks import run_main
+from test_run_resume import _cmd, sigterm_in_stage
+
+
+def test_a_moco_stage_resumed_past_the_budget_warns_once_before_its_closing_work(digits_root, tmp_path,
+                                                                                 monkeypatch):
+    from fewshot.ssl.pretrain import MoCoTask
+
+    out = tmp_path / "run"
+    cmd = _cmd(digits_root, out, "--pretrain", "run.semi_method=off")
+    with monkeypatch.context() as mp:
+        sigterm_in_stage(mp, "pretrain", MoCoTask, 2)
+        rc, _, err = run_main(*cmd)
+    assert rc == 128 + signal.SIGTERM, err
+    state = json.loads((out / "run_state.json").read_text())
+    assert state["stages"]["pretrain"]["status"] == "began"
+    state["seconds"] = state["budget_minutes"] * 60  # as if the session had run on to the end of the budget
+    (out / "run_state.json").write_text(json.dumps(state))
+    rc, stdout, err = run_main(*cmd, "--resume")
+    assert rc == 0, err
+    lines = [line for line in stdout.splitlines() if "resumes" in line and "pretrain" in line]
+    assert len(lines) == 1, stdout
+    line = lines[0]
+    assert line.startswith("[run] warning: pretrain resumes "), line
+    assert "past the budget already, and its closing work needs about" in line, line
+    assert "(its kNN evaluation at the stop, its checkpoint writes and the backbone's export)" in line, line
+    assert "it trains no further, and the run will likely end" in line, line
+    assert "after its budget, plus the fine-tuning's least run after it" in line, line
+    assert "--budget-minutes" not in line and "larger" not in line
+    # before the stage's closing work: the Engine's note at its stop, and the fine-tuning's planning
+    assert stdout.index(line) < stdout.index("no time is left of the run's budget for this stage")
+    assert stdout.index(line) < stdout.index("[run] fine-tuning from MoCo weights")
+    assert (out / "backbone.safetensors").is_file()
+
+
+def test_the_moco_warning_words_its_own_closing_work_and_the_fine_tuning_after_it():
+    assert pretrain_resumed_late_warning(30.0, 20.0) is None
+    assert pretrain_resumed_late_warning(20.0, 20.0) is None
+    words = pretrain_resumed_late_warning(5.0, 20.0)
+    assert words.startswith("[run] warning: pretrain resumes with 5.0 s of the budget left"), words
+    assert "(about 20 s: its kNN evaluation at the stop, its checkpoint writes and the backbone's export)" in words
+    assert "end about 15 s after its budget, plus the fine-tuning's least run after it" in words
+    late = pretrain_resumed_late_warning(-40.0, 20.0)
+    assert "pretrain resumes 40 s past the budget already" in late and "end about 60 s after its budget" in late
+
+
+def _run(left: float) -> SimpleNamespace:
+    run = SimpleNamespace(t_start=time.monotonic() + left - 60.0, budget_s=60.0,
+                          refuse_unless_pretrain_run_fits=lambda task, eval_s, step_s: 7.0)
+    return run
+
+
+def test_the_moco_hook_warns_a_resumed_stage_only_where_its_closing_work_does_not_fit(capsys):
+    task = SimpleNamespace(model=torch.nn.Linear(10, 10))
+    assert PipelineRun.pretrain_closing(_run(0.5), task, 2.0, step_s=0.1) == 7.0  # planned now: the refusal's
+    assert "resumes" not in capsys.readouterr().out
+    assert PipelineRun.pretrain_closing(_run(500.0), task, 2.0) == 0.0  # resumed, time enough
+    assert "resumes" not in capsys.readouterr().out
+    assert PipelineRun.pretrain_closing(_run(0.5), task, 2.0) == 0.0
+    out = capsys.readouterr().out
+    assert out.count("[run] warning: pretrain resumes with 0.5 s of the budget left") == 1, out
+    assert "(about 2.0 s: its kNN evaluation" in out, out
+
+
+def test_a_resumed_stage_with_training_time_left_is_not_one_that_trains_no_further():
+    assert trains_no_further({"train": {"budget_minutes": 12.0 / 60}}, 12.0)
+    assert trains_no_further({"train": {"budget_minutes": 1e-3 / 60}}, 0.0)
+    assert not trains_no_further({"train": {"budget_minutes": 20.0 / 60}}, 12.0)
