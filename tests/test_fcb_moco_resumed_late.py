@@ -47,6 +47,12 @@ def test_a_moco_stage_resumed_past_the_budget_warns_once_before_its_closing_work
     assert stdout.index(line) < stdout.index("no time is left of the run's budget for this stage")
     assert stdout.index(line) < stdout.index("[run] fine-tuning from MoCo weights")
     assert (out / "backbone.safetensors").is_file()
+    # the fine-tuning's floor warning in a resumed session: the budget and settings cannot change on --resume, so
+    # its advice is a new run's (it said "A larger --budget-minutes ... lets it fit", which --resume refuses)
+    floor = [line for line in stdout.splitlines() if "least time" in line and "does not fit" in line]
+    assert floor and all("A resumed run keeps its budget and settings: a new run (another --out) with a larger "
+                         "--budget-minutes" in line for line in floor), stdout
+    assert "lets it fit" not in stdout, stdout
 
 
 def test_the_moco_warning_words_its_own_closing_work_and_the_fine_tuning_after_it():
@@ -82,3 +88,13 @@ def test_a_resumed_stage_with_training_time_left_is_not_one_that_trains_no_furth
     assert trains_no_further({"train": {"budget_minutes": 12.0 / 60}}, 12.0)
     assert trains_no_further({"train": {"budget_minutes": 1e-3 / 60}}, 0.0)
     assert not trains_no_further({"train": {"budget_minutes": 20.0 / 60}}, 12.0)
+
+
+def test_the_overrun_warning_of_a_resumed_session_advises_a_new_run():
+    from fewshot.run_words import overrun_warning
+
+    fresh = overrun_warning(5.0, "the least steps do not fit")
+    assert fresh.endswith("A larger --budget-minutes, or a smaller --img-size or --model, lets it fit."), fresh
+    resumed = overrun_warning(5.0, "the least steps do not fit", resumed=True)
+    assert "about 5 s after its budget. A resumed run keeps its budget and settings: a new run (another --out) with " \
+           "a larger --budget-minutes, or a smaller --img-size or --model, would fit." in resumed, resumed

@@ -25,7 +25,7 @@ from fewshot.utils import loads_run_json, seed_everything
 
 
 def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: tuple[str, str],
-               closing=None) -> tuple[float, int, float]:
+               closing=None, resumed: bool = False) -> tuple[float, int, float]:
     """Size one stage to end at ``end_time`` (time.monotonic()): measure its step and evaluation
     times, space evaluations so they cost about 10 % of an epoch's time (``every_field``: where the
     task reads its interval), and put the stage on a time-based schedule. ``closing(task, eval_s, step_s)``:
@@ -49,7 +49,8 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
         print(overrun_warning(floor - left, f"this stage's least time (about {seconds_text(floor)}, {FLOOR_STEPS} "
                               f"training steps at the measured speed) does not fit the "
                               f"{seconds_text(max(0.0, left))} left to it"
-                              f"{' (the rest is kept for the work after it)' if after > 0 else ''}"), flush=True)
+                              f"{' (the rest is kept for the work after it)' if after > 0 else ''}", resumed),
+              flush=True)
     epochs = plan_epochs(budget_s, step_s, steps, training_eval_s, every, min_epochs)
     cfg["train"].update(epochs=epochs, budget_minutes=budget_s / 60)
     cfg["sched"]["time_based"] = True
@@ -444,7 +445,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
             print(f"[run] {name}: timing its training steps, an evaluation and a prediction batch to plan "
                   f"it{about}", flush=True)
         step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"],
-                                               ("train", "eval_every"), closing)
+                                               ("train", "eval_every"), closing, getattr(state, "resumed", False))
         save_yaml(fcfg, fdir / "config.yaml")
         weights = fcfg["model"]["weights"]
         start = ("from random init" if not weights else "from MoCo weights" if fcfg["run"]["pretrain"]
@@ -605,7 +606,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
             return kept["s"]
 
         step_s, epochs, pre_budget = plan_stage(task, pcfg, end_time, r["min_epochs"], ("moco", "knn_every"),
-                                                keep_back)
+                                                keep_back, getattr(state, "resumed", False))
         save_yaml(pcfg, pdir / "config.yaml")
         # a dataset without a pool lends its train images (labels unused): "85 unlabeled images" counted them too
         images = f"{len(task.pool)} unlabeled images" if ": train images" not in task.pool_source else \

@@ -315,9 +315,10 @@ class RunState:
     finetune_labelled, finetune_round<k>, finetune) its status: began (planned and training; its
     config.yaml holds the plan), trained (fit returned), done (metrics written)."""
 
-    def __init__(self, out: Path, data: dict):
+    def __init__(self, out: Path, data: dict, resumed: bool = False):
         self.out = Path(out)
         self.data = data
+        self.resumed = resumed  # this session continues a run (--resume): its budget and settings are fixed
 
     @classmethod
     def start(cls, out: Path, cfg: dict, budget_minutes: float, img_size: int, seconds: float,
@@ -406,7 +407,7 @@ class RunState:
                             f"changes {', '.join(changed)}. Drop those settings to resume (`fewshot run --resume` "
                             f"takes the run's own value of each setting it is not given), or start a new run with "
                             f"another --out.")
-        return cls(out, data)
+        return cls(out, data, resumed=True)
 
     def save(self) -> None:
         write_json(self.out / STATE_FILE, self.data)

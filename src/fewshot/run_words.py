@@ -58,10 +58,14 @@ def epochs_estimate(n: float) -> str:
     return f"{about_epochs(n)} at the speeds timed at start-up; the schedule follows the clock"
 
 
-def overrun_warning(seconds: float, why: str) -> str:
-    """The start-up warning of a run that cannot keep its budget: it overran silently until its end."""
+def overrun_warning(seconds: float, why: str, resumed: bool = False) -> str:
+    """The start-up warning of a run that cannot keep its budget: it overran silently until its end. A resumed
+    session keeps the run's budget and settings (--resume refuses others), so its advice is a new run's."""
+    remedy = ("A larger --budget-minutes, or a smaller --img-size or --model, lets it fit." if not resumed else
+              "A resumed run keeps its budget and settings: a new run (another --out) with a larger --budget-minutes, "
+              "or a smaller --img-size or --model, would fit.")
     return one_line(f"[run] warning: {why}: the run will likely end about {max(1.0, seconds):.0f} s after its "
-                    f"budget. A larger --budget-minutes, or a smaller --img-size or --model, lets it fit.")
+                    f"budget. {remedy}")
 
 
 def resumed_late_warning(stage: str, left: float, need: float, step_s: float | None = None,
