@@ -32,8 +32,16 @@ def test_a_moco_stage_resumed_past_the_budget_warns_once_before_its_closing_work
     assert state["stages"]["pretrain"]["status"] == "began"
     state["seconds"] = state["budget_minutes"] * 60  # as if the session had run on to the end of the budget
     (out / "run_state.json").write_text(json.dumps(state))
+    from fewshot import run_stages
+
+    timed = []
+    real_measure = run_stages.measure_eval_seconds
+    monkeypatch.setattr(run_stages, "measure_eval_seconds", lambda task: timed.append(task) or real_measure(task))
     rc, stdout, err = run_main(*cmd, "--resume")
     assert rc == 0, err
+    # the stop came before MoCo's first kNN evaluation (none logged): the warning does not time one to word itself
+    # in a session already past its budget (only the fine-tuning's planning times its own)
+    assert timed and not any(isinstance(task, MoCoTask) for task in timed), timed
     lines = [line for line in stdout.splitlines() if "resumes" in line and "pretrain" in line]
     assert len(lines) == 1, stdout
     line = lines[0]
@@ -98,3 +106,10 @@ def test_the_overrun_warning_of_a_resumed_session_advises_a_new_run():
     resumed = overrun_warning(5.0, "the least steps do not fit", resumed=True)
     assert "about 5 s after its budget. A resumed run keeps its budget and settings: a new run (another --out) with " \
            "a larger --budget-minutes, or a smaller --img-size or --model, would fit." in resumed, resumed
+    from fewshot.run_words import min_epochs_warning
+
+    assert min_epochs_warning(30, 3.0, 60.0, 0.1, 10).endswith("Give a larger --budget-minutes, or a smaller "
+                                                               "--img-size or --model, for more epochs.")
+    resumed = min_epochs_warning(30, 3.0, 60.0, 0.1, 10, resumed=True)
+    assert resumed.endswith("A resumed run keeps its budget and settings: a new run (another --out) with a larger "
+                            "--budget-minutes, or a smaller --img-size or --model, would train more epochs."), resumed

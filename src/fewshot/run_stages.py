@@ -61,7 +61,7 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
                                                                           every)
     # at the default of 1, or at the floor, the floor's warning says what a short stage is (not twice, nor "about 0.0")
     if min_epochs > 1 and fits < min_epochs and floor <= left:
-        print(min_epochs_warning(min_epochs, fits, budget_s, step_s, steps), flush=True)
+        print(min_epochs_warning(min_epochs, fits, budget_s, step_s, steps, resumed), flush=True)
     return step_s, fits, budget_s
 
 
@@ -573,7 +573,10 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         seed_everything(pcfg["train"]["seed"])
         task = MoCoTask(pcfg, infos, device, ctx, resuming=True)  # last.pt replaces model.weights
         if check is not None and trains_no_further(pcfg, trained_before):  # the run's word on its closing work
-            check(task, measure_eval_seconds(task) if eval_logged is None else eval_logged)
+            # a stage stopped before its first kNN evaluation logged none: 0 s stands in (the checkpoint writes and
+            # the export alone), since timing one evaluation here, only to word the warning, would spend more of a
+            # budget that is already past its end
+            check(task, 0.0 if eval_logged is None else eval_logged)
         print(f"[run] pretrain: continuing from {pdir / 'checkpoints' / 'last.pt'} on its planned schedule")
     else:
         pcfg = copy.deepcopy(cfg)

@@ -114,14 +114,18 @@ def step_text(x: float) -> str:
     return f"{x * 1000:.0f} ms" if x < 0.1 else seconds_text(x)
 
 
-def min_epochs_warning(min_epochs: int, fits: float, budget_s: float, step_s: float, steps: int) -> str:
+def min_epochs_warning(min_epochs: int, fits: float, budget_s: float, step_s: float, steps: int,
+                       resumed: bool = False) -> str:
     """run.min_epochs above what a stage's time holds: it only keeps the stage's epoch cap from falling below it,
-    and `run.min_epochs=30` trained 3 epochs without a word."""
+    and `run.min_epochs=30` trained 3 epochs without a word. A resumed session's advice is a new run's."""
+    remedy = ("Give a larger --budget-minutes, or a smaller --img-size or --model, for more epochs." if not resumed
+              else "A resumed run keeps its budget and settings: a new run (another --out) with a larger "
+                   "--budget-minutes, or a smaller --img-size or --model, would train more epochs.")
     return one_line(f"[run] warning: run.min_epochs={min_epochs} asks for more epochs than this stage's "
                     f"{seconds_text(budget_s)} hold at the measured speed (about {fits:.1f}, {steps} steps an epoch at "
                     f"{step_s * 1000:.0f} ms a step): the budget ends the stage first, so it trains about {fits:.1f} "
                     f"(run.min_epochs is the least epoch cap of a stage, not a promise within --budget-minutes). "
-                    f"Give a larger --budget-minutes, or a smaller --img-size or --model, for more epochs.")
+                    f"{remedy}")
 
 
 def seconds_text(x: float) -> str:
