@@ -58,6 +58,15 @@ def sigterm_in_stage(monkeypatch, stage: str, task_cls, call: int) -> None:
     monkeypatch.setattr(Engine, "_agreed_stop", agreed_watched)
 
 
+def stopped_in_stage(cmd: list, stage: str, task_cls, call: int = 2) -> None:
+    """`fewshot run CMD` stopped by SIGTERM in the ``call``-th training step of ``stage`` (sigterm_in_stage, undone
+    after): the stopped run the resume tests start from."""
+    with pytest.MonkeyPatch.context() as mp:
+        sigterm_in_stage(mp, stage, task_cls, call)
+        rc, _, err = run_main(*cmd)
+    assert rc == 128 + signal.SIGTERM, err
+
+
 def _state(out: Path) -> dict:
     return json.loads((out / "run_state.json").read_text())
 
@@ -242,10 +251,7 @@ def test_a_run_stopped_in_moco_pretraining_resumes_there(digits_root, tmp_path, 
 
     out = tmp_path / "run"
     cmd = _cmd(digits_root, out, "--pretrain", "run.semi_method=off")
-    with monkeypatch.context() as mp:
-        sigterm_in_stage(mp, "pretrain", MoCoTask, 2)
-        rc, _, err = run_main(*cmd)
-    assert rc == 128 + signal.SIGTERM, err
+    stopped_in_stage(cmd, "pretrain", MoCoTask)
     assert _state(out)["stages"]["pretrain"]["status"] == "began"
     assert not (out / "backbone.safetensors").exists()
     rc, stdout, err = run_main(*cmd, "--resume")

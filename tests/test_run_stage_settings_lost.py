@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from fewshot.config import CHOSEN, resolve
 from fewshot.errors import UserError, shell_quoted
 from helpers.checks import run_main
 from test_resume_weights_model import NAMES, pasted_once, recorded_checkpoint
-from test_run_resume import _cmd, sigterm_in_stage
+from test_run_resume import _cmd, stopped_in_stage
 
 SHORT = ("--budget-minutes", "0.03")  # after BASE's 0.2, so it wins: the run's length is not the subject (suite time)
 
@@ -63,10 +62,7 @@ def stopped_run(digits_root, tmp_path_factory):
     from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path_factory.mktemp("stopped") / "run q"
-    with pytest.MonkeyPatch.context() as mp:
-        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        rc, _, err = run_main(*_cmd(digits_root, out, "run.semi_method=off", *SHORT))
-    assert rc == 128 + signal.SIGTERM, err
+    stopped_in_stage(_cmd(digits_root, out, "run.semi_method=off", *SHORT), "finetune", SupervisedTask)
     return out
 
 
