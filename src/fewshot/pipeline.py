@@ -34,7 +34,7 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_
                                 pretrain_closing_seconds, pretrain_least_seconds, report_seconds, round1_leaves,
                                 stop_timing_when, time_holds, too_short_budget_error)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
-from fewshot.run_pseudo import pool_decode_limit, precision_cap, pseudo_label_pool, recorded_pseudo_labels
+from fewshot.run_pseudo import LABEL_SHARE, pool_decode_limit, precision_cap, pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_stages import (adopt_stage_architecture, auto_img_size, better_earlier_round, check_finetune_batches,
                                 check_model, check_pool_images, check_pretrain_settings, finetune_config,
                                 finetune_stage, labelled_only_round, preload_images, pretrain_stage,
@@ -852,7 +852,7 @@ class PipelineRun:
             self.pseudo = recorded_pseudo_labels(record) if reusable_stage(state, fed) else None
             if self.pseudo is None:  # at most a quarter of the time left: not planned, and a large pool took it all
                 self.pseudo = pseudo_label_pool(self.task, self.fcfg, self.infos, r, record,
-                                                seconds=0.25 * max(0.0, self.end_time - time.monotonic()),
+                                                seconds=LABEL_SHARE * max(0.0, self.end_time - time.monotonic()),
                                                 seed=derive_seed(self.fcfg["train"]["seed"], k, 11),
                                                 pool_limit=self.pool_limit)
             self.task = None

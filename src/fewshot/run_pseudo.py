@@ -66,12 +66,22 @@ def pool_share_in_time(task, images: torch.Tensor, seconds: float, record: Path,
         if per_image * n_pool <= seconds:
             return None
         n = max(256, int(seconds / per_image))  # one batch at least: the time measuring it took
-        print(f"[run] labelling {n:,} of the {n_pool:,} pool images, a random share: the whole pool would take "
-              f"about {per_image * n_pool:.0f} s, more than a quarter of the time left ({seconds:.0f} s)", flush=True)
+        print(share_line(n, n_pool, per_image * n_pool, seconds), flush=True)
     if n >= n_pool:
         return None
     order = torch.randperm(n_pool, generator=torch.Generator().manual_seed(seed))
     return order[:n].sort().values
+
+
+LABEL_SHARE = 0.25  # of the time left, what a round's labelling may take (pipeline passes it as ``seconds``)
+
+
+def share_line(n: int, n_pool: int, whole_s: float, seconds: float) -> str:
+    """The note of a labelled share, each number what it says: "more than a quarter of the time left (5 s)" read
+    as 5 s left, where 20 s were and 5 s was the quarter the labelling may take."""
+    return (f"[run] labelling {n:,} of the {n_pool:,} pool images, a random share: the whole pool would take about "
+            f"{whole_s:.0f} s, more than the {seconds:.0f} s the labelling may take (a quarter of the "
+            f"{seconds / LABEL_SHARE:.0f} s left)")
 
 
 def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> int | None:

@@ -510,11 +510,30 @@ def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tens
                         dtype=torch.long)
 
 
-def check_answer_keys(infos, space: LabelSpace) -> None:
-    """The answer keys of the test split, checked against the scanned test files before decoding them."""
+def check_answer_keys(infos, space: LabelSpace, warn: bool = True) -> None:
+    """The answer keys of the test split, checked against the scanned test files before decoding them. One unusable
+    key refuses them all: the refusal names the datasets whose keys can be scored (`--datasets A,B` scores them;
+    without the hint, one bad key read as "eval cannot score this root")."""
     ids = [tid for info in infos for tid, _ in info.test]
     dsids = torch.tensor([space.index(info.name) for info in infos for _ in info.test], dtype=torch.long)
-    read_answer_keys(infos, space, ids, dsids)
+    try:
+        read_answer_keys(infos, space, ids, dsids, warn=warn)
+    except UserError as exc:
+        usable = _usable_keys(infos, space) if len(infos) > 1 and "--datasets" not in str(exc) else []
+        if not usable:
+            raise
+        raise UserError(f"{str(exc).rstrip()} The other datasets' keys are usable: score them with "
+                        f"{datasets_option(usable)}.") from None
+
+
+def _usable_keys(infos, space: LabelSpace) -> list[str]:
+    """The datasets whose answer key scores their test split, each checked on its own (quietly)."""
+    usable = []
+    for info in infos:
+        with contextlib.suppress(UserError):
+            check_answer_keys([info], space, warn=False)
+            usable.append(info.name)
+    return usable
 
 
 def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str = "val",
@@ -625,10 +644,21 @@ def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device, a
     images = read.images[read.valid]
     targets = torch.tensor([k for _, k in val.val], dtype=torch.long)[read.valid]
     if not bal.enough_images(len(targets), size):
-        return None, None, f"{_images(len(targets), 'val')} for {size} classes: too few to decide on"
+        return None, None, f"{_images(len(targets), 'val')} for {size} classes: too few to decide on" + _lacking(
+            tm.space.classes[tm.space.index(name)], targets)
     lo = tm.space.offsets[tm.space.index(name)]
     logits = compute_logits(tm.model, images, tm.normalize, device, desc=f"val of {name}")[:, lo:lo + size]
     return logits, targets, None
+
+
+def _lacking(classes, targets: torch.Tensor, shown: int = 5) -> str:
+    """The classes val has no image of, for the "too few to decide on" note: "9 val images for 4 classes" alone did
+    not say that val lacked two of them (a reason to add val images of those)."""
+    present = set(targets.tolist())
+    absent = [c for k, c in enumerate(classes) if k not in present]
+    if not absent:
+        return ""
+    return f" (val lacks {len(absent)} of the {len(classes)} classes: {some_of(absent, shown, printable)})"
 
 
 def _say_val_left_out(name: str, bad: list[tuple[str, str]], n_val: int, setting: str, shown: int = 3) -> None:
