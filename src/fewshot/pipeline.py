@@ -40,8 +40,9 @@ from fewshot.run_stages import (adopt_stage_architecture, auto_img_size, better_
                                 finetune_stage, labelled_only_round, preload_images, pretrain_stage,
                                 read_finished_json, reusable_stage, round_speeds, weights_replaced_by)
 from fewshot.run_state import STATE_FILE, RunState, holds_finished_run
-from fewshot.run_words import (UNRECORDED, labelled_only_why, minutes_text, overrun_note, pretrain_resumed_late_warning,
-                               resumed_late_warning, seconds_apart, seconds_text)
+from fewshot.run_words import (UNRECORDED, labelled_only_why, minutes_text, near_chance_finding, near_chance_why,
+                               overrun_note, pretrain_resumed_late_warning, resumed_late_warning, seconds_apart,
+                               seconds_text)
 from fewshot.utils import (derive_seed, loads_run_json, missing_parents, refuse_links_in_run_dir, resolve_device,
                            resolved, write_json)
 
@@ -1029,7 +1030,7 @@ class PipelineRun:
     def predict(self) -> dict:
         """The test images predicted (pred_all.json) and scored where answer keys allow (metrics.json); returns
         the metrics for summary.json."""
-        from fewshot.eval.predict import folder_keyed, predict_and_score, score_predictions
+        from fewshot.eval.predict import by_folder, folder_keyed, predict_and_score, score_predictions
 
         out, test_infos = self.out, self.test_infos
         val_metrics = folder_keyed(self.val_metrics, test_infos)  # named as pred_all.json and the test scores are
@@ -1041,6 +1042,7 @@ class PipelineRun:
         if balanced:
             self.summary["balanced_prediction"] = {"setting": self.balance, "datasets": balanced}
         write_json(out / "pred_all.json", pred)
+        self.note_near_chance(pred, val_metrics, by_folder({info.name: info for info in test_infos}, test_infos))
         metrics = {"val": val_metrics}
         if scores is not None:
             test, test_unknown = scores["known"], scores["unknown"]
@@ -1061,6 +1063,29 @@ class PipelineRun:
             write_json(out / "metrics.json", val_metrics)
             print("[run] no test split could be scored (no usable answer key): metrics.json holds the val scores.")
         return metrics
+
+    def note_near_chance(self, pred: dict, val_metrics: dict, infos: dict) -> None:
+        """summary.json's near_chance, for finish's last warning: the datasets whose val acc@1 is not clearly above
+        chance, or whose test predictions fell nearly all in one class (run_words.near_chance_finding). A run that
+        ended at chance said "done" and exited 0, and the user found out from the grader. Judged on the predicting
+        model's val scores: a dataset without them is passed over. ``infos``: the test datasets as pred_all.json and
+        ``val_metrics`` key them."""
+        scores = val_metrics.get("datasets") or {}
+        found = {}
+        for key, info in infos.items():
+            acc1 = scores.get(key, {}).get("acc1") if isinstance(scores.get(key), dict) else None
+            if not isinstance(acc1, (int, float)) or not isinstance(pred.get(key), dict):
+                continue
+            finding = near_chance_finding(list(info.classes), [label for _, label in info.val], float(acc1),
+                                          list(pred[key].values()))
+            if finding is not None:
+                found[key] = finding
+        if not found:  # a resumed run's summary may hold an earlier session's
+            self.summary.pop("near_chance", None)
+            return
+        epochs = self.summary["stages"].get(self.fdir.name, {}).get("epochs")
+        why = near_chance_why(found, self.fdir.name, epochs if isinstance(epochs, (int, float)) else None)
+        self.summary["near_chance"] = {"datasets": found, "why": why}
 
     def report_skips_images(self) -> str | None:
         """Why the report leaves out its image-based parts (the time left cannot hold them), or None."""
@@ -1108,6 +1133,8 @@ class PipelineRun:
             write_json(out / "summary.json", self.summary)
         self.state.finish(total_s)  # after the report: a run stopped while drawing it draws it again on --resume
         lost = int(self.state.data.get("unrecorded_sessions") or 0)
+        if self.summary.get("near_chance"):  # last, beside "done": the files are valid, the model is not
+            print(one_line(f"[run] warning: {self.summary['near_chance']['why']}"), flush=True)
         # in seconds: tenths of a minute rounded 93 s of a 90 s budget to "1.6 of 1.5 minutes", an overrun to read
         print(f"[run] done in {total_s:.0f} s of {budget_s:.0f} s ({minutes_text(self.budget_minutes)}): "
               f"{out}/pred_all.json, {out}/metrics.json"

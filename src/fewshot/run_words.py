@@ -5,6 +5,7 @@ trains or writes, so the pipeline and its stage modules (run_stages, run_pseudo)
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from fewshot.errors import one_line
 from fewshot.run_budget import FLOOR_STEPS
@@ -195,3 +196,83 @@ def minutes_text(minutes: float) -> str:
     """A budget in minutes as said to the user: "1 minute", not "1 minutes" (a hunt read "done in 53 s of 60 s
     (1 minutes)")."""
     return f"{minutes:g} minute{'' if minutes == 1 else 's'}"
+
+
+# near chance: the run's last word on a model whose predictions are little better than guessing (PipelineRun.predict)
+COLLAPSE_SHARE = 0.8  # one class's share of a dataset's test predictions that reads as a collapsed model
+COLLAPSE_LEAST_IMAGES = 10  # fewer test images than this say too little about their spread
+ENOUGH_EPOCHS = 50  # the course's recipe: a stage that trained fewer may have been stopped before it learned
+
+
+def chance_level(classes: int, val_shares: list[float]) -> tuple[float, float]:
+    """(chance, the val acc@1 a model must pass to be clearly above it), in percent. Chance is what always answering
+    val's most common class scores (100/classes on an even val split). Clearly above: 1.5 x chance, at most chance
+    plus a quarter of the room up to 100 %: 1.5 x 50 % called a healthy 70 % on 2 classes guessing (2 classes: 62.5,
+    3: 50, 5: 30, 10: 15)."""
+    chance = 100.0 * max([1.0 / max(1, classes), *val_shares])
+    return chance, min(1.5 * chance, chance + (100.0 - chance) / 4)
+
+
+def collapsed_class(predicted: list[int], val_shares: list[float]) -> tuple[int, int] | None:
+    """(class, images) where one class takes COLLAPSE_SHARE or more of a dataset's test predictions while val says
+    it is not that common (its val share at most half its share of the predictions), else None. The 176 of 200 of
+    one 10-class dataset (88 %, val 10 %) counts; a 2-class dataset only with every image in one class (val 50 %)."""
+    if len(predicted) < COLLAPSE_LEAST_IMAGES:
+        return None
+    (top, n), = Counter(predicted).most_common(1)
+    share = n / len(predicted)
+    val_share = val_shares[top] if 0 <= top < len(val_shares) else 0.0
+    return (top, n) if share >= COLLAPSE_SHARE and val_share <= share / 2 else None
+
+
+def near_chance_finding(classes: list[str], val_labels: list[int], val_acc1: float,
+                        predicted: list[int]) -> dict | None:
+    """summary.json's record of a dataset whose val acc@1 is not clearly above chance (chance_level), or whose test
+    predictions fall nearly all in one class that val says is not that common (collapsed_class); None for neither,
+    and for a dataset without val labels (nothing to judge by: nothing said rather than a guess)."""
+    if not val_labels or not classes:
+        return None
+    val_shares = [val_labels.count(c) / len(val_labels) for c in range(len(classes))]
+    chance, clear = chance_level(len(classes), val_shares)
+    collapsed = collapsed_class(predicted, val_shares)
+    if val_acc1 > clear and collapsed is None:
+        return None
+    found = {"classes": len(classes), "val_acc1": round(val_acc1, 2), "chance_acc1": round(chance, 2),
+             "clearly_above": round(clear, 2), "val_near_chance": val_acc1 <= clear}
+    if collapsed is not None:
+        top, n = collapsed
+        found["test_collapsed"] = {"class": top, "name": classes[top], "images": n, "of": len(predicted),
+                                   "val_share": round(100.0 * val_shares[top], 2)}
+    return found
+
+
+def near_chance_part(name: str, found: dict) -> str:
+    """One dataset's words in near_chance_why."""
+    words = []
+    if found["val_near_chance"]:
+        words.append(f"val acc@1 {found['val_acc1']:.2f}, not clearly above its chance of {found['chance_acc1']:.2f} "
+                     f"({found['classes']} classes)")
+    collapsed = found.get("test_collapsed")
+    if collapsed:
+        words.append(f"{collapsed['images']} of its {collapsed['of']} test images put in class {collapsed['class']} "
+                     f"({collapsed['name']}), which holds {collapsed['val_share']:.0f} % of val")
+    return f"{name}: {' and '.join(words)}"
+
+
+def near_chance_why(found: dict, stage: str, epochs: float | None) -> str:
+    """The words of the run's near-chance warning (summary.json's near_chance.why): the datasets, that the files are
+    still valid, and the advice that fits how long the predicting stage trained: a stage stopped after a few epochs
+    wants more time or a faster model first, one that trained long enough wants more labels."""
+    parts = "; ".join(near_chance_part(name, f) for name, f in found.items())
+    more = ("a larger --budget-minutes, or a smaller, faster model (--model, or --config cpu_tiny), trains more; "
+            "more labelled images per class help too.")
+    if epochs is None:
+        advice = more[0].upper() + more[1:]
+    elif epochs < ENOUGH_EPOCHS:
+        advice = f"It trained {epochs:.1f} epochs in this budget: {more}"
+    else:
+        advice = (f"It trained {epochs:.0f} epochs, so more time alone may not help: more labelled images per class "
+                  f"(and a look at the train folders' labels), or another --model, may.")
+    return (f"the model that predicts ({stage}) is little better than guessing on {len(found)} "
+            f"dataset{'s' if len(found) != 1 else ''} ({parts}): pred_all.json is complete and valid, but expect "
+            f"{'this dataset' if len(found) == 1 else 'these datasets'} to score near chance on test. {advice}")
