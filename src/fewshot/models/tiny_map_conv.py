@@ -79,7 +79,7 @@ class _DenseMatrix(torch.autograd.Function):
     """The [P*Cout, Q*Cin] matrix (pixel-major rows and columns) of a convolution from a Q-pixel map
     to a P-pixel map, in the dtype the matmul will run in (bf16 under autocast: no second cast of the
     matrix). The taps are first laid out as [taps, Cout, Cin], so each linked pixel pair is one copy of
-    whole rows forward and one add backward."""
+    whole rows forward and one copy or add backward."""
 
     generate_vmap_rule = True
 
@@ -92,9 +92,9 @@ class _DenseMatrix(torch.autograd.Function):
     def forward(weight: Tensor, shape: tuple[int, int], links: tuple, dtype: torch.dtype) -> Tensor:
         cout, cin, kh, kw = weight.shape
         p, q = shape
-        taps = weight.new_empty(kh * kw, cout * cin, dtype=dtype)
-        taps.copy_(weight.reshape(cout * cin, kh * kw).t())  # a 2-D transpose: the fastest re-layout measured
-        taps = taps.view(kh * kw, cout, cin)
+        # cast first, then one 3-D re-layout in the matmul's dtype: on the AVX-512 EPYC twice as fast as the 2-D
+        # transposing copy with the cast inside it (torch's 2-D transpose copy suits square blocks, not 9 columns)
+        taps = weight.to(dtype).reshape(cout, cin, kh * kw).permute(2, 0, 1).contiguous()
         matrix = taps.new_empty(p, cout, q, cin)  # every pixel pair is linked (TinyMapConv2d checks): no zero fill
         for pi, qi, tap in links:
             matrix[pi, :, qi, :] = taps[tap]
@@ -104,10 +104,25 @@ class _DenseMatrix(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         cout, cin, kh, kw = ctx.weight_shape
         grad = grad.reshape(ctx.shape[0], cout, ctx.shape[1], cin)
-        grad_taps = grad.new_zeros(kh * kw, cout, cin, dtype=ctx.weight_dtype)  # fp32 weights under bf16 autocast
-        for pi, qi, tap in ctx.links:
-            grad_taps[tap] += grad[pi, :, qi, :]
-        return grad_taps.view(kh * kw, cout * cin).t().contiguous().view(ctx.weight_shape), None, None, None
+        return _tap_gradients(grad, ctx.links, kh * kw, ctx.weight_dtype).permute(1, 2, 0).contiguous().view(
+            ctx.weight_shape), None, None, None
+
+
+def _tap_gradients(grad: Tensor, links: tuple, taps: int, dtype: torch.dtype) -> Tensor:
+    """[taps, Cout, Cin] sums of the matrix gradient's blocks (grad is [P, Cout, Q, Cin]), in the weight's dtype (fp32
+    under bf16 autocast). A tap's first block is copied, not added to zeros: the same sums without a fill of the
+    whole gradient; taps no pixel pair links (a 1x2 map's) stay zero."""
+    linked = {tap for _, _, tap in links}
+    make = grad.new_empty if len(linked) == taps else grad.new_zeros
+    out = make(taps, grad.shape[1], grad.shape[3], dtype=dtype)
+    done = set()
+    for pi, qi, tap in links:
+        if tap in done:
+            out[tap] += grad[pi, :, qi, :]
+        else:
+            out[tap].copy_(grad[pi, :, qi, :])
+            done.add(tap)
+    return out
 
 
 class TinyMapConv2d(nn.Conv2d):
