@@ -124,3 +124,17 @@ def test_the_advice_follows_how_long_the_predicting_stage_trained():
     assert "It trained 13.0 epochs in this budget: a larger --budget-minutes" in short.summary["near_chance"]["why"]
     assert "It trained 80 epochs, so more time alone may not help: more labelled images per class" in \
         long.summary["near_chance"]["why"]
+
+
+def test_the_report_of_a_run_at_chance_carries_its_warning(chance_run, tmp_path):
+    """The HTML report is what a user opens later: it shows summary.json's near_chance next to the run's tables."""
+    import html
+
+    rc, _, err, run = chance_run
+    assert rc == 0, err
+    rc, _, err = run_main("report", run, "--out", tmp_path / "report", "--no-progress")
+    assert rc == 0, err
+    page = html.unescape((tmp_path / "report" / "index.html").read_text(encoding="utf-8"))
+    why = json.loads((run / "summary.json").read_text())["near_chance"]["why"]
+    assert f"warning: {why}" in page
+    assert page.count("little better than guessing") == 1, "once per run folder, not once per stage"

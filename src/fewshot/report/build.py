@@ -387,6 +387,13 @@ class ReportBuilder:
                 if r.pipeline.get("self_training_labelled_only"):  # its row has no pseudo-labels: here is why
                     body.append(H.note(f"The last round trained on the labelled images only, without pseudo-labels "
                                        f"(planned, not an error): {r.pipeline['self_training_labelled_only']}."))
+        warned = set()
+        for r in self.runs:  # a `fewshot run` folder's last warning (summary.json's near_chance), once per folder
+            words = (r.pipeline or {}).get("near_chance")
+            if words and r.group not in warned:
+                warned.add(r.group)
+                label = r.label.rsplit("/", 1)[0] if "/" in r.label else str(r.group)
+                body.append(H.note(f"{label}: warning: {words}"))
         balanced = set()
         for r in self.runs:  # a `fewshot run` folder's test predictions (run.balance), once per folder
             words = (r.pipeline or {}).get("balanced_prediction")

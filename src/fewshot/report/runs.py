@@ -806,6 +806,9 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
     labelled_only = summary.get("self_training_labelled_only")  # the last round without the pool (planned)
     if isinstance(labelled_only, dict) and isinstance(labelled_only.get("why"), str):
         out["self_training_labelled_only"] = labelled_only["why"]
+    near_chance = summary.get("near_chance")  # the run's last warning: a model little better than guessing
+    if isinstance(near_chance, dict) and isinstance(near_chance.get("why"), str):
+        out["near_chance"] = near_chance["why"]
     balanced = summary.get("balanced_prediction")  # test predictions evened out per dataset (run.balance)
     if isinstance(balanced, dict) and isinstance(balanced.get("datasets"), dict):
         words = balance_words(balanced["datasets"])
