@@ -158,7 +158,9 @@ def measure_eval_seconds(task, n: int = 256) -> float:
 def plan_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: float, eval_every: int,
                 min_epochs: int = 1) -> int:
     """Epochs that fit the budget at the measured speed. Stages run on a time-based schedule with this
-    number as a generous cap (4x), so a slow calibration (a busy machine) cannot shrink a stage. ``min_epochs``
+    number as a generous cap (4x), so a slow calibration (a busy machine) cannot shrink a stage; where one was
+    slower still (1728 ms timed, ~100 ms trained), the Engine raises the cap from the speed it trains at
+    (Engine._extend_cap). ``min_epochs``
     (run.min_epochs) is a floor under that cap, not a promise of epochs: the budget ends the stage first (a hard
     budget has no room for epochs it cannot hold; plan_stage says so where it asks for more than fit)."""
     return max(min_epochs, 4 * int(fitting_epochs(budget_s, step_s, steps_per_epoch, eval_s, eval_every)), 8)

@@ -50,6 +50,7 @@ TIMING_KEYS = ("images_per_s", "epoch_time_s", "eval_time_s")  # measurements, n
 _TOLD_TENSORBOARD: set[str] = set()  # the reasons a missing TensorBoard was already told in this process
 _TOLD_CPU_FP16: list[bool] = []  # whether the train.amp=fp16-on-a-CPU warning was given in this process
 BEST_ASIDE = "best_before_stop.pt"  # best.pt as it was before a budget stop's partial epoch beat it
+CAP_SLACK = 0.1  # of a `fewshot run` stage's budget: left at its epoch cap, more raises the cap (_extend_cap)
 WARMUP_PEAK_OK = 0.9  # a warmup as long as the run whose last step trains at this share of optim.lr or more: no word
 
 
@@ -284,6 +285,7 @@ class Engine:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_score, self.last_eval = -math.inf, None
         self.best_before_stop: float | None = None  # the best score before a partial epoch's evaluation beat it
+        self._sched_floor = 0.0  # the schedule's position when a `fewshot run` stage's epoch cap rose (_extend_cap)
         self.nonfinite_skipped = 0
         self.step_redone: str | None = None  # why the current step ran eagerly (its compiled run failed), if it did
         self.epoch_skips_start = 0  # nonfinite_skipped when the current epoch began
@@ -378,6 +380,7 @@ class Engine:
             "epoch_seconds": self.epoch_seconds_so_far(), "epoch_images": self.epoch_images,
             "rng": rng_state(),
             "train_seconds": self.train_seconds(),
+            "sched_floor": self._sched_floor,  # a resumed stage whose cap rose keeps its lr (_extend_cap)
             "amp": AMP_NAMES[self.amp],  # what train.amp resolved to: a resumed `auto` run keeps it
             "world": self.ctx.world,  # the batch plan (per-rank batches, steps per epoch) depends on it
             **self.task.checkpoint_extra(),
@@ -536,6 +539,7 @@ class Engine:
         if gpus_note and self.ctx.is_main:
             print(gpus_note, flush=True)
         self._seconds_before = float(ck.get("train_seconds", 0.0))
+        self._sched_floor = float(ck.get("sched_floor") or 0.0)
         # a budget that stopped the run mid-epoch logged the partial epoch; its steps go on now, and the
         # finished epoch's row replaces that one (log.jsonl held epoch 22 three times)
         reopened = self.step_in_epoch > 0 and not self._budget_spent()
@@ -820,16 +824,15 @@ class Engine:
         self.fit_start = time.monotonic() - self._seconds_before
         self._clock_start = time.perf_counter() - self._seconds_before
         deadline = self.fit_start + t["budget_minutes"] * 60 if t.get("budget_minutes") else None
-        epochs = t["epochs"]
         try:
             with stop_on_signals(announce=self.ctx.is_main) as self._stop_flag:
-                while self.epoch < epochs:
+                while self.epoch < t["epochs"]:  # read each time: a `fewshot run` stage's cap may rise (_extend_cap)
                     if self._run_epoch(deadline):
                         self._say_budget_stop()
                         break
-                    if self.epoch < epochs and self._stop_requested():
+                    if self.epoch < t["epochs"] and self._stop_requested():
                         self._stop_here()
-                if self.epoch >= epochs and self.ctx.is_main:  # no resume reopens a partial epoch any more
+                if self.epoch >= t["epochs"] and self.ctx.is_main:  # no resume reopens a partial epoch any more
                     (self.ckpt_dir / BEST_ASIDE).unlink(missing_ok=True)
                 # a signal in the last step or evaluation must stop the caller too (`fewshot run` would
                 # otherwise go on to its next stage, which the scheduler then kills without a checkpoint)
@@ -900,15 +903,74 @@ class Engine:
         `fewshot run`) the elapsed fraction of the budget, so the cosine ends when the time does
         whatever the machine's speed. Time-based runs are not bit-exact on resume. The step's own fraction of the
         epoch cap (train.epochs) counts where it is further on: a stage planned from a step timed on a busy
-        machine (532 ms measured, 35 ms taken) met its cap in a fraction of its time with the lr at its peak."""
+        machine (532 ms measured, 35 ms taken) met its cap in a fraction of its time with the lr at its peak. Where
+        the cap rose (_extend_cap), the position then is a floor: the steps' fraction of the new cap is lower."""
         if not (self.cfg["sched"].get("time_based") and deadline is not None):
             return self.global_step
         total = self.cfg["train"]["epochs"] * self.steps_per_epoch
         frac = (time.monotonic() - self.fit_start) / max(1e-9, deadline - self.fit_start)
         if self.ctx.enabled:  # one lr on every rank (their clocks differ by the start-up of each)
             frac = all_reduce_max(self.ctx, frac)
-        frac = max(frac, self.global_step / max(1, total))
+        # the floor: where the schedule was when the cap rose, which the step's fraction of the new cap is not yet
+        frac = max(frac, self.global_step / max(1, total), self._sched_floor)
         return int(min(1.0, max(0.0, frac)) * total)
+
+    def _extend_cap(self, deadline: float | None) -> None:
+        """Raise a `fewshot run` stage's epoch cap (4x the epochs its start-up timing fitted) where, at the speed it
+        has trained so far, the cap would end it with a good part of its time left: a step timed in a busy moment
+        (1728 ms timed, ~100 ms trained) ended a stage at its cap after 3.7 s of its 17 s. The new cap is 4x the
+        epochs that fit its budget at that speed; the schedule goes on from where it is (its floor), so the lr does
+        not rise again. Not during the warmup (there the position of a longer schedule is a higher lr), nor in a
+        `fewshot train` run, whose --epochs are the user's. Every rank takes the same decision (one all-reduce)."""
+        t = self.cfg["train"]
+        if deadline is None or not self.cfg["sched"].get("time_based") or not is_run_stage(self.run_dir):
+            return
+        now = time.monotonic()
+        frac = (now - self.fit_start) / max(1e-9, deadline - self.fit_start)
+        wanted = float(self._cap_wanted(now, deadline))
+        if self.ctx.enabled:
+            frac, wanted = all_reduce_max(self.ctx, [frac, wanted])
+        total = t["epochs"] * self.steps_per_epoch
+        position = min(1.0, max(frac, self.global_step / max(1, total), self._sched_floor))
+        warmup = int(round(float(self.cfg["sched"].get("warmup_epochs") or 0.0) * self.steps_per_epoch))
+        if wanted > t["epochs"] and position * total >= warmup:
+            self._raise_cap(int(wanted), position, now, deadline)
+
+    def _raise_cap(self, epochs: int, position: float, now: float, deadline: float) -> None:
+        """The cap raised to ``epochs`` (_extend_cap) with the schedule's ``position`` as its floor: the scheduler is
+        built for the longer cap (its lr at a fraction of the cap is the shorter one's past the warmup), and its
+        config.yaml, which a resumed stage reads, holds the cap (last.pt the floor)."""
+        t = self.cfg["train"]
+        before, lrs = t["epochs"], [g["lr"] for g in self.optimizer.param_groups]
+        t["epochs"], self._sched_floor = epochs, position
+        self.scheduler = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch)
+        for group, lr in zip(self.optimizer.param_groups, lrs):  # timm's set-up put the warmup's lr there
+            group["lr"] = lr
+        if not self.ctx.is_main:
+            return
+        from fewshot.config import save_yaml
+
+        save_yaml(self.cfg, self.run_dir / "config.yaml")
+        print(f"note: this stage trains faster than its start-up timing planned ({self._per_step(now) * 1000:.0f} ms "
+              f"a step so far, evaluations included): its epoch cap rises from {before} to {epochs} epochs, so that "
+              f"it trains until its deadline ({max(0.0, deadline - now):.0f} s left) with its time-based schedule "
+              f"going on from where it is.", flush=True)
+
+    def _per_step(self, now: float) -> float:
+        """Seconds per step trained so far, over every session (evaluations and warm-up included)."""
+        return (now - self.fit_start) / max(1, self.global_step)
+
+    def _cap_wanted(self, now: float, deadline: float) -> int:
+        """The epoch cap the stage needs at the speed it has trained (_extend_cap): its cap where the cap leaves no
+        more than a tenth of its budget or two epochs (the longer) unused, else 4x the epochs that fit the budget."""
+        epochs = self.cfg["train"]["epochs"]
+        if self.global_step <= 0:
+            return epochs
+        step_s, budget = self._per_step(now), deadline - self.fit_start
+        left_at_cap = deadline - now - (epochs * self.steps_per_epoch - self.global_step) * step_s
+        if left_at_cap <= max(CAP_SLACK * budget, 2 * self.steps_per_epoch * step_s):
+            return epochs
+        return max(epochs, 4 * int(budget / max(1e-9, step_s * self.steps_per_epoch)))
 
     def _run_epoch(self, deadline: float | None) -> bool:
         t = self.cfg["train"]
@@ -1019,6 +1081,8 @@ class Engine:
                 print(f"warning: epoch {epoch + 1}: {skipped} step(s) skipped for a non-finite "
                       f"loss ({self.nonfinite_skipped} in all, train.skip_nonfinite={t['skip_nonfinite']}); "
                       f"a lower learning rate (optim.lr=...) may be needed.", flush=True)
+        if not stopped:  # every rank agreed on the stop
+            self._extend_cap(deadline)
         last_epoch = self.epoch >= self.cfg["train"]["epochs"] or stopped
         due = last_epoch or (self.epoch % max(1, self.task.eval_every) == 0)
         # The deadline check of the epoch's last step, made after the epoch's evaluation: a deadline that passed in

@@ -1,0 +1,151 @@
+"""A `fewshot run` stage's epoch cap is 4x the epochs that fit its budget at the step time timed at its start-up.
+A step timed in a busy moment (1728 ms timed, ~100 ms trained) gave a cap that the stage met after 3.7 s of its 17 s:
+it stopped there, the rest of its time unused. The Engine now raises the cap from the speed it has trained at,
+and its time-based schedule goes on from where it was (no rise of the lr), also across a resume.
+
+The stage is planned by plan_stage with a slow calibration patched on run_stages (30 s a step timed); it trains on
+the Engine's fake clock (helpers.checks.engine_clock: one "second" per reading, about 2 a step), so the stop does
+not depend on the machine's speed. 40 train images, batch 8: 5 steps an epoch."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from fewshot.train.checkpoint import load_checkpoint
+from fewshot.train.engine import Engine
+from fewshot.train.finetune import run_finetune
+from fewshot.train.stop_signal import StopRequested
+from fewshot.train.supervised import SupervisedTask
+from helpers.checks import engine_clock
+from helpers.run_patch import patch_run
+from helpers.tiny import build_digits, finetune_cfg
+
+CAP = 8  # plan_epochs' least cap: 170 s hold about an epoch at the timed 30 s a step
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return build_digits(tmp_path_factory.mktemp("data"))
+
+
+def planned(root: Path, monkeypatch) -> dict:
+    """A stage's config as plan_stage leaves it after a slow calibration: 30 s a step, 1500 s an evaluation (one
+    every 100 epochs: the stage evaluates at its stop only), 200 s to its end: a 170 s budget and a cap of 8."""
+    import time
+    from types import SimpleNamespace
+
+    import fewshot.run_stages as run_stages
+
+    cfg = finetune_cfg(root, **{"model.img_size": 16, "sched.warmup_epochs": 0.0})
+    with monkeypatch.context() as mp:
+        patch_run(mp, "measure_step_seconds", lambda task, *a, **kw: 30.0)
+        patch_run(mp, "measure_eval_seconds", lambda task, *a, **kw: 1500.0)
+        task = SimpleNamespace(plan_epoch=lambda epoch: [0] * 5)
+        run_stages.plan_stage(task, cfg, time.monotonic() + 200.0, 1, ("train", "eval_every"))
+    assert cfg["train"]["epochs"] == CAP and cfg["sched"]["time_based"]
+    return cfg
+
+
+def stage_dir(tmp_path: Path) -> Path:
+    """A stage folder of a `fewshot run` (its parent holds run_state.json): a `fewshot train` keeps its --epochs."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run_state.json").write_text("{}")
+    return tmp_path / "run" / "finetune_labelled"
+
+
+def record_lrs(monkeypatch, lrs: list) -> None:
+    """The lr of every training step, as the scheduler set it before the step."""
+    forward_backward = Engine._forward_backward
+
+    def recorded(self, *args, **kwargs):
+        lrs.append(self._base_lr())
+        return forward_backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_forward_backward", recorded)
+
+
+def sigterm_in_step(monkeypatch, call: int) -> None:
+    """A SIGTERM in the ``call``-th training step: the Engine stops after it with last.pt written."""
+    step, calls = SupervisedTask.training_step, {"n": 0}
+
+    def signalled(self, model, batch):
+        out = step(self, model, batch)
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(SupervisedTask, "training_step", signalled)
+
+
+@pytest.fixture(scope="module")
+def slow_calibrated(root, tmp_path_factory):
+    """The stage trained: (its folder, its config as planned, the fake clock at its end, every step's lr, output)."""
+    import contextlib
+    import io
+
+    tmp = tmp_path_factory.mktemp("stage")
+    out, lrs, said = stage_dir(tmp), [], io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        cfg = planned(root, mp)
+        clock = engine_clock(mp)
+        record_lrs(mp, lrs)
+        with contextlib.redirect_stdout(said):
+            run_finetune(copy.deepcopy(cfg), out)
+    return out, cfg, clock["t"], lrs, said.getvalue()
+
+
+def test_a_slow_calibration_no_longer_ends_the_stage_at_its_cap_before_its_deadline(slow_calibrated):
+    """Before: the stage stopped at its cap of 8 epochs (40 steps) at about 90 of its 170 fake seconds."""
+    out, cfg, clock_end, lrs, said = slow_calibrated
+    budget_s = cfg["train"]["budget_minutes"] * 60
+    assert clock_end >= 1.0 + budget_s  # trained into its deadline (fit() read the clock first at 1)
+    assert len(lrs) > 1.5 * CAP * 5  # far past the cap's 40 steps (about 78 steps in its 170 fake seconds)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ck["global_step"] == len(lrs) and ck["epoch"] > CAP
+    # the raised cap is recorded where a resumed stage reads it (stage_config: its config.yaml), and in last.pt
+    from fewshot.run_stages import stage_config
+
+    raised = stage_config(out, cfg)["train"]["epochs"]
+    assert raised > ck["epoch"] and ck["config"]["train"]["epochs"] == raised
+    assert f"its epoch cap rises from {CAP} to {raised} epochs" in said
+
+
+def test_the_lr_never_rises_when_the_cap_is_raised(slow_calibrated):
+    """The schedule's position is the further of the time's and the steps' fraction of the cap: with a larger cap
+    the steps' fraction falls, and without its floor the lr rose back towards the peak after the raise."""
+    _, _, _, lrs, _ = slow_calibrated
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(lrs, lrs[1:])), lrs
+    assert lrs[-1] < 0.1 * lrs[0]  # and it still decays to the end of the stage's time
+
+
+def test_a_resumed_stage_keeps_its_raised_cap_and_its_lr(root, tmp_path, monkeypatch):
+    """A stage stopped after its cap rose, while its schedule stood at the floor of the raise (step 7: the steps'
+    fraction of the new cap and the time's are below it), resumes with the raised cap (its config.yaml) and the
+    floor (last.pt): its lr goes on where it stopped, not back up to where the time alone puts it."""
+    from fewshot.run_stages import stage_config
+
+    out = stage_dir(tmp_path)
+    cfg, before, after = planned(root, monkeypatch), [], []
+    with monkeypatch.context() as mp:
+        engine_clock(mp)
+        record_lrs(mp, before)
+        sigterm_in_step(mp, 7)
+        with pytest.raises(StopRequested):
+            run_finetune(copy.deepcopy(cfg), out)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ck["global_step"] == 7 and ck["sched_floor"] > 0
+    resumed = stage_config(out, cfg)
+    assert resumed["train"]["epochs"] > CAP
+    with monkeypatch.context() as mp:
+        engine_clock(mp)
+        record_lrs(mp, after)
+        sigterm_in_step(mp, 2)
+        with pytest.raises(StopRequested):
+            run_finetune(resumed, out, resume=True)
+    assert len(after) == 2 and after[0] <= before[-1] * (1 + 1e-9) and after[0] >= 0.95 * before[-1], (before, after)
