@@ -1053,3 +1053,18 @@ def test_finetune_says_compile_is_for_pretraining_only(digits, tmp_path, capsys)
     assert note in capsys.readouterr().out
     run_finetune(finetune_cfg(digits, **{"train.epochs": 1, "model.img_size": 16}), tmp_path / "auto")
     assert note not in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch.func's own use of it
+def test_fast_maxpool_keeps_forward_mode_autodiff():
+    """Review rev46: the channels_last detour as an autograd.Function had no jvp, so torch.func.jvp and forward_ad
+    through the fast pool raised where nn.MaxPool2d works."""
+    from fewshot.models.fast_pool import NHWCMaxPool2d
+
+    torch.manual_seed(0)
+    x, tangent = torch.randn(2, 3, 9, 9), torch.randn(2, 3, 9, 9)
+    for kwargs in ({"kernel_size": 3, "stride": 2, "padding": 1}, {"kernel_size": 2, "ceil_mode": True}):
+        plain, fast = torch.nn.MaxPool2d(**kwargs), NHWCMaxPool2d(**kwargs)
+        want = torch.func.jvp(plain, (x,), (tangent,))
+        got = torch.func.jvp(fast, (x,), (tangent,))
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

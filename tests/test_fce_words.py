@@ -75,3 +75,40 @@ def test_too_few_val_images_for_balance_on_names_the_classes_val_lacks(tmp_path,
     assert "lacks 2 of the 4 classes: dog, fox" in why, why
     val[:] = [(tmp_path / f"{i}.png", i % 4) for i in range(9)]  # every class: no list
     assert "lacks" not in predict._val_logits(tm, tmp_path, "pets", torch.device("cpu"))[2]
+
+
+def test_a_missing_key_beside_a_broken_one_names_only_what_can_be_scored(tmp_path):
+    """Review rev46: read_answer_keys' own hint for a missing key named every dataset with a key file, a broken one
+    too ("--datasets bad,good", which eval then refused on bad); the refusal now names the usable ones only."""
+    infos = [_dataset(tmp_path, "nokey", {"0": "a", "1": "b"}), _dataset(tmp_path, "bad", {"0": "a", "1": "fünf"}),
+             _dataset(tmp_path, "good", {"0": "a", "1": "b"})]
+    infos[0].answer_key = None
+    space = LabelSpace.from_infos(infos)
+    with pytest.raises(UserError) as err:
+        predict.check_answer_keys(infos, space)
+    text = str(err.value)
+    assert "no answer key" in text and "--datasets good." in text, text
+    assert "bad,good" not in text and "Score the datasets that have one" not in text, text
+    infos[2] = _dataset(tmp_path / "other", "good", {"0": "a", "1": "nine"})  # no key usable: no hint at all
+    with pytest.raises(UserError) as err:
+        predict.check_answer_keys(infos, LabelSpace.from_infos(infos))
+    assert "--datasets" not in str(err.value), str(err.value)
+
+
+def test_the_hint_gives_a_dataset_named_with_a_comma_alone():
+    """--datasets splits at commas: "--datasets x,y,z" for the datasets "x,y" and "z" named three unknown ones."""
+    assert predict._datasets_hint(["z", "w"]) == "--datasets z,w"
+    hint = predict._datasets_hint(["x,y", "z"])
+    assert hint.startswith("--datasets z, then --datasets x,y ") and "goes alone" in hint, hint  # the whole value
+
+
+def test_the_classes_val_lacks_are_quoted_where_a_name_holds_a_comma_or_a_space(tmp_path, monkeypatch):
+    """Review rev46: "val lacks 3 of the 4 classes: cat, dog, fox , sea lion" read as four classes."""
+    classes = ("cat, dog", "emu", "fox ", "sea lion")
+    val = [(tmp_path / f"{i}.png", 1) for i in range(9)]
+    monkeypatch.setattr(predict, "_labelled_split", lambda tm, root, name, split: (SimpleNamespace(val=val), None))
+    monkeypatch.setattr(fewshot.data.cache, "load_images", lambda paths, *a, **k: SimpleNamespace(
+        images=torch.zeros(len(paths), 3, 4, 4), valid=torch.ones(len(paths), dtype=torch.bool), bad=[]))
+    tm = SimpleNamespace(space=LabelSpace(("pets",), (classes,)), cfg={"data": {}}, size=4)
+    why = predict._val_logits(tm, tmp_path, "pets", torch.device("cpu"))[2]
+    assert "lacks 3 of the 4 classes: 'cat, dog', 'fox ', 'sea lion'" in why, why

@@ -229,10 +229,13 @@ def near_chance_finding(classes: list[str], val_labels: list[int], val_acc1: flo
                         predicted: list[int]) -> dict | None:
     """summary.json's record of a dataset whose val acc@1 is not clearly above chance (chance_level), or whose test
     predictions fall nearly all in one class that val says is not that common (collapsed_class); None for neither,
-    and for a dataset without val labels (nothing to judge by: nothing said rather than a guess)."""
+    and for a dataset without val labels or whose val lacks a class (nothing to judge by: nothing said rather than a
+    guess)."""
     if not val_labels or not classes:
         return None
     val_shares = [val_labels.count(c) / len(val_labels) for c in range(len(classes))]
+    if not all(val_shares):  # val lacks a class: its "chance" (the commonest class's share) was 100 % for a one-class
+        return None  # val, and a perfect model was told it guessed
     chance, clear = chance_level(len(classes), val_shares)
     collapsed = collapsed_class(predicted, val_shares)
     if val_acc1 > clear and collapsed is None:

@@ -481,13 +481,16 @@ def _data_classes(info) -> list[str] | None:
         return None
 
 
+KEYED_HINT = " Score the datasets that have one with "  # read_answer_keys' hint, replaced by check_answer_keys'
+
+
 def read_answer_keys(infos, space: LabelSpace, ids: list[str], dsids: torch.Tensor, warn: bool = True) -> torch.Tensor:
     """Global targets for test images from ROOT/<dataset>/test_labels.json (scoring only)."""
     keys = {}
     keyed = [info.name for info in infos if info.answer_key is not None]
     for info in infos:
         if info.answer_key is None:
-            hint = (f" Score the datasets that have one with {datasets_option(keyed)}." if keyed else "")
+            hint = (f"{KEYED_HINT}{datasets_option(keyed)}." if keyed else "")
             raise UserError(f"no answer key {info.root / 'test_labels.json'}: the test split of {info.name} cannot "
                             f"be scored.{hint}")
         keys[info.name] = load_answer_key(info.answer_key, class_names=space.classes[space.index(info.name)],
@@ -519,11 +522,26 @@ def check_answer_keys(infos, space: LabelSpace, warn: bool = True) -> None:
     try:
         read_answer_keys(infos, space, ids, dsids, warn=warn)
     except UserError as exc:
-        usable = _usable_keys(infos, space) if len(infos) > 1 and "--datasets" not in str(exc) else []
-        if not usable:
+        if len(infos) < 2:
             raise
-        raise UserError(f"{str(exc).rstrip()} The other datasets' keys are usable: score them with "
-                        f"{datasets_option(usable)}.") from None
+        # read_answer_keys' own hint for a missing key names every dataset with a key file, a broken one too
+        words = str(exc).split(KEYED_HINT)[0].rstrip()
+        usable = _usable_keys(infos, space)
+        if usable:
+            raise UserError(f"{words} The other datasets' keys are usable: score them with "
+                            f"{_datasets_hint(usable)}.") from None
+        if words != str(exc).rstrip():
+            raise UserError(words) from None
+        raise
+
+
+def _datasets_hint(names: list[str]) -> str:
+    """`--datasets A,B` for the datasets a refusal can still score; a name holding a comma is given alone (the option
+    splits at commas: "--datasets x,y,z" for "x,y" and "z" named three unknown datasets)."""
+    plain = [n for n in names if "," not in n]
+    alone = [datasets_option([n]) for n in names if "," in n]
+    parts = ([datasets_option(plain)] if plain else []) + alone
+    return parts[0] if len(parts) == 1 else ", then ".join(parts) + " (a name with a comma goes alone)"
 
 
 def _usable_keys(infos, space: LabelSpace) -> list[str]:
@@ -658,7 +676,7 @@ def _lacking(classes, targets: torch.Tensor, shown: int = 5) -> str:
     absent = [c for k, c in enumerate(classes) if k not in present]
     if not absent:
         return ""
-    return f" (val lacks {len(absent)} of the {len(classes)} classes: {some_of(absent, shown, printable)})"
+    return f" (val lacks {len(absent)} of the {len(classes)} classes: {some_of(absent, shown)})"
 
 
 def _say_val_left_out(name: str, bad: list[tuple[str, str]], n_val: int, setting: str, shown: int = 3) -> None:

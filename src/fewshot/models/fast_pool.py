@@ -49,6 +49,15 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
         x, *ctx.pool_args = inputs
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(x, output[1])
+        ctx.save_for_forward(output[1])
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, *_args):
+        """Forward-mode AD (torch.func.jvp, forward_ad), as plain max-pooling has it: each output's tangent is its
+        window's maximum's (review rev46: without this the fast path refused forward mode)."""
+        indices = ctx.saved_tensors[-1]
+        picked = x_tangent.flatten(2).gather(2, indices.flatten(2)).view_as(indices)
+        return picked, None
 
     @staticmethod
     def backward(ctx, grad: Tensor, _indices_grad):
