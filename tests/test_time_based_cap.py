@@ -149,3 +149,60 @@ def test_a_resumed_stage_keeps_its_raised_cap_and_its_lr(root, tmp_path, monkeyp
         with pytest.raises(StopRequested):
             run_finetune(resumed, out, resume=True)
     assert len(after) == 2 and after[0] <= before[-1] * (1 + 1e-9) and after[0] >= 0.95 * before[-1], (before, after)
+
+
+def test_a_crash_after_the_raise_cannot_resume_the_cap_without_its_floor(root, tmp_path, monkeypatch):
+    """Review rev47: config.yaml took the raised cap at once, last.pt the floor only at its next save (30 s later):
+    a kill between them resumed the raised cap with no floor, the lr back up. Now the raise's epoch ends with last.pt
+    and then config.yaml; and a config.yaml a crash left behind last.pt takes last.pt's cap (epochs_cap)."""
+    import yaml
+
+    from fewshot.run_stages import stage_config
+
+    out = stage_dir(tmp_path)
+    cfg, before, after = planned(root, monkeypatch), [], []
+    saves = []
+    save = Engine.save
+
+    def crash_after_raise_saved(self, name="last", *args, **kwargs):
+        unsaved = self._cap_unsaved
+        save(self, name, *args, **kwargs)
+        saves.append((name, unsaved, yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"]))
+        if unsaved:  # the kill: right after the save the raise forced, before any further step
+            raise RuntimeError("killed")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Engine, "save", crash_after_raise_saved)
+        engine_clock(mp)
+        record_lrs(mp, before)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_finetune(copy.deepcopy(cfg), out)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert saves[-1][1] and ck["global_step"] == len(before) and ck["sched_floor"] > 0, saves
+    assert ck["epochs_cap"] > CAP and saves[-1][2] == ck["epochs_cap"]  # written with last.pt, not before it
+    # a crash between last.pt and config.yaml: config.yaml still holds the cap of before the raise
+    stale = yaml.safe_load((out / "config.yaml").read_text())
+    stale["train"]["epochs"] = CAP
+    (out / "config.yaml").write_text(yaml.safe_dump(stale, sort_keys=False))
+    with monkeypatch.context() as mp:
+        engine_clock(mp)
+        record_lrs(mp, after)
+        sigterm_in_step(mp, 2)
+        with pytest.raises(StopRequested):
+            run_finetune(stage_config(out, cfg), out, resume=True)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epochs_cap"] == ck["epochs_cap"]
+    assert len(after) == 2 and after[0] <= before[-1] * (1 + 1e-9) and after[0] >= 0.95 * before[-1], (before, after)
+
+
+def test_the_cap_is_judged_at_the_speed_of_the_last_epoch_not_of_a_slow_start(monkeypatch):
+    """Review rev47: the mean since the start counted a 40 s first step in, so the raise came at the cap itself with
+    the schedule at its end (lr held at its minimum), or not at all. The speed is now the last epoch's."""
+    from types import SimpleNamespace
+
+    engine = SimpleNamespace(fit_start=0.0, global_step=10, _speed_mark=(45.0, 5), steps_per_epoch=5,
+                             cfg={"train": {"epochs": 8}})
+    engine._per_step = lambda now: Engine._per_step(engine, now)
+    assert Engine._per_step(engine, 50.0) == pytest.approx(1.0)  # 5 steps in the 5 s since the last check
+    assert Engine._cap_wanted(engine, 50.0, 170.0) > 8  # 30 steps left at 1 s: 90 s of 170 unused
+    engine._speed_mark = None  # no check yet this session: since the start
+    assert Engine._per_step(engine, 50.0) == pytest.approx(5.0)

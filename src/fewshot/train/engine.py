@@ -51,6 +51,7 @@ _TOLD_TENSORBOARD: set[str] = set()  # the reasons a missing TensorBoard was alr
 _TOLD_CPU_FP16: list[bool] = []  # whether the train.amp=fp16-on-a-CPU warning was given in this process
 BEST_ASIDE = "best_before_stop.pt"  # best.pt as it was before a budget stop's partial epoch beat it
 CAP_SLACK = 0.1  # of a `fewshot run` stage's budget: left at its epoch cap, more raises the cap (_extend_cap)
+LATE_POSITION = 0.95  # the schedule's position past which a stage's cap is not raised (_extend_cap)
 WARMUP_PEAK_OK = 0.9  # a warmup as long as the run whose last step trains at this share of optim.lr or more: no word
 
 
@@ -286,6 +287,8 @@ class Engine:
         self.best_score, self.last_eval = -math.inf, None
         self.best_before_stop: float | None = None  # the best score before a partial epoch's evaluation beat it
         self._sched_floor = 0.0  # the schedule's position when a `fewshot run` stage's epoch cap rose (_extend_cap)
+        self._cap_unsaved = False  # a raised cap not yet in last.pt and config.yaml (_raise_cap)
+        self._speed_mark: tuple[float, int] | None = None  # (clock, global_step) at the last cap check
         self.nonfinite_skipped = 0
         self.step_redone: str | None = None  # why the current step ran eagerly (its compiled run failed), if it did
         self.epoch_skips_start = 0  # nonfinite_skipped when the current epoch began
@@ -381,6 +384,7 @@ class Engine:
             "rng": rng_state(),
             "train_seconds": self.train_seconds(),
             "sched_floor": self._sched_floor,  # a resumed stage whose cap rose keeps its lr (_extend_cap)
+            "epochs_cap": self.cfg["train"]["epochs"],  # ... and its cap, with last.pt's floor (resume)
             "amp": AMP_NAMES[self.amp],  # what train.amp resolved to: a resumed `auto` run keeps it
             "world": self.ctx.world,  # the batch plan (per-rank batches, steps per epoch) depends on it
             **self.task.checkpoint_extra(),
@@ -417,6 +421,11 @@ class Engine:
                 if name == "last":
                     self._saved_step = self.global_step
                     self._saved_at = time.perf_counter()
+                    if self._cap_unsaved:  # after last.pt: config.yaml's cap never runs ahead of last.pt's floor
+                        from fewshot.config import save_yaml
+
+                        save_yaml(self.cfg, self.run_dir / "config.yaml")
+                        self._cap_unsaved = False
             except OSError as exc:  # disk full, quota, read-only remount: the previous file is intact
                 raise UserError(f"cannot write the checkpoint {path}: {exc.strerror or exc}. The previous "
                                 f"checkpoint (if any) is intact; free space and continue with --resume.") from None
@@ -540,6 +549,10 @@ class Engine:
             print(gpus_note, flush=True)
         self._seconds_before = float(ck.get("train_seconds", 0.0))
         self._sched_floor = float(ck.get("sched_floor") or 0.0)
+        cap = ck.get("epochs_cap")  # a raised cap whose config.yaml write a crash cut off (_raise_cap)
+        if is_run_stage(self.run_dir) and isinstance(cap, int) and cap > self.cfg["train"]["epochs"]:
+            self.cfg["train"]["epochs"] = cap
+            self.scheduler = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch)  # built for the cap
         # a budget that stopped the run mid-epoch logged the partial epoch; its steps go on now, and the
         # finished epoch's row replaces that one (log.jsonl held epoch 22 three times)
         reopened = self.step_in_epoch > 0 and not self._budget_spent()
@@ -822,6 +835,7 @@ class Engine:
         # a resumed run continues its clock: the budget and a time-based schedule count the training time of
         # every session (train_seconds in last.pt), not only this one's
         self.fit_start = time.monotonic() - self._seconds_before
+        self._speed_mark = (self.fit_start + self._seconds_before, self.global_step)  # this session's speed (cap)
         self._clock_start = time.perf_counter() - self._seconds_before
         deadline = self.fit_start + t["budget_minutes"] * 60 if t.get("budget_minutes") else None
         try:
@@ -928,12 +942,14 @@ class Engine:
         now = time.monotonic()
         frac = (now - self.fit_start) / max(1e-9, deadline - self.fit_start)
         wanted = float(self._cap_wanted(now, deadline))
+        self._speed_mark = (now, self.global_step)
         if self.ctx.enabled:
             frac, wanted = all_reduce_max(self.ctx, [frac, wanted])
         total = t["epochs"] * self.steps_per_epoch
         position = min(1.0, max(frac, self.global_step / max(1, total), self._sched_floor))
         warmup = int(round(float(self.cfg["sched"].get("warmup_epochs") or 0.0) * self.steps_per_epoch))
-        if wanted > t["epochs"] and position * total >= warmup:
+        # past LATE_POSITION the schedule has ended: a raise would only hold its last lr (review rev47)
+        if wanted > t["epochs"] and position * total >= warmup and position < LATE_POSITION:
             self._raise_cap(int(wanted), position, now, deadline)
 
     def _raise_cap(self, epochs: int, position: float, now: float, deadline: float) -> None:
@@ -946,19 +962,24 @@ class Engine:
         self.scheduler = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch)
         for group, lr in zip(self.optimizer.param_groups, lrs):  # timm's set-up put the warmup's lr there
             group["lr"] = lr
+        # last.pt at this epoch's end (_epoch_end_save_due), then config.yaml (save): a crash between a config.yaml
+        # written at once and the next last.pt resumed the raised cap without its floor, the lr back up (rev47)
+        self._cap_unsaved = True
         if not self.ctx.is_main:
             return
-        from fewshot.config import save_yaml
-
-        save_yaml(self.cfg, self.run_dir / "config.yaml")
         print(f"note: this stage trains faster than its start-up timing planned ({self._per_step(now) * 1000:.0f} ms "
               f"a step so far, evaluations included): its epoch cap rises from {before} to {epochs} epochs, so that "
               f"it trains until its deadline ({max(0.0, deadline - now):.0f} s left) with its time-based schedule "
               f"going on from where it is.", flush=True)
 
     def _per_step(self, now: float) -> float:
-        """Seconds per step trained so far, over every session (evaluations and warm-up included)."""
-        return (now - self.fit_start) / max(1, self.global_step)
+        """Seconds per step since the last cap check (about an epoch, its evaluation included), else since the fit
+        began: the mean over every step since the start counted a slow start in, so that after a 40 s first step the
+        raise came at the cap itself, with the schedule at its end (review rev47)."""
+        when, step = self._speed_mark if self._speed_mark is not None else (self.fit_start, 0)
+        if self.global_step <= step:
+            when, step = self.fit_start, 0
+        return (now - when) / max(1, self.global_step - step)
 
     def _cap_wanted(self, now: float, deadline: float) -> int:
         """The epoch cap the stage needs at the speed it has trained (_extend_cap): its cap where the cap leaves no
@@ -1268,7 +1289,7 @@ class Engine:
         (resume trims log.jsonl to the checkpoint and redoes the steps after it exactly)."""
         t = self.cfg["train"]
         interval = float(t.get("save_interval_s") or 0.0)
-        return (last_epoch or bool(t["save_every_steps"]) or interval <= 0
+        return (last_epoch or bool(t["save_every_steps"]) or interval <= 0 or self._cap_unsaved
                 or time.perf_counter() - self._saved_at >= interval)
 
     @torch.no_grad()
