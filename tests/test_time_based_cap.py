@@ -206,3 +206,22 @@ def test_the_cap_is_judged_at_the_speed_of_the_last_epoch_not_of_a_slow_start(mo
     assert Engine._cap_wanted(engine, 50.0, 170.0) > 8  # 30 steps left at 1 s: 90 s of 170 unused
     engine._speed_mark = None  # no check yet this session: since the start
     assert Engine._per_step(engine, 50.0) == pytest.approx(5.0)
+
+
+def test_no_raise_in_the_warmup_keeps_the_warmup_line(root, tmp_path, monkeypatch):
+    """Review rev47: a raise during the warmup puts the schedule's position (a fraction) into a longer schedule, where
+    that fraction is many more steps: the warmup would jump to its peak. With warmup_epochs=2 the first cap check
+    (epoch 1) is inside the warmup: the cap waits for its end, and the lr climbs its line step by step."""
+    out = stage_dir(tmp_path)
+    cfg, lrs = planned(root, monkeypatch), []
+    cfg["sched"]["warmup_epochs"] = 2.0
+    with monkeypatch.context() as mp:
+        engine_clock(mp)
+        record_lrs(mp, lrs)
+        sigterm_in_step(mp, 12)
+        with pytest.raises(StopRequested):
+            run_finetune(copy.deepcopy(cfg), out)
+    warmup = 10  # 2 epochs of 5 steps
+    rises = [b - a for a, b in zip(lrs[:warmup], lrs[1:warmup])]
+    assert all(r > 0 for r in rises) and max(rises) < 1.5 * min(rises), lrs  # an even climb, no jump to the peak
+    assert max(lrs) <= lrs[warmup - 1] * 1.2, lrs
