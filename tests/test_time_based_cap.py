@@ -33,7 +33,7 @@ def root(tmp_path_factory):
     return build_digits(tmp_path_factory.mktemp("data"))
 
 
-def planned(root: Path, monkeypatch) -> dict:
+def planned(root: Path, monkeypatch, eval_s: float = 1500.0) -> dict:
     """A stage's config as plan_stage leaves it after a slow calibration: 30 s a step, 1500 s an evaluation (one
     every 100 epochs: the stage evaluates at its stop only), 200 s to its end: a 170 s budget and a cap of 8."""
     import time
@@ -44,7 +44,7 @@ def planned(root: Path, monkeypatch) -> dict:
     cfg = finetune_cfg(root, **{"model.img_size": 16, "sched.warmup_epochs": 0.0})
     with monkeypatch.context() as mp:
         patch_run(mp, "measure_step_seconds", lambda task, *a, **kw: 30.0)
-        patch_run(mp, "measure_eval_seconds", lambda task, *a, **kw: 1500.0)
+        patch_run(mp, "measure_eval_seconds", lambda task, *a, **kw: eval_s)
         task = SimpleNamespace(plan_epoch=lambda epoch: [0] * 5)
         run_stages.plan_stage(task, cfg, time.monotonic() + 200.0, 1, ("train", "eval_every"))
     assert cfg["train"]["epochs"] == CAP and cfg["sched"]["time_based"]
@@ -225,3 +225,23 @@ def test_no_raise_in_the_warmup_keeps_the_warmup_line(root, tmp_path, monkeypatc
     rises = [b - a for a, b in zip(lrs[:warmup], lrs[1:warmup])]
     assert all(r > 0 for r in rises) and max(rises) < 1.5 * min(rises), lrs  # an even climb, no jump to the peak
     assert max(lrs) <= lrs[warmup - 1] * 1.2, lrs
+
+
+def test_a_raised_stage_spaces_its_evaluations_from_its_own_speeds(root, tmp_path, monkeypatch):
+    """Review rev47: the evaluation interval came from the same busy timing as the cap (here 1 epoch: 1 s an
+    evaluation against 150 s an epoch timed), so the raised stage evaluated after every epoch, a stage of 592 epochs
+    592 times. Once its cap rises it spaces them as plan_stage does, at its own speeds (about a tenth of its time)."""
+    import json
+
+    out = stage_dir(tmp_path)
+    cfg = planned(root, monkeypatch, eval_s=1.0)
+    assert cfg["train"]["eval_every"] == 1
+    with monkeypatch.context() as mp:
+        engine_clock(mp)
+        run_finetune(copy.deepcopy(cfg), out)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    epochs = [r["epoch"] for r in rows if "epoch" in r]
+    evaluated = [r["epoch"] for r in rows if "eval_time_s" in r]
+    # the fake clock makes an evaluation about as long as an epoch's training: every 2nd epoch after the raise
+    gaps = [b - a for a, b in zip(evaluated[1:], evaluated[2:-1])]
+    assert epochs[-1] > CAP and len(evaluated) < len(epochs) - 3 and gaps and min(gaps) >= 2, (epochs, evaluated)

@@ -288,6 +288,7 @@ class Engine:
         self.best_before_stop: float | None = None  # the best score before a partial epoch's evaluation beat it
         self._sched_floor = 0.0  # the schedule's position when a `fewshot run` stage's epoch cap rose (_extend_cap)
         self._cap_unsaved = False  # a raised cap not yet in last.pt and config.yaml (_raise_cap)
+        self._eval_took: float | None = None  # seconds of the last evaluation (_eval_interval_wanted)
         self._speed_mark: tuple[float, int] | None = None  # (clock, global_step) at the last cap check
         self.nonfinite_skipped = 0
         self.step_redone: str | None = None  # why the current step ran eagerly (its compiled run failed), if it did
@@ -942,9 +943,12 @@ class Engine:
         now = time.monotonic()
         frac = (now - self.fit_start) / max(1e-9, deadline - self.fit_start)
         wanted = float(self._cap_wanted(now, deadline))
+        every = float(self._eval_interval_wanted())
         self._speed_mark = (now, self.global_step)
-        if self.ctx.enabled:
-            frac, wanted = all_reduce_max(self.ctx, [frac, wanted])
+        if self.ctx.enabled:  # the interval too: every rank must evaluate (a collective) at the same epochs
+            frac, wanted, every = all_reduce_max(self.ctx, [frac, wanted, every])
+        if every > self.task.eval_every:
+            self.task.eval_every = int(every)
         total = t["epochs"] * self.steps_per_epoch
         position = min(1.0, max(frac, self.global_step / max(1, total), self._sched_floor))
         warmup = int(round(float(self.cfg["sched"].get("warmup_epochs") or 0.0) * self.steps_per_epoch))
@@ -971,6 +975,16 @@ class Engine:
               f"a step so far, evaluations included): its epoch cap rises from {before} to {epochs} epochs, so that "
               f"it trains until its deadline ({max(0.0, deadline - now):.0f} s left) with its time-based schedule "
               f"going on from where it is.", flush=True)
+
+    def _eval_interval_wanted(self) -> int:
+        """A stage's evaluation interval once its cap has risen (its floor), from its own speeds: evaluations about a
+        tenth of its time, as plan_stage spaces them. Planned from the same busy timing as the cap, a stage evaluated
+        after each of its 592 epochs (review rev47). Only ever longer (0: keep it; a rank that does not evaluate)."""
+        took = self._eval_took
+        if self._sched_floor <= 0 or not took or self.epoch_steps <= 0 or self.epoch_seconds <= 0:
+            return 0
+        step_s = self.epoch_seconds / self.epoch_steps  # the last epoch's training alone
+        return max(1, int(round(10 * took / max(step_s * self.steps_per_epoch, 1e-6))))
 
     def _per_step(self, now: float) -> float:
         """Seconds per step since the last cap check (about an epoch, its evaluation included), else since the fit
@@ -1213,7 +1227,7 @@ class Engine:
         if result is None:
             return False
         record.update(result)
-        record["eval_time_s"] = time.perf_counter() - t1
+        record["eval_time_s"] = self._eval_took = time.perf_counter() - t1
         self.last_eval = result
         # a tie goes to the later epoch: with one val image per class scores tie often, and the first epoch
         # of the top score (lr still high) became best.pt and the pseudo-label teacher
