@@ -289,6 +289,7 @@ class Engine:
         self._sched_floor = 0.0  # the schedule's position when a `fewshot run` stage's epoch cap rose (_extend_cap)
         self._cap_unsaved = False  # a raised cap not yet in last.pt and config.yaml (_raise_cap)
         self._eval_took: float | None = None  # seconds of the last evaluation (_eval_interval_wanted)
+        self._judged_step_s = 0.0  # the step time the last cap check judged at (_cap_wanted)
         self._speed_mark: tuple[float, int] | None = None  # (clock, global_step) at the last cap check
         self.nonfinite_skipped = 0
         self.step_redone: str | None = None  # why the current step ran eagerly (its compiled run failed), if it did
@@ -971,8 +972,9 @@ class Engine:
         self._cap_unsaved = True
         if not self.ctx.is_main:
             return
-        print(f"note: this stage trains faster than its start-up timing planned ({self._per_step(now) * 1000:.0f} ms "
-              f"a step so far, evaluations included): its epoch cap rises from {before} to {epochs} epochs, so that "
+        print(f"note: this stage trains faster than its start-up timing planned ({self._judged_step_s * 1000:.0f} ms "
+              f"a step in its last epoch, evaluations included): its epoch cap rises from {before} to {epochs} epochs, "
+              f"so that "
               f"it trains until its deadline ({max(0.0, deadline - now):.0f} s left) with its time-based schedule "
               f"going on from where it is.", flush=True)
 
@@ -1002,6 +1004,7 @@ class Engine:
         if self.global_step <= 0:
             return epochs
         step_s, budget = self._per_step(now), deadline - self.fit_start
+        self._judged_step_s = step_s  # for _raise_cap's words: the mark moves on before it (review rev48)
         left_at_cap = deadline - now - (epochs * self.steps_per_epoch - self.global_step) * step_s
         if left_at_cap <= max(CAP_SLACK * budget, 2 * self.steps_per_epoch * step_s):
             return epochs
