@@ -83,6 +83,16 @@ def sigterm_in_step(monkeypatch, call: int) -> None:
     monkeypatch.setattr(SupervisedTask, "training_step", signalled)
 
 
+def stopped_in_step(monkeypatch, cfg: dict, out: Path, step: int, lrs: list, resume: bool = False) -> None:
+    """The stage trained on the fake clock until a SIGTERM in its ``step``-th step (of this session), its lrs kept."""
+    with monkeypatch.context() as mp:
+        engine_clock(mp)
+        record_lrs(mp, lrs)
+        sigterm_in_step(mp, step)
+        with pytest.raises(StopRequested):
+            run_finetune(cfg, out, resume=resume)
+
+
 @pytest.fixture(scope="module")
 def slow_calibrated(root, tmp_path_factory):
     """The stage trained: (its folder, its config as planned, the fake clock at its end, every step's lr, output)."""
@@ -132,22 +142,12 @@ def test_a_resumed_stage_keeps_its_raised_cap_and_its_lr(root, tmp_path, monkeyp
 
     out = stage_dir(tmp_path)
     cfg, before, after = planned(root, monkeypatch), [], []
-    with monkeypatch.context() as mp:
-        engine_clock(mp)
-        record_lrs(mp, before)
-        sigterm_in_step(mp, 7)
-        with pytest.raises(StopRequested):
-            run_finetune(copy.deepcopy(cfg), out)
+    stopped_in_step(monkeypatch, copy.deepcopy(cfg), out, 7, before)
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ck["global_step"] == 7 and ck["sched_floor"] > 0
     resumed = stage_config(out, cfg)
     assert resumed["train"]["epochs"] > CAP
-    with monkeypatch.context() as mp:
-        engine_clock(mp)
-        record_lrs(mp, after)
-        sigterm_in_step(mp, 2)
-        with pytest.raises(StopRequested):
-            run_finetune(resumed, out, resume=True)
+    stopped_in_step(monkeypatch, resumed, out, 2, after, resume=True)
     assert len(after) == 2 and after[0] <= before[-1] * (1 + 1e-9) and after[0] >= 0.95 * before[-1], (before, after)
 
 
@@ -184,12 +184,7 @@ def test_a_crash_after_the_raise_cannot_resume_the_cap_without_its_floor(root, t
     stale = yaml.safe_load((out / "config.yaml").read_text())
     stale["train"]["epochs"] = CAP
     (out / "config.yaml").write_text(yaml.safe_dump(stale, sort_keys=False))
-    with monkeypatch.context() as mp:
-        engine_clock(mp)
-        record_lrs(mp, after)
-        sigterm_in_step(mp, 2)
-        with pytest.raises(StopRequested):
-            run_finetune(stage_config(out, cfg), out, resume=True)
+    stopped_in_step(monkeypatch, stage_config(out, cfg), out, 2, after, resume=True)
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epochs_cap"] == ck["epochs_cap"]
     assert len(after) == 2 and after[0] <= before[-1] * (1 + 1e-9) and after[0] >= 0.95 * before[-1], (before, after)
 
@@ -215,12 +210,7 @@ def test_no_raise_in_the_warmup_keeps_the_warmup_line(root, tmp_path, monkeypatc
     out = stage_dir(tmp_path)
     cfg, lrs = planned(root, monkeypatch), []
     cfg["sched"]["warmup_epochs"] = 2.0
-    with monkeypatch.context() as mp:
-        engine_clock(mp)
-        record_lrs(mp, lrs)
-        sigterm_in_step(mp, 12)
-        with pytest.raises(StopRequested):
-            run_finetune(copy.deepcopy(cfg), out)
+    stopped_in_step(monkeypatch, copy.deepcopy(cfg), out, 12, lrs)
     warmup = 10  # 2 epochs of 5 steps
     rises = [b - a for a, b in zip(lrs[:warmup], lrs[1:warmup])]
     assert all(r > 0 for r in rises) and max(rises) < 1.5 * min(rises), lrs  # an even climb, no jump to the peak
