@@ -959,8 +959,8 @@ class Engine:
 
     def _raise_cap(self, epochs: int, position: float, now: float, deadline: float) -> None:
         """The cap raised to ``epochs`` (_extend_cap) with the schedule's ``position`` as its floor: the scheduler is
-        built for the longer cap (its lr at a fraction of the cap is the shorter one's past the warmup), and its
-        config.yaml, which a resumed stage reads, holds the cap (last.pt the floor)."""
+        built for the longer cap (its lr at a fraction of the cap is the shorter one's past the warmup); last.pt holds
+        both at this epoch's end, and then its config.yaml the cap, which a resumed stage reads."""
         t = self.cfg["train"]
         before, lrs = t["epochs"], [g["lr"] for g in self.optimizer.param_groups]
         t["epochs"], self._sched_floor = epochs, position
@@ -974,8 +974,7 @@ class Engine:
             return
         print(f"note: this stage trains faster than its start-up timing planned ({self._judged_step_s * 1000:.0f} ms "
               f"a step in its last epoch, evaluations included): its epoch cap rises from {before} to {epochs} epochs, "
-              f"so that "
-              f"it trains until its deadline ({max(0.0, deadline - now):.0f} s left) with its time-based schedule "
+              f"so that it trains until its deadline ({max(0.0, deadline - now):.0f} s left) with its time-based schedule "
               f"going on from where it is.", flush=True)
 
     def _eval_interval_wanted(self) -> int:
