@@ -974,8 +974,8 @@ class Engine:
             return
         print(f"note: this stage trains faster than its start-up timing planned ({self._judged_step_s * 1000:.0f} ms "
               f"a step in its last epoch, evaluations included): its epoch cap rises from {before} to {epochs} epochs, "
-              f"so that it trains until its deadline ({max(0.0, deadline - now):.0f} s left) with its time-based schedule "
-              f"going on from where it is.", flush=True)
+              f"so that it trains until its deadline ({max(0.0, deadline - now):.0f} s left) with its time-based "
+              f"schedule going on from where it is.", flush=True)
 
     def _eval_interval_wanted(self) -> int:
         """A stage's evaluation interval once its cap has risen (its floor), from its own speeds: evaluations about a
