@@ -255,3 +255,49 @@ def test_a_kill_before_the_raises_last_pt_leaves_config_yaml_at_the_old_cap(root
         with pytest.raises(RuntimeError, match="killed"):
             run_finetune(copy.deepcopy(cfg), out)
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == CAP
+
+
+def test_a_slow_first_step_does_not_hold_the_raise_back(root, tmp_path, monkeypatch):
+    """Review rev48: with the speed judged as the mean since the start (the per-epoch mark not moved on), a 40 s
+    first step kept the cap check from seeing the ~2 s steps after it until the cap itself, the schedule at its end.
+    Judged at the last epoch's speed, the cap rises at epoch 2, early in the schedule."""
+    out = stage_dir(tmp_path)
+    cfg = planned(root, monkeypatch)
+    step, calls = SupervisedTask.training_step, {"n": 0}
+    with monkeypatch.context() as mp:
+        clock = engine_clock(mp)
+
+        def slow_first(self, model, batch):
+            calls["n"] += 1
+            clock["t"] += 40.0 if calls["n"] == 1 else 0.0
+            if calls["n"] == 15:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step(self, model, batch)
+
+        mp.setattr(SupervisedTask, "training_step", slow_first)
+        with pytest.raises(StopRequested):
+            run_finetune(copy.deepcopy(cfg), out)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ck["epochs_cap"] > CAP and 0 < ck["sched_floor"] < 0.5, (ck["epochs_cap"], ck["sched_floor"])
+
+
+def test_no_raise_once_the_schedule_has_ended(monkeypatch):
+    """Review rev47: a raise past LATE_POSITION of the schedule only held the lr at its minimum for the added epochs."""
+    import types
+
+    from fewshot.train import engine as engine_mod
+
+    raised = []
+    engine = types.SimpleNamespace(
+        cfg={"train": {"epochs": 8}, "sched": {"time_based": True, "warmup_epochs": 0.0}}, run_dir=None,
+        fit_start=0.0, global_step=39, steps_per_epoch=5, _sched_floor=0.0, _speed_mark=None,
+        ctx=types.SimpleNamespace(enabled=False), task=types.SimpleNamespace(eval_every=1),
+        _cap_wanted=lambda now, deadline: 100, _eval_interval_wanted=lambda: 0,
+        _raise_cap=lambda *args: raised.append(args))
+    monkeypatch.setattr(engine_mod, "is_run_stage", lambda run_dir: True)
+    monkeypatch.setattr(engine_mod, "time", types.SimpleNamespace(monotonic=lambda: 50.0))
+    Engine._extend_cap(engine, 170.0)  # 39 of 40 steps: the schedule at 0.975
+    assert raised == []
+    engine.global_step = 20  # half-way: raised
+    Engine._extend_cap(engine, 170.0)
+    assert len(raised) == 1
