@@ -262,6 +262,11 @@ def file_weights(path: Path | None) -> str | None:
         return None
 
 
+def _folder_label(run) -> str:
+    """A `fewshot run` folder's name in the report's notes: its stages' labels are FOLDER/STAGE."""
+    return run.label.rsplit("/", 1)[0] if "/" in run.label else str(run.group)
+
+
 class ReportBuilder:
     def __init__(self, paths: list[str], out: Path, data: str | None = None, device: str = "auto",
                  tsne: bool = False, grid_images: int = GRID_IMAGES, log=print, skip_images: str | None = None):
@@ -376,7 +381,7 @@ class ReportBuilder:
             rounds = (r.pipeline or {}).get("self_training")
             if rounds and r.group not in shown:
                 shown.add(r.group)
-                label = r.label.rsplit("/", 1)[0] if "/" in r.label else str(r.group)
+                label = _folder_label(r)
                 body.append(T.to_html(T.self_training_table(label, rounds, r.pipeline.get("predicted_with"))))
                 if r.pipeline.get("self_training_skipped"):
                     body.append(H.note(f"Later rounds of self-training were skipped (planned, not an error): "
@@ -392,14 +397,14 @@ class ReportBuilder:
             words = (r.pipeline or {}).get("near_chance")
             if words and r.group not in warned:
                 warned.add(r.group)
-                label = r.label.rsplit("/", 1)[0] if "/" in r.label else str(r.group)
+                label = _folder_label(r)
                 body.append(H.note(f"{label}: warning: {words}"))
         balanced = set()
         for r in self.runs:  # a `fewshot run` folder's test predictions (run.balance), once per folder
             words = (r.pipeline or {}).get("balanced_prediction")
             if words and r.group not in balanced:
                 balanced.add(r.group)
-                label = r.label.rsplit("/", 1)[0] if "/" in r.label else str(r.group)
+                label = _folder_label(r)
                 body.append(H.note(f"{label}: the test predictions (pred_all.json) are {words}. Balancing evens out "
                                    f"the predicted classes to the train split's proportions (or even ones, or the "
                                    f"test split's own where it is skewed), with per-class offsets fitted on the test "
