@@ -301,3 +301,30 @@ def test_no_raise_once_the_schedule_has_ended(monkeypatch):
     engine.global_step = 20  # half-way: raised
     Engine._extend_cap(engine, 170.0)
     assert len(raised) == 1
+
+
+def test_a_resumed_raised_stage_keeps_its_respaced_evaluation_interval(root, tmp_path, monkeypatch):
+    """A raised stage re-spaces its evaluations from its own speeds (_eval_interval_wanted); resumed, it went back to
+    the interval planned from the busy start-up timing (every epoch) until its first evaluation of the new session.
+    last.pt holds the re-spaced interval, and a resumed stage takes it (only ever longer than the planned one)."""
+    from fewshot.run_stages import stage_config
+    from fewshot.train.checkpoint import save_checkpoint
+
+    out = stage_dir(tmp_path)
+    cfg = planned(root, monkeypatch, eval_s=1.0)  # a quick evaluation timed: planned after every epoch
+    assert cfg["train"]["eval_every"] == 1
+    stopped_in_step(monkeypatch, copy.deepcopy(cfg), out, 7, [])
+    path = out / "checkpoints" / "last.pt"
+    ck = load_checkpoint(path)
+    assert ck["sched_floor"] > 0 and ck["eval_every"] >= 1
+    ck["eval_every"] = 37  # as _extend_cap re-spaced it at the speed the stage trained
+    save_checkpoint(path, ck)
+    seen, run_epoch = [], Engine._run_epoch
+
+    def recorded(self, deadline):
+        seen.append(self.task.eval_every)
+        return run_epoch(self, deadline)
+
+    monkeypatch.setattr(Engine, "_run_epoch", recorded)
+    stopped_in_step(monkeypatch, stage_config(out, cfg), out, 2, [], resume=True)
+    assert seen and seen[0] == 37, seen

@@ -387,6 +387,7 @@ class Engine:
             "train_seconds": self.train_seconds(),
             "sched_floor": self._sched_floor,  # a resumed stage whose cap rose keeps its lr (_extend_cap)
             "epochs_cap": self.cfg["train"]["epochs"],  # ... and its cap, with last.pt's floor (resume)
+            "eval_every": self.task.eval_every,  # ... and the evaluation interval re-spaced after its raise
             "amp": AMP_NAMES[self.amp],  # what train.amp resolved to: a resumed `auto` run keeps it
             "world": self.ctx.world,  # the batch plan (per-rank batches, steps per epoch) depends on it
             **self.task.checkpoint_extra(),
@@ -555,6 +556,9 @@ class Engine:
         if is_run_stage(self.run_dir) and isinstance(cap, int) and cap > self.cfg["train"]["epochs"]:
             self.cfg["train"]["epochs"] = cap
             self.scheduler = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch)  # built for the cap
+        every = ck.get("eval_every")  # re-spaced after a raise: the planned interval evaluated every epoch again
+        if is_run_stage(self.run_dir) and self._sched_floor > 0 and isinstance(every, int) and every > 0:
+            self.task.eval_every = max(int(self.task.eval_every), every)
         # a budget that stopped the run mid-epoch logged the partial epoch; its steps go on now, and the
         # finished epoch's row replaces that one (log.jsonl held epoch 22 three times)
         reopened = self.step_in_epoch > 0 and not self._budget_spent()
