@@ -31,8 +31,8 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_
                                 calibration_seconds, eval_passes, figure_seconds, free_device_memory,
                                 hopeless_budget_error, later_rounds_seconds, least_run_holds, least_run_seconds,
                                 measure_eval_seconds, measure_prediction_seconds, measure_step_seconds,
-                                pretrain_closing_seconds, pretrain_least_seconds, report_seconds, round1_leaves,
-                                stop_timing_when, time_holds, too_short_budget_error)
+                                pretrain_closing_seconds, pretrain_least_seconds, report_seconds, retime_step_seconds,
+                                round1_leaves, stop_timing_when, time_holds, too_short_budget_error)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.run_pseudo import LABEL_SHARE, pool_decode_limit, precision_cap, pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_stages import (adopt_stage_architecture, auto_img_size, better_earlier_round, check_finetune_batches,
@@ -69,6 +69,11 @@ class LaterRoundSkipped(Exception):
 
 # what the fine-tuning stages take from a --weights file (adopt_weights_architecture), which the note does not read
 FROM_WEIGHTS_FILE = ("model.width", "model.small_stem")
+
+
+def _step_words(steps: list[float]) -> str:
+    """Step speeds in words: "20000 ms a step", "4000 and 30 ms a step" (MoCo's, then the fine-tuning's)."""
+    return f"{' and '.join(f'{s * 1000:.0f}' for s in steps)} ms a step"
 
 
 def note_run_rechosen(cfg: dict, rechosen: dict | None, semi: str) -> None:
@@ -503,13 +508,13 @@ class PipelineRun:
         need = closing_seconds(task, eval_s, per_test_image, len(self.test_set), self.report_stages,
                                report_plan["figure_s"], balance_check=self.balance != "off") + CLOSING_SHARE * budget_s
         report_plan["least"] = need - report_plan["seconds"][1]  # the report's image-based parts left out
+        if step_s is not None and self.semi != "pseudo":  # self-training's round 1: round1_closing checks it
+            step_s = self.refuse_unless_least_run_fits([(task, step_s)])[-1]  # re-timed where it did not fit
         # the report's image-based parts are left out at the end when they will not fit: beyond half the budget,
         # or where they would leave the last stage less than its floor of steps
         left = self.t_start + budget_s - time.monotonic()
         if need > 0.5 * budget_s or (step_s is not None and least_run_seconds(step_s, need) > left):
             need = report_plan["least"]
-        if step_s is not None and self.semi != "pseudo":  # self-training's round 1: round1_closing checks it
-            self.refuse_unless_least_run_fits(task, step_s)
         if step_s is not None:  # a stage planned now to train until the closing work (a later round may undo it)
             self.plan_closing(need)
         return need
@@ -582,17 +587,24 @@ class PipelineRun:
         probe, ft_step, per_image = self.time_fine_tuning()
         ft_eval = measure_eval_seconds(probe)
         self.closing(probe, ft_eval, per_test_image=per_image)  # the report_plan["least"] of the fine-tuning
-        calibration = calibration_seconds(ft_step, ft_eval, per_image, len(self.test_set))
-        # the words of what moco_s counts (pretrain_least_seconds): "5 steps ... and its kNN evaluation" said less
-        first = (f"MoCo pretraining's {FLOOR_STEPS + 1} steps at {step_s * 1000:.0f} ms (its floor of {FLOOR_STEPS} "
-                 f"and the one past its deadline), its kNN evaluation at the stop and its checkpoint writes and "
-                 f"export, then the fine-tuning's timing and ")
-        moco_s = pretrain_least_seconds(step_s, eval_s, n_params)
-        self.refuse_unless_least_run_fits(probe, ft_step, moco_s + calibration, first)
+
+        def calibration(ft_s: float) -> float:
+            return calibration_seconds(ft_s, ft_eval, per_image, len(self.test_set))
+
+        def before(moco_s: float, ft_s: float) -> float:  # MoCo's least run, then the fine-tuning's timing
+            return pretrain_least_seconds(moco_s, eval_s, n_params) + calibration(ft_s)
+
+        def first(moco_s: float, ft_s: float) -> str:
+            # the words of what before counts (pretrain_least_seconds): "5 steps ... and its kNN evaluation" said less
+            return (f"MoCo pretraining's {FLOOR_STEPS + 1} steps at {moco_s * 1000:.0f} ms (its floor of "
+                    f"{FLOOR_STEPS} and the one past its deadline), its kNN evaluation at the stop and its checkpoint "
+                    f"writes and export, then the fine-tuning's timing and ")
+
+        _, ft_step = self.refuse_unless_least_run_fits([(task, step_s), (probe, ft_step)], before, first)
         del probe  # its model sat on the device next to MoCo's for the whole stage
         free_device_memory(self.device)
         after_moco = self.t_start + self.budget_s - self.pre_end
-        fine_tuning = calibration + least_run_seconds(ft_step, self.report_plan["least"])
+        fine_tuning = calibration(ft_step) + least_run_seconds(ft_step, self.report_plan["least"])
         return max(0.0, pretrain_closing_seconds(eval_s, n_params) + fine_tuning - after_moco)
 
     def time_fine_tuning(self) -> tuple:
@@ -605,23 +617,64 @@ class PipelineRun:
         probe = SupervisedTask(fcfg, self.infos, self.device, self.ctx, resuming=True, quiet_weights=True)
         return probe, measure_step_seconds(probe), measure_prediction_seconds(probe, self.test_set.images)
 
-    def refuse_unless_least_run_fits(self, task, step_s: float, before_s: float = 0.0, first: str = "") -> None:
+    def refuse_unless_least_run_fits(self, timed: list, before=None, first=None) -> list[float]:
         """At the planning of the first stage this session trains (a fresh run): refuse, before any training,
         a budget that cannot hold even the least run (least_run_seconds), and remove what the run wrote.
-        ``before_s``: the least time of the work before the last stage (MoCo's, from its planning), ``first`` its
-        words for the error."""
+        ``timed``: [(task, its step seconds)], the last stage's last; ``before(*steps)``: the least time of the work
+        before the last stage (MoCo's, from its planning) at those speeds, ``first(*steps)`` its words for the
+        error. Returns the step speeds the check rests on: a timing that did not fit is timed again first
+        (steps_that_fit), and a faster one is what the stage plans with."""
+        steps = [step_s for _, step_s in timed]
         if self.resume or self.fit_seconds:  # a stage has trained (or a resumed run's time is spent): plan_stage warns
-            return
-        need = before_s + least_run_seconds(step_s, self.report_plan["least"])
-        used = time.monotonic() - self.t_start
-        if least_run_holds(need, self.budget_s - used):
-            return
+            return steps
+
+        def need(steps: list[float]) -> float:
+            return (before(*steps) if before else 0.0) + least_run_seconds(steps[-1], self.report_plan["least"])
+
+        steps = self.steps_that_fit(timed, need)
+        used = time.monotonic() - self.t_start  # the re-time's seconds count
+        if least_run_holds(need(steps), self.budget_s - used):
+            return steps
         cfg = self.cfg
-        error = too_short_budget_error(self.budget_s, used, need, step_s,
+        error = too_short_budget_error(self.budget_s, used, need(steps), steps[-1],
                                        f"{cfg['model']['name']} at {cfg['model']['img_size']}px",
-                                       self.least_run_hints(bool(before_s)), self.locked, first)
+                                       self.least_run_hints(bool(before)), self.locked,
+                                       first(*steps) if first else "")
         self.undo_start()
         raise error
+
+    def steps_that_fit(self, timed: list, need) -> list[float]:
+        """The step speeds of ``timed`` [(task, step seconds)] that the least-run refusal rests on: as timed where
+        the least run (``need(steps)``) fits the budget left, else each timed once more (retime_step_seconds) and
+        the faster kept, on its task too (``retimed_step_s``, for plan_stage): the start-up's timing of a few steps
+        can meet one busy moment of a shared machine (10-100x slow), and a run that fitted at the machine's own
+        speed was refused with nothing trained. Not re-timed where the least run cannot fit even at no time a step,
+        or one step at the fastest speed timed (measure_step_seconds' ``fastest_step_s``) would pass the deadline;
+        while one step is re-timed, the steps after it count no time, so that only what is known stops it."""
+        first = [step_s for _, step_s in timed]
+        steps = list(first)
+        if least_run_holds(need(steps), self.left_s()):
+            return steps
+        for i, (task, step_s) in enumerate(timed):
+            def fits(s: float, i: int = i) -> bool:
+                return least_run_holds(need(steps[:i] + [s] + [0.0] * (len(steps) - i - 1)), self.left_s())
+
+            if not fits(0.0) or min(step_s, getattr(task, "fastest_step_s", step_s)) > self.left_s():
+                break
+            steps[i] = retime_step_seconds(measure_step_seconds, task, step_s, fits, self.left_s)
+            if steps[i] < step_s:
+                task.retimed_step_s = steps[i]
+        if steps[-1] < first[-1]:  # refuse_if_hopeless's speed for a timing after this one: the faster seen
+            self.timed_step_s = min(steps[-1], self.timed_step_s or steps[-1])
+        if steps != first and least_run_holds(need(steps), self.left_s()):
+            print(f"[run] note: the step timing at start-up ({_step_words(first)}) left the budget no room for the "
+                  f"least run; timed again ({_step_words(steps)}) it fits, and the run plans at that speed (the "
+                  f"first timing met a busy moment)", flush=True)
+        return steps
+
+    def left_s(self) -> float:
+        """The seconds left of the run's budget now."""
+        return self.budget_s - (time.monotonic() - self.t_start)
 
     def least_run_hints(self, moco: bool) -> str:
         """The ways to a shorter least run besides a larger budget, for too_short_budget_error (``moco``: the MoCo
@@ -812,7 +865,7 @@ class PipelineRun:
                                   f"round{'s' if planned > 2 else ''} ({seconds_text(rest)}: labelling the pool, "
                                   f"calibration, 5 steps each, evaluations and the closing work)")
                 closing_s = self.closing(task, eval_s, per_test_image=per_image)  # the report now draws round 1 only
-                self.refuse_unless_least_run_fits(task, step_s)
+                self.refuse_unless_least_run_fits([(task, step_s)])  # a re-timed step: task.retimed_step_s
                 print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "
                       f"an error): {skip['why']}; round 1 trains until the closing work (about {closing_s:.0f} s) "
                       f"and predicts", flush=True)

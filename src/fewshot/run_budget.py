@@ -88,9 +88,40 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
             # the warm-up pays one-time costs and one timed step may have met a busy moment: neither proves the run
             # cannot fit, they only name a speed where the deadline passed before two steps were timed
             _check_budget(min(times) if len(times) >= 2 else None, min(times + [first]))
+    task.fastest_step_s = min(times)  # the least-run check's word on whether a re-time may fit (steps_that_fit)
     del model, opt, params, batch, loss  # every name that holds the copy's tensors (params: its weights and grads)
     free_device_memory(device)  # the copy's weights and gradients, held by the allocator for the stage's own
     return sorted(times)[len(times) // 2]
+
+
+class _RetimeStopped(Exception):
+    """retime_step_seconds' stop: the fastest step the re-time saw (``args[0]``) does not fit the least run either."""
+
+
+def retime_step_seconds(measure, task, step_s: float, fits, left) -> float:
+    """The step timed once more where the least run did not fit at the first timing's speed (``step_s``): on a
+    shared machine a timing can meet one busy moment (25..3644 ms for one model; 1728 ms timed, ~100 ms trained),
+    and a small budget was refused before any training where the machine's own speed fitted it. Returns the faster
+    of the two medians (the slower may be the busy moment). ``fits(step_s)``: whether the least run fits the budget
+    left at a step speed; ``left()``: the seconds left. After its warm-up (which pays one-time costs) the re-time
+    stops where another step at the fastest speed it saw would pass the deadline, and from its first timed step
+    on where even that speed does not fit the least run (then returned): on a slow machine it ends after two
+    steps, not past the deadline. ``measure``: measure_step_seconds as the caller looks it up (tests fake it)."""
+    steps_seen = []
+
+    def check(timed: float | None, provisional: float | None) -> None:
+        if provisional is None:  # before the first step
+            return
+        steps_seen.append(provisional)  # provisional: the fastest step yet (the warm-up included), <= timed
+        if provisional > left() or (len(steps_seen) > 1 and not fits(provisional)):
+            raise _RetimeStopped(provisional)
+
+    try:
+        with stop_timing_when(check):  # the innermost check: the run's own (refuse_if_hopeless) waits for the result
+            again = measure(task)
+    except _RetimeStopped as stopped:
+        again = stopped.args[0]
+    return min(step_s, again)
 
 
 def trained_speeds(log_path, passes: int = 1) -> tuple[float | None, float | None]:

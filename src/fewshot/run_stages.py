@@ -36,10 +36,13 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     eval_s = measure_eval_seconds(task)
     steps = len(task.plan_epoch(0))
     training_eval_s = eval_s * eval_passes(task, cfg)
+    after = closing(task, eval_s, step_s) if closing is not None else 0.0
+    # a timing that met a busy moment, timed again by the run's least-run check (PipelineRun.steps_that_fit): the
+    # stage plans at the faster speed, its evaluation interval too
+    step_s = getattr(task, "retimed_step_s", None) or step_s
     every = max(1, int(round(10 * training_eval_s / max(step_s * steps, 1e-6))))
     section, key = every_field
     cfg[section][key] = task.eval_every = every
-    after = closing(task, eval_s, step_s) if closing is not None else 0.0
     # at least a few steps, even when the budget is already spent (the run then reports the overrun); the Engine
     # looks at its deadline after each step, so the last one ends up to a step after it: kept back here
     left = end_time - after - time.monotonic() - step_s
