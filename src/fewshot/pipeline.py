@@ -31,7 +31,7 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_
                                 calibration_seconds, eval_passes, figure_seconds, free_device_memory,
                                 hopeless_budget_error, later_rounds_seconds, least_run_holds, least_run_seconds,
                                 measure_eval_seconds, measure_prediction_seconds, measure_step_seconds,
-                                pretrain_closing_seconds, pretrain_least_seconds, report_seconds, retime_step_seconds,
+                                pretrain_closing_seconds, pretrain_least_seconds, report_seconds, retimed_steps,
                                 round1_leaves, stop_timing_when, time_holds, too_short_budget_error)
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.run_pseudo import LABEL_SHARE, pool_decode_limit, precision_cap, pseudo_label_pool, recorded_pseudo_labels
@@ -74,6 +74,21 @@ FROM_WEIGHTS_FILE = ("model.width", "model.small_stem")
 def _step_words(steps: list[float]) -> str:
     """Step speeds in words: "20000 ms a step", "4000 and 30 ms a step" (MoCo's, then the fine-tuning's)."""
     return f"{' and '.join(f'{s * 1000:.0f}' for s in steps)} ms a step"
+
+
+def round1_retimed(run, task, step_s: float, need) -> float:
+    """Round 1's step speed where self-training's later rounds and round 1's own least run (``need([step_s])``) do
+    not fit the time left at its timing (``step_s``, PipelineRun.round1_closing): timed once more and the faster
+    kept (retimed_steps, as the least-run refusal does), on the task too (retimed_step_s: round 1 plans at it). A
+    timing that met one busy moment of a shared machine (10-100x slow) skipped the later rounds, self-training's
+    gain, of a run that held them at the machine's own speed; a truly slow machine still skips them."""
+    faster = retimed_steps(measure_step_seconds, [(task, step_s)], need, lambda: run.last_end - time.monotonic(),
+                           least_run_holds)[0]
+    if faster < step_s:
+        run.keep_faster([step_s], [faster], time_holds(need([faster]), run.last_end - time.monotonic()),
+                        "at round 1's planning ({}) left no room for self-training's later rounds; timed again ({}) "
+                        "they fit, and round 1 plans at that speed")
+    return faster
 
 
 def note_run_rechosen(cfg: dict, rechosen: dict | None, semi: str) -> None:
@@ -644,33 +659,25 @@ class PipelineRun:
         raise error
 
     def steps_that_fit(self, timed: list, need) -> list[float]:
-        """The step speeds of ``timed`` [(task, step seconds)] that the least-run refusal rests on: as timed where
-        the least run (``need(steps)``) fits the budget left, else each timed once more (retime_step_seconds) and
-        the faster kept, on its task too (``retimed_step_s``, for plan_stage): the start-up's timing of a few steps
-        can meet one busy moment of a shared machine (10-100x slow), and a run that fitted at the machine's own
-        speed was refused with nothing trained. Not re-timed where the least run cannot fit even at no time a step,
-        or one step at the fastest speed timed (measure_step_seconds' ``fastest_step_s``) would pass the deadline;
-        while one step is re-timed, the steps after it count no time, so that only what is known stops it."""
+        """The step speeds of ``timed`` [(task, step seconds)] that the least-run refusal rests on (``need(steps)``
+        its seconds): where the least run does not fit at the start-up's timing, each step timed once more and the
+        faster kept (retimed_steps): that timing of a few steps can meet one busy moment of a shared machine."""
         first = [step_s for _, step_s in timed]
-        steps = list(first)
-        if least_run_holds(need(steps), self.left_s()):
-            return steps
-        for i, (task, step_s) in enumerate(timed):
-            def fits(s: float, i: int = i) -> bool:
-                return least_run_holds(need(steps[:i] + [s] + [0.0] * (len(steps) - i - 1)), self.left_s())
+        steps = retimed_steps(measure_step_seconds, timed, need, self.left_s, least_run_holds)
+        self.keep_faster(first, steps, least_run_holds(need(steps), self.left_s()),
+                         "at start-up ({}) left the budget no room for the least run; timed again ({}) it fits, and "
+                         "the run plans at that speed")
+        return steps
 
-            if not fits(0.0) or min(step_s, getattr(task, "fastest_step_s", step_s)) > self.left_s():
-                break
-            steps[i] = retime_step_seconds(measure_step_seconds, task, step_s, fits, self.left_s)
-            if steps[i] < step_s:
-                task.retimed_step_s = steps[i]
+    def keep_faster(self, first: list[float], steps: list[float], fits: bool, words: str) -> None:
+        """A faster re-time (``steps``, of the timing ``first``) kept: refuse_if_hopeless's speed for a timing after
+        this one, and, where the work now fits (``fits``), a note that says why the run plans at it (``words``:
+        where the two speeds go, the first timing's first)."""
         if steps[-1] < first[-1]:  # refuse_if_hopeless's speed for a timing after this one: the faster seen
             self.timed_step_s = min(steps[-1], self.timed_step_s or steps[-1])
-        if steps != first and least_run_holds(need(steps), self.left_s()):
-            print(f"[run] note: the step timing at start-up ({_step_words(first)}) left the budget no room for the "
-                  f"least run; timed again ({_step_words(steps)}) it fits, and the run plans at that speed (the "
-                  f"first timing met a busy moment)", flush=True)
-        return steps
+        if steps != first and fits:
+            print(f"[run] note: the step timing {words.format(_step_words(first), _step_words(steps))} (the first "
+                  f"timing met a busy moment)", flush=True)
 
     def left_s(self) -> float:
         """The seconds left of the run's budget now."""
@@ -840,20 +847,30 @@ class PipelineRun:
     def round1_closing(self, task, eval_s: float, step_s: float | None = None) -> float:
         """Round 1 ends at its share of the time, but no later than leaves the later rounds, the pool's
         labelling and the closing work their least time (after_round1_seconds); when even round 1's floor
-        does not leave them that, they are skipped and round 1 trains until the closing work."""
+        does not leave them that, they are skipped and round 1 trains until the closing work. A step timing that
+        skips them is timed once more first (round1_retimed), and the decision rests on the faster."""
         skip, rounds = self.skip, self.rounds
         resumed = step_s is None  # finetune_stage's call for a round continued from its last.pt (plan_stage's: timed)
         step_s = measure_step_seconds(task) if step_s is None else step_s  # a resumed round 1: not measured
-        # kept as plan_stage keeps its timings: the check before round 2 (round_speeds) timed a resumed round again
-        task.step_s, task.eval_s = getattr(task, "step_s", None) or step_s, getattr(task, "eval_s", None) or eval_s
         per_image = measure_prediction_seconds(task, self.test_set.images)  # the pool is labelled at this speed
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
-        rest = after_round1_seconds(step_s, eval_s, per_image, self.n_unlabeled, rounds, closing_s,
-                                    eval_passes(task) + 1)
-        left = self.last_end - time.monotonic()
+        evals = eval_passes(task) + 1
+
+        def rest_at(s: float) -> float:  # the later rounds' least time, from round 1's last step on, at s a step
+            return after_round1_seconds(s, eval_s, per_image, self.n_unlabeled, rounds, closing_s, evals)
+
+        def need(steps: list[float]) -> float:  # the rest and round 1's own least run (own), as compared below
+            return rest_at(steps[0]) + 5 * steps[0] + eval_s
+
+        decides = skip["skipped_from"] != 2 and self.state.status("finetune") is None  # the skip below may come
+        if decides and not time_holds(need([step_s]), self.last_end - time.monotonic()):
+            step_s = round1_retimed(self, task, step_s, need)
+        # kept as plan_stage keeps its timings: the check before round 2 (round_speeds) timed a resumed round again
+        task.step_s, task.eval_s = getattr(task, "step_s", None) or step_s, getattr(task, "eval_s", None) or eval_s
+        rest = rest_at(step_s)
+        left = self.last_end - time.monotonic()  # after a re-time: its seconds count
         own = 5 * step_s + eval_s  # round 1's own least run: what it trains before the later rounds' time
-        if skip["skipped_from"] == 2 or (not time_holds(rest + own, left)
-                                         and self.state.status("finetune") is None):
+        if skip["skipped_from"] == 2 or (decides and not time_holds(rest + own, left)):
             if skip["skipped_from"] != 2:
                 planned = rounds
                 # the sum compared, not the later rounds' part alone: "47 s were left ... the later round needs

@@ -124,6 +124,34 @@ def retime_step_seconds(measure, task, step_s: float, fits, left) -> float:
     return min(step_s, again)
 
 
+def retimed_steps(measure, timed: list, need, left, holds) -> list[float]:
+    """The step speeds of ``timed`` [(task, step seconds)] that a check of the time left rests on (the least-run
+    refusal, self-training's skip of its later rounds): as timed where ``holds(need(steps), left())``, else each timed
+    once more (retime_step_seconds) and the faster kept, on its task too (``retimed_step_s``, for plan_stage): a
+    timing of a few steps can meet one busy moment of a shared machine (10-100x slow), and a run that fitted at the
+    machine's own speed was refused with nothing trained, or lost its later rounds. Not re-timed where ``need``
+    cannot fit even at no time a step, or one step at the fastest speed timed (measure_step_seconds'
+    ``fastest_step_s``) would pass the deadline, nor a task timed twice already (``retimed``: a third timing of a
+    slow machine only spends its time); while one step is re-timed, the steps after it count no time, so that only
+    what is known stops it. ``measure``: measure_step_seconds as the caller looks it up (tests fake it)."""
+    steps = [step_s for _, step_s in timed]
+    if holds(need(steps), left()):
+        return steps
+    for i, (task, step_s) in enumerate(timed):
+        def fits(s: float, i: int = i) -> bool:
+            return holds(need(steps[:i] + [s] + [0.0] * (len(steps) - i - 1)), left())
+
+        if not fits(0.0) or min(step_s, getattr(task, "fastest_step_s", step_s)) > left():
+            break
+        if getattr(task, "retimed", False):
+            continue
+        steps[i] = retime_step_seconds(measure, task, step_s, fits, left)
+        task.retimed = True
+        if steps[i] < step_s:
+            task.retimed_step_s = steps[i]
+    return steps
+
+
 def trained_speeds(log_path, passes: int = 1) -> tuple[float | None, float | None]:
     """A trained stage's own speeds from its log.jsonl: seconds per training step as it ended (its last epochs' step
     time over their steps, the epochs that hold the last quarter of its steps at least: a machine that got busy

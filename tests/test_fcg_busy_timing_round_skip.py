@@ -1,0 +1,150 @@
+"""Self-training's later rounds rest on more than one busy moment: round 1's planning times a few training steps, and
+on a shared machine that timing can be 10-100x slow. Where the later rounds and round 1's own least run did not fit
+the time left at that speed, round 2 was skipped for the whole run (self-training's gain lost) although the machine
+held it at its own speed. Now that timing is timed once more (retimed_steps, as the least-run refusal does), the
+decision, the later rounds' time and round 1's cut rest on the faster, the re-time's seconds counted; a machine that
+is truly slow still skips with the same words.
+
+A fake clock (each training step moves it on) and a fixed closing estimate, as in test_fcf_busy_timing_refusal: the
+run is stopped where round 1 would start training, so each test reads the plan and the decision, not the clock."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+from fewshot.config import resolve
+from fewshot.train.supervised import SupervisedTask
+from helpers.run_patch import patch_run
+
+
+class Planned(Exception):
+    """Raised where a stage would start training: the plan is what the test reads."""
+
+
+def _cfg(root, **flags) -> dict:
+    return resolve(flags={"data.root": str(root), "model.name": "test_resnet", "model.img_size": 16,
+                          "train.device": "cpu", "train.progress": False, "train.batch_size": 16, "run.report": False,
+                          "run.semi_method": "pseudo", **flags})
+
+
+def _stop_at_training(monkeypatch) -> dict:
+    """Engine.fit raises Planned(the stage's folder name); the returned dict holds the plan it was given."""
+    from fewshot.train import engine
+
+    plan = {}
+
+    def fit(self, resume=False):
+        plan.update(step_s=self.task.step_s, stage_s=60 * float(self.cfg["train"]["budget_minutes"]))
+        raise Planned()
+
+    monkeypatch.setattr(engine.Engine, "fit", fit)
+    return plan
+
+
+def _fake_clock(monkeypatch, step_s: list[float]) -> dict:
+    """The run modules' and run_budget's clocks read ``clock["t"]``, which each training step moves on by the next of
+    ``step_s`` (the last one from there on); ``clock["steps"]`` counts the steps (the timings': the Engine's are
+    stopped before they run). Evaluations and predictions take no time: the closing work is fixed (_fixed_closing)."""
+    import fewshot.run_budget as run_budget
+
+    clock = {"t": 0.0, "steps": 0}
+    fake = types.SimpleNamespace(monotonic=lambda: clock["t"], perf_counter=lambda: clock["t"])
+    patch_run(monkeypatch, "time", fake)
+    monkeypatch.setattr(run_budget, "time", fake)
+    step = SupervisedTask.training_step
+
+    def training_step(self, model, batch):
+        clock["t"] += step_s[min(clock["steps"], len(step_s) - 1)]
+        clock["steps"] += 1
+        return step(self, model, batch)
+
+    monkeypatch.setattr(SupervisedTask, "training_step", training_step)
+    return clock
+
+
+def _fixed_closing(monkeypatch, seconds: float) -> None:
+    import fewshot.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "closing_seconds", lambda *a, **kw: seconds)
+
+
+def _self_training(out) -> dict:
+    return json.loads((out / "run_state.json").read_text())["self_training"]
+
+
+def test_a_busy_first_timing_of_round_1_is_timed_again_and_round_2_is_kept(digits_root, tmp_path, monkeypatch,
+                                                                           capsys, real_time_holds,
+                                                                           real_least_run_holds):
+    """Round 1 timed at 3 s a step (a 3 s warm-up, then 1, 3 and 3 s) in 24 s: the later round and round 1's least
+    run need 44.4 s (14 steps and 2.36 s of closing work), 14 s are left: round 2 was skipped. Timed again (a 1 s
+    warm-up, then 10 ms steps) they need 2.5 s: round 2 is kept, and round 1 plans at 10 ms a step from the clock
+    after the re-time (11.03 s), ending where the later round's time at that speed and its margin are left."""
+    import fewshot.pipeline as pipeline
+    from fewshot.run_budget import ROUND1_MARGIN
+
+    clock = _fake_clock(monkeypatch, [3.0, 1.0, 3.0, 3.0, 1.0, 0.01])
+    _fixed_closing(monkeypatch, 2.0)  # + 1.5 % of the 24 s budget: 2.36 s
+    plan = _stop_at_training(monkeypatch)
+    out = tmp_path / "r"
+    with pytest.raises(Planned):
+        pipeline.run_pipeline(_cfg(digits_root, **{"run.pseudo_share": 0.95}), out, 0.4, started=0.0)
+    stdout = capsys.readouterr().out
+    assert "skipped" not in stdout, stdout
+    assert _self_training(out)["skipped_from"] is None and _self_training(out)["rounds"] == 2
+    assert clock["steps"] == 8 and clock["t"] == pytest.approx(11.03)
+    assert plan["step_s"] == pytest.approx(0.01)
+    assert "the step timing at round 1's planning (3000 ms a step) left no room for self-training's later rounds; " \
+           "timed again (10 ms a step) they fit" in stdout
+    # round 1's cut at 10 ms a step: the later round's 9 steps and the closing work, and its margin
+    rest = 9 * 0.01 + 2.36
+    leaves = rest * (1 + ROUND1_MARGIN)
+    labelled_end = 0.95 * (24.0 - 0.03 * 24.0)  # run.pseudo_share of the stages' time (the reserve kept back)
+    cut = labelled_end - (24.0 - leaves)
+    assert f"round 1 ends {cut:.0f} s before its share" in stdout
+    assert plan["stage_s"] == pytest.approx(labelled_end - cut - 11.03 - 0.01)
+
+
+def test_a_slow_re_time_still_skips_round_2_with_the_same_words(digits_root, tmp_path, monkeypatch, capsys,
+                                                                 real_time_holds, real_least_run_holds):
+    """A machine that is truly slow (4 s steps but one) in 60 s: 47 s left, the later round and round 1's least run
+    need 58.9 s. The re-time stops after its warm-up and a timed step (no faster), and round 2 is skipped as it was,
+    with the re-time's 8 s counted ("about 39 s were left", not 47); round 1's own least run fits: no refusal."""
+    import fewshot.pipeline as pipeline
+
+    clock = _fake_clock(monkeypatch, [4.0, 1.0, 4.0, 4.0, 4.0])
+    _fixed_closing(monkeypatch, 2.0)  # + 1.5 % of the 60 s budget: 2.9 s
+    plan = _stop_at_training(monkeypatch)
+    out = tmp_path / "r"
+    with pytest.raises(Planned):
+        pipeline.run_pipeline(_cfg(digits_root), out, 1.0, started=0.0)
+    stdout = capsys.readouterr().out
+    assert clock["steps"] == 6  # the first timing's 4 and two of the re-time
+    assert _self_training(out)["skipped_from"] == 2
+    assert "self-training's round 2 skipped (planned, not an error): about 39 s were left for round 1 and what " \
+           "follows it, less than they need at the measured speed (about 59 s)" in stdout, stdout
+    assert "timed again" not in stdout
+    assert plan["step_s"] == pytest.approx(4.0)
+
+
+def test_a_skip_then_refused_times_the_step_twice_not_three_times(digits_root, tmp_path, monkeypatch, capsys,
+                                                                   real_time_holds, real_least_run_holds):
+    """3 s steps but one in 24 s: the skip's re-time (a warm-up and a step, no faster) is the one the least-run
+    refusal after it rests on too (the task's ``retimed``): refused as without self-training, its 6 s counted
+    ("took 16 s"), not after a third timing of the slow machine (22 s)."""
+    import fewshot.pipeline as pipeline
+    from fewshot.errors import UserError
+
+    clock = _fake_clock(monkeypatch, [3.0, 1.0, 3.0, 3.0, 3.0])
+    _fixed_closing(monkeypatch, 2.0)
+    _stop_at_training(monkeypatch)
+    out = tmp_path / "r"
+    with pytest.raises(UserError) as caught:
+        pipeline.run_pipeline(_cfg(digits_root), out, 0.4, started=0.0)
+    text = str(caught.value)
+    assert clock["steps"] == 6  # the first timing's 4 and two of the re-time
+    assert "6 training steps at 3000 ms: its floor and the one past its deadline" in text
+    assert "the timing of the speeds took 16 s" in text
+    assert not out.exists()
