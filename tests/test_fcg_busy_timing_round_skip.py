@@ -148,3 +148,57 @@ def test_a_skip_then_refused_times_the_step_twice_not_three_times(digits_root, t
     assert "6 training steps at 3000 ms: its floor and the one past its deadline" in text
     assert "the timing of the speeds took 16 s" in text
     assert not out.exists()
+
+
+def _round2_planning(monkeypatch, retimed_s: float):
+    """Round 2's planning hook (later_round_closing) on a stand-in run with 20 s left, its own step timing to be
+    given by the caller; a re-time (measure_step_seconds) takes 0.2 s on the clock and gives ``retimed_s``."""
+    from types import SimpleNamespace
+
+    from fewshot import pipeline
+
+    clock = [1000.0]
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda *a, **k: 0.001)
+    timed = []
+
+    def measure(task, *a, **k):
+        timed.append(task)
+        clock[0] += 0.2
+        return retimed_s
+
+    monkeypatch.setattr(pipeline, "measure_step_seconds", measure)
+    skip = {"rounds": 2, "skipped_from": None}
+    run = SimpleNamespace(skip=skip, rounds=2, last_end=clock[0] + 20.0, test_set=SimpleNamespace(images=None),
+                          closing=lambda *a, **k: 5.0, timed_step_s=None,
+                          decide=lambda rounds, frm, why: skip.update(skipped_from=frm, why=why))
+    run.keep_faster = lambda *a: pipeline.PipelineRun.keep_faster(run, *a)
+    run.later_round_retimed = lambda *a: pipeline.PipelineRun.later_round_retimed(run, *a)
+    return pipeline.PipelineRun.later_round_closing(run, 2), skip, timed
+
+
+def test_a_busy_timing_of_round_2_is_timed_again_and_the_round_kept(monkeypatch, capsys, real_least_run_holds):
+    """Round 2's own timing at its planning (3 s a step: its least run of 6 steps and 5 s of closing work needs 23 s,
+    20 s are left) skipped it after round 1 had trained its share: self-training's gain lost, the time unused. Timed
+    again (10 ms a step) it fits: the round plans at that speed, with a note."""
+    from types import SimpleNamespace
+
+    closing, skip, timed = _round2_planning(monkeypatch, retimed_s=0.01)
+    task = SimpleNamespace()
+    assert closing(task, 1.0, 3.0) == 5.0  # the last round's closing work: it trains until then
+    assert len(timed) == 1 and task.retimed_step_s == 0.01 and skip["skipped_from"] is None
+    assert "at round 2's planning (3000 ms a step)" in capsys.readouterr().out
+
+
+def test_a_slow_re_time_of_round_2_still_skips_it_with_the_same_words(monkeypatch, capsys, real_least_run_holds):
+    """A machine that is slow on the re-time too (3 s a step again) skips round 2 as before, once timed again."""
+    from types import SimpleNamespace
+
+    from fewshot.pipeline import LaterRoundSkipped
+
+    closing, skip, timed = _round2_planning(monkeypatch, retimed_s=3.0)
+    with pytest.raises(LaterRoundSkipped):
+        closing(SimpleNamespace(), 1.0, 3.0)
+    assert len(timed) == 1 and skip["skipped_from"] == 2
+    assert "when round 2 was planned, and its least run needs" in skip["why"] and "at 3000 ms" in skip["why"]
+    assert "predicting with round 1" in capsys.readouterr().out

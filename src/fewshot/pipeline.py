@@ -950,6 +950,23 @@ class PipelineRun:
             self.keep(f"finetune_round{k}", {"epochs": task.epochs_run, "pseudo_labels": pseudo["summary"],
                                              "val_mean_acc1": round_metrics.get("mean_acc1")}, task.fit_seconds)
 
+    def later_round_retimed(self, task, step_s: float, closing_s: float, k: int) -> float:
+        """Round ``k``'s step speed where its least run does not fit the time left at its timing (``step_s``,
+        later_round_closing): timed once more and the faster kept (retimed_steps, on the task for plan_stage). A
+        timing that met one busy moment skipped round 2 after round 1 had trained its share: self-training's gain
+        lost and the rest of the budget unused."""
+        def need(steps: list[float]) -> float:
+            return least_run_seconds(steps[0], closing_s)
+
+        def left() -> float:
+            return self.last_end - time.monotonic()
+
+        faster = retimed_steps(measure_step_seconds, [(task, step_s)], need, left, least_run_holds)[0]
+        self.keep_faster([step_s], [faster], least_run_holds(need([faster]), left()),
+                         f"at round {k}'s planning ({{}}) left no room for its least run; timed again ({{}}) it fits, "
+                         f"and the round plans at that speed")
+        return faster
+
     def later_round_closing(self, k: int):
         """plan_stage's hook of round ``k`` (2 on), with the speeds measured for it: the round is optional (round
         k - 1's model can already predict), so where its least run (least_run_seconds: 5 steps, the step past the
@@ -967,6 +984,9 @@ class PipelineRun:
                     self.warn_if_resumed_late("finetune", need, task)
                 return need if last else 0.0
             least, left = least_run_seconds(step_s, need), self.last_end - time.monotonic()
+            if not least_run_holds(least, left):  # a timing that met a busy moment: timed once more, the faster kept
+                step_s = self.later_round_retimed(task, step_s, need, k)
+                least, left = least_run_seconds(step_s, need), self.last_end - time.monotonic()
             if least_run_holds(least, left):
                 return need if last else 0.0
             left_s, need_s = seconds_apart(left, least)
