@@ -76,16 +76,16 @@ def test_a_busy_first_timing_is_timed_again_and_the_run_predicts(digits_root, tm
                                                                  real_least_run_holds):
     """A busy moment over the start-up's timing: 20 s a step its median (one timed step fast), the machine's own
     speed after it, in 0.1 minutes: refused before any training (6 steps at 20 s); now timed again, the run trains
-    and predicts."""
+    and predicts. The re-time gives 10 ms a step, not this machine's speed (review rev49: on a loaded machine the
+    real re-time measured 2 s a step and refused the run)."""
     import fewshot.pipeline as pipeline
-    import fewshot.run_budget as run_budget
 
     calls = []
 
     def busy_once(task, *args, **kwargs):
         calls.append(task)
         if len(calls) > 1:
-            return run_budget.measure_step_seconds(task, *args, **kwargs)
+            return 0.01
         task.fastest_step_s = 0.01  # as measure_step_seconds keeps it: a re-time can fit before the deadline
         return 20.0
 
@@ -184,3 +184,32 @@ def test_moco_s_least_run_check_times_a_busy_step_again(digits_root, tmp_path, m
     assert seen.count(busy) == 2
     assert plan["step_s"] == pytest.approx(0.01)
     assert "left the budget no room for the least run; timed again" in capsys.readouterr().out
+
+
+def test_a_stage_whose_floor_does_not_fit_its_busy_timing_is_timed_again(monkeypatch, capsys):
+    """Review rev49: a stage planned after a first one has trained (no refusal then) whose own timing met a busy
+    moment (20 s a step: its floor of 5 steps and the step past its deadline need 120 s, 30 s are left) was planned
+    at that floor, 100 s of training, which _extend_cap then filled at the machine's own speed: a run 100 s late.
+    Timed again (10 ms), the stage plans the time it has; a slow re-time leaves the floor's warning as it was."""
+    import time
+    from types import SimpleNamespace
+
+    import fewshot.run_stages as run_stages
+    from helpers.tiny import finetune_cfg
+
+    for again, expect_s in ((0.01, 30.0), (20.0, 100.0)):
+        timed = []
+
+        def measure(task, *a, again=again, **kw):
+            timed.append(task)
+            return 20.0 if len(timed) == 1 else again
+
+        with monkeypatch.context() as mp:
+            patch_run(mp, "measure_step_seconds", measure)
+            patch_run(mp, "measure_eval_seconds", lambda task, *a, **kw: 0.001)
+            cfg = finetune_cfg("unused")
+            task = SimpleNamespace(plan_epoch=lambda epoch: [0] * 5, fastest_step_s=0.01)
+            step_s, _, budget_s = run_stages.plan_stage(task, cfg, time.monotonic() + 30.0, 1, ("train", "eval_every"))
+        assert len(timed) == 2 and step_s == again
+        assert budget_s == pytest.approx(expect_s, abs=0.5), (again, budget_s)
+    assert "does not fit" in capsys.readouterr().out  # the slow re-time's floor warning

@@ -19,7 +19,7 @@ from fewshot.config import CHOSEN, note_chosen, save_yaml
 from fewshot.data.cache import default_cache_dir, ensure_writable_dir
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, measure_eval_seconds, measure_step_seconds,
-                                plan_epochs, trained_speeds)
+                                plan_epochs, retimed_steps, trained_speeds)
 from fewshot.run_words import made_of, min_epochs_warning, overrun_warning, seconds_text, stage_plan_words
 from fewshot.utils import loads_run_json, seed_everything
 
@@ -40,6 +40,7 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     # a timing that met a busy moment, timed again by the run's least-run check (PipelineRun.steps_that_fit): the
     # stage plans at the faster speed, its evaluation interval too
     step_s = getattr(task, "retimed_step_s", None) or step_s
+    step_s = floor_retimed(task, step_s, end_time - after)
     every = max(1, int(round(10 * training_eval_s / max(step_s * steps, 1e-6))))
     section, key = every_field
     cfg[section][key] = task.eval_every = every
@@ -66,6 +67,21 @@ def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: t
     if min_epochs > 1 and fits < min_epochs and floor <= left:
         print(min_epochs_warning(min_epochs, fits, budget_s, step_s, steps, resumed), flush=True)
     return step_s, fits, budget_s
+
+
+def floor_retimed(task, step_s: float, ends: float) -> float:
+    """The stage's step speed where its floor of steps and the step past its deadline do not fit before ``ends``
+    (time.monotonic(): its end, the work after it kept back) at its timing: timed once more and the faster kept
+    (retimed_steps; not a task timed twice already). At the floor the stage's time is its steps at the timed speed,
+    and a timing that met a busy moment (20 s a step timed, 10 ms trained) gave a later stage 100 s of a 30 s run,
+    which it trained to the end at the machine's own speed (review rev49)."""
+    def need(steps: list[float]) -> float:
+        return (FLOOR_STEPS + 1) * steps[0]
+
+    def left() -> float:
+        return ends - time.monotonic()
+
+    return retimed_steps(measure_step_seconds, [(task, step_s)], need, left, lambda need_s, left_s: need_s <= left_s)[0]
 
 
 def labelled_only_round(task) -> dict:
