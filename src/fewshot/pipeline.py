@@ -863,7 +863,7 @@ class PipelineRun:
             return rest_at(steps[0]) + 5 * steps[0] + eval_s
 
         decides = skip["skipped_from"] != 2 and self.state.status("finetune") is None  # the skip below may come
-        if decides and not time_holds(need([step_s]), self.last_end - time.monotonic()):
+        if decides and not resumed and not time_holds(need([step_s]), self.last_end - time.monotonic()):
             step_s = round1_retimed(self, task, step_s, need)
         # kept as plan_stage keeps its timings: the check before round 2 (round_speeds) timed a resumed round again
         task.step_s, task.eval_s = getattr(task, "step_s", None) or step_s, getattr(task, "eval_s", None) or eval_s
@@ -978,15 +978,18 @@ class PipelineRun:
 
         def closing(task, eval_s: float, step_s: float | None = None) -> float:
             per_image = measure_prediction_seconds(task, self.test_set.images)
+            least_closing = self.report_plan.get("least") or 0.0  # the closing work without the report's images
+            if step_s is not None and not least_run_holds(least_run_seconds(step_s, least_closing),
+                                                          self.last_end - time.monotonic()):
+                # a timing that met a busy moment: timed once more and the faster kept, before closing() decides
+                # from it whether the report keeps its images (review rev50)
+                step_s = self.later_round_retimed(task, step_s, least_closing, k)
             need = self.closing(task, eval_s, step_s, per_image)
             if step_s is None:  # a resumed round continues: it began before the stop
                 if last:
                     self.warn_if_resumed_late("finetune", need, task)
                 return need if last else 0.0
             least, left = least_run_seconds(step_s, need), self.last_end - time.monotonic()
-            if not least_run_holds(least, left):  # a timing that met a busy moment: timed once more, the faster kept
-                step_s = self.later_round_retimed(task, step_s, need, k)
-                least, left = least_run_seconds(step_s, need), self.last_end - time.monotonic()
             if least_run_holds(least, left):
                 return need if last else 0.0
             left_s, need_s = seconds_apart(left, least)

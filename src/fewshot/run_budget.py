@@ -95,7 +95,7 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
 
 
 class _RetimeStopped(Exception):
-    """retime_step_seconds' stop: the fastest step the re-time saw (``args[0]``) does not fit the least run either."""
+    """retime_step_seconds' stop: the fastest step the re-time saw does not fit the least run either."""
 
 
 def retime_step_seconds(measure, task, step_s: float, fits, left) -> float:
@@ -105,8 +105,9 @@ def retime_step_seconds(measure, task, step_s: float, fits, left) -> float:
     of the two medians (the slower may be the busy moment). ``fits(step_s)``: whether the least run fits the budget
     left at a step speed; ``left()``: the seconds left. After its warm-up (which pays one-time costs) the re-time
     stops where another step at the fastest speed it saw would pass the deadline, and from its first timed step
-    on where even that speed does not fit the least run (then returned): on a slow machine it ends after two
-    steps, not past the deadline. ``measure``: measure_step_seconds as the caller looks it up (tests fake it)."""
+    on where even that speed does not fit the least run: on a slow machine it ends after two steps, not past the
+    deadline, and ``step_s`` stands (the fastest single step seen, the warm-up's perhaps, is no median to plan
+    with or to quote: reviews rev49, rev50). ``measure``: measure_step_seconds as the caller looks it up."""
     steps_seen = []
 
     def check(timed: float | None, provisional: float | None) -> None:
@@ -119,8 +120,8 @@ def retime_step_seconds(measure, task, step_s: float, fits, left) -> float:
     try:
         with stop_timing_when(check):  # the innermost check: the run's own (refuse_if_hopeless) waits for the result
             again = measure(task)
-    except _RetimeStopped as stopped:
-        again = stopped.args[0]
+    except _RetimeStopped:  # not even the fastest step seen fits: the decision is the first timing's
+        again = step_s
     return min(step_s, again)
 
 
