@@ -213,3 +213,26 @@ def test_a_stage_whose_floor_does_not_fit_its_busy_timing_is_timed_again(monkeyp
         assert len(timed) == 2 and step_s == again
         assert budget_s == pytest.approx(expect_s, abs=0.5), (again, budget_s)
     assert "does not fit" in capsys.readouterr().out  # the slow re-time's floor warning
+
+
+def test_the_floor_re_time_keeps_the_work_after_the_stage_back(monkeypatch):
+    """Review rev51: the floor is judged against the stage's end less the work after it (the closing hook's 10 s):
+    4 s a step timed (6 steps: 24 s) fits the 30 s to the run's end but not the 20 s before its closing work."""
+    import time
+    from types import SimpleNamespace
+
+    import fewshot.run_stages as run_stages
+    from helpers.tiny import finetune_cfg
+
+    timed = []
+
+    def measure(task, *a, **kw):
+        timed.append(task)
+        return 4.0 if len(timed) == 1 else 0.01
+
+    patch_run(monkeypatch, "measure_step_seconds", measure)
+    patch_run(monkeypatch, "measure_eval_seconds", lambda task, *a, **kw: 0.001)
+    task = SimpleNamespace(plan_epoch=lambda epoch: [0] * 5, fastest_step_s=0.01)
+    step_s, _, budget_s = run_stages.plan_stage(task, finetune_cfg("unused"), time.monotonic() + 30.0, 1,
+                                                ("train", "eval_every"), closing=lambda task, eval_s, step_s: 10.0)
+    assert len(timed) == 2 and step_s == 0.01 and budget_s == pytest.approx(20.0, abs=0.5)

@@ -191,8 +191,8 @@ def test_a_busy_timing_of_round_2_is_timed_again_and_the_round_kept(monkeypatch,
     closing, skip, timed = _round2_planning(monkeypatch, retimed_s=0.01)
     task = SimpleNamespace()
     assert closing(task, 1.0, 3.0) == 5.0  # the last round's closing work: it trains until then
-    # timed again before closing() decides from the speed whether the report keeps its images (review rev50)
-    assert timed == [task, ("closing", 0.01)] and task.retimed_step_s == 0.01 and skip["skipped_from"] is None
+    # (the real closing() re-times first where all of its work does not fit: the next test but one)
+    assert timed == [("closing", 3.0), task] and task.retimed_step_s == 0.01 and skip["skipped_from"] is None
     assert "at round 2's planning (3000 ms a step)" in capsys.readouterr().out
 
 
@@ -206,7 +206,7 @@ def test_a_slow_re_time_of_round_2_still_skips_it_with_the_same_words(monkeypatc
     task = SimpleNamespace()
     with pytest.raises(LaterRoundSkipped):
         closing(task, 1.0, 3.0)
-    assert timed[0] is task and timed.count(task) == 1 and skip["skipped_from"] == 2
+    assert timed[:2] == [("closing", 3.0), task] and timed.count(task) == 1 and skip["skipped_from"] == 2
     assert "when round 2 was planned, and its least run needs" in skip["why"] and "at 3000 ms" in skip["why"]
     assert "predicting with round 1" in capsys.readouterr().out
 
@@ -226,3 +226,34 @@ def test_a_re_time_stopped_early_keeps_the_first_timing_not_its_fastest_single_s
 
     got = run_budget.retime_step_seconds(measure, SimpleNamespace(), 3.0, lambda s: 6 * s <= 10.0, lambda: 100.0)
     assert got == 3.0
+
+
+def test_closing_times_a_busy_step_again_before_it_leaves_the_report_images_out(monkeypatch, real_least_run_holds):
+    """Reviews rev50, rev51: closing() left the report's images out (its estimate cut to the closing work without
+    them) where the stage's least run and all of the closing work did not fit at a busy timing (4 s a step: 6 steps
+    and 11.5 s need 35.5 s, 30 s are left), and the stage then planned at its re-timed 10 ms with the cut estimate:
+    the report found no time for its images at the end. Now closing() times the step again first, and keeps them."""
+    from types import SimpleNamespace
+
+    from fewshot import pipeline
+
+    clock = [1000.0]
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(pipeline, "report_seconds", lambda *a, **k: (0.0, 6.0))  # 6 s of the report's images
+    monkeypatch.setattr(pipeline, "closing_seconds", lambda *a, **k: 10.0)  # + 1.5 % of 100 s: 11.5 s
+    timed, planned = [], []
+
+    def measure(task, *a, **k):
+        timed.append(task)
+        clock[0] += 0.2
+        return 0.01
+
+    monkeypatch.setattr(pipeline, "measure_step_seconds", measure)
+    test_set = type("TestSet", (list,), {"images": None})([0] * 10)
+    run = SimpleNamespace(report_plan={"figure_s": 1.0}, budget_s=100.0, t_start=clock[0] - 70.0, test_set=test_set,
+                          report_stages=1, balance="off", semi="pseudo", timed_step_s=None, plan_closing=planned.append)
+    for name in ("left_s", "keep_faster", "images_retimed"):
+        setattr(run, name, getattr(pipeline.PipelineRun, name).__get__(run))
+    task = SimpleNamespace()
+    assert pipeline.PipelineRun.closing(run, task, 1.0, 4.0, 0.001) == pytest.approx(11.5)
+    assert timed == [task] and task.retimed_step_s == 0.01 and planned == [pytest.approx(11.5)]

@@ -528,11 +528,28 @@ class PipelineRun:
         # the report's image-based parts are left out at the end when they will not fit: beyond half the budget,
         # or where they would leave the last stage less than its floor of steps
         left = self.t_start + budget_s - time.monotonic()
+        if step_s is not None and not least_run_holds(least_run_seconds(step_s, need), left):
+            step_s = self.images_retimed(task, step_s, need)  # before a busy timing drops the report's images
+            left = self.t_start + budget_s - time.monotonic()
         if need > 0.5 * budget_s or (step_s is not None and least_run_seconds(step_s, need) > left):
             need = report_plan["least"]
         if step_s is not None:  # a stage planned now to train until the closing work (a later round may undo it)
             self.plan_closing(need)
         return need
+
+    def images_retimed(self, task, step_s: float, need: float) -> float:
+        """The step speed closing() decides the report's images at, where the stage's least run and all of the
+        closing work (``need``) do not fit the budget left at its timing: timed once more and the faster kept
+        (retimed_steps; on the task for plan_stage). One busy timing left the images out of a report that had the
+        time for them at the machine's own speed (review rev51)."""
+        def least(steps: list[float]) -> float:
+            return least_run_seconds(steps[0], need)
+
+        faster = retimed_steps(measure_step_seconds, [(task, step_s)], least, self.left_s, least_run_holds)[0]
+        self.keep_faster([step_s], [faster], least_run_holds(least([faster]), self.left_s()),
+                         "at this stage's planning ({}) left no room for all of the closing work; timed again ({}) it "
+                         "fits, and the stage plans at that speed")
+        return faster
 
     def last_closing(self, task, eval_s: float, step_s: float | None = None) -> float:
         """The last stage's hook (closing), which also warns a resumed one (no ``step_s``: continued from its
@@ -978,18 +995,16 @@ class PipelineRun:
 
         def closing(task, eval_s: float, step_s: float | None = None) -> float:
             per_image = measure_prediction_seconds(task, self.test_set.images)
-            least_closing = self.report_plan.get("least") or 0.0  # the closing work without the report's images
-            if step_s is not None and not least_run_holds(least_run_seconds(step_s, least_closing),
-                                                          self.last_end - time.monotonic()):
-                # a timing that met a busy moment: timed once more and the faster kept, before closing() decides
-                # from it whether the report keeps its images (review rev50)
-                step_s = self.later_round_retimed(task, step_s, least_closing, k)
-            need = self.closing(task, eval_s, step_s, per_image)
+            need = self.closing(task, eval_s, step_s, per_image)  # re-timed there where all of it does not fit
             if step_s is None:  # a resumed round continues: it began before the stop
                 if last:
                     self.warn_if_resumed_late("finetune", need, task)
                 return need if last else 0.0
+            step_s = getattr(task, "retimed_step_s", None) or step_s
             least, left = least_run_seconds(step_s, need), self.last_end - time.monotonic()
+            if not least_run_holds(least, left):  # a timing that met a busy moment: timed once more, the faster kept
+                step_s = self.later_round_retimed(task, step_s, need, k)
+                least, left = least_run_seconds(step_s, need), self.last_end - time.monotonic()
             if least_run_holds(least, left):
                 return need if last else 0.0
             left_s, need_s = seconds_apart(left, least)
