@@ -150,7 +150,7 @@ def test_a_skip_then_refused_times_the_step_twice_not_three_times(digits_root, t
     assert not out.exists()
 
 
-def _round2_planning(monkeypatch, retimed_s: float):
+def _round2_planning(monkeypatch, retimed_s: float, closing_retimes_to: float | None = None):
     """Round 2's planning hook (later_round_closing) on a stand-in run with 20 s left, its own step timing to be
     given by the caller; a re-time (measure_step_seconds) takes 0.2 s on the clock and gives ``retimed_s``."""
     from types import SimpleNamespace
@@ -172,6 +172,8 @@ def _round2_planning(monkeypatch, retimed_s: float):
 
     def closing(task, eval_s, step_s=None, per_image=None, **kw):  # the speed closing() decides the report's images at
         timed.append(("closing", step_s))
+        if closing_retimes_to is not None:  # as images_retimed leaves a re-time on the task
+            task.retimed, task.retimed_step_s = True, closing_retimes_to
         return 5.0
 
     run = SimpleNamespace(skip=skip, rounds=2, last_end=clock[0] + 20.0, test_set=SimpleNamespace(images=None),
@@ -257,3 +259,45 @@ def test_closing_times_a_busy_step_again_before_it_leaves_the_report_images_out(
     task = SimpleNamespace()
     assert pipeline.PipelineRun.closing(run, task, 1.0, 4.0, 0.001) == pytest.approx(11.5)
     assert timed == [task] and task.retimed_step_s == 0.01 and planned == [pytest.approx(11.5)]
+
+
+def test_a_later_round_plans_at_the_speed_closing_re_timed(monkeypatch, real_least_run_holds):
+    """Review rev52: closing() re-times a busy step (images_retimed) and leaves the faster on the task; the round's
+    own check must read it, not its busy timing (3 s: 23 s needed, 20 s left), which skipped the round."""
+    from types import SimpleNamespace
+
+    closing, skip, timed = _round2_planning(monkeypatch, retimed_s=3.0, closing_retimes_to=0.01)
+    task = SimpleNamespace()
+    assert closing(task, 1.0, 3.0) == 5.0
+    assert timed == [("closing", 3.0)] and skip["skipped_from"] is None
+
+
+def test_a_re_time_for_the_images_goes_on_while_the_stage_itself_fits(monkeypatch, real_least_run_holds):
+    """Review rev52: where the report's images do not fit even at the machine's speed (1 s a step: 6 s + 26 s of
+    closing work, 30 s left) but the stage's least run does (6 s + 20 s), a re-time judged on the images stopped
+    after a step, kept the busy 4 s and used up the task's re-time: the round or stage then planned at 4 s. It goes
+    on now and the stage plans at 1 s, without the images."""
+    from types import SimpleNamespace
+
+    import fewshot.run_budget as run_budget
+    from fewshot import pipeline
+
+    clock = [1000.0]
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(pipeline, "report_seconds", lambda *a, **k: (0.0, 6.0))  # 6 s of the report's images
+    monkeypatch.setattr(pipeline, "closing_seconds", lambda *a, **k: 24.5)  # + 1.5 % of 100 s: 26 s
+
+    def measure(task, *a, **k):  # a warm-up and three steps of 1 s each, through the timing's checks
+        for timed_s in (None, 1.0, 1.0, 1.0):
+            run_budget._check_budget(timed_s, 1.0)
+        return 1.0
+
+    monkeypatch.setattr(pipeline, "measure_step_seconds", measure)
+    test_set = type("TestSet", (list,), {"images": None})([0] * 10)
+    run = SimpleNamespace(report_plan={"figure_s": 1.0}, budget_s=100.0, t_start=clock[0] - 70.0, test_set=test_set,
+                          report_stages=1, balance="off", semi="pseudo", timed_step_s=None, plan_closing=lambda s: None)
+    for name in ("left_s", "keep_faster", "images_retimed"):
+        setattr(run, name, getattr(pipeline.PipelineRun, name).__get__(run))
+    task = SimpleNamespace()
+    assert pipeline.PipelineRun.closing(run, task, 1.0, 4.0, 0.001) == pytest.approx(20.0)  # without the images
+    assert task.retimed_step_s == 1.0

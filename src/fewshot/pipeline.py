@@ -542,13 +542,16 @@ class PipelineRun:
         closing work (``need``) do not fit the budget left at its timing: timed once more and the faster kept
         (retimed_steps; on the task for plan_stage). One busy timing left the images out of a report that had the
         time for them at the machine's own speed (review rev51)."""
-        def least(steps: list[float]) -> float:
+        def whole(steps: list[float]) -> float:
             return least_run_seconds(steps[0], need)
 
-        faster = retimed_steps(measure_step_seconds, [(task, step_s)], least, self.left_s, least_run_holds)[0]
+        def least(steps: list[float]) -> float:  # without the report's images: what the stage itself needs
+            return least_run_seconds(steps[0], self.report_plan.get("least", need))
+
+        faster = retimed_steps(measure_step_seconds, [(task, step_s)], whole, self.left_s, least_run_holds, least)[0]
         self.keep_faster([step_s], [faster], least_run_holds(least([faster]), self.left_s()),
-                         "at this stage's planning ({}) left no room for all of the closing work; timed again ({}) it "
-                         "fits, and the stage plans at that speed")
+                         "at this stage's planning ({}) left no room for its least run and all of the closing work; "
+                         "timed again ({}) the stage plans at that speed")
         return faster
 
     def last_closing(self, task, eval_s: float, step_s: float | None = None) -> float:

@@ -125,7 +125,7 @@ def retime_step_seconds(measure, task, step_s: float, fits, left) -> float:
     return min(step_s, again)
 
 
-def retimed_steps(measure, timed: list, need, left, holds) -> list[float]:
+def retimed_steps(measure, timed: list, need, left, holds, stop_need=None) -> list[float]:
     """The step speeds of ``timed`` [(task, step seconds)] that a check of the time left rests on (the least-run
     refusal, self-training's skip of its later rounds): as timed where ``holds(need(steps), left())``, else each timed
     once more (retime_step_seconds) and the faster kept, on its task too (``retimed_step_s``, for plan_stage): a
@@ -134,13 +134,17 @@ def retimed_steps(measure, timed: list, need, left, holds) -> list[float]:
     cannot fit even at no time a step, or one step at the fastest speed timed (measure_step_seconds'
     ``fastest_step_s``) would pass the deadline, nor a task timed twice already (``retimed``: a third timing of a
     slow machine only spends its time); while one step is re-timed, the steps after it count no time, so that only
-    what is known stops it. ``measure``: measure_step_seconds as the caller looks it up (tests fake it)."""
+    what is known stops it. ``measure``: measure_step_seconds as the caller looks it up (tests fake it).
+    ``stop_need``: what the re-time must find room for to go on (else ``need``): the report's images are worth a
+    re-time, but one stopped because they do not fit at any speed used up the task's re-time, and the checks after
+    it (the least run without them) planned at the busy timing (review rev52)."""
     steps = [step_s for _, step_s in timed]
     if holds(need(steps), left()):
         return steps
+    stop_need = stop_need or need
     for i, (task, step_s) in enumerate(timed):
         def fits(s: float, i: int = i) -> bool:
-            return holds(need(steps[:i] + [s] + [0.0] * (len(steps) - i - 1)), left())
+            return holds(stop_need(steps[:i] + [s] + [0.0] * (len(steps) - i - 1)), left())
 
         if not fits(0.0) or min(step_s, getattr(task, "fastest_step_s", step_s)) > left():
             break
