@@ -148,7 +148,8 @@ def retimed_steps(measure, timed: list, need, left, holds, stop_need=None) -> li
 
         if not fits(0.0) or min(step_s, getattr(task, "fastest_step_s", step_s)) > left():
             break
-        if getattr(task, "retimed", False):
+        if getattr(task, "retimed", False):  # its re-time stands, whichever caller made it
+            steps[i] = min(step_s, getattr(task, "retimed_step_s", step_s))
             continue
         steps[i] = retime_step_seconds(measure, task, step_s, fits, left)
         task.retimed = True
