@@ -8,13 +8,11 @@ everything else none, so each test reads where the run stopped, not the machine'
 
 from __future__ import annotations
 
-import types
-
 import pytest
 
 from fewshot.config import resolve
 from fewshot.errors import UserError
-from fewshot.train.supervised import SupervisedTask
+from helpers.run_clock import step_clock
 from helpers.run_patch import patch_run
 
 
@@ -25,25 +23,10 @@ def _run_cfg(root) -> dict:
 
 
 def fake_clock(monkeypatch, step_s: float | list[float]) -> dict:
-    """the run modules' (helpers.run_patch) and run_budget's clocks read ``clock["t"]``, which each training step
-    moves on by ``step_s`` (a list: the steps' in turn, the last one from there on); ``clock["steps"]`` counts the
-    steps (the timing's, as the Engine's are stopped before they run)."""
-    import fewshot.run_budget as run_budget
+    """helpers.run_clock.step_clock, and a run that starts training fails the test."""
     from fewshot.train import engine
 
-    clock = {"t": 0.0, "steps": 0}
-    fake = types.SimpleNamespace(monotonic=lambda: clock["t"], perf_counter=lambda: clock["t"])
-    patch_run(monkeypatch, "time", fake)
-    monkeypatch.setattr(run_budget, "time", fake)
-    step = SupervisedTask.training_step
-
-    def training_step(self, model, batch):
-        seconds = step_s if not isinstance(step_s, list) else step_s[min(clock["steps"], len(step_s) - 1)]
-        clock["steps"] += 1
-        clock["t"] += seconds
-        return step(self, model, batch)
-
-    monkeypatch.setattr(SupervisedTask, "training_step", training_step)
+    clock = step_clock(monkeypatch, step_s)
     monkeypatch.setattr(engine.Engine, "fit", lambda self, resume=False: pytest.fail("the run started training"))
     return clock
 

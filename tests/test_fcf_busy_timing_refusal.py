@@ -10,66 +10,16 @@ own speed or the wall clock."""
 
 from __future__ import annotations
 
-import types
-
 import pytest
 
-from fewshot.config import resolve
 from fewshot.errors import UserError
-from fewshot.train.supervised import SupervisedTask
+from helpers.run_clock import (Planned, fixed_closing, refused_on_a_slow_machine, run_cfg, step_clock,
+                                stop_at_training)
 from helpers.run_patch import patch_run
 
 
-class Planned(Exception):
-    """Raised where a stage would start training: the plan is what the test reads."""
-
-
 def _cfg(root, **flags) -> dict:
-    return resolve(flags={"data.root": str(root), "model.name": "test_resnet", "model.img_size": 16,
-                          "train.device": "cpu", "train.progress": False, "train.batch_size": 16, "run.report": False,
-                          "run.semi_method": "off", **flags})
-
-
-def _stop_at_training(monkeypatch) -> dict:
-    """Engine.fit raises Planned(the task's kind); the returned dict holds the plan it was given."""
-    from fewshot.train import engine
-
-    plan = {}
-
-    def fit(self, resume=False):
-        plan.update(kind=self.task.kind, step_s=self.task.step_s,
-                    stage_s=60 * float(self.cfg["train"]["budget_minutes"]))
-        raise Planned(self.task.kind)
-
-    monkeypatch.setattr(engine.Engine, "fit", fit)
-    return plan
-
-
-def _fake_clock(monkeypatch, step_s: list[float]) -> dict:
-    """The run modules' and run_budget's clocks read ``clock["t"]``, which each training step moves on by the next of
-    ``step_s`` (the last one from there on); ``clock["steps"]`` counts the steps (the timings': the Engine's are
-    stopped before they run). Only training steps take time: each test reads where the run stopped."""
-    import fewshot.run_budget as run_budget
-
-    clock = {"t": 0.0, "steps": 0}
-    fake = types.SimpleNamespace(monotonic=lambda: clock["t"], perf_counter=lambda: clock["t"])
-    patch_run(monkeypatch, "time", fake)
-    monkeypatch.setattr(run_budget, "time", fake)
-    step = SupervisedTask.training_step
-
-    def training_step(self, model, batch):
-        clock["t"] += step_s[min(clock["steps"], len(step_s) - 1)]
-        clock["steps"] += 1
-        return step(self, model, batch)
-
-    monkeypatch.setattr(SupervisedTask, "training_step", training_step)
-    return clock
-
-
-def _fixed_closing(monkeypatch, seconds: float) -> None:
-    import fewshot.pipeline as pipeline
-
-    monkeypatch.setattr(pipeline, "closing_seconds", lambda *a, **kw: seconds)
+    return run_cfg(root, **{"run.semi_method": "off", **flags})
 
 
 def test_a_busy_first_timing_is_timed_again_and_the_run_predicts(digits_root, tmp_path, monkeypatch, capsys,
@@ -104,9 +54,9 @@ def test_the_plan_takes_the_faster_step_and_counts_the_re_time(digits_root, tmp_
     10 ms a step from the clock after the re-time (11.03 s), not before it."""
     import fewshot.pipeline as pipeline
 
-    clock = _fake_clock(monkeypatch, [3.0, 1.0, 3.0, 3.0, 1.0, 0.01])
-    _fixed_closing(monkeypatch, 2.0)  # + 1.5 % of the 24 s budget: 2.36 s
-    plan = _stop_at_training(monkeypatch)
+    clock = step_clock(monkeypatch, [3.0, 1.0, 3.0, 3.0, 1.0, 0.01])
+    fixed_closing(monkeypatch, 2.0)  # + 1.5 % of the 24 s budget: 2.36 s
+    plan = stop_at_training(monkeypatch)
     with pytest.raises(Planned):
         pipeline.run_pipeline(_cfg(digits_root), tmp_path / "r", 0.4, started=0.0)
     assert clock["steps"] == 8 and clock["t"] == pytest.approx(11.03)
@@ -120,15 +70,8 @@ def test_a_slow_re_time_still_refuses_with_the_same_words_after_two_steps(digits
     """A machine that is truly slow (3 s steps but one): the re-time stops after its warm-up and a timed step,
     which do not fit the least run either, and the refusal is the one it was, its 6 s counted ("took 16 s", not
     10)."""
-    import fewshot.pipeline as pipeline
-
-    clock = _fake_clock(monkeypatch, [3.0, 1.0, 3.0, 3.0, 3.0])
-    _fixed_closing(monkeypatch, 2.0)
-    _stop_at_training(monkeypatch)
     out = tmp_path / "r"
-    with pytest.raises(UserError) as caught:
-        pipeline.run_pipeline(_cfg(digits_root), out, 0.4, started=0.0)
-    text = str(caught.value)
+    clock, text = refused_on_a_slow_machine(monkeypatch, _cfg(digits_root), out)
     assert clock["steps"] == 6  # the first timing's 4 and two of the re-time
     assert "--budget-minutes 0.4 is too short for test_resnet at 16px" in text
     assert "6 training steps at 3000 ms: its floor and the one past its deadline" in text
@@ -142,9 +85,9 @@ def test_the_re_time_stops_before_a_step_that_would_pass_the_deadline(digits_roo
     """After a 9 s warm-up of the re-time 1 s is left of 24: no second step at 9 s is started."""
     import fewshot.pipeline as pipeline
 
-    clock = _fake_clock(monkeypatch, [3.0, 1.0, 3.0, 3.0, 9.0, 9.0])
-    _fixed_closing(monkeypatch, 2.0)
-    _stop_at_training(monkeypatch)
+    clock = step_clock(monkeypatch, [3.0, 1.0, 3.0, 3.0, 9.0, 9.0])
+    fixed_closing(monkeypatch, 2.0)
+    stop_at_training(monkeypatch)
     with pytest.raises(UserError, match="6 training steps at 3000 ms"):
         pipeline.run_pipeline(_cfg(digits_root), tmp_path / "r", 0.4, started=0.0)
     assert clock["steps"] == 5 and clock["t"] == 19.0
@@ -157,7 +100,7 @@ def test_a_step_longer_than_the_time_left_is_not_timed_again(digits_root, tmp_pa
 
     calls = []
     patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: calls.append(task) or 30.0)
-    _stop_at_training(monkeypatch)
+    stop_at_training(monkeypatch)
     with pytest.raises(UserError, match="6 training steps at 30000 ms"):
         pipeline.run_pipeline(_cfg(digits_root), tmp_path / "r", 0.1)
     assert len(calls) == 1
@@ -177,7 +120,7 @@ def test_moco_s_least_run_check_times_a_busy_step_again(digits_root, tmp_path, m
         return 20.0 if task.kind == busy and seen.count(busy) == 1 else 0.01
 
     patch_run(monkeypatch, "measure_step_seconds", busy_once)
-    plan = _stop_at_training(monkeypatch)
+    plan = stop_at_training(monkeypatch)
     cfg = _cfg(digits_root, **{"run.pretrain": True, "run.pretrain_batch_size": 32})
     with pytest.raises(Planned, match="moco"):
         pipeline.run_pipeline(cfg, tmp_path / "r", 0.5)

@@ -11,64 +11,15 @@ run is stopped where round 1 would start training, so each test reads the plan a
 from __future__ import annotations
 
 import json
-import types
 
 import pytest
 
-from fewshot.config import resolve
-from fewshot.train.supervised import SupervisedTask
-from helpers.run_patch import patch_run
-
-
-class Planned(Exception):
-    """Raised where a stage would start training: the plan is what the test reads."""
+from helpers.run_clock import (Planned, fixed_closing, refused_on_a_slow_machine, run_cfg, step_clock,
+                                stop_at_training)
 
 
 def _cfg(root, **flags) -> dict:
-    return resolve(flags={"data.root": str(root), "model.name": "test_resnet", "model.img_size": 16,
-                          "train.device": "cpu", "train.progress": False, "train.batch_size": 16, "run.report": False,
-                          "run.semi_method": "pseudo", **flags})
-
-
-def _stop_at_training(monkeypatch) -> dict:
-    """Engine.fit raises Planned(the stage's folder name); the returned dict holds the plan it was given."""
-    from fewshot.train import engine
-
-    plan = {}
-
-    def fit(self, resume=False):
-        plan.update(step_s=self.task.step_s, stage_s=60 * float(self.cfg["train"]["budget_minutes"]))
-        raise Planned()
-
-    monkeypatch.setattr(engine.Engine, "fit", fit)
-    return plan
-
-
-def _fake_clock(monkeypatch, step_s: list[float]) -> dict:
-    """The run modules' and run_budget's clocks read ``clock["t"]``, which each training step moves on by the next of
-    ``step_s`` (the last one from there on); ``clock["steps"]`` counts the steps (the timings': the Engine's are
-    stopped before they run). Evaluations and predictions take no time: the closing work is fixed (_fixed_closing)."""
-    import fewshot.run_budget as run_budget
-
-    clock = {"t": 0.0, "steps": 0}
-    fake = types.SimpleNamespace(monotonic=lambda: clock["t"], perf_counter=lambda: clock["t"])
-    patch_run(monkeypatch, "time", fake)
-    monkeypatch.setattr(run_budget, "time", fake)
-    step = SupervisedTask.training_step
-
-    def training_step(self, model, batch):
-        clock["t"] += step_s[min(clock["steps"], len(step_s) - 1)]
-        clock["steps"] += 1
-        return step(self, model, batch)
-
-    monkeypatch.setattr(SupervisedTask, "training_step", training_step)
-    return clock
-
-
-def _fixed_closing(monkeypatch, seconds: float) -> None:
-    import fewshot.pipeline as pipeline
-
-    monkeypatch.setattr(pipeline, "closing_seconds", lambda *a, **kw: seconds)
+    return run_cfg(root, **{"run.semi_method": "pseudo", **flags})
 
 
 def _self_training(out) -> dict:
@@ -85,9 +36,9 @@ def test_a_busy_first_timing_of_round_1_is_timed_again_and_round_2_is_kept(digit
     import fewshot.pipeline as pipeline
     from fewshot.run_budget import ROUND1_MARGIN
 
-    clock = _fake_clock(monkeypatch, [3.0, 1.0, 3.0, 3.0, 1.0, 0.01])
-    _fixed_closing(monkeypatch, 2.0)  # + 1.5 % of the 24 s budget: 2.36 s
-    plan = _stop_at_training(monkeypatch)
+    clock = step_clock(monkeypatch, [3.0, 1.0, 3.0, 3.0, 1.0, 0.01])
+    fixed_closing(monkeypatch, 2.0)  # + 1.5 % of the 24 s budget: 2.36 s
+    plan = stop_at_training(monkeypatch)
     out = tmp_path / "r"
     with pytest.raises(Planned):
         pipeline.run_pipeline(_cfg(digits_root, **{"run.pseudo_share": 0.95}), out, 0.4, started=0.0)
@@ -114,9 +65,9 @@ def test_a_slow_re_time_still_skips_round_2_with_the_same_words(digits_root, tmp
     with the re-time's 8 s counted ("about 39 s were left", not 47); round 1's own least run fits: no refusal."""
     import fewshot.pipeline as pipeline
 
-    clock = _fake_clock(monkeypatch, [4.0, 1.0, 4.0, 4.0, 4.0])
-    _fixed_closing(monkeypatch, 2.0)  # + 1.5 % of the 60 s budget: 2.9 s
-    plan = _stop_at_training(monkeypatch)
+    clock = step_clock(monkeypatch, [4.0, 1.0, 4.0, 4.0, 4.0])
+    fixed_closing(monkeypatch, 2.0)  # + 1.5 % of the 60 s budget: 2.9 s
+    plan = stop_at_training(monkeypatch)
     out = tmp_path / "r"
     with pytest.raises(Planned):
         pipeline.run_pipeline(_cfg(digits_root), out, 1.0, started=0.0)
@@ -134,16 +85,8 @@ def test_a_skip_then_refused_times_the_step_twice_not_three_times(digits_root, t
     """3 s steps but one in 24 s: the skip's re-time (a warm-up and a step, no faster) is the one the least-run
     refusal after it rests on too (the task's ``retimed``): refused as without self-training, its 6 s counted
     ("took 16 s"), not after a third timing of the slow machine (22 s)."""
-    import fewshot.pipeline as pipeline
-    from fewshot.errors import UserError
-
-    clock = _fake_clock(monkeypatch, [3.0, 1.0, 3.0, 3.0, 3.0])
-    _fixed_closing(monkeypatch, 2.0)
-    _stop_at_training(monkeypatch)
     out = tmp_path / "r"
-    with pytest.raises(UserError) as caught:
-        pipeline.run_pipeline(_cfg(digits_root), out, 0.4, started=0.0)
-    text = str(caught.value)
+    clock, text = refused_on_a_slow_machine(monkeypatch, _cfg(digits_root), out)
     assert clock["steps"] == 6  # the first timing's 4 and two of the re-time
     assert "6 training steps at 3000 ms: its floor and the one past its deadline" in text
     assert "the timing of the speeds took 16 s" in text
