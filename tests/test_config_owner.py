@@ -458,7 +458,7 @@ def test_an_out_folder_config_that_cannot_be_read_is_said_so(tmp_path, monkeypat
     def refused_read(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(fewshot.config, "load_yaml_or_none", refused_read)  # root reads any file
+    monkeypatch.setattr(fewshot.config.yaml_io, "load_yaml_or_none", refused_read)  # root reads any file
     said = out_folder_refusal(tmp_path, "model:\n  name: resnet18\n")
     assert "its config.yaml cannot be read (Permission denied)" in said and "fewshot can read" not in said, said
 

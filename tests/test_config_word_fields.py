@@ -34,7 +34,7 @@ def test_a_huge_mlp_hidden_is_named_not_the_queue(monkeypatch):
     said to fit): the field too big is the head's width."""
     import fewshot.config as config
 
-    monkeypatch.setattr(config, "memory_bytes", lambda: 16 * 2**30)
+    monkeypatch.setattr(config.memory, "memory_bytes", lambda: 16 * 2**30)
     for words in (["moco.queue_size=64", "moco.mlp_hidden=100000000"],
                   ["moco.queue_size=100000000", "moco.mlp_hidden=100000000"]):  # both too big: no queue fits it
         with pytest.raises(config.FieldError) as caught:
@@ -118,7 +118,7 @@ def test_moco_memory_counts_the_heads_first_layer(monkeypatch):
     first_layer = 4 * 4 * config.HEAD_WIDTH_GUESS * hidden  # floats, in 4 copies (weights, gradients, state, key)
     assert config.moco_bytes(65536, 128, 256, hidden) > first_layer > 50 * 2**30
     assert config.moco_bytes(65536, 128, 256, hidden, mlp=False) == config.moco_bytes(65536, 128, 256, None, False)
-    monkeypatch.setattr(config, "memory_bytes", lambda: 32 * 2**30)
+    monkeypatch.setattr(config.memory, "memory_bytes", lambda: 32 * 2**30)
     with pytest.raises(config.FieldError) as caught:
         resolve(overrides=[f"moco.mlp_hidden={hidden}"], default_preset="mocov2")
     assert caught.value.field == "moco.mlp_hidden" and f"moco.mlp_hidden {hidden}" in str(caught.value)

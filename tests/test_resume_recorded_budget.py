@@ -17,7 +17,7 @@ def test_a_train_run_whose_config_records_2e7_minutes_resumes(digits_root, tmp_p
     run = tmp_path / "run"
     command = ["train", "--data", digits_root, "--out", run, "--model", "test_resnet", "--img-size", "32",
                "--batch-size", "16", "--device", "cpu", "--no-progress"]
-    monkeypatch.setattr(fewshot.config, "MAX_BUDGET_MINUTES", 1e300)  # as an older fewshot took it
+    monkeypatch.setattr(fewshot.config.validation, "MAX_BUDGET_MINUTES", 1e300)  # as an older fewshot took it
     rc, _, err = run_main(*command, "--epochs", "1", "train.budget_minutes=2e7")
     assert rc == 0, err
     monkeypatch.undo()

@@ -30,7 +30,7 @@ def training_epilog(example: str) -> str:
     """The help epilog of train, pretrain and run; ``example``: a word the command reads (pretrain's help showed
     train.eval_every=1, which it warns that it does not read; run replaces it by its plan)."""
     return (f"Any extra key=value words override config fields, e.g. optim.lr=3e-4 {example}. "
-            "Every field and its default: DEFAULTS in fewshot/config.py of the installed package (and a run's "
+            "Every field and its default: DEFAULTS in fewshot/config/defaults.py of the installed package (and a run's "
             "RUN/config.yaml lists every field it used); recipes: --config NAME of the packaged configs/ "
             "(e.g. moco_cpu_small).")
 

@@ -255,7 +255,7 @@ def refuse_unknown_fields(saved: dict, path: Path) -> None:
         names = ", ".join(f"'{name}'" for name in unknown)
         raise UserError(f"{path} holds the unknown config field(s) {names}, which would silently do nothing (a "
                         f"typo?). Correct or delete them in that file (every field and its default: DEFAULTS in "
-                        f"fewshot/config.py), then resume again.")
+                        f"fewshot/config/defaults.py), then resume again.")
 
 
 def keep_dataset_order(base: dict, explicit: dict, was) -> None:

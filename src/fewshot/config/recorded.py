@@ -1,0 +1,246 @@
+"""The record a run keeps in its config.yaml of the values it chose itself (CHOSEN: learning rate, network, device)
+and the notes when a --config run's file is chosen again otherwise, so that a value the user gave stays theirs and
+one the run chose is chosen anew; also what of such a file is a setting (file_settings) and how it is saved."""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fewshot.config.defaults import DEFAULTS
+from fewshot.config.dotted import flatten_dotted, get_dotted
+from fewshot.config.fields import _as_number, _plain
+from fewshot.config.runfile import written_by_run
+from fewshot.config.yaml_io import config_data
+from fewshot.errors import UserError, printable
+
+
+CHOSEN = "_chosen"  # a run's config.yaml: the fields the run chose itself (RUN_TIME_FIELDS), not the user
+RECHOSEN = "_rechosen"  # in memory only: what a --config file's CHOSEN fields held, for the note (note_rechosen)
+RECORDED = ("_task", CHOSEN)  # written into a run's config.yaml by the tool (report, resume), not settings
+TRANSIENT = (RECHOSEN,)  # never written into config.yaml (save_yaml)
+
+# Fields a run fills in itself where the user left them unset (None, or auto): the learning rate and backbone
+# multiplier (resolve_finetune_defaults: --weights or not; resolve_pretrain_defaults: the global batch), the
+# network a --weights export records (model.name, img_size, width, small_stem), the bit depth it records
+# (cli.adopt_recorded_bit_depth: a run fine-tuned from it could not be resumed, its _chosen "refused") and the
+# device. config.yaml saves the values used and records these under CHOSEN with the value chosen, so that the file
+# given back as --config chooses them again where it still holds that value (an edited value is the user's).
+RUN_TIME_FIELDS = ("optim.lr", "optim.backbone_lr_mult", "model.name", "model.img_size", "model.width",
+                   "model.small_stem", "data.bit_depth", "train.device")
+
+
+# how one command shows its work, not how the run trains: a run's config.yaml records it, but neither --resume nor
+# the file given as --config takes it from there (`--no-progress` once, and every later resume showed no bars)
+PER_INVOCATION = ("train.progress",)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A --config file's settings: a run's own config.yaml is a valid --config, so the bookkeeping fields the
+    tool records there are set aside rather than refused as unknown, and so are the PER_INVOCATION ones it
+    recorded (a recipe of the user's that sets them keeps them). A file with a CHOSEN record is a run's wherever
+    it lies, as chosen_in_file takes it: a fine-tuning run's config.yaml copied out of its folder kept the
+    `progress: false` of the command that made it."""
+    data = config_data(path)
+    settings = {key: value for key, value in data.items() if key not in RECORDED}
+    if CHOSEN in data or written_by_run(data, path):
+        for dotted in PER_INVOCATION:
+            section, field = dotted.split(".")
+            if isinstance(settings.get(section), dict) and field in settings[section]:
+                settings[section] = {k: v for k, v in settings[section].items() if k != field}
+    return settings
+
+
+def chosen_record(data: dict, where: str | Path) -> dict:
+    """The CHOSEN record of a run's config.yaml (``data``, read from ``where``), checked: each field the run chose
+    itself mapped to the value it chose; {} where there is none (the user's own file, or an older fewshot's). One
+    check for --config and --resume, which met a malformed record with an internal error."""
+    chosen = data.get(CHOSEN)
+    if chosen is None:
+        return {}
+    if not (isinstance(chosen, dict) and all(isinstance(c, str) for c in chosen)):
+        raise UserError(f"config file {where}: {CHOSEN} must map each field the run chose itself to the value it "
+                        f"chose (optim.lr: 0.004), not {chosen!r}; correct it, or delete the {CHOSEN} entry and give "
+                        f"the values you want kept as key=value words (optim.lr=0.004).")
+    other = [c for c in chosen if c not in RUN_TIME_FIELDS]
+    if other:
+        raise UserError(f"config file {where}: {CHOSEN} lists {', '.join(other)}, which no run chooses itself (those "
+                        f"are {', '.join(RUN_TIME_FIELDS)}); delete {'them' if len(other) > 1 else 'it'} from "
+                        f"{CHOSEN}.")
+    return dict(chosen)
+
+
+def same_value(first: Any, second: Any) -> bool:
+    """Whether a config.yaml's value is still the one its CHOSEN record holds (`4e-3` typed for 0.004 is)."""
+    first, second = _as_number(first), _as_number(second)
+    return isinstance(first, bool) == isinstance(second, bool) and first == second
+
+
+def chosen_in_file(path: str | Path) -> dict:
+    """The fields a run's config.yaml records as chosen at run time (CHOSEN) and still holds at the recorded value,
+    with that value: --config leaves them to be chosen again. A value edited since is the user's, pinned (and
+    compared on --resume). A run's config.yaml without the record (an older fewshot's): the fields holding a value
+    the rules choose (chosen_by_rule); {} for the user's own file."""
+    data = config_data(path)
+    raw = flatten_dotted({key: value for key, value in data.items() if key not in RECORDED})
+    if CHOSEN not in data and written_by_run(data, path):
+        return chosen_by_rule(data.get("_task"), raw)
+    return {dotted: value for dotted, value in chosen_record(data, path).items()
+            if dotted in raw and same_value(raw[dotted], value)}
+
+
+def chosen_by_rule(task: Any, raw: dict) -> dict:
+    """The RUN_TIME_FIELDS of a run's config.yaml without a CHOSEN record (``raw``, dotted; ``task``: its `_task`)
+    that hold a value the run's rules choose, with that value: chosen again, as the record would have them. Either
+    start's lr counts (4e-3 scratch, 1e-4 --weights): an older run given an older config.yaml pinned 0.004 under
+    --weights too. A value no rule chooses (a typed --lr 0.01) stays the user's."""
+    def number(dotted: str) -> float | None:
+        value = _as_number(raw.get(dotted))
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def run_default(value: float | None, field: str) -> bool:
+        """A `fewshot run` stage's value that is its run's default run.* one: a user's run.finetune_lr=5e-4 is
+        theirs, as the run records it (run_stages.finetune_config)."""
+        default = DEFAULTS["run"][field]
+        return raw.get("run.pretrain") is True and value is not None and same_value(value, default) and \
+            same_value(raw.get(f"run.{field}"), default)
+
+    lr, mult = number("optim.lr"), number("optim.backbone_lr_mult")
+    chosen = set()
+    # resolve_pretrain_defaults: 0.03 x global batch / 256, the global batch being the per-process batch x the
+    # processes (unknown here: any whole number of them), and a `fewshot run` stage's 0.06 is 2x
+    if task == "moco":
+        batch = number("train.batch_size")
+        world = lr * 256 / (0.03 * batch) if lr and batch and batch > 0 else 0.0
+        chosen.update({"optim.lr"} if world >= 1 - 1e-9 and abs(world - round(world)) < 1e-6 * world else set())
+        chosen.update({"optim.backbone_lr_mult"} if mult == 1.0 else set())
+    else:  # resolve_finetune_defaults; a `fewshot run` stage after its own MoCo: run.finetune_lr / _backbone_mult
+        if lr is not None and (any(math.isclose(lr, rule) for rule in (4e-3, 1e-4)) or run_default(lr, "finetune_lr")):
+            chosen.add("optim.lr")
+        if mult in (1.0, 0.1) or run_default(mult, "finetune_backbone_mult"):
+            chosen.add("optim.backbone_lr_mult")
+    if raw.get("train.device") in ("cpu", "cuda"):  # what auto gives on some machine (start_job saves the type)
+        chosen.add("train.device")
+    chosen.update(network_by_rule(raw))
+    return {dotted: raw[dotted] for dotted in RUN_TIME_FIELDS if dotted in chosen}
+
+
+def network_by_rule(raw: dict) -> set:
+    """The model.* RUN_TIME_FIELDS of ``raw`` that its model.weights file records with the same value: adopted from
+    it (adopt_weights_model, adopt_weights_architecture) as far as can be told; none where it is gone."""
+    from fewshot.models.weights import architecture_of
+
+    weights = raw.get("model.weights")
+    if not (isinstance(weights, str) and weights.strip().endswith(".safetensors")):
+        return set()  # a .pt would be loaded whole to read four fields: those stay as the file has them
+    try:
+        arch = architecture_of(weights) or {}
+    except Exception:  # noqa: BLE001 - gone, unreadable or malformed: the weights' own check says so when used
+        return set()
+    recorded = {"model.name": arch.get("model"), "model.img_size": arch.get("img_size"),
+                "model.width": arch.get("width"), "model.small_stem": arch.get("small_stem")}
+    return {dotted for dotted, value in recorded.items()
+            if value is not None and dotted in raw and same_value(raw[dotted], value)}
+
+
+def file_settings(path: str | Path) -> dict:
+    """A --config file's settings, dotted, as resolve() applies them: a section with every field commented out
+    (`optim:` alone on its line) changes nothing (deep_merge), so it is no setting either (`train --resume
+    --config` took it for a change of the whole optim section and refused); nor is a field the run that wrote the
+    file chose itself and the file still holds as chosen (chosen_in_file), which resolve() chooses again."""
+    chosen = chosen_in_file(path)
+    return {key: value for key, value in flatten_dotted(read_config_file(path)).items()
+            if not (value is None and isinstance(DEFAULTS.get(key), dict)) and key not in chosen}
+
+
+def run_time_values(cfg: dict) -> dict:
+    """RUN_TIME_FIELDS' values in ``cfg`` before a run fills them in (record_chosen compares)."""
+    return {dotted: copy.deepcopy(get_dotted(cfg, dotted.split("."))) for dotted in RUN_TIME_FIELDS}
+
+
+def record_chosen(cfg: dict, before: dict) -> None:
+    """Record under CHOSEN the fields of ``before`` (run_time_values) that the run has filled in or changed since,
+    with their values now: a value the user gave stays as given, so only the run's own choices are recorded."""
+    for dotted, was in before.items():
+        if get_dotted(cfg, dotted.split(".")) != was:
+            note_chosen(cfg, dotted)
+
+
+def note_chosen(cfg: dict, dotted: str) -> None:
+    """Record ``dotted`` as chosen at run time in ``cfg`` (saved with it as config.yaml), with its value now: a
+    value edited in the file later differs from it, and is the user's."""
+    cfg.setdefault(CHOSEN, {})[dotted] = copy.deepcopy(get_dotted(cfg, dotted.split(".")))
+
+
+def mark_rechosen(cfg: dict, file: str | Path | None, given: set) -> None:
+    """Keep in ``cfg`` (in memory: TRANSIENT) what the --config file's CHOSEN fields held, but those the command
+    gives now (``given``, dotted), for note_rechosen once the run has chosen them again."""
+    if not file:
+        return
+    values = {dotted: _as_number(value) for dotted, value in chosen_in_file(file).items() if dotted not in given}
+    if values:
+        data = config_data(file)
+        cfg[RECHOSEN] = {"file": str(file), "values": values, "unrecorded": CHOSEN not in data,
+                         "task": data.get("_task")}
+
+
+def note_rechosen(cfg: dict, say: bool = True) -> None:
+    """After the run has filled in its fields: one line naming the --config file's CHOSEN fields that the run now
+    chose otherwise, with both values (lr 1e-4 now where the file said 0.004: a --weights run, not the scratch
+    one that wrote it). Drops the in-memory record either way. A MoCo run's optimiser values given to fine-tuning
+    (or a fine-tuning run's to MoCo) get no advice to keep them: MoCo's lr with AdamW collapsed a run."""
+    rechosen = cfg.pop(RECHOSEN, None)
+    if not rechosen or not say:
+        return
+    other_task = rechosen.get("task") != cfg.get("_task")  # `_task: moco` for MoCo, none for fine-tuning
+    meant = "MoCo pretraining's, not meant for fine-tuning" if rechosen.get("task") == "moco" else \
+        "fine-tuning's, not meant for MoCo pretraining"
+    differ, keep = [], ""
+    for dotted, was in rechosen["values"].items():
+        now = get_dotted(cfg, dotted.split("."))
+        if now == was:
+            continue
+        if other_task and dotted.startswith("optim."):
+            differ.append(f"{dotted} {_plain(now)} ({_plain(was)} there: {meant})")
+        else:
+            differ.append(f"{dotted} {_plain(now)} ({_plain(was)} there)")
+            keep = keep or f"{dotted}={_plain(was)}"
+    if differ:
+        fields = ", ".join(rechosen["values"])
+        # an older fewshot's run or `fewshot run` stage recorded nothing: values a run's rules choose count as chosen
+        said = (f"is a run's config.yaml without a record of what the run chose itself (an older fewshot's run or "
+                f"`fewshot run` stage); it holds {fields} at values a run chooses itself"
+                if rechosen.get("unrecorded") else
+                f"records {fields} as chosen by the run that wrote it")
+        advice = f" (give e.g. {keep} to keep the file's value)" if keep else ""
+        print(printable(f"note: {rechosen['file']} {said}, so this command chose "
+                        f"{'them' if len(rechosen['values']) > 1 else 'it'} again: {', '.join(differ)}{advice}."),
+              file=sys.stderr, flush=True)
+
+
+def unknown_fields(tree: dict, defaults: dict | None = None, path: str = "") -> list[str]:
+    """The dotted names in ``tree`` (a run's config.yaml) that no config field has: a typo (`epochz`), which
+    resolve() refuses in a --config file and a key=value word."""
+    defaults = DEFAULTS if defaults is None else defaults
+    unknown = []
+    for key, value in tree.items():
+        dotted = f"{path}{key}"
+        if not path and key in RECORDED:
+            continue
+        if key not in defaults:
+            unknown.append(dotted)
+        elif isinstance(defaults[key], dict) and isinstance(value, dict):
+            unknown.extend(unknown_fields(value, defaults[key], dotted + "."))
+    return unknown
+
+
+def save_yaml(cfg: dict, path: Path) -> None:
+    from fewshot.utils import atomic_write_text
+
+    kept = {key: value for key, value in cfg.items() if key not in TRANSIENT}
+    atomic_write_text(path, yaml.safe_dump(kept, sort_keys=False))

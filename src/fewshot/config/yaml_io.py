@@ -1,0 +1,285 @@
+"""Reading config files: the safe, stricter YAML loader, finding a --config file or a shipped recipe, and reading
+each file once per command (one_read_per_file), so that every reader of a config file gets the same checks and the
+same version of it."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+from pathlib import Path
+
+import yaml
+
+from fewshot.config.fields import TEXT_LIST
+from fewshot.errors import UserError, one_line
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where YAML 1.1 surprised users: a key given twice in one mapping is an
+    error (PyYAML kept the last one, so a second `model:` section silently dropped the first), and `1:30` stays
+    text (YAML 1.1 reads it as the base-60 number 90)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden by its own keys
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: PyYAML names it below
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice in one section",
+                                                            key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+    def compose_scalar_node(self, anchor):
+        """Marks a scalar whose tag the user wrote (`!!int 5`, `!!python/name:x`; TAG_WRITTEN): its node looks
+        like a plain one YAML resolved, and keep_text_as_typed read it as text (`!!python/name:os.system x`,
+        refused by the safe loader, became the dataset 'x')."""
+        tag = self.peek_event().tag
+        node = super().compose_scalar_node(anchor)
+        setattr(node, TAG_WRITTEN, tag not in (None, "!"))
+        return node
+
+    def _number_unless_base60(self, node, construct):
+        text = self.construct_scalar(node)
+        return text if ":" in text else construct(self, node)
+
+    def _int_unless_leading_zero(self, node):
+        """YAML 1.1 reads `040` as the octal 32 (`img_size: 040` trained at 32 px, `datasets: 01` named dataset
+        1): a number with leading zeros stays the text as typed, which a number field reads as decimal
+        (validate) and a list of names keeps ("01")."""
+        text = self.construct_scalar(node)
+        digits = text.lstrip("+-").replace("_", "")
+        if len(digits) > 1 and digits.startswith("0") and digits.isdigit():
+            return text
+        return self._number_unless_base60(node, yaml.SafeLoader.construct_yaml_int)
+
+
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: loader._int_unless_leading_zero(node))
+ConfigLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: loader._number_unless_base60(
+    node, yaml.SafeLoader.construct_yaml_float))
+
+
+MAX_DEPTH = 32  # no config field nests more than two levels (aug.scale: a list in a section)
+
+
+STR_TAG = "tag:yaml.org,2002:str"
+NULL_TAG = "tag:yaml.org,2002:null"  # a name field's null is still none (every dataset); `on` may name a folder
+TAG_WRITTEN = "fewshot_tag_written"  # a scalar node's attribute (ConfigLoader.compose_scalar_node)
+
+
+def keep_text_as_typed(node, field: str | None = None):
+    """``node`` with the plain scalars of the name fields (TEXT_LIST) read as text, before they are built: YAML read
+    a dataset folder `1_000` as 1000, `0x10` as 16, `+5` as 5 and `2020-01-01` as a date, and the run then looked
+    for a folder of that other name. ``field``: the dotted field ``node`` is the value of (a key=value word); None:
+    ``node`` is a config file's document, whose sections' fields are looked at, through merge keys too (`<<: *m`).
+    New nodes replace the ones changed: an alias shares one node (`epochs: &e 10` ... `datasets: *e`), and a
+    retag in place turned the other field's number into text. A tag the user wrote (`!!int 5`) is kept."""
+    if field is None:
+        memo: dict = {}
+        return _with_fields(node, "", memo, lambda section, fields: _with_fields(
+            fields, section, memo, lambda key, value: keep_text_as_typed(value, f"{section}.{key}")))
+    if field not in TEXT_LIST:
+        return node
+    if isinstance(node, yaml.SequenceNode):
+        return yaml.SequenceNode(node.tag, [_as_typed(item) for item in node.value], node.start_mark, node.end_mark,
+                                 node.flow_style)
+    return _as_typed(node)
+
+
+def _as_typed(item):
+    """A new text node for a plain scalar whose tag YAML resolved itself (none written; null still none); else
+    ``item``."""
+    if isinstance(item, yaml.ScalarNode) and item.style is None and item.tag != NULL_TAG and \
+            not getattr(item, TAG_WRITTEN, False):
+        return yaml.ScalarNode(STR_TAG, item.value, item.start_mark, item.end_mark, item.style)
+    return item
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _with_fields(node, where: str, memo: dict, edit):
+    """A copy of mapping ``node`` whose plain text keys' values are edit(key, value), and whose merged mappings
+    (`<<: *m` or `<<: [*a, *b]`, whose keys it takes as its own) are copied alike; any other node as is. ``memo``:
+    the copies made, by node and ``where`` (the section, or "" for the document), so that a mapping merged many
+    times is walked once; a mapping merged into itself is left to PyYAML."""
+    if not isinstance(node, yaml.MappingNode):
+        return node
+    key = (id(node), where)
+    if key in memo:
+        return memo[key] or node
+    memo[key] = None
+    pairs = []
+    for name, value in node.value:
+        if name.tag == MERGE_TAG and isinstance(value, yaml.SequenceNode):
+            value = yaml.SequenceNode(value.tag, [_with_fields(item, where, memo, edit) for item in value.value],
+                                      value.start_mark, value.end_mark, value.flow_style)
+        elif name.tag == MERGE_TAG:
+            value = _with_fields(value, where, memo, edit)
+        elif isinstance(name, yaml.ScalarNode) and name.tag == STR_TAG:
+            value = edit(name.value, value)
+        pairs.append((name, value))
+    memo[key] = yaml.MappingNode(node.tag, pairs, node.start_mark, node.end_mark, node.flow_style)
+    return memo[key]
+
+
+def read_yaml(text, source: str = "the YAML text", field: str | None = None):
+    """One YAML document (str or bytes) read with ConfigLoader, its name fields kept as typed (keep_text_as_typed;
+    ``field``: the field a key=value word's value is for). Brackets nested hundreds deep overflowed Python's stack
+    while being read or copied (RecursionError, an internal error): refused, naming ``source``."""
+    try:
+        loader = ConfigLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = None if node is None else loader.construct_document(keep_text_as_typed(node, field))
+        finally:
+            loader.dispose()
+    except RecursionError:
+        data, deep = None, True
+    else:
+        deep = deeper_than(data, MAX_DEPTH)
+    if deep:
+        raise UserError(f"{source} nests values more than {MAX_DEPTH} levels deep ([[[... or {{{{{{...); a fewshot "
+                        f"config nests at most two: check its brackets.")
+    return data
+
+
+def deeper_than(data, limit: int, budget: int = 100_000) -> bool:
+    """Whether ``data`` nests lists/dicts more than ``limit`` deep, counting containers only: 65 nested empty lists
+    and 65 holding a value are alike (leaves counted as a level told them apart). Iterative (no stack to
+    overflow); at most ``budget`` containers looked at, so that an alias bomb is left to _check_size."""
+    stack = [(data, 1)] if isinstance(data, (dict, list)) else []
+    while stack and budget > 0:
+        item, depth = stack.pop()
+        budget -= 1
+        if depth > limit:
+            return True
+        values = item.values() if isinstance(item, dict) else item
+        stack.extend((v, depth + 1) for v in values if isinstance(v, (dict, list)))  # leaves nest nothing
+    return False
+
+
+RECIPES = Path(__file__).parent.parent / "configs"  # the shipped recipes (configs/ in the repository links here)
+_NOTED_RECIPES: set[str] = set()
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file as given (`.yaml` may be left out), else the shipped recipe of that name (`moco_cpu_small`, or
+    the README's `configs/moco_cpu_small.yaml` from a folder that has no configs/, as after `pip install`)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix not in (".yaml", ".yml"):  # `--config myexp` for ./myexp.yaml, before a shipped recipe's name
+        for local in (path.with_name(f"{path.name}.yaml"), path.with_name(f"{path.name}.yml")):
+            if local.is_file():
+                return local
+    if len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "configs"):  # a recipe's name, not a path
+        for candidate in (RECIPES / path.name, RECIPES / f"{path.name}.yaml"):
+            if candidate.is_file():
+                if str(path) not in _NOTED_RECIPES:
+                    _NOTED_RECIPES.add(str(path))
+                    print(f"note: {path} is not here; using fewshot's recipe {candidate}", file=sys.stderr,
+                          flush=True)
+                return candidate
+    if path.is_dir():
+        inside = ", ".join(sorted(p.name for p in path.glob("*.yaml"))[:5]) or "none"
+        raise UserError(f"config file {path} is a folder; give a YAML file (the .yaml files in it: {inside}).")
+    names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+    raise UserError(f"config file not found: {path} (fewshot's own recipes, usable by name: {names}).")
+
+
+def load_yaml(path: str | Path) -> dict:
+    """load_yaml_or_none, with {} for a file that holds no value."""
+    data = load_yaml_or_none(path)
+    return {} if data is None else data
+
+
+class NotAMapping(UserError):
+    """A config file that is valid YAML but holds no mapping (`false`, `0`, `''`, a list): beside a run's checkpoint
+    no settings are left in it (finetune.settings_lost), where a YAML error is an edit to correct."""
+
+
+def load_yaml_or_none(path: str | Path) -> dict | None:
+    """A config file's mapping, or None where it holds no YAML value at all (0 bytes, blank lines, comments, a bare
+    `~`): an --out folder's config.yaml is said to be empty only then. The path is found as --config finds it
+    (find_config: a recipe's name, a folder refused). Refused (UserError): text that is not UTF-8 (or UTF-16 with a
+    BOM), a control character, invalid YAML, values nested too deep (read_yaml) or expanding past a config's size
+    (aliases: _check_size), and any other value, NotAMapping (`0`, `false` and `''` were taken for an empty file)."""
+    path = find_config(path)
+    try:
+        # bytes: PyYAML reads UTF-8 (with or without a BOM) and UTF-16 with a BOM, and names any other encoding
+        data = read_yaml(path.read_bytes(), f"config file {path}")
+    except yaml.reader.ReaderError as exc:
+        if exc.encoding == "unicode":  # decoded fine, but YAML allows no control characters
+            code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+            raise UserError(f"config file {path} holds the control character U+{code:04X} at character "
+                            f"{exc.position}, which YAML does not allow; delete it.") from None
+        raise UserError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.position}); save it as "
+                        f"UTF-8.") from None
+    except yaml.YAMLError as exc:
+        # one paragraph: PyYAML's own message spans several lines with a caret drawing
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"config file {path} is not valid YAML{where}: {what}.") from None
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        shown = one_line(yaml.safe_dump(data, default_flow_style=True).splitlines()[0])
+        held = "a list" if isinstance(data, list) else f"`{shown[:40]}{'...' if len(shown) > 40 else ''}` alone"
+        raise NotAMapping(f"config file {path} must hold a mapping of sections (model:, optim:, ...), but it holds "
+                          f"{held}.")
+    _check_size(data, path)
+    return data
+
+
+def _check_size(data, path: Path, limit: int = 100_000) -> None:
+    """YAML aliases can nest a document into billions of values ("billion laughs") that a few hundred bytes
+    describe; a run's config.yaml may come from anyone, and printing such a value exhausted the memory. A config
+    holds a few hundred values: one that expands to more is refused."""
+    seen, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise UserError(f"config file {path} expands to more than {limit:,} values (nested YAML aliases?); it "
+                            f"is not a fewshot config.")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+_READS: dict | None = None  # the --config files read in the scope of one_read_per_file, by resolved path
+
+
+@contextlib.contextmanager
+def one_read_per_file():
+    """A scope (one command; one resolve()) in which each --config file is read and parsed once: its settings,
+    its CHOSEN record, its preset and the warnings about it were read apart, and a file saved in between (an
+    editor, a run writing its config.yaml) gave a config mixed from two versions of it. Scopes nest."""
+    global _READS
+    outer = _READS
+    _READS = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _READS = outer
+
+
+def config_data(path: str | Path) -> dict:
+    """load_yaml(path) for a --config file: within one_read_per_file, the version first read (a copy, which the
+    caller may change); outside it, the file as it is now."""
+    if _READS is None:
+        return load_yaml(path)
+    key = str(find_config(path).resolve())
+    if key not in _READS:
+        _READS[key] = load_yaml(path)
+    return copy.deepcopy(_READS[key])
