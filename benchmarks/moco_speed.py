@@ -138,7 +138,7 @@ class Ours:
         from fewshot.runtime import compile_modules
         from fewshot.ssl.moco import MoCo
         from fewshot.ssl.pretrain import MoCoTask
-        from fewshot.train.engine import amp_dtype, build_optimizer
+        from fewshot.train.optim import amp_dtype, build_optimizer
 
         self.device = torch.device(o["device"])
         img, r = o["img"], {**RECIPE, **o.get("recipe", {})}

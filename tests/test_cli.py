@@ -1176,10 +1176,10 @@ def test_tensorboard_on_but_missing_is_said_not_skipped_silently(digits_root, tm
     """train.tensorboard=true without the package wrote no RUN/tensorboard/ and said nothing."""
     import sys
 
-    from fewshot.train import engine
+    from fewshot.train import tensorboard_log
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `import` of it raises ImportError
-    monkeypatch.setattr(engine, "_TOLD_TENSORBOARD", set())
+    monkeypatch.setattr(tensorboard_log, "_TOLD_TENSORBOARD", set())
     rc, out, err = run_main("train", "--data", digits_root, "--model", "test_resnet", "--img-size", "16", "--epochs",
                             "1", "--batch-size", "8", "--device", "cpu", "--no-progress", "--out", tmp_path / "r",
                             "train.tensorboard=true", "--datasets", "digits")

@@ -283,21 +283,21 @@ def test_a_resume_in_the_same_second_names_its_event_file_after_the_last_one(tmp
     """TensorBoard sorts event files by name (second, host, pid): a resume opened in the second of the writer before
     it, with a smaller pid, sorted first, and the older file's purge removed the resume's later epochs (a flaky
     test showed it). The resume waits into the next second; a file named by a clock far ahead is not waited for."""
-    from fewshot.train import engine
+    from fewshot.train import tensorboard_log
 
     slept: list[float] = []
-    monkeypatch.setattr(engine.time, "sleep", slept.append)
+    monkeypatch.setattr(tensorboard_log.time, "sleep", slept.append)
     now = 1_800_000_000.25
-    monkeypatch.setattr(engine.time, "time", lambda: now)
+    monkeypatch.setattr(tensorboard_log.time, "time", lambda: now)
     folder = tmp_path / "tensorboard"
     folder.mkdir()
-    engine.wait_for_a_later_event_file_second(folder)  # no event file yet
+    tensorboard_log.wait_for_a_later_event_file_second(folder)  # no event file yet
     (folder / "events.out.tfevents.1799999990.host.9.0").write_bytes(b"")
-    engine.wait_for_a_later_event_file_second(folder)  # an older second
+    tensorboard_log.wait_for_a_later_event_file_second(folder)  # an older second
     assert slept == []
     (folder / "events.out.tfevents.1800000000.host.99999.0").write_bytes(b"")
-    engine.wait_for_a_later_event_file_second(folder)
+    tensorboard_log.wait_for_a_later_event_file_second(folder)
     assert slept == [pytest.approx(0.75)]
     (folder / "events.out.tfevents.1800003600.host.9.0").write_bytes(b"")  # an hour ahead: not waited for
-    engine.wait_for_a_later_event_file_second(folder)
+    tensorboard_log.wait_for_a_later_event_file_second(folder)
     assert slept == [pytest.approx(0.75)]

@@ -205,7 +205,7 @@ def test_a_joint_moco_run_resumed_on_more_processes_is_not_told_to_start_anew_th
     """The advice "to continue on 2, start a new run from this one's weights" led a semi.method=moco run into a
     refusal: its joint loss runs on one process only."""
     from fewshot.errors import UserError
-    from fewshot.train.engine import check_same_world
+    from fewshot.train.start_checks import check_same_world
 
     path = tmp_path / "last.pt"
     with pytest.raises(UserError) as joint:

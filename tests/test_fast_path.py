@@ -804,7 +804,8 @@ def test_compile_failure_under_ddp_is_a_user_error(digits, tmp_path, monkeypatch
     real cache folder. DDP stands in here as the Engine's answer that no redo is possible."""
     from fewshot.cli import main
     from fewshot.errors import UserError
-    from fewshot.train.engine import CompileFailedError, Engine
+    from fewshot.train.compile_fallback import CompileFailedError
+    from fewshot.train.engine import Engine
 
     monkeypatch.setattr(Engine, "_compile_redo_possible", lambda self: False)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
@@ -948,7 +949,7 @@ def test_an_eager_redo_that_fails_too_names_the_first_failure(digits, tmp_path, 
 def test_a_note_on_a_python_without_add_note_goes_to_stderr(capsys):
     """fewshot allows Python 3.10, whose exceptions have no add_note: the note is printed instead of turning the
     real error into an AttributeError."""
-    from fewshot.train.engine import add_note
+    from fewshot.train.compile_fallback import add_note
 
     class Py310Error(Exception):
         add_note = property(lambda self: (_ for _ in ()).throw(AttributeError("add_note")))
@@ -1024,11 +1025,12 @@ class _TinyTask:
 def test_fp16_on_a_cpu_warns_once(tmp_path, monkeypatch, capsys):
     """train.amp=fp16 on a CPU trained ~15x slower than fp32 without a word: one warning per process."""
     import fewshot.train.engine as engine
+    import fewshot.train.start_warnings as start_warnings
     from fewshot.config import resolve
     from fewshot.train.distributed import DistContext
 
     monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False, raising=False)
-    monkeypatch.setattr(engine, "_TOLD_CPU_FP16", [])
+    monkeypatch.setattr(start_warnings, "_TOLD_CPU_FP16", [])
     cpu = torch.device("cpu")
     for amp in ("off", "bf16", "fp16", "fp16"):
         cfg = resolve(flags={"train.amp": amp, "train.device": "cpu", "optim.lr": 0.01})

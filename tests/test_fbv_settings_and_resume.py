@@ -12,8 +12,9 @@ import torch
 
 import fewshot.train.checkpoint as checkpoint
 import fewshot.train.distributed as distributed
-import fewshot.train.engine as engine
 import fewshot.train.finetune as finetune
+import fewshot.train.resume as resume
+import fewshot.train.start_checks as start_checks
 from fewshot.errors import UserError
 from fewshot.train.distributed import DistContext, check_same_settings
 from fewshot.train.finetune import merge_resume_config, run_finetune
@@ -39,7 +40,7 @@ def as_rank_0_of_2(monkeypatch, other=None) -> list:
         return [obj, other if other is not None and isinstance(obj, tuple) else obj]
 
     monkeypatch.setattr(distributed, "all_gather_object", gathered)
-    monkeypatch.setattr(engine, "all_gather_object", gathered)  # the ranks' agreement on last.pt
+    monkeypatch.setattr(start_checks, "all_gather_object", gathered)  # the ranks' agreement on last.pt
     monkeypatch.setattr(finetune, "init_distributed", lambda device: (DistContext(0, 2), device))
     monkeypatch.setattr(finetune, "barrier", lambda ctx: None)
     return calls
@@ -109,7 +110,7 @@ def count_reads(monkeypatch) -> list:
         return read(path, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "load_checkpoint", counted)
-    monkeypatch.setattr(engine, "load_checkpoint", counted)
+    monkeypatch.setattr(resume, "load_checkpoint", counted)
     return reads
 
 

@@ -20,8 +20,8 @@ from test_run_resume import _cmd, sigterm_in_stage
 
 import fewshot.train.checkpoint as checkpoint
 import fewshot.train.distributed as distributed
-import fewshot.train.engine as engine
 import fewshot.train.finetune as finetune
+import fewshot.train.start_checks as start_checks
 from fewshot.errors import UserError
 from fewshot.run_state import STATE_FILE
 from fewshot.train.distributed import DistContext, check_same_settings
@@ -43,7 +43,7 @@ def as_rank(monkeypatch, rank: int, theirs: list | None = None) -> list:
         return [obj, other] if rank == 0 else [other, obj]
 
     monkeypatch.setattr(distributed, "all_gather_object", gathered)
-    monkeypatch.setattr(engine, "all_gather_object", gathered)
+    monkeypatch.setattr(start_checks, "all_gather_object", gathered)
     monkeypatch.setattr(finetune, "init_distributed", lambda device: (DistContext(rank, 2), device))
     monkeypatch.setattr(finetune, "barrier", lambda ctx: None)
     return mine
@@ -112,7 +112,7 @@ def rank_1_sees(monkeypatch, view) -> None:
 
     as_rank(monkeypatch, 0)
     monkeypatch.setattr(distributed, "all_gather_object", gathered)
-    monkeypatch.setattr(engine, "all_gather_object", gathered)
+    monkeypatch.setattr(start_checks, "all_gather_object", gathered)
 
 
 def test_a_last_pt_other_on_one_node_is_said_before_any_rank_checks_it(trained, tmp_path, monkeypatch):
@@ -286,11 +286,11 @@ def test_the_ranks_checkpoint_views_cannot_raise_on_one_rank_and_a_nan_time_matc
         sent.append(view)
         return [view, view]  # every rank saw what this one saw
 
-    monkeypatch.setattr(engine, "all_gather_object", gather)
+    monkeypatch.setattr(start_checks, "all_gather_object", gather)
     ctx = DistContext(0, 2)
-    engine.agree_on_checkpoint(ctx, tmp_path / "last.pt", {"global_step": 5, "train_seconds": float("nan")})
-    engine.agree_on_checkpoint(ctx, tmp_path / "last.pt", {"global_step": "five", "train_seconds": 1.0})
+    start_checks.agree_on_checkpoint(ctx, tmp_path / "last.pt", {"global_step": 5, "train_seconds": float("nan")})
+    start_checks.agree_on_checkpoint(ctx, tmp_path / "last.pt", {"global_step": "five", "train_seconds": 1.0})
     assert sent[1][0] == "unreadable" and "no number" in sent[1][1]
-    monkeypatch.setattr(engine, "all_gather_object", lambda ctx, view: [view, (5, repr(1.0))])
+    monkeypatch.setattr(start_checks, "all_gather_object", lambda ctx, view: [view, (5, repr(1.0))])
     with pytest.raises(UserError, match=r"rank 0: an unreadable last\.pt .*rank 1: last\.pt at global step 5"):
-        engine.agree_on_checkpoint(ctx, tmp_path / "last.pt", {"global_step": [1], "train_seconds": 1.0})
+        start_checks.agree_on_checkpoint(ctx, tmp_path / "last.pt", {"global_step": [1], "train_seconds": 1.0})

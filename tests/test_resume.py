@@ -812,9 +812,9 @@ def test_ranks_that_see_last_pt_files_of_one_step_but_of_other_sessions_refuse_t
     import types
 
     import fewshot.errors
-    import fewshot.train.engine as engine_mod
+    import fewshot.train.start_checks as start_checks
 
-    monkeypatch.setattr(engine_mod, "all_gather_object", lambda ctx, x: [(5, 12.5), (5, 30.5)])
+    monkeypatch.setattr(start_checks, "all_gather_object", lambda ctx, x: [(5, 12.5), (5, 30.5)])
     fake = types.SimpleNamespace(ctx=types.SimpleNamespace(enabled=True))
     with pytest.raises(fewshot.errors.UserError) as err:
         Engine._agree_on_checkpoint(fake, tmp_path / "last.pt", {"global_step": 5, "train_seconds": 12.5})
@@ -828,7 +828,7 @@ def test_a_rank_that_cannot_read_last_pt_still_meets_the_others_in_the_agreement
     import types
 
     import fewshot.errors
-    import fewshot.train.engine as engine_mod
+    import fewshot.train.start_checks as start_checks
 
     (tmp_path / "last.pt").write_bytes(b"half a checkpoint")
     gathered = []
@@ -837,7 +837,7 @@ def test_a_rank_that_cannot_read_last_pt_still_meets_the_others_in_the_agreement
         gathered.append(view)
         return [(5, 12.5), view]  # rank 0 read it; this process is rank 1
 
-    monkeypatch.setattr(engine_mod, "all_gather_object", gather)
+    monkeypatch.setattr(start_checks, "all_gather_object", gather)
     fake = types.SimpleNamespace(ctx=types.SimpleNamespace(enabled=True), ckpt_dir=tmp_path)
     fake._agree_on_checkpoint = types.MethodType(Engine._agree_on_checkpoint, fake)
     with pytest.raises(fewshot.errors.UserError) as err:

@@ -285,7 +285,7 @@ def test_no_raise_once_the_schedule_has_ended(monkeypatch):
     """Review rev47: a raise past LATE_POSITION of the schedule only held the lr at its minimum for the added epochs."""
     import types
 
-    from fewshot.train import engine as engine_mod
+    from fewshot.train import stage_cap
 
     raised = []
     engine = types.SimpleNamespace(
@@ -294,8 +294,8 @@ def test_no_raise_once_the_schedule_has_ended(monkeypatch):
         ctx=types.SimpleNamespace(enabled=False), task=types.SimpleNamespace(eval_every=1),
         _cap_wanted=lambda now, deadline: 100, _eval_interval_wanted=lambda: 0,
         _raise_cap=lambda *args: raised.append(args))
-    monkeypatch.setattr(engine_mod, "is_run_stage", lambda run_dir: True)
-    monkeypatch.setattr(engine_mod, "time", types.SimpleNamespace(monotonic=lambda: 50.0))
+    monkeypatch.setattr(stage_cap, "is_run_stage", lambda run_dir: True)
+    monkeypatch.setattr(stage_cap, "time", types.SimpleNamespace(monotonic=lambda: 50.0))
     Engine._extend_cap(engine, 170.0)  # 39 of 40 steps: the schedule at 0.975
     assert raised == []
     engine.global_step = 20  # half-way: raised

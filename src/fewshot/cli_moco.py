@@ -559,8 +559,8 @@ def cmd_export(args, extra) -> int:
               "rebuild it from the file. Plain timm builds the stock network: it refuses the file, or (a small stem "
               "with unchanged shapes) loads it into a network that computes other features.")
     elif out.suffix != ".safetensors":  # timm would hand any other name to torch.load, which refuses it
-        print(f"in plain timm: rename it to a .safetensors name first, then pass that name as "
-              f"pretrained_cfg_overlay=dict(file=...)")
+        print("in plain timm: rename it to a .safetensors name first, then pass that name as "
+              "pretrained_cfg_overlay=dict(file=...)")
     else:  # the file holds the backbone only (no classifier), and window / position tables follow the image size
         from safetensors import safe_open
 

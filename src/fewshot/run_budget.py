@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import json
 import math
 import time
 
@@ -57,7 +56,8 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
     on the task's device and in the Engine's autocast, so that the plan matches what the stage will run.
     The copy runs eagerly where the stage compiles (train.compile; torch drops the compile from a copied module):
     it costs no second compile, and the time-based schedule follows the clock from there."""
-    from fewshot.train.engine import amp_dtype, empty_epoch_error
+    from fewshot.train.optim import amp_dtype
+    from fewshot.train.start_checks import empty_epoch_error
 
     device = task.device
     task.model.to(device)  # the tasks build their model on the CPU; the Engine would move it later

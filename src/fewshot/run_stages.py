@@ -298,8 +298,8 @@ def check_finetune_batches(cfg: dict, train_set) -> None:
         raise UserError(f"train.batch_size={bs}: BatchNorm needs at least 2 images per batch in training; use 2 "
                         f"or more.")
     if cfg["data"]["sampler"] == "grouped":
-        raise UserError(f"data.sampler=grouped keeps each dataset's batches apart, and no dataset has 2 training "
-                        f"images (BatchNorm cannot train on 1): use data.sampler=shuffle or add training images.")
+        raise UserError("data.sampler=grouped keeps each dataset's batches apart, and no dataset has 2 training "
+                        "images (BatchNorm cannot train on 1): use data.sampler=shuffle or add training images.")
     raise UserError(f"{n} training image{'s give' if n != 1 else ' gives'} no batch of at least 2 images, which "
                     f"BatchNorm needs in training: add training images.")
 
@@ -381,8 +381,8 @@ def better_earlier_round(earlier: dict[str, dict], last_val: float | None) -> st
 
 def drop_best_aside(sdir: Path) -> None:
     """A finished stage is never resumed: the best.pt that its closing budget stop kept aside for a resume
-    (engine.BEST_ASIDE) is a whole checkpoint of wasted disk."""
-    from fewshot.train.engine import BEST_ASIDE
+    (resume.BEST_ASIDE) is a whole checkpoint of wasted disk."""
+    from fewshot.train.resume import BEST_ASIDE
 
     (sdir / "checkpoints" / BEST_ASIDE).unlink(missing_ok=True)
 

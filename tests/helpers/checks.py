@@ -53,10 +53,11 @@ def assert_same(a, b, path="ckpt"):
 def engine_clock(monkeypatch) -> dict:
     """engine's time.monotonic gives one "second" per call: fit() reads it once, then once after every step, so
     train.budget_minutes=(k - 0.5) / 60 stops after step k, whatever the machine's speed; ``clock["t"]`` can be
-    moved on by hand."""
+    moved on by hand. The time-based schedule's module (stage_cap, the Engine's methods too) reads the same clock."""
     import types
 
     import fewshot.train.engine as engine_mod
+    import fewshot.train.stage_cap as stage_cap
 
     clock = {"t": 0.0}
 
@@ -64,6 +65,7 @@ def engine_clock(monkeypatch) -> dict:
         clock["t"] += 1.0
         return clock["t"]
 
-    monkeypatch.setattr(engine_mod, "time", types.SimpleNamespace(monotonic=monotonic,
-                                                                  perf_counter=engine_mod.time.perf_counter))
+    fake = types.SimpleNamespace(monotonic=monotonic, perf_counter=engine_mod.time.perf_counter)
+    monkeypatch.setattr(engine_mod, "time", fake)
+    monkeypatch.setattr(stage_cap, "time", fake)
     return clock

@@ -41,9 +41,9 @@ CHOICES = {  # fields whose value must be one of a few words (checked at start-u
     "train.compile": ("auto", True, False),
     "moco.preset": tuple(["mocov1", "mocov2"]),
     "moco.shuffle_bn": ("auto", True, False, "off", "none"),  # YAML reads on/off as true/false; flags keep words
-    "optim.fused": ("auto", True, False, "true", "false", "on", "off"),  # engine._sgd_impl
+    "optim.fused": ("auto", True, False, "true", "false", "on", "off"),  # optim._sgd_impl
     "optim.name": ("adamw", "sgd"),
-    "train.amp": ("auto", "bf16", "fp16", "off", "false", False, None),  # engine.amp_dtype
+    "train.amp": ("auto", "bf16", "fp16", "off", "false", False, None),  # optim.amp_dtype
     "run.semi_method": ("pseudo", "fixmatch", "off", "none", False, None),  # pipeline.check_run_settings
     "run.pseudo_targets": ("hard", "soft"),
     "run.balance": ("auto", "on", "off", True, False),  # YAML reads a bare on/off as true/false

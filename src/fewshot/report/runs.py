@@ -12,7 +12,6 @@ A RUN argument is one of
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 

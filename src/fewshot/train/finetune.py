@@ -23,7 +23,8 @@ from fewshot.progress import set_enabled
 from fewshot.train.distributed import barrier, check_same_data, check_same_settings, init_distributed
 from fewshot.run_lock import LOCK_NAME, lock_run_dir, refuse_if_being_written, unlock_and_remove
 from fewshot.run_state import is_run_stage
-from fewshot.train.engine import Engine, agree_on_checkpoint, check_resume_fits
+from fewshot.train.engine import Engine
+from fewshot.train.start_checks import agree_on_checkpoint, check_resume_fits
 from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
 from fewshot.utils import (missing_parents, refuse_links_in_run_dir, resolve_device, resolved, seed_everything,
                            write_json)

@@ -1,0 +1,74 @@
+"""Warnings said once when a run starts, about settings that would waste it without a word: a warmup as long as
+the run, an EMA slower than the run, fp16 autocast on a CPU.
+
+Apart from the loop (engine.py) because each reads only the settings and what the Engine built from them (the
+schedule, the steps per epoch, the autocast dtype), and says nothing to the loop: it prints, or does not.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from fewshot.errors import one_line
+from fewshot.runtime import cpu_fp16_warning
+
+
+_TOLD_CPU_FP16: list[bool] = []  # whether the train.amp=fp16-on-a-CPU warning was given in this process
+WARMUP_PEAK_OK = 0.9  # a warmup as long as the run whose last step trains at this share of optim.lr or more: no word
+
+
+def warn_long_warmup(cfg: dict, steps_per_epoch: int, scheduler, is_main: bool) -> None:
+    """A warmup as long as the run, or longer, never lets the lr reach optim.lr: sched.warmup_epochs=100 with
+    --epochs 2 trained at a 50th of it, and the default 1-epoch warmup of a 1-epoch run peaked at 75 %, without
+    a word. The peak said is the schedule's own lr at the run's last step (a warmup of W steps reaches
+    (steps - 1) / W of the way up), not epochs / warmup_epochs. A peak of WARMUP_PEAK_OK or more is left
+    unsaid, whoever set the warmup: a last step that short of optim.lr changes little (the default warmup of a
+    plain `train --epochs 1` on the demo data reaches 96 %, and was warned about). A time-based schedule
+    (`fewshot run`) is left out: its epochs are a cap, not the run's length."""
+    warmup, epochs = float(cfg["sched"].get("warmup_epochs") or 0.0), cfg["train"]["epochs"]
+    total = max(1, epochs * steps_per_epoch)
+    warmup_steps = int(round(warmup * steps_per_epoch))  # as build_scheduler counts them
+    if not is_main or warmup_steps < total or warmup_steps == 0 or cfg["sched"].get("time_based"):
+        return
+    # the lr timm's schedule gives the last step, as a share of the first group's optim.lr (what log.jsonl says)
+    peak = scheduler._get_lr(total - 1)[0] / scheduler.base_values[0]
+    if round(peak, 6) >= WARMUP_PEAK_OK:  # 9 steps of 10 may come out as 0.8999999
+        return
+    than = "longer than" if warmup_steps > total else "as long as"
+    print(f"warning: sched.warmup_epochs={warmup:g} is {than} the run's {epochs} epoch(s) ({total} steps): the "
+          f"learning rate climbs for the whole run and never reaches optim.lr (the last step trains at "
+          f"{f'{peak:.0%}' if peak >= 0.01 else 'under 1%'} of it). Lower sched.warmup_epochs or raise --epochs.",
+          flush=True)
+
+
+def warn_slow_ema(cfg: dict, steps_per_epoch: int, is_main: bool) -> None:
+    """An EMA without decay warm-up averages over about 1/(1 - decay) steps (25,000 at the default 0.99996): on a
+    run with fewer optimizer steps it stays near the random initial weights, and a 32-step run was scored at
+    chance (val 10.0 at every epoch while the train accuracy climbed), without a word. Told once, at the start
+    (best.pt falls back to the raw weights when they score higher, but the EMA's evaluations are wasted)."""
+    t = cfg["train"]
+    decay = float(t["ema_decay"])
+    total = max(1, int(t["epochs"]) * steps_per_epoch)
+    # a time-based schedule (`fewshot run`) plans 4x the epochs that fit as a cap: about a quarter of them run
+    planned = (f"about {max(1, total // 4):,}, a quarter of its cap of {t['epochs']} epoch(s) x "
+               f"{steps_per_epoch} steps" if cfg["sched"].get("time_based") else
+               f"{total:,} ({t['epochs']} epoch(s) x {steps_per_epoch} steps)")
+    if cfg["sched"].get("time_based"):
+        total = max(1, total // 4)
+    if t["ema_warmup"] or not is_main or decay <= 0.0 or 1.0 / (1.0 - decay) <= total:
+        return
+    print(one_line(f"warning: train.ema_warmup=false with train.ema_decay={decay:g} averages the weights over "
+                   f"about {1.0 / (1.0 - decay):,.0f} optimizer steps, more than this run's {planned}"
+                   f": the EMA stays close to the "
+                   f"initial weights and scores near chance. Set train.ema_warmup=true (the default), a smaller "
+                   f"train.ema_decay, or train.ema=false; meanwhile best.pt keeps the raw weights wherever they "
+                   f"score higher."), file=sys.stderr, flush=True)
+
+
+def warn_cpu_fp16(amp, device, is_main: bool) -> None:
+    """train.amp=fp16 on a CPU was accepted without a word and trained ~15x slower than fp32: said once a
+    process (`fewshot run` builds an Engine per stage)."""
+    text = cpu_fp16_warning(amp, device)
+    if text and is_main and not _TOLD_CPU_FP16:
+        _TOLD_CPU_FP16.append(True)
+        print(text, file=sys.stderr, flush=True)
