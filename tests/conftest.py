@@ -140,12 +140,13 @@ def _release_run_locks():
 @pytest.fixture(autouse=True)
 def _progress_bars_as_they_were():
     """Tests that call run_finetune / run_pretrain directly with train.progress=false switch the progress bars off
-    for the process (the CLI restores them after each call): the test after one must not depend on the order."""
+    for the process (the CLI restores them after each call): the test after one must not depend on the order. Each
+    test starts from the process default, on: a module-scoped fixture's run ran before this fixture could look."""
     from fewshot import progress
 
-    before = progress.is_enabled()
+    progress.set_enabled(True)
     yield
-    progress.set_enabled(before)
+    progress.set_enabled(True)
 
 
 @pytest.fixture(autouse=True)
