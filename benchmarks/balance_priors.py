@@ -3,7 +3,7 @@
 For each trained run (with the data root it was trained on), the val and test logits of every dataset are computed
 once; then each test split is scored plain (argmax), with the first version's choice (the train split's
 proportions unless a one-sample chi-square, p < 0.01, rules them out; then proportions estimated through the val
-confusion) and with the present one (fewshot.eval.predict._test_prior: a two-sample test at p < 0.05, even
+confusion) and with the present one (fewshot.eval.balancing._test_prior: a two-sample test at p < 0.05, even
 proportions as a second reference; and `auto` decides only with AUTO_MIN_VAL_PER_CLASS val images per class), both
 behind `auto`'s val check. Three test splits per dataset, cut from the
 real one by its answer key: `full` (as it is), `skew` (the first half of the classes whole, a tenth of the rest)
@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 from fewshot.eval import balance as bal
+from fewshot.eval import balancing as B
+from fewshot.eval import model_data as M
 from fewshot.eval import predict as P
 
 
@@ -41,8 +43,8 @@ def logits_of(run: Path, root: Path) -> dict:
             d = tm.space.index(info.name)
             lo, size = tm.space.offsets[d], tm.space.sizes[d]
             rows = data.dataset_ids == d
-            val_logits, val_targets, _ = P._val_logits(tm, root, info.name, device)
-            train, _ = P._labelled_split(tm, root, info.name, "train")
+            val_logits, val_targets, _ = B._val_logits(tm, root, info.name, device)
+            train, _ = M._labelled_split(tm, root, info.name, "train")
             if val_logits is None or train is None:
                 continue
             out[info.name] = {"test": logits[rows][:, lo:lo + size], "answers": answers[rows] - lo,
@@ -65,7 +67,7 @@ def first_version(train: torch.Tensor, val: tuple, test: torch.Tensor) -> torch.
     if float(torch.special.gammaincc(torch.tensor((n - 1) / 2.0), torch.tensor(chi2 / 2.0))) >= 0.01:
         return train
     estimated = bal.estimate_prior(bal.soft_confusion(logits.softmax(1), targets, n), test.softmax(1))
-    return P.floored_shares(estimated, len(test))
+    return B.floored_shares(estimated, len(test))
 
 
 def cuts(d: dict) -> dict:
@@ -89,7 +91,7 @@ def accuracy(logits: torch.Tensor, answers: torch.Tensor, prior: torch.Tensor | 
 
 def score(d: dict) -> dict:
     train = bal.train_prior(torch.repeat_interleave(torch.arange(len(d["shots"])), d["shots"]), len(d["shots"]))
-    if P._skew_untestable(d["val"], len(train), None):  # auto predicts such a dataset plainly in both versions
+    if B._skew_untestable(d["val"], len(train), None):  # auto predicts such a dataset plainly in both versions
         return {}
     use = bal.val_decision(*d["val"])["used"]  # auto's val check, the same for both versions
     out = {}
@@ -99,7 +101,7 @@ def score(d: dict) -> dict:
             continue
         first = first_version(train, d["val"], test) if use else None
         enough_val = int(torch.bincount(d["val"][1], minlength=len(train)).min()) >= bal.AUTO_MIN_VAL_PER_CLASS
-        now = P._test_prior(train, d["val"], test)[0] if use and enough_val else None
+        now = B._test_prior(train, d["val"], test)[0] if use and enough_val else None
         out[scenario] = {"off": accuracy(test, answers, None), "first": accuracy(test, answers, first),
                          "now": accuracy(test, answers, now)}
     return out

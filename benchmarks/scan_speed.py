@@ -15,7 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
-from fewshot.data import layout
+from fewshot.data import layout, output_guard
 
 
 def build(root: Path, classes: int, shots: int, test: int) -> Path:
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.root / "pred_all.json"
     out.write_text("{}")  # an existing --out: the rerun case the check reads the data for
     scan = median_seconds(lambda: layout.scan_root(root, ["big"], splits=("train", "val", "test")), args.runs)
-    check = median_seconds(lambda: layout.check_result_file_is_not_an_input(out, root, args.root / "no-run",
-                                                                            kind="predictions"), args.runs)
+    check = median_seconds(lambda: output_guard.check_result_file_is_not_an_input(out, root, args.root / "no-run",
+                                                                                  kind="predictions"), args.runs)
     files = args.classes * (args.shots + 20) + args.test
     result = {"files": files, "runs": args.runs, "scan_root_s": round(scan, 4), "out_check_s": round(check, 4)}
     print(f"{files} files: scan_root (train, val, test) {scan:.2f} s, eval/predict --out check {check:.3f} s "

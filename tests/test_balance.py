@@ -234,7 +234,7 @@ def test_balance_where_it_does_not_apply_is_said(trained, digits_root, tmp_path,
 
 
 def test_a_val_split_lacking_a_class_cannot_check_the_test_proportions():
-    from fewshot.eval.predict import _skew_untestable
+    from fewshot.eval.balancing import _skew_untestable
 
     targets = torch.arange(4).repeat_interleave(30)
     logits = torch.nn.functional.one_hot(targets, 4).float()
@@ -245,7 +245,7 @@ def test_a_val_split_lacking_a_class_cannot_check_the_test_proportions():
 
 
 def test_a_test_split_of_one_class_is_told_apart_and_every_class_keeps_a_share():
-    from fewshot.eval.predict import _test_prior
+    from fewshot.eval.balancing import _test_prior
 
     g = torch.Generator().manual_seed(0)
     even = torch.full((4,), 0.25)
@@ -265,14 +265,14 @@ def test_a_test_split_of_one_class_is_told_apart_and_every_class_keeps_a_share()
 def test_a_floored_class_keeps_one_test_images_share_after_the_normalising(monkeypatch):
     """A review: the floor came before the shares were normalised, so 9 classes estimated at 0 of 100 (with 100
     test images) ended at 0.0092 each, less than one image's share. The floored shares now come out of the others'."""
-    import fewshot.eval.predict as predict
+    import fewshot.eval.balancing as balancing
 
     estimated = torch.cat([torch.zeros(9), torch.tensor([0.3]), torch.full((89,), 0.7 / 89), torch.tensor([1e-4])])
-    monkeypatch.setattr(predict.bal, "fits_proportions", lambda *a: 0.0)
-    monkeypatch.setattr(predict.bal, "soft_confusion", lambda *a: None)
-    monkeypatch.setattr(predict.bal, "estimate_prior", lambda *a: estimated.clone())
+    monkeypatch.setattr(balancing.bal, "fits_proportions", lambda *a: 0.0)
+    monkeypatch.setattr(balancing.bal, "soft_confusion", lambda *a: None)
+    monkeypatch.setattr(balancing.bal, "estimate_prior", lambda *a: estimated.clone())
     val = (torch.zeros(100, 100), torch.arange(100))
-    prior, source = predict._test_prior(torch.full((100,), 0.01), val, torch.zeros(200, 100))  # 200 test images
+    prior, source = balancing._test_prior(torch.full((100,), 0.01), val, torch.zeros(200, 100))  # 200 test images
     assert source.startswith("estimated") and float(prior.sum()) == pytest.approx(1.0)
     assert float(prior.min()) >= (1 - 1e-5) / 200  # the 9 zeros and the 0.0001: one image's share each
     # the others keep their proportions to each other
@@ -362,7 +362,7 @@ def test_a_large_even_test_split_is_not_told_apart_through_a_confusion_read_off_
 def test_uneven_shots_with_an_even_test_split_aim_at_even_proportions():
     """A hunt: 2-shot classes next to 10-shot ones, an even test split: the train proportions were ruled out and
     the estimate put 4 of 15 classes at 0; even proportions fit the test predictions and are aimed at."""
-    from fewshot.eval.predict import _test_prior
+    from fewshot.eval.balancing import _test_prior
 
     g = torch.Generator().manual_seed(1)
     shots = torch.tensor([10, 2] * 3 + [10])
@@ -395,7 +395,7 @@ def test_classes_no_model_predicts_are_no_degrees_of_freedom_of_the_skew_test():
 def test_the_estimated_priors_words_give_each_references_p_value():
     """A review: "p=0.01 for train's or even ones" read as one p for both, and "train's" where there were no train
     images."""
-    from fewshot.eval.predict import _test_prior
+    from fewshot.eval.balancing import _test_prior
 
     g = torch.Generator().manual_seed(0)
     val_targets = torch.arange(4).repeat_interleave(30)
@@ -424,6 +424,7 @@ def _val_per_class(root: Path, n: int) -> None:
 def test_auto_declines_too_few_val_images_before_reading_them(trained, copy_root, tmp_path, monkeypatch):
     """Counting the val labels costs nothing; reading and scoring the images it would then ignore cost a whole val
     pass per dataset: auto says no before it."""
+    from fewshot.eval import balancing
     from fewshot.eval import predict as predict_module
     passes = []
     real = predict_module.compute_logits
@@ -432,7 +433,8 @@ def test_auto_declines_too_few_val_images_before_reading_them(trained, copy_root
         passes.append(kwargs.get("desc", ""))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(predict_module, "compute_logits", counted)
+    monkeypatch.setattr(predict_module, "compute_logits", counted)  # the test pass
+    monkeypatch.setattr(balancing, "compute_logits", counted)  # the balancing's val passes
     rc, stdout, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "few.json", "--device",
                                "cpu", "--balance", "auto")
     assert rc == 0 and "auto decides on 10 of each" in stdout, err
@@ -477,7 +479,7 @@ def test_auto_decides_only_with_ten_val_images_per_class_and_says_so(trained, co
 
 def test_the_balancing_notes_count_one_image_in_the_singular():
     """A hunt: `fewshot compare` read "1 test images for 10 classes"."""
-    from fewshot.eval.predict import _images
+    from fewshot.eval.balancing import _images
 
     assert _images(1, "test") == "1 test image" and _images(3, "val") == "3 val images"
 

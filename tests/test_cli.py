@@ -928,7 +928,7 @@ def test_a_datasets_hint_pasted_into_a_shell_gives_those_datasets(names):
     "expected one argument"."""
     import shlex
 
-    from fewshot.data.layout import datasets_option
+    from fewshot.data.names import datasets_option
 
     hint = datasets_option(names)
     args = build_parser().parse_args(["predict", "RUN", "--data", "D", "--out", "p.json", *shlex.split(hint)])

@@ -88,7 +88,7 @@ def test_folder_out_in_the_data_suggests_a_file_outside_it(tmp_path, cmd, where,
     example = "pred_all.json" if cmd == "predict" else "metrics.json"
     assert f"e.g. {root / example}." in err and f"{root / where}/" not in err, err
     # and the suggested file is one the data check lets through
-    from fewshot.data.layout import check_result_file_is_not_an_input
+    from fewshot.data.output_guard import check_result_file_is_not_an_input
 
     check_result_file_is_not_an_input(root / example, root, tmp_path / "no_run", kind="predictions")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from fewshot.data import layout
-from fewshot.data.layout import check_output_is_not_in_data, check_result_file_is_not_an_input, scan_root
+from fewshot.data.layout import scan_root
+from fewshot.data.output_guard import check_output_is_not_in_data, check_result_file_is_not_an_input
 from fewshot.errors import DataLayoutError, UserError
 from fewshot.ssl.pretrain import pool_with_sources
 from helpers.checks import run_main

@@ -389,7 +389,8 @@ def test_a_path_not_in_utf8_is_suggested_as_bash_reads_its_bytes(tmp_path):
 def test_the_folders_suggested_by_messages_are_pasted_with_their_bytes(tmp_path):
     """`--data`, `--datasets` and `--out` suggested for a name that is not UTF-8 went through shlex.quote:
     `'o\\udcff'`, shown `'o\\xff'`, which bash reads as a backslash and `xff`."""
-    from fewshot.data.layout import datasets_option, list_datasets
+    from fewshot.data.layout import list_datasets
+    from fewshot.data.names import datasets_option
     from fewshot.report.runs import expand_runs
 
     root = build_digits(tmp_path / UNDECODABLE, shots=2)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fewshot.data import layout
-from fewshot.eval import predict
+from fewshot.data import layout, output_guard
+from fewshot.eval import balancing, output_files
 from fewshot.models.weights import backbone_state_from
 
 # ----------------------------------------------------------------------------- prototype heads
@@ -52,12 +52,12 @@ def test_the_stage_that_predicted_and_its_checkpoints_have_the_runs_recorded_bal
     """`predict RUN/finetune` balanced with auto where `predict RUN` took the run's run.balance off."""
     run = _run(tmp_path)
     for read in (run, run / "finetune", run / "finetune" / "checkpoints" / "best.pt"):
-        assert predict.recorded_balance(read) == "off", read
+        assert balancing.recorded_balance(read) == "off", read
     for read in (run / "finetune_labelled", run / "finetune_labelled" / "checkpoints" / "best.pt",
                  run / "finetune" / "checkpoints", tmp_path):
-        assert predict.recorded_balance(read) is None, read
+        assert balancing.recorded_balance(read) is None, read
     (run / "summary.json").write_text("not json")
-    assert predict.recorded_balance(run / "finetune") is None
+    assert balancing.recorded_balance(run / "finetune") is None
 
 
 # ----------------------------------------------------------------------------- earlier results, one rule
@@ -72,28 +72,28 @@ def test_eval_metrics_are_told_by_one_rule_inside_a_run_folder_and_elsewhere(tmp
     listed = tmp_path / "l.json"
     listed.write_text(json.dumps({**metrics, "datasets": ["digits"]}))
     for path in (txt, listed):
-        assert layout._earlier_result(path, "metrics") == predict.holds_metrics(path, predict.EVAL_METRICS) \
-            == (path is txt), path
+        assert output_guard._earlier_result(path, "metrics") == output_files.holds_metrics(
+            path, output_files.EVAL_METRICS) == (path is txt), path
     pred = tmp_path / "p.txt"
     pred.write_text(json.dumps({"n_parameters": 3, "digits": {"0": 1}}))
-    assert layout._earlier_result(pred, "predictions") and predict.holds_predictions(pred)
-    assert not layout._earlier_result(pred, "metrics") and not layout._earlier_result(txt, "predictions")
+    assert output_guard._earlier_result(pred, "predictions") and output_files.holds_predictions(pred)
+    assert not output_guard._earlier_result(pred, "metrics") and not output_guard._earlier_result(txt, "predictions")
 
 
 def test_a_file_larger_than_any_output_of_ours_is_not_read(tmp_path, monkeypatch):
     """_read_own_output read the whole file to decide (a user's dump of gigabytes went into memory)."""
     pred = tmp_path / "p.json"
     pred.write_text(json.dumps({"n_parameters": 3, "digits": {str(i): 1 for i in range(100)}}))
-    assert predict.holds_predictions(pred)
-    monkeypatch.setattr(predict, "OWN_OUTPUT_MAX_BYTES", pred.stat().st_size - 1, raising=False)
+    assert output_files.holds_predictions(pred)
+    monkeypatch.setattr(output_files, "OWN_OUTPUT_MAX_BYTES", pred.stat().st_size - 1, raising=False)
     monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("read a file over the bound"))
-    assert not predict.holds_predictions(pred)
+    assert not output_files.holds_predictions(pred)
 
 
 def test_undecodable_val_images_are_listed_as_other_cut_lists(capsys):
     """_say_val_left_out cut its list in its own words; layout.some_of says every cut list's."""
     bad = [(f"v/{i}.png", "not an image") for i in range(5)]
-    predict._say_val_left_out("digits", bad, 9, "--balance")
+    balancing._say_val_left_out("digits", bad, 9, "--balance")
     err = capsys.readouterr().err
     assert "5 of the 9 val images of digits" in err
     assert layout.some_of([f"{p} ({w})" for p, w in bad], 3, str) in err and err.count("v/") == 3, err
@@ -144,12 +144,12 @@ def test_a_home_folder_with_train_and_val_is_no_dataset(tmp_path):
     (home / "train" / "project" / "notes.txt").write_text("x")
     (home / "val").mkdir()
     (home / "unlabeled").mkdir()
-    assert layout.data_folder_around(home / "train" / "project" / "out") is None
-    assert layout.data_folder_around(home / "unlabeled") is None
+    assert output_guard.data_folder_around(home / "train" / "project" / "out") is None
+    assert output_guard.data_folder_around(home / "unlabeled") is None
     # a dataset holding images is one, however deep its --out lies
     _image(home / "data" / "ds" / "train" / "a" / "0.png")
     _image(home / "data" / "ds" / "test" / "0.png")
     (home / "data" / "unlabeled").mkdir()
-    assert layout.data_folder_around(home / "data" / "ds" / "train" / "a") == (home / "data",
-                                                                               "the train/ split of ds")
-    assert layout.data_folder_around(home / "data" / "unlabeled") == (home / "data", "the unlabeled pool")
+    assert output_guard.data_folder_around(home / "data" / "ds" / "train" / "a") == (home / "data",
+                                                                                     "the train/ split of ds")
+    assert output_guard.data_folder_around(home / "data" / "unlabeled") == (home / "data", "the unlabeled pool")

@@ -75,11 +75,12 @@ def test_layout_and_report_share_one_list_of_dataset_folders(tmp_path, monkeypat
     """report copied list_datasets' folder filter: a change to one (another name passed over) left the other
     deciding on other folders. Both read layout's one listing (_visible_folders, behind dataset_folders)."""
     import fewshot.data.layout as layout
+    import fewshot.data.roots as roots
     from fewshot.report.analysis import _dataset_folder_given
 
     root = _folders(tmp_path / "root", "train/a/1.png", "val/a/2.png")  # a dataset folder, unless layout says not
     asked = []
-    monkeypatch.setattr(layout, "_visible_folders", lambda r: asked.append(r) or [])
+    monkeypatch.setattr(roots, "_visible_folders", lambda r: asked.append(r) or [])
     assert _dataset_folder_given(root) is None  # layout's answer (no refusal) is report's
     with pytest.raises(UserError, match="no dataset folders found"):
         layout.list_datasets(root)

@@ -14,7 +14,7 @@ import fewshot.data.cache
 import fewshot.run_pseudo as run_pseudo
 from fewshot.data.label_space import LabelSpace
 from fewshot.errors import UserError
-from fewshot.eval import predict
+from fewshot.eval import answer_keys, balancing, predict
 
 
 def test_the_pool_share_note_says_the_labelling_time_and_the_time_left_apart(tmp_path, monkeypatch, capsys):
@@ -65,16 +65,16 @@ def test_too_few_val_images_for_balance_on_names_the_classes_val_lacks(tmp_path,
     """"9 val images for 4 classes: too few to decide on" did not say that val lacked two of the classes."""
     classes = ("cat", "dog", "emu", "fox")
     val = [(tmp_path / f"{i}.png", k) for i, k in enumerate([0] * 5 + [2] * 4)]  # no dog, no fox
-    monkeypatch.setattr(predict, "_labelled_split", lambda tm, root, name, split: (SimpleNamespace(val=val), None))
+    monkeypatch.setattr(balancing, "_labelled_split", lambda tm, root, name, split: (SimpleNamespace(val=val), None))
     monkeypatch.setattr(fewshot.data.cache, "load_images", lambda paths, *a, **k: SimpleNamespace(
         images=torch.zeros(len(paths), 3, 4, 4), valid=torch.ones(len(paths), dtype=torch.bool), bad=[]))
     tm = SimpleNamespace(space=LabelSpace(("pets",), (classes,)), cfg={"data": {}}, size=4)
-    logits, targets, why = predict._val_logits(tm, tmp_path, "pets", torch.device("cpu"))
+    logits, targets, why = balancing._val_logits(tm, tmp_path, "pets", torch.device("cpu"))
     assert logits is None and targets is None
     assert "9 val images for 4 classes: too few to decide on" in why, why
     assert "lacks 2 of the 4 classes: dog, fox" in why, why
     val[:] = [(tmp_path / f"{i}.png", i % 4) for i in range(9)]  # every class: no list
-    assert "lacks" not in predict._val_logits(tm, tmp_path, "pets", torch.device("cpu"))[2]
+    assert "lacks" not in balancing._val_logits(tm, tmp_path, "pets", torch.device("cpu"))[2]
 
 
 def test_a_missing_key_beside_a_broken_one_names_only_what_can_be_scored(tmp_path):
@@ -97,8 +97,8 @@ def test_a_missing_key_beside_a_broken_one_names_only_what_can_be_scored(tmp_pat
 
 def test_the_hint_gives_a_dataset_named_with_a_comma_alone():
     """--datasets splits at commas: "--datasets x,y,z" for the datasets "x,y" and "z" named three unknown ones."""
-    assert predict._datasets_hint(["z", "w"]) == "--datasets z,w"
-    hint = predict._datasets_hint(["x,y", "z"])
+    assert answer_keys._datasets_hint(["z", "w"]) == "--datasets z,w"
+    hint = answer_keys._datasets_hint(["x,y", "z"])
     assert hint.startswith("--datasets z, then --datasets x,y ") and "goes alone" in hint, hint  # the whole value
 
 
@@ -106,9 +106,9 @@ def test_the_classes_val_lacks_are_quoted_where_a_name_holds_a_comma_or_a_space(
     """Review rev46: "val lacks 3 of the 4 classes: cat, dog, fox , sea lion" read as four classes."""
     classes = ("cat, dog", "emu", "fox ", "sea lion")
     val = [(tmp_path / f"{i}.png", 1) for i in range(9)]
-    monkeypatch.setattr(predict, "_labelled_split", lambda tm, root, name, split: (SimpleNamespace(val=val), None))
+    monkeypatch.setattr(balancing, "_labelled_split", lambda tm, root, name, split: (SimpleNamespace(val=val), None))
     monkeypatch.setattr(fewshot.data.cache, "load_images", lambda paths, *a, **k: SimpleNamespace(
         images=torch.zeros(len(paths), 3, 4, 4), valid=torch.ones(len(paths), dtype=torch.bool), bad=[]))
     tm = SimpleNamespace(space=LabelSpace(("pets",), (classes,)), cfg={"data": {}}, size=4)
-    why = predict._val_logits(tm, tmp_path, "pets", torch.device("cpu"))[2]
+    why = balancing._val_logits(tm, tmp_path, "pets", torch.device("cpu"))[2]
     assert "lacks 3 of the 4 classes: 'cat, dog', 'fox ', 'sea lion'" in why, why

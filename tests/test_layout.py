@@ -674,7 +674,7 @@ def test_unlabeled_folders_count_each_file_once_and_never_the_scoring_splits(cop
 
 def test_a_run_folder_inside_an_unlabeled_folder_is_refused(copy_root, tmp_path):
     """Its plots joined the pool: the first run trained on N images, --resume found N+1 and refused."""
-    from fewshot.data.layout import check_output_is_not_in_data
+    from fewshot.data.output_guard import check_output_is_not_in_data
 
     pool = tmp_path / "pool"
     pool.mkdir()

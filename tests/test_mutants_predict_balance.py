@@ -14,7 +14,7 @@ import torch
 
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import DatasetInfo
-from fewshot.eval import predict
+from fewshot.eval import balancing, predict
 
 SPACE = LabelSpace(("a", "b"), (("a0", "a1", "a2"), ("b0", "b1")))  # global classes: a0 a1 a2 b0 b1
 CPU = torch.device("cpu")
@@ -65,7 +65,7 @@ def patched(monkeypatch, tmp_path):
 
 def test_the_balancing_reads_each_datasets_own_rows_and_columns(monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(predict, "_balance_one", lambda tm, root, name, test, *a: seen.setdefault(name, test))
+    monkeypatch.setattr(balancing, "_balance_one", lambda tm, root, name, test, *a: seen.setdefault(name, test))
     scores = torch.arange(15.0).reshape(3, 5)
     predict.balance_plan(model(), tmp_path, infos(tmp_path), data(), scores, "on", CPU)
     assert torch.equal(seen["a"], torch.tensor([[0.0, 1.0, 2.0], [5.0, 6.0, 7.0]]))
@@ -111,11 +111,11 @@ def test_a_val_split_lacking_a_class_is_relabelled_by_the_models_class_names():
 
 def test_floored_shares_give_a_class_estimated_at_zero_one_test_images_share():
     # 100 test images over 3 classes: the floor is 1/100, not 1/3 (which would make every class even)
-    out = predict.floored_shares(torch.tensor([0.0, 0.5, 0.5]), 100)
+    out = balancing.floored_shares(torch.tensor([0.0, 0.5, 0.5]), 100)
     assert torch.allclose(out, torch.tensor([0.01, 0.495, 0.495]))
 
 
 def test_a_single_class_dataset_is_not_balanced_and_nothing_else_is_read():
     single = model(LabelSpace(("s",), (("s0",),)))
-    plan = predict._balance_one(single, Path("/nonexistent"), "s", torch.zeros(50, 1), "on", CPU, "--balance")
+    plan = balancing._balance_one(single, Path("/nonexistent"), "s", torch.zeros(50, 1), "on", CPU, "--balance")
     assert plan == {"used": False, "why": "a single class: nothing to even out"}

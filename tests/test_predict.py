@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.data.layout import check_result_file_is_not_an_input
+from fewshot.data.output_guard import check_result_file_is_not_an_input
 from fewshot.errors import UserError
 from helpers.checks import run_main, train_tiny
 

@@ -373,9 +373,10 @@ def cmd_train(args, extra) -> int:
 
 
 def cmd_eval(args, extra) -> int:
-    from fewshot.data.layout import check_result_file_is_not_an_input
+    from fewshot.data.output_guard import check_result_file_is_not_an_input
     from fewshot.eval.evaluate import format_table
-    from fewshot.eval.predict import EVAL_METRICS, check_own_output, evaluate_run, holds_metrics
+    from fewshot.eval.output_files import EVAL_METRICS, check_own_output, holds_metrics
+    from fewshot.eval.predict import evaluate_run
     from fewshot.utils import check_output_file, resolve_device, write_json
 
     if args.out:
@@ -397,8 +398,9 @@ def cmd_eval(args, extra) -> int:
 
 
 def cmd_predict(args, extra) -> int:
-    from fewshot.data.layout import check_result_file_is_not_an_input
-    from fewshot.eval.predict import check_predict_out, holds_routing, predict_run
+    from fewshot.data.output_guard import check_result_file_is_not_an_input
+    from fewshot.eval.output_files import check_predict_out, holds_routing
+    from fewshot.eval.predict import predict_run
     from fewshot.utils import check_output_file, name_fits, resolve_device, write_json, written_in_place
 
     out = check_output_file(args.out, example="pred_all.json")

@@ -590,10 +590,10 @@ def probe_bit_depth(extra: list[str]) -> int | str | None:
 
 
 def cmd_probe(args, extra) -> int:
-    from fewshot.data.layout import check_output_is_not_in_data
+    from fewshot.data.output_guard import check_output_is_not_in_data
     from fewshot.errors import UserError
     from fewshot.eval.evaluate import format_table
-    from fewshot.eval.predict import PROBE_METRICS, check_own_output, holds_metrics
+    from fewshot.eval.output_files import PROBE_METRICS, check_own_output, holds_metrics
     from fewshot.eval.probe import bit_depth_for, run_probe
     from fewshot.utils import check_output_dir, check_output_file, resolve_device, write_json
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from fewshot.config import (CHOSEN, MAX_BUDGET_MINUTES, RECHOSEN, canonical_value, note_chosen, note_rechosen,
                             same_recorded_path)
 from fewshot.data.cache import ensure_writable_dir, write_skipped
-from fewshot.data.layout import check_output_is_not_in_data, scan_root
+from fewshot.data.layout import scan_root
+from fewshot.data.output_guard import check_output_is_not_in_data
 from fewshot.errors import UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled
@@ -275,7 +276,7 @@ class PipelineRun:
         of a pred_all.json without the new ids. Predicting again needs the run's start-up outside its plan (the
         decoding, the balancing on val, the scores, the report): refused, with the counts and the `fewshot predict`
         command that predicts the images there now with the run's final model."""
-        from fewshot.data.layout import datasets_option
+        from fewshot.data.names import datasets_option
         from fewshot.errors import path_argument
 
         try:
@@ -337,7 +338,7 @@ class PipelineRun:
     def check_test_split(self) -> None:
         """The datasets, and the answer keys that will score the test split: a key that cannot score its dataset
         costs only that dataset's scores, and the run says so now."""
-        from fewshot.eval.predict import load_answer_key
+        from fewshot.eval.answer_keys import load_answer_key
 
         cfg = self.cfg
         # the test split and its answer keys are checked now, not after the whole budget has been spent; in the same

@@ -262,7 +262,7 @@ def preload_images(cfg: dict, infos, test_infos):
     labelled train ImageSet (its epoch plan is checked before the run folder is started)."""
     from fewshot.data.label_space import LabelSpace
     from fewshot.data.sets import load_splits, warn_split_copies
-    from fewshot.eval.predict import prediction_cache_dir, warn_about_blank_test_images
+    from fewshot.eval.model_data import prediction_cache_dir, warn_about_blank_test_images
 
     d, size, space = cfg["data"], cfg["model"]["img_size"], LabelSpace.from_infos(infos)
     problems, hints, skipped, test_set, train_set = [], [], [], None, None

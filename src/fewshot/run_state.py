@@ -253,7 +253,8 @@ def dataset_names(value, root) -> list[str] | None:
     it; None: all of them, in name order); None where the root cannot be listed (the scan says why later)."""
     import unicodedata
 
-    from fewshot.data.layout import list_datasets, parse_datasets
+    from fewshot.data.names import parse_datasets
+    from fewshot.data.roots import list_datasets
 
     try:
         available = list_datasets(Path(root))

@@ -27,7 +27,7 @@ def check_output_file(path, flag: str | None = "--out", example: str = "out.json
     path = Path(path)
     said = f"{flag} {path}" if flag else f"the output {path}"
     if path.is_dir():
-        from fewshot.data.layout import data_folder_around
+        from fewshot.data.output_guard import data_folder_around
 
         data = data_folder_around(path)
         if data:  # a file in it would be refused as data (check_result_file_is_not_an_input): suggest none there

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fewshot.data.layout import IMAGE_EXTS
+from fewshot.data.image_files import IMAGE_EXTS
 from fewshot.errors import UserError
 
 try:

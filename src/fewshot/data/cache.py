@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
-from fewshot.data.layout import broken_link, broken_link_words
+from fewshot.data.roots import broken_link, broken_link_words
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.progress import track
 from fewshot.train.distributed import launch_rank

@@ -4,12 +4,13 @@ Layout: ROOT/<dataset>/{train,val}/<class>/<image> and ROOT/<dataset>/test/<id>.
 (0007.png is image 7, written "7" in pred_all.json), and any other file name, whose stem is then the id.
 `unlabeled/`, hidden entries and plain files under ROOT are not datasets. Every problem is
 collected and reported at once (DataLayoutError), each naming its path.
+
+Which folders of ROOT are datasets is roots.py's; what is an image file, image_files.py's; names in messages,
+names.py's; the guards that keep outputs out of the data, output_guard.py's.
 """
 
 from __future__ import annotations
 
-import errno
-import itertools
 import os
 import sys
 import time
@@ -17,11 +18,13 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fewshot.data.image_files import (IMAGE_EXTS, _entries, _is_candidate_name, _is_dir_entry, _is_file_entry,
+                                      _scandir_quietly, has_images, is_image, is_unread_file, unread_files_note)
+from fewshot.data.names import names_list, parse_datasets, some_of
+from fewshot.data.roots import _refuse_dataset_twins, _says_notes, list_datasets
 from fewshot.errors import (BIDI_CONTROLS, DataLayoutError, UserError, is_utf8_name, one_line, path_argument,
-                            printable, quoted, shell_quoted)
+                            printable, quoted)
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
-NOT_DATASETS = frozenset({"unlabeled"})
 RESERVED_NAME = "n_parameters"  # a key of pred_all.json beside the datasets' names (SPEC's output format)
 # keys that sit beside the datasets' names: pred_all.json's parameter count, and the mean of the per-dataset kNN
 # accuracies (log.jsonl, summaries, compare), which overwrote a dataset named `mean`
@@ -39,508 +42,6 @@ class DatasetInfo:
     val: tuple[tuple[Path, int], ...] = ()
     test: tuple[tuple[str, Path], ...] = ()  # (test_id of the file's stem, path), ids in natural order
     answer_key: Path | None = field(default=None)
-
-
-def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
-
-
-SYSTEM_FOLDERS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information"})  # unzip / OS litter
-RUN_MARKERS = ("config.yaml", "run_state.json", "log.jsonl", "checkpoints", "index.html")  # index.html: a report
-_TOLD_NOT_DATASETS: set[str] = set()
-
-
-def _holds_run(folder: Path) -> bool:
-    return any((folder / marker).exists() for marker in RUN_MARKERS)
-
-
-def _has_images(folder: Path, limit: int = 20000) -> bool:
-    """Whether any image file lies below ``folder`` (stops at the first; a tree too large to look through
-    counts as holding images, so that it is scanned and its problems named)."""
-    seen = 0
-    for _, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        if any(is_image(Path(f)) for f in files):
-            return True
-        seen += len(files) + len(dirs)
-        if seen > limit:
-            return True
-    return False
-
-
-def not_a_dataset(folder: Path) -> str | None:
-    """Why a visible folder of ROOT is not a dataset (None: it is one). A run written into the data root
-    (`--out ROOT/runs/x`, `--out ROOT/myrun`, even one that failed to start and left its folder empty) used to
-    turn every later command on that root into a layout error; so did the `__MACOSX/` folder that unzipping a
-    macOS archive leaves, and an unreadable folder such as a mount point's `lost+found`. A folder that holds
-    images but no split folder (`ROOT/x/Train/...`) stays a dataset whose problem is named."""
-    if folder.name in SYSTEM_FOLDERS:
-        return "operating-system metadata"
-    try:
-        if any((folder / split).is_dir() for split in ("train", "val", "test")):
-            return None
-        if _holds_run(folder) or any(c.is_dir() and _holds_run(c) for c in folder.iterdir()
-                                     if not c.name.startswith(".")):
-            return "fewshot output (a run or a report), no train/, val/ or test/"
-        if not _has_images(folder):
-            return "no images, no train/, val/ or test/"
-    except OSError as exc:
-        return f"it cannot be read: {exc.strerror or exc}"
-    return None
-
-
-def check_output_is_not_in_data(out: Path, root, unlabeled=None, what: str = "the run") -> None:
-    """A run folder that is the data root, or inside one of its datasets, changes the data: `--out ROOT` left
-    ROOT/plots/ and ROOT/checkpoints/, and every later command on ROOT failed on them as datasets. Inside an
-    --unlabeled folder (``unlabeled``: data.unlabeled), its plots joined the pool and --resume then refused it.
-    ``what``: the output named in the message (`fewshot report` checks its --out too)."""
-    out_r, root_r = Path(out).resolve(), Path(root).resolve()
-    folders = [] if not unlabeled else unlabeled if isinstance(unlabeled, (list, tuple)) else [unlabeled]
-    for folder in folders:
-        folder_r = Path(folder).resolve()
-        if out_r == folder_r or folder_r in out_r.parents:
-            raise UserError(f"--out {out} lies inside the unlabeled folder {folder}, whose every image joins the "
-                            f"pool (its plots too); give {what} a folder outside it.")
-    if out_r == root_r:
-        raise UserError(f"--out {out} is the data root itself; give {what} a folder of its own (e.g. "
-                        f"runs/mine, or a sub-folder of the root such as {Path(root) / 'runs' / 'mine'}).")
-    for folder_r, where in _read_folders(Path(root)):
-        if out_r == folder_r or folder_r in out_r.parents:
-            raise UserError(f"--out {out} lies inside {where} ({folder_r} with links resolved), whose files are "
-                            f"read as data; give {what} a folder outside the datasets' splits and the pool.")
-    for split in SPLITS:  # a split not made yet: the run's folder would become one
-        for folder in (out_r, *out_r.parents):
-            if folder.name == split and folder.parent.parent == root_r:
-                raise UserError(f"--out {out} lies inside the {split}/ split of dataset {folder.parent.name}; "
-                                f"give {what} a folder outside the datasets' splits.")
-
-
-def _read_folders(root: Path) -> list[tuple[Path, str]]:
-    """The folders whose files a command reads as data, links resolved, each with what it is: every split folder of
-    the root's visible folders, ROOT/unlabeled and its sub-folders (the pool scan follows ROOT/unlabeled/<name> as a
-    link). Compared as resolved folders, not as ROOT/<x>/<split> below the resolved root: with ROOT/digits a link to
-    a folder elsewhere, `--out ROOT/digits/train/myrun` was accepted and every later command read myrun as a class."""
-    pool = root / "unlabeled"
-    found = [(pool.resolve(), f"the unlabeled pool {pool}")]
-    found += [(sub.resolve(), f"the unlabeled pool {pool}") for sub in _entries(pool) if sub.is_dir()]
-    for entry in _entries(root):
-        if not entry.name.startswith(".") and entry.name != "unlabeled":
-            found += [((entry / split).resolve(), f"the {split}/ split of dataset {entry.name}") for split in SPLITS
-                      if (entry / split).is_dir()]
-    return found
-
-
-# a run's own results, which compare and report read: never replaced by `eval --out`, though shaped like its output
-RUN_RECORDS = frozenset({"metrics.json", "metrics_known.json", "metrics_unknown.json", "summary.json"})
-
-
-def _run_folders(run) -> list[Path]:
-    """The folders whose files belong to the run that ``run`` (RUN_OR_CKPT) reads: the run folder (a checkpoint's,
-    above its checkpoints/), and the `fewshot run` folder around a stage (its run_state.json or summary.json)."""
-    p = Path(run)
-    if p.is_file():
-        if p.parent.name != "checkpoints":
-            return []  # a checkpoint on its own: only the file itself is the run's
-        p = p.parent.parent
-    if not p.is_dir():
-        return []
-    folders = [p]
-    if any((p.parent / name).is_file() for name in ("run_state.json", "summary.json")):
-        folders.append(p.parent)
-    return folders
-
-
-def _run_folders_around(out) -> list[Path]:
-    """Run folders that would hold ``out``: its own folder, or the run above a checkpoints/ folder.
-    `eval RUN_A --out RUN_B/checkpoints/best.pt` replaced another run's model with JSON (exit 0)."""
-    folder = Path(os.path.abspath(out)).parent
-    return [f for f in ((folder.parent,) if folder.name == "checkpoints" else ()) + (folder,) if _trained_here(f)]
-
-
-def _trained_here(folder: Path) -> bool:
-    """A folder a training wrote (not merely a project folder with its config.yaml, or a report's index.html:
-    `eval --out metrics.json` there was refused the second time)."""
-    return any((folder / n).is_file() for n in ("log.jsonl", "run_state.json", "checkpoints/last.pt",
-                                                "checkpoints/best.pt"))
-
-
-def _earlier_result(path: Path, kind: str) -> bool:
-    """Whether ``path`` holds what this command wrote before, and is none of the run's own records (its
-    metrics*.json and summary.json), so may be written again. ``kind`` "predictions": a pred_all.json of
-    `predict`; "metrics": the metrics of `eval --out` (they name their checkpoint); "backbone": a `.safetensors`
-    of `export`. Each command replaces only its own kind: `predict --out` onto an earlier `eval --out` file
-    replaced those metrics with predictions. Told by content with the rule of predict's own check (one helper):
-    this one wanted a .json name and its own idea of metrics, so `eval --out RUN/m.txt` ran once, not twice."""
-    if path.name in RUN_RECORDS:
-        return False
-    if kind == "backbone":
-        return path.suffix.lower() == ".safetensors" and path.is_file()
-    from fewshot.eval.predict import EVAL_METRICS, holds_metrics, holds_predictions
-
-    return holds_metrics(path, EVAL_METRICS) if kind == "metrics" else holds_predictions(path)
-
-
-def check_result_file_is_not_an_input(out, root, run, kind: str) -> None:
-    """`eval`/`predict --out` must not replace what they read: `--out ROOT/digits/test_labels.json` replaced
-    the answer key, `--out RUN/checkpoints/best.pt` the model, `--out ROOT/digits/test/0.png` a test image.
-    Nor any other file of the run (the folder above a checkpoint's checkpoints/, and the `fewshot run` folder
-    around a stage): `--out RUN/config.yaml`, `RUN/metrics.json` or `RUN/checkpoints/last.pt` exited 0, and
-    `train --resume`, `compare` and `report` then failed on the run. A new file in the run folder (outside
-    checkpoints/) is allowed, and so is one this command wrote before (``kind``, see _earlier_result), such as
-    `fewshot run`'s DIR/pred_all.json, so that a command can be run again. Other places in ROOT (ROOT/pred.json,
-    ROOT/<ds>/runs/...) stay allowed. Paths are compared as written and with links resolved (a dataset folder
-    may be a link into ROOT)."""
-    if Path(out).resolve() == Path(run).resolve():
-        raise UserError(f"--out {out} would replace the checkpoint it reads ({run}); write the result elsewhere.")
-    read = _run_folders(run)
-    for folder in read + [f for f in _run_folders_around(out) if f not in read]:
-        which = f"the run it reads ({folder})" if folder in read else f"the run in {folder}"
-        for out_p, folder_p in ((Path(os.path.abspath(out)), Path(os.path.abspath(folder))),
-                                (Path(out).resolve(), folder.resolve())):
-            if folder_p not in out_p.parents:
-                continue
-            inside = out_p.relative_to(folder_p)
-            if "checkpoints" in [p.name for p in inside.parents]:
-                raise UserError(f"--out {out} would write into the checkpoints of {which}; write the result "
-                                f"elsewhere.")
-            if (out_p.exists() or out_p.is_symlink()) and not _earlier_result(Path(out), kind):
-                raise UserError(f"--out {out} would replace {inside}, a file of {which} that --resume, `report` "
-                                f"or `compare` may need; write the result to a new file (in the run folder or "
-                                f"elsewhere).")
-    for out_p, root_p in ((Path(os.path.abspath(out)), Path(os.path.abspath(root))),
-                          (Path(out).resolve(), Path(root).resolve())):
-        if root_p not in out_p.parents:
-            continue
-        parts = out_p.relative_to(root_p).parts
-        ds = root_p / parts[0]
-        key = len(parts) == 2 and parts[1] == "test_labels.json"
-        split = len(parts) > 2 and parts[1] in ("train", "val", "test") and (ds / parts[1]).is_dir()
-        if parts[0] == "unlabeled" or ((key or split) and ds.is_dir()):
-            what = ("the unlabeled pool" if parts[0] == "unlabeled" else f"the answer key of {parts[0]}" if key
-                    else f"the {parts[1]}/ split of {parts[0]}")
-            raise UserError(f"--out {out} would write into the data it reads ({what}); write the result outside "
-                            f"the datasets' files (e.g. {Path(root) / out_p.name} or a run folder).")
-    _refuse_a_file_behind_a_data_link(out, root)
-
-
-def data_folder_around(path) -> tuple[Path, str] | None:
-    """(the dataset root, what it is) where the folder ``path`` is or lies in a dataset's split (ROOT/<ds>/train/...,
-    a split told by a sibling split folder or answer key) or ROOT/unlabeled/, by the folders' shape alone: the hint of
-    utils.check_output_file for `predict --out ROOT/digits/test` was a file in it, which
-    check_result_file_is_not_an_input then refused as data. The root is given as ``path`` was (relative or not).
-    The dataset must hold images as one does (_holds_split_images): the walk goes up to /, and any --out under
-    ~/train/ was "a folder of the data" where ~/val/ existed."""
-    here = Path(os.path.abspath(path))
-    for folder in (here, *here.parents):
-        parent = folder.parent
-        if parent == folder:
-            break
-        try:
-            if folder.name in SPLITS and ((parent / ANSWER_KEY).is_file()
-                                          or any((parent / s).is_dir() for s in SPLITS if s != folder.name)) \
-                    and _holds_split_images(parent):
-                root, what = parent.parent, f"the {folder.name}/ split of {parent.name}"
-            elif folder.name == "unlabeled" and any(_holds_split_images(d) for d in parent.iterdir() if d != folder):
-                root, what = parent, "the unlabeled pool"
-            else:
-                continue
-        except OSError:
-            continue
-        return (root if Path(path).is_absolute() else Path(os.path.relpath(root))), what
-    return None
-
-
-def _holds_split_images(ds: Path, look: int = 64) -> bool:
-    """Whether ``ds`` holds images where a dataset does (train/<class>/<image>, val/<class>/<image>,
-    test/<image>), looking at no more than ``look`` entries of each folder: a home folder with train/ and val/ of
-    other things is no dataset, and a split of 100k images is not listed to tell."""
-    def entries(folder: Path):
-        try:
-            with os.scandir(folder) as it:
-                yield from itertools.islice(it, look)
-        except OSError:  # missing, not a folder, unreadable: no images seen there
-            return
-
-    for split in SPLITS:
-        for e in entries(ds / split):
-            if split == "test" and _is_candidate_name(e.name) and not _is_dir_entry(e):
-                return True
-            if split != "test" and _is_dir_entry(e) and any(_is_candidate_name(f.name) and not _is_dir_entry(f)
-                                                            for f in entries(Path(e.path))):
-                return True
-    return False
-
-
-def _refuse_a_file_behind_a_data_link(out, root) -> None:
-    """`predict --out /x/t50.png`, with ROOT/digits/test/50.png a link to /x/t50.png, replaced that test image with
-    JSON (exit 0): the checks above compare where --out lies, not the files the data's links lead to. An existing
-    --out (the usual rerun) is compared by real path with each file of the datasets' splits and answer keys."""
-    if not os.path.exists(out):  # a new file replaces nothing the data holds
-        return
-    hits = _data_files_at(os.path.realpath(out), os.fspath(root))
-    if hits:
-        raise UserError(f"--out {out} is the file that {min(hits)} (read as data) links to: writing there would "
-                        f"replace it; write the result elsewhere.")
-
-
-def _data_files_at(real: str, root: str) -> list[str]:
-    """The answer keys and entries of the datasets' splits, two levels deep (test/<image>, train/<class>/<image>),
-    whose real path is ``real``. The pool is not read by eval or predict. Walked with os.scandir, whose entries say
-    whether they are folders or links without a system call: resolving, or even lstat-ing, each file took 2.5 s on a
-    root of 100k test and 100k train images, on every rerun of eval or predict."""
-    hits = []
-    for ds in _scandir_quietly(root):
-        if ds.name.startswith(".") or ds.name in NOT_DATASETS or not _is_dir_entry(ds):
-            continue
-        key = os.path.join(ds.path, ANSWER_KEY)
-        if os.path.realpath(key) == real:  # one file a dataset: resolved as it is
-            hits.append(key)
-        for split in SPLITS:
-            split_dir = os.path.join(ds.path, split)
-            entries = _scandir_quietly(split_dir)
-            hits += _entries_at(real, split_dir, entries)
-            for entry in entries:
-                if _is_dir_entry(entry):  # a class folder (test/: a sub-folder, listed all the same)
-                    hits += _entries_at(real, entry.path, _scandir_quietly(entry.path))
-    return hits
-
-
-def _entries_at(real: str, folder: str, entries: list[os.DirEntry]) -> list[str]:
-    """The entries of ``folder`` whose real path is ``real``: a link resolved on its own, any other entry only by
-    its name when the folder's real path (resolved once: the folder may be a link or lie below one) is ``real``'s."""
-    here = os.path.realpath(folder) == os.path.dirname(real)
-    name = os.path.basename(real)
-    return [e.path for e in entries
-            if (os.path.realpath(e.path) == real if e.is_symlink() else here and e.name == name)]
-
-
-def _scandir_quietly(folder: str) -> list[os.DirEntry]:
-    """The folder's entries, unsorted; none when it cannot be read (its problem is named elsewhere)."""
-    try:
-        with os.scandir(folder) as it:
-            return list(it)
-    except OSError:
-        return []
-
-
-def _is_dir_entry(entry: os.DirEntry) -> bool:
-    """DirEntry.is_dir, following links as Path.is_dir does, and False as Path.is_dir is for a link loop (on which
-    DirEntry.is_dir raises: it only forgives a missing target)."""
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
-def _is_file_entry(entry: os.DirEntry) -> bool:
-    """DirEntry.is_file, False for a link loop as _is_dir_entry."""
-    try:
-        return entry.is_file()
-    except OSError:
-        return False
-
-
-def datasets_option(names) -> str:
-    """`--datasets A,B` for a hint, as it must be pasted into a shell: quoted when a name holds a space, and in the
-    `--datasets=...` form when it starts with '-' (`--datasets -x,...` failed: "expected one argument"), quoted as
-    $'...' when a name is not UTF-8 or holds a control character (shell_quoted)."""
-    joined = ",".join(names)
-    value = shell_quoted(joined)
-    return f"--datasets={value}" if joined.startswith("-") else f"--datasets {value}"
-
-
-def names_list(names) -> str:
-    """Dataset names joined for a message, a name that holds a comma, a space or a quote (or is empty) in quotes:
-    "trained on  b, 1e3, a, a,b only" hid which of the four names were the datasets."""
-    return ", ".join(shown_name(n) for n in names)
-
-
-def shown_name(name: str) -> str:
-    """A folder or file name for a list in a message: quoted (as quoted() does) where it holds a comma, a space or a
-    quote, or is empty: "val classes not in train: 3 , x" hid the class folder named "3 " (a trailing space)."""
-    plain = name and not any(c in name for c in ",'\"") and not any(c.isspace() for c in name)
-    return name if plain else quoted(name)
-
-
-def some_of(items, limit: int, shown=shown_name) -> str:
-    """The first ``limit`` of ``items`` for a message, each as ``shown`` gives it, and how many more there are: a list
-    cut at 10 of 12 without a word read as the whole list."""
-    items = list(items)
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(shown(i) for i in items[:limit]) + more
-
-
-def parse_datasets(value: str, names) -> list[str]:
-    """`--datasets A,B` as a list of names. A folder may be named "a,b" or " spaced ": the whole value, or a part as
-    typed (unstripped), that names one of ``names`` is taken as it is; other parts are stripped of spaces."""
-    forms = {unicodedata.normalize("NFC", n) for n in names}
-
-    def exists(d: str) -> bool:
-        return unicodedata.normalize("NFC", d) in forms
-
-    if exists(value):
-        return [value]
-    return [d if exists(d) else d.strip() for d in value.split(",") if exists(d) or d.strip()]
-
-
-SPLITS = ("train", "val", "test")
-
-
-def _is_split_folder(folder: Path) -> bool:
-    """A folder named like a split that holds no split folders of its own: a dataset's split, not a dataset
-    (a dataset may be named `test`, but then it holds ROOT/test/train/...)."""
-    try:
-        return (folder.name in SPLITS and not any((folder / split).is_dir() for split in SPLITS)
-                and not _holds_run(folder))  # `--out ROOT/test` is a run, passed over as one
-    except OSError:
-        return False
-
-
-def split_folders(root: Path, folders: list[Path] | None = None) -> list[Path]:
-    """ROOT's folders (``folders``, else ROOT's visible ones) that count as a dataset's splits, by name: one rule for
-    what training's and report's "looks like a dataset folder" messages name (a dataset or run named like a split
-    is none); an OSError where ROOT cannot be listed."""
-    return [f for f in (_visible_folders(root) if folders is None else folders) if _is_split_folder(f)]
-
-
-def _holds_splits(folder: Path) -> bool:
-    try:
-        return any((folder / split).is_dir() for split in SPLITS)
-    except OSError:
-        return False
-
-
-def _refuse_a_dataset_given_as_root(root: Path, folders: list[Path]) -> None:
-    """`--data ROOT/digits` (a dataset folder, not the root above it) took train/, val/ and test/ for three datasets
-    and listed six "missing split folder" problems under them. Said once, with the --data to pass instead: when two
-    split folders sit in the root, or when split folders are all it holds (SPEC's layout is ROOT/DATASET/split/class,
-    so a root is never read as one dataset)."""
-    splits = split_folders(root, folders)
-    if not splits or (len(splits) < 2 and len(splits) < len(folders)):
-        return
-    if any(_holds_splits(f) for f in folders if f not in splits) or not any(has_images(f) for f in splits):
-        return  # a real dataset beside stray (or empty) split-named folders: those are passed over as before
-    absolute = Path(os.path.abspath(root))
-    parent = absolute.parent if root.is_absolute() else Path(os.path.relpath(absolute.parent))
-    names = [f"{f.name}/" for f in splits]
-    held = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else f"the split folder {names[0]}"
-    only = (f" {datasets_option([absolute.name])} (or leave --datasets out for every dataset there)"
-            if absolute.name else "")
-    raise UserError(one_line(f"--data {root} looks like a dataset folder itself (it holds {held}), but --data is the "
-                             f"root above the datasets (ROOT/<dataset>/train/<class>/<image>). Pass its parent "
-                             f"instead: --data {path_argument(parent)}{only}."))
-
-
-def _refuse_a_split_given_as_root(root: Path, folders: list[Path]) -> None:
-    """`--data ROOT/digits/train` (a split folder) took each class folder for a dataset and listed two "missing split
-    folder" problems per class. Said once, with the --data to pass instead: when the root is named like a split (or
-    unlabeled/), none of its folders holds split folders, and some hold images (classes)."""
-    absolute = Path(os.path.abspath(root))
-    if absolute.name not in SPLITS + ("unlabeled",) or not folders or any(_holds_splits(f) for f in folders):
-        return
-    if not any(has_images(f) for f in folders):
-        return
-    dataset = absolute.parent
-    top = dataset.parent if root.is_absolute() else Path(os.path.relpath(dataset.parent))
-    if absolute.name == "unlabeled":  # ROOT/unlabeled/<dataset>/: the pool, whose root is one level up
-        top, only = (dataset if root.is_absolute() else Path(os.path.relpath(dataset))), ""
-        what = "the unlabeled pool (ROOT/unlabeled/<dataset>/)"
-    else:
-        only = f" {datasets_option([dataset.name])} (or leave --datasets out for every dataset there)"
-        what = f"the {absolute.name} split of the dataset {quoted(dataset.name)} (its folders are classes)"
-    raise UserError(one_line(f"--data {root} looks like {what}, but --data is the root above the datasets "
-                             f"(ROOT/<dataset>/train/<class>/<image>). Pass --data {path_argument(top)}{only}."))
-
-
-def broken_link(link: Path) -> tuple[str | None, bool]:
-    """What a symbolic link that leads nowhere names (None: it can no longer be read) and whether it goes round a
-    loop of links. One test for --data and --out alike: os.stat's ELOOP, where resolve() stops at a loop on 3.11
-    and raises on 3.13."""
-    try:
-        target = os.readlink(link)
-    except OSError:
-        return None, False
-    try:
-        os.stat(link)
-    except OSError as exc:
-        return target, exc.errno == errno.ELOOP
-    return target, False
-
-
-def broken_link_words(link: Path) -> str:
-    """Why a link leads nowhere: a loop of links, or the missing path it names."""
-    target, loops = broken_link(link)
-    if target is None:
-        return "that no longer leads anywhere"
-    if loops:
-        return f"(to {target}) that goes round a loop of links"
-    return f"to {target}, which does not exist (a dangling link)"
-
-
-def dataset_folders(root: Path) -> list[Path]:
-    """The folders under ROOT that may be datasets (every visible directory except `unlabeled/`), by name, once ROOT
-    is found to be no dataset folder itself (else the UserError that says so, worded for --data and --datasets);
-    an OSError where ROOT cannot be listed. Shared by list_datasets and report's --data check, which copied the
-    filter and so could take another root for a dataset folder than training does."""
-    folders = _visible_folders(root)
-    _refuse_a_dataset_given_as_root(root, folders)
-    return folders
-
-
-def _visible_folders(root: Path) -> list[Path]:
-    """ROOT's visible directories but `unlabeled/`, by name; an OSError where ROOT cannot be listed."""
-    return sorted((p for p in root.iterdir()
-                   if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS), key=lambda p: p.name)
-
-
-def list_datasets(root: Path) -> list[str]:
-    """Dataset folders under ROOT: every visible directory except `unlabeled/`, run folders and OS litter
-    (not_a_dataset; each is named once on stderr)."""
-    if root.exists() and not root.is_dir():  # --data FILE.json: building demo data over it is no advice
-        raise UserError(one_line(f"dataset root '{root}' is a file, not a dataset root: --data is the folder above "
-                                 f"the datasets (ROOT/<dataset>/train/<class>/<image>, ROOT/<dataset>/test/<id>.jpg)"
-                                 f"; pass that folder instead."))
-    if root.is_symlink() and not root.exists():  # building demo data "--out" a dangling link is no advice
-        raise UserError(one_line(f"dataset root '{root}' is a symbolic link {broken_link_words(root)}; give --data the "
-                                 f"folder above the datasets, or fix the link."))
-    if not root.is_dir():
-        raise UserError(f"dataset root {shell_quoted(root)} does not exist or is not a folder. "
-                        f"Build the demo data with `fewshot data digits --out {path_argument(root)}`.")
-    try:
-        folders = _visible_folders(root)
-    except OSError as exc:
-        raise UserError(f"cannot list the dataset root '{root}': {exc.strerror or exc}.") from None
-    # outside the listing's try: an unreadable ROOT/train met by this check was "cannot list the dataset root"
-    _refuse_a_dataset_given_as_root(root, folders)
-    _refuse_a_split_given_as_root(root, folders)
-    names: list[str] = []
-    for folder in folders:
-        why = not_a_dataset(folder)
-        if why is None:
-            names.append(folder.name)
-        elif str(folder) not in _TOLD_NOT_DATASETS and _says_notes():
-            _TOLD_NOT_DATASETS.add(str(folder))
-            print(one_line(f"note: {folder} is not a dataset ({why}): passed over"), file=sys.stderr, flush=True)
-    if not names:
-        raise UserError(f"no dataset folders found under '{root}'. Expected ROOT/<dataset>/train/<class>/*.jpg "
-                        f"(and val/<class>/ alike) for training, ROOT/<dataset>/test/<id>.jpg for predict "
-                        f"(see `fewshot data --help` to build demo data).")
-    return names
-
-
-def _refuse_dataset_twins(root: Path, names: list[str]) -> None:
-    """Two dataset folders whose names differ only in their Unicode form (composed / decomposed accents, as macOS
-    writes them) are refused, as such class folders are: names are matched by their composed (NFC) form, so
-    `--datasets` naming one of them scored the other, and a model trained on both could not tell them apart."""
-    first: dict[str, str] = {}
-    for name in names:
-        other = first.setdefault(unicodedata.normalize("NFC", name), name)
-        if other != name:
-            forms = {n: "composed" if n == unicodedata.normalize("NFC", n) else "decomposed" for n in (other, name)}
-            raise UserError(one_line(
-                f"{root / other} ({forms[other]}) and {root / name} ({forms[name]}): two dataset folders named "
-                f"'{unicodedata.normalize('NFC', name)}' that differ only in their Unicode form (accents written "
-                f"composed or decomposed); merge them, or rename one (or leave both out with --datasets)."))
 
 
 def _listdir(folder: Path, problems: list[str], links: list[str] | None = None) -> list[os.DirEntry] | None:
@@ -644,48 +145,6 @@ def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None 
     return classes
 
 
-# files that systems and tools write beside images (dot-files such as .DS_Store aside): passed over in silence
-SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
-UNREAD_EXAMPLES = 3  # the files an unread_files_note names
-
-
-def is_unread_file(entry: os.DirEntry) -> bool:
-    """A file that is not an image by its extension (IMG_001.HEIC, x.avif, a name without one), system files
-    aside: class folders and the pool dropped them without a word, where test/ said so."""
-    return (not entry.name.startswith(".") and entry.name.lower() not in SYSTEM_FILES
-            and os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTS and _is_file_entry(entry))
-
-
-# image formats fewshot does not decode (phones, cameras, editors, vector art): a file with one of these extensions
-# is an image to convert; any other unread file (README.md, labels.csv, notes.txt) is simply not an image
-OTHER_IMAGE_EXTS = frozenset({
-    ".heic", ".heif", ".hif", ".avif", ".jxl", ".jp2", ".j2k", ".jpf", ".jpx", ".jxr", ".wdp", ".apng", ".qoi",
-    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".dng", ".srw",
-    ".pef", ".x3f", ".erf", ".kdc", ".mrw", ".3fr", ".iiq", ".svg", ".svgz", ".eps", ".psd", ".psb", ".xcf", ".kra",
-    ".exr", ".ico", ".icns", ".tga", ".dds", ".pcx", ".xbm", ".xpm", ".pict", ".pct"})
-
-
-def unread_files_note(where: str, inside: str, names: list[str]) -> str:
-    """One warning for a split's (or pool folder's) files that are not read: their count and a few names. Only
-    images in a format fewshot does not decode (OTHER_IMAGE_EXTS) are told to be converted: a README.md or
-    labels.csv told so got advice that made no sense for it."""
-    def shown(group: list[str]) -> str:
-        more = f" and {len(group) - UNREAD_EXAMPLES} more" if len(group) > UNREAD_EXAMPLES else ""
-        return ", ".join(quoted(n) for n in group[:UNREAD_EXAMPLES]) + more
-
-    image = [os.path.splitext(n)[1].lower() in OTHER_IMAGE_EXTS for n in names]
-    images = [n for n, i in zip(names, image) if i]
-    others = [n for n, i in zip(names, image) if not i]
-    parts = []
-    if images:
-        parts.append(f"{len(images)} image file(s) {inside} are in a format fewshot does not read "
-                     f"(e.g. {shown(images)}); convert them to one of {', '.join(sorted(IMAGE_EXTS))} to use them")
-    if others:
-        parts.append(f"{len(others)} file(s) {inside} are not images by their extension and are left out "
-                     f"(e.g. {shown(others)})")
-    return one_line(f"{where}: {'; '.join(parts)}")
-
-
 def _is_broken_link(path: Path) -> bool:
     """A symlink whose target is missing, or that loops (Path.exists is False for both)."""
     return path.is_symlink() and not path.exists()
@@ -737,14 +196,6 @@ def _label_files(ds_dir: Path) -> list[Path]:
     return found
 
 
-def _entries(folder: Path) -> list[Path]:
-    """The folder's entries sorted by name; none when it cannot be read (its problem is named elsewhere)."""
-    try:
-        return sorted(folder.iterdir(), key=lambda p: p.name)
-    except OSError:
-        return []
-
-
 def _label_file_note(ds_dir: Path) -> str | None:
     """Why a labels file next to a dataset that fails the layout is not used: the walkthrough's CSV-labelled
     dataset (ds/labels.csv with ds/images/, or ds/train/*.png with ds/train.csv) got no word about the file."""
@@ -756,15 +207,6 @@ def _label_file_note(ds_dir: Path) -> str | None:
                     f"its folder ({ds_dir}/train/<class>/<image>, val/ alike); the one labels file it knows is the "
                     f"test answer key {ds_dir / ANSWER_KEY}, which only `fewshot eval --split test` scores against. "
                     f"Sort the images into class folders.")
-
-
-def has_images(folder: Path) -> bool:
-    """Whether the folder holds an image at any depth, hidden files and folders aside (as the pool scan)."""
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if any(is_image(Path(f)) for f in filenames):
-            return True
-    return False
 
 
 def test_id(name: str) -> str:
@@ -848,10 +290,6 @@ def _other_case_note(ds_dir: Path, split: str) -> str:
         return ""
     return (f"; found {some_of(sorted(found), 3, quoted)} instead: split folder names are lower case, rename it "
             f"(mv {path_argument(ds_dir / sorted(found)[0])} {path_argument(ds_dir / split)})")
-
-
-def _is_candidate_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTS
 
 
 def _warn_odd_test_names(test_dir: Path, odd: list[str]) -> None:
@@ -1060,14 +498,6 @@ def _note_hidden_class(entry: Path, found) -> None:
     if holds:
         warn_once([f"{entry}: a hidden folder (its name starts with a dot) holding images, passed over: not a "
                    f"class; rename it without the leading dot to train on it as one"])
-
-
-def _says_notes() -> bool:
-    """Whether this process says the notes (train.distributed.launch_rank is 0), imported only when one is due:
-    that module loads torch, which this one does not."""
-    from fewshot.train.distributed import launch_rank
-
-    return launch_rank() == 0
 
 
 def warn_once(lines: list[str], kind: str = "warning") -> None:

@@ -119,7 +119,7 @@ def _dataset_folder_given(root: Path) -> UserError | None:
     dataset folder). Its words are training's (`--datasets`, an option report lacks; train/, where report reads
     val/): said again for the report, whose advice is the parent alone. None where the root is no dataset folder
     (its other errors stand)."""
-    from fewshot.data.layout import dataset_folders
+    from fewshot.data.roots import dataset_folders
 
     try:
         dataset_folders(root)
@@ -143,7 +143,7 @@ def _split_folders(root: Path) -> list[Path]:
     """The folders layout's refusal counts as splits (its rule, by name): a run or dataset named like a split beside
     them (`--out ROOT/digits/val`) was named among "the split folders" too. None where ROOT can no longer be
     read."""
-    from fewshot.data.layout import split_folders
+    from fewshot.data.roots import split_folders
 
     try:
         return split_folders(root)
@@ -153,7 +153,7 @@ def _split_folders(root: Path) -> list[Path]:
 
 def _datasets_here(root: Path, names) -> list[str]:
     """The model's datasets that ``root`` holds (as predict's _data_for finds them), in the model's order."""
-    from fewshot.data.layout import list_datasets
+    from fewshot.data.roots import list_datasets
 
     try:
         listed = set(list_datasets(root))

@@ -105,7 +105,7 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
     """Refuse an --out whose PNGs would change what they report on: a run's folder (its checkpoints/, plots),
     or the data (predict read PNGs put in ROOT/<dataset>/test as test images). A run's own report/ (where
     `fewshot run` writes it) stays allowed: nothing of fewshot's reads it."""
-    from fewshot.data.layout import check_output_is_not_in_data
+    from fewshot.data.output_guard import check_output_is_not_in_data
     from fewshot.report.analysis import resolve_data_root
 
     out = Path(out)

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot.data.layout import some_of
+from fewshot.data.names import some_of
 from fewshot.errors import UserError, one_line, path_argument, printable
 from fewshot.utils import loads_run_json
 

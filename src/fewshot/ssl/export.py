@@ -162,7 +162,7 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path, follow_links: bool
                         f"elsewhere.")
     root = ((ck.get("config") or {}).get("data") or {}).get("root")
     if isinstance(root, str) and root and Path(root).is_dir():
-        from fewshot.data.layout import check_result_file_is_not_an_input
+        from fewshot.data.output_guard import check_result_file_is_not_an_input
 
         # the run's data as recorded: `--out ROOT/<ds>/train/new/bb.safetensors` made a class folder without
         # images, and every command then refused ROOT

@@ -12,7 +12,9 @@ import torch
 from fewshot.data.augment import BatchAugment, preset as aug_preset
 from fewshot.data.cache import default_cache_dir, load_images, write_skipped
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import find_unlabeled_images, has_images, list_datasets, real_paths, warn_once
+from fewshot.data.image_files import has_images
+from fewshot.data.layout import find_unlabeled_images, real_paths, warn_once
+from fewshot.data.roots import list_datasets
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.transforms import Normalize
@@ -242,7 +244,7 @@ def unsorted_pool_images(root: Path, known: list[Path] = ()) -> list[Path]:
     file that is one of ``known`` or that lies in a dataset's own folder (reached through a symlink) is left out,
     so no image is pseudo-labelled twice and no test image joins the pool. Loose files that are not images by
     their extension (IMG_001.HEIC) are said once, as the pool's folders say theirs (system files aside)."""
-    from fewshot.data.layout import is_image, is_unread_file, unread_files_note
+    from fewshot.data.image_files import is_image, is_unread_file, unread_files_note
 
     pool = root / "unlabeled"
     if not pool.is_dir():

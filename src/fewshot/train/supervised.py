@@ -75,7 +75,7 @@ def space_changes(saved: LabelSpace, now: LabelSpace, in_root=()) -> list[str]:
     dataset's class count on both sides, which read the same after a class folder was renamed. ``in_root``: the
     datasets the data root holds; a run's dataset among them was left out by --datasets, not gone from the data
     (it said "not in the data now" of a dataset that was there)."""
-    from fewshot.data.layout import datasets_option, names_list
+    from fewshot.data.names import datasets_option, names_list
 
     def shown(names: list[str]) -> str:
         return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
@@ -447,7 +447,7 @@ class SupervisedTask:
             if changes and saved.names == self.space.names and all(was[n] == now[n] for n in was if n not in changes):
                 raise UserError(class_order_refusal(None, changes))
 
-            from fewshot.data.layout import list_datasets
+            from fewshot.data.roots import list_datasets
 
             in_root = []
             if any(name not in self.space.names for name in saved.names):  # a run's dataset not trained on now

@@ -1,0 +1,52 @@
+"""Dataset and class names in messages and options: quoted where a name holds a comma, a space or a quote, lists cut
+with a count of the rest, and `--datasets A,B` parsed, and written back for a hint. Apart from layout.py: the
+commands' own messages use these as much as the scan does."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from fewshot.errors import quoted, shell_quoted
+
+
+def datasets_option(names) -> str:
+    """`--datasets A,B` for a hint, as it must be pasted into a shell: quoted when a name holds a space, and in the
+    `--datasets=...` form when it starts with '-' (`--datasets -x,...` failed: "expected one argument"), quoted as
+    $'...' when a name is not UTF-8 or holds a control character (shell_quoted)."""
+    joined = ",".join(names)
+    value = shell_quoted(joined)
+    return f"--datasets={value}" if joined.startswith("-") else f"--datasets {value}"
+
+
+def names_list(names) -> str:
+    """Dataset names joined for a message, a name that holds a comma, a space or a quote (or is empty) in quotes:
+    "trained on  b, 1e3, a, a,b only" hid which of the four names were the datasets."""
+    return ", ".join(shown_name(n) for n in names)
+
+
+def shown_name(name: str) -> str:
+    """A folder or file name for a list in a message: quoted (as quoted() does) where it holds a comma, a space or a
+    quote, or is empty: "val classes not in train: 3 , x" hid the class folder named "3 " (a trailing space)."""
+    plain = name and not any(c in name for c in ",'\"") and not any(c.isspace() for c in name)
+    return name if plain else quoted(name)
+
+
+def some_of(items, limit: int, shown=shown_name) -> str:
+    """The first ``limit`` of ``items`` for a message, each as ``shown`` gives it, and how many more there are: a list
+    cut at 10 of 12 without a word read as the whole list."""
+    items = list(items)
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(shown(i) for i in items[:limit]) + more
+
+
+def parse_datasets(value: str, names) -> list[str]:
+    """`--datasets A,B` as a list of names. A folder may be named "a,b" or " spaced ": the whole value, or a part as
+    typed (unstripped), that names one of ``names`` is taken as it is; other parts are stripped of spaces."""
+    forms = {unicodedata.normalize("NFC", n) for n in names}
+
+    def exists(d: str) -> bool:
+        return unicodedata.normalize("NFC", d) in forms
+
+    if exists(value):
+        return [value]
+    return [d if exists(d) else d.strip() for d in value.split(",") if exists(d) or d.strip()]

@@ -1,0 +1,225 @@
+"""Which folders of a data root are datasets (not runs, OS litter or the pool), and the refusals of a --data that is
+a dataset or split folder instead of the root above them, or a broken link. Apart from layout.py, which scans the
+datasets found here; report's --data check asks the same questions."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import unicodedata
+from pathlib import Path
+
+from fewshot.data.image_files import has_images, is_image
+from fewshot.data.names import datasets_option
+from fewshot.errors import UserError, one_line, path_argument, quoted, shell_quoted
+
+NOT_DATASETS = frozenset({"unlabeled"})
+SPLITS = ("train", "val", "test")
+SYSTEM_FOLDERS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information"})  # unzip / OS litter
+RUN_MARKERS = ("config.yaml", "run_state.json", "log.jsonl", "checkpoints", "index.html")  # index.html: a report
+_TOLD_NOT_DATASETS: set[str] = set()
+
+
+def _holds_run(folder: Path) -> bool:
+    return any((folder / marker).exists() for marker in RUN_MARKERS)
+
+
+def _has_images(folder: Path, limit: int = 20000) -> bool:
+    """Whether any image file lies below ``folder`` (stops at the first; a tree too large to look through
+    counts as holding images, so that it is scanned and its problems named)."""
+    seen = 0
+    for _, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(is_image(Path(f)) for f in files):
+            return True
+        seen += len(files) + len(dirs)
+        if seen > limit:
+            return True
+    return False
+
+
+def not_a_dataset(folder: Path) -> str | None:
+    """Why a visible folder of ROOT is not a dataset (None: it is one). A run written into the data root
+    (`--out ROOT/runs/x`, `--out ROOT/myrun`, even one that failed to start and left its folder empty) used to
+    turn every later command on that root into a layout error; so did the `__MACOSX/` folder that unzipping a
+    macOS archive leaves, and an unreadable folder such as a mount point's `lost+found`. A folder that holds
+    images but no split folder (`ROOT/x/Train/...`) stays a dataset whose problem is named."""
+    if folder.name in SYSTEM_FOLDERS:
+        return "operating-system metadata"
+    try:
+        if any((folder / split).is_dir() for split in ("train", "val", "test")):
+            return None
+        if _holds_run(folder) or any(c.is_dir() and _holds_run(c) for c in folder.iterdir()
+                                     if not c.name.startswith(".")):
+            return "fewshot output (a run or a report), no train/, val/ or test/"
+        if not _has_images(folder):
+            return "no images, no train/, val/ or test/"
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror or exc}"
+    return None
+
+
+def _is_split_folder(folder: Path) -> bool:
+    """A folder named like a split that holds no split folders of its own: a dataset's split, not a dataset
+    (a dataset may be named `test`, but then it holds ROOT/test/train/...)."""
+    try:
+        return (folder.name in SPLITS and not any((folder / split).is_dir() for split in SPLITS)
+                and not _holds_run(folder))  # `--out ROOT/test` is a run, passed over as one
+    except OSError:
+        return False
+
+
+def split_folders(root: Path, folders: list[Path] | None = None) -> list[Path]:
+    """ROOT's folders (``folders``, else ROOT's visible ones) that count as a dataset's splits, by name: one rule for
+    what training's and report's "looks like a dataset folder" messages name (a dataset or run named like a split
+    is none); an OSError where ROOT cannot be listed."""
+    return [f for f in (_visible_folders(root) if folders is None else folders) if _is_split_folder(f)]
+
+
+def _holds_splits(folder: Path) -> bool:
+    try:
+        return any((folder / split).is_dir() for split in SPLITS)
+    except OSError:
+        return False
+
+
+def _refuse_a_dataset_given_as_root(root: Path, folders: list[Path]) -> None:
+    """`--data ROOT/digits` (a dataset folder, not the root above it) took train/, val/ and test/ for three datasets
+    and listed six "missing split folder" problems under them. Said once, with the --data to pass instead: when two
+    split folders sit in the root, or when split folders are all it holds (SPEC's layout is ROOT/DATASET/split/class,
+    so a root is never read as one dataset)."""
+    splits = split_folders(root, folders)
+    if not splits or (len(splits) < 2 and len(splits) < len(folders)):
+        return
+    if any(_holds_splits(f) for f in folders if f not in splits) or not any(has_images(f) for f in splits):
+        return  # a real dataset beside stray (or empty) split-named folders: those are passed over as before
+    absolute = Path(os.path.abspath(root))
+    parent = absolute.parent if root.is_absolute() else Path(os.path.relpath(absolute.parent))
+    names = [f"{f.name}/" for f in splits]
+    held = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else f"the split folder {names[0]}"
+    only = (f" {datasets_option([absolute.name])} (or leave --datasets out for every dataset there)"
+            if absolute.name else "")
+    raise UserError(one_line(f"--data {root} looks like a dataset folder itself (it holds {held}), but --data is the "
+                             f"root above the datasets (ROOT/<dataset>/train/<class>/<image>). Pass its parent "
+                             f"instead: --data {path_argument(parent)}{only}."))
+
+
+def _refuse_a_split_given_as_root(root: Path, folders: list[Path]) -> None:
+    """`--data ROOT/digits/train` (a split folder) took each class folder for a dataset and listed two "missing split
+    folder" problems per class. Said once, with the --data to pass instead: when the root is named like a split (or
+    unlabeled/), none of its folders holds split folders, and some hold images (classes)."""
+    absolute = Path(os.path.abspath(root))
+    if absolute.name not in SPLITS + ("unlabeled",) or not folders or any(_holds_splits(f) for f in folders):
+        return
+    if not any(has_images(f) for f in folders):
+        return
+    dataset = absolute.parent
+    top = dataset.parent if root.is_absolute() else Path(os.path.relpath(dataset.parent))
+    if absolute.name == "unlabeled":  # ROOT/unlabeled/<dataset>/: the pool, whose root is one level up
+        top, only = (dataset if root.is_absolute() else Path(os.path.relpath(dataset))), ""
+        what = "the unlabeled pool (ROOT/unlabeled/<dataset>/)"
+    else:
+        only = f" {datasets_option([dataset.name])} (or leave --datasets out for every dataset there)"
+        what = f"the {absolute.name} split of the dataset {quoted(dataset.name)} (its folders are classes)"
+    raise UserError(one_line(f"--data {root} looks like {what}, but --data is the root above the datasets "
+                             f"(ROOT/<dataset>/train/<class>/<image>). Pass --data {path_argument(top)}{only}."))
+
+
+def broken_link(link: Path) -> tuple[str | None, bool]:
+    """What a symbolic link that leads nowhere names (None: it can no longer be read) and whether it goes round a
+    loop of links. One test for --data and --out alike: os.stat's ELOOP, where resolve() stops at a loop on 3.11
+    and raises on 3.13."""
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return None, False
+    try:
+        os.stat(link)
+    except OSError as exc:
+        return target, exc.errno == errno.ELOOP
+    return target, False
+
+
+def broken_link_words(link: Path) -> str:
+    """Why a link leads nowhere: a loop of links, or the missing path it names."""
+    target, loops = broken_link(link)
+    if target is None:
+        return "that no longer leads anywhere"
+    if loops:
+        return f"(to {target}) that goes round a loop of links"
+    return f"to {target}, which does not exist (a dangling link)"
+
+
+def dataset_folders(root: Path) -> list[Path]:
+    """The folders under ROOT that may be datasets (every visible directory except `unlabeled/`), by name, once ROOT
+    is found to be no dataset folder itself (else the UserError that says so, worded for --data and --datasets);
+    an OSError where ROOT cannot be listed. Shared by list_datasets and report's --data check, which copied the
+    filter and so could take another root for a dataset folder than training does."""
+    folders = _visible_folders(root)
+    _refuse_a_dataset_given_as_root(root, folders)
+    return folders
+
+
+def _visible_folders(root: Path) -> list[Path]:
+    """ROOT's visible directories but `unlabeled/`, by name; an OSError where ROOT cannot be listed."""
+    return sorted((p for p in root.iterdir()
+                   if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS), key=lambda p: p.name)
+
+
+def list_datasets(root: Path) -> list[str]:
+    """Dataset folders under ROOT: every visible directory except `unlabeled/`, run folders and OS litter
+    (not_a_dataset; each is named once on stderr)."""
+    if root.exists() and not root.is_dir():  # --data FILE.json: building demo data over it is no advice
+        raise UserError(one_line(f"dataset root '{root}' is a file, not a dataset root: --data is the folder above "
+                                 f"the datasets (ROOT/<dataset>/train/<class>/<image>, ROOT/<dataset>/test/<id>.jpg)"
+                                 f"; pass that folder instead."))
+    if root.is_symlink() and not root.exists():  # building demo data "--out" a dangling link is no advice
+        raise UserError(one_line(f"dataset root '{root}' is a symbolic link {broken_link_words(root)}; give --data the "
+                                 f"folder above the datasets, or fix the link."))
+    if not root.is_dir():
+        raise UserError(f"dataset root {shell_quoted(root)} does not exist or is not a folder. "
+                        f"Build the demo data with `fewshot data digits --out {path_argument(root)}`.")
+    try:
+        folders = _visible_folders(root)
+    except OSError as exc:
+        raise UserError(f"cannot list the dataset root '{root}': {exc.strerror or exc}.") from None
+    # outside the listing's try: an unreadable ROOT/train met by this check was "cannot list the dataset root"
+    _refuse_a_dataset_given_as_root(root, folders)
+    _refuse_a_split_given_as_root(root, folders)
+    names: list[str] = []
+    for folder in folders:
+        why = not_a_dataset(folder)
+        if why is None:
+            names.append(folder.name)
+        elif str(folder) not in _TOLD_NOT_DATASETS and _says_notes():
+            _TOLD_NOT_DATASETS.add(str(folder))
+            print(one_line(f"note: {folder} is not a dataset ({why}): passed over"), file=sys.stderr, flush=True)
+    if not names:
+        raise UserError(f"no dataset folders found under '{root}'. Expected ROOT/<dataset>/train/<class>/*.jpg "
+                        f"(and val/<class>/ alike) for training, ROOT/<dataset>/test/<id>.jpg for predict "
+                        f"(see `fewshot data --help` to build demo data).")
+    return names
+
+
+def _refuse_dataset_twins(root: Path, names: list[str]) -> None:
+    """Two dataset folders whose names differ only in their Unicode form (composed / decomposed accents, as macOS
+    writes them) are refused, as such class folders are: names are matched by their composed (NFC) form, so
+    `--datasets` naming one of them scored the other, and a model trained on both could not tell them apart."""
+    first: dict[str, str] = {}
+    for name in names:
+        other = first.setdefault(unicodedata.normalize("NFC", name), name)
+        if other != name:
+            forms = {n: "composed" if n == unicodedata.normalize("NFC", n) else "decomposed" for n in (other, name)}
+            raise UserError(one_line(
+                f"{root / other} ({forms[other]}) and {root / name} ({forms[name]}): two dataset folders named "
+                f"'{unicodedata.normalize('NFC', name)}' that differ only in their Unicode form (accents written "
+                f"composed or decomposed); merge them, or rename one (or leave both out with --datasets)."))
+
+
+def _says_notes() -> bool:
+    """Whether this process says the notes (train.distributed.launch_rank is 0), imported only when one is due:
+    that module loads torch, which this one does not."""
+    from fewshot.train.distributed import launch_rank
+
+    return launch_rank() == 0
