@@ -36,6 +36,7 @@ from PIL import Image
 import torch
 
 import fewshot.data.cache as cache
+import fewshot.data.decode as decode
 from fewshot.data.cache import decode_resized, load_images
 from fewshot.data.layout import find_unlabeled_images, scan_root
 from fewshot.errors import DataLayoutError, UserError
@@ -247,7 +248,7 @@ def test_skip_bad_images_trains_and_lists_them(root, tmp_path):
 
 
 def test_lowered_decompression_bomb_limit(root, tmp_path, monkeypatch):
-    monkeypatch.setattr(cache, "MAX_PIXELS", 100)  # every 8x8 digit (64 px) passes; a 12x10 image does not
+    monkeypatch.setattr(decode, "MAX_PIXELS", 100)  # every 8x8 digit (64 px) passes; a 12x10 image does not
     big = root / "digits" / "train" / "7" / "big.png"
     big.write_bytes(png_bytes(12, 10))
     rc, _, err = run_main(*train_argv(root, tmp_path / "run"))

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import fewshot.data.cache as cache
+import fewshot.data.decode as decode
 from fewshot.config import resolve
 from fewshot.data.cache import cache_key, decode_resized, load_images
 from fewshot.errors import UserError
@@ -149,8 +150,8 @@ def test_review_16_keys_as_auto_a_dark_i_mode_image_follows_the_depth_and_the_ad
     # 16 keyed as auto no longer: the dark `I` image below decodes otherwise under each (test_cache_settings_keys)
     assert cache_key(paths, 16, 1.0, 16) != cache_key(paths, 16, 1.0, "auto")
     dark = Image.fromarray(np.full((4, 4), 200, dtype=np.int32), mode="I")
-    assert np.asarray(cache.to_rgb_uint8(dark, 12))[0, 0, 0] == round(200 / 4095 * 255)
-    assert np.asarray(cache.to_rgb_uint8(dark, "auto"))[0, 0, 0] == 200  # auto: an 8-bit image, as before
+    assert np.asarray(decode.to_rgb_uint8(dark, 12))[0, 0, 0] == round(200 / 4095 * 255)
+    assert np.asarray(decode.to_rgb_uint8(dark, "auto"))[0, 0, 0] == 200  # auto: an 8-bit image, as before
     monkeypatch.setattr(cache, "_WARNED", set())
     cache.warn_bit_depth("decoding val", {"peak": 2047, "folder": "ds/val"}, "auto")
     assert "data.bit_depth=12" in capsys.readouterr().err

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import fewshot.data.cache as cache
+import fewshot.data.skipped as skipped
 from fewshot.data.cache import load_images
 
 
 @pytest.fixture(autouse=True)
 def fresh_reports(monkeypatch):
-    monkeypatch.setattr(cache, "_REPORTED", set())
+    monkeypatch.setattr(skipped, "_REPORTED", set())
 
 
 @pytest.fixture

@@ -20,13 +20,15 @@ import pytest
 from PIL import Image
 
 import fewshot.data.cache as cache
-from fewshot.data.cache import cache_key, load_images, to_rgb_uint8
+import fewshot.data.skipped as skipped
+from fewshot.data.cache import cache_key, load_images
+from fewshot.data.decode import to_rgb_uint8
 
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
     monkeypatch.setattr(cache, "_WARNED", set())
-    monkeypatch.setattr(cache, "_REPORTED", set())
+    monkeypatch.setattr(skipped, "_REPORTED", set())
 
 
 def save_i32(path: Path, values: np.ndarray) -> Path:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import fewshot.utils as utils
-from fewshot.data.cache import _warn_no_cache, ensure_writable_dir
+from fewshot.data.cache import _warn_no_cache
+from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import list_datasets
 from fewshot.errors import UserError
 from fewshot.train.finetune import ATOMIC_TEMP

@@ -104,7 +104,7 @@ def test_pseudo_labelling_reads_only_its_share_of_the_pool_and_labels_as_before(
     assert len(idx) > 0 and torch.equal(pseudo["targets"], labels) and torch.equal(kept, images[idx])
 
     # the next round holds the labelled images once: their repeat is of rows, not of pixels
-    from fewshot.data.cache import ImageRows
+    from fewshot.data.image_rows import ImageRows
 
     n_labelled = len(task.train_set)
     task.add_pseudo_labelled(pseudo["images"], pseudo["targets"], pseudo["dataset_ids"], labelled_repeat=3)

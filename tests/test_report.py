@@ -215,7 +215,7 @@ def test_compare_without_rich_prints_plain_text(runs, monkeypatch):
 # ---------------------------------------------------------------------- pieces
 
 def test_ema_smoothing_is_debiased_and_skips_gaps():
-    from fewshot.report.plots import ema_smooth, smoothing_weight
+    from fewshot.report.figure import ema_smooth, smoothing_weight
 
     assert ema_smooth([5.0, 5.0, 5.0], 0.9) == pytest.approx([5.0, 5.0, 5.0])
     out = ema_smooth([1.0, None, 3.0], 0.5)
@@ -452,9 +452,9 @@ def test_names_in_scripts_the_font_lacks_do_not_flood_stderr(tmp_path, monkeypat
     and the boxes in the figures went unexplained: one note per process names the characters and the remedy."""
     import warnings
 
-    from fewshot.report import plots
+    from fewshot.report import figure, plots
 
-    monkeypatch.setattr(plots, "_glyphs_said", set())
+    monkeypatch.setattr(figure, "_glyphs_said", set())
     for title in ("データセット", "データ 猫"):
         fig = plots._figure(2, 2)
         fig.add_subplot().set_title(title)  # the figure's default font: DejaVu Sans alone, which has none of them
@@ -489,15 +489,15 @@ def test_class_names_in_other_scripts_use_an_installed_fallback_font(tmp_path, m
 
     from matplotlib import font_manager
 
-    from fewshot.report import plots
+    from fewshot.report import figure, plots
 
     dejavu = font_manager.findfont("DejaVu Sans")
     entry = font_manager.FontEntry(fname=dejavu, name="WenQuanYi Zen Hei", style="normal", variant="normal",
                                    weight=400, stretch="normal", size="scalable")
     monkeypatch.setattr(font_manager.fontManager, "ttflist", [*font_manager.fontManager.ttflist, entry])
-    plots.font_families.cache_clear()
+    figure.font_families.cache_clear()
     try:
-        families = plots.font_families()
+        families = figure.font_families()
         assert families[0] == "DejaVu Sans" and "WenQuanYi Zen Hei" in families
         assert "Noto Sans CJK JP" not in families and "Microsoft YaHei" not in families  # not installed here
         seen = {}
@@ -515,7 +515,7 @@ def test_class_names_in_other_scripts_use_an_installed_fallback_font(tmp_path, m
         assert seen["family"] == list(families) and (tmp_path / "cm.png").is_file()
         assert not [r for r in caplog.records if "findfont" in r.getMessage()]
     finally:
-        plots.font_families.cache_clear()
+        figure.font_families.cache_clear()
 
 
 def test_an_unwritable_home_does_not_make_matplotlib_warn_on_every_plot(tmp_path):
@@ -1225,12 +1225,12 @@ def test_self_training_rounds_are_listed_in_number_order():
 def test_the_missing_glyph_note_never_names_control_characters(monkeypatch, capsys):
     """On a machine without a CJK font, a dataset named with an escape code (`\\x1b]0;pwned\\x07`) got a note
     that printed the raw ESC and BEL to the terminal and advised installing a font: no font draws them."""
-    from fewshot.report import plots
+    from fewshot.report import figure
 
-    monkeypatch.setattr(plots, "_glyphs_said", set())
+    monkeypatch.setattr(figure, "_glyphs_said", set())
     glyph = "Glyph {} (\\N{{x}}) missing from font(s) DejaVu Sans."
-    plots._say_missing_glyphs([glyph.format(27), glyph.format(7), glyph.format(0x202E)])
+    figure._say_missing_glyphs([glyph.format(27), glyph.format(7), glyph.format(0x202E)])
     assert capsys.readouterr().err == ""
-    plots._say_missing_glyphs([glyph.format(27), glyph.format(0x732B)])
+    figure._say_missing_glyphs([glyph.format(27), glyph.format(0x732B)])
     err = capsys.readouterr().err
     assert "(\u732b)" in err and "\x1b" not in err

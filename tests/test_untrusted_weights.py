@@ -127,7 +127,7 @@ class _Clipped(nn.Module):
 ])
 def test_infinities_the_model_starts_with_are_kept(tmp_path, monkeypatch, change, refused):
     import fewshot.models.backbone as backbone
-    from fewshot.models.weights import check_export_state, check_state_fits, state_value_problem
+    from fewshot.models.state_checks import check_export_state, check_state_fits, state_value_problem
 
     state = {k: v.clone() for k, v in _Clipped().state_dict().items()}
     change(state)
@@ -151,7 +151,7 @@ def test_infinities_the_model_starts_with_are_kept(tmp_path, monkeypatch, change
 
 def test_the_meta_pass_compares_no_values_and_the_load_tests_each_once(root, tmp_path, monkeypatch):
     """probe checked every tensor for NaN/inf against the meta-device model, then again in the real load."""
-    from fewshot.models import weights
+    from fewshot.models import state_checks
     from fewshot.models.weights import fit_problems
 
     state = {k: v.clone() for k, v in create_backbone("test_resnet", img_size=16).state_dict().items()}
@@ -163,8 +163,8 @@ def test_the_meta_pass_compares_no_values_and_the_load_tests_each_once(root, tmp
     path = tmp_path / "bb.safetensors"
     _backbone_file(path, metadata={"model": "test_resnet", "img_size": "16"})
     tested = []
-    real = weights._bad_values
-    monkeypatch.setattr(weights, "_bad_values", lambda v, mine: tested.append(mine.is_meta) or real(v, mine))
+    real = state_checks._bad_values
+    monkeypatch.setattr(state_checks, "_bad_values", lambda v, mine: tested.append(mine.is_meta) or real(v, mine))
     rc, _, err = run_main("probe", "--weights", path, "--model", "test_resnet", "--img-size", "16", "--data", root,
                           "--device", "cpu", "--epochs", "2", "--out", tmp_path / "probe")
     floats = sum(v.is_floating_point() for v in own.values())
@@ -265,7 +265,7 @@ def test_an_infinity_in_a_small_file_naming_a_giant_model_is_judged_without_buil
     naming a giant ViT allocated gigabytes. An unknown key or one of another shape is damage without any build,
     and a file far smaller than its model is no whole backbone."""
     import fewshot.models.backbone as backbone
-    from fewshot.models.weights import check_export_state
+    from fewshot.models.state_checks import check_export_state
 
     real = backbone.create_backbone
 
@@ -283,7 +283,7 @@ def test_an_infinity_in_a_small_file_naming_a_giant_model_is_judged_without_buil
 def test_an_infinity_under_a_key_the_model_lacks_is_refused(tmp_path, monkeypatch):
     """It passed export silently: only infinities under the model's own keys were compared with its values."""
     import fewshot.models.backbone as backbone
-    from fewshot.models.weights import check_export_state
+    from fewshot.models.state_checks import check_export_state
 
     state = {k: v.clone() for k, v in _Clipped().state_dict().items()}
     monkeypatch.setattr(backbone, "create_backbone", lambda *a, **k: _Clipped())
@@ -373,7 +373,7 @@ def test_a_zero_stride_tensor_in_a_weights_file_does_not_fit(tmp_path):
 def test_the_build_limit_stops_every_factory_before_it_allocates(factory):
     """A model's build under a byte limit was stopped only for torch.empty/zeros/rand...: torch.arange, linspace,
     eye, normal and the legacy `t.new(n)` allocated past it in full (16x the limit here) before anything counted."""
-    from fewshot.models.weights import _size_limited, _TooLarge
+    from fewshot.models.state_checks import _size_limited, _TooLarge
 
     with pytest.raises(_TooLarge), _size_limited(1 << 20):
         factory(1 << 22)
@@ -431,7 +431,7 @@ def test_a_file_is_sized_by_its_stored_bytes_not_its_shapes(monkeypatch):
     """numel * element_size counted a 1.7 KB file holding `torch.zeros(1).expand(1 << 28)` as 1 GiB, which let it
     have an 8 GiB model built for real to compare its infinities with."""
     import fewshot.models.backbone as backbone
-    from fewshot.models.weights import infinity_problem
+    from fewshot.models.state_checks import infinity_problem
 
     def only_on_meta(*args, **kwargs):
         assert torch.empty(()).device.type == "meta", "the model was built for real"
@@ -464,7 +464,7 @@ def test_a_model_the_meta_device_cannot_build_is_built_for_real_only_within_the_
     """Where the meta build failed, the model was built for real whatever its size: the build now stops once its
     weights pass the limit a file's bytes allow, and the infinities are then no values of the model's own."""
     import fewshot.models.backbone as backbone
-    from fewshot.models.weights import infinity_problem
+    from fewshot.models.state_checks import infinity_problem
 
     _ManyWeights.built.clear()
     monkeypatch.setattr(backbone, "create_backbone", lambda *a, **k: _ManyWeights(n))
@@ -494,7 +494,7 @@ def test_one_huge_weight_is_refused_before_it_is_allocated(monkeypatch):
     """The registration hooks saw a weight only once it existed: one Parameter past the limit was allocated whole
     first. Each factory call is sized before it allocates."""
     import fewshot.models.backbone as backbone
-    from fewshot.models.weights import infinity_problem
+    from fewshot.models.state_checks import infinity_problem
 
     _OneHuge.allocated.clear()
     monkeypatch.setattr(backbone, "create_backbone", lambda *a, **k: _OneHuge())

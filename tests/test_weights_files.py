@@ -133,7 +133,7 @@ def test_a_torchscript_file_is_named_as_one_and_never_loaded(root, tmp_path, mon
 
 
 def test_a_torch_save_file_is_not_taken_for_torchscript(tmp_path):
-    from fewshot.models.weights import _torchscript_member, read_tensor_file
+    from fewshot.models.weights_file import _torchscript_member, read_tensor_file
 
     path = tmp_path / "plain.pt"
     torch.save({"code.weight": torch.zeros(1), "constants.pkl": torch.ones(1)}, path)  # names as data, not members

@@ -600,7 +600,7 @@ def cmd_probe(args, extra) -> int:
     bit_depth = probe_bit_depth(extra)  # before any work: a bad value is refused at once
     if not args.model:
         from fewshot.models.backbone import adopt_weights_model
-        from fewshot.models.weights import check_weights_path
+        from fewshot.models.weights_file import check_weights_path
 
         if args.weights:  # a folder or a missing file is the real trouble: "--model is required" misled
             check_weights_path(args.weights)

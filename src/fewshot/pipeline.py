@@ -22,9 +22,10 @@ from pathlib import Path
 
 from fewshot.config import (CHOSEN, MAX_BUDGET_MINUTES, RECHOSEN, canonical_value, note_chosen, note_rechosen,
                             same_recorded_path)
-from fewshot.data.cache import ensure_writable_dir, write_skipped
+from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import scan_root
 from fewshot.data.output_guard import check_output_is_not_in_data
+from fewshot.data.skipped import write_skipped
 from fewshot.errors import UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.progress import set_enabled

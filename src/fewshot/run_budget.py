@@ -363,7 +363,7 @@ def figure_seconds() -> float:
     busy machine the report drew 3-4x slower than report_seconds' figures, and the closing estimate scales with it."""
     import io
 
-    from fewshot.report.plots import _figure  # the report's own figures (and matplotlib's config folder)
+    from fewshot.report.figure import _figure  # the report's own figures (and matplotlib's config folder)
 
     _check_budget()
     times = []

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from fewshot.config import CHOSEN, note_chosen, save_yaml
-from fewshot.data.cache import default_cache_dir, ensure_writable_dir
+from fewshot.data.cache import default_cache_dir
+from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, measure_eval_seconds, measure_step_seconds,
                                 plan_epochs, retimed_steps, trained_speeds)

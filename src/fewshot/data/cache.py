@@ -6,6 +6,8 @@ The cache key covers the file list, each file's size, mtime, inode and ctime, th
 data.bit_depth, so a changed or renamed-over file (or setting) triggers a rebuild. Undecodable files are
 collected and reported together (or skipped).
 Each new entry prunes the least recently used ones beyond data.cache_max_gb (prune_cache).
+Decoding one file is data/decode.py; the entry's files on disk, data/cache_files.py; the list of skipped files,
+data/skipped.py; the lazy view of a pool's rows, data/image_rows.py.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import errno
 import hashlib
 import json
 import os
-import re
-import stat
 import sys
 import tempfile
 import time
@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, PngImagePlugin
+from PIL import Image, PngImagePlugin
 
-from fewshot.data.roots import broken_link, broken_link_words
+from fewshot.data.cache_files import _drop, _mapped_file, prune_cache
+from fewshot.data.decode import decode_resized
+from fewshot.data.skipped import report_skipped
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.progress import track
 from fewshot.train.distributed import launch_rank
@@ -38,14 +40,6 @@ from fewshot.utils import new_file_mode, atomic_write_text, loads_run_json
 CACHE_VERSION = 5  # 2: EXIF orientation applied; 3: float images in [0, 1] no longer black; 4: dark transparent
 #                    images laid on white; 5: transparency of L, RGB and 16-bit PNGs (a tRNS colour) applied, and
 #                    broken image links named as such (the old "[Errno 2]" reason was kept by each retry)
-# Refuse decompression bombs outright: images over Pillow's MAX_IMAGE_PIXELS (it only warns there, and raises at
-# twice that). decode_resized checks the header's size itself, naming the file, so load_images silences Pillow's
-# warning (no file name) while it decodes: once, in the calling thread, as warnings.catch_warnings() around each
-# decode is not thread-safe before Python 3.14 (with decoding threads, some bombs were decoded and an "error" filter
-# was left behind).
-MAX_PIXELS = 89_478_485
-EXTREME_AREA = 16  # resized images over this many crops' area are cropped before resizing (decode_resized)
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 @dataclass
@@ -59,147 +53,6 @@ class CachedImages:
 
     def __len__(self) -> int:
         return self.images.shape[0]
-
-
-class ImageRows:
-    """Rows ``rows`` of a uint8 image array [N, 3, S, S] (a decode cache's memory map), read only when indexed:
-    indexing the cache with a boolean mask, then a share, then the kept images copied the whole pool into memory
-    (100k images at 224 px: 15 GB) where a round reads only the images it uses. Indexing (a slice, an index
-    tensor) reads those rows and returns them as a tensor; ``select`` narrows the rows and reads nothing."""
-
-    def __init__(self, images: torch.Tensor, rows: torch.Tensor | None = None):
-        self.images = images
-        self.rows = torch.arange(len(images)) if rows is None else rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((len(self.rows), *self.images.shape[1:]))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.images.dtype
-
-    def __getitem__(self, idx) -> torch.Tensor:
-        return self.images[self.rows[idx]]
-
-    def select(self, idx) -> "ImageRows":
-        return ImageRows(self.images, self.rows[idx])
-
-
-def to_rgb_uint8(img: Image.Image, bit_depth: int | str = "auto", peaks: list[int] | None = None) -> Image.Image:
-    """Any PIL mode (L, P, RGBA, CMYK, 16-bit, float) -> 8-bit RGB. ``bit_depth`` (data.bit_depth): the significant
-    bits of 16-bit images, whose values are scaled from 0..2**bit_depth - 1 (auto: 0..65535); 12-bit data stored in
-    16 bits came out dark, in 17 grey levels. A given depth holds for 32-bit images (I, F) too, whatever their
-    values (float images in [0, 1] aside). ``peaks``: a 16-bit image's largest value is appended to it (the decode
-    cache warns when a split's images use fewer bits than they are scaled from, or more than 16)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        key = _transparent_value(img)
-        raw = np.asarray(img, dtype=np.float64)
-        arr = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)  # NaN: black, quietly
-        top = arr.max(initial=0)
-        # 16-bit data (32-bit integer and float modes too where they hold more than 8 bits, or a depth is given: a
-        # dark image of a 12-bit split, all under 256, came out 16x brighter than the rest; a float one of a 10-bit
-        # split 4x)
-        given = bit_depth != "auto" and (img.mode == "I" or (img.mode == "F" and top > 1.0))
-        if img.mode.startswith("I;16") or top > 255 or given:
-            hi = 65535.0 if bit_depth == "auto" else float(2 ** int(bit_depth) - 1)
-            if peaks is not None:
-                peaks.append(int(top))
-        else:  # float images in [0, 1] (what numpy / scientific pipelines write) would otherwise come out black
-            hi = 1.0 if img.mode == "F" and top <= 1.0 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
-        if key is not None:  # a 16-bit PNG's tRNS value: the 8-bit copy has no info, so its alpha is made here
-            img = Image.merge("LA", (img, Image.fromarray(np.where(raw == key, 0, 255).astype(np.uint8), mode="L")))
-    if img.mode in ("P", "PA", "LA", "RGBA") or _transparent_value(img) is not None:
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, contrasting_background(img))
-        img = Image.alpha_composite(background, img)
-    return img.convert("RGB")
-
-
-def _transparent_value(img: Image.Image) -> int | tuple[int, ...] | None:
-    """The colour a PNG's (or PNM's) tRNS chunk makes transparent in a 1, L, I or RGB image (img.info's
-    "transparency"), None where there is none or it does not fit the mode: dark ink on such a sheet decoded on
-    black (blank), where the same drawing saved as LA or P was laid on white."""
-    value = img.info.get("transparency")
-    if img.mode == "RGB":
-        fits = isinstance(value, tuple) and len(value) == 3 and all(isinstance(v, int) for v in value)
-    else:
-        fits = img.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N") and isinstance(value, int)
-    return value if fits and not isinstance(value, bool) else None
-
-
-def contrasting_background(rgba: Image.Image) -> tuple[int, int, int, int]:
-    """The colour to lay a transparent image on: black, unless what the image shows (its colours weighted by their
-    opacity) is dark. Dark ink drawn on a transparent sheet (glyphs, sketches, icons: the shape lives in the alpha
-    channel alone) came out black on black, a blank image, and a dataset of them trained at chance."""
-    arr = np.asarray(rgba, dtype=np.float32)
-    alpha = arr[..., 3] / 255.0
-    shown = float(alpha.sum())
-    if shown == 0.0:
-        return (0, 0, 0, 255)
-    brightness = float((arr[..., :3].mean(axis=-1) * alpha).sum()) / shown
-    return (255, 255, 255, 255) if brightness < 128.0 else (0, 0, 0, 255)
-
-
-def _upright(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation (phone photos store "rotate me" there); malformed EXIF, which Pillow can
-    raise on, leaves the image as stored rather than making a readable photo undecodable."""
-    try:
-        return ImageOps.exif_transpose(img)
-    except Exception:
-        return img
-
-
-def _dangling(path: Path) -> str:
-    """Why an image that is a symbolic link cannot be opened: the target it names is missing, or a loop (in the
-    words the layout checks use for a root or class folder)."""
-    return f"a symbolic link {broken_link_words(path)}"
-
-
-def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int | str = "auto",
-                   peaks: list[int] | None = None) -> np.ndarray:
-    """Open, convert to RGB, resize the short side to size/crop_pct, center-crop size x size; CHW uint8.
-    ``bit_depth`` and ``peaks``: as to_rgb_uint8's."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
-            raise ValueError(_dangling(path)) from None  # "[Errno 2] No such file or directory" named no link
-        raise
-    if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
-        raise ValueError("not a regular file")
-    try:
-        img = Image.open(path)
-    except Image.DecompressionBombError as exc:  # over twice Pillow's limit: only the pixel count is known
-        pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        raise ValueError(f"image of {int(pixels[1]) if pixels else 2 * MAX_PIXELS:,} pixels exceeds the "
-                         f"decompression-bomb limit of {MAX_PIXELS:,} pixels") from None
-    with img:
-        w, h = img.size
-        if w * h > MAX_PIXELS:  # the header only: nothing is decoded yet
-            raise ValueError(f"image of {w}x{h} pixels exceeds the decompression-bomb limit of {MAX_PIXELS:,} pixels")
-        img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when possible
-        img = to_rgb_uint8(_upright(img), bit_depth, peaks)
-    short = max(1, round(size / crop_pct))
-    w, h = img.size
-    scale = short / min(w, h)
-    nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
-    left, top = (nw - size) // 2, (nh - size) // 2
-    if nw * nh > EXTREME_AREA * size * size:
-        # a 1x300000 strip resized whole is 37 x 11 million pixels (2 GB) to keep 37 x 37 of them: resize only the
-        # source region the crop keeps. Ordinary images take the path below, so their cached pixels stay the same.
-        box = (left / scale, top / scale, (left + size) / scale, (top + size) / scale)
-        img = img.resize((size, size), Image.BILINEAR, box=box)
-    else:
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.BILINEAR)
-        img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def cache_key(paths: list[Path], size: int, crop_pct: float, bit_depth: int | str = "auto") -> str:
@@ -620,31 +473,6 @@ def warn_bit_depth(desc: str, sixteen: dict | None, bit_depth: int | str) -> Non
         print(one_line(message), file=sys.stderr, flush=True)
 
 
-def _mapped_file(fh, shape: tuple[int, ...], nbytes: int) -> np.memmap | None:
-    """The new, empty file ``fh`` sized for ``shape`` uint8 and memory-mapped for writing. Its blocks are reserved
-    first where the system can (posix_fallocate: not on macOS or Windows), so a full disk is an OSError here (ENOSPC)
-    rather than a SIGBUS at a write into the mapping. None where the file cannot be mapped for writing (some FUSE
-    and network mounts): the caller decodes into memory and writes the file at the end."""
-    if hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(fh.fileno(), 0, nbytes)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it: written as it goes
-                raise
-    fh.truncate(nbytes)  # the size, where nothing was reserved
-    try:
-        return np.memmap(fh, dtype=np.uint8, mode="r+", shape=shape)
-    except (OSError, ValueError) as exc:
-        if getattr(exc, "errno", None) == errno.ENOMEM:  # no address space (ulimit -v): nor for an array
-            raise
-        return None
-
-
-def _drop(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
-
-
 def _warn_no_cache(cache_dir: Path, exc: OSError, nbytes: int) -> None:
     local_rank = (os.environ.get("LOCAL_RANK") or "0").strip()  # once per node (not RANK: a lone RANK=1 pod)
     if str(cache_dir) not in _WARNED and local_rank in ("", "0"):  # and once per folder
@@ -690,42 +518,6 @@ def _note_new_entry(desc: str, n: int, size: int, cache_dir: Path, nbytes: int, 
                    f"disk{each}{hint})"), file=sys.stderr, flush=True)
 
 
-KEEP_RECENT_S = 3600  # an entry used this recently may be open in another process: kept
-# a temporary file may be a build still decoding (the in-memory fallback writes it only at the end): a day
-KEEP_TEMP_S = 24 * 3600
-ENTRY_NAME = re.compile(r"[0-9a-f]{20}\.u8")  # cache_key's names: other files in a shared cache_dir stay
-TEMP_NAME = re.compile(r"[0-9a-f]{20}\.(tmp\d+|[0-9a-z_]+\.tmp)")  # load_images' temporary files (and older ones')
-
-
-def prune_cache(cache_dir: Path, max_gb: float | None, keep: Path) -> None:
-    """Delete the least recently used entries until the folder holds at most ``max_gb`` GB: every changed file
-    list (one image added to a pool) wrote a new entry of the whole pool and the old one stayed forever. An
-    entry's last use is its .u8 file's mtime (touched on every read). ``keep`` (just written) and entries used
-    within KEEP_RECENT_S stay, even over the cap. Temporary files not written for KEEP_TEMP_S are deleted
-    whatever the cap: a killed build (out of memory) left its full-size file behind."""
-    entries, now = [], time.time()
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(cache_dir):
-            with contextlib.suppress(OSError):
-                if ENTRY_NAME.fullmatch(entry.name):
-                    st = entry.stat()
-                    entries.append((st.st_mtime, st.st_size, Path(entry.path)))
-                elif TEMP_NAME.fullmatch(entry.name) and now - entry.stat().st_mtime > KEEP_TEMP_S:
-                    os.unlink(entry.path)
-    if not max_gb:
-        return
-    total = sum(size for _, size, _ in entries)
-    for used, size, data in sorted(entries):  # least recently used first
-        if total <= max_gb * 1e9:
-            break
-        if data == keep or now - used < KEEP_RECENT_S:
-            continue
-        with contextlib.suppress(OSError):
-            data.with_suffix(".json").unlink(missing_ok=True)  # first: a reader without it rebuilds the entry
-            data.unlink()
-            total -= size
-
-
 SKIP_HINT = ("(pass --skip-bad-images to skip these files and go on)",)
 
 
@@ -744,32 +536,6 @@ def _finish(images: torch.Tensor, bad_at: list[tuple[int, str]], paths: list[Pat
         if skip_note is not None:
             report_skipped(bad, note=skip_note)
     return CachedImages(images, valid, bad, digests)
-
-
-_REPORTED: set[tuple[str, str]] = set()  # skipped files already listed by this process
-
-
-def report_skipped(bad: list[tuple[str, str]], limit: int = 50, note: str = "--skip-bad-images") -> None:
-    """--skip-bad-images (or the pool's data.skip_bad_unlabeled): list what was skipped on stderr (rank 0 only)."""
-    if launch_rank() != 0:
-        return
-    bad = [item for item in bad if item not in _REPORTED]  # `fewshot run` loads its pool once per round
-    if not bad:
-        return
-    _REPORTED.update(bad)
-    lines = ["  - " + one_line(f"{p}: {why}") for p, why in bad[:limit]]  # a newline in a name forged an item
-    if len(bad) > limit:
-        lines.append(f"  ... and {len(bad) - limit} more")
-    print(f"warning: skipping {len(bad)} undecodable image(s) ({one_line(note)}):\n" + "\n".join(lines),
-          file=sys.stderr, flush=True)
-
-
-def write_skipped(run_dir: Path, skipped: list[tuple[str, str]]) -> None:
-    """RUN/skipped_images.json: the files --skip-bad-images left out of this run, with the reasons."""
-    skipped = list(dict.fromkeys((str(p), why) for p, why in skipped))  # the pool may repeat train images
-    if skipped:
-        atomic_write_text(Path(run_dir) / "skipped_images.json",
-                          json.dumps([{"path": p, "reason": why} for p, why in skipped], indent=2) + "\n")
 
 
 _WARNED: set[str] = set()
@@ -804,31 +570,3 @@ def user_cache_dir(root: str | Path) -> Path | None:
         return None
     digest = hashlib.sha1(str(Path(root).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return home / "fewshot" / f"{Path(root).resolve().name}-{digest}"
-
-
-def ensure_writable_dir(path: Path, what: str) -> None:
-    """Fail early and clearly when an output folder cannot be written. A dangling symbolic link is followed (its
-    target made), as predict and export follow one to write its target: mkdir said only "File exists"."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"the {what} folder '{path}' is a file; give --out a folder (new or empty).")
-    made = path
-    if path.is_symlink() and not path.exists():
-        target, loops = broken_link(path)  # told as a --data link is (data.layout)
-        if loops:
-            raise UserError(f"the {what} folder '{path}' is a symbolic link (to {target}) that goes round a loop of "
-                            f"links; remove it or give another --out.")
-        try:  # its target (a link gone since, target None, is made below as any folder)
-            if target is not None:
-                made = Path(path).resolve(strict=False)
-                made.mkdir(parents=True, exist_ok=True)
-        except (OSError, RuntimeError) as exc:
-            raise UserError(f"the {what} folder '{path}' is a dangling symbolic link to {target}, and that folder "
-                            f"cannot be made: {getattr(exc, 'strerror', None) or exc}. Remove the link or give "
-                            f"another --out.") from None
-    try:
-        made.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write to the {what} folder '{path}': {exc.strerror or exc}.") from None

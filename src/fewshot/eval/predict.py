@@ -27,7 +27,7 @@ from fewshot.eval.model_data import (_chosen_datasets, _in_model_classes, _usabl
                                      warn_about_what_is_not_predicted)
 from fewshot.models.backbone import MAX_IMG_SIZE, MIN_IMG_SIZE, RECORDED, mean_std, timm_name
 from fewshot.models.classifier import HeadCountError, build_classifier, check_head_count
-from fewshot.models.weights import check_state_fits, infinity_problem, state_value_problem
+from fewshot.models.state_checks import check_state_fits, infinity_problem, state_value_problem
 from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_checkpoint
 
 MISROUTED = -1  # pred_all.json entry of an image that unknown-source mode routed to another dataset

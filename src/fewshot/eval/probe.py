@@ -38,7 +38,7 @@ def recorded_bit_depth(weights) -> int | str | None:
     a run's from its checkpoint: a backbone that learnt from 12-bit images was probed on them at the 16-bit scale
     (dark) unless the user typed the setting again."""
     from fewshot.errors import CheckpointError
-    from fewshot.models.weights import is_safetensors, read_tensor_file
+    from fewshot.models.weights_file import is_safetensors, read_tensor_file
 
     path = Path(weights) if weights else None
     if path is None or not path.is_file():

@@ -613,7 +613,7 @@ class ReportBuilder:
         return " ".join(map(shell_quoted, words))
 
     def build(self) -> Path:
-        from fewshot.data.cache import ensure_writable_dir
+        from fewshot.data.cache_files import ensure_writable_dir
         from fewshot.utils import atomic_write_text
 
         check_report_out(self.out, self.runs, self.data)

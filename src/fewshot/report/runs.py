@@ -419,7 +419,7 @@ def read_saved_steps(path: Path) -> dict | None:
     import zipfile
 
     from fewshot.errors import CheckpointError
-    from fewshot.models.weights import read_tensor_file
+    from fewshot.models.weights_file import read_tensor_file
     from fewshot.train.checkpoint import FORMAT
 
     try:

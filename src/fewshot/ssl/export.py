@@ -15,7 +15,7 @@ from pathlib import Path
 from safetensors.torch import save
 
 from fewshot.errors import CheckpointError, UserError
-from fewshot.models.weights import check_export_state, shows_more_than_stored
+from fewshot.models.state_checks import check_export_state, shows_more_than_stored
 from fewshot.run_lock import being_written
 from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_checkpoint
 from fewshot.utils import atomic_write_bytes, loads_run_json

@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 
 from fewshot.data.augment import BatchAugment, preset as aug_preset
-from fewshot.data.cache import default_cache_dir, load_images, write_skipped
+from fewshot.data.cache import default_cache_dir, load_images
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.image_files import has_images
 from fewshot.data.layout import find_unlabeled_images, real_paths, warn_once
 from fewshot.data.roots import list_datasets
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
+from fewshot.data.skipped import write_skipped
 from fewshot.data.transforms import Normalize
 from fewshot.errors import UserError, one_line
 from fewshot.eval.features import backbone_features

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from fewshot.errors import CheckpointError, one_line
-from fewshot.models.weights import read_tensor_file, remote_name
+from fewshot.models.weights_file import read_tensor_file, remote_name
 from fewshot.utils import atomic_write_bytes
 
 FORMAT = "fewshot-checkpoint"

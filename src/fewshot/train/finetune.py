@@ -14,9 +14,10 @@ import torch
 
 from fewshot.config import (CHOSEN, NotAMapping, note_chosen, note_rechosen, read_run_config, run_time_values,
                             save_yaml)
-from fewshot.data.cache import ensure_writable_dir, write_skipped
+from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import scan_root
 from fewshot.data.output_guard import check_output_is_not_in_data
+from fewshot.data.skipped import write_skipped
 from fewshot.errors import UserError, one_line, path_argument, shell_quoted
 from fewshot.eval.evaluate import format_table
 from fewshot.models.weights import weights_note

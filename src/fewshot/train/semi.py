@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.data.augment import BatchAugment, preset
-from fewshot.data.cache import ImageRows, default_cache_dir, load_images
+from fewshot.data.cache import default_cache_dir, load_images
+from fewshot.data.image_rows import ImageRows
 from fewshot.utils import make_generator
 
 

@@ -257,7 +257,7 @@ class SupervisedTask:
         ``soft`` [n, C]: the teacher's probabilities as targets instead of its classes (distillation);
         the labelled images keep their one-hot targets. ``images``: a tensor or the pool's ImageRows (read here,
         once). The pixels are held once: the repeat is of their rows (a copy per repeat tripled the labelled set)."""
-        from fewshot.data.cache import ImageRows
+        from fewshot.data.image_rows import ImageRows
         from fewshot.data.sets import ImageSet
 
         t = self.train_set

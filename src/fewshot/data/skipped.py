@@ -1,0 +1,41 @@
+"""The images --skip-bad-images (or data.skip_bad_unlabeled) left out: listed on stderr once per process, and
+written to the run folder (RUN/skipped_images.json).
+
+Apart from data/cache.py because the training commands write the list of a whole run (its splits and pool) after
+the cache has loaded each of them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from fewshot.errors import one_line
+from fewshot.train.distributed import launch_rank
+from fewshot.utils import atomic_write_text
+
+_REPORTED: set[tuple[str, str]] = set()  # skipped files already listed by this process
+
+
+def report_skipped(bad: list[tuple[str, str]], limit: int = 50, note: str = "--skip-bad-images") -> None:
+    """--skip-bad-images (or the pool's data.skip_bad_unlabeled): list what was skipped on stderr (rank 0 only)."""
+    if launch_rank() != 0:
+        return
+    bad = [item for item in bad if item not in _REPORTED]  # `fewshot run` loads its pool once per round
+    if not bad:
+        return
+    _REPORTED.update(bad)
+    lines = ["  - " + one_line(f"{p}: {why}") for p, why in bad[:limit]]  # a newline in a name forged an item
+    if len(bad) > limit:
+        lines.append(f"  ... and {len(bad) - limit} more")
+    print(f"warning: skipping {len(bad)} undecodable image(s) ({one_line(note)}):\n" + "\n".join(lines),
+          file=sys.stderr, flush=True)
+
+
+def write_skipped(run_dir: Path, skipped: list[tuple[str, str]]) -> None:
+    """RUN/skipped_images.json: the files --skip-bad-images left out of this run, with the reasons."""
+    skipped = list(dict.fromkeys((str(p), why) for p, why in skipped))  # the pool may repeat train images
+    if skipped:
+        atomic_write_text(Path(run_dir) / "skipped_images.json",
+                          json.dumps([{"path": p, "reason": why} for p, why in skipped], indent=2) + "\n")
