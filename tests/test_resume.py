@@ -305,6 +305,7 @@ def test_pretrain_budget_stop_then_resume(root, pt_ref, tmp_path, monkeypatch):
     import types
 
     import fewshot.train.engine as engine_mod
+    import fewshot.train.stage_cap as stage_cap
 
     clock = {"t": 0.0}
 
@@ -314,7 +315,9 @@ def test_pretrain_budget_stop_then_resume(root, pt_ref, tmp_path, monkeypatch):
 
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
-        mp.setattr(engine_mod, "time", types.SimpleNamespace(monotonic=monotonic, perf_counter=engine_mod.time.perf_counter))
+        fake = types.SimpleNamespace(monotonic=monotonic, perf_counter=engine_mod.time.perf_counter)
+        mp.setattr(engine_mod, "time", fake)
+        mp.setattr(stage_cap, "time", fake)  # the time-based schedule's cap reads the same clock
         run_pretrain(pretrain_cfg(root, **PT, **{"train.budget_minutes": 13.5 / 60}), out)
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 4, 14)
