@@ -164,23 +164,22 @@ DEFAULTS: dict[str, Any] = {
 
 # MoCo presets (SPEC values). Applied over DEFAULTS for `fewshot pretrain`. lr None: 0.03 at batch 256,
 # scaled linearly with the global batch (resolve_pretrain_defaults), as the course's 0.015 at 128.
+def _moco_preset(name: str, temperature: float, mlp: bool, cos: bool, jitter: list, jitter_p: float,
+                 blur_p: float) -> dict[str, Any]:
+    """One MoCo version: what v1 and v2 differ in (head, temperature, cosine schedule, augmentation) over the
+    optimisation and training both use."""
+    return {
+        "moco": {"preset": name, "temperature": temperature, "mlp": mlp, "cos": cos},
+        "aug": {"jitter": jitter, "jitter_p": jitter_p, "gray_p": 0.2, "blur_p": blur_p},
+        "optim": {"name": "sgd", "lr": None, "weight_decay": 1e-4, "momentum": 0.9, "grad_clip": 0.0,
+                  "label_smoothing": 0.0},
+        "sched": {"warmup_epochs": 0.0, "min_lr": 0.0},
+        "train": {"epochs": 200, "batch_size": 256, "ema": False, "eval_every": 1},
+        "model": {"drop_path": 0.0, "name": "resnet50"},
+    }
+
+
 PRESETS: dict[str, dict[str, Any]] = {
-    "mocov1": {
-        "moco": {"preset": "mocov1", "temperature": 0.07, "mlp": False, "cos": False},
-        "aug": {"jitter": [0.4, 0.4, 0.4, 0.4], "jitter_p": 1.0, "gray_p": 0.2, "blur_p": 0.0},
-        "optim": {"name": "sgd", "lr": None, "weight_decay": 1e-4, "momentum": 0.9, "grad_clip": 0.0,
-                  "label_smoothing": 0.0},
-        "sched": {"warmup_epochs": 0.0, "min_lr": 0.0},
-        "train": {"epochs": 200, "batch_size": 256, "ema": False, "eval_every": 1},
-        "model": {"drop_path": 0.0, "name": "resnet50"},
-    },
-    "mocov2": {
-        "moco": {"preset": "mocov2", "temperature": 0.2, "mlp": True, "cos": True},
-        "aug": {"jitter": [0.4, 0.4, 0.4, 0.1], "jitter_p": 0.8, "gray_p": 0.2, "blur_p": 0.5},
-        "optim": {"name": "sgd", "lr": None, "weight_decay": 1e-4, "momentum": 0.9, "grad_clip": 0.0,
-                  "label_smoothing": 0.0},
-        "sched": {"warmup_epochs": 0.0, "min_lr": 0.0},
-        "train": {"epochs": 200, "batch_size": 256, "ema": False, "eval_every": 1},
-        "model": {"drop_path": 0.0, "name": "resnet50"},
-    },
+    "mocov1": _moco_preset("mocov1", 0.07, mlp=False, cos=False, jitter=[0.4, 0.4, 0.4, 0.4], jitter_p=1.0, blur_p=0.0),
+    "mocov2": _moco_preset("mocov2", 0.2, mlp=True, cos=True, jitter=[0.4, 0.4, 0.4, 0.1], jitter_p=0.8, blur_p=0.5),
 }
