@@ -189,7 +189,7 @@ def test_a_root_without_val_images_is_predicted_plainly_under_auto(trained, copy
 
 
 def test_the_reports_sentence_names_balanced_and_plain_datasets_with_their_val_evidence():
-    from fewshot.report.runs import balance_words
+    from fewshot.report.pipeline_runs import balance_words
 
     words = balance_words({"digits": {"used": True, "val_plain": 94.5, "val_balanced": 95.0},
                            "fashion": {"used": False, "val_plain": 75.4, "val_balanced": 75.0},

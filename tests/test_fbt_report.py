@@ -42,7 +42,7 @@ def test_self_training_shows_its_settings_as_settings_and_the_measured_confidenc
     calibration off) looked like a measured precision of none right. Settings are named as settings; the kept
     labels' mean confidence (measured) and the per-class thresholds used (where calibrated) are shown."""
     from fewshot.report import tables as T
-    from fewshot.report.runs import self_training_rounds
+    from fewshot.report.pipeline_runs import self_training_rounds
 
     stages = {"finetune_labelled": {"val_mean_acc1": 12.5},
               "finetune": {"val_mean_acc1": 13.0, "pseudo_labels": _labels(0.0)}}
@@ -98,7 +98,7 @@ def test_a_log_row_whose_val_fields_have_other_types_is_left_out_with_one_note(t
     """val.known.datasets null crashed the curves with a TypeError (an internal error); a string drew a curve per
     letter. The val part of such rows is left out, with one note for all of them."""
     from fewshot.report import plots
-    from fewshot.report.runs import read_log
+    from fewshot.report.run_files import read_log
 
     bad = {"known": {**_scores(10.0), "datasets": datasets}, "unknown": _scores(5.0, "unknown")}
     rows = [{"epoch": e, "step": 4 * e, "lr": 1e-3, "loss": 2.0, "train_acc1": 20.0, "score": 10.0,

@@ -136,7 +136,7 @@ def _scores(mean: float, mode: str = "known", **extra) -> dict:
 
 
 def _read(tmp_path: Path, rows: list[dict]) -> tuple[list[dict], list[str]]:
-    from fewshot.report.runs import read_log
+    from fewshot.report.run_files import read_log
 
     run = tmp_path / "run"
     run.mkdir(parents=True, exist_ok=True)

@@ -313,7 +313,7 @@ def test_the_accuracy_bars_caption_names_only_what_the_runs_do_not_share():
 def test_the_test_table_says_which_scores_are_class_balanced(tmp_path):
     """"known 70.33" (class-balanced) stood next to "unknown 23.00" (plain argmax) with no word in the table."""
     from fewshot.report import tables as T
-    from fewshot.report.runs import _read_summary
+    from fewshot.report.pipeline_runs import _read_summary
 
     summary = {"balanced_prediction": {"setting": "auto", "datasets": {
         "digits": {"used": True, "val_plain": 60.0, "val_balanced": 62.0}, "fashion": {"used": False, "why": "off"}}}}

@@ -981,7 +981,7 @@ def test_rounds_that_fit_run_and_the_middle_rounds_that_do_not_are_dropped(digit
     """With 3 rounds planned and time for only one more after round 1, that one is the last (`finetune`); the
     dropped round is told in summary.json (it left no record) and on the report's page."""
     from fewshot import pipeline
-    from fewshot.report.runs import _read_summary
+    from fewshot.report.pipeline_runs import _read_summary
 
     monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)  # round 1 holds at any speed
     monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6 if a[4] == 1 else 1e6)

@@ -329,7 +329,7 @@ def test_progress_disabled_prints_nothing_and_tty_keeps_tqdm(monkeypatch):
 def test_pipeline_test_scores_are_shown_under_the_stage_that_predicted_only(tmp_path):
     """summary.json holds the test accuracy of the stage that wrote pred_all.json; it was printed under every
     fine-tuning stage, so round 1 and round 2 looked identical on test."""
-    from fewshot.report.runs import Run
+    from fewshot.report.run_record import Run
     from fewshot.report.tables import test_table
 
     test = {"mean_acc1": 80.0, "datasets": {"digits": {"acc1": 80.0, "acc5": 99.0, "n": 30}}}
@@ -380,7 +380,7 @@ def test_pipeline_report_shows_the_self_training_rounds(runs, tmp_path):
                  "63.50", "64.75", "finetune_round2"):
         assert cell in page, cell
     # a summary.json of an older fewshot: every round's labels in a list under finetune_labelled
-    from fewshot.report.runs import self_training_rounds
+    from fewshot.report.pipeline_runs import self_training_rounds
 
     old = {"finetune_labelled": {"pseudo_labels": [labels(1390, 305), labels(8000, 2000)], "val_mean_acc1": 61.25},
            "finetune": {"val_mean_acc1": 64.75}}
@@ -1216,7 +1216,7 @@ def test_a_folder_without_a_run_names_the_stage_folders_the_pipeline_writes(tmp_
 
 def test_self_training_rounds_are_listed_in_number_order():
     """finetune_round10 sorted as text came before finetune_round2 in the report's stage list."""
-    from fewshot.report.runs import _round_order
+    from fewshot.report.pipeline_runs import _round_order
 
     names = ["finetune_round10", "finetune_round2", "finetune_round3"]
     assert sorted(names, key=_round_order) == ["finetune_round2", "finetune_round3", "finetune_round10"]

@@ -113,7 +113,7 @@ def test_compare_says_a_run_stopped_before_its_first_evaluation(tmp_path):
 
 def test_routing_is_shown_only_where_there_is_more_than_one_dataset_to_route_to():
     """A one-dataset run showed 'routing 100.00' beside two-dataset runs' routing, as if it were a result."""
-    from fewshot.report.runs import Run
+    from fewshot.report.run_record import Run
     from fewshot.report.tables import overview_table, run_tables
 
     one = {"datasets": {"digits": {"acc1": 80.0, "n": 10}}, "mean_acc1": 80.0, "routing_acc": 100.0}

@@ -632,7 +632,7 @@ def best_score_in(monkeypatch, epoch: int) -> None:
 def test_a_tie_on_val_keeps_the_later_epoch_as_best_pt(root, tmp_path, monkeypatch):
     """With one val image per class scores tie often; the first epoch of the top score (lr still high) stayed
     best.pt and taught the pseudo-labels. A tie now goes to the later, more trained epoch, in the report too."""
-    from fewshot.report.runs import best_evaluation
+    from fewshot.report.run_score import best_evaluation
 
     evaluate = SupervisedTask.evaluate
     scores = {0: 0.5, 1: 0.9, 2: 0.9}  # epoch index -> val score: epochs 2 and 3 tie

@@ -48,7 +48,7 @@ def test_time_left_without_room_to_label_the_pool_goes_on_training_on_the_labell
     assert summary["predicted_with"] == max(vals, key=lambda n: (vals[n], n == "finetune"))
     assert _state(out)["self_training"]["labelled_only"] == 2
     _check_pred_all(digits_root, out)
-    from fewshot.report.runs import _read_summary  # the report's note: its table row shows no pseudo-labels
+    from fewshot.report.pipeline_runs import _read_summary  # the report's note: its table row shows no pseudo-labels
 
     assert "too little for labelling the pool" in _read_summary(out, [])["self_training_labelled_only"]
 

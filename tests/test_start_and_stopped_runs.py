@@ -218,7 +218,7 @@ def _checkpoint(path, kind: str, **fields) -> None:
 
 def test_read_saved_steps_maps_last_pt_instead_of_reading_its_tensors(tmp_path, monkeypatch):
     """The whole last.pt (weights, EMA, optimizer) was read for three integers: now torch maps it."""
-    from fewshot.report.runs import read_saved_steps
+    from fewshot.report.saved_steps import read_saved_steps
 
     last = tmp_path / "last.pt"
     _checkpoint(last, "supervised", epoch=2, step_in_epoch=5, global_step=45)
@@ -237,7 +237,7 @@ def test_read_saved_steps_maps_last_pt_instead_of_reading_its_tensors(tmp_path, 
 def test_a_last_pt_that_maps_but_is_no_fewshot_checkpoint_is_not_read_again_whole(tmp_path, monkeypatch):
     """A review: every failure of the mapped read fell back to reading the whole file, also a file that mapped fine
     and then failed the format check (a foreign 2 GB file was read in full for nothing)."""
-    from fewshot.report.runs import read_saved_steps
+    from fewshot.report.saved_steps import read_saved_steps
 
     last = tmp_path / "last.pt"
     torch.save({"w": torch.ones(64, 64), "epoch": 1, "step_in_epoch": 0, "global_step": 7}, last)  # no format
@@ -300,7 +300,7 @@ def test_the_engine_saves_its_steps_per_epoch_in_last_pt(digits_root, tmp_path):
 def test_a_last_pt_that_cannot_be_mapped_is_read_whole(tmp_path):
     """torch maps only zip-format files: an older torch.save format made the mapped read fail, and the report lost
     the count it could read before."""
-    from fewshot.report.runs import read_saved_steps
+    from fewshot.report.saved_steps import read_saved_steps
 
     last = tmp_path / "last.pt"
     from fewshot.train.checkpoint import FORMAT, REQUIRED

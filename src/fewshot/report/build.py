@@ -22,7 +22,9 @@ import numpy as np
 from fewshot.errors import UserError, printable, shell_quoted, undecodable_escaped
 from fewshot.report import html as H
 from fewshot.report import tables as T
-from fewshot.report.runs import Run, expand_runs, refresh_evaluation
+from fewshot.report.run_record import Run
+from fewshot.report.run_score import refresh_evaluation
+from fewshot.report.runs import expand_runs
 
 GRID_IMAGES = 40
 # --grid above this is refused, not quietly capped: the grid is a column of rows of 8 (400 images: 50 rows, ~10,000
@@ -251,7 +253,7 @@ def _smoothing_caption(weights: list[tuple[str, float]]) -> str:
 def file_weights(path: Path | None) -> str | None:
     """The weights ("ema" or "raw") the file the image parts predicted with holds: a run folder without best.pt
     predicts with last.pt's EMA while the log row shown may be of the raw weights. None where it cannot be read."""
-    from fewshot.report.runs import checkpoint_weights
+    from fewshot.report.run_score import checkpoint_weights
     from fewshot.train.checkpoint import load_checkpoint
 
     if path is None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from fewshot.report.figure import (DPI, LEGEND_MAX_NAMED, _color, _dataset_legend, _empty, _figure, _finish,
                                    _literal_text, _save, _share_epochs, _short, plot_smoothed, smoothing_weight)
-from fewshot.report.runs import read_log
+from fewshot.report.run_files import read_log
 from fewshot.report.tables import pct, routing
 
 CONFUSION_MAX_DPI = 200  # a big confusion matrix gets up to this dpi (one pixel per class), then is pooled

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from fewshot.errors import printable
-from fewshot.report.runs import Run
+from fewshot.report.run_record import Run
 
 DASH = "–"
 UNKNOWN = "?"  # a value a run's file holds that is no usable number

@@ -44,7 +44,7 @@ def rows_to_write_again(run_dir: Path, epoch: int, redo: bool) -> list[dict]:
     """The rows of log.jsonl (already trimmed to the resumed checkpoint) that a resumed run's new event file gets
     again: the last row of ``epoch``, whose events the writer purged, and with ``redo=False`` (nothing is redone)
     the last row of every later epoch too."""
-    from fewshot.report.runs import read_log
+    from fewshot.report.run_files import read_log
 
     rows = [r for r in read_log(run_dir) if isinstance(r, dict) and isinstance(r.get("epoch"), int)
             and (r["epoch"] == epoch or (not redo and r["epoch"] > epoch))]

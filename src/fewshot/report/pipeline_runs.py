@@ -1,0 +1,149 @@
+"""A `fewshot run` folder's summary.json as the report reads it: the self-training rounds and their pseudo-labels,
+the class-balanced prediction, the budget's notes, the test metrics; and whether a folder holds a `fewshot run`
+stopped before its first stage, and the order of its finetune_round<k> stages.
+
+Apart from report/runs.py (which expands such a folder into its stage runs) so that summary.json's checks are in
+one place.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from fewshot.report.run_files import _is_number, _is_whole, _kind_of, _read_json, clean_metrics
+
+
+def _pseudo_labels(x) -> dict | None:
+    """A round's pseudo-label summary with the fields the report shows, each checked (None: not one)."""
+    if not isinstance(x, dict):
+        return None
+    out = {k: x[k] for k in ("pool_size", "pool_labelled") if _is_whole(x.get(k))}
+    out.update({k: x[k] for k in ("threshold", "precision") if _is_number(x.get(k))})
+    datasets = x.get("datasets") if isinstance(x.get("datasets"), dict) else {}
+    out["datasets"] = {str(n): _pseudo_dataset(v) for n, v in datasets.items()
+                       if isinstance(v, dict) and _is_whole(v.get("kept"))}
+    return out
+
+
+def _pseudo_dataset(v: dict) -> dict:
+    """One dataset's entry of a round's pseudo-labels: counts, the kept labels' mean confidence (measured) and,
+    with run.pseudo_precision > 0, the per-class thresholds calibrated on val (null: the class kept nothing)."""
+    out = {k: v[k] for k in ("kept", "pool", "labelled") if _is_whole(v.get(k))}
+    if _is_number(v.get("mean_confidence")):
+        out["mean_confidence"] = v["mean_confidence"]
+    thresholds = v.get("class_thresholds")
+    if isinstance(thresholds, dict) and all(t is None or _is_number(t) for t in thresholds.values()):
+        out["class_thresholds"] = dict(thresholds)
+    return out
+
+
+def self_training_rounds(stages: dict) -> list[dict]:
+    """The rounds of a self-training `fewshot run` from summary.json's stages, in order: stage, val mean acc@1 and
+    the pseudo-labels it trained on (none for round 1). A summary of an older fewshot kept every round's labels in
+    a list under finetune_labelled (round 2's first); [] when the run did no self-training."""
+    if not isinstance(stages.get("finetune_labelled"), dict):
+        return []
+    older = stages["finetune_labelled"].get("pseudo_labels")
+    older = older if isinstance(older, list) else []
+    middle = sorted((n for n in stages if n.startswith("finetune_round")
+                     and n.removeprefix("finetune_round").isdigit()),
+                    key=lambda n: int(n.removeprefix("finetune_round")))
+    middle = middle or [f"finetune_round{k}" for k in range(2, len(older) + 1)]  # an older summary: not listed
+    names = ["finetune_labelled", *middle, "finetune"]
+    rounds = []
+    for k, name in enumerate(names, 1):
+        entry = stages.get(name) if isinstance(stages.get(name), dict) else {}
+        if name != "finetune_labelled" and not entry and not older:
+            continue
+        labels = entry.get("pseudo_labels", older[k - 2] if 2 <= k < len(older) + 2 and name != "finetune_labelled"
+                           else None)
+        val = entry.get("val_mean_acc1")
+        rounds.append({"round": k, "stage": name, "val_mean_acc1": val if _is_number(val) else None,
+                       "pseudo_labels": _pseudo_labels(labels)})
+    return rounds
+
+
+def balance_words(datasets: dict) -> str:
+    """summary.json's balanced_prediction as a sentence: which datasets' test predictions were evened out (to the
+    train split's class proportions, or those named), with the val accuracies the choice was made on."""
+    def one(name: str, d: dict) -> str:
+        source = d.get("prior_from")
+        aim = f"; aimed at proportions {source}" if d["used"] and isinstance(source, str) and source != "train" else ""
+        if _is_number(d.get("val_plain")) and _is_number(d.get("val_balanced")):
+            return f"{name} (val {d['val_plain']:.1f} plain, {d['val_balanced']:.1f} balanced{aim})"
+        if d["used"]:
+            return f"{name} ({aim[2:]})" if aim else name
+        return f"{name} ({d.get('why') if isinstance(d.get('why'), str) else 'off'})"
+    rows = {str(k): v for k, v in datasets.items() if isinstance(v, dict) and isinstance(v.get("used"), bool)}
+    used = [one(n, d) for n, d in rows.items() if d["used"]]
+    plain = [one(n, d) for n, d in rows.items() if not d["used"]]
+    parts = ([f"class-balanced for {'; '.join(used)}"] if used else []) + \
+        ([f"plain argmax for {'; '.join(plain)}"] if plain else [])
+    return ", ".join(parts)
+
+
+def _read_summary(folder: Path, notes: list[str]) -> dict | None:
+    """summary.json of a `fewshot run` folder: only the parts the report reads, each checked."""
+    if not (folder / "summary.json").is_file():
+        return None
+    n_notes = len(notes)
+    summary = _read_json(folder / "summary.json", notes)
+    if len(notes) > n_notes:
+        return None
+    where = str(folder / "summary.json")
+    if not isinstance(summary, dict):
+        notes.append(f"{where} holds {_kind_of(summary)}, not an object: passed over.")
+        return None
+    out = {k: summary[k] for k in ("predicted_with",) if isinstance(summary.get(k), str)}
+    skipped = summary.get("self_training_skipped")  # later rounds the budget could not hold (planned)
+    if isinstance(skipped, dict) and isinstance(skipped.get("why"), str):
+        out["self_training_skipped"] = skipped["why"]
+    reduced = summary.get("self_training_reduced")  # middle rounds the budget could not hold (planned)
+    if isinstance(reduced, dict) and isinstance(reduced.get("why"), str):
+        kept, planned = reduced.get("kept"), reduced.get("planned")
+        out["self_training_reduced"] = f"{kept} of {planned} rounds kept: {reduced['why']}"
+    labelled_only = summary.get("self_training_labelled_only")  # the last round without the pool (planned)
+    if isinstance(labelled_only, dict) and isinstance(labelled_only.get("why"), str):
+        out["self_training_labelled_only"] = labelled_only["why"]
+    near_chance = summary.get("near_chance")  # the run's last warning: a model little better than guessing
+    if isinstance(near_chance, dict) and isinstance(near_chance.get("why"), str):
+        out["near_chance"] = near_chance["why"]
+    balanced = summary.get("balanced_prediction")  # test predictions evened out per dataset (run.balance)
+    if isinstance(balanced, dict) and isinstance(balanced.get("datasets"), dict):
+        words = balance_words(balanced["datasets"])
+        if words:
+            out["balanced_prediction"] = words
+        # the test table marks these datasets' known-source scores (next to plain unknown-source ones)
+        out["balanced_datasets"] = [str(k) for k, v in balanced["datasets"].items()
+                                    if isinstance(v, dict) and v.get("used") is True]
+    stages = summary.get("stages")
+    if isinstance(stages, dict):  # epochs trained per stage: a budget stop's fraction the log does not always tell
+        out["epochs"] = {k: v["epochs"] for k, v in stages.items()
+                         if isinstance(v, dict) and _is_number(v.get("epochs")) and math.isfinite(v["epochs"])}
+        rounds = self_training_rounds(stages)
+        if rounds:
+            out["self_training"] = rounds
+    metrics = summary.get("metrics")
+    if isinstance(metrics, dict):
+        out["metrics"] = {k: m for k in ("test", "test_unknown") if metrics.get(k) is not None
+                          for m in [clean_metrics(metrics[k], f"{where} metrics.{k}", notes)] if m is not None}
+    return out
+
+
+def _stopped_pipeline(folder: Path) -> bool:
+    """Whether ``folder`` holds a `fewshot run` stopped before any stage had a log line or checkpoint: its
+    run_state.json (written before the first stage) is there and not marked finished. Such a folder was told it
+    held no run at all, naming stage folders the pipeline no longer writes. An unreadable state file still marks
+    a `fewshot run` (only the pipeline writes one); --resume then says what is wrong with it."""
+    path = folder / "run_state.json"
+    if not path.is_file():
+        return False
+    state = _read_json(path, [])
+    return not (isinstance(state, dict) and state.get("finished") is True)
+
+
+def _round_order(name: str) -> tuple[int, str]:
+    """finetune_round10 after finetune_round2 (as text it came first)."""
+    k = name.removeprefix("finetune_round")
+    return (int(k), "") if k.isdigit() else (1 << 30, name)
