@@ -16,8 +16,9 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__)
         return 2
-    import fewshot.pipeline as pipeline
     import fewshot.run_budget as run_budget
+    import fewshot.run_closing as run_closing
+    import fewshot.run_rounds as run_rounds
     import fewshot.run_stages as run_stages
     from fewshot.cli import main as fewshot_main
 
@@ -28,7 +29,7 @@ def main(argv: list[str]) -> int:
         seconds = measure(task, *args, **kwargs)
         return seconds * factor if len(calls) == 1 else seconds
 
-    for module in (run_budget, run_stages, pipeline):  # the names each module calls it by
+    for module in (run_budget, run_stages, run_closing, run_rounds):  # the names each module calls it by
         module.measure_step_seconds = busy_once
     return fewshot_main(argv[1:])
 

@@ -177,22 +177,23 @@ def later_rounds_fit():
     """`fewshot run` skips self-training rounds that the time left cannot hold at the measured speed, and the tests'
     budgets of seconds hold none: tests of what the rounds do let them run (the skip's tests take real_time_holds).
     Session-wide: module fixtures run whole pipelines too."""
-    from fewshot import pipeline
+    from fewshot import run_budget
+    from helpers.run_patch import patch_pipeline
 
-    REAL_TIME_HOLDS.append(pipeline.time_holds)
+    REAL_TIME_HOLDS.append(run_budget.time_holds)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "time_holds", lambda need_s, left_s: True)
+        patch_pipeline(mp, "time_holds", lambda need_s, left_s: True)
         # nor would they hold the least run: a fresh run refuses them (test_run_small_budget restores the check)
-        mp.setattr(pipeline, "least_run_holds", lambda need_s, left_s: True, raising=False)
+        patch_pipeline(mp, "least_run_holds", lambda need_s, left_s: True)
         yield
 
 
 @pytest.fixture
 def real_time_holds(monkeypatch):
     """The skip's own tests: pipeline.time_holds as the package has it (later_rounds_fit relaxes it)."""
-    from fewshot import pipeline
+    from helpers.run_patch import patch_pipeline
 
-    monkeypatch.setattr(pipeline, "time_holds", REAL_TIME_HOLDS[0])
+    patch_pipeline(monkeypatch, "time_holds", REAL_TIME_HOLDS[0])
     return REAL_TIME_HOLDS[0]
 
 
@@ -200,9 +201,10 @@ def real_time_holds(monkeypatch):
 def real_least_run_holds(monkeypatch):
     """The least-run refusals' own tests: pipeline.least_run_holds as the package has it (later_rounds_fit relaxes
     it), one place rather than a copy of its test in each file."""
-    from fewshot import pipeline, run_budget
+    from fewshot import run_budget
+    from helpers.run_patch import patch_pipeline
 
-    monkeypatch.setattr(pipeline, "least_run_holds", run_budget.least_run_holds)
+    patch_pipeline(monkeypatch, "least_run_holds", run_budget.least_run_holds)
     return run_budget.least_run_holds
 
 

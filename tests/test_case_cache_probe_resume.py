@@ -17,6 +17,7 @@ from PIL import Image
 import fewshot.data.cache as cache
 from fewshot.data.cache import cache_key
 from helpers.checks import run_main
+from helpers.run_patch import patch_pipeline
 from helpers.tiny import build_digits
 
 TINY = ("--model", "test_resnet", "--img-size", "32", "--device", "cpu", "--no-progress")
@@ -218,5 +219,5 @@ def test_resume_state_and_a_new_runs_refusal_share_the_finished_run_test(tmp_pat
     run.requested = {}
     assert run.resume_state() == {"done": 1} and run.cfg["model"]["img_size"] == 32
     asked = []
-    monkeypatch.setattr(pipeline, "holds_finished_run", lambda folder, state=None: asked.append((folder, state)))
+    patch_pipeline(monkeypatch, "holds_finished_run", lambda folder, state=None: asked.append((folder, state)))
     assert run.resume_state() is None and asked == [(out, data)]

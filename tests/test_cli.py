@@ -21,7 +21,8 @@ import pytest
 import torch
 import yaml
 
-from fewshot.cli import build_parser, main
+from fewshot.cli import main
+from fewshot.cli_parser import build_parser
 from fewshot.config import resolve
 from fewshot.errors import UserError
 from helpers.checks import run_main
@@ -1013,7 +1014,7 @@ def test_a_config_file_not_in_utf8_is_a_user_error_and_a_recipe_is_found_by_name
 def test_a_home_folder_written_after_an_equals_sign_is_expanded(monkeypatch, tmp_path):
     import argparse
 
-    from fewshot.cli import _expand_home
+    from fewshot.cli_parser import _expand_home
 
     monkeypatch.setenv("HOME", str(tmp_path))
     args = argparse.Namespace(out="~/r", data="/abs", unlabeled=["~/p", "q"], mode="known")

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from fewshot.config import resolve
+from helpers.run_patch import patch_pipeline
 
 
 def _cfg(root, **flags) -> dict:
@@ -21,15 +22,16 @@ def _cfg(root, **flags) -> dict:
 
 def test_summary_records_the_closing_estimate_beside_the_real_closing_time(digits_root, tmp_path, monkeypatch):
     import fewshot.pipeline as pipeline
+    from fewshot.run_budget import CLOSING_SHARE
 
     closing_s, budget_s = 1.5, 3.0
-    monkeypatch.setattr(pipeline, "closing_seconds", lambda *a, **kw: closing_s)
+    patch_pipeline(monkeypatch, "closing_seconds", lambda *a, **kw: closing_s)
     out = tmp_path / "r"
     pipeline.run_pipeline(_cfg(digits_root, **{"run.semi_method": "off"}), out, budget_s / 60)
     summary = json.loads((out / "summary.json").read_text())
     record = summary["closing_seconds"]
     assert record["estimated"] == pytest.approx(closing_s)
-    assert record["margin"] == pytest.approx(pipeline.CLOSING_SHARE * budget_s, abs=0.01)
+    assert record["margin"] == pytest.approx(CLOSING_SHARE * budget_s, abs=0.01)
     # real counts from the end of the last stage's training (run_state.json) to the run's end, and training_late
     # says how far that end was from the plan's latest: together they make up the run's own overrun (or time left)
     state = json.loads((out / "run_state.json").read_text())

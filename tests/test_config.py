@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fewshot.cli import main, note_flags_overridden
+from fewshot.cli import main
+from fewshot.cli_config import note_flags_overridden
 from fewshot.cli_moco import RUN_FLAG_NAMES
 from fewshot.config import resolve
 from fewshot.errors import UserError

@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 import fewshot.ssl.pretrain as pretrain
 import fewshot.train.finetune as finetune
-from fewshot.cli import TRAIN_FLAGS, build_parser, main, resolve_run_config
+from fewshot.cli import TRAIN_FLAGS, main, resolve_run_config
+from fewshot.cli_parser import build_parser
 from fewshot.config import file_settings, resolve, save_yaml
 from fewshot.errors import UserError
 

@@ -245,6 +245,7 @@ def test_the_runs_note_reads_no_weights_file(tmp_path, monkeypatch, capsys):
     """The note built the fine-tuning config, which read --weights (a .pt loaded whole) for the network it records:
     the note takes the lr rules alone, and leaves out what only the file could tell."""
     import fewshot.models.weights
+    from fewshot.run_startup import note_run_rechosen
 
     def read(*args, **kwargs):
         raise AssertionError("the weights file was read for the note")
@@ -252,13 +253,13 @@ def test_the_runs_note_reads_no_weights_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fewshot.models.weights, "architecture_of", read)
     cfg = resolve(overrides=[f"model.weights={tmp_path / 'backbone.pt'}", "train.device=cpu"])
     rechosen = {"file": "RUN/config.yaml", "values": {"optim.lr": 0.004, "model.width": 0.5}, "unrecorded": False}
-    pipeline.note_run_rechosen(cfg, rechosen, "off")
+    note_run_rechosen(cfg, rechosen, "off")
     err = capsys.readouterr().err
     assert "optim.lr 0.0001 (0.004 there)" in err and "model.width" not in err.split("again:")[1], err
 
 
 def test_given_fields_are_the_flags_set_and_the_words(tmp_path):
-    from fewshot.cli import given_fields
+    from fewshot.cli_config import given_fields
 
     flags = {"model.name": "test_resnet", "data.datasets": None, "train.seed": 0}
     assert given_fields(flags, ["optim.lr=0.01", "data.datasets=a,b"]) == {"model.name", "train.seed", "optim.lr",

@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fewshot.cli import TRAIN_FLAGS, build_parser, main, resolve_run_config
+from fewshot.cli import TRAIN_FLAGS, main, resolve_run_config
+from fewshot.cli_parser import build_parser
 from fewshot.config import resolve, save_yaml
 from fewshot.errors import UserError
 

@@ -18,13 +18,14 @@ TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 
 @pytest.fixture
 def env(monkeypatch):
-    from fewshot import cli
+    from fewshot import cli, cli_ranks
 
     for name in TORCHRUN_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # as torchrun's agent sets it: LOCAL_RANK is torchrun's
     # under torchrun the first process fails too and torchrun ends the others (tests/test_ddp_errors.py: when not)
     monkeypatch.setattr(cli, "_speaker_failed_too", lambda: True)
+    monkeypatch.setattr(cli_ranks, "_speaker_failed_too", lambda: True)
 
     def set_env(**values):
         for name, value in values.items():
@@ -81,9 +82,9 @@ def test_a_user_error_is_printed_by_the_first_process_only(env, tmp_path):
 def test_argparse_errors_and_help_are_printed_by_the_first_process_only(env, monkeypatch, tmp_path):
     """`torchrun ... -m fewshot train --lr abc` (or a missing --out, or `help train`) printed argparse's usage and
     error once per process; the others now exit with the same code without a word."""
-    from fewshot import cli
+    from fewshot import cli_ranks
 
-    monkeypatch.setattr(cli, "ARGPARSE_GRACE_S", 0.0, raising=False)
+    monkeypatch.setattr(cli_ranks, "ARGPARSE_GRACE_S", 0.0, raising=False)
     cases = [(["train", "--data", tmp_path, "--out", tmp_path / "r", "--lr", "abc"], 2, "invalid float value"),
              (["train", "--data", tmp_path], 2, "the following arguments are required: --out"),
              (["eval", "RUN", "--data", tmp_path, "optim.lr=1"], 2, "unrecognized arguments: optim.lr=1"),
@@ -100,9 +101,9 @@ def test_no_usable_temporary_folder_is_said_by_the_first_process_only(env, monke
     """Every torchrun process found no writable temporary folder and said so, once per process."""
     import tempfile
 
-    from fewshot import cli
+    from fewshot import cli_ranks
 
-    monkeypatch.setattr(cli, "ARGPARSE_GRACE_S", 0.0, raising=False)
+    monkeypatch.setattr(cli_ranks, "ARGPARSE_GRACE_S", 0.0, raising=False)
 
     def none(*a, **kw):
         raise FileNotFoundError(2, "No usable temporary directory found")

@@ -171,24 +171,24 @@ def test_a_usage_error_of_rank_1_is_said_when_rank_0_was_killed_before_saying_an
 def test_a_first_process_has_said_why_only_where_it_exited_reporting_an_error():
     """What _exited_saying_why reads in a zombie's /proc/PID/stat: exit 1 or 2 said why; a kill or exit 0 did not.
     Where /proc cannot say (the process reaped, another pid), the old answer stands: it did."""
-    from fewshot import cli
+    from fewshot import cli_ranks
 
-    if cli._proc_stat(os.getpid()) is None or len(cli._proc_stat(os.getpid())) < 50:
+    if cli_ranks._proc_stat(os.getpid()) is None or len(cli_ranks._proc_stat(os.getpid())) < 50:
         pytest.skip("no /proc/PID/stat exit_code here (not Linux >= 3.5)")
     procs = {code: subprocess.Popen(["sh", "-c", f"exit {code}"]) for code in (0, 1, 2, 3)}
     procs["killed"] = subprocess.Popen(["sleep", "60"])
     procs["killed"].kill()
     answers, deadline = {}, time.monotonic() + 30
     for name, proc in procs.items():
-        while cli._proc_stat(proc.pid)[0] not in ("Z", "X"):  # exited, and not reaped: Popen.poll() is not called
+        while cli_ranks._proc_stat(proc.pid)[0] not in ("Z", "X"):  # exited, and not reaped: Popen.poll() is not called
             assert time.monotonic() < deadline, name
             time.sleep(0.01)
-        answers[name] = cli._exited_saying_why((proc.pid, cli._proc_stat(proc.pid)[19]))
+        answers[name] = cli_ranks._exited_saying_why((proc.pid, cli_ranks._proc_stat(proc.pid)[19]))
     assert answers == {0: False, 1: True, 2: True, 3: False, "killed": False}, answers
     reaped = procs[0]
-    started = cli._proc_stat(reaped.pid)[19]
+    started = cli_ranks._proc_stat(reaped.pid)[19]
     reaped.wait()
-    assert cli._exited_saying_why((reaped.pid, started)) is True
+    assert cli_ranks._exited_saying_why((reaped.pid, started)) is True
     for proc in procs.values():
         proc.wait()
 
@@ -213,10 +213,10 @@ def test_local_rank_set_by_hand_outside_torchrun_still_says_its_error(rank_1, tm
 def test_a_usage_error_rank_1_alone_meets_is_said_with_its_rank(rank_1, tmp_path):
     """A flag given to rank 1 only: rank 1 held argparse's message for rank 0 and exited 2, torchrun ended rank 0,
     and nobody printed anything. A quiet rank that torchrun has not ended within the grace says it itself."""
-    from fewshot import cli
+    from fewshot import cli_ranks
 
     rank_1.setenv("TORCHELASTIC_RUN_ID", "test")
-    rank_1.setattr(cli, "ARGPARSE_GRACE_S", 0.0)
+    rank_1.setattr(cli_ranks, "ARGPARSE_GRACE_S", 0.0)
     rc, out, err = run_main("train", "--data", tmp_path, "--out", tmp_path / "r", "--bogus")
     assert rc == 2 and "rank 1: fewshot train: error: unrecognized arguments: --bogus" in err, (out, err)
     assert all(line.startswith("rank 1: ") for line in err.splitlines()), err

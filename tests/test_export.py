@@ -14,7 +14,8 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fewshot.cli import TRAIN_FLAGS, build_parser, main, resolve_run_config
+from fewshot.cli import TRAIN_FLAGS, main, resolve_run_config
+from fewshot.cli_parser import build_parser
 from fewshot.data.layout import scan_root
 from fewshot.train.checkpoint import load_checkpoint
 from fewshot.train.distributed import DistContext

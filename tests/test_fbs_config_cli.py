@@ -12,7 +12,8 @@ import pytest
 import yaml
 from safetensors.torch import save_file
 
-from fewshot.cli import TRAIN_FLAGS, build_parser, resolve_run_config
+from fewshot.cli import TRAIN_FLAGS, resolve_run_config
+from fewshot.cli_parser import build_parser
 from fewshot.config import FieldError, parse_override, resolve
 from fewshot.errors import UserError
 from fewshot.models.backbone import create_backbone

@@ -68,7 +68,7 @@ def test_eval_into_a_file_keeps_its_table_on_stdout(tiny_run, digits_root, tmp_p
 
 def test_which_outputs_are_stdout(monkeypatch, tmp_path):
     """A file sys.stdout writes to is stdout; /dev/null for both moves nothing (no data to keep apart)."""
-    from fewshot.cli import _is_stdout
+    from fewshot.cli_process import _is_stdout
 
     with open(tmp_path / "log", "w") as fh:
         monkeypatch.setattr(sys, "stdout", fh)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from helpers.checks import run_main
+from helpers.run_patch import patch_pipeline
 from helpers.tiny import build_digits, finetune_cfg
 from test_run_resume import _cmd, sigterm_in_stage
 
@@ -242,11 +243,11 @@ def stopped_run_refused_on_resume(copy_root: Path, out: Path, monkeypatch) -> li
 def test_a_refused_resume_puts_back_the_state_as_it_was_once_locked(copy_root, tmp_path, monkeypatch):
     """The copy a refused resume puts back was taken from the state read before the lock: a session that wrote the
     file between that read and the lock lost what it wrote."""
-    from fewshot import pipeline
+    from fewshot import run_startup
 
     out = tmp_path / "run"
     cmd = stopped_run_refused_on_resume(copy_root, out, monkeypatch)
-    lock, written = pipeline.lock_run_dir, []
+    lock, written = run_startup.lock_run_dir, []
 
     def another_session_first(folder):
         if not written:  # another session's record, between this one's read of the state and its lock
@@ -256,7 +257,7 @@ def test_a_refused_resume_puts_back_the_state_as_it_was_once_locked(copy_root, t
             written.append(state)
         return lock(folder)
 
-    monkeypatch.setattr(pipeline, "lock_run_dir", another_session_first)
+    patch_pipeline(monkeypatch, "lock_run_dir", another_session_first)
     rc, _, err = run_main(*cmd, "--resume")
     assert rc == 2 and "classes differ" in err, err
     assert _state(out) == written[0]
@@ -265,12 +266,10 @@ def test_a_refused_resume_puts_back_the_state_as_it_was_once_locked(copy_root, t
 def test_a_refused_resume_without_a_lock_writes_no_copy_back(copy_root, tmp_path, monkeypatch):
     """On a file system without locks another session may be writing the state: the refused resume wrote its copy
     over it. Without the lock the session's time counts, as any stop's (note_stop)."""
-    from fewshot import pipeline
-
     out = tmp_path / "run"
     cmd = stopped_run_refused_on_resume(copy_root, out, monkeypatch)
     before = _state(out)
-    monkeypatch.setattr(pipeline, "lock_run_dir", lambda folder: False)
+    patch_pipeline(monkeypatch, "lock_run_dir", lambda folder: False)
     rc, _, err = run_main(*cmd, "--resume")
     assert rc == 2 and "classes differ" in err, err
     assert _state(out)["seconds"] > before["seconds"]

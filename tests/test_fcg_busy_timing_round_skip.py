@@ -16,6 +16,7 @@ import pytest
 
 from helpers.run_clock import (Planned, fixed_closing, refused_on_a_slow_machine, run_cfg, step_clock,
                                 stop_at_training)
+from helpers.run_patch import patch_pipeline
 
 
 def _cfg(root, **flags) -> dict:
@@ -101,8 +102,8 @@ def _round2_planning(monkeypatch, retimed_s: float, closing_retimes_to: float | 
     from fewshot import pipeline
 
     clock = [1000.0]
-    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda *a, **k: 0.001)
+    patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    patch_pipeline(monkeypatch, "measure_prediction_seconds", lambda *a, **k: 0.001)
     timed = []
 
     def measure(task, *a, **k):
@@ -110,7 +111,7 @@ def _round2_planning(monkeypatch, retimed_s: float, closing_retimes_to: float | 
         clock[0] += 0.2
         return retimed_s
 
-    monkeypatch.setattr(pipeline, "measure_step_seconds", measure)
+    patch_pipeline(monkeypatch, "measure_step_seconds", measure)
     skip = {"rounds": 2, "skipped_from": None}
 
     def closing(task, eval_s, step_s=None, per_image=None, **kw):  # the speed closing() decides the report's images at
@@ -183,9 +184,9 @@ def test_closing_times_a_busy_step_again_before_it_leaves_the_report_images_out(
     from fewshot import pipeline
 
     clock = [1000.0]
-    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    monkeypatch.setattr(pipeline, "report_seconds", lambda *a, **k: (0.0, 6.0))  # 6 s of the report's images
-    monkeypatch.setattr(pipeline, "closing_seconds", lambda *a, **k: 10.0)  # + 1.5 % of 100 s: 11.5 s
+    patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    patch_pipeline(monkeypatch, "report_seconds", lambda *a, **k: (0.0, 6.0))  # 6 s of the report's images
+    patch_pipeline(monkeypatch, "closing_seconds", lambda *a, **k: 10.0)  # + 1.5 % of 100 s: 11.5 s
     timed, planned = [], []
 
     def measure(task, *a, **k):
@@ -193,7 +194,7 @@ def test_closing_times_a_busy_step_again_before_it_leaves_the_report_images_out(
         clock[0] += 0.2
         return 0.01
 
-    monkeypatch.setattr(pipeline, "measure_step_seconds", measure)
+    patch_pipeline(monkeypatch, "measure_step_seconds", measure)
     test_set = type("TestSet", (list,), {"images": None})([0] * 10)
     run = SimpleNamespace(report_plan={"figure_s": 1.0}, budget_s=100.0, t_start=clock[0] - 70.0, test_set=test_set,
                           report_stages=1, balance="off", semi="pseudo", timed_step_s=None, plan_closing=planned.append)
@@ -226,16 +227,16 @@ def test_a_re_time_for_the_images_goes_on_while_the_stage_itself_fits(monkeypatc
     from fewshot import pipeline
 
     clock = [1000.0]
-    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    monkeypatch.setattr(pipeline, "report_seconds", lambda *a, **k: (0.0, 6.0))  # 6 s of the report's images
-    monkeypatch.setattr(pipeline, "closing_seconds", lambda *a, **k: 24.5)  # + 1.5 % of 100 s: 26 s
+    patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    patch_pipeline(monkeypatch, "report_seconds", lambda *a, **k: (0.0, 6.0))  # 6 s of the report's images
+    patch_pipeline(monkeypatch, "closing_seconds", lambda *a, **k: 24.5)  # + 1.5 % of 100 s: 26 s
 
     def measure(task, *a, **k):  # a warm-up and three steps of 1 s each, through the timing's checks
         for timed_s in (None, 1.0, 1.0, 1.0):
             run_budget._check_budget(timed_s, 1.0)
         return 1.0
 
-    monkeypatch.setattr(pipeline, "measure_step_seconds", measure)
+    patch_pipeline(monkeypatch, "measure_step_seconds", measure)
     test_set = type("TestSet", (list,), {"images": None})([0] * 10)
     run = SimpleNamespace(report_plan={"figure_s": 1.0}, budget_s=100.0, t_start=clock[0] - 70.0, test_set=test_set,
                           report_stages=1, balance="off", semi="pseudo", timed_step_s=None, plan_closing=lambda s: None)

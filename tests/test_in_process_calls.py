@@ -16,7 +16,7 @@ import warnings
 import pytest
 import torch
 
-from fewshot import cli
+from fewshot import cli, cli_process
 from fewshot.cli import main
 
 WAIT_S = 60  # a bound against a hang only: no test waits for time to pass
@@ -234,7 +234,7 @@ def test_predict_refuses_a_missing_data_root_before_saying_it_predicts(tmp_path,
 def test_a_ctrl_c_just_as_the_wait_ends_gives_the_turn_back(monkeypatch, capsys):
     """A Ctrl-C landing right after the waiting acquire() returned left the turn held: every later call of the
     process, from any thread, waited for ever."""
-    turn = cli._Turn()
+    turn = cli_process._Turn()
     real = turn._lock
 
     class InterruptedJustAfter:

@@ -17,6 +17,7 @@ import yaml
 
 from fewshot.errors import UserError
 from helpers.checks import run_main
+from helpers.run_patch import patch_pipeline
 from test_cli import test_ids
 
 
@@ -390,12 +391,10 @@ def test_auto_img_size_keeps_large_images_at_32_px_on_cpu_under_five_minutes(cop
 def test_run_chooses_the_image_size_from_its_budget_and_says_so(copy_root, tmp_path, monkeypatch, budget, want):
     """The budget reaches the choice: `fewshot run` without --budget-minutes plans 10 minutes (64 px on CPU),
     --budget-minutes 1 gets 32 px and the header says why. The start is stopped once the header is printed."""
-    import fewshot.pipeline
-
     def stop(cfg, *a, **kw):
         raise UserError(f"stopped at {cfg['model']['img_size']} px")
 
-    monkeypatch.setattr(fewshot.pipeline, "check_model", stop)
+    patch_pipeline(monkeypatch, "check_model", stop)
     _large_images(copy_root)
     rc, stdout, err = run_main("run", "--data", copy_root, "--out", tmp_path / "o", "--model", "test_resnet",
                                "--device", "cpu", "--no-progress", *budget)
@@ -410,7 +409,7 @@ def test_step_calibration_runs_on_the_tasks_device_not_where_the_model_was_built
     import torch
     from torch import nn
 
-    from fewshot.pipeline import measure_step_seconds
+    from fewshot.run_budget import measure_step_seconds
 
     class Task:
         device = torch.device("meta")
@@ -439,7 +438,7 @@ def test_step_calibration_computes_in_the_arithmetic_the_stage_will_train_in(mon
     import torch
     from torch import nn
 
-    from fewshot.pipeline import measure_step_seconds
+    from fewshot.run_budget import measure_step_seconds
 
     monkeypatch.setenv("FEWSHOT_CPU_BF16", "1")
     seen = []
@@ -538,7 +537,7 @@ def test_datasets_with_an_answer_key_are_scored_when_another_has_none(digits_roo
 def test_round_one_leaves_the_later_rounds_and_the_closing_work_their_least_time():
     """run.pseudo_share=0.999 planned round 1 up to the end of a 60 s budget, and the labelling, round 2's floor
     and the closing work ran on to 165 s: round 1 leaves their least time (after_round1_seconds)."""
-    from fewshot.pipeline import after_round1_seconds
+    from fewshot.run_budget import after_round1_seconds
 
     # 2 rounds: round 2's calibration and floor (9 steps), 3 evaluations, the closing work, and the labelling:
     # a quarter of the time left for it (pool_share_in_time), the whole pool where it is quicker
@@ -559,8 +558,8 @@ def test_the_last_stage_leaves_its_measured_closing_work_inside_the_budget(digit
     import torch
 
     from fewshot.config import resolve
-    from fewshot.pipeline import closing_seconds
     from fewshot.run_budget import measure_prediction_seconds
+    from fewshot.run_closing import closing_seconds
     from fewshot.run_stages import plan_stage
     from fewshot.train.distributed import DistContext
     from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
@@ -956,13 +955,11 @@ def test_a_later_round_the_time_left_cannot_hold_is_skipped_and_the_last_finishe
         digits_root, tmp_path, monkeypatch, real_time_holds, where):
     """A 90 s budget ran to 262 s: round 2 and its labelling started with ~68 s left for a round that needed more
     at its 5-step floor. A round that does not fit is skipped (planned), round 1 predicts, and the run says so."""
-    from fewshot import pipeline
-
     if where == "planned at round 1":  # round 1's plan: even its floor leaves the later rounds too little
-        monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: 1e6)
+        patch_pipeline(monkeypatch, "after_round1_seconds", lambda *a: 1e6)
     else:  # round 1 planned as usual; before round 2's labelling the time left is below its need
-        monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)  # round 1 holds at any speed
-        monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: 1e6)
+        patch_pipeline(monkeypatch, "after_round1_seconds", lambda *a: -1e6)  # round 1 holds at any speed
+        patch_pipeline(monkeypatch, "later_rounds_seconds", lambda *a: 1e6)
     out = tmp_path / "skip"
     rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.03", "--model",
                                "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",
@@ -980,11 +977,10 @@ def test_rounds_that_fit_run_and_the_middle_rounds_that_do_not_are_dropped(digit
                                                                            real_time_holds):
     """With 3 rounds planned and time for only one more after round 1, that one is the last (`finetune`); the
     dropped round is told in summary.json (it left no record) and on the report's page."""
-    from fewshot import pipeline
     from fewshot.report.pipeline_runs import _read_summary
 
-    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)  # round 1 holds at any speed
-    monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6 if a[4] == 1 else 1e6)
+    patch_pipeline(monkeypatch, "after_round1_seconds", lambda *a: -1e6)  # round 1 holds at any speed
+    patch_pipeline(monkeypatch, "later_rounds_seconds", lambda *a: -1e6 if a[4] == 1 else 1e6)
     out = tmp_path / "two"
     summary = _run(digits_root, out, "run.pseudo_rounds=3")
     assert list(summary["stages"]) == ["finetune_labelled", "finetune"] and "self_training_skipped" not in summary
@@ -1022,7 +1018,7 @@ def test_identical_runs_reuse_the_share_of_a_cold_pool_an_earlier_one_decoded(co
 
 
 def test_later_rounds_need_their_labelling_calibration_floor_and_the_closing_work():
-    from fewshot.pipeline import later_rounds_seconds
+    from fewshot.run_budget import later_rounds_seconds
 
     one = later_rounds_seconds(0.1, 1.0, 0.0, 0, 1, 10.0)
     assert one == pytest.approx(9 * 0.1 + 1.0 + 10.0)  # 4 timed steps + 5-step floor, the timed evaluation, closing
@@ -1038,7 +1034,8 @@ def test_the_closing_estimate_counts_the_reports_parts_at_the_machines_drawing_s
 
     from fewshot.config import resolve
     from fewshot.data.layout import scan_root
-    from fewshot.pipeline import FIGURE_S, closing_seconds, report_seconds
+    from fewshot.run_budget import FIGURE_S, report_seconds
+    from fewshot.run_closing import closing_seconds
     from fewshot.train.distributed import DistContext
     from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
 
@@ -1066,9 +1063,7 @@ def test_the_closing_estimate_counts_the_reports_parts_at_the_machines_drawing_s
 def test_the_report_leaves_out_its_image_parts_when_they_do_not_fit_the_time_left(digits_root, tmp_path, monkeypatch):
     """Rather than overrun the budget, the run's report goes without confusion matrices, embedding map and grid
     (`fewshot report` draws them later) and says so in the console, summary.json and the page."""
-    from fewshot import pipeline
-
-    monkeypatch.setattr(pipeline, "report_seconds", lambda *a, **k: (0.0, 1e6))
+    patch_pipeline(monkeypatch, "report_seconds", lambda *a, **k: (0.0, 1e6))
     out = tmp_path / "lean"
     rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.03", "--model",
                                "test_resnet", "--device", "cpu", "--no-progress", "run.semi_method=off",

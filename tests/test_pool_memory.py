@@ -13,6 +13,7 @@ from fewshot.config import resolve
 from fewshot.data.cache import CachedImages, load_images
 from fewshot.data.layout import scan_root
 from fewshot.train.distributed import DistContext
+from helpers.run_patch import patch_pipeline
 
 
 def _task(root, **flags):
@@ -145,7 +146,7 @@ def test_a_closing_estimate_that_leaves_no_time_is_told_at_planning(digits_root,
     cfg = resolve(flags={"data.root": str(digits_root), "model.name": "test_resnet", "model.img_size": 16,
                          "train.device": "cpu", "train.progress": False, "train.batch_size": 16, "run.report": False,
                          "run.semi_method": "off"})
-    monkeypatch.setattr(pipeline, "closing_seconds", lambda *a, **kw: 100.0)
+    patch_pipeline(monkeypatch, "closing_seconds", lambda *a, **kw: 100.0)
     pipeline.run_pipeline(cfg, tmp_path / "r", 0.1)
     out = capsys.readouterr().out
     assert "warning: this stage's least time (about" in out and "kept for the work after it" in out

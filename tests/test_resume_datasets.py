@@ -8,8 +8,9 @@ import shutil
 
 import pytest
 
-from fewshot.cli import build_parser, resolve_run_config
+from fewshot.cli import resolve_run_config
 from fewshot.cli_moco import PRETRAIN_FLAGS
+from fewshot.cli_parser import build_parser
 from fewshot.config import save_yaml
 from fewshot.train.checkpoint import load_checkpoint
 from fewshot.train.finetune import resume_changes

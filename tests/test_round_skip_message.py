@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from helpers.run_patch import patch_pipeline
+
 
 def test_the_skip_names_the_sum_it_compared_and_its_parts(monkeypatch, capsys, real_time_holds):
     from fewshot import pipeline
 
     clock = [1000.0]
-    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda *a, **k: 0.001)
-    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: 41.0)  # the hunt's numbers
+    patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    patch_pipeline(monkeypatch, "measure_prediction_seconds", lambda *a, **k: 0.001)
+    patch_pipeline(monkeypatch, "after_round1_seconds", lambda *a: 41.0)  # the hunt's numbers
     skip = {"rounds": 2, "skipped_from": None}
     run = SimpleNamespace(skip=skip, rounds=2, n_unlabeled=2000, test_set=SimpleNamespace(images=None),
                           r={"pseudo_share": 0.5}, last_end=clock[0] + 47.0, labelled_end=clock[0] + 20.0,

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from helpers.checks import run_main
+from helpers.run_patch import patch_pipeline
 from test_run_resume import _cmd, _state, sigterm_in_stage
 
 
@@ -84,8 +85,6 @@ def test_a_stopped_and_resumed_run_counts_each_session_and_stage_once(digits_roo
 def test_a_resumed_session_stopped_in_its_start_up_counts_its_time(stopped, tmp_path, monkeypatch):
     """The session's time counted only once its start-up had decoded the test images and the pool: a resume
     stopped before then (Ctrl-C while decoding) took its seconds off the budget's books."""
-    import fewshot.pipeline as pipeline
-
     out = tmp_path / "run"
     cmd = stopped_copy(stopped, out)
     before = _state(out)["seconds"]
@@ -94,7 +93,7 @@ def test_a_resumed_session_stopped_in_its_start_up_counts_its_time(stopped, tmp_
         time.sleep(1.5)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "resolve_device", slow_then_interrupted)
+    patch_pipeline(monkeypatch, "resolve_device", slow_then_interrupted)
     rc, _, err = run_main(*cmd, "--resume")
     assert rc == 130, err
     assert _state(out)["seconds"] >= before + 1.5

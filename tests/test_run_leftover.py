@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers.checks import run_main
-from helpers.run_patch import patch_run
+from helpers.run_patch import patch_pipeline, patch_run
 from test_pipeline import _check_pred_all
 from test_run_resume import _cmd, _state, sigterm_in_stage
 
@@ -22,10 +22,8 @@ SHORT = ("--budget-minutes", "0.03")  # after BASE's 0.2, so it wins: the rounds
 def _no_time_to_label_the_pool(monkeypatch) -> None:
     """Round 1 holds at any speed; before round 2 the time left holds a round without the pool's labelling
     (later_rounds_seconds with no pool), not one with it."""
-    from fewshot import pipeline
-
-    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)
-    monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: 1e6 if a[3] else -1e6)
+    patch_pipeline(monkeypatch, "after_round1_seconds", lambda *a: -1e6)
+    patch_pipeline(monkeypatch, "later_rounds_seconds", lambda *a: 1e6 if a[3] else -1e6)
 
 
 def test_time_left_without_room_to_label_the_pool_goes_on_training_on_the_labelled_images(
@@ -69,7 +67,6 @@ def test_a_stopped_labelled_only_round_is_continued_on_resume_without_labelling_
         digits_root, tmp_path, monkeypatch, real_time_holds):
     """The decision is kept in run_state.json: on --resume the stopped round continues from its last.pt even where
     the time would now hold the pool's labelling."""
-    from fewshot import pipeline
     from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path / "run"
@@ -79,7 +76,7 @@ def test_a_stopped_labelled_only_round_is_continued_on_resume_without_labelling_
         rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT))
     assert rc == 128 + signal.SIGTERM, err
     assert _state(out)["self_training"]["labelled_only"] == 2
-    monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6)  # every round would fit now
+    patch_pipeline(monkeypatch, "later_rounds_seconds", lambda *a: -1e6)  # every round would fit now
     rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT), "--resume")
     assert rc == 0, err
     assert "finetune_labelled: finished before the stop" in stdout and "finetune: continuing from" in stdout
@@ -92,10 +89,8 @@ def test_a_stopped_labelled_only_round_is_continued_on_resume_without_labelling_
 
 def test_no_time_even_for_a_round_on_the_labelled_images_still_skips_it(digits_root, tmp_path, monkeypatch,
                                                                         real_time_holds):
-    from fewshot import pipeline
-
-    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)
-    monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: 1e6)
+    patch_pipeline(monkeypatch, "after_round1_seconds", lambda *a: -1e6)
+    patch_pipeline(monkeypatch, "later_rounds_seconds", lambda *a: 1e6)
     out = tmp_path / "run"
     rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT))
     assert rc == 0, err

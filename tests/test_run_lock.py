@@ -11,6 +11,7 @@ import pytest
 
 from fewshot.run_lock import lock_run_dir, release_all
 from helpers.checks import run_main
+from helpers.run_patch import patch_pipeline
 from helpers.tiny import build_digits
 
 HOLD = "import sys; from fewshot.run_lock import lock_run_dir; lock_run_dir(sys.argv[1]); print('locked', flush=True); " \
@@ -39,10 +40,8 @@ def hold_lock(folder: Path) -> subprocess.Popen:
 
 @pytest.mark.parametrize("command", ["train", "pretrain", "run"])
 def test_a_folder_another_process_writes_is_refused_and_free_once_it_exits(root, tmp_path, command, monkeypatch):
-    import fewshot.pipeline
-
     # `fewshot run` is refused before it decodes the test images (the refusal came 24-53 s late)
-    monkeypatch.setattr(fewshot.pipeline, "preload_images", lambda *a: pytest.fail("decoded before the lock"))
+    patch_pipeline(monkeypatch, "preload_images", lambda *a: pytest.fail("decoded before the lock"))
     out = tmp_path / command
     holder = hold_lock(out)
     try:

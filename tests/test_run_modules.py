@@ -99,7 +99,7 @@ def test_every_module_that_looks_up_a_timing_or_the_clock_is_one_patch_run_reach
 
 def test_a_patched_timing_reaches_the_stage_planning_the_round_speeds_and_the_pools_labelling(monkeypatch,
                                                                                               tmp_path):
-    import fewshot.pipeline as pipeline
+    import fewshot.run_closing as run_closing
     import fewshot.run_pseudo as run_pseudo
     import fewshot.run_stages as run_stages
 
@@ -116,9 +116,9 @@ def test_a_patched_timing_reaches_the_stage_planning_the_round_speeds_and_the_po
     patch_run(monkeypatch, "measure_eval_seconds", evaluation)
     patch_run(monkeypatch, "measure_prediction_seconds", prediction)
     # the patch itself first: a module it missed would otherwise show up as a fake task's AttributeError
-    assert run_stages.measure_step_seconds is step is pipeline.measure_step_seconds
-    assert run_stages.measure_eval_seconds is evaluation is pipeline.measure_eval_seconds
-    assert run_pseudo.measure_prediction_seconds is prediction is pipeline.measure_prediction_seconds
+    assert run_stages.measure_step_seconds is step is run_closing.measure_step_seconds
+    assert run_stages.measure_eval_seconds is evaluation is run_closing.measure_eval_seconds
+    assert run_pseudo.measure_prediction_seconds is prediction is run_closing.measure_prediction_seconds
 
     task = SimpleNamespace(plan_epoch=lambda epoch: [0] * 4)
     step_s, _, _ = run_stages.plan_stage(task, {"train": {}, "sched": {}}, time.monotonic() + 60.0, 1,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers.checks import run_main
+from helpers.run_patch import patch_pipeline
 from test_pipeline import _check_pred_all
 
 BASE = ("--budget-minutes", "0.1", "--model", "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",
@@ -157,7 +158,7 @@ def test_a_rerun_into_a_finished_run_is_told_it_finished_and_a_stopped_one_to_re
     """Into a finished run the refusal said "or add --resume to continue the run it holds", and --resume only
     said "finished already": a finished run is recognised as resume_state does (finished, and summary.json)."""
     from fewshot.errors import UserError
-    from fewshot.pipeline import refuse_used_output
+    from fewshot.run_startup import refuse_used_output
 
     out = tmp_path / "run"
     out.mkdir()
@@ -186,8 +187,6 @@ def test_a_run_stopped_after_its_stages_does_not_label_the_pool_again(digits_roo
     gives summary.json its pseudo_labels entry, here where the stop came before the entry was kept."""
     import shutil
 
-    import fewshot.pipeline
-
     out = shutil.copytree(stopped_and_resumed[0], tmp_path / "run")
     record = (out / "pseudo_labels_round2.json").read_text()
     state = _state(out)
@@ -199,7 +198,7 @@ def test_a_run_stopped_after_its_stages_does_not_label_the_pool_again(digits_roo
     def labelled_again(*args, **kwargs):
         raise AssertionError("the pool was labelled again for a round that finished before the stop")
 
-    monkeypatch.setattr(fewshot.pipeline, "pseudo_label_pool", labelled_again)
+    patch_pipeline(monkeypatch, "pseudo_label_pool", labelled_again)
     rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
     assert rc == 0, err
     assert "finetune: finished before the stop; its best checkpoint is reused" in stdout
@@ -370,10 +369,10 @@ def test_a_resumed_stage_ends_where_the_run_clock_allows(tmp_path, monkeypatch):
 def test_a_signal_between_stages_stops_with_a_resume_hint(digits_root, tmp_path, monkeypatch):
     """SIGTERM while the pool is pseudo-labelled (no training loop to finish) stops at once with the hint,
     and --resume redoes the labelling and goes on."""
-    import fewshot.pipeline
+    import fewshot.run_rounds
 
     out = tmp_path / "run"
-    label = fewshot.pipeline.pseudo_label_pool
+    label = fewshot.run_rounds.pseudo_label_pool
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
 
     def signalled(*args, **kwargs):
@@ -381,7 +380,7 @@ def test_a_signal_between_stages_stops_with_a_resume_hint(digits_root, tmp_path,
         return label(*args, **kwargs)
 
     with monkeypatch.context() as mp:
-        mp.setattr(fewshot.pipeline, "pseudo_label_pool", signalled)
+        patch_pipeline(mp, "pseudo_label_pool", signalled)
         rc, _, err = run_main(*_cmd(digits_root, out))
     assert rc == 128 + signal.SIGTERM, err
     assert "outside training" in err and "--resume" in err
@@ -421,17 +420,17 @@ def test_a_stage_whose_pseudo_labels_came_out_differently_starts_over(digits_roo
 
 
 def test_a_signal_before_the_run_started_says_to_start_again(digits_root, tmp_path, monkeypatch):
-    import fewshot.pipeline
+    import fewshot.run_startup
     import fewshot.train.stop_signal as stop_signal
 
     monkeypatch.setattr(stop_signal, "_last_signal", [0.0])
-    scan = fewshot.pipeline.scan_root
+    scan = fewshot.run_startup.scan_root
 
     def signalled(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return scan(*args, **kwargs)
 
-    monkeypatch.setattr(fewshot.pipeline, "scan_root", signalled)
+    patch_pipeline(monkeypatch, "scan_root", signalled)
     rc, _, err = run_main(*_cmd(digits_root, tmp_path / "run"))
     assert rc == 128 + signal.SIGTERM
     assert "before the run started" in err and "start the same command again" in err, err
@@ -541,7 +540,7 @@ def _report_spy(monkeypatch, images_s: float = 0.0) -> dict:
         seen["skip_images"].append(kwargs.get("skip_images"))
         return out / "index.html"
 
-    monkeypatch.setattr(fewshot.pipeline, "report_seconds", report_seconds)
+    patch_pipeline(monkeypatch, "report_seconds", report_seconds)
     monkeypatch.setattr(fewshot.report.build, "build_report", build_report)
     return seen
 
@@ -557,13 +556,11 @@ def test_a_run_resumed_after_round_3_was_skipped_reuses_rounds_1_and_2(digits_ro
     """Round 3 skipped for want of time, then the run stopped in its prediction or report: --resume failed with
     KeyError 'finetune_round2' (round 2 was never reused). It reuses both rounds, predicts with the last, and its
     report (2 stages, as saved) still leaves out the image-based parts when they do not fit the time left."""
-    import fewshot.pipeline
-
     out = tmp_path / "run"
     cmd = [a for a in _cmd(digits_root, out, "run.pseudo_rounds=3") if a != "run.report=false"]
     # the time holds the rounds up to round 2's end, not round 3
-    monkeypatch.setattr(fewshot.pipeline, "time_holds",
-                        lambda need_s, left_s: not (out / "finetune_round2" / "metrics.json").is_file())
+    patch_pipeline(monkeypatch, "time_holds",
+                   lambda need_s, left_s: not (out / "finetune_round2" / "metrics.json").is_file())
     seen = _report_spy(monkeypatch)
     rc, stdout, err = run_main(*cmd)
     assert rc == 0, err
@@ -585,13 +582,12 @@ def test_a_run_resumed_after_round_3_was_skipped_reuses_rounds_1_and_2(digits_ro
 def test_a_run_stopped_in_round_1_keeps_its_decision_to_skip_the_later_rounds(digits_root, tmp_path, monkeypatch):
     """The decision (saved in run_state.json) holds on --resume even where the time would now seem to allow more:
     round 1 continues up to the closing work and predicts, and the report counts round 1's stage only."""
-    import fewshot.pipeline
     from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path / "run"
     cmd = [a for a in _cmd(digits_root, out, "run.pseudo_rounds=3") if a != "run.report=false"]
     with monkeypatch.context() as mp:
-        mp.setattr(fewshot.pipeline, "time_holds", lambda need_s, left_s: False)
+        patch_pipeline(mp, "time_holds", lambda need_s, left_s: False)
         sigterm_in_stage(mp, "finetune_labelled", SupervisedTask, 2)
         rc, stdout, err = run_main(*cmd)
     assert rc == 128 + signal.SIGTERM, err
@@ -632,13 +628,12 @@ def test_round_1_resumed_as_the_last_stage_with_its_time_spent_warns_that_the_ru
                                                                                             monkeypatch):
     """Round 1, the last stage once the later rounds were skipped, continued from its last.pt with the budget spent:
     its closing work cannot fit, and the resume says so before training (not a larger budget: it cannot change)."""
-    import fewshot.pipeline
     from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path / "run"
     cmd = _cmd(digits_root, out, "run.pseudo_rounds=2")
     with monkeypatch.context() as mp:
-        mp.setattr(fewshot.pipeline, "time_holds", lambda need_s, left_s: False)
+        patch_pipeline(mp, "time_holds", lambda need_s, left_s: False)
         sigterm_in_stage(mp, "finetune_labelled", SupervisedTask, 2)
         rc, _, err = run_main(*cmd)
     assert rc == 128 + signal.SIGTERM, err

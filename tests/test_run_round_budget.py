@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers.checks import run_main
+from helpers.run_patch import patch_pipeline
 from test_pipeline import _check_pred_all
 
 
@@ -32,14 +33,14 @@ def _run_with_round_2_not_fitting(root, out, *extra) -> tuple:
     """A run whose round 1 plans as usual and whose later rounds pass the check before the pool's labelling but
     not their own least run at their planning, with the real time_holds and least_run_holds (real_time_holds,
     real_least_run_holds); run_main's (rc, stdout, err)."""
-    from fewshot import pipeline, run_budget
+    from fewshot import run_budget
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "time_holds", run_budget.time_holds)
-        mp.setattr(pipeline, "least_run_holds", run_budget.least_run_holds)
-        mp.setattr(pipeline, "after_round1_seconds", lambda *a: -1e6)  # round 1 plans as usual
-        mp.setattr(pipeline, "later_rounds_seconds", lambda *a: -1e6)  # the check before the labelling holds
-        mp.setattr(pipeline, "least_run_seconds", rounds_floor_does_not_fit)  # the round's own floor does not
+        patch_pipeline(mp, "time_holds", run_budget.time_holds)
+        patch_pipeline(mp, "least_run_holds", run_budget.least_run_holds)
+        patch_pipeline(mp, "after_round1_seconds", lambda *a: -1e6)  # round 1 plans as usual
+        patch_pipeline(mp, "later_rounds_seconds", lambda *a: -1e6)  # the check before the labelling holds
+        patch_pipeline(mp, "least_run_seconds", rounds_floor_does_not_fit)  # the round's own floor does not
         return run_main(*_argv(root, out, *extra))
 
 
@@ -84,10 +85,10 @@ def test_round_1_ending_a_few_seconds_late_still_leaves_round_2_its_least_time(m
     from fewshot import pipeline
 
     clock = [1000.0]
-    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda *a, **k: 0.001)
-    monkeypatch.setattr(pipeline, "after_round1_seconds", lambda *a: 32.0)  # the hunt's numbers
-    monkeypatch.setattr(pipeline, "later_rounds_seconds", lambda *a: 33.0)
+    patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    patch_pipeline(monkeypatch, "measure_prediction_seconds", lambda *a, **k: 0.001)
+    patch_pipeline(monkeypatch, "after_round1_seconds", lambda *a: 32.0)  # the hunt's numbers
+    patch_pipeline(monkeypatch, "later_rounds_seconds", lambda *a: 33.0)
     decided = []
     run = SimpleNamespace(skip={"rounds": 2, "skipped_from": None}, rounds=2, n_unlabeled=2000,
                           test_set=SimpleNamespace(images=None), r={"pseudo_share": 0.5},

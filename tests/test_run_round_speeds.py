@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers.checks import run_main
-from helpers.run_patch import patch_run
+from helpers.run_patch import patch_pipeline, patch_run
 
 
 def test_trained_speeds_are_read_from_the_stage_log(tmp_path):
@@ -58,8 +58,8 @@ def test_a_later_round_is_judged_at_the_speed_the_round_before_trained_at(monkey
     from fewshot import pipeline, run_stages
 
     clock = [1000.0]
-    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    monkeypatch.setattr(pipeline, "measure_prediction_seconds", lambda *a, **k: 0.001)
+    patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    patch_pipeline(monkeypatch, "measure_prediction_seconds", lambda *a, **k: 0.001)
     # round_speeds (run_stages) is what would time round 1
     monkeypatch.setattr(run_stages, "measure_step_seconds", lambda *a, **k: pytest.fail("round 1 was timed"))
     run, decided = _run(clock, 40.0)
@@ -101,17 +101,17 @@ def test_the_check_before_round_2_gets_round_1s_trained_speed_and_round_2_says_i
         digits_root, tmp_path, monkeypatch):
     """The whole run: round 1's planning timed a (faked) 10 us step; the check before round 2 is given the speed
     round 1's log holds, and round 2's timing has its own line (a loaded machine's was 36 s without one)."""
-    from fewshot import pipeline
+    from fewshot import run_rounds
 
     seen = []
-    real_later = pipeline.later_rounds_seconds
+    real_later = run_rounds.later_rounds_seconds
 
     def later_rounds_seconds(step_s, eval_s, *rest):
         seen.append((step_s, eval_s))
         return real_later(step_s, eval_s, *rest)
 
     patch_run(monkeypatch, "measure_step_seconds", lambda *a, **k: 1e-5)  # every stage's timing
-    monkeypatch.setattr(pipeline, "later_rounds_seconds", later_rounds_seconds)
+    patch_pipeline(monkeypatch, "later_rounds_seconds", later_rounds_seconds)
     out = tmp_path / "speeds"
     rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.03", "--model",
                                "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",

@@ -17,7 +17,7 @@ from fewshot.config import resolve
 from fewshot.data.layout import scan_root
 from fewshot.errors import UserError
 from fewshot.train.distributed import DistContext
-from helpers.run_patch import patch_run
+from helpers.run_patch import patch_pipeline, patch_run
 
 
 class Planned(Exception):
@@ -81,7 +81,7 @@ def test_a_refused_start_without_a_lock_removes_nothing(digits_root, tmp_path, m
     import fewshot.pipeline as pipeline
 
     patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 30.0)
-    monkeypatch.setattr(pipeline, "lock_run_dir", lambda folder: False)
+    patch_pipeline(monkeypatch, "lock_run_dir", lambda folder: False)
     _stop_at_training(monkeypatch)
     out = tmp_path / "r"
     with pytest.raises(UserError, match="too short") as caught:
@@ -97,7 +97,7 @@ def test_the_plan_keeps_the_whole_closing_estimate_and_the_last_step(digits_root
     import fewshot.run_stages as run_stages
 
     closing_s, step_s, budget_s = 10.0, 0.05, 18.0
-    monkeypatch.setattr(pipeline, "closing_seconds", lambda *a, **kw: closing_s)
+    patch_pipeline(monkeypatch, "closing_seconds", lambda *a, **kw: closing_s)
     patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: step_s)
     plans = []
     real_plan = run_stages.plan_stage
@@ -122,7 +122,7 @@ def test_the_plan_keeps_the_whole_closing_estimate_and_the_last_step(digits_root
 def test_the_closing_estimate_counts_the_stop_evaluation_of_both_weights_with_an_ema(digits_root):
     """With an EMA the Engine evaluates the EMA and the raw weights at the budget stop: one evaluation more than the
     estimate counted."""
-    from fewshot.pipeline import closing_seconds
+    from fewshot.run_closing import closing_seconds
     from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
 
     seconds = {}

@@ -4,9 +4,10 @@ once only to count the pool and then again with the queue sized from it."""
 
 from __future__ import annotations
 
-import fewshot.pipeline as pipeline
 import fewshot.run_stages as run_stages
+import fewshot.run_startup as run_startup
 from fewshot.cli import main
+from helpers.run_patch import patch_pipeline
 
 
 class Planned(Exception):
@@ -53,13 +54,13 @@ def test_the_moco_task_is_built_once_with_its_queue_sized_from_the_pool(digits_r
 
 def test_a_pool_counted_otherwise_at_start_up_still_gives_the_queue_of_the_pool_read(digits_root, tmp_path,
                                                                                     monkeypatch):
-    counted = pipeline.check_pool_images
+    counted = run_startup.check_pool_images
 
     def miscounted(*args, **kwargs):  # the pool changed between start-up's count and the stage
         skipped, n = counted(*args, **kwargs)
         return skipped, n + 1000
 
-    monkeypatch.setattr(pipeline, "check_pool_images", miscounted)
+    patch_pipeline(monkeypatch, "check_pool_images", miscounted)
     built = built_moco_tasks(monkeypatch)
     main(run_words(digits_root, tmp_path / "out"))
     assert len(built) == 2  # built again, as the stage's own count of the pool asks

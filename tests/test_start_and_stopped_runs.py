@@ -13,7 +13,7 @@ import torch
 
 from fewshot.config import resolve
 from fewshot.errors import UserError
-from helpers.run_patch import patch_run
+from helpers.run_patch import patch_pipeline, patch_run
 
 
 class Planned(Exception):
@@ -61,7 +61,6 @@ def test_pretrain_with_a_budget_too_small_for_the_least_run_is_refused_before_mo
 def _plan_moco(monkeypatch, eval_s: float) -> dict:
     """MoCo's plan (its training seconds) with fixed speeds: 1 s steps, ``eval_s`` evaluations, and a fine-tuning
     whose timing and least run take 40 s each."""
-    import fewshot.pipeline as pipeline
     from fewshot.train import engine
 
     planned = {}
@@ -73,8 +72,8 @@ def _plan_moco(monkeypatch, eval_s: float) -> dict:
     monkeypatch.setattr(engine.Engine, "fit", fit)
     patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 1.0)
     patch_run(monkeypatch, "measure_eval_seconds", lambda task, *a, **kw: eval_s)
-    monkeypatch.setattr(pipeline, "calibration_seconds", lambda *a: 40.0)
-    monkeypatch.setattr(pipeline, "least_run_seconds", lambda *a: 40.0)
+    patch_pipeline(monkeypatch, "calibration_seconds", lambda *a: 40.0)
+    patch_pipeline(monkeypatch, "least_run_seconds", lambda *a: 40.0)
     return planned
 
 

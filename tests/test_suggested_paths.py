@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.cli import build_parser
+from fewshot.cli_parser import build_parser
 from fewshot.data.layout import list_datasets
 from fewshot.errors import UserError
 from helpers.checks import run_main

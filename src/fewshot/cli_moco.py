@@ -38,7 +38,7 @@ PRETRAIN_FLAGS = {"data": "data.root", "model": "model.name", "datasets": "data.
 
 
 def add_parsers(sub, add_common, epilog) -> None:
-    """pretrain and run; ``epilog``: cli.training_epilog, given a word each command reads."""
+    """pretrain and run; ``epilog``: cli_parser.training_epilog, given a word each command reads."""
     p = sub.add_parser("pretrain", help="MoCo self-supervised pretraining on unlabeled images",
                        epilog=epilog("moco.knn_every=5"),
                        description="MoCo v1/v2 on an unlabeled pool (--unlabeled folders; else ROOT/unlabeled/"
@@ -142,7 +142,7 @@ def add_parsers(sub, add_common, epilog) -> None:
 
 
 def cmd_pretrain(args, extra) -> int:
-    from fewshot.cli import resolve_run_config
+    from fewshot.cli_config import resolve_run_config
     from fewshot.ssl.pretrain import run_pretrain
 
     check_unlabeled_words(args.unlabeled)
@@ -150,7 +150,7 @@ def cmd_pretrain(args, extra) -> int:
     cfg = resolve_run_config(args, extra, PRETRAIN_FLAGS, preset=args.preset, default_preset="mocov2")
     warn_unused_overrides("pretrain", cfg, extra)
     run_pretrain(cfg, Path(args.out), resume=args.resume)
-    from fewshot.cli import launch_rank
+    from fewshot.cli_ranks import launch_rank
 
     if launch_rank() == 0:  # under torchrun: once
         print(f"done: {args.out}; export the backbone with `fewshot export {args.out} --out backbone.safetensors`")
@@ -195,7 +195,7 @@ def cmd_run(args, extra) -> int:
     # moco.preset=mocov1 (a word or the --config file's) chooses the MoCo stage's T, head, schedule and views, as
     # `fewshot pretrain --preset` does (it changed the recorded name only); the stage's optimiser, batch and queue
     # stay run.*'s small-data recipe (run_stages.pretrain_stage), and the user's own moco.*/aug.* fields still win
-    from fewshot.cli import adopt_recorded_bit_depth, note_flags_overridden, resolve_naming_flags
+    from fewshot.cli_config import adopt_recorded_bit_depth, note_flags_overridden, resolve_naming_flags
     from fewshot.config import record_chosen
 
     cfg = resolve_naming_flags(RUN_FLAG_NAMES, flags, extra, file=args.config, default_preset="mocov2",
@@ -215,13 +215,13 @@ def cmd_run(args, extra) -> int:
         adopt_recorded_bit_depth(cfg, flags, extra, args.config)
     adopt_run_datasets(cfg, flags, extra, args)
     if not args.resume:  # a resumed run's stages go on with their own config.yaml: nothing is chosen again
-        from fewshot.cli import given_fields
+        from fewshot.cli_config import given_fields
         from fewshot.config import mark_rechosen
         from fewshot.models.backbone import note_pretrained_tag
 
         note_pretrained_tag(cfg["model"])
         # a run's config.yaml as --config: what it holds for the fields that run chose itself, for the note
-        # (pipeline.note_run_rechosen) that names those chosen otherwise now, as `train --config` does
+        # (run_startup.note_run_rechosen) that names those chosen otherwise now, as `train --config` does
         mark_rechosen(cfg, args.config, given_fields(flags, extra))
 
     note_flags_overridden(flags, RUN_FLAG_NAMES, extra)
@@ -242,7 +242,7 @@ def adopt_run_model(cfg: dict, flags: dict, extra: list[str], args) -> None:
     the same command must resolve to the same model, or RunState.resume refused it as a change of model.name (the
     recorded test_resnet against the default resnet18); where the run recorded these same weights, its own model is
     kept, so that a weights file moved or rewritten since gives no other model."""
-    from fewshot.cli import adopt_recorded_model, model_named
+    from fewshot.cli_config import adopt_recorded_model, model_named
     from fewshot.config import same_weights_file
     from fewshot.run_state import recorded_setting
 
@@ -259,7 +259,7 @@ def adopt_run_settings(cfg: dict, flags: dict, extra: list[str], args) -> None:
     """On --resume, the run's own value of every setting the command line does not give (its flags, key=value words
     and --config file), so that the short `fewshot run --data D --out O --resume` continues the run; one it gives
     that differs is refused by RunState.resume. Says which it took."""
-    from fewshot.cli import given_fields
+    from fewshot.cli_config import given_fields
     from fewshot.config import file_settings
     from fewshot.errors import one_line
     from fewshot.run_state import adopt_untyped_settings, worded
@@ -276,7 +276,7 @@ def record_resumed_model(cfg: dict, flags: dict, extra: list[str], args) -> None
     its --weights record, adopted): set against the default, a `--model test_resnet2` the run was started with,
     taken back from run_state.json, was recorded as chosen, and `train --config STAGE/config.yaml --weights w`
     then swapped it for the model w records."""
-    from fewshot.cli import model_named
+    from fewshot.cli_config import model_named
     from fewshot.config import chosen_record, load_yaml, note_chosen
     from fewshot.errors import UserError
 
@@ -294,7 +294,7 @@ def record_resumed_model(cfg: dict, flags: dict, extra: list[str], args) -> None
 
 def datasets_named(flags: dict, extra: list[str], config_file: str | None) -> bool:
     """Whether the command names its datasets (--datasets, a data.datasets= word, the --config file)."""
-    from fewshot.cli import given_fields
+    from fewshot.cli_config import given_fields
     from fewshot.config import file_settings
 
     return bool("data.datasets" in given_fields(flags, extra)
@@ -346,7 +346,7 @@ RUN_REPLACES = {
 
 def warn_replaced_overrides(extra) -> None:
     """`fewshot run moco.queue_size=64` ran with K=128 without a word: say which field the run uses instead."""
-    from fewshot.cli import given_fields
+    from fewshot.cli_config import given_fields
 
     for word in extra or []:
         dotted = next(iter(given_fields({}, [word])))
@@ -461,7 +461,7 @@ def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = Fa
 def warn_unused_overrides(command: str, cfg: dict, extra, baseline: bool = False) -> None:
     """unused_override_warnings on stderr, once under torchrun; as warn_replaced_overrides for a field a run sets
     itself."""
-    from fewshot.cli import launch_rank
+    from fewshot.cli_ranks import launch_rank
     from fewshot.errors import one_line
 
     if launch_rank() != 0:
@@ -490,7 +490,7 @@ def warn_finetune_config(path) -> None:
     `fewshot pretrain` trained MoCo with AdamW at the recipe's lr and silently ignored its fine-tuning fields. The
     lr a train run's config.yaml records as chosen (config.chosen_in_file) is chosen again by pretrain, so it is
     not named as used."""
-    from fewshot.cli import launch_rank
+    from fewshot.cli_ranks import launch_rank
 
     if not path or launch_rank() != 0:  # under torchrun: once
         return
@@ -576,7 +576,7 @@ def cmd_export(args, extra) -> int:
     return 0
 
 
-# the key=value words probe takes (cli._parse refuses the others): it decodes images as train does and trains no
+# the key=value words probe takes (cli_parser._parse refuses the others): it decodes images as train does and trains no
 # network, so of the config only how 16-bit images are read applies (eval and predict take it from the run)
 PROBE_WORDS = ("data.bit_depth",)
 

@@ -23,7 +23,7 @@ SET_BY_IMPORTS = ("TORCHINDUCTOR_CACHE_DIR",)
 
 @contextmanager
 def kept():
-    """Run a command and put the caller's state back when it returns. Commands run one at a time (cli._Turn), so
+    """Run a command and put the caller's state back when it returns. Commands run one at a time (cli_process._Turn), so
     each call keeps its own: a call made inside another command gives that command its state back."""
     state = snapshot()
     try:

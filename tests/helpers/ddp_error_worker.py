@@ -18,15 +18,15 @@ import signal
 import sys
 import time
 
-from fewshot import cli
+from fewshot import cli, cli_ranks
 from fewshot.errors import UserError
 from fewshot.train import stop_signal
 
 case, folder = sys.argv[1], sys.argv[2]
 if case in ("later", "twice"):
-    cli.SPEAKER_WAIT_S = 0.5
+    cli_ranks.SPEAKER_WAIT_S = 0.5
 if case == "usage_rank_1":
-    cli.SPEAKER_EXIT_WAIT_S = 1.5
+    cli_ranks.SPEAKER_EXIT_WAIT_S = 1.5
 
 
 def command(args, extra):
@@ -59,7 +59,7 @@ def command(args, extra):
                 time.sleep(0.02)
         raise stop_signal.StopRequested(flag.signum, os.path.join(folder, "last.pt"))
     if ctx.rank == 1 or case in ("later", "twice"):
-        time.sleep((cli.SPEAKER_WAIT_S + 2.0) * (ctx.rank == 0))
+        time.sleep((cli_ranks.SPEAKER_WAIT_S + 2.0) * (ctx.rank == 0))
         raise UserError(f"a broken image in the pool ({case})")
     barrier(ctx)
     return 0

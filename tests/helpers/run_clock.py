@@ -8,7 +8,7 @@ import types
 
 from fewshot.config import resolve
 from fewshot.train.supervised import SupervisedTask
-from helpers.run_patch import patch_run
+from helpers.run_patch import patch_pipeline, patch_run
 
 
 class Planned(Exception):
@@ -62,9 +62,7 @@ def stop_at_training(monkeypatch) -> dict:
 
 def fixed_closing(monkeypatch, seconds: float) -> None:
     """The closing work's estimate (before its share of the budget) fixed at ``seconds``."""
-    import fewshot.pipeline as pipeline
-
-    monkeypatch.setattr(pipeline, "closing_seconds", lambda *a, **kw: seconds)
+    patch_pipeline(monkeypatch, "closing_seconds", lambda *a, **kw: seconds)
 
 
 def refused_on_a_slow_machine(monkeypatch, cfg: dict, out) -> tuple[dict, str]:

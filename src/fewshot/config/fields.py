@@ -44,7 +44,7 @@ CHOICES = {  # fields whose value must be one of a few words (checked at start-u
     "optim.fused": ("auto", True, False, "true", "false", "on", "off"),  # optim._sgd_impl
     "optim.name": ("adamw", "sgd"),
     "train.amp": ("auto", "bf16", "fp16", "off", "false", False, None),  # optim.amp_dtype
-    "run.semi_method": ("pseudo", "fixmatch", "off", "none", False, None),  # pipeline.check_run_settings
+    "run.semi_method": ("pseudo", "fixmatch", "off", "none", False, None),  # run_startup.check_run_settings
     "run.pseudo_targets": ("hard", "soft"),
     "run.balance": ("auto", "on", "off", True, False),  # YAML reads a bare on/off as true/false
 }

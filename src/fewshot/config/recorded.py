@@ -28,7 +28,7 @@ TRANSIENT = (RECHOSEN,)  # never written into config.yaml (save_yaml)
 # Fields a run fills in itself where the user left them unset (None, or auto): the learning rate and backbone
 # multiplier (resolve_finetune_defaults: --weights or not; resolve_pretrain_defaults: the global batch), the
 # network a --weights export records (model.name, img_size, width, small_stem), the bit depth it records
-# (cli.adopt_recorded_bit_depth: a run fine-tuned from it could not be resumed, its _chosen "refused") and the
+# (cli_config.adopt_recorded_bit_depth: a run fine-tuned from it could not be resumed, its _chosen "refused") and the
 # device. config.yaml saves the values used and records these under CHOSEN with the value chosen, so that the file
 # given back as --config chooses them again where it still holds that value (an edited value is the user's).
 RUN_TIME_FIELDS = ("optim.lr", "optim.backbone_lr_mult", "model.name", "model.img_size", "model.width",

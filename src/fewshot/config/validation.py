@@ -42,7 +42,7 @@ INTERVALS = {  # (low, high, low included[, high included]): fractions and proba
     "run.pseudo_threshold": (0.0, 1.0, True), "data.mix_p": (0.0, 1.0, True),
     "data.mixup_alpha": (0.0, 100.0, True, True), "data.cutmix_alpha": (0.0, 100.0, True, True),  # Beta(a, a)
     "train.seed": (-2**63, 2**64 - 1, True, True),  # what torch.manual_seed takes: a larger one was an internal error
-}  # the run.* shares are checked by the pipeline (pipeline.check_run_settings)
+}  # the run.* shares are checked by the pipeline (run_startup.check_run_settings)
 
 
 def _bound(x) -> str:

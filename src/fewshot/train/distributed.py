@@ -48,7 +48,7 @@ def _missing(name: str) -> LaunchError:
 
 def env_int(name: str, default: int | None = None, low: int = 0, high: int | None = None) -> int:
     """An integer torchrun variable in [low, high); a UserError naming it where it is missing or bad (int()'s
-    ValueError or a KeyError read as a bug in fewshot). Empty counts as unset, as in cli.world_size_env."""
+    ValueError or a KeyError read as a bug in fewshot). Empty counts as unset, as in cli_ranks.world_size_env."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         if default is None:
@@ -73,7 +73,7 @@ def launch_rank() -> int:
     where a note is due."""
     try:
         world = env_int("WORLD_SIZE", default=1, low=1)
-    except LaunchError:  # cli.world_size_env's reading: init_distributed names the bad value
+    except LaunchError:  # cli_ranks.world_size_env's reading: init_distributed names the bad value
         world = 1
     return 0 if world < 2 else env_int("RANK", high=world)
 
@@ -117,7 +117,7 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-# {call}: the cli.main call of this process (cli._CALL), the same on every rank as they make their calls in one order.
+# {call}: the cli.main call of this process (cli_ranks._CALL), the same on every rank (they make their calls in order).
 # torchrun's store keeps its keys for the whole job: a second in-process call read the first one's exit codes and
 # claims, and its error was said by nobody
 EXIT_KEY = "fewshot/call_{call}/exit_code/{rank}"
@@ -174,7 +174,7 @@ def _said_key(speaker: int, message: str, call: int) -> str:
 
 def claim_message(speaker: int, message: str, call: int = 0) -> bool:
     """Whether this process is the first of its node (whose first process is rank `speaker`) to say `message`: a
-    quiet rank that said an error of its own (cli._speaker_spoke) must not hear it again from rank 0 when rank 0
+    quiet rank that said an error of its own (cli_ranks._speaker_spoke) must not hear it again from rank 0 when rank 0
     meets the same error later. True without a group or store: say it."""
     store = _store()
     if store is None:

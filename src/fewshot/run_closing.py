@@ -1,0 +1,302 @@
+"""`fewshot run`'s budget arithmetic: the budget's split (plan_budget), the estimate of the closing work that the
+stage training until it plans with (closing, closing_seconds) and its record in summary.json, and the least-run
+refusals and step re-times that decide whether the budget left holds the run (refuse_unless_least_run_fits,
+refuse_if_hopeless).
+
+Apart from the run's phases (pipeline.py) because these methods revise one plan from this machine's measured speeds,
+called from the stages' planning hooks (plan_stage's ``closing``) and from self-training's rounds (run_rounds).
+ClosingMixin's methods are PipelineRun's. The timings and the clock are looked up in this module's namespace: tests
+patch them on every module of the run (tests/helpers/run_patch.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_S, calibration_seconds, eval_passes,
+                                figure_seconds, free_device_memory, hopeless_budget_error, least_run_holds,
+                                least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
+                                measure_step_seconds, pretrain_closing_seconds, pretrain_least_seconds, report_seconds,
+                                retimed_steps, too_short_budget_error)
+from fewshot.run_stages import finetune_config
+from fewshot.run_words import pretrain_resumed_late_warning, resumed_late_warning
+
+
+# here, not in run_budget: tests patch report_seconds on this module, and only a call from here sees the patch
+def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, report_stages: int,
+                    figure_s: float = FIGURE_S, images: bool = True, balance_check: bool = False) -> float:
+    """What a run does after its last training step, estimated from this machine's measured speed: the
+    stage's closing evaluations (the stopped epoch's, of both the EMA and the raw weights where there is an EMA:
+    eval_passes; the best checkpoint's) and checkpoint writes, one prediction pass over the test images (and one
+    over val where ``balance_check``: run.balance reads val to decide and to test for a skew), and the report
+    (report_seconds; ``images`` False: without its image-based parts)."""
+    n_params = sum(p.numel() for p in task.model.parameters())
+    saves = n_params * 24 / 250e6  # last.pt (weights, EMA, AdamW's two slots) + best.pt (weights, EMA), ~250 MB/s
+    base, drawn = report_seconds(task, eval_s, report_stages, figure_s)
+    evaluations = (eval_passes(task) + 1 + int(balance_check)) * eval_s
+    return evaluations + saves + per_test_image * n_test + base + (drawn if images else 0.0)
+
+
+def _step_words(steps: list[float]) -> str:
+    """Step speeds in words: "20000 ms a step", "4000 and 30 ms a step" (MoCo's, then the fine-tuning's)."""
+    return f"{' and '.join(f'{s * 1000:.0f}' for s in steps)} ms a step"
+
+
+class ClosingMixin:
+    """PipelineRun's budget: its split, the closing work's estimate and record, the least-run refusals and the
+    re-times of a busy timing."""
+
+    def plan_budget(self) -> None:
+        """The budget's split: the stages' time, the reserve for the end, the report's stages and its estimate, and
+        the summary (a resumed run's as it was)."""
+        r = self.r
+        self.budget_s = self.budget_minutes * 60.0
+        # kept back for the end by the earlier stages; the last stage replaces it by an estimate from measured
+        # speeds (closing_seconds), plus 1.5 % of the budget for what the estimate misses
+        reserve_s = min(30.0, 0.03 * self.budget_s) * (2 if r.get("report", True) else 1)
+        self.stage_s = self.budget_s - reserve_s
+        # the report draws every fine-tuning stage: round 1, the middle rounds and the last
+        self.report_stages = (int(r["pseudo_rounds"]) if self.semi == "pseudo" else 1) if r.get("report", True) else 0
+        # the report's estimate (page and curves, image-based parts) at the last measured speeds, for its own cut
+        # (None: no closing() this session, a resume whose stages were all trained: estimated after the last one)
+        self.report_plan = {"figure_s": figure_seconds() if self.report_stages else FIGURE_S, "seconds": None}
+        # time spent in training loops, to tell the user what the rest cost
+        self.fit_seconds: list[float] = list(self.state.data.get("fit_seconds") or [])
+        self.summary: dict = self.state.data.get("summary") or {"budget_minutes": self.budget_minutes,
+                                                                "img_size": self.cfg["model"]["img_size"],
+                                                                "stages": {}}
+        if self.fixmatch is not None:
+            self.summary["semi"] = self.fixmatch
+
+    def closing(self, task, eval_s: float, step_s: float | None = None, per_test_image: float | None = None) -> float:
+        """The closing work's estimate, all of it: it was capped at half the budget, and the run then planned to
+        end after its budget (0.3 minutes with resnet50). A budget that cannot hold it is refused at the first
+        stage (refuse_unless_least_run_fits) or, later, told by plan_stage's floor warning."""
+        report_plan, budget_s = self.report_plan, self.budget_s
+        if per_test_image is None:
+            per_test_image = measure_prediction_seconds(task, self.test_set.images)
+        report_plan["seconds"] = report_seconds(task, eval_s, self.report_stages, report_plan["figure_s"])
+        need = closing_seconds(task, eval_s, per_test_image, len(self.test_set), self.report_stages,
+                               report_plan["figure_s"], balance_check=self.balance != "off") + CLOSING_SHARE * budget_s
+        report_plan["least"] = need - report_plan["seconds"][1]  # the report's image-based parts left out
+        if step_s is not None and self.semi != "pseudo":  # self-training's round 1: round1_closing checks it
+            step_s = self.refuse_unless_least_run_fits([(task, step_s)])[-1]  # re-timed where it did not fit
+        # the report's image-based parts are left out at the end when they will not fit: beyond half the budget,
+        # or where they would leave the last stage less than its floor of steps
+        left = self.t_start + budget_s - time.monotonic()
+        if step_s is not None and not least_run_holds(least_run_seconds(step_s, need), left):
+            step_s = self.images_retimed(task, step_s, need)  # before a busy timing drops the report's images
+            left = self.t_start + budget_s - time.monotonic()
+        if need > 0.5 * budget_s or (step_s is not None and least_run_seconds(step_s, need) > left):
+            need = report_plan["least"]
+        if step_s is not None:  # a stage planned now to train until the closing work (a later round may undo it)
+            self.plan_closing(need)
+        return need
+
+    def images_retimed(self, task, step_s: float, need: float) -> float:
+        """The step speed closing() decides the report's images at, where the stage's least run and all of the
+        closing work (``need``) do not fit the budget left at its timing: timed once more and the faster kept
+        (retimed_steps; on the task for plan_stage). One busy timing left the images out of a report that had the
+        time for them at the machine's own speed (review rev51)."""
+        def whole(steps: list[float]) -> float:
+            return least_run_seconds(steps[0], need)
+
+        def least(steps: list[float]) -> float:  # without the report's images: what the stage itself needs
+            return least_run_seconds(steps[0], self.report_plan.get("least", need))
+
+        faster = retimed_steps(measure_step_seconds, [(task, step_s)], whole, self.left_s, least_run_holds, least)[0]
+        self.keep_faster([step_s], [faster], least_run_holds(least([faster]), self.left_s()),
+                         "at this stage's planning ({}) left no room for its least run and all of the closing work; "
+                         "timed again ({}) the stage plans at that speed")
+        return faster
+
+    def last_closing(self, task, eval_s: float, step_s: float | None = None) -> float:
+        """The last stage's hook (closing), which also warns a resumed one (no ``step_s``: continued from its
+        last.pt) whose closing work no longer fits the budget left (warn_if_resumed_late)."""
+        need = self.closing(task, eval_s, step_s)
+        if step_s is None:
+            self.warn_if_resumed_late("finetune", need, task)
+        return need
+
+    def warn_if_resumed_late(self, stage: str, need: float, task=None) -> None:
+        """The early word a fresh run gets from its least-run refusal or plan_stage's floor warning, for a stage
+        continued on --resume: a warning where the budget left cannot hold its closing work (``need``), the run then
+        ending late; a note where it holds that but not the kept-back step too (the task's ``resumed_step_s``, set by
+        finetune_stage from its log.jsonl): it trains no further (cap_resumed_budget). Not a refusal: a resume cannot
+        change the budget."""
+        step_s = getattr(task, "resumed_step_s", None)
+        words = resumed_late_warning(stage, self.last_end - time.monotonic(), need, step_s)
+        if words is not None:
+            print(words, flush=True)
+
+    def plan_closing(self, need: float) -> None:
+        """Keep the closing estimate of the stage planned to train until it (``need``, the margin included), and
+        where its last step ends at the latest on the run's clock, for summary.json's ``closing_seconds``: the 1-
+        and 2-minute runs ended 6-27 s early, and the summary did not say which part of the plan was off."""
+        self.closing_plan = {"need": need, "margin": CLOSING_SHARE * self.budget_s,
+                             "ends_at": self.last_end - need - self.t_start}
+
+    def closing_record(self, total_s: float) -> dict | None:
+        """summary.json's ``closing_seconds``: the closing work as the predicting stage planned it (``estimated``,
+        and the ``margin`` of the budget kept beyond it), as it took (``real``: from the end of the last stage's
+        training, run_state's ``trained_at``, to the run's end), and ``training_late`` (that end less the latest
+        end the plan gave its last step; negative: early). Counted from the planned end, ``real`` took in a stage
+        that ended early or ran past it (its 5-step floor), the very thing the record is to tell apart. None where
+        no stage trained until it this session (a resumed run with its stages done, or a round that ended at its
+        share before a later one was skipped)."""
+        plan = self.closing_plan
+        if plan is None:
+            return None
+        stages = getattr(getattr(self, "state", None), "data", {}).get("stages", {})
+        ends = [entry["trained_at"] for entry in stages.values() if isinstance(entry.get("trained_at"), (int, float))]
+        record = {"estimated": round(plan["need"] - plan["margin"], 2), "margin": round(plan["margin"], 2)}
+        if not ends:  # no stage recorded its end: counted from the plan's, and no lateness claimed
+            return {**record, "real": round(total_s - plan["ends_at"], 2)}
+        return {**record, "real": round(total_s - max(ends), 2), "training_late": round(max(ends) - plan["ends_at"], 2)}
+
+    def pretrain_closing(self, task, eval_s: float, step_s: float | None = None) -> float:
+        """MoCo's hook (pretrain_stage's check): at its planning the least-run refusal and keep-back
+        (refuse_unless_pretrain_run_fits); without ``step_s`` a stage continued from its last.pt with no training
+        left, warned where its closing work no longer fits the budget left, as last_closing warns the last stage."""
+        if step_s is not None:
+            return self.refuse_unless_pretrain_run_fits(task, eval_s, step_s)
+        need = pretrain_closing_seconds(eval_s, sum(p.numel() for p in task.model.parameters()))
+        words = pretrain_resumed_late_warning(self.t_start + self.budget_s - time.monotonic(), need)
+        if words is not None:
+            print(words, flush=True)
+        return 0.0
+
+    def refuse_unless_pretrain_run_fits(self, task, eval_s: float, step_s: float) -> float:
+        """MoCo's plan_stage hook, called with its measured speeds before it trains: a budget that cannot hold
+        MoCo's least steps, the fine-tuning's timing and then the least run is refused now, as without --pretrain.
+        Left to the fine-tuning's planning, the check came after MoCo had trained (a stage had: no refusal at
+        all), and a 0.05-minute budget ran 27 s. Returns the seconds MoCo keeps back from its share so that its
+        closing work (the budget stop's kNN evaluation, checkpoints, export), the fine-tuning's timing and its
+        least run fit after it (its share alone passed the check and then overran). A resumed run whose MoCo
+        plans anew (stopped before its last.pt) is not refused (refuse_unless_least_run_fits) but keeps back."""
+        n_params = sum(p.numel() for p in task.model.parameters())
+        probe, ft_step, per_image = self.time_fine_tuning()
+        ft_eval = measure_eval_seconds(probe)
+        self.closing(probe, ft_eval, per_test_image=per_image)  # the report_plan["least"] of the fine-tuning
+
+        def calibration(ft_s: float) -> float:
+            return calibration_seconds(ft_s, ft_eval, per_image, len(self.test_set))
+
+        def before(moco_s: float, ft_s: float) -> float:  # MoCo's least run, then the fine-tuning's timing
+            return pretrain_least_seconds(moco_s, eval_s, n_params) + calibration(ft_s)
+
+        def first(moco_s: float, ft_s: float) -> str:
+            # the words of what before counts (pretrain_least_seconds): "5 steps ... and its kNN evaluation" said less
+            return (f"MoCo pretraining's {FLOOR_STEPS + 1} steps at {moco_s * 1000:.0f} ms (its floor of "
+                    f"{FLOOR_STEPS} and the one past its deadline), its kNN evaluation at the stop and its checkpoint "
+                    f"writes and export, then the fine-tuning's timing and ")
+
+        _, ft_step = self.refuse_unless_least_run_fits([(task, step_s), (probe, ft_step)], before, first)
+        del probe  # its model sat on the device next to MoCo's for the whole stage
+        free_device_memory(self.device)
+        after_moco = self.t_start + self.budget_s - self.pre_end
+        fine_tuning = calibration(ft_step) + least_run_seconds(ft_step, self.report_plan["least"])
+        return max(0.0, pretrain_closing_seconds(eval_s, n_params) + fine_tuning - after_moco)
+
+    def time_fine_tuning(self) -> tuple:
+        """A fine-tuning task as the stage after MoCo builds it (its weights not read: the speed does not depend on
+        them), with its step and per-test-image prediction seconds: (task, step_s, per_image). The caller frees
+        the task (free_device_memory) once timed."""
+        from fewshot.train.supervised import SupervisedTask
+
+        fcfg = finetune_config(self.cfg, self.cfg["model"]["weights"], self.semi)
+        probe = SupervisedTask(fcfg, self.infos, self.device, self.ctx, resuming=True, quiet_weights=True)
+        return probe, measure_step_seconds(probe), measure_prediction_seconds(probe, self.test_set.images)
+
+    def refuse_unless_least_run_fits(self, timed: list, before=None, first=None) -> list[float]:
+        """At the planning of the first stage this session trains (a fresh run): refuse, before any training,
+        a budget that cannot hold even the least run (least_run_seconds), and remove what the run wrote.
+        ``timed``: [(task, its step seconds)], the last stage's last; ``before(*steps)``: the least time of the work
+        before the last stage (MoCo's, from its planning) at those speeds, ``first(*steps)`` its words for the
+        error. Returns the step speeds the check rests on: a timing that did not fit is timed again first
+        (steps_that_fit), and a faster one is what the stage plans with."""
+        steps = [step_s for _, step_s in timed]
+        if self.resume or self.fit_seconds:  # a stage has trained (or a resumed run's time is spent): plan_stage warns
+            return steps
+
+        def need(steps: list[float]) -> float:
+            return (before(*steps) if before else 0.0) + least_run_seconds(steps[-1], self.report_plan["least"])
+
+        steps = self.steps_that_fit(timed, need)
+        used = time.monotonic() - self.t_start  # the re-time's seconds count
+        if least_run_holds(need(steps), self.budget_s - used):
+            return steps
+        cfg = self.cfg
+        error = too_short_budget_error(self.budget_s, used, need(steps), steps[-1],
+                                       f"{cfg['model']['name']} at {cfg['model']['img_size']}px",
+                                       self.least_run_hints(bool(before)), self.locked,
+                                       first(*steps) if first else "")
+        self.undo_start()
+        raise error
+
+    def steps_that_fit(self, timed: list, need) -> list[float]:
+        """The step speeds of ``timed`` [(task, step seconds)] that the least-run refusal rests on (``need(steps)``
+        its seconds): where the least run does not fit at the start-up's timing, each step timed once more and the
+        faster kept (retimed_steps): that timing of a few steps can meet one busy moment of a shared machine."""
+        first = [step_s for _, step_s in timed]
+        steps = retimed_steps(measure_step_seconds, timed, need, self.left_s, least_run_holds)
+        self.keep_faster(first, steps, least_run_holds(need(steps), self.left_s()),
+                         "at start-up ({}) left the budget no room for the least run; timed again ({}) it fits, and "
+                         "the run plans at that speed")
+        return steps
+
+    def keep_faster(self, first: list[float], steps: list[float], fits: bool, words: str) -> None:
+        """A faster re-time (``steps``, of the timing ``first``) kept: refuse_if_hopeless's speed for a timing after
+        this one, and, where the work now fits (``fits``), a note that says why the run plans at it (``words``:
+        where the two speeds go, the first timing's first)."""
+        if steps[-1] < first[-1]:  # refuse_if_hopeless's speed for a timing after this one: the faster seen
+            self.timed_step_s = min(steps[-1], self.timed_step_s or steps[-1])
+        if steps != first and fits:
+            print(f"[run] note: the step timing {words.format(_step_words(first), _step_words(steps))} (the first "
+                  f"timing met a busy moment)", flush=True)
+
+    def left_s(self) -> float:
+        """The seconds left of the run's budget now."""
+        return self.budget_s - (time.monotonic() - self.t_start)
+
+    def least_run_hints(self, moco: bool) -> str:
+        """The ways to a shorter least run besides a larger budget, for too_short_budget_error (``moco``: the MoCo
+        stage's least run is in the need: without it the least run is shorter)."""
+        hints = ", or a smaller --model or --img-size" + (", or no --pretrain" if moco else "")
+        # self-training's later rounds are dropped when they do not fit; FixMatch's steps stay
+        if self.semi == "fixmatch":
+            hints += ", or --baseline (no FixMatch: shorter steps)"
+        return hints
+
+    def refuse_if_hopeless(self, step_s: float | None, provisional: float | None) -> None:
+        """stop_timing_when's check, until a fresh run's first stage trains: the timings stop, and the run is
+        refused (and undone) as refuse_unless_least_run_fits refuses it, once the budget left cannot hold any run
+        (LEAST_RUN_S) or, at the step speed timed so far (``step_s``; None: the last one timed), the least run's
+        steps alone. The timing went on past the deadline: 21.5 s of a 12 s budget before the refusal.
+        ``provisional``: the fastest step yet (the warm-up included), named where the deadline passed before two
+        steps were timed (a step longer than the whole budget passed it). Off once a stage has recorded that it
+        began: a refusal then would undo a folder that holds training (fit_seconds is set only when one is saved)."""
+        if self.resume or getattr(self, "fit_seconds", None) or self.budget_minutes is None or self.training_began():
+            return
+        self.timed_step_s = step_s if step_s is not None else self.timed_step_s
+        step_s, budget_s = self.timed_step_s, self.budget_minutes * 60.0
+        used = time.monotonic() - self.t_start
+        if least_run_holds(max(LEAST_RUN_S, least_run_seconds(step_s or 0.0, 0.0)), budget_s - used):
+            return
+        shown, cfg = step_s if step_s is not None else provisional, self.cfg
+        if shown is None:  # nothing timed yet (decoding took the budget): no speed to name
+            error = hopeless_budget_error(budget_s, used, started=True, undone=self.locked)
+        else:
+            error = too_short_budget_error(budget_s, used, least_run_seconds(shown, 0.0), shown,
+                                           f"{cfg['model']['name']} at {cfg['model']['img_size']}px",
+                                           self.least_run_hints(bool(cfg["run"].get("pretrain"))), self.locked,
+                                           untimed="its steps alone, at the fastest step timed: the timing stopped "
+                                           "there, as they did not fit" if step_s is not None else "its steps "
+                                           "alone, at the fastest step before two were timed (a warm-up may be "
+                                           "slower than the rest): the budget was spent by then")
+        self.undo_start()
+        raise error
+
+    def training_began(self) -> bool:
+        """Whether a stage of this run has recorded "began" (its training started), in its run_state.json."""
+        return self.state is not None and any(st.get("status") for st in self.state.data["stages"].values())

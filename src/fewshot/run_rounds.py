@@ -1,0 +1,294 @@
+"""Self-training's rounds before the last (`fewshot run`, run.semi_method=pseudo): round 1 on the labelled images,
+the pool's labelling by the round before, the middle rounds, and the decisions that drop or skip the later rounds
+the time left cannot hold (decide, round1_closing, check_later_rounds, later_round_closing).
+
+Apart from the run's phases (pipeline.py) because the rounds are the run's one loop of stages, with a plan of their
+own kept for a --resume (run_state.json's ``self_training``). RoundsMixin's methods are PipelineRun's; the last round
+(`finetune`) is trained by PipelineRun.last_stage, which a LaterRoundSkipped from its planning hook leaves untrained.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from fewshot.run_budget import (FLOOR_STEPS, after_round1_seconds, eval_passes, later_rounds_seconds, least_run_holds,
+                                least_run_seconds, measure_prediction_seconds, measure_step_seconds, retimed_steps,
+                                round1_leaves, time_holds)
+from fewshot.run_pseudo import LABEL_SHARE, pseudo_label_pool, recorded_pseudo_labels
+from fewshot.run_stages import labelled_only_round, reusable_stage, round_speeds
+from fewshot.run_words import labelled_only_why, seconds_apart, seconds_text
+from fewshot.utils import derive_seed
+
+
+class LaterRoundSkipped(Exception):
+    """Raised by plan_stage's hook of an optional later round (PipelineRun.later_round_closing) whose least run does
+    not fit the time left: the round loop leaves it untrained and the round before it predicts."""
+
+
+def round1_retimed(run, task, step_s: float, need) -> float:
+    """Round 1's step speed where self-training's later rounds and round 1's own least run (``need([step_s])``) do
+    not fit the time left at its timing (``step_s``, PipelineRun.round1_closing): timed once more and the faster
+    kept (retimed_steps, as the least-run refusal does), on the task too (retimed_step_s: round 1 plans at it). A
+    timing that met one busy moment of a shared machine (10-100x slow) skipped the later rounds, self-training's
+    gain, of a run that held them at the machine's own speed; a truly slow machine still skips them."""
+    faster = retimed_steps(measure_step_seconds, [(task, step_s)], need, lambda: run.last_end - time.monotonic(),
+                           least_run_holds)[0]
+    if faster < step_s:
+        run.keep_faster([step_s], [faster], time_holds(need([faster]), run.last_end - time.monotonic()),
+                        "at round 1's planning ({}) left no room for self-training's later rounds; timed again ({}) "
+                        "they fit, and round 1 plans at that speed")
+    return faster
+
+
+class RoundsMixin:
+    """PipelineRun's self-training rounds before the last, and the plan that drops or skips the later ones."""
+
+    def self_train(self) -> None:
+        """Self-training's rounds before the last (`finetune`, trained by last_stage): round 1, then the pool's
+        labelling and a round per later round, as many as the time holds."""
+        r = self.r
+        # round 1 on the labelled images; each later round starts from the previous round's model and
+        # trains on the labelled images plus the pool labelled by that model; the last round is `finetune`
+        # the later rounds the time cannot hold are skipped (planned): the decision is kept for a --resume
+        self.skip = self.state.data.setdefault("self_training", {"rounds": int(r["pseudo_rounds"]),
+                                                                 "skipped_from": None})
+        self.rounds = self.skip["rounds"]
+        self.report_stages = min(self.report_stages, self.rounds)  # a resumed run's report draws the rounds kept
+        self.labelled_end = time.monotonic() + (self.end_time - time.monotonic()) * r["pseudo_share"]
+        task, round1_metrics = self.finetune(self.out / "finetune_labelled", self.labelled_end,
+                                             "on the labelled images (self-training, round 1)",
+                                             closing=self.round1_closing)
+        self.task = task
+        self.round1_val = round1_metrics.get("mean_acc1")
+        self.earlier = {"finetune_labelled": round1_metrics}  # the rounds before the last, for the val guard
+        if not task.reused or "finetune_labelled" not in self.summary["stages"]:
+            self.keep("finetune_labelled", {"epochs": task.epochs_run}, task.fit_seconds)
+        del task
+        self.later_rounds()
+
+    def decide(self, rounds_now: int, skipped_from: int | None, why: str) -> None:
+        """Self-training's new plan (kept for a --resume): ``rounds_now`` rounds, or the rounds from
+        ``skipped_from`` on skipped; the report draws only the stages that will train."""
+        skip = self.skip
+        skip.update(rounds=rounds_now, skipped_from=skipped_from, why=why)
+        if skipped_from is None:  # middle rounds dropped: summary.json's self_training_reduced
+            skip.update(reduced_why=why, reduced_to=rounds_now)  # a later skip says its own part
+        elif "reduced_to" in skip:  # rounds dropped before, then the new last one skipped: it was not kept either
+            skip["reduced_to"] = min(skip["reduced_to"], skipped_from - 1)
+        self.rounds = rounds_now
+        if skipped_from is not None:  # the round before predicts: it ended at its share, not at the closing work
+            self.closing_plan = None
+        # the stages the report draws
+        self.report_stages = min(self.report_stages, (skipped_from or rounds_now + 1) - 1)
+        self.state.save()
+
+    def round1_closing(self, task, eval_s: float, step_s: float | None = None) -> float:
+        """Round 1 ends at its share of the time, but no later than leaves the later rounds, the pool's
+        labelling and the closing work their least time (after_round1_seconds); when even round 1's floor
+        does not leave them that, they are skipped and round 1 trains until the closing work. A step timing that
+        skips them is timed once more first (round1_retimed), and the decision rests on the faster."""
+        skip, rounds = self.skip, self.rounds
+        resumed = step_s is None  # finetune_stage's call for a round continued from its last.pt (plan_stage's: timed)
+        step_s = measure_step_seconds(task) if step_s is None else step_s  # a resumed round 1: not measured
+        per_image = measure_prediction_seconds(task, self.test_set.images)  # the pool is labelled at this speed
+        closing_s = self.closing(task, eval_s, per_test_image=per_image)
+        evals = eval_passes(task) + 1
+
+        def rest_at(s: float) -> float:  # the later rounds' least time, from round 1's last step on, at s a step
+            return after_round1_seconds(s, eval_s, per_image, self.n_unlabeled, rounds, closing_s, evals)
+
+        def need(steps: list[float]) -> float:  # the rest and round 1's own least run (own), as compared below
+            return rest_at(steps[0]) + 5 * steps[0] + eval_s
+
+        decides = skip["skipped_from"] != 2 and self.state.status("finetune") is None  # the skip below may come
+        if decides and not resumed and not time_holds(need([step_s]), self.last_end - time.monotonic()):
+            step_s = round1_retimed(self, task, step_s, need)
+        # kept as plan_stage keeps its timings: the check before round 2 (round_speeds) timed a resumed round again
+        task.step_s, task.eval_s = getattr(task, "step_s", None) or step_s, getattr(task, "eval_s", None) or eval_s
+        rest = rest_at(step_s)
+        left = self.last_end - time.monotonic()  # after a re-time: its seconds count
+        own = 5 * step_s + eval_s  # round 1's own least run: what it trains before the later rounds' time
+        if skip["skipped_from"] == 2 or (decides and not time_holds(rest + own, left)):
+            if skip["skipped_from"] != 2:
+                planned = rounds
+                # the sum compared, not the later rounds' part alone: "47 s were left ... the later round needs
+                # about 41 s" read as a skip that should not have happened
+                left_s, need_s = seconds_apart(left, rest + own)
+                self.decide(1, 2, f"about {left_s} were left for round 1 and what follows it, less than they need at "
+                                  f"the measured speed (about {need_s}): round 1's own least run "
+                                  f"({seconds_text(own)}: 5 steps and an evaluation) and then the later "
+                                  f"round{'s' if planned > 2 else ''} ({seconds_text(rest)}: labelling the pool, "
+                                  f"calibration, 5 steps each, evaluations and the closing work)")
+                closing_s = self.closing(task, eval_s, per_test_image=per_image)  # the report now draws round 1 only
+                self.refuse_unless_least_run_fits([(task, step_s)])  # a re-timed step: task.retimed_step_s
+                print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "
+                      f"an error): {skip['why']}; round 1 trains until the closing work (about {closing_s:.0f} s) "
+                      f"and predicts", flush=True)
+            self.plan_closing(closing_s)
+            if resumed:  # round 1 is the last stage: it trains until the closing work
+                self.warn_if_resumed_late("finetune_labelled", closing_s, task)
+            return self.labelled_end - (self.last_end - closing_s)  # negative: round 1 ends after its share
+        leaves = round1_leaves(rest, left, step_s, eval_s)  # and a margin for round 1's own late end
+        cut = max(0.0, self.labelled_end - (self.last_end - leaves))
+        if cut > 0:
+            print(f"[run] round 1 ends {cut:.0f} s before its share (run.pseudo_share={self.r['pseudo_share']:g}) "
+                  f"would: about {leaves:.0f} s are left for labelling the pool, {rounds - 1} later "
+                  f"round{'s' if rounds > 2 else ''} and the closing work"
+                  + (f" ({leaves - rest:.0f} s of them a margin for round 1 ending late)" if leaves - rest >= 0.5
+                     else ""), flush=True)
+        return cut
+
+    def later_rounds(self) -> None:
+        """Rounds 2 on, each on the pool as the round before labelled it, as far as the time holds them; the last
+        one's pseudo-labels are left in ``pseudo`` for last_stage."""
+        r, skip, state = self.r, self.skip, self.state
+        for k in range(2, int(r["pseudo_rounds"]) + 1):
+            if skip["skipped_from"] is None and skip.get("labelled_only") is None and \
+                    state.status("finetune") is None and \
+                    state.status(f"finetune_round{k}") is None:  # a resumed round that began is continued
+                self.check_later_rounds(self.task, k)
+            if skip["skipped_from"] is not None and k >= skip["skipped_from"]:  # the rounds before it are reused
+                break
+            if skip.get("labelled_only") == k:  # the last round (`finetune`), without labelling the pool
+                self.pseudo = labelled_only_round(self.task)
+                self.task = None
+                break
+            # a resumed run labels the pool again with the same model: the same images, so that the stopped
+            # round's checkpoint (which counts its training images) continues where it stopped; a round that
+            # finished before the stop is reused, and its record says what it kept
+            record = self.out / f"pseudo_labels_round{k}.json"
+            fed = self.out / ("finetune" if k == self.rounds and skip["skipped_from"] is None else f"finetune_round{k}")
+            self.pseudo = recorded_pseudo_labels(record) if reusable_stage(state, fed) else None
+            if self.pseudo is None:  # at most a quarter of the time left: not planned, and a large pool took it all
+                self.pseudo = pseudo_label_pool(self.task, self.fcfg, self.infos, r, record,
+                                                seconds=LABEL_SHARE * max(0.0, self.end_time - time.monotonic()),
+                                                seed=derive_seed(self.fcfg["train"]["seed"], k, 11),
+                                                pool_limit=self.pool_limit)
+            self.task = None
+            if k == self.rounds and skip["skipped_from"] is None:  # the last round is `finetune`, below
+                break
+            self.middle_round(k)
+
+    def middle_round(self, k: int) -> None:
+        """Round ``k``, neither the first nor the last, on the pool as round ``k`` - 1 labelled it; skipped with the
+        rounds after it where its least run does not fit (later_round_closing)."""
+        pseudo = self.pseudo
+        round_end = time.monotonic() + (self.end_time - time.monotonic()) / (self.rounds - k + 1)
+        what = "on labelled + pseudo-labelled pool images" if len(pseudo["images"]) else "on the labelled images again"
+        try:
+            task, round_metrics = self.finetune(self.out / f"finetune_round{k}", round_end, f"{what} (round {k})",
+                                                pseudo, self.later_round_closing(k))
+        except LaterRoundSkipped:  # the loop stops at skipped_from; round k - 1 predicts (last_stage)
+            shutil.rmtree(self.out / f"finetune_round{k}", ignore_errors=True)  # made for it, nothing trained
+            return
+        self.task = task
+        self.earlier[f"finetune_round{k}"] = round_metrics
+        if not task.reused or f"finetune_round{k}" not in self.summary["stages"]:
+            # each round's entry: the pseudo-labels it trained on and its val score (the guard compares them)
+            self.keep(f"finetune_round{k}", {"epochs": task.epochs_run, "pseudo_labels": pseudo["summary"],
+                                             "val_mean_acc1": round_metrics.get("mean_acc1")}, task.fit_seconds)
+
+    def later_round_retimed(self, task, step_s: float, closing_s: float, k: int) -> float:
+        """Round ``k``'s step speed where its least run does not fit the time left at its timing (``step_s``,
+        later_round_closing): timed once more and the faster kept (retimed_steps, on the task for plan_stage). A
+        timing that met one busy moment skipped round 2 after round 1 had trained its share: self-training's gain
+        lost and the rest of the budget unused."""
+        def need(steps: list[float]) -> float:
+            return least_run_seconds(steps[0], closing_s)
+
+        def left() -> float:
+            return self.last_end - time.monotonic()
+
+        faster = retimed_steps(measure_step_seconds, [(task, step_s)], need, left, least_run_holds)[0]
+        self.keep_faster([step_s], [faster], least_run_holds(need([faster]), left()),
+                         f"at round {k}'s planning ({{}}) left no room for its least run; timed again ({{}}) it fits, "
+                         f"and the round plans at that speed")
+        return faster
+
+    def later_round_closing(self, k: int):
+        """plan_stage's hook of round ``k`` (2 on), with the speeds measured for it: the round is optional (round
+        k - 1's model can already predict), so where its least run (least_run_seconds: 5 steps, the step past the
+        deadline and the closing work) does not fit the time left, it and the rounds after it are skipped
+        (LaterRoundSkipped). The check before the labelling counts the round before's speeds: on a busier
+        machine round 2 started with 0.4 s left, trained its floor at 4.7 s a step and a 2-minute run took 140 s.
+        Returns the closing work for the last round, nothing for a middle one (it ends at its share)."""
+        last = k == self.rounds and self.skip["skipped_from"] is None
+
+        def closing(task, eval_s: float, step_s: float | None = None) -> float:
+            per_image = measure_prediction_seconds(task, self.test_set.images)
+            need = self.closing(task, eval_s, step_s, per_image)  # re-timed there where all of it does not fit
+            if step_s is None:  # a resumed round continues: it began before the stop
+                if last:
+                    self.warn_if_resumed_late("finetune", need, task)
+                return need if last else 0.0
+            step_s = getattr(task, "retimed_step_s", None) or step_s
+            least, left = least_run_seconds(step_s, need), self.last_end - time.monotonic()
+            if not least_run_holds(least, left):  # a timing that met a busy moment: timed once more, the faster kept
+                step_s = self.later_round_retimed(task, step_s, need, k)
+                least, left = least_run_seconds(step_s, need), self.last_end - time.monotonic()
+            if least_run_holds(least, left):
+                return need if last else 0.0
+            left_s, need_s = seconds_apart(left, least)
+            later = " and later" if k < self.rounds else ""
+            for key in ("labelled_only", "labelled_only_why"):  # a labelled-only round k is skipped too
+                self.skip.pop(key, None)
+            self.decide(k - 1, k, f"{left_s} were left of the budget when round {k} was planned, and its least "
+                                  f"run needs {need_s} at the speed measured then ({FLOOR_STEPS + 1} steps at "
+                                  f"{step_s * 1000:.0f} ms, evaluations and the closing work)")
+            self.closing(task, eval_s, per_test_image=per_image)  # the report's estimate, for the stages it draws
+            print(f"[run] round {k}{later} skipped (planned, not an error): {self.skip['why']}; predicting with "
+                  f"round {k - 1}", flush=True)
+            raise LaterRoundSkipped(k)
+
+        return closing
+
+    def check_later_rounds(self, task, k: int) -> None:
+        """Before round k's labelling: skip it and the rounds after it when the time left cannot hold one more
+        round at its floor (later_rounds_seconds): round 1 ran long, or the machine got slower. When it holds
+        fewer rounds than planned, the middle rounds that do not fit are dropped (the last comes sooner). When
+        it holds a round's floor but not the pool's labelling, round k is the last and trains on the labelled
+        images only (labelled_only_round): skipped, the rest of the budget went unused. Judged at round k - 1's
+        speeds as it trained (round_speeds), before any of round k's work (the pool's labelling, its timing)."""
+        skip, n_unlabeled = self.skip, self.n_unlabeled
+        step_s, eval_s, speed = round_speeds(task, k - 1)
+        per_image = measure_prediction_seconds(task, self.test_set.images)
+        closing_s = self.closing(task, eval_s, per_test_image=per_image)
+        self.speeds_before = step_s, eval_s, per_image  # for the next round's timing line
+        evals = eval_passes(task) + 1  # a round's closing evaluations, as round1_closing counts them
+        left = self.last_end - time.monotonic()
+        fits = [n for n in range(self.rounds - k + 1, 0, -1)
+                if time_holds(later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, n, closing_s, evals),
+                              left)]
+        # a round without the pool's labelling (n_pool 0), with room for twice its floor of steps: a round of 5
+        # steps is worth little, and a busier machine's slower steps would take it past the budget
+        labelled_only_s = (later_rounds_seconds(step_s, eval_s, per_image, 0, 1, closing_s, evals)
+                           + FLOOR_STEPS * step_s)
+        if not fits and time_holds(labelled_only_s, left):
+            # no time to label the pool, but for a short round: the rest of the budget goes on training round
+            # k - 1's model on the labelled images (the val guard still picks the round that predicts)
+            need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s, evals)
+            planned = self.rounds
+            skip.update(rounds=k, skipped_from=None, labelled_only=k,
+                        labelled_only_why=labelled_only_why(k, left, need, planned))
+            self.rounds, self.report_stages = k, min(self.report_stages, k)
+            self.state.save()
+            print(f"[run] round {k} trains on the labelled images only (planned, not an error): "
+                  f"{skip['labelled_only_why']}", flush=True)
+        elif not fits:
+            need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s, evals)
+            left_s, need_s = seconds_apart(left, need)
+            self.decide(k - 1, k, f"{left_s} were left of the budget after round {k - 1}, and round "
+                                  f"{k} needs at least {need_s} (labelling the pool, calibration, 5 steps, "
+                                  f"evaluations and the closing work) at {speed}")
+            print(f"[run] round {k}{' and later' if k < self.rounds else ''} skipped (planned, not an error): "
+                  f"{skip['why']}; predicting with round {k - 1}", flush=True)
+        elif fits[0] < self.rounds - k + 1:
+            planned = self.rounds
+            self.decide(k + fits[0] - 1, None, f"the {left:.0f} s left after round {k - 1} held {fits[0]} more round"
+                                               f"{'s' if fits[0] > 1 else ''} at the measured speed")
+            print(f"[run] self-training ends with round {self.rounds} instead of {planned} (planned): {skip['why']}",
+                  flush=True)
+        else:  # every planned round fits: nothing changed
+            return
+        self.closing(task, eval_s, per_test_image=per_image)  # the report's estimate, for the stages it now draws
