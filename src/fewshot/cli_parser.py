@@ -53,6 +53,14 @@ def _add_common_training(p: argparse.ArgumentParser, task: str = "train") -> Non
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
 
+def _run_reader(sub, name: str, help: str, description: str, data: str) -> argparse.ArgumentParser:
+    """A command that reads one trained run (or one checkpoint) and a data root: eval and predict."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("run", metavar="RUN_OR_CKPT")
+    p.add_argument("--data", required=True, help=data)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewshot", description="Few-shot image classification over several "
                                      "datasets, with MoCo self-supervised pretraining on unlabeled images.",
@@ -85,12 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="backbone weights: .safetensors / state dict / fewshot checkpoint "
                    "(from `fewshot export`); sets the course's lr 1e-4 with backbone x0.1")
 
-    p = sub.add_parser("eval", help="per-dataset accuracy of a trained run",
-                       description="Score a trained run (or one checkpoint) on the val split, or on the test split "
-                       "against ROOT/<dataset>/test_labels.json, in known- or unknown-source mode; prints per-dataset "
-                       "acc@1/acc@5 and writes metrics.json with --out.")
-    p.add_argument("run", metavar="RUN_OR_CKPT")
-    p.add_argument("--data", required=True, help="dataset root: ROOT/<dataset>/{val,test}/")
+    p = _run_reader(sub, "eval", help="per-dataset accuracy of a trained run",
+                    description="Score a trained run (or one checkpoint) on the val split, or on the test split "
+                    "against ROOT/<dataset>/test_labels.json, in known- or unknown-source mode; prints per-dataset "
+                    "acc@1/acc@5 and writes metrics.json with --out.", data="dataset root: ROOT/<dataset>/{val,test}/")
     p.add_argument("--mode", choices=["known", "unknown"], default="known",
                    help="known (default): the dataset of each image is given; unknown: predict dataset and class")
     p.add_argument("--split", choices=["val", "test"], default="val",
@@ -107,12 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "scores; test images are scored as predicted from a blank image (as predict --skip-bad-images "
                    "writes them), so n counts every test image")
 
-    p = sub.add_parser("predict", help="write pred_all.json for the test images",
-                       description="Predict every image of ROOT/<dataset>/test/ with a trained run (or one checkpoint) "
-                       "and write pred_all.json: {\"n_parameters\": N, \"<dataset>\": {\"<image_id>\": class}}, "
-                       "the class an index into the dataset's sorted class folder names.")
-    p.add_argument("run", metavar="RUN_OR_CKPT")
-    p.add_argument("--data", required=True, help="dataset root: ROOT/<dataset>/test/<image>")
+    p = _run_reader(sub, "predict", help="write pred_all.json for the test images",
+                    description="Predict every image of ROOT/<dataset>/test/ with a trained run (or one checkpoint) "
+                    "and write pred_all.json: {\"n_parameters\": N, \"<dataset>\": {\"<image_id>\": class}}, "
+                    "the class an index into the dataset's sorted class folder names.",
+                    data="dataset root: ROOT/<dataset>/test/<image>")
     p.add_argument("--out", required=True, help="pred_all.json path")
     p.add_argument("--mode", choices=["known", "unknown"], default="known",
                    help="known (default): each image's class among its own dataset's classes; unknown: dataset and "
