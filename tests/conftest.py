@@ -169,7 +169,7 @@ def any_confidence(monkeypatch):
     monkeypatch.setattr(semi, "chance_floor", lambda n_classes: torch.zeros(n_classes.shape))
 
 
-REAL_TIME_HOLDS = []  # pipeline.time_holds before later_rounds_fit relaxed it: real_time_holds puts it back
+REAL_TIME_HOLDS = []  # run_budget.time_holds before later_rounds_fit relaxed it: real_time_holds puts it back
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -190,7 +190,7 @@ def later_rounds_fit():
 
 @pytest.fixture
 def real_time_holds(monkeypatch):
-    """The skip's own tests: pipeline.time_holds as the package has it (later_rounds_fit relaxes it)."""
+    """The skip's own tests: run_budget.time_holds as the package has it (later_rounds_fit relaxes it)."""
     from helpers.run_patch import patch_pipeline
 
     patch_pipeline(monkeypatch, "time_holds", REAL_TIME_HOLDS[0])
@@ -199,7 +199,7 @@ def real_time_holds(monkeypatch):
 
 @pytest.fixture
 def real_least_run_holds(monkeypatch):
-    """The least-run refusals' own tests: pipeline.least_run_holds as the package has it (later_rounds_fit relaxes
+    """The least-run refusals' own tests: run_budget.least_run_holds as the package has it (later_rounds_fit relaxes
     it), one place rather than a copy of its test in each file."""
     from fewshot import run_budget
     from helpers.run_patch import patch_pipeline

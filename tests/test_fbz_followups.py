@@ -192,17 +192,17 @@ def test_the_pool_paths_reason_comes_only_with_the_pool_path(tmp_path, monkeypat
 
 
 def test_resumable_device_reads_the_process_count_as_the_cli_does(tmp_path, monkeypatch, capsys):
-    """resumable_device read WORLD_SIZE itself, a copy of cli.world_size_env: one source now."""
-    from fewshot import cli
+    """resumable_device read WORLD_SIZE itself, a copy of cli_ranks.world_size_env: one source now."""
+    from fewshot import cli_ranks
     from fewshot.train.finetune import resumable_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(cli, "world_size_env", lambda: 2)
+    monkeypatch.setattr(cli_ranks, "world_size_env", lambda: 2)
     assert resumable_device(tmp_path, "cuda:1") == "cuda"
     assert "note:" not in capsys.readouterr().out  # several processes: no note
-    monkeypatch.setattr(cli, "world_size_env", lambda: 1)
+    monkeypatch.setattr(cli_ranks, "world_size_env", lambda: 1)
     assert resumable_device(tmp_path, "cuda:1") == "cuda"
     assert "which this machine does not have" in capsys.readouterr().out
 

@@ -54,7 +54,7 @@ def test_ranks_that_see_different_checkpoints_refuse_to_resume_together(tmp_path
             break
     assert rc != 0
     said = "(rank 0: last.pt at global step 5; rank 1: no last.pt). --out must be a folder on storage that every node"
-    assert text.count(said) == 1, text[-6000:]  # the first process of the node says why (cli._quiet_rank)
+    assert text.count(said) == 1, text[-6000:]  # the first process of the node says why (cli_ranks._quiet_rank)
     assert "rank 0 exit status 2" in text and "rank 1 exit status 2" in text, text[-6000:]  # none waits in a collective
     assert "mismatch" not in text.lower(), text[-6000:]
     assert (run0 / "log.jsonl").read_text() == log

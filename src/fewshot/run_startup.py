@@ -75,7 +75,7 @@ class StartupMixin:
         elif self.budget_minutes is None:
             raise UserError("a budget is needed: --budget-minutes N.")
         else:  # before any work: a budget the start-up spent, or below what any run needs, is refused at once
-            # one process decides: `fewshot run` never runs under torchrun (cli.refuse_several_processes refuses
+            # one process decides: `fewshot run` never runs under torchrun (cli_ranks.refuse_several_processes refuses
             # WORLD_SIZE > 1 before this, and self.ctx is a one-process DistContext), so no rank can go on alone
             used = time.monotonic() - self.t_start
             if not least_run_holds(LEAST_RUN_S, self.budget_minutes * 60.0 - used):

@@ -3,7 +3,7 @@
 For DDP tests whose subject is what the ranks do together (a refusal, a message said once, a stop agreed on), not
 the launch: a fork keeps this process's torch/timm imports, where a launch spends seconds of interpreter start per
 rank. Unlike helpers.tiny.cli_in_forked_ranks, a rank runs a worker script as __main__ (its patches apply in its
-fork only), and gets torchrun's environment: TORCHELASTIC_RUN_ID makes rank 1 a quiet rank (cli._quiet_rank), and
+fork only), and gets torchrun's environment: TORCHELASTIC_RUN_ID makes rank 1 a quiet rank (cli_ranks._quiet_rank), and
 the job's store is served by this process as by torchrun's agent (a rank 0 that exits first keeps no store away
 from rank 1). What only a real launch shows stays with torchrun: the agent's exit codes and signals, a rank's look
 for its siblings in /proc (a fork's /proc/PID/environ is the test process's).

@@ -435,7 +435,7 @@ def resumable_device(out: Path, saved: str) -> str:
     index = re.fullmatch(r"cuda:(\d+)", saved)
     if index is None or not torch.cuda.is_available():
         return saved
-    from fewshot.cli import world_size_env  # 1 where WORLD_SIZE is bad: init_distributed refuses it, naming it
+    from fewshot.cli_ranks import world_size_env  # 1 where WORLD_SIZE is bad: init_distributed refuses it, naming it
 
     if world_size_env() > 1:
         return "cuda"
