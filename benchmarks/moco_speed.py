@@ -862,7 +862,6 @@ def run_scaling(a) -> dict:
 
 def run_profile(a) -> dict:
     """torch.profiler top ops of fewshot's step (in this process, with fewshot's settings)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     out = {}

@@ -584,7 +584,6 @@ def _bad_from(exc: DataLayoutError) -> list[tuple[str, str]]:
 def test_a_read_only_data_root_caches_in_the_user_cache_folder(tmp_path, monkeypatch):
     """A read-only dataset mount used to print a warning per split and image size and decode every image
     again in every command; the cache now goes to $XDG_CACHE_HOME/fewshot/<root>-<hash>."""
-    import fewshot.data.cache as cache
 
     root = tmp_path / "data"
     (root / "a").mkdir(parents=True)
@@ -612,7 +611,6 @@ def test_a_relative_xdg_cache_home_is_ignored_and_a_missing_home_says_the_cache_
                                                                                         capsys):
     """A relative XDG_CACHE_HOME (invalid by the XDG spec) put the cache under whatever folder the command ran in;
     with no home folder at all the cache was off without a word (an unwritable one already said so)."""
-    import fewshot.data.cache as cache
 
     root = tmp_path / "data"
     root.mkdir()
@@ -632,7 +630,6 @@ def test_a_relative_xdg_cache_home_is_ignored_and_a_missing_home_says_the_cache_
 def test_an_unwritable_cache_is_one_plain_warning_line(tmp_path, capsys, monkeypatch):
     """Failing to write the cache warned through warnings.warn, which printed the file, line number and
     the warn() source line around the message; it is now one `warning:` line, once per folder."""
-    import fewshot.data.cache as cache
 
     paths = []
     for i in range(3):
@@ -677,8 +674,6 @@ def test_a_cache_write_on_a_full_disk_leaves_no_partial_file(tmp_path, monkeypat
     cache_dir = tmp_path / "cache"
 
     import errno
-
-    import fewshot.data.cache as cache
 
     def full(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")

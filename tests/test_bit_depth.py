@@ -106,7 +106,7 @@ def test_the_cache_key_follows_the_setting_and_auto_keeps_existing_entries(tmp_p
 
 @pytest.mark.parametrize("value", ["20", "7", "abc", "true", "12.5"])
 def test_a_bad_bit_depth_is_a_user_error(value, tmp_path):
-    with pytest.raises(UserError, match=f"data.bit_depth must be auto or a whole number from 8 to 16 .*not"):
+    with pytest.raises(UserError, match="data.bit_depth must be auto or a whole number from 8 to 16 .*not"):
         resolve(overrides=[f"data.bit_depth={value}"])
     rc, _, err = run_main("train", "--data", tmp_path, "--out", tmp_path / "run", f"data.bit_depth={value}")
     assert rc == 2 and "data.bit_depth must be auto or a whole number from 8 to 16" in err, err

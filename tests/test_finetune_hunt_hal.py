@@ -3,7 +3,6 @@ first announced its training, and the repeat sampler's warning counting a short 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import yaml

@@ -155,7 +155,7 @@ def test_run_with_fixmatch_checks_its_pool_and_records_it(copy_root, tmp_path, m
     state = json.loads((tmp_path / "x" / "run_state.json").read_text())
     if pool:
         n = len(list((copy_root / "unlabeled").rglob("*.png")))
-        assert seen["method"] == "fixmatch" and f"[run] FixMatch (semi.mu=" in out
+        assert seen["method"] == "fixmatch" and "[run] FixMatch (semi.mu=" in out
         assert f"on an unlabeled pool of {n} images" in out
         assert state["summary"]["semi"]["pool_size"] == n
     else:

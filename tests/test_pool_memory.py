@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import torch
 
 from fewshot.config import resolve
@@ -126,7 +125,7 @@ def test_a_cold_pool_is_decoded_only_as_far_as_the_labelling_can_use_it(copy_roo
     paths = pool_files(cfg, infos, exclude_train=True)[0]
     assert pool_decode_limit(cfg, paths, 1e6, n=8) is None  # decoded in time: all of it
     limit = pool_decode_limit(cfg, paths, 0.0, n=8)  # no time: one timed batch's worth
-    assert limit == 8 and f"decoding a seeded random 8 of them" in capsys.readouterr().out
+    assert limit == 8 and "decoding a seeded random 8 of them" in capsys.readouterr().out
     decoded = []
     real = semi.load_images
     monkeypatch.setattr(semi, "load_images", lambda p, *a, **kw: decoded.append(len(p)) or real(p, *a, **kw))

@@ -187,7 +187,7 @@ def test_a_dataset_without_a_usable_test_split_gets_the_datasets_hint(trained, c
     first, second = dataset_names
     shutil.rmtree(copy_root / second / "test")
     rc, _, err = run_main("predict", trained, "--data", copy_root, "--out", tmp_path / "pred_all.json")
-    assert rc == 2 and f"missing split folder 'test'" in err and f"pass --datasets {first}" in err, err
+    assert rc == 2 and "missing split folder 'test'" in err and f"pass --datasets {first}" in err, err
     rc, _, err = run_main("predict", trained, "--data", copy_root, "--datasets", first, "--out",
                           tmp_path / "pred_all.json")
     assert rc == 0, err

@@ -171,7 +171,6 @@ def test_resumed_steps_do_not_depend_on_the_saved_global_rng(root, ft_ref, tmp_p
     default) drew other masks on rank 1 and the resumed run drifted (loss 1.895337 against 1.892274, a DDP hunt).
     The steps' global RNG is a function of (seed, epoch, step, rank) now: a resume from another RNG state, as
     rank 1 gets, continues exactly."""
-    import shutil
 
     flags = {**FT, "model.drop_path": 0.5, "train.epochs": 2}  # one epoch resumed shows it as well as two
     whole = tmp_path / "whole"
