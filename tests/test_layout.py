@@ -899,3 +899,23 @@ def test_numbered_class_folders_are_indexed_in_text_order_and_said(tmp_path, cap
     from fewshot.data.layout import numbered_classes_note
 
     assert numbered_classes_note("d", ("1", "10", "²")) is None  # digit-like, not a number: int() would fail
+
+
+def test_a_val_split_alone_does_not_say_numbered_indices_it_cannot_know(tmp_path, capfd):
+    """eval and predict scan val alone: with class '1' missing from val the note said "index 0 is folder '10'",
+    while the model (trained on '1', '10', '2') has '1' at 0. Only a scan holding train says the order."""
+    from PIL import Image
+
+    from fewshot.data.layout import scan_root
+
+    ds = tmp_path / "root" / "nums"
+    for split, names in (("train", ("1", "10", "2")), ("val", ("10", "2"))):
+        for c in names:
+            (ds / split / c).mkdir(parents=True)
+            Image.new("L", (8, 8), int(c) * 20).save(ds / split / c / "a.png")
+    (ds / "test").mkdir()
+    Image.new("L", (8, 8)).save(ds / "test" / "1.png")
+    scan_root(tmp_path / "root", splits=("val",))
+    assert "class folders are numbers" not in capfd.readouterr().err
+    scan_root(tmp_path / "root")  # with train the order is known: '1', '10', '2'
+    assert "index 1 is folder '10', not '2'" in capfd.readouterr().err

@@ -399,7 +399,8 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
                 layout_warnings.append(f"{ds_dir / 'val'}: no val images for {len(only_train)} class(es), which are "
                                 f"trained but not scored on val: {some_of(only_train, 10)}")
         classes = tuple(train_classes or found.get("val", {}))
-        note = numbered_classes_note(name, classes)
+        # only train holds every class: val alone may lack one, and its indices then are not the model's
+        note = numbered_classes_note(name, classes) if train_classes else None
         if note:
             layout_warnings.append(note)
         index = {c: i for i, c in enumerate(classes)}
