@@ -220,3 +220,25 @@ def test_the_test_table_of_a_run_names_its_balanced_predictions():
     assert "class-balanced for digits" in table.caption
     run.pipeline.pop("balanced_prediction")
     assert T.test_table(run).caption == ""
+
+
+def test_a_run_at_the_models_default_size_shows_the_size_it_ran_at(trained, tmp_path):
+    """A run without --img-size records model.img_size null in config.yaml; the input column showed "–" beside FLOPs
+    counted at the size the checkpoint says (hunt hAT). The column now shows the counted model's size."""
+    import yaml
+
+    from fewshot.report import tables as T
+    from fewshot.report.build import compute_flops
+    from fewshot.report.runs import expand_runs
+
+    default = tmp_path / "default"
+    shutil.copytree(trained["ft"], default)
+    cfg = yaml.safe_load((default / "config.yaml").read_text())
+    cfg["model"]["img_size"] = None  # as a run at the model's default size saves it; its checkpoint says 32
+    (default / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run,) = expand_runs([default])
+    assert run.img_size is None
+    flop_counts = compute_flops([run])
+    assert run.img_size == 32 and flop_counts[run.label]
+    table = T.overview_table([run], flop_counts)
+    assert ["32 px"] == [cell for row in table.rows for cell in row if str(cell).endswith(" px")]

@@ -67,9 +67,10 @@ def compute_flops(runs: list[Run], models: dict | None = None) -> dict[str, int 
     out = {}
     for r in runs:
         a = (models or {}).get(r.label)
-        n_flops, n_params = run_model_stats(r, a.model if a is not None else None, a.size if a is not None else None)
+        n_flops, n_params, size = run_model_stats(r, a.model if a is not None else None,
+                                                  a.size if a is not None else None)
         out[r.label] = n_flops
-        r.model_n_parameters = n_params
+        r.model_n_parameters, r.model_img_size = n_params, size
     return out
 
 

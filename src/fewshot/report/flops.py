@@ -39,15 +39,16 @@ def run_flops(run, model: nn.Module | None = None, size: int | None = None) -> i
     return run_model_stats(run, model, size)[0]
 
 
-def run_model_stats(run, model: nn.Module | None = None, size: int | None = None) -> tuple[int | None, int | None]:
-    """(FLOPs, parameters) of a Run's model: the fine-tuned classifier (from its checkpoint, unless the
+def run_model_stats(run, model: nn.Module | None = None,
+                    size: int | None = None) -> tuple[int | None, int | None, int | None]:
+    """(FLOPs, parameters, input size) of a Run's model: the fine-tuned classifier (from its checkpoint, unless the
     loaded `model` is given with its input `size`), or the backbone of a MoCo run (built from its config:
     the counts do not depend on the weights)."""
     size = size or run.img_size
     try:
         if model is None and run.kind == "supervised":
             if run.checkpoint is None:
-                return None, None
+                return None, None, None
             from fewshot.eval.predict import load_trained
 
             tm = load_trained(run.checkpoint, torch.device("cpu"))
@@ -60,5 +61,5 @@ def run_model_stats(run, model: nn.Module | None = None, size: int | None = None
                                     source=RECORDED)  # the run's name, read from its files
             size = input_size(model, size)
     except Exception:
-        return None, None
-    return count_flops(model, size or 224), sum(p.numel() for p in model.parameters())
+        return None, None, None
+    return count_flops(model, size or 224), sum(p.numel() for p in model.parameters()), size

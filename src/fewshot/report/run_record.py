@@ -30,6 +30,7 @@ class Run:
     pipeline: dict | None = None        # summary.json of the `fewshot run` folder this stage belongs to
     notes: list[str] = field(default_factory=list)
     model_n_parameters: int | None = None  # counted on the model when the metrics have none (MoCo backbones)
+    model_img_size: int | None = None   # the input size of the model counted (config.yaml's null: its default)
     metrics_epoch: int | None = None    # the logged epoch the accuracies shown belong to (None: not known)
     from_log: bool = False              # accuracies from a log.jsonl evaluation (no usable metrics.json)
     group: Path | None = None           # the `fewshot run` folder this stage belongs to
@@ -47,7 +48,8 @@ class Run:
 
     @property
     def img_size(self) -> int | None:
-        return (self.config.get("model") or {}).get("img_size")  # checked in _read_config
+        # checked in _read_config; a run at the model's default size records null: the counted model's size
+        return (self.config.get("model") or {}).get("img_size") or self.model_img_size
 
     @property
     def data_root(self) -> str | None:
