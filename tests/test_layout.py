@@ -709,8 +709,9 @@ def test_links_to_val_and_test_images_never_join_the_pool(copy_root, dataset_nam
     assert len(pool()) == own and not any(p.is_symlink() for p in pool())  # ROOT/unlabeled/<ds>
     assert "leaving out 6 val/test image(s)" in capfd.readouterr().err
     assert len(pool(copy_root / "unlabeled" / first)) == own
-    with pytest.raises(UserError, match="only 6 val/test image"):
+    with pytest.raises(UserError, match="only 6 val/test image") as refused:
         pool(outside)
+    assert str(refused.value).count("--unlabeled folders") == 1, refused.value  # it said so twice (hunt hAS)
 
 
 def test_the_pool_is_scanned_once_while_its_folders_stay_unchanged(copy_root, dataset_names, monkeypatch, capfd):

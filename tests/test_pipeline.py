@@ -696,10 +696,11 @@ def test_a_model_the_run_cannot_build_leaves_no_run_behind(digits_root, tmp_path
     """A model error used to surface in the first stage, after run_state.json was written: the rerun with the
     mistake fixed was refused (folder not empty) and --resume refused the changed model. Checked at start-up."""
     out = tmp_path / "x"
-    rc, _, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--device", "cpu",
-                          "--no-progress", *model_args)
+    rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.2", "--device",
+                               "cpu", "--no-progress", *model_args)
     assert rc == 2 and message in err and "Traceback" not in err, err
     assert not out.exists() or not [p for p in out.iterdir() if p.name[0] != "."]  # the hidden lock is no run
+    assert " on cpu" not in stdout, stdout  # the plan's line named the model it then refused (hunt hAS)
 
 
 @pytest.mark.parametrize("setting, message", [

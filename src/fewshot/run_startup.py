@@ -263,8 +263,6 @@ class StartupMixin:
             # not recorded as chosen: given back to `train` or `pretrain`, a stage's size was chosen again as the
             # model's default (224 px for resnet18), not for the run's budget (32 or 64 px), at ~12x the cost
             cfg["model"]["img_size"], why = auto_img_size(self.infos, self.device, self.budget_minutes)
-        print(one_line(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {self.device.type}"
-                       f"{f' ({why})' if why else ''}: {', '.join(i.name for i in self.infos)}"), flush=True)
         replaced_by = weights_replaced_by(self.state, self.out, r["pretrain"]) if cfg["model"]["weights"] else None
         if replaced_by is not None:
             adopt_stage_architecture(cfg, replaced_by)
@@ -272,6 +270,9 @@ class StartupMixin:
         if r["pretrain"]:
             check_pretrain_settings(cfg, backbone)
         del backbone
+        # after the checks: a mistyped --model was named in this line, then refused
+        print(one_line(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {self.device.type}"
+                       f"{f' ({why})' if why else ''}: {', '.join(i.name for i in self.infos)}"), flush=True)
         note_run_rechosen(cfg, self.rechosen, self.semi)
 
     def decode_inputs(self) -> None:

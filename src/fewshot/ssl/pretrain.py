@@ -197,8 +197,8 @@ def given_pool_images(folders: list, root: Path) -> list[Path]:
     if left_out:
         note = f"{left_out} val/test image(s) of the data root {root} under the --unlabeled folders"
         if not kept:
-            raise UserError(f"the --unlabeled folders hold only {note}; the pool must not hold the images that "
-                            f"score the run. Give folders of unlabeled images.")
+            raise UserError(f"the --unlabeled folders hold only {left_out} val/test image(s) of the data root {root}; "
+                            f"the pool must not hold the images that score the run. Give folders of unlabeled images.")
         warn_once([f"leaving out {note} (val picks the best checkpoint, test judges the run)"], "note")
     return kept
 
