@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "few-shot model leans towards some classes). auto (default, except for a `fewshot run` folder: the "
                    "run.balance it recorded): for the datasets where doing the same on their val images does not lower "
                    "val accuracy, and only where val holds at least 10 images of each class (the check for a "
-                   "skewed test split reads val); on: always (the printed line says where the proportions could not "
-                   "be checked); off: plain argmax")
+                   "skewed test split reads val); on: for every dataset whose test split holds 3 images per class or "
+                   "more on average (fewer cannot be evened out; the printed line says where the proportions could "
+                   "not be checked); off: plain argmax")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="go on past undecodable test images (listed; each is predicted from a blank image, so that "
                    "pred_all.json still holds every id) instead of failing")
