@@ -28,10 +28,10 @@ STATE_FILE = "run_state.json"
 # threads and progress output (not given, the cache and TensorBoard settings are the run's, progress this command's:
 # adopt_untyped_settings). Anything else would make the later stages belong to another run than the earlier ones.
 RUN_RESUME_MAY_CHANGE = frozenset({"data.root", "data.cache_dir", "train.device", "train.threads",
-                                   "train.progress", "train.tensorboard"})
+                                   "train.adapt_threads", "train.progress", "train.tensorboard"})
 # of those, the ones that belong to the machine, never taken from the run: a run made with --device cuda, resumed on
 # a CPU box by the short command, failed "--device cuda was asked for"
-MACHINE_SETTINGS = frozenset({"train.device", "train.threads"})
+MACHINE_SETTINGS = frozenset({"train.device", "train.threads", "train.adapt_threads"})
 
 
 def holds_finished_run(folder: Path, data: dict | None = None) -> bool:

@@ -39,6 +39,7 @@ CHOICES = {  # fields whose value must be one of a few words (checked at start-u
     "model.head_init": ("random", "probe", "prototype"),
     "train.channels_last": ("auto", True, False),
     "train.compile": ("auto", True, False),
+    "train.adapt_threads": ("auto", True, False),
     "moco.preset": tuple(["mocov1", "mocov2"]),
     "moco.shuffle_bn": ("auto", True, False, "off", "none"),  # YAML reads on/off as true/false; flags keep words
     "optim.fused": ("auto", True, False, "true", "false", "on", "off"),  # optim._sgd_impl

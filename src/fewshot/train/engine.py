@@ -56,6 +56,7 @@ from fewshot.train.start_checks import empty_epoch_error, image_counts
 from fewshot.train.start_warnings import warn_cpu_fp16, warn_long_warmup, warn_slow_ema
 from fewshot.train.stop_signal import StopRequested, stop_on_signals
 from fewshot.train.tensorboard_log import add_scalars, open_writer, rows_to_write_again
+from fewshot.train.thread_tuner import tuner_for
 from fewshot.utils import atomic_write_text, derive_seed, unshare_hard_link
 
 
@@ -114,6 +115,8 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin):
         self._eval_took: float | None = None  # seconds of the last evaluation (_eval_interval_wanted)
         self._judged_step_s = 0.0  # the step time the last cap check judged at (_cap_wanted)
         self._speed_mark: tuple[float, int] | None = None  # (clock, global_step) at the last cap check
+        # 1 thread while other work on the cores makes it faster than all of them (train/thread_tuner.py)
+        self.threads = tuner_for(t, device, ctx.enabled, ctx.is_main)
         self.nonfinite_skipped = 0
         self.step_redone: str | None = None  # why the current step ran eagerly (its compiled run failed), if it did
         self.epoch_skips_start = 0  # nonfinite_skipped when the current epoch began
@@ -421,6 +424,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin):
                if self.ctx.is_main else None)
         stopped = False
         for step in range(start, len(batches)):
+            step_t0 = time.perf_counter()
             batch = self.task.make_batch(batches[step], epoch, step)
             self.scheduler.step_update(self._schedule_t(deadline))
             # The forward pass itself changes state (BatchNorm running stats; MoCo's key encoder and queue):
@@ -464,6 +468,8 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin):
             self.scaler.update()
             if self.ema is not None:
                 self.ema.update(self.model, step=self.global_step)
+            if self.threads is not None:
+                self.threads.observe(time.perf_counter() - step_t0, n)
             self.global_step += 1
             self.step_in_epoch = step + 1
             self.epoch_images += n

@@ -195,9 +195,9 @@ def remove_stale_temp_files(out: Path, older_than_s: float = 600.0) -> None:
 ABSENT_MEANS = {"semi.views": "mocov2", "data.randaug_group": 1}  # what runs did before these fields existed
 
 RESUME_MAY_CHANGE = frozenset({
-    "train.epochs", "train.budget_minutes", "train.threads", "train.progress", "train.tensorboard", "train.device",
-    "train.save_interval_s", "train.save_every_steps", "train.eval_every", "train.skip_nonfinite", "train.compile",
-    "train.channels_last", "train.deterministic", "train.amp",
+    "train.epochs", "train.budget_minutes", "train.threads", "train.adapt_threads", "train.progress",
+    "train.tensorboard", "train.device", "train.save_interval_s", "train.save_every_steps", "train.eval_every",
+    "train.skip_nonfinite", "train.compile", "train.channels_last", "train.deterministic", "train.amp",
     # the data may have moved; the checkpoint's classes are compared with the data's when it is loaded
     "data.root", "data.datasets", "data.cache_dir", "data.skip_bad_images",
 })

@@ -1,0 +1,126 @@
+"""Training's CPU thread count, adapted while other work shares the cores (``train.adapt_threads``).
+
+Why: torch runs every op on all cores with OpenMP threads that wait for each other at the op's end. When another
+process takes a core (a second run, a notebook, a compile), one of the two threads is descheduled for a time slice
+and its partner spins at the barrier: a resnet18 step at 32 px on 2 cores ran 3.5x slower beside a one-core busy
+loop, and two runs side by side each ran 4x slower, while one thread per run kept its quiet speed (1.6x slower
+than two threads alone, 2.2-2.4x faster than two threads loaded): docs/performance.md, "Shared cores".
+A switch by the load average at start misfired (it counts fewshot's own previous run), so this one compares
+measured speeds of the run's own steps, both counts, and keeps the faster.
+
+How: steps are timed in windows of WINDOW; a window's median seconds per image is its speed. At the full count, a
+window SLOWER than the best full-count window seen (other work arrived), or the backed-off periodic check (work
+that was there from the start), tries one window at 1 thread; at 1 thread, the full count is tried again after a
+backed-off interval (the other work may have ended). A trial is kept only when it is clearly faster (KEEP); a
+losing trial doubles the wait before the next periodic one, so a quiet machine pays a few windows per run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+WINDOW = 6           # steps per measurement: one slow step (a page fault, a log write) is not a verdict
+SLOWER = 1.5         # a full-count window this much slower than its best: other work arrived, try 1 thread
+KEEP = 0.9           # a trial is kept only when its median is at least 10 % faster than the window before it
+FIRST_CHECK_S = 5.0   # the first periodic trial of the other count (other work there from the start: nothing slows)
+MAX_CHECK_S = 240.0   # the longest wait between periodic trials, after losing ones doubled it
+
+
+def full_threads(setting) -> int:
+    """The thread count a run trains with when nothing else runs: train.threads, else torch's own count at start
+    (one per core, or OMP_NUM_THREADS), within the usable cores. Not torch's count now: an earlier stage of the
+    same process may have left it at 1."""
+    from fewshot.runtime import DEFAULT_THREADS, usable_cores
+
+    return max(1, min(int(setting or DEFAULT_THREADS), usable_cores()))
+
+
+class ThreadTuner:
+    """Picks between ``full`` threads and 1 from the speeds of the run's own steps (observe after each step)."""
+
+    def __init__(self, full: int, current: int | None = None, clock: Callable[[], float] = time.monotonic,
+                 set_threads: Callable[[int], None] = torch.set_num_threads,
+                 say: Callable[[str], None] | None = None):
+        self.full, self.clock, self.set_threads, self.say = full, clock, set_threads, say
+        # an earlier stage of this process may have left 1 thread: kept, and the full count tried after a while
+        self.current = torch.get_num_threads() if current is None else current
+        if self.current not in (1, full):  # neither arm: start from the full count
+            self.current = full
+            set_threads(full)
+        self.best_full = float("inf")   # the fastest full-count window seen (seconds per image)
+        self.window: list[float] = []
+        self.trial: tuple[int, float] | None = None  # (the count before the trial, its last window's median)
+        self.wait_s = FIRST_CHECK_S
+        self.next_check = clock() + self.wait_s
+        self.switches = 0               # kept trials: 2 -> 1 and back
+        self.said: set[int] = set()     # the counts whose switch was said (once each per run)
+
+    def observe(self, seconds: float, images: int) -> None:
+        """One finished training step: ``seconds`` it took for ``images`` images."""
+        if images <= 0 or seconds <= 0:
+            return
+        self.window.append(seconds / images)
+        if len(self.window) < WINDOW:
+            return
+        speed = statistics.median(self.window)
+        self.window = []
+        if self.trial is not None:
+            self._judge_trial(speed)
+            return
+        if self.current == self.full:
+            self.best_full = min(self.best_full, speed)
+            if speed > SLOWER * self.best_full or self.clock() >= self.next_check:
+                self._try(1, speed)
+        elif self.clock() >= self.next_check:
+            self._try(self.full, speed)
+
+    def _try(self, count: int, speed: float) -> None:
+        self.trial = (self.current, speed)
+        self.current = count
+        self.set_threads(count)
+
+    def _judge_trial(self, speed: float) -> None:
+        before, rival = self.trial
+        self.trial = None
+        if speed < KEEP * rival:  # kept: the other count is clearly faster now
+            self.switches += 1
+            if self.current == self.full:
+                self.best_full = speed  # the quiet speed may differ from before: measured again from here
+            self.wait_s = FIRST_CHECK_S
+            self._tell(before, rival, speed)
+        else:  # lost: back, and wait longer before the next periodic trial
+            self.current = before
+            self.set_threads(before)
+            if before == self.full:  # the present speed is the reference: only a further slowdown tries again
+                self.best_full = rival
+            self.wait_s = min(MAX_CHECK_S, self.wait_s * 2)
+        self.next_check = self.clock() + self.wait_s
+
+    def _tell(self, before: int, rival: float, speed: float) -> None:
+        if self.say is None or self.current in self.said:
+            return
+        self.said.add(self.current)
+        ratio = rival / speed
+        if self.current == 1:
+            self.say(f"note: training steps on {before} threads ran {ratio:.1f}x slower than on 1 (other work on "
+                     f"these cores?): training goes on with 1 thread and tries {before} again now and then "
+                     f"(train.adapt_threads=false keeps {before}).")
+        else:
+            self.say(f"note: {self.current} threads are {ratio:.1f}x faster than 1 again: training goes on with "
+                     f"{self.current}.")
+
+
+def tuner_for(train: dict, device: torch.device, distributed: bool, is_main: bool) -> ThreadTuner | None:
+    """The run's tuner, or None where it keeps its count: ``train.adapt_threads`` false, one thread, a GPU run, a
+    DDP rank under auto (a collective waits for the slowest rank anyway), or train.deterministic (a thread count
+    may change a sum's order)."""
+    setting, full = train.get("adapt_threads", "auto"), full_threads(train.get("threads"))
+    if setting is False or full < 2 or device.type != "cpu" or train.get("deterministic"):
+        return None
+    if setting == "auto" and distributed:
+        return None
+    return ThreadTuner(full, say=(lambda words: print(words, flush=True)) if is_main else None)
