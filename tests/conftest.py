@@ -29,14 +29,22 @@ def _a_share_of_the_cores() -> None:
 CALLERS_THREADS = os.environ.get("OMP_NUM_THREADS")  # test_suite_setup checks the share where this is None
 _a_share_of_the_cores()
 
-from fewshot.config.defaults import DEFAULTS  # noqa: E402 - after the thread count
+import fewshot.train.engine as _engine  # noqa: E402 - after the thread count
 from fewshot.data.build import DEFAULT_IDX_DIR, build_dataset  # noqa: E402
+from fewshot.train.thread_tuner import tuner_for as _tuner_for  # noqa: E402
 
-# A run's thread count stays what the suite gives it: train.adapt_threads tries 1 thread after 5 s and when the
-# steps slow down, i.e. at moments set by the machine's load, and another count splits float sums differently, so
-# the tests that compare runs bit for bit (resume against uninterrupted) would depend on the load. Under
-# `make test` each process has 1 thread and the tuner is off anyway; tests/test_thread_tuner.py turns it on.
-DEFAULTS["train"]["adapt_threads"] = False
+
+def _tuner_only_when_asked(train: dict, *args):
+    """A run's thread count stays what the suite gives it unless the test sets train.adapt_threads=true: under
+    auto the tuner tries 1 thread after 5 s and when steps slow down, i.e. at moments set by the machine's load,
+    and another count splits float sums differently, so the tests that compare runs bit for bit (resume against
+    uninterrupted) would depend on the load. Under `make test` each process has 1 thread and auto is off anyway.
+    Not the default's value: that would change what the config accepts and records (a run's config.yaml read by a
+    command in another process)."""
+    return _tuner_for(train, *args) if train.get("adapt_threads") is True else None
+
+
+_engine.tuner_for = _tuner_only_when_asked
 
 SMALL = dict(shots=4, val_per_class=3, test_per_class=3, pool_per_class=10, progress=False)
 HAVE_FASHION = (DEFAULT_IDX_DIR / "train-images-idx3-ubyte.gz").is_file() or \

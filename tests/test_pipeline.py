@@ -390,11 +390,14 @@ def test_auto_img_size_keeps_large_images_at_32_px_on_cpu_under_five_minutes(cop
                                                                       "and the 1-minute budget: 64 px costs")])
 def test_run_chooses_the_image_size_from_its_budget_and_says_so(copy_root, tmp_path, monkeypatch, budget, want):
     """The budget reaches the choice: `fewshot run` without --budget-minutes plans 10 minutes (64 px on CPU),
-    --budget-minutes 1 gets 32 px and the header says why. The start is stopped once the header is printed."""
-    def stop(cfg, *a, **kw):
-        raise UserError(f"stopped at {cfg['model']['img_size']} px")
+    --budget-minutes 1 gets 32 px and the header says why. The start is stopped once the header is printed, before
+    the images are decoded."""
+    from fewshot.run_startup import StartupMixin
 
-    patch_pipeline(monkeypatch, "check_model", stop)
+    def stop(run):
+        raise UserError(f"stopped at {run.cfg['model']['img_size']} px")
+
+    monkeypatch.setattr(StartupMixin, "decode_inputs", stop)
     _large_images(copy_root)
     rc, stdout, err = run_main("run", "--data", copy_root, "--out", tmp_path / "o", "--model", "test_resnet",
                                "--device", "cpu", "--no-progress", *budget)

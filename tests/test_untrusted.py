@@ -389,7 +389,7 @@ def test_escape_codes_in_folder_names_are_shown_escaped_in_error_messages(root, 
     assert "\x1b" not in err and "\x07" not in err and "\\x1b]52" in err, err
 
 
-def test_escape_codes_in_dataset_names_and_answer_keys_never_reach_the_terminal(root, tmp_path):
+def test_escape_codes_in_dataset_names_and_answer_keys_never_reach_the_terminal(root, tmp_path, monkeypatch):
     """train's header and table, eval's table, the ids of an answer key and `fewshot run`'s header printed a
     folder's escape codes raw (a title set, a line reordered by U+202E)."""
     import shutil
@@ -412,10 +412,17 @@ def test_escape_codes_in_dataset_names_and_answer_keys_never_reach_the_terminal(
     rc, out, err = run_main("eval", tmp_path / "r", "--data", copy, "--split", "test", "--device", "cpu")
     assert rc == 0, err
     assert harmless(out + err) and "KEYPWN" in err and "\\x1b]0;pwned" in out, out + err
-    # `fewshot run` names the datasets before it builds the model: a model it cannot build stops it there
-    rc, out, err = run_main("run", "--data", copy, "--out", tmp_path / "x", "--model", "no_such_model_xyz",
+    # `fewshot run` names the datasets in its first line, once the model is built (stopped here, before decoding)
+    from fewshot.errors import UserError
+    from fewshot.run_startup import StartupMixin
+
+    def stop(run):
+        raise UserError("stopped before decoding")
+
+    monkeypatch.setattr(StartupMixin, "decode_inputs", stop)
+    rc, out, err = run_main("run", "--data", copy, "--out", tmp_path / "x", "--model", "test_resnet",
                             "--img-size", "16", "--device", "cpu", "--no-progress")
-    assert "[run] no_such_model_xyz at 16px" in out and harmless(out + err), out + err
+    assert rc == 2 and "[run] test_resnet at 16px" in out and "pwned" in out and harmless(out + err), out + err
 
 
 # ------------------------------------------------------------------------------ damaged run files (numbers)
