@@ -34,14 +34,14 @@ from fewshot.data.build import DEFAULT_IDX_DIR, build_dataset  # noqa: E402
 from fewshot.train.thread_tuner import tuner_for as _tuner_for  # noqa: E402
 
 
-def _tuner_only_when_asked(train: dict, *args):
+def _tuner_only_when_asked(train: dict, *args, **kwargs):
     """A run's thread count stays what the suite gives it unless the test sets train.adapt_threads=true: under
     auto the tuner tries 1 thread after 5 s and when steps slow down, i.e. at moments set by the machine's load,
     and another count splits float sums differently, so the tests that compare runs bit for bit (resume against
     uninterrupted) would depend on the load. Under `make test` each process has 1 thread and auto is off anyway.
     Not the default's value: that would change what the config accepts and records (a run's config.yaml read by a
     command in another process)."""
-    return _tuner_for(train, *args) if train.get("adapt_threads") is True else None
+    return _tuner_for(train, *args, **kwargs) if train.get("adapt_threads") is True else None
 
 
 _engine.tuner_for = _tuner_only_when_asked

@@ -106,20 +106,27 @@ def test_a_step_without_images_or_time_is_not_counted():
     assert tuner.window == []
 
 
-@pytest.mark.parametrize("train, device, distributed, adapts", [
-    ({"threads": 2}, "cpu", False, True),
-    ({"threads": 2, "adapt_threads": False}, "cpu", False, False),
-    ({"threads": 1}, "cpu", False, False),
-    ({"threads": 2}, "meta", False, False),  # not a CPU run (a GPU's)
-    ({"threads": 2, "deterministic": True}, "cpu", False, False),
-    ({"threads": 2}, "cpu", True, False),  # a DDP rank under auto
-    ({"threads": 2, "adapt_threads": True}, "cpu", True, True),
+BUDGET = {"threads": 2, "budget_minutes": 1.0}
+
+
+@pytest.mark.parametrize("train, device, distributed, compiled, adapts", [
+    (BUDGET, "cpu", False, False, True),
+    ({"threads": 2}, "cpu", False, False, False),  # fixed length under auto: reproduces bit for bit
+    ({"threads": 2, "adapt_threads": True}, "cpu", False, False, True),
+    ({**BUDGET, "adapt_threads": False}, "cpu", False, False, False),
+    ({**BUDGET, "threads": 1}, "cpu", False, False, False),
+    (BUDGET, "meta", False, False, False),  # not a CPU run (a GPU's)
+    ({**BUDGET, "deterministic": True}, "cpu", False, False, False),
+    ({**BUDGET, "adapt_threads": True}, "cpu", False, True, False),  # compiled: a switch compiles it again
+    (BUDGET, "cpu", True, False, False),  # a DDP rank under auto
+    ({**BUDGET, "adapt_threads": True}, "cpu", True, False, True),
 ])
-def test_which_runs_adapt(train, device, distributed, adapts, monkeypatch):
+def test_which_runs_adapt(train, device, distributed, compiled, adapts, monkeypatch):
     monkeypatch.setattr("fewshot.runtime.usable_cores", lambda: 2)
     before = torch.get_num_threads()
     try:
-        tuner = tt.tuner_for({"adapt_threads": "auto", **train}, torch.device(device), distributed, True)
+        tuner = tt.tuner_for({"adapt_threads": "auto", **train}, torch.device(device), distributed, True,
+                             compiled=compiled)
         assert (tuner is not None) == adapts
     finally:
         torch.set_num_threads(before)
@@ -137,14 +144,19 @@ def test_the_engine_times_each_trained_step_for_the_tuner(tmp_path, monkeypatch)
         def observe(self, seconds, images):
             seen.append((seconds, images))
 
-    monkeypatch.setattr(engine_module, "tuner_for", lambda train, *a: Recorder() if train["adapt_threads"] else None)
+        def restore(self):
+            seen.append("restored")
+
+    monkeypatch.setattr(engine_module, "tuner_for",
+                        lambda train, *a, **k: Recorder() if train["adapt_threads"] else None)
     root = build_digits(tmp_path / "data")
     common = ["--data", root, "--model", "test_resnet", "--img-size", "16", "--epochs", "2", "--batch-size", "8",
               "--device", "cpu", "--no-progress", "train.tensorboard=false", "train.ema=false"]
     rc, out, err = run_main("train", "--out", tmp_path / "a", *common, "train.adapt_threads=true")  # off in the suite
     assert rc == 0, err
     rows = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
-    assert len(seen) == rows[-1]["step"] and all(s > 0 and n == 8 for s, n in seen), seen[:3]
+    assert seen[-1] == "restored" and len(seen) - 1 == rows[-1]["step"], seen[-3:]
+    assert all(s > 0 and n == 8 for s, n in seen[:-1]), seen[:3]
     seen.clear()
     rc, out, err = run_main("train", "--out", tmp_path / "b", *common, "train.adapt_threads=false")
     assert rc == 0 and seen == [], err
@@ -152,3 +164,52 @@ def test_the_engine_times_each_trained_step_for_the_tuner(tmp_path, monkeypatch)
     common[common.index("--epochs") + 1] = "3"
     rc, out, err = run_main("train", "--out", tmp_path / "a", *common, "train.adapt_threads=false", "--resume")
     assert rc == 0 and "resuming from" in out and seen == [], err
+
+
+def test_a_real_run_tries_one_thread_and_ends_on_its_full_count(tmp_path, monkeypatch):
+    """The tuner itself in a training run: its trials switch torch's count (a window of 2 steps, the first trial
+    at once) and the stage ends on the full count, so that the next stage's planning times what it will run."""
+    from fewshot.train import engine as engine_module
+    from helpers.checks import run_main
+    from helpers.tiny import build_digits
+
+    monkeypatch.setattr(tt, "WINDOW", 2)
+    monkeypatch.setattr(tt, "FIRST_CHECK_S", 0.0)
+    monkeypatch.setattr("fewshot.runtime.usable_cores", lambda: 2)
+    made, counts = [], []
+    real = engine_module.tuner_for
+
+    def keep(*a, **k):
+        tuner = real(*a, **k)
+        if tuner is not None:
+            set_threads = tuner.set_threads
+
+            def recorded(n):
+                set_threads(n)
+                counts.append((n, torch.get_num_threads()))
+            tuner.set_threads = recorded
+            made.append(tuner)
+        return tuner
+
+    monkeypatch.setattr(engine_module, "tuner_for", keep)
+    root = build_digits(tmp_path / "data")
+    rc, out, err = run_main("train", "--data", root, "--out", tmp_path / "r", "--model", "test_resnet", "--img-size",
+                            "16", "--epochs", "3", "--batch-size", "8", "--device", "cpu", "--no-progress",
+                            "train.tensorboard=false", "train.threads=2", "train.adapt_threads=true")
+    assert rc == 0, err
+    assert len(made) == 1 and made[0].full == 2
+    assert (1, 1) in counts and counts[-1] == (2, 2), counts  # tried at 1 thread; ended on 2
+    assert made[0].current == 2 and made[0].trial is None
+
+
+def test_restore_sets_the_full_count_back_and_forgets_a_trial():
+    m = Machine(LOADED)
+    tuner = m.tuner()
+    m.steps(tuner, 10)
+    assert m.threads == 1
+    tuner.observe(0.1, 64)  # a window begun
+    tuner.restore()
+    assert m.threads == 2 and tuner.current == 2 and tuner.window == [] and tuner.trial is None
+    calls = len(m.calls)
+    tuner.restore()  # already there: nothing to set
+    assert len(m.calls) == calls

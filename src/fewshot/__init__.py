@@ -35,8 +35,9 @@ def _omp_wait_policy() -> None:
     runs nothing else: a MoCo step ran 13 % slower with passive waiting on 2 idle cores. On a small
     machine shared with other work, a spinning thread holds a core its partner thread needs and
     every op's barrier stalls (3-6x slower steps were seen on 2 loaded cores); there
-    ``FEWSHOT_OMP_WAIT=passive`` lets waiting threads sleep, and train.adapt_threads (on by default)
-    drops a run to 1 thread while that is faster (train/thread_tuner.py). Default ``spin`` (torch's behaviour).
+    ``FEWSHOT_OMP_WAIT=passive`` lets waiting threads sleep, and train.adapt_threads (on by default in
+    budgeted runs) drops a run to 1 thread while that is faster (train/thread_tuner.py). Default ``spin``
+    (torch's behaviour).
     An earlier ``auto`` mode chose by the load average at start; it misfired right after fewshot's
     own work (the load average still counts the previous run) and is gone: docs/performance.md.
     An OMP_WAIT_POLICY or GOMP_SPINCOUNT set by the user always wins; nothing changes when torch is

@@ -31,7 +31,7 @@ RUN_RESUME_MAY_CHANGE = frozenset({"data.root", "data.cache_dir", "train.device"
                                    "train.adapt_threads", "train.progress", "train.tensorboard"})
 # of those, the ones that belong to the machine, never taken from the run: a run made with --device cuda, resumed on
 # a CPU box by the short command, failed "--device cuda was asked for"
-MACHINE_SETTINGS = frozenset({"train.device", "train.threads", "train.adapt_threads"})
+MACHINE_SETTINGS = frozenset({"train.device", "train.threads"})
 
 
 def holds_finished_run(folder: Path, data: dict | None = None) -> bool:

@@ -87,8 +87,9 @@ DEFAULTS: dict[str, Any] = {
         "skip_nonfinite": 0,      # tolerate up to N non-finite losses (skipped steps)
         "deterministic": False,
         "threads": None,          # None: all cores
-        "adapt_threads": "auto",  # auto: on a CPU run of one process, 1 thread while it is faster (other work on
-                                  # the cores), measured on the run's own steps (train/thread_tuner.py) | true | false
+        "adapt_threads": "auto",  # auto: a budgeted CPU run of one process trains on 1 thread while that is faster
+                                  # (other work on the cores), measured on its own steps (train/thread_tuner.py);
+                                  # fixed-length runs keep their count (bit-for-bit repeatable) | true | false
         "progress": True,         # progress bars (plain lines when the output is a file or a pipe); --no-progress: off
         "tensorboard": True,      # also write curves to RUN/tensorboard/ when the tensorboard package is installed
         "budget_minutes": None,   # stop cleanly when this much training time is spent (start-up not counted)

@@ -116,7 +116,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin):
         self._judged_step_s = 0.0  # the step time the last cap check judged at (_cap_wanted)
         self._speed_mark: tuple[float, int] | None = None  # (clock, global_step) at the last cap check
         # 1 thread while other work on the cores makes it faster than all of them (train/thread_tuner.py)
-        self.threads = tuner_for(t, device, ctx.enabled, ctx.is_main)
+        self.threads = tuner_for(t, device, ctx.enabled, ctx.is_main, compiled=bool(self._compiled))
         self.nonfinite_skipped = 0
         self.step_redone: str | None = None  # why the current step ran eagerly (its compiled run failed), if it did
         self.epoch_skips_start = 0  # nonfinite_skipped when the current epoch began
@@ -346,6 +346,8 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin):
         finally:
             self._stop_flag = None
             self._close_tensorboard()
+            if self.threads is not None:
+                self.threads.restore()
         return self.last_eval
 
     def _say_budget_stop(self) -> None:

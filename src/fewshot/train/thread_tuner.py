@@ -46,7 +46,7 @@ class ThreadTuner:
                  set_threads: Callable[[int], None] = torch.set_num_threads,
                  say: Callable[[str], None] | None = None):
         self.full, self.clock, self.set_threads, self.say = full, clock, set_threads, say
-        # an earlier stage of this process may have left 1 thread: kept, and the full count tried after a while
+        # a count left at 1 (by the caller; a stage restores its own): kept, the full count tried after a while
         self.current = torch.get_num_threads() if current is None else current
         if self.current not in (1, full):  # neither arm: start from the full count
             self.current = full
@@ -58,6 +58,14 @@ class ThreadTuner:
         self.next_check = clock() + self.wait_s
         self.switches = 0               # kept trials: 2 -> 1 and back
         self.said: set[int] = set()     # the counts whose switch was said (once each per run)
+
+    def restore(self) -> None:
+        """The full count back once training ends: the next stage's planning times its steps at the count it
+        will start with, and the closing evaluations and predictions start from there too."""
+        self.window, self.trial = [], None
+        if self.current != self.full:
+            self.current = self.full
+            self.set_threads(self.full)
 
     def observe(self, seconds: float, images: int) -> None:
         """One finished training step: ``seconds`` it took for ``images`` images."""
@@ -114,13 +122,17 @@ class ThreadTuner:
                      f"{self.current}.")
 
 
-def tuner_for(train: dict, device: torch.device, distributed: bool, is_main: bool) -> ThreadTuner | None:
-    """The run's tuner, or None where it keeps its count: ``train.adapt_threads`` false, one thread, a GPU run, a
-    DDP rank under auto (a collective waits for the slowest rank anyway), or train.deterministic (a thread count
-    may change a sum's order)."""
+def tuner_for(train: dict, device: torch.device, distributed: bool, is_main: bool,
+              compiled: bool = False) -> ThreadTuner | None:
+    """The run's tuner, or None where it keeps its count: ``train.adapt_threads`` false, one thread, a GPU run,
+    train.deterministic, a compiled model (torch keys its compiled graphs on the thread count: every switch
+    compiled the model again), and under auto a run of fixed length (no train.budget_minutes) or a DDP rank.
+    Fixed-length runs reproduce bit for bit (docs/reliability.md, "Same command, same result"), and a trial window
+    at 1 thread sums floats in another order at steps set by the clock; a budgeted run stops at the clock anyway.
+    A DDP rank waits for the slowest rank in every collective."""
     setting, full = train.get("adapt_threads", "auto"), full_threads(train.get("threads"))
-    if setting is False or full < 2 or device.type != "cpu" or train.get("deterministic"):
+    if setting is False or full < 2 or device.type != "cpu" or train.get("deterministic") or compiled:
         return None
-    if setting == "auto" and distributed:
+    if setting == "auto" and (distributed or not train.get("budget_minutes")):
         return None
     return ThreadTuner(full, say=(lambda words: print(words, flush=True)) if is_main else None)
