@@ -114,6 +114,14 @@ def test_the_hopeless_budget_error_says_what_was_left(started, undone, says):
 
     text = str(hopeless_budget_error(12.0, 20.0, started=started, undone=undone))
     assert says in text and (started or "Nothing was trained" not in text)
+    assert "larger --budget-minutes (1 or more to start with)" in text  # a figure, not only "larger" (hAU)
+
+
+def test_the_first_budget_to_try_holds_the_start_up_three_times():
+    from fewshot.run_budget import first_try_minutes
+
+    assert first_try_minutes(0.0) == first_try_minutes(2.7) == first_try_minutes(20.0) == 1.0
+    assert first_try_minutes(30.0) == 1.5 and first_try_minutes(100.0) == 5.0
 
 
 def test_a_start_up_that_spent_the_budget_is_refused_before_the_step_timing(digits_root, tmp_path, monkeypatch,

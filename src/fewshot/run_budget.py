@@ -327,8 +327,15 @@ def hopeless_budget_error(budget_s: float, used_s: float, started: bool = False,
         f"--budget-minutes {budget_s / 60:g} ({budget_s:.1f} s) cannot hold a run: {startup}any run needs at least "
         f"{LEAST_RUN_S:g} s{' more' if startup else ''} (reading the images, timing this machine's speeds, "
         f"{FLOOR_STEPS} training steps, the closing evaluations and the prediction). {done}. Give a "
-        f"larger --budget-minutes: the run measures the least budget it needs here before it trains, and says so "
-        f"when it is still too short."))
+        f"larger --budget-minutes ({first_try_minutes(used_s):g} or more to start with): the run then times this "
+        f"machine's speed and names the least budget it needs where that is still too short."))
+
+
+def first_try_minutes(used_s: float) -> float:
+    """A budget to try after a refusal before any timing: nothing is measured yet, so a guess that holds the start-up
+    three times over, in half minutes, and at least 1 minute (the demo data on 2 CPU cores needs 0.8; 0.1, the next
+    try the message's "at least 2 s more" suggested, was refused again after 5 s: hunt hAU)."""
+    return max(1.0, math.ceil(3 * used_s / 30) / 2)
 
 
 def measure_prediction_seconds(task, images: torch.Tensor, n: int = 256, model=None) -> float:
