@@ -18,7 +18,7 @@ def _pseudo_labels(x) -> dict | None:
     """A round's pseudo-label summary with the fields the report shows, each checked (None: not one)."""
     if not isinstance(x, dict):
         return None
-    out = {k: x[k] for k in ("pool_size", "pool_labelled") if _is_whole(x.get(k))}
+    out = {k: x[k] for k in ("pool_size", "pool_labelled", "unknown_source_pool") if _is_whole(x.get(k))}
     out.update({k: x[k] for k in ("threshold", "precision") if _is_number(x.get(k))})
     datasets = x.get("datasets") if isinstance(x.get("datasets"), dict) else {}
     out["datasets"] = {str(n): _pseudo_dataset(v) for n, v in datasets.items()
@@ -29,7 +29,7 @@ def _pseudo_labels(x) -> dict | None:
 def _pseudo_dataset(v: dict) -> dict:
     """One dataset's entry of a round's pseudo-labels: counts, the kept labels' mean confidence (measured) and,
     with run.pseudo_precision > 0, the per-class thresholds calibrated on val (null: the class kept nothing)."""
-    out = {k: v[k] for k in ("kept", "pool", "labelled") if _is_whole(v.get(k))}
+    out = {k: v[k] for k in ("kept", "kept_from_unknown_source", "pool", "labelled") if _is_whole(v.get(k))}
     if _is_number(v.get("mean_confidence")):
         out["mean_confidence"] = v["mean_confidence"]
     thresholds = v.get("class_thresholds")

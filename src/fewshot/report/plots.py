@@ -19,7 +19,7 @@ import numpy as np
 from fewshot.report.figure import (DPI, LEGEND_MAX_NAMED, _color, _dataset_legend, _empty, _figure, _finish,
                                    _literal_text, _save, _share_epochs, _short, plot_smoothed, smoothing_weight)
 from fewshot.report.run_files import read_log
-from fewshot.report.tables import pct, routing
+from fewshot.report.tables import differing_datasets, pct, routing
 
 CONFUSION_MAX_DPI = 200  # a big confusion matrix gets up to this dpi (one pixel per class), then is pooled
 
@@ -230,39 +230,6 @@ def _tick_rotation(labels: list[str], spacing_in: float, fontsize: float) -> int
         if spacing_in * math.sin(math.radians(angle)) >= height:
             return angle
     return 90
-
-
-FEW_NAMES = 3  # names a caption lists before "and N more"
-
-
-def _few(names: list[str]) -> str:
-    """``names`` joined, past FEW_NAMES shortened to the first few and a count."""
-    if len(names) <= FEW_NAMES + 1:  # "and 1 more" is no shorter than the name
-        return ", ".join(names)
-    return f"{', '.join(names[:FEW_NAMES])} and {len(names) - FEW_NAMES} more"
-
-
-def differing_datasets(labels: list[str], metrics: list[dict[str, dict | None]]) -> str:
-    """A note where the runs were scored on different datasets ("" where they agree): the bars' means then
-    average different datasets (a 2-dataset run's mean stood next to a 1-dataset run's without a word). It names
-    the datasets not every run has, per run (every run named: the bars are theirs), shortened past a few: listing
-    every run's datasets made a caption of 120 names for 10 runs on 12 datasets."""
-    sets = []
-    for x in metrics:
-        names: list[str] = []
-        for mode in ("known", "unknown"):
-            names += [n for n in ((x.get(mode) or {}).get("datasets") or {}) if n not in names]
-        sets.append(names)
-    if len({frozenset(s) for s in sets}) < 2:
-        return ""
-    shared = [n for n in sets[0] if all(n in s for s in sets[1:])]
-    groups: dict[tuple, list[str]] = {}  # runs with the same datasets besides the shared ones, named together
-    for label, names in zip(labels, sets):
-        groups.setdefault(tuple(n for n in names if n not in shared), []).append(label)
-    each = "; ".join(f"{', '.join(runs)}: {_few(list(extra)) or 'none'}" for extra, runs in groups.items())
-    common = f"all on {_few(shared)}; besides those, " if shared else ""
-    return (f"The runs were scored on different datasets ({common}{each}): their means average different "
-            f"datasets, so compare them dataset by dataset.")
 
 
 @_literal_text

@@ -40,6 +40,7 @@ class Run:
     saved_steps: dict | None = None     # last.pt's epoch / step_in_epoch / global_step / steps_per_epoch (see epochs)
     given_weights: str | None = None    # "ema" or "raw": the weights given_checkpoint's readers predict with
     metrics_weights: str | None = None  # "ema" or "raw": the weights the accuracies shown are of (None: not known)
+    used_epoch: int | None = None       # last.pt's epoch where a MoCo run's metrics.json scored it (a `fewshot run`)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -123,11 +124,13 @@ class Run:
     @property
     def knn_row(self) -> dict | None:
         """The log row whose kNN accuracies a MoCo run shows: the epoch of the checkpoint named as RUN where the
-        log holds it, else the best epoch, else the last one logged."""
+        log holds it, else that of last.pt where metrics.json scored it (a `fewshot run` stage fine-tunes from
+        last.pt: best.pt's score was headlined, a checkpoint the run never used), else the best epoch, else the last
+        one logged."""
         rows = [r for r in self.log if isinstance(r.get("knn_acc1"), dict)]
         if not rows:
             return None
-        for epoch in (self.given_epoch, self.best_epoch):
+        for epoch in (self.given_epoch, self.used_epoch, self.best_epoch):
             for r in rows:
                 if epoch is not None and r.get("epoch") == epoch:
                     return r

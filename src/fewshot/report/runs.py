@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fewshot.errors import UserError, one_line, path_argument
 from fewshot.report.pipeline_runs import _read_summary, _round_order, _stopped_pipeline
-from fewshot.report.run_files import _read_config, read_log
+from fewshot.report.run_files import _is_whole, _read_config, _read_json, read_log
 from fewshot.report.run_record import Run
 from fewshot.report.run_score import _given_checkpoint, _val_metrics, best_evaluation, use_evaluation
 from fewshot.report.saved_steps import first_epoch_note, read_saved_steps
@@ -81,6 +81,16 @@ def _kind(path: Path, cfg: dict, log: list[dict]) -> str:
     return "supervised"
 
 
+def _scored_last_epoch(path: Path) -> int | None:
+    """The logged epoch of last.pt where a MoCo run's metrics.json scored it: a `fewshot run` stage scores and
+    exports last.pt, which its fine-tuning starts from; a `fewshot pretrain` scores best.pt (None: best.pt stays the
+    one shown). A file that is not fewshot's is passed over (its notes come from nothing else the report shows)."""
+    metrics = _read_json(path / "metrics.json", [])
+    if isinstance(metrics, dict) and metrics.get("checkpoint") == "last.pt" and _is_whole(metrics.get("epoch")):
+        return metrics["epoch"]
+    return None
+
+
 def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: Path | None = None) -> Run:
     """One run's files, read and checked; ``checkpoint``: the file named as RUN (else best.pt is the model)."""
     path = Path(path)
@@ -91,6 +101,8 @@ def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: P
     run = Run(path=path, label=label, kind=kind, config=cfg, log=log, pipeline=pipeline, notes=notes)
     if kind == "moco" or not (path / "metrics.json").is_file():  # a finished fine-tuning logged every step
         run.saved_steps = read_saved_steps(path / "checkpoints" / "last.pt")
+    if kind == "moco":
+        run.used_epoch = _scored_last_epoch(path)
     if kind == "supervised":
         run.metrics, run.metrics_known, run.metrics_unknown = (
             _val_metrics(run, path / name) for name in ("metrics.json", "metrics_known.json", "metrics_unknown.json"))

@@ -115,6 +115,39 @@ def rate(x) -> str:
     return shown(x, lambda v: f"{v:.1f} img/s")
 
 
+FEW_NAMES = 3  # names a caption lists before "and N more"
+
+
+def _few(names: list[str]) -> str:
+    """``names`` joined, past FEW_NAMES shortened to the first few and a count."""
+    if len(names) <= FEW_NAMES + 1:  # "and 1 more" is no shorter than the name
+        return ", ".join(names)
+    return f"{', '.join(names[:FEW_NAMES])} and {len(names) - FEW_NAMES} more"
+
+
+def differing_datasets(labels: list[str], metrics: list[dict[str, dict | None]]) -> str:
+    """A note where the runs were scored on different datasets ("" where they agree): the means shown (bars,
+    overview) then average different datasets (a 2-dataset run's mean stood next to a 1-dataset run's without a
+    word). It names the datasets not every run has, per run (every run named), shortened past a few: listing
+    every run's datasets made a caption of 120 names for 10 runs on 12 datasets."""
+    sets = []
+    for x in metrics:
+        names: list[str] = []
+        for mode in ("known", "unknown"):
+            names += [n for n in ((x.get(mode) or {}).get("datasets") or {}) if n not in names]
+        sets.append(names)
+    if len({frozenset(s) for s in sets}) < 2:
+        return ""
+    shared = [n for n in sets[0] if all(n in s for s in sets[1:])]
+    groups: dict[tuple, list[str]] = {}  # runs with the same datasets besides the shared ones, named together
+    for label, names in zip(labels, sets):
+        groups.setdefault(tuple(n for n in names if n not in shared), []).append(label)
+    each = "; ".join(f"{', '.join(runs)}: {_few(list(extra)) or 'none'}" for extra, runs in groups.items())
+    common = f"all on {_few(shared)}; besides those, " if shared else ""
+    return (f"The runs were scored on different datasets ({common}{each}): their means average different "
+            f"datasets, so compare them dataset by dataset.")
+
+
 # ---------------------------------------------------------------------- tables
 def overview_table(runs: list[Run], flop_counts: dict[str, float | None]) -> Table:
     """One row per run: model, size, cost and headline accuracy."""
@@ -134,14 +167,32 @@ def overview_table(runs: list[Run], flop_counts: dict[str, float | None]) -> Tab
     keep = [i for i in range(len(cols)) if i < 3 or any(row[i] != DASH for row in rows)]
     cols, numeric = [cols[i] for i in keep], [numeric[i] for i in keep]
     rows = [[row[i] for i in keep] for row in rows]
+    differ = _differing_means(runs)
+    differ = f" {differ}" if differ else ""
     return Table("Runs", cols, rows, numeric=numeric,
-                 caption=f"Accuracies in % on the val split {_accuracy_source(runs)}. FLOPs: one "
+                 caption=f"Accuracies in % on the val split {_accuracy_source(runs)}.{differ} FLOPs: one "
                          "forward pass of one image at the input size (torch.utils.flop_counter; a multiply-add "
                          "counts 2); for MoCo runs parameters and FLOPs are those of the backbone. Epochs: epochs "
                          "trained, the part of a stopped one as a fraction (5.75). Training time: sum of the epochs' "
                          "training time (evaluation excluded); throughput: median training images/s over the epochs. "
                          "Best epoch: the logged epoch whose evaluation gave the best checkpoint, as in metrics.json "
                          "(a run stopped mid-epoch is evaluated at the stop, under that epoch's number).")
+
+
+def _differing_means(runs: list[Run]) -> str:
+    """differing_datasets of the runs whose means the overview shows: `fewshot compare` put a 2-dataset run's mean
+    next to a 1-dataset run's without a word (only the page's bar chart said so). A MoCo run counts by its kNN
+    datasets; a run with no accuracies yet shows no mean and is left out."""
+    labels, metrics = [], []
+    for r in runs:
+        if r.kind == "supervised":
+            m = {"known": r.metrics_known, "unknown": r.metrics_unknown}
+        else:
+            m = {"known": {"datasets": {n: v for n, v in (r.knn or {}).items() if n != "mean"}}}
+        if any((x or {}).get("datasets") for x in m.values()):
+            labels.append(r.label)
+            metrics.append(m)
+    return differing_datasets(labels, metrics)
 
 
 def _given_evaluation(run: Run) -> bool:
@@ -157,12 +208,13 @@ def _accuracy_source(runs: list[Run]) -> str:
     # a run stopped before its first evaluation has no accuracies: "(metrics.json)" was said of those too
     supervised = [r for r in runs if r.kind == "supervised" and (r.metrics or r.metrics_known or r.metrics_unknown)]
     logged = [r for r in supervised if r.from_log]
-    knn = "kNN accuracies of MoCo runs: from log.jsonl, at the best epoch or that of the checkpoint named as RUN"
+    at = "at the best epoch or that of the checkpoint named as RUN" + _last_pt_words(runs)
+    knn = f"kNN accuracies of MoCo runs: from log.jsonl, {at}"
     moco = f"; {knn}" if any(r.kind != "supervised" for r in runs) else ""
     if not supervised and any(r.kind == "supervised" for r in runs):
         return f"(none yet: no fine-tuning run here has logged an evaluation){moco}"
     if not supervised:
-        return "from log.jsonl (kNN accuracies, at the best epoch or that of the checkpoint named as RUN)"
+        return f"from log.jsonl (kNN accuracies, {at})"
     if not logged:
         return f"at the best checkpoint (metrics.json){moco}"
     given = [_given_evaluation(r) for r in logged]
@@ -173,6 +225,14 @@ def _accuracy_source(runs: list[Run]) -> str:
         return f"from the logged evaluation in log.jsonl of the epoch each run's notes name ({why}){moco}"
     return (f"at the best checkpoint (metrics.json); for {', '.join(r.label for r in logged)}: from the logged "
             f"evaluation in log.jsonl of the epoch its notes name ({why}){moco}")
+
+
+def _last_pt_words(runs: list[Run]) -> str:
+    """Where a MoCo run's kNN figure is last.pt's, not the best epoch's (a `fewshot run` stage: knn_table)."""
+    used = [r for r in runs if r.kind == "moco" and r.used_epoch is not None and r.used_epoch != r.best_epoch
+            and (r.knn_row or {}).get("epoch") == r.used_epoch]
+    return ("; of a `fewshot run`'s MoCo stage, at last.pt's epoch, the backbone it fine-tuned from (as its "
+            "metrics.json)" if used else "")
 
 
 def _per_class_thresholds(p: dict) -> str:
@@ -197,6 +257,20 @@ def _per_class_thresholds(p: dict) -> str:
     return f"{head}: {'; '.join(parts)}" if parts else f"{head} (thresholds not recorded)"
 
 
+def _kept_words(name: str, v: dict, unknown_pool) -> str:
+    """One dataset's kept pseudo-labels: "digits 38 (of 80; mean confidence 0.85)". Those kept from pool images of
+    unknown source count in kept but not in "of" (the dataset's own pool): said apart, as `fewshot run`'s line says
+    them ("49 (of 80)" read as 49 of its 80 where 11 came from the 41 of unknown source)."""
+    labelled, in_pool = v.get("labelled", v.get("pool")), v.get("pool")
+    of = f"{opt(labelled)}" + (f" / {in_pool}" if in_pool is not None and in_pool != labelled else "")
+    sure = shown(v.get("mean_confidence"), lambda x: f"mean confidence {x:.2f}")
+    foreign = v.get("kept_from_unknown_source")
+    if not foreign:
+        return f"{name} {v['kept']} (of {of}{'' if sure == DASH else f'; {sure}'})"
+    source = f"the {unknown_pool} of unknown source" if unknown_pool else "pool images of unknown source"
+    return f"{name} {v['kept']} ({foreign} of them from {source}) of {of}{'' if sure == DASH else f' ({sure})'}"
+
+
 def self_training_table(label: str, rounds: list[dict], predicted_with: str | None = None) -> Table:
     """Per round of a `fewshot run`'s self-training (summary.json): the pool share labelled, the pseudo-labels kept
     per dataset and their mean confidence, the confidence settings (run.pseudo_threshold, run.pseudo_precision: the
@@ -212,13 +286,8 @@ def self_training_table(label: str, rounds: list[dict], predicted_with: str | No
             pool = kept = floor = per_class = DASH
         else:
             pool = f"{count(p.get('pool_labelled'))} / {count(p.get('pool_size'))}"
-            parts = []
-            for name, v in p["datasets"].items():
-                labelled, in_pool = v.get("labelled", v.get("pool")), v.get("pool")
-                of = f"{opt(labelled)}" + (f" / {in_pool}" if in_pool is not None and in_pool != labelled else "")
-                sure = shown(v.get("mean_confidence"), lambda x: f"; mean confidence {x:.2f}")
-                parts.append(f"{name} {v['kept']} (of {of}{'' if sure == DASH else sure})")
-            kept = "; ".join(parts) or DASH
+            kept = "; ".join(_kept_words(name, v, p.get("unknown_source_pool"))
+                             for name, v in p["datasets"].items()) or DASH
             floor = shown(p.get("threshold"), lambda x: f"{x:g}")
             per_class = _per_class_thresholds(p)
         if r["stage"] == predicted_with:
@@ -229,12 +298,13 @@ def self_training_table(label: str, rounds: list[dict], predicted_with: str | No
                  caption="Per round of self-training (summary.json): round 1 trains on the labelled images, each "
                          "later round also on the pool images the round before it labelled (pool labelled: all of "
                          "the pool, or the share its time allowed), keeping per dataset the most confident ones "
-                         "(mean confidence: of the labels kept). Min confidence and per-class thresholds are the "
-                         "run's settings: a label needs at least run.pseudo_threshold (and more than twice chance); "
-                         "run.pseudo_precision > 0 also sets per class the confidence at which the model that "
-                         "labelled is right that often on val (shown: the range of those used; a closed class keeps "
-                         "none), 0 leaves it off. Val mean acc@1 (known source): the round that scores highest of "
-                         "round 1 and the last predicts (in bold).")
+                         "(mean confidence: of the labels kept; those kept from pool images of unknown source "
+                         "count for the dataset of their class, said apart from the dataset's own pool). Min "
+                         "confidence and per-class thresholds are the run's settings: a label needs at least "
+                         "run.pseudo_threshold (and more than twice chance); run.pseudo_precision > 0 also sets per "
+                         "class the confidence at which the model that labelled is right that often on val (shown: "
+                         "the range of those used; a closed class keeps none), 0 leaves it off. Val mean acc@1 "
+                         "(known source): the round that scores highest of round 1 and the last predicts (in bold).")
 
 
 def dataset_table(run: Run, title: str | None = None, known: dict | None = None, unknown: dict | None = None,
@@ -301,12 +371,27 @@ def knn_table(run: Run) -> Table:
                    f"{last['epoch']}" + (f", kNN mean {pct(last_knn)}." if last_knn is not None else ".")
     if run.given_checkpoint is not None and shown == run.given_epoch:
         where = f"epoch {shown}, {run.given_checkpoint.name}"
+    elif shown is not None and shown == run.used_epoch and shown != best:
+        where = f"epoch {shown}, last.pt"
+        caption += _best_aside(run, shown)
     elif shown is not None and shown == best:
         where = f"epoch {shown}, best.pt"
     else:
         where = f"epoch {opt(shown)}, the last logged"
     return Table(f"{run.label}: kNN accuracy @1 on val ({where})", ["dataset", "kNN acc@1"], rows,
                  emphasis=[len(rows) - 1], caption=caption)
+
+
+def _best_aside(run: Run, shown: int) -> str:
+    """A `fewshot run` stage's kNN table headlines last.pt, the backbone it exported and fine-tuned from (its
+    metrics.json and summary.json give that figure); best.pt's score, which the report used to headline, is the
+    aside."""
+    best = run.best_epoch
+    row = next((r for r in run.log if r.get("epoch") == best and isinstance(r.get("knn_acc1"), dict)), None)
+    score = f", kNN mean {pct(row['knn_acc1'].get('mean'))}" if row is not None else ""
+    aside = f" The best kNN score is epoch {best}'s (best.pt{score})." if best is not None else ""
+    return (f" Epoch {shown} is last.pt, the epoch metrics.json scores: the backbone exported, which `fewshot run` "
+            f"fine-tunes from.{aside}")
 
 
 def test_table(run: Run) -> Table | None:
@@ -320,10 +405,36 @@ def test_table(run: Run) -> Table | None:
     # the known-source scores are of pred_all.json, whose predictions may be class-balanced (run.balance): a
     # table without the word read as plain argmax next to `fewshot eval`'s numbers
     words = (run.pipeline or {}).get("balanced_prediction")
-    return dataset_table(run, title=f"{run.label}: test accuracy (answer keys, scored by `fewshot run`)",
-                         known=m.get("test"), unknown=m.get("test_unknown"),
-                         caption=f"Known-source predictions (pred_all.json): {words}." if words else "",
-                         balanced=(run.pipeline or {}).get("balanced_datasets") or ())
+    caption = " ".join(filter(None, [f"Known-source predictions (pred_all.json): {words}." if words else "",
+                                     _not_scored_words(m)]))
+    table = dataset_table(run, title=f"{run.label}: test accuracy (answer keys, scored by `fewshot run`)",
+                          known=m.get("test"), unknown=m.get("test_unknown"), caption=caption,
+                          balanced=(run.pipeline or {}).get("balanced_datasets") or ())
+    if _not_scored(m):  # the mean row: over the scored datasets only, said where it stands
+        table.rows[table.emphasis[0]][0] = "mean (scored datasets)"
+    return table
+
+
+def _not_scored(m: dict) -> list[str]:
+    """summary.json's test not_scored: the datasets `fewshot run` predicted but could not score (no usable key)."""
+    names: list[str] = []
+    for mode in ("test", "test_unknown"):
+        got = (m.get(mode) or {}).get("not_scored")
+        names += [n for n in (got if isinstance(got, list) else []) if isinstance(n, str) and n not in names]
+    return names
+
+
+def _not_scored_words(m: dict) -> str:
+    """Which datasets the test table leaves out and why, as `fewshot run` said it: its "mean 72.14" over the one
+    scored dataset read as a mean over both."""
+    names = _not_scored(m)
+    if not names:
+        return ""
+    scored = [n for n in ((m.get("test") or {}).get("datasets") or {}) if n not in names]
+    plural = "s" if len(scored) != 1 else ""
+    return (f"Not scored: {_few(names)} (no usable answer key: test_labels.json is missing, or lacks a class for some "
+            f"test images; `fewshot run` said which when it ran): predicted in pred_all.json, left out of this table. "
+            f"The means are over the {len(scored)} scored dataset{plural} only ({_few(scored)}).")
 
 
 def run_tables(run: Run) -> list[Table]:
