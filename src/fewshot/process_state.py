@@ -21,15 +21,34 @@ from fewshot.errors import undecodable_escaped
 SET_BY_IMPORTS = ("TORCHINDUCTOR_CACHE_DIR",)
 
 
+# the calls running, innermost last: what a command keeps for its whole length across its stages (this_call)
+_CALLS: list[dict] = []
+
+
 @contextmanager
 def kept():
     """Run a command and put the caller's state back when it returns. Commands run one at a time (cli_process._Turn), so
     each call keeps its own: a call made inside another command gives that command its state back."""
     state = snapshot()
+    _CALLS.append({"threads": state["torch"][0] if "torch" in state else None})
     try:
         yield
     finally:
+        _CALLS.pop()
         restore(state)
+
+
+def this_call() -> dict | None:
+    """The running command's own record (the innermost call; None outside one: the library used directly), for
+    what its stages share, such as the thread tuner's notes said once per command."""
+    return _CALLS[-1] if _CALLS else None
+
+
+def call_threads() -> int | None:
+    """The caller's torch thread count when the running command began (None: torch not loaded then, or no call):
+    the count the command's stages go back to, not the one torch had when fewshot was imported."""
+    call = this_call()
+    return None if call is None else call["threads"]
 
 
 def snapshot() -> dict:

@@ -346,8 +346,8 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin):
         finally:
             self._stop_flag = None
             self._close_tensorboard()
-            if self.threads is not None:
-                self.threads.restore()
+            if self.threads is not None:  # the count found faster stays for the command's next stage
+                self.threads.finish()
         return self.last_eval
 
     def _say_budget_stop(self) -> None:

@@ -8,22 +8,27 @@ than two threads alone, 2.2-2.4x faster than two threads loaded): docs/performan
 A switch by the load average at start misfired (it counts fewshot's own previous run), so this one compares
 measured speeds of the run's own steps, both counts, and keeps the faster.
 
-How: steps are timed in windows of WINDOW; a window's median seconds per image is its speed. At the full count, a
-window SLOWER than the best full-count window seen (other work arrived), or the backed-off periodic check (work
-that was there from the start), tries one window at 1 thread; at 1 thread, the full count is tried again after a
-backed-off interval (the other work may have ended). A trial is kept only when it is clearly faster (KEEP); a
-losing trial doubles the wait before the next periodic one, so a quiet machine pays a few windows per run.
+How: steps are timed in windows of WINDOW steps (fewer where they already took WINDOW_S: slow loaded steps made
+a window 15 s); a window's total seconds over its images is its speed (a median hid the stalls that contention
+brings: five fast steps and one 1.5 s step read as fast). At the full count, a window SLOWER than the best
+full-count window seen (other work arrived), or the backed-off periodic check (work that was there from the start),
+tries one window at 1 thread; at 1 thread, the full count is tried again after a backed-off interval (the other
+work may have ended). A trial is kept only when it is clearly faster (KEEP); a losing trial doubles the wait before
+the next periodic one, so a quiet machine pays a few windows per run. A stage ends on the count it found faster:
+the next stage of the same command starts there (its planning times that count, and it tries the full count again
+after FIRST_CHECK_S); the command's end gives the caller its count back (process_state).
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Callable
 
 import torch
 
 WINDOW = 6           # steps per measurement: one slow step (a page fault, a log write) is not a verdict
+WINDOW_S = 2.0       # ... or fewer, at least MIN_STEPS, once they took this long (loaded steps of 1-3 s each)
+MIN_STEPS = 2
 SLOWER = 1.5         # a full-count window this much slower than its best: other work arrived, try 1 thread
 KEEP = 0.9           # a trial is kept only when its median is at least 10 % faster than the window before it
 FIRST_CHECK_S = 5.0   # the first periodic trial of the other count (other work there from the start: nothing slows)
@@ -31,12 +36,14 @@ MAX_CHECK_S = 240.0   # the longest wait between periodic trials, after losing o
 
 
 def full_threads(setting) -> int:
-    """The thread count a run trains with when nothing else runs: train.threads, else torch's own count at start
-    (one per core, or OMP_NUM_THREADS), within the usable cores. Not torch's count now: an earlier stage of the
-    same process may have left it at 1."""
+    """The thread count a run trains with when nothing else runs: train.threads, else the count the command started
+    with (one per core, OMP_NUM_THREADS, or a notebook's own torch.set_num_threads), within the usable cores. Not
+    torch's count now: an earlier stage of the same command may have left it at 1. Not torch's count at fewshot's
+    import either: a caller who set 1 thread before calling main had its setting overridden."""
+    from fewshot.process_state import call_threads
     from fewshot.runtime import DEFAULT_THREADS, usable_cores
 
-    return max(1, min(int(setting or DEFAULT_THREADS), usable_cores()))
+    return max(1, min(int(setting or call_threads() or DEFAULT_THREADS), usable_cores()))
 
 
 class ThreadTuner:
@@ -44,37 +51,45 @@ class ThreadTuner:
 
     def __init__(self, full: int, current: int | None = None, clock: Callable[[], float] = time.monotonic,
                  set_threads: Callable[[int], None] = torch.set_num_threads,
-                 say: Callable[[str], None] | None = None):
+                 say: Callable[[str], None] | None = None, memory: dict | None = None):
         self.full, self.clock, self.set_threads, self.say = full, clock, set_threads, say
-        # a count left at 1 (by the caller; a stage restores its own): kept, the full count tried after a while
+        # a count left at 1 (by an earlier stage of the command): kept, the full count tried after a while
         self.current = torch.get_num_threads() if current is None else current
         if self.current not in (1, full):  # neither arm: start from the full count
             self.current = full
             set_threads(full)
         self.best_full = float("inf")   # the fastest full-count window seen (seconds per image)
-        self.window: list[float] = []
+        self.window: list[tuple[float, int]] = []  # (seconds, images) of the steps measured
         self.trial: tuple[int, float] | None = None  # (the count before the trial, its last window's median)
         self.wait_s = FIRST_CHECK_S
         self.next_check = clock() + self.wait_s
         self.switches = 0               # kept trials: 2 -> 1 and back
-        self.said: set[int] = set()     # the counts whose switch was said (once each per run)
+        # what the command's stages share (process_state.this_call): the count the last one ended on, and the
+        # counts whose switch was said (once each per command: each stage said it again)
+        self.memory = {} if memory is None else memory
+        self.said: set[int] = self.memory.setdefault("threads_said", set())
 
-    def restore(self) -> None:
-        """The full count back once training ends: the next stage's planning times its steps at the count it
-        will start with, and the closing evaluations and predictions start from there too."""
-        self.window, self.trial = [], None
-        if self.current != self.full:
-            self.current = self.full
-            self.set_threads(self.full)
+    def finish(self) -> None:
+        """Training ends: a trial that was not judged goes back to the count before it; the count the judged
+        windows found faster stays for the next stage of the command (the full count put back at every stage's end
+        had each stage time its plan on 2 contended threads, 1248 ms a step against 40, and start over)."""
+        self.window = []
+        if self.trial is not None:
+            before, self.trial = self.trial[0], None
+            if self.current != before:
+                self.current = before
+                self.set_threads(before)
+        self.memory["threads_count"] = self.current
 
     def observe(self, seconds: float, images: int) -> None:
         """One finished training step: ``seconds`` it took for ``images`` images."""
         if images <= 0 or seconds <= 0:
             return
-        self.window.append(seconds / images)
-        if len(self.window) < WINDOW:
+        self.window.append((seconds, images))
+        took = sum(s for s, _ in self.window)
+        if len(self.window) < WINDOW and (len(self.window) < MIN_STEPS or took < WINDOW_S):
             return
-        speed = statistics.median(self.window)
+        speed = took / sum(n for _, n in self.window)
         self.window = []
         if self.trial is not None:
             self._judge_trial(speed)
@@ -129,10 +144,22 @@ def tuner_for(train: dict, device: torch.device, distributed: bool, is_main: boo
     compiled the model again), and under auto a run of fixed length (no train.budget_minutes) or a DDP rank.
     Fixed-length runs reproduce bit for bit (docs/reliability.md, "Same command, same result"), and a trial window
     at 1 thread sums floats in another order at steps set by the clock; a budgeted run stops at the clock anyway.
-    A DDP rank waits for the slowest rank in every collective."""
+    A DDP rank waits for the slowest rank in every collective. A `true` the run cannot follow says why."""
+    from fewshot.process_state import this_call
+
     setting, full = train.get("adapt_threads", "auto"), full_threads(train.get("threads"))
-    if setting is False or full < 2 or device.type != "cpu" or train.get("deterministic") or compiled:
+    off = ("it trains on one thread" if full < 2 else "it trains on a GPU" if device.type != "cpu"
+           else "train.deterministic is on" if train.get("deterministic")
+           else "the model is compiled (a new count compiles it again)" if compiled else None)
+    if setting is True and off and is_main:
+        print(f"note: train.adapt_threads=true has nothing to adapt here: {off}; the thread count stays {full}.",
+              flush=True)
+    if setting is False or off:
         return None
     if setting == "auto" and (distributed or not train.get("budget_minutes")):
         return None
-    return ThreadTuner(full, say=(lambda words: print(words, flush=True)) if is_main else None)
+    call = this_call()
+    carried = None if call is None else call.get("threads_count")  # the count the command's last stage ended on
+    if carried in (1, full) and carried != torch.get_num_threads():  # train.threads set it back at the stage's start
+        torch.set_num_threads(carried)
+    return ThreadTuner(full, say=(lambda words: print(words, flush=True)) if is_main else None, memory=call)
