@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import math
 import time
@@ -53,11 +54,13 @@ def _check_budget(step_s: float | None = None, provisional: float | None = None)
 
 def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
     """Median seconds per training step (forward, backward, optimizer) on a copy of the task's model,
-    on the task's device and in the Engine's autocast, so that the plan matches what the stage will run.
+    on the task's device and in the Engine's autocast, so that the plan matches what the stage will run; where
+    the command's last stage ended on 1 thread (train.adapt_threads), the full count is timed too.
     The copy runs eagerly where the stage compiles (train.compile; torch drops the compile from a copied module):
     it costs no second compile, and the time-based schedule follows the clock from there."""
     from fewshot.train.optim import amp_dtype
     from fewshot.train.start_checks import empty_epoch_error
+    from fewshot.train.thread_tuner import carried_one_thread
 
     device = task.device
     task.model.to(device)  # the tasks build their model on the CPU; the Engine would move it later
@@ -68,30 +71,62 @@ def measure_step_seconds(task, steps: int = 3, warmup: int = 1) -> float:
     if not batches:  # found here, before the Engine would say it, since calibration comes first
         raise empty_epoch_error(task, task.cfg, 1)
     amp = amp_dtype(task.cfg, device, getattr(task, "size", None))
+    step = functools.partial(_timed_step, task, model, opt, batches, device, amp)
     times, first = [], None
     _check_budget()
     with torch.random.fork_rng(devices=[]):
         for i in range(warmup + steps):
-            _sync(device)
-            t0 = time.perf_counter()
-            batch = task.make_batch(batches[i % len(batches)], 0, i)
-            with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
-                loss = task.training_step(model, batch)[0]  # the outputs go at once: nothing holds them
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            _sync(device)
+            took = step(i)
             if i >= warmup:
-                times.append(time.perf_counter() - t0)
+                times.append(took)
             elif first is None:
-                first = time.perf_counter() - t0
+                first = took
             # the warm-up pays one-time costs and one timed step may have met a busy moment: neither proves the run
             # cannot fit, they only name a speed where the deadline passed before two steps were timed
             _check_budget(min(times) if len(times) >= 2 else None, min(times + [first]))
+        full = carried_one_thread(task.cfg["train"], device)
+        if full is not None:
+            times = _full_count_timed(step, times, full, warmup, steps)
     task.fastest_step_s = min(times)  # the least-run check's word on whether a re-time may fit (steps_that_fit)
-    del model, opt, params, batch, loss  # every name that holds the copy's tensors (params: its weights and grads)
+    del step, model, opt, params  # every name that holds the copy's tensors (params: its weights and grads)
     free_device_memory(device)  # the copy's weights and gradients, held by the allocator for the stage's own
     return sorted(times)[len(times) // 2]
+
+
+def _timed_step(task, model, opt, batches: list, device, amp, i: int) -> float:
+    """Seconds of one training step of measure_step_seconds' copy (``i``: which planned batch, and its seed)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    batch = task.make_batch(batches[i % len(batches)], 0, i)
+    with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+        loss = task.training_step(model, batch)[0]  # the outputs go at once: nothing holds them
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _full_count_timed(step, times: list[float], full: int, warmup: int, steps: int) -> list[float]:
+    """The step times the stage plans at, where the command's last stage ended on 1 thread (``times``, timed there):
+    the full count is timed too and kept where clearly faster (thread_tuner's KEEP), since the other work may have
+    ended; a step at the full count slower than 1 thread's median stops it at once (the cores are still shared: a
+    contended step took 1.2 s against 40 ms). The count kept is the one the stage's tuner starts on."""
+    from fewshot.train.thread_tuner import KEEP, keep_planned_count
+
+    here = sorted(times)[len(times) // 2]
+    keep_planned_count(full)
+    other: list[float] = []
+    for j in range(warmup + steps):
+        took = step(warmup + steps + j)
+        if j >= warmup:
+            other.append(took)
+        if took > (2 if j < warmup else 1) * here:  # the warm-up may pay the new threads' start
+            break
+    if len(other) == steps and sorted(other)[steps // 2] < KEEP * here:
+        return other
+    keep_planned_count(1)
+    return times
 
 
 class _RetimeStopped(Exception):

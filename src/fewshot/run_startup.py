@@ -32,6 +32,7 @@ from fewshot.run_stages import (adopt_stage_architecture, auto_img_size, check_f
                                 read_finished_json, weights_replaced_by)
 from fewshot.run_state import STATE_FILE, RunState, holds_finished_run
 from fewshot.run_words import UNRECORDED, minutes_text
+from fewshot.runtime import configure_cpu
 from fewshot.utils import loads_run_json, missing_parents, refuse_links_in_run_dir, resolve_device, resolved
 
 
@@ -84,6 +85,9 @@ class StartupMixin:
         self.semi = check_run_settings(self.r)
         self.balance = canonical_value("run.balance", self.r.get("balance", "auto"))  # YAML reads a bare off as false
         set_enabled(bool(cfg["train"]["progress"]))
+        # train.threads, as train and pretrain set it (their start_job): `fewshot run` planned and trained on every
+        # core with train.threads=1, and the thread tuner took the caller's count for the full one
+        configure_cpu(cfg["train"].get("threads"))
         check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
         with self.undone_if_start_fails():
             self.claim_output()

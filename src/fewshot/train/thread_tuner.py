@@ -8,15 +8,16 @@ than two threads alone, 2.2-2.4x faster than two threads loaded): docs/performan
 A switch by the load average at start misfired (it counts fewshot's own previous run), so this one compares
 measured speeds of the run's own steps, both counts, and keeps the faster.
 
-How: steps are timed in windows of WINDOW steps (fewer where they already took WINDOW_S: slow loaded steps made
-a window 15 s); a window's total seconds over its images is its speed (a median hid the stalls that contention
-brings: five fast steps and one 1.5 s step read as fast). At the full count, a window SLOWER than the best
-full-count window seen (other work arrived), or the backed-off periodic check (work that was there from the start),
-tries one window at 1 thread; at 1 thread, the full count is tried again after a backed-off interval (the other
-work may have ended). A trial is kept only when it is clearly faster (KEEP); a losing trial doubles the wait before
-the next periodic one, so a quiet machine pays a few windows per run. A stage ends on the count it found faster:
-the next stage of the same command starts there (its planning times that count, and it tries the full count again
-after FIRST_CHECK_S); the command's end gives the caller its count back (process_state).
+How: steps are timed in windows of WINDOW steps and MIN_WINDOW_S at least (fewer steps where they already took
+WINDOW_S: slow loaded steps made a window 15 s); a window's total seconds over its images is its speed (a median
+hid the stalls that contention brings: five fast steps and one 1.5 s step read as fast). At the full count, a
+window SLOWER than the best full-count window seen (other work arrived), or the backed-off periodic check (work
+that was there from the start), tries one window at 1 thread; at 1 thread, the full count is tried again after a
+backed-off interval (the other work may have ended). A trial is kept only when it is clearly faster (KEEP); a
+losing trial doubles the wait before the next periodic one, so a quiet machine pays a few windows per run. A stage
+ends on the count it found faster: the next stage of the same command starts there (its planning times the full
+count too, run_budget.measure_step_seconds, and the stage tries it again after FIRST_CHECK_S); the command's end
+gives the caller its count back (process_state).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Callable
 
 import torch
 
-WINDOW = 6           # steps per measurement: one slow step (a page fault, a log write) is not a verdict
+WINDOW = 6           # steps per measurement, and at least MIN_WINDOW_S of them: one slow step (a page fault, a
+MIN_WINDOW_S = 1.0   # log write) is not a verdict (a 100 ms hiccup in six 20 ms steps read as 1.8x slower)
 WINDOW_S = 2.0       # ... or fewer, at least MIN_STEPS, once they took this long (loaded steps of 1-3 s each)
 MIN_STEPS = 2
 SLOWER = 1.5         # a full-count window this much slower than its best: other work arrived, try 1 thread
@@ -66,20 +68,25 @@ class ThreadTuner:
         self.switches = 0               # kept trials: 2 -> 1 and back
         # what the command's stages share (process_state.this_call): the count the last one ended on, and the
         # counts whose switch was said (once each per command: each stage said it again)
-        self.memory = {} if memory is None else memory
-        self.said: set[int] = self.memory.setdefault("threads_said", set())
+        self.memory = memory
+        self.said: set[int] = set() if memory is None else memory.setdefault("threads_said", set())
 
     def finish(self) -> None:
         """Training ends: a trial that was not judged goes back to the count before it; the count the judged
         windows found faster stays for the next stage of the command (the full count put back at every stage's end
-        had each stage time its plan on 2 contended threads, 1248 ms a step against 40, and start over)."""
+        had each stage time its plan on 2 contended threads, 1248 ms a step against 40, and start over). Outside a
+        command (the Engine used directly) the full count comes back: nothing would give the caller its own."""
         self.window = []
         if self.trial is not None:
             before, self.trial = self.trial[0], None
             if self.current != before:
                 self.current = before
                 self.set_threads(before)
-        self.memory["threads_count"] = self.current
+        if self.memory is None and self.current != self.full:  # no command to carry it: the library used directly
+            self.current = self.full
+            self.set_threads(self.full)
+        if self.memory is not None:
+            self.memory["threads_count"] = self.current
 
     def observe(self, seconds: float, images: int) -> None:
         """One finished training step: ``seconds`` it took for ``images`` images."""
@@ -87,7 +94,8 @@ class ThreadTuner:
             return
         self.window.append((seconds, images))
         took = sum(s for s, _ in self.window)
-        if len(self.window) < WINDOW and (len(self.window) < MIN_STEPS or took < WINDOW_S):
+        steps = len(self.window)
+        if not ((steps >= WINDOW and took >= MIN_WINDOW_S) or (steps >= MIN_STEPS and took >= WINDOW_S)):
             return
         speed = took / sum(n for _, n in self.window)
         self.window = []
@@ -151,15 +159,41 @@ def tuner_for(train: dict, device: torch.device, distributed: bool, is_main: boo
     off = ("it trains on one thread" if full < 2 else "it trains on a GPU" if device.type != "cpu"
            else "train.deterministic is on" if train.get("deterministic")
            else "the model is compiled (a new count compiles it again)" if compiled else None)
-    if setting is True and off and is_main:
+    call = this_call()
+    if setting is True and off and is_main and not (call or {}).get("threads_true_said"):
         print(f"note: train.adapt_threads=true has nothing to adapt here: {off}; the thread count stays {full}.",
               flush=True)
+        if call is not None:  # once per command, not once per stage
+            call["threads_true_said"] = True
     if setting is False or off:
         return None
     if setting == "auto" and (distributed or not train.get("budget_minutes")):
         return None
-    call = this_call()
     carried = None if call is None else call.get("threads_count")  # the count the command's last stage ended on
     if carried in (1, full) and carried != torch.get_num_threads():  # train.threads set it back at the stage's start
         torch.set_num_threads(carried)
     return ThreadTuner(full, say=(lambda words: print(words, flush=True)) if is_main else None, memory=call)
+
+
+def carried_one_thread(train: dict, device: torch.device) -> int | None:
+    """The full count where the command's last stage ended on 1 thread (and torch is still there), None otherwise:
+    a stage's planning then times the full count too (run_budget.measure_step_seconds), since the other work may
+    have ended; timed on the carried 1 thread alone, a quiet machine's plan was 1.8x too slow."""
+    from fewshot.process_state import this_call
+
+    call = this_call()
+    if call is None or call.get("threads_count") != 1 or torch.get_num_threads() != 1 or device.type != "cpu":
+        return None
+    full = full_threads(train.get("threads"))
+    return full if full >= 2 and train.get("adapt_threads", "auto") is not False else None
+
+
+def keep_planned_count(count: int) -> None:
+    """The count a stage's planning found faster: set, and the one the stage's tuner starts on (tuner_for)."""
+    from fewshot.process_state import this_call
+
+    call = this_call()
+    if call is not None:
+        call["threads_count"] = count
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
