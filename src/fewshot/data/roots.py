@@ -17,7 +17,10 @@ from fewshot.errors import UserError, one_line, path_argument, quoted, shell_quo
 NOT_DATASETS = frozenset({"unlabeled"})
 SPLITS = ("train", "val", "test")
 SYSTEM_FOLDERS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information"})  # unzip / OS litter
-RUN_MARKERS = ("config.yaml", "run_state.json", "log.jsonl", "checkpoints", "index.html")  # index.html: a report
+REPORT_MARK = ".fewshot_report"  # written by `fewshot report` into --out before its first PNG (report/build.py)
+# index.html and REPORT_MARK: a report's folder (the mark from its first file on, the page once it is written)
+RUN_MARKERS = ("config.yaml", "run_state.json", "log.jsonl", "checkpoints", "index.html", REPORT_MARK)
+_MARKER_NAMES = frozenset(RUN_MARKERS)
 _TOLD_NOT_DATASETS: set[str] = set()
 
 
@@ -25,18 +28,24 @@ def _holds_run(folder: Path) -> bool:
     return any((folder / marker).exists() for marker in RUN_MARKERS)
 
 
-def _has_images(folder: Path, limit: int = 20000) -> bool:
-    """Whether any image file lies below ``folder`` (stops at the first; a tree too large to look through
-    counts as holding images, so that it is scanned and its problems named)."""
-    seen = 0
+def _images_below(folder: Path, limit: int = 20000) -> str:
+    """"images" where an image file lies below ``folder`` outside run and report folders (stops at the first; a tree
+    too large to look through counts as holding images, so that it is scanned and its problems named), else "runs"
+    where run or report folders were passed over, else "". A run or report folder is passed over at any depth: a
+    sweep's `--out ROOT/runs/sweep/a` made ROOT/runs a dataset through its plots/*.png. Its markers are looked for
+    among the names the walk lists anyway, so the walk costs no more calls than before."""
+    seen, runs = 0, False
     for _, dirs, files in os.walk(folder):
+        if not (_MARKER_NAMES.isdisjoint(files) and _MARKER_NAMES.isdisjoint(dirs)):
+            dirs[:], runs = [], True
+            continue
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         if any(is_image(Path(f)) for f in files):
-            return True
+            return "images"
         seen += len(files) + len(dirs)
         if seen > limit:
-            return True
-    return False
+            return "images"
+    return "runs" if runs else ""
 
 
 def not_a_dataset(folder: Path) -> str | None:
@@ -50,11 +59,13 @@ def not_a_dataset(folder: Path) -> str | None:
     try:
         if any((folder / split).is_dir() for split in ("train", "val", "test")):
             return None
+        output = "fewshot output (a run or a report), no train/, val/ or test/"
         if _holds_run(folder) or any(c.is_dir() and _holds_run(c) for c in folder.iterdir()
                                      if not c.name.startswith(".")):
-            return "fewshot output (a run or a report), no train/, val/ or test/"
-        if not _has_images(folder):
-            return "no images, no train/, val/ or test/"
+            return output
+        found = _images_below(folder)  # runs deeper down (ROOT/runs/sweep/a) are passed over as such
+        if found != "images":
+            return output if found == "runs" else "no images, no train/, val/ or test/"
     except OSError as exc:
         return f"it cannot be read: {exc.strerror or exc}"
     return None

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fewshot.data.roots import REPORT_MARK
 from fewshot.errors import UserError, printable, shell_quoted, undecodable_escaped
 from fewshot.report import html as H
 from fewshot.report import tables as T
@@ -137,7 +138,8 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
                         f"folder, or an earlier report's folder.")
 
 
-REPORT_MARK = ".fewshot_report"  # written into --out before the first PNG: the folder is a report's, page or not
+# REPORT_MARK: written into --out before the first PNG: the folder is a report's, page or not (and no dataset of a
+# data root it lies in: roots.RUN_MARKERS)
 
 
 def not_a_report(out: Path) -> list[str]:
@@ -617,10 +619,17 @@ class ReportBuilder:
 
     def build(self) -> Path:
         from fewshot.data.cache_files import ensure_writable_dir
-        from fewshot.utils import atomic_write_text
+        from fewshot.report.out_lock import report_out_locked
 
         check_report_out(self.out, self.runs, self.data)
         ensure_writable_dir(self.out, "report")
+        with report_out_locked(self.out, self.log):  # another report into OUT finishes first (out_lock.py)
+            return self._write()
+
+    def _write(self) -> Path:
+        """The page and its PNGs into OUT, whose report lock this report holds."""
+        from fewshot.utils import atomic_write_text
+
         atomic_write_text(self.out / REPORT_MARK, "")  # a link put there since the check is replaced, not followed
         earlier = _earlier_report_pngs(self.out)  # before this report rewrites any of them
         self._analyse()
