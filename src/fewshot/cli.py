@@ -65,14 +65,18 @@ def cmd_eval(args, extra) -> int:
     from fewshot.eval.evaluate import format_table
     from fewshot.eval.output_files import EVAL_METRICS, check_own_output, holds_metrics
     from fewshot.eval.predict import evaluate_run
-    from fewshot.utils import check_output_file, resolve_device, write_json
+    from fewshot.run_lock import output_state
+    from fewshot.utils import check_output_file, resolve_device
 
+    before = None
     if args.out:
         out = check_output_file(args.out, example="metrics.json")
         check_result_file_is_not_an_input(args.out, args.data, args.run, kind="metrics")
         check_own_output(out, f"--out {args.out}", "eval", lambda p: holds_metrics(p, EVAL_METRICS),
                          "metrics.json content: datasets, split and checkpoint",
                          f"Give --out a new file name, or move {args.out} away first.")
+        _refuse_a_live_run_record(args.out)
+        before = output_state(out, follow_links=True)  # checked again at the write
     if args.balance and (args.split != "test" or args.mode != "known"):  # the val split is what auto decides on
         print(f"fewshot eval: note: --balance applies to known-source test scores only; --split {args.split} "
               f"--mode {args.mode} is scored as the model predicts it.", file=sys.stderr)
@@ -81,8 +85,34 @@ def cmd_eval(args, extra) -> int:
                            balance=args.balance)  # None: the run's recorded run.balance, else auto
     print(format_table(metrics, title=f"{args.split} accuracy of {metrics['checkpoint']}"))
     if args.out:
-        write_json(Path(args.out), metrics, follow_links=True)  # the user's path: a link writes its target
+        _write_eval_metrics(args.out, metrics, before)
     return 0
+
+
+def _refuse_a_live_run_record(out) -> None:
+    """`eval --out RUN/metrics.json` while RUN trains: whichever of the two wrote last replaced the other's file
+    (the run's own record, which compare and report read, or eval's result, exit 0 for both)."""
+    from fewshot.data.output_guard import RUN_RECORDS
+    from fewshot.run_lock import being_written
+
+    folder = Path(os.path.abspath(out)).parent
+    if Path(out).name in RUN_RECORDS and being_written(folder):
+        raise UserError(f"--out {out}: a run is being trained in {folder}, and writes its own {Path(out).name} "
+                        f"there when it ends; eval's would replace it, or be replaced. Write the result to another "
+                        f"file (e.g. {folder / 'eval_metrics.json'}).")
+
+
+def _write_eval_metrics(out, metrics: dict, before: tuple | None) -> None:
+    """--out as the check at the start found it (output_state), else refused: a train that finished into its folder
+    meanwhile (RUN/metrics.json, new when eval started) had its metrics replaced by eval's."""
+    from fewshot.run_lock import write_unless_changed
+    from fewshot.utils import write_json
+
+    # the user's path: a link writes its target
+    if not write_unless_changed(out, lambda p: write_json(p, metrics, follow_links=True), before, follow_links=True):
+        raise UserError(f"--out {out} was written by another command while eval ran (a run that ended in its folder, "
+                        f"or another eval); eval's metrics (the table above) were not written over it. Give --out a "
+                        f"new file name and run eval again.")
 
 
 def cmd_predict(args, extra) -> int:

@@ -18,10 +18,12 @@ import errno
 import itertools
 import os
 import stat
+import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Callable
 
 from fewshot.errors import UserError
 
@@ -54,10 +56,11 @@ def _owner() -> int:
     return _OWNER.get() or -threading.get_ident()
 
 
-def lock_run_dir(folder: str | Path) -> bool:
+def lock_run_dir(folder: str | Path, busy: Callable[[str], str] | None = None) -> bool:
     """Take the folder's writer lock for this command (again: a no-op); UserError if another one holds it.
     Returns whether this command holds it (False where none can be taken: no fcntl, a file system without
     locks, a lock file that cannot be opened), so that callers that undo their own writes know whose they are.
+    ``busy``: the refusal for a command that is no run (probe's --out), given who holds the lock.
 
     Another command of this process is refused like another process: flock locks belong to an open file,
     so a second descriptor of the same process cannot take a lock the first one holds."""
@@ -88,7 +91,8 @@ def lock_run_dir(folder: str | Path) -> bool:
                 who = ("another fewshot command of this Python process (a thread, or a call still running)"
                        if holder == str(os.getpid()) else
                        f"another fewshot process{f' (pid {holder})' if holder else ''}")
-                raise UserError(f"'{folder}' is being written by {who}: two runs in one folder would log every "
+                raise UserError(busy(who) if busy else
+                                f"'{folder}' is being written by {who}: two runs in one folder would log every "
                                 f"epoch twice and overwrite each other's checkpoints. Wait for it to finish (or "
                                 f"stop it), then --resume; or choose another --out.") from None
             return False  # ENOLCK, EOPNOTSUPP, ...: this file system cannot lock
@@ -178,12 +182,12 @@ def being_written(folder: str | Path) -> bool:
     return False
 
 
-def refuse_if_being_written(folder: str | Path) -> None:
+def refuse_if_being_written(folder: str | Path, busy: Callable[[str], str] | None = None) -> None:
     """Before a command judges what a folder holds (a run to --resume, a used folder): a run being written there
     is refused as such. A second `fewshot train` without --resume was told to pass --resume, which was then
-    refused as the folder being written."""
+    refused as the folder being written. ``busy``: as lock_run_dir's."""
     if being_written(folder):
-        lock_run_dir(folder)  # raises naming the writer (or takes the lock: the writer has just finished)
+        lock_run_dir(folder, busy)  # raises naming the writer (or takes the lock: the writer has just finished)
 
 
 def _read_pid(fd: int) -> str:
@@ -226,3 +230,74 @@ def release_all() -> None:
     """Give up every lock this process holds (tests, and library code that called the trainers directly)."""
     for owner in {held_by for _, held_by in _HELD.values()}:
         release_owned(owner)
+
+
+# ---------------------------------------------------------------- a result written at the end of a long command
+
+IN_PLACE = ("written in place",)  # output_state of a pipe, terminal or descriptor: written through, never replaced
+
+
+def output_state(path: str | Path, follow_links: bool = False) -> tuple | None:
+    """What is at ``path`` now (None: nothing), for write_unless_changed: probe and eval check their --out at the
+    start and write it at the end, and a train that finished into that folder meanwhile had its metrics.json
+    replaced. ``follow_links``: the write goes to a link's target (a path the user typed)."""
+    from fewshot.utils import written_in_place
+
+    if follow_links and written_in_place(path):  # a terminal's times change as the command prints
+        return IN_PLACE
+    for follow in (True, False) if follow_links else (False,):  # a dangling link: the link itself
+        try:
+            st = os.stat(path, follow_symlinks=follow)
+        except OSError:
+            continue
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return None
+
+
+def write_unless_changed(path: str | Path, write: Callable[[Path], None], before: tuple | None,
+                         follow_links: bool = False) -> bool:
+    """``write(path)`` only if ``path`` still holds what output_state found at the command's check (``before``);
+    False, writing nothing, where another command wrote there meanwhile. A path that was free is written under a
+    temporary name and put in place by a hard link, which never replaces a file that appeared since."""
+    if before is None:
+        return _write_new(Path(path), write)
+    if before != IN_PLACE and output_state(path, follow_links) != before:
+        return False
+    write(Path(path))
+    return True
+
+
+def _write_new(path: Path, write: Callable[[Path], None]) -> bool:
+    """``write`` onto a temporary name beside ``path``, then os.link to ``path``; False where a file is there.
+    A file system without hard links gets a check, then a rename."""
+    from fewshot.utils import check_output_file, new_file_mode, temp_prefix
+
+    check_output_file(path, None)  # as atomic_write_bytes: a folder on the way is the user's to fix
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=os.path.realpath(path.parent))
+    os.close(fd)
+    try:
+        os.chmod(tmp, new_file_mode(path))  # the mode the write keeps: mkstemp makes 0600
+        write(Path(tmp))
+        return _link_no_replace(tmp, path)
+    except OSError as exc:  # named by the output, not the temporary file
+        raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
+    finally:
+        with suppress(OSError):
+            os.unlink(tmp)
+
+
+def _link_no_replace(tmp: str, path: Path) -> bool:
+    """``tmp`` given the name ``path`` unless one is there already (False): os.replace would replace it."""
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+            raise
+    if os.path.lexists(path):  # no hard links here (FAT, some network mounts): checked, then renamed
+        return False
+    os.replace(tmp, path)
+    return True

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from fewshot.data.cache_files import _drop, _mapped_file, prune_cache
+from fewshot.data.cache_files import HELD_SUFFIX, _drop, _mapped_file, hold_temp, prune_cache
 from fewshot.data.decode import decode_resized
 from fewshot.data.skipped import report_skipped
 from fewshot.errors import DataLayoutError, UserError, one_line, printable
@@ -196,23 +196,25 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 pass  # unreadable cache (or a meta file of another shape): rebuild below
 
     shape, nbytes = (n, 3, size, size), n * 3 * size * size
-    out = tmp = None
+    out = tmp = held = None
     if data_file is not None and n:
         # decoded straight into the (temporary) cache file: an in-memory copy of a large pool at a large size was
         # more memory than the machine had, where the page cache can hold the mapping's pages or write them out.
         # A unique name: `.tmp{pid}` was shared by processes of other containers or nodes using this folder, and a
-        # second one's open emptied the first's file under its mapping (SIGBUS, or zeros cached)
+        # second one's open emptied the first's file under its mapping (SIGBUS, or zeros cached). Held open and
+        # locked until it becomes the entry: a later build deletes it once no process holds it (a kill -9 left a
+        # full-size file for a day, outside data.cache_max_gb)
         try:
             data_file.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=cache_dir, prefix=f"{key}.", suffix=".tmp")
-            tmp = Path(name)
-            with os.fdopen(fd, "rb+") as fh:
-                os.chmod(tmp, new_file_mode(data_file))  # mkstemp makes 0600: a shared cache others could not read
-                out = _mapped_file(fh, shape, nbytes)
+            fd, name = tempfile.mkstemp(dir=cache_dir, prefix=f"{key}.", suffix=HELD_SUFFIX)
+            tmp, held = Path(name), os.fdopen(fd, "rb+")
+            hold_temp(held)  # before it has any size (cache_files._lock_state)
+            os.chmod(tmp, new_file_mode(data_file))  # mkstemp makes 0600: a shared cache others could not read
+            out = _mapped_file(held, shape, nbytes)
         except OSError as exc:
             if tmp is not None:
                 _drop(tmp)
-            tmp = None
+            tmp, held = None, _closed(held)
             if exc.errno == errno.ENOMEM:  # no address space for the mapping (ulimit -v): nor for an array
                 raise _too_big(n, size, nbytes) from None
             _warn_no_cache(cache_dir, exc, nbytes)
@@ -229,13 +231,15 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                                     bit_depth, found)
         if tmp is not None:
             try:
-                with open(tmp, "rb+") as fh:  # durable before the (fsynced) meta file says it is complete
-                    if isinstance(out, np.memmap):
-                        out.flush()
-                    else:  # a folder that cannot be mapped for writing (_mapped_file): written in one go
-                        out.tofile(fh)
-                        fh.flush()
-                    os.fsync(fh.fileno())
+                # durable before the (fsynced) meta file says it is complete; written through the held descriptor:
+                # another one's close could give a lock emulated by fcntl (NFS) up
+                if isinstance(out, np.memmap):
+                    out.flush()
+                else:  # a folder that cannot be mapped for writing (_mapped_file): written in one go
+                    held.seek(0)
+                    out.tofile(held)
+                    held.flush()
+                os.fsync(held.fileno())
                 os.replace(tmp, data_file)
                 tmp = None
                 # bad_at: by index in the keyed list (cwd-free); bad: the same files by absolute path, for a person
@@ -253,8 +257,16 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
     finally:
         if tmp is not None:  # a failure or a stop: no partial copy per process left in the cache folder
             _drop(tmp)
+        _closed(held)  # its lock given up once it is the entry (or gone)
     warn_bit_depth(desc, sixteen, bit_depth)
     return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note, found if digests else None)
+
+
+def _closed(fh) -> None:
+    """Close a temporary file's held descriptor (None: none); returns None for the caller's variable."""
+    if fh is not None:
+        with contextlib.suppress(OSError):
+            fh.close()
 
 
 def _cached_bad(meta: dict, paths: list[Path]) -> list[tuple[int, str]]:

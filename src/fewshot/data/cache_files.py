@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import time
 from pathlib import Path
 
@@ -51,26 +52,78 @@ KEEP_RECENT_S = 3600  # an entry used this recently may be open in another proce
 KEEP_TEMP_S = 24 * 3600
 ENTRY_NAME = re.compile(r"[0-9a-f]{20}\.u8")  # cache_key's names: other files in a shared cache_dir stay
 TEMP_NAME = re.compile(r"[0-9a-f]{20}\.(tmp\d+|[0-9a-z_]+\.tmp)")  # load_images' temporary files (and older ones')
+# load_images' temporary file, locked (hold_temp) while it decodes: a name of its own, since older versions' files
+# of TEMP_NAME are never locked, and one that no process holds is abandoned (a decode killed by SIGKILL)
+HELD_SUFFIX = ".held.tmp"
+HELD_TEMP = re.compile(r"[0-9a-f]{20}\.[0-9a-z_]+\.held\.tmp")
+
+
+def hold_temp(fh) -> None:
+    """Lock a new temporary file for as long as ``fh`` is open, before the file has any size: a cleaner deletes
+    only a file with bytes in it that it can lock itself (_lock_state). Without flock (no fcntl, a file system
+    without locks) nothing is held, and its file is left to the KEEP_TEMP_S rule."""
+    with contextlib.suppress(OSError, ImportError):
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _lock_state(path: str) -> str:
+    """"free" where the HELD_TEMP file ``path`` has bytes and no process holds its lock (its decoder was killed),
+    "held" where one does (a live decoder), else "" (cannot be told). A file without bytes may be one whose decoder
+    has not locked it yet: it is not tried, so that its decoder's lock is never met by a cleaner's."""
+    try:
+        import fcntl
+    except ImportError:
+        return ""
+    try:  # O_NONBLOCK: a FIFO so named does not hang the cleaner
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return ""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+            return ""
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # given up as the descriptor closes
+        named = os.stat(path, follow_symlinks=False)
+        return "free" if (named.st_dev, named.st_ino) == (info.st_dev, info.st_ino) else ""  # still the file locked
+    except OSError as exc:
+        return "held" if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else ""
+    finally:
+        os.close(fd)
+
+
+def _temp_bytes(entry: os.DirEntry, now: float) -> int:
+    """The bytes a temporary file of load_images still takes, after deleting it where no build can be writing it:
+    a HELD_TEMP file whose lock is free (its decoder was killed), or any one not written for KEEP_TEMP_S (a killed
+    build of an older version) unless a live decoder holds it."""
+    st = entry.stat(follow_symlinks=False)
+    state = _lock_state(entry.path) if HELD_TEMP.fullmatch(entry.name) else ""
+    if state == "free" or (state != "held" and now - st.st_mtime > KEEP_TEMP_S):
+        os.unlink(entry.path)
+        return 0
+    return st.st_size
 
 
 def prune_cache(cache_dir: Path, max_gb: float | None, keep: Path) -> None:
     """Delete the least recently used entries until the folder holds at most ``max_gb`` GB: every changed file
     list (one image added to a pool) wrote a new entry of the whole pool and the old one stayed forever. An
     entry's last use is its .u8 file's mtime (touched on every read). ``keep`` (just written) and entries used
-    within KEEP_RECENT_S stay, even over the cap. Temporary files not written for KEEP_TEMP_S are deleted
-    whatever the cap: a killed build (out of memory) left its full-size file behind."""
-    entries, now = [], time.time()
+    within KEEP_RECENT_S stay, even over the cap. Temporary files no build can be writing are deleted whatever the
+    cap (_temp_bytes): a killed build (SIGKILL, out of memory) left its full-size file behind; the others (builds
+    still decoding) count toward the cap, as the entries they become."""
+    entries, temps, now = [], 0, time.time()
     with contextlib.suppress(OSError):
         for entry in os.scandir(cache_dir):
             with contextlib.suppress(OSError):
                 if ENTRY_NAME.fullmatch(entry.name):
                     st = entry.stat()
                     entries.append((st.st_mtime, st.st_size, Path(entry.path)))
-                elif TEMP_NAME.fullmatch(entry.name) and now - entry.stat().st_mtime > KEEP_TEMP_S:
-                    os.unlink(entry.path)
+                elif TEMP_NAME.fullmatch(entry.name) or HELD_TEMP.fullmatch(entry.name):
+                    temps += _temp_bytes(entry, now)
     if not max_gb:
         return
-    total = sum(size for _, size, _ in entries)
+    total = temps + sum(size for _, size, _ in entries)
     for used, size, data in sorted(entries):  # least recently used first
         if total <= max_gb * 1e9:
             break
