@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from fewshot.data import cache
 from fewshot.data.cache import cache_key, load_images
 from fewshot.run_lock import LOCK_NAME, being_written, output_state, write_unless_changed
 from helpers.checks import run_main, train_tiny
+from helpers.tiny import grey_pngs as images
 
 OTHER_PID = "999999"
 RUN_METRICS = '{"mean_acc1": 40.0, "best_epoch": 3}\n'
@@ -191,13 +191,6 @@ def test_write_unless_changed_never_replaces_what_appeared(tmp_path):
 
 # ------------------------------------------------------------------------------ the decode cache's temp files
 
-def images(folder: Path, count: int = 3) -> list[Path]:
-    paths = []
-    for i in range(count):
-        p = folder / f"{i}.png"
-        Image.fromarray(np.full((12, 10, 3), 30 + 60 * i, np.uint8)).save(p)
-        paths.append(p)
-    return paths
 
 
 def fork(child) -> int:

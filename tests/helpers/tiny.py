@@ -190,3 +190,16 @@ def trained_digits_run(base: Path, epochs: int, *flags) -> dict:
     rc, _, err = run_main("train", "--data", root, "--out", ft, "--epochs", str(epochs), "train.eval_every=1", *flags)
     assert rc == 0, err
     return {"root": root, "ft": ft}
+
+
+def grey_pngs(folder: Path, count: int = 3) -> list[Path]:
+    """``count`` small flat-grey PNGs of distinct shades in ``folder`` (0.png, 1.png, ...): the decode cache's tests."""
+    import numpy as np
+    from PIL import Image
+
+    paths = []
+    for i in range(count):
+        p = folder / f"{i}.png"
+        Image.fromarray(np.full((12, 10, 3), 30 + 60 * i, np.uint8)).save(p)
+        paths.append(p)
+    return paths
