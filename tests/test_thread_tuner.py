@@ -351,8 +351,9 @@ def test_a_true_the_run_cannot_follow_says_why(train, compiled, why, monkeypatch
 class TimedTask:
     """What measure_step_seconds needs of a stage's task; a step sleeps by the thread count (``per_count``)."""
 
-    def __init__(self, per_count: dict):
+    def __init__(self, per_count: dict, extra: dict | None = None):
         self.per_count, self.device, self.cfg = per_count, torch.device("cpu"), {"train": dict(BUDGET)}
+        self.extra = extra or {}  # step number (0 on) -> seconds more: a hiccup
         self.cfg["train"].update(amp="off", adapt_threads="auto")
         self.model = torch.nn.Linear(2, 1)
         self.counts: list[int] = []
@@ -367,7 +368,7 @@ class TimedTask:
         import time
 
         self.counts.append(torch.get_num_threads())
-        time.sleep(self.per_count[torch.get_num_threads()])
+        time.sleep(self.per_count[torch.get_num_threads()] + self.extra.get(len(self.counts) - 1, 0.0))
         return (model(batch).sum(),)
 
 
@@ -398,6 +399,58 @@ def test_a_stage_after_one_that_ended_on_one_thread_times_the_full_count_too(per
             task.counts.clear()
             measure_step_seconds(task)
             assert task.counts == [2, 2, 2, 2]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_hiccup_in_the_full_counts_timing_does_not_keep_a_quiet_machine_on_one_thread(monkeypatch):
+    """One step in three a little slower than 1 thread's median stopped the timing of the full count, and the stage
+    planned at 1 thread, 1.6x too slow (review rev58): only a step over twice that median stops it."""
+    from fewshot import process_state
+    from fewshot.run_budget import measure_step_seconds
+
+    monkeypatch.setattr("fewshot.runtime.usable_cores", lambda: 2)
+    before = torch.get_num_threads()
+    task = TimedTask({2: 0.01, 1: 0.04}, extra={6: 0.05})  # the second timed step on 2 threads: 60 ms
+    try:
+        torch.set_num_threads(2)
+        with process_state.kept():
+            process_state.this_call()["threads_count"] = 1
+            torch.set_num_threads(1)
+            measure_step_seconds(task)
+            assert torch.get_num_threads() == 2 and task.counts[4:] == [2, 2, 2, 2]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_budget_guard_is_asked_while_the_full_count_is_timed(monkeypatch):
+    """A re-time at a tight budget ran up to 4 full-count steps past its deadline without asking the guard (review
+    rev58); a stop there leaves the carried 1 thread, since the stage had not chosen."""
+    from fewshot import process_state
+    from fewshot.run_budget import measure_step_seconds, stop_timing_when
+
+    class Stop(Exception):
+        pass
+
+    asked = []
+
+    def check(step_s, provisional):
+        asked.append(torch.get_num_threads())
+        if asked.count(2) == 2:
+            raise Stop
+
+    monkeypatch.setattr("fewshot.runtime.usable_cores", lambda: 2)
+    before = torch.get_num_threads()
+    task = TimedTask({2: 0.01, 1: 0.04})
+    try:
+        torch.set_num_threads(2)
+        with process_state.kept():
+            process_state.this_call()["threads_count"] = 1
+            torch.set_num_threads(1)
+            with stop_timing_when(check), pytest.raises(Stop):
+                measure_step_seconds(task)
+            assert torch.get_num_threads() == 1 and process_state.this_call()["threads_count"] == 1
+            assert task.counts[4:] == [2, 2]  # stopped after the second step on 2 threads
     finally:
         torch.set_num_threads(before)
 

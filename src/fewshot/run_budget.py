@@ -109,20 +109,27 @@ def _timed_step(task, model, opt, batches: list, device, amp, i: int) -> float:
 
 def _full_count_timed(step, times: list[float], full: int, warmup: int, steps: int) -> list[float]:
     """The step times the stage plans at, where the command's last stage ended on 1 thread (``times``, timed there):
-    the full count is timed too and kept where clearly faster (thread_tuner's KEEP), since the other work may have
-    ended; a step at the full count slower than 1 thread's median stops it at once (the cores are still shared: a
-    contended step took 1.2 s against 40 ms). The count kept is the one the stage's tuner starts on."""
+    the full count is timed too and kept where its median is clearly faster (thread_tuner's KEEP), since the other
+    work may have ended. A step at the full count over twice 1 thread's median stops it at once (the cores are still
+    shared: a contended step took 1.2 s against 40 ms); a smaller hiccup does not (one +15 ms step in three kept a
+    quiet machine's plan on 1 thread, 1.6x too slow: review rev58). The budget guard is asked after each step, as
+    for the first count (a re-time ran past its deadline). The count kept is the one the stage's tuner starts on."""
     from fewshot.train.thread_tuner import KEEP, keep_planned_count
 
     here = sorted(times)[len(times) // 2]
     keep_planned_count(full)
     other: list[float] = []
-    for j in range(warmup + steps):
-        took = step(warmup + steps + j)
-        if j >= warmup:
-            other.append(took)
-        if took > (2 if j < warmup else 1) * here:  # the warm-up may pay the new threads' start
-            break
+    try:
+        for j in range(warmup + steps):
+            took = step(warmup + steps + j)
+            if j >= warmup:
+                other.append(took)
+            _check_budget(min(times), min(times + other))
+            if took > 2 * here:
+                break
+    except BaseException:  # a refusal or a re-time's stop: the stage had not chosen, the carried count stands
+        keep_planned_count(1)
+        raise
     if len(other) == steps and sorted(other)[steps // 2] < KEEP * here:
         return other
     keep_planned_count(1)
