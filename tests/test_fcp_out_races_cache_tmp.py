@@ -56,18 +56,22 @@ def probe_argv(root, out) -> list:
             "prototype", "--device", "cpu", "--no-progress", "--out", out]
 
 
-def during_probe(monkeypatch, meanwhile) -> None:
-    """run_probe calls ``meanwhile()`` after its work, before the probe writes its metrics."""
-    import fewshot.eval.probe as probe
+def after_work(monkeypatch, module, name: str, meanwhile) -> None:
+    """``module.name`` (the command's work) calls ``meanwhile()`` after it, before the command writes its metrics."""
+    real = getattr(module, name)
 
-    real = probe.run_probe
-
-    def run_probe(*args, **kwargs):
+    def work(*args, **kwargs):
         metrics = real(*args, **kwargs)
         meanwhile()
         return metrics
 
-    monkeypatch.setattr(probe, "run_probe", run_probe)
+    monkeypatch.setattr(module, name, work)
+
+
+def during_probe(monkeypatch, meanwhile) -> None:
+    import fewshot.eval.probe as probe
+
+    after_work(monkeypatch, probe, "run_probe", meanwhile)
 
 
 # ------------------------------------------------------------------------------------------- probe --out
@@ -135,14 +139,7 @@ def live_copy(trained: Path, where: Path) -> Path:
 def during_eval(monkeypatch, meanwhile) -> None:
     import fewshot.eval.predict as predict
 
-    real = predict.evaluate_run
-
-    def evaluate_run(*args, **kwargs):
-        metrics = real(*args, **kwargs)
-        meanwhile()
-        return metrics
-
-    monkeypatch.setattr(predict, "evaluate_run", evaluate_run)
+    after_work(monkeypatch, predict, "evaluate_run", meanwhile)
 
 
 def test_eval_out_onto_the_metrics_of_a_run_being_trained_is_refused(trained, digits_root, tmp_path):
