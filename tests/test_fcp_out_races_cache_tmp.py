@@ -108,7 +108,7 @@ def test_probe_holds_its_existing_out_for_its_whole_run(digits_root, tmp_path, m
     during_probe(monkeypatch, lambda: seen.append((being_written(px), lock.is_file() and lock.read_text().strip())))
     rc, _, err = run_main(*probe_argv(digits_root, px))
     assert rc == 0, err
-    assert seen == [(True, str(os.getpid()))], seen
+    assert seen == [(True, f"{os.getpid()} probe")], seen
     assert json.loads((px / "metrics.json").read_text())["protocol"] == "prototype (SimpleShot)"
     assert not being_written(px)  # given up as the command ended
 

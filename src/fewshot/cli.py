@@ -268,7 +268,7 @@ def _main_alone(args, extra) -> int:
         blocked = lambda: _interrupted(args, signal.SIGTERM, from_watcher=True)  # noqa: E731
         # the streams escaped again, as they are now: the caller may have swapped sys.stdout while this call waited
         # its turn; a --config file read once, whatever reads it (config.one_read_per_file)
-        with process_state.escaped_output(), process_state.kept(), lock_scope(), _command_call(), \
+        with process_state.escaped_output(), process_state.kept(), lock_scope(args.command), _command_call(), \
                 sigterm_as_interrupt(blocked), one_read_per_file():
             return _dispatch(args, extra, handlers)
     finally:

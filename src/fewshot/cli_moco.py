@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -684,14 +686,31 @@ def cmd_probe(args, extra) -> int:
     if args.head == "prototype" and args.epochs is not None:
         print(f"warning: --epochs {args.epochs} is ignored: --head prototype trains no head (class means of the "
               f"features).", file=sys.stderr, flush=True)
-    before = _check_probe_out(args) if args.out else None
-    metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
-                        mode=args.mode, epochs=args.epochs or 300, datasets=args.datasets, head=args.head,
-                        skip_bad=args.skip_bad_images, bit_depth=bit_depth)
-    print(format_table(metrics, title=f"{metrics['protocol']} of {args.weights or 'random init (no weights)'}"))
-    if args.out:
-        _write_probe_metrics(Path(args.out), metrics, before)
+    with _probe_lock_file_removed(args.out):
+        before = _check_probe_out(args) if args.out else None
+        metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
+                            mode=args.mode, epochs=args.epochs or 300, datasets=args.datasets, head=args.head,
+                            skip_bad=args.skip_bad_images, bit_depth=bit_depth)
+        print(format_table(metrics, title=f"{metrics['protocol']} of {args.weights or 'random init (no weights)'}"))
+        if args.out:
+            _write_probe_metrics(Path(args.out), metrics, before)
     return 0
+
+
+@contextmanager
+def _probe_lock_file_removed(out: str | None):
+    """The lock file probe makes in --out goes again at its end, finished or failed: a run folder keeps its lock
+    file (the run's next --resume locks it), but a probe's folder is the user's, with metrics.json in it at most.
+    Removed while still locked (unlock_and_remove), never one another command holds; one there before stays."""
+    from fewshot.run_lock import LOCK_NAME, unlock_and_remove
+
+    lock = Path(out) / LOCK_NAME if out else None
+    made = lock is not None and not os.path.lexists(lock)
+    try:
+        yield
+    finally:
+        if made:
+            unlock_and_remove(lock.parent)
 
 
 COMMANDS = {"pretrain": cmd_pretrain, "run": cmd_run, "export": cmd_export, "probe": cmd_probe}

@@ -17,6 +17,7 @@ import contextvars
 import errno
 import itertools
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -35,20 +36,24 @@ except ImportError:  # Windows: no flock
 LOCK_NAME = ".fewshot.lock"
 _HELD: dict[str, tuple[int, int]] = {}  # resolved folder -> (descriptor holding its lock, owning command)
 _OWNER = contextvars.ContextVar("fewshot_lock_owner", default=0)  # 0: no command (library code called directly)
+_COMMAND = contextvars.ContextVar("fewshot_lock_command", default="")  # the command's name, written beside the pid
 _SCOPES = itertools.count(1)
+_COMMAND_WORD = re.compile(r"[a-z][a-z-]{0,19}")  # what a lock file may name as its holder's command
 # A reader's probe (being_written) holds a shared lock for an instant: a writer starting just then is not refused
 LOCK_TRIES, LOCK_RETRY_S = 5, 0.1
 
 
 @contextmanager
-def lock_scope():
-    """The locks taken inside belong to this command and are given up when it ends (in-process callers)."""
-    token = _OWNER.set(next(_SCOPES))
+def lock_scope(command: str = ""):
+    """The locks taken inside belong to this command and are given up when it ends (in-process callers).
+    ``command`` (train, probe, ...) is written beside the pid, so that a command refused names the holder."""
+    token, named = _OWNER.set(next(_SCOPES)), _COMMAND.set(command if _COMMAND_WORD.fullmatch(command) else "")
     try:
         yield
     finally:
         release_owned(_OWNER.get())
         _OWNER.reset(token)
+        _COMMAND.reset(named)
 
 
 def _owner() -> int:
@@ -85,20 +90,15 @@ def lock_run_dir(folder: str | Path, busy: Callable[[str], str] | None = None) -
         try:
             _flock_retrying(fd)
         except OSError as exc:
-            holder = _read_pid(fd)
+            holder, command = _read_holder(fd)
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                who = ("another fewshot command of this Python process (a thread, or a call still running)"
-                       if holder == str(os.getpid()) else
-                       f"another fewshot process{f' (pid {holder})' if holder else ''}")
-                raise UserError(busy(who) if busy else
-                                f"'{folder}' is being written by {who}: two runs in one folder would log every "
-                                f"epoch twice and overwrite each other's checkpoints. Wait for it to finish (or "
-                                f"stop it), then --resume; or choose another --out.") from None
+                who = _holder_words(holder, command)
+                raise UserError(busy(who) if busy else _refusal(folder, who, command)) from None
             return False  # ENOLCK, EOPNOTSUPP, ...: this file system cannot lock
         if _still_named(fd, folder / LOCK_NAME):
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.write(fd, f"{os.getpid()} {_COMMAND.get()}".strip().encode() + b"\n")
             _HELD[key] = (fd, owner)
             return True
         # the holder removed the file while this command waited for it (a failed start undoing itself:
@@ -190,11 +190,37 @@ def refuse_if_being_written(folder: str | Path, busy: Callable[[str], str] | Non
         lock_run_dir(folder, busy)  # raises naming the writer (or takes the lock: the writer has just finished)
 
 
-def _read_pid(fd: int) -> str:
+def _read_holder(fd: int) -> tuple[str, str]:
+    """The holder's pid and command from its lock file ("PID COMMAND"; an older fewshot's holds "PID" only, and
+    library code outside a command writes no command): ("", "") where nothing can be read."""
     try:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip()
+        words = os.pread(fd, 64, 0).decode(errors="replace").split()
     except OSError:
-        return ""
+        return "", ""
+    pid = words[0][:32] if words else ""
+    command = words[1] if len(words) > 1 and _COMMAND_WORD.fullmatch(words[1]) else ""
+    return pid, command
+
+
+def _holder_words(holder: str, command: str) -> str:
+    """Who holds the lock, for a refusal: the command by name where its lock file says it."""
+    name = f"`fewshot {command}`" if command else ""
+    if holder == str(os.getpid()):
+        return (f"another fewshot command of this Python process ({f'{name}; ' if name else ''}a thread, or a call "
+                f"still running)")
+    said = ", ".join(w for w in (name, f"pid {holder}" if holder else "") if w)
+    return f"another fewshot process{f' ({said})' if said else ''}"
+
+
+def _refusal(folder: Path, who: str, command: str) -> str:
+    """A run's refusal of a folder another command writes, with advice that fits that command: a probe writes no
+    epochs and leaves no run to --resume, only its metrics.json, which a run there would replace."""
+    if command == "probe":
+        return (f"'{folder}' is being written by {who}, which writes its metrics.json there when it ends: a run in "
+                f"that folder and the probe would replace each other's metrics.json. Choose another --out for the "
+                f"run: the probe's folder holds its metrics.json, not a run (waiting for the probe does not free it).")
+    return (f"'{folder}' is being written by {who}: two runs in one folder would log every epoch twice and overwrite "
+            f"each other's checkpoints. Wait for it to finish (or stop it), then --resume; or choose another --out.")
 
 
 def unlock_and_remove(folder: str | Path) -> None:

@@ -21,11 +21,36 @@ REPORT_MARK = ".fewshot_report"  # written by `fewshot report` into --out before
 # index.html and REPORT_MARK: a report's folder (the mark from its first file on, the page once it is written)
 RUN_MARKERS = ("config.yaml", "run_state.json", "log.jsonl", "checkpoints", "index.html", REPORT_MARK)
 _MARKER_NAMES = frozenset(RUN_MARKERS)
+REPORT_TITLE = "<title>fewshot report</title>"  # in every page `fewshot report` writes (report/build.py reads it too)
 _TOLD_NOT_DATASETS: set[str] = set()
 
 
 def _holds_run(folder: Path) -> bool:
     return any((folder / marker).exists() for marker in RUN_MARKERS)
+
+
+def _marks_output(folder: Path, names) -> bool:
+    """Whether a folder below a candidate dataset, holding ``names``, is a run or report to pass over. An index.html
+    alone counts only where a fewshot report wrote it: a user's class folders, each with the index.html of a web
+    folder (a `wget -r` mirror, a photo gallery), made the dataset "fewshot output" instead of a layout error."""
+    found = _MARKER_NAMES.intersection(names)
+    return bool(found) and (found != {"index.html"} or _report_page(folder / "index.html"))
+
+
+def _report_page(page: Path) -> bool:
+    """Whether ``page`` is one `fewshot report` wrote (its title, in its head); one that cannot be read counts."""
+    try:
+        with open(page, "rb") as fh:
+            return REPORT_TITLE.encode() in fh.read(4096)
+    except OSError:
+        return True  # as before: any index.html marked a report
+
+
+def _child_marks_output(child: Path) -> bool:
+    """_marks_output for a visible folder directly below a candidate dataset (a runs/ folder's runs)."""
+    if child.name.startswith(".") or not child.is_dir():
+        return False
+    return _marks_output(child, [m for m in RUN_MARKERS if (child / m).exists()])
 
 
 def _images_below(folder: Path, limit: int = 20000) -> str:
@@ -35,8 +60,8 @@ def _images_below(folder: Path, limit: int = 20000) -> str:
     sweep's `--out ROOT/runs/sweep/a` made ROOT/runs a dataset through its plots/*.png. Its markers are looked for
     among the names the walk lists anyway, so the walk costs no more calls than before."""
     seen, runs = 0, False
-    for _, dirs, files in os.walk(folder):
-        if not (_MARKER_NAMES.isdisjoint(files) and _MARKER_NAMES.isdisjoint(dirs)):
+    for top, dirs, files in os.walk(folder):
+        if _marks_output(Path(top), (*files, *dirs)):
             dirs[:], runs = [], True
             continue
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -60,8 +85,7 @@ def not_a_dataset(folder: Path) -> str | None:
         if any((folder / split).is_dir() for split in ("train", "val", "test")):
             return None
         output = "fewshot output (a run or a report), no train/, val/ or test/"
-        if _holds_run(folder) or any(c.is_dir() and _holds_run(c) for c in folder.iterdir()
-                                     if not c.name.startswith(".")):
+        if _holds_run(folder) or any(_child_marks_output(c) for c in folder.iterdir()):
             return output
         found = _images_below(folder)  # runs deeper down (ROOT/runs/sweep/a) are passed over as such
         if found != "images":
