@@ -6,7 +6,7 @@ import pytest
 
 from fewshot.cli import main
 from fewshot.cli_config import note_flags_overridden
-from fewshot.cli_moco import RUN_FLAG_NAMES
+from fewshot.cli_run import RUN_FLAG_NAMES
 from fewshot.config import resolve
 from fewshot.errors import UserError
 
@@ -68,7 +68,7 @@ def test_a_field_given_twice_notes_that_the_last_wins(capsys):
 
 
 def test_run_warns_of_config_file_fields_it_sets_itself(tmp_path, capsys):
-    from fewshot.cli_moco import warn_replaced_config_fields
+    from fewshot.cli_warnings import warn_replaced_config_fields
 
     path = tmp_path / "f.yaml"
     path.write_text("semi:\n  method: fixmatch\nmoco:\n  queue_size: 64\noptim:\n  lr: 1e-3\n")

@@ -342,7 +342,7 @@ def test_resume_drops_from_the_record_what_the_command_gives(scratch_run, digits
 
 
 def test_pretrain_warning_leaves_out_the_lr_it_chooses_again(scratch_run, tmp_path, capsys):
-    from fewshot.cli_moco import warn_finetune_config
+    from fewshot.cli_warnings import warn_finetune_config
 
     warn_finetune_config(scratch_run / "config.yaml")
     err = capsys.readouterr().err

@@ -78,7 +78,7 @@ def test_a_recipe_copied_into_the_out_folder_is_refused_not_written_over(tmp_pat
 def test_pretrain_warns_about_an_older_train_runs_config(tmp_path, capsys):
     """A train run of a fewshot before the semi: section saved none, and its config.yaml (AdamW) was taken for
     the user's MoCo recipe: `pretrain --config` trained MoCo with AdamW without a word."""
-    from fewshot.cli_moco import warn_finetune_config
+    from fewshot.cli_warnings import warn_finetune_config
 
     old = train_run_config(tmp_path / "old", drop=("semi", "run"), chosen=False)  # its lr chosen by the rules
     warn_finetune_config(old)

@@ -101,7 +101,7 @@ def test_an_empty_rank_in_one_process_is_no_internal_error(digits_root, tmp_path
 
 def test_a_bad_rank_under_torchrun_names_rank(monkeypatch, tmp_path):
     from fewshot.cli import launch_rank
-    from fewshot.cli_moco import warn_finetune_config
+    from fewshot.cli_warnings import warn_finetune_config
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "")

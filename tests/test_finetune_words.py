@@ -13,7 +13,7 @@ from helpers.checks import run_main
 
 
 def _words(command: str, words: list[str], flags: dict | None = None) -> list[str]:
-    from fewshot.cli_moco import unused_override_warnings
+    from fewshot.cli_warnings import unused_override_warnings
     from fewshot.config import resolve
 
     cfg = resolve(flags=flags or {}, overrides=[w for w in words if w.startswith("semi.method=")],

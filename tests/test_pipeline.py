@@ -749,7 +749,7 @@ def test_run_without_a_pool_gives_the_whole_budget_to_one_fine_tuning(copy_root,
 def test_run_and_train_warn_that_a_pretrain_recipe_is_only_half_applied(tmp_path, capsys):
     """configs/moco_cpu_small.yaml given to `fewshot run` sent its lr 0.06 to AdamW fine-tuning (val 11 %);
     `fewshot train` did the same without a word."""
-    from fewshot.cli_moco import warn_pretrain_config
+    from fewshot.cli_warnings import warn_pretrain_config
 
     repo = Path(__file__).resolve().parents[1]
     for command in ("run", "train"):
@@ -771,7 +771,7 @@ def test_run_and_train_warn_that_a_pretrain_recipe_is_only_half_applied(tmp_path
 
 def test_pretrain_warns_that_a_fine_tuning_recipe_trains_moco_with_its_optimiser(tmp_path, capsys):
     """`fewshot pretrain --config course_resnet50` trained MoCo with AdamW at 1e-4 without a word."""
-    from fewshot.cli_moco import warn_finetune_config
+    from fewshot.cli_warnings import warn_finetune_config
     from fewshot.config import resolve, save_yaml
 
     repo = Path(__file__).resolve().parents[1]

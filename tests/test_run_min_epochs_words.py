@@ -4,7 +4,7 @@ fewest epochs a stage gets", which a user read as epochs the budget would make r
 
 from __future__ import annotations
 
-from fewshot.cli_moco import warn_replaced_overrides
+from fewshot.cli_warnings import warn_replaced_overrides
 
 
 def test_the_train_epochs_warning_calls_min_epochs_a_cap_not_a_promise(capsys):

@@ -163,7 +163,7 @@ def test_run_moco_words_a_run_replaces_get_their_own_warning_only(digits_root, t
 
 
 def test_unused_override_warnings_of_run_moco_words():
-    from fewshot.cli_moco import unused_override_warnings
+    from fewshot.cli_warnings import unused_override_warnings
     from fewshot.config import resolve
 
     plain = resolve(default_preset="mocov2")

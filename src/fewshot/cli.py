@@ -5,8 +5,9 @@ Unknown `key=value` words after the options override config fields (`optim.lr=3e
 
 Here: the commands (cmd_*) and main(), which runs one and turns how it ended into the exit status and what is said
 on stderr. The parser and its help are in cli_parser, a training command's config from its flags and words in
-cli_config, the process's streams and the turn of main() calls in cli_process, torchrun's processes in cli_ranks, and
-pretrain, run, export and probe in cli_moco.
+cli_config, the process's streams and the turn of main() calls in cli_process, torchrun's processes in cli_ranks,
+pretrain, export and the MoCo side's parsers in cli_moco, run in cli_run, probe in cli_probe, and the warnings
+about settings a training command does not use in cli_warnings.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def cmd_train(args, extra) -> int:
     from fewshot.train.finetune import run_finetune
 
     cfg = resolve_run_config(args, extra, TRAIN_FLAGS)
-    from fewshot.cli_moco import warn_pretrain_config, warn_unused_overrides
+    from fewshot.cli_warnings import warn_pretrain_config, warn_unused_overrides
 
     warn_pretrain_config(args.config, "train")
     warn_unused_overrides("train", cfg, extra)

@@ -3,7 +3,8 @@ the fields the command line gives, the model and data.bit_depth a --weights file
 config as the base, and the notes where a word replaces a flag or an earlier word.
 
 Apart from cli.py (the commands and their exit codes) because every training command resolves its config this way,
-and the question "did the user give this field?" has one answer here (given_fields) for cli_moco's commands too.
+and the question "did the user give this field?" has one answer here (given_fields) for `fewshot run`
+(cli_run) and the warnings (cli_warnings) too.
 """
 
 from __future__ import annotations

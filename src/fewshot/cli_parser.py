@@ -12,6 +12,28 @@ import argparse
 import os
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (`probe --epochs 0` reported an untrained head; `models
+    --limit -1` listed every model but the last)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is below 1")
+    return n
+
+
+def image_size(text: str) -> int:
+    """An argparse type: an image side within what the models and the decode cache take (as `train` checks)."""
+    from fewshot.models.backbone import MAX_IMG_SIZE, MIN_IMG_SIZE
+
+    n = positive_int(text)
+    if not MIN_IMG_SIZE <= n <= MAX_IMG_SIZE:
+        raise argparse.ArgumentTypeError(f"{n} px is outside {MIN_IMG_SIZE}..{MAX_IMG_SIZE}")
+    return n
+
+
 def training_epilog(example: str) -> str:
     """The help epilog of train, pretrain and run; ``example``: a word the command reads (pretrain's help showed
     train.eval_every=1, which it warns that it does not read; run replaces it by its plan)."""
@@ -66,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
                                      "datasets, with MoCo self-supervised pretraining on unlabeled images.",
                                      epilog="`fewshot help COMMAND` (or `fewshot COMMAND --help`) explains a command.")
     from fewshot import __version__
-    from fewshot.cli_moco import positive_int
 
     parser.add_argument("--version", action="version", version=f"fewshot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -181,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.usage = command.format_usage().removeprefix("usage: ").rstrip() + " [key=value ...]"
     for name in ("data", "eval", "predict", "report", "probe"):  # train, pretrain, run: _add_common_training / own
         sub.choices[name].add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP_NO_EPOCHS)
-    probe = sub.choices["probe"]  # its one word: the decoding setting train, pretrain and run take (cli_moco)
+    probe = sub.choices["probe"]  # its one word: the decoding setting train, pretrain and run take (cli_probe)
     probe.usage = probe.format_usage().removeprefix("usage: ").rstrip() + " [data.bit_depth=N]"  # after its flags
     return parser
 
@@ -227,7 +248,7 @@ def _parse(argv: list) -> tuple[argparse.Namespace, list]:
                  for a in command._actions}
         command.error(f"an empty path was given for {', '.join(names.get(n, n) for n in empty)}")  # usage; exit 2
     bad = [w for w in extra if w.startswith("-")]
-    from fewshot.cli_moco import PROBE_WORDS
+    from fewshot.cli_probe import PROBE_WORDS
 
     unread = [w for w in extra if args.command not in ("train", "pretrain", "run")
               and not (args.command == "probe" and w.partition("=")[0].strip() in PROBE_WORDS)]

@@ -1,6 +1,6 @@
 """What eval, predict and probe may overwrite: a file is told to be one of their own earlier results by its content
 (never by its name or place), and anything else is refused before the work. Apart from predict.py: the CLI,
-cli_moco and data/output_guard ask these questions without predicting anything."""
+cli_probe and data/output_guard ask these questions without predicting anything."""
 
 from __future__ import annotations
 

@@ -1,0 +1,223 @@
+"""The warnings of a training command (train, pretrain, run) about settings it was given and does not use: a
+key=value word nothing reads, a field `fewshot run` sets itself, a config file that is the other command's recipe.
+
+Apart from the commands because train, pretrain and run share them, and the field tuples they read say which
+command reads what.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+# fields `fewshot run` sets itself (run_stages.pretrain_stage and plan_stage, run_pipeline): a key=value word for one
+# of them was accepted, recorded in the stages' config.yaml and never used
+RUN_REPLACES = {
+    "moco.queue_size": "run.queue_size (the MoCo stage's queue, with --pretrain); set that",
+    "moco.momentum": "run.moco_momentum (the MoCo stage's key-encoder momentum, with --pretrain); set that",
+    "train.epochs": "the run's plan, which fits each stage's epochs into --budget-minutes; set that (and "
+                    "run.min_epochs, the lowest epoch cap a stage plans, not a promise of epochs: the budget "
+                    "ends a stage first)",
+    "train.budget_minutes": "--budget-minutes (the whole run's); set that",
+    "train.eval_every": "the run's plan (evaluations take about a tenth of each stage's time)",
+    "moco.knn_every": "the run's plan (evaluations take about a tenth of each stage's time)",
+    "sched.time_based": "the run's time-based schedule, always on in `fewshot run`",
+    "semi.method": "run.semi_method (--semi pseudo, fixmatch or off; semi.method=moco, the joint MoCo loss, is a "
+                   "`fewshot train` option); set that",
+}
+
+
+def warn_replaced_overrides(extra) -> None:
+    """`fewshot run moco.queue_size=64` ran with K=128 without a word: say which field the run uses instead."""
+    from fewshot.cli_config import given_fields
+
+    for word in extra or []:
+        dotted = next(iter(given_fields({}, [word])))
+        if dotted in RUN_REPLACES:
+            print(f"warning: {word} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr, flush=True)
+
+
+# the run.* fields only `fewshot run`'s MoCo stage reads (run_stages.pretrain_stage, check_pretrain_settings) or,
+# after it, the fine-tuning lr rules (run_stages.finetune_config): words nothing reads without run.pretrain
+MOCO_STAGE_FIELDS = ("run.pretrain_share", "run.pretrain_batch_size", "run.pretrain_lr", "run.queue_size",
+                     "run.moco_momentum", "run.finetune_lr", "run.finetune_backbone_mult")
+
+
+# the fields `fewshot pretrain` (MoCoTask, the Engine under it, run_pretrain) never reads, traced from a run: the
+# fine-tuning head, loss, backbone lr (param_groups gives every parameter one rate), EMA (MoCoTask.supports_ema is
+# false), evaluation (moco.knn_every is its schedule), the labelled sampler and views (MoCo's are aug.*) and semi.*;
+# run.* and the mixing fields have reasons of their own (unused_override_warnings)
+PRETRAIN_UNREAD = ("model.head", "model.head_init", "optim.label_smoothing", "optim.backbone_lr_mult", "train.ema",
+                   "train.ema_decay", "train.ema_warmup", "train.eval_every", "train.eval_mode", "data.sampler",
+                   "data.repeats", "data.randaug_ops", "data.randaug_magnitude", "data.randaug_p",
+                   "data.randaug_group", "data.hflip", "data.hflip_symmetric")
+# the moco.* fields fine-tuning with semi.method=moco reads (train/semi_moco.py); without it, it reads none
+SEMI_MOCO_READS = ("moco.dim", "moco.mlp", "moco.mlp_hidden", "moco.temperature", "moco.queue_size",
+                   "moco.shuffle_bn", "moco.split_bn_groups")
+
+
+def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = False) -> list[str]:
+    """The key=value words ``command`` (train, pretrain, run) or its method never reads, one warning per reason
+    naming them: `fewshot train run.pseudo_rounds=5`, `fewshot run --semi off run.pseudo_rounds=1`,
+    `fewshot run --baseline run.pretrain_share=0.4`, `data.mix_p=0.3` without mixup or CutMix, fine-tuning words
+    given to pretrain (PRETRAIN_UNREAD), moco.* words given to train or to a run without a MoCo stage and semi.*
+    words its fine-tuning method does not read (`fewshot train semi.threshold=0.5` without semi.method=fixmatch) were
+    accepted and did nothing, without a word. Only typed words: a shared --config file may carry them. Warned, not
+    refused, for the same reason. ``baseline``: `fewshot run --baseline`, which refuses --semi pseudo and
+    --pretrain, so the advice is to drop it instead."""
+    from fewshot.config import parse_override
+
+    pretrain = bool(cfg.get("run", {}).get("pretrain"))
+    semi = cfg.get("run", {}).get("semi_method")
+    semi = "off" if semi in (None, False, "off", "none") else semi  # YAML reads a bare `off` as false
+    data = cfg.get("data", {})
+    mixing = any(isinstance(data.get(k), (int, float)) and data[k] > 0 for k in ("mixup_alpha", "cutmix_alpha"))
+    semi_moco = cfg.get("semi", {}).get("method") == "moco"
+    # the semi.* fields each fine-tuning method reads (train/semi.py UnlabeledStream and fixmatch_loss,
+    # train/semi_moco.py): off reads none; `fewshot run` sets semi.method itself, to fixmatch with --semi fixmatch
+    # and to off otherwise (run_stages.finetune_config); semi.method itself has its own warning under run
+    tuning = semi if command == "run" else cfg.get("semi", {}).get("method")
+    tuning = tuning if tuning in ("fixmatch", "moco") else "off"
+    semi_reads = {"fixmatch": ("semi.mu", "semi.threshold", "semi.weight", "semi.views"),
+                  "moco": ("semi.mu", "semi.weight", "semi.moco_momentum")}.get(tuning, ())
+    unused: dict[str, list[str]] = {}
+    for word in extra or []:
+        dotted = ".".join(parse_override(word)[0])
+        if command in ("train", "pretrain") and dotted.startswith("run."):
+            why = (f"`fewshot {command}` reads no run.* field (they set `fewshot run`'s stages and budget); drop "
+                   f"them, or give them to `fewshot run`")
+        elif command == "run" and dotted.startswith("run.pseudo_") and semi != "pseudo":
+            why = (f"run.pseudo_* fields are read by self-training only (--semi pseudo) and this run's method is "
+                   f"{semi}; drop them, or {'drop --baseline' if baseline else 'give --semi pseudo'}")
+        elif command == "run" and dotted in MOCO_STAGE_FIELDS and not pretrain:
+            why = (f"run.pretrain_*, run.queue_size, run.moco_momentum and run.finetune_* are read only with a MoCo "
+                   f"stage (--pretrain) and {'--baseline runs none' if baseline else 'this run has none'}; drop them, "
+                   f"or {'give --pretrain instead of --baseline' if baseline else 'give --pretrain'}")
+        elif command == "run" and dotted.startswith("moco.") and not pretrain and dotted not in RUN_REPLACES:
+            # only the MoCo stage reads moco.*: the run's fine-tuning sets semi.method itself (never moco,
+            # run_stages.finetune_config); the replaced fields have their own warning (warn_replaced_overrides)
+            why = (f"`fewshot run` reads moco.* only in its MoCo stage (--pretrain) and "
+                   f"{'--baseline runs none' if baseline else 'this run has none'}; drop them, or "
+                   f"{'give --pretrain instead of --baseline' if baseline else 'give --pretrain'}")
+        elif command == "pretrain" and dotted in ("data.mix_p", "data.mixup_alpha", "data.cutmix_alpha"):
+            why = ("`fewshot pretrain` mixes no batches (mixup and CutMix are supervised training's); drop them, or "
+                   "give them to `fewshot train` or `fewshot run`")
+        elif command == "pretrain" and (dotted in PRETRAIN_UNREAD or dotted.startswith("semi.")):
+            why = ("`fewshot pretrain` does not read them (fine-tuning's head, loss, backbone lr, EMA, evaluation, "
+                   "sampler, RandAugment and flips, and semi.*; MoCo's views are aug.*, its kNN monitor moco.knn_*); "
+                   "drop them, or give them to `fewshot train` or `fewshot run`")
+        elif (command in ("train", "run") and dotted.startswith("semi.") and dotted != "semi.method"
+              and dotted not in semi_reads):
+            if command == "run" and tuning == "off":
+                why = (f"`fewshot run` reads semi.* only with --semi fixmatch (FixMatch while fine-tuning) and this "
+                       f"run's method is {semi}; drop them, or "
+                       f"{'drop --baseline and give --semi fixmatch' if baseline else 'give --semi fixmatch'}")
+            elif command == "run":
+                why = ("`fewshot run --semi fixmatch` reads only semi.mu, semi.threshold, semi.weight and semi.views "
+                       "of semi.* (semi.moco_momentum is the joint MoCo loss's, `fewshot train semi.method=moco`; "
+                       "the MoCo stage's momentum is run.moco_momentum); drop them")
+            elif tuning == "off":
+                why = ("`fewshot train` reads semi.* only with semi.method=fixmatch (semi.mu, threshold, weight, "
+                       "views) or semi.method=moco (semi.mu, weight, moco_momentum), which train on the unlabeled "
+                       "pool; drop them, or give one of those")
+            else:
+                other, note = (("moco", "semi.moco_momentum is the joint MoCo loss's") if tuning == "fixmatch"
+                               else ("fixmatch", "it takes MoCo v2's views, aug.*, and no pseudo-labels"))
+                why = (f"semi.method={tuning} reads only {', '.join(semi_reads)} of semi.* ({note}); drop them, or "
+                       f"give semi.method={other}")
+        elif command == "train" and dotted.startswith("moco.") and not semi_moco:
+            why = ("`fewshot train` reads moco.* only with semi.method=moco (MoCo's loss on the pool while "
+                   "fine-tuning); drop them, give semi.method=moco, or give them to `fewshot pretrain`")
+        elif command == "train" and dotted.startswith("moco.") and dotted not in SEMI_MOCO_READS:
+            why = (f"semi.method=moco reads only {', '.join(SEMI_MOCO_READS)} of moco.* (its key encoder's momentum "
+                   f"is semi.moco_momentum); drop them, or give them to `fewshot pretrain`")
+        elif command in ("train", "run") and dotted == "data.mix_p" and not mixing:
+            why = ("data.mix_p is the share of batches mixed, and neither mixup nor CutMix is on; give "
+                   "data.mixup_alpha or data.cutmix_alpha above 0 as well, or drop it")
+        else:
+            continue
+        unused.setdefault(why, []).append(word)
+    return [f"warning: {' '.join(words)} {'does' if len(words) == 1 else 'do'} nothing: {why}."
+            for why, words in unused.items()]
+
+
+def warn_unused_overrides(command: str, cfg: dict, extra, baseline: bool = False) -> None:
+    """unused_override_warnings on stderr, once under torchrun; as warn_replaced_overrides for a field a run sets
+    itself."""
+    from fewshot.cli_ranks import launch_rank
+    from fewshot.errors import one_line
+
+    if launch_rank() != 0:
+        return
+    for line in unused_override_warnings(command, cfg, extra, baseline):
+        print(one_line(line), file=sys.stderr, flush=True)
+
+
+def warn_replaced_config_fields(path) -> None:
+    """`fewshot run --config f.yaml` dropped the file's semi.method or moco.queue_size without a word, while the
+    same key=value words get a warning (warn_replaced_overrides): the same warning for each such field the file
+    sets to other than its default (a run's own config.yaml, a valid --config, holds every field)."""
+    if not path:
+        return
+    from fewshot.config import DEFAULTS, file_settings, flatten_dotted, setting_changed
+
+    defaults = flatten_dotted(DEFAULTS)
+    for dotted, value in file_settings(path).items():
+        if dotted in RUN_REPLACES and setting_changed(dotted, defaults.get(dotted), value):
+            print(f"warning: {dotted}: {value} in {path} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr,
+                  flush=True)
+
+
+def warn_finetune_config(path) -> None:
+    """The reverse of warn_pretrain_config: a fine-tuning recipe (an AdamW optimiser, no moco: section) given to
+    `fewshot pretrain` trained MoCo with AdamW at the recipe's lr and silently ignored its fine-tuning fields. The
+    lr a train run's config.yaml records as chosen (config.chosen_in_file) is chosen again by pretrain, so it is
+    not named as used."""
+    from fewshot.cli_ranks import launch_rank
+
+    if not path or launch_rank() != 0:  # under torchrun: once
+        return
+    from fewshot.config import chosen_in_file, config_data, written_by_run
+
+    raw = config_data(path) or {}
+    optim = raw.get("optim") if isinstance(raw.get("optim"), dict) else {}
+    # every config a run saves has a moco: section, so that alone makes no MoCo recipe. A whole config (a train
+    # run's, an older fewshot's without semi: too) or one with the fine-tuning-only semi: section is for
+    # fine-tuning; a user's own MoCo recipe with AdamW is neither, and gets no warning
+    fine_tuning = written_by_run(raw, path, run_files=False) or "semi" in raw
+    if raw.get("_task") == "moco" or optim.get("name") in (None, "sgd") or ("moco" in raw and not fine_tuning):
+        return
+    rechosen = "optim.lr" in chosen_in_file(path)  # the backbone lr is a fine-tuning field: ignored either way
+    lr = "" if rechosen else f", lr {optim.get('lr', '?')}"
+    again = " (but optim.lr, which the run that wrote it chose itself: pretrain chooses it again)" if rechosen else ""
+    print(f"warning: {path} looks like a fine-tuning recipe for `fewshot train` (optimiser "
+          f"{optim.get('name', '?')}{lr}). `fewshot pretrain` trains MoCo with its optim.* fields as given{again} "
+          f"and ignores its fine-tuning fields (ema, label smoothing, sampler, backbone lr). For MoCo, "
+          f"use a preset (--preset mocov2: SGD lr 0.03) or `--config moco_cpu_small`; fine-tune with "
+          f"`fewshot train --config {path} --weights <export>`.", file=sys.stderr, flush=True)
+
+
+def warn_pretrain_config(path, command: str) -> None:
+    """A `fewshot pretrain` recipe (a `moco:` section, an SGD optimiser) given to `fewshot run` or `fewshot train`
+    is half applied: its moco.* fields are ignored and its optim.lr goes to fine-tuning (0.06 with AdamW
+    collapsed a run). Say so rather than guess what the user meant."""
+    if not path:
+        return
+    from fewshot.config import config_data
+
+    raw = config_data(path) or {}
+    optim = raw.get("optim") if isinstance(raw.get("optim"), dict) else {}
+    # every saved config.yaml has a moco: section; a train run's also names its (AdamW) optimiser
+    if not (raw.get("_task") == "moco" or optim.get("name") == "sgd" or ("moco" in raw and "name" not in optim)):
+        return
+    if command == "run":
+        where = ("In `fewshot run` its optim.* fields apply to fine-tuning, and the MoCo stage (--pretrain) takes its "
+                 "settings from run.pretrain_lr, run.pretrain_batch_size, run.queue_size and run.moco_momentum "
+                 "(model.* fields apply to both).")
+        then = "`fewshot run --no-pretrain model.weights=...`"
+    else:
+        where = "`fewshot train` ignores its moco.* fields and fine-tunes with its optim.* fields."
+        then = "`fewshot train --weights ...`"
+    print(f"warning: {path} looks like a `fewshot pretrain` recipe. {where} To run that recipe, use "
+          f"`fewshot pretrain --config {path}` and fine-tune from its export with {then}.", file=sys.stderr,
+          flush=True)
