@@ -134,6 +134,7 @@ def resume_stopped_in_finetune(stopped, out, monkeypatch, eval_s: float | None, 
     import time
 
     import fewshot.pipeline as pipeline
+    import fewshot.run_reuse as run_reuse
     import fewshot.run_stages as run_stages
     import fewshot.train.checkpoint as checkpoint
     from helpers.checks import run_main
@@ -167,7 +168,7 @@ def resume_stopped_in_finetune(stopped, out, monkeypatch, eval_s: float | None, 
     load, reads = checkpoint.load_checkpoint, []
 
     def load_counted(path, *args, **kwargs):  # the stage's own reads of last.pt (the Engine's resume aside)
-        if sys._getframe(1).f_code.co_filename == run_stages.__file__ and Path(path).name == "last.pt":
+        if sys._getframe(1).f_code.co_filename == run_reuse.__file__ and Path(path).name == "last.pt":
             reads.append(kwargs.get("mmap", False))
         return load(path, *args, **kwargs)
 

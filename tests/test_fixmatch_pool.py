@@ -168,7 +168,7 @@ def test_run_checks_fixmatch_pool_in_the_cache_entry_fixmatch_reads(copy_root):
     from fewshot.config import resolve
     from fewshot.data.cache import default_cache_dir, is_cached
     from fewshot.data.layout import scan_root
-    from fewshot.run_stages import check_pool_images
+    from fewshot.run_checks import check_pool_images
     from fewshot.train.semi import pool_files
 
     first, _ = names(copy_root)

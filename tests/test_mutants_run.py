@@ -16,7 +16,8 @@ from fewshot import run_pseudo
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import DatasetInfo
 from fewshot.eval import evaluate
-from fewshot.run_stages import moco_queue_size, same_training_images
+from fewshot.run_reuse import same_training_images
+from fewshot.run_stages import moco_queue_size
 from fewshot.ssl.pretrain import keys_per_step
 from fewshot.train import semi
 

@@ -352,7 +352,7 @@ def test_auto_img_size_passes_over_an_unreadable_image(copy_root):
     import torch
 
     from fewshot.data.layout import scan_root
-    from fewshot.run_stages import auto_img_size
+    from fewshot.run_checks import auto_img_size
 
     infos = scan_root(copy_root, None, splits=("train", "val"))
     infos[0].train[0][0].write_bytes(b"this is not an image")
@@ -372,7 +372,7 @@ def test_auto_img_size_keeps_large_images_at_32_px_on_cpu_under_five_minutes(cop
     """100x80 images trained at 64 px on CPU at any budget: at 1 minute that was 9 s of training and 19.7 % test
     against 45.1 % at 32 px (docs/recipes.md measured 64 px worse at 3 minutes, better from 5). GPUs keep 160."""
     from fewshot.data.layout import scan_root
-    from fewshot.run_stages import auto_img_size
+    from fewshot.run_checks import auto_img_size
 
     _large_images(copy_root)
     infos = scan_root(copy_root, None, splits=("train", "val"))
@@ -943,7 +943,7 @@ def test_a_resumed_round_whose_pool_changed_labels_what_its_time_allows_and_says
 def test_the_val_guard_picks_the_best_earlier_round_not_only_round_1():
     """With run.pseudo_rounds=3, round 2 (83.9) beat round 1 (83.5) and the last round (81.45); the run predicted
     with round 1, the only one the guard compared."""
-    from fewshot.run_stages import better_earlier_round
+    from fewshot.run_reuse import better_earlier_round
 
     earlier = {"finetune_labelled": {"mean_acc1": 83.5}, "finetune_round2": {"mean_acc1": 83.9}}
     assert better_earlier_round(earlier, 81.45) == "finetune_round2"

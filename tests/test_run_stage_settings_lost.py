@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import fewshot.run_reuse as run_reuse
 import fewshot.run_stages as run_stages
 from fewshot.config import CHOSEN, resolve
 from fewshot.errors import UserError, shell_quoted
@@ -42,7 +43,7 @@ def test_a_stage_whose_config_holds_no_settings_is_refused_as_lost(tmp_path, tex
         if read == "stage_config":
             run_stages.stage_config(sdir, cfg)
         else:
-            run_stages.adopt_stage_architecture(cfg, sdir)
+            run_reuse.adopt_stage_architecture(cfg, sdir)
     said = str(refused.value)
     assert f"--resume cannot continue {shell_quoted(sdir)}: its config.yaml {what}" in said, said
     last = shell_quoted(sdir / "checkpoints" / "last.pt")
@@ -105,10 +106,10 @@ def test_a_stopped_stage_without_its_config_replaces_the_weights(tmp_path, pretr
     (tmp_path / name / "checkpoints").mkdir(parents=True)
     (tmp_path / name / "checkpoints" / "last.pt").write_bytes(b"x")
     state = RunState(tmp_path, {"stages": {name: {"status": "began"}}})
-    assert run_stages.weights_replaced_by(state, tmp_path, pretrain) == tmp_path / name
+    assert run_reuse.weights_replaced_by(state, tmp_path, pretrain) == tmp_path / name
     if not pretrain:
-        assert run_stages.stage_resumes("began", tmp_path / name)
-        assert not run_stages.stage_resumes("began", tmp_path / "finetune")
+        assert run_reuse.stage_resumes("began", tmp_path / name)
+        assert not run_reuse.stage_resumes("began", tmp_path / "finetune")
 
 
 @pytest.mark.parametrize("last", ["unreadable", "missing"])

@@ -8,7 +8,7 @@ import pytest
 
 from fewshot.config import resolve
 from fewshot.errors import UserError
-from fewshot.run_stages import check_model, check_pretrain_settings
+from fewshot.run_checks import check_model, check_pretrain_settings
 from helpers.checks import run_main
 
 

@@ -37,8 +37,9 @@ def warn_replaced_overrides(extra) -> None:
             print(f"warning: {word} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr, flush=True)
 
 
-# the run.* fields only `fewshot run`'s MoCo stage reads (run_stages.pretrain_stage, check_pretrain_settings) or,
-# after it, the fine-tuning lr rules (run_stages.finetune_config): words nothing reads without run.pretrain
+# the run.* fields only `fewshot run`'s MoCo stage reads (run_stages.pretrain_stage,
+# run_checks.check_pretrain_settings) or, after it, the fine-tuning lr rules (run_stages.finetune_config): words
+# nothing reads without run.pretrain
 MOCO_STAGE_FIELDS = ("run.pretrain_share", "run.pretrain_batch_size", "run.pretrain_lr", "run.queue_size",
                      "run.moco_momentum", "run.finetune_lr", "run.finetune_backbone_mult")
 

@@ -8,8 +8,9 @@ catches mis-estimates.
 Here: the run's phases in their order (PipelineRun.run), the stages it trains, the val guard, the prediction, the
 report and the run's end. PipelineRun's other method groups are mixins by job: the start-up checks and refusals in
 run_startup, the budget's split, the closing work's estimate and the least-run refusals in run_closing,
-self-training's rounds before the last in run_rounds. One stage's checks, plan and training are in run_stages, the
-pool's pseudo-labelling in run_pseudo, the wording of the run's lines in run_words, the time arithmetic in run_budget
+self-training's rounds before the last in run_rounds. One stage's plan and training are in run_stages, the start-up
+checks of its settings and images in run_checks, what --resume reuses of a stage in run_reuse, the pool's
+pseudo-labelling in run_pseudo, the wording of the run's lines in run_words, the time arithmetic in run_budget
 and the record of how far it got in run_state.
 """
 
@@ -27,7 +28,8 @@ from fewshot.eval.evaluate import format_table
 from fewshot.run_budget import calibration_seconds, measure_eval_seconds, report_seconds, stop_timing_when
 from fewshot.run_closing import ClosingMixin
 from fewshot.run_rounds import LaterRoundSkipped, RoundsMixin
-from fewshot.run_stages import better_earlier_round, finetune_config, finetune_stage, pretrain_stage
+from fewshot.run_reuse import better_earlier_round
+from fewshot.run_stages import finetune_config, finetune_stage, pretrain_stage
 from fewshot.run_startup import StartupMixin
 from fewshot.run_state import STATE_FILE
 from fewshot.run_words import minutes_text, near_chance_finding, near_chance_why, overrun_note

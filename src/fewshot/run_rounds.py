@@ -16,7 +16,8 @@ from fewshot.run_budget import (FLOOR_STEPS, after_round1_seconds, eval_passes, 
                                 least_run_seconds, measure_prediction_seconds, measure_step_seconds, retimed_steps,
                                 round1_leaves, time_holds)
 from fewshot.run_pseudo import LABEL_SHARE, pseudo_label_pool, recorded_pseudo_labels
-from fewshot.run_stages import labelled_only_round, reusable_stage, round_speeds
+from fewshot.run_reuse import reusable_stage
+from fewshot.run_stages import labelled_only_round, round_speeds
 from fewshot.run_words import labelled_only_why, seconds_apart, seconds_text
 from fewshot.utils import derive_seed
 

@@ -1,28 +1,26 @@
-"""One stage of `fewshot run` at a time: the start-up checks of its settings and images (before the run folder is
-started), its plan from the measured speeds (plan_stage), a finished round's speeds that judge the rounds after it
-(round_speeds) and the labelled-only round that stands in for one whose pool labelling does not fit
-(labelled_only_round), and running it: MoCo pretraining (pretrain_stage) or a fine-tuning round (finetune_stage),
-each reused when finished or continued from its last.pt on --resume. Tests fake a speed or the clock by patching
-measure_step_seconds, measure_eval_seconds or time on this module: the stages' calls look the names up here."""
+"""One stage of `fewshot run` at a time: its plan from the measured speeds (plan_stage), a finished round's speeds
+that judge the rounds after it (round_speeds) and the labelled-only round that stands in for one whose pool
+labelling does not fit (labelled_only_round), and running it: MoCo pretraining (pretrain_stage) or a fine-tuning
+round (finetune_stage), each reused when finished or continued from its last.pt on --resume, on a budget capped to
+the run's end (cap_resumed_budget). The start-up checks are in run_checks, what a resume reuses in run_reuse.
+Tests fake a speed or the clock by patching measure_step_seconds, measure_eval_seconds or time on this module (and
+plan_stage, plan_epochs, trained_speeds or cap_resumed_budget): the stages' calls look the names up here."""
 
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from fewshot.config import CHOSEN, note_chosen, save_yaml
-from fewshot.data.cache import default_cache_dir
 from fewshot.data.cache_files import ensure_writable_dir
-from fewshot.errors import DataLayoutError, UserError, one_line, printable
 from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, measure_eval_seconds, measure_step_seconds,
                                 plan_epochs, retimed_steps, trained_speeds)
+from fewshot.run_reuse import (drop_best_aside, read_finished_json, read_last, reusable_stage, same_training_images,
+                               stage_resumes)
 from fewshot.run_words import made_of, min_epochs_warning, overrun_warning, seconds_text, stage_plan_words
-from fewshot.utils import loads_run_json, seed_everything
+from fewshot.utils import seed_everything
 
 
 def plan_stage(task, cfg: dict, end_time: float, min_epochs: int, every_field: tuple[str, str],
@@ -110,201 +108,6 @@ def round_speeds(task, k: int) -> tuple[float, float, str]:
     return step_s, eval_s, speed
 
 
-# docs/recipes.md: at a 3-minute budget on CPU 64 px scored below 32 (4x the cost per step, fewer epochs); 64 px
-# gained at 5 minutes on 56-px images
-CPU_64PX_MIN_MINUTES = 5.0
-
-
-def auto_img_size(infos, device: torch.device, budget_minutes: float) -> tuple[int, str]:
-    """The image size for these images, device and budget, and why, for the line that reports it. Small native
-    images (digits, MNIST-like) train at 32 px; larger ones at 160 on GPU, and on CPU at 64 px from
-    CPU_64PX_MIN_MINUTES of budget, else at 32 (at 64 px a short budget buys too few steps)."""
-    from PIL import Image
-
-    sides = []
-    for info in infos:
-        for p, _ in info.train[:20]:
-            try:
-                with Image.open(p) as im:
-                    sides.append(min(im.size))
-            except (OSError, ValueError, Image.DecompressionBombError):
-                continue  # an unreadable file is reported (or skipped) by the image loader, not here
-    median = sorted(sides)[len(sides) // 2] if sides else 224
-    chosen = "chosen for these images and device; --img-size to change"
-    if median <= 40:
-        return 32, chosen
-    if device.type != "cpu":
-        return 160, chosen
-    if budget_minutes < CPU_64PX_MIN_MINUTES:
-        return 32, (f"chosen for these images, device and the {budget_minutes:g}-minute budget: 64 px costs 4x per "
-                    f"step and pays on CPU from --budget-minutes {CPU_64PX_MIN_MINUTES:g}; --img-size 64 to override")
-    return 64, chosen
-
-
-def check_model(cfg: dict, load_weights: bool = True):
-    """Build the backbone once and run a blank image through it, before the run folder is written: an unknown
-    model, an option it does not take (small_stem on a ViT), weights that do not fit or an image size it cannot
-    take would otherwise stop the first stage and leave a run that neither a rerun nor --resume can use.
-    The model.strict=false warning is given here, once; the stages load the file quietly. ``load_weights``
-    False: a resumed stage's checkpoint replaces model.weights (weights_replaced_by), which are not read."""
-    from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size,
-                                         create_backbone, input_size)
-    from fewshot.models.weights import load_backbone_weights
-
-    m = adopt_weights_architecture(copy.deepcopy(cfg["model"]))
-    backbone = create_backbone(m["name"], **backbone_options(m))
-    if m.get("weights") and load_weights:
-        load_backbone_weights(backbone, m["weights"], strict=m["strict"])
-    check_input_size(backbone, input_size(backbone, m["img_size"]), m["name"])
-    return backbone
-
-
-def weights_replaced_by(state, out: Path, pretrain: bool) -> Path | None:
-    """On --resume: the folder of the stage that starts from model.weights (MoCo, else round 1 of fine-tuning)
-    when it holds a checkpoint that replaces them, so that the file need not exist any more (as for `fewshot
-    train --resume`); None when that stage starts from the file again. The conditions are the stages' own."""
-    if state is None:
-        return None
-    if pretrain:
-        sdir, status = out / "pretrain", state.status("pretrain")
-        done = status == "done" and (out / "backbone.safetensors").is_file()
-        began = status is not None and (sdir / "checkpoints" / "last.pt").is_file()
-        # a stopped one without its config.yaml resumes too (run_pretrain), refused as lost settings
-        return sdir if (done and (sdir / "config.yaml").is_file()) or (began and not done) else None
-    for name in ("finetune_labelled", "finetune"):  # round 1 is `finetune` when self-training is off
-        sdir = out / name
-        if stage_resumes(state.status(name), sdir):
-            return sdir
-    return None
-
-
-def stage_resumes(status: str | None, sdir: Path) -> bool:
-    """Whether fine-tuning stage ``sdir`` (RunState ``status``) is reused or continued on --resume. One with its
-    last.pt is, with or without its config.yaml: stage_config refuses a missing one as lost settings, where the
-    stage started over from random init and overwrote its last.pt without a word."""
-    if status in ("began", "trained", "done") and (sdir / "checkpoints" / "last.pt").is_file():
-        return True
-    # a finished stage whose last.pt is gone is reused from its config.yaml and best.pt
-    return status in ("trained", "done") and (sdir / "config.yaml").is_file()
-
-
-def adopt_stage_architecture(cfg: dict, sdir: Path) -> None:
-    """The width and stem that stage ``sdir`` took from model.weights (a fewshot export records them), for the
-    stages not begun yet when the file is no longer read: they rebuild the network the checkpoint holds. A stage
-    config.yaml with no run's settings in it is refused as lost (resumed_settings), not read as no width."""
-    from fewshot.train.finetune import resumed_settings
-
-    model = resumed_settings(sdir, cfg, stage=True).get("model") or {}
-    for key in ("width", "small_stem"):
-        if key in model:
-            cfg["model"][key] = model[key]
-
-
-def check_pool_images(cfg: dict, infos, semi: str) -> tuple[list[tuple[str, str]], int | None]:
-    """Decode the pool as the MoCo and FixMatch stages will (their cache entries), before the run folder is
-    started: a broken file under data.skip_bad_unlabeled=false stopped those stages in a started folder that
-    a rerun then refused. Returns the files left out and the images MoCo can use (None: no MoCo); the images
-    are not kept (only the cache is)."""
-    from fewshot.data.cache import load_images
-    from fewshot.ssl.pretrain import pool_paths
-    from fewshot.train.semi import POOL_SKIP_NOTE, pool_files
-
-    d = cfg["data"]
-    # MoCo decodes whole images (crop 1.0) of its pool, where train images stand in for a dataset without one;
-    # FixMatch decodes as fine-tuning does (data.crop_pct) and only real pool images (the cache entry it reads)
-    jobs = ([("moco", 1.0, pool_paths(cfg, infos)[0])] if cfg["run"]["pretrain"] else []) + \
-        ([("fixmatch", d["crop_pct"], pool_files(cfg, infos, exclude_train=True)[0])] if semi == "fixmatch" else [])
-    skipped, n_moco, seen = [], None, set()
-    for stage, crop, paths in jobs:
-        cached = load_images(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]),
-                             crop_pct=crop, skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"],
-                             desc="loading unlabeled pool", skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"),
-                             bit_depth=d.get("bit_depth", "auto"))
-        skipped += [b for b in cached.bad if b[0] not in seen]
-        seen.update(b[0] for b in cached.bad)
-        if stage == "moco":
-            n_moco = int(cached.valid.sum())
-        del cached
-    return skipped, n_moco
-
-
-def check_pretrain_settings(cfg: dict, backbone) -> None:
-    """The MoCo stage's batch against its queue and shuffle-BN groups, before the run folder is started: found by
-    the stage, a bad pair left a folder that only deleting freed (a rerun wanted --resume, and --resume refused
-    the corrected setting)."""
-    from fewshot.ssl.pretrain import keys_per_step, split_groups
-
-    r = cfg["run"]
-    batch = int(r["pretrain_batch_size"])
-    # moco.symmetric enqueues both views' keys each step (ssl.pretrain.resolve_pretrain_defaults refuses the queue
-    # under 2x the batch): checked only there, K=96 at batch 64 decoded the pool and started the folder first
-    symmetric = bool(cfg["moco"].get("symmetric"))
-    keys = keys_per_step(batch, symmetric)
-    if r["queue_size"] is not None and int(r["queue_size"]) < keys:
-        what = (f"the {keys} keys a MoCo step enqueues with moco.symmetric=true (both views' keys: 2 x "
-                f"run.pretrain_batch_size={batch})" if symmetric else
-                f"the MoCo batch (run.pretrain_batch_size={batch})")
-        raise UserError(f"run.queue_size={r['queue_size']} is smaller than {what}: the queue could not hold one "
-                        f"step's keys. Raise run.queue_size to {keys} or more, or lower run.pretrain_batch_size"
-                        f"{' (or drop moco.symmetric=true)' if symmetric else ''}.")
-    try:
-        split_groups({"moco": cfg["moco"], "train": {"batch_size": batch}}, 1, backbone)
-    except UserError as exc:
-        raise UserError(f"the MoCo stage's batch: {exc} (in `fewshot run` the MoCo batch size is "
-                        f"run.pretrain_batch_size)") from None
-
-
-def preload_images(cfg: dict, infos, test_infos):
-    """Decode the train, val and test images before the stages are planned (into the caches the stages and
-    prediction read): every undecodable file is listed in one error now, before the run folder is started,
-    rather than the test split's first and the labelled splits' after a rerun (which then needed --resume);
-    decoding (slow for large photos) is paid up front instead of overrunning the end. Returns the test
-    ImageSet, which prediction reuses, the files --skip-bad-images left out of the three splits, and the
-    labelled train ImageSet (its epoch plan is checked before the run folder is started)."""
-    from fewshot.data.label_space import LabelSpace
-    from fewshot.data.sets import load_splits, warn_split_copies
-    from fewshot.eval.model_data import prediction_cache_dir, warn_about_blank_test_images
-
-    d, size, space = cfg["data"], cfg["model"]["img_size"], LabelSpace.from_infos(infos)
-    problems, hints, skipped, test_set, train_set = [], [], [], None, None
-    for splits, cache, sources in ((("train", "val"), default_cache_dir(d["root"], d["cache_dir"]), infos),
-                                   (("test",), prediction_cache_dir(d["root"]), test_infos)):
-        try:
-            sets = load_splits(sources, splits, space, size, cache, d["crop_pct"], d["skip_bad_images"],
-                               d.get("cache_max_gb"), d.get("bit_depth", "auto"))
-        except DataLayoutError as exc:
-            problems += exc.problems
-            hints = list(dict.fromkeys(hints + exc.hints))
-            continue
-        skipped += [bad for one in sets for bad in one.skipped]
-        test_set = sets[0] if splits == ("test",) else test_set
-        train_set = sets[0] if splits == ("train", "val") else train_set
-    if problems:
-        raise DataLayoutError(problems, hints)
-    warn_about_blank_test_images(test_set)
-    warn_split_copies(train_set, {"test": test_set}, space)  # val's were said by load_splits
-    return test_set, skipped, train_set
-
-
-def check_finetune_batches(cfg: dict, train_set) -> None:
-    """The fine-tuning stages' epoch plan on the labelled images, before the run folder is started: found by the
-    first stage (train.batch_size=1, a single training image), the error left a folder that blocked the rerun
-    (not empty) and --resume (the corrected setting)."""
-    from fewshot.train.supervised import plan_training_batches
-
-    if plan_training_batches(cfg, train_set, 0):  # the later rounds add pseudo-labelled images, never fewer
-        return
-    bs, n = cfg["train"]["batch_size"], len(train_set)
-    if bs < 2:
-        raise UserError(f"train.batch_size={bs}: BatchNorm needs at least 2 images per batch in training; use 2 "
-                        f"or more.")
-    if cfg["data"]["sampler"] == "grouped":
-        raise UserError("data.sampler=grouped keeps each dataset's batches apart, and no dataset has 2 training "
-                        "images (BatchNorm cannot train on 1): use data.sampler=shuffle or add training images.")
-    raise UserError(f"{n} training image{'s give' if n != 1 else ' gives'} no batch of at least 2 images, which "
-                    f"BatchNorm needs in training: add training images.")
-
-
 def stage_config(sdir: Path, cfg: dict) -> dict:
     """A stopped stage's own config.yaml (its planned epochs, budget and evaluation interval), with this
     session's device, data location and output settings (what a resumed run may change). The device's record
@@ -354,38 +157,6 @@ def trains_no_further(cfg: dict, trained: float) -> bool:
     """Whether a resumed stage's budget, as cap_resumed_budget set it, holds no more than the ``trained`` seconds it
     had (its deadline passed, or closer than the step kept back): it goes straight to its closing work."""
     return float(cfg["train"]["budget_minutes"]) * 60 <= max(trained, 1e-3) + 1e-6
-
-
-def read_last(last: Path | dict) -> dict:
-    """A stopped stage's last.pt, its tensors mapped, not read (the checks of a resume need a few numbers of it), or
-    the checkpoint itself where the caller read it already."""
-    from fewshot.train.checkpoint import load_checkpoint
-
-    return last if isinstance(last, dict) else load_checkpoint(last, mmap=True)
-
-
-def same_training_images(task, last: Path | dict, key_then: str | None, key_now: str | None) -> bool:
-    """Whether a stopped stage's last.pt (a path, or the checkpoint read) trained on the images the task holds now:
-    as many, and the same pseudo-labels (their fingerprint, recorded when the stage began)."""
-    n_run = read_last(last).get("n_train")
-    return (n_run is None or int(n_run) == len(task.train_set)) and key_then == key_now
-
-
-def better_earlier_round(earlier: dict[str, dict], last_val: float | None) -> str | None:
-    """The val guard of self-training: the stage (of ``earlier``, name -> val metrics) that scores higher on val
-    than the last round, the best of them (the earliest of equals), or None. Only round 1 was compared: with
-    run.pseudo_rounds=3 a round 2 of 83.9 lost to round 1's 83.5 after the last round's 81.5."""
-    scored = {name: m["mean_acc1"] for name, m in earlier.items() if m.get("mean_acc1") is not None}
-    best = max(scored, key=scored.get, default=None)
-    return best if best is not None and last_val is not None and scored[best] > last_val else None
-
-
-def drop_best_aside(sdir: Path) -> None:
-    """A finished stage is never resumed: the best.pt that its closing budget stop kept aside for a resume
-    (resume.BEST_ASIDE) is a whole checkpoint of wasted disk."""
-    from fewshot.train.resume import BEST_ASIDE
-
-    (sdir / "checkpoints" / BEST_ASIDE).unlink(missing_ok=True)
 
 
 def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
@@ -502,37 +273,6 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         state.record(name, "done", time.monotonic() - t_start)
     drop_best_aside(fdir)
     return task, metrics
-
-
-def read_finished_json(path: Path, what: str, numbers: tuple[str, ...] = ()) -> dict:
-    """A JSON object that `fewshot run --resume` reuses as the run wrote it: one altered (nested 100,000 deep, or
-    no JSON) ended in a RecursionError or JSONDecodeError, an internal error (exit 1). ``numbers``: its keys that
-    are compared or printed as numbers (a stage's mean_acc1), each a number or null where present: `"x"` ended in
-    a TypeError in the val guard."""
-    try:
-        data = loads_run_json(path.read_text(encoding="utf-8"))
-    except OSError as exc:  # its text names the path, which the message names once
-        why = printable(one_line(exc.strerror or str(exc)))[:200]
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        why = printable(one_line(str(exc)))[:200]
-    else:
-        wrong = next((k for k in numbers if isinstance(data, dict) and not _number_or_null(data.get(k))), None)
-        if isinstance(data, dict) and wrong is None:
-            return data
-        why = (f"it holds a JSON {type(data).__name__}, not an object" if not isinstance(data, dict) else
-               f"its {wrong} is {printable(one_line(json.dumps(data[wrong])))[:60]}, not a number or null")
-    raise UserError(f"{path} ({what}) cannot be read: {why}. It was altered or cut short after the run wrote it: "
-                    f"restore it, or start the run anew with another --out.")
-
-
-def _number_or_null(value) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-
-
-def reusable_stage(state, sdir: Path) -> bool:
-    """Whether ``fewshot run --resume`` reuses stage ``sdir`` as it is (finetune_stage's test): it finished before
-    the stop and its folder holds its config.yaml."""
-    return state is not None and state.status(sdir.name) == "done" and (sdir / "config.yaml").is_file()
 
 
 def moco_queue_size(r: dict, pool_size: int | None, symmetric: bool = False) -> int:

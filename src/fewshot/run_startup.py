@@ -27,9 +27,10 @@ from fewshot.progress import set_enabled
 from fewshot.run_budget import LEAST_RUN_S, hopeless_budget_error, least_run_holds
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.run_pseudo import pool_decode_limit, precision_cap
-from fewshot.run_stages import (adopt_stage_architecture, auto_img_size, check_finetune_batches, check_model,
-                                check_pool_images, check_pretrain_settings, finetune_config, preload_images,
-                                read_finished_json, weights_replaced_by)
+from fewshot.run_checks import (auto_img_size, check_finetune_batches, check_model, check_pool_images,
+                                check_pretrain_settings, preload_images)
+from fewshot.run_reuse import adopt_stage_architecture, read_finished_json, weights_replaced_by
+from fewshot.run_stages import finetune_config
 from fewshot.run_state import STATE_FILE, RunState, holds_finished_run
 from fewshot.run_words import UNRECORDED, minutes_text
 from fewshot.runtime import configure_cpu
