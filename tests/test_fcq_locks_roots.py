@@ -7,21 +7,25 @@ folder's index.html was passed over as "fewshot output" instead of having its la
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from fewshot.data.roots import list_datasets, not_a_dataset
+from fewshot.data.roots import list_datasets, not_a_dataset, split_folders
 from fewshot.errors import UserError
-from fewshot.run_lock import LOCK_NAME, being_written, lock_run_dir, lock_scope
+from fewshot.run_lock import LOCK_NAME, being_written, lock_run_dir, lock_scope, made_lock_file
 from helpers.checks import run_main
 
 OTHER_PID = "999999"
 PNG = b"\x89PNG\r\n\x1a\n"
+OUTPUT = "fewshot output (a run or a report), no train/, val/ or test/"
+REPORT_PAGE = "<!DOCTYPE html>\n<html>\n<head>\n<title>fewshot report</title>\n</head></html>"
 
 
 @contextmanager
@@ -184,3 +188,158 @@ def test_a_report_page_below_a_folder_still_passes_it_over(tmp_path):
     assert not_a_dataset(tmp_path / "runs") == "fewshot output (a run or a report), no train/, val/ or test/"
     _class_folders_with_pages(tmp_path / "deep" / "sweep", page)
     assert not_a_dataset(tmp_path / "deep") == "fewshot output (a run or a report), no train/, val/ or test/"
+
+
+# ----------------------------------------------------------------- rev59: a FIFO, a mirror's top, probe's lock
+
+def _not_a_dataset_unless_hung(folder: Path, fifo: Path):
+    """not_a_dataset(folder) in a thread; a hang on ``fifo`` is ended by opening its other end (fails, no hang)."""
+    got = []
+    worker = threading.Thread(target=lambda: got.append(not_a_dataset(folder)), daemon=True)
+    worker.start()
+    worker.join(20)
+    hung = worker.is_alive()
+    if hung:  # a reader blocked in open() is let go by a writer that opens and closes at once
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(20)
+    assert not hung, "not_a_dataset hung on a FIFO named index.html"
+    return got[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_named_index_html_below_a_root_hangs_nothing_and_counts_as_before(tmp_path):
+    """Opened and read to look for the report title: every command on the root hung (list_datasets)."""
+    classes = tmp_path / "x" / "daisy"
+    classes.mkdir(parents=True)
+    (classes / "a.png").write_bytes(PNG)
+    os.mkfifo(classes / "index.html")
+    assert _not_a_dataset_unless_hung(tmp_path / "x", classes / "index.html") == OUTPUT
+    top = tmp_path / "y"
+    _class_folders_with_pages(top, "<title>Index of /</title>")
+    os.mkfifo(top / "index.html")  # the dataset folder's own index.html: not read either
+    assert _not_a_dataset_unless_hung(top, top / "index.html") == OUTPUT
+
+
+def test_a_mirror_with_an_index_html_at_its_top_too_is_a_dataset_with_a_layout_problem(tmp_path):
+    """`wget -r` mirror copied whole: index.html in the dataset folder itself made it "fewshot output" again."""
+    root = tmp_path / "root"
+    _class_folders_with_pages(root / "flowers", "<html><title>Index of /daisy</title></html>")
+    (root / "flowers" / "index.html").write_text("<html><title>Index of /flowers</title></html>")
+    assert not_a_dataset(root / "flowers") is None
+    assert list_datasets(root) == ["flowers"]
+
+
+def test_a_split_folder_holding_a_web_page_is_still_a_split(tmp_path):
+    """`--data ROOT/digits` (a dataset, not the root): its train/ with a mirror's index.html was no split folder."""
+    dataset = tmp_path / "digits"
+    _class_folders_with_pages(dataset / "train", "<title>Index of /train</title>")
+    (dataset / "train" / "index.html").write_text("<title>Index of /train</title>")
+    _class_folders_with_pages(dataset / "val", "<title>Index of /val</title>")
+    assert split_folders(dataset) == [dataset / "train", dataset / "val"]
+
+
+def test_a_report_page_in_the_folder_itself_still_passes_it_over(tmp_path):
+    """As a report written into the root (ROOT/rep: its page and PNGs, from a fewshot without the report mark)."""
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "index.html").write_text(REPORT_PAGE)
+    (rep / "curves.png").write_bytes(PNG)
+    assert not_a_dataset(rep) == OUTPUT
+
+
+def test_a_lock_file_unlinked_by_its_holder_while_the_probe_waits_goes_at_the_probes_end(digits_root, tmp_path,
+                                                                                          monkeypatch):
+    """A probe started while another one held --out saw that one's lock file ("not made"), waited, then locked a
+    file of its own and left it behind for good (every later probe saw it there before)."""
+    import fewshot.run_lock as run_lock
+
+    out = tmp_path / "px"
+    out.mkdir()
+    holder = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(holder, f"{OTHER_PID} probe\n".encode())
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    real, ended = run_lock._flock_retrying, []
+
+    def holder_ends_meanwhile(fd):
+        if not ended:  # this probe has opened the holder's file and waits for its lock
+            ended.append(os.unlink(out / LOCK_NAME))  # the other probe's unlock_and_remove: unlink, then close
+            os.close(holder)
+        return real(fd)
+
+    monkeypatch.setattr(run_lock, "_flock_retrying", holder_ends_meanwhile)
+    rc, _, err = run_main(*probe_argv(digits_root, out))
+    assert rc == 0, err
+    assert sorted(os.listdir(out)) == ["metrics.json"]
+
+
+@pytest.mark.parametrize("run_files", [(), ("config.yaml",)])
+def test_a_lock_file_that_appears_while_the_probe_runs_is_not_the_probes(digits_root, tmp_path, monkeypatch,
+                                                                        run_files):
+    """--out new at the probe's start: a train ran there meanwhile (its lock file, maybe its run) and the probe,
+    locking it at its end, deleted the lock file as one it had made."""
+    import fewshot.eval.probe as probe
+
+    out = tmp_path / "px"
+    real = probe.run_probe
+
+    def another_command_meanwhile(*args, **kwargs):
+        out.mkdir()
+        (out / LOCK_NAME).write_text(f"{OTHER_PID} train\n")
+        for name in run_files:
+            (out / name).write_text("")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probe, "run_probe", another_command_meanwhile)
+    rc, _, err = run_main(*probe_argv(digits_root, out))
+    assert rc == (2 if run_files else 0), err
+    assert sorted(os.listdir(out)) == sorted([LOCK_NAME, *(run_files or ["metrics.json"])])
+    assert not being_written(out)
+
+
+def test_a_probe_keeps_the_lock_file_it_made_where_a_run_appeared(digits_root, tmp_path, monkeypatch):
+    """A run's files in --out by its end (written where locks do not work, or copied in): the folder is a run's,
+    and a run folder keeps its lock file."""
+    import fewshot.eval.probe as probe
+
+    out = tmp_path / "px"
+    out.mkdir()
+    real = probe.run_probe
+    monkeypatch.setattr(probe, "run_probe", lambda *a, **k: ((out / "config.yaml").write_text(""), real(*a, **k))[1])
+    rc, _, err = run_main(*probe_argv(digits_root, out))
+    assert rc == 2 and "a run was started there while the probe ran" in err, err
+    assert sorted(os.listdir(out)) == [LOCK_NAME, "config.yaml"]
+
+
+def test_lock_run_dir_tells_a_lock_file_it_made_from_one_there_before(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / LOCK_NAME).write_text(f"{OTHER_PID}\n")
+    (tmp_path / "new").mkdir()
+    with lock_scope("probe"):
+        assert lock_run_dir(tmp_path / "old") and lock_run_dir(tmp_path / "new")
+        assert not made_lock_file(tmp_path / "old") and made_lock_file(tmp_path / "new")
+    assert not made_lock_file(tmp_path / "new")  # given up with the command
+
+
+def test_a_lock_file_made_where_it_cannot_be_locked_is_not_left_behind(tmp_path, monkeypatch):
+    """A file system without flock (ENOLCK): the empty lock file guards nothing; one there before stays."""
+    import fewshot.run_lock as run_lock
+
+    def no_locks(fd):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run_lock, "_flock_retrying", no_locks)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / LOCK_NAME).write_text(f"{OTHER_PID}\n")
+    with lock_scope("probe"):
+        assert lock_run_dir(tmp_path) is False and lock_run_dir(tmp_path / "old") is False
+    assert sorted(os.listdir(tmp_path)) == ["old"] and os.listdir(tmp_path / "old") == [LOCK_NAME]
+
+
+def test_a_train_refused_by_a_probe_is_not_told_that_waiting_never_frees_the_folder(digits_root, tmp_path):
+    """A probe that fails or is stopped leaves its folder without its lock file: only a finished one's metrics.json
+    keeps a run out."""
+    out = tmp_path / "px"
+    with held(out, f"{OTHER_PID} probe\n"):
+        rc, _, err = run_main(*train_argv(digits_root, out))
+    assert rc == 2 and "a probe that finishes leaves its metrics.json in that folder" in err, err
+    assert "does not free it" not in err, err

@@ -624,7 +624,8 @@ def test_a_report_written_into_the_data_root_is_not_a_dataset(copy_root, dataset
 
     rep = copy_root / "rep"
     rep.mkdir()
-    (rep / "index.html").write_text("<html></html>")
+    # the page as `fewshot report` writes it (its title): a bare web page with a picture is the user's (fCU)
+    (rep / "index.html").write_text("<html><head><title>fewshot report</title></head></html>")
     Image.new("RGB", (8, 8)).save(rep / "curves.png")
     capfd.readouterr()
     assert list_datasets(copy_root) == dataset_names

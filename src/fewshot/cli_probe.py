@@ -7,7 +7,6 @@ it is about where its metrics.json may be written.
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,13 +135,13 @@ def cmd_probe(args, extra) -> int:
 def _probe_lock_file_removed(out: str | None):
     """The lock file probe makes in --out goes again at its end, finished or failed: a run folder keeps its lock
     file (the run's next --resume locks it), but a probe's folder is the user's, with metrics.json in it at most.
-    Removed while still locked (unlock_and_remove), never one another command holds; one there before stays."""
-    from fewshot.run_lock import LOCK_NAME, unlock_and_remove
+    Only a file this command created and still holds, judged at the end (a file seen at the start may be gone by the
+    time the lock is taken, and one missing then may be a run's by now), in a folder that holds no run; removed while
+    still locked (unlock_and_remove)."""
+    from fewshot.run_lock import made_lock_file, unlock_and_remove
 
-    lock = Path(out) / LOCK_NAME if out else None
-    made = lock is not None and not os.path.lexists(lock)
     try:
         yield
     finally:
-        if made:
-            unlock_and_remove(lock.parent)
+        if out and made_lock_file(out) and not any((Path(out) / m).exists() for m in PROBE_RUN_MARKERS):
+            unlock_and_remove(out)

@@ -35,6 +35,7 @@ except ImportError:  # Windows: no flock
 
 LOCK_NAME = ".fewshot.lock"
 _HELD: dict[str, tuple[int, int]] = {}  # resolved folder -> (descriptor holding its lock, owning command)
+_MADE: set[str] = set()  # the folders of _HELD whose lock file the holding command created (made_lock_file)
 _OWNER = contextvars.ContextVar("fewshot_lock_owner", default=0)  # 0: no command (library code called directly)
 _COMMAND = contextvars.ContextVar("fewshot_lock_command", default="")  # the command's name, written beside the pid
 _SCOPES = itertools.count(1)
@@ -80,7 +81,7 @@ def lock_run_dir(folder: str | Path, busy: Callable[[str], str] | None = None) -
         _HELD[key] = (held[0], owner)  # any command (run_finetune called directly, which has returned): this
         return True                    # command adopts it and gives it up at its end; another thread's is refused
     for _ in range(5):
-        fd = _open_lock_file(folder)
+        fd, created = _open_lock_file(folder)
         if fd is None:
             if not folder.is_dir():  # another start into the same --out failed and removed the folder it made
                 raise UserError(f"'{folder}' was removed while this command started (another fewshot command "
@@ -95,16 +96,35 @@ def lock_run_dir(folder: str | Path, busy: Callable[[str], str] | None = None) -
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 who = _holder_words(holder, command)
                 raise UserError(busy(who) if busy else _refusal(folder, who, command)) from None
+            _drop_unlockable(folder, created)
             return False  # ENOLCK, EOPNOTSUPP, ...: this file system cannot lock
         if _still_named(fd, folder / LOCK_NAME):
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {_COMMAND.get()}".strip().encode() + b"\n")
             _HELD[key] = (fd, owner)
+            if created:
+                _MADE.add(key)
             return True
         # the holder removed the file while this command waited for it (a failed start undoing itself:
         # unlock_and_remove): a lock on a nameless file guards nothing, so lock the name anew
         os.close(fd)
     return False
+
+
+def made_lock_file(folder: str | Path) -> bool:
+    """Whether this command holds ``folder``'s lock on a lock file it created itself (probe removes only such a
+    file: one that was there when it locked is another command's, a run's that its --resume locks again)."""
+    key = str(Path(folder).resolve())
+    held = _HELD.get(key)
+    return key in _MADE and held is not None and held[1] == _owner()
+
+
+def _drop_unlockable(folder: Path, created: bool) -> None:
+    """Delete the empty lock file this call created where it cannot be locked (a file system without flock):
+    it guards nothing, and was left behind in every folder a command only looked into (probe's --out)."""
+    if created:
+        with suppress(OSError):
+            (folder / LOCK_NAME).unlink()
 
 
 def _still_named(fd: int, path: Path) -> bool:
@@ -116,30 +136,46 @@ def _still_named(fd: int, path: Path) -> bool:
     return (mine.st_dev, mine.st_ino) == (named.st_dev, named.st_ino)
 
 
-def _open_lock_file(folder: Path) -> int | None:
-    """The lock file, opened for writing, never through a link: it is truncated and written (a planted symbolic
-    link emptied its target). A symbolic link is refused; a file with other hard links (a run copied with `cp -al`
-    or `rsync --link-dest`, or a planted link) is unlinked and made anew, which leaves the other names as they
-    were. None where the folder cannot be written."""
+def _open_lock_file(folder: Path) -> tuple[int | None, bool]:
+    """The lock file, opened for writing, never through a link, and whether this call created it: it is truncated
+    and written (a planted symbolic link emptied its target). A symbolic link is refused; a file with other hard
+    links (a run copied with `cp -al` or `rsync --link-dest`, or a planted link) is unlinked and made anew, which
+    leaves the other names as they were. (None, False) where the folder cannot be written."""
     path = folder / LOCK_NAME
     for _ in range(2):
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            fd, created = _open_or_create(path)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EMLINK):  # EMLINK: FreeBSD's answer for O_NOFOLLOW on a link
                 raise _planted_lock(folder, "a symbolic link") from None
-            return None
+            return None, False
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
-            return fd
+            return fd, created
         os.close(fd)
         if not stat.S_ISREG(info.st_mode):
             raise _planted_lock(folder, "not a file")
         try:
             path.unlink()
         except OSError:
-            return None
-    return None
+            return None, False
+    return None, False
+
+
+def _open_or_create(path: Path) -> tuple[int, bool]:
+    """``path`` opened read-write (not through a link), made where missing, and whether this call made it:
+    O_EXCL first, since a file that was there already is another command's (probe removes only its own)."""
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(3):
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            pass
+        try:
+            return os.open(path, flags), False
+        except FileNotFoundError:  # removed in between (a holder's unlock_and_remove): make it again
+            continue
+    return os.open(path, flags | os.O_CREAT, 0o644), False
 
 
 def _planted_lock(folder: Path, what: str) -> UserError:
@@ -218,7 +254,8 @@ def _refusal(folder: Path, who: str, command: str) -> str:
     if command == "probe":
         return (f"'{folder}' is being written by {who}, which writes its metrics.json there when it ends: a run in "
                 f"that folder and the probe would replace each other's metrics.json. Choose another --out for the "
-                f"run: the probe's folder holds its metrics.json, not a run (waiting for the probe does not free it).")
+                f"run: a probe that finishes leaves its metrics.json in that folder, and a run does not start in a "
+                f"folder holding other files.")
     return (f"'{folder}' is being written by {who}: two runs in one folder would log every epoch twice and overwrite "
             f"each other's checkpoints. Wait for it to finish (or stop it), then --resume; or choose another --out.")
 
@@ -231,6 +268,7 @@ def unlock_and_remove(folder: str | Path) -> None:
     if held is None or held[1] != _owner():
         return
     del _HELD[key]
+    _MADE.discard(key)
     try:
         (Path(folder) / LOCK_NAME).unlink(missing_ok=True)
     except OSError:
@@ -246,6 +284,7 @@ def release_owned(owner: int) -> None:
     for key, (fd, held_by) in list(_HELD.items()):
         if held_by == owner:
             del _HELD[key]
+            _MADE.discard(key)
             try:
                 os.close(fd)
             except OSError:

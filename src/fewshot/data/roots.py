@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 import unicodedata
 from pathlib import Path
@@ -26,7 +27,9 @@ _TOLD_NOT_DATASETS: set[str] = set()
 
 
 def _holds_run(folder: Path) -> bool:
-    return any((folder / marker).exists() for marker in RUN_MARKERS)
+    """Whether ``folder`` itself is a run or report (_marks_output): a `wget -r` mirror copied whole has an
+    index.html at its top too, and was passed over as "fewshot output" instead of having its layout named."""
+    return _marks_output(folder, [m for m in RUN_MARKERS if (folder / m).exists()])
 
 
 def _marks_output(folder: Path, names) -> bool:
@@ -38,19 +41,24 @@ def _marks_output(folder: Path, names) -> bool:
 
 
 def _report_page(page: Path) -> bool:
-    """Whether ``page`` is one `fewshot report` wrote (its title, in its head); one that cannot be read counts."""
+    """Whether ``page`` is one `fewshot report` wrote (its title, in its head). One that cannot be read counts, and
+    so does anything but a regular file (as before: any index.html marked a report): a FIFO so named was opened and
+    read, and every command on the root hung there."""
     try:
-        with open(page, "rb") as fh:
-            return REPORT_TITLE.encode() in fh.read(4096)
+        if not stat.S_ISREG(os.stat(page).st_mode):
+            return True
+        fd = os.open(page, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # swapped for a FIFO since: no hang
+        with os.fdopen(fd, "rb") as fh:
+            return not stat.S_ISREG(os.fstat(fd).st_mode) or REPORT_TITLE.encode() in fh.read(4096)
     except OSError:
-        return True  # as before: any index.html marked a report
+        return True
 
 
 def _child_marks_output(child: Path) -> bool:
     """_marks_output for a visible folder directly below a candidate dataset (a runs/ folder's runs)."""
     if child.name.startswith(".") or not child.is_dir():
         return False
-    return _marks_output(child, [m for m in RUN_MARKERS if (child / m).exists()])
+    return _holds_run(child)
 
 
 def _images_below(folder: Path, limit: int = 20000) -> str:
