@@ -171,7 +171,7 @@ def cmd_report(args, extra) -> int:
 
         raise UserError("--grid must be 0 or more images.")
     index = build_report(args.runs, Path(args.out), data=args.data, device=args.device, tsne=args.tsne,
-                         grid_images=args.grid)
+                         grid_images=args.grid, skip_bad=args.skip_bad_images)
     print(f"report: {index}")
     return 0
 

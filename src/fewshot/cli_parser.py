@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, default=40, metavar="N", help="val images in the prediction grid, spread "
                    "over the datasets and at least one of each (so N below their count shows more); at most 400, "
                    "0: no grid (default 40)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="go on past undecodable val images (listed): they are left out of the confusion matrices, "
+                   "embedding map and prediction grid, which are otherwise skipped")
 
     p = sub.add_parser("compare", help="print the report's tables of one or more runs in the terminal",
                        description="Print the tables of `fewshot report` (overview, per-dataset accuracy, kNN) in the "

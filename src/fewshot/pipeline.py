@@ -282,7 +282,8 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin):
             self.summary.pop("near_chance", None)
             return
         epochs = self.summary["stages"].get(self.fdir.name, {}).get("epochs")
-        why = near_chance_why(found, self.fdir.name, epochs if isinstance(epochs, (int, float)) else None)
+        why = near_chance_why(found, self.fdir.name, epochs if isinstance(epochs, (int, float)) else None,
+                              pred.get("n_parameters"))
         self.summary["near_chance"] = {"datasets": found, "why": why}
 
     def report_skips_images(self) -> str | None:

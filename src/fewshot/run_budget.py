@@ -330,7 +330,7 @@ def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s
     total = used_s + need_s
     # the closing reserve grows with the budget (1.5 % of it): the budget named holds the rest at that share, and
     # 10 % more for a machine a little busier than at this measurement, in tenths of a minute rounded up
-    least = math.ceil((total - CLOSING_SHARE * budget_s) / (1 - CLOSING_SHARE) * 1.1 / 6) / 10
+    least = _more_than(budget_s, math.ceil((total - CLOSING_SHARE * budget_s) / (1 - CLOSING_SHARE) * 1.1 / 6) / 10)
     return UserError(one_line(
         f"--budget-minutes {budget_s / 60:g} is too short for {what} on this machine: start-up and the timing of "
         f"the speeds took {used_s:.0f} s, and the least run after them ({first}{FLOOR_STEPS + 1} training steps at "
@@ -342,6 +342,12 @@ def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s
         f". Nothing was "
         f"trained{' and the output folder was left as it was' if undone else ''}. Give --budget-minutes {least:g} "
         f"or more (more leaves training a fair share){hints}."))
+
+
+def _more_than(budget_s: float, least: float) -> float:
+    """The budget a refusal names, in minutes: ``least``, but never the refused one or less (rounded to tenths, a
+    need just above 0.1 minutes named `--budget-minutes 0.1 or more` to a refused 0.1)."""
+    return max(least, (math.floor(budget_s / 6 + 1e-9) + 1) / 10)
 
 
 def _tenths_down(seconds: float) -> str:

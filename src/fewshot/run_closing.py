@@ -287,7 +287,8 @@ class ClosingMixin:
         if shown is None:  # nothing timed yet (decoding took the budget): no speed to name
             error = hopeless_budget_error(budget_s, used, started=True, undone=self.locked)
         else:
-            error = too_short_budget_error(budget_s, used, least_run_seconds(shown, 0.0), shown,
+            # the need the check refused on (the floor included): the words and the budget named follow from it
+            error = too_short_budget_error(budget_s, used, max(LEAST_RUN_S, least_run_seconds(shown, 0.0)), shown,
                                            f"{cfg['model']['name']} at {cfg['model']['img_size']}px",
                                            self.least_run_hints(bool(cfg["run"].get("pretrain"))), self.locked,
                                            untimed="its steps alone, at the fastest step timed: the timing stopped "

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fewshot.data.image_files import IMAGE_EXTS
-from fewshot.errors import UserError
+from fewshot.errors import UserError, path_argument
 
 try:
     import fcntl
@@ -231,18 +231,41 @@ def _half_moved(stage: Path, ds_dir: Path, pool_dir: Path) -> bool:
         and not _nonempty(pool_dir)
 
 
-def _inside_a_dataset(out: Path) -> str | None:
-    """What existing dataset folder OUT lies in (None: none). `--out ROOT/digits/train` added class folders
-    to that split, and `--out ROOT/unlabeled` put a whole dataset into ROOT's pool."""
+def _inside_a_dataset(out: Path) -> tuple[str, Path] | None:
+    """What existing dataset folder or root OUT lies in, and the root to build into instead (None: none).
+    `--out ROOT/digits/train` added class folders to that split, and `--out ROOT/unlabeled` put a whole dataset into
+    ROOT's pool."""
     real = out.resolve()
     for a in (real, *real.parents):
         try:
             if a.name in ("train", "val", "test") and _holds_a_dataset(a.parent):
-                return f"the {a.name} split of the dataset {a.parent}"
+                return f"the {a.name} split of the dataset {a.parent}", a.parent.parent
             if a.name == "unlabeled" and any(c != a and _holds_a_dataset(c) for c in a.parent.iterdir()):
-                return f"the unlabeled pool of the dataset root {a.parent}"
+                return f"the unlabeled pool of the dataset root {a.parent}", a.parent
         except OSError:
             continue
+    return _in_a_dataset_or_root(real)
+
+
+def _in_a_dataset_or_root(real: Path) -> tuple[str, Path] | None:
+    """A dataset folder OUT is (or lies in), or the dataset root OUT would be made in (OUT itself may be one: the
+    build adds its dataset there). `--out ROOT/digitz` (a typo's "build the demo data" advice) built a root inside
+    the root, whose folder then broke training on it; `--out ROOT/digits` wrote digits/ and unlabeled/ into a
+    dataset. Only the folder OUT is made in counts as a root: a dataset anywhere in /tmp or ~ made them roots."""
+    for a in (real, *real.parents):
+        try:
+            if a != a.parent and _holds_a_dataset(a):
+                return f"the dataset folder {a}", a.parent
+        except OSError:
+            continue
+    home = next((a for a in real.parents if a.is_dir()), None)
+    try:
+        held = sorted(c.name for c in home.iterdir() if not c.name.startswith(".") and _holds_a_dataset(c)) \
+            if home is not None and home != home.parent else []
+    except OSError:
+        held = []
+    if held:
+        return f"the dataset root {home} (it holds {', '.join(held[:5])})", home
     return None
 
 
@@ -331,8 +354,11 @@ def build_dataset(name: str, out: Path, shots: int = 10, seed: int = 0, idx_dir:
                             "remove it or choose another --out.")
     inside = _inside_a_dataset(out)
     if inside:
-        raise UserError(f"--out {out} lies inside {inside}, which a build there would break (its folders would "
-                        "join that data). Give --out a dataset root of its own, or that root itself.")
+        words, root = inside
+        there = ("" if (root / name).exists() or (root / "unlabeled" / name).exists() else
+                 f", or that root itself (--out {path_argument(root)} adds {name}/ beside its datasets)")
+        raise UserError(f"--out {out} lies inside {words}, which a build there would break (its folders would "
+                        f"join that data). Give --out a dataset root of its own{there}.")
     for p in (ds_dir, out / "unlabeled", pool_dir):  # a file there crashed after the dataset was written
         if p.exists() and not p.is_dir():
             raise UserError(f"{p} is a file where the build writes a folder; move it away or choose another --out.")

@@ -4,6 +4,7 @@ datasets found here; report's --data check asks the same questions."""
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
 import stat
@@ -12,7 +13,7 @@ import unicodedata
 from pathlib import Path
 
 from fewshot.data.image_files import has_images, is_image
-from fewshot.data.names import datasets_option
+from fewshot.data.names import datasets_option, names_list
 from fewshot.errors import UserError, one_line, path_argument, quoted, shell_quoted
 
 NOT_DATASETS = frozenset({"unlabeled"})
@@ -24,6 +25,7 @@ RUN_MARKERS = ("config.yaml", "run_state.json", "log.jsonl", "checkpoints", "ind
 _MARKER_NAMES = frozenset(RUN_MARKERS)
 REPORT_TITLE = "<title>fewshot report</title>"  # in every page `fewshot report` writes (report/build.py reads it too)
 _TOLD_NOT_DATASETS: set[str] = set()
+_LAYOUT_ADVICE = "Give --data the folder above the datasets (ROOT/<dataset>/<split>/<class>/<image>)."
 
 
 def _holds_run(folder: Path) -> bool:
@@ -210,9 +212,10 @@ def _visible_folders(root: Path) -> list[Path]:
                    if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS), key=lambda p: p.name)
 
 
-def list_datasets(root: Path) -> list[str]:
+def list_datasets(root: Path, missing: str | None = None, demo: bool = True) -> list[str]:
     """Dataset folders under ROOT: every visible directory except `unlabeled/`, run folders and OS litter
-    (not_a_dataset; each is named once on stderr)."""
+    (not_a_dataset; each is named once on stderr). A ROOT that does not exist is told ``missing`` (eval and predict:
+    the run's own root), else a root near it, else to build the demo data there (``demo``: training commands)."""
     if root.exists() and not root.is_dir():  # --data FILE.json: building demo data over it is no advice
         raise UserError(one_line(f"dataset root '{root}' is a file, not a dataset root: --data is the folder above "
                                  f"the datasets (ROOT/<dataset>/train/<class>/<image>, ROOT/<dataset>/test/<id>.jpg)"
@@ -221,8 +224,8 @@ def list_datasets(root: Path) -> list[str]:
         raise UserError(one_line(f"dataset root '{root}' is a symbolic link {broken_link_words(root)}; give --data the "
                                  f"folder above the datasets, or fix the link."))
     if not root.is_dir():
-        raise UserError(f"dataset root {shell_quoted(root)} does not exist or is not a folder. "
-                        f"Build the demo data with `fewshot data digits --out {path_argument(root)}`.")
+        advice = missing or near_root_advice(root) or (demo_data_advice(root) if demo else _LAYOUT_ADVICE)
+        raise UserError(f"dataset root {shell_quoted(root)} does not exist or is not a folder. {advice}")
     try:
         folders = _visible_folders(root)
     except OSError as exc:
@@ -243,6 +246,88 @@ def list_datasets(root: Path) -> list[str]:
                         f"(and val/<class>/ alike) for training, ROOT/<dataset>/test/<id>.jpg for predict "
                         f"(see `fewshot data --help` to build demo data).")
     return names
+
+
+def demo_data_advice(root: Path) -> str:
+    """For training commands on a path with no data near it: the demo data, built where --data points."""
+    return f"Build the demo data with `fewshot data digits --out {path_argument(root)}`."
+
+
+def run_root_advice(recorded) -> str | None:
+    """For eval and predict of a run: the root it was trained on (its recorded data.root) where that still exists
+    (None: it does not); the demo data holds none of a run's datasets, so building it at --data was refused again."""
+    if not recorded or not Path(recorded).is_dir():
+        return None
+    return (f"The run was trained on --data {path_argument(recorded)}; pass that root (or the root that holds its "
+            f"datasets now).")
+
+
+def near_root_advice(root: Path) -> str | None:
+    """"Did you mean" for a --data that does not exist, where a folder above it holds datasets (a typo under a real
+    root: building the demo data there put a whole root inside the user's and broke it) or a folder beside it with
+    a close name is a dataset root. None: no root near it."""
+    absolute = Path(os.path.abspath(root))
+    existing = next((a for a in absolute.parents if a.is_dir()), None)
+    if existing is None:
+        return None
+    for above in _layout_folders(existing):
+        found = _root_above(above, root)
+        if found:
+            return found
+    close = [existing / n for n in difflib.get_close_matches(absolute.relative_to(existing).parts[0],
+                                                              _folder_names(existing), n=3)]
+    roots = [c for c in close if _dataset_names(c)]
+    if not roots:
+        return None
+    return "Did you mean " + " or ".join(f"--data {_shown_like(root, r)}" for r in roots) + "?"
+
+
+def _layout_folders(existing: Path):
+    """``existing`` and the folders above it while it lies in a dataset's layout (a split, a class folder, the pool):
+    a folder further up that held some dataset (a sibling's, in /tmp or ~) was no root the user meant."""
+    a = existing
+    for _ in range(4):
+        yield a
+        if a == a.parent or not {a.name, a.parent.name} & {*SPLITS, "unlabeled"}:
+            return
+        a = a.parent
+
+
+def _root_above(above: Path, root: Path) -> str | None:
+    """The advice where ``above`` (a folder above the missing --data ``root``) is a dataset folder or a root."""
+    absolute = Path(os.path.abspath(root))
+    if _holds_splits(above):
+        top = above.parent
+        return (f"{above} is a dataset folder, and --data is the root above the datasets: did you mean "
+                f"--data {_shown_like(root, top)} {datasets_option([above.name])}?")
+    names = _dataset_names(above)
+    if not names:
+        return None
+    typed = absolute.relative_to(above).parts[0]
+    close = difflib.get_close_matches(typed, names, n=1)
+    pick = f" {datasets_option(close)}" if close else ""
+    return (f"{above} is a dataset root (it holds {names_list(names)}): did you mean "
+            f"--data {_shown_like(root, above)}{pick}?")
+
+
+def _folder_names(folder: Path) -> list[str]:
+    try:
+        return [p.name for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir()]
+    except OSError:
+        return []
+
+
+def _dataset_names(folder: Path) -> list[str]:
+    """The visible folders of ``folder`` that hold a split folder (its datasets, where it is a root), by name."""
+    try:
+        return sorted(f.name for f in _visible_folders(folder) if _holds_splits(f))
+    except OSError:
+        return []
+
+
+def _shown_like(given: Path, path: Path) -> str:
+    """``path`` as a word to paste, relative where the user's --data was typed relative."""
+    return path_argument(path if given.is_absolute() else Path(os.path.relpath(path)))
 
 
 def _refuse_dataset_twins(root: Path, names: list[str]) -> None:

@@ -15,7 +15,7 @@ import torch
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import scan_root, warn_once
 from fewshot.data.names import datasets_option, names_list
-from fewshot.data.roots import list_datasets
+from fewshot.data.roots import list_datasets, run_root_advice
 from fewshot.data.sets import load_split
 from fewshot.data.transforms import Normalize
 from fewshot.errors import CheckpointError, UserError, one_line, printable
@@ -244,12 +244,19 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     return infos, data
 
 
+def _check_root(tm: TrainedModel, root) -> None:
+    """--data refused as training refuses it, but a missing one is pointed at the run's own root (data.root of its
+    config), not at building the demo data there, which holds none of the run's datasets."""
+    list_datasets(Path(root), missing=run_root_advice(tm.cfg.get("data", {}).get("root")), demo=False)
+
+
 def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str = "val",
                  datasets: list[str] | str | None = None, skip_bad: bool = False, balance: str | None = None) -> dict:
     """Accuracy on the val or test split. ``balance`` (known-source test scores only: the val split is what `auto`
     decides on): as `fewshot predict --balance`, so that a test score matches the predictions (None: the run's
     recorded run.balance, else auto, as chosen_balance says)."""
     tm = load_trained(run_or_ckpt, device)
+    _check_root(tm, root)
     say_checkpoint(run_or_ckpt, tm, "evaluating", always=False)  # the table's title names it
     check = (lambda infos: check_answer_keys(infos, tm.space)) if split == "test" else None
     infos, data = _data_for(tm, Path(root), split, datasets, skip_bad, check=check, scoring=True)
@@ -302,7 +309,7 @@ def predict_run(run_or_ckpt, root, mode: str, device: torch.device,
     """pred_all.json content ({"n_parameters", "<dataset>": {"<id>": local class}}) and the routing.
     ``balance`` (known-source mode): auto | on | off, see fewshot.eval.balance; None: chosen_balance's default."""
     tm = load_trained(run_or_ckpt, device)
-    list_datasets(Path(root))  # a missing or wrong --data is refused before "predicting with" says it started
+    _check_root(tm, root)  # a missing or wrong --data is refused before "predicting with" says it started
     say_checkpoint(run_or_ckpt, tm, "predicting with")
     infos, data, logits = _test_logits(tm, root, device, datasets=datasets, skip_bad=skip_bad)
     if mode == "known":

@@ -85,13 +85,15 @@ def _features_and_logits(model, images, normalize, device, batch_size: int = 128
     return torch.cat(feats), torch.cat(logits)
 
 
-def analyse_run(run, root: Path, device: torch.device) -> ValAnalysis:
+def analyse_run(run, root: Path, device: torch.device, skip_bad: bool = False) -> ValAnalysis:
+    """The val predictions the image-based parts draw. ``skip_bad`` (report's --skip-bad-images): undecodable val
+    images are left out, as eval leaves them out of its val score (the hint of the decode error names the flag)."""
     from fewshot.eval.predict import _data_for, load_trained
 
     tm = load_trained(run.checkpoint or run.path, device)  # the checkpoint named as RUN, else best.pt (last.pt)
     left_out: tuple[str, ...] = ()
     try:
-        _, data = _data_for(tm, Path(root), "val")
+        _, data = _data_for(tm, Path(root), "val", skip_bad=skip_bad)
     except UserError:
         wrong = _dataset_folder_given(Path(root))
         if wrong is not None:
@@ -102,7 +104,7 @@ def analyse_run(run, root: Path, device: torch.device) -> ValAnalysis:
         if not here or len(here) == len(tm.space.names):
             raise
         left_out = tuple(d for d in tm.space.names if d not in here)
-        _, data = _data_for(tm, Path(root), "val", datasets=here)
+        _, data = _data_for(tm, Path(root), "val", datasets=here, skip_bad=skip_bad)
     if len(data) == 0:
         raise UserError(f"no val images under {root} for the datasets of {run.label}.")
     feats, logits = _features_and_logits(tm.model, data.images, tm.normalize, device)

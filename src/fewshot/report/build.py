@@ -274,7 +274,8 @@ def _folder_label(run) -> str:
 
 class ReportBuilder:
     def __init__(self, paths: list[str], out: Path, data: str | None = None, device: str = "auto",
-                 tsne: bool = False, grid_images: int = GRID_IMAGES, log=print, skip_images: str | None = None):
+                 tsne: bool = False, grid_images: int = GRID_IMAGES, log=print, skip_images: str | None = None,
+                 skip_bad: bool = False):
         if grid_images > MAX_GRID_IMAGES:
             raise UserError(f"--grid {grid_images} is more than the {MAX_GRID_IMAGES} val images a prediction grid "
                             f"shows (rows of 8: a picture too tall to view); give --grid {MAX_GRID_IMAGES} or less.")
@@ -286,6 +287,7 @@ class ReportBuilder:
         self.grid_images = grid_images
         self.log = log
         self.skip_images = skip_images  # why the image-based parts are left out (`fewshot run` out of time), or None
+        self.skip_bad = skip_bad  # --skip-bad-images: undecodable val images left out of the image-based parts
         from fewshot.utils import resolve_device
 
         self.device = resolve_device(device)
@@ -342,7 +344,7 @@ class ReportBuilder:
                 continue
             try:
                 self.log(f"report: predicting the val images of {r.label} ({root})")
-                a = self.analyses[r.label] = analyse_run(r, root, self.device)
+                a = self.analyses[r.label] = analyse_run(r, root, self.device, skip_bad=self.skip_bad)
                 self.data_notes[r.label] = f"val images from {root} ({why})."
                 if a.left_out:
                     here = [n for n in a.space.names if n not in a.left_out]
@@ -615,6 +617,8 @@ class ReportBuilder:
             words.append("--tsne")
         if self.grid_images != GRID_IMAGES:
             words += ["--grid", str(self.grid_images)]
+        if self.skip_bad:
+            words.append("--skip-bad-images")
         return " ".join(map(shell_quoted, words))
 
     def build(self) -> Path:
@@ -661,8 +665,10 @@ class ReportBuilder:
 
 
 def build_report(paths: list[str], out: Path, data: str | None = None, device: str = "auto", tsne: bool = False,
-                 grid_images: int = GRID_IMAGES, log=print, skip_images: str | None = None) -> Path:
+                 grid_images: int = GRID_IMAGES, log=print, skip_images: str | None = None,
+                 skip_bad: bool = False) -> Path:
     """Write OUT/index.html (+ PNGs) for the given runs; returns the page's path. ``skip_images``: why the
-    image-based parts (val predictions, confusion matrices, embedding map, grid) are left out, or None."""
+    image-based parts (val predictions, confusion matrices, embedding map, grid) are left out, or None;
+    ``skip_bad`` (--skip-bad-images): undecodable val images are left out of them instead of skipping them all."""
     return ReportBuilder(paths, Path(out), data=data, device=device, tsne=tsne, grid_images=grid_images,
-                         log=log, skip_images=skip_images).build()
+                         log=log, skip_images=skip_images, skip_bad=skip_bad).build()
