@@ -217,6 +217,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin):
             last_val = self.val_metrics.get("mean_acc1")
             if self.fdir.name in ("finetune", *(n for n in summary["stages"] if n.startswith("finetune_round"))):
                 summary["stages"][self.fdir.name]["val_mean_acc1"] = last_val
+            self.note_scores_compared({**earlier, self.fdir.name: self.val_metrics})
             best = better_earlier_round(earlier, last_val)
             if best is not None:
                 which = "round 1" if best == "finetune_labelled" else f"round {best.removeprefix('finetune_round')}"
@@ -224,6 +225,14 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin):
                       f"the last round): predicting with it")
                 self.fdir, self.val_metrics = self.out / best, earlier[best]
         summary["predicted_with"] = self.fdir.name
+
+    def note_scores_compared(self, metrics: dict) -> None:
+        """Beside each round's val_mean_acc1 in summary.json, how many val scores it is the best of (its
+        metrics.json's val_scores_compared): a maximum of many scores on a small val is optimistic."""
+        for name, entry in self.summary["stages"].items():
+            compared = (metrics.get(name) or {}).get("val_scores_compared")
+            if "val_mean_acc1" in entry and compared is not None:
+                entry["val_scores_compared"] = compared
 
     def predict(self) -> dict:
         """The test images predicted (pred_all.json) and scored where answer keys allow (metrics.json); returns

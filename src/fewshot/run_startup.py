@@ -411,7 +411,7 @@ def undo_run_start(out: Path, entries_before: set[str], existed: bool, new_paren
     refusal is the message). ``out`` is the resolved folder (the one written to, whatever `..` the user's path
     held). ``new_parents``: the folders that making it made (missing_parents, deepest first), removed where empty,
     also where ``out`` was there before (`x/../y` with y there made x)."""
-    from fewshot.run_lock import LOCK_NAME, unlock_and_remove
+    from fewshot.run_lock import LOCK_NAME, made_lock_file, unlock_and_remove
 
     with contextlib.suppress(OSError):
         for name in set(os.listdir(out)) - entries_before - {LOCK_NAME}:
@@ -420,7 +420,7 @@ def undo_run_start(out: Path, entries_before: set[str], existed: bool, new_paren
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-    if LOCK_NAME not in entries_before:
+    if made_lock_file(out):  # one this start created (O_EXCL): another command's may appear after the listing
         unlock_and_remove(out)
     made = {*new_parents, *(() if existed else (out,))}
     for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):  # `y/x/..` made y/x inside y

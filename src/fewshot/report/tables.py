@@ -278,7 +278,7 @@ def self_training_table(label: str, rounds: list[dict], predicted_with: str | No
     picks the round that predicts."""
     cols = ["round", "stage", "pool labelled / pool size",
             "kept per dataset (of labelled / in the pool; mean confidence)", "min confidence (run.pseudo_threshold)",
-            "per-class thresholds (run.pseudo_precision)", "val mean acc@1"]
+            "per-class thresholds (run.pseudo_precision)", "val mean acc@1 (best.pt's: a maximum, optimistic)"]
     rows, emphasis = [], []
     for r in rounds:
         p = r["pseudo_labels"]
@@ -349,8 +349,18 @@ def dataset_table(run: Run, title: str | None = None, known: dict | None = None,
                 f"{why})"
     elif title is None:
         mode = (run.metrics or {}).get("mode", "known")
-        title = f"{run.label}: val accuracy (best epoch {opt(run.best_epoch)}; metrics.json mode: {mode})"
+        title = f"{run.label}: val accuracy (best epoch {opt(run.best_epoch)}{_best_of(run.metrics)}; metrics.json " \
+                f"mode: {mode})"
     return Table(title, cols, rows, emphasis=emphasis, caption=caption)
+
+
+def _best_of(metrics: dict | None) -> str:
+    """That the val figure is the best of many scores (metrics.json's val_scores_compared): on a small val a
+    maximum is optimistic."""
+    compared = (metrics or {}).get("val_scores_compared")
+    if type(compared) is not int or compared < 2:  # older runs have none; a bad value says nothing
+        return ""
+    return f", the best of {compared} val scores: optimistic"
 
 
 def knn_table(run: Run) -> Table:
