@@ -60,7 +60,7 @@ def _check_probe_out(args) -> tuple | None:
     from fewshot.utils import check_output_dir, check_output_file
 
     # `--out ROOT/<ds>/train/probe` became a class folder without images, and every command refused ROOT
-    check_output_is_not_in_data(Path(args.out), args.data, what="the probe")
+    check_output_is_not_in_data(Path(args.out), args.data, what="the probe", reads_pool=False)  # no pool read
     out = check_output_dir(args.out)
     if out.is_dir():
         lock_run_dir(out, _probe_busy(out))  # before the folder is judged: a run finishing now is seen below

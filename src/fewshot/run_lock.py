@@ -148,6 +148,7 @@ def _open_lock_file(folder: Path) -> tuple[int | None, bool]:
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EMLINK):  # EMLINK: FreeBSD's answer for O_NOFOLLOW on a link
                 raise _planted_lock(folder, "a symbolic link") from None
+            _refuse_unopenable(folder, exc)
             return None, False
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
@@ -160,6 +161,24 @@ def _open_lock_file(folder: Path) -> tuple[int | None, bool]:
         except OSError:
             return None, False
     return None, False
+
+
+def _refuse_unopenable(folder: Path, exc: OSError) -> None:
+    """Refuse a lock file that is there but cannot be opened for writing: a folder (EISDIR) or an immutable file
+    (EPERM) read as a folder that cannot be written, and two runs then wrote into one folder unguarded. Returns
+    where nothing is there, or where the folder itself cannot be written: its own write check reports that."""
+    path = folder / LOCK_NAME
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise _planted_lock(folder, "not a file") from None
+    if os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"'{path}' cannot be opened for writing ({exc.strerror or exc}): fewshot locks that file so "
+                        f"that two commands never write into one folder together, and will not run unguarded. Make "
+                        f"it writable or delete it (fewshot makes a new one; an immutable file: chattr -i), then run "
+                        f"the command again.") from None
 
 
 def _open_or_create(path: Path) -> tuple[int, bool]:

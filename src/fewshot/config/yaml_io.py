@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import stat
 import sys
 from pathlib import Path
 
@@ -174,7 +175,7 @@ def find_config(path: str | Path) -> Path:
     """A config file as given (`.yaml` may be left out), else the shipped recipe of that name (`moco_cpu_small`, or
     the README's `configs/moco_cpu_small.yaml` from a folder that has no configs/, as after `pip install`)."""
     path = Path(path).expanduser()
-    if path.is_file():
+    if path.is_file() or _special_kind(path):  # a pipe is there, not missing: its reader says what it is
         return path
     if path.suffix not in (".yaml", ".yml"):  # `--config myexp` for ./myexp.yaml, before a shipped recipe's name
         for local in (path.with_name(f"{path.name}.yaml"), path.with_name(f"{path.name}.yml")):
@@ -195,9 +196,59 @@ def find_config(path: str | Path) -> Path:
     raise UserError(f"config file not found: {path} (fewshot's own recipes, usable by name: {names}).")
 
 
-def load_yaml(path: str | Path) -> dict:
+def _special_kind(path: Path) -> str | None:
+    """What an existing path that is neither a regular file nor a folder is (a process substitution's /dev/fd/63
+    is a pipe), else None. Judged by stat, without opening: opening a FIFO waits for a writer."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return ("a pipe (FIFO)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode) else
+            "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+
+
+MAX_PIPED_BYTES = 1 << 20  # a config is a few KB: a device that never ends (/dev/zero) is not read past this
+_PIPED: dict[tuple[int, int], bytes] = {}  # what each pipe given as --config held, by (device, inode)
+
+
+def _piped_bytes(path: Path, kind: str) -> bytes:
+    """The text of a --config that is a pipe or device (`--config <(...)`, /dev/stdin), read once per process: a
+    pipe gives its text to one reader only, and a second reader of the same --config would find it empty."""
+    try:
+        info = path.stat()
+        key = (info.st_dev, info.st_ino)
+        if stat.S_ISFIFO(info.st_mode) and key in _PIPED:
+            return _PIPED[key]
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PIPED_BYTES + 1)
+    except OSError as exc:
+        raise UserError(f"config file {path} is {kind} and cannot be read ({exc.strerror or exc}); save the settings "
+                        f"to a file and give --config that file's path.") from None
+    if len(data) > MAX_PIPED_BYTES:
+        raise UserError(f"config file {path} is {kind} that gives more than {MAX_PIPED_BYTES >> 20} MB; a fewshot "
+                        f"config is a few KB of YAML: save it to a file and give --config that file's path.")
+    if stat.S_ISFIFO(info.st_mode):
+        _PIPED[key] = data
+    return data
+
+
+def _config_bytes(path: Path, piped: bool) -> bytes:
+    """A config file's bytes. A pipe or device is read only where the user gave it as --config (``piped``): a
+    run folder's config.yaml is fewshot's own file, and a FIFO put there would hang --resume or report."""
+    kind = _special_kind(path)
+    if kind is None:
+        return path.read_bytes()
+    if not piped:
+        raise UserError(f"config file {path} exists but is {kind}, not a file fewshot wrote; delete it (or save "
+                        f"the settings to a file by that name).")
+    return _piped_bytes(path, kind)
+
+
+def load_yaml(path: str | Path, piped: bool = False) -> dict:
     """load_yaml_or_none, with {} for a file that holds no value."""
-    data = load_yaml_or_none(path)
+    data = load_yaml_or_none(path, piped)
     return {} if data is None else data
 
 
@@ -206,16 +257,18 @@ class NotAMapping(UserError):
     no settings are left in it (finetune.settings_lost), where a YAML error is an edit to correct."""
 
 
-def load_yaml_or_none(path: str | Path) -> dict | None:
+def load_yaml_or_none(path: str | Path, piped: bool = False) -> dict | None:
     """A config file's mapping, or None where it holds no YAML value at all (0 bytes, blank lines, comments, a bare
     `~`): an --out folder's config.yaml is said to be empty only then. The path is found as --config finds it
     (find_config: a recipe's name, a folder refused). Refused (UserError): text that is not UTF-8 (or UTF-16 with a
     BOM), a control character, invalid YAML, values nested too deep (read_yaml) or expanding past a config's size
-    (aliases: _check_size), and any other value, NotAMapping (`0`, `false` and `''` were taken for an empty file)."""
+    (aliases: _check_size), and any other value, NotAMapping (`0`, `false` and `''` were taken for an empty file).
+    ``piped``: a --config that is a pipe or device is read (_config_bytes); otherwise it is refused by its kind."""
     path = find_config(path)
+    text = _config_bytes(path, piped)
     try:
         # bytes: PyYAML reads UTF-8 (with or without a BOM) and UTF-16 with a BOM, and names any other encoding
-        data = read_yaml(path.read_bytes(), f"config file {path}")
+        data = read_yaml(text, f"config file {path}")
     except yaml.reader.ReaderError as exc:
         if exc.encoding == "unicode":  # decoded fine, but YAML allows no control characters
             code = exc.character if isinstance(exc.character, int) else ord(exc.character)
@@ -278,8 +331,8 @@ def config_data(path: str | Path) -> dict:
     """load_yaml(path) for a --config file: within one_read_per_file, the version first read (a copy, which the
     caller may change); outside it, the file as it is now."""
     if _READS is None:
-        return load_yaml(path)
+        return load_yaml(path, piped=True)
     key = str(find_config(path).resolve())
     if key not in _READS:
-        _READS[key] = load_yaml(path)
+        _READS[key] = load_yaml(path, piped=True)
     return copy.deepcopy(_READS[key])

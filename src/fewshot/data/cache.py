@@ -240,13 +240,14 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                     out.tofile(held)
                     held.flush()
                 os.fsync(held.fileno())
+                _no_folder_at(meta_file)  # before the entry's data takes its name: no entry without its meta file
                 os.replace(tmp, data_file)
                 tmp = None
                 # bad_at: by index in the keyed list (cwd-free); bad: the same files by absolute path, for a person
                 # and for older versions, which read only bad (they matched it by absolute path)
                 meta = {"n": n, "size": size, "bad": [(os.path.abspath(paths[i]), why) for i, why in bad],
                         "bad_at": bad, "bits16": sixteen}
-                atomic_write_text(meta_file, json.dumps(meta if found is None else {**meta, "digests": found}))
+                _write_cache_text(meta_file, json.dumps(meta if found is None else {**meta, "digests": found}))
                 prune_cache(cache_dir, max_gb, keep=data_file)
             except OSError as exc:  # out still holds every image (the mapping outlives its unlinked file)
                 _warn_no_cache(cache_dir, exc, nbytes)
@@ -316,7 +317,7 @@ def _kept_digests(meta: dict, arr: np.ndarray, bad: list[tuple[int, str]], paths
             # another process may have rewritten the entry since it was read (its own digests, a rebuild): only
             # the meta file as read is extended, never one written meanwhile
             if loads_run_json(meta_file.read_text()) == meta:
-                atomic_write_text(meta_file, json.dumps({**meta, "digests": kept}))
+                _write_cache_text(meta_file, json.dumps({**meta, "digests": kept}))
     return kept
 
 
@@ -376,7 +377,25 @@ def add_to_subsets_record(record: Path, size: int) -> None:
         sizes: set[int] = set()
         with contextlib.suppress(OSError, ValueError, TypeError):
             sizes = {int(m) for m in loads_run_json(record.read_text())}
-        atomic_write_text(record, json.dumps(sorted({size, *sizes})))
+        _write_cache_text(record, json.dumps(sorted({size, *sizes})))
+
+
+def _no_folder_at(path: Path) -> None:
+    """A folder where a cache file of fewshot's goes (a copied or hostile cache) is an OSError, as any other cache
+    fault: the callers warn and go on without the cache."""
+    if path.is_dir() and not path.is_symlink():  # a link is replaced by the write, never followed
+        raise IsADirectoryError(errno.EISDIR, "a folder is where the cache file goes", str(path))
+
+
+def _write_cache_text(path: Path, text: str) -> None:
+    """atomic_write_text for a file fewshot names in its cache: its output checks raise UserError about an
+    "output" the user never gave, which stopped every command; here they are an OSError, which the callers treat as
+    a cache they cannot write (a warning, and the command goes on)."""
+    _no_folder_at(path)
+    try:
+        atomic_write_text(path, text)
+    except UserError as exc:
+        raise OSError(errno.EINVAL, one_line(str(exc))) from None
 
 
 def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0, threads: int | None = None,
@@ -492,7 +511,7 @@ def _warn_no_cache(cache_dir: Path, exc: OSError, nbytes: int) -> None:
         full = exc.errno == errno.ENOSPC or "requested and" in str(exc)  # numpy's short write on a full disk
         world = os.environ.get("WORLD_SIZE", "").strip()  # under torchrun every process writes its own copy
         each = f" by each of the job's {world} processes" if world.isdigit() and int(world) > 1 else ""
-        why = f"the disk is full ({nbytes / 1e6:.1f} MB needed{each})" if full else str(exc)
+        why = f"the disk is full ({nbytes / 1e6:.1f} MB needed{each})" if full else _fault(exc)
         if cache_dir.name == ".fewshot_cache" and os.access(cache_dir.parent, os.W_OK | os.X_OK):
             # a writable data root is where predict and eval cache, whatever XDG_CACHE_HOME says (advised here,
             # it changed nothing): only room there, or another folder for the commands that take one, helps
@@ -504,6 +523,14 @@ def _warn_no_cache(cache_dir: Path, exc: OSError, nbytes: int) -> None:
         print(printable(f"warning: could not write the image cache in {cache_dir}: {why}; continuing "
                         f"without it (train, pretrain and run: data.cache_dir=DIR chooses another folder; {where})"),
               file=sys.stderr, flush=True)
+
+
+def _fault(exc: OSError) -> str:
+    """What went wrong with the cache folder: a file where it (or a folder above it) should be said only "[Errno 17]
+    File exists", which named no file to move."""
+    if isinstance(exc, FileExistsError) and exc.filename and not os.path.isdir(exc.filename):
+        return f"{exc.filename} is a file, where the cache folder (or one above it) should be"
+    return str(exc)
 
 
 NOTE_MIN_BYTES = 50e6  # a new entry this large is announced (_note_new_entry); the few-shot splits stay quiet

@@ -15,11 +15,14 @@ from fewshot.data.roots import NOT_DATASETS, SPLITS
 from fewshot.errors import UserError
 
 
-def check_output_is_not_in_data(out: Path, root, unlabeled=None, what: str = "the run") -> None:
+def check_output_is_not_in_data(out: Path, root, unlabeled=None, what: str = "the run",
+                                reads_pool: bool = True) -> None:
     """A run folder that is the data root, or inside one of its datasets, changes the data: `--out ROOT` left
     ROOT/plots/ and ROOT/checkpoints/, and every later command on ROOT failed on them as datasets. Inside an
     --unlabeled folder (``unlabeled``: data.unlabeled), its plots joined the pool and --resume then refused it.
-    ``what``: the output named in the message (`fewshot report` checks its --out too)."""
+    ``what``: the output named in the message (`fewshot report` checks its --out too). ``reads_pool`` False (probe):
+    the folders that links in ROOT/unlabeled/ lead to are not checked, as the command reads none of them (a link
+    there to a parent of --out refused every --out of train and probe)."""
     out_r, root_r = Path(out).resolve(), Path(root).resolve()
     folders = [] if not unlabeled else unlabeled if isinstance(unlabeled, (list, tuple)) else [unlabeled]
     for folder in folders:
@@ -30,7 +33,7 @@ def check_output_is_not_in_data(out: Path, root, unlabeled=None, what: str = "th
     if out_r == root_r:
         raise UserError(f"--out {out} is the data root itself; give {what} a folder of its own (e.g. "
                         f"runs/mine, or a sub-folder of the root such as {Path(root) / 'runs' / 'mine'}).")
-    for folder_r, where in _read_folders(Path(root)):
+    for folder_r, where in _read_folders(Path(root), reads_pool):
         if out_r == folder_r or folder_r in out_r.parents:
             raise UserError(f"--out {out} lies inside {where} ({folder_r} with links resolved), whose files are "
                             f"read as data; give {what} a folder outside the datasets' splits and the pool.")
@@ -41,14 +44,24 @@ def check_output_is_not_in_data(out: Path, root, unlabeled=None, what: str = "th
                                 f"give {what} a folder outside the datasets' splits.")
 
 
-def _read_folders(root: Path) -> list[tuple[Path, str]]:
+def pool_read_by(cfg: dict) -> bool:
+    """Whether a training command with settings ``cfg`` reads the unlabeled pool (check_output_is_not_in_data's
+    ``reads_pool``): MoCo (pretrain, a `fewshot run` MoCo stage) and train with semi.method fixmatch or moco."""
+    return cfg.get("_task") == "moco" or (cfg.get("semi") or {}).get("method") not in ("off", None, False)
+
+
+def _read_folders(root: Path, reads_pool: bool = True) -> list[tuple[Path, str]]:
     """The folders whose files a command reads as data, links resolved, each with what it is: every split folder of
     the root's visible folders, ROOT/unlabeled and its sub-folders (the pool scan follows ROOT/unlabeled/<name> as a
     link). Compared as resolved folders, not as ROOT/<x>/<split> below the resolved root: with ROOT/digits a link to
-    a folder elsewhere, `--out ROOT/digits/train/myrun` was accepted and every later command read myrun as a class."""
+    a folder elsewhere, `--out ROOT/digits/train/myrun` was accepted and every later command read myrun as a class.
+    The pool's sub-folders (links among them lead elsewhere) only where the command reads the pool (``reads_pool``),
+    each named itself: the pool's name hid which link led to the folder."""
     pool = root / "unlabeled"
     found = [(pool.resolve(), f"the unlabeled pool {pool}")]
-    found += [(sub.resolve(), f"the unlabeled pool {pool}") for sub in _entries(pool) if sub.is_dir()]
+    if reads_pool:
+        found += [(sub.resolve(), f"the unlabeled pool's {'link' if sub.is_symlink() else 'folder'} {sub}")
+                  for sub in _entries(pool) if sub.is_dir()]
     for entry in _entries(root):
         if not entry.name.startswith(".") and entry.name != "unlabeled":
             found += [((entry / split).resolve(), f"the {split}/ split of dataset {entry.name}") for split in SPLITS

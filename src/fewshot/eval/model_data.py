@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from fewshot.data.cache import default_cache_dir, is_cached, user_cache_dir
 from fewshot.data.layout import scan_root, warn_once
 from fewshot.data.names import names_list, parse_datasets
-from fewshot.errors import UserError, one_line, printable
+from fewshot.errors import UserError, one_line
 
 if TYPE_CHECKING:
     from fewshot.eval.predict import TrainedModel
@@ -68,9 +68,10 @@ def _in_model_classes(info, want: tuple[str, ...], split: str, warn: bool = True
 
 
 def _other_classes(where: Path, unknown: list[str], want, hint: str = "") -> str:
-    """The refusal of data whose classes are not all the model's (val, or test beside such train folders)."""
+    """The refusal of data whose classes are not all the model's (val, or test beside such train folders). Names as
+    names_list shows them: a class folder "a\nb" split the one-paragraph message over two lines."""
     return (f"the classes of {where} differ from those the model was trained on: "
-            f"{', '.join(printable(c) for c in unknown[:10])}{' ...' if len(unknown) > 10 else ''} not among the "
+            f"{names_list(unknown[:10])}{' ...' if len(unknown) > 10 else ''} not among the "
             f"model's {len(want)} classes.{hint}")
 
 
@@ -88,7 +89,7 @@ def _refuse_other_train_classes(info, want) -> None:
     unknown = [c for c in here or () if unicodedata.normalize("NFC", c) not in known]
     if not unknown:
         return
-    listed = ", ".join(printable(c) for c in want[:12]) + (", ..." if len(want) > 12 else "")
+    listed = names_list(want[:12]) + (", ..." if len(want) > 12 else "")
     raise UserError(_other_classes(info.root / "train", unknown, want,
                                    f" The model's class indices would name other classes than these folders: "
                                    f"rename them to the model's ({listed}), or use a model trained on this data."))

@@ -128,7 +128,8 @@ def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> Non
             from fewshot.config import is_text_list
 
             unlabeled = (r.config.get("data") or {}).get("unlabeled")
-            check_output_is_not_in_data(out, root, unlabeled if is_text_list(unlabeled) else None, what="the report")
+            check_output_is_not_in_data(out, root, unlabeled if is_text_list(unlabeled) else None, what="the report",
+                                        reads_pool=False)  # a report reads val images, never the pool
     owns = {((r.group or r.path) / "report").resolve() for r in runs}
     foreign = [] if out.resolve() in owns else not_a_report(out)
     if foreign:  # after the checks above: `--out RUN` is told it lies in the run, not that it holds other files

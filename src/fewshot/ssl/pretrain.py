@@ -12,14 +12,14 @@ import torch
 from fewshot.data.augment import BatchAugment, preset as aug_preset
 from fewshot.data.cache import default_cache_dir, load_images
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.image_files import has_images
+from fewshot.data.image_files import has_images, is_image
 from fewshot.data.layout import find_unlabeled_images, real_paths, warn_once
 from fewshot.data.roots import list_datasets
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.skipped import write_skipped
 from fewshot.data.transforms import Normalize
-from fewshot.errors import UserError, one_line
+from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import (adopt_weights_architecture, backbone_options, check_input_size, create_backbone,
                                      input_size, mean_std)
@@ -122,7 +122,7 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str, li
     paths, ids, sources, stand_ins = [], [], [], []
     for index, info in enumerate(infos):
         folder = root / "unlabeled" / info.name
-        if folder.is_dir() and has_images(folder):  # hidden files (.thumbnails/, ._IMG.png) do not count
+        if folder.is_dir() and _pool_holds_images(folder):  # hidden files (.thumbnails/, ._IMG.png) do not count
             found, left_out = without_held_out(find_unlabeled_images([folder]), root)
             if left_out:
                 warn_once([f"leaving out {left_out} val/test image(s) of the data root linked from {folder} (val "
@@ -142,6 +142,20 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str, li
         ids += [-1] * len(unsorted)
         sources.append(f"{len(unsorted)} images of unknown source: unlabeled/ outside the datasets' folders")
     return paths, ids, "; ".join(sources), stand_ins
+
+
+def _pool_holds_images(folder: Path) -> bool:
+    """has_images for a dataset's pool folder, with the folders that cannot be listed named (DataLayoutError, as
+    find_unlabeled_images names them) where no image was found: os.walk passed them over, an unreadable pool was
+    "holds no images", and the train images silently took its place."""
+    unreadable: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable.append):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(is_image(Path(f)) for f in filenames):
+            return True  # the pool is read: find_unlabeled_images names any folder of it that cannot be listed
+    if unreadable:
+        raise DataLayoutError([f"{exc.filename}: cannot list the folder ({exc.strerror or exc})" for exc in unreadable])
+    return False
 
 
 def warn_misplaced_pool(root: Path, name: str) -> None:

@@ -17,7 +17,7 @@ from fewshot.config import (CHOSEN, NotAMapping, note_chosen, note_rechosen, rea
                             save_yaml)
 from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import scan_root
-from fewshot.data.output_guard import check_output_is_not_in_data
+from fewshot.data.output_guard import check_output_is_not_in_data, pool_read_by
 from fewshot.data.skipped import write_skipped
 from fewshot.errors import UserError, one_line, path_argument, shell_quoted
 from fewshot.eval.evaluate import format_table
@@ -44,7 +44,7 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
     folder that holds anything else (another command's output, the user's files). ``start`` notes what RUN
     held before, so that a start failing later removes only what it made."""
     out = Path(out)
-    check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"))
+    check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"), reads_pool=pool_read_by(cfg))
     if out.exists() and not out.is_dir():
         # ensure_writable_dir's refusal of a file, met by every rank before the barrier (it writes nothing then):
         # found by rank 0 alone after it, rank 1 was left at the next collective and blamed a closed connection
