@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -221,7 +222,7 @@ def test_a_command_gives_back_the_environment_variables_its_imports_set(monkeypa
 def test_predict_refuses_a_missing_data_root_before_saying_it_predicts(tmp_path, monkeypatch, capsys):
     from fewshot.eval import predict
 
-    monkeypatch.setattr(predict, "load_trained", lambda run, device: object())
+    monkeypatch.setattr(predict, "load_trained", lambda run, device: SimpleNamespace(cfg={}))  # no recorded root
     monkeypatch.setattr(predict, "say_checkpoint", lambda run, tm, doing, always=True: print(f"{doing} {run}"))
     missing = tmp_path / "no-data"
     assert main(["predict", tmp_path / "run", "--data", missing, "--out", tmp_path / "p.json", "--device", "cpu",
