@@ -51,7 +51,7 @@ MOCO_STAGE_FIELDS = ("run.pretrain_share", "run.pretrain_batch_size", "run.pretr
 PRETRAIN_UNREAD = ("model.head", "model.head_init", "optim.label_smoothing", "optim.backbone_lr_mult", "train.ema",
                    "train.ema_decay", "train.ema_warmup", "train.eval_every", "train.eval_mode", "data.sampler",
                    "data.repeats", "data.randaug_ops", "data.randaug_magnitude", "data.randaug_p",
-                   "data.randaug_group", "data.hflip", "data.hflip_symmetric")
+                   "data.randaug_group", "data.hflip", "data.hflip_symmetric", "data.gray_p")
 # the moco.* fields fine-tuning with semi.method=moco reads (train/semi_moco.py); without it, it reads none
 SEMI_MOCO_READS = ("moco.dim", "moco.mlp", "moco.mlp_hidden", "moco.temperature", "moco.queue_size",
                    "moco.shuffle_bn", "moco.split_bn_groups")

@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
         "randaug_group": 8,       # samples sharing one RandAugment draw (1: per sample; slower on CPU)
         "hflip": 0.0,             # extra horizontal flip probability (off: digits are not symmetric)
         "hflip_symmetric": 0.0,   # flip probability for the classes whose mean image is mirror-symmetric
+        "gray_p": 0.2,            # fine-tuning: share of samples turned grayscale after RandAugment (colour
+                                  # invariance: +7 pts on tinted images, -0.9 where hue is the class,
+                                  # benchmarks/color_aug.py); MoCo's own is aug.gray_p
         "mixup_alpha": 0.0,       # > 0: mixup with partners of the same dataset, lam ~ Beta(a, a) (fewshot.data.mix)
         "cutmix_alpha": 0.0,      # > 0: CutMix likewise; with both > 0 each batch picks one at random
         "mix_p": 1.0,             # share of batches that are mixed (when mixup or CutMix is on)

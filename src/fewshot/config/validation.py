@@ -33,7 +33,7 @@ INTERVALS = {  # (low, high, low included[, high included]): fractions and proba
     "data.crop_pct": (0.0, 1.0, False), "data.randaug_p": (0.0, 1.0, True), "aug.jitter_p": (0.0, 1.0, True),
     "aug.gray_p": (0.0, 1.0, True), "aug.blur_p": (0.0, 1.0, True), "aug.flip_p": (0.0, 1.0, True),
     "model.width": (0.0, 4.0, False), "model.img_size": (0, 1024, False, True),  # backbone.MAX_IMG_SIZE
-    "data.hflip": (0.0, 1.0, True), "data.hflip_symmetric": (0.0, 1.0, True),
+    "data.hflip": (0.0, 1.0, True), "data.hflip_symmetric": (0.0, 1.0, True), "data.gray_p": (0.0, 1.0, True),
     "data.randaug_magnitude": (0, 30, True),  # torchvision's 31 magnitude bins
     "model.drop_path": (0.0, 1.0, True, False), "optim.label_smoothing": (0.0, 1.0, True, False),
     "optim.momentum": (0.0, 1.0, True, False), "train.ema_decay": (0.0, 1.0, True, False),

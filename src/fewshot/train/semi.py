@@ -215,7 +215,8 @@ class UnlabeledStream:
 
             self.normalize = Normalize(mean, std).to(device)
             self.flip = float(d["hflip"])
-            self.randaug = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], 1.0, 0.0, d["randaug_group"])
+            self.randaug = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], 1.0, 0.0, d["randaug_group"],
+                                        float(d.get("gray_p", 0.0)))  # strong view only: weak keeps the colour
         else:  # mocov2 (the value is checked with the config: config.CHOICES)
             self.weak = BatchAugment(preset("mocov2", size, scale=(0.6, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0,
                                             flip_p=0.5, mean=mean, std=std)).to(device)

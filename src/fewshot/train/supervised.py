@@ -139,7 +139,7 @@ class SupervisedTask:
         elif head_init == "prototype":
             self.init_head_from_prototypes()
         self.augment = TrainAugment(d["randaug_ops"], d["randaug_magnitude"], d["randaug_p"], d["hflip"],
-                                    d["randaug_group"])
+                                    d["randaug_group"], float(d.get("gray_p", 0.0)))  # a config saved before it: 0
         self.flip_by_class = self.mirror_flip_probabilities(float(d.get("hflip_symmetric", 0.0)), float(d["hflip"]))
         self.mix = BatchMix(d.get("mixup_alpha", 0.0), d.get("cutmix_alpha", 0.0), d.get("mix_p", 1.0))
         self.unlabeled = None
