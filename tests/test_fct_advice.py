@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 
 from fewshot.cli_parser import build_parser
 from fewshot.data.build import build_dataset
@@ -175,3 +176,16 @@ def test_the_smaller_model_named_is_smaller(settings_only_run, digits_root, tmp_
                              10)
     n = sum(p.numel() for p in model.parameters())
     assert abs(n - SMALLER_MODEL_PARAMS) < 0.05 * SMALLER_MODEL_PARAMS and n < 11_179_590 / 2, n
+
+
+def test_data_into_an_existing_empty_folder_beside_a_dataset_folder_builds(tmp_path):
+    """An existing --out is the root the user chose: pytest's tmp_path lies beside other tests' folders, some of
+    them dataset folders (train/<class>/<image>), and `build_dataset(..., tmp_path)` was refused as made "inside the
+    dataset root" of their parent, so test_build.py failed or passed by test order."""
+    neighbour = tmp_path / "neighbour" / "train" / "a"
+    neighbour.mkdir(parents=True)
+    Image.new("L", (8, 8)).save(neighbour / "0.png")
+    out = tmp_path / "mine"
+    out.mkdir()
+    build_dataset("digits", out, **TINY)
+    assert list_datasets(out) == ["digits"]

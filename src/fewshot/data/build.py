@@ -251,13 +251,16 @@ def _in_a_dataset_or_root(real: Path) -> tuple[str, Path] | None:
     """A dataset folder OUT is (or lies in), or the dataset root OUT would be made in (OUT itself may be one: the
     build adds its dataset there). `--out ROOT/digitz` (a typo's "build the demo data" advice) built a root inside
     the root, whose folder then broke training on it; `--out ROOT/digits` wrote digits/ and unlabeled/ into a
-    dataset. Only the folder OUT is made in counts as a root: a dataset anywhere in /tmp or ~ made them roots."""
+    dataset. Only the folder a new OUT is made in counts as a root: a dataset anywhere in /tmp or ~ made them roots,
+    and an existing empty OUT beside a dataset folder (pytest's tmp_path beside another test's) was refused."""
     for a in (real, *real.parents):
         try:
             if a != a.parent and _holds_a_dataset(a):
                 return f"the dataset folder {a}", a.parent
         except OSError:
             continue
+    if real.exists():  # an existing folder is the root the user chose (a test's tmp_path beside other tests' data)
+        return None
     home = next((a for a in real.parents if a.is_dir()), None)
     try:
         held = sorted(c.name for c in home.iterdir() if not c.name.startswith(".") and _holds_a_dataset(c)) \
