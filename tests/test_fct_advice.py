@@ -189,3 +189,85 @@ def test_data_into_an_existing_empty_folder_beside_a_dataset_folder_builds(tmp_p
     out.mkdir()
     build_dataset("digits", out, **TINY)
     assert list_datasets(out) == ["digits"]
+
+
+def _image(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    Image.new("L", (8, 8)).save(folder / "0.png")
+
+
+@pytest.mark.parametrize("near", ["test", "src/test", "kaggle/train/dog/0.png"])
+def test_a_project_folder_beside_a_missing_root_gets_the_demo_data_advice_that_works(tmp_path, near):
+    """`mkdir -p proj/test; cd proj; fewshot train --data demo_data` was told "did you mean --data .. --datasets
+    proj" (an empty test/ made proj a dataset), and following it was refused: no dataset there is one training
+    accepts (train/ and val/), so the demo data is advised, and building it where told works."""
+    proj = tmp_path / "proj"
+    if near.endswith(".png"):
+        _image(proj / Path(near).parent)
+    else:
+        (proj / near).mkdir(parents=True)
+    with pytest.raises(UserError) as info:
+        list_datasets(proj / "demo_data")
+    message = str(info.value)
+    assert "did you mean" not in message.lower(), message
+    out = re.search(r"`fewshot data digits --out (.+)`", message).group(1)
+    build_dataset("digits", Path(shlex.split(out)[0]), **TINY)  # followed
+    assert list_datasets(proj / "demo_data") == ["digits"]
+
+
+@pytest.mark.parametrize("where", ["project", "beside"])
+def test_data_builds_a_new_root_near_an_image_folder_that_is_no_fewshot_root(tmp_path, where):
+    """`cd home/proj; fewshot data digits --out fewshot_data` with home/proj/train/cat/0.png (an ImageFolder) was
+    refused as "inside the dataset folder", and `--out dl/demo_data` beside dl/kaggle/train/dog was told to build
+    into dl (the user's Downloads): neither is a fewshot root (its datasets have train/ and val/)."""
+    if where == "project":
+        _image(tmp_path / "home" / "proj" / "train" / "cat")
+        out = tmp_path / "home" / "proj" / "fewshot_data"
+    else:
+        _image(tmp_path / "dl" / "kaggle" / "train" / "dog")
+        out = tmp_path / "dl" / "demo_data"
+    build_dataset("digits", out, **TINY)
+    assert list_datasets(out) == ["digits"]
+
+
+def test_data_into_an_image_folder_names_no_root_that_is_none(tmp_path):
+    """`--out dl/kaggle` (a train/<class>/<image> folder) is refused, as its folders would join that data, but its
+    parent is no fewshot root: "or that root itself (--out dl ...)" sent the demo data into the user's Downloads."""
+    _image(tmp_path / "dl" / "kaggle" / "train" / "dog")
+    with pytest.raises(UserError, match="lies inside the dataset folder") as info:
+        build_dataset("digits", tmp_path / "dl" / "kaggle", **TINY)
+    assert "that root itself" not in str(info.value), str(info.value)
+
+
+def test_a_refusal_on_the_floor_names_the_floor_and_no_smaller_model(monkeypatch):
+    """0.1 minutes, 4.1 s of start-up, 33 ms steps: the 2 s floor refused, not the steps (0.2 s), yet the words
+    said "its steps alone" and hinted at a smaller --model or --img-size, or no --pretrain, none of which shortens
+    the floor. A budget refused on its steps keeps those hints."""
+    with pytest.raises(UserError) as info:
+        _hopeless(0.1, 4.1, 0.033, monkeypatch)
+    message = str(info.value)
+    assert "smaller --model" not in message and "--pretrain," not in message, message
+    assert "its steps alone" not in message and "any run" in message, message
+    assert float(re.search(r"Give --budget-minutes ([0-9.]+) or more", message).group(1)) > 0.1, message
+    with pytest.raises(UserError) as info:
+        _hopeless(0.1, 1.0, 1.0, monkeypatch)  # 6 steps of 1 s: the steps refused
+    assert "smaller --model" in str(info.value) and "its steps alone" in str(info.value), str(info.value)
+
+
+def test_a_run_from_weights_is_told_no_smaller_model():
+    """A resnet18 run from --weights was told `--model resnet18 model.width=0.5`; added to its command, the weights
+    did not fit that model and the run was refused."""
+    from fewshot.pipeline import PipelineRun
+
+    pred = {"n_parameters": 11_179_590, "ten": {str(i): 0 for i in range(50)}}
+    val = {"datasets": {"ten": {"acc1": 10.0, "n": 100}}}
+    info = SimpleNamespace(classes=tuple(f"c{c}" for c in range(10)),
+                           val=tuple((Path(f"{c}_{i}.png"), c) for c in range(10) for i in range(10)))
+    said = {}
+    for weights in (None, "bb18.safetensors"):
+        run = SimpleNamespace(summary={"stages": {"finetune": {"epochs": 2.0}}}, fdir=Path("RUN") / "finetune",
+                              cfg={"model": {"weights": weights}})
+        PipelineRun.note_near_chance(run, pred, val, {"ten": info})
+        said[weights] = run.summary["near_chance"]["why"]
+    assert "model.width=0.5" in said[None] and "model.width=0.5" not in said["bb18.safetensors"], said
+    assert "--budget-minutes" in said["bb18.safetensors"], said

@@ -102,7 +102,7 @@ def test_one_class_is_a_collapse_only_where_val_says_it_is_not_that_common():
 
 def _pipeline(summary: dict, epochs: float = 60.0) -> SimpleNamespace:
     summary.setdefault("stages", {})["finetune"] = {"epochs": epochs}
-    return SimpleNamespace(summary=summary, fdir=Path("RUN") / "finetune")
+    return SimpleNamespace(summary=summary, fdir=Path("RUN") / "finetune", cfg={"model": {"weights": None}})
 
 
 def _info(classes: int, val_per_class: int = 10):

@@ -292,7 +292,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin):
             return
         epochs = self.summary["stages"].get(self.fdir.name, {}).get("epochs")
         why = near_chance_why(found, self.fdir.name, epochs if isinstance(epochs, (int, float)) else None,
-                              pred.get("n_parameters"))
+                              pred.get("n_parameters"), bool(self.cfg["model"].get("weights")))
         self.summary["near_chance"] = {"datasets": found, "why": why}
 
     def report_skips_images(self) -> str | None:

@@ -328,9 +328,7 @@ def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s
     ("MoCo pretraining's ..., then "), where need_s counts it; ``untimed``: why need_s is the steps' alone (the
     timing stopped once they did not fit, stop_timing_when), so that it and the budget named are a least."""
     total = used_s + need_s
-    # the closing reserve grows with the budget (1.5 % of it): the budget named holds the rest at that share, and
-    # 10 % more for a machine a little busier than at this measurement, in tenths of a minute rounded up
-    least = _more_than(budget_s, math.ceil((total - CLOSING_SHARE * budget_s) / (1 - CLOSING_SHARE) * 1.1 / 6) / 10)
+    least = _least_minutes(budget_s, total)
     return UserError(one_line(
         f"--budget-minutes {budget_s / 60:g} is too short for {what} on this machine: start-up and the timing of "
         f"the speeds took {used_s:.0f} s, and the least run after them ({first}{FLOOR_STEPS + 1} training steps at "
@@ -342,6 +340,28 @@ def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s
         f". Nothing was "
         f"trained{' and the output folder was left as it was' if undone else ''}. Give --budget-minutes {least:g} "
         f"or more (more leaves training a fair share){hints}."))
+
+
+def floor_budget_error(budget_s: float, used_s: float, step_s: float, undone: bool = True) -> UserError:
+    """too_short_budget_error where LEAST_RUN_S, not the steps, is the need: the steps' words ("6 training steps at
+    33 ms ... needs over 2 s more") and its hints (a smaller --model or --img-size, no --pretrain) did not fit, as the
+    floor is the same for every model and size: only a larger budget helps."""
+    total = used_s + LEAST_RUN_S
+    return UserError(one_line(
+        f"--budget-minutes {budget_s / 60:g} is too short for any run on this machine: start-up and the timing of "
+        f"the speeds took {used_s:.0f} s, and any run needs at least {LEAST_RUN_S:g} s more after them, "
+        f"{total:.0f} s in all (the least any run needs for its closing evaluations, the prediction of the test "
+        f"images and the report; its {FLOOR_STEPS + 1} training steps at {step_s * 1000:.0f} ms fit in it). Nothing "
+        f"was trained{' and the output folder was left as it was' if undone else ''}. Give --budget-minutes "
+        f"{_least_minutes(budget_s, total):g} or more (more leaves training a fair share): that least is the same for "
+        f"any --model, --img-size or --pretrain."))
+
+
+def _least_minutes(budget_s: float, total_s: float) -> float:
+    """The budget a refusal names for a run that needs ``total_s`` in all: the closing reserve grows with the budget
+    (1.5 % of it), so the budget named holds the rest at that share, and 10 % more for a machine a little busier
+    than at this measurement, in tenths of a minute rounded up (never the refused one: _more_than)."""
+    return _more_than(budget_s, math.ceil((total_s - CLOSING_SHARE * budget_s) / (1 - CLOSING_SHARE) * 1.1 / 6) / 10)
 
 
 def _more_than(budget_s: float, least: float) -> float:

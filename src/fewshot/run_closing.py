@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import time
 
+from fewshot.errors import UserError
 from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_S, calibration_seconds, eval_passes,
-                                figure_seconds, free_device_memory, hopeless_budget_error, least_run_holds,
-                                least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
+                                figure_seconds, floor_budget_error, free_device_memory, hopeless_budget_error,
+                                least_run_holds, least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
                                 measure_step_seconds, pretrain_closing_seconds, pretrain_least_seconds, report_seconds,
                                 retimed_steps, too_short_budget_error)
 from fewshot.run_stages import finetune_config
@@ -283,21 +284,28 @@ class ClosingMixin:
         used = time.monotonic() - self.t_start
         if least_run_holds(max(LEAST_RUN_S, least_run_seconds(step_s or 0.0, 0.0)), budget_s - used):
             return
-        shown, cfg = step_s if step_s is not None else provisional, self.cfg
+        shown = step_s if step_s is not None else provisional
         if shown is None:  # nothing timed yet (decoding took the budget): no speed to name
             error = hopeless_budget_error(budget_s, used, started=True, undone=self.locked)
+        elif LEAST_RUN_S >= least_run_seconds(shown, 0.0):  # the floor refused, which no model or size shortens
+            error = floor_budget_error(budget_s, used, shown, self.locked)
         else:
-            # the need the check refused on (the floor included): the words and the budget named follow from it
-            error = too_short_budget_error(budget_s, used, max(LEAST_RUN_S, least_run_seconds(shown, 0.0)), shown,
-                                           f"{cfg['model']['name']} at {cfg['model']['img_size']}px",
-                                           self.least_run_hints(bool(cfg["run"].get("pretrain"))), self.locked,
-                                           untimed="its steps alone, at the fastest step timed: the timing stopped "
-                                           "there, as they did not fit" if step_s is not None else "its steps "
-                                           "alone, at the fastest step before two were timed (a warm-up may be "
-                                           "slower than the rest): the budget was spent by then")
+            error = _steps_budget_error(self, budget_s, used, shown, timed=step_s is not None)
         self.undo_start()
         raise error
 
     def training_began(self) -> bool:
         """Whether a stage of this run has recorded "began" (its training started), in its run_state.json."""
         return self.state is not None and any(st.get("status") for st in self.state.data["stages"].values())
+
+
+def _steps_budget_error(run, budget_s: float, used: float, shown: float, timed: bool) -> UserError:
+    """refuse_if_hopeless's refusal where the least run's steps at ``shown`` (``timed``: two or more steps were timed,
+    else the fastest before that) are the need it refused on: the words and the budget named follow from it."""
+    cfg = run.cfg
+    return too_short_budget_error(budget_s, used, least_run_seconds(shown, 0.0), shown,
+                                  f"{cfg['model']['name']} at {cfg['model']['img_size']}px",
+                                  run.least_run_hints(bool(cfg["run"].get("pretrain"))), run.locked,
+                                  untimed="its steps alone, at the fastest step timed: the timing stopped there, as "
+                                  "they did not fit" if timed else "its steps alone, at the fastest step before two "
+                                  "were timed (a warm-up may be slower than the rest): the budget was spent by then")

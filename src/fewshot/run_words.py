@@ -267,23 +267,26 @@ def near_chance_part(name: str, found: dict) -> str:
     return f"{name}: {' and '.join(words)}"
 
 
-def smaller_model_words(n_parameters) -> str:
+def smaller_model_words(n_parameters, from_weights: bool = False) -> str:
     """", or a smaller, faster model (...)" where SMALLER_MODEL is one against the run's (at least half as many
-    parameters), else "": a run of a small model was told to use a model no smaller than its own."""
-    if isinstance(n_parameters, bool) or not isinstance(n_parameters, int) or n_parameters < 2 * SMALLER_MODEL_PARAMS:
+    parameters), else "": a run of a small model was told to use a model no smaller than its own. None for a run
+    started from --weights (``from_weights``): the weights do not fit a smaller model, and adding it was refused."""
+    counted = isinstance(n_parameters, int) and not isinstance(n_parameters, bool)
+    if not counted or n_parameters < 2 * SMALLER_MODEL_PARAMS or from_weights:
         return ""
     return (f", or a smaller, faster model ({SMALLER_MODEL}: {SMALLER_MODEL_PARAMS / 1e6:.1f}M parameters against "
             f"this run's {n_parameters / 1e6:.1f}M)")
 
 
-def near_chance_why(found: dict, stage: str, epochs: float | None, n_parameters: int | None = None) -> str:
+def near_chance_why(found: dict, stage: str, epochs: float | None, n_parameters: int | None = None,
+                    from_weights: bool = False) -> str:
     """The words of the run's near-chance warning (summary.json's near_chance.why): the datasets, that the files are
     still valid, and the advice that fits how long the predicting stage trained: a stage stopped after a few epochs
-    wants more time or a faster model first (one only where it is smaller than the run's, ``n_parameters``), one
-    that trained long enough wants more labels."""
+    wants more time or a faster model first (one only where it is smaller than the run's, ``n_parameters``, and the
+    run did not start from --weights, ``from_weights``), one that trained long enough wants more labels."""
     parts = "; ".join(near_chance_part(name, f) for name, f in found.items())
-    more = (f"a larger --budget-minutes{smaller_model_words(n_parameters)} trains more; more labelled images per "
-            f"class help too.")
+    more = (f"a larger --budget-minutes{smaller_model_words(n_parameters, from_weights)} trains more; more labelled "
+            f"images per class help too.")
     if epochs is None:
         advice = more[0].upper() + more[1:]
     elif epochs < ENOUGH_EPOCHS:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fewshot.data.image_files import IMAGE_EXTS
+from fewshot.data.roots import full_datasets_in, holds_a_dataset
 from fewshot.errors import UserError, path_argument
 
 try:
@@ -238,9 +238,9 @@ def _inside_a_dataset(out: Path) -> tuple[str, Path] | None:
     real = out.resolve()
     for a in (real, *real.parents):
         try:
-            if a.name in ("train", "val", "test") and _holds_a_dataset(a.parent):
+            if a.name in ("train", "val", "test") and holds_a_dataset(a.parent):
                 return f"the {a.name} split of the dataset {a.parent}", a.parent.parent
-            if a.name == "unlabeled" and any(c != a and _holds_a_dataset(c) for c in a.parent.iterdir()):
+            if a.name == "unlabeled" and any(c != a and holds_a_dataset(c) for c in a.parent.iterdir()):
                 return f"the unlabeled pool of the dataset root {a.parent}", a.parent
         except OSError:
             continue
@@ -248,37 +248,30 @@ def _inside_a_dataset(out: Path) -> tuple[str, Path] | None:
 
 
 def _in_a_dataset_or_root(real: Path) -> tuple[str, Path] | None:
-    """A dataset folder OUT is (or lies in), or the dataset root OUT would be made in (OUT itself may be one: the
-    build adds its dataset there). `--out ROOT/digitz` (a typo's "build the demo data" advice) built a root inside
-    the root, whose folder then broke training on it; `--out ROOT/digits` wrote digits/ and unlabeled/ into a
-    dataset. Only the folder a new OUT is made in counts as a root: a dataset anywhere in /tmp or ~ made them roots,
-    and an existing empty OUT beside a dataset folder (pytest's tmp_path beside another test's) was refused."""
-    for a in (real, *real.parents):
-        try:
-            if a != a.parent and _holds_a_dataset(a):
-                return f"the dataset folder {a}", a.parent
-        except OSError:
-            continue
-    if real.exists():  # an existing folder is the root the user chose (a test's tmp_path beside other tests' data)
+    """A dataset folder OUT is, or the dataset root a new OUT would be made in. `--out ROOT/digitz` (a typo's "build
+    the demo data" advice) built a root inside the root, whose folder then broke training on it; `--out ROOT/digits`
+    wrote digits/ and unlabeled/ into a dataset. Only a fewshot root counts (a dataset in it has train/ and val/):
+    any folder above OUT with train/<class>/<image> refused a project's `--out fewshot_data`, and a Kaggle set
+    beside a new OUT refused `--out demo_data`. An existing OUT beside a dataset folder is the root the user chose
+    (pytest's tmp_path beside another test's)."""
+    try:
+        if real != real.parent and holds_a_dataset(real):
+            return f"the dataset folder {real}", real.parent
+    except OSError:
+        pass
+    if real.exists():
         return None
     home = next((a for a in real.parents if a.is_dir()), None)
-    try:
-        held = sorted(c.name for c in home.iterdir() if not c.name.startswith(".") and _holds_a_dataset(c)) \
-            if home is not None and home != home.parent else []
-    except OSError:
-        held = []
+    held = full_datasets_in(home) if home is not None and home != home.parent else []
     if held:
         return f"the dataset root {home} (it holds {', '.join(held[:5])})", home
     return None
 
 
-def _holds_a_dataset(folder: Path) -> bool:
-    """FOLDER/train has a class folder with an image in it: a folder merely named train (`--out ~/ml/train/data`)
-    is not a dataset's split."""
-    train = folder / "train"
-    if not train.is_dir():
-        return False
-    return any(c.is_dir() and any(f.suffix.lower() in IMAGE_EXTS for f in c.iterdir()) for c in train.iterdir())
+def _root_to_suggest(root: Path, name: str) -> bool:
+    """Whether a refusal names ROOT to build into: only a fewshot root (full_datasets_in) that lacks the dataset (a
+    project or Downloads folder above an ImageFolder was named, and the demo data went into the user's home)."""
+    return bool(full_datasets_in(root)) and not (root / name).exists() and not (root / "unlabeled" / name).exists()
 
 
 def _lock_build(path: Path, name: str, out: Path) -> int | None:
@@ -358,8 +351,8 @@ def build_dataset(name: str, out: Path, shots: int = 10, seed: int = 0, idx_dir:
     inside = _inside_a_dataset(out)
     if inside:
         words, root = inside
-        there = ("" if (root / name).exists() or (root / "unlabeled" / name).exists() else
-                 f", or that root itself (--out {path_argument(root)} adds {name}/ beside its datasets)")
+        there = (f", or that root itself (--out {path_argument(root)} adds {name}/ beside its datasets)"
+                 if _root_to_suggest(root, name) else "")
         raise UserError(f"--out {out} lies inside {words}, which a build there would break (its folders would "
                         f"join that data). Give --out a dataset root of its own{there}.")
     for p in (ds_dir, out / "unlabeled", pool_dir):  # a file there crashed after the dataset was written

@@ -129,6 +129,28 @@ def _holds_splits(folder: Path) -> bool:
         return False
 
 
+def holds_a_dataset(folder: Path, splits: tuple[str, ...] = ("train",)) -> bool:
+    """Each of FOLDER/<split> (``splits``) has a class folder with an image in it: a folder merely named train
+    (`--out ~/ml/train/data`) or an empty test/ of a project (Maven's src/test) is no dataset's split. One rule for
+    build's --out checks and the "did you mean" advice; an OSError where a folder cannot be listed."""
+    return all(_labelled_split(folder / split) for split in splits)
+
+
+def holds_a_full_dataset(folder: Path) -> bool:
+    """holds_a_dataset with train/ and val/ alike, as fewshot's layout requires (False where it cannot be read): a
+    folder named as a root or dataset in advice is one that training accepts, not any ImageFolder or project."""
+    try:
+        return holds_a_dataset(folder, ("train", "val"))
+    except OSError:
+        return False
+
+
+def _labelled_split(split: Path) -> bool:
+    if not split.is_dir():
+        return False
+    return any(c.is_dir() and any(is_image(f) for f in c.iterdir()) for c in split.iterdir())
+
+
 def _refuse_a_dataset_given_as_root(root: Path, folders: list[Path]) -> None:
     """`--data ROOT/digits` (a dataset folder, not the root above it) took train/, val/ and test/ for three datasets
     and listed six "missing split folder" problems under them. Said once, with the --data to pass instead: when two
@@ -276,7 +298,7 @@ def near_root_advice(root: Path) -> str | None:
             return found
     close = [existing / n for n in difflib.get_close_matches(absolute.relative_to(existing).parts[0],
                                                               _folder_names(existing), n=3)]
-    roots = [c for c in close if _dataset_names(c)]
+    roots = [c for c in close if full_datasets_in(c)]
     if not roots:
         return None
     return "Did you mean " + " or ".join(f"--data {_shown_like(root, r)}" for r in roots) + "?"
@@ -296,11 +318,11 @@ def _layout_folders(existing: Path):
 def _root_above(above: Path, root: Path) -> str | None:
     """The advice where ``above`` (a folder above the missing --data ``root``) is a dataset folder or a root."""
     absolute = Path(os.path.abspath(root))
-    if _holds_splits(above):
+    if holds_a_full_dataset(above):
         top = above.parent
         return (f"{above} is a dataset folder, and --data is the root above the datasets: did you mean "
                 f"--data {_shown_like(root, top)} {datasets_option([above.name])}?")
-    names = _dataset_names(above)
+    names = full_datasets_in(above)
     if not names:
         return None
     typed = absolute.relative_to(above).parts[0]
@@ -317,10 +339,12 @@ def _folder_names(folder: Path) -> list[str]:
         return []
 
 
-def _dataset_names(folder: Path) -> list[str]:
-    """The visible folders of ``folder`` that hold a split folder (its datasets, where it is a root), by name."""
+def full_datasets_in(folder: Path) -> list[str]:
+    """The visible folders of ``folder`` that are datasets training accepts (holds_a_full_dataset; its datasets,
+    where it is a root), by name: an empty test/ (a project's, Maven's src/test) made its folder a "dataset", and
+    the advice built on it was refused when followed."""
     try:
-        return sorted(f.name for f in _visible_folders(folder) if _holds_splits(f))
+        return sorted(f.name for f in _visible_folders(folder) if holds_a_full_dataset(f))
     except OSError:
         return []
 
