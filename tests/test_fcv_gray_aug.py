@@ -91,3 +91,43 @@ def test_pretrain_names_data_gray_p_as_a_word_it_never_reads():
 
     said = unused_override_warnings("pretrain", resolve(overrides=["data.gray_p=0.2"]), ["data.gray_p=0.2"])
     assert any("data.gray_p=0.2" in line for line in said)
+
+
+def _a_run_older_than_gray_p(folder):
+    """A run's config.yaml as fewshot wrote it before data.gray_p existed (rev61 #1)."""
+    from fewshot.config import save_yaml
+
+    old = resolve()
+    del old["data"]["gray_p"]
+    save_yaml(old, folder / "config.yaml")
+    return old
+
+
+def test_a_run_older_than_gray_p_resumes_without_greying(tmp_path):
+    """`train --resume` and a resumed `fewshot run` stage filled in today's 0.2: the rest of the run greyed 20 % of
+    its samples, and `--resume data.gray_p=0` was refused as "0.2 in the run, 0 now"."""
+    from fewshot.run_stages import stage_config
+    from fewshot.train.finetune import merge_resume_config
+
+    _a_run_older_than_gray_p(tmp_path)
+    assert merge_resume_config(tmp_path, resolve(), {})["data"]["gray_p"] == 0.0
+    assert stage_config(tmp_path, resolve())["data"]["gray_p"] == 0.0
+    assert merge_resume_config(tmp_path, resolve(), {"data.gray_p": 0.0})["data"]["gray_p"] == 0.0
+    with pytest.raises(UserError, match=r"data.gray_p \(0.0 in the run, 0.2 now\)"):
+        merge_resume_config(tmp_path, resolve(), {"data.gray_p": 0.2})
+
+
+def test_a_fewshot_run_older_than_gray_p_keeps_it_off_in_its_later_stages(tmp_path):
+    """The stages and rounds a resumed `fewshot run` starts take the run's settings (run_state.json): an older run's
+    lacks data.gray_p, and its later rounds greyed 20 % where its first did not."""
+    from fewshot.run_state import STATE_FILE, RunState, adopt_untyped_settings
+    from fewshot.utils import write_json
+
+    old = _a_run_older_than_gray_p(tmp_path)
+    write_json(tmp_path / STATE_FILE, {"config": old, "budget_minutes": 1.0, "stages": {}, "seconds": 0.0})
+    cfg = resolve()
+    assert adopt_untyped_settings(tmp_path, cfg, set()) == {"data.gray_p": 0.0}
+    assert cfg["data"]["gray_p"] == 0.0
+    RunState.resume(tmp_path, cfg, None)  # the run's own setting: no change
+    with pytest.raises(UserError, match=r"data.gray_p \(0.0 in the run, 0.2 now\)"):
+        RunState.resume(tmp_path, resolve(), None)

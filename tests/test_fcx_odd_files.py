@@ -218,3 +218,136 @@ def test_train_without_semi_and_report_pass_a_pool_link_over(tmp_path):
     assert rc == 0, err
     rc, _, err = run_main("report", above / "runs" / "r1", "--data", root, "--out", above / "runs" / "rep")
     assert rc == 0, err
+
+
+def test_a_dataset_pool_link_stays_refused_for_commands_that_read_no_pool(tmp_path):
+    """ROOT/unlabeled/digits -> pool_real: `train --out pool_real/run1` (semi off), probe and report were accepted,
+    and a later pretrain trained on the run's plots (rev61 #2). Every later pool read follows a link named after a
+    dataset, so every command refuses it; other links (slash -> /) stay passed over where no pool is read."""
+    root, real, above = tmp_path / "root", tmp_path / "pool_real", tmp_path / "work"
+    _pngs(root / "digits" / "train" / "0")
+    _pngs(real)
+    above.mkdir()
+    (root / "unlabeled").mkdir()
+    (root / "unlabeled" / "digits").symlink_to(real, target_is_directory=True)
+    (root / "unlabeled" / "up").symlink_to(above, target_is_directory=True)
+    for reads_pool in (False, True):
+        with pytest.raises(UserError, match=f"the unlabeled pool's link {root / 'unlabeled' / 'digits'} "):
+            check_output_is_not_in_data(real / "run1", root, reads_pool=reads_pool)
+    check_output_is_not_in_data(above / "run1", root, reads_pool=False)
+    with pytest.raises(UserError, match="the unlabeled pool's link"):
+        check_output_is_not_in_data(above / "run1", root)
+
+
+def _fifo_writer(path: Path, text: str):
+    """A thread that writes ``text`` into the FIFO ``path`` for its next reader (as `cat cfg > fifo &`)."""
+    import threading
+
+    def write():
+        with open(path, "w") as fh:
+            fh.write(text)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def _unblock(path: Path, thread) -> None:
+    """Let a writer thread still waiting in open() go: a reader that opens and closes the FIFO."""
+    if not thread.is_alive():
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # open while the writer waits: its open() returns
+    try:
+        thread.join()
+    finally:
+        os.close(fd)
+
+
+def test_a_named_fifo_gives_each_command_its_own_text(tmp_path):
+    """A FIFO's text was kept for the whole process: a second command on the same FIFO (cli.main again, a notebook)
+    silently got the first one's settings, and its writer stayed blocked (rev61 #5)."""
+    fifo = tmp_path / "cfg.fifo"
+    os.mkfifo(fifo)
+    for epochs in (3, 7):
+        writer = _fifo_writer(fifo, f"train:\n  epochs: {epochs}\n")
+        try:
+            assert resolve(file=str(fifo))["train"]["epochs"] == epochs
+        finally:
+            _unblock(fifo, writer)
+
+
+def test_a_piped_config_is_refused_under_torchrun(tmp_path, monkeypatch):
+    """Each torchrun process reads --config itself: rank 0 drained /dev/stdin and rank 1 got defaults, a named FIFO
+    hung a rank in open(), and the workers' /dev/stdin is /dev/null (rev61 #4). Refused before it is opened."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    fifo = tmp_path / "cfg.fifo"
+    os.mkfifo(fifo)
+    writer = _fifo_writer(fifo, "train:\n  epochs: 3\n")  # without the refusal, the read gets it (no hang)
+    name = _piped("train:\n  epochs: 3\n")
+    try:
+        for given in (name, str(fifo), "/dev/null"):
+            with pytest.raises(UserError, match="each of the 2 torchrun processes reads --config itself; save"):
+                resolve(file=given)
+    finally:
+        os.close(int(name.rsplit("/", 1)[1]))
+        _unblock(fifo, writer)
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_a_descriptor_this_process_lacks_is_not_called_missing(monkeypatch, world):
+    """torchrun's workers do not inherit `<(...)`'s descriptor: "config file not found: /dev/fd/63" (rev61 #4)."""
+    monkeypatch.setenv("WORLD_SIZE", world)
+    with pytest.raises(UserError) as caught:
+        resolve(file="/dev/fd/999999")
+    said = str(caught.value)
+    assert "not found" not in said and "names an open file descriptor" in said and "save the settings" in said
+    assert ("torchrun does not pass it on" in said) == (world == "2")
+
+
+def _unwritable_lock_file(folder: Path, monkeypatch, code: int) -> None:
+    """The lock file as another user's 0644 one in a group-writable folder reads (EACCES; root may write any, so the
+    open for writing is made to fail), or an immutable one (EPERM)."""
+    opened = run_lock._open_or_create
+
+    def refused(path):
+        if (folder / LOCK_NAME).exists():
+            raise PermissionError(code, os.strerror(code), str(path))
+        return opened(path)
+
+    monkeypatch.setattr(run_lock, "_open_or_create", refused)
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM])
+def test_an_unwritable_lock_file_of_a_live_run_names_it(tmp_path, monkeypatch, code):
+    """The refusal of a lock file this user cannot write told them to delete it while the run that held it was
+    training, and deleting it let a second writer in (rev61 #6): the holder is named, not the file."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys\n"
+                               f"fd = os.open({str(tmp_path / LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT, 0o644)\n"
+                               "os.write(fd, f'{os.getpid()} train'.encode()); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                               "print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        _unwritable_lock_file(tmp_path, monkeypatch, code)
+        with lock_scope("train"), pytest.raises(UserError) as caught:
+            lock_run_dir(tmp_path)
+        said = str(caught.value)
+        assert f"being written by another fewshot process (`fewshot train`, pid {holder.pid})" in said, said
+        assert "delete" not in said, said
+    finally:
+        holder.communicate("")
+
+
+def test_a_stopped_runs_lock_file_this_user_cannot_write_is_locked_read_only(tmp_path, monkeypatch):
+    """Another user's 0644 lock file of a stopped run (group-writable folder): locked through a read-only
+    descriptor (flock needs no write access), keeping its last writer's record, rather than refused."""
+    (tmp_path / LOCK_NAME).write_text("4242 train\n")
+    _unwritable_lock_file(tmp_path, monkeypatch, errno.EACCES)
+    with lock_scope("train"):
+        assert lock_run_dir(tmp_path) is True
+        assert run_lock.being_written(tmp_path)
+    assert (tmp_path / LOCK_NAME).read_text() == "4242 train\n"
+    assert not run_lock.being_written(tmp_path)

@@ -99,8 +99,9 @@ def lock_run_dir(folder: str | Path, busy: Callable[[str], str] | None = None) -
             _drop_unlockable(folder, created)
             return False  # ENOLCK, EOPNOTSUPP, ...: this file system cannot lock
         if _still_named(fd, folder / LOCK_NAME):
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {_COMMAND.get()}".strip().encode() + b"\n")
+            if _opened_for_writing(fd):  # a lock file this user may not write keeps its last writer's record
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {_COMMAND.get()}".strip().encode() + b"\n")
             _HELD[key] = (fd, owner)
             if created:
                 _MADE.add(key)
@@ -148,8 +149,9 @@ def _open_lock_file(folder: Path) -> tuple[int | None, bool]:
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EMLINK):  # EMLINK: FreeBSD's answer for O_NOFOLLOW on a link
                 raise _planted_lock(folder, "a symbolic link") from None
-            _refuse_unopenable(folder, exc)
-            return None, False
+            fd, created = _refuse_unopenable(folder, exc), False
+            if fd is None:
+                return None, False
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
             return fd, created
@@ -163,22 +165,53 @@ def _open_lock_file(folder: Path) -> tuple[int | None, bool]:
     return None, False
 
 
-def _refuse_unopenable(folder: Path, exc: OSError) -> None:
+def _refuse_unopenable(folder: Path, exc: OSError) -> int | None:
     """Refuse a lock file that is there but cannot be opened for writing: a folder (EISDIR) or an immutable file
-    (EPERM) read as a folder that cannot be written, and two runs then wrote into one folder unguarded. Returns
-    where nothing is there, or where the folder itself cannot be written: its own write check reports that."""
+    (EPERM) read as a folder that cannot be written, and two runs then wrote into one folder unguarded. None where
+    nothing is there, or where the folder itself cannot be written: its own write check reports that. A file only
+    this user may not write (EACCES: another's 0644 lock in a group-writable team folder) is opened read-only and
+    returned, to be locked as it is (flock needs no write access; the pid record is left as its last writer wrote
+    it): refused, a stopped run there could not be resumed by a group member. A live holder is named first: the
+    advice to delete the lock file of a running train let a second writer in."""
     path = folder / LOCK_NAME
     try:
         info = os.lstat(path)
     except OSError:
-        return
+        return None
     if not stat.S_ISREG(info.st_mode):
         raise _planted_lock(folder, "not a file") from None
-    if os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"'{path}' cannot be opened for writing ({exc.strerror or exc}): fewshot locks that file so "
-                        f"that two commands never write into one folder together, and will not run unguarded. Make "
-                        f"it writable or delete it (fewshot makes a new one; an immutable file: chattr -i), then run "
-                        f"the command again.") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return None
+    try:  # O_NONBLOCK: a FIFO swapped in since the lstat does not hang
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        fd = None
+    if fd is not None and exc.errno == errno.EACCES:
+        return fd
+    if fd is not None:
+        _refuse_if_held(folder, fd)
+    raise UserError(f"'{path}' cannot be opened for writing ({exc.strerror or exc}): fewshot locks that file so "
+                    f"that two commands never write into one folder together, and will not run unguarded. Make "
+                    f"it writable or delete it (fewshot makes a new one; an immutable file: chattr -i), then run "
+                    f"the command again.") from None
+
+
+def _refuse_if_held(folder: Path, fd: int) -> None:
+    """Raise the refusal naming the command that holds ``fd``'s lock (a shared probe, as being_written's); closes
+    ``fd`` either way."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            holder, command = _read_holder(fd)
+            raise UserError(_refusal(folder, _holder_words(holder, command), command)) from None
+    finally:
+        os.close(fd)
+
+
+def _opened_for_writing(fd: int) -> bool:
+    """Whether ``fd`` may be written (not the read-only descriptor of _refuse_unopenable)."""
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
 
 
 def _open_or_create(path: Path) -> tuple[int, bool]:

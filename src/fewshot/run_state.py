@@ -183,7 +183,7 @@ def adopt_untyped_settings(out: Path, cfg: dict, typed: set[str]) -> dict:
     ROOT/.fewshot_cache beside its --cache-dir. A setting the command gives is still compared (RunState.resume),
     and one of RUN_RESUME_MAY_CHANGE given may differ. Returns {dotted: value} of those taken."""
     try:
-        recorded = flatten_dotted(loads_run_json((Path(out) / STATE_FILE).read_text())["config"])
+        recorded = recorded_settings(loads_run_json((Path(out) / STATE_FILE).read_text())["config"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}  # no run, or a damaged record: RunState.resume says what is wrong
     note_device_not_taken(out, cfg, typed, recorded.get("train.device"))
@@ -203,6 +203,15 @@ def adopt_untyped_settings(out: Path, cfg: dict, typed: set[str]) -> dict:
         set_dotted(cfg, keys, copy.deepcopy(value))
         taken[dotted] = value
     return taken
+
+
+def recorded_settings(config: dict) -> dict:
+    """A run's recorded settings (dotted), with what the run did for the fields it lacks where that is not today's
+    default (finetune.ABSENT_MEANS): the later stages and rounds of a run begun before data.gray_p greyed 20 %."""
+    from fewshot.train.finetune import ABSENT_MEANS
+
+    recorded = flatten_dotted(config)
+    return {**{k: v for k, v in ABSENT_MEANS.items() if k not in recorded}, **recorded}
 
 
 def note_device_not_taken(out: Path, cfg: dict, typed: set[str], was) -> None:
@@ -399,7 +408,7 @@ class RunState:
         # compared as JSON sees them (a tuple in the settings is a list in the file)
         # a setting added to fewshot since the run started counts as its default there
         now = flatten_dotted(json.loads(json.dumps(cfg)))
-        before = {**flatten_dotted(json.loads(json.dumps(DEFAULTS))), **flatten_dotted(saved_cfg)}
+        before = {**flatten_dotted(json.loads(json.dumps(DEFAULTS))), **recorded_settings(saved_cfg)}
         changed = [f"{k} ({worded(k, before.get(k))} in the run, {worded(k, now.get(k))} now)"
                    for k in sorted(set(now) | set(before))
                    if k not in RUN_RESUME_MAY_CHANGE and setting_changed(k, before.get(k), now.get(k))]

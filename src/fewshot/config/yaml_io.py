@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -192,8 +195,24 @@ def find_config(path: str | Path) -> Path:
     if path.is_dir():
         inside = ", ".join(sorted(p.name for p in path.glob("*.yaml"))[:5]) or "none"
         raise UserError(f"config file {path} is a folder; give a YAML file (the .yaml files in it: {inside}).")
+    if _DESCRIPTOR_PATH.fullmatch(str(path)):
+        raise UserError(_descriptor_not_here(path))
     names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
     raise UserError(f"config file not found: {path} (fewshot's own recipes, usable by name: {names}).")
+
+
+# what `<(...)` and `|` name: a descriptor of the process that ran the shell's command, not a file
+_DESCRIPTOR_PATH = re.compile(r"/dev/fd/\d+|/proc/(self|\d+)/fd/\d+|/dev/std(in|out|err)")
+
+
+def _descriptor_not_here(path: Path) -> str:
+    """Why `--config <(...)` is missing: torchrun's workers do not inherit the shell's descriptor, and were told
+    "config file not found: /dev/fd/63" of a file the user never made."""
+    from fewshot.cli_ranks import world_size_env
+
+    where = " (torchrun does not pass it on to its worker processes)" if world_size_env() > 1 else ""
+    return (f"config file {path} names an open file descriptor (a pipe, or a process substitution `<(...)`) that "
+            f"this process does not have{where}; save the settings to a file and give --config that file's path.")
 
 
 def _special_kind(path: Path) -> str | None:
@@ -210,16 +229,18 @@ def _special_kind(path: Path) -> str | None:
 
 
 MAX_PIPED_BYTES = 1 << 20  # a config is a few KB: a device that never ends (/dev/zero) is not read past this
-_PIPED: dict[tuple[int, int], bytes] = {}  # what each pipe given as --config held, by (device, inode)
+_PIPED: dict[tuple[int, int], bytes] = {}  # what each nameless pipe given as --config held, by (device, inode)
 
 
 def _piped_bytes(path: Path, kind: str) -> bytes:
-    """The text of a --config that is a pipe or device (`--config <(...)`, /dev/stdin), read once per process: a
-    pipe gives its text to one reader only, and a second reader of the same --config would find it empty."""
+    """The text of a --config that is a pipe or device (`--config <(...)`, /dev/stdin). A nameless pipe is read once
+    per process: it gives its text to one reader only, and never other text once read to its end. A named FIFO
+    (mkfifo) takes a new writer for each command, so it is kept for one command only (one_read_per_file): kept
+    here, a second command of the process (cli.main again, a notebook) silently got the first one's text."""
     try:
         info = path.stat()
         key = (info.st_dev, info.st_ino)
-        if stat.S_ISFIFO(info.st_mode) and key in _PIPED:
+        if _nameless_pipe(info) and key in _PIPED:
             return _PIPED[key]
         with open(path, "rb") as fh:
             data = fh.read(MAX_PIPED_BYTES + 1)
@@ -229,9 +250,36 @@ def _piped_bytes(path: Path, kind: str) -> bytes:
     if len(data) > MAX_PIPED_BYTES:
         raise UserError(f"config file {path} is {kind} that gives more than {MAX_PIPED_BYTES >> 20} MB; a fewshot "
                         f"config is a few KB of YAML: save it to a file and give --config that file's path.")
-    if stat.S_ISFIFO(info.st_mode):
+    if _nameless_pipe(info):
         _PIPED[key] = data
     return data
+
+
+@functools.lru_cache(maxsize=1)
+def _pipe_device() -> int:
+    """The device that nameless pipes (os.pipe, `|`, `<(...)`) live on: a named FIFO's is its file system's."""
+    r, w = os.pipe()
+    try:
+        return os.fstat(r).st_dev
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _nameless_pipe(info: os.stat_result) -> bool:
+    return stat.S_ISFIFO(info.st_mode) and info.st_dev == _pipe_device()
+
+
+def _refuse_under_torchrun(path: Path, kind: str) -> None:
+    """Under torchrun every process reads --config itself: a pipe gives its text to one of them (the others got
+    defaults, then a false "given different settings" error), a named FIFO left a rank waiting for ever in open(),
+    and /dev/stdin is /dev/null in the workers. Refused before it is opened."""
+    from fewshot.cli_ranks import world_size_env
+
+    if world_size_env() > 1:
+        raise UserError(f"config file {path} is {kind}, which gives its text to one reader only, and each of the "
+                        f"{world_size_env()} torchrun processes reads --config itself; save the settings to a file "
+                        f"and give --config that file's path.")
 
 
 def _config_bytes(path: Path, piped: bool) -> bytes:
@@ -243,6 +291,7 @@ def _config_bytes(path: Path, piped: bool) -> bytes:
     if not piped:
         raise UserError(f"config file {path} exists but is {kind}, not a file fewshot wrote; delete it (or save "
                         f"the settings to a file by that name).")
+    _refuse_under_torchrun(path, kind)
     return _piped_bytes(path, kind)
 
 

@@ -21,8 +21,8 @@ def check_output_is_not_in_data(out: Path, root, unlabeled=None, what: str = "th
     ROOT/plots/ and ROOT/checkpoints/, and every later command on ROOT failed on them as datasets. Inside an
     --unlabeled folder (``unlabeled``: data.unlabeled), its plots joined the pool and --resume then refused it.
     ``what``: the output named in the message (`fewshot report` checks its --out too). ``reads_pool`` False (probe):
-    the folders that links in ROOT/unlabeled/ lead to are not checked, as the command reads none of them (a link
-    there to a parent of --out refused every --out of train and probe)."""
+    of the folders that links in ROOT/unlabeled/ lead to, only those named after a dataset are checked (a link there
+    to a parent of --out refused every --out of train and probe): see _read_folders."""
     out_r, root_r = Path(out).resolve(), Path(root).resolve()
     folders = [] if not unlabeled else unlabeled if isinstance(unlabeled, (list, tuple)) else [unlabeled]
     for folder in folders:
@@ -55,18 +55,25 @@ def _read_folders(root: Path, reads_pool: bool = True) -> list[tuple[Path, str]]
     the root's visible folders, ROOT/unlabeled and its sub-folders (the pool scan follows ROOT/unlabeled/<name> as a
     link). Compared as resolved folders, not as ROOT/<x>/<split> below the resolved root: with ROOT/digits a link to
     a folder elsewhere, `--out ROOT/digits/train/myrun` was accepted and every later command read myrun as a class.
-    The pool's sub-folders (links among them lead elsewhere) only where the command reads the pool (``reads_pool``),
-    each named itself: the pool's name hid which link led to the folder."""
+    The pool's sub-folders (links among them lead elsewhere) each named itself: the pool's name hid which link led to
+    the folder. Those named after a dataset for every command: the pool read of a later pretrain or self-training
+    follows them, and `train --out` into ROOT/unlabeled/digits's target put the run's plots into that pool. The
+    others only where the command reads the pool (``reads_pool``): ROOT/unlabeled/slash -> / refused every --out."""
     pool = root / "unlabeled"
     found = [(pool.resolve(), f"the unlabeled pool {pool}")]
-    if reads_pool:
-        found += [(sub.resolve(), f"the unlabeled pool's {'link' if sub.is_symlink() else 'folder'} {sub}")
-                  for sub in _entries(pool) if sub.is_dir()]
+    found += [(sub.resolve(), f"the unlabeled pool's {'link' if sub.is_symlink() else 'folder'} {sub}")
+              for sub in _entries(pool) if sub.is_dir() and (reads_pool or _named_after_a_dataset(root, sub.name))]
     for entry in _entries(root):
         if not entry.name.startswith(".") and entry.name != "unlabeled":
             found += [((entry / split).resolve(), f"the {split}/ split of dataset {entry.name}") for split in SPLITS
                       if (entry / split).is_dir()]
     return found
+
+
+def _named_after_a_dataset(root: Path, name: str) -> bool:
+    """Whether ROOT/unlabeled/NAME is a dataset's pool, which every pool read follows (ssl/pretrain.py's pool scan):
+    the root holds a visible folder of that name."""
+    return not name.startswith(".") and name not in NOT_DATASETS and (root / name).is_dir()
 
 
 # a run's own results, which compare and report read: never replaced by `eval --out`, though shaped like its output

@@ -197,7 +197,9 @@ def remove_stale_temp_files(out: Path, older_than_s: float = 600.0) -> None:
 # (model, image size, batch, seed, optimiser, schedule shape, augmentation, MoCo settings) would make the
 # continued run a different one than its checkpoint's, or fail deep in torch on a shape mismatch.
 # Fields whose absence from an older run's config.yaml means something other than today's default.
-ABSENT_MEANS = {"semi.views": "mocov2", "data.randaug_group": 1}  # what runs did before these fields existed
+# What runs did before these fields existed (a field whose default is "off" needs no entry): a run saved before
+# data.gray_p greyed 20 % of its samples from its resume on, and `--resume data.gray_p=0` was refused as a change.
+ABSENT_MEANS = {"semi.views": "mocov2", "data.randaug_group": 1, "data.gray_p": 0.0}
 
 RESUME_MAY_CHANGE = frozenset({
     "train.epochs", "train.budget_minutes", "train.threads", "train.adapt_threads", "train.progress",
