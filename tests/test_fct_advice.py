@@ -271,3 +271,72 @@ def test_a_run_from_weights_is_told_no_smaller_model():
         said[weights] = run.summary["near_chance"]["why"]
     assert "model.width=0.5" in said[None] and "model.width=0.5" not in said["bb18.safetensors"], said
     assert "--budget-minutes" in said["bb18.safetensors"], said
+
+
+def _setting_up(root: Path) -> Path:
+    """ROOT/mine/{train,val}/{cat,dog}, the class folders made and the images not yet copied in."""
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (root / "mine" / split / label).mkdir(parents=True)
+    return root
+
+
+@pytest.mark.parametrize("typo", ["mien", "mine/trian"])
+def test_a_root_being_set_up_is_named_not_built_inside(tmp_path, typo):
+    """`--data R/mien` of a R/mine/{train,val}/{cat,dog} with no images yet was told to build the demo data at
+    R/mien (inside the root, `--data R/mine/trian`: inside the dataset); the images copied in, R was refused."""
+    root = _setting_up(tmp_path / "R")
+    with pytest.raises(UserError) as info:
+        list_datasets(root / typo)
+    message = str(info.value)
+    assert "fewshot data digits" not in message, message
+    args = _suggested(message, r"did you mean (--data .*)\?")
+    assert Path(args.data) == root and args.datasets == "mine", message
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            Image.new("L", (8, 8)).save(root / "mine" / split / label / "0.png")
+    assert [i.name for i in scan_root(args.data, args.datasets)] == ["mine"]  # followed, once the images are in
+
+
+@pytest.mark.parametrize("where", ["below", "beside"])
+def test_the_root_advice_names_the_datasets_where_the_root_holds_other_folders(copy_root, dataset_names, where):
+    """ROOT/proj/test (empty) beside the datasets: "did you mean --data ROOT?" was refused when followed
+    ("ROOT/proj/train: missing split folder 'train'"); the advice names the datasets, and following it trains."""
+    (copy_root / "proj" / "test").mkdir(parents=True)
+    missing = copy_root / "zzqqx" if where == "below" else copy_root.parent / f"{copy_root.name}o"
+    with pytest.raises(UserError) as info:
+        list_datasets(missing)
+    message = str(info.value)
+    args = _suggested(message, r"[dD]id you mean (--data [^?]*)\?")
+    assert Path(args.data) == copy_root and args.datasets == ",".join(dataset_names), message
+    assert sorted(i.name for i in scan_root(args.data, args.datasets)) == dataset_names  # followed
+
+
+@pytest.mark.parametrize("typo", ["shpo", "../Pp"])
+def test_eval_and_predict_are_pointed_at_a_root_of_test_only_datasets(tmp_path, typo):
+    """P/shop/test/a.jpg is a root predict accepts; its typos (`P/shpo`, `Pp`) got only the layout text. Training,
+    which needs train/ and val/, is still not pointed there."""
+    _image(tmp_path / "P" / "shop" / "test")
+    missing = tmp_path / "P" / typo
+    with pytest.raises(UserError) as info:
+        list_datasets(missing, demo=False)  # as eval and predict call it (predict._check_root)
+    message = str(info.value)
+    args = _suggested(message, r"[dD]id you mean (--data [^?]*)\?")
+    assert Path(args.data).resolve() == (tmp_path / "P").resolve() and args.datasets in (None, "shop"), message
+    assert [i.name for i in scan_root(args.data, args.datasets, splits=("test",))] == ["shop"]  # followed
+    with pytest.raises(UserError) as info:
+        list_datasets(missing)
+    assert "did you mean" not in str(info.value).lower(), str(info.value)
+
+
+def test_a_refusal_on_the_floor_names_a_total_above_the_budget_and_no_false_claim(monkeypatch):
+    """The floor refusal rounded its total to whole seconds: "0.1 is too short ... 6 s in all" named the budget it
+    refused; and it said the least budget named "is the same for any --model, --img-size or --pretrain", though
+    the start-up it counts is not."""
+    for minutes, used_s in ((0.1, 4.1), (0.5, 28.2)):
+        with pytest.raises(UserError) as info:
+            _hopeless(minutes, used_s, 0.033, monkeypatch)
+        message = str(info.value)
+        over, total = re.search(r"(over )?([0-9.]+) s in all", message).groups()
+        assert float(total) > minutes * 60 or (over and float(total) >= minutes * 60), message
+        assert "--pretrain" not in message and "is the same for any" not in message, message

@@ -344,17 +344,18 @@ def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s
 
 def floor_budget_error(budget_s: float, used_s: float, step_s: float, undone: bool = True) -> UserError:
     """too_short_budget_error where LEAST_RUN_S, not the steps, is the need: the steps' words ("6 training steps at
-    33 ms ... needs over 2 s more") and its hints (a smaller --model or --img-size, no --pretrain) did not fit, as the
-    floor is the same for every model and size: only a larger budget helps."""
+    33 ms ... needs over 2 s more") and its hints did not fit. The total is in tenths, rounded down and said "over"
+    (rounded to whole seconds, "0.1 is too short ... 6 s in all" named the budget refused); the start-up before the
+    floor depends on the model, the size and --pretrain, so only the floor is said to be the same for all."""
     total = used_s + LEAST_RUN_S
     return UserError(one_line(
         f"--budget-minutes {budget_s / 60:g} is too short for any run on this machine: start-up and the timing of "
-        f"the speeds took {used_s:.0f} s, and any run needs at least {LEAST_RUN_S:g} s more after them, "
-        f"{total:.0f} s in all (the least any run needs for its closing evaluations, the prediction of the test "
-        f"images and the report; its {FLOOR_STEPS + 1} training steps at {step_s * 1000:.0f} ms fit in it). Nothing "
-        f"was trained{' and the output folder was left as it was' if undone else ''}. Give --budget-minutes "
-        f"{_least_minutes(budget_s, total):g} or more (more leaves training a fair share): that least is the same for "
-        f"any --model, --img-size or --pretrain."))
+        f"the speeds took {_tenths_down(used_s)} s, and any run needs at least {LEAST_RUN_S:g} s more after them, "
+        f"over {_tenths_down(total)} s in all (the least any run needs for its closing evaluations, the prediction "
+        f"of the test images and the report; its {FLOOR_STEPS + 1} training steps at {step_s * 1000:.0f} ms fit in "
+        f"it). Nothing was trained{' and the output folder was left as it was' if undone else ''}. Give "
+        f"--budget-minutes {_least_minutes(budget_s, total):g} or more (more leaves training a fair share): the "
+        f"{LEAST_RUN_S:g} s after the start-up are the same for any --model or --img-size."))
 
 
 def _least_minutes(budget_s: float, total_s: float) -> float:

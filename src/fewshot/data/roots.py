@@ -131,8 +131,8 @@ def _holds_splits(folder: Path) -> bool:
 
 def holds_a_dataset(folder: Path, splits: tuple[str, ...] = ("train",)) -> bool:
     """Each of FOLDER/<split> (``splits``) has a class folder with an image in it: a folder merely named train
-    (`--out ~/ml/train/data`) or an empty test/ of a project (Maven's src/test) is no dataset's split. One rule for
-    build's --out checks and the "did you mean" advice; an OSError where a folder cannot be listed."""
+    (`--out ~/ml/train/data`) or an empty test/ of a project (Maven's src/test) is no dataset's split. The rule of
+    build's --out checks (a missing --data's "did you mean": _advised_dataset); an OSError where one cannot be read."""
     return all(_labelled_split(folder / split) for split in splits)
 
 
@@ -246,7 +246,8 @@ def list_datasets(root: Path, missing: str | None = None, demo: bool = True) -> 
         raise UserError(one_line(f"dataset root '{root}' is a symbolic link {broken_link_words(root)}; give --data the "
                                  f"folder above the datasets, or fix the link."))
     if not root.is_dir():
-        advice = missing or near_root_advice(root) or (demo_data_advice(root) if demo else _LAYOUT_ADVICE)
+        advice = (missing or near_root_advice(root, tests=not demo)  # not demo: eval and predict, which read test/
+                  or (demo_data_advice(root) if demo else _LAYOUT_ADVICE))
         raise UserError(f"dataset root {shell_quoted(root)} does not exist or is not a folder. {advice}")
     try:
         folders = _visible_folders(root)
@@ -284,24 +285,26 @@ def run_root_advice(recorded) -> str | None:
             f"datasets now).")
 
 
-def near_root_advice(root: Path) -> str | None:
+def near_root_advice(root: Path, tests: bool = False) -> str | None:
     """"Did you mean" for a --data that does not exist, where a folder above it holds datasets (a typo under a real
     root: building the demo data there put a whole root inside the user's and broke it) or a folder beside it with
-    a close name is a dataset root. None: no root near it."""
+    a close name is a dataset root. ``tests``: eval and predict, which accept test-only datasets (_advised_dataset).
+    None: no root near it."""
     absolute = Path(os.path.abspath(root))
     existing = next((a for a in absolute.parents if a.is_dir()), None)
     if existing is None:
         return None
     for above in _layout_folders(existing):
-        found = _root_above(above, root)
+        found = _root_above(above, root, tests)
         if found:
             return found
     close = [existing / n for n in difflib.get_close_matches(absolute.relative_to(existing).parts[0],
                                                               _folder_names(existing), n=3)]
-    roots = [c for c in close if full_datasets_in(c)]
+    roots = [(c, _advised_datasets_in(c, tests)) for c in close]
+    roots = [(r, names) for r, names in roots if names]
     if not roots:
         return None
-    return "Did you mean " + " or ".join(f"--data {_shown_like(root, r)}" for r in roots) + "?"
+    return "Did you mean " + " or ".join(f"--data {_shown_like(root, r)}{_only(r, names)}" for r, names in roots) + "?"
 
 
 def _layout_folders(existing: Path):
@@ -315,19 +318,19 @@ def _layout_folders(existing: Path):
         a = a.parent
 
 
-def _root_above(above: Path, root: Path) -> str | None:
+def _root_above(above: Path, root: Path, tests: bool) -> str | None:
     """The advice where ``above`` (a folder above the missing --data ``root``) is a dataset folder or a root."""
     absolute = Path(os.path.abspath(root))
-    if holds_a_full_dataset(above):
+    if _advised_dataset(above, tests):
         top = above.parent
         return (f"{above} is a dataset folder, and --data is the root above the datasets: did you mean "
                 f"--data {_shown_like(root, top)} {datasets_option([above.name])}?")
-    names = full_datasets_in(above)
+    names = _advised_datasets_in(above, tests)
     if not names:
         return None
     typed = absolute.relative_to(above).parts[0]
     close = difflib.get_close_matches(typed, names, n=1)
-    pick = f" {datasets_option(close)}" if close else ""
+    pick = f" {datasets_option(close)}" if close else _only(above, names)
     return (f"{above} is a dataset root (it holds {names_list(names)}): did you mean "
             f"--data {_shown_like(root, above)}{pick}?")
 
@@ -347,6 +350,34 @@ def full_datasets_in(folder: Path) -> list[str]:
         return sorted(f.name for f in _visible_folders(folder) if holds_a_full_dataset(f))
     except OSError:
         return []
+
+
+def _advised_dataset(folder: Path, tests: bool = False) -> bool:
+    """Whether "did you mean" names ``folder`` as a dataset: it has train/ and val/ folders (images or not: a root
+    being set up, its images not yet copied in, was told to build the demo data inside itself), or, for eval and
+    predict (``tests``), a test/ with an image, which they accept. An empty test/ alone (a project's) is none."""
+    try:
+        return all((folder / s).is_dir() for s in ("train", "val")) or (tests and has_images(folder / "test"))
+    except OSError:
+        return False
+
+
+def _advised_datasets_in(folder: Path, tests: bool) -> list[str]:
+    """The visible folders of ``folder`` that the advice names as datasets (_advised_dataset), by name."""
+    try:
+        return sorted(f.name for f in _visible_folders(folder) if _advised_dataset(f, tests))
+    except OSError:
+        return []
+
+
+def _only(root: Path, names: list[str]) -> str:
+    """` --datasets NAMES` where ROOT holds visible folders besides ``names``: `--data ROOT` alone scanned them too
+    (an empty proj/test was "missing split folder 'train'"), so following the advice was refused."""
+    try:
+        others = {f.name for f in _visible_folders(root)} - set(names)
+    except OSError:
+        return ""
+    return f" {datasets_option(names)}" if others else ""
 
 
 def _shown_like(given: Path, path: Path) -> str:
