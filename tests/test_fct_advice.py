@@ -340,3 +340,33 @@ def test_a_refusal_on_the_floor_names_a_total_above_the_budget_and_no_false_clai
         over, total = re.search(r"(over )?([0-9.]+) s in all", message).groups()
         assert float(total) > minutes * 60 or (over and float(total) >= minutes * 60), message
         assert "--pretrain" not in message and "is the same for any" not in message, message
+
+
+@pytest.mark.parametrize("inside", ["nothing", "images"])
+def test_a_project_with_train_and_val_but_no_class_folder_gets_the_demo_data_advice(tmp_path, inside):
+    """proj/{train,val} empty, or with images directly in them: `fewshot train --data data` there was told "proj is
+    a dataset folder ... did you mean --data .. --datasets proj", refused when followed (rev63 #4)."""
+    proj = tmp_path / "proj"
+    for split in ("train", "val"):
+        (proj / split).mkdir(parents=True)
+        if inside == "images":
+            Image.new("L", (8, 8)).save(proj / split / "0.png")
+    with pytest.raises(UserError) as info:
+        list_datasets(proj / "data")
+    message = str(info.value)
+    assert "did you mean" not in message.lower() and "fewshot data digits" in message, message
+
+
+def test_eval_of_the_val_split_is_not_pointed_at_a_test_only_root(tmp_path):
+    """`eval --split val` cannot use a test-only dataset, but was pointed at P/shop/test/a.jpg's root (rev63 #5):
+    only predict and `eval --split test` are."""
+    from fewshot.eval.predict import _check_root
+
+    _image(tmp_path / "P" / "shop" / "test")
+    tm = SimpleNamespace(cfg={})
+    said = {}
+    for split in ("val", "test"):
+        with pytest.raises(UserError) as info:
+            _check_root(tm, tmp_path / "P" / "shpo", split)
+        said[split] = str(info.value).lower()
+    assert "did you mean" not in said["val"] and "did you mean" in said["test"], said

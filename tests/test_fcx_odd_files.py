@@ -176,23 +176,35 @@ def test_a_pool_link_to_a_parent_of_out_is_named_itself(tmp_path):
     assert f"the unlabeled pool's link {link} (" in str(caught.value), caught.value
 
 
-def test_commands_that_read_no_pool_pass_its_links_over(tmp_path):
-    """Probe (and train without semi) reads no pool: a link there to a parent of --out refused every --out. The
-    pool folder itself stays refused for every command (later pool reads would take the output in)."""
-    root, _, out = _linked_pool(tmp_path)
+def test_commands_that_read_no_pool_still_refuse_its_links(tmp_path):
+    """Probe (and train without semi) reads no pool, but a later pretrain reads every link in it (rev63 #3): a link
+    there to a parent of --out is refused for every command, as the pool folder itself (later pool reads would take
+    the output in). A link to a folder above ROOT (slash -> /) is passed over: it refused every --out."""
+    root, link, out = _linked_pool(tmp_path)
     out.parent.mkdir(parents=True)
-    check_output_is_not_in_data(out, root, reads_pool=False)
+    with pytest.raises(UserError, match="the unlabeled pool's link"):
+        check_output_is_not_in_data(out, root, reads_pool=False)
+    link.unlink()
+    link.symlink_to(tmp_path, target_is_directory=True)  # above ROOT, and above --out
+    (root / "unlabeled" / "slash").symlink_to("/", target_is_directory=True)
+    for reads_pool in (False, True):
+        check_output_is_not_in_data(out, root, reads_pool=reads_pool)
     with pytest.raises(UserError, match="inside the unlabeled pool"):
         check_output_is_not_in_data(root / "unlabeled" / "run", root, reads_pool=False)
     assert not pool_read_by({"semi": {"method": "off"}})
     assert pool_read_by({"_task": "moco", "semi": {"method": "off"}}) and pool_read_by({"semi": {"method": "fixmatch"}})
 
 
-def test_probe_passes_a_pool_link_over(tmp_path):
-    """`fewshot probe --out` under the folder a pool link leads to: no pool refusal (it stops later, on its missing
-    weights file, which this test gives none of)."""
-    root, _, out = _linked_pool(tmp_path)
+def test_probe_passes_a_pool_link_above_the_root_over(tmp_path):
+    """`fewshot probe --out` under the folder a pool link to a folder above ROOT leads to: no pool refusal (it stops
+    later, on its missing weights file, which this test gives none of). A link elsewhere is refused (rev63 #3)."""
+    root, link, out = _linked_pool(tmp_path)
     out.parent.mkdir(parents=True)
+    rc, _, err = run_main("probe", "--weights", tmp_path / "none.safetensors", "--model", "test_resnet", "--data",
+                          root, "--out", out, "--device", "cpu")
+    assert rc != 0 and "the unlabeled pool's link" in err, err
+    link.unlink()
+    link.symlink_to(tmp_path, target_is_directory=True)
     rc, _, err = run_main("probe", "--weights", tmp_path / "none.safetensors", "--model", "test_resnet", "--data",
                           root, "--out", out, "--device", "cpu")
     assert rc != 0 and "unlabeled pool" not in err, err
@@ -207,12 +219,12 @@ def test_a_class_folder_with_a_newline_keeps_the_refusal_on_one_line():
 
 
 def test_train_without_semi_and_report_pass_a_pool_link_over(tmp_path):
-    """Train with semi off and report read no pool: a link there to a parent of their --out refused them, naming the
-    pool. Both now run (the link's folder is no input of theirs)."""
+    """Train with semi off and report: a link in the pool to a folder above ROOT, and so above their --out
+    (slash -> /), refused them, naming the pool. Both run (rev63 #3: a link elsewhere is refused)."""
     from helpers.tiny import build_digits, tiny_train_argv
 
     root, above = build_digits(tmp_path / "data"), tmp_path / "work"
-    (root / "unlabeled" / "up").symlink_to(above, target_is_directory=True)
+    (root / "unlabeled" / "up").symlink_to(tmp_path, target_is_directory=True)
     (above / "runs").mkdir(parents=True)
     rc, _, err = run_main(*tiny_train_argv(root, above / "runs" / "r1"))
     assert rc == 0, err
@@ -223,7 +235,7 @@ def test_train_without_semi_and_report_pass_a_pool_link_over(tmp_path):
 def test_a_dataset_pool_link_stays_refused_for_commands_that_read_no_pool(tmp_path):
     """ROOT/unlabeled/digits -> pool_real: `train --out pool_real/run1` (semi off), probe and report were accepted,
     and a later pretrain trained on the run's plots (rev61 #2). Every later pool read follows a link named after a
-    dataset, so every command refuses it; other links (slash -> /) stay passed over where no pool is read."""
+    dataset, so every command refuses it; a later pretrain follows the other links too (rev63 #3)."""
     root, real, above = tmp_path / "root", tmp_path / "pool_real", tmp_path / "work"
     _pngs(root / "digits" / "train" / "0")
     _pngs(real)
@@ -234,9 +246,9 @@ def test_a_dataset_pool_link_stays_refused_for_commands_that_read_no_pool(tmp_pa
     for reads_pool in (False, True):
         with pytest.raises(UserError, match=f"the unlabeled pool's link {root / 'unlabeled' / 'digits'} "):
             check_output_is_not_in_data(real / "run1", root, reads_pool=reads_pool)
-    check_output_is_not_in_data(above / "run1", root, reads_pool=False)
-    with pytest.raises(UserError, match="the unlabeled pool's link"):
-        check_output_is_not_in_data(above / "run1", root)
+    for reads_pool in (False, True):  # rev63 #3: a later pretrain reads this link too
+        with pytest.raises(UserError, match="the unlabeled pool's link"):
+            check_output_is_not_in_data(above / "run1", root, reads_pool=reads_pool)
 
 
 def _fifo_writer(path: Path, text: str):
@@ -283,14 +295,18 @@ def test_a_piped_config_is_refused_under_torchrun(tmp_path, monkeypatch):
     fifo = tmp_path / "cfg.fifo"
     os.mkfifo(fifo)
     writer = _fifo_writer(fifo, "train:\n  epochs: 3\n")  # without the refusal, the read gets it (no hang)
-    name = _piped("train:\n  epochs: 3\n")
+    name, said = _piped("train:\n  epochs: 3\n"), {}
     try:
         for given in (name, str(fifo), "/dev/null"):
-            with pytest.raises(UserError, match="each of the 2 torchrun processes reads --config itself; save"):
+            with pytest.raises(UserError, match="each of the 2 torchrun processes reads --config itself; save") as e:
                 resolve(file=given)
+            said[given] = str(e.value)
     finally:
         os.close(int(name.rsplit("/", 1)[1]))
         _unblock(fifo, writer)
+    # /dev/null gives every process the same (empty) text: "one reader only" was a false reason there (rev63 #6)
+    assert "one reader only" in said[str(fifo)] and "one reader only" not in said["/dev/null"], said
+    assert "not a file every process can read the same way" in said["/dev/null"], said
 
 
 @pytest.mark.parametrize("world", ["1", "2"])
@@ -351,3 +367,50 @@ def test_a_stopped_runs_lock_file_this_user_cannot_write_is_locked_read_only(tmp
         assert run_lock.being_written(tmp_path)
     assert (tmp_path / LOCK_NAME).read_text() == "4242 train\n"
     assert not run_lock.being_written(tmp_path)
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (a lock file's stale record)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_read_only_lock_file_that_cannot_be_locked_is_refused(tmp_path, monkeypatch):
+    """NFS emulates flock with byte-range locks: LOCK_EX on the read-only descriptor fails with EBADF, and the run
+    went on unguarded as on a file system without locks (rev63 #1). Refused as a file that cannot be written."""
+    (tmp_path / LOCK_NAME).write_text("4242 train\n")
+    _unwritable_lock_file(tmp_path, monkeypatch, errno.EACCES)
+    real = run_lock.fcntl.flock
+
+    def nfs_flock(fd, how):
+        if how & run_lock.fcntl.LOCK_EX and not run_lock._opened_for_writing(fd):
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return real(fd, how)
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", nfs_flock)
+    with lock_scope("train"), pytest.raises(UserError, match="cannot be opened for writing"):
+        lock_run_dir(tmp_path)
+
+
+def test_a_read_only_holder_is_not_named_by_its_files_stale_pid(tmp_path, monkeypatch):
+    """A lock file locked read-only keeps its last writer's "PID COMMAND": a second train was told a dead pid held
+    it, with probe advice (rev63 #2). A dead pid is dropped, with the run's advice."""
+    import fcntl
+
+    dead = _dead_pid()
+    (tmp_path / LOCK_NAME).write_text(f"{dead} probe\n")
+    holder = os.open(tmp_path / LOCK_NAME, os.O_RDONLY)  # another command's read-only lock
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        _unwritable_lock_file(tmp_path, monkeypatch, errno.EACCES)
+        with lock_scope("train"), pytest.raises(UserError) as caught:
+            lock_run_dir(tmp_path)
+    finally:
+        os.close(holder)
+    said = str(caught.value)
+    assert "being written by another fewshot process:" in said and "then --resume" in said, said
+    assert f"pid {dead}" not in said and "probe" not in said, said

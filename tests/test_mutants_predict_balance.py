@@ -23,7 +23,7 @@ PLAN = {"a": {"used": True, "_offsets": torch.tensor([0.5, 0.0, 0.0])}, "b": {"u
 
 
 def model(space=SPACE) -> SimpleNamespace:
-    return SimpleNamespace(space=space, n_parameters=1234, path=Path("run/checkpoints/best.pt"))
+    return SimpleNamespace(space=space, n_parameters=1234, path=Path("run/checkpoints/best.pt"), cfg={})
 
 
 def data() -> SimpleNamespace:
@@ -54,7 +54,7 @@ def patched(monkeypatch, tmp_path):
     """predict's loading steps replaced by the hand-made model, test logits and balancing plan."""
     found = infos(tmp_path)
     monkeypatch.setattr(predict, "load_trained", lambda run, device: model())
-    monkeypatch.setattr(predict, "list_datasets", lambda root: None)
+    monkeypatch.setattr(predict, "list_datasets", lambda root, **advice: None)
     monkeypatch.setattr(predict, "say_checkpoint", lambda *a, **k: None)
     monkeypatch.setattr(predict, "say_balance", lambda *a, **k: None)
     monkeypatch.setattr(predict, "chosen_balance", lambda run, typed, who: "on")

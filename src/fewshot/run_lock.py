@@ -42,6 +42,7 @@ _SCOPES = itertools.count(1)
 _COMMAND_WORD = re.compile(r"[a-z][a-z-]{0,19}")  # what a lock file may name as its holder's command
 # A reader's probe (being_written) holds a shared lock for an instant: a writer starting just then is not refused
 LOCK_TRIES, LOCK_RETRY_S = 5, 0.1
+_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # flock's errors for a lock another holds
 
 
 @contextmanager
@@ -91,9 +92,11 @@ def lock_run_dir(folder: str | Path, busy: Callable[[str], str] | None = None) -
         try:
             _flock_retrying(fd)
         except OSError as exc:
+            if exc.errno not in _BUSY and not _opened_for_writing(fd):
+                _refuse_read_only(folder, fd, exc, busy)
             holder, command = _read_holder(fd)
             os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if exc.errno in _BUSY:
                 who = _holder_words(holder, command)
                 raise UserError(busy(who) if busy else _refusal(folder, who, command)) from None
             _drop_unlockable(folder, created)
@@ -110,6 +113,15 @@ def lock_run_dir(folder: str | Path, busy: Callable[[str], str] | None = None) -
         # unlock_and_remove): a lock on a nameless file guards nothing, so lock the name anew
         os.close(fd)
     return False
+
+
+def _refuse_read_only(folder: Path, fd: int, exc: OSError, busy: Callable[[str], str] | None) -> None:
+    """A read-only lock file that cannot be locked (NFS emulates flock with byte-range locks, and LOCK_EX needs a
+    descriptor open for writing: EBADF) is refused, a live holder named first: running on unguarded let a second
+    writer in while the file's owner could still lock it. Closes ``fd``."""
+    _refuse_if_held(folder, fd, busy)
+    raise _unwritable(folder / LOCK_NAME, f"{os.strerror(errno.EACCES)}; locking it read-only failed: "
+                                          f"{exc.strerror or exc}") from None
 
 
 def made_lock_file(folder: str | Path) -> bool:
@@ -190,21 +202,26 @@ def _refuse_unopenable(folder: Path, exc: OSError) -> int | None:
         return fd
     if fd is not None:
         _refuse_if_held(folder, fd)
-    raise UserError(f"'{path}' cannot be opened for writing ({exc.strerror or exc}): fewshot locks that file so "
-                    f"that two commands never write into one folder together, and will not run unguarded. Make "
-                    f"it writable or delete it (fewshot makes a new one; an immutable file: chattr -i), then run "
-                    f"the command again.") from None
+    raise _unwritable(path, exc.strerror or str(exc)) from None
 
 
-def _refuse_if_held(folder: Path, fd: int) -> None:
+def _unwritable(path: Path, why: str) -> UserError:
+    """The refusal of a lock file that cannot be opened (or locked) for writing: no run goes on unguarded."""
+    return UserError(f"'{path}' cannot be opened for writing ({why}): fewshot locks that file so that two commands "
+                     f"never write into one folder together, and will not run unguarded. Make it writable or delete "
+                     f"it (fewshot makes a new one; an immutable file: chattr -i), then run the command again.")
+
+
+def _refuse_if_held(folder: Path, fd: int, busy: Callable[[str], str] | None = None) -> None:
     """Raise the refusal naming the command that holds ``fd``'s lock (a shared probe, as being_written's); closes
-    ``fd`` either way."""
+    ``fd`` either way. ``busy``: as lock_run_dir's."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        if exc.errno in _BUSY:
             holder, command = _read_holder(fd)
-            raise UserError(_refusal(folder, _holder_words(holder, command), command)) from None
+            who = _holder_words(holder, command)
+            raise UserError(busy(who) if busy else _refusal(folder, who, command)) from None
     finally:
         os.close(fd)
 
@@ -287,7 +304,21 @@ def _read_holder(fd: int) -> tuple[str, str]:
         return "", ""
     pid = words[0][:32] if words else ""
     command = words[1] if len(words) > 1 and _COMMAND_WORD.fullmatch(words[1]) else ""
+    if pid.isdigit() and not _opened_for_writing(fd) and not _alive(int(pid)):
+        return "", ""  # a read-only lock keeps its last writer's record: a stale pid (and its command's advice)
     return pid, command
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (another user's too): a holder that locked a file it could not write left
+    the last writer's pid in it, and `kill PID` on that advice could stop an unrelated process."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except OSError:  # EPERM: another user's process
+        return True
+    return pid > 0
 
 
 def _holder_words(holder: str, command: str) -> str:

@@ -276,10 +276,11 @@ def _refuse_under_torchrun(path: Path, kind: str) -> None:
     and /dev/stdin is /dev/null in the workers. Refused before it is opened."""
     from fewshot.cli_ranks import world_size_env
 
-    if world_size_env() > 1:
-        raise UserError(f"config file {path} is {kind}, which gives its text to one reader only, and each of the "
-                        f"{world_size_env()} torchrun processes reads --config itself; save the settings to a file "
-                        f"and give --config that file's path.")
+    if world_size_env() > 1:  # /dev/null gives every reader the same nothing: "one reader only" is a pipe's reason
+        why = " (a pipe gives its text to one reader only)" if "FIFO" in kind else ""
+        raise UserError(f"config file {path} is {kind}: a pipe or device is not a file every process can read the "
+                        f"same way{why}, and each of the {world_size_env()} torchrun processes reads --config itself; "
+                        f"save the settings to a file and give --config that file's path.")
 
 
 def _config_bytes(path: Path, piped: bool) -> bytes:

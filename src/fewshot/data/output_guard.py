@@ -20,9 +20,9 @@ def check_output_is_not_in_data(out: Path, root, unlabeled=None, what: str = "th
     """A run folder that is the data root, or inside one of its datasets, changes the data: `--out ROOT` left
     ROOT/plots/ and ROOT/checkpoints/, and every later command on ROOT failed on them as datasets. Inside an
     --unlabeled folder (``unlabeled``: data.unlabeled), its plots joined the pool and --resume then refused it.
-    ``what``: the output named in the message (`fewshot report` checks its --out too). ``reads_pool`` False (probe):
-    of the folders that links in ROOT/unlabeled/ lead to, only those named after a dataset are checked (a link there
-    to a parent of --out refused every --out of train and probe): see _read_folders."""
+    ``what``: the output named in the message (`fewshot report` checks its --out too). ``reads_pool`` (probe: False)
+    no longer changes the check: a later pretrain reads the whole pool, so every command keeps out of it (see
+    _read_folders)."""
     out_r, root_r = Path(out).resolve(), Path(root).resolve()
     folders = [] if not unlabeled else unlabeled if isinstance(unlabeled, (list, tuple)) else [unlabeled]
     for folder in folders:
@@ -33,7 +33,7 @@ def check_output_is_not_in_data(out: Path, root, unlabeled=None, what: str = "th
     if out_r == root_r:
         raise UserError(f"--out {out} is the data root itself; give {what} a folder of its own (e.g. "
                         f"runs/mine, or a sub-folder of the root such as {Path(root) / 'runs' / 'mine'}).")
-    for folder_r, where in _read_folders(Path(root), reads_pool):
+    for folder_r, where in _read_folders(Path(root)):
         if out_r == folder_r or folder_r in out_r.parents:
             raise UserError(f"--out {out} lies inside {where} ({folder_r} with links resolved), whose files are "
                             f"read as data; give {what} a folder outside the datasets' splits and the pool.")
@@ -50,30 +50,25 @@ def pool_read_by(cfg: dict) -> bool:
     return cfg.get("_task") == "moco" or (cfg.get("semi") or {}).get("method") not in ("off", None, False)
 
 
-def _read_folders(root: Path, reads_pool: bool = True) -> list[tuple[Path, str]]:
+def _read_folders(root: Path) -> list[tuple[Path, str]]:
     """The folders whose files a command reads as data, links resolved, each with what it is: every split folder of
     the root's visible folders, ROOT/unlabeled and its sub-folders (the pool scan follows ROOT/unlabeled/<name> as a
     link). Compared as resolved folders, not as ROOT/<x>/<split> below the resolved root: with ROOT/digits a link to
     a folder elsewhere, `--out ROOT/digits/train/myrun` was accepted and every later command read myrun as a class.
     The pool's sub-folders (links among them lead elsewhere) each named itself: the pool's name hid which link led to
-    the folder. Those named after a dataset for every command: the pool read of a later pretrain or self-training
-    follows them, and `train --out` into ROOT/unlabeled/digits's target put the run's plots into that pool. The
-    others only where the command reads the pool (``reads_pool``): ROOT/unlabeled/slash -> / refused every --out."""
+    the folder. All of them, for every command: a later pretrain's pool read (unsorted_pool_images) follows every
+    link there, and `train --out` into a link's target put the run's plots into the pool. Passed over: a link to ROOT
+    or a folder above it (ROOT/unlabeled/slash -> /), which refused every --out; a pool read there reads everything."""
     pool = root / "unlabeled"
     found = [(pool.resolve(), f"the unlabeled pool {pool}")]
+    above = {root.resolve(), *root.resolve().parents}
     found += [(sub.resolve(), f"the unlabeled pool's {'link' if sub.is_symlink() else 'folder'} {sub}")
-              for sub in _entries(pool) if sub.is_dir() and (reads_pool or _named_after_a_dataset(root, sub.name))]
+              for sub in _entries(pool) if sub.is_dir() and sub.resolve() not in above]
     for entry in _entries(root):
         if not entry.name.startswith(".") and entry.name != "unlabeled":
             found += [((entry / split).resolve(), f"the {split}/ split of dataset {entry.name}") for split in SPLITS
                       if (entry / split).is_dir()]
     return found
-
-
-def _named_after_a_dataset(root: Path, name: str) -> bool:
-    """Whether ROOT/unlabeled/NAME is a dataset's pool, which every pool read follows (ssl/pretrain.py's pool scan):
-    the root holds a visible folder of that name."""
-    return not name.startswith(".") and name not in NOT_DATASETS and (root / name).is_dir()
 
 
 # a run's own results, which compare and report read: never replaced by `eval --out`, though shaped like its output

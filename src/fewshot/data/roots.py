@@ -234,10 +234,11 @@ def _visible_folders(root: Path) -> list[Path]:
                    if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS), key=lambda p: p.name)
 
 
-def list_datasets(root: Path, missing: str | None = None, demo: bool = True) -> list[str]:
+def list_datasets(root: Path, missing: str | None = None, demo: bool = True, tests: bool | None = None) -> list[str]:
     """Dataset folders under ROOT: every visible directory except `unlabeled/`, run folders and OS litter
     (not_a_dataset; each is named once on stderr). A ROOT that does not exist is told ``missing`` (eval and predict:
-    the run's own root), else a root near it, else to build the demo data there (``demo``: training commands)."""
+    the run's own root), else a root near it, else to build the demo data there (``demo``: training commands).
+    ``tests``: whether test-only datasets count for that advice (predict, `eval --split test`); None: not ``demo``."""
     if root.exists() and not root.is_dir():  # --data FILE.json: building demo data over it is no advice
         raise UserError(one_line(f"dataset root '{root}' is a file, not a dataset root: --data is the folder above "
                                  f"the datasets (ROOT/<dataset>/train/<class>/<image>, ROOT/<dataset>/test/<id>.jpg)"
@@ -246,7 +247,7 @@ def list_datasets(root: Path, missing: str | None = None, demo: bool = True) -> 
         raise UserError(one_line(f"dataset root '{root}' is a symbolic link {broken_link_words(root)}; give --data the "
                                  f"folder above the datasets, or fix the link."))
     if not root.is_dir():
-        advice = (missing or near_root_advice(root, tests=not demo)  # not demo: eval and predict, which read test/
+        advice = (missing or near_root_advice(root, tests=not demo if tests is None else tests)
                   or (demo_data_advice(root) if demo else _LAYOUT_ADVICE))
         raise UserError(f"dataset root {shell_quoted(root)} does not exist or is not a folder. {advice}")
     try:
@@ -353,13 +354,23 @@ def full_datasets_in(folder: Path) -> list[str]:
 
 
 def _advised_dataset(folder: Path, tests: bool = False) -> bool:
-    """Whether "did you mean" names ``folder`` as a dataset: it has train/ and val/ folders (images or not: a root
-    being set up, its images not yet copied in, was told to build the demo data inside itself), or, for eval and
-    predict (``tests``), a test/ with an image, which they accept. An empty test/ alone (a project's) is none."""
+    """Whether "did you mean" names ``folder`` as a dataset: it has train/ and val/ folders and a class folder in
+    train/ (images or not: a root being set up, its images not yet copied in, was told to build the demo data inside
+    itself; a project's empty train/ and val/ was named a dataset, and the advice was refused when followed), or,
+    for eval and predict (``tests``), a test/ with an image, which they accept. An empty test/ alone is none."""
     try:
-        return all((folder / s).is_dir() for s in ("train", "val")) or (tests and has_images(folder / "test"))
+        full = (folder / "val").is_dir() and _holds_a_folder(folder / "train")
+        return full or (tests and has_images(folder / "test"))
     except OSError:
         return False
+
+
+def _holds_a_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a folder holding a sub-folder (a class folder of a train/ split)."""
+    if not folder.is_dir():
+        return False
+    with os.scandir(folder) as it:
+        return any(e.is_dir() for e in it)
 
 
 def _advised_datasets_in(folder: Path, tests: bool) -> list[str]:

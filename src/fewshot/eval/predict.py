@@ -244,10 +244,12 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     return infos, data
 
 
-def _check_root(tm: TrainedModel, root) -> None:
+def _check_root(tm: TrainedModel, root, split: str = "test") -> None:
     """--data refused as training refuses it, but a missing one is pointed at the run's own root (data.root of its
-    config), not at building the demo data there, which holds none of the run's datasets."""
-    list_datasets(Path(root), missing=run_root_advice(tm.cfg.get("data", {}).get("root")), demo=False)
+    config), not at building the demo data there, which holds none of the run's datasets. Test-only datasets count
+    for a "did you mean" only where ``split`` is test: `eval --split val` was pointed at one, and then refused."""
+    list_datasets(Path(root), missing=run_root_advice(tm.cfg.get("data", {}).get("root")), demo=False,
+                  tests=split == "test")
 
 
 def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str = "val",
@@ -256,7 +258,7 @@ def evaluate_run(run_or_ckpt, root, mode: str, device: torch.device, split: str 
     decides on): as `fewshot predict --balance`, so that a test score matches the predictions (None: the run's
     recorded run.balance, else auto, as chosen_balance says)."""
     tm = load_trained(run_or_ckpt, device)
-    _check_root(tm, root)
+    _check_root(tm, root, split)
     say_checkpoint(run_or_ckpt, tm, "evaluating", always=False)  # the table's title names it
     check = (lambda infos: check_answer_keys(infos, tm.space)) if split == "test" else None
     infos, data = _data_for(tm, Path(root), split, datasets, skip_bad, check=check, scoring=True)
