@@ -801,7 +801,7 @@ def test_moco_batch_advice_names_per_process_sizes_under_ddp():
     guess whether the figures were per process or global."""
     from types import SimpleNamespace
 
-    from fewshot.ssl.pretrain import queue_advice
+    from fewshot.ssl.pretrain_settings import queue_advice
     from fewshot.train.engine import empty_epoch_error
 
     assert "(--batch-size 5 per process (a global batch of 10 images), then" in queue_advice(44, 48, 2)

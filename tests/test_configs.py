@@ -325,7 +325,7 @@ def test_the_small_image_moco_config_keeps_a_2x2_last_stage_and_32_samples_per_b
     import torch
 
     from fewshot.models.backbone import backbone_options, create_backbone
-    from fewshot.ssl.pretrain import split_groups
+    from fewshot.ssl.pretrain_settings import split_groups
 
     cfg = resolve(preset="mocov2", file=Path(__file__).parent.parent / "configs" / "moco_cpu_small.yaml")
     size = cfg["model"]["img_size"]

@@ -14,8 +14,8 @@ import pytest
 from fewshot.data import layout
 from fewshot.data.layout import scan_root
 from fewshot.data.output_guard import check_output_is_not_in_data, check_result_file_is_not_an_input
+from fewshot.data.pool import pool_with_sources
 from fewshot.errors import DataLayoutError, UserError
-from fewshot.ssl.pretrain import pool_with_sources
 from helpers.checks import run_main
 
 

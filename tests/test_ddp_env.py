@@ -150,7 +150,7 @@ def test_queue_advice_never_suggests_a_batch_that_is_refused():
     """2 processes on a pool of 6: "--batch-size 1 per process (a global batch of at most 1 images)", refused
     (BatchNorm needs 2 images, and 1 per process is a global batch of 2); one process with 2 shuffle-BN groups:
     "a batch of at most 1 images", refused as well."""
-    from fewshot.ssl.pretrain import queue_advice
+    from fewshot.ssl.pretrain_settings import queue_advice
 
     ddp = queue_advice(6, 4, 2)
     assert "--batch-size" not in ddp and "too small" in ddp and "one process" in ddp and "--queue-size 4 to 5" in ddp
@@ -163,7 +163,7 @@ def test_queue_advice_never_suggests_a_batch_that_is_refused():
 
 
 def test_the_pretrain_header_names_the_shuffle_across_processes():
-    from fewshot.ssl.pretrain import bn_protection
+    from fewshot.ssl.pretrain_settings import bn_protection
 
     model = SimpleNamespace(encoder_q=torch.nn.BatchNorm2d(3), split_bn_groups=1)
     assert bn_protection(model, 2) == "shuffle-BN across 2 processes"

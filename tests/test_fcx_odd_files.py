@@ -143,7 +143,7 @@ def test_an_unreadable_pool_folder_is_named_not_replaced(digits_root, dataset_na
     listing's failure is simulated.)"""
     from fewshot.config import resolve as resolve_config
     from fewshot.data.layout import scan_root
-    from fewshot.ssl.pretrain import _pool_with_sources
+    from fewshot.data.pool import _pool_with_sources
 
     pool, listing = digits_root / "unlabeled" / dataset_names[0], os.scandir
 

@@ -109,7 +109,7 @@ def test_the_pool_source_names_what_each_command_takes(digits_root):
     """`fewshot train` has no --unlabeled flag: its pool is data.unlabeled; MoCo (pretrain, run) takes --unlabeled."""
     from fewshot.config import resolve
     from fewshot.data.layout import scan_root
-    from fewshot.ssl.pretrain import _pool_with_sources
+    from fewshot.data.pool import _pool_with_sources
 
     folder = str(digits_root / "unlabeled")
     cfg = resolve(flags={"data.root": str(digits_root), "model.img_size": 16, "data.unlabeled": [folder]})

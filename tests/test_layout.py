@@ -516,7 +516,7 @@ def test_a_pool_of_hidden_files_only_counts_as_no_pool(copy_root, dataset_names)
     """.thumbnails/ and macOS ._ files are not pool images: the dataset falls back to its train images
     (it used to pick the empty pool and fail later with "no images found")."""
     from fewshot.config import resolve
-    from fewshot.ssl.pretrain import pool_with_sources
+    from fewshot.data.pool import pool_with_sources
 
     name = dataset_names[0]
     pool = copy_root / "unlabeled" / name
@@ -534,7 +534,7 @@ def test_a_pool_in_the_dataset_s_folder_or_named_in_another_case_is_pointed_out(
     """A pool put in ROOT/<dataset>/unlabeled/ was never read and the run said only "no unlabeled pool"; one named
     ROOT/unlabeled/Digits/ for dataset 'digits' became images of unknown source without a word."""
     from fewshot.config import resolve
-    from fewshot.ssl.pretrain import pool_with_sources
+    from fewshot.data.pool import pool_with_sources
 
     inside, other_case = dataset_names
     shutil.move(copy_root / "unlabeled" / inside, copy_root / inside / "unlabeled")
@@ -553,7 +553,7 @@ def test_pool_images_outside_the_datasets_folders_join_as_unknown_source(copy_ro
     used to be ignored without a word (self-training off, 12 points lost in a hunt). They join the pool with
     dataset -1; a folder named after a dataset left out by --datasets stays that dataset's."""
     from fewshot.config import resolve
-    from fewshot.ssl.pretrain import pool_with_sources
+    from fewshot.data.pool import pool_with_sources
 
     first, second = dataset_names[0], dataset_names[1]
     pool = copy_root / "unlabeled"
@@ -638,7 +638,7 @@ def test_unlabeled_folders_count_each_file_once_and_never_the_scoring_splits(cop
     pooled the val images that pick best.pt and the test images that judge the run; a symlinked sub-folder
     was skipped without a word. Each file now counts once, val/test are left out with a note, links are named."""
     from fewshot.config import resolve
-    from fewshot.ssl.pretrain import pool_with_sources
+    from fewshot.data.pool import pool_with_sources
 
     first = dataset_names[0]
     pool = copy_root / "unlabeled" / first
@@ -690,7 +690,7 @@ def test_links_to_val_and_test_images_never_join_the_pool(copy_root, dataset_nam
     """A pool of symbolic links to test (and val) files, given with --unlabeled or put in ROOT/unlabeled/<ds>,
     took them into MoCo, the pseudo-labels and FixMatch: only the links' folders were resolved."""
     from fewshot.config import resolve
-    from fewshot.ssl.pretrain import pool_with_sources
+    from fewshot.data.pool import pool_with_sources
 
     first = dataset_names[0]
     infos = scan_root(copy_root, [first])
@@ -720,23 +720,23 @@ def test_the_pool_is_scanned_once_while_its_folders_stay_unchanged(copy_root, da
     pool is found once per process while no folder of the root or of the pool changes, and a long scan says so."""
     import fewshot.data.layout as layout
     from fewshot.config import resolve
-    from fewshot.ssl import pretrain
+    from fewshot.data import pool
 
     cfg, infos = resolve(flags={"data.root": str(copy_root)}), scan_root(copy_root)
     (copy_root / ".fewshot_cache").mkdir(exist_ok=True)  # the image cache, beside the datasets
     for folder in [copy_root, *(p for p in copy_root.rglob("*") if p.is_dir())]:
         os.utime(folder, (1e9, 1e9))  # settled long ago
     scans = []
-    monkeypatch.setattr(pretrain, "find_unlabeled_images",
+    monkeypatch.setattr(pool, "find_unlabeled_images",
                         lambda folders: scans.append(folders) or layout.find_unlabeled_images(folders))
-    first = pretrain.pool_with_sources(cfg, infos)
+    first = pool.pool_with_sources(cfg, infos)
     n = per_call = len(scans)  # one scan per pool folder
-    assert n and pretrain.pool_with_sources(cfg, infos) == first and len(scans) == n  # not scanned again
+    assert n and pool.pool_with_sources(cfg, infos) == first and len(scans) == n  # not scanned again
     (copy_root / ".fewshot_cache" / "entry.u8").write_bytes(b"0")  # a cache write is no change of the pool
-    assert pretrain.pool_with_sources(cfg, infos) == first and len(scans) == n
+    assert pool.pool_with_sources(cfg, infos) == first and len(scans) == n
     new = copy_root / "unlabeled" / dataset_names[0] / "new.png"
     shutil.copy(first[0][0], new)
-    paths, ids, _, _ = pretrain.pool_with_sources(cfg, infos)
+    paths, ids, _, _ = pool.pool_with_sources(cfg, infos)
     assert len(scans) > n and new in paths and len(paths) == len(first[0]) + 1
     # ROOT/unlabeled/<dataset> as a link is scanned through, but os.walk does not stamp its contents: no memo then
     elsewhere = copy_root.parent / "elsewhere"
@@ -745,10 +745,10 @@ def test_the_pool_is_scanned_once_while_its_folders_stay_unchanged(copy_root, da
     for folder in [copy_root, *(p for p in copy_root.rglob("*") if p.is_dir() and not p.is_symlink())]:
         os.utime(folder, (1e9, 1e9))
     n = len(scans)
-    pretrain.pool_with_sources(cfg, infos)
+    pool.pool_with_sources(cfg, infos)
     shutil.copy(first[0][0], elsewhere / "through_the_link.png")
     os.utime(elsewhere, (1e9, 1e9))
-    paths = pretrain.pool_with_sources(cfg, infos)[0]
+    paths = pool.pool_with_sources(cfg, infos)[0]
     assert len(scans) == n + 2 * per_call and any(p.name == "through_the_link.png" for p in paths)
 
     monkeypatch.setattr(layout, "SCAN_NOTE_S", 0.0)

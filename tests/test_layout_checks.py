@@ -95,7 +95,7 @@ def test_train_check_passes_over_a_missing_or_empty_test_split(copy_root, datase
 
 def test_a_file_named_unlabeled_is_said(copy_root, dataset_names, tmp_path, capfd):
     """A plain file ROOT/unlabeled was passed over without a word: MoCo trained on the train images instead."""
-    from fewshot.ssl.pretrain import pool_with_sources
+    from fewshot.data.pool import pool_with_sources
 
     pool = copy_root / "unlabeled"
     shutil.rmtree(pool)

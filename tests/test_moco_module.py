@@ -1,6 +1,6 @@
 """The MoCo module (fewshot.ssl.moco.MoCo) on a tiny timm backbone and real digit images: the key
 encoder is moved by momentum only, the queue is a ring buffer of unit-norm keys, poisoned keys
-never enter it; plus the config checks of pretrain.py and the kNN monitor by hand."""
+never enter it; plus the config checks of pretrain_settings.py and the kNN monitor by hand."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from fewshot.models.backbone import create_backbone
 from fewshot.ssl.functional import shuffle_permutation
 from fewshot.ssl.knn import knn_accuracy, knn_predict
 from fewshot.ssl.moco import MoCo
-from fewshot.ssl.pretrain import resolve_pretrain_defaults, split_groups
+from fewshot.ssl.pretrain_settings import resolve_pretrain_defaults, split_groups
 from helpers.tiny import view_pair
 
 

@@ -18,7 +18,7 @@ from fewshot.data.layout import DatasetInfo
 from fewshot.eval import evaluate
 from fewshot.run_reuse import same_training_images
 from fewshot.run_stages import moco_queue_size
-from fewshot.ssl.pretrain import keys_per_step
+from fewshot.ssl.pretrain_settings import keys_per_step
 from fewshot.train import semi
 
 SPACE = LabelSpace(("a", "b"), (("a0", "a1", "a2"), ("b0", "b1")))  # global classes: a0 a1 a2 b0 b1 (3, 4)

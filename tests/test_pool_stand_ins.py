@@ -13,7 +13,7 @@ def test_stand_ins_are_known_by_dataset_whatever_its_name(tmp_path):
     split at "; ", not found, and counted as pool images left out as labelled ones."""
     from fewshot.config import resolve
     from fewshot.data.layout import scan_root
-    from fewshot.ssl.pretrain import pool_with_sources
+    from fewshot.data.pool import pool_with_sources
     from fewshot.train.semi import pool_files
 
     root = build_digits(tmp_path / "data", shots=1)
@@ -32,7 +32,7 @@ def test_stand_ins_are_known_by_dataset_whatever_its_name(tmp_path):
 def test_a_given_pool_has_no_stand_ins(tmp_path):
     from fewshot.config import resolve
     from fewshot.data.layout import scan_root
-    from fewshot.ssl.pretrain import pool_with_sources
+    from fewshot.data.pool import pool_with_sources
 
     root = build_digits(tmp_path / "data", shots=1)
     cfg = resolve(flags={"data.root": str(root), "data.unlabeled": [str(root / "unlabeled" / "digits")]})

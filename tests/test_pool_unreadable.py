@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fewshot.data.layout import scan_root
-from fewshot.ssl.pretrain import pool_paths
+from fewshot.data.pool import pool_paths
 from helpers.tiny import build_digits, copy_data_root
 
 SYSTEM = [".DS_Store", "Thumbs.db", "desktop.ini", ".hidden.heic"]

@@ -9,7 +9,7 @@ import pytest
 
 from fewshot.config import resolve
 from fewshot.errors import UserError
-from fewshot.ssl.pretrain import queue_advice, resolve_pretrain_defaults, split_groups
+from fewshot.ssl.pretrain_settings import queue_advice, resolve_pretrain_defaults, split_groups
 
 
 def _accepted(batch: int, queue: int, world: int, symmetric: bool, groups: int = 1) -> bool:

@@ -375,7 +375,7 @@ def test_levit_every_batchnorm_is_split():
 def test_unconvertible_batchnorm_is_named_at_startup():
     from types import SimpleNamespace
 
-    from fewshot.ssl.pretrain import bn_protection, shared_bn_warning
+    from fewshot.ssl.pretrain_settings import bn_protection, shared_bn_warning
 
     encoder = convert_split_bn(nn.Sequential(nn.BatchNorm2d(3), nn.BatchNorm3d(3)), G)
     model = SimpleNamespace(encoder_q=encoder, split_bn_groups=G)

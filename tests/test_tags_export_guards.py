@@ -16,7 +16,7 @@ from fewshot.config import resolve
 from fewshot.errors import CheckpointError, UserError
 from fewshot.models.backbone import create_backbone, timm_name
 from fewshot.ssl.export import export_backbone
-from fewshot.ssl.pretrain import resolve_pretrain_defaults
+from fewshot.ssl.pretrain_settings import resolve_pretrain_defaults
 from fewshot.train.checkpoint import load_checkpoint, save_checkpoint
 from helpers.checks import run_main
 

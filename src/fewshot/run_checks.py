@@ -69,7 +69,7 @@ def check_pool_images(cfg: dict, infos, semi: str) -> tuple[list[tuple[str, str]
     a rerun then refused. Returns the files left out and the images MoCo can use (None: no MoCo); the images
     are not kept (only the cache is)."""
     from fewshot.data.cache import load_images
-    from fewshot.ssl.pretrain import pool_paths
+    from fewshot.data.pool import pool_paths
     from fewshot.train.semi import POOL_SKIP_NOTE, pool_files
 
     d = cfg["data"]
@@ -95,12 +95,13 @@ def check_pretrain_settings(cfg: dict, backbone) -> None:
     """The MoCo stage's batch against its queue and shuffle-BN groups, before the run folder is started: found by
     the stage, a bad pair left a folder that only deleting freed (a rerun wanted --resume, and --resume refused
     the corrected setting)."""
-    from fewshot.ssl.pretrain import keys_per_step, split_groups
+    from fewshot.ssl.pretrain_settings import keys_per_step, split_groups
 
     r = cfg["run"]
     batch = int(r["pretrain_batch_size"])
-    # moco.symmetric enqueues both views' keys each step (ssl.pretrain.resolve_pretrain_defaults refuses the queue
-    # under 2x the batch): checked only there, K=96 at batch 64 decoded the pool and started the folder first
+    # moco.symmetric enqueues both views' keys each step (ssl.pretrain_settings.resolve_pretrain_defaults refuses
+    # the queue under 2x the batch): checked only there, K=96 at batch 64 decoded the pool and started the folder
+    # first
     symmetric = bool(cfg["moco"].get("symmetric"))
     keys = keys_per_step(batch, symmetric)
     if r["queue_size"] is not None and int(r["queue_size"]) < keys:

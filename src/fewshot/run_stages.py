@@ -279,7 +279,7 @@ def moco_queue_size(r: dict, pool_size: int | None, symmetric: bool = False) -> 
     """The MoCo stage's queue: run.queue_size, else half the pool (``pool_size`` images; None: not counted yet)
     between two batches and 4096, and never under one step's keys (2 x the batch with ``symmetric``): a batch
     above 4096 (2048 symmetric) got the 4096 queue that resolve_pretrain_defaults refuses, after the folder began."""
-    from fewshot.ssl.pretrain import keys_per_step
+    from fewshot.ssl.pretrain_settings import keys_per_step
 
     if r["queue_size"] is not None:
         return r["queue_size"]
@@ -301,7 +301,8 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     the stage, a finished one is reused and a stopped one continues from its last.pt."""
     from fewshot.report.plots import plot_pretrain_curves
     from fewshot.ssl.export import export_backbone
-    from fewshot.ssl.pretrain import MoCoTask, resolve_pretrain_defaults, write_knn_metrics
+    from fewshot.ssl.pretrain import MoCoTask, write_knn_metrics
+    from fewshot.ssl.pretrain_settings import resolve_pretrain_defaults
     from fewshot.train.engine import Engine
 
     r = cfg["run"]

@@ -289,7 +289,7 @@ class StartupMixin:
         check_finetune_batches(cfg, train_set)
         del train_set
         if r["pretrain"]:
-            from fewshot.ssl.pretrain import pool_with_sources
+            from fewshot.data.pool import pool_with_sources
 
             paths, _, source, _ = pool_with_sources(cfg, self.infos)
             n_pool, batch = len(paths), int(r["pretrain_batch_size"])

@@ -36,7 +36,8 @@ def pool_files(cfg: dict, infos, exclude_train: bool = False) -> tuple[list[Path
     ``exclude_train``: leave out the labelled train and val images (a dataset without a pool falls back to its
     train images, which MoCo may use but pseudo-labels may not; a val image trained on would inflate the val
     score that picks checkpoints)."""
-    from fewshot.ssl.pretrain import pool_with_sources, real_paths
+    from fewshot.data.layout import real_paths
+    from fewshot.data.pool import pool_with_sources
 
     paths, ids, source, stand_ins = pool_with_sources(cfg, infos)
     if exclude_train:

@@ -112,7 +112,7 @@ def shuffle_bn_groups(cfg: dict, n: int, backbone: nn.Module) -> int:
     largest divisor of n that leaves each group 2 images (BatchNorm needs them); 1 (no split) when moco.shuffle_bn
     is off or the backbone has no BatchNorm. Lowered rather than refused: n follows semi.mu and the batch size,
     chosen for the labelled loss."""
-    from fewshot.ssl.pretrain import has_batch_norm
+    from fewshot.ssl.pretrain_settings import has_batch_norm
 
     if cfg["moco"]["shuffle_bn"] in (False, "off", "none") or not has_batch_norm(backbone):
         return 1
