@@ -16,7 +16,7 @@ from fewshot.cli import main
 from fewshot.config import CHOSEN, RECHOSEN, RUN_SECTIONS, resolve, save_yaml, written_by_run
 from fewshot.errors import UserError
 from fewshot.run_lock import LOCK_NAME, release_all
-from fewshot.train.finetune import prepare_run_dir
+from fewshot.train.run_dir import prepare_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -334,7 +334,7 @@ def test_a_train_run_that_chose_nothing_records_so(digits_root, tmp_path, resume
     from helpers.checks import run_main
 
     from fewshot.config import chosen_in_file, config_data, file_settings
-    from fewshot.train.finetune import merge_resume_config
+    from fewshot.train.resume_config import merge_resume_config
 
     out = tmp_path / "run"
     rc, _, err = run_main("train", "--data", digits_root, "--out", out, "--model", "test_resnet", "--img-size", "32",

@@ -74,7 +74,7 @@ def test_a_resume_refused_before_the_first_checkpoint_offers_no_checkpoint(tmp_p
     `fewshot train --weights RUN/checkpoints/last.pt` starts from its weights: there is no last.pt. Nothing was
     trained, so the same command without --resume starts afresh there, as prepare_run_dir allows."""
     from fewshot.run_lock import release_all
-    from fewshot.train.finetune import prepare_run_dir
+    from fewshot.train.run_dir import prepare_run_dir
 
     out = saved_train_run(tmp_path)
     with pytest.raises(UserError) as refused:
@@ -95,7 +95,7 @@ def test_a_refused_resume_quotes_the_paths_it_offers(tmp_path):
     the command to paste and in "no RUN/checkpoints/last.pt". Its undo clause is an argument of its own."""
     import shlex
 
-    from fewshot.train.finetune import merge_resume_config
+    from fewshot.train.resume_config import merge_resume_config
 
     out = saved_train_run(tmp_path).rename(tmp_path / "P q")
     last = shlex.quote(str(out / "checkpoints" / "last.pt"))

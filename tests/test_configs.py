@@ -379,7 +379,7 @@ def test_a_relative_unlabeled_folder_is_recorded_absolute_and_an_older_relative_
 
     from fewshot.config import save_yaml
     from fewshot.run_state import RunState
-    from fewshot.train.finetune import merge_resume_config
+    from fewshot.train.resume_config import merge_resume_config
 
     monkeypatch.chdir(tmp_path)
     pool = str(tmp_path / "pool")

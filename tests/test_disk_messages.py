@@ -21,7 +21,7 @@ from fewshot.data.cache import _warn_no_cache
 from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import list_datasets
 from fewshot.errors import UserError
-from fewshot.train.finetune import ATOMIC_TEMP
+from fewshot.train.run_dir import ATOMIC_TEMP
 from helpers.checks import run_main
 from helpers.tiny import build_digits
 from helpers.tiny import tiny_train_argv as train_argv
@@ -309,7 +309,7 @@ def test_a_dangling_or_looping_data_link_says_what_it_is(tmp_path):
 def test_an_unsearchable_out_still_ends_with_its_message(root, tmp_path, monkeypatch, raised):
     """The advice looked for checkpoints/last.pt with Path.is_file(), which raises PermissionError under a folder
     that cannot be searched: an EACCES there (or a Ctrl-C before training) became a traceback, not exit 2 (130)."""
-    from fewshot.train import finetune
+    from fewshot.train import run_dir
 
     out = tmp_path / "run"
     real = os.stat
@@ -324,7 +324,7 @@ def test_an_unsearchable_out_still_ends_with_its_message(root, tmp_path, monkeyp
         if raised == "interrupt":
             raise KeyboardInterrupt
         raise PermissionError(errno.EACCES, "Permission denied", str(where / "config.yaml"))
-    monkeypatch.setattr(finetune, "refuse_if_being_written", fail)
+    monkeypatch.setattr(run_dir, "refuse_if_being_written", fail)
     rc, _, err = run_main(*train_argv(root, out))
     monkeypatch.setattr(os, "stat", real)
     assert "Traceback" not in err and "internal error" not in err, err

@@ -16,7 +16,8 @@ import fewshot.train.distributed as distributed
 from fewshot.config import save_yaml
 from fewshot.errors import UserError
 from fewshot.train.distributed import DistContext, check_same_settings
-from fewshot.train.finetune import merge_resume_config, run_finetune
+from fewshot.train.finetune import run_finetune
+from fewshot.train.resume_config import merge_resume_config
 from helpers.tiny import altered_copy, build_digits, finetune_cfg, free_port, run_forked_ranks
 
 
@@ -135,6 +136,7 @@ def test_other_datasets_per_rank_are_other_settings_said_before_the_data_and_bef
     import shutil
 
     import fewshot.train.finetune as finetune
+    import fewshot.train.run_dir as run_dir
     from fewshot.data.layout import scan_root
 
     root = build_digits(tmp_path / "data")
@@ -146,7 +148,7 @@ def test_other_datasets_per_rank_are_other_settings_said_before_the_data_and_bef
     monkeypatch.setattr(distributed, "all_gather_object",
                         lambda ctx, obj: [obj, other if isinstance(obj, tuple) else other_data])
     monkeypatch.setattr(finetune, "init_distributed", lambda device: (DistContext(0, 2), device))
-    monkeypatch.setattr(finetune, "barrier", lambda ctx: None)
+    monkeypatch.setattr(run_dir, "barrier", lambda ctx: None)
     out = tmp_path / "run"
     with pytest.raises(UserError) as refused:
         run_finetune(mine, out)

@@ -13,11 +13,13 @@ import torch
 import fewshot.train.checkpoint as checkpoint
 import fewshot.train.distributed as distributed
 import fewshot.train.finetune as finetune
+import fewshot.train.run_dir as run_dir
 import fewshot.train.resume as resume
 import fewshot.train.start_checks as start_checks
 from fewshot.errors import UserError
 from fewshot.train.distributed import DistContext, check_same_settings
-from fewshot.train.finetune import merge_resume_config, run_finetune
+from fewshot.train.finetune import run_finetune
+from fewshot.train.resume_config import merge_resume_config
 from helpers.tiny import altered_copy, build_digits, finetune_cfg, pretrain_cfg
 from test_fbr_resume_and_settings import recorded_run
 
@@ -42,7 +44,7 @@ def as_rank_0_of_2(monkeypatch, other=None) -> list:
     monkeypatch.setattr(distributed, "all_gather_object", gathered)
     monkeypatch.setattr(start_checks, "all_gather_object", gathered)  # the ranks' agreement on last.pt
     monkeypatch.setattr(finetune, "init_distributed", lambda device: (DistContext(0, 2), device))
-    monkeypatch.setattr(finetune, "barrier", lambda ctx: None)
+    monkeypatch.setattr(run_dir, "barrier", lambda ctx: None)
     return calls
 
 

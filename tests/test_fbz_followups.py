@@ -22,6 +22,7 @@ from test_run_resume import _cmd, sigterm_in_stage
 import fewshot.train.checkpoint as checkpoint
 import fewshot.train.distributed as distributed
 import fewshot.train.finetune as finetune
+import fewshot.train.run_dir as run_dir
 import fewshot.train.start_checks as start_checks
 from fewshot.errors import UserError
 from fewshot.run_state import STATE_FILE
@@ -46,7 +47,7 @@ def as_rank(monkeypatch, rank: int, theirs: list | None = None) -> list:
     monkeypatch.setattr(distributed, "all_gather_object", gathered)
     monkeypatch.setattr(start_checks, "all_gather_object", gathered)
     monkeypatch.setattr(finetune, "init_distributed", lambda device: (DistContext(rank, 2), device))
-    monkeypatch.setattr(finetune, "barrier", lambda ctx: None)
+    monkeypatch.setattr(run_dir, "barrier", lambda ctx: None)
     return mine
 
 
@@ -194,7 +195,7 @@ def test_the_pool_paths_reason_comes_only_with_the_pool_path(tmp_path, monkeypat
 def test_resumable_device_reads_the_process_count_as_the_cli_does(tmp_path, monkeypatch, capsys):
     """resumable_device read WORLD_SIZE itself, a copy of cli_ranks.world_size_env: one source now."""
     from fewshot import cli_ranks
-    from fewshot.train.finetune import resumable_device
+    from fewshot.train.resume_config import resumable_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

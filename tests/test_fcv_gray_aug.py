@@ -107,7 +107,7 @@ def test_a_run_older_than_gray_p_resumes_without_greying(tmp_path):
     """`train --resume` and a resumed `fewshot run` stage filled in today's 0.2: the rest of the run greyed 20 % of
     its samples, and `--resume data.gray_p=0` was refused as "0.2 in the run, 0 now"."""
     from fewshot.run_stages import stage_config
-    from fewshot.train.finetune import merge_resume_config
+    from fewshot.train.resume_config import merge_resume_config
 
     _a_run_older_than_gray_p(tmp_path)
     assert merge_resume_config(tmp_path, resolve(), {})["data"]["gray_p"] == 0.0

@@ -16,6 +16,7 @@ import pytest
 
 import fewshot.run_startup as run_startup
 import fewshot.train.finetune as finetune
+import fewshot.train.run_dir as run_dir
 from fewshot.errors import UserError
 from fewshot.pipeline import PipelineRun
 from fewshot.report import tables as T
@@ -101,7 +102,7 @@ def test_a_failed_train_start_keeps_a_lock_file_another_command_made_after_its_l
                                                                                        monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
-    _between_listing_and_lock(monkeypatch, finetune, _another_commands_lock_file)
+    _between_listing_and_lock(monkeypatch, run_dir, _another_commands_lock_file)
     rc, _, err = train(digits_root, out, "--model", "no_such_model_xyz", "--epochs", "1")
     assert rc == 2 and "no_such_model_xyz" in err, err
     assert os.listdir(out) == [".fewshot.lock"]  # its content is this start's pid now (written on locking)
@@ -112,7 +113,7 @@ def test_a_failed_train_start_removes_the_lock_file_it_made_after_an_earlier_one
     out = tmp_path / "run"
     out.mkdir()
     (out / ".fewshot.lock").write_text(OTHER)  # listed by the start, then removed by its holder's own undo
-    _between_listing_and_lock(monkeypatch, finetune, lambda folder: (folder / ".fewshot.lock").unlink())
+    _between_listing_and_lock(monkeypatch, run_dir, lambda folder: (folder / ".fewshot.lock").unlink())
     rc, _, err = train(digits_root, out, "--model", "no_such_model_xyz", "--epochs", "1")
     assert rc == 2 and "no_such_model_xyz" in err, err
     assert os.listdir(out) == []

@@ -104,7 +104,7 @@ def test_compare_of_a_run_being_written(tmp_path):
 
 
 def test_resume_removes_the_temp_files_a_kill_left_in_the_run_folder(tmp_path):
-    from fewshot.train.finetune import prepare_run_dir
+    from fewshot.train.run_dir import prepare_run_dir
 
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)

@@ -506,7 +506,7 @@ def test_resume_of_a_run_older_than_a_field_compares_the_field_with_its_default(
     value is (the run trained without mixing)."""
     from fewshot.config import resolve, save_yaml
     from fewshot.errors import UserError
-    from fewshot.train.finetune import merge_resume_config
+    from fewshot.train.resume_config import merge_resume_config
 
     old = resolve()
     del old["data"]["mixup_alpha"]
@@ -522,7 +522,7 @@ def test_resume_of_a_run_older_than_a_field_fills_it_with_what_the_run_did(tmp_p
     internal error, on resuming any run written before the field existed."""
     from fewshot.config import resolve, save_yaml
     from fewshot.run_stages import stage_config
-    from fewshot.train.finetune import merge_resume_config
+    from fewshot.train.resume_config import merge_resume_config
 
     old = resolve()
     del old["data"]["skip_bad_unlabeled"], old["data"]["crop_pct"], old["semi"]["views"]
@@ -587,7 +587,7 @@ def test_a_refused_pretrain_resume_points_to_pretrain_from_its_weights(tmp_path)
     """It pointed to `fewshot train --weights`: fine-tuning, where the user wanted to go on pretraining."""
     from fewshot.config import resolve, save_yaml
     from fewshot.errors import UserError
-    from fewshot.train.finetune import merge_resume_config
+    from fewshot.train.resume_config import merge_resume_config
 
     saved = resolve()
     saved["_task"] = "moco"
@@ -852,7 +852,7 @@ def test_a_setting_in_another_spelling_is_no_change_on_resume():
     """`--resume semi.method=off` on a run without FixMatch was refused ("'off' in the run, False now": YAML
     reads a bare off as false), and a real change showed False where the user typed off."""
     from fewshot.config import flatten_dotted, resolve
-    from fewshot.train.finetune import resume_changes
+    from fewshot.train.resume_config import resume_changes
 
     plain = flatten_dotted(resolve())
     off = flatten_dotted(resolve(overrides=["semi.method=off", "train.amp=off", "optim.fused=true"]))

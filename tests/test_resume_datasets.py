@@ -13,7 +13,7 @@ from fewshot.cli_moco import PRETRAIN_FLAGS
 from fewshot.cli_parser import build_parser
 from fewshot.config import save_yaml
 from fewshot.train.checkpoint import load_checkpoint
-from fewshot.train.finetune import resume_changes
+from fewshot.train.resume_config import resume_changes
 from helpers.checks import run_main
 from helpers.tiny import build_digits, pretrain_cfg
 

@@ -135,9 +135,9 @@ def test_a_lock_file_removed_while_waiting_for_it_is_locked_anew(tmp_path, monke
 def test_a_start_without_a_lock_undoes_nothing(digits_root, tmp_path, monkeypatch):
     """Where no lock can be taken (a file system without locks), another command may be writing the folder: a
     failed start must not remove what it finds new there."""
-    import fewshot.train.finetune as finetune
+    import fewshot.train.run_dir as run_dir
 
-    monkeypatch.setattr(finetune, "lock_run_dir", lambda out: False)
+    monkeypatch.setattr(run_dir, "lock_run_dir", lambda out: False)
     run = tmp_path / "run"
     rc, _, err = train(digits_root, run, "--model", "no_such_model_xyz")
     assert rc == 2 and (run / "config.yaml").is_file(), err

@@ -78,7 +78,7 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
                        default_preset: str | None = None) -> dict:
     from fewshot.config import PER_INVOCATION, file_settings, get_dotted, mark_rechosen, parse_override, record_chosen
     from fewshot.models.backbone import note_pretrained_tag, timm_name
-    from fewshot.train.finetune import merge_resume_config, resumes_from_config
+    from fewshot.train.resume_config import merge_resume_config, resumes_from_config
 
     flags = _flags(args, mapping)
     if getattr(args, "no_progress", False):

@@ -47,7 +47,7 @@ def adopt_stage_architecture(cfg: dict, sdir: Path) -> None:
     """The width and stem that stage ``sdir`` took from model.weights (a fewshot export records them), for the
     stages not begun yet when the file is no longer read: they rebuild the network the checkpoint holds. A stage
     config.yaml with no run's settings in it is refused as lost (resumed_settings), not read as no width."""
-    from fewshot.train.finetune import resumed_settings
+    from fewshot.train.resume_config import resumed_settings
 
     model = resumed_settings(sdir, cfg, stage=True).get("model") or {}
     for key in ("width", "small_stem"):

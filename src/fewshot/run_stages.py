@@ -117,7 +117,7 @@ def stage_config(sdir: Path, cfg: dict) -> dict:
     "changing" model.name."""
     from fewshot.config import get_dotted, set_dotted, with_defaults
     from fewshot.run_state import RUN_RESUME_MAY_CHANGE
-    from fewshot.train.finetune import ABSENT_MEANS, resumed_settings
+    from fewshot.train.resume_config import ABSENT_MEANS, resumed_settings
 
     scfg = with_defaults(resumed_settings(sdir, cfg, stage=True), ABSENT_MEANS)  # a stage written by an older fewshot
     # and the backbone file's current path (the run folder may have moved; last.pt's weights replace it anyway),

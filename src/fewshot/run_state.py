@@ -207,8 +207,8 @@ def adopt_untyped_settings(out: Path, cfg: dict, typed: set[str]) -> dict:
 
 def recorded_settings(config: dict) -> dict:
     """A run's recorded settings (dotted), with what the run did for the fields it lacks where that is not today's
-    default (finetune.ABSENT_MEANS): the later stages and rounds of a run begun before data.gray_p greyed 20 %."""
-    from fewshot.train.finetune import ABSENT_MEANS
+    default (resume_config.ABSENT_MEANS): the later stages and rounds of a run begun before data.gray_p greyed 20 %."""
+    from fewshot.train.resume_config import ABSENT_MEANS
 
     recorded = flatten_dotted(config)
     return {**{k: v for k, v in ABSENT_MEANS.items() if k not in recorded}, **recorded}

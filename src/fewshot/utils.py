@@ -248,7 +248,7 @@ TEMP_NAME_BYTES = 64  # of the output's name kept in its temp file's: `.NAME.XXX
 def temp_prefix(name: str) -> str:
     """``.NAME.`` for atomic_write_bytes's temp file, NAME cut to TEMP_NAME_BYTES bytes: the whole name plus 14
     characters made an output name over 241 bytes fail (ENAMETOOLONG) on the temp name, after all the work.
-    Still `.something.XXXXXXXX.tmp` (finetune.ATOMIC_TEMP, the engine's `.*.pt.*.tmp`), unique by mkstemp."""
+    Still `.something.XXXXXXXX.tmp` (run_dir.ATOMIC_TEMP, the engine's `.*.pt.*.tmp`), unique by mkstemp."""
     while len(os.fsencode(name)) > TEMP_NAME_BYTES:
         name = name[:-1]
     return f".{name}."

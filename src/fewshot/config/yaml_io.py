@@ -304,7 +304,7 @@ def load_yaml(path: str | Path, piped: bool = False) -> dict:
 
 class NotAMapping(UserError):
     """A config file that is valid YAML but holds no mapping (`false`, `0`, `''`, a list): beside a run's checkpoint
-    no settings are left in it (finetune.settings_lost), where a YAML error is an edit to correct."""
+    no settings are left in it (resume_config.settings_lost), where a YAML error is an edit to correct."""
 
 
 def load_yaml_or_none(path: str | Path, piped: bool = False) -> dict | None:

@@ -172,7 +172,8 @@ class MoCoTask:
 
 
 def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
-    from fewshot.train.finetune import start_job, undone_if_start_fails
+    from fewshot.train.finetune import start_job
+    from fewshot.train.run_dir import undone_if_start_fails
 
     cfg["_task"] = "moco"
     with undone_if_start_fails(out) as start:  # a bad model or weights file leaves no run folder behind

@@ -124,7 +124,7 @@ class ResumeMixin:
         stage finds where the run folder is now. A deleted config.yaml is said as such: "edited since" named a
         file that does not exist."""
         from fewshot.config import flatten_dotted
-        from fewshot.train.finetune import resume_changes, resume_refused, settings_lost
+        from fewshot.train.resume_config import resume_changes, resume_refused, settings_lost
 
         then, now = (flatten_dotted(c) for c in (ck.get("config") or {}, self.cfg))
         now = {k: v for k, v in now.items() if not k.startswith("_") and k != "model.weights"}
