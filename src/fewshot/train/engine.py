@@ -22,8 +22,12 @@ with a larger N extends the schedule.
 The loop's separate jobs live beside it, one module each: optim (optimizer, schedule, autocast dtype),
 start_checks and start_warnings (what is refused or said before training), resume (ResumeMixin: exact resume),
 stage_cap (StageCapMixin: a `fewshot run` stage's time-based schedule and epoch cap), compile_fallback
-(CompileFallbackMixin: a step redone eagerly after a torch.compile failure), nonfinite (a diverged run's check and
-words), disk_space (room for the checkpoints) and tensorboard_log (the event files).
+(CompileFallbackMixin: a step redone eagerly after a torch.compile failure), saving (SavingMixin: what last.pt and
+best.pt hold and when they are written; checkpoint holds the file-level work), evaluation (EvaluationMixin: the
+weights best.pt would hold scored and the best kept), step_state (StepStateMixin: what a step changes besides the
+gradients, kept for a skipped or redone step, and the finite checks of the loss and the weights), nonfinite (a
+diverged run's check and words), disk_space (room for the checkpoints) and tensorboard_log (the event files).
+The loop, its stops, the budget's words and log.jsonl stay here.
 """
 
 from __future__ import annotations
@@ -38,35 +42,32 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fewshot.errors import UserError
 from fewshot.progress import track
 from fewshot.run_state import is_run_stage
 from fewshot.runtime import compiled_modules
-from fewshot.train.checkpoint import rng_state, save_checkpoint
 from fewshot.train.compile_fallback import CompileFallbackMixin
-from fewshot.train.disk_space import check_room
-from fewshot.train.distributed import (DistContext, all_gather_object, all_reduce_max, all_reduce_mean, barrier,
-                                      broadcast_object, check_same_image_counts)
-from fewshot.train.nonfinite import (NonFiniteLossError, diverged_weights_error, last_good_checkpoint,
-                                     nonfinite_causes, nonfinite_loss_text, weights_finite)
+from fewshot.train.distributed import (DistContext, all_reduce_max, all_reduce_mean, barrier, broadcast_object,
+                                      check_same_image_counts)
+from fewshot.train.evaluation import TIMING_KEYS, EvaluationMixin
+from fewshot.train.nonfinite import NonFiniteLossError, last_good_checkpoint, nonfinite_loss_text
 from fewshot.train.optim import AMP_BY_NAME, AMP_NAMES, amp_dtype, build_optimizer, build_scheduler
 from fewshot.train.resume import BEST_ASIDE, ResumeMixin
+from fewshot.train.saving import SavingMixin
 from fewshot.train.stage_cap import StageCapMixin
 from fewshot.train.start_checks import empty_epoch_error, image_counts
 from fewshot.train.start_warnings import warn_cpu_fp16, warn_long_warmup, warn_slow_ema
+from fewshot.train.step_state import StepStateMixin
 from fewshot.train.stop_signal import StopRequested, stop_on_signals
 from fewshot.train.tensorboard_log import add_scalars, open_writer, rows_to_write_again
 from fewshot.train.thread_tuner import tuner_for
-from fewshot.utils import atomic_write_text, derive_seed, unshare_hard_link
+from fewshot.utils import derive_seed, unshare_hard_link
 
 
-TIMING_KEYS = ("images_per_s", "epoch_time_s", "eval_time_s")  # measurements, not results
-
-
-class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin):
+class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, EvaluationMixin, StepStateMixin):
     """The training loop of one run (the module's docstring). Its methods in other modules: resume (ResumeMixin),
-    a `fewshot run` stage's time-based schedule (StageCapMixin) and a step's torch.compile fallback
-    (CompileFallbackMixin)."""
+    a `fewshot run` stage's time-based schedule (StageCapMixin), a step's torch.compile fallback
+    (CompileFallbackMixin), the checkpoints (SavingMixin), the evaluations (EvaluationMixin) and a step's state
+    and finite checks (StepStateMixin)."""
 
     def __init__(self, task, cfg: dict, run_dir: Path, device: torch.device, ctx: DistContext):
         self.task, self.cfg, self.run_dir, self.device, self.ctx = task, cfg, Path(run_dir), device, ctx
@@ -137,90 +138,6 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin):
         self._seconds_before = 0.0  # training time of the sessions before this one (resume)
         self.fit_start: float | None = None
         self._clock_start: float | None = None
-
-    # ----------------------------------------------------------------- checkpoints
-    def payload(self) -> dict:
-        return {
-            "kind": self.task.kind,
-            "config": self.cfg,
-            "model": self.model.state_dict(),
-            "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-            "steps_per_epoch": self.steps_per_epoch,  # the report's fraction of a first epoch stopped part-way
-            "best_score": self.best_score, "last_eval": self.last_eval, "best_before_stop": self.best_before_stop,
-            "nonfinite_skipped": self.nonfinite_skipped, "epoch_skips_start": self.epoch_skips_start,
-            "epoch_record": self.epoch_record,
-            "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps,
-            "epoch_seconds": self.epoch_seconds_so_far(), "epoch_images": self.epoch_images,
-            "rng": rng_state(),
-            "train_seconds": self.train_seconds(),
-            "sched_floor": self._sched_floor,  # a resumed stage whose cap rose keeps its lr (_extend_cap)
-            "epochs_cap": self.cfg["train"]["epochs"],  # ... and its cap, with last.pt's floor (resume)
-            "eval_every": self.task.eval_every,  # ... and the evaluation interval re-spaced after its raise
-            "amp": AMP_NAMES[self.amp],  # what train.amp resolved to: a resumed `auto` run keeps it
-            "world": self.ctx.world,  # the batch plan (per-rank batches, steps per epoch) depends on it
-            **self.task.checkpoint_extra(),
-        }
-
-    def save_mid_epoch(self, checked: bool = False) -> None:
-        """last.pt inside an epoch, on every rank together (a stop, --save-every-steps): under DDP it carries each
-        rank's running metric sums, or the resumed epoch's log row would average rank 0's on every rank. The
-        epoch-end saves need not agree across ranks (rank 0 alone times them), so they gather nothing. ``checked``:
-        the weights were just checked (a budget stop's save, after its partial epoch's check)."""
-        if not checked:
-            self._check_weights_finite(self.epoch)  # every checkpoint on disk has passed the check
-        by_rank = all_gather_object(self.ctx, dict(self.epoch_sums)) if self.ctx.enabled else None
-        self.save("last", epoch_sums_by_rank=by_rank)
-
-    def save(self, name: str = "last", epoch_sums_by_rank: list | None = None) -> None:
-        """last.pt holds everything resume needs; best.pt only what evaluation and --weights read (no
-        optimizer state, nor the task's resume_only_extra: half the bytes, and it is written at every new best
-        score). Nothing resumes from best.pt: a budget stop's kept-aside copy only replaces best.pt again."""
-        if self.ctx.is_main:
-            path = self.ckpt_dir / f"{name}.pt"
-            payload = self.payload()
-            if epoch_sums_by_rank is not None:
-                payload["epoch_sums_by_rank"] = epoch_sums_by_rank
-            if name != "last":
-                payload["optimizer"] = None
-                payload["weights"] = self.best_weights  # what eval, predict, export and --weights read from it
-                if self.best_weights == "raw":  # the raw weights scored higher: they are the ones its readers take
-                    payload["ema"] = None
-                for key in getattr(self.task, "resume_only_extra", ()):  # the joint MoCo loss's key encoder, queue
-                    payload.pop(key, None)
-            try:
-                save_checkpoint(path, payload)
-                if name == "last":
-                    self._saved_step = self.global_step
-                    self._saved_at = time.perf_counter()
-                    if self._cap_unsaved:  # after last.pt: config.yaml's cap never runs ahead of last.pt's floor
-                        from fewshot.config import save_yaml
-
-                        save_yaml(self.cfg, self.run_dir / "config.yaml")
-                        self._cap_unsaved = False
-            except OSError as exc:  # disk full, quota, read-only remount: the previous file is intact
-                raise UserError(f"cannot write the checkpoint {path}: {exc.strerror or exc}. The previous "
-                                f"checkpoint (if any) is intact; free space and continue with --resume.") from None
-
-    def checkpoint_bytes(self) -> int:
-        """Size of one checkpoint, as last.pt (the largest) holds it: model (+ EMA) state, the optimizer's
-        per-parameter state and the task's state outside the model (the joint MoCo loss's projection head, key
-        encoder and queue: +55 % for test_resnet, which the disk-space check left out)."""
-        state = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-        params = sum(p.numel() * p.element_size() for g in self.optimizer.param_groups for p in g["params"])
-        slots = 1 if self.cfg["optim"]["name"] == "sgd" else 2  # SGD momentum; AdamW exp_avg + exp_avg_sq
-        task = sum(t.numel() * t.element_size() for t in self._trained_outside_model() + self._task_state_tensors())
-        return state * (2 if self.ema is not None else 1) + params * slots + task
-
-    def check_disk_space(self) -> None:
-        """Fail before training when the run folder cannot hold the run's checkpoints or its files
-        (disk_space.check_room); rank 0 alone asks."""
-        if self.ctx.is_main:
-            check_room(self.run_dir, self.ckpt_dir, bool(self.cfg["train"].get("budget_minutes")),
-                       self.checkpoint_bytes())
 
     # ----------------------------------------------------------------- logging
     def log(self, record: dict) -> None:
@@ -545,151 +462,3 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin):
         self.log(record)
         barrier(self.ctx)
         return stopped
-
-    def _evaluate(self, record: dict, epoch: int) -> bool:
-        """Evaluate the model (epoch index ``epoch``) into the log row ``record``; a new best score writes best.pt.
-        Returns whether it did."""
-        t1 = time.perf_counter()
-        result = self._evaluate_weights(epoch) if self.ctx.is_main else None
-        result = broadcast_object(self.ctx, result)
-        if result is None:
-            return False
-        record.update(result)
-        record["eval_time_s"] = self._eval_took = time.perf_counter() - t1
-        self.last_eval = result
-        # a tie goes to the later epoch: with one val image per class scores tie often, and the first epoch
-        # of the top score (lr still high) became best.pt and the pseudo-label teacher
-        if result.get("score") is None or result["score"] < self.best_score:
-            return False
-        if self.step_in_epoch:  # a budget stop's partial epoch, which a resume may reopen
-            self._set_best_aside()
-        self.best_score = result["score"]
-        self.best_weights = result.get("weights", "ema" if self.ema is not None else "raw")
-        self.save("best")
-        return True
-
-    def _evaluate_weights(self, epoch: int) -> dict | None:
-        """The evaluation of the weights best.pt would hold. With an EMA both the EMA and the raw weights are
-        scored: on short runs the EMA lags far behind (32 steps: val 16.8 for the EMA, 43.2 for the raw weights),
-        and everything the user gets (best.pt, metrics.json, eval, predict, export) is what best.pt holds. The
-        result is the higher-scoring set's (a tie: the EMA's), with ``score_ema``, ``score_raw`` and ``weights``
-        ("ema" or "raw") added, so log.jsonl's ``score`` and ``val`` describe the weights best.pt is chosen from.
-        Without an EMA only the model is evaluated, as before."""
-        if self.ema is None:
-            return self.task.evaluate(self.model, epoch)
-        ema = self.task.evaluate(self.ema.module, epoch)
-        if ema is None or ema.get("score") is None:  # nothing to compare (a task that scores nothing)
-            return ema
-        raw = self.task.evaluate(self.model, epoch)
-        raw_score = raw.get("score") if isinstance(raw, dict) else None
-        use_raw = raw_score is not None and math.isfinite(raw_score) and raw_score > ema["score"]
-        return {**(raw if use_raw else ema), "score_ema": ema["score"], "score_raw": raw_score,
-                "weights": "raw" if use_raw else "ema"}
-
-    def _evaluate_the_stop(self) -> bool:
-        """A resume that finds the budget spent trains nothing; where the run stopped on a signal (which saves
-        without evaluating), the state it stopped in is evaluated now, as a budget stop there would have done: a
-        `fewshot run` stage resumed with no time left ended without a best.pt or a log row of its training, its
-        predictions came from the mid-epoch last.pt and its metrics named an epoch log.jsonl did not hold. The
-        row is logged (a partial epoch as epoch + 1, which a resume with more budget reopens) or, at an epoch end
-        logged without an evaluation, completed. Returns whether it evaluated."""
-        path, lines, at = self.run_dir / "log.jsonl", [], None
-        if self.ctx.is_main and path.is_file():  # trim_log left only rows, none past this step
-            lines = path.read_text(errors="replace").splitlines()
-            at = max((i for i, line in enumerate(lines) if json.loads(line).get("step") == self.global_step),
-                     default=None)
-        row = broadcast_object(self.ctx, json.loads(lines[at]) if at is not None else None)
-        if self.global_step == 0 or (row is not None and "score" in row):  # evaluated already (a budget stop)
-            return False
-        if row is None:
-            record = {"epoch": self.epoch + (1 if self.step_in_epoch else 0), "step": self.global_step,
-                      "lr": self._base_lr()}
-            for k, v in self.epoch_sums.items():
-                record[k] = all_reduce_mean(self.ctx, v / max(1, self.epoch_steps))
-        else:
-            record = dict(row)
-        self._evaluate(record, record["epoch"] - 1)
-        self.epoch_record = {k: v for k, v in record.items() if k not in TIMING_KEYS}
-        if self.step_in_epoch:
-            self.save_mid_epoch()  # under DDP with every rank's running sums, as the stop's own save
-        else:
-            self.save("last")
-        self.epoch_record = None
-        if row is None:
-            self.log(record)
-        elif self.ctx.is_main:  # the epoch's row, now with its evaluation
-            lines[at] = json.dumps(record)
-            atomic_write_text(path, "".join(f"{line}\n" for line in lines))
-            self._add_scalars(record)
-        barrier(self.ctx)
-        return True
-
-    def _epoch_end_save_due(self, last_epoch: bool) -> bool:
-        """Epoch-end last.pt: always at the first and last epoch, with --save-every-steps and with a new best.pt,
-        otherwise at most every train.save_interval_s seconds. Writing ~180 MB (resnet18 with EMA and AdamW state) after every 4-step
-        epoch of a 10-shot set cost a third of the training time; a kill now loses at most that interval
-        (resume trims log.jsonl to the checkpoint and redoes the steps after it exactly)."""
-        t = self.cfg["train"]
-        interval = float(t.get("save_interval_s") or 0.0)
-        return (last_epoch or bool(t["save_every_steps"]) or interval <= 0 or self._cap_unsaved
-                or time.perf_counter() - self._saved_at >= interval)
-
-    @torch.no_grad()
-    def _forward_state(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Copies of the tensors a forward pass may change: buffers and parameters that get no gradient. Kept every
-        step where a step may be skipped or redone (MoCo: the key encoder and queue too), so the last step's copies
-        are reused, refilled by one foreach copy, while they still match (a fresh clone per tensor cost ~200
-        allocations a step)."""
-        tensors = list(self.model.buffers()) + [p for p in self.model.parameters() if not p.requires_grad]
-        tensors += self._task_state_tensors()
-        saved = getattr(self, "_saved_forward_state", None)
-        if saved is not None and len(saved) == len(tensors) and all(
-                x is y and x.shape == c.shape and x.dtype == c.dtype for x, (y, c) in zip(tensors, saved)):
-            copies = [c for _, c in saved]
-            torch._foreach_copy_(copies, [x.detach() for x in tensors])
-        else:
-            copies = [x.detach().clone() for x in tensors]
-        self._saved_forward_state = list(zip(tensors, copies))
-        return self._saved_forward_state
-
-    def _trained_outside_model(self) -> list[torch.Tensor]:
-        """Parameters the optimizer trains that the model does not hold (the joint MoCo loss's projection head)."""
-        inside = {id(p) for p in self.model.parameters()}
-        return [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in inside]
-
-    def _task_state_tensors(self) -> list[torch.Tensor]:
-        """Tensors the task keeps outside the model that a step changes (the joint MoCo loss's key encoder and
-        queue: SupervisedTask.forward_state_tensors); none for most tasks."""
-        hook = getattr(self.task, "forward_state_tensors", None)
-        return list(hook()) if hook is not None else []
-
-    @staticmethod
-    @torch.no_grad()
-    def _restore_forward_state(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        for x, copy in saved:
-            x.copy_(copy)
-
-    def _check_weights_finite(self, epoch: int) -> None:
-        """Stop before an epoch's evaluation and checkpoints when a weight or BatchNorm statistic is inf/NaN: with
-        every loss finite (--lr 1e9) such a model was scored at chance, saved as best.pt and used by eval,
-        predict and export without a word (one fused norm per epoch: nonfinite.weights_finite)."""
-        models = [self.model] + ([self.ema.module] if self.ema is not None else [])
-        tensors = [x.detach() for m in models for x in (*m.parameters(), *m.buffers()) if x.is_floating_point()]
-        tensors += [x.detach() for x in (*self._trained_outside_model(), *self._task_state_tensors())
-                    if x.is_floating_point()]
-        if weights_finite(self.ctx, tensors):
-            return
-        kept = last_good_checkpoint(self.ctx, self.ckpt_dir, self._saved_step)
-        skipped = self.nonfinite_skipped - self.epoch_skips_start  # the same on every rank (_finite agrees)
-        raise diverged_weights_error(epoch, skipped, kept, self._nonfinite_causes(), self._base_lr())
-
-    def _nonfinite_causes(self) -> str:
-        """The causes this run shows besides the learning rate (nonfinite.nonfinite_causes)."""
-        return nonfinite_causes(self.task, self.amp)
-
-    def _finite(self, loss: torch.Tensor) -> bool:
-        ok = bool(torch.isfinite(loss.detach()).all())
-        if self.ctx.enabled:
-            ok = all_reduce_mean(self.ctx, 1.0 if ok else 0.0) == 1.0
-        return ok
-
