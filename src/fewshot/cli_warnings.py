@@ -136,10 +136,65 @@ def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = Fa
             why = ("data.mix_p is the share of batches mixed, and neither mixup nor CutMix is on; give "
                    "data.mixup_alpha or data.cutmix_alpha above 0 as well, or drop it")
         else:
-            continue
+            why = _read_only_with_another_setting(command, cfg, dotted, baseline)
+            if why is None:
+                continue
         unused.setdefault(why, []).append(word)
     return [f"warning: {' '.join(words)} {'does' if len(words) == 1 else 'do'} nothing: {why}."
             for why, words in unused.items()]
+
+
+def _read_only_with_another_setting(command: str, cfg: dict, dotted: str, baseline: bool) -> str | None:
+    """Why ``command`` never reads ``dotted`` with these settings, or None: SGD's optim.momentum and optim.fused
+    (train/optim.py) under AdamW, data.repeats without the repeat sampler, sched.time_based without a budget (the
+    Engine's deadline) and the pool's fields without a method that reads the pool were accepted and did nothing.
+    pretrain's data.repeats is PRETRAIN_UNREAD's; run's sched.time_based is RUN_REPLACES'."""
+    sgd = cfg.get("optim", {}).get("name") == "sgd"
+    if dotted in ("optim.momentum", "optim.fused") and command != "run" and not sgd:
+        return (f"optim.momentum and optim.fused are SGD's (optim.name=sgd) and this run's optimiser is "
+                f"{cfg.get('optim', {}).get('name')}; drop them, or give optim.name=sgd")
+    if dotted in ("optim.momentum", "optim.fused") and command == "run":
+        return _run_sgd_field(cfg, dotted, sgd)
+    if dotted == "data.repeats" and command in ("train", "run") and cfg.get("data", {}).get("sampler") != "repeat":
+        return (f"data.repeats is the repeat sampler's copies of each image and data.sampler is "
+                f"{cfg.get('data', {}).get('sampler')}; drop it, or give data.sampler=repeat")
+    if dotted == "sched.time_based" and command != "run" and not cfg.get("train", {}).get("budget_minutes"):
+        return ("sched.time_based makes the lr follow the elapsed share of train.budget_minutes, and this run has "
+                "no budget; drop it, or give train.budget_minutes")
+    if dotted in ("data.unlabeled", "data.skip_bad_unlabeled"):
+        return _pool_unread(command, cfg, baseline)
+    return None
+
+
+def _run_sgd_field(cfg: dict, dotted: str, sgd: bool) -> str | None:
+    """`fewshot run`'s MoCo stage trains with SGD at momentum 0.9 whatever optim.momentum says
+    (run_stages.pretrain_stage) and reads optim.fused; fine-tuning reads both with optim.name=sgd only."""
+    if sgd or (dotted == "optim.fused" and cfg.get("run", {}).get("pretrain")):
+        return None
+    if dotted == "optim.momentum":
+        return ("`fewshot run` reads optim.momentum only when fine-tuning with optim.name=sgd (its MoCo stage's SGD "
+                "takes momentum 0.9 itself); drop it, or give optim.name=sgd")
+    return ("optim.fused is SGD's, which `fewshot run` trains with only in its MoCo stage (--pretrain) or when "
+            "fine-tuning with optim.name=sgd; drop it, or give one of those")
+
+
+def _pool_unread(command: str, cfg: dict, baseline: bool) -> str | None:
+    """data.unlabeled and data.skip_bad_unlabeled: the pool is read by MoCo (pretrain, a run's --pretrain stage),
+    a run's self-training (--semi pseudo) and FixMatch, and train's semi.method=fixmatch or moco
+    (output_guard.pool_read_by); elsewhere `data.unlabeled=/nonexistent` passed without a word."""
+    run = cfg.get("run", {})
+    if command == "pretrain":
+        return None
+    if command == "train":
+        if cfg.get("semi", {}).get("method") in ("fixmatch", "moco"):
+            return None
+        return ("`fewshot train` reads the unlabeled pool only with semi.method=fixmatch or semi.method=moco; drop "
+                "them, give one of those, or give them to `fewshot pretrain` or `fewshot run`")
+    if run.get("pretrain") or run.get("semi_method") in ("pseudo", "fixmatch"):
+        return None
+    return ("`fewshot run` reads the unlabeled pool only with --pretrain (MoCo) or --semi pseudo or fixmatch, and "
+            f"{'--baseline runs none of them' if baseline else 'this run has none of them'}; drop them, or "
+            f"{'drop --baseline' if baseline else 'give one of those'}")
 
 
 def warn_unused_overrides(command: str, cfg: dict, extra, baseline: bool = False) -> None:

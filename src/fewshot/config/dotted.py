@@ -21,6 +21,8 @@ def deep_merge(base: dict, update: dict, path: str = "", strict: bool = True) ->
     for key, value in (update or {}).items():
         dotted = f"{path}{key}"
         if strict and key not in out:
+            if not path:
+                refuse_dotted_key(out, key, value)
             known = ", ".join(sorted(out))
             raise UserError(f"unknown config field '{dotted}'. Known fields here: {known}.")
         if isinstance(out.get(key), dict) and value is None:
@@ -35,6 +37,35 @@ def deep_merge(base: dict, update: dict, path: str = "", strict: bool = True) ->
     return out
 
 
+def refuse_dotted_key(cfg: dict, key: Any, value: Any) -> None:
+    """A config file's top-level `optim.lr: 1e-3` was refused as "unknown config field 'optim.lr'", a name that
+    works as a key=value word: where the dotted key names a field, say to nest it under its section."""
+    if not (isinstance(key, str) and "." in key):
+        return
+    keys = key.split(".")
+    try:
+        target = get_dotted(cfg, keys)
+    except KeyError:
+        return
+    if isinstance(target, dict):
+        return  # a section: the plain message lists what it holds
+    shown = "..." if isinstance(value, (dict, list)) else _plain(value)
+    section, field = ".".join(keys[:-1]), keys[-1]
+    raise UserError(f"unknown config field '{key}': a config file nests each field under its section, "
+                    f"`{section}:` on one line and `  {field}: {shown}` indented below it ({key}={shown} is the "
+                    f"key=value word's form).")
+
+
+# Python's None in the capitalisations YAML gives its own null (null, Null, NULL): read as null, not as the text
+# 'None' (data.cache_dir=None filled a folder named None, model.weights=None looked for a file of that name)
+NONE_WORDS = ("None", "none", "NONE")
+
+
+def _none_is_a_word(key: str) -> bool:
+    """The fields where `none` is one of the words (moco.shuffle_bn=none: off), which keep it."""
+    return "none" in CHOICES.get(key, ())
+
+
 def parse_override(word: str) -> tuple[list[str], Any]:
     """`optim.lr=3e-4` -> (['optim', 'lr'], 0.0003); the value is read as YAML."""
     if "=" not in word:
@@ -47,6 +78,8 @@ def parse_override(word: str) -> tuple[list[str], Any]:
         value = read_yaml(raw, f"the value of {key}=", field=key) if raw != "" else None
     except yaml.YAMLError:
         value = raw
+    if raw.strip() in NONE_WORDS and not _none_is_a_word(key):
+        return key.split("."), None  # quoted ("None") it stays text: a folder may have that name
     # YAML 1.1 reads "1e-4" as a string; users mean a number (but a dataset named 08 is a name, not 8.0)
     if isinstance(value, str) and key not in TEXT + TEXT_LIST:
         try:

@@ -29,6 +29,22 @@ POSITIVE = ("optim.lr", "run.pretrain_lr", "train.budget_minutes", "run.finetune
 # inf seconds, and crashed the started run; train.budget_minutes=1e308 meant no time limit without a word)
 MAX_BUDGET_MINUTES = 1e7
 
+# the most a whole-number field (and a float one used as a count) may be: far above any use, and within what torch's
+# 64-bit arguments take (data.randaug_group=1e19 crashed the started run with an OverflowError, 1e308 warmup epochs
+# too); AT_MOST has the fields whose own bound is far smaller, each with why
+MAX_COUNT = 2**31 - 1
+COUNTS = ("train.threads", "moco.mlp_hidden", "run.queue_size", "train.batch_size", "train.epochs",
+          "moco.queue_size", "moco.dim", "moco.knn_k", "train.eval_every", "moco.knn_every", "data.randaug_group",
+          "train.save_every_steps", "train.skip_nonfinite", "semi.mu", "moco.split_bn_groups",
+          "run.pretrain_batch_size", "run.min_epochs", "run.pseudo_labelled_repeat", "run.pseudo_max_per_shot",
+          "run.pseudo_rounds", "sched.warmup_epochs")
+AT_MOST = {  # field: (bound, why): each bound leaves room far beyond the usual value
+    "data.randaug_ops": (100, "RandAugment applies that many transforms in a row to each augmented image; 2 is "
+                              "usual, and 1e19 never finished its first batch"),
+    "data.repeats": (1024, "the repeat sampler's copies of each image in a row, whose epoch order it builds that "
+                           "many times as long as the training set; 3 is usual"),
+}
+
 INTERVALS = {  # (low, high, low included[, high included]): fractions and probabilities
     "data.crop_pct": (0.0, 1.0, False), "data.randaug_p": (0.0, 1.0, True), "aug.jitter_p": (0.0, 1.0, True),
     "aug.gray_p": (0.0, 1.0, True), "aug.blur_p": (0.0, 1.0, True), "aug.flip_p": (0.0, 1.0, True),
@@ -173,12 +189,25 @@ def _check_range(dotted: str, value: Any, shown: str, recorded: bool = False) ->
                                  f"a smaller one (or null for no time limit) in the run's config.yaml.")
     if dotted == "train.budget_minutes" and not recorded and value > MAX_BUDGET_MINUTES:
         raise _budget_refusal(dotted, shown)
+    _check_at_most(dotted, value, shown)
     if dotted in INTERVALS:
         low, high, closed, *rest = INTERVALS[dotted]
         high_closed = rest[0] if rest else True
         if not ((low <= value if closed else low < value) and (value <= high if high_closed else value < high)):
             raise FieldError(dotted, f"{dotted} must be in {'[' if closed else '('}{_bound(low)}, {_bound(high)}"
                                      f"{']' if high_closed else ')'}, not {shown}.")
+
+
+def _check_at_most(dotted: str, value: Any, shown: str) -> None:
+    """COUNTS and AT_MOST: a huge count passed validation and crashed the started run (exit 1, a traceback) or
+    never finished it."""
+    if isinstance(value, int) and value > 10**15:
+        shown = f"{float(value):g}"  # 1e+30, as typed, not its 31 digits
+    if dotted in AT_MOST and value > AT_MOST[dotted][0]:
+        bound, why = AT_MOST[dotted]
+        raise FieldError(dotted, f"{dotted} must be at most {bound} ({why}), not {shown}.")
+    if dotted in COUNTS and value > MAX_COUNT:
+        raise FieldError(dotted, f"{dotted} must be at most {MAX_COUNT} (2**31 - 1), not {shown}.")
 
 
 def check_augmentation_lists(aug: dict) -> None:

@@ -151,21 +151,24 @@ def resolve_pretrain_defaults(cfg: dict, world: int) -> dict:
 def split_groups(cfg: dict, world: int, backbone=None) -> int:
     """Single-process shuffle-BN groups; under DDP the shuffle across ranks does the job, and a backbone without
     BatchNorm (a ViT) has no batch statistics to leak through."""
+    from fewshot.train.start_checks import batch_size_named
+
     mode = cfg["moco"]["shuffle_bn"]
     bs = cfg["train"]["batch_size"]
+    named = batch_size_named(bs)  # a word or a config file gives it as often as --batch-size does
     batch_norm = backbone is None or has_batch_norm(backbone)
     if batch_norm and bs < 2:  # it used to fail in the first forward pass, as an internal error
-        raise UserError(f"--batch-size {bs}: BatchNorm needs at least 2 images per batch"
-                        f"{' on each process' if world > 1 else ''}; use a --batch-size of 2 or more.")
+        raise UserError(f"{named}: BatchNorm needs at least 2 images per batch"
+                        f"{' on each process' if world > 1 else ''}; use a batch size of 2 or more.")
     if mode in (False, "off", "none") or world > 1 or not batch_norm:
         return 1
     g = int(cfg["moco"]["split_bn_groups"])
     if g > 1 and bs % g:
-        raise UserError(f"--batch-size {bs} must be a multiple of moco.split_bn_groups={g} (single-device "
+        raise UserError(f"{named} must be a multiple of moco.split_bn_groups={g} (single-device "
                         f"shuffle-BN splits each batch into that many groups).")
     if g > 1 and bs // g < 2:
         # One sample per group: BatchNorm has no batch statistics where the feature map is 1x1.
-        raise UserError(f"--batch-size {bs} with moco.split_bn_groups={g} leaves {bs // g} sample per shuffle-BN "
+        raise UserError(f"{named} with moco.split_bn_groups={g} leaves {bs // g} sample per shuffle-BN "
                         f"group; each group needs at least 2. Use moco.split_bn_groups={max(1, bs // 2)} or less "
-                        f"(a divisor of the batch size), or a larger --batch-size.")
+                        f"(a divisor of the batch size), or a larger batch size.")
     return max(1, g)

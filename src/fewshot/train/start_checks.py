@@ -14,6 +14,12 @@ from fewshot.errors import UserError
 from fewshot.train.distributed import all_gather_object
 
 
+def batch_size_named(bs) -> str:
+    """The batch size as a message names it, true however it was given: "--batch-size 1" named a flag the user
+    never typed where train.batch_size=1 (a key=value word or a config file) set it."""
+    return f"train.batch_size={bs} (or --batch-size {bs})"
+
+
 def empty_epoch_error(task, cfg: dict, world: int) -> UserError:
     """Why an epoch plan holds no batch, and what the user can change."""
     bs = cfg["train"]["batch_size"]
@@ -24,7 +30,8 @@ def empty_epoch_error(task, cfg: dict, world: int) -> UserError:
                          f"(MoCo drops an incomplete batch): lower --batch-size (`fewshot run`: "
                          f"run.pretrain_batch_size=N){fewer} or add images to the pool.")
     if bs < 2:
-        return UserError(f"--batch-size {bs}: BatchNorm needs at least 2 images per batch in training; use 2 or more.")
+        return UserError(f"{batch_size_named(bs)}: BatchNorm needs at least 2 images per batch in training; use 2 or "
+                         f"more.")
     return UserError(f"{len(task.train_set)} training images give no batch of at least 2 images per process "
                      f"({world} process(es)): add training images or run on fewer processes.")
 
