@@ -57,7 +57,7 @@ def cmd_run(args, extra) -> int:
     from fewshot.config import record_chosen
 
     cfg = resolve_naming_flags(RUN_FLAG_NAMES, flags, extra, file=args.config, default_preset="mocov2",
-                               preset_sections=MOCO_PRESET_SECTIONS)
+                               preset_sections=MOCO_PRESET_SECTIONS, rechoose_weights=True)
     from fewshot.models.backbone import timm_name
 
     cfg["model"]["name"] = timm_name(cfg["model"]["name"])  # as recorded, and as a resume compares it

@@ -212,16 +212,34 @@ def warn_unused_overrides(command: str, cfg: dict, extra, baseline: bool = False
 def warn_replaced_config_fields(path) -> None:
     """`fewshot run --config f.yaml` dropped the file's semi.method or moco.queue_size without a word, while the
     same key=value words get a warning (warn_replaced_overrides): the same warning for each such field the file
-    sets to other than its default (a run's own config.yaml, a valid --config, holds every field)."""
-    if not path:
+    sets to other than its default (a run's own config.yaml, a valid --config, holds every field). A `fewshot run`
+    stage's own config.yaml holds what that run set itself (its plan, its MoCo queue, semi.method): no warning
+    blames the file for those, nor for sched.time_based on, which the run keeps."""
+    if not path or run_stage_file(path):
         return
     from fewshot.config import DEFAULTS, file_settings, flatten_dotted, setting_changed
 
     defaults = flatten_dotted(DEFAULTS)
     for dotted, value in file_settings(path).items():
+        if dotted == "sched.time_based" and value is True:
+            continue
         if dotted in RUN_REPLACES and setting_changed(dotted, defaults.get(dotted), value):
             print(f"warning: {dotted}: {value} in {path} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr,
                   flush=True)
+
+
+def run_stage_file(path) -> bool:
+    """Whether ``path`` is a `fewshot run` stage's config.yaml: a run's (its CHOSEN record, or written_by_run) holding
+    the marks of the run's plan (run_stages.plan_stage: sched.time_based on and the stage's train.budget_minutes)."""
+    from fewshot.config import CHOSEN, config_data, written_by_run
+
+    raw = config_data(path) or {}
+    sched, train = raw.get("sched"), raw.get("train")
+    if not (isinstance(sched, dict) and isinstance(train, dict)):
+        return False
+    budget = train.get("budget_minutes")
+    planned = sched.get("time_based") is True and isinstance(budget, (int, float)) and not isinstance(budget, bool)
+    return planned and (CHOSEN in raw or written_by_run(raw, path))
 
 
 def warn_finetune_config(path) -> None:

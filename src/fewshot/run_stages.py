@@ -9,6 +9,7 @@ plan_stage, plan_epochs, trained_speeds or cap_resumed_budget): the stages' call
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import time
 from pathlib import Path
@@ -410,6 +411,8 @@ def finetune_config(cfg: dict, weights, semi: str, read_weights: bool = True) ->
 
     r, fcfg = cfg["run"], copy.deepcopy(cfg)
     fcfg["model"]["weights"] = str(weights) if weights else None
+    if weights and str(weights) != str(cfg["model"]["weights"]):
+        record_own_export(fcfg, weights, cfg["model"]["weights"])
     fcfg["semi"]["method"] = "fixmatch" if semi == "fixmatch" else "off"
     if r["pretrain"]:
         o = fcfg["optim"]
@@ -419,3 +422,16 @@ def finetune_config(cfg: dict, weights, semi: str, read_weights: bool = True) ->
                 if same_value(r[rule], DEFAULTS["run"][rule]):  # the run's choice: `train --config` chooses it again
                     note_chosen(fcfg, f"optim.{field}")
     return resolve_finetune_defaults(fcfg, resuming=not read_weights)  # resuming: the network is not adopted
+
+
+def record_own_export(fcfg: dict, weights, given) -> None:
+    """The run's own MoCo export (``weights``) as the stages' model.weights: absolute, as resolve() records paths (a
+    relative --out left `runs/x/backbone.safetensors`, not found from another folder), and recorded as chosen, with
+    the weights the run was given (``given``, MoCo's start): `fewshot run --config` given the stage's config.yaml
+    starts MoCo from those again, not from this export (config.RUN_CHOSEN_FIELDS)."""
+    from fewshot.config import GIVEN_WEIGHTS
+
+    fcfg["model"]["weights"] = os.path.abspath(weights)
+    note_chosen(fcfg, "model.weights")
+    if given:
+        fcfg[GIVEN_WEIGHTS] = given

@@ -22,7 +22,8 @@ from fewshot.config.fields import (AUTO_OR_WHOLE, CHOICES, OPTIONAL, OPTIONAL_NU
 from fewshot.config.layering import resolve
 from fewshot.config.memory import (HEAD_WIDTH_GUESS, MOCO_MEMORY_CAP, check_moco_memory, memory_bytes, moco_bytes,
                                    moco_head_params)
-from fewshot.config.recorded import (CHOSEN, PER_INVOCATION, RECHOSEN, RECORDED, RUN_TIME_FIELDS, TRANSIENT,
+from fewshot.config.recorded import (CHOSEN, CHOSEN_FIELDS, GIVEN_WEIGHTS, PER_INVOCATION, RECHOSEN, RECORDED,
+                                     RUN_CHOSEN_FIELDS, RUN_TIME_FIELDS, TRANSIENT, rechosen_value,
                                      chosen_by_rule, chosen_in_file, chosen_record, file_settings, mark_rechosen,
                                      network_by_rule, note_chosen, note_rechosen, read_config_file, record_chosen,
                                      run_time_values, same_value, save_yaml, unknown_fields)
@@ -47,4 +48,5 @@ __all__ = [
     "read_yaml", "record_chosen", "refuse_empty_value", "refuse_scalar_sections", "resolve", "run_time_values",
     "same_folders", "same_recorded_path", "same_value", "same_weights_file", "save_yaml", "set_dotted",
     "setting_changed", "unknown_fields", "validate", "with_defaults", "written_by_run",
+    "CHOSEN_FIELDS", "GIVEN_WEIGHTS", "RUN_CHOSEN_FIELDS", "rechosen_value",
 ]

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from fewshot.config.defaults import DEFAULTS, PRESETS
-from fewshot.config.dotted import deep_merge, get_dotted, parse_override, set_dotted
-from fewshot.config.recorded import chosen_in_file, read_config_file
+from fewshot.config.dotted import deep_merge, parse_override, set_dotted
+from fewshot.config.recorded import RUN_CHOSEN_FIELDS, chosen_in_file, read_config_file, rechosen_value
 from fewshot.config.validation import validate
 from fewshot.config.yaml_io import config_data, one_read_per_file
 from fewshot.errors import UserError
@@ -17,20 +17,21 @@ from fewshot.errors import UserError
 
 def resolve(preset: str | None = None, file: str | Path | None = None, flags: dict | None = None,
             overrides: list[str] | None = None, default_preset: str | None = None,
-            preset_sections: tuple[str, ...] | None = None) -> dict:
+            preset_sections: tuple[str, ...] | None = None, rechoose_weights: bool = False) -> dict:
     """Layer defaults < preset < config file < command-line flags < key=value words. The preset is ``preset``
     (--preset), else the one the file or the words name (`moco.preset: mocov1`, which used to change the recorded
     name only and leave the other preset's T, MLP and schedule in place), else ``default_preset``. Places that name
     different presets are refused (_refuse_preset_clash): the file is layered over the preset, so its values win.
     ``preset_sections``: only these sections of the preset apply (`fewshot run` takes its MoCo stage's moco.* and
     aug.* from the preset, but its optimiser, batch and epochs from run.* and its plan; the preset's resnet50 and
-    SGD would otherwise reach fine-tuning too)."""
+    SGD would otherwise reach fine-tuning too). ``rechoose_weights``: `fewshot run`, which chooses a stage's own MoCo
+    export (RUN_CHOSEN_FIELDS) again; train and pretrain keep it."""
     with one_read_per_file():  # the file read once: its settings, CHOSEN record and preset from one version
-        return _resolve(preset, file, flags, overrides, default_preset, preset_sections)
+        return _resolve(preset, file, flags, overrides, default_preset, preset_sections, rechoose_weights)
 
 
 def _resolve(preset: str | None, file: str | Path | None, flags: dict | None, overrides: list[str] | None,
-             default_preset: str | None, preset_sections: tuple[str, ...] | None) -> dict:
+             default_preset: str | None, preset_sections: tuple[str, ...] | None, rechoose_weights: bool) -> dict:
     cfg = copy.deepcopy(DEFAULTS)
     named = _presets_named_in(file, overrides) if default_preset else []  # only commands with presets
     given = [(preset, f"--preset {preset}")] if preset else []
@@ -47,7 +48,8 @@ def _resolve(preset: str | None, file: str | Path | None, flags: dict | None, ov
         below = cfg
         cfg = deep_merge(cfg, read_config_file(file))
         for dotted in chosen_in_file(file):  # a run's config.yaml: what it chose itself (unedited) is chosen again
-            set_dotted(cfg, dotted.split("."), copy.deepcopy(get_dotted(below, dotted.split("."))))
+            if dotted not in RUN_CHOSEN_FIELDS or rechoose_weights:
+                set_dotted(cfg, dotted.split("."), rechosen_value(file, dotted, below))
     for dotted, value in (flags or {}).items():
         if value is not None:
             set_dotted(cfg, dotted.split("."), value)

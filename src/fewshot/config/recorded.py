@@ -22,7 +22,10 @@ from fewshot.errors import UserError, printable
 
 CHOSEN = "_chosen"  # a run's config.yaml: the fields the run chose itself (RUN_TIME_FIELDS), not the user
 RECHOSEN = "_rechosen"  # in memory only: what a --config file's CHOSEN fields held, for the note (note_rechosen)
-RECORDED = ("_task", CHOSEN)  # written into a run's config.yaml by the tool (report, resume), not settings
+# a `fewshot run` stage's config.yaml whose model.weights is the run's own MoCo export: the weights the run was given
+# (--weights), which its MoCo stage started from; `fewshot run --config` starts from them again (rechosen_value)
+GIVEN_WEIGHTS = "_given_weights"
+RECORDED = ("_task", CHOSEN, GIVEN_WEIGHTS)  # written into a run's config.yaml by the tool (report, resume)
 TRANSIENT = (RECHOSEN,)  # never written into config.yaml (save_yaml)
 
 # Fields a run fills in itself where the user left them unset (None, or auto): the learning rate and backbone
@@ -33,6 +36,12 @@ TRANSIENT = (RECHOSEN,)  # never written into config.yaml (save_yaml)
 # given back as --config chooses them again where it still holds that value (an edited value is the user's).
 RUN_TIME_FIELDS = ("optim.lr", "optim.backbone_lr_mult", "model.name", "model.img_size", "model.width",
                    "model.small_stem", "data.bit_depth", "train.device")
+# Fields only a `fewshot run` stage records under CHOSEN: its model.weights where that is the run's own MoCo export
+# (run_stages.finetune_config). Only `fewshot run` chooses it again (resolve(rechoose_weights=True)): its MoCo stage
+# makes a new export, from the weights the run was given (GIVEN_WEIGHTS); a repeat from the stage's file continued
+# from the old run's backbone. `fewshot train` and `pretrain` keep the export: they have no MoCo stage before theirs.
+RUN_CHOSEN_FIELDS = ("model.weights",)
+CHOSEN_FIELDS = RUN_TIME_FIELDS + RUN_CHOSEN_FIELDS
 
 
 # how one command shows its work, not how the run trains: a run's config.yaml records it, but neither --resume nor
@@ -67,10 +76,10 @@ def chosen_record(data: dict, where: str | Path) -> dict:
         raise UserError(f"config file {where}: {CHOSEN} must map each field the run chose itself to the value it "
                         f"chose (optim.lr: 0.004), not {chosen!r}; correct it, or delete the {CHOSEN} entry and give "
                         f"the values you want kept as key=value words (optim.lr=0.004).")
-    other = [c for c in chosen if c not in RUN_TIME_FIELDS]
+    other = [c for c in chosen if c not in CHOSEN_FIELDS]
     if other:
         raise UserError(f"config file {where}: {CHOSEN} lists {', '.join(other)}, which no run chooses itself (those "
-                        f"are {', '.join(RUN_TIME_FIELDS)}); delete {'them' if len(other) > 1 else 'it'} from "
+                        f"are {', '.join(CHOSEN_FIELDS)}); delete {'them' if len(other) > 1 else 'it'} from "
                         f"{CHOSEN}.")
     return dict(chosen)
 
@@ -148,6 +157,15 @@ def network_by_rule(raw: dict) -> set:
             if value is not None and dotted in raw and same_value(raw[dotted], value)}
 
 
+def rechosen_value(path: str | Path, dotted: str, below: dict) -> Any:
+    """What a --config file's field that its run chose itself (chosen_in_file) is chosen again as: the value under
+    the file (``below``: the defaults and preset), which the run fills in again; a `fewshot run` stage's own MoCo
+    export (RUN_CHOSEN_FIELDS): the weights that run was given, its MoCo stage's start (GIVEN_WEIGHTS; none: none)."""
+    if dotted in RUN_CHOSEN_FIELDS and GIVEN_WEIGHTS in config_data(path):
+        return copy.deepcopy(config_data(path)[GIVEN_WEIGHTS])
+    return copy.deepcopy(get_dotted(below, dotted.split(".")))
+
+
 def file_settings(path: str | Path) -> dict:
     """A --config file's settings, dotted, as resolve() applies them: a section with every field commented out
     (`optim:` alone on its line) changes nothing (deep_merge), so it is no setting either (`train --resume
@@ -201,17 +219,21 @@ def note_rechosen(cfg: dict, say: bool = True) -> None:
     meant = "MoCo pretraining's, not meant for fine-tuning" if rechosen.get("task") == "moco" else \
         "fine-tuning's, not meant for MoCo pretraining"
     differ, keep = [], ""
-    for dotted, was in rechosen["values"].items():
+    # a stage's own export that this command keeps (train, pretrain: resolve chose it again only for run) goes unnamed
+    values = {dotted: was for dotted, was in rechosen["values"].items()
+              if dotted not in RUN_CHOSEN_FIELDS or get_dotted(cfg, dotted.split(".")) != was}
+    for dotted, was in values.items():
         now = get_dotted(cfg, dotted.split("."))
         if now == was:
             continue
         if other_task and dotted.startswith("optim."):
             differ.append(f"{dotted} {_plain(now)} ({_plain(was)} there: {meant})")
-        else:
-            differ.append(f"{dotted} {_plain(now)} ({_plain(was)} there)")
+        else:  # a run's repeat starts its MoCo anew: from the given weights, not the old export
+            export = ": the MoCo export of the run that wrote it" if dotted in RUN_CHOSEN_FIELDS else ""
+            differ.append(f"{dotted} {_plain(now)} ({_plain(was)} there{export})")
             keep = keep or f"{dotted}={_plain(was)}"
     if differ:
-        fields = ", ".join(rechosen["values"])
+        fields = ", ".join(values)
         # an older fewshot's run or `fewshot run` stage recorded nothing: values a run's rules choose count as chosen
         said = (f"is a run's config.yaml without a record of what the run chose itself (an older fewshot's run or "
                 f"`fewshot run` stage); it holds {fields} at values a run chooses itself"
@@ -219,7 +241,7 @@ def note_rechosen(cfg: dict, say: bool = True) -> None:
                 f"records {fields} as chosen by the run that wrote it")
         advice = f" (give e.g. {keep} to keep the file's value)" if keep else ""
         print(printable(f"note: {rechosen['file']} {said}, so this command chose "
-                        f"{'them' if len(rechosen['values']) > 1 else 'it'} again: {', '.join(differ)}{advice}."),
+                        f"{'them' if len(values) > 1 else 'it'} again: {', '.join(differ)}{advice}."),
               file=sys.stderr, flush=True)
 
 
