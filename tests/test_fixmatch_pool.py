@@ -58,8 +58,8 @@ def test_fixmatch_run_leaves_a_trace_of_its_pool(copy_root, tmp_path):
     semi = json.loads((run / "metrics.json").read_text())["semi"]
     assert semi["method"] == "fixmatch" and semi["pool_size"] == n_own and semi["mu"] == 1
     assert semi["threshold"] == 0.95 and f"{second}: unlabeled/" in semi["pool_source"]
-    from fewshot.report.build import fixmatch_fact
     from fewshot.report.runs import load_run
+    from fewshot.report.semi_facts import fixmatch_fact
 
     assert fixmatch_fact(load_run(run, "run")).startswith(f"FixMatch on an unlabeled pool of {n_own} images (")
 

@@ -719,7 +719,7 @@ BROKEN = {
 
 @pytest.mark.parametrize("name,content", [(n, c) for n, cs in BROKEN.items() for c in cs])
 def test_files_fewshot_does_not_write_are_passed_over_with_a_note(runs, tmp_path, name, content):
-    from fewshot.report.build import compare_tables
+    from fewshot.report.compare import compare_tables
     from fewshot.report.runs import expand_runs
 
     run = tmp_path / "c"
@@ -755,7 +755,7 @@ def test_broken_files_notes_say_what_is_wrong(runs, tmp_path):
 
 
 def test_report_out_may_not_be_inside_a_run_or_the_data(runs, tmp_path):
-    from fewshot.report.build import check_report_out
+    from fewshot.report.out_folder import check_report_out
     from fewshot.report.runs import expand_runs
 
     found = expand_runs([runs["ft"]])

@@ -228,7 +228,7 @@ def test_a_run_at_the_models_default_size_shows_the_size_it_ran_at(trained, tmp_
     import yaml
 
     from fewshot.report import tables as T
-    from fewshot.report.build import compute_flops
+    from fewshot.report.compare import compute_flops
     from fewshot.report.runs import expand_runs
 
     default = tmp_path / "default"

@@ -67,8 +67,8 @@ def test_the_report_of_a_joint_moco_run_names_its_settings_and_draws_its_curves(
 
 def test_the_fact_of_a_joint_moco_run_written_before_metrics_recorded_it_falls_back_to_its_config(moco_run,
                                                                                                   tmp_path):
-    from fewshot.report.build import moco_fact
     from fewshot.report.runs import load_run
+    from fewshot.report.semi_facts import moco_fact
 
     old = tmp_path / "old"
     shutil.copytree(moco_run, old)

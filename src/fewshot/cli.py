@@ -177,7 +177,7 @@ def cmd_report(args, extra) -> int:
 
 
 def cmd_compare(args, extra) -> int:
-    from fewshot.report.build import run_compare
+    from fewshot.report.compare import run_compare
 
     run_compare(args.runs)
     return 0

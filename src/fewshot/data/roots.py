@@ -23,7 +23,7 @@ REPORT_MARK = ".fewshot_report"  # written by `fewshot report` into --out before
 # index.html and REPORT_MARK: a report's folder (the mark from its first file on, the page once it is written)
 RUN_MARKERS = ("config.yaml", "run_state.json", "log.jsonl", "checkpoints", "index.html", REPORT_MARK)
 _MARKER_NAMES = frozenset(RUN_MARKERS)
-REPORT_TITLE = "<title>fewshot report</title>"  # in every page `fewshot report` writes (report/build.py reads it too)
+REPORT_TITLE = "<title>fewshot report</title>"  # in every page `fewshot report` writes (report/out_folder.py reads it)
 _TOLD_NOT_DATASETS: set[str] = set()
 _LAYOUT_ADVICE = "Give --data the folder above the datasets (ROOT/<dataset>/<split>/<class>/<image>)."
 

@@ -1,9 +1,11 @@
-"""`fewshot report RUN [RUN ...] --out DIR` and `fewshot compare RUN [RUN ...]`.
+"""`fewshot report RUN [RUN ...] --out DIR`: the page and its PNGs.
 
 The report is DIR/index.html plus the PNGs beside it (relative links, no scripts, no network):
 an overview table of every run, grouped per-dataset accuracy bars, and per run its training
 curves, per-dataset tables and, for fine-tuned runs whose data is at hand, confusion matrices,
-a 2-D map of val features and a grid of val images with their predictions.
+a 2-D map of val features and a grid of val images with their predictions. Which --out it may write
+into: out_folder.py; `fewshot compare` and the FLOPs per run: compare.py; a semi-supervised run's fact:
+semi_facts.py.
 """
 
 from __future__ import annotations
@@ -11,10 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import html
-import os
 import re
-import stat
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +22,12 @@ from fewshot.data.roots import REPORT_MARK
 from fewshot.errors import UserError, printable, shell_quoted, undecodable_escaped
 from fewshot.report import html as H
 from fewshot.report import tables as T
+from fewshot.report.compare import compute_flops
+from fewshot.report.out_folder import _earlier_report_pngs, check_report_out
 from fewshot.report.run_record import Run
 from fewshot.report.run_score import refresh_evaluation
 from fewshot.report.runs import expand_runs
+from fewshot.report.semi_facts import SEMI_FACTS
 
 GRID_IMAGES = 40
 # --grid above this is refused, not quietly capped: the grid is a column of rows of 8 (400 images: 50 rows, ~10,000
@@ -61,183 +63,12 @@ def _safe_name(s: str, empty: str = "x") -> str:
     return f"{name[:NAME_PART_MAX - 9].rstrip('-.')}-{digest}"
 
 
-def compute_flops(runs: list[Run], models: dict | None = None) -> dict[str, int | None]:
-    """FLOPs per run label; runs whose metrics lack a parameter count (MoCo) get it from the model."""
-    from fewshot.report.flops import run_model_stats
-
-    out = {}
-    for r in runs:
-        a = (models or {}).get(r.label)
-        n_flops, n_params, size = run_model_stats(r, a.model if a is not None else None,
-                                                  a.size if a is not None else None)
-        out[r.label] = n_flops
-        r.model_n_parameters, r.model_img_size = n_params, size
-    return out
-
-
-def compare_tables(runs: list[Run], flop_counts: dict) -> list[T.Table]:
-    tables = [T.overview_table(runs, flop_counts)]
-    for r in runs:
-        tables += T.run_tables(r)
-    return tables
-
-
-def run_compare(paths: list[str], file=None) -> list[T.Table]:
-    """`fewshot compare`: the report's tables, printed in the terminal."""
-    runs = expand_runs(paths)
-    tables = compare_tables(runs, compute_flops(runs))
-    T.print_tables(tables, file=file)
-    for r in runs:
-        if r.being_written:  # its figures change with every epoch: not a finished run's
-            epochs = [x["epoch"] for x in r.log if isinstance(x.get("epoch"), int)]
-            r.notes.append(f"the run is still being written (training): its figures are of the epochs logged so far"
-                           f"{f' (up to epoch {max(epochs)})' if epochs else ''}, not its final ones.")
-        elif not (r.metrics or r.metrics_known or r.metrics_unknown or r.evaluated):  # a row of "-" said nothing
-            r.notes.append("the run stopped before its first evaluation (no metrics.json, no evaluation in log.jsonl): "
-                           "it has no accuracies yet; the same command with --resume continues it.")
-        for n in r.notes:
-            print(printable(f"note ({r.label}): {n}"), file=file)
-    return tables
-
-
-def _inside(out: Path, folder: Path) -> bool:
-    out, folder = out.resolve(), folder.resolve()
-    return out == folder or folder in out.parents
-
-
-def check_report_out(out: Path, runs: list[Run], data: str | None = None) -> None:
-    """Refuse an --out whose PNGs would change what they report on: a run's folder (its checkpoints/, plots),
-    or the data (predict read PNGs put in ROOT/<dataset>/test as test images). A run's own report/ (where
-    `fewshot run` writes it) stays allowed: nothing of fewshot's reads it."""
-    from fewshot.data.output_guard import check_output_is_not_in_data
-    from fewshot.report.analysis import resolve_data_root
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give --out a folder: a new one, or an earlier report's folder "
-                        f"(its index.html and PNGs are replaced).")
-    for r in runs:
-        own = (r.group or r.path) / "report"
-        for folder in (r.path, r.group):
-            if folder is not None and _inside(out, folder) and out.resolve() != own.resolve():
-                raise UserError(f"--out {out} lies inside the run folder {folder} that is reported; give the report "
-                                f"a folder outside it (or {own}, the run's own report folder).")
-        # raises for a --data that is not a folder: here, before --out is made (an empty one was left behind)
-        root = resolve_data_root(r, data)[0]
-        if root is not None:
-            from fewshot.config import is_text_list
-
-            unlabeled = (r.config.get("data") or {}).get("unlabeled")
-            check_output_is_not_in_data(out, root, unlabeled if is_text_list(unlabeled) else None, what="the report",
-                                        reads_pool=False)  # a report reads val images, never the pool
-    owns = {((r.group or r.path) / "report").resolve() for r in runs}
-    foreign = [] if out.resolve() in owns else not_a_report(out)
-    if foreign:  # after the checks above: `--out RUN` is told it lies in the run, not that it holds other files
-        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-        raise UserError(f"--out {out} holds files that are not a fewshot report ({shown}): the report writes "
-                        f"index.html and its PNGs there and would replace any of the same name. Give a new or empty "
-                        f"folder, or an earlier report's folder.")
-
-
-# REPORT_MARK: written into --out before the first PNG: the folder is a report's, page or not (and no dataset of a
-# data root it lies in: roots.RUN_MARKERS)
-
-
-def not_a_report(out: Path) -> list[str]:
-    """The entries of an existing --out that no fewshot report wrote (hidden ones aside): none where the folder is new,
-    empty, or holds an earlier report (its index.html is fewshot's: its PNGs are what --out promises to replace).
-    A user's own index.html and pictures (a web folder, another run's folder) were replaced without a word. A link
-    as the mark or the page is not read through: a report writes neither as a link, and the file it points to says
-    nothing of this folder."""
-    try:
-        names = sorted(n for n in os.listdir(out) if not n.startswith("."))
-    except OSError:
-        return []
-    if not names or _plain_file(out / REPORT_MARK):  # a report stopped before its page was written: its own PNGs
-        return []
-    return [] if _report_page(out) else names
-
-
-def _plain_file(path: Path) -> bool:
-    """A regular file that is not a symbolic link."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _report_page(out: Path) -> str | None:
-    """The text of OUT/index.html where it is a page a fewshot report wrote (a plain file, not a link), else None."""
-    if not _plain_file(out / "index.html"):
-        return None
-    try:
-        text = (out / "index.html").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return text if "<title>fewshot report</title>" in text else None
-
-
 def _map_name(method: str, tsne: bool, n: int) -> str:
     """What the embedding map shows, for its caption: embed_2d draws raw coordinates where the method cannot run."""
     if method != "raw":
         return method
     asked = "t-SNE" if tsne else "PCA"
     return f"The first two coordinates (too few {'images' if n < 3 else 'feature dimensions'} for {asked})"
-
-
-def _earlier_report_pngs(out: Path) -> set[str]:
-    """The PNG names an earlier report's OUT/index.html shows: what --out promises to replace. Only files of a page
-    fewshot wrote, beside it, are taken; anything else in OUT (the user's) is never touched."""
-    text = _report_page(out)
-    if text is None:
-        return set()
-    names = {html.unescape(src) for src in re.findall(r'<img src="([^"<>]*)"', text)}
-    return {n for n in names if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.png", n) and (out / n).is_file()}
-
-
-def _recorded_semi(r: Run) -> dict:
-    """metrics.json's semi (what the run resolved and drew from); {} for a run written before it was recorded."""
-    got = (r.metrics or {}).get("semi")
-    return got if isinstance(got, dict) else {}
-
-
-def _pool_words(got: dict) -> str:
-    """The unlabeled pool's size and source as metrics.json recorded them."""
-    source = got.get("pool_source") if isinstance(got.get("pool_source"), str) else None
-    return (f"an unlabeled pool of {T.count(got['pool_size'])} images" + (f" ({source})" if source else "")
-            if isinstance(got.get("pool_size"), int) else "an unlabeled pool (its size not recorded)")
-
-
-def fixmatch_fact(r: Run) -> str:
-    """FixMatch's settings (config.yaml) and the pool it drew from (metrics.json's semi; a run written before it was
-    recorded: not known)."""
-    s = r.config["semi"]
-    return f"FixMatch on {_pool_words(_recorded_semi(r))}; mu {T.opt(s.get('mu'))}, " \
-           f"threshold {T.opt(s.get('threshold'))}, weight {T.opt(s.get('weight'))}"
-
-
-def moco_fact(r: Run) -> str:
-    """The joint MoCo loss's settings in words: metrics.json's semi holds what the run used, including the queue size
-    and shuffle-BN groups it resolved (neither is in config.yaml, which holds only their caps); config.yaml stands in
-    for the settings of a run written before they were recorded."""
-    s, m, got = r.config["semi"], r.config.get("moco") or {}, _recorded_semi(r)
-
-    def value(key: str, fallback):
-        v = got.get(key, fallback)
-        return T.DASH if v is None else f"{v:g}" if isinstance(v, float) else str(v)
-
-    queue = got.get("queue_size")
-    queue = f"a queue of {T.count(queue)} keys" if isinstance(queue, int) else "queue size not recorded"
-    groups = got.get("split_bn_groups")
-    shuffle = (f"key batches shuffled across {groups} BatchNorm groups" if isinstance(groups, int) and groups > 1
-               else "no shuffle-BN split" if groups == 1 else "shuffle-BN groups not recorded")
-    return (f"joint MoCo loss on {_pool_words(got)}: each step adds weight {value('weight', s.get('weight'))} x "
-            f"InfoNCE on mu {value('mu', s.get('mu'))} x batch size pool images to the labelled loss; key-encoder "
-            f"momentum {value('momentum', s.get('moco_momentum'))}, temperature "
-            f"{value('temperature', m.get('temperature'))}, {queue}, {shuffle}")
-
-
-SEMI_FACTS = {"fixmatch": fixmatch_fact, "moco": moco_fact}
 
 
 def _smoothing_caption(weights: list[tuple[str, float]]) -> str:

@@ -1,0 +1,48 @@
+"""`fewshot compare RUN [RUN ...]`: the report's tables printed in the terminal, and the FLOPs per run that both
+the tables and the report's page show (kept here, beside the tables that need them)."""
+
+from __future__ import annotations
+
+from fewshot.errors import printable
+from fewshot.report import tables as T
+from fewshot.report.run_record import Run
+from fewshot.report.runs import expand_runs
+
+
+def compute_flops(runs: list[Run], models: dict | None = None) -> dict[str, int | None]:
+    """FLOPs per run label; runs whose metrics lack a parameter count (MoCo) get it from the model."""
+    from fewshot.report.flops import run_model_stats
+
+    out = {}
+    for r in runs:
+        a = (models or {}).get(r.label)
+        n_flops, n_params, size = run_model_stats(r, a.model if a is not None else None,
+                                                  a.size if a is not None else None)
+        out[r.label] = n_flops
+        r.model_n_parameters, r.model_img_size = n_params, size
+    return out
+
+
+def compare_tables(runs: list[Run], flop_counts: dict) -> list[T.Table]:
+    tables = [T.overview_table(runs, flop_counts)]
+    for r in runs:
+        tables += T.run_tables(r)
+    return tables
+
+
+def run_compare(paths: list[str], file=None) -> list[T.Table]:
+    """`fewshot compare`: the report's tables, printed in the terminal."""
+    runs = expand_runs(paths)
+    tables = compare_tables(runs, compute_flops(runs))
+    T.print_tables(tables, file=file)
+    for r in runs:
+        if r.being_written:  # its figures change with every epoch: not a finished run's
+            epochs = [x["epoch"] for x in r.log if isinstance(x.get("epoch"), int)]
+            r.notes.append(f"the run is still being written (training): its figures are of the epochs logged so far"
+                           f"{f' (up to epoch {max(epochs)})' if epochs else ''}, not its final ones.")
+        elif not (r.metrics or r.metrics_known or r.metrics_unknown or r.evaluated):  # a row of "-" said nothing
+            r.notes.append("the run stopped before its first evaluation (no metrics.json, no evaluation in log.jsonl): "
+                           "it has no accuracies yet; the same command with --resume continues it.")
+        for n in r.notes:
+            print(printable(f"note ({r.label}): {n}"), file=file)
+    return tables
