@@ -460,5 +460,6 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
             self.save("last")
         self.epoch_record = None
         self.log(record)
+        self.publish_best()  # a new best.pt only now: never ahead of last.pt and the log (a kill in between)
         barrier(self.ctx)
         return stopped

@@ -4,9 +4,9 @@ written, and the evaluation a resume owes a run that stopped on a signal with it
 Apart from the loop (engine.py) because choosing what is scored and kept as best is a job of its own.
 EvaluationMixin's methods are the Engine's: they read its state (task, model, ema, ctx, run_dir, epoch,
 step_in_epoch, global_step, best_score, epoch_sums, epoch_steps), set last_eval, best_score, best_weights,
-_eval_took and epoch_record, and call its save(), save_mid_epoch(), log(), _add_scalars(), _base_lr() and
-_set_best_aside(); the loop calls _evaluate(record, epoch) when an evaluation is due and fit() calls
-_evaluate_the_stop().
+_eval_took and epoch_record, and call its save(), save_mid_epoch(), publish_best(), log(), _add_scalars(), _base_lr()
+and _set_best_aside(); the loop calls _evaluate(record, epoch) when an evaluation is due (and publish_best() after its
+last.pt and log row) and fit() calls _evaluate_the_stop().
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ class EvaluationMixin:
     """Engine._evaluate and what it needs: the weights scored and the best kept; the evaluation of a stop."""
 
     def _evaluate(self, record: dict, epoch: int) -> bool:
-        """Evaluate the model (epoch index ``epoch``) into the log row ``record``; a new best score writes best.pt.
-        Returns whether it did."""
+        """Evaluate the model (epoch index ``epoch``) into the log row ``record``; a new best score writes the new
+        best.pt as BEST_PENDING, which the caller's publish_best() puts in place after last.pt and the log row (best.pt
+        is never ahead of them). Returns whether it did."""
         t1 = time.perf_counter()
         result = self._evaluate_weights(epoch) if self.ctx.is_main else None
         result = broadcast_object(self.ctx, result)
@@ -100,5 +101,6 @@ class EvaluationMixin:
             lines[at] = json.dumps(record)
             atomic_write_text(path, "".join(f"{line}\n" for line in lines))
             self._add_scalars(record)
+        self.publish_best()  # after last.pt and the row, as an epoch's end
         barrier(self.ctx)
         return True

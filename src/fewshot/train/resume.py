@@ -19,12 +19,14 @@ import torch
 from fewshot.errors import UserError
 from fewshot.run_state import is_run_stage
 from fewshot.train.checkpoint import load_checkpoint, set_rng_state
+from fewshot.train.distributed import barrier
 from fewshot.train.optim import AMP_BY_NAME, AMP_NAMES, build_scheduler
 from fewshot.train.start_checks import agree_on_checkpoint, check_resume_fits
 from fewshot.utils import atomic_write_text, keep_copy, put_back
 
 
 BEST_ASIDE = "best_before_stop.pt"  # best.pt as it was before a budget stop's partial epoch beat it
+BEST_PENDING = "best.pt.pending"  # a new best.pt, written before its epoch's last.pt, put in place after it
 
 
 class ResumeMixin:
@@ -92,6 +94,7 @@ class ResumeMixin:
             self.task.eval_every = max(int(self.task.eval_every), every)
         # a budget that stopped the run mid-epoch logged the partial epoch; its steps go on now, and the
         # finished epoch's row replaces that one (log.jsonl held epoch 22 three times)
+        self._settle_pending_best(ck)  # before _drop_stop_best reads best.pt
         reopened = self.step_in_epoch > 0 and not self._budget_spent()
         if reopened and self.best_before_stop is not None:
             self._drop_stop_best(ck["global_step"])
@@ -154,6 +157,24 @@ class ResumeMixin:
                 best.unlink(missing_ok=True)
             else:
                 put_back(aside, best)
+
+    def _settle_pending_best(self, ck: dict) -> None:
+        """A kill between a new best's write and publish_best() left it as BEST_PENDING. Where it is the best that
+        last.pt names (its step and best score), last.pt was written after it: it becomes best.pt, what the run had
+        next (a resume not bit-exact, with another thread count, would not write it again). Otherwise it goes: that
+        evaluation is redone, or was never the run's (a last.pt of its step written before it, by a save every N
+        steps or a signal stop)."""
+        if self.ctx.is_main:
+            pending = self.ckpt_dir / BEST_PENDING
+            try:
+                held = load_checkpoint(pending, mmap=True) if pending.is_file() else {}
+            except Exception:  # noqa: BLE001 - torn or altered: a leftover, never the best last.pt names
+                held = {}
+            if (held.get("global_step"), held.get("best_score")) == (ck["global_step"], ck["best_score"]):
+                os.replace(pending, self.ckpt_dir / "best.pt")
+            else:
+                pending.unlink(missing_ok=True)
+        barrier(self.ctx)  # every rank then reads the same best.pt (_drop_stop_best)
 
     @staticmethod
     def _best_step(best: Path) -> int | None:

@@ -6,13 +6,15 @@ its own; the file-level work (the atomic write, the load, the RNG state) is chec
 are the Engine's: they read its training state (model, ema, optimizer, scheduler, scaler, epoch, step_in_epoch,
 global_step, steps_per_epoch, best_score, last_eval, best_before_stop, best_weights, nonfinite_skipped,
 epoch_skips_start, epoch_record, epoch_sums, epoch_steps, epoch_images, _sched_floor, amp) and its setting (task,
-cfg, ctx, run_dir, ckpt_dir), set _saved_step, _saved_at and _cap_unsaved, and call its epoch_seconds_so_far(),
-train_seconds(), _check_weights_finite(), _trained_outside_model() and _task_state_tensors(); the loop calls
-save(), save_mid_epoch(), _epoch_end_save_due() and check_disk_space().
+cfg, ctx, run_dir, ckpt_dir), set _saved_step, _saved_at, _cap_unsaved and _best_pending, and call its
+epoch_seconds_so_far(), train_seconds(), _check_weights_finite(), _trained_outside_model() and
+_task_state_tensors(); the loop calls save(), save_mid_epoch(), publish_best(), _epoch_end_save_due() and
+check_disk_space().
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from fewshot.errors import UserError
@@ -20,11 +22,14 @@ from fewshot.train.checkpoint import rng_state, save_checkpoint
 from fewshot.train.disk_space import check_room
 from fewshot.train.distributed import all_gather_object
 from fewshot.train.optim import AMP_NAMES
+from fewshot.train.resume import BEST_PENDING
 
 
 class SavingMixin:
     """last.pt and best.pt: their payloads, their writes (mid-epoch on every rank, at an epoch's end when due) and
     the disk-space check before training."""
+
+    _best_pending = False  # save("best") wrote BEST_PENDING, which publish_best() has not put in place yet
 
     def payload(self) -> dict:
         return {
@@ -65,9 +70,10 @@ class SavingMixin:
     def save(self, name: str = "last", epoch_sums_by_rank: list | None = None) -> None:
         """last.pt holds everything resume needs; best.pt only what evaluation and --weights read (no
         optimizer state, nor the task's resume_only_extra: half the bytes, and it is written at every new best
-        score). Nothing resumes from best.pt: a budget stop's kept-aside copy only replaces best.pt again."""
+        score). Nothing resumes from best.pt: a budget stop's kept-aside copy only replaces best.pt again. "best"
+        writes BEST_PENDING: publish_best() makes it best.pt once last.pt and the log row hold its epoch."""
         if self.ctx.is_main:
-            path = self.ckpt_dir / f"{name}.pt"
+            path = self.ckpt_dir / (BEST_PENDING if name == "best" else f"{name}.pt")
             payload = self.payload()
             if epoch_sums_by_rank is not None:
                 payload["epoch_sums_by_rank"] = epoch_sums_by_rank
@@ -80,6 +86,7 @@ class SavingMixin:
                     payload.pop(key, None)
             try:
                 save_checkpoint(path, payload)
+                self._best_pending = self._best_pending or name == "best"
                 if name == "last":
                     self._saved_step = self.global_step
                     self._saved_at = time.perf_counter()
@@ -91,6 +98,22 @@ class SavingMixin:
             except OSError as exc:  # disk full, quota, read-only remount: the previous file is intact
                 raise UserError(f"cannot write the checkpoint {path}: {exc.strerror or exc}. The previous "
                                 f"checkpoint (if any) is intact; free space and continue with --resume.") from None
+
+    def publish_best(self) -> None:
+        """The new best (BEST_PENDING) becomes best.pt, after its epoch's last.pt and log row: written before them,
+        a kill in between left best.pt ahead of both (a lost epoch's weights for eval and predict, a report that
+        blamed the user, and a resume not bit-exact kept them). A kill before this rename leaves best.pt behind,
+        never ahead, and resume puts the pending file in place (ResumeMixin._settle_pending_best)."""
+        if not self._best_pending:
+            return
+        self._best_pending = False
+        if self.ctx.is_main:
+            path = self.ckpt_dir / "best.pt"
+            try:
+                os.replace(self.ckpt_dir / BEST_PENDING, path)
+            except OSError as exc:
+                raise UserError(f"cannot write the checkpoint {path}: {exc.strerror or exc}. last.pt is intact; "
+                                f"continue with --resume, which puts the new best.pt in place.") from None
 
     def checkpoint_bytes(self) -> int:
         """Size of one checkpoint, as last.pt (the largest) holds it: model (+ EMA) state, the optimizer's
