@@ -349,7 +349,8 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin):
               + (f" (not counted: what {lost} session{'s' if lost > 1 else ''} that ended "
                  f"without a word ran after {'their' if lost > 1 else 'its'} last record)" if lost else ""))
         if total_s > 1.05 * budget_s:
-            print(overrun_note(total_s, budget_s, sum(self.fit_seconds)))
+            # a resumed run: the sessions before this one, whose start-up and closing work it did again
+            print(overrun_note(total_s, budget_s, sum(self.fit_seconds), self.used if self.resume else None))
 
 
 def check_budget(minutes: float) -> None:

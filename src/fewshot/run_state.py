@@ -226,6 +226,30 @@ def note_device_not_taken(out: Path, cfg: dict, typed: set[str], was) -> None:
                    f"give --device {was} to keep the run's."), file=sys.stderr, flush=True)
 
 
+# settings a run records unset (null) in its config and then chooses itself, with run_state.json's field that holds
+# its choice and the unit a message gives it: `run --resume --img-size 32` of a run that chose 32 px was refused as a
+# change of "the model's default input size"
+STATE_CHOSEN_FIELDS = {"model.img_size": ("img_size", " px")}
+
+
+def changed_settings(before: dict, now: dict, data: dict) -> list[str]:
+    """The settings (dotted) a resume's command changes against the run's (``before``: recorded; ``data``: its
+    run_state.json), each in the words of the refusal. A value the run chose itself (STATE_CHOSEN_FIELDS) is
+    compared with what the command gives: giving the run's own choice is no change."""
+    changed = []
+    for k in sorted(set(now) | set(before)):
+        if k in RUN_RESUME_MAY_CHANGE:
+            continue
+        field, unit = STATE_CHOSEN_FIELDS.get(k, (None, ""))
+        chosen = data.get(field) if field is not None and before.get(k) is None else None
+        if chosen is not None and now.get(k) is not None:
+            if setting_changed(k, chosen, now.get(k)):
+                changed.append(f"{k} ({worded(k, chosen)}{unit}, chosen by the run; {worded(k, now.get(k))} now)")
+        elif setting_changed(k, before.get(k), now.get(k)):
+            changed.append(f"{k} ({worded(k, before.get(k))} in the run, {worded(k, now.get(k))} now)")
+    return changed
+
+
 # what an unset (null) setting means, as the messages comparing a resume's settings with the run's word it
 NONE_MEANS = {"data.datasets": "every dataset under the root", "model.weights": "no weights file",
               "data.unlabeled": "ROOT/unlabeled/", "data.cache_dir": "ROOT/.fewshot_cache", "data.root": "no data root"}
@@ -409,9 +433,7 @@ class RunState:
         # a setting added to fewshot since the run started counts as its default there
         now = flatten_dotted(json.loads(json.dumps(cfg)))
         before = {**flatten_dotted(json.loads(json.dumps(DEFAULTS))), **recorded_settings(saved_cfg)}
-        changed = [f"{k} ({worded(k, before.get(k))} in the run, {worded(k, now.get(k))} now)"
-                   for k in sorted(set(now) | set(before))
-                   if k not in RUN_RESUME_MAY_CHANGE and setting_changed(k, before.get(k), now.get(k))]
+        changed = changed_settings(before, now, data)
         if changed:
             raise UserError(f"--resume continues '{out}' with the settings it started with, but this command "
                             f"changes {', '.join(changed)}. Drop those settings to resume (`fewshot run --resume` "

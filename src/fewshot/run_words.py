@@ -176,10 +176,13 @@ UNRECORDED = ("the session before ended without recording its time (killed, cras
               "what it ran after its last record is not counted")
 
 
-def overrun_note(total_s: float, budget_s: float, trained_s: float) -> str:
+def overrun_note(total_s: float, budget_s: float, trained_s: float, before_s: float | None = None) -> str:
     """The note of a run that took more than 5 % over its budget: what the time went to, and a budget that leaves
     training a fair share, where a larger one would (a 1.5-minute run that overran by 5 s was told that "at least 1
-    minute" would do: the work around the training had taken longer than measured at its start, a busy machine)."""
+    minute" would do: the work around the training had taken longer than measured at its start, a busy machine).
+    ``before_s``: on a resumed run, the time of the sessions before this one (resumed_overrun_note)."""
+    if before_s is not None:
+        return resumed_overrun_note(total_s, budget_s, trained_s, before_s)
     around = total_s - trained_s
     least = max(1, math.ceil(2 * around / 60))
     words = (f"[run] note: the run took {total_s:.0f} s, longer than its budget of {budget_s:.0f} s: start-up, "
@@ -190,6 +193,24 @@ def overrun_note(total_s: float, budget_s: float, trained_s: float) -> str:
     return (f"{words}, and it ran {total_s - budget_s:.0f} s over although a budget of this size holds that work: "
             f"the speeds measured at its start may have been faster than the machine later was (other work on its "
             f"cores?). A rerun on a quieter machine, or with a little more budget, should end on time.")
+
+
+def resumed_overrun_note(total_s: float, budget_s: float, trained_s: float, before_s: float) -> str:
+    """overrun_note of a run that had more than one session: the resumed session's start-up, and the closing work
+    a stop in it left to be done again, count in its time. A run stopped in its report (86 s of 90) and resumed
+    ended 118 s with "A budget of at least 3 minutes": the stop, not the budget, made it late. A larger budget is
+    advised only where the sessions before went past the budget themselves (their work outside training, at
+    least their time less all the training, then asks for it)."""
+    around = total_s - trained_s
+    words = (f"[run] note: the run took {total_s:.0f} s, longer than its budget of {budget_s:.0f} s, in more than one "
+             f"session (stopped and resumed): start-up, step-time calibration, evaluation, prediction and the report "
+             f"took about {around:.0f} s of it, the resumed session's start-up and the closing work it did again "
+             f"after the stop included ({before_s:.0f} s before the stop, {max(0.0, total_s - before_s):.0f} s since)")
+    least = max(1, math.ceil(2 * max(0.0, before_s - trained_s) / 60))
+    if before_s > 1.05 * budget_s and least > budget_s / 60:
+        return f"{words}. A budget of at least {least} minute{'s' if least != 1 else ''} leaves training a fair share."
+    return (f"{words}. The work the resume did again made the run late, not the budget: a run that is not stopped "
+            f"should end closer to its budget.")
 
 
 def minutes_text(minutes: float) -> str:
