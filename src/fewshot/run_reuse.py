@@ -1,9 +1,9 @@
 """What `fewshot run --resume` reuses of a stopped run: which stage replaces model.weights (weights_replaced_by),
 whether a stage is continued (stage_resumes) or reused as it is (reusable_stage), the network a stage took from
 the weights (adopt_stage_architecture), a stopped stage's last.pt (read_last) and whether it trained on the images
-held now (same_training_images), a finished JSON read as the run wrote it (read_finished_json), and the val guard
-between the rounds (better_earlier_round). Kept apart from the stages' running (run_stages) so that each reads as
-one job; none of these reads the run's clock or a timing."""
+held now (same_training_images), a stage started over without one (start_stage_afresh), a finished JSON read as the
+run wrote it (read_finished_json), and the val guard between the rounds (better_earlier_round). Kept apart from the
+stages' running (run_stages) so that each reads as one job; none of these reads the run's clock or a timing."""
 
 from __future__ import annotations
 
@@ -58,9 +58,28 @@ def adopt_stage_architecture(cfg: dict, sdir: Path) -> None:
 def read_last(last: Path | dict) -> dict:
     """A stopped stage's last.pt, its tensors mapped, not read (the checks of a resume need a few numbers of it), or
     the checkpoint itself where the caller read it already."""
+    from fewshot.errors import CheckpointError
     from fewshot.train.checkpoint import load_checkpoint
+    from fewshot.train.resume import unreadable_last
 
-    return last if isinstance(last, dict) else load_checkpoint(last, mmap=True)
+    if isinstance(last, dict):
+        return last
+    try:
+        return load_checkpoint(last, mmap=True)
+    except CheckpointError as exc:  # with the way forward: moved away, --resume starts the stage over
+        raise unreadable_last(exc, last, stage=True) from None
+
+
+def start_stage_afresh(sdir: Path) -> None:
+    """A stage that starts over without a last.pt (killed in its first steps, or its last.pt moved away) leaves out
+    what an earlier session of its folder wrote: its log.jsonl was appended to (epochs 1..132 then 1..80), its best.pt
+    and metrics kept (remove_earlier_session; other files, the user's, stay)."""
+    from fewshot.train.resume import remove_earlier_session, removed_words
+
+    removed = remove_earlier_session(sdir)
+    if removed:
+        print(f"[run] {sdir.name}: no {sdir / 'checkpoints' / 'last.pt'} to continue from: the stage starts over, and "
+              f"the earlier {removed_words(removed)} of its folder are removed", flush=True)
 
 
 def same_training_images(task, last: Path | dict, key_then: str | None, key_now: str | None) -> bool:

@@ -19,7 +19,7 @@ from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, measure_eval_seconds, measure_step_seconds,
                                 plan_epochs, retimed_steps, trained_speeds)
 from fewshot.run_reuse import (drop_best_aside, read_finished_json, read_last, reusable_stage, same_training_images,
-                               stage_resumes)
+                               stage_resumes, start_stage_afresh)
 from fewshot.run_words import made_of, min_epochs_warning, overrun_warning, seconds_text, stage_plan_words
 from fewshot.utils import seed_everything
 
@@ -180,6 +180,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     # each round plans its own epochs and evaluation interval; a resumed one keeps what it planned
     fcfg = stage_config(fdir, fcfg) if resuming else copy.deepcopy(fcfg)
     ensure_writable_dir(fdir, "fine-tuning run")
+    if not resuming:
+        start_stage_afresh(fdir)
     seed_everything(fcfg["train"]["seed"])
     # a resumed stage's checkpoint, or a later round's previous model, replaces model.weights: the file is not
     # read (it may be gone); check_model gave the model.strict=false warning once for the whole run
@@ -320,6 +322,8 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     # is refused as lost settings (stage_config), not started over from random init over its last.pt
     resuming = status is not None and last.is_file()
     ensure_writable_dir(pdir, "pretrain run")
+    if not resuming:
+        start_stage_afresh(pdir)
     if resuming:
         pcfg = stage_config(pdir, cfg)
         # what its plan kept back for its closing work and the fine-tuning's least run is kept back again. A run

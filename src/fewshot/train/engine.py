@@ -235,8 +235,8 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
                               f"before it stopped, at {where}: nothing is trained{done}; give a larger "
                               f"train.budget_minutes to continue it.", flush=True)
                 return self.last_eval
-        elif resume and self.ctx.is_main:
-            print(f"note: --resume given but {self.ckpt_dir / 'last.pt'} does not exist; starting fresh.")
+        elif resume:
+            self._start_fresh()
         if self.epoch < t["epochs"]:
             self.check_disk_space()
         self._open_tensorboard()

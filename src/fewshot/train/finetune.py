@@ -16,7 +16,7 @@ import torch
 from fewshot.config import CHOSEN, note_chosen, note_rechosen, run_time_values, save_yaml
 from fewshot.data.layout import scan_root
 from fewshot.data.skipped import write_skipped
-from fewshot.errors import UserError, one_line
+from fewshot.errors import CheckpointError, UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.models.weights import weights_note
 from fewshot.progress import set_enabled
@@ -96,9 +96,12 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     # the ranks first agree that they read one file (agree_on_checkpoint)
     if resuming and alike:
         from fewshot.train.checkpoint import load_checkpoint
+        from fewshot.train.resume import unreadable_last
 
         try:
             ck, unreadable = load_checkpoint(last, mmap=True), None
+        except CheckpointError as exc:  # with the way forward: moved away, --resume starts the run over
+            ck, unreadable = None, unreadable_last(exc, last)
         except (UserError, OSError) as exc:  # said after the other ranks heard of it: alone, they waited
             ck, unreadable = None, exc
         agree_on_checkpoint(ctx, last, ck, unreadable)

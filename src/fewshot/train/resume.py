@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot.errors import UserError
+from fewshot.errors import CheckpointError, UserError, path_argument
 from fewshot.run_state import is_run_stage
 from fewshot.train.checkpoint import load_checkpoint, set_rng_state
 from fewshot.train.distributed import barrier
@@ -27,6 +27,47 @@ from fewshot.utils import atomic_write_text, keep_copy, put_back
 
 BEST_ASIDE = "best_before_stop.pt"  # best.pt as it was before a budget stop's partial epoch beat it
 BEST_PENDING = "best.pt.pending"  # a new best.pt, written before its epoch's last.pt, put in place after it
+# What a training session writes into its run folder besides last.pt and config.yaml (which a start rewrites): a
+# start without last.pt removes an earlier session's, so that the log, best.pt, metrics and plots are of one run
+SESSION_FILES = ("log.jsonl", "checkpoints/best.pt", f"checkpoints/{BEST_ASIDE}", f"checkpoints/{BEST_PENDING}",
+                 "metrics.json", "metrics_known.json", "metrics_unknown.json", "plots/finetune_curves.png",
+                 "plots/pretrain_curves.png")
+TB_EVENTS = "tensorboard/events.out.tfevents.*"
+
+
+def remove_earlier_session(run_dir: Path) -> list[str]:
+    """Remove the files an earlier session of ``run_dir`` wrote (SESSION_FILES, its TensorBoard events) and return
+    their names: a fresh start appended to its log.jsonl (epochs 1,2,3,1,2,...) and kept its best.pt and metrics.
+    Only those names: a file of the user's in the folder stays (a renamed last.pt among them)."""
+    removed = []
+    for name in SESSION_FILES:
+        path = run_dir / name
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(name)
+    events = [p for p in run_dir.glob(TB_EVENTS) if p.is_file() or p.is_symlink()]
+    for path in events:
+        path.unlink(missing_ok=True)
+    for tmp in run_dir.glob("checkpoints/.*.pt.*.tmp"):  # a kill during a checkpoint write
+        tmp.unlink(missing_ok=True)
+    return removed + (["the tensorboard/ event files"] if events else [])
+
+
+def removed_words(removed: list[str]) -> str:
+    """``removed`` (remove_earlier_session's names) as a sentence's end: "a, b and c"."""
+    return removed[0] if len(removed) == 1 else f"{', '.join(removed[:-1])} and {removed[-1]}"
+
+
+def unreadable_last(exc: CheckpointError, path: Path, stage: bool = False) -> CheckpointError:
+    """A last.pt that --resume cannot read (cut short by a full disk or a copy, damaged) with the way forward: moved
+    away, the same command with --resume starts the run (the `fewshot run` stage) over, its earlier files removed."""
+    path = Path(path)
+    broken = path.with_name(path.name + ".broken")
+    what, kept = ("this stage", "; the stages finished before it are kept") if stage else ("this run", "")
+    return CheckpointError(f"{str(exc).rstrip('.')}. It cannot be resumed from: move it away (`mv "
+                           f"{path_argument(path)} {path_argument(broken)}`) and run the same command with --resume "
+                           f"again to start {what} over (its earlier log.jsonl, best.pt and metrics are removed"
+                           f"{kept}), or give another --out.")
 
 
 class ResumeMixin:
@@ -39,7 +80,9 @@ class ResumeMixin:
         path = self.ckpt_dir / "last.pt"
         try:
             ck, unreadable = (load_checkpoint(path) if path.is_file() else None), None
-        except (UserError, OSError) as exc:  # said after the other ranks heard of it: alone, they waited
+        except CheckpointError as exc:  # said after the other ranks heard of it: alone, they waited
+            ck, unreadable = None, unreadable_last(exc, path, is_run_stage(self.ckpt_dir.parent))
+        except (UserError, OSError) as exc:
             ck, unreadable = None, exc
         self._agree_on_checkpoint(path, ck, unreadable)
         if unreadable is not None:
@@ -106,6 +149,16 @@ class ResumeMixin:
                 # a kill between a budget stop's best.pt and its last.pt: this older last.pt's best is that one
                 put_back(self.ckpt_dir / BEST_ASIDE, self.ckpt_dir / "best.pt")
         return True
+
+    def _start_fresh(self) -> None:
+        """--resume without a last.pt: the run starts from scratch, without what an earlier session of the folder
+        wrote (remove_earlier_session). Rank 0 removes; the others wait, so that none writes before it is done."""
+        if self.ctx.is_main:
+            removed = remove_earlier_session(self.run_dir)
+            also = (f": the earlier {removed_words(removed)} of this folder are removed" if removed else "")
+            print(f"note: --resume given but {self.ckpt_dir / 'last.pt'} does not exist; starting fresh{also}.",
+                  flush=True)
+        barrier(self.ctx)
 
     def _check_epochs_left(self, done: int) -> None:
         """--epochs below the epochs the run already trained is refused before resume changes any file: refused

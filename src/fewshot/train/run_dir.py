@@ -27,6 +27,9 @@ from fewshot.utils import missing_parents, refuse_links_in_run_dir, resolved
 # failed or was stopped early, which the same command may start again without --resume.
 RUN_START_ENTRIES = frozenset({"config.yaml", "log.jsonl", "tensorboard", "plots", "checkpoints",
                                "skipped_images.json"})
+# What a run writes at its end: with --resume beside the run's config.yaml they are its own (its last.pt moved away,
+# as the unreadable last.pt's message advises), which the fresh start removes (resume.remove_earlier_session)
+RUN_END_ENTRIES = frozenset({"metrics.json", "metrics_known.json", "metrics_unknown.json"})
 
 
 def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStart | None = None) -> dict:
@@ -68,6 +71,8 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
             except OSError as exc:  # "cannot be read" only for what the system refused (a YAML list was said so)
                 unreadable = f"cannot be read ({one_line(exc.strerror or str(exc)).rstrip('.')})"
                 foreign.insert(0, "config.yaml")
+        if resume and "config.yaml" in entries and "config.yaml" not in foreign:
+            foreign = [e for e in foreign if e not in RUN_END_ENTRIES]
         if foreign == ["config.yaml"] and unreadable is not None:
             raise UserError(f"the run folder '{out}' is not empty (config.yaml) and holds no run to resume: its "
                             f"config.yaml {unreadable}, and a new run would write its own there. Move that file "
