@@ -76,7 +76,8 @@ def rerun(captured, *words) -> dict:
 def test_a_runs_config_records_what_it_chose_at_run_time(scratch_run):
     cfg = saved(scratch_run)
     assert (cfg["optim"]["lr"], cfg["optim"]["backbone_lr_mult"]) == (0.004, 1.0)
-    assert set(cfg[CHOSEN]) == {"optim.lr", "optim.backbone_lr_mult"}  # --device cpu was given: not chosen
+    # --device cpu was given: not chosen; train.amp=auto's precision is (hunt hBC 5)
+    assert set(cfg[CHOSEN]) == {"optim.lr", "optim.backbone_lr_mult", "train.amp"}
     assert file_settings(scratch_run / "config.yaml").get("optim.lr") is None  # a choice, not a setting
 
 
@@ -220,7 +221,7 @@ def test_resume_keeps_the_runs_chosen_values(scratch_run, tmp_path, digits_root,
                  "--config", str(run / "config.yaml"), "--no-progress"]) == 0, capsys.readouterr().err
     after = saved(run)
     assert (after["optim"]["lr"], after["optim"]["backbone_lr_mult"]) == (0.004, 1.0)
-    assert set(after[CHOSEN]) == {"optim.lr", "optim.backbone_lr_mult"}
+    assert set(after[CHOSEN]) == {"optim.lr", "optim.backbone_lr_mult", "train.amp"}
     assert "chosen by the run" not in capsys.readouterr().err
 
 

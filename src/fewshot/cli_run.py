@@ -87,12 +87,25 @@ def cmd_run(args, extra) -> int:
     warn_replaced_overrides(extra)
     warn_unused_overrides("run", cfg, extra, baseline=bool(args.baseline))
     warn_pretrain_config(args.config, "run")
+    warn_run_random_backbone(cfg)
     from fewshot.train.stop_signal import stop_at_once_on_signals
 
     with stop_at_once_on_signals():  # between training loops; inside them a signal finishes the step first
         run_pipeline(cfg, Path(args.out), args.budget_minutes, started=getattr(args, "started", None),
                      resume=args.resume)
     return 0
+
+
+def warn_run_random_backbone(cfg: dict) -> None:
+    """`fewshot run --config course_resnet50` fine-tuned a random backbone at lr 1e-4 x 0.1 and ended "little
+    better than guessing" without naming why, where `fewshot train` warns at its start. Without --pretrain (whose
+    own MoCo export is pretrained weights) the stages keep the user's optim.lr and backbone_lr_mult and fill in
+    unset ones by train's rules (run_stages.finetune_config): train's check applies as it is."""
+    from fewshot.cli_ranks import launch_rank
+    from fewshot.train.finetune import warn_random_backbone_at_a_pretrained_lr
+
+    if not cfg["run"]["pretrain"] and launch_rank() == 0:
+        warn_random_backbone_at_a_pretrained_lr(cfg, "--weights FILE or --pretrain", file=sys.stderr)
 
 
 def adopt_run_model(cfg: dict, flags: dict, extra: list[str], args) -> None:

@@ -244,9 +244,10 @@ def run_stage_file(path) -> bool:
 
 def warn_finetune_config(path) -> None:
     """The reverse of warn_pretrain_config: a fine-tuning recipe (an AdamW optimiser, no moco: section) given to
-    `fewshot pretrain` trained MoCo with AdamW at the recipe's lr and silently ignored its fine-tuning fields. The
-    lr a train run's config.yaml records as chosen (config.chosen_in_file) is chosen again by pretrain, so it is
-    not named as used."""
+    `fewshot pretrain` trained MoCo with AdamW at the recipe's lr and silently ignored its fine-tuning fields; one
+    that names no optimiser but sets fields only fine-tuning reads (finetune_only_fields: cpu_tiny) ran MoCo's SGD
+    at its lr and weight decay. The lr a train run's config.yaml records as chosen (config.chosen_in_file) is
+    chosen again by pretrain, so it is not named as used."""
     from fewshot.cli_ranks import launch_rank
 
     if not path or launch_rank() != 0:  # under torchrun: once
@@ -259,16 +260,31 @@ def warn_finetune_config(path) -> None:
     # run's, an older fewshot's without semi: too) or one with the fine-tuning-only semi: section is for
     # fine-tuning; a user's own MoCo recipe with AdamW is neither, and gets no warning
     fine_tuning = written_by_run(raw, path, run_files=False) or "semi" in raw
-    if raw.get("_task") == "moco" or optim.get("name") in (None, "sgd") or ("moco" in raw and not fine_tuning):
+    own = finetune_only_fields(raw) if "moco" not in raw else []
+    adamw = optim.get("name") not in (None, "sgd") and ("moco" not in raw or fine_tuning)
+    if raw.get("_task") == "moco" or not (adamw or own):
         return
     rechosen = "optim.lr" in chosen_in_file(path)  # the backbone lr is a fine-tuning field: ignored either way
     lr = "" if rechosen else f", lr {optim.get('lr', '?')}"
     again = " (but optim.lr, which the run that wrote it chose itself: pretrain chooses it again)" if rechosen else ""
-    print(f"warning: {path} looks like a fine-tuning recipe for `fewshot train` (optimiser "
-          f"{optim.get('name', '?')}{lr}). `fewshot pretrain` trains MoCo with its optim.* fields as given{again} "
+    what = (f"optimiser {optim['name']}" if optim.get("name") else
+            f"{', '.join(own)}, which only fine-tuning reads; no optimiser named: MoCo's SGD")
+    print(f"warning: {path} looks like a fine-tuning recipe for `fewshot train` ({what}{lr}). `fewshot pretrain` "
+          f"trains MoCo with its optim.* fields as given{again} "
           f"and ignores its fine-tuning fields (ema, label smoothing, sampler, backbone lr). For MoCo, "
           f"use a preset (--preset mocov2: SGD lr 0.03) or `--config moco_cpu_small`; fine-tune with "
           f"`fewshot train --config {path} --weights <export>`.", file=sys.stderr, flush=True)
+
+
+def finetune_only_fields(raw: dict) -> list[str]:
+    """The fields of a config file (``raw``) that `fewshot pretrain` never reads (PRETRAIN_UNREAD): set, they mark
+    a fine-tuning recipe even where it names no optimiser (model.drop_path is not one: MoCo's backbone reads it)."""
+    fields = []
+    for dotted in PRETRAIN_UNREAD:
+        section, field = dotted.split(".")
+        if isinstance(raw.get(section), dict) and field in raw[section]:
+            fields.append(dotted)
+    return fields
 
 
 def warn_pretrain_config(path, command: str) -> None:

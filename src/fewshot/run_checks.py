@@ -114,8 +114,16 @@ def check_pretrain_settings(cfg: dict, backbone) -> None:
     try:
         split_groups({"moco": cfg["moco"], "train": {"batch_size": batch}}, 1, backbone)
     except UserError as exc:
-        raise UserError(f"the MoCo stage's batch: {exc} (in `fewshot run` the MoCo batch size is "
-                        f"run.pretrain_batch_size)") from None
+        raise UserError(f"the MoCo stage's batch: {run_batch_named(str(exc), batch)} (in `fewshot run` the MoCo "
+                        f"batch size is run.pretrain_batch_size)") from None
+
+
+def run_batch_named(message: str, batch: int) -> str:
+    """pretrain's message with the batch named as `fewshot run` sets it: "train.batch_size=N (or --batch-size N)"
+    named a field and a flag the run's MoCo stage does not read."""
+    from fewshot.train.start_checks import batch_size_named
+
+    return message.replace(batch_size_named(batch), f"run.pretrain_batch_size={batch}")
 
 
 def preload_images(cfg: dict, infos, test_infos):

@@ -26,16 +26,21 @@ RECHOSEN = "_rechosen"  # in memory only: what a --config file's CHOSEN fields h
 # (--weights), which its MoCo stage started from; `fewshot run --config` starts from them again (rechosen_value)
 GIVEN_WEIGHTS = "_given_weights"
 RECORDED = ("_task", CHOSEN, GIVEN_WEIGHTS)  # written into a run's config.yaml by the tool (report, resume)
-TRANSIENT = (RECHOSEN,)  # never written into config.yaml (save_yaml)
+RECHOSEN_LATER = "_rechosen_later"  # in memory only: RECHOSEN's fields chosen once training starts (CHOSEN_LATER)
+TRANSIENT = (RECHOSEN, RECHOSEN_LATER)  # never written into config.yaml (save_yaml)
 
 # Fields a run fills in itself where the user left them unset (None, or auto): the learning rate and backbone
 # multiplier (resolve_finetune_defaults: --weights or not; resolve_pretrain_defaults: the global batch), the
 # network a --weights export records (model.name, img_size, width, small_stem), the bit depth it records
 # (cli_config.adopt_recorded_bit_depth: a run fine-tuned from it could not be resumed, its _chosen "refused") and the
-# device. config.yaml saves the values used and records these under CHOSEN with the value chosen, so that the file
+# device and the arithmetic train.amp=auto resolves to (train/optim.py record_amp: bf16 on one CPU, fp32 on another).
+# config.yaml saves the values used and records these under CHOSEN with the value chosen, so that the file
 # given back as --config chooses them again where it still holds that value (an edited value is the user's).
 RUN_TIME_FIELDS = ("optim.lr", "optim.backbone_lr_mult", "model.name", "model.img_size", "model.width",
-                   "model.small_stem", "data.bit_depth", "train.device")
+                   "model.small_stem", "data.bit_depth", "train.device", "train.amp")
+# Of those, the ones chosen only once training starts (the Engine resolves train.amp), after the start's note: while
+# they still hold this value, note_rechosen leaves their part of the note for its call then (Engine._record_amp).
+CHOSEN_LATER = {"train.amp": "auto"}
 # Fields only a `fewshot run` stage records under CHOSEN: its model.weights where that is the run's own MoCo export
 # (run_stages.finetune_config). Only `fewshot run` chooses it again (resolve(rechoose_weights=True)): its MoCo stage
 # makes a new export, from the weights the run was given (GIVEN_WEIGHTS); a repeat from the stage's file continued
@@ -212,7 +217,9 @@ def note_rechosen(cfg: dict, say: bool = True) -> None:
     chose otherwise, with both values (lr 1e-4 now where the file said 0.004: a --weights run, not the scratch
     one that wrote it). Drops the in-memory record either way. A MoCo run's optimiser values given to fine-tuning
     (or a fine-tuning run's to MoCo) get no advice to keep them: MoCo's lr with AdamW collapsed a run."""
-    rechosen = cfg.pop(RECHOSEN, None)
+    rechosen = cfg.pop(RECHOSEN, None) or cfg.pop(RECHOSEN_LATER, None)
+    if rechosen:
+        rechosen = defer_later_fields(cfg, rechosen)
     if not rechosen or not say:
         return
     other_task = rechosen.get("task") != cfg.get("_task")  # `_task: moco` for MoCo, none for fine-tuning
@@ -243,6 +250,17 @@ def note_rechosen(cfg: dict, say: bool = True) -> None:
         print(printable(f"note: {rechosen['file']} {said}, so this command chose "
                         f"{'them' if len(values) > 1 else 'it'} again: {', '.join(differ)}{advice}."),
               file=sys.stderr, flush=True)
+
+
+def defer_later_fields(cfg: dict, rechosen: dict) -> dict:
+    """``rechosen`` (mark_rechosen's record) without the CHOSEN_LATER fields not chosen yet, which go back into
+    ``cfg`` (RECHOSEN_LATER) for the next note_rechosen: said now, train.amp read "auto" against the file's bf16."""
+    values = rechosen["values"]
+    later = {dotted: was for dotted, was in values.items()
+             if dotted in CHOSEN_LATER and get_dotted(cfg, dotted.split(".")) == CHOSEN_LATER[dotted]}
+    if later:
+        cfg[RECHOSEN_LATER] = {**rechosen, "values": later}
+    return {**rechosen, "values": {dotted: was for dotted, was in values.items() if dotted not in later}}
 
 
 def unknown_fields(tree: dict, defaults: dict | None = None, path: str = "") -> list[str]:

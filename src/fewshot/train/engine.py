@@ -50,7 +50,8 @@ from fewshot.train.distributed import (DistContext, all_reduce_max, all_reduce_m
                                       check_same_image_counts)
 from fewshot.train.evaluation import TIMING_KEYS, EvaluationMixin
 from fewshot.train.nonfinite import NonFiniteLossError, last_good_checkpoint, nonfinite_loss_text
-from fewshot.train.optim import AMP_BY_NAME, AMP_NAMES, amp_dtype, build_optimizer, build_scheduler
+from fewshot.train.optim import (AMP_BY_NAME, AMP_NAMES, amp_dtype, amp_to_choose, build_optimizer, build_scheduler,
+                                 record_amp)
 from fewshot.train.resume import BEST_ASIDE, ResumeMixin
 from fewshot.train.saving import SavingMixin
 from fewshot.train.stage_cap import StageCapMixin
@@ -91,6 +92,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
             raise empty_epoch_error(task, cfg, ctx.world)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         warn_long_warmup(cfg, self.steps_per_epoch, self.scheduler, ctx.is_main)
+        amp_to_choose(cfg)  # a resumed run's recorded choice is chosen again: resume keeps its checkpoint's
         self.amp = amp_dtype(cfg, device, getattr(task, "size", None))
         if ctx.enabled:  # each rank detects its own CPU: on a mixed cluster they would gather keys of two dtypes
             self.amp = AMP_BY_NAME[broadcast_object(ctx, AMP_NAMES[self.amp])]
@@ -189,6 +191,17 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)
 
+    def _record_amp(self, save: bool) -> None:
+        """What train.amp=auto resolved to (a resume: its checkpoint's), recorded in the run's config before its
+        first checkpoint, and in its config.yaml where one was written before training (``save``); then the note of
+        a --config file whose run chose otherwise (config.note_rechosen left it for now)."""
+        from fewshot.config import note_rechosen, save_yaml
+
+        recorded = record_amp(self.cfg, self.amp)
+        note_rechosen(self.cfg, say=self.ctx.is_main)
+        if recorded and save and self.ctx.is_main and (self.run_dir / "config.yaml").is_file():
+            save_yaml(self.cfg, self.run_dir / "config.yaml")
+
     def _base_lr(self) -> float:
         """The lr that log.jsonl records: the first group's, without its layer-decay scale."""
         group = self.optimizer.param_groups[0]
@@ -196,7 +209,9 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
 
     def fit(self, resume: bool = False) -> dict | None:
         t = self.cfg["train"]
-        if resume and self.resume():
+        resumed = resume and self.resume()
+        self._record_amp(save=not resumed)  # a resumed run's config.yaml is written below
+        if resumed:
             if self.ctx.is_main:
                 self._announce_new_plan()
                 # written only now: a resume that fails (other classes, a bad checkpoint) leaves the run's

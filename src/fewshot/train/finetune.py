@@ -36,17 +36,19 @@ def configure_threads(cfg: dict) -> None:
     configure_cpu(cfg["train"].get("threads"))
 
 
-def warn_random_backbone_at_a_pretrained_lr(cfg: dict) -> None:
+def warn_random_backbone_at_a_pretrained_lr(cfg: dict, given: str = "--weights FILE", file=None) -> None:
     """The course recipes (configs/course_*.yaml) are for pretrained backbones: lr 1e-4 with the backbone at 0.1x.
     Without --weights the random backbone barely moves at 1e-5 and the run quietly ends near a linear probe of
-    random features."""
+    random features. ``given``: what starts from pretrained weights (`fewshot run`: --pretrain too); an unset lr
+    is the scratch rule's (resolve_finetune_defaults), so `fewshot run` can ask before its stages fill it in."""
     o = cfg["optim"]
-    backbone_lr = float(o["lr"]) * float(o["backbone_lr_mult"])
-    if not cfg["model"]["weights"] and backbone_lr < 1e-4:
-        print(f"warning: the backbone starts from random init but trains at lr {backbone_lr:g} (optim.lr "
-              f"{o['lr']:g} x backbone_lr_mult {o['backbone_lr_mult']:g}), a rate for pretrained weights. Pass "
-              f"--weights FILE, or train from scratch at the measured default (optim.lr=4e-3 "
-              f"optim.backbone_lr_mult=1).", flush=True)
+    lr = 4e-3 if o["lr"] is None else float(o["lr"])
+    mult = 1.0 if o["backbone_lr_mult"] is None else float(o["backbone_lr_mult"])
+    if not cfg["model"]["weights"] and lr * mult < 1e-4:
+        print(f"warning: the backbone starts from random init but trains at lr {lr * mult:g} (optim.lr "
+              f"{lr:g} x backbone_lr_mult {mult:g}), a rate for pretrained weights. Pass "
+              f"{given}, or train from scratch at the measured default (optim.lr=4e-3 "
+              f"optim.backbone_lr_mult=1).", file=file or sys.stdout, flush=True)
 
 
 def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunStart | None = None,

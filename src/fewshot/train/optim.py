@@ -88,3 +88,28 @@ def amp_dtype(cfg: dict, device: torch.device, img_size: int | None = None) -> t
 
 AMP_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 AMP_BY_NAME = {name: dtype for dtype, name in AMP_NAMES.items()}
+AMP_SETTINGS = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}  # the train.amp that gives each
+
+
+def amp_to_choose(cfg: dict) -> None:
+    """train.amp back to auto where the run's own config.yaml records it as the run's choice (config.CHOSEN, a
+    --resume's settings): the resume then keeps its checkpoint's arithmetic as an auto run does
+    (Engine._keep_resolved_amp, with its note), and record_amp records that again."""
+    from fewshot.config import CHOSEN, same_value
+
+    recorded = (cfg.get(CHOSEN) or {}).get("train.amp")
+    if recorded is not None and same_value(recorded, cfg["train"]["amp"]):
+        cfg["train"]["amp"] = "auto"
+
+
+def record_amp(cfg: dict, amp: torch.dtype | None) -> bool:
+    """train.amp=auto replaced by what it resolved to (``amp``) and recorded as chosen, as train.device is:
+    config.yaml kept `auto`, and the file given back as --config on a CPU without native bf16 (or with
+    FEWSHOT_CPU_BF16=0) trained in fp32 without a word. Returns whether it recorded."""
+    from fewshot.config import note_chosen
+
+    if cfg["train"]["amp"] != "auto":
+        return False
+    cfg["train"]["amp"] = AMP_SETTINGS[amp]
+    note_chosen(cfg, "train.amp")
+    return True
