@@ -276,6 +276,7 @@ def test_best_pt_leaves_the_joint_state_to_last_pt_and_the_disk_check_counts_it(
     joint, plain = engine(), engine(**{"semi.method": "off"})
     joint.save("best")
     joint.save("last")
+    joint.publish_best()  # the new best.pt is put in place after its last.pt (tests/test_fdh_best_order.py)
     best, last = (load_checkpoint(joint.ckpt_dir / f"{name}.pt") for name in ("best", "last"))
     assert "joint_moco" in last and "joint_moco" not in best
     assert best["optimizer"] is None and set(best) == set(last) - {"joint_moco"} | {"weights"}  # all else as before

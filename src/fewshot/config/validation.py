@@ -33,9 +33,9 @@ MAX_BUDGET_MINUTES = 1e7
 # 64-bit arguments take (data.randaug_group=1e19 crashed the started run with an OverflowError, 1e308 warmup epochs
 # too); AT_MOST has the fields whose own bound is far smaller, each with why
 MAX_COUNT = 2**31 - 1
-COUNTS = ("train.threads", "moco.mlp_hidden", "run.queue_size", "train.batch_size", "train.epochs",
-          "moco.queue_size", "moco.dim", "moco.knn_k", "train.eval_every", "moco.knn_every", "data.randaug_group",
-          "train.save_every_steps", "train.skip_nonfinite", "semi.mu", "moco.split_bn_groups",
+# (the queues and the fine-tuning batch are left to config/memory.py, whose refusal says what would not fit)
+COUNTS = ("train.threads", "moco.mlp_hidden", "train.epochs", "moco.dim", "moco.knn_k", "train.eval_every",
+          "moco.knn_every", "data.randaug_group", "train.save_every_steps", "train.skip_nonfinite", "semi.mu", "moco.split_bn_groups",
           "run.pretrain_batch_size", "run.min_epochs", "run.pseudo_labelled_repeat", "run.pseudo_max_per_shot",
           "run.pseudo_rounds", "sched.warmup_epochs")
 AT_MOST = {  # field: (bound, why): each bound leaves room far beyond the usual value
