@@ -36,8 +36,8 @@ MAX_COUNT = 2**31 - 1
 # (the queues and the fine-tuning batch are left to config/memory.py, whose refusal says what would not fit)
 COUNTS = ("train.threads", "moco.mlp_hidden", "train.epochs", "moco.dim", "moco.knn_k", "train.eval_every",
           "moco.knn_every", "data.randaug_group", "train.save_every_steps", "train.skip_nonfinite", "semi.mu",
-          "moco.split_bn_groups", "run.pretrain_batch_size", "run.min_epochs", "run.pseudo_labelled_repeat", "run.pseudo_max_per_shot",
-          "run.pseudo_rounds", "sched.warmup_epochs")
+          "moco.split_bn_groups", "run.pretrain_batch_size", "run.min_epochs", "run.pseudo_labelled_repeat",
+          "run.pseudo_max_per_shot", "run.pseudo_rounds", "sched.warmup_epochs")
 AT_MOST = {  # field: (bound, why): each bound leaves room far beyond the usual value
     "data.randaug_ops": (100, "RandAugment applies that many transforms in a row to each augmented image; 2 is "
                               "usual, and 1e19 never finished its first batch"),
