@@ -77,7 +77,7 @@ def test_run_leaves_time_based_to_its_replaced_warning():
 
 
 @pytest.mark.parametrize("word", ["data.cache_dir=None", "model.weights=none", "data.unlabeled=NONE",
-                                  "optim.lr=None", "data.datasets=None", "train.amp=None"])
+                                  "optim.lr=None", "train.amp=None"])  # data.datasets=None: a dataset's name
 def test_python_none_reads_as_null(word):
     from fewshot.config import parse_override
 

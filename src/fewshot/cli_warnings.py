@@ -212,16 +212,19 @@ def warn_unused_overrides(command: str, cfg: dict, extra, baseline: bool = False
 def warn_replaced_config_fields(path) -> None:
     """`fewshot run --config f.yaml` dropped the file's semi.method or moco.queue_size without a word, while the
     same key=value words get a warning (warn_replaced_overrides): the same warning for each such field the file
-    sets to other than its default (a run's own config.yaml, a valid --config, holds every field). A `fewshot run`
-    stage's own config.yaml holds what that run set itself (its plan, its MoCo queue, semi.method): no warning
-    blames the file for those, nor for sched.time_based on, which the run keeps."""
-    if not path or run_stage_file(path):
+    sets to other than its default (a run's own config.yaml, a valid --config, holds every field), but
+    sched.time_based on, which the run keeps. A `fewshot run` stage's own config.yaml (run_stage_file) holds what
+    its run set itself, which no warning blames on the file (stage_set_value); a value edited there still warns."""
+    if not path:
         return
-    from fewshot.config import DEFAULTS, file_settings, flatten_dotted, setting_changed
+    from fewshot.config import DEFAULTS, config_data, file_settings, flatten_dotted, setting_changed
 
     defaults = flatten_dotted(DEFAULTS)
+    stage = config_data(path) if run_stage_file(path) else None
     for dotted, value in file_settings(path).items():
         if dotted == "sched.time_based" and value is True:
+            continue
+        if stage is not None and stage_set_value(stage, dotted, value):
             continue
         if dotted in RUN_REPLACES and setting_changed(dotted, defaults.get(dotted), value):
             print(f"warning: {dotted}: {value} in {path} is replaced by {RUN_REPLACES[dotted]}.", file=sys.stderr,
@@ -229,17 +232,54 @@ def warn_replaced_config_fields(path) -> None:
 
 
 def run_stage_file(path) -> bool:
-    """Whether ``path`` is a `fewshot run` stage's config.yaml: a run's (its CHOSEN record, or written_by_run) holding
-    the marks of the run's plan (run_stages.plan_stage: sched.time_based on and the stage's train.budget_minutes)."""
-    from fewshot.config import CHOSEN, config_data, written_by_run
+    """Whether ``path`` is a `fewshot run` stage's config.yaml: a run's, in a stage folder of a run (run_state.json
+    beside it: run_state.is_run_stage), or one recording the run's own MoCo export as chosen, which only a stage
+    records (config.RUN_CHOSEN_FIELDS) and which marks it copied elsewhere too. Its content alone (a budget and
+    sched.time_based, `_chosen`) also marked every budgeted `fewshot train` run's config.yaml (review rev64)."""
+    from pathlib import Path
+
+    from fewshot.config import CHOSEN, config_data, find_config, written_by_run
+    from fewshot.run_state import is_run_stage
 
     raw = config_data(path) or {}
-    sched, train = raw.get("sched"), raw.get("train")
-    if not (isinstance(sched, dict) and isinstance(train, dict)):
+    if not written_by_run(raw, path, run_files=False):
         return False
-    budget = train.get("budget_minutes")
-    planned = sched.get("time_based") is True and isinstance(budget, (int, float)) and not isinstance(budget, bool)
-    return planned and (CHOSEN in raw or written_by_run(raw, path))
+    chosen = raw.get(CHOSEN)
+    return (isinstance(chosen, dict) and "model.weights" in chosen) or is_run_stage(Path(find_config(path)).parent)
+
+
+def stage_set_value(raw: dict, dotted: str, value) -> bool:
+    """Whether a stage's config.yaml (``raw``) holds at ``dotted`` what its run set itself (run_stages): the plan's
+    epochs, budget and evaluation interval (knn_every for MoCo, eval_every else), and, where the file's run.*
+    fields give that value, fine-tuning's semi.method and the MoCo stage's queue and momentum."""
+    from fewshot.config import same_value
+
+    moco = raw.get("_task") == "moco"
+    run = raw.get("run") if isinstance(raw.get("run"), dict) else {}
+    symmetric = isinstance(raw.get("moco"), dict) and raw["moco"].get("symmetric") is True
+    if dotted in ("train.epochs", "train.budget_minutes", "moco.knn_every" if moco else "train.eval_every"):
+        return True
+    if dotted == "semi.method":
+        return not moco and value == "fixmatch" and run.get("semi_method") == "fixmatch"
+    if moco and dotted == "moco.momentum":
+        return same_value(value, run.get("moco_momentum"))
+    if moco and dotted == "moco.queue_size":
+        return stage_queue_size(run, symmetric, value)
+    return False
+
+
+def stage_queue_size(run: dict, symmetric: bool, value) -> bool:
+    """Whether ``value`` is a queue a run's MoCo stage may have taken (run_stages.moco_queue_size): run.queue_size,
+    else half the pool between two batches and 4096, never under one step's keys (the pool is not in the file)."""
+    from fewshot.config import same_value
+
+    if run.get("queue_size") is not None:
+        return same_value(value, run["queue_size"])
+    batch = run.get("pretrain_batch_size")
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (batch, value)):
+        return False
+    keys = batch * (2 if symmetric else 1)  # pretrain_settings.keys_per_step, whose module imports timm (2 s)
+    return max(keys, min(4096, 2 * batch)) <= value <= max(keys, 4096)
 
 
 def warn_finetune_config(path) -> None:

@@ -128,9 +128,12 @@ def stage_config(sdir: Path, cfg: dict) -> dict:
         set_dotted(scfg, keys, get_dotted(cfg, keys))
     chosen = scfg.get(CHOSEN)
     if isinstance(chosen, dict):  # an older stage's without a record is judged by the rules (chosen_by_rule)
-        chosen.pop("train.device", None)
-        if "train.device" in (cfg.get(CHOSEN) or {}):
-            chosen["train.device"] = cfg[CHOSEN]["train.device"]
+        # model.weights too: a moved run's stage kept the old export's path as chosen beside the new one, and `run
+        # --config` of its file then took the new export for the user's and fine-tuned from it (review rev64)
+        for dotted in ("train.device", "model.weights"):
+            chosen.pop(dotted, None)
+            if dotted in (cfg.get(CHOSEN) or {}):
+                chosen[dotted] = cfg[CHOSEN][dotted]
     return scfg
 
 

@@ -61,9 +61,15 @@ def refuse_dotted_key(cfg: dict, key: Any, value: Any) -> None:
 NONE_WORDS = ("None", "none", "NONE")
 
 
+# the fields that hold names, not paths or numbers: `data.datasets=none` names a dataset folder `none`, as it did
+# before None was read as null (and null there means every dataset); data.unlabeled holds paths, as model.weights
+NAME_FIELDS = ("data.datasets",)
+
+
 def _none_is_a_word(key: str) -> bool:
-    """The fields where `none` is one of the words (moco.shuffle_bn=none: off), which keep it."""
-    return "none" in CHOICES.get(key, ())
+    """The fields where `none` is one of the words (moco.shuffle_bn=none: off) or a name (NAME_FIELDS), which keep
+    it."""
+    return "none" in CHOICES.get(key, ()) or key in NAME_FIELDS
 
 
 def parse_override(word: str) -> tuple[list[str], Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from fewshot.config.defaults import DEFAULTS
 from fewshot.config.dotted import flatten_dotted, get_dotted
 from fewshot.config.fields import _as_number, _plain
 from fewshot.config.runfile import written_by_run
-from fewshot.config.yaml_io import config_data
+from fewshot.config.yaml_io import config_data, find_config
 from fewshot.errors import UserError, printable
 
 
@@ -99,13 +100,37 @@ def chosen_in_file(path: str | Path) -> dict:
     """The fields a run's config.yaml records as chosen at run time (CHOSEN) and still holds at the recorded value,
     with that value: --config leaves them to be chosen again. A value edited since is the user's, pinned (and
     compared on --resume). A run's config.yaml without the record (an older fewshot's): the fields holding a value
-    the rules choose (chosen_by_rule); {} for the user's own file."""
+    the rules choose (chosen_by_rule); {} for the user's own file. Either way a `fewshot run` stage's own MoCo
+    export that its record does not hold is chosen (own_export_by_rule)."""
     data = config_data(path)
     raw = flatten_dotted({key: value for key, value in data.items() if key not in RECORDED})
-    if CHOSEN not in data and written_by_run(data, path):
-        return chosen_by_rule(data.get("_task"), raw)
-    return {dotted: value for dotted, value in chosen_record(data, path).items()
-            if dotted in raw and same_value(raw[dotted], value)}
+    if CHOSEN not in data and not written_by_run(data, path):
+        return {}
+    chosen = chosen_by_rule(data.get("_task"), raw) if CHOSEN not in data else {
+        dotted: value for dotted, value in chosen_record(data, path).items()
+        if dotted in raw and same_value(raw[dotted], value)}
+    if "model.weights" not in chosen and own_export_by_rule(raw, path):
+        chosen["model.weights"] = raw["model.weights"]
+    return chosen
+
+
+def own_export_by_rule(raw: dict, path: str | Path) -> bool:
+    """Whether a `fewshot run --pretrain` stage's config.yaml (``raw``, dotted, read from ``path``) holds its own
+    run's MoCo export as model.weights without a record of it as chosen: a stage written before the record (a path
+    relative to the run's cwd), or one whose record named the folder it was moved from. `run --config` of it
+    continued from the old export, as from the user's weights. The export is the stage folder's parent's
+    backbone.safetensors; a relative path is matched by its trailing folders, or from the current folder."""
+    weights = raw.get("model.weights")
+    if raw.get("run.pretrain") is not True or not isinstance(weights, str) or not weights.strip():
+        return False
+    export = find_config(path).resolve().parent.parent / "backbone.safetensors"
+    given = Path(os.path.normpath(os.path.expanduser(weights.strip())))
+    if given.name != export.name:
+        return False
+    if given.is_absolute() or ".." in given.parts:
+        return Path(os.path.abspath(given)).resolve() == export
+    trailing = len(given.parts) > 1 and export.parts[-len(given.parts):] == given.parts  # runs/x/backbone...
+    return trailing or given.resolve() == export
 
 
 def chosen_by_rule(task: Any, raw: dict) -> dict:

@@ -71,8 +71,8 @@ def validate(cfg: dict, defaults: dict | None = None, path: str = "", typed: dic
     minutes into a run. The type is the default's: `train.epochs=ten` or `model.small_stem=2` is an error.
     ``typed``: dotted -> the word as typed on the command line, where YAML read it as another value (`on` as
     true), so that a message shows what the user wrote. ``recorded``: ``cfg`` is a run's own config.yaml (--resume),
-    whose budget an older fewshot took above MAX_BUDGET_MINUTES: only its seconds need be finite, or the run could
-    never be resumed."""
+    whose budget an older fewshot took above MAX_BUDGET_MINUTES (and its AT_MOST values, _check_at_most): only its
+    seconds need be finite, or the run could never be resumed."""
     defaults = DEFAULTS if defaults is None else defaults
     for key, default in defaults.items():
         if key not in cfg:
@@ -189,7 +189,7 @@ def _check_range(dotted: str, value: Any, shown: str, recorded: bool = False) ->
                                  f"a smaller one (or null for no time limit) in the run's config.yaml.")
     if dotted == "train.budget_minutes" and not recorded and value > MAX_BUDGET_MINUTES:
         raise _budget_refusal(dotted, shown)
-    _check_at_most(dotted, value, shown)
+    _check_at_most(dotted, value, shown, recorded)
     if dotted in INTERVALS:
         low, high, closed, *rest = INTERVALS[dotted]
         high_closed = rest[0] if rest else True
@@ -198,16 +198,20 @@ def _check_range(dotted: str, value: Any, shown: str, recorded: bool = False) ->
                                      f"{']' if high_closed else ')'}, not {shown}.")
 
 
-def _check_at_most(dotted: str, value: Any, shown: str) -> None:
+def _check_at_most(dotted: str, value: Any, shown: str, recorded: bool = False) -> None:
     """COUNTS and AT_MOST: a huge count passed validation and crashed the started run (exit 1, a traceback) or
-    never finished it."""
+    never finished it. A run's own config.yaml (``recorded``) keeps AT_MOST's values, as it keeps a budget above
+    MAX_BUDGET_MINUTES: a run of data.repeats 2000 (allowed before the bound, and unread without the repeat sampler)
+    could not be resumed; a resume compares them with its last.pt, so an edit is refused there. MAX_COUNT stays (the
+    counts found above it crashed their runs), and its refusal of a run's file says where to correct it."""
     if isinstance(value, int) and value > 10**15:
         shown = f"{float(value):g}"  # 1e+30, as typed, not its 31 digits
-    if dotted in AT_MOST and value > AT_MOST[dotted][0]:
+    if dotted in AT_MOST and value > AT_MOST[dotted][0] and not recorded:
         bound, why = AT_MOST[dotted]
         raise FieldError(dotted, f"{dotted} must be at most {bound} ({why}), not {shown}.")
     if dotted in COUNTS and value > MAX_COUNT:
-        raise FieldError(dotted, f"{dotted} must be at most {MAX_COUNT} (2**31 - 1), not {shown}.")
+        fix = "; set a smaller one in the run's config.yaml" if recorded else ""
+        raise FieldError(dotted, f"{dotted} must be at most {MAX_COUNT} (2**31 - 1), not {shown}{fix}.")
 
 
 def check_augmentation_lists(aug: dict) -> None:
