@@ -195,20 +195,34 @@ def overrun_note(total_s: float, budget_s: float, trained_s: float, before_s: fl
             f"cores?). A rerun on a quieter machine, or with a little more budget, should end on time.")
 
 
+# What a resumed session's start-up (imports, the data scan, the checks of the run) adds to a run at most, for the
+# overrun note: an overrun past the time before the stop (all a resume can do again) and this is not the resume's
+RESUME_START_UP_S = 15.0
+
+
 def resumed_overrun_note(total_s: float, budget_s: float, trained_s: float, before_s: float) -> str:
     """overrun_note of a run that had more than one session: the resumed session's start-up, and the closing work
     a stop in it left to be done again, count in its time. A run stopped in its report (86 s of 90) and resumed
     ended 118 s with "A budget of at least 3 minutes": the stop, not the budget, made it late. A larger budget is
-    advised only where the sessions before went past the budget themselves (their work outside training, at
-    least their time less all the training, then asks for it)."""
+    advised where the sessions before went past the budget themselves (their work outside training, at least
+    their time less all the training, then asks for it), or where the overrun is more than the resume can have
+    added (RESUME_START_UP_S): stopped at 20 s of 90 and done at 150 s, the resume was blamed for 60 s over."""
     around = total_s - trained_s
     words = (f"[run] note: the run took {total_s:.0f} s, longer than its budget of {budget_s:.0f} s, in more than one "
              f"session (stopped and resumed): start-up, step-time calibration, evaluation, prediction and the report "
              f"took about {around:.0f} s of it, the resumed session's start-up and the closing work it did again "
              f"after the stop included ({before_s:.0f} s before the stop, {max(0.0, total_s - before_s):.0f} s since)")
-    least = max(1, math.ceil(2 * max(0.0, before_s - trained_s) / 60))
-    if before_s > 1.05 * budget_s and least > budget_s / 60:
+    unexplained = total_s - budget_s > before_s + RESUME_START_UP_S
+    if unexplained:  # the work outside training that a resume cannot have redone asks for the budget
+        least = max(1, math.ceil(2 * max(0.0, around - before_s) / 60))
+    else:
+        least = max(1, math.ceil(2 * max(0.0, before_s - trained_s) / 60)) if before_s > 1.05 * budget_s else 0
+    if least > budget_s / 60:
         return f"{words}. A budget of at least {least} minute{'s' if least != 1 else ''} leaves training a fair share."
+    if unexplained:
+        return (f"{words}, and it ran {total_s - budget_s:.0f} s over, more than the resume can have added (the "
+                f"{before_s:.0f} s before the stop done again at most, and a start-up): the speeds measured at its "
+                f"start may have been faster than the machine later was (other work on its cores?).")
     return (f"{words}. The work the resume did again made the run late, not the budget: a run that is not stopped "
             f"should end closer to its budget.")
 

@@ -87,7 +87,7 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"), if_present=("test",))
     # with what resolve_defaults filled in from each node's own weights file (its network), in the same exchange
     check_same_data(ctx, infos, run_time_values(cfg))
-    prepare_run_dir(out, resume, cfg, ctx, start)
+    prepare_run_dir(out, resume, cfg, ctx, start, kind)
     note_rechosen(cfg, say=ctx.is_main)  # a run's config.yaml as --config: what this command chose otherwise
     if ctx.is_main and not resuming:
         save_yaml(cfg, Path(out) / "config.yaml")  # a resumed run's is written once its checkpoint has loaded

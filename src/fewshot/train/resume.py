@@ -60,14 +60,43 @@ def removed_words(removed: list[str]) -> str:
 
 def unreadable_last(exc: CheckpointError, path: Path, stage: bool = False) -> CheckpointError:
     """A last.pt that --resume cannot read (cut short by a full disk or a copy, damaged) with the way forward: moved
-    away, the same command with --resume starts the run (the `fewshot run` stage) over, its earlier files removed."""
+    away, the same command with --resume starts the run (the `fewshot run` stage) over, its earlier files removed.
+    A run that finished (its metrics files) is not started over in place (prepare_run_dir refuses it): another
+    --out, from its best.pt."""
     path = Path(path)
+    ended = [] if stage else run_end_files(path.parent.parent)
+    if ended:
+        return unreadable_last_of_a_finished_run(exc, path, ended)
     broken = path.with_name(path.name + ".broken")
     what, kept = ("this stage", "; the stages finished before it are kept") if stage else ("this run", "")
     return CheckpointError(f"{str(exc).rstrip('.')}. It cannot be resumed from: move it away (`mv "
                            f"{path_argument(path)} {path_argument(broken)}`) and run the same command with --resume "
                            f"again to start {what} over (its earlier log.jsonl, best.pt and metrics are removed"
                            f"{kept}), or give another --out.")
+
+
+def run_end_files(run_dir: Path) -> list[str]:
+    """The metrics files (run_dir.RUN_END_ENTRIES) of a run that ended in ``run_dir``, sorted."""
+    from fewshot.train.run_dir import RUN_END_ENTRIES
+
+    return sorted(name for name in RUN_END_ENTRIES if os.path.lexists(run_dir / name))
+
+
+def unreadable_last_of_a_finished_run(exc: CheckpointError, path: Path, ended: list[str]) -> CheckpointError:
+    """unreadable_last of a run that finished: "move it away and --resume to start over" led to a refusal (a start
+    over would delete the finished model), so the way forward is another --out, from the run's best.pt."""
+    from fewshot.config import read_run_config
+    from fewshot.train.run_dir import run_command, start_from_best
+
+    run = path.parent.parent
+    try:
+        command = run_command(read_run_config(run / "config.yaml")[0])
+    except (UserError, OSError):
+        command = "train"
+    return CheckpointError(f"{str(exc).rstrip('.')}. It cannot be resumed from, and the run finished "
+                           f"({', '.join(ended)}): it is not started over in place, which would delete its best.pt "
+                           f"and metrics. Put back an intact copy of last.pt to continue it, or choose another --out"
+                           f"{start_from_best(run, command)}.")
 
 
 class ResumeMixin:

@@ -17,7 +17,7 @@ from pathlib import Path
 from fewshot.config import read_run_config
 from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.output_guard import check_output_is_not_in_data, pool_read_by
-from fewshot.errors import UserError, one_line
+from fewshot.errors import UserError, one_line, path_argument, shell_quoted
 from fewshot.run_lock import lock_run_dir, made_lock_file, refuse_if_being_written, unlock_and_remove
 from fewshot.train.distributed import barrier
 from fewshot.utils import missing_parents, refuse_links_in_run_dir, resolved
@@ -27,15 +27,20 @@ from fewshot.utils import missing_parents, refuse_links_in_run_dir, resolved
 # failed or was stopped early, which the same command may start again without --resume.
 RUN_START_ENTRIES = frozenset({"config.yaml", "log.jsonl", "tensorboard", "plots", "checkpoints",
                                "skipped_images.json"})
-# What a run writes at its end: with --resume beside the run's config.yaml they are its own (its last.pt moved away,
-# as the unreadable last.pt's message advises), which the fresh start removes (resume.remove_earlier_session)
+# What a run writes at its end (a finished or budget-stopped run): beside the run's config.yaml without last.pt,
+# --resume refuses them as a run that ended (finished_run_refused), not as the user's files; a start over there
+# would remove its best.pt and metrics (resume.remove_earlier_session)
 RUN_END_ENTRIES = frozenset({"metrics.json", "metrics_known.json", "metrics_unknown.json"})
+# the command that trains a run of each task kind (Task.kind; a run's config.yaml records `_task: moco` for MoCo)
+KIND_COMMANDS = {"moco": "pretrain", "supervised": "train"}
 
 
-def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStart | None = None) -> dict:
+def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStart | None = None,
+                    kind: str | None = None) -> dict:
     """Create RUN; refuse to overwrite a finished/started run unless resuming (then reuse its config), and a
     folder that holds anything else (another command's output, the user's files). ``start`` notes what RUN
-    held before, so that a start failing later removes only what it made."""
+    held before, so that a start failing later removes only what it made; ``kind``: the command's task kind
+    (KIND_COMMANDS), which a --resume without last.pt must share with the folder's run before it starts over."""
     out = Path(out)
     check_output_is_not_in_data(out, cfg["data"]["root"], cfg["data"].get("unlabeled"), reads_pool=pool_read_by(cfg))
     if out.exists() and not out.is_dir():
@@ -56,6 +61,7 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
         foreign = [e for e in entries if e not in RUN_START_ENTRIES]
         unreadable = None
         empty = None
+        settings = None
         if "config.yaml" in entries:
             try:
                 # a run's start, judged on its content alone, or the user's (a recipe copied there was written over)
@@ -72,7 +78,12 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
                 unreadable = f"cannot be read ({one_line(exc.strerror or str(exc)).rstrip('.')})"
                 foreign.insert(0, "config.yaml")
         if resume and "config.yaml" in entries and "config.yaml" not in foreign:
-            foreign = [e for e in foreign if e not in RUN_END_ENTRIES]
+            # a run's folder that --resume would start over (Engine._start_fresh removes its files): only this
+            # command's run, and only one that did not end (its best.pt and metrics are all that is left of it)
+            ended = [e for e in foreign if e in RUN_END_ENTRIES]
+            refuse_another_commands_run(out, settings, kind, ended)
+            if ended:
+                raise finished_run_refused(out, ended, run_command(settings))
         if foreign == ["config.yaml"] and unreadable is not None:
             raise UserError(f"the run folder '{out}' is not empty (config.yaml) and holds no run to resume: its "
                             f"config.yaml {unreadable}, and a new run would write its own there. Move that file "
@@ -103,6 +114,44 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
             start.armed = locked     # another command may be writing there. With it, what appears is its own
         remove_stale_temp_files(out)
     return cfg
+
+
+def run_command(settings: dict | None) -> str:
+    """The command that trains the run of a run's config.yaml ``settings``: `pretrain` for MoCo (`_task`)."""
+    return "pretrain" if isinstance(settings, dict) and settings.get("_task") == "moco" else "train"
+
+
+def start_from_best(out: Path, command: str) -> str:
+    """The way to a new run from the model of ``out``'s run, where its best.pt is there ("" where it is not)."""
+    best = Path(out) / "checkpoints" / "best.pt"
+    if not best.is_file():
+        return ""
+    return f"; `fewshot {command} --weights {path_argument(best)} --out NEW` starts a new run from its model"
+
+
+def finished_run_refused(out: Path, ended: list[str], command: str) -> UserError:
+    """--resume of a run that ended (``ended``: its metrics files) whose last.pt is gone (moved away, deleted): it
+    cannot be continued, and a start over in place would delete the finished model (best.pt) and its metrics."""
+    last = shell_quoted(Path(out) / "checkpoints" / "last.pt")
+    return UserError(f"the run folder '{out}' holds a run that finished ({', '.join(ended)}) but not its {last} "
+                     f"(moved away or deleted): without it the run can be neither continued nor started over in "
+                     f"place, which would delete its best.pt and metrics. Put last.pt back to continue it (more "
+                     f"--epochs extend it), or choose another --out{start_from_best(out, command)}.")
+
+
+def refuse_another_commands_run(out: Path, settings: dict | None, kind: str | None, ended: list[str]) -> None:
+    """--resume without last.pt in another command's run folder (a `fewshot pretrain` run given to `fewshot train
+    --resume`): refused before anything is removed; taken for a start over, it deleted the MoCo run's best.pt and
+    fine-tuned there with the MoCo run's settings."""
+    ours = KIND_COMMANDS.get(kind or "")
+    theirs = run_command(settings)
+    if ours is None or ours == theirs:
+        return
+    how = "It finished: choose another --out" if ended else \
+        f"`fewshot {theirs} --resume` starts it over there (no last.pt to continue from), or choose another --out"
+    raise UserError(f"the run folder '{out}' holds a `fewshot {theirs}` run (its config.yaml says so), not a `fewshot "
+                    f"{ours}` one, and no checkpoints/last.pt: `fewshot {ours} --resume` can neither continue it nor "
+                    f"start it over there, which would delete what it wrote. {how}{start_from_best(out, ours)}.")
 
 
 class RunStart:
