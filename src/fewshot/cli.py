@@ -363,7 +363,8 @@ def _run_command(args, extra, handlers) -> int:
                 return 1
             first = clipped((str(exc).strip().splitlines() or [""])[0], 160)
             print(f"fewshot {args.command}: rank {os.environ.get('RANK', '?')} stopped because another process of "
-                  f"this torchrun job ended first (its own message says why; here: {first}).", file=sys.stderr)
+                  f"this torchrun job ended first (its message above, if any, says why; torchrun's summary names its "
+                  f"exit code; here: {first}).", file=sys.stderr)
             return 1
         traceback.print_exc()
         print(f"fewshot {args.command}: internal error (a bug; please report it with the traceback above).",

@@ -143,9 +143,13 @@ def same_setting(dotted: str, first, second) -> bool:
 
 def note_flags_overridden(flags: dict, names: dict, extra: list[str]) -> None:
     """A flag and a key=value word that set the same field: the word wins (words come last); say so. So does the
-    last of two words for one field, which won without a word."""
+    last of two words for one field, which won without a word. Under torchrun every process resolves the same
+    words: rank 0 alone says so (each note came out once per process)."""
+    from fewshot.cli_ranks import launch_rank
     from fewshot.config import parse_override
 
+    if launch_rank() != 0:
+        return False
     words: dict[str, str] = {}
     for word in extra:
         keys, value = parse_override(word)

@@ -28,9 +28,13 @@ RUN_REPLACES = {
 
 
 def warn_replaced_overrides(extra) -> None:
-    """`fewshot run moco.queue_size=64` ran with K=128 without a word: say which field the run uses instead."""
+    """`fewshot run moco.queue_size=64` ran with K=128 without a word: say which field the run uses instead (rank 0
+    alone, as every warning here)."""
     from fewshot.cli_config import given_fields
+    from fewshot.cli_ranks import launch_rank
 
+    if launch_rank() != 0:
+        return
     for word in extra or []:
         dotted = next(iter(given_fields({}, [word])))
         if dotted in RUN_REPLACES:
@@ -214,8 +218,11 @@ def warn_replaced_config_fields(path) -> None:
     same key=value words get a warning (warn_replaced_overrides): the same warning for each such field the file
     sets to other than its default (a run's own config.yaml, a valid --config, holds every field), but
     sched.time_based on, which the run keeps. A `fewshot run` stage's own config.yaml (run_stage_file) holds what
-    its run set itself, which no warning blames on the file (stage_set_value); a value edited there still warns."""
-    if not path:
+    its run set itself, which no warning blames on the file (stage_set_value); a value edited there still warns.
+    Rank 0 alone, as every warning here."""
+    from fewshot.cli_ranks import launch_rank
+
+    if not path or launch_rank() != 0:
         return
     from fewshot.config import DEFAULTS, config_data, file_settings, flatten_dotted, setting_changed
 
@@ -330,8 +337,10 @@ def finetune_only_fields(raw: dict) -> list[str]:
 def warn_pretrain_config(path, command: str) -> None:
     """A `fewshot pretrain` recipe (a `moco:` section, an SGD optimiser) given to `fewshot run` or `fewshot train`
     is half applied: its moco.* fields are ignored and its optim.lr goes to fine-tuning (0.06 with AdamW
-    collapsed a run). Say so rather than guess what the user meant."""
-    if not path:
+    collapsed a run). Say so rather than guess what the user meant; under torchrun once (rank 0)."""
+    from fewshot.cli_ranks import launch_rank
+
+    if not path or launch_rank() != 0:
         return
     from fewshot.config import config_data
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fewshot.config.fields import canonical_value
+from fewshot.config.yaml_io import rank_zero_says
 from fewshot.errors import printable
 
 
@@ -41,8 +42,8 @@ def same_recorded_path(saved, now) -> bool:
         return os.path.normpath(saved) == now
     tail = [part for part in Path(os.path.normpath(saved)).parts if part not in (".", "..")]
     same = bool(tail) and list(Path(now).parts[-len(tail):]) == tail
-    if same and (saved, now) not in _TAIL_NOTED:  # a bare `pool` matches any folder so named: say what was taken
-        _TAIL_NOTED.add((saved, now))
+    if same and (saved, now) not in _TAIL_NOTED and rank_zero_says():  # a bare `pool` matches any folder so named
+        _TAIL_NOTED.add((saved, now))  # say what was taken, once, and under torchrun by rank 0 alone
         print(printable(f"note: the run recorded {saved} relative to a folder it did not record (an older "
                         f"fewshot); taken as {now}"), file=sys.stderr, flush=True)
     return same

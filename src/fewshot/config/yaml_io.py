@@ -187,7 +187,7 @@ def find_config(path: str | Path) -> Path:
     if len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "configs"):  # a recipe's name, not a path
         for candidate in (RECIPES / path.name, RECIPES / f"{path.name}.yaml"):
             if candidate.is_file():
-                if str(path) not in _NOTED_RECIPES:
+                if str(path) not in _NOTED_RECIPES and rank_zero_says():
                     _NOTED_RECIPES.add(str(path))
                     print(f"note: {path} is not here; using fewshot's recipe {candidate}", file=sys.stderr,
                           flush=True)
@@ -199,6 +199,14 @@ def find_config(path: str | Path) -> Path:
         raise UserError(_descriptor_not_here(path))
     names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
     raise UserError(f"config file not found: {path} (fewshot's own recipes, usable by name: {names}).")
+
+
+def rank_zero_says() -> bool:
+    """Whether this process says the notes of config resolution: every torchrun process resolves the config, and
+    each said them once per process. Torch is loaded (launch_rank) only under several processes."""
+    from fewshot.cli_ranks import launch_rank, world_size_env
+
+    return world_size_env() < 2 or launch_rank() == 0
 
 
 # what `<(...)` and `|` name: a descriptor of the process that ran the shell's command, not a file

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import threading
 import time
+import weakref
 from pathlib import Path
 
 from fewshot.errors import one_line
@@ -28,7 +30,10 @@ def open_writer(run_dir: Path, purge_step: int | None):
 
         if purge_step is not None:
             wait_for_a_later_event_file_second(run_dir / "tensorboard")
-        return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+        before = set(threading.enumerate())
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+        _quiet_threads(set(threading.enumerate()) - before)  # the writer's own flush thread
+        return QuietWriter(writer, run_dir / "tensorboard")
     except Exception as exc:  # tensorboard is optional at run time, but a user who has it on is told
         why = ("the tensorboard package is not installed (pip install tensorboard)"
                if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}")
@@ -38,6 +43,64 @@ def open_writer(run_dir: Path, purge_step: int | None):
                            f"{run_dir / 'tensorboard'}: {why}. log.jsonl and the plots hold the same "
                            f"figures; train.tensorboard=false silences this."), file=sys.stderr, flush=True)
         return None
+
+
+class QuietWriter:
+    """A SummaryWriter whose failures to write (a full disk, a folder gone) end its event files with one warning
+    line: TensorBoard is a copy of log.jsonl, and its OSError stopped training, or its flush thread printed a
+    traceback beside fewshot's own message for the same full disk."""
+
+    def __init__(self, writer, folder: Path):
+        self._writer, self._folder = writer, folder
+
+    def add_scalar(self, tag: str, value, step: int) -> None:
+        if self._writer is not None:
+            self._quietly(self._writer.add_scalar, tag, value, step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._quietly(self._writer.flush)
+
+    def close(self) -> None:
+        """Closes the writer; one that failed already is closed without a word (its file may be unwritable)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            with contextlib.suppress(OSError):
+                writer.close()
+
+    def _quietly(self, call, *args) -> None:
+        try:
+            call(*args)
+        except OSError as exc:
+            self._stop(exc)
+
+    def _stop(self, exc: OSError) -> None:
+        """The events stop here, said once; the writer's file and thread are let go quietly."""
+        writer, self._writer = self._writer, None
+        print(one_line(f"warning: TensorBoard's event files in {self._folder} stop here: {exc.strerror or exc}. "
+                       f"log.jsonl keeps every figure."), file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            writer.close()
+
+
+_QUIET_THREADS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()  # the SummaryWriters' flush threads
+_HOOK_BEFORE = [threading.excepthook]  # the hook _quiet_thread_hook hands every other thread's exception to
+
+
+def _quiet_threads(threads: set) -> None:
+    """Keeps an OSError of ``threads`` (a SummaryWriter's flush thread) from printing a traceback: the writer
+    raises it again at its next write, where QuietWriter turns it into one warning line."""
+    _QUIET_THREADS.update(threads)
+    if threading.excepthook is not _quiet_thread_hook:
+        _HOOK_BEFORE[0] = threading.excepthook
+        threading.excepthook = _quiet_thread_hook
+
+
+def _quiet_thread_hook(args) -> None:
+    """threading.excepthook: silent for a SummaryWriter thread's OSError only; the hook before it for the rest."""
+    if args.thread in _QUIET_THREADS and issubclass(args.exc_type, OSError):
+        return
+    _HOOK_BEFORE[0](args)
 
 
 def rows_to_write_again(run_dir: Path, epoch: int, redo: bool) -> list[dict]:
