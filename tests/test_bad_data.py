@@ -36,8 +36,10 @@ from PIL import Image
 import torch
 
 import fewshot.data.cache as cache
+import fewshot.data.cache_words as cache_words
 import fewshot.data.decode as decode
-from fewshot.data.cache import decode_resized, load_images
+from fewshot.data.cache import load_images
+from fewshot.data.decode import decode_resized
 from fewshot.data.layout import find_unlabeled_images, scan_root
 from fewshot.errors import DataLayoutError, UserError
 from helpers.tiny import build_digits
@@ -619,7 +621,7 @@ def test_a_relative_xdg_cache_home_is_ignored_and_a_missing_home_says_the_cache_
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache.default_cache_dir(root, None).parent == tmp_path / "home" / ".cache" / "fewshot"
     monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.setattr(cache, "_WARNED", set())
+    monkeypatch.setattr(cache_words, "_WARNED", set())
     monkeypatch.setattr(cache.Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
     assert cache.default_cache_dir(root, None) is None
     assert cache.default_cache_dir(root, None) is None  # every split asks: one line for the command
@@ -638,14 +640,14 @@ def test_an_unwritable_cache_is_one_plain_warning_line(tmp_path, capsys, monkeyp
         paths.append(p)
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the cache folder should be")
-    monkeypatch.setattr(cache, "_WARNED", set())
+    monkeypatch.setattr(cache_words, "_WARNED", set())
     for size in (8, 16):
         got = cache.load_images(paths, size, blocker / "cache", threads=1)
         assert bool(got.valid.all())
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "image cache" in line]
     assert len(lines) == 1 and lines[0].startswith("warning: could not write the image cache"), err
-    assert "warnings.warn" not in err and "cache.py" not in err
+    assert "warnings.warn" not in err and "cache.py" not in err and "cache_words.py" not in err
 
 
 def test_an_extreme_strip_is_cropped_before_it_is_resized(tmp_path, monkeypatch):

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fewshot.data.cache as cache
+import fewshot.data.cache_words as cache_words
 import fewshot.data.decode as decode
 from fewshot.config import resolve
-from fewshot.data.cache import cache_key, decode_resized, load_images
+from fewshot.data.cache import cache_key, load_images
+from fewshot.data.decode import decode_resized
 from fewshot.errors import UserError
 from helpers.checks import run_main
 from helpers.tiny import build_digits
@@ -41,7 +42,7 @@ def ramps_12bit(folder: Path, n: int = 3) -> list[Path]:
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(cache, "_WARNED", set())  # each test sees its own warnings, not an earlier test's
+    monkeypatch.setattr(cache_words, "_WARNED", set())  # each test sees its own warnings, not an earlier test's
 
 
 def test_a_12_bit_image_fills_the_8_bit_range_with_bit_depth_12(tmp_path):
@@ -69,7 +70,7 @@ def test_auto_warns_once_per_split_naming_the_folder_and_the_setting(tmp_path, c
     assert "data.bit_depth=12" in err and str(folder) in err and "4095" in err
     assert int(got.images.max()) <= 16  # auto changed nothing
     # a second load maps the cache entry (nothing decoded) and still knows what the images hold
-    cache._WARNED.clear()
+    cache_words._WARNED.clear()
     load_images(paths, 16, tmp_path / "cache", desc="loading train images")
     assert "data.bit_depth=12" in capsys.readouterr().err
     # the same split again in this process: no second warning
@@ -152,6 +153,6 @@ def test_review_16_keys_as_auto_a_dark_i_mode_image_follows_the_depth_and_the_ad
     dark = Image.fromarray(np.full((4, 4), 200, dtype=np.int32), mode="I")
     assert np.asarray(decode.to_rgb_uint8(dark, 12))[0, 0, 0] == round(200 / 4095 * 255)
     assert np.asarray(decode.to_rgb_uint8(dark, "auto"))[0, 0, 0] == 200  # auto: an 8-bit image, as before
-    monkeypatch.setattr(cache, "_WARNED", set())
-    cache.warn_bit_depth("decoding val", {"peak": 2047, "folder": "ds/val"}, "auto")
+    monkeypatch.setattr(cache_words, "_WARNED", set())
+    cache_words.warn_bit_depth("decoding val", {"peak": 2047, "folder": "ds/val"}, "auto")
     assert "data.bit_depth=12" in capsys.readouterr().err

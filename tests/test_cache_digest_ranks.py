@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import fewshot.data.cache as cache
+import fewshot.data.decode_many as decode_many
 import fewshot.data.sets as sets
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import scan_root
@@ -54,8 +55,9 @@ def test_an_entry_written_by_another_rank_holds_the_digests_rank_0_reads(root, t
     assert "exact copies" not in capsys.readouterr().err
     # rank 0 (the next run, or a rank that finished first) finds them there: nothing decoded or hashed again
     monkeypatch.setenv("RANK", "0")
-    monkeypatch.setattr(cache, "decode_resized", lambda *a, **k: pytest.fail("a cached image was decoded again"))
+    monkeypatch.setattr(decode_many, "decode_resized", lambda *a, **k: pytest.fail("a cached image was decoded again"))
     monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("an entry rank 1 wrote was hashed again"))
+    monkeypatch.setattr(decode_many, "image_digest", lambda *a: pytest.fail("an entry rank 1 wrote was hashed again"))
     train, val = _load(root, cache_dir)
     assert len(train.digests) == len(train) and len(val.digests) == len(val)
     assert "2 of its 32 val images are exact copies of its train images" in capsys.readouterr().err
@@ -72,6 +74,7 @@ def test_another_rank_hashes_no_entry_it_does_not_write(root, tmp_path, monkeypa
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")  # one process ignores RANK, as init_distributed does
     monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
+    monkeypatch.setattr(decode_many, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
     for folder in (cache_dir, None):
         train, val = _load(root, folder)
         assert train.digests is None and val.digests is None

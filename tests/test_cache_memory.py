@@ -24,7 +24,10 @@ import pytest
 from PIL import Image
 
 import fewshot.data.cache as cache
-from fewshot.data.cache import cache_key, decode_resized, load_images
+import fewshot.data.cache_words as cache_words
+import fewshot.data.decode_many as decode_many
+from fewshot.data.cache import cache_key, load_images
+from fewshot.data.decode import decode_resized
 from fewshot.errors import DataLayoutError, UserError
 from helpers.tiny import grey_pngs as images
 
@@ -41,7 +44,7 @@ def png_claiming(w: int, h: int) -> bytes:
 
 def starving(monkeypatch, path: Path, times: int) -> list[int]:
     """decode_resized runs out of memory on ``path`` the first ``times`` times (numpy's error, a MemoryError)."""
-    real, calls = cache.decode_resized, [0]
+    real, calls = decode_many.decode_resized, [0]
 
     def decode(p, *args):
         if Path(p) == path and calls[0] < times:
@@ -49,7 +52,7 @@ def starving(monkeypatch, path: Path, times: int) -> list[int]:
             raise MemoryError("Unable to allocate 618. MiB for an array with shape (9000, 9000) and data type float64")
         return real(p, *args)
 
-    monkeypatch.setattr(cache, "decode_resized", decode)
+    monkeypatch.setattr(decode_many, "decode_resized", decode)
     return calls
 
 
@@ -143,7 +146,7 @@ def test_one_bomb_limit_in_every_message(tmp_path):
 def test_a_png_with_a_huge_colour_profile_is_named_in_plain_words(tmp_path):
     p = tmp_path / "icc.png"
     Image.new("RGB", (8, 8)).save(p, icc_profile=b"\x00" * (2 * 2**20))
-    _, why = cache._decode_one((p, 8, 1.0))
+    _, why = decode_many._decode_one((p, 8, 1.0))
     assert "MAX_TEXT_CHUNK" not in why and "colour profile" in why and "1 MB" in why, why
 
 
@@ -177,7 +180,7 @@ def test_the_first_build_is_decoded_into_the_cache_file_not_an_array_in_memory(t
 
 def test_a_full_disk_at_the_first_build_decodes_into_memory_and_says_so(tmp_path, monkeypatch, capsys):
     paths = images(tmp_path)
-    monkeypatch.setattr(cache, "_WARNED", set())
+    monkeypatch.setattr(cache_words, "_WARNED", set())
 
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -195,7 +198,7 @@ def test_a_stop_while_decoding_leaves_no_partial_cache_file(tmp_path, monkeypatc
         yield next(iter(results))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache, "track", stop)
+    monkeypatch.setattr(decode_many, "track", stop)
     with pytest.raises(KeyboardInterrupt):
         load_images(paths, 16, tmp_path / "cache", threads=1)
     assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
@@ -229,7 +232,7 @@ def test_a_folder_that_cannot_be_mapped_for_writing_still_gets_its_cache(tmp_pat
     got = load_images(paths, 16, cache_dir, threads=2)
     assert "warning" not in capsys.readouterr().err
     assert sorted(f.suffix for f in cache_dir.iterdir()) == [".json", ".u8"]
-    monkeypatch.setattr(cache, "decode_resized", lambda *a: pytest.fail("decoded again: the cache was not used"))
+    monkeypatch.setattr(decode_many, "decode_resized", lambda *a: pytest.fail("decoded again: the cache was not used"))
     again = load_images(paths, 16, cache_dir, threads=2)
     for i, p in enumerate(paths):
         assert np.array_equal(again.images[i].numpy(), got.images[i].numpy())

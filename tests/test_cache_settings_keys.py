@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fewshot.data.cache as cache
+import fewshot.data.cache_words as cache_words
 import fewshot.data.skipped as skipped
 from fewshot.data.cache import cache_key, load_images
 from fewshot.data.decode import to_rgb_uint8
@@ -27,7 +27,7 @@ from fewshot.data.decode import to_rgb_uint8
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(cache, "_WARNED", set())
+    monkeypatch.setattr(cache_words, "_WARNED", set())
     monkeypatch.setattr(skipped, "_REPORTED", set())
 
 
@@ -87,7 +87,7 @@ def test_32_bit_values_over_65535_are_said_to_clip_whatever_the_depth(tmp_path, 
     assert "32-bit images" in err and str(folder) in err and "102300" in err and "clipped" in err, err
     assert "16-bit images in" not in err and "data.bit_depth=auto" not in err, err
     assert "save them as 16-bit images" in err, err
-    cache._WARNED.clear()  # a cache hit says it again
+    cache_words._WARNED.clear()  # a cache hit says it again
     load_images([path], 32, tmp_path / "cache", desc="loading train images", bit_depth=depth)
     assert "32-bit images" in capsys.readouterr().err
 

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import fewshot.data.cache as cache
+import fewshot.data.cache_words as cache_words
 from fewshot.data.cache import cache_key
 from helpers.checks import run_main
 from helpers.run_patch import patch_pipeline
@@ -25,7 +26,7 @@ TINY = ("--model", "test_resnet", "--img-size", "32", "--device", "cpu", "--no-p
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(cache, "_WARNED", set())  # each test sees its own warnings, not an earlier test's
+    monkeypatch.setattr(cache_words, "_WARNED", set())  # each test sees its own warnings, not an earlier test's
 
 
 def twelve_bit_root(tmp_path: Path) -> Path:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import fewshot.data.cache as cache
+import fewshot.data.decode_many as decode_many
 from fewshot.errors import UserError
 from fewshot.utils import loads_run_json
 
@@ -109,7 +110,7 @@ def case_pool_decode_limit(tmp: Path, monkeypatch=None):
 
     record = deep_file(tmp / "cache" / "k.seed0.subsets.json")
     monkeypatch.setattr(cache, "is_cached", lambda *a, **k: False)
-    monkeypatch.setattr(cache, "decode_seconds_per_image", lambda *a, **k: 1.0)
+    monkeypatch.setattr(decode_many, "decode_seconds_per_image", lambda *a, **k: 1.0)
     monkeypatch.setattr(cache, "subsets_record", lambda *a, **k: record)
     cfg = {"data": {"root": str(tmp), "cache_dir": str(tmp / "cache"), "crop_pct": 1.0},
            "model": {"img_size": 32}, "train": {"seed": 0}}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import fewshot.utils as utils
-from fewshot.data.cache import _warn_no_cache
+from fewshot.data.cache_words import _warn_no_cache
 from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import list_datasets
 from fewshot.errors import UserError
@@ -279,12 +279,12 @@ def test_too_few_free_inodes_fail_before_training(root, tmp_path, monkeypatch):
 
 def test_a_full_writable_data_root_is_not_advised_xdg_cache_home(tmp_path, capsys, monkeypatch):
     """predict and eval cache in ROOT/.fewshot_cache while ROOT can be written: XDG_CACHE_HOME changed nothing."""
-    monkeypatch.setattr("fewshot.data.cache._WARNED", set())
+    monkeypatch.setattr("fewshot.data.cache_words._WARNED", set())
     _warn_no_cache(tmp_path / ".fewshot_cache", OSError(errno.ENOSPC, "No space left on device"), 10**6)
     err = capsys.readouterr().err
     assert "XDG_CACHE_HOME" not in err and "free some space" in err, err
     real = os.access  # a read-only root: the user cache is used, and XDG_CACHE_HOME does choose it
-    monkeypatch.setattr("fewshot.data.cache.os.access", lambda p, m: False if Path(p) == tmp_path else real(p, m))
+    monkeypatch.setattr("fewshot.data.cache_words.os.access", lambda p, m: False if Path(p) == tmp_path else real(p, m))
     _warn_no_cache(tmp_path / "x" / ".fewshot_cache", OSError(errno.ENOSPC, "No space left on device"), 10**6)
     _warn_no_cache(tmp_path / ".fewshot_cache" / "y", OSError(errno.EIO, "I/O error"), 10**6)
     assert capsys.readouterr().err.count("XDG_CACHE_HOME=DIR chooses another") == 2

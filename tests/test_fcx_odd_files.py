@@ -19,7 +19,7 @@ from PIL import Image
 from fewshot import run_lock
 from fewshot.config import config_data, read_run_config
 from fewshot.config.layering import resolve
-from fewshot.data import cache
+from fewshot.data import cache, cache_words
 from fewshot.data.output_guard import check_output_is_not_in_data, pool_read_by
 from fewshot.errors import DataLayoutError, UserError
 from fewshot.run_lock import LOCK_NAME, lock_run_dir, lock_scope
@@ -46,7 +46,7 @@ def test_a_cache_meta_file_that_is_a_folder_is_a_cache_warning(tmp_path, capsys,
     paths, folder = _pngs(tmp_path / "imgs"), tmp_path / ".fewshot_cache"
     key = cache.cache_key(paths, 8, 1.0)
     (folder / f"{key}.json").mkdir(parents=True)
-    monkeypatch.setattr(cache, "_WARNED", set())
+    monkeypatch.setattr(cache_words, "_WARNED", set())
     got = cache.load_images(paths, 8, folder, threads=1)
     assert bool(got.valid.all()) and got.images.shape == (3, 3, 8, 8)
     lines = _cache_lines(capsys.readouterr().err)
@@ -59,7 +59,7 @@ def test_a_cache_folder_that_is_a_file_is_named_as_such(tmp_path, capsys, monkey
     """ROOT/.fewshot_cache as a regular file warned "[Errno 17] File exists", naming nothing to move."""
     paths, folder = _pngs(tmp_path / "imgs"), tmp_path / ".fewshot_cache"
     folder.write_text("not a folder")
-    monkeypatch.setattr(cache, "_WARNED", set())
+    monkeypatch.setattr(cache_words, "_WARNED", set())
     assert bool(cache.load_images(paths, 8, folder, threads=1).valid.all())
     lines = _cache_lines(capsys.readouterr().err)
     assert len(lines) == 1 and f"{folder} is a file" in lines[0], lines

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 import fewshot.data.cache as cache
-from fewshot.data.cache import decode_resized, load_images
+from fewshot.data.cache import load_images
+from fewshot.data.decode import decode_resized
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import find_unlabeled_images, scan_root
 from fewshot.data.sets import load_split

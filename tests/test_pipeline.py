@@ -999,7 +999,7 @@ def test_identical_runs_reuse_the_share_of_a_cold_pool_an_earlier_one_decoded(co
     """The decoding rate is timed anew by every run: 3 identical runs chose 564, 972 and 771 files, decoded each
     into a cache entry of its own, and labelled 3 different pools. A share at least half the size a run would
     choose is reused (a larger one contains the smaller: seeded); a much larger budget decodes more."""
-    import fewshot.data.cache as cache
+    import fewshot.data.decode_many as decode_many
     from fewshot.config import resolve
     from fewshot.data.layout import scan_root
     from fewshot.run_pseudo import pool_decode_limit
@@ -1011,7 +1011,7 @@ def test_identical_runs_reuse_the_share_of_a_cold_pool_an_earlier_one_decoded(co
     assert len(paths) > 150
 
     def limit_at(per_file: float) -> int:
-        monkeypatch.setattr(cache, "decode_seconds_per_image", lambda *a, **k: per_file)
+        monkeypatch.setattr(decode_many, "decode_seconds_per_image", lambda *a, **k: per_file)
         limit = pool_decode_limit(cfg, paths, 50.0, n=8)
         load_pool(cfg, infos, 16, exclude_train=True, limit=limit)  # as the run decodes it
         return limit

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fewshot.data import cache as cache_mod
+from fewshot.data import cache_words
 from fewshot.data.layout import list_datasets, scan_root
 from fewshot.errors import CheckpointError, UserError
 from fewshot.eval.predict import load_answer_key, prediction_cache_dir
@@ -157,8 +158,8 @@ def test_a_read_only_cache_that_holds_the_images_is_still_read(copy_root, tmp_pa
 
 
 def test_the_unwritable_cache_warning_gives_predicts_folders(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cache_mod, "_WARNED", set())
-    cache_mod._warn_no_cache(tmp_path, PermissionError(13, "Permission denied"), 10)
+    monkeypatch.setattr(cache_words, "_WARNED", set())
+    cache_words._warn_no_cache(tmp_path, PermissionError(13, "Permission denied"), 10)
     err = capsys.readouterr().err
     assert "data.cache_dir=DIR" in err and "predict and eval use ROOT/.fewshot_cache, else $XDG_CACHE_HOME" in err, err
     assert "XDG_CACHE_HOME=DIR chooses another" in err

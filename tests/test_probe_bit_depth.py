@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fewshot.data.cache as cache
+import fewshot.data.cache_words as cache_words
 from fewshot.data.cache import cache_key
 from helpers.checks import run_main
 from helpers.tiny import build_digits
@@ -21,7 +21,7 @@ TINY = ("--model", "test_resnet", "--img-size", "32", "--device", "cpu", "--no-p
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(cache, "_WARNED", set())
+    monkeypatch.setattr(cache_words, "_WARNED", set())
 
 
 @pytest.fixture(scope="module")

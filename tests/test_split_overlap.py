@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import fewshot.data.cache as cache
+import fewshot.data.decode_many as decode_many
 import fewshot.data.sets as sets
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import scan_root
@@ -78,7 +79,7 @@ def test_a_warm_cache_finds_the_copies_without_decoding(clean, tmp_path, capsys,
         del record["digests"]
         meta.write_text(json.dumps(record))
     monkeypatch.setattr(sets, "_WARNED", set())
-    monkeypatch.setattr(cache, "decode_resized", lambda *a, **k: pytest.fail("a cached image was decoded again"))
+    monkeypatch.setattr(decode_many, "decode_resized", lambda *a, **k: pytest.fail("a cached image was decoded again"))
     _load(root, tmp_path / "cache")
     assert "2 of its 32 val images are exact copies" in capsys.readouterr().err
     assert all("digests" in json.loads(m.read_text()) for m in metas)
@@ -130,6 +131,7 @@ def test_a_read_only_cache_from_before_the_digests_loads(clean, tmp_path, capsys
     assert "2 of its 32 val images are exact copies" in capsys.readouterr().err
     assert {m: m.read_text() for m in metas} == before  # nothing written
     monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("a kept entry was hashed again"))
+    monkeypatch.setattr(decode_many, "image_digest", lambda *a: pytest.fail("a kept entry was hashed again"))
     (train, val), _, _ = _load(root, cache_dir)
     assert train.digests is not None and len(val.digests) == len(val)
 
@@ -141,7 +143,7 @@ def test_digests_are_not_added_to_a_meta_file_written_meanwhile(clean, tmp_path,
     _load(clean, cache_dir)
     metas = _strip_digests(cache_dir)
     monkeypatch.setattr(cache, "_HASHED", {})
-    digest, writes = cache.image_digest, []
+    digest, writes = decode_many.image_digest, []
 
     def racing(image):  # each hash, another writer's meta file
         writes.append(1)
@@ -150,6 +152,7 @@ def test_digests_are_not_added_to_a_meta_file_written_meanwhile(clean, tmp_path,
         return digest(image)
 
     monkeypatch.setattr(cache, "image_digest", racing)
+    monkeypatch.setattr(decode_many, "image_digest", racing)
     (train, val), _, _ = _load(clean, cache_dir)
     assert train.digests is not None and val.digests is not None  # this process has them all the same
     assert not any("digests" in json.loads(m.read_text()) for m in metas)
@@ -162,6 +165,7 @@ def test_other_ranks_take_no_digests(clean, tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")  # one process ignores RANK, as init_distributed does
     monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
+    monkeypatch.setattr(decode_many, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
     (train, val), _, _ = _load(clean, tmp_path / "cache")
     assert train.digests is None and val.digests is None
 
@@ -187,11 +191,12 @@ def test_a_placeholder_in_two_train_classes_is_no_leak(capsys):
 
 def test_blank_images_are_not_copies():
     """A uniform image in both splits tells nothing of a leak: no digest."""
-    assert cache.image_digest(np.zeros((3, 8, 8), np.uint8)) is None
-    assert cache.image_digest(np.full((3, 8, 8), 7, np.uint8)) is None
+    assert decode_many.image_digest(np.zeros((3, 8, 8), np.uint8)) is None
+    assert decode_many.image_digest(np.full((3, 8, 8), 7, np.uint8)) is None
     one = np.zeros((3, 8, 8), np.uint8)
     one[0, 0, 0] = 1
-    assert cache.image_digest(one) == cache.image_digest(one.copy()) != cache.image_digest(one[:, ::-1])
+    digest = decode_many.image_digest
+    assert digest(one) == digest(one.copy()) != digest(one[:, ::-1])
     red = np.zeros((3, 8, 8), np.uint8)
     red[0] = 255  # a solid colour: each channel one value, not all the same one
-    assert cache.image_digest(red) is None
+    assert decode_many.image_digest(red) is None

@@ -92,7 +92,8 @@ def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> i
     earlier run decoded (cache.subsets_record) is reused when at least half as large: the timing varies from run to
     run (564 to 972 files for the same time), and each new count decoded another share into a cache entry of its
     own."""
-    from fewshot.data.cache import add_to_subsets_record, decode_seconds_per_image, is_cached, subsets_record
+    from fewshot.data.cache import add_to_subsets_record, is_cached, subsets_record
+    from fewshot.data.decode_many import decode_seconds_per_image
     from fewshot.train.semi import pool_subset
 
     d, size, seed = cfg["data"], cfg["model"]["img_size"], int(cfg["train"]["seed"])

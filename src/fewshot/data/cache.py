@@ -6,7 +6,8 @@ The cache key covers the file list, each file's size, mtime, inode and ctime, th
 data.bit_depth, so a changed or renamed-over file (or setting) triggers a rebuild. Undecodable files are
 collected and reported together (or skipped).
 Each new entry prunes the least recently used ones beyond data.cache_max_gb (prune_cache).
-Decoding one file is data/decode.py; the entry's files on disk, data/cache_files.py; the list of skipped files,
+Decoding one file is data/decode.py; the files of a list with threads, data/decode_many.py; the entry's files on
+disk, data/cache_files.py; the notes, warnings and errors it gives, data/cache_words.py; the list of skipped files,
 data/skipped.py; the lazy view of a pool's rows, data/image_rows.py.
 """
 
@@ -17,24 +18,21 @@ import errno
 import hashlib
 import json
 import os
-import sys
 import tempfile
-import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from fewshot.data.cache_files import HELD_SUFFIX, _drop, _mapped_file, hold_temp, prune_cache
-from fewshot.data.decode import decode_resized
+from fewshot.data.cache_words import (SKIP_HINT, _note_new_entry, _too_big, _warn_no_cache, _warn_no_home,
+                                      warn_bit_depth)
+from fewshot.data.decode_many import _decode_into, _decode_one, image_digest
 from fewshot.data.skipped import report_skipped
-from fewshot.errors import DataLayoutError, UserError, one_line, printable
-from fewshot.progress import track
-from fewshot.train.distributed import launch_rank
+from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.utils import new_file_mode, atomic_write_text, loads_run_json
 
 CACHE_VERSION = 5  # 2: EXIF orientation applied; 3: float images in [0, 1] no longer black; 4: dark transparent
@@ -78,73 +76,12 @@ def cache_key(paths: list[Path], size: int, crop_pct: float, bit_depth: int | st
 
 
 RETRYABLE = {"permission denied"}  # decode failures that can go away without the file changing
-OUT_OF_MEMORY = "out of memory"  # _decode_one's reason for a failed allocation: the machine's fault, never cached
-PNG_METADATA = (f"its PNG metadata (a colour profile or text) decompresses to more than Pillow allows "
-                f"({PngImagePlugin.MAX_TEXT_CHUNK // 2**20} MB a chunk, {PngImagePlugin.MAX_TEXT_MEMORY // 2**20} "
-                f"MB in all); save the image again without it")
 
 
 def _retryable(why: str) -> bool:
     """A cached failure to try again: it may be gone without the file changing (a cache written before memory
     failures were kept out of it recorded numpy's "Unable to allocate" or a bare MemoryError)."""
     return why in RETRYABLE or why.startswith("[Errno") or why.startswith("Unable to allocate") or why == "MemoryError"
-
-
-def _decode_one(args):
-    """(path, size, crop_pct[, bit_depth, peaks]) -> (CHW uint8 or None, None or why it failed)."""
-    path, size, crop_pct, *more = args
-    try:
-        return decode_resized(path, size, crop_pct, *more), None
-    except MemoryError:  # numpy's "Unable to allocate ...", Pillow's allocations: a busy machine, not a bad file
-        return None, OUT_OF_MEMORY
-    except Exception as exc:  # every other decoding failure is a user-data problem, reported with its path
-        reason = str(exc).strip() or type(exc).__name__
-        if isinstance(exc, PermissionError):
-            reason = "permission denied"
-        elif isinstance(exc, OSError) and reason.startswith("out of memory"):  # a Pillow codec's allocation
-            return None, OUT_OF_MEMORY
-        elif "MAX_TEXT_CHUNK" in reason or "MAX_TEXT_MEMORY" in reason:  # Pillow's names, not what the file has
-            reason = PNG_METADATA
-        return None, reason.splitlines()[0][:200]
-
-
-def _decode_peak(args):
-    """(path, size, crop_pct, bit_depth[, digest]) -> _decode_one's pair, the file's largest value if it is 16-bit,
-    and (``digest`` True) its image_digest, taken in the decoding thread."""
-    path, size, crop_pct, bit_depth, *digest = args
-    peaks: list[int] = []
-    arr, err = _decode_one((path, size, crop_pct, bit_depth, peaks))
-    return (arr, err, (peaks[0] if peaks and err is None else None),
-            image_digest(arr) if digest and digest[0] and err is None else None)
-
-
-def image_digest(image: np.ndarray) -> str | None:
-    """A digest of a decoded (channels-first) image's pixels, to find the same image in two splits
-    (sets.warn_split_copies) without reading any file again; None for a blank image (each channel one value
-    throughout: black, or a solid colour such as red), whose copies tell nothing."""
-    image = np.ascontiguousarray(image)
-    if image.size == 0:
-        return None
-    planes = image.reshape(image.shape[0] if image.ndim > 2 else 1, -1)
-    if bool((planes == planes[:, :1]).all()):
-        return None
-    return hashlib.sha1(image, usedforsecurity=False).hexdigest()[:16]  # the fastest of hashlib's here (SHA-NI)
-
-
-def _too_big(n: int, size: int, nbytes: int) -> UserError:
-    return UserError(f"not enough memory for {n} images at {size}x{size} pixels ({nbytes / 1e9:.2f} GB); a smaller "
-                     f"--img-size (model.img_size), fewer images or more memory (ulimit -v, the container's limit)")
-
-
-def _out_of_memory(path: Path, threads: int) -> UserError:
-    """A file that ran out of memory even when decoded on its own: the machine's limit, not a bad file."""
-    dims = ""
-    with contextlib.suppress(Exception), Image.open(path) as img:
-        dims = f" ({img.size[0]}x{img.size[1]} pixels)"
-    alone = f"even alone (not one of {threads} decoding at a time)" if threads > 1 else "with one decoding thread"
-    return UserError(f"out of memory while decoding {path}{dims}, {alone}: the file is not at fault, this process "
-                     f"may not use enough memory for it; free memory, raise the limit (ulimit -v, the container's "
-                     f"limit) or shrink the image")
 
 
 def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
@@ -398,71 +335,6 @@ def _write_cache_text(path: Path, text: str) -> None:
         raise OSError(errno.EINVAL, one_line(str(exc))) from None
 
 
-def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0, threads: int | None = None,
-                             bit_depth: int | str = "auto") -> float:
-    """Seconds per file of decoding ``paths`` as load_images does (its threads), into memory and not cached: the
-    rate at which a cold cache would be filled. Bad files count as decoded (they are reported by load_images)."""
-    if not paths:
-        return 0.0
-    out = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-        _decode_into(out, [Path(p) for p in paths], size, crop_pct, "timing the decoding",
-                     threads or min(8, os.cpu_count() or 1), bit_depth)
-    return (time.perf_counter() - t0) / len(paths)
-
-
-def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
-                 bit_depth: int | str = "auto",
-                 digests: list | None = None) -> tuple[list[tuple[int, str]], dict | None]:
-    """Decode ``paths`` into ``out`` with ``threads`` threads; returns the bad files (by index) with their reasons,
-    and the 16-bit images' largest value with their common folder (None: no 16-bit image), gathered as they decode.
-    Files that ran out of memory are decoded again one at a time after the others, never reported as bad.
-    ``digests``: filled with each image's image_digest (None for a bad file)."""
-    bad: list[tuple[int, str]] = []
-    starved: list[int] = []
-    peak, folders = -1, set()
-
-    def seen(i: int, value: int | None, digest: str | None) -> None:
-        nonlocal peak
-        if digests is not None:
-            digests[i] = digest
-        if value is not None:
-            peak = max(peak, value)
-            folders.add(os.path.dirname(os.path.abspath(paths[i])))
-
-    pool = ThreadPoolExecutor(threads)
-    try:
-        hashed = digests is not None
-        results = pool.map(_decode_peak, ((p, size, crop_pct, bit_depth, hashed) for p in paths), chunksize=64)
-        for i, (arr, err, value, digest) in enumerate(track(results, desc=desc, total=len(paths))):
-            if err is None:
-                out[i] = arr
-                seen(i, value, digest)
-            elif err == OUT_OF_MEMORY:
-                starved.append(i)
-            else:
-                bad.append((i, err))
-    except BaseException:  # a stop (SIGTERM, Ctrl-C) must not wait for every queued decode of a large pool
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    for i in starved:  # the other decodes' memory is free now
-        arr, err, value, digest = _decode_peak((paths[i], size, crop_pct, bit_depth, digests is not None))
-        if err == OUT_OF_MEMORY:
-            raise _out_of_memory(paths[i], threads)
-        if err is None:
-            out[i] = arr
-            seen(i, value, digest)
-        else:
-            bad.append((str(paths[i]), err))
-    return bad, ({"peak": peak, "folder": os.path.commonpath(sorted(folders))} if folders else None)
-
-
-FEW_BITS = 14  # with data.bit_depth auto, 16-bit images whose values all stay below 2**FEW_BITS are warned about
-
-
 def _sixteen(recorded) -> dict | None:
     """A cache entry's record of its 16-bit images ({"peak", "folder"}), None where it has none (an entry written
     before data.bit_depth existed, or one without 16-bit images)."""
@@ -470,94 +342,6 @@ def _sixteen(recorded) -> dict | None:
             and isinstance(recorded.get("folder"), str)):
         return recorded
     return None
-
-
-def warn_bit_depth(desc: str, sixteen: dict | None, bit_depth: int | str) -> None:
-    """One warning (rank 0, once per message) when a split's 16-bit images do not fit data.bit_depth: with auto,
-    values that all stay below 2**FEW_BITS (10-, 12- or 14-bit microscopy, medical or astronomy data in 16-bit
-    files) decode dark and in few grey levels; with a number, larger values are clipped to white. Values over 65535
-    (32-bit images) are clipped whatever the setting: auto, once advised for them, clips them the same, unwarned."""
-    if sixteen is None or launch_rank() != 0:
-        return
-    peak, folder = sixteen["peak"], sixteen["folder"]
-    if peak > 65535:
-        message = (f"warning: {desc}: the 32-bit images in {folder} hold values up to {peak}, more than 16 bits "
-                   f"(65535), the most any data.bit_depth (auto included) scales from: brighter pixels are clipped "
-                   f"to white; save them as 16-bit images scaled to 0..65535 (or as 8-bit ones) to keep them")
-    elif bit_depth == "auto":
-        if not 0 < peak < 2 ** FEW_BITS:
-            return
-        bits = next(b for b in (8, 10, 12, 14) if peak < 2 ** b)  # a split's peak may sit below its data's depth
-        message = (f"warning: {desc}: the 16-bit images in {folder} use at most {bits} bits (largest value {peak} of "
-                   f"65535), so they decode dark, as values 0..{round(peak / 65535 * 255)} of 255; if they hold "
-                   f"{bits}-bit data, add data.bit_depth={bits} to the train, pretrain, run or probe command "
-                   f"(eval and predict take it from the run)")
-    elif peak > 2 ** int(bit_depth) - 1:
-        fits = f"data.bit_depth={next(b for b in (10, 12, 14, 16) if peak < 2 ** b)}"
-        message = (f"warning: {desc}: 16-bit images in {folder} hold values up to {peak}, more than the "
-                   f"{2 ** int(bit_depth) - 1} of data.bit_depth={bit_depth}: brighter pixels are clipped to white; "
-                   f"give {fits} if they hold more bits")
-    else:
-        return
-    if message not in _WARNED:  # `fewshot run` loads its pool once per round
-        _WARNED.add(message)
-        print(one_line(message), file=sys.stderr, flush=True)
-
-
-def _warn_no_cache(cache_dir: Path, exc: OSError, nbytes: int) -> None:
-    local_rank = (os.environ.get("LOCAL_RANK") or "0").strip()  # once per node (not RANK: a lone RANK=1 pod)
-    if str(cache_dir) not in _WARNED and local_rank in ("", "0"):  # and once per folder
-        _WARNED.add(str(cache_dir))
-        full = exc.errno == errno.ENOSPC or "requested and" in str(exc)  # numpy's short write on a full disk
-        world = os.environ.get("WORLD_SIZE", "").strip()  # under torchrun every process writes its own copy
-        each = f" by each of the job's {world} processes" if world.isdigit() and int(world) > 1 else ""
-        why = f"the disk is full ({nbytes / 1e6:.1f} MB needed{each})" if full else _fault(exc)
-        if cache_dir.name == ".fewshot_cache" and os.access(cache_dir.parent, os.W_OK | os.X_OK):
-            # a writable data root is where predict and eval cache, whatever XDG_CACHE_HOME says (advised here,
-            # it changed nothing): only room there, or another folder for the commands that take one, helps
-            where = (f"predict and eval cache only there while {cache_dir.parent} can be written: "
-                     f"{'free some space on its disk' if full else 'fix that'} to cache them")
-        else:
-            where = ("predict and eval use ROOT/.fewshot_cache, else $XDG_CACHE_HOME/fewshot (~/.cache/fewshot): "
-                     "XDG_CACHE_HOME=DIR chooses another")
-        print(printable(f"warning: could not write the image cache in {cache_dir}: {why}; continuing "
-                        f"without it (train, pretrain and run: data.cache_dir=DIR chooses another folder; {where})"),
-              file=sys.stderr, flush=True)
-
-
-def _fault(exc: OSError) -> str:
-    """What went wrong with the cache folder: a file where it (or a folder above it) should be said only "[Errno 17]
-    File exists", which named no file to move."""
-    if isinstance(exc, FileExistsError) and exc.filename and not os.path.isdir(exc.filename):
-        return f"{exc.filename} is a file, where the cache folder (or one above it) should be"
-    return str(exc)
-
-
-NOTE_MIN_BYTES = 50e6  # a new entry this large is announced (_note_new_entry); the few-shot splits stay quiet
-
-
-def _gb_or_mb(nbytes: float) -> str:
-    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.0f} MB"
-
-
-def _note_new_entry(desc: str, n: int, size: int, cache_dir: Path, nbytes: int, max_gb: float | None) -> None:
-    """Say where a large new entry goes and how much disk it takes (rank 0): a 100k-image pool at 224 px wrote
-    15 GB beside the data without a word. A warm cache only maps its file, quietly."""
-    if nbytes < NOTE_MIN_BYTES or launch_rank() != 0:
-        return
-    world = os.environ.get("WORLD_SIZE", "").strip()  # as _warn_no_cache: every process writes its own copy
-    each = (f", {_gb_or_mb(nbytes * int(world))} while the job's {world} processes each decode a copy"
-            if world.isdigit() and int(world) > 1 else "")
-    hint = ""
-    if f"noted:{cache_dir}" not in _WARNED:  # the settings once per folder (a first run writes the pool and splits)
-        _WARNED.add(f"noted:{cache_dir}")
-        cap = f"; data.cache_max_gb={max_gb:g} caps the folder" if max_gb else ""
-        hint = f", reused by later commands; train, pretrain and run: data.cache_dir=DIR chooses another folder{cap}"
-    print(one_line(f"note: {desc}: decoding {n:,} images at {size} px into {cache_dir} ({_gb_or_mb(nbytes)} on "
-                   f"disk{each}{hint})"), file=sys.stderr, flush=True)
-
-
-SKIP_HINT = ("(pass --skip-bad-images to skip these files and go on)",)
 
 
 def _finish(images: torch.Tensor, bad_at: list[tuple[int, str]], paths: list[Path], skip_bad: bool,
@@ -575,9 +359,6 @@ def _finish(images: torch.Tensor, bad_at: list[tuple[int, str]], paths: list[Pat
         if skip_note is not None:
             report_skipped(bad, note=skip_note)
     return CachedImages(images, valid, bad, digests)
-
-
-_WARNED: set[str] = set()
 
 
 def default_cache_dir(root: str | Path | None, configured: str | None) -> Path | None:
@@ -601,11 +382,7 @@ def user_cache_dir(root: str | Path) -> Path | None:
     try:  # a relative XDG_CACHE_HOME is invalid (XDG spec): it would put the cache under the current folder
         home = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
     except RuntimeError:  # no HOME and no passwd entry (containers with arbitrary uids): no cache
-        if f"no-home:{root}" not in _WARNED and launch_rank() == 0:  # as the unwritable cache's
-            _WARNED.add(f"no-home:{root}")
-            print(printable(f"warning: no folder for the image cache: {root} cannot be written and there is no home "
-                            f"folder (HOME unset, no passwd entry); continuing without it (train, pretrain and run: "
-                            f"data.cache_dir=DIR chooses a folder)"), file=sys.stderr, flush=True)
+        _warn_no_home(root)
         return None
     digest = hashlib.sha1(str(Path(root).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return home / "fewshot" / f"{Path(root).resolve().name}-{digest}"

@@ -2,8 +2,9 @@
 transparency laid on a contrasting colour), EXIF orientation applied, resized and centre-cropped, with
 decompression bombs and files that are no regular file refused.
 
-Apart from data/cache.py (which decodes many files with threads into a memory-mapped entry and reuses it) because
-this is the part that knows about image formats and nothing about the cache.
+Apart from data/decode_many.py (which decodes many files with threads) and data/cache.py (which keeps them in a
+memory-mapped entry and reuses it) because this is the part that knows about image formats and nothing about the
+cache.
 """
 
 from __future__ import annotations

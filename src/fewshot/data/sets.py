@@ -26,7 +26,7 @@ class ImageSet:
     ids: torch.Tensor
     paths: list[Path]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) left out by --skip-bad-images
-    digests: list[str | None] | None = None  # each image's cache.image_digest (warn_split_copies)
+    digests: list[str | None] | None = None  # each image's decode_many.image_digest (warn_split_copies)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -139,7 +139,7 @@ _WARNED: set[str] = set()  # warn_split_copies' messages given in this process: 
 
 def warn_split_copies(train: ImageSet | None, others: dict[str, ImageSet], space: LabelSpace) -> None:
     """Warn (rank 0, each message once a process) where a dataset's val or test images are exact copies of its train
-    images (the same decoded pixels, cache.image_digest): val chooses best.pt, the EMA or the raw weights and
+    images (the same decoded pixels, decode_many.image_digest): val chooses best.pt, the EMA or the raw weights and
     run.balance, and a copied val split scored memorised images, silently. Duplicates within the pool, and pool
     images in val or test, are not warned about: the pool is unlabelled (its images are meant to be the datasets').
     An image found under two or more train classes is a placeholder (a "missing image" picture), not a leak."""
