@@ -317,8 +317,17 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         late = 1.0 if deadline is not None and time.monotonic() > deadline else 0.0
         if self.ctx.enabled:
             signum, late = all_reduce_max(self.ctx, [float(signum), late])
+            if late and deadline is not None:
+                self._count_whole_budget(deadline)
         self._stop_signum = int(signum)
         return self._stop_signum > 0, late > 0
+
+    def _count_whole_budget(self, deadline: float) -> None:
+        """An agreed budget stop under DDP: another rank's clock may have found the time up while this one's, which
+        started a moment later, read below the budget (rank 0's train_seconds goes into last.pt: 2.972 s of a 3 s
+        budget, and a --resume with the same budget trained one more step). Every rank now counts at least the
+        budget; one process keeps its own clock, the one that decided."""
+        self._clock_start = min(self._clock_start, time.perf_counter() - (deadline - self.fit_start))
 
     def epoch_seconds_so_far(self) -> float:
         """The current epoch's training seconds over every session (its steps; not the downtime between them)."""
