@@ -86,7 +86,9 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     # test/ too where it exists: its duplicate ids and sub-folders stopped predict only, after the training
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"), if_present=("test",))
     # with what resolve_defaults filled in from each node's own weights file (its network), in the same exchange
-    check_same_data(ctx, infos, run_time_values(cfg))
+    # but train.amp, which the Engine resolves on rank 0 for every rank (a rank resuming a run that recorded its
+    # choice read `off` where one without the run read `auto`, and the checkpoint check never spoke)
+    check_same_data(ctx, infos, {k: v for k, v in run_time_values(cfg).items() if k != "train.amp"})
     prepare_run_dir(out, resume, cfg, ctx, start, kind)
     note_rechosen(cfg, say=ctx.is_main)  # a run's config.yaml as --config: what this command chose otherwise
     if ctx.is_main and not resuming:
