@@ -168,9 +168,9 @@ def _progress_bars_as_they_were():
 def _once_per_process_warnings_afresh(monkeypatch):
     """warn_once prints each line once per process: a test that looks for one must not depend on whether a test
     before it in the same worker printed it already."""
-    from fewshot.data import layout
+    from fewshot.data import warn_once
 
-    monkeypatch.setattr(layout, "_TOLD_GAPS", set())
+    monkeypatch.setattr(warn_once, "_TOLD_GAPS", set())
 
 
 @pytest.fixture

@@ -40,7 +40,8 @@ import fewshot.data.cache_words as cache_words
 import fewshot.data.decode as decode
 from fewshot.data.cache import load_images
 from fewshot.data.decode import decode_resized
-from fewshot.data.layout import find_unlabeled_images, scan_root
+from fewshot.data.layout import scan_root
+from fewshot.data.pool_scan import find_unlabeled_images
 from fewshot.errors import DataLayoutError, UserError
 from helpers.tiny import build_digits
 from helpers.checks import run_main

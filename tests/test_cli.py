@@ -358,7 +358,7 @@ def test_a_partial_answer_key_names_every_missing_id_at_once(trained, copy_root,
 
 
 def test_a_test_id_of_thousands_of_digits_is_an_id_not_a_crash():
-    from fewshot.data.layout import test_id
+    from fewshot.data.test_split import test_id
 
     assert test_id("0" * 3 + "7" * 5000) == "7" * 5000 and test_id("000") == "0" and test_id("0042") == "42"
 

@@ -88,8 +88,8 @@ def test_a_merge_shared_by_many_mappings_is_read_once():
 
 
 def test_an_empty_rank_in_one_process_keeps_the_notes(monkeypatch, capsys):
-    from fewshot.data.layout import warn_once
     from fewshot.data.sets import _warns
+    from fewshot.data.warn_once import warn_once
     from fewshot.models.backbone import note_pretrained_tag
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -113,7 +113,7 @@ def test_datasets_in_run_order_notes_under_an_empty_rank(monkeypatch, capsys, tm
 
 def test_a_hand_launch_without_rank_is_refused_before_any_note(monkeypatch, capsys):
     from fewshot.cli import launch_rank
-    from fewshot.data.layout import warn_once
+    from fewshot.data.warn_once import warn_once
     from fewshot.models.backbone import note_pretrained_tag
     from fewshot.train import distributed
 

@@ -86,7 +86,7 @@ def test_two_model_names_for_one_folder_keep_every_result(capsys, monkeypatch):
     """A model trained on twins (`café` composed and decomposed, before such twins were refused) on a root that now
     holds one of them: its decomposed name maps to the composed folder, which is also the other's own name, and
     the dict kept one score of the two without a word. Both now keep the model's names, said once."""
-    monkeypatch.setattr("fewshot.data.layout._TOLD_GAPS", set())
+    monkeypatch.setattr("fewshot.data.warn_once._TOLD_GAPS", set())
     infos = [type("Info", (), {"name": NFD, "root": Path("/r") / NFC})()]
     metrics = {"mode": "known", "datasets": {NFD: {"acc1": 1.0}, NFC: {"acc1": 2.0}, "x": {"acc1": 3.0}},
                "not_scored": [NFC, NFD]}

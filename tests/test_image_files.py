@@ -21,7 +21,8 @@ import fewshot.data.cache as cache
 from fewshot.data.cache import load_images
 from fewshot.data.decode import decode_resized
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import find_unlabeled_images, scan_root
+from fewshot.data.layout import scan_root
+from fewshot.data.pool_scan import find_unlabeled_images
 from fewshot.data.sets import load_split
 from fewshot.errors import DataLayoutError
 from helpers.checks import run_main

@@ -17,7 +17,8 @@ import pytest
 
 from fewshot.cli import main
 from fewshot.data.cache import load_images
-from fewshot.data.layout import find_unlabeled_images, list_datasets, scan_root
+from fewshot.data.layout import list_datasets, scan_root
+from fewshot.data.pool_scan import find_unlabeled_images
 from fewshot.errors import DataLayoutError, UserError
 from helpers.checks import run_main
 
@@ -718,7 +719,7 @@ def test_links_to_val_and_test_images_never_join_the_pool(copy_root, dataset_nam
 def test_the_pool_is_scanned_once_while_its_folders_stay_unchanged(copy_root, dataset_names, monkeypatch, capfd):
     """`fewshot run` scanned and resolved a 100k-file pool 3-6 times, about a minute each without a word: the
     pool is found once per process while no folder of the root or of the pool changes, and a long scan says so."""
-    import fewshot.data.layout as layout
+    import fewshot.data.pool_scan as pool_scan
     from fewshot.config import resolve
     from fewshot.data import pool
 
@@ -728,7 +729,7 @@ def test_the_pool_is_scanned_once_while_its_folders_stay_unchanged(copy_root, da
         os.utime(folder, (1e9, 1e9))  # settled long ago
     scans = []
     monkeypatch.setattr(pool, "find_unlabeled_images",
-                        lambda folders: scans.append(folders) or layout.find_unlabeled_images(folders))
+                        lambda folders: scans.append(folders) or pool_scan.find_unlabeled_images(folders))
     first = pool.pool_with_sources(cfg, infos)
     n = per_call = len(scans)  # one scan per pool folder
     assert n and pool.pool_with_sources(cfg, infos) == first and len(scans) == n  # not scanned again
@@ -751,9 +752,9 @@ def test_the_pool_is_scanned_once_while_its_folders_stay_unchanged(copy_root, da
     paths = pool.pool_with_sources(cfg, infos)[0]
     assert len(scans) == n + 2 * per_call and any(p.name == "through_the_link.png" for p in paths)
 
-    monkeypatch.setattr(layout, "SCAN_NOTE_S", 0.0)
+    monkeypatch.setattr(pool_scan, "SCAN_NOTE_S", 0.0)
     capfd.readouterr()
-    layout.find_unlabeled_images([copy_root / "unlabeled"])
+    pool_scan.find_unlabeled_images([copy_root / "unlabeled"])
     assert "note: scanning the unlabeled pool" in capfd.readouterr().err
 
 

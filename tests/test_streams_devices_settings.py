@@ -249,9 +249,9 @@ def test_repeats_with_a_batch_of_one_name_the_images_only():
 
 def test_repeats_beyond_an_epoch_are_warned_once_and_never_refused(monkeypatch, capsys):
     """Once a process with the data's other warnings (layout.warn_once: stderr, rank 0), not once an epoch."""
-    from fewshot.data import layout, samplers
+    from fewshot.data import samplers, warn_once
 
-    monkeypatch.setattr(layout, "_TOLD_GAPS", set())
+    monkeypatch.setattr(warn_once, "_TOLD_GAPS", set())
     for epoch in range(3):
         order = torch.cat(samplers.epoch_batches(100, 32, epoch, 1, kind="repeat", repeats=1000)).tolist()
         assert len(order) == 100 and len(set(order)) == 1  # what was asked for, trained as asked
@@ -259,7 +259,7 @@ def test_repeats_beyond_an_epoch_are_warned_once_and_never_refused(monkeypatch, 
     assert err.count("warning: data.repeats=1000") == 1, err
     samplers.epoch_batches(100, 32, 0, 1, kind="shuffle", repeats=1000)  # repeats only for repeat
     samplers.epoch_batches(100, 32, 0, 1, kind="repeat", repeats=3)
-    monkeypatch.setattr(layout, "_TOLD_GAPS", set())
+    monkeypatch.setattr(warn_once, "_TOLD_GAPS", set())
     monkeypatch.setenv("RANK", "1")  # torchrun's other processes plan the same epochs: rank 0 alone says it
     monkeypatch.setenv("WORLD_SIZE", "2")  # one process ignores RANK, as init_distributed does
     samplers.epoch_batches(100, 16, 0, 1, kind="repeat", rank=1, world=2, repeats=1000)
@@ -289,9 +289,9 @@ def _five_train_images(root: Path) -> Path:
 def test_a_course_config_trains_on_five_images_and_warns_of_repeats_only_beyond_them(tmp_path, monkeypatch):
     """configs/course_*.yaml say data.sampler=repeat with the default repeats=3: refused on 5 training images (an
     epoch of 2 of them), a normal few-shot set."""
-    from fewshot.data import layout
+    from fewshot.data import warn_once
 
-    monkeypatch.setattr(layout, "_TOLD_GAPS", set())
+    monkeypatch.setattr(warn_once, "_TOLD_GAPS", set())
     root = _five_train_images(tmp_path / "data")
     config = Path(__file__).resolve().parents[1] / "configs" / "course_resnet50.yaml"
     argv = ["train", "--config", config, "--data", root, "--model", "test_resnet", "--img-size", "16", "--device",

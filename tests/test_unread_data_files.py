@@ -3,7 +3,7 @@ hyperspectral scan's header beside its data was told to be converted to an image
 
 from __future__ import annotations
 
-from fewshot.data.layout import unread_files_note
+from fewshot.data.image_files import unread_files_note
 
 
 def test_header_and_raw_data_files_are_not_told_to_be_converted():

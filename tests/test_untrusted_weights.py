@@ -313,7 +313,7 @@ def test_a_huge_fine_tuning_batch_is_blamed_not_the_queue(root, tmp_path):
 def test_a_dot_class_folder_with_images_is_named_not_dropped_silently(digits_root, tmp_path, capsys, name, told):
     import shutil
 
-    from fewshot.data import layout
+    from fewshot.data import layout, warn_once
 
     root = tmp_path / "data"
     shutil.copytree(digits_root, root)
@@ -321,7 +321,7 @@ def test_a_dot_class_folder_with_images_is_named_not_dropped_silently(digits_roo
     for split in ("train", "val"):
         src = next(c for c in sorted((ds / split).iterdir()) if c.is_dir())
         shutil.copytree(src, ds / split / name)
-    layout._TOLD_GAPS.clear()
+    warn_once._TOLD_GAPS.clear()
     infos = layout.scan_root(root, None, splits=("train", "val"))
     err = capsys.readouterr().err
     assert name not in next(i for i in infos if i.name == ds.name).classes  # still no class

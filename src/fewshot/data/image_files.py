@@ -1,10 +1,12 @@
-"""Which files of a data folder are images fewshot reads (by extension), the words for the files it leaves unread,
-and a folder's entries as the scans see them (links followed, link loops and unreadable folders forgiven). The
-lowest layer of the data scans: layout, roots and output_guard share it."""
+"""Which files of a data folder are images fewshot reads (by extension), the words for the files it leaves unread
+(and for a name that is not text), and a folder's entries as the scans see them (links followed, link loops and
+unreadable folders forgiven, or an unreadable split folder recorded as a problem). The lowest layer of the data
+scans: layout, its split scans, roots and output_guard share it."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from fewshot.errors import one_line, quoted
@@ -45,6 +47,21 @@ def _scandir_quietly(folder: str) -> list[os.DirEntry]:
             return list(it)
     except OSError:
         return []
+
+
+def _listdir(folder: Path, problems: list[str], links: list[str] | None = None) -> list[os.DirEntry] | None:
+    """The folder's entries sorted by name; an unreadable folder is recorded as a problem (None). os.scandir's
+    entries know whether they are folders or links without a system call a file; the symbolic links among them are
+    added to ``links``, so that the scan knows, for free, whether any val/test image may be a train image."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        problems.append(f"{folder}: cannot list the folder ({exc.strerror or exc})")
+        return None
+    if links is not None:
+        links += [e.path for e in entries if e.is_symlink()]
+    return entries
 
 
 def _is_dir_entry(entry: os.DirEntry) -> bool:
@@ -104,3 +121,7 @@ def unread_files_note(where: str, inside: str, names: list[str]) -> str:
         parts.append(f"{len(others)} file(s) {inside} are not images by their extension and are left out "
                      f"(e.g. {shown(others)})")
     return one_line(f"{where}: {'; '.join(parts)}")
+
+
+NOT_UTF8 = (f"not valid text in the file-system encoding ({sys.getfilesystemencoding()}); rename it, or run under a "
+            f"UTF-8 locale (e.g. LC_ALL=C.UTF-8) if the name is UTF-8")

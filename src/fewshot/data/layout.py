@@ -5,25 +5,27 @@ Layout: ROOT/<dataset>/{train,val}/<class>/<image> and ROOT/<dataset>/test/<id>.
 `unlabeled/`, hidden entries and plain files under ROOT are not datasets. Every problem is
 collected and reported at once (DataLayoutError), each naming its path.
 
-Which folders of ROOT are datasets is roots.py's; what is an image file, image_files.py's; names in messages,
-names.py's; the guards that keep outputs out of the data, output_guard.py's.
+This module ties each dataset's splits together (missing split folders, classes of val against train, labels
+files, val/test images that are train images through links). A labelled split's scan is labelled_split.py's, a
+test split's test_split.py's; which folders of ROOT are datasets, roots.py's; what is an image file,
+image_files.py's; names in messages, names.py's; the guards that keep outputs out of the data, output_guard.py's;
+the pool's images, pool_scan.py's; printing a warning once, warn_once.py's.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot.data.image_files import (IMAGE_EXTS, _entries, _is_candidate_name, _is_dir_entry, _is_file_entry,
-                                      _scandir_quietly, has_images, is_image, is_unread_file, unread_files_note)
+from fewshot.data.image_files import NOT_UTF8, _entries, _is_dir_entry, _scandir_quietly
+from fewshot.data.labelled_split import LOOSE, _scan_labelled
 from fewshot.data.names import names_list, parse_datasets, some_of
-from fewshot.data.roots import _refuse_dataset_twins, _says_notes, list_datasets
-from fewshot.errors import (BIDI_CONTROLS, DataLayoutError, UserError, is_utf8_name, one_line, path_argument,
-                            printable, quoted)
+from fewshot.data.roots import _refuse_dataset_twins, list_datasets
+from fewshot.data.test_split import _scan_test
+from fewshot.data.warn_once import warn_once
+from fewshot.errors import DataLayoutError, UserError, is_utf8_name, one_line, path_argument, quoted
 
 RESERVED_NAME = "n_parameters"  # a key of pred_all.json beside the datasets' names (SPEC's output format)
 # keys that sit beside the datasets' names: pred_all.json's parameter count, and the mean of the per-dataset kNN
@@ -42,143 +44,6 @@ class DatasetInfo:
     val: tuple[tuple[Path, int], ...] = ()
     test: tuple[tuple[str, Path], ...] = ()  # (test_id of the file's stem, path), ids in natural order
     answer_key: Path | None = field(default=None)
-
-
-def _listdir(folder: Path, problems: list[str], links: list[str] | None = None) -> list[os.DirEntry] | None:
-    """The folder's entries sorted by name; an unreadable folder is recorded as a problem (None). os.scandir's
-    entries know whether they are folders or links without a system call a file; the symbolic links among them are
-    added to ``links``, so that the scan knows, for free, whether any val/test image may be a train image."""
-    try:
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        problems.append(f"{folder}: cannot list the folder ({exc.strerror or exc})")
-        return None
-    if links is not None:
-        links += [e.path for e in entries if e.is_symlink()]
-    return entries
-
-
-def _is_candidate(entry: os.DirEntry) -> bool:
-    """An image-named regular file, or an image-named broken symlink (dangling or a loop): the latter
-    is kept so that decoding reports it (or --skip-bad-images skips it) instead of dropping it silently."""
-    return (os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS and not entry.name.startswith(".") and
-            (_is_file_entry(entry) or (entry.is_symlink() and not os.path.exists(entry.path))))
-
-
-NOT_UTF8 = (f"not valid text in the file-system encoding ({sys.getfilesystemencoding()}); rename it, or run under a "
-            f"UTF-8 locale (e.g. LC_ALL=C.UTF-8) if the name is UTF-8")
-
-
-def _scan_labelled(split_dir: Path, problems: list[str], gaps: list[str] | None = None,
-                   warnings: list[str] | None = None, links: list[str] | None = None) -> dict[str, list[Path]]:
-    """class name -> sorted image paths; records empty / image-less class folders and broken class-folder links (in
-    ``gaps`` when given: a val class without images is a warning, not a layout error). Sub-folders beside a class's
-    images are not read: said in ``warnings`` (a held-out set with nested folders lost a third of its images without a
-    word). Symbolic links met (class folders, images) are added to ``links``."""
-    gaps = problems if gaps is None else gaps
-    classes: dict[str, list[Path]] = {}
-    listing = _listdir(split_dir, problems, links)
-    if listing is None:
-        return classes
-    loose: list[Path] = []
-    unread: list[str] = []  # files of kept class folders that are not images by their extension (said once)
-    for found in listing:
-        if found.name.startswith("."):
-            _note_hidden_class(split_dir / found.name, found)
-            continue
-        entry = split_dir / found.name
-        if not _is_dir_entry(found):
-            if is_image(entry):
-                loose.append(entry)
-            elif _is_broken_link(entry) and not _has_file_suffix(found.name):
-                gaps.append(_broken_class_link(entry))
-            elif _is_broken_link(entry):  # a class named U.S.A or e.coli would vanish without it
-                warn_once([f"{entry}: a broken symbolic link named like a file, passed over; if it is a class "
-                           f"folder, point it at the class's images"])
-            continue
-        listed = _listdir(entry, problems, links)
-        if listed is None:
-            continue
-        files = [e for e in listed if not e.name.startswith(".")]
-        if not files:
-            gaps.append(f"{entry}: empty class folder")
-            continue
-        images = [entry / e.name for e in files if _is_candidate(e)]
-        if not images:
-            subfolders = [e.name for e in files if _is_dir_entry(e)]
-            if subfolders:
-                problems.append(f"{entry}: no image directly in this class folder, only in sub-folders "
-                                f"({some_of(subfolders, 3)}), which are "
-                                f"not read; a class's images must sit in its folder ({split_dir}/<class>/<image>)")
-            else:
-                gaps.append(f"{entry}: class folder without images (allowed extensions: "
-                            f"{', '.join(sorted(IMAGE_EXTS))})")
-            continue
-        unread += [f"{found.name}/{e.name}" for e in files if is_unread_file(e)]
-        nested = [e.name for e in files if _is_dir_entry(e)]
-        if nested and warnings is not None:
-            warnings.append(f"{entry}: sub-folder(s) {some_of(nested, 3)} "
-                            f"not read: only the images directly in a class folder are used; move them up to use them")
-        name = unicodedata.normalize("NFC", entry.name)  # macOS writes decomposed names: "café" is one class
-        if not is_utf8_name(name):  # plots, TensorBoard and JSON need text: the run crashed after its first epoch
-            problems.append(f"{entry}: the class folder's name is {NOT_UTF8}")
-            continue
-        if name in classes:
-            problems.append(f"{entry}: two class folders named '{name}' that differ only in their Unicode form "
-                            f"(composed / decomposed accents); merge them")
-            continue
-        classes[name] = images
-    if unread and warnings is not None:
-        warnings.append(unread_files_note(str(split_dir), "in its class folders", unread))
-    if loose:
-        problems.append(_loose_images(split_dir, loose))
-    elif not classes and not any(p.startswith(f"{split_dir}/") for p in problems):
-        # val's class folders without images are warnings (gaps), printed only by a scan that raises nothing: with
-        # every one of them empty the error said "no class folders", and the folders it had passed over went unsaid
-        empty = [g for g in gaps if g.startswith(f"{split_dir}/")]
-        if empty:
-            gaps[:] = [g for g in gaps if not g.startswith(f"{split_dir}/")]
-            problems += empty
-        else:
-            problems.append(f"{split_dir}: no class folders")
-    return classes
-
-
-def _is_broken_link(path: Path) -> bool:
-    """A symlink whose target is missing, or that loops (Path.exists is False for both)."""
-    return path.is_symlink() and not path.exists()
-
-
-def _has_file_suffix(name: str) -> bool:
-    """Whether the name ends like a file's (README.md, labels.csv, notes.txt): a broken link so named, beside the
-    class folders, is ignored as such files are, where a layout error stopped the command. A suffix of digits only
-    (v1.0) or with a space (St. Bernard) is taken for part of a class's name."""
-    suffix = Path(name).suffix[1:]
-    return 0 < len(suffix) <= 5 and suffix.isascii() and suffix.isalnum() and not suffix.isdigit()
-
-
-def _broken_class_link(entry: Path) -> str:
-    """The problem of a broken link where class folders are read: `ln -s /nonexistent ROOT/ds/train/7` dropped
-    class 7 without a word (exit 0), where a broken image link is reported when decoding. In val/ a warning, as a
-    val class without images is."""
-    try:
-        target = os.readlink(entry)
-    except OSError:
-        target = "?"
-    return (f"{entry}: a broken symbolic link (to {target}: missing, or a link loop) where class folders are read; "
-            f"point it at the class's folder of images, or remove it")
-
-
-LOOSE = "image(s) directly in the split folder"
-
-
-def _loose_images(split_dir: Path, loose: list[Path]) -> str:
-    """One problem for every image directly in a labelled split: a folder of 300 such images (labels kept in a
-    CSV file) was 300 near-identical lines, 50 shown."""
-    what = f"{loose[0]}: 1 {LOOSE}" if len(loose) == 1 else f"{split_dir}: {len(loose)} {LOOSE} (e.g. {loose[0].name})"
-    return (f"{what}; fewshot reads a labelled image's class from its class folder ({split_dir}/<class>/<image>), "
-            f"not from a file: move each image into the folder of its class")
 
 
 LABEL_FILE_EXTS = frozenset({".csv", ".tsv", ".txt", ".json", ".jsonl"})
@@ -209,78 +74,6 @@ def _label_file_note(ds_dir: Path) -> str | None:
                     f"Sort the images into class folders.")
 
 
-def test_id(name: str) -> str:
-    """The id of a test image (file stem) or of an answer-key entry: an integer written without leading zeros
-    (SPEC's <int_id>: 0007 and 7 are image 7), any other name as written (Unicode NFC, as keys are typed)."""
-    if name.isascii() and name.isdigit():
-        return name.lstrip("0") or "0"  # not int(): Python refuses to convert more than 4300 digits
-    return unicodedata.normalize("NFC", name)
-
-
-def _natural(image_id: str) -> tuple:
-    """17 before 100, then other names alphabetically."""
-    return (0, int(image_id), image_id) if image_id.isascii() and image_id.isdigit() else (1, 0, image_id)
-
-
-_TOLD_IGNORED: set[tuple[str, ...]] = set()  # each warning about ignored test files once per process
-_TOLD_GAPS: set[str] = set()  # each warning of warn_once once per process
-
-
-def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = None,
-               empty_ok: bool = False) -> list[tuple[str, Path]]:
-    """(test id, path) of each test image, in natural order of the ids; the links among them added to ``links``.
-    ``empty_ok``: a test/ without images is no problem (train's check: the test images may come later)."""
-    seen: dict[str, Path] = {}
-    ignored: list[str] = []
-    odd: list[str] = []  # names a grader's <int_id> may not match: predicted (or passed over) but said
-    for entry in _listdir(test_dir, problems, links) or []:
-        if entry.name.startswith("."):
-            if not entry.name.startswith("._") and _is_candidate_name(entry.name) and _is_file_entry(entry):
-                odd.append(f"{quoted(entry.name)} (hidden: passed over, nothing is predicted for it)")
-            continue  # ._13.png: macOS metadata, not an image
-        path = test_dir / entry.name
-        if _is_dir_entry(entry):  # predicting part of the test set silently would be worse than stopping
-            if has_images(path):
-                problems.append(f"{path}: a sub-folder of test/ with images, which are not read; test images must "
-                                f"sit directly in {test_dir}/ (move them up, or out of the dataset)")
-            continue
-        if not is_image(path):
-            stem = path.name.split(".")[0]
-            if stem.isascii() and stem.isdigit():  # 17.heic, 17.jpg.part: a test image's id, unreadable here
-                problems.append(f"{path}: a test id in a file that is not an image by its extension (test images "
-                                f"are <id>.<ext>, ext one of {', '.join(sorted(IMAGE_EXTS))}); convert or remove it")
-            else:  # Thumbs.db, readme.txt: ignored, as in class folders, but said
-                ignored.append(path.name)
-            continue
-        if not is_utf8_name(path.stem):  # no answer key or JSON reader could name it
-            problems.append(f"{path}: the file name is {NOT_UTF8}")
-            continue
-        image_id = test_id(path.stem)
-        if any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in image_id):
-            # "30\n0": a grader's <int_id> never matches it, and it hides in a listing
-            odd.append(f"{entry.name!r} (id {image_id!r}: a control character in the id)")
-        elif image_id != image_id.strip():
-            odd.append(f"{entry.name!r} (id {image_id!r}: spaces around the id)")
-        elif _is_candidate_name(path.stem):
-            odd.append(f"{entry.name!r} (id {image_id!r}: a second image extension)")
-        if image_id in seen:
-            problems.append(f"{path}: duplicate test id {image_id} (also {seen[image_id].name})")
-            continue
-        seen[image_id] = path
-    if not seen and not any(p.startswith(f"{test_dir}/") for p in problems):
-        if not empty_ok:
-            problems.append(f"{test_dir}: no test images" + (f" (only files that are not images by their extension: "
-                                                              f"{some_of(sorted(ignored), 5)})" if ignored else ""))
-    elif ignored and (str(test_dir), *ignored) not in _TOLD_IGNORED and _says_notes():
-        _TOLD_IGNORED.add((str(test_dir), *ignored))
-        names = some_of(sorted(ignored), 10)
-        print(printable(f"warning: {test_dir}: ignoring {len(ignored)} file(s) that are not images by their "
-                        f"extension, so nothing is predicted for them: {names} (test images are <id>.<ext>, ext one "
-                        f"of {', '.join(sorted(IMAGE_EXTS))})"), file=sys.stderr, flush=True)
-    _warn_odd_test_names(test_dir, odd)
-    return sorted(seen.items(), key=lambda item: _natural(item[0]))
-
-
 def _other_case_note(ds_dir: Path, split: str) -> str:
     """Where a missing split folder exists with other capitals (Train/, VAL/): "missing split folder 'train'" over
     a dataset holding Train/ read as if there were no such folder. Split folder names are lower case (SPEC)."""
@@ -290,19 +83,6 @@ def _other_case_note(ds_dir: Path, split: str) -> str:
         return ""
     return (f"; found {some_of(sorted(found), 3, quoted)} instead: split folder names are lower case, rename it "
             f"(mv {path_argument(ds_dir / sorted(found)[0])} {path_argument(ds_dir / split)})")
-
-
-def _warn_odd_test_names(test_dir: Path, odd: list[str]) -> None:
-    """Test file names that are likely typos of <int_id>.<ext> (SPEC): their ids are predicted as written (other
-    datasets may name test images freely), so a grader keyed on the intended id would count them as misses.
-    Said once per folder (rank 0), as the files that are not images."""
-    if not odd or (str(test_dir), "odd", *odd) in _TOLD_IGNORED or not _says_notes():
-        return
-    _TOLD_IGNORED.add((str(test_dir), "odd", *odd))
-    names = ", ".join(odd[:10]) + (f" and {len(odd) - 10} more" if len(odd) > 10 else "")
-    print(printable(f"warning: {test_dir}: {len(odd)} test file name(s) that may not be what was meant: {names}; "
-                    f"test images are <id>.<ext> (e.g. 17.png), and a prediction is keyed by the name without its "
-                    f"last extension: rename them if the ids should be other ones"), file=sys.stderr, flush=True)
 
 
 def scan_root(root: str | Path, datasets: list[str] | str | None = None,
@@ -477,94 +257,3 @@ def numbered_classes_note(dataset: str, classes: tuple[str, ...]) -> str | None:
             f"({', '.join(repr(c) for c in classes[:min(len(classes), moved + 2)])}, ...: index {moved} is folder "
             f"{classes[moved]!r}, not {by_number[moved]!r}), as torchvision's ImageFolder orders them. pred_all.json "
             f"and integer answer keys use these indices; zero-padded names (00, 01, ..., 10) make both orders agree.")
-
-
-# dot-folders tools keep inside folders of images (Jupyter, thumbnailers, version control, macOS resource forks
-# whose files carry the images' names, QNAP thumbnails, caches, trash): passed over in silence
-TOOL_DOT_FOLDERS = frozenset({".ipynb_checkpoints", ".thumbnails", ".git", ".svn", ".hg", ".Trashes", ".Trash",
-                              ".AppleDouble", ".@__thumb", ".cache"})
-TOOL_DOT_PREFIXES = (".Trash-",)  # a removable drive's per-user trash: .Trash-1000
-
-
-def _note_hidden_class(entry: Path, found) -> None:
-    """A dot-folder holding images in train/ or val/ is passed over (SPEC: hidden entries are not read), but
-    `...` or `.hidden_class` may be a class of the user's: 10 class folders trained as 9 without a word."""
-    if found.name in TOOL_DOT_FOLDERS or found.name.startswith(TOOL_DOT_PREFIXES) or not _is_dir_entry(found):
-        return
-    try:
-        with os.scandir(entry) as it:
-            holds = any(not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS for e in it)
-    except OSError:
-        return
-    if holds:
-        warn_once([f"{entry}: a hidden folder (its name starts with a dot) holding images, passed over: not a "
-                   f"class; rename it without the leading dot to train on it as one"])
-
-
-def warn_once(lines: list[str], kind: str = "warning") -> None:
-    """Print these warnings once per process (the data is scanned several times a command), on rank 0 only."""
-    new = [line for line in lines if line not in _TOLD_GAPS]
-    if new and _says_notes():
-        _TOLD_GAPS.update(new)
-        print("\n".join(f"{kind}: {printable(line)}" for line in new), file=sys.stderr, flush=True)
-
-
-SCAN_NOTE_S = 2.0  # a pool scan that takes longer says so (a 100k-file pool was a minute of silence)
-
-
-def find_unlabeled_images(folders: list[str | Path]) -> list[Path]:
-    """Every image under the folders, recursively, sorted. Symlinked sub-folders are not followed (a link to /
-    or to the data's test split would pull those in): they are named in a note, so that one meant as pool
-    can be given as a folder of its own. Works on os.scandir's names (Path objects per file cost most of
-    the time on a 100k-file pool); a scan longer than SCAN_NOTE_S says so on stderr."""
-    out: list[Path] = []
-    unreadable: list[str] = []
-    links: list[str] = []
-    unread: list[str] = []  # files that are not images by their extension: said in one warning
-    start, told = time.monotonic(), False
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise UserError(f"unlabeled folder '{folder}' does not exist or is not a folder.")
-        stack = [str(folder)]
-        while stack:  # depth first, sorted: the order os.walk gave with sorted dirnames and filenames
-            top = stack.pop()
-            try:
-                with os.scandir(top) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-            except OSError as exc:
-                unreadable.append(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")
-                continue
-            subdirs, base = [], Path(top)
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    is_dir = entry.is_dir()
-                except OSError:  # a symlink loop: a file name, kept when it is an image's (decoding names it)
-                    is_dir = False
-                if is_dir:
-                    (links if entry.is_symlink() else subdirs).append(entry.path)
-                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS:
-                    out.append(base / entry.name)  # half the cost of Path(entry.path)
-                elif is_unread_file(entry):
-                    unread.append(os.path.relpath(entry.path, folder))
-            stack.extend(reversed(subdirs))
-            if not told and time.monotonic() - start > SCAN_NOTE_S and _says_notes():
-                told = True
-                print(f"note: scanning the unlabeled pool ({len(out)} images so far) ...", file=sys.stderr,
-                      flush=True)
-    if told and _says_notes():
-        print(f"note: scanned the unlabeled pool: {len(out)} images in {time.monotonic() - start:.0f} s",
-              file=sys.stderr, flush=True)
-    if unreadable:
-        raise DataLayoutError(unreadable)
-    if links:
-        shown = ", ".join(links[:3]) + (f" and {len(links) - 3} more" if len(links) > 3 else "")
-        warn_once([f"not following {len(links)} symlinked folder(s) in the unlabeled pool: {shown} (give a "
-                    f"linked folder as a pool folder of its own, e.g. --unlabeled DIR, to use it)"], "note")
-    if not out:
-        raise UserError(f"no images found under: {', '.join(str(f) for f in folders)}")
-    if unread:
-        warn_once([unread_files_note(f"the unlabeled pool {', '.join(str(f) for f in folders)}", "in it", unread)])
-    return out

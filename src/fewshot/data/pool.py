@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 from fewshot.data.image_files import has_images, is_image
-from fewshot.data.layout import find_unlabeled_images, real_paths, warn_once
+from fewshot.data.layout import real_paths
+from fewshot.data.pool_scan import find_unlabeled_images
 from fewshot.data.roots import list_datasets
+from fewshot.data.warn_once import warn_once
 from fewshot.errors import DataLayoutError, UserError
 
 

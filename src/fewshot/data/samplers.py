@@ -79,9 +79,9 @@ def repeats_warning(n: int, batch_size: int, world: int, repeats: int) -> str | 
 
 
 def warn_repeats(n: int, batch_size: int, world: int, repeats: int) -> None:
-    """Print repeats_warning with the data's other warnings (layout.warn_once: once a process, rank 0 only), not
+    """Print repeats_warning with the data's other warnings (warn_once.py: once a process, rank 0 only), not
     once an epoch: every epoch plans anew."""
-    from fewshot.data.layout import warn_once
+    from fewshot.data.warn_once import warn_once
 
     text = repeats_warning(n, batch_size, world, repeats)
     if text:

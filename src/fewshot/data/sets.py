@@ -10,7 +10,8 @@ import torch
 
 from fewshot.data.cache import load_images
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import DatasetInfo, warn_once
+from fewshot.data.layout import DatasetInfo
+from fewshot.data.warn_once import warn_once
 from fewshot.errors import DataLayoutError, UserError, one_line, quoted
 from fewshot.train.distributed import launch_rank
 
@@ -34,7 +35,7 @@ class ImageSet:
     @property
     def image_ids(self) -> list[str]:
         """Test image ids from the file stems, as the layout scan names them (pred_all.json keys)."""
-        from fewshot.data.layout import test_id
+        from fewshot.data.test_split import test_id
 
         return [test_id(Path(p).stem) for p in self.paths]
 

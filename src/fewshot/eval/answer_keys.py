@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import test_id
 from fewshot.data.names import datasets_option
+from fewshot.data.test_split import test_id
 from fewshot.errors import UserError, one_line, printable
 from fewshot.eval.model_data import _class_folders
 
@@ -57,7 +57,7 @@ def load_answer_key(path: Path, num_classes: int | None = None,
                           + (f", or a name such as {listed}" if listed else "") + ".")
             raise UserError(f"answer key {path}: image {i} has class {_as_written(c)}; a class must be a whole "
                             f"number in {bound}{named}.{quoted}")
-        image_id = test_id(str(i))  # "0007" and "7" both name test image 7 (layout.test_id)
+        image_id = test_id(str(i))  # "0007" and "7" both name test image 7 (test_split.test_id)
         if out.get(image_id, c) != c:
             raise UserError(f"answer key {path}: image {image_id} is listed twice with different classes.")
         out[image_id] = c

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fewshot.data.cache import default_cache_dir, is_cached, user_cache_dir
-from fewshot.data.layout import scan_root, warn_once
+from fewshot.data.layout import scan_root
 from fewshot.data.names import names_list, parse_datasets
+from fewshot.data.warn_once import warn_once
 from fewshot.errors import UserError, one_line
 
 if TYPE_CHECKING:

@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import scan_root, warn_once
+from fewshot.data.layout import scan_root
 from fewshot.data.names import datasets_option, names_list
 from fewshot.data.roots import list_datasets, run_root_advice
 from fewshot.data.sets import load_split
 from fewshot.data.transforms import Normalize
+from fewshot.data.warn_once import warn_once
 from fewshot.errors import CheckpointError, UserError, one_line, printable
 from fewshot.eval.answer_keys import check_answer_keys, load_answer_key, read_answer_keys, warn_about_unknown_ids
 from fewshot.eval.balancing import balance_plan, balanced_logits, chosen_balance, public, say_balance

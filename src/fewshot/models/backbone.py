@@ -229,7 +229,7 @@ def adopt_weights_architecture(model_cfg: dict) -> dict:
         model_cfg["small_stem"] = True
         taken.append("small_stem=true")
     if taken:  # also over a model.small_stem=false the user typed, which cannot be told from the default here
-        from fewshot.data.layout import warn_once
+        from fewshot.data.warn_once import warn_once
 
         warn_once([f"the network is built with {' and '.join(taken)}, as {model_cfg.get('weights')} records: its "
                    f"tensors fit no other"], "note")

@@ -120,7 +120,7 @@ HIGH_TEMPERATURE = 1.0  # above it the logits span under 2 and the softmax over 
 
 
 def high_temperature_warning(temperature: float) -> str | None:
-    """A warning (for layout.warn_once) for a temperature so high that MoCo learns next to nothing (None: it is
+    """A warning (for warn_once) for a temperature so high that MoCo learns next to nothing (None: it is
     not): at 1e308 every logit was 0, the loss sat at ln(1 + K) with zero gradients, and the run ended "done" with
     nothing learnt. Given by pretrain, `fewshot run`'s MoCo stage and the joint loss (semi.method=moco)."""
     if not temperature > HIGH_TEMPERATURE:

@@ -11,12 +11,12 @@ import torch
 from fewshot.data.augment import BatchAugment, preset as aug_preset
 from fewshot.data.cache import default_cache_dir, load_images
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.layout import warn_once
 from fewshot.data.pool import pool_paths
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.skipped import write_skipped
 from fewshot.data.transforms import Normalize
+from fewshot.data.warn_once import warn_once
 from fewshot.errors import UserError, one_line
 from fewshot.eval.features import backbone_features
 from fewshot.models.backbone import backbone_options, check_input_size, create_backbone, input_size, mean_std

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.data.augment import BatchAugment, preset
-from fewshot.data.layout import warn_once
+from fewshot.data.warn_once import warn_once
 from fewshot.ssl.functional import (all_finite_rows, enqueue_, infonce_logits, infonce_loss, momentum_update_,
                                     high_temperature_warning, shuffle_permutation, topk_accuracy,
                                     without_stochastic_depth)

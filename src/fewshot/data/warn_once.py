@@ -1,0 +1,19 @@
+"""The data's warnings (and other modules' alike), each printed once per process, on rank 0 only: the data is
+scanned several times a command, and every rank scans it."""
+
+from __future__ import annotations
+
+import sys
+
+from fewshot.data.roots import _says_notes
+from fewshot.errors import printable
+
+_TOLD_GAPS: set[str] = set()  # each warning of warn_once once per process
+
+
+def warn_once(lines: list[str], kind: str = "warning") -> None:
+    """Print these warnings once per process (the data is scanned several times a command), on rank 0 only."""
+    new = [line for line in lines if line not in _TOLD_GAPS]
+    if new and _says_notes():
+        _TOLD_GAPS.update(new)
+        print("\n".join(f"{kind}: {printable(line)}" for line in new), file=sys.stderr, flush=True)
