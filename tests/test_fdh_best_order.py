@@ -45,6 +45,19 @@ def ft_ref(root, tmp_path_factory):
     return out
 
 
+def dies_after_the_row_of(mp, step: int) -> None:
+    """A kill right after the log row of global step ``step`` is written (after its last.pt, before best.pt is put
+    in place)."""
+    log = Engine.log
+
+    def dies_after(self, record):
+        log(self, record)
+        if record["step"] == step:
+            raise Killed(f"killed after the row of step {step}")
+
+    mp.setattr(Engine, "log", dies_after)
+
+
 def read_log(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
@@ -140,16 +153,9 @@ def test_a_kill_after_last_pt_and_the_log_row_puts_the_new_best_in_place_on_resu
     """Killed after the epoch's last.pt and log row, before best.pt was replaced: the resume makes best.pt the
     new best at once, and with a replay that scores lower it stays (last.pt names it as the run's best)."""
     out = tmp_path / "run"
-    log = Engine.log
-
-    def dies_after(self, record):
-        log(self, record)
-        if record["step"] == 10:
-            raise Killed("killed after the row of step 10")
-
     with monkeypatch.context() as mp:
         rising_scores(mp, SupervisedTask, {0: 1.0, 1: 2.0})
-        mp.setattr(Engine, "log", dies_after)
+        dies_after_the_row_of(mp, 10)
         with pytest.raises(Killed):
             run_finetune(finetune_cfg(root, **FT), out)
     assert_best_not_ahead(out)
@@ -182,17 +188,10 @@ def test_a_kill_after_a_budget_stops_last_pt_resumes_as_the_uninterrupted_run(ro
     """Killed after the stop's last.pt and log row, before its best.pt was put in place: the resume takes the stop's
     best, then gives it back with its evaluation as it reopens the epoch."""
     ref, out = ft_ref, tmp_path / "run"
-    log = Engine.log
-
-    def dies_after(self, record):
-        log(self, record)
-        if record["step"] == 7:
-            raise Killed("killed after the stop's row")
-
     with monkeypatch.context() as mp:
         engine_clock(mp)
         rising_scores(mp, SupervisedTask, {1: 1e9})
-        mp.setattr(Engine, "log", dies_after)
+        dies_after_the_row_of(mp, 7)
         with pytest.raises(Killed):
             run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 6.5 / 60}), out)
     assert_best_not_ahead(out)
