@@ -167,31 +167,18 @@ def test_a_kill_after_last_pt_and_the_log_row_puts_the_new_best_in_place_on_resu
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
 
 
-def test_a_kill_between_a_budget_stops_writes_leaves_best_pt_behind_and_resume_equals_the_uninterrupted_run(
-        root, ft_ref, tmp_path, monkeypatch):
-    """A budget stop after step 7 (epoch 2) evaluates its partial epoch, a new best; the kill comes at the second
-    write of step 7 (last.pt is step 6's, from the save every 2 steps)."""
+@pytest.mark.parametrize("kill", [second_write_dies, dies_after_the_row_of], ids=["second_write", "after_the_row"])
+def test_a_kill_in_a_budget_stops_writes_leaves_best_pt_behind_and_resume_equals_the_uninterrupted_run(
+        root, ft_ref, tmp_path, monkeypatch, kill):
+    """A budget stop after step 7 (epoch 2) evaluates its partial epoch, a new best. Killed at the second write of
+    step 7 (last.pt is step 6's, from the save every 2 steps), or after the stop's last.pt and log row, before its
+    best.pt was put in place (the resume takes the stop's best, then gives it back with its evaluation as it reopens
+    the epoch): best.pt is never ahead, and the resume equals the uninterrupted run."""
     ref, out = ft_ref, tmp_path / "run"
     with monkeypatch.context() as mp:
         engine_clock(mp)
         rising_scores(mp, SupervisedTask, {1: 1e9})
-        second_write_dies(mp, 7)
-        with pytest.raises(Killed):
-            run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 6.5 / 60}), out)
-    assert_best_not_ahead(out)
-    run_finetune(finetune_cfg(root, **FT), out, resume=True)
-    compare_runs(ref, out)
-    assert not (out / "checkpoints" / "best_before_stop.pt").exists()
-
-
-def test_a_kill_after_a_budget_stops_last_pt_resumes_as_the_uninterrupted_run(root, ft_ref, tmp_path, monkeypatch):
-    """Killed after the stop's last.pt and log row, before its best.pt was put in place: the resume takes the stop's
-    best, then gives it back with its evaluation as it reopens the epoch."""
-    ref, out = ft_ref, tmp_path / "run"
-    with monkeypatch.context() as mp:
-        engine_clock(mp)
-        rising_scores(mp, SupervisedTask, {1: 1e9})
-        dies_after_the_row_of(mp, 7)
+        kill(mp, 7)
         with pytest.raises(Killed):
             run_finetune(finetune_cfg(root, **FT, **{"train.budget_minutes": 6.5 / 60}), out)
     assert_best_not_ahead(out)
