@@ -128,3 +128,38 @@ def test_run_names_its_moco_batch_as_run_pretrain_batch_size(digits_root):
     text = str(caught.value)
     assert "run.pretrain_batch_size=6 must be a multiple of moco.split_bn_groups=4" in text, text
     assert "--batch-size" not in text and "train.batch_size" not in text
+
+
+def test_a_resumed_run_without_a_record_of_its_choices_gets_no_partial_one(digits_root, tmp_path):
+    """review rev66: resuming a run whose config.yaml has no _chosen (an older fewshot's) wrote `_chosen: {train.amp:
+    off}`, after which its lr, device and network counted as the user's (config.chosen_by_rule reads a file without
+    a record); the resume now leaves the file without one."""
+    argv = ["--data", digits_root, "--model", "test_resnet", "--img-size", "16", "--batch-size", "8", "--device",
+            "cpu", "--no-progress", "--datasets", "digits", "train.tensorboard=false"]
+    out = tmp_path / "old"
+    rc, _, err = run_main("train", "--out", out, "--epochs", "1", *argv)
+    assert rc == 0, err
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved[CHOSEN]  # as an older fewshot wrote it
+    saved["train"]["amp"] = "auto"
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    rc, _, err = run_main("train", "--out", out, "--epochs", "2", "--resume", *argv)
+    assert rc == 0, err
+    assert CHOSEN not in yaml.safe_load((out / "config.yaml").read_text())
+
+
+def test_a_run_stages_resume_note_on_its_precision_advises_no_word_run_refuses(tmp_path, capsys):
+    """review rev66: a `fewshot run` stage resumed on a machine that would choose otherwise was told "set
+    train.amp=bf16 or off to change it", a word `fewshot run --resume` refuses; a train run keeps the advice."""
+    from types import SimpleNamespace
+
+    from fewshot.train.resume import ResumeMixin
+
+    (tmp_path / "run_state.json").write_text("{}")  # the stage folder's parent is a `fewshot run` folder
+    for run_dir, advised in ((tmp_path / "finetune", False), (tmp_path.parent / "a_train_run", True)):
+        run_dir.mkdir(exist_ok=True)
+        engine = SimpleNamespace(ctx=SimpleNamespace(is_main=True), cfg={"train": {"amp": "auto"}}, amp=None,
+                                 run_dir=run_dir, device=torch.device("cpu"))
+        ResumeMixin._keep_resolved_amp(engine, "bf16")
+        out = capsys.readouterr().out
+        assert "continues in it" in out and ("train.amp=bf16 or off" in out) == advised, out

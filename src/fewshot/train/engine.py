@@ -191,13 +191,15 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)
 
-    def _record_amp(self, save: bool) -> None:
+    def _record_amp(self, save: bool, resumed: bool = False) -> None:
         """What train.amp=auto resolved to (a resume: its checkpoint's), recorded in the run's config before its
         first checkpoint, and in its config.yaml where one was written before training (``save``); then the note of
-        a --config file whose run chose otherwise (config.note_rechosen left it for now)."""
-        from fewshot.config import note_rechosen, save_yaml
+        a --config file whose run chose otherwise (config.note_rechosen left it for now). A resumed run whose
+        config.yaml has no record of its choices (an older fewshot's) gets none: a record of train.amp alone made
+        its other values (lr, device, network) count as the user's, where the rules had read them as chosen."""
+        from fewshot.config import CHOSEN, note_rechosen, save_yaml
 
-        recorded = record_amp(self.cfg, self.amp)
+        recorded = record_amp(self.cfg, self.amp) if not (resumed and CHOSEN not in self.cfg) else False
         note_rechosen(self.cfg, say=self.ctx.is_main)
         if recorded and save and self.ctx.is_main and (self.run_dir / "config.yaml").is_file():
             save_yaml(self.cfg, self.run_dir / "config.yaml")
@@ -210,7 +212,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
     def fit(self, resume: bool = False) -> dict | None:
         t = self.cfg["train"]
         resumed = resume and self.resume()
-        self._record_amp(save=not resumed)  # a resumed run's config.yaml is written below
+        self._record_amp(save=not resumed, resumed=resumed)  # a resumed run's config.yaml is written below
         if resumed:
             if self.ctx.is_main:
                 self._announce_new_plan()

@@ -285,9 +285,10 @@ class ResumeMixin:
         train.amp is the user's change and wins."""
         if saved not in AMP_BY_NAME or self.cfg["train"]["amp"] != "auto" or AMP_BY_NAME[saved] == self.amp:
             return
-        if self.ctx.is_main:
+        if self.ctx.is_main:  # a `fewshot run` stage: run --resume refuses a train.amp word, so none is advised
+            change = "" if is_run_stage(self.run_dir) else "; set train.amp=bf16 or off to change it"
             print(f"note: the run started in {saved} (train.amp=auto) and continues in it, though this machine would "
-                  f"choose {AMP_NAMES[self.amp]}; set train.amp=bf16 or off to change it.", flush=True)
+                  f"choose {AMP_NAMES[self.amp]}{change}.", flush=True)
         self.amp = AMP_BY_NAME[saved]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
 
