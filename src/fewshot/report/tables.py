@@ -1,4 +1,4 @@
-"""The numbers of `fewshot report` and `fewshot compare`: one table model, rendered as HTML or text.
+"""The tables of `fewshot report` and `fewshot compare` (cells.Table, drawn as HTML or text by render.py).
 
 Tables hold strings already formatted (accuracies with 2 decimals, as in `fewshot eval`), so the
 page and the terminal show exactly the same numbers.
@@ -6,113 +6,16 @@ page and the terminal show exactly the same numbers.
 
 from __future__ import annotations
 
-import html
-import math
-from dataclasses import dataclass, field
-
-from fewshot.errors import printable
+from fewshot.report.cells import (ABSURD, DASH, UNKNOWN, Table, count, duration, epochs, flops, number, opt, pct,
+                                  rate, routing, shown)
+from fewshot.report.render import print_tables, to_html, to_text
 from fewshot.report.run_record import Run
 
-DASH = "–"
-UNKNOWN = "?"  # a value a run's file holds that is no usable number
-ABSURD = 1e18  # beyond any parameter count, FLOPs, seconds or rate a run records
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[str]]
-    numeric: list[bool] = field(default_factory=list)   # right-align these columns
-    emphasis: list[int] = field(default_factory=list)   # row indexes shown in bold (mean, routing)
-    caption: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.numeric:
-            self.numeric = [False] + [True] * (len(self.columns) - 1)
-
-
-# ---------------------------------------------------------------------- formatting
-def number(x) -> float | None:
-    """A finite JSON number as a float; None for anything else (a bool, a string, NaN, an int of 400 digits that
-    float() cannot hold: metrics.json's "n_parameters": 10**400 stopped `fewshot compare` with an OverflowError)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    try:
-        value = float(x)
-    except OverflowError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def shown(x, fmt) -> str:
-    """``fmt(value)`` of a sensible number; a dash where none was recorded, '?' where the run's files hold
-    something that is no usable number (they may come from elsewhere, or be damaged)."""
-    if x is None:
-        return DASH
-    value = number(x)
-    if value is None or abs(value) >= ABSURD:
-        return UNKNOWN
-    return fmt(value)
-
-
-def pct(x) -> str:
-    return shown(x, lambda v: f"{v:.2f}")
-
-
-def routing(metrics: dict | None):
-    """A run's dataset-routing accuracy where it means something: with one dataset every image is routed right by
-    construction (100.00 beside two-dataset runs' routing read as a result)."""
-    m = metrics or {}
-    return m.get("routing_acc") if len(m.get("datasets") or {}) > 1 else None
-
-
-def count(x) -> str:
-    def fmt(v: float) -> str:
-        if v < 0:
-            return UNKNOWN
-        n = x if isinstance(x, int) else int(v)  # an int as written (float(x) rounds one of 17 digits)
-        return f"{n:,} ({n / 1e6:.1f} M)" if n >= 1_000_000 else f"{n:,}"
-    return shown(x, fmt)
-
-
-def flops(x) -> str:
-    x = number(x)
-    if x is None or x <= 0 or x >= ABSURD:
-        return DASH
-    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.2f} {unit}"
-    return f"{x:.0f} FLOPs"
-
-
-def duration(s) -> str:
-    return shown(s, _duration)
-
-
-def _duration(s: float) -> str:
-    """Rounded once to the unit shown, then split: rounding the remainder after the split made 179.6 s "2 min 60 s"
-    (a budget stop's note) and 59.96 s "60.0 s"."""
-    if round(s, 1) < 60:
-        return f"{s:.1f} s"
-    if round(s) < 3600:
-        minutes, seconds = divmod(int(round(s)), 60)
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(int(round(s / 60)), 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def epochs(x) -> str:
-    """Epochs trained: 8, or 5.75 for a run stopped a quarter of an epoch before the end of its sixth."""
-    return shown(x, lambda v: str(x) if isinstance(x, int) else f"{v:.2f}".rstrip("0").rstrip("."))
-
-
-def opt(x) -> str:
-    return DASH if x is None else str(x)
-
-
-def rate(x) -> str:
-    return shown(x, lambda v: f"{v:.1f} img/s")
+# the cells (cells.py) and their drawing (render.py) live in their own modules; callers read them here, beside the
+# tables built of them
+__all__ = ["ABSURD", "DASH", "UNKNOWN", "Table", "count", "duration", "epochs", "flops", "number", "opt", "pct",
+           "rate", "routing", "shown", "print_tables", "to_html", "to_text", "dataset_table", "differing_datasets",
+           "knn_table", "overview_table", "run_tables", "self_training_table", "test_table"]
 
 
 FEW_NAMES = 3  # names a caption lists before "and N more"
@@ -457,80 +360,3 @@ def run_tables(run: Run) -> list[Table]:
     if t is not None:
         out.append(t)
     return out
-
-
-# ---------------------------------------------------------------------- rendering
-def to_html(t: Table, with_title: bool = True) -> str:
-    e = html.escape
-    parts = []
-    if with_title and t.title:
-        parts.append(f"<h4>{e(t.title)}</h4>")
-    parts.append('<div class="tablewrap"><table>')
-    parts.append("<thead><tr>" + "".join(
-        f'<th class="{"num" if num else "txt"}">{e(c)}</th>' for c, num in zip(t.columns, t.numeric)) + "</tr></thead>")
-    parts.append("<tbody>")
-    for i, row in enumerate(t.rows):
-        cls = ' class="em"' if i in t.emphasis else ""
-        parts.append(f"<tr{cls}>" + "".join(
-            f'<td class="{"num" if num else "txt"}">{e(v)}</td>' for v, num in zip(row, t.numeric)) + "</tr>")
-    parts.append("</tbody></table></div>")
-    if t.caption:
-        parts.append(f'<p class="caption">{e(t.caption)}</p>')
-    return "\n".join(parts)
-
-
-def to_text(t: Table) -> str:
-    """Plain aligned text (the fallback when `rich` is not available)."""
-    widths = [max(len(c), *(len(r[i]) for r in t.rows)) if t.rows else len(c) for i, c in enumerate(t.columns)]
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, t.numeric)).rstrip()
-
-    out = [t.title, line(t.columns), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in t.rows]
-    return "\n".join(out + ([t.caption] if t.caption else []))
-
-
-def _raise_broken_pipe() -> None:
-    raise BrokenPipeError
-
-
-def print_tables(tables: list[Table], file=None) -> None:
-    """Print with rich when installed (wide enough that no number is ever cut), else as plain text."""
-    import sys
-
-    file = file or sys.stdout
-    try:
-        from rich import box
-        from rich.console import Console
-        from rich.table import Table as RichTable
-    except ImportError:
-        for t in tables:
-            print(printable(to_text(t)) + "\n", file=file)
-        return
-    from rich.cells import cell_len
-
-    console = Console(file=file, highlight=False)
-    # widths in terminal cells (a CJK character takes two), as rich measures them
-    needed = max((max(cell_len(printable(t.title)),
-                      sum(max(cell_len(printable(str(c))) for c in [col, *(r[i] for r in t.rows)])
-                          for i, col in enumerate(t.columns)) + 5 * len(t.columns)) for t in tables), default=80)
-    # Never let rich crop a number: the console is at least as wide as the widest table. Rich keeps a width only
-    # given with a height: a dumb terminal (TERM=dumb) is otherwise 80 columns whatever width= says.
-    console = Console(file=file, highlight=False, width=max(needed, console.width), height=console.height,
-                      color_system=console.color_system if console.is_terminal else None)
-    console.on_broken_pipe = _raise_broken_pipe  # rich exits 1 itself; the CLI reports a cut-off reader as 141
-    from rich.text import Text
-
-    # names come from folders and run files (anyone's): drawn as plain text, never as rich markup or escape codes
-    for t in tables:
-        console.print(Text(printable(t.title), style="bold"))  # above the table, not wrapped to its width
-        rt = RichTable(box=box.SIMPLE_HEAD)
-        for c, num in zip(t.columns, t.numeric):
-            rt.add_column(Text(printable(c)), justify="right" if num else "left", no_wrap=True)
-        for i, row in enumerate(t.rows):
-            rt.add_row(*(Text(printable(str(c))) for c in row), style="bold" if i in t.emphasis else None)
-        console.print(rt)
-        if t.caption:  # what the numbers are (balanced predictions, best vs exported epoch): the HTML shows it too
-            console.print(Text(printable(t.caption), style="dim"))
-            console.print()
