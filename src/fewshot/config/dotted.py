@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from fewshot.config.defaults import DEFAULTS
-from fewshot.config.fields import (AUTO_OR_WHOLE, CHOICES, OPTIONAL, OPTIONAL_NULL, TEXT, TEXT_LIST, _kind,
-                                   _plain, field_words)
+from fewshot.config.fields import (AUTO_OR_WHOLE, CHOICES, NONE_WORDS, OPTIONAL, OPTIONAL_NULL, TEXT, TEXT_LIST,
+                                   _kind, _plain, field_words, none_is_a_word)
 from fewshot.config.yaml_io import read_yaml
 from fewshot.errors import UserError
 
@@ -56,22 +56,6 @@ def refuse_dotted_key(cfg: dict, key: Any, value: Any) -> None:
                     f"key=value word's form).")
 
 
-# Python's None in the capitalisations YAML gives its own null (null, Null, NULL): read as null, not as the text
-# 'None' (data.cache_dir=None filled a folder named None, model.weights=None looked for a file of that name)
-NONE_WORDS = ("None", "none", "NONE")
-
-
-# the fields that hold names, not paths or numbers: `data.datasets=none` names a dataset folder `none`, as it did
-# before None was read as null (and null there means every dataset); data.unlabeled holds paths, as model.weights
-NAME_FIELDS = ("data.datasets",)
-
-
-def _none_is_a_word(key: str) -> bool:
-    """The fields where `none` is one of the words (moco.shuffle_bn=none: off) or a name (NAME_FIELDS), which keep
-    it."""
-    return "none" in CHOICES.get(key, ()) or key in NAME_FIELDS
-
-
 def parse_override(word: str) -> tuple[list[str], Any]:
     """`optim.lr=3e-4` -> (['optim', 'lr'], 0.0003); the value is read as YAML."""
     if "=" not in word:
@@ -84,7 +68,7 @@ def parse_override(word: str) -> tuple[list[str], Any]:
         value = read_yaml(raw, f"the value of {key}=", field=key) if raw != "" else None
     except yaml.YAMLError:
         value = raw
-    if raw.strip() in NONE_WORDS and not _none_is_a_word(key):
+    if raw.strip() in NONE_WORDS and not none_is_a_word(key):
         return key.split("."), None  # quoted ("None") it stays text: a folder may have that name
     # YAML 1.1 reads "1e-4" as a string; users mean a number (but a dataset named 08 is a name, not 8.0)
     if isinstance(value, str) and key not in TEXT + TEXT_LIST:

@@ -139,3 +139,20 @@ def _as_number(value: Any) -> Any:
         if math.isfinite(number):
             return number
     return value
+
+
+# Python's None in the capitalisations YAML gives its own null (null, Null, NULL): read as null, not as the text
+# 'None' (data.cache_dir=None filled a folder named None, model.weights=None looked for a file of that name), in a
+# key=value word (dotted.parse_override) and a config file's plain scalar (yaml_io.keep_text_as_typed) alike
+NONE_WORDS = ("None", "none", "NONE")
+
+
+# the fields that hold names, not paths or numbers: `data.datasets=none` names a dataset folder `none`, as it did
+# before None was read as null (and null there means every dataset); data.unlabeled holds paths, as model.weights
+NAME_FIELDS = ("data.datasets",)
+
+
+def none_is_a_word(key: str) -> bool:
+    """The fields where `none` is one of the words (moco.shuffle_bn=none: off) or a name (NAME_FIELDS), which keep
+    it."""
+    return "none" in CHOICES.get(key, ()) or key in NAME_FIELDS

@@ -15,7 +15,7 @@ import yaml
 
 from fewshot.config.defaults import DEFAULTS
 from fewshot.config.dotted import flatten_dotted, get_dotted
-from fewshot.config.fields import _as_number, _plain
+from fewshot.config.fields import NONE_WORDS, _as_number, _plain
 from fewshot.config.runfile import written_by_run
 from fewshot.config.yaml_io import config_data, find_config
 from fewshot.errors import UserError, printable
@@ -308,4 +308,17 @@ def save_yaml(cfg: dict, path: Path) -> None:
     from fewshot.utils import atomic_write_text
 
     kept = {key: value for key, value in cfg.items() if key not in TRANSIENT}
-    atomic_write_text(path, yaml.safe_dump(kept, sort_keys=False))
+    atomic_write_text(path, yaml.dump(kept, Dumper=RecordDumper, sort_keys=False))
+
+
+class RecordDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting the text `None` / `none` / `NONE` (NONE_WORDS): written plain, a folder of
+    that name would be read back as null (yaml_io.keep_text_as_typed) on resume."""
+
+
+def _quoted_none_words(dumper: yaml.SafeDumper, text: str):
+    style = "'" if text in NONE_WORDS else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+RecordDumper.add_representer(str, _quoted_none_words)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from fewshot.config.fields import TEXT_LIST
+from fewshot.config.fields import NONE_WORDS, TEXT_LIST, none_is_a_word
 from fewshot.errors import UserError, one_line
 
 
@@ -90,11 +90,21 @@ def keep_text_as_typed(node, field: str | None = None):
         return _with_fields(node, "", memo, lambda section, fields: _with_fields(
             fields, section, memo, lambda key, value: keep_text_as_typed(value, f"{section}.{key}")))
     if field not in TEXT_LIST:
-        return node
+        return _none_word_as_null(node, field)
     if isinstance(node, yaml.SequenceNode):
         return yaml.SequenceNode(node.tag, [_as_typed(item) for item in node.value], node.start_mark, node.end_mark,
                                  node.flow_style)
     return _as_typed(node)
+
+
+def _none_word_as_null(node, field: str):
+    """A null node for a plain `None` / `none` / `NONE` (NONE_WORDS) of a field where it is no word or name: a config
+    file's `cache_dir: None` filled a folder named None (a key=value word's was read as null already). Quoted it
+    stays text, as a word's does; a tag the user wrote is kept."""
+    if isinstance(node, yaml.ScalarNode) and node.style is None and node.value in NONE_WORDS and \
+            not getattr(node, TAG_WRITTEN, False) and not none_is_a_word(field):
+        return yaml.ScalarNode(NULL_TAG, node.value, node.start_mark, node.end_mark, node.style)
+    return node
 
 
 def _as_typed(item):
