@@ -169,8 +169,8 @@ def refuse_trained_session(out: Path, settings: dict | None, kind: str | None) -
     theirs = run_command(settings)
     ours = KIND_COMMANDS.get(kind or "", theirs)
     last = shell_quoted(Path(out) / "checkpoints" / "last.pt")
-    how = (f"Put last.pt back and pass --resume to continue it, pass --resume to start it over in place (which "
-           f"removes those files), or choose another --out" if ours == theirs else
+    how = ("Put last.pt back and pass --resume to continue it, pass --resume to start it over in place (which "
+           "removes those files), or choose another --out" if ours == theirs else
            f"Choose another --out (`fewshot {theirs} --resume` continues it there, with its last.pt put back)")
     shown = ", ".join(written[:3]) + (", ..." if len(written) > 3 else "")
     raise UserError(f"the run folder '{out}' holds a `fewshot {theirs}` run that trained ({shown}) but not its "
