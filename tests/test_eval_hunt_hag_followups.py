@@ -51,10 +51,11 @@ def _run(tmp_path: Path, stages=("finetune_labelled", "finetune"), predicted_wit
 def test_the_stage_that_predicted_and_its_checkpoints_have_the_runs_recorded_balance(tmp_path):
     """`predict RUN/finetune` balanced with auto where `predict RUN` took the run's run.balance off."""
     run = _run(tmp_path)
-    for read in (run, run / "finetune", run / "finetune" / "checkpoints" / "best.pt"):
+    # RUN/finetune/checkpoints: resolve_checkpoint takes its best.pt, as for RUN/finetune (test_fds_predict_inputs)
+    for read in (run, run / "finetune", run / "finetune" / "checkpoints" / "best.pt", run / "finetune" / "checkpoints"):
         assert balancing.recorded_balance(read) == "off", read
     for read in (run / "finetune_labelled", run / "finetune_labelled" / "checkpoints" / "best.pt",
-                 run / "finetune" / "checkpoints", tmp_path):
+                 run / "finetune_labelled" / "checkpoints", tmp_path):
         assert balancing.recorded_balance(read) is None, read
     (run / "summary.json").write_text("not json")
     assert balancing.recorded_balance(run / "finetune") is None

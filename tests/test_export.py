@@ -348,8 +348,12 @@ def test_an_unfinished_pipeline_folder_names_its_stages(tmp_path):
         (tmp_path / stage / "checkpoints" / "last.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"did not finish .*finetune, .*finetune_labelled; pass one of them"):
         resolve_checkpoint(tmp_path)
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     with pytest.raises(CheckpointError, match=r"expected checkpoints/best.pt or last.pt\)\.$"):
-        resolve_checkpoint(tmp_path / "finetune_labelled" / "checkpoints")  # a folder without stages: as before
+        resolve_checkpoint(tmp_path / "empty" / "checkpoints")  # a folder without stages: as before
+    # a stage's checkpoints/ holding last.pt resolves as the stage would (test_fds_predict_inputs)
+    last = tmp_path / "finetune_labelled" / "checkpoints" / "last.pt"
+    assert resolve_checkpoint(tmp_path / "finetune_labelled" / "checkpoints") == last
 
 
 def test_fine_tuning_from_an_export_adopts_its_image_size_and_names_its_model(exported, tmp_path, capsys):

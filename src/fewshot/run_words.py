@@ -270,8 +270,8 @@ def near_chance_finding(classes: list[str], val_labels: list[int], val_acc1: flo
     """summary.json's record of a dataset whose val acc@1 is not clearly above chance (chance_level), or whose test
     predictions fall nearly all in one class that val says is not that common (collapsed_class); None for neither,
     and for a dataset without val labels or whose val lacks a class (nothing to judge by: nothing said rather than a
-    guess)."""
-    if not val_labels or not classes:
+    guess); None for a dataset of one class, whose chance is the 100 % it scores (a perfect model told it guessed)."""
+    if not val_labels or len(classes) < 2:
         return None
     val_shares = [val_labels.count(c) / len(val_labels) for c in range(len(classes))]
     if not all(val_shares):  # val lacks a class: its "chance" (the commonest class's share) was 100 % for a one-class

@@ -9,8 +9,8 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from fewshot.data.image_files import (IMAGE_EXTS, NOT_UTF8, _is_candidate_name, _is_dir_entry, _is_file_entry,
-                                      _listdir, has_images, is_image)
+from fewshot.data.image_files import (IMAGE_EXTS, NOT_UTF8, OTHER_IMAGE_EXTS, _is_candidate_name, _is_dir_entry,
+                                      _is_file_entry, _listdir, has_images, is_image)
 from fewshot.data.names import some_of
 from fewshot.data.roots import _says_notes
 from fewshot.errors import BIDI_CONTROLS, is_utf8_name, printable, quoted
@@ -39,6 +39,7 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
     seen: dict[str, Path] = {}
     ignored: list[str] = []
     odd: list[str] = []  # names a grader's <int_id> may not match: predicted (or passed over) but said
+    numbered: list[Path] = []  # files named like a test id that are no image by their extension
     for entry in _listdir(test_dir, problems, links) or []:
         if entry.name.startswith("."):
             if not entry.name.startswith("._") and _is_candidate_name(entry.name) and _is_file_entry(entry):
@@ -52,9 +53,8 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
             continue
         if not is_image(path):
             stem = path.name.split(".")[0]
-            if stem.isascii() and stem.isdigit():  # 17.heic, 17.jpg.part: a test image's id, unreadable here
-                problems.append(f"{path}: a test id in a file that is not an image by its extension (test images "
-                                f"are <id>.<ext>, ext one of {', '.join(sorted(IMAGE_EXTS))}); convert or remove it")
+            if stem.isascii() and stem.isdigit():  # 17.heic, 0.json: an id, judged once every image is seen
+                numbered.append(path)
             else:  # Thumbs.db, readme.txt: ignored, as in class folders, but said
                 ignored.append(path.name)
             continue
@@ -73,6 +73,7 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
             problems.append(f"{path}: duplicate test id {image_id} (also {seen[image_id].name})")
             continue
         seen[image_id] = path
+    ignored += _numbered_non_images(numbered, seen, problems)
     if not seen and not any(p.startswith(f"{test_dir}/") for p in problems):
         if not empty_ok:
             problems.append(f"{test_dir}: no test images" + (f" (only files that are not images by their extension: "
@@ -85,6 +86,34 @@ def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = No
                         f"of {', '.join(sorted(IMAGE_EXTS))})"), file=sys.stderr, flush=True)
     _warn_odd_test_names(test_dir, odd)
     return sorted(seen.items(), key=lambda item: _natural(item[0]))
+
+
+# a download not finished: 17.jpg.part may be the test image 17.jpg is an older copy of
+PARTIAL_EXTS = frozenset({".part", ".partial", ".crdownload", ".download", ".tmp", ".temp"})
+
+
+def _numbered_non_images(numbered: list[Path], seen: dict[str, Path], problems: list[str]) -> list[str]:
+    """The names to ignore among files named like a test id that are no image (17.heic, 0.json): a side file of an
+    id that has its image (0.json beside 0.png, a per-image annotation) is ignored, as readme.txt is. Refused: an id
+    without an image (skipping its file would leave a test image out of pred_all.json unsaid), and an image-like
+    file beside an image of its id (17.heic beside 17.png: which one is the test image is unclear)."""
+    ignored = []
+    for path in numbered:
+        image = seen.get(test_id(path.name.split(".")[0]))
+        if image is not None and not _image_like(path):
+            ignored.append(path.name)
+            continue
+        also = f"; {image.name} has the same id" if image is not None else ""
+        problems.append(f"{path}: a test id in a file that is not an image by its extension (test images are "
+                        f"<id>.<ext>, ext one of {', '.join(sorted(IMAGE_EXTS))}){also}; convert or remove it")
+    return ignored
+
+
+def _image_like(path: Path) -> bool:
+    """A file that may hold a test image fewshot does not read: another image format (17.heic), an unfinished
+    download (17.jpg.part), no extension at all (0017)."""
+    ext = path.suffix.lower()
+    return not ext or ext in OTHER_IMAGE_EXTS or ext in PARTIAL_EXTS
 
 
 def _warn_odd_test_names(test_dir: Path, odd: list[str]) -> None:

@@ -50,11 +50,7 @@ def load_answer_key(path: Path, num_classes: int | None = None,
                     named += (f". The data's class folders ({theirs}{', ...' if len(data_classes) > 8 else ''}) differ "
                               f"from the model's: the key is read with the model's names, so write those (or the "
                               f"indices) in it")
-            quoted = ""
-            if isinstance(c, str) and c.strip().isdigit():  # {"0": "1"}: "1" was read as a name, and is none
-                listed = ", ".join(printable(n) for n in list(class_names)[:5]) if class_names else ""
-                quoted = (f" A number in quotes is read as a class name: write the index without quotes ({c.strip()})"
-                          + (f", or a name such as {listed}" if listed else "") + ".")
+            quoted = _quoted_number_hint(c, num_classes, class_names)
             raise UserError(f"answer key {path}: image {i} has class {_as_written(c)}; a class must be a whole "
                             f"number in {bound}{named}.{quoted}")
         image_id = test_id(str(i))  # "0007" and "7" both name test image 7 (test_split.test_id)
@@ -62,6 +58,23 @@ def load_answer_key(path: Path, num_classes: int | None = None,
             raise UserError(f"answer key {path}: image {image_id} is listed twice with different classes.")
         out[image_id] = c
     return out
+
+
+def _quoted_number_hint(c, num_classes: int | None, class_names) -> str:
+    """The hint for a key's class written as a number in quotes ({"0": "1"}: read as a name, and none). Writing it
+    without quotes helps only where the number is one of the model's class indices: for "3" of 3 classes that advice
+    was refused in turn, so there the key is said to name a class the model was not trained on."""
+    text = c.strip() if isinstance(c, str) else ""
+    if not (text.isascii() and text.isdigit()):  # "²" is a digit that no JSON number writes
+        return ""
+    digits = text.lstrip("0") or "0"  # int() refuses more than 4300 digits
+    if num_classes is not None and (len(digits) > 9 or int(digits) >= num_classes):
+        return (f" {text} is neither a class name nor a class index of the model's (0..{num_classes - 1}): the "
+                f"image is of a class the model was not trained on, or the key counts classes from 1; correct the "
+                f"key, or leave that image out of test/ and the key.")
+    listed = ", ".join(printable(n) for n in list(class_names)[:5]) if class_names else ""
+    return (f" A number in quotes is read as a class name: write the index without quotes ({text})"
+            + (f", or a name such as {listed}" if listed else "") + ".")
 
 
 def _as_written(value) -> str:

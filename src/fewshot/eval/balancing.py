@@ -16,6 +16,7 @@ from fewshot.errors import UserError, one_line
 from fewshot.eval import balance as bal
 from fewshot.eval.evaluate import compute_logits
 from fewshot.eval.model_data import _labelled_split, prediction_cache_dir
+from fewshot.train.checkpoint import _a_runs_checkpoints
 
 if TYPE_CHECKING:
     from fewshot.eval.predict import TrainedModel
@@ -240,6 +241,8 @@ def recorded_balance(run_or_ckpt) -> str | None:
     the run folder, or the stage that predicted (summary.json's predicted_with) or one of its checkpoints: `predict
     RUN/finetune` balanced with auto where `predict RUN` took the run's off, the same model predicted otherwise."""
     p = Path(run_or_ckpt)
+    if p.is_dir() and _a_runs_checkpoints(p):
+        p = p.parent  # `predict RUN/finetune/checkpoints` balances as `predict RUN/finetune` (resolve_checkpoint)
     if p.is_dir() and not (p / "checkpoints").is_dir() and (p / "summary.json").is_file():
         return _summary_balance(p)  # the run folder: resolve_checkpoint reads the predicting stage the same way
     stage = p.parent.parent if p.is_file() and p.parent.name == "checkpoints" else p if p.is_dir() else None

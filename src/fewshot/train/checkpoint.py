@@ -108,6 +108,9 @@ def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
             cand = p / "checkpoints" / name
             if cand.is_file():
                 return cand
+            cand = p / name
+            if _a_runs_checkpoints(p) and cand.is_file():  # RUN/checkpoints: as RUN (tab completion stops there)
+                return cand
         stages = sorted(str(c.parent.parent) for c in p.glob("*/checkpoints/*.pt"))  # an unfinished `fewshot run`
         # a `fewshot run` folder: its run_state.json (written first), or only its stages' folders; else p holds runs
         a_run = (p / "run_state.json").is_file() or (p / "summary.json").is_file() or stages and all(
@@ -125,6 +128,12 @@ def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
     if p.is_file():
         return p
     raise CheckpointError(f"'{p}' is neither a run directory nor a checkpoint file.")
+
+
+def _a_runs_checkpoints(p: Path) -> bool:
+    """Whether ``p`` is a run's checkpoints/ folder, given instead of the run: `predict RUN/checkpoints` said there
+    was no checkpoint while best.pt was in it."""
+    return p.name == "checkpoints" and not (p / "checkpoints").is_dir()
 
 
 def rng_state() -> dict:
