@@ -1,4 +1,4 @@
-"""What a command changes in the calling process, put back when it returns.
+"""What a command changes in the calling process, put back when it returns, and what it assumes of it, set for it.
 
 For fewshot used from Python (`fewshot.cli.main([...])` in a notebook): a run with `train.threads=1
 train.deterministic=true` left every later call, and the caller's own work, on one thread in deterministic
@@ -25,17 +25,60 @@ SET_BY_IMPORTS = ("TORCHINDUCTOR_CACHE_DIR",)
 _CALLS: list[dict] = []
 
 
+# the modules' sets of what was said once, as (module, attribute): looked up when cleared, so that a set a test put
+# in the module's place is the one cleared
+_SAID_ONCE: list[tuple[str, str]] = []
+
+
 @contextmanager
 def kept():
     """Run a command and put the caller's state back when it returns. Commands run one at a time (cli_process._Turn), so
     each call keeps its own: a call made inside another command gives that command its state back."""
     state = snapshot()
+    if not _CALLS:  # a call made inside another command is part of it: what that command said stays said
+        _forget_said()
     _CALLS.append({"threads": state["torch"][0] if "torch" in state else None})
     try:
-        yield
+        with _torch_as_assumed():
+            yield
     finally:
         _CALLS.pop()
         restore(state)
+
+
+def said_once(module: str, name: str) -> set:
+    """A new set of the warnings module `module` has given, its attribute `name`: emptied when a command starts
+    (kept), so that each call from a notebook says what the same command says from the shell, while the stages of one
+    command (`fewshot run` loads its data again in each) still say each once. Used directly, the library says each
+    once per process."""
+    _SAID_ONCE.append((module, name))
+    return set()
+
+
+def _forget_said() -> None:
+    for module, name in _SAID_ONCE:
+        told = getattr(sys.modules.get(module), name, None)
+        if told is not None:
+            told.clear()
+
+
+@contextmanager
+def _torch_as_assumed():
+    """float32 as torch's default dtype, grad mode on and inference mode off while the command runs, on the calling
+    thread (the one that trains), with the caller's back afterwards: a notebook's float64 default built double weights
+    that the float32 images failed in, and its no_grad or inference_mode failed training's backward pass. Torch not
+    loaded yet: the command's import gives torch's own defaults, and the caller had none to give back."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    dtype = torch.get_default_dtype()
+    with torch.inference_mode(False), torch.enable_grad():
+        try:
+            torch.set_default_dtype(torch.float32)
+            yield
+        finally:
+            torch.set_default_dtype(dtype)
 
 
 def this_call() -> dict | None:

@@ -11,6 +11,7 @@ from typing import Any
 from fewshot.config.fields import canonical_value
 from fewshot.config.yaml_io import rank_zero_says
 from fewshot.errors import printable
+from fewshot.process_state import said_once
 
 
 def same_folders(before, now) -> bool:
@@ -49,7 +50,7 @@ def same_recorded_path(saved, now) -> bool:
     return same
 
 
-_TAIL_NOTED: set = set()
+_TAIL_NOTED: set = said_once(__name__, "_TAIL_NOTED")
 
 
 def setting_changed(dotted: str, was: Any, now: Any) -> bool:

@@ -17,6 +17,7 @@ import yaml
 
 from fewshot.config.fields import NONE_WORDS, TEXT_LIST, none_is_a_word
 from fewshot.errors import UserError, one_line
+from fewshot.process_state import said_once
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -181,7 +182,7 @@ def deeper_than(data, limit: int, budget: int = 100_000) -> bool:
 
 
 RECIPES = Path(__file__).parent.parent / "configs"  # the shipped recipes (configs/ in the repository links here)
-_NOTED_RECIPES: set[str] = set()
+_NOTED_RECIPES: set[str] = said_once(__name__, "_NOTED_RECIPES")
 
 
 def find_config(path: str | Path) -> Path:

@@ -1,5 +1,5 @@
 """The words of the decode cache: the notes and warnings it prints (a large new entry, a cache it cannot write, no
-home folder for one, 16-bit images that do not fit data.bit_depth), each said once per process, the error for images
+home folder for one, 16-bit images that do not fit data.bit_depth), each said once per command, the error for images
 that do not fit in memory and the hint for files that cannot be decoded.
 
 Apart from data/cache.py because these are text only, built from what the cache has already found: nothing here
@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 from fewshot.errors import UserError, one_line, printable
+from fewshot.process_state import said_once
 from fewshot.train.distributed import launch_rank
 
-_WARNED: set[str] = set()
+_WARNED: set[str] = said_once(__name__, "_WARNED")
 
 
 def _too_big(n: int, size: int, nbytes: int) -> UserError:

@@ -15,6 +15,7 @@ from pathlib import Path
 from fewshot.data.image_files import has_images, is_image
 from fewshot.data.names import datasets_option, names_list
 from fewshot.errors import UserError, one_line, path_argument, quoted, shell_quoted
+from fewshot.process_state import said_once
 
 NOT_DATASETS = frozenset({"unlabeled"})
 SPLITS = ("train", "val", "test")
@@ -24,7 +25,7 @@ REPORT_MARK = ".fewshot_report"  # written by `fewshot report` into --out before
 RUN_MARKERS = ("config.yaml", "run_state.json", "log.jsonl", "checkpoints", "index.html", REPORT_MARK)
 _MARKER_NAMES = frozenset(RUN_MARKERS)
 REPORT_TITLE = "<title>fewshot report</title>"  # in every page `fewshot report` writes (report/out_folder.py reads it)
-_TOLD_NOT_DATASETS: set[str] = set()
+_TOLD_NOT_DATASETS: set[str] = said_once(__name__, "_TOLD_NOT_DATASETS")
 _LAYOUT_ADVICE = "Give --data the folder above the datasets (ROOT/<dataset>/<split>/<class>/<image>)."
 
 

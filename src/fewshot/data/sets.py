@@ -13,6 +13,7 @@ from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import DatasetInfo
 from fewshot.data.warn_once import warn_once
 from fewshot.errors import DataLayoutError, UserError, one_line, quoted
+from fewshot.process_state import said_once
 from fewshot.train.distributed import launch_rank
 
 
@@ -134,12 +135,12 @@ def _warns() -> bool:
 
 
 COPY_EXAMPLES = 3  # the copies a warning names
-_WARNED: set[str] = set()  # warn_split_copies' messages given in this process: `fewshot run` loads its splits again
-#                            in each stage
+# warn_split_copies' messages given in this command: `fewshot run` loads its splits again in each stage
+_WARNED: set[str] = said_once(__name__, "_WARNED")
 
 
 def warn_split_copies(train: ImageSet | None, others: dict[str, ImageSet], space: LabelSpace) -> None:
-    """Warn (rank 0, each message once a process) where a dataset's val or test images are exact copies of its train
+    """Warn (rank 0, each message once a command) where a dataset's val or test images are exact copies of its train
     images (the same decoded pixels, decode_many.image_digest): val chooses best.pt, the EMA or the raw weights and
     run.balance, and a copied val split scored memorised images, silently. Duplicates within the pool, and pool
     images in val or test, are not warned about: the pool is unlabelled (its images are meant to be the datasets').

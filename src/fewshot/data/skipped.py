@@ -1,4 +1,4 @@
-"""The images --skip-bad-images (or data.skip_bad_unlabeled) left out: listed on stderr once per process, and
+"""The images --skip-bad-images (or data.skip_bad_unlabeled) left out: listed on stderr once per command, and
 written to the run folder (RUN/skipped_images.json).
 
 Apart from data/cache.py because the training commands write the list of a whole run (its splits and pool) after
@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 from fewshot.errors import one_line
+from fewshot.process_state import said_once
 from fewshot.train.distributed import launch_rank
 from fewshot.utils import atomic_write_text
 
-_REPORTED: set[tuple[str, str]] = set()  # skipped files already listed by this process
+_REPORTED: set[tuple[str, str]] = said_once(__name__, "_REPORTED")  # skipped files already listed by this command
 
 
 def report_skipped(bad: list[tuple[str, str]], limit: int = 50, note: str = "--skip-bad-images") -> None:

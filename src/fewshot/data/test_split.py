@@ -14,6 +14,7 @@ from fewshot.data.image_files import (IMAGE_EXTS, NOT_UTF8, OTHER_IMAGE_EXTS, _i
 from fewshot.data.names import some_of
 from fewshot.data.roots import _says_notes
 from fewshot.errors import BIDI_CONTROLS, is_utf8_name, printable, quoted
+from fewshot.process_state import said_once
 
 
 def test_id(name: str) -> str:
@@ -29,7 +30,7 @@ def _natural(image_id: str) -> tuple:
     return (0, int(image_id), image_id) if image_id.isascii() and image_id.isdigit() else (1, 0, image_id)
 
 
-_TOLD_IGNORED: set[tuple[str, ...]] = set()  # each warning about ignored test files once per process
+_TOLD_IGNORED: set[tuple[str, ...]] = said_once(__name__, "_TOLD_IGNORED")  # each warning about ignored test files once
 
 
 def _scan_test(test_dir: Path, problems: list[str], links: list[str] | None = None,

@@ -1,4 +1,4 @@
-"""The data's warnings (and other modules' alike), each printed once per process, on rank 0 only: the data is
+"""The data's warnings (and other modules' alike), each printed once per command, on rank 0 only: the data is
 scanned several times a command, and every rank scans it."""
 
 from __future__ import annotations
@@ -7,12 +7,13 @@ import sys
 
 from fewshot.data.roots import _says_notes
 from fewshot.errors import printable
+from fewshot.process_state import said_once
 
-_TOLD_GAPS: set[str] = set()  # each warning of warn_once once per process
+_TOLD_GAPS: set[str] = said_once(__name__, "_TOLD_GAPS")  # each warning of warn_once once per command
 
 
 def warn_once(lines: list[str], kind: str = "warning") -> None:
-    """Print these warnings once per process (the data is scanned several times a command), on rank 0 only."""
+    """Print these warnings once per command (the data is scanned several times a command), on rank 0 only."""
     new = [line for line in lines if line not in _TOLD_GAPS]
     if new and _says_notes():
         _TOLD_GAPS.update(new)

@@ -18,6 +18,7 @@ from torch import nn
 from fewshot.errors import UserError
 from fewshot.models.fast_pool import swap_max_pools
 from fewshot.models.tiny_map_conv import swap_tiny_map_convs
+from fewshot.process_state import said_once
 from fewshot.train.distributed import launch_rank
 
 
@@ -31,7 +32,8 @@ def similar_models(name: str, n: int = 8) -> list[str]:
     return (close + prefix)[:n]
 
 
-_NAMED: set[str] = set()  # the names timm_name has noted (once per command, though every stage builds the model)
+# the names timm_name has noted (once per command, though every stage builds the model)
+_NAMED: set[str] = said_once(__name__, "_NAMED")
 # where a name create_backbone checks comes from (timm_name's ``source``): every command checks the names typed to it
 # first (timm_name, no source); a name read from a file is RECORDED; one a caller passes in code is GIVEN, worded
 # with no command-line advice and no file blamed

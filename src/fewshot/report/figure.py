@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 from fewshot.errors import undecodable_escaped
+from fewshot.process_state import said_once
 from fewshot.utils import atomic_write_bytes
 
 RAW_ALPHA = 0.35
@@ -70,7 +71,7 @@ def _save(fig, out: Path) -> Path:
     missing: list[str] = []
     with warnings.catch_warnings():
         # class or dataset names in scripts no installed font has (font_families) are drawn as boxes; matplotlib's
-        # warning per missing glyph would flood stderr: one note per process says what to do instead. Only those
+        # warning per missing glyph would flood stderr: one note per command says what to do instead. Only those
         # are taken aside: any other warning is shown (or not) as the filters say
         warnings.filterwarnings("always", message=MISSING_GLYPH.pattern, category=UserWarning)
         show = warnings.showwarning
@@ -123,11 +124,11 @@ def font_families() -> tuple[str, ...]:
 
 
 MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from")
-_glyphs_said: set[str] = set()
+_glyphs_said: set[str] = said_once(__name__, "_glyphs_said")
 
 
 def _say_missing_glyphs(messages: list[str]) -> None:
-    """Once per process: which characters the figures draw as boxes, and how to get them drawn."""
+    """Once per command: which characters the figures draw as boxes, and how to get them drawn."""
     # control and format characters (an escape code, a right-to-left override in a folder's name) are in no font:
     # no font to install draws them, and printed raw they would reach the terminal
     chars = [c for c in dict.fromkeys(chr(int(MISSING_GLYPH.search(m).group(1))) for m in messages)

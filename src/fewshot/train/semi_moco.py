@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from fewshot.data.augment import BatchAugment, preset
 from fewshot.data.warn_once import warn_once
+from fewshot.process_state import said_once
 from fewshot.ssl.functional import (all_finite_rows, enqueue_, infonce_logits, infonce_loss, momentum_update_,
                                     high_temperature_warning, shuffle_permutation, topk_accuracy,
                                     without_stochastic_depth)
@@ -77,7 +78,8 @@ def joint_queue_size(cap: int, pool: int, keys_per_step: int) -> int:
     return int(max(keys_per_step, min(int(cap), pool // 2)))
 
 
-_TOLD_SMALL_POOL: set[str] = set()  # the small-pool warnings given in this process (`fewshot run` builds many tasks)
+# the small-pool warnings given in this command (`fewshot run` builds many tasks)
+_TOLD_SMALL_POOL: set[str] = said_once(__name__, "_TOLD_SMALL_POOL")
 
 
 def small_pool_warning(pool: int, queue: int, keys_per_step: int) -> str | None:
@@ -100,7 +102,7 @@ def small_pool_warning(pool: int, queue: int, keys_per_step: int) -> str | None:
 
 
 def warn_small_pool(pool: int, queue: int, keys_per_step: int) -> None:
-    """Print small_pool_warning once a process (call on the main rank only)."""
+    """Print small_pool_warning once a command (call on the main rank only)."""
     text = small_pool_warning(pool, queue, keys_per_step)
     if text and text not in _TOLD_SMALL_POOL:
         _TOLD_SMALL_POOL.add(text)

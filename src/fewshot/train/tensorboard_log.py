@@ -1,7 +1,7 @@
 """TensorBoard's copy of log.jsonl (train.tensorboard): the event files, opened so that a resumed run's show what
 its log.jsonl holds.
 
-Apart from the loop (engine.py) because the writer's set-up (an optional package, told once a process where it is
+Apart from the loop (engine.py) because the writer's set-up (an optional package, told once a command where it is
 missing), the event files' naming and the flattening of a log row are TensorBoard's business, not training's.
 """
 
@@ -16,13 +16,15 @@ import weakref
 from pathlib import Path
 
 from fewshot.errors import one_line
+from fewshot.process_state import said_once
 
 
-_TOLD_TENSORBOARD: set[str] = set()  # the reasons a missing TensorBoard was already told in this process
+# the reasons a missing TensorBoard was already told in this command
+_TOLD_TENSORBOARD: set[str] = said_once(__name__, "_TOLD_TENSORBOARD")
 
 
 def open_writer(run_dir: Path, purge_step: int | None):
-    """A SummaryWriter of ``run_dir``/tensorboard, or None where none can be made: said once a process for each
+    """A SummaryWriter of ``run_dir``/tensorboard, or None where none can be made: said once a command for each
     reason (`fewshot run` builds an Engine per stage). ``purge_step``: a resumed run's epoch, from which the events
     of the session before it are purged (None: a fresh run)."""
     try:
@@ -37,7 +39,7 @@ def open_writer(run_dir: Path, purge_step: int | None):
     except Exception as exc:  # tensorboard is optional at run time, but a user who has it on is told
         why = ("the tensorboard package is not installed (pip install tensorboard)"
                if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}")
-        if why not in _TOLD_TENSORBOARD:  # once a process: `fewshot run` builds an Engine per stage
+        if why not in _TOLD_TENSORBOARD:  # once a command: `fewshot run` builds an Engine per stage
             _TOLD_TENSORBOARD.add(why)
             print(one_line(f"warning: train.tensorboard is on, but no event files are written to "
                            f"{run_dir / 'tensorboard'}: {why}. log.jsonl and the plots hold the same "
