@@ -36,3 +36,9 @@ def test_a_recorded_none_text_reads_back_as_text(tmp_path):
     save_yaml({"data": {"cache_dir": "None", "root": "none", "datasets": None}}, tmp_path / "config.yaml")
     text = (tmp_path / "config.yaml").read_text()
     assert read_yaml(text) == {"data": {"cache_dir": "None", "root": "none", "datasets": None}}, text
+
+
+def test_a_files_plain_none_pool_is_no_pool_and_a_dataset_named_none_stays(tmp_path):
+    """data.unlabeled holds paths (review rev67, finding 3): `unlabeled: None` read as the folder <config dir>/None."""
+    cfg = resolved_file(tmp_path, "data:\n  unlabeled: None\n  datasets: [none, None]\n")
+    assert cfg["data"]["unlabeled"] is None and cfg["data"]["datasets"] == ["none", "None"]

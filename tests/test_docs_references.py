@@ -6,6 +6,7 @@ library, or a fewshot module's attribute, given from `fewshot.` or from a module
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 import re
 from pathlib import Path
@@ -14,8 +15,9 @@ import fewshot
 from fewshot.config.defaults import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = re.compile(r"`((?:fewshot\.)?[a-z_]+(?:\.[a-z_]+)*\.[A-Za-z_]\w*)`")
-OUTSIDE = ("torch", "nn", "os", "sys", "json", "pickle", "shutil", "tempfile")
+REFERENCE = re.compile(r"`((?:fewshot\.)?[a-z_]\w*(?:\.[a-z_]\w*)*\.[A-Za-z_]\w*)`")
+SOURCE_PATH = re.compile(r"`((?:[a-z_]\w*/)+[a-z_]\w*\.py)`")  # `train/run_dir.py`: under src/fewshot
+OUTSIDE = ("nn",)  # torch.nn as the docs shorten it; other outside names are those of an importable module
 FILE_NAME = re.compile(r"^[\w.]+\.(py|yaml|json|pt|md|sh|jsonl|png|html|txt|safetensors)$")
 PLACEHOLDERS = {"model.X", "model.backbone.X"}  # a state dict's key patterns, not names
 
@@ -44,18 +46,41 @@ def resolves(parts: list[str]) -> bool:
     return False
 
 
+def outside(name: str, modules: dict) -> bool:
+    """Whether ``name`` starts the name of another library (torch, os, timm, pathlib) or is a timm model's
+    (`resnet18.a1_in1k`: a model and its weights' tag), not a fewshot module."""
+    import timm
+
+    return name in OUTSIDE or name not in modules and name != "fewshot" and (
+        importlib.util.find_spec(name) is not None or timm.is_model(name))
+
+
+def docs() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def test_the_code_names_in_the_docs_exist():
-    modules = {m.name.rsplit(".", 1)[-1]: m.name for m in pkgutil.walk_packages(fewshot.__path__, "fewshot.")}
+    modules: dict[str, list[str]] = {}  # a short name may be two modules' (data/build.py, report/build.py)
+    for m in pkgutil.walk_packages(fewshot.__path__, "fewshot."):
+        modules.setdefault(m.name.rsplit(".", 1)[-1], []).append(m.name)
     missing = []
-    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    for doc in docs():
         for n, line in enumerate(doc.read_text().splitlines(), 1):
             for ref in REFERENCE.findall(line):
                 parts = ref.split(".")
-                if (parts[0] in OUTSIDE or ref in PLACEHOLDERS or is_config_key(ref) or FILE_NAME.match(ref)):
+                if outside(parts[0], modules) or ref in PLACEHOLDERS or is_config_key(ref) or FILE_NAME.match(ref):
                     continue
                 tries = [parts] if parts[0] == "fewshot" else [["fewshot", *parts]]
-                if parts[0] in modules:
-                    tries.append([*modules[parts[0]].split("."), *parts[1:]])
+                tries += [[*module.split("."), *parts[1:]] for module in modules.get(parts[0], [])]
                 if not any(resolves(t) for t in tries):
                     missing.append(f"{doc.name}:{n}: {ref}")
+    assert not missing, "\n".join(missing)
+
+
+def test_the_source_files_in_the_docs_exist():
+    """`train/run_dir.py`, the form the docs mostly use: a file under src/fewshot (`fewshot/run_lock.py`: under src;
+    `benchmarks/x.py`: the repository's own)."""
+    missing = [f"{doc.name}:{n}: {path}" for doc in docs() for n, line in enumerate(doc.read_text().splitlines(), 1)
+               for path in SOURCE_PATH.findall(line)
+               if not any((folder / path).is_file() for folder in (ROOT / "src" / "fewshot", ROOT / "src", ROOT))]
     assert not missing, "\n".join(missing)

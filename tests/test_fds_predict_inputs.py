@@ -143,3 +143,16 @@ def test_a_stages_checkpoints_folder_has_the_runs_recorded_balance(tmp_path):
                                                   "balanced_prediction": {"setting": "off"}}))
     assert balancing.recorded_balance(run / "finetune" / "checkpoints") == "off"
     assert resolve_checkpoint(run / "finetune" / "checkpoints") == resolve_checkpoint(run)
+
+
+def test_a_run_folder_named_checkpoints_is_not_a_runs_checkpoints(tmp_path):
+    """A `fewshot run` folder named checkpoints (summary.json, stages) lost its recorded run.balance (review rev67,
+    finding 4): only a checkpoints/ folder holding best.pt or last.pt stands for its run."""
+    from fewshot.train.checkpoint import _a_runs_checkpoints
+
+    folder = tmp_path / "checkpoints"
+    (folder / "finetune" / "checkpoints").mkdir(parents=True)
+    (folder / "summary.json").write_text("{}")
+    assert not _a_runs_checkpoints(folder)
+    (folder / "last.pt").write_bytes(b"")
+    assert _a_runs_checkpoints(folder)

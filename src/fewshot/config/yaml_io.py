@@ -90,8 +90,9 @@ def keep_text_as_typed(node, field: str | None = None):
         memo: dict = {}
         return _with_fields(node, "", memo, lambda section, fields: _with_fields(
             fields, section, memo, lambda key, value: keep_text_as_typed(value, f"{section}.{key}")))
+    node = _none_word_as_null(node, field)  # data.unlabeled's too: a path field (data.datasets keeps it as a name)
     if field not in TEXT_LIST:
-        return _none_word_as_null(node, field)
+        return node
     if isinstance(node, yaml.SequenceNode):
         return yaml.SequenceNode(node.tag, [_as_typed(item) for item in node.value], node.start_mark, node.end_mark,
                                  node.flow_style)

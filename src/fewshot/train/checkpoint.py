@@ -133,7 +133,8 @@ def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
 def _a_runs_checkpoints(p: Path) -> bool:
     """Whether ``p`` is a run's checkpoints/ folder, given instead of the run: `predict RUN/checkpoints` said there
     was no checkpoint while best.pt was in it."""
-    return p.name == "checkpoints" and not (p / "checkpoints").is_dir()
+    return p.name == "checkpoints" and not (p / "checkpoints").is_dir() and \
+        any((p / name).is_file() for name in ("best.pt", "last.pt"))  # a `fewshot run` folder named checkpoints
 
 
 def rng_state() -> dict:

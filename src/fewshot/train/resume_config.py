@@ -74,7 +74,15 @@ def resume_refused(out: Path, cfg: dict, by: str, changed: list[str], undo: str,
     nothing was trained yet (the engine refuses only on loading last.pt: it needs none)."""
     said = f"--resume continues '{out}' exactly as it was configured, but {by} changes {', '.join(changed)}."
     last = Path(out) / "checkpoints" / "last.pt"
-    if not is_run_stage(out) and not last.is_file():  # stopped before a checkpoint
+    if not is_run_stage(out) and not last.is_file():  # stopped before a checkpoint, or its last.pt moved away
+        from fewshot.train.run_dir import trained_session_files
+
+        written = trained_session_files(Path(out))
+        if written:  # run_dir.refuse_trained_session refuses the start without --resume: not advised
+            return UserError(f"{said} Its {shell_quoted(last)} is gone (moved away or deleted), while an earlier "
+                             f"session's {', '.join(written[:3])} are there: {undo[0].lower()}{undo[1:]} to start it "
+                             f"over in place as it was configured (which removes them), or start a run with these "
+                             f"settings with another --out.")
         also = f", or {undo_clause} to start it as it was configured" if undo_clause else ""
         return UserError(f"{said} Nothing was trained there yet (no {shell_quoted(last)}): run the same command "
                          f"without --resume to start it afresh with these settings{also} (or give another --out).")

@@ -100,7 +100,7 @@ def prepare_run_dir(out: Path, resume: bool, cfg: dict, ctx=None, start: RunStar
             shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
             raise UserError(f"the run folder '{out}' is not empty ({shown}) and holds no run to resume; a new run "
                             f"would write over what is there. Choose another --out, or empty the folder.")
-        if not resume and "config.yaml" in entries:
+        if not resume:
             refuse_trained_session(out, settings, kind)
     # only now, in a folder that holds a run or its start: a folder of the user's own files (a venv's links) was
     # walked whole and refused with advice to replace its links; every rank checks, so all refuse together
@@ -156,26 +156,38 @@ def refuse_another_commands_run(out: Path, settings: dict | None, kind: str | No
                     f"start it over there, which would delete what it wrote. {how}{start_from_best(out, ours)}.")
 
 
-def refuse_trained_session(out: Path, settings: dict | None, kind: str | None) -> None:
-    """A start without --resume in a run folder whose training wrote files (log.jsonl rows, best.pt: SESSION_FILES)
-    but whose last.pt is gone (moved away to save space, deleted): it was taken for a failed start, appended its
-    epochs to the old log.jsonl (1,2,3,1,2,...) and wrote over the earlier best.pt. The same command's --resume
-    starts it over with those files removed (Engine._start_fresh), which the user chooses knowingly."""
-    from fewshot.train.resume import SESSION_FILES
+def trained_session_files(out: Path) -> list[str]:
+    """The files of ``out`` that only a session that trained writes (SESSION_FILES: log.jsonl rows and best.pt come
+    after the first last.pt). Not best.pt.pending, which the first evaluation writes before it: a kill in the first
+    epoch was called a run that trained."""
+    from fewshot.train.resume import BEST_PENDING, SESSION_FILES
 
-    written = [name for name in SESSION_FILES if (out / name).is_file() or (out / name).is_symlink()]
+    return [name for name in SESSION_FILES if not name.endswith(BEST_PENDING)
+            and ((out / name).is_file() or (out / name).is_symlink())]
+
+
+def refuse_trained_session(out: Path, settings: dict | None, kind: str | None) -> None:
+    """A start without --resume in a run folder whose training wrote files (trained_session_files) but whose last.pt
+    is gone (moved away to save space, deleted): it was taken for a failed start, appended its epochs to the old
+    log.jsonl (1,2,3,1,2,...) and wrote over the earlier best.pt. The same command's --resume starts it over with
+    those files removed (Engine._start_fresh), which the user chooses knowingly; with other settings, --resume refuses
+    them (resume_config.resume_refused), so another --out is the way to those."""
+    written = trained_session_files(out)
     if not written:
         return
     theirs = run_command(settings)
     ours = KIND_COMMANDS.get(kind or "", theirs)
+    whose = f"a `fewshot {theirs}` run" if settings is not None else "a run"
     last = shell_quoted(Path(out) / "checkpoints" / "last.pt")
-    how = ("Put last.pt back and pass --resume to continue it, pass --resume to start it over in place (which "
-           "removes those files), or choose another --out" if ours == theirs else
-           f"Choose another --out (`fewshot {theirs} --resume` continues it there, with its last.pt put back)")
+    how = ("Put last.pt back and pass --resume to continue it; pass --resume to start it over in place as it was "
+           "configured (which removes those files); or choose another --out, for a run with other settings"
+           if ours == theirs and settings is not None else
+           f"Choose another --out (`fewshot {theirs} --resume` continues it there, with its last.pt put back)"
+           if settings is not None else "Choose another --out, or move those files away")
     shown = ", ".join(written[:3]) + (", ..." if len(written) > 3 else "")
-    raise UserError(f"the run folder '{out}' holds a `fewshot {theirs}` run that trained ({shown}) but not its "
-                    f"{last} (moved away or deleted); a new `fewshot {ours}` run there would append to its log and "
-                    f"write over its best.pt. {how}{start_from_best(out, ours)}.")
+    raise UserError(f"the run folder '{out}' holds {whose} that trained ({shown}) but not its {last} (moved away or "
+                    f"deleted); a new `fewshot {ours}` run there would append to its log and write over its best.pt. "
+                    f"{how}{start_from_best(out, ours)}.")
 
 
 class RunStart:
