@@ -18,21 +18,26 @@ import torch
 
 def check_output_file(path, flag: str | None = "--out", example: str = "out.json") -> Path:
     """Refuse, before any work, an output file path that cannot be written because of its shape: an existing
-    folder, or a file where a parent folder should be (these surfaced as tracebacks after the work). A symbolic
-    link is judged by its target's folder, which the write goes to (the link's own folder was checked: predict
-    did its work, then could not write into the target's read-only folder). ``flag`` None: no option named
-    (a write deep in a command), the path alone is shown."""
+    folder, a new one typed with a trailing separator (`--out NEWDIR/` wrote a file named NEWDIR), or a file where a
+    parent folder should be (these surfaced as tracebacks after the work). A symbolic link is judged by its target's
+    folder, which the write goes to (the link's own folder was checked: predict did its work, then could not write
+    into the target's read-only folder). ``flag`` None: no option named (a write deep in a command), the path alone
+    is shown."""
     from fewshot.errors import UserError
 
+    slash = _ends_with_separator(path)
     path = Path(path)
     said = f"{flag} {path}" if flag else f"the output {path}"
-    if path.is_dir():
+    if path.is_dir() or slash:
         from fewshot.data.output_guard import data_folder_around
 
         data = data_folder_around(path)
         if data:  # a file in it would be refused as data (check_result_file_is_not_an_input): suggest none there
             raise UserError(f"{said} is a folder of the data ({data[1]}), and a result must not be written into the "
                             f"data; give a file name outside the datasets' files, e.g. {data[0] / example}.")
+        if not path.is_dir():  # `--out NEWDIR/`: Path drops the separator, and a file named NEWDIR was written
+            raise UserError(f"{said}{slash} ends with '{slash}' (a folder), but it is written as a file; give a file "
+                            f"name in the folder, e.g. {path / example}.")
         raise UserError(f"{said} is a folder; give a file name in it, e.g. {path / example}.")
     if is_special_file(path):  # /dev/stdout, a named pipe: written in place (atomic_write_bytes)
         if not os.access(path, os.W_OK):
@@ -43,6 +48,14 @@ def check_output_file(path, flag: str | None = "--out", example: str = "out.json
         folder = Path(os.path.realpath(path)).parent
     check_output_dir(folder, flag, shown=path)
     return path
+
+
+def _ends_with_separator(path) -> str:
+    """The separator a raw path argument ends with ("" where none, or where it is a Path, which keeps none): the
+    user meant a folder, whose name alone Path keeps."""
+    if not isinstance(path, str):
+        return ""
+    return next((sep for sep in (os.sep, os.altsep) if sep and path.endswith(sep)), "")
 
 
 def written_in_place(path) -> bool:

@@ -19,7 +19,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot.data.image_files import NOT_UTF8, _entries, _is_dir_entry, _scandir_quietly
+from fewshot.data.image_files import NOT_UTF8, _entries, _is_dir_entry, _scandir_quietly, is_image
 from fewshot.data.labelled_split import LOOSE, _scan_labelled
 from fewshot.data.names import names_list, parse_datasets, some_of
 from fewshot.data.roots import _refuse_dataset_twins, list_datasets
@@ -83,6 +83,20 @@ def _other_case_note(ds_dir: Path, split: str) -> str:
         return ""
     return (f"; found {some_of(sorted(found), 3, quoted)} instead: split folder names are lower case, rename it "
             f"(mv {path_argument(ds_dir / sorted(found)[0])} {path_argument(ds_dir / split)})")
+
+
+_LOOSE_ADVICE = {"train": "sort them into train/<class>/ and val/<class>/ folders",
+                 "val": "sort them into val/<class>/ folders", "test": "move them into test/"}
+
+
+def _loose_images_note(ds_dir: Path, split: str) -> str:
+    """Where images lie directly in a dataset folder (ROOT/<ds>/*.jpg, no split folders): its "missing split folder"
+    lines said nothing of them, as if the folder were empty. No image there is read."""
+    found = sorted(e.name for e in _scandir_quietly(os.fspath(ds_dir)) if is_image(Path(e.name)) and e.is_file())
+    if not found:
+        return ""
+    return (f"; found {len(found)} image(s) directly in {ds_dir} (e.g. {quoted(found[0])}), which are not read "
+            f"there: {_LOOSE_ADVICE.get(split, 'sort them into split folders')}")
 
 
 def scan_root(root: str | Path, datasets: list[str] | str | None = None,
@@ -153,7 +167,9 @@ def scan_root(root: str | Path, datasets: list[str] | str | None = None,
                               "class's train images to val/<class>/)",
                        "train": " (the labelled images, one folder per class: train/<class>/<image>)",
                        "test": " (the images to predict, without class folders: test/<image>)"}.get(split, "")
-                problems.append(f"{split_dir}: missing split folder '{split}'{why}{_other_case_note(ds_dir, split)}")
+                loose = "" if unread else _loose_images_note(ds_dir, split)  # said once, at the first missing split
+                problems.append(f"{split_dir}: missing split folder '{split}'{why}{_other_case_note(ds_dir, split)}"
+                                f"{loose}")
                 unread = unread or split != "test"
                 continue
             if split_dir.is_symlink():

@@ -13,7 +13,7 @@ import unicodedata
 from pathlib import Path
 
 from fewshot.data.image_files import has_images, is_image
-from fewshot.data.names import datasets_option, names_list
+from fewshot.data.names import datasets_option, names_list, some_of
 from fewshot.errors import UserError, one_line, path_argument, quoted, shell_quoted
 from fewshot.process_state import said_once
 
@@ -194,6 +194,38 @@ def _refuse_a_split_given_as_root(root: Path, folders: list[Path]) -> None:
                              f"(ROOT/<dataset>/train/<class>/<image>). Pass --data {path_argument(top)}{only}."))
 
 
+def _refuse_class_folders_as_root(root: Path, folders: list[Path], tests: bool = False) -> None:
+    """`--data DIR` of an ImageFolder (DIR/<class>/<image>, the layout most students have) took each class folder
+    for a dataset and listed two "missing split folder" problems per class, whatever DIR was called (a DIR named
+    train/ is _refuse_a_split_given_as_root's). Said once: when no folder holds split folders and most of them (two
+    at least: one folder of loose images is a dataset whose message names them) hold images directly. ``tests``:
+    predict and `eval --split test`, which read a dataset's test/ too."""
+    if any(_holds_splits(f) for f in folders):
+        return  # a real root, one of its datasets lacking a split: each problem is named as before
+    candidates = [f for f in folders if f.name not in SYSTEM_FOLDERS]
+    classes = [f for f in candidates if _holds_images_directly(f)]
+    if len(classes) < 2 or 2 * len(classes) <= len(candidates):
+        return
+    shown, some = path_argument(root), some_of([f.name for f in classes], 3)
+    raise UserError(one_line(
+        f"--data {root} looks like a folder of classes, not a dataset root: its folders ({some}) hold images "
+        f"directly and none holds train/ or val/; but --data is the root above the datasets "
+        f"(ROOT/<dataset>/train/<class>/<image>, and val/<class>/<image> alike). Make that layout: move these class "
+        f"folders into {shown}/<dataset>/train/ (any dataset name) and some images of each class into "
+        f"{shown}/<dataset>/val/<class>/, then pass --data {shown} again"
+        + (" (the images to predict go in <dataset>/test/, without class folders)." if tests else ".")))
+
+
+def _holds_images_directly(folder: Path) -> bool:
+    """Whether an image file lies directly in ``folder`` (a class folder's shape, not a dataset's); stops at the
+    first one, so a class of 100k images costs little. False where it cannot be read."""
+    try:
+        with os.scandir(folder) as entries:
+            return any(is_image(Path(e.name)) and e.is_file() for e in entries)
+    except OSError:
+        return False
+
+
 def broken_link(link: Path) -> tuple[str | None, bool]:
     """What a symbolic link that leads nowhere names (None: it can no longer be read) and whether it goes round a
     loop of links. One test for --data and --out alike: os.stat's ELOOP, where resolve() stops at a loop on 3.11
@@ -258,6 +290,7 @@ def list_datasets(root: Path, missing: str | None = None, demo: bool = True, tes
     # outside the listing's try: an unreadable ROOT/train met by this check was "cannot list the dataset root"
     _refuse_a_dataset_given_as_root(root, folders)
     _refuse_a_split_given_as_root(root, folders)
+    _refuse_class_folders_as_root(root, folders, tests=not demo if tests is None else tests)
     names: list[str] = []
     for folder in folders:
         why = not_a_dataset(folder)
