@@ -162,8 +162,11 @@ def trained_session_files(out: Path) -> list[str]:
     epoch was called a run that trained."""
     from fewshot.train.resume import BEST_PENDING, SESSION_FILES
 
-    return [name for name in SESSION_FILES if not name.endswith(BEST_PENDING)
-            and ((out / name).is_file() or (out / name).is_symlink())]
+    def written(name: str) -> bool:  # an empty log.jsonl holds no row: a start's, killed before its first epoch
+        path = out / name
+        return path.is_symlink() or path.is_file() and (name != "log.jsonl" or path.stat().st_size > 0)
+
+    return [name for name in SESSION_FILES if not name.endswith(BEST_PENDING) and written(name)]
 
 
 def refuse_trained_session(out: Path, settings: dict | None, kind: str | None) -> None:
