@@ -15,6 +15,7 @@ the pool's images, pool_scan.py's; printing a warning once, warn_once.py's.
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,17 +260,42 @@ def _held_out_are_train_images(ds_dir: Path, found: dict[str, dict[str, list[Pat
             f"score the model on images it trains on; give val/ and test/ images of their own")
 
 
+_NUMBER = re.compile(r"([0-9]+)")  # ASCII digits only: '²'.isdigit(), yet no number a user would key by
+
+
+def _numbers_padded(name: str, width: int) -> str:
+    """The name with each run of digits zero-padded to `width`: its text order is then the number-aware order,
+    and a difference from the plain text order can come from the numbers only (not from '-' against '1')."""
+    return "".join(run.zfill(width) if i % 2 else run for i, run in enumerate(_NUMBER.split(name)))
+
+
+def _number_width(classes: tuple[str, ...]) -> int:
+    """The longest run of digits in the names: padding every number to it lines them up."""
+    return max((len(run) for c in classes for run in _NUMBER.findall(c)), default=0)
+
+
+def _natural_order(classes: tuple[str, ...]) -> list[str]:
+    """The classes as a reader counts them ('k2' before 'k10'); equal numbers ('7', '007') keep their text order."""
+    width = _number_width(classes)
+    return sorted(classes, key=lambda c: (_numbers_padded(c, width), c))
+
+
 def numbered_classes_note(dataset: str, classes: tuple[str, ...]) -> str | None:
-    """Class folders named 0..10 are indexed in text order ('0', '1', '10', '2', ...), as torchvision's ImageFolder
-    does and pred_all.json's graders expect: index 2 is folder '10'. Said, since a user reading the names as the
-    indices (or writing an answer key of integers that way) was silently scored wrong."""
-    if len(classes) < 2 or not all(c.isascii() and c.isdigit() for c in classes):  # '²'.isdigit(): int() fails
+    """Class folders named 0..10 (or k0..k19, img2/img10) are indexed in text order ('0', '1', '10', '2', ...), as
+    torchvision's ImageFolder does and pred_all.json's graders expect: index 2 is folder '10'. Said, since a user
+    reading the names as the indices (or writing an answer key of integers that way) was silently scored wrong."""
+    if len(classes) < 2:
         return None
-    by_number = sorted(classes, key=int)
+    by_number = _natural_order(classes)
     if by_number == list(classes):
         return None
     moved = next(i for i, (a, b) in enumerate(zip(classes, by_number)) if a != b)
-    return (f"{dataset}: the class folders are numbers, and class indices follow their sorted names as text "
+    digits = all(c.isascii() and c.isdigit() for c in classes)
+    what = "the class folders are numbers" if digits else "the class folder names hold numbers"
+    wanted = by_number[moved]
+    padded = ("zero-padded names (00, 01, ..., 10)" if digits else
+              f"zero-padded numbers ({wanted!r} as {_numbers_padded(wanted, _number_width(classes))!r})")
+    return (f"{dataset}: {what}, and class indices follow their sorted names as text "
             f"({', '.join(repr(c) for c in classes[:min(len(classes), moved + 2)])}, ...: index {moved} is folder "
-            f"{classes[moved]!r}, not {by_number[moved]!r}), as torchvision's ImageFolder orders them. pred_all.json "
-            f"and integer answer keys use these indices; zero-padded names (00, 01, ..., 10) make both orders agree.")
+            f"{classes[moved]!r}, not {wanted!r}), as torchvision's ImageFolder orders them. pred_all.json "
+            f"and integer answer keys use these indices; {padded} make both orders agree.")

@@ -1,0 +1,61 @@
+"""The class-order note: class indices follow the folder names' text order ('k10' before 'k2'), and a note says so
+whenever that differs from the order a reader counts in, not only for names that are all digits (hBH finding 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fewshot.data.layout import numbered_classes_note
+from helpers.checks import run_main
+from helpers.tiny import tiny_train_argv
+
+
+@pytest.mark.parametrize("names, moved, folder, wanted", [
+    ([f"k{i}" for i in range(20)], 2, "k10", "k2"),
+    ([f"class_{i}" for i in range(1, 13)], 1, "class_10", "class_2"),
+    (["img10", "img2"], 0, "img10", "img2"),
+    (["a1b", "a2", "a10"], 0, "a10", "a1b"),
+])
+def test_numbered_names_with_text_around_the_number_are_said(names, moved, folder, wanted):
+    """k0..k19 sort as text (k1, k10, ..., k19, k2) and got no note: an integer answer key written in number order
+    was scored wrong without a sign."""
+    note = numbered_classes_note("mix", tuple(sorted(names)))
+    assert note is not None, names
+    assert f"index {moved} is folder '{folder}', not '{wanted}'" in note
+    assert note.startswith("mix: ") and "ImageFolder" in note and "zero-padded" in note
+
+
+def test_all_digit_names_keep_their_words():
+    """The all-digit note's words stay as they were (the layout tests and the README quote them)."""
+    note = numbered_classes_note("nums", tuple(sorted(str(i) for i in range(11))))
+    assert note.startswith("nums: the class folders are numbers, and class indices follow their sorted names as text")
+    assert "index 2 is folder '10', not '2'" in note and "zero-padded names (00, 01, ..., 10)" in note
+
+
+@pytest.mark.parametrize("names", [
+    ["a", "b"],
+    [f"k{i:02d}" for i in range(20)],  # zero-padded: both orders agree
+    ["1", "10", "\u00b2"],  # '²' is digit-like, not a number
+    ["a-1", "a1"],  # '-' before '1' is text order either way, not a matter of numbers
+    ["007", "7"],  # one number written twice: text order stands
+    ["cat", "dog2", "dog3"],
+])
+def test_names_whose_orders_agree_get_no_note(names):
+    assert numbered_classes_note("d", tuple(sorted(names))) is None
+
+
+def test_a_prefixed_number_order_is_said_once_by_a_command(tmp_path):
+    """`fewshot train` on classes k1, k10, k2 says the order once, though the command scans the data several times."""
+    from PIL import Image
+
+    ds = tmp_path / "root" / "mix"
+    for split, count in (("train", 2), ("val", 1)):
+        for shade, c in enumerate(("k1", "k10", "k2")):
+            (ds / split / c).mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (8, 8), 40 * shade + 10 * i).save(ds / split / c / f"{i}.png")
+    (ds / "test").mkdir()
+    Image.new("L", (8, 8)).save(ds / "test" / "t.png")
+    rc, _, err = run_main(*tiny_train_argv(tmp_path / "root", tmp_path / "run"))
+    assert rc == 0, err
+    assert err.count("index 1 is folder 'k10', not 'k2'") == 1, err
