@@ -79,3 +79,12 @@ def test_a_trained_sessions_files_without_config_are_kept(digits_root, trained, 
     rc, _, err = run_main(*tiny_train_argv(digits_root, run))
     assert rc == 2 and "holds a run that trained (log.jsonl, checkpoints/best.pt" in err, err
     assert_kept(run, before)
+
+
+def test_other_settings_for_a_finished_run_without_last_pt_are_refused_as_finished(digits_root, trained, tmp_path):
+    """The changed-settings refusal advised "drop those settings to start it over in place", which the finished-run
+    refusal then refused (review rev68, finding 1)."""
+    run, before = without_last(trained, tmp_path / "run", finished=True)
+    rc, _, err = run_main(*tiny_train_argv(digits_root, run, "--lr", "0.5", "--resume"))
+    assert rc == 2 and "holds a run that finished" in err and "drop those settings" not in err, err
+    assert_kept(run, before)

@@ -75,8 +75,11 @@ def resume_refused(out: Path, cfg: dict, by: str, changed: list[str], undo: str,
     said = f"--resume continues '{out}' exactly as it was configured, but {by} changes {', '.join(changed)}."
     last = Path(out) / "checkpoints" / "last.pt"
     if not is_run_stage(out) and not last.is_file():  # stopped before a checkpoint, or its last.pt moved away
-        from fewshot.train.run_dir import trained_session_files
+        from fewshot.train.run_dir import RUN_END_ENTRIES, finished_run_refused, trained_session_files
 
+        ended = sorted(name for name in RUN_END_ENTRIES if (Path(out) / name).is_file())
+        if ended:  # a finished run: neither continued nor started over in place (prepare_run_dir says so after this)
+            return finished_run_refused(Path(out), ended, task_command(cfg))
         written = trained_session_files(Path(out))
         if written:  # run_dir.refuse_trained_session refuses the start without --resume: not advised
             return UserError(f"{said} Its {shell_quoted(last)} is gone (moved away or deleted), while an earlier "
