@@ -65,9 +65,10 @@ def _forget_said() -> None:
 @contextmanager
 def _torch_as_assumed():
     """float32 as torch's default dtype (process-wide: torch keeps one) and, on the calling thread (the one that
-    trains), grad mode on and inference mode off while the command runs, with the caller's back afterwards: a notebook's float64 default built double weights
-    that the float32 images failed in, and its no_grad or inference_mode failed training's backward pass. Torch not
-    loaded yet: the command's import gives torch's own defaults, and the caller had none to give back."""
+    trains), grad mode on and inference mode off while the command runs, with the caller's back afterwards: a
+    notebook's float64 default built double weights that the float32 images failed in, and its no_grad or
+    inference_mode failed training's backward pass. Torch not loaded yet: the command's import gives torch's own
+    defaults, and the caller had none to give back."""
     torch = sys.modules.get("torch")
     if torch is None:
         yield
