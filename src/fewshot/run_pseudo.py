@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from fewshot.data.cache import default_cache_dir
+from fewshot.errors import one_line
 from fewshot.run_budget import measure_prediction_seconds
 from fewshot.run_words import pseudo_label_line
 from fewshot.utils import loads_run_json, write_json
@@ -155,8 +156,9 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     quota = class_quota(dataset_ids, task.space, r["pseudo_keep"], labelled_counts(infos, task.space),
                         r["pseudo_max_per_shot"])
     threshold = torch.tensor(float(r["pseudo_threshold"]))
+    val = task.val_set
+    val_probs = None  # one val pass at most, shared by the calibration and the out-of-class check
     if float(r["pseudo_precision"]) > 0:
-        val = task.val_set
         val_probs = teacher_probabilities(task.val_logits(task.model), val.dataset_ids, task.space)
         threshold = calibrated_thresholds(val_probs, val.targets, float(r["pseudo_precision"]),
                                           unmeasured=float(threshold)).clamp(min=threshold)
@@ -181,6 +183,11 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
             per_dataset[name]["class_thresholds"] = {
                 cls: (round(float(t), 4) if torch.isfinite(t) else None)
                 for cls, t in zip(task.space.classes[d], threshold[task.space.offsets[d]:][:task.space.sizes[d]])}
+    if val_probs is None and len(idx) and len(val.targets):  # the check's: none without kept images or val
+        val_probs = teacher_probabilities(task.val_logits(task.model), val.dataset_ids, task.space)
+    checks = pool_classes_checks(task.space, conf[~from_unknown], owner[~from_unknown], val, val_probs)
+    for name, check in checks.items():
+        per_dataset[name]["pool_classes_check"] = check
     local = task.space.to_local(labels)[1]
     # dataset: the image's own, or for an unknown-source image (source_known false) the predicted one
     kept = [{"path": paths[i], "dataset": task.space.names[d], "class": task.space.classes[d][c],
@@ -189,12 +196,43 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     # per image: which file became which class, how sure; the pool's fingerprint for a resumed round
     write_json(record, {**summary, "pool_key": pool_key, "images": kept})
     print(pseudo_label_line(per_dataset, summary["unknown_source_pool"]))
+    for name, check in checks.items():
+        if check is not None and check["suspect"]:
+            print(one_line(pool_classes_warning(name, check)), flush=True)
     soft = teacher_probabilities(logits[idx], dataset_ids[idx], task.space) if r["pseudo_targets"] == "soft" else None
     # which file became which class: a resumed run continues a stopped stage only on the same labels
     names = root_relative([k["path"] for k in kept], root)
     key = hashlib.sha1(json.dumps([(n, k["dataset"], k["class"]) for n, k in zip(names, kept)]).encode()).hexdigest()
     return {"images": images.select(idx), "targets": labels, "soft": soft, "dataset_ids": owner, "summary": summary,
             "state": copy.deepcopy(task.model.state_dict()), "key": key}
+
+
+def pool_classes_checks(space, kept_conf: torch.Tensor, kept_owner: torch.Tensor, val, val_probs) -> dict:
+    """Per dataset, pool_classes_check of its kept pseudo-labels (source known: an unknown-source image's softmax
+    runs over every class, another scale than val's) against its val images, on the same model: null where it is
+    not measured (too few val or kept images, no val pass)."""
+    from fewshot.train.semi import pool_classes_check
+
+    out = {}
+    for d, name in enumerate(space.names):
+        mine = val.dataset_ids == d if val_probs is not None else None
+        if mine is None or not bool(mine.any()):
+            out[name] = None
+            continue
+        val_conf, val_pred = val_probs[mine].max(dim=1)
+        out[name] = pool_classes_check(kept_conf[kept_owner == d], val_conf, val_pred == val.targets[mine])
+    return out
+
+
+def pool_classes_warning(name: str, check: dict) -> str:
+    """The warning of a dataset whose kept pseudo-labels look like images of other classes (pool_classes_check):
+    what was measured, what it may mean and what to do; the run trains on them all the same."""
+    return (f"[run] warning: {name}: {check['kept_share_below']:.0%} of its {check['kept']} kept pseudo-labels have "
+            f"a confidence below {check['val_confidence']:.3f}, against {check['val_share_below']:.0%} of its "
+            f"{check['val_right']} correctly classified val images (that confidence is their "
+            f"{check['quantile']:g} quantile): its pool may hold images of classes {name} does not have, and these get "
+            f"a pseudo-label of one of its classes anyway. Keep only {name}'s own classes in its pool, or set "
+            f"run.pseudo_precision (per-class thresholds from val), or run.semi_method=off")
 
 
 def precision_cap(infos, precision: float) -> tuple[str | None, str | None]:

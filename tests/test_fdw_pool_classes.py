@@ -1,0 +1,125 @@
+"""Self-training's warning for a pool that holds images of classes its dataset does not have (bug hunt hBH, finding
+1): a closed-set softmax gives those a confident pseudo-label of the dataset's own classes (39 of 60 kept images
+wrong on a 2-class dataset), and the run said only "binary 60/120 (mean confidence 0.95)". The check compares the
+kept images' confidences with the correctly classified val images' (pool_classes_check); it changes no selection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from fewshot import run_pseudo
+from fewshot.data.label_space import LabelSpace
+from fewshot.data.layout import DatasetInfo
+from fewshot.eval import evaluate
+from fewshot.train import semi
+
+SPACE = LabelSpace(("two", "other"), (("t0", "t1"), ("o0", "o1")))
+
+
+def spread(lo: float, hi: float, n: int) -> torch.Tensor:
+    return torch.linspace(lo, hi, n)
+
+
+def test_the_check_flags_kept_labels_less_sure_than_val():
+    """The hunt's shape: val right at 0.9-1.0; most kept images at 0.80-0.90 (out-of-class, still confident)."""
+    val = spread(0.9, 1.0, 20)
+    kept = torch.cat([spread(0.80, 0.90, 36), spread(0.95, 1.0, 24)])
+    check = semi.pool_classes_check(kept, val, torch.ones(20, dtype=torch.bool))
+    assert check["suspect"]
+    assert check["kept_share_below"] >= 0.6 and check["val_share_below"] <= 0.3
+    assert check["kept"] == 60 and check["val_right"] == 20
+
+
+def test_the_check_passes_kept_labels_as_sure_as_val():
+    """An in-class pool: the kept images (the most confident ones) are as sure as val's, or surer."""
+    val = spread(0.5, 1.0, 40)
+    for kept in (spread(0.5, 1.0, 30), spread(0.7, 1.0, 30), spread(0.55, 0.99, 24)):
+        check = semi.pool_classes_check(kept, val, torch.ones(40, dtype=torch.bool))
+        assert check is not None and not check["suspect"], check
+
+
+def test_the_check_counts_only_correct_val_images_and_needs_enough_of_them():
+    """A wrong val image does not set the level; too few right val images (or kept ones): no verdict."""
+    val = torch.cat([spread(0.9, 1.0, 20), spread(0.3, 0.4, 20)])
+    right = torch.tensor([True] * 20 + [False] * 20)
+    kept = torch.cat([spread(0.80, 0.90, 36), spread(0.95, 1.0, 24)])
+    assert semi.pool_classes_check(kept, val, right)["suspect"]  # the 20 wrong ones at 0.3-0.4 would hide it
+    assert semi.pool_classes_check(kept, val[:9], right[:9]) is None
+    assert semi.pool_classes_check(kept[:19], val, right) is None
+
+
+def test_the_check_fires_at_the_margin_itself():
+    """9 of 20 kept images below the level against 6 of 20 val images: 0.15 more, the margin (float32 read 0.1499)."""
+    val = spread(0.9, 1.0, 20)  # the 0.3 quantile: 0.9285; 6 of them below it
+    kept = torch.cat([torch.full((9,), 0.91), torch.full((11,), 0.99)])
+    check = semi.pool_classes_check(kept, val, torch.ones(20, dtype=torch.bool))
+    assert (check["kept_share_below"], check["val_share_below"]) == (0.45, 0.3)
+    assert check["suspect"]
+    fewer = semi.pool_classes_check(torch.cat([kept[1:], kept[-1:]]), val, torch.ones(20, dtype=torch.bool))
+    assert not fewer["suspect"]  # 8 of 20: 0.1 more
+
+
+def rows(d: int, probs) -> torch.Tensor:
+    """Logits whose softmax over dataset ``d``'s two classes gives (p, 1 - p) for each p (other columns masked)."""
+    out = torch.full((len(probs), SPACE.num_classes), -9.0)
+    p = torch.tensor(probs)
+    lo = SPACE.offsets[d]
+    out[:, lo] = p.log()
+    out[:, lo + 1] = (1 - p).log()
+    return out
+
+
+class Rows(list):
+    def select(self, idx):
+        return Rows(self[i] for i in torch.as_tensor(idx).tolist())
+
+
+def label_pool(monkeypatch, tmp_path: Path, pool_probs: list[float]) -> dict:
+    """pseudo_label_pool on a pool of dataset "two" whose images say t0 at ``pool_probs`` (t1 below 0.5); val: 20
+    right t0 images at 0.96-1.0; each class has 5 shots, the whole pool may be kept."""
+    pool = rows(0, pool_probs)
+    ids = torch.zeros(len(pool), dtype=torch.long)
+    paths = [str(tmp_path / "unlabeled" / f"{i}.png") for i in range(len(pool))]
+    monkeypatch.setattr(semi, "load_pool", lambda *a, **k: (Rows(range(len(pool))), ids, paths, "ROOT", []))
+    monkeypatch.setattr(evaluate, "compute_logits", lambda *a, **k: pool.clone())
+    val_p = spread(0.96, 0.9999, 20).tolist()
+    val = SimpleNamespace(dataset_ids=torch.zeros(20, dtype=torch.long), targets=torch.zeros(20, dtype=torch.long))
+    infos = [DatasetInfo(name=n, root=tmp_path / n, classes=SPACE.classes[d],
+                         train=tuple((tmp_path / f"{c}{i}.png", k) for k, c in enumerate(SPACE.classes[d])
+                                     for i in range(5)))
+             for d, n in enumerate(SPACE.names)]
+    task = SimpleNamespace(model=torch.nn.Linear(1, 1), normalize=None, device=torch.device("cpu"),
+                           channels_last=False, size=32, space=SPACE, val_set=val,
+                           val_logits=lambda m: rows(0, val_p))
+    settings = {"pseudo_keep": 1.0, "pseudo_max_per_shot": 100.0, "pseudo_threshold": 0.0, "pseudo_precision": 0.0,
+                "pseudo_targets": "hard"}
+    return run_pseudo.pseudo_label_pool(task, {"data": {"root": str(tmp_path)}}, infos, settings,
+                                        tmp_path / "pseudo.json")
+
+
+def test_the_run_warns_of_a_pool_of_other_classes_and_records_it(monkeypatch, tmp_path, capsys):
+    sure = spread(0.8, 0.9, 12).tolist() + [0.98] * 3  # per class; a p below 0.5 says t1 at 1 - p
+    out = label_pool(monkeypatch, tmp_path, sure + [1 - p for p in sure])
+    said = capsys.readouterr().out
+    assert len(out["targets"]) == 30  # the selection is unchanged: every image is kept
+    warning = [line for line in said.splitlines() if "[run] warning: two:" in line]
+    assert len(warning) == 1, said
+    assert "classes two does not have" in warning[0] and "run.semi_method=off" in warning[0]
+    assert "run.pseudo_precision" in warning[0] and "Keep only two's own classes" in warning[0]
+    per = out["summary"]["datasets"]
+    assert per["two"]["pool_classes_check"]["suspect"] is True
+    assert per["other"]["pool_classes_check"] is None  # no val images, no pool: not measured
+    recorded = json.loads((tmp_path / "pseudo.json").read_text())
+    assert recorded["datasets"]["two"]["pool_classes_check"]["kept_share_below"] >= 0.6
+
+
+def test_the_run_says_nothing_of_a_pool_as_sure_as_val(monkeypatch, tmp_path, capsys):
+    sure = spread(0.96, 0.9999, 15).tolist()
+    out = label_pool(monkeypatch, tmp_path, sure + [1 - p for p in sure])
+    said = capsys.readouterr().out
+    assert "[run] warning" not in said, said
+    assert out["summary"]["datasets"]["two"]["pool_classes_check"]["suspect"] is False
