@@ -59,3 +59,21 @@ def test_a_prefixed_number_order_is_said_once_by_a_command(tmp_path):
     rc, _, err = run_main(*tiny_train_argv(tmp_path / "root", tmp_path / "run"))
     assert rc == 0, err
     assert err.count("index 1 is folder 'k10', not 'k2'") == 1, err
+
+
+@pytest.mark.parametrize("classes", [("0.25mg", "0.5mg", "1mg", "2mg"), ("ph6.25", "ph6.5", "ph6.75", "ph7"),
+                                     ("1.25", "1.5", "2"), ("0,5x", "1x", "10x", "2x")])
+def test_decimal_names_get_no_note(classes):
+    """A decimal's digits after the point are no whole number: `0.5mg` was advised to become `00.05mg` (review
+    rev69, finding 1)."""
+    from fewshot.data.layout import numbered_classes_note
+
+    assert numbered_classes_note("d", tuple(sorted(classes))) is None
+
+
+def test_the_padded_example_pads_each_number_to_its_own_place():
+    from fewshot.data.layout import numbered_classes_note
+
+    classes = tuple(sorted(f"2019-{m}" for m in range(1, 12)))
+    note = numbered_classes_note("d", classes)
+    assert "'2019-2' as '2019-02'" in note, note

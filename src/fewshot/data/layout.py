@@ -263,28 +263,38 @@ def _held_out_are_train_images(ds_dir: Path, found: dict[str, dict[str, list[Pat
 _NUMBER = re.compile(r"([0-9]+)")  # ASCII digits only: '²'.isdigit(), yet no number a user would key by
 
 
-def _numbers_padded(name: str, width: int) -> str:
-    """The name with each run of digits zero-padded to `width`: its text order is then the number-aware order,
-    and a difference from the plain text order can come from the numbers only (not from '-' against '1')."""
-    return "".join(run.zfill(width) if i % 2 else run for i, run in enumerate(_NUMBER.split(name)))
+_DECIMAL = re.compile(r"[0-9][.,][0-9]")  # 0.25mg, ph6.5: a decimal's digits after the point are no whole number
 
 
-def _number_width(classes: tuple[str, ...]) -> int:
-    """The longest run of digits in the names: padding every number to it lines them up."""
-    return max((len(run) for c in classes for run in _NUMBER.findall(c)), default=0)
+def _numbers_padded(name: str, widths: list[int]) -> str:
+    """The name with its i-th run of digits zero-padded to ``widths[i]``: its text order is then the number-aware
+    order, and a difference from the plain text order can come from the numbers only (not from '-' against '1')."""
+    runs = _NUMBER.split(name)
+    return "".join(run.zfill(widths[i // 2]) if i % 2 else run for i, run in enumerate(runs))
+
+
+def _number_widths(classes: tuple[str, ...]) -> list[int]:
+    """The longest i-th run of digits among the names, for each i: padding each number to the widest at its place
+    lines them up ('2019-2' as '2019-02' beside '2019-11', not '2019-0002')."""
+    widths: list[int] = []
+    for c in classes:
+        for i, run in enumerate(_NUMBER.findall(c)):
+            widths += [0] * (i + 1 - len(widths))
+            widths[i] = max(widths[i], len(run))
+    return widths
 
 
 def _natural_order(classes: tuple[str, ...]) -> list[str]:
     """The classes as a reader counts them ('k2' before 'k10'); equal numbers ('7', '007') keep their text order."""
-    width = _number_width(classes)
-    return sorted(classes, key=lambda c: (_numbers_padded(c, width), c))
+    widths = _number_widths(classes)
+    return sorted(classes, key=lambda c: (_numbers_padded(c, widths), c))
 
 
 def numbered_classes_note(dataset: str, classes: tuple[str, ...]) -> str | None:
     """Class folders named 0..10 (or k0..k19, img2/img10) are indexed in text order ('0', '1', '10', '2', ...), as
     torchvision's ImageFolder does and pred_all.json's graders expect: index 2 is folder '10'. Said, since a user
     reading the names as the indices (or writing an answer key of integers that way) was silently scored wrong."""
-    if len(classes) < 2:
+    if len(classes) < 2 or any(_DECIMAL.search(c) for c in classes):  # decimals: padding would change them
         return None
     by_number = _natural_order(classes)
     if by_number == list(classes):
@@ -294,7 +304,7 @@ def numbered_classes_note(dataset: str, classes: tuple[str, ...]) -> str | None:
     what = "the class folders are numbers" if digits else "the class folder names hold numbers"
     wanted = by_number[moved]
     padded = ("zero-padded names (00, 01, ..., 10)" if digits else
-              f"zero-padded numbers ({wanted!r} as {_numbers_padded(wanted, _number_width(classes))!r})")
+              f"zero-padded numbers ({wanted!r} as {_numbers_padded(wanted, _number_widths(classes))!r})")
     return (f"{dataset}: {what}, and class indices follow their sorted names as text "
             f"({', '.join(repr(c) for c in classes[:min(len(classes), moved + 2)])}, ...: index {moved} is folder "
             f"{classes[moved]!r}, not {wanted!r}), as torchvision's ImageFolder orders them. pred_all.json "
