@@ -1030,7 +1030,7 @@ def test_fp16_on_a_cpu_warns_once(tmp_path, monkeypatch, capsys):
     from fewshot.train.distributed import DistContext
 
     monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False, raising=False)
-    monkeypatch.setattr(start_warnings, "_TOLD_CPU_FP16", [])
+    monkeypatch.setattr(start_warnings, "_TOLD_CPU_FP16", set())
     cpu = torch.device("cpu")
     for amp in ("off", "bf16", "fp16", "fp16"):
         cfg = resolve(flags={"train.amp": amp, "train.device": "cpu", "optim.lr": 0.01})

@@ -68,6 +68,42 @@ def test_images_directly_in_a_dataset_folder_are_named(digits_root, tmp_path):
     assert err.count("directly in") == 1, err  # said once, not on the val line too
 
 
+def _stray_image(digits_root: Path, where: Path) -> None:
+    """One image of the demo data copied to ``where`` (a preview.png or a report's plot)."""
+    where.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(next((digits_root / "digits" / "test").iterdir()), where)
+
+
+def test_datasets_with_other_case_splits_and_a_stray_image_keep_their_mv_advice(digits_root, tmp_path):
+    """ROOT/ds/{Train,Val}/<class> with a preview.png beside them was "a folder of classes" (move them into
+    ROOT/<dataset>/train/, nesting whole datasets as classes), not the `mv ds/Train ds/train` it was told before."""
+    root = tmp_path / "root"
+    for ds in ("ds1", "ds2"):
+        for split in ("Train", "Val"):
+            shutil.copytree(digits_root / "digits" / split.lower(), root / ds / split)
+        _stray_image(digits_root, root / ds / "preview.png")
+    rc, _, err = run_main("train", "--data", root, "--out", tmp_path / "run", "--model", "test_resnet")
+    assert rc == 2, err
+    assert "folder of classes" not in err, err
+    for ds in ("ds1", "ds2"):
+        assert f"mv {root / ds / 'Train'} {root / ds / 'train'}" in err, err
+
+
+def test_a_folder_of_reports_is_passed_over_as_fewshot_output(digits_root, tmp_path):
+    """--data on a folder of `fewshot report` folders (PNGs at their top) was told its folders are classes, where
+    it was told before that each is no dataset (fewshot output)."""
+    root = tmp_path / "reports"
+    for name in ("r1", "r2"):
+        (root / name).mkdir(parents=True)
+        (root / name / "index.html").write_text("<html><head><title>fewshot report</title></head></html>")
+        _stray_image(digits_root, root / name / "accuracy_bars.png")
+    rc, _, err = run_main("train", "--data", root, "--out", tmp_path / "run", "--model", "test_resnet")
+    assert rc == 2, err
+    assert "folder of classes" not in err, err
+    assert f"{root / 'r1'} is not a dataset (fewshot output" in err, err
+    assert "no dataset folders found" in err, err
+
+
 @pytest.mark.parametrize("command, example", [("predict", "pred_all.json"), ("eval", "metrics.json"),
                                               ("export", "backbone.safetensors")])
 def test_out_ending_with_a_slash_is_refused_as_a_folder(tmp_path, command, example):

@@ -13,7 +13,7 @@ from fewshot.data.image_files import has_images, is_image
 from fewshot.data.layout import real_paths
 from fewshot.data.pool_scan import find_unlabeled_images
 from fewshot.data.roots import list_datasets
-from fewshot.data.warn_once import warn_once
+from fewshot.data.warn_once import recorded, warn_once
 from fewshot.errors import DataLayoutError, UserError
 
 
@@ -22,7 +22,8 @@ def pool_paths(cfg: dict, infos) -> tuple[list[Path], str]:
     return paths, source
 
 
-_POOL_MEMO: dict = {}  # the last pool found: inputs -> (its folders' stamp, (paths, ids, source, stand-in ids))
+# the last pool found: inputs -> (its folders' stamp, (paths, ids, source, stand-in ids), its warnings)
+_POOL_MEMO: dict = {}
 STAMP_SETTLE_S = 2.0  # a folder changed more recently may change again within its timestamp's granularity
 
 
@@ -61,6 +62,8 @@ def _folders_stamp(root: Path, pool_folders: list[Path]) -> tuple | None:
 def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str, list[int]]:
     """The pool (see _pool_with_sources), scanned once per process while its folders are unchanged: `fewshot run`
     asks for it 3-6 times (start-up checks, MoCo, every self-training round), 60 s each on a 100k-file pool.
+    The scan's warnings are kept with it and said again (once per command, warn_once) where it is reused: a later
+    command from a notebook said none of them (a pool that is a file, a misplaced pool folder, val images left out).
     (paths, ids, source, stand-in ids), always the four: a flag that dropped the last made its type a bare tuple."""
     d = cfg["data"]
     root = Path(d["root"])
@@ -71,11 +74,14 @@ def pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str, lis
     if stamp is not None and hit is not None and hit[0] == stamp:
         paths, ids, source, standing = hit[1]
         paths, ids, standing = list(paths), list(ids), list(standing)
+        for lines, kind in hit[2]:
+            warn_once(lines, kind)
     else:
-        paths, ids, source, standing = _pool_with_sources(cfg, infos)
+        with recorded([]) as said:
+            paths, ids, source, standing = _pool_with_sources(cfg, infos)
         _POOL_MEMO.clear()  # one pool at a time: a 100k-file list is tens of MB
         if stamp is not None:
-            _POOL_MEMO[key] = (stamp, (list(paths), list(ids), source, list(standing)))
+            _POOL_MEMO[key] = (stamp, (list(paths), list(ids), source, list(standing)), said)
     return paths, ids, source, standing
 
 

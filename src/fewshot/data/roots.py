@@ -200,11 +200,15 @@ def _refuse_class_folders_as_root(root: Path, folders: list[Path], tests: bool =
     train/ is _refuse_a_split_given_as_root's). Said once: when no folder holds split folders and most of them (two
     at least: one folder of loose images is a dataset whose message names them) hold images directly. ``tests``:
     predict and `eval --split test`, which read a dataset's test/ too."""
-    if any(_holds_splits(f) for f in folders):
-        return  # a real root, one of its datasets lacking a split: each problem is named as before
+    if any(_holds_splits_any_case(f) for f in folders):
+        return  # a real root, a dataset lacking a split or naming it Train/: each problem is named as before
     candidates = [f for f in folders if f.name not in SYSTEM_FOLDERS]
     classes = [f for f in candidates if _holds_images_directly(f)]
-    if len(classes) < 2 or 2 * len(classes) <= len(candidates):
+    if not _mostly_classes(classes, candidates):
+        return
+    candidates = [f for f in candidates if not_a_dataset(f) is None]  # runs, reports: passed over as such
+    classes = [f for f in classes if f in candidates]
+    if not _mostly_classes(classes, candidates):
         return
     shown, some = path_argument(root), some_of([f.name for f in classes], 3)
     raise UserError(one_line(
@@ -214,6 +218,21 @@ def _refuse_class_folders_as_root(root: Path, folders: list[Path], tests: bool =
         f"folders into {shown}/<dataset>/train/ (any dataset name) and some images of each class into "
         f"{shown}/<dataset>/val/<class>/, then pass --data {shown} again"
         + (" (the images to predict go in <dataset>/test/, without class folders)." if tests else ".")))
+
+
+def _mostly_classes(classes: list[Path], candidates: list[Path]) -> bool:
+    """Two class-shaped folders at least, and more than half of the candidates."""
+    return len(classes) >= 2 and 2 * len(classes) > len(candidates)
+
+
+def _holds_splits_any_case(folder: Path) -> bool:
+    """Whether ``folder`` holds a split folder in any case (Train/, VAL/): a dataset whose other-case split is
+    named with its `mv` by the layout scan, not a class folder (a stray preview.png beside Train/ made it one)."""
+    try:
+        with os.scandir(folder) as entries:
+            return any(e.name.casefold() in SPLITS and e.is_dir() for e in entries)
+    except OSError:
+        return False
 
 
 def _holds_images_directly(folder: Path) -> bool:

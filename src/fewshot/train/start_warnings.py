@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 
 from fewshot.errors import one_line
+from fewshot.process_state import said_once
 from fewshot.runtime import cpu_fp16_warning
 
 
-_TOLD_CPU_FP16: list[bool] = []  # whether the train.amp=fp16-on-a-CPU warning was given in this process
+_TOLD_CPU_FP16: set[str] = said_once(__name__, "_TOLD_CPU_FP16")  # the fp16-on-a-CPU warning, once given
 WARMUP_PEAK_OK = 0.9  # a warmup as long as the run whose last step trains at this share of optim.lr or more: no word
 
 
@@ -67,8 +68,8 @@ def warn_slow_ema(cfg: dict, steps_per_epoch: int, is_main: bool) -> None:
 
 def warn_cpu_fp16(amp, device, is_main: bool) -> None:
     """train.amp=fp16 on a CPU was accepted without a word and trained ~15x slower than fp32: said once a
-    process (`fewshot run` builds an Engine per stage)."""
+    command (`fewshot run` builds an Engine per stage; each call from a notebook says it, as the shell would)."""
     text = cpu_fp16_warning(amp, device)
     if text and is_main and not _TOLD_CPU_FP16:
-        _TOLD_CPU_FP16.append(True)
+        _TOLD_CPU_FP16.add(text)
         print(text, file=sys.stderr, flush=True)
