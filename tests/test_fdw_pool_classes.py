@@ -123,3 +123,25 @@ def test_the_run_says_nothing_of_a_pool_as_sure_as_val(monkeypatch, tmp_path, ca
     said = capsys.readouterr().out
     assert "[run] warning" not in said, said
     assert out["summary"]["datasets"]["two"]["pool_classes_check"]["suspect"] is False
+
+
+def test_the_warning_does_not_advise_a_calibration_already_on():
+    """run.pseudo_precision on: the warning advised setting it (review rev69, finding 3)."""
+    from fewshot.run_pseudo import pool_classes_warning
+
+    check = {"kept_share_below": 0.6, "kept": 40, "val_confidence": 0.9, "val_share_below": 0.3, "val_right": 20,
+             "quantile": 0.3, "suspect": True}
+    assert "run.pseudo_precision" in pool_classes_warning("d", check)
+    assert "run.pseudo_precision" not in pool_classes_warning("d", check, calibrated=True)
+
+
+def test_no_val_pass_where_no_dataset_kept_enough_to_check(monkeypatch, tmp_path):
+    """The check's val pass ran whenever anything was kept, also where no dataset could be checked (review rev69,
+    finding 4): 10 kept images, below POOL_CHECK_MIN_KEPT."""
+    passes = []
+    real = label_pool.__globals__["rows"]
+    monkeypatch.setitem(label_pool.__globals__, "rows", lambda d, probs: passes.append(len(probs)) or real(d, probs))
+    out = label_pool(monkeypatch, tmp_path, spread(0.8, 0.9, 5).tolist() + spread(0.1, 0.2, 5).tolist())
+    assert len(out["targets"]) == 10
+    assert passes == [10], passes  # the pool's rows only: val_logits was never called
+    assert out["summary"]["datasets"]["two"]["pool_classes_check"] is None

@@ -136,8 +136,8 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     files decoded at start-up (pool_decode_limit). The pool stays in its cache file: only the share is read (in
     batches), and the returned images are the kept ones' rows, read once by the next round."""
     from fewshot.eval.evaluate import compute_logits
-    from fewshot.train.semi import (calibrated_thresholds, class_quota, labelled_counts, load_pool, root_relative,
-                                    select_pseudo_labels, teacher_probabilities)
+    from fewshot.train.semi import (POOL_CHECK_MIN_KEPT, calibrated_thresholds, class_quota, labelled_counts,
+                                    load_pool, root_relative, select_pseudo_labels, teacher_probabilities)
 
     images, dataset_ids, paths, source, _ = load_pool(cfg, infos, task.size, exclude_train=True, limit=pool_limit)
     n_pool, pool_ids = len(images), dataset_ids
@@ -183,7 +183,9 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
             per_dataset[name]["class_thresholds"] = {
                 cls: (round(float(t), 4) if torch.isfinite(t) else None)
                 for cls, t in zip(task.space.classes[d], threshold[task.space.offsets[d]:][:task.space.sizes[d]])}
-    if val_probs is None and len(idx) and len(val.targets):  # the check's: none without kept images or val
+    known_kept = torch.bincount(owner[~from_unknown], minlength=len(task.space.names))
+    if val_probs is None and len(val.targets) and bool((known_kept >= POOL_CHECK_MIN_KEPT).any()):
+        # the check's, only where some dataset kept enough images of known source to be checked (rev69)
         val_probs = teacher_probabilities(task.val_logits(task.model), val.dataset_ids, task.space)
     checks = pool_classes_checks(task.space, conf[~from_unknown], owner[~from_unknown], val, val_probs)
     for name, check in checks.items():
@@ -198,7 +200,7 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     print(pseudo_label_line(per_dataset, summary["unknown_source_pool"]))
     for name, check in checks.items():
         if check is not None and check["suspect"]:
-            print(one_line(pool_classes_warning(name, check)), flush=True)
+            print(one_line(pool_classes_warning(name, check, float(r["pseudo_precision"]) > 0)), flush=True)
     soft = teacher_probabilities(logits[idx], dataset_ids[idx], task.space) if r["pseudo_targets"] == "soft" else None
     # which file became which class: a resumed run continues a stopped stage only on the same labels
     names = root_relative([k["path"] for k in kept], root)
@@ -224,15 +226,17 @@ def pool_classes_checks(space, kept_conf: torch.Tensor, kept_owner: torch.Tensor
     return out
 
 
-def pool_classes_warning(name: str, check: dict) -> str:
+def pool_classes_warning(name: str, check: dict, calibrated: bool = False) -> str:
     """The warning of a dataset whose kept pseudo-labels look like images of other classes (pool_classes_check):
-    what was measured, what it may mean and what to do; the run trains on them all the same."""
+    what was measured, what it may mean and what to do; the run trains on them all the same. ``calibrated``:
+    run.pseudo_precision is on already, so it is not advised."""
     return (f"[run] warning: {name}: {check['kept_share_below']:.0%} of its {check['kept']} kept pseudo-labels have "
             f"a confidence below {check['val_confidence']:.3f}, against {check['val_share_below']:.0%} of its "
             f"{check['val_right']} correctly classified val images (that confidence is their "
             f"{check['quantile']:g} quantile): its pool may hold images of classes {name} does not have, and these get "
-            f"a pseudo-label of one of its classes anyway. Keep only {name}'s own classes in its pool, or set "
-            f"run.pseudo_precision (per-class thresholds from val), or run.semi_method=off")
+            f"a pseudo-label of one of its classes anyway. Keep only {name}'s own classes in its pool, "
+            f"{'' if calibrated else 'or set run.pseudo_precision (per-class thresholds from val), '}"
+            f"or run.semi_method=off")
 
 
 def precision_cap(infos, precision: float) -> tuple[str | None, str | None]:
