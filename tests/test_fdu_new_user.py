@@ -125,3 +125,17 @@ def test_check_output_file_keeps_a_plain_new_file_and_an_existing_folder_message
         check_output_file(str(tmp_path) + os.sep)
     with pytest.raises(UserError, match=r"ends with '/'.*e\.g\. .*newdir/out\.json"):
         check_output_file(str(tmp_path / "newdir") + "/")
+
+
+def test_the_class_folder_refusal_does_not_walk_every_image(tmp_path, monkeypatch):
+    """not_a_dataset looked at every entry of every class folder (90k stats for 3 classes of 30k images) before
+    the refusal (review rev70, finding 2): the refusal decides on the folders' tops."""
+    from fewshot.data import roots
+
+    for cls in ("cat", "dog", "owl"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            (tmp_path / cls / f"{i}.png").write_bytes(b"")
+    monkeypatch.setattr(roots, "not_a_dataset", lambda f: pytest.fail("walked the class folders"))
+    with pytest.raises(roots.UserError, match="looks like a folder of classes"):
+        roots._refuse_class_folders_as_root(tmp_path, sorted(tmp_path.iterdir()))

@@ -62,13 +62,28 @@ def test_a_prefixed_number_order_is_said_once_by_a_command(tmp_path):
 
 
 @pytest.mark.parametrize("classes", [("0.25mg", "0.5mg", "1mg", "2mg"), ("ph6.25", "ph6.5", "ph6.75", "ph7"),
-                                     ("1.25", "1.5", "2"), ("0,5x", "1x", "10x", "2x")])
-def test_decimal_names_get_no_note(classes):
-    """A decimal's digits after the point are no whole number: `0.5mg` was advised to become `00.05mg` (review
+                                     ("1.25", "1.5", "2")])
+def test_decimal_names_in_number_order_get_no_note(classes):
+    """A decimal's digits after the point are compared as text: `0.5mg` was advised to become `00.05mg` (review
     rev69, finding 1)."""
     from fewshot.data.layout import numbered_classes_note
 
     assert numbered_classes_note("d", tuple(sorted(classes))) is None
+
+
+@pytest.mark.parametrize("classes, index, folder, wanted, padded", [
+    (("ph10.0", "ph6.5", "ph7.0"), 0, "ph10.0", "ph6.5", "'ph6.5' as 'ph06.5'"),
+    (("0.25mg", "10mg", "2.5mg"), 1, "10mg", "2.5mg", "'2.5mg' as '02.5mg'"),
+    (("0,5x", "10x", "1x", "2x"), 1, "10x", "1x", "'1x' as '01x'"),
+    (("k1", "k10", "k2", "k2.5"), 1, "k10", "k2", "'k2' as 'k02'")])
+def test_decimal_names_out_of_number_order_are_said(classes, index, folder, wanted, padded):
+    """Silencing every name with a decimal hid real mismatches (review rev70, finding 1): only the whole part is
+    padded in the example."""
+    from fewshot.data.layout import numbered_classes_note
+
+    note = numbered_classes_note("d", classes)
+    assert note is not None and f"index {index} is folder {folder!r}, not {wanted!r}" in note, note
+    assert padded in note, note
 
 
 def test_the_padded_example_pads_each_number_to_its_own_place():

@@ -263,29 +263,36 @@ def _held_out_are_train_images(ds_dir: Path, found: dict[str, dict[str, list[Pat
 _NUMBER = re.compile(r"([0-9]+)")  # ASCII digits only: '²'.isdigit(), yet no number a user would key by
 
 
-_DECIMAL = re.compile(r"[0-9][.,][0-9]")  # 0.25mg, ph6.5: a decimal's digits after the point are no whole number
+def _is_fraction(runs: list[str], i: int) -> bool:
+    """Whether digit run ``runs[i]`` (odd i, _NUMBER.split's) is a decimal's digits after the point ('5' of
+    'ph6.5', '25' of '0,25mg'): compared as text, as decimals are, and never padded ('0.5' is not '0.05')."""
+    return i >= 3 and runs[i - 1] in (".", ",")
 
 
 def _numbers_padded(name: str, widths: list[int]) -> str:
-    """The name with its i-th run of digits zero-padded to ``widths[i]``: its text order is then the number-aware
+    """The name with its i-th whole number zero-padded to ``widths[i]``: its text order is then the number-aware
     order, and a difference from the plain text order can come from the numbers only (not from '-' against '1')."""
     runs = _NUMBER.split(name)
-    return "".join(run.zfill(widths[i // 2]) if i % 2 else run for i, run in enumerate(runs))
+    return "".join(run.zfill(widths[i // 2]) if i % 2 and not _is_fraction(runs, i) else run
+                   for i, run in enumerate(runs))
 
 
 def _number_widths(classes: tuple[str, ...]) -> list[int]:
-    """The longest i-th run of digits among the names, for each i: padding each number to the widest at its place
+    """The longest i-th whole number among the names, for each i: padding each number to the widest at its place
     lines them up ('2019-2' as '2019-02' beside '2019-11', not '2019-0002')."""
     widths: list[int] = []
     for c in classes:
-        for i, run in enumerate(_NUMBER.findall(c)):
-            widths += [0] * (i + 1 - len(widths))
-            widths[i] = max(widths[i], len(run))
+        runs = _NUMBER.split(c)
+        for i in range(1, len(runs), 2):
+            widths += [0] * (i // 2 + 1 - len(widths))
+            if not _is_fraction(runs, i):
+                widths[i // 2] = max(widths[i // 2], len(runs[i]))
     return widths
 
 
 def _natural_order(classes: tuple[str, ...]) -> list[str]:
-    """The classes as a reader counts them ('k2' before 'k10'); equal numbers ('7', '007') keep their text order."""
+    """The classes as a reader counts them ('k2' before 'k10', 'ph6.5' before 'ph10.0'); equal numbers ('7', '007')
+    keep their text order."""
     widths = _number_widths(classes)
     return sorted(classes, key=lambda c: (_numbers_padded(c, widths), c))
 
@@ -294,7 +301,7 @@ def numbered_classes_note(dataset: str, classes: tuple[str, ...]) -> str | None:
     """Class folders named 0..10 (or k0..k19, img2/img10) are indexed in text order ('0', '1', '10', '2', ...), as
     torchvision's ImageFolder does and pred_all.json's graders expect: index 2 is folder '10'. Said, since a user
     reading the names as the indices (or writing an answer key of integers that way) was silently scored wrong."""
-    if len(classes) < 2 or any(_DECIMAL.search(c) for c in classes):  # decimals: padding would change them
+    if len(classes) < 2:
         return None
     by_number = _natural_order(classes)
     if by_number == list(classes):
