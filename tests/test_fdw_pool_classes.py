@@ -78,7 +78,7 @@ class Rows(list):
         return Rows(self[i] for i in torch.as_tensor(idx).tolist())
 
 
-def label_pool(monkeypatch, tmp_path: Path, pool_probs: list[float]) -> dict:
+def label_pool(monkeypatch, tmp_path: Path, pool_probs: list[float], precision: float = 0.0) -> dict:
     """pseudo_label_pool on a pool of dataset "two" whose images say t0 at ``pool_probs`` (t1 below 0.5); val: 20
     right t0 images at 0.96-1.0; each class has 5 shots, the whole pool may be kept."""
     pool = rows(0, pool_probs)
@@ -95,7 +95,8 @@ def label_pool(monkeypatch, tmp_path: Path, pool_probs: list[float]) -> dict:
     task = SimpleNamespace(model=torch.nn.Linear(1, 1), normalize=None, device=torch.device("cpu"),
                            channels_last=False, size=32, space=SPACE, val_set=val,
                            val_logits=lambda m: rows(0, val_p))
-    settings = {"pseudo_keep": 1.0, "pseudo_max_per_shot": 100.0, "pseudo_threshold": 0.0, "pseudo_precision": 0.0,
+    settings = {"pseudo_keep": 1.0, "pseudo_max_per_shot": 100.0, "pseudo_threshold": 0.0,
+                "pseudo_precision": precision,
                 "pseudo_targets": "hard"}
     return run_pseudo.pseudo_label_pool(task, {"data": {"root": str(tmp_path)}}, infos, settings,
                                         tmp_path / "pseudo.json")
@@ -145,3 +146,13 @@ def test_no_val_pass_where_no_dataset_kept_enough_to_check(monkeypatch, tmp_path
     assert len(out["targets"]) == 10
     assert passes == [10], passes  # the pool's rows only: val_logits was never called
     assert out["summary"]["datasets"]["two"]["pool_classes_check"] is None
+
+
+def test_a_calibrated_run_is_not_advised_its_own_calibration(monkeypatch, tmp_path, capsys):
+    """pseudo_label_pool passes run.pseudo_precision's state to the warning (review rev70, finding 4)."""
+    sure = spread(0.8, 0.9, 12).tolist() + [0.98] * 3
+    # per-class thresholds that keep every image (val holds no t1 image, whose threshold would keep none)
+    monkeypatch.setattr(semi, "calibrated_thresholds", lambda *a, **k: torch.zeros(SPACE.num_classes))
+    label_pool(monkeypatch, tmp_path, sure + [1 - p for p in sure], precision=0.05)
+    warning = [line for line in capsys.readouterr().out.splitlines() if "[run] warning: two:" in line]
+    assert len(warning) == 1 and "run.pseudo_precision" not in warning[0], warning
