@@ -156,3 +156,22 @@ def test_a_calibrated_run_is_not_advised_its_own_calibration(monkeypatch, tmp_pa
     label_pool(monkeypatch, tmp_path, sure + [1 - p for p in sure], precision=0.05)
     warning = [line for line in capsys.readouterr().out.splitlines() if "[run] warning: two:" in line]
     assert len(warning) == 1 and "run.pseudo_precision" not in warning[0], warning
+
+
+def test_the_report_marks_a_dataset_whose_pool_check_warned():
+    """The pool warning was printed once and shown nowhere after (review rev69, finding 6): the report's
+    self-training table says it per dataset, from summary.json's pool_classes_check."""
+    from fewshot.report import tables as T
+    from fewshot.report.pipeline_runs import _pseudo_labels
+
+    entry = {"pool_size": 120, "pool_labelled": 120, "datasets": {
+        "binary": {"kept": 59, "pool": 120, "labelled": 120, "mean_confidence": 0.9,
+                   "pool_classes_check": {"suspect": True, "kept": 59}},
+        "mix20": {"kept": 39, "pool": 80, "labelled": 80, "pool_classes_check": {"suspect": False}},
+        "tint": {"kept": 3, "pool": 9, "labelled": 9, "pool_classes_check": None}}}
+    labels = _pseudo_labels(entry)
+    rounds = [{"round": 1, "stage": "finetune_labelled", "pseudo_labels": None, "val_mean_acc1": 80.0},
+              {"round": 2, "stage": "finetune", "pseudo_labels": labels, "val_mean_acc1": 81.0}]
+    kept = T.self_training_table("run", rounds).rows[1][3]
+    assert "binary 59 (of 120; mean confidence 0.90; the pool may hold other classes)" in kept, kept
+    assert kept.count("other classes") == 1, kept

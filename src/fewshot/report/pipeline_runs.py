@@ -27,14 +27,18 @@ def _pseudo_labels(x) -> dict | None:
 
 
 def _pseudo_dataset(v: dict) -> dict:
-    """One dataset's entry of a round's pseudo-labels: counts, the kept labels' mean confidence (measured) and,
-    with run.pseudo_precision > 0, the per-class thresholds calibrated on val (null: the class kept nothing)."""
+    """One dataset's entry of a round's pseudo-labels: counts, the kept labels' mean confidence (measured), with
+    run.pseudo_precision > 0 the per-class thresholds calibrated on val (null: the class kept nothing), and whether
+    the pool check warned that the pool may hold other classes (pool_classes_suspect; absent: not measured)."""
     out = {k: v[k] for k in ("kept", "kept_from_unknown_source", "pool", "labelled") if _is_whole(v.get(k))}
     if _is_number(v.get("mean_confidence")):
         out["mean_confidence"] = v["mean_confidence"]
     thresholds = v.get("class_thresholds")
     if isinstance(thresholds, dict) and all(t is None or _is_number(t) for t in thresholds.values()):
         out["class_thresholds"] = dict(thresholds)
+    check = v.get("pool_classes_check")  # the run's out-of-class warning (run_pseudo.pool_classes_checks)
+    if isinstance(check, dict) and isinstance(check.get("suspect"), bool):
+        out["pool_classes_suspect"] = check["suspect"]
     return out
 
 

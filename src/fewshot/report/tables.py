@@ -168,10 +168,12 @@ def _kept_words(name: str, v: dict, unknown_pool) -> str:
     of = f"{opt(labelled)}" + (f" / {in_pool}" if in_pool is not None and in_pool != labelled else "")
     sure = shown(v.get("mean_confidence"), lambda x: f"mean confidence {x:.2f}")
     foreign = v.get("kept_from_unknown_source")
+    other = "; the pool may hold other classes" if v.get("pool_classes_suspect") else ""  # the run's warning
     if not foreign:
-        return f"{name} {v['kept']} (of {of}{'' if sure == DASH else f'; {sure}'})"
+        return f"{name} {v['kept']} (of {of}{'' if sure == DASH else f'; {sure}'}{other})"
     source = f"the {unknown_pool} of unknown source" if unknown_pool else "pool images of unknown source"
-    return f"{name} {v['kept']} ({foreign} of them from {source}) of {of}{'' if sure == DASH else f' ({sure})'}"
+    return (f"{name} {v['kept']} ({foreign} of them from {source}) of {of}{'' if sure == DASH else f' ({sure})'}"
+            f"{other}")
 
 
 def self_training_table(label: str, rounds: list[dict], predicted_with: str | None = None) -> Table:
@@ -207,7 +209,10 @@ def self_training_table(label: str, rounds: list[dict], predicted_with: str | No
                          "run.pseudo_threshold (and more than twice chance); run.pseudo_precision > 0 also sets per "
                          "class the confidence at which the model that labelled is right that often on val (shown: "
                          "the range of those used; a closed class keeps none), 0 leaves it off. Val mean acc@1 "
-                         "(known source): the round that scores highest of round 1 and the last predicts (in bold).")
+                         "(known source): the round that scores highest of round 1 and the last predicts (in bold). "
+                         "\"The pool may hold other classes\": the kept labels of the dataset's own pool were clearly "
+                         "less sure than its rightly classified val images (the run's warning; pool_classes_check "
+                         "in summary.json).")
 
 
 def dataset_table(run: Run, title: str | None = None, known: dict | None = None, unknown: dict | None = None,
