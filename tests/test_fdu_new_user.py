@@ -117,6 +117,19 @@ def test_out_ending_with_a_slash_is_refused_as_a_folder(tmp_path, command, examp
     assert not (tmp_path / "newdir").exists()
 
 
+@pytest.mark.parametrize("command, example", [("predict", "pred_all.json"), ("eval", "metrics.json"),
+                                              ("export", "backbone.safetensors")])
+def test_out_dash_is_refused_not_written_as_a_file_named_dash(tmp_path, monkeypatch, command, example):
+    """`--out -` (standard output in many tools) wrote a file named "-" in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    data = () if command == "export" else ("--data", tmp_path)
+    rc, out, err = run_main(command, tmp_path / "run", *data, "--out", "-")
+    assert rc == 2, err
+    assert "--out -: '-' is not read as standard output" in err, err
+    assert f"e.g. {example}, or /dev/stdout" in err, err
+    assert not (tmp_path / "-").exists()
+
+
 def test_check_output_file_keeps_a_plain_new_file_and_an_existing_folder_message(tmp_path):
     """Only a raw string ending in a separator is a folder the user meant; a Path or a file name is written."""
     assert check_output_file(str(tmp_path / "new.json")) == tmp_path / "new.json"

@@ -26,6 +26,9 @@ def check_output_file(path, flag: str | None = "--out", example: str = "out.json
     from fewshot.errors import UserError
 
     slash = _ends_with_separator(path)
+    if isinstance(path, str) and path == "-":  # many tools' word for standard output: here it wrote a file named "-"
+        raise UserError(f"{flag or 'the output'} -: '-' is not read as standard output here (a file named '-' "
+                        f"would be written); give a file name, e.g. {example}, or /dev/stdout.")
     path = Path(path)
     said = f"{flag} {path}" if flag else f"the output {path}"
     if path.is_dir() or slash:
