@@ -110,6 +110,7 @@ def test_the_run_warns_of_a_pool_of_other_classes_and_records_it(monkeypatch, tm
     warning = [line for line in said.splitlines() if "[run] warning: two:" in line]
     assert len(warning) == 1, said
     assert "classes two does not have" in warning[0] and "run.semi_method=off" in warning[0]
+    assert "or images unlike its labelled ones" in warning[0]  # a shift of source or colour reads the same
     assert "run.pseudo_precision" in warning[0] and "Keep only two's own classes" in warning[0]
     per = out["summary"]["datasets"]
     assert per["two"]["pool_classes_check"]["suspect"] is True

@@ -233,8 +233,8 @@ def pool_classes_warning(name: str, check: dict, calibrated: bool = False) -> st
     return (f"[run] warning: {name}: {check['kept_share_below']:.0%} of its {check['kept']} kept pseudo-labels have "
             f"a confidence below {check['val_confidence']:.3f}, against {check['val_share_below']:.0%} of its "
             f"{check['val_right']} correctly classified val images (that confidence is their "
-            f"{check['quantile']:g} quantile): its pool may hold images of classes {name} does not have, and these get "
-            f"a pseudo-label of one of its classes anyway. Keep only {name}'s own classes in its pool, "
+            f"{check['quantile']:g} quantile): its pool may hold images of classes {name} does not have (or images unlike its labelled ones: "
+            f"another source, size or colour), and these get a pseudo-label of one of its classes anyway. Keep only {name}'s own classes in its pool, "
             f"{'' if calibrated else 'or set run.pseudo_precision (per-class thresholds from val), '}"
             f"or run.semi_method=off")
 
