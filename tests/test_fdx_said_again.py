@@ -56,3 +56,31 @@ def test_fp16_on_a_cpu_is_said_by_each_command(monkeypatch, capsys):
             start_warnings.warn_cpu_fp16(torch.float16, cpu, True)  # `fewshot run`'s next stage: said once
         said.append(capsys.readouterr().err)
     assert [err.count("train.amp=fp16 on a CPU") for err in said] == [1, 1], said
+
+
+def test_a_misplaced_pool_emptied_between_commands_is_not_warned_about_again(copy_root, capsys):
+    """ROOT/<dataset>/unlabeled (never read) is warned about while it holds images; the memo's stamp did not cover
+    it, so a later command replayed the warning after the user had emptied it (review rev70)."""
+    from fewshot.config import resolve
+    from fewshot.data import pool
+    from fewshot.data.layout import scan_root
+
+    name = sorted(p.name for p in (copy_root / "unlabeled").iterdir())[0]
+    misplaced = copy_root / name / "unlabeled"
+    misplaced.mkdir()
+    moved = sorted((copy_root / "unlabeled" / name).iterdir())[0]
+    shutil.move(moved, misplaced / moved.name)
+    shutil.rmtree(copy_root / "unlabeled" / name)  # the dataset's own pool is gone: its train images stand in
+    _settled(copy_root)
+    cfg, infos = resolve(flags={"data.root": str(copy_root)}), scan_root(copy_root)
+    said = []
+    for step in range(2):
+        capsys.readouterr()
+        with process_state.kept():
+            pool.pool_with_sources(cfg, infos)
+        said.append(capsys.readouterr().err)
+        if step == 0:
+            (misplaced / moved.name).unlink()
+            os.utime(misplaced, (1e9 + 60, 1e9 + 60))  # emptied long ago too: the stamp sees its new mtime
+    assert f"{misplaced} is not read" in said[0], said
+    assert f"{misplaced} is not read" not in said[1], said

@@ -28,14 +28,17 @@ STAMP_SETTLE_S = 2.0  # a folder changed more recently may change again within i
 
 
 def _folders_stamp(root: Path, pool_folders: list[Path]) -> tuple | None:
-    """The root, its folders and every folder below the pool folders (links not followed), each with its inode
-    and mtime: adding, removing or renaming a file changes its folder's mtime. None when one changed within
-    STAMP_SETTLE_S (a second change in the same clock tick would go unseen). Listing only the folders costs a
-    tenth of the scan."""
+    """The root, its folders (with a dataset's misplaced unlabeled/ folder) and every folder below the pool folders
+    (links not followed), each with its inode and mtime: adding, removing or renaming a file changes its folder's
+    mtime. None when one changed within STAMP_SETTLE_S (a second change in the same clock tick would go unseen).
+    Listing only the folders costs a tenth of the scan."""
     try:  # hidden folders are no datasets; ROOT/.fewshot_cache changes with every cache write (review)
         shallow = [root, *(entry.path for entry in os.scandir(root) if entry.is_dir() and entry.name[:1] != ".")]
     except OSError:
         return None
+    # ROOT/<dataset>/unlabeled, a misplaced pool warn_misplaced_pool names while it holds images: emptying it left the
+    # stamp as it was, and a later command replayed the warning (review rev70)
+    shallow += [inside for folder in shallow[1:] if os.path.isdir(inside := os.path.join(folder, "unlabeled"))]
     linked: list[str] = []
 
     def deep():
