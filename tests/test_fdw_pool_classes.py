@@ -119,6 +119,27 @@ def test_the_run_warns_of_a_pool_of_other_classes_and_records_it(monkeypatch, tm
     assert recorded["datasets"]["two"]["pool_classes_check"]["kept_share_below"] >= 0.6
 
 
+def test_a_resume_that_reuses_the_round_says_its_warning_again(monkeypatch, tmp_path, capsys):
+    """A resumed run reuses a finished round from its record (recorded_pseudo_labels): the session that labelled the
+    pool said the warning, the resumed one's output said nothing of it (review rev69)."""
+    sure = spread(0.8, 0.9, 12).tolist() + [0.98] * 3
+    label_pool(monkeypatch, tmp_path, sure + [1 - p for p in sure])
+    first = [line for line in capsys.readouterr().out.splitlines() if "[run] warning: two:" in line]
+    reused = run_pseudo.recorded_pseudo_labels(tmp_path / "pseudo.json")
+    again = [line for line in capsys.readouterr().out.splitlines() if "[run] warning" in line]
+    assert reused is not None and reused["images"]
+    assert again == first and len(first) == 1
+    assert "set run.pseudo_precision" in again[0]  # the record's precision (0): the advice as the first time
+
+
+def test_a_hand_edited_record_is_reused_without_a_crash_or_a_warning(tmp_path, capsys):
+    record = tmp_path / "pseudo.json"
+    record.write_text(json.dumps({"images": [], "precision": "x",
+                                  "datasets": {"two": {"pool_classes_check": {"suspect": True}}, "one": 3}}))
+    assert run_pseudo.recorded_pseudo_labels(record) is not None
+    assert "[run] warning" not in capsys.readouterr().out
+
+
 def test_the_run_says_nothing_of_a_pool_as_sure_as_val(monkeypatch, tmp_path, capsys):
     sure = spread(0.96, 0.9999, 15).tolist()
     out = label_pool(monkeypatch, tmp_path, sure + [1 - p for p in sure])

@@ -34,7 +34,27 @@ def recorded_pseudo_labels(record: Path) -> dict | None:
     if not isinstance(saved, dict):
         return None
     summary = {k: v for k, v in saved.items() if k not in ("pool_key", "images")}
+    _say_pool_warnings(summary)  # the session that labelled the round said them; this one's log would not
     return {"images": kept, "summary": summary, "key": None, "recorded": True}
+
+
+def _say_pool_warnings(summary: dict) -> None:
+    """The pool check's warnings of a round's summary (its datasets' pool_classes_check), one line each."""
+    datasets = summary.get("datasets")
+    if not isinstance(datasets, dict):
+        return
+    try:
+        calibrated = float(summary.get("precision") or 0) > 0
+    except (TypeError, ValueError):
+        calibrated = False
+    for name, entry in datasets.items():
+        check = entry.get("pool_classes_check") if isinstance(entry, dict) else None
+        if isinstance(check, dict) and check.get("suspect") is True:
+            try:
+                line = pool_classes_warning(name, check, calibrated)
+            except (KeyError, TypeError, ValueError):  # a hand-edited record: the warning is not worth a crash
+                continue
+            print(one_line(line), flush=True)
 
 
 def pool_share_in_time(task, images: torch.Tensor, seconds: float, record: Path, seed: int,
@@ -198,9 +218,7 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     # per image: which file became which class, how sure; the pool's fingerprint for a resumed round
     write_json(record, {**summary, "pool_key": pool_key, "images": kept})
     print(pseudo_label_line(per_dataset, summary["unknown_source_pool"]))
-    for name, check in checks.items():
-        if check is not None and check["suspect"]:
-            print(one_line(pool_classes_warning(name, check, float(r["pseudo_precision"]) > 0)), flush=True)
+    _say_pool_warnings(summary)
     soft = teacher_probabilities(logits[idx], dataset_ids[idx], task.space) if r["pseudo_targets"] == "soft" else None
     # which file became which class: a resumed run continues a stopped stage only on the same labels
     names = root_relative([k["path"] for k in kept], root)
