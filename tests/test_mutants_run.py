@@ -92,9 +92,9 @@ def test_a_class_keeps_at_most_max_per_shot_times_its_labelled_images(monkeypatc
     assert out["targets"].tolist() == [0, 4]
 
 
-@pytest.mark.parametrize("pool, want", [(None, 4096), (20000, 4096), (1000, 500), (100, 128)])
-def test_the_moco_queue_is_half_the_pool_between_two_batches_and_4096(pool, want):
-    assert keys_per_step(64, False) == 64  # one step's keys: under the half-pool floor of two batches here
+@pytest.mark.parametrize("pool, want", [(None, 4096), (20000, 4096), (1000, 500), (100, 64), (400, 200)])
+def test_the_moco_queue_is_half_the_pool_between_one_steps_keys_and_4096(pool, want):
+    assert keys_per_step(64, False) == 64  # one step's keys: the floor under half of a 100-image pool
     assert moco_queue_size({"queue_size": None, "pretrain_batch_size": 64}, pool) == want
     assert moco_queue_size({"queue_size": 77, "pretrain_batch_size": 64}, pool) == 77  # run.queue_size as given
 

@@ -43,7 +43,8 @@ def test_run_refuses_a_symmetric_queue_under_two_batches_before_the_run_starts(d
 
 
 @pytest.mark.parametrize("batch, pool, symmetric, queue", [
-    (64, 1000, False, 500), (64, 1000, True, 500), (64, 100, False, 128),   # half the pool, at least two batches
+    (64, 1000, False, 500), (64, 1000, True, 500), (64, 100, False, 64),    # half the pool, at least one step's
+    (64, 100, True, 128), (64, 200, False, 100),                            # keys (no floor of two batches)
     (2049, 90000, False, 4096), (2049, 90000, True, 4098),                  # 4096 at most, but one step's keys
     (4097, 90000, False, 4097), (3000, None, True, 6000), (64, None, False, 4096)])
 def test_the_default_queue_holds_one_steps_keys(batch, pool, symmetric, queue):

@@ -277,7 +277,7 @@ def stage_set_value(raw: dict, dotted: str, value) -> bool:
 
 def stage_queue_size(run: dict, symmetric: bool, value) -> bool:
     """Whether ``value`` is a queue a run's MoCo stage may have taken (run_stages.moco_queue_size): run.queue_size,
-    else half the pool between two batches and 4096, never under one step's keys (the pool is not in the file)."""
+    else about half the pool capped at 4096, never under one step's keys (the pool is not in the file)."""
     from fewshot.config import same_value
 
     if run.get("queue_size") is not None:
@@ -286,7 +286,7 @@ def stage_queue_size(run: dict, symmetric: bool, value) -> bool:
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in (batch, value)):
         return False
     keys = batch * (2 if symmetric else 1)  # pretrain_settings.keys_per_step, whose module imports timm (2 s)
-    return max(keys, min(4096, 2 * batch)) <= value <= max(keys, 4096)
+    return keys <= value <= max(keys, 4096)
 
 
 def warn_finetune_config(path) -> None:

@@ -282,9 +282,10 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
 
 
 def moco_queue_size(r: dict, pool_size: int | None, symmetric: bool = False) -> int:
-    """The MoCo stage's queue: run.queue_size, else half the pool (``pool_size`` images; None: not counted yet)
-    between two batches and 4096, and never under one step's keys (2 x the batch with ``symmetric``): a batch
-    above 4096 (2048 symmetric) got the 4096 queue that resolve_pretrain_defaults refuses, after the folder began."""
+    """The MoCo stage's queue: run.queue_size, else about half the pool (``pool_size`` images; None: not counted yet)
+    capped at 4096, and never under one step's keys (2 x the batch with ``symmetric``): a batch above 4096 (2048
+    symmetric) got the 4096 queue that resolve_pretrain_defaults refuses, after the folder began. No floor of two
+    batches: it gave a 100-image pool K=128, so most queries met their own image's older key as a negative."""
     from fewshot.ssl.pretrain_settings import keys_per_step
 
     if r["queue_size"] is not None:
@@ -293,7 +294,18 @@ def moco_queue_size(r: dict, pool_size: int | None, symmetric: bool = False) -> 
     keys = keys_per_step(batch, symmetric)
     if pool_size is None:
         return max(4096, keys)
-    return int(max(keys, min(4096, max(2 * batch, pool_size // 2))))
+    return int(max(keys, min(4096, pool_size // 2)))
+
+
+def warn_stage_queue(pcfg: dict, task, world: int) -> None:
+    """`fewshot pretrain`'s warning for a queue of at least the pool's images (a pool under two steps' keys, or a
+    run.queue_size that large), with the stage's own fields for the flags its advice names."""
+    from fewshot.ssl.pretrain import queue_warning
+
+    said = queue_warning(pcfg, task, world)
+    if said:
+        print(f"{said} (`fewshot run`: run.pretrain_batch_size=N for --batch-size N, run.queue_size=K for "
+              f"--queue-size K)", flush=True)
 
 
 def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float, check=None,
@@ -386,6 +398,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         print(f"[run] MoCo pretraining: {images} at {task.size}px, K={task.model.K}, "
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
               f"{stage_plan_words(step_s, pre_budget, epochs)}")
+        warn_stage_queue(pcfg, task, ctx.world)
         state.record("pretrain", "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
                      kept_s=kept["s"])
     seed_everything(pcfg["train"]["seed"])

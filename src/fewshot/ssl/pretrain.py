@@ -11,7 +11,7 @@ import torch
 from fewshot.data.augment import BatchAugment, preset as aug_preset
 from fewshot.data.cache import default_cache_dir, load_images
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.pool import pool_paths
+from fewshot.data.pool import held_out_digests, pool_paths, warn_held_out_copies
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.skipped import write_skipped
@@ -26,7 +26,7 @@ from fewshot.ssl.knn import knn_predict
 from fewshot.ssl.moco import MoCo
 from fewshot.ssl.pretrain_settings import (bn_protection, has_batch_norm, queue_advice, resolve_pretrain_defaults,
                                            shared_bn_warning, split_groups, unused_split_bn_note)
-from fewshot.train.distributed import DistContext
+from fewshot.train.distributed import DistContext, launch_rank
 from fewshot.train.engine import Engine
 from fewshot.train.semi import POOL_SKIP_NOTE, pool_key
 from fewshot.utils import make_generator
@@ -78,7 +78,8 @@ class MoCoTask:
         paths, self.pool_source = pool_paths(cfg, infos)
         pool = load_images(paths, self.size, cache, crop_pct=1.0, desc="loading unlabeled pool",
                            skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], skip_note=POOL_SKIP_NOTE,
-                           max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"))
+                           max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"),
+                           digests=launch_rank() == 0)
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
         self.pool_skipped = list(pool.bad)
         # the files the pool's images come from: a resume refuses a pool whose files changed (images drawn by position)
@@ -89,6 +90,8 @@ class MoCoTask:
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
                                                    d["crop_pct"], d["skip_bad_images"], d.get("cache_max_gb"),
                                                    d.get("bit_depth", "auto"))
+        if pool.digests:  # rank 0: copies of val/test images trained silently (linked files are left out)
+            warn_held_out_copies(paths, pool.digests, held_out_digests(infos, self.size, cache, 1.0, d))
         self.eval_every = m["knn_every"]
         self.n_parameters = sum(p.numel() for p in self.model.encoder_q.backbone.parameters())
 
@@ -178,10 +181,15 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
     cfg["_task"] = "moco"
     with undone_if_start_fails(out) as start:  # a bad model or weights file leaves no run folder behind
         # its last.pt is left unheld (mapped, it kept a replaced file on disk while the run trained)
-        device, ctx, infos, resuming = start_job(cfg, out, resume,
-                                                 lambda ctx, resuming: resolve_pretrain_defaults(cfg, ctx.world),
-                                                 start, "moco")[:4]  # MoCoTask.kind
+        device, ctx, infos, resuming, ck = start_job(cfg, out, resume,
+                                                     lambda ctx, resuming: resolve_pretrain_defaults(cfg, ctx.world),
+                                                     start, "moco")  # MoCoTask.kind
         task = MoCoTask(cfg, infos, device, ctx, resuming=resuming)
+        # a changed pool is refused before the start line and skipped_images.json (run_finetune's order): refused
+        # in Engine.resume, it had said the start and rewritten the file of a run it did not continue
+        if ck is not None:
+            task.load_checkpoint_extra(ck)
+            del ck  # its tensors mapped: Engine.resume reads the file again
         engine = Engine(task, cfg, out, device, ctx)
         announce_pretrain(cfg, out, task, engine, device, ctx)
     result = engine.fit(resume=resume)
@@ -203,20 +211,30 @@ def announce_pretrain(cfg: dict, out: Path, task: MoCoTask, engine: Engine, devi
         m = cfg["moco"]
         print(one_line(f"MoCo ({m['preset']}) pretraining {cfg['model']['name']}"
                        f"{weights_note(task.weights_loaded, cfg['model']['weights'])} on {len(task.pool)} unlabeled "
-                       f"images ({task.pool_source}) at {task.size}px on {device} x{ctx.world} ({engine.precision}"
+                       f"image{'' if len(task.pool) == 1 else 's'} ({task.pool_source}) at {task.size}px on "
+                       f"{device} x{ctx.world} ({engine.precision}"
                        f"{speed_settings(task)}): "
                        f"K={m['queue_size']}, m={m['momentum']}, T={m['temperature']}, "
                        f"{bn_protection(task.model, ctx.world)}; run directory {out}"))
         for said in (unused_split_bn_note(cfg, task.model, ctx.world), shared_bn_warning(task.model, ctx.world)):
             if said:
                 print(said, flush=True)
-        if m["queue_size"] >= len(task.pool):
-            advice = queue_advice(len(task.pool), cfg["train"]["batch_size"] * ctx.world, ctx.world,
-                                  task.model.split_bn_groups, has_batch_norm(task.model.encoder_q),
-                                  bool(m.get("symmetric")))
-            print(f"warning: the queue (K={m['queue_size']}) holds at least as many keys as the pool has images "
-                  f"({len(task.pool)}): each query meets older keys of its own image as negatives. {advice}",
-                  flush=True)
+        said = queue_warning(cfg, task, ctx.world)
+        if said:
+            print(said, flush=True)
+
+
+def queue_warning(cfg: dict, task: MoCoTask, world: int) -> str | None:
+    """The warning for a queue (moco.queue_size) of at least as many keys as the pool has images, or None: each
+    query then meets older keys of its own image as negatives. `fewshot pretrain` and `fewshot run`'s MoCo stage
+    both say it (the stage's queue, a floor of two batches over half the pool, exceeded a 100-image pool silently)."""
+    m, pool = cfg["moco"], len(task.pool)
+    if m["queue_size"] < pool:
+        return None
+    advice = queue_advice(pool, cfg["train"]["batch_size"] * world, world, task.model.split_bn_groups,
+                          has_batch_norm(task.model.encoder_q), bool(m.get("symmetric")))
+    return (f"warning: the queue (K={m['queue_size']}) holds at least as many keys as the pool has images "
+            f"({pool}): each query meets older keys of its own image as negatives. {advice}")
 
 
 def speed_settings(task: MoCoTask) -> str:

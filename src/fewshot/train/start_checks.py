@@ -26,7 +26,11 @@ def empty_epoch_error(task, cfg: dict, world: int) -> UserError:
     if task.kind == "moco":
         of = f"{bs * world} ({bs} per process x {world} processes)" if world > 1 else f"{bs}"
         fewer = ", run on fewer processes" if world > 1 else ""
-        return UserError(f"the unlabeled pool has {len(task.pool)} images, fewer than one batch of {of} "
+        n = len(task.pool)
+        if n == 0:  # no batch size helps ("has 0 images, fewer than one batch of 4: lower --batch-size")
+            return UserError(f"the unlabeled pool ({getattr(task, 'pool_source', 'as found')}) holds no images: MoCo "
+                             f"has nothing to train on. Add images to the pool.")
+        return UserError(f"the unlabeled pool has {n} image{'' if n == 1 else 's'}, fewer than one batch of {of} "
                          f"(MoCo drops an incomplete batch): lower --batch-size (`fewshot run`: "
                          f"run.pretrain_batch_size=N){fewer} or add images to the pool.")
     if bs < 2:
