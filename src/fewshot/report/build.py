@@ -263,7 +263,9 @@ class ReportBuilder:
                                        "datasets; known source (the dataset of each image is given) and unknown "
                                        "source (predicted over all classes)"
                                        + (", where routing is the share of images assigned to the right dataset."
-                                          if routed else ".") + (f" {differ}" if differ else "")))
+                                          if routed else ".") + " A score of 0 is drawn as a flat bar over the "
+                                       "axis; a dataset a run does not have is left empty."
+                                       + (f" {differ}" if differ else "")))
         return body
 
     def _curves(self, r: Run) -> list[str]:

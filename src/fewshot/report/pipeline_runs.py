@@ -88,8 +88,13 @@ def balance_words(datasets: dict) -> str:
 
 
 def _read_summary(folder: Path, notes: list[str]) -> dict | None:
-    """summary.json of a `fewshot run` folder: only the parts the report reads, each checked."""
+    """summary.json of a `fewshot run` folder: only the parts the report reads, each checked. Missing from a run that
+    finished (run_state.json says so), it is named: the test and self-training tables went without a word."""
     if not (folder / "summary.json").is_file():
+        if _finished_pipeline(folder):
+            state = "missing" if not (folder / "summary.json").exists() else "not a file"
+            notes.append(f"{folder / 'summary.json'} is {state}, though run_state.json says the run finished: no "
+                         f"test table, no self-training table, and which stage predicted is not known.")
         return None
     n_notes = len(notes)
     summary = _read_json(folder / "summary.json", notes)
@@ -140,11 +145,13 @@ def _stopped_pipeline(folder: Path) -> bool:
     run_state.json (written before the first stage) is there and not marked finished. Such a folder was told it
     held no run at all, naming stage folders the pipeline no longer writes. An unreadable state file still marks
     a `fewshot run` (only the pipeline writes one); --resume then says what is wrong with it."""
-    path = folder / "run_state.json"
-    if not path.is_file():
-        return False
-    state = _read_json(path, [])
-    return not (isinstance(state, dict) and state.get("finished") is True)
+    return (folder / "run_state.json").is_file() and not _finished_pipeline(folder)
+
+
+def _finished_pipeline(folder: Path) -> bool:
+    """Whether ``folder``'s run_state.json says its `fewshot run` finished (an unreadable one says nothing)."""
+    state = _read_json(folder / "run_state.json", [])
+    return isinstance(state, dict) and state.get("finished") is True
 
 
 def _round_order(name: str) -> tuple[int, str]:

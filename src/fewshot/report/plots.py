@@ -284,6 +284,7 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
                     v = ((m.get("datasets") or {}).get(g) or {}).get("acc1")
                 vals.append(float(v) if isinstance(v, (int, float)) else np.nan)
             bars = ax.bar(pos - 0.4 + width * (i + 0.5), vals, width, label=label, color=_color(i, n_runs))
+            _mark_zeros(ax, pos - 0.4 + width * (i + 0.5), vals, _color(i, n_runs), width, show_values)
             if show_values:
                 # the tables' numbers (79.55 was "79.5" here: f"{:.1f}" rounds the float 79.5499...)
                 ax.bar_label(bars, labels=["" if np.isnan(v) else pct(v) for v in vals], fontsize=BAR_VALUE_FONT,
@@ -307,6 +308,20 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
         fig.suptitle("note: the runs were scored on different datasets; their means are not like for like",
                      fontsize=9, color="0.3")
     return _save(fig, out)
+
+
+def _mark_zeros(ax, xs: np.ndarray, vals: list[float], color, width: float, labelled: bool) -> None:
+    """A flat bar in the run's colour over the axis, and a "0" above it where the bars carry no value labels, at
+    each real 0.00 score: a bar of height 0 drew nothing, as the empty place of a dataset the run does not have
+    (NaN) does, and a failing run read as a missing one."""
+    zeros = [x for x, v in zip(xs, vals) if v == 0]
+    if not zeros:
+        return
+    ax.hlines([0.0] * len(zeros), [x - width / 2 for x in zeros], [x + width / 2 for x in zeros], colors=[color],
+              linewidth=3, clip_on=False, zorder=3)
+    if not labelled:
+        for x in zeros:
+            ax.text(x, 1.5, "0", ha="center", va="bottom", fontsize=BAR_VALUE_FONT, color="0.2")
 
 
 @_literal_text

@@ -135,9 +135,11 @@ def _clean_row(row, val_left_out: list[int], fields_left_out: dict[int, list[str
     return row
 
 
-def read_log(run: Path, notes: list[str] | None = None) -> list[dict]:
-    """log.jsonl as a list of dicts; a torn last line (a run killed mid-write) is ignored silently, any other line
-    that is not a log row is passed over with a note (in ``notes`` when given), and a file of no rows says so."""
+def read_log(run: Path, notes: list[str] | None = None, torn: list[int] | None = None) -> list[dict]:
+    """log.jsonl as a list of dicts; a torn last line (a run killed mid-write) is left out without a note, its
+    number put in ``torn`` (when given: the caller knows whether the run finished, where the line is damage, not a
+    stop); any other line that is not a log row is passed over with a note (in ``notes`` when given), and a file of
+    no rows says so."""
     path = Path(run) / "log.jsonl"
     notes = [] if notes is None else notes
     if not path.is_file():
@@ -158,7 +160,9 @@ def read_log(run: Path, notes: list[str] | None = None) -> list[dict]:
             row = None if i < len(lines) else "torn"
         if row is None:
             bad.append(i)
-        elif row != "torn":
+        elif row == "torn":
+            (torn if torn is not None else []).append(i)
+        else:
             rows.append(row)
     if bad:
         what = (f"{len(bad)} line(s) are not log rows fewshot writes (a JSON object with a whole-number epoch; line "

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fewshot.errors import UserError, one_line, path_argument
-from fewshot.report.pipeline_runs import _read_summary, _round_order, _stopped_pipeline
+from fewshot.report.pipeline_runs import _finished_pipeline, _read_summary, _round_order, _stopped_pipeline
 from fewshot.report.run_files import _is_whole, _read_config, _read_json, read_log
 from fewshot.report.run_record import Run
 from fewshot.report.run_score import _given_checkpoint, _val_metrics, best_evaluation, use_evaluation
@@ -91,15 +91,19 @@ def _scored_last_epoch(path: Path) -> int | None:
     return None
 
 
-def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: Path | None = None) -> Run:
-    """One run's files, read and checked; ``checkpoint``: the file named as RUN (else best.pt is the model)."""
+def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: Path | None = None,
+             group: Path | None = None) -> Run:
+    """One run's files, read and checked; ``checkpoint``: the file named as RUN (else best.pt is the model);
+    ``group``: the `fewshot run` folder it is a stage of."""
     path = Path(path)
     notes: list[str] = []
     cfg = _read_config(path, notes)
-    log = read_log(path, notes)
+    torn: list[int] = []
+    log = read_log(path, notes, torn)
     kind = _kind(path, cfg, log)
-    run = Run(path=path, label=label, kind=kind, config=cfg, log=log, pipeline=pipeline, notes=notes)
-    if kind == "moco" or not (path / "metrics.json").is_file():  # a finished fine-tuning logged every step
+    run = Run(path=path, label=label, kind=kind, config=cfg, log=log, pipeline=pipeline, notes=notes, group=group)
+    # a finished fine-tuning logged every step, unless its log lost its last row since (then last.pt counts)
+    if kind == "moco" or not (path / "metrics.json").is_file() or torn:
         run.saved_steps = read_saved_steps(path / "checkpoints" / "last.pt")
     if kind == "moco":
         run.used_epoch = _scored_last_epoch(path)
@@ -125,8 +129,10 @@ def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: P
                                       if m and "best_epoch" in m), None)
             run.metrics_weights = next((m["weights"] for m in (run.metrics, run.metrics_known, run.metrics_unknown)
                                         if m and "weights" in m), None)
+        _metrics_file_note(run)
     if checkpoint is not None:
         _given_checkpoint(run, checkpoint)
+    _damaged_log_note(run, torn)
     finished = run.metrics or run.metrics_known or run.metrics_unknown
     # a run still in its first epoch is not a stopped one: the report says it is being written
     first = (first_epoch_note(run.saved_steps, path / "checkpoints" / "last.pt")
@@ -137,6 +143,45 @@ def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: P
         run.notes.append("log.jsonl is missing: no training curves." if not (path / "log.jsonl").exists() else
                          "log.jsonl is not a file: no training curves.")
     return run
+
+
+def _metrics_file_note(run: Run) -> None:
+    """Where metrics.json is gone or unusable and metrics_known.json stands in: which file the figures are from (the
+    tables named metrics.json, whose mode and "best of N" warning they no longer had)."""
+    if run.from_log or run.metrics is not None or run.metrics_known is None:
+        return
+    state = "missing" if not (run.path / "metrics.json").exists() else "not usable (see above)"
+    files = "metrics_known.json" + (" and metrics_unknown.json" if run.metrics_unknown is not None else "")
+    run.notes.append(f"metrics.json is {state}: the accuracies are from {files}, written beside it by the same "
+                     f"evaluation of the best checkpoint.")
+
+
+def _finished_by(run: Run) -> str | None:
+    """What says the run finished (then its log is complete, and a cut-off line is damage, not a stop), or None."""
+    if (run.path / "metrics.json").is_file():
+        return "metrics.json"
+    if run.group is not None and _finished_pipeline(run.group):
+        return f"the run_state.json of its `fewshot run` folder {run.group}"
+    return None
+
+
+def _damaged_log_note(run: Run, torn: list[int]) -> None:
+    """A finished run's log.jsonl that lost its last row (cut off) or more: said, as the epochs, time and best epoch
+    shown no longer agree. A run being written, or stopped by a signal, leaves a cut-off last line: no note."""
+    finished_by = _finished_by(run)
+    if finished_by is None or not run.log or run.being_written:
+        return
+    last = max(r["epoch"] for r in run.log)
+    best = run.best_epoch
+    past = best is not None and best > last
+    if not torn and not past:
+        return
+    what = [f"its last line (line {torn[0]}) is cut off, though the run finished ({finished_by} says so): that row "
+            f"is left out, so the training time and throughput shown miss it"] if torn else []
+    if past:
+        what.append(f"the best epoch shown, {best}, is past the last epoch it holds ({last})")
+    counted = " (the epochs shown are last.pt's count)" if run.saved_steps and run.epochs != last else ""
+    run.notes.append(f"log.jsonl is damaged: {'; '.join(what)}{counted}.")
 
 
 def expand_runs(paths: list[str | Path]) -> list[Run]:
@@ -196,9 +241,11 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
     # a checkpoint file is labelled by its path (run/checkpoints/last.pt): the run's own row keeps the run's name
     labels = _labels([f[4] if f[4] is not None else f[0] for f in unique],
                      [3 if f[4] is not None else 2 if f[2] is not None or f[0].name in STAGES else 1 for f in unique])
-    runs = []
+    runs, told = [], set()
     for (path, summary, group, notes, given), label in zip(unique, labels):
-        run = load_run(path, label, summary, given)
-        run.group, run.notes = group, notes + run.notes
+        run = load_run(path, label, summary, given, group)
+        # a folder's notes (its summary.json) go with its first stage: printed once, not once per stage
+        run.group, run.notes = group, ([] if group is not None and group in told else notes) + run.notes
+        told.add(group)
         runs.append(run)
     return runs

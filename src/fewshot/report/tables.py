@@ -118,16 +118,28 @@ def _accuracy_source(runs: list[Run]) -> str:
         return f"(none yet: no fine-tuning run here has logged an evaluation){moco}"
     if not supervised:
         return f"from log.jsonl (kNN accuracies, {at})"
+    files = _files_words(supervised)
     if not logged:
-        return f"at the best checkpoint (metrics.json){moco}"
+        return f"at the best checkpoint ({files}){moco}"
     given = [_given_evaluation(r) for r in logged]
     why = ("the checkpoint named as RUN; metrics.json holds best.pt's" if all(given) else
            "no usable metrics.json" if not any(given) else
            "a checkpoint named as RUN, or no usable metrics.json")
     if len(logged) == len(supervised):
         return f"from the logged evaluation in log.jsonl of the epoch each run's notes name ({why}){moco}"
-    return (f"at the best checkpoint (metrics.json); for {', '.join(r.label for r in logged)}: from the logged "
+    return (f"at the best checkpoint ({files}); for {', '.join(r.label for r in logged)}: from the logged "
             f"evaluation in log.jsonl of the epoch its notes name ({why}){moco}")
+
+
+def _files_words(runs: list[Run]) -> str:
+    """The metrics files the runs' accuracies come from: "metrics.json", and for runs whose metrics.json is gone,
+    metrics_known.json named with them (the caption said metrics.json of those too)."""
+    others = [r.label for r in runs if not r.from_log and _metrics_file(r)[0] != "metrics.json"]
+    if not others:
+        return "metrics.json"
+    if len(others) == len([r for r in runs if not r.from_log]):
+        return "metrics_known.json: metrics.json is missing or unusable"
+    return f"metrics.json; for {', '.join(others)}: metrics_known.json, its metrics.json missing or unusable"
 
 
 def _last_pt_words(runs: list[Run]) -> str:
@@ -256,19 +268,38 @@ def dataset_table(run: Run, title: str | None = None, known: dict | None = None,
         title = f"{run.label}: val accuracy (logged evaluation of epoch {opt(run.metrics_epoch)} in log.jsonl; " \
                 f"{why})"
     elif title is None:
-        mode = (run.metrics or {}).get("mode", "known")
-        title = f"{run.label}: val accuracy (best epoch {opt(run.best_epoch)}{_best_of(run.metrics)}; metrics.json " \
+        source, metrics = _metrics_file(run)
+        mode = (metrics or {}).get("mode", "known")
+        title = f"{run.label}: val accuracy (best epoch {opt(run.best_epoch)}{_best_of(run)}; {source} " \
                 f"mode: {mode})"
     return Table(title, cols, rows, emphasis=emphasis, caption=caption)
 
 
-def _best_of(metrics: dict | None) -> str:
+def _metrics_file(run: Run) -> tuple[str, dict | None]:
+    """The file a run's val accuracies come from (not from_log) and its contents: metrics.json, else (gone or
+    unusable) metrics_known.json, which the tables named metrics.json."""
+    if run.metrics is not None or run.metrics_known is None:
+        return "metrics.json", run.metrics
+    return "metrics_known.json", run.metrics_known
+
+
+def _best_of(run: Run) -> str:
     """That the val figure is the best of many scores (metrics.json's val_scores_compared): on a small val a
-    maximum is optimistic."""
+    maximum is optimistic. metrics_known.json has no such count: the log's evaluations give it (as the run counted)."""
+    source, metrics = _metrics_file(run)
     compared = (metrics or {}).get("val_scores_compared")
+    if compared is None and source != "metrics.json":
+        compared = _val_scores_logged(run.log)
     if type(compared) is not int or compared < 2:  # older runs have none; a bad value says nothing
         return ""
     return f", the best of {compared} val scores: optimistic"
+
+
+def _val_scores_logged(log: list[dict]) -> int:
+    """How many val scores best.pt was chosen among, as finetune.val_scores_logged counts them: each logged score,
+    its raw and EMA weights' two where both were scored."""
+    return sum(1 + (r.get("score_raw") is not None and r.get("score_ema") is not None)
+               for r in log if isinstance(r.get("score"), (int, float)) and not isinstance(r.get("score"), bool))
 
 
 def knn_table(run: Run) -> Table:
