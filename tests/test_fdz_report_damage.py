@@ -173,3 +173,30 @@ def test_a_zero_score_bar_is_drawn_apart_from_a_missing_dataset(tmp_path):
     """Both drew nothing: a failing run read as one without the dataset."""
     zero, missing = _bars(tmp_path / "zero.png", True), _bars(tmp_path / "missing.png", False)
     assert zero.shape == missing.shape and not np.array_equal(zero, missing)
+
+
+def test_a_finished_run_extended_then_stopped_is_said_so_not_called_damaged(tmp_path):
+    """`train --resume --epochs N` on a finished run keeps its old metrics.json while it trains: stopped (and its last
+    line cut off by the kill), it was shown as a finished run with a damaged log and the old finish's scores without
+    a word of the epochs trained since (review rev72)."""
+    import os
+
+    from fewshot.report.runs import load_run
+
+    run = _fine_tuning(tmp_path / "run")
+    old = (run / "metrics.json").stat().st_mtime - 60
+    os.utime(run / "metrics.json", (old, old))
+    with open(run / "log.jsonl", "a") as f:
+        f.write("".join(json.dumps(_row(e, e == 6)) + "\n" for e in (5, 6, 7)))
+    _tear_last_line(run)
+    found = load_run(run, "run")
+    assert not [n for n in found.notes if "log.jsonl is damaged" in n], found.notes
+    said = [n for n in found.notes if "log.jsonl was written after metrics.json" in n]
+    assert len(said) == 1 and "accuracies shown are of the earlier finish" in said[0], found.notes
+
+
+def test_a_finished_run_whose_files_were_written_together_gets_no_extension_note(tmp_path):
+    from fewshot.report.runs import load_run
+
+    run = _fine_tuning(tmp_path / "run")
+    assert not [n for n in load_run(run, "run").notes if "written after metrics.json" in n]

@@ -1,5 +1,5 @@
-"""MoCo on odd pools (bug hunt hBI): the run's queue over a small pool, pools of copied val/test images, a refused
---resume that wrote before refusing, a pool folder emptied by leaving out held-out images, and the pool's words."""
+"""MoCo on odd pools (bug hunt hBI): the run's queue over a small pool, a refused --resume that wrote before refusing,
+a pool folder emptied by leaving out held-out images, and the pool's words."""
 
 from __future__ import annotations
 
@@ -56,39 +56,6 @@ def test_the_stage_warns_as_pretrain_does_where_its_queue_holds_the_pool(capsys)
     assert capsys.readouterr().out == ""
 
 
-def test_a_pool_of_copied_val_and_test_images_is_warned_about(copy_root, tmp_path):
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    val = sorted((copy_root / "digits" / "val").rglob("*.png"))[:5]
-    test = sorted((copy_root / "digits" / "test").rglob("*.png"))[:2]
-    for i, src in enumerate(val + test):
-        shutil.copyfile(src, pool / f"copy{i}.png")
-    for i, src in enumerate(pool_images(copy_root, "digits")[:9]):
-        shutil.copyfile(src, pool / f"own{i}.png")
-    shutil.copyfile(pool / "own0.png", pool / "own0_again.png")
-    rc, out, err = run_main(*pretrain_argv(copy_root, tmp_path / "run", "--unlabeled", pool))
-    assert rc == 0, err
-    assert "warning: 7 of the 17 unlabeled pool images are exact copies of the data root's val/test images" in err, err
-    assert "copy0.png (= " in err and "and 4 more" in err, err
-    assert "note: 1 of the 17 unlabeled pool images repeat another pool image" in err, err
-
-
-def test_the_pool_of_self_training_warns_of_copied_val_images_too(copy_root, tmp_path):
-    from fewshot.train.semi import load_pool
-
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    for i, src in enumerate(sorted((copy_root / "digits" / "val").rglob("*.png"))[:3]):
-        shutil.copyfile(src, pool / f"copy{i}.png")
-    shutil.copyfile(pool_images(copy_root, "digits")[0], pool / "own.png")
-    cfg = pretrain_cfg(copy_root, **{"model.img_size": 16})
-    cfg["data"]["unlabeled"] = [str(pool)]
-    load_pool(cfg, infos_of(copy_root), 16)
-    from fewshot.data import warn_once
-
-    assert any(line.startswith("3 of the 4 unlabeled pool images are exact copies") for line in warn_once._TOLD_GAPS)
-
-
 def test_a_refused_resume_says_no_start_and_keeps_skipped_images_json(copy_root, tmp_path):
     pool = tmp_path / "pool"
     pool.mkdir()
@@ -120,7 +87,7 @@ def test_a_pool_folder_of_only_held_out_images_lets_the_train_images_stand_in(co
     digits = [p for p, i in zip(paths, ids) if i == index]
     assert sorted(digits) == sorted(p for p, _ in infos[index].train)
     err = capsys.readouterr().err
-    assert "it holds no other images: digits's train images stand in as its pool" in err, err
+    assert "it holds no other image, so digits has no pool of its own, as with an empty pool folder" in err, err
 
 
 @pytest.mark.parametrize("n, words", [(0, "holds no images"), (1, "has 1 image, fewer than one batch of 4")])

@@ -38,7 +38,9 @@ def _folders_stamp(root: Path, pool_folders: list[Path]) -> tuple | None:
         return None
     # ROOT/<dataset>/unlabeled, a misplaced pool warn_misplaced_pool names while it holds images: emptying it left the
     # stamp as it was, and a later command replayed the warning (review rev70)
-    shallow += [inside for folder in shallow[1:] if os.path.isdir(inside := os.path.join(folder, "unlabeled"))]
+    # with its sub-folders: the warning counts images at any depth (review rev72)
+    shallow += [dirpath for folder in shallow[1:] if os.path.isdir(inside := os.path.join(folder, "unlabeled"))
+                for dirpath, _, _ in os.walk(inside)]
     linked: list[str] = []
 
     def deep():
@@ -121,7 +123,8 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str, li
             if left_out:
                 warn_once([f"leaving out {left_out} val/test image(s) of the data root linked from {folder} (val "
                            f"picks the best checkpoint, test judges the run)" + ("" if found else
-                           f"; it holds no other images: {info.name}'s train images stand in as its pool")], "note")
+                           f"; it holds no other image, so {info.name} has no pool of its own, as with an empty pool "
+                           f"folder")], "note")
             held_out_only = not found  # as an empty pool folder: "0 images ... lower --batch-size" helped nothing
         if found:
             sources.append(f"{info.name}: unlabeled/")
@@ -224,8 +227,8 @@ def given_pool_images(folders: list, root: Path) -> list[Path]:
 def without_held_out(found: list[Path], root: Path) -> tuple[list[Path], int]:
     """``found`` without repeats (by real file) and without the data root's val and test images, with the count
     left out. A linked file counts as its target: a pool of links to test images put the test split into
-    MoCo, the pseudo-labels and FixMatch (only the links' folders were resolved). Copies are kept, and said where
-    the pool is decoded (warn_held_out_copies)."""
+    MoCo, the pseudo-labels and FixMatch (only the links' folders were resolved). Copies are not detected (decoding the
+    splits again at the pool's size and crop to compare them cost every start-up seconds; review rev71)."""
     held_out = [os.path.realpath(Path(root) / name / split) for name in _datasets_or_none(root)
                 for split in ("val", "test")]
     scoring: dict[str, bool] = {}  # real folder -> inside a val or test split (checked once per folder)
@@ -298,51 +301,3 @@ def unsorted_pool_images(root: Path, known: list[Path] = ()) -> list[Path]:
             seen.add(real)
             kept.append(path)
     return kept
-
-
-def held_out_digests(infos, size: int, cache_dir: Path | None, crop_pct: float, data: dict) -> dict[str, Path]:
-    """The data root's val and test images by image_digest, decoded as the pool is (``size``, ``crop_pct``): the
-    same path lists as load_split's, so the splits' own cache entries (and the digests they keep) answer."""
-    from fewshot.data.cache import load_images
-
-    found: dict[str, Path] = {}
-    for split in ("val", "test"):
-        paths = [p for info in infos for p, _ in getattr(info, split)] if split == "val" else \
-            [p for info in infos for _, p in info.test]
-        if not paths:
-            continue
-        read = load_images(paths, size, cache_dir, crop_pct=crop_pct, skip_bad=True, skip_note=None,
-                           desc=f"loading {split} images", max_gb=data.get("cache_max_gb"),
-                           bit_depth=data.get("bit_depth", "auto"), digests=True)
-        for path, digest in zip(paths, read.digests or []):
-            if digest is not None:
-                found.setdefault(digest, path)
-    return found
-
-
-def warn_held_out_copies(paths: list, digests: list | None, held_out: dict[str, Path]) -> None:
-    """Warn (once a command) where pool images are exact copies of val or test images (the same decoded pixels):
-    links to those files are left out (without_held_out), but copied files trained MoCo on the very images whose
-    kNN score picks best.pt, silently. Images repeated within the pool are said in a note: each copy counts as an
-    image, and meets its twin as a negative. ``digests``: the pool decode's own (no second read of the pool)."""
-    if not digests:
-        return
-    copies, seen, repeated = [], {}, 0
-    for path, digest in zip(paths, digests):
-        if digest is None:
-            continue
-        if digest in held_out:
-            copies.append((path, held_out[digest]))
-        if digest in seen:
-            repeated += 1
-        seen.setdefault(digest, path)
-    if copies:
-        shown = ", ".join(f"{p} (= {t})" for p, t in copies[:3]) + (f" and {len(copies) - 3} more"
-                                                                      if len(copies) > 3 else "")
-        warn_once([f"{len(copies)} of the {len(paths)} unlabeled pool images are exact copies of the data "
-                   f"root's val/test images (the same decoded pixels), e.g. {shown}: the pool then trains on the "
-                   f"images that score the run (val picks the best checkpoint, test judges it). Remove the copies "
-                   f"from the pool"])
-    if repeated:
-        warn_once([f"{repeated} of the {len(paths)} unlabeled pool images repeat another pool image (the same decoded "
-                   f"pixels under another name): each copy counts as an image of its own"], "note")

@@ -142,8 +142,8 @@ _WARNED: set[str] = said_once(__name__, "_WARNED")
 def warn_split_copies(train: ImageSet | None, others: dict[str, ImageSet], space: LabelSpace) -> None:
     """Warn (rank 0, each message once a command) where a dataset's val or test images are exact copies of its train
     images (the same decoded pixels, decode_many.image_digest): val chooses best.pt, the EMA or the raw weights and
-    run.balance, and a copied val split scored memorised images, silently. The pool's copies of val or test images,
-    and its repeats, are said where the pool is decoded (pool.warn_held_out_copies).
+    run.balance, and a copied val split scored memorised images, silently. Duplicates within the pool, and pool
+    images in val or test, are not warned about: the pool is unlabelled (its images are meant to be the datasets').
     An image found under two or more train classes is a placeholder (a "missing image" picture), not a leak."""
     if train is None or train.digests is None or not _warns():
         return

@@ -133,6 +133,11 @@ def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: P
     if checkpoint is not None:
         _given_checkpoint(run, checkpoint)
     _damaged_log_note(run, torn)
+    if kind == "supervised" and not run.from_log and not run.being_written and _extended_after_metrics(path):
+        run.notes.append("log.jsonl was written after metrics.json: the run was resumed after it finished (e.g. "
+                         "--resume --epochs N) and stopped before its end; the accuracies shown are of the earlier "
+                         "finish (metrics.json), not of the epochs trained since. Resume it to the end, or run "
+                         "`fewshot eval` on it.")
     finished = run.metrics or run.metrics_known or run.metrics_unknown
     # a run still in its first epoch is not a stopped one: the report says it is being written
     first = (first_epoch_note(run.saved_steps, path / "checkpoints" / "last.pt")
@@ -156,9 +161,21 @@ def _metrics_file_note(run: Run) -> None:
                      f"evaluation of the best checkpoint.")
 
 
+EXTENDED_AFTER_S = 1.0  # log.jsonl written this much after metrics.json: a later session trained on (review rev72)
+
+
+def _extended_after_metrics(path: Path) -> bool:
+    """Whether log.jsonl was written after metrics.json: `train --resume --epochs N` on a finished run keeps the old
+    metrics files while it trains, so a stopped extension is not a finished run (its cut-off last line is a stop)."""
+    try:
+        return (path / "log.jsonl").stat().st_mtime > (path / "metrics.json").stat().st_mtime + EXTENDED_AFTER_S
+    except OSError:
+        return False
+
+
 def _finished_by(run: Run) -> str | None:
     """What says the run finished (then its log is complete, and a cut-off line is damage, not a stop), or None."""
-    if (run.path / "metrics.json").is_file():
+    if (run.path / "metrics.json").is_file() and not _extended_after_metrics(run.path):
         return "metrics.json"
     if run.group is not None and _finished_pipeline(run.group):
         return f"the run_state.json of its `fewshot run` folder {run.group}"

@@ -11,7 +11,7 @@ import torch
 from fewshot.data.augment import BatchAugment, preset as aug_preset
 from fewshot.data.cache import default_cache_dir, load_images
 from fewshot.data.label_space import LabelSpace
-from fewshot.data.pool import held_out_digests, pool_paths, warn_held_out_copies
+from fewshot.data.pool import pool_paths
 from fewshot.data.samplers import epoch_batches
 from fewshot.data.sets import load_splits
 from fewshot.data.skipped import write_skipped
@@ -26,7 +26,7 @@ from fewshot.ssl.knn import knn_predict
 from fewshot.ssl.moco import MoCo
 from fewshot.ssl.pretrain_settings import (bn_protection, has_batch_norm, queue_advice, resolve_pretrain_defaults,
                                            shared_bn_warning, split_groups, unused_split_bn_note)
-from fewshot.train.distributed import DistContext, launch_rank
+from fewshot.train.distributed import DistContext
 from fewshot.train.engine import Engine
 from fewshot.train.semi import POOL_SKIP_NOTE, pool_key
 from fewshot.utils import make_generator
@@ -78,8 +78,7 @@ class MoCoTask:
         paths, self.pool_source = pool_paths(cfg, infos)
         pool = load_images(paths, self.size, cache, crop_pct=1.0, desc="loading unlabeled pool",
                            skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], skip_note=POOL_SKIP_NOTE,
-                           max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"),
-                           digests=launch_rank() == 0)
+                           max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"))
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
         self.pool_skipped = list(pool.bad)
         # the files the pool's images come from: a resume refuses a pool whose files changed (images drawn by position)
@@ -90,8 +89,6 @@ class MoCoTask:
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
                                                    d["crop_pct"], d["skip_bad_images"], d.get("cache_max_gb"),
                                                    d.get("bit_depth", "auto"))
-        if pool.digests:  # rank 0: copies of val/test images trained silently (linked files are left out)
-            warn_held_out_copies(paths, pool.digests, held_out_digests(infos, self.size, cache, 1.0, d))
         self.eval_every = m["knn_every"]
         self.n_parameters = sum(p.numel() for p in self.model.encoder_q.backbone.parameters())
 

@@ -75,17 +75,10 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: i
     if not paths:
         return Pool(ImageRows(torch.zeros(0, 3, size, size, dtype=torch.uint8)), torch.zeros(0, dtype=torch.long), [],
                     source, [])
-    from fewshot.data.pool import held_out_digests, warn_held_out_copies
-    from fewshot.train.distributed import launch_rank
-
     d = cfg["data"]
-    cache = default_cache_dir(d["root"], d["cache_dir"])
-    cached = load_images(paths, size, cache, crop_pct=d["crop_pct"],
+    cached = load_images(paths, size, default_cache_dir(d["root"], d["cache_dir"]), crop_pct=d["crop_pct"],
                          skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], desc="loading unlabeled pool",
-                         skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"),
-                         digests=launch_rank() == 0)
-    if cached.digests:  # rank 0: pseudo-labels and FixMatch trained on copies of val/test images silently
-        warn_held_out_copies(paths, cached.digests, held_out_digests(infos, size, cache, d["crop_pct"], d))
+                         skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"))
     valid = cached.valid
     return Pool(ImageRows(cached.images, torch.nonzero(valid).flatten()), torch.tensor(ids, dtype=torch.long)[valid],
                 [str(p) for p, ok in zip(paths, valid.tolist()) if ok], source, list(cached.bad))
