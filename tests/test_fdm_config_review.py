@@ -86,11 +86,11 @@ def test_a_moco_stages_own_queue_and_momentum_draw_no_warning_but_an_edit_does(t
     save_yaml(cfg, path)
     warn_replaced_config_fields(str(path))
     assert capsys.readouterr().err == ""
-    cfg["moco"].update(queue_size=64, momentum=0.9)  # under two batches of 64: no queue the run takes
+    cfg["moco"].update(queue_size=32, momentum=0.9)  # under one step's keys (a batch of 64): no queue the run takes
     save_yaml(cfg, path)
     warn_replaced_config_fields(str(path))
     err = capsys.readouterr().err
-    assert "moco.queue_size: 64 in" in err and "moco.momentum: 0.9 in" in err
+    assert "moco.queue_size: 32 in" in err and "moco.momentum: 0.9 in" in err
 
 
 def test_a_stage_file_copied_out_of_its_run_is_known_by_its_recorded_export(tmp_path, capsys):

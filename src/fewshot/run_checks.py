@@ -6,12 +6,15 @@ that neither a rerun nor --resume could use."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import time
 
 import torch
 
 from fewshot.data.cache import default_cache_dir
 from fewshot.errors import DataLayoutError, UserError
+from fewshot.utils import loads_run_json
 
 
 # docs/recipes.md: at a 3-minute budget on CPU 64 px scored below 32 (4x the cost per step, fewer epochs); 64 px
@@ -63,11 +66,13 @@ def check_model(cfg: dict, load_weights: bool = True):
     return backbone
 
 
-def check_pool_images(cfg: dict, infos, semi: str) -> tuple[list[tuple[str, str]], int | None]:
+def check_pool_images(cfg: dict, infos, semi: str, moco_limit: int | None = None,
+                      cold: list | None = None) -> tuple[list[tuple[str, str]], int | None]:
     """Decode the pool as the MoCo and FixMatch stages will (their cache entries), before the run folder is
     started: a broken file under data.skip_bad_unlabeled=false stopped those stages in a started folder that
     a rerun then refused. Returns the files left out and the images MoCo can use (None: no MoCo); the images
-    are not kept (only the cache is)."""
+    are not kept (only the cache is). ``moco_limit``: MoCo's seeded random share of its pool (moco_decode_limit);
+    ``cold``: gets (seconds, files) of each decode the cache did not hold (the refusal of a slow start names them)."""
     from fewshot.data.cache import load_images
     from fewshot.data.pool import pool_paths
     from fewshot.train.semi import POOL_SKIP_NOTE, pool_files
@@ -75,20 +80,132 @@ def check_pool_images(cfg: dict, infos, semi: str) -> tuple[list[tuple[str, str]
     d = cfg["data"]
     # MoCo decodes whole images (crop 1.0) of its pool, where train images stand in for a dataset without one;
     # FixMatch decodes as fine-tuning does (data.crop_pct) and only real pool images (the cache entry it reads)
-    jobs = ([("moco", 1.0, pool_paths(cfg, infos)[0])] if cfg["run"]["pretrain"] else []) + \
+    jobs = ([("moco", 1.0, moco_pool_share(cfg, pool_paths(cfg, infos)[0], moco_limit))]
+            if cfg["run"]["pretrain"] else []) + \
         ([("fixmatch", d["crop_pct"], pool_files(cfg, infos, exclude_train=True)[0])] if semi == "fixmatch" else [])
     skipped, n_moco, seen = [], None, set()
     for stage, crop, paths in jobs:
+        was_cold, t0 = not pool_is_cached(cfg, paths, crop), time.monotonic()
         cached = load_images(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]),
                              crop_pct=crop, skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"],
                              desc="loading unlabeled pool", skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"),
                              bit_depth=d.get("bit_depth", "auto"))
+        if was_cold and cold is not None:
+            cold.append((time.monotonic() - t0, len(paths)))
         skipped += [b for b in cached.bad if b[0] not in seen]
         seen.update(b[0] for b in cached.bad)
         if stage == "moco":
             n_moco = int(cached.valid.sum())
         del cached
     return skipped, n_moco
+
+
+def pool_is_cached(cfg: dict, paths: list, crop: float) -> bool:
+    """Whether the decode cache holds ``paths`` as the pool decodes them: a decode that was not cached is timed for
+    the refusal of a slow start (hopeless_budget_error), which the same command's rerun no longer pays."""
+    from fewshot.data.cache import is_cached
+
+    d = cfg["data"]
+    return not paths or is_cached(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]),
+                                  crop, d.get("bit_depth", "auto"))
+
+
+def moco_pool_share(cfg: dict, paths: list, limit: int | None) -> list:
+    """MoCo's pool files: all of them, or the seeded random ``limit`` of them (semi.pool_subset, in the pool's
+    order) that start-up decoded and the MoCo stage trains on, the same files in every session of the run."""
+    from fewshot.train.semi import pool_subset
+
+    subset = pool_subset(len(paths), limit, int(cfg["train"]["seed"]))
+    return list(paths) if subset is None else [paths[i] for i in subset.tolist()]
+
+
+def recorded_moco_limit(data: dict) -> int | None:
+    """The MoCo pool share a run's state records (moco_pool_decoded; None: the whole pool, also for a state from a
+    version without it, which decoded the whole pool): the MoCo stage and a resumed start-up take it from there."""
+    value = data.get("moco_pool_decoded")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+# of MoCo's share of the budget (run.pretrain_share), what decoding its cold pool may take: a 10k-file pool of
+# 768 px PNGs took 59 s of a 1-minute run, which then ran 72 s and was refused (hunt hBK)
+MOCO_DECODE_SHARE = 0.25
+DECODE_SAMPLE = 256  # MoCo's pool files whose decoding is timed (as run_pseudo.pool_decode_limit's)
+
+
+def moco_decode_limit(cfg: dict, infos, budget_s: float, n: int | None = None) -> int | None:
+    """How many of MoCo's pool files `fewshot run --pretrain` decodes: all (None) when the decode cache holds them
+    or decoding them takes at most a quarter of MoCo's share of the budget, at the rate timed on a seeded ``n`` of
+    them; else a seeded random share that fits (two MoCo batches and ``n`` at least), as self-training's
+    (run_pseudo.pool_decode_limit), an earlier run's share reused where the cache holds it."""
+    from fewshot.data.pool import pool_paths
+
+    r, n = cfg["run"], n or DECODE_SAMPLE
+    share = float(r["pretrain_share"]) * budget_s
+    floor = max(n, 2 * int(r["pretrain_batch_size"]))
+    paths = pool_paths(cfg, infos)[0]
+    if len(paths) <= 2 * floor or pool_is_cached(cfg, paths, 1.0):
+        return None
+    seconds = MOCO_DECODE_SHARE * share
+    per_file = _decode_rate(cfg, paths, n)
+    if per_file * len(paths) <= seconds:
+        return None
+    limit = max(floor, int(seconds / max(per_file, 1e-9)))
+    whole = f"decoding them all would take about {per_file * len(paths):.0f} s ({per_file * 1000:.1f} ms each, " \
+            f"timed on {n}), more than the {seconds:.0f} s that decoding may take (a quarter of MoCo's " \
+            f"{share:.0f} s share of the budget)"
+    reused = _earlier_moco_share(cfg, paths, limit)
+    if reused is not None:
+        print(f"[run] MoCo's {len(paths):,} pool images are not in the decode cache, but a seeded random "
+              f"{reused:,} of them are (an earlier run's): the pool MoCo trains on ({whole})", flush=True)
+        return reused
+    _record_moco_share(cfg, paths, limit)
+    print(f"[run] MoCo's {len(paths):,} pool images are not in the decode cache: {whole}; decoding a seeded random "
+          f"{limit:,} of them, the pool MoCo trains on", flush=True)
+    return limit
+
+
+def _decode_rate(cfg: dict, paths: list, n: int) -> float:
+    """Seconds per file of decoding a seeded ``n`` of MoCo's pool files (from every dataset of the pool: its first
+    n are one dataset's, of other sizes and formats), whole images (crop 1.0) as MoCo decodes them."""
+    from fewshot.data.decode_many import decode_seconds_per_image
+
+    d = cfg["data"]
+    sample = torch.randperm(len(paths), generator=torch.Generator().manual_seed(int(cfg["train"]["seed"])))[:n]
+    return decode_seconds_per_image([paths[i] for i in sample.tolist()], cfg["model"]["img_size"], 1.0,
+                                    bit_depth=d.get("bit_depth", "auto"))
+
+
+def _subsets_record(cfg: dict, paths: list):
+    """cache.subsets_record of MoCo's pool (crop 1.0): the sizes of its seeded shares decoded before."""
+    from fewshot.data.cache import subsets_record
+
+    d = cfg["data"]
+    return subsets_record(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), 1.0,
+                          int(cfg["train"]["seed"]), d.get("bit_depth", "auto"))
+
+
+def _earlier_moco_share(cfg: dict, paths: list, limit: int) -> int | None:
+    """An earlier run's share of MoCo's pool that the cache holds, at least half of ``limit``: the timing varies from
+    run to run, and each new count decoded another share into a cache entry of its own."""
+    record = _subsets_record(cfg, paths)
+    sizes: list[int] = []
+    if record is not None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            sizes = sorted({int(m) for m in loads_run_json(record.read_text())}, reverse=True)
+    for m in (m for m in sizes if limit / 2 <= m < len(paths)):
+        if pool_is_cached(cfg, moco_pool_share(cfg, paths, m), 1.0):
+            return m
+    return None
+
+
+def _record_moco_share(cfg: dict, paths: list, limit: int) -> None:
+    """List ``limit`` in MoCo's pool's subsets record, for a later run's reuse (_earlier_moco_share)."""
+    from fewshot.data.cache import add_to_subsets_record
+
+    record = _subsets_record(cfg, paths)
+    if record is not None:
+        with contextlib.suppress(OSError):
+            add_to_subsets_record(record, limit)
 
 
 def check_pretrain_settings(cfg: dict, backbone) -> None:

@@ -286,7 +286,8 @@ class ClosingMixin:
             return
         shown = step_s if step_s is not None else provisional
         if shown is None:  # nothing timed yet (decoding took the budget): no speed to name
-            error = hopeless_budget_error(budget_s, used, started=True, undone=self.locked)
+            error = hopeless_budget_error(budget_s, used, started=True, undone=self.locked,
+                                          cold=getattr(self, "cold_decode", ()))
         elif LEAST_RUN_S >= least_run_seconds(shown, 0.0):  # the floor refused, which no model or size shortens
             error = floor_budget_error(budget_s, used, shown, self.locked)
         else:

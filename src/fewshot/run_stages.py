@@ -318,12 +318,14 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     Returns (weights path, the stage's summary, seconds in its training loop). With a RunState that knows
     the stage, a finished one is reused and a stopped one continues from its last.pt."""
     from fewshot.report.plots import plot_pretrain_curves
+    from fewshot.run_checks import recorded_moco_limit
     from fewshot.ssl.export import export_backbone
     from fewshot.ssl.pretrain import MoCoTask, write_knn_metrics
     from fewshot.ssl.pretrain_settings import resolve_pretrain_defaults
     from fewshot.train.engine import Engine
 
     r = cfg["run"]
+    pool_limit = recorded_moco_limit(state.data)  # the share of a cold pool start-up decoded, in every session
     pdir = out / "pretrain"
     weights = out / "backbone.safetensors"
     status = state.status("pretrain")
@@ -352,7 +354,8 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record("pretrain", "began", now, fit_at=now - trained_before)
         seed_everything(pcfg["train"]["seed"])
-        task = MoCoTask(pcfg, infos, device, ctx, resuming=True)  # last.pt replaces model.weights
+        # last.pt replaces model.weights
+        task = MoCoTask(pcfg, infos, device, ctx, resuming=True, pool_limit=pool_limit)
         if check is not None and trains_no_further(pcfg, trained_before):  # the run's word on its closing work
             # a stage stopped before its first kNN evaluation logged none: 0 s stands in (the checkpoint writes and
             # the export alone), since timing one evaluation here, only to word the warning, would spend more of a
@@ -376,12 +379,12 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         # the queue sized from the pool that start-up counted (pool_size): the task, its model and its pool were
         # built twice, once to count the pool; a pool that changed since is counted by the task and built again
         pcfg["moco"]["queue_size"] = moco_queue_size(r, pool_size, bool(pcfg["moco"].get("symmetric")))
-        task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)  # check_model warned
+        task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True, pool_limit=pool_limit)  # check_model warned
         k = moco_queue_size(r, len(task.pool), bool(pcfg["moco"].get("symmetric")))
         if k != task.model.K:
             pcfg["moco"]["queue_size"] = k
             seed_everything(pcfg["train"]["seed"])
-            task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True)
+            task = MoCoTask(pcfg, infos, device, ctx, quiet_weights=True, pool_limit=pool_limit)
         resolve_pretrain_defaults(pcfg, 1)
         kept = {"s": 0.0}
 
@@ -395,6 +398,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         # a dataset without a pool lends its train images (labels unused): "85 unlabeled images" counted them too
         images = f"{len(task.pool)} unlabeled images" if ": train images" not in task.pool_source else \
             f"{len(task.pool)} images ({task.pool_source}, their labels unused)"
+        images += f" ({task.pool_share})" if getattr(task, "pool_share", "") else ""
         print(f"[run] MoCo pretraining: {images} at {task.size}px, K={task.model.K}, "
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
               f"{stage_plan_words(step_s, pre_budget, epochs)}")

@@ -28,7 +28,8 @@ from fewshot.run_budget import LEAST_RUN_S, hopeless_budget_error, least_run_hol
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.run_pseudo import pool_decode_limit, precision_cap
 from fewshot.run_checks import (auto_img_size, check_finetune_batches, check_model, check_pool_images,
-                                check_pretrain_settings, preload_images)
+                                check_pretrain_settings, moco_decode_limit, pool_is_cached, preload_images,
+                                recorded_moco_limit)
 from fewshot.run_reuse import adopt_stage_architecture, read_finished_json, weights_replaced_by
 from fewshot.run_stages import finetune_config
 from fewshot.run_state import STATE_FILE, RunState, holds_finished_run
@@ -300,11 +301,21 @@ class StartupMixin:
                 raise UserError(f"{what} {n_pool} images, fewer than one MoCo batch of {batch} (MoCo drops an "
                                 f"incomplete batch): lower run.pretrain_batch_size, add images to the pool "
                                 f"(ROOT/unlabeled/<dataset>/ or --unlabeled DIR), or leave out --pretrain.")
-        self.pool_skipped, n_moco = check_pool_images(cfg, self.infos, self.semi)
+        self.moco_limit = self.moco_pool_limit() if r["pretrain"] else None
+        self.cold_decode = []  # (seconds, files) of the pool decodes the cache did not hold: a refusal names them
+        self.pool_skipped, n_moco = check_pool_images(cfg, self.infos, self.semi, self.moco_limit, self.cold_decode)
         self.n_moco = n_moco  # MoCo's queue is sized from it (pretrain_stage)
         if n_moco is not None and n_moco < int(r["pretrain_batch_size"]):  # the count above was before bad files
             raise UserError(f"the unlabeled pool has {n_moco} decodable images, fewer than one MoCo batch of "
                             f"{r['pretrain_batch_size']}: lower run.pretrain_batch_size or add images to the pool.")
+
+    def moco_pool_limit(self) -> int | None:
+        """How many of MoCo's pool files the run decodes and MoCo trains on (None: all): a cold pool only as far as
+        a quarter of MoCo's share of the budget decodes (moco_decode_limit); a resumed run the share its first
+        session chose (its state), so that the stopped MoCo stage continues on the same files."""
+        if self.state is not None:
+            return recorded_moco_limit(self.state.data)
+        return moco_decode_limit(self.cfg, self.infos, self.budget_minutes * 60.0)
 
     def check_self_training_pool(self) -> None:
         """The pool self-training labels, decoded now (as far as its time can use it); without one, self-training
@@ -321,7 +332,10 @@ class StartupMixin:
                                                 0.25 * (1 - float(r["pseudo_share"])) * self.budget_minutes * 60)
         # decoded now, as the test images: a broken pool file would otherwise stop the run after round 1;
         # nothing is read into memory (the rounds read the images from the cache)
+        cold, t0 = not self.self_training_pool_cached(), time.monotonic()
         pool = load_pool(cfg, self.infos, cfg["model"]["img_size"], exclude_train=True, limit=self.pool_limit)
+        if cold:
+            self.cold_decode.append((time.monotonic() - t0, len(pool.images) + len(pool.skipped)))
         n_pool, self.pool_skipped = len(pool.images), self.pool_skipped + pool.skipped
         self.n_unlabeled = n_pool  # what round 1 leaves time to label
         del pool
@@ -331,6 +345,15 @@ class StartupMixin:
             print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): self-training is off, the "
                   f"fine-tuning on the labelled images gets {rest}.", flush=True)
             self.semi = self.r["semi_method"] = "off"
+
+    def self_training_pool_cached(self) -> bool:
+        """Whether the decode cache holds the pool files self-training decodes (its share: pool_limit)."""
+        from fewshot.train.semi import pool_files, pool_subset
+
+        paths = pool_files(self.cfg, self.infos, exclude_train=True)[0]
+        subset = pool_subset(len(paths), self.pool_limit, int(self.cfg["train"]["seed"]))
+        paths = paths if subset is None else [paths[i] for i in subset.tolist()]
+        return pool_is_cached(self.cfg, paths, self.cfg["data"]["crop_pct"])
 
     def check_fixmatch_pool(self) -> None:
         """FixMatch's pool and settings (for the run's line and summary.json); without a pool, FixMatch is off."""
@@ -362,6 +385,7 @@ class StartupMixin:
                   f"the stop; finished stages: {', '.join(done) or 'none'}"
                   + (f" ({UNRECORDED})" if self.session_before_lost else ""))
         self.state.data["pool_decoded"] = self.pool_limit
+        self.state.data["moco_pool_decoded"] = self.moco_limit  # the MoCo stage trains on it (run_stages)
         self.state.save()
         self.stop_clock = (self.state, self.t_start)
         # the files --skip-bad-images (train, val, test) and data.skip_bad_unlabeled (pool) left out, with the reasons

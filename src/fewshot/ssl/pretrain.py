@@ -28,7 +28,7 @@ from fewshot.ssl.pretrain_settings import (bn_protection, has_batch_norm, queue_
                                            shared_bn_warning, split_groups, unused_split_bn_note)
 from fewshot.train.distributed import DistContext
 from fewshot.train.engine import Engine
-from fewshot.train.semi import POOL_SKIP_NOTE, pool_key
+from fewshot.train.semi import POOL_SKIP_NOTE, pool_key, pool_subset
 from fewshot.utils import make_generator
 
 
@@ -38,9 +38,10 @@ class MoCoTask:
     drop_last = True
 
     def __init__(self, cfg: dict, infos, device: torch.device, ctx: DistContext, resuming: bool = False,
-                 quiet_weights: bool = False):
+                 quiet_weights: bool = False, pool_limit: int | None = None):
         """``resuming``: last.pt replaces the model, so model.weights are not read (the file may be gone, as for
-        `fewshot train --resume`); ``quiet_weights``: the model.strict=false warning was given already."""
+        `fewshot train --resume`); ``quiet_weights``: the model.strict=false warning was given already;
+        ``pool_limit``: train on a seeded random share of the pool (`fewshot run`'s cap on a cold pool)."""
         self.cfg, self.device, self.ctx = cfg, device, ctx
         m, d = cfg["moco"], cfg["data"]
         warn_once([said] if (said := high_temperature_warning(float(m["temperature"]))) else [])
@@ -76,6 +77,11 @@ class MoCoTask:
         self.augment = BatchAugment(aug).to(device)
         cache = default_cache_dir(d["root"], d["cache_dir"])
         paths, self.pool_source = pool_paths(cfg, infos)
+        self.pool_share = ""  # the pool's seeded random share, in words ("": the whole pool)
+        subset = pool_subset(len(paths), pool_limit, int(cfg["train"]["seed"]))
+        if subset is not None:  # the files `fewshot run` decoded (run_checks.moco_pool_share: the same order)
+            self.pool_share = f"a seeded random share of the pool's {len(paths):,} files"
+            paths = [paths[i] for i in subset.tolist()]
         pool = load_images(paths, self.size, cache, crop_pct=1.0, desc="loading unlabeled pool",
                            skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], skip_note=POOL_SKIP_NOTE,
                            max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"))
