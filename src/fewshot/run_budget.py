@@ -383,41 +383,49 @@ LEAST_RUN_S = 2.0
 
 
 def hopeless_budget_error(budget_s: float, used_s: float, started: bool = False, undone: bool = True,
-                          cold: list = ()) -> UserError:
+                          cold: list = (), decode: tuple[float, int] | None = None) -> UserError:
     """The refusal, before any work, of a budget below LEAST_RUN_S once the start-up (``used_s``) is out of it:
     `--budget-minutes 0.01` was refused only after 30-38 s of decoding and timing. The start-up is named only where
     it is part of the shortfall (from Python it is about 0 s). ``started``: the output folder was claimed before
     the refusal (the start-up timing's), ``undone``: and its start undone (only with the folder's lock), so that
     "Nothing was started" is said only where it is true. ``cold``: (seconds, files) of the pool decodes the cache
-    did not hold; where they took much of the start-up they are named (cold_decode_words)."""
+    did not hold; where they took much of the start-up they are named (cold_decode_words). ``decode``: (seconds,
+    files) of a cold pool's least share still to decode, refused before it (run_checks.cold_pool_limit): named, and
+    counted in the budget advised."""
     done = ("Nothing was started" if not started else "Nothing was trained and the output folder was left as it was"
             if undone else "Nothing was trained, but the output folder keeps what this start wrote there (without "
             "the folder's lock the start is not undone: another start may be writing there too)")
     decode_s = sum(s for s, _ in cold) if cold else 0.0
+    ahead = decode[0] if decode else 0.0
     cold_words, advice = "", None
     if decode_s >= COLD_DECODE_SHARE * used_s > 0:
-        cold_words, advice = cold_decode_words(budget_s, used_s, decode_s, sum(n for _, n in cold))
+        cold_words, advice = cold_decode_words(budget_s, used_s, decode_s, sum(n for _, n in cold), ahead)
     startup = f"its start-up alone took {used_s:.1f} s{cold_words}, and " if used_s >= 0.05 else ""  # 0.1 s or more
+    if decode:
+        startup += (f"decoding a pool the decode cache does not hold (its least share, {decode[1]:,} images, at the "
+                    f"speed timed) would take at least {ahead:.1f} s more, and ")
     return UserError(one_line(
         f"--budget-minutes {budget_s / 60:g} ({budget_s:.1f} s) cannot hold a run: {startup}any run needs at least "
         f"{LEAST_RUN_S:g} s{' more' if startup else ''} (reading the images, timing this machine's speeds, "
         f"{FLOOR_STEPS} training steps, the closing evaluations and the prediction). {done}. " + (advice or
-        f"Give a larger --budget-minutes ({first_try_minutes(used_s):g} or more to start with): the run then times "
-        f"this machine's speed and names the least budget it needs where that is still too short.")))
+        f"Give a larger --budget-minutes ({first_try_minutes(used_s + ahead):g} or more to start with): the run then "
+        f"times this machine's speed and names the least budget it needs where that is still too short.")))
 
 
 COLD_DECODE_SHARE = 0.5  # of the start-up, from which a refusal names the pool's first decoding and its cache
 
 
-def cold_decode_words(budget_s: float, used_s: float, decode_s: float, files: int) -> tuple[str, str]:
+def cold_decode_words(budget_s: float, used_s: float, decode_s: float, files: int,
+                      ahead_s: float = 0.0) -> tuple[str, str]:
     """The refusal's words for a start-up spent mostly on decoding the pool the first time (``decode_s`` of
     ``files``): the decoded images are cached, so the same command starts faster; its advice, a budget from the
     start-up without that decoding (a 1-minute run refused after a 59 s cold decode was told 4 minutes, and the
-    same command then finished in 59 s: hunt hBK). Returns (the start-up's words, the advice)."""
+    same command then finished in 59 s: hunt hBK); ``ahead_s``: a decode still to come, which a rerun pays too.
+    Returns (the start-up's words, the advice)."""
     rest = max(0.0, used_s - decode_s)
     said = (f" ({decode_s:.1f} s of it decoding {files:,} pool images the decode cache did not hold: they are cached "
             f"now)")
-    least = first_try_minutes(rest)
+    least = first_try_minutes(rest + ahead_s)
     if least <= budget_s / 60 + 1e-9:
         return said, (f"Run the same command again: without that decoding its start-up took {rest:.1f} s, so the "
                       f"same budget may now hold the run (it times this machine's speed and names the least budget "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 
 import torch
@@ -72,7 +73,7 @@ def check_pool_images(cfg: dict, infos, semi: str, moco_limit: int | None = None
     started: a broken file under data.skip_bad_unlabeled=false stopped those stages in a started folder that
     a rerun then refused. Returns the files left out and the images MoCo can use (None: no MoCo); the images
     are not kept (only the cache is). ``moco_limit``: MoCo's seeded random share of its pool (moco_decode_limit);
-    ``cold``: gets (seconds, files) of each decode the cache did not hold (the refusal of a slow start names them)."""
+    ``cold``: gets each decode the cache did not hold and now does (note_cold_decode: a slow start's refusal)."""
     from fewshot.data.cache import load_images
     from fewshot.data.pool import pool_paths
     from fewshot.train.semi import POOL_SKIP_NOTE, pool_files
@@ -91,7 +92,7 @@ def check_pool_images(cfg: dict, infos, semi: str, moco_limit: int | None = None
                              desc="loading unlabeled pool", skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"),
                              bit_depth=d.get("bit_depth", "auto"))
         if was_cold and cold is not None:
-            cold.append((time.monotonic() - t0, len(paths)))
+            note_cold_decode(cfg, cold, time.monotonic() - t0, paths, crop)
         skipped += [b for b in cached.bad if b[0] not in seen]
         seen.update(b[0] for b in cached.bad)
         if stage == "moco":
@@ -108,6 +109,22 @@ def pool_is_cached(cfg: dict, paths: list, crop: float) -> bool:
     d = cfg["data"]
     return not paths or is_cached(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]),
                                   crop, d.get("bit_depth", "auto"))
+
+
+def note_cold_decode(cfg: dict, cold: list, seconds: float, paths: list, crop: float) -> None:
+    """Add a decode the cache did not hold to ``cold`` as (seconds, files, their paths), only where the cache holds
+    it now: the refusal says "they are cached now: run the same command again", which was false without a cache
+    folder or after a failed write (the rerun decoded them all again)."""
+    if pool_is_cached(cfg, paths, crop) and paths:
+        cold.append((seconds, len(paths), frozenset(map(str, paths))))
+
+
+def cold_decode_total(cold: list) -> list[tuple[float, int]]:
+    """The start-up's cold decodes as hopeless_budget_error takes them: [(seconds, files)], each file counted once
+    (MoCo's and self-training's pools share the files of a dataset's pool, decoded at two crops)."""
+    if not cold:
+        return []
+    return [(sum(c[0] for c in cold), len(frozenset().union(*(c[2] for c in cold))))]
 
 
 def moco_pool_share(cfg: dict, paths: list, limit: int | None) -> list:
@@ -129,83 +146,151 @@ def recorded_moco_limit(data: dict) -> int | None:
 # of MoCo's share of the budget (run.pretrain_share), what decoding its cold pool may take: a 10k-file pool of
 # 768 px PNGs took 59 s of a 1-minute run, which then ran 72 s and was refused (hunt hBK)
 MOCO_DECODE_SHARE = 0.25
-DECODE_SAMPLE = 256  # MoCo's pool files whose decoding is timed (as run_pseudo.pool_decode_limit's)
+DECODE_SAMPLE = 256  # the pool files whose decoding is timed (MoCo's and self-training's, cold_pool_limit)
+TIMING_FIRST = 32  # of them, timed first: a budget that cannot hold the rest, and the least share, is refused there
 
 
-def moco_decode_limit(cfg: dict, infos, budget_s: float, n: int | None = None) -> int | None:
+def moco_decode_limit(cfg: dict, infos, budget_s: float, n: int | None = None, refuse=None) -> int | None:
     """How many of MoCo's pool files `fewshot run --pretrain` decodes: all (None) when the decode cache holds them
-    or decoding them takes at most a quarter of MoCo's share of the budget, at the rate timed on a seeded ``n`` of
-    them; else a seeded random share that fits (two MoCo batches and ``n`` at least), as self-training's
-    (run_pseudo.pool_decode_limit), an earlier run's share reused where the cache holds it."""
+    or decoding them takes at most a quarter of MoCo's share of the budget; else a seeded random share that fits
+    (two MoCo batches and ``n`` at least), as self-training's (run_pseudo.pool_decode_limit): cold_pool_limit."""
     from fewshot.data.pool import pool_paths
 
     r, n = cfg["run"], n or DECODE_SAMPLE
     share = float(r["pretrain_share"]) * budget_s
-    floor = max(n, 2 * int(r["pretrain_batch_size"]))
-    paths = pool_paths(cfg, infos)[0]
-    if len(paths) <= 2 * floor or pool_is_cached(cfg, paths, 1.0):
-        return None
-    seconds = MOCO_DECODE_SHARE * share
-    per_file = _decode_rate(cfg, paths, n)
-    if per_file * len(paths) <= seconds:
-        return None
-    limit = max(floor, int(seconds / max(per_file, 1e-9)))
-    whole = f"decoding them all would take about {per_file * len(paths):.0f} s ({per_file * 1000:.1f} ms each, " \
-            f"timed on {n}), more than the {seconds:.0f} s that decoding may take (a quarter of MoCo's " \
-            f"{share:.0f} s share of the budget)"
-    reused = _earlier_moco_share(cfg, paths, limit)
-    if reused is not None:
+    paths, seconds = pool_paths(cfg, infos)[0], MOCO_DECODE_SHARE * share
+    limit, whole, reused = cold_pool_limit(cfg, paths, 1.0, seconds, max(n, 2 * int(r["pretrain_batch_size"])), n,
+                                           refuse)
+    whole += f" (a quarter of MoCo's {share:.0f} s share of the budget)"
+    if limit is not None and reused:
         print(f"[run] MoCo's {len(paths):,} pool images are not in the decode cache, but a seeded random "
-              f"{reused:,} of them are (an earlier run's): the pool MoCo trains on ({whole})", flush=True)
-        return reused
-    _record_moco_share(cfg, paths, limit)
-    print(f"[run] MoCo's {len(paths):,} pool images are not in the decode cache: {whole}; decoding a seeded random "
-          f"{limit:,} of them, the pool MoCo trains on", flush=True)
+              f"{limit:,} of them are (an earlier run's): the pool MoCo trains on ({whole})", flush=True)
+    elif limit is not None:
+        print(f"[run] MoCo's {len(paths):,} pool images are not in the decode cache: {whole}; decoding a seeded "
+              f"random {limit:,} of them, the pool MoCo trains on", flush=True)
     return limit
 
 
-def _decode_rate(cfg: dict, paths: list, n: int) -> float:
-    """Seconds per file of decoding a seeded ``n`` of MoCo's pool files (from every dataset of the pool: its first
-    n are one dataset's, of other sizes and formats), whole images (crop 1.0) as MoCo decodes them."""
-    from fewshot.data.decode_many import decode_seconds_per_image
+def cold_pool_limit(cfg: dict, paths: list, crop: float, seconds: float, floor: int, n: int,
+                    refuse=None) -> tuple[int | None, str, bool]:
+    """How many of a pool's ``paths`` a run decodes at ``crop`` (MoCo's and self-training's, one rule): all (None)
+    when the cache holds them or decoding them fits ``seconds`` (the timing's own seconds out of them), else a
+    seeded random share that fits (semi.pool_subset, ``floor`` at least). An earlier run's share the cache holds is
+    reused where at least half as large, before any timing where an earlier timing is recorded (a warm rerun paid
+    the timing again). Timed on the tail of the seeded order, outside the share (its head): the sample was decoded
+    twice. ``refuse(seconds, files)``: raises where the least share cannot fit the time left (checked after the
+    first TIMING_FIRST files and after the timing). Returns (the count, its words, whether reused)."""
+    if len(paths) <= 2 * floor or pool_is_cached(cfg, paths, crop):
+        return None, "", False
+    record = _subsets_record(cfg, paths, crop)
+    rate = _recorded_rate(record)
+    if rate is not None:
+        reused = _earlier_share(cfg, paths, crop, record, _share_size(seconds, rate, floor))
+        if reused is not None:
+            return reused, _whole_words(len(paths), rate, "timed by an earlier run", seconds, ""), True
+    rate, timed_s = _timed_rate(cfg, paths, crop, n, floor, refuse)
+    _record_rate(record, rate)
+    left = max(0.0, seconds - timed_s)  # the timing is decoding too
+    words = _whole_words(len(paths), rate, f"timed on {n} in {timed_s:.1f} s", seconds, ", the timing included")
+    if rate * len(paths) <= left:
+        return None, words, False
+    limit = _share_size(left, rate, floor)
+    reused = _earlier_share(cfg, paths, crop, record, limit)
+    if reused is None and record is not None:
+        with contextlib.suppress(OSError):
+            from fewshot.data.cache import add_to_subsets_record
 
-    d = cfg["data"]
-    sample = torch.randperm(len(paths), generator=torch.Generator().manual_seed(int(cfg["train"]["seed"])))[:n]
-    return decode_seconds_per_image([paths[i] for i in sample.tolist()], cfg["model"]["img_size"], 1.0,
-                                    bit_depth=d.get("bit_depth", "auto"))
+            add_to_subsets_record(record, limit)
+    return (limit, words, False) if reused is None else (reused, words, True)
 
 
-def _subsets_record(cfg: dict, paths: list):
-    """cache.subsets_record of MoCo's pool (crop 1.0): the sizes of its seeded shares decoded before."""
+def _share_size(seconds: float, per_file: float, floor: int) -> int:
+    """The files ``seconds`` decode at ``per_file``, ``floor`` at least."""
+    return max(floor, int(seconds / max(per_file, 1e-9)))
+
+
+def _whole_words(files: int, per_file: float, timed: str, seconds: float, included: str) -> str:
+    """The words on a cold pool too slow to decode whole in ``seconds`` (``included``: the timing is part of them)."""
+    return (f"decoding them all would take about {per_file * files:.0f} s ({per_file * 1000:.1f} ms each, {timed}), "
+            f"more than the {seconds:.0f} s that decoding may take{included}")
+
+
+def _timed_rate(cfg: dict, paths: list, crop: float, n: int, floor: int, refuse=None) -> tuple[float, float]:
+    """Seconds per file of decoding ``n`` of the pool's files (the tail of its seeded order: every dataset of the
+    pool, outside the share), and the seconds the timing took. ``refuse`` is asked first after TIMING_FIRST files
+    (with the rest of the sample and the least share to decode), then with the least share alone."""
+    from fewshot.data import decode_many
+
+    d, t0 = cfg["data"], time.monotonic()
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(int(cfg["train"]["seed"])))
+    sample = [paths[i] for i in order[len(paths) - n:].tolist()]
+    first, rest = sample[:TIMING_FIRST], sample[TIMING_FIRST:]
+
+    def spent(part: list) -> float:
+        return len(part) * decode_many.decode_seconds_per_image(part, cfg["model"]["img_size"], crop,
+                                                                bit_depth=d.get("bit_depth", "auto"))
+
+    first_s = spent(first)
+    rate = first_s / len(first)
+    if refuse is not None:
+        refuse(rate * (len(rest) + floor), floor)
+    if rest:
+        rate = (first_s + spent(rest)) / len(sample)
+        if refuse is not None:
+            refuse(rate * floor, floor)
+    return rate, math.floor(10 * (time.monotonic() - t0)) / 10  # in tenths of a second: the words say no finer
+
+
+def _subsets_record(cfg: dict, paths: list, crop: float):
+    """cache.subsets_record of a pool decoded at ``crop``: the sizes of its seeded shares decoded before."""
     from fewshot.data.cache import subsets_record
 
     d = cfg["data"]
-    return subsets_record(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), 1.0,
+    return subsets_record(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), crop,
                           int(cfg["train"]["seed"]), d.get("bit_depth", "auto"))
 
 
-def _earlier_moco_share(cfg: dict, paths: list, limit: int) -> int | None:
-    """An earlier run's share of MoCo's pool that the cache holds, at least half of ``limit``: the timing varies from
-    run to run, and each new count decoded another share into a cache entry of its own."""
-    record = _subsets_record(cfg, paths)
+def _earlier_share(cfg: dict, paths: list, crop: float, record, limit: int) -> int | None:
+    """An earlier run's share of the pool that the cache holds, at least half of ``limit``: the timing varies from
+    run to run (564 to 972 files for the same time), and each new count decoded another share into a cache entry."""
+    from fewshot.train.semi import pool_subset
+
     sizes: list[int] = []
     if record is not None:
         with contextlib.suppress(OSError, ValueError, TypeError):
             sizes = sorted({int(m) for m in loads_run_json(record.read_text())}, reverse=True)
     for m in (m for m in sizes if limit / 2 <= m < len(paths)):
-        if pool_is_cached(cfg, moco_pool_share(cfg, paths, m), 1.0):
+        if pool_is_cached(cfg, [paths[i] for i in pool_subset(len(paths), m, int(cfg["train"]["seed"])).tolist()],
+                          crop):
             return m
     return None
 
 
-def _record_moco_share(cfg: dict, paths: list, limit: int) -> None:
-    """List ``limit`` in MoCo's pool's subsets record, for a later run's reuse (_earlier_moco_share)."""
-    from fewshot.data.cache import add_to_subsets_record
+def _rate_file(record):
+    """Where the decoding rate timed on a pool is kept, beside its subsets record (None: no cache folder)."""
+    return None if record is None else record.with_name(record.name.split(".seed")[0] + ".decode_rate.json")
 
-    record = _subsets_record(cfg, paths)
-    if record is not None:
+
+def _recorded_rate(record) -> float | None:
+    """The seconds per file an earlier run timed on this pool, or None."""
+    path = _rate_file(record)
+    if path is None:
+        return None
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        rate = float(loads_run_json(path.read_text()))
+        return rate if 0 < rate < float("inf") else None
+    return None
+
+
+def _record_rate(record, rate: float) -> None:
+    """Keep the timed rate for a warm rerun, which then finds its share without timing again."""
+    from fewshot.data.cache import _write_cache_text
+
+    path = _rate_file(record)
+    if path is not None and 0 < rate < float("inf"):
         with contextlib.suppress(OSError):
-            add_to_subsets_record(record, limit)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_cache_text(path, repr(float(rate)))
 
 
 def check_pretrain_settings(cfg: dict, backbone) -> None:

@@ -19,6 +19,7 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_
                                 least_run_holds, least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
                                 measure_step_seconds, pretrain_closing_seconds, pretrain_least_seconds, report_seconds,
                                 retimed_steps, too_short_budget_error)
+from fewshot.run_checks import cold_decode_total
 from fewshot.run_stages import finetune_config
 from fewshot.run_words import pretrain_resumed_late_warning, resumed_late_warning
 
@@ -287,7 +288,7 @@ class ClosingMixin:
         shown = step_s if step_s is not None else provisional
         if shown is None:  # nothing timed yet (decoding took the budget): no speed to name
             error = hopeless_budget_error(budget_s, used, started=True, undone=self.locked,
-                                          cold=getattr(self, "cold_decode", ()))
+                                          cold=cold_decode_total(self.cold_decode))
         elif LEAST_RUN_S >= least_run_seconds(shown, 0.0):  # the floor refused, which no model or size shortens
             error = floor_budget_error(budget_s, used, shown, self.locked)
         else:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from fewshot.data.cache import default_cache_dir
 from fewshot.errors import one_line
 from fewshot.run_budget import measure_prediction_seconds
 from fewshot.run_words import pseudo_label_line
@@ -105,46 +104,21 @@ def share_line(n: int, n_pool: int, whole_s: float, seconds: float) -> str:
             f"{seconds / LABEL_SHARE:.0f} s left)")
 
 
-def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256) -> int | None:
+def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256, refuse=None) -> int | None:
     """How many pool files self-training decodes: all (None) when the decode cache holds them or decoding them
-    takes at most ``seconds`` at the rate timed on a seeded ``n`` of them; else a seeded random share that fits
-    (``n`` at least; semi.pool_subset). A cold 100k-file pool was decoded whole before the stages were planned,
-    inside the budget, though the rounds label only the share their time allows (pool_share_in_time). A share an
-    earlier run decoded (cache.subsets_record) is reused when at least half as large: the timing varies from run to
-    run (564 to 972 files for the same time), and each new count decoded another share into a cache entry of its
-    own."""
-    from fewshot.data.cache import add_to_subsets_record, is_cached, subsets_record
-    from fewshot.data.decode_many import decode_seconds_per_image
-    from fewshot.train.semi import pool_subset
+    takes at most ``seconds``; else a seeded random share that fits (``n`` at least; semi.pool_subset), an earlier
+    run's share reused where the cache holds one at least half as large (run_checks.cold_pool_limit, MoCo's rule). A
+    cold 100k-file pool was decoded whole before the stages were planned, inside the budget, though the rounds label
+    only the share their time allows (pool_share_in_time). ``refuse``: cold_pool_limit's check of the time left."""
+    from fewshot.run_checks import cold_pool_limit
 
-    d, size, seed = cfg["data"], cfg["model"]["img_size"], int(cfg["train"]["seed"])
-    cache_dir, bits = default_cache_dir(d["root"], d["cache_dir"]), d.get("bit_depth", "auto")
-    if len(paths) <= 2 * n or is_cached(paths, size, cache_dir, d["crop_pct"], bits):
-        return None
-    # timed on files from every dataset of the pool (its first n are one dataset's: other sizes, other formats)
-    sample = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:n]
-    per_file = decode_seconds_per_image([paths[i] for i in sample.tolist()], size, d["crop_pct"], bit_depth=bits)
-    if per_file * len(paths) <= seconds:
-        return None
-    limit = max(n, int(seconds / max(per_file, 1e-9)))
-    record, decoded = subsets_record(paths, size, cache_dir, d["crop_pct"], seed, bits), []
-    if record is not None:
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            decoded = sorted({int(m) for m in loads_run_json(record.read_text())}, reverse=True)  # no record: none
-    for m in (m for m in decoded if limit / 2 <= m < len(paths)):
-        if is_cached([paths[i] for i in pool_subset(len(paths), m, seed).tolist()], size, cache_dir, d["crop_pct"],
-                     bits):
-            print(f"[run] the {len(paths):,} pool images are not in the decode cache, but a seeded random {m:,} of "
-                  f"them are (an earlier run's): the pool the rounds label (decoding all would take about "
-                  f"{per_file * len(paths):.0f} s, more than the {seconds:.0f} s that decoding may take)", flush=True)
-            return m
-    if record is not None:
-        with contextlib.suppress(OSError):
-            add_to_subsets_record(record, limit)
-    print(f"[run] the {len(paths):,} pool images are not in the decode cache: decoding them all would take about "
-          f"{per_file * len(paths):.0f} s ({per_file * 1000:.1f} ms each, timed on {n}), more than the {seconds:.0f} s "
-          f"that decoding may take (a quarter of the time after round 1); decoding a seeded random {limit:,} of them, "
-          f"the pool the rounds label", flush=True)
+    limit, whole, reused = cold_pool_limit(cfg, paths, cfg["data"]["crop_pct"], seconds, n, n, refuse)
+    if limit is not None and reused:
+        print(f"[run] the {len(paths):,} pool images are not in the decode cache, but a seeded random {limit:,} of "
+              f"them are (an earlier run's): the pool the rounds label ({whole})", flush=True)
+    elif limit is not None:
+        print(f"[run] the {len(paths):,} pool images are not in the decode cache: {whole} (a quarter of the time "
+              f"after round 1); decoding a seeded random {limit:,} of them, the pool the rounds label", flush=True)
     return limit
 
 

@@ -305,7 +305,18 @@ def warn_stage_queue(pcfg: dict, task, world: int) -> None:
     said = queue_warning(pcfg, task, world)
     if said:
         print(f"{said} (`fewshot run`: run.pretrain_batch_size=N for --batch-size N, run.queue_size=K for "
-              f"--queue-size K)", flush=True)
+              f"--queue-size K){_share_words(task)}", flush=True)
+
+
+def _share_words(task) -> str:
+    """The queue warning's word on a pool that is a share of the pool (a cold pool's decode cap, run_checks'
+    moco_decode_limit): run.queue_size=4096 met a 485-image share of a 10k pool, and the advice never said why."""
+    if not getattr(task, "pool_share", ""):  # MoCoTask's (a test's stand-in may have none)
+        return ""
+    return (f". The pool is {task.pool_share}: a pool the decode cache does not hold is decoded only as far as a "
+            f"quarter of MoCo's share of the budget allows. A larger --budget-minutes decodes more of it, a warm "
+            f"cache (the whole pool decoded by an earlier command) gives MoCo all of it, or give a smaller "
+            f"run.queue_size.")
 
 
 def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float, check=None,

@@ -28,8 +28,8 @@ from fewshot.run_budget import LEAST_RUN_S, hopeless_budget_error, least_run_hol
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.run_pseudo import pool_decode_limit, precision_cap
 from fewshot.run_checks import (auto_img_size, check_finetune_batches, check_model, check_pool_images,
-                                check_pretrain_settings, moco_decode_limit, pool_is_cached, preload_images,
-                                recorded_moco_limit)
+                                check_pretrain_settings, cold_decode_total, moco_decode_limit, note_cold_decode,
+                                pool_is_cached, preload_images, recorded_moco_limit)
 from fewshot.run_reuse import adopt_stage_architecture, read_finished_json, weights_replaced_by
 from fewshot.run_stages import finetune_config
 from fewshot.run_state import STATE_FILE, RunState, holds_finished_run
@@ -71,6 +71,7 @@ class StartupMixin:
         # always a record, if empty: a stage's config.yaml without one is taken for an older fewshot's, and the
         # user's --lr 0.004 or --device cpu there for values the run chose (chosen_by_rule)
         cfg[CHOSEN] = dict(self.chosen or {})
+        self.cold_decode: list = []  # the pool decodes the cache did not hold (note_cold_decode): a refusal names them
         if self.resume:
             finished = self.resume_state()
             if finished is not None:
@@ -302,7 +303,6 @@ class StartupMixin:
                                 f"incomplete batch): lower run.pretrain_batch_size, add images to the pool "
                                 f"(ROOT/unlabeled/<dataset>/ or --unlabeled DIR), or leave out --pretrain.")
         self.moco_limit = self.moco_pool_limit() if r["pretrain"] else None
-        self.cold_decode = []  # (seconds, files) of the pool decodes the cache did not hold: a refusal names them
         self.pool_skipped, n_moco = check_pool_images(cfg, self.infos, self.semi, self.moco_limit, self.cold_decode)
         self.n_moco = n_moco  # MoCo's queue is sized from it (pretrain_stage)
         if n_moco is not None and n_moco < int(r["pretrain_batch_size"]):  # the count above was before bad files
@@ -315,7 +315,19 @@ class StartupMixin:
         session chose (its state), so that the stopped MoCo stage continues on the same files."""
         if self.state is not None:
             return recorded_moco_limit(self.state.data)
-        return moco_decode_limit(self.cfg, self.infos, self.budget_minutes * 60.0)
+        return moco_decode_limit(self.cfg, self.infos, self.budget_minutes * 60.0, refuse=self.refuse_unless_fits)
+
+    def refuse_unless_fits(self, decode_s: float, files: int) -> None:
+        """cold_pool_limit's check, before a cold pool's least share is decoded (``files``, ``decode_s`` at the
+        rate timed): a budget whose time left cannot hold that decoding and the least run is refused now, as
+        hopeless (exit 2). `--budget-minutes 0.2` on a slow cold pool was refused only after 22.5 s, the timings
+        and the two least shares decoded."""
+        budget_s = self.budget_minutes * 60.0
+        used = time.monotonic() - self.t_start
+        if least_run_holds(LEAST_RUN_S, budget_s - used - decode_s):
+            return
+        raise hopeless_budget_error(budget_s, used, started=True, undone=self.locked,
+                                    cold=cold_decode_total(self.cold_decode), decode=(decode_s, files))
 
     def check_self_training_pool(self) -> None:
         """The pool self-training labels, decoded now (as far as its time can use it); without one, self-training
@@ -329,13 +341,15 @@ class StartupMixin:
             self.pool_limit = state.data["pool_decoded"]
         else:
             self.pool_limit = pool_decode_limit(cfg, pool_files(cfg, self.infos, exclude_train=True)[0],
-                                                0.25 * (1 - float(r["pseudo_share"])) * self.budget_minutes * 60)
+                                                0.25 * (1 - float(r["pseudo_share"])) * self.budget_minutes * 60,
+                                                refuse=None if self.resume else self.refuse_unless_fits)
         # decoded now, as the test images: a broken pool file would otherwise stop the run after round 1;
         # nothing is read into memory (the rounds read the images from the cache)
-        cold, t0 = not self.self_training_pool_cached(), time.monotonic()
+        paths = self.self_training_pool_paths()
+        cold, t0 = not pool_is_cached(cfg, paths, cfg["data"]["crop_pct"]), time.monotonic()
         pool = load_pool(cfg, self.infos, cfg["model"]["img_size"], exclude_train=True, limit=self.pool_limit)
         if cold:
-            self.cold_decode.append((time.monotonic() - t0, len(pool.images) + len(pool.skipped)))
+            note_cold_decode(cfg, self.cold_decode, time.monotonic() - t0, paths, cfg["data"]["crop_pct"])
         n_pool, self.pool_skipped = len(pool.images), self.pool_skipped + pool.skipped
         self.n_unlabeled = n_pool  # what round 1 leaves time to label
         del pool
@@ -346,14 +360,13 @@ class StartupMixin:
                   f"fine-tuning on the labelled images gets {rest}.", flush=True)
             self.semi = self.r["semi_method"] = "off"
 
-    def self_training_pool_cached(self) -> bool:
-        """Whether the decode cache holds the pool files self-training decodes (its share: pool_limit)."""
+    def self_training_pool_paths(self) -> list:
+        """The pool files self-training decodes (its share: pool_limit), as load_pool picks them."""
         from fewshot.train.semi import pool_files, pool_subset
 
         paths = pool_files(self.cfg, self.infos, exclude_train=True)[0]
         subset = pool_subset(len(paths), self.pool_limit, int(self.cfg["train"]["seed"]))
-        paths = paths if subset is None else [paths[i] for i in subset.tolist()]
-        return pool_is_cached(self.cfg, paths, self.cfg["data"]["crop_pct"])
+        return paths if subset is None else [paths[i] for i in subset.tolist()]
 
     def check_fixmatch_pool(self) -> None:
         """FixMatch's pool and settings (for the run's line and summary.json); without a pool, FixMatch is off."""
