@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="build a demo dataset from local real data (digits, fashion-mnist)",
                        description="Build a few-shot dataset in fewshot's layout from data on this machine: "
                        "`digits` from scikit-learn, `fashion-mnist` from Debian's dataset-fashion-mnist IDX files.")
-    p.add_argument("name", choices=["digits", "fashion-mnist"])
+    # named as the user sees it: argparse named its dest ("argument name: invalid choice") in a refusal
+    p.add_argument("name", metavar="DATASET", choices=["digits", "fashion-mnist"],
+                   help="the dataset to build: digits or fashion-mnist")
     p.add_argument("--out", required=True, help="dataset root to write into (ROOT/<name>, ROOT/unlabeled/<name>)")
     p.add_argument("--shots", type=int, default=10, help="labelled training images per class (default 10)")
     p.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
@@ -257,7 +259,8 @@ def _parse(argv: list) -> tuple[argparse.Namespace, list]:
               and not (args.command == "probe" and w.partition("=")[0].strip() in PROBE_WORDS)]
     if bad or unread:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        note = "" if bad else (" (key=value config overrides apply to train, pretrain and run; probe takes "
-                               "data.bit_depth=N)")
+        overrides = not bad and any("=" in w for w in unread)  # a word without = (`models a b`) is no override
+        note = (" (key=value config overrides apply to train, pretrain and run; probe takes data.bit_depth=N)"
+                if overrides else "")
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra if bad else unread)}{note}")  # exit 2
     return args, extra

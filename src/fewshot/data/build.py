@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fewshot.data.roots import full_datasets_in, holds_a_dataset
+from fewshot.data.roots import RUN_MARKERS, _holds_run, full_datasets_in, holds_a_dataset
 from fewshot.errors import UserError, path_argument
 
 try:
@@ -268,6 +268,38 @@ def _in_a_dataset_or_root(real: Path) -> tuple[str, Path] | None:
     return None
 
 
+def _run_folder_marks(out: Path) -> list[str]:
+    """The names that make OUT a fewshot run or report folder (roots._holds_run, the test that passes such folders
+    over as datasets), else none. A config.yaml and checkpoints/ alone count only where a run wrote the config (its
+    content): a project folder with the user's own config.yaml is no run."""
+    if not out.is_dir() or not _holds_run(out):
+        return []
+    found = [m for m in RUN_MARKERS if os.path.lexists(out / m)]
+    if set(found) <= {"config.yaml", "checkpoints"} and not _runs_config(out / "config.yaml"):
+        return []
+    return found
+
+
+def _runs_config(path: Path) -> bool:
+    """Whether ``path`` is a config.yaml a fewshot run wrote (read_run_config), False where it cannot be read."""
+    from fewshot.config.runfile import read_run_config
+
+    try:
+        return path.is_file() and read_run_config(path)[1]
+    except (UserError, OSError):
+        return False
+
+
+def _refuse_a_run_folder(out: Path) -> None:
+    """`--out RUN` added the dataset beside the run's checkpoints/ and plots/, and eval/train on RUN then took plots/
+    for a dataset; report, probe and predict refuse such an --out too."""
+    found = _run_folder_marks(out)
+    if found:
+        shown = ", ".join(f"{m}/" if (out / m).is_dir() else m for m in found[:4])
+        raise UserError(f"--out {out} is a fewshot run or report folder ({shown}): a dataset built there would mix "
+                        f"into it. Give --out a dataset root of its own.")
+
+
 def _root_to_suggest(root: Path, name: str) -> bool:
     """Whether a refusal names ROOT to build into: only a fewshot root (full_datasets_in) that lacks the dataset (a
     project or Downloads folder above an ImageFolder was named, and the demo data went into the user's home)."""
@@ -348,6 +380,7 @@ def build_dataset(name: str, out: Path, shots: int = 10, seed: int = 0, idx_dir:
         if p.is_symlink():
             raise UserError(f"{p} is a symbolic link (to {os.readlink(p)}) where the build moves its own folder; "
                             "remove it or choose another --out.")
+    _refuse_a_run_folder(out)
     inside = _inside_a_dataset(out)
     if inside:
         words, root = inside

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fewshot.config import CHOSEN, note_chosen, note_rechosen, run_time_values, save_yaml
+from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import scan_root
 from fewshot.data.skipped import write_skipped
 from fewshot.errors import CheckpointError, UserError, one_line
@@ -25,7 +26,7 @@ from fewshot.train.engine import Engine
 from fewshot.train.resume_config import resumes_from_config
 from fewshot.train.run_dir import RunStart, prepare_run_dir, undone_if_start_fails
 from fewshot.train.start_checks import agree_on_checkpoint, check_resume_fits
-from fewshot.train.supervised import SupervisedTask, resolve_finetune_defaults
+from fewshot.train.supervised import SupervisedTask, check_same_classes, resolve_finetune_defaults
 from fewshot.utils import resolve_device, seed_everything, write_json
 
 
@@ -121,6 +122,8 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
         device, ctx, infos, resuming, ck = start_job(cfg, out, resume,
                                                      lambda ctx, resuming: resolve_finetune_defaults(cfg, resuming),
                                                      start, "supervised")  # SupervisedTask.kind
+        if ck is not None:  # from the folder listing, before the task decodes (and caches) the images it refuses
+            check_same_classes(ck, LabelSpace.from_infos(infos), lambda: cfg["data"]["root"])
         task = SupervisedTask(cfg, infos, device, ctx, resuming=resuming)
         # refused before the start line, not after it, and after start_job's checks of its kind and process count
         # (Engine.resume makes them first too). Where only some ranks resume, ck is None: the ranks first agree on

@@ -103,6 +103,34 @@ def space_changes(saved: LabelSpace, now: LabelSpace, in_root=()) -> list[str]:
     return parts
 
 
+def check_same_classes(ck: dict, space: LabelSpace, data_root) -> None:
+    """Refuse a resume whose datasets or classes (``space``, as scanned) are not the checkpoint's: run_finetune asks
+    it before any image is decoded (a refused resume on other data cached its images first). ``data_root()`` gives
+    the root scanned, read only where a run's dataset is missing now."""
+    saved = LabelSpace.from_dict(ck["label_space"])
+    if saved == space:
+        return
+    from fewshot.errors import UserError
+    from fewshot.run_state import class_order_changes, class_order_refusal
+
+    was, now = dict(zip(saved.names, saved.classes)), dict(zip(space.names, space.classes))
+    changes = class_order_changes(was, now)
+    if changes and saved.names == space.names and all(was[n] == now[n] for n in was if n not in changes):
+        raise UserError(class_order_refusal(None, changes))
+
+    from fewshot.data.roots import list_datasets
+
+    in_root = []
+    if any(name not in space.names for name in saved.names):  # a run's dataset not trained on now
+        try:  # the root was scanned a moment ago: this lists it again, without the splits
+            in_root = list_datasets(Path(data_root()))
+        except UserError:
+            pass
+    raise UserError(one_line(f"the datasets or classes differ from those of the run being resumed "
+                             f"({'; '.join(space_changes(saved, space, in_root))}). Resume with the "
+                             f"run's data (--data, --datasets), or start a new run with another --out."))
+
+
 class SupervisedTask:
     kind = "supervised"
     supports_ema = True
@@ -437,24 +465,4 @@ class SupervisedTask:
                         f"resume, or start a new run with another --out.")
 
     def check_classes(self, ck: dict) -> None:
-        saved = LabelSpace.from_dict(ck["label_space"])
-        if saved != self.space:
-            from fewshot.errors import UserError
-            from fewshot.run_state import class_order_changes, class_order_refusal
-
-            was, now = dict(zip(saved.names, saved.classes)), dict(zip(self.space.names, self.space.classes))
-            changes = class_order_changes(was, now)
-            if changes and saved.names == self.space.names and all(was[n] == now[n] for n in was if n not in changes):
-                raise UserError(class_order_refusal(None, changes))
-
-            from fewshot.data.roots import list_datasets
-
-            in_root = []
-            if any(name not in self.space.names for name in saved.names):  # a run's dataset not trained on now
-                try:  # the root was scanned a moment ago: this lists it again, without the splits
-                    in_root = list_datasets(Path(self.cfg["data"]["root"]))
-                except UserError:
-                    pass
-            raise UserError(one_line(f"the datasets or classes differ from those of the run being resumed "
-                                     f"({'; '.join(space_changes(saved, self.space, in_root))}). Resume with the "
-                                     f"run's data (--data, --datasets), or start a new run with another --out."))
+        check_same_classes(ck, self.space, lambda: self.cfg["data"]["root"])
