@@ -44,7 +44,7 @@ def test_data_still_builds_into_a_folder_with_the_users_own_config(tmp_path):
 def test_data_names_a_wrong_dataset_by_its_metavar(tmp_path):
     """argparse named its dest: "argument name: invalid choice", a word the user never sees."""
     rc, _, err = run_main("data", "mnist", "--out", tmp_path / "x")
-    assert rc == 2 and "argument DATASET: invalid choice: 'mnist'" in err, err
+    assert rc == 2 and "argument {digits,fashion-mnist}: invalid choice: 'mnist'" in err, err
     assert "argument name" not in err and not (tmp_path / "x").exists()
 
 
@@ -67,3 +67,29 @@ def test_a_resume_on_other_classes_is_refused_before_any_image_is_cached(tiny, t
     assert rc == 2 and "the datasets or classes differ from those of the run being resumed" in err, err
     cache = other / ".fewshot_cache"
     assert not cache.exists() or not any(cache.iterdir()), _listing(cache)
+
+
+def test_data_refuses_an_out_inside_a_run_folder(tiny, tmp_path):
+    """`--out RUN/checkpoints` wrote the dataset beside last.pt (review rev75)."""
+    run = shutil.copytree(tiny[1], tmp_path / "run")
+    rc, _, err = run_main("data", "digits", "--out", run / "checkpoints", "--shots", "1")
+    assert rc == 2 and f"lies in {run}, which is a fewshot run or report folder" in err, err
+    assert not (run / "checkpoints" / "digits").exists()
+
+
+@pytest.mark.parametrize("kept", ["log.jsonl", "config.yaml"])
+def test_data_builds_into_a_root_holding_one_weak_run_name(tiny, tmp_path, kept):
+    """A data root with a log.jsonl of its own, or a project folder with a copy of a run's config.yaml (README: reuse
+    it with --config), was refused as a run folder though `train --data` takes it (review rev75)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(tiny[1] / kept, root / kept)
+    rc, _, err = run_main("data", "digits", "--out", root, "--shots", "1", "--val-per-class", "1",
+                          "--test-per-class", "1", "--pool-per-class", "1")
+    assert rc == 0, err
+
+
+def test_a_dotted_key_without_its_equals_sign_keeps_the_hint():
+    """`probe ... data.bit_depth 8` lost its hint when the hint was kept to words with `=` (review rev75)."""
+    rc, _, err = run_main("models", "a", "data.bit_depth", "8")
+    assert rc == 2 and "(key=value config overrides apply to train, pretrain and run" in err, err

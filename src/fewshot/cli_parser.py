@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 
 def positive_int(text: str) -> int:
@@ -95,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="build a demo dataset from local real data (digits, fashion-mnist)",
                        description="Build a few-shot dataset in fewshot's layout from data on this machine: "
                        "`digits` from scikit-learn, `fashion-mnist` from Debian's dataset-fashion-mnist IDX files.")
-    # named as the user sees it: argparse named its dest ("argument name: invalid choice") in a refusal
-    p.add_argument("name", metavar="DATASET", choices=["digits", "fashion-mnist"],
+    # named as the user sees it: argparse named its dest ("argument name: invalid choice") in a refusal; the choices
+    # as the metavar keep the usage line naming them (review rev75)
+    p.add_argument("name", metavar="{digits,fashion-mnist}", choices=["digits", "fashion-mnist"],
                    help="the dataset to build: digits or fashion-mnist")
     p.add_argument("--out", required=True, help="dataset root to write into (ROOT/<name>, ROOT/unlabeled/<name>)")
     p.add_argument("--shots", type=int, default=10, help="labelled training images per class (default 10)")
@@ -259,7 +261,8 @@ def _parse(argv: list) -> tuple[argparse.Namespace, list]:
               and not (args.command == "probe" and w.partition("=")[0].strip() in PROBE_WORDS)]
     if bad or unread:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        overrides = not bad and any("=" in w for w in unread)  # a word without = (`models a b`) is no override
+        # a word without = (`models a b`) is no override, but a dotted key is one whose = was forgotten (rev75)
+        overrides = not bad and any("=" in w or re.fullmatch(r"[A-Za-z_]+(\.[A-Za-z_]+)+", w) for w in unread)
         note = (" (key=value config overrides apply to train, pretrain and run; probe takes data.bit_depth=N)"
                 if overrides else "")
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra if bad else unread)}{note}")  # exit 2

@@ -270,14 +270,26 @@ def _in_a_dataset_or_root(real: Path) -> tuple[str, Path] | None:
 
 def _run_folder_marks(out: Path) -> list[str]:
     """The names that make OUT a fewshot run or report folder (roots._holds_run, the test that passes such folders
-    over as datasets), else none. A config.yaml and checkpoints/ alone count only where a run wrote the config (its
-    content): a project folder with the user's own config.yaml is no run."""
+    over as datasets), else none. run_state.json or a report's mark or page counts alone; config.yaml, checkpoints/
+    and log.jsonl only together, with a config.yaml a run wrote (its content): a data root holding a log.jsonl, or a
+    project folder with a copy of a run's config.yaml, is no run (review rev75)."""
     if not out.is_dir() or not _holds_run(out):
         return []
     found = [m for m in RUN_MARKERS if os.path.lexists(out / m)]
-    if set(found) <= {"config.yaml", "checkpoints"} and not _runs_config(out / "config.yaml"):
+    if set(found) <= {"config.yaml", "checkpoints", "log.jsonl"} and not (
+            len(found) >= 2 and "config.yaml" in found and _runs_config(out / "config.yaml")):
         return []
     return found
+
+
+def _run_folder_around(out: Path) -> tuple[Path, list[str]] | None:
+    """OUT or one of its two folders above that is a run or report folder, with its marks (`--out RUN/checkpoints`
+    wrote the dataset beside last.pt)."""
+    for folder in (out, *list(out.parents)[:2]):
+        found = _run_folder_marks(folder)
+        if found:
+            return folder, found
+    return None
 
 
 def _runs_config(path: Path) -> bool:
@@ -293,11 +305,13 @@ def _runs_config(path: Path) -> bool:
 def _refuse_a_run_folder(out: Path) -> None:
     """`--out RUN` added the dataset beside the run's checkpoints/ and plots/, and eval/train on RUN then took plots/
     for a dataset; report, probe and predict refuse such an --out too."""
-    found = _run_folder_marks(out)
-    if found:
-        shown = ", ".join(f"{m}/" if (out / m).is_dir() else m for m in found[:4])
-        raise UserError(f"--out {out} is a fewshot run or report folder ({shown}): a dataset built there would mix "
-                        f"into it. Give --out a dataset root of its own.")
+    around = _run_folder_around(out)
+    if around:
+        run, found = around
+        shown = ", ".join(f"{m}/" if (run / m).is_dir() else m for m in found[:4])
+        where = "is" if run == out else f"lies in {run}, which is"
+        raise UserError(f"--out {out} {where} a fewshot run or report folder ({shown}): a dataset built there would "
+                        f"mix into it. Give --out a dataset root of its own.")
 
 
 def _root_to_suggest(root: Path, name: str) -> bool:
