@@ -240,7 +240,8 @@ def test_a_tiny_budget_on_a_slow_cold_pool_is_refused_before_decoding_it(copy_ro
     argv[argv.index("--budget-minutes") + 1] = "0.2"
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "its least share, 32 images, at the speed timed) would take at least 36.0 s more" in err, err
+    assert ("the rest of its timing and its least share, 36 images, at the speed timed) would take at least "
+            "36.0 s more") in err, err
     assert "Nothing was trained and the output folder was left as it was" in err
     assert len(seen["timing"]) == 4  # only the first files timed
     assert not [f for f, _ in seen["cached"] if "unlabeled" in f]  # no pool file decoded into the cache
@@ -288,3 +289,44 @@ def test_the_queue_warning_on_a_share_of_the_pool_says_why_and_how_to_avoid_it(c
     said = capsys.readouterr().out
     assert "The pool is a seeded random share of the pool's 10,150 files" in said, said
     assert "larger --budget-minutes" in said and "a warm cache" in said and "a smaller run.queue_size" in said
+
+
+def _self_training_pool(copy_root, tmp_path):
+    from fewshot.config import resolve
+    from fewshot.data.layout import scan_root
+    from fewshot.train.semi import pool_files
+
+    cfg = resolve(flags={"data.root": str(copy_root), "model.img_size": 16, "data.cache_dir": str(tmp_path / "c")})
+    infos = scan_root(copy_root, None, splits=("train", "val"))
+    return cfg, infos, pool_files(cfg, infos, exclude_train=True)[0]
+
+
+def test_a_larger_budget_decodes_the_whole_pool_where_it_fits_at_the_recorded_rate(copy_root, tmp_path, monkeypatch):
+    """With a rate recorded, an earlier share was reused before asking whether the whole pool fits (review rev74)."""
+    from fewshot.run_pseudo import pool_decode_limit
+    from fewshot.train.semi import load_pool
+
+    cfg, infos, paths = _self_training_pool(copy_root, tmp_path)
+    monkeypatch.setattr(decode_many, "decode_seconds_per_image", lambda *a, **k: 1.0)
+    first = pool_decode_limit(cfg, paths, float(len(paths) // 2 + 10), n=8)
+    assert first is not None and first < len(paths)
+    load_pool(cfg, infos, 16, exclude_train=True, limit=first)
+    assert pool_decode_limit(cfg, paths, float(len(paths)) + 5.0, n=8) is None  # the whole pool fits now
+
+
+def test_an_earlier_share_is_reused_after_a_fresh_timing_where_no_rate_was_recorded(copy_root, tmp_path,
+                                                                                   monkeypatch):
+    """A cache without a rate file (an older one, or read-only) times again; the share an earlier run decoded is
+    still reused when the new timing asks for one at most twice as large (review rev74: no test reached that path)."""
+    from fewshot.run_pseudo import pool_decode_limit
+    from fewshot.train.semi import load_pool
+
+    cfg, infos, paths = _self_training_pool(copy_root, tmp_path)
+    monkeypatch.setattr(decode_many, "decode_seconds_per_image", lambda *a, **k: 1.0)
+    first = pool_decode_limit(cfg, paths, 58.0, n=8)
+    load_pool(cfg, infos, 16, exclude_train=True, limit=first)
+    for rate_file in (tmp_path / "c").glob("*decode_rate.json"):
+        rate_file.unlink()
+    monkeypatch.setattr(decode_many, "decode_seconds_per_image", lambda *a, **k: 0.7)  # another run's timing
+    assert pool_decode_limit(cfg, paths, 58.0, n=8) == first
+    assert len(list((tmp_path / "c").glob("*.u8"))) == 1  # nothing decoded again

@@ -402,8 +402,8 @@ def hopeless_budget_error(budget_s: float, used_s: float, started: bool = False,
         cold_words, advice = cold_decode_words(budget_s, used_s, decode_s, sum(n for _, n in cold), ahead)
     startup = f"its start-up alone took {used_s:.1f} s{cold_words}, and " if used_s >= 0.05 else ""  # 0.1 s or more
     if decode:
-        startup += (f"decoding a pool the decode cache does not hold (its least share, {decode[1]:,} images, at the "
-                    f"speed timed) would take at least {ahead:.1f} s more, and ")
+        startup += (f"decoding a pool the decode cache does not hold (the rest of its timing and its least share, "
+                    f"{decode[1]:,} images, at the speed timed) would take at least {ahead:.1f} s more, and ")
     return UserError(one_line(
         f"--budget-minutes {budget_s / 60:g} ({budget_s:.1f} s) cannot hold a run: {startup}any run needs at least "
         f"{LEAST_RUN_S:g} s{' more' if startup else ''} (reading the images, timing this machine's speeds, "

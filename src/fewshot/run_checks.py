@@ -185,6 +185,8 @@ def cold_pool_limit(cfg: dict, paths: list, crop: float, seconds: float, floor: 
     record = _subsets_record(cfg, paths, crop)
     rate = _recorded_rate(record)
     if rate is not None:
+        if rate * len(paths) <= seconds:  # the whole pool fits at the recorded rate: no earlier share (review rev74)
+            return None, "", False
         reused = _earlier_share(cfg, paths, crop, record, _share_size(seconds, rate, floor))
         if reused is not None:
             return reused, _whole_words(len(paths), rate, "timed by an earlier run", seconds, ""), True
@@ -233,7 +235,7 @@ def _timed_rate(cfg: dict, paths: list, crop: float, n: int, floor: int, refuse=
     first_s = spent(first)
     rate = first_s / len(first)
     if refuse is not None:
-        refuse(rate * (len(rest) + floor), floor)
+        refuse(rate * (len(rest) + floor), len(rest) + floor)  # the count the seconds are of (review rev74)
     if rest:
         rate = (first_s + spent(rest)) / len(sample)
         if refuse is not None:
