@@ -118,6 +118,9 @@ def test_a_resumed_auto_precision_run_keeps_the_arithmetic_it_started_with(digit
     rc, out, err = run_main(*train_argv(digits_root, run, "--img-size", "48", "--resume", *one))
     assert rc == 0, err
     assert "the run started in bf16 (train.amp=auto) and continues in it" in out
+    # the header names the arithmetic the run continues in, after the note (it said "(fp32)" above the note)
+    assert "at 48px on cpu (bfloat16 autocast)" in out and "(fp32)" not in out, out
+    assert out.index("continues in it") < out.index("(bfloat16 autocast)"), out
     assert seen and set(seen) == {torch.bfloat16}
     seen.clear()
     rc, out, err = run_main(*train_argv(digits_root, run, "--img-size", "48", "--epochs", "3", "--resume",
@@ -126,6 +129,28 @@ def test_a_resumed_auto_precision_run_keeps_the_arithmetic_it_started_with(digit
     assert seen and set(seen) == {None}
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["amp"] == "fp32"
 
+
+
+def test_a_resumed_auto_precision_pretrain_names_its_kept_arithmetic_in_its_header(digits_root, tmp_path,
+                                                                                     monkeypatch):
+    """As fine-tuning's: a MoCo run started in bf16 and resumed where auto would choose fp32 continues in bf16,
+    and its header says bf16 after the note (it said fp32 above the note that the run continues in bf16)."""
+    run = tmp_path / "moco"
+    argv = ("pretrain", "--data", digits_root, "--out", run, "--model", "test_resnet", "--img-size", "48",
+            "--batch-size", "8", "--device", "cpu", "--no-progress", "moco.queue_size=16", "moco.split_bn_groups=2",
+            "--datasets", "digits")
+    monkeypatch.setenv("FEWSHOT_CPU_BF16", "1")
+    rc, out, err = run_main(*argv, "--epochs", "1")
+    assert rc == 0, err
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["amp"] == "bf16"
+    monkeypatch.setenv("FEWSHOT_CPU_BF16", "0")
+    seen = record_autocast(monkeypatch)
+    rc, out, err = run_main(*argv, "--epochs", "2", "--resume")
+    assert rc == 0, err
+    assert "the run started in bf16 (train.amp=auto) and continues in it" in out, out
+    assert "on cpu x1 (bfloat16 autocast" in out and "(fp32" not in out, out
+    assert out.index("continues in it") < out.index("(bfloat16 autocast"), out
+    assert seen and set(seen) == {torch.bfloat16}
 
 def test_train_writes_the_run_directory(trained, dataset_names):
     run, out = trained

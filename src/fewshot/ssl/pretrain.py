@@ -190,10 +190,13 @@ def run_pretrain(cfg: dict, out: Path, resume: bool = False) -> dict:
         task = MoCoTask(cfg, infos, device, ctx, resuming=resuming)
         # a changed pool is refused before the start line and skipped_images.json (run_finetune's order): refused
         # in Engine.resume, it had said the start and rewritten the file of a run it did not continue
+        saved_amp = None
         if ck is not None:
             task.load_checkpoint_extra(ck)
+            saved_amp = ck.get("amp")
             del ck  # its tensors mapped: Engine.resume reads the file again
         engine = Engine(task, cfg, out, device, ctx)
+        engine.keep_resolved_amp(saved_amp)  # before the header, which names the arithmetic
         announce_pretrain(cfg, out, task, engine, device, ctx)
     result = engine.fit(resume=resume)
     if ctx.is_main:

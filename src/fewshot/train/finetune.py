@@ -128,10 +128,13 @@ def run_finetune(cfg: dict, out: Path, resume: bool = False) -> dict:
         # refused before the start line, not after it, and after start_job's checks of its kind and process count
         # (Engine.resume makes them first too). Where only some ranks resume, ck is None: the ranks first agree on
         # one last.pt in Engine.resume (the ranks that resume stopped here while the others waited in DDP's set-up)
+        saved_amp = None
         if ck is not None:
             task.check_resumable(ck)
+            saved_amp = ck.get("amp")
             del ck  # its tensors mapped: Engine.resume reads the file again
         engine = Engine(task, cfg, out, device, ctx)
+        engine.keep_resolved_amp(saved_amp)  # before the header, which names the arithmetic
         announce_finetune(cfg, out, task, engine, device, ctx)
     engine.fit(resume=resume)
     metrics = final_metrics(engine, task, out)

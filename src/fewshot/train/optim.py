@@ -94,7 +94,7 @@ AMP_SETTINGS = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}  # t
 def amp_to_choose(cfg: dict) -> None:
     """train.amp back to auto where the run's own config.yaml records it as the run's choice (config.CHOSEN, a
     --resume's settings): the resume then keeps its checkpoint's arithmetic as an auto run does
-    (Engine._keep_resolved_amp, with its note), and record_amp records that again."""
+    (Engine.keep_resolved_amp, with its note), and record_amp records that again."""
     from fewshot.config import CHOSEN, same_value
 
     recorded = (cfg.get(CHOSEN) or {}).get("train.amp")

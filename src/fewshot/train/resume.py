@@ -138,7 +138,7 @@ class ResumeMixin:
         # The scheduler is not restored: its lr is a pure function of the config and global_step
         # (step_update), and its saved state would pin the old run length, so that `--resume --epochs N`
         # with a larger N trained the extra epochs at min_lr (0 for the MoCo presets).
-        self._keep_resolved_amp(ck.get("amp"))
+        self.keep_resolved_amp(ck.get("amp"))
         if ck.get("scaler"):  # a bf16/fp32 run saved a disabled scaler's empty state (amp may change on resume)
             self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
@@ -279,10 +279,12 @@ class ResumeMixin:
             else:
                 aside.unlink(missing_ok=True)
 
-    def _keep_resolved_amp(self, saved: str | None) -> None:
+    def keep_resolved_amp(self, saved: str | None) -> None:
         """With ``train.amp=auto`` a resumed run computes as it started, even where this machine (another host,
         FEWSHOT_CPU_BF16) would choose otherwise: resume then continues the same arithmetic. An explicit
-        train.amp is the user's change and wins."""
+        train.amp is the user's change and wins. run_finetune and run_pretrain call it before the run's header
+        (which names the arithmetic: it said "fp32" above the note that the run continues in bf16), Engine.resume
+        again (a no-op by then; where only some ranks resume, the first call)."""
         if saved not in AMP_BY_NAME or self.cfg["train"]["amp"] != "auto" or AMP_BY_NAME[saved] == self.amp:
             return
         if self.ctx.is_main:  # a `fewshot run` stage: run --resume refuses a train.amp word, so none is advised
