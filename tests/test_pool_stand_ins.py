@@ -26,7 +26,7 @@ def test_stand_ins_are_known_by_dataset_whatever_its_name(tmp_path):
     assert pool_with_sources(cfg, infos) == (paths, ids, source, stand_ins)  # the memo's answer: the same four
     paths, _, source = pool_files(cfg, infos, exclude_train=True)
     assert paths == [] and "left out" not in source, source
-    assert "digits; b: no pool (its train images are labelled)" in source
+    assert "'digits; b': no pool (its train images are labelled)" in source  # quoted: the name holds '; '
 
 
 def test_a_given_pool_has_no_stand_ins(tmp_path):

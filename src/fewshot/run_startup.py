@@ -22,7 +22,7 @@ from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import scan_root
 from fewshot.data.output_guard import check_output_is_not_in_data
 from fewshot.data.skipped import write_skipped
-from fewshot.errors import UserError, one_line
+from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.progress import set_enabled
 from fewshot.run_budget import LEAST_RUN_S, hopeless_budget_error, least_run_holds
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
@@ -220,8 +220,11 @@ class StartupMixin:
         cfg = self.cfg
         # the test split and its answer keys are checked now, not after the whole budget has been spent; in the same
         # scan, so that one error lists every layout problem (the test split's came only after val's were fixed)
-        self.infos = self.test_infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"],
-                                                 splits=("train", "val", "test"))
+        try:
+            self.infos = self.test_infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"],
+                                                     splits=("train", "val", "test"))
+        except DataLayoutError as exc:
+            raise self.with_datasets_hint(exc) from None
         class_names = self.class_names = {info.name: list(info.classes) for info in self.infos}
         if self.state is not None:
             self.state.check_same_data(class_names)
@@ -245,6 +248,24 @@ class StartupMixin:
                                                                                    "datasets only"
             print(one_line(f"[run] note: no usable answer key for {', '.join(not_keyed)}: the test split {scored}."),
                   flush=True)
+
+    def with_datasets_hint(self, exc: DataLayoutError) -> DataLayoutError:
+        """``exc`` with the `--datasets` that leaves out the datasets whose splits are not usable, as predict and eval
+        suggest it: run refused a root with one empty test/ with only the problem. Not for --resume (the run's
+        datasets are fixed), nor where every dataset or none scans cleanly on its own (the problem is elsewhere)."""
+        from fewshot.data.names import names_list, usable_datasets_hint
+        from fewshot.run_state import dataset_names
+
+        root, given = self.cfg["data"]["root"], self.cfg["data"]["datasets"]
+        names = dataset_names(given, root)
+        if self.resume or not names:
+            return exc
+        usable = [name for name in names if _scans_alone(root, name)]
+        if not usable or len(usable) == len(names):
+            return exc
+        known = f"The run would use {names_list(names)}"
+        hint = usable_datasets_hint(known, usable, "usable train, val and test splits")
+        return DataLayoutError(exc.problems, [*exc.hints, hint])
 
     def check_pseudo_precision(self) -> None:
         """run.pseudo_precision that the val split cannot certify (precision_cap): refused for a new run, before the
@@ -485,6 +506,15 @@ def refuse_used_output(out: Path) -> None:
             raise UserError(f"the output folder '{out}' is not empty ({shown}); `fewshot run` writes a whole new "
                             f"run there. Choose another --out, or delete the folder to run again"
                             + (", or add --resume to continue the run it holds." if stopped else "."))
+
+
+def _scans_alone(root, name: str) -> bool:
+    """Whether dataset ``name``'s train, val and test splits scan cleanly on their own (run's --datasets hint)."""
+    try:
+        scan_root(root, [name], splits=("train", "val", "test"))
+    except UserError:
+        return False
+    return True
 
 
 def _same_root(recorded: str, given) -> bool:

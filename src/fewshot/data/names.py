@@ -18,10 +18,26 @@ def datasets_option(names) -> str:
     return f"--datasets={value}" if joined.startswith("-") else f"--datasets {value}"
 
 
+def usable_datasets_hint(known: str, usable, what: str) -> str:
+    """The sentence after a refused scan that names the `--datasets` leaving out the datasets without ``what`` (a
+    usable test split): predict and eval said it, `fewshot run` refused the same root with only the problem.
+    ``known``: the datasets the command would have used, in words."""
+    return f"{known}; to use only those with {what} under this root, pass {datasets_option(usable)}."
+
+
 def names_list(names) -> str:
     """Dataset names joined for a message, a name that holds a comma, a space or a quote (or is empty) in quotes:
     "trained on  b, 1e3, a, a,b only" hid which of the four names were the datasets."""
     return ", ".join(shown_name(n) for n in names)
+
+
+def grouped_names(pairs) -> list[tuple[str, str]]:
+    """(name, words) pairs as (names_list of the names, words), one per distinct words in first-seen order: 12
+    datasets repeated one long reason (or "train images") 12 times where one line could say it once."""
+    said: dict[str, list[str]] = {}
+    for name, words in pairs:
+        said.setdefault(words, []).append(name)
+    return [(names_list(names), words) for words, names in said.items()]
 
 
 def shown_name(name: str) -> str:

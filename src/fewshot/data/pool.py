@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fewshot.data.image_files import has_images, is_image
 from fewshot.data.layout import real_paths
+from fewshot.data.names import grouped_names
 from fewshot.data.pool_scan import find_unlabeled_images
 from fewshot.data.roots import list_datasets
 from fewshot.data.warn_once import recorded, warn_once
@@ -115,6 +116,7 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str, li
                    f"train images; self-training and FixMatch find no pool). Move it away and put the pool's "
                    f"images in a folder {pool}/<dataset>/, or give a folder of them with --unlabeled DIR"])
     paths, ids, sources, stand_ins = [], [], [], []
+    names = {info.name for info in infos} | set(_datasets_or_none(root))
     for index, info in enumerate(infos):
         folder = root / "unlabeled" / info.name
         found, held_out_only = [], False
@@ -127,22 +129,24 @@ def _pool_with_sources(cfg: dict, infos) -> tuple[list[Path], list[int], str, li
                            f"folder")], "note")
             held_out_only = not found  # as an empty pool folder: "0 images ... lower --batch-size" helped nothing
         if found:
-            sources.append(f"{info.name}: unlabeled/")
+            sources.append((info.name, ": unlabeled/"))
         else:
             # No pool for this dataset: its labelled training images stand in (labels unused).
             found = [p for p, _ in info.train]
-            sources.append(f"{info.name}: train images")
+            sources.append((info.name, ": train images"))
             stand_ins.append(index)
             if not held_out_only:  # its note said why
-                warn_misplaced_pool(root, info.name)
+                warn_misplaced_pool(root, info.name, names)
         paths += found
         ids += [index] * len(found)
+    # datasets whose pool comes from the same place share it: "a: train images; b: train images; ..." 12 times
+    said = [who + words for who, words in grouped_names(sources)]
     unsorted = unsorted_pool_images(root, known=paths)
     if unsorted:
         paths += unsorted
         ids += [-1] * len(unsorted)
-        sources.append(f"{len(unsorted)} images of unknown source: unlabeled/ outside the datasets' folders")
-    return paths, ids, "; ".join(sources), stand_ins
+        said.append(f"{len(unsorted)} images of unknown source: unlabeled/ outside the datasets' folders")
+    return paths, ids, "; ".join(said), stand_ins
 
 
 def _pool_holds_images(folder: Path) -> bool:
@@ -159,10 +163,12 @@ def _pool_holds_images(folder: Path) -> bool:
     return False
 
 
-def warn_misplaced_pool(root: Path, name: str) -> None:
+def warn_misplaced_pool(root: Path, name: str, datasets=()) -> None:
     """A dataset without images in ROOT/unlabeled/<name>/ whose pool lies where a user may well have put it: inside
     the dataset's own folder (never read: the run said only "no unlabeled pool"), under a folder name that differs
-    in case (read as images of unknown source, silently), or behind symlinked folders in its own pool folder."""
+    in case (read as images of unknown source, silently), or behind symlinked folders in its own pool folder.
+    ``datasets``: the root's dataset names; a folder named exactly after one is that dataset's pool, not misplaced
+    (with datasets `fashion` and `Fashion`, unlabeled/fashion was said to belong to Fashion)."""
     own = root / "unlabeled" / name
     if own.is_dir():  # there, but without an image: its train images stand in, which went unsaid
         warn_once([_imageless_pool_note(own, name)], "note")
@@ -172,7 +178,7 @@ def warn_misplaced_pool(root: Path, name: str) -> None:
                    f"(move the folder there to use its images)"])
     try:  # the exact name is the pool folder itself (it may hold no image): "rename digits to digits" was said
         near = [p for p in (root / "unlabeled").iterdir()
-                if p.is_dir() and p.name != name and p.name.casefold() == name.casefold()]
+                if p.is_dir() and p.name != name and p.name not in datasets and p.name.casefold() == name.casefold()]
     except OSError:
         return
     for folder in near:

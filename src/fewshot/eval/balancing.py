@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fewshot.data.names import names_list, some_of
+from fewshot.data.names import grouped_names, some_of
 from fewshot.errors import UserError, one_line
 from fewshot.eval import balance as bal
 from fewshot.eval.evaluate import compute_logits
@@ -228,11 +228,9 @@ def say_balance(plan: dict, how: str, who: str = "predict", setting: str = "--ba
         return f"{val}{prior}" if p["used"] else f" not{val or ': ' + p.get('why', '')}"
     if how != "off" and plan:
         # datasets declined for the same reason share it: 12 small datasets repeated one long reason 12 times
-        said: dict[str, list[str]] = {}
-        for name, p in plan.items():
-            said.setdefault(part(p), []).append(name)
+        said = grouped_names((name, part(p)) for name, p in plan.items())
         print(one_line(f"[{who}] class-balanced test predictions ({setting} {how}): "
-                       f"{'; '.join(names_list(names) + text for text, names in said.items())}"), flush=True)
+                       f"{'; '.join(names + text for names, text in said)}"), flush=True)
 
 
 def recorded_balance(run_or_ckpt) -> str | None:

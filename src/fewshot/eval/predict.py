@@ -14,7 +14,7 @@ import torch
 
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import scan_root
-from fewshot.data.names import datasets_option, names_list
+from fewshot.data.names import names_list, usable_datasets_hint
 from fewshot.data.roots import list_datasets, run_root_advice
 from fewshot.data.sets import load_split
 from fewshot.data.transforms import Normalize
@@ -227,8 +227,8 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
         here = [] if datasets is not None else _usable_datasets(tm, root, chosen, split)
         if not here or len(here) == len(chosen):
             raise
-        raise UserError(_then(exc, f"The model knows {names_list(chosen)}; to use only those with a usable {split} "
-                                  f"split under this root, pass {datasets_option(here)}.")) from None
+        raise UserError(_then(exc, usable_datasets_hint(f"The model knows {names_list(chosen)}", here,
+                                                        f"a usable {split} split"))) from None
     infos = [_in_model_classes(info, tm.space.classes[tm.space.index(info.name)], split) for info in infos]
     if split == "test":
         warn_about_what_is_not_predicted(tm, root, infos, datasets, "not scored" if scoring else "not predicted")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from fewshot.data.names import grouped_names
 from fewshot.report.run_files import _is_number, _is_whole, _kind_of, _read_json, clean_metrics
 
 
@@ -70,20 +71,23 @@ def self_training_rounds(stages: dict) -> list[dict]:
 
 def balance_words(datasets: dict) -> str:
     """summary.json's balanced_prediction as a sentence: which datasets' test predictions were evened out (to the
-    train split's class proportions, or those named), with the val accuracies the choice was made on."""
-    def one(name: str, d: dict) -> str:
+    train split's class proportions, or those named), with the val accuracies the choice was made on. Datasets that
+    share their words are named together, as the run's own line does (12 datasets repeated one long reason 7 times)."""
+    def words(d: dict) -> str:
         source = d.get("prior_from")
         aim = f"; aimed at proportions {source}" if d["used"] and isinstance(source, str) and source != "train" else ""
         if _is_number(d.get("val_plain")) and _is_number(d.get("val_balanced")):
-            return f"{name} (val {d['val_plain']:.1f} plain, {d['val_balanced']:.1f} balanced{aim})"
+            return f" (val {d['val_plain']:.1f} plain, {d['val_balanced']:.1f} balanced{aim})"
         if d["used"]:
-            return f"{name} ({aim[2:]})" if aim else name
-        return f"{name} ({d.get('why') if isinstance(d.get('why'), str) else 'off'})"
+            return f" ({aim[2:]})" if aim else ""
+        return f" ({d.get('why') if isinstance(d.get('why'), str) else 'off'})"
+
+    def listed(used: bool) -> str:
+        said = grouped_names((n, words(d)) for n, d in rows.items() if d["used"] is used)
+        return "; ".join(names + text for names, text in said)
     rows = {str(k): v for k, v in datasets.items() if isinstance(v, dict) and isinstance(v.get("used"), bool)}
-    used = [one(n, d) for n, d in rows.items() if d["used"]]
-    plain = [one(n, d) for n, d in rows.items() if not d["used"]]
-    parts = ([f"class-balanced for {'; '.join(used)}"] if used else []) + \
-        ([f"plain argmax for {'; '.join(plain)}"] if plain else [])
+    used, plain = listed(True), listed(False)
+    parts = ([f"class-balanced for {used}"] if used else []) + ([f"plain argmax for {plain}"] if plain else [])
     return ", ".join(parts)
 
 
