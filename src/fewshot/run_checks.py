@@ -67,55 +67,77 @@ def check_model(cfg: dict, load_weights: bool = True):
     return backbone
 
 
-def check_pool_images(cfg: dict, infos, semi: str, moco_limit: int | None = None,
-                      cold: list | None = None) -> tuple[list[tuple[str, str]], int | None]:
+def check_pool_images(cfg: dict, infos, semi: str, moco_limit: int | None = None, cold: list | None = None,
+                      fixmatch_limit: int | None = None) -> tuple[list[tuple[str, str]], int | None]:
     """Decode the pool as the MoCo and FixMatch stages will (their cache entries), before the run folder is
     started: a broken file under data.skip_bad_unlabeled=false stopped those stages in a started folder that
     a rerun then refused. Returns the files left out and the images MoCo can use (None: no MoCo); the images
     are not kept (only the cache is). ``moco_limit``: MoCo's seeded random share of its pool (moco_decode_limit);
-    ``cold``: gets each decode the cache did not hold and now does (note_cold_decode: a slow start's refusal)."""
+    ``cold``: gets each decode the cache did not hold and now does (note_cold_decode: a slow start's refusal);
+    ``fixmatch_limit``: FixMatch's share of its pool (fixmatch_decode_limit)."""
     from fewshot.data.cache import load_images
     from fewshot.data.pool import pool_paths
-    from fewshot.train.semi import POOL_SKIP_NOTE, pool_files
+    from fewshot.train.semi import POOL_SKIP_NOTE
 
-    d = cfg["data"]
-    # MoCo decodes whole images (crop 1.0) of its pool, where train images stand in for a dataset without one;
-    # FixMatch decodes as fine-tuning does (data.crop_pct) and only real pool images (the cache entry it reads)
-    jobs = ([("moco", 1.0, moco_pool_share(cfg, pool_paths(cfg, infos)[0], moco_limit))]
-            if cfg["run"]["pretrain"] else []) + \
-        ([("fixmatch", d["crop_pct"], pool_files(cfg, infos, exclude_train=True)[0])] if semi == "fixmatch" else [])
-    skipped, n_moco, seen = [], None, set()
-    for stage, crop, paths in jobs:
-        was_cold, t0 = not pool_is_cached(cfg, paths, crop), time.monotonic()
-        cached = load_images(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]),
-                             crop_pct=crop, skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"],
-                             desc="loading unlabeled pool", skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"),
-                             bit_depth=d.get("bit_depth", "auto"))
-        if was_cold and cold is not None:
-            note_cold_decode(cfg, cold, time.monotonic() - t0, paths, crop)
-        skipped += [b for b in cached.bad if b[0] not in seen]
-        seen.update(b[0] for b in cached.bad)
-        if stage == "moco":
-            n_moco = int(cached.valid.sum())
+    skipped, n_moco, d = [], None, cfg["data"]
+    if cfg["run"]["pretrain"]:  # MoCo decodes whole images (crop 1.0) of its pool, train images standing in
+        paths = moco_pool_share(cfg, pool_paths(cfg, infos)[0], moco_limit)
+        cached = _timed_decode(cfg, paths, 1.0, None, cold, lambda: load_images(
+            paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), crop_pct=1.0,
+            skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], desc="loading unlabeled pool",
+            skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto")))
+        skipped, n_moco = list(dict.fromkeys(cached.bad)), int(cached.valid.sum())
         del cached
+    if semi == "fixmatch":
+        skipped = joined_skips(skipped, check_fixmatch_images(cfg, infos, fixmatch_limit, cold))
     return skipped, n_moco
 
 
-def pool_is_cached(cfg: dict, paths: list, crop: float) -> bool:
+def check_fixmatch_images(cfg: dict, infos, limit: int | None = None, cold: list | None = None) -> list:
+    """FixMatch's pool decoded as its stage reads it (data.crop_pct, only real pool images: semi.pool_images, rows
+    of MoCo's entry where it holds them), its seeded share ``limit`` only; returns the files left out."""
+    from fewshot.train.semi import moco_entry_paths, pool_files, pool_images
+
+    paths = moco_pool_share(cfg, pool_files(cfg, infos, exclude_train=True)[0], limit)
+    cached = _timed_decode(cfg, paths, cfg["data"]["crop_pct"], moco_entry_paths(cfg, infos), cold,
+                           lambda: pool_images(cfg, infos, paths, cfg["model"]["img_size"]))
+    return list(cached.bad)
+
+
+def _timed_decode(cfg: dict, paths: list, crop: float, within, cold: list | None, load):
+    """``load()``, its time added to ``cold`` where the cache did not hold ``paths`` before (note_cold_decode)."""
+    was_cold, t0 = not pool_is_cached(cfg, paths, crop, within), time.monotonic()
+    cached = load()
+    if was_cold and cold is not None:
+        note_cold_decode(cfg, cold, time.monotonic() - t0, paths, crop, within)
+    return cached
+
+
+def joined_skips(skipped: list, more: list) -> list:
+    """The files left out of two pools, each once (MoCo's and FixMatch's share pool files)."""
+    seen = {b[0] for b in skipped}
+    return skipped + [b for b in dict.fromkeys(more) if b[0] not in seen]
+
+
+def pool_is_cached(cfg: dict, paths: list, crop: float, within: list | None = None) -> bool:
     """Whether the decode cache holds ``paths`` as the pool decodes them: a decode that was not cached is timed for
-    the refusal of a slow start (hopeless_budget_error), which the same command's rerun no longer pays."""
-    from fewshot.data.cache import is_cached
+    the refusal of a slow start (hopeless_budget_error), which the same command's rerun no longer pays. ``within``:
+    a longer list decoded at crop 1.0 (MoCo's pool: semi.moco_entry_paths) whose entry holds them as well."""
+    from fewshot.data.cache import is_cached, rows_of_entry
 
     d = cfg["data"]
-    return not paths or is_cached(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]),
-                                  crop, d.get("bit_depth", "auto"))
+    size, depth = cfg["model"]["img_size"], d.get("bit_depth", "auto")
+    cache = default_cache_dir(d["root"], d["cache_dir"])
+    return (not paths or is_cached(paths, size, cache, crop, depth)
+            or (within is not None and rows_of_entry(paths, size, cache, within, 1.0, depth) is not None))
 
 
-def note_cold_decode(cfg: dict, cold: list, seconds: float, paths: list, crop: float) -> None:
+def note_cold_decode(cfg: dict, cold: list, seconds: float, paths: list, crop: float,
+                     within: list | None = None) -> None:
     """Add a decode the cache did not hold to ``cold`` as (seconds, files, their paths), only where the cache holds
     it now: the refusal says "they are cached now: run the same command again", which was false without a cache
     folder or after a failed write (the rerun decoded them all again)."""
-    if pool_is_cached(cfg, paths, crop) and paths:
+    if pool_is_cached(cfg, paths, crop, within) and paths:
         cold.append((seconds, len(paths), frozenset(map(str, paths))))
 
 
@@ -128,8 +150,8 @@ def cold_decode_total(cold: list) -> list[tuple[float, int]]:
 
 
 def moco_pool_share(cfg: dict, paths: list, limit: int | None) -> list:
-    """MoCo's pool files: all of them, or the seeded random ``limit`` of them (semi.pool_subset, in the pool's
-    order) that start-up decoded and the MoCo stage trains on, the same files in every session of the run."""
+    """MoCo's (or FixMatch's) pool files: all of them, or the seeded random ``limit`` of them (semi.pool_subset, in
+    the pool's order) that start-up decoded and the stage trains on, the same files in every session of the run."""
     from fewshot.train.semi import pool_subset
 
     subset = pool_subset(len(paths), limit, int(cfg["train"]["seed"]))
@@ -139,13 +161,20 @@ def moco_pool_share(cfg: dict, paths: list, limit: int | None) -> list:
 def recorded_moco_limit(data: dict) -> int | None:
     """The MoCo pool share a run's state records (moco_pool_decoded; None: the whole pool, also for a state from a
     version without it, which decoded the whole pool): the MoCo stage and a resumed start-up take it from there."""
-    value = data.get("moco_pool_decoded")
+    return recorded_limit(data, "moco_pool_decoded")
+
+
+def recorded_limit(data: dict, field: str) -> int | None:
+    """A pool share a run's state records under ``field`` (moco_pool_decoded, fixmatch_pool_decoded); None: the
+    whole pool, also for a state from a version without the field, which decoded the whole pool."""
+    value = data.get(field)
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 # of MoCo's share of the budget (run.pretrain_share), what decoding its cold pool may take: a 10k-file pool of
 # 768 px PNGs took 59 s of a 1-minute run, which then ran 72 s and was refused (hunt hBK)
 MOCO_DECODE_SHARE = 0.25
+FIXMATCH_DECODE_SHARE = 0.25  # of the fine-tuning's time, what decoding FixMatch's cold pool may take (as MoCo's)
 DECODE_SAMPLE = 256  # the pool files whose decoding is timed (MoCo's and self-training's, cold_pool_limit)
 TIMING_FIRST = 32  # of them, timed first: a budget that cannot hold the rest, and the least share, is refused there
 
@@ -171,16 +200,40 @@ def moco_decode_limit(cfg: dict, infos, budget_s: float, n: int | None = None, r
     return limit
 
 
+def fixmatch_decode_limit(cfg: dict, infos, budget_s: float, n: int | None = None, refuse=None) -> int | None:
+    """How many of FixMatch's pool files `fewshot run` decodes and FixMatch trains on: all (None) when the decode
+    cache holds them (its own entry or MoCo's) or decoding them takes at most a quarter of the fine-tuning's time
+    (the budget after MoCo's share); else a seeded random share that fits (one step's unlabeled images and ``n`` at
+    least): cold_pool_limit, as MoCo's and self-training's. A cold 10k-file pool was decoded whole before planning."""
+    from fewshot.train.semi import moco_entry_paths, pool_files
+
+    r, n = cfg["run"], n or DECODE_SAMPLE
+    share = (1.0 - float(r["pretrain_share"]) if r["pretrain"] else 1.0) * budget_s
+    paths, seconds = pool_files(cfg, infos, exclude_train=True)[0], FIXMATCH_DECODE_SHARE * share
+    floor = max(n, int(cfg["semi"]["mu"]) * int(cfg["train"]["batch_size"]))
+    limit, whole, reused = cold_pool_limit(cfg, paths, cfg["data"]["crop_pct"], seconds, floor, n, refuse,
+                                           moco_entry_paths(cfg, infos))
+    whole += f" (a quarter of the fine-tuning's {share:.0f} s of the budget)"
+    if limit is not None and reused:
+        print(f"[run] FixMatch's {len(paths):,} pool images are not in the decode cache, but a seeded random "
+              f"{limit:,} of them are (an earlier run's): the pool FixMatch trains on ({whole})", flush=True)
+    elif limit is not None:
+        print(f"[run] FixMatch's {len(paths):,} pool images are not in the decode cache: {whole}; decoding a seeded "
+              f"random {limit:,} of them, the pool FixMatch trains on", flush=True)
+    return limit
+
+
 def cold_pool_limit(cfg: dict, paths: list, crop: float, seconds: float, floor: int, n: int,
-                    refuse=None) -> tuple[int | None, str, bool]:
+                    refuse=None, within: list | None = None) -> tuple[int | None, str, bool]:
     """How many of a pool's ``paths`` a run decodes at ``crop`` (MoCo's and self-training's, one rule): all (None)
     when the cache holds them or decoding them fits ``seconds`` (the timing's own seconds out of them), else a
     seeded random share that fits (semi.pool_subset, ``floor`` at least). An earlier run's share the cache holds is
     reused where at least half as large, before any timing where an earlier timing is recorded (a warm rerun paid
     the timing again). Timed on the tail of the seeded order, outside the share (its head): the sample was decoded
     twice. ``refuse(seconds, files)``: raises where the least share cannot fit the time left (checked after the
-    first TIMING_FIRST files and after the timing). Returns (the count, its words, whether reused)."""
-    if len(paths) <= 2 * floor or pool_is_cached(cfg, paths, crop):
+    first TIMING_FIRST files and after the timing). ``within``: pool_is_cached's (MoCo's entry may hold them all).
+    Returns (the count, its words, whether reused)."""
+    if len(paths) <= 2 * floor or pool_is_cached(cfg, paths, crop, within):
         return None, "", False
     record = _subsets_record(cfg, paths, crop)
     rate = _recorded_rate(record)

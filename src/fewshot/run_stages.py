@@ -188,7 +188,9 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     seed_everything(fcfg["train"]["seed"])
     # a resumed stage's checkpoint, or a later round's previous model, replaces model.weights: the file is not
     # read (it may be gone); check_model gave the model.strict=false warning once for the whole run
-    task = SupervisedTask(fcfg, infos, device, ctx, resuming=resuming or pseudo is not None, quiet_weights=True)
+    pool_limit = fixmatch_pool_limit(fcfg, state)
+    task = SupervisedTask(fcfg, infos, device, ctx, resuming=resuming or pseudo is not None, quiet_weights=True,
+                          pool_limit=pool_limit)
     task.reused, task.fit_seconds = False, 0.0
     if resuming and reusable_stage(state, fdir):
         load_best_checkpoint(task.model, fdir)
@@ -216,7 +218,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         resuming, status = False, None
         if pseudo is None:  # round 1 starts from model.weights again, with its head initialised
             seed_everything(fcfg["train"]["seed"])
-            task = SupervisedTask(fcfg, infos, device, ctx, quiet_weights=True)
+            task = SupervisedTask(fcfg, infos, device, ctx, quiet_weights=True, pool_limit=pool_limit)
             task.reused, task.fit_seconds = False, 0.0
     if pseudo is not None and not resuming:  # a resumed stage's weights come from its last.pt
         task.model.load_state_dict(pseudo["state"])
@@ -279,6 +281,16 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         state.record(name, "done", time.monotonic() - t_start)
     drop_best_aside(fdir)
     return task, metrics
+
+
+def fixmatch_pool_limit(fcfg: dict, state) -> int | None:
+    """The share of a cold pool that start-up decoded for FixMatch (run_state.json's fixmatch_pool_decoded), which its
+    stage trains on in every session; None: the whole pool (no FixMatch, no run state, or a state without it)."""
+    from fewshot.run_checks import recorded_limit
+
+    if fcfg["semi"]["method"] != "fixmatch" or state is None:
+        return None
+    return recorded_limit(state.data, "fixmatch_pool_decoded")
 
 
 def moco_queue_size(r: dict, pool_size: int | None, symmetric: bool = False) -> int:

@@ -27,9 +27,10 @@ from fewshot.progress import set_enabled
 from fewshot.run_budget import LEAST_RUN_S, hopeless_budget_error, least_run_holds
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.run_pseudo import pool_decode_limit, precision_cap
-from fewshot.run_checks import (auto_img_size, check_finetune_batches, check_model, check_pool_images,
-                                check_pretrain_settings, cold_decode_total, moco_decode_limit, note_cold_decode,
-                                pool_is_cached, preload_images, recorded_moco_limit)
+from fewshot.run_checks import (auto_img_size, check_finetune_batches, check_fixmatch_images, check_model,
+                                check_pool_images, check_pretrain_settings, cold_decode_total, fixmatch_decode_limit,
+                                joined_skips, moco_decode_limit, note_cold_decode, pool_is_cached, preload_images,
+                                recorded_limit, recorded_moco_limit)
 from fewshot.run_reuse import adopt_stage_architecture, read_finished_json, weights_replaced_by
 from fewshot.run_stages import finetune_config
 from fewshot.run_state import STATE_FILE, RunState, holds_finished_run
@@ -72,6 +73,7 @@ class StartupMixin:
         # user's --lr 0.004 or --device cpu there for values the run chose (chosen_by_rule)
         cfg[CHOSEN] = dict(self.chosen or {})
         self.cold_decode: list = []  # the pool decodes the cache did not hold (note_cold_decode): a refusal names them
+        self.fixmatch_limit = None  # the pool files FixMatch decodes and trains on (None: all)
         if self.resume:
             finished = self.resume_state()
             if finished is not None:
@@ -324,11 +326,15 @@ class StartupMixin:
                                 f"incomplete batch): lower run.pretrain_batch_size, add images to the pool "
                                 f"(ROOT/unlabeled/<dataset>/ or --unlabeled DIR), or leave out --pretrain.")
         self.moco_limit = self.moco_pool_limit() if r["pretrain"] else None
-        self.pool_skipped, n_moco = check_pool_images(cfg, self.infos, self.semi, self.moco_limit, self.cold_decode)
+        self.pool_skipped, n_moco = check_pool_images(cfg, self.infos, "off", self.moco_limit, self.cold_decode)
         self.n_moco = n_moco  # MoCo's queue is sized from it (pretrain_stage)
         if n_moco is not None and n_moco < int(r["pretrain_batch_size"]):  # the count above was before bad files
             raise UserError(f"the unlabeled pool has {n_moco} decodable images, fewer than one MoCo batch of "
                             f"{r['pretrain_batch_size']}: lower run.pretrain_batch_size or add images to the pool.")
+        if self.semi == "fixmatch":  # sized once MoCo's pool is decoded: its refusal counts that decode as spent
+            self.fixmatch_limit = self.fixmatch_pool_limit()
+            self.pool_skipped = joined_skips(self.pool_skipped, check_fixmatch_images(
+                cfg, self.infos, self.fixmatch_limit, self.cold_decode))
 
     def moco_pool_limit(self) -> int | None:
         """How many of MoCo's pool files the run decodes and MoCo trains on (None: all): a cold pool only as far as
@@ -337,6 +343,14 @@ class StartupMixin:
         if self.state is not None:
             return recorded_moco_limit(self.state.data)
         return moco_decode_limit(self.cfg, self.infos, self.budget_minutes * 60.0, refuse=self.refuse_unless_fits)
+
+    def fixmatch_pool_limit(self) -> int | None:
+        """How many of FixMatch's pool files the run decodes and FixMatch trains on (None: all): a cold pool only as
+        far as a quarter of the fine-tuning's time decodes (fixmatch_decode_limit); a resumed run the share its
+        first session chose (its state), so that a stopped FixMatch stage continues on the same files."""
+        if self.state is not None:
+            return recorded_limit(self.state.data, "fixmatch_pool_decoded")
+        return fixmatch_decode_limit(self.cfg, self.infos, self.budget_minutes * 60.0, refuse=self.refuse_unless_fits)
 
     def refuse_unless_fits(self, decode_s: float, files: int) -> None:
         """cold_pool_limit's check, before a cold pool's least share is decoded (``files``, ``decode_s`` at the
@@ -353,7 +367,7 @@ class StartupMixin:
     def check_self_training_pool(self) -> None:
         """The pool self-training labels, decoded now (as far as its time can use it); without one, self-training
         is off and the fine-tuning on the labelled images gets the whole budget."""
-        from fewshot.train.semi import load_pool, pool_files
+        from fewshot.train.semi import load_pool, moco_entry_paths, pool_files
 
         cfg, r, state = self.cfg, self.r, self.state
         # a cold pool is decoded only as far as the labelling can use it: a quarter of the time after round 1
@@ -363,14 +377,15 @@ class StartupMixin:
         else:
             self.pool_limit = pool_decode_limit(cfg, pool_files(cfg, self.infos, exclude_train=True)[0],
                                                 0.25 * (1 - float(r["pseudo_share"])) * self.budget_minutes * 60,
-                                                refuse=None if self.resume else self.refuse_unless_fits)
+                                                refuse=None if self.resume else self.refuse_unless_fits,
+                                                within=moco_entry_paths(cfg, self.infos))
         # decoded now, as the test images: a broken pool file would otherwise stop the run after round 1;
-        # nothing is read into memory (the rounds read the images from the cache)
-        paths = self.self_training_pool_paths()
-        cold, t0 = not pool_is_cached(cfg, paths, cfg["data"]["crop_pct"]), time.monotonic()
+        # nothing is read into memory (the rounds read the images from the cache, or MoCo's where it holds them)
+        paths, within = self.self_training_pool_paths(), moco_entry_paths(cfg, self.infos)
+        cold, t0 = not pool_is_cached(cfg, paths, cfg["data"]["crop_pct"], within), time.monotonic()
         pool = load_pool(cfg, self.infos, cfg["model"]["img_size"], exclude_train=True, limit=self.pool_limit)
         if cold:
-            note_cold_decode(cfg, self.cold_decode, time.monotonic() - t0, paths, cfg["data"]["crop_pct"])
+            note_cold_decode(cfg, self.cold_decode, time.monotonic() - t0, paths, cfg["data"]["crop_pct"], within)
         n_pool, self.pool_skipped = len(pool.images), self.pool_skipped + pool.skipped
         self.n_unlabeled = n_pool  # what round 1 leaves time to label
         del pool
@@ -391,12 +406,15 @@ class StartupMixin:
 
     def check_fixmatch_pool(self) -> None:
         """FixMatch's pool and settings (for the run's line and summary.json); without a pool, FixMatch is off."""
-        from fewshot.train.semi import datasets_without_pool, fixmatch_note, fixmatch_summary, load_pool
+        from fewshot.train.semi import (datasets_without_pool, fixmatch_note, fixmatch_summary, load_pool,
+                                        pool_share_of)
 
-        cfg = self.cfg
-        # only real pool images, as the stage draws them: a dataset's labelled train images do not stand in
-        pool = load_pool(cfg, self.infos, cfg["model"]["img_size"], exclude_train=True)
-        self.fixmatch, without = fixmatch_summary(cfg, pool), datasets_without_pool(cfg, self.infos, pool)
+        cfg, limit = self.cfg, self.fixmatch_limit
+        # only real pool images, as the stage draws them: a dataset's labelled train images do not stand in; a cold
+        # pool's seeded share (fixmatch_pool_limit), which summary.json's semi.pool_subset_of names
+        pool = load_pool(cfg, self.infos, cfg["model"]["img_size"], exclude_train=True, limit=limit)
+        self.fixmatch = fixmatch_summary(cfg, pool, pool_share_of(cfg, self.infos, limit))
+        without = datasets_without_pool(cfg, self.infos, pool)
         del pool
         if self.fixmatch["pool_size"] == 0:
             print("[run] no unlabeled pool (ROOT/unlabeled/<dataset>/ or --unlabeled DIR): FixMatch is off, the "
@@ -420,6 +438,7 @@ class StartupMixin:
                   + (f" ({UNRECORDED})" if self.session_before_lost else ""))
         self.state.data["pool_decoded"] = self.pool_limit
         self.state.data["moco_pool_decoded"] = self.moco_limit  # the MoCo stage trains on it (run_stages)
+        self.state.data["fixmatch_pool_decoded"] = self.fixmatch_limit  # and the FixMatch stage on this one
         self.state.save()
         self.stop_clock = (self.state, self.t_start)
         # the files --skip-bad-images (train, val, test) and data.skip_bad_unlabeled (pool) left out, with the reasons

@@ -48,9 +48,10 @@ class CachedImages:
     valid: torch.Tensor
     bad: list[tuple[str, str]]
     digests: list[str | None] | None = None  # image_digest of each entry, where asked for (load_images' digests)
+    rows: torch.Tensor | None = None  # the row of ``images`` each file is (load_rows); None: file i is row i
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return len(self.valid)
 
 
 def cache_key(paths: list[Path], size: int, crop_pct: float, bit_depth: int | str = "auto") -> str:
@@ -270,6 +271,53 @@ def is_cached(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: fl
         return False
     key = cache_key([Path(p) for p in paths], size, crop_pct, bit_depth)
     return _holds(entry_dir(cache_dir, key), key)
+
+
+def rows_of_entry(paths: list[Path], size: int, cache_dir: Path | None, within: list[Path], crop_pct: float = 1.0,
+                  bit_depth: int | str = "auto") -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]] | None:
+    """``paths`` as rows of the cache entry of ``within``, a longer list decoded at the same size, crop and depth
+    that holds each of them: (that entry's images, the row of each path, the bad ones by index in ``paths``). Its
+    key hashed every file's stat, so the rows are these files' pixels: `fewshot run --pretrain` decoded the same
+    pool files again for self-training (hunt hBK #3). None where the entry is missing or unreadable, lacks a file,
+    or holds one as a failure load_images would retry (the caller decodes its own entry then)."""
+    if cache_dir is None:
+        return None
+    where: dict[str, int] = {}
+    for i, p in enumerate(within):
+        where.setdefault(os.path.abspath(p), i)
+    rows = [where.get(os.path.abspath(p)) for p in paths]
+    if None in rows:
+        return None
+    within = [Path(p) for p in within]
+    key = cache_key(within, size, crop_pct, bit_depth)
+    folder = entry_dir(cache_dir, key)
+    if not _holds(folder, key):
+        return None
+    try:
+        bad_of = dict(_cached_bad(loads_run_json((folder / f"{key}.json").read_text()), within))
+        arr = np.memmap(folder / f"{key}.u8", dtype=np.uint8, mode="c", shape=(len(within), 3, size, size))
+    except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
+        return None
+    bad = [(i, bad_of[r]) for i, r in enumerate(rows) if r in bad_of]
+    if any(_retryable(why) for _, why in bad):
+        return None
+    with contextlib.suppress(OSError):  # its last use, for prune_cache
+        os.utime(folder / f"{key}.u8")
+    return torch.from_numpy(arr), torch.tensor(rows, dtype=torch.long), bad
+
+
+def load_rows(paths: list[Path], size: int, cache_dir: Path | None, within: list[Path], crop_pct: float = 1.0,
+              skip_bad: bool = False, skip_note: str | None = "--skip-bad-images",
+              bit_depth: int | str = "auto") -> CachedImages | None:
+    """load_images of ``paths`` read from the entry of ``within`` (rows_of_entry), nothing decoded: the result's
+    ``rows`` says which row of its images each file is. None where that entry does not hold them all."""
+    found = rows_of_entry([Path(p) for p in paths], size, cache_dir, within, crop_pct, bit_depth)
+    if found is None:
+        return None
+    images, rows, bad_at = found
+    cached = _finish(images, bad_at, [Path(p) for p in paths], skip_bad, skip_note)
+    cached.rows = rows
+    return cached
 
 
 def _holds(cache_dir: Path, key: str) -> bool:

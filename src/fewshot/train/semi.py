@@ -75,13 +75,39 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: i
     if not paths:
         return Pool(ImageRows(torch.zeros(0, 3, size, size, dtype=torch.uint8)), torch.zeros(0, dtype=torch.long), [],
                     source, [])
-    d = cfg["data"]
-    cached = load_images(paths, size, default_cache_dir(d["root"], d["cache_dir"]), crop_pct=d["crop_pct"],
-                         skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], desc="loading unlabeled pool",
-                         skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"))
+    cached = pool_images(cfg, infos, paths, size)
     valid = cached.valid
-    return Pool(ImageRows(cached.images, torch.nonzero(valid).flatten()), torch.tensor(ids, dtype=torch.long)[valid],
+    rows = torch.arange(len(paths)) if cached.rows is None else cached.rows
+    return Pool(ImageRows(cached.images, rows[valid]), torch.tensor(ids, dtype=torch.long)[valid],
                 [str(p) for p, ok in zip(paths, valid.tolist()) if ok], source, list(cached.bad))
+
+
+def pool_images(cfg: dict, infos, paths: list, size: int):
+    """The pool files ``paths`` at data.crop_pct from the decode cache: their own entry, else rows of MoCo's entry
+    where it holds them all (moco_entry_paths), else decoded into an entry of their own."""
+    from fewshot.data.cache import is_cached, load_rows
+
+    d = cfg["data"]
+    cache = default_cache_dir(d["root"], d["cache_dir"])
+    skip, depth = d["skip_bad_images"] or d["skip_bad_unlabeled"], d.get("bit_depth", "auto")
+    within = moco_entry_paths(cfg, infos)
+    if within is not None and not is_cached(paths, size, cache, d["crop_pct"], depth):
+        cached = load_rows(paths, size, cache, within, 1.0, skip_bad=skip, skip_note=POOL_SKIP_NOTE, bit_depth=depth)
+        if cached is not None:
+            return cached
+    return load_images(paths, size, cache, crop_pct=d["crop_pct"], skip_bad=skip, desc="loading unlabeled pool",
+                       skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=depth)
+
+
+def moco_entry_paths(cfg: dict, infos) -> list[Path] | None:
+    """MoCo's whole pool (pool_paths, its train-image stand-ins too), whose cache entry at crop 1.0 holds every pool
+    file's pixels where data.crop_pct is 1.0: self-training and FixMatch read their rows there (cache.load_rows)
+    rather than decode the same files into an entry of their own (hunt hBK #3). None at another crop."""
+    if float(cfg["data"]["crop_pct"]) != 1.0:
+        return None
+    from fewshot.data.pool import pool_paths
+
+    return pool_paths(cfg, infos)[0]
 
 
 POOL_SKIP_NOTE = "pool images; data.skip_bad_unlabeled=false stops instead"
@@ -125,12 +151,27 @@ def root_relative(paths, root, absolute_outside: bool = False, legacy: bool = Fa
     return out
 
 
-def fixmatch_summary(cfg: dict, pool: Pool) -> dict:
-    """FixMatch's settings and pool, for metrics.json (`fewshot train`) and summary.json (`fewshot run`)."""
+def fixmatch_summary(cfg: dict, pool: Pool, files: int | None = None) -> dict:
+    """FixMatch's settings and pool, for metrics.json (`fewshot train`) and summary.json (`fewshot run`). ``files``:
+    the pool's file count where ``pool`` is a seeded random share of them (pool_share_facts)."""
     s = cfg["semi"]
     return {"method": "fixmatch", "pool_size": len(pool.images), "pool_source": pool.source, "mu": int(s["mu"]),
             "threshold": float(s["threshold"]), "weight": float(s["weight"]),
-            "unknown_source": int((pool.dataset_ids < 0).sum())}
+            "unknown_source": int((pool.dataset_ids < 0).sum()), **pool_share_facts(files)}
+
+
+def pool_share_facts(files: int | None) -> dict:
+    """The record of a pool that is a seeded random share of its ``files`` (None: the whole pool): `fewshot run`
+    decodes a cold pool only as far as its stage's time can use, and pool_size alone read as the whole pool."""
+    return {} if files is None else {"pool_subset_of": int(files)}
+
+
+def pool_share_of(cfg: dict, infos, limit: int | None) -> int | None:
+    """The file count of the pool (pool_files, exclude_train) where ``limit`` takes a share of it, else None."""
+    if limit is None:
+        return None
+    files = len(pool_files(cfg, infos, exclude_train=True)[0])
+    return files if limit < files else None
 
 
 def datasets_without_pool(cfg: dict, infos, pool: Pool) -> list[str]:
@@ -149,8 +190,9 @@ def fixmatch_note(summary: dict, without_pool: list[str]) -> str:
 
         return joint_moco_note(summary, without_pool)
     note = (f"FixMatch (semi.mu={summary['mu']}, semi.threshold={summary['threshold']:g}, semi.weight="
-            f"{summary['weight']:g}) on an unlabeled pool of {summary['pool_size']:,} images "
-            f"({summary['pool_source']})")
+            f"{summary['weight']:g}) on an unlabeled pool of {summary['pool_size']:,} images"
+            + (f", a seeded random share of its {summary['pool_subset_of']:,} files" if summary.get("pool_subset_of")
+               else "") + f" ({summary['pool_source']})")
     unknown = summary.get("unknown_source", 0)
     for name in without_pool:
         note += (f"; note: {name} has no pool of its own (no ROOT/unlabeled/{name}/): FixMatch has no images of it"
@@ -188,9 +230,10 @@ class UnlabeledStream:
 
     method = "fixmatch"  # what the pool is for, in the summary and the no-pool error (semi_moco: "moco")
 
-    def __init__(self, cfg: dict, infos, size: int, mean, std, device: torch.device):
+    def __init__(self, cfg: dict, infos, size: int, mean, std, device: torch.device, limit: int | None = None):
+        """``limit``: a seeded random share of the pool (load_pool's), the files `fewshot run` decoded at start-up."""
         # only real pool images: a dataset without a pool would stand in its labelled train images (pool_files)
-        pool = load_pool(cfg, infos, size, exclude_train=True)
+        pool = load_pool(cfg, infos, size, exclude_train=True, limit=limit)
         if len(pool.images) == 0:
             from fewshot.errors import UserError
 
@@ -200,6 +243,7 @@ class UnlabeledStream:
         self.skipped = pool.skipped
         self.key = pool_key(pool.paths, cfg["data"]["root"])  # checked on --resume (SupervisedTask)
         self.summary, self.without_pool = self.describe(cfg, pool), datasets_without_pool(cfg, infos, pool)
+        self.summary.update(pool_share_facts(pool_share_of(cfg, infos, limit)))
         self.device = device
         self.set_views(cfg, size, mean, std, device)
 

@@ -139,10 +139,11 @@ class SupervisedTask:
     resume_only_extra = ("joint_moco",)
 
     def __init__(self, cfg: dict, infos, device: torch.device, ctx: DistContext, resuming: bool = False,
-                 quiet_weights: bool = False):
+                 quiet_weights: bool = False, pool_limit: int | None = None):
         """``resuming``: a checkpoint (or `fewshot run`'s previous round) replaces the whole model, so model.weights
         are not read (the file may be gone) nor the head initialised; ``quiet_weights``: the model.strict=false
-        warning was given already (`fewshot run` checks the file at start-up)."""
+        warning was given already (`fewshot run` checks the file at start-up); ``pool_limit``: FixMatch's seeded
+        share of a cold pool that `fewshot run` decoded at start-up (UnlabeledStream's limit)."""
         self.cfg, self.device, self.ctx = cfg, device, ctx
         self.space = LabelSpace.from_infos(infos)
         self.model = build_classifier(cfg, self.space.num_classes)
@@ -176,7 +177,8 @@ class SupervisedTask:
         if cfg["semi"]["method"] == "fixmatch":
             from fewshot.train.semi import UnlabeledStream
 
-            self.unlabeled = UnlabeledStream(cfg, infos, self.size, *mean_std(self.model.backbone), device)
+            self.unlabeled = UnlabeledStream(cfg, infos, self.size, *mean_std(self.model.backbone), device,
+                                             limit=pool_limit)
         elif cfg["semi"]["method"] == "moco":
             self.start_joint_moco(infos)
         elif cfg["semi"]["method"] not in ("off", None, False):
