@@ -94,8 +94,8 @@ def test_dataset_lists_quote_names_with_commas_or_spaces():
     assert names_list([" b", "1e3", "a", "a,b", "9 dïg.its"]) == "' b', 1e3, a, 'a,b', '9 dïg.its'"
     tm = SimpleNamespace(space=SimpleNamespace(names=[" b", "1e3", "a", "a,b"]))
     with pytest.raises(UserError) as exc:
-        predict._chosen_datasets(tm, "a,b,a")
-    assert "--datasets 'a,b,a' names b: the model was trained on ' b', 1e3, a, 'a,b' only" in str(exc.value)
+        predict._chosen_datasets(tm, "a,b,z")  # "a,b" is a name (adjacent parts that name one are it: rev77)
+    assert "--datasets 'a,b,z' names z: the model was trained on ' b', 1e3, a, 'a,b' only" in str(exc.value)
 
 
 def test_the_datasets_hint_leaves_out_a_dataset_whose_classes_changed(data, run, tmp_path):

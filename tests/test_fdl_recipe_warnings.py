@@ -161,5 +161,6 @@ def test_a_run_stages_resume_note_on_its_precision_advises_no_word_run_refuses(t
         engine = SimpleNamespace(ctx=SimpleNamespace(is_main=True), cfg={"train": {"amp": "auto"}}, amp=None,
                                  run_dir=run_dir, device=torch.device("cpu"))
         ResumeMixin.keep_resolved_amp(engine, "bf16")
+        ResumeMixin.say_kept_amp(engine)
         out = capsys.readouterr().out
         assert "continues in it" in out and ("train.amp=bf16 or off" in out) == advised, out

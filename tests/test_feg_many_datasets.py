@@ -116,3 +116,16 @@ def test_run_refusing_an_empty_test_split_names_the_datasets_option_that_leaves_
     assert "to use only those with usable train, val and test splits under this root, pass --datasets " \
            "'one,two x'." in err, err
     assert not (tmp_path / "run").exists()  # a refused start leaves no run behind
+
+
+def test_the_datasets_hint_for_a_name_with_a_comma_parses_back_to_the_same_datasets():
+    """review rev77: the hint's `--datasets a,b,c` for the datasets `a,b` and `c` was refused ("a, b not found"):
+    adjacent parts that together name a dataset are that one; plain names split as before."""
+    from fewshot.data.names import datasets_option, parse_datasets
+
+    names = ["a,b", "c", "empty", "a", "x y"]
+    for usable in (["a,b", "c"], ["c", "a,b"], ["a", "c"], ["x y", "a,b"]):
+        value = datasets_option(usable).removeprefix("--datasets ").strip("'")
+        assert parse_datasets(value, names) == usable, value
+    assert parse_datasets(" c , empty", names) == ["c", "empty"]
+    assert parse_datasets("a,b", ["a", "b"]) == ["a", "b"]

@@ -57,7 +57,9 @@ def some_of(items, limit: int, shown=shown_name) -> str:
 
 def parse_datasets(value: str, names) -> list[str]:
     """`--datasets A,B` as a list of names. A folder may be named "a,b" or " spaced ": the whole value, or a part as
-    typed (unstripped), that names one of ``names`` is taken as it is; other parts are stripped of spaces."""
+    typed (unstripped), that names one of ``names`` is taken as it is; other parts are stripped of spaces. Adjacent
+    parts that together name a dataset are that one (the longest such run): the hints' `--datasets a,b,c` for the
+    datasets `a,b` and `c` was refused ("a, b not found"), and no comma can be escaped."""
     forms = {unicodedata.normalize("NFC", n) for n in names}
 
     def exists(d: str) -> bool:
@@ -65,4 +67,11 @@ def parse_datasets(value: str, names) -> list[str]:
 
     if exists(value):
         return [value]
-    return [d if exists(d) else d.strip() for d in value.split(",") if exists(d) or d.strip()]
+    parts, chosen, i = value.split(","), [], 0
+    while i < len(parts):  # the longest run of parts that names a dataset: "a,b,c" is `a,b` and `c` where "a,b" is one
+        j = next((j for j in range(len(parts), i + 1, -1) if exists(",".join(parts[i:j]))), i + 1)
+        name = ",".join(parts[i:j])
+        if exists(name) or name.strip():
+            chosen.append(name if exists(name) else name.strip())
+        i = j
+    return chosen

@@ -139,6 +139,7 @@ class ResumeMixin:
         # (step_update), and its saved state would pin the old run length, so that `--resume --epochs N`
         # with a larger N trained the extra epochs at min_lr (0 for the MoCo presets).
         self.keep_resolved_amp(ck.get("amp"))
+        self.say_kept_amp()
         if ck.get("scaler"):  # a bf16/fp32 run saved a disabled scaler's empty state (amp may change on resume)
             self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
@@ -284,15 +285,22 @@ class ResumeMixin:
         FEWSHOT_CPU_BF16) would choose otherwise: resume then continues the same arithmetic. An explicit
         train.amp is the user's change and wins. run_finetune and run_pretrain call it before the run's header
         (which names the arithmetic: it said "fp32" above the note that the run continues in bf16), Engine.resume
-        again (a no-op by then; where only some ranks resume, the first call)."""
+        again (a no-op by then; where only some ranks resume, the first call). The note that says so waits for
+        say_kept_amp, after resume's checks: a resume refused by them had been told that it continues."""
         if saved not in AMP_BY_NAME or self.cfg["train"]["amp"] != "auto" or AMP_BY_NAME[saved] == self.amp:
             return
-        if self.ctx.is_main:  # a `fewshot run` stage: run --resume refuses a train.amp word, so none is advised
-            change = "" if is_run_stage(self.run_dir) else "; set train.amp=bf16 or off to change it"
-            print(f"note: the run started in {saved} (train.amp=auto) and continues in it, though this machine would "
-                  f"choose {AMP_NAMES[self.amp]}{change}.", flush=True)
+        # a `fewshot run` stage: run --resume refuses a train.amp word, so none is advised
+        change = "" if is_run_stage(self.run_dir) else "; set train.amp=bf16 or off to change it"
+        self.kept_amp_note = (f"note: the run started in {saved} (train.amp=auto) and continues in it, though this "
+                              f"machine would choose {AMP_NAMES[self.amp]}{change}.")
         self.amp = AMP_BY_NAME[saved]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+
+    def say_kept_amp(self) -> None:
+        """keep_resolved_amp's note, once, on rank 0."""
+        note, self.kept_amp_note = getattr(self, "kept_amp_note", None), None
+        if note and self.ctx.is_main:
+            print(note, flush=True)
 
     def _budget_spent(self) -> bool:
         budget = self.cfg["train"].get("budget_minutes")
