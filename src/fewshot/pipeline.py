@@ -275,21 +275,18 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin):
         """summary.json's near_chance, for finish's last warning: the datasets whose val acc@1 is not clearly above
         chance, or whose test predictions fell nearly all in one class (run_words.near_chance_finding). A run that
         ended at chance said "done" and exited 0, and the user found out from the grader. Judged on the predicting
-        model's val scores: a dataset without them is passed over; one whose predictions were class-balanced on val
-        evidence, by its balanced val acc@1 (its plain 60 % was called near chance beside a balanced 100 % and a test
-        score of 100). ``infos``: the test datasets as pred_all.json, ``val_metrics`` and the balancing key them."""
+        model's val scores: a dataset without them is passed over. ``infos``: the test datasets as pred_all.json and
+        ``val_metrics`` key them."""
         scores = val_metrics.get("datasets") or {}
-        balanced = (self.summary.get("balanced_prediction") or {}).get("datasets") or {}
         found = {}
         for key, info in infos.items():
             acc1 = scores.get(key, {}).get("acc1") if isinstance(scores.get(key), dict) else None
             if not isinstance(acc1, (int, float)) or not isinstance(pred.get(key), dict):
                 continue
-            on_balanced = _balanced_val_acc1(balanced.get(key))
-            finding = near_chance_finding(list(info.classes), [label for _, label in info.val],
-                                          float(acc1 if on_balanced is None else on_balanced), list(pred[key].values()))
+            finding = near_chance_finding(list(info.classes), [label for _, label in info.val], float(acc1),
+                                          list(pred[key].values()))
             if finding is not None:
-                found[key] = finding if on_balanced is None else {**finding, "val_balanced": True}
+                found[key] = finding
         if not found:  # a resumed run's summary may hold an earlier session's
             self.summary.pop("near_chance", None)
             return
@@ -354,15 +351,6 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin):
         if total_s > 1.05 * budget_s:
             # a resumed run: the sessions before this one, whose start-up and closing work it did again
             print(overrun_note(total_s, budget_s, sum(self.fit_seconds), self.used if self.resume else None))
-
-
-def _balanced_val_acc1(plan) -> float | None:
-    """The val acc@1 a dataset's class-balanced predictions were chosen on (its balancing plan's val_balanced), or
-    None where they were not balanced on val evidence (off, declined, or `on` without a val check)."""
-    if not isinstance(plan, dict) or plan.get("used") is not True:
-        return None
-    acc1 = plan.get("val_balanced")
-    return float(acc1) if isinstance(acc1, (int, float)) and not isinstance(acc1, bool) else None
 
 
 def check_budget(minutes: float) -> None:

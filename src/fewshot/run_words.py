@@ -293,9 +293,8 @@ def near_chance_part(name: str, found: dict) -> str:
     """One dataset's words in near_chance_why."""
     words = []
     if found["val_near_chance"]:
-        balanced = "class-balanced " if found.get("val_balanced") else ""  # judged on what pred_all.json used
-        words.append(f"{balanced}val acc@1 {found['val_acc1']:.2f}, not clearly above its chance of "
-                     f"{found['chance_acc1']:.2f} ({found['classes']} classes)")
+        words.append(f"val acc@1 {found['val_acc1']:.2f}, not clearly above its chance of {found['chance_acc1']:.2f} "
+                     f"({found['classes']} classes)")
     collapsed = found.get("test_collapsed")
     if collapsed:
         words.append(f"{collapsed['images']} of its {collapsed['of']} test images put in class {collapsed['class']} "

@@ -10,13 +10,8 @@ demo digits split with 10x fewer images of half its classes), so where the test 
 proportions nor even ones (fits_proportions) the target is the test split's own, estimated (estimate_prior). Even
 proportions are the second reference because few-shot train splits often hold more shots of some classes than of
 others while their test splits are even: evening out to 2-shot against 10-shot proportions cost such a split 10
-points. Train proportions that val's own class counts clearly contradict (fits_counts: 1 shot beside 40, val 10 and
-10) are an accident of collection, not the proportions the splits are drawn in: val's own take their place (a hunt:
-aimed at 1:40 anyway, a 2-epoch model stayed at 50 % where even proportions gave 100 %). `auto` keeps the offsets
-of a dataset only where the same correction on the val images (towards the same proportions; towards val's own
-where the test's are estimated) does not lower val accuracy, and only with AUTO_MIN_VAL_PER_CLASS val images per
-class to decide on; `on` and `off` force it. The val check once aimed at val's own proportions whatever the test
-side aimed at, and said "90.0 -> 100.0" for 1:40 offsets that took a test split from 100 % to 83 %.
+points. `auto` keeps the offsets of a dataset only where the same correction on the val images does not lower val
+accuracy, and only with AUTO_MIN_VAL_PER_CLASS val images per class to decide on; `on` and `off` force it.
 Only known-source predictions are balanced: in unknown-source mode the classes compete across datasets.
 """
 
@@ -130,24 +125,12 @@ def hits(logits: Tensor, targets: Tensor) -> int:
     return int((logits.argmax(1) == targets).sum())
 
 
-def fits_counts(targets: Tensor, prior: Tensor) -> float:
-    """The p-value of val's true class counts against the ``prior``'s proportions (chi-square goodness of fit; the
-    labels are exact, so one sample). Small: val is not drawn in those proportions, so neither, as a rule, is test."""
-    n_classes, n = len(prior), len(targets)
-    counts = torch.bincount(targets, minlength=n_classes).float()
-    expected = n * prior.float().clamp_min(1e-8) / float(prior.float().clamp_min(1e-8).sum())
-    chi2 = float(((counts - expected) ** 2 / expected).sum())
-    return float(torch.special.gammaincc(torch.tensor((n_classes - 1) / 2.0), torch.tensor(chi2 / 2.0)))
-
-
-def val_decision(logits: Tensor, targets: Tensor, prior: Tensor | None = None) -> dict:
-    """Val accuracy (%) with and without offsets fitted on the val images themselves towards ``prior``, the
-    proportions the test side aims at (None: val's own, the analogue of the test split's estimated ones), and
-    whether to use them: when they do not lower it. Judged towards val's own whatever the test aimed at, the check
-    vouched for 1:40 offsets that val, drawn 10 and 10, would have refused."""
+def val_decision(logits: Tensor, targets: Tensor) -> dict:
+    """Val accuracy (%) with and without offsets fitted on the val images themselves towards val's own class
+    proportions (what the test side aims at: the train split's, or the test split's own where they differ), and
+    whether to use them: when they do not lower it."""
     n = len(targets)
-    if prior is None:
-        prior = torch.bincount(targets, minlength=logits.shape[1]).float() / n
+    prior = torch.bincount(targets, minlength=logits.shape[1]).float() / n
     plain, balanced = hits(logits, targets), hits(logits + class_offsets(logits, prior), targets)
     return {"val_plain": round(100.0 * plain / n, 2), "val_balanced": round(100.0 * balanced / n, 2),
             "used": balanced >= plain}

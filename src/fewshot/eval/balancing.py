@@ -122,48 +122,11 @@ def _test_prior(train_prior: torch.Tensor, val: tuple, test: torch.Tensor,
             return train_prior, "train"
         return even, f"even: the test predictions fit even proportions (p={fits['even']:.2g}) better than the " \
                      f"train split's (p={fits['train']:.2g})"
-    names = {"train": "the train split's proportions" if from_train else "even proportions", "even": "even ones"}
-    return _estimated(val, test, ", ".join(f"p={p:.1g} for {names[name]}" for name, p in fits.items()))
-
-
-def _estimated(val: tuple, test: torch.Tensor, fitted: str) -> tuple[torch.Tensor, str]:
-    """The test split's own proportions, estimated through the model's confusion on val, where the test predictions
-    fit no reference (``fitted``: their p-values, in words)."""
-    logits, targets = val
-    confusion = bal.soft_confusion(logits.softmax(1), targets, logits.shape[1])
+    confusion = bal.soft_confusion(logits.softmax(1), targets, len(train_prior))
     estimated = bal.estimate_prior(confusion, test.softmax(1))
+    names = {"train": "the train split's proportions" if from_train else "even proportions", "even": "even ones"}
+    fitted = ", ".join(f"p={p:.1g} for {names[name]}" for name, p in fits.items())
     return floored_shares(estimated, len(test)), f"estimated from the test predictions ({fitted})"
-
-
-def proportions(shares) -> str:
-    """Class proportions in a few characters, for the printed line: "even", "1:40", or "up to 1:40" beyond four
-    classes (the smallest share counted as 1)."""
-    shares = torch.as_tensor(shares, dtype=torch.float).clamp_min(1e-8)
-    ratio = shares / shares.min()
-    if float(ratio.max()) < 1.01:
-        return "even"
-    parts = [f"{x:.0f}" if x >= 10 else f"{x:.2g}" for x in ratio.tolist()]
-    return ":".join(parts) if len(parts) <= 4 else f"up to 1:{parts[int(ratio.argmax())]}"
-
-
-def _aim(train_prior: torch.Tensor, val: tuple, test: torch.Tensor,
-         from_train: bool) -> tuple[torch.Tensor, str, torch.Tensor | None]:
-    """_test_prior's proportions and words, unless val's own class counts clearly contradict ``train_prior``: then
-    val's own proportions are the reference (uneven shots are as a rule an accident of collection; test is drawn
-    like val). Also what auto's val check aims at: the same proportions, or None (val's own) for estimated ones."""
-    logits, targets = val
-    own = torch.bincount(targets, minlength=len(train_prior)).float() / len(targets)
-    p_val = bal.fits_counts(targets, train_prior)
-    if p_val >= bal.SKEW_P:
-        prior, words = _test_prior(train_prior, val, test, from_train)
-        return prior, words, None if words.startswith("estimated") or torch.allclose(prior, own) else prior
-    whose = "the train split's " if from_train else ""
-    ruled = f"val's {proportions(own)} counts rule out {whose}{proportions(train_prior)} (p={p_val:.1g})"
-    fit = bal.fits_proportions(logits, targets, test, own)
-    if fit >= bal.SKEW_P:
-        return own, f"{'even' if proportions(own) == 'even' else 'val ' + proportions(own)}: {ruled}", None
-    prior, words = _estimated(val, test, f"p={fit:.1g} for val's proportions; {ruled}")
-    return prior, words, None
 
 
 def floored_shares(shares: torch.Tensor, n_test: int) -> torch.Tensor:
@@ -210,15 +173,15 @@ def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, ho
     too_few = _too_few_per_class(val_targets, size, setting) if how == "auto" else None
     if too_few:
         return {"used": False, "why": too_few}
-    estimated, val_aim = "train", None
+    estimated = "train"
     if not untestable:
-        prior, estimated, val_aim = _aim(prior, val, test, from_train=source == "train")
+        prior, estimated = _test_prior(prior, val, test, from_train=source == "train")
     plan = {"used": True, "prior_from": source if estimated == "train" else estimated,
             "prior": [round(float(x), 4) for x in prior]}
     if untestable:  # --balance on: done as asked, but the user hears that the proportions were not checked
         plan["unchecked"] = untestable
     if how == "auto":
-        plan.update(bal.val_decision(val_logits, val_targets, val_aim))
+        plan.update(bal.val_decision(val_logits, val_targets))
     if plan["used"]:
         plan["_offsets"] = bal.class_offsets(test, prior)
     return plan
@@ -259,26 +222,15 @@ def say_balance(plan: dict, how: str, who: str = "predict", setting: str = "--ba
     """One line: which datasets' predictions were evened out, on what val evidence, and from which prior."""
     def part(p: dict) -> str:
         val = f" (val {p['val_plain']:.1f} -> {p['val_balanced']:.1f})" if "val_plain" in p else ""
-        prior = f" [prior {_prior_words(p)}]" if _prior_words(p) and (p["used"] or val) else ""
+        prior = f" [prior {p['prior_from']}]" if p["used"] and p.get("prior_from", "train") != "train" else ""
         if p["used"] and p.get("unchecked"):
             prior += f" [test proportions not checked: {p['unchecked']}]"
-        return f"{val}{prior}" if p["used"] else f" not{val + prior or ': ' + p.get('why', '')}"
+        return f"{val}{prior}" if p["used"] else f" not{val or ': ' + p.get('why', '')}"
     if how != "off" and plan:
         # datasets declined for the same reason share it: 12 small datasets repeated one long reason 12 times
         said = grouped_names((name, part(p)) for name, p in plan.items())
         print(one_line(f"[{who}] class-balanced test predictions ({setting} {how}): "
                        f"{'; '.join(names + text for names, text in said)}"), flush=True)
-
-
-def _prior_words(p: dict) -> str:
-    """The proportions a dataset's plan aims at, for the printed line: its prior_from words, the train split's as
-    "train 1:40" where they are uneven (aimed at silently, they cost a test split 17 points), "" for even ones."""
-    source = p.get("prior_from", "train")
-    if source != "train":
-        return str(source)
-    shares = p.get("prior")
-    even = not isinstance(shares, list) or len(shares) < 2 or proportions(shares) == "even"
-    return "" if even else f"train {proportions(shares)}"
 
 
 def recorded_balance(run_or_ckpt) -> str | None:
