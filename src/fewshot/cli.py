@@ -309,7 +309,7 @@ def _run_command(args, extra, handlers) -> int:
             print(f"fewshot {args.command}: rank {os.environ.get('RANK', '?')}: error: {message}", file=sys.stderr)
         return 2
     except StopRequested as stop:
-        how = "; continue with the same command and --resume"
+        how = f"; {CONTINUE}"
         kept = "the stages finished so far are kept" if args.command != "run" or _run_stages_finished(
             Path(args.out)) else "no stage had finished"
         where = (f"after a whole step; checkpoint written: {stop.checkpoint}" if stop.checkpoint else
@@ -364,12 +364,40 @@ def _run_command(args, extra, handlers) -> int:
             first = clipped((str(exc).strip().splitlines() or [""])[0], 160)
             print(f"fewshot {args.command}: rank {os.environ.get('RANK', '?')} stopped because another process of "
                   f"this torchrun job ended first (its message above, if any, says why; torchrun's summary names its "
-                  f"exit code; here: {first}).", file=sys.stderr)
+                  f"exit code; here: {first}).{_kept_after_peer(args)}", file=sys.stderr)
             return 1
         traceback.print_exc()
         print(f"fewshot {args.command}: internal error (a bug; please report it with the traceback above).",
               file=sys.stderr)
         return 1
+
+
+CONTINUE = "continue with the same command and --resume"  # what a stopped train or pretrain says (StopRequested)
+
+
+def _kept_after_peer(args) -> str:
+    """A train or pretrain that another rank's end stopped mid-training writes no checkpoint: where --resume
+    continues from instead (last.pt's epoch and step), for the line that says why this rank stopped. Torchrun's
+    SIGTERM to this rank had said "stopping after this step and writing a checkpoint", and last.pt was epochs old."""
+    out = getattr(args, "out", None)
+    if not out or args.command not in ("train", "pretrain"):
+        return ""
+    last = Path(out, "checkpoints", "last.pt")
+    if not _is_file(last):
+        return " No checkpoint was written: nothing to resume; start the same command again."
+    try:
+        from fewshot.train.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(last, mmap=True)
+        epoch, step, total = int(ck["epoch"]), int(ck.get("step_in_epoch") or 0), int(ck["config"]["train"]["epochs"])
+        at = f"global step {int(ck['global_step'])}"
+    except Exception:  # noqa: BLE001 - unreadable here: said without its position
+        return f" No checkpoint was written at this stop; the ones written before it are kept: {CONTINUE}."
+    if epoch >= total and not step:  # training had ended (the results were being written)
+        return (f" No checkpoint was written at this stop: {last} holds the whole run (all {epoch} epochs, {at}): "
+                f"the same command with --resume writes its results again.")
+    held = f"step {step} of epoch {epoch + 1}" if step else f"the end of epoch {epoch}"
+    return f" No checkpoint was written at this stop: {last} holds {held} ({at}); {CONTINUE} to go on from there."
 
 
 def _environment_advice(args, exc: OSError) -> str:
@@ -417,7 +445,7 @@ def _interrupted(args, signum: int, from_watcher: bool = False) -> int:
     out = getattr(args, "out", None)
     if out and args.command == "run" and _is_file(out, "run_state.json"):
         kept = "the stages finished so far are kept" if _run_stages_finished(Path(out)) else "no stage had finished"
-        note = f"; {kept}: continue with the same command and --resume"
+        note = f"; {kept}: {CONTINUE}"
     elif out and args.command in ("train", "pretrain") and _is_file(out, "checkpoints", "last.pt"):
         # after the last epoch (plots or metrics being written), or a second Ctrl-C that did not wait for the
         # step's checkpoint: said bare, it read as a lost run

@@ -156,10 +156,20 @@ def _is_tty(stream) -> bool:
         return False
 
 
+def _quiet_rank() -> bool:
+    """Under torchrun, a process other than the first of its node (cli_ranks._quiet_rank): every rank decodes its
+    images, and each printed the same loading lines."""
+    from fewshot.cli_ranks import _quiet_rank
+
+    return _quiet_rank()
+
+
 def track(iterable=None, desc: str = "", total: int | None = None, leave: bool = False, **kw):
-    """A progress bar over `iterable`: tqdm on a terminal, plain log lines otherwise, nothing when disabled."""
+    """A progress bar over `iterable`: tqdm on a terminal, plain log lines otherwise, nothing when disabled or on a
+    quiet rank of torchrun (the first process of each node shows it, as it decodes that node's cache)."""
     stream = sys.stderr
-    if not _ENABLED or stream is None:  # `2>&-` leaves Python no stderr (None): the work goes on without a bar
+    # `2>&-` leaves Python no stderr (None): the work goes on without a bar
+    if not _ENABLED or stream is None or _quiet_rank():
         return PlainProgress(iterable, desc=desc, total=total, file=stream, disable=True)
     if not _is_tty(stream):
         return PlainProgress(iterable, desc=desc, total=total, file=stream, **kw)

@@ -48,6 +48,9 @@ class CachedImages:
     valid: torch.Tensor
     bad: list[tuple[str, str]]
     digests: list[str | None] | None = None  # image_digest of each entry, where asked for (load_images' digests)
+    # the digests this load had without hashing for them (taken as it decoded, or kept in the entry's meta file), or
+    # asked for: what torchrun's ranks compare of their pixels (distributed.check_same_image_counts)
+    known_digests: list[str | None] | None = None
     rows: torch.Tensor | None = None  # the row of ``images`` each file is (load_rows); None: file i is row i
 
     def __len__(self) -> int:
@@ -129,7 +132,8 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                         os.utime(data_file)
                     warn_bit_depth(desc, _sixteen(meta.get("bits16")), bit_depth)  # each run, not only the first
                     found = _kept_digests(meta, arr, bad, paths, meta_file) if digests else None
-                    return _finish(torch.from_numpy(arr), bad, paths, skip_bad, skip_note, found)
+                    known = found if found is not None else _stored_digests(meta, n)
+                    return _finish(torch.from_numpy(arr), bad, paths, skip_bad, skip_note, found, known)
             except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
                 pass  # unreadable cache (or a meta file of another shape): rebuild below
 
@@ -198,7 +202,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
             _drop(tmp)
         _closed(held)  # its lock given up once it is the entry (or gone)
     warn_bit_depth(desc, sixteen, bit_depth)
-    return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note, found if digests else None)
+    return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note, found if digests else None, found)
 
 
 def _closed(fh) -> None:
@@ -257,6 +261,12 @@ def _kept_digests(meta: dict, arr: np.ndarray, bad: list[tuple[int, str]], paths
             if loads_run_json(meta_file.read_text()) == meta:
                 _write_cache_text(meta_file, json.dumps({**meta, "digests": kept}))
     return kept
+
+
+def _stored_digests(meta: dict, n: int) -> list[str | None] | None:
+    """The digests an entry's meta file keeps, None where it keeps none (nothing is hashed for them)."""
+    kept = meta.get("digests")
+    return kept if _digests_fit(kept, n) else None
 
 
 def _digests_fit(kept, n: int) -> bool:
@@ -393,10 +403,11 @@ def _sixteen(recorded) -> dict | None:
 
 
 def _finish(images: torch.Tensor, bad_at: list[tuple[int, str]], paths: list[Path], skip_bad: bool,
-            skip_note: str | None = "--skip-bad-images", digests: list[str | None] | None = None) -> CachedImages:
+            skip_note: str | None = "--skip-bad-images", digests: list[str | None] | None = None,
+            known: list[str | None] | None = None) -> CachedImages:
     """``bad_at``: the bad files by index (every copy of a path listed twice, under any spelling, fails on its own),
     reported under this caller's spelling; ``skip_note`` None: skipped without a word (the caller says what they
-    are left out of)."""
+    are left out of); ``known``: CachedImages.known_digests."""
     valid = torch.ones(len(paths), dtype=torch.bool)
     bad = list(dict.fromkeys((str(paths[i]), why) for i, why in bad_at))  # a path listed twice is reported once
     if bad:
@@ -406,7 +417,7 @@ def _finish(images: torch.Tensor, bad_at: list[tuple[int, str]], paths: list[Pat
             valid[i] = False
         if skip_note is not None:
             report_skipped(bad, note=skip_note)
-    return CachedImages(images, valid, bad, digests)
+    return CachedImages(images, valid, bad, digests, known if known is not None else digests)
 
 
 def default_cache_dir(root: str | Path | None, configured: str | None) -> Path | None:

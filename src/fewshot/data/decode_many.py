@@ -71,6 +71,15 @@ def image_digest(image: np.ndarray) -> str | None:
     return hashlib.sha1(image, usedforsecurity=False).hexdigest()[:16]  # the fastest of hashlib's here (SHA-NI)
 
 
+def digests_fingerprint(digests) -> str:
+    """One hash over image_digest's of a list of images, in their order (None: a blank or bad image): what torchrun's
+    ranks compare of the pixels they decoded (distributed.check_same_image_counts), without hashing any image again."""
+    h = hashlib.sha1(usedforsecurity=False)
+    for digest in digests:
+        h.update(f"{digest or '-'}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def _out_of_memory(path: Path, threads: int) -> UserError:
     """A file that ran out of memory even when decoded on its own: the machine's limit, not a bad file."""
     dims = ""

@@ -29,6 +29,9 @@ class ImageSet:
     paths: list[Path]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) left out by --skip-bad-images
     digests: list[str | None] | None = None  # each image's decode_many.image_digest (warn_split_copies)
+    # per dataset, decode_many.digests_fingerprint of its images (None: not known without hashing them): what
+    # torchrun's ranks compare of their pixels (distributed.check_same_image_counts); a subset has none
+    fingerprints: dict[str, str] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -80,7 +83,24 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
                 raise UserError(f"no decodable {split} image is left in {', '.join(emptied)} after "
                                 f"--skip-bad-images skipped {len(cached.bad)} file(s); fix or replace those files.")
             _refuse_emptied_classes(split, space, everything, cached.valid)
+    out.fingerprints = _fingerprints(infos, space, dsids, cached.known_digests,
+                                     cached.valid if split != "test" else None)
     return out
+
+
+def _fingerprints(infos: list[DatasetInfo], space: LabelSpace, dsids: list[int], known: list | None,
+                  valid: torch.Tensor | None) -> dict[str, str] | None:
+    """Per dataset, one hash over the known digests of the images kept (``valid``; None: all), in order: a node whose
+    copy holds other pixels under the same names trained beside the others without a word."""
+    if known is None:
+        return None
+    from fewshot.data.decode_many import digests_fingerprint
+
+    kept = range(len(known)) if valid is None else torch.nonzero(valid).flatten().tolist()
+    by_dataset: dict[int, list] = {}
+    for i in kept:
+        by_dataset.setdefault(dsids[i], []).append(known[i])
+    return {info.name: digests_fingerprint(by_dataset.get(space.index(info.name), [])) for info in infos}
 
 
 def _refuse_emptied_classes(split: str, space: LabelSpace, everything: ImageSet, valid: torch.Tensor) -> None:

@@ -28,7 +28,7 @@ from fewshot.ssl.pretrain_settings import (bn_protection, has_batch_norm, queue_
                                            shared_bn_warning, split_groups, unused_split_bn_note)
 from fewshot.train.distributed import DistContext
 from fewshot.train.engine import Engine
-from fewshot.train.semi import POOL_SKIP_NOTE, pool_key, pool_subset
+from fewshot.train.semi import POOL_SKIP_NOTE, pool_fingerprint, pool_key, pool_subset
 from fewshot.utils import make_generator
 
 
@@ -82,11 +82,14 @@ class MoCoTask:
         if subset is not None:  # the files `fewshot run` decoded (run_checks.moco_pool_share: the same order)
             self.pool_share = f"a seeded random share of the pool's {len(paths):,} files"
             paths = [paths[i] for i in subset.tolist()]
+        # under torchrun each rank's digests of its pool (hashed once, then kept in the cache's meta file): the ranks
+        # compare them (Engine: check_same_image_counts)
         pool = load_images(paths, self.size, cache, crop_pct=1.0, desc="loading unlabeled pool",
                            skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], skip_note=POOL_SKIP_NOTE,
-                           max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"))
+                           max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"), digests=ctx.enabled)
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
         self.pool_skipped = list(pool.bad)
+        self.pool_digest = pool_fingerprint(pool)
         # the files the pool's images come from: a resume refuses a pool whose files changed (images drawn by position)
         kept = [p for p, ok in zip(paths, pool.valid.tolist()) if ok]
         self.pool_key = pool_key(kept, d["root"], True)

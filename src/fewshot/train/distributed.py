@@ -207,6 +207,11 @@ def speaker_said(speaker: int, message: str, timeout_s: float, call: int = 0) ->
         return False
 
 
+def several_processes() -> bool:
+    """Whether this process is one of several in a process group (init_distributed), for code given no DistContext."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
@@ -250,6 +255,9 @@ def all_reduce_mean(ctx: DistContext, value: float) -> float:
     return float(t.item()) / ctx.world
 
 
+SAME_COPY = "Every node needs the same copy of the data"  # the data refusals' advice (check_same_data, ...)
+
+
 def data_fingerprint(infos) -> list[tuple[str, int, int, str]]:
     """Per dataset: name, train and val image counts, and a hash of the classes and of each image's path (relative
     to its dataset) with its label; what the processes of one run must agree on."""
@@ -290,8 +298,8 @@ def check_same_data(ctx: DistContext, infos, resolved: dict | None = None) -> No
     same_counts = [s[:3] for s in seen[other]] == [s[:3] for s in seen[0]]
     raise UserError(f"the {ctx.world} processes see different data under --data: rank 0 reads {described(seen[0])}; "
                     f"rank {other} reads {described(seen[other])}"
-                    f"{' (the same counts, other files or classes)' if same_counts else ''}. Every node needs the "
-                    f"same copy of the data (a shared file system, or one synced copy per node).")
+                    f"{' (the same counts, other files or classes)' if same_counts else ''}. {SAME_COPY} (a shared "
+                    f"file system, or one synced copy per node).")
 
 
 def _check_same_resolved(ctx: DistContext, seen: list[dict]) -> None:
@@ -369,21 +377,40 @@ def check_same_settings(ctx: DistContext, cfg: dict, resuming: bool) -> bool:
                     f"process the same command line and config file (a copy per node must be the same file).")
 
 
-def check_same_image_counts(ctx: DistContext, counts: dict[str, int]) -> None:
+def check_same_image_counts(ctx: DistContext, counts: dict[str, int], pixels: dict[str, str] | None = None) -> None:
     """The decoded images per split, the same on every rank: check_same_data compares the labelled files only,
     and a node whose unlabeled pool (or a split, after --skip-bad-images) held other images planned other epochs
-    and hung in the first collective."""
+    and hung in the first collective. ``pixels``: a hash of the decoded images' digests per part ("train images of
+    digits", "the pool"; start_checks.image_fingerprints), compared in the same exchange: a node whose copy held other
+    pixels under the same names trained on other images for the same indices without a word."""
     if not ctx.enabled:
         return
-    seen = all_gather_object(ctx, counts)
-    other = next((r for r, c in enumerate(seen) if c != seen[0]), None)
+    seen = all_gather_object(ctx, {"counts": counts, "pixels": pixels or {}})
+    other = next((r for r, c in enumerate(seen) if c["counts"] != seen[0]["counts"]), None)
     if other is None:
+        _check_same_pixels(ctx, [c["pixels"] for c in seen])
         return
     from fewshot.errors import UserError
 
     def described(c: dict) -> str:
         return ", ".join(f"{n} {split}" for split, n in c.items())
 
-    raise UserError(f"the {ctx.world} processes hold different images: rank 0 {described(seen[0])}; rank {other} "
-                    f"{described(seen[other])} (another copy of the data or of the unlabeled pool on that node, or "
-                    f"images one node could not decode). Every node needs the same copy of the data.")
+    raise UserError(f"the {ctx.world} processes hold different images: rank 0 {described(seen[0]['counts'])}; rank "
+                    f"{other} {described(seen[other]['counts'])} (another copy of the data or of the unlabeled pool on "
+                    f"that node, or images one node could not decode). {SAME_COPY}.")
+
+
+def _check_same_pixels(ctx: DistContext, seen: list[dict[str, str]]) -> None:
+    """check_same_image_counts' part for the pixels: the parts whose hashes differ between rank 0 and the first rank
+    that differs, of those every rank knows (a rank that found an older cache entry without digests hashes none)."""
+    shared = [part for part in seen[0] if all(part in s for s in seen)]
+    other = next((r for r, s in enumerate(seen) if any(s[p] != seen[0][p] for p in shared)), None)
+    if other is None:
+        return
+    from fewshot.errors import UserError
+
+    parts = [p for p in shared if seen[other][p] != seen[0][p]]
+    raise UserError(f"the {ctx.world} processes see different data under --data: rank 0 and rank {other} decoded "
+                    f"other pixels from files of the same names and counts ({', '.join(parts)}): another copy of the "
+                    f"data on that node, with other contents. {SAME_COPY} (a shared file system, or one synced copy "
+                    f"per node).")

@@ -55,10 +55,10 @@ from fewshot.train.optim import (AMP_BY_NAME, AMP_NAMES, amp_dtype, amp_to_choos
 from fewshot.train.resume import BEST_ASIDE, ResumeMixin
 from fewshot.train.saving import SavingMixin
 from fewshot.train.stage_cap import StageCapMixin
-from fewshot.train.start_checks import empty_epoch_error, image_counts
+from fewshot.train.start_checks import empty_epoch_error, image_counts, image_fingerprints
 from fewshot.train.start_warnings import warn_cpu_fp16, warn_long_warmup, warn_slow_ema
 from fewshot.train.step_state import StepStateMixin
-from fewshot.train.stop_signal import StopRequested, stop_on_signals
+from fewshot.train.stop_signal import StopRequested, say_stop, stop_on_signals
 from fewshot.train.tensorboard_log import add_scalars, open_writer, rows_to_write_again
 from fewshot.train.thread_tuner import tuner_for
 from fewshot.utils import derive_seed, unshare_hard_link
@@ -73,7 +73,8 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
     def __init__(self, task, cfg: dict, run_dir: Path, device: torch.device, ctx: DistContext):
         self.task, self.cfg, self.run_dir, self.device, self.ctx = task, cfg, Path(run_dir), device, ctx
         self.ckpt_dir = self.run_dir / "checkpoints"
-        check_same_image_counts(ctx, image_counts(task))  # before DDP's first collective: a mismatch hung there
+        # before DDP's first collective: a mismatch hung there (the pixels too: other contents under the same names)
+        check_same_image_counts(ctx, image_counts(task), image_fingerprints(task))
         self.model = task.model.to(device)
         self.train_model: nn.Module = self.model
         if ctx.enabled:
@@ -264,7 +265,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         self._clock_start = time.perf_counter() - self._seconds_before
         deadline = self.fit_start + t["budget_minutes"] * 60 if t.get("budget_minutes") else None
         try:
-            with stop_on_signals(announce=self.ctx.is_main) as self._stop_flag:
+            with stop_on_signals(announce=self.ctx.is_main, defer_sigterm=self.ctx.enabled) as self._stop_flag:
                 while self.epoch < t["epochs"]:  # read each time: a `fewshot run` stage's cap may rise (_extend_cap)
                     if self._run_epoch(deadline):
                         self._say_budget_stop()
@@ -342,6 +343,8 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
 
     def _stop_here(self) -> None:
         """Write last.pt at the current step (unless it is already there) and leave through StopRequested."""
+        if self._stop_flag is not None:  # every rank agreed to stop: the checkpoint follows (a SIGTERM's line)
+            say_stop(self._stop_flag)
         # rank 0 alone knows what it wrote last: its answer decides for every rank (the save gathers from all)
         if broadcast_object(self.ctx, self._saved_step != self.global_step):
             self.save_mid_epoch()

@@ -68,35 +68,54 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: i
     """The unlabeled pool from the shared decode cache (see pool_files), as rows of the cache that are read only
     when indexed: copying the decodable ones out held a 100k-image pool in memory. ``limit``: decode only a
     seeded random share of that many files (pool_subset; a cold pool too large for the time self-training has)."""
+    return read_pool(cfg, infos, size, exclude_train, limit)[0]
+
+
+def read_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: int | None = None,
+              digests: bool = False) -> tuple[Pool, str | None]:
+    """load_pool, and with ``digests`` (under torchrun) pool_fingerprint of its images, which the ranks compare."""
     paths, ids, source = pool_files(cfg, infos, exclude_train)
     subset = pool_subset(len(paths), limit, int(cfg["train"]["seed"]))
     if subset is not None:
         paths, ids = [paths[i] for i in subset.tolist()], [ids[i] for i in subset.tolist()]
     if not paths:
         return Pool(ImageRows(torch.zeros(0, 3, size, size, dtype=torch.uint8)), torch.zeros(0, dtype=torch.long), [],
-                    source, [])
-    cached = pool_images(cfg, infos, paths, size)
+                    source, []), None
+    cached = pool_images(cfg, infos, paths, size, digests)
     valid = cached.valid
     rows = torch.arange(len(paths)) if cached.rows is None else cached.rows
-    return Pool(ImageRows(cached.images, rows[valid]), torch.tensor(ids, dtype=torch.long)[valid],
+    pool = Pool(ImageRows(cached.images, rows[valid]), torch.tensor(ids, dtype=torch.long)[valid],
                 [str(p) for p, ok in zip(paths, valid.tolist()) if ok], source, list(cached.bad))
+    return pool, pool_fingerprint(cached)
 
 
-def pool_images(cfg: dict, infos, paths: list, size: int):
+def pool_fingerprint(cached) -> str | None:
+    """decode_many.digests_fingerprint of a loaded pool's decodable images (cache.CachedImages), None where their
+    digests are not known (load_images hashes none it was not asked for)."""
+    from fewshot.data.decode_many import digests_fingerprint
+
+    known = cached.known_digests
+    if known is None:
+        return None
+    return digests_fingerprint(d for d, ok in zip(known, cached.valid.tolist()) if ok)
+
+
+def pool_images(cfg: dict, infos, paths: list, size: int, digests: bool = False):
     """The pool files ``paths`` at data.crop_pct from the decode cache: their own entry, else rows of MoCo's entry
-    where it holds them all (moco_entry_paths), else decoded into an entry of their own."""
+    where it holds them all (moco_entry_paths), else decoded into an entry of their own. ``digests`` (under
+    torchrun, which the ranks compare): from their own entry, whose loads know them (MoCo's rows carry none)."""
     from fewshot.data.cache import is_cached, load_rows
 
     d = cfg["data"]
     cache = default_cache_dir(d["root"], d["cache_dir"])
     skip, depth = d["skip_bad_images"] or d["skip_bad_unlabeled"], d.get("bit_depth", "auto")
-    within = moco_entry_paths(cfg, infos)
+    within = None if digests else moco_entry_paths(cfg, infos)
     if within is not None and not is_cached(paths, size, cache, d["crop_pct"], depth):
         cached = load_rows(paths, size, cache, within, 1.0, skip_bad=skip, skip_note=POOL_SKIP_NOTE, bit_depth=depth)
         if cached is not None:
             return cached
     return load_images(paths, size, cache, crop_pct=d["crop_pct"], skip_bad=skip, desc="loading unlabeled pool",
-                       skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=depth)
+                       skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=depth, digests=digests)
 
 
 def moco_entry_paths(cfg: dict, infos) -> list[Path] | None:
@@ -233,7 +252,9 @@ class UnlabeledStream:
     def __init__(self, cfg: dict, infos, size: int, mean, std, device: torch.device, limit: int | None = None):
         """``limit``: a seeded random share of the pool (load_pool's), the files `fewshot run` decoded at start-up."""
         # only real pool images: a dataset without a pool would stand in its labelled train images (pool_files)
-        pool = load_pool(cfg, infos, size, exclude_train=True, limit=limit)
+        from fewshot.train.distributed import several_processes
+
+        pool, self.digest = read_pool(cfg, infos, size, exclude_train=True, limit=limit, digests=several_processes())
         if len(pool.images) == 0:
             from fewshot.errors import UserError
 

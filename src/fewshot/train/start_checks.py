@@ -118,3 +118,19 @@ def image_counts(task) -> dict[str, int]:
     if pool is not None:
         counts["unlabeled"] = len(pool)
     return counts
+
+
+def image_fingerprints(task) -> dict[str, str]:
+    """What the ranks compare of the pixels a task decoded (check_same_image_counts), by part as a message names it:
+    each labelled split per dataset (ImageSet.fingerprints) and the pool; a part whose digests are not known is left
+    out."""
+    out = {}
+    for split in ("train", "val"):
+        for name, fingerprint in (getattr(getattr(task, f"{split}_set", None), "fingerprints", None) or {}).items():
+            out[f"{split} images of {name}"] = fingerprint
+    pool = getattr(task, "pool_digest", None)  # MoCo's unlabeled pool
+    if pool is None:  # FixMatch's
+        pool = getattr(getattr(task, "unlabeled", None), "digest", None)
+    if pool is not None:
+        out["the pool"] = pool
+    return out

@@ -170,6 +170,7 @@ class StopFlag:
     def __init__(self):
         self.signum: int | None = None
         self.at = 0.0  # time.monotonic() of the first signal
+        self.unsaid = False  # its stop line held back until the ranks agree to stop (stop_on_signals' defer_sigterm)
 
     def __bool__(self) -> bool:
         return self.signum is not None
@@ -205,10 +206,27 @@ def stop_at_once_on_signals():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
+def stop_line(signum: int) -> bytes:
+    """What a clean stop says when it is asked for: the step ends, then last.pt is written."""
+    again = "Ctrl-C again" if signum == signal.SIGINT else "SIGINT or SIGKILL"
+    return (f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint ({again} to stop "
+            f"at once)\n").encode()
+
+
+def say_stop(flag: StopFlag) -> None:
+    """The stop line a flag held back (``unsaid``), said now that the checkpoint follows."""
+    if flag.unsaid and flag.signum is not None:
+        flag.unsaid = False
+        with contextlib.suppress(OSError):
+            write_stderr(stop_line(flag.signum))
+
+
 @contextlib.contextmanager
-def stop_on_signals(announce: bool = True):
+def stop_on_signals(announce: bool = True, defer_sigterm: bool = False):
     """Within the block the first SIGTERM or SIGINT only sets the yielded flag; the previous handlers
-    come back afterwards. Outside the main thread (signals cannot be caught there) nothing changes."""
+    come back afterwards. Outside the main thread (signals cannot be caught there) nothing changes.
+    ``defer_sigterm`` (under torchrun): SIGTERM's line is held back (flag.unsaid) for say_stop once the ranks agree
+    to stop, as torchrun sends it to the others when a process dies, and no checkpoint follows then."""
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -227,12 +245,11 @@ def stop_on_signals(announce: bool = True):
             return
         flag.signum, flag.at = signum, time.monotonic()
         _last_signal[0] = flag.at
-        if announce:  # os.write, not print: a handler that interrupts a print to stderr may not print again
-            name = signal.Signals(signum).name
-            again = "Ctrl-C again" if signum == signal.SIGINT else "SIGINT or SIGKILL"
+        if announce and defer_sigterm and signum == signal.SIGTERM:
+            flag.unsaid = True
+        elif announce:  # os.write, not print: a handler that interrupts a print to stderr may not print again
             try:
-                write_stderr(f"\n{name}: stopping after this step and writing a checkpoint ({again} to stop "
-                            f"at once)\n".encode())
+                write_stderr(stop_line(signum))
             except OSError:  # stderr piped to a `tee` that the same Ctrl-C has already ended: stop anyway
                 pass
 
