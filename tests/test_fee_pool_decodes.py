@@ -18,6 +18,7 @@ import torch
 import fewshot.data.cache as cache
 import fewshot.data.decode_many as decode_many
 import fewshot.run_checks as run_checks
+import fewshot.run_closing as run_closing
 import fewshot.run_stages as run_stages
 import fewshot.train.semi as semi
 from fewshot.cli import main
@@ -181,3 +182,115 @@ def test_another_crop_decodes_its_own_entry(copy_root, monkeypatch):
     seen = decodes_counted(monkeypatch, 1.0)
     pool = semi.load_pool(cfg, infos, 16, exclude_train=True)
     assert semi.moco_entry_paths(cfg, infos) is None and sorted(seen["cached"]) == sorted(pool.paths)
+
+
+def planned_after_timing_the_fine_tuning(monkeypatch) -> None:
+    """Stops the run where MoCo's stage is planned, after the fine-tuning task was built and timed for it (its
+    FixMatch pool decoded the whole cold pool there)."""
+    from fewshot.pipeline import PipelineRun
+
+    def closing(self, task, eval_s, step_s=None):
+        self.time_fine_tuning()
+        raise Planned
+
+    def plan_stage(task, cfg, end_time, min_epochs, keys, closing=None, resumed=False):
+        if closing is not None:
+            closing(task, 0.01, 0.01)
+        raise Planned
+
+    monkeypatch.setattr(PipelineRun, "pretrain_closing", closing)
+    monkeypatch.setattr(run_stages, "plan_stage", plan_stage)
+    for name in ("measure_step_seconds", "measure_prediction_seconds"):  # the task is what counts, not its speed
+        monkeypatch.setattr(run_closing, name, lambda *args, **kwargs: 0.01)
+
+
+def state_of(out) -> dict:
+    return json.loads((out / "run_state.json").read_text())
+
+
+@pytest.mark.parametrize("semi_method", ["pseudo", "fixmatch"])
+def test_with_moco_s_pool_capped_no_pool_file_is_decoded_twice(copy_root, tmp_path, monkeypatch, capsys, semi_method):
+    """review rev76: MoCo decoded only its seeded share of a slow cold pool, an entry of that share, so self-training
+    and FixMatch found no entry of MoCo's whole list and decoded shares of their own, MoCo's files among them (50 of
+    100 twice). Their shares now start inside MoCo's and decode only the rest; a resume decodes nothing."""
+    without_first_pool(copy_root)
+    seen = decodes_counted(monkeypatch, 0.1)  # MoCo's 140 files: 14 s, more than its 7.5 s: a share of 75
+    stopped_at_planning(monkeypatch)
+    planned_after_timing_the_fine_tuning(monkeypatch)
+    words = run_words(copy_root, tmp_path / "out", "--pretrain", "run.pretrain_batch_size=16", semi_method=semi_method)
+    main(words)
+    twice = [f for f, k in Counter(seen["cached"]).items() if k > 1]
+    assert seen["cached"] and twice == []
+    state = state_of(tmp_path / "out")
+    assert state["moco_pool_decoded"] == 75 and state["pool_shares_moco_first"] is True
+    cfg, infos = settings(copy_root, **{"run.pretrain": True, "model.img_size": 32})
+    paths = semi.pool_files(cfg, infos, exclude_train=True)[0]
+    moco = {str(p) for p in semi.moco_share_paths(cfg, infos, 75)} & {str(p) for p in paths}
+    field = "pool_decoded" if semi_method == "pseudo" else "fixmatch_pool_decoded"
+    limit = run_checks.recorded_limit(state, field)
+    assert isinstance(limit, semi.MocoFirst) and limit.moco == 75
+    share = semi.load_pool(cfg, infos, 32, exclude_train=True, limit=limit).paths  # as the stage reads it
+    assert moco <= set(share) and len(share) == min(int(limit), len(paths))  # MoCo's files first
+    assert sorted(seen["cached"]) == sorted(set(share) | moco)  # each once: MoCo's, then only the rest
+    seen["cached"].clear()
+    main(words + ["--resume"])
+    assert seen["cached"] == [] and state_of(tmp_path / "out")[field] == state[field]
+
+
+def test_self_training_s_share_is_drawn_inside_moco_s_capped_share(copy_root, monkeypatch, capsys):
+    """A share of self-training's pool where MoCo decoded 60 of its 140 files: up to MoCo's files (in the pool, 43),
+    nothing is decoded; beyond them, only the rest is, the rows MoCo decoded copied; the pixels are a fresh decode's."""
+    from fewshot.data.cache import load_images
+    from fewshot.run_pseudo import pool_decode_limit
+
+    without_first_pool(copy_root)
+    cfg, infos = settings(copy_root, **{"run.pretrain": True})
+    run_checks.check_pool_images(cfg, infos, "off", moco_limit=60)
+    paths = semi.pool_files(cfg, infos, exclude_train=True)[0]
+    moco = {str(p) for p in semi.moco_share_paths(cfg, infos, 60)} & {str(p) for p in paths}
+    seen = decodes_counted(monkeypatch, 0.5)  # 100 files: 50 s, a 12 s cap: a share of 24 (the faked timing is fast)
+    within, order, free = run_checks.share_source(cfg, infos, paths, 60)
+    assert free == len(moco) and 24 < free < len(paths)
+    limit = pool_decode_limit(cfg, paths, 12.0, n=1, within=within, order=order, free=free)
+    assert limit == 24 and "the 24 MoCo decoded read from its cache entry and decoding none" in capsys.readouterr().out
+    share = run_checks.moco_first_limit(limit, paths, 60, order)
+    small = semi.load_pool(cfg, infos, 16, exclude_train=True, limit=share)
+    assert set(small.paths) <= moco and len(small.paths) == 24 and seen["cached"] == []
+    large = semi.load_pool(cfg, infos, 16, exclude_train=True, limit=semi.MocoFirst(70, 60))
+    assert moco <= set(large.paths) and len(large.paths) == 70
+    assert sorted(seen["cached"]) == sorted(set(large.paths) - moco)  # only what MoCo's share lacks
+    for pool in (small, large):
+        assert torch.equal(pool.images[:], load_images(pool.paths, 16, None, crop_pct=1.0).images)
+
+
+def test_a_state_without_the_moco_first_record_keeps_the_pool_s_seeded_shares():
+    """A run started before shares were drawn inside MoCo's resumes on the files its first session decoded."""
+    older = {"moco_pool_decoded": 75, "fixmatch_pool_decoded": 40, "pool_decoded": 30}
+    assert type(run_checks.recorded_limit(older, "fixmatch_pool_decoded")) is int
+    assert type(run_checks.recorded_share(older, 30)) is int
+    newer = {**older, "pool_shares_moco_first": True}
+    assert run_checks.recorded_limit(newer, "fixmatch_pool_decoded").moco == 75
+    assert type(run_checks.recorded_limit(newer, "moco_pool_decoded")) is int
+
+
+def test_reading_moco_s_entry_warns_of_dark_16_bit_pool_images(tmp_path, monkeypatch, capsys):
+    """review rev76: load_images warns of 12-bit data in 16-bit files on every cache hit; rows read from MoCo's entry
+    (load_rows: `fewshot train --semi fixmatch` after a `run --pretrain`) gave no warning."""
+    import numpy as np
+    from PIL import Image
+
+    from fewshot.data import cache_words
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    paths = []
+    for i in range(4):
+        paths.append(folder / f"{i}.png")
+        Image.fromarray((np.arange(64).reshape(8, 8) * 60 + i).astype(np.uint16)).save(paths[-1])  # at most 3783
+    cache.load_images(paths, 8, tmp_path / "cache", desc="loading unlabeled pool")
+    monkeypatch.setattr(cache_words, "_WARNED", set())  # a later command
+    capsys.readouterr()
+    rows = cache.load_rows(paths[1:3], 8, tmp_path / "cache", paths)
+    assert rows is not None and len(rows) == 2
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "data.bit_depth=12" in err and str(folder) in err, err

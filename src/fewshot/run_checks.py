@@ -95,12 +95,16 @@ def check_pool_images(cfg: dict, infos, semi: str, moco_limit: int | None = None
 
 def check_fixmatch_images(cfg: dict, infos, limit: int | None = None, cold: list | None = None) -> list:
     """FixMatch's pool decoded as its stage reads it (data.crop_pct, only real pool images: semi.pool_images, rows
-    of MoCo's entry where it holds them), its seeded share ``limit`` only; returns the files left out."""
-    from fewshot.train.semi import moco_entry_paths, pool_files, pool_images
+    of MoCo's entry where it holds them), its seeded share ``limit`` only (semi.share_positions: a MocoFirst one
+    inside MoCo's share first); returns the files left out."""
+    from fewshot.train.semi import moco_entry_paths, moco_limit_of, pool_files, pool_images, share_positions
 
-    paths = moco_pool_share(cfg, pool_files(cfg, infos, exclude_train=True)[0], limit)
-    cached = _timed_decode(cfg, paths, cfg["data"]["crop_pct"], moco_entry_paths(cfg, infos), cold,
-                           lambda: pool_images(cfg, infos, paths, cfg["model"]["img_size"]))
+    paths = pool_files(cfg, infos, exclude_train=True)[0]
+    subset = share_positions(cfg, infos, paths, limit)
+    paths = paths if subset is None else [paths[i] for i in subset.tolist()]
+    moco = moco_limit_of(limit)
+    cached = _timed_decode(cfg, paths, cfg["data"]["crop_pct"], moco_entry_paths(cfg, infos, moco), cold,
+                           lambda: pool_images(cfg, infos, paths, cfg["model"]["img_size"], moco))
     return list(cached.bad)
 
 
@@ -166,9 +170,61 @@ def recorded_moco_limit(data: dict) -> int | None:
 
 def recorded_limit(data: dict, field: str) -> int | None:
     """A pool share a run's state records under ``field`` (moco_pool_decoded, fixmatch_pool_decoded); None: the
-    whole pool, also for a state from a version without the field, which decoded the whole pool."""
+    whole pool, also for a state from a version without the field, which decoded the whole pool. FixMatch's is a
+    semi.MocoFirst where the state says it was drawn inside MoCo's share first (recorded_share)."""
     value = data.get(field)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    limit = value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return limit if field == "moco_pool_decoded" else recorded_share(data, limit)
+
+
+MOCO_FIRST_FIELD = "pool_shares_moco_first"  # run_state.json: self-training's and FixMatch's shares are MocoFirst
+
+
+def recorded_share(data: dict, limit: int | None):
+    """Self-training's or FixMatch's recorded share ``limit`` as its first session drew it: inside MoCo's capped
+    share first (semi.MocoFirst) where the state says so, else the pool's seeded order (a state from before)."""
+    from fewshot.train.semi import MocoFirst
+
+    moco = recorded_moco_limit(data)
+    if limit is None or moco is None or data.get(MOCO_FIRST_FIELD) is not True:
+        return limit
+    return MocoFirst(limit, moco)
+
+
+def share_source(cfg: dict, infos, paths: list, moco_limit: int | None) -> tuple[list | None, torch.Tensor | None, int]:
+    """Where self-training's or FixMatch's share of their pool ``paths`` comes from: the list whose cache entry MoCo's
+    check wrote (semi.moco_entry_paths; None at another crop, whose pixels it does not hold), and where MoCo decoded
+    only its seeded share of ``moco_limit`` files, the order the share is drawn in (semi.share_order: the files
+    inside MoCo's share first) and how many those are (read from MoCo's entry, they cost no decoding); else None
+    and 0 (pool_subset's order)."""
+    from fewshot.train.semi import moco_entry_paths, share_order
+
+    within = moco_entry_paths(cfg, infos, moco_limit)
+    if within is None or moco_limit is None:
+        return within, None, 0
+    order, free = share_order(paths, int(cfg["train"]["seed"]), within)
+    return within, order, free
+
+
+def moco_first_limit(limit: int | None, paths: list, moco_limit: int | None, order) -> int | None:
+    """The share ``limit`` of ``paths`` (None: all) as loaded and recorded where it is drawn inside MoCo's share first
+    (``order`` from share_source): a semi.MocoFirst, the whole pool too (its rows MoCo decoded are copied, not
+    decoded again); else ``limit`` as it is."""
+    from fewshot.train.semi import MocoFirst
+
+    if order is None or moco_limit is None or not paths:
+        return limit
+    return MocoFirst(len(paths) if limit is None else limit, moco_limit)
+
+
+def share_words(limit: int, free: int) -> str:
+    """How a cold pool's share of ``limit`` files is had: decoded, or where ``free`` files lead its order (inside
+    MoCo's share, share_source) partly or wholly read from MoCo's cache entry."""
+    inside = min(free, limit)
+    if not inside:
+        return f"decoding a seeded random {limit:,} of them"
+    rest = f"decoding the other {limit - inside:,}" if limit > inside else "decoding none"
+    return f"a seeded random {limit:,} of them, the {inside:,} MoCo decoded read from its cache entry and {rest}"
 
 
 # of MoCo's share of the budget (run.pretrain_share), what decoding its cold pool may take: a 10k-file pool of
@@ -200,31 +256,35 @@ def moco_decode_limit(cfg: dict, infos, budget_s: float, n: int | None = None, r
     return limit
 
 
-def fixmatch_decode_limit(cfg: dict, infos, budget_s: float, n: int | None = None, refuse=None) -> int | None:
+def fixmatch_decode_limit(cfg: dict, infos, budget_s: float, n: int | None = None, refuse=None,
+                          moco_limit: int | None = None) -> int | None:
     """How many of FixMatch's pool files `fewshot run` decodes and FixMatch trains on: all (None) when the decode
     cache holds them (its own entry or MoCo's) or decoding them takes at most a quarter of the fine-tuning's time
     (the budget after MoCo's share); else a seeded random share that fits (one step's unlabeled images and ``n`` at
-    least): cold_pool_limit, as MoCo's and self-training's. A cold 10k-file pool was decoded whole before planning."""
-    from fewshot.train.semi import moco_entry_paths, pool_files
+    least): cold_pool_limit, as MoCo's and self-training's. A cold 10k-file pool was decoded whole before planning.
+    ``moco_limit``: MoCo decoded only that share of its pool, so FixMatch's is drawn inside it first (a
+    semi.MocoFirst: share_source, moco_first_limit)."""
+    from fewshot.train.semi import pool_files
 
     r, n = cfg["run"], n or DECODE_SAMPLE
     share = (1.0 - float(r["pretrain_share"]) if r["pretrain"] else 1.0) * budget_s
     paths, seconds = pool_files(cfg, infos, exclude_train=True)[0], FIXMATCH_DECODE_SHARE * share
     floor = max(n, int(cfg["semi"]["mu"]) * int(cfg["train"]["batch_size"]))
-    limit, whole, reused = cold_pool_limit(cfg, paths, cfg["data"]["crop_pct"], seconds, floor, n, refuse,
-                                           moco_entry_paths(cfg, infos))
+    within, order, free = share_source(cfg, infos, paths, moco_limit)
+    limit, whole, reused = cold_pool_limit(cfg, paths, cfg["data"]["crop_pct"], seconds, floor, n, refuse, within,
+                                           order, free)
     whole += f" (a quarter of the fine-tuning's {share:.0f} s of the budget)"
     if limit is not None and reused:
         print(f"[run] FixMatch's {len(paths):,} pool images are not in the decode cache, but a seeded random "
               f"{limit:,} of them are (an earlier run's): the pool FixMatch trains on ({whole})", flush=True)
     elif limit is not None:
-        print(f"[run] FixMatch's {len(paths):,} pool images are not in the decode cache: {whole}; decoding a seeded "
-              f"random {limit:,} of them, the pool FixMatch trains on", flush=True)
-    return limit
+        print(f"[run] FixMatch's {len(paths):,} pool images are not in the decode cache: {whole}; "
+              f"{share_words(limit, free)}, the pool FixMatch trains on", flush=True)
+    return moco_first_limit(limit, paths, moco_limit, order)
 
 
 def cold_pool_limit(cfg: dict, paths: list, crop: float, seconds: float, floor: int, n: int,
-                    refuse=None, within: list | None = None) -> tuple[int | None, str, bool]:
+                    refuse=None, within: list | None = None, order=None, free: int = 0) -> tuple[int | None, str, bool]:
     """How many of a pool's ``paths`` a run decodes at ``crop`` (MoCo's and self-training's, one rule): all (None)
     when the cache holds them or decoding them fits ``seconds`` (the timing's own seconds out of them), else a
     seeded random share that fits (semi.pool_subset, ``floor`` at least). An earlier run's share the cache holds is
@@ -232,31 +292,50 @@ def cold_pool_limit(cfg: dict, paths: list, crop: float, seconds: float, floor: 
     the timing again). Timed on the tail of the seeded order, outside the share (its head): the sample was decoded
     twice. ``refuse(seconds, files)``: raises where the least share cannot fit the time left (checked after the
     first TIMING_FIRST files and after the timing). ``within``: pool_is_cached's (MoCo's entry may hold them all).
-    Returns (the count, its words, whether reused)."""
+    ``order``, ``free``: share_source's (the shares' order, led by ``free`` files MoCo's entry holds, which the
+    least share does not decode). Returns (the count, its words, whether reused)."""
     if len(paths) <= 2 * floor or pool_is_cached(cfg, paths, crop, within):
         return None, "", False
     record = _subsets_record(cfg, paths, crop)
     rate = _recorded_rate(record)
+    share_of = _share_of(cfg, paths, order)
     if rate is not None:
         if rate * len(paths) <= seconds:  # the whole pool fits at the recorded rate: no earlier share (review rev74)
             return None, "", False
-        reused = _earlier_share(cfg, paths, crop, record, _share_size(seconds, rate, floor))
+        limit = _share_size(seconds, rate, floor)
+        reused = limit if limit <= free else _earlier_share(cfg, share_of, len(paths), crop, record, limit, within,
+                                                            free)
         if reused is not None:
-            return reused, _whole_words(len(paths), rate, "timed by an earlier run", seconds, ""), True
-    rate, timed_s = _timed_rate(cfg, paths, crop, n, floor, refuse)
+            return reused, _whole_words(len(paths), rate, "timed by an earlier run", seconds, ""), reused > free
+    rate, timed_s = _timed_rate(cfg, paths, crop, n, max(0, floor - free), refuse, order)
     _record_rate(record, rate)
     left = max(0.0, seconds - timed_s)  # the timing is decoding too
     words = _whole_words(len(paths), rate, f"timed on {n} in {timed_s:.1f} s", seconds, ", the timing included")
     if rate * len(paths) <= left:
         return None, words, False
     limit = _share_size(left, rate, floor)
-    reused = _earlier_share(cfg, paths, crop, record, limit)
+    if limit <= free:  # inside MoCo's share: nothing to decode (nor to list as a share decoded)
+        return limit, words, False
+    reused = _earlier_share(cfg, share_of, len(paths), crop, record, limit, within, free)
     if reused is None and record is not None:
         with contextlib.suppress(OSError):
             from fewshot.data.cache import add_to_subsets_record
 
             add_to_subsets_record(record, limit)
     return (limit, words, False) if reused is None else (reused, words, True)
+
+
+def _share_of(cfg: dict, paths: list, order=None):
+    """The files of ``paths`` a share of m takes (in the pool's order): the head of ``order``, else of the pool's
+    seeded order (semi.pool_subset's)."""
+    from fewshot.train.semi import pool_subset
+
+    def share(m: int) -> list:
+        head = (pool_subset(len(paths), m, int(cfg["train"]["seed"])) if order is None
+                else order[:m].sort().values)
+        return [paths[i] for i in head.tolist()]
+
+    return share
 
 
 def _share_size(seconds: float, per_file: float, floor: int) -> int:
@@ -270,14 +349,17 @@ def _whole_words(files: int, per_file: float, timed: str, seconds: float, includ
             f"more than the {seconds:.0f} s that decoding may take{included}")
 
 
-def _timed_rate(cfg: dict, paths: list, crop: float, n: int, floor: int, refuse=None) -> tuple[float, float]:
-    """Seconds per file of decoding ``n`` of the pool's files (the tail of its seeded order: every dataset of the
-    pool, outside the share), and the seconds the timing took. ``refuse`` is asked first after TIMING_FIRST files
-    (with the rest of the sample and the least share to decode), then with the least share alone."""
+def _timed_rate(cfg: dict, paths: list, crop: float, n: int, floor: int, refuse=None,
+                order=None) -> tuple[float, float]:
+    """Seconds per file of decoding ``n`` of the pool's files (the tail of its seeded order, or of ``order``: every
+    dataset of the pool, outside the share), and the seconds the timing took. ``refuse`` is asked first after
+    TIMING_FIRST files (with the rest of the sample and the least share to decode: ``floor`` files), then with the
+    least share alone (where it decodes any)."""
     from fewshot.data import decode_many
 
     d, t0 = cfg["data"], time.monotonic()
-    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(int(cfg["train"]["seed"])))
+    if order is None:
+        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(int(cfg["train"]["seed"])))
     sample = [paths[i] for i in order[len(paths) - n:].tolist()]
     first, rest = sample[:TIMING_FIRST], sample[TIMING_FIRST:]
 
@@ -291,7 +373,7 @@ def _timed_rate(cfg: dict, paths: list, crop: float, n: int, floor: int, refuse=
         refuse(rate * (len(rest) + floor), len(rest) + floor)  # the count the seconds are of (review rev74)
     if rest:
         rate = (first_s + spent(rest)) / len(sample)
-        if refuse is not None:
+        if refuse is not None and floor:
             refuse(rate * floor, floor)
     return rate, math.floor(10 * (time.monotonic() - t0)) / 10  # in tenths of a second: the words say no finer
 
@@ -305,18 +387,18 @@ def _subsets_record(cfg: dict, paths: list, crop: float):
                           int(cfg["train"]["seed"]), d.get("bit_depth", "auto"))
 
 
-def _earlier_share(cfg: dict, paths: list, crop: float, record, limit: int) -> int | None:
+def _earlier_share(cfg: dict, share_of, n_pool: int, crop: float, record, limit: int, within: list | None = None,
+                   free: int = 0) -> int | None:
     """An earlier run's share of the pool that the cache holds, at least half of ``limit``: the timing varies from
-    run to run (564 to 972 files for the same time), and each new count decoded another share into a cache entry."""
-    from fewshot.train.semi import pool_subset
-
+    run to run (564 to 972 files for the same time), and each new count decoded another share into a cache entry.
+    ``share_of(m)``: the files of a share of m of the ``n_pool`` files (_share_of); ``within``, ``free``:
+    cold_pool_limit's (a share of no more than ``free`` files is MoCo's, not an earlier run's)."""
     sizes: list[int] = []
     if record is not None:
         with contextlib.suppress(OSError, ValueError, TypeError):
             sizes = sorted({int(m) for m in loads_run_json(record.read_text())}, reverse=True)
-    for m in (m for m in sizes if limit / 2 <= m < len(paths)):
-        if pool_is_cached(cfg, [paths[i] for i in pool_subset(len(paths), m, int(cfg["train"]["seed"])).tolist()],
-                          crop):
+    for m in (m for m in sizes if limit / 2 <= m < n_pool and m > free):
+        if pool_is_cached(cfg, share_of(m), crop, within):
             return m
     return None
 

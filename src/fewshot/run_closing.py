@@ -203,11 +203,13 @@ class ClosingMixin:
     def time_fine_tuning(self) -> tuple:
         """A fine-tuning task as the stage after MoCo builds it (its weights not read: the speed does not depend on
         them), with its step and per-test-image prediction seconds: (task, step_s, per_image). The caller frees
-        the task (free_device_memory) once timed."""
+        the task (free_device_memory) once timed. FixMatch's pool is the share start-up decoded (fixmatch_limit):
+        the whole cold pool was decoded here (3,000 slow files, 18 s of a 1-minute run, review of rev76)."""
         from fewshot.train.supervised import SupervisedTask
 
         fcfg = finetune_config(self.cfg, self.cfg["model"]["weights"], self.semi)
-        probe = SupervisedTask(fcfg, self.infos, self.device, self.ctx, resuming=True, quiet_weights=True)
+        probe = SupervisedTask(fcfg, self.infos, self.device, self.ctx, resuming=True, quiet_weights=True,
+                               pool_limit=self.fixmatch_limit)
         return probe, measure_step_seconds(probe), measure_prediction_seconds(probe, self.test_set.images)
 
     def refuse_unless_least_run_fits(self, timed: list, before=None, first=None) -> list[float]:

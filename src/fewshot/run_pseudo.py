@@ -105,22 +105,25 @@ def share_line(n: int, n_pool: int, whole_s: float, seconds: float) -> str:
 
 
 def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256, refuse=None,
-                      within: list | None = None) -> int | None:
+                      within: list | None = None, order=None, free: int = 0) -> int | None:
     """How many pool files self-training decodes: all (None) when the decode cache holds them or decoding them
     takes at most ``seconds``; else a seeded random share that fits (``n`` at least; semi.pool_subset), an earlier
     run's share reused where the cache holds one at least half as large (run_checks.cold_pool_limit, MoCo's rule). A
     cold 100k-file pool was decoded whole before the stages were planned, inside the budget, though the rounds label
     only the share their time allows (pool_share_in_time). ``refuse``: cold_pool_limit's check of the time left;
-    ``within``: MoCo's pool (semi.moco_entry_paths), whose cache entry may hold every file already (hunt hBK #3)."""
-    from fewshot.run_checks import cold_pool_limit
+    ``within``: MoCo's pool (semi.moco_entry_paths), whose cache entry may hold every file already (hunt hBK #3);
+    ``order``, ``free``: where MoCo decoded only a share of it, the share is drawn inside it first
+    (run_checks.share_source)."""
+    from fewshot.run_checks import cold_pool_limit, share_words
 
-    limit, whole, reused = cold_pool_limit(cfg, paths, cfg["data"]["crop_pct"], seconds, n, n, refuse, within)
+    limit, whole, reused = cold_pool_limit(cfg, paths, cfg["data"]["crop_pct"], seconds, n, n, refuse, within, order,
+                                           free)
     if limit is not None and reused:
         print(f"[run] the {len(paths):,} pool images are not in the decode cache, but a seeded random {limit:,} of "
               f"them are (an earlier run's): the pool the rounds label ({whole})", flush=True)
     elif limit is not None:
         print(f"[run] the {len(paths):,} pool images are not in the decode cache: {whole} (a quarter of the time "
-              f"after round 1); decoding a seeded random {limit:,} of them, the pool the rounds label", flush=True)
+              f"after round 1); {share_words(limit, free)}, the pool the rounds label", flush=True)
     return limit
 
 

@@ -29,8 +29,9 @@ from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.run_pseudo import pool_decode_limit, precision_cap
 from fewshot.run_checks import (auto_img_size, check_finetune_batches, check_fixmatch_images, check_model,
                                 check_pool_images, check_pretrain_settings, cold_decode_total, fixmatch_decode_limit,
-                                joined_skips, moco_decode_limit, note_cold_decode, pool_is_cached, preload_images,
-                                recorded_limit, recorded_moco_limit)
+                                joined_skips, moco_decode_limit, moco_first_limit, note_cold_decode, pool_is_cached,
+                                preload_images, recorded_limit, recorded_moco_limit, recorded_share, share_source,
+                                MOCO_FIRST_FIELD)
 from fewshot.run_reuse import adopt_stage_architecture, read_finished_json, weights_replaced_by
 from fewshot.run_stages import finetune_config
 from fewshot.run_state import STATE_FILE, RunState, holds_finished_run
@@ -350,7 +351,8 @@ class StartupMixin:
         first session chose (its state), so that a stopped FixMatch stage continues on the same files."""
         if self.state is not None:
             return recorded_limit(self.state.data, "fixmatch_pool_decoded")
-        return fixmatch_decode_limit(self.cfg, self.infos, self.budget_minutes * 60.0, refuse=self.refuse_unless_fits)
+        return fixmatch_decode_limit(self.cfg, self.infos, self.budget_minutes * 60.0, refuse=self.refuse_unless_fits,
+                                     moco_limit=self.moco_limit)
 
     def refuse_unless_fits(self, decode_s: float, files: int) -> None:
         """cold_pool_limit's check, before a cold pool's least share is decoded (``files``, ``decode_s`` at the
@@ -367,21 +369,19 @@ class StartupMixin:
     def check_self_training_pool(self) -> None:
         """The pool self-training labels, decoded now (as far as its time can use it); without one, self-training
         is off and the fine-tuning on the labelled images gets the whole budget."""
-        from fewshot.train.semi import load_pool, moco_entry_paths, pool_files
+        from fewshot.train.semi import load_pool, moco_entry_paths, moco_limit_of
 
-        cfg, r, state = self.cfg, self.r, self.state
+        cfg, state = self.cfg, self.state
         # a cold pool is decoded only as far as the labelling can use it: a quarter of the time after round 1
         # (what pool_share_in_time gives round 2); a resumed run decodes the share its first session chose
         if state is not None and "pool_decoded" in state.data:
-            self.pool_limit = state.data["pool_decoded"]
+            self.pool_limit = recorded_share(state.data, state.data["pool_decoded"])
         else:
-            self.pool_limit = pool_decode_limit(cfg, pool_files(cfg, self.infos, exclude_train=True)[0],
-                                                0.25 * (1 - float(r["pseudo_share"])) * self.budget_minutes * 60,
-                                                refuse=None if self.resume else self.refuse_unless_fits,
-                                                within=moco_entry_paths(cfg, self.infos))
+            self.pool_limit = self.self_training_pool_limit()
         # decoded now, as the test images: a broken pool file would otherwise stop the run after round 1;
         # nothing is read into memory (the rounds read the images from the cache, or MoCo's where it holds them)
-        paths, within = self.self_training_pool_paths(), moco_entry_paths(cfg, self.infos)
+        paths = self.self_training_pool_paths()
+        within = moco_entry_paths(cfg, self.infos, moco_limit_of(self.pool_limit))
         cold, t0 = not pool_is_cached(cfg, paths, cfg["data"]["crop_pct"], within), time.monotonic()
         pool = load_pool(cfg, self.infos, cfg["model"]["img_size"], exclude_train=True, limit=self.pool_limit)
         if cold:
@@ -396,12 +396,26 @@ class StartupMixin:
                   f"fine-tuning on the labelled images gets {rest}.", flush=True)
             self.semi = self.r["semi_method"] = "off"
 
+    def self_training_pool_limit(self) -> int | None:
+        """How many pool files self-training decodes and labels (None: all): pool_decode_limit; where MoCo decoded
+        only its share of a cold pool (moco_limit), a share drawn inside MoCo's first (a MocoFirst: the files MoCo
+        decoded are read from its cache entry, only the others decoded)."""
+        from fewshot.train.semi import pool_files
+
+        cfg = self.cfg
+        paths = pool_files(cfg, self.infos, exclude_train=True)[0]
+        within, order, free = share_source(cfg, self.infos, paths, self.moco_limit)
+        limit = pool_decode_limit(cfg, paths, 0.25 * (1 - float(self.r["pseudo_share"])) * self.budget_minutes * 60,
+                                  refuse=None if self.resume else self.refuse_unless_fits, within=within, order=order,
+                                  free=free)
+        return moco_first_limit(limit, paths, self.moco_limit, order)
+
     def self_training_pool_paths(self) -> list:
         """The pool files self-training decodes (its share: pool_limit), as load_pool picks them."""
-        from fewshot.train.semi import pool_files, pool_subset
+        from fewshot.train.semi import pool_files, share_positions
 
         paths = pool_files(self.cfg, self.infos, exclude_train=True)[0]
-        subset = pool_subset(len(paths), self.pool_limit, int(self.cfg["train"]["seed"]))
+        subset = share_positions(self.cfg, self.infos, paths, self.pool_limit)
         return paths if subset is None else [paths[i] for i in subset.tolist()]
 
     def check_fixmatch_pool(self) -> None:
@@ -427,6 +441,8 @@ class StartupMixin:
     def start_state(self) -> None:
         """The run's state: started now that the inputs have passed their checks, or the resumed one, whose
         sessions' time the clock now counts."""
+        from fewshot.train.semi import moco_limit_of
+
         if self.state is None:  # written once the inputs have passed their checks: a failed start leaves no run behind
             self.state = RunState.start(self.out, self.requested, self.budget_minutes, self.cfg["model"]["img_size"],
                                         time.monotonic() - self.t_start, self.class_names)
@@ -436,9 +452,12 @@ class StartupMixin:
             print(f"[run] resuming {self.out}: {self.used / 60:.1f} of {minutes_text(self.budget_minutes)} used before "
                   f"the stop; finished stages: {', '.join(done) or 'none'}"
                   + (f" ({UNRECORDED})" if self.session_before_lost else ""))
-        self.state.data["pool_decoded"] = self.pool_limit
+        self.state.data["pool_decoded"] = _count(self.pool_limit)
         self.state.data["moco_pool_decoded"] = self.moco_limit  # the MoCo stage trains on it (run_stages)
-        self.state.data["fixmatch_pool_decoded"] = self.fixmatch_limit  # and the FixMatch stage on this one
+        self.state.data["fixmatch_pool_decoded"] = _count(self.fixmatch_limit)  # and the FixMatch stage on this one
+        # both drawn inside MoCo's share first (recorded_share): a resume and the stages take the same files
+        self.state.data[MOCO_FIRST_FIELD] = moco_limit_of(self.pool_limit) is not None or moco_limit_of(
+            self.fixmatch_limit) is not None
         self.state.save()
         self.stop_clock = (self.state, self.t_start)
         # the files --skip-bad-images (train, val, test) and data.skip_bad_unlabeled (pool) left out, with the reasons
@@ -479,6 +498,11 @@ class StartupMixin:
         except BaseException as exc:
             self.undo_start(refused=isinstance(exc, UserError))
             raise
+
+
+def _count(limit: int | None) -> int | None:
+    """A pool share's count as run_state.json records it (a semi.MocoFirst as the plain number)."""
+    return None if limit is None else int(limit)
 
 
 def undo_run_start(out: Path, entries_before: set[str], existed: bool, new_parents: list[Path] = ()) -> None:

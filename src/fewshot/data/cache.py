@@ -91,7 +91,8 @@ def _retryable(why: str) -> bool:
 def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
                 skip_bad: bool = False, desc: str = "decoding images", threads: int | None = None,
                 skip_note: str | None = "--skip-bad-images", max_gb: float | None = None,
-                bit_depth: int | str = "auto", digests: bool = False, entry_digests: bool = False) -> CachedImages:
+                bit_depth: int | str = "auto", digests: bool = False, entry_digests: bool = False,
+                reuse: list[Path] | None = None) -> CachedImages:
     """Decode (or reuse the cache of) `paths` at `size`; bad files raise DataLayoutError unless skip_bad.
     ``max_gb``: data.cache_max_gb, the cache folder's cap once a new entry is written (prune_cache; None or 0:
     none). ``bit_depth``: data.bit_depth (to_rgb_uint8); 16-bit images that seem to use fewer bits than they are
@@ -99,21 +100,24 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
     taken as it decodes and kept in the entry's meta file (an entry written without them is hashed once).
     ``entry_digests``: a new entry this process writes keeps them even where it does not ask for them: under torchrun
     every rank decodes a split and the last to finish writes its meta file, so a rank other than 0 left an entry that
-    rank 0's next run hashed again for warn_split_copies."""
+    rank 0's next run hashed again for warn_split_copies. ``reuse``: another list whose cache entry (same size, crop
+    and depth) may hold some of ``paths``: a new entry copies their rows from it and decodes only the others
+    (self-training's pool beside MoCo's capped share: the files MoCo decoded were decoded again, review rev76)."""
     # filters are the process's: the decoding threads see this one while it is in place, and a user's -W error
     # (or a caller's catch_warnings) holds again afterwards (a filter set at import overrode it for good)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         return _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb, bit_depth,
-                            digests, entry_digests)
+                            digests, entry_digests, reuse)
 
 
 def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb,
-                 bit_depth, digests, entry_digests=False) -> CachedImages:
+                 bit_depth, digests, entry_digests=False, reuse=None) -> CachedImages:
     paths = [Path(p) for p in paths]
     n = len(paths)
     key = cache_key(paths, size, crop_pct, bit_depth)
     data_file = meta_file = None
+    root_dir = cache_dir  # where the entry of ``reuse`` is looked up (entry_dir of its own key)
     if cache_dir is not None:
         cache_dir = entry_dir(cache_dir, key)
         data_file, meta_file = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
@@ -138,6 +142,8 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 pass  # unreadable cache (or a meta file of another shape): rebuild below
 
     shape, nbytes = (n, 3, size, size), n * 3 * size * size
+    # the rows another entry holds (digests asked for: every file decoded, each hashed as it decodes)
+    copied = _rows_held(paths, size, root_dir, reuse, crop_pct, bit_depth) if reuse and not digests else None
     out = tmp = held = None
     if data_file is not None and n:
         # decoded straight into the (temporary) cache file: an in-memory copy of a large pool at a large size was
@@ -161,7 +167,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 raise _too_big(n, size, nbytes) from None
             _warn_no_cache(cache_dir, exc, nbytes)
         if tmp is not None:
-            _note_new_entry(desc, n, size, cache_dir, nbytes, max_gb)
+            _note_new_entry(desc, n - (len(copied[1]) if copied else 0), size, cache_dir, nbytes, max_gb)
     if out is None:
         try:
             out = np.zeros(shape, dtype=np.uint8)
@@ -169,8 +175,11 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
             raise _too_big(n, size, nbytes) from None
     try:
         found: list[str | None] | None = [None] * n if digests or (entry_digests and tmp is not None) else None
-        bad, sixteen = _decode_into(out, paths, size, crop_pct, desc, threads or min(8, os.cpu_count() or 1),
-                                    bit_depth, found)
+        threads = threads or min(8, os.cpu_count() or 1)
+        if copied is None or found is not None:
+            bad, sixteen = _decode_into(out, paths, size, crop_pct, desc, threads, bit_depth, found)
+        else:
+            bad, sixteen = _copy_or_decode(out, paths, size, crop_pct, desc, threads, bit_depth, copied)
         if tmp is not None:
             try:
                 # durable before the (fsynced) meta file says it is complete; written through the held descriptor:
@@ -203,6 +212,68 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
         _closed(held)  # its lock given up once it is the entry (or gone)
     warn_bit_depth(desc, sixteen, bit_depth)
     return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note, found if digests else None, found)
+
+
+def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: list, crop_pct: float,
+               bit_depth: int | str) -> tuple[np.ndarray, dict[int, int], dict | None] | None:
+    """The rows of ``paths`` that the cache entry of ``within`` holds decoded (not as a failure): (its images, {index
+    in ``paths``: row}, its record of 16-bit images); None where it holds none or cannot be read."""
+    if cache_dir is None:
+        return None
+    within = [Path(p) for p in within]
+    key = cache_key(within, size, crop_pct, bit_depth)
+    folder = entry_dir(cache_dir, key)
+    if not _holds(folder, key):
+        return None
+    try:
+        meta = loads_run_json((folder / f"{key}.json").read_text())
+        failed = {i for i, _ in _cached_bad(meta, within)}
+        images = np.memmap(folder / f"{key}.u8", dtype=np.uint8, mode="r", shape=(len(within), 3, size, size))
+    except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
+        return None
+    where: dict[str, int] = {}
+    for i, p in enumerate(within):
+        where.setdefault(os.path.abspath(p), i)
+    rows = {}
+    for i, a in enumerate(map(os.path.abspath, paths)):
+        row = where.get(a)
+        if row is not None and row not in failed:
+            rows[i] = row
+    return (images, rows, _sixteen(meta.get("bits16"))) if rows else None
+
+
+class _RowsOf:
+    """``out``'s rows ``rows`` as _decode_into writes them (``view[i] = image`` puts image i into row rows[i])."""
+
+    def __init__(self, out, rows: list[int]):
+        self.out, self.rows = out, rows
+
+    def __setitem__(self, i: int, image) -> None:
+        self.out[self.rows[i]] = image
+
+
+def _copy_or_decode(out, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
+                    bit_depth: int | str, copied) -> tuple[list, dict | None]:
+    """_decode_into of ``paths``, except that the rows ``copied`` holds (_rows_held) are copied from its entry, not
+    decoded: the bad files (by index in ``paths``) and the 16-bit record, the other entry's merged in."""
+    images, rows, sixteen_there = copied
+    for i, row in rows.items():
+        out[i] = images[row]
+    missing = [i for i in range(len(paths)) if i not in rows]
+    bad, sixteen = _decode_into(_RowsOf(out, missing), [paths[i] for i in missing], size, crop_pct, desc, threads,
+                                bit_depth)
+    return [(missing[i] if isinstance(i, int) else i, why) for i, why in bad], _merged_sixteen(sixteen, sixteen_there)
+
+
+def _merged_sixteen(one: dict | None, other: dict | None) -> dict | None:
+    """Two records of 16-bit images as one: the larger peak, the folder both lie under."""
+    if one is None or other is None:
+        return one or other
+    try:
+        folder = os.path.commonpath([one["folder"], other["folder"]])
+    except ValueError:  # folders on two drives: the first's
+        folder = one["folder"]
+    return {"peak": max(one["peak"], other["peak"]), "folder": folder}
 
 
 def _closed(fh) -> None:
@@ -290,6 +361,13 @@ def rows_of_entry(paths: list[Path], size: int, cache_dir: Path | None, within: 
     key hashed every file's stat, so the rows are these files' pixels: `fewshot run --pretrain` decoded the same
     pool files again for self-training (hunt hBK #3). None where the entry is missing or unreadable, lacks a file,
     or holds one as a failure load_images would retry (the caller decodes its own entry then)."""
+    found = _entry_rows(paths, size, cache_dir, within, crop_pct, bit_depth)
+    return None if found is None else found[:3]
+
+
+def _entry_rows(paths: list[Path], size: int, cache_dir: Path | None, within: list[Path], crop_pct: float,
+                bit_depth: int | str):
+    """rows_of_entry, with the entry's record of its 16-bit images (load_rows warns of them, as a cache hit does)."""
     if cache_dir is None:
         return None
     where: dict[str, int] = {}
@@ -304,7 +382,9 @@ def rows_of_entry(paths: list[Path], size: int, cache_dir: Path | None, within: 
     if not _holds(folder, key):
         return None
     try:
-        bad_of = dict(_cached_bad(loads_run_json((folder / f"{key}.json").read_text()), within))
+        meta = loads_run_json((folder / f"{key}.json").read_text())
+        bad_of = dict(_cached_bad(meta, within))
+        sixteen = _sixteen(meta.get("bits16"))
         arr = np.memmap(folder / f"{key}.u8", dtype=np.uint8, mode="c", shape=(len(within), 3, size, size))
     except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
         return None
@@ -313,18 +393,21 @@ def rows_of_entry(paths: list[Path], size: int, cache_dir: Path | None, within: 
         return None
     with contextlib.suppress(OSError):  # its last use, for prune_cache
         os.utime(folder / f"{key}.u8")
-    return torch.from_numpy(arr), torch.tensor(rows, dtype=torch.long), bad
+    return torch.from_numpy(arr), torch.tensor(rows, dtype=torch.long), bad, sixteen
 
 
 def load_rows(paths: list[Path], size: int, cache_dir: Path | None, within: list[Path], crop_pct: float = 1.0,
               skip_bad: bool = False, skip_note: str | None = "--skip-bad-images",
-              bit_depth: int | str = "auto") -> CachedImages | None:
+              bit_depth: int | str = "auto", desc: str = "decoding images") -> CachedImages | None:
     """load_images of ``paths`` read from the entry of ``within`` (rows_of_entry), nothing decoded: the result's
-    ``rows`` says which row of its images each file is. None where that entry does not hold them all."""
-    found = rows_of_entry([Path(p) for p in paths], size, cache_dir, within, crop_pct, bit_depth)
+    ``rows`` says which row of its images each file is. None where that entry does not hold them all. Its 16-bit
+    images are warned of as load_images' cache hit warns (warn_bit_depth; the entry's record, of all its files):
+    `fewshot train --semi fixmatch` reading an earlier run's entry gave no warning of dark 12-bit pool images."""
+    found = _entry_rows([Path(p) for p in paths], size, cache_dir, within, crop_pct, bit_depth)
     if found is None:
         return None
-    images, rows, bad_at = found
+    images, rows, bad_at, sixteen = found
+    warn_bit_depth(desc, sixteen, bit_depth)
     cached = _finish(images, bad_at, [Path(p) for p in paths], skip_bad, skip_note)
     cached.rows = rows
     return cached

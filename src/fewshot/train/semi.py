@@ -64,10 +64,67 @@ def pool_subset(n_pool: int, limit: int | None, seed: int) -> torch.Tensor | Non
     return torch.randperm(n_pool, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
 
 
+class MocoFirst(int):
+    """A pool share's file count (load_pool's ``limit``) where `fewshot run` decoded only a seeded share of ``moco``
+    files of MoCo's pool: the share takes the real pool files inside MoCo's share first (share_positions), whose rows
+    MoCo's cache entry holds, and decodes only the others. Self-training and FixMatch drew shares of their own,
+    and decoded again the files MoCo had (review rev76). A count wherever one is read; run_state.json records the
+    count, and its pool_shares_moco_first says the share was drawn so (run_checks.recorded_share)."""
+
+    moco: int
+
+    def __new__(cls, files: int, moco: int):
+        share = super().__new__(cls, files)
+        share.moco = int(moco)
+        return share
+
+    def __reduce__(self):  # a copy keeps MoCo's share
+        return MocoFirst, (int(self), self.moco)
+
+    def __repr__(self) -> str:
+        return f"MocoFirst({int(self)}, moco={self.moco})"
+
+
+def moco_limit_of(limit) -> int | None:
+    """MoCo's share (its file count) that a pool share ``limit`` is drawn in first; None: none (MoCo's whole pool)."""
+    return limit.moco if isinstance(limit, MocoFirst) else None
+
+
+def share_order(paths: list, seed: int, inside: list | None = None) -> tuple[torch.Tensor, int]:
+    """The order in which a pool's seeded shares take its ``paths`` (a share of k: the first k; pool_subset's order),
+    and how many lead it from ``inside`` (MoCo's decoded share): those first, each part in the seeded order."""
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))
+    if not inside:
+        return order, 0
+    held = set(map(os.path.abspath, inside))
+    first = torch.tensor([os.path.abspath(paths[i]) in held for i in order.tolist()], dtype=torch.bool)
+    return torch.cat([order[first], order[~first]]), int(first.sum())
+
+
+def share_positions(cfg: dict, infos, paths: list, limit: int | None) -> torch.Tensor | None:
+    """The positions (sorted) of the pool files ``paths`` that a share of ``limit`` takes, None: all of them. A
+    MocoFirst share takes those inside MoCo's share first (share_order), any other pool_subset's."""
+    if limit is None or limit >= len(paths):
+        return None
+    moco = moco_limit_of(limit)
+    inside = moco_share_paths(cfg, infos, moco) if moco is not None else None
+    return share_order(paths, int(cfg["train"]["seed"]), inside)[0][:limit].sort().values
+
+
+def moco_share_paths(cfg: dict, infos, moco_limit: int | None) -> list[Path]:
+    """MoCo's pool files as `fewshot run` decodes them (pool_paths): all, or its seeded share of ``moco_limit``."""
+    from fewshot.data.pool import pool_paths
+
+    paths = pool_paths(cfg, infos)[0]
+    subset = pool_subset(len(paths), moco_limit, int(cfg["train"]["seed"]))
+    return paths if subset is None else [paths[i] for i in subset.tolist()]
+
+
 def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: int | None = None) -> Pool:
     """The unlabeled pool from the shared decode cache (see pool_files), as rows of the cache that are read only
     when indexed: copying the decodable ones out held a 100k-image pool in memory. ``limit``: decode only a
-    seeded random share of that many files (pool_subset; a cold pool too large for the time self-training has)."""
+    seeded random share of that many files (share_positions; a cold pool too large for the time self-training
+    has); a MocoFirst one draws it inside MoCo's share first."""
     return read_pool(cfg, infos, size, exclude_train, limit)[0]
 
 
@@ -75,13 +132,13 @@ def read_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: i
               digests: bool = False) -> tuple[Pool, str | None]:
     """load_pool, and with ``digests`` (under torchrun) pool_fingerprint of its images, which the ranks compare."""
     paths, ids, source = pool_files(cfg, infos, exclude_train)
-    subset = pool_subset(len(paths), limit, int(cfg["train"]["seed"]))
+    subset = share_positions(cfg, infos, paths, limit)
     if subset is not None:
         paths, ids = [paths[i] for i in subset.tolist()], [ids[i] for i in subset.tolist()]
     if not paths:
         return Pool(ImageRows(torch.zeros(0, 3, size, size, dtype=torch.uint8)), torch.zeros(0, dtype=torch.long), [],
                     source, []), None
-    cached = pool_images(cfg, infos, paths, size, digests)
+    cached = pool_images(cfg, infos, paths, size, moco_limit_of(limit), digests)
     valid = cached.valid
     rows = torch.arange(len(paths)) if cached.rows is None else cached.rows
     pool = Pool(ImageRows(cached.images, rows[valid]), torch.tensor(ids, dtype=torch.long)[valid],
@@ -100,33 +157,37 @@ def pool_fingerprint(cached) -> str | None:
     return digests_fingerprint(d for d, ok in zip(known, cached.valid.tolist()) if ok)
 
 
-def pool_images(cfg: dict, infos, paths: list, size: int, digests: bool = False):
+def pool_images(cfg: dict, infos, paths: list, size: int, moco_limit: int | None = None, digests: bool = False):
     """The pool files ``paths`` at data.crop_pct from the decode cache: their own entry, else rows of MoCo's entry
-    where it holds them all (moco_entry_paths), else decoded into an entry of their own. ``digests`` (under
-    torchrun, which the ranks compare): from their own entry, whose loads know them (MoCo's rows carry none)."""
+    where it holds them all (moco_entry_paths; ``moco_limit``: MoCo decoded that share of its pool), else decoded
+    into an entry of their own, the rows MoCo's entry holds copied from it (only the others decoded). ``digests``
+    (under torchrun, which the ranks compare): from their own entry, whose loads know them (MoCo's rows carry
+    none)."""
     from fewshot.data.cache import is_cached, load_rows
 
     d = cfg["data"]
     cache = default_cache_dir(d["root"], d["cache_dir"])
     skip, depth = d["skip_bad_images"] or d["skip_bad_unlabeled"], d.get("bit_depth", "auto")
-    within = None if digests else moco_entry_paths(cfg, infos)
+    within = None if digests else moco_entry_paths(cfg, infos, moco_limit)
+    desc = "loading unlabeled pool"
     if within is not None and not is_cached(paths, size, cache, d["crop_pct"], depth):
-        cached = load_rows(paths, size, cache, within, 1.0, skip_bad=skip, skip_note=POOL_SKIP_NOTE, bit_depth=depth)
+        cached = load_rows(paths, size, cache, within, 1.0, skip_bad=skip, skip_note=POOL_SKIP_NOTE, bit_depth=depth,
+                           desc=desc)
         if cached is not None:
             return cached
-    return load_images(paths, size, cache, crop_pct=d["crop_pct"], skip_bad=skip, desc="loading unlabeled pool",
-                       skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=depth, digests=digests)
+    return load_images(paths, size, cache, crop_pct=d["crop_pct"], skip_bad=skip, desc=desc,
+                       skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=depth, digests=digests,
+                       reuse=within)
 
 
-def moco_entry_paths(cfg: dict, infos) -> list[Path] | None:
-    """MoCo's whole pool (pool_paths, its train-image stand-ins too), whose cache entry at crop 1.0 holds every pool
-    file's pixels where data.crop_pct is 1.0: self-training and FixMatch read their rows there (cache.load_rows)
-    rather than decode the same files into an entry of their own (hunt hBK #3). None at another crop."""
+def moco_entry_paths(cfg: dict, infos, moco_limit: int | None = None) -> list[Path] | None:
+    """MoCo's pool as its check decoded it (moco_share_paths: its train-image stand-ins too; ``moco_limit``: only
+    its seeded share), whose cache entry at crop 1.0 holds those pool files' pixels where data.crop_pct is 1.0:
+    self-training and FixMatch read their rows there (cache.load_rows) rather than decode the same files into an
+    entry of their own (hunt hBK #3). None at another crop."""
     if float(cfg["data"]["crop_pct"]) != 1.0:
         return None
-    from fewshot.data.pool import pool_paths
-
-    return pool_paths(cfg, infos)[0]
+    return moco_share_paths(cfg, infos, moco_limit)
 
 
 POOL_SKIP_NOTE = "pool images; data.skip_bad_unlabeled=false stops instead"
