@@ -125,6 +125,7 @@ class FieldError(UserError):
     def named(self, flag: str, value: Any) -> UserError:
         """The same message, after the flag and the value the user typed (`--epochs -1: train.epochs must ...`)."""
         typed = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+        typed = typed if typed.strip() else repr(typed)  # `--model ''` read "--model : model.name is empty"
         given = flag if isinstance(value, bool) else f"{flag} {typed}"
         return UserError(f"{given}: {self}")
 

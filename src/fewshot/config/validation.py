@@ -28,6 +28,8 @@ POSITIVE = ("optim.lr", "run.pretrain_lr", "train.budget_minutes", "run.finetune
 # any run, and far from where the budget's arithmetic in seconds overflows (1e308 minutes passed as finite, became
 # inf seconds, and crashed the started run; train.budget_minutes=1e308 meant no time limit without a word)
 MAX_BUDGET_MINUTES = 1e7
+# what an empty text field should hold instead, as its refusal says
+EMPTY_TEXT_ADVICE = {"model.name": "a timm model name (`fewshot models PATTERN` lists them)"}
 
 # the most a whole-number field (and a float one used as a count) may be: far above any use, and within what torch's
 # 64-bit arguments take (data.randaug_group=1e19 crashed the started run with an OverflowError, 1e308 warmup epochs
@@ -144,6 +146,8 @@ def _check_field(cfg: dict, key: str, dotted: str, default: Any, typed: dict, re
           or kind == "a whole number" and isinstance(value, int) and not isinstance(value, bool)
           or kind == "a number" and isinstance(value, (int, float)) and not isinstance(value, bool)
           and math.isfinite(value))  # `.inf` / `nan` would only fail deep in a run
+    if not ok and kind == "text" and isinstance(value, str):  # '' is text: "must be text, not ''" said nothing
+        raise FieldError(dotted, f"{dotted} is empty: give {EMPTY_TEXT_ADVICE.get(dotted, 'a value')}.")
     if not ok:
         raise FieldError(dotted, f"{dotted} must be {kind}, not {shown}.")
     if dotted in CHOICES and not any(value == c and isinstance(value, bool) == isinstance(c, bool)

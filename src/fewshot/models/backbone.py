@@ -157,6 +157,8 @@ def note_pretrained_tag(model_cfg: dict) -> None:
     name = model_cfg.get("name")
     if not isinstance(name, str) or "." not in name.strip(".") or model_cfg.get("weights"):
         return
+    if not timm.is_model(name):  # `hf-hub:timm/resnet18.a1_in1k`: the note said "starts from random init", then
+        return                   # create_backbone refused the name as unknown
     if launch_rank() == 0:
         arch, tag = name.split(".", 1)
         print(f"note: --model {name}: '.{tag}' names timm's pretrained weights, which fewshot never downloads; "

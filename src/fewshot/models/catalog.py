@@ -18,6 +18,14 @@ def describe(name: str) -> tuple[int, int]:
     return n, size
 
 
+def input_words(name: str) -> str:
+    """The default input as the table shows it: `224`, or HxW where it is not square (sapiens2's 1024x768 was
+    listed as "768", its width alone)."""
+    cfg = timm.get_pretrained_cfg(name)
+    height, width = cfg.input_size[-2:] if cfg else (224, 224)
+    return str(width) if height == width else f"{height}x{width}"
+
+
 def list_models(pattern: str = "*", limit: int = 60) -> str:
     from fewshot.errors import one_line
     from fewshot.progress import track
@@ -31,13 +39,13 @@ def list_models(pattern: str = "*", limit: int = 60) -> str:
         pattern = base
     pattern = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
     names = [n for n in timm.list_models() if fnmatch.fnmatch(n.lower(), pattern.lower())]  # RESNET18 too
-    rows = [f"{'model':<44} {'params (M)':>10} {'input':>6}"]
+    rows = [f"{'model':<44} {'params (M)':>10} {'input':>9}"]
     for name in track(names[:limit], desc="counting parameters"):  # ~1 s a model: progress on stderr
         try:
-            n, size = describe(name)
-            rows.append(f"{name:<44} {n / 1e6:10.2f} {size:6d}")
+            n, _ = describe(name)
+            rows.append(f"{name:<44} {n / 1e6:10.2f} {input_words(name):>9}")
         except Exception as exc:  # a model timm lists but cannot build here
-            rows.append(f"{name:<44} {'?':>10} {'?':>6}  ({type(exc).__name__})")
+            rows.append(f"{name:<44} {'?':>10} {'?':>9}  ({type(exc).__name__})")
     if len(names) > limit:
         rows.append(f"... {len(names) - limit} more (use --limit or a narrower pattern)")
     if not names:

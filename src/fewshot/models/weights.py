@@ -286,20 +286,40 @@ def _recorded_width(text: str, path) -> float:
 def _resample_pos_embed(backbone: nn.Module, state: dict, own: dict) -> None:
     """A ViT's position embedding has one entry per patch, so it depends on the image size: weights
     trained at 224 px are resampled to this model's patch grid (bicubic), as timm's own loaders do."""
-    posemb = state.get("pos_embed")
+    posemb, mine = state.get("pos_embed"), own.get("pos_embed")
+    if posemb is None or mine is None or posemb.shape == mine.shape or posemb.dim() != mine.dim():
+        return  # another rank: reported as a shape mismatch
+    try:
+        if posemb.dim() == 4:
+            state["pos_embed"] = _resized_pos_grid(posemb, mine)
+        elif posemb.dim() == 3:
+            state["pos_embed"] = _resampled_pos_tokens(backbone, posemb, mine)
+    except (RuntimeError, ValueError):
+        return  # another width, a grid not square in the file: left for the shape-mismatch report
+
+
+def _resized_pos_grid(posemb: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
+    """A (1, C, H, W) embedding (PiT) is an image of the grid: interpolated as timm resamples token grids, it
+    was refused as a shape mismatch at any other size."""
+    if posemb.shape[:2] != mine.shape[:2]:
+        raise ValueError("another embedding width")
+    grid = torch.nn.functional.interpolate(posemb.float(), size=tuple(mine.shape[-2:]), mode="bicubic",
+                                           antialias=True)
+    return grid.to(posemb.dtype)
+
+
+def _resampled_pos_tokens(backbone: nn.Module, posemb: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
+    """A (1, tokens, C) embedding: the tokens before the grid are the model's length less the grid's H*W, not its
+    num_prefix_tokens: CaiT adds its class token after the embedding (0 extra rows, though it counts 1)."""
     grid = getattr(getattr(backbone, "patch_embed", None), "grid_size", None)
-    if posemb is None or grid is None or "pos_embed" not in own or posemb.shape == own["pos_embed"].shape:
-        return
-    if posemb.dim() != 3 or posemb.shape[-1] != own["pos_embed"].shape[-1]:
-        return  # not the same embedding width: reported as a shape mismatch
+    if grid is None or posemb.shape[-1] != mine.shape[-1]:
+        raise ValueError("no patch grid, or another embedding width")
+    prefix = mine.shape[1] - math.prod(grid)
+    if prefix < 0:
+        raise ValueError("an embedding shorter than the grid")
     from timm.layers import resample_abs_pos_embed
 
-    prefix = 0 if getattr(backbone, "no_embed_class", False) else int(getattr(backbone, "num_prefix_tokens", 1))
-    try:
-        state["pos_embed"] = resample_abs_pos_embed(posemb.float(), new_size=list(grid),
-                                                    num_prefix_tokens=prefix).to(posemb.dtype)
-    except (RuntimeError, ValueError):
-        return  # a grid that is not square in the file: left for the shape-mismatch report
+    return resample_abs_pos_embed(posemb.float(), new_size=list(grid), num_prefix_tokens=prefix).to(posemb.dtype)
 
 
 def _resize_rel_pos_tables(backbone: nn.Module, state: dict, own: dict) -> None:
