@@ -103,7 +103,8 @@ def add_parsers(sub, add_common, epilog) -> None:
                        "score is not that of the heads model.head_init=probe starts fine-tuning from (one per "
                        "token).")
     p.add_argument("--weights", required=True, help="backbone weights (safetensors from `fewshot export`, ...); "
-                   "'' probes a randomly initialised backbone (a baseline)")
+                   "'' probes a randomly initialised backbone (a baseline: the network --seed draws, its BatchNorm "
+                   "statistics taken from the train images first, as train's model.head_init does)")
     p.add_argument("--model", help="timm model name the weights belong to (default: the one a fewshot export or "
                    "checkpoint records)")
     p.add_argument("--data", required=True, help="dataset root: ROOT/<dataset>/{train,val}/<class>/<image>")
@@ -118,6 +119,8 @@ def add_parsers(sub, add_common, epilog) -> None:
     p.add_argument("--head", choices=["linear", "prototype"], default="linear",
                    help="linear: a trained BN + linear head; prototype: no training, cosine nearest class mean "
                    "of standardised features (SimpleShot)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (--weights '') and of the "
+                   "linear head (default 0): the same command gives the same score")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave undecodable images out (listed) instead of failing")

@@ -124,7 +124,7 @@ def cmd_probe(args, extra) -> int:
         before = _check_probe_out(args) if args.out else None
         metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
                             mode=args.mode, epochs=args.epochs or 300, datasets=args.datasets, head=args.head,
-                            skip_bad=args.skip_bad_images, bit_depth=bit_depth)
+                            skip_bad=args.skip_bad_images, bit_depth=bit_depth, seed=args.seed)
         print(format_table(metrics, title=f"{metrics['protocol']} of {args.weights or 'random init (no weights)'}"))
         if args.out:
             _write_probe_metrics(Path(args.out), metrics, before)

@@ -23,10 +23,42 @@ from fewshot.utils import loads_run_json
 CPU_64PX_MIN_MINUTES = 5.0
 
 
-def auto_img_size(infos, device: torch.device, budget_minutes: float) -> tuple[int, str]:
-    """The image size for these images, device and budget, and why, for the line that reports it. Small native
-    images (digits, MNIST-like) train at 32 px; larger ones at 160 on GPU, and on CPU at 64 px from
-    CPU_64PX_MIN_MINUTES of budget, else at 32 (at 64 px a short budget buys too few steps)."""
+def auto_img_size(infos, device: torch.device, budget_minutes: float, model_cfg: dict | None = None
+                  ) -> tuple[int, str]:
+    """The image size for these images, device and budget, and why, for the line that reports it (images_size),
+    made one the model of ``model_cfg`` takes (model_size): vit_small_patch14_dinov2 was given 32 px, then refused
+    the run's own choice ("cannot take 32 px inputs")."""
+    size, why = images_size(infos, device, budget_minutes)
+    return model_size(model_cfg, size, why) if model_cfg else (size, why)
+
+
+def model_size(model_cfg: dict, size: int, why: str) -> tuple[int, str]:
+    """The run's own ``size`` where the model takes it (or a meta try cannot tell: check_model decides), else a
+    multiple of its patch next to it that it takes (the smaller first); a model that takes neither (a fixed input
+    size) is refused at once, naming sizes it takes: the user typed no --img-size to change."""
+    from fewshot.models.backbone import backbone_options
+    from fewshot.models.input_sizes import patch_size, patch_sizes, size_problem, sizes_taken
+
+    name, options = model_cfg.get("name"), {k: v for k, v in backbone_options(model_cfg).items() if k != "img_size"}
+    takes, problem = size_problem(name, size, options) if name else (None, None)
+    if takes is not False:
+        return size, why
+    patch = patch_size(name, size, options)
+    off_grid = bool(patch) and size % patch != 0  # the patch rule refused it (else a forward failed)
+    near = patch_sizes(name, size, patch, options) if off_grid else sizes_taken(name, size, options)
+    around = [s for s in near if abs(s - size) < patch] if off_grid else []  # the multiples of the patch around it
+    if around:  # the smaller where it works: the size was chosen for the budget
+        return min(around), f"{why}; {min(around)} px, not {size}: {name}'s patches are {patch} px"
+    sizes = " or ".join(f"{s}" for s in sorted(near))
+    raise UserError(f"{problem}; {size} px was `fewshot run`'s own choice ({why.split(';')[0]}), as no --img-size "
+                    f"was given. " + (f"Give --img-size {sizes} (checked to work)." if near else
+                                      f"Give --img-size N (see `fewshot models {name}` for its default size)."))
+
+
+def images_size(infos, device: torch.device, budget_minutes: float) -> tuple[int, str]:
+    """The image size for these images, device and budget, and why. Small native images (digits, MNIST-like)
+    train at 32 px; larger ones at 160 on GPU, and on CPU at 64 px from CPU_64PX_MIN_MINUTES of budget, else at 32
+    (at 64 px a short budget buys too few steps)."""
     from PIL import Image
 
     sides = []

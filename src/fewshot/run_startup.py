@@ -293,7 +293,8 @@ class StartupMixin:
         if cfg["model"]["img_size"] is None:  # the budget is the whole run's (`fewshot run`'s default without a flag)
             # not recorded as chosen: given back to `train` or `pretrain`, a stage's size was chosen again as the
             # model's default (224 px for resnet18), not for the run's budget (32 or 64 px), at ~12x the cost
-            cfg["model"]["img_size"], why = auto_img_size(self.infos, self.device, self.budget_minutes)
+            cfg["model"]["img_size"], why = auto_img_size(self.infos, self.device, self.budget_minutes,
+                                                              cfg["model"])
         replaced_by = weights_replaced_by(self.state, self.out, r["pretrain"]) if cfg["model"]["weights"] else None
         if replaced_by is not None:
             adopt_stage_architecture(cfg, replaced_by)

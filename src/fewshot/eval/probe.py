@@ -146,13 +146,30 @@ def train_linear_heads(feats: torch.Tensor, targets: torch.Tensor, num_classes: 
     return heads
 
 
+def recalibrate_random_init(backbone, images, normalize, device: torch.device) -> None:
+    """A random backbone's BatchNorm statistics (mean 0, var 1) describe no data: they are taken from the labelled
+    train images first, as `train` does before a model.head_init (SupervisedTask.prepare_norm_statistics). Probe's
+    random baseline scored those empty statistics and disagreed with train's."""
+    from fewshot.eval.features import recalibrate_norm_statistics
+
+    recalibrate_norm_statistics(backbone, images, normalize, device)
+
+
+def random_note(backbone: torch.nn.Module, seed: int) -> str:
+    """What the random baseline is, for probe's start line: which network, and whose BatchNorm statistics."""
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
+    return f" (random init, seed {seed}{'; BatchNorm statistics of the train images' if has_bn else ''})"
+
+
 def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: int | None, device: torch.device,
               mode: str = "known", epochs: int = 300, datasets=None, head: str = "linear",
-              skip_bad: bool = False, bit_depth: int | str = "auto") -> dict:
+              skip_bad: bool = False, bit_depth: int | str = "auto", seed: int = 0) -> dict:
     """Frozen-feature accuracy on val: a trained linear head ("linear") or, without any training, the
     cosine nearest class mean of standardised features ("prototype", SimpleShot). ``bit_depth``: data.bit_depth,
     as the features were learnt from (12-bit images probed at the 16-bit scale came out dark). A distilled model's
-    two tokens are averaged into one head (see the module docstring: not model.head_init=probe's heads)."""
+    two tokens are averaged into one head (see the module docstring: not model.head_init=probe's heads).
+    ``seed``: the random initialisation (without weights) and the head's; unseeded, every baseline scored another
+    random network."""
     infos = scan_root(root, datasets, splits=("train", "val"))
     space = LabelSpace.from_infos(infos)
     # the model's name too: a file of another model brings nothing, and loading it names that model (probe
@@ -160,6 +177,7 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     arch = backbone_options(adopt_weights_architecture({"name": model_name, "img_size": img_size, "weights": weights}))
     if weights:  # before the model is allocated: a small file naming a giant model is refused on its keys
         check_before_build(lambda: create_backbone(model_name, **arch), weights)
+    seed_everything(seed)  # after check_before_build, which builds (and draws) too
     backbone = create_backbone(model_name, **arch)
     loaded = load_backbone_weights(backbone, weights, strict=True) if weights else None  # counts, for the line below
     size = input_size(backbone, arch["img_size"])
@@ -170,8 +188,10 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     train, val = load_splits(infos, ("train", "val"), space, size, cache, skip_bad=skip_bad, bit_depth=bit_depth)
     # the size a weights file chose (an export records its own) was used without a word: `train` says it; and
     # how many of the model's weights the file gave, as `train` does (the file name alone did not say)
-    print(one_line(f"probe: {model_name}{weights_note(loaded, weights) or ' (random init)'} at {size}px on {device}: "
-                   f"{', '.join(space.names)}, {len(train)} train / {len(val)} val images"), flush=True)
+    print(one_line(f"probe: {model_name}{weights_note(loaded, weights) or random_note(backbone, seed)} at {size}px "
+                   f"on {device}: {', '.join(space.names)}, {len(train)} train / {len(val)} val images"), flush=True)
+    if not weights:  # as train's prototype and probe head inits do, so that the two baselines agree
+        recalibrate_random_init(backbone, train.images, normalize, device)
     ftr = backbone_features(backbone, train.images, normalize, device)
     fva = backbone_features(backbone, val.images, normalize, device)
     for split, feats in (("train", ftr), ("val", fva)):
@@ -182,7 +202,7 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     if head == "prototype":
         classifier = LinearHead(ftr.shape[1], space.num_classes).eval().set_prototypes(ftr, train.targets)
     elif head == "linear":
-        classifier = train_linear_head(ftr, train.targets, space.num_classes, epochs=epochs)
+        classifier = train_linear_head(ftr, train.targets, space.num_classes, epochs=epochs, seed=seed)
     else:
         raise UserError(f"--head must be linear or prototype, not {head!r}")
     with torch.no_grad():

@@ -261,33 +261,52 @@ def adopt_weights_model(model_cfg: dict, given: bool) -> str | None:
 
 def check_input_size(backbone: nn.Module, size: int, name: str) -> None:
     """One forward of a blank image at the run's size, before data or time is spent: a size the model cannot
-    take (a ViT's patch grid, MaxViT's windows) is the user's to change, not a crash in the first step."""
+    take (a ViT's patch grid, MaxViT's windows) is the user's to change, not a crash in the first step. The sizes
+    the refusal suggests are checked (input_sizes.sizes_taken): "e.g. 224 or 64" was refused at 64 by
+    efficientformer_l1."""
+    from fewshot.models.input_sizes import patch_sizes, sizes_taken
+
+    problem = input_size_problem(backbone, size, name)
+    if problem is None:
+        return
+    patch = _image_patch_size(backbone)
+    off_grid = bool(patch) and size % patch != 0  # the patch rule refused it (else a forward failed)
+    sizes = " or ".join(f"{s}" for s in sorted(patch_sizes(name, size, patch) if off_grid else sizes_taken(name, size)))
+    if off_grid:
+        advice = f"Choose a multiple of {patch}" + (f" (--img-size {sizes})." if sizes else ".")
+    else:
+        advice = (f"Choose another --img-size, e.g. {sizes} (checked to work)." if sizes else
+                  f"Choose another --img-size (see `fewshot models {name}` for its default).")
+    raise UserError(f"{problem}. {advice}")
+
+
+def input_size_problem(backbone: nn.Module, size: int, name: str) -> str | None:
+    """Why ``backbone`` cannot take ``size`` px inputs, in words (check_input_size's refusal without its advice),
+    or None where it can: the patch grid rule, then one forward of a blank image on the backbone's device (the
+    meta device tells shapes alone, at no cost: input_sizes)."""
     patch = _image_patch_size(backbone)
     own = tuple((getattr(backbone, "pretrained_cfg", None) or {}).get("input_size") or ())[-1:]
     # the patch convolution would run, dropping the last rows and columns unseen; a model's own size is kept
     # (SigLIP so400m/14 at 384 px was trained dropping 6)
     if patch and size % patch and own != (size,):
-        below, above = size // patch * patch, (size // patch + 1) * patch
-        if below:
+        if size // patch:
             why = f"the last {size % patch} px rows and columns of every image would never be seen"
         else:  # smaller than one patch: no patch to embed at all (was "all of it of every image")
             why = f"an image of {size} px is smaller than one patch, and the model would have nothing to see"
-        sizes = f"--img-size {below} or {above}" if below else f"--img-size {above}"
-        raise UserError(f"{name} cannot take {size} px inputs: its patches are {patch} px, so {why}. Choose a "
-                        f"multiple of {patch} ({sizes}).")
+        return f"{name} cannot take {size} px inputs: its patches are {patch} px, so {why}"
+    device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
     was_training = backbone.training
     backbone.eval()  # no BatchNorm statistics touched, no randomness drawn
     try:
         with torch.no_grad():
-            extract_features(backbone, torch.zeros(1, 3, size, size))
+            extract_features(backbone, torch.zeros(1, 3, size, size, device=device))
     # ZeroDivisionError: timm's MaxViT partitions a feature map smaller than its window (test_maxvit at 24 px)
     except (AssertionError, RuntimeError, ValueError, ZeroDivisionError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"{name} cannot take {size} px inputs ({first}). Choose another --img-size "
-                        f"(a ViT's must be a multiple of its patch size; window models need multiples of "
-                        f"their window grid, e.g. 224 or 64; see `fewshot models {name}` for its default).") from None
+        return f"{name} cannot take {size} px inputs ({first})"
     finally:
         backbone.train(was_training)
+    return None
 
 
 def _image_patch_size(backbone: nn.Module) -> int | None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from fewshot.train.distributed import all_reduce_mean
-from fewshot.train.nonfinite import diverged_weights_error, last_good_checkpoint, nonfinite_causes, weights_finite
+from fewshot.train.nonfinite import (diverged_tensor, diverged_weights_error, last_good_checkpoint, nonfinite_causes,
+                                     weights_finite)
 
 
 class StepStateMixin:
@@ -58,15 +59,25 @@ class StepStateMixin:
         """Stop before an epoch's evaluation and checkpoints when a weight or BatchNorm statistic is inf/NaN: with
         every loss finite (--lr 1e9) such a model was scored at chance, saved as best.pt and used by eval,
         predict and export without a word (one fused norm per epoch: nonfinite.weights_finite)."""
-        models = [self.model] + ([self.ema.module] if self.ema is not None else [])
-        tensors = [x.detach() for m in models for x in (*m.parameters(), *m.buffers()) if x.is_floating_point()]
-        tensors += [x.detach() for x in (*self._trained_outside_model(), *self._task_state_tensors())
-                    if x.is_floating_point()]
-        if weights_finite(self.ctx, tensors):
+        named = self._named_state_tensors()
+        if weights_finite(self.ctx, [x for _, x in named]):
             return
+        culprit = diverged_tensor(self.ctx, named)
         kept = last_good_checkpoint(self.ctx, self.ckpt_dir, self._saved_step)
         skipped = self.nonfinite_skipped - self.epoch_skips_start  # the same on every rank (_finite agrees)
-        raise diverged_weights_error(epoch, skipped, kept, self._nonfinite_causes(), self._base_lr())
+        raise diverged_weights_error(epoch, skipped, kept, self._nonfinite_causes(), self._base_lr(), culprit)
+
+    def _named_state_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """The floating-point tensors _check_weights_finite checks, with names for its error (which tensor went
+        wrong: "inf/NaN" alone sent a user after the learning rate)."""
+        models = [("", self.model)] + ([("EMA ", self.ema.module)] if self.ema is not None else [])
+        named = [(p + n.replace("_orig_mod.", ""), x.detach()) for p, m in models
+                 for n, x in (*m.named_parameters(), *m.named_buffers()) if x.is_floating_point()]
+        named += [(f"a parameter trained outside the model (#{i})", x.detach())
+                  for i, x in enumerate(self._trained_outside_model()) if x.is_floating_point()]
+        named += [(f"a tensor of the task's state (#{i})", x.detach())
+                  for i, x in enumerate(self._task_state_tensors()) if x.is_floating_point()]
+        return named
 
     def _nonfinite_causes(self) -> str:
         """The causes this run shows besides the learning rate (nonfinite.nonfinite_causes)."""
