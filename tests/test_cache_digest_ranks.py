@@ -1,7 +1,9 @@
 """Under torchrun every rank loads the splits at once (SupervisedTask: no barrier around load_splits), each decodes
 into its own temp file, and the last to finish writes the entry's meta file. A rank other than 0 took no digests,
 so an entry it wrote lacked them, and rank 0's next run hashed every image again for warn_split_copies. An entry
-a rank writes now keeps them; a rank other than 0 still hashes nothing it does not write."""
+a rank writes now keeps them. Under torchrun (a process group) every rank now compares its pixels with the others'
+(review rev79: a rank without digests was left out of that check without a word), so each hashes an older entry
+once, as rank 0 does; a rank outside a process group still hashes no entry it does not write."""
 
 from __future__ import annotations
 
@@ -63,19 +65,48 @@ def test_an_entry_written_by_another_rank_holds_the_digests_rank_0_reads(root, t
     assert "2 of its 32 val images are exact copies of its train images" in capsys.readouterr().err
 
 
-def test_another_rank_hashes_no_entry_it_does_not_write(root, tmp_path, monkeypatch):
-    """Reading an entry (even one without digests) or decoding without a cache folder costs no hashing there."""
-    cache_dir = tmp_path / "cache"
-    _load(root, cache_dir)
-    for meta in cache_dir.glob("*.json"):  # as an older fewshot wrote them
+def _strip(cache_dir: Path) -> None:
+    """The entries' meta files as an older fewshot wrote them (no digests)."""
+    for meta in cache_dir.glob("*.json"):
         record = json.loads(meta.read_text())
         del record["digests"]
         meta.write_text(json.dumps(record))
+
+
+def test_another_rank_hashes_no_entry_it_does_not_write(root, tmp_path, monkeypatch):
+    """Outside a process group, reading an entry (even one without digests) costs no hashing on a rank other than 0;
+    a decode without a cache folder takes them as it decodes (next to free; review rev79), without any asked for."""
+    cache_dir = tmp_path / "cache"
+    _load(root, cache_dir)
+    _strip(cache_dir)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")  # one process ignores RANK, as init_distributed does
-    monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
-    monkeypatch.setattr(decode_many, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
-    for folder in (cache_dir, None):
-        train, val = _load(root, folder)
+    with monkeypatch.context() as m:
+        m.setattr(cache, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
+        m.setattr(decode_many, "image_digest", lambda *a: pytest.fail("rank 1 hashed an image"))
+        train, val = _load(root, cache_dir)
         assert train.digests is None and val.digests is None
     assert not any("digests" in json.loads(m.read_text()) for m in cache_dir.glob("*.json"))
+    train, val = _load(root, None)
+    assert train.digests is None and val.digests is None and train.fingerprints and val.fingerprints
+
+
+def test_under_torchrun_every_rank_hashes_an_older_entry_once(root, tmp_path, monkeypatch):
+    """Under torchrun rank 1 too hashes an entry without digests, and writes them back as rank 0 does: without them
+    its pixels were left out of the ranks' comparison without a word (review rev79). The next run hashes nothing."""
+    cache_dir = tmp_path / "cache"
+    train, val = _load(root, cache_dir)
+    expected = (train.fingerprints, val.fingerprints)
+    _strip(cache_dir)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(sets, "several_processes", lambda: True)  # in a process group (init_distributed)
+    train, val = _load(root, cache_dir)
+    assert (train.fingerprints, val.fingerprints) == expected
+    assert all("digests" in json.loads(m.read_text()) for m in cache_dir.glob("*.json"))
+    monkeypatch.setattr(cache, "_HASHED", {})  # the next command's
+    monkeypatch.setattr(cache, "image_digest", lambda *a: pytest.fail("an entry was hashed again"))
+    train, val = _load(root, cache_dir)
+    assert (train.fingerprints, val.fingerprints) == expected
+    train, val = _load(root, None)  # no cache: taken as it decodes
+    assert (train.fingerprints, val.fingerprints) == expected

@@ -159,8 +159,9 @@ def test_digests_are_not_added_to_a_meta_file_written_meanwhile(clean, tmp_path,
 
 
 def test_other_ranks_take_no_digests(clean, tmp_path, monkeypatch):
-    """Only rank 0 warns, so only it hashes its images (another rank hashes only an entry it writes, so that rank 0
-    finds the digests there: test_cache_digest_ranks)."""
+    """Only rank 0 warns, so outside a process group only it hashes its images (another rank hashes only an entry it
+    writes, so that rank 0 finds the digests there: test_cache_digest_ranks; under torchrun every rank hashes, for
+    the ranks' pixel comparison: test_feh_ddp_agreement)."""
     _load(clean, tmp_path / "cache")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")  # one process ignores RANK, as init_distributed does

@@ -117,7 +117,8 @@ def check_pool_images(cfg: dict, infos, semi: str, moco_limit: int | None = None
         cached = _timed_decode(cfg, paths, 1.0, None, cold, lambda: load_images(
             paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), crop_pct=1.0,
             skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], desc="loading unlabeled pool",
-            skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto")))
+            skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"),
+            entry_digests=True))  # kept for a later torchrun start, whose ranks compare them (next to free here)
         skipped, n_moco = list(dict.fromkeys(cached.bad)), int(cached.valid.sum())
         del cached
     if semi == "fixmatch":

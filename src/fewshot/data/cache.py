@@ -98,11 +98,13 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
     none). ``bit_depth``: data.bit_depth (to_rgb_uint8); 16-bit images that seem to use fewer bits than they are
     scaled from are named in one warning (warn_bit_depth). ``digests``: the result holds each image's image_digest,
     taken as it decodes and kept in the entry's meta file (an entry written without them is hashed once).
-    ``entry_digests``: a new entry this process writes keeps them even where it does not ask for them: under torchrun
-    every rank decodes a split and the last to finish writes its meta file, so a rank other than 0 left an entry that
-    rank 0's next run hashed again for warn_split_copies. ``reuse``: another list whose cache entry (same size, crop
-    and depth) may hold some of ``paths``: a new entry copies their rows from it and decodes only the others
-    (self-training's pool beside MoCo's capped share: the files MoCo decoded were decoded again, review rev76)."""
+    ``entry_digests``: a decode takes them even where it does not ask for them, as they cost next to nothing then: a
+    new entry keeps them (under torchrun the last rank to finish a split writes its meta file, and one-process
+    decodes of the pool wrote none: a rank's next run hashed every image again), and the result's known_digests
+    holds them without a cache entry too (the pixels torchrun's ranks compare). ``reuse``: another list whose cache
+    entry (same size, crop and depth) may hold some of ``paths``: a new entry copies their rows from it (with their
+    digests, as that entry keeps them) and decodes only the others (self-training's pool beside MoCo's capped share:
+    the files MoCo decoded were decoded again, review rev76)."""
     # filters are the process's: the decoding threads see this one while it is in place, and a user's -W error
     # (or a caller's catch_warnings) holds again afterwards (a filter set at import overrode it for good)
     with warnings.catch_warnings():
@@ -142,8 +144,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 pass  # unreadable cache (or a meta file of another shape): rebuild below
 
     shape, nbytes = (n, 3, size, size), n * 3 * size * size
-    # the rows another entry holds (digests asked for: every file decoded, each hashed as it decodes)
-    copied = _rows_held(paths, size, root_dir, reuse, crop_pct, bit_depth) if reuse and not digests else None
+    copied = _rows_held(paths, size, root_dir, reuse, crop_pct, bit_depth) if reuse else None  # rows held elsewhere
     out = tmp = held = None
     if data_file is not None and n:
         # decoded straight into the (temporary) cache file: an in-memory copy of a large pool at a large size was
@@ -174,12 +175,12 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
         except MemoryError:
             raise _too_big(n, size, nbytes) from None
     try:
-        found: list[str | None] | None = [None] * n if digests or (entry_digests and tmp is not None) else None
+        found: list[str | None] | None = [None] * n if digests or entry_digests else None
         threads = threads or min(8, os.cpu_count() or 1)
-        if copied is None or found is not None:
+        if copied is None:
             bad, sixteen = _decode_into(out, paths, size, crop_pct, desc, threads, bit_depth, found)
         else:
-            bad, sixteen = _copy_or_decode(out, paths, size, crop_pct, desc, threads, bit_depth, copied)
+            bad, sixteen = _copy_or_decode(out, paths, size, crop_pct, desc, threads, bit_depth, copied, found)
         if tmp is not None:
             try:
                 # durable before the (fsynced) meta file says it is complete; written through the held descriptor:
@@ -215,9 +216,10 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
 
 
 def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: list, crop_pct: float,
-               bit_depth: int | str) -> tuple[np.ndarray, dict[int, int], dict | None] | None:
+               bit_depth: int | str) -> tuple[np.ndarray, dict[int, int], dict | None, list | None] | None:
     """The rows of ``paths`` that the cache entry of ``within`` holds decoded (not as a failure): (its images, {index
-    in ``paths``: row}, its record of 16-bit images); None where it holds none or cannot be read."""
+    in ``paths``: row}, its record of 16-bit images, the digests its meta file keeps or None); None where it holds
+    none or cannot be read."""
     if cache_dir is None:
         return None
     within = [Path(p) for p in within]
@@ -239,7 +241,7 @@ def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: lis
         row = where.get(a)
         if row is not None and row not in failed:
             rows[i] = row
-    return (images, rows, _sixteen(meta.get("bits16"))) if rows else None
+    return (images, rows, _sixteen(meta.get("bits16")), _stored_digests(meta, len(within))) if rows else None
 
 
 class _RowsOf:
@@ -253,15 +255,22 @@ class _RowsOf:
 
 
 def _copy_or_decode(out, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
-                    bit_depth: int | str, copied) -> tuple[list, dict | None]:
+                    bit_depth: int | str, copied, found: list | None = None) -> tuple[list, dict | None]:
     """_decode_into of ``paths``, except that the rows ``copied`` holds (_rows_held) are copied from its entry, not
-    decoded: the bad files (by index in ``paths``) and the 16-bit record, the other entry's merged in."""
-    images, rows, sixteen_there = copied
+    decoded: the bad files (by index in ``paths``) and the 16-bit record, the other entry's merged in. ``found``:
+    filled with each image's digest, a copied one's as the other entry keeps it (hashed where it keeps none): asking
+    for digests decoded every file again."""
+    images, rows, sixteen_there, there = copied
     for i, row in rows.items():
         out[i] = images[row]
+        if found is not None:
+            found[i] = there[row] if there is not None else image_digest(images[row])
     missing = [i for i in range(len(paths)) if i not in rows]
+    taken = None if found is None else [None] * len(missing)
     bad, sixteen = _decode_into(_RowsOf(out, missing), [paths[i] for i in missing], size, crop_pct, desc, threads,
-                                bit_depth)
+                                bit_depth, taken)
+    for j, digest in enumerate(taken or ()):
+        found[missing[j]] = digest
     return [(missing[i] if isinstance(i, int) else i, why) for i, why in bad], _merged_sixteen(sixteen, sixteen_there)
 
 
@@ -367,7 +376,8 @@ def rows_of_entry(paths: list[Path], size: int, cache_dir: Path | None, within: 
 
 def _entry_rows(paths: list[Path], size: int, cache_dir: Path | None, within: list[Path], crop_pct: float,
                 bit_depth: int | str):
-    """rows_of_entry, with the entry's record of its 16-bit images (load_rows warns of them, as a cache hit does)."""
+    """rows_of_entry, with the entry's record of its 16-bit images (load_rows warns of them, as a cache hit does)
+    and the digests its meta file keeps (None: none)."""
     if cache_dir is None:
         return None
     where: dict[str, int] = {}
@@ -393,24 +403,38 @@ def _entry_rows(paths: list[Path], size: int, cache_dir: Path | None, within: li
         return None
     with contextlib.suppress(OSError):  # its last use, for prune_cache
         os.utime(folder / f"{key}.u8")
-    return torch.from_numpy(arr), torch.tensor(rows, dtype=torch.long), bad, sixteen
+    return torch.from_numpy(arr), torch.tensor(rows, dtype=torch.long), bad, sixteen, _stored_digests(meta, len(within))
 
 
 def load_rows(paths: list[Path], size: int, cache_dir: Path | None, within: list[Path], crop_pct: float = 1.0,
               skip_bad: bool = False, skip_note: str | None = "--skip-bad-images",
-              bit_depth: int | str = "auto", desc: str = "decoding images") -> CachedImages | None:
+              bit_depth: int | str = "auto", desc: str = "decoding images",
+              digests: bool = False) -> CachedImages | None:
     """load_images of ``paths`` read from the entry of ``within`` (rows_of_entry), nothing decoded: the result's
     ``rows`` says which row of its images each file is. None where that entry does not hold them all. Its 16-bit
     images are warned of as load_images' cache hit warns (warn_bit_depth; the entry's record, of all its files):
-    `fewshot train --semi fixmatch` reading an earlier run's entry gave no warning of dark 12-bit pool images."""
+    `fewshot train --semi fixmatch` reading an earlier run's entry gave no warning of dark 12-bit pool images.
+    ``digests``: each file's, as that entry's meta file keeps them (its rows hashed where it keeps none): FixMatch
+    under torchrun, whose ranks compare them, decoded the pool again into an entry of its own (review rev79)."""
     found = _entry_rows([Path(p) for p in paths], size, cache_dir, within, crop_pct, bit_depth)
     if found is None:
         return None
-    images, rows, bad_at, sixteen = found
+    images, rows, bad_at, sixteen, there = found
     warn_bit_depth(desc, sixteen, bit_depth)
-    cached = _finish(images, bad_at, [Path(p) for p in paths], skip_bad, skip_note)
+    taken = _rows_digests(images.numpy(), rows.tolist(), bad_at, there) if digests else None
+    cached = _finish(images, bad_at, [Path(p) for p in paths], skip_bad, skip_note, taken)
     cached.rows = rows
     return cached
+
+
+def _rows_digests(arr: np.ndarray, rows: list[int], bad_at: list[tuple[int, str]],
+                  there: list | None) -> list[str | None]:
+    """The digest of each file at ``rows`` of an entry: kept by its meta file (``there``), else hashed from the row
+    (None for a bad file); only these rows are hashed, not the whole entry."""
+    if there is not None:
+        return [there[r] for r in rows]
+    failed = {i for i, _ in bad_at}
+    return [None if i in failed else image_digest(arr[r]) for i, r in enumerate(rows)]
 
 
 def _holds(cache_dir: Path, key: str) -> bool:

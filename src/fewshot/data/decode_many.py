@@ -71,6 +71,22 @@ def image_digest(image: np.ndarray) -> str | None:
     return hashlib.sha1(image, usedforsecurity=False).hexdigest()[:16]  # the fastest of hashlib's here (SHA-NI)
 
 
+def blank_digest(image) -> str:
+    """What the ranks compare of a blank image, whose image_digest is None: its colour (one value per channel). Both
+    were '-', so a black image on one node and a white one under its name on another trained without a word; only
+    here, as warn_split_copies tells nothing by blank copies."""
+    return "blank:" + np.asarray(image[:, 0, 0], dtype=np.uint8).tobytes().hex()
+
+
+def kept_fingerprint(known: list, images, kept, rows=None) -> str:
+    """digests_fingerprint of the images at the positions ``kept`` (decodable ones: a None digest is a blank image),
+    each a blank one by its colour (blank_digest, read from ``images``, at ``rows[i]`` where rows are given)."""
+    def digest(i: int) -> str:
+        return known[i] if known[i] is not None else blank_digest(images[i if rows is None else int(rows[i])])
+
+    return digests_fingerprint(digest(i) for i in kept)
+
+
 def digests_fingerprint(digests) -> str:
     """One hash over image_digest's of a list of images, in their order (None: a blank or bad image): what torchrun's
     ranks compare of the pixels they decoded (distributed.check_same_image_counts), without hashing any image again."""

@@ -14,7 +14,7 @@ from fewshot.data.layout import DatasetInfo
 from fewshot.data.warn_once import warn_once
 from fewshot.errors import DataLayoutError, UserError, one_line, quoted
 from fewshot.process_state import said_once
-from fewshot.train.distributed import launch_rank
+from fewshot.train.distributed import launch_rank, several_processes
 
 
 @dataclass
@@ -65,9 +65,11 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
         else:
             for i, (p, local) in enumerate(getattr(info, split)):
                 paths.append(p); targets.append(space.global_label(d, local)); dsids.append(d); ids.append(i)
-    # only rank 0 warns of copies; an entry another rank writes keeps the digests that rank 0 reads in a later run
+    # rank 0 warns of copies, and under torchrun every rank compares its pixels (an older entry without digests is
+    # hashed once); an entry written, or a decode without one, keeps the digests it takes as it decodes
     cached = load_images(paths, size, cache_dir, crop_pct=crop_pct, skip_bad=skip_bad, desc=f"loading {split} images",
-                         max_gb=max_gb, bit_depth=bit_depth, digests=_warns(), entry_digests=True)
+                         max_gb=max_gb, bit_depth=bit_depth, digests=_warns() or several_processes(),
+                         entry_digests=True)
     out = ImageSet(cached.images, torch.tensor(targets, dtype=torch.long), torch.tensor(dsids, dtype=torch.long),
                    torch.tensor(ids, dtype=torch.long), paths, digests=cached.digests)
     if not bool(cached.valid.all()):
@@ -83,24 +85,25 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
                 raise UserError(f"no decodable {split} image is left in {', '.join(emptied)} after "
                                 f"--skip-bad-images skipped {len(cached.bad)} file(s); fix or replace those files.")
             _refuse_emptied_classes(split, space, everything, cached.valid)
-    out.fingerprints = _fingerprints(infos, space, dsids, cached.known_digests,
+    out.fingerprints = _fingerprints(infos, space, dsids, cached.known_digests, cached.images,
                                      cached.valid if split != "test" else None)
     return out
 
 
 def _fingerprints(infos: list[DatasetInfo], space: LabelSpace, dsids: list[int], known: list | None,
-                  valid: torch.Tensor | None) -> dict[str, str] | None:
-    """Per dataset, one hash over the known digests of the images kept (``valid``; None: all), in order: a node whose
-    copy holds other pixels under the same names trained beside the others without a word."""
+                  images: torch.Tensor, valid: torch.Tensor | None) -> dict[str, str] | None:
+    """Per dataset, one hash over the known digests of the images kept (``valid``; None: all), in order, a blank one
+    by its colour (``images``: decode_many.kept_fingerprint): a node whose copy holds other pixels under the same
+    names trained beside the others without a word."""
     if known is None:
         return None
-    from fewshot.data.decode_many import digests_fingerprint
+    from fewshot.data.decode_many import kept_fingerprint
 
     kept = range(len(known)) if valid is None else torch.nonzero(valid).flatten().tolist()
     by_dataset: dict[int, list] = {}
     for i in kept:
-        by_dataset.setdefault(dsids[i], []).append(known[i])
-    return {info.name: digests_fingerprint(by_dataset.get(space.index(info.name), [])) for info in infos}
+        by_dataset.setdefault(dsids[i], []).append(i)
+    return {info.name: kept_fingerprint(known, images, by_dataset.get(space.index(info.name), [])) for info in infos}
 
 
 def _refuse_emptied_classes(split: str, space: LabelSpace, everything: ImageSet, valid: torch.Tensor) -> None:
@@ -149,8 +152,8 @@ def load_splits(infos: list[DatasetInfo], splits: tuple[str, ...], space: LabelS
 
 
 def _warns() -> bool:
-    """Whether this process says warn_split_copies' warnings (rank 0 of a torchrun job): the others take no digests,
-    as every rank hashed its images for a warning only rank 0 gives (they hash only an entry they write)."""
+    """Whether this process says warn_split_copies' warnings (rank 0 of a torchrun job); the other ranks take the
+    digests too, for the pixels the ranks compare (load_split)."""
     return launch_rank() == 0
 
 

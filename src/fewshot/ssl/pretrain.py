@@ -83,10 +83,12 @@ class MoCoTask:
             self.pool_share = f"a seeded random share of the pool's {len(paths):,} files"
             paths = [paths[i] for i in subset.tolist()]
         # under torchrun each rank's digests of its pool (hashed once, then kept in the cache's meta file): the ranks
-        # compare them (Engine: check_same_image_counts)
+        # compare them (Engine: check_same_image_counts); one process writes them as it decodes (next to free), so
+        # that a later torchrun start finds them there
         pool = load_images(paths, self.size, cache, crop_pct=1.0, desc="loading unlabeled pool",
                            skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], skip_note=POOL_SKIP_NOTE,
-                           max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"), digests=ctx.enabled)
+                           max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"), digests=ctx.enabled,
+                           entry_digests=True)
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
         self.pool_skipped = list(pool.bad)
         self.pool_digest = pool_fingerprint(pool)

@@ -7,6 +7,7 @@ gloo on CPU and nccl on CUDA. Multi-node and elastic restarts are torchrun's job
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -402,10 +403,11 @@ def check_same_image_counts(ctx: DistContext, counts: dict[str, int], pixels: di
 
 def _check_same_pixels(ctx: DistContext, seen: list[dict[str, str]]) -> None:
     """check_same_image_counts' part for the pixels: the parts whose hashes differ between rank 0 and the first rank
-    that differs, of those every rank knows (a rank that found an older cache entry without digests hashes none)."""
+    that differs, of those every rank knows (the others said by _say_uncompared)."""
     shared = [part for part in seen[0] if all(part in s for s in seen)]
     other = next((r for r, s in enumerate(seen) if any(s[p] != seen[0][p] for p in shared)), None)
     if other is None:
+        _say_uncompared(ctx, seen)
         return
     from fewshot.errors import UserError
 
@@ -414,3 +416,18 @@ def _check_same_pixels(ctx: DistContext, seen: list[dict[str, str]]) -> None:
                     f"other pixels from files of the same names and counts ({', '.join(parts)}): another copy of the "
                     f"data on that node, with other contents. {SAME_COPY} (a shared file system, or one synced copy "
                     f"per node).")
+
+
+def _say_uncompared(ctx: DistContext, seen: list[dict[str, str]]) -> None:
+    """Rank 0 warns of the parts some rank has no digests of, which are not compared: such a part was left out
+    without a word, and the ranks trained unchecked (every rank takes them now; a warning, not a refusal, for what
+    a rank could not hash)."""
+    parts = list(dict.fromkeys(part for s in seen for part in s))
+    lacking = {part: [r for r, s in enumerate(seen) if part not in s] for part in parts}
+    lacking = {part: ranks for part, ranks in lacking.items() if ranks}
+    if not lacking or not ctx.is_main:
+        return
+    said = "; ".join(f"{part}: no digests on rank {', '.join(map(str, ranks))}" for part, ranks in lacking.items())
+    print(f"warning: the {ctx.world} processes could not compare the pixels they decoded of some data ({said}): a "
+          f"node whose copy holds other contents under the same names is not found there. {SAME_COPY}.",
+          file=sys.stderr, flush=True)

@@ -147,37 +147,39 @@ def read_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: i
 
 
 def pool_fingerprint(cached) -> str | None:
-    """decode_many.digests_fingerprint of a loaded pool's decodable images (cache.CachedImages), None where their
-    digests are not known (load_images hashes none it was not asked for)."""
-    from fewshot.data.decode_many import digests_fingerprint
+    """decode_many.kept_fingerprint of a loaded pool's decodable images (cache.CachedImages; a blank one by its
+    colour, read at its row), None where their digests are not known (load_images hashes none it was not asked
+    for)."""
+    from fewshot.data.decode_many import kept_fingerprint
 
     known = cached.known_digests
     if known is None:
         return None
-    return digests_fingerprint(d for d, ok in zip(known, cached.valid.tolist()) if ok)
+    return kept_fingerprint(known, cached.images, torch.nonzero(cached.valid).flatten().tolist(), cached.rows)
 
 
 def pool_images(cfg: dict, infos, paths: list, size: int, moco_limit: int | None = None, digests: bool = False):
     """The pool files ``paths`` at data.crop_pct from the decode cache: their own entry, else rows of MoCo's entry
     where it holds them all (moco_entry_paths; ``moco_limit``: MoCo decoded that share of its pool), else decoded
     into an entry of their own, the rows MoCo's entry holds copied from it (only the others decoded). ``digests``
-    (under torchrun, which the ranks compare): from their own entry, whose loads know them (MoCo's rows carry
-    none)."""
+    (under torchrun, which the ranks compare): each file's, as the entry read keeps them (MoCo's rows too, hashed
+    where it keeps none); a new entry keeps them in any case (one-process runs: a later torchrun start hashed the
+    whole pool on every rank)."""
     from fewshot.data.cache import is_cached, load_rows
 
     d = cfg["data"]
     cache = default_cache_dir(d["root"], d["cache_dir"])
     skip, depth = d["skip_bad_images"] or d["skip_bad_unlabeled"], d.get("bit_depth", "auto")
-    within = None if digests else moco_entry_paths(cfg, infos, moco_limit)
+    within = moco_entry_paths(cfg, infos, moco_limit)
     desc = "loading unlabeled pool"
     if within is not None and not is_cached(paths, size, cache, d["crop_pct"], depth):
         cached = load_rows(paths, size, cache, within, 1.0, skip_bad=skip, skip_note=POOL_SKIP_NOTE, bit_depth=depth,
-                           desc=desc)
+                           desc=desc, digests=digests)
         if cached is not None:
             return cached
     return load_images(paths, size, cache, crop_pct=d["crop_pct"], skip_bad=skip, desc=desc,
                        skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=depth, digests=digests,
-                       reuse=within)
+                       entry_digests=True, reuse=within)
 
 
 def moco_entry_paths(cfg: dict, infos, moco_limit: int | None = None) -> list[Path] | None:

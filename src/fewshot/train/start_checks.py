@@ -123,7 +123,7 @@ def image_counts(task) -> dict[str, int]:
 def image_fingerprints(task) -> dict[str, str]:
     """What the ranks compare of the pixels a task decoded (check_same_image_counts), by part as a message names it:
     each labelled split per dataset (ImageSet.fingerprints) and the pool; a part whose digests are not known is left
-    out."""
+    out here, and distributed._check_same_pixels says which part a rank could not compare."""
     out = {}
     for split in ("train", "val"):
         for name, fingerprint in (getattr(getattr(task, f"{split}_set", None), "fingerprints", None) or {}).items():
