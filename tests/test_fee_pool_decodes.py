@@ -208,16 +208,49 @@ def state_of(out) -> dict:
     return json.loads((out / "run_state.json").read_text())
 
 
+def pools_read(monkeypatch) -> list:
+    """The files of every pool share read (semi.read_pool: start-up's check, the stages' and timing tasks' pools)."""
+    read: list = []
+    real = semi.read_pool
+
+    def read_pool(*args, **kwargs):
+        pool, digest = real(*args, **kwargs)
+        read.append(sorted(map(str, pool.paths)))
+        return pool, digest
+
+    monkeypatch.setattr(semi, "read_pool", read_pool)
+    return read
+
+
+def shares_capped(monkeypatch) -> list:
+    """Self-training's and FixMatch's shares capped beside MoCo's (MoCo's files in them cost nothing, the other 50 or
+    so 5 s at 0.1 s): self-training times 8 files (not 256, more than twice the pool's 100) and has a quarter of a
+    fifth of the minute, FixMatch a tenth of its half: 3 s each, MoCo's files and 30 others."""
+    import functools
+
+    import fewshot.run_pseudo as run_pseudo
+    import fewshot.run_startup as run_startup
+
+    monkeypatch.setattr(run_startup, "pool_decode_limit", functools.partial(run_pseudo.pool_decode_limit, n=8))
+    monkeypatch.setattr(run_checks, "FIXMATCH_DECODE_SHARE", 0.1)
+    return ["run.pseudo_share=0.8"]
+
+
 @pytest.mark.parametrize("semi_method", ["pseudo", "fixmatch"])
 def test_with_moco_s_pool_capped_no_pool_file_is_decoded_twice(copy_root, tmp_path, monkeypatch, capsys, semi_method):
     """review rev76: MoCo decoded only its seeded share of a slow cold pool, an entry of that share, so self-training
     and FixMatch found no entry of MoCo's whole list and decoded shares of their own, MoCo's files among them (50 of
-    100 twice). Their shares now start inside MoCo's and decode only the rest; a resume decodes nothing."""
+    100 twice). Their shares now start inside MoCo's and decode only the rest; a resume decodes nothing and reads
+    the same files. Both shares are capped (review rev80: self-training's took the whole pool, so neither the order
+    of its files nor its resume mattered)."""
     without_first_pool(copy_root)
     seen = decodes_counted(monkeypatch, 0.1)  # MoCo's 140 files: 14 s, more than its 7.5 s: a share of 75
     stopped_at_planning(monkeypatch)
     planned_after_timing_the_fine_tuning(monkeypatch)
-    words = run_words(copy_root, tmp_path / "out", "--pretrain", "run.pretrain_batch_size=16", semi_method=semi_method)
+    extra = shares_capped(monkeypatch)
+    read = pools_read(monkeypatch)
+    words = run_words(copy_root, tmp_path / "out", "--pretrain", "run.pretrain_batch_size=16", *extra,
+                      semi_method=semi_method)
     main(words)
     twice = [f for f, k in Counter(seen["cached"]).items() if k > 1]
     assert seen["cached"] and twice == []
@@ -229,17 +262,23 @@ def test_with_moco_s_pool_capped_no_pool_file_is_decoded_twice(copy_root, tmp_pa
     field = "pool_decoded" if semi_method == "pseudo" else "fixmatch_pool_decoded"
     limit = run_checks.recorded_limit(state, field)
     assert isinstance(limit, semi.MocoFirst) and limit.moco == 75
+    assert len(moco) < int(limit) < len(paths)  # a share: MoCo's files and some others
     share = semi.load_pool(cfg, infos, 32, exclude_train=True, limit=limit).paths  # as the stage reads it
     assert moco <= set(share) and len(share) == min(int(limit), len(paths))  # MoCo's files first
     assert sorted(seen["cached"]) == sorted(set(share) | moco)  # each once: MoCo's, then only the rest
+    assert read and all(files == sorted(share) for files in read)
     seen["cached"].clear()
+    read.clear()
     main(words + ["--resume"])
     assert seen["cached"] == [] and state_of(tmp_path / "out")[field] == state[field]
+    assert read and all(files == sorted(share) for files in read)  # the files its first session decoded
 
 
 def test_self_training_s_share_is_drawn_inside_moco_s_capped_share(copy_root, monkeypatch, capsys):
-    """A share of self-training's pool where MoCo decoded 60 of its 140 files: up to MoCo's files (in the pool, 43),
-    nothing is decoded; beyond them, only the rest is, the rows MoCo decoded copied; the pixels are a fresh decode's."""
+    """A share of self-training's pool where MoCo decoded 60 of its 140 files: up to MoCo's files (in the pool, about
+    40), nothing is decoded; beyond them, only the rest is, the rows MoCo decoded copied; the pixels are a fresh
+    decode's. MoCo's files cost no decoding time (review rev80): 12 s decode 24 files at 0.5 s, so the share is
+    MoCo's files and 24 others (it was 24 in all, MoCo's files charged as decoded, 12 s buying 24 files of 0)."""
     from fewshot.data.cache import load_images
     from fewshot.run_pseudo import pool_decode_limit
 
@@ -248,18 +287,25 @@ def test_self_training_s_share_is_drawn_inside_moco_s_capped_share(copy_root, mo
     run_checks.check_pool_images(cfg, infos, "off", moco_limit=60)
     paths = semi.pool_files(cfg, infos, exclude_train=True)[0]
     moco = {str(p) for p in semi.moco_share_paths(cfg, infos, 60)} & {str(p) for p in paths}
-    seen = decodes_counted(monkeypatch, 0.5)  # 100 files: 50 s, a 12 s cap: a share of 24 (the faked timing is fast)
+    seen = decodes_counted(monkeypatch, 0.5)  # 100 files: 50 s; MoCo's free, the rest over 25 s: a 12 s cap
     within, order, free = run_checks.share_source(cfg, infos, paths, 60)
-    assert free == len(moco) and 24 < free < len(paths)
+    assert free == len(moco) and 24 < free < len(paths) - 24
     limit = pool_decode_limit(cfg, paths, 12.0, n=1, within=within, order=order, free=free)
-    assert limit == 24 and "the 24 MoCo decoded read from its cache entry and decoding none" in capsys.readouterr().out
-    share = run_checks.moco_first_limit(limit, paths, 60, order)
-    small = semi.load_pool(cfg, infos, 16, exclude_train=True, limit=share)
+    decoded = limit - free  # 24, less where the (faked, fast) timing itself took a tenth of a second
+    assert 22 <= decoded <= 24, limit
+    words = f"the {free} MoCo decoded read from its cache entry and decoding the other {decoded}"
+    assert words in capsys.readouterr().out
+    small = semi.load_pool(cfg, infos, 16, exclude_train=True, limit=semi.MocoFirst(24, 60))
     assert set(small.paths) <= moco and len(small.paths) == 24 and seen["cached"] == []
+    share = semi.load_pool(cfg, infos, 16, exclude_train=True, limit=run_checks.moco_first_limit(limit, paths, 60,
+                                                                                                   order))
+    assert moco <= set(share.paths) and len(share.paths) == limit
+    assert sorted(seen["cached"]) == sorted(set(share.paths) - moco) and len(seen["cached"]) == decoded
+    seen["cached"].clear()
     large = semi.load_pool(cfg, infos, 16, exclude_train=True, limit=semi.MocoFirst(70, 60))
     assert moco <= set(large.paths) and len(large.paths) == 70
     assert sorted(seen["cached"]) == sorted(set(large.paths) - moco)  # only what MoCo's share lacks
-    for pool in (small, large):
+    for pool in (small, share, large):
         assert torch.equal(pool.images[:], load_images(pool.paths, 16, None, crop_pct=1.0).images)
 
 
@@ -294,3 +340,79 @@ def test_reading_moco_s_entry_warns_of_dark_16_bit_pool_images(tmp_path, monkeyp
     assert rows is not None and len(rows) == 2
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "data.bit_depth=12" in err and str(folder) in err, err
+
+
+def dark_and_plain(folder) -> tuple[list, list]:
+    """Three dark 16-bit images (at most 3783, of 65535) in a16/ and four 8-bit ones in p8/."""
+    import numpy as np
+    from PIL import Image
+
+    (folder / "a16").mkdir(parents=True)
+    (folder / "p8").mkdir()
+    dark, plain = [], []
+    for i in range(3):
+        dark.append(folder / "a16" / f"{i}.png")
+        Image.fromarray((np.arange(64).reshape(8, 8) * 60 + i).astype(np.uint16)).save(dark[-1])
+    for i in range(4):
+        plain.append(folder / "p8" / f"{i}.png")
+        Image.fromarray((np.arange(64).reshape(8, 8) * 3 + i).astype(np.uint8)).save(plain[-1])
+    return dark, plain
+
+
+def test_rows_copied_or_read_from_moco_s_entry_keep_no_record_of_its_other_16_bit_images(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """review rev80: an entry copying 8-bit pool files from MoCo's (its 16-bit train-image stand-ins too) kept that
+    entry's whole 16-bit record, so each later hit warned of a16/, which it does not hold; load_rows of them too."""
+    from fewshot.data import cache_words
+
+    dark, plain = dark_and_plain(tmp_path)
+    within = dark + plain[:2]
+    cache.load_images(within, 8, tmp_path / "cache", desc="loading unlabeled pool")  # warns of a16/, rightly
+    for later in ("copy", "hit", "read"):
+        monkeypatch.setattr(cache_words, "_WARNED", set())
+        capsys.readouterr()
+        if later == "read":
+            assert cache.load_rows(plain[:2], 8, tmp_path / "cache", within) is not None
+        else:
+            cache.load_images(plain, 8, tmp_path / "cache", reuse=within if later == "copy" else None)
+        assert "warning" not in capsys.readouterr().err, later
+    key = cache.cache_key(plain, 8, 1.0, "auto")
+    assert json.loads((tmp_path / "cache" / f"{key}.json").read_text())["bits16"] is None
+    monkeypatch.setattr(cache_words, "_WARNED", set())
+    assert cache.load_rows(dark[:1], 8, tmp_path / "cache", within) is not None  # the dark ones still warn
+    assert "data.bit_depth=12" in capsys.readouterr().err
+
+
+def test_a_broken_file_moco_recorded_is_not_decoded_again_nor_counted_as_read(tmp_path, monkeypatch):
+    """review rev80: rows copied from MoCo's entry left out every failure it recorded, so a broken file was decoded
+    again, and counted among the files read from it (costing no decoding time), as every file of an entry never
+    written was."""
+    _, plain = dark_and_plain(tmp_path)
+    plain[1].write_bytes(b"not an image")
+    within, paths = plain[:3], [plain[0], plain[1], plain[3]]
+    folder = tmp_path / "cache"
+    assert cache.rows_held_count(paths, 8, folder, within) == 0  # no entry yet
+    cache.load_images(within, 8, folder, skip_bad=True)
+    assert cache.rows_held_count(paths, 8, folder, within) == 1
+    decoded: list = []
+    real = cache._decode_into
+
+    def decode_into(out, files, *args, **kwargs):
+        decoded.extend(files)
+        return real(out, files, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "_decode_into", decode_into)
+    images = cache.load_images(paths, 8, folder, skip_bad=True, reuse=within)
+    assert decoded == [plain[3]] and [p for p, _ in images.bad] == [str(plain[1])]
+    assert images.valid.tolist() == [True, False, True]
+    fresh = cache.load_images(paths, 8, None, skip_bad=True)
+    assert torch.equal(images.images, fresh.images) and images.bad == fresh.bad
+
+
+def test_without_moco_s_entry_no_file_counts_as_read_from_it(copy_root):
+    """review rev80: an entry never written (a failed cache write) holds none of MoCo's share."""
+    without_first_pool(copy_root)
+    cfg, infos = settings(copy_root, **{"run.pretrain": True})
+    paths = semi.pool_files(cfg, infos, exclude_train=True)[0]
+    within, order, free = run_checks.share_source(cfg, infos, paths, 60)
+    assert within is not None and order is not None and free == 0

@@ -228,15 +228,26 @@ def share_source(cfg: dict, infos, paths: list, moco_limit: int | None) -> tuple
     """Where self-training's or FixMatch's share of their pool ``paths`` comes from: the list whose cache entry MoCo's
     check wrote (semi.moco_entry_paths; None at another crop, whose pixels it does not hold), and where MoCo decoded
     only its seeded share of ``moco_limit`` files, the order the share is drawn in (semi.share_order: the files
-    inside MoCo's share first) and how many those are (read from MoCo's entry, they cost no decoding); else None
-    and 0 (pool_subset's order)."""
+    inside MoCo's share first) and how many of those its entry holds decoded (read from it, they cost no decoding:
+    _held_count); else None and 0 (pool_subset's order)."""
     from fewshot.train.semi import moco_entry_paths, share_order
 
     within = moco_entry_paths(cfg, infos, moco_limit)
     if within is None or moco_limit is None:
         return within, None, 0
-    order, free = share_order(paths, int(cfg["train"]["seed"]), within)
-    return within, order, free
+    order, inside = share_order(paths, int(cfg["train"]["seed"]), within)
+    return within, order, _held_count(cfg, [paths[i] for i in order[:inside].tolist()], within)
+
+
+def _held_count(cfg: dict, paths: list, within: list) -> int:
+    """How many of ``paths`` (the pool files inside MoCo's share) MoCo's entry of ``within`` holds decoded: a failure
+    it recorded is no image (a broken one is not decoded again either), and an entry never written (a failed cache
+    write) holds none, so those were counted as read from it though they were decoded (review rev80)."""
+    from fewshot.data.cache import rows_held_count
+
+    d = cfg["data"]
+    return rows_held_count(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), within,
+                           1.0, d.get("bit_depth", "auto"))
 
 
 def moco_first_limit(limit: int | None, paths: list, moco_limit: int | None, order) -> int | None:
@@ -325,17 +336,17 @@ def cold_pool_limit(cfg: dict, paths: list, crop: float, seconds: float, floor: 
     the timing again). Timed on the tail of the seeded order, outside the share (its head): the sample was decoded
     twice. ``refuse(seconds, files)``: raises where the least share cannot fit the time left (checked after the
     first TIMING_FIRST files and after the timing). ``within``: pool_is_cached's (MoCo's entry may hold them all).
-    ``order``, ``free``: share_source's (the shares' order, led by ``free`` files MoCo's entry holds, which the
-    least share does not decode). Returns (the count, its words, whether reused)."""
+    ``order``, ``free``: share_source's (the shares' order, led by ``free`` files MoCo's entry holds, which cost no
+    decoding: _free_share). Returns (the count, its words, whether reused)."""
     if len(paths) <= 2 * floor or pool_is_cached(cfg, paths, crop, within):
         return None, "", False
     record = _subsets_record(cfg, paths, crop)
     rate = _recorded_rate(record)
     share_of = _share_of(cfg, paths, order)
     if rate is not None:
-        if rate * len(paths) <= seconds:  # the whole pool fits at the recorded rate: no earlier share (review rev74)
+        limit = _free_share(len(paths), seconds, rate, floor, free)
+        if limit is None:  # the whole pool fits at the recorded rate: no earlier share (review rev74)
             return None, "", False
-        limit = _share_size(seconds, rate, floor)
         reused = limit if limit <= free else _earlier_share(cfg, share_of, len(paths), crop, record, limit, within,
                                                             free)
         if reused is not None:
@@ -344,9 +355,9 @@ def cold_pool_limit(cfg: dict, paths: list, crop: float, seconds: float, floor: 
     _record_rate(record, rate)
     left = max(0.0, seconds - timed_s)  # the timing is decoding too
     words = _whole_words(len(paths), rate, f"timed on {n} in {timed_s:.1f} s", seconds, ", the timing included")
-    if rate * len(paths) <= left:
+    limit = _free_share(len(paths), left, rate, floor, free)
+    if limit is None:
         return None, words, False
-    limit = _share_size(left, rate, floor)
     if limit <= free:  # inside MoCo's share: nothing to decode (nor to list as a share decoded)
         return limit, words, False
     reused = _earlier_share(cfg, share_of, len(paths), crop, record, limit, within, free)
@@ -369,6 +380,16 @@ def _share_of(cfg: dict, paths: list, order=None):
         return [paths[i] for i in head.tolist()]
 
     return share
+
+
+def _free_share(n_pool: int, seconds: float, per_file: float, floor: int, free: int = 0) -> int | None:
+    """The share of a pool of ``n_pool`` files that ``seconds`` decode at ``per_file`` (``floor`` at least), None:
+    the whole pool; its ``free`` files (read from MoCo's entry, share_source) take no time: the whole pool where the
+    rest fits, else they and the share the time buys of the rest. They were charged as decoded: FixMatch trained on
+    644 files where the time held about 1,800 (review rev80)."""
+    if per_file * (n_pool - free) <= seconds:
+        return None
+    return min(n_pool, free + _share_size(seconds, per_file, max(0, floor - free)))
 
 
 def _share_size(seconds: float, per_file: float, floor: int) -> int:

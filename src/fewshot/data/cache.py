@@ -168,7 +168,8 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 raise _too_big(n, size, nbytes) from None
             _warn_no_cache(cache_dir, exc, nbytes)
         if tmp is not None:
-            _note_new_entry(desc, n - (len(copied[1]) if copied else 0), size, cache_dir, nbytes, max_gb)
+            spared = len(copied[1]) + len(copied[4]) if copied else 0  # copied, or known broken: not decoded
+            _note_new_entry(desc, n - spared, size, cache_dir, nbytes, max_gb)
     if out is None:
         try:
             out = np.zeros(shape, dtype=np.uint8)
@@ -216,10 +217,11 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
 
 
 def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: list, crop_pct: float,
-               bit_depth: int | str) -> tuple[np.ndarray, dict[int, int], dict | None, list | None] | None:
-    """The rows of ``paths`` that the cache entry of ``within`` holds decoded (not as a failure): (its images, {index
-    in ``paths``: row}, its record of 16-bit images, the digests its meta file keeps or None); None where it holds
-    none or cannot be read."""
+               bit_depth: int | str) -> tuple[np.ndarray, dict[int, int], dict | None, list | None, list] | None:
+    """The rows of ``paths`` that the cache entry of ``within`` holds decoded: (its images, {index in ``paths``: row},
+    its record of 16-bit images where it may be theirs (_sixteen_of), the digests its meta file keeps or None, the
+    files it holds as broken, not to be retried: [(index, why)], decoded again they fail again); None where it holds
+    none of them or cannot be read."""
     if cache_dir is None:
         return None
     within = [Path(p) for p in within]
@@ -229,19 +231,43 @@ def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: lis
         return None
     try:
         meta = loads_run_json((folder / f"{key}.json").read_text())
-        failed = {i for i, _ in _cached_bad(meta, within)}
+        bad_of = dict(_cached_bad(meta, within))
         images = np.memmap(folder / f"{key}.u8", dtype=np.uint8, mode="r", shape=(len(within), 3, size, size))
     except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
         return None
     where: dict[str, int] = {}
     for i, p in enumerate(within):
         where.setdefault(os.path.abspath(p), i)
-    rows = {}
+    rows, broken = {}, []
     for i, a in enumerate(map(os.path.abspath, paths)):
         row = where.get(a)
-        if row is not None and row not in failed:
+        if row is not None and row not in bad_of:
             rows[i] = row
-    return (images, rows, _sixteen(meta.get("bits16")), _stored_digests(meta, len(within))) if rows else None
+        elif row is not None and not _retryable(bad_of[row]):
+            broken.append((i, bad_of[row]))
+    sixteen = _sixteen_of(meta.get("bits16"), [paths[i] for i in rows])
+    return (images, rows, sixteen, _stored_digests(meta, len(within)), broken) if rows or broken else None
+
+
+def rows_held_count(paths: list[Path], size: int, cache_dir: Path | None, within: list, crop_pct: float = 1.0,
+                    bit_depth: int | str = "auto") -> int:
+    """How many of ``paths`` the entry of ``within`` holds decoded (_rows_held; 0 where there is none): the files a
+    copy from it costs no decoding (a failure it recorded is no image, and an entry never written holds none)."""
+    held = _rows_held([Path(p) for p in paths], size, cache_dir, within, crop_pct, bit_depth)
+    return 0 if held is None else len(held[1])
+
+
+def _sixteen_of(recorded, paths: list) -> dict | None:
+    """An entry's record of its 16-bit images (_sixteen) as far as it may be that of ``paths``, some of its files:
+    it keeps only the largest value and the folder all of them lie under, not which files they are, so it is kept
+    where one of ``paths`` lies under that folder and dropped otherwise (MoCo's 16-bit train-image stand-ins were
+    warned of on every cache hit of a share of 8-bit pool files copied from its entry, review rev80)."""
+    sixteen = _sixteen(recorded)
+    if sixteen is None:
+        return None
+    folder = os.path.abspath(sixteen["folder"])
+    under = (os.path.abspath(p) for p in paths)
+    return sixteen if any(a == folder or a.startswith(folder.rstrip(os.sep) + os.sep) for a in under) else None
 
 
 class _RowsOf:
@@ -257,21 +283,24 @@ class _RowsOf:
 def _copy_or_decode(out, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
                     bit_depth: int | str, copied, found: list | None = None) -> tuple[list, dict | None]:
     """_decode_into of ``paths``, except that the rows ``copied`` holds (_rows_held) are copied from its entry, not
-    decoded: the bad files (by index in ``paths``) and the 16-bit record, the other entry's merged in. ``found``:
-    filled with each image's digest, a copied one's as the other entry keeps it (hashed where it keeps none): asking
-    for digests decoded every file again."""
-    images, rows, sixteen_there, there = copied
+    decoded, nor the files it holds as broken: the bad files (by index in ``paths``) and the 16-bit record, the other
+    entry's merged in where it may be the copied rows' (_rows_held). ``found``: filled with each image's digest, a
+    copied one's as the other entry keeps it (hashed where it keeps none): asking for digests decoded every file
+    again."""
+    images, rows, sixteen_there, there, broken = copied
     for i, row in rows.items():
         out[i] = images[row]
         if found is not None:
             found[i] = there[row] if there is not None else image_digest(images[row])
-    missing = [i for i in range(len(paths)) if i not in rows]
+    known = {i for i, _ in broken}
+    missing = [i for i in range(len(paths)) if i not in rows and i not in known]
     taken = None if found is None else [None] * len(missing)
     bad, sixteen = _decode_into(_RowsOf(out, missing), [paths[i] for i in missing], size, crop_pct, desc, threads,
                                 bit_depth, taken)
     for j, digest in enumerate(taken or ()):
         found[missing[j]] = digest
-    return [(missing[i] if isinstance(i, int) else i, why) for i, why in bad], _merged_sixteen(sixteen, sixteen_there)
+    bad = [(missing[i] if isinstance(i, int) else i, why) for i, why in bad] + list(broken)
+    return bad, _merged_sixteen(sixteen, sixteen_there)
 
 
 def _merged_sixteen(one: dict | None, other: dict | None) -> dict | None:
@@ -394,7 +423,7 @@ def _entry_rows(paths: list[Path], size: int, cache_dir: Path | None, within: li
     try:
         meta = loads_run_json((folder / f"{key}.json").read_text())
         bad_of = dict(_cached_bad(meta, within))
-        sixteen = _sixteen(meta.get("bits16"))
+        sixteen = _sixteen_of(meta.get("bits16"), paths)  # the entry's record, where it may be theirs
         arr = np.memmap(folder / f"{key}.u8", dtype=np.uint8, mode="c", shape=(len(within), 3, size, size))
     except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
         return None
@@ -412,7 +441,7 @@ def load_rows(paths: list[Path], size: int, cache_dir: Path | None, within: list
               digests: bool = False) -> CachedImages | None:
     """load_images of ``paths`` read from the entry of ``within`` (rows_of_entry), nothing decoded: the result's
     ``rows`` says which row of its images each file is. None where that entry does not hold them all. Its 16-bit
-    images are warned of as load_images' cache hit warns (warn_bit_depth; the entry's record, of all its files):
+    images are warned of as load_images' cache hit warns (warn_bit_depth; the entry's record where it may be theirs):
     `fewshot train --semi fixmatch` reading an earlier run's entry gave no warning of dark 12-bit pool images.
     ``digests``: each file's, as that entry's meta file keeps them (its rows hashed where it keeps none): FixMatch
     under torchrun, whose ranks compare them, decoded the pool again into an entry of its own (review rev79)."""
