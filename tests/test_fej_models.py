@@ -196,3 +196,21 @@ def test_the_sizes_a_refusal_suggests_are_taken(name, size):
     assert sizes and size not in sizes, text
     for good in sizes:  # each suggestion passes the check, on a real build
         check_input_size(create_backbone(name, img_size=good), good, name)
+
+
+def test_probe_refuses_a_seed_torch_cannot_take(capsys):
+    """review rev81: `probe --seed 2**64` was an internal error (exit 1); train.seed's range is refused with exit 2."""
+    from fewshot.cli import main
+
+    rc = main(["probe", "--weights", "", "--model", "test_resnet", "--data", "/nonexistent", "--seed", str(2**64)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--seed must be in [-2^63, 2^64-1]" in err, err
+
+
+def test_a_huge_tensor_of_values_under_1e19_is_not_said_to_be_past_it():
+    """review rev81: a million values of 1e17 overflow float32's sum of squares; the message said "past ~1e19"."""
+    from fewshot.train.nonfinite import diverged_what
+
+    verb, named = diverged_what(("blocks.3.weight", 1e17))
+    assert "past ~1e19" not in named and "sum of the squares" in named and "too large" in verb
+    assert "past ~1e19" in diverged_what(("bn.running_var", 1.03e24))[1]

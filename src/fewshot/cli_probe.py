@@ -103,6 +103,8 @@ def cmd_probe(args, extra) -> int:
     from fewshot.utils import resolve_device
 
     bit_depth = probe_bit_depth(extra)  # before any work: a bad value is refused at once
+    if not -2**63 <= args.seed <= 2**64 - 1:  # torch.manual_seed's range, as train.seed's check (review rev81)
+        raise UserError(f"--seed must be in [-2^63, 2^64-1], not {args.seed}.")
     if not args.model:
         from fewshot.models.backbone import adopt_weights_model
         from fewshot.models.weights_file import check_weights_path

@@ -51,8 +51,12 @@ def diverged_what(culprit: tuple[str, float | None] | None) -> tuple[str, str]:
     name, largest = culprit
     if largest is None:
         return "became inf/NaN", f" ({name} holds inf/NaN)"
-    return ("grew too large for float32 arithmetic", f" ({name} reached {largest:.3g}: still finite, but past "
-            f"~1e19, where float32 sums of squares such as norms and variances overflow to inf)")
+    if largest > 1.8e19:  # its own square is past float32's largest value (3.4e38)
+        return ("grew too large for float32 arithmetic", f" ({name} reached {largest:.3g}: still finite, but past "
+                f"~1e19, where float32 sums of squares such as norms and variances overflow to inf)")
+    # review rev81: a big tensor of values under 1e19 (1e17 each) was said to be "past ~1e19"
+    return ("grew too large for float32 arithmetic", f" ({name} reached {largest:.3g}: still finite, but the "
+            f"float32 sum of the squares of its values overflows to inf)")
 
 
 def diverged_weights_error(epoch: int, skipped: int, kept: str, causes: str, lr: float,
