@@ -216,12 +216,11 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
     return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note, found if digests else None, found)
 
 
-def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: list, crop_pct: float,
-               bit_depth: int | str) -> tuple[np.ndarray, dict[int, int], dict | None, list | None, list] | None:
-    """The rows of ``paths`` that the cache entry of ``within`` holds decoded: (its images, {index in ``paths``: row},
-    its record of 16-bit images where it may be theirs (_sixteen_of), the digests its meta file keeps or None, the
-    files it holds as broken, not to be retried: [(index, why)], decoded again they fail again); None where it holds
-    none of them or cannot be read."""
+def _open_entry(within: list, size: int, cache_dir: Path | None, crop_pct: float, bit_depth: int | str,
+                mode: str) -> tuple[dict, dict, np.ndarray, Path] | None:
+    """The cache entry of the list ``within`` (another list's rows are read there: _rows_held, _entry_rows): its
+    meta, its bad files {row: why}, its images mapped in ``mode`` and its data file; None where it is missing or
+    unreadable."""
     if cache_dir is None:
         return None
     within = [Path(p) for p in within]
@@ -232,9 +231,22 @@ def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: lis
     try:
         meta = loads_run_json((folder / f"{key}.json").read_text())
         bad_of = dict(_cached_bad(meta, within))
-        images = np.memmap(folder / f"{key}.u8", dtype=np.uint8, mode="r", shape=(len(within), 3, size, size))
+        images = np.memmap(folder / f"{key}.u8", dtype=np.uint8, mode=mode, shape=(len(within), 3, size, size))
     except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
         return None
+    return meta, bad_of, images, folder / f"{key}.u8"
+
+
+def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: list, crop_pct: float,
+               bit_depth: int | str) -> tuple[np.ndarray, dict[int, int], dict | None, list | None, list] | None:
+    """The rows of ``paths`` that the cache entry of ``within`` holds decoded: (its images, {index in ``paths``: row},
+    its record of 16-bit images where it may be theirs (_sixteen_of), the digests its meta file keeps or None, the
+    files it holds as broken, not to be retried: [(index, why)], decoded again they fail again); None where it holds
+    none of them or cannot be read."""
+    opened = _open_entry(within, size, cache_dir, crop_pct, bit_depth, "r")
+    if opened is None:
+        return None
+    meta, bad_of, images, _ = opened
     where: dict[str, int] = {}
     for i, p in enumerate(within):
         where.setdefault(os.path.abspath(p), i)
@@ -415,23 +427,16 @@ def _entry_rows(paths: list[Path], size: int, cache_dir: Path | None, within: li
     rows = [where.get(os.path.abspath(p)) for p in paths]
     if None in rows:
         return None
-    within = [Path(p) for p in within]
-    key = cache_key(within, size, crop_pct, bit_depth)
-    folder = entry_dir(cache_dir, key)
-    if not _holds(folder, key):
+    opened = _open_entry(within, size, cache_dir, crop_pct, bit_depth, "c")
+    if opened is None:
         return None
-    try:
-        meta = loads_run_json((folder / f"{key}.json").read_text())
-        bad_of = dict(_cached_bad(meta, within))
-        sixteen = _sixteen_of(meta.get("bits16"), paths)  # the entry's record, where it may be theirs
-        arr = np.memmap(folder / f"{key}.u8", dtype=np.uint8, mode="c", shape=(len(within), 3, size, size))
-    except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
-        return None
+    meta, bad_of, arr, data_file = opened
+    sixteen = _sixteen_of(meta.get("bits16"), paths)  # the entry's record, where it may be theirs
     bad = [(i, bad_of[r]) for i, r in enumerate(rows) if r in bad_of]
     if any(_retryable(why) for _, why in bad):
         return None
     with contextlib.suppress(OSError):  # its last use, for prune_cache
-        os.utime(folder / f"{key}.u8")
+        os.utime(data_file)
     return torch.from_numpy(arr), torch.tensor(rows, dtype=torch.long), bad, sixteen, _stored_digests(meta, len(within))
 
 
