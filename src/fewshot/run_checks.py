@@ -261,6 +261,19 @@ def moco_first_limit(limit: int | None, paths: list, moco_limit: int | None, ord
     return MocoFirst(len(paths) if limit is None else limit, moco_limit)
 
 
+def say_cold_share(whose: str, n: int, limit: int | None, reused: bool, whole: str, free: int, uses: str) -> None:
+    """The line of a cold pool decoded only in part (MoCo's, FixMatch's, self-training's, ``whose``): an earlier
+    run's share reused, or the share decoded now (share_words); nothing where the whole pool is used."""
+    if limit is None:
+        return
+    if reused:
+        print(f"[run] {whose} {n:,} pool images are not in the decode cache, but a seeded random {limit:,} of them "
+              f"are (an earlier run's): {uses} ({whole})", flush=True)
+    else:
+        print(f"[run] {whose} {n:,} pool images are not in the decode cache: {whole}; {share_words(limit, free)}, "
+              f"{uses}", flush=True)
+
+
 def share_words(limit: int, free: int) -> str:
     """How a cold pool's share of ``limit`` files is had: decoded, or where ``free`` files lead its order (inside
     MoCo's share, share_source) partly or wholly read from MoCo's cache entry."""
@@ -291,12 +304,7 @@ def moco_decode_limit(cfg: dict, infos, budget_s: float, n: int | None = None, r
     limit, whole, reused = cold_pool_limit(cfg, paths, 1.0, seconds, max(n, 2 * int(r["pretrain_batch_size"])), n,
                                            refuse)
     whole += f" (a quarter of MoCo's {share:.0f} s share of the budget)"
-    if limit is not None and reused:
-        print(f"[run] MoCo's {len(paths):,} pool images are not in the decode cache, but a seeded random "
-              f"{limit:,} of them are (an earlier run's): the pool MoCo trains on ({whole})", flush=True)
-    elif limit is not None:
-        print(f"[run] MoCo's {len(paths):,} pool images are not in the decode cache: {whole}; decoding a seeded "
-              f"random {limit:,} of them, the pool MoCo trains on", flush=True)
+    say_cold_share("MoCo's", len(paths), limit, reused, whole, 0, "the pool MoCo trains on")
     return limit
 
 
@@ -318,12 +326,7 @@ def fixmatch_decode_limit(cfg: dict, infos, budget_s: float, n: int | None = Non
     limit, whole, reused = cold_pool_limit(cfg, paths, cfg["data"]["crop_pct"], seconds, floor, n, refuse, within,
                                            order, free)
     whole += f" (a quarter of the fine-tuning's {share:.0f} s of the budget)"
-    if limit is not None and reused:
-        print(f"[run] FixMatch's {len(paths):,} pool images are not in the decode cache, but a seeded random "
-              f"{limit:,} of them are (an earlier run's): the pool FixMatch trains on ({whole})", flush=True)
-    elif limit is not None:
-        print(f"[run] FixMatch's {len(paths):,} pool images are not in the decode cache: {whole}; "
-              f"{share_words(limit, free)}, the pool FixMatch trains on", flush=True)
+    say_cold_share("FixMatch's", len(paths), limit, reused, whole, free, "the pool FixMatch trains on")
     return moco_first_limit(limit, paths, moco_limit, order)
 
 

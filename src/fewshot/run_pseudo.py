@@ -114,16 +114,12 @@ def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256, refu
     ``within``: MoCo's pool (semi.moco_entry_paths), whose cache entry may hold every file already (hunt hBK #3);
     ``order``, ``free``: where MoCo decoded only a share of it, the share is drawn inside it first
     (run_checks.share_source)."""
-    from fewshot.run_checks import cold_pool_limit, share_words
+    from fewshot.run_checks import cold_pool_limit, say_cold_share
 
     limit, whole, reused = cold_pool_limit(cfg, paths, cfg["data"]["crop_pct"], seconds, n, n, refuse, within, order,
                                            free)
-    if limit is not None and reused:
-        print(f"[run] the {len(paths):,} pool images are not in the decode cache, but a seeded random {limit:,} of "
-              f"them are (an earlier run's): the pool the rounds label ({whole})", flush=True)
-    elif limit is not None:
-        print(f"[run] the {len(paths):,} pool images are not in the decode cache: {whole} (a quarter of the time "
-              f"after round 1); {share_words(limit, free)}, the pool the rounds label", flush=True)
+    say_cold_share("the", len(paths), limit, reused, f"{whole} (a quarter of the time after round 1)", free,
+                   "the pool the rounds label")
     return limit
 
 
