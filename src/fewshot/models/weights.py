@@ -299,13 +299,26 @@ def _resample_pos_embed(backbone: nn.Module, state: dict, own: dict) -> None:
 
 
 def _resized_pos_grid(posemb: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
-    """A (1, C, H, W) embedding (PiT) is an image of the grid: interpolated as timm resamples token grids, it
-    was refused as a shape mismatch at any other size."""
-    if posemb.shape[:2] != mine.shape[:2]:
-        raise ValueError("another embedding width")
-    grid = torch.nn.functional.interpolate(posemb.float(), size=tuple(mine.shape[-2:]), mode="bicubic",
-                                           antialias=True)
-    return grid.to(posemb.dtype)
+    """A 4-D embedding is an image of the grid, (1, C, H, W) in PiT and (1, H, W, C) in VOLO and SAM: interpolated
+    over its grid axes (timm's resample_abs_pos_embed_nhwc), it was refused as a shape mismatch at any other size,
+    and VOLO's was read as PiT's, resampled along the wrong axes."""
+    from timm.layers import resample_abs_pos_embed_nhwc
+
+    channels_last = _grid_is_channels_last(posemb.shape, mine.shape)
+    nhwc = posemb if channels_last else posemb.permute(0, 2, 3, 1)
+    size = list(mine.shape[1:3] if channels_last else mine.shape[2:])
+    grid = resample_abs_pos_embed_nhwc(nhwc.float(), new_size=size).to(posemb.dtype)
+    return grid if channels_last else grid.permute(0, 3, 1, 2).contiguous()
+
+
+def _grid_is_channels_last(file: torch.Size, model: torch.Size) -> bool:
+    """Whether a 4-D embedding is (1, H, W, C), told by its width C: the one axis the file and this model share
+    (only the grid differs). Shared on both ends (H equal in one layout, W in the other) or on neither, it cannot
+    be told: ValueError, left to the shape-mismatch report."""
+    first, last = file[:2] == model[:2], (file[0], file[3]) == (model[0], model[3])
+    if first == last:
+        raise ValueError("the width axis cannot be told from the grid's")
+    return last
 
 
 def _resampled_pos_tokens(backbone: nn.Module, posemb: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
