@@ -170,12 +170,13 @@ def test_run_rounds_its_own_size_to_the_patch_of_the_model(digits_root):
     assert auto_img_size(_small_images(digits_root), torch.device("cpu"), 1.0, {"name": "test_vit"})[0] == 32
 
 
-def test_run_refuses_a_fixed_size_model_at_once_naming_a_size_that_works(digits_root, tmp_path):
-    rc, _, err = run_main("run", "--data", digits_root, "--out", tmp_path / "out", "--budget-minutes", "1",
-                          "--model", "efficientformer_l1", "--device", "cpu", "--no-progress")
-    assert rc == 2 and "efficientformer_l1 cannot take 32 px inputs" in err, err
-    assert "32 px was `fewshot run`'s own choice" in err and "Give --img-size 224 (checked to work)" in err, err
-    assert not (tmp_path / "out").exists()
+def test_run_picks_the_size_a_fixed_size_model_takes(digits_root):
+    """efficientformer_l1 takes 224 px alone: `fewshot run` refused its own 32 px choice, naming 224 (now it picks
+    it, fEN: the user typed no --img-size to change)."""
+    from fewshot.run_checks import auto_img_size
+
+    size, why = auto_img_size(_small_images(digits_root), torch.device("cpu"), 1.0, {"name": "efficientformer_l1"})
+    assert size == 224 and "224 px, not 32: the nearest size efficientformer_l1 takes" in why, why
 
 
 def _suggested(name: str, size: int) -> tuple[str, list[int]]:

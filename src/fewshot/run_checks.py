@@ -34,8 +34,9 @@ def auto_img_size(infos, device: torch.device, budget_minutes: float, model_cfg:
 
 def model_size(model_cfg: dict, size: int, why: str) -> tuple[int, str]:
     """The run's own ``size`` where the model takes it (or a meta try cannot tell: check_model decides), else a
-    multiple of its patch next to it that it takes (the smaller first); a model that takes neither (a fixed input
-    size) is refused at once, naming sizes it takes: the user typed no --img-size to change."""
+    multiple of its patch next to it that it takes (the smaller first), else the nearest size it takes (said in the
+    why): inception_v3 at 32 px was refused, naming 96 px, though the user typed no --img-size to change. Refused
+    only where no size near it could be confirmed."""
     from fewshot.models.backbone import backbone_options
     from fewshot.models.input_sizes import patch_size, patch_sizes, size_problem, sizes_taken
 
@@ -49,10 +50,13 @@ def model_size(model_cfg: dict, size: int, why: str) -> tuple[int, str]:
     around = [s for s in near if abs(s - size) < patch] if off_grid else []  # the multiples of the patch around it
     if around:  # the smaller where it works: the size was chosen for the budget
         return min(around), f"{why}; {min(around)} px, not {size}: {name}'s patches are {patch} px"
-    sizes = " or ".join(f"{s}" for s in sorted(near))
+    if near:  # the nearest (ties: the smaller, as for the budget); its cost per image is said: it may be far larger
+        chosen = min(near, key=lambda s: (abs(s - size), s))
+        return chosen, (f"{why}; {chosen} px, not {size}: the nearest size {name} takes "
+                        f"({(chosen / size) ** 2:.3g}x the pixels per image)")
     raise UserError(f"{problem}; {size} px was `fewshot run`'s own choice ({why.split(';')[0]}), as no --img-size "
-                    f"was given. " + (f"Give --img-size {sizes} (checked to work)." if near else
-                                      f"Give --img-size N (see `fewshot models {name}` for its default size)."))
+                    f"was given, and no size near it could be confirmed to work. Give --img-size N (see `fewshot "
+                    f"models {name}` for its default size).")
 
 
 def images_size(infos, device: torch.device, budget_minutes: float) -> tuple[int, str]:
