@@ -30,14 +30,18 @@ MIN_PER_CLASS = 3  # fewer images than this per class on average: their proporti
 AUTO_MIN_VAL_PER_CLASS = 10
 
 
-def class_offsets(logits: Tensor, prior: Tensor, iters: int = 200, tol: float = 1e-4) -> Tensor:
+def class_offsets(logits: Tensor, prior: Tensor, iters: int = 200, tol: float = 1e-4,
+                  weights: Tensor | None = None) -> Tensor:
     """Offsets b [C] such that softmax(logits + b) summed over the rows is about n * prior (Sinkhorn-Knopp in the
-    log domain; each step sets every column's mass right, the softmax then spreads it back over the rows)."""
+    log domain; each step sets every column's mass right, the softmax then spreads it back over the rows).
+    ``weights``: one per row, for a sample re-weighted to other class proportions (val_decision)."""
     logp = logits.float().log_softmax(1)
     target = torch.log(prior.float().clamp_min(1e-8) * logp.shape[0])  # a class of share 0: log 0 made every offset nan
     b = torch.zeros(logp.shape[1])
+    logw = None if weights is None else torch.log(weights.float() * (logp.shape[0] / weights.sum()))[:, None]
     for _ in range(iters):
-        mass = torch.logsumexp((logp + b).log_softmax(1), dim=0)
+        mass = (logp + b).log_softmax(1)
+        mass = torch.logsumexp(mass if logw is None else mass + logw, dim=0)
         step = target - mass
         b += step
         if float(step.abs().max()) < tol:
@@ -125,12 +129,39 @@ def hits(logits: Tensor, targets: Tensor) -> int:
     return int((logits.argmax(1) == targets).sum())
 
 
-def val_decision(logits: Tensor, targets: Tensor) -> dict:
+def val_fits(targets: Tensor, prior: Tensor) -> float:
+    """The p-value of val's class counts drawn in the ``prior``'s proportions (chi-square goodness of fit). Small:
+    val is not split like the test side's aim, so evening val out to its own proportions tests another correction."""
+    counts = torch.bincount(targets, minlength=len(prior)).float()
+    expected = counts.sum() * prior.float().clamp_min(1e-8)
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    return float(torch.special.gammaincc(torch.tensor((len(prior) - 1) / 2.0), torch.tensor(chi2 / 2.0)))
+
+
+def val_decision(logits: Tensor, targets: Tensor, aim: Tensor | None = None) -> dict:
     """Val accuracy (%) with and without offsets fitted on the val images themselves towards val's own class
     proportions (what the test side aims at: the train split's, or the test split's own where they differ), and
-    whether to use them: when they do not lower it."""
+    whether to use them: when they do not lower it. ``aim`` (uneven shots): the proportions the test side aims at;
+    where val's do not fit them (val_fits), the offsets must also not lower the accuracy of val re-weighted to the
+    aim: a 10:40-shot model gained on an even val evened out and lost on a test split in the 10:40 proportions, and
+    the re-weighted val alone, where an even test split passed for one of 10:40, said yes to a 12-point loss."""
     n = len(targets)
     prior = torch.bincount(targets, minlength=logits.shape[1]).float() / n
     plain, balanced = hits(logits, targets), hits(logits + class_offsets(logits, prior), targets)
-    return {"val_plain": round(100.0 * plain / n, 2), "val_balanced": round(100.0 * balanced / n, 2),
-            "used": balanced >= plain}
+    out = {"val_plain": round(100.0 * plain / n, 2), "val_balanced": round(100.0 * balanced / n, 2),
+           "used": balanced >= plain}
+    if aim is not None and val_fits(targets, aim) < SKEW_P:
+        weighted = _weighted_val_decision(logits, targets, aim.float() / aim.sum(), prior)
+        out.update(weighted, used=out["used"] and weighted["used"])
+    return out
+
+
+def _weighted_val_decision(logits: Tensor, targets: Tensor, aim: Tensor, shares: Tensor) -> dict:
+    """Val accuracy (%) re-weighted from val's class ``shares`` to the ``aim``'s, plain and with offsets fitted
+    towards the aim (each image counts aim / share of its class, in the fit and in both accuracies)."""
+    weights = (aim / shares.clamp_min(1e-8))[targets]
+    right = weights / weights.sum()
+    plain = float(right[logits.argmax(1) == targets].sum())
+    balanced = float(right[(logits + class_offsets(logits, aim, weights=weights)).argmax(1) == targets].sum())
+    return {"val_weighted_to": [round(float(x), 4) for x in aim], "val_weighted_plain": round(100.0 * plain, 2),
+            "val_weighted_balanced": round(100.0 * balanced, 2), "used": balanced >= plain - 1e-9}

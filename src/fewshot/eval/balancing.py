@@ -104,6 +104,9 @@ def _skew_untestable(val: tuple | None, n_classes: int, val_why: str | None) -> 
     return f"val lacks {missing} of the {n_classes} classes" if missing else None
 
 
+_REFERENCES = {"even": "even proportions", "val": "val's proportions"}
+
+
 def _test_prior(train_prior: torch.Tensor, val: tuple, test: torch.Tensor,
                 from_train: bool = True) -> tuple[torch.Tensor, str]:
     """The class proportions to even the test predictions out to: the train split's or even ones, whichever the test
@@ -115,16 +118,21 @@ def _test_prior(train_prior: torch.Tensor, val: tuple, test: torch.Tensor,
     references = {"train": train_prior}
     if not torch.allclose(train_prior, even):  # uneven shots, with a test split that is often even all the same
         references["even"] = even
+        # or split like val (val_decision judges best where the aim fits val)
+        val_shares = torch.bincount(targets, minlength=len(train_prior)).float() / len(targets)
+        if not any(torch.allclose(val_shares, r) for r in references.values()):
+            references["val"] = val_shares
     fits = {name: bal.fits_proportions(logits, targets, test, prior) for name, prior in references.items()}
-    best = max(fits, key=fits.get)  # the train split's on a tie
+    best = max(fits, key=fits.get)  # the train split's on a tie, then even ones
     if fits[best] >= bal.SKEW_P:
         if best == "train":
             return train_prior, "train"
-        return even, f"even: the test predictions fit even proportions (p={fits['even']:.2g}) better than the " \
-                     f"train split's (p={fits['train']:.2g})"
+        return references[best], f"{best}: the test predictions fit {_REFERENCES[best]} (p={fits[best]:.2g}) " \
+                                 f"better than the train split's (p={fits['train']:.2g})"
     confusion = bal.soft_confusion(logits.softmax(1), targets, len(train_prior))
     estimated = bal.estimate_prior(confusion, test.softmax(1))
-    names = {"train": "the train split's proportions" if from_train else "even proportions", "even": "even ones"}
+    names = {"train": "the train split's proportions" if from_train else "even proportions", "even": "even ones",
+             "val": "val's"}
     fitted = ", ".join(f"p={p:.1g} for {names[name]}" for name, p in fits.items())
     return floored_shares(estimated, len(test)), f"estimated from the test predictions ({fitted})"
 
@@ -173,6 +181,16 @@ def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, ho
     too_few = _too_few_per_class(val_targets, size, setting) if how == "auto" else None
     if too_few:
         return {"used": False, "why": too_few}
+    return aimed_plan(prior, source, val, test, how, untestable)
+
+
+def aimed_plan(prior: torch.Tensor, source: str, val: tuple | None, test: torch.Tensor, how: str,
+               untestable: str | None = None) -> dict:
+    """_balance_one's plan once val is read: the proportions aimed at (``prior``: the train split's, from
+    ``source``), under auto the val decision, and the offsets. Apart, so that benchmarks/balance_priors.py scores
+    it on cached logits. With uneven shots auto judges on val re-weighted to the aim where val is not split like it
+    (bal.val_decision)."""
+    uneven = source == "train" and not torch.allclose(prior, torch.full_like(prior, 1.0 / len(prior)))
     estimated = "train"
     if not untestable:
         prior, estimated = _test_prior(prior, val, test, from_train=source == "train")
@@ -181,7 +199,7 @@ def _balance_one(tm: TrainedModel, root: Path, name: str, test: torch.Tensor, ho
     if untestable:  # --balance on: done as asked, but the user hears that the proportions were not checked
         plan["unchecked"] = untestable
     if how == "auto":
-        plan.update(bal.val_decision(val_logits, val_targets))
+        plan.update(bal.val_decision(val[0], val[1], aim=prior if uneven else None))
     if plan["used"]:
         plan["_offsets"] = bal.class_offsets(test, prior)
     return plan
@@ -221,7 +239,7 @@ def balanced_logits(tm: TrainedModel, data, logits: torch.Tensor, plan: dict) ->
 def say_balance(plan: dict, how: str, who: str = "predict", setting: str = "--balance") -> None:
     """One line: which datasets' predictions were evened out, on what val evidence, and from which prior."""
     def part(p: dict) -> str:
-        val = f" (val {p['val_plain']:.1f} -> {p['val_balanced']:.1f})" if "val_plain" in p else ""
+        val = f" (val {p['val_plain']:.1f} -> {p['val_balanced']:.1f}{_weighted(p)})" if "val_plain" in p else ""
         prior = f" [prior {p['prior_from']}]" if p["used"] and p.get("prior_from", "train") != "train" else ""
         if p["used"] and p.get("unchecked"):
             prior += f" [test proportions not checked: {p['unchecked']}]"
@@ -231,6 +249,13 @@ def say_balance(plan: dict, how: str, who: str = "predict", setting: str = "--ba
         said = grouped_names((name, part(p)) for name, p in plan.items())
         print(one_line(f"[{who}] class-balanced test predictions ({setting} {how}): "
                        f"{'; '.join(names + text for names, text in said)}"), flush=True)
+
+
+def _weighted(p: dict) -> str:
+    """The val accuracies re-weighted to the proportions aimed at, where val is not split like them (uneven shots)."""
+    if "val_weighted_to" not in p:
+        return ""
+    return f"; re-weighted to the aimed proportions {p['val_weighted_plain']:.1f} -> {p['val_weighted_balanced']:.1f}"
 
 
 def recorded_balance(run_or_ckpt) -> str | None:
