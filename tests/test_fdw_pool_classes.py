@@ -1,7 +1,7 @@
 """Self-training's warning for a pool that holds images of classes its dataset does not have (bug hunt hBH, finding
 1): a closed-set softmax gives those a confident pseudo-label of the dataset's own classes (39 of 60 kept images
 wrong on a 2-class dataset), and the run said only "binary 60/120 (mean confidence 0.95)". The check compares the
-kept images' confidences with the correctly classified val images' (pool_classes_check); it changes no selection."""
+pool images' confidences with the val images' (pool_classes_check); it changes no selection."""
 
 from __future__ import annotations
 
@@ -25,42 +25,50 @@ def spread(lo: float, hi: float, n: int) -> torch.Tensor:
 
 
 def test_the_check_flags_kept_labels_less_sure_than_val():
-    """The hunt's shape: val right at 0.9-1.0; most kept images at 0.80-0.90 (out-of-class, still confident)."""
+    """The hunt's shape: val at 0.9-1.0; most pool images at 0.80-0.90 (out-of-class, still confident)."""
     val = spread(0.9, 1.0, 20)
-    kept = torch.cat([spread(0.80, 0.90, 36), spread(0.95, 1.0, 24)])
-    check = semi.pool_classes_check(kept, val, torch.ones(20, dtype=torch.bool))
+    pool = torch.cat([spread(0.80, 0.90, 36), spread(0.95, 1.0, 24)])
+    check = semi.pool_classes_check(pool, val, 60)
     assert check["suspect"]
-    assert check["kept_share_below"] >= 0.6 and check["val_share_below"] <= 0.3
-    assert check["kept"] == 60 and check["val_right"] == 20
+    assert check["pool_share_below"] >= 0.6 and check["val_share_below"] <= 0.3
+    assert check["pool"] == 60 and check["val"] == 20 and check["kept"] == 60
 
 
 def test_the_check_passes_kept_labels_as_sure_as_val():
-    """An in-class pool: the kept images (the most confident ones) are as sure as val's, or surer."""
+    """An in-class pool: its images are as sure as val's, or surer."""
     val = spread(0.5, 1.0, 40)
-    for kept in (spread(0.5, 1.0, 30), spread(0.7, 1.0, 30), spread(0.55, 0.99, 24)):
-        check = semi.pool_classes_check(kept, val, torch.ones(40, dtype=torch.bool))
+    for pool in (spread(0.5, 1.0, 30), spread(0.7, 1.0, 30), spread(0.55, 0.99, 24)):
+        check = semi.pool_classes_check(pool, val, len(pool))
         assert check is not None and not check["suspect"], check
 
 
-def test_the_check_counts_only_correct_val_images_and_needs_enough_of_them():
-    """A wrong val image does not set the level; too few right val images (or kept ones): no verdict."""
+def test_the_check_counts_every_val_image_and_needs_enough_of_them():
+    """Every val image sets the level, right or wrong (hunt hBQ #4: the right ones alone are the surer ones, and a
+    weak model's in-class pool read as foreign); too few val images, pool images or kept labels: no verdict."""
     val = torch.cat([spread(0.9, 1.0, 20), spread(0.3, 0.4, 20)])
-    right = torch.tensor([True] * 20 + [False] * 20)
-    kept = torch.cat([spread(0.80, 0.90, 36), spread(0.95, 1.0, 24)])
-    assert semi.pool_classes_check(kept, val, right)["suspect"]  # the 20 wrong ones at 0.3-0.4 would hide it
-    assert semi.pool_classes_check(kept, val[:9], right[:9]) is None
-    assert semi.pool_classes_check(kept[:19], val, right) is None
+    pool = torch.cat([spread(0.80, 0.90, 36), spread(0.95, 1.0, 24)])
+    assert not semi.pool_classes_check(pool, val, 60)["suspect"]  # as sure as val's images, wrong ones included
+    assert semi.pool_classes_check(pool, val[20:], 60)["suspect"] is False
+    assert semi.pool_classes_check(pool, val[:20], 60)["suspect"]
+    assert semi.pool_classes_check(pool, val[:9], 60) is None
+    assert semi.pool_classes_check(pool[:19], val, 60) is None
+    assert semi.pool_classes_check(pool, val, 19) is None
 
 
 def test_the_check_fires_at_the_margin_itself():
-    """9 of 20 kept images below the level against 6 of 20 val images: 0.15 more, the margin (float32 read 0.1499)."""
-    val = spread(0.9, 1.0, 20)  # the 0.3 quantile: 0.9285; 6 of them below it
-    kept = torch.cat([torch.full((9,), 0.91), torch.full((11,), 0.99)])
-    check = semi.pool_classes_check(kept, val, torch.ones(20, dtype=torch.bool))
-    assert (check["kept_share_below"], check["val_share_below"]) == (0.45, 0.3)
+    """90 of 200 pool images below the level against 60 of 200 val images: 0.15 more, the margin (float32 read
+    0.1499); at 20 images each the same shares are within sampling noise (2 standard errors: 0.29)."""
+    val = spread(0.9, 1.0, 200)  # 60 of them below their 0.3 quantile
+    pool = torch.cat([torch.full((90,), 0.91), torch.full((110,), 0.99)])
+    check = semi.pool_classes_check(pool, val, 40)
+    assert (check["pool_share_below"], check["val_share_below"], check["margin"]) == (0.45, 0.3, 0.15)
     assert check["suspect"]
-    fewer = semi.pool_classes_check(torch.cat([kept[1:], kept[-1:]]), val, torch.ones(20, dtype=torch.bool))
-    assert not fewer["suspect"]  # 8 of 20: 0.1 more
+    fewer = semi.pool_classes_check(torch.cat([pool[2:], pool[-2:]]), val, 40)
+    assert not fewer["suspect"]  # 88 of 200: 0.14 more
+    small = semi.pool_classes_check(torch.cat([torch.full((9,), 0.91), torch.full((11,), 0.99)]), spread(0.9, 1.0, 20),
+                                    20)
+    assert (small["pool_share_below"], small["val_share_below"]) == (0.45, 0.3) and not small["suspect"]
+    assert small["margin"] > 0.28
 
 
 def rows(d: int, probs) -> torch.Tensor:
@@ -116,7 +124,7 @@ def test_the_run_warns_of_a_pool_of_other_classes_and_records_it(monkeypatch, tm
     assert per["two"]["pool_classes_check"]["suspect"] is True
     assert per["other"]["pool_classes_check"] is None  # no val images, no pool: not measured
     recorded = json.loads((tmp_path / "pseudo.json").read_text())
-    assert recorded["datasets"]["two"]["pool_classes_check"]["kept_share_below"] >= 0.6
+    assert recorded["datasets"]["two"]["pool_classes_check"]["pool_share_below"] >= 0.6
 
 
 def test_a_resume_that_reuses_the_round_says_its_warning_again(monkeypatch, tmp_path, capsys):
@@ -152,8 +160,8 @@ def test_the_warning_does_not_advise_a_calibration_already_on():
     """run.pseudo_precision on: the warning advised setting it (review rev69, finding 3)."""
     from fewshot.run_pseudo import pool_classes_warning
 
-    check = {"kept_share_below": 0.6, "kept": 40, "val_confidence": 0.9, "val_share_below": 0.3, "val_right": 20,
-             "quantile": 0.3, "suspect": True}
+    check = {"pool_share_below": 0.6, "pool": 60, "kept": 40, "val_confidence": 0.9, "val_share_below": 0.3,
+             "val": 20, "quantile": 0.3, "suspect": True}
     assert "run.pseudo_precision" in pool_classes_warning("d", check)
     assert "run.pseudo_precision" not in pool_classes_warning("d", check, calibrated=True)
 

@@ -182,7 +182,9 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     if val_probs is None and len(val.targets) and bool((known_kept >= POOL_CHECK_MIN_KEPT).any()):
         # the check's, only where some dataset kept enough images of known source to be checked (rev69)
         val_probs = teacher_probabilities(task.val_logits(task.model), val.dataset_ids, task.space)
-    checks = pool_classes_checks(task.space, conf[~from_unknown], owner[~from_unknown], val, val_probs)
+    # every labelled pool image of known source, as select_pseudo_labels saw it: the check's sample of the pool
+    pool_conf = teacher_probabilities(logits, dataset_ids, task.space).max(dim=1).values
+    checks = pool_classes_checks(task.space, pool_conf, dataset_ids, known_kept, val, val_probs)
     for name, check in checks.items():
         per_dataset[name]["pool_classes_check"] = check
     local = task.space.to_local(labels)[1]
@@ -202,10 +204,12 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
             "state": copy.deepcopy(task.model.state_dict()), "key": key}
 
 
-def pool_classes_checks(space, kept_conf: torch.Tensor, kept_owner: torch.Tensor, val, val_probs) -> dict:
-    """Per dataset, pool_classes_check of its kept pseudo-labels (source known: an unknown-source image's softmax
-    runs over every class, another scale than val's) against its val images, on the same model: null where it is
-    not measured (too few val or kept images, no val pass)."""
+def pool_classes_checks(space, pool_conf: torch.Tensor, pool_ids: torch.Tensor, kept: torch.Tensor, val,
+                        val_probs) -> dict:
+    """Per dataset, pool_classes_check of its labelled pool images (``pool_ids``: their dataset, -1 unknown source:
+    an unknown-source image's softmax runs over every class, another scale than val's) against all its val images,
+    on the same model; ``kept``: each dataset's kept pseudo-labels of its own pool. Null where it is not measured
+    (too few val, pool or kept images, no val pass)."""
     from fewshot.train.semi import pool_classes_check
 
     out = {}
@@ -214,20 +218,20 @@ def pool_classes_checks(space, kept_conf: torch.Tensor, kept_owner: torch.Tensor
         if mine is None or not bool(mine.any()):
             out[name] = None
             continue
-        val_conf, val_pred = val_probs[mine].max(dim=1)
-        out[name] = pool_classes_check(kept_conf[kept_owner == d], val_conf, val_pred == val.targets[mine])
+        out[name] = pool_classes_check(pool_conf[pool_ids == d], val_probs[mine].max(dim=1).values, int(kept[d]))
     return out
 
 
 def pool_classes_warning(name: str, check: dict, calibrated: bool = False) -> str:
-    """The warning of a dataset whose kept pseudo-labels look like images of other classes (pool_classes_check):
-    what was measured, what it may mean and what to do; the run trains on them all the same. ``calibrated``:
-    run.pseudo_precision is on already, so it is not advised."""
-    return (f"[run] warning: {name}: {check['kept_share_below']:.0%} of its {check['kept']} kept pseudo-labels have "
+    """The warning of a dataset whose pool looks like it holds images of other classes (pool_classes_check): what
+    was measured, what it may mean and what to do; the run trains on its kept pseudo-labels all the same.
+    ``calibrated``: run.pseudo_precision is on already, so it is not advised."""
+    return (f"[run] warning: {name}: {check['pool_share_below']:.0%} of its {check['pool']} pool images have "
             f"a confidence below {check['val_confidence']:.3f}, against {check['val_share_below']:.0%} of its "
-            f"{check['val_right']} correctly classified val images (that confidence is their "
-            f"{check['quantile']:g} quantile): its pool may hold images of classes {name} does not have (or images unlike its labelled ones: "
-            f"another source, size or colour), and these get a pseudo-label of one of its classes anyway. Keep only {name}'s own classes in its pool, "
+            f"{check['val']} val images (that confidence is their {check['quantile']:g} quantile): its pool may hold "
+            f"images of classes {name} does not have (or images unlike its labelled ones: another source, size or "
+            f"colour), which get a pseudo-label of one of its classes anyway ({check['kept']} were kept). Keep only "
+            f"{name}'s own classes in its pool, "
             f"{'' if calibrated else 'or set run.pseudo_precision (per-class thresholds from val), '}"
             f"or run.semi_method=off")
 

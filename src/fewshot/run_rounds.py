@@ -166,10 +166,28 @@ class RoundsMixin:
                                                 seconds=LABEL_SHARE * max(0.0, self.end_time - time.monotonic()),
                                                 seed=derive_seed(self.fcfg["train"]["seed"], k, 11),
                                                 pool_limit=self.pool_limit)
+            if not self.pseudo.get("recorded") and not len(self.pseudo["images"]):
+                self.skip_without_pseudo_labels(k)  # round k - 1 (self.task) predicts
+                break
             self.task = None
             if k == self.rounds and skip["skipped_from"] is None:  # the last round is `finetune`, below
                 break
             self.middle_round(k)
+
+    def skip_without_pseudo_labels(self, k: int) -> None:
+        """Round ``k`` and later skipped where round ``k`` - 1 kept no pseudo-label: round ``k`` would only restart
+        training on the labelled images at full lr (hunt hBQ: "0/340 kept", 3.6 s that took val from 70 to 25, the
+        val guard then chose round 1). The rest of the budget is left unused rather than spent on that."""
+        task, labelled = self.task, (self.pseudo.get("summary") or {}).get("pool_labelled", 0)
+        later = " and later" if k < self.rounds else ""
+        self.decide(k - 1, k, f"no pseudo-label was kept: round {k - 1}'s model was not sure enough of any of the "
+                              f"{labelled:,} pool images it labelled, and round {k} would only train on the labelled "
+                              f"images again, which at short budgets lost val accuracy; the rest of the budget is left "
+                              f"unused")
+        closing_s = self.closing(task, round_speeds(task, k - 1)[1])  # the report's estimate, for the stages it draws
+        spare = max(0.0, self.last_end - time.monotonic() - closing_s)
+        print(f"[run] round {k}{later} skipped (planned, not an error): {self.skip['why']} (about "
+              f"{seconds_text(spare)} beyond the closing work); predicting with round {k - 1}", flush=True)
 
     def middle_round(self, k: int) -> None:
         """Round ``k``, neither the first nor the last, on the pool as round ``k`` - 1 labelled it; skipped with the
