@@ -319,14 +319,19 @@ def calibration_seconds(step_s: float, eval_s: float, per_image: float, n_test: 
 
 
 def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s: float, what: str,
-                           hints: str, undone: bool = True, first: str = "", untimed: str = "") -> UserError:
+                           hints: str, undone: bool = True, first: str = "", untimed: str = "",
+                           resumed: tuple | None = None) -> UserError:
     """The refusal of a budget that cannot hold even the least run, found at the first stage's planning (before
     any training): such a run trained its floor of steps and then ran past its budget, silently until its end
     (0.3 minutes with resnet50 on 2 busy cores: 60 s). ``used_s``: the run's time so far (start-up, decoding,
     the timing of the speeds); ``need_s``: least_run_seconds; ``what``: the model and size; ``hints``: the ways
     to a shorter least run besides a larger budget; ``first``: the work before the last stage's steps, in words
     ("MoCo pretraining's ..., then "), where need_s counts it; ``untimed``: why need_s is the steps' alone (the
-    timing stopped once they did not fit, stop_timing_when), so that it and the budget named are a least."""
+    timing stopped once they did not fit, stop_timing_when), so that it and the budget named are a least.
+    ``resumed``: (folder, seconds used before the stop) of a --resume that no stage had trained in
+    (resumed_too_short_error)."""
+    if resumed is not None:
+        return resumed_too_short_error(budget_s, used_s, need_s, step_s, what, hints, undone, first, *resumed)
     total = used_s + need_s
     least = _least_minutes(budget_s, total)
     return UserError(one_line(
@@ -340,6 +345,26 @@ def too_short_budget_error(budget_s: float, used_s: float, need_s: float, step_s
         f". Nothing was "
         f"trained{' and the output folder was left as it was' if undone else ''}. Give --budget-minutes {least:g} "
         f"or more (more leaves training a fair share){hints}."))
+
+
+def resumed_too_short_error(budget_s: float, used_s: float, need_s: float, step_s: float, what: str, hints: str,
+                            undone: bool, first: str, out, before_s: float) -> UserError:
+    """too_short_budget_error for a --resume of a run that no stage had trained in: it went on, warned, and overran
+    its budget by 58 %. A resume keeps its run's budget (RunState.resume), so the budget named is a fresh run's:
+    this session's start-up and timing (``used_s`` less the ``before_s`` of the sessions before) and the least run."""
+    session_s = max(0.0, used_s - before_s)
+    least = max(0.1, _fitting_minutes(budget_s, session_s + need_s))
+    return UserError(one_line(
+        f"--resume cannot fit the least run of {what} on this machine in what is left of the {budget_s / 60:g} "
+        f"minutes of '{out}': the sessions "
+        f"before the stop used {before_s:.0f} s, this one's start-up and the timing of the speeds took "
+        f"{session_s:.0f} s, and the least run after them ({first}{FLOOR_STEPS + 1} training steps at "
+        f"{step_s * 1000:.0f} ms: its floor and the one past its deadline, the closing evaluations, the prediction "
+        f"of the test images and the report) needs about {need_s:.0f} s more, {used_s + need_s:.0f} s in all "
+        f"(measured here; a busy machine needs more). No stage had trained and nothing was trained now"
+        f"{'; the output folder was left as it was' if undone else ''}. A --resume keeps its run's budget: start "
+        f"the run afresh (in another --out, or in this one once you have removed it) with --budget-minutes "
+        f"{least:g} or more (more leaves training a fair share){hints}."))
 
 
 def floor_budget_error(budget_s: float, used_s: float, step_s: float, undone: bool = True) -> UserError:
@@ -362,7 +387,13 @@ def _least_minutes(budget_s: float, total_s: float) -> float:
     """The budget a refusal names for a run that needs ``total_s`` in all: the closing reserve grows with the budget
     (1.5 % of it), so the budget named holds the rest at that share, and 10 % more for a machine a little busier
     than at this measurement, in tenths of a minute rounded up (never the refused one: _more_than)."""
-    return _more_than(budget_s, math.ceil((total_s - CLOSING_SHARE * budget_s) / (1 - CLOSING_SHARE) * 1.1 / 6) / 10)
+    return _more_than(budget_s, _fitting_minutes(budget_s, total_s))
+
+
+def _fitting_minutes(budget_s: float, total_s: float) -> float:
+    """_least_minutes before its floor of more than the refused budget (a fresh start after a refused --resume may
+    fit the same budget): tenths of a minute, rounded up."""
+    return math.ceil((total_s - CLOSING_SHARE * budget_s) / (1 - CLOSING_SHARE) * 1.1 / 6) / 10
 
 
 def _more_than(budget_s: float, least: float) -> float:

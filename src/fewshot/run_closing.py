@@ -175,7 +175,7 @@ class ClosingMixin:
         all), and a 0.05-minute budget ran 27 s. Returns the seconds MoCo keeps back from its share so that its
         closing work (the budget stop's kNN evaluation, checkpoints, export), the fine-tuning's timing and its
         least run fit after it (its share alone passed the check and then overran). A resumed run whose MoCo
-        plans anew (stopped before its last.pt) is not refused (refuse_unless_least_run_fits) but keeps back."""
+        plans anew (stopped before its last.pt) keeps back; it is refused only where no stage had begun before."""
         n_params = sum(p.numel() for p in task.model.parameters())
         probe, ft_step, per_image = self.time_fine_tuning()
         ft_eval = measure_eval_seconds(probe)
@@ -220,7 +220,9 @@ class ClosingMixin:
         error. Returns the step speeds the check rests on: a timing that did not fit is timed again first
         (steps_that_fit), and a faster one is what the stage plans with."""
         steps = [step_s for _, step_s in timed]
-        if self.resume or self.fit_seconds:  # a stage has trained (or a resumed run's time is spent): plan_stage warns
+        # a stage has trained (or began, on a resume): plan_stage warns. A resume where none had (run_state.json's
+        # `stages: {}`) is refused as a fresh run is: it overran its budget by 58 % with a near-chance model
+        if self.fit_seconds or (self.resume and self.training_began()):
             return steps
 
         def need(steps: list[float]) -> float:
@@ -234,8 +236,9 @@ class ClosingMixin:
         error = too_short_budget_error(self.budget_s, used, need(steps), steps[-1],
                                        f"{cfg['model']['name']} at {cfg['model']['img_size']}px",
                                        self.least_run_hints(bool(before)), self.locked,
-                                       first(*steps) if first else "")
-        self.undo_start()
+                                       first(*steps) if first else "",
+                                       resumed=(self.out, self.used) if self.resume else None)
+        self.undo_start(new_entries=self.resume)
         raise error
 
     def steps_that_fit(self, timed: list, need) -> list[float]:

@@ -464,13 +464,14 @@ class StartupMixin:
         # the files --skip-bad-images (train, val, test) and data.skip_bad_unlabeled (pool) left out, with the reasons
         write_skipped(self.out, self.split_skipped + self.pool_skipped)
 
-    def undo_start(self, refused: bool = True) -> None:
+    def undo_start(self, refused: bool = True, new_entries: bool = False) -> None:
         """A fresh run's start that failed (a refused budget, an input found bad after the folder was claimed):
         what it wrote, its folder and the parents --out made go again; only with its lock, else another start may
         be writing there too and what appeared may be its. A --resume ``refused`` over its input (a UserError)
         leaves the run's state as the file held it when the lock was taken (only with the lock, for the same reason):
         each refusal of a renamed class folder added its 17 s of start-up to the run's time. A stop or a crash there
-        still counts (note_stop): the start-up's decoding was work."""
+        still counts (note_stop): the start-up's decoding was work. ``new_entries``: a refused --resume also removes
+        what this session added to the folder (a stage folder made before the refusal)."""
         if self.locked and not self.resume:  # a --resume's folder holds the run it continues
             undo_run_start(self.real_out, self.entries_before, self.out_existed, self.new_parents)
             self.stop_clock = None  # a stop's count would write the removed run's state again
@@ -478,6 +479,8 @@ class StartupMixin:
         elif self.locked and refused and self.state_as_read is not None and self.stop_clock is not None:
             self.stop_clock = None  # nor is this session's time counted after it
             self.state.data = self.state_as_read
+            if new_entries:
+                remove_new_entries(self.real_out, self.entries_before)
             with contextlib.suppress(Exception):  # the refusal is the message (as note_stop)
                 self.state.save()
         self.locked = False
@@ -513,7 +516,21 @@ def undo_run_start(out: Path, entries_before: set[str], existed: bool, new_paren
     refusal is the message). ``out`` is the resolved folder (the one written to, whatever `..` the user's path
     held). ``new_parents``: the folders that making it made (missing_parents, deepest first), removed where empty,
     also where ``out`` was there before (`x/../y` with y there made x)."""
-    from fewshot.run_lock import LOCK_NAME, made_lock_file, unlock_and_remove
+    from fewshot.run_lock import made_lock_file, unlock_and_remove
+
+    remove_new_entries(out, entries_before)
+    if made_lock_file(out):  # one this start created (O_EXCL): another command's may appear after the listing
+        unlock_and_remove(out)
+    made = {*new_parents, *(() if existed else (out,))}
+    for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):  # `y/x/..` made y/x inside y
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only an empty one: a file someone else put there keeps it (and its parents)
+
+
+def remove_new_entries(out: Path, entries_before: set[str]) -> None:
+    """Remove what appeared in ``out`` since its listing ``entries_before`` (its lock file aside): a refused start's
+    writes (undo_run_start; a resume refused before any stage trained, undo_start)."""
+    from fewshot.run_lock import LOCK_NAME
 
     with contextlib.suppress(OSError):
         for name in set(os.listdir(out)) - entries_before - {LOCK_NAME}:
@@ -522,12 +539,6 @@ def undo_run_start(out: Path, entries_before: set[str], existed: bool, new_paren
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-    if made_lock_file(out):  # one this start created (O_EXCL): another command's may appear after the listing
-        unlock_and_remove(out)
-    made = {*new_parents, *(() if existed else (out,))}
-    for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):  # `y/x/..` made y/x inside y
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # only an empty one: a file someone else put there keeps it (and its parents)
 
 
 def refuse_used_output(out: Path) -> None:
