@@ -56,7 +56,7 @@ from fewshot.train.resume import BEST_ASIDE, ResumeMixin
 from fewshot.train.saving import SavingMixin
 from fewshot.train.stage_cap import StageCapMixin
 from fewshot.train.start_checks import empty_epoch_error, image_counts, image_fingerprints
-from fewshot.train.start_warnings import warn_cpu_fp16, warn_long_warmup, warn_slow_ema
+from fewshot.train.start_warnings import warn_cpu_fp16, warn_long_warmup, warn_shared_cores, warn_slow_ema
 from fewshot.train.step_state import StepStateMixin
 from fewshot.train.stop_signal import StopRequested, say_stop, stop_on_signals
 from fewshot.train.tensorboard_log import add_scalars, open_writer, rows_to_write_again
@@ -99,6 +99,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
             self.amp = AMP_BY_NAME[broadcast_object(ctx, AMP_NAMES[self.amp])]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         warn_cpu_fp16(self.amp, device, ctx.is_main)
+        warn_shared_cores(device, ctx)
         # modules the task compiled (train.compile): their backward graphs compile inside loss.backward() (the first
         # step's, and again after a recompile), which suppress_errors does not cover, and inductor's generated code
         # can fail there too: while modules are compiled, each step keeps what it needs to be redone eagerly

@@ -7,14 +7,18 @@ schedule, the steps per epoch, the autocast dtype), and says nothing to the loop
 
 from __future__ import annotations
 
+import os
 import sys
+
+import torch
 
 from fewshot.errors import one_line
 from fewshot.process_state import said_once
-from fewshot.runtime import cpu_fp16_warning
+from fewshot.runtime import cpu_fp16_warning, usable_cores
 
 
 _TOLD_CPU_FP16: set[str] = said_once(__name__, "_TOLD_CPU_FP16")  # the fp16-on-a-CPU warning, once given
+_TOLD_SHARED_CORES: set[str] = said_once(__name__, "_TOLD_SHARED_CORES")  # the ranks-share-the-cores note, once
 WARMUP_PEAK_OK = 0.9  # a warmup as long as the run whose last step trains at this share of optim.lr or more: no word
 
 
@@ -73,3 +77,34 @@ def warn_cpu_fp16(amp, device, is_main: bool) -> None:
     if text and is_main and not _TOLD_CPU_FP16:
         _TOLD_CPU_FP16.add(text)
         print(text, file=sys.stderr, flush=True)
+
+
+def shared_cores_note(ranks: int, threads: int, cores: int, busy: float = 0.0) -> str | None:
+    """The note for torchrun on a CPU whose ``cores`` (less ``busy``: other work's load) cannot give each of this
+    machine's ``ranks`` its ``threads``: 2 ranks on 2 shared cores trained FixMatch no faster than one process, and
+    with --batch-size per process a budget held half the steps, without a word (hunt hBP). None: no note."""
+    free = max(0, cores - int(busy))
+    if ranks <= 1 or ranks * threads <= free:
+        return None
+    others = f", and other work keeps about {int(busy)} of them busy" if int(busy) >= 1 else ""
+    return one_line(f"note: the {ranks} torchrun processes on this machine share its {cores} usable CPU cores "
+                    f"({threads} thread(s) each{others}): training will not be faster than in one process, and "
+                    f"--batch-size is per process, so a time budget holds fewer, larger steps. Run one process "
+                    f"(with --batch-size {ranks}x for the same global batch), or give each process cores of its own.")
+
+
+def warn_shared_cores(device, ctx) -> None:
+    """shared_cores_note for this command's CPU processes, said once by rank 0 (the ranks on this machine:
+    torchrun's LOCAL_WORLD_SIZE; other work: the 1-minute load average less the ranks themselves)."""
+    if device.type != "cpu" or not ctx.enabled or not ctx.is_main or _TOLD_SHARED_CORES:
+        return
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    ranks = int(local) if local.isdigit() else ctx.world
+    try:
+        busy = max(0.0, os.getloadavg()[0] - ranks)
+    except (AttributeError, OSError):  # Windows: no load average
+        busy = 0.0
+    text = shared_cores_note(ranks, torch.get_num_threads(), usable_cores(), busy)
+    if text:
+        _TOLD_SHARED_CORES.add(text)
+        print(text, flush=True)
