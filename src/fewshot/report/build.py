@@ -254,10 +254,14 @@ class ReportBuilder:
             from fewshot.report.plots import differing_datasets, plot_accuracy_bars
 
             name = self._png("accuracy_bars.png")
+            from fewshot.report.scored_on import keyed, scored_keys
+
             labels = [r.label for r in sup]
-            metrics = [{"known": r.metrics_known, "unknown": r.metrics_unknown} for r in sup]
+            keys, split = scored_keys(sup)  # one name, different classes: bars grouped apart
+            metrics = [{"known": keyed(r.metrics_known, k), "unknown": keyed(r.metrics_unknown, k)}
+                       for r, k in zip(sup, keys)]
             plot_accuracy_bars(labels, metrics, self.out / name)
-            differ = differing_datasets(labels, metrics)
+            differ = " ".join(filter(None, [split, differing_datasets(labels, metrics)]))
             routed = any(T.routing(r.metrics_unknown) is not None for r in sup)  # as the figure draws routing
             body.append(H.figure(name, "Val accuracy @1 per dataset for each fine-tuned run, with the mean over "
                                        "datasets; known source (the dataset of each image is given) and unknown "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fewshot.errors import printable
 from fewshot.report import tables as T
+from fewshot.report.pipeline_runs import resume_command
 from fewshot.report.run_record import Run
 from fewshot.report.runs import expand_runs
 
@@ -41,8 +42,11 @@ def run_compare(paths: list[str], file=None) -> list[T.Table]:
             r.notes.append(f"the run is still being written (training): its figures are of the epochs logged so far"
                            f"{f' (up to epoch {max(epochs)})' if epochs else ''}, not its final ones.")
         elif not (r.metrics or r.metrics_known or r.metrics_unknown or r.evaluated):  # a row of "-" said nothing
-            r.notes.append("the run stopped before its first evaluation (no metrics.json, no evaluation in log.jsonl): "
-                           "it has no accuracies yet; the same command with --resume continues it.")
+            # a stage is continued by its `fewshot run`, not by the `fewshot train` "the same command" suggested
+            how = (f"{resume_command(r.group)} continues it" if r.group is not None else
+                   "the same command with --resume continues it")
+            r.notes.append(f"the run stopped before its first evaluation (no metrics.json, no evaluation in "
+                           f"log.jsonl): it has no accuracies yet; {how}.")
         for n in r.notes:
             print(printable(f"note ({r.label}): {n}"), file=file)
     return tables

@@ -160,6 +160,26 @@ def _stopped_pipeline(folder: Path) -> bool:
     return (folder / "run_state.json").is_file() and not _finished_pipeline(folder)
 
 
+def resume_command(folder: Path) -> str:
+    """The command that continues a stopped `fewshot run` in ``folder``: its stages are not continued by the
+    `fewshot train` their notes seemed to name. The data root is run_state.json's (ROOT where it does not say);
+    --resume takes the run's other settings from the state file."""
+    from fewshot.errors import path_argument
+
+    state = _read_json(folder / "run_state.json", [])
+    root = ((state.get("config") or {}).get("data") or {}).get("root") if isinstance(state, dict) else None
+    root = path_argument(root) if isinstance(root, str) and root else "ROOT"
+    return f"`fewshot run --data {root} --out {path_argument(folder)} --resume`"
+
+
+def stopped_pipeline_note(folder: Path) -> str:
+    """The note of a `fewshot run` folder whose run stopped (Ctrl-C, a kill) after a stage trained: its stages
+    looked like runs of their own, a finished MoCo stage beside a fine-tuning one with no word of the stop."""
+    return (f"the `fewshot run` in {folder} was stopped before it finished (its run_state.json says unfinished): "
+            f"its stages are shown as far as they got, and what it does after them (later stages, the test "
+            f"predictions) is missing. Continue it with {resume_command(folder)}.")
+
+
 def _finished_pipeline(folder: Path) -> bool:
     """Whether ``folder``'s run_state.json says its `fewshot run` finished (an unreadable one says nothing)."""
     state = _read_json(folder / "run_state.json", [])

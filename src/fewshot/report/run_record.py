@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from fewshot.report.run_files import _is_number, _is_whole
@@ -66,6 +67,13 @@ class Run:
             if p.is_file():
                 return p
         return None
+
+    @cached_property
+    def class_lists(self) -> dict[str, tuple[str, ...]] | None:
+        """Dataset name -> class names the run was scored on (its checkpoint's label space; None: not known)."""
+        from fewshot.report.scored_on import checkpoint_classes
+
+        return checkpoint_classes(self.checkpoint)
 
     @property
     def n_parameters(self) -> int | None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fewshot.errors import UserError, one_line, path_argument
-from fewshot.report.pipeline_runs import _finished_pipeline, _read_summary, _round_order, _stopped_pipeline
-from fewshot.report.run_files import _is_whole, _read_config, _read_json, read_log
+from fewshot.report.pipeline_runs import (_finished_pipeline, _read_summary, _round_order, _stopped_pipeline,
+                                         stopped_pipeline_note)
+from fewshot.report.run_files import _is_number, _is_whole, _read_config, _read_json, read_log
 from fewshot.report.run_record import Run
 from fewshot.report.run_score import _given_checkpoint, _val_metrics, best_evaluation, use_evaluation
 from fewshot.report.saved_steps import first_epoch_note, read_saved_steps
@@ -133,7 +134,7 @@ def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: P
     if checkpoint is not None:
         _given_checkpoint(run, checkpoint)
     _damaged_log_note(run, torn)
-    if kind == "supervised" and not run.from_log and not run.being_written and _extended_after_metrics(path):
+    if kind == "supervised" and not run.from_log and not run.being_written and _extended_after_metrics(path, log):
         run.notes.append("log.jsonl was written after metrics.json: the run was resumed after it finished (e.g. "
                          "--resume --epochs N) and stopped before its end; the accuracies shown are of the earlier "
                          "finish (metrics.json), not of the epochs trained since. Resume it to the end, or run "
@@ -161,21 +162,27 @@ def _metrics_file_note(run: Run) -> None:
                      f"evaluation of the best checkpoint.")
 
 
-EXTENDED_AFTER_S = 1.0  # log.jsonl written this much after metrics.json: a later session trained on (review rev72)
-
-
-def _extended_after_metrics(path: Path) -> bool:
-    """Whether log.jsonl was written after metrics.json: `train --resume --epochs N` on a finished run keeps the old
-    metrics files while it trains, so a stopped extension is not a finished run (its cut-off last line is a stop)."""
-    try:
-        return (path / "log.jsonl").stat().st_mtime > (path / "metrics.json").stat().st_mtime + EXTENDED_AFTER_S
-    except OSError:
+def _extended_after_metrics(path: Path, log: list[dict]) -> bool:
+    """Whether log.jsonl holds training after the finish metrics.json records: `train --resume --epochs N` on a
+    finished run keeps the old metrics files while it trains, so a stopped extension is not a finished run (its
+    cut-off last line is a stop). Told from the files' contents, not their times (a plain `cp -r` wrote log.jsonl
+    a second after metrics.json and the copy was called resumed): a finish evaluates its last epoch and counts the
+    val scores logged (val_scores_compared), so more logged scores, or an unscored row after the last scored one
+    with none lost, is training since. A metrics.json without that count (older runs) says nothing."""
+    metrics = _read_json(path / "metrics.json", [])
+    compared = metrics.get("val_scores_compared") if isinstance(metrics, dict) else None
+    if not _is_whole(compared) or not log:
         return False
+    from fewshot.report.tables import _val_scores_logged
+
+    logged = _val_scores_logged(log)
+    scored = [r["epoch"] for r in log if _is_number(r.get("score"))]
+    return logged > compared or (logged == compared and bool(scored) and log[-1]["epoch"] > max(scored))
 
 
 def _finished_by(run: Run) -> str | None:
     """What says the run finished (then its log is complete, and a cut-off line is damage, not a stop), or None."""
-    if (run.path / "metrics.json").is_file() and not _extended_after_metrics(run.path):
+    if (run.path / "metrics.json").is_file() and not _extended_after_metrics(run.path, run.log):
         return "metrics.json"
     if run.group is not None and _finished_pipeline(run.group):
         return f"the run_state.json of its `fewshot run` folder {run.group}"
@@ -221,6 +228,8 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
         if given is None and stages and (not _is_run_dir(p) or (p / "summary.json").is_file()):
             notes: list[str] = []
             summary = _read_summary(p, notes)
+            if _stopped_pipeline(p) and not being_written(p):  # a run in progress: its stages say they are
+                notes.append(stopped_pipeline_note(p))
             found += [(s, summary, p, notes, None) for s in stages]
         elif _is_run_dir(p):
             found.append((p, None, None, [], given))

@@ -85,17 +85,23 @@ def overview_table(runs: list[Run], flop_counts: dict[str, float | None]) -> Tab
 def _differing_means(runs: list[Run]) -> str:
     """differing_datasets of the runs whose means the overview shows: `fewshot compare` put a 2-dataset run's mean
     next to a 1-dataset run's without a word (only the page's bar chart said so). A MoCo run counts by its kNN
-    datasets; a run with no accuracies yet shows no mean and is left out."""
-    labels, metrics = [], []
+    datasets; a run with no accuracies yet shows no mean and is left out. Datasets are keyed by name and class list
+    (scored_on): a 10-class and a 2-class `digits` were one dataset to compare by."""
+    from fewshot.report.scored_on import keyed, scored_keys
+
+    shown_runs, metrics = [], []
     for r in runs:
         if r.kind == "supervised":
             m = {"known": r.metrics_known, "unknown": r.metrics_unknown}
         else:
             m = {"known": {"datasets": {n: v for n, v in (r.knn or {}).items() if n != "mean"}}}
         if any((x or {}).get("datasets") for x in m.values()):
-            labels.append(r.label)
+            shown_runs.append(r)
             metrics.append(m)
-    return differing_datasets(labels, metrics)
+    keys, split = scored_keys(shown_runs)
+    metrics = [{mode: keyed(x, key) for mode, x in m.items()} for m, key in zip(metrics, keys)]
+    differ = differing_datasets([r.label for r in shown_runs], metrics)
+    return " ".join(filter(None, [split, differ]))
 
 
 def _given_evaluation(run: Run) -> bool:
