@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fewshot.errors import printable
 from fewshot.report import tables as T
+from fewshot.report.fit import cell_len, output_width, wrap_words
 from fewshot.report.pipeline_runs import resume_command
 from fewshot.report.run_record import Run
 from fewshot.report.runs import expand_runs
@@ -33,9 +34,12 @@ def compare_tables(runs: list[Run], flop_counts: dict) -> list[T.Table]:
 
 def run_compare(paths: list[str], file=None) -> list[T.Table]:
     """`fewshot compare`: the report's tables, printed in the terminal."""
+    import sys
+
     runs = expand_runs(paths)
     tables = compare_tables(runs, compute_flops(runs))
     T.print_tables(tables, file=file)
+    width = output_width(file or sys.stdout)
     for r in runs:
         if r.being_written:  # its figures change with every epoch: not a finished run's
             epochs = [x["epoch"] for x in r.log if isinstance(x.get("epoch"), int)]
@@ -47,6 +51,6 @@ def run_compare(paths: list[str], file=None) -> list[T.Table]:
                    "the same command with --resume continues it")
             r.notes.append(f"the run stopped before its first evaluation (no metrics.json, no evaluation in "
                            f"log.jsonl): it has no accuracies yet; {how}.")
-        for n in r.notes:
-            print(printable(f"note ({r.label}): {n}"), file=file)
+        for n in r.notes:  # wrapped to the terminal as the captions are
+            print("\n".join(wrap_words(printable(f"note ({r.label}): {n}"), width, cell_len)), file=file)
     return tables

@@ -4,9 +4,11 @@ from folders and run files drawn as plain text, never as markup."""
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 
 from fewshot.errors import printable
 from fewshot.report.cells import Table
+from fewshot.report.fit import output_width, split_columns, wrap_words
 
 
 def to_html(t: Table, with_title: bool = True) -> str:
@@ -45,7 +47,7 @@ def _raise_broken_pipe() -> None:
 
 
 def print_tables(tables: list[Table], file=None) -> None:
-    """Print with rich when installed (wide enough that no number is ever cut), else as plain text."""
+    """Print with rich when installed, else as plain text; fitted to the terminal (fit.py), no number ever cut."""
     import sys
 
     file = file or sys.stdout
@@ -54,26 +56,39 @@ def print_tables(tables: list[Table], file=None) -> None:
         from rich.console import Console
         from rich.table import Table as RichTable
     except ImportError:
+        width = output_width(file)
         for t in tables:
-            print(printable(to_text(t)) + "\n", file=file)
+            for part in split_columns(t, width, lambda ws: sum(ws) + 2 * (len(ws) - 1), lambda s: len(printable(s))):
+                text = printable(to_text(replace(part, caption="")))
+                caption = "\n".join(wrap_words(printable(part.caption), width)) if part.caption else ""
+                print("\n".join(filter(None, [text, caption])) + "\n", file=file)
         return
     from rich.cells import cell_len
 
+    def cells(s) -> int:  # widths in terminal cells (a CJK character takes two), as rich measures them
+        return cell_len(printable(str(s)))
+
     console = Console(file=file, highlight=False)
-    # widths in terminal cells (a CJK character takes two), as rich measures them
-    needed = max((max(cell_len(printable(t.title)),
-                      sum(max(cell_len(printable(str(c))) for c in [col, *(r[i] for r in t.rows)])
-                          for i, col in enumerate(t.columns)) + 5 * len(t.columns)) for t in tables), default=80)
-    # Never let rich crop a number: the console is at least as wide as the widest table. Rich keeps a width only
+    width = output_width(file)
+    # rich draws a column w cells wide in w + 3 (padding, divider) and one edge more
+    parts = [p for t in tables for p in split_columns(t, width, lambda ws: sum(ws) + 3 * len(ws) + 1, cells)]
+    needed = max((max(cells(t.title), sum(max(cells(c) for c in [col, *(r[i] for r in t.rows)])
+                                          for i, col in enumerate(t.columns)) + 5 * len(t.columns)) for t in parts),
+                 default=80)
+    # Never let rich crop a number: the console is at least as wide as the widest part. Rich keeps a width only
     # given with a height: a dumb terminal (TERM=dumb) is otherwise 80 columns whatever width= says.
     console = Console(file=file, highlight=False, width=max(needed, console.width), height=console.height,
                       color_system=console.color_system if console.is_terminal else None)
     console.on_broken_pipe = _raise_broken_pipe  # rich exits 1 itself; the CLI reports a cut-off reader as 141
     from rich.text import Text
 
+    def lines(text: str, style: str, wrap: int | None) -> None:  # wrapped at spaces: rich folds a long path
+        for line in wrap_words(printable(text), wrap, cell_len):
+            console.print(Text(line, style=style), no_wrap=True, overflow="ignore", crop=False)
+
     # names come from folders and run files (anyone's): drawn as plain text, never as rich markup or escape codes
-    for t in tables:
-        console.print(Text(printable(t.title), style="bold"))  # above the table, not wrapped to its width
+    for t in parts:
+        lines(t.title, "bold", width)  # above the table, wrapped to the terminal, not to the table
         rt = RichTable(box=box.SIMPLE_HEAD)
         for c, num in zip(t.columns, t.numeric):
             rt.add_column(Text(printable(c)), justify="right" if num else "left", no_wrap=True)
@@ -81,5 +96,5 @@ def print_tables(tables: list[Table], file=None) -> None:
             rt.add_row(*(Text(printable(str(c))) for c in row), style="bold" if i in t.emphasis else None)
         console.print(rt)
         if t.caption:  # what the numbers are (balanced predictions, best vs exported epoch): the HTML shows it too
-            console.print(Text(printable(t.caption), style="dim"))
+            lines(t.caption, "dim", width or console.width)
             console.print()

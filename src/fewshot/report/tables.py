@@ -9,6 +9,7 @@ from __future__ import annotations
 from fewshot.report.cells import (ABSURD, DASH, UNKNOWN, Table, count, duration, epochs, flops, number, opt, pct,
                                   rate, routing, shown)
 from fewshot.report.render import print_tables, to_html, to_text
+from fewshot.report.run_method import method_words
 from fewshot.report.run_record import Run
 
 # the cells (cells.py) and their drawing (render.py) live in their own modules; callers read them here, beside the
@@ -53,14 +54,14 @@ def differing_datasets(labels: list[str], metrics: list[dict[str, dict | None]])
 
 # ---------------------------------------------------------------------- tables
 def overview_table(runs: list[Run], flop_counts: dict[str, float | None]) -> Table:
-    """One row per run: model, size, cost and headline accuracy."""
-    cols = ["run", "kind", "model", "parameters", "FLOPs / image", "input", "epochs", "training time",
+    """One row per run: method, model, size, cost and headline accuracy."""
+    cols = ["run", "method", "model", "parameters", "FLOPs / image", "input", "epochs", "training time",
             "throughput", "best epoch", "mean acc@1 known", "mean acc@1 unknown", "routing", "kNN mean acc@1"]
     rows = []
     for r in runs:
         known, unknown = r.metrics_known or {}, r.metrics_unknown or {}
         knn = r.knn or {}
-        rows.append([r.label, "MoCo" if r.kind == "moco" else "fine-tune", r.model_name, count(r.n_parameters),
+        rows.append([r.label, method_words(r), r.model_name, count(r.n_parameters),
                      flops(flop_counts.get(r.label)), f"{r.img_size} px" if r.img_size else DASH, epochs(r.epochs),
                      duration(r.training_seconds), rate(r.throughput), opt(r.best_epoch),
                      pct(known.get("mean_acc1")), pct(unknown.get("mean_acc1")), pct(routing(unknown)),

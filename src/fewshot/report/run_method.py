@@ -1,0 +1,44 @@
+"""A run's method in a few words for the overview ("self-training r2", "fixmatch, from MoCo"): `fewshot compare`
+read "fine-tune" for a default, a --baseline, a FixMatch and a MoCo-started run alike. Read from what the run
+recorded: config.yaml's semi.method (the key the page's semi-supervised fact reads), a `fewshot run` stage's
+run.semi_method and run.pretrain, model.weights, and summary.json's self-training rounds."""
+
+from __future__ import annotations
+
+from fewshot.report.run_record import Run
+
+SEMI_WORDS = {"fixmatch": "fixmatch", "moco": "joint MoCo"}  # semi.method: the keys of semi_facts.SEMI_FACTS
+
+
+def _section(r: Run, name: str) -> dict:
+    got = r.config.get(name)
+    return got if isinstance(got, dict) else {}
+
+
+def _round(r: Run) -> str:
+    """The self-training round a `fewshot run` stage is: summary.json's rounds, else its folder's name."""
+    name = r.path.name
+    for x in (r.pipeline or {}).get("self_training") or []:
+        if x.get("stage") == name:
+            return f" r{x['round']}"
+    if name == "finetune_labelled":
+        return " r1"
+    k = name.removeprefix("finetune_round")
+    return f" r{k}" if k.isdigit() else ""
+
+
+def method_words(r: Run) -> str:
+    """What the run did, in a few words: "MoCo pretrain", or a fine-tuning's semi-supervised method ("labelled
+    only" without one) and where its weights came from, where not random init ("from MoCo" in a `fewshot run
+    --pretrain`, else "from weights": a `fewshot train` records the file, not what wrote it)."""
+    if r.kind == "moco":
+        return "MoCo pretrain"
+    stage = r.group is not None  # a standalone run's run.* settings are defaults it never used
+    semi = _section(r, "semi").get("method")
+    words = SEMI_WORDS.get(semi) if isinstance(semi, str) else None
+    if words is None and stage and _section(r, "run").get("semi_method") == "pseudo":
+        words = "self-training" + _round(r)
+    words = words or "labelled only"
+    if _section(r, "model").get("weights"):
+        words += ", from MoCo" if stage and _section(r, "run").get("pretrain") is True else ", from weights"
+    return words
