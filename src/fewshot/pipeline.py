@@ -27,6 +27,7 @@ from fewshot.errors import UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.run_budget import calibration_seconds, measure_eval_seconds, report_seconds, stop_timing_when
 from fewshot.run_closing import ClosingMixin
+from fewshot.run_fallbacks import FallbacksMixin, StageDropped
 from fewshot.run_rounds import LaterRoundSkipped, RoundsMixin
 from fewshot.run_reuse import better_earlier_round
 from fewshot.run_stages import finetune_config, finetune_stage, pretrain_stage
@@ -51,7 +52,7 @@ def run_pipeline(cfg: dict, out: Path, budget_minutes: float | None, started: fl
         raise
 
 
-class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin):
+class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
     """One session of `fewshot run`, phase by phase (run() lists them). The attributes are what the phases share:
     the run's clock (``t_start``, moved back on --resume by the time of the sessions before, and ``budget_s``),
     its RunState and summary, the inputs checked at start-up, and the plan that later phases revise as they time
@@ -109,6 +110,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin):
                     self.check_fixmatch_pool()
                 self.start_state()
             self.plan_budget()
+            self.dropped_before()
             self.pretrain()
             self.fine_tune()
         self.guard_on_val()
@@ -138,16 +140,19 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin):
             return
         # its share of the time the stages have left (start-up and the test decoding came out of the whole)
         self.pre_end = time.monotonic() + (self.t_start + self.stage_s - time.monotonic()) * self.r["pretrain_share"]
-        self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out, self.pre_end,
-                                                    self.state, self.t_start, self.pretrain_closing,
-                                                    pool_size=self.n_moco)
+        try:
+            self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out,
+                                                        self.pre_end, self.state, self.t_start, self.pretrain_closing,
+                                                        pool_size=self.n_moco)
+        except StageDropped as dropped:  # its share holds less than an epoch once the fine-tuning's is kept back
+            return self.drop_pretrain(dropped.why)
         if fit_s or "pretrain" not in self.summary["stages"]:  # reused (0 s): kept before, its time counted once
             self.keep("pretrain", entry, fit_s)
 
     def fine_tune(self) -> None:
         """The fine-tuning stages: self-training's rounds before the last, then the last stage (the report's
         estimate made after it when no stage was planned this session)."""
-        self.fcfg = finetune_config(self.cfg, self.weights, self.semi)
+        self.fcfg = finetune_config(self.cfg, self.weights, self.semi)  # after a drop of MoCo or FixMatch: without it
         self.fdir = self.out / "finetune"
         self.end_time = self.t_start + self.stage_s
         self.last_end = self.t_start + self.budget_s  # the last stage ends where its measured closing work still fits
@@ -178,6 +183,9 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin):
         if not self.skipped:
             try:
                 return self.train_last_stage()
+            except StageDropped as dropped:  # FixMatch's schedule too short to learn: the labelled-only fine-tune
+                self.drop_fixmatch(dropped.why)
+                return self.train_last_stage()
             except LaterRoundSkipped:  # planned with its own speeds, its least run did not fit: the round before
                 self.skipped = True
                 summary.pop("self_training_labelled_only", None)
@@ -200,7 +208,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin):
                                                "on labelled + pseudo-labelled pool images" if has_pool else
                                                "on the labelled images again" if pseudo else "", pseudo,
                                                self.later_round_closing(self.rounds) if optional else
-                                               self.last_closing)
+                                               self.fixmatch_closing if semi == "fixmatch" else self.last_closing)
         self.task = task
         if not task.reused or "finetune" not in summary["stages"]:
             labels = pseudo.get("summary") if pseudo is not None else None  # none: a round on the labelled images
