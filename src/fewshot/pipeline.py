@@ -208,7 +208,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
                                                "on labelled + pseudo-labelled pool images" if has_pool else
                                                "on the labelled images again" if pseudo else "", pseudo,
                                                self.later_round_closing(self.rounds) if optional else
-                                               self.fixmatch_closing if semi == "fixmatch" else self.last_closing)
+                                               self.last_closing)
         self.task = task
         if not task.reused or "finetune" not in summary["stages"]:
             labels = pseudo.get("summary") if pseudo is not None else None  # none: a round on the labelled images

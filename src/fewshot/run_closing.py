@@ -83,6 +83,8 @@ class ClosingMixin:
         need = closing_seconds(task, eval_s, per_test_image, len(self.test_set), self.report_stages,
                                report_plan["figure_s"], balance_check=self.balance != "off") + CLOSING_SHARE * budget_s
         report_plan["least"] = need - report_plan["seconds"][1]  # the report's image-based parts left out
+        if step_s is not None and self.semi == "fixmatch":  # too short to learn: the labelled-only fine-tune instead
+            self.drop_fixmatch_unless_it_fits(task, step_s, need)
         if step_s is not None and self.semi != "pseudo":  # self-training's round 1: round1_closing checks it
             step_s = self.refuse_unless_least_run_fits([(task, step_s)])[-1]  # re-timed where it did not fit
         # the report's image-based parts are left out at the end when they will not fit: beyond half the budget,
@@ -122,25 +124,23 @@ class ClosingMixin:
             self.warn_if_resumed_late("finetune", need, task)
         return need
 
-    def fixmatch_closing(self, task, eval_s: float, step_s: float | None = None) -> float:
-        """FixMatch's hook (last_closing), which drops the stage (StageDropped) where the time left to it holds fewer
-        than FIXMATCH_LEAST_EPOCHS epochs of the labelled images at its step speed: a 5-step FixMatch stage scored
-        16 % where the labelled-only fine-tune scored 83 % in the same minute (hunt hBQ). A resumed stage (no
-        ``step_s``) goes on as planned."""
-        need = self.last_closing(task, eval_s, step_s)
-        if step_s is None:
-            return need
-        step_s = getattr(task, "retimed_step_s", None) or step_s  # a busy timing timed again: the faster
+    def drop_fixmatch_unless_it_fits(self, task, step_s: float, need: float) -> None:
+        """FixMatch dropped (StageDropped) where the time left, less the closing work (``need``), holds fewer than
+        FIXMATCH_LEAST_EPOCHS epochs of the labelled images at its step speed: a 5-step FixMatch stage scored 16 %
+        where the labelled-only fine-tune scored 83 % in the same minute (hunt hBQ). Checked before the least-run
+        refusal, which a budget that holds the labelled-only fine-tune no longer meets. A busy timing is timed again
+        only where the fastest step seen would fit: each FixMatch step timed costs a few of the fallback's."""
         steps = len(task.plan_epoch(0))
 
         def schedule(steps_s: list[float]) -> float:  # the least FixMatch is kept for, and the step past it
             return FIXMATCH_LEAST_EPOCHS * steps * (1 + EVAL_SHARE) * steps_s[0] + steps_s[0] + need
 
-        step_s = retimed_steps(measure_step_seconds, [(task, step_s)], schedule, self.left_s, least_run_holds)[0]
-        left = self.left_s() - need - step_s
+        step_s = getattr(task, "retimed_step_s", None) or step_s  # a busy timing timed again: the faster
+        if least_run_holds(schedule([min(step_s, getattr(task, "fastest_step_s", step_s))]), self.left_s()):
+            step_s = retimed_steps(measure_step_seconds, [(task, step_s)], schedule, self.left_s, least_run_holds)[0]
         if not least_run_holds(schedule([step_s]), self.left_s()):
+            left = self.left_s() - need - step_s
             raise StageDropped(fixmatch_dropped_why(epochs_in(left, step_s, steps), left, step_s))
-        return need
 
     def warn_if_resumed_late(self, stage: str, need: float, task=None) -> None:
         """The early word a fresh run gets from its least-run refusal or plan_stage's floor warning, for a stage
@@ -221,18 +221,19 @@ class ClosingMixin:
             fine_tuning = calibration(ft_s) + least_run_seconds(ft_s, self.report_plan["least"])
             return max(0.0, pretrain_closing_seconds(eval_s, n_params) + fine_tuning - after_moco)
 
-        self.drop_pretrain_unless_it_fits(task, step_s, keep_back(ft_step))
-        _, ft_step = self.refuse_unless_least_run_fits([(task, step_s), (probe, ft_step)], before, first)
+        step_s, ft_step = self.refuse_unless_least_run_fits([(task, step_s), (probe, ft_step)], before, first)
         del probe  # its model sat on the device next to MoCo's for the whole stage
         free_device_memory(self.device)
+        self.drop_pretrain_unless_it_fits(task, step_s, keep_back(ft_step))
         return keep_back(ft_step)
 
     def drop_pretrain_unless_it_fits(self, task, step_s: float, keep_s: float) -> None:
         """MoCo dropped (StageDropped) where its share, less ``keep_s`` (the fine-tuning's least time and its own
         closing work), holds fewer than PRETRAIN_LEAST_EPOCHS epochs of its pool at its step speed (a busy timing
         timed again first): at 1 minute a 0.8-epoch MoCo stage left the fine-tuning 0 s, and the run ended 4.5 s
-        past its budget (hunt hBQ). Checked before the least-run refusal, which counts MoCo's floor: a budget that
-        holds the fine-tuning alone now runs without MoCo."""
+        past its budget (hunt hBQ). Checked after the least-run refusal, whose re-time of a busy step (against the
+        whole budget left) it plans with: a budget that cannot hold MoCo's floor is still refused, naming no
+        --pretrain."""
         per_epoch = len(task.plan_epoch(0))
         steps = max(FLOOR_STEPS, per_epoch)  # an epoch, or plan_stage's floor where an epoch is shorter
 
