@@ -64,24 +64,25 @@ def test_fixmatch_too_short_to_learn_falls_back_to_the_labelled_only_fine_tune(
 
 
 @pytest.mark.parametrize("minutes, dropped", [(1.0, True), (3.0, False)])
-def test_pretrain_with_less_than_an_epoch_is_dropped(digits_root, tmp_path, monkeypatch, capsys,
+def test_pretrain_with_less_than_half_an_epoch_is_dropped(digits_root, tmp_path, monkeypatch, capsys,
                                                      real_least_run_holds, minutes, dropped):
-    """MoCo at 5 s a step (6 steps an epoch of its pool): in 1 minute its half of the budget holds its floor but not
-    an epoch, so MoCo is dropped and the fine-tuning plans at once (at the lr of a run without MoCo); in 3 minutes
-    MoCo trains."""
+    """MoCo at 2.5 s a step (25 steps an epoch of its pool at batch 8): in 1 minute its share of the budget holds
+    its floor but not half an epoch, so MoCo is dropped and the fine-tuning plans at once (at the lr of a run
+    without MoCo); in 3 minutes MoCo trains."""
     import fewshot.pipeline as pipeline
 
-    _speeds(monkeypatch)
+    _speeds(monkeypatch, moco_s=2.5)
     plan = _stop_at_training(monkeypatch)
     out = tmp_path / "r"
-    cfg = run_cfg(digits_root, **{"run.semi_method": "off", "run.pretrain": True, "run.pretrain_batch_size": 32})
+    cfg = run_cfg(digits_root, **{"run.semi_method": "off", "run.pretrain": True, "run.pretrain_batch_size": 8,
+                                  "moco.split_bn_groups": 2})
     with pytest.raises(Planned):
         pipeline.run_pipeline(cfg, out, minutes)
     text = capsys.readouterr().out
-    assert plan["kind"] == ("supervised" if dropped else "moco")
+    assert plan["kind"] == ("supervised" if dropped else "moco"), text
     assert text.count("[run] --pretrain skipped (planned, not an error)") == int(dropped)
     assert ("pretrain_skipped" in json.loads((out / "run_state.json").read_text())) is dropped
     if dropped:
-        assert "less than the 1 a pretraining needs" in text
+        assert "less than the 0.5 epochs a pretraining needs" in text
         assert not (out / "pretrain").exists()
         assert plan["lr"] != cfg["run"]["finetune_lr"]  # the fine-tuning's lr after MoCo is not taken

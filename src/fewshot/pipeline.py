@@ -144,7 +144,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
             self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out,
                                                         self.pre_end, self.state, self.t_start, self.pretrain_closing,
                                                         pool_size=self.n_moco)
-        except StageDropped as dropped:  # its share holds less than an epoch once the fine-tuning's is kept back
+        except StageDropped as dropped:  # its share holds less than half an epoch once the fine-tuning's is kept back
             return self.drop_pretrain(dropped.why)
         if fit_s or "pretrain" not in self.summary["stages"]:  # reused (0 s): kept before, its time counted once
             self.keep("pretrain", entry, fit_s)

@@ -18,7 +18,10 @@ from fewshot.run_stages import finetune_config
 # after 3 epochs and 52 % after 6 (of a 12-epoch schedule), and FixMatch's unlabeled loss adds nothing before the
 # model's predictions clear semi.threshold: a shorter FixMatch schedule cannot learn, the labelled-only one can.
 FIXMATCH_LEAST_EPOCHS = 6
-PRETRAIN_LEAST_EPOCHS = 1  # MoCo's least schedule, in epochs of its pool: less leaves the backbone as it was
+# MoCo's least schedule, in epochs of its pool: less leaves the backbone about as it was. Half an epoch, not one: the
+# demo's 3-minute --pretrain run gets about 2 epochs on 2 quiet CPU cores and about 1 on a busy machine (fER), where a
+# 1-epoch floor would have dropped it
+PRETRAIN_LEAST_EPOCHS = 0.5
 EVAL_SHARE = 0.1  # of an epoch's time, what plan_stage spaces a stage's evaluations to cost
 
 
@@ -47,8 +50,8 @@ def pretrain_dropped_why(epochs: float, left_s: float, step_s: float) -> str:
     """The words of MoCo's drop: the schedule it would get once the fine-tuning's least time is kept back."""
     return (f"MoCo's share would hold about {max(0.0, epochs):.1f} epochs of its pool ({max(0.0, left_s):.0f} s at "
             f"{step_s * 1000:.0f} ms a step) once the fine-tuning's least time is kept back, less than the "
-            f"{PRETRAIN_LEAST_EPOCHS} a pretraining needs to change the backbone; the fine-tuning gets the whole "
-            f"budget (a larger --budget-minutes keeps --pretrain)")
+            f"{PRETRAIN_LEAST_EPOCHS:g} epochs a pretraining needs to change the backbone; the fine-tuning gets "
+            f"the whole budget (a larger --budget-minutes keeps --pretrain)")
 
 
 class FallbacksMixin:
