@@ -46,15 +46,34 @@ def test_a_channels_last_position_grid_is_resampled_over_its_grid(build, tmp_pat
     assert not torch.allclose(expected, build(32).pos_embed)  # the values came from the file
 
 
+class _Grid(torch.nn.Module):
+    """A model of no timm class whose (1, 4, 4, 4) grid reads the same in both layouts."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = torch.nn.Parameter(torch.zeros(1, 4, 4, 4))
+
+
 def test_a_grid_whose_width_axis_cannot_be_told_is_left_to_the_mismatch_report(tmp_path):
-    """(1, 2, 4, 32) against the model's (1, 2, 2, 32) shares both ends: PiT's layout resized its "W" of 4 to 2 and
-    its "C" of 32 stayed, so it loaded as a (1, 2, 2, 32) image of the wrong axes without a word."""
-    small = _volo(32)
-    state = {k: v.clone() for k, v in small.state_dict().items()}
-    state["pos_embed"] = torch.randn(1, 2, 4, 32)
-    save_file(state, str(tmp_path / "w.st"))
-    with pytest.raises(CheckpointError, match=r"pos_embed: file \(1, 2, 4, 32\) vs model \(1, 2, 2, 32\)"):
-        load_backbone_weights(small, tmp_path / "w.st", strict=True, load=False)
+    """(1, 4, 8, 4) into (1, 4, 4, 4): an 8x4 grid of width 4 or a 4x8 one; neither the model's shape nor its class
+    tells which, so it is not resampled along axes guessed (PiT's layout was assumed)."""
+    save_file({"pos_embed": torch.randn(1, 4, 8, 4)}, str(tmp_path / "w.st"))
+    with pytest.raises(CheckpointError, match=r"pos_embed: file \(1, 4, 8, 4\) vs model \(1, 4, 4, 4\)"):
+        load_backbone_weights(_Grid(), tmp_path / "w.st", strict=True, load=False)
+
+
+def test_timm_s_class_tells_the_layout_where_the_grid_s_shape_cannot(tmp_path):
+    """A VOLO whose width equals its grid, (1, 4, 4, 4): square both ways, it is (1, H, W, C) by its class."""
+    def volo(size):
+        torch.manual_seed(size)
+        return VOLO(layers=(1, 1, 1, 1), img_size=size, embed_dims=(4, 4, 4, 4), num_heads=(1, 1, 1, 1),
+                    num_classes=0)
+
+    big, small = volo(128), volo(64)
+    with torch.no_grad():
+        big.pos_embed.normal_()
+    load_backbone_weights(small, _saved(big, tmp_path / "w.st"), strict=True)
+    assert torch.allclose(small.pos_embed, resample_abs_pos_embed_nhwc(big.pos_embed.detach(), new_size=[4, 4]))
 
 
 def _digits(root):
@@ -69,7 +88,8 @@ def test_run_picks_the_nearest_size_a_model_without_patches_takes(digits_root):
     from fewshot.run_checks import auto_img_size
 
     size, why = auto_img_size(_digits(digits_root), torch.device("cpu"), 1.0, {"name": "inception_v3"})
-    assert size == 96 and "96 px, not 32: the nearest size inception_v3 takes (9x the pixels per image)" in why, why
+    assert size == 96 and why == ("chosen for these images and device at 32 px, then 96 px: the nearest size "
+                                  "inception_v3 takes (9x the pixels)"), why
 
 
 def test_run_still_refuses_where_no_size_near_its_choice_is_confirmed(digits_root, monkeypatch):

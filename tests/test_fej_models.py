@@ -166,17 +166,22 @@ def test_run_rounds_its_own_size_to_the_patch_of_the_model(digits_root):
 
     size, why = auto_img_size(_small_images(digits_root), torch.device("cpu"), 1.0,
                               {"name": "vit_small_patch14_dinov2"})
-    assert size == 28 and "28 px, not 32: vit_small_patch14_dinov2's patches are 14 px" in why, why
+    assert size == 28 and why == ("chosen for these images and device at 32 px, then 28 px: vit_small_patch14_dinov2's "
+                                  "patches are 14 px; --img-size to change"), why
     assert auto_img_size(_small_images(digits_root), torch.device("cpu"), 1.0, {"name": "test_vit"})[0] == 32
 
 
-def test_run_picks_the_size_a_fixed_size_model_takes(digits_root):
-    """efficientformer_l1 takes 224 px alone: `fewshot run` refused its own 32 px choice, naming 224 (now it picks
-    it, fEN: the user typed no --img-size to change)."""
-    from fewshot.run_checks import auto_img_size
-
-    size, why = auto_img_size(_small_images(digits_root), torch.device("cpu"), 1.0, {"name": "efficientformer_l1"})
-    assert size == 224 and "224 px, not 32: the nearest size efficientformer_l1 takes" in why, why
+def test_run_refuses_a_fixed_size_model_at_once_naming_a_size_that_works(copy_root, tmp_path):
+    """efficientformer_l1 takes 224 px alone, 49x the pixels of the run's own 32 (fEN moved the run there: it
+    decoded 616 MB of the digits into ROOT/.fewshot_cache and timed 71 s steps before the budget refused it, advising
+    a smaller --img-size): refused before anything is decoded or written."""
+    before = sorted(copy_root.rglob("*"))
+    rc, _, err = run_main("run", "--data", copy_root, "--out", tmp_path / "out", "--budget-minutes", "1",
+                          "--model", "efficientformer_l1", "--device", "cpu", "--no-progress")
+    assert rc == 2 and "efficientformer_l1 cannot take 32 px inputs" in err, err
+    assert "32 px was `fewshot run`'s own choice" in err and "Give --img-size 224 (checked to work)" in err, err
+    assert "the nearest size it takes, 224 px, has 49x the pixels" in err, err
+    assert not (tmp_path / "out").exists() and sorted(copy_root.rglob("*")) == before
 
 
 def _suggested(name: str, size: int) -> tuple[str, list[int]]:

@@ -63,7 +63,8 @@ def add_parsers(sub, add_common, epilog) -> None:
                    "and fine-tuning start from it; the same as model.weights=FILE. Default: random init")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: CUDA when available")
     p.add_argument("--img-size", type=int, help="default: 32 for small images, else 160 on GPU, and on CPU 64 from "
-                   "--budget-minutes 5 (32 below)")
+                   "--budget-minutes 5 (32 below), moved to the nearest size the model takes (up to 16x the "
+                   "pixels; beyond that the run stops and names one)")
     p.add_argument("--datasets", help="comma-separated dataset names (default: every dataset under --data)")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--config", help="YAML config file of fine-tuning settings (configs/); the stage lengths "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import re
 import time
 
 import torch
@@ -21,6 +22,10 @@ from fewshot.utils import loads_run_json
 # docs/recipes.md: at a 3-minute budget on CPU 64 px scored below 32 (4x the cost per step, fewer epochs); 64 px
 # gained at 5 minutes on 56-px images
 CPU_64PX_MIN_MINUTES = 5.0
+# the most times the pixels of its own size that `fewshot run` moves to a size the model takes: 4x the side keeps
+# inception_v3's 96 px for 32-px images (9x: it needs 75 px); efficientformer_l1's 224 px (49x) decoded 616 MB of
+# the digits and timed 71 s steps on CPU before the budget refused it, so beyond it the run is refused at once
+MOVE_MAX_PIXELS = 16.0
 
 
 def auto_img_size(infos, device: torch.device, budget_minutes: float, model_cfg: dict | None = None
@@ -34,13 +39,13 @@ def auto_img_size(infos, device: torch.device, budget_minutes: float, model_cfg:
 
 def model_size(model_cfg: dict, size: int, why: str) -> tuple[int, str]:
     """The run's own ``size`` where the model takes it (or a meta try cannot tell: check_model decides), else a
-    multiple of its patch next to it that it takes (the smaller first), else the nearest size it takes (said in the
-    why): inception_v3 at 32 px was refused, naming 96 px, though the user typed no --img-size to change. Refused
-    only where no size near it could be confirmed."""
-    from fewshot.models.backbone import backbone_options
+    multiple of its patch next to it that it takes (the smaller first), else the nearest size it takes up to
+    MOVE_MAX_PIXELS times the pixels (inception_v3 at 32 px was refused, naming 96 px, though the user typed no
+    --img-size to change). Beyond that, or where no size near it could be confirmed, refused at once. The why
+    says the size was moved instead of "--img-size to change" (a fixed-size model takes no other)."""
     from fewshot.models.input_sizes import patch_size, patch_sizes, size_problem, sizes_taken
 
-    name, options = model_cfg.get("name"), {k: v for k, v in backbone_options(model_cfg).items() if k != "img_size"}
+    name, options = model_cfg.get("name"), size_options(model_cfg)
     takes, problem = size_problem(name, size, options) if name else (None, None)
     if takes is not False:
         return size, why
@@ -48,15 +53,29 @@ def model_size(model_cfg: dict, size: int, why: str) -> tuple[int, str]:
     off_grid = bool(patch) and size % patch != 0  # the patch rule refused it (else a forward failed)
     near = patch_sizes(name, size, patch, options) if off_grid else sizes_taken(name, size, options)
     around = [s for s in near if abs(s - size) < patch] if off_grid else []  # the multiples of the patch around it
+    grounds = re.split(r"[:;]", why)[0]  # "chosen for these images and device", without its advice
     if around:  # the smaller where it works: the size was chosen for the budget
-        return min(around), f"{why}; {min(around)} px, not {size}: {name}'s patches are {patch} px"
-    if near:  # the nearest (ties: the smaller, as for the budget); its cost per image is said: it may be far larger
-        chosen = min(near, key=lambda s: (abs(s - size), s))
-        return chosen, (f"{why}; {chosen} px, not {size}: the nearest size {name} takes "
-                        f"({(chosen / size) ** 2:.3g}x the pixels per image)")
-    raise UserError(f"{problem}; {size} px was `fewshot run`'s own choice ({why.split(';')[0]}), as no --img-size "
-                    f"was given, and no size near it could be confirmed to work. Give --img-size N (see `fewshot "
-                    f"models {name}` for its default size).")
+        return min(around), (f"{grounds} at {size} px, then {min(around)} px: {name}'s patches are {patch} px; "
+                             f"--img-size to change")
+    chosen = min(near, key=lambda s: (abs(s - size), s)) if near else None  # ties: the smaller, as for the budget
+    pixels = (chosen / size) ** 2 if chosen else 0.0
+    if chosen and pixels <= MOVE_MAX_PIXELS:
+        return chosen, (f"{grounds} at {size} px, then {chosen} px: the nearest size {name} takes ({pixels:.3g}x "
+                        f"the pixels)")
+    own = f"{problem}; {size} px was `fewshot run`'s own choice ({grounds}), as no --img-size was given"
+    if chosen:  # efficientformer_l1 (224 px only) at 32 px: 49x; decoded at 224 px, then refused on the budget
+        raise UserError(f"{own}, and the nearest size it takes, {chosen} px, has {pixels:.3g}x the pixels (`fewshot "
+                        f"run` moves its own choice up to {MOVE_MAX_PIXELS:g}x). Give --img-size "
+                        f"{' or '.join(str(s) for s in sorted(near))} (checked to work).")
+    raise UserError(f"{own}, and no size near it could be confirmed to work. Give --img-size N (see `fewshot models "
+                    f"{name}` for its default size).")
+
+
+def size_options(model_cfg: dict) -> dict:
+    """create_backbone's options of ``model_cfg`` but its size, for the meta tries of input_sizes at other sizes."""
+    from fewshot.models.backbone import backbone_options
+
+    return {k: v for k, v in backbone_options(model_cfg).items() if k != "img_size"}
 
 
 def images_size(infos, device: torch.device, budget_minutes: float) -> tuple[int, str]:

@@ -19,7 +19,7 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_
                                 least_run_holds, least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
                                 measure_step_seconds, pretrain_closing_seconds, pretrain_least_seconds, report_seconds,
                                 retimed_steps, too_short_budget_error)
-from fewshot.run_checks import cold_decode_total
+from fewshot.run_checks import cold_decode_total, size_options
 from fewshot.run_fallbacks import (EVAL_SHARE, FIXMATCH_LEAST_EPOCHS, PRETRAIN_LEAST_EPOCHS, StageDropped,
                                    epochs_in, fixmatch_dropped_why, pretrain_dropped_why)
 from fewshot.run_stages import finetune_config
@@ -318,7 +318,7 @@ class ClosingMixin:
     def least_run_hints(self, moco: bool) -> str:
         """The ways to a shorter least run besides a larger budget, for too_short_budget_error (``moco``: the MoCo
         stage's least run is in the need: without it the least run is shorter)."""
-        hints = ", or a smaller --model or --img-size" + (", or no --pretrain" if moco else "")
+        hints = f", or a smaller {smaller_what(self.cfg['model'])}" + (", or no --pretrain" if moco else "")
         # self-training's later rounds are dropped when they do not fit; FixMatch's steps stay
         if self.semi == "fixmatch":
             hints += ", or --baseline (no FixMatch: shorter steps)"
@@ -353,6 +353,15 @@ class ClosingMixin:
     def training_began(self) -> bool:
         """Whether a stage of this run has recorded "began" (its training started), in its run_state.json."""
         return self.state is not None and any(st.get("status") for st in self.state.data["stages"].values())
+
+
+def smaller_what(model_cfg: dict) -> str:
+    """"--model or --img-size", less --img-size where the model takes no size below its own (input_sizes.
+    takes_smaller): efficientformer_l1 at 224 px, the one size it takes, was advised a smaller --img-size."""
+    from fewshot.models.input_sizes import takes_smaller
+
+    taken = takes_smaller(model_cfg["name"], int(model_cfg["img_size"]), size_options(model_cfg))
+    return "--model or --img-size" if taken else "--model"
 
 
 def _steps_budget_error(run, budget_s: float, used: float, shown: float, timed: bool) -> UserError:

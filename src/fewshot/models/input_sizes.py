@@ -85,6 +85,15 @@ def sizes_taken(name: str, near: int, options: dict | None = None, count: int = 
     return found
 
 
+def takes_smaller(name: str, size: int, options: dict | None = None) -> bool:
+    """Whether ``name`` may take a size below ``size``: False only where each multiple of its patch (of PLAIN_STEP
+    without one) below it that sizes_taken would try was refused on the meta device. The budget refusal advised
+    "a smaller --img-size" for efficientformer_l1 at 224 px, the one size it takes."""
+    step = patch_size(name, size, options) or PLAIN_STEP
+    below = [s for s in candidate_sizes(size, step, None) if s < size]
+    return not below or any(size_problem(name, s, options)[0] is not False for s in below)
+
+
 def patch_sizes(name: str, size: int, patch: int, options: dict | None = None) -> list[int]:
     """The multiples of ``patch`` around ``size`` (the one above alone under one patch) that a meta try does not
     refuse (a window model with patches may refuse them too), else sizes_taken's."""

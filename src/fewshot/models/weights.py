@@ -291,34 +291,45 @@ def _resample_pos_embed(backbone: nn.Module, state: dict, own: dict) -> None:
         return  # another rank: reported as a shape mismatch
     try:
         if posemb.dim() == 4:
-            state["pos_embed"] = _resized_pos_grid(posemb, mine)
+            state["pos_embed"] = _resized_pos_grid(backbone, posemb, mine)
         elif posemb.dim() == 3:
             state["pos_embed"] = _resampled_pos_tokens(backbone, posemb, mine)
     except (RuntimeError, ValueError):
         return  # another width, a grid not square in the file: left for the shape-mismatch report
 
 
-def _resized_pos_grid(posemb: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
+def _resized_pos_grid(backbone: nn.Module, posemb: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
     """A 4-D embedding is an image of the grid, (1, C, H, W) in PiT and (1, H, W, C) in VOLO and SAM: interpolated
     over its grid axes (timm's resample_abs_pos_embed_nhwc), it was refused as a shape mismatch at any other size,
-    and VOLO's was read as PiT's, resampled along the wrong axes."""
+    and VOLO's was read as PiT's, resampled along the wrong axes. A file of another width C is not resampled."""
     from timm.layers import resample_abs_pos_embed_nhwc
 
-    channels_last = _grid_is_channels_last(posemb.shape, mine.shape)
+    channels_last = _grid_is_channels_last(backbone, mine.shape)
+    width = 3 if channels_last else 1
+    if posemb.shape[0] != mine.shape[0] or posemb.shape[width] != mine.shape[width]:
+        raise ValueError("another embedding width")  # pit_ti's (1, 64, 27, 27) was read as pit_xs's (1, 96, 27, 27)
     nhwc = posemb if channels_last else posemb.permute(0, 2, 3, 1)
     size = list(mine.shape[1:3] if channels_last else mine.shape[2:])
     grid = resample_abs_pos_embed_nhwc(nhwc.float(), new_size=size).to(posemb.dtype)
     return grid if channels_last else grid.permute(0, 3, 1, 2).contiguous()
 
 
-def _grid_is_channels_last(file: torch.Size, model: torch.Size) -> bool:
-    """Whether a 4-D embedding is (1, H, W, C), told by its width C: the one axis the file and this model share
-    (only the grid differs). Shared on both ends (H equal in one layout, W in the other) or on neither, it cannot
-    be told: ValueError, left to the shape-mismatch report."""
-    first, last = file[:2] == model[:2], (file[0], file[3]) == (model[0], model[3])
-    if first == last:
-        raise ValueError("the width axis cannot be told from the grid's")
-    return last
+# timm's classes with a 4-D pos_embed, by layout (True: (1, H, W, C)), for a grid whose own shape cannot tell
+CHANNELS_LAST_GRIDS = {"PoolingVisionTransformer": False, "Hiera": False, "HieraDet": False, "VOLO": True,
+                       "VisionTransformerSAM": True, "NaFlexVit": True}
+
+
+def _grid_is_channels_last(backbone: nn.Module, model: torch.Size) -> bool:
+    """Whether this model's 4-D embedding is (1, H, W, C), told by its own shape (timm builds a square grid for
+    the square images fewshot trains on): (1, C, H, H) or (1, H, H, C). Square both ways or neither, by timm's
+    class. Told by the axes a file shares with it, a file of another width was read in the other layout."""
+    nchw, nhwc = model[2] == model[3], model[1] == model[2]
+    if nchw != nhwc:
+        return nhwc
+    layout = CHANNELS_LAST_GRIDS.get(type(backbone).__name__)
+    if layout is None:
+        raise ValueError("the width axis cannot be told from the grid's")  # left to the shape-mismatch report
+    return layout
 
 
 def _resampled_pos_tokens(backbone: nn.Module, posemb: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
