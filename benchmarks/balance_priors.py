@@ -6,7 +6,7 @@ proportions unless a one-sample chi-square, p < 0.01, rules them out; then propo
 confusion) and with the present one (fewshot.eval.balancing._test_prior: a two-sample test at p < 0.05, even
 proportions as a second reference; and `auto` decides only with AUTO_MIN_VAL_PER_CLASS val images per class), both
 behind `auto`'s val check ("before"; "now": balancing.aimed_plan, with uneven shots also on val re-weighted to
-the aim). Test splits per dataset, cut from the
+the aim wherever val's shares differ from it). Test splits per dataset, cut from the
 real one by its answer key: `full` (as it is), `skew` (the first half of the classes whole, a tenth of the rest)
 and, where the train split's shots are uneven, `prop` (each class cut to the train split's proportions), `anti`
 (the other way) and `most90` / `fewest90` (~90 % the most- or fewest-shot class). Paired,
@@ -92,7 +92,7 @@ def cuts(d: dict) -> dict:
 
 
 def previous_prior(train: torch.Tensor, val: tuple, test: torch.Tensor) -> torch.Tensor:
-    """The choice of 2026-12-05 (before val's own proportions were a reference): train's or even, else estimated."""
+    """The choice of 2026-12-05: train's or even, else estimated (_test_prior's too since 2026-12-07; frozen here)."""
     logits, targets = val
     even = torch.full_like(train, 1.0 / len(train))
     refs = {"train": train} | ({} if torch.allclose(train, even) else {"even": even})
@@ -102,6 +102,15 @@ def previous_prior(train: torch.Tensor, val: tuple, test: torch.Tensor) -> torch
         return refs[best]
     estimated = bal.estimate_prior(bal.soft_confusion(logits.softmax(1), targets, len(train)), test.softmax(1))
     return B.floored_shares(estimated, len(test))
+
+
+def weighted_alone(train: torch.Tensor, val: tuple, test: torch.Tensor) -> torch.Tensor | None:
+    """The offsets that val re-weighted to the aim alone would keep: aimed_plan's proportions and
+    bal._weighted_val_decision's own yes (unrounded, with its tie rule), without the check of val as it is."""
+    prior, _ = B._test_prior(train, val, test)
+    shares = torch.bincount(val[1], minlength=len(train)).float() / len(val[1])
+    used = bal._weighted_val_decision(*val, prior / prior.sum(), shares)["used"]
+    return bal.class_offsets(test, prior) if used else None
 
 
 def accuracy(logits: torch.Tensor, answers: torch.Tensor, prior: torch.Tensor | None,
@@ -130,9 +139,7 @@ def score(d: dict) -> dict:
         now = plan["_offsets"] if plan["used"] else None
         # beside it: plain wherever val is not split like the aim (the safe fallback), and the re-weighted val alone
         plain_unfit = None if "val_weighted_to" in plan else now
-        weighted_only = now if "val_weighted_to" not in plan else (
-            bal.class_offsets(test, torch.tensor(plan["prior"]))
-            if plan["val_weighted_balanced"] >= plan["val_weighted_plain"] else None)
+        weighted_only = now if "val_weighted_to" not in plan else weighted_alone(train, d["val"], test)
         out[scenario] = {"off": accuracy(test, answers, None), "first": accuracy(test, answers, first),
                          "before": accuracy(test, answers, before), "now": accuracy(test, answers, None, now),
                          "plain_unfit": accuracy(test, answers, None, plain_unfit),

@@ -69,12 +69,15 @@ def self_training_rounds(stages: dict) -> list[dict]:
     return rounds
 
 
-def _weighted(d: dict) -> str:
-    """summary.json's val accuracies re-weighted to the proportions aimed at (uneven shots), where it has them."""
+def _weighted(d: dict, aim: str) -> str:
+    """summary.json's val accuracies re-weighted to the proportions aimed at (uneven shots), where it has them; said
+    after ``aim`` (the words naming proportions other than the train split's), so that they are named once."""
     if not (_is_number(d.get("val_weighted_plain")) and _is_number(d.get("val_weighted_balanced"))):
         return ""
-    return f"; re-weighted to the aimed proportions {d['val_weighted_plain']:.1f} plain, " \
-           f"{d['val_weighted_balanced']:.1f} balanced"
+    source = d.get("prior_from")
+    to = "them" if aim else f"proportions {source}" if isinstance(source, str) and source != "train" else \
+        "the train split's proportions"
+    return f"; val re-weighted to {to} {d['val_weighted_plain']:.1f} plain, {d['val_weighted_balanced']:.1f} balanced"
 
 
 def balance_words(datasets: dict) -> str:
@@ -85,7 +88,7 @@ def balance_words(datasets: dict) -> str:
         source = d.get("prior_from")
         aim = f"; aimed at proportions {source}" if d["used"] and isinstance(source, str) and source != "train" else ""
         if _is_number(d.get("val_plain")) and _is_number(d.get("val_balanced")):
-            return f" (val {d['val_plain']:.1f} plain, {d['val_balanced']:.1f} balanced{_weighted(d)}{aim})"
+            return f" (val {d['val_plain']:.1f} plain, {d['val_balanced']:.1f} balanced{aim}{_weighted(d, aim)})"
         if d["used"]:
             return f" ({aim[2:]})" if aim else ""
         return f" ({d.get('why') if isinstance(d.get('why'), str) else 'off'})"
