@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from fewshot.config import CHOSEN, RECHOSEN, canonical_value, note_chosen, note_rechosen, same_recorded_path
+from fewshot.data.aspect import note_far_from_square
 from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import scan_root
 from fewshot.data.output_guard import check_output_is_not_in_data
@@ -306,6 +307,7 @@ class StartupMixin:
         print(one_line(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {self.device.type}"
                        f"{f' ({why})' if why else ''}: {', '.join(i.name for i in self.infos)}"), flush=True)
         note_run_rechosen(cfg, self.rechosen, self.semi)
+        note_far_from_square(cfg, self.infos)
 
     def decode_inputs(self) -> None:
         """The train, val and test images decoded (and the fine-tuning batches checked on them), and the pool MoCo

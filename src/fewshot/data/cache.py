@@ -57,15 +57,18 @@ class CachedImages:
         return len(self.valid)
 
 
-def cache_key(paths: list[Path], size: int, crop_pct: float, bit_depth: int | str = "auto") -> str:
+def cache_key(paths: list[Path], size: int, crop_pct: float, bit_depth: int | str = "auto",
+              resize: str = "crop") -> str:
     """The entry's name: every setting that changes the pixels, then each file. Numbers are keyed by value: the
-    override parser's data.crop_pct=1 (an int) and the config's 1.0 wrote two entries of the same pixels."""
+    override parser's data.crop_pct=1 (an int) and the config's 1.0 wrote two entries of the same pixels.
+    data.resize crop keys as before the field existed (its entries hold those pixels); pad has a key of its own."""
     # data.bit_depth auto keys as before it existed: the entries already cached hold its pixels. Any number has a key
     # of its own, 16 too: a 32-bit image whose values all lie under 256 is scaled from 255 by auto, from 65535 by 16
     # (keyed as auto, whichever ran first chose the cached pixels). "depth", not the "bits" of before: a given depth
     # now scales such float images too, so those entries are decoded again (the old ones age out by prune_cache)
     depth = "" if bit_depth == "auto" else f"|depth{int(bit_depth)}"
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{int(size)}|{float(crop_pct)!r}{depth}".encode())
+    fit = "" if resize == "crop" else f"|{resize}"
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{int(size)}|{float(crop_pct)!r}{depth}{fit}".encode())
     for p in paths:
         p = os.path.abspath(p)  # `--data root` and `--data /abs/root` (train records it absolute) share one cache
         try:
@@ -92,7 +95,7 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
                 skip_bad: bool = False, desc: str = "decoding images", threads: int | None = None,
                 skip_note: str | None = "--skip-bad-images", max_gb: float | None = None,
                 bit_depth: int | str = "auto", digests: bool = False, entry_digests: bool = False,
-                reuse: list[Path] | None = None) -> CachedImages:
+                reuse: list[Path] | None = None, resize: str = "crop") -> CachedImages:
     """Decode (or reuse the cache of) `paths` at `size`; bad files raise DataLayoutError unless skip_bad.
     ``max_gb``: data.cache_max_gb, the cache folder's cap once a new entry is written (prune_cache; None or 0:
     none). ``bit_depth``: data.bit_depth (to_rgb_uint8); 16-bit images that seem to use fewer bits than they are
@@ -104,20 +107,20 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
     holds them without a cache entry too (the pixels torchrun's ranks compare). ``reuse``: another list whose cache
     entry (same size, crop and depth) may hold some of ``paths``: a new entry copies their rows from it (with their
     digests, as that entry keeps them) and decodes only the others (self-training's pool beside MoCo's capped share:
-    the files MoCo decoded were decoded again, review rev76)."""
+    the files MoCo decoded were decoded again, review rev76). ``resize``: data.resize (decode_resized)."""
     # filters are the process's: the decoding threads see this one while it is in place, and a user's -W error
     # (or a caller's catch_warnings) holds again afterwards (a filter set at import overrode it for good)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         return _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb, bit_depth,
-                            digests, entry_digests, reuse)
+                            digests, entry_digests, reuse, resize)
 
 
 def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb,
-                 bit_depth, digests, entry_digests=False, reuse=None) -> CachedImages:
+                 bit_depth, digests, entry_digests=False, reuse=None, resize="crop") -> CachedImages:
     paths = [Path(p) for p in paths]
     n = len(paths)
-    key = cache_key(paths, size, crop_pct, bit_depth)
+    key = cache_key(paths, size, crop_pct, bit_depth, resize)
     data_file = meta_file = None
     root_dir = cache_dir  # where the entry of ``reuse`` is looked up (entry_dir of its own key)
     if cache_dir is not None:
@@ -133,7 +136,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 # so the files that failed for such a reason are tried again; if one decodes now, the cache is
                 # rebuilt (broken bytes change the key when they are replaced, so those are not retried)
                 retry = [paths[i] for i, why in bad if _retryable(why)]
-                if not any(_decode_one((p, size, crop_pct, bit_depth))[1] is None for p in retry):
+                if not any(_decode_one((p, size, crop_pct, bit_depth, None, resize))[1] is None for p in retry):
                     with contextlib.suppress(OSError):  # its last use, for prune_cache (a read-only cache: none)
                         os.utime(data_file)
                     warn_bit_depth(desc, _sixteen(meta.get("bits16")), bit_depth)  # each run, not only the first
@@ -144,7 +147,8 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 pass  # unreadable cache (or a meta file of another shape): rebuild below
 
     shape, nbytes = (n, 3, size, size), n * 3 * size * size
-    copied = _rows_held(paths, size, root_dir, reuse, crop_pct, bit_depth) if reuse else None  # rows held elsewhere
+    # rows held elsewhere
+    copied = _rows_held(paths, size, root_dir, reuse, crop_pct, bit_depth, resize) if reuse else None
     out = tmp = held = None
     if data_file is not None and n:
         # decoded straight into the (temporary) cache file: an in-memory copy of a large pool at a large size was
@@ -179,9 +183,10 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
         found: list[str | None] | None = [None] * n if digests or entry_digests else None
         threads = threads or min(8, os.cpu_count() or 1)
         if copied is None:
-            bad, sixteen = _decode_into(out, paths, size, crop_pct, desc, threads, bit_depth, found)
+            bad, sixteen = _decode_into(out, paths, size, crop_pct, desc, threads, bit_depth, found, resize)
         else:
-            bad, sixteen = _copy_or_decode(out, paths, size, crop_pct, desc, threads, bit_depth, copied, found)
+            bad, sixteen = _copy_or_decode(out, paths, size, crop_pct, desc, threads, bit_depth, copied, found,
+                                           resize)
         if tmp is not None:
             try:
                 # durable before the (fsynced) meta file says it is complete; written through the held descriptor:
@@ -217,14 +222,14 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
 
 
 def _open_entry(within: list, size: int, cache_dir: Path | None, crop_pct: float, bit_depth: int | str,
-                mode: str) -> tuple[dict, dict, np.ndarray, Path] | None:
+                mode: str, resize: str = "crop") -> tuple[dict, dict, np.ndarray, Path] | None:
     """The cache entry of the list ``within`` (another list's rows are read there: _rows_held, _entry_rows): its
     meta, its bad files {row: why}, its images mapped in ``mode`` and its data file; None where it is missing or
     unreadable."""
     if cache_dir is None:
         return None
     within = [Path(p) for p in within]
-    key = cache_key(within, size, crop_pct, bit_depth)
+    key = cache_key(within, size, crop_pct, bit_depth, resize)
     folder = entry_dir(cache_dir, key)
     if not _holds(folder, key):
         return None
@@ -238,12 +243,13 @@ def _open_entry(within: list, size: int, cache_dir: Path | None, crop_pct: float
 
 
 def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: list, crop_pct: float,
-               bit_depth: int | str) -> tuple[np.ndarray, dict[int, int], dict | None, list | None, list] | None:
+               bit_depth: int | str,
+               resize: str = "crop") -> tuple[np.ndarray, dict[int, int], dict | None, list | None, list] | None:
     """The rows of ``paths`` that the cache entry of ``within`` holds decoded: (its images, {index in ``paths``: row},
     its record of 16-bit images where it may be theirs (_sixteen_of), the digests its meta file keeps or None, the
     files it holds as broken, not to be retried: [(index, why)], decoded again they fail again); None where it holds
     none of them or cannot be read."""
-    opened = _open_entry(within, size, cache_dir, crop_pct, bit_depth, "r")
+    opened = _open_entry(within, size, cache_dir, crop_pct, bit_depth, "r", resize)
     if opened is None:
         return None
     meta, bad_of, images, _ = opened
@@ -262,10 +268,10 @@ def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: lis
 
 
 def rows_held_count(paths: list[Path], size: int, cache_dir: Path | None, within: list, crop_pct: float = 1.0,
-                    bit_depth: int | str = "auto") -> int:
+                    bit_depth: int | str = "auto", resize: str = "crop") -> int:
     """How many of ``paths`` the entry of ``within`` holds decoded (_rows_held; 0 where there is none): the files a
     copy from it costs no decoding (a failure it recorded is no image, and an entry never written holds none)."""
-    held = _rows_held([Path(p) for p in paths], size, cache_dir, within, crop_pct, bit_depth)
+    held = _rows_held([Path(p) for p in paths], size, cache_dir, within, crop_pct, bit_depth, resize)
     return 0 if held is None else len(held[1])
 
 
@@ -293,7 +299,8 @@ class _RowsOf:
 
 
 def _copy_or_decode(out, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
-                    bit_depth: int | str, copied, found: list | None = None) -> tuple[list, dict | None]:
+                    bit_depth: int | str, copied, found: list | None = None,
+                    resize: str = "crop") -> tuple[list, dict | None]:
     """_decode_into of ``paths``, except that the rows ``copied`` holds (_rows_held) are copied from its entry, not
     decoded, nor the files it holds as broken: the bad files (by index in ``paths``) and the 16-bit record, the other
     entry's merged in where it may be the copied rows' (_rows_held). ``found``: filled with each image's digest, a
@@ -308,7 +315,7 @@ def _copy_or_decode(out, paths: list[Path], size: int, crop_pct: float, desc: st
     missing = [i for i in range(len(paths)) if i not in rows and i not in known]
     taken = None if found is None else [None] * len(missing)
     bad, sixteen = _decode_into(_RowsOf(out, missing), [paths[i] for i in missing], size, crop_pct, desc, threads,
-                                bit_depth, taken)
+                                bit_depth, taken, resize)
     for j, digest in enumerate(taken or ()):
         found[missing[j]] = digest
     bad = [(missing[i] if isinstance(i, int) else i, why) for i, why in bad] + list(broken)
@@ -396,27 +403,28 @@ def _digests_fit(kept, n: int) -> bool:
 
 
 def is_cached(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
-              bit_depth: int | str = "auto") -> bool:
+              bit_depth: int | str = "auto", resize: str = "crop") -> bool:
     """Whether load_images finds ``paths`` decoded in ``cache_dir`` (it then only maps the file)."""
     if cache_dir is None:
         return False
-    key = cache_key([Path(p) for p in paths], size, crop_pct, bit_depth)
+    key = cache_key([Path(p) for p in paths], size, crop_pct, bit_depth, resize)
     return _holds(entry_dir(cache_dir, key), key)
 
 
 def rows_of_entry(paths: list[Path], size: int, cache_dir: Path | None, within: list[Path], crop_pct: float = 1.0,
-                  bit_depth: int | str = "auto") -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]] | None:
+                  bit_depth: int | str = "auto",
+                  resize: str = "crop") -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]] | None:
     """``paths`` as rows of the cache entry of ``within``, a longer list decoded at the same size, crop and depth
     that holds each of them: (that entry's images, the row of each path, the bad ones by index in ``paths``). Its
     key hashed every file's stat, so the rows are these files' pixels: `fewshot run --pretrain` decoded the same
     pool files again for self-training (hunt hBK #3). None where the entry is missing or unreadable, lacks a file,
     or holds one as a failure load_images would retry (the caller decodes its own entry then)."""
-    found = _entry_rows(paths, size, cache_dir, within, crop_pct, bit_depth)
+    found = _entry_rows(paths, size, cache_dir, within, crop_pct, bit_depth, resize)
     return None if found is None else found[:3]
 
 
 def _entry_rows(paths: list[Path], size: int, cache_dir: Path | None, within: list[Path], crop_pct: float,
-                bit_depth: int | str):
+                bit_depth: int | str, resize: str = "crop"):
     """rows_of_entry, with the entry's record of its 16-bit images (load_rows warns of them, as a cache hit does)
     and the digests its meta file keeps (None: none)."""
     if cache_dir is None:
@@ -427,7 +435,7 @@ def _entry_rows(paths: list[Path], size: int, cache_dir: Path | None, within: li
     rows = [where.get(os.path.abspath(p)) for p in paths]
     if None in rows:
         return None
-    opened = _open_entry(within, size, cache_dir, crop_pct, bit_depth, "c")
+    opened = _open_entry(within, size, cache_dir, crop_pct, bit_depth, "c", resize)
     if opened is None:
         return None
     meta, bad_of, arr, data_file = opened
@@ -443,14 +451,14 @@ def _entry_rows(paths: list[Path], size: int, cache_dir: Path | None, within: li
 def load_rows(paths: list[Path], size: int, cache_dir: Path | None, within: list[Path], crop_pct: float = 1.0,
               skip_bad: bool = False, skip_note: str | None = "--skip-bad-images",
               bit_depth: int | str = "auto", desc: str = "decoding images",
-              digests: bool = False) -> CachedImages | None:
+              digests: bool = False, resize: str = "crop") -> CachedImages | None:
     """load_images of ``paths`` read from the entry of ``within`` (rows_of_entry), nothing decoded: the result's
     ``rows`` says which row of its images each file is. None where that entry does not hold them all. Its 16-bit
     images are warned of as load_images' cache hit warns (warn_bit_depth; the entry's record where it may be theirs):
     `fewshot train --semi fixmatch` reading an earlier run's entry gave no warning of dark 12-bit pool images.
     ``digests``: each file's, as that entry's meta file keeps them (its rows hashed where it keeps none): FixMatch
     under torchrun, whose ranks compare them, decoded the pool again into an entry of its own (review rev79)."""
-    found = _entry_rows([Path(p) for p in paths], size, cache_dir, within, crop_pct, bit_depth)
+    found = _entry_rows([Path(p) for p in paths], size, cache_dir, within, crop_pct, bit_depth, resize)
     if found is None:
         return None
     images, rows, bad_at, sixteen, there = found
@@ -489,13 +497,13 @@ def entry_dir(cache_dir: str | Path, key: str) -> Path:
 
 
 def subsets_record(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float, seed: int,
-                   bit_depth: int | str = "auto") -> Path | None:
+                   bit_depth: int | str = "auto", resize: str = "crop") -> Path | None:
     """Where the sizes of the seeded random subsets of ``paths`` decoded as entries of their own are listed
     (run_pseudo.pool_decode_limit), named after the whole list's entry: a later run of the same pool reuses one.
     A few bytes, not pruned; a changed file list gets another name."""
     if cache_dir is None:
         return None
-    key = cache_key([Path(p) for p in paths], size, crop_pct, bit_depth)
+    key = cache_key([Path(p) for p in paths], size, crop_pct, bit_depth, resize)
     record = Path(cache_dir) / f"{key}.seed{seed}.subsets.json"  # beside a read-only root's stale cache: read only
     return record if record.is_file() else entry_dir(cache_dir, key) / record.name
 

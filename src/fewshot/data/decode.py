@@ -103,9 +103,10 @@ def _dangling(path: Path) -> str:
 
 
 def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int | str = "auto",
-                   peaks: list[int] | None = None) -> np.ndarray:
+                   peaks: list[int] | None = None, resize: str = "crop") -> np.ndarray:
     """Open, convert to RGB, resize the short side to size/crop_pct, center-crop size x size; CHW uint8.
-    ``bit_depth`` and ``peaks``: as to_rgb_uint8's."""
+    ``bit_depth`` and ``peaks``: as to_rgb_uint8's. ``resize`` (data.resize): crop, or pad (letterbox: the long
+    side to size/crop_pct and the whole image kept, padded to a square: a 40x100 image lost 60 % of its rows)."""
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -126,6 +127,8 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int 
             raise ValueError(f"image of {w}x{h} pixels exceeds the decompression-bomb limit of {MAX_PIXELS:,} pixels")
         img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when possible
         img = to_rgb_uint8(_upright(img), bit_depth, peaks)
+    if resize == "pad":
+        return np.asarray(letterbox(img, size, crop_pct), dtype=np.uint8).transpose(2, 0, 1)
     short = max(1, round(size / crop_pct))
     w, h = img.size
     scale = short / min(w, h)
@@ -141,3 +144,20 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int 
             img = img.resize((nw, nh), Image.BILINEAR)
         img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def letterbox(img: Image.Image, size: int, crop_pct: float = 1.0) -> Image.Image:
+    """``img`` resized whole (its long side to size/crop_pct) and centred on a size x size square of its border's
+    mean colour: the bars then carry no edge of their own (black bars on a white-background image drew one whose
+    place gave the aspect ratio away). A square image comes out as the centre crop does, pixel for pixel."""
+    long = max(1, round(size / crop_pct))
+    w, h = img.size
+    scale = long / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BILINEAR)
+    arr = np.asarray(img)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]).reshape(-1, 3)
+    canvas = Image.new("RGB", (size, size), tuple(int(v) for v in np.rint(border.mean(axis=0))))
+    canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
+    return canvas

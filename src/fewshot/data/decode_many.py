@@ -31,7 +31,7 @@ PNG_METADATA = (f"its PNG metadata (a colour profile or text) decompresses to mo
 
 
 def _decode_one(args):
-    """(path, size, crop_pct[, bit_depth, peaks]) -> (CHW uint8 or None, None or why it failed)."""
+    """(path, size, crop_pct[, bit_depth, peaks, resize]) -> (CHW uint8 or None, None or why it failed)."""
     path, size, crop_pct, *more = args
     try:
         return decode_resized(path, size, crop_pct, *more), None
@@ -49,13 +49,13 @@ def _decode_one(args):
 
 
 def _decode_peak(args):
-    """(path, size, crop_pct, bit_depth[, digest]) -> _decode_one's pair, the file's largest value if it is 16-bit,
-    and (``digest`` True) its image_digest, taken in the decoding thread."""
-    path, size, crop_pct, bit_depth, *digest = args
+    """(path, size, crop_pct, bit_depth, digest, resize) -> _decode_one's pair, the file's largest value if it is
+    16-bit, and (``digest`` True) its image_digest, taken in the decoding thread."""
+    path, size, crop_pct, bit_depth, digest, resize = args
     peaks: list[int] = []
-    arr, err = _decode_one((path, size, crop_pct, bit_depth, peaks))
+    arr, err = _decode_one((path, size, crop_pct, bit_depth, peaks, resize))
     return (arr, err, (peaks[0] if peaks and err is None else None),
-            image_digest(arr) if digest and digest[0] and err is None else None)
+            image_digest(arr) if digest and err is None else None)
 
 
 def image_digest(image: np.ndarray) -> str | None:
@@ -108,7 +108,7 @@ def _out_of_memory(path: Path, threads: int) -> UserError:
 
 
 def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0, threads: int | None = None,
-                             bit_depth: int | str = "auto") -> float:
+                             bit_depth: int | str = "auto", resize: str = "crop") -> float:
     """Seconds per file of decoding ``paths`` as load_images does (its threads), into memory and not cached: the
     rate at which a cold cache would be filled. Bad files count as decoded (they are reported by load_images)."""
     if not paths:
@@ -118,17 +118,17 @@ def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         _decode_into(out, [Path(p) for p in paths], size, crop_pct, "timing the decoding",
-                     threads or min(8, os.cpu_count() or 1), bit_depth)
+                     threads or min(8, os.cpu_count() or 1), bit_depth, resize=resize)
     return (time.perf_counter() - t0) / len(paths)
 
 
 def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
-                 bit_depth: int | str = "auto",
-                 digests: list | None = None) -> tuple[list[tuple[int, str]], dict | None]:
+                 bit_depth: int | str = "auto", digests: list | None = None,
+                 resize: str = "crop") -> tuple[list[tuple[int, str]], dict | None]:
     """Decode ``paths`` into ``out`` with ``threads`` threads; returns the bad files (by index) with their reasons,
     and the 16-bit images' largest value with their common folder (None: no 16-bit image), gathered as they decode.
     Files that ran out of memory are decoded again one at a time after the others, never reported as bad.
-    ``digests``: filled with each image's image_digest (None for a bad file)."""
+    ``digests``: filled with each image's image_digest (None for a bad file). ``resize``: data.resize."""
     bad: list[tuple[int, str]] = []
     starved: list[int] = []
     peak, folders = -1, set()
@@ -144,7 +144,7 @@ def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float,
     pool = ThreadPoolExecutor(threads)
     try:
         hashed = digests is not None
-        results = pool.map(_decode_peak, ((p, size, crop_pct, bit_depth, hashed) for p in paths), chunksize=64)
+        results = pool.map(_decode_peak, ((p, size, crop_pct, bit_depth, hashed, resize) for p in paths), chunksize=64)
         for i, (arr, err, value, digest) in enumerate(track(results, desc=desc, total=len(paths))):
             if err is None:
                 out[i] = arr
@@ -158,7 +158,7 @@ def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float,
         raise
     pool.shutdown(wait=True)
     for i in starved:  # the other decodes' memory is free now
-        arr, err, value, digest = _decode_peak((paths[i], size, crop_pct, bit_depth, digests is not None))
+        arr, err, value, digest = _decode_peak((paths[i], size, crop_pct, bit_depth, digests is not None, resize))
         if err == OUT_OF_MEMORY:
             raise _out_of_memory(paths[i], threads)
         if err is None:

@@ -53,9 +53,9 @@ class ImageSet:
 
 def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: int, cache_dir: Path | None,
                crop_pct: float = 1.0, skip_bad: bool = False, max_gb: float | None = None,
-               bit_depth: int | str = "auto") -> ImageSet:
+               bit_depth: int | str = "auto", resize: str = "crop") -> ImageSet:
     """Load `split` (train / val / test) of every dataset, in label-space order (``bit_depth``: data.bit_depth,
-    see load_images)."""
+    ``resize``: data.resize, see load_images)."""
     paths, targets, dsids, ids = [], [], [], []
     for info in infos:
         d = space.index(info.name)
@@ -69,7 +69,7 @@ def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: in
     # hashed once); an entry written, or a decode without one, keeps the digests it takes as it decodes
     cached = load_images(paths, size, cache_dir, crop_pct=crop_pct, skip_bad=skip_bad, desc=f"loading {split} images",
                          max_gb=max_gb, bit_depth=bit_depth, digests=_warns() or several_processes(),
-                         entry_digests=True)
+                         entry_digests=True, resize=resize)
     out = ImageSet(cached.images, torch.tensor(targets, dtype=torch.long), torch.tensor(dsids, dtype=torch.long),
                    torch.tensor(ids, dtype=torch.long), paths, digests=cached.digests)
     if not bool(cached.valid.all()):
@@ -134,13 +134,14 @@ def _refuse_emptied_classes(split: str, space: LabelSpace, everything: ImageSet,
 
 def load_splits(infos: list[DatasetInfo], splits: tuple[str, ...], space: LabelSpace, size: int,
                 cache_dir: Path | None, crop_pct: float = 1.0, skip_bad: bool = False,
-                max_gb: float | None = None, bit_depth: int | str = "auto") -> list[ImageSet]:
+                max_gb: float | None = None, bit_depth: int | str = "auto", resize: str = "crop") -> list[ImageSet]:
     """Load several splits, reporting the undecodable images of all of them in one error (``max_gb``:
     data.cache_max_gb, ``bit_depth``: data.bit_depth, see load_images)."""
     out, problems, hints = [], [], []
     for split in splits:
         try:
-            out.append(load_split(infos, split, space, size, cache_dir, crop_pct, skip_bad, max_gb, bit_depth))
+            out.append(load_split(infos, split, space, size, cache_dir, crop_pct, skip_bad, max_gb, bit_depth,
+                                  resize))
         except DataLayoutError as exc:
             problems += exc.problems
             hints = list(dict.fromkeys(hints + exc.hints))

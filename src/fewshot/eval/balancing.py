@@ -52,11 +52,12 @@ def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device, a
         return None, None, too_few
     try:
         crop, depth = tm.cfg["data"].get("crop_pct", 1.0), tm.cfg["data"].get("bit_depth", "auto")
-        cache = prediction_cache_dir(root, [val], "val", tm.size, crop, depth)
+        fit = tm.cfg["data"].get("resize", "crop")
+        cache = prediction_cache_dir(root, [val], "val", tm.size, crop, depth, fit)
         # skipped without load_split's words: they said "--skip-bad-images" to a predict without it and listed
         # every file (200 lines), for images no prediction is made of
         read = load_images([p for p, _ in val.val], tm.size, cache, crop_pct=crop, skip_bad=True,
-                           desc="loading val images", skip_note=None, bit_depth=depth)
+                           desc="loading val images", skip_note=None, bit_depth=depth, resize=fit)
     except UserError as exc:
         return None, None, f"its val images cannot be read ({one_line(str(exc))[:160]})"
     if read.bad:

@@ -169,7 +169,7 @@ def _class_folders(info) -> list[str] | None:
 
 
 def prediction_cache_dir(root: Path, infos=None, split: str = "test", size: int = 0, crop_pct: float = 1.0,
-                         bit_depth: int | str = "auto") -> Path | None:
+                         bit_depth: int | str = "auto", resize: str = "crop") -> Path | None:
     """Prediction reads the data root's own cache (the training machine's data.cache_dir may not exist here).
     Given the images it loads (load_split's ``infos`` and ``split``, at ``size``): a ROOT/.fewshot_cache that
     cannot be written and does not hold them (stale, from other images) gives way to the user cache, as a
@@ -180,7 +180,7 @@ def prediction_cache_dir(root: Path, infos=None, split: str = "test", size: int 
         return cache
     paths = [p for info in infos for p in ((p for _, p in info.test) if split == "test"
                                            else (p for p, _ in getattr(info, split)))]
-    if is_cached(paths, size, beside, crop_pct, bit_depth):
+    if is_cached(paths, size, beside, crop_pct, bit_depth, resize):
         return beside  # a cache prebuilt for these images on a read-only mount
     return user_cache_dir(root) or beside
 

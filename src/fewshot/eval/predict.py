@@ -33,7 +33,7 @@ from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_chec
 
 MISROUTED = -1  # pred_all.json entry of an image that unknown-source mode routed to another dataset
 # the data settings eval and predict read from a checkpoint's config (its images are decoded as the run's were)
-RECORDED_DATA = ("crop_pct", "bit_depth", "skip_bad_images")
+RECORDED_DATA = ("crop_pct", "bit_depth", "skip_bad_images", "resize")
 
 
 @dataclass
@@ -237,9 +237,11 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     if check is not None:
         check(infos)
     d = tm.cfg["data"]
-    cache = prediction_cache_dir(root, infos, split, tm.size, d.get("crop_pct", 1.0), d.get("bit_depth", "auto"))
+    fit = d.get("resize", "crop")  # a run from before data.resize cropped
+    cache = prediction_cache_dir(root, infos, split, tm.size, d.get("crop_pct", 1.0), d.get("bit_depth", "auto"), fit)
     data = load_split(infos, split, tm.space, tm.size, cache, d.get("crop_pct", 1.0),
-                      skip_bad or bool(d.get("skip_bad_images", False)), bit_depth=d.get("bit_depth", "auto"))
+                      skip_bad or bool(d.get("skip_bad_images", False)), bit_depth=d.get("bit_depth", "auto"),
+                      resize=fit)
     if split == "test":
         warn_about_blank_test_images(data, scoring)
     return infos, data

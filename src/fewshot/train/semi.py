@@ -170,16 +170,17 @@ def pool_images(cfg: dict, infos, paths: list, size: int, moco_limit: int | None
     d = cfg["data"]
     cache = default_cache_dir(d["root"], d["cache_dir"])
     skip, depth = d["skip_bad_images"] or d["skip_bad_unlabeled"], d.get("bit_depth", "auto")
+    fit = d.get("resize", "crop")
     within = moco_entry_paths(cfg, infos, moco_limit)
     desc = "loading unlabeled pool"
-    if within is not None and not is_cached(paths, size, cache, d["crop_pct"], depth):
+    if within is not None and not is_cached(paths, size, cache, d["crop_pct"], depth, fit):
         cached = load_rows(paths, size, cache, within, 1.0, skip_bad=skip, skip_note=POOL_SKIP_NOTE, bit_depth=depth,
-                           desc=desc, digests=digests)
+                           desc=desc, digests=digests, resize=fit)
         if cached is not None:
             return cached
     return load_images(paths, size, cache, crop_pct=d["crop_pct"], skip_bad=skip, desc=desc,
                        skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=depth, digests=digests,
-                       entry_digests=True, reuse=within)
+                       entry_digests=True, reuse=within, resize=fit)
 
 
 def moco_entry_paths(cfg: dict, infos, moco_limit: int | None = None) -> list[Path] | None:
