@@ -425,7 +425,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     path = tmp_path / "rotated.jpg"
     Image.fromarray(arr).save(path, exif=exif, quality=95)
-    out = decode_resized(path, 20)  # upright it is portrait: 20 wide x 40 high, center-cropped to 20 x 20
+    out = decode_resized(path, 20, resize="crop")  # upright: 20 wide x 40 high, center-cropped to 20 x 20
     upright = np.asarray(Image.fromarray(arr).transpose(Image.Transpose.ROTATE_270))
     assert upright.shape == (40, 20, 3)
     expected = upright[10:30].transpose(2, 0, 1)
@@ -662,7 +662,7 @@ def test_an_extreme_strip_is_cropped_before_it_is_resized(tmp_path, monkeypatch)
     real_resize = Image.Image.resize
     monkeypatch.setattr(Image.Image, "resize", lambda self, size, *a, **kw: resized.append(size) or
                         real_resize(self, size, *a, **kw))
-    out = decode_resized(path, 16)
+    out = decode_resized(path, 16, resize="crop")  # data.resize=auto would letterbox it
     assert resized == [(16, 16)]  # not (16, 240000)
     monkeypatch.setattr(Image.Image, "resize", real_resize)
     whole = np.asarray(Image.fromarray(arr).resize((16, 240000), Image.BILINEAR))[120000 - 8:120000 + 8]

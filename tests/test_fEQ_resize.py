@@ -38,6 +38,9 @@ def test_pad_keeps_an_off_centre_object_that_the_crop_drops(tmp_path):
     assert crop.max() == 0  # the centre crop keeps rows 30-70: the block is gone
     assert pad.max() > 200  # letterboxed: 8x20 of content, the block in its top rows
     assert pad[:, :, :6].max() < 10 and pad[:, :, 14:].max() < 10  # the pad: the border's colour (near black)
+    assert np.array_equal(decode_resized(path, 20, resize="auto"), pad)  # 2.5:1, far from square: padded
+    mild = off_centre(tmp_path / "mild.png", 64, 96)  # 1.5:1 (tintfash, mix20): auto crops it
+    assert np.array_equal(decode_resized(mild, 20, resize="auto"), decode_resized(mild, 20))
 
 
 def test_pad_fills_with_the_border_colour(tmp_path):
@@ -49,15 +52,16 @@ def test_pad_fills_with_the_border_colour(tmp_path):
 
 
 @pytest.mark.parametrize("crop_pct", [1.0, 0.875])
-def test_square_images_decode_as_before_and_the_crop_keeps_its_old_key(tmp_path, crop_pct):
+def test_square_images_decode_as_before_and_each_setting_has_its_key(tmp_path, crop_pct):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(tmp_path / "sq.png")
     p = tmp_path / "sq.png"
     before = decode_resized(p, 16, crop_pct)
     assert np.array_equal(before, decode_resized(p, 16, crop_pct, resize="pad"))  # nothing to pad: the same pixels
-    assert cache_key([p], 16, crop_pct) == cache_key([p], 16, crop_pct, "auto", "crop")  # old entries still serve
-    assert cache_key([p], 16, crop_pct, "auto", "pad") != cache_key([p], 16, crop_pct)
-    assert resolve()["data"]["resize"] == "crop"
+    assert np.array_equal(before, decode_resized(p, 16, crop_pct, resize="auto"))
+    keys = {fit: cache_key([p], 16, crop_pct, "auto", fit) for fit in ("crop", "pad", "auto")}
+    assert len(set(keys.values())) == 3 and keys["auto"] == cache_key([p], 16, crop_pct)  # auto: the default
+    assert resolve()["data"]["resize"] == "auto"
 
 
 def test_the_cache_never_serves_a_crop_for_pad(tmp_path):
@@ -79,7 +83,9 @@ def test_the_note_names_far_from_square_datasets_only():
     lines = crop_notes(infos, "crop")
     assert len(lines) == 2, lines
     assert lines[0].startswith("tall:") and "40x100 px" in lines[0] and "60 % of its rows" in lines[0]
-    assert lines[1].startswith("wide:") and "60 % of its columns" in lines[1] and "data.resize=pad" in lines[1]
+    assert lines[1].startswith("wide:") and "60 % of its columns" in lines[1] and "data.resize=auto" in lines[1]
+    lines = crop_notes(infos, "auto")
+    assert [line.split(":")[0] for line in lines] == ["tall", "wide"] and "letterboxes them" in lines[0]
     assert crop_notes(infos, "pad") == []
 
 
@@ -109,22 +115,33 @@ def tall_root(root: Path) -> Path:
 
 def test_train_notes_the_crop_and_predict_decodes_as_the_run_did(tmp_path):
     root = tall_root(tmp_path / "root")
-    rc, _, err = run_main(*tiny_train_argv(root, tmp_path / "crop"))
+    rc, _, err = run_main(*tiny_train_argv(root, tmp_path / "crop", "data.resize=crop"))
     assert rc == 0, err
-    assert "note: digits: its images are far from square" in err and "67 % of its rows" in err, err
-    run = tmp_path / "pad"
-    rc, _, err = run_main(*tiny_train_argv(root, run, "data.resize=pad"))
+    assert "note: digits: its images are far from square" in err and "dropping 67 % of its rows" in err, err
+    run = tmp_path / "auto"
+    rc, _, err = run_main(*tiny_train_argv(root, run))  # the default: these 3:1 images are letterboxed
     assert rc == 0, err
-    assert "far from square" not in err
-    assert "resize: pad" in (run / "config.yaml").read_text()
+    assert "data.resize=auto letterboxes them" in err, err
+    assert "resize: auto" in (run / "config.yaml").read_text()
     rc, _, err = run_main("predict", run, "--data", root, "--out", tmp_path / "pred_all.json", "--device", "cpu")
     assert rc == 0, err
     test = [p for _, p in scan_root(root, None, splits=("test",))[0].test]
     cache = prediction_cache_dir(root)
-    assert is_cached(test, 16, cache, resize="pad")  # decoded letterboxed, as the run's images were
+    assert is_cached(test, 16, cache, resize="auto")  # decoded letterboxed, as the run's images were
     assert not is_cached(test, 16, cache, resize="crop")
 
 
 def test_an_unknown_resize_is_refused(tmp_path):
     rc, _, err = run_main("train", "--data", tmp_path, "--out", tmp_path / "run", "data.resize=stretch")
-    assert rc == 2 and "data.resize must be one of crop, pad" in err, err
+    assert rc == 2 and "data.resize must be one of crop, pad, auto" in err, err
+
+
+def test_a_run_from_before_the_field_resumes_cropping(tmp_path):
+    """Its checkpoint learnt from cropped images: the new default (auto) would letterbox the rest of the run."""
+    from fewshot.config import save_yaml
+    from fewshot.train.resume_config import merge_resume_config
+
+    old = resolve()
+    del old["data"]["resize"]
+    save_yaml(old, tmp_path / "config.yaml")
+    assert merge_resume_config(tmp_path, resolve(), {})["data"]["resize"] == "crop"

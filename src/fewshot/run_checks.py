@@ -142,7 +142,7 @@ def check_pool_images(cfg: dict, infos, semi: str, moco_limit: int | None = None
             skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], desc="loading unlabeled pool",
             skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"),
             # digests kept for a later torchrun start, whose ranks compare them (next to free here)
-            entry_digests=True, resize=d.get("resize", "crop")))
+            entry_digests=True, resize=d.get("resize", "auto")))
         skipped, n_moco = list(dict.fromkeys(cached.bad)), int(cached.valid.sum())
         del cached
     if semi == "fixmatch":
@@ -189,7 +189,7 @@ def pool_is_cached(cfg: dict, paths: list, crop: float, within: list | None = No
     d = cfg["data"]
     size, depth = cfg["model"]["img_size"], d.get("bit_depth", "auto")
     cache = default_cache_dir(d["root"], d["cache_dir"])
-    fit = d.get("resize", "crop")
+    fit = d.get("resize", "auto")
     return (not paths or is_cached(paths, size, cache, crop, depth, fit)
             or (within is not None and rows_of_entry(paths, size, cache, within, 1.0, depth, fit) is not None))
 
@@ -272,7 +272,7 @@ def _held_count(cfg: dict, paths: list, within: list) -> int:
 
     d = cfg["data"]
     return rows_held_count(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), within,
-                           1.0, d.get("bit_depth", "auto"), d.get("resize", "crop"))
+                           1.0, d.get("bit_depth", "auto"), d.get("resize", "auto"))
 
 
 def moco_first_limit(limit: int | None, paths: list, moco_limit: int | None, order) -> int | None:
@@ -448,7 +448,7 @@ def _timed_rate(cfg: dict, paths: list, crop: float, n: int, floor: int, refuse=
     def spent(part: list) -> float:
         return len(part) * decode_many.decode_seconds_per_image(part, cfg["model"]["img_size"], crop,
                                                                 bit_depth=d.get("bit_depth", "auto"),
-                                                                resize=d.get("resize", "crop"))
+                                                                resize=d.get("resize", "auto"))
 
     first_s = spent(first)
     rate = first_s / len(first)
@@ -467,7 +467,7 @@ def _subsets_record(cfg: dict, paths: list, crop: float):
 
     d = cfg["data"]
     return subsets_record(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), crop,
-                          int(cfg["train"]["seed"]), d.get("bit_depth", "auto"), d.get("resize", "crop"))
+                          int(cfg["train"]["seed"]), d.get("bit_depth", "auto"), d.get("resize", "auto"))
 
 
 def _earlier_share(cfg: dict, share_of, n_pool: int, crop: float, record, limit: int, within: list | None = None,
@@ -565,7 +565,7 @@ def preload_images(cfg: dict, infos, test_infos):
                                    (("test",), prediction_cache_dir(d["root"]), test_infos)):
         try:
             sets = load_splits(sources, splits, space, size, cache, d["crop_pct"], d["skip_bad_images"],
-                               d.get("cache_max_gb"), d.get("bit_depth", "auto"), d.get("resize", "crop"))
+                               d.get("cache_max_gb"), d.get("bit_depth", "auto"), d.get("resize", "auto"))
         except DataLayoutError as exc:
             problems += exc.problems
             hints = list(dict.fromkeys(hints + exc.hints))

@@ -32,7 +32,7 @@ AUTO_OR_WHOLE = {"data.bit_depth": (8, 16, "the bits 16-bit images use, e.g. 12 
 
 CHOICES = {  # fields whose value must be one of a few words (checked at start-up, not mid-run)
     "data.sampler": ("shuffle", "repeat", "grouped"),
-    "data.resize": ("crop", "pad"),
+    "data.resize": ("crop", "pad", "auto"),
     "train.eval_mode": ("known", "unknown"),
     "model.head": ("linear",),  # SPEC's BN(affine=False) + Linear; the field stays so saved configs still load
     "semi.views": ("randaug", "mocov2"),

@@ -1,14 +1,15 @@
-"""The start-up note of `fewshot run` and `fewshot train` where a dataset's images are far from square and
-data.resize=crop cuts them to a square: a 40x100 image lost 60 % of its rows without a word, and where the object
-sat off-centre the model saw almost nothing while the closing warning blamed the budget (hunt hBQ #1)."""
+"""The start-up note of `fewshot run` and `fewshot train` where a dataset's images are far from square: cut to a
+square (data.resize=crop), a 40x100 image lost 60 % of its rows without a word, and where the object sat
+off-centre the model saw almost nothing while the closing warning blamed the budget (hunt hBQ #1); letterboxed
+(auto), the image is whole but smaller, which the user should know as well."""
 
 from __future__ import annotations
 
 import statistics
 
+from fewshot.data.decode import FAR_FROM_SQUARE  # median long / short side above which the note is given
 from fewshot.data.warn_once import warn_once
 
-FAR_FROM_SQUARE = 1.5  # median long / short side above which the note is given
 SAMPLE = 20  # train images per dataset whose header is read (as run_checks.images_size reads them)
 
 
@@ -31,8 +32,9 @@ def median_shape(info, n: int = SAMPLE) -> tuple[int, int] | None:
 
 
 def crop_notes(infos, resize: str) -> list[str]:
-    """One line per dataset whose median image is far from square, where data.resize crops (none for pad)."""
-    if resize != "crop":
+    """One line per dataset whose median image is far from square, saying what data.resize does to it (none for
+    pad: the user chose it)."""
+    if resize == "pad":
         return []
     lines = []
     for info in infos:
@@ -42,13 +44,17 @@ def crop_notes(infos, resize: str) -> list[str]:
         w, h = shape
         lost = 100 * (1 - min(w, h) / max(w, h))
         where = "rows" if h > w else "columns"
-        lines.append(f"{info.name}: its images are far from square ({w}x{h} px is typical), and data.resize=crop "
-                     f"cuts each to a centred square, dropping {lost:.0f} % of its {where}; where the object is not "
-                     f"in the middle the model never sees it. data.resize=pad keeps the whole image (letterboxed; "
-                     f"docs/recipes.md compares the two).")
+        shape = f"{info.name}: its images are far from square ({w}x{h} px is typical)"
+        if resize == "crop":
+            lines.append(f"{shape}, and data.resize=crop cuts each to a centred square, dropping {lost:.0f} % of its "
+                         f"{where}; where the object is not in the middle the model never sees it. data.resize=auto "
+                         f"keeps the whole image (letterboxed; docs/recipes.md compares the two).")
+        else:
+            lines.append(f"{shape}: data.resize=auto letterboxes them, whole, rather than crop {lost:.0f} % of "
+                         f"their {where} away; data.resize=crop to crop them instead.")
     return lines
 
 
 def note_far_from_square(cfg: dict, infos) -> None:
     """Say crop_notes once per command (rank 0)."""
-    warn_once(crop_notes(infos, cfg["data"].get("resize", "crop")), "note")
+    warn_once(crop_notes(infos, cfg["data"].get("resize", "auto")), "note")

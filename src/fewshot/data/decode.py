@@ -26,6 +26,7 @@ from fewshot.data.roots import broken_link_words
 # decode is not thread-safe before Python 3.14 (with decoding threads, some bombs were decoded and an "error" filter
 # was left behind).
 MAX_PIXELS = 89_478_485
+FAR_FROM_SQUARE = 1.5  # data.resize=auto pads an image whose long side is more than this many times its short one
 EXTREME_AREA = 16  # resized images over this many crops' area are cropped before resizing (decode_resized)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -103,10 +104,11 @@ def _dangling(path: Path) -> str:
 
 
 def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int | str = "auto",
-                   peaks: list[int] | None = None, resize: str = "crop") -> np.ndarray:
+                   peaks: list[int] | None = None, resize: str = "auto") -> np.ndarray:
     """Open, convert to RGB, resize the short side to size/crop_pct, center-crop size x size; CHW uint8.
-    ``bit_depth`` and ``peaks``: as to_rgb_uint8's. ``resize`` (data.resize): crop, or pad (letterbox: the long
-    side to size/crop_pct and the whole image kept, padded to a square: a 40x100 image lost 60 % of its rows)."""
+    ``bit_depth`` and ``peaks``: as to_rgb_uint8's. ``resize`` (data.resize): crop, pad (letterbox: the long side
+    to size/crop_pct and the whole image kept, padded to a square: a 40x100 image lost 60 % of its rows), or auto
+    (pad where the image is far from square, else crop: a square image decodes as it always did)."""
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -127,10 +129,10 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int 
             raise ValueError(f"image of {w}x{h} pixels exceeds the decompression-bomb limit of {MAX_PIXELS:,} pixels")
         img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when possible
         img = to_rgb_uint8(_upright(img), bit_depth, peaks)
-    if resize == "pad":
+    w, h = img.size
+    if resize == "pad" or (resize == "auto" and max(w, h) > FAR_FROM_SQUARE * min(w, h)):
         return np.asarray(letterbox(img, size, crop_pct), dtype=np.uint8).transpose(2, 0, 1)
     short = max(1, round(size / crop_pct))
-    w, h = img.size
     scale = short / min(w, h)
     nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
     left, top = (nw - size) // 2, (nh - size) // 2

@@ -26,7 +26,7 @@ from fewshot.run_state import is_run_stage
 # Fields whose absence from an older run's config.yaml means something other than today's default.
 # What runs did before these fields existed (a field whose default is "off" needs no entry): a run saved before
 # data.gray_p greyed 20 % of its samples from its resume on, and `--resume data.gray_p=0` was refused as a change.
-ABSENT_MEANS = {"semi.views": "mocov2", "data.randaug_group": 1, "data.gray_p": 0.0}
+ABSENT_MEANS = {"semi.views": "mocov2", "data.randaug_group": 1, "data.gray_p": 0.0, "data.resize": "crop"}
 
 RESUME_MAY_CHANGE = frozenset({
     "train.epochs", "train.budget_minutes", "train.threads", "train.adapt_threads", "train.progress",

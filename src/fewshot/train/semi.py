@@ -170,7 +170,7 @@ def pool_images(cfg: dict, infos, paths: list, size: int, moco_limit: int | None
     d = cfg["data"]
     cache = default_cache_dir(d["root"], d["cache_dir"])
     skip, depth = d["skip_bad_images"] or d["skip_bad_unlabeled"], d.get("bit_depth", "auto")
-    fit = d.get("resize", "crop")
+    fit = d.get("resize", "auto")
     within = moco_entry_paths(cfg, infos, moco_limit)
     desc = "loading unlabeled pool"
     if within is not None and not is_cached(paths, size, cache, d["crop_pct"], depth, fit):

@@ -161,7 +161,7 @@ class SupervisedTask:
         cache = default_cache_dir(d["root"], d["cache_dir"])
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
                                                    d["crop_pct"], d["skip_bad_images"], d.get("cache_max_gb"),
-                                                   d.get("bit_depth", "auto"), d.get("resize", "crop"))
+                                                   d.get("bit_depth", "auto"), d.get("resize", "auto"))
         head_init = self.head_init_mode() if not resuming else "random"  # resuming: last.pt holds the head
         if head_init == "probe":
             self.init_head_from_probe()
