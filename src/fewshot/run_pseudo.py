@@ -183,8 +183,8 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
         # the check's, only where some dataset kept enough images of known source to be checked (rev69)
         val_probs = teacher_probabilities(task.val_logits(task.model), val.dataset_ids, task.space)
     # every labelled pool image of known source, as select_pseudo_labels saw it: the check's sample of the pool
-    pool_conf = teacher_probabilities(logits, dataset_ids, task.space).max(dim=1).values
-    checks = pool_classes_checks(task.space, pool_conf, dataset_ids, known_kept, val, val_probs)
+    pool_conf, pool_pred = teacher_probabilities(logits, dataset_ids, task.space).max(dim=1)
+    checks = pool_classes_checks(task.space, pool_conf, dataset_ids, known_kept, val, val_probs, pool_pred)
     for name, check in checks.items():
         per_dataset[name]["pool_classes_check"] = check
     local = task.space.to_local(labels)[1]
@@ -205,11 +205,12 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
 
 
 def pool_classes_checks(space, pool_conf: torch.Tensor, pool_ids: torch.Tensor, kept: torch.Tensor, val,
-                        val_probs) -> dict:
+                        val_probs, pool_pred: torch.Tensor | None = None) -> dict:
     """Per dataset, pool_classes_check of its labelled pool images (``pool_ids``: their dataset, -1 unknown source:
     an unknown-source image's softmax runs over every class, another scale than val's) against all its val images,
-    on the same model; ``kept``: each dataset's kept pseudo-labels of its own pool. Null where it is not measured
-    (too few val, pool or kept images, no val pass)."""
+    on the same model; ``kept``: each dataset's kept pseudo-labels of its own pool; ``pool_pred``: the pool images'
+    predicted classes, to count the pool in val's mix of them. Null where it is not measured (too few val, pool or
+    kept images, no val pass)."""
     from fewshot.train.semi import pool_classes_check
 
     out = {}
@@ -218,7 +219,9 @@ def pool_classes_checks(space, pool_conf: torch.Tensor, pool_ids: torch.Tensor, 
         if mine is None or not bool(mine.any()):
             out[name] = None
             continue
-        out[name] = pool_classes_check(pool_conf[pool_ids == d], val_probs[mine].max(dim=1).values, int(kept[d]))
+        val_conf, val_pred = val_probs[mine].max(dim=1)
+        out[name] = pool_classes_check(pool_conf[pool_ids == d], val_conf, int(kept[d]),
+                                       None if pool_pred is None else pool_pred[pool_ids == d], val_pred)
     return out
 
 
@@ -226,7 +229,8 @@ def pool_classes_warning(name: str, check: dict, calibrated: bool = False) -> st
     """The warning of a dataset whose pool looks like it holds images of other classes (pool_classes_check): what
     was measured, what it may mean and what to do; the run trains on its kept pseudo-labels all the same.
     ``calibrated``: run.pseudo_precision is on already, so it is not advised."""
-    return (f"[run] warning: {name}: {check['pool_share_below']:.0%} of its {check['pool']} pool images have "
+    mix = " (counted in val's mix of predicted classes)" if check.get("class_mix") else ""
+    return (f"[run] warning: {name}: {check['pool_share_below']:.0%} of its {check['pool']} pool images{mix} have "
             f"a confidence below {check['val_confidence']:.3f}, against {check['val_share_below']:.0%} of its "
             f"{check['val']} val images (that confidence is their {check['quantile']:g} quantile): its pool may hold "
             f"images of classes {name} does not have (or images unlike its labelled ones: another source, size or "

@@ -542,22 +542,44 @@ POOL_CHECK_MIN_VAL = 10  # fewer val images: the quantile is too rough, not meas
 POOL_CHECK_MIN_KEPT = 20  # fewer kept images: too few pseudo-labels to matter (and their pool too small to tell)
 
 
-def pool_classes_check(pool_conf: torch.Tensor, val_conf: torch.Tensor, kept: int) -> dict | None:
+def class_mix_weights(pool_pred: torch.Tensor, val_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights that give the pool val's mix of predicted classes (rev84 #1: an in-class pool holding more of a class
+    the model is less sure of read as foreign): a pool image of predicted class c weighs val's share of c over the
+    pool's; a class only one side predicts weighs 0 on both sides, so the two are compared over the same classes."""
+    classes = int(max(pool_pred.max(), val_pred.max())) + 1
+    n_val, n_pool = torch.bincount(val_pred, minlength=classes), torch.bincount(pool_pred, minlength=classes)
+    both = (n_val > 0) & (n_pool > 0)
+    per_class = torch.where(both, n_val.double() / n_pool.clamp(min=1).double(), torch.zeros((), dtype=torch.double))
+    return per_class[pool_pred], both[val_pred].double()
+
+
+def pool_classes_check(pool_conf: torch.Tensor, val_conf: torch.Tensor, kept: int,
+                       pool_pred: torch.Tensor | None = None, val_pred: torch.Tensor | None = None) -> dict | None:
     """Whether a dataset's pool looks like it holds images of other classes: a closed-set softmax labels those
     confidently too (0.93 mean on a 2-class dataset whose pool was 80 % other classes), but less surely than the
     dataset's own images. Compares the share of ``pool_conf`` (every labelled pool image's top confidence) below a
     low quantile of ``val_conf`` (every val image's, right or wrong: images known to be of the dataset's classes)
     with val's own share; ``suspect`` when the pool's is larger by the margin (POOL_CHECK_MARGIN, or
-    POOL_CHECK_NOISE standard errors where the samples are small). None when either is too small to tell, or fewer
-    than POOL_CHECK_MIN_KEPT pseudo-labels were ``kept``."""
+    POOL_CHECK_NOISE standard errors where the samples are small). With the predicted classes (``pool_pred``,
+    ``val_pred``) the pool is counted in val's mix of them (class_mix_weights), so a pool that only holds more of a
+    class the model is less sure of is not flagged. None when either is too small to tell, or fewer than
+    POOL_CHECK_MIN_KEPT pseudo-labels were ``kept``."""
     val, pool = val_conf.float(), pool_conf.float()
     if len(val) < POOL_CHECK_MIN_VAL or len(pool) < POOL_CHECK_MIN_KEPT or kept < POOL_CHECK_MIN_KEPT:
         return None
     low = torch.quantile(val, POOL_CHECK_QUANTILE)
+    ones = torch.ones((), dtype=torch.double)
+    w_pool, w_val = (ones.expand(len(pool)), ones.expand(len(val))) if pool_pred is None or val_pred is None \
+        else class_mix_weights(pool_pred.long(), val_pred.long())
+    if float(w_pool.sum()) <= 0:
+        return None  # no class predicted on both sides: nothing to compare
     # in float64: in float32, 9/20 - 6/20 fell short of 0.15
-    val_share, pool_share = float((val < low).double().mean()), float((pool < low).double().mean())
+    val_share = float((w_val * (val < low)).sum() / w_val.sum())
+    pool_share = float((w_pool * (pool < low)).sum() / w_pool.sum())
+    n_val, n_pool = float(w_val.sum()), float(w_pool.sum() ** 2 / (w_pool ** 2).sum())  # the pool's effective size
     q = POOL_CHECK_QUANTILE * (1 - POOL_CHECK_QUANTILE)
-    margin = max(POOL_CHECK_MARGIN, POOL_CHECK_NOISE * math.sqrt(q / len(val) + q / len(pool)))
+    margin = max(POOL_CHECK_MARGIN, POOL_CHECK_NOISE * math.sqrt(q / n_val + q / n_pool))
     return {"quantile": POOL_CHECK_QUANTILE, "val_confidence": round(float(low), 4), "val": len(val),
             "val_share_below": round(val_share, 4), "pool": len(pool), "pool_share_below": round(pool_share, 4),
+            "class_mix": pool_pred is not None and val_pred is not None, "pool_effective": round(n_pool, 1),
             "margin": round(margin, 4), "kept": int(kept), "suspect": pool_share - val_share >= margin - 1e-9}
