@@ -84,6 +84,29 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+CGROUP_CPU_FILES = (("/sys/fs/cgroup/cpu.max", None),  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))  # v1; -1: none
+
+
+def cpu_quota_cores() -> int | None:
+    """The cores a container's cgroup CPU quota grants (rounded up), None where no quota is set or readable: a
+    container may hold all the host's cores in its affinity and a quota of a few of them."""
+    for quota_file, period_file in CGROUP_CPU_FILES:
+        try:
+            with open(quota_file) as f:
+                words = f.read().split()
+            if period_file is not None:
+                with open(period_file) as f:
+                    words = words[:1] + f.read().split()[:1]
+        except OSError:
+            continue
+        if len(words) < 2 or not words[0].lstrip("-").isdigit() or not words[1].isdigit():
+            return None  # "max": no quota
+        quota, period = int(words[0]), int(words[1])
+        return -(-quota // period) if quota > 0 and period > 0 else None
+    return None
+
+
 def configure_cpu(threads: int | None = None, allocator: bool | None = None) -> dict:
     """Thread count (``None``: torch's default, one per core) and the allocator; returns what is set.
 

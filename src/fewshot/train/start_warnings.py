@@ -14,7 +14,7 @@ import torch
 
 from fewshot.errors import one_line
 from fewshot.process_state import said_once
-from fewshot.runtime import cpu_fp16_warning, usable_cores
+from fewshot.runtime import cpu_fp16_warning, cpu_quota_cores, usable_cores
 
 
 _TOLD_CPU_FP16: set[str] = said_once(__name__, "_TOLD_CPU_FP16")  # the fp16-on-a-CPU warning, once given
@@ -83,28 +83,38 @@ def shared_cores_note(ranks: int, threads: int, cores: int, busy: float = 0.0) -
     """The note for torchrun on a CPU whose ``cores`` (less ``busy``: other work's load) cannot give each of this
     machine's ``ranks`` its ``threads``: 2 ranks on 2 shared cores trained FixMatch no faster than one process, and
     with --batch-size per process a budget held half the steps, without a word (hunt hBP). None: no note."""
-    free = max(0, cores - int(busy))
-    if ranks <= 1 or ranks * threads <= free:
+    busy = min(int(busy), cores)  # a busy host's load counts more than these cores (review rev84, #4)
+    if ranks <= 1 or ranks * threads <= cores - busy:
         return None
-    others = f", and other work keeps about {int(busy)} of them busy" if int(busy) >= 1 else ""
+    others = f", and other work keeps about {busy} of them busy" if busy >= 1 else ""
     return one_line(f"note: the {ranks} torchrun processes on this machine share its {cores} usable CPU cores "
                     f"({threads} thread(s) each{others}): training will not be faster than in one process, and "
                     f"--batch-size is per process, so a time budget holds fewer, larger steps. Run one process "
                     f"(with --batch-size {ranks}x for the same global batch), or give each process cores of its own.")
 
 
+def cores_and_load(ranks: int) -> tuple[int, float]:
+    """The cores this process may use (its affinity, within a cgroup CPU quota) and the load other work puts on
+    them: the 1-minute load average less the ``ranks``, only where those cores are the whole host's. Elsewhere (a
+    container, a cluster job) the load average counts the host's other jobs: 38 busy of 4 granted cores (rev84 #4)."""
+    cores, quota = usable_cores(), cpu_quota_cores()
+    cores = min(cores, quota) if quota else cores
+    if cores != os.cpu_count():
+        return cores, 0.0
+    try:
+        return cores, max(0.0, os.getloadavg()[0] - ranks)
+    except (AttributeError, OSError):  # Windows: no load average
+        return cores, 0.0
+
+
 def warn_shared_cores(device, ctx) -> None:
     """shared_cores_note for this command's CPU processes, said once by rank 0 (the ranks on this machine:
-    torchrun's LOCAL_WORLD_SIZE; other work: the 1-minute load average less the ranks themselves)."""
+    torchrun's LOCAL_WORLD_SIZE; the cores and other work's load: cores_and_load)."""
     if device.type != "cpu" or not ctx.enabled or not ctx.is_main or _TOLD_SHARED_CORES:
         return
     local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
     ranks = int(local) if local.isdigit() else ctx.world
-    try:
-        busy = max(0.0, os.getloadavg()[0] - ranks)
-    except (AttributeError, OSError):  # Windows: no load average
-        busy = 0.0
-    text = shared_cores_note(ranks, torch.get_num_threads(), usable_cores(), busy)
+    text = shared_cores_note(ranks, torch.get_num_threads(), *cores_and_load(ranks))
     if text:
         _TOLD_SHARED_CORES.add(text)
         print(text, flush=True)
