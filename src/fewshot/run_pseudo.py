@@ -144,8 +144,9 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     if share is not None:
         images, dataset_ids, paths = images.select(share), dataset_ids[share], [paths[i] for i in share.tolist()]
     if len(images) == 0:
-        print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): the next round trains on "
-              "the labelled images only")
+        # what follows is said by the caller (its round is skipped: RoundsMixin.skip_without_pseudo_labels); "the
+        # next round trains on the labelled images only" followed by "round 2 skipped" (review rev84, #5)
+        print("[run] no pool image was left to label (ROOT/unlabeled/ or --unlabeled DIR)", flush=True)
     logits = compute_logits(task.model, images, task.normalize, task.device, channels_last=task.channels_last,
                             desc="pseudo-labelling the pool") if len(images) else torch.zeros(0, task.space.num_classes)
     quota = class_quota(dataset_ids, task.space, r["pseudo_keep"], labelled_counts(infos, task.space),

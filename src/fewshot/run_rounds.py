@@ -177,11 +177,14 @@ class RoundsMixin:
     def skip_without_pseudo_labels(self, k: int) -> None:
         """Round ``k`` and later skipped where round ``k`` - 1 kept no pseudo-label: round ``k`` would only restart
         training on the labelled images at full lr (hunt hBQ: "0/340 kept", 3.6 s that took val from 70 to 25, the
-        val guard then chose round 1). The rest of the budget is left unused rather than spent on that."""
+        val guard then chose round 1). The rest of the budget is left unused rather than spent on that. Unlike
+        the labelled-only round (check_later_rounds), which continues round ``k`` - 1 where the time left holds a
+        round but not the pool's labelling; here the labelling ran and found nothing to add."""
         task, labelled = self.task, (self.pseudo.get("summary") or {}).get("pool_labelled", 0)
         later = " and later" if k < self.rounds else ""
-        self.decide(k - 1, k, f"no pseudo-label was kept: round {k - 1}'s model was not sure enough of any of the "
-                              f"{labelled:,} pool images it labelled, and round {k} would only train on the labelled "
+        found = (f"round {k - 1}'s model was not sure enough of any of the {labelled:,} pool images it labelled"
+                 if labelled else "no pool image was left to label")  # rev84 #5: "not sure of any of the 0"
+        self.decide(k - 1, k, f"no pseudo-label was kept: {found}, and round {k} would only train on the labelled "
                               f"images again, which at short budgets lost val accuracy; the rest of the budget is left "
                               f"unused")
         closing_s = self.closing(task, round_speeds(task, k - 1)[1])  # the report's estimate, for the stages it draws
