@@ -25,7 +25,8 @@ from pathlib import Path
 from fewshot.config import CHOSEN, MAX_BUDGET_MINUTES, RECHOSEN
 from fewshot.errors import UserError, one_line
 from fewshot.eval.evaluate import format_table
-from fewshot.run_budget import calibration_seconds, measure_eval_seconds, report_seconds, stop_timing_when
+from fewshot.run_budget import (calibration_seconds, free_device_memory, measure_eval_seconds, report_seconds,
+                                stop_timing_when)
 from fewshot.run_closing import ClosingMixin
 from fewshot.run_fallbacks import FallbacksMixin, StageDropped
 from fewshot.run_rounds import LaterRoundSkipped, RoundsMixin
@@ -140,12 +141,16 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
             return
         # its share of the time the stages have left (start-up and the test decoding came out of the whole)
         self.pre_end = time.monotonic() + (self.t_start + self.stage_s - time.monotonic()) * self.r["pretrain_share"]
+        why = None
         try:
             self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out,
                                                         self.pre_end, self.state, self.t_start, self.pretrain_closing,
                                                         pool_size=self.n_moco)
-        except StageDropped as dropped:  # its share holds less than half an epoch once the fine-tuning's is kept back
-            return self.drop_pretrain(dropped.why)
+        except StageDropped as dropped:  # its share cannot hold MoCo's least run once the fine-tuning's is kept back
+            why = dropped.why  # said after the block: its traceback holds MoCo's task (model, pool)
+        if why is not None:
+            free_device_memory(self.device)
+            return self.drop_pretrain(why)
         if fit_s or "pretrain" not in self.summary["stages"]:  # reused (0 s): kept before, its time counted once
             self.keep("pretrain", entry, fit_s)
 
@@ -181,15 +186,19 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
                                                       "why": skip["labelled_only_why"]}
         self.skipped = semi == "pseudo" and skip["skipped_from"] is not None
         if not self.skipped:
+            why = None
             try:
                 return self.train_last_stage()
             except StageDropped as dropped:  # FixMatch's schedule too short to learn: the labelled-only fine-tune
-                self.drop_fixmatch(dropped.why)
-                return self.train_last_stage()
+                why = dropped.why  # trained after the block: its traceback holds FixMatch's task (model, pool)
             except LaterRoundSkipped:  # planned with its own speeds, its least run did not fit: the round before
                 self.skipped = True
                 summary.pop("self_training_labelled_only", None)
                 shutil.rmtree(self.fdir, ignore_errors=True)  # made for it, nothing trained
+            if why is not None:
+                free_device_memory(self.device)  # FixMatch's model, moved there by its timing, is gone with it
+                self.drop_fixmatch(why)
+                return self.train_last_stage()
         if self.skipped:  # the last round that finished predicts (or an earlier one the val guard prefers)
             summary["self_training_skipped"] = {"rounds": list(range(skip["skipped_from"],
                                                                      int(r["pseudo_rounds"]) + 1)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 
 from fewshot.errors import one_line
+from fewshot.run_budget import FLOOR_STEPS
 from fewshot.run_stages import finetune_config
 
 # FixMatch's least schedule, in epochs of the labelled images (its steps draw one labelled batch each). Measured on
@@ -46,12 +47,21 @@ def fixmatch_dropped_why(epochs: float, left_s: float, step_s: float) -> str:
             f"(a larger --budget-minutes keeps FixMatch)")
 
 
-def pretrain_dropped_why(epochs: float, left_s: float, step_s: float) -> str:
-    """The words of MoCo's drop: the schedule it would get once the fine-tuning's least time is kept back."""
-    return (f"MoCo's share would hold about {max(0.0, epochs):.1f} epochs of its pool ({max(0.0, left_s):.0f} s at "
-            f"{step_s * 1000:.0f} ms a step) once the fine-tuning's least time is kept back, less than the "
-            f"{PRETRAIN_LEAST_EPOCHS:g} epochs a pretraining needs to change the backbone; the fine-tuning gets "
-            f"the whole budget (a larger --budget-minutes keeps --pretrain)")
+def pretrain_dropped_why(left_s: float, step_s: float, per_epoch: int) -> str:
+    """The words of MoCo's drop: the schedule it would get once the fine-tuning's least time is kept back, in
+    epochs, or in steps where plan_stage's floor is more than PRETRAIN_LEAST_EPOCHS epochs ("0.6 epochs ... less
+    than the 0.5" read as a contradiction, review rev86)."""
+    left_s = max(0.0, left_s)
+    steps = left_s / max(step_s, 1e-9)
+    if FLOOR_STEPS > PRETRAIN_LEAST_EPOCHS * per_epoch:
+        held, least = (f"about {steps:.1f} steps", f"the {FLOOR_STEPS} steps that MoCo trains at the least "
+                                                   f"({per_epoch} steps make an epoch of its pool)")
+    else:
+        held, least = (f"about {steps / max(1, per_epoch):.1f} epochs of its pool",
+                       f"the {PRETRAIN_LEAST_EPOCHS:g} epochs a pretraining needs to change the backbone")
+    return (f"MoCo's share would hold {held} ({left_s:.0f} s at {step_s * 1000:.0f} ms a step) once the "
+            f"fine-tuning's least time is kept back, less than {least}; the fine-tuning gets the whole budget "
+            f"(a larger --budget-minutes keeps --pretrain)")
 
 
 class FallbacksMixin:
@@ -60,7 +70,7 @@ class FallbacksMixin:
     def drop_fixmatch(self, why: str) -> None:
         """The labelled-only fine-tune in FixMatch's place: its config, a fresh stage folder, the note."""
         print(one_line(f"[run] --semi fixmatch skipped (planned, not an error): {why}."), flush=True)
-        self.summary["fixmatch_skipped"] = {"why": why}
+        self.skip_fixmatch_in_summary(why)
         self.state.data["fixmatch_skipped"] = why
         self.state.save()
         self.semi = "off"
@@ -84,4 +94,10 @@ class FallbacksMixin:
             self.summary["pretrain_skipped"] = {"why": data["pretrain_skipped"]}
         if data.get("fixmatch_skipped") and self.semi == "fixmatch":
             self.semi = "off"
-            self.summary["fixmatch_skipped"] = {"why": data["fixmatch_skipped"]}
+            self.skip_fixmatch_in_summary(data["fixmatch_skipped"])
+
+    def skip_fixmatch_in_summary(self, why: str) -> None:
+        """summary.json's record of the drop: FixMatch's settings and pool move from ``semi`` (what trained, which a
+        reader took FixMatch to have done, review rev86) to ``fixmatch_skipped`` beside the why."""
+        planned = self.summary.pop("semi", None)
+        self.summary["fixmatch_skipped"] = {"why": why, **({"planned": planned} if planned is not None else {})}
