@@ -65,21 +65,34 @@ from pathlib import Path
 out = Path(sys.argv[1])
 runs = {"selftrain": "fewshot run", "moco": "--pretrain (MoCo)", "scratch": "--baseline"}
 finished = [name for name in runs if (out / name / "summary.json").is_file()]  # a failed run's column: "-"
-rows = {name: json.loads((out / name / "summary.json").read_text())["metrics"].get("pred_all_score") or {}
-        if name in finished else {} for name in runs}
+summaries = {name: json.loads((out / name / "summary.json").read_text()) if name in finished else {} for name in runs}
+rows = {name: (summaries[name].get("metrics") or {}).get("pred_all_score") or {} for name in runs}
+# a stage the run dropped at its planning (too short a schedule to be of use): its column says so, and why below
+flags = {"pretrain_skipped": "--pretrain", "fixmatch_skipped": "--semi fixmatch"}
+skipped = {name: [(flag, str(s[key].get("why") or "")) for key, flag in flags.items() if isinstance(s.get(key), dict)]
+           for name, s in summaries.items()}
+for name, dropped in skipped.items():
+    words = [flag for flag, _ in dropped]
+    if words:  # the MoCo run without MoCo: "--pretrain (MoCo skipped)"
+        runs[name] = "--pretrain (MoCo skipped)" if name == "moco" and words == ["--pretrain"] else \
+            f"{runs[name]} ({', '.join(words)} skipped)"
+width = max(20, *(len(label) + 2 for label in runs.values()))
 names = sorted({d for scores in rows.values() for d in scores})
 if not names:  # no dataset under the data root has a test_labels.json
     print(f"\ntest accuracy: not scored: no answer key ({sys.argv[2]}/<dataset>/test_labels.json)")
 else:
     def cell(scores, d):
-        return f"{scores[d]['acc1']:20.2f}" if d in scores else f"{'-':>20}"
+        return f"{scores[d]['acc1']:{width}.2f}" if d in scores else f"{'-':>{width}}"
 
     print("\ntest accuracy of pred_all.json against the answer keys (%)")
-    print(f"{'dataset':<16}" + "".join(f"{label:>20}" for label in runs.values()))
+    print(f"{'dataset':<16}" + "".join(f"{label:>{width}}" for label in runs.values()))
     for d in names:
         print(f"{d:<16}" + "".join(cell(rows[r], d) for r in runs))
     means = {r: {"mean": {"acc1": sum(v["acc1"] for v in rows[r].values()) / len(rows[r])}} for r in runs if rows[r]}
     print(f"{'mean':<16}" + "".join(cell(means.get(r, {}), "mean") for r in runs))
+for name, dropped in skipped.items():
+    for flag, why in dropped:
+        print(f"\n{out}/{name}: {flag} was skipped (planned, not an error): {why}")
 print(f"\npredictions: {out}/{finished[0]}/pred_all.json   report: {out}/report/index.html")
 PY
 fi

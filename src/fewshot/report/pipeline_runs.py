@@ -130,6 +130,10 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
     labelled_only = summary.get("self_training_labelled_only")  # the last round without the pool (planned)
     if isinstance(labelled_only, dict) and isinstance(labelled_only.get("why"), str):
         out["self_training_labelled_only"] = labelled_only["why"]
+    for key in ("pretrain_skipped", "fixmatch_skipped"):  # a stage dropped at its planning (run_fallbacks)
+        dropped = summary.get(key)
+        if isinstance(dropped, dict) and isinstance(dropped.get("why"), str):
+            out[key] = dropped["why"]
     near_chance = summary.get("near_chance")  # the run's last warning: a model little better than guessing
     if isinstance(near_chance, dict) and isinstance(near_chance.get("why"), str):
         out["near_chance"] = near_chance["why"]

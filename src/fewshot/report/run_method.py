@@ -1,13 +1,16 @@
 """A run's method in a few words for the overview ("self-training r2", "fixmatch, from MoCo"): `fewshot compare`
 read "fine-tune" for a default, a --baseline, a FixMatch and a MoCo-started run alike. Read from what the run
 recorded: config.yaml's semi.method (the key the page's semi-supervised fact reads), a `fewshot run` stage's
-run.semi_method and run.pretrain, model.weights, and summary.json's self-training rounds."""
+run.semi_method and run.pretrain, model.weights, and summary.json's self-training rounds and the stages the run
+dropped at its planning (``pretrain_skipped``, ``fixmatch_skipped``: a run whose --pretrain was dropped read
+"labelled only" with no word why, review rev86)."""
 
 from __future__ import annotations
 
 from fewshot.report.run_record import Run
 
 SEMI_WORDS = {"fixmatch": "fixmatch", "moco": "joint MoCo"}  # semi.method: the keys of semi_facts.SEMI_FACTS
+SKIPPED_FLAGS = {"pretrain_skipped": "--pretrain", "fixmatch_skipped": "--semi fixmatch"}  # summary.json's keys
 
 
 def _section(r: Run, name: str) -> dict:
@@ -41,4 +44,23 @@ def method_words(r: Run) -> str:
     words = words or "labelled only"
     if _section(r, "model").get("weights"):
         words += ", from MoCo" if stage and _section(r, "run").get("pretrain") is True else ", from weights"
-    return words
+    skipped = [flag for flag, _ in skipped_stages(r)]
+    return f"{words} ({', '.join(skipped)} skipped)" if skipped else words
+
+
+def skipped_stages(r: Run) -> list[tuple[str, str]]:
+    """The stages the `fewshot run` of a fine-tuning stage dropped at its planning: (its flag, why) each."""
+    if r.kind == "moco" or r.group is None:
+        return []
+    summary = r.pipeline or {}  # its why, as pipeline_runs read it
+    return [(flag, summary[key]) for key, flag in SKIPPED_FLAGS.items() if isinstance(summary.get(key), str)]
+
+
+def skipped_note(runs: list[Run]) -> str:
+    """The overview's note of the stages dropped, with why, once per run folder ("" where none was)."""
+    named: dict[tuple, list[str]] = {}
+    for r in runs:
+        for flag, why in skipped_stages(r):
+            named.setdefault((r.group, flag, why), []).append(r.label)
+    return " ".join(f"{flag} was skipped in the `fewshot run` of {', '.join(labels)} (planned, not an error): {why}."
+                    for (_, flag, why), labels in named.items())

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fewshot.report.cells import (ABSURD, DASH, UNKNOWN, Table, count, duration, epochs, flops, number, opt, pct,
                                   rate, routing, shown)
 from fewshot.report.render import print_tables, to_html, to_text
-from fewshot.report.run_method import method_words
+from fewshot.report.run_method import method_words, skipped_note
 from fewshot.report.run_record import Run
 
 # the cells (cells.py) and their drawing (render.py) live in their own modules; callers read them here, beside the
@@ -71,7 +71,7 @@ def overview_table(runs: list[Run], flop_counts: dict[str, float | None]) -> Tab
     keep = [i for i in range(len(cols)) if i < 3 or any(row[i] != DASH for row in rows)]
     cols, numeric = [cols[i] for i in keep], [numeric[i] for i in keep]
     rows = [[row[i] for i in keep] for row in rows]
-    differ = _differing_means(runs)
+    differ = " ".join(filter(None, [_differing_means(runs), skipped_note(runs)]))
     differ = f" {differ}" if differ else ""
     return Table("Runs", cols, rows, numeric=numeric,
                  caption=f"Accuracies in % on the val split {_accuracy_source(runs)}.{differ} FLOPs: one "
