@@ -407,7 +407,7 @@ def test_the_folders_suggested_by_messages_are_pasted_with_their_bytes(tmp_path)
     (stopped / "run_state.json").write_text('{"finished": false}', encoding="utf-8")
     with pytest.raises(UserError) as caught:
         expand_runs([stopped])
-    assert f"--out $'{stopped.parent}/o\\xff' ... --resume" in str(caught.value)
+    assert f"--data ROOT --out $'{stopped.parent}/o\\xff' --resume" in str(caught.value)
 
 
 def test_a_label_is_cut_between_escapes():

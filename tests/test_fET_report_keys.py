@@ -51,8 +51,9 @@ def test_one_dataset_name_with_different_classes_is_shown_apart(tmp_path):
     other = _run(tmp_path / "other", ["2", "3"])
     runs = expand_runs([ten, two, other])
     caption = T.overview_table(runs, {}).caption
-    assert "digits (10 classes) in ten" in caption and "not comparable" in caption, caption
-    assert "digits (2 classes: 0, 1) in two" in caption and "digits (2 classes: 2, 3) in other" in caption, caption
+    assert "digits [A] = 10 classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in caption and "not comparable" in caption, caption
+    assert "digits [B] = 2 classes: 0, 1" in caption and "digits [C] = 2 classes: 2, 3" in caption, caption
+    assert "ten: digits [A]; two: digits [B]; other: digits [C]" in caption, caption
     assert "all on digits" not in caption, caption  # "compare them dataset by dataset" was said of one group
     keys, _ = scored_keys(runs)  # the bars are grouped by these keys: three groups, not one
     groups = {n for r, k in zip(runs, keys) for n in keyed(r.metrics_known, k)["datasets"]}

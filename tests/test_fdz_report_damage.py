@@ -191,7 +191,7 @@ def test_a_finished_run_extended_then_stopped_is_said_so_not_called_damaged(tmp_
     _tear_last_line(run)
     found = load_run(run, "run")
     assert not [n for n in found.notes if "log.jsonl is damaged" in n], found.notes
-    said = [n for n in found.notes if "log.jsonl was written after metrics.json" in n]
+    said = [n for n in found.notes if "log.jsonl holds epochs trained after the finish" in n]
     assert len(said) == 1 and "accuracies shown are of the earlier finish" in said[0], found.notes
 
 
@@ -199,4 +199,4 @@ def test_a_finished_run_whose_files_were_written_together_gets_no_extension_note
     from fewshot.report.runs import load_run
 
     run = _fine_tuning(tmp_path / "run")
-    assert not [n for n in load_run(run, "run").notes if "written after metrics.json" in n]
+    assert not [n for n in load_run(run, "run").notes if "trained after the finish" in n]

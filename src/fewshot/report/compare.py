@@ -6,7 +6,7 @@ from __future__ import annotations
 from fewshot.errors import printable
 from fewshot.report import tables as T
 from fewshot.report.fit import cell_len, output_width, wrap_words
-from fewshot.report.pipeline_runs import resume_command
+from fewshot.report.pipeline_runs import pipeline_of, resume_command
 from fewshot.report.run_record import Run
 from fewshot.report.runs import expand_runs
 
@@ -47,7 +47,8 @@ def run_compare(paths: list[str], file=None) -> list[T.Table]:
                            f"{f' (up to epoch {max(epochs)})' if epochs else ''}, not its final ones.")
         elif not (r.metrics or r.metrics_known or r.metrics_unknown or r.evaluated):  # a row of "-" said nothing
             # a stage is continued by its `fewshot run`, not by the `fewshot train` "the same command" suggested
-            how = (f"{resume_command(r.group)} continues it" if r.group is not None else
+            folder = pipeline_of(r.path, r.group)  # a stage given alone too
+            how = (f"{resume_command(folder)} continues it" if folder is not None else
                    "the same command with --resume continues it")
             r.notes.append(f"the run stopped before its first evaluation (no metrics.json, no evaluation in "
                            f"log.jsonl): it has no accuracies yet; {how}.")

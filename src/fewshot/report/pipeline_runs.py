@@ -102,6 +102,17 @@ def balance_words(datasets: dict) -> str:
     return ", ".join(parts)
 
 
+def dropped_parts(summary: dict) -> dict[str, str]:
+    """The parts of a `fewshot run` the budget dropped (summary.json's fixmatch_skipped, pretrain_skipped -> why):
+    their stages read "labelled only" and no "from MoCo", as a run that never asked for them."""
+    out = {}
+    for key in ("fixmatch_skipped", "pretrain_skipped"):
+        x = summary.get(key)
+        if isinstance(x, dict) and isinstance(x.get("why"), str):
+            out[key] = x["why"]
+    return out
+
+
 def _read_summary(folder: Path, notes: list[str]) -> dict | None:
     """summary.json of a `fewshot run` folder: only the parts the report reads, each checked. Missing from a run that
     finished (run_state.json says so), it is named: the test and self-training tables went without a word."""
@@ -123,6 +134,10 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
     skipped = summary.get("self_training_skipped")  # later rounds the budget could not hold (planned)
     if isinstance(skipped, dict) and isinstance(skipped.get("why"), str):
         out["self_training_skipped"] = skipped["why"]
+        rounds = skipped.get("rounds")
+        if isinstance(rounds, list) and all(_is_whole(k) for k in rounds):
+            out["self_training_skipped_rounds"] = list(rounds)
+    out.update(dropped_parts(summary))
     reduced = summary.get("self_training_reduced")  # middle rounds the budget could not hold (planned)
     if isinstance(reduced, dict) and isinstance(reduced.get("why"), str):
         kept, planned = reduced.get("kept"), reduced.get("planned")
@@ -179,12 +194,39 @@ def resume_command(folder: Path) -> str:
     return f"`fewshot run --data {root} --out {path_argument(folder)} --resume`"
 
 
+def pipeline_of(path: Path, group: Path | None = None) -> Path | None:
+    """The `fewshot run` folder a run belongs to: ``group`` where it was given through it, else the parent of a stage
+    folder given alone (pretrain/, finetune_labelled/, finetune_round<k>/, finetune/) that holds run_state.json; such
+    a stage was told "the same command with --resume" continues it, which names a `fewshot train`."""
+    if group is not None:
+        return group
+    name = path.name
+    stage = name in ("pretrain", "finetune_labelled", "finetune") or (
+        name.startswith("finetune_round") and name.removeprefix("finetune_round").isdigit())
+    return path.parent if stage and (path.parent / "run_state.json").is_file() else None
+
+
 def stopped_pipeline_note(folder: Path) -> str:
     """The note of a `fewshot run` folder whose run stopped (Ctrl-C, a kill) after a stage trained: its stages
     looked like runs of their own, a finished MoCo stage beside a fine-tuning one with no word of the stop."""
     return (f"the `fewshot run` in {folder} was stopped before it finished (its run_state.json says unfinished): "
             f"its stages are shown as far as they got, and what it does after them (later stages, the test "
             f"predictions) is missing. Continue it with {resume_command(folder)}.")
+
+
+def pipeline_state_note(folder: Path) -> str:
+    """What a `fewshot run` folder with stages says of its finish ("" where nothing is to be said): stopped where its
+    run_state.json says unfinished; not known where that file cannot be read (it was called stopped, "its
+    run_state.json says unfinished", with the test table printed above). summary.json, written after the test
+    predictions, is proof of a finish either way."""
+    if not (folder / "run_state.json").is_file() or (folder / "summary.json").is_file():
+        return ""
+    state = _read_json(folder / "run_state.json", [])
+    if isinstance(state, dict):
+        return "" if state.get("finished") is True else stopped_pipeline_note(folder)
+    return (f"the run_state.json of the `fewshot run` in {folder} cannot be read, and the folder has no summary.json: "
+            f"whether the run finished is not known; its stages are shown as far as they got. If it was stopped, "
+            f"{resume_command(folder)} continues it (or says what is wrong with the file).")
 
 
 def _finished_pipeline(folder: Path) -> bool:

@@ -233,6 +233,15 @@ def _tick_rotation(labels: list[str], spacing_in: float, fontsize: float) -> int
 
 
 @_literal_text
+def _tick(key: str, n: int) -> str:
+    """A bar group's tick: a dataset key cut to n characters inside its name, never in its class-set mark
+    (`digits [A]`, scored_on): cut at its end, two sets of one long name drew as the same tick."""
+    name, mark = key, ""
+    if key.endswith("]") and " [" in key:
+        name, mark = key[:key.rindex(" [")], key[key.rindex(" ["):]
+    return _short(name, max(8, n - len(mark))) + mark
+
+
 def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]], out: Path) -> Path:
     """Grouped bars: one group per dataset (+ mean, + routing for unknown source where a run has one), one bar per
     run.
@@ -289,7 +298,7 @@ def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]],
                 # the tables' numbers (79.55 was "79.5" here: f"{:.1f}" rounds the float 79.5499...)
                 ax.bar_label(bars, labels=["" if np.isnan(v) else pct(v) for v in vals], fontsize=BAR_VALUE_FONT,
                              padding=1)
-        ticks = [_short(g, 24) for _, g in groups]
+        ticks = [_tick(g, 24) for _, g in groups]
         rotation = _tick_rotation(ticks, spacing_in, 7)
         ax.set_xticks(pos, ticks, fontsize=7, rotation=rotation, ha="right" if 0 < rotation < 90 else "center",
                       rotation_mode="anchor" if 0 < rotation < 90 else "default")

@@ -40,12 +40,15 @@ def method_words(r: Run) -> str:
     semi = _section(r, "semi").get("method")
     words = SEMI_WORDS.get(semi) if isinstance(semi, str) else None
     if words is None and stage and _section(r, "run").get("semi_method") == "pseudo":
-        words = "self-training" + _round(r)
+        words, skipped = _self_training(r)
+    else:
+        skipped = ""
     words = words or "labelled only"
     if _section(r, "model").get("weights"):
         words += ", from MoCo" if stage and _section(r, "run").get("pretrain") is True else ", from weights"
-    skipped = [flag for flag, _ in skipped_stages(r)]
-    return f"{words} ({', '.join(skipped)} skipped)" if skipped else words
+    dropped = ", ".join(f"{flag} skipped" for flag, _ in skipped_stages(r))
+    said = [x for x in (skipped, dropped) if x]
+    return words + (f" ({'; '.join(said)})" if said else "")
 
 
 def skipped_stages(r: Run) -> list[tuple[str, str]]:
@@ -64,3 +67,15 @@ def skipped_note(runs: list[Run]) -> str:
             named.setdefault((r.group, flag, why), []).append(r.label)
     return " ".join(f"{flag} was skipped in the `fewshot run` of {', '.join(labels)} (planned, not an error): {why}."
                     for (_, flag, why), labels in named.items())
+
+
+def _self_training(r: Run) -> tuple[str, str]:
+    """A self-training stage's words and what was skipped: "self-training r1" read as more than a --baseline where
+    the budget skipped every later round (summary.json's self_training_skipped), though round 1 trains on the
+    labelled images only."""
+    words = "self-training" + _round(r)
+    k = words.removeprefix("self-training r")
+    skipped = (r.pipeline or {}).get("self_training_skipped_rounds") or []
+    if not k.isdigit() or int(k) + 1 not in skipped:
+        return words, ""
+    return ("labelled only", "self-training skipped") if k == "1" else (words, "later rounds skipped")

@@ -70,10 +70,12 @@ class Run:
 
     @cached_property
     def class_lists(self) -> dict[str, tuple[str, ...]] | None:
-        """Dataset name -> class names the run was scored on (its checkpoint's label space; None: not known)."""
-        from fewshot.report.scored_on import checkpoint_classes
+        """Dataset name -> class names the run was scored on: its checkpoint's label space, else its `fewshot run`
+        folder's run_state.json (checkpoints are large and get deleted); None: not known."""
+        from fewshot.report.pipeline_runs import pipeline_of
+        from fewshot.report.scored_on import checkpoint_classes, state_classes
 
-        return checkpoint_classes(self.checkpoint)
+        return checkpoint_classes(self.checkpoint) or state_classes(pipeline_of(self.path, self.group))
 
     @property
     def n_parameters(self) -> int | None:

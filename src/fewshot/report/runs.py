@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fewshot.errors import UserError, one_line, path_argument
+from fewshot.errors import UserError, one_line
 from fewshot.report.pipeline_runs import (_finished_pipeline, _read_summary, _round_order, _stopped_pipeline,
-                                         stopped_pipeline_note)
+                                         pipeline_state_note, resume_command)
 from fewshot.report.run_files import _is_number, _is_whole, _read_config, _read_json, read_log
 from fewshot.report.run_record import Run
 from fewshot.report.run_score import _given_checkpoint, _val_metrics, best_evaluation, use_evaluation
@@ -135,8 +135,9 @@ def load_run(path: Path, label: str, pipeline: dict | None = None, checkpoint: P
         _given_checkpoint(run, checkpoint)
     _damaged_log_note(run, torn)
     if kind == "supervised" and not run.from_log and not run.being_written and _extended_after_metrics(path, log):
-        run.notes.append("log.jsonl was written after metrics.json: the run was resumed after it finished (e.g. "
-                         "--resume --epochs N) and stopped before its end; the accuracies shown are of the earlier "
+        run.notes.append("log.jsonl holds epochs trained after the finish metrics.json records: the run was resumed "
+                         "after it finished (e.g. --resume --epochs N) and stopped before its end; the accuracies "
+                         "shown are of the earlier "
                          "finish (metrics.json), not of the epochs trained since. Resume it to the end, or run "
                          "`fewshot eval` on it.")
     finished = run.metrics or run.metrics_known or run.metrics_unknown
@@ -180,9 +181,24 @@ def _extended_after_metrics(path: Path, log: list[dict]) -> bool:
     return logged > compared or (logged == compared and bool(scored) and log[-1]["epoch"] > max(scored))
 
 
+EXTENDED_AFTER_S = 1.0  # a MoCo log.jsonl written this much after metrics.json: a later session trained on
+
+
+def _moco_written_after_metrics(path: Path) -> bool:
+    """Whether a MoCo run's log.jsonl was written after its metrics.json: a MoCo metrics.json records no count of
+    the scores it compared, so its file times still tell a stopped `pretrain --resume --epochs N` (called damaged
+    by the contents rule, which trusts a metrics.json without the count) from a finish."""
+    try:
+        return (path / "log.jsonl").stat().st_mtime > (path / "metrics.json").stat().st_mtime + EXTENDED_AFTER_S
+    except OSError:
+        return False
+
+
 def _finished_by(run: Run) -> str | None:
     """What says the run finished (then its log is complete, and a cut-off line is damage, not a stop), or None."""
-    if (run.path / "metrics.json").is_file() and not _extended_after_metrics(run.path, run.log):
+    extended = _moco_written_after_metrics(run.path) if run.kind == "moco" else \
+        _extended_after_metrics(run.path, run.log)
+    if (run.path / "metrics.json").is_file() and not extended:
         return "metrics.json"
     if run.group is not None and _finished_pipeline(run.group):
         return f"the run_state.json of its `fewshot run` folder {run.group}"
@@ -228,8 +244,9 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
         if given is None and stages and (not _is_run_dir(p) or (p / "summary.json").is_file()):
             notes: list[str] = []
             summary = _read_summary(p, notes)
-            if _stopped_pipeline(p) and not being_written(p):  # a run in progress: its stages say they are
-                notes.append(stopped_pipeline_note(p))
+            state_note = pipeline_state_note(p)
+            if state_note and not being_written(p):  # a run in progress: its stages say they are
+                notes.append(state_note)
             found += [(s, summary, p, notes, None) for s in stages]
         elif _is_run_dir(p):
             found.append((p, None, None, [], given))
@@ -247,9 +264,8 @@ def expand_runs(paths: list[str | Path]) -> list[Run]:
         elif _stopped_pipeline(p):
             raise UserError(f"'{raw}' holds a `fewshot run` that stopped before its first stage trained (its "
                             f"run_state.json says unfinished, and no stage folder holds a log.jsonl or checkpoint "
-                            f"yet): there is nothing to report. Continue it with the command that started it plus "
-                            f"--resume (`fewshot run --data ROOT --out {path_argument(raw)} ... --resume`), then "
-                            f"report it.")
+                            f"yet): there is nothing to report. Continue it with {resume_command(p)}, then report "
+                            f"it.")
         else:
             raise UserError(f"'{raw}' holds no run: a run folder of `fewshot train` or `fewshot pretrain` holds "
                             f"log.jsonl or checkpoints/ (or metrics.json with its config.yaml); a `fewshot run` "
