@@ -175,4 +175,4 @@ def test_method_words_say_skipped_rounds_and_dropped_parts(tmp_path):
     dropped = pipeline("drop", {"fixmatch_skipped": {"why": "no time"}, "pretrain_skipped": {"why": "no time"}},
                        semi_method="off")
     words = [method_words(r) for r in expand_runs([skipped, dropped])]
-    assert words == ["labelled only (self-training skipped)", "labelled only (fixmatch and MoCo pretrain dropped)"]
+    assert words == ["labelled only (self-training skipped)", "labelled only (--pretrain skipped, --semi fixmatch skipped)"]

@@ -102,17 +102,6 @@ def balance_words(datasets: dict) -> str:
     return ", ".join(parts)
 
 
-def dropped_parts(summary: dict) -> dict[str, str]:
-    """The parts of a `fewshot run` the budget dropped (summary.json's fixmatch_skipped, pretrain_skipped -> why):
-    their stages read "labelled only" and no "from MoCo", as a run that never asked for them."""
-    out = {}
-    for key in ("fixmatch_skipped", "pretrain_skipped"):
-        x = summary.get(key)
-        if isinstance(x, dict) and isinstance(x.get("why"), str):
-            out[key] = x["why"]
-    return out
-
-
 def _read_summary(folder: Path, notes: list[str]) -> dict | None:
     """summary.json of a `fewshot run` folder: only the parts the report reads, each checked. Missing from a run that
     finished (run_state.json says so), it is named: the test and self-training tables went without a word."""
@@ -137,7 +126,6 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
         rounds = skipped.get("rounds")
         if isinstance(rounds, list) and all(_is_whole(k) for k in rounds):
             out["self_training_skipped_rounds"] = list(rounds)
-    out.update(dropped_parts(summary))
     reduced = summary.get("self_training_reduced")  # middle rounds the budget could not hold (planned)
     if isinstance(reduced, dict) and isinstance(reduced.get("why"), str):
         kept, planned = reduced.get("kept"), reduced.get("planned")
