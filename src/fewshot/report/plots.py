@@ -232,7 +232,6 @@ def _tick_rotation(labels: list[str], spacing_in: float, fontsize: float) -> int
     return 90
 
 
-@_literal_text
 def _tick(key: str, n: int) -> str:
     """A bar group's tick: a dataset key cut to n characters inside its name, never in its class-set mark
     (`digits [A]`, scored_on): cut at its end, two sets of one long name drew as the same tick."""
@@ -242,6 +241,7 @@ def _tick(key: str, n: int) -> str:
     return _short(name, max(8, n - len(mark))) + mark
 
 
+@_literal_text
 def plot_accuracy_bars(labels: list[str], metrics: list[dict[str, dict | None]], out: Path) -> Path:
     """Grouped bars: one group per dataset (+ mean, + routing for unknown source where a run has one), one bar per
     run.
