@@ -15,6 +15,7 @@ import time
 import torch
 
 from fewshot.data.cache import default_cache_dir
+from fewshot.data.fit import fit_of
 from fewshot.errors import DataLayoutError, UserError
 from fewshot.utils import loads_run_json
 
@@ -28,12 +29,12 @@ CPU_64PX_MIN_MINUTES = 5.0
 MOVE_MAX_PIXELS = 16.0
 
 
-def auto_img_size(infos, device: torch.device, budget_minutes: float, model_cfg: dict | None = None
-                  ) -> tuple[int, str]:
+def auto_img_size(infos, device: torch.device, budget_minutes: float, model_cfg: dict | None = None,
+                  fit="crop") -> tuple[int, str]:
     """The image size for these images, device and budget, and why, for the line that reports it (images_size),
     made one the model of ``model_cfg`` takes (model_size): vit_small_patch14_dinov2 was given 32 px, then refused
     the run's own choice ("cannot take 32 px inputs")."""
-    size, why = images_size(infos, device, budget_minutes)
+    size, why = images_size(infos, device, budget_minutes, fit)
     return model_size(model_cfg, size, why) if model_cfg else (size, why)
 
 
@@ -78,20 +79,19 @@ def size_options(model_cfg: dict) -> dict:
     return {k: v for k, v in backbone_options(model_cfg).items() if k != "img_size"}
 
 
-def images_size(infos, device: torch.device, budget_minutes: float) -> tuple[int, str]:
+def images_size(infos, device: torch.device, budget_minutes: float, fit="crop") -> tuple[int, str]:
     """The image size for these images, device and budget, and why. Small native images (digits, MNIST-like)
     train at 32 px; larger ones at 160 on GPU, and on CPU at 64 px from CPU_64PX_MIN_MINUTES of budget, else at 32
-    (at 64 px a short budget buys too few steps)."""
-    from PIL import Image
+    (at 64 px a short budget buys too few steps). A side is the short one where the images are cropped, the long
+    one where padded (``fit``: fit.fit_of's): the letterbox scales that one to the size, and 40x100 images chosen
+    32 px by their short side showed their content at 13x32 px (review rev87 #5)."""
+    from fewshot.data.aspect import header_sizes, sample_paths
 
     sides = []
     for info in infos:
-        for p, _ in info.train[:20]:
-            try:
-                with Image.open(p) as im:
-                    sides.append(min(im.size))
-            except (OSError, ValueError, Image.DecompressionBombError):
-                continue  # an unreadable file is reported (or skipped) by the image loader, not here
+        paths = sample_paths(info)
+        padded = (fit if isinstance(fit, str) else fit.of(paths[0]) if paths else "crop") == "pad"
+        sides += [max(s) if padded else min(s) for s in header_sizes(paths)]
     median = sorted(sides)[len(sides) // 2] if sides else 224
     chosen = "chosen for these images and device; --img-size to change"
     if median <= 40:
@@ -142,7 +142,7 @@ def check_pool_images(cfg: dict, infos, semi: str, moco_limit: int | None = None
             skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], desc="loading unlabeled pool",
             skip_note=POOL_SKIP_NOTE, max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"),
             # digests kept for a later torchrun start, whose ranks compare them (next to free here)
-            entry_digests=True, resize=d.get("resize", "auto")))
+            entry_digests=True, resize=fit_of(cfg, infos)))
         skipped, n_moco = list(dict.fromkeys(cached.bad)), int(cached.valid.sum())
         del cached
     if semi == "fixmatch":
@@ -189,7 +189,7 @@ def pool_is_cached(cfg: dict, paths: list, crop: float, within: list | None = No
     d = cfg["data"]
     size, depth = cfg["model"]["img_size"], d.get("bit_depth", "auto")
     cache = default_cache_dir(d["root"], d["cache_dir"])
-    fit = d.get("resize", "auto")
+    fit = fit_of(cfg)
     return (not paths or is_cached(paths, size, cache, crop, depth, fit)
             or (within is not None and rows_of_entry(paths, size, cache, within, 1.0, depth, fit) is not None))
 
@@ -272,7 +272,7 @@ def _held_count(cfg: dict, paths: list, within: list) -> int:
 
     d = cfg["data"]
     return rows_held_count(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), within,
-                           1.0, d.get("bit_depth", "auto"), d.get("resize", "auto"))
+                           1.0, d.get("bit_depth", "auto"), fit_of(cfg))
 
 
 def moco_first_limit(limit: int | None, paths: list, moco_limit: int | None, order) -> int | None:
@@ -448,7 +448,7 @@ def _timed_rate(cfg: dict, paths: list, crop: float, n: int, floor: int, refuse=
     def spent(part: list) -> float:
         return len(part) * decode_many.decode_seconds_per_image(part, cfg["model"]["img_size"], crop,
                                                                 bit_depth=d.get("bit_depth", "auto"),
-                                                                resize=d.get("resize", "auto"))
+                                                                resize=fit_of(cfg))
 
     first_s = spent(first)
     rate = first_s / len(first)
@@ -467,7 +467,7 @@ def _subsets_record(cfg: dict, paths: list, crop: float):
 
     d = cfg["data"]
     return subsets_record(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), crop,
-                          int(cfg["train"]["seed"]), d.get("bit_depth", "auto"), d.get("resize", "auto"))
+                          int(cfg["train"]["seed"]), d.get("bit_depth", "auto"), fit_of(cfg))
 
 
 def _earlier_share(cfg: dict, share_of, n_pool: int, crop: float, record, limit: int, within: list | None = None,
@@ -565,7 +565,8 @@ def preload_images(cfg: dict, infos, test_infos):
                                    (("test",), prediction_cache_dir(d["root"]), test_infos)):
         try:
             sets = load_splits(sources, splits, space, size, cache, d["crop_pct"], d["skip_bad_images"],
-                               d.get("cache_max_gb"), d.get("bit_depth", "auto"), d.get("resize", "auto"))
+                               d.get("cache_max_gb"), d.get("bit_depth", "auto"),
+                               fit_of(cfg, [*infos, *test_infos]))
         except DataLayoutError as exc:
             problems += exc.problems
             hints = list(dict.fromkeys(hints + exc.hints))

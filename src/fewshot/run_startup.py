@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from fewshot.config import CHOSEN, RECHOSEN, canonical_value, note_chosen, note_rechosen, same_recorded_path
-from fewshot.data.aspect import note_far_from_square
+from fewshot.data.fit import fit_of, settle_fit
 from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import scan_root
 from fewshot.data.output_guard import check_output_is_not_in_data
@@ -295,7 +295,7 @@ class StartupMixin:
             # not recorded as chosen: given back to `train` or `pretrain`, a stage's size was chosen again as the
             # model's default (224 px for resnet18), not for the run's budget (32 or 64 px), at ~12x the cost
             cfg["model"]["img_size"], why = auto_img_size(self.infos, self.device, self.budget_minutes,
-                                                              cfg["model"])
+                                                              cfg["model"], fit_of(cfg, self.infos))
         replaced_by = weights_replaced_by(self.state, self.out, r["pretrain"]) if cfg["model"]["weights"] else None
         if replaced_by is not None:
             adopt_stage_architecture(cfg, replaced_by)
@@ -307,7 +307,7 @@ class StartupMixin:
         print(one_line(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {self.device.type}"
                        f"{f' ({why})' if why else ''}: {', '.join(i.name for i in self.infos)}"), flush=True)
         note_run_rechosen(cfg, self.rechosen, self.semi)
-        note_far_from_square(cfg, self.infos)
+        settle_fit(cfg, self.infos)
 
     def decode_inputs(self) -> None:
         """The train, val and test images decoded (and the fine-tuning batches checked on them), and the pool MoCo

@@ -33,8 +33,9 @@ DEFAULTS: dict[str, Any] = {
         "resize": "auto",         # crop: the short side to the size, centre-cropped to a square (a 40x100 image
                                   # loses 60 % of its rows) | pad: the long side to the size, the whole image kept
                                   # on a square of its border's mean colour (data/decode.py:letterbox) | auto: pad
-                                  # the images more than 1.5 times as long as wide (or wide as long), crop the
-                                  # others (square ones decode as before; docs/recipes.md measured it)
+                                  # each dataset whose median image is more than 2 times as long as wide (or wide
+                                  # as long), crop the others, decided once per dataset and recorded (data/fit.py;
+                                  # square ones decode as before; docs/recipes.md measured it)
         "bit_depth": "auto",      # significant bits of 16-bit images (8..16: 12 for 12-bit microscopy data stored
                                   # in 16-bit PNG/TIFF, scaled from 0..4095); auto: the container's 16 (0..65535)
         "sampler": "shuffle",     # shuffle | repeat | grouped (batches from one dataset)

@@ -26,7 +26,11 @@ RECHOSEN = "_rechosen"  # in memory only: what a --config file's CHOSEN fields h
 # a `fewshot run` stage's config.yaml whose model.weights is the run's own MoCo export: the weights the run was given
 # (--weights), which its MoCo stage started from; `fewshot run --config` starts from them again (rechosen_value)
 GIVEN_WEIGHTS = "_given_weights"
-RECORDED = ("_task", CHOSEN, GIVEN_WEIGHTS)  # written into a run's config.yaml by the tool (report, resume)
+# data.resize=auto's choice per dataset (crop or pad, by name: data/fit.py), which resume, predict and eval repeat;
+# a --config of the file decides it anew
+RESIZE_RECORD = "_resize"
+# written into a run's config.yaml by the tool (report, resume)
+RECORDED = ("_task", CHOSEN, GIVEN_WEIGHTS, RESIZE_RECORD)
 RECHOSEN_LATER = "_rechosen_later"  # in memory only: RECHOSEN's fields chosen once training starts (CHOSEN_LATER)
 TRANSIENT = (RECHOSEN, RECHOSEN_LATER)  # never written into config.yaml (save_yaml)
 

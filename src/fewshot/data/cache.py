@@ -61,15 +61,15 @@ def cache_key(paths: list[Path], size: int, crop_pct: float, bit_depth: int | st
               resize: str = "auto") -> str:
     """The entry's name: every setting that changes the pixels, then each file. Numbers are keyed by value: the
     override parser's data.crop_pct=1 (an int) and the config's 1.0 wrote two entries of the same pixels.
-    data.resize crop keys as before the field existed (its entries hold those pixels); pad and auto (the default,
-    which pads far-from-square images) have keys of their own, so square data is decoded once more, to the same
-    pixels, and a cropped entry is never served for them."""
+    data.resize crop keys as before the field existed (its entries hold those pixels), and so does auto where it
+    crops every dataset (fit.fit_of passes crop or pad, decided per dataset); pad has a key of its own, as has a
+    Fit of datasets decided apart, so a cropped entry is never served for a padded image."""
     # data.bit_depth auto keys as before it existed: the entries already cached hold its pixels. Any number has a key
     # of its own, 16 too: a 32-bit image whose values all lie under 256 is scaled from 255 by auto, from 65535 by 16
     # (keyed as auto, whichever ran first chose the cached pixels). "depth", not the "bits" of before: a given depth
     # now scales such float images too, so those entries are decoded again (the old ones age out by prune_cache)
     depth = "" if bit_depth == "auto" else f"|depth{int(bit_depth)}"
-    fit = "" if resize == "crop" else f"|{resize}"
+    fit = resize.key(paths) if not isinstance(resize, str) else "" if resize == "crop" else f"|{resize}"
     h = hashlib.sha1(f"v{CACHE_VERSION}|{int(size)}|{float(crop_pct)!r}{depth}{fit}".encode())
     for p in paths:
         p = os.path.abspath(p)  # `--data root` and `--data /abs/root` (train records it absolute) share one cache

@@ -26,7 +26,9 @@ from fewshot.data.roots import broken_link_words
 # decode is not thread-safe before Python 3.14 (with decoding threads, some bombs were decoded and an "error" filter
 # was left behind).
 MAX_PIXELS = 89_478_485
-FAR_FROM_SQUARE = 1.5  # data.resize=auto pads an image whose long side is more than this many times its short one
+# data.resize=auto pads a dataset whose median image's long side is more than this many times its short one: padding
+# was measured to gain at 2.5:1 and was mixed at 1.5:1, nothing between (docs/recipes.md); 16:9 (1.78) stays cropped
+FAR_FROM_SQUARE = 2.0
 EXTREME_AREA = 16  # resized images over this many crops' area are cropped before resizing (decode_resized)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -107,8 +109,9 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int 
                    peaks: list[int] | None = None, resize: str = "auto") -> np.ndarray:
     """Open, convert to RGB, resize the short side to size/crop_pct, center-crop size x size; CHW uint8.
     ``bit_depth`` and ``peaks``: as to_rgb_uint8's. ``resize`` (data.resize): crop, pad (letterbox: the long side
-    to size/crop_pct and the whole image kept, padded to a square: a 40x100 image lost 60 % of its rows), or auto
-    (pad where the image is far from square, else crop: a square image decodes as it always did)."""
+    to size/crop_pct and the whole image kept, padded to a square: a 40x100 image lost 60 % of its rows), a
+    fit.Fit (each dataset's crop or pad: data.resize=auto as commands apply it), or auto (this image alone padded
+    where far from square: only for a direct call; a dataset is decided as a whole, fit.fit_of)."""
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -130,6 +133,8 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int 
         img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when possible
         img = to_rgb_uint8(_upright(img), bit_depth, peaks)
     w, h = img.size
+    if not isinstance(resize, str):  # a fit.Fit: each dataset's choice
+        resize = resize.of(path)
     if resize == "pad" or (resize == "auto" and max(w, h) > FAR_FROM_SQUARE * min(w, h)):
         return np.asarray(letterbox(img, size, crop_pct), dtype=np.uint8).transpose(2, 0, 1)
     short = max(1, round(size / crop_pct))
@@ -151,7 +156,8 @@ def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int 
 def letterbox(img: Image.Image, size: int, crop_pct: float = 1.0) -> Image.Image:
     """``img`` resized whole (its long side to size/crop_pct) and centred on a size x size square of its border's
     mean colour: the bars then carry no edge of their own (black bars on a white-background image drew one whose
-    place gave the aspect ratio away). A square image comes out as the centre crop does, pixel for pixel."""
+    place gave the aspect ratio away). A square image comes out as the centre crop does, pixel for pixel: a side
+    over ``size`` (crop_pct < 1) is cut as the crop cuts it, its odd pixel on the far side (review rev87 #4)."""
     long = max(1, round(size / crop_pct))
     w, h = img.size
     scale = long / max(w, h)
@@ -161,5 +167,11 @@ def letterbox(img: Image.Image, size: int, crop_pct: float = 1.0) -> Image.Image
     arr = np.asarray(img)
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]).reshape(-1, 3)
     canvas = Image.new("RGB", (size, size), tuple(int(v) for v in np.rint(border.mean(axis=0))))
-    canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
+    canvas.paste(img, (_offset(size, nw), _offset(size, nh)))
     return canvas
+
+
+def _offset(size: int, side: int) -> int:
+    """Where a side of ``side`` pixels goes on a canvas of ``size``: centred, its extra pixel on the far side
+    either way. (size - side) // 2 rounds a negative offset down, one pixel off the crop's left=(side-size)//2."""
+    return (size - side) // 2 if side <= size else -((side - size) // 2)

@@ -42,6 +42,7 @@ def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device, a
     --skip-bad-images), and a val split that cannot be used leaves the predictions plain instead of failing them.
     ``auto_setting``: under auto, a split with too few images of a class is declined before any image is read."""
     from fewshot.data.cache import load_images
+    from fewshot.data.fit import fit_of
 
     size = tm.space.sizes[tm.space.index(name)]
     val, why = _labelled_split(tm, root, name, "val")
@@ -52,7 +53,7 @@ def _val_logits(tm: TrainedModel, root: Path, name: str, device: torch.device, a
         return None, None, too_few
     try:
         crop, depth = tm.cfg["data"].get("crop_pct", 1.0), tm.cfg["data"].get("bit_depth", "auto")
-        fit = tm.cfg["data"].get("resize", "crop")
+        fit = fit_of(tm.cfg, [val], root)  # as the run decoded it (a run from before data.resize: crop)
         cache = prediction_cache_dir(root, [val], "val", tm.size, crop, depth, fit)
         # skipped without load_split's words: they said "--skip-bad-images" to a predict without it and listed
         # every file (200 lines), for images no prediction is made of

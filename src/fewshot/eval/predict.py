@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from fewshot.data.label_space import LabelSpace
+from fewshot.data.fit import fit_of
 from fewshot.data.layout import scan_root
 from fewshot.data.names import names_list, usable_datasets_hint
 from fewshot.data.roots import list_datasets, run_root_advice
@@ -237,7 +238,7 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     if check is not None:
         check(infos)
     d = tm.cfg["data"]
-    fit = d.get("resize", "crop")  # a run from before data.resize cropped
+    fit = fit_of(tm.cfg, infos, root)  # as the run decoded each dataset (a run from before data.resize: crop)
     cache = prediction_cache_dir(root, infos, split, tm.size, d.get("crop_pct", 1.0), d.get("bit_depth", "auto"), fit)
     data = load_split(infos, split, tm.space, tm.size, cache, d.get("crop_pct", 1.0),
                       skip_bad or bool(d.get("skip_bad_images", False)), bit_depth=d.get("bit_depth", "auto"),

@@ -10,6 +10,7 @@ import torch
 
 from fewshot.data.augment import BatchAugment, preset as aug_preset
 from fewshot.data.cache import default_cache_dir, load_images
+from fewshot.data.fit import fit_of
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.pool import pool_paths
 from fewshot.data.samplers import epoch_batches
@@ -88,7 +89,7 @@ class MoCoTask:
         pool = load_images(paths, self.size, cache, crop_pct=1.0, desc="loading unlabeled pool",
                            skip_bad=d["skip_bad_images"] or d["skip_bad_unlabeled"], skip_note=POOL_SKIP_NOTE,
                            max_gb=d.get("cache_max_gb"), bit_depth=d.get("bit_depth", "auto"), digests=ctx.enabled,
-                           entry_digests=True, resize=d.get("resize", "auto"))
+                           entry_digests=True, resize=fit_of(cfg, infos))
         self.pool = pool.images[pool.valid] if not bool(pool.valid.all()) else pool.images
         self.pool_skipped = list(pool.bad)
         self.pool_digest = pool_fingerprint(pool)
@@ -99,7 +100,7 @@ class MoCoTask:
         self.space = LabelSpace.from_infos(infos)
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
                                                    d["crop_pct"], d["skip_bad_images"], d.get("cache_max_gb"),
-                                                   d.get("bit_depth", "auto"), d.get("resize", "auto"))
+                                                   d.get("bit_depth", "auto"), fit_of(cfg, infos))
         self.eval_every = m["knn_every"]
         self.n_parameters = sum(p.numel() for p in self.model.encoder_q.backbone.parameters())
 

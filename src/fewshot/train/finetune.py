@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from fewshot.config import CHOSEN, note_chosen, note_rechosen, run_time_values, save_yaml
-from fewshot.data.aspect import note_far_from_square
+from fewshot.data.fit import settle_fit
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.layout import scan_root
 from fewshot.data.skipped import write_skipped
@@ -87,7 +87,7 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     resolve_defaults(ctx, resuming)
     # test/ too where it exists: its duplicate ids and sub-folders stopped predict only, after the training
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"), if_present=("test",))
-    note_far_from_square(cfg, infos)
+    settle_fit(cfg, infos)
     # with what resolve_defaults filled in from each node's own weights file (its network), in the same exchange
     # but train.amp, which the Engine resolves on rank 0 for every rank (a rank resuming a run that recorded its
     # choice read `off` where one without the run read `auto`, and the checkpoint check never spoke)

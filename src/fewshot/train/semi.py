@@ -166,11 +166,12 @@ def pool_images(cfg: dict, infos, paths: list, size: int, moco_limit: int | None
     where it keeps none); a new entry keeps them in any case (one-process runs: a later torchrun start hashed the
     whole pool on every rank)."""
     from fewshot.data.cache import is_cached, load_rows
+    from fewshot.data.fit import fit_of
 
     d = cfg["data"]
     cache = default_cache_dir(d["root"], d["cache_dir"])
     skip, depth = d["skip_bad_images"] or d["skip_bad_unlabeled"], d.get("bit_depth", "auto")
-    fit = d.get("resize", "auto")
+    fit = fit_of(cfg, infos)
     within = moco_entry_paths(cfg, infos, moco_limit)
     desc = "loading unlabeled pool"
     if within is not None and not is_cached(paths, size, cache, d["crop_pct"], depth, fit):

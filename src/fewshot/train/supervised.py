@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.data.cache import default_cache_dir
+from fewshot.data.fit import fit_of
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.mix import BatchMix
 from fewshot.data.samplers import epoch_batches
@@ -161,7 +162,7 @@ class SupervisedTask:
         cache = default_cache_dir(d["root"], d["cache_dir"])
         self.train_set, self.val_set = load_splits(infos, ("train", "val"), self.space, self.size, cache,
                                                    d["crop_pct"], d["skip_bad_images"], d.get("cache_max_gb"),
-                                                   d.get("bit_depth", "auto"), d.get("resize", "auto"))
+                                                   d.get("bit_depth", "auto"), fit_of(cfg, infos))
         head_init = self.head_init_mode() if not resuming else "random"  # resuming: last.pt holds the head
         if head_init == "probe":
             self.init_head_from_probe()

@@ -1,0 +1,79 @@
+"""data.resize as the decode applies it: crop and pad as given; auto decided once per dataset (aspect.dataset_mode,
+from the median the start-up note uses) and recorded in the run's config (RESIZE_RECORD), so that a resume,
+predict and eval decode each dataset as the run did even after its folder gained images (review rev87 #1). Where
+every dataset gets the same choice the decode takes that word, keyed in the cache as crop or pad are (a square
+dataset keeps crop's entries); where they differ, a Fit names each file's."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fewshot.config.recorded import RESIZE_RECORD
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Each dataset's crop or pad under one root: a file under ROOT/<dataset>/ or ROOT/unlabeled/<dataset>/ takes
+    its dataset's; any other (a pool of unknown source) ``other``."""
+
+    prefixes: tuple[tuple[str, str], ...]  # (folder + os.sep, crop | pad)
+    other: str
+
+    def of(self, path) -> str:
+        p = os.path.abspath(path)
+        return next((mode for prefix, mode in self.prefixes if p.startswith(prefix)), self.other)
+
+    def key(self, paths) -> str:
+        """The cache key's part for ``paths``: crop's (none) or pad's where they all take one, else a hash of each
+        file's choice."""
+        modes = [self.of(p) for p in paths]
+        if len(set(modes)) <= 1:
+            return "|pad" if modes and modes[0] == "pad" else ""
+        return "|fit" + hashlib.sha1(",".join(modes).encode()).hexdigest()[:12]
+
+
+def fit_of(cfg: dict, infos=None, root=None) -> str | Fit:
+    """What the decode of ``cfg``'s images applies: data.resize's crop or pad; under auto, the recorded choice of
+    each dataset (``infos`` not yet recorded are decided and recorded now). ``root``: where the images are (predict
+    and eval: the --data root), data.root by default. A run from before data.resize crops (ABSENT_MEANS)."""
+    resize = cfg["data"].get("resize", "crop")
+    if resize != "auto":
+        return resize
+    modes = settle_modes(cfg, infos or ())
+    if len(set(modes.values())) <= 1:
+        return next(iter(modes.values()), "crop")
+    base = Path(os.path.abspath(root if root is not None else cfg["data"]["root"]))
+    prefixes = tuple((os.path.join(folder, name, ""), mode) for name, mode in modes.items()
+                     for folder in (base, base / "unlabeled"))
+    counts = sorted(modes.values())
+    return Fit(prefixes, max(("pad", "crop"), key=counts.count))  # a tie: crop (max keeps the first)
+
+
+def settle_modes(cfg: dict, infos, sizes: dict | None = None) -> dict:
+    """auto's choice per dataset name, recorded in ``cfg`` (RESIZE_RECORD): a dataset recorded keeps its choice,
+    the others are decided from their headers (``sizes``: those read, filled in here)."""
+    from fewshot.data.aspect import dataset_mode, header_sizes, sample_paths
+
+    record = cfg.get(RESIZE_RECORD)
+    if not isinstance(record, dict):
+        record = cfg[RESIZE_RECORD] = {}
+    for info in infos:
+        if record.get(info.name) not in ("crop", "pad"):
+            read = header_sizes(sample_paths(info))
+            if sizes is not None:
+                sizes[info.name] = read
+            record[info.name] = dataset_mode(read)
+    return record
+
+
+def settle_fit(cfg: dict, infos) -> None:
+    """At the start of `fewshot run` and `fewshot train`: auto's choice per dataset recorded, and the note where a
+    dataset's images are far from square (aspect.note_far_from_square), from the same headers."""
+    from fewshot.data.aspect import note_far_from_square
+
+    sizes: dict = {}
+    modes = settle_modes(cfg, infos, sizes) if cfg["data"].get("resize", "crop") == "auto" else None
+    note_far_from_square(cfg, infos, modes, sizes)
