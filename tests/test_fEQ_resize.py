@@ -60,7 +60,7 @@ def test_square_images_decode_as_before_and_each_setting_has_its_key(tmp_path, c
     assert np.array_equal(before, decode_resized(p, 16, crop_pct, resize="pad"))  # nothing to pad: the same pixels
     assert np.array_equal(before, decode_resized(p, 16, crop_pct, resize="auto"))
     keys = {fit: cache_key([p], 16, crop_pct, "auto", fit) for fit in ("crop", "pad", "auto")}
-    assert len(set(keys.values())) == 3 and keys["auto"] == cache_key([p], 16, crop_pct)  # auto: the default
+    assert len(set(keys.values())) == 3 and keys["crop"] == cache_key([p], 16, crop_pct)  # a direct call: crop
     assert resolve()["data"]["resize"] == "auto"
 
 

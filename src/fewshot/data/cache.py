@@ -58,7 +58,7 @@ class CachedImages:
 
 
 def cache_key(paths: list[Path], size: int, crop_pct: float, bit_depth: int | str = "auto",
-              resize: str = "auto") -> str:
+              resize: str = "crop") -> str:
     """The entry's name: every setting that changes the pixels, then each file. Numbers are keyed by value: the
     override parser's data.crop_pct=1 (an int) and the config's 1.0 wrote two entries of the same pixels.
     data.resize crop keys as before the field existed (its entries hold those pixels), and so does auto where it
@@ -97,7 +97,7 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
                 skip_bad: bool = False, desc: str = "decoding images", threads: int | None = None,
                 skip_note: str | None = "--skip-bad-images", max_gb: float | None = None,
                 bit_depth: int | str = "auto", digests: bool = False, entry_digests: bool = False,
-                reuse: list[Path] | None = None, resize: str = "auto") -> CachedImages:
+                reuse: list[Path] | None = None, resize: str = "crop") -> CachedImages:
     """Decode (or reuse the cache of) `paths` at `size`; bad files raise DataLayoutError unless skip_bad.
     ``max_gb``: data.cache_max_gb, the cache folder's cap once a new entry is written (prune_cache; None or 0:
     none). ``bit_depth``: data.bit_depth (to_rgb_uint8); 16-bit images that seem to use fewer bits than they are
@@ -119,7 +119,7 @@ def load_images(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: 
 
 
 def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip_note, max_gb,
-                 bit_depth, digests, entry_digests=False, reuse=None, resize="auto") -> CachedImages:
+                 bit_depth, digests, entry_digests=False, reuse=None, resize="crop") -> CachedImages:
     paths = [Path(p) for p in paths]
     n = len(paths)
     key = cache_key(paths, size, crop_pct, bit_depth, resize)
@@ -224,7 +224,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
 
 
 def _open_entry(within: list, size: int, cache_dir: Path | None, crop_pct: float, bit_depth: int | str,
-                mode: str, resize: str = "auto") -> tuple[dict, dict, np.ndarray, Path] | None:
+                mode: str, resize: str = "crop") -> tuple[dict, dict, np.ndarray, Path] | None:
     """The cache entry of the list ``within`` (another list's rows are read there: _rows_held, _entry_rows): its
     meta, its bad files {row: why}, its images mapped in ``mode`` and its data file; None where it is missing or
     unreadable."""
@@ -246,7 +246,7 @@ def _open_entry(within: list, size: int, cache_dir: Path | None, crop_pct: float
 
 def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: list, crop_pct: float,
                bit_depth: int | str,
-               resize: str = "auto") -> tuple[np.ndarray, dict[int, int], dict | None, list | None, list] | None:
+               resize: str = "crop") -> tuple[np.ndarray, dict[int, int], dict | None, list | None, list] | None:
     """The rows of ``paths`` that the cache entry of ``within`` holds decoded: (its images, {index in ``paths``: row},
     its record of 16-bit images where it may be theirs (_sixteen_of), the digests its meta file keeps or None, the
     files it holds as broken, not to be retried: [(index, why)], decoded again they fail again); None where it holds
@@ -270,7 +270,7 @@ def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: lis
 
 
 def rows_held_count(paths: list[Path], size: int, cache_dir: Path | None, within: list, crop_pct: float = 1.0,
-                    bit_depth: int | str = "auto", resize: str = "auto") -> int:
+                    bit_depth: int | str = "auto", resize: str = "crop") -> int:
     """How many of ``paths`` the entry of ``within`` holds decoded (_rows_held; 0 where there is none): the files a
     copy from it costs no decoding (a failure it recorded is no image, and an entry never written holds none)."""
     held = _rows_held([Path(p) for p in paths], size, cache_dir, within, crop_pct, bit_depth, resize)
@@ -302,7 +302,7 @@ class _RowsOf:
 
 def _copy_or_decode(out, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
                     bit_depth: int | str, copied, found: list | None = None,
-                    resize: str = "auto") -> tuple[list, dict | None]:
+                    resize: str = "crop") -> tuple[list, dict | None]:
     """_decode_into of ``paths``, except that the rows ``copied`` holds (_rows_held) are copied from its entry, not
     decoded, nor the files it holds as broken: the bad files (by index in ``paths``) and the 16-bit record, the other
     entry's merged in where it may be the copied rows' (_rows_held). ``found``: filled with each image's digest, a
@@ -405,7 +405,7 @@ def _digests_fit(kept, n: int) -> bool:
 
 
 def is_cached(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float = 1.0,
-              bit_depth: int | str = "auto", resize: str = "auto") -> bool:
+              bit_depth: int | str = "auto", resize: str = "crop") -> bool:
     """Whether load_images finds ``paths`` decoded in ``cache_dir`` (it then only maps the file)."""
     if cache_dir is None:
         return False
@@ -415,7 +415,7 @@ def is_cached(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: fl
 
 def rows_of_entry(paths: list[Path], size: int, cache_dir: Path | None, within: list[Path], crop_pct: float = 1.0,
                   bit_depth: int | str = "auto",
-                  resize: str = "auto") -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]] | None:
+                  resize: str = "crop") -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]] | None:
     """``paths`` as rows of the cache entry of ``within``, a longer list decoded at the same size, crop and depth
     that holds each of them: (that entry's images, the row of each path, the bad ones by index in ``paths``). Its
     key hashed every file's stat, so the rows are these files' pixels: `fewshot run --pretrain` decoded the same
@@ -426,7 +426,7 @@ def rows_of_entry(paths: list[Path], size: int, cache_dir: Path | None, within: 
 
 
 def _entry_rows(paths: list[Path], size: int, cache_dir: Path | None, within: list[Path], crop_pct: float,
-                bit_depth: int | str, resize: str = "auto"):
+                bit_depth: int | str, resize: str = "crop"):
     """rows_of_entry, with the entry's record of its 16-bit images (load_rows warns of them, as a cache hit does)
     and the digests its meta file keeps (None: none)."""
     if cache_dir is None:
@@ -453,7 +453,7 @@ def _entry_rows(paths: list[Path], size: int, cache_dir: Path | None, within: li
 def load_rows(paths: list[Path], size: int, cache_dir: Path | None, within: list[Path], crop_pct: float = 1.0,
               skip_bad: bool = False, skip_note: str | None = "--skip-bad-images",
               bit_depth: int | str = "auto", desc: str = "decoding images",
-              digests: bool = False, resize: str = "auto") -> CachedImages | None:
+              digests: bool = False, resize: str = "crop") -> CachedImages | None:
     """load_images of ``paths`` read from the entry of ``within`` (rows_of_entry), nothing decoded: the result's
     ``rows`` says which row of its images each file is. None where that entry does not hold them all. Its 16-bit
     images are warned of as load_images' cache hit warns (warn_bit_depth; the entry's record where it may be theirs):
@@ -499,7 +499,7 @@ def entry_dir(cache_dir: str | Path, key: str) -> Path:
 
 
 def subsets_record(paths: list[Path], size: int, cache_dir: Path | None, crop_pct: float, seed: int,
-                   bit_depth: int | str = "auto", resize: str = "auto") -> Path | None:
+                   bit_depth: int | str = "auto", resize: str = "crop") -> Path | None:
     """Where the sizes of the seeded random subsets of ``paths`` decoded as entries of their own are listed
     (run_pseudo.pool_decode_limit), named after the whole list's entry: a later run of the same pool reuses one.
     A few bytes, not pruned; a changed file list gets another name."""

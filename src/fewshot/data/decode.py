@@ -106,7 +106,7 @@ def _dangling(path: Path) -> str:
 
 
 def decode_resized(path: Path, size: int, crop_pct: float = 1.0, bit_depth: int | str = "auto",
-                   peaks: list[int] | None = None, resize: str = "auto") -> np.ndarray:
+                   peaks: list[int] | None = None, resize: str = "crop") -> np.ndarray:
     """Open, convert to RGB, resize the short side to size/crop_pct, center-crop size x size; CHW uint8.
     ``bit_depth`` and ``peaks``: as to_rgb_uint8's. ``resize`` (data.resize): crop, pad (letterbox: the long side
     to size/crop_pct and the whole image kept, padded to a square: a 40x100 image lost 60 % of its rows), a

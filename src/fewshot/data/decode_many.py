@@ -108,7 +108,7 @@ def _out_of_memory(path: Path, threads: int) -> UserError:
 
 
 def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0, threads: int | None = None,
-                             bit_depth: int | str = "auto", resize: str = "auto") -> float:
+                             bit_depth: int | str = "auto", resize: str = "crop") -> float:
     """Seconds per file of decoding ``paths`` as load_images does (its threads), into memory and not cached: the
     rate at which a cold cache would be filled. Bad files count as decoded (they are reported by load_images)."""
     if not paths:
@@ -124,7 +124,7 @@ def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0
 
 def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
                  bit_depth: int | str = "auto", digests: list | None = None,
-                 resize: str = "auto") -> tuple[list[tuple[int, str]], dict | None]:
+                 resize: str = "crop") -> tuple[list[tuple[int, str]], dict | None]:
     """Decode ``paths`` into ``out`` with ``threads`` threads; returns the bad files (by index) with their reasons,
     and the 16-bit images' largest value with their common folder (None: no 16-bit image), gathered as they decode.
     Files that ran out of memory are decoded again one at a time after the others, never reported as bad.

@@ -53,7 +53,7 @@ class ImageSet:
 
 def load_split(infos: list[DatasetInfo], split: str, space: LabelSpace, size: int, cache_dir: Path | None,
                crop_pct: float = 1.0, skip_bad: bool = False, max_gb: float | None = None,
-               bit_depth: int | str = "auto", resize: str = "auto") -> ImageSet:
+               bit_depth: int | str = "auto", resize: str = "crop") -> ImageSet:
     """Load `split` (train / val / test) of every dataset, in label-space order (``bit_depth``: data.bit_depth,
     ``resize``: data.resize, see load_images)."""
     paths, targets, dsids, ids = [], [], [], []
@@ -134,7 +134,7 @@ def _refuse_emptied_classes(split: str, space: LabelSpace, everything: ImageSet,
 
 def load_splits(infos: list[DatasetInfo], splits: tuple[str, ...], space: LabelSpace, size: int,
                 cache_dir: Path | None, crop_pct: float = 1.0, skip_bad: bool = False,
-                max_gb: float | None = None, bit_depth: int | str = "auto", resize: str = "auto") -> list[ImageSet]:
+                max_gb: float | None = None, bit_depth: int | str = "auto", resize: str = "crop") -> list[ImageSet]:
     """Load several splits, reporting the undecodable images of all of them in one error (``max_gb``:
     data.cache_max_gb, ``bit_depth``: data.bit_depth, see load_images)."""
     out, problems, hints = [], [], []

@@ -169,7 +169,7 @@ def _class_folders(info) -> list[str] | None:
 
 
 def prediction_cache_dir(root: Path, infos=None, split: str = "test", size: int = 0, crop_pct: float = 1.0,
-                         bit_depth: int | str = "auto", resize: str = "auto") -> Path | None:
+                         bit_depth: int | str = "auto", resize: str = "crop") -> Path | None:
     """Prediction reads the data root's own cache (the training machine's data.cache_dir may not exist here).
     Given the images it loads (load_split's ``infos`` and ``split``, at ``size``): a ROOT/.fewshot_cache that
     cannot be written and does not hold them (stale, from other images) gives way to the user cache, as a
