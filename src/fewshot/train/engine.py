@@ -26,7 +26,8 @@ stage_cap (StageCapMixin: a `fewshot run` stage's time-based schedule and epoch 
 best.pt hold and when they are written; checkpoint holds the file-level work), evaluation (EvaluationMixin: the
 weights best.pt would hold scored and the best kept), step_state (StepStateMixin: what a step changes besides the
 gradients, kept for a skipped or redone step, and the finite checks of the loss and the weights), nonfinite (a
-diverged run's check and words), disk_space (room for the checkpoints) and tensorboard_log (the event files).
+diverged run's check and words), disk_space (room for the checkpoints), tensorboard_log (the event files) and
+budget_reserve (BudgetReserveMixin: the closing work a plain train / pretrain budget keeps time for).
 The loop, its stops, the budget's words and log.jsonl stay here.
 """
 
@@ -45,6 +46,7 @@ from torch import nn
 from fewshot.progress import track
 from fewshot.run_state import is_run_stage
 from fewshot.runtime import compiled_modules
+from fewshot.train.budget_reserve import BudgetReserveMixin
 from fewshot.train.compile_fallback import CompileFallbackMixin
 from fewshot.train.distributed import (DistContext, all_reduce_max, all_reduce_mean, barrier, broadcast_object,
                                       check_same_image_counts)
@@ -64,10 +66,12 @@ from fewshot.train.thread_tuner import tuner_for
 from fewshot.utils import derive_seed, unshare_hard_link
 
 
-class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, EvaluationMixin, StepStateMixin):
+class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, EvaluationMixin, StepStateMixin,
+             BudgetReserveMixin):
     """The training loop of one run (the module's docstring). Its methods in other modules: resume (ResumeMixin),
     a `fewshot run` stage's time-based schedule (StageCapMixin), a step's torch.compile fallback
-    (CompileFallbackMixin), the checkpoints (SavingMixin), the evaluations (EvaluationMixin) and a step's state
+    (CompileFallbackMixin), the checkpoints (SavingMixin), the evaluations (EvaluationMixin), the budget's reserve
+    (BudgetReserveMixin) and a step's state
     and finite checks (StepStateMixin)."""
 
     def __init__(self, task, cfg: dict, run_dir: Path, device: torch.device, ctx: DistContext):
@@ -117,7 +121,8 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         self.best_before_stop: float | None = None  # the best score before a partial epoch's evaluation beat it
         self._sched_floor = 0.0  # the schedule's position when a `fewshot run` stage's epoch cap rose (_extend_cap)
         self._cap_unsaved = False  # a raised cap not yet in last.pt and config.yaml (_raise_cap)
-        self._eval_took: float | None = None  # seconds of the last evaluation (_eval_interval_wanted)
+        self._eval_took: float | None = None  # seconds of the last evaluation (_eval_interval_wanted, budget_reserve)
+        self._save_took: dict[str, float] = {}  # seconds of the last write of last.pt / best.pt (budget_reserve)
         self._judged_step_s = 0.0  # the step time the last cap check judged at (_cap_wanted)
         self._speed_mark: tuple[float, int] | None = None  # (clock, global_step) at the last cap check
         # 1 thread while other work on the cores makes it faster than all of them (train/thread_tuner.py)
@@ -264,11 +269,11 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         self.fit_start = time.monotonic() - self._seconds_before
         self._speed_mark = (self.fit_start + self._seconds_before, self.global_step)  # this session's speed (cap)
         self._clock_start = time.perf_counter() - self._seconds_before
-        deadline = self.fit_start + t["budget_minutes"] * 60 if t.get("budget_minutes") else None
+        self._start_budget(t.get("budget_minutes"))
         try:
             with stop_on_signals(announce=self.ctx.is_main, defer_sigterm=self.ctx.enabled) as self._stop_flag:
                 while self.epoch < t["epochs"]:  # read each time: a `fewshot run` stage's cap may rise (_extend_cap)
-                    if self._run_epoch(deadline):
+                    if self._run_epoch(self._deadline()):  # read each epoch: its evaluation re-times the reserve
                         self._say_budget_stop()
                         break
                     if self.epoch < t["epochs"] and self._stop_requested():
@@ -300,8 +305,8 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         from fewshot.report.tables import duration  # seconds under a minute: 0.6 s of a 0.01-minute budget
 
         print(f"note: train.budget_minutes={t['budget_minutes']:g} is used up (training time, "
-              f"{duration(self.train_seconds())}): the run stops at {where}; --resume with a larger "
-              f"train.budget_minutes continues it.", flush=True)
+              f"{duration(self.train_seconds())}): the run stops at {where}{self._reserve_words()}; --resume with a "
+              f"larger train.budget_minutes continues it.", flush=True)
 
     def _close_tensorboard(self) -> None:
         if self.writer is not None:
@@ -479,6 +484,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
             look = False
         new_best = self._evaluate(record, epoch) if due else False
         if look:
+            deadline = self._deadline()  # with the evaluation just timed
             stopped = self._agreed_stop(deadline)[1]
             last_epoch = last_epoch or stopped
         # The epoch-end last.pt carries its log row (without the timings), so that a kill between this save

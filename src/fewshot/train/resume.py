@@ -157,6 +157,8 @@ class ResumeMixin:
         if gpus_note and self.ctx.is_main:
             print(gpus_note, flush=True)
         self._seconds_before = float(ck.get("train_seconds", 0.0))
+        self._reserve_before = float(ck.get("budget_reserve_s") or 0.0)
+        self._reserve_eval_s = ck.get("reserve_eval_s")
         self._sched_floor = float(ck.get("sched_floor") or 0.0)
         cap = ck.get("epochs_cap")  # a raised cap whose config.yaml write a crash cut off (_raise_cap)
         if is_run_stage(self.run_dir) and isinstance(cap, int) and cap > self.cfg["train"]["epochs"]:
@@ -306,7 +308,8 @@ class ResumeMixin:
         budget = self.cfg["train"].get("budget_minutes")
         # the tolerance: `fewshot run` gives a stage with no time left budget_minutes = trained / 60, and
         # (trained / 60) * 60 comes out a few ulp above `trained` for some values
-        return bool(budget) and self._seconds_before >= budget * 60 - 1e-6
+        # (a plain train budget's stop came the reserve for its closing work early: that time is spent too)
+        return bool(budget) and self._seconds_before >= budget * 60 - self._reserve_before - 1e-6
 
     def trim_log(self, epoch_record: dict | None = None, reopened: bool = False) -> None:
         """Make log.jsonl match the resumed checkpoint: rows past its global step are dropped (those steps are

@@ -6,7 +6,8 @@ its own; the file-level work (the atomic write, the load, the RNG state) is chec
 are the Engine's: they read its training state (model, ema, optimizer, scheduler, scaler, epoch, step_in_epoch,
 global_step, steps_per_epoch, best_score, last_eval, best_before_stop, best_weights, nonfinite_skipped,
 epoch_skips_start, epoch_record, epoch_sums, epoch_steps, epoch_images, _sched_floor, amp) and its setting (task,
-cfg, ctx, run_dir, ckpt_dir), set _saved_step, _saved_at, _cap_unsaved and _best_pending, and call its
+cfg, ctx, run_dir, ckpt_dir; reserve_s, _eval_took for budget_reserve), set _saved_step, _saved_at, _save_took,
+_cap_unsaved and _best_pending, and call its
 epoch_seconds_so_far(), train_seconds(), _check_weights_finite(), _trained_outside_model() and
 _task_state_tensors(); the loop calls save(), save_mid_epoch(), publish_best(), _epoch_end_save_due() and
 check_disk_space().
@@ -49,6 +50,7 @@ class SavingMixin:
             "epoch_seconds": self.epoch_seconds_so_far(), "epoch_images": self.epoch_images,
             "rng": rng_state(),
             "train_seconds": self.train_seconds(),
+            **self.reserve_payload(),  # what a plain train budget kept back (budget_reserve)
             "sched_floor": self._sched_floor,  # a resumed stage whose cap rose keeps its lr (_extend_cap)
             "epochs_cap": self.cfg["train"]["epochs"],  # ... and its cap, with last.pt's floor (resume)
             "eval_every": self.task.eval_every,  # ... and the evaluation interval re-spaced after its raise
@@ -85,7 +87,9 @@ class SavingMixin:
                 for key in getattr(self.task, "resume_only_extra", ()):  # the joint MoCo loss's key encoder, queue
                     payload.pop(key, None)
             try:
+                t0 = time.perf_counter()
                 save_checkpoint(path, payload)
+                self._save_took[name] = time.perf_counter() - t0  # the budget's reserve (budget_reserve)
                 self._best_pending = self._best_pending or name == "best"
                 if name == "last":
                     self._saved_step = self.global_step
