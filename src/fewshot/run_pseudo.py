@@ -146,7 +146,9 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     if len(images) == 0:
         # what follows is said by the caller (its round is skipped: RoundsMixin.skip_without_pseudo_labels); "the
         # next round trains on the labelled images only" followed by "round 2 skipped" (review rev84, #5)
-        print("[run] no pool image was left to label (ROOT/unlabeled/ or --unlabeled DIR)", flush=True)
+        # the folder is named only when the pool itself is empty; usually it was the time share (rev88 #4)
+        print("[run] no pool image was left to label: " + ("the pool is empty (ROOT/unlabeled/ or --unlabeled DIR)"
+              if n_pool == 0 else f"no time was left to label any of its {n_pool} images"), flush=True)
     logits = compute_logits(task.model, images, task.normalize, task.device, channels_last=task.channels_last,
                             desc="pseudo-labelling the pool") if len(images) else torch.zeros(0, task.space.num_classes)
     quota = class_quota(dataset_ids, task.space, r["pseudo_keep"], labelled_counts(infos, task.space),

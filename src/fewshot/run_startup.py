@@ -296,7 +296,10 @@ class StartupMixin:
             # model's default (224 px for resnet18), not for the run's budget (32 or 64 px), at ~12x the cost
             cfg["model"]["img_size"], why = auto_img_size(self.infos, self.device, self.budget_minutes,
                                                               cfg["model"], fit_of(cfg, self.infos))
-        replaced_by = weights_replaced_by(self.state, self.out, r["pretrain"]) if cfg["model"]["weights"] else None
+        # a MoCo stage dropped in an earlier session (its pretrain/ removed) no longer starts from the weights: round 1
+        # of fine-tuning does, and its checkpoint replaces them (rev88 #2)
+        moco = r["pretrain"] and not (self.state is not None and self.state.data.get("pretrain_skipped"))
+        replaced_by = weights_replaced_by(self.state, self.out, moco) if cfg["model"]["weights"] else None
         if replaced_by is not None:
             adopt_stage_architecture(cfg, replaced_by)
         backbone = check_model(cfg, load_weights=replaced_by is None)  # before decoding: a mistyped --model at once

@@ -74,9 +74,10 @@ def _weighted(d: dict, aim: str) -> str:
     after ``aim`` (the words naming proportions other than the train split's), so that they are named once."""
     if not (_is_number(d.get("val_weighted_plain")) and _is_number(d.get("val_weighted_balanced"))):
         return ""
-    source = d.get("prior_from")
-    to = "them" if aim else f"proportions {source}" if isinstance(source, str) and source != "train" else \
-        "the train split's proportions"
+    from fewshot.eval.balancing import aim_words  # here: the report's modules load without the evaluation's
+
+    # aim_words, not prior_from itself: an "even: ..." source is a sentence with p-values (rev88 #3)
+    to = "them" if aim else aim_words(d.get("prior_from"))
     return f"; val re-weighted to {to} {d['val_weighted_plain']:.1f} plain, {d['val_weighted_balanced']:.1f} balanced"
 
 
