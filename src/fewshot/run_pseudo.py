@@ -212,7 +212,7 @@ def pool_classes_checks(space, pool_conf: torch.Tensor, pool_ids: torch.Tensor, 
     """Per dataset, pool_classes_check of its labelled pool images (``pool_ids``: their dataset, -1 unknown source:
     an unknown-source image's softmax runs over every class, another scale than val's) against all its val images,
     on the same model; ``kept``: each dataset's kept pseudo-labels of its own pool; ``pool_pred``: the pool images'
-    predicted classes, to count the pool in val's mix of them. Null where it is not measured (too few val, pool or
+    predicted classes, to measure val in the pool's mix of them. Null where it is not measured (too few val, pool or
     kept images, no val pass)."""
     from fewshot.train.semi import pool_classes_check
 
@@ -232,7 +232,7 @@ def pool_classes_warning(name: str, check: dict, calibrated: bool = False) -> st
     """The warning of a dataset whose pool looks like it holds images of other classes (pool_classes_check): what
     was measured, what it may mean and what to do; the run trains on its kept pseudo-labels all the same.
     ``calibrated``: run.pseudo_precision is on already, so it is not advised."""
-    mix = " (counted in val's mix of predicted classes)" if check.get("class_mix") else ""
+    mix = " (val weighed in the pool's mix of predicted classes)" if check.get("class_mix") else ""
     return (f"[run] warning: {name}: {check['pool_share_below']:.0%} of its {check['pool']} pool images{mix} have "
             f"a confidence below {check['val_confidence']:.3f}, against {check['val_share_below']:.0%} of its "
             f"{check['val']} val images (that confidence is their {check['quantile']:g} quantile): its pool may hold "

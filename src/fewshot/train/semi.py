@@ -541,17 +541,58 @@ POOL_CHECK_MARGIN = 0.15  # how much larger the pool's share must be than val's,
 POOL_CHECK_NOISE = 2.0  # ... and at least this many standard errors of the difference of the two shares
 POOL_CHECK_MIN_VAL = 10  # fewer val images: the quantile is too rough, not measured
 POOL_CHECK_MIN_KEPT = 20  # fewer kept images: too few pseudo-labels to matter (and their pool too small to tell)
+POOL_CHECK_MIN_CLASS = 10  # fewer pool images of a predicted class: that class is not tested on its own
 
 
-def class_mix_weights(pool_pred: torch.Tensor, val_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights that give the pool val's mix of predicted classes (rev84 #1: an in-class pool holding more of a class
-    the model is less sure of read as foreign): a pool image of predicted class c weighs val's share of c over the
-    pool's; a class only one side predicts weighs 0 on both sides, so the two are compared over the same classes."""
+def val_weights_in_pool_mix(pool_pred: torch.Tensor, val_pred: torch.Tensor) -> torch.Tensor:
+    """Weights that give the val images the pool's mix of predicted classes, summing to 1: each predicted class of
+    the pool weighs its share of the pool, spread over val's images of that class, so a pool holding more of a class
+    the model is less sure of is measured against that class (rev84 #1). Weighing the pool in val's mix instead hid
+    foreign images that the model puts into a few classes (rev88 #1). A class val never predicts has no val images
+    of its own: its share is spread over all of val, so its pool images are still counted, against the whole val."""
     classes = int(max(pool_pred.max(), val_pred.max())) + 1
-    n_val, n_pool = torch.bincount(val_pred, minlength=classes), torch.bincount(pool_pred, minlength=classes)
-    both = (n_val > 0) & (n_pool > 0)
-    per_class = torch.where(both, n_val.double() / n_pool.clamp(min=1).double(), torch.zeros((), dtype=torch.double))
-    return per_class[pool_pred], both[val_pred].double()
+    n_pool = torch.bincount(pool_pred, minlength=classes).double()
+    n_val = torch.bincount(val_pred, minlength=classes).double()
+    share = n_pool / n_pool.sum()
+    return (share / n_val.clamp(min=1))[val_pred] + float(share[n_val == 0].sum()) / len(val_pred)
+
+
+def weighted_quantile(values: torch.Tensor, weights: torch.Tensor, q: float) -> float:
+    """The q quantile of ``values`` under ``weights`` (each value at the middle of its weight, linear between)."""
+    keep = weights > 0
+    order = values[keep].double().argsort()
+    xs, ws = values[keep].double()[order], weights[keep].double()[order]
+    pos = (ws.cumsum(0) - ws / 2) / ws.sum()
+    i = int(torch.searchsorted(pos, torch.tensor([q], dtype=torch.double)))
+    if i == 0 or i == len(xs):
+        return float(xs[min(i, len(xs) - 1)])
+    t = (q - pos[i - 1]) / (pos[i] - pos[i - 1])
+    return float(xs[i - 1] + t * (xs[i] - xs[i - 1]))
+
+
+def classes_far_below(pool_below: torch.Tensor, pool_pred: torch.Tensor, val_below: torch.Tensor,
+                      val_pred: torch.Tensor) -> list[int]:
+    """The predicted classes whose pool images sit below the cut-off far more often than val's images of the same
+    class: foreign images that the model puts into one class. Only classes with POOL_CHECK_MIN_CLASS pool images and
+    some val images are tested; the margin is POOL_CHECK_MARGIN, or a one-sided two-proportion test at
+    POOL_CHECK_NOISE's level divided among the classes tested (Bonferroni), so many classes do not add alarms."""
+    from statistics import NormalDist
+
+    n_pool, n_val = torch.bincount(pool_pred), torch.bincount(val_pred, minlength=len(torch.bincount(pool_pred)))
+    tested = [c for c in range(len(n_pool)) if n_pool[c] >= POOL_CHECK_MIN_CLASS and n_val[c] > 0]
+    if not tested:
+        return []
+    normal = NormalDist()
+    z = normal.inv_cdf(1 - (1 - normal.cdf(POOL_CHECK_NOISE)) / len(tested))
+    out = []
+    for c in tested:
+        xp, xv = float(pool_below[pool_pred == c].sum()), float(val_below[val_pred == c].sum())
+        np_, nv = float(n_pool[c]), float(n_val[c])
+        both = (xp + xv) / (np_ + nv)
+        margin = max(POOL_CHECK_MARGIN, z * math.sqrt(both * (1 - both) * (1 / np_ + 1 / nv)))
+        if xp / np_ - xv / nv >= margin - 1e-9:
+            out.append(c)
+    return out
 
 
 def pool_classes_check(pool_conf: torch.Tensor, val_conf: torch.Tensor, kept: int,
@@ -562,25 +603,29 @@ def pool_classes_check(pool_conf: torch.Tensor, val_conf: torch.Tensor, kept: in
     low quantile of ``val_conf`` (every val image's, right or wrong: images known to be of the dataset's classes)
     with val's own share; ``suspect`` when the pool's is larger by the margin (POOL_CHECK_MARGIN, or
     POOL_CHECK_NOISE standard errors where the samples are small). With the predicted classes (``pool_pred``,
-    ``val_pred``) the pool is counted in val's mix of them (class_mix_weights), so a pool that only holds more of a
-    class the model is less sure of is not flagged. None when either is too small to tell, or fewer than
-    POOL_CHECK_MIN_KEPT pseudo-labels were ``kept``."""
+    ``val_pred``) val is weighed in the pool's mix of them (val_weights_in_pool_mix; the quantile is taken under the
+    same weights), so a pool that only holds more of a class the model is less sure of is not flagged; and a class
+    whose pool images sit far below val's images of that class is flagged (classes_far_below). None when either is
+    too small to tell, or fewer than POOL_CHECK_MIN_KEPT pseudo-labels were ``kept``."""
     val, pool = val_conf.float(), pool_conf.float()
     if len(val) < POOL_CHECK_MIN_VAL or len(pool) < POOL_CHECK_MIN_KEPT or kept < POOL_CHECK_MIN_KEPT:
         return None
-    low = torch.quantile(val, POOL_CHECK_QUANTILE)
-    ones = torch.ones((), dtype=torch.double)
-    w_pool, w_val = (ones.expand(len(pool)), ones.expand(len(val))) if pool_pred is None or val_pred is None \
-        else class_mix_weights(pool_pred.long(), val_pred.long())
-    if float(w_pool.sum()) <= 0:
-        return None  # no class predicted on both sides: nothing to compare
+    mix = pool_pred is not None and val_pred is not None
+    if mix:
+        w_val = val_weights_in_pool_mix(pool_pred.long(), val_pred.long())
+        low = weighted_quantile(val, w_val, POOL_CHECK_QUANTILE)
+        n_val = float(1 / (w_val ** 2).sum())  # val's effective size under the weights
+    else:
+        w_val, low, n_val = torch.full((len(val),), 1 / len(val), dtype=torch.double), \
+            float(torch.quantile(val, POOL_CHECK_QUANTILE)), float(len(val))
     # in float64: in float32, 9/20 - 6/20 fell short of 0.15
-    val_share = float((w_val * (val < low)).sum() / w_val.sum())
-    pool_share = float((w_pool * (pool < low)).sum() / w_pool.sum())
-    n_val, n_pool = float(w_val.sum()), float(w_pool.sum() ** 2 / (w_pool ** 2).sum())  # the pool's effective size
+    val_share = float((w_val * (val < low)).sum())
+    pool_share = float((pool < low).double().mean())
     q = POOL_CHECK_QUANTILE * (1 - POOL_CHECK_QUANTILE)
-    margin = max(POOL_CHECK_MARGIN, POOL_CHECK_NOISE * math.sqrt(q / n_val + q / n_pool))
-    return {"quantile": POOL_CHECK_QUANTILE, "val_confidence": round(float(low), 4), "val": len(val),
+    margin = max(POOL_CHECK_MARGIN, POOL_CHECK_NOISE * math.sqrt(q / n_val + q / len(pool)))
+    flagged = classes_far_below(pool < low, pool_pred.long(), val < low, val_pred.long()) if mix else []
+    return {"quantile": POOL_CHECK_QUANTILE, "val_confidence": round(low, 4), "val": len(val),
             "val_share_below": round(val_share, 4), "pool": len(pool), "pool_share_below": round(pool_share, 4),
-            "class_mix": pool_pred is not None and val_pred is not None, "pool_effective": round(n_pool, 1),
-            "margin": round(margin, 4), "kept": int(kept), "suspect": pool_share - val_share >= margin - 1e-9}
+            "class_mix": mix, "val_effective": round(n_val, 1), "classes_far_below": flagged,
+            "margin": round(margin, 4), "kept": int(kept),
+            "suspect": pool_share - val_share >= margin - 1e-9 or bool(flagged)}
