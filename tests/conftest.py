@@ -165,6 +165,14 @@ def _progress_bars_as_they_were():
 
 
 @pytest.fixture(autouse=True)
+def _no_terminal_width_from_the_runner(monkeypatch):
+    """pytest-xdist's workers export COLUMNS=80 (a plain pytest does not), and `fewshot compare` fits its tables to
+    COLUMNS when its output is no terminal: a test of what compare prints must not depend on how it was run. The
+    width tests set COLUMNS themselves."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _once_per_process_warnings_afresh(monkeypatch):
     """warn_once prints each line once per process: a test that looks for one must not depend on whether a test
     before it in the same worker printed it already."""
@@ -185,6 +193,7 @@ def any_confidence(monkeypatch):
 
 
 REAL_TIME_HOLDS = []  # run_budget.time_holds before later_rounds_fit relaxed it: real_time_holds puts it back
+REAL_KEPT_NOTHING = []  # run_rounds.kept_nothing before later_rounds_fit relaxed it: real_kept_nothing puts it back
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -195,12 +204,26 @@ def later_rounds_fit():
     from fewshot import run_budget
     from helpers.run_patch import patch_pipeline
 
+    from fewshot import run_rounds
+
     REAL_TIME_HOLDS.append(run_budget.time_holds)
+    REAL_KEPT_NOTHING.append(run_rounds.kept_nothing)
     with pytest.MonkeyPatch.context() as mp:
         patch_pipeline(mp, "time_holds", lambda need_s, left_s: True)
+        # a seconds-long round 1 is near chance and keeps no pseudo-label, which skips round 2 (real_kept_nothing)
+        mp.setattr(run_rounds, "kept_nothing", lambda pseudo: False)
         # nor would they hold the least run: a fresh run refuses them (test_run_small_budget restores the check)
         patch_pipeline(mp, "least_run_holds", lambda need_s, left_s: True)
         yield
+
+
+@pytest.fixture
+def real_kept_nothing(monkeypatch):
+    """The tests of the round skip after a round that kept no pseudo-label: run_rounds.kept_nothing as the package
+    has it (later_rounds_fit relaxes it)."""
+    from fewshot import run_rounds
+
+    monkeypatch.setattr(run_rounds, "kept_nothing", REAL_KEPT_NOTHING[0])
 
 
 @pytest.fixture

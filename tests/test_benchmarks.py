@@ -233,7 +233,10 @@ def test_balance_priors_cuts_and_scores_both_versions_paired(bench):
     cut = bp.cuts({"answers": answers, "shots": torch.tensor([10, 2, 10, 2])})
     assert answers[cut["skew"]].bincount().tolist() == [20, 20, 2, 2]
     assert answers[cut["prop"]].bincount().tolist() == [20, 4, 20, 4] and len(cut["full"]) == 80
-    assert "prop" not in bp.cuts({"answers": answers, "shots": torch.tensor([5, 5, 5, 5])})
+    assert answers[cut["anti"]].bincount().tolist() == [4, 20, 4, 20]  # the other way: the fewest-shot classes whole
+    assert answers[cut["most90"]].bincount().tolist() == [20, 1, 1, 1]  # ~90 % of the most-shot class
+    assert not {"prop", "anti", "most90", "fewest90"} & set(bp.cuts({"answers": answers,
+                                                                    "shots": torch.tensor([5, 5, 5, 5])}))
     g = torch.Generator().manual_seed(0)
 
     def logits(targets):
@@ -242,11 +245,11 @@ def test_balance_priors_cuts_and_scores_both_versions_paired(bench):
     d = {"test": logits(answers), "answers": answers, "val": (logits(few_val), few_val),
          "shots": torch.tensor([10, 2, 10, 2])}
     scored = bp.score(d)
-    assert set(scored) == {"full", "skew", "prop"}
+    assert set(scored) == {"full", "skew", "prop", "anti", "most90", "fewest90"}
     assert all(s["now"] == s["off"] for s in scored.values())  # auto decides on 10 val images of each class
     enough_val = torch.arange(4).repeat_interleave(12)
     d["val"] = (logits(enough_val), enough_val)
-    assert set(bp.score(d)["full"]) == {"off", "first", "now"}
+    assert {"off", "first", "before", "now"} <= set(bp.score(d)["full"])
 
 
 def test_resize_root_copies_every_image_resized_and_the_keys_as_they_are(bench, tmp_path):

@@ -20,7 +20,8 @@ def _keep_nothing(monkeypatch) -> None:
     monkeypatch.setattr(semi, "select_pseudo_labels", lambda *a, **k: empty)
 
 
-def test_round_2_is_skipped_when_no_pseudo_label_was_kept(digits_root, tmp_path, monkeypatch):
+def test_round_2_is_skipped_when_no_pseudo_label_was_kept(digits_root, tmp_path, monkeypatch,
+        real_kept_nothing):
     _keep_nothing(monkeypatch)
     out = tmp_path / "run"
     rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, *BASE)
@@ -43,7 +44,8 @@ def test_round_2_is_skipped_when_no_pseudo_label_was_kept(digits_root, tmp_path,
     assert _read_summary(out, [])["self_training_skipped"].startswith("no pseudo-label was kept")
 
 
-def test_a_third_round_is_skipped_when_round_2_kept_nothing(digits_root, tmp_path, monkeypatch):
+def test_a_third_round_is_skipped_when_round_2_kept_nothing(digits_root, tmp_path, monkeypatch,
+        real_kept_nothing):
     """Round 2 trained on what round 1 kept; round 2's own labelling kept nothing: round 3 is skipped, round 2
     (or round 1, the val guard) predicts."""
     from fewshot.train import semi

@@ -12,7 +12,8 @@ from helpers.checks import run_main
 from test_run_resume import BASE
 
 
-def test_a_round_with_no_pool_image_to_label_is_skipped_in_one_consistent_account(digits_root, tmp_path, monkeypatch):
+def test_a_round_with_no_pool_image_to_label_is_skipped_in_one_consistent_account(digits_root, tmp_path, monkeypatch,
+        real_kept_nothing):
     from fewshot import run_pseudo
 
     monkeypatch.setattr(run_pseudo, "pool_share_in_time", lambda *a, **k: torch.zeros(0, dtype=torch.long))

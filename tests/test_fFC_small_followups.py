@@ -51,7 +51,8 @@ def test_val_saying_no_to_even_proportions_reads_as_one_sentence():
                     "plain, 69.0 balanced)", words
 
 
-def test_a_pool_with_no_time_left_to_label_is_not_sent_to_its_folder(digits_root, tmp_path, monkeypatch):
+def test_a_pool_with_no_time_left_to_label_is_not_sent_to_its_folder(digits_root, tmp_path, monkeypatch,
+        real_kept_nothing):
     from fewshot import run_pseudo
 
     monkeypatch.setattr(run_pseudo, "pool_share_in_time", lambda *a, **k: torch.zeros(0, dtype=torch.long))

@@ -42,6 +42,13 @@ def round1_retimed(run, task, step_s: float, need) -> float:
     return faster
 
 
+def kept_nothing(pseudo: dict) -> bool:
+    """Whether the round that labelled the pool kept no pseudo-label (a resumed record counts as kept): the next
+    round is then skipped (RoundsMixin.skip_without_pseudo_labels). A function of its own so that the tests, whose
+    seconds-long rounds keep nothing, can let the rounds run (conftest's later_rounds_fit)."""
+    return not pseudo.get("recorded") and not len(pseudo["images"])
+
+
 class RoundsMixin:
     """PipelineRun's self-training rounds before the last, and the plan that drops or skips the later ones."""
 
@@ -166,7 +173,7 @@ class RoundsMixin:
                                                 seconds=LABEL_SHARE * max(0.0, self.end_time - time.monotonic()),
                                                 seed=derive_seed(self.fcfg["train"]["seed"], k, 11),
                                                 pool_limit=self.pool_limit)
-            if not self.pseudo.get("recorded") and not len(self.pseudo["images"]):
+            if kept_nothing(self.pseudo):
                 self.skip_without_pseudo_labels(k)  # round k - 1 (self.task) predicts
                 break
             self.task = None
