@@ -94,6 +94,26 @@ def chosen_record(data: dict, where: str | Path) -> dict:
     return dict(chosen)
 
 
+RESIZE_MODES = ("crop", "pad")
+
+
+def resize_record(data: dict, where: str | Path) -> dict:
+    """The RESIZE_RECORD of a run's config (``data``, read from ``where``: its config.yaml or checkpoint), checked:
+    each dataset's name mapped to crop or pad; {} where there is none. A hand-edited entry (`1: crop`, `PAD`)
+    crashed the decode or was silently decided again (review rev89 #1)."""
+    record = data.get(RESIZE_RECORD)
+    if record is None:
+        return {}
+    bad = [f"{k!r}: {v!r}" for k, v in record.items() if not (isinstance(k, str) and k.strip())
+           or v not in RESIZE_MODES] if isinstance(record, dict) else [repr(record)]
+    if bad:
+        raise UserError(f"{where}: its {RESIZE_RECORD} entry must map each dataset's name to crop or pad (digits: pad), as the "
+                        f"run recorded how it decoded each dataset's images under data.resize=auto, but it holds "
+                        f"{', '.join(bad)}; correct that entry (lowercase crop or pad, the dataset's folder name as "
+                        f"the key), or delete it to have each dataset decided again from its images.")
+    return dict(record)
+
+
 def same_value(first: Any, second: Any) -> bool:
     """Whether a config.yaml's value is still the one its CHOSEN record holds (`4e-3` typed for 0.004 is)."""
     first, second = _as_number(first), _as_number(second)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fewshot.config.recorded import RESIZE_RECORD
+from fewshot.config.recorded import RESIZE_RECORD, resize_record
 
 
 @dataclass(frozen=True)
@@ -54,19 +54,33 @@ def fit_of(cfg: dict, infos=None, root=None) -> str | Fit:
 
 def settle_modes(cfg: dict, infos, sizes: dict | None = None) -> dict:
     """auto's choice per dataset name, recorded in ``cfg`` (RESIZE_RECORD): a dataset recorded keeps its choice,
-    the others are decided from their headers (``sizes``: those read, filled in here)."""
+    the others are decided from their headers (``sizes``: those read, filled in here). A malformed record is
+    refused (resize_record): where the config was read back from a file, that file's reader refused it first."""
     from fewshot.data.aspect import dataset_mode, header_sizes, sample_paths
 
-    record = cfg.get(RESIZE_RECORD)
-    if not isinstance(record, dict):
-        record = cfg[RESIZE_RECORD] = {}
+    resize_record(cfg, "the run's config")
+    if cfg.get(RESIZE_RECORD) is None:
+        cfg[RESIZE_RECORD] = {}
+    record = cfg[RESIZE_RECORD]  # in place: a shallow copy of cfg shares it
     for info in infos:
-        if record.get(info.name) not in ("crop", "pad"):
+        if info.name not in record:
             read = header_sizes(sample_paths(info))
             if sizes is not None:
                 sizes[info.name] = read
             record[info.name] = dataset_mode(read)
     return record
+
+
+def resize_changes(then: dict, now: dict, then_where: str) -> list[str]:
+    """The datasets that ``now`` (a resumed run's config) decodes otherwise than its checkpoint's config ``then``
+    (read from ``then_where``) recorded, as resume_config.resume_changes words a change: an edited RESIZE_RECORD
+    switched a half-trained run's images between crop and pad silently (review rev89 #2). Only under auto, and only
+    the datasets both record: one recorded since is decided as the run would have."""
+    if now.get("data", {}).get("resize") != "auto":
+        return []  # crop or pad for every dataset: data.resize itself is compared
+    was, kept = resize_record(then, then_where), resize_record(now, "the run's config")
+    return [f"{RESIZE_RECORD}.{name} ({was[name]} in the run, {kept[name]} now)"
+            for name in was if name in kept and kept[name] != was[name]]
 
 
 def settle_fit(cfg: dict, infos) -> None:

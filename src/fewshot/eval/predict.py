@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from fewshot.config.recorded import resize_record
 from fewshot.data.label_space import LabelSpace
 from fewshot.data.fit import fit_of
 from fewshot.data.layout import scan_root
@@ -72,6 +73,7 @@ def load_trained(run_or_ckpt: str | Path, device: torch.device) -> TrainedModel:
                                   f"images cannot be decoded as the run's were; it was not written by fewshot or "
                                   f"was altered. Use another checkpoint.")
         cfg["data"].update(checked_data_settings(cfg["data"], path))
+        resize_record(cfg, f"checkpoint {path}")  # how each dataset was decoded: a hand edit met a TypeError
         cfg["model"]["weights"] = None  # the checkpoint holds every weight
         timm_name(cfg["model"]["name"], RECORDED)  # a tag timm does not know: worded as the file's, not the user's
         model = build_classifier(cfg, space.num_classes)

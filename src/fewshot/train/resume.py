@@ -210,13 +210,15 @@ class ResumeMixin:
         config.yaml (another optim.lr, augmentation, model.name) was used silently, or ended in a load_state_dict
         traceback. model.weights is not compared: last.pt's weights replace the file, which a resumed `fewshot run`
         stage finds where the run folder is now. A deleted config.yaml is said as such: "edited since" named a
-        file that does not exist."""
+        file that does not exist. Under data.resize=auto, each dataset's recorded crop or pad is compared too."""
         from fewshot.config import flatten_dotted
+        from fewshot.data.fit import resize_changes
         from fewshot.train.resume_config import resume_changes, resume_refused, settings_lost
 
         then, now = (flatten_dotted(c) for c in (ck.get("config") or {}, self.cfg))
         now = {k: v for k, v in now.items() if not k.startswith("_") and k != "model.weights"}
-        changed = resume_changes(then, now)
+        changed = resume_changes(then, now) + resize_changes(ck.get("config") or {}, self.cfg,
+                                                             f"checkpoint {self.ckpt_dir / 'last.pt'}")
         if changed and not os.path.lexists(self.run_dir / "config.yaml"):
             raise settings_lost(self.run_dir, self.cfg, "is missing")
         if changed:

@@ -222,8 +222,10 @@ def merge_resume_config(out: Path, cfg: dict, explicit: dict) -> dict:
         return cfg
     refuse_unknown_fields(base, saved)
     from fewshot.config import DEFAULTS, chosen_record, get_dotted, same_value, set_dotted
+    from fewshot.config.recorded import resize_record
 
     chosen = chosen_record(base, saved)
+    resize_record(base, f"config file {saved}")
 
     def in_run(keys: list[str]):
         try:
