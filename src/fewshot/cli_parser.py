@@ -209,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.usage = command.format_usage().removeprefix("usage: ").rstrip() + " [key=value ...]"
     for name in ("data", "eval", "predict", "report", "probe"):  # train, pretrain, run: _add_common_training / own
         sub.choices[name].add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP_NO_EPOCHS)
-    probe = sub.choices["probe"]  # its one word: the decoding setting train, pretrain and run take (cli_probe)
-    probe.usage = probe.format_usage().removeprefix("usage: ").rstrip() + " [data.bit_depth=N]"  # after its flags
+    probe = sub.choices["probe"]  # its words: the decoding settings train, pretrain and run take (cli_probe)
+    probe.usage = (probe.format_usage().removeprefix("usage: ").rstrip()
+                   + " [data.bit_depth=N] [data.resize=crop|pad|auto]")  # after its flags
     return parser
 
 
@@ -263,7 +264,8 @@ def _parse(argv: list) -> tuple[argparse.Namespace, list]:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         # a word without = (`models a b`) is no override, but a dotted key is one whose = was forgotten (rev75)
         overrides = not bad and any("=" in w or re.fullmatch(r"[A-Za-z_]+(\.[A-Za-z_]+)+", w) for w in unread)
-        note = (" (key=value config overrides apply to train, pretrain and run; probe takes data.bit_depth=N)"
+        note = (" (key=value config overrides apply to train, pretrain and run; probe takes data.bit_depth=N and "
+                "data.resize=crop|pad|auto)"
                 if overrides else "")
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra if bad else unread)}{note}")  # exit 2
     return args, extra

@@ -13,16 +13,21 @@ from pathlib import Path
 
 
 # the key=value words probe takes (cli_parser._parse refuses the others): it decodes images as train does and trains no
-# network, so of the config only how 16-bit images are read applies (eval and predict take it from the run)
-PROBE_WORDS = ("data.bit_depth",)
+# network, so of the config only how 16-bit images are read and how they are fitted to a square apply (eval and
+# predict take both from the run); data.resize's auto decides per dataset as train does, so that probe's baseline
+# scores the pixels a run on the same data trains on (it always cropped: review rev89 #4)
+PROBE_WORDS = ("data.bit_depth", "data.resize")
 
 
-def probe_bit_depth(extra: list[str]) -> int | str | None:
-    """data.bit_depth from probe's key=value words, checked as train checks it (`data.bit_depth=abc` is an error
-    naming the field); None when none is given (then the one --weights records, or auto: eval.probe)."""
-    from fewshot.config import resolve
+def probe_data(extra: list[str]) -> tuple[int | str | None, str]:
+    """data.bit_depth and data.resize from probe's key=value words, checked as train checks them
+    (`data.bit_depth=abc` is an error naming the field). bit_depth None when not given (then the one --weights
+    records, or auto: eval.probe); resize its default (auto) when not given."""
+    from fewshot.config import DEFAULTS, resolve
 
-    return resolve(overrides=extra)["data"]["bit_depth"] if extra else None
+    data = resolve(overrides=extra)["data"] if extra else DEFAULTS["data"]
+    given = {w.partition("=")[0].strip() for w in extra}
+    return (data["bit_depth"] if "data.bit_depth" in given else None), data["resize"]
 
 
 PROBE_RUN_MARKERS = ("checkpoints", "log.jsonl", "config.yaml", "run_state.json")
@@ -102,7 +107,7 @@ def cmd_probe(args, extra) -> int:
     from fewshot.eval.probe import bit_depth_for, run_probe
     from fewshot.utils import resolve_device
 
-    bit_depth = probe_bit_depth(extra)  # before any work: a bad value is refused at once
+    bit_depth, resize = probe_data(extra)  # before any work: a bad value is refused at once
     if not -2**63 <= args.seed <= 2**64 - 1:  # torch.manual_seed's range, as train.seed's check (review rev81)
         raise UserError(f"--seed must be in [-2^63, 2^64-1], not {args.seed}.")
     if not args.model:
@@ -126,7 +131,8 @@ def cmd_probe(args, extra) -> int:
         before = _check_probe_out(args) if args.out else None
         metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
                             mode=args.mode, epochs=args.epochs or 300, datasets=args.datasets, head=args.head,
-                            skip_bad=args.skip_bad_images, bit_depth=bit_depth, seed=args.seed)
+                            skip_bad=args.skip_bad_images, bit_depth=bit_depth, seed=args.seed,
+                            resize=resize)
         print(format_table(metrics, title=f"{metrics['protocol']} of {args.weights or 'random init (no weights)'}"))
         if args.out:
             _write_probe_metrics(Path(args.out), metrics, before)

@@ -156,10 +156,19 @@ def check_self_training_field(skip, bad) -> None:
             raise bad(f"self_training.{why}", "a text" + (f", where {field} is set" if field else " (or null)"))
 
 
+def is_stage_name(name: str) -> bool:
+    """Whether ``name`` is a folder name a `fewshot run` gives its stages: pretrain, finetune_labelled,
+    finetune_round<k>, finetune."""
+    return name in ("pretrain", "finetune_labelled", "finetune") or (
+        name.startswith("finetune_round") and name.removeprefix("finetune_round").isdigit())
+
+
 def is_run_stage(out: Path) -> bool:
-    """Whether the train or pretrain folder ``out`` is a `fewshot run` stage (its parent holds run_state.json):
-    such a stage is started over, and stopped, by the run, not by a train command."""
-    return (Path(out).parent / STATE_FILE).is_file()
+    """Whether the train or pretrain folder ``out`` is a `fewshot run` stage (a stage's name, in a folder holding
+    run_state.json): such a stage is started over, and stopped, by the run, not by a train command. The parent's
+    file alone took a user's `fewshot train --out RUN/mine` for a stage (no budget reserve; review rev89 #6)."""
+    out = Path(out)
+    return is_stage_name(out.name) and (out.parent / STATE_FILE).is_file()
 
 
 def recorded_setting(out: Path, dotted: str):

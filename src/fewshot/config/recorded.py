@@ -107,10 +107,11 @@ def resize_record(data: dict, where: str | Path) -> dict:
     bad = [f"{k!r}: {v!r}" for k, v in record.items() if not (isinstance(k, str) and k.strip())
            or v not in RESIZE_MODES] if isinstance(record, dict) else [repr(record)]
     if bad:
-        raise UserError(f"{where}: its {RESIZE_RECORD} entry must map each dataset's name to crop or pad (digits: pad), as the "
-                        f"run recorded how it decoded each dataset's images under data.resize=auto, but it holds "
-                        f"{', '.join(bad)}; correct that entry (lowercase crop or pad, the dataset's folder name as "
-                        f"the key), or delete it to have each dataset decided again from its images.")
+        raise UserError(f"{where}: its {RESIZE_RECORD} entry must map each dataset's name to crop or pad "
+                        f"(digits: pad), as the run recorded how it decoded each dataset's images under "
+                        f"data.resize=auto, but it holds {', '.join(bad)}; correct that entry (lowercase crop or pad, "
+                        f"the dataset's folder name as the key), or delete it to have each dataset decided again "
+                        f"from its images.")
     return dict(record)
 
 

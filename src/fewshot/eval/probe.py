@@ -163,13 +163,15 @@ def random_note(backbone: torch.nn.Module, seed: int) -> str:
 
 def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: int | None, device: torch.device,
               mode: str = "known", epochs: int = 300, datasets=None, head: str = "linear",
-              skip_bad: bool = False, bit_depth: int | str = "auto", seed: int = 0) -> dict:
+              skip_bad: bool = False, bit_depth: int | str = "auto", seed: int = 0, resize: str = "crop") -> dict:
     """Frozen-feature accuracy on val: a trained linear head ("linear") or, without any training, the
     cosine nearest class mean of standardised features ("prototype", SimpleShot). ``bit_depth``: data.bit_depth,
     as the features were learnt from (12-bit images probed at the 16-bit scale came out dark). A distilled model's
     two tokens are averaged into one head (see the module docstring: not model.head_init=probe's heads).
     ``seed``: the random initialisation (without weights) and the head's; unseeded, every baseline scored another
-    random network."""
+    random network. ``resize``: data.resize, auto decided per dataset as train decides it (data/fit.py)."""
+    from fewshot.data.fit import fit_of
+
     infos = scan_root(root, datasets, splits=("train", "val"))
     space = LabelSpace.from_infos(infos)
     # the model's name too: a file of another model brings nothing, and loading it names that model (probe
@@ -185,11 +187,16 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     backbone.to(device)
     normalize = Normalize(*mean_std(backbone)).to(device)
     cache = default_cache_dir(root, None)
-    train, val = load_splits(infos, ("train", "val"), space, size, cache, skip_bad=skip_bad, bit_depth=bit_depth)
+    fitted = {"data": {"resize": resize, "root": str(root)}}  # its own record of auto's choices, as a run's config
+    fit = fit_of(fitted, infos, root)
+    train, val = load_splits(infos, ("train", "val"), space, size, cache, skip_bad=skip_bad, bit_depth=bit_depth,
+                             resize=fit)
+    padded = [i.name for i in infos if resize == "pad" or fitted.get("_resize", {}).get(i.name) == "pad"]
     # the size a weights file chose (an export records its own) was used without a word: `train` says it; and
     # how many of the model's weights the file gave, as `train` does (the file name alone did not say)
     print(one_line(f"probe: {model_name}{weights_note(loaded, weights) or random_note(backbone, seed)} at {size}px "
-                   f"on {device}: {', '.join(space.names)}, {len(train)} train / {len(val)} val images"), flush=True)
+                   f"on {device}: {', '.join(space.names)}, {len(train)} train / {len(val)} val images"
+                   f"{'; padded to a square (data.resize): ' + ', '.join(padded) if padded else ''}"), flush=True)
     if not weights:  # as train's prototype and probe head inits do, so that the two baselines agree
         recalibrate_random_init(backbone, train.images, normalize, device)
     ftr = backbone_features(backbone, train.images, normalize, device)

@@ -189,10 +189,9 @@ def pipeline_of(path: Path, group: Path | None = None) -> Path | None:
     a stage was told "the same command with --resume" continues it, which names a `fewshot train`."""
     if group is not None:
         return group
-    name = path.name
-    stage = name in ("pretrain", "finetune_labelled", "finetune") or (
-        name.startswith("finetune_round") and name.removeprefix("finetune_round").isdigit())
-    return path.parent if stage and (path.parent / "run_state.json").is_file() else None
+    from fewshot.run_state import is_run_stage
+
+    return path.parent if is_run_stage(path) else None
 
 
 def stopped_pipeline_note(folder: Path) -> str:
