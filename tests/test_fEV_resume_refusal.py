@@ -30,19 +30,26 @@ def _snapshot(out) -> dict:
             "state": state}
 
 
+def stopped_before_any_stage(root, out, monkeypatch) -> dict:
+    """A run at ``out`` stopped by a Ctrl-C in the first stage's timing (no stage began), and its folder's snapshot."""
+    import fewshot.pipeline as pipeline
+
+    def stopped(task, *a, **kw):
+        raise StopRequested(signal.SIGINT, None)
+
+    patch_run(monkeypatch, "measure_step_seconds", stopped)
+    with pytest.raises(StopRequested):
+        pipeline.run_pipeline(_cfg(root), out, 0.5)
+    return _snapshot(out)
+
+
 def test_a_resume_with_no_stage_trained_is_refused_when_its_least_run_cannot_fit(digits_root, tmp_path, monkeypatch,
                                                                                 real_least_run_holds):
     import fewshot.pipeline as pipeline
     from fewshot.train import engine
 
-    def stopped(task, *a, **kw):  # a Ctrl-C in the first stage's timing: no stage began
-        raise StopRequested(signal.SIGINT, None)
-
     out = tmp_path / "r"
-    patch_run(monkeypatch, "measure_step_seconds", stopped)
-    with pytest.raises(StopRequested):
-        pipeline.run_pipeline(_cfg(digits_root), out, 0.5)
-    before = _snapshot(out)
+    before = stopped_before_any_stage(digits_root, out, monkeypatch)
     assert before["state"]["stages"] == {}
 
     patch_run(monkeypatch, "measure_step_seconds", lambda task, *a, **kw: 30.0)

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 
 from fewshot.errors import UserError
-from fewshot.train.stop_signal import StopRequested
 from helpers.run_patch import patch_run
-from test_fEV_resume_refusal import _cfg, _snapshot
+from test_fEV_resume_refusal import _cfg, _snapshot, stopped_before_any_stage
 
 
 def test_a_refused_resume_removes_the_folders_and_files_it_made(digits_root, tmp_path, monkeypatch,
@@ -18,14 +15,8 @@ def test_a_refused_resume_removes_the_folders_and_files_it_made(digits_root, tmp
     import fewshot.pipeline as pipeline
     from fewshot.train import engine
 
-    def stopped(task, *a, **kw):  # a Ctrl-C in the first stage's timing: no stage began
-        raise StopRequested(signal.SIGINT, None)
-
     out = tmp_path / "r"
-    patch_run(monkeypatch, "measure_step_seconds", stopped)
-    with pytest.raises(StopRequested):
-        pipeline.run_pipeline(_cfg(digits_root), out, 0.5)
-    before = _snapshot(out)
+    before = stopped_before_any_stage(digits_root, out, monkeypatch)
 
     def writes_then_times(task, *a, **kw):  # the resumed session makes a stage folder and a file before the check
         (out / "pretrain").mkdir(exist_ok=True)
