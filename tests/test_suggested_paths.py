@@ -43,7 +43,7 @@ def test_report_of_a_stopped_run_named_like_an_option_suggests_a_resume_that_nam
     (in_tmp / "-d" / "run_state.json").write_text(json.dumps({"finished": False}))
     rc, _, err = run_main("report", "--out", "rep", "--", "-d")
     assert rc == 2 and "stopped before its first stage trained" in err, err
-    command = re.search(r"\(`(fewshot run [^`]*)`\)", err).group(1)
+    command = re.search(r"`(fewshot run [^`]*)`", err).group(1)
     args = _pasted(command)
     assert args.command == "run" and args.resume and Path(args.out).resolve() == in_tmp / "-d", command
 
