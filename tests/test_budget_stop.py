@@ -31,8 +31,9 @@ def root(tmp_path_factory):
     return build_digits(tmp_path_factory.mktemp("data"))
 
 
-def counted(monkeypatch, clock: dict, eval_s: float = 0.0) -> dict:
-    """Counts the training steps and the Engine's evaluations; each evaluation takes ``eval_s`` fake seconds."""
+def counted(monkeypatch, clock: dict, eval_s: float = 0.0, reads_as: float | None = None) -> dict:
+    """Counts the training steps and the Engine's evaluations; each evaluation takes ``eval_s`` fake seconds and,
+    with ``reads_as``, is recorded as having taken that long (the Engine's own timing, _eval_took)."""
     seen = {"steps": 0, "evals": []}
     step, evaluate = SupervisedTask.training_step, Engine._evaluate
 
@@ -43,7 +44,10 @@ def counted(monkeypatch, clock: dict, eval_s: float = 0.0) -> dict:
     def timed_evaluate(self, record, epoch):
         seen["evals"].append(self.global_step)
         clock["t"] += eval_s
-        return evaluate(self, record, epoch)
+        new_best = evaluate(self, record, epoch)
+        if reads_as is not None:
+            self._eval_took = reads_as
+        return new_best
 
     monkeypatch.setattr(SupervisedTask, "training_step", training_step)
     monkeypatch.setattr(Engine, "_evaluate", timed_evaluate)

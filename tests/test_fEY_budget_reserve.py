@@ -12,11 +12,10 @@ from __future__ import annotations
 import pytest
 
 from fewshot.train.checkpoint import load_checkpoint, save_checkpoint
-from fewshot.train.engine import Engine
 from fewshot.train.finetune import run_finetune
-from fewshot.train.supervised import SupervisedTask
 from helpers.checks import engine_clock
 from helpers.tiny import build_digits, finetune_cfg
+from test_budget_stop import counted
 
 # 40 train images, batch 8: 5 steps per epoch, evaluated after each
 FT = {"train.epochs": 3, "model.img_size": 16}
@@ -31,23 +30,9 @@ def root(tmp_path_factory):
 
 
 def timed_as(monkeypatch, eval_s: float) -> dict:
-    """Counts the training steps and evaluations; each evaluation reads as taking ``eval_s`` seconds."""
-    seen = {"steps": 0, "evals": []}
-    step, evaluate = SupervisedTask.training_step, Engine._evaluate
-
-    def training_step(self, model, batch):
-        seen["steps"] += 1
-        return step(self, model, batch)
-
-    def timed_evaluate(self, record, epoch):
-        seen["evals"].append(self.global_step)
-        new_best = evaluate(self, record, epoch)
-        self._eval_took = eval_s
-        return new_best
-
-    monkeypatch.setattr(SupervisedTask, "training_step", training_step)
-    monkeypatch.setattr(Engine, "_evaluate", timed_evaluate)
-    return seen
+    """Counts the training steps and evaluations; each evaluation reads as taking ``eval_s`` seconds (the clock is
+    engine_clock's, so counted's own fake clock is left aside)."""
+    return counted(monkeypatch, {"t": 0.0}, reads_as=eval_s)
 
 
 def test_a_train_budget_stops_its_steps_the_closing_evaluation_and_writes_early(root, tmp_path, monkeypatch, capsys):
