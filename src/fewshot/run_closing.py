@@ -21,7 +21,7 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_
                                 retimed_steps, too_short_budget_error)
 from fewshot.run_checks import cold_decode_total, size_options
 from fewshot.run_fallbacks import (EVAL_SHARE, FIXMATCH_LEAST_EPOCHS, PRETRAIN_LEAST_EPOCHS, StageDropped,
-                                   epochs_in, fixmatch_dropped_why, pretrain_dropped_why)
+                                   epochs_in, fixmatch_dropped_why, fixmatch_refused_words, pretrain_dropped_why)
 from fewshot.run_stages import finetune_config
 from fewshot.run_words import pretrain_resumed_late_warning, resumed_late_warning
 
@@ -87,6 +87,8 @@ class ClosingMixin:
             self.drop_fixmatch_unless_it_fits(task, step_s, need)
         if step_s is not None and self.semi != "pseudo":  # self-training's round 1: round1_closing checks it
             step_s = self.refuse_unless_least_run_fits([(task, step_s)])[-1]  # re-timed where it did not fit
+        if step_s is not None:
+            self.say_fixmatch_dropped()  # FixMatch's fallback passed its least-run check (or had no need of one)
         # the report's image-based parts are left out at the end when they will not fit: beyond half the budget,
         # or where they would leave the last stage less than its floor of steps
         left = self.t_start + budget_s - time.monotonic()
@@ -140,6 +142,7 @@ class ClosingMixin:
             step_s = retimed_steps(measure_step_seconds, [(task, step_s)], schedule, self.left_s, least_run_holds)[0]
         if not least_run_holds(schedule([step_s]), self.left_s()):
             left = self.left_s() - need - step_s
+            self.fixmatch_drop = {"least_s": schedule([step_s]), "step_s": step_s}  # for the fallback's refusal
             raise StageDropped(fixmatch_dropped_why(epochs_in(left, step_s, steps), left, step_s))
 
     def warn_if_resumed_late(self, stage: str, need: float, task=None) -> None:
@@ -290,6 +293,9 @@ class ClosingMixin:
                                        self.least_run_hints(bool(before)), self.locked,
                                        first(*steps) if first else "",
                                        resumed=(self.out, self.used) if self.resume else None)
+        drop = self.fixmatch_drop
+        if drop is not None and "least_s" in drop:  # FixMatch dropped for this fallback: what FixMatch would need
+            error = fixmatch_refused_words(error, self.budget_s, used, drop["least_s"], drop["step_s"])
         self.undo_start(new_entries=self.resume)
         raise error
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import shutil
 
-from fewshot.errors import one_line
-from fewshot.run_budget import FLOOR_STEPS
+from fewshot.errors import UserError, one_line
+from fewshot.run_budget import FLOOR_STEPS, _least_minutes
 from fewshot.run_stages import finetune_config
 
 # FixMatch's least schedule, in epochs of the labelled images (its steps draw one labelled batch each). Measured on
@@ -64,18 +64,42 @@ def pretrain_dropped_why(left_s: float, step_s: float, per_epoch: int) -> str:
             f"(a larger --budget-minutes keeps --pretrain)")
 
 
+def fixmatch_refused_words(error: UserError, budget_s: float, used_s: float, fixmatch_s: float,
+                           step_s: float) -> UserError:
+    """The least-run refusal of the labelled-only fine-tune that replaced FixMatch, with what FixMatch's own least
+    run needs: its "Give --budget-minutes" alone is sized for the fallback, and a rerun with --semi fixmatch at that
+    budget dropped FixMatch again (review rev86 #6)."""
+    minutes = _least_minutes(budget_s, used_s + fixmatch_s)
+    return UserError(one_line(
+        f"{error} This is the least run without FixMatch, which the budget cannot give its "
+        f"{FIXMATCH_LEAST_EPOCHS} epochs of the labelled images either: --semi fixmatch needs about {fixmatch_s:.0f} "
+        f"s more ({step_s * 1000:.0f} ms a step, and the closing work), so give --budget-minutes {minutes:g} or more "
+        f"to keep FixMatch."))
+
+
 class FallbacksMixin:
     """PipelineRun's word and record of a dropped stage, and the plan without it."""
 
+    fixmatch_drop: dict | None = None  # a FixMatch drop not yet said: its why, and its least run's seconds and step
+
     def drop_fixmatch(self, why: str) -> None:
-        """The labelled-only fine-tune in FixMatch's place: its config, a fresh stage folder, the note."""
-        print(one_line(f"[run] --semi fixmatch skipped (planned, not an error): {why}."), flush=True)
+        """The labelled-only fine-tune in FixMatch's place: its config, a fresh stage folder. The note waits for
+        the fallback's least-run check (say_fixmatch_dropped): said before a refusal, it told of a fine-tune that
+        never ran."""
+        self.fixmatch_drop = {**(self.fixmatch_drop or {}), "why": why}
         self.skip_fixmatch_in_summary(why)
         self.state.data["fixmatch_skipped"] = why
         self.state.save()
         self.semi = "off"
         self.fcfg = finetune_config(self.cfg, self.weights, "off")
         shutil.rmtree(self.fdir, ignore_errors=True)  # made for FixMatch's stage, nothing trained
+
+    def say_fixmatch_dropped(self) -> None:
+        """drop_fixmatch's note, once the labelled-only fine-tune's least run has passed its check."""
+        if self.fixmatch_drop is not None and self.fixmatch_drop.get("why"):
+            print(one_line(f"[run] --semi fixmatch skipped (planned, not an error): {self.fixmatch_drop['why']}."),
+                  flush=True)
+        self.fixmatch_drop = None
 
     def drop_pretrain(self, why: str) -> None:
         """The run without its MoCo stage: the note, the record, and the fine-tuning's settings as without it."""
