@@ -27,7 +27,7 @@ from fewshot.cli_process import _TURN, _devnull_onto, _messages_off_the_output, 
 from fewshot.cli_ranks import (_CALL, _a_peer_said_why, _a_peer_stopped, _argparse_said_once, _command_call,
                                _first_exit, _first_to_say, _process_group_started, _quiet_rank, _speaker_failed_too,
                                _speaker_spoke, launch_rank, refuse_several_processes, world_size_env)
-from fewshot.errors import UserError, printable
+from fewshot.errors import UserError, one_line, printable
 from fewshot.train.stop_signal import StopRequested
 
 
@@ -153,7 +153,23 @@ def cmd_predict(args, extra) -> int:
         routing_file.unlink(missing_ok=True)  # only predict's own: a user's file, folder or link so named stays
     n = sum(len(v) for k, v in pred.items() if k != "n_parameters")
     print(f"wrote {out}: {n} predictions over {len(pred) - 1} dataset(s), mode {args.mode}")
+    if args.mode == "unknown":
+        _say_routing(routing, routing_file)
     return 0
+
+
+def _say_routing(routing: dict, routing_file) -> None:
+    """The routing file predict --mode unknown wrote, and per dataset the images routed to another one, which
+    pred_all.json holds as -1: a user found a whole dataset of -1 from the grader."""
+    from fewshot.eval.predict import MISROUTED
+    from fewshot.eval.routing import routed_elsewhere
+
+    if routing_file is not None:
+        print(f"wrote {routing_file}: each test image's predicted dataset")
+    away = routed_elsewhere(routing)
+    if away:
+        counts = ", ".join(f"{name} {k} of {n}" for name, (k, n) in away.items())
+        print(one_line(f"routed to other datasets (written as {MISROUTED}, never a correct class): {counts}"))
 
 
 def cmd_models(args, extra) -> int:

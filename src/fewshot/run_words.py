@@ -313,22 +313,60 @@ def smaller_model_words(n_parameters, from_weights: bool = False) -> str:
             f"this run's {n_parameters / 1e6:.1f}M)")
 
 
-def near_chance_why(found: dict, stage: str, epochs: float | None, n_parameters: int | None = None,
+def labelled_passes(stages: dict, predicting: str, repeat: int = 1) -> tuple[float | None, list[str]]:
+    """(How many times the predicting model trained on the labelled images, the stages counted): self-training's
+    rounds each continue the round before, so `finetune` counts round 1 and the middle rounds too, and a round on
+    pseudo-labels holds the labelled images ``repeat`` times (run.pseudo_labelled_repeat) in each of its epochs.
+    The last stage's epochs alone said "0.7 epochs" of a model that had seen the labelled images 5.5 times.
+    None where a stage counted has no epoch count."""
+    def round_of(name: str) -> int | None:
+        k = name.removeprefix("finetune_round")
+        return int(k) if name.startswith("finetune_round") and k.isdigit() else None
+
+    if predicting == "finetune_labelled" or (predicting != "finetune" and round_of(predicting) is None) \
+            or "finetune_labelled" not in stages:  # no self-training, FixMatch, or round 1 predicts
+        chain = [predicting]
+    else:
+        last = round_of(predicting)
+        rounds = sorted(k for k in map(round_of, stages) if k is not None and (last is None or k <= last))
+        chain = ["finetune_labelled", *(f"finetune_round{k}" for k in rounds)] + (["finetune"] if last is None else [])
+    total = 0.0
+    for name in chain:
+        entry = stages.get(name) or {}
+        epochs = entry.get("epochs")
+        if not isinstance(epochs, (int, float)) or isinstance(epochs, bool):
+            return None, chain
+        total += epochs * (max(1, int(repeat)) if entry.get("pseudo_labels") is not None else 1)
+    return total, chain
+
+
+def _trained_words(epochs: float, over: list[str], few: bool) -> str:
+    """"It trained 13.0 epochs" of one stage; "Over finetune_labelled and finetune it trained on the labelled
+    images about 5.5 times" of the rounds a model continued."""
+    if len(over) <= 1:
+        return f"It trained {epochs:.1f} epochs" if few else f"It trained {epochs:.0f} epochs"
+    stages = ", ".join(over[:-1]) + f" and {over[-1]}"
+    return f"Over {stages} it trained on the labelled images about {epochs:.{1 if few else 0}f} times"
+
+
+def near_chance_why(found: dict, stage: str, epochs: float | tuple | None, n_parameters: int | None = None,
                     from_weights: bool = False) -> str:
     """The words of the run's near-chance warning (summary.json's near_chance.why): the datasets, that the files are
-    still valid, and the advice that fits how long the predicting stage trained: a stage stopped after a few epochs
-    wants more time or a faster model first (one only where it is smaller than the run's, ``n_parameters``, and the
-    run did not start from --weights, ``from_weights``), one that trained long enough wants more labels."""
+    still valid, and the advice that fits how long the predicting model trained (``epochs``: one stage's epochs, or
+    labelled_passes' (passes, stages)): a model stopped after a few epochs wants more time or a faster model first
+    (one only where it is smaller than the run's, ``n_parameters``, and the run did not start from --weights,
+    ``from_weights``), one that trained long enough wants more labels."""
+    epochs, over = epochs if isinstance(epochs, tuple) else (epochs, [stage])
     parts = "; ".join(near_chance_part(name, f) for name, f in found.items())
     more = (f"a larger --budget-minutes{smaller_model_words(n_parameters, from_weights)} trains more; more labelled "
             f"images per class help too.")
     if epochs is None:
         advice = more[0].upper() + more[1:]
     elif epochs < ENOUGH_EPOCHS:
-        advice = f"It trained {epochs:.1f} epochs in this budget: {more}"
+        advice = f"{_trained_words(epochs, over, True)} in this budget: {more}"
     else:
-        advice = (f"It trained {epochs:.0f} epochs, so more time alone may not help: more labelled images per class "
-                  f"(and a look at the train folders' labels), or another --model, may.")
+        advice = (f"{_trained_words(epochs, over, False)}, so more time alone may not help: more labelled images per "
+                  f"class (and a look at the train folders' labels), or another --model, may.")
     return (f"the model that predicts ({stage}) is little better than guessing on {len(found)} "
             f"dataset{'s' if len(found) != 1 else ''} ({parts}): pred_all.json is complete and valid, but expect "
             f"{'this dataset' if len(found) == 1 else 'these datasets'} to score near chance on test. {advice}")

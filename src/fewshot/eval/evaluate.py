@@ -9,6 +9,7 @@ from torch import nn
 
 from fewshot.data.label_space import LabelSpace
 from fewshot.errors import one_line
+from fewshot.eval.routing import ROUTING_SHOWN_BELOW, dataset_routing, mean_routing, routing_summary
 from fewshot.progress import track
 
 
@@ -39,7 +40,8 @@ def _topk_hit(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tens
 
 def score(logits: torch.Tensor, targets: torch.Tensor, dataset_ids: torch.Tensor, space: LabelSpace,
           mode: str, n_parameters: int | None = None) -> dict:
-    """SPEC's metrics dict: accuracies in percent; routing_acc only in unknown-source mode."""
+    """SPEC's metrics dict: accuracies in percent; routing_acc only in unknown-source mode, counted over images,
+    with each dataset's own routing_acc (and where its other images went) and mean_routing_acc, their mean."""
     if mode == "known":
         scored = space.restrict(logits, dataset_ids)
     elif mode == "unknown":
@@ -63,8 +65,12 @@ def score(logits: torch.Tensor, targets: torch.Tensor, dataset_ids: torch.Tensor
         datasets[name] = {"acc1": 100.0 * int(top1[m].sum()) / n, "acc5": 100.0 * int(hit5.sum()) / n, "n": n}
     mean = sum(v["acc1"] for v in datasets.values()) / max(1, len(datasets))
     routing = 100.0 * int((pred_ds == dataset_ids).sum()) / len(targets) if mode == "unknown" and len(targets) else None
-    return {"mode": mode, "n_parameters": n_parameters, "mean_acc1": mean, "datasets": datasets,
-            "routing_acc": routing}
+    out = {"mode": mode, "n_parameters": n_parameters, "mean_acc1": mean, "datasets": datasets, "routing_acc": routing}
+    if mode == "unknown":
+        for name, entry in dataset_routing(pred_ds, dataset_ids, list(space.names)).items():
+            datasets[name].update(entry)
+        out["mean_routing_acc"] = mean_routing(datasets)
+    return out
 
 
 def format_table(metrics: dict, title: str | None = None) -> str:
@@ -74,13 +80,23 @@ def format_table(metrics: dict, title: str | None = None) -> str:
 
     shown = [(one_line(str(name)), m) for name, m in metrics["datasets"].items()]  # a folder name's escapes: inert
     w = max([24] + [cell_len(name) for name, _ in shown])
-    rows = [f"{'dataset':<{w}} {'acc@1':>7} {'acc@5':>7} {'n':>6}"]
+    # unknown source: each dataset's share of images routed to itself, beside its accuracy
+    routed = metrics.get("routing_acc") is not None and all("routing_acc" in m for _, m in shown)
+    rows = [f"{'dataset':<{w}} {'acc@1':>7} {'acc@5':>7} {'n':>6}" + (f" {'routed to itself':>16}" if routed else "")]
     for name, m in shown:
         name = name + " " * (w - cell_len(name))
-        rows.append(f"{name} {m['acc1']:7.2f} {m['acc5']:7.2f} {m['n']:6d}")
-    rows.append(f"{'mean':<{w}} {metrics['mean_acc1']:7.2f}")
+        rows.append(f"{name} {m['acc1']:7.2f} {m['acc5']:7.2f} {m['n']:6d}"
+                    + (f" {m['routing_acc']:16.2f}" if routed else ""))
+    mean_routing_acc = metrics.get("mean_routing_acc") if routed else None
+    rows.append(f"{'mean':<{w}} {metrics['mean_acc1']:7.2f}"
+                + (f" {'':>7} {'':>6} {mean_routing_acc:16.2f}" if mean_routing_acc is not None else ""))
     if metrics.get("routing_acc") is not None:
-        rows.append(f"{'dataset routing':<{w}} {metrics['routing_acc']:7.2f}")
+        rows.append(f"{'dataset routing':<{w}} {metrics['routing_acc']:7.2f} % of all images"
+                    + (f" ({mean_routing_acc:.2f} mean over datasets)" if mean_routing_acc is not None else ""))
+        went = routing_summary(metrics)
+        if went:  # where each poorly routed dataset's images went: the datasets it is confused with
+            rows.append(f"datasets routed to themselves less than {ROUTING_SHOWN_BELOW:.0f} % of the time:")
+            rows += [f"  {one_line(line)}" for line in went]
     head = (f"{one_line(title)}  (mode: {metrics['mode']}, parameters: {metrics.get('n_parameters') or 0:,})\n"
             if title else "")
     return head + "\n".join(rows)

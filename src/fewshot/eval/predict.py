@@ -207,11 +207,18 @@ def by_folder(per_dataset: dict, infos) -> dict:
             key.update({name: name for name in names})
 
 
+def _others_keyed(entry, infos):
+    """A dataset's scores with the datasets its images were routed to (routed_to_others) named by folder too."""
+    if isinstance(entry, dict) and isinstance(entry.get("routed_to_others"), dict):
+        return {**entry, "routed_to_others": by_folder(entry["routed_to_others"], infos)}
+    return entry
+
+
 def folder_keyed(metrics: dict, infos) -> dict:
     """score's metrics with their datasets (and not_scored) named as by_folder names them."""
     out = dict(metrics)
     if isinstance(metrics.get("datasets"), dict):
-        out["datasets"] = by_folder(metrics["datasets"], infos)
+        out["datasets"] = by_folder({name: _others_keyed(v, infos) for name, v in metrics["datasets"].items()}, infos)
     if isinstance(metrics.get("not_scored"), list):
         out["not_scored"] = list(by_folder(dict.fromkeys(metrics["not_scored"]), infos))
     return out

@@ -6,6 +6,7 @@ page and the terminal show exactly the same numbers.
 
 from __future__ import annotations
 
+from fewshot.eval.routing import ROUTING_SHOWN_BELOW, routing_summary
 from fewshot.report.cells import (ABSURD, DASH, UNKNOWN, Table, count, duration, epochs, flops, number, opt, pct,
                                   rate, routing, shown)
 from fewshot.report.render import print_tables, to_html, to_text
@@ -255,19 +256,27 @@ def dataset_table(run: Run, title: str | None = None, known: dict | None = None,
     def mark(n: str, cell: str) -> str:  # only where some datasets' scores are balanced and some plain
         return f"{cell}*" if some and not every and n in some and cell != DASH else cell
 
+    routed = routing(unknown) is not None  # each dataset's share routed to itself: a column of its own
+    if routed:
+        cols.append("unknown: routed to itself")
     rows = []
     for n in names:
         k = ((known or {}).get("datasets") or {}).get(n) or {}
         u = ((unknown or {}).get("datasets") or {}).get(n) or {}
         rows.append([n, str(k.get("n", u.get("n", DASH))), mark(n, pct(k.get("acc1"))), mark(n, pct(k.get("acc5"))),
-                     pct(u.get("acc1")), pct(u.get("acc5"))])
+                     pct(u.get("acc1")), pct(u.get("acc5"))] + ([pct(u.get("routing_acc"))] if routed else []))
     mean = pct((known or {}).get("mean_acc1"))
+    mean_routed = [pct(unknown.get("mean_routing_acc"))] if routed else []
     rows.append(["mean", "", f"{mean}*" if some and not every and mean != DASH else mean, "",
-                 pct((unknown or {}).get("mean_acc1")), ""])
+                 pct((unknown or {}).get("mean_acc1")), ""] + mean_routed)
     emphasis = [len(rows) - 1]
-    if routing(unknown) is not None:
-        rows.append(["dataset routing", "", "", "", pct(routing(unknown)), ""])
+    if routed:  # counted over images, where large datasets weigh most: said apart from the mean over datasets
+        rows.append(["dataset routing (% of all images)", "", "", "", pct(routing(unknown)), "", ""])
         emphasis.append(len(rows) - 1)
+        went = routing_summary(unknown)
+        if went:
+            caption = " ".join(filter(None, [caption, f"Unknown source, datasets routed to themselves less than "
+                                                      f"{ROUTING_SHOWN_BELOW:.0f} % of the time: {'; '.join(went)}."]))
     if title is None and run.from_log:  # no usable metrics.json, or a checkpoint named as RUN: say which
         why = f"the epoch {run.given_checkpoint.name} holds" if _given_evaluation(run) else \
             "no usable metrics.json" if (run.path / "metrics.json").is_file() else "no metrics.json"

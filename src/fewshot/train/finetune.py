@@ -20,6 +20,7 @@ from fewshot.data.layout import scan_root
 from fewshot.data.skipped import write_skipped
 from fewshot.errors import CheckpointError, UserError, one_line
 from fewshot.eval.evaluate import format_table
+from fewshot.eval.routing import routing_words
 from fewshot.models.weights import weights_note
 from fewshot.progress import set_enabled
 from fewshot.train.distributed import check_same_data, check_same_settings, init_distributed
@@ -232,7 +233,7 @@ def final_metrics(engine: Engine, task: SupervisedTask, out: Path) -> dict:
               "score_raw, score_ema); eval, predict and export use them.", flush=True)
     if mode == "known":
         print(f"unknown-source: mean acc@1 {result['val']['unknown']['mean_acc1']:.2f}, "
-              f"routing {result['val']['unknown']['routing_acc']:.2f}")
+              f"{routing_words(result['val']['unknown'])}")
     else:
         print(f"known-source: mean acc@1 {result['val']['known']['mean_acc1']:.2f}")
     return metrics
