@@ -105,6 +105,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
             with self.undone_if_start_fails():
                 self.check_test_split()
                 self.check_pseudo_precision()
+                self.fixmatch_kept_off()  # a resume after FixMatch's drop: its pool is not decoded
                 self.choose_model()
                 self.decode_inputs()
                 if self.semi == "pseudo":

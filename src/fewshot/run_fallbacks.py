@@ -81,6 +81,7 @@ class FallbacksMixin:
     """PipelineRun's word and record of a dropped stage, and the plan without it."""
 
     fixmatch_drop: dict | None = None  # a FixMatch drop not yet said: its why, and its least run's seconds and step
+    fixmatch_dropped_before: str | None = None  # a resume's FixMatch drop of an earlier session: its why
 
     def drop_fixmatch(self, why: str) -> None:
         """The labelled-only fine-tune in FixMatch's place: its config, a fresh stage folder. The note waits for
@@ -89,6 +90,8 @@ class FallbacksMixin:
         self.fixmatch_drop = {**(self.fixmatch_drop or {}), "why": why}
         self.skip_fixmatch_in_summary(why)
         self.state.data["fixmatch_skipped"] = why
+        # FixMatch's settings and pool, for a resume's summary: it does not load the pool again (fixmatch_kept_off)
+        self.state.data["fixmatch_planned"] = self.summary["fixmatch_skipped"].get("planned")
         self.state.save()
         self.semi = "off"
         self.fcfg = finetune_config(self.cfg, self.weights, "off")
@@ -110,18 +113,32 @@ class FallbacksMixin:
         self.r["pretrain"] = False  # the fine-tuning's lr as without MoCo (finetune_config)
         shutil.rmtree(self.out / "pretrain", ignore_errors=True)  # made for MoCo's stage, nothing trained
 
+    def fixmatch_kept_off(self) -> None:
+        """A resumed run whose FixMatch was dropped in an earlier session (run_state.json) trains without it from the
+        start-up on: said once, and its pool neither decoded nor loaded. The resume announced FixMatch on its pool and
+        loaded it, out of a budget already short, then trained without it (hunt hBU #3)."""
+        why = self.state.data.get("fixmatch_skipped") if self.state is not None else None
+        if why and self.semi == "fixmatch":
+            print(one_line(f"[run] --semi fixmatch stays skipped (earlier session): {why}."), flush=True)
+            self.semi = "off"
+            self.fixmatch_dropped_before = why
+
     def dropped_before(self) -> None:
-        """A resumed run's stages dropped in an earlier session stay dropped (run_state.json)."""
+        """A resumed run's stages dropped in an earlier session stay dropped (run_state.json): MoCo's here, FixMatch's
+        at the start-up (fixmatch_kept_off), recorded here in the summary as the first session recorded it."""
         data = self.state.data
         if data.get("pretrain_skipped"):
             self.r["pretrain"] = False
             self.summary["pretrain_skipped"] = {"why": data["pretrain_skipped"]}
-        if data.get("fixmatch_skipped") and self.semi == "fixmatch":
-            self.semi = "off"
-            self.skip_fixmatch_in_summary(data["fixmatch_skipped"])
+        why = self.fixmatch_dropped_before
+        if why:
+            before = self.summary.get("fixmatch_skipped")  # a stage kept the summary after the drop: it holds it
+            planned = before.get("planned") if isinstance(before, dict) else None
+            self.skip_fixmatch_in_summary(why, planned if planned is not None else data.get("fixmatch_planned"))
 
-    def skip_fixmatch_in_summary(self, why: str) -> None:
+    def skip_fixmatch_in_summary(self, why: str, planned: dict | None = None) -> None:
         """summary.json's record of the drop: FixMatch's settings and pool move from ``semi`` (what trained, which a
-        reader took FixMatch to have done, review rev86) to ``fixmatch_skipped`` beside the why."""
-        planned = self.summary.pop("semi", None)
+        reader took FixMatch to have done, review rev86) to ``fixmatch_skipped`` beside the why (``planned``: a
+        resume's record of them, whose start-up did not load the pool)."""
+        planned = self.summary.pop("semi", None) or planned
         self.summary["fixmatch_skipped"] = {"why": why, **({"planned": planned} if planned is not None else {})}
