@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from fewshot.config import CHOSEN, RECHOSEN, canonical_value, note_chosen, note_rechosen, same_recorded_path
+from fewshot.config.recorded import RESIZE_RECORD
 from fewshot.data.fit import fit_of, settle_fit
 from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import scan_root
@@ -294,8 +295,11 @@ class StartupMixin:
         if cfg["model"]["img_size"] is None:  # the budget is the whole run's (`fewshot run`'s default without a flag)
             # not recorded as chosen: given back to `train` or `pretrain`, a stage's size was chosen again as the
             # model's default (224 px for resnet18), not for the run's budget (32 or 64 px), at ~12x the cost
+            # auto's choices for the size only, not recorded: settle_fit decides them at the size (the letterbox's
+            # bound on what it pads, aspect.MIN_PADDED_SIDE, depends on it)
+            unsettled = {**cfg, RESIZE_RECORD: copy.copy(cfg.get(RESIZE_RECORD))}
             cfg["model"]["img_size"], why = auto_img_size(self.infos, self.device, self.budget_minutes,
-                                                              cfg["model"], fit_of(cfg, self.infos))
+                                                              cfg["model"], fit_of(unsettled, self.infos))
         # a MoCo stage dropped in an earlier session (its pretrain/ removed) no longer starts from the weights: round 1
         # of fine-tuning does, and its checkpoint replaces them (rev88 #2)
         moco = r["pretrain"] and not (self.state is not None and self.state.data.get("pretrain_skipped"))

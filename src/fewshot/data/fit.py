@@ -46,10 +46,19 @@ def fit_of(cfg: dict, infos=None, root=None) -> str | Fit:
     if len(set(modes.values())) <= 1:
         return next(iter(modes.values()), "crop")
     base = Path(os.path.abspath(root if root is not None else cfg["data"]["root"]))
-    prefixes = tuple((os.path.join(folder, name, ""), mode) for name, mode in modes.items()
-                     for folder in (base, base / "unlabeled"))
-    counts = sorted(modes.values())
-    return Fit(prefixes, max(("pad", "crop"), key=counts.count))  # a tie: crop (max keeps the first)
+    # each dataset's folder as found under the root (info.root): the model's name in the other Unicode form (a
+    # decomposed folder on macOS) matched no file, and a padded dataset was decoded by crop (hunt hBT #3)
+    found = [(Path(os.path.abspath(i.root)), modes[i.name]) for i in infos or ()
+             if getattr(i, "root", None) is not None and i.name in modes]
+    named = [(os.path.join(folder, name, ""), mode) for name, mode in modes.items()
+             for folder in (base, base / "unlabeled")]
+    named += [(os.path.join(where, ""), mode) for folder, mode in found
+              for where in (folder, base / "unlabeled" / folder.name)]
+    prefixes = tuple(dict.fromkeys(named))
+    counts = list(modes.values())
+    # a pool file of unknown source takes the majority's choice; a tie: crop (max keeps the first), auto's choice
+    # for images not known to be far from square, which a square image decodes to alike under either
+    return Fit(prefixes, max(("crop", "pad"), key=counts.count))
 
 
 def settle_modes(cfg: dict, infos, sizes: dict | None = None) -> dict:
@@ -62,12 +71,13 @@ def settle_modes(cfg: dict, infos, sizes: dict | None = None) -> dict:
     if cfg.get(RESIZE_RECORD) is None:
         cfg[RESIZE_RECORD] = {}
     record = cfg[RESIZE_RECORD]  # in place: a shallow copy of cfg shares it
+    size = (cfg.get("model") or {}).get("img_size")  # None: not chosen yet, no bound on what is padded
     for info in infos:
         if info.name not in record:
             read = header_sizes(sample_paths(info))
             if sizes is not None:
                 sizes[info.name] = read
-            record[info.name] = dataset_mode(read)
+            record[info.name] = dataset_mode(read, size)
     return record
 
 
