@@ -74,6 +74,17 @@ def adopt_recorded_bit_depth(cfg: dict, flags: dict, extra: list[str], config_fi
     record_chosen(cfg, {"data.bit_depth": before})  # the weights file's, not the user's: chosen again later
 
 
+def mark_recorded_resize(cfg: dict, flags: dict, extra: list[str], config_file: str | None) -> None:
+    """model.weights' recorded data.resize, kept for the start (data/weights_resize.py): taken where the user gave
+    none, compared where they did."""
+    from fewshot.config import file_settings
+    from fewshot.data.weights_resize import mark_weights_resize
+
+    if cfg["model"].get("weights"):
+        mark_weights_resize(cfg, "data.resize" in given_fields(flags, extra) or bool(
+            config_file and "data.resize" in file_settings(config_file)))
+
+
 def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None = None,
                        default_preset: str | None = None) -> dict:
     from fewshot.config import PER_INVOCATION, file_settings, get_dotted, mark_rechosen, parse_override, record_chosen
@@ -93,6 +104,7 @@ def resolve_run_config(args, extra: list[str], mapping: dict, preset: str | None
         name = cfg["model"]["name"]
         adopt_recorded_model(cfg, flags, extra, args.config)
         adopt_recorded_bit_depth(cfg, flags, extra, args.config)
+        mark_recorded_resize(cfg, flags, extra, args.config)
         record_chosen(cfg, {"model.name": name})  # the weights file's model, not the user's: chosen again later
         note_pretrained_tag(cfg["model"])
     # a run's config.yaml as --config: what it holds for the fields that run chose itself, for the note that names

@@ -132,7 +132,8 @@ def cmd_probe(args, extra) -> int:
         metrics = run_probe(args.weights, args.model, args.data, args.img_size, resolve_device(args.device),
                             mode=args.mode, epochs=args.epochs or 300, datasets=args.datasets, head=args.head,
                             skip_bad=args.skip_bad_images, bit_depth=bit_depth, seed=args.seed,
-                            resize=resize)
+                            resize=resize, resize_given=any(w.partition("=")[0].strip() == "data.resize"
+                                                            for w in extra))
         print(format_table(metrics, title=f"{metrics['protocol']} of {args.weights or 'random init (no weights)'}"))
         if args.out:
             _write_probe_metrics(Path(args.out), metrics, before)

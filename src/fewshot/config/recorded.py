@@ -32,7 +32,9 @@ RESIZE_RECORD = "_resize"
 # written into a run's config.yaml by the tool (report, resume)
 RECORDED = ("_task", CHOSEN, GIVEN_WEIGHTS, RESIZE_RECORD)
 RECHOSEN_LATER = "_rechosen_later"  # in memory only: RECHOSEN's fields chosen once training starts (CHOSEN_LATER)
-TRANSIENT = (RECHOSEN, RECHOSEN_LATER)  # never written into config.yaml (save_yaml)
+# in memory only: the data.resize a --weights file records, until the datasets are known (data/weights_resize.py)
+WEIGHTS_RESIZE = "_weights_resize"
+TRANSIENT = (RECHOSEN, RECHOSEN_LATER, WEIGHTS_RESIZE)  # never written into config.yaml (save_yaml)
 
 # Fields a run fills in itself where the user left them unset (None, or auto): the learning rate and backbone
 # multiplier (resolve_finetune_defaults: --weights or not; resolve_pretrain_defaults: the global batch), the

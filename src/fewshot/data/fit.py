@@ -93,11 +93,46 @@ def resize_changes(then: dict, now: dict, then_where: str) -> list[str]:
             for name in was if name in kept and kept[name] != was[name]]
 
 
-def settle_fit(cfg: dict, infos) -> None:
-    """At the start of `fewshot run` and `fewshot train`: auto's choice per dataset recorded, and the note where a
-    dataset's images are far from square (aspect.note_far_from_square), from the same headers."""
+def settle_fit(cfg: dict, infos, then: dict | None = None, then_where: str = "") -> None:
+    """At the start of `fewshot run` and `fewshot train`: auto's choice per dataset recorded (a --weights file's
+    where the user left data.resize at auto: weights_resize), and the note where a dataset's images are far from
+    square (aspect.note_far_from_square), from the same headers. ``then``: a resumed run's checkpoint config (read
+    from ``then_where``), whose record fills in the entries deleted from config.yaml; where it differs from this
+    config, the resume is refused (Engine.resume) and the note, about settings not used, is left out."""
     from fewshot.data.aspect import note_far_from_square
+    from fewshot.data.weights_resize import adopt_weights_resize, note_weights_mismatch
 
+    pending = adopt_weights_resize(cfg, infos)
+    auto = cfg["data"].get("resize", "crop") == "auto"
+    if then is not None and auto:
+        restore_record(cfg, infos, then, then_where)
     sizes: dict = {}
-    modes = settle_modes(cfg, infos, sizes) if cfg["data"].get("resize", "crop") == "auto" else None
+    modes = settle_modes(cfg, infos, sizes) if auto else None
+    note_weights_mismatch(cfg, infos, pending, modes)
+    if then is not None and (_resize_of(then) != cfg["data"].get("resize", "crop")
+                             or resize_changes(then, cfg, then_where)):
+        return
     note_far_from_square(cfg, infos, modes, sizes)
+
+
+def _resize_of(config: dict) -> str:
+    """A config's data.resize; crop where it records none (a run from before the field)."""
+    return ((config.get("data") or {}) if isinstance(config, dict) else {}).get("resize", "crop")
+
+
+def restore_record(cfg: dict, infos, then: dict, then_where: str) -> None:
+    """A resumed run's RESIZE_RECORD entries deleted from its config.yaml, put back from its checkpoint's config
+    (``then``), with a note: decided again from the folder's images, they may differ from how the run decoded them,
+    and the refusal blamed an edit ("pad in the run, crop now") of a record that was no longer there (hunt hBT #6)."""
+    from fewshot.data.warn_once import warn_once
+
+    if _resize_of(then) != "auto":
+        return  # data.resize itself differs: refused as such
+    was, kept = resize_record(then, then_where), resize_record(cfg, "the run's config")
+    missing = {info.name: was[info.name] for info in infos if info.name in was and info.name not in kept}
+    if missing:
+        cfg[RESIZE_RECORD] = {**kept, **missing}
+        listed = ", ".join(f"{name}: {mode}" for name, mode in missing.items())
+        warn_once([f"the run's config.yaml has no {RESIZE_RECORD} entry for {', '.join(missing)}; {then_where} "
+                   f"records how the run decoded them ({listed}), so they decode as before, and config.yaml records "
+                   f"{'them' if len(missing) > 1 else 'it'} again once the resume starts."], "note")

@@ -163,14 +163,17 @@ def random_note(backbone: torch.nn.Module, seed: int) -> str:
 
 def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: int | None, device: torch.device,
               mode: str = "known", epochs: int = 300, datasets=None, head: str = "linear",
-              skip_bad: bool = False, bit_depth: int | str = "auto", seed: int = 0, resize: str = "crop") -> dict:
+              skip_bad: bool = False, bit_depth: int | str = "auto", seed: int = 0, resize: str = "crop",
+              resize_given: bool = True) -> dict:
     """Frozen-feature accuracy on val: a trained linear head ("linear") or, without any training, the
     cosine nearest class mean of standardised features ("prototype", SimpleShot). ``bit_depth``: data.bit_depth,
     as the features were learnt from (12-bit images probed at the 16-bit scale came out dark). A distilled model's
     two tokens are averaged into one head (see the module docstring: not model.head_init=probe's heads).
     ``seed``: the random initialisation (without weights) and the head's; unseeded, every baseline scored another
-    random network. ``resize``: data.resize, auto decided per dataset as train decides it (data/fit.py)."""
-    from fewshot.data.fit import fit_of
+    random network. ``resize``: data.resize, auto decided per dataset as train decides it (data/fit.py); where
+    not ``resize_given``, the choices ``weights`` records are taken as `train --weights` takes them."""
+    from fewshot.data.fit import fit_of, settle_modes
+    from fewshot.data.weights_resize import adopt_weights_resize, mark_weights_resize, note_weights_mismatch
 
     infos = scan_root(root, datasets, splits=("train", "val"))
     space = LabelSpace.from_infos(infos)
@@ -188,6 +191,10 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     normalize = Normalize(*mean_std(backbone)).to(device)
     cache = default_cache_dir(root, None)
     fitted = {"data": {"resize": resize, "root": str(root)}}  # its own record of auto's choices, as a run's config
+    fitted["model"] = {"weights": weights}
+    mark_weights_resize(fitted, resize_given)  # the --weights file's record, as `train --weights` takes it
+    pending = adopt_weights_resize(fitted, infos)
+    note_weights_mismatch(fitted, infos, pending, settle_modes(fitted, infos) if resize == "auto" else None)
     fit = fit_of(fitted, infos, root)
     train, val = load_splits(infos, ("train", "val"), space, size, cache, skip_bad=skip_bad, bit_depth=bit_depth,
                              resize=fit)

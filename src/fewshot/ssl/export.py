@@ -178,6 +178,9 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path, follow_links: bool
     bits = _bit_depth_text(ck, ckpt)
     if bits:  # the scale the features were learnt at: probe --weights reads the images at it (recorded_bit_depth)
         meta["bit_depth"] = bits
+    from fewshot.data.weights_resize import export_fields
+
+    meta.update(export_fields(ck.get("config")))  # data.resize and auto's choices: train and probe --weights take them
     atomic_write_bytes(out, save(state, metadata=meta), follow_links)  # bytes in memory: no temp file left behind
     return out, meta
 

@@ -88,7 +88,8 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
     resolve_defaults(ctx, resuming)
     # test/ too where it exists: its duplicate ids and sub-folders stopped predict only, after the training
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"), if_present=("test",))
-    settle_fit(cfg, infos)
+    if not resuming:  # a resume's, once its checkpoint is read: the record it holds, and no note before a refusal
+        settle_fit(cfg, infos)
     # with what resolve_defaults filled in from each node's own weights file (its network), in the same exchange
     # but train.amp, which the Engine resolves on rank 0 for every rank (a rank resuming a run that recorded its
     # choice read `off` where one without the run read `auto`, and the checkpoint check never spoke)
@@ -116,6 +117,9 @@ def start_job(cfg: dict, out: Path, resume: bool, resolve_defaults, start: RunSt
         if unreadable is not None:
             raise unreadable
         check_resume_fits(last, ck, kind, ctx.world)
+    if resuming:
+        then = ck.get("config") if ck is not None else None
+        settle_fit(cfg, infos, then if isinstance(then, dict) else None, f"checkpoint {last}")
     seed_everything(cfg["train"]["seed"])
     return device, ctx, infos, resuming, ck
 
