@@ -61,8 +61,9 @@ def test_the_report_shows_per_dataset_routing_and_reads_older_metrics_without_it
     assert rows["small"][col] == "0.00" and rows["mean"][col] == "66.67"
     assert rows["dataset routing (% of all images)"][4] == "71.43"
     assert "small: 0 % routed to itself; 3 to big, 1 to other" in t.caption
-    rows = {row[0]: row for row in tables[1].rows}  # no per-dataset routing recorded: dashes, no summary
-    assert rows["small"][col] == "–" and rows["mean"][col] == "–" and "routed to itself" not in tables[1].caption
+    rows = {row[0]: row for row in tables[1].rows}  # no per-dataset routing recorded: no column, no summary
+    assert "unknown: routed to itself" not in tables[1].columns and "routed to itself" not in tables[1].caption
+    assert rows["dataset routing (% of all images)"] == ["dataset routing (% of all images)", "", "", "", "60.00", ""]
 
 
 def test_predict_names_the_routing_file_and_the_images_written_as_minus_one(capsys, tmp_path):

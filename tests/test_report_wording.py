@@ -122,7 +122,7 @@ def test_routing_is_shown_only_where_there_is_more_than_one_dataset_to_route_to(
     runs = [Run(path=Path(name), label=name, kind="supervised", config={}, log=[], metrics_known=m, metrics_unknown=m)
             for name, m in (("one", one), ("two", two))]
     table = overview_table(runs, {})
-    col = table.columns.index("routing")
+    col = table.columns.index("routing (% images)")
     assert [row[col] for row in table.rows] == ["–", "97.50"]
     assert not any("dataset routing" in row[0] for t in run_tables(runs[0]) for row in t.rows)
     assert any("dataset routing" in row[0] for t in run_tables(runs[1]) for row in t.rows)

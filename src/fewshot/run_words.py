@@ -318,7 +318,9 @@ def labelled_passes(stages: dict, predicting: str, repeat: int = 1) -> tuple[flo
     rounds each continue the round before, so `finetune` counts round 1 and the middle rounds too, and a round on
     pseudo-labels holds the labelled images ``repeat`` times (run.pseudo_labelled_repeat) in each of its epochs.
     The last stage's epochs alone said "0.7 epochs" of a model that had seen the labelled images 5.5 times.
-    None where a stage counted has no epoch count."""
+    None where a stage counted has no epoch count. An earlier round counts to its last epoch, though the next one
+    continues from its best checkpoint (summary.json records no best epoch): a round that peaked early counts a
+    little high, which the words' "about" allows."""
     def round_of(name: str) -> int | None:
         k = name.removeprefix("finetune_round")
         return int(k) if name.startswith("finetune_round") and k.isdigit() else None

@@ -57,7 +57,8 @@ def differing_datasets(labels: list[str], metrics: list[dict[str, dict | None]])
 def overview_table(runs: list[Run], flop_counts: dict[str, float | None]) -> Table:
     """One row per run: method, model, size, cost and headline accuracy."""
     cols = ["run", "method", "model", "parameters", "FLOPs / image", "input", "epochs", "training time",
-            "throughput", "best epoch", "mean acc@1 known", "mean acc@1 unknown", "routing", "kNN mean acc@1"]
+            "throughput", "best epoch", "mean acc@1 known", "mean acc@1 unknown", "routing (% images)",
+            "kNN mean acc@1"]
     rows = []
     for r in runs:
         known, unknown = r.metrics_known or {}, r.metrics_unknown or {}
@@ -256,22 +257,25 @@ def dataset_table(run: Run, title: str | None = None, known: dict | None = None,
     def mark(n: str, cell: str) -> str:  # only where some datasets' scores are balanced and some plain
         return f"{cell}*" if some and not every and n in some and cell != DASH else cell
 
-    routed = routing(unknown) is not None  # each dataset's share routed to itself: a column of its own
-    if routed:
+    routed = routing(unknown) is not None
+    # each dataset's share routed to itself, a column of its own where recorded: an older metrics.json drew dashes
+    own = routed and any(isinstance(d, dict) and "routing_acc" in d for d in (unknown.get("datasets") or {}).values())
+    if own:
         cols.append("unknown: routed to itself")
     rows = []
     for n in names:
         k = ((known or {}).get("datasets") or {}).get(n) or {}
         u = ((unknown or {}).get("datasets") or {}).get(n) or {}
         rows.append([n, str(k.get("n", u.get("n", DASH))), mark(n, pct(k.get("acc1"))), mark(n, pct(k.get("acc5"))),
-                     pct(u.get("acc1")), pct(u.get("acc5"))] + ([pct(u.get("routing_acc"))] if routed else []))
+                     pct(u.get("acc1")), pct(u.get("acc5"))] + ([pct(u.get("routing_acc"))] if own else []))
     mean = pct((known or {}).get("mean_acc1"))
-    mean_routed = [pct(unknown.get("mean_routing_acc"))] if routed else []
+    mean_routed = [pct(unknown.get("mean_routing_acc"))] if own else []
     rows.append(["mean", "", f"{mean}*" if some and not every and mean != DASH else mean, "",
                  pct((unknown or {}).get("mean_acc1")), ""] + mean_routed)
     emphasis = [len(rows) - 1]
     if routed:  # counted over images, where large datasets weigh most: said apart from the mean over datasets
-        rows.append(["dataset routing (% of all images)", "", "", "", pct(routing(unknown)), "", ""])
+        rows.append(["dataset routing (% of all images)", "", "", "", pct(routing(unknown)), ""]
+                    + ([""] if own else []))
         emphasis.append(len(rows) - 1)
         went = routing_summary(unknown)
         if went:
