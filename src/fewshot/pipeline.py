@@ -132,10 +132,12 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
 
     def finetune(self, fdir: Path, end_time: float, what: str, *args, **kwargs):
         """finetune_stage with the run's config, data, device and clock (``args``: pseudo, closing)."""
-        return finetune_stage(self.fcfg, self.infos, self.device, self.ctx, fdir, end_time, what, *args, **kwargs,
-                              state=self.state, t_start=self.t_start,
-                              timing_s=calibration_seconds(*self.speeds_before, len(self.test_set))
-                              if self.speeds_before else None)
+        task, metrics = finetune_stage(self.fcfg, self.infos, self.device, self.ctx, fdir, end_time, what, *args,
+                                       **kwargs, state=self.state, t_start=self.t_start,
+                                       timing_s=calibration_seconds(*self.speeds_before, len(self.test_set))
+                                       if self.speeds_before else None)
+        self.note_writes(getattr(task, "write_rate", None))  # a reused stage wrote nothing
+        return task, metrics
 
     def pretrain(self) -> None:
         """MoCo pretraining (run.pretrain), in its share of the time the stages have left."""
@@ -148,7 +150,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
         try:
             self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out,
                                                         self.pre_end, self.state, self.t_start, self.pretrain_closing,
-                                                        pool_size=self.n_moco)
+                                                        pool_size=self.n_moco, writes=self.note_writes)
         except StageDropped as dropped:  # its share cannot hold MoCo's least run once the fine-tuning's is kept back
             why = dropped.why  # said after the block: its traceback holds MoCo's task (model, pool)
         if why is not None:

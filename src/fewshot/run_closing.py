@@ -24,21 +24,28 @@ from fewshot.run_fallbacks import (EVAL_SHARE, FIXMATCH_LEAST_EPOCHS, PRETRAIN_L
                                    epochs_in, fixmatch_dropped_why, fixmatch_refused_words, pretrain_dropped_why)
 from fewshot.run_stages import finetune_config
 from fewshot.run_words import pretrain_resumed_late_warning, resumed_late_warning
+from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 
 
 # here, not in run_budget: tests patch report_seconds on this module, and only a call from here sees the patch
 def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, report_stages: int,
-                    figure_s: float = FIGURE_S, images: bool = True, balance_check: bool = False) -> float:
+                    figure_s: float = FIGURE_S, images: bool = True, balance_check: bool = False,
+                    write_rate: float = WRITE_BYTES_PER_S) -> float:
     """What a run does after its last training step, estimated from this machine's measured speed: the
     stage's closing evaluations (the stopped epoch's, of both the EMA and the raw weights where there is an EMA:
     eval_passes; the best checkpoint's) and checkpoint writes, one prediction pass over the test images (and one
     over val where ``balance_check``: run.balance reads val to decide and to test for a skew), and the report
-    (report_seconds; ``images`` False: without its image-based parts)."""
+    (report_seconds; ``images`` False: without its image-based parts). ``write_rate``: bytes a second of the
+    checkpoint writes, as the stage before timed them (Engine.write_rate), else a guess."""
     n_params = sum(p.numel() for p in task.model.parameters())
-    saves = n_params * 24 / 250e6  # last.pt (weights, EMA, AdamW's two slots) + best.pt (weights, EMA), ~250 MB/s
+    saves = n_params * 24 / write_rate  # last.pt (weights, EMA, AdamW's two slots) + best.pt (weights, EMA)
     base, drawn = report_seconds(task, eval_s, report_stages, figure_s)
     evaluations = (eval_passes(task) + 1 + int(balance_check)) * eval_s
     return evaluations + saves + per_test_image * n_test + base + (drawn if images else 0.0)
+
+
+RETIME_STEPS = 2  # a re-time that finds no faster speed stops after its warm-up and one step (retime_step_seconds)
+CURVES_S = 0.6  # MoCo's curves plot at FIGURE_S: 1.3-2.2 s timed at 1.3-2.9x that figure speed on 2 busy cores
 
 
 def _step_words(steps: list[float]) -> str:
@@ -49,6 +56,14 @@ def _step_words(steps: list[float]) -> str:
 class ClosingMixin:
     """PipelineRun's budget: its split, the closing work's estimate and record, the least-run refusals and the
     re-times of a busy timing."""
+
+    write_rate = WRITE_BYTES_PER_S  # bytes a second of checkpoint writes: the last stage's as timed (note_writes)
+
+    def note_writes(self, rate: float | None) -> None:
+        """A stage's checkpoint write rate as timed (Engine.write_rate; None: it wrote nothing), at which the closing
+        work's estimate counts the next stage's writes: on a busy machine round 1's took 3.9 s, counted 1.1 s."""
+        if rate:
+            self.write_rate = rate
 
     def plan_budget(self) -> None:
         """The budget's split: the stages' time, the reserve for the end, the report's stages and its estimate, and
@@ -81,7 +96,8 @@ class ClosingMixin:
             per_test_image = measure_prediction_seconds(task, self.test_set.images)
         report_plan["seconds"] = report_seconds(task, eval_s, self.report_stages, report_plan["figure_s"])
         need = closing_seconds(task, eval_s, per_test_image, len(self.test_set), self.report_stages,
-                               report_plan["figure_s"], balance_check=self.balance != "off") + CLOSING_SHARE * budget_s
+                               report_plan["figure_s"], balance_check=self.balance != "off",
+                               write_rate=getattr(self, "write_rate", WRITE_BYTES_PER_S)) + CLOSING_SHARE * budget_s
         report_plan["least"] = need - report_plan["seconds"][1]  # the report's image-based parts left out
         if step_s is not None and self.semi == "fixmatch":  # too short to learn: the labelled-only fine-tune instead
             self.drop_fixmatch_unless_it_fits(task, step_s, need)
@@ -221,7 +237,8 @@ class ClosingMixin:
         after_moco = self.t_start + self.budget_s - self.pre_end
 
         def keep_back(ft_s: float) -> float:  # MoCo's closing work and the fine-tuning's least time, past its share
-            fine_tuning = calibration(ft_s) + least_run_seconds(ft_s, self.report_plan["least"])
+            fine_tuning = (calibration(ft_s) + self.after_moco_seconds(ft_s)
+                           + least_run_seconds(ft_s, self.report_plan["least"]))
             return max(0.0, pretrain_closing_seconds(eval_s, n_params) + fine_tuning - after_moco)
 
         step_s, ft_step = self.refuse_unless_least_run_fits([(task, step_s), (probe, ft_step)], before, first)
@@ -229,6 +246,17 @@ class ClosingMixin:
         free_device_memory(self.device)
         self.drop_pretrain_unless_it_fits(task, step_s, keep_back(ft_step))
         return keep_back(ft_step)
+
+    def after_moco_seconds(self, ft_s: float) -> float:
+        """What comes between MoCo's last step and the fine-tuning's first that MoCo's closing work and the
+        fine-tuning's calibration leave out, at ``ft_s`` a fine-tuning step: MoCo's curves plot (CURVES_S at this
+        machine's figure speed), and where self-training's later rounds would be skipped (the case in which MoCo
+        keeps back) round 1's re-time of its step (round1_retimed, or plan_stage's floor_retimed), whose warm-up and
+        first step find a slow machine slow. Uncounted (1.2-2.9 s), a 1-minute --pretrain run's round 1 found no
+        time for its floor and the run took 63-65 s."""
+        curves = CURVES_S * max(1.0, self.report_plan["figure_s"] / FIGURE_S)
+        later = self.semi == "pseudo" and int(self.r["pseudo_rounds"]) > 1
+        return curves + (RETIME_STEPS * ft_s if later else 0.0)
 
     def drop_pretrain_unless_it_fits(self, task, step_s: float, keep_s: float) -> None:
         """MoCo dropped (StageDropped) where its share, less ``keep_s`` (the fine-tuning's least time and its own

@@ -265,6 +265,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         engine.fit(resume=resuming and last.is_file())
         task.fit_seconds = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
         task.epochs_run = engine.epochs_trained()
+        task.write_rate = engine.write_rate()  # the run counts the next stage's checkpoint writes at it
         if state is not None:
             trained_at = time.monotonic() - t_start  # on the run's clock: summary.json's closing_seconds counts from it
             # a resumed stage that trained nothing (no time left, or all its epochs done: a stop in the last epoch's
@@ -332,12 +333,13 @@ def _share_words(task) -> str:
 
 
 def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float, check=None,
-                   pool_size: int | None = None):
+                   pool_size: int | None = None, writes=None):
     """MoCo on the pool until ``end_time``, then its backbone exported to OUT/backbone.safetensors. ``check(task,
     eval_s, step_s)``: called with MoCo's measured speeds before it trains (the run's least-run refusal); a resumed
     stage that cap_resumed_budget leaves no training calls ``check(task, eval_s)`` (its evaluation time logged, else
     measured), for the run's word where its closing work no longer fits (PipelineRun.pretrain_closing).
     ``pool_size``: the decodable pool images start-up counted (check_pool_images), which size the queue.
+    ``writes(rate)``: called with the stage's checkpoint write rate as timed (Engine.write_rate) once it trained.
     Returns (weights path, the stage's summary, seconds in its training loop). With a RunState that knows
     the stage, a finished one is reused and a stopped one continues from its last.pt."""
     from fewshot.report.plots import plot_pretrain_curves
@@ -433,6 +435,8 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     fit_start = time.monotonic()
     result = engine.fit(resume=resuming)
     fit_s = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
+    if writes is not None:
+        writes(engine.write_rate())
     plot_pretrain_curves(pdir)
     # pretrain/metrics.json (a run directory holds its metrics) of the weights exported: last.pt's, which the
     # engine ends with and evaluated at its stop (it had scored best.pt next to an export of last.pt). That evaluation

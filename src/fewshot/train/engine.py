@@ -123,6 +123,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         self._cap_unsaved = False  # a raised cap not yet in last.pt and config.yaml (_raise_cap)
         self._eval_took: float | None = None  # seconds of the last evaluation (_eval_interval_wanted, budget_reserve)
         self._save_took: dict[str, float] = {}  # seconds of the last write of last.pt / best.pt (budget_reserve)
+        self._written = [0, 0.0]  # bytes and seconds of every checkpoint write of this fit (write_rate)
         self._judged_step_s = 0.0  # the step time the last cap check judged at (_cap_wanted)
         self._speed_mark: tuple[float, int] | None = None  # (clock, global_step) at the last cap check
         # 1 thread while other work on the cores makes it faster than all of them (train/thread_tuner.py)

@@ -7,7 +7,7 @@ are the Engine's: they read its training state (model, ema, optimizer, scheduler
 global_step, steps_per_epoch, best_score, last_eval, best_before_stop, best_weights, nonfinite_skipped,
 epoch_skips_start, epoch_record, epoch_sums, epoch_steps, epoch_images, _sched_floor, amp) and its setting (task,
 cfg, ctx, run_dir, ckpt_dir; reserve_s, _eval_took for budget_reserve), set _saved_step, _saved_at, _save_took,
-_cap_unsaved and _best_pending, and call its
+_written, _cap_unsaved and _best_pending, and call its
 epoch_seconds_so_far(), train_seconds(), _check_weights_finite(), _trained_outside_model() and
 _task_state_tensors(); the loop calls save(), save_mid_epoch(), publish_best(), _epoch_end_save_due() and
 check_disk_space().
@@ -90,6 +90,8 @@ class SavingMixin:
                 t0 = time.perf_counter()
                 save_checkpoint(path, payload)
                 self._save_took[name] = time.perf_counter() - t0  # the budget's reserve (budget_reserve)
+                self._written[0] += os.path.getsize(path)
+                self._written[1] += self._save_took[name]
                 self._best_pending = self._best_pending or name == "best"
                 if name == "last":
                     self._saved_step = self.global_step
@@ -118,6 +120,12 @@ class SavingMixin:
             except OSError as exc:
                 raise UserError(f"cannot write the checkpoint {path}: {exc.strerror or exc}. last.pt is intact; "
                                 f"continue with --resume, which puts the new best.pt in place.") from None
+
+    def write_rate(self) -> float | None:
+        """Bytes a second of this fit's checkpoint writes, as timed (None: none written). `fewshot run` counts the
+        next stage's writes at it: at a guessed 250 MB/s a busy machine's writes (50-190 MB/s) ran past the budget."""
+        size, seconds = self._written
+        return size / seconds if size and seconds > 0 else None
 
     def checkpoint_bytes(self) -> int:
         """Size of one checkpoint, as last.pt (the largest) holds it: model (+ EMA) state, the optimizer's
