@@ -197,8 +197,9 @@ def test_closing_times_a_busy_step_again_before_it_leaves_the_report_images_out(
     patch_pipeline(monkeypatch, "measure_step_seconds", measure)
     test_set = type("TestSet", (list,), {"images": None})([0] * 10)
     run = SimpleNamespace(report_plan={"figure_s": 1.0}, budget_s=100.0, t_start=clock[0] - 70.0, test_set=test_set,
-                          report_stages=1, balance="off", semi="pseudo", timed_step_s=None, plan_closing=planned.append)
-    for name in ("left_s", "keep_faster", "images_retimed"):
+                          report_stages=1, balance="off", semi="pseudo", timed_step_s=None, plan_closing=planned.append,
+                          fixmatch_drop=None)
+    for name in ("left_s", "keep_faster", "images_retimed", "say_fixmatch_dropped"):
         setattr(run, name, getattr(pipeline.PipelineRun, name).__get__(run))
     task = SimpleNamespace()
     assert pipeline.PipelineRun.closing(run, task, 1.0, 4.0, 0.001) == pytest.approx(11.5)
@@ -239,8 +240,9 @@ def test_a_re_time_for_the_images_goes_on_while_the_stage_itself_fits(monkeypatc
     patch_pipeline(monkeypatch, "measure_step_seconds", measure)
     test_set = type("TestSet", (list,), {"images": None})([0] * 10)
     run = SimpleNamespace(report_plan={"figure_s": 1.0}, budget_s=100.0, t_start=clock[0] - 70.0, test_set=test_set,
-                          report_stages=1, balance="off", semi="pseudo", timed_step_s=None, plan_closing=lambda s: None)
-    for name in ("left_s", "keep_faster", "images_retimed"):
+                          report_stages=1, balance="off", semi="pseudo", timed_step_s=None, plan_closing=lambda s: None,
+                          fixmatch_drop=None)
+    for name in ("left_s", "keep_faster", "images_retimed", "say_fixmatch_dropped"):
         setattr(run, name, getattr(pipeline.PipelineRun, name).__get__(run))
     task = SimpleNamespace()
     assert pipeline.PipelineRun.closing(run, task, 1.0, 4.0, 0.001) == pytest.approx(20.0)  # without the images
