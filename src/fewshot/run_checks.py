@@ -38,6 +38,28 @@ def auto_img_size(infos, device: torch.device, budget_minutes: float, model_cfg:
     return model_size(model_cfg, size, why) if model_cfg else (size, why)
 
 
+def run_img_size(cfg: dict, infos, device: torch.device, budget_minutes: float) -> tuple[int, str]:
+    """`fewshot run`'s image size where none was given: auto_img_size for the crop or pad each dataset gets at that
+    size. Chosen first for auto's choices without a size (no bound), 1600x32 strips were sized by their long side
+    (160 px on GPU), then cropped at that size for the bound (aspect.MIN_PADDED_SIDE) and upscaled 5x (review rev91
+    #3); where the bound changes a choice, the size is chosen again for the crops. auto's choices are not recorded
+    here: settle_fit records them at the size."""
+    fit = _fit_at(cfg, infos, None)
+    size, why = auto_img_size(infos, device, budget_minutes, cfg["model"], fit)
+    bounded = _fit_at(cfg, infos, size)
+    if bounded != fit:  # a smaller size crops what it cropped at this one: the bound holds at the new size
+        size, why = auto_img_size(infos, device, budget_minutes, cfg["model"], bounded)
+    return size, why
+
+
+def _fit_at(cfg: dict, infos, size: int | None):
+    """fit_of at image size ``size`` on a copy of ``cfg``'s record (the run's own is left as it is)."""
+    from fewshot.config.recorded import RESIZE_RECORD
+
+    return fit_of({**cfg, "model": {**cfg["model"], "img_size": size},
+                   RESIZE_RECORD: copy.copy(cfg.get(RESIZE_RECORD))}, infos)
+
+
 def model_size(model_cfg: dict, size: int, why: str) -> tuple[int, str]:
     """The run's own ``size`` where the model takes it (or a meta try cannot tell: check_model decides), else a
     multiple of its patch next to it that it takes (the smaller first), else the nearest size it takes up to

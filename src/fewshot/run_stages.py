@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fewshot.config import CHOSEN, note_chosen, save_yaml
 from fewshot.data.cache_files import ensure_writable_dir
+from fewshot.data.fit import restore_stage_record
 from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, measure_eval_seconds, measure_step_seconds,
                                 plan_epochs, retimed_steps, trained_speeds)
 from fewshot.run_reuse import (drop_best_aside, read_finished_json, read_last, reusable_stage, same_training_images,
@@ -134,6 +135,7 @@ def stage_config(sdir: Path, cfg: dict) -> dict:
             chosen.pop(dotted, None)
             if dotted in (cfg.get(CHOSEN) or {}):
                 chosen[dotted] = cfg[CHOSEN][dotted]
+    restore_stage_record(scfg, cfg, sdir, read_last)  # data.resize=auto's entries deleted from its config.yaml
     return scfg
 
 

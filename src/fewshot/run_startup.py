@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 from fewshot.config import CHOSEN, RECHOSEN, canonical_value, note_chosen, note_rechosen, same_recorded_path
-from fewshot.config.recorded import RESIZE_RECORD
-from fewshot.data.fit import fit_of, settle_fit
+from fewshot.data.fit import settle_fit
 from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import scan_root
 from fewshot.data.output_guard import check_output_is_not_in_data
@@ -29,11 +28,11 @@ from fewshot.progress import set_enabled
 from fewshot.run_budget import LEAST_RUN_S, hopeless_budget_error, least_run_holds
 from fewshot.run_lock import lock_run_dir, refuse_if_being_written
 from fewshot.run_pseudo import pool_decode_limit, precision_cap
-from fewshot.run_checks import (auto_img_size, check_finetune_batches, check_fixmatch_images, check_model,
+from fewshot.run_checks import (check_finetune_batches, check_fixmatch_images, check_model,
                                 check_pool_images, check_pretrain_settings, cold_decode_total, fixmatch_decode_limit,
                                 joined_skips, moco_decode_limit, moco_first_limit, note_cold_decode, pool_is_cached,
-                                preload_images, recorded_limit, recorded_moco_limit, recorded_share, share_source,
-                                MOCO_FIRST_FIELD)
+                                preload_images, recorded_limit, recorded_moco_limit, recorded_share, run_img_size,
+                                share_source, MOCO_FIRST_FIELD)
 from fewshot.run_reuse import adopt_stage_architecture, read_finished_json, weights_replaced_by
 from fewshot.run_stages import finetune_config
 from fewshot.run_state import STATE_FILE, RunState, holds_finished_run
@@ -295,11 +294,8 @@ class StartupMixin:
         if cfg["model"]["img_size"] is None:  # the budget is the whole run's (`fewshot run`'s default without a flag)
             # not recorded as chosen: given back to `train` or `pretrain`, a stage's size was chosen again as the
             # model's default (224 px for resnet18), not for the run's budget (32 or 64 px), at ~12x the cost
-            # auto's choices for the size only, not recorded: settle_fit decides them at the size (the letterbox's
-            # bound on what it pads, aspect.MIN_PADDED_SIDE, depends on it)
-            unsettled = {**cfg, RESIZE_RECORD: copy.copy(cfg.get(RESIZE_RECORD))}
-            cfg["model"]["img_size"], why = auto_img_size(self.infos, self.device, self.budget_minutes,
-                                                              cfg["model"], fit_of(unsettled, self.infos))
+            # for the crop or pad each dataset gets at the size chosen; settle_fit records them at it
+            cfg["model"]["img_size"], why = run_img_size(cfg, self.infos, self.device, self.budget_minutes)
         # a MoCo stage dropped in an earlier session (its pretrain/ removed) no longer starts from the weights: round 1
         # of fine-tuning does, and its checkpoint replaces them (rev88 #2)
         moco = r["pretrain"] and not (self.state is not None and self.state.data.get("pretrain_skipped"))

@@ -105,7 +105,7 @@ def settle_fit(cfg: dict, infos, then: dict | None = None, then_where: str = "")
     pending = adopt_weights_resize(cfg, infos)
     auto = cfg["data"].get("resize", "crop") == "auto"
     if then is not None and auto:
-        restore_record(cfg, infos, then, then_where)
+        restore_record(cfg, [info.name for info in infos], then, then_where)
     sizes: dict = {}
     modes = settle_modes(cfg, infos, sizes) if auto else None
     note_weights_mismatch(cfg, infos, pending, modes)
@@ -120,19 +120,35 @@ def _resize_of(config: dict) -> str:
     return ((config.get("data") or {}) if isinstance(config, dict) else {}).get("resize", "crop")
 
 
-def restore_record(cfg: dict, infos, then: dict, then_where: str) -> None:
-    """A resumed run's RESIZE_RECORD entries deleted from its config.yaml, put back from its checkpoint's config
-    (``then``), with a note: decided again from the folder's images, they may differ from how the run decoded them,
-    and the refusal blamed an edit ("pad in the run, crop now") of a record that was no longer there (hunt hBT #6)."""
+def restore_record(cfg: dict, names, then: dict, then_where: str, whose: str = "the run's config.yaml") -> None:
+    """A resumed run's RESIZE_RECORD entries deleted from its config.yaml (``whose``), put back from its checkpoint's
+    config (``then``) for the datasets ``names`` (those scanned now), with a note: decided again from the folder's
+    images, they may differ from how the run decoded them, and the refusal blamed an edit ("pad in the run, crop
+    now") of a record that was no longer there (hunt hBT #6)."""
     from fewshot.data.warn_once import warn_once
 
     if _resize_of(then) != "auto":
         return  # data.resize itself differs: refused as such
     was, kept = resize_record(then, then_where), resize_record(cfg, "the run's config")
-    missing = {info.name: was[info.name] for info in infos if info.name in was and info.name not in kept}
+    missing = {name: was[name] for name in names if name in was and name not in kept}
     if missing:
         cfg[RESIZE_RECORD] = {**kept, **missing}
         listed = ", ".join(f"{name}: {mode}" for name, mode in missing.items())
-        warn_once([f"the run's config.yaml has no {RESIZE_RECORD} entry for {', '.join(missing)}; {then_where} "
+        warn_once([f"{whose} has no {RESIZE_RECORD} entry for {', '.join(missing)}; {then_where} "
                    f"records how the run decoded them ({listed}), so they decode as before, and config.yaml records "
                    f"{'them' if len(missing) > 1 else 'it'} again once the resume starts."], "note")
+
+
+def restore_stage_record(scfg: dict, run_cfg: dict, sdir: Path, read) -> None:
+    """restore_record for a stopped `fewshot run` stage (``scfg``: its config.yaml as resumed, in ``sdir``) whose
+    entries were deleted: its task decided them again from the images, and its resume was refused as an edit of the
+    record (review rev91 #6). ``run_cfg``: the run's config, whose record names the datasets; ``read``: reads the
+    stage's last.pt, only where an entry is missing."""
+    names = list(resize_record(run_cfg, "the run's config"))
+    kept = scfg.get(RESIZE_RECORD) if isinstance(scfg.get(RESIZE_RECORD), dict) else {}
+    if _resize_of(scfg) != "auto" or all(name in kept for name in names):
+        return
+    last = Path(sdir) / "checkpoints" / "last.pt"
+    then = read(last).get("config") if last.is_file() else None
+    if isinstance(then, dict):
+        restore_record(scfg, names, then, f"checkpoint {last}", f"{Path(sdir) / 'config.yaml'}")

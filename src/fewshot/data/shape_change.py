@@ -10,28 +10,52 @@ from fewshot.data.aspect import (FAR_FROM_SQUARE, crop_loss, dataset_mode, heade
 ADVICE = "predict images shaped as the training ones, or train a run on images like these"
 
 
-def shape_change_notes(infos, fit, resize: str, img_size: int) -> list[str]:
-    """One line per dataset whose sampled images data.resize=auto would decode otherwise than the run decodes them
-    (``fit``: fit.fit_of's): a padded dataset given near-square (or far thinner) images, a cropped one given
-    far-from-square images. None under data.resize=pad, which does not say what shape the run trained on."""
+def training_shapes(cfg: dict, names) -> dict:
+    """Each dataset's median training image (width, height), re-read from the run's data.root: the decode mode
+    alone does not say it (a run cropped 3:1 images given data.resize=crop, and auto crops a 50:1 strip too thin
+    to letterbox; the note then called the run's own images shaped otherwise, review rev91 #1). A dataset whose
+    train split is no longer there is left out."""
+    from fewshot.data.layout import scan_root
+
+    root = (cfg.get("data") or {}).get("root")
+    shapes = {}
+    for name in names if root else ():
+        try:
+            [info] = scan_root(root, [name], splits=("train",))
+        except Exception:  # noqa: BLE001 - moved, renamed or unreadable: the shape is not known, nothing to say
+            continue
+        shape = median_shape(header_sizes(sample_paths(info)))
+        if shape is not None:
+            shapes[name] = shape
+    return shapes
+
+
+def shape_change_notes(infos, fit, resize: str, img_size: int, trained: dict | None = None) -> list[str]:
+    """One line per dataset whose sampled images the run decodes otherwise than data.resize=auto would now
+    (``fit``: fit.fit_of's), where that is because they are shaped otherwise than its training images
+    (``trained``: training_shapes'): a cropped dataset, trained near square, given far-from-square images; a padded
+    one given near-square (or far thinner) images. None under data.resize=pad, where the user chose the decode."""
     if resize == "pad":
         return []
     lines = []
     for info in infos:
         paths = sample_paths(info)
-        shape = median_shape(header_sizes(paths))
+        read = header_sizes(paths)
+        shape = median_shape(read)
         if shape is None:
             continue
         ran = fit if isinstance(fit, str) else fit.of(paths[0])
+        then = (trained or {}).get(info.name)
         w, h = shape
         typical = f"{info.name}: these images are {w}x{h} px typically"
-        if ran == "crop" and ratio(shape) > FAR_FROM_SQUARE:
+        if ran == "crop" and ratio(shape) > FAR_FROM_SQUARE and _cropped_otherwise(read, then, resize, img_size):
             lost, where = crop_loss(shape)
-            lines.append(f"{typical}, far from square, and the run cropped this dataset's images (near square when it "
-                         f"trained), so each is cut to a centred square as well, dropping {lost:.0f} % of its {where}; "
-                         f"where the object is not in the middle the model never sees it. Crop them around the "
-                         f"object yourself, or {ADVICE}.")
-        elif ran == "pad" and dataset_mode(header_sizes(paths), img_size) == "crop":
+            trained_as = f" ({then[0]}x{then[1]} px typically when it trained)" if then else ""
+            lines.append(f"{typical}, far from square, and the run cropped this dataset's images{trained_as}, so "
+                         f"each is cut to a centred square as well, dropping {lost:.0f} % of its {where}; where the "
+                         f"object is not in the middle the model never sees it. Crop them around the object "
+                         f"yourself, or {ADVICE}.")
+        elif ran == "pad" and dataset_mode(read, img_size) == "crop":
             if too_thin(shape, img_size):
                 k = kept_side(shape, img_size)
                 kept = f"{img_size}x{k}" if w > h else f"{k}x{img_size}"
@@ -41,3 +65,12 @@ def shape_change_notes(infos, fit, resize: str, img_size: int) -> list[str]:
                         "the square instead of a band of it, so the model sees its objects at another scale")
             lines.append(f"{typical}, {what}. Expect lower accuracy: {ADVICE}.")
     return lines
+
+
+def _cropped_otherwise(read, then, resize: str, img_size: int) -> bool:
+    """Whether far-from-square images given to a cropping run differ from its training images: these trained near
+    square where known; else, as the run's setting tells, under auto only where auto would letterbox these (its
+    crop was then for near-square images, or for ones too thin to letterbox at this size)."""
+    if then is not None:
+        return ratio(then) <= FAR_FROM_SQUARE
+    return resize == "auto" and dataset_mode(read, img_size) == "pad"

@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 from fewshot.config.recorded import RESIZE_MODES, RESIZE_RECORD, WEIGHTS_RESIZE
+from fewshot.data.aspect import MIN_PADDED_SIDE, header_sizes, median_shape, ratio, sample_paths, too_thin
 from fewshot.errors import one_line
 
 SETTINGS = RESIZE_MODES + ("auto",)
+NEAR_SQUARE = 1.05  # a median image this close to square is left out of the mismatch note: a crop drops under 5 %
 # the export's metadata fields: data.resize, and under auto each dataset's choice (JSON text: names may hold commas)
 META_RESIZE, META_DATASETS = "resize", "resize_datasets"
 
@@ -124,6 +126,12 @@ def adopt_weights_resize(cfg: dict, infos) -> dict | None:
     choices = file_choices(recorded, names)
     if recorded["given"] or cfg["data"].get("resize", "crop") != "auto":
         return recorded
+    size = (cfg.get("model") or {}).get("img_size")
+    # the letterbox's bound holds for the file's pad too: strips padded at 224 px, taken at 32 px, kept 32x1 px and
+    # the note blamed a data.resize=pad the user never gave (review rev91 #4)
+    thin = [info.name for info in infos if choices.get(info.name) == "pad" and _too_thin(info, size)]
+    for name in thin:
+        del choices[name]
     if choices:
         cfg[RESIZE_RECORD] = {**choices, **(cfg.get(RESIZE_RECORD) or {})}
         listed = "; ".join(f"{mode}: {', '.join(n for n in names if choices.get(n) == mode)}"
@@ -131,7 +139,24 @@ def adopt_weights_resize(cfg: dict, infos) -> dict | None:
         _say(f"note: data.resize=auto takes the choice --weights {recorded['file']} records ({listed}), the "
              f"geometry its features were learnt on; give data.resize=auto to decide each dataset from its images "
              f"instead.")
+    if thin:
+        _say(f"note: --weights {recorded['file']} records pad for {', '.join(thin)}, but letterboxed at {size} px "
+             f"{'their images keep' if len(thin) > 1 else 'its images keep'} under {MIN_PADDED_SIDE} px of the short "
+             f"side, so data.resize=auto decides {'them' if len(thin) > 1 else 'it'} from the images at this size "
+             f"instead (data.resize=pad forces the letterbox).")
     return None
+
+
+def _too_thin(info, size) -> bool:
+    """Whether the letterbox at ``size`` keeps too few pixels of ``info``'s median image (aspect.too_thin)."""
+    shape = median_shape(header_sizes(sample_paths(info)))
+    return shape is not None and too_thin(shape, size)
+
+
+def _square(info) -> bool:
+    """Whether ``info``'s median image is square to within NEAR_SQUARE, where crop and pad give nearly one image."""
+    shape = median_shape(header_sizes(sample_paths(info)))
+    return shape is not None and ratio(shape) <= NEAR_SQUARE
 
 
 def note_weights_mismatch(cfg: dict, infos, recorded: dict | None, modes: dict | None) -> None:
@@ -141,8 +166,9 @@ def note_weights_mismatch(cfg: dict, infos, recorded: dict | None, modes: dict |
         return
     resize = cfg["data"].get("resize", "crop")
     now = {info.name: (modes or {}).get(info.name, "crop") if resize == "auto" else resize for info in infos}
+    square = {info.name for info in infos if _square(info)}  # crop or pad: nearly the same pixels
     differ = [f"{name} ({now[name]} now, {mode} there)" for name, mode in file_choices(recorded, now).items()
-              if now[name] != mode]
+              if now[name] != mode and name not in square]
     if differ:
         _say(f"note: data.resize={resize} decodes {', '.join(differ)} otherwise than --weights {recorded['file']} "
              f"records, the geometry its features were learnt on; leave data.resize out to take the file's choice.")

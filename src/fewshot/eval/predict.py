@@ -19,7 +19,7 @@ from fewshot.data.layout import scan_root
 from fewshot.data.names import names_list, usable_datasets_hint
 from fewshot.data.roots import list_datasets, run_root_advice
 from fewshot.data.sets import load_split
-from fewshot.data.shape_change import shape_change_notes
+from fewshot.data.shape_change import shape_change_notes, training_shapes
 from fewshot.data.transforms import Normalize
 from fewshot.data.warn_once import warn_once
 from fewshot.errors import CheckpointError, UserError, one_line, printable
@@ -249,7 +249,8 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
         check(infos)
     d = tm.cfg["data"]
     fit = fit_of(tm.cfg, infos, root)  # as the run decoded each dataset (a run from before data.resize: crop)
-    warn_once(shape_change_notes(infos, fit, d.get("resize", "crop"), tm.size), "note")
+    trained = training_shapes(tm.cfg, [info.name for info in infos]) if d.get("resize", "crop") != "pad" else {}
+    warn_once(shape_change_notes(infos, fit, d.get("resize", "crop"), tm.size, trained), "note")
     cache = prediction_cache_dir(root, infos, split, tm.size, d.get("crop_pct", 1.0), d.get("bit_depth", "auto"), fit)
     data = load_split(infos, split, tm.space, tm.size, cache, d.get("crop_pct", 1.0),
                       skip_bad or bool(d.get("skip_bad_images", False)), bit_depth=d.get("bit_depth", "auto"),

@@ -191,7 +191,7 @@ def run_probe(weights: str | None, model_name: str, root: str | Path, img_size: 
     normalize = Normalize(*mean_std(backbone)).to(device)
     cache = default_cache_dir(root, None)
     fitted = {"data": {"resize": resize, "root": str(root)}}  # its own record of auto's choices, as a run's config
-    fitted["model"] = {"weights": weights}
+    fitted["model"] = {"weights": weights, "img_size": size}  # the size bounds what auto pads, as train's does
     mark_weights_resize(fitted, resize_given)  # the --weights file's record, as `train --weights` takes it
     pending = adopt_weights_resize(fitted, infos)
     note_weights_mismatch(fitted, infos, pending, settle_modes(fitted, infos) if resize == "auto" else None)
