@@ -50,11 +50,12 @@ def _say_pool_warnings(summary: dict) -> None:
         calibrated = float(summary.get("precision") or 0) > 0
     except (TypeError, ValueError):
         calibrated = False
+    places = summary.get("unknown_source_in") if len(datasets) == 1 else None  # one dataset: checked with its own
     for name, entry in datasets.items():
         check = entry.get("pool_classes_check") if isinstance(entry, dict) else None
         if isinstance(check, dict) and check.get("suspect") is True:
             try:
-                line = pool_classes_warning(name, check, calibrated)
+                line = pool_classes_warning(name, check, calibrated, summary.get("unknown_source_pool"), places)
             except (KeyError, TypeError, ValueError):  # a hand-edited record: the warning is not worth a crash
                 continue
             print(one_line(line), flush=True)
@@ -190,8 +191,13 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     one = len(task.space.names) == 1
     check_ids = dataset_ids.clamp(min=0) if one else dataset_ids
     checked_kept = torch.bincount(owner if one else owner[~from_unknown], minlength=len(task.space.names))
-    if not one and int(from_unknown.sum()) >= POOL_CHECK_MIN_KEPT:  # enough of them kept to matter: said once
+    # said once, where some dataset kept enough of them that its check would have run on them (its own floor, per
+    # dataset: 3 datasets keeping 10 each said it, though no check would have measured them, review rev92 #1)
+    unknown_kept = torch.bincount(owner[from_unknown], minlength=len(task.space.names))
+    if not one and bool((unknown_kept >= POOL_CHECK_MIN_KEPT).any()):
         summary["unknown_source_unchecked"] = int((dataset_ids < 0).sum())
+    if one and bool(from_unknown.any()):  # checked with its own: the warning names where they lie (rev92 #4)
+        summary["unknown_source_in"] = unknown_source_places(cfg, [p for p, i in zip(paths, dataset_ids) if i < 0])
     if val_probs is None and len(val.targets) and bool((checked_kept >= POOL_CHECK_MIN_KEPT).any()):
         # the check's, only where some dataset kept enough images it can check (rev69)
         val_probs = teacher_probabilities(task.val_logits(task.model), val.dataset_ids, task.space)
@@ -215,6 +221,25 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     key = hashlib.sha1(json.dumps([(n, k["dataset"], k["class"]) for n, k in zip(names, kept)]).encode()).hexdigest()
     return {"images": images.select(idx), "targets": labels, "soft": soft, "dataset_ids": owner, "summary": summary,
             "state": copy.deepcopy(task.model.state_dict()), "key": key}
+
+
+def unknown_source_places(cfg: dict, paths: list) -> str:
+    """Where a pool's images of unknown source lie, in words: the --unlabeled folders, or the folders of
+    ROOT/unlabeled/ outside the datasets' own (its loose files: ROOT/unlabeled/ itself), three named at most."""
+    from fewshot.train.semi import root_relative
+
+    given = cfg["data"].get("unlabeled")
+    if given:
+        folders = given if isinstance(given, list) else [given]
+        return "the --unlabeled folder" + ("s " if len(folders) > 1 else " ") + ", ".join(map(str, folders))
+    places: list[str] = []
+    for rel in root_relative(paths, Path(cfg["data"]["root"]) / "unlabeled"):
+        parts = Path(rel).parts
+        place = f"ROOT/unlabeled/{parts[0]}/" if len(parts) > 1 else "ROOT/unlabeled/ (files outside its folders)"
+        if place not in places:
+            places.append(place)
+    more = f" and {len(places) - 3} more folders" if len(places) > 3 else ""
+    return ", ".join(places[:3]) + more
 
 
 def unchecked_note(n: int) -> str:
@@ -249,17 +274,21 @@ def pool_classes_checks(space, pool_conf: torch.Tensor, pool_ids: torch.Tensor, 
     return out
 
 
-def pool_classes_warning(name: str, check: dict, calibrated: bool = False) -> str:
+def pool_classes_warning(name: str, check: dict, calibrated: bool = False, unknown: int | None = None,
+                         places: str | None = None) -> str:
     """The warning of a dataset whose pool looks like it holds images of other classes (pool_classes_check): what
     was measured, what it may mean and what to do; the run trains on its kept pseudo-labels all the same.
-    ``calibrated``: run.pseudo_precision is on already, so it is not advised."""
+    ``calibrated``: run.pseudo_precision is on already, so it is not advised. ``unknown`` images of unknown source
+    at ``places`` (one dataset: checked with its own) are named: "keep only its own classes in its pool" sent the
+    user to ROOT/unlabeled/<dataset>/, which may hold only good images (review rev92 #4)."""
     mix = " (val weighed in the pool's mix of predicted classes)" if check.get("class_mix") else ""
-    return (f"[run] warning: {name}: {check['pool_share_below']:.0%} of its {check['pool']} pool images{mix} have "
-            f"a confidence below {check['val_confidence']:.3f}, against {check['val_share_below']:.0%} of its "
+    where = f" ({unknown} of them of unknown source, from {places})" if unknown and places else ""
+    return (f"[run] warning: {name}: {check['pool_share_below']:.0%} of its {check['pool']} pool images{where}{mix} "
+            f"have a confidence below {check['val_confidence']:.3f}, against {check['val_share_below']:.0%} of its "
             f"{check['val']} val images (that confidence is their {check['quantile']:g} quantile): its pool may hold "
             f"images of classes {name} does not have (or images unlike its labelled ones: another source, size or "
             f"colour), which get a pseudo-label of one of its classes anyway ({check['kept']} were kept). Keep only "
-            f"{name}'s own classes in its pool, "
+            f"{name}'s own classes in its pool{f' ({places} included)' if where else ''}, "
             f"{'' if calibrated else 'or set run.pseudo_precision (per-class thresholds from val), '}"
             f"or run.semi_method=off")
 

@@ -231,8 +231,9 @@ def self_training_table(label: str, rounds: list[dict], predicted_with: str | No
                          "class the confidence at which the model that labelled is right that often on val (shown: "
                          "the range of those used; a closed class keeps none), 0 leaves it off. Val mean acc@1 "
                          "(known source): the round that scores highest of round 1 and the last predicts (in bold). "
-                         "\"The pool may hold other classes\": the images of the dataset's own pool were clearly less "
-                         "sure than its val images (the run's warning; pool_classes_check in summary.json).")
+                         "\"The pool may hold other classes\": the images of the dataset's own pool (with one "
+                         "dataset, those of unknown source too) were clearly less sure than its val images (the "
+                         "run's warning; pool_classes_check in summary.json).")
 
 
 def dataset_table(run: Run, title: str | None = None, known: dict | None = None, unknown: dict | None = None,
