@@ -7,6 +7,7 @@ Fake step speeds (patched timings); each session stops where its first stage wou
 
 from __future__ import annotations
 
+from fewshot.run_fallbacks import fixmatch_kept_off_line
 from test_fER_stage_fallbacks import _speeds, _stop_at_training
 from test_fEZ_stage_drops import _fixmatch_cfg, _planned
 
@@ -35,7 +36,7 @@ def test_a_resume_after_the_drop_says_fixmatch_stays_skipped_and_leaves_its_pool
     text = " ".join(capsys.readouterr().out.split())
     assert plan["kind"] == "supervised" and plan["semi"] == "off", text
     assert text.count("--semi fixmatch stays skipped (earlier session)") == 1, text
-    assert f"[run] --semi fixmatch stays skipped (earlier session): {why}." in text
+    assert fixmatch_kept_off_line(why) in text
     assert "FixMatch (semi." not in text and "skipped (planned, not an error)" not in text, text
     assert loads == [] and checks == []  # FixMatch's pool is neither loaded nor decoded
     assert resumed.summary["fixmatch_skipped"] == first.summary["fixmatch_skipped"]

@@ -113,6 +113,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
                 if self.semi == "fixmatch":
                     self.check_fixmatch_pool()
                 self.start_state()
+                self.say_fixmatch_kept_off()  # after "[run] resuming"
             self.plan_budget()
             self.dropped_before()
             self.pretrain()

@@ -39,12 +39,23 @@ def epochs_in(seconds: float, step_s: float, steps_per_epoch: int) -> float:
     return seconds / max(step_s * max(1, steps_per_epoch) * (1 + EVAL_SHARE), 1e-9)
 
 
+FIXMATCH_MORE_BUDGET = " (a larger --budget-minutes keeps FixMatch)"  # fixmatch_dropped_why's advice, its last words
+
+
 def fixmatch_dropped_why(epochs: float, left_s: float, step_s: float) -> str:
     """The words of FixMatch's drop: the schedule it would get, and why that is too short."""
     return (f"its schedule would hold about {max(0.0, epochs):.1f} epochs of the labelled images in the "
             f"{max(0.0, left_s):.0f} s left to it ({step_s * 1000:.0f} ms a step), fewer than the "
-            f"{FIXMATCH_LEAST_EPOCHS} it needs to learn; the fine-tuning trains on the labelled images only "
-            f"(a larger --budget-minutes keeps FixMatch)")
+            f"{FIXMATCH_LEAST_EPOCHS} it needs to learn; the fine-tuning trains on the labelled images only"
+            f"{FIXMATCH_MORE_BUDGET}")
+
+
+def fixmatch_kept_off_line(why: str) -> str:
+    """A resume's line of FixMatch's drop in an earlier session: the why without its advice of a larger
+    --budget-minutes, which --resume refuses (it keeps the run's budget), and what the user can do instead."""
+    return one_line(f"[run] --semi fixmatch stays skipped (earlier session): {why.removesuffix(FIXMATCH_MORE_BUDGET)}. "
+                    f"A resumed run keeps its budget: a new run (another --out) with a larger --budget-minutes keeps "
+                    f"FixMatch.")
 
 
 def pretrain_dropped_why(left_s: float, step_s: float, per_epoch: int) -> str:
@@ -115,13 +126,18 @@ class FallbacksMixin:
 
     def fixmatch_kept_off(self) -> None:
         """A resumed run whose FixMatch was dropped in an earlier session (run_state.json) trains without it from the
-        start-up on: said once, and its pool neither decoded nor loaded. The resume announced FixMatch on its pool and
-        loaded it, out of a budget already short, then trained without it (hunt hBU #3)."""
+        start-up on: its pool neither decoded nor loaded. The resume announced FixMatch on its pool and loaded it,
+        out of a budget already short, then trained without it (hunt hBU #3). Said once the run says it resumes
+        (say_fixmatch_kept_off): said here, it came before "[run] resuming" (review rev92 #3)."""
         why = self.state.data.get("fixmatch_skipped") if self.state is not None else None
         if why and self.semi == "fixmatch":
-            print(one_line(f"[run] --semi fixmatch stays skipped (earlier session): {why}."), flush=True)
             self.semi = "off"
             self.fixmatch_dropped_before = why
+
+    def say_fixmatch_kept_off(self) -> None:
+        """fixmatch_kept_off's line, after start_state's "[run] resuming" line."""
+        if self.fixmatch_dropped_before:
+            print(fixmatch_kept_off_line(self.fixmatch_dropped_before), flush=True)
 
     def dropped_before(self) -> None:
         """A resumed run's stages dropped in an earlier session stay dropped (run_state.json): MoCo's here, FixMatch's
@@ -132,7 +148,9 @@ class FallbacksMixin:
             self.summary["pretrain_skipped"] = {"why": data["pretrain_skipped"]}
         why = self.fixmatch_dropped_before
         if why:
-            before = self.summary.get("fixmatch_skipped")  # a stage kept the summary after the drop: it holds it
+            # a summary kept before the drop (MoCo's stage) is the state's own dict: the drop's save wrote its record
+            # there, planned included, and a state from before fixmatch_planned holds planned only there (rev92 #6)
+            before = self.summary.get("fixmatch_skipped")
             planned = before.get("planned") if isinstance(before, dict) else None
             self.skip_fixmatch_in_summary(why, planned if planned is not None else data.get("fixmatch_planned"))
 
