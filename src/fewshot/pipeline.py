@@ -105,6 +105,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
             with self.undone_if_start_fails():
                 self.check_test_split()
                 self.check_pseudo_precision()
+                self.pretrain_kept_off()  # a resume after MoCo's drop: its pool is not decoded
                 self.fixmatch_kept_off()  # a resume after FixMatch's drop: its pool is not decoded
                 self.choose_model()
                 self.decode_inputs()
@@ -113,7 +114,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
                 if self.semi == "fixmatch":
                     self.check_fixmatch_pool()
                 self.start_state()
-                self.say_fixmatch_kept_off()  # after "[run] resuming"
+                self.say_kept_off()  # after "[run] resuming"
             self.plan_budget()
             self.dropped_before()
             self.pretrain()

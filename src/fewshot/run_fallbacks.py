@@ -40,6 +40,7 @@ def epochs_in(seconds: float, step_s: float, steps_per_epoch: int) -> float:
 
 
 FIXMATCH_MORE_BUDGET = " (a larger --budget-minutes keeps FixMatch)"  # fixmatch_dropped_why's advice, its last words
+PRETRAIN_MORE_BUDGET = " (a larger --budget-minutes keeps --pretrain)"  # and pretrain_dropped_why's
 
 
 def fixmatch_dropped_why(epochs: float, left_s: float, step_s: float) -> str:
@@ -51,11 +52,20 @@ def fixmatch_dropped_why(epochs: float, left_s: float, step_s: float) -> str:
 
 
 def fixmatch_kept_off_line(why: str) -> str:
-    """A resume's line of FixMatch's drop in an earlier session: the why without its advice of a larger
+    """A resume's line of FixMatch's drop in an earlier session (kept_off_line)."""
+    return kept_off_line("--semi fixmatch", why, FIXMATCH_MORE_BUDGET, "FixMatch")
+
+
+def pretrain_kept_off_line(why: str) -> str:
+    """A resume's line of MoCo's drop in an earlier session (kept_off_line)."""
+    return kept_off_line("--pretrain", why, PRETRAIN_MORE_BUDGET, "--pretrain")
+
+
+def kept_off_line(flag: str, why: str, advice: str, kept: str) -> str:
+    """A resume's line of a stage dropped in an earlier session: the why without its ``advice`` of a larger
     --budget-minutes, which --resume refuses (it keeps the run's budget), and what the user can do instead."""
-    return one_line(f"[run] --semi fixmatch stays skipped (earlier session): {why.removesuffix(FIXMATCH_MORE_BUDGET)}. "
-                    f"A resumed run keeps its budget: a new run (another --out) with a larger --budget-minutes keeps "
-                    f"FixMatch.")
+    return one_line(f"[run] {flag} stays skipped (earlier session): {why.removesuffix(advice)}. A resumed run keeps "
+                    f"its budget: a new run (another --out) with a larger --budget-minutes keeps {kept}.")
 
 
 def pretrain_dropped_why(left_s: float, step_s: float, per_epoch: int) -> str:
@@ -71,8 +81,8 @@ def pretrain_dropped_why(left_s: float, step_s: float, per_epoch: int) -> str:
         held, least = (f"about {steps / max(1, per_epoch):.1f} epochs of its pool",
                        f"the {PRETRAIN_LEAST_EPOCHS:g} epochs a pretraining needs to change the backbone")
     return (f"MoCo's share would hold {held} ({left_s:.0f} s at {step_s * 1000:.0f} ms a step) once the "
-            f"fine-tuning's least time is kept back, less than {least}; the fine-tuning gets the whole budget "
-            f"(a larger --budget-minutes keeps --pretrain)")
+            f"fine-tuning's least time is kept back, less than {least}; the fine-tuning gets the whole budget"
+            f"{PRETRAIN_MORE_BUDGET}")
 
 
 def fixmatch_refused_words(error: UserError, budget_s: float, used_s: float, fixmatch_s: float,
@@ -93,6 +103,7 @@ class FallbacksMixin:
 
     fixmatch_drop: dict | None = None  # a FixMatch drop not yet said: its why, and its least run's seconds and step
     fixmatch_dropped_before: str | None = None  # a resume's FixMatch drop of an earlier session: its why
+    pretrain_dropped_before: str | None = None  # a resume's MoCo drop of an earlier session: its why
 
     def drop_fixmatch(self, why: str) -> None:
         """The labelled-only fine-tune in FixMatch's place: its config, a fresh stage folder. The note waits for
@@ -124,28 +135,40 @@ class FallbacksMixin:
         self.r["pretrain"] = False  # the fine-tuning's lr as without MoCo (finetune_config)
         shutil.rmtree(self.out / "pretrain", ignore_errors=True)  # made for MoCo's stage, nothing trained
 
+    def pretrain_kept_off(self) -> None:
+        """A resumed run whose MoCo stage was dropped in an earlier session (run_state.json) starts up without it: its
+        pool is neither decoded nor held to a MoCo batch (decode_inputs), out of a budget already short. Its share
+        (moco_limit) is still read from the state: self-training's and FixMatch's shares were drawn inside it first.
+        Said after "[run] resuming" (say_kept_off)."""
+        why = self.state.data.get("pretrain_skipped") if self.state is not None else None
+        if why and self.r["pretrain"]:
+            self.pretrain_dropped_before = why
+
     def fixmatch_kept_off(self) -> None:
         """A resumed run whose FixMatch was dropped in an earlier session (run_state.json) trains without it from the
         start-up on: its pool neither decoded nor loaded. The resume announced FixMatch on its pool and loaded it,
         out of a budget already short, then trained without it (hunt hBU #3). Said once the run says it resumes
-        (say_fixmatch_kept_off): said here, it came before "[run] resuming" (review rev92 #3)."""
+        (say_kept_off): said here, it came before "[run] resuming" (review rev92 #3)."""
         why = self.state.data.get("fixmatch_skipped") if self.state is not None else None
         if why and self.semi == "fixmatch":
             self.semi = "off"
             self.fixmatch_dropped_before = why
 
-    def say_fixmatch_kept_off(self) -> None:
-        """fixmatch_kept_off's line, after start_state's "[run] resuming" line."""
+    def say_kept_off(self) -> None:
+        """pretrain_kept_off's and fixmatch_kept_off's lines, in the stages' order, after start_state's "[run]
+        resuming" line."""
+        if self.pretrain_dropped_before:
+            print(pretrain_kept_off_line(self.pretrain_dropped_before), flush=True)
         if self.fixmatch_dropped_before:
             print(fixmatch_kept_off_line(self.fixmatch_dropped_before), flush=True)
 
     def dropped_before(self) -> None:
-        """A resumed run's stages dropped in an earlier session stay dropped (run_state.json): MoCo's here, FixMatch's
-        at the start-up (fixmatch_kept_off), recorded here in the summary as the first session recorded it."""
+        """A resumed run's stages dropped in an earlier session stay dropped (run_state.json), read at the start-up
+        (pretrain_kept_off, fixmatch_kept_off) and recorded here in the summary as the first session recorded them."""
         data = self.state.data
-        if data.get("pretrain_skipped"):
+        if self.pretrain_dropped_before:
             self.r["pretrain"] = False
-            self.summary["pretrain_skipped"] = {"why": data["pretrain_skipped"]}
+            self.summary["pretrain_skipped"] = {"why": self.pretrain_dropped_before}
         why = self.fixmatch_dropped_before
         if why:
             # a summary kept before the drop (MoCo's stage) is the state's own dict: the drop's save wrote its record

@@ -315,12 +315,13 @@ class StartupMixin:
     def decode_inputs(self) -> None:
         """The train, val and test images decoded (and the fine-tuning batches checked on them), and the pool MoCo
         and FixMatch read: a broken file or a pool smaller than a MoCo batch is refused before the folder is
-        started."""
+        started. Not MoCo's pool where an earlier session dropped MoCo (pretrain_kept_off): nothing reads it."""
         cfg, r = self.cfg, self.r
         self.test_set, self.split_skipped, train_set = preload_images(cfg, self.infos, self.test_infos)
         check_finetune_batches(cfg, train_set)
         del train_set
-        if r["pretrain"]:
+        moco = r["pretrain"] and not self.pretrain_dropped_before
+        if moco:
             from fewshot.data.pool import pool_with_sources
 
             paths, _, source, _ = pool_with_sources(cfg, self.infos)
@@ -332,8 +333,10 @@ class StartupMixin:
                 raise UserError(f"{what} {n_pool} images, fewer than one MoCo batch of {batch} (MoCo drops an "
                                 f"incomplete batch): lower run.pretrain_batch_size, add images to the pool "
                                 f"(ROOT/unlabeled/<dataset>/ or --unlabeled DIR), or leave out --pretrain.")
+        # a dropped MoCo's share still read from the state: self-training's and FixMatch's were drawn inside it first
         self.moco_limit = self.moco_pool_limit() if r["pretrain"] else None
-        self.pool_skipped, n_moco = check_pool_images(cfg, self.infos, "off", self.moco_limit, self.cold_decode)
+        self.pool_skipped, n_moco = (check_pool_images(cfg, self.infos, "off", self.moco_limit, self.cold_decode)
+                                     if moco else ([], None))
         self.n_moco = n_moco  # MoCo's queue is sized from it (pretrain_stage)
         if n_moco is not None and n_moco < int(r["pretrain_batch_size"]):  # the count above was before bad files
             raise UserError(f"the unlabeled pool has {n_moco} decodable images, fewer than one MoCo batch of "
@@ -397,7 +400,8 @@ class StartupMixin:
         del pool
         if n_pool == 0:
             # round 2 would train on the labelled images again: the whole budget goes to one fine-tuning
-            rest = "the time MoCo leaves" if self.r["pretrain"] else "the whole budget"
+            rest = "the time MoCo leaves" if self.r["pretrain"] and not self.pretrain_dropped_before else \
+                "the whole budget"
             print("[run] no unlabeled pool (ROOT/unlabeled/ or --unlabeled DIR): self-training is off, the "
                   f"fine-tuning on the labelled images gets {rest}.", flush=True)
             self.semi = self.r["semi_method"] = "off"
