@@ -59,6 +59,7 @@ class _Run:
         self.__class__ = type("Run", (_Run, ClosingMixin), {})
         self.report_plan, self.budget_s, self.test_set = {"figure_s": 0.06, "seconds": None}, 60.0, []
         self.report_stages, self.balance, self.semi, self.t_start = 0, "off", "off", 0.0
+        self.writes_bps = 250e6  # as PipelineRun.__init__ sets it
 
 
 @pytest.mark.parametrize("semi, retime_steps", [("pseudo", 2), ("off", 0)])

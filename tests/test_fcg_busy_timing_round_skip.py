@@ -198,7 +198,7 @@ def test_closing_times_a_busy_step_again_before_it_leaves_the_report_images_out(
     test_set = type("TestSet", (list,), {"images": None})([0] * 10)
     run = SimpleNamespace(report_plan={"figure_s": 1.0}, budget_s=100.0, t_start=clock[0] - 70.0, test_set=test_set,
                           report_stages=1, balance="off", semi="pseudo", timed_step_s=None, plan_closing=planned.append,
-                          fixmatch_drop=None)
+                          fixmatch_drop=None, writes_bps=250e6)
     for name in ("left_s", "keep_faster", "images_retimed", "say_fixmatch_dropped"):
         setattr(run, name, getattr(pipeline.PipelineRun, name).__get__(run))
     task = SimpleNamespace()
@@ -241,7 +241,7 @@ def test_a_re_time_for_the_images_goes_on_while_the_stage_itself_fits(monkeypatc
     test_set = type("TestSet", (list,), {"images": None})([0] * 10)
     run = SimpleNamespace(report_plan={"figure_s": 1.0}, budget_s=100.0, t_start=clock[0] - 70.0, test_set=test_set,
                           report_stages=1, balance="off", semi="pseudo", timed_step_s=None, plan_closing=lambda s: None,
-                          fixmatch_drop=None)
+                          fixmatch_drop=None, writes_bps=250e6)
     for name in ("left_s", "keep_faster", "images_retimed", "say_fixmatch_dropped"):
         setattr(run, name, getattr(pipeline.PipelineRun, name).__get__(run))
     task = SimpleNamespace()

@@ -37,6 +37,7 @@ from fewshot.run_stages import finetune_config, finetune_stage, pretrain_stage
 from fewshot.run_startup import StartupMixin
 from fewshot.run_state import STATE_FILE
 from fewshot.run_words import labelled_passes, minutes_text, near_chance_finding, near_chance_why, overrun_note
+from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 from fewshot.utils import write_json
 
 
@@ -85,6 +86,9 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
         self.timed_step_s: float | None = None  # refuse_if_hopeless: the last step speed the start-up timed
         self.session_before_lost = False  # a resumed run's session before ended without recording its time
         self.state_as_read: dict | None = None  # a resumed run's state before this session opened (undo_start)
+        # checkpoint writes' bytes a second (note_writes): a guess until a stage of this session writes; a --resume
+        # starts from it too (the rate is not in run_state.json), and a reused or "trained" stage sets none
+        self.writes_bps = WRITE_BYTES_PER_S
 
     def note_stop(self) -> None:
         """A stop (a signal, Ctrl-C, an error) counts this session's time in the run's state, once the run has one
@@ -138,7 +142,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
                                        **kwargs, state=self.state, t_start=self.t_start,
                                        timing_s=calibration_seconds(*self.speeds_before, len(self.test_set))
                                        if self.speeds_before else None)
-        self.note_writes(getattr(task, "write_rate", None))  # a reused stage wrote nothing
+        self.note_writes(getattr(task, "write_bps", None))  # a reused stage wrote nothing
         return task, metrics
 
     def pretrain(self) -> None:

@@ -30,15 +30,15 @@ from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 # here, not in run_budget: tests patch report_seconds on this module, and only a call from here sees the patch
 def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, report_stages: int,
                     figure_s: float = FIGURE_S, images: bool = True, balance_check: bool = False,
-                    write_rate: float = WRITE_BYTES_PER_S) -> float:
+                    write_bps: float = WRITE_BYTES_PER_S) -> float:
     """What a run does after its last training step, estimated from this machine's measured speed: the
     stage's closing evaluations (the stopped epoch's, of both the EMA and the raw weights where there is an EMA:
     eval_passes; the best checkpoint's) and checkpoint writes, one prediction pass over the test images (and one
     over val where ``balance_check``: run.balance reads val to decide and to test for a skew), and the report
-    (report_seconds; ``images`` False: without its image-based parts). ``write_rate``: bytes a second of the
-    checkpoint writes, as the stage before timed them (Engine.write_rate), else a guess."""
+    (report_seconds; ``images`` False: without its image-based parts). ``write_bps``: bytes a second of the
+    checkpoint writes, the slowest rate a stage of this session timed (note_writes), else a guess."""
     n_params = sum(p.numel() for p in task.model.parameters())
-    saves = n_params * 24 / write_rate  # last.pt (weights, EMA, AdamW's two slots) + best.pt (weights, EMA)
+    saves = n_params * 24 / write_bps  # last.pt (weights, EMA, AdamW's two slots) + best.pt (weights, EMA)
     base, drawn = report_seconds(task, eval_s, report_stages, figure_s)
     evaluations = (eval_passes(task) + 1 + int(balance_check)) * eval_s
     return evaluations + saves + per_test_image * n_test + base + (drawn if images else 0.0)
@@ -57,13 +57,13 @@ class ClosingMixin:
     """PipelineRun's budget: its split, the closing work's estimate and record, the least-run refusals and the
     re-times of a busy timing."""
 
-    write_rate = WRITE_BYTES_PER_S  # bytes a second of checkpoint writes: the last stage's as timed (note_writes)
-
     def note_writes(self, rate: float | None) -> None:
-        """A stage's checkpoint write rate as timed (Engine.write_rate; None: it wrote nothing), at which the closing
-        work's estimate counts the next stage's writes: on a busy machine round 1's took 3.9 s, counted 1.1 s."""
+        """A stage's checkpoint write rate as timed (Engine.write_rate; None: it wrote nothing). The closing work's
+        estimate counts the next stage's writes at the slowest rate of the session (``writes_bps``), never above
+        WRITE_BYTES_PER_S: on a busy machine round 1's took 3.9 s, counted 1.1 s; and one fast stage (a quiet
+        moment, a tmpfs) must not shrink the estimate below what a slower stage timed, or below the old guess."""
         if rate:
-            self.write_rate = rate
+            self.writes_bps = min(self.writes_bps, rate)
 
     def plan_budget(self) -> None:
         """The budget's split: the stages' time, the reserve for the end, the report's stages and its estimate, and
@@ -97,7 +97,7 @@ class ClosingMixin:
         report_plan["seconds"] = report_seconds(task, eval_s, self.report_stages, report_plan["figure_s"])
         need = closing_seconds(task, eval_s, per_test_image, len(self.test_set), self.report_stages,
                                report_plan["figure_s"], balance_check=self.balance != "off",
-                               write_rate=getattr(self, "write_rate", WRITE_BYTES_PER_S)) + CLOSING_SHARE * budget_s
+                               write_bps=self.writes_bps) + CLOSING_SHARE * budget_s
         report_plan["least"] = need - report_plan["seconds"][1]  # the report's image-based parts left out
         if step_s is not None and self.semi == "fixmatch":  # too short to learn: the labelled-only fine-tune instead
             self.drop_fixmatch_unless_it_fits(task, step_s, need)

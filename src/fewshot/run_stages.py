@@ -267,7 +267,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         engine.fit(resume=resuming and last.is_file())
         task.fit_seconds = time.monotonic() - fit_start + (trained_before if resuming else 0.0)
         task.epochs_run = engine.epochs_trained()
-        task.write_rate = engine.write_rate()  # the run counts the next stage's checkpoint writes at it
+        task.write_bps = engine.write_rate()  # the run counts the next stage's checkpoint writes at it
         if state is not None:
             trained_at = time.monotonic() - t_start  # on the run's clock: summary.json's closing_seconds counts from it
             # a resumed stage that trained nothing (no time left, or all its epochs done: a stop in the last epoch's

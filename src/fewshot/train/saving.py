@@ -15,6 +15,7 @@ check_disk_space().
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -90,8 +91,6 @@ class SavingMixin:
                 t0 = time.perf_counter()
                 save_checkpoint(path, payload)
                 self._save_took[name] = time.perf_counter() - t0  # the budget's reserve (budget_reserve)
-                self._written[0] += os.path.getsize(path)
-                self._written[1] += self._save_took[name]
                 self._best_pending = self._best_pending or name == "best"
                 if name == "last":
                     self._saved_step = self.global_step
@@ -104,6 +103,14 @@ class SavingMixin:
             except OSError as exc:  # disk full, quota, read-only remount: the previous file is intact
                 raise UserError(f"cannot write the checkpoint {path}: {exc.strerror or exc}. The previous "
                                 f"checkpoint (if any) is intact; free space and continue with --resume.") from None
+            self._count_written(path, self._save_took[name])
+
+    def _count_written(self, path: os.PathLike, seconds: float) -> None:
+        """A written checkpoint's bytes and seconds, for write_rate. Outside save's write errors: the file is
+        written, and a size that cannot be read (an OSError) leaves only the rate untimed, not the run failed."""
+        with contextlib.suppress(OSError):
+            self._written[0] += os.path.getsize(path)
+            self._written[1] += seconds
 
     def publish_best(self) -> None:
         """The new best (BEST_PENDING) becomes best.pt, after its epoch's last.pt and log row: written before them,
