@@ -45,13 +45,15 @@ def test_predict_says_nothing_of_the_run_s_own_images_cropped_by_data_resize_cro
 def test_the_note_compares_with_the_training_images_not_the_decode(tmp_path):
     """Strips cropped by auto's bound at 16 px, predicted as they trained: no note; given to a run that trained on
     square images: the note, saying the training shape."""
+    from fewshot.data.fit import record_shapes
     from fewshot.data.shape_change import training_shapes
 
     root = _root(tmp_path / "root", "strip", 160, 8)
     [info] = scan_root(root, ["strip"], splits=("train",))
     cfg = {"data": {"root": str(root), "resize": "auto"}, "model": {"img_size": 16}}
     assert settle_modes(cfg, [info]) == {"strip": "crop"}  # 16x1 px letterboxed: cropped
-    trained = training_shapes(cfg, ["strip"])
+    record_shapes(cfg, [info])
+    trained = training_shapes(cfg)
     assert trained == {"strip": (160, 8)}
     assert shape_change_notes([info], "crop", "auto", 16, trained) == []
     assert shape_change_notes([info], "crop", "crop", 16, {}) == []  # training shape unknown, crop given: quiet

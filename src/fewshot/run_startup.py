@@ -33,6 +33,7 @@ from fewshot.run_checks import (check_finetune_batches, check_fixmatch_images, c
                                 joined_skips, moco_decode_limit, moco_first_limit, note_cold_decode, pool_is_cached,
                                 preload_images, recorded_limit, recorded_moco_limit, recorded_share, run_img_size,
                                 share_source, MOCO_FIRST_FIELD)
+from fewshot.run_fit_record import keep_fit_records, restore_fit_records
 from fewshot.run_reuse import adopt_stage_architecture, read_finished_json, weights_replaced_by
 from fewshot.run_stages import finetune_config
 from fewshot.run_state import STATE_FILE, RunState, holds_finished_run
@@ -310,6 +311,8 @@ class StartupMixin:
         print(one_line(f"[run] {cfg['model']['name']} at {cfg['model']['img_size']}px on {self.device.type}"
                        f"{f' ({why})' if why else ''}: {', '.join(i.name for i in self.infos)}"), flush=True)
         note_run_rechosen(cfg, self.rechosen, self.semi)
+        if self.state is not None:  # a resume: the run's own record, not decided again from images changed since
+            restore_fit_records(cfg, self.state)
         settle_fit(cfg, self.infos)
 
     def decode_inputs(self) -> None:
@@ -462,6 +465,7 @@ class StartupMixin:
             print(f"[run] resuming {self.out}: {self.used / 60:.1f} of {minutes_text(self.budget_minutes)} used before "
                   f"the stop; finished stages: {', '.join(done) or 'none'}"
                   + (f" ({UNRECORDED})" if self.session_before_lost else ""))
+        keep_fit_records(self.state, self.cfg)  # a state from before the record gets it now
         self.state.data["pool_decoded"] = _count(self.pool_limit)
         self.state.data["moco_pool_decoded"] = self.moco_limit  # the MoCo stage trains on it (run_stages)
         self.state.data["fixmatch_pool_decoded"] = _count(self.fixmatch_limit)  # and the FixMatch stage on this one

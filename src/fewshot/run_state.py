@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fewshot.config import (DEFAULTS, PER_INVOCATION, canonical_value, flatten_dotted, get_dotted, set_dotted,
                             setting_changed)
+from fewshot.config.recorded import resize_record
 from fewshot.errors import UserError, one_line
 from fewshot.train.distributed import launch_rank
 from fewshot.utils import loads_run_json, write_json
@@ -104,6 +105,7 @@ def check_state_fields(path: Path, data) -> None:
             isinstance(c, list) and all(isinstance(n, str) for n in c) for c in classes.values())):
         raise bad("classes", "an object of datasets, each a list of class names (or null)")
     check_self_training_field(data.get("self_training"), bad)
+    resize_record(data, path)  # the run's crop or pad per dataset (run_fit_record): a hand edit crashed the decode
     pool = data.get("pool_decoded")
     if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 0):
         raise bad("pool_decoded", "a whole number of images, 0 or more (or null)")

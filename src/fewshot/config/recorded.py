@@ -29,8 +29,11 @@ GIVEN_WEIGHTS = "_given_weights"
 # data.resize=auto's choice per dataset (crop or pad, by name: data/fit.py), which resume, predict and eval repeat;
 # a --config of the file decides it anew
 RESIZE_RECORD = "_resize"
+# each dataset's median training image [width, height] (data/fit.py), which predict's and eval's note compares the
+# images given with: re-read from data.root, it cost seconds a call and named a root that now holds other images
+SHAPE_RECORD = "_shapes"
 # written into a run's config.yaml by the tool (report, resume)
-RECORDED = ("_task", CHOSEN, GIVEN_WEIGHTS, RESIZE_RECORD)
+RECORDED = ("_task", CHOSEN, GIVEN_WEIGHTS, RESIZE_RECORD, SHAPE_RECORD)
 RECHOSEN_LATER = "_rechosen_later"  # in memory only: RECHOSEN's fields chosen once training starts (CHOSEN_LATER)
 # in memory only: the data.resize a --weights file records, until the datasets are known (data/weights_resize.py)
 WEIGHTS_RESIZE = "_weights_resize"
@@ -115,6 +118,20 @@ def resize_record(data: dict, where: str | Path) -> dict:
                         f"the dataset's folder name as the key), or delete it to have each dataset decided again "
                         f"from its images.")
     return dict(record)
+
+
+def shape_record(data: dict) -> dict:
+    """The SHAPE_RECORD of a run's config (``data``, read back from a file: untrusted) as {name: (width, height)}:
+    an entry that is not two whole numbers of pixels above 0 is left out, as if not recorded, since it feeds a note
+    only (shape_change_notes), which then goes by the run's data.resize."""
+    record = data.get(SHAPE_RECORD) if isinstance(data, dict) else None
+
+    def pixels(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    return {name: (shape[0], shape[1]) for name, shape in record.items()
+            if isinstance(name, str) and isinstance(shape, (list, tuple)) and len(shape) == 2
+            and all(pixels(v) for v in shape)} if isinstance(record, dict) else {}
 
 
 def same_value(first: Any, second: Any) -> bool:

@@ -2,7 +2,8 @@
 from the median the start-up note uses) and recorded in the run's config (RESIZE_RECORD), so that a resume,
 predict and eval decode each dataset as the run did even after its folder gained images (review rev87 #1). Where
 every dataset gets the same choice the decode takes that word, keyed in the cache as crop or pad are (a square
-dataset keeps crop's entries); where they differ, a Fit names each file's."""
+dataset keeps crop's entries); where they differ, a Fit names each file's. Each dataset's median training image is
+recorded beside it (SHAPE_RECORD), for predict's and eval's note on images shaped otherwise."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fewshot.config.recorded import RESIZE_RECORD, resize_record
+from fewshot.config.recorded import RESIZE_RECORD, SHAPE_RECORD, resize_record, shape_record
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,26 @@ def settle_fit(cfg: dict, infos, then: dict | None = None, then_where: str = "")
     sizes: dict = {}
     modes = settle_modes(cfg, infos, sizes) if auto else None
     note_weights_mismatch(cfg, infos, pending, modes)
+    record_shapes(cfg, infos, then)
     if then is not None and (_resize_of(then) != cfg["data"].get("resize", "crop")
                              or resize_changes(then, cfg, then_where)):
         return
     note_far_from_square(cfg, infos, modes, sizes)
+
+
+def record_shapes(cfg: dict, infos, then: dict | None = None) -> None:
+    """Each dataset's median training image recorded in ``cfg`` (SHAPE_RECORD), for predict's and eval's note: one
+    recorded (in ``cfg``, else in ``then``, a resumed run's checkpoint config) keeps its shape, the others are read
+    from the headers the start-up reads anyway (header_sizes keeps them)."""
+    from fewshot.data.aspect import header_sizes, median_shape, sample_paths
+
+    record = {**shape_record(then or {}), **shape_record(cfg)}
+    for info in infos:
+        if info.name not in record:
+            shape = median_shape(header_sizes(sample_paths(info)))
+            if shape is not None:
+                record[info.name] = shape
+    cfg[SHAPE_RECORD] = {name: [int(w), int(h)] for name, (w, h) in record.items()}
 
 
 def _resize_of(config: dict) -> str:
@@ -129,7 +146,7 @@ def restore_record(cfg: dict, names, then: dict, then_where: str, whose: str = "
 
     if _resize_of(then) != "auto":
         return  # data.resize itself differs: refused as such
-    was, kept = resize_record(then, then_where), resize_record(cfg, "the run's config")
+    was, kept = resize_record(then, then_where), resize_record(cfg, whose)
     missing = {name: was[name] for name in names if name in was and name not in kept}
     if missing:
         cfg[RESIZE_RECORD] = {**kept, **missing}

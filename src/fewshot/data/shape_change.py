@@ -4,30 +4,20 @@ thirds off 3:1 ones, without a word either way (hunt hBT #5). From the headers o
 
 from __future__ import annotations
 
+from fewshot.config.recorded import shape_record
 from fewshot.data.aspect import (FAR_FROM_SQUARE, crop_loss, dataset_mode, header_sizes, kept_side, median_shape,
                                  ratio, sample_paths, too_thin)
 
 ADVICE = "predict images shaped as the training ones, or train a run on images like these"
 
 
-def training_shapes(cfg: dict, names) -> dict:
-    """Each dataset's median training image (width, height), re-read from the run's data.root: the decode mode
-    alone does not say it (a run cropped 3:1 images given data.resize=crop, and auto crops a 50:1 strip too thin
-    to letterbox; the note then called the run's own images shaped otherwise, review rev91 #1). A dataset whose
-    train split is no longer there is left out."""
-    from fewshot.data.layout import scan_root
-
-    root = (cfg.get("data") or {}).get("root")
-    shapes = {}
-    for name in names if root else ():
-        try:
-            [info] = scan_root(root, [name], splits=("train",))
-        except Exception:  # noqa: BLE001 - moved, renamed or unreadable: the shape is not known, nothing to say
-            continue
-        shape = median_shape(header_sizes(sample_paths(info)))
-        if shape is not None:
-            shapes[name] = shape
-    return shapes
+def training_shapes(cfg: dict) -> dict:
+    """Each dataset's median training image (width, height) as the run recorded it when it started (SHAPE_RECORD):
+    the decode mode alone does not say it (a run cropped 3:1 images given data.resize=crop, and auto crops a 50:1
+    strip too thin to letterbox; the note then called the run's own images shaped otherwise, review rev91 #1). Not
+    re-read from data.root: that cost seconds a call, printed that root's layout warnings and described whatever
+    it holds now (review rev94 #2). A run from before the record: none, and the note goes by data.resize."""
+    return shape_record(cfg)
 
 
 def shape_change_notes(infos, fit, resize: str, img_size: int, trained: dict | None = None) -> list[str]:

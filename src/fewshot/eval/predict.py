@@ -249,8 +249,7 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
         check(infos)
     d = tm.cfg["data"]
     fit = fit_of(tm.cfg, infos, root)  # as the run decoded each dataset (a run from before data.resize: crop)
-    trained = training_shapes(tm.cfg, [info.name for info in infos]) if d.get("resize", "crop") != "pad" else {}
-    warn_once(shape_change_notes(infos, fit, d.get("resize", "crop"), tm.size, trained), "note")
+    warn_once(shape_change_notes(infos, fit, d.get("resize", "crop"), tm.size, training_shapes(tm.cfg)), "note")
     cache = prediction_cache_dir(root, infos, split, tm.size, d.get("crop_pct", 1.0), d.get("bit_depth", "auto"), fit)
     data = load_split(infos, split, tm.space, tm.size, cache, d.get("crop_pct", 1.0),
                       skip_bad or bool(d.get("skip_bad_images", False)), bit_depth=d.get("bit_depth", "auto"),
