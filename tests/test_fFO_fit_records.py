@@ -152,3 +152,26 @@ def test_a_malformed_stage_record_is_named_as_the_stage_s(tmp_path):
     then = {"data": {"resize": "auto"}, "_resize": {"wide": "pad", "tall": "crop"}}
     with pytest.raises(UserError, match="finetune/config.yaml: its _resize entry"):
         restore_record(scfg, ["wide", "tall"], then, "checkpoint last.pt", whose)
+
+
+def test_run_resume_decodes_as_its_stopped_stage_where_the_images_changed(tmp_path, monkeypatch):
+    """`fewshot run` on 3:1 images (padded), stopped in round 1; the images square since (auto would crop): round 2
+    fine-tunes round 1's weights on them padded, as round 1 trained, not cropped (review rev94 #1b)."""
+    from fewshot.train.supervised import SupervisedTask
+    from test_fEQ_resize import tall_root
+    from test_run_resume import _cmd, stopped_in_stage
+
+    root = tall_root(tmp_path / "root")
+    out = tmp_path / "run"
+    cmd = _cmd(root, out, "--img-size", "16")
+    stopped_in_stage(cmd, "finetune_labelled", SupervisedTask)
+    assert json.loads((out / "run_state.json").read_text())["_resize"] == {"digits": "pad"}
+    for png in (root / "digits").rglob("*.png"):
+        with Image.open(png) as img:
+            square = img.crop((0, 0, img.width, img.width))
+        square.save(png)
+    monkeypatch.setattr(aspect, "_READ", {})
+    rc, _, err = run_main(*cmd, "--resume")
+    assert rc == 0, err
+    for stage in ("finetune_labelled", "finetune"):
+        assert yaml.safe_load((out / stage / "config.yaml").read_text())["_resize"] == {"digits": "pad"}, stage
