@@ -35,7 +35,8 @@ def test_a_resume_after_moco_was_dropped_takes_round_1_as_replacing_the_weights(
         raise _Built(load_weights)
     monkeypatch.setattr(run_startup, "check_model", built)
     me = SimpleNamespace(cfg={"model": {"img_size": 32, "weights": str(tmp_path / "gone.safetensors")}},
-                         r={"pretrain": True}, state=state, out=tmp_path)
+                         r={"pretrain": True}, state=state, out=tmp_path,
+                         pretrain_dropped_before=state.data["pretrain_skipped"])  # as pretrain_kept_off reads it
     with pytest.raises(_Built) as stopped:
         run_startup.StartupMixin.choose_model(me)
     assert adopted == [stage] and stopped.value.args == (False,)  # the weights file is not read

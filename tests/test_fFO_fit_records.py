@@ -104,7 +104,7 @@ def test_a_hand_edited_record_in_run_state_is_refused(tmp_path, monkeypatch):
     data = json.loads((out / "run_state.json").read_text())
     data["_resize"] = {"wide": "PAD"}
     (out / "run_state.json").write_text(json.dumps(data))
-    with pytest.raises(UserError, match=r"run_state\.json: its _resize entry must map each dataset's name"):
+    with pytest.raises(UserError, match=r"--resume: .*run_state\.json is damaged: its _resize entry must map each "):
         RunState.resume(out, _requested(root), None)
 
 

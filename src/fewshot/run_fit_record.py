@@ -25,27 +25,29 @@ def keep_fit_records(state, cfg: dict) -> None:
 
 def restore_fit_records(cfg: dict, state) -> None:
     """On --resume, before settle_fit: the run's records into ``cfg``, so that it decides only the datasets they
-    lack. A state from before they were kept there: those of the first stage whose config.yaml holds them (the
-    run's, copied at that stage's start); none found: decided from the images, as before."""
+    lack. Each record the state lacks (one from before they were kept there, or one deleted as the refusal of a
+    damaged one advises): the first stage's whose config.yaml holds it (the run's, copied at that stage's start);
+    none found: decided from the images, as before. Taken whole from the state as soon as it held either, a deleted
+    _resize was decided anew where the stopped stage had padded (review rev95 #3)."""
     out = Path(state.out)
-    found = _recorded_in(state.data, out / "run_state.json")
-    stages = list(state.data.get("stages") or {}) if found is None else []
-    for path in (out / stage / "config.yaml" for stage in stages):
-        found = _recorded_in(_stage_config(path), path)
-        if found is not None:
-            break
-    if found is not None:
-        cfg.update(found)
+    stages = list(state.data.get("stages") or {})
+    sources = [(lambda: state.data, out / "run_state.json")]
+    sources += [(lambda path=path: _stage_config(path), path) for path in (out / s / "config.yaml" for s in stages)]
+    for key in FIT_RECORDS:
+        for read, where in sources:
+            found = _recorded_in(read(), where, key)
+            if found:
+                cfg[key] = found
+                break
 
 
-def _recorded_in(data, where: Path) -> dict | None:
-    """The FIT_RECORDS of ``data`` (read from ``where``), checked; None where it holds neither."""
-    if not isinstance(data, dict) or not any(data.get(key) is not None for key in FIT_RECORDS):
+def _recorded_in(data, where: Path, key: str) -> dict | None:
+    """The FIT_RECORDS entry ``key`` of ``data`` (read from ``where``), checked; None where it holds none."""
+    if not isinstance(data, dict) or data.get(key) is None:
         return None
-    found = {SHAPE_RECORD: {name: list(shape) for name, shape in shape_record(data).items()}}
-    if data.get(RESIZE_RECORD) is not None:
-        found[RESIZE_RECORD] = resize_record(data, where)
-    return found
+    if key == RESIZE_RECORD:
+        return resize_record(data, where)
+    return {name: list(shape) for name, shape in shape_record(data).items()}
 
 
 def _stage_config(path: Path):

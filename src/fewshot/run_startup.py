@@ -298,8 +298,8 @@ class StartupMixin:
             # for the crop or pad each dataset gets at the size chosen; settle_fit records them at it
             cfg["model"]["img_size"], why = run_img_size(cfg, self.infos, self.device, self.budget_minutes)
         # a MoCo stage dropped in an earlier session (its pretrain/ removed) no longer starts from the weights: round 1
-        # of fine-tuning does, and its checkpoint replaces them (rev88 #2)
-        moco = r["pretrain"] and not (self.state is not None and self.state.data.get("pretrain_skipped"))
+        # of fine-tuning does, and its checkpoint replaces them (rev88 #2); read from the state by pretrain_kept_off
+        moco = r["pretrain"] and not self.pretrain_dropped_before
         replaced_by = weights_replaced_by(self.state, self.out, moco) if cfg["model"]["weights"] else None
         if replaced_by is not None:
             adopt_stage_architecture(cfg, replaced_by)

@@ -105,7 +105,9 @@ def check_state_fields(path: Path, data) -> None:
             isinstance(c, list) and all(isinstance(n, str) for n in c) for c in classes.values())):
         raise bad("classes", "an object of datasets, each a list of class names (or null)")
     check_self_training_field(data.get("self_training"), bad)
-    resize_record(data, path)  # the run's crop or pad per dataset (run_fit_record): a hand edit crashed the decode
+    # the run's crop or pad per dataset (run_fit_record): a hand edit crashed the decode
+    resize_record(data, f"--resume: {path} is damaged", "take the record from the run's first stage that holds "
+                  "one (where none does, each dataset is decided again from its images)")
     pool = data.get("pool_decoded")
     if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 0):
         raise bad("pool_decoded", "a whole number of images, 0 or more (or null)")

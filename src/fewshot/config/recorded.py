@@ -102,10 +102,12 @@ def chosen_record(data: dict, where: str | Path) -> dict:
 RESIZE_MODES = ("crop", "pad")
 
 
-def resize_record(data: dict, where: str | Path) -> dict:
+def resize_record(data: dict, where: str | Path,
+                  deleted: str = "have each dataset decided again from its images") -> dict:
     """The RESIZE_RECORD of a run's config (``data``, read from ``where``: its config.yaml or checkpoint), checked:
     each dataset's name mapped to crop or pad; {} where there is none. A hand-edited entry (`1: crop`, `PAD`)
-    crashed the decode or was silently decided again (review rev89 #1)."""
+    crashed the decode or was silently decided again (review rev89 #1). ``deleted``: what deleting the entry does
+    (run_state.json's is taken from the run's stages, restore_fit_records)."""
     record = data.get(RESIZE_RECORD)
     if record is None:
         return {}
@@ -115,19 +117,22 @@ def resize_record(data: dict, where: str | Path) -> dict:
         raise UserError(f"{where}: its {RESIZE_RECORD} entry must map each dataset's name to crop or pad "
                         f"(digits: pad), as the run recorded how it decoded each dataset's images under "
                         f"data.resize=auto, but it holds {', '.join(bad)}; correct that entry (lowercase crop or pad, "
-                        f"the dataset's folder name as the key), or delete it to have each dataset decided again "
-                        f"from its images.")
+                        f"the dataset's folder name as the key), or delete it to {deleted}.")
     return dict(record)
+
+
+# the widest side a SHAPE_RECORD entry may hold: a 400-digit side (a hand edit) overflowed the note's ratio
+MAX_RECORDED_SIDE = 1 << 16
 
 
 def shape_record(data: dict) -> dict:
     """The SHAPE_RECORD of a run's config (``data``, read back from a file: untrusted) as {name: (width, height)}:
-    an entry that is not two whole numbers of pixels above 0 is left out, as if not recorded, since it feeds a note
-    only (shape_change_notes), which then goes by the run's data.resize."""
+    an entry that is not two whole numbers of pixels in 1..MAX_RECORDED_SIDE is left out, as if not recorded, since
+    it feeds a note only (shape_change_notes), which then goes by the run's data.resize."""
     record = data.get(SHAPE_RECORD) if isinstance(data, dict) else None
 
     def pixels(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+        return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_RECORDED_SIDE
 
     return {name: (shape[0], shape[1]) for name, shape in record.items()
             if isinstance(name, str) and isinstance(shape, (list, tuple)) and len(shape) == 2
