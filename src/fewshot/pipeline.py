@@ -156,7 +156,8 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
         try:
             self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out,
                                                         self.pre_end, self.state, self.t_start, self.pretrain_closing,
-                                                        pool_size=self.n_moco, writes=self.note_writes)
+                                                        pool_size=self.n_moco, writes=self.note_writes,
+                                                        run_end=self.t_start + self.budget_s)
         except StageDropped as dropped:  # its share cannot hold MoCo's least run once the fine-tuning's is kept back
             why = dropped.why  # said after the block: its traceback holds MoCo's task (model, pool)
         if why is not None:

@@ -236,16 +236,18 @@ class ClosingMixin:
 
         after_moco = self.t_start + self.budget_s - self.pre_end
 
-        def keep_back(ft_s: float) -> float:  # MoCo's closing work and the fine-tuning's least time, past its share
+        def needed(ft_s: float) -> float:  # MoCo's closing work and the fine-tuning's least time, after its deadline
             fine_tuning = (calibration(ft_s) + self.after_moco_seconds(ft_s)
                            + least_run_seconds(ft_s, self.report_plan["least"]))
-            return max(0.0, pretrain_closing_seconds(eval_s, n_params) + fine_tuning - after_moco)
+            return pretrain_closing_seconds(eval_s, n_params) + fine_tuning
 
         step_s, ft_step = self.refuse_unless_least_run_fits([(task, step_s), (probe, ft_step)], before, first)
         del probe  # its model sat on the device next to MoCo's for the whole stage
         free_device_memory(self.device)
-        self.drop_pretrain_unless_it_fits(task, step_s, keep_back(ft_step))
-        return keep_back(ft_step)
+        keep_s = max(0.0, needed(ft_step) - after_moco)  # past its share
+        self.drop_pretrain_unless_it_fits(task, step_s, keep_s)
+        task.after_moco_s = needed(ft_step)  # recorded (after_s): a resume counts its keep-back again from it
+        return keep_s
 
     def after_moco_seconds(self, ft_s: float) -> float:
         """What comes between MoCo's last step and the fine-tuning's first that MoCo's closing work and the

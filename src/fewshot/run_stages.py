@@ -9,6 +9,7 @@ plan_stage, plan_epochs, trained_speeds or cap_resumed_budget): the stages' call
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 import time
@@ -22,6 +23,7 @@ from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, measur
 from fewshot.run_reuse import (drop_best_aside, read_finished_json, read_last, reusable_stage, same_training_images,
                                stage_resumes, start_stage_afresh)
 from fewshot.run_words import made_of, min_epochs_warning, overrun_warning, seconds_text, stage_plan_words
+from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 from fewshot.utils import seed_everything
 
 
@@ -157,6 +159,31 @@ def cap_resumed_budget(cfg: dict, last: Path | dict, end_time: float,
     allowed = trained + max(0.0, end_time - time.monotonic() - step_s)
     cfg["train"]["budget_minutes"] = max(1e-3, min(planned, allowed)) / 60
     return trained, steps
+
+
+def resumed_keep_back(entry: dict, end_time: float, run_end: float | None) -> float:
+    """What a resumed MoCo stage keeps back from its share (ending at ``end_time``), counted as its plan counted it
+    (refuse_unless_pretrain_run_fits): the seconds its plan needed after MoCo's deadline (``after_s``: its closing
+    work, the fine-tuning's timing and least run) less those this session leaves after ``end_time``. The recorded
+    kept_s was the first session's, against half of its whole budget: 0 s, and a resume left the fine-tuning 0 s.
+    A stage recorded without after_s (an older run) keeps its kept_s."""
+    after = entry.get("after_s")
+    if after is None or run_end is None:  # check_state_fields found any after_s a number of seconds
+        return float(entry.get("kept_s", 0.0))
+    return max(0.0, float(after) - (run_end - end_time))
+
+
+def cap_resumed_epochs(cfg: dict, trained: float, steps: int, per_epoch: int, step_s: float | None) -> None:
+    """A resumed time-based stage's epoch cap lowered to the epochs its capped budget holds at its logged speed
+    (``step_s`` a step; none logged: unchanged): its cap was 4x its plan, and a resumed MoCo stage ran past its
+    epoch's end, paid that epoch's kNN evaluation, trained one step of the next and was evaluated again at its
+    stop. Never below the epoch it goes on in (the next one, stopped at an epoch's end)."""
+    t = cfg["train"]
+    if not step_s or per_epoch <= 0 or not cfg["sched"].get("time_based"):
+        return
+    left = max(0.0, float(t["budget_minutes"]) * 60 - trained)
+    held = math.ceil((steps + left / step_s) / per_epoch - 1e-9)
+    t["epochs"] = max(steps // per_epoch + 1, min(int(t["epochs"]), held))
 
 
 def trains_no_further(cfg: dict, trained: float) -> bool:
@@ -335,13 +362,14 @@ def _share_words(task) -> str:
 
 
 def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float, check=None,
-                   pool_size: int | None = None, writes=None):
+                   pool_size: int | None = None, writes=None, run_end: float | None = None):
     """MoCo on the pool until ``end_time``, then its backbone exported to OUT/backbone.safetensors. ``check(task,
     eval_s, step_s)``: called with MoCo's measured speeds before it trains (the run's least-run refusal); a resumed
     stage that cap_resumed_budget leaves no training calls ``check(task, eval_s)`` (its evaluation time logged, else
     measured), for the run's word where its closing work no longer fits (PipelineRun.pretrain_closing).
     ``pool_size``: the decodable pool images start-up counted (check_pool_images), which size the queue.
     ``writes(rate)``: called with the stage's checkpoint write rate as timed (Engine.write_rate) once it trained.
+    ``run_end``: the run's budget end (time.monotonic()), from which a resumed stage counts its keep-back again.
     Returns (weights path, the stage's summary, seconds in its training loop). With a RunState that knows
     the stage, a finished one is reused and a stopped one continues from its last.pt."""
     from fewshot.report.plots import plot_pretrain_curves
@@ -375,14 +403,18 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         # stop's evaluation); one planned while it was a second evaluation and a checkpoint read keeps back more,
         # which the fine-tuning gets. Resumed with the stop evaluated before the kill, metrics.json's evaluation
         # takes the stop's place in this session's closing time
-        kept = float(state.stage("pretrain").get("kept_s", 0.0))
+        kept = resumed_keep_back(state.stage("pretrain"), end_time, run_end)
         step_logged, eval_logged = trained_speeds(pdir / "log.jsonl")
-        trained_before, _ = cap_resumed_budget(pcfg, last, end_time - kept, step_logged)
-        now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
-        state.record("pretrain", "began", now, fit_at=now - trained_before)
         seed_everything(pcfg["train"]["seed"])
         # last.pt replaces model.weights
         task = MoCoTask(pcfg, infos, device, ctx, resuming=True, pool_limit=pool_limit)
+        # capped once the task is built, with last.pt's read kept back: the build, its pool's decode and the read
+        # came on top of a cap taken before them, and a resumed 1-minute run ended at 67 s (hunt hBU #1)
+        read_s = last.stat().st_size / WRITE_BYTES_PER_S
+        trained_before, steps = cap_resumed_budget(pcfg, last, end_time - kept - read_s, step_logged)
+        cap_resumed_epochs(pcfg, trained_before, steps, len(task.plan_epoch(0)), step_logged)
+        now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
+        state.record("pretrain", "began", now, fit_at=now - trained_before)
         if check is not None and trains_no_further(pcfg, trained_before):  # the run's word on its closing work
             # a stage stopped before its first kNN evaluation logged none: 0 s stands in (the checkpoint writes and
             # the export alone), since timing one evaluation here, only to word the warning, would spend more of a
@@ -430,8 +462,10 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
               f"{stage_plan_words(step_s, pre_budget, epochs)}")
         warn_stage_queue(pcfg, task, ctx.world)
+        # after_s: what its plan kept time for after MoCo's deadline, from which a resume counts its keep-back again
+        after = {} if getattr(task, "after_moco_s", None) is None else {"after_s": task.after_moco_s}
         state.record("pretrain", "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
-                     kept_s=kept["s"])
+                     kept_s=kept["s"], **after)
     seed_everything(pcfg["train"]["seed"])
     engine = Engine(task, pcfg, pdir, device, ctx)
     fit_start = time.monotonic()
