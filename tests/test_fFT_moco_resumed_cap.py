@@ -92,8 +92,15 @@ def test_a_resumed_moco_stage_ends_where_the_fine_tuning_keeps_its_least_time(tm
     ends = seen["at"] + seen["budget_s"] - 10.0  # the Engine's clock goes on from the 10 s trained before
     assert ends + STEP_S <= 160.0 - 48.5 + 1e-6, seen  # the step past its deadline included
     assert ends == pytest.approx(111.5 - STEP_S)
-    # 5 s left at 0.5 s a step: 10 steps, the 31st of the epoch it stopped in; no second epoch
-    assert seen["epochs"] == 1, seen
+
+
+def test_the_cap_keeps_back_the_read_of_last_pt(tmp_path, monkeypatch):
+    """Review rev96 #4: last.pt's read (its size at the write rate) comes off the cap; a 1000-byte file at
+    500 B/s reads in 2 s."""
+    monkeypatch.setattr(run_stages, "WRITE_BYTES_PER_S", 500.0)
+    entry = {"status": "began", "fit_at": 1.0, "kept_s": 0.0, "after_s": 48.5}
+    seen = _resumed(tmp_path, monkeypatch, entry, end_time=130.0, run_end=160.0)
+    assert seen["at"] + seen["budget_s"] - 10.0 == pytest.approx(111.5 - STEP_S - 2.0)
 
 
 def test_the_cap_counts_the_task_build_with_the_recorded_keep_back_of_an_older_run(tmp_path, monkeypatch):
@@ -108,18 +115,6 @@ def test_the_keep_back_is_counted_again_from_the_plans_need():
     assert run_stages.resumed_keep_back({"kept_s": 0.0, "after_s": 35.0}, 130.0, 160.0) == 5.0
     assert run_stages.resumed_keep_back({"kept_s": 3.0}, 130.0, 160.0) == 3.0
     assert run_stages.resumed_keep_back({"kept_s": 3.0, "after_s": 35.0}, 130.0, None) == 3.0
-
-
-def test_the_epoch_cap_never_ends_before_the_epoch_the_stage_goes_on_in():
-    cfg = {"train": {"budget_minutes": 10.0 / 60, "epochs": 8}, "sched": {"time_based": True}}
-    run_stages.cap_resumed_epochs(cfg, 10.0, 31, 31, 0.5)  # stopped at epoch 1's end: epoch 2 trains
-    assert cfg["train"]["epochs"] == 2
-    cfg["train"]["epochs"] = 8
-    run_stages.cap_resumed_epochs(cfg, 10.0, 20, 31, None)  # no speed logged: unchanged
-    assert cfg["train"]["epochs"] == 8
-    cfg["train"]["budget_minutes"] = 60.0 / 60
-    run_stages.cap_resumed_epochs(cfg, 10.0, 20, 31, 0.5)  # 100 more steps: epoch 4
-    assert cfg["train"]["epochs"] == 4
 
 
 def test_a_fresh_plan_records_what_it_needs_after_mocos_deadline(digits_root, tmp_path, monkeypatch,

@@ -9,7 +9,6 @@ plan_stage, plan_epochs, trained_speeds or cap_resumed_budget): the stages' call
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 import time
@@ -171,19 +170,6 @@ def resumed_keep_back(entry: dict, end_time: float, run_end: float | None) -> fl
     if after is None or run_end is None:  # check_state_fields found any after_s a number of seconds
         return float(entry.get("kept_s", 0.0))
     return max(0.0, float(after) - (run_end - end_time))
-
-
-def cap_resumed_epochs(cfg: dict, trained: float, steps: int, per_epoch: int, step_s: float | None) -> None:
-    """A resumed time-based stage's epoch cap lowered to the epochs its capped budget holds at its logged speed
-    (``step_s`` a step; none logged: unchanged): its cap was 4x its plan, and a resumed MoCo stage ran past its
-    epoch's end, paid that epoch's kNN evaluation, trained one step of the next and was evaluated again at its
-    stop. Never below the epoch it goes on in (the next one, stopped at an epoch's end)."""
-    t = cfg["train"]
-    if not step_s or per_epoch <= 0 or not cfg["sched"].get("time_based"):
-        return
-    left = max(0.0, float(t["budget_minutes"]) * 60 - trained)
-    held = math.ceil((steps + left / step_s) / per_epoch - 1e-9)
-    t["epochs"] = max(steps // per_epoch + 1, min(int(t["epochs"]), held))
 
 
 def trains_no_further(cfg: dict, trained: float) -> bool:
@@ -412,7 +398,6 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         # came on top of a cap taken before them, and a resumed 1-minute run ended at 67 s (hunt hBU #1)
         read_s = last.stat().st_size / WRITE_BYTES_PER_S
         trained_before, steps = cap_resumed_budget(pcfg, last, end_time - kept - read_s, step_logged)
-        cap_resumed_epochs(pcfg, trained_before, steps, len(task.plan_epoch(0)), step_logged)
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record("pretrain", "began", now, fit_at=now - trained_before)
         if check is not None and trains_no_further(pcfg, trained_before):  # the run's word on its closing work
