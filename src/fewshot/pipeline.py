@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from fewshot.config import CHOSEN, MAX_BUDGET_MINUTES, RECHOSEN
+from fewshot.data.cache import shared_stat_pass
 from fewshot.errors import UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.eval.routing import routing_words
@@ -112,11 +113,12 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
                 self.pretrain_kept_off()  # a resume after MoCo's drop: its pool is not decoded
                 self.fixmatch_kept_off()  # a resume after FixMatch's drop: its pool is not decoded
                 self.choose_model()
-                self.decode_inputs()
-                if self.semi == "pseudo":
-                    self.check_self_training_pool()
-                if self.semi == "fixmatch":
-                    self.check_fixmatch_pool()
+                with shared_stat_pass():  # the pool's files are stat'ed once for the cache, not by each check
+                    self.decode_inputs()
+                    if self.semi == "pseudo":
+                        self.check_self_training_pool()
+                    if self.semi == "fixmatch":
+                        self.check_fixmatch_pool()
                 self.start_state()
                 self.say_kept_off()  # after "[run] resuming"
             self.plan_budget()

@@ -576,13 +576,14 @@ def preload_images(cfg: dict, infos, test_infos):
     rather than the test split's first and the labelled splits' after a rerun (which then needed --resume);
     decoding (slow for large photos) is paid up front instead of overrunning the end. Returns the test
     ImageSet, which prediction reuses, the files --skip-bad-images left out of the three splits, and the
-    labelled train ImageSet (its epoch plan is checked before the run folder is started)."""
+    labelled train ImageSet (its epoch plan is checked before the run folder is started), and the val and test
+    images' digests (sets.held_out_digests: the pool's copies of them are warned of)."""
     from fewshot.data.label_space import LabelSpace
-    from fewshot.data.sets import load_splits, warn_split_copies
+    from fewshot.data.sets import held_out_digests, load_splits, warn_split_copies
     from fewshot.eval.model_data import prediction_cache_dir, warn_about_blank_test_images
 
     d, size, space = cfg["data"], cfg["model"]["img_size"], LabelSpace.from_infos(infos)
-    problems, hints, skipped, test_set, train_set = [], [], [], None, None
+    problems, hints, skipped, test_set, train_set, val_set = [], [], [], None, None, None
     for splits, cache, sources in ((("train", "val"), default_cache_dir(d["root"], d["cache_dir"]), infos),
                                    (("test",), prediction_cache_dir(d["root"]), test_infos)):
         try:
@@ -595,12 +596,12 @@ def preload_images(cfg: dict, infos, test_infos):
             continue
         skipped += [bad for one in sets for bad in one.skipped]
         test_set = sets[0] if splits == ("test",) else test_set
-        train_set = sets[0] if splits == ("train", "val") else train_set
+        train_set, val_set = sets if splits == ("train", "val") else (train_set, val_set)
     if problems:
         raise DataLayoutError(problems, hints)
     warn_about_blank_test_images(test_set)
     warn_split_copies(train_set, {"test": test_set}, space)  # val's were said by load_splits
-    return test_set, skipped, train_set
+    return test_set, skipped, train_set, held_out_digests({"val": val_set, "test": test_set})
 
 
 def check_finetune_batches(cfg: dict, train_set) -> None:

@@ -22,6 +22,7 @@ from fewshot.data.fit import settle_fit
 from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import scan_root
 from fewshot.data.output_guard import check_output_is_not_in_data
+from fewshot.data.sets import warn_pool_copies
 from fewshot.data.skipped import write_skipped
 from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.progress import set_enabled
@@ -320,7 +321,8 @@ class StartupMixin:
         and FixMatch read: a broken file or a pool smaller than a MoCo batch is refused before the folder is
         started. Not MoCo's pool where an earlier session dropped MoCo (pretrain_kept_off): nothing reads it."""
         cfg, r = self.cfg, self.r
-        self.test_set, self.split_skipped, train_set = preload_images(cfg, self.infos, self.test_infos)
+        self.test_set, self.split_skipped, train_set, self.held_out = preload_images(cfg, self.infos,
+                                                                                      self.test_infos)
         check_finetune_batches(cfg, train_set)
         del train_set
         moco = r["pretrain"] and not self.pretrain_dropped_before
@@ -381,23 +383,26 @@ class StartupMixin:
     def check_self_training_pool(self) -> None:
         """The pool self-training labels, decoded now (as far as its time can use it); without one, self-training
         is off and the fine-tuning on the labelled images gets the whole budget."""
-        from fewshot.train.semi import load_pool, moco_entry_paths, moco_limit_of
+        from fewshot.train.semi import moco_entry_paths, moco_limit_of, pool_files, read_pool
 
         cfg, state = self.cfg, self.state
+        files = pool_files(cfg, self.infos, exclude_train=True)  # listed once: each listing resolved every file
         # a cold pool is decoded only as far as the labelling can use it: a quarter of the time after round 1
         # (what pool_share_in_time gives round 2); a resumed run decodes the share its first session chose
         if state is not None and "pool_decoded" in state.data:
             self.pool_limit = recorded_share(state.data, state.data["pool_decoded"])
         else:
-            self.pool_limit = self.self_training_pool_limit()
+            self.pool_limit = self.self_training_pool_limit(files[0])
         # decoded now, as the test images: a broken pool file would otherwise stop the run after round 1;
         # nothing is read into memory (the rounds read the images from the cache, or MoCo's where it holds them)
-        paths = self.self_training_pool_paths()
+        paths = self.self_training_pool_paths(files[0])
         within = moco_entry_paths(cfg, self.infos, moco_limit_of(self.pool_limit))
         cold, t0 = not pool_is_cached(cfg, paths, cfg["data"]["crop_pct"], within), time.monotonic()
-        pool = load_pool(cfg, self.infos, cfg["model"]["img_size"], exclude_train=True, limit=self.pool_limit)
+        pool = read_pool(cfg, self.infos, cfg["model"]["img_size"], exclude_train=True, limit=self.pool_limit,
+                         files=files, digests=True)[0]
         if cold:
             note_cold_decode(cfg, self.cold_decode, time.monotonic() - t0, paths, cfg["data"]["crop_pct"], within)
+        warn_pool_copies(pool.digests, pool.paths, self.held_out)
         n_pool, self.pool_skipped = len(pool.images), self.pool_skipped + pool.skipped
         self.n_unlabeled = n_pool  # what round 1 leaves time to label
         del pool
@@ -409,37 +414,34 @@ class StartupMixin:
                   f"fine-tuning on the labelled images gets {rest}.", flush=True)
             self.semi = self.r["semi_method"] = "off"
 
-    def self_training_pool_limit(self) -> int | None:
-        """How many pool files self-training decodes and labels (None: all): pool_decode_limit; where MoCo decoded
-        only its share of a cold pool (moco_limit), a share drawn inside MoCo's first (a MocoFirst: the files MoCo
-        decoded are read from its cache entry, only the others decoded)."""
-        from fewshot.train.semi import pool_files
-
+    def self_training_pool_limit(self, paths: list) -> int | None:
+        """How many of the pool files ``paths`` (semi.pool_files) self-training decodes and labels (None: all):
+        pool_decode_limit; where MoCo decoded only its share of a cold pool (moco_limit), a share drawn inside MoCo's
+        first (a MocoFirst: the files MoCo decoded are read from its cache entry, only the others decoded)."""
         cfg = self.cfg
-        paths = pool_files(cfg, self.infos, exclude_train=True)[0]
         within, order, free = share_source(cfg, self.infos, paths, self.moco_limit)
         limit = pool_decode_limit(cfg, paths, 0.25 * (1 - float(self.r["pseudo_share"])) * self.budget_minutes * 60,
                                   refuse=None if self.resume else self.refuse_unless_fits, within=within, order=order,
                                   free=free)
         return moco_first_limit(limit, paths, self.moco_limit, order)
 
-    def self_training_pool_paths(self) -> list:
-        """The pool files self-training decodes (its share: pool_limit), as load_pool picks them."""
-        from fewshot.train.semi import pool_files, share_positions
+    def self_training_pool_paths(self, paths: list) -> list:
+        """The pool files self-training decodes (its share of ``paths``: pool_limit), as load_pool picks them."""
+        from fewshot.train.semi import share_positions
 
-        paths = pool_files(self.cfg, self.infos, exclude_train=True)[0]
         subset = share_positions(self.cfg, self.infos, paths, self.pool_limit)
         return paths if subset is None else [paths[i] for i in subset.tolist()]
 
     def check_fixmatch_pool(self) -> None:
         """FixMatch's pool and settings (for the run's line and summary.json); without a pool, FixMatch is off."""
-        from fewshot.train.semi import (datasets_without_pool, fixmatch_note, fixmatch_summary, load_pool,
-                                        pool_share_of)
+        from fewshot.train.semi import (datasets_without_pool, fixmatch_note, fixmatch_summary, pool_share_of,
+                                        read_pool)
 
         cfg, limit = self.cfg, self.fixmatch_limit
         # only real pool images, as the stage draws them: a dataset's labelled train images do not stand in; a cold
         # pool's seeded share (fixmatch_pool_limit), which summary.json's semi.pool_subset_of names
-        pool = load_pool(cfg, self.infos, cfg["model"]["img_size"], exclude_train=True, limit=limit)
+        pool = read_pool(cfg, self.infos, cfg["model"]["img_size"], exclude_train=True, limit=limit, digests=True)[0]
+        warn_pool_copies(pool.digests, pool.paths, self.held_out)
         self.fixmatch = fixmatch_summary(cfg, pool, pool_share_of(cfg, self.infos, limit))
         without = datasets_without_pool(cfg, self.infos, pool)
         del pool

@@ -203,3 +203,37 @@ def warn_split_copies(train: ImageSet | None, others: dict[str, ImageSet], space
             if message not in _WARNED:
                 _WARNED.add(message)
                 print(message, file=sys.stderr, flush=True)
+
+
+def held_out_digests(sets: dict[str, ImageSet | None]) -> dict[str, dict[str, Path]]:
+    """Per held-out split (val, test), each image's digest and the first file with it (warn_pool_copies): only these
+    are kept through the start-up, not the images."""
+    return {split: {d: p for d, p in reversed(list(zip(s.digests, s.paths))) if d is not None}
+            for split, s in sets.items() if s is not None and s.digests is not None}
+
+
+def warn_pool_copies(digests: list[str | None] | None, paths: list, held: dict[str, dict[str, Path]]) -> None:
+    """Warn (each message once a command) where pool images are exact copies of val or test images (the same decoded
+    pixels): self-training and FixMatch train on them with the model's own labels, so val scores (and what it
+    chooses: best.pt, the round, run.balance) or the test score count images the model trained on. Only a pool file
+    that is a held-out file itself (its path, or a link to it) is left out (pool.without_held_out): a copy is
+    warned of, as its digest is free here (taken as the pool decoded) while leaving it out would change the pool
+    every stage and a resume reads. A re-encoded or resized copy has other pixels and is not found."""
+    if digests is None or not held or not _warns():
+        return
+    for split, of in held.items():
+        pairs = [(p, of[d]) for d, p in zip(digests, paths) if d is not None and d in of]
+        if not pairs:
+            continue
+        examples = ", ".join(f"{p} (= {t})" for p, t in pairs[:COPY_EXAMPLES])
+        more = f" and {len(pairs) - COPY_EXAMPLES} more" if len(pairs) > COPY_EXAMPLES else ""
+        effect = ("val then scores images the model trained on, and what it chooses (best.pt, the round that "
+                  "predicts, run.balance) follows them" if split == "val" else
+                  "the test score then counts images the model trained on, and overstates its accuracy")
+        message = one_line(f"warning: {len(pairs):,} of the unlabeled pool's {len(digests):,} images are exact copies "
+                           f"of {split} images (the same decoded pixels), e.g. {examples}{more}; self-training or "
+                           f"FixMatch trains on them with the model's own labels, so {effect}. Remove them from the "
+                           f"pool for an honest score.")
+        if message not in _WARNED:
+            _WARNED.add(message)
+            print(message, file=sys.stderr, flush=True)

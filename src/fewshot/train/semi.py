@@ -29,6 +29,7 @@ class Pool(NamedTuple):
     paths: list[str]  # [N], the files the images were decoded from
     source: str  # where the pool came from, in words
     skipped: list[tuple[str, str]] = []  # undecodable files left out (path, reason): for skipped_images.json
+    digests: list[str | None] | None = None  # each image's image_digest (read_pool's ``digests``), else None
 
 
 def pool_files(cfg: dict, infos, exclude_train: bool = False) -> tuple[list[Path], list[int], str]:
@@ -129,9 +130,10 @@ def load_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: i
 
 
 def read_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: int | None = None,
-              digests: bool = False) -> tuple[Pool, str | None]:
-    """load_pool, and with ``digests`` (under torchrun) pool_fingerprint of its images, which the ranks compare."""
-    paths, ids, source = pool_files(cfg, infos, exclude_train)
+              digests: bool = False, files: tuple | None = None) -> tuple[Pool, str | None]:
+    """load_pool, and with ``digests`` pool_fingerprint of its images (which torchrun's ranks compare) and each
+    image's digest in Pool.digests. ``files``: pool_files' answer for ``exclude_train``, where the caller has it."""
+    paths, ids, source = files if files is not None else pool_files(cfg, infos, exclude_train)
     subset = share_positions(cfg, infos, paths, limit)
     if subset is not None:
         paths, ids = [paths[i] for i in subset.tolist()], [ids[i] for i in subset.tolist()]
@@ -141,8 +143,10 @@ def read_pool(cfg: dict, infos, size: int, exclude_train: bool = False, limit: i
     cached = pool_images(cfg, infos, paths, size, moco_limit_of(limit), digests)
     valid = cached.valid
     rows = torch.arange(len(paths)) if cached.rows is None else cached.rows
+    known = cached.known_digests if digests else None
     pool = Pool(ImageRows(cached.images, rows[valid]), torch.tensor(ids, dtype=torch.long)[valid],
-                [str(p) for p, ok in zip(paths, valid.tolist()) if ok], source, list(cached.bad))
+                [str(p) for p, ok in zip(paths, valid.tolist()) if ok], source, list(cached.bad),
+                None if known is None else [d for d, ok in zip(known, valid.tolist()) if ok])
     return pool, pool_fingerprint(cached)
 
 
