@@ -183,8 +183,8 @@ def test_self_training_never_pseudo_labels_the_labelled_training_images(copy_roo
     shutil.rmtree(copy_root / "unlabeled" / "digits")  # digits falls back to its train images as its pool
     cfg = resolve(flags={"data.root": str(copy_root)})
     infos = scan_root(copy_root, None, splits=("train", "val"))
-    with_train, ids_all, _, _, _ = load_pool(cfg, infos, 16)
-    without, ids, paths, source, _ = load_pool(cfg, infos, 16, exclude_train=True)
+    with_train, ids_all, _, _, _ = load_pool(cfg, infos, 16)[:5]
+    without, ids, paths, source, _ = load_pool(cfg, infos, 16, exclude_train=True)[:5]
     assert len(paths) == len(without) and all(Path(p).is_file() for p in paths)
     assert "digits: no pool (its train images are labelled)" in source  # it said "digits: train images"
     digits = [i for i, info in enumerate(infos) if info.name == "digits"][0]
@@ -192,7 +192,7 @@ def test_self_training_never_pseudo_labels_the_labelled_training_images(copy_roo
     assert int((ids == digits).sum()) == 0 and len(without) == len(with_train) - len(infos[digits].train)
     # a pool folder that holds val images (spelled with another path): none of them joins the pool at all
     cfg["data"]["unlabeled"] = [str(copy_root / "digits" / ".." / "digits")]
-    images, ids, paths, _, _ = load_pool(cfg, infos, 16)
+    images, ids, paths, _, _ = load_pool(cfg, infos, 16)[:5]
     assert len(images) == len(infos[digits].train) and bool((ids == -1).all())
     assert not any("/val/" in p or "/test/" in p for p in paths)
     assert len(load_pool(cfg, infos, 16, exclude_train=True)[0]) == 0

@@ -139,7 +139,8 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
     from fewshot.train.semi import (POOL_CHECK_MIN_KEPT, calibrated_thresholds, class_quota, labelled_counts,
                                     load_pool, root_relative, select_pseudo_labels, teacher_probabilities)
 
-    images, dataset_ids, paths, source, _ = load_pool(cfg, infos, task.size, exclude_train=True, limit=pool_limit)
+    pool = load_pool(cfg, infos, task.size, exclude_train=True, limit=pool_limit)
+    images, dataset_ids, paths, source = pool.images, pool.dataset_ids, pool.paths, pool.source
     n_pool, pool_ids = len(images), dataset_ids
     # which files the pool holds: a resumed round labels the stopped session's share only of the same pool (named
     # relative to the data root: a resume from a moved root relabelled and retrained a stopped round)
