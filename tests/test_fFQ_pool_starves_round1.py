@@ -28,8 +28,7 @@ def _round1(monkeypatch, left: float, share: float, rest: float):
     run = SimpleNamespace(skip=skip, rounds=2, n_unlabeled=50000, test_set=SimpleNamespace(images=None),
                           r={"pseudo_share": 0.5}, last_end=clock[0] + left, labelled_end=clock[0] + share,
                           closing=lambda *a, **k: 12.0, decide=decide, refuse_unless_least_run_fits=lambda *a: None,
-                          plan_closing=lambda s: None,
-                          state=SimpleNamespace(status=lambda name: None, save=lambda: None))
+                          plan_closing=lambda s: None, state=SimpleNamespace(status=lambda name: None, save=lambda: None))
     task = SimpleNamespace(step_s=0.46, eval_s=0.3, cfg={"train": {"ema": True}}, supports_ema=True)
     return pipeline.PipelineRun.round1_closing(run, task, 0.3, 0.46), decided, skip
 
