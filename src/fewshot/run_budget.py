@@ -549,10 +549,6 @@ def after_round1_seconds(step_s: float, eval_s: float, per_image: float, n_pool:
 
 
 ROUND1_MARGIN = 0.15  # of the later rounds' least time, left by round 1 beyond it for its own late end
-# of round 1's share (run.pseudo_share), the least it keeps for the later rounds' sake: cut to 2.6 s of ~12 s to leave
-# a large pool's labelling and round 2 their time, a 1-minute run's round 1 scored at chance and round 2 was then
-# skipped (test 40.5 with the pool, 65.7 without); below it, the later rounds are skipped and round 1 trains on
-ROUND1_LEAST_SHARE = 0.5
 
 
 def round1_leaves(rest_s: float, left_s: float, step_s: float, eval_s: float) -> float:

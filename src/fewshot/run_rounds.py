@@ -12,9 +12,9 @@ from __future__ import annotations
 import shutil
 import time
 
-from fewshot.run_budget import (FLOOR_STEPS, ROUND1_LEAST_SHARE, after_round1_seconds, eval_passes,
-                                later_rounds_seconds, least_run_holds, least_run_seconds, measure_prediction_seconds,
-                                measure_step_seconds, retimed_steps, round1_leaves, time_holds)
+from fewshot.run_budget import (FLOOR_STEPS, after_round1_seconds, eval_passes, later_rounds_seconds, least_run_holds,
+                                least_run_seconds, measure_prediction_seconds, measure_step_seconds, retimed_steps,
+                                round1_leaves, time_holds)
 from fewshot.run_pseudo import LABEL_SHARE, pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_reuse import reusable_stage
 from fewshot.run_stages import labelled_only_round, round_speeds
@@ -93,23 +93,21 @@ class RoundsMixin:
 
     def round1_closing(self, task, eval_s: float, step_s: float | None = None) -> float:
         """Round 1 ends at its share of the time, but no later than leaves the later rounds, the pool's
-        labelling and the closing work their least time (after_round1_seconds); when round 1 would keep less than
-        its floor or ROUND1_LEAST_SHARE of its share, they are skipped and round 1 trains until the closing work (a
-        pool must not starve round 1 for a round that may not come). A step timing that skips them is timed once
-        more first (round1_retimed), and the decision rests on the faster."""
+        labelling and the closing work their least time (after_round1_seconds); when even round 1's floor
+        does not leave them that, they are skipped and round 1 trains until the closing work. A step timing that
+        skips them is timed once more first (round1_retimed), and the decision rests on the faster."""
         skip, rounds = self.skip, self.rounds
         resumed = step_s is None  # finetune_stage's call for a round continued from its last.pt (plan_stage's: timed)
         step_s = measure_step_seconds(task) if step_s is None else step_s  # a resumed round 1: not measured
         per_image = measure_prediction_seconds(task, self.test_set.images)  # the pool is labelled at this speed
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
         evals = eval_passes(task) + 1
-        share = max(0.0, self.labelled_end - time.monotonic())  # round 1's share of the time, as planned
 
         def rest_at(s: float) -> float:  # the later rounds' least time, from round 1's last step on, at s a step
             return after_round1_seconds(s, eval_s, per_image, self.n_unlabeled, rounds, closing_s, evals)
 
-        def need(steps: list[float]) -> float:  # the rest and the least round 1 keeps (kept), as compared below
-            return rest_at(steps[0]) + max(5 * steps[0] + eval_s, ROUND1_LEAST_SHARE * share)
+        def need(steps: list[float]) -> float:  # the rest and round 1's own least run (own), as compared below
+            return rest_at(steps[0]) + 5 * steps[0] + eval_s
 
         decides = skip["skipped_from"] != 2 and self.state.status("finetune") is None  # the skip below may come
         if decides and not resumed and not time_holds(need([step_s]), self.last_end - time.monotonic()):
@@ -119,24 +117,17 @@ class RoundsMixin:
         rest = rest_at(step_s)
         left = self.last_end - time.monotonic()  # after a re-time: its seconds count
         own = 5 * step_s + eval_s  # round 1's own least run: what it trains before the later rounds' time
-        kept = max(own, ROUND1_LEAST_SHARE * share)  # and the least of its share it keeps for them
-        if skip["skipped_from"] == 2 or (decides and not time_holds(rest + kept, left)):
+        if skip["skipped_from"] == 2 or (decides and not time_holds(rest + own, left)):
             if skip["skipped_from"] != 2:
                 planned = rounds
-                later = f"round{'s' if planned > 2 else ''} ({seconds_text(rest)}: labelling the pool, calibration, " \
-                        f"5 steps each, evaluations and the closing work)"
                 # the sum compared, not the later rounds' part alone: "47 s were left ... the later round needs
                 # about 41 s" read as a skip that should not have happened
                 left_s, need_s = seconds_apart(left, rest + own)
                 self.decide(1, 2, f"about {left_s} were left for round 1 and what follows it, less than they need at "
                                   f"the measured speed (about {need_s}): round 1's own least run "
-                                  f"({seconds_text(own)}: 5 steps and an evaluation) and then the later {later}"
-                            if not time_holds(rest + own, left) else
-                            f"round 1 would keep only about {seconds_text(max(0.0, left - rest))} of its "
-                            f"{seconds_text(share)} share (run.pseudo_share={self.r['pseudo_share']:g}), less than "
-                            f"{ROUND1_LEAST_SHARE:.0%} of it, to leave the later {later}: a round 1 cut that short "
-                            f"trains near chance and the later round{'s' if planned > 2 else ''} cannot make up "
-                            f"for it")
+                                  f"({seconds_text(own)}: 5 steps and an evaluation) and then the later "
+                                  f"round{'s' if planned > 2 else ''} ({seconds_text(rest)}: labelling the pool, "
+                                  f"calibration, 5 steps each, evaluations and the closing work)")
                 closing_s = self.closing(task, eval_s, per_test_image=per_image)  # the report now draws round 1 only
                 self.refuse_unless_least_run_fits([(task, step_s)])  # a re-timed step: task.retimed_step_s
                 print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "
