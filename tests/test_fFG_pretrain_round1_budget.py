@@ -17,6 +17,7 @@ import torch
 
 from helpers.run_clock import Planned, fixed_closing, run_cfg, step_clock, stop_at_training
 from helpers.run_patch import patch_run
+from test_fast_path import _TinyTask
 
 FT_STEP_S = 3.0  # the fine-tuning's step: MoCo's keep-back is then more than 0 in 1 minute
 
@@ -99,20 +100,8 @@ def test_the_engine_times_the_rate_of_its_checkpoint_writes(tmp_path, monkeypatc
     from fewshot.config import resolve
     from fewshot.train.distributed import DistContext
 
-    class Task:
-        kind, supports_ema, drop_last, size, eval_every = "moco", False, True, 32, 1
-
-        def __init__(self):
-            self.model = torch.nn.Linear(2, 2)
-
-        def param_groups(self):
-            return [{"params": list(self.model.parameters()), "weight_decay": 0.0, "lr_scale": 1.0}]
-
-        def plan_epoch(self, epoch):
-            return [torch.arange(2)]
-
     cfg = resolve(flags={"train.device": "cpu", "optim.lr": 0.01})
-    eng = engine.Engine(Task(), cfg, tmp_path, torch.device("cpu"), DistContext())
+    eng = engine.Engine(_TinyTask(), cfg, tmp_path, torch.device("cpu"), DistContext())
     assert eng.write_rate() is None
     clock, write = {"t": 0.0}, saving.save_checkpoint
 

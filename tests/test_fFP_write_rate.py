@@ -16,6 +16,7 @@ import torch
 
 from helpers.run_clock import Planned, fixed_closing, run_cfg, step_clock, stop_at_training
 from helpers.run_patch import patch_pipeline, patch_run
+from test_fast_path import _TinyTask
 
 GUESS_BPS = 250e6  # WRITE_BYTES_PER_S, the rate before any stage of the session wrote
 
@@ -125,19 +126,7 @@ def test_a_checkpoint_size_that_cannot_be_read_is_no_failed_write(tmp_path, monk
     from fewshot.config import resolve
     from fewshot.train.distributed import DistContext
 
-    class Task:
-        kind, supports_ema, drop_last, size, eval_every = "moco", False, True, 32, 1
-
-        def __init__(self):
-            self.model = torch.nn.Linear(2, 2)
-
-        def param_groups(self):
-            return [{"params": list(self.model.parameters()), "weight_decay": 0.0, "lr_scale": 1.0}]
-
-        def plan_epoch(self, epoch):
-            return [torch.arange(2)]
-
-    eng = engine.Engine(Task(), resolve(flags={"train.device": "cpu", "optim.lr": 0.01}), tmp_path,
+    eng = engine.Engine(_TinyTask(), resolve(flags={"train.device": "cpu", "optim.lr": 0.01}), tmp_path,
                         torch.device("cpu"), DistContext())
     monkeypatch.setattr(eng, "payload", lambda: {"model": {"w": torch.zeros(10)}})
 
