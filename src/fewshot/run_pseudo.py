@@ -140,7 +140,7 @@ def pseudo_label_pool(task, cfg: dict, infos, r: dict, record: Path, seconds: fl
                                     load_pool, root_relative, select_pseudo_labels, teacher_probabilities)
 
     pool = load_pool(cfg, infos, task.size, exclude_train=True, limit=pool_limit)
-    images, dataset_ids, paths, source = pool.images, pool.dataset_ids, pool.paths, pool.source
+    images, dataset_ids, paths, source = pool[:4]  # by position: stand-ins return plain tuples
     n_pool, pool_ids = len(images), dataset_ids
     # which files the pool holds: a resumed round labels the stopped session's share only of the same pool (named
     # relative to the data root: a resume from a moved root relabelled and retrained a stopped round)
