@@ -222,3 +222,35 @@ def test_a_usage_error_rank_1_alone_meets_is_said_with_its_rank(rank_1, tmp_path
     assert all(line.startswith("rank 1: ") for line in err.splitlines()), err
     rc, _, err = run_main("eval", tmp_path, "--data", tmp_path)  # a user error before any process group
     assert rc == 2 and "fewshot eval: rank 1: error: `fewshot eval` runs in one process" in err, err
+
+
+EXIT_PAST_TEARDOWN = """
+import atexit, os, sys, tempfile, threading, time
+import torch.distributed as dist
+import fewshot.cli as cli
+
+if sys.argv[1] == "group":
+    dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+
+
+# the interpreter's exit waits for this thread (a process that skips it ends before the thread speaks)
+threading.Thread(target=lambda: (time.sleep(1.0), os.write(1, b"teardown ran"))).start()
+atexit.register(lambda: print("atexit ran", flush=True))
+cli.main = lambda started=None: int(sys.argv[2])
+sys.stdout.write("written, not flushed;")
+raise SystemExit(cli.console_main())
+"""
+
+
+@pytest.mark.parametrize("group, code", [("group", 2), ("none", 2), ("group", 0)])
+def test_a_failure_with_its_process_group_up_exits_past_the_interpreters_teardown(group, code, tmp_path):
+    """A user error found by rank 0 after the barrier (an --out that is a file) returned with the gloo group still
+    up, and the interpreter's teardown destroyed gloo's threads still joinable now and then: SIGABRT after the
+    message, torchrun's root cause "exitcode -6". Such a failure now exits past the teardown (what is written is
+    flushed, the atexit functions run); without a group, or on success (the group is shut down first; here the
+    stand-in main leaves it up), the interpreter exits as ever."""
+    proc = subprocess.run([sys.executable, "-c", EXIT_PAST_TEARDOWN, group, str(code)], cwd=tmp_path, env=dist_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc
+    assert proc.stdout.startswith("written, not flushed;") and "atexit ran" in proc.stdout, proc
+    assert ("teardown ran" in proc.stdout) == (group == "none" or code == 0), proc

@@ -26,7 +26,8 @@ from fewshot.cli_parser import _help_command, _parse
 from fewshot.cli_process import _TURN, _devnull_onto, _messages_off_the_output, _plug_closed_stderr, _stderr_present
 from fewshot.cli_ranks import (_CALL, _a_peer_said_why, _a_peer_stopped, _argparse_said_once, _command_call,
                                _first_exit, _first_to_say, _process_group_started, _quiet_rank, _speaker_failed_too,
-                               _speaker_spoke, launch_rank, refuse_several_processes, world_size_env)
+                               _speaker_spoke, exit_past_teardown, launch_rank, refuse_several_processes,
+                               world_size_env)
 from fewshot.errors import UserError, one_line, printable
 from fewshot.train.stop_signal import StopRequested
 
@@ -212,6 +213,7 @@ def console_main() -> int:
 
     _plug_closed_stderr()
     code = main(started=fewshot.PROCESS_START)
+    exit_past_teardown(code)  # a failure under torchrun: not through gloo's teardown (it can abort the process)
     # the interpreter's exit collects every object (torch, matplotlib, the run's tensors) before the process ends:
     # 1.2-1.5 s after `fewshot run`'s last line on 2 idle cores, 4-8 s on a busy machine, outside its budget;
     # everything is written and closed by now, so the exit leaves them to the operating system

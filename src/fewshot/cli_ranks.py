@@ -271,3 +271,24 @@ def _a_peer_stopped(exc: BaseException) -> bool:
         return False
     text = str(exc).lower()
     return any(words in text for words in ("closed by peer", "reset by peer", "connection closed", "broken pipe"))
+
+
+def exit_past_teardown(code: int) -> None:
+    """Ends a command that failed under torchrun here, its process group still up (a failure leaves it: a peer may
+    never answer destroy_process_group), with the interpreter's own exit skipped. Left to teardown, gloo's worker
+    threads were destroyed still joinable now and then, and the process aborted ("terminate called without an
+    active exception", SIGABRT) after its message: torchrun named exit -6 as the root cause of a user error (an
+    --out that is a file). The streams are flushed and the atexit functions run first; nothing else is pending."""
+    if not code or not _process_group_started():
+        return
+    import atexit
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        os._exit(code)
