@@ -561,6 +561,34 @@ def round1_leaves(rest_s: float, left_s: float, step_s: float, eval_s: float) ->
     return rest_s + margin
 
 
+def checkpoint_write_seconds(task, write_bps: float) -> float:
+    """A stage's checkpoint writes at its end: last.pt (weights, EMA, AdamW's two slots) and best.pt (weights, EMA),
+    at ``write_bps`` bytes a second (a task without a model, a test's stand-in, writes nothing)."""
+    model = getattr(task, "model", None)
+    return 0.0 if model is None else sum(p.numel() for p in model.parameters()) * 24 / write_bps
+
+
+def round1_end_seconds(step_s: float, per_image: float, n_test: int, n_pool: int, later: int,
+                       saves_s: float) -> float:
+    """What round 1's end and the check before round 2 (check_later_rounds) take beyond after_round1_seconds: the
+    step the Engine finishes past round 1's deadline, its checkpoint writes (``saves_s``), the check's timing of a
+    prediction batch (twice where the test images are more than one), and the timed prediction batch that
+    later_rounds_seconds counts for each of the ``later`` rounds. Uncounted, they ate round 1's margin: a 1-minute
+    run cut round 1 to leave 25 s, its check found 22 s and asked for 23 s, and round 2 trained on the labelled
+    images only after a round 1 cut for the pool's labelling (hunt hBV #1)."""
+    batch = per_image * min(n_test, 256)
+    return step_s + saves_s + (2 if n_test > 256 else 1) * batch + later * per_image * min(n_pool, 256)
+
+
+def round1_least_seconds(rest_s: float, step_s: float, eval_s: float) -> float:
+    """The least time round 1 needs with the later rounds planned (``rest_s``: after_round1_seconds and
+    round1_end_seconds): its 5-step floor, the step past its deadline and an evaluation, the later rounds' least
+    time and all of round1_leaves' margin for round 1 ending late. Planned on a squeezed margin, round 1 was cut to
+    its floor (2.6 s, val at chance) for a labelling that the check before round 2 then found no time for; without
+    the margin the later rounds are skipped at round 1's planning and round 1 trains until the closing work."""
+    return (FLOOR_STEPS + 1) * step_s + eval_s + rest_s * (1 + ROUND1_MARGIN)
+
+
 def later_rounds_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, n_rounds: int,
                          last_closing_s: float, close_evals: int = 2) -> float:
     """The least time ``n_rounds`` more self-training rounds need, from the pool's labelling for the first of them

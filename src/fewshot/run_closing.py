@@ -14,11 +14,12 @@ from __future__ import annotations
 import time
 
 from fewshot.errors import UserError
-from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_S, calibration_seconds, eval_passes,
-                                figure_seconds, floor_budget_error, free_device_memory, hopeless_budget_error,
-                                least_run_holds, least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
-                                measure_step_seconds, pretrain_closing_seconds, pretrain_least_seconds, report_seconds,
-                                retimed_steps, too_short_budget_error)
+from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_S, calibration_seconds,
+                                checkpoint_write_seconds, eval_passes, figure_seconds, floor_budget_error,
+                                free_device_memory, hopeless_budget_error, least_run_holds, least_run_seconds,
+                                measure_eval_seconds, measure_prediction_seconds, measure_step_seconds,
+                                pretrain_closing_seconds, pretrain_least_seconds, report_seconds, retimed_steps,
+                                too_short_budget_error)
 from fewshot.run_checks import cold_decode_total, size_options
 from fewshot.run_fallbacks import (EVAL_SHARE, FIXMATCH_LEAST_EPOCHS, PRETRAIN_LEAST_EPOCHS, StageDropped,
                                    epochs_in, fixmatch_dropped_why, fixmatch_refused_words, pretrain_dropped_why)
@@ -37,8 +38,7 @@ def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, rep
     over val where ``balance_check``: run.balance reads val to decide and to test for a skew), and the report
     (report_seconds; ``images`` False: without its image-based parts). ``write_bps``: bytes a second of the
     checkpoint writes, the slowest rate a stage of this session timed (note_writes), else a guess."""
-    n_params = sum(p.numel() for p in task.model.parameters())
-    saves = n_params * 24 / write_bps  # last.pt (weights, EMA, AdamW's two slots) + best.pt (weights, EMA)
+    saves = checkpoint_write_seconds(task, write_bps)
     base, drawn = report_seconds(task, eval_s, report_stages, figure_s)
     evaluations = (eval_passes(task) + 1 + int(balance_check)) * eval_s
     return evaluations + saves + per_test_image * n_test + base + (drawn if images else 0.0)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import shutil
 import time
 
-from fewshot.run_budget import (FLOOR_STEPS, after_round1_seconds, eval_passes, later_rounds_seconds, least_run_holds,
-                                least_run_seconds, measure_prediction_seconds, measure_step_seconds, retimed_steps,
-                                round1_leaves, time_holds)
+from fewshot.run_budget import (FLOOR_STEPS, after_round1_seconds, checkpoint_write_seconds, eval_passes,
+                                later_rounds_seconds, least_run_holds, least_run_seconds, measure_prediction_seconds,
+                                measure_step_seconds, retimed_steps, round1_end_seconds, round1_leaves,
+                                round1_least_seconds, time_holds)
 from fewshot.run_pseudo import LABEL_SHARE, pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_reuse import reusable_stage
 from fewshot.run_stages import labelled_only_round, round_speeds
 from fewshot.run_words import labelled_only_why, seconds_apart, seconds_text
+from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 from fewshot.utils import derive_seed
 
 
@@ -93,21 +95,27 @@ class RoundsMixin:
 
     def round1_closing(self, task, eval_s: float, step_s: float | None = None) -> float:
         """Round 1 ends at its share of the time, but no later than leaves the later rounds, the pool's
-        labelling and the closing work their least time (after_round1_seconds); when even round 1's floor
-        does not leave them that, they are skipped and round 1 trains until the closing work. A step timing that
-        skips them is timed once more first (round1_retimed), and the decision rests on the faster."""
+        labelling and the closing work their least time (after_round1_seconds), what its own end and the check
+        before round 2 take (round1_end_seconds) and a margin; when round 1's floor and all of that margin do not
+        leave them that (round1_least_seconds), they are skipped and round 1 trains until the closing work. A
+        step timing that skips them is timed once more first (round1_retimed), and the decision rests on the faster."""
         skip, rounds = self.skip, self.rounds
         resumed = step_s is None  # finetune_stage's call for a round continued from its last.pt (plan_stage's: timed)
         step_s = measure_step_seconds(task) if step_s is None else step_s  # a resumed round 1: not measured
         per_image = measure_prediction_seconds(task, self.test_set.images)  # the pool is labelled at this speed
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
         evals = eval_passes(task) + 1
+        images = getattr(self.test_set, "images", None)
+        saves_s = checkpoint_write_seconds(task, getattr(self, "writes_bps", WRITE_BYTES_PER_S))
 
-        def rest_at(s: float) -> float:  # the later rounds' least time, from round 1's last step on, at s a step
-            return after_round1_seconds(s, eval_s, per_image, self.n_unlabeled, rounds, closing_s, evals)
+        def rest_at(s: float) -> float:  # the later rounds' least time, from round 1's last step on, at s a step,
+            # with what round 1's end and the check before round 2 take beyond it: the check's own count
+            return (after_round1_seconds(s, eval_s, per_image, self.n_unlabeled, rounds, closing_s, evals)
+                    + round1_end_seconds(s, per_image, 0 if images is None else len(images), self.n_unlabeled,
+                                         rounds - 1, saves_s))
 
-        def need(steps: list[float]) -> float:  # the rest and round 1's own least run (own), as compared below
-            return rest_at(steps[0]) + 5 * steps[0] + eval_s
+        def need(steps: list[float]) -> float:  # the rest, its margin and round 1's own least run, as compared below
+            return round1_least_seconds(rest_at(steps[0]), steps[0], eval_s)
 
         decides = skip["skipped_from"] != 2 and self.state.status("finetune") is None  # the skip below may come
         if decides and not resumed and not time_holds(need([step_s]), self.last_end - time.monotonic()):
@@ -116,18 +124,23 @@ class RoundsMixin:
         task.step_s, task.eval_s = getattr(task, "step_s", None) or step_s, getattr(task, "eval_s", None) or eval_s
         rest = rest_at(step_s)
         left = self.last_end - time.monotonic()  # after a re-time: its seconds count
-        own = 5 * step_s + eval_s  # round 1's own least run: what it trains before the later rounds' time
-        if skip["skipped_from"] == 2 or (decides and not time_holds(rest + own, left)):
+        own = (FLOOR_STEPS + 1) * step_s + eval_s  # round 1's own least run: its floor, the step past it, an evaluation
+        margin = round1_least_seconds(rest, step_s, eval_s) - rest - own  # round1_leaves' whole margin
+        # the later rounds are planned only with the whole margin: on less, round 1 was cut to its floor for a
+        # labelling that the check before round 2 (check_later_rounds) then found no time for
+        if skip["skipped_from"] == 2 or (decides and not time_holds(rest + margin + own, left)):
             if skip["skipped_from"] != 2:
                 planned = rounds
                 # the sum compared, not the later rounds' part alone: "47 s were left ... the later round needs
                 # about 41 s" read as a skip that should not have happened
-                left_s, need_s = seconds_apart(left, rest + own)
+                left_s, need_s = seconds_apart(left, rest + margin + own)
                 self.decide(1, 2, f"about {left_s} were left for round 1 and what follows it, less than they need at "
                                   f"the measured speed (about {need_s}): round 1's own least run "
-                                  f"({seconds_text(own)}: 5 steps and an evaluation) and then the later "
+                                  f"({seconds_text(own)}: {FLOOR_STEPS + 1} steps and an evaluation), the later "
                                   f"round{'s' if planned > 2 else ''} ({seconds_text(rest)}: labelling the pool, "
-                                  f"calibration, 5 steps each, evaluations and the closing work)")
+                                  f"calibration, 5 steps each, evaluations and the closing work) and a margin for "
+                                  f"round 1 ending late ({seconds_text(margin)}); cut shorter, round 1 would train "
+                                  f"near chance for a labelling the time then would not hold")
                 closing_s = self.closing(task, eval_s, per_test_image=per_image)  # the report now draws round 1 only
                 self.refuse_unless_least_run_fits([(task, step_s)])  # a re-timed step: task.retimed_step_s
                 print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "
