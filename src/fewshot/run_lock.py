@@ -272,19 +272,25 @@ def being_written(folder: str | Path) -> bool:
     """Whether a fewshot command (another process, or another command of this one) holds the folder's writer
     lock now: a run still training, not one that stopped. False where that cannot be told (no lock file, a
     platform or file system without flock)."""
+    return writer(folder) is not None
+
+
+def writer(folder: str | Path) -> str | None:
+    """Who holds the folder's writer lock now, in a refusal's words ("another fewshot process (`fewshot run`,
+    pid 123)"), or None: as being_written, for messages that name the run's writer."""
     if fcntl is None:
-        return False
+        return None
     try:  # read-only, never created; O_NONBLOCK: a FIFO put there does not hang the reader
         fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
-        return False
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+        return _holder_words(*_read_holder(fd)) if exc.errno in _BUSY else None
     finally:
         os.close(fd)  # gives the probe's shared lock up at once
-    return False
+    return None
 
 
 def refuse_if_being_written(folder: str | Path, busy: Callable[[str], str] | None = None) -> None:

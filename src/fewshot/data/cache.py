@@ -30,7 +30,7 @@ from PIL import Image
 from fewshot.data.cache_files import HELD_SUFFIX, _drop, _mapped_file, hold_temp, prune_cache
 from fewshot.data.cache_words import (SKIP_HINT, _note_new_entry, _too_big, _warn_no_cache, _warn_no_home,
                                       warn_bit_depth)
-from fewshot.data.decode_many import _decode_into, _decode_one, image_digest
+from fewshot.data.decode_many import VANISHED, _decode_into, _decode_one, image_digest
 from fewshot.data.skipped import report_skipped
 from fewshot.errors import DataLayoutError, UserError, one_line
 from fewshot.progress import track
@@ -229,7 +229,9 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
         else:
             bad, sixteen = _copy_or_decode(out, paths, size, crop_pct, desc, threads, bit_depth, copied, found,
                                            resize)
-        if tmp is not None:
+        # a file removed while it decoded: the entry would hold the folder as it was at no moment, and be served
+        # as "removed" should the file come back with its old size and time (cp -p): not cached
+        if tmp is not None and not any(why == VANISHED for _, why in bad):
             try:
                 # durable before the (fsynced) meta file says it is complete; written through the held descriptor:
                 # another one's close could give a lock emulated by fcntl (NFS) up
@@ -603,7 +605,8 @@ def _finish(images: torch.Tensor, bad_at: list[tuple[int, str]], paths: list[Pat
     bad = list(dict.fromkeys((str(paths[i]), why) for i, why in bad_at))  # a path listed twice is reported once
     if bad:
         if not skip_bad:
-            raise DataLayoutError([f"{p}: cannot be decoded as an image ({why})" for p, why in bad], SKIP_HINT)
+            raise DataLayoutError([f"{p}: {why}" if why == VANISHED else f"{p}: cannot be decoded as an image ({why})"
+                                   for p, why in bad], SKIP_HINT)
         for i, _ in bad_at:
             valid[i] = False
         if skip_note is not None:

@@ -25,6 +25,8 @@ from fewshot.errors import UserError
 from fewshot.progress import track
 
 OUT_OF_MEMORY = "out of memory"  # _decode_one's reason for a failed allocation: the machine's fault, never cached
+# _decode_one's reason for a file listed at the start and gone when read: no bad image (it was called "undecodable")
+VANISHED = "removed while the command ran (listed at its start, no longer there when read)"
 PNG_METADATA = (f"its PNG metadata (a colour profile or text) decompresses to more than Pillow allows "
                 f"({PngImagePlugin.MAX_TEXT_CHUNK // 2**20} MB a chunk, {PngImagePlugin.MAX_TEXT_MEMORY // 2**20} "
                 f"MB in all); save the image again without it")
@@ -41,6 +43,8 @@ def _decode_one(args):
         reason = str(exc).strip() or type(exc).__name__
         if isinstance(exc, PermissionError):
             reason = "permission denied"
+        elif isinstance(exc, FileNotFoundError) and not os.path.lexists(path):  # a dangling link keeps its reason
+            reason = VANISHED
         elif isinstance(exc, OSError) and reason.startswith("out of memory"):  # a Pillow codec's allocation
             return None, OUT_OF_MEMORY
         elif "MAX_TEXT_CHUNK" in reason or "MAX_TEXT_MEMORY" in reason:  # Pillow's names, not what the file has

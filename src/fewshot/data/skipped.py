@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from fewshot.data.decode_many import VANISHED
 from fewshot.errors import one_line
 from fewshot.process_state import said_once
 from fewshot.train.distributed import launch_rank
@@ -27,11 +28,30 @@ def report_skipped(bad: list[tuple[str, str]], limit: int = 50, note: str = "--s
     if not bad:
         return
     _REPORTED.update(bad)
-    lines = ["  - " + one_line(f"{p}: {why}") for p, why in bad[:limit]]  # a newline in a name forged an item
+    gone = [p for p, why in bad if why == VANISHED]
+    bad = [(p, why) for p, why in bad if why != VANISHED]
+    if gone:  # deleted while the command ran: no bad image, and the user should know the folder changed under it
+        print(f"warning: {len(gone)} image(s) were removed while the command ran (listed at its start, no longer "
+              f"there when read; {one_line(note)}): skipped like undecodable images. Run the command again once "
+              f"nothing changes the data folder, for results on the data as it is.\n"
+              + _listed([(p, "") for p in gone], limit),
+              file=sys.stderr, flush=True)
+    if bad:
+        print(f"warning: skipping {len(bad)} undecodable image(s) ({one_line(note)}):\n" + _listed(bad, limit),
+              file=sys.stderr, flush=True)
+
+
+def vanished(skipped: list[tuple[str, str]]) -> int:
+    """How many of the skipped files were removed while the command ran (not undecodable)."""
+    return sum(why == VANISHED for _, why in skipped)
+
+
+def _listed(bad: list[tuple[str, str]], limit: int) -> str:
+    """The lines naming the files (with their reasons, where given), the first ``limit`` of them."""
+    lines = ["  - " + one_line(f"{p}: {why}" if why else p) for p, why in bad[:limit]]  # a newline forged an item
     if len(bad) > limit:
         lines.append(f"  ... and {len(bad) - limit} more")
-    print(f"warning: skipping {len(bad)} undecodable image(s) ({one_line(note)}):\n" + "\n".join(lines),
-          file=sys.stderr, flush=True)
+    return "\n".join(lines)
 
 
 def write_skipped(run_dir: Path, skipped: list[tuple[str, str]]) -> None:

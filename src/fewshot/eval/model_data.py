@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from fewshot.data.cache import default_cache_dir, is_cached, user_cache_dir
 from fewshot.data.layout import scan_root
 from fewshot.data.names import names_list, parse_datasets
+from fewshot.data.skipped import vanished
 from fewshot.data.warn_once import warn_once
 from fewshot.errors import UserError, one_line
 
@@ -111,15 +112,25 @@ def _usable_datasets(tm: TrainedModel, root: Path, chosen: list[str], split: str
     return usable
 
 
+def _skipped_words(skipped: list[tuple[str, str]]) -> str:
+    """The skipped test images in words: those removed while the command ran are no undecodable ones."""
+    gone, broken = vanished(skipped), len(skipped) - vanished(skipped)
+    if not gone:
+        return f"{broken} undecodable test image(s)"
+    return f"{broken} undecodable test image(s) and {gone} removed while the command ran" if broken else \
+        f"{gone} test image(s) removed while the command ran"
+
+
 def warn_about_blank_test_images(data, scoring: bool = False) -> None:
     """Test images are never left out: a submission holds every test id, and a test score (``scoring``: eval)
     is the one a grader gives that submission, with n counting every test image."""
+    what = _skipped_words(data.skipped)
     if data.skipped and scoring:
-        print(f"warning: {len(data.skipped)} undecodable test image(s) (listed above) are scored as predicted from "
+        print(f"warning: {what} (listed above) are scored as predicted from "
               f"a blank image, as `fewshot predict --skip-bad-images` writes them into pred_all.json: they count as "
               f"guesses, and n includes them (undecodable val images are left out).", file=sys.stderr, flush=True)
     elif data.skipped:
-        print(f"warning: {len(data.skipped)} undecodable test image(s) (listed above) are predicted from a blank "
+        print(f"warning: {what} (listed above) are predicted from a blank "
               f"image, so that a submission holds every test id; those predictions are guesses, and a test score "
               f"counts them as such.", file=sys.stderr, flush=True)
 

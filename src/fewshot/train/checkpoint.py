@@ -16,6 +16,7 @@ import torch
 
 from fewshot.errors import CheckpointError, one_line
 from fewshot.models.weights_file import read_tensor_file, remote_name
+from fewshot.run_lock import being_written, writer
 from fewshot.utils import atomic_write_bytes
 
 FORMAT = "fewshot-checkpoint"
@@ -120,6 +121,9 @@ def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
             raise CheckpointError(f"no checkpoint in {p} (expected checkpoints/best.pt or last.pt): it holds no "
                                   f"checkpoint of its own, but run folders: {', '.join(runs[:10])}"
                                   f"{' and more' if len(runs) > 10 else ''}; pass one of them.")
+        live = _live_run_refusal(p, stages, bool(a_run))
+        if live:
+            raise CheckpointError(live)
         if stages:
             raise CheckpointError(f"no checkpoint in run directory {p} (expected checkpoints/best.pt or last.pt); "
                                   f"{why}. Its stages with checkpoints: {', '.join(dict.fromkeys(stages))}; pass one "
@@ -128,6 +132,24 @@ def resolve_checkpoint(run_or_ckpt: str | Path, prefer: str = "best") -> Path:
     if p.is_file():
         return p
     raise CheckpointError(f"'{p}' is neither a run directory nor a checkpoint file.")
+
+
+def _live_run_refusal(p: Path, stages: list[str], a_run: bool) -> str | None:
+    """The refusal of a run folder that a command still writes (its lock held), or None: it was called "a `fewshot
+    run` folder that did not finish" and the user sent to a stage whose weights the run was about to replace."""
+    who = writer(p)
+    if who is None:
+        return None
+    ends = "which chooses the model to use and writes its summary.json when it ends" if a_run else \
+        "training, before its first checkpoint"
+    msg = f"no checkpoint in run directory {p} yet: it is still being written by {who}, {ends}. Wait for it to " \
+          f"finish, then pass {p} again."
+    if not stages:
+        return msg
+    training = [s for s in dict.fromkeys(stages) if being_written(s)]
+    now = f" ({', '.join(training)} is being trained now)" if training else ""
+    return (f"{msg} Its stages with checkpoints so far{now}: {', '.join(dict.fromkeys(stages))}; pass one of them "
+            f"only to use that stage's model as it is now (the run may still train it further or replace it).")
 
 
 def _a_runs_checkpoints(p: Path) -> bool:
