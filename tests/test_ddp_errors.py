@@ -231,26 +231,37 @@ import fewshot.cli as cli
 
 if sys.argv[1] == "group":
     dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
-
-
+if sys.argv[3] == "fork":  # a test's forked rank: it ends its own way (os._exit), and this process's atexit is not
+    pid = os.fork()        # the fork's own
+    if pid:
+        sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    cli.main = lambda started=None: int(sys.argv[2])
+    os.write(1, b"fork returned %d;" % cli.console_main())
+    os._exit(0)
 # the interpreter's exit waits for this thread (a process that skips it ends before the thread speaks)
-threading.Thread(target=lambda: (time.sleep(1.0), os.write(1, b"teardown ran"))).start()
-atexit.register(lambda: print("atexit ran", flush=True))
+threading.Thread(target=lambda: (time.sleep(1.0), os.write(1, b"teardown ran;"))).start()
+atexit.register(lambda: print("atexit ran;"))  # not flushed: the exit must
 cli.main = lambda started=None: int(sys.argv[2])
 sys.stdout.write("written, not flushed;")
 raise SystemExit(cli.console_main())
 """
 
 
-@pytest.mark.parametrize("group, code", [("group", 2), ("none", 2), ("group", 0)])
-def test_a_failure_with_its_process_group_up_exits_past_the_interpreters_teardown(group, code, tmp_path):
+@pytest.mark.parametrize("group, code, fork", [("group", 2, ""), ("none", 2, ""), ("group", 0, ""),
+                                               ("group", 2, "fork")])
+def test_a_failure_with_its_process_group_up_exits_past_the_interpreters_teardown(group, code, fork, tmp_path):
     """A user error found by rank 0 after the barrier (an --out that is a file) returned with the gloo group still
     up, and the interpreter's teardown destroyed gloo's threads still joinable now and then: SIGABRT after the
     message, torchrun's root cause "exitcode -6". Such a failure now exits past the teardown (what is written is
-    flushed, the atexit functions run); without a group, or on success (the group is shut down first; here the
-    stand-in main leaves it up), the interpreter exits as ever."""
-    proc = subprocess.run([sys.executable, "-c", EXIT_PAST_TEARDOWN, group, str(code)], cwd=tmp_path, env=dist_env(),
+    flushed, the atexit functions run, and what they print is flushed too); without a group, or on success (the
+    group is shut down first; here the stand-in main leaves it up), the interpreter exits as ever. A fork of the
+    process (a test's forked rank) returns the code to its caller: its atexit functions are its parent's."""
+    env = {k: v for k, v in dist_env().items() if k != "PYTHONUNBUFFERED"}  # buffered, as `make test` runs it
+    proc = subprocess.run([sys.executable, "-c", EXIT_PAST_TEARDOWN, group, str(code), fork], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
+    if fork:
+        assert proc.returncode == 0 and proc.stdout == f"fork returned {code};", proc
+        return
     assert proc.returncode == code, proc
-    assert proc.stdout.startswith("written, not flushed;") and "atexit ran" in proc.stdout, proc
-    assert ("teardown ran" in proc.stdout) == (group == "none" or code == 0), proc
+    assert "written, not flushed;" in proc.stdout and "atexit ran;" in proc.stdout, proc
+    assert ("teardown ran;" in proc.stdout) == (group == "none" or code == 0), proc

@@ -4,6 +4,7 @@ From Python, every command is one call: ``fewshot.cli.main(["train", "--data", r
 returns the exit status (README, "From Python"). The command line: ``fewshot --help``.
 """
 
+import os as _os
 import time as _time
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ def _process_start(now: float, stat: str = "/proc/self/stat", uptime: str = "/pr
 
 
 PROCESS_START = _process_start(_time.monotonic())  # `fewshot run --budget-minutes` counts from here
+IMPORTED_IN = _os.getpid()  # the process, not a fork of it (cli_ranks.exit_past_teardown)
 
 
 def _omp_wait_policy() -> None:

@@ -278,17 +278,26 @@ def exit_past_teardown(code: int) -> None:
     never answer destroy_process_group), with the interpreter's own exit skipped. Left to teardown, gloo's worker
     threads were destroyed still joinable now and then, and the process aborted ("terminate called without an
     active exception", SIGABRT) after its message: torchrun named exit -6 as the root cause of a user error (an
-    --out that is a file). The streams are flushed and the atexit functions run first; nothing else is pending."""
-    if not code or not _process_group_started():
+    --out that is a file). The atexit functions run first and the streams are flushed before and after them (what
+    they print is kept). Not in a fork of the process that imported fewshot (a test's forked rank): a fork ends its
+    own way, and the atexit functions there are its parent's."""
+    import fewshot
+
+    if not code or not _process_group_started() or os.getpid() != fewshot.IMPORTED_IN:
         return
     import atexit
 
+    _flush_streams()
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        _flush_streams()
+        os._exit(code)
+
+
+def _flush_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
-    try:
-        atexit._run_exitfuncs()
-    finally:
-        os._exit(code)
