@@ -105,13 +105,13 @@ class RoundsMixin:
         per_image = measure_prediction_seconds(task, self.test_set.images)  # the pool is labelled at this speed
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
         evals = eval_passes(task) + 1
-        images = getattr(self.test_set, "images", None)
         saves_s = checkpoint_write_seconds(task, getattr(self, "writes_bps", WRITE_BYTES_PER_S))
+        n_test = 0 if self.test_set.images is None else len(self.test_set.images)  # (None: a test's stand-in)
 
         def rest_at(s: float) -> float:  # the later rounds' least time, from round 1's last step on, at s a step,
             # with what round 1's end and the check before round 2 take beyond it: the check's own count
             return (after_round1_seconds(s, eval_s, per_image, self.n_unlabeled, rounds, closing_s, evals)
-                    + round1_end_seconds(s, per_image, 0 if images is None else len(images), self.n_unlabeled,
+                    + round1_end_seconds(s, per_image, n_test, self.n_unlabeled,
                                          rounds - 1, saves_s))
 
         def need(steps: list[float]) -> float:  # the rest, its margin and round 1's own least run, as compared below
@@ -137,10 +137,12 @@ class RoundsMixin:
                 self.decide(1, 2, f"about {left_s} were left for round 1 and what follows it, less than they need at "
                                   f"the measured speed (about {need_s}): round 1's own least run "
                                   f"({seconds_text(own)}: {FLOOR_STEPS + 1} steps and an evaluation), the later "
-                                  f"round{'s' if planned > 2 else ''} ({seconds_text(rest)}: labelling the pool, "
-                                  f"calibration, 5 steps each, evaluations and the closing work) and a margin for "
-                                  f"round 1 ending late ({seconds_text(margin)}); cut shorter, round 1 would train "
-                                  f"near chance for a labelling the time then would not hold")
+                                  f"round{'s' if planned > 2 else ''} ({seconds_text(rest)}: round 1's end and "
+                                  f"checkpoint writes, labelling the pool, calibration, 5 steps each, evaluations "
+                                  f"and the closing work) and a margin for round 1 ending late "
+                                  f"({seconds_text(margin)})"
+                                  + ("; cut shorter, round 1 would train near chance for a labelling the time then "
+                                     "might not hold" if time_holds(rest + own, left) else ""))
                 closing_s = self.closing(task, eval_s, per_test_image=per_image)  # the report now draws round 1 only
                 self.refuse_unless_least_run_fits([(task, step_s)])  # a re-timed step: task.retimed_step_s
                 print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "
