@@ -174,7 +174,7 @@ class RoundsMixin:
             if skip["skipped_from"] is not None and k >= skip["skipped_from"]:  # the rounds before it are reused
                 break
             if skip.get("labelled_only") == k:  # the last round (`finetune`), without labelling the pool
-                self.pseudo = labelled_only_round(self.task)
+                self.pseudo = labelled_only_round(self.task, k)
                 self.task = None
                 break
             # a resumed run labels the pool again with the same model: the same images, so that the stopped

@@ -86,12 +86,25 @@ def floor_retimed(task, step_s: float, ends: float) -> float:
     return retimed_steps(measure_step_seconds, [(task, step_s)], need, left, lambda need_s, left_s: need_s <= left_s)[0]
 
 
-def labelled_only_round(task) -> dict:
-    """The last self-training round when the time left holds a round's floor but not the pool's labelling: no
-    pseudo-labels, the labelled images only, from ``task``'s weights (the round before). Skipped instead, round 2
-    left a fifth of a 1-minute budget unused, with round 1 at 4.5 epochs and val at chance."""
-    return {"images": [], "targets": [], "summary": None, "key": None, "labelled_only": True,
+# a labelled-only round's lr, of the round before's: it continues that model (continue_gently)
+LABELLED_ONLY_LR_SCALE = 0.1
+
+
+def labelled_only_round(task, k: int) -> dict:
+    """The last self-training round (``k``) when the time left holds a round's floor but not the pool's labelling:
+    no pseudo-labels, the labelled images only, from ``task``'s weights (round ``k`` - 1), continued gently
+    (continue_gently). Skipped instead, round 2 left a fifth of a 1-minute budget unused, with round 1 at 4.5 epochs
+    and val at chance."""
+    return {"images": [], "targets": [], "summary": None, "key": None, "labelled_only": True, "after": k - 1,
             "state": copy.deepcopy(task.model.state_dict())}
+
+
+def continue_gently(fcfg: dict) -> None:
+    """A labelled-only round's schedule: round k - 1's model continued at a tenth of its lr, without a warm-up. The
+    full schedule again (a fresh warm-up, then lr 0.004) on the same 10-shot images for a few seconds took val from
+    76.8 to 25.8 (hunt hBW #3); measured on val in docs/recipes.md (the labelled-only round)."""
+    fcfg["optim"]["lr"] *= LABELLED_ONLY_LR_SCALE
+    fcfg["sched"]["warmup_epochs"] = 0.0
 
 
 def round_speeds(task, k: int) -> tuple[float, float, str]:
@@ -258,16 +271,21 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
             about = f" (about {seconds_text(timing_s)} at the round before's speed)" if timing_s else ""
             print(f"[run] {name}: timing its training steps, an evaluation and a prediction batch to plan "
                   f"it{about}", flush=True)
+        labelled_only = pseudo is not None and pseudo.get("labelled_only")
+        if labelled_only:  # saved with the stage's config.yaml below: a resumed round keeps it
+            continue_gently(fcfg)
         step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"],
                                                ("train", "eval_every"), closing, getattr(state, "resumed", False))
         save_yaml(fcfg, fdir / "config.yaml")
         weights = fcfg["model"]["weights"]
         start = ("from random init" if not weights else "from MoCo weights" if fcfg["run"]["pretrain"]
                  else f"from {weights}")  # the user's own model.weights are not MoCo's
-        print(f"[run] fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}: "
-              f"{len(task.train_set)} training images{made_of(task, pseudo, fcfg)}, {step_s * 1000:.0f} ms/step x "
-              f"{len(task.plan_epoch(0))} "
-              f"steps/epoch, {stage_plan_words(step_s, remaining, epochs)}, lr {fcfg['optim']['lr']:g}")
+        head = (f"continuing round {pseudo['after']}'s model at lr {fcfg['optim']['lr']:g} (a tenth of its own, no "
+                f"warm-up){' ' + what if what else ''}" if labelled_only else
+                f"fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}")
+        print(f"[run] {head}: {len(task.train_set)} training images{made_of(task, pseudo, fcfg)}, "
+              f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
+              f"{stage_plan_words(step_s, remaining, epochs)}, lr {fcfg['optim']['lr']:g}")
         if state is not None:
             state.record(name, "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
                          pseudo_key=key)
