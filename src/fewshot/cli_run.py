@@ -53,7 +53,8 @@ def cmd_run(args, extra) -> int:
     # moco.preset=mocov1 (a word or the --config file's) chooses the MoCo stage's T, head, schedule and views, as
     # `fewshot pretrain --preset` does (it changed the recorded name only); the stage's optimiser, batch and queue
     # stay run.*'s small-data recipe (run_stages.pretrain_stage), and the user's own moco.*/aug.* fields still win
-    from fewshot.cli_config import adopt_recorded_bit_depth, note_flags_overridden, resolve_naming_flags
+    from fewshot.cli_config import (adopt_recorded_bit_depth, mark_recorded_resize, note_flags_overridden,
+                                    resolve_naming_flags)
     from fewshot.config import record_chosen
 
     cfg = resolve_naming_flags(RUN_FLAG_NAMES, flags, extra, file=args.config, default_preset="mocov2",
@@ -71,6 +72,9 @@ def cmd_run(args, extra) -> int:
         record_chosen(cfg, {"model.name": name})
         # as `train --weights` adopts it: the stages decoded a 12-bit backbone's images at the 16-bit scale
         adopt_recorded_bit_depth(cfg, flags, extra, args.config)
+        # and the crop or pad its features were learnt on (hunt hBW #1: letterboxed a crop-trained export's wide
+        # images, 68.7 % -> 50.2 %); a --resume keeps the run's own record (run_fit_record)
+        mark_recorded_resize(cfg, flags, extra, args.config)
     adopt_run_datasets(cfg, flags, extra, args)
     if not args.resume:  # a resumed run's stages go on with their own config.yaml: nothing is chosen again
         from fewshot.cli_config import given_fields

@@ -53,11 +53,14 @@ def run_img_size(cfg: dict, infos, device: torch.device, budget_minutes: float) 
 
 
 def _fit_at(cfg: dict, infos, size: int | None):
-    """fit_of at image size ``size`` on a copy of ``cfg``'s record (the run's own is left as it is)."""
-    from fewshot.config.recorded import RESIZE_RECORD
+    """fit_of at image size ``size`` on a copy of ``cfg``'s record (the run's own is left as it is), with the
+    choices the --weights file records that settle_fit takes later (a size chosen for auto's letterbox of a file's
+    crop)."""
+    from fewshot.config.recorded import RESIZE_RECORD, resize_record
+    from fewshot.data.weights_resize import pending_choices
 
-    return fit_of({**cfg, "model": {**cfg["model"], "img_size": size},
-                   RESIZE_RECORD: copy.copy(cfg.get(RESIZE_RECORD))}, infos)
+    record = {**pending_choices(cfg, infos, size), **resize_record(cfg, "the run's config")}
+    return fit_of({**cfg, "model": {**cfg["model"], "img_size": size}, RESIZE_RECORD: record}, infos)
 
 
 def model_size(model_cfg: dict, size: int, why: str) -> tuple[int, str]:

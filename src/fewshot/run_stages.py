@@ -278,8 +278,12 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
                                                ("train", "eval_every"), closing, getattr(state, "resumed", False))
         save_yaml(fcfg, fdir / "config.yaml")
         weights = fcfg["model"]["weights"]
+        # the user's own model.weights are not MoCo's: which recipe their lr took is said (hunt hBW #2)
+        from fewshot.train.supervised import recipe_words
+
+        recipe = recipe_words(fcfg) if weights and not fcfg["run"]["pretrain"] else ""
         start = ("from random init" if not weights else "from MoCo weights" if fcfg["run"]["pretrain"]
-                 else f"from {weights}")  # the user's own model.weights are not MoCo's
+                 else f"from {weights}{f' ({recipe})' if recipe else ''}")
         head = (f"continuing round {pseudo['after']}'s model at lr {fcfg['optim']['lr']:g} (a tenth of its own, no "
                 f"warm-up){' ' + what if what else ''}" if labelled_only else
                 f"fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}")

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from fewshot.config import CHOSEN, RECHOSEN, canonical_value, note_chosen, note_rechosen, same_recorded_path
+from fewshot.config.recorded import WEIGHTS_RESIZE
 from fewshot.data.fit import settle_fit
 from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.layout import scan_root
@@ -73,6 +74,8 @@ class StartupMixin:
         cfg, out = self.cfg, self.out
         refuse_if_being_written(out)  # before its state is judged: "already used" / "--resume" named the wrong cause
         self.requested = copy.deepcopy(cfg)  # the settings as asked for, which a --resume must repeat
+        # not the --weights file's data.resize (cli_run marks it; settle_fit takes it): the run's _resize records it
+        self.requested.pop(WEIGHTS_RESIZE, None)
         # always a record, if empty: a stage's config.yaml without one is taken for an older fewshot's, and the
         # user's --lr 0.004 or --device cpu there for values the run chose (chosen_by_rule)
         cfg[CHOSEN] = dict(self.chosen or {})

@@ -122,16 +122,11 @@ def adopt_weights_resize(cfg: dict, infos) -> dict | None:
     recorded = cfg.pop(WEIGHTS_RESIZE, None)
     if recorded is None:
         return None
-    names = [info.name for info in infos]
-    choices = file_choices(recorded, names)
     if recorded["given"] or cfg["data"].get("resize", "crop") != "auto":
         return recorded
+    names = [info.name for info in infos]
     size = (cfg.get("model") or {}).get("img_size")
-    # the letterbox's bound holds for the file's pad too: strips padded at 224 px, taken at 32 px, kept 32x1 px and
-    # the note blamed a data.resize=pad the user never gave (review rev91 #4)
-    thin = [info.name for info in infos if choices.get(info.name) == "pad" and _too_thin(info, size)]
-    for name in thin:
-        del choices[name]
+    choices, thin = _taken(recorded, infos, size)
     if choices:
         cfg[RESIZE_RECORD] = {**choices, **(cfg.get(RESIZE_RECORD) or {})}
         listed = "; ".join(f"{mode}: {', '.join(n for n in names if choices.get(n) == mode)}"
@@ -145,6 +140,27 @@ def adopt_weights_resize(cfg: dict, infos) -> dict | None:
              f"side, so data.resize=auto decides {'them' if len(thin) > 1 else 'it'} from the images at this size "
              f"instead (data.resize=pad forces the letterbox).")
     return None
+
+
+def pending_choices(cfg: dict, infos, size: int | None) -> dict:
+    """The choices adopt_weights_resize will take for ``infos`` at image size ``size`` (none where the user gave
+    data.resize), before it takes them: `fewshot run` chooses its image size for the crop or pad each dataset gets
+    (run_checks.run_img_size)."""
+    recorded = cfg.get(WEIGHTS_RESIZE)
+    if recorded is None or recorded["given"] or cfg["data"].get("resize", "crop") != "auto":
+        return {}
+    return _taken(recorded, infos, size)[0]
+
+
+def _taken(recorded: dict, infos, size: int | None) -> tuple[dict, list]:
+    """The file's choice for each of ``infos`` it records, and the datasets whose recorded pad is set aside at
+    ``size``: the letterbox's bound holds for the file's pad too (strips padded at 224 px, taken at 32 px, kept
+    32x1 px and the note blamed a data.resize=pad the user never gave: review rev91 #4)."""
+    choices = file_choices(recorded, [info.name for info in infos])
+    thin = [info.name for info in infos if choices.get(info.name) == "pad" and _too_thin(info, size)]
+    for name in thin:
+        del choices[name]
+    return choices, thin
 
 
 def _too_thin(info, size) -> bool:

@@ -28,7 +28,7 @@ from fewshot.train.engine import Engine
 from fewshot.train.resume_config import resumes_from_config
 from fewshot.train.run_dir import RunStart, prepare_run_dir, undone_if_start_fails
 from fewshot.train.start_checks import agree_on_checkpoint, check_resume_fits
-from fewshot.train.supervised import SupervisedTask, check_same_classes, resolve_finetune_defaults
+from fewshot.train.supervised import SupervisedTask, check_same_classes, recipe_words, resolve_finetune_defaults
 from fewshot.utils import resolve_device, seed_everything, write_json
 
 
@@ -170,6 +170,9 @@ def announce_finetune(cfg: dict, out: Path, task: SupervisedTask, engine: Engine
 
             print(one_line(fixmatch_note(task.unlabeled.summary, task.unlabeled.without_pool)))
         warn_random_backbone_at_a_pretrained_lr(cfg)
+        recipe = recipe_words(cfg)
+        if recipe:  # the lr a --weights file took, as `fewshot run`'s line says it
+            print(one_line(f"note: --weights {cfg['model']['weights']} is {recipe}."), flush=True)
         if cfg["train"]["compile"] is True:  # it was accepted and silently ignored (auto: no word, as documented)
             print("note: train.compile applies to MoCo pretraining only; fine-tuning runs eagerly.", flush=True)
         left_out = task.datasets_left_out()

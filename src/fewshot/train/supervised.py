@@ -33,13 +33,45 @@ def resolve_finetune_defaults(cfg: dict, resuming: bool = False) -> dict:
     pretrained = bool(cfg["model"]["weights"])
     if not resuming:
         adopt_weights_architecture(cfg["model"])
-    o = cfg["optim"]
+    o, small = cfg["optim"], small_data_recipe(cfg)
     if o["lr"] is None:
-        o["lr"] = 1e-4 if pretrained else 4e-3
+        o["lr"] = small["lr"] if small else 1e-4 if pretrained else 4e-3
     if o["backbone_lr_mult"] is None:
-        o["backbone_lr_mult"] = 0.1 if pretrained else 1.0
+        o["backbone_lr_mult"] = small["backbone_lr_mult"] if small else 0.1 if pretrained else 1.0
     record_chosen(cfg, before)
     return cfg
+
+
+def small_data_recipe(cfg: dict) -> dict | None:
+    """The lr and backbone multiplier for model.weights that are a `fewshot export` (its metadata says so): features
+    learnt on the user's own small data (MoCo or fine-tuning), fine-tuned at run.finetune_lr with the backbone at
+    run.finetune_backbone_mult as `run --pretrain` fine-tunes its own export. At the ImageNet recipe (1e-4, backbone
+    x0.1) such a backbone barely moved: 21.7 % where random init got 91 % (hunt hBW #2). None for other weights."""
+    from fewshot.config import DEFAULTS
+    from fewshot.ssl.export import is_export
+
+    weights = cfg["model"]["weights"]
+    if not weights or not is_export(Path(weights)):
+        return None
+    r = cfg.get("run") or DEFAULTS["run"]
+    return {"lr": float(r["finetune_lr"]), "backbone_lr_mult": float(r["finetune_backbone_mult"])}
+
+
+def recipe_words(cfg: dict) -> str:
+    """Which rule chose a --weights fine-tuning's lr (for the start's line): the small-data recipe of a fewshot
+    export, or the ImageNet recipe assumed for other weights; empty where the user gave the lr fields."""
+    from fewshot.config import CHOSEN
+
+    chosen = cfg.get(CHOSEN) or {}
+    o = cfg["optim"]
+    if not cfg["model"]["weights"] or not ({"optim.lr", "optim.backbone_lr_mult"} & set(chosen)):
+        return ""
+    if small_data_recipe(cfg):
+        return (f"a fewshot export: the small-data recipe of run.finetune_lr and run.finetune_backbone_mult, lr "
+                f"{o['lr']:g} with the backbone at {o['backbone_lr_mult']:g}x, as `fewshot run --pretrain` fine-tunes "
+                f"its own export")
+    return (f"not a fewshot export: the recipe for ImageNet-grade weights, lr {o['lr']:g} with the backbone at "
+            f"{o['backbone_lr_mult']:g}x; optim.lr and optim.backbone_lr_mult change it")
 
 
 def use_channels_last(cfg: dict, device: torch.device) -> bool:
