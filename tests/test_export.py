@@ -96,7 +96,10 @@ def train_config(root: Path, out: Path, weights: Path, *extra: str) -> dict:
 
 def test_train_with_weights_starts_from_them_at_the_course_lr(exported, tmp_path):
     root, _, path = exported
-    cfg = resolve_finetune_defaults(train_config(root, tmp_path / "ft", path))
+    # a fewshot export fine-tunes at run.finetune_lr, backbone x1 (hunt hBW #2); the course recipe, given, still runs
+    assert resolve_finetune_defaults(train_config(root, tmp_path / "ft", path))["optim"]["lr"] == 2e-3
+    cfg = resolve_finetune_defaults(train_config(root, tmp_path / "ft", path, "optim.lr=1e-4",
+                                                 "optim.backbone_lr_mult=0.1"))
     assert cfg["model"]["weights"] == str(path)
     assert cfg["optim"]["lr"] == 1e-4 and cfg["optim"]["backbone_lr_mult"] == 0.1
     infos = scan_root(str(root), None, splits=("train", "val"))
@@ -137,7 +140,8 @@ def test_cli_train_with_exported_weights(exported, tmp_path):
     out = tmp_path / "ft"
     assert main(["train", "--data", str(root), "--out", str(out), "--weights", str(path), *TINY]) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["optim"]["lr"] == 1e-4 and saved["optim"]["backbone_lr_mult"] == 0.1
+    # a fewshot export: the small-data recipe `run --pretrain` fine-tunes its own export at (hunt hBW #2)
+    assert saved["optim"]["lr"] == 2e-3 and saved["optim"]["backbone_lr_mult"] == 1.0
     assert saved["model"]["weights"] == str(path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["datasets"]["digits"]["n"] == 30
