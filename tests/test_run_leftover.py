@@ -35,7 +35,7 @@ def test_time_left_without_room_to_label_the_pool_goes_on_training_on_the_labell
     rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT))
     assert rc == 0, err
     assert "round 2 trains on the labelled images only (planned, not an error)" in stdout
-    assert "continuing round 1's model at lr" in stdout and "on the labelled images again" in stdout
+    assert "continuing round 1's model at a tenth of its lr" in stdout and "on the labelled images again" in stdout
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["stages"]) == ["finetune_labelled", "finetune"] and "self_training_skipped" not in summary
     assert "pseudo_labels" not in summary["stages"]["finetune"] and summary["stages"]["finetune"]["epochs"] > 0

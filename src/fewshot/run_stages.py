@@ -96,14 +96,17 @@ def labelled_only_round(task, k: int) -> dict:
     (continue_gently). Skipped instead, round 2 left a fifth of a 1-minute budget unused, with round 1 at 4.5 epochs
     and val at chance."""
     return {"images": [], "targets": [], "summary": None, "key": None, "labelled_only": True, "after": k - 1,
+            "lr": float(task.cfg["optim"]["lr"]) * LABELLED_ONLY_LR_SCALE,
             "state": copy.deepcopy(task.model.state_dict())}
 
 
-def continue_gently(fcfg: dict) -> None:
-    """A labelled-only round's schedule: round k - 1's model continued at a tenth of its lr, without a warm-up. The
-    full schedule again (a fresh warm-up, then lr 0.004) on the same 10-shot images for a few seconds took val from
-    76.8 to 25.8 (hunt hBW #3); measured on val in docs/recipes.md (the labelled-only round)."""
-    fcfg["optim"]["lr"] *= LABELLED_ONLY_LR_SCALE
+def continue_gently(fcfg: dict, lr: float) -> None:
+    """A labelled-only round's schedule: round k - 1's model continued at a tenth of its lr (``lr``, set by
+    labelled_only_round from that round's own config: a stage started over at --resume from its stopped config
+    divided it twice, review rev99 #1), without a warm-up. The full schedule again (a fresh warm-up, then lr 0.004)
+    on the same 10-shot images for a few seconds took val from 76.8 to 25.8 (hunt hBW #3); measured on val in
+    docs/recipes.md (the labelled-only round), where skipping the round (the rest of the budget unused) tied it."""
+    fcfg["optim"]["lr"] = lr
     fcfg["sched"]["warmup_epochs"] = 0.0
 
 
@@ -273,7 +276,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
                   f"it{about}", flush=True)
         labelled_only = pseudo is not None and pseudo.get("labelled_only")
         if labelled_only:  # saved with the stage's config.yaml below: a resumed round keeps it
-            continue_gently(fcfg)
+            continue_gently(fcfg, pseudo["lr"])
         step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"],
                                                ("train", "eval_every"), closing, getattr(state, "resumed", False))
         save_yaml(fcfg, fdir / "config.yaml")
@@ -284,8 +287,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         recipe = recipe_words(fcfg) if weights and not fcfg["run"]["pretrain"] else ""
         start = ("from random init" if not weights else "from MoCo weights" if fcfg["run"]["pretrain"]
                  else f"from {weights}{f' ({recipe})' if recipe else ''}")
-        head = (f"continuing round {pseudo['after']}'s model at lr {fcfg['optim']['lr']:g} (a tenth of its own, no "
-                f"warm-up){' ' + what if what else ''}" if labelled_only else
+        head = (f"continuing round {pseudo['after']}'s model at a tenth of its lr, without a warm-up"
+                f"{' ' + what if what else ''}" if labelled_only else
                 f"fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}")
         print(f"[run] {head}: {len(task.train_set)} training images{made_of(task, pseudo, fcfg)}, "
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
