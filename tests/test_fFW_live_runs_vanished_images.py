@@ -107,3 +107,22 @@ def test_test_images_removed_while_predict_runs_are_named_apart(trained, tmp_pat
     assert all(p.stem in pred for p in gone) and len(pred) == 30, pred  # every listed id, as before (SPEC)
     cached = [f.read_text() for f in (root / ".fewshot_cache").rglob("*.json")]
     assert not any(gone[0].name in t for t in cached), cached  # no cache entry of a folder that changed
+
+
+def test_images_removed_without_skip_bad_images_are_said_to_need_a_stable_folder(trained, tmp_path, monkeypatch):
+    """Without --skip-bad-images, a removed image stopped predict with the undecodable files' hint (pass
+    --skip-bad-images); the folder changing is the cause to fix (review rev99 #7c)."""
+    root, run = copy_data_root(trained[0], tmp_path / "root"), trained[1]
+    gone = sorted((root / "digits" / "test").iterdir())[0]
+    decode = decode_many.decode_resized
+
+    def removed_after_the_listing(path, *args):
+        if Path(path) == gone:
+            Path(path).unlink(missing_ok=True)
+        return decode(path, *args)
+
+    monkeypatch.setattr(decode_many, "decode_resized", removed_after_the_listing)
+    rc, _, err = run_main("predict", run, "--data", root, "--out", tmp_path / "p.json", "--device", "cpu",
+                          "--no-progress")
+    assert rc == 2 and "removed while the command ran" in err, err
+    assert "run it again once nothing adds or removes images" in err and "--skip-bad-images" not in err, err

@@ -605,8 +605,10 @@ def _finish(images: torch.Tensor, bad_at: list[tuple[int, str]], paths: list[Pat
     bad = list(dict.fromkeys((str(paths[i]), why) for i, why in bad_at))  # a path listed twice is reported once
     if bad:
         if not skip_bad:
+            hint = SKIP_HINT if any(why != VANISHED for _, why in bad) else (  # review rev99 #7c
+                "(the folder changed while the command read it: run it again once nothing adds or removes images)",)
             raise DataLayoutError([f"{p}: {why}" if why == VANISHED else f"{p}: cannot be decoded as an image ({why})"
-                                   for p, why in bad], SKIP_HINT)
+                                   for p, why in bad], hint)
         for i, _ in bad_at:
             valid[i] = False
         if skip_note is not None:
