@@ -540,17 +540,21 @@ def test_datasets_with_an_answer_key_are_scored_when_another_has_none(digits_roo
 def test_round_one_leaves_the_later_rounds_and_the_closing_work_their_least_time():
     """run.pseudo_share=0.999 planned round 1 up to the end of a 60 s budget, and the labelling, round 2's floor
     and the closing work ran on to 165 s: round 1 leaves their least time (after_round1_seconds)."""
-    from fewshot.run_budget import after_round1_seconds
+    from fewshot.run_budget import ROUND1_MARGIN, after_round1_seconds
 
-    # 2 rounds: round 2's calibration and floor (9 steps), 3 evaluations, the closing work, and the labelling:
-    # a quarter of the time left for it (pool_share_in_time), the whole pool where it is quicker
-    others = 9 * 0.1 + 3 * 1.0 + 10.0
-    assert after_round1_seconds(0.1, 1.0, 0.001, 8000, 2, 10.0) == pytest.approx(others + others / 3)
-    assert after_round1_seconds(0.1, 1.0, 0.001, 1000, 2, 10.0) == pytest.approx(others + 1.0)
-    assert after_round1_seconds(0.1, 1.0, 1.0, 8000, 2, 0.0) == pytest.approx(3.9 + 256)  # one batch at least
-    assert after_round1_seconds(0.1, 1.0, 0.0, 0, 2, 10.0) == pytest.approx(others)  # no pool
+    # 2 rounds: round 1's 2 closing evaluations; round 2's labelling's 2 timed batches and val pass, its calibration
+    # (4 steps, an evaluation), its floor and the step past it (6 steps), the closing work, all with the check's
+    # margin; and the labelling: a quarter of the time left for it (pool_share_in_time), the whole pool where quicker
+    m = 1 + ROUND1_MARGIN
+    others = (2 * 0.256 + 1.0 + 10 * 0.1 + 1.0 + 10.0) * m
+    assert after_round1_seconds(0.1, 1.0, 0.001, 8000, 2, 10.0) == pytest.approx(2.0 + others + others / 3)
+    assert after_round1_seconds(0.1, 1.0, 0.001, 1000, 2, 10.0) == pytest.approx(2.0 + others + 1.0)
+    # one batch at least
+    assert after_round1_seconds(0.1, 1.0, 1.0, 8000, 2, 0.0) == pytest.approx(2.0 + (512 + 1.0 + 2.0) * m + 256)
+    assert after_round1_seconds(0.1, 1.0, 0.0, 0, 2, 10.0) == pytest.approx(2.0 + 12.0 * m)  # no pool
     # every later round labels the pool again and needs its own floor
-    assert after_round1_seconds(0.1, 1.0, 0.001, 1000, 3, 10.0) == pytest.approx(2 * (3.9 + 1.0) + 10.0)
+    three = 2.0 + (2 * (2 * 0.256 + 1.0 + 2.0) + 2 * 1.0 + 10.0) * m + 2 * 1.0
+    assert after_round1_seconds(0.1, 1.0, 0.001, 1000, 3, 10.0) == pytest.approx(three)
 
 
 def test_the_last_stage_leaves_its_measured_closing_work_inside_the_budget(digits_root):
@@ -1026,12 +1030,15 @@ def test_identical_runs_reuse_the_share_of_a_cold_pool_an_earlier_one_decoded(co
 
 
 def test_later_rounds_need_their_labelling_calibration_floor_and_the_closing_work():
-    from fewshot.run_budget import later_rounds_seconds
+    from fewshot.run_budget import ROUND1_MARGIN, later_rounds_seconds
 
+    m = 1 + ROUND1_MARGIN  # the check's margin, on all but the labelling
     one = later_rounds_seconds(0.1, 1.0, 0.0, 0, 1, 10.0)
-    assert one == pytest.approx(9 * 0.1 + 1.0 + 10.0)  # 4 timed steps + 5-step floor, the timed evaluation, closing
-    assert later_rounds_seconds(0.1, 1.0, 0.0, 0, 2, 10.0) == pytest.approx(one + 9 * 0.1 + 3 * 1.0)
-    assert later_rounds_seconds(0.1, 1.0, 0.01, 100, 1, 10.0) == pytest.approx(one + 2 * 1.0)  # labels the pool
+    # 4 timed steps, the timed evaluation, the 5-step floor and the step past it, the closing work
+    assert one == pytest.approx((10 * 0.1 + 1.0 + 10.0) * m)
+    assert later_rounds_seconds(0.1, 1.0, 0.0, 0, 2, 10.0) == pytest.approx(one + (10 * 0.1 + 3 * 1.0) * m)
+    # labels the pool (1 s) after a val pass for its thresholds
+    assert later_rounds_seconds(0.1, 1.0, 0.01, 100, 1, 10.0) == pytest.approx(one + 1.0 * m + 1.0)
 
 
 def test_the_closing_estimate_counts_the_reports_parts_at_the_machines_drawing_speed(digits_root):

@@ -24,9 +24,10 @@ def test_the_skip_names_the_sum_it_compared_and_its_parts(monkeypatch, capsys, r
     task = SimpleNamespace(step_s=1.0, eval_s=2.0, cfg={"train": {"ema": True}}, supports_ema=True)
     pipeline.PipelineRun.round1_closing(run, task, 2.0, 1.0)
     why = skip["why"]
-    # 41 s for the later round, 1.3 s for round 1's end (the step past its deadline, a prediction batch), 15 % of
-    # them a margin, 6 steps of 1 s + one 2-s evaluation: 57 s, more than the 47 s left
-    assert "about 47 s were left" in why and "speed (about 57 s)" in why, why
+    # 41 s for the later round (its labelling's timing batches among them), 1 s for round 1's end (the step past its
+    # deadline; no test images to time), 15 % of them a margin, 6 steps of 1 s + one 2-s evaluation: 56 s, more than
+    # the 47 s left
+    assert "about 47 s were left" in why and "speed (about 56 s)" in why, why
     assert "(8.0 s: 6 steps and an evaluation)" in why and "later round (42 s:" in why, why
     assert "margin for round 1 ending late (6.3 s)" in why, why
     out = capsys.readouterr().out

@@ -117,21 +117,24 @@ def test_round_1_leaves_a_margin_only_as_far_as_it_keeps_its_own_floor():
 def test_round_1_counts_its_own_closing_evaluations_of_both_weights_with_an_ema():
     """With an EMA round 1's budget stop evaluates both weights and then its best checkpoint: 3 evaluations where
     after_round1_seconds counted 2, and round 1 ended an evaluation later than planned."""
-    from fewshot.run_budget import after_round1_seconds
+    from fewshot.run_budget import ROUND1_MARGIN, after_round1_seconds
 
     two = after_round1_seconds(0.1, 1.0, 0.0, 0, 2, 10.0)
     assert after_round1_seconds(0.1, 1.0, 0.0, 0, 2, 10.0, 3) == pytest.approx(two + 1.0)
-    assert after_round1_seconds(0.1, 1.0, 0.0, 0, 3, 10.0, 3) == pytest.approx(2 * (two - 10.0 + 1.0) + 10.0)
+    # 3 rounds: round 1's and round 2's (the later rounds' count, with its margin) one more each
+    three = after_round1_seconds(0.1, 1.0, 0.0, 0, 3, 10.0)
+    assert after_round1_seconds(0.1, 1.0, 0.0, 0, 3, 10.0, 3) == pytest.approx(three + 1.0 + 1.0 * (1 + ROUND1_MARGIN))
 
 
 def test_later_rounds_count_the_closing_evaluations_of_an_ema_round():
     """A review: after_round1_seconds counted 3 closing evaluations with an EMA, later_rounds_seconds still 2, so a
     round the later planning check would skip passed the check before the pool's labelling, which was then spent."""
-    from fewshot.run_budget import later_rounds_seconds
+    from fewshot.run_budget import ROUND1_MARGIN, later_rounds_seconds
 
     two = later_rounds_seconds(0.1, 2.0, 0.001, 1000, 3, 10.0)
     three = later_rounds_seconds(0.1, 2.0, 0.001, 1000, 3, 10.0, close_evals=3)
-    assert three - two == pytest.approx(2 * 2.0, rel=0.05)  # one more evaluation for each of the 2 earlier rounds
+    # one more evaluation for each of the 2 earlier rounds, with the check's margin
+    assert three - two == pytest.approx(2 * 2.0 * (1 + ROUND1_MARGIN), rel=0.05)
 
 
 def test_a_round_skipped_after_middle_rounds_were_dropped_is_not_counted_as_kept():

@@ -287,6 +287,7 @@ def eval_passes(task, cfg: dict | None = None) -> int:
     return 2 if cfg["train"].get("ema") and getattr(task, "supports_ema", False) else 1
 
 
+LABEL_SHARE = 0.25  # of the time left, what a round's labelling may take (pipeline passes it as ``seconds``)
 FLOOR_STEPS = 5  # plan_stage's least training steps of a stage, even when its time is spent
 CLOSING_SHARE = 0.015  # of the budget, kept beyond the closing work's estimate
 
@@ -535,20 +536,19 @@ def report_seconds(task, eval_s: float, report_stages: int, figure_s: float = FI
 
 
 def after_round1_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, rounds: int,
-                         last_closing_s: float, close_evals: int = 2) -> float:
+                         last_closing_s: float, close_evals: int = 2, n_test: int = 0) -> float:
     """The least time self-training needs after round 1's last step, at the speeds measured for round 1: a large
     run.pseudo_share planned round 1 up to the end of the budget, and the rest came on top (165 s of a 60 s
-    budget). Per later round: its labelling of the pool (all of it, or as pool_share_in_time does a quarter of the
-    time left, one batch at least), its calibration (4 timed steps, an evaluation), plan_stage's 5-step floor and
-    the closing evaluations of the round before it (``close_evals``: eval_passes + 1, the stop's of both weights
-    with an EMA and the best checkpoint's; 2 were counted, and round 1 ended an evaluation late); then the last
-    stage's closing work."""
-    others = (rounds - 1) * (9 * step_s + (1 + close_evals) * eval_s) + last_closing_s
-    labelling = min(per_image * n_pool, max(per_image * min(n_pool, 256), others / 3))
-    return (rounds - 1) * labelling + others
+    budget). Round 1's closing evaluations (``close_evals``: eval_passes + 1, the stop's of both weights with an
+    EMA and the best checkpoint's; 2 were counted, and round 1 ended an evaluation late), then what the check
+    before round 2 asks for the later rounds (later_rounds_seconds), so that round 1's cut and that check agree."""
+    return close_evals * eval_s + later_rounds_seconds(step_s, eval_s, per_image, n_pool, rounds - 1, last_closing_s,
+                                                       close_evals, n_test)
 
 
-ROUND1_MARGIN = 0.15  # of the later rounds' least time, left by round 1 beyond it for its own late end
+# of the later rounds' least time, left by round 1 beyond it for its own late end; and asked by the check before a
+# later round's labelling beyond that round's calibration and least run, for them and the labelling ending late
+ROUND1_MARGIN = 0.15
 
 
 def round1_leaves(rest_s: float, left_s: float, step_s: float, eval_s: float) -> float:
@@ -568,16 +568,13 @@ def checkpoint_write_seconds(task, write_bps: float) -> float:
     return 0.0 if model is None else sum(p.numel() for p in model.parameters()) * 24 / write_bps
 
 
-def round1_end_seconds(step_s: float, per_image: float, n_test: int, n_pool: int, later: int,
-                       saves_s: float) -> float:
+def round1_end_seconds(step_s: float, per_image: float, n_test: int, saves_s: float) -> float:
     """What round 1's end and the check before round 2 (check_later_rounds) take beyond after_round1_seconds: the
-    step the Engine finishes past round 1's deadline, its checkpoint writes (``saves_s``), the check's timing of a
-    prediction batch (twice where the test images are more than one), and the timed prediction batch that
-    later_rounds_seconds counts for each of the ``later`` rounds. Uncounted, they ate round 1's margin: a 1-minute
-    run cut round 1 to leave 25 s, its check found 22 s and asked for 23 s, and round 2 trained on the labelled
-    images only after a round 1 cut for the pool's labelling (hunt hBV #1)."""
-    batch = per_image * min(n_test, 256)
-    return step_s + saves_s + (2 if n_test > 256 else 1) * batch + later * per_image * min(n_pool, 256)
+    step the Engine finishes past round 1's deadline, its checkpoint writes (``saves_s``) and the check's timing of
+    a prediction batch (twice where the test images are more than one). Uncounted, they ate round 1's margin: a
+    1-minute run cut round 1 to leave 25 s, its check found 22 s and asked for 23 s, and round 2 trained on the
+    labelled images only after a round 1 cut for the pool's labelling (hunt hBV #1)."""
+    return step_s + saves_s + (2 if n_test > 256 else 1) * per_image * min(n_test, 256)
 
 
 def round1_least_seconds(rest_s: float, step_s: float, eval_s: float) -> float:
@@ -590,15 +587,23 @@ def round1_least_seconds(rest_s: float, step_s: float, eval_s: float) -> float:
 
 
 def later_rounds_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, n_rounds: int,
-                         last_closing_s: float, close_evals: int = 2) -> float:
+                         last_closing_s: float, close_evals: int = 2, n_test: int = 0) -> float:
     """The least time ``n_rounds`` more self-training rounds need, from the pool's labelling for the first of them
-    on, at the speeds measured for the round before: per round its labelling (as after_round1_seconds counts it),
-    its calibration (4 timed steps, an evaluation, a timed prediction batch), plan_stage's 5-step floor, and the
-    closing evaluations of all but the last (``close_evals`` each, as after_round1_seconds counts them); then the
-    last stage's closing work."""
-    others = n_rounds * (9 * step_s + eval_s) + (n_rounds - 1) * close_evals * eval_s + last_closing_s
-    labelling = min(per_image * n_pool, max(per_image * min(n_pool, 256), others / 3))
-    return n_rounds * (labelling + per_image * min(n_pool, 256)) + others
+    on, at the speeds measured for the round before, counted as each round then spends it: the pool's labelling
+    (pool_share_in_time's two timed batches, a val pass for the thresholds and the labelling itself, the whole pool
+    or LABEL_SHARE of the time then left, one batch at least), the calibration at its planning (calibration_seconds:
+    its task's ``n_test`` test images) and its least run as later_round_closing asks it (the floor, the step past
+    it), the closing evaluations of all but the last (``close_evals`` each, as after_round1_seconds counts them),
+    then the last stage's closing work; all but the labelling with ROUND1_MARGIN more. Counted as 9 steps, an
+    evaluation and a batch, a check with 21 s left passed, the labelling took 5.8 s, the calibration 4.6 s (2.6 s
+    estimated), and round 2's planning then skipped it with 11.5 s left against 11.7 s: the labelling was wasted."""
+    batch = per_image * min(n_pool, 256)
+    label_extra = (2 * batch if n_pool > 256 else 0.0) + (eval_s if n_pool else 0.0)
+    per_round = label_extra + calibration_seconds(step_s, eval_s, per_image, n_test) + (FLOOR_STEPS + 1) * step_s
+    others = (n_rounds * per_round + (n_rounds - 1) * close_evals * eval_s + last_closing_s) * (1 + ROUND1_MARGIN)
+    # the labelling takes LABEL_SHARE of the time left then: of itself and the rest, where the rest just fits
+    labelling = min(per_image * n_pool, max(batch, others * LABEL_SHARE / (1 - LABEL_SHARE)))
+    return n_rounds * labelling + others
 
 
 def time_holds(need_s: float, left_s: float) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from fewshot.errors import one_line
-from fewshot.run_budget import measure_prediction_seconds
+from fewshot.run_budget import LABEL_SHARE, measure_prediction_seconds
 from fewshot.run_words import pseudo_label_line
 from fewshot.utils import loads_run_json, write_json
 
@@ -96,9 +96,6 @@ def pool_share_in_time(task, images: torch.Tensor, seconds: float, record: Path,
         return None
     order = torch.randperm(n_pool, generator=torch.Generator().manual_seed(seed))
     return order[:n].sort().values
-
-
-LABEL_SHARE = 0.25  # of the time left, what a round's labelling may take (pipeline passes it as ``seconds``)
 
 
 def share_line(n: int, n_pool: int, whole_s: float, seconds: float) -> str:

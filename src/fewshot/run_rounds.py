@@ -12,11 +12,11 @@ from __future__ import annotations
 import shutil
 import time
 
-from fewshot.run_budget import (FLOOR_STEPS, after_round1_seconds, checkpoint_write_seconds, eval_passes,
+from fewshot.run_budget import (FLOOR_STEPS, LABEL_SHARE, after_round1_seconds, checkpoint_write_seconds, eval_passes,
                                 later_rounds_seconds, least_run_holds, least_run_seconds, measure_prediction_seconds,
                                 measure_step_seconds, retimed_steps, round1_end_seconds, round1_leaves,
                                 round1_least_seconds, time_holds)
-from fewshot.run_pseudo import LABEL_SHARE, pseudo_label_pool, recorded_pseudo_labels
+from fewshot.run_pseudo import pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_reuse import reusable_stage
 from fewshot.run_stages import labelled_only_round, round_speeds
 from fewshot.run_words import labelled_only_why, seconds_apart, seconds_text
@@ -110,9 +110,8 @@ class RoundsMixin:
 
         def rest_at(s: float) -> float:  # the later rounds' least time, from round 1's last step on, at s a step,
             # with what round 1's end and the check before round 2 take beyond it: the check's own count
-            return (after_round1_seconds(s, eval_s, per_image, self.n_unlabeled, rounds, closing_s, evals)
-                    + round1_end_seconds(s, per_image, n_test, self.n_unlabeled,
-                                         rounds - 1, saves_s))
+            return (after_round1_seconds(s, eval_s, per_image, self.n_unlabeled, rounds, closing_s, evals, n_test)
+                    + round1_end_seconds(s, per_image, n_test, saves_s))
 
         def need(steps: list[float]) -> float:  # the rest, its margin and round 1's own least run, as compared below
             return round1_least_seconds(rest_at(steps[0]), steps[0], eval_s)
@@ -138,8 +137,9 @@ class RoundsMixin:
                                   f"the measured speed (about {need_s}): round 1's own least run "
                                   f"({seconds_text(own)}: {FLOOR_STEPS + 1} steps and an evaluation), the later "
                                   f"round{'s' if planned > 2 else ''} ({seconds_text(rest)}: round 1's end and "
-                                  f"checkpoint writes, labelling the pool, calibration, 5 steps each, evaluations "
-                                  f"and the closing work) and a margin for round 1 ending late "
+                                  f"checkpoint writes, labelling the pool, calibration, {FLOOR_STEPS + 1} steps each, "
+                                  f"evaluations, the closing work and a margin for their own late end) and a margin "
+                                  f"for round 1 ending late "
                                   f"({seconds_text(margin)})"
                                   + ("; cut shorter, round 1 would train near chance for a labelling the time then "
                                      "might not hold" if time_holds(rest + own, left) else ""))
@@ -300,18 +300,21 @@ class RoundsMixin:
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
         self.speeds_before = step_s, eval_s, per_image  # for the next round's timing line
         evals = eval_passes(task) + 1  # a round's closing evaluations, as round1_closing counts them
+        n_test = 0 if self.test_set.images is None else len(self.test_set.images)  # (None: a test's stand-in)
         left = self.last_end - time.monotonic()
+        # counted as the round spends it up to its planning (later_round_closing), with a margin: the labelling, the
+        # calibration and its least run, so that a round whose labelling is let run is kept there
         fits = [n for n in range(self.rounds - k + 1, 0, -1)
-                if time_holds(later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, n, closing_s, evals),
-                              left)]
+                if time_holds(later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, n, closing_s, evals,
+                                                   n_test), left)]
         # a round without the pool's labelling (n_pool 0), with room for twice its floor of steps: a round of 5
         # steps is worth little, and a busier machine's slower steps would take it past the budget
-        labelled_only_s = (later_rounds_seconds(step_s, eval_s, per_image, 0, 1, closing_s, evals)
+        labelled_only_s = (later_rounds_seconds(step_s, eval_s, per_image, 0, 1, closing_s, evals, n_test)
                            + FLOOR_STEPS * step_s)
         if not fits and time_holds(labelled_only_s, left):
             # no time to label the pool, but for a short round: the rest of the budget goes on training round
             # k - 1's model on the labelled images (the val guard still picks the round that predicts)
-            need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s, evals)
+            need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s, evals, n_test)
             planned = self.rounds
             skip.update(rounds=k, skipped_from=None, labelled_only=k,
                         labelled_only_why=labelled_only_why(k, left, need, planned))
@@ -320,11 +323,12 @@ class RoundsMixin:
             print(f"[run] round {k} trains on the labelled images only (planned, not an error): "
                   f"{skip['labelled_only_why']}", flush=True)
         elif not fits:
-            need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s, evals)
+            need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s, evals, n_test)
             left_s, need_s = seconds_apart(left, need)
             self.decide(k - 1, k, f"{left_s} were left of the budget after round {k - 1}, and round "
-                                  f"{k} needs at least {need_s} (labelling the pool, calibration, 5 steps, "
-                                  f"evaluations and the closing work) at {speed}")
+                                  f"{k} needs at least {need_s} (labelling the pool, calibration, {FLOOR_STEPS + 1} "
+                                  f"steps, evaluations, the closing work and a margin for them ending late) at "
+                                  f"{speed}")
             print(f"[run] round {k}{' and later' if k < self.rounds else ''} skipped (planned, not an error): "
                   f"{skip['why']}; predicting with round {k - 1}", flush=True)
         elif fits[0] < self.rounds - k + 1:
