@@ -48,6 +48,18 @@ MOCO_STAGE_FIELDS = ("run.pretrain_share", "run.pretrain_batch_size", "run.pretr
                      "run.moco_momentum", "run.finetune_lr", "run.finetune_backbone_mult")
 
 
+# the run.* fields that also set the lr of a fine-tuning from fewshot's own --weights file, in `fewshot train` and in
+# a run without a MoCo stage (train/supervised.py small_data_recipe)
+SMALL_DATA_RECIPE_FIELDS = ("run.finetune_lr", "run.finetune_backbone_mult")
+
+
+def _small_data_weights(cfg: dict) -> bool:
+    """Whether model.weights fine-tune at the small-data recipe, which reads SMALL_DATA_RECIPE_FIELDS."""
+    from fewshot.train.supervised import small_data_recipe
+
+    return bool((cfg.get("model") or {}).get("weights")) and small_data_recipe(cfg) is not None
+
+
 # the fields `fewshot pretrain` (MoCoTask, the Engine under it, run_pretrain) never reads, traced from a run: the
 # fine-tuning head, loss, backbone lr (param_groups gives every parameter one rate), EMA (MoCoTask.supports_ema is
 # false), evaluation (moco.knn_every is its schedule), the labelled sampler and views (MoCo's are aug.*) and semi.*;
@@ -88,6 +100,8 @@ def unused_override_warnings(command: str, cfg: dict, extra, baseline: bool = Fa
     unused: dict[str, list[str]] = {}
     for word in extra or []:
         dotted = ".".join(parse_override(word)[0])
+        if command in ("train", "run") and dotted in SMALL_DATA_RECIPE_FIELDS and _small_data_weights(cfg):
+            continue  # the lr recipe of fewshot's own --weights file (train/supervised.py small_data_recipe)
         if command in ("train", "pretrain") and dotted.startswith("run."):
             why = (f"`fewshot {command}` reads no run.* field (they set `fewshot run`'s stages and budget); drop "
                    f"them, or give them to `fewshot run`")

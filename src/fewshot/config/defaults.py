@@ -63,9 +63,10 @@ DEFAULTS: dict[str, Any] = {
     "optim": {
         "name": "adamw",          # adamw | sgd
         "lr": None,               # None: 1e-4 with --weights (course), 4e-3 from scratch (chosen on val:
-                                  # docs/recipes.md); --weights of a fewshot export: run.finetune_lr
-        "backbone_lr_mult": None, # None: 0.1 with --weights (course), 1.0 from scratch; a fewshot export's:
-                                  # run.finetune_backbone_mult
+                                  # docs/recipes.md); --weights of a fewshot export or checkpoint (not of a
+                                  # run started from other weights): run.finetune_lr
+        "backbone_lr_mult": None, # None: 0.1 with --weights (course), 1.0 from scratch; a fewshot export's or
+                                  # checkpoint's: run.finetune_backbone_mult
         "weight_decay": 0.05,
         "momentum": 0.9,          # sgd only
         "fused": "auto",          # sgd: fused update kernel where torch has one (auto) | true | false

@@ -35,19 +35,31 @@ def is_export(path: Path) -> bool:
         return False
 
 
+def export_metadata(path: Path) -> dict | None:
+    """The metadata of a `fewshot export` (header only), None for any other file or one that cannot be read."""
+    try:
+        return _export_metadata(path)
+    except OSError:
+        return None
+
+
 def _records_export(path: Path) -> bool:
     """is_export, where a file that cannot be read raises the OSError: check_export_out says so, not that the file
     is not an export."""
+    return _export_metadata(path) is not None
+
+
+def _export_metadata(path: Path) -> dict | None:
     with open(path, "rb") as fh:
         n = int.from_bytes(fh.read(8), "little")
         if not 0 < n <= min(MAX_HEADER, os.fstat(fh.fileno()).st_size - 8):
-            return False
+            return None
         try:
             header = json.loads(fh.read(n))
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            return False
+            return None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return isinstance(meta, dict) and all(isinstance(meta.get(k), str) for k in EXPORT_FIELDS)
+    return meta if isinstance(meta, dict) and all(isinstance(meta.get(k), str) for k in EXPORT_FIELDS) else None
 
 
 def check_export_out(out: Path, follow_links: bool) -> None:
@@ -181,6 +193,9 @@ def export_backbone(run_or_ckpt: str | Path, out: str | Path, follow_links: bool
     from fewshot.data.weights_resize import export_fields
 
     meta.update(export_fields(ck.get("config")))  # data.resize and auto's choices: train and probe --weights take them
+    from fewshot.models.weights_origin import start_fields
+
+    meta.update(start_fields(ck.get("config")))  # how the run started: --weights of this file picks its lr recipe
     atomic_write_bytes(out, save(state, metadata=meta), follow_links)  # bytes in memory: no temp file left behind
     return out, meta
 

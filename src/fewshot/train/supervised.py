@@ -22,6 +22,9 @@ from fewshot.models.weights import load_backbone_weights
 from fewshot.train.distributed import DistContext
 
 
+IMAGENET_RECIPE = {"lr": 1e-4, "backbone_lr_mult": 0.1}  # the course's, for ImageNet-grade weights
+
+
 def resolve_finetune_defaults(cfg: dict, resuming: bool = False) -> dict:
     """Fill the learning-rate fields that depend on whether a pretrained backbone is loaded. ``resuming``: the
     saved config already says how the network was built (a run saved before the weights file's record was read
@@ -35,43 +38,64 @@ def resolve_finetune_defaults(cfg: dict, resuming: bool = False) -> dict:
         adopt_weights_architecture(cfg["model"])
     o, small = cfg["optim"], small_data_recipe(cfg)
     if o["lr"] is None:
-        o["lr"] = small["lr"] if small else 1e-4 if pretrained else 4e-3
+        o["lr"] = small["lr"] if small else IMAGENET_RECIPE["lr"] if pretrained else 4e-3
     if o["backbone_lr_mult"] is None:
-        o["backbone_lr_mult"] = small["backbone_lr_mult"] if small else 0.1 if pretrained else 1.0
+        o["backbone_lr_mult"] = small["backbone_lr_mult"] if small else IMAGENET_RECIPE["backbone_lr_mult"] \
+            if pretrained else 1.0
     record_chosen(cfg, before)
     return cfg
 
 
 def small_data_recipe(cfg: dict) -> dict | None:
-    """The lr and backbone multiplier for model.weights that are a `fewshot export` (its metadata says so): features
-    learnt on the user's own small data (MoCo or fine-tuning), fine-tuned at run.finetune_lr with the backbone at
-    run.finetune_backbone_mult as `run --pretrain` fine-tunes its own export. At the ImageNet recipe (1e-4, backbone
-    x0.1) such a backbone barely moved: 21.7 % where random init got 91 % (hunt hBW #2). None for other weights."""
+    """The lr and backbone multiplier for model.weights learnt by fewshot on the user's own data (a `fewshot export`
+    or a fewshot checkpoint, of a run that did not start from other weights: models.weights_origin): fine-tuned at
+    run.finetune_lr with the backbone at run.finetune_backbone_mult as `run --pretrain` fine-tunes its own export. At
+    the ImageNet recipe (1e-4, backbone x0.1) such a backbone barely moved: 21.7 % where random init got 91 % (hunt
+    hBW #2). None for other weights."""
     from fewshot.config import DEFAULTS
-    from fewshot.ssl.export import is_export
+    from fewshot.models.weights_origin import weights_origin
 
     weights = cfg["model"]["weights"]
-    if not weights or not is_export(Path(weights)):
+    if not weights or not weights_origin(weights).small_data:
         return None
     r = cfg.get("run") or DEFAULTS["run"]
     return {"lr": float(r["finetune_lr"]), "backbone_lr_mult": float(r["finetune_backbone_mult"])}
 
 
 def recipe_words(cfg: dict) -> str:
-    """Which rule chose a --weights fine-tuning's lr (for the start's line): the small-data recipe of a fewshot
-    export, or the ImageNet recipe assumed for other weights; empty where the user gave the lr fields."""
-    from fewshot.config import CHOSEN
+    """Which rule chose a --weights fine-tuning's lr (for the start's line): the small-data recipe of fewshot's own
+    weights, or the ImageNet recipe assumed for other weights. Only the fields the run chose and that hold the value
+    the rule gives now are credited to it (a resumed run from before the rule keeps its own: nothing is said); a
+    field the user gave is named as theirs; empty where the rule chose neither."""
+    from fewshot.config import CHOSEN, same_value
+    from fewshot.models.weights_origin import OTHER, weights_origin
 
-    chosen = cfg.get(CHOSEN) or {}
-    o = cfg["optim"]
-    if not cfg["model"]["weights"] or not ({"optim.lr", "optim.backbone_lr_mult"} & set(chosen)):
+    weights, chosen, o = cfg["model"]["weights"], cfg.get(CHOSEN) or {}, cfg["optim"]
+    if not weights:
         return ""
-    if small_data_recipe(cfg):
-        return (f"a fewshot export: the small-data recipe of run.finetune_lr and run.finetune_backbone_mult, lr "
-                f"{o['lr']:g} with the backbone at {o['backbone_lr_mult']:g}x, as `fewshot run --pretrain` fine-tunes "
-                f"its own export")
-    return (f"not a fewshot export: the recipe for ImageNet-grade weights, lr {o['lr']:g} with the backbone at "
-            f"{o['backbone_lr_mult']:g}x; optim.lr and optim.backbone_lr_mult change it")
+    small = small_data_recipe(cfg)
+    rule = small or IMAGENET_RECIPE
+    fields = ("lr", "backbone_lr_mult")
+    by_rule = [f for f in fields if f"optim.{f}" in chosen and same_value(o[f], rule[f])]
+    if not by_rule:
+        return ""
+    shown = {"lr": f"lr {o['lr']:g}", "backbone_lr_mult": f"the backbone at {o['backbone_lr_mult']:g}x"}
+    values = " with ".join(shown[f] for f in by_rule)
+    yours = [f"optim.{f} {o[f]:g}" for f in fields if f"optim.{f}" not in chosen]
+    yours_words = f"; {' and '.join(yours)} {'is' if len(yours) == 1 else 'are'} yours" if yours else ""
+    origin = weights_origin(weights)
+    what = {"export": "a fewshot export", "checkpoint": "a fewshot checkpoint"}.get(origin.kind, "")
+    if small:
+        run_field = {"lr": "run.finetune_lr", "backbone_lr_mult": "run.finetune_backbone_mult"}
+        names = " and ".join(run_field[f] for f in by_rule)
+        return (f"{what}: the small-data recipe of {names}, {values}, as `fewshot run --pretrain` fine-tunes its own "
+                f"export{yours_words}")
+    if origin.start == OTHER:
+        start = f" ({origin.start_file})" if origin.start_file else ""
+        return (f"{what} of a run that started from other weights{start}: the recipe for ImageNet-grade weights, "
+                f"{values}{yours_words}; optim.lr and optim.backbone_lr_mult change it")
+    return (f"not a fewshot export or checkpoint: the recipe for ImageNet-grade weights, {values}{yours_words}; "
+            f"optim.lr and optim.backbone_lr_mult change it")
 
 
 def use_channels_last(cfg: dict, device: torch.device) -> bool:
