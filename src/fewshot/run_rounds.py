@@ -18,7 +18,7 @@ from fewshot.run_budget import (FLOOR_STEPS, LABEL_SHARE, after_round1_seconds, 
                                 round1_least_seconds, time_holds)
 from fewshot.run_pseudo import pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_reuse import reusable_stage
-from fewshot.run_stages import labelled_only_round, round_speeds
+from fewshot.run_stages import labelled_only_round, round_recipe, round_speeds
 from fewshot.run_words import labelled_only_why, seconds_apart, seconds_text
 from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 from fewshot.utils import derive_seed
@@ -191,6 +191,7 @@ class RoundsMixin:
             if kept_nothing(self.pseudo):
                 self.skip_without_pseudo_labels(k)  # round k - 1 (self.task) predicts
                 break
+            self.pseudo["recipe"] = round_recipe(self.task)  # round k fine-tunes at the lr round k - 1 chose
             self.task = None
             if k == self.rounds and skip["skipped_from"] is None:  # the last round is `finetune`, below
                 break

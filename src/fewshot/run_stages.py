@@ -100,6 +100,27 @@ def labelled_only_round(task, k: int) -> dict:
             "state": copy.deepcopy(task.model.state_dict())}
 
 
+RECIPE_FIELDS = ("optim.lr", "optim.backbone_lr_mult")  # resolve_finetune_defaults' choices for --weights
+
+
+def round_recipe(task) -> dict:
+    """The lr fields round k - 1 chose by rule (resolve_finetune_defaults: the small-data recipe of fewshot's own
+    --weights file, or the ImageNet one), for round k (take_round_recipe). Chosen again for a round a resumed
+    session starts, they followed the --weights file as it was then: moved or deleted after the stop, a fewshot
+    export was taken for other weights and round 2 trained at lr 1e-4, the backbone at 0.1x, where round 1 had
+    trained at 2e-3 and 1x (hunt hBX #1). A field the user gave is the same in every round and is left out."""
+    chosen = task.cfg.get(CHOSEN) or {}
+    return {f: task.cfg["optim"][f.split(".")[1]] for f in RECIPE_FIELDS if f in chosen}
+
+
+def take_round_recipe(fcfg: dict, recipe: dict) -> None:
+    """Round k's lr fields as round k - 1 chose them (round_recipe), where round k chose them by rule too."""
+    for dotted, value in recipe.items():
+        if dotted in (fcfg.get(CHOSEN) or {}):
+            fcfg["optim"][dotted.split(".")[1]] = value
+            note_chosen(fcfg, dotted)
+
+
 def continue_gently(fcfg: dict, lr: float) -> None:
     """A labelled-only round's schedule: round k - 1's model continued at a tenth of its lr (``lr``, set by
     labelled_only_round from that round's own config: a stage started over at --resume from its stopped config
@@ -275,6 +296,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
             print(f"[run] {name}: timing its training steps, an evaluation and a prediction batch to plan "
                   f"it{about}", flush=True)
         labelled_only = pseudo is not None and pseudo.get("labelled_only")
+        if pseudo is not None and pseudo.get("recipe"):  # saved with the stage's config.yaml below
+            take_round_recipe(fcfg, pseudo["recipe"])
         if labelled_only:  # saved with the stage's config.yaml below: a resumed round keeps it
             continue_gently(fcfg, pseudo["lr"])
         step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"],
