@@ -131,9 +131,9 @@ def adopt_weights_resize(cfg: dict, infos) -> dict | None:
         cfg[RESIZE_RECORD] = {**choices, **(cfg.get(RESIZE_RECORD) or {})}
         listed = "; ".join(f"{mode}: {', '.join(n for n in names if choices.get(n) == mode)}"
                            for mode in RESIZE_MODES if mode in choices.values())
-        _say(f"note: data.resize=auto takes the choice --weights {recorded['file']} records ({listed}), the "
-             f"geometry its features were learnt on; give data.resize=auto to decide each dataset from its images "
-             f"instead.")
+        _say(f"note: data.resize=auto (the default) takes the choice --weights {recorded['file']} records "
+             f"({listed}), the geometry its features were learnt on; to decide each dataset from its own images "
+             f"instead, give data.resize=auto on the command line (a value given there wins over the file's).")
     if thin:
         _say(f"note: --weights {recorded['file']} records pad for {', '.join(thin)}, but letterboxed at {size} px "
              f"{'their images keep' if len(thin) > 1 else 'its images keep'} under {MIN_PADDED_SIDE} px of the short "
