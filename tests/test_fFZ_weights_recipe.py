@@ -104,3 +104,18 @@ def test_the_course_recipe_is_not_offered_for_a_moco_export():
             if line.startswith("#")]
     assert not any("MoCo export" in line for line in head), head
     assert any("run.finetune_lr" in line for line in head), head
+
+
+def test_a_checkpoint_whose_runs_start_is_gone_is_said_to_be_a_guess(files, tmp_path):
+    """Copied to another machine, a checkpoint's start file is gone: taken as fewshot's own (the safer guess), and
+    the note says the start is unknown (review rev101 #1)."""
+    import shutil
+
+    start = tmp_path / "start.safetensors"
+    shutil.copy(files["foreign"], start)
+    rc, _, err = run_main(*tiny_train_argv(files["root"], tmp_path / "run", "--weights", start))
+    assert rc == 0, err
+    start.unlink()
+    lr, words = _resolved(files["root"], tmp_path / "run" / "checkpoints" / "best.pt")
+    assert lr == (2e-3, 1.0)
+    assert f"its run started from {start}, which is gone" in words and "unknown" in words, words

@@ -68,7 +68,7 @@ def recipe_words(cfg: dict) -> str:
     the rule gives now are credited to it (a resumed run from before the rule keeps its own: nothing is said); a
     field the user gave is named as theirs; empty where the rule chose neither."""
     from fewshot.config import CHOSEN, same_value
-    from fewshot.models.weights_origin import OTHER, weights_origin
+    from fewshot.models.weights_origin import OTHER, UNKNOWN, weights_origin
 
     weights, chosen, o = cfg["model"]["weights"], cfg.get(CHOSEN) or {}, cfg["optim"]
     if not weights:
@@ -88,8 +88,12 @@ def recipe_words(cfg: dict) -> str:
     if small:
         run_field = {"lr": "run.finetune_lr", "backbone_lr_mult": "run.finetune_backbone_mult"}
         names = " and ".join(run_field[f] for f in by_rule)
+        # its run's start file gone (another machine): fewshot's own is the safer guess (the ImageNet recipe left a
+        # small-data backbone near chance, hunt hBW #2), said as a guess (review rev101 #1)
+        unsure = (f" (its run started from {origin.start_file}, which is gone, so whether that was ImageNet-grade "
+                  f"is unknown; optim.lr and optim.backbone_lr_mult change it)" if origin.start == UNKNOWN else "")
         return (f"{what}: the small-data recipe of {names}, {values}, as `fewshot run --pretrain` fine-tunes its own "
-                f"export{yours_words}")
+                f"export{unsure}{yours_words}")
     if origin.start == OTHER:
         start = f" ({origin.start_file})" if origin.start_file else ""
         return (f"{what} of a run that started from other weights{start}: the recipe for ImageNet-grade weights, "
