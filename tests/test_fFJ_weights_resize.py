@@ -15,22 +15,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from helpers.checks import run_main
-from helpers.tiny import build_digits, tiny_train_argv
+from helpers.tiny import tall_crop_run, tiny_train_argv
 
 
 @pytest.fixture(scope="module")
 def tall(tmp_path_factory):
     """The tiny digits root, every image 3x as tall (auto pads it), and a run trained on it with data.resize=crop."""
-    base = tmp_path_factory.mktemp("tall")
-    root = build_digits(base / "root", shots=2)
-    for png in (root / "digits").rglob("*.png"):
-        img = Image.open(png).convert("RGB")
-        canvas = Image.new("RGB", (img.width, 3 * img.height))
-        canvas.paste(img, (0, 0))
-        canvas.save(png)
-    rc, _, err = run_main(*tiny_train_argv(root, base / "crop", "data.resize=crop"))
-    assert rc == 0, err
-    return root, base / "crop"
+    return tall_crop_run(tmp_path_factory.mktemp("tall"))
 
 
 def _record(run: Path) -> dict:

@@ -9,11 +9,10 @@ import json
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import save_file
 
 from helpers.checks import run_main
-from helpers.tiny import build_digits, finetune_cfg, tiny_train_argv
+from helpers.tiny import finetune_cfg, tall_crop_run, tiny_train_argv
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +20,7 @@ def tall_export(tmp_path_factory):
     """The tiny digits root with every image 3x as tall (auto alone pads it), and the export of a run trained on
     it with data.resize=crop."""
     base = tmp_path_factory.mktemp("tall")
-    root = build_digits(base / "root", shots=2)
-    for png in (root / "digits").rglob("*.png"):
-        img = Image.open(png).convert("RGB")
-        canvas = Image.new("RGB", (img.width, 3 * img.height))
-        canvas.paste(img, (0, 0))
-        canvas.save(png)
-    rc, _, err = run_main(*tiny_train_argv(root, base / "crop", "data.resize=crop"))
-    assert rc == 0, err
+    root, _ = tall_crop_run(base)
     rc, _, err = run_main("export", base / "crop", "--out", base / "bb.safetensors")
     assert rc == 0, err
     return root, base / "bb.safetensors"

@@ -5,14 +5,13 @@ lr 0.004) on the same 10-shot images for a few seconds took val from 76.8 to 25.
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 import yaml
 
 from helpers.checks import run_main
-from test_run_leftover import SHORT, _no_time_to_label_the_pool
-from test_run_resume import _cmd, sigterm_in_stage
+from test_run_leftover import SHORT, _no_time_to_label_the_pool, stopped_in_the_labelled_only_round
+from test_run_resume import _cmd
 
 
 def _lrs(stage_dir) -> list[float]:
@@ -42,14 +41,9 @@ def test_a_resumed_labelled_only_round_keeps_a_tenth_of_round_1s_lr(digits_root,
     from the stopped run's), it read that config (already a tenth) and divided it again: a hundredth, said to be a
     tenth (review rev99 #1)."""
     from fewshot import run_stages
-    from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        _no_time_to_label_the_pool(mp)
-        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        rc, _, err = run_main(*_cmd(digits_root, out, *SHORT))
-    assert rc == 128 + signal.SIGTERM, err
+    stopped_in_the_labelled_only_round(monkeypatch, digits_root, out)
     if start_over:
         monkeypatch.setattr(run_stages, "same_training_images", lambda *a, **k: False)
     rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT), "--resume")

@@ -63,18 +63,23 @@ def test_a_middle_round_without_time_to_label_is_the_last_and_the_rounds_after_i
     assert told["round"] == 2 and told["planned"] == 3 and "(round 3 dropped)" in told["why"]
 
 
+def stopped_in_the_labelled_only_round(monkeypatch, root, out) -> None:
+    """A short run of ``root`` into ``out`` whose round 2 is labelled-only, stopped (SIGTERM) in its second step."""
+    from fewshot.train.supervised import SupervisedTask
+
+    with monkeypatch.context() as mp:
+        _no_time_to_label_the_pool(mp)
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
+        rc, _, err = run_main(*_cmd(root, out, *SHORT))
+    assert rc == 128 + signal.SIGTERM, err
+
+
 def test_a_stopped_labelled_only_round_is_continued_on_resume_without_labelling_the_pool(
         digits_root, tmp_path, monkeypatch, real_time_holds):
     """The decision is kept in run_state.json: on --resume the stopped round continues from its last.pt even where
     the time would now hold the pool's labelling."""
-    from fewshot.train.supervised import SupervisedTask
-
     out = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        _no_time_to_label_the_pool(mp)
-        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT))
-    assert rc == 128 + signal.SIGTERM, err
+    stopped_in_the_labelled_only_round(monkeypatch, digits_root, out)
     assert _state(out)["self_training"]["labelled_only"] == 2
     patch_pipeline(monkeypatch, "later_rounds_seconds", lambda *a: -1e6)  # every round would fit now
     rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT), "--resume")

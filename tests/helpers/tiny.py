@@ -203,3 +203,21 @@ def grey_pngs(folder: Path, count: int = 3) -> list[Path]:
         Image.fromarray(np.full((12, 10, 3), 30 + 60 * i, np.uint8)).save(p)
         paths.append(p)
     return paths
+
+
+def tall_crop_run(base: Path) -> tuple[Path, Path]:
+    """The tiny digits root (2 shots) with every image 3x as tall (data.resize=auto alone letterboxes them), and a
+    tiny_train_argv run trained on it with data.resize=crop: the runs whose weights record a resize."""
+    from PIL import Image
+
+    from helpers.checks import run_main
+
+    root = build_digits(base / "root", shots=2)
+    for png in (root / "digits").rglob("*.png"):
+        img = Image.open(png).convert("RGB")
+        canvas = Image.new("RGB", (img.width, 3 * img.height))
+        canvas.paste(img, (0, 0))
+        canvas.save(png)
+    rc, _, err = run_main(*tiny_train_argv(root, base / "crop", "data.resize=crop"))
+    assert rc == 0, err
+    return root, base / "crop"
