@@ -9,13 +9,14 @@ own kept for a --resume (run_state.json's ``self_training``). RoundsMixin's meth
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 
-from fewshot.run_budget import (FLOOR_STEPS, LABEL_SHARE, after_round1_seconds, checkpoint_write_seconds, eval_passes,
-                                later_rounds_seconds, least_run_holds, least_run_seconds, measure_prediction_seconds,
-                                measure_step_seconds, retimed_steps, round1_end_seconds, round1_leaves,
-                                round1_least_seconds, time_holds)
+from fewshot.run_budget import (FLOOR_STEPS, LABEL_SHARE, ROUND1_MARGIN, after_round1_seconds,
+                                checkpoint_write_seconds, eval_passes, later_rounds_seconds, least_run_holds,
+                                least_run_seconds, measure_prediction_seconds, measure_step_seconds, retimed_steps,
+                                round1_end_seconds, round1_leaves, round1_least_seconds, time_holds, trained_speeds)
 from fewshot.run_pseudo import pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_reuse import reusable_stage
 from fewshot.run_stages import labelled_only_round, round_recipe, round_speeds
@@ -108,9 +109,11 @@ class RoundsMixin:
         saves_s = checkpoint_write_seconds(task, getattr(self, "writes_bps", WRITE_BYTES_PER_S))
         n_test = 0 if self.test_set.images is None else len(self.test_set.images)  # (None: a test's stand-in)
 
-        def rest_at(s: float) -> float:  # the later rounds' least time, from round 1's last step on, at s a step,
-            # with what round 1's end and the check before round 2 take beyond it: the check's own count
-            return (after_round1_seconds(s, eval_s, per_image, self.n_unlabeled, rounds, closing_s, evals, n_test)
+        def rest_at(s: float, e: float = eval_s, n: int = rounds, close: float | None = None) -> float:
+            # the later rounds' least time (n - 1 of them), from round 1's last step on, at s a step and e an
+            # evaluation, with what round 1's end and the check before round 2 take beyond it: the check's own count
+            close = closing_s if close is None else close
+            return (after_round1_seconds(s, e, per_image, self.n_unlabeled, n, close, evals, n_test)
                     + round1_end_seconds(s, per_image, n_test, saves_s))
 
         def need(steps: list[float]) -> float:  # the rest, its margin and round 1's own least run, as compared below
@@ -153,6 +156,8 @@ class RoundsMixin:
                 self.warn_if_resumed_late("finetune_labelled", closing_s, task)
             return self.labelled_end - (self.last_end - closing_s)  # negative: round 1 ends after its share
         leaves = round1_leaves(rest, left, step_s, eval_s)  # and a margin for round 1's own late end
+        if decides and not resumed:  # the Engine asks again at each epoch's end, at the speed round 1 trains at
+            task.replan_end = functools.partial(RoundsMixin.round1_replan, self, task, rest_at, per_image)
         cut = max(0.0, self.labelled_end - (self.last_end - leaves))
         if cut > 0:
             print(f"[run] round 1 ends {cut:.0f} s before its share (run.pseudo_share={self.r['pseudo_share']:g}) "
@@ -161,6 +166,45 @@ class RoundsMixin:
                   + (f" ({leaves - rest:.0f} s of them a margin for round 1 ending late)" if leaves - rest >= 0.5
                      else ""), flush=True)
         return cut
+
+    def round1_replan(self, task, rest_at, per_image: float, budget_end: float, steps: int) -> float:
+        """Round 1's training end (``budget_end``, time.monotonic()) judged again at an epoch's end (the Engine's
+        task.replan_end, after ``steps`` steps) at the speeds the check before round 2 will judge at (round_speeds:
+        the slower of the timing and the training so far, trained_speeds). Planned at its timing only, a loaded
+        machine's round 1 (352 ms timed, 600 ms trained) was cut 4 s for a round 2 that the check then skipped, and a
+        quarter of the budget went unused (hunt hBX #3). Where the later round no longer fits after that end, round 1
+        ends sooner where it still leaves the round, its margin and round 1's floor; else the later rounds are
+        skipped now and round 1 trains until the closing work. Returns the (new) end."""
+        if self.skip["skipped_from"] is not None:  # decided already: round 1 is the last stage
+            return budget_end
+        timed_s, timed_e = task.step_s, task.eval_s
+        trained_s, trained_e = trained_speeds(self.out / "finetune_labelled" / "log.jsonl", eval_passes(task))
+        s, e = max(timed_s, trained_s or 0.0), max(timed_e, trained_e or 0.0)
+        if s <= timed_s and e <= timed_e:  # at the speeds planned: the plan stands
+            return budget_end
+        rest = rest_at(s, e, 2, self.closing(task, e, per_test_image=per_image))  # one later round, at least
+        if time_holds(rest, self.last_end - budget_end):
+            return budget_end
+        speed = (f"round 1 trains at {s * 1000:.0f} ms a step ({e:.1f} s an evaluation), slower than its planning "
+                 f"timed ({timed_s * 1000:.0f} ms, {timed_e:.1f} s)")
+        now, need = time.monotonic(), rest * (1 + ROUND1_MARGIN)
+        if time_holds(need + max(0, FLOOR_STEPS + 1 - steps) * s, self.last_end - now):
+            end = max(now, self.last_end - need)  # the later round, its margin and round 1's floor still fit
+            print(f"[run] round 1 ends {budget_end - end:.0f} s sooner than planned: {speed}, and at that speed the "
+                  f"later round needs about {need:.0f} s after it ({need - rest:.0f} s of them a margin for round 1 "
+                  f"ending late)", flush=True)
+            return end
+        planned = self.rounds
+        left_s, need_s = seconds_apart(self.last_end - budget_end, rest)
+        self.decide(1, 2, f"{speed}: about {left_s} would be left after it, and the later round needs at least "
+                          f"{need_s} at that speed (labelling the pool, calibration, {FLOOR_STEPS + 1} steps, "
+                          f"evaluations and the closing work)")
+        closing_s = self.closing(task, e, per_test_image=per_image)  # the report now draws round 1 only
+        self.plan_closing(closing_s)
+        print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not an "
+              f"error): {self.skip['why']}; round 1 trains on until the closing work (about {closing_s:.0f} s) and "
+              f"predicts", flush=True)
+        return max(budget_end, self.last_end - closing_s - s)  # a step kept back, as plan_stage keeps it
 
     def later_rounds(self) -> None:
         """Rounds 2 on, each on the pool as the round before labelled it, as far as the time holds them; the last

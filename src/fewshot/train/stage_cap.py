@@ -86,6 +86,26 @@ class StageCapMixin:
               f"so that it trains until its deadline ({max(0.0, deadline - now):.0f} s left) with its time-based "
               f"schedule going on from where it is.", flush=True)
 
+    def _replan_budget_end(self) -> None:
+        """A `fewshot run` stage's end as its run re-plans it while it trains (``task.replan_end(end, steps)``:
+        self-training's round 1, whose cut for the later rounds was planned at its timing and is judged again at the
+        speed it trains at). An end moved later keeps the schedule where it is (its floor: the lr does not rise
+        again); the new budget goes to config.yaml with the next last.pt, so that a resumed stage keeps it. Not
+        under DDP, where every rank must take the same end (`fewshot run` trains on one process)."""
+        replan = getattr(self.task, "replan_end", None)
+        if replan is None or self.ctx.enabled:
+            return
+        end = replan(self._budget_end, self.global_step)
+        if abs(end - self._budget_end) < 1e-6:
+            return
+        if end > self._budget_end:
+            total = self.cfg["train"]["epochs"] * self.steps_per_epoch
+            frac = (time.monotonic() - self.fit_start) / max(1e-9, self._budget_end - self.fit_start)
+            self._sched_floor = min(1.0, max(self._sched_floor, frac, self.global_step / max(1, total)))
+        self._budget_end = end
+        self.cfg["train"]["budget_minutes"] = max(1e-3, end - self.fit_start) / 60
+        self._cap_unsaved = True
+
     def _eval_interval_wanted(self) -> int:
         """A stage's evaluation interval once its cap has risen (its floor), from its own speeds: evaluations about a
         tenth of its time, as plan_stage spaces them. Planned from the same busy timing as the cap, a stage evaluated

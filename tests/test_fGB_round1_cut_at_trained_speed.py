@@ -1,0 +1,169 @@
+"""Hunt hBX #3: on a loaded machine round 1 was cut 4 s for the later round at its timing (352 ms a step), trained at
+600 ms, and the check before round 2 (which judges at the slower of the timing and the training) then skipped round
+2: the cut was for nothing and 16 s of a 60 s budget went unused. Round 1's end is now judged again as it trains
+(task.replan_end, which the Engine asks at each epoch's end), so that the cut and the check agree at the speed round
+1 trained at. A fake clock and round 1's own log.jsonl, as tests/test_fFU_round1_cut_agrees_with_check.py."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from helpers.run_patch import patch_pipeline
+
+STEP, EVAL, PER_IMAGE, CLOSING = 0.46, 0.3, 0.001, 13.0  # round 1's timing (fFU's: resnet18 at 32 px, 2 busy cores)
+EPOCH_STEPS, PARAMS = 2, 11_200_000  # hBX's 2 steps an epoch; resnet18's parameters (its checkpoint writes)
+
+
+def _run(clock, tmp_path, left: float, n_pool: int):
+    """A PipelineRun stand-in at round 1's planning: ``left`` seconds of the budget, half of them round 1's."""
+    decided = []
+    skip = {"rounds": 2, "skipped_from": None}
+
+    def decide(rounds, skipped_from, why):
+        decided.append((rounds, skipped_from))
+        skip.update(rounds=rounds, skipped_from=skipped_from, why=why)
+        run.rounds = rounds
+
+    run = SimpleNamespace(skip=skip, rounds=2, n_unlabeled=n_pool, report_stages=2, writes_bps=250e6, out=tmp_path,
+                          test_set=SimpleNamespace(images=[0] * 2000), r={"pseudo_share": 0.5},
+                          last_end=clock[0] + left, end_time=clock[0] + left, labelled_end=clock[0] + 0.5 * left,
+                          closing=lambda *a, **k: CLOSING, decide=decide, refuse_unless_least_run_fits=lambda *a: None,
+                          plan_closing=lambda s: None,
+                          state=SimpleNamespace(status=lambda name: None, save=lambda: None))
+    model = SimpleNamespace(parameters=lambda: [SimpleNamespace(numel=lambda: PARAMS)])
+    task = SimpleNamespace(model=model, cfg={"train": {"ema": True}}, supports_ema=True)
+    return run, task, decided
+
+
+@pytest.fixture
+def clock(monkeypatch, real_time_holds):
+    now = [1000.0]
+    patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    patch_pipeline(monkeypatch, "measure_prediction_seconds", lambda *a, **k: PER_IMAGE)
+    patch_pipeline(monkeypatch, "measure_step_seconds", lambda *a, **k: STEP)  # a re-time finds the same speed
+    return now
+
+
+def _train_round1(clock, run, task, cut: float, step_s: float) -> float:
+    """Round 1 as the Engine trains it at ``step_s`` a step: its deadline a step before the planned end (plan_stage
+    keeps one back), an epoch of EPOCH_STEPS steps, then both evaluations (an EMA), its log.jsonl row and the
+    deadline read again (where the run may re-plan it); a step past the deadline stops it. Returns the end it had."""
+    from fewshot.run_stages import trained_speeds
+
+    log = run.out / "finetune_labelled" / "log.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    end = run.labelled_end - cut - STEP
+    steps = epoch = 0
+    while True:
+        clock[0] += step_s
+        steps += 1
+        if steps % EPOCH_STEPS == 0:
+            epoch += 1
+            clock[0] += 2 * EVAL
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"epoch": epoch, "step": steps, "epoch_time_s": EPOCH_STEPS * step_s,
+                                    "eval_time_s": 2 * EVAL}) + "\n")
+            replan = getattr(task, "replan_end", None)
+            end = replan(end, steps) if replan is not None else end
+        if clock[0] > end:
+            break
+    # its late end: the stop's 3 evaluations, the checkpoint writes; finetune_stage then reads the speeds it trained at
+    clock[0] += 3 * EVAL + PARAMS * 24 / run.writes_bps
+    task.trained_step_s, task.trained_eval_s = trained_speeds(log, 2)
+    return end
+
+
+@pytest.mark.parametrize("n_pool", [50_000, 1_000])
+@pytest.mark.parametrize("slower", [1.3, 1.5, 1.7, 2.0])  # the training's step over the timing's (hBX: 600 / 352)
+@pytest.mark.parametrize("left", [26.0 + 1.0 * i for i in range(35)])  # 26-60 s: hBX's 60 s run and below it
+def test_round_1_is_cut_only_for_a_round_2_that_the_check_keeps_at_the_speed_round_1_trained(
+        clock, tmp_path, left, slower, n_pool, capsys):
+    """Wherever round 1 ends before its share, the check before round 2 keeps the pool's labelling at round 1's
+    speeds (the slower of its timing and its training); where round 2 is skipped, round 1 was not cut: it trained
+    until the closing work. Before, round 1 planned at its timing was cut, trained 1.3-2x slower and the check
+    skipped round 2 (hBX: 25 s left, 27 s needed) or chose a labelled-only round."""
+    from fewshot import pipeline
+
+    run, task, decided = _run(clock, tmp_path, left, n_pool)
+    cut = pipeline.PipelineRun.round1_closing(run, task, EVAL, STEP)
+    if decided:  # skipped at round 1's planning: round 1 trains until the closing work (fFU's tests)
+        return
+    end = _train_round1(clock, run, task, cut, slower * STEP)
+    if run.skip["skipped_from"] == 2:  # skipped as round 1 trained: then it trains until the closing work
+        assert end >= run.last_end - CLOSING - slower * STEP - 1e-6, (left, slower, end, run.last_end)
+        assert end > run.labelled_end - cut - STEP, (left, slower, capsys.readouterr().out)
+        return
+    pipeline.PipelineRun.check_later_rounds(run, task, 2)
+    assert not decided and "labelled_only" not in run.skip, (left, slower, cut, run.skip, capsys.readouterr().out)
+
+
+def test_round_1_trained_twice_as_slow_is_not_cut_for_a_round_2_it_cannot_hold(clock, tmp_path, capsys):
+    """hBX's case in fFU's speeds: round 1 cut for the later round at its timing (460 ms) trains at twice that, so
+    round 2 is skipped as round 1 trains, and round 1 trains on until the closing work, with a line that says why."""
+    from fewshot import pipeline
+
+    run, task, decided = _run(clock, tmp_path, 38.0, 1_000)
+    cut = pipeline.PipelineRun.round1_closing(run, task, EVAL, STEP)
+    assert not decided and cut > 0, capsys.readouterr().out
+    end = _train_round1(clock, run, task, cut, 2 * STEP)
+    out = capsys.readouterr().out
+    assert decided == [(1, 2)], out
+    assert end == pytest.approx(run.last_end - CLOSING - 2 * STEP), out
+    assert "round 2 skipped (planned, not an error): round 1 trains at 920 ms a step" in out, out
+    assert "slower than its planning timed (460 ms" in out and "round 1 trains on until the closing work" in out, out
+
+
+def test_round_1_with_time_left_for_round_2_at_its_training_speed_ends_sooner(clock, tmp_path, capsys):
+    """Where the later round still fits at the speed round 1 trains at, if round 1 ends sooner, it does (keeping its
+    floor and the margin), rather than losing round 2 at the check: 55 s, a 50k pool, twice the timing's step."""
+    from fewshot import pipeline
+
+    run, task, decided = _run(clock, tmp_path, 55.0, 50_000)
+    cut = pipeline.PipelineRun.round1_closing(run, task, EVAL, STEP)
+    end = _train_round1(clock, run, task, cut, 2 * STEP)
+    out = capsys.readouterr().out
+    assert not decided and end < run.labelled_end - cut - STEP, out
+    assert "[run] round 1 ends 8 s sooner than planned: round 1 trains at 920 ms a step" in out, out
+    pipeline.PipelineRun.check_later_rounds(run, task, 2)
+    assert not decided and "labelled_only" not in run.skip, run.skip
+
+
+@pytest.mark.parametrize("left", [60.0, 90.0])
+def test_round_1_at_its_timing_speed_keeps_the_plan(clock, tmp_path, left):
+    """The guard's other side: round 1 training at the speed it was timed at keeps its planned end and round 2 (a
+    rule that always skipped round 2 as round 1 trained passed the band above)."""
+    from fewshot import pipeline
+
+    run, task, decided = _run(clock, tmp_path, left, 1_000)
+    cut = pipeline.PipelineRun.round1_closing(run, task, EVAL, STEP)
+    end = _train_round1(clock, run, task, cut, STEP)
+    assert end == run.labelled_end - cut - STEP and not decided
+    pipeline.PipelineRun.check_later_rounds(run, task, 2)
+    assert not decided and "labelled_only" not in run.skip, run.skip
+
+
+def test_the_engine_takes_the_replanned_end_and_keeps_the_schedule_where_it_is(monkeypatch):
+    """The Engine's side: the deadline is the end task.replan_end returns (asked with the end and the steps so far);
+    an end moved later keeps the lr schedule's position as its floor (it does not rise again), and the new budget is
+    the stage's train.budget_minutes, for config.yaml with the next last.pt."""
+    from fewshot.train import stage_cap
+    from fewshot.train.budget_reserve import BudgetReserveMixin
+    from fewshot.train.stage_cap import StageCapMixin
+
+    monkeypatch.setattr(stage_cap, "time", SimpleNamespace(monotonic=lambda: 130.0))
+    asked = []
+
+    class Stage(BudgetReserveMixin, StageCapMixin):
+        pass
+
+    e = Stage()
+    e.task = SimpleNamespace(replan_end=lambda end, steps: asked.append((end, steps)) or 200.0)
+    e.ctx, e.fit_start, e._budget_end, e.global_step, e.steps_per_epoch = SimpleNamespace(enabled=False), 100.0, \
+        150.0, 8, 2
+    e.cfg, e._sched_floor, e._cap_unsaved = {"train": {"epochs": 40, "budget_minutes": 50 / 60}}, 0.0, False
+    assert e._deadline() == 200.0 and asked == [(150.0, 8)]
+    assert e._sched_floor == pytest.approx(0.6)  # 30 s of the 50 s planned
+    assert e.cfg["train"]["budget_minutes"] == pytest.approx(100 / 60) and e._cap_unsaved
