@@ -74,10 +74,12 @@ def test_out_of_memory_is_a_user_error_naming_the_file_and_is_not_cached(tmp_pat
             load_images(paths, 8, tmp_path / "cache", skip_bad=skip_bad, threads=2)
         assert not isinstance(err.value, DataLayoutError)
         assert str(paths[2]) in str(err.value) and "(10x12 pixels)" in str(err.value)
-    assert list((tmp_path / "cache").iterdir()) == []  # nothing cached, no partial file left
+    # nothing cached, no temporary file left: only the rows decoded before the failure, kept for the next load
+    assert [p.name[20:] for p in (tmp_path / "cache").iterdir()] == [".part.u8"]
     calls[0] = 99  # memory to spare now
     got = load_images(paths, 8, tmp_path / "cache", threads=2)
     assert bool(got.valid.all())
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".json", ".u8"]  # the part gone with it
 
 
 def test_a_memory_failure_cached_by_an_older_version_is_tried_again(tmp_path):
@@ -191,7 +193,8 @@ def test_a_full_disk_at_the_first_build_decodes_into_memory_and_says_so(tmp_path
     assert "the disk is full (0.0 MB needed)" in capsys.readouterr().err
 
 
-def test_a_stop_while_decoding_leaves_no_partial_cache_file(tmp_path, monkeypatch):
+def test_a_stop_while_decoding_leaves_no_temporary_file_and_no_entry(tmp_path, monkeypatch):
+    """Only the rows it decoded, kept as a part that is no entry (test_fGD_stopped_decode_kept)."""
     paths = images(tmp_path)
 
     def stop(results, **kwargs):
@@ -201,7 +204,7 @@ def test_a_stop_while_decoding_leaves_no_partial_cache_file(tmp_path, monkeypatc
     monkeypatch.setattr(decode_many, "track", stop)
     with pytest.raises(KeyboardInterrupt):
         load_images(paths, 16, tmp_path / "cache", threads=1)
-    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+    assert [p.name[20:] for p in (tmp_path / "cache").iterdir()] == [".part.u8"]
 
 
 def test_a_cache_is_built_without_posix_fallocate(tmp_path, monkeypatch):

@@ -332,8 +332,11 @@ def _run_command(args, extra, handlers) -> int:
             Path(args.out)) else "no stage had finished"
         where = (f"after a whole step; checkpoint written: {stop.checkpoint}" if stop.checkpoint else
                  f"outside training ({kept})")
+        decoded = _decode_kept()
         if not stop.checkpoint and args.command == "run" and not _is_file(Path(args.out, "run_state.json")):
-            where, how = "before the run started", "; nothing to resume: start the same command again"
+            where, how = "before the run started", _nothing_to_resume(decoded)
+        elif decoded:
+            how += f"; {decoded}"
         try:  # said first: once another rank has exited, torchrun ends this one with SIGTERM
             if not _quiet_rank():
                 print(f"fewshot {args.command}: {stop} {where}{how}", file=sys.stderr, flush=True)
@@ -418,6 +421,21 @@ def _kept_after_peer(args) -> str:
     return f" No checkpoint was written at this stop: {last} holds {held} ({at}); {CONTINUE} to go on from there."
 
 
+def _nothing_to_resume(decoded: str) -> str:
+    """The end of a stop line where no run or checkpoint was written, with what a stopped decode kept (``decoded``,
+    _decode_kept): "nothing to resume" alone read as if a Ctrl-C at 34% of a pool's decode had lost it all."""
+    if not decoded:
+        return "; nothing to resume: start the same command again"
+    return f"; nothing to resume, but {decoded}: start the same command again and it decodes only the rest"
+
+
+def _decode_kept() -> str:
+    """What this command's stopped image decodes kept in the cache (cache_partial.kept_note), "" where none: from
+    the loaded module only (a command that decoded nothing has not loaded it)."""
+    partial = sys.modules.get("fewshot.data.cache_partial")
+    return partial.kept_note() if partial is not None else ""
+
+
 def _environment_advice(args, exc: OSError) -> str:
     """What to do about an OSError of the machine: for its reason, then how to go on. A train whose disk filled
     while it wrote metrics.json was told to "run the command again", which refuses a folder that holds a run."""
@@ -460,7 +478,7 @@ def _interrupted(args, signum: int, from_watcher: bool = False) -> int:
     os.write: print waited for stderr's lock, which a main thread stuck writing to stderr holds."""
     if signum == signal.SIGTERM and not from_watcher and _a_peer_said_why():
         return 128 + int(signum)
-    out = getattr(args, "out", None)
+    out, decoded = getattr(args, "out", None), _decode_kept()
     if out and args.command == "run" and _is_file(out, "run_state.json"):
         kept = "the stages finished so far are kept" if _run_stages_finished(Path(out)) else "no stage had finished"
         note = f"; {kept}: {CONTINUE}"
@@ -470,9 +488,11 @@ def _interrupted(args, signum: int, from_watcher: bool = False) -> int:
         note = ("; the checkpoints written so far are kept: the same command with --resume continues the run "
                 "from the last one, or (training had finished) writes its results again")
     elif out and args.command in ("run", "train", "pretrain"):  # said bare, "interrupted" left the user guessing
-        note = "; nothing to resume: start the same command again"
+        note, decoded = _nothing_to_resume(decoded), ""
     else:
         note = ""
+    if decoded:
+        note += f"; {decoded}"
     what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     if signum == signal.SIGTERM and world_size_env() > 1 and (from_watcher or not _process_group_started()):
         # no store to ask (before the process group, or from the watcher thread): torchrun's SIGTERM may be its

@@ -5,7 +5,8 @@ cores. After one pass, batches are slices of this array and augmentation runs on
 The cache key covers the file list, each file's size, mtime, inode and ctime, the resize settings and
 data.bit_depth, so a changed or renamed-over file (or setting) triggers a rebuild. Undecodable files are
 collected and reported together (or skipped).
-Each new entry prunes the least recently used ones beyond data.cache_max_gb (prune_cache).
+Each new entry prunes the least recently used ones beyond data.cache_max_gb (prune_cache). A decode stopped midway
+keeps the rows it wrote for the next load of the same files (data/cache_partial.py).
 Decoding one file is data/decode.py; the files of a list with threads, data/decode_many.py; the entry's files on
 disk, data/cache_files.py; the notes, warnings and errors it gives, data/cache_words.py; the list of skipped files,
 data/skipped.py; the lazy view of a pool's rows, data/image_rows.py.
@@ -28,8 +29,9 @@ import torch
 from PIL import Image
 
 from fewshot.data.cache_files import HELD_SUFFIX, _drop, _mapped_file, hold_temp, prune_cache
-from fewshot.data.cache_words import (SKIP_HINT, _note_new_entry, _too_big, _warn_no_cache, _warn_no_home,
-                                      warn_bit_depth)
+from fewshot.data.cache_partial import KeptRows, keep_rows, part_file, read_part
+from fewshot.data.cache_words import (SKIP_HINT, _note_kept_part, _note_new_entry, _too_big, _warn_no_cache,
+                                      _warn_no_home, warn_bit_depth)
 from fewshot.data.decode_many import VANISHED, _decode_into, _decode_one, image_digest
 from fewshot.data.skipped import report_skipped
 from fewshot.errors import DataLayoutError, UserError, one_line
@@ -69,11 +71,20 @@ def cache_key(paths: list[Path], size: int, crop_pct: float, bit_depth: int | st
     # of its own, 16 too: a 32-bit image whose values all lie under 256 is scaled from 255 by auto, from 65535 by 16
     # (keyed as auto, whichever ran first chose the cached pixels). "depth", not the "bits" of before: a given depth
     # now scales such float images too, so those entries are decoded again (the old ones age out by prune_cache)
+    return _key_of(_key_settings(paths, size, crop_pct, bit_depth, resize), _stat_rows(paths))
+
+
+def _key_of(settings: str, stat_rows: list[str]) -> str:
+    h = hashlib.sha1(settings.encode())
+    h.update("".join(stat_rows).encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:20]
+
+
+def _key_settings(paths: list[Path], size: int, crop_pct: float, bit_depth: int | str, resize) -> str:
+    """cache_key's part for the settings (a kept part of a stopped decode is named by it and the paths alone)."""
     depth = "" if bit_depth == "auto" else f"|depth{int(bit_depth)}"
     fit = resize.key(paths) if not isinstance(resize, str) else "" if resize == "crop" else f"|{resize}"
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{int(size)}|{float(crop_pct)!r}{depth}{fit}".encode())
-    h.update(_stat_lines(paths))
-    return h.hexdigest()[:20]
+    return f"v{CACHE_VERSION}|{int(size)}|{float(crop_pct)!r}{depth}{fit}"
 
 
 STAT_PROGRESS_FILES = 10_000  # a stat pass over this many files or more shows a progress line
@@ -97,8 +108,9 @@ def shared_stat_pass():
             _STAT_PASS = None
 
 
-def _stat_lines(paths) -> bytes:
-    """cache_key's part for the files: each one's absolute path with its size, mtime, inode and ctime, in order."""
+def _stat_rows(paths) -> list[str]:
+    """cache_key's part for the files: each one's absolute path with its size, mtime, inode and ctime, in order, a
+    line each (load_images stamps the rows of a stopped decode with them)."""
     memo = _STAT_PASS
     listed = tuple(map(os.fspath, paths)) if memo is not None else None
     if listed is not None and listed in memo:
@@ -118,10 +130,9 @@ def _stat_lines(paths) -> bytes:
             if i % 1000 == 999:
                 bar.update(1000)
         bar.update(n % 1000)
-    joined = "".join(lines).encode("utf-8", "surrogateescape")
     if listed is not None:
-        memo[listed] = joined
-    return joined
+        memo[listed] = lines
+    return lines
 
 
 RETRYABLE = {"permission denied"}  # decode failures that can go away without the file changing
@@ -162,8 +173,9 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                  bit_depth, digests, entry_digests=False, reuse=None, resize="crop") -> CachedImages:
     paths = [p if isinstance(p, Path) else Path(p) for p in paths]
     n = len(paths)
-    key = cache_key(paths, size, crop_pct, bit_depth, resize)
-    data_file = meta_file = None
+    settings, stat_rows = _key_settings(paths, size, crop_pct, bit_depth, resize), _stat_rows(paths)
+    key = _key_of(settings, stat_rows)
+    data_file = meta_file = part = None
     root_dir = cache_dir  # where the entry of ``reuse`` is looked up (entry_dir of its own key)
     if cache_dir is not None:
         cache_dir = entry_dir(cache_dir, key)
@@ -189,8 +201,14 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 pass  # unreadable cache (or a meta file of another shape): rebuild below
 
     shape, nbytes = (n, 3, size, size), n * 3 * size * size
-    # rows held elsewhere
-    copied = _rows_held(paths, size, root_dir, reuse, crop_pct, bit_depth, resize) if reuse else None
+    # rows held elsewhere: kept by a stopped decode of these files (cache_partial), in the entry of ``reuse``
+    if data_file is not None and n:
+        part = part_file(cache_dir, settings, paths)
+    kept_part = read_part(part, n, size, stat_rows, desc) if part is not None else None
+    if kept_part is not None:
+        _note_kept_part(desc, len(kept_part[1]), n)
+    copied = [held for held in (kept_part, _rows_held(paths, size, root_dir, reuse, crop_pct, bit_depth, resize)
+                                if reuse else None) if held is not None]
     out = tmp = held = None
     if data_file is not None and n:
         # decoded straight into the (temporary) cache file: an in-memory copy of a large pool at a large size was
@@ -214,21 +232,30 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 raise _too_big(n, size, nbytes) from None
             _warn_no_cache(cache_dir, exc, nbytes)
         if tmp is not None:
-            spared = len(copied[1]) + len(copied[4]) if copied else 0  # copied, or known broken: not decoded
+            spared = len(set().union(*(held[1].keys() | {i for i, _ in held[4]} for held in copied)))  # not decoded
             _note_new_entry(desc, n - spared, size, cache_dir, nbytes, max_gb)
     if out is None:
         try:
             out = np.zeros(shape, dtype=np.uint8)
         except MemoryError:
             raise _too_big(n, size, nbytes) from None
+    kept = KeptRows(paths)  # the rows written so far: a stop keeps them (cache_partial)
     try:
         found: list[str | None] | None = [None] * n if digests or entry_digests else None
         threads = threads or min(8, os.cpu_count() or 1)
-        if copied is None:
-            bad, sixteen = _decode_into(out, paths, size, crop_pct, desc, threads, bit_depth, found, resize)
-        else:
-            bad, sixteen = _copy_or_decode(out, paths, size, crop_pct, desc, threads, bit_depth, copied, found,
-                                           resize)
+        try:
+            if not copied:
+                bad, sixteen = _decode_into(out, paths, size, crop_pct, desc, threads, bit_depth, found, resize,
+                                            done=kept.mark)
+            else:
+                bad, sixteen = _copy_or_decode(out, paths, size, crop_pct, desc, threads, bit_depth, copied, found,
+                                               resize, kept)
+        except BaseException:  # a stop (Ctrl-C, SIGTERM, a failure): the rows decoded so far are kept for the next
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    if keep_rows(held, tmp, part, out, kept, stat_rows, size, found, desc):
+                        tmp = None
+            raise
         # a file removed while it decoded: the entry would hold the folder as it was at no moment, and be served
         # as "removed" should the file come back with its old size and time (cp -p): not cached
         if tmp is not None and not any(why == VANISHED for _, why in bad):
@@ -250,6 +277,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 meta = {"n": n, "size": size, "bad": [(os.path.abspath(paths[i]), why) for i, why in bad],
                         "bad_at": bad, "bits16": sixteen}
                 _write_cache_text(meta_file, json.dumps(meta if found is None else {**meta, "digests": found}))
+                _drop(part)  # the entry holds every row it kept
                 prune_cache(cache_dir, max_gb, keep=data_file)
             except OSError as exc:  # out still holds every image (the mapping outlives its unlinked file)
                 _warn_no_cache(cache_dir, exc, nbytes)
@@ -258,7 +286,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 out = None  # the writable mapping first (its address space, under ulimit -v)
                 out = np.memmap(data_file, dtype=np.uint8, mode="c", shape=shape)
     finally:
-        if tmp is not None:  # a failure or a stop: no partial copy per process left in the cache folder
+        if tmp is not None:  # a failure with no row written: no partial copy per process left in the cache folder
             _drop(tmp)
         _closed(held)  # its lock given up once it is the entry (or gone)
     warn_bit_depth(desc, sixteen, bit_depth)
@@ -343,27 +371,43 @@ class _RowsOf:
 
 
 def _copy_or_decode(out, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
-                    bit_depth: int | str, copied, found: list | None = None,
-                    resize: str = "crop") -> tuple[list, dict | None]:
-    """_decode_into of ``paths``, except that the rows ``copied`` holds (_rows_held) are copied from its entry, not
-    decoded, nor the files it holds as broken: the bad files (by index in ``paths``) and the 16-bit record, the other
-    entry's merged in where it may be the copied rows' (_rows_held). ``found``: filled with each image's digest, a
-    copied one's as the other entry keeps it (hashed where it keeps none): asking for digests decoded every file
-    again."""
-    images, rows, sixteen_there, there, broken = copied
-    for i, row in rows.items():
-        out[i] = images[row]
-        if found is not None:
-            found[i] = there[row] if there is not None else image_digest(images[row])
-    known = {i for i, _ in broken}
-    missing = [i for i in range(len(paths)) if i not in rows and i not in known]
+                    bit_depth: int | str, copied: list, found: list | None = None,
+                    resize: str = "crop", kept: KeptRows | None = None) -> tuple[list, dict | None]:
+    """_decode_into of ``paths``, except that the rows each of ``copied`` holds (_rows_held, cache_partial.read_part;
+    the first that holds a row gives it) are copied from there, not decoded, nor the files one holds as broken: the
+    bad files (by index in ``paths``) and the 16-bit record, the others' merged in where it may be the copied rows'
+    (_rows_held). ``found``: filled with each image's digest, a copied one's as its source keeps it (hashed where it
+    keeps none): asking for digests decoded every file again. ``kept``: marked as each row is written."""
+    taken_from: dict[int, int] = {}
+    known: dict[int, str] = {}
+    merged = None
+    for images, rows, sixteen_there, there, broken in copied:
+        fresh = {i: row for i, row in rows.items() if i not in taken_from and i not in known}
+        for i, row in fresh.items():
+            out[i] = images[row]
+            if found is not None:
+                found[i] = there[row] if there is not None else image_digest(images[row])
+            if kept is not None:
+                kept.mark(i)
+        taken_from.update(fresh)
+        known.update((i, why) for i, why in broken if i not in taken_from and i not in known)
+        if fresh:
+            merged = _merged_sixteen(merged, sixteen_there)
+    if kept is not None:
+        kept.add_sixteen(merged)
+    missing = [i for i in range(len(paths)) if i not in taken_from and i not in known]
     taken = None if found is None else [None] * len(missing)
+
+    def done(j: int, peak: int | None) -> None:  # row missing[j] written: its digest too, for a stop's kept rows
+        if found is not None:
+            found[missing[j]] = taken[j]
+        if kept is not None:
+            kept.mark(missing[j], peak)
+
     bad, sixteen = _decode_into(_RowsOf(out, missing), [paths[i] for i in missing], size, crop_pct, desc, threads,
-                                bit_depth, taken, resize)
-    for j, digest in enumerate(taken or ()):
-        found[missing[j]] = digest
-    bad = [(missing[i] if isinstance(i, int) else i, why) for i, why in bad] + list(broken)
-    return bad, _merged_sixteen(sixteen, sixteen_there)
+                                bit_depth, taken, resize, done=done)
+    bad = [(missing[i] if isinstance(i, int) else i, why) for i, why in bad] + list(known.items())
+    return bad, _merged_sixteen(sixteen, merged)
 
 
 def _merged_sixteen(one: dict | None, other: dict | None) -> dict | None:

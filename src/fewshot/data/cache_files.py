@@ -50,7 +50,8 @@ def _drop(path: Path) -> None:
 KEEP_RECENT_S = 3600  # an entry used this recently may be open in another process: kept
 # a temporary file may be a build still decoding (the in-memory fallback writes it only at the end): a day
 KEEP_TEMP_S = 24 * 3600
-ENTRY_NAME = re.compile(r"[0-9a-f]{20}\.u8")  # cache_key's names: other files in a shared cache_dir stay
+# cache_key's names, and the kept rows of a stopped decode (cache_partial): other files in a shared cache_dir stay
+ENTRY_NAME = re.compile(r"[0-9a-f]{20}(\.part)?\.u8")
 TEMP_NAME = re.compile(r"[0-9a-f]{20}\.(tmp\d+|[0-9a-z_]+\.tmp)")  # load_images' temporary files (and older ones')
 # load_images' temporary file, locked (hold_temp) while it decodes: a name of its own, since older versions' files
 # of TEMP_NAME are never locked, and one that no process holds is abandoned (a decode killed by SIGKILL)

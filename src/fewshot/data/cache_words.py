@@ -1,6 +1,6 @@
 """The words of the decode cache: the notes and warnings it prints (a large new entry, a cache it cannot write, no
-home folder for one, 16-bit images that do not fit data.bit_depth), each said once per command, the error for images
-that do not fit in memory and the hint for files that cannot be decoded.
+home folder for one, 16-bit images that do not fit data.bit_depth, the rows of a stopped decode taken up again), most
+said once per command, the error for images that do not fit in memory and the hint for files that cannot be decoded.
 
 Apart from data/cache.py because these are text only, built from what the cache has already found: nothing here
 reads, decodes or writes the cache.
@@ -110,6 +110,21 @@ def _note_new_entry(desc: str, n: int, size: int, cache_dir: Path, nbytes: int, 
         hint = f", reused by later commands; train, pretrain and run: data.cache_dir=DIR chooses another folder{cap}"
     print(one_line(f"note: {desc}: decoding {n:,} images at {size} px into {cache_dir} ({_gb_or_mb(nbytes)} on "
                    f"disk{each}{hint})"), file=sys.stderr, flush=True)
+
+
+def _note_kept_part(desc: str, kept: int, n: int) -> None:
+    """Say that a load starts from the rows an earlier, stopped decode of the same files kept (rank 0)."""
+    if launch_rank() == 0:
+        print(one_line(f"note: {desc}: {kept:,} of the {n:,} images come from an earlier decode of them that was "
+                       f"stopped (kept in the image cache); the rest are decoded now"),
+              file=sys.stderr, flush=True)
+
+
+def _note_part_ignored(desc: str, part: Path, why: str, n: int) -> None:
+    """Say that the rows a stopped decode kept in ``part`` cannot be used (rank 0): the load decodes them again."""
+    if launch_rank() == 0:
+        print(printable(f"note: {desc}: ignoring {part}, the images kept from an earlier decode that was stopped: "
+                        f"{why}; decoding all {n:,} images again"), file=sys.stderr, flush=True)
 
 
 SKIP_HINT = ("(pass --skip-bad-images to skip these files and go on)",)

@@ -128,11 +128,12 @@ def decode_seconds_per_image(paths: list[Path], size: int, crop_pct: float = 1.0
 
 def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float, desc: str, threads: int,
                  bit_depth: int | str = "auto", digests: list | None = None,
-                 resize: str = "crop") -> tuple[list[tuple[int, str]], dict | None]:
+                 resize: str = "crop", done=None) -> tuple[list[tuple[int, str]], dict | None]:
     """Decode ``paths`` into ``out`` with ``threads`` threads; returns the bad files (by index) with their reasons,
     and the 16-bit images' largest value with their common folder (None: no 16-bit image), gathered as they decode.
     Files that ran out of memory are decoded again one at a time after the others, never reported as bad.
-    ``digests``: filled with each image's image_digest (None for a bad file). ``resize``: data.resize."""
+    ``digests``: filled with each image's image_digest (None for a bad file). ``resize``: data.resize. ``done``:
+    called as done(i, its 16-bit peak or None) once row i is written, so that a stopped decode keeps its rows."""
     bad: list[tuple[int, str]] = []
     starved: list[int] = []
     peak, folders = -1, set()
@@ -144,6 +145,8 @@ def _decode_into(out: np.ndarray, paths: list[Path], size: int, crop_pct: float,
         if value is not None:
             peak = max(peak, value)
             folders.add(os.path.dirname(os.path.abspath(paths[i])))
+        if done is not None:
+            done(i, value)
 
     pool = ThreadPoolExecutor(threads)
     try:
