@@ -180,8 +180,10 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
         self.last_stage()
         if self.report_plan["seconds"] is None:  # a resumed run with no stage left to train: the report's own estimate
             task, stages = self.task, self.report_stages
-            self.report_plan["seconds"] = report_seconds(task, measure_eval_seconds(task) if stages else 0.0, stages,
+            eval_s = measure_eval_seconds(task) if stages or self.balance != "off" else 0.0  # balance reads val
+            self.report_plan["seconds"] = report_seconds(task, eval_s if stages else 0.0, stages,
                                                          self.report_plan["figure_s"])
+            self.warn_if_predicting_late(task, eval_s)
             del task
         self.task = None
 

@@ -24,7 +24,7 @@ from fewshot.run_checks import cold_decode_total, size_options
 from fewshot.run_fallbacks import (EVAL_SHARE, FIXMATCH_LEAST_EPOCHS, PRETRAIN_LEAST_EPOCHS, StageDropped,
                                    epochs_in, fixmatch_dropped_why, fixmatch_refused_words, pretrain_dropped_why)
 from fewshot.run_stages import finetune_config
-from fewshot.run_words import pretrain_resumed_late_warning, resumed_late_warning
+from fewshot.run_words import pretrain_resumed_late_warning, resumed_late_warning, resumed_predicting_warning
 from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 
 
@@ -169,6 +169,22 @@ class ClosingMixin:
         change the budget."""
         step_s = getattr(task, "resumed_step_s", None)
         words = resumed_late_warning(stage, self.last_end - time.monotonic(), need, step_s)
+        if words is not None:
+            print(words, flush=True)
+
+    def warn_if_predicting_late(self, task, eval_s: float) -> None:
+        """A resumed run with no stage left to train (each finished, reused or skipped before the stop) goes
+        straight to prediction and the report: where the time left could not hold them it said nothing and ran 8 %
+        past its budget (hunt hBX #2). Warned as a resumed stage is, from this machine's speeds now: the test
+        prediction, val's for run.balance (``eval_s``) and the report without its images (report_skips_images leaves
+        them out where they do not fit), against what this session's start-up left."""
+        if not self.resume or task is None:
+            return
+        per_image = measure_prediction_seconds(task, self.test_set.images)
+        need = (per_image * len(self.test_set) + (eval_s if self.balance != "off" else 0.0)
+                + self.report_plan["seconds"][0] + CLOSING_SHARE * self.budget_s)
+        now = time.monotonic()
+        words = resumed_predicting_warning(self.t_start + self.budget_s - now, need, now - self.t_start - self.used)
         if words is not None:
             print(words, flush=True)
 

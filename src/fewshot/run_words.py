@@ -98,6 +98,23 @@ def resumed_late_warning(stage: str, left: float, need: float, step_s: float | N
                     f"{late} after its budget{', plus ' + then if then else ''}.")
 
 
+def resumed_predicting_warning(left: float, need: float, spent: float) -> str | None:
+    """A resumed run with no stage left to train whose prediction and report (``need``, the report without its
+    images) do not fit the ``left`` seconds of the budget that this session's start-up (``spent``) left: it ran late
+    without a word (hunt hBX #2). Nothing trains, so the prediction is already the least the run can do. Else None."""
+    if need <= left:
+        return None
+    late = f"about {need - left:.0f} s" if need - left >= 1.0 else "less than 1 s"
+    if left < 0:
+        where = f"{seconds_text(-left)} past the budget already, and they need about {seconds_text(need)} more"
+    else:
+        had, needs = seconds_apart(left, need)
+        where = f"{had} of the budget left for them, less than they need (about {needs})"
+    return one_line(f"[run] warning: no stage is left to train, only the prediction and the report (without its "
+                    f"images), and this session's start-up took {seconds_text(max(0.0, spent))}: {where} at the "
+                    f"measured speed, so the run will likely end {late} after its budget.")
+
+
 MOCO_CLOSING_WORK = "its kNN evaluation at the stop, its checkpoint writes and the backbone's export"
 
 
