@@ -64,7 +64,8 @@ def _add_common_training(p: argparse.ArgumentParser, task: str = "train") -> Non
     p.add_argument("--img-size", type=int, help="input size in pixels (default: the --weights export's, else the "
                    "model's)")
     p.add_argument("--lr", type=float, help="base learning rate (default: " + ("0.03 x global batch / 256)"
-                   if task == "pretrain" else "4e-3 from random init, 1e-4 with --weights)"))
+                   if task == "pretrain" else "4e-3 from random init; with --weights, 2e-3 for fewshot's own "
+                   "export or checkpoint, 1e-4 for other weights)"))
     p.add_argument("--seed", type=int, help="seed for initialisation, batches and augmentation (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda when available")
     p.add_argument("--resume", action="store_true", help="continue RUN from checkpoints/last.pt exactly")
@@ -116,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune any timm model on several few-shot datasets with one joint head.")
     _add_common_training(p)
     p.add_argument("--weights", help="backbone weights: .safetensors / state dict / fewshot checkpoint "
-                   "(from `fewshot export`); sets the course's lr 1e-4 with backbone x0.1")
+                   "(from `fewshot export`). The lr follows the start: a fewshot export or checkpoint (of a run "
+                   "not started from other weights) gets run.finetune_lr 2e-3 with backbone x1, other "
+                   "(ImageNet-grade) weights the course's lr 1e-4 with backbone x0.1")
 
     p = _run_reader(sub, "eval", help="per-dataset accuracy of a trained run",
                     description="Score a trained run (or one checkpoint) on the val split, or on the test split "
