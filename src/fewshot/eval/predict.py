@@ -35,7 +35,8 @@ from fewshot.models.state_checks import check_state_fits, infinity_problem, stat
 from fewshot.train.checkpoint import load_checkpoint, logged_epoch, resolve_checkpoint
 
 MISROUTED = -1  # pred_all.json entry of an image that unknown-source mode routed to another dataset
-# the data settings eval and predict read from a checkpoint's config (its images are decoded as the run's were)
+# the data settings eval and predict read from a checkpoint's config (its images are decoded as the run's were);
+# skip_bad_images is only checked: the command's own --skip-bad-images decides for the images it reads (hunt hBY #2)
 RECORDED_DATA = ("crop_pct", "bit_depth", "skip_bad_images", "resize")
 
 
@@ -227,10 +228,11 @@ def folder_keyed(metrics: dict, infos) -> dict:
 
 def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | str | None = None,
               skip_bad: bool = False, check=None, scoring: bool = False):
-    """``skip_bad`` (--skip-bad-images, or the run's own data.skip_bad_images): undecodable images are listed and
-    left out, except test images, which keep a blank row so that pred_all.json holds every id (and a test score,
-    ``scoring``, counts them as the guesses they are). ``check(infos)``
-    runs before any image is decoded (answer keys: a bad one was reported after 52 s of decoding)."""
+    """``skip_bad`` (the command's --skip-bad-images; not the run's data.skip_bad_images, which was about its
+    training images: a test image broken since then was predicted from a blank image, exit 0): undecodable images
+    are listed and left out, except test images, which keep a blank row so that pred_all.json holds every id (and a
+    test score, ``scoring``, counts them as the guesses they are). ``check(infos)`` runs before any image is decoded
+    (answer keys: a bad one was reported after 52 s of decoding)."""
     chosen = _chosen_datasets(tm, datasets)
     try:
         infos = scan_root(root, chosen, splits=(split,))
@@ -252,7 +254,7 @@ def _data_for(tm: TrainedModel, root: Path, split: str, datasets: list[str] | st
     warn_once(shape_change_notes(infos, fit, d.get("resize", "crop"), tm.size, training_shapes(tm.cfg)), "note")
     cache = prediction_cache_dir(root, infos, split, tm.size, d.get("crop_pct", 1.0), d.get("bit_depth", "auto"), fit)
     data = load_split(infos, split, tm.space, tm.size, cache, d.get("crop_pct", 1.0),
-                      skip_bad or bool(d.get("skip_bad_images", False)), bit_depth=d.get("bit_depth", "auto"),
+                      skip_bad, bit_depth=d.get("bit_depth", "auto"),
                       resize=fit)
     if split == "test":
         warn_about_blank_test_images(data, scoring)
