@@ -650,6 +650,22 @@ def test_run_skip_bad_images_still_predicts_every_test_id(copy_root, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["datasets"][name]["n"] == n_key
 
 
+def test_run_skip_bad_images_reaches_its_own_report(copy_root, tmp_path, monkeypatch):
+    """The run's report reads val as the run did: since predict/eval/report go by their own --skip-bad-images (hunt
+    hBY #2), `fewshot run --skip-bad-images` must hand its flag to the report it draws, or a broken val image left the
+    run's report without its image-based parts."""
+    import fewshot.report.build
+
+    seen = []
+    monkeypatch.setattr(fewshot.report.build, "build_report", lambda *a, **kw: seen.append(kw) or tmp_path / "i")
+    for flag, out in ((["--skip-bad-images"], tmp_path / "skip"), ([], tmp_path / "plain")):
+        rc, _, err = run_main("run", "--data", copy_root, "--out", out, "--budget-minutes", "0.03", "--model",
+                              "test_resnet", "--device", "cpu", "--no-progress", "--baseline", *flag,
+                              "train.batch_size=16")
+        assert rc == 0, err
+    assert [kw["skip_bad"] for kw in seen] == [True, False]
+
+
 def test_test_ids_in_pred_all_and_answer_keys(copy_root, tmp_path):
     """0005.png is image 5 (SPEC's <int_id>), whether its key says "5" or "0005"; img six.png is "img six":
     pred_all.json uses those ids and the answer key scores every image."""

@@ -356,8 +356,9 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
             from fewshot.report.build import build_report
 
             try:
-                index = build_report([out], out / "report", data=str(self.root),
-                                     device=self.device.type, skip_images=skip_images)
+                index = build_report([out], out / "report", data=str(self.root), device=self.device.type,
+                                     skip_images=skip_images,  # the run's own --skip-bad-images: its val images
+                                     skip_bad=bool(self.cfg["data"].get("skip_bad_images", False)))
                 print(f"[run] report: {index}")
             except Exception as exc:  # the predictions are written; a report failure must not hide them
                 print(f"[run] report failed ({type(exc).__name__}: {exc}); predictions and metrics are written.")
