@@ -426,7 +426,7 @@ def _nothing_to_resume(decoded: str) -> str:
     _decode_kept): "nothing to resume" alone read as if a Ctrl-C at 34% of a pool's decode had lost it all."""
     if not decoded:
         return "; nothing to resume: start the same command again"
-    return f"; nothing to resume, but {decoded}: start the same command again and it decodes only the rest"
+    return f"; nothing to resume, but {decoded}: start the same command again"
 
 
 def _decode_kept() -> str:

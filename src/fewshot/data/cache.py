@@ -30,8 +30,8 @@ from PIL import Image
 
 from fewshot.data.cache_files import HELD_SUFFIX, _drop, _mapped_file, hold_temp, prune_cache
 from fewshot.data.cache_partial import KeptRows, keep_rows, part_file, read_part
-from fewshot.data.cache_words import (SKIP_HINT, _note_kept_part, _note_new_entry, _too_big, _warn_no_cache,
-                                      _warn_no_home, warn_bit_depth)
+from fewshot.data.cache_words import (SKIP_HINT, _note_kept_part, _note_new_entry, _note_part_ignored, _too_big,
+                                      _warn_no_cache, _warn_no_home, warn_bit_depth)
 from fewshot.data.decode_many import VANISHED, _decode_into, _decode_one, image_digest
 from fewshot.data.skipped import report_skipped
 from fewshot.errors import DataLayoutError, UserError, one_line
@@ -204,9 +204,7 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
     # rows held elsewhere: kept by a stopped decode of these files (cache_partial), in the entry of ``reuse``
     if data_file is not None and n:
         part = part_file(cache_dir, settings, paths)
-    kept_part = read_part(part, n, size, stat_rows, desc) if part is not None else None
-    if kept_part is not None:
-        _note_kept_part(desc, len(kept_part[1]), n)
+    kept_part = read_part(part, paths, size, stat_rows, desc) if part is not None else None
     copied = [held for held in (kept_part, _rows_held(paths, size, root_dir, reuse, crop_pct, bit_depth, resize)
                                 if reuse else None) if held is not None]
     out = tmp = held = None
@@ -217,23 +215,36 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
         # second one's open emptied the first's file under its mapping (SIGBUS, or zeros cached). Held open and
         # locked until it becomes the entry: a later build deletes it once no process holds it (a kill -9 left a
         # full-size file for a day, outside data.cache_max_gb)
-        try:
-            data_file.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=cache_dir, prefix=f"{key}.", suffix=HELD_SUFFIX)
-            tmp, held = Path(name), os.fdopen(fd, "rb+")
-            hold_temp(held)  # before it has any size (cache_files._lock_state)
-            os.chmod(tmp, new_file_mode(data_file))  # mkstemp makes 0600: a shared cache others could not read
-            out = _mapped_file(held, shape, nbytes)
-        except OSError as exc:
-            if tmp is not None:
-                _drop(tmp)
-            tmp, held = None, _closed(held)
-            if exc.errno == errno.ENOMEM:  # no address space for the mapping (ulimit -v): nor for an array
-                raise _too_big(n, size, nbytes) from None
-            _warn_no_cache(cache_dir, exc, nbytes)
+        for tries_left in (1, 0):
+            try:
+                data_file.parent.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(dir=cache_dir, prefix=f"{key}.", suffix=HELD_SUFFIX)
+                tmp, held = Path(name), os.fdopen(fd, "rb+")
+                hold_temp(held)  # before it has any size (cache_files._lock_state)
+                os.chmod(tmp, new_file_mode(data_file))  # mkstemp makes 0600: a shared cache others could not read
+                out = _mapped_file(held, shape, nbytes)
+                break
+            except OSError as exc:
+                if tmp is not None:
+                    _drop(tmp)
+                tmp, held = None, _closed(held)
+                if exc.errno == errno.ENOMEM:  # no address space for the mapping (ulimit -v): nor for an array
+                    raise _too_big(n, size, nbytes) from None
+                if tries_left and exc.errno in (errno.ENOSPC, errno.EDQUOT) and os.path.isfile(part):
+                    # no room for the entry beside a stopped decode's part: the part goes, and the entry is tried
+                    # once more (each load decoded in memory and wrote nothing, the cache off for good: rev103 #1)
+                    _note_part_ignored(desc, part, "the disk has no room for it beside the new entry", n)
+                    copied = [src for src in copied if src is not kept_part]
+                    kept_part = None  # its mapping closed: a deleted file's blocks are freed once it is unmapped
+                    _drop(part)
+                    continue
+                _warn_no_cache(cache_dir, exc, nbytes)
+                break
         if tmp is not None:
             spared = len(set().union(*(held[1].keys() | {i for i, _ in held[4]} for held in copied)))  # not decoded
             _note_new_entry(desc, n - spared, size, cache_dir, nbytes, max_gb)
+    if kept_part is not None:
+        _note_kept_part(desc, len(kept_part[1]), n)
     if out is None:
         try:
             out = np.zeros(shape, dtype=np.uint8)
@@ -381,7 +392,7 @@ def _copy_or_decode(out, paths: list[Path], size: int, crop_pct: float, desc: st
     taken_from: dict[int, int] = {}
     known: dict[int, str] = {}
     merged = None
-    for images, rows, sixteen_there, there, broken in copied:
+    for images, rows, sixteen_there, there, broken, *peaks in copied:  # a kept part adds its rows' own peaks
         fresh = {i: row for i, row in rows.items() if i not in taken_from and i not in known}
         for i, row in fresh.items():
             out[i] = images[row]
@@ -393,8 +404,8 @@ def _copy_or_decode(out, paths: list[Path], size: int, crop_pct: float, desc: st
         known.update((i, why) for i, why in broken if i not in taken_from and i not in known)
         if fresh:
             merged = _merged_sixteen(merged, sixteen_there)
-    if kept is not None:
-        kept.add_sixteen(merged)
+            if kept is not None:
+                kept.add_sixteen(fresh, sixteen_there, peaks[0] if peaks else None)
     missing = [i for i in range(len(paths)) if i not in taken_from and i not in known]
     taken = None if found is None else [None] * len(missing)
 

@@ -2,11 +2,13 @@
 files decodes only the rest: a Ctrl-C at 34% of a 50,000-image pool threw every decoded image away, and the restart
 decoded them all again (hunt hBV #3).
 
-One file, renamed into place whole (temp + rename): the rows, then a JSON trailer, its length and PART_MAGIC. The
-trailer stamps each kept row with its file's stat line (the one cache_key hashes), so a row is reused only while
-its file is as it was; a file cut short (no magic at its end) or of another shape is ignored and decoded again.
+One file, renamed into place whole (temp + rename): the kept rows only, in order, then a JSON trailer (their
+indices, stamps, 16-bit peaks and digests), its length and PART_MAGIC. Each kept row is stamped with its file's stat
+line (the one cache_key hashes), so a row is reused only while its file is as it was; a file cut short (no magic at
+its end) or of another shape is ignored and decoded again.
 Its name hashes the settings and the list of paths, never their stats: a changed file costs its own row only.
-Never an entry (cache_files.ENTRY_NAME tells them apart); pruned as one (the least recently used first).
+Never an entry (cache_files.ENTRY_NAME tells them apart); pruned as one (the least recently used first), and
+deleted by a load that finds no room on the disk for its new entry beside it (cache.py), never to keep the cache off.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from fewshot.process_state import said_once
 from fewshot.utils import loads_run_json
 
 PART_SUFFIX = ".part.u8"
-PART_MAGIC = b"fewshot-part-v1\n"  # the file's last bytes: a file without them was cut short (or is no such file)
+PART_MAGIC = b"fewshot-part-v2\n"  # the file's last bytes: a file without them was cut short (or is no such file)
 _LENGTH = struct.Struct("<Q")  # the trailer's length, just before PART_MAGIC
 _KEPT: set = said_once(__name__, "_KEPT")  # what this command kept: (desc, rows kept, rows in all), for its stop line
 
@@ -45,60 +47,77 @@ def stamp(stat_row: str) -> str:
 
 
 class KeptRows:
-    """The rows a load has written so far (copied or decoded), with the largest value and folders of the 16-bit ones
-    among them: marked just after each row is written, so that a stop at any moment keeps only whole rows."""
+    """The rows a load has written so far (copied or decoded), each with its 16-bit peak (-1: none): marked just after
+    each row is written, so that a stop at any moment keeps only whole rows, and a kept part's 16-bit record is taken
+    from the rows still valid when it is read (a file replaced since the stop left its peak behind, review rev103)."""
 
     def __init__(self, paths: list):
-        self.paths, self.rows, self.peak, self.folders = paths, np.zeros(len(paths), dtype=bool), -1, set()
+        self.paths, self.rows = paths, np.zeros(len(paths), dtype=bool)
+        self.peaks = np.full(len(paths), -1, dtype=np.int64)
 
     def mark(self, i: int, peak: int | None = None) -> None:
         if peak is not None:
-            self.peak = max(self.peak, peak)
-            self.folders.add(os.path.dirname(os.path.abspath(self.paths[i])))
+            self.peaks[i] = max(int(self.peaks[i]), int(peak))
         self.rows[i] = True
 
-    def add_sixteen(self, record: dict | None) -> None:
-        """An entry's 16-bit record whose rows were copied here (merged as cache._merged_sixteen merges)."""
-        if record is not None:
-            self.peak = max(self.peak, int(record["peak"]))
-            self.folders.add(record["folder"])
-
-    def sixteen(self) -> dict | None:
-        return {"peak": self.peak, "folder": os.path.commonpath(sorted(self.folders))} if self.folders else None
+    def add_sixteen(self, rows, record: dict | None, peaks: dict | None = None) -> None:
+        """The 16-bit peaks of ``rows``, copied here: a kept part's own (``peaks``, {row: peak}), else an entry's
+        record (it keeps one peak and folder for all its rows) given to each of them under its folder."""
+        if peaks is not None:
+            for i in rows:
+                if peaks.get(i) is not None:
+                    self.mark(i, peaks[i])
+            return
+        if record is None:
+            return
+        folder = os.path.abspath(record["folder"]).rstrip(os.sep) + os.sep
+        for i in rows:
+            if (os.path.abspath(self.paths[i]) + os.sep).startswith(folder):
+                self.mark(i, int(record["peak"]))
 
 
 def keep_rows(held, tmp: Path, part: Path, out, kept: KeptRows, stat_rows: list[str], size: int,
               digests: list | None, desc: str) -> bool:
     """Make the temporary file ``tmp`` (open as ``held``, its rows mapped or in ``out``) the kept part ``part``,
-    where a row was written: its trailer added, synced, then renamed. False where nothing was kept."""
-    done = int(kept.rows.sum())
-    if not done:
+    where a row was written: the kept rows moved to its start in order (most often they are there already: a decode
+    goes in order), the file cut after them, its trailer added, synced, then renamed. It holds the kept rows only:
+    a stop wrote and synced the whole entry's size (zeros after one kept row), and a part as big as an entry left no
+    room on a nearly full disk for the next load's entry (review rev103 #1, #3). False where nothing was kept."""
+    rows = np.flatnonzero(kept.rows).tolist()
+    if not rows:
         return False
-    n = len(kept.rows)
-    stamps = [stamp(line) if d else None for line, d in zip(stat_rows, kept.rows.tolist())]
-    meta = {"n": n, "size": size, "stamps": stamps, "bits16": kept.sixteen()}
-    if digests is not None:
-        meta["digests"] = [g if d else None for g, d in zip(digests, kept.rows.tolist())]
-    trailer = json.dumps(meta).encode()
-    nbytes = n * 3 * size * size
+    row_bytes = 3 * size * size
     if isinstance(out, np.memmap):
+        for j, i in enumerate(rows):  # j <= i: a row is moved down before its place is written over
+            if i != j:
+                out[j] = out[i]
         out.flush()
-    else:  # decoded into memory (a folder that cannot be mapped for writing): written in one go
+    else:  # decoded into memory (a folder that cannot be mapped for writing): only the kept rows are written
         held.seek(0)
-        out.tofile(held)
-    held.seek(nbytes)
+        for i in rows:
+            held.write(out[i].tobytes())
+    meta = {"n": len(kept.rows), "size": size, "rows": rows, "stamps": [stamp(stat_rows[i]) for i in rows],
+            "peaks": [int(kept.peaks[i]) if kept.peaks[i] >= 0 else None for i in rows]}
+    if digests is not None:
+        meta["digests"] = [digests[i] for i in rows]
+    trailer = json.dumps(meta).encode()
+    held.flush()
+    held.truncate(len(rows) * row_bytes)  # the rest's blocks given back (the mapping is not read again)
+    held.seek(len(rows) * row_bytes)
     held.write(trailer + _LENGTH.pack(len(trailer)) + PART_MAGIC)
     held.flush()
     os.fsync(held.fileno())
     os.replace(tmp, part)
-    _KEPT.add((desc, done, n))
+    _KEPT.add((desc, len(rows), len(kept.rows)))
     return True
 
 
-def read_part(part: Path, n: int, size: int, stat_rows: list[str], desc: str):
-    """The rows ``part`` keeps of these files as they are now, in cache._rows_held's form (its images, {row: row},
-    its 16-bit record, its digests, no broken files); None where there is none. A file that cannot be read as one
-    (cut short, another shape) is said, deleted and decoded again."""
+def read_part(part: Path, paths: list, size: int, stat_rows: list[str], desc: str):
+    """The rows ``part`` keeps of ``paths`` as they are now, in cache._rows_held's form (its images, {index: row},
+    the 16-bit record of the rows still valid, its digests, no broken files) with a 6th item, the valid rows' own
+    16-bit peaks {index: peak}; None where there is none. A file that cannot be read as one (cut short, another
+    shape) is said, deleted and decoded again."""
+    n = len(paths)
     try:
         found = _read(part, n, size)
     except OSError:  # none there, or a folder that cannot be read: nothing kept to use
@@ -109,48 +128,59 @@ def read_part(part: Path, n: int, size: int, stat_rows: list[str], desc: str):
             part.unlink()
         return None
     images, meta = found
-    rows = {i: i for i, (was, line) in enumerate(zip(meta["stamps"], stat_rows))
-            if was is not None and was == stamp(line)}
+    rows = {i: j for j, (i, was) in enumerate(zip(meta["rows"], meta["stamps"])) if was == stamp(stat_rows[i])}
     if not rows:
         return None
     with contextlib.suppress(OSError):  # its last use, for prune_cache
         os.utime(part)
     digests = meta.get("digests")
-    fits = isinstance(digests, list) and len(digests) == n and all(d is None or isinstance(d, str) for d in digests)
-    from fewshot.data.cache import _sixteen  # imported here: the cache imports this module
-
-    return images, rows, _sixteen(meta.get("bits16")), digests if fits else None, []
+    k = len(meta["rows"])
+    fits = isinstance(digests, list) and len(digests) == k and all(d is None or isinstance(d, str) for d in digests)
+    peaks = {i: meta["peaks"][j] for i, j in rows.items() if meta["peaks"][j] is not None}
+    folders = sorted({os.path.dirname(os.path.abspath(paths[i])) for i in peaks})
+    sixteen = {"peak": max(peaks.values()), "folder": os.path.commonpath(folders)} if peaks else None
+    return images, rows, sixteen, digests if fits else None, [], peaks
 
 
 def _read(part: Path, n: int, size: int) -> tuple[np.ndarray, dict]:
     """``part``'s rows mapped read-only and its trailer, read through one descriptor (a file renamed over it
-    meanwhile is not mixed in), never following a pipe or device of that name."""
-    nbytes = n * 3 * size * size
+    meanwhile is not mixed in), never following a pipe or device of that name. Its size must be exactly its rows,
+    trailer and end: rows of another size are never read as these."""
     fd = os.open(part, os.O_RDONLY | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as fh:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError("not a regular file")
         tail = _LENGTH.size + len(PART_MAGIC)
-        if info.st_size < nbytes + tail:
-            raise ValueError(f"cut short ({info.st_size:,} bytes, {nbytes + tail:,} at least)")
+        if info.st_size < tail:
+            raise ValueError(f"cut short ({info.st_size:,} bytes)")
         fh.seek(info.st_size - tail)
         end = fh.read(tail)
         if end[_LENGTH.size:] != PART_MAGIC:
             raise ValueError("cut short (its end marker is missing)")
         (length,) = _LENGTH.unpack(end[:_LENGTH.size])
-        if nbytes + length + tail != info.st_size:
-            raise ValueError("its rows are not of these images' number and size")
-        fh.seek(nbytes)
+        if length > info.st_size - tail:
+            raise ValueError("cut short (its record is longer than the file)")
+        fh.seek(info.st_size - tail - length)
         meta = loads_run_json(fh.read(length).decode())
-        stamps = meta.get("stamps") if isinstance(meta, dict) else None
-        if not isinstance(stamps, list) or (meta["n"], meta["size"], len(stamps)) != (n, size, n) or \
-                not all(s is None or isinstance(s, str) for s in stamps):
+        if not isinstance(meta, dict) or (meta.get("n"), meta.get("size")) != (n, size):
             raise ValueError("its record is not of these images")
-        return np.memmap(fh, dtype=np.uint8, mode="r", shape=(n, 3, size, size)), meta
+        rows, stamps, peaks = meta.get("rows"), meta.get("stamps"), meta.get("peaks")
+        if not (isinstance(rows, list) and isinstance(stamps, list) and isinstance(peaks, list)
+                and len(rows) == len(stamps) == len(peaks) and rows
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in rows)
+                and all(0 <= i < n for i in rows) and all(a < b for a, b in zip(rows, rows[1:]))
+                and all(isinstance(s, str) for s in stamps)
+                and all(p is None or (isinstance(p, int) and not isinstance(p, bool)) for p in peaks)):
+            raise ValueError("its record is not of these images")
+        row_bytes = 3 * size * size
+        if len(rows) * row_bytes + length + tail != info.st_size:
+            raise ValueError("its rows are not of these images' number and size")
+        return np.memmap(fh, dtype=np.uint8, mode="r", shape=(len(rows), 3, size, size)), meta
 
 
 def kept_note() -> str:
-    """What this command's stopped decodes kept, for its stop line ("" where none)."""
-    return "; ".join(f"the {done:,} of {n:,} images decoded while {desc} are kept in the image cache"
-                     for desc, done, n in sorted(_KEPT))
+    """What this command's stopped decodes kept, for its stop line ("" where none): "up to", since another process
+    (a torchrun rank, a second command on the same files) may have renamed its own part over this one since."""
+    return "; ".join(f"up to {done:,} of the {n:,} images decoded while {desc} are kept in the image cache for the "
+                     f"next load of the same files" for desc, done, n in sorted(_KEPT))
