@@ -19,7 +19,7 @@ from fewshot.run_budget import (FLOOR_STEPS, LABEL_SHARE, ROUND1_MARGIN, after_r
                                 round1_end_seconds, round1_leaves, round1_least_seconds, time_holds, trained_speeds)
 from fewshot.run_pseudo import pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_reuse import reusable_stage
-from fewshot.run_stages import labelled_only_round, round_recipe, round_speeds
+from fewshot.run_stages import LABELLED_ONLY_LR_SCALE, labelled_only_round, round_recipe, round_speeds
 from fewshot.run_words import labelled_only_why, seconds_apart, seconds_text
 from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 from fewshot.utils import derive_seed
@@ -236,6 +236,8 @@ class RoundsMixin:
                 self.skip_without_pseudo_labels(k)  # round k - 1 (self.task) predicts
                 break
             self.pseudo["recipe"] = round_recipe(self.task)  # round k fine-tunes at the lr round k - 1 chose
+            # a short round k continues round k - 1's model at a tenth of its lr (run_stages.SHORT_ROUND_EPOCHS)
+            self.pseudo["lr"] = float(self.task.cfg["optim"]["lr"]) * LABELLED_ONLY_LR_SCALE
             self.task = None
             if k == self.rounds and skip["skipped_from"] is None:  # the last round is `finetune`, below
                 break

@@ -90,6 +90,12 @@ def floor_retimed(task, step_s: float, ends: float) -> float:
 LABELLED_ONLY_LR_SCALE = 0.1
 
 
+# a pseudo-labelled round planned under this many epochs continues the round before's model gently too: a fresh
+# warm-up and peak lr with no time to decay cost round 2 15-45 val points at 0.3-2 epochs (docs/recipes.md, "A short
+# round 2"), where continuing gently moved val by at most 2.6; from 3.3 epochs on the two tied within 1 point
+SHORT_ROUND_EPOCHS = 4.0
+
+
 def labelled_only_round(task, k: int) -> dict:
     """The last self-training round (``k``) when the time left holds a round's floor but not the pool's labelling:
     no pseudo-labels, the labelled images only, from ``task``'s weights (round ``k`` - 1), continued gently
@@ -302,6 +308,11 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
             continue_gently(fcfg, pseudo["lr"])
         step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"],
                                                ("train", "eval_every"), closing, getattr(state, "resumed", False))
+        # the round's lr from round k - 1's (pseudo["lr"], as a labelled-only round's): a stage started over from its
+        # stopped config.yaml must not divide it again
+        short = pseudo is not None and not labelled_only and "lr" in pseudo and epochs < SHORT_ROUND_EPOCHS
+        if short:
+            continue_gently(fcfg, pseudo["lr"])
         save_yaml(fcfg, fdir / "config.yaml")
         weights = fcfg["model"]["weights"]
         # the user's own model.weights are not MoCo's: which recipe their lr took is said (hunt hBW #2)
@@ -312,6 +323,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
                  else f"from {weights}{f' ({recipe})' if recipe else ''}")
         head = (f"continuing round {pseudo['after']}'s model at a tenth of its lr, without a warm-up"
                 f"{' ' + what if what else ''}" if labelled_only else
+                f"continuing the previous round's model at a tenth of its lr, without a warm-up (a short round: under "
+                f"{SHORT_ROUND_EPOCHS:g} epochs){' ' + what if what else ''}" if short else
                 f"fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}")
         print(f"[run] {head}: {len(task.train_set)} training images{made_of(task, pseudo, fcfg)}, "
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
