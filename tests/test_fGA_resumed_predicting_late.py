@@ -18,13 +18,14 @@ class _Test(list):
 def _run(left: float, resume: bool = True, balance: str = "auto") -> SimpleNamespace:
     """A resumed run whose session began 12 s ago (its earlier sessions used 40 s), ``left`` seconds of 60 left."""
     now = time.monotonic()
-    return SimpleNamespace(resume=resume, balance=balance, budget_s=60.0, used=40.0,
+    return SimpleNamespace(resume=resume, balance=balance, budget_s=60.0, used=40.0, report_stages=1,
                            t_start=now - 60.0 + left, report_plan={"seconds": (3.0, 4.0)}, test_set=_Test([0] * 1000))
 
 
 def _warn(run, monkeypatch, eval_s: float = 1.0) -> None:
-    monkeypatch.setattr(run_closing, "measure_prediction_seconds", lambda task, images: 0.002)  # 2 s for 1,000
-    PipelineRun.warn_if_predicting_late(run, object(), eval_s)
+    """``eval_s`` for a val split of 500: 2 ms an image, 2 s for the 1,000 test images."""
+    monkeypatch.setattr(run_closing, "measure_prediction_seconds", lambda task, images: 0.002)
+    PipelineRun.warn_if_predicting_late(run, SimpleNamespace(val_set=[0] * 500), eval_s)
 
 
 def test_a_late_prediction_is_warned_with_its_end(monkeypatch, capsys):

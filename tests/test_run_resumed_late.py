@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import fewshot.run_closing as run_closing
 from fewshot.pipeline import PipelineRun
 from fewshot.run_words import resumed_late_warning
 
@@ -43,20 +44,27 @@ def test_a_margin_of_milliseconds_is_no_warning_and_a_fast_step_is_said_in_ms():
     assert "end less than 1 s after its budget" in words and "training step" not in words, words
 
 
+def _task(**fields) -> SimpleNamespace:
+    """A stand-in stage with no model and no val images: a resumed one's timings add nothing to the closing work."""
+    return SimpleNamespace(model=None, val_set=[], **fields)
+
+
 def _run(left: float, need: float) -> SimpleNamespace:
-    run = SimpleNamespace(last_end=time.monotonic() + left, closing=lambda task, eval_s, step_s=None: need)
+    run = SimpleNamespace(last_end=time.monotonic() + left, test_set=SimpleNamespace(images=None),
+                          closing=lambda task, eval_s, step_s=None, per_test_image=None: need)
     run.warn_if_resumed_late = lambda stage, n, task=None: PipelineRun.warn_if_resumed_late(run, stage, n, task)
     return run
 
 
-def test_the_last_stages_hook_warns_a_resumed_stage_only(capsys):
-    assert PipelineRun.last_closing(_run(5.0, 60.0), None, 1.0, step_s=0.1) == 60.0  # planned now: plan_stage's word
+def test_the_last_stages_hook_warns_a_resumed_stage_only(capsys, monkeypatch):
+    monkeypatch.setattr(run_closing, "measure_prediction_seconds", lambda task, images: 0.0)
+    assert PipelineRun.last_closing(_run(5.0, 60.0), _task(), 1.0, step_s=0.1) == 60.0  # planned now: plan_stage's word
     assert "resumes with" not in capsys.readouterr().out
-    assert PipelineRun.last_closing(_run(500.0, 60.0), None, 1.0) == 60.0  # resumed, time enough
+    assert PipelineRun.last_closing(_run(500.0, 60.0), _task(), 1.0) == 60.0  # resumed, time enough
     assert "resumes with" not in capsys.readouterr().out
-    assert PipelineRun.last_closing(_run(5.0, 60.0), None, 1.0) == 60.0
+    assert PipelineRun.last_closing(_run(5.0, 60.0), _task(), 1.0) == 60.0
     assert "[run] warning: finetune resumes with" in capsys.readouterr().out
     # the resumed stage's logged step (finetune_stage sets it) counts: 65 s hold the 60 s of closing work, not a step
-    assert PipelineRun.last_closing(_run(65.0, 60.0), SimpleNamespace(resumed_step_s=10.0), 1.0) == 60.0
+    assert PipelineRun.last_closing(_run(65.0, 60.0), _task(resumed_step_s=10.0), 1.0) == 60.0
     out = capsys.readouterr().out
     assert "[run] note: finetune resumes" in out and "a training step besides (10 s at its logged speed)" in out

@@ -87,9 +87,10 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
         self.timed_step_s: float | None = None  # refuse_if_hopeless: the last step speed the start-up timed
         self.session_before_lost = False  # a resumed run's session before ended without recording its time
         self.state_as_read: dict | None = None  # a resumed run's state before this session opened (undo_start)
-        # checkpoint writes' bytes a second (note_writes): a guess until a stage of this session writes; a --resume
-        # starts from it too (the rate is not in run_state.json), and a reused or "trained" stage sets none
+        # checkpoint writes' bytes a second (note_writes): a guess until a stage writes; a --resume starts from the
+        # rate run_state.json kept (plan_budget), and a reused or "trained" stage sets none
         self.writes_bps = WRITE_BYTES_PER_S
+        self.startup_s: float | None = None  # a resumed session's start-up seconds (start_state), for its warnings
 
     def note_stop(self) -> None:
         """A stop (a signal, Ctrl-C, an error) counts this session's time in the run's state, once the run has one
@@ -180,9 +181,8 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
         self.last_stage()
         if self.report_plan["seconds"] is None:  # a resumed run with no stage left to train: the report's own estimate
             task, stages = self.task, self.report_stages
-            eval_s = measure_eval_seconds(task) if stages or self.balance != "off" else 0.0  # balance reads val
-            self.report_plan["seconds"] = report_seconds(task, eval_s if stages else 0.0, stages,
-                                                         self.report_plan["figure_s"])
+            eval_s = measure_eval_seconds(task) if stages else 0.0  # the warning's speed too (0: it times a batch)
+            self.report_plan["seconds"] = report_seconds(task, eval_s, stages, self.report_plan["figure_s"])
             self.warn_if_predicting_late(task, eval_s)
             del task
         self.task = None

@@ -16,10 +16,10 @@ import time
 from fewshot.errors import UserError
 from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_S, calibration_seconds,
                                 checkpoint_write_seconds, eval_passes, figure_seconds, floor_budget_error,
-                                free_device_memory, hopeless_budget_error, least_run_holds, least_run_seconds,
-                                measure_eval_seconds, measure_prediction_seconds, measure_step_seconds,
-                                pretrain_closing_seconds, pretrain_least_seconds, report_seconds, retimed_steps,
-                                too_short_budget_error)
+                                free_device_memory, hopeless_budget_error, last_read_seconds, least_run_holds,
+                                least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
+                                measure_step_seconds, pretrain_closing_seconds, pretrain_least_seconds, report_seconds,
+                                resumed_eval_seconds, retimed_steps, too_short_budget_error)
 from fewshot.run_checks import cold_decode_total, size_options
 from fewshot.run_fallbacks import (EVAL_SHARE, FIXMATCH_LEAST_EPOCHS, PRETRAIN_LEAST_EPOCHS, StageDropped,
                                    epochs_in, fixmatch_dropped_why, fixmatch_refused_words, pretrain_dropped_why)
@@ -61,9 +61,14 @@ class ClosingMixin:
         """A stage's checkpoint write rate as timed (Engine.write_rate; None: it wrote nothing). The closing work's
         estimate counts the next stage's writes at the slowest rate of the session (``writes_bps``), never above
         WRITE_BYTES_PER_S: on a busy machine round 1's took 3.9 s, counted 1.1 s; and one fast stage (a quiet
-        moment, a tmpfs) must not shrink the estimate below what a slower stage timed, or below the old guess."""
-        if rate:
-            self.writes_bps = min(self.writes_bps, rate)
+        moment, a tmpfs) must not shrink the estimate below what a slower stage timed, or below the old guess. Kept in
+        run_state.json (``writes_bps``): a --resume counted the guess again (1.1 s where the run had timed 3.9 s)."""
+        if rate and rate < self.writes_bps:
+            self.writes_bps = rate
+            state = getattr(self, "state", None)
+            if state is not None:
+                state.data["writes_bps"] = rate
+                state.save()
 
     def plan_budget(self) -> None:
         """The budget's split: the stages' time, the reserve for the end, the report's stages and its estimate, and
@@ -81,6 +86,8 @@ class ClosingMixin:
         self.report_plan = {"figure_s": figure_seconds() if self.report_stages else FIGURE_S, "seconds": None}
         # time spent in training loops, to tell the user what the rest cost
         self.fit_seconds: list[float] = list(self.state.data.get("fit_seconds") or [])
+        # the slowest checkpoint write rate an earlier session timed (note_writes; an older run_state.json: the guess)
+        self.writes_bps = min(self.writes_bps, self.state.data.get("writes_bps") or WRITE_BYTES_PER_S)
         self.summary: dict = self.state.data.get("summary") or {"budget_minutes": self.budget_minutes,
                                                                 "img_size": self.cfg["model"]["img_size"],
                                                                 "stages": {}}
@@ -136,8 +143,14 @@ class ClosingMixin:
 
     def last_closing(self, task, eval_s: float, step_s: float | None = None) -> float:
         """The last stage's hook (closing), which also warns a resumed one (no ``step_s``: continued from its
-        last.pt) whose closing work no longer fits the budget left (warn_if_resumed_late)."""
-        need = self.closing(task, eval_s, step_s)
+        last.pt) whose closing work no longer fits the budget left (warn_if_resumed_late). A resumed stage's
+        ``eval_s`` is the earlier session's (its log.jsonl): it counts at this session's speed where that is slower
+        (resumed_eval_seconds)."""
+        per_image = None
+        if step_s is None:
+            per_image = measure_prediction_seconds(task, self.test_set.images)
+            eval_s = resumed_eval_seconds(task, eval_s, per_image)
+        need = self.closing(task, eval_s, step_s, per_image)
         if step_s is None:
             self.warn_if_resumed_late("finetune", need, task)
         return need
@@ -166,8 +179,9 @@ class ClosingMixin:
         continued on --resume: a warning where the budget left cannot hold its closing work (``need``), the run then
         ending late; a note where it holds that but not the kept-back step too (the task's ``resumed_step_s``, set by
         finetune_stage from its log.jsonl): it trains no further (cap_resumed_budget). Not a refusal: a resume cannot
-        change the budget."""
+        change the budget. The need counts Engine.resume()'s read of last.pt, still ahead (last_read_seconds)."""
         step_s = getattr(task, "resumed_step_s", None)
+        need += last_read_seconds(task) if task is not None else 0.0
         words = resumed_late_warning(stage, self.last_end - time.monotonic(), need, step_s)
         if words is not None:
             print(words, flush=True)
@@ -176,15 +190,24 @@ class ClosingMixin:
         """A resumed run with no stage left to train (each finished, reused or skipped before the stop) goes
         straight to prediction and the report: where the time left could not hold them it said nothing and ran 8 %
         past its budget (hunt hBX #2). Warned as a resumed stage is, from this machine's speeds now: the test
-        prediction, val's for run.balance (``eval_s``) and the report without its images (report_skips_images leaves
-        them out where they do not fit), against what this session's start-up left."""
+        prediction, val's for run.balance and the report without its images (report_skips_images leaves them out
+        where they do not fit), against what this session's start-up left. The speed is the report's val evaluation
+        (``eval_s``, timed already) per image; one prediction batch is timed only where nothing timed one (0): the
+        warning's own timing made a late run later (review rev104)."""
         if not self.resume or task is None:
             return
-        per_image = measure_prediction_seconds(task, self.test_set.images)
-        need = (per_image * len(self.test_set) + (eval_s if self.balance != "off" else 0.0)
+        n_val, images = len(task.val_set), self.test_set.images
+        if eval_s > 0 and n_val:
+            per_image = eval_s / n_val
+        else:  # one batch, one try (measure_prediction_seconds times two where it has more)
+            per_image = measure_prediction_seconds(task, images[:256]) if images is not None else 0.0
+        need = (per_image * (len(self.test_set) + (n_val if self.balance != "off" else 0))
                 + self.report_plan["seconds"][0] + CLOSING_SHARE * self.budget_s)
         now = time.monotonic()
-        words = resumed_predicting_warning(self.t_start + self.budget_s - now, need, now - self.t_start - self.used)
+        startup = getattr(self, "startup_s", None)  # set where "[run] resuming" is said (start_state)
+        words = resumed_predicting_warning(self.t_start + self.budget_s - now, need,
+                                           now - self.t_start - self.used if startup is None else startup,
+                                           report=bool(self.report_stages))
         if words is not None:
             print(words, flush=True)
 

@@ -15,8 +15,9 @@ import time
 
 from fewshot.run_budget import (FLOOR_STEPS, LABEL_SHARE, ROUND1_MARGIN, after_round1_seconds,
                                 checkpoint_write_seconds, eval_passes, later_rounds_seconds, least_run_holds,
-                                least_run_seconds, measure_prediction_seconds, measure_step_seconds, retimed_steps,
-                                round1_end_seconds, round1_leaves, round1_least_seconds, time_holds, trained_speeds)
+                                least_run_seconds, measure_prediction_seconds, measure_step_seconds,
+                                resumed_eval_seconds, retimed_steps, round1_end_seconds, round1_leaves,
+                                round1_least_seconds, time_holds, trained_speeds)
 from fewshot.run_pseudo import pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_reuse import reusable_stage
 from fewshot.run_stages import LABELLED_ONLY_LR_SCALE, labelled_only_round, round_recipe, round_speeds
@@ -104,6 +105,7 @@ class RoundsMixin:
         resumed = step_s is None  # finetune_stage's call for a round continued from its last.pt (plan_stage's: timed)
         step_s = measure_step_seconds(task) if step_s is None else step_s  # a resumed round 1: not measured
         per_image = measure_prediction_seconds(task, self.test_set.images)  # the pool is labelled at this speed
+        eval_s = resumed_eval_seconds(task, eval_s, per_image) if resumed else eval_s  # logged: a quieter machine's
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
         evals = eval_passes(task) + 1
         saves_s = checkpoint_write_seconds(task, getattr(self, "writes_bps", WRITE_BYTES_PER_S))
@@ -308,6 +310,8 @@ class RoundsMixin:
 
         def closing(task, eval_s: float, step_s: float | None = None) -> float:
             per_image = measure_prediction_seconds(task, self.test_set.images)
+            if step_s is None:  # resumed: the logged evaluation time, at this session's speed where that is slower
+                eval_s = resumed_eval_seconds(task, eval_s, per_image)
             need = self.closing(task, eval_s, step_s, per_image)  # re-timed there where all of it does not fit
             if step_s is None:  # a resumed round continues: it began before the stop
                 if last:

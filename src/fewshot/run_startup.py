@@ -466,6 +466,7 @@ class StartupMixin:
                                         time.monotonic() - self.t_start, self.class_names)
         else:
             self.t_start -= self.used  # the budget counts every session's time, this one's start-up included
+            self.startup_s = time.monotonic() - self.t_start - self.used  # what warn_if_predicting_late names
             done = [n for n, st in self.state.data["stages"].items() if st.get("status") == "done"]
             print(f"[run] resuming {self.out}: {self.used / 60:.1f} of {minutes_text(self.budget_minutes)} used before "
                   f"the stop; finished stages: {', '.join(done) or 'none'}"

@@ -111,6 +111,8 @@ def check_state_fields(path: Path, data) -> None:
     pool = data.get("pool_decoded")
     if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 0):
         raise bad("pool_decoded", "a whole number of images, 0 or more (or null)")
+    if "writes_bps" in data and not _is_amount(data["writes_bps"], positive=True):  # PipelineRun.note_writes
+        raise bad("writes_bps", "a number of bytes a second above 0")
     fit = data.get("fit_seconds")
     if fit is not None and not (isinstance(fit, list) and all(_is_amount(v) for v in fit)):
         raise bad("fit_seconds", "a list of finite numbers of seconds, 0 or more")

@@ -87,7 +87,7 @@ def resumed_late_warning(stage: str, left: float, need: float, step_s: float | N
                         f"(about {needs}) but not for a training step besides ({step_text(step_s)} at its logged "
                         f"speed): it trains no further.")
     if left < 0:
-        where = (f"{seconds_text(-left)} past the budget already, and its closing work needs about "
+        where = (f"{past_text(-left)} past the budget already, and its closing work needs about "
                  f"{seconds_text(need)} more at the measured speed ({work})")
     else:
         had, needs = seconds_apart(left, need)
@@ -98,21 +98,29 @@ def resumed_late_warning(stage: str, left: float, need: float, step_s: float | N
                     f"{late} after its budget{', plus ' + then if then else ''}.")
 
 
-def resumed_predicting_warning(left: float, need: float, spent: float) -> str | None:
+def past_text(x: float) -> str:
+    """Seconds past the budget in words: "less than 0.1 s" where seconds_text would say "0.0 s"."""
+    return seconds_text(x) if x >= 0.05 else "less than 0.1 s"
+
+
+def resumed_predicting_warning(left: float, need: float, spent: float, report: bool = True) -> str | None:
     """A resumed run with no stage left to train whose prediction and report (``need``, the report without its
-    images) do not fit the ``left`` seconds of the budget that this session's start-up (``spent``) left: it ran late
-    without a word (hunt hBX #2). Nothing trains, so the prediction is already the least the run can do. Else None."""
+    images; ``report`` False: run.report is off, the prediction alone) do not fit the ``left`` seconds of the budget
+    that this session's start-up (``spent``) left: it ran late without a word (hunt hBX #2). Nothing trains, so the
+    prediction is already the least the run can do. Else None."""
     if need <= left:
         return None
     late = f"about {need - left:.0f} s" if need - left >= 1.0 else "less than 1 s"
+    them = "they need" if report else "it needs"
     if left < 0:
-        where = f"{seconds_text(-left)} past the budget already, and they need about {seconds_text(need)} more"
+        where = f"{past_text(-left)} past the budget already, and {them} about {seconds_text(need)} more"
     else:
         had, needs = seconds_apart(left, need)
-        where = f"{had} of the budget left for them, less than they need (about {needs})"
-    return one_line(f"[run] warning: no stage is left to train, only the prediction and the report (without its "
-                    f"images), and this session's start-up took {seconds_text(max(0.0, spent))}: {where} at the "
-                    f"measured speed, so the run will likely end {late} after its budget.")
+        where = f"{had} of the budget left for {'them' if report else 'it'}, less than {them} (about {needs})"
+    work = "the prediction and the report (without its images)" if report else "the prediction"
+    return one_line(f"[run] warning: no stage is left to train, only {work}, and this session's start-up took "
+                    f"{seconds_text(max(0.0, spent))}: {where} at the measured speed, so the run will likely end "
+                    f"{late} after its budget.")
 
 
 MOCO_CLOSING_WORK = "its kNN evaluation at the stop, its checkpoint writes and the backbone's export"
