@@ -32,6 +32,7 @@ from fewshot.run_budget import (calibration_seconds, free_device_memory, measure
                                 stop_timing_when)
 from fewshot.run_closing import ClosingMixin
 from fewshot.run_fallbacks import FallbacksMixin, StageDropped
+from fewshot.run_guard import round_loss_note
 from fewshot.run_rounds import LaterRoundSkipped, RoundsMixin
 from fewshot.run_reuse import better_earlier_round
 from fewshot.run_stages import finetune_config, finetune_stage, pretrain_stage
@@ -243,6 +244,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
     def guard_on_val(self) -> None:
         """Self-training's val guard: the stage that predicts is the round that scores highest on val."""
         summary, earlier = self.summary, self.earlier
+        summary.pop("last_round_lost", None)  # a resumed run's, from its first session: decided again here
         if self.pseudo is not None or self.skipped:
             # a guard chosen on val: if pseudo-labels hurt (an earlier round scores higher on val than the last),
             # predict with the best of them; a middle round that beat both round 1 and the last was passed over
@@ -254,10 +256,23 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
             best = better_earlier_round(earlier, last_val)
             if best is not None:
                 which = "round 1" if best == "finetune_labelled" else f"round {best.removeprefix('finetune_round')}"
-                print(f"[run] {which} scores highest on val ({earlier[best]['mean_acc1']:.2f} vs {last_val:.2f} for "
-                      f"the last round): predicting with it")
+                line = (f"[run] {which} scores highest on val ({earlier[best]['mean_acc1']:.2f} vs {last_val:.2f} "
+                        f"for the last round): predicting with it")
+                lost = self.last_round_lost(earlier[best])
+                if lost is not None:  # lost by more than val's noise: its pseudo-labels are the likely cause
+                    summary["last_round_lost"] = lost
+                    line += f". {lost['why']}"
+                print(one_line(line), flush=True)
                 self.fdir, self.val_metrics = self.out / best, earlier[best]
         summary["predicted_with"] = self.fdir.name
+
+    def last_round_lost(self, best: dict) -> dict | None:
+        """run_guard.round_loss_note of the last round (``self.fdir``) against the ``best`` earlier one's val
+        metrics, with the pseudo-labels it trained on (its summary entry's pseudo_labels)."""
+        name = self.fdir.name
+        which = f"round {self.rounds}" if name == "finetune" else f"round {name.removeprefix('finetune_round')}"
+        labels = (self.summary["stages"].get(name) or {}).get("pseudo_labels")
+        return round_loss_note(which, best, self.val_metrics, labels)
 
     def note_scores_compared(self, metrics: dict) -> None:
         """Beside each round's val_mean_acc1 in summary.json, how many val scores it is the best of (its

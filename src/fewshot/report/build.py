@@ -225,6 +225,8 @@ class ReportBuilder:
                 if r.pipeline.get("self_training_skipped"):
                     body.append(H.note(f"Later rounds of self-training were skipped (planned, not an error): "
                                        f"{r.pipeline['self_training_skipped']}."))
+                if r.pipeline.get("last_round_lost"):  # beside the table's mark of the round that predicted
+                    body.append(H.note(f"The last round did not predict: {r.pipeline['last_round_lost']}"))
                 if r.pipeline.get("self_training_reduced"):
                     body.append(H.note(f"Self-training's middle rounds were dropped (planned, not an error): "
                                        f"{r.pipeline['self_training_reduced']}."))

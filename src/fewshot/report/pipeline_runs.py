@@ -138,6 +138,9 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
         dropped = summary.get(key)
         if isinstance(dropped, dict) and isinstance(dropped.get("why"), str):
             out[key] = dropped["why"]
+    lost = summary.get("last_round_lost")  # the val guard passed over a last round that lost beyond val's noise
+    if isinstance(lost, dict) and isinstance(lost.get("why"), str):
+        out["last_round_lost"] = lost["why"]
     near_chance = summary.get("near_chance")  # the run's last warning: a model little better than guessing
     if isinstance(near_chance, dict) and isinstance(near_chance.get("why"), str):
         out["near_chance"] = near_chance["why"]

@@ -1,0 +1,76 @@
+"""Why the val guard passed over the last self-training round: where that round lost on val by more than val's
+noise, its likely cause (wrong pseudo-labels) in words, with the pool check's numbers. A pool that was 75 % other
+classes slipped past the pool check (hunt hBZ #1), round 2 fell from 72 to 40 on val, and the guard said only
+that round 1 scores higher. Text and numbers only: nothing here trains or writes."""
+
+from __future__ import annotations
+
+import math
+
+from fewshot.train.semi import POOL_CHECK_NOISE
+
+ROUND_LOSS_MIN_POINTS = 5.0  # a smaller val drop is never called clear, however many val images
+
+
+def val_drop_noise(best: dict, last: dict) -> tuple[float, int] | None:
+    """(margin in points, val images) that a drop of mean_acc1 from ``best`` to ``last`` (val metrics of the same
+    val images) must pass to be more than noise: POOL_CHECK_NOISE standard errors of the difference of two
+    binomial shares, per dataset at their pooled accuracy (as the pool check's classes_far_below), averaged as
+    mean_acc1 averages the datasets; at least ROUND_LOSS_MIN_POINTS. None where the counts are not known."""
+    ours, theirs = best.get("datasets"), last.get("datasets")
+    if not isinstance(ours, dict) or not isinstance(theirs, dict) or not ours or set(ours) != set(theirs):
+        return None
+    variance, images = 0.0, 0
+    for name, a in ours.items():
+        b = theirs[name]
+        try:
+            n, p = int(a["n"]), (float(a["acc1"]) + float(b["acc1"])) / 200
+        except (KeyError, TypeError, ValueError):
+            return None
+        if n <= 0 or int(b.get("n", n)) != n:
+            return None
+        variance += 2 * p * (1 - p) / n
+        images += n
+    se = 100 * math.sqrt(variance) / len(ours)
+    return max(ROUND_LOSS_MIN_POINTS, POOL_CHECK_NOISE * se), images
+
+
+def pool_check_words(pseudo_summary: dict | None) -> str:
+    """The pool check's numbers of the round's pseudo-labels, per dataset measured: its share below val's
+    confidence cut, pool against val."""
+    datasets = (pseudo_summary or {}).get("datasets")
+    parts = []
+    for name, entry in (datasets.items() if isinstance(datasets, dict) else ()):
+        check = entry.get("pool_classes_check") if isinstance(entry, dict) else None
+        try:
+            parts.append(f"{name} {float(check['pool_share_below']):.0%} of {int(check['pool'])} pool images "
+                         f"against {float(check['val_share_below']):.0%} of {int(check['val'])} val images below "
+                         f"confidence {float(check['val_confidence']):.3f}"
+                         + (", which it warned of" if check.get("suspect") is True else ""))
+        except (KeyError, TypeError, ValueError):
+            continue
+    if not parts:
+        return "the pool check measured no dataset (too few val images or kept pseudo-labels)"
+    return "the pool check found " + "; ".join(parts)
+
+
+def round_loss_note(which: str, best: dict, last: dict, pseudo_summary: dict | None) -> dict | None:
+    """summary.json's last_round_lost where the last round (``which``, in words: "round 2"), trained on
+    pseudo-labels (``pseudo_summary``: what it kept), scores lower on val than the ``best`` earlier round by more
+    than val_drop_noise; its ``why`` is the sentence the guard's line ends with. None otherwise."""
+    if not isinstance(pseudo_summary, dict):  # a round on the labelled images only: no pseudo-label to blame
+        return None
+    try:
+        drop = float(best["mean_acc1"]) - float(last["mean_acc1"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    noise = val_drop_noise(best, last)
+    if noise is None or drop <= noise[0]:
+        return None
+    margin, images = noise
+    why = (f"{which[0].upper()}{which[1:]} lost {drop:.1f} points on val, more than val's noise ({margin:.1f} points "
+           f"at {images} val images): its pseudo-labels were likely wrong, for example from a pool holding classes "
+           f"or kinds of images the labelled set lacks ({pool_check_words(pseudo_summary)}); clean the pool "
+           f"(ROOT/unlabeled/ or --unlabeled) or run without self-training (run.semi_method=off, or --baseline).")
+    return {"round": which, "val_drop": round(drop, 2), "val_noise": round(margin, 2), "val_images": images,
+            "why": why}
