@@ -19,6 +19,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -230,18 +231,20 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                 tmp, held = None, _closed(held)
                 if exc.errno == errno.ENOMEM:  # no address space for the mapping (ulimit -v): nor for an array
                     raise _too_big(n, size, nbytes) from None
-                if tries_left and exc.errno in (errno.ENOSPC, errno.EDQUOT) and os.path.isfile(part):
+                if tries_left and _room_without(part, exc, nbytes):
                     # no room for the entry beside a stopped decode's part: the part goes, and the entry is tried
                     # once more (each load decoded in memory and wrote nothing, the cache off for good: rev103 #1)
-                    _note_part_ignored(desc, part, "the disk has no room for it beside the new entry", n)
                     copied = [src for src in copied if src is not kept_part]
+                    again = len(kept_part[1].keys() - set().union(*(src[1].keys() for src in copied))
+                                ) if kept_part is not None else None  # those another entry gives are copied still
+                    _note_part_ignored(desc, part, "the disk has no room for it beside the new entry", again)
                     kept_part = None  # its mapping closed: a deleted file's blocks are freed once it is unmapped
                     _drop(part)
                     continue
                 _warn_no_cache(cache_dir, exc, nbytes)
                 break
         if tmp is not None:
-            spared = len(set().union(*(held[1].keys() | {i for i, _ in held[4]} for held in copied)))  # not decoded
+            spared = len(set().union(*(src[1].keys() | {i for i, _ in src[4]} for src in copied)))  # not decoded
             _note_new_entry(desc, n - spared, size, cache_dir, nbytes, max_gb)
     if kept_part is not None:
         _note_kept_part(desc, len(kept_part[1]), n)
@@ -302,6 +305,20 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
         _closed(held)  # its lock given up once it is the entry (or gone)
     warn_bit_depth(desc, sixteen, bit_depth)
     return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note, found if digests else None, found)
+
+
+def _room_without(part: Path | None, exc: OSError, nbytes: int) -> bool:
+    """Whether deleting the kept ``part`` can make room for an entry of ``nbytes`` that ``exc`` found no room for:
+    the part was deleted where even its space was too little, and its rows were lost for nothing (review rev105 #3).
+    A quota (EDQUOT), or a disk whose free space cannot be read, is tried without it, as before."""
+    if part is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not part.is_file():
+        return False
+    if exc.errno == errno.EDQUOT:
+        return True
+    try:
+        return shutil.disk_usage(part.parent).free + part.stat().st_blocks * 512 >= nbytes
+    except (OSError, AttributeError):  # st_blocks: none on Windows
+        return True
 
 
 def _open_entry(within: list, size: int, cache_dir: Path | None, crop_pct: float, bit_depth: int | str,
@@ -388,7 +405,8 @@ def _copy_or_decode(out, paths: list[Path], size: int, crop_pct: float, desc: st
     the first that holds a row gives it) are copied from there, not decoded, nor the files one holds as broken: the
     bad files (by index in ``paths``) and the 16-bit record, the others' merged in where it may be the copied rows'
     (_rows_held). ``found``: filled with each image's digest, a copied one's as its source keeps it (hashed where it
-    keeps none): asking for digests decoded every file again. ``kept``: marked as each row is written."""
+    keeps none): asking for digests decoded every file again. ``kept``: marked as each row is written (a row
+    copied from an entry is not: that entry still holds it)."""
     taken_from: dict[int, int] = {}
     known: dict[int, str] = {}
     merged = None
@@ -398,14 +416,13 @@ def _copy_or_decode(out, paths: list[Path], size: int, crop_pct: float, desc: st
             out[i] = images[row]
             if found is not None:
                 found[i] = there[row] if there is not None else image_digest(images[row])
-            if kept is not None:
-                kept.mark(i)
+            if kept is not None and peaks:  # a part's row, with its own peak: a stop keeps both or neither (rev105
+                # #2); an entry's row is not kept again, as that entry still holds it (#4)
+                kept.mark(i, peaks[0].get(i))
         taken_from.update(fresh)
         known.update((i, why) for i, why in broken if i not in taken_from and i not in known)
         if fresh:
             merged = _merged_sixteen(merged, sixteen_there)
-            if kept is not None:
-                kept.add_sixteen(fresh, sixteen_there, peaks[0] if peaks else None)
     missing = [i for i in range(len(paths)) if i not in taken_from and i not in known]
     taken = None if found is None else [None] * len(missing)
 

@@ -8,7 +8,8 @@ line (the one cache_key hashes), so a row is reused only while its file is as it
 its end) or of another shape is ignored and decoded again.
 Its name hashes the settings and the list of paths, never their stats: a changed file costs its own row only.
 Never an entry (cache_files.ENTRY_NAME tells them apart); pruned as one (the least recently used first), and
-deleted by a load that finds no room on the disk for its new entry beside it (cache.py), never to keep the cache off.
+deleted by a load that finds no room on the disk for its new entry beside it where deleting it makes that room
+(cache.py), never to keep the cache off. Windows: a mapped file cannot be cut there, so a stop keeps nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot.data.cache_words import _note_part_ignored
+from fewshot.data.cache_words import _note_keeping, _note_part_ignored
 from fewshot.process_state import said_once
 from fewshot.utils import loads_run_json
 
@@ -47,12 +48,14 @@ def stamp(stat_row: str) -> str:
 
 
 class KeptRows:
-    """The rows a load has written so far (copied or decoded), each with its 16-bit peak (-1: none): marked just after
-    each row is written, so that a stop at any moment keeps only whole rows, and a kept part's 16-bit record is taken
-    from the rows still valid when it is read (a file replaced since the stop left its peak behind, review rev103)."""
+    """The rows a load has written so far (decoded, or copied from a kept part), each marked with its own 16-bit
+    peak (-1: none) just after it is written, so that a stop at any moment keeps only whole rows with their peaks,
+    and a kept part's 16-bit record is taken from the rows still valid when it is read (a file replaced since the
+    stop left its peak behind, review rev103; peaks added after a part's rows were copied were lost by a stop in
+    between, rev105 #2). Rows copied from another list's entry are not marked: that entry still holds them."""
 
     def __init__(self, paths: list):
-        self.paths, self.rows = paths, np.zeros(len(paths), dtype=bool)
+        self.rows = np.zeros(len(paths), dtype=bool)
         self.peaks = np.full(len(paths), -1, dtype=np.int64)
 
     def mark(self, i: int, peak: int | None = None) -> None:
@@ -60,33 +63,20 @@ class KeptRows:
             self.peaks[i] = max(int(self.peaks[i]), int(peak))
         self.rows[i] = True
 
-    def add_sixteen(self, rows, record: dict | None, peaks: dict | None = None) -> None:
-        """The 16-bit peaks of ``rows``, copied here: a kept part's own (``peaks``, {row: peak}), else an entry's
-        record (it keeps one peak and folder for all its rows) given to each of them under its folder."""
-        if peaks is not None:
-            for i in rows:
-                if peaks.get(i) is not None:
-                    self.mark(i, peaks[i])
-            return
-        if record is None:
-            return
-        folder = os.path.abspath(record["folder"]).rstrip(os.sep) + os.sep
-        for i in rows:
-            if (os.path.abspath(self.paths[i]) + os.sep).startswith(folder):
-                self.mark(i, int(record["peak"]))
-
 
 def keep_rows(held, tmp: Path, part: Path, out, kept: KeptRows, stat_rows: list[str], size: int,
               digests: list | None, desc: str) -> bool:
     """Make the temporary file ``tmp`` (open as ``held``, its rows mapped or in ``out``) the kept part ``part``,
-    where a row was written: the kept rows moved to its start in order (most often they are there already: a decode
-    goes in order), the file cut after them, its trailer added, synced, then renamed. It holds the kept rows only:
-    a stop wrote and synced the whole entry's size (zeros after one kept row), and a part as big as an entry left no
-    room on a nearly full disk for the next load's entry (review rev103 #1, #3). False where nothing was kept."""
+    where a row was written: the kept rows moved to its start in order (often they are there already: a decode goes
+    in order; a failed file or rows copied from another entry leave gaps), the file cut after them, its trailer
+    added, synced, then renamed. It holds the kept rows only: a stop wrote and synced the whole entry's size (zeros
+    after one kept row), and a part as big as an entry left no room on a nearly full disk for the next load's entry
+    (review rev103 #1, #3). False where nothing was kept."""
     rows = np.flatnonzero(kept.rows).tolist()
     if not rows:
         return False
     row_bytes = 3 * size * size
+    _note_keeping(desc, len(rows), len(rows) * row_bytes)  # a large keep moves and syncs GBs: the exit waits on it
     if isinstance(out, np.memmap):
         for j, i in enumerate(rows):  # j <= i: a row is moved down before its place is written over
             if i != j:
@@ -123,7 +113,7 @@ def read_part(part: Path, paths: list, size: int, stat_rows: list[str], desc: st
     except OSError:  # none there, or a folder that cannot be read: nothing kept to use
         return None
     except (ValueError, KeyError, TypeError) as exc:
-        _note_part_ignored(desc, part, str(exc), n)
+        _note_part_ignored(desc, part, str(exc))
         with contextlib.suppress(OSError):
             part.unlink()
         return None

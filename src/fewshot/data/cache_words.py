@@ -120,11 +120,27 @@ def _note_kept_part(desc: str, kept: int, n: int) -> None:
               file=sys.stderr, flush=True)
 
 
-def _note_part_ignored(desc: str, part: Path, why: str, n: int) -> None:
-    """Say that the rows a stopped decode kept in ``part`` cannot be used (rank 0): the load decodes them again."""
+def _note_part_ignored(desc: str, part: Path, why: str, again: int | None = None) -> None:
+    """Say that the rows a stopped decode kept in ``part`` cannot be used (rank 0): the load decodes ``again`` of
+    them anew (None: as many as it kept, not known here). "all N images" was said where another entry still gave
+    some of the rows (review rev105 #6)."""
     if launch_rank() == 0:
+        them = "the images it kept" if again is None else f"its {again:,} image{'s' if again != 1 else ''}"
         print(printable(f"note: {desc}: ignoring {part}, the images kept from an earlier decode that was stopped: "
-                        f"{why}; decoding all {n:,} images again"), file=sys.stderr, flush=True)
+                        f"{why}; decoding {them} again"), file=sys.stderr, flush=True)
+
+
+KEEP_NOTE_BYTES = 100e6  # a stop keeping this much is said first: moving and syncing it can take a while
+
+
+def _note_keeping(desc: str, kept: int, nbytes: int) -> None:
+    """Say, before a stop keeps ``kept`` rows of ``nbytes`` (cache_partial.keep_rows), why the exit waits (rank 0):
+    a stop at 34% of a 15 GB pool moved and synced 5 GB within a Ctrl-C or a SIGTERM's grace period without a
+    word (review rev105 #4). A second stop drops them and leaves any earlier kept file as it was."""
+    if nbytes >= KEEP_NOTE_BYTES and launch_rank() == 0:
+        print(one_line(f"note: {desc}: stopped; keeping {kept:,} decoded images in the image cache "
+                       f"({_gb_or_mb(nbytes)}) for the next load of the same files; a second Ctrl-C drops them"),
+              file=sys.stderr, flush=True)
 
 
 SKIP_HINT = ("(pass --skip-bad-images to skip these files and go on)",)
