@@ -6,8 +6,9 @@ difference between two whole runs mixes the teacher's luck with the variant's ef
 variant relabels the pool with one finished run's round-1 model (OUT/finetune_labelled, best val
 checkpoint, EMA weights) and trains round 2 from it for the same wall time that run's round 2 had;
 the report is each variant's val accuracy and its gain over that shared round 1. ``--seconds planned`` gives
-round 2 the training time that run's round 2 planned (its config.yaml), not the whole stage's seconds (which count
-its step timing, evaluations and checkpoint writes too): a short round 2 is replayed as short as it was;
+round 2 the training time that run's round 2 planned (finetune_round2's config.yaml with more than 2 rounds, else
+finetune's), not the whole stage's seconds (which count its step timing, evaluations and checkpoint writes too): a
+short round 2 is replayed as short as it was; a run whose round 2 was skipped or labelled-only is refused;
 ``--seconds 4`` gives every run's round 2 4 s of training. The replay's pseudo-labels carry no round-1 lr, so a
 short replayed round trains as its flags say (the run's own rule, run_stages.SHORT_ROUND_EPOCHS, is not applied).
 
@@ -36,11 +37,27 @@ from fewshot.train.distributed import DistContext
 from fewshot.train.supervised import SupervisedTask
 
 
-def planned_closing(run: Path, end_time: float, seconds_from: str):
-    """A ``closing`` for finetune_stage that leaves round 2 the training seconds the run's round 2 planned (or
-    ``seconds_from`` seconds): what plan_stage keeps back for after the stage is the rest of ``end_time``."""
+def round2_stage(run: Path, summary: dict) -> str:
+    """The stage folder of ``run``'s round 2: finetune_round2 with run.pseudo_rounds above 2, else finetune (the last
+    round; with 3 rounds that is round 3, not round 2's plan). A run whose round 2 was skipped, or trained on the
+    labelled images only, has no round 2 to replay: refused with the reason."""
+    stages = summary.get("stages") or {}
+    if "finetune_round2" in stages:
+        return "finetune_round2"
+    if (summary.get("self_training_labelled_only") or {}).get("round") == 2:
+        raise SystemExit(f"{run}: round 2 trained on the labelled images only (no pseudo-labels): nothing to replay; "
+                         f"pass runs whose round 2 trained on the pool.")
+    if "finetune" not in stages or 2 in (summary.get("self_training_skipped") or {}).get("rounds", []):
+        raise SystemExit(f"{run}: round 2 did not train (skipped, or the run did not finish): nothing to replay; "
+                         f"pass finished runs whose round 2 trained.")
+    return "finetune"
+
+
+def planned_closing(run: Path, stage: str, end_time: float, seconds_from: str):
+    """A ``closing`` for finetune_stage that leaves round 2 the training seconds the run's round 2 (``stage``) planned
+    (or ``seconds_from`` seconds): what plan_stage keeps back for after the stage is the rest of ``end_time``."""
     if seconds_from == "planned":
-        planned = float(yaml.safe_load((run / "finetune" / "config.yaml").read_text())["train"]["budget_minutes"]) * 60
+        planned = float(yaml.safe_load((run / stage / "config.yaml").read_text())["train"]["budget_minutes"]) * 60
     else:
         planned = float(seconds_from)
     return lambda task, eval_s, step_s=0.0: max(0.0, end_time - time.monotonic() - step_s - planned)
@@ -56,7 +73,8 @@ def round2(run: Path, flags: list[str], work: Path, device: torch.device, second
             cfg[section][key] = saved[section][key]
     summary = json.loads((run / "summary.json").read_text())
     # the stage's own length (older summary.json files counted it from the run's start: rerun those runs)
-    seconds = summary["stages"]["finetune"]["seconds"]
+    stage = round2_stage(run, summary)
+    seconds = summary["stages"][stage]["seconds"]
     infos = scan_root(cfg["data"]["root"], cfg["data"]["datasets"], splits=("train", "val"))
     teacher = SupervisedTask(cfg, infos, device, DistContext())
     teacher.model.load_state_dict(load_trained(run / "finetune_labelled", device).model.state_dict())
@@ -64,7 +82,7 @@ def round2(run: Path, flags: list[str], work: Path, device: torch.device, second
     round1 = teacher.evaluate(teacher.model, 0)["val"]["known"]["mean_acc1"]
     del teacher
     end_time = time.monotonic() + seconds
-    closing = planned_closing(run, end_time, seconds_from) if seconds_from != "stage" else None
+    closing = planned_closing(run, stage, end_time, seconds_from) if seconds_from != "stage" else None
     task, metrics = finetune_stage(cfg, infos, device, DistContext(), work / "finetune", end_time,
                                    "(paired round 2)", pseudo, closing=closing)
     return {"round1_val": round1, "val": metrics["mean_acc1"], "gain": metrics["mean_acc1"] - round1,

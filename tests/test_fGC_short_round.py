@@ -27,7 +27,7 @@ def test_a_short_pseudo_labelled_round_continues_round_1_gently(digits_root, tmp
         lr = round1["optim"]["lr"] * 0.1
         assert abs(last["optim"]["lr"] - lr) < 1e-12 and last["sched"]["warmup_epochs"] == 0.0, last
         assert max(_lrs(out / "finetune")) <= lr * (1 + 1e-6)  # the schedule never goes back to round 1's lr
-        assert "continuing the previous round's model at a tenth of its lr, without a warm-up" in stdout, stdout
+        assert "continuing the previous round's model at a tenth of round 1's lr, without a warm-up" in stdout, stdout
     else:  # a round long enough restarts the schedule at round 1's lr, with its warm-up
         assert last["optim"]["lr"] == round1["optim"]["lr"], last
         assert last["sched"]["warmup_epochs"] == round1["sched"]["warmup_epochs"] > 0, last

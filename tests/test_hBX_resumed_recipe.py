@@ -20,7 +20,9 @@ def _optim(stage_dir) -> dict:
     return yaml.safe_load((stage_dir / "config.yaml").read_text())["optim"]
 
 
-def test_round_2_keeps_round_1s_recipe_when_the_weights_file_is_gone_at_resume(digits_root, tmp_path):
+def resumed_after_the_weights_moved(digits_root, tmp_path) -> tuple[dict, dict, str]:
+    """`run --weights EXPORT` stopped in round 1, the export moved, then `--resume`: round 1's and the last round's
+    optim sections, and the resumed session's output."""
     from fewshot.train.supervised import SupervisedTask
 
     rc, _, err = run_main(*tiny_train_argv(digits_root, tmp_path / "src"))
@@ -36,6 +38,14 @@ def test_round_2_keeps_round_1s_recipe_when_the_weights_file_is_gone_at_resume(d
     shutil.move(weights, tmp_path / "moved.safetensors")
     rc, stdout, err = run_main(*argv, "--resume")
     assert rc == 0, err
-    first, last = _optim(out / "finetune_labelled"), _optim(out / "finetune")
+    return _optim(out / "finetune_labelled"), _optim(out / "finetune"), stdout
+
+
+def test_round_2_keeps_round_1s_recipe_when_the_weights_file_is_gone_at_resume(digits_root, tmp_path, monkeypatch):
+    """Round 2 long enough to restart the schedule (a short one divides the lr: test_fGJ_gentle_rounds)."""
+    from fewshot import run_stages
+
+    monkeypatch.setattr(run_stages, "SHORT_ROUND_EPOCHS", 0.0)
+    first, last, stdout = resumed_after_the_weights_moved(digits_root, tmp_path)
     assert first["lr"] == 2e-3 and first["backbone_lr_mult"] == 1.0, first  # the export's small-data recipe
     assert (last["lr"], last["backbone_lr_mult"]) == (first["lr"], first["backbone_lr_mult"]), (last, stdout)

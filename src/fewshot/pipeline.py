@@ -35,7 +35,7 @@ from fewshot.run_fallbacks import FallbacksMixin, StageDropped
 from fewshot.run_guard import round_loss_note
 from fewshot.run_rounds import LaterRoundSkipped, RoundsMixin
 from fewshot.run_reuse import better_earlier_round
-from fewshot.run_stages import finetune_config, finetune_stage, pretrain_stage
+from fewshot.run_stages import finetune_config, finetune_stage, gently_entry, pretrain_stage
 from fewshot.run_startup import StartupMixin
 from fewshot.run_state import STATE_FILE
 from fewshot.run_words import labelled_passes, minutes_text, near_chance_finding, near_chance_why, overrun_note
@@ -239,7 +239,8 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
         if not task.reused or "finetune" not in summary["stages"]:
             labels = pseudo.get("summary") if pseudo is not None else None  # none: a round on the labelled images
             self.keep("finetune", {"epochs": task.epochs_run,
-                                   **({"pseudo_labels": labels} if labels is not None else {})}, task.fit_seconds)
+                                   **({"pseudo_labels": labels} if labels is not None else {}), **gently_entry(task)},
+                      task.fit_seconds)
 
     def guard_on_val(self) -> None:
         """Self-training's val guard: the stage that predicts is the round that scores highest on val."""

@@ -20,7 +20,7 @@ from fewshot.run_budget import (FLOOR_STEPS, LABEL_SHARE, ROUND1_MARGIN, after_r
                                 round1_least_seconds, time_holds, trained_speeds)
 from fewshot.run_pseudo import pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_reuse import reusable_stage
-from fewshot.run_stages import LABELLED_ONLY_LR_SCALE, labelled_only_round, round_recipe, round_speeds
+from fewshot.run_stages import gentle_lr, gently_entry, labelled_only_round, round_recipe, round_speeds
 from fewshot.run_words import labelled_only_why, seconds_apart, seconds_text
 from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 from fewshot.utils import derive_seed
@@ -212,6 +212,10 @@ class RoundsMixin:
         """Rounds 2 on, each on the pool as the round before labelled it, as far as the time holds them; the last
         one's pseudo-labels are left in ``pseudo`` for last_stage."""
         r, skip, state = self.r, self.skip, self.state
+        # round 1's lr fields (self.task is round 1), carried forward undivided: a round k - 1 that went gently (a short
+        # round) holds a tenth of them, and its successor was divided again or restarted there (review rev106 #2)
+        recipe, lr = round_recipe(self.task), float(self.task.cfg["optim"]["lr"])
+        gentle = gentle_lr(self.task.cfg)
         for k in range(2, int(r["pseudo_rounds"]) + 1):
             if skip["skipped_from"] is None and skip.get("labelled_only") is None and \
                     state.status("finetune") is None and \
@@ -220,7 +224,7 @@ class RoundsMixin:
             if skip["skipped_from"] is not None and k >= skip["skipped_from"]:  # the rounds before it are reused
                 break
             if skip.get("labelled_only") == k:  # the last round (`finetune`), without labelling the pool
-                self.pseudo = labelled_only_round(self.task, k)
+                self.pseudo = {**labelled_only_round(self.task, k, lr), "recipe": recipe}
                 self.task = None
                 break
             # a resumed run labels the pool again with the same model: the same images, so that the stopped
@@ -237,9 +241,9 @@ class RoundsMixin:
             if kept_nothing(self.pseudo):
                 self.skip_without_pseudo_labels(k)  # round k - 1 (self.task) predicts
                 break
-            self.pseudo["recipe"] = round_recipe(self.task)  # round k fine-tunes at the lr round k - 1 chose
-            # a short round k continues round k - 1's model at a tenth of its lr (run_stages.SHORT_ROUND_EPOCHS)
-            self.pseudo["lr"] = float(self.task.cfg["optim"]["lr"]) * LABELLED_ONLY_LR_SCALE
+            self.pseudo["recipe"] = recipe  # round k fine-tunes at round 1's chosen lr (a moved --weights: hBX #1)
+            # a short round k continues round k - 1's model at a tenth of round 1's lr (run_stages.SHORT_ROUND_EPOCHS)
+            self.pseudo["lr"] = gentle
             self.task = None
             if k == self.rounds and skip["skipped_from"] is None:  # the last round is `finetune`, below
                 break
@@ -280,7 +284,8 @@ class RoundsMixin:
         if not task.reused or f"finetune_round{k}" not in self.summary["stages"]:
             # each round's entry: the pseudo-labels it trained on and its val score (the guard compares them)
             self.keep(f"finetune_round{k}", {"epochs": task.epochs_run, "pseudo_labels": pseudo["summary"],
-                                             "val_mean_acc1": round_metrics.get("mean_acc1")}, task.fit_seconds)
+                                             "val_mean_acc1": round_metrics.get("mean_acc1"), **gently_entry(task)},
+                      task.fit_seconds)
 
     def later_round_retimed(self, task, step_s: float, closing_s: float, k: int) -> float:
         """Round ``k``'s step speed where its least run does not fit the time left at its timing (``step_s``,

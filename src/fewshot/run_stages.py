@@ -90,20 +90,44 @@ def floor_retimed(task, step_s: float, ends: float) -> float:
 LABELLED_ONLY_LR_SCALE = 0.1
 
 
-# a pseudo-labelled round planned under this many epochs continues the round before's model gently too: a fresh
-# warm-up and peak lr with no time to decay cost round 2 15-45 val points at 0.3-2 epochs (docs/recipes.md, "A short
-# round 2"), where continuing gently moved val by at most 2.6; from 3.3 epochs on the two tied within 1 point
+# a pseudo-labelled round planned under this many epochs continues the round before's model gently too. Paired from
+# the same round-1 model, a fresh warm-up and peak lr cost round 2 15-46 val points at 0.3-1.2 epochs (one round 2 as
+# a run planned it, three forced 4 s replays), where continuing gently moved val by at most 2.6; at 3.3-8.1 epochs
+# the two tied within 1 point. No pair lies between 1.2 and 3.3 epochs, and a whole run's round 2 still lost 2.6 at
+# 4.1: the threshold is a judgement (docs/recipes.md, "A short round 2"), measured only at the scratch recipe
 SHORT_ROUND_EPOCHS = 4.0
 
 
-def labelled_only_round(task, k: int) -> dict:
+def gentle_lr(cfg: dict) -> float | None:
+    """A short round's lr (SHORT_ROUND_EPOCHS): a tenth of round 1's (``cfg``, round 1's config), which every later
+    round carries forward undivided, so that a third round after a gentle second is divided once, not twice (review
+    rev106 #2). None at the ImageNet recipe (lr 1e-4, the backbone at 0.1x): the rule was measured at lr 4e-3 with the
+    backbone at 1x, and a tenth of 1e-4 leaves a short round nearly a no-op (review rev106 #6)."""
+    from fewshot.config import same_value
+    from fewshot.train.supervised import IMAGENET_RECIPE
+
+    o = cfg["optim"]
+    if all(same_value(o[f], IMAGENET_RECIPE[f]) for f in ("lr", "backbone_lr_mult")):
+        return None
+    return float(o["lr"]) * LABELLED_ONLY_LR_SCALE
+
+
+def labelled_only_round(task, k: int, lr: float) -> dict:
     """The last self-training round (``k``) when the time left holds a round's floor but not the pool's labelling:
     no pseudo-labels, the labelled images only, from ``task``'s weights (round ``k`` - 1), continued gently
-    (continue_gently). Skipped instead, round 2 left a fifth of a 1-minute budget unused, with round 1 at 4.5 epochs
-    and val at chance."""
+    (continue_gently) at a tenth of ``lr``, round 1's (a round k - 1 that went gently had a tenth already: a
+    hundredth, review rev106 #2). Skipped instead, round 2 left a fifth of a 1-minute budget unused, with round 1 at
+    4.5 epochs and val at chance."""
     return {"images": [], "targets": [], "summary": None, "key": None, "labelled_only": True, "after": k - 1,
-            "lr": float(task.cfg["optim"]["lr"]) * LABELLED_ONLY_LR_SCALE,
-            "state": copy.deepcopy(task.model.state_dict())}
+            "lr": float(lr) * LABELLED_ONLY_LR_SCALE, "state": copy.deepcopy(task.model.state_dict())}
+
+
+def gently_entry(task) -> dict:
+    """summary.json's record of a short round that continued gently (finetune_stage: its lr and planned epochs), for
+    the round's entry in ``stages``; {} for any other round. Without it, only the plan line and config.yaml said why
+    round 2's val barely moved (review rev106 #4)."""
+    gently = getattr(task, "continued_gently", None)
+    return {"continued_gently": gently} if isinstance(gently, dict) else {}
 
 
 RECIPE_FIELDS = ("optim.lr", "optim.backbone_lr_mult")  # resolve_finetune_defaults' choices for --weights
@@ -128,10 +152,11 @@ def take_round_recipe(fcfg: dict, recipe: dict) -> None:
 
 
 def continue_gently(fcfg: dict, lr: float) -> None:
-    """A labelled-only round's schedule: round k - 1's model continued at a tenth of its lr (``lr``, set by
-    labelled_only_round from that round's own config: a stage started over at --resume from its stopped config
-    divided it twice, review rev99 #1), without a warm-up. The full schedule again (a fresh warm-up, then lr 0.004)
-    on the same 10-shot images for a few seconds took val from 76.8 to 25.8 (hunt hBW #3); measured on val in
+    """A labelled-only or short round's schedule: round k - 1's model continued at a tenth of round 1's lr (``lr``,
+    set by labelled_only_round or gentle_lr from round 1's config: a stage started over at --resume from its stopped
+    config divided it twice, review rev99 #1, and a round after a gentle one too, rev106 #2), without a warm-up. The
+    full schedule again (a fresh warm-up, then lr 0.004) on the same 10-shot images for a few seconds took val from
+    76.8 to 25.8 (hunt hBW #3); measured on val in
     docs/recipes.md (the labelled-only round), where skipping the round (the rest of the budget unused) tied it."""
     fcfg["optim"]["lr"] = lr
     fcfg["sched"]["warmup_epochs"] = 0.0
@@ -239,7 +264,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     # a stage that began but left no last.pt (killed in its first steps) starts over and is planned anew
     resuming = stage_resumes(status, fdir)
     # each round plans its own epochs and evaluation interval; a resumed one keeps what it planned
-    fcfg = stage_config(fdir, fcfg) if resuming else copy.deepcopy(fcfg)
+    given, fcfg = fcfg, stage_config(fdir, fcfg) if resuming else copy.deepcopy(fcfg)
     ensure_writable_dir(fdir, "fine-tuning run")
     if not resuming:
         start_stage_afresh(fdir)
@@ -255,6 +280,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         task.model.to(device)  # the Engine would have moved it; the pseudo-labelling that follows needs it there
         metrics = read_finished_json(fdir / "metrics.json", f"the finished stage {name}'s metrics", ("mean_acc1",))
         task.reused, task.epochs_run = True, state.stage(name).get("epochs", 0)
+        task.continued_gently = state.stage(name).get("continued_gently")
         print(f"[run] {name}: finished before the stop; its best checkpoint is reused")
         return task, metrics
     if pseudo is not None and not pseudo.get("labelled_only"):  # a labelled-only round: the images as they are
@@ -274,6 +300,9 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         shutil.rmtree(fdir)
         ensure_writable_dir(fdir, "fine-tuning run")
         resuming, status = False, None
+        # planned anew from the run's schedule, not the stopped plan's: a short round's lr (a tenth) and warm-up (none)
+        # were kept by a round now planned long, which trained at full lr without a warm-up (review rev106 #3)
+        fcfg = task.cfg = copy.deepcopy(given)
         if pseudo is None:  # round 1 starts from model.weights again, with its head initialised
             seed_everything(fcfg["train"]["seed"])
             task = SupervisedTask(fcfg, infos, device, ctx, quiet_weights=True, pool_limit=pool_limit)
@@ -295,6 +324,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         trained_before, steps_before = cap_resumed_budget(fcfg, ck_last, end_time - after, step_logged)
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record(name, "began", now, fit_at=now - trained_before)
+        task.continued_gently = state.stage(name).get("continued_gently")  # planned so before the stop
         print(f"[run] {name}: continuing from {last} on its planned schedule")
     else:
         if pseudo is not None:  # a later round's timing went unsaid: 20-36 s without a line on a loaded machine
@@ -308,11 +338,14 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
             continue_gently(fcfg, pseudo["lr"])
         step_s, epochs, remaining = plan_stage(task, fcfg, end_time, fcfg["run"]["min_epochs"],
                                                ("train", "eval_every"), closing, getattr(state, "resumed", False))
-        # the round's lr from round k - 1's (pseudo["lr"], as a labelled-only round's): a stage started over from its
-        # stopped config.yaml must not divide it again
-        short = pseudo is not None and not labelled_only and "lr" in pseudo and epochs < SHORT_ROUND_EPOCHS
+        # the round's lr from round 1's (pseudo["lr"], gentle_lr; None at the ImageNet recipe), never from round k - 1's
+        # or a stopped config.yaml's, either of which may be divided already
+        short = (pseudo is not None and not labelled_only and pseudo.get("lr") is not None
+                 and epochs < SHORT_ROUND_EPOCHS)
         if short:
             continue_gently(fcfg, pseudo["lr"])
+        task.continued_gently = {"lr": fcfg["optim"]["lr"], "planned_epochs": round(float(epochs), 2),
+                                 "under_epochs": SHORT_ROUND_EPOCHS} if short else None
         save_yaml(fcfg, fdir / "config.yaml")
         weights = fcfg["model"]["weights"]
         # the user's own model.weights are not MoCo's: which recipe their lr took is said (hunt hBW #2)
@@ -321,9 +354,11 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         recipe = recipe_words(fcfg) if weights and not fcfg["run"]["pretrain"] else ""
         start = ("from random init" if not weights else "from MoCo weights" if fcfg["run"]["pretrain"]
                  else f"from {weights}{f' ({recipe})' if recipe else ''}")
-        head = (f"continuing round {pseudo['after']}'s model at a tenth of its lr, without a warm-up"
+        # a tenth of round 1's lr (carried forward undivided): "its" of a round 2 that went gently read as a hundredth
+        of = "its" if labelled_only and pseudo["after"] == 1 else "round 1's"
+        head = (f"continuing round {pseudo['after']}'s model at a tenth of {of} lr, without a warm-up"
                 f"{' ' + what if what else ''}" if labelled_only else
-                f"continuing the previous round's model at a tenth of its lr, without a warm-up (a short round: under "
+                f"continuing the previous round's model at a tenth of {of} lr, without a warm-up (a short round: under "
                 f"{SHORT_ROUND_EPOCHS:g} epochs){' ' + what if what else ''}" if short else
                 f"fine-tuning {'from the previous round' if pseudo else start}{' ' + what if what else ''}")
         print(f"[run] {head}: {len(task.train_set)} training images{made_of(task, pseudo, fcfg)}, "
@@ -331,7 +366,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
               f"{stage_plan_words(step_s, remaining, epochs)}, lr {fcfg['optim']['lr']:g}")
         if state is not None:
             state.record(name, "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
-                         pseudo_key=key)
+                         pseudo_key=key, continued_gently=task.continued_gently)
     seed_everything(fcfg["train"]["seed"])
     engine = Engine(task, fcfg, fdir, device, ctx)
     if status == "trained":  # stopped after its training, before its metrics

@@ -230,6 +230,10 @@ class ReportBuilder:
                 if r.pipeline.get("self_training_reduced"):
                     body.append(H.note(f"Self-training's middle rounds were dropped (planned, not an error): "
                                        f"{r.pipeline['self_training_reduced']}."))
+                if r.pipeline.get("self_training_gently"):  # a short round's val barely moves: here is why
+                    body.append(H.note(f"Short self-training rounds continued the round before's model at a tenth of "
+                                       f"round 1's lr, without a warm-up (planned, not an error): "
+                                       f"{r.pipeline['self_training_gently']}."))
                 if r.pipeline.get("self_training_labelled_only"):  # its row has no pseudo-labels: here is why
                     body.append(H.note(f"The last round trained on the labelled images only, without pseudo-labels "
                                        f"(planned, not an error): {r.pipeline['self_training_labelled_only']}."))

@@ -69,6 +69,21 @@ def self_training_rounds(stages: dict) -> list[dict]:
     return rounds
 
 
+def gently_words(stages: dict) -> str:
+    """summary.json's short self-training rounds that continued the round before's model gently (run_stages
+    .gently_entry), as a clause for the report's note: "round 2 (1.2 epochs planned, lr 0.0004)"; "" where none did.
+    Its val barely moving from the round before is then read as planned, not as pseudo-labels that did nothing."""
+    said = []
+    for r in self_training_rounds(stages):  # numbered as the self-training table numbers them
+        entry = stages.get(r["stage"])
+        g = entry.get("continued_gently") if isinstance(entry, dict) else None
+        if not (isinstance(g, dict) and _is_number(g.get("lr")) and _is_number(g.get("planned_epochs"))):
+            continue
+        under = f", under {g['under_epochs']:g}" if _is_number(g.get("under_epochs")) else ""
+        said.append(f"round {r['round']} ({g['planned_epochs']:g} epochs planned{under}; lr {g['lr']:g})")
+    return "; ".join(said)
+
+
 def _weighted(d: dict, aim: str) -> str:
     """summary.json's val accuracies re-weighted to the proportions aimed at (uneven shots), where it has them; said
     after ``aim`` (the words naming proportions other than the train split's), so that they are named once."""
@@ -159,6 +174,9 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
         rounds = self_training_rounds(stages)
         if rounds:
             out["self_training"] = rounds
+        gently = gently_words(stages)
+        if gently:
+            out["self_training_gently"] = gently
     metrics = summary.get("metrics")
     if isinstance(metrics, dict):
         out["metrics"] = {k: m for k in ("test", "test_unknown") if metrics.get(k) is not None
