@@ -201,14 +201,15 @@ def retimed_steps(measure, timed: list, need, left, holds, stop_need=None) -> li
     return steps
 
 
-def trained_speeds(log_path, passes: int = 1) -> tuple[float | None, float | None]:
+def trained_speeds(log_path, passes: int = 1, pending: dict | None = None) -> tuple[float | None, float | None]:
     """A trained stage's own speeds from its log.jsonl: seconds per training step as it ended (its last epochs' step
     time over their steps, the epochs that hold the last quarter of its steps at least: a machine that got busy
     during round 1 trained its last 30 steps at 0.55 s, its first 90 at 0.05) and per evaluation (the evaluation
     rows' mean time over ``passes``, eval_passes: with an EMA it scores both weights). The later rounds were judged
     at round 1's calibration (4 steps timed at its planning): on a loaded machine round 1 trained at 7.4 s a step
     against 1.6 s timed, and round 2 labelled the pool and timed its own steps only to be skipped at its planning.
-    None for a speed the log does not hold (no log: a reused stage)."""
+    None for a speed the log does not hold (no log: a reused stage). ``pending``: the row of the epoch the Engine has
+    not logged yet (round1_replan judges at round 1's planned end with the rows the check before round 2 reads)."""
     rows = []
     with contextlib.suppress(OSError, ValueError):
         for line in open(log_path, encoding="utf-8", errors="replace"):
@@ -216,6 +217,8 @@ def trained_speeds(log_path, passes: int = 1) -> tuple[float | None, float | Non
                 row = loads_run_json(line)
                 if isinstance(row, dict):
                     rows.append(row)
+    if pending is not None:
+        rows.append(pending)
     epochs, before = [], 0  # (steps, seconds) of each epoch's row
     for row in rows:
         step, took = row.get("step"), row.get("epoch_time_s")

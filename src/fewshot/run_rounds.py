@@ -13,11 +13,10 @@ import functools
 import shutil
 import time
 
-from fewshot.run_budget import (FLOOR_STEPS, LABEL_SHARE, ROUND1_MARGIN, after_round1_seconds,
-                                checkpoint_write_seconds, eval_passes, later_rounds_seconds, least_run_holds,
-                                least_run_seconds, measure_prediction_seconds, measure_step_seconds,
-                                resumed_eval_seconds, retimed_steps, round1_end_seconds, round1_leaves,
-                                round1_least_seconds, time_holds, trained_speeds)
+from fewshot.run_budget import (FLOOR_STEPS, LABEL_SHARE, after_round1_seconds, checkpoint_write_seconds, eval_passes,
+                                later_rounds_seconds, least_run_holds, least_run_seconds, measure_prediction_seconds,
+                                measure_step_seconds, resumed_eval_seconds, retimed_steps, round1_end_seconds,
+                                round1_leaves, round1_least_seconds, time_holds, trained_speeds)
 from fewshot.run_pseudo import pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_reuse import reusable_stage
 from fewshot.run_stages import gentle_lr, gently_entry, labelled_only_round, round_recipe, round_speeds
@@ -46,6 +45,23 @@ def round1_retimed(run, task, step_s: float, need) -> float:
     return faster
 
 
+def skip_after_round1(run, task, why: str, eval_s: float, per_image: float, verb: str = "trains",
+                      least_step_s: float | None = None) -> float:
+    """Self-training's later rounds skipped after round 1 (run.decide, kept for a --resume) for ``why``, and the line
+    that says so; round 1 then ``verb`` until the closing work. At round 1's planning (``least_step_s``, its step) a
+    budget that cannot hold even the least run is refused first. Returns the closing work's seconds (the report now
+    draws round 1 only). One helper for round1_closing and round1_replan (their copies had drifted apart)."""
+    planned = run.rounds
+    run.decide(1, 2, why)
+    closing_s = run.closing(task, eval_s, per_test_image=per_image)
+    if least_step_s is not None:
+        run.refuse_unless_least_run_fits([(task, least_step_s)])  # a re-timed step: task.retimed_step_s
+    print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not an error): "
+          f"{run.skip['why']}; round 1 {verb} until the closing work (about {closing_s:.0f} s) and predicts",
+          flush=True)
+    return closing_s
+
+
 def kept_nothing(pseudo: dict) -> bool:
     """Whether the round that labelled the pool kept no pseudo-label (a resumed record counts as kept): the next
     round is then skipped (RoundsMixin.skip_without_pseudo_labels). A function of its own so that the tests, whose
@@ -71,6 +87,8 @@ class RoundsMixin:
         task, round1_metrics = self.finetune(self.out / "finetune_labelled", self.labelled_end,
                                              "on the labelled images (self-training, round 1)",
                                              closing=self.round1_closing)
+        if getattr(task, "replan_end", None) is not None:  # round 1 has ended: its partial held the task (a cycle
+            task.replan_end = None  # that kept round 1's model), and no later Engine of this task asks it
         self.task = task
         self.round1_val = round1_metrics.get("mean_acc1")
         self.earlier = {"finetune_labelled": round1_metrics}  # the rounds before the last, for the val guard
@@ -134,31 +152,24 @@ class RoundsMixin:
         # labelling that the check before round 2 (check_later_rounds) then found no time for
         if skip["skipped_from"] == 2 or (decides and not time_holds(rest + margin + own, left)):
             if skip["skipped_from"] != 2:
-                planned = rounds
                 # the sum compared, not the later rounds' part alone: "47 s were left ... the later round needs
                 # about 41 s" read as a skip that should not have happened
                 left_s, need_s = seconds_apart(left, rest + margin + own)
-                self.decide(1, 2, f"about {left_s} were left for round 1 and what follows it, less than they need at "
-                                  f"the measured speed (about {need_s}): round 1's own least run "
-                                  f"({seconds_text(own)}: {FLOOR_STEPS + 1} steps and an evaluation), the later "
-                                  f"round{'s' if planned > 2 else ''} ({seconds_text(rest)}: round 1's end and "
-                                  f"checkpoint writes, labelling the pool, calibration, {FLOOR_STEPS + 1} steps each, "
-                                  f"evaluations, the closing work and a margin for their own late end) and a margin "
-                                  f"for round 1 ending late "
-                                  f"({seconds_text(margin)})"
-                                  + ("; cut shorter, round 1 would train near chance for a labelling the time then "
-                                     "might not hold" if time_holds(rest + own, left) else ""))
-                closing_s = self.closing(task, eval_s, per_test_image=per_image)  # the report now draws round 1 only
-                self.refuse_unless_least_run_fits([(task, step_s)])  # a re-timed step: task.retimed_step_s
-                print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not "
-                      f"an error): {skip['why']}; round 1 trains until the closing work (about {closing_s:.0f} s) "
-                      f"and predicts", flush=True)
+                why = (f"about {left_s} were left for round 1 and what follows it, less than they need at the "
+                       f"measured speed (about {need_s}): round 1's own least run ({seconds_text(own)}: "
+                       f"{FLOOR_STEPS + 1} steps and an evaluation), the later round{'s' if rounds > 2 else ''} "
+                       f"({seconds_text(rest)}: round 1's end and checkpoint writes, labelling the pool, calibration, "
+                       f"{FLOOR_STEPS + 1} steps each, evaluations, the closing work and a margin for their own late "
+                       f"end) and a margin for round 1 ending late ({seconds_text(margin)})"
+                       + ("; cut shorter, round 1 would train near chance for a labelling the time then might not "
+                          "hold" if time_holds(rest + own, left) else ""))
+                closing_s = skip_after_round1(self, task, why, eval_s, per_image, least_step_s=step_s)
             self.plan_closing(closing_s)
             if resumed:  # round 1 is the last stage: it trains until the closing work
                 self.warn_if_resumed_late("finetune_labelled", closing_s, task)
             return self.labelled_end - (self.last_end - closing_s)  # negative: round 1 ends after its share
         leaves = round1_leaves(rest, left, step_s, eval_s)  # and a margin for round 1's own late end
-        if decides and not resumed:  # the Engine asks again at each epoch's end, at the speed round 1 trains at
+        if decides and not resumed:  # the Engine asks at round 1's planned end, at the speed round 1 trained at
             task.replan_end = functools.partial(RoundsMixin.round1_replan, self, task, rest_at, per_image)
         cut = max(0.0, self.labelled_end - (self.last_end - leaves))
         if cut > 0:
@@ -169,43 +180,30 @@ class RoundsMixin:
                      else ""), flush=True)
         return cut
 
-    def round1_replan(self, task, rest_at, per_image: float, budget_end: float, steps: int) -> float:
-        """Round 1's training end (``budget_end``, time.monotonic()) judged again at an epoch's end (the Engine's
-        task.replan_end, after ``steps`` steps) at the speeds the check before round 2 will judge at (round_speeds:
-        the slower of the timing and the training so far, trained_speeds). Planned at its timing only, a loaded
-        machine's round 1 (352 ms timed, 600 ms trained) was cut 4 s for a round 2 that the check then skipped, and a
-        quarter of the budget went unused (hunt hBX #3). Where the later round no longer fits after that end, round 1
-        ends sooner where it still leaves the round, its margin and round 1's floor; else the later rounds are
-        skipped now and round 1 trains until the closing work. Returns the (new) end."""
+    def round1_replan(self, task, rest_at, per_image: float, budget_end: float, row: dict) -> float:
+        """Round 1's training end (``budget_end``, time.monotonic()) judged once, when round 1 reaches it (the
+        Engine's task.replan_end; ``row``: its epoch not in log.jsonl yet), with what the check before round 2 will
+        judge at: round_speeds' slower of the timing and the whole log's speed (trained_speeds). Planned at its
+        timing only, a loaded machine's round 1 (352 ms timed, 600 ms trained) was cut for a round 2 that the check
+        then skipped, and a quarter of the budget went unused (hunt hBX #3). Where the later round still fits, round 1
+        stops as planned; else the later rounds are skipped here and round 1 trains on until the closing work.
+        Judged mid-round, one slow first epoch skipped round 2 for good (review rev102). Returns the (new) end."""
         if self.skip["skipped_from"] is not None:  # decided already: round 1 is the last stage
             return budget_end
-        timed_s, timed_e = task.step_s, task.eval_s
-        trained_s, trained_e = trained_speeds(self.out / "finetune_labelled" / "log.jsonl", eval_passes(task))
-        s, e = max(timed_s, trained_s or 0.0), max(timed_e, trained_e or 0.0)
-        if s <= timed_s and e <= timed_e:  # at the speeds planned: the plan stands
-            return budget_end
+        trained_s, trained_e = trained_speeds(self.out / "finetune_labelled" / "log.jsonl", eval_passes(task), row)
+        s, e = max(task.step_s, trained_s or 0.0), max(task.eval_s, trained_e or 0.0)
         rest = rest_at(s, e, 2, self.closing(task, e, per_test_image=per_image))  # one later round, at least
-        if time_holds(rest, self.last_end - budget_end):
+        left = self.last_end - time.monotonic()
+        if time_holds(rest, left):
             return budget_end
-        speed = (f"round 1 trains at {s * 1000:.0f} ms a step ({e:.1f} s an evaluation), slower than its planning "
-                 f"timed ({timed_s * 1000:.0f} ms, {timed_e:.1f} s)")
-        now, need = time.monotonic(), rest * (1 + ROUND1_MARGIN)
-        if time_holds(need + max(0, FLOOR_STEPS + 1 - steps) * s, self.last_end - now):
-            end = max(now, self.last_end - need)  # the later round, its margin and round 1's floor still fit
-            print(f"[run] round 1 ends {budget_end - end:.0f} s sooner than planned: {speed}, and at that speed the "
-                  f"later round needs about {need:.0f} s after it ({need - rest:.0f} s of them a margin for round 1 "
-                  f"ending late)", flush=True)
-            return end
-        planned = self.rounds
-        left_s, need_s = seconds_apart(self.last_end - budget_end, rest)
-        self.decide(1, 2, f"{speed}: about {left_s} would be left after it, and the later round needs at least "
-                          f"{need_s} at that speed (labelling the pool, calibration, {FLOOR_STEPS + 1} steps, "
-                          f"evaluations and the closing work)")
-        closing_s = self.closing(task, e, per_test_image=per_image)  # the report now draws round 1 only
+        left_s, need_s = seconds_apart(left, rest)
+        why = (f"round 1 trained at {s * 1000:.0f} ms a step ({e:.1f} s an evaluation; the slower of its timing, "
+               f"{task.step_s * 1000:.0f} ms, and its training): about {left_s} were left when it reached its planned "
+               f"end, and the later round needs at least {need_s} after it at that speed (round 1's end and "
+               f"checkpoint writes, labelling the pool, calibration, {FLOOR_STEPS + 1} steps, evaluations and the "
+               f"closing work)")
+        closing_s = skip_after_round1(self, task, why, e, per_image, "trains on")
         self.plan_closing(closing_s)
-        print(f"[run] self-training's round{'s 2-' if planned > 2 else ' '}{planned} skipped (planned, not an "
-              f"error): {self.skip['why']}; round 1 trains on until the closing work (about {closing_s:.0f} s) and "
-              f"predicts", flush=True)
         return max(budget_end, self.last_end - closing_s - s)  # a step kept back, as plan_stage keeps it
 
     def later_rounds(self) -> None:

@@ -39,10 +39,9 @@ class BudgetReserveMixin:
 
     def _deadline(self) -> float | None:
         """The training steps' deadline: the budget's end less the closing work's estimate (read again after each
-        evaluation, which times it anew), the end as the run may have re-planned it (StageCapMixin)."""
+        evaluation, which times it anew)."""
         if self._budget_end is None:
             return None
-        self._replan_budget_end()
         self.reserve_s = self._closing_estimate() if self._reserving else 0.0
         return self._budget_end - self.reserve_s
 

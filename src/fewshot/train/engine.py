@@ -449,7 +449,9 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
                 if bar is not None:
                     bar.close()
                 self._stop_here()
-            if late:
+            if late and self._end_moved({"step": self.global_step, "epoch_time_s": self.epoch_seconds_so_far()}):
+                deadline = self._deadline()  # round 1 trains on: the run skipped the later rounds (StageCapMixin)
+            elif late:
                 stopped = True
                 break
         self.epoch_seconds, self._epoch_t0 = self.epoch_seconds_so_far(), None
@@ -481,12 +483,12 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         # would; without an evaluation due, before it (a budget stop is evaluated). Every rank agrees, as per step.
         look = deadline is not None and not stopped
         if look and not due:
-            stopped = due = last_epoch = self._agreed_stop(deadline)[1]
+            stopped = due = last_epoch = self._agreed_stop(deadline)[1] and not self._end_moved(record)
             look = False
         new_best = self._evaluate(record, epoch) if due else False
         if look:
             deadline = self._deadline()  # with the evaluation just timed
-            stopped = self._agreed_stop(deadline)[1]
+            stopped = self._agreed_stop(deadline)[1] and not self._end_moved(record)
             last_epoch = last_epoch or stopped
         # The epoch-end last.pt carries its log row (without the timings), so that a kill between this save
         # and the log write still ends with the row in log.jsonl: resume() appends it when it is missing.

@@ -23,6 +23,8 @@ LATE_POSITION = 0.95  # the schedule's position past which a stage's cap is not 
 class StageCapMixin:
     """The schedule's position in a time-based run, and the raise of a `fewshot run` stage's epoch cap."""
 
+    _end_asked = False  # whether task.replan_end was asked (_end_moved: once, at the stage's first deadline)
+
     def _schedule_t(self, deadline: float | None) -> int:
         """The schedule's position: the global step, or with sched.time_based (budgeted runs such as
         `fewshot run`) the elapsed fraction of the budget, so the cosine ends when the time does
@@ -86,25 +88,30 @@ class StageCapMixin:
               f"so that it trains until its deadline ({max(0.0, deadline - now):.0f} s left) with its time-based "
               f"schedule going on from where it is.", flush=True)
 
-    def _replan_budget_end(self) -> None:
-        """A `fewshot run` stage's end as its run re-plans it while it trains (``task.replan_end(end, steps)``:
-        self-training's round 1, whose cut for the later rounds was planned at its timing and is judged again at the
-        speed it trains at). An end moved later keeps the schedule where it is (its floor: the lr does not rise
-        again); the new budget goes to config.yaml with the next last.pt, so that a resumed stage keeps it. Not
-        under DDP, where every rank must take the same end (`fewshot run` trains on one process)."""
+    def _end_moved(self, row: dict) -> bool:
+        """Whether the run moved a `fewshot run` stage's end later when its deadline passed (``task.replan_end(end,
+        row)``, asked once: self-training's round 1, cut for the later rounds at its timing, is judged at its planned
+        end at the speed it trained at; ``row`` is its epoch not in log.jsonl yet). Asked at each epoch's end, it read
+        the whole log every time and decided on the first epochs alone (review rev102). An end moved later keeps the
+        schedule where it is (its floor: the lr does not rise again), and last.pt and then config.yaml are written
+        at once, so that a kill and --resume keep the new end. Not under DDP, where every rank must take the same
+        end (`fewshot run` trains on one process)."""
         replan = getattr(self.task, "replan_end", None)
-        if replan is None or self.ctx.enabled:
-            return
-        end = replan(self._budget_end, self.global_step)
-        if abs(end - self._budget_end) < 1e-6:
-            return
-        if end > self._budget_end:
-            total = self.cfg["train"]["epochs"] * self.steps_per_epoch
-            frac = (time.monotonic() - self.fit_start) / max(1e-9, self._budget_end - self.fit_start)
-            self._sched_floor = min(1.0, max(self._sched_floor, frac, self.global_step / max(1, total)))
+        if replan is None or self.ctx.enabled or self._end_asked:
+            return False
+        self._end_asked = True
+        end = replan(self._budget_end, row)
+        if end <= self._budget_end + 1e-6:
+            return False
+        total = self.cfg["train"]["epochs"] * self.steps_per_epoch
+        frac = (time.monotonic() - self.fit_start) / max(1e-9, self._budget_end - self.fit_start)
+        self._sched_floor = min(1.0, max(self._sched_floor, frac, self.global_step / max(1, total)))
         self._budget_end = end
         self.cfg["train"]["budget_minutes"] = max(1e-3, end - self.fit_start) / 60
-        self._cap_unsaved = True
+        self._cap_unsaved = True  # config.yaml after last.pt: never ahead of its floor (rev47)
+        if self.step_in_epoch:  # inside an epoch: now (at an epoch's end the Engine's save follows at once)
+            self.save_mid_epoch()
+        return True
 
     def _eval_interval_wanted(self) -> int:
         """A stage's evaluation interval once its cap has risen (its floor), from its own speeds: evaluations about a
