@@ -66,12 +66,13 @@ def _stage(clock, task, end: float):
     return e
 
 
-def _train_round1(clock, run, task, cut: float, step_s) -> float:
+def _train_round1(clock, run, task, cut: float, step_s, eval_s: float = EVAL) -> float:
     """Round 1 as the Engine trains it at ``step_s`` a step (a number, or a function of the epoch): its deadline a
     step before the planned end (plan_stage keeps one back), an epoch of EPOCH_STEPS steps, then both evaluations (an
     EMA) and its log.jsonl row. The deadline is read at each epoch's start (Engine._deadline) and looked at after
     each step and the epoch's evaluation; where it has passed, Engine._end_moved asks task.replan_end with the
-    epoch's row not logged yet, and round 1 trains on where the end moved later. Returns the end it had."""
+    epoch's row not logged yet, and round 1 trains on where the end moved later (``eval_s``: an evaluation's time,
+    the stop's too). Returns the end it had."""
     from fewshot.run_stages import trained_speeds
 
     log = run.out / "finetune_labelled" / "log.jsonl"
@@ -87,8 +88,8 @@ def _train_round1(clock, run, task, cut: float, step_s) -> float:
         stage.global_step, stage.step_in_epoch = steps, steps % EPOCH_STEPS
         row = {"step": steps, "epoch_time_s": took}
         if steps % EPOCH_STEPS == 0:
-            clock[0] += 2 * EVAL
-            row["eval_time_s"] = 2 * EVAL
+            clock[0] += 2 * eval_s
+            row["eval_time_s"] = 2 * eval_s
         moved = getattr(stage, "_end_moved", None)
         stop = clock[0] > deadline and not (moved is not None and moved(row))
         deadline = stage._budget_end
@@ -101,7 +102,7 @@ def _train_round1(clock, run, task, cut: float, step_s) -> float:
         if steps % EPOCH_STEPS == 0:
             deadline = stage._deadline()  # the next epoch's
     # its late end: the stop's 3 evaluations, the checkpoint writes; finetune_stage then reads the speeds it trained at
-    clock[0] += 3 * EVAL + PARAMS * 24 / run.writes_bps
+    clock[0] += 3 * eval_s + PARAMS * 24 / run.writes_bps
     task.trained_step_s, task.trained_eval_s = trained_speeds(log, 2)
     return stage._budget_end
 
@@ -145,7 +146,7 @@ def test_round_1_trained_twice_as_slow_is_not_cut_for_a_round_2_it_cannot_hold(c
     assert "round 2 skipped (planned, not an error): round 1 trained at 920 ms a step" in out, out
     assert "the slower of its timing, 460 ms, and its training): about 30 s were left when it reached its planned " \
            "end, and the later round needs at least 32 s" in out, out
-    assert "round 1 trains on until the closing work" in out, out
+    assert "round 1 trains on at its last lr until the closing work" in out, out
 
 
 def test_round_1_is_not_ended_sooner_and_skips_round_2_at_its_planned_end(clock, tmp_path, capsys):

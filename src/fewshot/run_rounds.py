@@ -13,10 +13,10 @@ import functools
 import shutil
 import time
 
-from fewshot.run_budget import (FLOOR_STEPS, LABEL_SHARE, after_round1_seconds, checkpoint_write_seconds, eval_passes,
-                                later_rounds_seconds, least_run_holds, least_run_seconds, measure_prediction_seconds,
-                                measure_step_seconds, resumed_eval_seconds, retimed_steps, round1_end_seconds,
-                                round1_leaves, round1_least_seconds, time_holds, trained_speeds)
+from fewshot.run_budget import (FLOOR_STEPS, LABEL_SHARE, ROUND1_MARGIN, after_round1_seconds, checkpoint_write_seconds,
+                                eval_passes, later_rounds_seconds, least_run_holds, least_run_seconds,
+                                measure_prediction_seconds, measure_step_seconds, resumed_eval_seconds, retimed_steps,
+                                round1_end_seconds, round1_leaves, round1_least_seconds, time_holds, trained_speeds)
 from fewshot.run_pseudo import pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_reuse import reusable_stage
 from fewshot.run_stages import gentle_lr, gently_entry, labelled_only_round, round_recipe, round_speeds
@@ -129,12 +129,14 @@ class RoundsMixin:
         saves_s = checkpoint_write_seconds(task, getattr(self, "writes_bps", WRITE_BYTES_PER_S))
         n_test = 0 if self.test_set.images is None else len(self.test_set.images)  # (None: a test's stand-in)
 
-        def rest_at(s: float, e: float = eval_s, n: int = rounds, close: float | None = None) -> float:
-            # the later rounds' least time (n - 1 of them), from round 1's last step on, at s a step and e an
-            # evaluation, with what round 1's end and the check before round 2 take beyond it: the check's own count
+        def rest_at(s: float, e: float = eval_s, n: int = rounds, close: float | None = None, per: float = per_image,
+                    saves: float = saves_s) -> float:
+            # the later rounds' least time (n - 1 of them), from round 1's last step on, at s a step, e an evaluation
+            # and per a predicted image, with what round 1's end and the check before round 2 take beyond it (saves:
+            # its checkpoint writes): the check's own count
             close = closing_s if close is None else close
-            return (after_round1_seconds(s, e, per_image, self.n_unlabeled, n, close, evals, n_test)
-                    + round1_end_seconds(s, per_image, n_test, saves_s))
+            return (after_round1_seconds(s, e, per, self.n_unlabeled, n, close, evals, n_test)
+                    + round1_end_seconds(s, per, n_test, saves))
 
         def need(steps: list[float]) -> float:  # the rest, its margin and round 1's own least run, as compared below
             return round1_least_seconds(rest_at(steps[0]), steps[0], eval_s)
@@ -170,7 +172,7 @@ class RoundsMixin:
             return self.labelled_end - (self.last_end - closing_s)  # negative: round 1 ends after its share
         leaves = round1_leaves(rest, left, step_s, eval_s)  # and a margin for round 1's own late end
         if decides and not resumed:  # the Engine asks at round 1's planned end, at the speed round 1 trained at
-            task.replan_end = functools.partial(RoundsMixin.round1_replan, self, task, rest_at, per_image)
+            task.replan_end = functools.partial(RoundsMixin.round1_replan, self, task, rest_at)
         cut = max(0.0, self.labelled_end - (self.last_end - leaves))
         if cut > 0:
             print(f"[run] round 1 ends {cut:.0f} s before its share (run.pseudo_share={self.r['pseudo_share']:g}) "
@@ -180,29 +182,45 @@ class RoundsMixin:
                      else ""), flush=True)
         return cut
 
-    def round1_replan(self, task, rest_at, per_image: float, budget_end: float, row: dict) -> float:
+    def round1_replan(self, task, rest_at, budget_end: float, row: dict) -> float:
         """Round 1's training end (``budget_end``, time.monotonic()) judged once, when round 1 reaches it (the
         Engine's task.replan_end; ``row``: its epoch not in log.jsonl yet), with what the check before round 2 will
-        judge at: round_speeds' slower of the timing and the whole log's speed (trained_speeds). Planned at its
-        timing only, a loaded machine's round 1 (352 ms timed, 600 ms trained) was cut for a round 2 that the check
-        then skipped, and a quarter of the budget went unused (hunt hBX #3). Where the later round still fits, round 1
-        stops as planned; else the later rounds are skipped here and round 1 trains on until the closing work.
-        Judged mid-round, one slow first epoch skipped round 2 for good (review rev102). Returns the (new) end."""
+        judge at: round_speeds' slower of the timing and the whole log's speed (trained_speeds), the prediction timed
+        again (one batch, as the check times it) and the checkpoint writes at the current rate (round 1's own writes
+        may have lowered it). Planned at its timing only, a loaded machine's round 1 (352 ms timed, 600 ms trained)
+        was cut for a round 2 that the check then skipped, and a quarter of the budget went unused (hunt hBX #3);
+        judged with planning's prediction speed, it stopped as planned and the check, timing the prediction on the
+        loaded machine, skipped round 2 (28.2 s left, 28.3 s needed; review rev107). Where the later round still
+        fits, round 1 stops as planned; else the later rounds are skipped here and round 1 trains on until the
+        closing work. Judged mid-round, one slow first epoch skipped round 2 for good (review rev102).
+
+        The margin is ROUND1_MARGIN on round 1's end alone (its stop's evaluations, the step past the deadline, its
+        checkpoint writes and the check's timing), as later_rounds_seconds keeps it on the later rounds' work. With
+        the check's own inputs, the check then finds what it needs unless round 1's end overruns that by more than
+        the margin and the step already taken: "stops as planned" implies "the check keeps round 2". Not
+        ROUND1_MARGIN on the whole rest: round 1's planning left exactly that (round1_leaves), so a round 1 trained
+        even a little slower than timed would skip a round 2 the check keeps; the part taken here is always less
+        than the rest, so a round 1 at its planned speeds always stops as planned. Returns the (new) end."""
         if self.skip["skipped_from"] is not None:  # decided already: round 1 is the last stage
             return budget_end
         trained_s, trained_e = trained_speeds(self.out / "finetune_labelled" / "log.jsonl", eval_passes(task), row)
         s, e = max(task.step_s, trained_s or 0.0), max(task.eval_s, trained_e or 0.0)
-        rest = rest_at(s, e, 2, self.closing(task, e, per_test_image=per_image))  # one later round, at least
+        per_image = measure_prediction_seconds(task, self.test_set.images)  # as check_later_rounds times it
+        saves_s = checkpoint_write_seconds(task, getattr(self, "writes_bps", WRITE_BYTES_PER_S))
+        n_test = 0 if self.test_set.images is None else len(self.test_set.images)
+        rest = rest_at(s, e, 2, self.closing(task, e, per_test_image=per_image), per_image, saves_s)  # 1 round, least
+        end_s = (eval_passes(task) + 1) * e + round1_end_seconds(s, per_image, n_test, saves_s)  # round 1's own end
+        need = rest + ROUND1_MARGIN * end_s
         left = self.last_end - time.monotonic()
-        if time_holds(rest, left):
+        if time_holds(need, left):
             return budget_end
-        left_s, need_s = seconds_apart(left, rest)
+        left_s, need_s = seconds_apart(left, need)
         why = (f"round 1 trained at {s * 1000:.0f} ms a step ({e:.1f} s an evaluation; the slower of its timing, "
                f"{task.step_s * 1000:.0f} ms, and its training): about {left_s} were left when it reached its planned "
                f"end, and the later round needs at least {need_s} after it at that speed (round 1's end and "
-               f"checkpoint writes, labelling the pool, calibration, {FLOOR_STEPS + 1} steps, evaluations and the "
-               f"closing work)")
-        closing_s = skip_after_round1(self, task, why, e, per_image, "trains on")
+               f"checkpoint writes, labelling the pool, calibration, {FLOOR_STEPS + 1} steps, evaluations, the "
+               f"closing work and a margin for round 1 ending late)")
+        closing_s = skip_after_round1(self, task, why, e, per_image, "trains on at its last lr")
         self.plan_closing(closing_s)
         return max(budget_end, self.last_end - closing_s - s)  # a step kept back, as plan_stage keeps it
 
