@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot.eval.predict import evaluate_run
+from fewshot.eval.predict import evaluate_run, load_trained
 
 HOW = ("off", "on", "auto")
 
@@ -34,10 +34,15 @@ HOW = ("off", "on", "auto")
 def scores(run: Path, data: Path) -> dict:
     """{how: {dataset: test acc@1}} of one run; the predict lines of `auto` are kept (they carry the val evidence)."""
     out, said = {}, ""
+    # the run's own data.skip_bad_images, passed: evaluate_run no longer inherits it (fGG), and a root with a broken
+    # test image stopped with DataLayoutError (review rev109 #5)
+    with contextlib.redirect_stdout(io.StringIO()):
+        skip_bad = bool(load_trained(run, torch.device("cpu")).cfg["data"].get("skip_bad_images", False))
     for how in HOW:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            metrics = evaluate_run(run, data, "known", torch.device("cpu"), split="test", balance=how)
+            metrics = evaluate_run(run, data, "known", torch.device("cpu"), split="test", skip_bad=skip_bad,
+                                   balance=how)
         if how == "auto":
             said = next((s for s in buf.getvalue().splitlines() if "class-balanced" in s), "")
         out[how] = {name: round(d["acc1"], 2) for name, d in metrics["datasets"].items()}

@@ -38,7 +38,10 @@ def logits_of(run: Path, root: Path) -> dict:
     device = torch.device("cpu")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         tm = P.load_trained(run, device)
-        infos, data = P._data_for(tm, root, "test", scoring=True)
+        # the run's own data.skip_bad_images, passed: predict no longer inherits it (fGG), and a root with a
+        # broken test image stopped here with DataLayoutError (review rev109 #5)
+        skip_bad = bool(tm.cfg["data"].get("skip_bad_images", False))
+        infos, data = P._data_for(tm, root, "test", skip_bad=skip_bad, scoring=True)
         answers = P.read_answer_keys(infos, tm.space, data.image_ids, data.dataset_ids, warn=False)
         logits = P.compute_logits(tm.model, data.images, tm.normalize, device)
         out = {}

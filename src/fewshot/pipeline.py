@@ -373,7 +373,8 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
 
             try:
                 index = build_report([out], out / "report", data=str(self.root), device=self.device.type,
-                                     skip_images=skip_images,  # the run's own --skip-bad-images: its val images
+                                     skip_images=skip_images,
+                                     # the run's own --skip-bad-images: its val images
                                      skip_bad=bool(self.cfg["data"].get("skip_bad_images", False)))
                 print(f"[run] report: {index}")
             except Exception as exc:  # the predictions are written; a report failure must not hide them

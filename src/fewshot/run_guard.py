@@ -23,11 +23,11 @@ def val_drop_noise(best: dict, last: dict) -> tuple[float, int] | None:
     variance, images = 0.0, 0
     for name, a in ours.items():
         b = theirs[name]
-        try:
+        try:  # both counts required: a None raised TypeError in the guard, a missing one counted as equal (rev109 #4)
             n, p = int(a["n"]), (float(a["acc1"]) + float(b["acc1"])) / 200
+            if n <= 0 or int(b["n"]) != n or not 0 <= p <= 1:
+                return None
         except (KeyError, TypeError, ValueError):
-            return None
-        if n <= 0 or int(b.get("n", n)) != n:
             return None
         variance += 2 * p * (1 - p) / n
         images += n
@@ -49,9 +49,21 @@ def pool_check_words(pseudo_summary: dict | None) -> str:
                          + (", which it warned of" if check.get("suspect") is True else ""))
         except (KeyError, TypeError, ValueError):
             continue
-    if not parts:
-        return "the pool check measured no dataset (too few val images or kept pseudo-labels)"
+    if not parts:  # said within parentheses: none nested here (review rev109 #3)
+        return "the pool check measured no dataset: too few val images or kept pseudo-labels"
     return "the pool check found " + "; ".join(parts)
+
+
+FEW_PSEUDO_LABELS = 20  # a round that kept fewer per dataset is not said to have lost through its pseudo-labels
+
+
+def kept_pseudo_labels(pseudo_summary: dict) -> list[int] | None:
+    """The pseudo-labels the round kept, per dataset; None where a count is not a whole number."""
+    datasets = pseudo_summary.get("datasets")
+    if not isinstance(datasets, dict) or not datasets:
+        return None
+    kept = [entry.get("kept") if isinstance(entry, dict) else None for entry in datasets.values()]
+    return kept if all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in kept) else None
 
 
 def round_loss_note(which: str, best: dict, last: dict, pseudo_summary: dict | None) -> dict | None:
@@ -68,9 +80,19 @@ def round_loss_note(which: str, best: dict, last: dict, pseudo_summary: dict | N
     if noise is None or drop <= noise[0]:
         return None
     margin, images = noise
-    why = (f"{which[0].upper()}{which[1:]} lost {drop:.1f} points on val, more than val's noise ({margin:.1f} points "
-           f"at {images} val images): its pseudo-labels were likely wrong, for example from a pool holding classes "
-           f"or kinds of images the labelled set lacks ({pool_check_words(pseudo_summary)}); clean the pool "
-           f"(ROOT/unlabeled/ or --unlabeled) or run without self-training (run.semi_method=off, or --baseline).")
+    kept = kept_pseudo_labels(pseudo_summary)
+    lost = (f"{which[0].upper()}{which[1:]} lost {drop:.1f} points on val, more than val's noise ({margin:.1f} "
+            f"points at {images} val images)")
+    off = "run without self-training (run.semi_method=off, or --baseline)"
+    if kept is not None and max(kept) < FEW_PSEUDO_LABELS:
+        # 5 of 400 pool images kept, and the loss came from elsewhere (its lr, a short round): "likely wrong
+        # pseudo-labels, clean the pool" sent the user after the wrong cause (review rev109 #3)
+        why = (f"{lost}: it trained on only {sum(kept)} pseudo-label{'s' if sum(kept) != 1 else ''}, too few to be "
+               f"the likely cause; look at its other settings (epochs, learning rate), or {off} to compare.")
+    else:
+        count = f"its {sum(kept)} pseudo-labels" if kept is not None else "its pseudo-labels"
+        why = (f"{lost}: {count} were likely wrong, for example from a pool holding classes or kinds of images the "
+               f"labelled set lacks ({pool_check_words(pseudo_summary)}); clean the pool (ROOT/unlabeled/ or "
+               f"--unlabeled) or {off}.")
     return {"round": which, "val_drop": round(drop, 2), "val_noise": round(margin, 2), "val_images": images,
             "why": why}

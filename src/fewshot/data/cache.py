@@ -19,7 +19,6 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -235,9 +234,9 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
                     # no room for the entry beside a stopped decode's part: the part goes, and the entry is tried
                     # once more (each load decoded in memory and wrote nothing, the cache off for good: rev103 #1)
                     copied = [src for src in copied if src is not kept_part]
-                    again = len(kept_part[1].keys() - set().union(*(src[1].keys() for src in copied))
-                                ) if kept_part is not None else None  # those another entry gives are copied still
-                    _note_part_ignored(desc, part, "the disk has no room for it beside the new entry", again)
+                    if kept_part is not None:  # else none of its rows could be used: nothing lost
+                        again = len(kept_part[1].keys() - set().union(*(src[1].keys() for src in copied)))
+                        _note_part_ignored(desc, part, "the disk has no room for it beside the new entry", again)
                     kept_part = None  # its mapping closed: a deleted file's blocks are freed once it is unmapped
                     _drop(part)
                     continue
@@ -307,17 +306,25 @@ def _load_images(paths, size, cache_dir, crop_pct, skip_bad, desc, threads, skip
     return _finish(torch.from_numpy(out), bad, paths, skip_bad, skip_note, found if digests else None, found)
 
 
+ROOM_MARGIN_BYTES = 8 << 20  # beyond the entry's own bytes: its meta file and the file system's blocks that map it
+
+
 def _room_without(part: Path | None, exc: OSError, nbytes: int) -> bool:
     """Whether deleting the kept ``part`` can make room for an entry of ``nbytes`` that ``exc`` found no room for:
     the part was deleted where even its space was too little, and its rows were lost for nothing (review rev105 #3).
-    A quota (EDQUOT), or a disk whose free space cannot be read, is tried without it, as before."""
+    A quota (EDQUOT), or a disk whose free space cannot be read, is tried without it, as before. Root may write
+    into the blocks reserved for it (f_bfree, ext4's 5 %): counting only f_bavail kept the part where deleting it
+    made room, and the cache stayed off (review rev109 #1). ROOM_MARGIN_BYTES leaves room for the meta file and the
+    entry's extent blocks: at exact equality the part was deleted and the entry still did not fit."""
     if part is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not part.is_file():
         return False
     if exc.errno == errno.EDQUOT:
         return True
     try:
-        return shutil.disk_usage(part.parent).free + part.stat().st_blocks * 512 >= nbytes
-    except (OSError, AttributeError):  # st_blocks: none on Windows
+        vfs = os.statvfs(part.parent)
+        free = (vfs.f_bfree if getattr(os, "geteuid", lambda: -1)() == 0 else vfs.f_bavail) * vfs.f_frsize
+        return free + part.stat().st_blocks * 512 >= nbytes + ROOM_MARGIN_BYTES
+    except (OSError, AttributeError):  # statvfs, st_blocks: none on Windows
         return True
 
 
