@@ -96,7 +96,7 @@ def test_summary_and_report_say_which_round_went_gently(digits_root, tmp_path, m
     rc, _, err = run_main(*_cmd(digits_root, out))
     assert rc == 0, err
     said = _read_summary(out, [])["self_training_gently"]
-    assert said.startswith("round 2 (") and "epochs planned, under 1e+09; lr " in said, said
+    assert said.startswith("round 2 (") and "epochs planned, under 1e+09 epochs; lr " in said, said
 
 
 def test_a_stopped_short_round_started_over_and_planned_long_gets_the_runs_schedule_back(digits_root, tmp_path,

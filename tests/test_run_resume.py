@@ -24,11 +24,20 @@ def _cmd(root: Path, out: Path, *extra: str) -> list:
     return ["run", "--data", root, "--out", out, *BASE, *extra]
 
 
-def _from_the_previous_round(stdout: str) -> bool:
-    """A later round's plan line, planned afresh from the previous round's model: a short round (the tests' tiny runs,
-    run_stages.SHORT_ROUND_EPOCHS) continues it gently, a longer one fine-tunes from it."""
-    return ("fine-tuning from the previous round" in stdout
-            or "continuing the previous round's model at a tenth of round 1's lr" in stdout)
+GENTLY = "continuing the previous round's model at a tenth of round 1's lr, without a warm-up (a short round"
+
+
+def _gently_from_round_1(out: Path, stdout: str) -> None:
+    """The last round planned afresh as a short one (run_stages.SHORT_ROUND_EPOCHS pinned at 1e9 by the test): its
+    plan line, a tenth of round 1's lr and no warm-up in its config.yaml, its record in summary.json."""
+    import yaml
+
+    assert GENTLY in stdout and "finetune: continuing" not in stdout, stdout
+    first, last = (yaml.safe_load((out / n / "config.yaml").read_text()) for n in ("finetune_labelled", "finetune"))
+    assert abs(last["optim"]["lr"] - first["optim"]["lr"] * 0.1) < 1e-12, (first["optim"], last["optim"])
+    assert last["sched"]["warmup_epochs"] == 0.0 < first["sched"]["warmup_epochs"], last["sched"]
+    gently = json.loads((out / "summary.json").read_text())["stages"]["finetune"]["continued_gently"]
+    assert gently["lr"] == last["optim"]["lr"], gently
 
 
 def sigterm_in_stage(monkeypatch, stage: str, task_cls, call: int) -> None:
@@ -275,8 +284,11 @@ def stopped_in_round2(digits_root, tmp_path_factory) -> dict:
     (stopped_copy): its folder and the stop's exit code and stderr."""
     from fewshot.train.supervised import SupervisedTask
 
+    from fewshot import run_stages
+
     out = tmp_path_factory.mktemp("stopped-round2") / "run"
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_stages, "SHORT_ROUND_EPOCHS", 1e9)  # stopped as a short round, whatever the machine's speed
         sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
         rc, _, err = run_main(*_cmd(digits_root, out))
     return {"out": out, "rc": rc, "err": err}
@@ -296,6 +308,7 @@ def test_a_stage_killed_before_its_first_checkpoint_starts_over_from_the_previou
     it anew and starts it from round 1's best weights (it once started from random init)."""
     import torch
 
+    from fewshot import run_stages
     from fewshot.train.checkpoint import load_checkpoint
     from fewshot.train.engine import Engine
 
@@ -325,9 +338,10 @@ def test_a_stage_killed_before_its_first_checkpoint_starts_over_from_the_previou
         return fit(self, *args, **kwargs)
 
     monkeypatch.setattr(Engine, "fit", fit_watched)
+    monkeypatch.setattr(run_stages, "SHORT_ROUND_EPOCHS", 1e9)  # planned anew, short again: the gentle line
     rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
     assert rc == 0, err
-    assert _from_the_previous_round(stdout) and "finetune: continuing" not in stdout
+    _gently_from_round_1(out, stdout)
     # a hunt: after a kill -9 the run said "done in 1.0 of 1 minutes" of 69 s of wall-clock time, without a word
     assert "ended without recording its time" not in stdout, stdout  # the session just before recorded its stop
     assert "(not counted: what 1 session that ended without a word ran after its last record)" in stdout, stdout
@@ -399,12 +413,15 @@ def test_a_signal_between_stages_stops_with_a_resume_hint(digits_root, tmp_path,
     _check_pred_all(digits_root, out)
 
 
-def test_a_stage_whose_pseudo_labels_came_out_differently_starts_over(digits_root, tmp_path, stopped_in_round2):
+def test_a_stage_whose_pseudo_labels_came_out_differently_starts_over(digits_root, tmp_path, monkeypatch,
+                                                                     stopped_in_round2):
     """If the pool is labelled differently on resume (another device's float results), the stopped stage's
     checkpoint belongs to other training images: the stage starts over instead of failing or silently
     training on other labels. Shown for another count and for other labels at the same count."""
+    from fewshot import run_stages
     from fewshot.train.checkpoint import load_checkpoint, save_checkpoint
 
+    monkeypatch.setattr(run_stages, "SHORT_ROUND_EPOCHS", 1e9)  # stopped short, started over short: planned anew
     out = stopped_copy(stopped_in_round2, tmp_path / "run")
     last = out / "finetune" / "checkpoints" / "last.pt"
     ck = load_checkpoint(last)
@@ -412,7 +429,8 @@ def test_a_stage_whose_pseudo_labels_came_out_differently_starts_over(digits_roo
     save_checkpoint(last, ck)
     rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
     assert rc == 0, err
-    assert "the stage starts over" in stdout and _from_the_previous_round(stdout)
+    assert "the stage starts over" in stdout
+    _gently_from_round_1(out, stdout)
     assert load_checkpoint(last)["n_train"] == ck["n_train"] - 1
     _check_pred_all(digits_root, out)
     # the same count, other labels: the fingerprint recorded when the stage began tells

@@ -71,15 +71,16 @@ def self_training_rounds(stages: dict) -> list[dict]:
 
 def gently_words(stages: dict) -> str:
     """summary.json's short self-training rounds that continued the round before's model gently (run_stages
-    .gently_entry), as a clause for the report's note: "round 2 (1.2 epochs planned, lr 0.0004)"; "" where none did.
-    Its val barely moving from the round before is then read as planned, not as pseudo-labels that did nothing."""
+    .gently_entry), as a clause for the report's note: "round 2 (1.2 epochs planned, under 4 epochs; lr 0.0004)"; ""
+    where none did. Its val barely moving from the round before is then read as planned, not as pseudo-labels that
+    did nothing."""
     said = []
     for r in self_training_rounds(stages):  # numbered as the self-training table numbers them
         entry = stages.get(r["stage"])
         g = entry.get("continued_gently") if isinstance(entry, dict) else None
         if not (isinstance(g, dict) and _is_number(g.get("lr")) and _is_number(g.get("planned_epochs"))):
             continue
-        under = f", under {g['under_epochs']:g}" if _is_number(g.get("under_epochs")) else ""
+        under = f", under {g['under_epochs']:g} epochs" if _is_number(g.get("under_epochs")) else ""
         said.append(f"round {r['round']} ({g['planned_epochs']:g} epochs planned{under}; lr {g['lr']:g})")
     return "; ".join(said)
 
