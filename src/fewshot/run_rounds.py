@@ -183,24 +183,29 @@ class RoundsMixin:
         return cut
 
     def round1_replan(self, task, rest_at, budget_end: float, row: dict) -> float:
-        """Round 1's training end (``budget_end``, time.monotonic()) judged once, when round 1 reaches it (the
-        Engine's task.replan_end; ``row``: its epoch not in log.jsonl yet), with what the check before round 2 will
-        judge at: round_speeds' slower of the timing and the whole log's speed (trained_speeds), the prediction timed
-        again (one batch, as the check times it) and the checkpoint writes at the current rate (round 1's own writes
-        may have lowered it). Planned at its timing only, a loaded machine's round 1 (352 ms timed, 600 ms trained)
-        was cut for a round 2 that the check then skipped, and a quarter of the budget went unused (hunt hBX #3);
-        judged with planning's prediction speed, it stopped as planned and the check, timing the prediction on the
-        loaded machine, skipped round 2 (28.2 s left, 28.3 s needed; review rev107). Where the later round still
-        fits, round 1 stops as planned; else the later rounds are skipped here and round 1 trains on until the
-        closing work. Judged mid-round, one slow first epoch skipped round 2 for good (review rev102).
+        """Round 1's training end (``budget_end``, time.monotonic()) judged once, when round 1 reaches it (the Engine's
+        task.replan_end; ``row``: its epoch not in log.jsonl yet), with what the check before round 2 will judge at:
+        round_speeds' slower of the timing and the whole log's speed (trained_speeds), the prediction timed again (one
+        batch, as the check times it) and the checkpoint writes at the rate known so far (a stage's write rate is
+        recorded when it finishes, so this is still planning's: writes that slow down at round 1's own end can still
+        make the check skip round 2; review rev110 #2). Planned at its timing only, a loaded machine's round 1 (352 ms
+        timed, 600 ms trained) was cut for a round 2 that the check then skipped, and a quarter of the budget went
+        unused (hunt hBX #3); judged with planning's prediction speed, it stopped as planned and the check, timing the
+        prediction on the loaded machine, skipped round 2 (28.2 s left, 28.3 s needed; review rev107). Where the later
+        round still fits, round 1 stops as planned; else the later rounds are skipped here and round 1 trains on until
+        the closing work. Judged mid-round, one slow first epoch skipped round 2 for good (review rev102).
 
         The margin is ROUND1_MARGIN on round 1's end alone (its stop's evaluations, the step past the deadline, its
-        checkpoint writes and the check's timing), as later_rounds_seconds keeps it on the later rounds' work. With
-        the check's own inputs, the check then finds what it needs unless round 1's end overruns that by more than
-        the margin and the step already taken: "stops as planned" implies "the check keeps round 2". Not
-        ROUND1_MARGIN on the whole rest: round 1's planning left exactly that (round1_leaves), so a round 1 trained
-        even a little slower than timed would skip a round 2 the check keeps; the part taken here is always less
-        than the rest, so a round 1 at its planned speeds always stops as planned. Returns the (new) end."""
+        checkpoint writes and the check's timing), as later_rounds_seconds keeps it on the later rounds' work. With the
+        check's own inputs, the check then finds what it needs unless round 1's end overruns that by more than the
+        margin and the step already taken: "stops as planned" implies "the check keeps round 2". Not ROUND1_MARGIN on
+        the whole rest: round 1's planning left exactly that (round1_leaves), so a round 1 trained even a little slower
+        than timed would skip a round 2 the check keeps; the part taken here is always less than the rest, so a round 1
+        at its planned speeds always stops as planned. The price (review rev110 #1): a round 2 that would only just have
+        fitted (the fake-clock sweep: 1.16-1.37x slower than timed, about 1 s over its least run of a few steps) is
+        skipped and round 1 trains on; such a round 2 would have had little more than its least run, where fGE's judgement
+        (planning's prediction speed, no margin) left round 1 stopped and the budget unused in a wider band (1.27-1.52x). Returns the
+        (new) end."""
         if self.skip["skipped_from"] is not None:  # decided already: round 1 is the last stage
             return budget_end
         trained_s, trained_e = trained_speeds(self.out / "finetune_labelled" / "log.jsonl", eval_passes(task), row)
