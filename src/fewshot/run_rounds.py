@@ -203,9 +203,9 @@ class RoundsMixin:
         than timed would skip a round 2 the check keeps; the part taken here is always less than the rest, so a round 1
         at its planned speeds always stops as planned. The price (review rev110 #1): a round 2 that would only just have
         fitted (the fake-clock sweep: 1.16-1.37x slower than timed, about 1 s over its least run of a few steps) is
-        skipped and round 1 trains on; such a round 2 would have had little more than its least run, where fGE's judgement
-        (planning's prediction speed, no margin) left round 1 stopped and the budget unused in a wider band (1.27-1.52x). Returns the
-        (new) end."""
+        skipped and round 1 trains on; such a round 2 would have had little more than its least run, where fGE's
+        judgement (planning's prediction speed, no margin) left round 1 stopped and the budget unused in a wider band
+        (1.27-1.52x). Returns the (new) end."""
         if self.skip["skipped_from"] is not None:  # decided already: round 1 is the last stage
             return budget_end
         trained_s, trained_e = trained_speeds(self.out / "finetune_labelled" / "log.jsonl", eval_passes(task), row)
