@@ -28,9 +28,8 @@ def real_images(root: Path) -> list[Path]:
     return sorted(p for p in (root / "unlabeled" / "digits").rglob("*") if p.is_file())
 
 
-@pytest.fixture
-def pool(digits_root, tmp_path) -> list[Path]:
-    """8 real digit images copied into a folder of this test's (0.png ... 7.png)."""
+def copied_pool(digits_root: Path, tmp_path: Path) -> list[Path]:
+    """8 real digit images copied into a folder of this test's (0.png ... 7.png): the kept-decode tests' pool."""
     folder = tmp_path / "pool"
     folder.mkdir()
     paths = []
@@ -38,6 +37,11 @@ def pool(digits_root, tmp_path) -> list[Path]:
         paths.append(folder / f"{i}.png")
         shutil.copy(src, paths[-1])
     return paths
+
+
+@pytest.fixture
+def pool(digits_root, tmp_path) -> list[Path]:
+    return copied_pool(digits_root, tmp_path)
 
 
 def counted_decoder(monkeypatch, stop_after: int | None = None) -> list[str]:

@@ -20,7 +20,7 @@ from PIL import Image
 import fewshot.data.cache as cache
 from fewshot.data.cache import is_cached, load_images
 from fewshot.data.cache_partial import PART_MAGIC
-from test_fGD_stopped_decode_kept import SIZE, counted_decoder, parts, real_images, stopped_load, uncached
+from test_fGD_stopped_decode_kept import SIZE, copied_pool, counted_decoder, parts, stopped_load, uncached
 
 ROW = 3 * SIZE * SIZE
 TAIL = 8 + len(PART_MAGIC)
@@ -28,12 +28,7 @@ TAIL = 8 + len(PART_MAGIC)
 
 @pytest.fixture
 def pool(digits_root, tmp_path) -> list[Path]:
-    """8 real digit images copied into a folder of this test's (0.png ... 7.png)."""
-    (tmp_path / "pool").mkdir()
-    paths = [tmp_path / "pool" / f"{i}.png" for i in range(8)]
-    for src, path in zip(real_images(digits_root), paths):
-        shutil.copy(src, path)
-    return paths
+    return copied_pool(digits_root, tmp_path)
 
 
 def trailer(part: Path) -> tuple[bytes, dict]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,18 +18,13 @@ from PIL import Image
 import fewshot.data.cache_partial as cache_partial
 import fewshot.data.cache_words as cache_words
 from fewshot.data.cache import is_cached, load_images
-from test_fGD_stopped_decode_kept import SIZE, counted_decoder, parts, real_images, stopped_load
+from test_fGD_stopped_decode_kept import SIZE, copied_pool, counted_decoder, parts, stopped_load
 from test_fGF_kept_part_size import ROW, room_for_one_entry, trailer
 
 
 @pytest.fixture
 def pool(digits_root, tmp_path) -> list[Path]:
-    """8 real digit images copied into a folder of this test's (0.png ... 7.png)."""
-    (tmp_path / "pool").mkdir()
-    paths = [tmp_path / "pool" / f"{i}.png" for i in range(8)]
-    for src, path in zip(real_images(digits_root), paths):
-        shutil.copy(src, path)
-    return paths
+    return copied_pool(digits_root, tmp_path)
 
 
 def plain(paths: list[Path], **kw):

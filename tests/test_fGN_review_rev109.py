@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +16,7 @@ import pytest
 import fewshot.data.cache_words as cache_words
 from fewshot.data.cache import is_cached, load_images
 from fewshot.run_guard import round_loss_note, val_drop_noise
-from test_fGD_stopped_decode_kept import SIZE, counted_decoder, parts, real_images, stopped_load
+from test_fGD_stopped_decode_kept import SIZE, copied_pool, counted_decoder, parts, stopped_load
 from test_fGF_kept_part_size import ROW, room_for_one_entry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,12 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def pool(digits_root, tmp_path) -> list[Path]:
-    """8 real digit images copied into a folder of this test's (0.png ... 7.png)."""
-    (tmp_path / "pool").mkdir()
-    paths = [tmp_path / "pool" / f"{i}.png" for i in range(8)]
-    for src, path in zip(real_images(digits_root), paths):
-        shutil.copy(src, path)
-    return paths
+    return copied_pool(digits_root, tmp_path)
 
 
 def full_disk(monkeypatch, cache_dir: Path, euid: int, bavail: int, bfree: int) -> list[int]:
