@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers.run_patch import patch_pipeline
+from helpers.run_clock import rounds_clock
 
 STEP, EVAL, PER_IMAGE, CLOSING = 0.46, 0.3, 0.001, 13.0  # hBV's resnet18 at 32 px on 2 busy cores
 
@@ -38,11 +38,7 @@ def _run(clock, left: float, share: float, writes_bps: float = 250e6):
 
 @pytest.fixture
 def clock(monkeypatch, real_time_holds):
-    now = [1000.0]
-    patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    patch_pipeline(monkeypatch, "measure_prediction_seconds", lambda *a, **k: PER_IMAGE)
-    patch_pipeline(monkeypatch, "measure_step_seconds", lambda *a, **k: STEP)  # a re-time finds the same speed
-    return now
+    return rounds_clock(monkeypatch, PER_IMAGE, STEP)
 
 
 def test_hbv_round_1_is_not_cut_to_its_floor_for_a_labelling_that_then_does_not_fit(clock, capsys):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers.run_patch import patch_pipeline
+from helpers.run_clock import rounds_clock
 
 STEP, EVAL, PER_IMAGE, CLOSING, N_TEST = 0.46, 0.3, 0.001, 13.0, 2000  # resnet18 at 32 px on 2 busy cores
 
@@ -36,11 +36,7 @@ def _run(clock, left: float, n_pool: int):
 
 @pytest.fixture
 def clock(monkeypatch, real_time_holds, real_least_run_holds):
-    now = [1000.0]
-    patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    patch_pipeline(monkeypatch, "measure_prediction_seconds", lambda *a, **k: PER_IMAGE)
-    patch_pipeline(monkeypatch, "measure_step_seconds", lambda *a, **k: STEP)
-    return now
+    return rounds_clock(monkeypatch, PER_IMAGE, STEP)
 
 
 def _labels_and_plans(clock, run, task, n_pool: int) -> None:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers.run_patch import patch_pipeline
+from helpers.run_clock import rounds_clock
 
 STEP, EVAL, PER_IMAGE, CLOSING = 0.46, 0.3, 0.001, 13.0  # round 1's timing (fFU's: resnet18 at 32 px, 2 busy cores)
 EPOCH_STEPS, PARAMS = 2, 11_200_000  # hBX's 2 steps an epoch; resnet18's parameters (its checkpoint writes)
@@ -41,11 +41,7 @@ def _run(clock, tmp_path, left: float, n_pool: int):
 
 @pytest.fixture
 def clock(monkeypatch, real_time_holds):
-    now = [1000.0]
-    patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    patch_pipeline(monkeypatch, "measure_prediction_seconds", lambda *a, **k: PER_IMAGE)
-    patch_pipeline(monkeypatch, "measure_step_seconds", lambda *a, **k: STEP)  # a re-time finds the same speed
-    return now
+    return rounds_clock(monkeypatch, PER_IMAGE, STEP)
 
 
 def _stage(clock, task, end: float):

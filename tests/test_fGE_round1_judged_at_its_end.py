@@ -15,17 +15,13 @@ import pytest
 import torch
 import yaml
 
-from helpers.run_patch import patch_pipeline
+from helpers.run_clock import rounds_clock
 from test_fGB_round1_cut_at_trained_speed import EVAL, PER_IMAGE, STEP, _run, _train_round1
 
 
 @pytest.fixture
 def clock(monkeypatch, real_time_holds):  # fGB's: a fake clock, the timings at round 1's
-    now = [1000.0]
-    patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    patch_pipeline(monkeypatch, "measure_prediction_seconds", lambda *a, **k: PER_IMAGE)
-    patch_pipeline(monkeypatch, "measure_step_seconds", lambda *a, **k: STEP)
-    return now
+    return rounds_clock(monkeypatch, PER_IMAGE, STEP)
 
 
 def _planned(clock, tmp_path, left: float, n_pool: int):

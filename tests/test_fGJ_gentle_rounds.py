@@ -99,19 +99,26 @@ def test_summary_and_report_say_which_round_went_gently(digits_root, tmp_path, m
     assert said.startswith("round 2 (") and "epochs planned, under 1e+09 epochs; lr " in said, said
 
 
+def stop_a_short_round(monkeypatch, argv: list) -> None:
+    """Runs ``argv`` (a `fewshot run`) with every later round short and SIGTERM two steps into the last round."""
+    from fewshot import run_stages
+    from fewshot.train.supervised import SupervisedTask
+
+    with monkeypatch.context() as mp:
+        mp.setattr(run_stages, "SHORT_ROUND_EPOCHS", 1e9)
+        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
+        rc, _, err = run_main(*argv)
+    assert rc == 128 + signal.SIGTERM, err
+
+
 def test_a_stopped_short_round_started_over_and_planned_long_gets_the_runs_schedule_back(digits_root, tmp_path,
                                                                                          monkeypatch):
     """Its stopped config.yaml held a tenth of the lr and no warm-up; started over (its training images differ) and
     now long, it trained at full lr without a warm-up, the variant measured worst (review rev106 #3)."""
     from fewshot import run_stages
-    from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        mp.setattr(run_stages, "SHORT_ROUND_EPOCHS", 1e9)
-        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        rc, _, err = run_main(*_cmd(digits_root, out))
-    assert rc == 128 + signal.SIGTERM, err
+    stop_a_short_round(monkeypatch, _cmd(digits_root, out))
     assert _cfg(out / "finetune")["sched"]["warmup_epochs"] == 0.0  # stopped as a short round
     monkeypatch.setattr(run_stages, "SHORT_ROUND_EPOCHS", 0.0)
     monkeypatch.setattr(run_stages, "same_training_images", lambda *a, **k: False)

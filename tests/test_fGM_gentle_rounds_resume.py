@@ -16,7 +16,8 @@ import yaml
 from safetensors.torch import save_file
 
 from helpers.checks import run_main
-from test_run_resume import _cmd, sigterm_in_stage
+from test_fGJ_gentle_rounds import stop_a_short_round
+from test_run_resume import _cmd
 
 
 def _cfg(stage_dir) -> dict:
@@ -64,14 +65,9 @@ def test_a_short_round_stopped_midway_continues_on_its_plan_and_keeps_its_record
     """Stopped in its training, the short round continues its own plan (its lr and no warm-up), even where a replan
     would now be long (``then`` 0), and summary.json records it as planned before the stop."""
     from fewshot import run_stages
-    from fewshot.train.supervised import SupervisedTask
 
     out = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        mp.setattr(run_stages, "SHORT_ROUND_EPOCHS", 1e9)
-        sigterm_in_stage(mp, "finetune", SupervisedTask, 2)
-        rc, _, err = run_main(*_cmd(digits_root, out))
-    assert rc == 128 + signal.SIGTERM, err
+    stop_a_short_round(monkeypatch, _cmd(digits_root, out))
     before, recorded = _cfg(out / "finetune"), _recorded(out)
     monkeypatch.setattr(run_stages, "SHORT_ROUND_EPOCHS", then)
     rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))

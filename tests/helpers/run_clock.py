@@ -79,3 +79,14 @@ def refused_on_a_slow_machine(monkeypatch, cfg: dict, out) -> tuple[dict, str]:
     with pytest.raises(UserError) as caught:
         pipeline.run_pipeline(cfg, out, 0.4, started=0.0)
     return clock, str(caught.value)
+
+
+def rounds_clock(monkeypatch, per_image: float, step_s: float) -> list[float]:
+    """The self-training rounds' planning tests' fake clock: ``now[0]`` is the run modules' time.monotonic(), a
+    prediction batch times ``per_image`` seconds an image and a re-timed step ``step_s`` (the same speed as the
+    timing), so that only what a test moves on itself takes time."""
+    now = [1000.0]
+    patch_pipeline(monkeypatch, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    patch_pipeline(monkeypatch, "measure_prediction_seconds", lambda *a, **k: per_image)
+    patch_pipeline(monkeypatch, "measure_step_seconds", lambda *a, **k: step_s)
+    return now
