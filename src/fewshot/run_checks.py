@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from fewshot.data.cache import default_cache_dir
+from fewshot.data.cache import default_cache_dir, kept_rows_count
 from fewshot.data.fit import fit_of
 from fewshot.errors import DataLayoutError, UserError
 from fewshot.utils import loads_run_json
@@ -390,25 +390,30 @@ def cold_pool_limit(cfg: dict, paths: list, crop: float, seconds: float, floor: 
     twice. ``refuse(seconds, files)``: raises where the least share cannot fit the time left (checked after the
     first TIMING_FIRST files and after the timing). ``within``: pool_is_cached's (MoCo's entry may hold them all).
     ``order``, ``free``: share_source's (the shares' order, led by ``free`` files MoCo's entry holds, which cost no
-    decoding: _free_share). Returns (the count, its words, whether reused)."""
+    decoding: _free_share). The rows a stopped decode of the whole pool kept (kept_rows_count) cost none either, for
+    the whole pool only (a share is another list of files). Returns (the count, its words, whether reused)."""
     if len(paths) <= 2 * floor or pool_is_cached(cfg, paths, crop, within):
+        return None, "", False
+    kept = _kept_count(cfg, paths, crop)
+    if len(paths) - kept <= 2 * floor:
         return None, "", False
     record = _subsets_record(cfg, paths, crop)
     rate = _recorded_rate(record)
     share_of = _share_of(cfg, paths, order)
     if rate is not None:
-        limit = _free_share(len(paths), seconds, rate, floor, free)
+        limit = _free_share(len(paths), seconds, rate, floor, free, kept)
         if limit is None:  # the whole pool fits at the recorded rate: no earlier share (review rev74)
             return None, "", False
         reused = limit if limit <= free else _earlier_share(cfg, share_of, len(paths), crop, record, limit, within,
                                                             free)
         if reused is not None:
-            return reused, _whole_words(len(paths), rate, "timed by an earlier run", seconds, ""), reused > free
+            return reused, _whole_words(len(paths), rate, "timed by an earlier run", seconds, "", kept), reused > free
     rate, timed_s = _timed_rate(cfg, paths, crop, n, max(0, floor - free), refuse, order)
     _record_rate(record, rate)
     left = max(0.0, seconds - timed_s)  # the timing is decoding too
-    words = _whole_words(len(paths), rate, f"timed on {n} in {timed_s:.1f} s", seconds, ", the timing included")
-    limit = _free_share(len(paths), left, rate, floor, free)
+    words = _whole_words(len(paths), rate, f"timed on {n} in {timed_s:.1f} s", seconds, ", the timing included",
+                         kept)
+    limit = _free_share(len(paths), left, rate, floor, free, kept)
     if limit is None:
         return None, words, False
     if limit <= free:  # inside MoCo's share: nothing to decode (nor to list as a share decoded)
@@ -435,12 +440,13 @@ def _share_of(cfg: dict, paths: list, order=None):
     return share
 
 
-def _free_share(n_pool: int, seconds: float, per_file: float, floor: int, free: int = 0) -> int | None:
+def _free_share(n_pool: int, seconds: float, per_file: float, floor: int, free: int = 0, kept: int = 0) -> int | None:
     """The share of a pool of ``n_pool`` files that ``seconds`` decode at ``per_file`` (``floor`` at least), None:
     the whole pool; its ``free`` files (read from MoCo's entry, share_source) take no time: the whole pool where the
     rest fits, else they and the share the time buys of the rest. They were charged as decoded: FixMatch trained on
-    644 files where the time held about 1,800 (review rev80)."""
-    if per_file * (n_pool - free) <= seconds:
+    644 files where the time held about 1,800 (review rev80). ``kept``: rows a stopped decode of the whole pool
+    kept, none of them MoCo's entry's (KeptRows leaves an entry's rows out): free for the whole pool alone."""
+    if per_file * (n_pool - free - kept) <= seconds:
         return None
     return min(n_pool, free + _share_size(seconds, per_file, max(0, floor - free)))
 
@@ -450,10 +456,20 @@ def _share_size(seconds: float, per_file: float, floor: int) -> int:
     return max(floor, int(seconds / max(per_file, 1e-9)))
 
 
-def _whole_words(files: int, per_file: float, timed: str, seconds: float, included: str) -> str:
-    """The words on a cold pool too slow to decode whole in ``seconds`` (``included``: the timing is part of them)."""
-    return (f"decoding them all would take about {per_file * files:.0f} s ({per_file * 1000:.1f} ms each, {timed}), "
-            f"more than the {seconds:.0f} s that decoding may take{included}")
+def _whole_words(files: int, per_file: float, timed: str, seconds: float, included: str, kept: int = 0) -> str:
+    """The words on a cold pool too slow to decode whole in ``seconds`` (``included``: the timing is part of them;
+    ``kept``: the files a stopped decode kept, not counted)."""
+    them = (f"the {files - kept:,} of them that an earlier, stopped decode did not keep" if kept else "them all")
+    return (f"decoding {them} would take about {per_file * (files - kept):.0f} s ({per_file * 1000:.1f} ms each, "
+            f"{timed}), more than the {seconds:.0f} s that decoding may take{included}")
+
+
+def _kept_count(cfg: dict, paths: list, crop: float) -> int:
+    """How many of the pool's ``paths`` a stopped decode of them at ``crop`` kept in the cache (load_images copies
+    them, not decoding them again): a Ctrl-C at 90 % of a pool's decode was estimated as the whole pool again."""
+    d = cfg["data"]
+    return kept_rows_count(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), crop,
+                           d.get("bit_depth", "auto"), fit_of(cfg))
 
 
 def _timed_rate(cfg: dict, paths: list, crop: float, n: int, floor: int, refuse=None,

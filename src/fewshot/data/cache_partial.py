@@ -10,6 +10,7 @@ Its name hashes the settings and the list of paths, never their stats: a changed
 Never an entry (cache_files.ENTRY_NAME tells them apart); pruned as one (the least recently used first), and
 deleted by a load that finds no room on the disk for its new entry beside it where deleting it makes that room
 (cache.py), never to keep the cache off. Windows: a mapped file cannot be cut there, so a stop keeps nothing.
+Under torchrun, where every process decodes the same files, only the first process of each node keeps its rows.
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ def keep_rows(held, tmp: Path, part: Path, out, kept: KeptRows, stat_rows: list[
     in order; a failed file or rows copied from another entry leave gaps), the file cut after them, its trailer
     added, synced, then renamed. It holds the kept rows only: a stop wrote and synced the whole entry's size (zeros
     after one kept row), and a part as big as an entry left no room on a nearly full disk for the next load's entry
-    (review rev103 #1, #3). False where nothing was kept."""
+    (review rev103 #1, #3). False where nothing was kept, or where another process of a torchrun job keeps them
+    (_keeps_here)."""
     rows = np.flatnonzero(kept.rows).tolist()
-    if not rows:
+    if not rows or not _keeps_here():
         return False
     row_bytes = 3 * size * size
     _note_keeping(desc, len(rows), len(rows) * row_bytes)  # a large keep moves and syncs GBs: the exit waits on it
@@ -100,6 +102,16 @@ def keep_rows(held, tmp: Path, part: Path, out, kept: KeptRows, stat_rows: list[
     os.replace(tmp, part)
     _KEPT.add((desc, len(rows), len(kept.rows)))
     return True
+
+
+def _keeps_here() -> bool:
+    """Whether this process keeps its stopped decode's rows: under torchrun only the first process of each node
+    (cli_ranks._quiet_rank, which also says the stop line: its kept_note is of its own part), as each process decodes
+    the same files into its own file: every one of them moved and synced its rows as it exited, and the last rename
+    threw the others' away. One per node: a node's cache folder may be its own."""
+    from fewshot.cli_ranks import _quiet_rank
+
+    return not _quiet_rank()
 
 
 def read_part(part: Path, paths: list, size: int, stat_rows: list[str], desc: str):
@@ -132,45 +144,68 @@ def read_part(part: Path, paths: list, size: int, stat_rows: list[str], desc: st
     return images, rows, sixteen, digests if fits else None, [], peaks
 
 
+def kept_count(part: Path, n: int, size: int, stat_rows: list[str]) -> int:
+    """How many of the ``n`` files ``part`` keeps decoded as they are now (stamps still matching), from its record
+    alone, no pixel read: 0 where none is there or it cannot be read as one (read_part says so and deletes it when
+    the load comes). A run's start-up estimate of a cold pool's decode counted the kept rows as still to decode."""
+    try:
+        with _opened(part) as fh:
+            meta = _record(fh, n, size)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return sum(was == stamp(stat_rows[i]) for i, was in zip(meta["rows"], meta["stamps"]))
+
+
 def _read(part: Path, n: int, size: int) -> tuple[np.ndarray, dict]:
     """``part``'s rows mapped read-only and its trailer, read through one descriptor (a file renamed over it
-    meanwhile is not mixed in), never following a pipe or device of that name. Its size must be exactly its rows,
-    trailer and end: rows of another size are never read as these."""
-    fd = os.open(part, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError("not a regular file")
-        tail = _LENGTH.size + len(PART_MAGIC)
-        if info.st_size < tail:
-            raise ValueError(f"cut short ({info.st_size:,} bytes)")
-        fh.seek(info.st_size - tail)
-        end = fh.read(tail)
-        if end[_LENGTH.size:] != PART_MAGIC:
-            raise ValueError("cut short (its end marker is missing)")
-        (length,) = _LENGTH.unpack(end[:_LENGTH.size])
-        if length > info.st_size - tail:
-            raise ValueError("cut short (its record is longer than the file)")
-        fh.seek(info.st_size - tail - length)
-        meta = loads_run_json(fh.read(length).decode())
-        if not isinstance(meta, dict) or (meta.get("n"), meta.get("size")) != (n, size):
-            raise ValueError("its record is not of these images")
-        rows, stamps, peaks = meta.get("rows"), meta.get("stamps"), meta.get("peaks")
-        if not (isinstance(rows, list) and isinstance(stamps, list) and isinstance(peaks, list)
-                and len(rows) == len(stamps) == len(peaks) and rows
-                and all(isinstance(i, int) and not isinstance(i, bool) for i in rows)
-                and all(0 <= i < n for i in rows) and all(a < b for a, b in zip(rows, rows[1:]))
-                and all(isinstance(s, str) for s in stamps)
-                and all(p is None or (isinstance(p, int) and not isinstance(p, bool)) for p in peaks)):
-            raise ValueError("its record is not of these images")
-        row_bytes = 3 * size * size
-        if len(rows) * row_bytes + length + tail != info.st_size:
-            raise ValueError("its rows are not of these images' number and size")
-        return np.memmap(fh, dtype=np.uint8, mode="r", shape=(len(rows), 3, size, size)), meta
+    meanwhile is not mixed in)."""
+    with _opened(part) as fh:
+        meta = _record(fh, n, size)
+        return np.memmap(fh, dtype=np.uint8, mode="r", shape=(len(meta["rows"]), 3, size, size)), meta
+
+
+def _opened(part: Path):
+    """``part`` open for reading, never following a pipe or device of that name."""
+    return os.fdopen(os.open(part, os.O_RDONLY | os.O_NONBLOCK), "rb")
+
+
+def _record(fh, n: int, size: int) -> dict:
+    """The trailer of the part open as ``fh``, checked against ``n`` files at ``size``. Its size must be exactly its
+    rows, trailer and end: rows of another size are never read as these."""
+    info = os.fstat(fh.fileno())
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    tail = _LENGTH.size + len(PART_MAGIC)
+    if info.st_size < tail:
+        raise ValueError(f"cut short ({info.st_size:,} bytes)")
+    fh.seek(info.st_size - tail)
+    end = fh.read(tail)
+    if end[_LENGTH.size:] != PART_MAGIC:
+        raise ValueError("cut short (its end marker is missing)")
+    (length,) = _LENGTH.unpack(end[:_LENGTH.size])
+    if length > info.st_size - tail:
+        raise ValueError("cut short (its record is longer than the file)")
+    fh.seek(info.st_size - tail - length)
+    meta = loads_run_json(fh.read(length).decode())
+    if not isinstance(meta, dict) or (meta.get("n"), meta.get("size")) != (n, size):
+        raise ValueError("its record is not of these images")
+    rows, stamps, peaks = meta.get("rows"), meta.get("stamps"), meta.get("peaks")
+    if not (isinstance(rows, list) and isinstance(stamps, list) and isinstance(peaks, list)
+            and len(rows) == len(stamps) == len(peaks) and rows
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in rows)
+            and all(0 <= i < n for i in rows) and all(a < b for a, b in zip(rows, rows[1:]))
+            and all(isinstance(s, str) for s in stamps)
+            and all(p is None or (isinstance(p, int) and not isinstance(p, bool)) for p in peaks)):
+        raise ValueError("its record is not of these images")
+    row_bytes = 3 * size * size
+    if len(rows) * row_bytes + length + tail != info.st_size:
+        raise ValueError("its rows are not of these images' number and size")
+    return meta
 
 
 def kept_note() -> str:
     """What this command's stopped decodes kept, for its stop line ("" where none): "up to", since another process
-    (a torchrun rank, a second command on the same files) may have renamed its own part over this one since."""
+    (a second command on the same files, another node's first process on a shared cache folder) may have renamed its
+    own part over this one since."""
     return "; ".join(f"up to {done:,} of the {n:,} images decoded while {desc} are kept in the image cache for the "
                      f"next load of the same files" for desc, done, n in sorted(_KEPT))
