@@ -202,7 +202,7 @@ def later_rounds_fit():
     budgets of seconds hold none: tests of what the rounds do let them run (the skip's tests take real_time_holds).
     Session-wide: module fixtures run whole pipelines too."""
     from fewshot import run_budget
-    from helpers.run_patch import patch_pipeline
+    from helpers.run_patch import patch_pipeline, patch_run
 
     from fewshot import run_rounds
 
@@ -212,8 +212,9 @@ def later_rounds_fit():
         patch_pipeline(mp, "time_holds", lambda need_s, left_s: True)
         # a seconds-long round 1 is near chance and keeps no pseudo-label, which skips round 2 (real_kept_nothing)
         mp.setattr(run_rounds, "kept_nothing", lambda pseudo: False)
-        # nor would they hold the least run: a fresh run refuses them (test_run_small_budget restores the check)
-        patch_pipeline(mp, "least_run_holds", lambda need_s, left_s: True)
+        # nor would they hold the least run: a fresh run refuses them (test_run_small_budget restores the check), and a
+        # resumed stage trains no further (run_stages.skip_short_resumed_training)
+        patch_run(mp, "least_run_holds", lambda need_s, left_s: True)
         yield
 
 
@@ -240,9 +241,9 @@ def real_least_run_holds(monkeypatch):
     """The least-run refusals' own tests: run_budget.least_run_holds as the package has it (later_rounds_fit relaxes
     it), one place rather than a copy of its test in each file."""
     from fewshot import run_budget
-    from helpers.run_patch import patch_pipeline
+    from helpers.run_patch import patch_run
 
-    patch_pipeline(monkeypatch, "least_run_holds", run_budget.least_run_holds)
+    patch_run(monkeypatch, "least_run_holds", run_budget.least_run_holds)
     return run_budget.least_run_holds
 
 

@@ -147,6 +147,9 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
                                        timing_s=calibration_seconds(*self.speeds_before, len(self.test_set))
                                        if self.speeds_before else None)
         self.note_writes(getattr(task, "write_bps", None))  # a reused stage wrote nothing
+        skipped = getattr(task, "resumed_training_skipped", None)  # kept with the stage's summary entry (keep)
+        if skipped is not None:
+            self.summary["resumed_training_skipped"] = {"stage": fdir.name, **skipped}
         return task, metrics
 
     def pretrain(self) -> None:

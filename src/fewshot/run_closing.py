@@ -44,6 +44,15 @@ def closing_seconds(task, eval_s: float, per_test_image: float, n_test: int, rep
     return evaluations + saves + per_test_image * n_test + base + (drawn if images else 0.0)
 
 
+def session_seconds(run, now: float) -> float | None:
+    """A resumed session's seconds at ``now``: the run's clock (``t_start``, moved back by the sessions before at
+    start_state) less their ``used`` time. None for a fresh run, or a stand-in without that clock."""
+    t_start, used = getattr(run, "t_start", None), getattr(run, "used", None)
+    if not getattr(run, "resume", False) or t_start is None or used is None:
+        return None
+    return now - t_start - used
+
+
 RETIME_STEPS = 2  # a re-time that finds no faster speed stops after its warm-up and one step (retime_step_seconds)
 CURVES_S = 0.6  # MoCo's curves plot at FIGURE_S: 1.3-2.2 s timed at 1.3-2.9x that figure speed on 2 busy cores
 
@@ -179,10 +188,12 @@ class ClosingMixin:
         continued on --resume: a warning where the budget left cannot hold its closing work (``need``), the run then
         ending late; a note where it holds that but not the kept-back step too (the task's ``resumed_step_s``, set by
         finetune_stage from its log.jsonl): it trains no further (cap_resumed_budget). Not a refusal: a resume cannot
-        change the budget. The need counts Engine.resume()'s read of last.pt, still ahead (last_read_seconds)."""
+        change the budget. The need counts Engine.resume()'s read of last.pt, still ahead (last_read_seconds); the
+        warning names this session's time so far (session_seconds), which the time left has already lost."""
         step_s = getattr(task, "resumed_step_s", None)
         need += last_read_seconds(task) if task is not None else 0.0
-        words = resumed_late_warning(stage, self.last_end - time.monotonic(), need, step_s)
+        now = time.monotonic()
+        words = resumed_late_warning(stage, self.last_end - now, need, step_s, startup=session_seconds(self, now))
         if words is not None:
             print(words, flush=True)
 
@@ -243,7 +254,8 @@ class ClosingMixin:
         if step_s is not None:
             return self.refuse_unless_pretrain_run_fits(task, eval_s, step_s)
         need = pretrain_closing_seconds(eval_s, sum(p.numel() for p in task.model.parameters()))
-        words = pretrain_resumed_late_warning(self.t_start + self.budget_s - time.monotonic(), need)
+        now = time.monotonic()
+        words = pretrain_resumed_late_warning(self.t_start + self.budget_s - now, need, session_seconds(self, now))
         if words is not None:
             print(words, flush=True)
         return 0.0

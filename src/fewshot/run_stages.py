@@ -17,11 +17,12 @@ from pathlib import Path
 from fewshot.config import CHOSEN, note_chosen, save_yaml
 from fewshot.data.cache_files import ensure_writable_dir
 from fewshot.data.fit import restore_stage_record
-from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, measure_eval_seconds, measure_step_seconds,
-                                plan_epochs, retimed_steps, trained_speeds)
+from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, least_run_holds, least_run_seconds,
+                                measure_eval_seconds, measure_step_seconds, plan_epochs, retimed_steps, trained_speeds)
 from fewshot.run_reuse import (drop_best_aside, read_finished_json, read_last, reusable_stage, same_training_images,
                                stage_resumes, start_stage_afresh)
-from fewshot.run_words import made_of, min_epochs_warning, overrun_warning, seconds_text, stage_plan_words
+from fewshot.run_words import (made_of, min_epochs_warning, overrun_warning, resumed_short_words, seconds_text,
+                               stage_plan_words)
 from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 from fewshot.utils import seed_everything
 
@@ -253,6 +254,27 @@ def trains_no_further(cfg: dict, trained: float) -> bool:
     return float(cfg["train"]["budget_minutes"]) * 60 <= max(trained, 1e-3) + 1e-6
 
 
+def skip_short_resumed_training(cfg: dict, planned_s: float, trained: float, steps: int,
+                                step_s: float | None) -> dict | None:
+    """A resumed stage whose cap (cap_resumed_budget: ``planned_s`` before it) is set by the time this session's
+    start-up left, not by its own plan, and holds less than a fresh stage's least run (plan_stage's FLOOR_STEPS and
+    the step past the deadline, least_run_seconds): it trains no further and goes straight to its closing work. Those
+    few steps came at the end of its schedule, and the loader's start and the first step's warm-up came on top of
+    them, outside the estimate (hunt hBX #2). ``step_s``: its logged speed, else the mean of its steps so far.
+    Returns the record for summary.json (``resumed_training_skipped``), else None."""
+    budget_s = float(cfg["train"]["budget_minutes"]) * 60
+    step_s = step_s or (trained / steps if steps > 0 else 0.0)
+    given = budget_s - trained  # the training time the cap gave, the step kept back already out of it
+    if step_s <= 0 or trains_no_further(cfg, trained) or budget_s >= planned_s - 1e-6:
+        return None  # no time given (the late warning said so), or the stage's own plan ends first
+    left, least = given + step_s, least_run_seconds(step_s, 0.0)
+    if least_run_holds(least, left):
+        return None
+    cfg["train"]["budget_minutes"] = max(trained, 1e-3) / 60
+    return {"left_s": round(left, 2), "least_s": round(least, 2), "step_s": round(step_s, 4),
+            "why": resumed_short_words(left, least, step_s)}
+
+
 def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
                    closing=None, state=None, t_start: float = 0.0, timing_s: float | None = None):
     """One fine-tuning run that ends at ``end_time``; with ``pseudo`` it starts from the previous round's
@@ -330,10 +352,16 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         after = (closing(task, measure_eval_seconds(task) if eval_logged is None else eval_logged)
                  if closing is not None else 0.0)
         # steps_before: the steps fit() resumes from
+        planned_s = float(fcfg["train"]["budget_minutes"] or 0.0) * 60
         trained_before, steps_before = cap_resumed_budget(fcfg, ck_last, end_time - after, step_logged)
+        task.resumed_training_skipped = skip_short_resumed_training(fcfg, planned_s, trained_before, steps_before,
+                                                                    step_logged)
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record(name, "began", now, fit_at=now - trained_before)
-        print(f"[run] {name}: continuing from {last} on its planned schedule")
+        if task.resumed_training_skipped is not None:  # said instead of "continuing ... on its planned schedule"
+            print(f"[run] {name}: {task.resumed_training_skipped['why']}", flush=True)
+        else:
+            print(f"[run] {name}: continuing from {last} on its planned schedule")
     else:
         if pseudo is not None:  # a later round's timing went unsaid: 20-36 s without a line on a loaded machine
             about = f" (about {seconds_text(timing_s)} at the round before's speed)" if timing_s else ""

@@ -70,7 +70,8 @@ def overrun_warning(seconds: float, why: str, resumed: bool = False) -> str:
 
 
 def resumed_late_warning(stage: str, left: float, need: float, step_s: float | None = None,
-                         work: str = "evaluations, prediction and the report", then: str = "") -> str | None:
+                         work: str = "evaluations, prediction and the report", then: str = "",
+                         startup: float | None = None) -> str | None:
     """A stopped stage continued from its last.pt (``fewshot run --resume``) with ``left`` seconds of the budget
     (below 0: resumed past it), less than its closing work's ``need``: the least-run refusal is a fresh run's (a
     resume cannot change the budget), so the run ran late without an early word. It trains no further, so no step
@@ -78,7 +79,9 @@ def resumed_late_warning(stage: str, left: float, need: float, step_s: float | N
     No larger budget is advised: the resume must repeat it. Where the work fits but not the one step (``step_s``, its
     logged speed) cap_resumed_budget keeps back beside it, only a note that the stage trains no further: a warning
     said so for a margin of 2 ms, and that the run ends "within its budget" in the same line. ``work``: the closing
-    work in words; ``then``: the work after it that the lateness leaves out (a stage before the last). Else None."""
+    work in words; ``then``: the work after it that the lateness leaves out (a stage before the last). ``startup``:
+    this session's seconds so far (its start-up and the work before the stage), named beside what the stop left: "0.5
+    of 1 minute used before the stop", then "3.5 s left" did not say where 26 s had gone (hunt hBX #2). Else None."""
     if need <= left:
         if not step_s or left >= need + step_s:
             return None
@@ -94,8 +97,27 @@ def resumed_late_warning(stage: str, left: float, need: float, step_s: float | N
         where = (f"with {had} of the budget left, less than its closing work needs at the measured speed (about "
                  f"{needs}: {work})")
     late = f"about {need - left:.0f} s" if need - left >= 1.0 else "less than 1 s"
-    return one_line(f"[run] warning: {stage} resumes {where}: it trains no further, and the run will likely end "
-                    f"{late} after its budget{', plus ' + then if then else ''}.")
+    return one_line(f"[run] warning: {stage} resumes {where}{startup_words(left, startup)}: it trains no further, "
+                    f"and the run will likely end {late} after its budget{', plus ' + then if then else ''}.")
+
+
+def startup_words(left: float, startup: float | None) -> str:
+    """What this resumed session has spent so far (``startup``) of the time the stop left (``left`` is what remains
+    now), for the resumed-late warning; "" where the session's clock is not known."""
+    if startup is None:
+        return ""
+    took, had = seconds_text(max(0.0, startup)), left + startup
+    return (f"; this session's start-up and the work before this stage took {took}"
+            + (f" of the {seconds_text(had)} the stop left" if had >= 0.05 else ", and the stop had left none"))
+
+
+def resumed_short_words(left: float, least: float, step_s: float) -> str:
+    """Why a resumed stage trains no further (run_stages.skip_short_resumed_training): this session's start-up left
+    it ``left`` seconds before its closing work, less than its ``least`` run at its logged speed (``step_s``)."""
+    had, needs = seconds_apart(left, least)
+    return one_line(f"this session's start-up left {had} of the budget before its closing work, less than a stage's "
+                    f"least run ({FLOOR_STEPS + 1} training steps, about {needs} at its logged speed of "
+                    f"{step_text(step_s)} a step): it trains no further and goes straight to its closing work")
 
 
 def past_text(x: float) -> str:
@@ -126,13 +148,13 @@ def resumed_predicting_warning(left: float, need: float, spent: float, report: b
 MOCO_CLOSING_WORK = "its kNN evaluation at the stop, its checkpoint writes and the backbone's export"
 
 
-def pretrain_resumed_late_warning(left: float, need: float) -> str | None:
+def pretrain_resumed_late_warning(left: float, need: float, startup: float | None = None) -> str | None:
     """resumed_late_warning of the MoCo stage continued from its last.pt with no training time left: its own closing
     work (pretrain_closing_seconds) no longer fits the budget left, and the fine-tuning comes after it. It said
     nothing of its own; the fine-tuning's floor warning came after MoCo's closing work and its own timing."""
     return resumed_late_warning("pretrain", left, need, work=MOCO_CLOSING_WORK,
                                 then="the fine-tuning's least run after it (its timing, its floor of training steps "
-                                     "and its closing work)")
+                                     "and its closing work)", startup=startup)
 
 
 def step_text(x: float) -> str:
