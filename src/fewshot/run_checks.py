@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from fewshot.data.cache import default_cache_dir, kept_rows_count
+from fewshot.data.cache import default_cache_dir, kept_rows_at
 from fewshot.data.fit import fit_of
 from fewshot.errors import DataLayoutError, UserError
 from fewshot.utils import loads_run_json
@@ -293,11 +293,16 @@ def _held_count(cfg: dict, paths: list, within: list) -> int:
     """How many of ``paths`` (the pool files inside MoCo's share) MoCo's entry of ``within`` holds decoded: a failure
     it recorded is no image (a broken one is not decoded again either), and an entry never written (a failed cache
     write) holds none, so those were counted as read from it though they were decoded (review rev80)."""
-    from fewshot.data.cache import rows_held_count
+    return len(_held_at(cfg, paths, within))
+
+
+def _held_at(cfg: dict, paths: list, within: list) -> set[int]:
+    """The positions in ``paths`` whose rows MoCo's entry of ``within`` holds decoded (at crop 1.0, its own)."""
+    from fewshot.data.cache import rows_held_at
 
     d = cfg["data"]
-    return rows_held_count(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), within,
-                           1.0, d.get("bit_depth", "auto"), fit_of(cfg))
+    return rows_held_at(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), within, 1.0,
+                        d.get("bit_depth", "auto"), fit_of(cfg))
 
 
 def moco_first_limit(limit: int | None, paths: list, moco_limit: int | None, order) -> int | None:
@@ -390,11 +395,12 @@ def cold_pool_limit(cfg: dict, paths: list, crop: float, seconds: float, floor: 
     twice. ``refuse(seconds, files)``: raises where the least share cannot fit the time left (checked after the
     first TIMING_FIRST files and after the timing). ``within``: pool_is_cached's (MoCo's entry may hold them all).
     ``order``, ``free``: share_source's (the shares' order, led by ``free`` files MoCo's entry holds, which cost no
-    decoding: _free_share). The rows a stopped decode of the whole pool kept (kept_rows_count) cost none either, for
-    the whole pool only (a share is another list of files). Returns (the count, its words, whether reused)."""
+    decoding: _free_share). The rows a stopped decode of the whole pool kept cost none either, those not among the
+    ``free`` ones (_kept_count), for the whole pool only (a share is another list of files). Returns (the count, its
+    words, whether reused)."""
     if len(paths) <= 2 * floor or pool_is_cached(cfg, paths, crop, within):
         return None, "", False
-    kept = _kept_count(cfg, paths, crop)
+    kept = _kept_count(cfg, paths, crop, within, free)
     if len(paths) - kept <= 2 * floor:
         return None, "", False
     record = _subsets_record(cfg, paths, crop)
@@ -445,7 +451,7 @@ def _free_share(n_pool: int, seconds: float, per_file: float, floor: int, free: 
     the whole pool; its ``free`` files (read from MoCo's entry, share_source) take no time: the whole pool where the
     rest fits, else they and the share the time buys of the rest. They were charged as decoded: FixMatch trained on
     644 files where the time held about 1,800 (review rev80). ``kept``: rows a stopped decode of the whole pool
-    kept, none of them MoCo's entry's (KeptRows leaves an entry's rows out): free for the whole pool alone."""
+    kept, none of them among the ``free`` ones (_kept_count): free for the whole pool alone."""
     if per_file * (n_pool - free - kept) <= seconds:
         return None
     return min(n_pool, free + _share_size(seconds, per_file, max(0, floor - free)))
@@ -464,12 +470,17 @@ def _whole_words(files: int, per_file: float, timed: str, seconds: float, includ
             f"{timed}), more than the {seconds:.0f} s that decoding may take{included}")
 
 
-def _kept_count(cfg: dict, paths: list, crop: float) -> int:
+def _kept_count(cfg: dict, paths: list, crop: float, within: list | None = None, free: int = 0) -> int:
     """How many of the pool's ``paths`` a stopped decode of them at ``crop`` kept in the cache (load_images copies
-    them, not decoding them again): a Ctrl-C at 90 % of a pool's decode was estimated as the whole pool again."""
+    them, not decoding them again), those MoCo's entry of ``within`` holds too left out where ``free`` counts them
+    already: a Ctrl-C at 90 % of a pool's decode was estimated as the whole pool again, and rows kept before MoCo's
+    entry was written (a run without --pretrain, another budget's share) were subtracted twice (review rev111 #1)."""
     d = cfg["data"]
-    return kept_rows_count(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), crop,
-                           d.get("bit_depth", "auto"), fit_of(cfg))
+    kept = kept_rows_at(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), crop,
+                        d.get("bit_depth", "auto"), fit_of(cfg))
+    if kept and free and within is not None:  # the same files, by position: read from one of the two, not both
+        kept -= _held_at(cfg, paths, within)
+    return len(kept)
 
 
 def _timed_rate(cfg: dict, paths: list, crop: float, n: int, floor: int, refuse=None,

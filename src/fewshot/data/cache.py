@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from fewshot.data.cache_files import HELD_SUFFIX, _drop, _mapped_file, hold_temp, prune_cache
-from fewshot.data.cache_partial import KeptRows, kept_count, keep_rows, part_file, read_part
+from fewshot.data.cache_partial import KeptRows, keep_rows, kept_positions, part_file, read_part
 from fewshot.data.cache_words import (SKIP_HINT, _note_kept_part, _note_new_entry, _note_part_ignored, _too_big,
                                       _warn_no_cache, _warn_no_home, warn_bit_depth)
 from fewshot.data.decode_many import VANISHED, _decode_into, _decode_one, image_digest
@@ -376,22 +376,35 @@ def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: lis
 
 def kept_rows_count(paths: list, size: int, cache_dir: Path | None, crop_pct: float = 1.0,
                     bit_depth: int | str = "auto", resize: str = "crop") -> int:
-    """How many of ``paths`` a stopped decode of them kept (cache_partial.kept_count: its record read, no pixel) for
-    load_images to copy, not decode: 0 where none is kept, or the part cannot be read as one of these files.
-    ``paths``: str or Path, as is_cached's."""
+    """How many of ``paths`` a stopped decode of them kept for load_images to copy, not decode (kept_rows_at)."""
+    return len(kept_rows_at(paths, size, cache_dir, crop_pct, bit_depth, resize))
+
+
+def kept_rows_at(paths: list, size: int, cache_dir: Path | None, crop_pct: float = 1.0,
+                 bit_depth: int | str = "auto", resize: str = "crop") -> set[int]:
+    """The positions in ``paths`` whose rows a stopped decode of them kept (cache_partial.kept_positions: its record
+    read, no pixel): none where none is kept, or the part cannot be read as one of these files. ``paths``: str or
+    Path, as is_cached's."""
     if cache_dir is None or not paths:
-        return 0
+        return set()
     settings, stat_rows = _key_settings(paths, size, crop_pct, bit_depth, resize), _stat_rows(paths)
     folder = entry_dir(cache_dir, _key_of(settings, stat_rows))
-    return kept_count(part_file(folder, settings, paths), len(paths), size, stat_rows)
+    return kept_positions(part_file(folder, settings, paths), len(paths), size, stat_rows)
 
 
 def rows_held_count(paths: list[Path], size: int, cache_dir: Path | None, within: list, crop_pct: float = 1.0,
                     bit_depth: int | str = "auto", resize: str = "crop") -> int:
-    """How many of ``paths`` the entry of ``within`` holds decoded (_rows_held; 0 where there is none): the files a
-    copy from it costs no decoding (a failure it recorded is no image, and an entry never written holds none)."""
+    """How many of ``paths`` the entry of ``within`` holds decoded (rows_held_at)."""
+    return len(rows_held_at(paths, size, cache_dir, within, crop_pct, bit_depth, resize))
+
+
+def rows_held_at(paths: list, size: int, cache_dir: Path | None, within: list, crop_pct: float = 1.0,
+                 bit_depth: int | str = "auto", resize: str = "crop") -> set[int]:
+    """The positions in ``paths`` whose rows the entry of ``within`` holds decoded (_rows_held; none where there is
+    none): the files a copy from it costs no decoding (a failure it recorded is no image, and an entry never written
+    holds none)."""
     held = _rows_held([Path(p) for p in paths], size, cache_dir, within, crop_pct, bit_depth, resize)
-    return 0 if held is None else len(held[1])
+    return set() if held is None else set(held[1])
 
 
 def _sixteen_of(recorded, paths: list) -> dict | None:

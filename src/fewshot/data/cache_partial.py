@@ -144,16 +144,17 @@ def read_part(part: Path, paths: list, size: int, stat_rows: list[str], desc: st
     return images, rows, sixteen, digests if fits else None, [], peaks
 
 
-def kept_count(part: Path, n: int, size: int, stat_rows: list[str]) -> int:
-    """How many of the ``n`` files ``part`` keeps decoded as they are now (stamps still matching), from its record
-    alone, no pixel read: 0 where none is there or it cannot be read as one (read_part says so and deletes it when
-    the load comes). A run's start-up estimate of a cold pool's decode counted the kept rows as still to decode."""
+def kept_positions(part: Path, n: int, size: int, stat_rows: list[str]) -> set[int]:
+    """The positions of the ``n`` files whose rows ``part`` keeps decoded as they are now (stamps still matching),
+    from its record alone, no pixel read: none where none is there or it cannot be read as one (read_part says so
+    and deletes it when the load comes). A run's start-up estimate of a cold pool's decode counted the kept rows as
+    still to decode; positions, not a count: it leaves out those another entry holds as well (review rev111 #1)."""
     try:
         with _opened(part) as fh:
             meta = _record(fh, n, size)
     except (OSError, ValueError, KeyError, TypeError):
-        return 0
-    return sum(was == stamp(stat_rows[i]) for i, was in zip(meta["rows"], meta["stamps"]))
+        return set()
+    return {i for i, was in zip(meta["rows"], meta["stamps"]) if was == stamp(stat_rows[i])}
 
 
 def _read(part: Path, n: int, size: int) -> tuple[np.ndarray, dict]:

@@ -134,12 +134,13 @@ KEEP_NOTE_BYTES = 100e6  # a stop keeping this much is said first: moving and sy
 
 
 def _note_keeping(desc: str, kept: int, nbytes: int) -> None:
-    """Say, before a stop keeps ``kept`` rows of ``nbytes`` (cache_partial.keep_rows), why the exit waits (rank 0):
-    a stop at 34% of a 15 GB pool moved and synced 5 GB within a Ctrl-C or a SIGTERM's grace period without a
-    word (review rev105 #4). "Up to", and nothing said of a second Ctrl-C: said before the keep, which may fail;
-    for a SIGTERM or a failure too; a second Ctrl-C within a second is ignored, one after the rename keeps them
-    (review rev109 #2)."""
-    if nbytes >= KEEP_NOTE_BYTES and launch_rank() == 0:
+    """Say, before a stop keeps ``kept`` rows of ``nbytes`` (cache_partial.keep_rows), why the exit waits: a stop at
+    34% of a 15 GB pool moved and synced 5 GB within a Ctrl-C or a SIGTERM's grace period without a word (review
+    rev105 #4). "Up to", and nothing said of a second Ctrl-C: said before the keep, which may fail; for a SIGTERM
+    or a failure too; a second Ctrl-C within a second is ignored, one after the rename keeps them (review rev109
+    #2). Said by every process that keeps (keep_rows asks cache_partial._keeps_here first: the first process of
+    each node), not by rank 0 alone: another node's first process kept its rows without a word (review rev111 #3)."""
+    if nbytes >= KEEP_NOTE_BYTES:
         print(one_line(f"note: {desc}: keeping up to {kept:,} decoded images in the image cache "
                        f"({_gb_or_mb(nbytes)}) for the next load of the same files; writing them can take a while"),
               file=sys.stderr, flush=True)
