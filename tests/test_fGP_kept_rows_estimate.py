@@ -37,7 +37,7 @@ def estimate(monkeypatch, tmp_path: Path, paths: list[Path], seconds: float):
 
 def test_a_part_holding_half_the_rows_halves_the_estimate(pool, tmp_path, monkeypatch):
     stopped_load(monkeypatch, pool, tmp_path / "cache", after=4)
-    assert cache.kept_rows_count(pool, SIZE, tmp_path / "cache") == 4
+    assert cache.kept_rows_at(pool, SIZE, tmp_path / "cache") == {0, 1, 2, 3}
     limit, words = estimate(monkeypatch, tmp_path, pool, seconds=3)
     assert limit is not None  # 4 s left to decode: still more than 3 s
     assert "decoding the 4 of them that an earlier, stopped decode did not keep would take about 4 s" in words
@@ -48,7 +48,7 @@ def test_a_part_holding_half_the_rows_halves_the_estimate(pool, tmp_path, monkey
 def test_a_kept_row_whose_file_changed_is_counted_as_to_decode(pool, digits_root, tmp_path, monkeypatch):
     stopped_load(monkeypatch, pool, tmp_path / "cache", after=4)
     shutil.copy(real_images(digits_root)[20], pool[1])
-    assert cache.kept_rows_count(pool, SIZE, tmp_path / "cache") == 3
+    assert cache.kept_rows_at(pool, SIZE, tmp_path / "cache") == {0, 2, 3}
     assert "decoding the 5 of them" in estimate(monkeypatch, tmp_path, pool, seconds=3)[1]
 
 
@@ -67,11 +67,11 @@ def test_an_unreadable_or_foreign_part_leaves_the_estimate_unchanged(pool, tmp_p
         (part,) = (p for p in parts(cache_dir) if p != other)
         other.replace(part)
     before = part.read_bytes()
-    assert cache.kept_rows_count(pool, SIZE, cache_dir) == 0
+    assert cache.kept_rows_at(pool, SIZE, cache_dir) == set()
     limit, words = estimate(monkeypatch, tmp_path, pool, seconds=5)
     assert limit is not None and "decoding them all would take about 8 s" in words
     assert part.read_bytes() == before  # left for the load to say and delete (read_part)
 
 
 def test_no_cache_folder_keeps_nothing(pool):
-    assert cache.kept_rows_count(pool, SIZE, None) == 0
+    assert cache.kept_rows_at(pool, SIZE, None) == set()

@@ -11,7 +11,7 @@ import pytest
 
 import fewshot.data.cache_words as cache_words
 import fewshot.run_checks as run_checks
-from fewshot.data.cache import load_images, rows_held_count
+from fewshot.data.cache import load_images, rows_held_at
 from test_fGD_stopped_decode_kept import SIZE, copied_pool, stopped_load
 from test_fGP_kept_part_one_rank import as_rank
 from test_fGP_kept_rows_estimate import config
@@ -36,9 +36,10 @@ def estimate(monkeypatch, tmp_path: Path, paths: list[Path], seconds: float, flo
 
 
 def moco_entry(pool: list[Path], cache_dir: Path, within: list[Path]) -> dict:
-    """MoCo's entry of ``within`` written, and cold_pool_limit's arguments for it (``free``: the rows it holds)."""
+    """MoCo's entry of ``within`` written, and cold_pool_limit's arguments for it (``held``: the rows it holds, as
+    share_source hands them on)."""
     load_images(within, SIZE, cache_dir, threads=1)
-    return {"within": within, "free": rows_held_count(pool, SIZE, cache_dir, within)}
+    return {"within": within, "held": frozenset(rows_held_at(pool, SIZE, cache_dir, within))}
 
 
 def test_rows_kept_before_mocos_entry_was_written_count_once(pool, tmp_path, monkeypatch):
@@ -46,9 +47,10 @@ def test_rows_kept_before_mocos_entry_was_written_count_once(pool, tmp_path, mon
     cache_dir = tmp_path / "cache"
     stopped_load(monkeypatch, pool, cache_dir, after=4)
     moco = moco_entry(pool, cache_dir, pool[:4])
-    assert moco["free"] == 4
+    assert moco["held"] == {0, 1, 2, 3}
     limit, words, _ = estimate(monkeypatch, tmp_path, pool, seconds=3, **moco)
-    assert limit is not None and "about 8 s" in words  # none of the kept rows is outside MoCo's entry
+    assert limit is not None  # none of the kept rows is outside MoCo's entry: 4 files left (rev113 #1: not 8 s)
+    assert "decoding the 4 of them that MoCo's entry does not hold would take about 4 s" in words, words
     limit, _, _ = estimate(monkeypatch, tmp_path, pool, seconds=4, **moco)
     assert limit is None  # its 4 files left fit 4 s
 

@@ -288,9 +288,10 @@ def test_self_training_s_share_is_drawn_inside_moco_s_capped_share(copy_root, mo
     paths = semi.pool_files(cfg, infos, exclude_train=True)[0]
     moco = {str(p) for p in semi.moco_share_paths(cfg, infos, 60)} & {str(p) for p in paths}
     seen = decodes_counted(monkeypatch, 0.5)  # 100 files: 50 s; MoCo's free, the rest over 25 s: a 12 s cap
-    within, order, free = run_checks.share_source(cfg, infos, paths, 60)
-    assert free == len(moco) and 24 < free < len(paths) - 24
-    limit = pool_decode_limit(cfg, paths, 12.0, n=1, within=within, order=order, free=free)
+    within, order, held = run_checks.share_source(cfg, infos, paths, 60)
+    free = len(held)
+    assert {str(paths[i]) for i in held} == moco and 24 < free < len(paths) - 24  # positions in the pool
+    limit = pool_decode_limit(cfg, paths, 12.0, n=1, within=within, order=order, held=held)
     decoded = limit - free  # 24, less where the (faked, fast) timing itself took a tenth of a second
     assert 22 <= decoded <= 24, limit
     words = f"the {free} MoCo decoded read from its cache entry and decoding the other {decoded}"
@@ -391,9 +392,9 @@ def test_a_broken_file_moco_recorded_is_not_decoded_again_nor_counted_as_read(tm
     plain[1].write_bytes(b"not an image")
     within, paths = plain[:3], [plain[0], plain[1], plain[3]]
     folder = tmp_path / "cache"
-    assert cache.rows_held_count(paths, 8, folder, within) == 0  # no entry yet
+    assert cache.rows_held_at(paths, 8, folder, within) == set()  # no entry yet
     cache.load_images(within, 8, folder, skip_bad=True)
-    assert cache.rows_held_count(paths, 8, folder, within) == 1
+    assert cache.rows_held_at(paths, 8, folder, within) == {0}  # not the broken 1
     decoded: list = []
     real = cache._decode_into
 
@@ -414,5 +415,5 @@ def test_without_moco_s_entry_no_file_counts_as_read_from_it(copy_root):
     without_first_pool(copy_root)
     cfg, infos = settings(copy_root, **{"run.pretrain": True})
     paths = semi.pool_files(cfg, infos, exclude_train=True)[0]
-    within, order, free = run_checks.share_source(cfg, infos, paths, 60)
-    assert within is not None and order is not None and free == 0
+    within, order, held = run_checks.share_source(cfg, infos, paths, 60)
+    assert within is not None and order is not None and held == frozenset()

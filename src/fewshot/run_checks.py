@@ -274,30 +274,29 @@ def recorded_share(data: dict, limit: int | None):
     return MocoFirst(limit, moco)
 
 
-def share_source(cfg: dict, infos, paths: list, moco_limit: int | None) -> tuple[list | None, torch.Tensor | None, int]:
+def share_source(cfg: dict, infos, paths: list,
+                 moco_limit: int | None) -> tuple[list | None, torch.Tensor | None, frozenset[int]]:
     """Where self-training's or FixMatch's share of their pool ``paths`` comes from: the list whose cache entry MoCo's
     check wrote (semi.moco_entry_paths; None at another crop, whose pixels it does not hold), and where MoCo decoded
     only its seeded share of ``moco_limit`` files, the order the share is drawn in (semi.share_order: the files
-    inside MoCo's share first) and how many of those its entry holds decoded (read from it, they cost no decoding:
-    _held_count); else None and 0 (pool_subset's order)."""
+    inside MoCo's share first) and the positions in ``paths`` of those its entry holds decoded (read from it, they
+    cost no decoding: their count is cold_pool_limit's ``free``; handed on so that the entry is read once, review
+    rev113 #2); else None and none (pool_subset's order)."""
     from fewshot.train.semi import moco_entry_paths, share_order
 
     within = moco_entry_paths(cfg, infos, moco_limit)
     if within is None or moco_limit is None:
-        return within, None, 0
+        return within, None, frozenset()
     order, inside = share_order(paths, int(cfg["train"]["seed"]), within)
-    return within, order, _held_count(cfg, [paths[i] for i in order[:inside].tolist()], within)
-
-
-def _held_count(cfg: dict, paths: list, within: list) -> int:
-    """How many of ``paths`` (the pool files inside MoCo's share) MoCo's entry of ``within`` holds decoded: a failure
-    it recorded is no image (a broken one is not decoded again either), and an entry never written (a failed cache
-    write) holds none, so those were counted as read from it though they were decoded (review rev80)."""
-    return len(_held_at(cfg, paths, within))
+    head = order[:inside].tolist()
+    return within, order, frozenset(head[i] for i in _held_at(cfg, [paths[i] for i in head], within))
 
 
 def _held_at(cfg: dict, paths: list, within: list) -> set[int]:
-    """The positions in ``paths`` whose rows MoCo's entry of ``within`` holds decoded (at crop 1.0, its own)."""
+    """The positions in ``paths`` (the pool files inside MoCo's share) whose rows MoCo's entry of ``within`` holds
+    decoded (at crop 1.0, its own): a failure it recorded is no image (a broken one is not decoded again either),
+    and an entry never written (a failed cache write) holds none, so those were counted as read from it though they
+    were decoded (review rev80)."""
     from fewshot.data.cache import rows_held_at
 
     d = cfg["data"]
@@ -377,16 +376,17 @@ def fixmatch_decode_limit(cfg: dict, infos, budget_s: float, n: int | None = Non
     share = (1.0 - float(r["pretrain_share"]) if r["pretrain"] else 1.0) * budget_s
     paths, seconds = pool_files(cfg, infos, exclude_train=True)[0], FIXMATCH_DECODE_SHARE * share
     floor = max(n, int(cfg["semi"]["mu"]) * int(cfg["train"]["batch_size"]))
-    within, order, free = share_source(cfg, infos, paths, moco_limit)
+    within, order, held = share_source(cfg, infos, paths, moco_limit)
     limit, whole, reused = cold_pool_limit(cfg, paths, cfg["data"]["crop_pct"], seconds, floor, n, refuse, within,
-                                           order, free)
+                                           order, held)
     whole += f" (a quarter of the fine-tuning's {share:.0f} s of the budget)"
-    say_cold_share("FixMatch's", len(paths), limit, reused, whole, free, "the pool FixMatch trains on")
+    say_cold_share("FixMatch's", len(paths), limit, reused, whole, len(held), "the pool FixMatch trains on")
     return moco_first_limit(limit, paths, moco_limit, order)
 
 
 def cold_pool_limit(cfg: dict, paths: list, crop: float, seconds: float, floor: int, n: int,
-                    refuse=None, within: list | None = None, order=None, free: int = 0) -> tuple[int | None, str, bool]:
+                    refuse=None, within: list | None = None, order=None,
+                    held: frozenset[int] = frozenset()) -> tuple[int | None, str, bool]:
     """How many of a pool's ``paths`` a run decodes at ``crop`` (MoCo's and self-training's, one rule): all (None)
     when the cache holds them or decoding them fits ``seconds`` (the timing's own seconds out of them), else a
     seeded random share that fits (semi.pool_subset, ``floor`` at least). An earlier run's share the cache holds is
@@ -394,13 +394,13 @@ def cold_pool_limit(cfg: dict, paths: list, crop: float, seconds: float, floor: 
     the timing again). Timed on the tail of the seeded order, outside the share (its head): the sample was decoded
     twice. ``refuse(seconds, files)``: raises where the least share cannot fit the time left (checked after the
     first TIMING_FIRST files and after the timing). ``within``: pool_is_cached's (MoCo's entry may hold them all).
-    ``order``, ``free``: share_source's (the shares' order, led by ``free`` files MoCo's entry holds, which cost no
-    decoding: _free_share). The rows a stopped decode of the whole pool kept cost none either, those not among the
-    ``free`` ones (_kept_count), for the whole pool only (a share is another list of files). Returns (the count, its
-    words, whether reused)."""
+    ``order``, ``held``: share_source's (the shares' order, led by the ``free`` files at positions ``held`` that
+    MoCo's entry holds, which cost no decoding: _free_share). The rows a stopped decode of the whole pool kept cost
+    none either, those not among the ``held`` ones (_kept_count), for the whole pool only (a share is another list
+    of files). Returns (the count, its words: of the files neither holds, whether reused)."""
     if len(paths) <= 2 * floor or pool_is_cached(cfg, paths, crop, within):
         return None, "", False
-    kept = _kept_count(cfg, paths, crop, within, free)
+    free, kept = len(held), _kept_count(cfg, paths, crop, held)
     if len(paths) - kept <= 2 * floor:
         return None, "", False
     record = _subsets_record(cfg, paths, crop)
@@ -413,12 +413,13 @@ def cold_pool_limit(cfg: dict, paths: list, crop: float, seconds: float, floor: 
         reused = limit if limit <= free else _earlier_share(cfg, share_of, len(paths), crop, record, limit, within,
                                                             free)
         if reused is not None:
-            return reused, _whole_words(len(paths), rate, "timed by an earlier run", seconds, "", kept), reused > free
+            words = _whole_words(len(paths), rate, "timed by an earlier run", seconds, "", kept, free)
+            return reused, words, reused > free
     rate, timed_s = _timed_rate(cfg, paths, crop, n, max(0, floor - free), refuse, order)
     _record_rate(record, rate)
     left = max(0.0, seconds - timed_s)  # the timing is decoding too
     words = _whole_words(len(paths), rate, f"timed on {n} in {timed_s:.1f} s", seconds, ", the timing included",
-                         kept)
+                         kept, free)
     limit = _free_share(len(paths), left, rate, floor, free, kept)
     if limit is None:
         return None, words, False
@@ -462,25 +463,34 @@ def _share_size(seconds: float, per_file: float, floor: int) -> int:
     return max(floor, int(seconds / max(per_file, 1e-9)))
 
 
-def _whole_words(files: int, per_file: float, timed: str, seconds: float, included: str, kept: int = 0) -> str:
-    """The words on a cold pool too slow to decode whole in ``seconds`` (``included``: the timing is part of them;
-    ``kept``: the files a stopped decode kept, not counted)."""
-    them = (f"the {files - kept:,} of them that an earlier, stopped decode did not keep" if kept else "them all")
-    return (f"decoding {them} would take about {per_file * (files - kept):.0f} s ({per_file * 1000:.1f} ms each, "
+# the files _whole_words counts, by (any kept by a stopped decode, any MoCo's entry holds)
+_LEFT_WORDS = {(True, False): "that an earlier, stopped decode did not keep",
+               (False, True): "that MoCo's entry does not hold",
+               (True, True): "that neither MoCo's entry nor an earlier, stopped decode holds"}
+
+
+def _whole_words(files: int, per_file: float, timed: str, seconds: float, included: str, kept: int = 0,
+                 free: int = 0) -> str:
+    """The words on a cold pool too slow to decode whole in ``seconds`` (``included``: the timing is part of them),
+    of the files still to decode: not the ``kept`` ones a stopped decode kept, nor the ``free`` ones MoCo's entry
+    holds (none of them kept: _kept_count). They counted the kept rows MoCo's entry holds as to decode, 8 s where 4
+    were left (review rev113 #1)."""
+    left = files - kept - free
+    them = _LEFT_WORDS.get((kept > 0, free > 0))
+    them = f"the {left:,} of them {them}" if them else "them all"
+    return (f"decoding {them} would take about {per_file * left:.0f} s ({per_file * 1000:.1f} ms each, "
             f"{timed}), more than the {seconds:.0f} s that decoding may take{included}")
 
 
-def _kept_count(cfg: dict, paths: list, crop: float, within: list | None = None, free: int = 0) -> int:
+def _kept_count(cfg: dict, paths: list, crop: float, held: frozenset[int] = frozenset()) -> int:
     """How many of the pool's ``paths`` a stopped decode of them at ``crop`` kept in the cache (load_images copies
-    them, not decoding them again), those MoCo's entry of ``within`` holds too left out where ``free`` counts them
-    already: a Ctrl-C at 90 % of a pool's decode was estimated as the whole pool again, and rows kept before MoCo's
-    entry was written (a run without --pretrain, another budget's share) were subtracted twice (review rev111 #1)."""
+    them, not decoding them again), those at the positions ``held`` (share_source's, counted as ``free``) left out:
+    a Ctrl-C at 90 % of a pool's decode was estimated as the whole pool again, and rows kept before MoCo's entry was
+    written (a run without --pretrain, another budget's share) were subtracted twice (review rev111 #1)."""
     d = cfg["data"]
     kept = kept_rows_at(paths, cfg["model"]["img_size"], default_cache_dir(d["root"], d["cache_dir"]), crop,
                         d.get("bit_depth", "auto"), fit_of(cfg))
-    if kept and free and within is not None:  # the same files, by position: read from one of the two, not both
-        kept -= _held_at(cfg, paths, within)
-    return len(kept)
+    return len(kept - held)  # the same files, by position: read from one of the two, not both
 
 
 def _timed_rate(cfg: dict, paths: list, crop: float, n: int, floor: int, refuse=None,

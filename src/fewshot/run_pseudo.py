@@ -107,20 +107,20 @@ def share_line(n: int, n_pool: int, whole_s: float, seconds: float) -> str:
 
 
 def pool_decode_limit(cfg: dict, paths: list, seconds: float, n: int = 256, refuse=None,
-                      within: list | None = None, order=None, free: int = 0) -> int | None:
+                      within: list | None = None, order=None, held: frozenset[int] = frozenset()) -> int | None:
     """How many pool files self-training decodes: all (None) when the decode cache holds them or decoding them
     takes at most ``seconds``; else a seeded random share that fits (``n`` at least; semi.pool_subset), an earlier
     run's share reused where the cache holds one at least half as large (run_checks.cold_pool_limit, MoCo's rule). A
     cold 100k-file pool was decoded whole before the stages were planned, inside the budget, though the rounds label
     only the share their time allows (pool_share_in_time). ``refuse``: cold_pool_limit's check of the time left;
     ``within``: MoCo's pool (semi.moco_entry_paths), whose cache entry may hold every file already (hunt hBK #3);
-    ``order``, ``free``: where MoCo decoded only a share of it, the share is drawn inside it first
-    (run_checks.share_source)."""
+    ``order``, ``held``: where MoCo decoded only a share of it, the share is drawn inside it first, and the files
+    at positions ``held`` are read from its entry (run_checks.share_source)."""
     from fewshot.run_checks import cold_pool_limit, say_cold_share
 
     limit, whole, reused = cold_pool_limit(cfg, paths, cfg["data"]["crop_pct"], seconds, n, n, refuse, within, order,
-                                           free)
-    say_cold_share("the", len(paths), limit, reused, f"{whole} (a quarter of the time after round 1)", free,
+                                           held)
+    say_cold_share("the", len(paths), limit, reused, f"{whole} (a quarter of the time after round 1)", len(held),
                    "the pool the rounds label")
     return limit
 

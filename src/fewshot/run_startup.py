@@ -422,10 +422,10 @@ class StartupMixin:
         pool_decode_limit; where MoCo decoded only its share of a cold pool (moco_limit), a share drawn inside MoCo's
         first (a MocoFirst: the files MoCo decoded are read from its cache entry, only the others decoded)."""
         cfg = self.cfg
-        within, order, free = share_source(cfg, self.infos, paths, self.moco_limit)
+        within, order, held = share_source(cfg, self.infos, paths, self.moco_limit)
         limit = pool_decode_limit(cfg, paths, 0.25 * (1 - float(self.r["pseudo_share"])) * self.budget_minutes * 60,
                                   refuse=None if self.resume else self.refuse_unless_fits, within=within, order=order,
-                                  free=free)
+                                  held=held)
         return moco_first_limit(limit, paths, self.moco_limit, order)
 
     def self_training_pool_paths(self, paths: list) -> list:

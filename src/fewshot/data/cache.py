@@ -374,12 +374,6 @@ def _rows_held(paths: list[Path], size: int, cache_dir: Path | None, within: lis
     return (images, rows, sixteen, _stored_digests(meta, len(within)), broken) if rows or broken else None
 
 
-def kept_rows_count(paths: list, size: int, cache_dir: Path | None, crop_pct: float = 1.0,
-                    bit_depth: int | str = "auto", resize: str = "crop") -> int:
-    """How many of ``paths`` a stopped decode of them kept for load_images to copy, not decode (kept_rows_at)."""
-    return len(kept_rows_at(paths, size, cache_dir, crop_pct, bit_depth, resize))
-
-
 def kept_rows_at(paths: list, size: int, cache_dir: Path | None, crop_pct: float = 1.0,
                  bit_depth: int | str = "auto", resize: str = "crop") -> set[int]:
     """The positions in ``paths`` whose rows a stopped decode of them kept (cache_partial.kept_positions: its record
@@ -390,12 +384,6 @@ def kept_rows_at(paths: list, size: int, cache_dir: Path | None, crop_pct: float
     settings, stat_rows = _key_settings(paths, size, crop_pct, bit_depth, resize), _stat_rows(paths)
     folder = entry_dir(cache_dir, _key_of(settings, stat_rows))
     return kept_positions(part_file(folder, settings, paths), len(paths), size, stat_rows)
-
-
-def rows_held_count(paths: list[Path], size: int, cache_dir: Path | None, within: list, crop_pct: float = 1.0,
-                    bit_depth: int | str = "auto", resize: str = "crop") -> int:
-    """How many of ``paths`` the entry of ``within`` holds decoded (rows_held_at)."""
-    return len(rows_held_at(paths, size, cache_dir, within, crop_pct, bit_depth, resize))
 
 
 def rows_held_at(paths: list, size: int, cache_dir: Path | None, within: list, crop_pct: float = 1.0,
