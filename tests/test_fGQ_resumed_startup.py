@@ -57,11 +57,11 @@ def test_a_fresh_run_and_a_resume_with_time_left_say_nothing_of_a_start_up(monke
 STEP_S = 0.1  # the stopped stage's logged step: its least run is FLOOR_STEPS + 1 of them
 
 
-def _resume_with_left(monkeypatch, root, out, left: float):
-    """Stops a semi-off 1-minute run 2 steps into `finetune`, then resumes it where this session's start-up left
-    ``left`` seconds before the closing work: the run modules' clock jumps there once the stage has estimated that
-    work (last_closing), and the stage's logged step is STEP_S. Returns (stdout, its global step at the stop, at the
-    end of this session's training, summary.json)."""
+def stop_and_jump(monkeypatch, root, out, left: float):
+    """Stops a semi-off 1-minute run 2 steps into `finetune`, and sets the resume up so that this session's start-up
+    leaves ``left`` seconds before the closing work: the run modules' clock jumps there once the stage has estimated
+    that work (last_closing), and the stage's logged step is STEP_S. Returns (the run's command, its global step at
+    the stop, the global steps each Engine.fit ends at)."""
     import fewshot.run_stages as run_stages
     import fewshot.train.engine as engine
     from fewshot.train.supervised import SupervisedTask
@@ -93,6 +93,13 @@ def _resume_with_left(monkeypatch, root, out, left: float):
         return result
 
     monkeypatch.setattr(engine.Engine, "fit", counted)
+    return cmd, before, steps
+
+
+def _resume_with_left(monkeypatch, root, out, left: float):
+    """stop_and_jump, then the resume: (stdout, its global step at the stop, at the end of this session's training,
+    summary.json)."""
+    cmd, before, steps = stop_and_jump(monkeypatch, root, out, left)
     rc, stdout, err = run_main(*cmd, "--resume")
     assert rc == 0, err
     assert len(steps) == 1, steps
@@ -104,10 +111,11 @@ def _resume_with_left(monkeypatch, root, out, left: float):
 def test_a_resume_left_less_than_its_least_run_goes_straight_to_its_closing_work(digits_root, tmp_path, monkeypatch):
     left = 4 * STEP_S  # holds 3 steps and the one kept back: under the least run of FLOOR_STEPS + 1
     stdout, before, after, summary = _resume_with_left(monkeypatch, digits_root, tmp_path / "run", left)
-    assert "[run] finetune: this session's start-up left 0.4 s of the budget before its closing work, less than " \
-           f"a stage's least run ({FLOOR_STEPS + 1} training steps, about 0.6 s at its logged speed of 0.1 s a " \
-           "step): it trains no further and goes straight to its closing work" in stdout, stdout
-    assert "finetune: continuing from" not in stdout, stdout
+    assert re.search(r"\[run\] finetune: this session's start-up and the work before this stage took \d+ s of the "
+                     r"\d+ s the stop left before its closing work, leaving 0.4 s, less than a stage's least run "
+                     rf"\({FLOOR_STEPS + 1} training steps, about 0.6 s at its logged speed of 0.1 s a step\): it "
+                     r"trains no further and goes straight to its closing work", stdout), stdout
+    assert "finetune: continuing from" not in stdout and "no time is left" not in stdout, stdout
     assert after == before, (before, after)  # no step trained
     skipped = summary["resumed_training_skipped"]
     assert skipped["stage"] == "finetune" and skipped["least_s"] == pytest.approx((FLOOR_STEPS + 1) * STEP_S)

@@ -174,6 +174,11 @@ class RoundsMixin:
         if decides and not resumed:  # the Engine asks at round 1's planned end, at the speed round 1 trained at
             task.replan_end = functools.partial(RoundsMixin.round1_replan, self, task, rest_at)
         cut = max(0.0, self.labelled_end - (self.last_end - leaves))
+        later = f"labelling the pool and the later round{'s' if rounds > 2 else ''}"
+        # where a resumed round 1 ends, for the line of one that trains no further (skip_short_resumed_training)
+        task.resumed_end_words = (f"round 1's end ({later} need the rest of its share)" if cut > 0 else
+                                  f"the end of round 1's share (run.pseudo_share={self.r['pseudo_share']:g}; "
+                                  f"{later} come after it)")
         if cut > 0:
             print(f"[run] round 1 ends {cut:.0f} s before its share (run.pseudo_share={self.r['pseudo_share']:g}) "
                   f"would: about {leaves:.0f} s are left for labelling the pool, {rounds - 1} later "

@@ -9,6 +9,7 @@ plan_stage, plan_epochs, trained_speeds or cap_resumed_budget): the stages' call
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 import time
@@ -254,29 +255,35 @@ def trains_no_further(cfg: dict, trained: float) -> bool:
     return float(cfg["train"]["budget_minutes"]) * 60 <= max(trained, 1e-3) + 1e-6
 
 
-def skip_short_resumed_training(cfg: dict, planned_s: float, trained: float, steps: int,
-                                step_s: float | None) -> dict | None:
-    """A resumed stage whose cap (cap_resumed_budget: ``planned_s`` before it) is set by the time this session's
-    start-up left, not by its own plan, and holds less than a fresh stage's least run (plan_stage's FLOOR_STEPS and
-    the step past the deadline, least_run_seconds): it trains no further and goes straight to its closing work. Those
-    few steps came at the end of its schedule, and the loader's start and the first step's warm-up came on top of
-    them, outside the estimate (hunt hBX #2). ``step_s``: its logged speed, else the mean of its steps so far.
-    Returns the record for summary.json (``resumed_training_skipped``), else None."""
-    budget_s = float(cfg["train"]["budget_minutes"]) * 60
-    step_s = step_s or (trained / steps if steps > 0 else 0.0)
-    given = budget_s - trained  # the training time the cap gave, the step kept back already out of it
-    if step_s <= 0 or trains_no_further(cfg, trained) or budget_s >= planned_s - 1e-6:
-        return None  # no time given (the late warning said so), or the stage's own plan ends first
-    left, least = given + step_s, least_run_seconds(step_s, 0.0)
-    if least_run_holds(least, left):
+def skip_short_resumed_training(cfg: dict, planned_s: float, trained: float, left: float, step_s: float | None,
+                                logged: bool = True, startup: float | None = None,
+                                ends: str | None = None) -> dict | None:
+    """A resumed stage (its budget capped by cap_resumed_budget, ``planned_s`` before it) whose ``left`` seconds
+    before its end (``ends``: round 1's share; None: its closing work) hold neither a fresh stage's least run
+    (plan_stage's FLOOR_STEPS and the step past the deadline, least_run_seconds) nor, where that is shorter, the rest
+    of its own plan and the step past it: it trains no further and goes straight to its closing work. Those few
+    steps came at the end of its schedule, and the loader's start and the first step's warm-up came on top of them,
+    outside the estimate (hunt hBX #2). One measure for both ends: a plan with fewer steps left than the least run
+    trains them where they fit, whichever sets the cap (review rev112 #3). ``step_s``: its steady step, log.jsonl's
+    (``logged``) or its planning's timing; None: no skip, since the mean of its steps so far counts the first step's
+    warm-up and its evaluations (1.2 s a step where 0.35 s steps ran, review rev112 #2). It is the earlier session's
+    speed: a faster machine now would have held up to FLOOR_STEPS more steps, a bounded loss (rev112 #6). Returns the
+    record for summary.json (``resumed_training_skipped``), else None."""
+    if not step_s or trains_no_further(cfg, trained):
+        return None  # no steady speed known, or no time given (the resumed-late warning said so)
+    least, rest = least_run_seconds(step_s, 0.0), max(0.0, planned_s - trained)
+    need = min(least, rest + step_s)
+    if least_run_holds(need, left):
         return None
     cfg["train"]["budget_minutes"] = max(trained, 1e-3) / 60
-    return {"left_s": round(left, 2), "least_s": round(least, 2), "step_s": round(step_s, 4),
-            "why": resumed_short_words(left, least, step_s)}
+    plan_steps = None if need >= least else max(1, math.ceil(rest / step_s - 1e-6))
+    return {"left_s": round(left, 2), "least_s": round(need, 2), "step_s": round(step_s, 4),
+            "why": resumed_short_words(left, need, step_s, logged, startup, ends, plan_steps)}
 
 
 def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
-                   closing=None, state=None, t_start: float = 0.0, timing_s: float | None = None):
+                   closing=None, state=None, t_start: float = 0.0, timing_s: float | None = None,
+                   session_t0: float | None = None):
     """One fine-tuning run that ends at ``end_time``; with ``pseudo`` it starts from the previous round's
     model and adds the pseudo-labelled pool images. With a RunState that knows the stage (``fewshot run
     --resume``), a finished stage is reused and a stopped one continues from its last.pt on its planned
@@ -307,6 +314,7 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     # a short round's record, planned so before the stop, for every way a resumed stage goes on (reused, evaluated
     # after its training, continued): the evaluated one lost it from summary.json (review rev108 #1)
     task.continued_gently = state.stage(name).get("continued_gently") if resuming else None
+    task.resumed_training_skipped = state.stage(name).get("resumed_training_skipped") if resuming else None
     if resuming and reusable_stage(state, fdir):
         load_best_checkpoint(task.model, fdir)
         task.model.to(device)  # the Engine would have moved it; the pseudo-labelling that follows needs it there
@@ -330,7 +338,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
               f"starts over")
         shutil.rmtree(fdir)
         ensure_writable_dir(fdir, "fine-tuning run")
-        resuming, status = False, None
+        resuming, status, task.resumed_training_skipped = False, None, None
+        state.stage(name).pop("resumed_training_skipped", None)  # the stopped stage's: saved with its "began" below
         # planned anew from the run's schedule, not the stopped plan's: a short round's lr (a tenth) and warm-up (none)
         # were kept by a round now planned long, which trained at full lr without a warm-up (review rev106 #3)
         fcfg = task.cfg = copy.deepcopy(given)
@@ -354,12 +363,20 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         # steps_before: the steps fit() resumes from
         planned_s = float(fcfg["train"]["budget_minutes"] or 0.0) * 60
         trained_before, steps_before = cap_resumed_budget(fcfg, ck_last, end_time - after, step_logged)
-        task.resumed_training_skipped = skip_short_resumed_training(fcfg, planned_s, trained_before, steps_before,
-                                                                    step_logged)
+        # its steady step: the mean of its steps so far (cap_resumed_budget's fallback) counts the warm-up
+        steady, now = step_logged or state.stage(name).get("timed_step_s"), time.monotonic()
+        skipped = skip_short_resumed_training(fcfg, planned_s, trained_before, end_time - after - now, steady,
+                                              logged=step_logged is not None,
+                                              startup=None if session_t0 is None else now - session_t0,
+                                              ends=getattr(task, "resumed_end_words", None))
+        # kept in run_state.json: a second stop before the stage's summary entry lost it (review rev112 #1)
+        task.resumed_training_skipped = skipped or task.resumed_training_skipped
+        task.no_training_said = skipped is not None  # the Engine's "no time is left" note would contradict its line
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
-        state.record(name, "began", now, fit_at=now - trained_before)
-        if task.resumed_training_skipped is not None:  # said instead of "continuing ... on its planned schedule"
-            print(f"[run] {name}: {task.resumed_training_skipped['why']}", flush=True)
+        state.record(name, "began", now, fit_at=now - trained_before,
+                     **({"resumed_training_skipped": skipped} if skipped is not None else {}))
+        if skipped is not None:  # said instead of "continuing ... on its planned schedule"
+            print(f"[run] {name}: {skipped['why']}", flush=True)
         else:
             print(f"[run] {name}: continuing from {last} on its planned schedule")
     else:
@@ -401,8 +418,9 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
               f"{stage_plan_words(step_s, remaining, epochs)}, lr {fcfg['optim']['lr']:g}")
         if state is not None:
+            # timed_step_s: its planning's steady step, which judges a resumed stage whose log.jsonl has no epoch yet
             state.record(name, "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
-                         pseudo_key=key, continued_gently=task.continued_gently)
+                         pseudo_key=key, continued_gently=task.continued_gently, timed_step_s=round(step_s, 6))
     seed_everything(fcfg["train"]["seed"])
     engine = Engine(task, fcfg, fdir, device, ctx)
     if status == "trained":  # stopped after its training, before its metrics

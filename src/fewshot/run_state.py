@@ -128,9 +128,12 @@ def check_state_fields(path: Path, data) -> None:
         # a stage that began always recorded where its fit began: seconds_used reads it (a KeyError without it)
         if ("fit_at" in st or st.get("status") == "began") and not _is_amount(st.get("fit_at")):
             raise bad(f"stages.{name}.fit_at", "a finite number of seconds, 0 or more")
-        for field in ("kept_s", "after_s", "trained_at"):
+        for field in ("kept_s", "after_s", "trained_at", "timed_step_s"):
             if field in st and not _is_amount(st[field]):
                 raise bad(f"stages.{name}.{field}", "a finite number of seconds, 0 or more")
+        skipped = st.get("resumed_training_skipped")  # summary.json takes its fields (PipelineRun.finetune)
+        if skipped is not None and not isinstance(skipped, dict):
+            raise bad(f"stages.{name}.resumed_training_skipped", "an object (or null)")
         if st.get("pseudo_key") is not None and not isinstance(st["pseudo_key"], str):
             raise bad(f"stages.{name}.pseudo_key", "a text (or null)")
         if "epochs" in st and not _is_amount(st["epochs"]):  # 5.75: a stage stopped within its sixth epoch

@@ -111,13 +111,32 @@ def startup_words(left: float, startup: float | None) -> str:
             + (f" of the {seconds_text(had)} the stop left" if had >= 0.05 else ", and the stop had left none"))
 
 
-def resumed_short_words(left: float, least: float, step_s: float) -> str:
-    """Why a resumed stage trains no further (run_stages.skip_short_resumed_training): this session's start-up left
-    it ``left`` seconds before its closing work, less than its ``least`` run at its logged speed (``step_s``)."""
-    had, needs = seconds_apart(left, least)
-    return one_line(f"this session's start-up left {had} of the budget before its closing work, less than a stage's "
-                    f"least run ({FLOOR_STEPS + 1} training steps, about {needs} at its logged speed of "
-                    f"{step_text(step_s)} a step): it trains no further and goes straight to its closing work")
+def resumed_short_words(left: float, need: float, step_s: float, logged: bool = True, startup: float | None = None,
+                        ends: str | None = None, plan_steps: int | None = None) -> str:
+    """Why a resumed stage trains no further (run_stages.skip_short_resumed_training): ``left`` seconds before its end
+    (``ends``: its closing work, else round 1's share), less than the ``need`` of its least run, or of the rest of its
+    own plan where that is shorter (``plan_steps`` steps and the one past its end), at its steady step (``step_s``: its
+    log.jsonl's where ``logged``, else its planning's timing). This session's start-up (``startup``: its seconds so
+    far) is named as the cause only where it took most of what the stop left: a stop near the stage's end leaves it
+    little whatever the start-up takes (review rev112 #2)."""
+    end = ends or "its closing work"
+    had, needs = seconds_apart(left, need)
+    if startup is None:
+        cause = f"{had} were left before {end}"
+    elif startup >= 0.5 * (left + startup):
+        cause = (f"this session's start-up and the work before this stage took {seconds_text(startup)} of the "
+                 f"{seconds_text(left + startup)} the stop left before {end}, leaving {had}")
+    else:
+        cause = (f"the session before the stop used all but {seconds_text(left + startup)} of the time before {end}, "
+                 f"and this session's start-up and the work before this stage {seconds_text(startup)} of them, "
+                 f"leaving {had}")
+    what = (f"a stage's least run ({FLOOR_STEPS + 1} training steps" if plan_steps is None else
+            f"the rest of its own plan ({plan_steps} training step{'s' if plan_steps > 1 else ''} and the one past "
+            f"its end")
+    speed = "its logged speed" if logged else "the speed its planning timed"
+    then = "goes straight to its closing work" if ends is None else "ends with its evaluation"
+    return one_line(f"{cause}, less than {what}, about {needs} at {speed} of {step_text(step_s)} a step): it trains "
+                    f"no further and {then}")
 
 
 def past_text(x: float) -> str:
