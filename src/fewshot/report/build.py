@@ -212,6 +212,16 @@ class ReportBuilder:
                            f"{r.metrics_epoch}: the run's files disagree (best.pt replaced or copied in after the run "
                            f"wrote its {'log.jsonl' if r.from_log else 'metrics.json'}).")
 
+    def _folder_words(self, key: str):
+        """(folder label, words) of each `fewshot run` folder whose summary.json (as pipeline_runs read it) has
+        ``key``: its notes are said once per folder, not once per stage."""
+        said = set()
+        for r in self.runs:
+            words = (r.pipeline or {}).get(key)
+            if words and r.group not in said:
+                said.add(r.group)
+                yield _folder_label(r), words
+
     # ------------------------------------------------------------------ sections
     def _overview(self, flop_counts: dict) -> list[str]:
         body = ['<h2 id="overview">Overview</h2>', T.to_html(T.overview_table(self.runs, flop_counts), with_title=False)]
@@ -237,24 +247,16 @@ class ReportBuilder:
                 if r.pipeline.get("self_training_labelled_only"):  # its row has no pseudo-labels: here is why
                     body.append(H.note(f"The last round trained on the labelled images only, without pseudo-labels "
                                        f"(planned, not an error): {r.pipeline['self_training_labelled_only']}."))
-        warned = set()
-        for r in self.runs:  # a `fewshot run` folder's last warning (summary.json's near_chance), once per folder
-            words = (r.pipeline or {}).get("near_chance")
-            if words and r.group not in warned:
-                warned.add(r.group)
-                label = _folder_label(r)
-                body.append(H.note(f"{label}: warning: {words}"))
-        balanced = set()
-        for r in self.runs:  # a `fewshot run` folder's test predictions (run.balance), once per folder
-            words = (r.pipeline or {}).get("balanced_prediction")
-            if words and r.group not in balanced:
-                balanced.add(r.group)
-                label = _folder_label(r)
-                body.append(H.note(f"{label}: the test predictions (pred_all.json) are {words}. Balancing evens out "
-                                   f"the predicted classes to the train split's proportions (or even ones, or the "
-                                   f"test split's own where it is skewed), with per-class offsets fitted on the test "
-                                   f"images; under auto it is kept where the same on val does not lower val "
-                                   f"accuracy, with 10 val images per class or more to decide on (run.balance)."))
+        for label, words in self._folder_words("resumed_training_skipped"):  # its stage's short training: why
+            body.append(H.note(f"{label}: {words}"))
+        for label, words in self._folder_words("near_chance"):  # the run's last warning
+            body.append(H.note(f"{label}: warning: {words}"))
+        for label, words in self._folder_words("balanced_prediction"):  # its test predictions (run.balance)
+            body.append(H.note(f"{label}: the test predictions (pred_all.json) are {words}. Balancing evens out "
+                               f"the predicted classes to the train split's proportions (or even ones, or the "
+                               f"test split's own where it is skewed), with per-class offsets fitted on the test "
+                               f"images; under auto it is kept where the same on val does not lower val "
+                               f"accuracy, with 10 val images per class or more to decide on (run.balance)."))
         sup = [r for r in self.runs if r.kind == "supervised" and (r.metrics_known or r.metrics_unknown)]
         if sup:
             from fewshot.report.plots import differing_datasets, plot_accuracy_bars

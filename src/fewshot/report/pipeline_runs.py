@@ -85,6 +85,14 @@ def gently_words(stages: dict) -> str:
     return "; ".join(said)
 
 
+def resumed_skip_words(skipped: dict) -> str:
+    """summary.json's ``resumed_training_skipped`` (run_stages.skip_short_resumed_training) as the report's sentence:
+    the stage, then the record's why, which names the seconds left and needed and what took the time. The report
+    showed the stage's short training with no word why it stopped where it did."""
+    why = skipped["why"].rstrip(".")
+    return f"the resumed stage {skipped['stage']} trained no further (planned, not an error): {why}."
+
+
 def _weighted(d: dict, aim: str) -> str:
     """summary.json's val accuracies re-weighted to the proportions aimed at (uneven shots), where it has them; said
     after ``aim`` (the words naming proportions other than the train split's), so that they are named once."""
@@ -154,6 +162,9 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
         dropped = summary.get(key)
         if isinstance(dropped, dict) and isinstance(dropped.get("why"), str):
             out[key] = dropped["why"]
+    resumed = summary.get("resumed_training_skipped")  # a resumed stage whose time left could not hold a least run
+    if isinstance(resumed, dict) and isinstance(resumed.get("stage"), str) and isinstance(resumed.get("why"), str):
+        out["resumed_training_skipped"] = resumed_skip_words(resumed)
     lost = summary.get("last_round_lost")  # the val guard passed over a last round that lost beyond val's noise
     if isinstance(lost, dict) and isinstance(lost.get("why"), str):
         out["last_round_lost"] = lost["why"]
