@@ -11,25 +11,19 @@ from types import SimpleNamespace
 import pytest
 
 from helpers.run_clock import rounds_clock
+from helpers.rounds_run import rounds_run
 
 STEP, EVAL, PER_IMAGE, CLOSING = 0.46, 0.3, 0.001, 13.0  # hBV's resnet18 at 32 px on 2 busy cores
 
 
 def _run(clock, left: float, share: float, writes_bps: float = 250e6):
     """A PipelineRun stand-in at round 1's planning: ``left`` seconds of the budget, ``share`` of them round 1's."""
-    decided = []
-    skip = {"rounds": 2, "skipped_from": None}
-
-    def decide(rounds, skipped_from, why):
-        decided.append((rounds, skipped_from))
-        skip.update(rounds=rounds, skipped_from=skipped_from, why=why)
-
-    run = SimpleNamespace(skip=skip, rounds=2, n_unlabeled=50_000, report_stages=2, writes_bps=writes_bps,
-                          test_set=SimpleNamespace(images=[0] * 2000), r={"pseudo_share": 0.5},
-                          last_end=clock[0] + left, labelled_end=clock[0] + share,
-                          closing=lambda *a, **k: CLOSING, decide=decide, refuse_unless_least_run_fits=lambda *a: None,
-                          plan_closing=lambda s: None,
-                          state=SimpleNamespace(status=lambda name: None, save=lambda: None))
+    run, decided = rounds_run(n_unlabeled=50_000, report_stages=2, writes_bps=writes_bps,
+                              test_set=SimpleNamespace(images=[0] * 2000), r={"pseudo_share": 0.5},
+                              last_end=clock[0] + left, labelled_end=clock[0] + share,
+                              closing=lambda *a, **k: CLOSING, refuse_unless_least_run_fits=lambda *a: None,
+                              plan_closing=lambda s: None,
+                              state=SimpleNamespace(status=lambda name: None, save=lambda: None))
     # resnet18's 11.2M parameters: its checkpoint writes (about 1 s) come between round 1's end and the check
     model = SimpleNamespace(parameters=lambda: [SimpleNamespace(numel=lambda: 11_200_000)])
     task = SimpleNamespace(model=model, cfg={"train": {"ema": True}}, supports_ema=True)

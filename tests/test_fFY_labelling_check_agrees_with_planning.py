@@ -11,25 +11,18 @@ from types import SimpleNamespace
 import pytest
 
 from helpers.run_clock import rounds_clock
+from helpers.rounds_run import rounds_run
 
 STEP, EVAL, PER_IMAGE, CLOSING, N_TEST = 0.46, 0.3, 0.001, 13.0, 2000  # resnet18 at 32 px on 2 busy cores
 
 
 def _run(clock, left: float, n_pool: int):
     """A PipelineRun stand-in after round 1: ``left`` seconds of the budget, a pool of ``n_pool`` images."""
-    decided = []
-    skip = {"rounds": 2, "skipped_from": None}
-
-    def decide(rounds, skipped_from, why):
-        decided.append((rounds, skipped_from))
-        skip.update(rounds=rounds, skipped_from=skipped_from, why=why)
-        run.rounds = rounds
-
-    run = SimpleNamespace(skip=skip, rounds=2, n_unlabeled=n_pool, report_stages=2,
-                          test_set=SimpleNamespace(images=[0] * N_TEST), last_end=clock[0] + left,
-                          end_time=clock[0] + left, closing=lambda *a, **k: CLOSING, decide=decide,
-                          later_round_retimed=lambda task, step_s, need, k: step_s,  # a re-time: the same speed
-                          state=SimpleNamespace(status=lambda name: None, save=lambda: None))
+    run, decided = rounds_run(n_unlabeled=n_pool, report_stages=2,
+                              test_set=SimpleNamespace(images=[0] * N_TEST), last_end=clock[0] + left,
+                              end_time=clock[0] + left, closing=lambda *a, **k: CLOSING,
+                              later_round_retimed=lambda task, step_s, need, k: step_s,  # a re-time: the same speed
+                              state=SimpleNamespace(status=lambda name: None, save=lambda: None))
     task = SimpleNamespace(step_s=STEP, eval_s=EVAL, cfg={"train": {"ema": True}}, supports_ema=True)
     return run, task, decided
 

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers.run_clock import rounds_clock
+from helpers.rounds_run import rounds_run
 
 STEP, EVAL, PER_IMAGE, CLOSING = 0.46, 0.3, 0.001, 13.0  # round 1's timing (fFU's: resnet18 at 32 px, 2 busy cores)
 EPOCH_STEPS, PARAMS = 2, 11_200_000  # hBX's 2 steps an epoch; resnet18's parameters (its checkpoint writes)
@@ -20,20 +21,12 @@ EPOCH_STEPS, PARAMS = 2, 11_200_000  # hBX's 2 steps an epoch; resnet18's parame
 
 def _run(clock, tmp_path, left: float, n_pool: int):
     """A PipelineRun stand-in at round 1's planning: ``left`` seconds of the budget, half of them round 1's."""
-    decided = []
-    skip = {"rounds": 2, "skipped_from": None}
-
-    def decide(rounds, skipped_from, why):
-        decided.append((rounds, skipped_from))
-        skip.update(rounds=rounds, skipped_from=skipped_from, why=why)
-        run.rounds = rounds
-
-    run = SimpleNamespace(skip=skip, rounds=2, n_unlabeled=n_pool, report_stages=2, writes_bps=250e6, out=tmp_path,
-                          test_set=SimpleNamespace(images=[0] * 2000), r={"pseudo_share": 0.5},
-                          last_end=clock[0] + left, end_time=clock[0] + left, labelled_end=clock[0] + 0.5 * left,
-                          closing=lambda *a, **k: CLOSING, decide=decide, refuse_unless_least_run_fits=lambda *a: None,
-                          plan_closing=lambda s: None,
-                          state=SimpleNamespace(status=lambda name: None, save=lambda: None))
+    run, decided = rounds_run(n_unlabeled=n_pool, report_stages=2, writes_bps=250e6, out=tmp_path,
+                              test_set=SimpleNamespace(images=[0] * 2000), r={"pseudo_share": 0.5},
+                              last_end=clock[0] + left, end_time=clock[0] + left, labelled_end=clock[0] + 0.5 * left,
+                              closing=lambda *a, **k: CLOSING, refuse_unless_least_run_fits=lambda *a: None,
+                              plan_closing=lambda s: None,
+                              state=SimpleNamespace(status=lambda name: None, save=lambda: None))
     model = SimpleNamespace(parameters=lambda: [SimpleNamespace(numel=lambda: PARAMS)])
     task = SimpleNamespace(model=model, cfg={"train": {"ema": True}}, supports_ema=True)
     return run, task, decided
