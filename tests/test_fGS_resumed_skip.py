@@ -51,8 +51,8 @@ def test_the_mean_step_with_its_warm_up_skips_nothing():
 
 
 @pytest.mark.parametrize("startup, cause", [
-    (26.0, "this session's start-up and the work before this stage took 26 s of the 26 s the stop left before its "
-           "closing work, leaving 0.4 s"),
+    (26.0, "this session's start-up and the work before this stage took all but 0.4 s of the 26 s the stop left "
+           "before its closing work"),
     (0.3, "the session before the stop used all but 0.7 s of the time before its closing work, and this session's "
           "start-up and the work before this stage 0.3 s of them, leaving 0.4 s"),
     (None, "0.4 s were left before its closing work"),
@@ -67,7 +67,7 @@ def test_the_line_names_what_took_the_time(startup, cause):
 def test_round_1s_share_is_named_where_it_ends_the_stage():
     ends = "the end of round 1's share (run.pseudo_share=0.5; labelling the pool and the later round come after it)"
     record, _ = _skip(TRAINED + 60.0, 0.4, startup=30.0, ends=ends)
-    assert f"the stop left before {ends}, leaving 0.4 s" in record["why"], record
+    assert f"took all but 0.4 s of the 30 s the stop left before {ends}, less than" in record["why"], record
     assert record["why"].endswith("it trains no further and ends with its evaluation"), record
 
 
@@ -86,7 +86,7 @@ def test_the_skip_survives_a_second_stop_before_its_summary_entry(digits_root, t
 
     with monkeypatch.context() as mp:
         mp.setattr(ft, "final_metrics", stopped)
-        mp.setattr(stop_signal, "_last_signal", [-1e9])  # not a copy of the first stop's signal (the jumped clock)
+        mp.setattr(stop_signal, "REPEAT_WINDOW_S", 0.0)  # not a copy of the first stop's signal (the jumped clock)
         rc, stdout, err = run_main(*cmd, "--resume")
     assert rc == 128 + signal.SIGTERM, (stdout, err)
     assert "it trains no further and goes straight to its closing work" in stdout, stdout

@@ -146,7 +146,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
                                        **kwargs, state=self.state, t_start=self.t_start,
                                        timing_s=calibration_seconds(*self.speeds_before, len(self.test_set))
                                        if self.speeds_before else None,
-                                       session_t0=self.t_start + self.used if self.resume else None)
+                                       run=self)
         self.note_writes(getattr(task, "write_bps", None))  # a reused stage wrote nothing
         skipped = getattr(task, "resumed_training_skipped", None)  # kept with the stage's summary entry (keep)
         if skipped is not None:

@@ -22,8 +22,8 @@ from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, least_
                                 measure_eval_seconds, measure_step_seconds, plan_epochs, retimed_steps, trained_speeds)
 from fewshot.run_reuse import (drop_best_aside, read_finished_json, read_last, reusable_stage, same_training_images,
                                stage_resumes, start_stage_afresh)
-from fewshot.run_words import (made_of, min_epochs_warning, overrun_warning, resumed_short_words, seconds_text,
-                               stage_plan_words)
+from fewshot.run_words import (made_of, min_epochs_warning, overrun_warning, resumed_no_time_words,
+                               resumed_short_words, seconds_text, stage_plan_words)
 from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 from fewshot.utils import seed_everything
 
@@ -283,13 +283,15 @@ def skip_short_resumed_training(cfg: dict, planned_s: float, trained: float, lef
 
 def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
                    closing=None, state=None, t_start: float = 0.0, timing_s: float | None = None,
-                   session_t0: float | None = None):
+                   run=None):
     """One fine-tuning run that ends at ``end_time``; with ``pseudo`` it starts from the previous round's
     model and adds the pseudo-labelled pool images. With a RunState that knows the stage (``fewshot run
     --resume``), a finished stage is reused and a stopped one continues from its last.pt on its planned
-    schedule. ``timing_s``: the planning's timing estimated at the round before's speeds, for its line.
+    schedule. ``timing_s``: the planning's timing estimated at the round before's speeds, for its line. ``run``:
+    the PipelineRun, for a resumed stage's words (this session's clock, session_seconds, and the budget given).
     Returns (task with the best weights loaded, ``epochs_run``, ``fit_seconds``, ``reused`` and the speeds it trained
     at set, val metrics)."""
+    from fewshot.run_closing import session_seconds  # run_closing imports this module
     from fewshot.train.engine import Engine
     from fewshot.train.finetune import final_metrics, load_best_checkpoint
     from fewshot.train.supervised import SupervisedTask
@@ -363,20 +365,31 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         # steps_before: the steps fit() resumes from
         planned_s = float(fcfg["train"]["budget_minutes"] or 0.0) * 60
         trained_before, steps_before = cap_resumed_budget(fcfg, ck_last, end_time - after, step_logged)
+        no_time = trains_no_further(fcfg, trained_before)  # the cap left it nothing: no skip to judge
         # its steady step: the mean of its steps so far (cap_resumed_budget's fallback) counts the warm-up
-        steady, now = step_logged or state.stage(name).get("timed_step_s"), time.monotonic()
+        steady, now = step_logged or state.stage(name).get("planned_step_s"), time.monotonic()
+        startup = session_seconds(run, now) if run is not None else None
+        ends = getattr(task, "resumed_end_words", None)
         skipped = skip_short_resumed_training(fcfg, planned_s, trained_before, end_time - after - now, steady,
-                                              logged=step_logged is not None,
-                                              startup=None if session_t0 is None else now - session_t0,
-                                              ends=getattr(task, "resumed_end_words", None))
-        # kept in run_state.json: a second stop before the stage's summary entry lost it (review rev112 #1)
-        task.resumed_training_skipped = skipped or task.resumed_training_skipped
+                                              logged=step_logged is not None, startup=startup, ends=ends)
+        # kept in run_state.json: a second stop before the stage's summary entry lost it (review rev112 #1). The
+        # session before's is kept only where this one trains no further too: a stop between its record and
+        # Engine.fit's save of the capped config.yaml left a stage that trains now after all (review rev114 #1)
+        task.resumed_training_skipped = skipped or (task.resumed_training_skipped if no_time else None)
+        if task.resumed_training_skipped is None:
+            state.stage(name).pop("resumed_training_skipped", None)
         task.no_training_said = skipped is not None  # the Engine's "no time is left" note would contradict its line
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record(name, "began", now, fit_at=now - trained_before,
-                     **({"resumed_training_skipped": skipped} if skipped is not None else {}))
+                     **({"resumed_training_skipped": task.resumed_training_skipped}
+                        if task.resumed_training_skipped is not None else {}))
         if skipped is not None:  # said instead of "continuing ... on its planned schedule"
             print(f"[run] {name}: {skipped['why']}", flush=True)
+        elif no_time:  # "continuing ... on its planned schedule" before the Engine's "no time is left" (rev114 #4)
+            left = end_time - after - time.monotonic()
+            words = resumed_no_time_words(left, getattr(run, "budget_minutes", None), ends,
+                                          plan_done=planned_s <= trained_before + 1e-6)
+            print(f"[run] {name}: resumed from {last}: {words}", flush=True)
         else:
             print(f"[run] {name}: continuing from {last} on its planned schedule")
     else:
@@ -418,9 +431,9 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
               f"{step_s * 1000:.0f} ms/step x {len(task.plan_epoch(0))} steps/epoch, "
               f"{stage_plan_words(step_s, remaining, epochs)}, lr {fcfg['optim']['lr']:g}")
         if state is not None:
-            # timed_step_s: its planning's steady step, which judges a resumed stage whose log.jsonl has no epoch yet
+            # planned_step_s: its planning's steady step, which judges a resumed stage whose log.jsonl has no epoch
             state.record(name, "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
-                         pseudo_key=key, continued_gently=task.continued_gently, timed_step_s=round(step_s, 6))
+                         pseudo_key=key, continued_gently=task.continued_gently, planned_step_s=round(step_s, 6))
     seed_everything(fcfg["train"]["seed"])
     engine = Engine(task, fcfg, fdir, device, ctx)
     if status == "trained":  # stopped after its training, before its metrics

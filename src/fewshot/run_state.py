@@ -128,7 +128,7 @@ def check_state_fields(path: Path, data) -> None:
         # a stage that began always recorded where its fit began: seconds_used reads it (a KeyError without it)
         if ("fit_at" in st or st.get("status") == "began") and not _is_amount(st.get("fit_at")):
             raise bad(f"stages.{name}.fit_at", "a finite number of seconds, 0 or more")
-        for field in ("kept_s", "after_s", "trained_at", "timed_step_s"):
+        for field in ("kept_s", "after_s", "trained_at", "planned_step_s"):
             if field in st and not _is_amount(st[field]):
                 raise bad(f"stages.{name}.{field}", "a finite number of seconds, 0 or more")
         skipped = st.get("resumed_training_skipped")  # summary.json takes its fields (PipelineRun.finetune)

@@ -123,9 +123,9 @@ def resumed_short_words(left: float, need: float, step_s: float, logged: bool = 
     had, needs = seconds_apart(left, need)
     if startup is None:
         cause = f"{had} were left before {end}"
-    elif startup >= 0.5 * (left + startup):
-        cause = (f"this session's start-up and the work before this stage took {seconds_text(startup)} of the "
-                 f"{seconds_text(left + startup)} the stop left before {end}, leaving {had}")
+    elif startup >= 0.5 * (left + startup):  # "took 14 s of the 14 s ..., leaving 0.1 s" read false (review rev114 #3)
+        cause = (f"this session's start-up and the work before this stage took all but {had} of the "
+                 f"{seconds_text(left + startup)} the stop left before {end}")
     else:
         cause = (f"the session before the stop used all but {seconds_text(left + startup)} of the time before {end}, "
                  f"and this session's start-up and the work before this stage {seconds_text(startup)} of them, "
@@ -137,6 +137,23 @@ def resumed_short_words(left: float, need: float, step_s: float, logged: bool = 
     then = "goes straight to its closing work" if ends is None else "ends with its evaluation"
     return one_line(f"{cause}, less than {what}, about {needs} at {speed} of {step_text(step_s)} a step): it trains "
                     f"no further and {then}")
+
+
+def resumed_no_time_words(left: float, budget_minutes: float | None, ends: str | None = None,
+                          plan_done: bool = False) -> str:
+    """Why a resumed stage whose budget cap_resumed_budget capped to what it had trained goes on to its closing work
+    (``ends``: round 1's share; None: its closing work), said in the user's terms: the budget they gave and the
+    ``left`` seconds. It said "continuing ... on its planned schedule", then the Engine's note named the capped
+    train.budget_minutes=0.0318105 that no one set (review rev114 #4). ``plan_done``: its plan's time was used before
+    the stop (a skip's capped config.yaml), whatever is left now."""
+    then = "goes straight to its closing work" if ends is None else "ends with its evaluation"
+    if plan_done:
+        return f"its planned training time was used before the stop: it trains no further and {then}"
+    budget = f" of {minutes_text(budget_minutes)}" if budget_minutes else ""
+    where = (f"{past_text(-left)} past it already" if left < 0 else
+             f"{past_text(left)} left, not enough for a training step")
+    return one_line(f"no time is left of the run's budget{budget} before {ends or 'its closing work'} ({where}): "
+                    f"it trains no further and {then}")
 
 
 def past_text(x: float) -> str:

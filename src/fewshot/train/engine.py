@@ -232,7 +232,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
                 if self.epoch >= t["epochs"]:  # it said "epoch 6, step 0 of 5" for a finished 5-epoch run
                     print(f"{self.ckpt_dir / 'last.pt'}: the run has trained all its {t['epochs']} epochs; nothing "
                           f"to train (give more --epochs to extend it)")
-                else:
+                elif not getattr(self.task, "no_training_said", False):  # the run's line said it trains no further
                     print(f"resuming from {self.ckpt_dir / 'last.pt'}: epoch {self.epoch + 1}, step "
                           f"{self.step_in_epoch} of {self.steps_per_epoch} (global step {self.global_step})", flush=True)
             # it trained one more step and logged the stopped epoch again. A run that trained all its epochs has
@@ -252,11 +252,11 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
                         pass  # the run's line said why (run_stages.skip_short_resumed_training): time was left
                     elif is_run_stage(self.run_dir):
                         # a `fewshot run` stage: the stage ends, the run goes on with what it has
-                        print(f"note: no time is left of the run's budget for this stage (its train.budget_minutes="
-                              f"{t['budget_minutes']:g}): it ends where it stopped, at {where}, without training "
-                              f"more{done}; the run goes on with what it has (the stages after it, if any, and "
-                              f"the closing work every run keeps time for: evaluations, the test predictions and the "
-                              f"report).", flush=True)
+                        # its train.budget_minutes is the run's plan, capped on --resume: 0.0318105, set by no one
+                        print(f"note: no time is left of the run's budget for this stage: it ends where it stopped, "
+                              f"at {where}, without training more{done}; the run goes on with what it has (the "
+                              f"stages after it, if any, and the closing work every run keeps time for: evaluations, "
+                              f"the test predictions and the report).", flush=True)
                     else:
                         print(f"note: the run used its whole budget (train.budget_minutes={t['budget_minutes']:g}) "
                               f"before it stopped, at {where}: nothing is trained{done}; give a larger "
