@@ -82,9 +82,12 @@ def test_a_second_stop_after_the_skipped_stages_fit_keeps_the_record(digits_root
     rc, stdout, err = run_main(*cmd, "--resume")
     assert rc == 0, err
     assert _summary(cmd)["resumed_training_skipped"] == {"stage": "finetune", **entry["resumed_training_skipped"]}
-    assert ": its planned training time was used before the stop: it trains no further and goes straight to its " \
-           "closing work" in stdout, stdout  # not "continuing ... on its planned schedule" (rev114 #4)
+    # said from the carried record (rev115 #1): not "continuing ... on its planned schedule" (rev114 #4)
+    assert ": the session before the stop ended its training (" in stdout and "it needed to train on): it trains " \
+           "no further and goes straight to its closing work" in stdout, stdout
     assert "finetune: continuing from" not in stdout and "train.budget_minutes=" not in stdout, stdout
+    # time was left: neither the Engine's "no time is left" note nor its "resuming from" line (rev115 #2)
+    assert "no time is left of the run's budget" not in stdout and "resuming from" not in stdout, stdout
 
 
 def test_a_stage_without_a_logged_step_is_judged_at_its_planned_step(digits_root, tmp_path, monkeypatch):

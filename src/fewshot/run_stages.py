@@ -22,8 +22,8 @@ from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, least_
                                 measure_eval_seconds, measure_step_seconds, plan_epochs, retimed_steps, trained_speeds)
 from fewshot.run_reuse import (drop_best_aside, read_finished_json, read_last, reusable_stage, same_training_images,
                                stage_resumes, start_stage_afresh)
-from fewshot.run_words import (made_of, min_epochs_warning, overrun_warning, resumed_no_time_words,
-                               resumed_short_words, seconds_text, stage_plan_words)
+from fewshot.run_words import (carried_skip_words, made_of, min_epochs_warning, overrun_warning,
+                               resumed_no_time_words, resumed_short_words, seconds_text, stage_plan_words)
 from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 from fewshot.utils import seed_everything
 
@@ -375,10 +375,14 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         # kept in run_state.json: a second stop before the stage's summary entry lost it (review rev112 #1). The
         # session before's is kept only where this one trains no further too: a stop between its record and
         # Engine.fit's save of the capped config.yaml left a stage that trains now after all (review rev114 #1)
-        task.resumed_training_skipped = skipped or (task.resumed_training_skipped if no_time else None)
+        carried = task.resumed_training_skipped if no_time and skipped is None else None
+        task.resumed_training_skipped = skipped or carried
         if task.resumed_training_skipped is None:
             state.stage(name).pop("resumed_training_skipped", None)
-        task.no_training_said = skipped is not None  # the Engine's "no time is left" note would contradict its line
+        # its [run] line says it trains no further: no "resuming from ...: epoch 1, step 2 of 5" after it (rev115 #2)
+        task.no_training_said = skipped is not None or no_time
+        # a skip's line says why, with time left: the Engine's "no time is left of the run's budget" would contradict it
+        task.no_time_said = skipped is not None or carried is not None
         now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
         state.record(name, "began", now, fit_at=now - trained_before,
                      **({"resumed_training_skipped": task.resumed_training_skipped}
@@ -386,9 +390,10 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         if skipped is not None:  # said instead of "continuing ... on its planned schedule"
             print(f"[run] {name}: {skipped['why']}", flush=True)
         elif no_time:  # "continuing ... on its planned schedule" before the Engine's "no time is left" (rev114 #4)
+            # the capped config.yaml cannot tell a skip's cap from a plain no-time session's: the carried record can
             left = end_time - after - time.monotonic()
-            words = resumed_no_time_words(left, getattr(run, "budget_minutes", None), ends,
-                                          plan_done=planned_s <= trained_before + 1e-6)
+            words = (carried_skip_words(carried, ends) if carried is not None
+                     else resumed_no_time_words(left, getattr(run, "budget_minutes", None), ends))
             print(f"[run] {name}: resumed from {last}: {words}", flush=True)
         else:
             print(f"[run] {name}: continuing from {last} on its planned schedule")

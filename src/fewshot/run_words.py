@@ -139,21 +139,32 @@ def resumed_short_words(left: float, need: float, step_s: float, logged: bool = 
                     f"no further and {then}")
 
 
-def resumed_no_time_words(left: float, budget_minutes: float | None, ends: str | None = None,
-                          plan_done: bool = False) -> str:
+def resumed_no_time_words(left: float, budget_minutes: float | None, ends: str | None = None) -> str:
     """Why a resumed stage whose budget cap_resumed_budget capped to what it had trained goes on to its closing work
     (``ends``: round 1's share; None: its closing work), said in the user's terms: the budget they gave and the
     ``left`` seconds. It said "continuing ... on its planned schedule", then the Engine's note named the capped
-    train.budget_minutes=0.0318105 that no one set (review rev114 #4). ``plan_done``: its plan's time was used before
-    the stop (a skip's capped config.yaml), whatever is left now."""
+    train.budget_minutes=0.0318105 that no one set (review rev114 #4)."""
     then = "goes straight to its closing work" if ends is None else "ends with its evaluation"
-    if plan_done:
-        return f"its planned training time was used before the stop: it trains no further and {then}"
     budget = f" of {minutes_text(budget_minutes)}" if budget_minutes else ""
     where = (f"{past_text(-left)} past it already" if left < 0 else
              f"{past_text(left)} left, not enough for a training step")
     return one_line(f"no time is left of the run's budget{budget} before {ends or 'its closing work'} ({where}): "
                     f"it trains no further and {then}")
+
+
+def carried_skip_words(record: dict, ends: str | None = None) -> str:
+    """Why a resumed stage trains no further where a session before the stop skipped its training (run_stages'
+    carried ``resumed_training_skipped`` record, its capped config.yaml kept): said from that record, not from the
+    capped budget, which every capped session saves ("its planned training time was used" was false where the run's
+    budget ran out, review rev115 #1)."""
+    then = "goes straight to its closing work" if ends is None else "ends with its evaluation"
+    left, need = record.get("left_s"), record.get("least_s")
+    if isinstance(left, (int, float)) and isinstance(need, (int, float)):
+        had, needs = seconds_apart(left, need)
+        why = f"{had} were left before {ends or 'its closing work'}, less than the {needs} it needed to train on"
+    else:
+        why = "too little time was left"
+    return one_line(f"the session before the stop ended its training ({why}): it trains no further and {then}")
 
 
 def past_text(x: float) -> str:

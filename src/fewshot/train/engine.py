@@ -248,7 +248,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
                     where = (f"{at} (step {self.step_in_epoch} of {self.steps_per_epoch})" if self.step_in_epoch
                              else at)
                     done = f"; it is evaluated there (log.jsonl: {at})" if evaluated else ""
-                    if getattr(self.task, "no_training_said", False):
+                    if getattr(self.task, "no_time_said", False):
                         pass  # the run's line said why (run_stages.skip_short_resumed_training): time was left
                     elif is_run_stage(self.run_dir):
                         # a `fewshot run` stage: the stage ends, the run goes on with what it has
