@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from html import unescape
 
@@ -72,7 +73,8 @@ def test_a_short_round_stopped_midway_continues_on_its_plan_and_keeps_its_record
     monkeypatch.setattr(run_stages, "SHORT_ROUND_EPOCHS", then)
     rc, stdout, err = run_main(*_cmd(digits_root, out, "--resume"))
     assert rc == 0, err
-    assert "finetune: continuing" in stdout, stdout
+    # a loaded machine can leave the 6-second run no time to train on: "resumed from ...: no time is left" (fGW)
+    assert re.search(r"finetune: (continuing|resumed) from", stdout), stdout
     after = _cfg(out / "finetune")
     assert after["optim"] == before["optim"] and after["sched"] == before["sched"], (before, after)
     assert after["sched"]["warmup_epochs"] == 0.0

@@ -4,6 +4,7 @@ of every split in one error, and a stage's plan line at its floor of steps."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import time
@@ -84,7 +85,9 @@ def test_a_stopped_labelled_only_round_is_continued_on_resume_without_labelling_
     patch_pipeline(monkeypatch, "later_rounds_seconds", lambda *a: -1e6)  # every round would fit now
     rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT), "--resume")
     assert rc == 0, err
-    assert "finetune_labelled: finished before the stop" in stdout and "finetune: continuing from" in stdout
+    # a loaded machine can leave it no time to train on: "resumed from ...: no time is left" (fGW)
+    assert "finetune_labelled: finished before the stop" in stdout
+    assert re.search(r"finetune: (continuing|resumed) from", stdout), stdout
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["stages"]) == ["finetune_labelled", "finetune"]
     assert summary["self_training_labelled_only"]["round"] == 2 and "pseudo_labels" not in summary["stages"]["finetune"]

@@ -6,6 +6,7 @@ as such, with the line that gives them back from its last.pt."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -93,7 +94,8 @@ def test_a_stopped_run_whose_stage_config_was_emptied_is_refused_then_resumed(di
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load((stage / "config.yaml").read_text()) == written
     rc, stdout, err = run_main(*cmd, "--resume")
-    assert rc == 0 and "finetune: continuing from" in stdout, err
+    # a loaded machine can leave it no time to train on: "resumed from ...: no time is left" (fGW)
+    assert rc == 0 and re.search(r"finetune: (continuing|resumed) from", stdout), err
 
 
 @pytest.mark.parametrize("pretrain", [True, False])

@@ -281,6 +281,47 @@ def skip_short_resumed_training(cfg: dict, planned_s: float, trained: float, lef
             "why": resumed_short_words(left, need, step_s, logged, startup, ends, plan_steps)}
 
 
+def go_on_resumed(task, fcfg: dict, state, name: str, last: Path, planned_s: float, trained_before: float,
+                  end_s: float, step_logged: float | None, run, t_start: float) -> None:
+    """How a stopped fine-tuning stage goes on at --resume, its budget capped already (cap_resumed_budget): trains on,
+    trains no further for want of time (skip_short_resumed_training, or a cap that left nothing), or keeps the record
+    of an earlier session's skip; records it in run_state.json and says it in one [run] line. ``end_s``: the monotonic
+    time its closing work must start by; ``planned_s``: its budget before the cap."""
+    from fewshot.run_closing import session_seconds  # run_closing imports this module
+    no_time = trains_no_further(fcfg, trained_before)  # the cap left it nothing: no skip to judge
+    # its steady step: the mean of its steps so far (cap_resumed_budget's fallback) counts the warm-up
+    steady, now = step_logged or state.stage(name).get("planned_step_s"), time.monotonic()
+    startup = session_seconds(run, now) if run is not None else None
+    ends = getattr(task, "resumed_end_words", None)
+    skipped = skip_short_resumed_training(fcfg, planned_s, trained_before, end_s - now, steady,
+                                          logged=step_logged is not None, startup=startup, ends=ends)
+    # kept in run_state.json: a second stop before the stage's summary entry lost it (review rev112 #1). The
+    # session before's is kept only where this one trains no further too: a stop between its record and
+    # Engine.fit's save of the capped config.yaml left a stage that trains now after all (review rev114 #1)
+    carried = task.resumed_training_skipped if no_time and skipped is None else None
+    task.resumed_training_skipped = skipped or carried
+    if task.resumed_training_skipped is None:
+        state.stage(name).pop("resumed_training_skipped", None)
+    # its [run] line says it trains no further: no "resuming from ...: epoch 1, step 2 of 5" after it (rev115 #2)
+    task.no_training_said = skipped is not None or no_time
+    # a skip's line says why, with time left: the Engine's "no time is left of the run's budget" would contradict it
+    task.no_time_said = skipped is not None or carried is not None
+    now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
+    state.record(name, "began", now, fit_at=now - trained_before,
+                 **({"resumed_training_skipped": task.resumed_training_skipped}
+                    if task.resumed_training_skipped is not None else {}))
+    if skipped is not None:  # said instead of "continuing ... on its planned schedule"
+        print(f"[run] {name}: {skipped['why']}", flush=True)
+    elif no_time:  # "continuing ... on its planned schedule" before the Engine's "no time is left" (rev114 #4)
+        # the capped config.yaml cannot tell a skip's cap from a plain no-time session's: the carried record can
+        left = end_s - time.monotonic()
+        words = (carried_skip_words(carried, ends) if carried is not None
+                 else resumed_no_time_words(left, getattr(run, "budget_minutes", None), ends))
+        print(f"[run] {name}: resumed from {last}: {words}", flush=True)
+    else:
+        print(f"[run] {name}: continuing from {last} on its planned schedule")
+
+
 def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
                    closing=None, state=None, t_start: float = 0.0, timing_s: float | None = None,
                    run=None):
@@ -291,7 +332,6 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
     the PipelineRun, for a resumed stage's words (this session's clock, session_seconds, and the budget given).
     Returns (task with the best weights loaded, ``epochs_run``, ``fit_seconds``, ``reused`` and the speeds it trained
     at set, val metrics)."""
-    from fewshot.run_closing import session_seconds  # run_closing imports this module
     from fewshot.train.engine import Engine
     from fewshot.train.finetune import final_metrics, load_best_checkpoint
     from fewshot.train.supervised import SupervisedTask
@@ -365,38 +405,8 @@ def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, 
         # steps_before: the steps fit() resumes from
         planned_s = float(fcfg["train"]["budget_minutes"] or 0.0) * 60
         trained_before, steps_before = cap_resumed_budget(fcfg, ck_last, end_time - after, step_logged)
-        no_time = trains_no_further(fcfg, trained_before)  # the cap left it nothing: no skip to judge
-        # its steady step: the mean of its steps so far (cap_resumed_budget's fallback) counts the warm-up
-        steady, now = step_logged or state.stage(name).get("planned_step_s"), time.monotonic()
-        startup = session_seconds(run, now) if run is not None else None
-        ends = getattr(task, "resumed_end_words", None)
-        skipped = skip_short_resumed_training(fcfg, planned_s, trained_before, end_time - after - now, steady,
-                                              logged=step_logged is not None, startup=startup, ends=ends)
-        # kept in run_state.json: a second stop before the stage's summary entry lost it (review rev112 #1). The
-        # session before's is kept only where this one trains no further too: a stop between its record and
-        # Engine.fit's save of the capped config.yaml left a stage that trains now after all (review rev114 #1)
-        carried = task.resumed_training_skipped if no_time and skipped is None else None
-        task.resumed_training_skipped = skipped or carried
-        if task.resumed_training_skipped is None:
-            state.stage(name).pop("resumed_training_skipped", None)
-        # its [run] line says it trains no further: no "resuming from ...: epoch 1, step 2 of 5" after it (rev115 #2)
-        task.no_training_said = skipped is not None or no_time
-        # a skip's line says why, with time left: the Engine's "no time is left of the run's budget" would contradict it
-        task.no_time_said = skipped is not None or carried is not None
-        now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
-        state.record(name, "began", now, fit_at=now - trained_before,
-                     **({"resumed_training_skipped": task.resumed_training_skipped}
-                        if task.resumed_training_skipped is not None else {}))
-        if skipped is not None:  # said instead of "continuing ... on its planned schedule"
-            print(f"[run] {name}: {skipped['why']}", flush=True)
-        elif no_time:  # "continuing ... on its planned schedule" before the Engine's "no time is left" (rev114 #4)
-            # the capped config.yaml cannot tell a skip's cap from a plain no-time session's: the carried record can
-            left = end_time - after - time.monotonic()
-            words = (carried_skip_words(carried, ends) if carried is not None
-                     else resumed_no_time_words(left, getattr(run, "budget_minutes", None), ends))
-            print(f"[run] {name}: resumed from {last}: {words}", flush=True)
-        else:
-            print(f"[run] {name}: continuing from {last} on its planned schedule")
+        go_on_resumed(task, fcfg, state, name, last, planned_s, trained_before, end_time - after, step_logged,
+                      run, t_start)
     else:
         if pseudo is not None:  # a later round's timing went unsaid: 20-36 s without a line on a loaded machine
             about = f" (about {seconds_text(timing_s)} at the round before's speed)" if timing_s else ""
