@@ -8,11 +8,12 @@ tests/test_fFU_round1_cut_agrees_with_check.py."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 
 import pytest
 
 from helpers.run_clock import rounds_clock
+from fewshot.run_closing import ClosingMixin
 from helpers.rounds_run import rounds_run
 
 STEP, EVAL, PER_IMAGE, CLOSING = 0.46, 0.3, 0.001, 13.0  # round 1's timing (fFU's: resnet18 at 32 px, 2 busy cores)
@@ -26,7 +27,8 @@ def _run(clock, tmp_path, left: float, n_pool: int):
                               last_end=clock[0] + left, end_time=clock[0] + left, labelled_end=clock[0] + 0.5 * left,
                               closing=lambda *a, **k: CLOSING, refuse_unless_least_run_fits=lambda *a: None,
                               plan_closing=lambda s: None,
-                              state=SimpleNamespace(status=lambda name: None, save=lambda: None))
+                              state=SimpleNamespace(status=lambda name: None, save=lambda: None, data={}))
+    run.note_writes = MethodType(ClosingMixin.note_writes, run)  # round1_replan keeps round 1's write rate so far
     model = SimpleNamespace(parameters=lambda: [SimpleNamespace(numel=lambda: PARAMS)])
     task = SimpleNamespace(model=model, cfg={"train": {"ema": True}}, supports_ema=True)
     return run, task, decided
@@ -37,9 +39,9 @@ def clock(monkeypatch, real_time_holds):
     return rounds_clock(monkeypatch, PER_IMAGE, STEP)
 
 
-def _stage(clock, task, end: float):
+def _stage(clock, task, end: float, write_bps: float | None = None):
     """The Engine's deadline methods (BudgetReserveMixin, StageCapMixin) on a stand-in at the fake clock, so that
-    round 1's end is asked of task.replan_end where the Engine asks it."""
+    round 1's end is asked of task.replan_end where the Engine asks it (``write_bps``: its write_rate so far)."""
     from fewshot.train.budget_reserve import BudgetReserveMixin
     from fewshot.train.stage_cap import StageCapMixin
 
@@ -51,22 +53,23 @@ def _stage(clock, task, end: float):
         end, EPOCH_STEPS
     e.cfg, e._sched_floor, e._cap_unsaved, e.global_step, e.step_in_epoch = {"train": {"epochs": 10_000}}, 0.0, \
         False, 0, 0
-    e.save_mid_epoch = lambda: None
+    e.save_mid_epoch, e.write_rate = lambda: None, lambda: write_bps
     return e
 
 
-def _train_round1(clock, run, task, cut: float, step_s, eval_s: float = EVAL) -> float:
+def _train_round1(clock, run, task, cut: float, step_s, eval_s: float = EVAL, write_bps: float | None = None) -> float:
     """Round 1 as the Engine trains it at ``step_s`` a step (a number, or a function of the epoch): its deadline a
     step before the planned end (plan_stage keeps one back), an epoch of EPOCH_STEPS steps, then both evaluations (an
     EMA) and its log.jsonl row. The deadline is read at each epoch's start (Engine._deadline) and looked at after
     each step and the epoch's evaluation; where it has passed, Engine._end_moved asks task.replan_end with the
     epoch's row not logged yet, and round 1 trains on where the end moved later (``eval_s``: an evaluation's time,
-    the stop's too). Returns the end it had."""
+    the stop's too; ``write_bps``: the rate of round 1's checkpoint writes, its end's too, which the run then notes
+    as PipelineRun.finetune does; None: the run's). Returns the end it had."""
     from fewshot.run_stages import trained_speeds
 
     log = run.out / "finetune_labelled" / "log.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
-    stage = _stage(clock, task, run.labelled_end - cut - STEP)
+    stage = _stage(clock, task, run.labelled_end - cut - STEP, write_bps)
     deadline = stage._deadline()
     steps = epoch = 0
     took = 0.0
@@ -91,7 +94,8 @@ def _train_round1(clock, run, task, cut: float, step_s, eval_s: float = EVAL) ->
         if steps % EPOCH_STEPS == 0:
             deadline = stage._deadline()  # the next epoch's
     # its late end: the stop's 3 evaluations, the checkpoint writes; finetune_stage then reads the speeds it trained at
-    clock[0] += 3 * eval_s + PARAMS * 24 / run.writes_bps
+    clock[0] += 3 * eval_s + PARAMS * 24 / (write_bps or run.writes_bps)
+    run.note_writes(write_bps)
     task.trained_step_s, task.trained_eval_s = trained_speeds(log, 2)
     return stage._budget_end
 
@@ -186,8 +190,8 @@ def test_the_engine_takes_the_replanned_end_and_keeps_the_schedule_where_it_is(m
     e.ctx, e.fit_start, e._budget_end, e.global_step, e.steps_per_epoch = SimpleNamespace(enabled=False), 100.0, \
         150.0, 8, 2
     e.cfg, e._sched_floor, e._cap_unsaved = {"train": {"epochs": 40, "budget_minutes": 50 / 60}}, 0.0, False
-    e.step_in_epoch, e.save_mid_epoch = 1, lambda: saved.append(e._cap_unsaved)
-    assert e._end_moved({"step": 8}) and asked == [(150.0, {"step": 8})] and e._deadline() == 200.0
+    e.step_in_epoch, e.save_mid_epoch, e.write_rate = 1, lambda: saved.append(e._cap_unsaved), lambda: 9e7
+    assert e._end_moved({"step": 8}) and asked == [(150.0, {"step": 8, "write_bps": 9e7})] and e._deadline() == 200.0
     assert e._sched_floor == pytest.approx(0.6)  # 30 s of the 50 s planned
     assert e.cfg["train"]["budget_minutes"] == pytest.approx(100 / 60) and saved == [True]
     assert not e._end_moved({"step": 9}) and len(asked) == 1  # once

@@ -106,10 +106,11 @@ def test_round_1s_log_is_read_once_whatever_its_epochs(digits_root, tmp_path, mo
         return real_open(file, mode, *a, **k)
 
     run = SimpleNamespace(skip={"skipped_from": None}, out=tmp_path, closing=lambda *a, **k: 1.0, last_end=1e12,
+                          note_writes=lambda rate: None,
                           test_set=SimpleNamespace(images=torch.zeros(0, 3, 16, 16)))  # no prediction to time
     monkeypatch.setattr(builtins, "open", counting_open)
     out = _fit_round1(digits_root, tmp_path, monkeypatch, lambda task: functools.partial(
-        pipeline.PipelineRun.round1_replan, run, task, lambda *a: 0.0))  # round 2 fits: round 1 stops
+        pipeline.PipelineRun.round1_replan, run, task, lambda *a, **k: 0.0))  # round 2 fits: round 1 stops
     monkeypatch.setattr(builtins, "open", real_open)
     assert len(real_open(out / "log.jsonl").read().splitlines()) >= 2  # epochs trained: fGB read 2 an epoch
     assert len(reads) == 1, reads

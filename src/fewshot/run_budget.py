@@ -589,13 +589,15 @@ def checkpoint_write_seconds(task, write_bps: float) -> float:
     return 0.0 if model is None else sum(p.numel() for p in model.parameters()) * 24 / write_bps
 
 
-def round1_end_seconds(step_s: float, per_image: float, n_test: int, saves_s: float) -> float:
+def round1_end_seconds(step_s: float, per_image: float, n_test: int, saves_s: float, timed: bool = False) -> float:
     """What round 1's end and the check before round 2 (check_later_rounds) take beyond after_round1_seconds: the
     step the Engine finishes past round 1's deadline, its checkpoint writes (``saves_s``) and the check's timing of
-    a prediction batch (twice where the test images are more than one). Uncounted, they ate round 1's margin: a
-    1-minute run cut round 1 to leave 25 s, its check found 22 s and asked for 23 s, and round 2 trained on the
-    labelled images only after a round 1 cut for the pool's labelling (hunt hBV #1)."""
-    return step_s + saves_s + (2 if n_test > 256 else 1) * per_image * min(n_test, 256)
+    a prediction batch (twice where the test images are more than one; ``timed``: taken already, by round1_replan,
+    whose timing the check reuses). Uncounted, they ate round 1's margin: a 1-minute run cut round 1 to leave 25 s,
+    its check found 22 s and asked for 23 s, and round 2 trained on the labelled images only after a round 1 cut
+    for the pool's labelling (hunt hBV #1)."""
+    timing = 0.0 if timed else (2 if n_test > 256 else 1) * per_image * min(n_test, 256)
+    return step_s + saves_s + timing
 
 
 def round1_least_seconds(rest_s: float, step_s: float, eval_s: float) -> float:

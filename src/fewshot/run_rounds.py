@@ -130,13 +130,13 @@ class RoundsMixin:
         n_test = 0 if self.test_set.images is None else len(self.test_set.images)  # (None: a test's stand-in)
 
         def rest_at(s: float, e: float = eval_s, n: int = rounds, close: float | None = None, per: float = per_image,
-                    saves: float = saves_s) -> float:
+                    saves: float = saves_s, timed: bool = False) -> float:
             # the later rounds' least time (n - 1 of them), from round 1's last step on, at s a step, e an evaluation
             # and per a predicted image, with what round 1's end and the check before round 2 take beyond it (saves:
-            # its checkpoint writes): the check's own count
+            # its checkpoint writes; timed: the check's prediction timing taken already): the check's own count
             close = closing_s if close is None else close
             return (after_round1_seconds(s, e, per, self.n_unlabeled, n, close, evals, n_test)
-                    + round1_end_seconds(s, per, n_test, saves))
+                    + round1_end_seconds(s, per, n_test, saves, timed))
 
         def need(steps: list[float]) -> float:  # the rest, its margin and round 1's own least run, as compared below
             return round1_least_seconds(rest_at(steps[0]), steps[0], eval_s)
@@ -191,35 +191,40 @@ class RoundsMixin:
         """Round 1's training end (``budget_end``, time.monotonic()) judged once, when round 1 reaches it (the Engine's
         task.replan_end; ``row``: its epoch not in log.jsonl yet), with what the check before round 2 will judge at:
         round_speeds' slower of the timing and the whole log's speed (trained_speeds), the prediction timed again (one
-        batch, as the check times it) and the checkpoint writes at the rate known so far (a stage's write rate is
-        recorded when it finishes, so this is still planning's: writes that slow down at round 1's own end can still
-        make the check skip round 2; review rev110 #2). Planned at its timing only, a loaded machine's round 1 (352 ms
-        timed, 600 ms trained) was cut for a round 2 that the check then skipped, and a quarter of the budget went
-        unused (hunt hBX #3); judged with planning's prediction speed, it stopped as planned and the check, timing the
-        prediction on the loaded machine, skipped round 2 (28.2 s left, 28.3 s needed; review rev107). Where the later
-        round still fits, round 1 stops as planned; else the later rounds are skipped here and round 1 trains on until
-        the closing work. Judged mid-round, one slow first epoch skipped round 2 for good (review rev102).
+        batch, kept on the task: the check reuses it, the same model with only the stop between, so both judge the same
+        speed and the check's own timing is not paid a second time; review rev110 #3) and the checkpoint writes at the
+        slower of the planned rate and the one round 1's own writes showed so far (``row["write_bps"]``,
+        Engine.write_rate, kept by note_writes as the check's closing estimate counts it: the planned rate alone missed
+        a machine whose writes slowed during round 1; review rev110 #2). Planned at its timing only, a loaded machine's
+        round 1 (352 ms timed, 600 ms trained) was cut for a round 2 that the check then skipped, and a quarter of the
+        budget went unused (hunt hBX #3); judged with planning's prediction speed, it stopped as planned and the check,
+        timing the prediction on the loaded machine, skipped round 2 (28.2 s left, 28.3 s needed; review rev107). Where
+        the later round still fits, round 1 stops as planned; else the later rounds are skipped here and round 1 trains
+        on until the closing work. Judged mid-round, one slow first epoch skipped round 2 for good (review rev102).
 
-        The margin is ROUND1_MARGIN on round 1's end alone (its stop's evaluations, the step past the deadline, its
-        checkpoint writes and the check's timing), as later_rounds_seconds keeps it on the later rounds' work. With the
-        check's own inputs, the check then finds what it needs unless round 1's end overruns that by more than the
-        margin and the step already taken: "stops as planned" implies "the check keeps round 2". Not ROUND1_MARGIN on
-        the whole rest: round 1's planning left exactly that (round1_leaves), so a round 1 trained even a little slower
-        than timed would skip a round 2 the check keeps; the part taken here is always less than the rest, so a round 1
-        at its planned speeds always stops as planned. The price (review rev110 #1): a round 2 that would only just have
-        fitted (the fake-clock sweep: 1.16-1.37x slower than timed, about 1 s over its least run of a few steps) is
-        skipped and round 1 trains on; such a round 2 would have had little more than its least run, where fGE's
-        judgement (planning's prediction speed, no margin) left round 1 stopped and the budget unused in a wider band
-        (1.27-1.52x). Returns the (new) end."""
+        The margin is ROUND1_MARGIN on round 1's end alone (its stop's evaluations, the step past the deadline and its
+        checkpoint writes; the prediction's timing is taken here, before ``left`` is read), as later_rounds_seconds
+        keeps it on the later rounds' work. With the check's own inputs, the check then finds what it needs unless round
+        1's end overruns that by more than the margin and the step already taken: "stops as planned" implies "the check
+        keeps round 2". Not ROUND1_MARGIN on the whole rest: round 1's planning left exactly that (round1_leaves), so a
+        round 1 trained even a little slower than timed would skip a round 2 the check keeps; the part taken here is
+        always less than the rest, so a round 1 at its planned speeds always stops as planned. The price (review rev110
+        #1): a round 2 that would only just have fitted (the fake-clock sweep: 1.16-1.37x slower than timed, about 1 s
+        over its least run of a few steps) is skipped and round 1 trains on; such a round 2 would have had little more
+        than its least run, where fGE's judgement (planning's prediction speed, no margin) left round 1 stopped and the
+        budget unused in a wider band (1.27-1.52x). Returns the (new) end."""
         if self.skip["skipped_from"] is not None:  # decided already: round 1 is the last stage
             return budget_end
         trained_s, trained_e = trained_speeds(self.out / "finetune_labelled" / "log.jsonl", eval_passes(task), row)
         s, e = max(task.step_s, trained_s or 0.0), max(task.eval_s, trained_e or 0.0)
         per_image = measure_prediction_seconds(task, self.test_set.images)  # as check_later_rounds times it
+        task.replan_per_image = per_image  # and reuses: the same model, only the stop between
+        self.note_writes(row.get("write_bps"))  # round 1's writes so far, where slower than the rate planned at
         saves_s = checkpoint_write_seconds(task, getattr(self, "writes_bps", WRITE_BYTES_PER_S))
         n_test = 0 if self.test_set.images is None else len(self.test_set.images)
-        rest = rest_at(s, e, 2, self.closing(task, e, per_test_image=per_image), per_image, saves_s)  # 1 round, least
-        end_s = (eval_passes(task) + 1) * e + round1_end_seconds(s, per_image, n_test, saves_s)  # round 1's own end
+        close = self.closing(task, e, per_test_image=per_image)
+        rest = rest_at(s, e, 2, close, per_image, saves_s, timed=True)  # 1 round, least
+        end_s = (eval_passes(task) + 1) * e + round1_end_seconds(s, per_image, n_test, saves_s, timed=True)  # its end
         need = rest + ROUND1_MARGIN * end_s
         left = self.last_end - time.monotonic()
         if time_holds(need, left):
@@ -375,10 +380,13 @@ class RoundsMixin:
         fewer rounds than planned, the middle rounds that do not fit are dropped (the last comes sooner). When
         it holds a round's floor but not the pool's labelling, round k is the last and trains on the labelled
         images only (labelled_only_round): skipped, the rest of the budget went unused. Judged at round k - 1's
-        speeds as it trained (round_speeds), before any of round k's work (the pool's labelling, its timing)."""
+        speeds as it trained (round_speeds), before any of round k's work (the pool's labelling, its timing); round
+        1's prediction speed is the one round1_replan timed at its planned end (task.replan_per_image), else timed."""
         skip, n_unlabeled = self.skip, self.n_unlabeled
         step_s, eval_s, speed = round_speeds(task, k - 1)
-        per_image = measure_prediction_seconds(task, self.test_set.images)
+        per_image = getattr(task, "replan_per_image", None)  # round 1 timed at its planned end (round1_replan)
+        if per_image is None:
+            per_image = measure_prediction_seconds(task, self.test_set.images)
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
         self.speeds_before = step_s, eval_s, per_image  # for the next round's timing line
         evals = eval_passes(task) + 1  # a round's closing evaluations, as round1_closing counts them

@@ -91,7 +91,8 @@ class StageCapMixin:
     def _end_moved(self, row: dict) -> bool:
         """Whether the run moved a `fewshot run` stage's end later when its deadline passed (``task.replan_end(end,
         row)``, asked once: self-training's round 1, cut for the later rounds at its timing, is judged at its planned
-        end at the speed it trained at; ``row`` is its epoch not in log.jsonl yet). Asked at each epoch's end, it read
+        end at the speed it trained at; ``row`` is its epoch not in log.jsonl yet, with ``write_bps``, the rate of
+        this fit's checkpoint writes so far). Asked at each epoch's end, it read
         the whole log every time and decided on the first epochs alone (review rev102). An end moved later keeps the
         schedule where it is (its floor: the lr does not rise again), and last.pt and then config.yaml are written
         at once, so that a kill and --resume keep the new end. Not under DDP, where every rank must take the same
@@ -100,7 +101,7 @@ class StageCapMixin:
         if replan is None or self.ctx.enabled or self._end_asked:
             return False
         self._end_asked = True
-        end = replan(self._budget_end, row)
+        end = replan(self._budget_end, {**row, "write_bps": self.write_rate()})  # round 1's writes so far (None: none)
         if end <= self._budget_end + 1e-6:
             return False
         total = self.cfg["train"]["epochs"] * self.steps_per_epoch
