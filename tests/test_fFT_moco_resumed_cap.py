@@ -79,7 +79,8 @@ def _resumed(tmp_path, monkeypatch, entry: dict, end_time: float, run_end: float
     monkeypatch.setattr(engine, "Engine", Engine)
     monkeypatch.setattr(plots, "plot_pretrain_curves", lambda pdir: None)
     monkeypatch.setattr(export, "export_backbone", lambda pdir, weights: None)
-    run_stages.pretrain_stage({"run": {}}, None, None, None, tmp_path, end_time, _State(entry), 0.0,
+    cfg = {"run": {"pretrain_share": 0.5}}  # its words on a cap that left nothing name the share
+    run_stages.pretrain_stage(cfg, None, None, None, tmp_path, end_time, _State(entry), 0.0,
                               run_end=run_end)
     return seen
 

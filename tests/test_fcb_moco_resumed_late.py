@@ -47,8 +47,9 @@ def test_a_moco_stage_resumed_past_the_budget_warns_once_before_its_closing_work
     assert "it trains no further, and the run will likely end" in line, line
     assert "after its budget, plus the fine-tuning's least run after it" in line, line
     assert "--budget-minutes" not in line and "larger" not in line
-    # before the stage's closing work: the Engine's note at its stop, and the fine-tuning's planning
-    assert stdout.index(line) < stdout.index("no time is left of the run's budget for this stage")
+    # before the stage's closing work and the fine-tuning's planning; the stage's own [run] line says it trains no
+    # further, the Engine's note at its stop does not say it again (go_on_resumed)
+    assert "[run] pretrain: resumed from " in stdout and "no time is left of the run's budget for this" not in stdout
     assert stdout.index(line) < stdout.index("[run] fine-tuning from MoCo weights")
     assert (out / "backbone.safetensors").is_file()
     # the fine-tuning's floor warning in a resumed session: the budget and settings cannot change on --resume, so

@@ -141,7 +141,9 @@ def test_resume_reuses_round_one_and_continues_the_stopped_stage(digits_root, st
     log = resumed["out"]
     assert "finetune_labelled: finished before the stop; its best checkpoint is reused" in log
     assert re.search(r"finetune: (continuing|resumed) from", log)
-    assert "(global step 3)" in log  # the Engine resumed the stage at the stopped step, not from step 0
+    # the Engine resumed the stage at the stopped step, not from step 0; or its [run] line said it trains no further
+    # (a loaded machine's start-up left this seconds-long run too little: no Engine line after it)
+    assert "(global step 3)" in log or re.search(r"\[run\] finetune: .*trains no further", log), log
     # the same teacher labels the pool the same way: the stopped stage's training images are the same
     assert (out / "pseudo_labels_round2.json").read_text() == stopped["pseudo"]
     _check_pred_all(digits_root, out)
@@ -271,7 +273,10 @@ def test_a_run_stopped_in_moco_pretraining_resumes_there(digits_root, tmp_path, 
     assert not (out / "backbone.safetensors").exists()
     rc, stdout, err = run_main(*cmd, "--resume")
     assert rc == 0, err
-    assert "pretrain: continuing from" in stdout and "(global step 2)" in stdout
+    # on where it stopped: its training (the Engine at the stopped step), or a line that it trains no further where a
+    # loaded machine's start-up left this seconds-long share too little (run_stages.go_on_resumed)
+    continued = "pretrain: continuing from" in stdout and "(global step 2)" in stdout
+    assert continued or re.search(r"\[run\] pretrain: .*trains no further", stdout), stdout
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["stages"]) == {"pretrain", "finetune"}
     assert (out / "backbone.safetensors").is_file()

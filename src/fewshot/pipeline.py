@@ -148,10 +148,14 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
                                        if self.speeds_before else None,
                                        run=self)
         self.note_writes(getattr(task, "write_bps", None))  # a reused stage wrote nothing
-        skipped = getattr(task, "resumed_training_skipped", None)  # kept with the stage's summary entry (keep)
-        if skipped is not None:
-            self.summary["resumed_training_skipped"] = {"stage": fdir.name, **skipped}
+        self.note_resumed_skip(fdir.name, getattr(task, "resumed_training_skipped", None))
         return task, metrics
+
+    def note_resumed_skip(self, stage: str, skipped: dict | None) -> None:
+        """summary.json's record of a resumed stage that trained no further (go_on_resumed), kept with the stage's
+        summary entry (keep)."""
+        if skipped is not None:
+            self.summary["resumed_training_skipped"] = {"stage": stage, **skipped}
 
     def pretrain(self) -> None:
         """MoCo pretraining (run.pretrain), in its share of the time the stages have left."""
@@ -165,13 +169,15 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
             self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out,
                                                         self.pre_end, self.state, self.t_start, self.pretrain_closing,
                                                         pool_size=self.n_moco, writes=self.note_writes,
-                                                        run_end=self.t_start + self.budget_s)
+                                                        run_end=self.t_start + self.budget_s, run=self)
         except StageDropped as dropped:  # its share cannot hold MoCo's least run once the fine-tuning's is kept back
             why = dropped.why  # said after the block: its traceback holds MoCo's task (model, pool)
         if why is not None:
             free_device_memory(self.device)
             return self.drop_pretrain(why)
         if fit_s or "pretrain" not in self.summary["stages"]:  # reused (0 s): kept before, its time counted once
+            if fit_s:  # a resumed stage's skip, in run_state.json since go_on_resumed (a reused one kept it before)
+                self.note_resumed_skip("pretrain", self.state.stage("pretrain").get("resumed_training_skipped"))
             self.keep("pretrain", entry, fit_s)
 
     def fine_tune(self) -> None:

@@ -282,11 +282,12 @@ def skip_short_resumed_training(cfg: dict, planned_s: float, trained: float, lef
 
 
 def go_on_resumed(task, fcfg: dict, state, name: str, last: Path, planned_s: float, trained_before: float,
-                  end_s: float, step_logged: float | None, run, t_start: float) -> None:
-    """How a stopped fine-tuning stage goes on at --resume, its budget capped already (cap_resumed_budget): trains on,
-    trains no further for want of time (skip_short_resumed_training, or a cap that left nothing), or keeps the record
-    of an earlier session's skip; records it in run_state.json and says it in one [run] line. ``end_s``: the monotonic
-    time its closing work must start by; ``planned_s``: its budget before the cap."""
+                  end_s: float, step_logged: float | None, run, t_start: float, share: str | None = None) -> None:
+    """How a stopped stage (fine-tuning or MoCo) goes on at --resume, its budget capped already (cap_resumed_budget):
+    trains on, trains no further for want of time (skip_short_resumed_training, or a cap that left nothing), or keeps
+    the record of an earlier session's skip; records it in run_state.json and says it in one [run] line. ``end_s``:
+    the monotonic time its closing work must start by; ``planned_s``: its budget before the cap; ``share``: the
+    stage's share of the run's budget where that, not the run's, ends it (resumed_no_time_words)."""
     from fewshot.run_closing import session_seconds  # run_closing imports this module
     no_time = trains_no_further(fcfg, trained_before)  # the cap left it nothing: no skip to judge
     # its steady step: the mean of its steps so far (cap_resumed_budget's fallback) counts the warm-up
@@ -316,7 +317,7 @@ def go_on_resumed(task, fcfg: dict, state, name: str, last: Path, planned_s: flo
         # the capped config.yaml cannot tell a skip's cap from a plain no-time session's: the carried record can
         left = end_s - time.monotonic()
         words = (carried_skip_words(carried, ends) if carried is not None
-                 else resumed_no_time_words(left, getattr(run, "budget_minutes", None), ends))
+                 else resumed_no_time_words(left, getattr(run, "budget_minutes", None), ends, share))
         print(f"[run] {name}: resumed from {last}: {words}", flush=True)
     else:
         print(f"[run] {name}: continuing from {last} on its planned schedule")
@@ -526,7 +527,7 @@ def _share_words(task) -> str:
 
 
 def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, state, t_start: float, check=None,
-                   pool_size: int | None = None, writes=None, run_end: float | None = None):
+                   pool_size: int | None = None, writes=None, run_end: float | None = None, run=None):
     """MoCo on the pool until ``end_time``, then its backbone exported to OUT/backbone.safetensors. ``check(task,
     eval_s, step_s)``: called with MoCo's measured speeds before it trains (the run's least-run refusal); a resumed
     stage that cap_resumed_budget leaves no training calls ``check(task, eval_s)`` (its evaluation time logged, else
@@ -534,6 +535,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
     ``pool_size``: the decodable pool images start-up counted (check_pool_images), which size the queue.
     ``writes(rate)``: called with the stage's checkpoint write rate as timed (Engine.write_rate) once it trained.
     ``run_end``: the run's budget end (time.monotonic()), from which a resumed stage counts its keep-back again.
+    ``run``: the PipelineRun, for a resumed stage's words (go_on_resumed: this session's start-up, the budget given).
     Returns (weights path, the stage's summary, seconds in its training loop). With a RunState that knows
     the stage, a finished one is reused and a stopped one continues from its last.pt."""
     from fewshot.report.plots import plot_pretrain_curves
@@ -575,15 +577,24 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         # capped once the task is built, with last.pt's read kept back: the build, its pool's decode and the read
         # came on top of a cap taken before them, and a resumed 1-minute run ended at 67 s (hunt hBU #1)
         read_s = last.stat().st_size / WRITE_BYTES_PER_S
+        planned_s = float(pcfg["train"]["budget_minutes"] or 0.0) * 60
         trained_before, steps = cap_resumed_budget(pcfg, last, end_time - kept - read_s, step_logged)
-        now = time.monotonic() - t_start  # this session's start-up counts: a second stop must not lose it
-        state.record("pretrain", "began", now, fit_at=now - trained_before)
-        if check is not None and trains_no_further(pcfg, trained_before):  # the run's word on its closing work
+        # the fine-tuning's decision (go_on_resumed): trains on, or trains no further (a time left under its least
+        # run, or a cap that left nothing) and says so in one line. It said "continuing ... on its planned
+        # schedule" and trained those few steps, the loader's start and a warm-up on top, then the Engine's
+        # "resuming from ...: epoch N" and its "no time is left" note. The time it leaves goes to the fine-tuning,
+        # which plans from the run's clock (PipelineRun.fine_tune)
+        task.resumed_training_skipped = state.stage("pretrain").get("resumed_training_skipped")
+        share = f"MoCo's share (run.pretrain_share={r['pretrain_share']:g})"
+        go_on_resumed(task, pcfg, state, "pretrain", last, planned_s, trained_before, end_time - kept - read_s,
+                      step_logged, run, t_start, share)
+        # its [run] line said why it trains no further: the Engine's own note on the stop would say it again
+        task.no_time_said = task.no_training_said
+        if check is not None and task.no_training_said:  # the run's word on its closing work
             # a stage stopped before its first kNN evaluation logged none: 0 s stands in (the checkpoint writes and
             # the export alone), since timing one evaluation here, only to word the warning, would spend more of a
             # budget that is already past its end
             check(task, 0.0 if eval_logged is None else eval_logged)
-        print(f"[run] pretrain: continuing from {pdir / 'checkpoints' / 'last.pt'} on its planned schedule")
     else:
         pcfg = copy.deepcopy(cfg)
         pcfg["_task"] = "moco"
@@ -627,8 +638,10 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         warn_stage_queue(pcfg, task, ctx.world)
         # after_s: what its plan kept time for after MoCo's deadline, from which a resume counts its keep-back again
         after = {} if getattr(task, "after_moco_s", None) is None else {"after_s": task.after_moco_s}
+        state.stage("pretrain").pop("resumed_training_skipped", None)  # a stage begun again: not its skip
+        # planned_step_s: its planning's steady step, which judges a resumed stage whose log.jsonl has no epoch
         state.record("pretrain", "began", time.monotonic() - t_start, fit_at=time.monotonic() - t_start,
-                     kept_s=kept["s"], **after)
+                     kept_s=kept["s"], planned_step_s=round(step_s, 6), **after)
     seed_everything(pcfg["train"]["seed"])
     engine = Engine(task, pcfg, pdir, device, ctx)
     fit_start = time.monotonic()

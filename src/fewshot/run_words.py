@@ -139,16 +139,19 @@ def resumed_short_words(left: float, need: float, step_s: float, logged: bool = 
                     f"no further and {then}")
 
 
-def resumed_no_time_words(left: float, budget_minutes: float | None, ends: str | None = None) -> str:
+def resumed_no_time_words(left: float, budget_minutes: float | None, ends: str | None = None,
+                          share: str | None = None) -> str:
     """Why a resumed stage whose budget cap_resumed_budget capped to what it had trained goes on to its closing work
     (``ends``: round 1's share; None: its closing work), said in the user's terms: the budget they gave and the
     ``left`` seconds. It said "continuing ... on its planned schedule", then the Engine's note named the capped
-    train.budget_minutes=0.0318105 that no one set (review rev114 #4)."""
+    train.budget_minutes=0.0318105 that no one set (review rev114 #4). ``share``: the stage's share of that budget
+    ("MoCo's share (run.pretrain_share=0.5)"): MoCo's end comes where the run's budget still has the fine-tuning's."""
     then = "goes straight to its closing work" if ends is None else "ends with its evaluation"
     budget = f" of {minutes_text(budget_minutes)}" if budget_minutes else ""
+    whose = f"{share} of the run's budget" if share else "the run's budget"
     where = (f"{past_text(-left)} past it already" if left < 0 else
              f"{past_text(left)} left, not enough for a training step")
-    return one_line(f"no time is left of the run's budget{budget} before {ends or 'its closing work'} ({where}): "
+    return one_line(f"no time is left of {whose}{budget} before {ends or 'its closing work'} ({where}): "
                     f"it trains no further and {then}")
 
 
