@@ -18,7 +18,7 @@ STEP, EVAL, PER_IMAGE, CLOSING, N_TEST = 0.46, 0.3, 0.001, 13.0, 2000  # resnet1
 
 def _run(clock, left: float, n_pool: int):
     """A PipelineRun stand-in after round 1: ``left`` seconds of the budget, a pool of ``n_pool`` images."""
-    run, decided = rounds_run(n_unlabeled=n_pool, report_stages=2,
+    run, decided = rounds_run(n_unlabeled=n_pool, report_stages=2, budget_s=90.0,
                               test_set=SimpleNamespace(images=[0] * N_TEST), last_end=clock[0] + left,
                               end_time=clock[0] + left, closing=lambda *a, **k: CLOSING,
                               later_round_retimed=lambda task, step_s, need, k: step_s,  # a re-time: the same speed

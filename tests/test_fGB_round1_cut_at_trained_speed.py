@@ -22,7 +22,7 @@ EPOCH_STEPS, PARAMS = 2, 11_200_000  # hBX's 2 steps an epoch; resnet18's parame
 
 def _run(clock, tmp_path, left: float, n_pool: int):
     """A PipelineRun stand-in at round 1's planning: ``left`` seconds of the budget, half of them round 1's."""
-    run, decided = rounds_run(n_unlabeled=n_pool, report_stages=2, writes_bps=250e6, out=tmp_path,
+    run, decided = rounds_run(n_unlabeled=n_pool, report_stages=2, writes_bps=250e6, out=tmp_path, budget_s=90.0,
                               test_set=SimpleNamespace(images=[0] * 2000), r={"pseudo_share": 0.5},
                               last_end=clock[0] + left, end_time=clock[0] + left, labelled_end=clock[0] + 0.5 * left,
                               closing=lambda *a, **k: CLOSING, refuse_unless_least_run_fits=lambda *a: None,

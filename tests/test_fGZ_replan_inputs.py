@@ -35,8 +35,8 @@ def machine(monkeypatch, real_time_holds):
 
 def _case(machine, tmp_path, left, slower, n_pool, force_stop=False, late=0.0, write_bps=None):
     """Round 1 planned with ``left`` s, trained ``slower`` x, its end ``late`` s past what the harness charges;
-    ``force_stop``: the replan not asked (round 1 stops as planned). (stopped as planned, check kept round 2), or
-    None where round 1's planning skipped round 2."""
+    ``force_stop``: the replan not asked (round 1 stops as planned). Returns (stopped as planned, check kept round
+    2), or None where round 1's planning skipped round 2."""
     now, speed, _ = machine
     speed[0] = 1.0
     pipeline, run, task, decided, cut = _planned(now, tmp_path, left, n_pool)
@@ -77,8 +77,10 @@ def test_the_replan_counts_round_1s_own_slower_writes(machine, tmp_path):
     replan counts them (and keeps the rate, as the check's closing estimate counts it); a faster one is not taken."""
     now, _, _ = machine
     pipeline, run, task, decided, cut = _planned(now, tmp_path, 45.0, 1_000)
+    judge, kept = task.replan_end, []  # the rate right after the replan (_train_round1 notes it again at the end)
+    task.replan_end = lambda end, row: (judge(end, row), kept.append(run.writes_bps))[0]
     _train_round1(now, run, task, cut, STEP, EVAL, 40e6)
-    assert run.writes_bps == 40e6
+    assert kept == [40e6] and run.writes_bps == 40e6, kept
     pipeline, run, task, decided, cut = _planned(now, tmp_path / "fast", 45.0, 1_000)
     judge, rows = task.replan_end, []
     task.replan_end = lambda end, row: rows.append(row) or judge(end, row)

@@ -22,9 +22,10 @@ SHORT = ("--budget-minutes", "0.03")  # after BASE's 0.2, so it wins: the rounds
 
 def _no_time_to_label_the_pool(monkeypatch) -> None:
     """Round 1 holds at any speed; before round 2 the time left holds a round without the pool's labelling
-    (later_rounds_seconds with no pool), not one with it."""
+    (labelled_only_seconds), not one with it (later_rounds_seconds)."""
     patch_pipeline(monkeypatch, "after_round1_seconds", lambda *a: -1e6)
     patch_pipeline(monkeypatch, "later_rounds_seconds", lambda *a: 1e6 if a[3] else -1e6)
+    patch_pipeline(monkeypatch, "labelled_only_seconds", lambda *a: -1e6)
 
 
 def test_time_left_without_room_to_label_the_pool_goes_on_training_on_the_labelled_images(

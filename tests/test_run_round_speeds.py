@@ -6,6 +6,7 @@ skipped it. The measured times are patched or written, so the decisions do not f
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -43,7 +44,7 @@ def _run(clock, left):
         run.skip.update(rounds=rounds_now, skipped_from=skipped_from, why=why)
 
     run = SimpleNamespace(skip={"rounds": 2, "skipped_from": None}, rounds=2, report_stages=2, n_unlabeled=2000,
-                          test_set=SimpleNamespace(images=None), last_end=clock[0] + left,
+                          budget_s=90.0, test_set=SimpleNamespace(images=None), last_end=clock[0] + left,
                           closing=lambda *a, **k: 20.0, decide=decide,
                           state=SimpleNamespace(status=lambda name: None, save=lambda: None))
     return run, decided
@@ -123,4 +124,6 @@ def test_the_check_before_round_2_gets_round_1s_trained_speed_and_round_2_says_i
     assert seen and 1e-5 < seen[0][0] <= slowest * 1.001  # round 1's steps as they trained, not the 10 us timed
     timing = stdout.index("[run] finetune: timing its training steps, an evaluation and a prediction batch")
     assert "at the round before's speed" in stdout[timing:].splitlines()[0]
-    assert timing < stdout.index("fine-tuning from the previous round")
+    # round 2's head: a round planned under SHORT_ROUND_EPOCHS (here at its floor) continues gently (fGC's words)
+    head = re.search(r"\[run\] (fine-tuning from the previous round|continuing the previous round's model)", stdout)
+    assert head and timing < head.start(), stdout

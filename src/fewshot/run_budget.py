@@ -629,6 +629,25 @@ def later_rounds_seconds(step_s: float, eval_s: float, per_image: float, n_pool:
     return n_rounds * labelling + others
 
 
+# of the budget: a labelled-only round is asked for FLOOR_STEPS more steps than its least run only where refusing it
+# would leave less than this unused (labelled_only_seconds)
+IDLE_SHARE = 0.10
+
+
+def labelled_only_seconds(step_s: float, eval_s: float, per_image: float, last_closing_s: float, n_test: int,
+                          spare_share: float) -> float:
+    """The time a labelled-only round (no labelling of the pool, check_later_rounds) needs from the check on: its
+    calibration (calibration_seconds), its least run as later_round_closing asks it (the floor, the step past it) and
+    the closing work with ROUND1_MARGIN more, which also covers a slower calibration (the round's planning checks
+    again and, short, skips it: round k - 1 predicts). FLOOR_STEPS more steps (a round of 5 steps is worth little)
+    only where refusing it leaves at most IDLE_SHARE of the budget unused (``spare_share``: the time left beyond the
+    closing work, as a share of the budget). Asked for them and the margin on all of it, a 1.5-minute run with 32 s
+    left (about 19 s of them the closing work) trained nothing more, and 23 s went unused (hunt hCA #2)."""
+    least = calibration_seconds(step_s, eval_s, per_image, n_test) + (FLOOR_STEPS + 1) * step_s
+    slack = FLOOR_STEPS * step_s if spare_share <= IDLE_SHARE else 0.0
+    return least + slack + last_closing_s * (1 + ROUND1_MARGIN)
+
+
 def time_holds(need_s: float, left_s: float) -> bool:
     """Whether ``left_s`` seconds hold work estimated at ``need_s``: the check that skips self-training's later
     rounds (one place, which tests of the rounds themselves, in budgets of seconds, can relax)."""
