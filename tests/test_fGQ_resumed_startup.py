@@ -120,7 +120,7 @@ def test_a_resume_left_less_than_its_least_run_goes_straight_to_its_closing_work
     assert "finetune: continuing from" not in stdout and "no time is left" not in stdout, stdout
     assert "resuming from" not in stdout, stdout  # the Engine's epoch and step after "trains no further" (rev114 #3)
     assert after == before, (before, after)  # no step trained
-    skipped = summary["resumed_training_skipped"]
+    [skipped] = summary["resumed_training_skipped"]  # one record per stage that skipped
     assert skipped["stage"] == "finetune" and skipped["least_s"] == pytest.approx((FLOOR_STEPS + 1) * STEP_S)
     assert skipped["left_s"] == pytest.approx(left, abs=0.05) and "trains no further" in skipped["why"], skipped
     assert summary["predicted_with"] == "finetune", summary

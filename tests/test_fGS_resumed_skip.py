@@ -95,4 +95,4 @@ def test_the_skip_survives_a_second_stop_before_its_summary_entry(digits_root, t
     rc, stdout, err = run_main(*cmd, "--resume")
     assert rc == 0, err
     skipped = json.loads((out / "summary.json").read_text()).get("resumed_training_skipped")
-    assert skipped == {"stage": "finetune", **state["resumed_training_skipped"]}, skipped
+    assert skipped == [{"stage": "finetune", **state["resumed_training_skipped"]}], skipped

@@ -81,7 +81,7 @@ def test_a_second_stop_after_the_skipped_stages_fit_keeps_the_record(digits_root
     assert entry["status"] == "began" and entry["resumed_training_skipped"]["least_s"] > 0, entry
     rc, stdout, err = run_main(*cmd, "--resume")
     assert rc == 0, err
-    assert _summary(cmd)["resumed_training_skipped"] == {"stage": "finetune", **entry["resumed_training_skipped"]}
+    assert _summary(cmd)["resumed_training_skipped"] == [{"stage": "finetune", **entry["resumed_training_skipped"]}]
     # said from the carried record (rev115 #1): not "continuing ... on its planned schedule" (rev114 #4)
     assert ": the session before the stop ended its training (" in stdout and "it needed to train on): it trains " \
            "no further and goes straight to its closing work" in stdout, stdout
@@ -107,7 +107,7 @@ def test_a_stage_without_a_logged_step_is_judged_at_its_planned_step(digits_root
     assert rc == 0, err
     assert "less than a stage's least run (6 training steps, about 6.0 s at the speed its planning timed of 1.0 s " \
            "a step)" in stdout, stdout
-    assert steps[-1] == before and _summary(cmd)["resumed_training_skipped"]["step_s"] == 1.0, steps
+    assert steps[-1] == before and _summary(cmd)["resumed_training_skipped"][0]["step_s"] == 1.0, steps
 
 
 @pytest.mark.parametrize("stage, field", [

@@ -50,6 +50,7 @@ def test_a_moco_stage_resumed_past_the_budget_warns_once_before_its_closing_work
     # before the stage's closing work and the fine-tuning's planning; the stage's own [run] line says it trains no
     # further, the Engine's note at its stop does not say it again (go_on_resumed)
     assert "[run] pretrain: resumed from " in stdout and "no time is left of the run's budget for this" not in stdout
+    assert stdout.index("[run] pretrain: resumed from ") < stdout.index(line), stdout  # the stage's line, then this
     assert stdout.index(line) < stdout.index("[run] fine-tuning from MoCo weights")
     assert (out / "backbone.safetensors").is_file()
     # the fine-tuning's floor warning in a resumed session: the budget and settings cannot change on --resume, so

@@ -37,7 +37,7 @@ from fewshot.run_rounds import LaterRoundSkipped, RoundsMixin
 from fewshot.run_reuse import better_earlier_round
 from fewshot.run_stages import finetune_config, finetune_stage, gently_entry, pretrain_stage
 from fewshot.run_startup import StartupMixin
-from fewshot.run_state import STATE_FILE
+from fewshot.run_state import STATE_FILE, resumed_skip_records
 from fewshot.run_words import labelled_passes, minutes_text, near_chance_finding, near_chance_why, overrun_note
 from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 from fewshot.utils import write_json
@@ -152,18 +152,25 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
         return task, metrics
 
     def note_resumed_skip(self, stage: str, skipped: dict | None) -> None:
-        """summary.json's record of a resumed stage that trained no further (go_on_resumed), kept with the stage's
-        summary entry (keep)."""
+        """summary.json's records of the resumed stages that trained no further (go_on_resumed), one per stage, kept
+        with the stage's summary entry (keep). One record for the run lost MoCo's skip to a fine-tuning's skip in a
+        later session (review rev117 #2)."""
         if skipped is not None:
-            self.summary["resumed_training_skipped"] = {"stage": stage, **skipped}
+            records = resumed_skip_records(self.summary.get("resumed_training_skipped"))
+            kept = [r for r in records if r["stage"] != stage]
+            self.summary["resumed_training_skipped"] = [*kept, {"stage": stage, **skipped}]
+
+    def moco_end(self, at: float) -> float:
+        """MoCo's end (run.pretrain_share) where its share is taken at monotonic ``at``: its share of the time the
+        stages have left then (start-up and the test decoding came out of the whole)."""
+        return at + (self.t_start + self.stage_s - at) * self.r["pretrain_share"]
 
     def pretrain(self) -> None:
         """MoCo pretraining (run.pretrain), in its share of the time the stages have left."""
         self.weights = self.cfg["model"]["weights"]
         if not self.r["pretrain"]:
             return
-        # its share of the time the stages have left (start-up and the test decoding came out of the whole)
-        self.pre_end = time.monotonic() + (self.t_start + self.stage_s - time.monotonic()) * self.r["pretrain_share"]
+        self.pre_end = self.moco_end(time.monotonic())
         why = None
         try:
             self.weights, entry, fit_s = pretrain_stage(self.cfg, self.infos, self.device, self.ctx, self.out,

@@ -257,7 +257,7 @@ def trains_no_further(cfg: dict, trained: float) -> bool:
 
 def skip_short_resumed_training(cfg: dict, planned_s: float, trained: float, left: float, step_s: float | None,
                                 logged: bool = True, startup: float | None = None,
-                                ends: str | None = None) -> dict | None:
+                                ends: str | None = None, stop_left: float | None = None) -> dict | None:
     """A resumed stage (its budget capped by cap_resumed_budget, ``planned_s`` before it) whose ``left`` seconds
     before its end (``ends``: round 1's share; None: its closing work) hold neither a fresh stage's least run
     (plan_stage's FLOOR_STEPS and the step past the deadline, least_run_seconds) nor, where that is shorter, the rest
@@ -267,7 +267,8 @@ def skip_short_resumed_training(cfg: dict, planned_s: float, trained: float, lef
     trains them where they fit, whichever sets the cap (review rev112 #3). ``step_s``: its steady step, log.jsonl's
     (``logged``) or its planning's timing; None: no skip, since the mean of its steps so far counts the first step's
     warm-up and its evaluations (1.2 s a step where 0.35 s steps ran, review rev112 #2). It is the earlier session's
-    speed: a faster machine now would have held up to FLOOR_STEPS more steps, a bounded loss (rev112 #6). Returns the
+    speed: a faster machine now would have held up to FLOOR_STEPS more steps, a bounded loss (rev112 #6).
+    ``stop_left``: what the stop left a stage whose end was set after the start-up (resumed_short_words). Returns the
     record for summary.json (``resumed_training_skipped``), else None."""
     if not step_s or trains_no_further(cfg, trained):
         return None  # no steady speed known, or no time given (the resumed-late warning said so)
@@ -278,16 +279,18 @@ def skip_short_resumed_training(cfg: dict, planned_s: float, trained: float, lef
     cfg["train"]["budget_minutes"] = max(trained, 1e-3) / 60
     plan_steps = None if need >= least else max(1, math.ceil(rest / step_s - 1e-6))
     return {"left_s": round(left, 2), "least_s": round(need, 2), "step_s": round(step_s, 4),
-            "why": resumed_short_words(left, need, step_s, logged, startup, ends, plan_steps)}
+            "why": resumed_short_words(left, need, step_s, logged, startup, ends, plan_steps, stop_left)}
 
 
 def go_on_resumed(task, fcfg: dict, state, name: str, last: Path, planned_s: float, trained_before: float,
-                  end_s: float, step_logged: float | None, run, t_start: float, share: str | None = None) -> None:
+                  end_s: float, step_logged: float | None, run, t_start: float, share: str | None = None,
+                  stop_left: float | None = None) -> None:
     """How a stopped stage (fine-tuning or MoCo) goes on at --resume, its budget capped already (cap_resumed_budget):
     trains on, trains no further for want of time (skip_short_resumed_training, or a cap that left nothing), or keeps
     the record of an earlier session's skip; records it in run_state.json and says it in one [run] line. ``end_s``:
     the monotonic time its closing work must start by; ``planned_s``: its budget before the cap; ``share``: the
-    stage's share of the run's budget where that, not the run's, ends it (resumed_no_time_words)."""
+    stage's share of the run's budget where that, not the run's, ends it (resumed_no_time_words); ``stop_left``: what
+    the stop left such a stage, its end set after the start-up (moco_stop_left)."""
     from fewshot.run_closing import session_seconds  # run_closing imports this module
     no_time = trains_no_further(fcfg, trained_before)  # the cap left it nothing: no skip to judge
     # its steady step: the mean of its steps so far (cap_resumed_budget's fallback) counts the warm-up
@@ -295,7 +298,8 @@ def go_on_resumed(task, fcfg: dict, state, name: str, last: Path, planned_s: flo
     startup = session_seconds(run, now) if run is not None else None
     ends = getattr(task, "resumed_end_words", None)
     skipped = skip_short_resumed_training(fcfg, planned_s, trained_before, end_s - now, steady,
-                                          logged=step_logged is not None, startup=startup, ends=ends)
+                                          logged=step_logged is not None, startup=startup, ends=ends,
+                                          stop_left=stop_left)
     # kept in run_state.json: a second stop before the stage's summary entry lost it (review rev112 #1). The
     # session before's is kept only where this one trains no further too: a stop between its record and
     # Engine.fit's save of the capped config.yaml left a stage that trains now after all (review rev114 #1)
@@ -321,6 +325,22 @@ def go_on_resumed(task, fcfg: dict, state, name: str, last: Path, planned_s: flo
         print(f"[run] {name}: resumed from {last}: {words}", flush=True)
     else:
         print(f"[run] {name}: continuing from {last} on its planned schedule")
+
+
+def moco_stop_left(run, entry: dict, run_end: float | None, read_s: float) -> float | None:
+    """The seconds the stop left a resumed MoCo stage before its closing work: its end taken at this session's start
+    (PipelineRun.moco_end) less its keep-back (resumed_keep_back) and last.pt's read. Its end is re-split from what
+    the run's budget has left once the start-up is done, so the start-up takes only MoCo's share of its seconds from
+    it: the time left plus the start-up named 17 s where the stop had left MoCo 12 s (review rev117 #1). None for a
+    fresh run or a stand-in without the run's clock."""
+    from fewshot.run_closing import session_seconds  # run_closing imports this module
+    now = time.monotonic()
+    startup, moco_end = session_seconds(run, now), getattr(run, "moco_end", None)
+    if startup is None or moco_end is None:
+        return None
+    start = now - startup
+    end = moco_end(start)
+    return end - resumed_keep_back(entry, end, run_end) - read_s - start
 
 
 def finetune_stage(fcfg: dict, infos, device, ctx, fdir: Path, end_time: float, what: str, pseudo: dict | None = None,
@@ -578,16 +598,18 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         # came on top of a cap taken before them, and a resumed 1-minute run ended at 67 s (hunt hBU #1)
         read_s = last.stat().st_size / WRITE_BYTES_PER_S
         planned_s = float(pcfg["train"]["budget_minutes"] or 0.0) * 60
-        trained_before, steps = cap_resumed_budget(pcfg, last, end_time - kept - read_s, step_logged)
+        end_s = end_time - kept - read_s  # its closing work's start: the cap's and the go-on decision's (rev117 #6)
+        stop_left = moco_stop_left(run, state.stage("pretrain"), run_end, read_s)
+        trained_before, steps = cap_resumed_budget(pcfg, last, end_s, step_logged)
         # the fine-tuning's decision (go_on_resumed): trains on, or trains no further (a time left under its least
         # run, or a cap that left nothing) and says so in one line. It said "continuing ... on its planned
         # schedule" and trained those few steps, the loader's start and a warm-up on top, then the Engine's
         # "resuming from ...: epoch N" and its "no time is left" note. The time it leaves goes to the fine-tuning,
         # which plans from the run's clock (PipelineRun.fine_tune)
         task.resumed_training_skipped = state.stage("pretrain").get("resumed_training_skipped")
-        share = f"MoCo's share (run.pretrain_share={r['pretrain_share']:g})"
-        go_on_resumed(task, pcfg, state, "pretrain", last, planned_s, trained_before, end_time - kept - read_s,
-                      step_logged, run, t_start, share)
+        share = f"MoCo's share ({r['pretrain_share']:g} by run.pretrain_share)"  # a value, not a setting given
+        go_on_resumed(task, pcfg, state, "pretrain", last, planned_s, trained_before, end_s, step_logged, run,
+                      t_start, share, stop_left)
         # its [run] line said why it trains no further: the Engine's own note on the stop would say it again
         task.no_time_said = task.no_training_said
         if check is not None and task.no_training_said:  # the run's word on its closing work

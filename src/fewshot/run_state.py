@@ -172,6 +172,14 @@ def is_stage_name(name: str) -> bool:
         name.startswith("finetune_round") and name.removeprefix("finetune_round").isdigit())
 
 
+def resumed_skip_records(value) -> list[dict]:
+    """summary.json's ``resumed_training_skipped`` as its records, one per resumed stage that trained no further,
+    each an object naming its stage: a list, or the one record a run summarised before there was a list (one record
+    lost MoCo's skip to a later session's fine-tuning skip, review rev117 #2); anything else holds none."""
+    records = value if isinstance(value, list) else [value]
+    return [r for r in records if isinstance(r, dict) and isinstance(r.get("stage"), str)]
+
+
 def is_run_stage(out: Path) -> bool:
     """Whether the train or pretrain folder ``out`` is a `fewshot run` stage (a stage's name, in a folder holding
     run_state.json): such a stage is started over, and stopped, by the run, not by a train command. The parent's

@@ -112,17 +112,27 @@ def startup_words(left: float, startup: float | None) -> str:
 
 
 def resumed_short_words(left: float, need: float, step_s: float, logged: bool = True, startup: float | None = None,
-                        ends: str | None = None, plan_steps: int | None = None) -> str:
+                        ends: str | None = None, plan_steps: int | None = None,
+                        stop_left: float | None = None) -> str:
     """Why a resumed stage trains no further (run_stages.skip_short_resumed_training): ``left`` seconds before its end
     (``ends``: its closing work, else round 1's share), less than the ``need`` of its least run, or of the rest of its
     own plan where that is shorter (``plan_steps`` steps and the one past its end), at its steady step (``step_s``: its
     log.jsonl's where ``logged``, else its planning's timing). This session's start-up (``startup``: its seconds so
     far) is named as the cause only where it took most of what the stop left: a stop near the stage's end leaves it
-    little whatever the start-up takes (review rev112 #2)."""
+    little whatever the start-up takes (review rev112 #2). ``stop_left``: the seconds the stop left a stage whose end
+    was set after this session's start-up (MoCo's share of the time left, the run's first stage): the start-up took
+    only its share's part of its seconds from it, and "took all but 0.2 s of the 17 s the stop left" named more than
+    the stop left it (review rev117 #1)."""
     end = ends or "its closing work"
     had, needs = seconds_apart(left, need)
     if startup is None:
         cause = f"{had} were left before {end}"
+    elif stop_left is not None:  # the first stage: no work came before it
+        took = max(0.0, stop_left - left)
+        cause = (f"this session's start-up took all but {had} of the {seconds_text(stop_left)} the stop left this "
+                 f"stage before {end}" if took >= 0.5 * stop_left else
+                 f"the stop left this stage {seconds_text(stop_left)} before {end}, and this session's start-up took "
+                 f"{seconds_text(took)} of them, leaving {had}")
     elif startup >= 0.5 * (left + startup):  # "took 14 s of the 14 s ..., leaving 0.1 s" read false (review rev114 #3)
         cause = (f"this session's start-up and the work before this stage took all but {had} of the "
                  f"{seconds_text(left + startup)} the stop left before {end}")
@@ -144,14 +154,17 @@ def resumed_no_time_words(left: float, budget_minutes: float | None, ends: str |
     """Why a resumed stage whose budget cap_resumed_budget capped to what it had trained goes on to its closing work
     (``ends``: round 1's share; None: its closing work), said in the user's terms: the budget they gave and the
     ``left`` seconds. It said "continuing ... on its planned schedule", then the Engine's note named the capped
-    train.budget_minutes=0.0318105 that no one set (review rev114 #4). ``share``: the stage's share of that budget
-    ("MoCo's share (run.pretrain_share=0.5)"): MoCo's end comes where the run's budget still has the fine-tuning's."""
+    train.budget_minutes=0.0318105 that no one set (review rev114 #4). ``share``: the stage's share of what that
+    budget had left after this session's start-up ("MoCo's share (0.5 by run.pretrain_share)"): MoCo's end comes
+    where the run's budget still has the fine-tuning's, re-split at each session (PipelineRun.moco_end). It named
+    "run.pretrain_share=0.5" as if set, and a share of the whole budget (review rev117 #5)."""
     then = "goes straight to its closing work" if ends is None else "ends with its evaluation"
     budget = f" of {minutes_text(budget_minutes)}" if budget_minutes else ""
-    whose = f"{share} of the run's budget" if share else "the run's budget"
+    whose = (f"{share} of what the run's budget{budget} had left after this session's start-up," if share
+             else f"the run's budget{budget}")
     where = (f"{past_text(-left)} past it already" if left < 0 else
              f"{past_text(left)} left, not enough for a training step")
-    return one_line(f"no time is left of {whose}{budget} before {ends or 'its closing work'} ({where}): "
+    return one_line(f"no time is left of {whose} before {ends or 'its closing work'} ({where}): "
                     f"it trains no further and {then}")
 
 

@@ -162,9 +162,14 @@ def _read_summary(folder: Path, notes: list[str]) -> dict | None:
         dropped = summary.get(key)
         if isinstance(dropped, dict) and isinstance(dropped.get("why"), str):
             out[key] = dropped["why"]
-    resumed = summary.get("resumed_training_skipped")  # a resumed stage whose time left could not hold a least run
-    if isinstance(resumed, dict) and isinstance(resumed.get("stage"), str) and isinstance(resumed.get("why"), str):
-        out["resumed_training_skipped"] = resumed_skip_words(resumed)
+    from fewshot.run_state import resumed_skip_records
+
+    # the resumed stages whose time left could not hold a least run: one record per stage (MoCo's and a later
+    # session's fine-tuning's), or an older run's one
+    resumed = [r for r in resumed_skip_records(summary.get("resumed_training_skipped"))
+               if isinstance(r.get("why"), str)]
+    if resumed:
+        out["resumed_training_skipped"] = "; ".join(resumed_skip_words(r).removesuffix(".") for r in resumed) + "."
     lost = summary.get("last_round_lost")  # the val guard passed over a last round that lost beyond val's noise
     if isinstance(lost, dict) and isinstance(lost.get("why"), str):
         out["last_round_lost"] = lost["why"]
