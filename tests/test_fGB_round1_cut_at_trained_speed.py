@@ -11,6 +11,7 @@ import json
 from types import MethodType, SimpleNamespace
 
 import pytest
+import torch
 
 from helpers.run_clock import rounds_clock
 from fewshot.run_closing import ClosingMixin
@@ -18,6 +19,7 @@ from helpers.rounds_run import rounds_run
 
 STEP, EVAL, PER_IMAGE, CLOSING = 0.46, 0.3, 0.001, 13.0  # round 1's timing (fFU's: resnet18 at 32 px, 2 busy cores)
 EPOCH_STEPS, PARAMS = 2, 11_200_000  # hBX's 2 steps an epoch; resnet18's parameters (its checkpoint writes)
+SCHED = {"warmup_epochs": 0, "min_lr": 1e-5, "warmup_lr": 1e-5}  # the stand-in stage's schedule (its re-plan builds it)
 
 
 def _run(clock, tmp_path, left: float, n_pool: int):
@@ -51,8 +53,9 @@ def _stage(clock, task, end: float, write_bps: float | None = None):
     e = Stage()
     e.task, e.ctx, e.fit_start, e._budget_end, e.steps_per_epoch = task, SimpleNamespace(enabled=False), clock[0], \
         end, EPOCH_STEPS
-    e.cfg, e._sched_floor, e._cap_unsaved, e.global_step, e.step_in_epoch = {"train": {"epochs": 10_000}}, 0.0, \
-        False, 0, 0
+    e.cfg, e._sched_floor, e._cap_unsaved = {"train": {"epochs": 10_000}, "sched": SCHED}, 0.0, False
+    e.global_step, e.step_in_epoch = 0, 0
+    e.optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # a moved end re-plans the schedule
     e.save_mid_epoch, e.write_rate = lambda: None, lambda: write_bps
     return e
 
@@ -139,7 +142,7 @@ def test_round_1_trained_twice_as_slow_is_not_cut_for_a_round_2_it_cannot_hold(c
     assert "round 2 skipped (planned, not an error): round 1 trained at 920 ms a step" in out, out
     assert "the slower of its timing, 460 ms, and its training): about 30 s were left when it reached its planned " \
            "end, and the later round needs at least 32 s" in out, out
-    assert "round 1 trains on at its last lr until the closing work" in out, out
+    assert "round 1 trains on, its lr schedule re-planned over its new end" in out, out
 
 
 def test_round_1_is_not_ended_sooner_and_skips_round_2_at_its_planned_end(clock, tmp_path, capsys):
@@ -170,11 +173,11 @@ def test_round_1_at_its_timing_speed_keeps_the_plan(clock, tmp_path, left):
     assert not decided and "labelled_only" not in run.skip, run.skip
 
 
-def test_the_engine_takes_the_replanned_end_and_keeps_the_schedule_where_it_is(monkeypatch):
+def test_the_engine_takes_the_replanned_end_and_replans_the_schedule_over_it(monkeypatch):
     """The Engine's side (Engine._end_moved, at its passed deadline): task.replan_end is asked once, with the end and
-    the epoch's row not logged yet; an end moved later is the new deadline, keeps the lr schedule's position as its
-    floor (it does not rise again), is the stage's train.budget_minutes, and last.pt (then config.yaml) is written
-    at once inside an epoch."""
+    the epoch's row not logged yet; an end moved later is the new deadline, re-plans the lr schedule over it (its
+    floor the elapsed fraction of the new end, the cap in proportion), is the stage's train.budget_minutes, and
+    last.pt (then config.yaml) is written at once inside an epoch."""
     from fewshot.train import stage_cap
     from fewshot.train.budget_reserve import BudgetReserveMixin
     from fewshot.train.stage_cap import StageCapMixin
@@ -189,9 +192,12 @@ def test_the_engine_takes_the_replanned_end_and_keeps_the_schedule_where_it_is(m
     e.task = SimpleNamespace(replan_end=lambda end, row: asked.append((end, row)) or 200.0)
     e.ctx, e.fit_start, e._budget_end, e.global_step, e.steps_per_epoch = SimpleNamespace(enabled=False), 100.0, \
         150.0, 8, 2
-    e.cfg, e._sched_floor, e._cap_unsaved = {"train": {"epochs": 40, "budget_minutes": 50 / 60}}, 0.0, False
+    e.cfg, e._sched_floor, e._cap_unsaved = {"train": {"epochs": 40, "budget_minutes": 50 / 60}, "sched": SCHED}, \
+        0.0, False
+    e.optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     e.step_in_epoch, e.save_mid_epoch, e.write_rate = 1, lambda: saved.append(e._cap_unsaved), lambda: 9e7
     assert e._end_moved({"step": 8}) and asked == [(150.0, {"step": 8, "write_bps": 9e7})] and e._deadline() == 200.0
-    assert e._sched_floor == pytest.approx(0.6)  # 30 s of the 50 s planned
+    assert e._sched_floor == pytest.approx(0.3)  # 30 s of the 100 s now planned (hunt hCA #1: was 0.6, held there)
+    assert e.cfg["train"]["epochs"] == 80  # the cap in proportion to the new end
     assert e.cfg["train"]["budget_minutes"] == pytest.approx(100 / 60) and saved == [True]
     assert not e._end_moved({"step": 9}) and len(asked) == 1  # once

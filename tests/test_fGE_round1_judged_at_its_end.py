@@ -117,7 +117,7 @@ def test_round_1s_log_is_read_once_whatever_its_epochs(digits_root, tmp_path, mo
 
 
 def test_a_kill_after_round_1s_end_moved_later_keeps_the_new_budget(digits_root, tmp_path, monkeypatch):
-    """The end moved later (round 2 skipped at round 1's planned end): last.pt (with the schedule's floor) and
+    """The end moved later (round 2 skipped at round 1's planned end): last.pt (with the schedule's floor and cap) and
     config.yaml hold it before the next step, so that a kill -9 there and --resume keep training round 1 (fGB wrote
     it with the next last.pt: a resume kept the cut end, skipped round 2 and left the time unused)."""
     import fewshot.train.engine as engine
@@ -139,4 +139,6 @@ def test_a_kill_after_round_1s_end_moved_later_keeps_the_new_budget(digits_root,
     out = tmp_path / "finetune_labelled"
     minutes = yaml.safe_load((out / "config.yaml").read_text())["train"]["budget_minutes"]  # stage_config's
     assert minutes > 0.02 + 29 / 60, minutes
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["sched_floor"] > 0.9
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")  # re-planned over the new end (hunt hCA #1), not held at 1
+    assert 0 < ck["sched_floor"] < 0.2 and ck["epochs_cap"] > 10_000, (ck["sched_floor"], ck["epochs_cap"])
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == ck["epochs_cap"]

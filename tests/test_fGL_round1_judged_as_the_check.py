@@ -72,16 +72,16 @@ def test_a_round_1_at_its_planned_speeds_stops_as_planned(machine, tmp_path, cap
         assert not decided and "labelled_only" not in run.skip, run.skip
 
 
-def test_the_skip_line_says_round_1_trains_on_at_its_last_lr(machine, tmp_path, capsys):
-    """Round 2 skipped at round 1's planned end: round 1's extra time trains at the schedule's last (minimum) lr, and
-    the line says so (rev107 #2: measured no gain, no loss; the schedule is not reopened)."""
+def test_the_skip_line_says_round_1s_schedule_is_replanned(machine, tmp_path, capsys):
+    """Round 2 skipped at round 1's planned end: round 1's schedule is re-planned over its new end (hunt hCA #1: held
+    at its minimum lr, the extra time was wasted), and the line says so."""
     now, speed = machine
     pipeline, run, task, decided, cut = _planned(now, tmp_path, 38.0, 1_000)
     speed[0] = 2.0
     _train_round1(now, run, task, cut, 2 * STEP, 2 * EVAL)
     out = capsys.readouterr().out
     assert decided == [(1, 2)], out
-    assert "round 1 trains on at its last lr until the closing work" in out, out
+    assert "round 1 trains on, its lr schedule re-planned over its new end" in out, out
     assert "a margin for round 1 ending late" in out, out
 
 

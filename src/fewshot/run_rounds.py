@@ -236,7 +236,8 @@ class RoundsMixin:
                f"end, and the later round needs at least {need_s} after it at that speed (round 1's end and "
                f"checkpoint writes, labelling the pool, calibration, {FLOOR_STEPS + 1} steps, evaluations, the "
                f"closing work and a margin for round 1 ending late)")
-        closing_s = skip_after_round1(self, task, why, e, per_image, "trains on at its last lr")
+        closing_s = skip_after_round1(self, task, why, e, per_image,
+                                      "trains on, its lr schedule re-planned over its new end (the lr rises again),")
         self.plan_closing(closing_s)
         return max(budget_end, self.last_end - closing_s - s)  # a step kept back, as plan_stage keeps it
 

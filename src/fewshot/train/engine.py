@@ -491,7 +491,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         if look:
             deadline = self._deadline()  # with the evaluation just timed
             stopped = self._agreed_stop(deadline)[1] and not self._end_moved(record)
-            last_epoch = last_epoch or stopped
+            last_epoch = self.epoch >= self.cfg["train"]["epochs"] or stopped  # a moved end raised the cap
         # The epoch-end last.pt carries its log row (without the timings), so that a kill between this save
         # and the log write still ends with the row in log.jsonl: resume() appends it when it is missing.
         self.epoch_record = {k: v for k, v in record.items() if k not in TIMING_KEYS}
