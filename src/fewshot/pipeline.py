@@ -286,11 +286,11 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
 
     def last_round_lost(self, best: dict) -> dict | None:
         """run_guard.round_loss_note of the last round (``self.fdir``) against the ``best`` earlier one's val
-        metrics, with the pseudo-labels it trained on (its summary entry's pseudo_labels)."""
+        metrics, with the pseudo-labels it trained on (its summary entry's pseudo_labels) and how it trained."""
         name = self.fdir.name
         which = f"round {self.rounds}" if name == "finetune" else f"round {name.removeprefix('finetune_round')}"
-        labels = (self.summary["stages"].get(name) or {}).get("pseudo_labels")
-        return round_loss_note(which, best, self.val_metrics, labels)
+        entry = self.summary["stages"].get(name) or {}
+        return round_loss_note(which, best, self.val_metrics, entry.get("pseudo_labels"), entry)
 
     def note_scores_compared(self, metrics: dict) -> None:
         """Beside each round's val_mean_acc1 in summary.json, how many val scores it is the best of (its

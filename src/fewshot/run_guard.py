@@ -1,7 +1,8 @@
 """Why the val guard passed over the last self-training round: where that round lost on val by more than val's
-noise, its likely cause (wrong pseudo-labels) in words, with the pool check's numbers. A pool that was 75 % other
-classes slipped past the pool check (hunt hBZ #1), round 2 fell from 72 to 40 on val, and the guard said only
-that round 1 scores higher. Text and numbers only: nothing here trains or writes."""
+noise, its likely cause in words (wrong pseudo-labels, with the pool check's numbers; or, where that check found
+nothing suspect, the round's own training). A pool that was 75 % other classes slipped past the pool check (hunt
+hBZ #1), round 2 fell from 72 to 40 on val, and the guard said only that round 1 scores higher. Text and numbers
+only: nothing here trains or writes."""
 
 from __future__ import annotations
 
@@ -66,10 +67,54 @@ def kept_pseudo_labels(pseudo_summary: dict) -> list[int] | None:
     return kept if all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in kept) else None
 
 
-def round_loss_note(which: str, best: dict, last: dict, pseudo_summary: dict | None) -> dict | None:
+# the most a pool's share below val's confidence cut may differ from val's own for the pool to be called as sure
+# as val (pool_check_clear): hCA #3's clean pool had 29.6 % against val's 29.9 %; hBZ #1's pool, 75 % other classes
+# and not flagged suspect, 37 % against 29 %; hCA's inverted pool (regime d), not flagged either, 0 % against 30 %:
+# a model far surer of a pool than of val is as suspect as one far less sure
+POOL_AS_VAL = 0.05
+
+
+def pool_check_clear(pseudo_summary: dict | None) -> bool:
+    """Whether the pool check measured every dataset of the round's pseudo-labels and found each neither suspect
+    nor more or less sure of the pool than of val (POOL_AS_VAL): a check that is only silent missed a pool of other
+    classes (hunt hBZ #1), whose pseudo-labels stay the likely cause."""
+    datasets = (pseudo_summary or {}).get("datasets")
+    if not isinstance(datasets, dict) or not datasets:
+        return False
+    for entry in datasets.values():
+        check = entry.get("pool_classes_check") if isinstance(entry, dict) else None
+        try:
+            if check.get("suspect") is not False or \
+                    abs(float(check["pool_share_below"]) - float(check["val_share_below"])) > POOL_AS_VAL:
+                return False
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return False
+    return True
+
+
+def round_training_words(stage: dict | None) -> str:
+    """How the round trained, from its summary.json entry (``stage``: epochs, seconds, continued_gently)."""
+    stage = stage if isinstance(stage, dict) else {}
+    epochs, seconds, gently = stage.get("epochs"), stage.get("seconds"), stage.get("continued_gently")
+    length = ""
+    if isinstance(epochs, (int, float)) and not isinstance(epochs, bool):
+        length = f" for {epochs:g} epoch{'' if epochs == 1 else 's'}"
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+            length += f" ({seconds:.0f} s)"
+    if isinstance(gently, dict) and isinstance(gently.get("lr"), (int, float)):
+        return f"it continued the round before's model gently, at lr {gently['lr']:g},{length}"
+    return (f"it restarted from the round before's model at round 1's full lr and trained{length or ' briefly'}, "
+            f"which can undo what the round before learnt before the lr settles")
+
+
+def round_loss_note(which: str, best: dict, last: dict, pseudo_summary: dict | None,
+                    stage: dict | None = None) -> dict | None:
     """summary.json's last_round_lost where the last round (``which``, in words: "round 2"), trained on
     pseudo-labels (``pseudo_summary``: what it kept), scores lower on val than the ``best`` earlier round by more
-    than val_drop_noise; its ``why`` is the sentence the guard's line ends with. None otherwise."""
+    than val_drop_noise; its ``why`` is the sentence the guard's line ends with. ``stage``: the round's summary.json
+    entry (its epochs, seconds, continued_gently), named as the likely cause where the pool check found nothing
+    suspect: a clean pool with 74 % right pseudo-labels was blamed for an 11-s restart at full lr (hunt hCA #3).
+    None otherwise."""
     if not isinstance(pseudo_summary, dict):  # a round on the labelled images only: no pseudo-label to blame
         return None
     try:
@@ -89,6 +134,11 @@ def round_loss_note(which: str, best: dict, last: dict, pseudo_summary: dict | N
         # pseudo-labels, clean the pool" sent the user after the wrong cause (review rev109 #3)
         why = (f"{lost}: it trained on only {sum(kept)} pseudo-label{'s' if sum(kept) != 1 else ''}, too few to be "
                f"the likely cause; look at its other settings (epochs, learning rate), or {off} to compare.")
+    elif pool_check_clear(pseudo_summary):
+        found = pool_check_words(pseudo_summary).removeprefix("the pool check found ")
+        why = (f"{lost}: the pool check found the pool about as sure as val, so its pseudo-labels are not the likely "
+               f"cause ({found}); its training more likely is: {round_training_words(stage)}. Try a larger "
+               f"--budget-minutes, so that the round trains longer, or {off} to compare.")
     else:
         count = f"its {sum(kept)} pseudo-labels" if kept is not None else "its pseudo-labels"
         why = (f"{lost}: {count} were likely wrong, for example from a pool holding classes or kinds of images the "
