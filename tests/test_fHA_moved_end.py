@@ -114,3 +114,38 @@ def test_a_resume_after_the_move_keeps_the_new_cap_and_position(digits_root, tmp
     assert epochs == ck["epochs_cap"] and floor == pytest.approx(ck["sched_floor"])
     peak, least = float(cfg["optim"]["lr"]), float(cfg["sched"]["min_lr"])
     assert lr > 0.5 * peak > 10 * least, (lr, peak, least)
+
+
+def test_an_end_moved_at_the_cap_s_epoch_trains_on(digits_root, tmp_path, monkeypatch):
+    """Round 1's deadline passed at the epoch that reached its cap (2 epochs): the moved end raises the cap, and the
+    stage trains on into epoch 3 rather than ending at the old cap with the new time unused."""
+    import fewshot.train.engine as engine
+    from fewshot.train.finetune import run_finetune
+    from helpers.tiny import finetune_cfg
+
+    (tmp_path / "run_state.json").write_text("{}")  # a `fewshot run` stage
+    moved, step, init = [], engine.Engine._forward_backward, engine.Engine.__init__
+
+    class Killed(Exception):
+        pass
+
+    def with_hook(self, task, *a, **k):
+        task.step_s, task.eval_s = 1e-3, 1e-3
+        task.replan_end = lambda end, row: moved.append(self.epoch) or end + 30.0
+        init(self, task, *a, **k)
+
+    def trained_on(self, *a, **k):
+        if moved:
+            raise Killed
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(engine.Engine, "__init__", with_hook)
+    monkeypatch.setattr(engine.Engine, "_forward_backward", trained_on)
+    monkeypatch.setattr(engine.Engine, "_extend_cap", lambda self, deadline: None)  # no raise for a fast stage
+    # the deadline is seen to pass at the end of epoch 2, the cap's, and only there
+    monkeypatch.setattr(engine.Engine, "_agreed_stop", lambda self, deadline: (False, not moved and self.epoch >= 2))
+    cfg = finetune_cfg(digits_root, **{"model.img_size": 16, "train.epochs": 2, "train.budget_minutes": 0.5,
+                                       "sched.time_based": True})
+    with pytest.raises(Killed):
+        run_finetune(cfg, tmp_path / "finetune_labelled")
+    assert moved == [2]  # trained on: the cap rose in proportion (2 epochs of 30 s, 4 of 60 s)
