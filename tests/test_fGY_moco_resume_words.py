@@ -76,8 +76,8 @@ def test_a_moco_stage_left_less_than_its_least_run_trains_no_further_and_says_it
     assert after == before, (before, after, stdout)  # not those few steps, with the loader's start and a warm-up
     said = _moco_says(stdout)
     assert len(said) == 1, said
-    assert re.match(r"\[run\] pretrain: this session's start-up took all but 0\.[34] s of the [\d.]+ s the stop left "
-                    r"this stage before its closing work", said[0]), said
+    assert re.match(r"\[run\] pretrain: this session's start-up cost this stage all but 0\.[34] s of the [\d.]+ s the "
+                    r"stop left it before its closing work", said[0]), said
     assert (f"less than a stage's least run ({FLOOR_STEPS + 1} training steps, about 0.6 s at its logged speed of "
             f"0.1 s a step): it trains no further and goes straight to its closing work") in said[0], said
     [skipped] = summary["resumed_training_skipped"]  # the fine-tuning's record, under MoCo's stage name
@@ -90,8 +90,9 @@ def test_a_moco_stage_whose_cap_left_nothing_says_one_line_in_the_users_terms(di
     assert after == before, (before, after, stdout)
     said = _moco_says(stdout)
     assert len(said) == 1, said  # no "continuing", no Engine "resuming from ...: epoch" nor its no-time note
+    assert "run.pretrain_share=" not in stdout, stdout  # a value, not a setting the user gave
     last = tmp_path / "run" / "pretrain" / "checkpoints" / "last.pt"
-    head = (f"[run] pretrain: resumed from {last}: no time is left of MoCo's share (0.5 by run.pretrain_share) of what "
+    head = (f"[run] pretrain: resumed from {last}: no time is left of MoCo's share (run.pretrain_share: 0.5) of what "
             f"the run's budget of 0.3 minutes had left after this session's start-up, before its closing work (")
     assert re.fullmatch(re.escape(head) + r"0\.[5-9] s past it already\): it trains no further and goes straight to "
                         r"its closing work", said[0]), said

@@ -156,9 +156,11 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
         with the stage's summary entry (keep). One record for the run lost MoCo's skip to a fine-tuning's skip in a
         later session (review rev117 #2)."""
         if skipped is not None:
+            record = {"stage": stage, **skipped}
             records = resumed_skip_records(self.summary.get("resumed_training_skipped"))
-            kept = [r for r in records if r["stage"] != stage]
-            self.summary["resumed_training_skipped"] = [*kept, {"stage": stage, **skipped}]
+            # a stage's own later record takes its place in the list (review rev119 #4)
+            records = [record if r["stage"] == stage else r for r in records]
+            self.summary["resumed_training_skipped"] = records if record in records else [*records, record]
 
     def moco_end(self, at: float) -> float:
         """MoCo's end (run.pretrain_share) where its share is taken at monotonic ``at``: its share of the time the

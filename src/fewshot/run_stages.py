@@ -22,7 +22,7 @@ from fewshot.run_budget import (FLOOR_STEPS, eval_passes, fitting_epochs, least_
                                 measure_eval_seconds, measure_step_seconds, plan_epochs, retimed_steps, trained_speeds)
 from fewshot.run_reuse import (drop_best_aside, read_finished_json, read_last, reusable_stage, same_training_images,
                                stage_resumes, start_stage_afresh)
-from fewshot.run_words import (carried_skip_words, made_of, min_epochs_warning, overrun_warning,
+from fewshot.run_words import (carried_skip_words, made_of, min_epochs_warning, moco_share_words, overrun_warning,
                                resumed_no_time_words, resumed_short_words, seconds_text, stage_plan_words)
 from fewshot.train.budget_reserve import WRITE_BYTES_PER_S
 from fewshot.utils import seed_everything
@@ -331,8 +331,10 @@ def moco_stop_left(run, entry: dict, run_end: float | None, read_s: float) -> fl
     """The seconds the stop left a resumed MoCo stage before its closing work: its end taken at this session's start
     (PipelineRun.moco_end) less its keep-back (resumed_keep_back) and last.pt's read. Its end is re-split from what
     the run's budget has left once the start-up is done, so the start-up takes only MoCo's share of its seconds from
-    it: the time left plus the start-up named 17 s where the stop had left MoCo 12 s (review rev117 #1). None for a
-    fresh run or a stand-in without the run's clock."""
+    it: the time left plus the start-up named 17 s where the stop had left MoCo 12 s (review rev117 #1). It counts
+    this session's re-estimate of the stages' time (``stage_s``, its closing reserve re-timed), not the stopped
+    session's own figure, which the run does not keep (review rev119 #4). None for a fresh run or a stand-in without
+    the run's clock."""
     from fewshot.run_closing import session_seconds  # run_closing imports this module
     now = time.monotonic()
     startup, moco_end = session_seconds(run, now), getattr(run, "moco_end", None)
@@ -607,7 +609,7 @@ def pretrain_stage(cfg: dict, infos, device, ctx, out: Path, end_time: float, st
         # "resuming from ...: epoch N" and its "no time is left" note. The time it leaves goes to the fine-tuning,
         # which plans from the run's clock (PipelineRun.fine_tune)
         task.resumed_training_skipped = state.stage("pretrain").get("resumed_training_skipped")
-        share = f"MoCo's share ({r['pretrain_share']:g} by run.pretrain_share)"  # a value, not a setting given
+        share = moco_share_words(r["pretrain_share"])
         go_on_resumed(task, pcfg, state, "pretrain", last, planned_s, trained_before, end_s, step_logged, run,
                       t_start, share, stop_left)
         # its [run] line said why it trains no further: the Engine's own note on the stop would say it again

@@ -111,6 +111,20 @@ def startup_words(left: float, startup: float | None) -> str:
             + (f" of the {seconds_text(had)} the stop left" if had >= 0.05 else ", and the stop had left none"))
 
 
+def stop_left_words(stop_left: float, left: float, had: str, end: str) -> str:
+    """What this session's start-up cost a stage whose end it set (MoCo's, resumed_short_words): of the
+    ``stop_left`` seconds the stop left it, ``left`` remain (``had``, in seconds_apart's words). The cost is the
+    printed difference, so that "7.1 s ..., cost it 2.0 s of them, leaving 5.1 s" adds up as read, whatever digits
+    seconds_apart gave ``had`` (review rev119 #4)."""
+    total = seconds_text(stop_left)
+    if max(0.0, stop_left - left) >= 0.5 * stop_left:
+        return f"this session's start-up cost this stage all but {had} of the {total} the stop left it before {end}"
+    digits = max(len(w.removesuffix(" s").partition(".")[2]) for w in (total, had))
+    cost = max(0.0, float(total.removesuffix(" s")) - float(had.removesuffix(" s")))
+    return (f"the stop left this stage {total} before {end}, and this session's start-up cost it {cost:.{digits}f} s "
+            f"of them, leaving {had}")
+
+
 def resumed_short_words(left: float, need: float, step_s: float, logged: bool = True, startup: float | None = None,
                         ends: str | None = None, plan_steps: int | None = None,
                         stop_left: float | None = None) -> str:
@@ -122,17 +136,14 @@ def resumed_short_words(left: float, need: float, step_s: float, logged: bool = 
     little whatever the start-up takes (review rev112 #2). ``stop_left``: the seconds the stop left a stage whose end
     was set after this session's start-up (MoCo's share of the time left, the run's first stage): the start-up took
     only its share's part of its seconds from it, and "took all but 0.2 s of the 17 s the stop left" named more than
-    the stop left it (review rev117 #1)."""
+    the stop left it (review rev117 #1). So the words say what the start-up cost this stage, not how long it took
+    (an 8 s start-up read "took 4 s", review rev119 #3), in numbers that add up as printed (stop_left_words)."""
     end = ends or "its closing work"
     had, needs = seconds_apart(left, need)
     if startup is None:
         cause = f"{had} were left before {end}"
     elif stop_left is not None:  # the first stage: no work came before it
-        took = max(0.0, stop_left - left)
-        cause = (f"this session's start-up took all but {had} of the {seconds_text(stop_left)} the stop left this "
-                 f"stage before {end}" if took >= 0.5 * stop_left else
-                 f"the stop left this stage {seconds_text(stop_left)} before {end}, and this session's start-up took "
-                 f"{seconds_text(took)} of them, leaving {had}")
+        cause = stop_left_words(stop_left, left, had, end)
     elif startup >= 0.5 * (left + startup):  # "took 14 s of the 14 s ..., leaving 0.1 s" read false (review rev114 #3)
         cause = (f"this session's start-up and the work before this stage took all but {had} of the "
                  f"{seconds_text(left + startup)} the stop left before {end}")
@@ -149,15 +160,21 @@ def resumed_short_words(left: float, need: float, step_s: float, logged: bool = 
                     f"no further and {then}")
 
 
+def moco_share_words(share: float) -> str:
+    """MoCo's share in resumed_no_time_words, the setting's value at two digits: "(0.5 by run.pretrain_share)" read
+    oddly, and a third printed 0.333333 (review rev119 #3)."""
+    return f"MoCo's share (run.pretrain_share: {share:.2g})"
+
+
 def resumed_no_time_words(left: float, budget_minutes: float | None, ends: str | None = None,
                           share: str | None = None) -> str:
     """Why a resumed stage whose budget cap_resumed_budget capped to what it had trained goes on to its closing work
     (``ends``: round 1's share; None: its closing work), said in the user's terms: the budget they gave and the
     ``left`` seconds. It said "continuing ... on its planned schedule", then the Engine's note named the capped
     train.budget_minutes=0.0318105 that no one set (review rev114 #4). ``share``: the stage's share of what that
-    budget had left after this session's start-up ("MoCo's share (0.5 by run.pretrain_share)"): MoCo's end comes
-    where the run's budget still has the fine-tuning's, re-split at each session (PipelineRun.moco_end). It named
-    "run.pretrain_share=0.5" as if set, and a share of the whole budget (review rev117 #5)."""
+    budget had left after this session's start-up (moco_share_words): MoCo's end comes where the run's budget
+    still has the fine-tuning's, re-split at each session (PipelineRun.moco_end). It named "run.pretrain_share=0.5"
+    as if set, and a share of the whole budget (review rev117 #5)."""
     then = "goes straight to its closing work" if ends is None else "ends with its evaluation"
     budget = f" of {minutes_text(budget_minutes)}" if budget_minutes else ""
     whose = (f"{share} of what the run's budget{budget} had left after this session's start-up," if share
