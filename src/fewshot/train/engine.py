@@ -121,6 +121,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         self.best_before_stop: float | None = None  # the best score before a partial epoch's evaluation beat it
         self._sched_floor = 0.0  # the schedule's position when a `fewshot run` stage's epoch cap rose (_extend_cap)
         self._cap_unsaved = False  # a raised cap not yet in last.pt and config.yaml (_raise_cap)
+        self._ema_step0 = 0  # the global step the EMA's warm-up counts from: a moved end's restart (_end_moved)
         self._eval_took: float | None = None  # seconds of the last evaluation (_eval_interval_wanted, budget_reserve)
         self._save_took: dict[str, float] = {}  # seconds of the last write of last.pt / best.pt (budget_reserve)
         self._written = [0, 0.0]  # bytes and seconds of every checkpoint write of this fit (write_rate)
@@ -379,7 +380,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         # epoch of one step printed no line at all
         bar = (track(desc=f"{self.task.kind} epoch {epoch + 1}{of}", total=len(batches) - start)
                if self.ctx.is_main else None)
-        stopped = False
+        stopped = moved = False
         for step in range(start, len(batches)):
             step_t0 = time.perf_counter()
             batch = self.task.make_batch(batches[step], epoch, step)
@@ -424,7 +425,7 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.ema is not None:
-                self.ema.update(self.model, step=self.global_step)
+                self.ema.update(self.model, step=self.global_step - self._ema_step0)
             if self.threads is not None:
                 self.threads.observe(time.perf_counter() - step_t0, n)
             self.global_step += 1
@@ -452,8 +453,11 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
                     bar.close()
                 self._stop_here()
             if late and self._end_moved({"step": self.global_step, "epoch_time_s": self.epoch_seconds_so_far()}):
-                deadline = self._deadline()  # round 1 trains on: the run skipped the later rounds (StageCapMixin)
-            elif late:
+                # round 1 trains on (the run skipped the later rounds, StageCapMixin): the epoch ends here, so that
+                # the model its old end annealed is evaluated before the warm restart raises the lr (review rev120 #1)
+                deadline, moved = self._deadline(), True
+                break
+            if late:
                 stopped = True
                 break
         self.epoch_seconds, self._epoch_t0 = self.epoch_seconds_so_far(), None
@@ -478,20 +482,22 @@ class Engine(ResumeMixin, StageCapMixin, CompileFallbackMixin, SavingMixin, Eval
         if not stopped:  # every rank agreed on the stop
             self._extend_cap(deadline)
         last_epoch = self.epoch >= self.cfg["train"]["epochs"] or stopped
-        due = last_epoch or (self.epoch % max(1, self.task.eval_every) == 0)
+        due = last_epoch or moved or (self.epoch % max(1, self.task.eval_every) == 0)
         # The deadline check of the epoch's last step, made after the epoch's evaluation: a deadline that passed in
         # the evaluation went unseen until the next epoch's first step, which was then evaluated again (11.6 s past
         # a 120 s budget on a busy machine). Now the run stops here, at the epoch's end, as a stop at its last step
         # would; without an evaluation due, before it (a budget stop is evaluated). Every rank agrees, as per step.
         look = deadline is not None and not stopped
         if look and not due:
-            stopped = due = last_epoch = self._agreed_stop(deadline)[1] and not self._end_moved(record)
+            # a budget stop is evaluated, and so is the model a moved end's warm restart leaves behind (rev120 #1)
+            due = self._agreed_stop(deadline)[1]
+            stopped = last_epoch = due and not self._end_moved(record)
             look = False
         new_best = self._evaluate(record, epoch) if due else False
         if look:
             deadline = self._deadline()  # with the evaluation just timed
             stopped = self._agreed_stop(deadline)[1] and not self._end_moved(record)
-            last_epoch = self.epoch >= self.cfg["train"]["epochs"] or stopped  # a moved end raised the cap
+            last_epoch = last_epoch or stopped
         # The epoch-end last.pt carries its log row (without the timings), so that a kill between this save
         # and the log write still ends with the row in log.jsonl: resume() appends it when it is missing.
         self.epoch_record = {k: v for k, v in record.items() if k not in TIMING_KEYS}

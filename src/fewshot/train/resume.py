@@ -160,6 +160,7 @@ class ResumeMixin:
         self._reserve_before = float(ck.get("budget_reserve_s") or 0.0)
         self._reserve_eval_s = ck.get("reserve_eval_s")
         self._sched_floor = float(ck.get("sched_floor") or 0.0)
+        self._ema_step0 = int(ck.get("ema_step0") or 0)  # a moved end's restart of the EMA's warm-up (_end_moved)
         cap = ck.get("epochs_cap")  # a raised cap whose config.yaml write a crash cut off (_raise_cap)
         if is_run_stage(self.run_dir) and isinstance(cap, int) and cap > self.cfg["train"]["epochs"]:
             self.cfg["train"]["epochs"] = cap

@@ -55,6 +55,7 @@ class SavingMixin:
             "sched_floor": self._sched_floor,  # a resumed stage whose cap rose keeps its lr (_extend_cap)
             "epochs_cap": self.cfg["train"]["epochs"],  # ... and its cap, with last.pt's floor (resume)
             "eval_every": self.task.eval_every,  # ... and the evaluation interval re-spaced after its raise
+            "ema_step0": self._ema_step0,  # where the EMA's warm-up counts from after a moved end (_end_moved)
             "amp": AMP_NAMES[self.amp],  # what train.amp resolved to: a resumed `auto` run keeps it
             "world": self.ctx.world,  # the batch plan (per-rank batches, steps per epoch) depends on it
             **self.task.checkpoint_extra(),

@@ -103,9 +103,9 @@ class StageCapMixin:
         the schedule as if it had been planned to that end: its position becomes the elapsed fraction of the new end
         (the lr rises again, a warm restart) and the epoch cap rises in proportion. Held at the old end's position,
         the lr stayed at its minimum for the whole extension: 15 of 16 epochs at 1e-5, test 35.5 against the
-        baseline's 74.0 (hunt hCA #1). last.pt (with the new floor and cap) and then config.yaml are written at once,
-        so that a kill and --resume keep the new end, cap and position. Not under DDP, where every rank must take
-        the same end (`fewshot run` trains on one process)."""
+        baseline's 74.0 (hunt hCA #1). last.pt (with the new floor and cap) and then config.yaml are written at the
+        epoch's end, after its evaluation, so that a kill and --resume keep the new end, cap and position. Not under
+        DDP, where every rank must take the same end (`fewshot run` trains on one process)."""
         replan = getattr(self.task, "replan_end", None)
         if replan is None or self.ctx.enabled or self._end_asked:
             return False
@@ -115,15 +115,19 @@ class StageCapMixin:
             return False
         old_s, new_s = max(1e-9, self._budget_end - self.fit_start), max(1e-9, end - self.fit_start)
         epochs = max(1, math.ceil(self.cfg["train"]["epochs"] * new_s / old_s - 1e-9))  # the cap in proportion
-        # the position as if planned to the new end: the elapsed fraction of it (a floor that a raise set, rescaled)
-        position = max((time.monotonic() - self.fit_start) / new_s, self.global_step / (epochs * self.steps_per_epoch),
-                       self._sched_floor * old_s / new_s)
+        # the position as if planned to the new end: the elapsed fraction of it. The old end has passed (a run
+        # stage keeps no reserve: its deadline is the budget's end), so that fraction is at least old_s / new_s, at
+        # or above any floor a raise set (at most 1) rescaled to the new end: that term never bound (rev120 #4)
+        position = max((time.monotonic() - self.fit_start) / new_s, self.global_step / (epochs * self.steps_per_epoch))
         self._set_cap(epochs, min(1.0, position))
         self._budget_end = end
         self.cfg["train"]["budget_minutes"] = max(1e-3, end - self.fit_start) / 60
-        self._cap_unsaved = True  # config.yaml after last.pt: never ahead of its floor (rev47)
-        if self.step_in_epoch:  # inside an epoch: now (at an epoch's end the Engine's save follows at once)
-            self.save_mid_epoch()
+        # the EMA's warm-up counts again from here: with the decay of the whole stage's steps (0.94 at step 76) it
+        # held the restart's high-lr weights and scored 11 points below the raw ones to the end (review rev120 #2)
+        self._ema_step0 = self.global_step
+        # config.yaml after last.pt: never ahead of its floor (rev47); the Engine's save follows at the epoch's end,
+        # which a move inside an epoch ends, after the epoch's evaluation (review rev120 #1)
+        self._cap_unsaved = True
         return True
 
     def _eval_interval_wanted(self) -> int:
