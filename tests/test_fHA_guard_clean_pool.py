@@ -43,7 +43,8 @@ def test_a_clean_pool_is_not_blamed_the_round_s_restart_is(tmp_path, capsys):
     assert "Round 2 lost 8.4 points on val" in why
     assert "likely wrong" not in why and "clean the pool" not in why, why
     assert "the pool check found the pool about as sure as val" in why and "30% of 1000 pool images" in why, why
-    assert "restarted from the round before's model at round 1's full lr and trained for 3.57 epochs (20 s)" in why
+    assert "restarted from the round before's model at its own lr, with a new lr schedule, and trained for " \
+        "3.57 epochs (20 s)" in why, why
     assert "larger --budget-minutes" in why and "--baseline" in why, why
 
 

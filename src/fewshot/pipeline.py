@@ -292,7 +292,21 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
         name = self.fdir.name
         which = f"round {self.rounds}" if name == "finetune" else f"round {name.removeprefix('finetune_round')}"
         entry = self.summary["stages"].get(name) or {}
-        return round_loss_note(which, best, self.val_metrics, entry.get("pseudo_labels"), entry)
+        return round_loss_note(which, best, self.val_metrics, entry.get("pseudo_labels"),
+                               {**entry, "lr": self.round_lr()})
+
+    def round_lr(self) -> float | None:
+        """The last round's lr (``self.fdir``'s config.yaml), which the guard's words name; None where unread."""
+        from fewshot.config.yaml_io import load_yaml_or_none
+        from fewshot.errors import UserError
+
+        path = self.fdir / "config.yaml"
+        try:
+            cfg = load_yaml_or_none(path) if path.is_file() else None
+        except (UserError, OSError):
+            return None
+        lr = ((cfg or {}).get("optim") or {}).get("lr")
+        return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
 
     def note_scores_compared(self, metrics: dict) -> None:
         """Beside each round's val_mean_acc1 in summary.json, how many val scores it is the best of (its
