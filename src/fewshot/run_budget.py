@@ -540,18 +540,42 @@ def figure_seconds() -> float:
     return sorted(times[1:])[1]
 
 
+# the most the closing estimate scales the report's drawing by: the report drew 3-4x slower than FIGURE_S on a busy
+# machine, and a figure timing beyond 3x (3 small figures, under a second) met a busy moment more than it measured the
+# report's seconds of drawing; unbounded, a start-up timing of 3.3x made hCA c1 s1's estimate 27 s for a 10-s closing,
+# and a report that does draw slower loses its images at the end (report_skips_images), it does not run late
+FIGURE_SCALE_CAP = 3.0
+
+
+def figure_scale(figure_s: float) -> float:
+    """How much slower than report_seconds' idle timing the report draws at ``figure_s`` (figure_seconds), from 1
+    to FIGURE_SCALE_CAP."""
+    return min(FIGURE_SCALE_CAP, max(1.0, figure_s / FIGURE_S))
+
+
+def report_stage_seconds(task, figure_s: float = FIGURE_S) -> float:
+    """A stage's part of the report: its curves (0.6 s drawn at FIGURE_S: 0.56-0.62 s timed at a figure speed of
+    0.052-0.059 s), its FLOPs count and tables (0.3 s, not drawing: not scaled) and a read of its checkpoint."""
+    return figure_scale(figure_s) * 0.6 + 0.3 + best_read_seconds(task)
+
+
+def best_read_seconds(task) -> float:
+    """A read of a stage's best.pt (weights and EMA, ~250 MB/s) by the report; 0 for a test's stand-in's task."""
+    model = getattr(task, "model", None)
+    return 0.0 if model is None else sum(p.numel() for p in model.parameters()) * 8 / 250e6
+
+
 def report_seconds(task, eval_s: float, report_stages: int, figure_s: float = FIGURE_S) -> tuple[float, float]:
-    """The report of a run, estimated: (its page, accuracy bars, and per stage the curves and the FLOPs count of
-    its checkpoint; its image-based parts: the predicting stage's val predictions, a confusion matrix per dataset,
-    the embedding map and the grid). Timed on 2 idle CPU cores with 3 datasets of 3, 7 and 12 classes: page and
-    bars ~0.5 s, per stage ~0.9 s and a read of its checkpoint, a confusion matrix 0.15 s + 0.013 s a class (up
-    to 20 classes, 12 datasets drawn), embedding and grid ~1.3 s. The drawing scales by ``figure_s`` / FIGURE_S:
-    on a busy machine it took 3-4x as long, beyond the half of the budget kept for the closing work."""
+    """The report of a run, estimated: (its page, accuracy bars, and per stage report_stage_seconds; its
+    image-based parts: the predicting stage's val predictions, a confusion matrix per dataset, the embedding map and
+    the grid). Timed on 2 idle CPU cores with 3 datasets of 3, 7 and 12 classes: page and bars ~0.5 s, per stage
+    ~0.9 s and a read of its checkpoint, a confusion matrix 0.15 s + 0.013 s a class (up to 20 classes, 12 datasets
+    drawn), embedding and grid ~1.3 s. Only the drawing scales, by figure_scale: on a busy machine it took 3-4x as
+    long; scaled whole (the reads, the FLOPs count) and unbounded, the estimate was 2.7x the real closing."""
     if not report_stages:
         return 0.0, 0.0
-    scale = max(1.0, figure_s / FIGURE_S)
-    read = sum(p.numel() for p in task.model.parameters()) * 8 / 250e6  # best.pt: weights and EMA, ~250 MB/s
-    base = scale * (0.5 + 0.9 * report_stages) + report_stages * read
+    scale, read = figure_scale(figure_s), best_read_seconds(task)
+    base = scale * 0.5 + report_stages * report_stage_seconds(task, figure_s)
     confusions = sum(0.15 + 0.013 * min(len(c), 20) for c in task.space.classes[:12])
     return base, eval_s + read + scale * (confusions + 1.3)
 
@@ -640,9 +664,10 @@ def labelled_only_seconds(step_s: float, eval_s: float, per_image: float, last_c
     calibration (calibration_seconds), its least run as later_round_closing asks it (the floor, the step past it) and
     the closing work with ROUND1_MARGIN more, which also covers a slower calibration (the round's planning checks
     again and, short, skips it: round k - 1 predicts). FLOOR_STEPS more steps (a round of 5 steps is worth little)
-    only where refusing it leaves at most IDLE_SHARE of the budget unused (``spare_share``: the time left beyond the
-    closing work, as a share of the budget). Asked for them and the margin on all of it, a 1.5-minute run with 32 s
-    left (about 19 s of them the closing work) trained nothing more, and 23 s went unused (hunt hCA #2)."""
+    only where refusing it leaves at most IDLE_SHARE of the budget unused (``spare_share``: the time left beyond a
+    refusal's closing work, run_rounds.refused_closing, as a share of the budget). Asked for them and the margin on
+    all of it, a 1.5-minute run with 32 s left (about 19 s of them the closing work) trained nothing more, and 23 s
+    went unused (hunt hCA #2)."""
     least = calibration_seconds(step_s, eval_s, per_image, n_test) + (FLOOR_STEPS + 1) * step_s
     slack = FLOOR_STEPS * step_s if spare_share <= IDLE_SHARE else 0.0
     return least + slack + last_closing_s * (1 + ROUND1_MARGIN)

@@ -15,7 +15,7 @@ import time
 
 from fewshot.errors import UserError
 from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_S, calibration_seconds,
-                                checkpoint_write_seconds, eval_passes, figure_seconds, floor_budget_error,
+                                checkpoint_write_seconds, eval_passes, figure_scale, figure_seconds, floor_budget_error,
                                 free_device_memory, hopeless_budget_error, last_read_seconds, least_run_holds,
                                 least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
                                 measure_step_seconds, pretrain_closing_seconds, pretrain_least_seconds, report_seconds,
@@ -228,21 +228,28 @@ class ClosingMixin:
         and 2-minute runs ended 6-27 s early, and the summary did not say which part of the plan was off."""
         self.closing_plan = {"need": need, "margin": CLOSING_SHARE * self.budget_s,
                              "ends_at": self.last_end - need - self.t_start}
+        report_plan = getattr(self, "report_plan", None) or {}
+        if report_plan.get("seconds"):  # the report's part of it, and the figure speed its drawing was scaled by
+            base, images = report_plan["seconds"]
+            self.closing_plan["report"] = {"figure_s": round(report_plan["figure_s"], 3), "base": round(base, 2),
+                                           "images": round(images, 2) if need > report_plan.get("least", need) else 0}
 
     def closing_record(self, total_s: float) -> dict | None:
         """summary.json's ``closing_seconds``: the closing work as the predicting stage planned it (``estimated``,
         and the ``margin`` of the budget kept beyond it), as it took (``real``: from the end of the last stage's
-        training, run_state's ``trained_at``, to the run's end), and ``training_late`` (that end less the latest
-        end the plan gave its last step; negative: early). Counted from the planned end, ``real`` took in a stage
-        that ended early or ran past it (its 5-step floor), the very thing the record is to tell apart. None where
-        no stage trained until it this session (a resumed run with its stages done, or a round that ended at its
-        share before a later one was skipped)."""
+        training, run_state's ``trained_at``, to the run's end), ``training_late`` (that end less the latest end the
+        plan gave its last step; negative: early), and the report's part of the estimate (``report``: the figure
+        speed its drawing was scaled by, ``base`` and ``images`` seconds, images 0 where planned without them).
+        Counted from the planned end, ``real`` took in a stage that ended early or ran past it (its 5-step floor),
+        the very thing the record is to tell apart. None where no stage trained until it this session (a resumed
+        run with its stages done, or a round that ended at its share before a later one was skipped)."""
         plan = self.closing_plan
         if plan is None:
             return None
         stages = getattr(getattr(self, "state", None), "data", {}).get("stages", {})
         ends = [entry["trained_at"] for entry in stages.values() if isinstance(entry.get("trained_at"), (int, float))]
-        record = {"estimated": round(plan["need"] - plan["margin"], 2), "margin": round(plan["margin"], 2)}
+        record = {"estimated": round(plan["need"] - plan["margin"], 2), "margin": round(plan["margin"], 2),
+                  **({"report": plan["report"]} if "report" in plan else {})}
         if not ends:  # no stage recorded its end: counted from the plan's, and no lateness claimed
             return {**record, "real": round(total_s - plan["ends_at"], 2)}
         return {**record, "real": round(total_s - max(ends), 2), "training_late": round(max(ends) - plan["ends_at"], 2)}
@@ -307,7 +314,7 @@ class ClosingMixin:
         keeps back) round 1's re-time of its step (round1_retimed, or plan_stage's floor_retimed), whose warm-up and
         first step find a slow machine slow. Uncounted (1.2-2.9 s), a 1-minute --pretrain run's round 1 found no
         time for its floor and the run took 63-65 s."""
-        curves = CURVES_S * max(1.0, self.report_plan["figure_s"] / FIGURE_S)
+        curves = CURVES_S * figure_scale(self.report_plan["figure_s"])
         later = self.semi == "pseudo" and int(self.r["pseudo_rounds"]) > 1
         return curves + (RETIME_STEPS * ft_s if later else 0.0)
 

@@ -13,11 +13,11 @@ import functools
 import shutil
 import time
 
-from fewshot.run_budget import (FLOOR_STEPS, LABEL_SHARE, ROUND1_MARGIN, after_round1_seconds, checkpoint_write_seconds,
-                                eval_passes, labelled_only_seconds, later_rounds_seconds, least_run_holds,
-                                least_run_seconds, measure_prediction_seconds, measure_step_seconds,
-                                resumed_eval_seconds, retimed_steps, round1_end_seconds, round1_leaves,
-                                round1_least_seconds, time_holds, trained_speeds)
+from fewshot.run_budget import (FIGURE_S, FLOOR_STEPS, LABEL_SHARE, ROUND1_MARGIN, after_round1_seconds,
+                                checkpoint_write_seconds, eval_passes, figure_seconds, labelled_only_seconds,
+                                later_rounds_seconds, least_run_holds, least_run_seconds, measure_prediction_seconds,
+                                measure_step_seconds, report_stage_seconds, resumed_eval_seconds, retimed_steps,
+                                round1_end_seconds, round1_leaves, round1_least_seconds, time_holds, trained_speeds)
 from fewshot.run_pseudo import pseudo_label_pool, recorded_pseudo_labels
 from fewshot.run_reuse import reusable_stage
 from fewshot.run_stages import gentle_lr, gently_entry, labelled_only_round, round_recipe, round_speeds
@@ -68,6 +68,38 @@ def kept_nothing(pseudo: dict) -> bool:
     round is then skipped (RoundsMixin.skip_without_pseudo_labels). A function of its own so that the tests, whose
     seconds-long rounds keep nothing, can let the rounds run (conftest's later_rounds_fit)."""
     return not pseudo.get("recorded") and not len(pseudo["images"])
+
+
+def refused_closing(run, task, closing_s: float, eval_s: float, evals: int, k: int) -> float:
+    """The closing work where round ``k`` is refused at its check (``closing_s``: where it trains): round k - 1
+    predicts, without a round's closing evaluations (``evals``) and checkpoint writes, and the report draws one stage
+    fewer (report_stage_seconds). The time a refusal leaves unused is counted beyond it: counted beyond a trained
+    round's (hCA c1 s1: about 27 s estimated, about 10 s real), the idle share was about 8 s low (review rev118 #4)."""
+    report_plan = getattr(run, "report_plan", None) or {}
+    drawn = getattr(run, "report_stages", 0) >= k
+    stage = report_stage_seconds(task, report_plan.get("figure_s", FIGURE_S)) if drawn else 0.0
+    saves = checkpoint_write_seconds(task, getattr(run, "writes_bps", WRITE_BYTES_PER_S))
+    return max(0.0, closing_s - evals * eval_s - saves - stage)
+
+
+def say_images_left_out(run, k: int, step_s: float, need: float, left: float) -> None:
+    """The line where a labelled-only round ``k``, kept at its planning, plans without the report's image-based parts
+    (PipelineRun.closing's ``need`` is its report_plan's ``least``): accepted near the limit, its steps came slower
+    than round k - 1's at the check (1.4-2x is routine on a shared machine) and its least run holds only without
+    them. The end's line said only that the time left was short, not that a round of a few steps took it (review
+    rev118 #1). Not where the images would be left out anyway (more than half the budget)."""
+    report_plan = getattr(run, "report_plan", None) or {}
+    images = (report_plan.get("seconds") or (0.0, 0.0))[1]
+    least = report_plan.get("least")
+    if not images or least is None or need > least or least + images > 0.5 * run.budget_s:
+        return
+    before, out = (getattr(run, "speeds_before", None) or (step_s,))[0], getattr(run, "out", None)
+    after = f"`fewshot report {out} --out {out / 'report'}` draws them afterwards" if out else "they can be drawn later"
+    print(f"[run] round {k} trains on the labelled images without the report's confusion matrices, embedding map "
+          f"and prediction grid (planned, not an error): its steps take {step_s * 1000:.0f} ms, "
+          f"{step_s / before:.1f}x round {k - 1}'s {before * 1000:.0f} ms when the round was chosen, and the "
+          f"{left:.0f} s left hold its {FLOOR_STEPS + 1} steps and the closing work only without them (about "
+          f"{images:.0f} s); {after}", flush=True)
 
 
 class RoundsMixin:
@@ -361,6 +393,8 @@ class RoundsMixin:
                 step_s = self.later_round_retimed(task, step_s, need, k)
                 least, left = least_run_seconds(step_s, need), self.last_end - time.monotonic()
             if least_run_holds(least, left):
+                if self.skip.get("labelled_only") == k:
+                    say_images_left_out(self, k, step_s, need, left)
                 return need if last else 0.0
             left_s, need_s = seconds_apart(left, least)
             later = " and later" if k < self.rounds else ""
@@ -391,6 +425,9 @@ class RoundsMixin:
         per_image = getattr(task, "replan_per_image", None)  # round 1 timed at its planned end (round1_replan)
         if per_image is None:
             per_image = measure_prediction_seconds(task, self.test_set.images)
+        report_plan = getattr(self, "report_plan", None)  # (None: a test's stand-in)
+        if report_plan is not None and self.report_stages:  # the drawing at the speed now, nearer the report's own
+            report_plan["figure_s"] = figure_seconds()  # than start-up's, the run's busiest moment (review rev118 #5)
         closing_s = self.closing(task, eval_s, per_test_image=per_image)
         self.speeds_before = step_s, eval_s, per_image  # for the next round's timing line
         evals = eval_passes(task) + 1  # a round's closing evaluations, as round1_closing counts them
@@ -404,7 +441,8 @@ class RoundsMixin:
         # else a round without the pool's labelling, where the time beyond the closing work holds its least run
         # (with twice its floor of steps where refusing it leaves little unused): labelled_only_seconds
         if not fits and time_holds(labelled_only_seconds(step_s, eval_s, per_image, closing_s, n_test,
-                                                         (left - closing_s) / self.budget_s), left):
+                                                         (left - refused_closing(self, task, closing_s, eval_s, evals,
+                                                                                 k)) / self.budget_s), left):
             # no time to label the pool, but for a short round: the rest of the budget goes on training round
             # k - 1's model on the labelled images (the val guard still picks the round that predicts)
             need = later_rounds_seconds(step_s, eval_s, per_image, n_unlabeled, 1, closing_s, evals, n_test)
