@@ -189,6 +189,7 @@ def test_closing_times_a_busy_step_again_before_it_leaves_the_report_images_out(
     clock = [1000.0]
     patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     patch_pipeline(monkeypatch, "report_seconds", lambda *a, **k: (0.0, 6.0))  # 6 s of the report's images
+    patch_pipeline(monkeypatch, "report_beyond_cap", lambda *a, **k: 0.0)  # all of it, at any figure speed
     patch_pipeline(monkeypatch, "closing_seconds", lambda *a, **k: 10.0)  # + 1.5 % of 100 s: 11.5 s
     timed, planned = [], []
 
@@ -233,6 +234,7 @@ def test_a_re_time_for_the_images_goes_on_while_the_stage_itself_fits(monkeypatc
     clock = [1000.0]
     patch_pipeline(monkeypatch, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     patch_pipeline(monkeypatch, "report_seconds", lambda *a, **k: (0.0, 6.0))  # 6 s of the report's images
+    patch_pipeline(monkeypatch, "report_beyond_cap", lambda *a, **k: 0.0)  # all of it, at any figure speed
     patch_pipeline(monkeypatch, "closing_seconds", lambda *a, **k: 24.5)  # + 1.5 % of 100 s: 26 s
 
     def measure(task, *a, **k):  # a warm-up and three steps of 1 s each, through the timing's checks

@@ -28,8 +28,8 @@ from fewshot.data.cache import shared_stat_pass
 from fewshot.errors import UserError, one_line
 from fewshot.eval.evaluate import format_table
 from fewshot.eval.routing import routing_words
-from fewshot.run_budget import (calibration_seconds, free_device_memory, measure_eval_seconds, report_seconds,
-                                stop_timing_when)
+from fewshot.run_budget import (calibration_seconds, free_device_memory, measure_eval_seconds, report_beyond_cap,
+                                report_seconds, stop_timing_when)
 from fewshot.run_closing import ClosingMixin
 from fewshot.run_fallbacks import FallbacksMixin, StageDropped
 from fewshot.run_guard import round_loss_note
@@ -203,6 +203,7 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
             task, stages = self.task, self.report_stages
             eval_s = measure_eval_seconds(task) if stages else 0.0  # the warning's speed too (0: it times a batch)
             self.report_plan["seconds"] = report_seconds(task, eval_s, stages, self.report_plan["figure_s"])
+            self.report_plan["beyond_cap"] = report_beyond_cap(task, stages, self.report_plan["figure_s"])
             self.warn_if_predicting_late(task, eval_s)
             del task
         self.task = None
@@ -381,6 +382,8 @@ class PipelineRun(StartupMixin, ClosingMixin, RoundsMixin, FallbacksMixin):
         """Why the report leaves out its image-based parts (the time left cannot hold them), or None."""
         out = self.out
         base_s, images_s = self.report_plan["seconds"]
+        # at the figure speed as timed: the cap is for planning; a report that draws slower must not end late
+        images_s += self.report_plan.get("beyond_cap", 0.0) if images_s else 0.0
         left = self.t_start + self.budget_s - time.monotonic()
         if not (self.r.get("report", True) and images_s and base_s + images_s > left):
             # a session stopped while drawing a report without them kept the word in the run's summary

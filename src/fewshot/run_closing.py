@@ -18,8 +18,9 @@ from fewshot.run_budget import (CLOSING_SHARE, FIGURE_S, FLOOR_STEPS, LEAST_RUN_
                                 checkpoint_write_seconds, eval_passes, figure_scale, figure_seconds, floor_budget_error,
                                 free_device_memory, hopeless_budget_error, last_read_seconds, least_run_holds,
                                 least_run_seconds, measure_eval_seconds, measure_prediction_seconds,
-                                measure_step_seconds, pretrain_closing_seconds, pretrain_least_seconds, report_seconds,
-                                resumed_eval_seconds, retimed_steps, too_short_budget_error)
+                                measure_step_seconds, pretrain_closing_seconds, pretrain_least_seconds,
+                                report_beyond_cap, report_seconds, resumed_eval_seconds, retimed_steps,
+                                too_short_budget_error)
 from fewshot.run_checks import cold_decode_total, size_options
 from fewshot.run_fallbacks import (EVAL_SHARE, FIXMATCH_LEAST_EPOCHS, PRETRAIN_LEAST_EPOCHS, StageDropped,
                                    epochs_in, fixmatch_dropped_why, fixmatch_refused_words, pretrain_dropped_why)
@@ -111,6 +112,7 @@ class ClosingMixin:
         if per_test_image is None:
             per_test_image = measure_prediction_seconds(task, self.test_set.images)
         report_plan["seconds"] = report_seconds(task, eval_s, self.report_stages, report_plan["figure_s"])
+        report_plan["beyond_cap"] = report_beyond_cap(task, self.report_stages, report_plan["figure_s"])
         need = closing_seconds(task, eval_s, per_test_image, len(self.test_set), self.report_stages,
                                report_plan["figure_s"], balance_check=self.balance != "off",
                                write_bps=self.writes_bps) + CLOSING_SHARE * budget_s

@@ -123,8 +123,11 @@ class StageCapMixin:
         self._budget_end = end
         self.cfg["train"]["budget_minutes"] = max(1e-3, end - self.fit_start) / 60
         # the EMA's warm-up counts again from here: with the decay of the whole stage's steps (0.94 at step 76) it
-        # held the restart's high-lr weights and scored 11 points below the raw ones to the end (review rev120 #2)
-        self._ema_step0 = self.global_step
+        # held the restart's high-lr weights and scored 11 points below the raw ones to the end (review rev120 #2).
+        # Only with train.ema_warmup: timm's decay is 0 at steps 0 and 1 whatever the warm-up, so a restart without
+        # it would copy the raw weights into the EMA, not keep the constant decay the user set (review rev121 #4)
+        if self.cfg["train"].get("ema_warmup", True):
+            self._ema_step0 = self.global_step
         # config.yaml after last.pt: never ahead of its floor (rev47); the Engine's save follows at the epoch's end,
         # which a move inside an epoch ends, after the epoch's evaluation (review rev120 #1)
         self._cap_unsaved = True
