@@ -6,25 +6,18 @@ clock, hBV's speeds (as tests/test_fFU_round1_cut_agrees_with_check.py)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from helpers.run_clock import rounds_clock
-from helpers.rounds_run import rounds_run
+from helpers.rounds_run import after_round1
 
 STEP, EVAL, PER_IMAGE, CLOSING, N_TEST = 0.46, 0.3, 0.001, 13.0, 2000  # resnet18 at 32 px on 2 busy cores
 
 
 def _run(clock, left: float, n_pool: int):
     """A PipelineRun stand-in after round 1: ``left`` seconds of the budget, a pool of ``n_pool`` images."""
-    run, decided = rounds_run(n_unlabeled=n_pool, report_stages=2, budget_s=90.0,
-                              test_set=SimpleNamespace(images=[0] * N_TEST), last_end=clock[0] + left,
-                              end_time=clock[0] + left, closing=lambda *a, **k: CLOSING,
-                              later_round_retimed=lambda task, step_s, need, k: step_s,  # a re-time: the same speed
-                              state=SimpleNamespace(status=lambda name: None, save=lambda: None))
-    task = SimpleNamespace(step_s=STEP, eval_s=EVAL, cfg={"train": {"ema": True}}, supports_ema=True)
-    return run, task, decided
+    return after_round1(clock[0], left, n_pool=n_pool, n_test=N_TEST, closing_s=CLOSING, budget_s=90.0,
+                        step_s=STEP, eval_s=EVAL)
 
 
 @pytest.fixture

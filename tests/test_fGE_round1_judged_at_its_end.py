@@ -93,6 +93,27 @@ def _fit_round1(digits_root, tmp_path, monkeypatch, hook):
     return out
 
 
+def fit_round1_killed_after_move(digits_root, tmp_path, monkeypatch):
+    """Round 1 fitted with its end moved 30 s later at its first deadline, killed (an exception in the next step,
+    as kill -9 would leave it) right after the move. Returns (the Engine's own step, the exception), for a resume."""
+    import fewshot.train.engine as engine
+
+    moved, step = [], engine.Engine._forward_backward
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_move(self, *a, **k):
+        if moved:
+            raise Killed
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(engine.Engine, "_forward_backward", kill_after_move)
+    with pytest.raises(Killed):
+        _fit_round1(digits_root, tmp_path, monkeypatch, lambda task: lambda end, row: moved.append(end) or end + 30.0)
+    return step, Killed
+
+
 def test_round_1s_log_is_read_once_whatever_its_epochs(digits_root, tmp_path, monkeypatch):
     """round1_replan is asked once, at round 1's planned end, and reads log.jsonl once there. fGB's was asked at each
     _deadline() (twice an epoch) and read the whole log each time: about 270 s lost over a 5k-epoch round 1."""
@@ -120,22 +141,9 @@ def test_a_kill_after_round_1s_end_moved_later_keeps_the_new_budget(digits_root,
     """The end moved later (round 2 skipped at round 1's planned end): last.pt (with the schedule's floor and cap) and
     config.yaml hold it before the next step, so that a kill -9 there and --resume keep training round 1 (fGB wrote
     it with the next last.pt: a resume kept the cut end, skipped round 2 and left the time unused)."""
-    import fewshot.train.engine as engine
     from fewshot.train.checkpoint import load_checkpoint
 
-    moved, step = [], engine.Engine._forward_backward
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_move(self, *a, **k):
-        if moved:
-            raise Killed
-        return step(self, *a, **k)
-
-    monkeypatch.setattr(engine.Engine, "_forward_backward", kill_after_move)
-    with pytest.raises(Killed):
-        _fit_round1(digits_root, tmp_path, monkeypatch, lambda task: lambda end, row: moved.append(end) or end + 30.0)
+    fit_round1_killed_after_move(digits_root, tmp_path, monkeypatch)
     out = tmp_path / "finetune_labelled"
     minutes = yaml.safe_load((out / "config.yaml").read_text())["train"]["budget_minutes"]  # stage_config's
     assert minutes > 0.02 + 29 / 60, minutes

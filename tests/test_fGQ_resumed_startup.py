@@ -9,7 +9,6 @@ import json
 import re
 import signal
 import time
-import types
 from types import SimpleNamespace
 
 import pytest
@@ -19,7 +18,7 @@ from fewshot.pipeline import PipelineRun
 from fewshot.run_budget import FLOOR_STEPS
 from helpers.checks import run_main
 from helpers.run_clock import rounds_clock
-from helpers.run_patch import patch_run
+from helpers.run_patch import jumpable_run_clock
 from test_run_resume import _cmd, sigterm_in_stage
 
 BUDGET_S, USED_S = 60.0, 32.0  # the hunt's 1-minute run, stopped 32 s in
@@ -74,9 +73,7 @@ def stop_and_jump(monkeypatch, root, out, left: float):
     assert rc == 128 + signal.SIGTERM, err
     last = out / "finetune" / "checkpoints" / "last.pt"
     before = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    jump = [0.0]
-    patch_run(monkeypatch, "time", types.SimpleNamespace(monotonic=lambda: time.monotonic() + jump[0],
-                                                         perf_counter=time.perf_counter, sleep=time.sleep))
+    jump = jumpable_run_clock(monkeypatch)
     real_closing, speeds = PipelineRun.last_closing, run_stages.trained_speeds
 
     def closing(self, task, eval_s, step_s=None):

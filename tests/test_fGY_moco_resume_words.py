@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import re
 import time
-import types
 
 import pytest
 import torch
 
 from fewshot.run_budget import FLOOR_STEPS
 from helpers.checks import run_main
-from helpers.run_patch import patch_run
+from helpers.run_patch import jumpable_run_clock
 from test_run_resume import _cmd, stopped_in_stage
 
 BUDGET_MINUTES = "0.3"  # MoCo's share and the fine-tuning after it: a short run that holds their least runs
@@ -36,9 +35,7 @@ def _resume_moco(monkeypatch, root, out, left: float):
     stopped_in_stage(cmd, "pretrain", MoCoTask)
     last = out / "pretrain" / "checkpoints" / "last.pt"
     before = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    jump = [0.0]
-    patch_run(monkeypatch, "time", types.SimpleNamespace(monotonic=lambda: time.monotonic() + jump[0],
-                                                         perf_counter=time.perf_counter, sleep=time.sleep))
+    jump = jumpable_run_clock(monkeypatch)
     real_cap, speeds = run_stages.cap_resumed_budget, run_stages.trained_speeds
 
     def cap(cfg, ck, end_time, step_s=None):  # the start-up took all but ``left`` of the time before its end

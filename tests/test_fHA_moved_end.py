@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from test_fGE_round1_judged_at_its_end import _fit_round1
+from test_fGE_round1_judged_at_its_end import fit_round1_killed_after_move
 
 PEAK, MIN_LR = 0.1, 1e-5
 SCHED = {"warmup_epochs": 0, "min_lr": MIN_LR, "warmup_lr": MIN_LR, "time_based": True}
@@ -80,19 +80,7 @@ def test_a_resume_after_the_move_keeps_the_new_cap_and_position(digits_root, tmp
     from fewshot.train.checkpoint import load_checkpoint
     from fewshot.train.finetune import run_finetune
 
-    moved, step = [], engine.Engine._forward_backward
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_move(self, *a, **k):
-        if moved:
-            raise Killed
-        return step(self, *a, **k)
-
-    monkeypatch.setattr(engine.Engine, "_forward_backward", kill_after_move)
-    with pytest.raises(Killed):
-        _fit_round1(digits_root, tmp_path, monkeypatch, lambda task: lambda end, row: moved.append(end) or end + 30.0)
+    step, Killed = fit_round1_killed_after_move(digits_root, tmp_path, monkeypatch)
     out = tmp_path / "finetune_labelled"
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     cfg = yaml.safe_load((out / "config.yaml").read_text())

@@ -7,11 +7,9 @@ Also review rev116 #1: round 1's planning counts the check's prediction timing (
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
-from helpers.rounds_run import rounds_run
+from helpers.rounds_run import after_round1
 from helpers.run_clock import rounds_clock
 
 # hCA a-s0: 772 ms a step, 1.0 s an evaluation, about 2 ms an image, a closing estimate of about 19 s, 1000 test
@@ -21,13 +19,8 @@ STEP, EVAL, PER_IMAGE, CLOSING, N_TEST, N_POOL, BUDGET = 0.772, 1.0, 0.002, 18.7
 
 def _run(clock, left: float, budget_s: float = BUDGET):
     """A PipelineRun stand-in after round 1: ``left`` seconds of a ``budget_s`` budget."""
-    run, decided = rounds_run(n_unlabeled=N_POOL, report_stages=2, budget_s=budget_s,
-                              test_set=SimpleNamespace(images=[0] * N_TEST), last_end=clock[0] + left,
-                              end_time=clock[0] + left, closing=lambda *a, **k: CLOSING,
-                              later_round_retimed=lambda task, step_s, need, k: step_s,  # a re-time: the same speed
-                              state=SimpleNamespace(status=lambda name: None, save=lambda: None))
-    task = SimpleNamespace(step_s=STEP, eval_s=EVAL, cfg={"train": {"ema": True}}, supports_ema=True)
-    return run, task, decided
+    return after_round1(clock[0], left, n_pool=N_POOL, n_test=N_TEST, closing_s=CLOSING, budget_s=budget_s,
+                        step_s=STEP, eval_s=EVAL)
 
 
 @pytest.fixture

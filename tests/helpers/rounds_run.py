@@ -19,3 +19,18 @@ def rounds_run(**fields) -> tuple[SimpleNamespace, list[tuple[int, int | None]]]
 
     run.decide = decide
     return run, decided
+
+
+def after_round1(now: float, left: float, *, n_pool: int, n_test: int, closing_s: float, budget_s: float,
+                 step_s: float, eval_s: float) -> tuple[SimpleNamespace, SimpleNamespace, list]:
+    """(run, round 1's task, decisions) for the check before round 2 (check_later_rounds): ``left`` seconds of a
+    ``budget_s`` budget from ``now``, a pool of ``n_pool`` and ``n_test`` test images, the closing work at
+    ``closing_s``, round 1 trained at ``step_s`` a step and ``eval_s`` an evaluation, and a re-time that finds the
+    same speed."""
+    run, decided = rounds_run(n_unlabeled=n_pool, report_stages=2, budget_s=budget_s,
+                              test_set=SimpleNamespace(images=[0] * n_test), last_end=now + left,
+                              end_time=now + left, closing=lambda *a, **k: closing_s,
+                              later_round_retimed=lambda task, step_s, need, k: step_s,
+                              state=SimpleNamespace(status=lambda name: None, save=lambda: None))
+    task = SimpleNamespace(step_s=step_s, eval_s=eval_s, cfg={"train": {"ema": True}}, supports_ema=True)
+    return run, task, decided

@@ -30,3 +30,15 @@ def patch_pipeline(monkeypatch, name: str, value) -> None:
     assert modules, f"no module of PipelineRun looks up {name!r}: {', '.join(PIPELINE_MODULES)}"
     for module in modules:
         monkeypatch.setattr(module, name, value)
+
+
+def jumpable_run_clock(monkeypatch) -> list[float]:
+    """The run modules' clock (patch_run's ``time``) made to run ahead: the returned one-item list holds the seconds
+    it is ahead of time.monotonic(), which a test raises to stand in for a slow start-up."""
+    import time
+    import types
+
+    jump = [0.0]
+    patch_run(monkeypatch, "time", types.SimpleNamespace(monotonic=lambda: time.monotonic() + jump[0],
+                                                         perf_counter=time.perf_counter, sleep=time.sleep))
+    return jump
