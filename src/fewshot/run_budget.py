@@ -554,10 +554,13 @@ def figure_scale(figure_s: float, cap: float = FIGURE_SCALE_CAP) -> float:
     return min(cap, max(1.0, figure_s / FIGURE_S))
 
 
+STAGE_CURVES_S = 0.6  # a stage's curves drawn at FIGURE_S: 0.56-0.62 s timed at a figure speed of 0.052-0.059 s
+
+
 def report_stage_seconds(task, figure_s: float = FIGURE_S) -> float:
-    """A stage's part of the report: its curves (0.6 s drawn at FIGURE_S: 0.56-0.62 s timed at a figure speed of
-    0.052-0.059 s), its FLOPs count and tables (0.3 s, not drawing: not scaled) and a read of its checkpoint."""
-    return figure_scale(figure_s) * 0.6 + 0.3 + best_read_seconds(task)
+    """A stage's part of the report: its curves (STAGE_CURVES_S, drawn), its FLOPs count and tables (0.3 s, not
+    drawing: not scaled) and a read of its checkpoint."""
+    return figure_scale(figure_s) * STAGE_CURVES_S + 0.3 + best_read_seconds(task)
 
 
 def best_read_seconds(task) -> float:
@@ -577,7 +580,12 @@ def report_seconds(task, eval_s: float, report_stages: int, figure_s: float = FI
         return 0.0, 0.0
     scale, read = figure_scale(figure_s), best_read_seconds(task)
     base = scale * 0.5 + report_stages * report_stage_seconds(task, figure_s)
-    return base, eval_s + read + scale * (confusion_seconds(task) + 1.3)
+    return base, eval_s + read + scale * image_drawing_seconds(task)
+
+
+def image_drawing_seconds(task) -> float:
+    """The report's image-based parts drawn at FIGURE_S: the confusion matrices, the embedding map and the grid."""
+    return confusion_seconds(task) + 1.3
 
 
 def confusion_seconds(task) -> float:
@@ -592,7 +600,7 @@ def report_beyond_cap(task, report_stages: int, figure_s: float) -> float:
     beyond = figure_scale(figure_s, math.inf) - figure_scale(figure_s)
     if not (report_stages and beyond):  # (and a test's stand-in task, drawn below the cap, needs no classes)
         return 0.0
-    return beyond * (0.5 + report_stages * 0.6 + confusion_seconds(task) + 1.3)  # report_seconds' drawn parts
+    return beyond * (0.5 + report_stages * STAGE_CURVES_S + image_drawing_seconds(task))  # report_seconds' drawing
 
 
 def after_round1_seconds(step_s: float, eval_s: float, per_image: float, n_pool: int, rounds: int,
