@@ -986,6 +986,8 @@ def test_a_later_round_the_time_left_cannot_hold_is_skipped_and_the_last_finishe
     else:  # round 1 planned as usual; before round 2's labelling the time left is below its need
         patch_pipeline(monkeypatch, "after_round1_seconds", lambda *a: -1e6)  # round 1 holds at any speed
         patch_pipeline(monkeypatch, "later_rounds_seconds", lambda *a: 1e6)
+        # nor a round on the labelled images alone: its own estimate at real speeds fitted now and then (fHB)
+        patch_pipeline(monkeypatch, "labelled_only_seconds", lambda *a: 1e6)
     out = tmp_path / "skip"
     rc, stdout, err = run_main("run", "--data", digits_root, "--out", out, "--budget-minutes", "0.03", "--model",
                                "test_resnet", "--device", "cpu", "--no-progress", "run.report=false",

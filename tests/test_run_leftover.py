@@ -100,6 +100,7 @@ def test_no_time_even_for_a_round_on_the_labelled_images_still_skips_it(digits_r
                                                                         real_time_holds):
     patch_pipeline(monkeypatch, "after_round1_seconds", lambda *a: -1e6)
     patch_pipeline(monkeypatch, "later_rounds_seconds", lambda *a: 1e6)
+    patch_pipeline(monkeypatch, "labelled_only_seconds", lambda *a: 1e6)  # nor one on the labelled images alone
     out = tmp_path / "run"
     rc, stdout, err = run_main(*_cmd(digits_root, out, *SHORT))
     assert rc == 0, err
